@@ -1,0 +1,136 @@
+// Starts a real membrane-agent for a test, with its own state dir, socket, pin dir, host device and
+// pool, and removes every one of them afterwards (even when the test failed).
+import { spawn, type ChildProcess, execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { AgentClient } from '../../shared/src/api/client.ts';
+
+export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+const AGENT_MAIN = path.join(REPO, 'shared/src/agent/main.ts');
+
+export interface StartAgentOptions {
+  /** --pool values; default: one random 10.x.y.0/24 (plus an IPv6 /112 when ipv6 is true). */
+  pools?: string[];
+  ipv6?: boolean;
+  extraArgs?: string[];
+  /** Reuse the dirs of an earlier agent (restart tests). */
+  reuse?: TestAgent;
+  env?: NodeJS.ProcessEnv;
+}
+
+export interface TestAgent {
+  id: string;
+  socket: string;
+  stateDir: string;
+  bpffsDir: string;
+  hostDevice: string;
+  pools: string[];
+  logFile: string;
+  client: AgentClient;
+  pid(): number | undefined;
+  /** SIGTERM and wait. */
+  stop(): Promise<void>;
+  /** SIGKILL and wait: the datapath must keep forwarding. */
+  kill9(): Promise<void>;
+  /** Start again on the same dirs. */
+  restart(): Promise<void>;
+  /** Delete every endpoint and extra network through the API, stop, and remove dirs, pins, host device. */
+  cleanup(): Promise<void>;
+}
+
+export function randomId(bytes = 4): string {
+  return crypto.randomBytes(bytes).toString('hex');
+}
+
+/** A random /24 under 10.64.0.0/10 (clear of the agent's default 10.200.0.0/16). */
+export function randomSubnet24(): string {
+  const b = crypto.randomBytes(2);
+  return `10.${64 + (b[0] % 128)}.${b[1]}.0/24`;
+}
+
+export function randomSubnet6(): string {
+  const b = crypto.randomBytes(4).toString('hex');
+  return `fd00:${b.slice(0, 4)}:${b.slice(4, 8)}::/112`;
+}
+
+export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgent> {
+  const id = opts.reuse?.id ?? randomId();
+  const stateDir = opts.reuse?.stateDir ?? fs.mkdtempSync(path.join(os.tmpdir(), `mbr-agent-${id}-`));
+  const pools = opts.reuse?.pools ?? opts.pools ?? [opts.ipv6 ? `${randomSubnet24()},${randomSubnet6()}` : randomSubnet24()];
+  const socket = path.join(stateDir, 'agent.sock');
+  const bpffsDir = opts.reuse?.bpffsDir ?? `/sys/fs/bpf/mbt-${id}`;
+  const hostDevice = opts.reuse?.hostDevice ?? `mbh${id}`;
+  const logFile = path.join(stateDir, 'agent.log');
+  const args = [
+    '--import', 'tsx', AGENT_MAIN,
+    '--state-dir', stateDir, '--socket', socket, '--bpffs-dir', bpffsDir, '--host-device', hostDevice,
+    '--log-level', 'debug',
+    ...pools.flatMap((p) => ['--pool', p]),
+    ...(opts.extraArgs ?? []),
+  ];
+  const env = { ...process.env, ...opts.env };
+  delete env.NODE_EXTRA_CA_CERTS;
+  let child: ChildProcess | undefined;
+  const client = new AgentClient({ socketPath: socket, timeoutMs: 30_000 });
+
+  const launch = async () => {
+    const log = fs.openSync(logFile, 'a');
+    child = spawn(process.execPath, args, { cwd: REPO, env, stdio: ['ignore', log, log] });
+    fs.closeSync(log);
+    const c = child;
+    const exited = new Promise<number | null>((resolve) => c.once('exit', (code) => resolve(code)));
+    const deadline = Date.now() + 30_000;
+    for (;;) {
+      const done = await Promise.race([exited.then((code) => ({ code })), sleep(50).then(() => null)]);
+      if (done) throw new Error(`agent exited with ${done.code} during start:\n${tail(logFile)}`);
+      try { await client.healthz(); return; } catch { /* not up yet */ }
+      if (Date.now() > deadline) throw new Error(`agent did not become healthy within 30 s:\n${tail(logFile)}`);
+    }
+  };
+
+  const waitExit = (signal: NodeJS.Signals) => new Promise<void>((resolve) => {
+    const c = child;
+    if (!c || c.exitCode !== null || c.signalCode !== null) { resolve(); return; }
+    c.once('exit', () => resolve());
+    c.kill(signal);
+  });
+
+  const agent: TestAgent = {
+    id, socket, stateDir, bpffsDir, hostDevice, pools, logFile, client,
+    pid: () => child?.pid,
+    stop: () => waitExit('SIGTERM'),
+    kill9: () => waitExit('SIGKILL'),
+    restart: async () => { await waitExit('SIGTERM'); await launch(); },
+    cleanup: async () => {
+      try {
+        if (child && child.exitCode === null && child.signalCode === null) {
+          for (const ep of await client.listEndpoints()) await client.deleteEndpoint(ep.containerId, ep.ifName);
+          for (const n of await client.listNetworks()) if (n.name !== 'default') await client.deleteNetwork(n.name).catch(() => undefined);
+        }
+      } finally {
+        await waitExit('SIGTERM');
+        try { execFileSync('ip', ['link', 'del', hostDevice], { stdio: 'ignore' }); } catch { /* already gone */ }
+        fs.rmSync(bpffsDir, { recursive: true, force: true });
+        if (!opts.reuse) fs.rmSync(stateDir, { recursive: true, force: true });
+      }
+    },
+  };
+  try {
+    await launch();
+  } catch (e) {
+    await agent.cleanup().catch(() => undefined);
+    throw e;
+  }
+  return agent;
+}
+
+function tail(file: string): string {
+  try { return fs.readFileSync(file, 'utf8').split('\n').slice(-30).join('\n'); } catch { return '(no log)'; }
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}

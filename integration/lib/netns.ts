@@ -1,0 +1,59 @@
+// Network namespaces a test creates itself (unique names), with commands run inside by nsenter
+// (`ip netns exec` remounts /sys and hides bpffs).
+import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { promisify } from 'node:util';
+import { randomId } from './agent.ts';
+
+const execFileP = promisify(execFile);
+
+export interface TestNetns {
+  name: string;
+  path: string;
+  /** Run a command inside; rejects with stderr on a non-zero exit. */
+  exec(cmd: string, args: string[], opts?: { timeoutMs?: number }): Promise<string>;
+  /** Start a long-running command inside. */
+  spawn(cmd: string, args: string[]): ChildProcess;
+  remove(): void;
+}
+
+export function createNetns(prefix = 'mbt'): TestNetns {
+  const name = `${prefix}-${randomId()}`;
+  execFileSync('ip', ['netns', 'add', name]);
+  const path = `/var/run/netns/${name}`;
+  execFileSync('nsenter', [`--net=${path}`, 'ip', 'link', 'set', 'lo', 'up']);
+  return {
+    name, path,
+    async exec(cmd, args, opts = {}) {
+      const { stdout } = await execFileP('nsenter', [`--net=${path}`, cmd, ...args], { timeout: opts.timeoutMs ?? 20_000 });
+      return stdout;
+    },
+    spawn(cmd, args) {
+      return spawn('nsenter', [`--net=${path}`, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+    },
+    remove() {
+      try { execFileSync('ip', ['netns', 'del', name], { stdio: 'ignore' }); } catch { /* already gone */ }
+    },
+  };
+}
+
+export async function ping(from: TestNetns, ip: string, count = 2): Promise<boolean> {
+  try {
+    await from.exec('ping', [ip.includes(':') ? '-6' : '-4', '-c', String(count), '-i', '0.2', '-W', '2', ip]);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+export function linkExists(name: string): boolean {
+  try { execFileSync('ip', ['link', 'show', 'dev', name], { stdio: 'ignore' }); return true; } catch { return false; }
+}
+
+export function hostRoutes(dev: string): string {
+  try { return execFileSync('ip', ['-4', 'route', 'show', 'dev', dev], { encoding: 'utf8' }); } catch { return ''; }
+}
+
+export function routeExists(dst: string): boolean {
+  const fam = dst.includes(':') ? '-6' : '-4';
+  return execFileSync('ip', [fam, 'route', 'show', dst], { encoding: 'utf8' }).trim().length > 0;
+}

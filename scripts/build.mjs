@@ -1,0 +1,37 @@
+// npm run build: the datapath object and the executables in dist/.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { build } from 'esbuild';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const dist = path.join(root, 'dist');
+fs.mkdirSync(path.join(dist, 'bin'), { recursive: true });
+// The bundles are CommonJS; the repo root is "type": "module".
+fs.writeFileSync(path.join(dist, 'package.json'), '{ "type": "commonjs" }\n');
+
+execFileSync('bash', [path.join(root, 'scripts/build-bpf.sh')], { stdio: 'inherit' });
+
+const executables = [
+  { name: 'membrane-agent', entry: 'shared/src/agent/main.ts' },
+  { name: 'membrane', entry: 'shared/src/cli/main.ts' },
+];
+await Promise.all(executables.map(({ name, entry }) => build({
+  entryPoints: [path.join(root, entry)],
+  outfile: path.join(dist, 'bin', name),
+  bundle: true,
+  platform: 'node',
+  target: 'node20',
+  format: 'cjs',
+  // koffi is a native module: loaded from node_modules at run time, never bundled.
+  external: ['koffi'],
+  banner: { js: '#!/usr/bin/env node' },
+  sourcemap: 'inline',
+  logLevel: 'warning',
+})));
+for (const { name } of executables) fs.chmodSync(path.join(dist, 'bin', name), 0o755);
+
+const cniBuild = path.join(root, 'scripts/build-cni.mjs');
+if (fs.existsSync(cniBuild)) execFileSync(process.execPath, [cniBuild], { stdio: 'inherit' });
+console.log('build: dist/bpf/endpoint.o, dist/bin/{' + [...executables.map((e) => e.name), fs.existsSync(cniBuild) ? 'membrane-cni' : null].filter(Boolean).join(',') + '}');

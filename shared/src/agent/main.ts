@@ -1,0 +1,39 @@
+// membrane-agent entry point.
+import fs from 'node:fs';
+import { resolveConfig, USAGE, ConfigError, parseFlags } from './config.ts';
+import { createLogger } from '../log.ts';
+import { Agent, type AgentExtension } from './agent.ts';
+import { dockerPluginExtension } from './extensions.ts';
+
+async function main(): Promise<void> {
+  let cfg;
+  try {
+    if (parseFlags(process.argv.slice(2)).help) { process.stdout.write(USAGE + '\n'); return; }
+    cfg = resolveConfig(process.argv.slice(2), process.env, (p) => fs.readFileSync(p, 'utf8'));
+  } catch (e) {
+    process.stderr.write(`membrane-agent: ${(e as Error).message}\n`);
+    process.exit(2);
+  }
+  const log = createLogger({ level: cfg.logLevel, name: 'membrane-agent' });
+  const extensions: AgentExtension[] = [];
+  if (cfg.dockerPlugin) extensions.push(dockerPluginExtension());
+  let agent: Agent;
+  try {
+    agent = await Agent.start(cfg, log, extensions);
+  } catch (err) {
+    log.fatal({ err }, 'agent failed to start');
+    process.stderr.write(`membrane-agent: ${(err as Error).message}\n`);
+    process.exit(1);
+  }
+  let stopping = false;
+  const shutdown = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'shutting down; the datapath keeps forwarding');
+    agent.stop().then(() => process.exit(0), (err) => { log.error({ err }, 'unclean shutdown'); process.exit(1); });
+  };
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+  process.on('SIGINT', () => shutdown('SIGINT'));
+}
+
+void main();

@@ -1,0 +1,118 @@
+// Client for the agent's REST API on its unix socket. node:http only, no native code: the CNI
+// executable bundles this file and must stay small and fast to start.
+import http from 'node:http';
+import type {
+  AgentStatus, ApiErrorBody, ApiErrorCode, Endpoint, EndpointRequest, IpamPoolView, Network, NetworkSpec,
+} from '../types.ts';
+
+export const DEFAULT_SOCKET = '/run/membrane/agent.sock';
+
+/** The agent answered with an error body. */
+export class AgentApiError extends Error {
+  constructor(readonly status: number, readonly code: ApiErrorCode, message: string, readonly details?: unknown) {
+    super(message);
+    this.name = 'AgentApiError';
+  }
+}
+
+/** The agent could not be reached at all (no socket, refused, timed out). */
+export class AgentUnreachableError extends Error {
+  constructor(readonly socketPath: string, readonly reason: string) {
+    super(`cannot reach the membrane agent at ${socketPath}: ${reason}`);
+    this.name = 'AgentUnreachableError';
+  }
+}
+
+export interface ClientOptions {
+  socketPath?: string;
+  timeoutMs?: number;
+}
+
+export class AgentClient {
+  readonly socketPath: string;
+  private readonly timeoutMs: number;
+
+  constructor(opts: ClientOptions = {}) {
+    this.socketPath = opts.socketPath ?? DEFAULT_SOCKET;
+    this.timeoutMs = opts.timeoutMs ?? 30_000;
+  }
+
+  healthz(): Promise<{ ok: boolean }> { return this.request('GET', '/v1/healthz'); }
+  version(): Promise<{ version: string }> { return this.request('GET', '/v1/version'); }
+  status(): Promise<AgentStatus> { return this.request('GET', '/v1/status'); }
+
+  createEndpoint(req: EndpointRequest): Promise<Endpoint> { return this.request('POST', '/v1/endpoints', req); }
+  async listEndpoints(filter: { containerId?: string } = {}): Promise<Endpoint[]> {
+    const q = filter.containerId ? `?containerId=${encodeURIComponent(filter.containerId)}` : '';
+    return (await this.request<{ items: Endpoint[] }>('GET', `/v1/endpoints${q}`)).items;
+  }
+  getEndpoint(containerId: string, ifName: string): Promise<Endpoint> {
+    return this.request('GET', endpointPath(containerId, ifName));
+  }
+  deleteEndpoint(containerId: string, ifName: string): Promise<{ deleted: boolean }> {
+    return this.request('DELETE', endpointPath(containerId, ifName));
+  }
+
+  async listNetworks(): Promise<Network[]> {
+    return (await this.request<{ items: Network[] }>('GET', '/v1/networks')).items;
+  }
+  createNetwork(spec: NetworkSpec): Promise<Network> { return this.request('POST', '/v1/networks', spec); }
+  deleteNetwork(name: string): Promise<{ deleted: boolean }> {
+    return this.request('DELETE', `/v1/networks/${encodeURIComponent(name)}`);
+  }
+
+  async ipam(): Promise<IpamPoolView[]> {
+    return (await this.request<{ pools: IpamPoolView[] }>('GET', '/v1/ipam')).pools;
+  }
+
+  request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+    return new Promise<T>((resolve, reject) => {
+      const req = http.request({
+        socketPath: this.socketPath,
+        method,
+        path,
+        timeout: this.timeoutMs,
+        headers: payload
+          ? { 'content-type': 'application/json', 'content-length': payload.length }
+          : {},
+      }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let parsed: unknown;
+          try { parsed = text ? JSON.parse(text) : {}; } catch {
+            reject(new AgentApiError(res.statusCode ?? 500, 'internal', `agent sent a non-JSON answer: ${text.slice(0, 200)}`));
+            return;
+          }
+          const status = res.statusCode ?? 500;
+          if (status >= 400) {
+            const err = (parsed as ApiErrorBody).error;
+            reject(new AgentApiError(status, err?.code ?? 'internal', err?.message ?? `HTTP ${status}`, err?.details));
+          } else {
+            resolve(parsed as T);
+          }
+        });
+        res.on('error', (e) => reject(new AgentUnreachableError(this.socketPath, e.message)));
+      });
+      req.on('timeout', () => req.destroy(new Error(`no answer within ${this.timeoutMs} ms`)));
+      req.on('error', (e: NodeJS.ErrnoException) => reject(new AgentUnreachableError(this.socketPath, describeConnectError(e))));
+      if (payload) req.write(payload);
+      req.end();
+    });
+  }
+}
+
+function endpointPath(containerId: string, ifName: string): string {
+  return `/v1/endpoints/${encodeURIComponent(containerId)}/${encodeURIComponent(ifName)}`;
+}
+
+function describeConnectError(e: NodeJS.ErrnoException): string {
+  switch (e.code) {
+    case 'ENOENT': return 'no socket there (is membrane-agent running?)';
+    case 'ECONNREFUSED': return 'connection refused (the agent is not listening)';
+    case 'EACCES': return 'permission denied on the socket';
+    default: return e.message;
+  }
+}

@@ -1,0 +1,37 @@
+// The one core both front doors (CNI through the agent API, Docker through the hosted plugin) drive.
+// Interfaces only; the agent builds the implementation (shared/src/agent/core-impl.ts).
+import type { Endpoint, EndpointRequest, IpamPoolView, Network, NetworkSpec } from './types.ts';
+
+export interface NetworkService {
+  create(spec: NetworkSpec): Promise<Network>;
+  /** false when it did not exist. Refuses (network_in_use) while endpoints or allocations remain. */
+  delete(name: string): Promise<boolean>;
+  get(name: string): Network | undefined;
+  list(): Network[];
+}
+
+export interface EndpointService {
+  /** Idempotent for an identical request (same containerId/ifName/netns): returns the existing endpoint. */
+  create(req: EndpointRequest): Promise<Endpoint>;
+  /** Idempotent: false when unknown; succeeds when the netns or the link is already gone. */
+  delete(containerId: string, ifName: string): Promise<boolean>;
+  get(containerId: string, ifName: string): Endpoint | undefined;
+  list(filter?: { containerId?: string }): Endpoint[];
+  /** Labels learnt after creation (e.g. from the Docker API). */
+  updateLabels(containerId: string, ifName: string, labels: Record<string, string>): Promise<Endpoint>;
+}
+
+export interface IpamService {
+  /** Allocate from a network's pool for an owner ("<containerId>/<ifName>" or any stable string).
+   *  `ip` requests a specific address; family picks the subnet when the network is dual-stack. */
+  allocate(network: string, owner: string, opts?: { ip?: string; family?: 4 | 6 }): Promise<{ ip: string; subnet: string; gateway: string }>;
+  releaseOwner(owner: string): Promise<number>;
+  releaseIp(network: string, ip: string): Promise<boolean>;
+  pools(): IpamPoolView[];
+}
+
+export interface Core {
+  readonly networks: NetworkService;
+  readonly endpoints: EndpointService;
+  readonly ipam: IpamService;
+}

@@ -1,0 +1,40 @@
+// The node side of every network: a dummy device holding each network's gateway addresses, so the
+// gateway is a local address of the node (pinging it reaches the node and never leaves it).
+import type { Network } from '../types.ts';
+import type { Netlink } from '../netlink/index.ts';
+import { setSysctlPath } from '../sysctl/index.ts';
+
+export function ensureHostDevice(host: Netlink, name: string): number {
+  let link = host.linkByName(name);
+  if (!link) {
+    host.dummyAdd(name, { up: true });
+    link = host.linkByName(name);
+  }
+  if (!link) throw new Error(`host device ${name} could not be created`);
+  if (!link.up) host.linkSetUp(link.index);
+  return link.index;
+}
+
+export function ensureGateways(host: Netlink, hostDevice: string, network: Network): void {
+  const index = ensureHostDevice(host, hostDevice);
+  for (const s of network.subnets) {
+    host.addrAdd(index, `${s.gateway}/${s.family === 4 ? 32 : 128}`, { noDad: true });
+  }
+}
+
+export function removeGateways(host: Netlink, hostDevice: string, network: Network): void {
+  const link = host.linkByName(hostDevice);
+  if (!link) return;
+  for (const s of network.subnets) host.addrDel(link.index, `${s.gateway}/${s.family === 4 ? 32 : 128}`);
+}
+
+/** Routing between endpoints and to the node needs forwarding; IPv6 only when a network uses it,
+ *  because turning it on makes the kernel ignore router advertisements on the node's own links. */
+export function enableForwarding(ipv6: boolean): void {
+  setSysctlPath('/proc/sys/net/ipv4/ip_forward', '1');
+  if (ipv6) setSysctlPath('/proc/sys/net/ipv6/conf/all/forwarding', '1');
+}
+
+export function removeHostDevice(host: Netlink, name: string): boolean {
+  return host.linkDel(name);
+}

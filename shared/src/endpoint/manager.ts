@@ -1,0 +1,322 @@
+// Endpoint manager: the recipe that networks one container interface end to end, and undoes it.
+// Every failure path rolls back what it did; delete succeeds whatever is already gone.
+import type { Endpoint, EndpointIp, EndpointRequest, Network } from '../types.ts';
+import type { Store } from '../store/index.ts';
+import type { Ipam } from '../ipam/index.ts';
+import type { Networks } from '../network/index.ts';
+import type { Datapath } from '../bpf/datapath.ts';
+import type { Netlink } from '../netlink/index.ts';
+import { openNetns, type NetNs } from '../netns/index.ts';
+import { ipFamily, normalizeIp, parseCidr, cidrContains } from '../ipam/cidr.ts';
+import { endpointKey, hostVethName, ipamOwner, normalizeMac, parseIpamOwner, randomMac, validIfName } from './naming.ts';
+import { createVeth, ensureContainerSide, ensureHostSide, inspectContainerSide, type PlumbSpec } from './plumbing.ts';
+import { KeyedLock } from './lock.ts';
+
+export type EndpointErrorCode = 'bad_request' | 'netns_not_found' | 'network_not_found' | 'endpoint_exists' | 'endpoint_not_found';
+
+export class EndpointError extends Error {
+  constructor(readonly code: EndpointErrorCode, message: string) { super(message); this.name = 'EndpointError'; }
+}
+
+export interface EndpointManagerDeps {
+  store: Store;
+  ipam: Ipam;
+  networks: Networks;
+  datapath: Datapath;
+  host: Netlink;
+  identityFor?: (labels: Record<string, string>) => number;
+  log?: { info(o: object, msg: string): void; warn(o: object, msg: string): void };
+  /** Called after every create/delete, e.g. for metrics. */
+  onChange?: () => void;
+}
+
+const STORE_PREFIX = 'endpoints';
+const MAX_ENDPOINT_ID = 65535;
+
+export class EndpointManager {
+  private readonly byKey = new Map<string, Endpoint>();
+  private readonly lock = new KeyedLock();
+
+  constructor(private readonly d: EndpointManagerDeps) {}
+
+  get(containerId: string, ifName: string): Endpoint | undefined {
+    return this.byKey.get(endpointKey(containerId, ifName));
+  }
+
+  list(filter: { containerId?: string } = {}): Endpoint[] {
+    return [...this.byKey.values()]
+      .filter((e) => !filter.containerId || e.containerId === filter.containerId)
+      .sort((a, b) => a.id - b.id);
+  }
+
+  create(req: EndpointRequest): Promise<Endpoint> {
+    return this.lock.run(endpointKey(req.containerId, req.ifName), () => this.createLocked(req));
+  }
+
+  delete(containerId: string, ifName: string): Promise<boolean> {
+    return this.lock.run(endpointKey(containerId, ifName), () => this.deleteLocked(containerId, ifName));
+  }
+
+  updateLabels(containerId: string, ifName: string, labels: Record<string, string>): Promise<Endpoint> {
+    return this.lock.run(endpointKey(containerId, ifName), async () => {
+      const ep = this.requireEndpoint(containerId, ifName);
+      const next: Endpoint = { ...ep, labels: { ...labels }, identity: this.d.identityFor?.(labels) ?? ep.identity };
+      await this.d.store.put(storeKey(next), next);
+      this.byKey.set(endpointKey(containerId, ifName), next);
+      this.d.datapath.upsertEndpoint(datapathConfig(next));
+      return next;
+    });
+  }
+
+  /** Problems of a live endpoint (empty = healthy): container side, host link, BPF attachment. */
+  check(containerId: string, ifName: string): string[] {
+    const ep = this.requireEndpoint(containerId, ifName);
+    const problems: string[] = [];
+    const link = this.d.host.linkByName(ep.hostIfName);
+    if (!link) return [`host interface ${ep.hostIfName} is missing`];
+    if (!this.d.datapath.isCurrent(link.index)) problems.push(`BPF program is not attached to ${ep.hostIfName}`);
+    if (ep.netns) {
+      let ns: NetNs | undefined;
+      try {
+        ns = openNetns(ep.netns);
+        problems.push(...inspectContainerSide(plumbSpec(ep, ns)));
+      } catch (e) {
+        problems.push((e as Error).message);
+      } finally {
+        ns?.close();
+      }
+    }
+    return problems;
+  }
+
+  private async createLocked(req: EndpointRequest): Promise<Endpoint> {
+    validateRequest(req);
+    const key = endpointKey(req.containerId, req.ifName);
+    const existing = this.byKey.get(key);
+    if (existing) {
+      if (existing.netns === (req.netns ?? null)) return existing; // a retried ADD gets the same answer
+      throw new EndpointError('endpoint_exists', `endpoint ${key} already exists in ${existing.netns ?? 'the host netns'}`);
+    }
+    const network = this.requireNetwork(req.network ?? 'default');
+    const ns = req.netns ? openNetnsOrFail(req.netns) : null;
+    const undo: (() => unknown)[] = [];
+    try {
+      const ips = await this.assignIps(req, network, undo);
+      const ep: Endpoint = {
+        id: this.nextId(),
+        containerId: req.containerId,
+        ifName: req.ifName,
+        network: network.name,
+        netns: req.netns ?? null,
+        hostIfName: hostVethName(req.containerId, req.ifName),
+        hostIfIndex: 0,
+        hostMac: randomMac(),
+        mac: req.mac ? normalizeMac(req.mac) : randomMac(),
+        mtu: req.mtu ?? network.mtu,
+        ips,
+        routes: routesOf(ips, ns !== null),
+        labels: { ...(req.labels ?? {}) },
+        metadata: { ...(req.metadata ?? {}) },
+        identity: this.d.identityFor?.(req.labels ?? {}) ?? 0,
+        externalIpam: req.externalIpam ?? false,
+        createdAt: new Date().toISOString(),
+      };
+      const spec = plumbSpec(ep, ns);
+      ep.hostIfIndex = createVeth(this.d.host, spec);
+      undo.push(() => this.d.host.linkDel(ep.hostIfName));
+      ensureContainerSide(spec);
+      ensureHostSide(this.d.host, ep.hostIfIndex, spec);
+      // Config before attach: the program must know the endpoint before its first packet.
+      this.d.datapath.upsertEndpoint(datapathConfig(ep));
+      undo.push(() => this.d.datapath.removeEndpoint(ep.hostIfIndex, plainIps(ep)));
+      this.d.datapath.attach(ep.hostIfIndex);
+      await this.d.store.put(storeKey(ep), ep);
+      this.byKey.set(key, ep);
+      this.d.onChange?.();
+      return ep;
+    } catch (e) {
+      for (const step of undo.reverse()) {
+        try { await step(); } catch (err) { this.d.log?.warn({ err, endpoint: key }, 'rollback step failed'); }
+      }
+      throw e;
+    } finally {
+      ns?.close();
+    }
+  }
+
+  private async assignIps(req: EndpointRequest, network: Network, undo: (() => unknown)[]): Promise<EndpointIp[]> {
+    const owner = ipamOwner(req.containerId, req.ifName);
+    const requested = (req.ips ?? []).map((ip) => {
+      if (!ipFamily(ip)) throw new EndpointError('bad_request', `ips: "${ip}" is not an IP address`);
+      return normalizeIp(ip);
+    });
+    const out: EndpointIp[] = [];
+    if (req.externalIpam) {
+      if (!requested.length) throw new EndpointError('bad_request', 'externalIpam needs the allocated addresses in "ips"');
+      for (const ip of requested) {
+        const fam = ipFamily(ip)!;
+        const subnet = network.subnets.find((s) => cidrContains(parseCidr(s.cidr), ip)) ?? network.subnets.find((s) => s.family === fam);
+        if (!subnet) throw new EndpointError('bad_request', `network "${network.name}" has no IPv${fam} subnet for ${ip}`);
+        out.push({ address: `${ip}/${fam === 4 ? 32 : 128}`, gateway: subnet.gateway, family: fam, subnet: subnet.cidr });
+      }
+      return out;
+    }
+    undo.push(() => this.d.ipam.releaseOwner(owner));
+    for (const s of network.subnets) {
+      const want = requested.find((ip) => ipFamily(ip) === s.family);
+      const a = await this.d.ipam.allocate(network.name, owner, want ? { ip: want } : { family: s.family });
+      out.push({ address: `${a.ip}/${s.family === 4 ? 32 : 128}`, gateway: a.gateway, family: s.family, subnet: a.subnet });
+    }
+    for (const ip of requested) {
+      if (!out.some((o) => o.address.startsWith(ip + '/'))) {
+        throw new EndpointError('bad_request', `requested address ${ip} has no matching subnet in network "${network.name}"`);
+      }
+    }
+    return out;
+  }
+
+  private async deleteLocked(containerId: string, ifName: string): Promise<boolean> {
+    const key = endpointKey(containerId, ifName);
+    const ep = this.byKey.get(key);
+    if (!ep) {
+      // Unknown to us, but a crashed ADD may have left its link and addresses: the names are derived.
+      this.d.host.linkDel(hostVethName(containerId, ifName));
+      await this.d.ipam.releaseOwner(ipamOwner(containerId, ifName));
+      return false;
+    }
+    await this.teardown(ep);
+    this.d.onChange?.();
+    return true;
+  }
+
+  private async teardown(ep: Endpoint): Promise<void> {
+    const ifindexShared = [...this.byKey.values()].some((o) => o !== ep && o.hostIfIndex === ep.hostIfIndex);
+    this.d.datapath.removeEndpoint(ifindexShared ? 0 : ep.hostIfIndex, plainIps(ep));
+    // Deleting the host end removes the container end, the routes and the proxy entries with it.
+    this.d.host.linkDel(ep.hostIfName);
+    if (!ep.externalIpam) await this.d.ipam.releaseOwner(ipamOwner(ep.containerId, ep.ifName));
+    await this.d.store.delete(storeKey(ep));
+    this.byKey.delete(endpointKey(ep.containerId, ep.ifName));
+  }
+
+  /**
+   * After an agent restart: keep what works, repair what is missing, drop what is gone. Addresses
+   * owned by an endpoint that never finished creating are released, and its link removed.
+   */
+  async restore(): Promise<{ kept: number; repaired: number; dropped: number }> {
+    const result = { kept: 0, repaired: 0, dropped: 0 };
+    for (const { value: ep } of await this.d.store.list<Endpoint>(STORE_PREFIX)) {
+      this.byKey.set(endpointKey(ep.containerId, ep.ifName), ep);
+    }
+    for (const ep of [...this.byKey.values()]) {
+      const outcome = await this.lock.run(endpointKey(ep.containerId, ep.ifName), () => this.restoreOne(ep));
+      result[outcome]++;
+    }
+    for (const a of this.d.ipam.allocations()) {
+      const o = parseIpamOwner(a.owner);
+      if (o && !this.byKey.has(endpointKey(o.containerId, o.ifName))) {
+        this.d.log?.warn({ ip: a.ip, owner: a.owner }, 'releasing address of an endpoint that never finished');
+        this.d.host.linkDel(hostVethName(o.containerId, o.ifName));
+        await this.d.ipam.releaseOwner(a.owner);
+      }
+    }
+    this.d.onChange?.();
+    return result;
+  }
+
+  private async restoreOne(ep: Endpoint): Promise<'kept' | 'repaired' | 'dropped'> {
+    let ns: NetNs | null = null;
+    try {
+      if (ep.netns) {
+        try { ns = openNetns(ep.netns); } catch {
+          this.d.log?.info({ endpoint: endpointKey(ep.containerId, ep.ifName) }, 'netns is gone: dropping endpoint');
+          await this.teardown(ep);
+          return 'dropped';
+        }
+      }
+      const spec = plumbSpec(ep, ns);
+      let link = this.d.host.linkByName(ep.hostIfName);
+      let repaired = false;
+      if (!link) {
+        if (!ns) { await this.teardown(ep); return 'dropped'; }
+        createVeth(this.d.host, spec);
+        link = this.d.host.linkByName(ep.hostIfName);
+        repaired = true;
+      }
+      if (!link) throw new Error(`cannot recreate ${ep.hostIfName}`);
+      const before = inspectContainerSide(spec);
+      if (before.length) { ensureContainerSide(spec); repaired = true; }
+      ensureHostSide(this.d.host, link.index, spec);
+      const wasCurrent = this.d.datapath.isCurrent(link.index);
+      if (link.index !== ep.hostIfIndex) {
+        this.d.datapath.removeEndpoint(ep.hostIfIndex, []);
+        ep.hostIfIndex = link.index;
+        await this.d.store.put(storeKey(ep), ep);
+      }
+      this.d.datapath.upsertEndpoint(datapathConfig(ep));
+      this.d.datapath.attach(link.index);
+      return repaired || !wasCurrent ? 'repaired' : 'kept';
+    } finally {
+      ns?.close();
+    }
+  }
+
+  private requireNetwork(name: string): Network {
+    const n = this.d.networks.get(name);
+    if (!n) throw new EndpointError('network_not_found', `network "${name}" does not exist`);
+    return n;
+  }
+
+  private requireEndpoint(containerId: string, ifName: string): Endpoint {
+    const ep = this.get(containerId, ifName);
+    if (!ep) throw new EndpointError('endpoint_not_found', `endpoint ${endpointKey(containerId, ifName)} does not exist`);
+    return ep;
+  }
+
+  private nextId(): number {
+    const used = new Set([...this.byKey.values()].map((e) => e.id));
+    for (let id = 1; id <= MAX_ENDPOINT_ID; id++) if (!used.has(id)) return id;
+    throw new EndpointError('bad_request', 'no endpoint id left (65535 endpoints on this node)');
+  }
+}
+
+function validateRequest(req: EndpointRequest): void {
+  if (!req.containerId) throw new EndpointError('bad_request', 'containerId is required');
+  if (!validIfName(req.ifName)) throw new EndpointError('bad_request', `ifName "${req.ifName}" is not a valid interface name (1-15 of A-Z a-z 0-9 _ . -)`);
+  if (req.mac !== undefined) {
+    try { normalizeMac(req.mac); } catch (e) { throw new EndpointError('bad_request', `mac: ${(e as Error).message}`); }
+  }
+  if (req.mtu !== undefined && (!Number.isInteger(req.mtu) || req.mtu < 576 || req.mtu > 65535)) {
+    throw new EndpointError('bad_request', `mtu ${req.mtu} is out of range (576-65535)`);
+  }
+}
+
+function openNetnsOrFail(path: string): NetNs {
+  try {
+    return openNetns(path);
+  } catch (e) {
+    throw new EndpointError('netns_not_found', (e as Error).message);
+  }
+}
+
+function routesOf(ips: EndpointIp[], inContainer: boolean): Endpoint['routes'] {
+  if (!inContainer) return [];
+  return ips.map((ip) => ({ dst: ip.family === 4 ? '0.0.0.0/0' : '::/0', gw: ip.gateway }));
+}
+
+function plumbSpec(ep: Endpoint, ns: NetNs | null): PlumbSpec {
+  return { hostIfName: ep.hostIfName, hostMac: ep.hostMac, ifName: ep.ifName, mac: ep.mac, mtu: ep.mtu, ips: ep.ips, netns: ns };
+}
+
+function plainIps(ep: Endpoint): string[] {
+  return ep.ips.map((ip) => ip.address.split('/')[0]);
+}
+
+function datapathConfig(ep: Endpoint) {
+  return { hostIfindex: ep.hostIfIndex, endpointId: ep.id, identity: ep.identity, flags: 0, hostMac: ep.hostMac, containerMac: ep.mac, ips: plainIps(ep) };
+}
+
+function storeKey(ep: Endpoint): string {
+  // Container ids are hex for every runtime we know, but stay safe for any string.
+  return `${STORE_PREFIX}/${Buffer.from(endpointKey(ep.containerId, ep.ifName)).toString('base64url')}`;
+}

@@ -1,0 +1,90 @@
+// The kernel-side recipe of an endpoint: veth (container end created directly in the container's
+// netns), addresses, routes, proxy ARP/NDP. Every step is an idempotent "ensure" so restore can re-run it.
+import type { EndpointIp } from '../types.ts';
+import type { NetNs } from '../netns/index.ts';
+import { openNetlink, type Netlink } from '../netlink/index.ts';
+import { setSysctlPath } from '../sysctl/index.ts';
+
+export interface PlumbSpec {
+  hostIfName: string;
+  hostMac: string;
+  ifName: string;
+  mac: string;
+  mtu: number;
+  ips: EndpointIp[];
+  /** null: the container end stays in the host netns for the runtime to move (Docker). */
+  netns: NetNs | null;
+}
+
+export function createVeth(host: Netlink, spec: PlumbSpec): number {
+  host.vethAdd({
+    name: spec.hostIfName, mac: spec.hostMac, mtu: spec.mtu, up: true,
+    peer: { name: spec.ifName, netns: spec.netns ?? undefined, mac: spec.mac, mtu: spec.mtu, up: spec.netns !== null },
+  });
+  const link = host.linkByName(spec.hostIfName);
+  if (!link) throw new Error(`veth ${spec.hostIfName} vanished right after it was created`);
+  return link.index;
+}
+
+/** Host side: proxy ARP/NDP so the container's gateway resolves to the host veth, and /32 + /128 routes. */
+export function ensureHostSide(host: Netlink, hostIfIndex: number, spec: PlumbSpec): void {
+  setSysctlPath(`/proc/sys/net/ipv4/conf/${spec.hostIfName}/proxy_arp`, '1');
+  // Answering ARP for the gateway must not depend on the gateway being on this device.
+  setSysctlPath(`/proc/sys/net/ipv4/neigh/${spec.hostIfName}/proxy_delay`, '0');
+  const v6 = spec.ips.filter((ip) => ip.family === 6);
+  if (v6.length) {
+    setSysctlPath(`/proc/sys/net/ipv6/conf/${spec.hostIfName}/proxy_ndp`, '1');
+    for (const ip of v6) host.neighProxyAdd(hostIfIndex, ip.gateway);
+  }
+  for (const ip of spec.ips) {
+    host.routeAdd({ dst: hostRouteOf(ip), family: ip.family, index: hostIfIndex, scope: 'link' });
+  }
+}
+
+/** Container side: /32 (/128) address, an on-link route to the gateway and the default route through it. */
+export function ensureContainerSide(spec: PlumbSpec): void {
+  if (!spec.netns) return;
+  const nl = openNetlink(spec.netns);
+  try {
+    const link = nl.linkByName(spec.ifName);
+    if (!link) throw new Error(`interface ${spec.ifName} not found in ${spec.netns.path}`);
+    if (!link.up) nl.linkSetUp(link.index);
+    for (const ip of spec.ips) {
+      nl.addrAdd(link.index, ip.address, { noDad: true });
+      const hostBits = ip.family === 4 ? 32 : 128;
+      nl.routeAdd({ dst: `${ip.gateway}/${hostBits}`, family: ip.family, index: link.index, scope: 'link' });
+      nl.routeAdd({ dst: 'default', family: ip.family, gateway: ip.gateway, index: link.index });
+    }
+  } finally {
+    nl.close();
+  }
+}
+
+export function hostRouteOf(ip: EndpointIp): string {
+  const addr = ip.address.split('/')[0];
+  return `${addr}/${ip.family === 4 ? 32 : 128}`;
+}
+
+/** What is missing on the container side (empty when healthy); used by restore and CHECK. */
+export function inspectContainerSide(spec: PlumbSpec): string[] {
+  if (!spec.netns) return [];
+  const problems: string[] = [];
+  const nl = openNetlink(spec.netns);
+  try {
+    const link = nl.linkByName(spec.ifName);
+    if (!link) return [`interface ${spec.ifName} is missing in ${spec.netns.path}`];
+    if (!link.up) problems.push(`interface ${spec.ifName} is down`);
+    if (link.mac.toLowerCase() !== spec.mac.toLowerCase()) problems.push(`interface ${spec.ifName} has MAC ${link.mac}, expected ${spec.mac}`);
+    const addrs = new Set(nl.addrList({ index: link.index }).map((a) => a.cidr));
+    for (const ip of spec.ips) if (!addrs.has(ip.address)) problems.push(`address ${ip.address} is missing on ${spec.ifName}`);
+    for (const fam of [4, 6] as const) {
+      const ips = spec.ips.filter((ip) => ip.family === fam);
+      if (!ips.length) continue;
+      const routes = nl.routeList({ index: link.index, family: fam });
+      if (!routes.some((r) => r.dst === 'default')) problems.push(`IPv${fam} default route is missing on ${spec.ifName}`);
+    }
+  } finally {
+    nl.close();
+  }
+  return problems;
+}

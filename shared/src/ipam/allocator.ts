@@ -1,0 +1,100 @@
+// Pure allocation logic over one pool's document. No I/O: the persistent IPAM wraps it.
+import type { Family } from '../types.ts';
+import { bigIntToIp, cidrContains, ipFamily, ipToBigInt, normalizeIp, parseCidr, usableRange } from './cidr.ts';
+
+export interface SubnetState {
+  cidr: string;
+  gateway: string;
+  /** Next-fit cursor: the last address handed out, so released addresses are not reused at once. */
+  last?: string;
+}
+
+export interface PoolDoc {
+  name: string;
+  subnets: SubnetState[];
+  /** ip -> owner. The single source of truth: an address is free iff it is not a key here. */
+  allocations: Record<string, string>;
+}
+
+export type IpamErrorCode = 'pool_exhausted' | 'address_in_use' | 'address_out_of_range' | 'network_not_found' | 'bad_request';
+
+export class IpamError extends Error {
+  constructor(readonly code: IpamErrorCode, message: string) { super(message); this.name = 'IpamError'; }
+}
+
+export function subnetFor(doc: PoolDoc, family: Family): SubnetState | undefined {
+  return doc.subnets.find((s) => parseCidr(s.cidr).family === family);
+}
+
+/** Address the owner already holds in this family, so a retried request gets the same answer. */
+export function heldBy(doc: PoolDoc, owner: string, family: Family): string | undefined {
+  for (const [ip, o] of Object.entries(doc.allocations)) {
+    if (o === owner && ipFamily(ip) === family) return ip;
+  }
+  return undefined;
+}
+
+/** Picks an address and records it in `doc`. Throws IpamError naming the pool. */
+export function allocate(doc: PoolDoc, owner: string, req: { family?: Family; ip?: string }): { ip: string; subnet: SubnetState } {
+  if (req.ip !== undefined) return allocateRequested(doc, owner, req.ip);
+  const family = req.family ?? 4;
+  const subnet = subnetFor(doc, family);
+  if (!subnet) throw new IpamError('bad_request', `pool "${doc.name}" has no IPv${family} subnet`);
+  const held = heldBy(doc, owner, family);
+  if (held) return { ip: held, subnet };
+
+  const c = parseCidr(subnet.cidr);
+  const { first, last } = usableRange(c);
+  const gateway = ipToBigInt(subnet.gateway);
+  const span = last - first + 1n;
+  let cursor = subnet.last && cidrContains(c, subnet.last) ? ipToBigInt(subnet.last) + 1n : first;
+  // One pass over the range starting after the cursor; bounded by span so a full pool ends the loop.
+  const limit = span < 1_000_000n ? span : 1_000_000n;
+  for (let i = 0n; i < limit; i++) {
+    if (cursor > last || cursor < first) cursor = first;
+    if (cursor !== gateway) {
+      const ip = bigIntToIp(cursor, c.family);
+      if (!(ip in doc.allocations)) {
+        doc.allocations[ip] = owner;
+        subnet.last = ip;
+        return { ip, subnet };
+      }
+    }
+    cursor++;
+  }
+  throw new IpamError('pool_exhausted', `IP pool "${doc.name}" is exhausted: no free IPv${family} address left in ${subnet.cidr}`);
+}
+
+function allocateRequested(doc: PoolDoc, owner: string, requested: string): { ip: string; subnet: SubnetState } {
+  const family = ipFamily(requested);
+  if (!family) throw new IpamError('bad_request', `requested address "${requested}" is not an IP address`);
+  const ip = normalizeIp(requested);
+  const subnet = doc.subnets.find((s) => cidrContains(parseCidr(s.cidr), ip));
+  if (!subnet) {
+    throw new IpamError('address_out_of_range', `address ${ip} is outside pool "${doc.name}" (${doc.subnets.map((s) => s.cidr).join(', ')})`);
+  }
+  const c = parseCidr(subnet.cidr);
+  const { first, last } = usableRange(c);
+  const n = ipToBigInt(ip);
+  if (n < first || n > last) throw new IpamError('address_out_of_range', `address ${ip} is reserved in ${subnet.cidr} (network or broadcast address)`);
+  if (ip === normalizeIp(subnet.gateway)) throw new IpamError('address_in_use', `address ${ip} is the gateway of pool "${doc.name}"`);
+  const current = doc.allocations[ip];
+  if (current !== undefined && current !== owner) {
+    throw new IpamError('address_in_use', `address ${ip} in pool "${doc.name}" is already allocated to ${current}`);
+  }
+  doc.allocations[ip] = owner;
+  return { ip, subnet };
+}
+
+export function releaseOwner(doc: PoolDoc, owner: string): string[] {
+  const freed = Object.keys(doc.allocations).filter((ip) => doc.allocations[ip] === owner);
+  for (const ip of freed) delete doc.allocations[ip];
+  return freed;
+}
+
+export function releaseIp(doc: PoolDoc, ip: string): boolean {
+  const key = ipFamily(ip) ? normalizeIp(ip) : ip;
+  if (!(key in doc.allocations)) return false;
+  delete doc.allocations[key];
+  return true;
+}

@@ -1,0 +1,114 @@
+// Persistent key/value documents. Everything the agent must not lose (IPAM, endpoints, networks) goes
+// through this interface so a cluster store (etcd) can replace the files later.
+import fs from 'node:fs';
+import path from 'node:path';
+import crypto from 'node:crypto';
+
+export interface Store {
+  get<T>(key: string): Promise<T | undefined>;
+  /** Durable when it resolves: a crash afterwards never loses the value, a crash before leaves the old one. */
+  put(key: string, value: unknown): Promise<void>;
+  delete(key: string): Promise<boolean>;
+  /** Every document whose key starts with `prefix/`. */
+  list<T>(prefix: string): Promise<{ key: string; value: T }[]>;
+}
+
+const SEGMENT = /^[A-Za-z0-9][A-Za-z0-9._:@=+-]*$/;
+
+/** One JSON file per key under a directory; writes are write-temp, fsync, rename, fsync-dir. */
+export class FileStore implements Store {
+  constructor(readonly dir: string) {
+    fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  }
+
+  private fileOf(key: string): string {
+    const parts = key.split('/');
+    for (const p of parts) {
+      if (!SEGMENT.test(p)) throw new Error(`invalid store key "${key}"`);
+    }
+    return path.join(this.dir, ...parts) + '.json';
+  }
+
+  async get<T>(key: string): Promise<T | undefined> {
+    try {
+      return JSON.parse(await fs.promises.readFile(this.fileOf(key), 'utf8')) as T;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+      throw new Error(`store: cannot read ${this.fileOf(key)}: ${(e as Error).message}`);
+    }
+  }
+
+  async put(key: string, value: unknown): Promise<void> {
+    const file = this.fileOf(key);
+    await writeFileAtomic(file, JSON.stringify(value, null, 1) + '\n');
+  }
+
+  async delete(key: string): Promise<boolean> {
+    const file = this.fileOf(key);
+    try {
+      await fs.promises.unlink(file);
+      await fsyncDir(path.dirname(file));
+      return true;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+      throw e;
+    }
+  }
+
+  async list<T>(prefix: string): Promise<{ key: string; value: T }[]> {
+    const dir = path.join(this.dir, ...prefix.split('/'));
+    let names: string[];
+    try { names = await fs.promises.readdir(dir); } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+      throw e;
+    }
+    const out: { key: string; value: T }[] = [];
+    for (const name of names.sort()) {
+      if (!name.endsWith('.json')) continue; // temp files of an interrupted write are ignored
+      const key = `${prefix}/${name.slice(0, -5)}`;
+      const value = await this.get<T>(key);
+      if (value !== undefined) out.push({ key, value });
+    }
+    return out;
+  }
+}
+
+export async function writeFileAtomic(file: string, data: string): Promise<void> {
+  const dir = path.dirname(file);
+  await fs.promises.mkdir(dir, { recursive: true, mode: 0o700 });
+  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`);
+  const fh = await fs.promises.open(tmp, 'w', 0o600);
+  try {
+    await fh.writeFile(data);
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
+  try {
+    await fs.promises.rename(tmp, file);
+  } catch (e) {
+    await fs.promises.rm(tmp, { force: true });
+    throw e;
+  }
+  await fsyncDir(dir);
+}
+
+async function fsyncDir(dir: string): Promise<void> {
+  const fh = await fs.promises.open(dir, 'r');
+  try { await fh.sync(); } finally { await fh.close(); }
+}
+
+/** In-memory store for unit tests of pure logic. */
+export class MemoryStore implements Store {
+  private readonly docs = new Map<string, string>();
+  async get<T>(key: string): Promise<T | undefined> {
+    const v = this.docs.get(key);
+    return v === undefined ? undefined : (JSON.parse(v) as T);
+  }
+  async put(key: string, value: unknown): Promise<void> { this.docs.set(key, JSON.stringify(value)); }
+  async delete(key: string): Promise<boolean> { return this.docs.delete(key); }
+  async list<T>(prefix: string): Promise<{ key: string; value: T }[]> {
+    return [...this.docs.keys()].filter((k) => k.startsWith(prefix + '/')).sort()
+      .map((key) => ({ key, value: JSON.parse(this.docs.get(key)!) as T }));
+  }
+}

@@ -1,0 +1,113 @@
+// Shapes shared by the core, the agent API, the CLI and the front doors (CNI, Docker).
+// Pure types only: importing this file never loads native code.
+
+export type Family = 4 | 6;
+
+export interface EndpointRequest {
+  containerId: string;
+  /** Path of the container's netns. Omitted: the container end stays in the host netns under `ifName`
+   *  and the runtime moves and configures it (Docker's libnetwork model). */
+  netns?: string;
+  ifName: string;
+  network?: string;
+  labels?: Record<string, string>;
+  metadata?: Record<string, string>;
+  mac?: string;
+  mtu?: number;
+  /** Requested addresses ("10.1.0.5"), or addresses an external IPAM already allocated (externalIpam). */
+  ips?: string[];
+  externalIpam?: boolean;
+}
+
+export interface EndpointIp {
+  /** As configured on the container interface, e.g. 10.1.0.5/32. */
+  address: string;
+  gateway: string;
+  family: Family;
+  /** The network's subnet the address came from, e.g. 10.1.0.0/16. */
+  subnet: string;
+}
+
+export interface EndpointRoute {
+  dst: string;
+  gw?: string;
+}
+
+export interface Endpoint {
+  id: number;
+  containerId: string;
+  ifName: string;
+  network: string;
+  netns: string | null;
+  hostIfName: string;
+  hostIfIndex: number;
+  hostMac: string;
+  mac: string;
+  mtu: number;
+  ips: EndpointIp[];
+  routes: EndpointRoute[];
+  labels: Record<string, string>;
+  metadata: Record<string, string>;
+  identity: number;
+  externalIpam: boolean;
+  createdAt: string;
+}
+
+export interface NetworkSpec {
+  name: string;
+  /** CIDRs, at most one IPv4 and one IPv6. */
+  subnets: string[];
+  /** Optional explicit gateways (one per family); default: first usable address of each subnet. */
+  gateways?: string[];
+  mtu?: number;
+  options?: Record<string, string>;
+}
+
+export interface Network {
+  name: string;
+  subnets: { cidr: string; gateway: string; family: Family }[];
+  mtu: number;
+  options: Record<string, string>;
+  createdAt: string;
+}
+
+export interface IpamAllocation {
+  ip: string;
+  subnet: string;
+  owner: string;
+}
+
+export interface IpamPoolView {
+  name: string;
+  subnets: { cidr: string; gateway: string; size: string; allocated: number }[];
+  allocations: IpamAllocation[];
+}
+
+export interface AgentStatus {
+  version: string;
+  uptimeSeconds: number;
+  endpoints: number;
+  networks: number;
+  stateDir: string;
+  socket: string;
+  datapath: { pinDir: string; attach: string; hostDevice: string };
+  nodeName: string;
+}
+
+export interface ApiErrorBody {
+  error: { code: ApiErrorCode; message: string; details?: unknown };
+}
+
+export type ApiErrorCode =
+  | 'bad_request'
+  | 'netns_not_found'
+  | 'network_not_found'
+  | 'network_exists'
+  | 'network_in_use'
+  | 'pool_exhausted'
+  | 'address_in_use'
+  | 'address_out_of_range'
+  | 'endpoint_exists'
+  | 'endpoint_not_found'
+  | 'not_found'
+  | 'internal';
