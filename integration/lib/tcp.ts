@@ -1,0 +1,81 @@
+// TCP peers that run inside a test netns (a node child under nsenter), for "does a connection work"
+// and "does a flow survive" checks.
+import { spawn, type ChildProcess } from 'node:child_process';
+import type { TestNetns } from './netns.ts';
+
+const SERVER = `
+const net = require('net');
+const srv = net.createServer((s) => { s.on('data', (d) => s.write(d)); s.on('error', () => {}); });
+srv.listen(Number(process.argv[1]), process.argv[2], () => process.stdout.write('listening\\n'));
+`;
+
+const STREAM = `
+// Sends a line every 20 ms and prints a count of echoed bytes every 100 ms: a live flow.
+const net = require('net');
+const s = net.connect(Number(process.argv[2]), process.argv[1]);
+let echoed = 0;
+s.on('data', (d) => { echoed += d.length; });
+s.on('error', (e) => { process.stdout.write('error ' + e.message + '\\n'); process.exit(1); });
+s.on('connect', () => {
+  setInterval(() => s.write('x'.repeat(100) + '\\n'), 20);
+  setInterval(() => process.stdout.write('echoed ' + echoed + '\\n'), 100);
+});
+`;
+
+const REQUEST = `
+const net = require('net');
+const s = net.connect(Number(process.argv[2]), process.argv[1]);
+const timer = setTimeout(() => { process.stdout.write('timeout'); process.exit(2); }, 3000);
+s.on('connect', () => s.write('ping'));
+s.on('data', (d) => { process.stdout.write(d.toString()); clearTimeout(timer); s.end(); });
+s.on('error', (e) => { process.stdout.write('error ' + e.code); process.exit(1); });
+`;
+
+function nodeIn(ns: TestNetns, script: string, args: string[]): ChildProcess {
+  const env = { ...process.env };
+  delete env.NODE_EXTRA_CA_CERTS;
+  return spawn('nsenter', [`--net=${ns.path}`, process.execPath, '-e', script, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
+}
+
+export async function startEchoServer(ns: TestNetns, port: number, host = '::'): Promise<ChildProcess> {
+  const child = nodeIn(ns, SERVER, [String(port), host]);
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('echo server did not start')), 10_000);
+    child.stdout!.on('data', (d: Buffer) => { if (d.toString().includes('listening')) { clearTimeout(timer); resolve(); } });
+    child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`echo server exited ${code}`)); });
+  });
+  return child;
+}
+
+/** One request/response over a new connection; resolves with the echoed text or an error string. */
+export function tcpRequest(ns: TestNetns, ip: string, port: number): Promise<string> {
+  const child = nodeIn(ns, REQUEST, [ip, String(port)]);
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
+  return new Promise((resolve) => child.once('exit', () => resolve(out)));
+}
+
+export interface LiveFlow {
+  echoed(): number;
+  failed(): string | null;
+  stop(): void;
+}
+
+export function startFlow(ns: TestNetns, ip: string, port: number): LiveFlow {
+  const child = nodeIn(ns, STREAM, [ip, String(port)]);
+  let echoed = 0;
+  let failed: string | null = null;
+  child.stdout!.on('data', (d: Buffer) => {
+    for (const line of d.toString().split('\n')) {
+      const m = /^echoed (\d+)/.exec(line);
+      if (m) echoed = Number(m[1]);
+      if (line.startsWith('error')) failed = line;
+    }
+  });
+  child.once('exit', (code) => { if (code && !failed) failed = `flow exited ${code}`; });
+  return { echoed: () => echoed, failed: () => failed, stop: () => { child.kill('SIGKILL'); } };
+}
+
+export function killAll(children: (ChildProcess | undefined)[]): void {
+  for (const c of children) if (c && c.exitCode === null) c.kill('SIGKILL');
+}

@@ -1,0 +1,86 @@
+// Shared pieces of the benchmarks: medians, tables, peers run inside netns.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { TestNetns } from '../../integration/lib/netns.ts';
+
+export const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
+
+export function median(xs: number[]): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const m = Math.floor(s.length / 2);
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+}
+
+export function percentile(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  const idx = (s.length - 1) * p;
+  const lo = Math.floor(idx), hi = Math.ceil(idx);
+  return s[lo] + (s[hi] - s[lo]) * (idx - lo);
+}
+
+export function markdownTable(headers: string[], rows: string[][]): string {
+  return [`| ${headers.join(' | ')} |`, `|${headers.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
+}
+
+export function sleep(ms: number): Promise<void> {
+  return new Promise((r) => setTimeout(r, ms));
+}
+
+function daemon(ns: TestNetns, cmd: string, args: string[]): ChildProcess {
+  return spawn('nsenter', [`--net=${ns.path}`, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+}
+
+let crrBinary: string | undefined;
+function crr(): string {
+  if (!crrBinary) {
+    crrBinary = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-bench-')), 'crr');
+    execFileSync('cc', ['-O2', '-o', crrBinary, path.join(BENCH_DIR, 'crr.c')]);
+  }
+  return crrBinary;
+}
+
+/** TCP throughput in Gbit/s (iperf3, receiver side). */
+export async function throughput(client: TestNetns, server: TestNetns, ip: string, streams: number, seconds: number): Promise<number> {
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const srv = daemon(server, 'iperf3', ['-s', '-1', '-B', ip, '-p', String(port)]);
+  try {
+    await sleep(300);
+    const out = await client.exec('iperf3', ['-c', ip, '-p', String(port), '-t', String(seconds), '-P', String(streams), '-J'], { timeoutMs: (seconds + 20) * 1000 });
+    return JSON.parse(out).end.sum_received.bits_per_second / 1e9;
+  } finally {
+    srv.kill('SIGKILL');
+  }
+}
+
+/** TCP request/response round-trip latency in µs (sockperf ping-pong, median). */
+export async function rrLatency(client: TestNetns, server: TestNetns, ip: string, seconds: number): Promise<number> {
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const srv = daemon(server, 'sockperf', ['sr', '--tcp', '-i', ip, '-p', String(port)]);
+  try {
+    await sleep(300);
+    const out = await client.exec('sockperf', ['pp', '--tcp', '-i', ip, '-p', String(port), '-t', String(seconds)], { timeoutMs: (seconds + 20) * 1000 });
+    const m = /percentile 50\.000 =\s+([\d.]+)/.exec(out);
+    if (!m) throw new Error(`sockperf printed no median:\n${out}`);
+    return Number(m[1]) * 2; // sockperf reports half the round trip
+  } finally {
+    srv.kill('SIGKILL');
+  }
+}
+
+/** New TCP connections per second (connect, 1 byte each way, close). */
+export async function connectionRate(client: TestNetns, server: TestNetns, ip: string, seconds: number): Promise<number> {
+  const port = 20000 + Math.floor(Math.random() * 20000);
+  const bin = crr();
+  await client.exec('sysctl', ['-q', '-w', 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=1024 65000']);
+  const srv = daemon(server, bin, ['server', String(port)]);
+  try {
+    await sleep(300);
+    const out = await client.exec(bin, ['client', ip, String(port), String(seconds)], { timeoutMs: (seconds + 20) * 1000 });
+    return Number(out.trim().split(' ')[0]);
+  } finally {
+    srv.kill('SIGKILL');
+  }
+}

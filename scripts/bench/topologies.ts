@@ -1,0 +1,97 @@
+// The three ways to connect two pods that the datapath benchmark compares.
+import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createNetns, type TestNetns } from '../../integration/lib/netns.ts';
+import { randomId, randomSubnet24, startAgent, type TestAgent } from '../../integration/lib/agent.ts';
+
+export interface Pods {
+  name: string;
+  a: TestNetns;
+  b: TestNetns;
+  ipA: string;
+  ipB: string;
+  agent?: TestAgent;
+  cleanup(): Promise<void>;
+}
+
+const sh = (cmd: string, args: string[]) => execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+
+/** (a) plain veth + host /32 routes, no BPF: the same L3 model as Membrane, without the program. */
+export async function plainVeth(): Promise<Pods> {
+  const id = randomId(3);
+  const base = randomSubnet24().replace(/0\/24$/, '');
+  const gw = `${base}1`, dummy = `pgw${id}`;
+  const a = createNetns('mbb'), b = createNetns('mbb');
+  const links: string[] = [dummy];
+  sh('ip', ['link', 'add', dummy, 'type', 'dummy']);
+  sh('ip', ['link', 'set', dummy, 'up']);
+  sh('ip', ['addr', 'add', `${gw}/32`, 'dev', dummy]);
+  sh('sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1']);
+  const pods: [TestNetns, string][] = [[a, `${base}2`], [b, `${base}3`]];
+  for (const [i, [ns, ip]] of pods.entries()) {
+    const host = `pv${id}${i}`;
+    links.push(host);
+    sh('ip', ['link', 'add', host, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns.path]);
+    sh('ip', ['link', 'set', host, 'up']);
+    sh('sysctl', ['-q', '-w', `net.ipv4.conf.${host}.proxy_arp=1`, `net.ipv4.neigh.${host}.proxy_delay=0`]);
+    sh('ip', ['route', 'add', `${ip}/32`, 'dev', host, 'scope', 'link']);
+    await ns.exec('ip', ['link', 'set', 'eth0', 'up']);
+    await ns.exec('ip', ['addr', 'add', `${ip}/32`, 'dev', 'eth0']);
+    await ns.exec('ip', ['route', 'add', `${gw}/32`, 'dev', 'eth0', 'scope', 'link']);
+    await ns.exec('ip', ['route', 'add', 'default', 'via', gw, 'dev', 'eth0']);
+  }
+  return {
+    name: 'plain veth + host routes', a, b, ipA: pods[0][1], ipB: pods[1][1],
+    async cleanup() {
+      a.remove(); b.remove();
+      for (const l of links) { try { sh('ip', ['link', 'del', l]); } catch { /* gone with its netns */ } }
+    },
+  };
+}
+
+/** (b) the reference bridge plugin (Debian's containernetworking-plugins) with host-local IPAM. */
+export async function referenceBridge(): Promise<Pods> {
+  const id = randomId(3);
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-bench-bridge-'));
+  const bridge = `bb${id}`;
+  const conf = JSON.stringify({
+    cniVersion: '1.0.0', name: `bench${id}`, type: 'bridge', bridge, isGateway: true, ipMasq: false,
+    ipam: { type: 'host-local', subnet: randomSubnet24(), dataDir: path.join(dir, 'ipam'), routes: [{ dst: '0.0.0.0/0' }] },
+  });
+  const a = createNetns('mbb'), b = createNetns('mbb');
+  const cni = (cmd: string, ns: TestNetns) => execFileSync('/usr/lib/cni/bridge', [], {
+    input: conf, encoding: 'utf8',
+    env: { PATH: process.env.PATH, CNI_COMMAND: cmd, CNI_CONTAINERID: ns.name, CNI_NETNS: ns.path, CNI_IFNAME: 'eth0', CNI_PATH: '/usr/lib/cni' },
+  });
+  const ipOf = (out: string) => JSON.parse(out).ips[0].address.split('/')[0] as string;
+  const ipA = ipOf(cni('ADD', a));
+  const ipB = ipOf(cni('ADD', b));
+  return {
+    name: 'reference bridge plugin', a, b, ipA, ipB,
+    async cleanup() {
+      for (const ns of [a, b]) { try { cni('DEL', ns); } catch { /* best effort */ } ns.remove(); }
+      try { sh('ip', ['link', 'del', bridge]); } catch { /* gone */ }
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+/** (c) Membrane endpoints created through the agent's API. */
+export async function membrane(agent?: TestAgent): Promise<Pods> {
+  const own = !agent;
+  const ag = agent ?? await startAgent();
+  const a = createNetns('mbb'), b = createNetns('mbb');
+  const ea = await ag.client.createEndpoint({ containerId: `bench-${a.name}`, netns: a.path, ifName: 'eth0' });
+  const eb = await ag.client.createEndpoint({ containerId: `bench-${b.name}`, netns: b.path, ifName: 'eth0' });
+  return {
+    name: 'Membrane', a, b, ipA: ea.ips[0].address.split('/')[0], ipB: eb.ips[0].address.split('/')[0], agent: ag,
+    async cleanup() {
+      await ag.client.deleteEndpoint(ea.containerId, 'eth0').catch(() => undefined);
+      await ag.client.deleteEndpoint(eb.containerId, 'eth0').catch(() => undefined);
+      a.remove(); b.remove();
+      if (own) await ag.cleanup();
+    },
+  };
+}

@@ -1,0 +1,74 @@
+// The API validates every body before the core sees it, and maps core errors to clear 4xx answers.
+import t from 'tap';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createApp, listenUnix } from '../src/api/server.ts';
+import { AgentClient, AgentUnreachableError } from '../src/api/client.ts';
+import { createLogger } from '../src/log.ts';
+import { IpamError } from '../src/ipam/index.ts';
+import type { Core } from '../src/core.ts';
+import type { Endpoint, EndpointRequest } from '../src/types.ts';
+
+function fakeCore(calls: EndpointRequest[]): Core {
+  return {
+    networks: { get: () => undefined, list: () => [], create: async () => { throw new Error('no'); }, delete: async () => false },
+    endpoints: {
+      get: () => undefined,
+      list: () => [],
+      create: async (req) => {
+        calls.push(req);
+        if (req.network === 'full') throw new IpamError('pool_exhausted', 'IP pool "full" is exhausted');
+        return { containerId: req.containerId, ifName: req.ifName } as Endpoint;
+      },
+      delete: async () => false,
+      updateLabels: async () => { throw new Error('no'); },
+    },
+    ipam: { allocate: async () => { throw new Error('no'); }, releaseOwner: async () => 0, releaseIp: async () => false, pools: () => [] },
+  };
+}
+
+t.test('requests are validated and errors are clear', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-api-'));
+  const socket = path.join(dir, 'api.sock');
+  const calls: EndpointRequest[] = [];
+  const app = createApp({ core: fakeCore(calls), log: createLogger({ level: 'silent' }), version: 'test', check: () => [], status: () => ({}) as never });
+  const server = await listenUnix(app, socket);
+  t.teardown(() => { server.close(); fs.rmSync(dir, { recursive: true, force: true }); });
+  t.equal((fs.statSync(socket).mode & 0o777).toString(8), '660', 'socket mode 0660');
+  const c = new AgentClient({ socketPath: socket });
+
+  await t.rejects(c.request('POST', '/v1/endpoints', { ifName: 'eth0' }), { status: 400, code: 'bad_request', message: /containerId/ });
+  await t.rejects(c.request('POST', '/v1/endpoints', { containerId: 'a', ifName: 'eth0', extra: 1 }), { status: 400, message: /extra/ });
+  await t.rejects(c.request('POST', '/v1/endpoints', { containerId: 'a', ifName: 'eth0', mtu: 'big' }), { status: 400, message: /mtu/ });
+  t.equal(calls.length, 0, 'the core never saw an invalid request');
+  await t.rejects(c.createEndpoint({ containerId: 'a', ifName: 'eth0', network: 'full' }), { status: 409, code: 'pool_exhausted', message: /"full"/ });
+  await t.rejects(c.request('GET', '/v1/nope'), { status: 404, code: 'not_found', message: /GET \/v1\/nope/ });
+  await t.rejects(c.getEndpoint('x', 'eth0'), { status: 404, code: 'endpoint_not_found' });
+  t.same(await c.deleteEndpoint('x', 'eth0'), { deleted: false });
+
+  await t.rejects(listenUnix(app, socket), /already serving/, 'a second agent cannot steal a live socket');
+});
+
+t.test('malformed JSON gets a 400', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-api-'));
+  const socket = path.join(dir, 'api.sock');
+  const app = createApp({ core: fakeCore([]), log: createLogger({ level: 'silent' }), version: 'test', check: () => [], status: () => ({}) as never });
+  const server = await listenUnix(app, socket);
+  t.teardown(() => { server.close(); fs.rmSync(dir, { recursive: true, force: true }); });
+  const http = await import('node:http');
+  const res = await new Promise<{ status: number; body: string }>((resolve) => {
+    const req = http.request({ socketPath: socket, method: 'POST', path: '/v1/endpoints', headers: { 'content-type': 'application/json' } }, (r) => {
+      let body = ''; r.on('data', (d) => { body += d; }); r.on('end', () => resolve({ status: r.statusCode!, body }));
+    });
+    req.end('{"containerId":');
+  });
+  t.equal(res.status, 400);
+  t.match(JSON.parse(res.body).error.message, /not valid JSON/);
+});
+
+t.test('an unreachable agent is reported as such', async (t) => {
+  const c = new AgentClient({ socketPath: '/nonexistent/agent.sock' });
+  await t.rejects(c.healthz(), AgentUnreachableError);
+  await t.rejects(c.healthz(), { message: /is membrane-agent running/ });
+});
