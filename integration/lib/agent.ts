@@ -24,6 +24,7 @@ export interface StartAgentOptions {
 export interface TestAgent {
   id: string;
   socket: string;
+  observerSocket: string;
   stateDir: string;
   bpffsDir: string;
   hostDevice: string;
@@ -68,6 +69,8 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
     '--import', 'tsx', AGENT_MAIN,
     '--state-dir', stateDir, '--socket', socket, '--bpffs-dir', bpffsDir, '--host-device', hostDevice,
     '--log-level', 'debug',
+    // Several agents run side by side: no fixed ports or sockets.
+    '--metrics-address', '127.0.0.1:0', '--observer-socket', path.join(stateDir, 'observer.sock'),
     ...pools.flatMap((p) => ['--pool', p]),
     ...(opts.extraArgs ?? []),
   ];
@@ -99,7 +102,7 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
   });
 
   const agent: TestAgent = {
-    id, socket, stateDir, bpffsDir, hostDevice, pools, logFile, client,
+    id, socket, observerSocket: path.join(stateDir, 'observer.sock'), stateDir, bpffsDir, hostDevice, pools, logFile, client,
     pid: () => child?.pid,
     stop: () => waitExit('SIGTERM'),
     kill9: () => waitExit('SIGKILL'),

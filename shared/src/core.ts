@@ -35,3 +35,19 @@ export interface Core {
   readonly endpoints: EndpointService;
   readonly ipam: IpamService;
 }
+
+/** Names the policy rule behind a datapath verdict (flows, trace). */
+export interface PolicyLookup {
+  describeRule(ruleId: number): { policy: string; index: number; direction: 'ingress' | 'egress'; action: 'allow' | 'deny' } | undefined;
+}
+
+/** Labels behind a numeric security identity. */
+export interface IdentityLookup {
+  labelsOf(identity: number): Record<string, string> | undefined;
+}
+
+/** Services that extensions register for each other (policy fills these, flows reads them). */
+export interface AgentServices {
+  policy?: PolicyLookup;
+  identities?: IdentityLookup;
+}

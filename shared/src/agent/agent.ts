@@ -2,11 +2,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type http from 'node:http';
-import type { Core, IpamService, NetworkService } from '../core.ts';
+import type { AgentServices, Core, IpamService, NetworkService } from '../core.ts';
 import type { AgentStatus, NetworkSpec } from '../types.ts';
 import type { Logger } from '../log.ts';
 import type { AgentConfig } from './config.ts';
-import { FileStore } from '../store/index.ts';
+import { FileStore, type Store } from '../store/index.ts';
 import { Ipam } from '../ipam/index.ts';
 import { Networks, NetworkError } from '../network/index.ts';
 import { EndpointManager } from '../endpoint/manager.ts';
@@ -21,11 +21,20 @@ import { resolveBpfObject } from './paths.ts';
 
 export interface AgentExtension {
   name: string;
-  start(agent: Agent): Promise<{ close(): Promise<void> } | void>;
+  /** Before endpoints are restored: register endpoint hooks, services and API routers. */
+  init?(agent: Agent): Promise<void> | void;
+  /** After restore, before the API serves. */
+  start?(agent: Agent): Promise<{ close(): Promise<void> } | void>;
 }
 
 export class Agent {
   readonly startedAt = Date.now();
+  /** Filled by extensions for each other (policy registers lookups, flows reads them). */
+  readonly services: AgentServices = {};
+  /** Extra fields for /v1/status, keyed by extension (e.g. metrics address, observer socket). */
+  readonly statusExtras: Record<string, unknown> = {};
+  /** API routers added by extensions, mounted at their path (e.g. /v1/policy). */
+  readonly routers: { path: string; router: import('express').Router }[] = [];
   private server?: http.Server;
   private closers: { name: string; close(): Promise<void> }[] = [];
 
@@ -37,6 +46,7 @@ export class Agent {
     private readonly host: Netlink,
     readonly datapath: Datapath,
     private readonly pidLock: PidLock,
+    readonly store: Store,
   ) {}
 
   static async start(cfg: AgentConfig, log: Logger, extensions: AgentExtension[] = []): Promise<Agent> {
@@ -57,22 +67,28 @@ export class Agent {
 
       const datapath = loadDatapath({ objectPath: resolveBpfObject(cfg.bpfObject), pinDir: cfg.bpffsDir });
       const endpoints = new EndpointManager({ store, ipam, networks, datapath, host, log });
-      const restored = await endpoints.restore();
-      log.info(restored, 'endpoints restored');
-
       const core: Core = {
         networks: networkService(networks, endpoints, host, cfg.hostDevice),
         endpoints,
         ipam: ipamService(ipam),
       };
-      const agent = new Agent(cfg, log, core, endpoints, host, datapath, pidLock);
-      for (const ext of extensions) {
-        const handle = await ext.start(agent);
-        if (handle) agent.closers.push({ name: ext.name, close: handle.close });
+      const agent = new Agent(cfg, log, core, endpoints, host, datapath, pidLock, store);
+      try {
+        for (const ext of extensions) await ext.init?.(agent);
+        const restored = await endpoints.restore();
+        log.info(restored, 'endpoints restored');
+        for (const ext of extensions) {
+          const handle = await ext.start?.(agent);
+          if (handle) agent.closers.push({ name: ext.name, close: handle.close });
+        }
+      } catch (e) {
+        await agent.closeExtensions();
+        throw e;
       }
       const app = createApp({
         core, log, version: VERSION, status: () => agent.status(),
         check: (cid, ifName) => endpoints.check(cid, ifName),
+        routers: agent.routers,
       });
       agent.server = await listenUnix(app, cfg.socket);
       log.info({ socket: cfg.socket, stateDir: cfg.stateDir, bpffsDir: cfg.bpffsDir, networks: networks.list().map((n) => n.name) }, 'membrane agent ready');
@@ -81,6 +97,13 @@ export class Agent {
       pidLock.release();
       throw e;
     }
+  }
+
+  async closeExtensions(): Promise<void> {
+    for (const c of this.closers.reverse()) {
+      try { await c.close(); } catch (err) { this.log.warn({ err, extension: c.name }, 'extension did not close cleanly'); }
+    }
+    this.closers = [];
   }
 
   status(): AgentStatus {
@@ -93,6 +116,7 @@ export class Agent {
       socket: this.cfg.socket,
       datapath: { pinDir: this.datapath.pinDir, attach: 'tc-clsact', hostDevice: this.cfg.hostDevice },
       nodeName: this.cfg.nodeName,
+      ...this.statusExtras,
     };
   }
 
@@ -105,10 +129,7 @@ export class Agent {
       server.closeAllConnections?.();
       fs.rmSync(this.cfg.socket, { force: true });
     }
-    for (const c of this.closers.reverse()) {
-      try { await c.close(); } catch (err) { this.log.warn({ err, extension: c.name }, 'extension did not close cleanly'); }
-    }
-    this.closers = [];
+    await this.closeExtensions();
     this.datapath.close();
     this.host.close();
     this.pidLock.release();

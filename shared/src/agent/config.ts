@@ -14,6 +14,9 @@ export const DEFAULTS = {
   pools: ['10.200.0.0/16'],
   logLevel: 'info',
   dockerPluginDir: '/run/docker/plugins',
+  metricsAddress: '127.0.0.1:9962',
+  observerSocket: '/run/membrane/observer.sock',
+  flowBufferSize: 4096,
 } as const;
 
 export interface AgentConfig {
@@ -30,6 +33,17 @@ export interface AgentConfig {
   dockerPluginDir: string;
   dockerSocket?: string;
   mtu?: number;
+  /** host:port for Prometheus metrics, or "off". */
+  metricsAddress: string;
+  /** gRPC observer (flows) on this unix socket; observerAddress adds a TCP listener. */
+  observerSocket: string;
+  observerAddress?: string;
+  /** Flows kept in memory for GetFlows. */
+  flowBufferSize: number;
+  /** Flow and drop events from the datapath (off for benchmarking their cost). */
+  flowEvents: boolean;
+  /** Agent-wide policy audit mode: would-be drops are reported, traffic passes. */
+  policyAuditMode: boolean;
 }
 
 export class ConfigError extends Error {
@@ -49,6 +63,12 @@ const FileSchema = z.object({
   dockerPluginDir: z.string().optional(),
   dockerSocket: z.string().optional(),
   mtu: z.number().int().min(576).max(65535).optional(),
+  metricsAddress: z.string().optional(),
+  observerSocket: z.string().optional(),
+  observerAddress: z.string().optional(),
+  flowBufferSize: z.number().int().min(1).max(10_000_000).optional(),
+  flowEvents: z.boolean().optional(),
+  policyAuditMode: z.boolean().optional(),
 }).strict();
 
 export type FileConfig = z.infer<typeof FileSchema>;
@@ -65,12 +85,18 @@ export const USAGE = `Usage: membrane-agent [options]
   --docker-plugin [NAME] serve the Docker network/IPAM plugin NAME (default name: membrane)
   --docker-plugin-dir D  where dockerd looks for plugin sockets (default ${DEFAULTS.dockerPluginDir})
   --docker-socket PATH   Docker API socket for container labels (default /var/run/docker.sock)
+  --metrics-address A    Prometheus metrics on host:port, or "off" (default ${DEFAULTS.metricsAddress})
+  --observer-socket PATH gRPC flow observer socket (default ${DEFAULTS.observerSocket})
+  --observer-address A   also serve the observer on TCP host:port
+  --flow-buffer N        flows kept in memory (default ${DEFAULTS.flowBufferSize})
+  --flow-events on|off   flow and drop events from the datapath (default on)
+  --policy-audit-mode    report would-be policy drops, let traffic pass (all endpoints)
   --log-level LEVEL      trace|debug|info|warn|error (default info; env MEMBRANE_LOG_LEVEL)
   --config FILE          YAML or JSON file with the same keys in camelCase (env MEMBRANE_CONFIG)
   -h, --help             this text`;
 
-type FlagKey = Exclude<keyof FileConfig, 'pools'> | 'config';
-type Flags = Partial<Record<FlagKey, string>> & { pools: string[]; help?: boolean };
+type FlagKey = Exclude<keyof FileConfig, 'pools' | 'policyAuditMode'> | 'config';
+type Flags = Partial<Record<FlagKey, string>> & { pools: string[]; help?: boolean; policyAuditMode?: boolean };
 
 export function parseFlags(argv: string[]): Flags {
   const flags: Flags = { pools: [] };
@@ -78,6 +104,8 @@ export function parseFlags(argv: string[]): Flags {
     '--state-dir': 'stateDir', '--bpffs-dir': 'bpffsDir', '--socket': 'socket', '--host-device': 'hostDevice',
     '--log-level': 'logLevel', '--node-name': 'nodeName', '--bpf-object': 'bpfObject', '--config': 'config',
     '--docker-plugin-dir': 'dockerPluginDir', '--docker-socket': 'dockerSocket', '--mtu': 'mtu',
+    '--metrics-address': 'metricsAddress', '--observer-socket': 'observerSocket', '--observer-address': 'observerAddress',
+    '--flow-buffer': 'flowBufferSize', '--flow-events': 'flowEvents',
   };
   for (let i = 0; i < argv.length; i++) {
     const raw = argv[i];
@@ -91,6 +119,7 @@ export function parseFlags(argv: string[]): Flags {
     };
     if (flag === '-h' || flag === '--help') { flags.help = true; continue; }
     if (flag === '--pool') { flags.pools.push(takeValue()); continue; }
+    if (flag === '--policy-audit-mode') { flags.policyAuditMode = true; continue; }
     if (flag === '--docker-plugin') {
       const next = argv[i + 1];
       flags.dockerPlugin = inline ?? (next && !next.startsWith('-') ? argv[++i] : 'membrane');
@@ -155,5 +184,25 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
     dockerPluginDir: flags.dockerPluginDir ?? file.dockerPluginDir ?? DEFAULTS.dockerPluginDir,
     dockerSocket: flags.dockerSocket ?? env.DOCKER_SOCKET ?? file.dockerSocket,
     mtu,
+    metricsAddress: flags.metricsAddress ?? env.MEMBRANE_METRICS_ADDRESS ?? file.metricsAddress ?? DEFAULTS.metricsAddress,
+    observerSocket: flags.observerSocket ?? env.MEMBRANE_OBSERVER_SOCKET ?? file.observerSocket ?? DEFAULTS.observerSocket,
+    observerAddress: flags.observerAddress ?? env.MEMBRANE_OBSERVER_ADDRESS ?? file.observerAddress,
+    flowBufferSize: intOption('--flow-buffer', flags.flowBufferSize ?? env.MEMBRANE_FLOW_BUFFER, file.flowBufferSize ?? DEFAULTS.flowBufferSize),
+    flowEvents: onOff('--flow-events', flags.flowEvents ?? env.MEMBRANE_FLOW_EVENTS, file.flowEvents ?? true),
+    policyAuditMode: flags.policyAuditMode ?? (env.MEMBRANE_POLICY_AUDIT_MODE ? onOff('MEMBRANE_POLICY_AUDIT_MODE', env.MEMBRANE_POLICY_AUDIT_MODE, false) : file.policyAuditMode ?? false),
   };
+}
+
+function intOption(name: string, text: string | undefined, fallback: number): number {
+  if (text === undefined) return fallback;
+  const n = Number(text);
+  if (!Number.isInteger(n) || n < 1) throw new ConfigError(`${name} "${text}" is not a positive whole number`);
+  return n;
+}
+
+function onOff(name: string, text: string | undefined, fallback: boolean): boolean {
+  if (text === undefined) return fallback;
+  if (['on', 'true', '1', 'yes'].includes(text)) return true;
+  if (['off', 'false', '0', 'no'].includes(text)) return false;
+  throw new ConfigError(`${name} "${text}" is not on or off`);
 }

@@ -15,6 +15,8 @@ export interface ApiDeps {
   version: string;
   check: (containerId: string, ifName: string) => string[];
   log: Logger;
+  /** Routers of agent extensions (policy, ...), mounted before the 404 handler. */
+  routers?: { path: string; router: express.Router }[];
 }
 
 export class ApiError extends Error {
@@ -83,6 +85,7 @@ export function createApp(d: ApiDeps): express.Express {
   });
 
   app.get('/v1/ipam', (_req, res) => { res.json({ pools: d.core.ipam.pools() }); });
+  for (const r of d.routers ?? []) app.use(r.path, r.router);
 
   app.use((req, _res, next) => next(new ApiError(404, 'not_found', `no such API path: ${req.method} ${req.path}`)));
   app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {

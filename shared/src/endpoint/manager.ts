@@ -30,14 +30,43 @@ export interface EndpointManagerDeps {
   onChange?: () => void;
 }
 
+/** What other concerns (identity, policy, flows, metrics) hook into an endpoint's life. */
+export interface EndpointHooks {
+  /** Identity for a label set, asked before the datapath config is written. */
+  identityFor?: (labels: Record<string, string>) => number | Promise<number>;
+  /** Runs after the endpoint's datapath config is written and before its program is attached, so
+   *  policy for a new endpoint is in place before its first packet. Throwing fails the create. */
+  beforeAttach?: (ep: Endpoint) => Promise<void> | void;
+  /** Runs after an endpoint is gone (policy and identity bookkeeping); also on a rolled-back create. */
+  afterDelete?: (ep: Endpoint) => Promise<void> | void;
+  /** Runs after labels changed (new identity, policy recomputation). */
+  afterLabelsChanged?: (ep: Endpoint) => Promise<void> | void;
+  /** Runs after a create finished (metrics). */
+  afterCreate?: (ep: Endpoint, ms: number) => void;
+}
+
 const STORE_PREFIX = 'endpoints';
 const MAX_ENDPOINT_ID = 65535;
 
 export class EndpointManager {
   private readonly byKey = new Map<string, Endpoint>();
   private readonly lock = new KeyedLock();
+  private readonly hooks: EndpointHooks[] = [];
 
   constructor(private readonly d: EndpointManagerDeps) {}
+
+  addHooks(h: EndpointHooks): void {
+    this.hooks.push(h);
+  }
+
+  private async identityOf(labels: Record<string, string>, fallback = 0): Promise<number> {
+    for (const h of this.hooks) if (h.identityFor) return h.identityFor(labels);
+    return this.d.identityFor?.(labels) ?? fallback;
+  }
+
+  private async runHooks(name: 'beforeAttach' | 'afterDelete' | 'afterLabelsChanged', ep: Endpoint): Promise<void> {
+    for (const h of this.hooks) await h[name]?.(ep);
+  }
 
   get(containerId: string, ifName: string): Endpoint | undefined {
     return this.byKey.get(endpointKey(containerId, ifName));
@@ -49,8 +78,12 @@ export class EndpointManager {
       .sort((a, b) => a.id - b.id);
   }
 
-  create(req: EndpointRequest): Promise<Endpoint> {
-    return this.lock.run(endpointKey(req.containerId, req.ifName), () => this.createLocked(req));
+  async create(req: EndpointRequest): Promise<Endpoint> {
+    const t0 = performance.now();
+    const existed = this.get(req.containerId, req.ifName);
+    const ep = await this.lock.run(endpointKey(req.containerId, req.ifName), () => this.createLocked(req));
+    if (!existed) for (const h of this.hooks) h.afterCreate?.(ep, performance.now() - t0);
+    return ep;
   }
 
   delete(containerId: string, ifName: string): Promise<boolean> {
@@ -60,10 +93,11 @@ export class EndpointManager {
   updateLabels(containerId: string, ifName: string, labels: Record<string, string>): Promise<Endpoint> {
     return this.lock.run(endpointKey(containerId, ifName), async () => {
       const ep = this.requireEndpoint(containerId, ifName);
-      const next: Endpoint = { ...ep, labels: { ...labels }, identity: this.d.identityFor?.(labels) ?? ep.identity };
+      const next: Endpoint = { ...ep, labels: { ...labels }, identity: await this.identityOf(labels, ep.identity) };
       await this.d.store.put(storeKey(next), next);
       this.byKey.set(endpointKey(containerId, ifName), next);
       this.d.datapath.upsertEndpoint(datapathConfig(next));
+      await this.runHooks('afterLabelsChanged', next);
       return next;
     });
   }
@@ -117,7 +151,7 @@ export class EndpointManager {
         routes: routesOf(ips, ns !== null),
         labels: { ...(req.labels ?? {}) },
         metadata: { ...(req.metadata ?? {}) },
-        identity: this.d.identityFor?.(req.labels ?? {}) ?? 0,
+        identity: await this.identityOf(req.labels ?? {}),
         externalIpam: req.externalIpam ?? false,
         createdAt: new Date().toISOString(),
       };
@@ -129,6 +163,8 @@ export class EndpointManager {
       // Config before attach: the program must know the endpoint before its first packet.
       this.d.datapath.upsertEndpoint(datapathConfig(ep));
       undo.push(() => this.d.datapath.removeEndpoint(ep.hostIfIndex, plainIps(ep)));
+      undo.push(() => this.runHooks('afterDelete', ep));
+      await this.runHooks('beforeAttach', ep);
       this.d.datapath.attach(ep.hostIfIndex);
       await this.d.store.put(storeKey(ep), ep);
       this.byKey.set(key, ep);
@@ -197,6 +233,7 @@ export class EndpointManager {
     if (!ep.externalIpam) await this.d.ipam.releaseOwner(ipamOwner(ep.containerId, ep.ifName));
     await this.d.store.delete(storeKey(ep));
     this.byKey.delete(endpointKey(ep.containerId, ep.ifName));
+    await this.runHooks('afterDelete', ep);
   }
 
   /**
@@ -254,6 +291,7 @@ export class EndpointManager {
         await this.d.store.put(storeKey(ep), ep);
       }
       this.d.datapath.upsertEndpoint(datapathConfig(ep));
+      await this.runHooks('beforeAttach', ep);
       this.d.datapath.attach(link.index);
       return repaired || !wasCurrent ? 'repaired' : 'kept';
     } finally {
