@@ -25,7 +25,8 @@ export async function plainVeth(): Promise<Pods> {
   const gw = `${base}1`, dummy = `pgw${id}`;
   const a = createNetns('mbb'), b = createNetns('mbb');
   const links: string[] = [dummy];
-  sh('ip', ['link', 'add', dummy, 'type', 'dummy']);
+  sh('ip', ['link', 'add', dummy, 'type', 'veth', 'peer', 'name', `${dummy}_n`]); // no dummy driver in every kernel
+  sh('ip', ['link', 'set', `${dummy}_n`, 'up']);
   sh('ip', ['link', 'set', dummy, 'up']);
   sh('ip', ['addr', 'add', `${gw}/32`, 'dev', dummy]);
   sh('sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1']);

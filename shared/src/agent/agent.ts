@@ -6,7 +6,8 @@ import type { AgentServices, Core, IpamService, NetworkService } from '../core.t
 import type { AgentStatus, NetworkSpec } from '../types.ts';
 import type { Logger } from '../log.ts';
 import type { AgentConfig } from './config.ts';
-import { FileStore, type Store } from '../store/index.ts';
+import type { Store } from '../store/index.ts';
+import { JournalStore } from '../store/journal.ts';
 import { Ipam } from '../ipam/index.ts';
 import { Networks, NetworkError } from '../network/index.ts';
 import { EndpointManager } from '../endpoint/manager.ts';
@@ -55,7 +56,7 @@ export class Agent {
     try {
       // Worker threads inherit the netns of the thread that starts them: start them while we are home.
       await warmThreadPool();
-      const store = new FileStore(path.join(cfg.stateDir, 'store'));
+      const store = new JournalStore(path.join(cfg.stateDir, 'store'));
       const ipam = await Ipam.open(store);
       const networks = await Networks.open(store, ipam);
       for (const spec of cfg.networks) await ensureConfiguredNetwork(networks, spec);
@@ -132,6 +133,7 @@ export class Agent {
     await this.closeExtensions();
     this.datapath.close();
     this.host.close();
+    (this.store as JournalStore).close();
     this.pidLock.release();
   }
 }

@@ -1,5 +1,7 @@
-// The node side of every network: a dummy device holding each network's gateway addresses, so the
-// gateway is a local address of the node (pinging it reaches the node and never leaves it).
+// The node side of every network: a device holding each network's gateway addresses, so the gateway
+// is a local address of the node (pinging it reaches the node and never leaves it). It is one end of
+// a veth pair, like cilium_host/cilium_net: dummy devices are not in every kernel (not in this CI's),
+// veth is, since every endpoint needs it anyway.
 import type { Network } from '../types.ts';
 import type { Netlink } from '../netlink/index.ts';
 import { setSysctlPath } from '../sysctl/index.ts';
@@ -7,12 +9,16 @@ import { setSysctlPath } from '../sysctl/index.ts';
 export function ensureHostDevice(host: Netlink, name: string): number {
   let link = host.linkByName(name);
   if (!link) {
-    host.dummyAdd(name, { up: true });
+    host.vethAdd({ name, up: true, peer: { name: hostDevicePeer(name), up: true } });
     link = host.linkByName(name);
   }
   if (!link) throw new Error(`host device ${name} could not be created`);
   if (!link.up) host.linkSetUp(link.index);
   return link.index;
+}
+
+export function hostDevicePeer(name: string): string {
+  return `${name.slice(0, 13)}_n`;
 }
 
 export function ensureGateways(host: Netlink, hostDevice: string, network: Network): void {

@@ -34,6 +34,7 @@ export function ensureHostSide(host: Netlink, hostIfIndex: number, spec: PlumbSp
   const v6 = spec.ips.filter((ip) => ip.family === 6);
   if (v6.length) {
     setSysctlPath(`/proc/sys/net/ipv6/conf/${spec.hostIfName}/proxy_ndp`, '1');
+    setSysctlPath(`/proc/sys/net/ipv6/neigh/${spec.hostIfName}/proxy_delay`, '0');
     for (const ip of v6) host.neighProxyAdd(hostIfIndex, ip.gateway);
   }
   for (const ip of spec.ips) {

@@ -1,24 +1,31 @@
-// Persistent IPAM: pools kept in memory, every change made durable (group-committed) before the
-// caller hears about it, so no address is ever handed to two owners, not even across a crash.
+// Persistent IPAM: pools kept in memory, every allocation made durable (one store key per address)
+// before the caller hears about it, so no address is ever handed to two owners, not even across a
+// crash. The store group-commits, so concurrent allocations share syncs.
 import type { Family, IpamPoolView } from '../types.ts';
 import type { Store } from '../store/index.ts';
 import * as alloc from './allocator.ts';
-import { cidrSize, normalizeIp, parseCidr, usableCount } from './cidr.ts';
+import { cidrContains, normalizeIp, parseCidr, usableCount } from './cidr.ts';
 
 export { IpamError } from './allocator.ts';
 export type { PoolDoc, SubnetState } from './allocator.ts';
 
-const PREFIX = 'ipam';
+const POOLS = 'ipam-pools';
+const ALLOCS = 'ipam';
 
 export class Ipam {
   private readonly pools = new Map<string, alloc.PoolDoc>();
-  private readonly writers = new Map<string, GroupCommit>();
 
   private constructor(private readonly store: Store) {}
 
   static async open(store: Store): Promise<Ipam> {
     const ipam = new Ipam(store);
-    for (const { value } of await store.list<alloc.PoolDoc>(PREFIX)) ipam.pools.set(value.name, value);
+    for (const { value } of await store.list<{ name: string; subnets: alloc.SubnetState[] }>(POOLS)) {
+      const doc: alloc.PoolDoc = { name: value.name, subnets: value.subnets, allocations: {} };
+      for (const { key, value: owner } of await store.list<string>(`${ALLOCS}/${value.name}`)) {
+        doc.allocations[key.slice(ALLOCS.length + value.name.length + 2)] = owner;
+      }
+      ipam.pools.set(value.name, doc);
+    }
     return ipam;
   }
 
@@ -33,8 +40,9 @@ export class Ipam {
       if (want !== have) throw new alloc.IpamError('bad_request', `pool "${name}" already exists with subnets ${have}`);
       return;
     }
-    this.pools.set(name, { name, subnets: subnets.map((s) => ({ cidr: s.cidr, gateway: normalizeIp(s.gateway) })), allocations: {} });
-    await this.persist(name);
+    const doc = { name, subnets: subnets.map((s) => ({ cidr: s.cidr, gateway: normalizeIp(s.gateway) })), allocations: {} };
+    this.pools.set(name, doc);
+    await this.store.put(`${POOLS}/${name}`, { name, subnets: doc.subnets });
   }
 
   async deletePool(name: string): Promise<boolean> {
@@ -43,33 +51,31 @@ export class Ipam {
     const n = Object.keys(doc.allocations).length;
     if (n > 0) throw new alloc.IpamError('bad_request', `pool "${name}" still has ${n} allocated address(es)`);
     this.pools.delete(name);
-    await this.store.delete(`${PREFIX}/${name}`);
+    await this.store.delete(`${POOLS}/${name}`);
     return true;
   }
 
   async allocate(pool: string, owner: string, req: { family?: Family; ip?: string } = {}): Promise<{ ip: string; subnet: string; gateway: string }> {
     const doc = this.require(pool);
     const { ip, subnet } = alloc.allocate(doc, owner, req);
-    await this.persist(pool);
+    await this.store.put(allocKey(pool, ip), owner);
     return { ip, subnet: subnet.cidr, gateway: subnet.gateway };
   }
 
   /** Releases everything the owner holds in every pool; idempotent. */
   async releaseOwner(owner: string): Promise<number> {
-    let total = 0;
-    const touched: string[] = [];
+    const writes: Promise<unknown>[] = [];
     for (const doc of this.pools.values()) {
-      const freed = alloc.releaseOwner(doc, owner);
-      if (freed.length) { total += freed.length; touched.push(doc.name); }
+      for (const ip of alloc.releaseOwner(doc, owner)) writes.push(this.store.delete(allocKey(doc.name, ip)));
     }
-    await Promise.all(touched.map((p) => this.persist(p)));
-    return total;
+    await Promise.all(writes);
+    return writes.length;
   }
 
   async releaseIp(pool: string, ip: string): Promise<boolean> {
     const doc = this.pools.get(pool);
     if (!doc || !alloc.releaseIp(doc, ip)) return false;
-    await this.persist(pool);
+    await this.store.delete(allocKey(pool, normalizeIp(ip)));
     return true;
   }
 
@@ -87,18 +93,20 @@ export class Ipam {
   }
 
   view(): IpamPoolView[] {
-    return [...this.pools.values()].map((doc) => ({
-      name: doc.name,
-      subnets: doc.subnets.map((s) => {
-        const c = parseCidr(s.cidr);
-        return {
-          cidr: s.cidr, gateway: s.gateway,
-          size: (usableCount(c) - 1n).toString(), // minus the gateway
-          allocated: Object.keys(doc.allocations).filter((ip) => cidrSize(c) > 0n && isIn(c, ip)).length,
-        };
-      }),
-      allocations: Object.entries(doc.allocations).map(([ip, owner]) => ({ ip, owner, subnet: subnetOf(doc, ip) })),
-    }));
+    return [...this.pools.values()].map((doc) => {
+      const subnets = doc.subnets.map((s) => ({ state: s, cidr: parseCidr(s.cidr) }));
+      const subnetOf = (ip: string) => subnets.find((s) => cidrContains(s.cidr, ip))?.state.cidr ?? '';
+      const allocations = Object.entries(doc.allocations).map(([ip, owner]) => ({ ip, owner, subnet: subnetOf(ip) }));
+      return {
+        name: doc.name,
+        subnets: subnets.map(({ state, cidr }) => ({
+          cidr: state.cidr, gateway: state.gateway,
+          size: (usableCount(cidr) - 1n).toString(), // minus the gateway
+          allocated: allocations.filter((a) => a.subnet === state.cidr).length,
+        })),
+        allocations,
+      };
+    });
   }
 
   private require(pool: string): alloc.PoolDoc {
@@ -106,58 +114,8 @@ export class Ipam {
     if (!doc) throw new alloc.IpamError('network_not_found', `IP pool "${pool}" does not exist`);
     return doc;
   }
-
-  private persist(pool: string): Promise<void> {
-    let w = this.writers.get(pool);
-    if (!w) {
-      w = new GroupCommit(async () => {
-        const doc = this.pools.get(pool);
-        if (doc) await this.store.put(`${PREFIX}/${pool}`, doc);
-      });
-      this.writers.set(pool, w);
-    }
-    return w.commit();
-  }
 }
 
-function isIn(c: ReturnType<typeof parseCidr>, ip: string): boolean {
-  try {
-    const n = BigInt(0) + ipToBig(ip, c.family);
-    return n >= c.base && n < c.base + cidrSize(c);
-  } catch { return false; }
-}
-
-function ipToBig(ip: string, family: Family): bigint {
-  if ((ip.includes(':') ? 6 : 4) !== family) throw new Error('family');
-  return parseCidr(`${ip}/${family === 4 ? 32 : 128}`).base;
-}
-
-function subnetOf(doc: alloc.PoolDoc, ip: string): string {
-  return doc.subnets.find((s) => isIn(parseCidr(s.cidr), ip))?.cidr ?? '';
-}
-
-/**
- * Coalesces writes: every commit() resolves after a write that started after the call, so it covers
- * every change made before it; callers arriving during a write share the next one.
- */
-export class GroupCommit {
-  private inFlight: Promise<void> | null = null;
-  private next: Promise<void> | null = null;
-
-  constructor(private readonly write: () => Promise<void>) {}
-
-  commit(): Promise<void> {
-    if (!this.inFlight) {
-      this.inFlight = this.write().finally(() => { this.inFlight = null; });
-      return this.inFlight;
-    }
-    if (!this.next) {
-      const after = this.inFlight.catch(() => undefined);
-      this.next = after.then(() => {
-        this.next = null;
-        return this.commit();
-      });
-    }
-    return this.next;
-  }
+function allocKey(pool: string, ip: string): string {
+  return `${ALLOCS}/${pool}/${ip}`;
 }
