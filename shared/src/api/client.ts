@@ -65,11 +65,24 @@ export class AgentClient {
     return (await this.request<{ pools: IpamPoolView[] }>('GET', '/v1/ipam')).pools;
   }
 
-  request<T>(method: string, path: string, body?: unknown): Promise<T> {
+  /** Every call is idempotent on the agent (a repeated create returns the same endpoint), so a
+   *  connection reset before any answer is retried once. */
+  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+    try {
+      return await this.requestOnce<T>(method, path, body);
+    } catch (e) {
+      if (e instanceof AgentUnreachableError && /EPIPE|ECONNRESET/.test(e.reason)) return this.requestOnce<T>(method, path, body);
+      throw e;
+    }
+  }
+
+  private requestOnce<T>(method: string, path: string, body?: unknown): Promise<T> {
     const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
     return new Promise<T>((resolve, reject) => {
       const req = http.request({
         socketPath: this.socketPath,
+        // A fresh connection per call: no keep-alive socket the agent may be closing as we reuse it.
+        agent: false,
         method,
         path,
         timeout: this.timeoutMs,
@@ -113,6 +126,6 @@ function describeConnectError(e: NodeJS.ErrnoException): string {
     case 'ENOENT': return 'no socket there (is membrane-agent running?)';
     case 'ECONNREFUSED': return 'connection refused (the agent is not listening)';
     case 'EACCES': return 'permission denied on the socket';
-    default: return e.message;
+    default: return e.code ? `${e.code}: ${e.message}` : e.message;
   }
 }
