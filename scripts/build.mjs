@@ -24,8 +24,9 @@ await Promise.all(executables.map(({ name, entry }) => build({
   platform: 'node',
   target: 'node20',
   format: 'cjs',
-  // koffi is a native module: loaded from node_modules at run time, never bundled.
-  external: ['koffi'],
+  // Native modules (koffi; dockerode pulls in ssh2 and cpu-features) load from node_modules at run
+  // time; esbuild cannot bundle .node files.
+  external: ['koffi', 'dockerode'],
   banner: { js: '#!/usr/bin/env node' },
   sourcemap: 'inline',
   logLevel: 'warning',
