@@ -2,7 +2,7 @@
 // netns), addresses, routes, proxy ARP/NDP. Every step is an idempotent "ensure" so restore can re-run it.
 import type { EndpointIp } from '../types.ts';
 import type { NetNs } from '../netns/index.ts';
-import { openNetlink, type Netlink } from '../netlink/index.ts';
+import { normalizeCidr, openNetlink, type Netlink } from '../netlink/index.ts';
 import { setSysctlPath } from '../sysctl/index.ts';
 
 export interface PlumbSpec {
@@ -16,10 +16,15 @@ export interface PlumbSpec {
   netns: NetNs | null;
 }
 
+/**
+ * Both ends are created down: the kernel refuses IFF_UP on a peer at creation (ENOTCONN on 6.18),
+ * and the host end must be configured (no DAD on its link-local, which answers NDP) before it is up.
+ * The container end comes up in ensureContainerSide, through the handle opened in its netns anyway.
+ */
 export function createVeth(host: Netlink, spec: PlumbSpec): number {
   host.vethAdd({
-    name: spec.hostIfName, mac: spec.hostMac, mtu: spec.mtu, up: true,
-    peer: { name: spec.ifName, netns: spec.netns ?? undefined, mac: spec.mac, mtu: spec.mtu, up: spec.netns !== null },
+    name: spec.hostIfName, mac: spec.hostMac, mtu: spec.mtu, up: false,
+    peer: { name: spec.ifName, netns: spec.netns ?? undefined, mac: spec.mac, mtu: spec.mtu, up: false },
   });
   const link = host.linkByName(spec.hostIfName);
   if (!link) throw new Error(`veth ${spec.hostIfName} vanished right after it was created`);
@@ -29,14 +34,18 @@ export function createVeth(host: Netlink, spec: PlumbSpec): number {
 /** Host side: proxy ARP/NDP so the container's gateway resolves to the host veth, and /32 + /128 routes. */
 export function ensureHostSide(host: Netlink, hostIfIndex: number, spec: PlumbSpec): void {
   setSysctlPath(`/proc/sys/net/ipv4/conf/${spec.hostIfName}/proxy_arp`, '1');
-  // Answering ARP for the gateway must not depend on the gateway being on this device.
+  // Proxy answers are delayed up to 0.8 s by default; the gateway must answer at once.
   setSysctlPath(`/proc/sys/net/ipv4/neigh/${spec.hostIfName}/proxy_delay`, '0');
   const v6 = spec.ips.filter((ip) => ip.family === 6);
   if (v6.length) {
+    // NDP answers come from the link-local address: skip the ~2 s of duplicate address detection.
+    setSysctlPath(`/proc/sys/net/ipv6/conf/${spec.hostIfName}/accept_dad`, '0');
     setSysctlPath(`/proc/sys/net/ipv6/conf/${spec.hostIfName}/proxy_ndp`, '1');
     setSysctlPath(`/proc/sys/net/ipv6/neigh/${spec.hostIfName}/proxy_delay`, '0');
-    for (const ip of v6) host.neighProxyAdd(hostIfIndex, ip.gateway);
   }
+  const link = host.linkByIndex(hostIfIndex);
+  if (link && !link.up) host.linkSetUp(hostIfIndex);
+  for (const ip of v6) host.neighProxyAdd(hostIfIndex, ip.gateway);
   for (const ip of spec.ips) {
     host.routeAdd({ dst: hostRouteOf(ip), family: ip.family, index: hostIfIndex, scope: 'link' });
   }
@@ -76,8 +85,8 @@ export function inspectContainerSide(spec: PlumbSpec): string[] {
     if (!link) return [`interface ${spec.ifName} is missing in ${spec.netns.path}`];
     if (!link.up) problems.push(`interface ${spec.ifName} is down`);
     if (link.mac.toLowerCase() !== spec.mac.toLowerCase()) problems.push(`interface ${spec.ifName} has MAC ${link.mac}, expected ${spec.mac}`);
-    const addrs = new Set(nl.addrList({ index: link.index }).map((a) => a.cidr));
-    for (const ip of spec.ips) if (!addrs.has(ip.address)) problems.push(`address ${ip.address} is missing on ${spec.ifName}`);
+    const addrs = new Set(nl.addrList({ index: link.index }).map((a) => normalizeCidr(a.cidr)));
+    for (const ip of spec.ips) if (!addrs.has(normalizeCidr(ip.address))) problems.push(`address ${ip.address} is missing on ${spec.ifName}`);
     for (const fam of [4, 6] as const) {
       const ips = spec.ips.filter((ip) => ip.family === fam);
       if (!ips.length) continue;
