@@ -286,7 +286,8 @@ export class EndpointManager {
       ensureHostSide(this.d.host, link.index, spec);
       const wasCurrent = this.d.datapath.isCurrent(link.index);
       if (link.index !== ep.hostIfIndex) {
-        this.d.datapath.removeEndpoint(ep.hostIfIndex, []);
+        // The old index may belong to another interface by now: only forget it when nothing has it.
+        if (!this.d.host.linkByIndex(ep.hostIfIndex)) this.d.datapath.removeEndpoint(ep.hostIfIndex, []);
         ep.hostIfIndex = link.index;
         await this.d.store.put(storeKey(ep), ep);
       }

@@ -1,0 +1,43 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Shared includes, constants and small packet helpers for the Membrane tc datapath. */
+#pragma once
+
+#include <linux/bpf.h>
+#include <linux/pkt_cls.h>
+#include <linux/if_ether.h>
+#include <linux/in.h>
+#include <linux/ip.h>
+#include <linux/ipv6.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+/* Address families as stored in map keys. Deliberately 4/6 rather than AF_INET/AF_INET6 so the
+ * userspace encoder (shared/src/maps/codec.ts) needs no libc constants. */
+#define MBR_FAMILY_IPV4 4
+#define MBR_FAMILY_IPV6 6
+
+/* Key for "which endpoint owns this address": IPv4 lives in addr[0..3], the rest stays zero so a
+ * v4 and a v6 key can never collide and userspace can build keys without knowing the family width. */
+struct ip_key {
+	__u8 family;
+	__u8 pad[3];
+	__u8 addr[16];
+};
+_Static_assert(sizeof(struct ip_key) == 20, "ip_key layout is shared with userspace");
+
+/* Make sure `len` bytes of headers are in the linear part of the skb and return fresh packet
+ * pointers. GSO/GRO skbs from veth normally have headers linear already; the pull is the slow path. */
+static __always_inline bool linear_headers(struct __sk_buff *skb, __u32 len, void **data, void **data_end)
+{
+	*data = (void *)(long)skb->data;
+	*data_end = (void *)(long)skb->data_end;
+	if (*data + len <= *data_end)
+		return true;
+	if (bpf_skb_pull_data(skb, len) < 0)
+		return false;
+	*data = (void *)(long)skb->data;
+	*data_end = (void *)(long)skb->data_end;
+	return *data + len <= *data_end;
+}

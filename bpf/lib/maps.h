@@ -1,0 +1,128 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* Every map of the datapath. All are pinned by name: the loader points each pin path at
+ * <pinDir>/<map name> before load, so a restarted agent (or a new object version with the same
+ * layout) reuses the live maps and forwarding state survives. Layout changes therefore need a new
+ * map name or an explicit migration; the _Static_asserts guard the layouts userspace encodes.
+ * Sizes are deliberately modest: the conntrack LRU is preallocated and dominates memory
+ * (~128 B per max entry, 8 MiB at 65536). */
+#pragma once
+
+#include "common.h"
+#include "conntrack.h"
+#include "drop.h"
+#include "policy.h"
+#include "trace.h"
+
+#define MAX_ENDPOINTS 4096
+#define MAX_LOCAL_IPS 8192 /* an IPv4 and an IPv6 address per endpoint */
+#define MAX_IPCACHE 65536  /* LPM trie is not preallocated: memory follows the stored prefixes */
+#define MAX_POLICY 16384
+#define MAX_CONNTRACK 65536
+#define EVENTS_RING_BYTES (1 << 20) /* 1 MiB: no reserve failures at 12-13k new flows/s measured */
+
+/* Per-endpoint configuration, keyed by the host-side veth ifindex (what tc programs see). */
+struct endpoint_config {
+	__u32 endpoint_id;
+	__u32 identity;
+	__u32 flags;
+	__u8 host_mac[ETH_ALEN];
+	__u8 container_mac[ETH_ALEN];
+	__u32 ifindex;
+	__u32 policy_revision;
+	__u32 reserved[4]; /* room for later fields without changing value_size (pinned map reuse) */
+};
+_Static_assert(sizeof(struct endpoint_config) == 48, "endpoint_config layout is shared with userspace");
+
+/* Where to deliver a packet for a local address: enough to redirect without another lookup. */
+struct local_endpoint {
+	__u32 host_ifindex;
+	__u32 endpoint_id;
+	__u8 container_mac[ETH_ALEN];
+	__u8 host_mac[ETH_ALEN];
+};
+_Static_assert(sizeof(struct local_endpoint) == 20, "local_endpoint layout is shared with userspace");
+
+/* rx = received by the container, tx = sent by the container. */
+struct endpoint_counters_value {
+	__u64 rx_packets;
+	__u64 rx_bytes;
+	__u64 tx_packets;
+	__u64 tx_bytes;
+};
+
+struct ipcache_key {
+	__u32 prefixlen; /* LPM bits, counted over family+pad+addr: 32 + address prefix length */
+	__u8 family;
+	__u8 pad[3];
+	__u8 addr[16];
+};
+_Static_assert(sizeof(struct ipcache_key) == 24, "ipcache_key layout is shared with userspace");
+
+struct ipcache_value {
+	__u32 identity;
+	__u32 flags;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_ENDPOINTS);
+	__type(key, __u32);
+	__type(value, struct endpoint_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} endpoints_cfg SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_LOCAL_IPS);
+	__type(key, struct ip_key);
+	__type(value, struct local_endpoint);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} local_endpoints SEC(".maps");
+
+/* Per-CPU so the hot path needs no atomics; userspace sums the CPUs. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, MAX_ENDPOINTS);
+	__type(key, __u32);
+	__type(value, struct endpoint_counters_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} endpoint_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, MAX_IPCACHE);
+	__uint(map_flags, BPF_F_NO_PREALLOC); /* required for LPM tries */
+	__type(key, struct ipcache_key);
+	__type(value, struct ipcache_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ipcache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, MAX_POLICY);
+	__type(key, struct policy_key);
+	__type(value, struct policy_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} policy SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_CONNTRACK);
+	__type(key, struct ct_key);
+	__type(value, struct ct_entry);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} conntrack SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, EVENTS_RING_BYTES);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} events SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, DROP_REASON_MAX);
+	__type(key, __u32); /* enum drop_reason */
+	__type(value, struct drop_counter);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} drop_counters SEC(".maps");

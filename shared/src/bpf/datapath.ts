@@ -1,0 +1,337 @@
+// Loads the tc datapath object once per node, pins maps and programs under a bpffs directory and
+// manages per-endpoint state in the pinned maps. Maps are pinned by name and reused on the next
+// load, so forwarding state and tc attachments survive agent restarts and upgrades with the same
+// map layouts. See bpf/README.md for the attach-mode choice (classic tc over tcx).
+import fs from 'node:fs';
+import path from 'node:path';
+import * as bpf from './libbpf.ts';
+import * as codec from '../maps/codec.ts';
+
+/** Every map of bpf/endpoint.o, pinned as `${pinDir}/${name}`. Checked against the object on load. */
+export const MAP_NAMES = [
+  'endpoints_cfg', 'local_endpoints', 'endpoint_counters', 'ipcache', 'policy', 'conntrack', 'events', 'drop_counters',
+] as const;
+export type MapName = (typeof MAP_NAMES)[number];
+
+export const PROGRAM_PINS = { from_container: 'prog_from_container', to_container: 'prog_to_container' } as const;
+
+/** Fixed tc filter identity, so attach is an idempotent replace and query/detach find our filter. */
+export const TC_HANDLE = 0x4d42; // "MB"
+export const TC_PRIORITY = 1;
+
+const BPF_FS_MAGIC = 0xcafe4a11;
+// enum bpf_map_type values whose entry count mapPressure() can walk.
+const COUNTABLE_MAP_TYPES = new Set([1 /* HASH */, 5 /* PERCPU_HASH */, 9 /* LRU_HASH */, 10 /* LRU_PERCPU_HASH */, 11 /* LPM_TRIE */]);
+const PERCPU_MAP_TYPES = new Set([5, 6 /* PERCPU_ARRAY */, 10]);
+
+export interface EndpointDatapathConfig {
+  hostIfindex: number;
+  endpointId: number;
+  identity: number;
+  flags: number;
+  hostMac: string;
+  containerMac: string;
+  /** Plain addresses, v4 or v6 ("10.1.0.5", "fd00::5"). */
+  ips: string[];
+}
+
+export interface Datapath {
+  readonly pinDir: string;
+  /** Kernel ids of the loaded programs (what attachedProgramIds() reports when current). */
+  readonly programIds: { fromContainer: number; toContainer: number };
+  attach(ifindex: number): void;
+  detach(ifindex: number): void;
+  attachedProgramIds(ifindex: number): { ingress?: number; egress?: number };
+  isCurrent(ifindex: number): boolean;
+  upsertEndpoint(cfg: EndpointDatapathConfig): void;
+  /** Idempotent. Addresses are removed only while they still point at hostIfindex (a reassigned
+   *  address is left alone). hostIfindex 0 (no interface) removes just the given addresses, whatever
+   *  they point at, and keeps every per-interface entry: for endpoints sharing a host interface. */
+  removeEndpoint(hostIfindex: number, ips: string[]): void;
+  counters(hostIfindex: number): codec.EndpointCounters | null;
+  listEndpointIfindexes(): number[];
+  listLocalEndpointIps(): string[];
+  mapPressure(): Record<string, { entries: number; max: number }>;
+  /** fd of a pinned map, for the modules that will own policy/ipcache/conntrack/events. */
+  mapFd(name: MapName): number;
+  close(): void;
+}
+
+export interface LoadDatapathOptions {
+  objectPath: string;
+  pinDir: string;
+  /** A pinned map whose type/key/value/size/flags differ from the object's is normally an error
+   *  (its state cannot be reused). true: unpin it and start that map empty; the caller re-syncs. */
+  replaceIncompatiblePins?: boolean;
+  /** libbpf's own log lines (warnings include verifier output). */
+  log?: (level: 'warn' | 'info' | 'debug', message: string) => void;
+}
+
+interface LoadedMap {
+  fd: number;
+  type: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+}
+
+/** Throws unless `dir` (or its nearest existing ancestor) is on a bpffs mount. */
+export function assertOnBpffs(dir: string): void {
+  let probe = path.resolve(dir);
+  while (!fs.existsSync(probe)) probe = path.dirname(probe);
+  const type = fs.statfsSync(probe).type >>> 0;
+  if (type !== BPF_FS_MAGIC) {
+    throw new Error(
+      `pin directory ${dir} is not on a bpffs mount (${probe} has fs type 0x${type.toString(16)}); ` +
+        'mount it with `mount -t bpf bpf /sys/fs/bpf`',
+    );
+  }
+}
+
+export function possibleCpus(): number {
+  return codec.parseCpuList(fs.readFileSync('/sys/devices/system/cpu/possible', 'utf8'));
+}
+
+/** Compare an existing pin with the object's definition; returns what differs (empty = reusable). */
+function pinnedMapMismatch(map: bpf.MapDescription, pinPath: string): string[] {
+  let fd: number;
+  try {
+    fd = bpf.objGet(pinPath);
+  } catch (err) {
+    if (err instanceof bpf.BpfError && err.code === 'ENOENT') return [];
+    throw err;
+  }
+  try {
+    // struct bpf_map_info starts with u32 type, id, key_size, value_size, max_entries, map_flags.
+    const info = bpf.objInfo(fd, 6, `map ${pinPath}`);
+    const fields: [string, number, number][] = [
+      ['type', info[0], map.type], ['key_size', info[2], map.keySize], ['value_size', info[3], map.valueSize],
+      ['max_entries', info[4], map.maxEntries], ['map_flags', info[5], map.flags],
+    ];
+    return fields.filter(([, pinned, wanted]) => pinned !== wanted).map(([n, p, w]) => `${n} pinned=${p} object=${w}`);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
+/** Pin under a temporary name and rename over the old pin, so the path never disappears. */
+function replacePin(fd: number, pinPath: string): void {
+  const tmp = `${pinPath}_new_${process.pid}`; // bpffs refuses names with dots
+  fs.rmSync(tmp, { force: true });
+  bpf.objPin(fd, tmp);
+  fs.renameSync(tmp, pinPath);
+}
+
+export function loadDatapath(options: LoadDatapathOptions): Datapath {
+  const { objectPath, pinDir } = options;
+  if (!fs.existsSync(objectPath)) {
+    throw new Error(`BPF object ${objectPath} not found; build it with scripts/build-bpf.sh`);
+  }
+  assertOnBpffs(pinDir);
+  fs.mkdirSync(pinDir, { recursive: true, mode: 0o700 });
+  if (options.log) {
+    const levels = ['warn', 'info', 'debug'] as const;
+    const sink = options.log;
+    bpf.setLibbpfLogSink((level, line) => sink(levels[Math.min(level, 2)], line));
+  }
+
+  const obj = bpf.openObject(objectPath);
+  try {
+    const declared = bpf.objectMaps(obj).filter((m) => !m.internal);
+    const names = declared.map((m) => m.name).sort();
+    if (names.join() !== [...MAP_NAMES].sort().join()) {
+      throw new Error(`${objectPath} declares maps [${names}] but the loader expects [${MAP_NAMES}]; update MAP_NAMES`);
+    }
+    for (const map of declared) {
+      const pinPath = path.join(pinDir, map.name);
+      const mismatch = pinnedMapMismatch(map, pinPath);
+      if (mismatch.length && !options.replaceIncompatiblePins) {
+        throw new Error(`pinned map ${pinPath} cannot be reused by ${objectPath}: ${mismatch.join(', ')}`);
+      }
+      if (mismatch.length) fs.rmSync(pinPath, { force: true });
+      // Before load: libbpf then reuses the pinned map if present, or creates and pins it.
+      bpf.setMapPinPath(map, pinPath);
+    }
+    bpf.loadObject(obj, objectPath);
+
+    const maps = new Map<string, LoadedMap>();
+    for (const map of declared) {
+      maps.set(map.name, { fd: bpf.mapFd(map), type: map.type, keySize: map.keySize, valueSize: map.valueSize, maxEntries: map.maxEntries });
+    }
+    const fromFd = bpf.programFd(obj, 'from_container');
+    const toFd = bpf.programFd(obj, 'to_container');
+    replacePin(fromFd, path.join(pinDir, PROGRAM_PINS.from_container));
+    replacePin(toFd, path.join(pinDir, PROGRAM_PINS.to_container));
+    return new LoadedDatapath(obj, pinDir, maps, { from: fromFd, to: toFd }, possibleCpus());
+  } catch (err) {
+    bpf.closeObject(obj);
+    throw err;
+  }
+}
+
+/** Unlink our pins and the directory (uninstall, tests). Attached programs stay until detached.
+ *  Refuses to delete pins it does not know, so a mistyped pinDir cannot wipe someone else's state. */
+export function removePins(pinDir: string): void {
+  if (!fs.existsSync(pinDir)) return;
+  const ours = new Set<string>([...MAP_NAMES, ...Object.values(PROGRAM_PINS)]);
+  const isOurs = (name: string) => ours.has(name.replace(/_new_\d+$/, '')); // incl. interrupted replacePin
+  const entries = fs.readdirSync(pinDir);
+  for (const name of entries.filter(isOurs)) fs.rmSync(path.join(pinDir, name), { force: true });
+  const foreign = entries.filter((name) => !isOurs(name));
+  if (foreign.length) throw new Error(`${pinDir} still holds pins that are not Membrane's: ${foreign.join(', ')}`);
+  fs.rmdirSync(pinDir);
+}
+
+class LoadedDatapath implements Datapath {
+  readonly programIds: { fromContainer: number; toContainer: number };
+  private obj: bpf.Pointer | null;
+
+  constructor(
+    obj: bpf.Pointer,
+    readonly pinDir: string,
+    private readonly maps: Map<string, LoadedMap>,
+    private readonly progFds: { from: number; to: number },
+    private readonly cpus: number,
+  ) {
+    this.obj = obj;
+    this.programIds = {
+      fromContainer: bpf.progId(progFds.from, 'from_container'),
+      toContainer: bpf.progId(progFds.to, 'to_container'),
+    };
+  }
+
+  private map(name: MapName): LoadedMap {
+    if (!this.obj) throw new Error('datapath is closed');
+    return this.maps.get(name)!;
+  }
+
+  mapFd(name: MapName): number {
+    return this.map(name).fd;
+  }
+
+  private valueSize(m: LoadedMap): number {
+    return PERCPU_MAP_TYPES.has(m.type) ? codec.perCpuValueSize(m.valueSize, this.cpus) : m.valueSize;
+  }
+
+  private lookup(name: MapName, key: Buffer): Buffer | null {
+    const m = this.map(name);
+    return bpf.mapLookup(m.fd, name, key, this.valueSize(m));
+  }
+
+  private keys(name: MapName): Buffer[] {
+    const m = this.map(name);
+    return bpf.mapKeys(m.fd, name, m.keySize, m.maxEntries + 1);
+  }
+
+  attach(ifindex: number): void {
+    this.map('endpoints_cfg'); // refuse after close
+    bpf.tcHookCreate(ifindex);
+    bpf.tcAttach(ifindex, bpf.BPF_TC_INGRESS, this.progFds.from, TC_HANDLE, TC_PRIORITY);
+    bpf.tcAttach(ifindex, bpf.BPF_TC_EGRESS, this.progFds.to, TC_HANDLE, TC_PRIORITY);
+  }
+
+  detach(ifindex: number): void {
+    // Only our filters: the clsact qdisc may carry other tools' filters, and it goes with the veth.
+    bpf.tcDetach(ifindex, bpf.BPF_TC_INGRESS, TC_HANDLE, TC_PRIORITY);
+    bpf.tcDetach(ifindex, bpf.BPF_TC_EGRESS, TC_HANDLE, TC_PRIORITY);
+  }
+
+  attachedProgramIds(ifindex: number): { ingress?: number; egress?: number } {
+    const ids: { ingress?: number; egress?: number } = {};
+    const ingress = bpf.tcQuery(ifindex, bpf.BPF_TC_INGRESS, TC_HANDLE, TC_PRIORITY);
+    const egress = bpf.tcQuery(ifindex, bpf.BPF_TC_EGRESS, TC_HANDLE, TC_PRIORITY);
+    if (ingress !== undefined) ids.ingress = ingress;
+    if (egress !== undefined) ids.egress = egress;
+    return ids;
+  }
+
+  isCurrent(ifindex: number): boolean {
+    const ids = this.attachedProgramIds(ifindex);
+    return ids.ingress === this.programIds.fromContainer && ids.egress === this.programIds.toContainer;
+  }
+
+  upsertEndpoint(cfg: EndpointDatapathConfig): void {
+    // Encode everything first so a bad address or MAC changes nothing.
+    const ifKey = codec.encodeU32Key(cfg.hostIfindex);
+    const ipKeys = cfg.ips.map((ip) => codec.encodeIpKey(ip));
+    const local = codec.encodeLocalEndpoint({
+      hostIfindex: cfg.hostIfindex, endpointId: cfg.endpointId, containerMac: cfg.containerMac, hostMac: cfg.hostMac,
+    });
+    const prevRaw = this.lookup('endpoints_cfg', ifKey);
+    const prev = prevRaw ? codec.decodeEndpointConfig(prevRaw) : null;
+    const sameEndpoint = prev?.endpointId === cfg.endpointId;
+    const config = codec.encodeEndpointConfig({
+      endpointId: cfg.endpointId, identity: cfg.identity, flags: cfg.flags, hostMac: cfg.hostMac,
+      containerMac: cfg.containerMac, ifindex: cfg.hostIfindex, policyRevision: sameEndpoint ? prev!.policyRevision : 0,
+    });
+
+    // Counters belong to (ifindex, endpoint): a re-sync of the same endpoint keeps them, a reused
+    // ifindex starts from zero. Created before the addresses so the first redirected packet counts.
+    const counters = this.map('endpoint_counters');
+    const zero = Buffer.alloc(this.valueSize(counters));
+    if (!sameEndpoint) bpf.mapUpdate(counters.fd, 'endpoint_counters', ifKey, zero);
+    else if (!this.lookup('endpoint_counters', ifKey)) bpf.mapUpdate(counters.fd, 'endpoint_counters', ifKey, zero, bpf.BPF_NOEXIST);
+
+    bpf.mapUpdate(this.map('endpoints_cfg').fd, 'endpoints_cfg', ifKey, config);
+    const locals = this.map('local_endpoints');
+    for (const key of ipKeys) bpf.mapUpdate(locals.fd, 'local_endpoints', key, local);
+    const wanted = new Set(ipKeys.map((k) => k.toString('hex')));
+    this.removeLocalAddresses(cfg.hostIfindex, (key) => !wanted.has(key.toString('hex')));
+  }
+
+  /** Delete local_endpoints entries owned by hostIfindex that `select` picks. */
+  private removeLocalAddresses(hostIfindex: number, select: (key: Buffer) => boolean): void {
+    const locals = this.map('local_endpoints');
+    for (const key of this.keys('local_endpoints')) {
+      const value = this.lookup('local_endpoints', key);
+      if (value && codec.decodeLocalEndpoint(value).hostIfindex === hostIfindex && select(key)) {
+        bpf.mapDelete(locals.fd, 'local_endpoints', key);
+      }
+    }
+  }
+
+  removeEndpoint(hostIfindex: number, ips: string[]): void {
+    const ifKey = codec.encodeU32Key(hostIfindex);
+    const locals = this.map('local_endpoints');
+    // Stop redirecting to it first; an address already handed to another endpoint is left alone.
+    for (const ip of ips) {
+      const key = codec.encodeIpKey(ip);
+      const value = this.lookup('local_endpoints', key);
+      if (value && (hostIfindex === 0 || codec.decodeLocalEndpoint(value).hostIfindex === hostIfindex)) {
+        bpf.mapDelete(locals.fd, 'local_endpoints', key);
+      }
+    }
+    if (hostIfindex === 0) return;
+    this.removeLocalAddresses(hostIfindex, () => true); // leftovers from an older address set
+    bpf.mapDelete(this.map('endpoints_cfg').fd, 'endpoints_cfg', ifKey);
+    bpf.mapDelete(this.map('endpoint_counters').fd, 'endpoint_counters', ifKey);
+  }
+
+  counters(hostIfindex: number): codec.EndpointCounters | null {
+    const raw = this.lookup('endpoint_counters', codec.encodeU32Key(hostIfindex));
+    return raw ? codec.sumPerCpuCounters(raw, this.cpus) : null;
+  }
+
+  listEndpointIfindexes(): number[] {
+    return this.keys('endpoints_cfg').map(codec.decodeU32Key).sort((a, b) => a - b);
+  }
+
+  listLocalEndpointIps(): string[] {
+    return this.keys('local_endpoints').map(codec.decodeIpKey).sort();
+  }
+
+  mapPressure(): Record<string, { entries: number; max: number }> {
+    const out: Record<string, { entries: number; max: number }> = {};
+    for (const name of MAP_NAMES) {
+      const m = this.map(name);
+      if (COUNTABLE_MAP_TYPES.has(m.type)) out[name] = { entries: this.keys(name).length, max: m.maxEntries };
+    }
+    return out;
+  }
+
+  close(): void {
+    if (!this.obj) return;
+    bpf.closeObject(this.obj); // closes map and program fds; pins and tc attachments keep them alive
+    this.obj = null;
+  }
+}

@@ -1,0 +1,245 @@
+// Pure encoders/decoders for the datapath's map keys and values. The layouts mirror the C structs in
+// bpf/lib/*.h (guarded there by _Static_assert); keep both sides in step. No native code, no I/O.
+import { endianness } from 'node:os';
+import { isIPv4, isIPv6 } from 'node:net';
+
+// BPF maps store host-endian integers: encode in the byte order of the machine that runs the agent.
+const LITTLE_ENDIAN = endianness() === 'LE';
+
+export const FAMILY_IPV4 = 4;
+export const FAMILY_IPV6 = 6;
+
+export const IP_KEY_SIZE = 20; //              struct ip_key { u8 family; u8 pad[3]; u8 addr[16]; }
+export const IFINDEX_KEY_SIZE = 4; //          u32 host ifindex
+export const ENDPOINT_CONFIG_SIZE = 48; //     struct endpoint_config
+export const LOCAL_ENDPOINT_SIZE = 20; //      struct local_endpoint
+export const ENDPOINT_COUNTERS_SIZE = 32; //   struct endpoint_counters_value (4 x u64)
+
+export interface EndpointConfigValue {
+  endpointId: number;
+  identity: number;
+  flags: number;
+  hostMac: string;
+  containerMac: string;
+  ifindex: number;
+  policyRevision: number;
+}
+
+export interface LocalEndpointValue {
+  hostIfindex: number;
+  endpointId: number;
+  containerMac: string;
+  hostMac: string;
+}
+
+export interface EndpointCounters {
+  rxPackets: bigint;
+  rxBytes: bigint;
+  txPackets: bigint;
+  txBytes: bigint;
+}
+
+function writeU32(buf: Buffer, offset: number, value: number, what: string): void {
+  if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) {
+    throw new RangeError(`${what} must be an unsigned 32-bit integer, got ${value}`);
+  }
+  if (LITTLE_ENDIAN) buf.writeUInt32LE(value, offset);
+  else buf.writeUInt32BE(value, offset);
+}
+
+function readU32(buf: Buffer, offset: number): number {
+  return LITTLE_ENDIAN ? buf.readUInt32LE(offset) : buf.readUInt32BE(offset);
+}
+
+function readU64(buf: Buffer, offset: number): bigint {
+  return LITTLE_ENDIAN ? buf.readBigUInt64LE(offset) : buf.readBigUInt64BE(offset);
+}
+
+/** "aa:bb:cc:dd:ee:ff" (or with dashes) -> 6 bytes. */
+export function parseMac(mac: string): Buffer {
+  const parts = mac.trim().split(/[:-]/);
+  if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{1,2}$/.test(p))) {
+    throw new RangeError(`invalid MAC address: ${JSON.stringify(mac)}`);
+  }
+  return Buffer.from(parts.map((p) => parseInt(p, 16)));
+}
+
+export function formatMac(bytes: Uint8Array): string {
+  if (bytes.length !== 6) throw new RangeError(`a MAC address has 6 bytes, got ${bytes.length}`);
+  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join(':');
+}
+
+/** IPv4 dotted quad -> 4 bytes (network order). */
+function ipv4Bytes(ip: string): Buffer {
+  return Buffer.from(ip.split('.').map((o) => Number(o)));
+}
+
+/** IPv6 text (with ::, embedded IPv4, no zone) -> 16 bytes (network order). */
+function ipv6Bytes(ip: string): Buffer {
+  let text = ip;
+  const tail: number[] = [];
+  const lastColon = text.lastIndexOf(':');
+  if (text.includes('.', lastColon)) {
+    // Embedded IPv4 (::ffff:1.2.3.4): turn it into two hextets.
+    const v4 = ipv4Bytes(text.slice(lastColon + 1));
+    tail.push((v4[0] << 8) | v4[1], (v4[2] << 8) | v4[3]);
+    text = text.slice(0, lastColon + 1); // "::ffff:" / "1:2:3:4:5:6:" / "::"
+    if (!text.endsWith('::')) text = text.slice(0, -1);
+  }
+  const [head, rest] = text.includes('::') ? text.split('::') : [text, undefined];
+  const parse = (s: string) => (s === '' ? [] : s.split(':').map((h) => parseInt(h, 16)));
+  const left = parse(head);
+  const right = rest === undefined ? [] : parse(rest);
+  const missing = 8 - tail.length - left.length - right.length;
+  const hextets = rest === undefined ? [...left, ...tail] : [...left, ...Array(missing).fill(0), ...right, ...tail];
+  const out = Buffer.alloc(16);
+  hextets.forEach((h, i) => out.writeUInt16BE(h, i * 2));
+  return out;
+}
+
+/** Address -> { family, 16 address bytes with IPv4 in the first 4 }. Rejects CIDRs and zones. */
+export function parseIp(ip: string): { family: 4 | 6; addr: Buffer } {
+  const addr = Buffer.alloc(16);
+  if (isIPv4(ip)) {
+    ipv4Bytes(ip).copy(addr, 0);
+    return { family: FAMILY_IPV4, addr };
+  }
+  if (isIPv6(ip) && !ip.includes('%')) {
+    return { family: FAMILY_IPV6, addr: ipv6Bytes(ip) };
+  }
+  throw new RangeError(`invalid IP address (expected a plain v4 or v6 address): ${JSON.stringify(ip)}`);
+}
+
+/** RFC 5952 text form: lowercase, longest run (>= 2) of zero hextets compressed to ::. */
+export function formatIpv6(addr: Uint8Array): string {
+  const h = Array.from({ length: 8 }, (_, i) => (addr[2 * i] << 8) | addr[2 * i + 1]);
+  let bestStart = -1;
+  let bestLen = 1;
+  for (let i = 0; i < 8; ) {
+    if (h[i] !== 0) { i++; continue; }
+    let j = i;
+    while (j < 8 && h[j] === 0) j++;
+    if (j - i > bestLen) { bestStart = i; bestLen = j - i; }
+    i = j;
+  }
+  const hex = (xs: number[]) => xs.map((x) => x.toString(16)).join(':');
+  if (bestStart < 0) return hex(h);
+  return `${hex(h.slice(0, bestStart))}::${hex(h.slice(bestStart + bestLen))}`;
+}
+
+/** struct ip_key for local_endpoints. */
+export function encodeIpKey(ip: string): Buffer {
+  const { family, addr } = parseIp(ip);
+  const key = Buffer.alloc(IP_KEY_SIZE);
+  key[0] = family;
+  addr.copy(key, 4);
+  return key;
+}
+
+export function decodeIpKey(key: Buffer): string {
+  const family = key[0];
+  if (family === FAMILY_IPV4) return Array.from(key.subarray(4, 8)).join('.');
+  if (family === FAMILY_IPV6) return formatIpv6(key.subarray(4, 20));
+  throw new RangeError(`ip_key with unknown family ${family}`);
+}
+
+/** struct ipcache_key for the LPM trie: prefixlen counts the 32 bits of family+pad too. */
+export function encodeIpcacheKey(cidr: string): Buffer {
+  const [ip, lenText] = cidr.split('/');
+  const { family, addr } = parseIp(ip);
+  const maxLen = family === FAMILY_IPV4 ? 32 : 128;
+  const len = lenText === undefined ? maxLen : Number(lenText);
+  if (!Number.isInteger(len) || len < 0 || len > maxLen) throw new RangeError(`invalid prefix length in ${cidr}`);
+  const key = Buffer.alloc(24);
+  writeU32(key, 0, 32 + len, 'prefixlen');
+  key[4] = family;
+  addr.copy(key, 8);
+  return key;
+}
+
+export function encodeU32Key(value: number): Buffer {
+  const key = Buffer.alloc(IFINDEX_KEY_SIZE);
+  writeU32(key, 0, value, 'key');
+  return key;
+}
+
+export function decodeU32Key(key: Buffer): number {
+  return readU32(key, 0);
+}
+
+export function encodeEndpointConfig(v: EndpointConfigValue): Buffer {
+  const buf = Buffer.alloc(ENDPOINT_CONFIG_SIZE); // reserved[] stays zero
+  writeU32(buf, 0, v.endpointId, 'endpointId');
+  writeU32(buf, 4, v.identity, 'identity');
+  writeU32(buf, 8, v.flags, 'flags');
+  parseMac(v.hostMac).copy(buf, 12);
+  parseMac(v.containerMac).copy(buf, 18);
+  writeU32(buf, 24, v.ifindex, 'ifindex');
+  writeU32(buf, 28, v.policyRevision, 'policyRevision');
+  return buf;
+}
+
+export function decodeEndpointConfig(buf: Buffer): EndpointConfigValue {
+  return {
+    endpointId: readU32(buf, 0),
+    identity: readU32(buf, 4),
+    flags: readU32(buf, 8),
+    hostMac: formatMac(buf.subarray(12, 18)),
+    containerMac: formatMac(buf.subarray(18, 24)),
+    ifindex: readU32(buf, 24),
+    policyRevision: readU32(buf, 28),
+  };
+}
+
+export function encodeLocalEndpoint(v: LocalEndpointValue): Buffer {
+  const buf = Buffer.alloc(LOCAL_ENDPOINT_SIZE);
+  writeU32(buf, 0, v.hostIfindex, 'hostIfindex');
+  writeU32(buf, 4, v.endpointId, 'endpointId');
+  parseMac(v.containerMac).copy(buf, 8);
+  parseMac(v.hostMac).copy(buf, 14);
+  return buf;
+}
+
+export function decodeLocalEndpoint(buf: Buffer): LocalEndpointValue {
+  return {
+    hostIfindex: readU32(buf, 0),
+    endpointId: readU32(buf, 4),
+    containerMac: formatMac(buf.subarray(8, 14)),
+    hostMac: formatMac(buf.subarray(14, 20)),
+  };
+}
+
+/** Number of CPUs from /sys/devices/system/cpu/possible text, e.g. "0-3,8-11" -> 8. */
+export function parseCpuList(text: string): number {
+  let count = 0;
+  for (const part of text.trim().split(',')) {
+    const m = /^(\d+)(?:-(\d+))?$/.exec(part.trim());
+    if (!m) throw new RangeError(`invalid CPU list: ${JSON.stringify(text)}`);
+    const lo = Number(m[1]);
+    const hi = m[2] === undefined ? lo : Number(m[2]);
+    count += hi - lo + 1;
+  }
+  return count;
+}
+
+/** Kernel layout of a per-CPU map value buffer: each CPU's slot is padded to 8 bytes. */
+export function perCpuValueSize(valueSize: number, possibleCpus: number): number {
+  return Math.ceil(valueSize / 8) * 8 * possibleCpus;
+}
+
+/** Sum the per-CPU struct endpoint_counters_value slots of one lookup. */
+export function sumPerCpuCounters(buf: Buffer, possibleCpus: number): EndpointCounters {
+  const stride = Math.ceil(ENDPOINT_COUNTERS_SIZE / 8) * 8;
+  if (buf.length < stride * possibleCpus) {
+    throw new RangeError(`per-CPU buffer too small: ${buf.length} < ${stride} x ${possibleCpus}`);
+  }
+  const sum: EndpointCounters = { rxPackets: 0n, rxBytes: 0n, txPackets: 0n, txBytes: 0n };
+  for (let cpu = 0; cpu < possibleCpus; cpu++) {
+    const base = cpu * stride;
+    sum.rxPackets += readU64(buf, base);
+    sum.rxBytes += readU64(buf, base + 8);
+    sum.txPackets += readU64(buf, base + 16);
+    sum.txBytes += readU64(buf, base + 24);
+  }
+  return sum;
+}

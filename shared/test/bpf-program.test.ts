@@ -1,0 +1,178 @@
+// The tc programs run against crafted packets with BPF_PROG_TEST_RUN (root + bpffs needed; skipped
+// otherwise). Checks the router behaviour of from_container: redirect verdict, TTL/hop-limit
+// decrement with a still-valid IPv4 checksum, L2 rewrite, counters; and the pass-through cases.
+import t from 'tap';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { loadDatapath, removePins, type Datapath } from '../src/bpf/datapath.ts';
+import { objGet, progTestRun } from '../src/bpf/libbpf.ts';
+
+const TC_ACT_OK = 0;
+const TC_ACT_REDIRECT = 7;
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+
+function bpffsMounted(): boolean {
+  return fs.readFileSync('/proc/self/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === '/sys/fs/bpf' && l.split(' ')[2] === 'bpf');
+}
+if (process.getuid?.() !== 0 || !bpffsMounted()) {
+  t.plan(0, 'needs root and bpffs at /sys/fs/bpf');
+  process.exit(0);
+}
+
+// Source endpoint on lo (ifindex 1: the device BPF_PROG_TEST_RUN uses), destination on an ifindex
+// that only exists in the map (the test run records the redirect but never performs it).
+const SRC = { hostIfindex: 1, endpointId: 11, identity: 1001, flags: 0, hostMac: '02:00:00:00:0a:01', containerMac: '02:00:00:00:0a:02', ips: ['10.251.0.1', 'fd00:fb::1'] };
+const DST = { hostIfindex: 900001, endpointId: 12, identity: 1002, flags: 0, hostMac: '02:00:00:00:0b:01', containerMac: '02:00:00:00:0b:02', ips: ['10.251.0.2', 'fd00:fb::2'] };
+
+function mac(s: string): Buffer { return Buffer.from(s.split(':').map((h) => parseInt(h, 16))); }
+
+function ipv4Checksum(hdr: Buffer): number {
+  let sum = 0;
+  for (let i = 0; i < hdr.length; i += 2) sum += hdr.readUInt16BE(i);
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return ~sum & 0xffff;
+}
+
+function ipv4Packet(dst: string, ttl: number): Buffer {
+  const eth = Buffer.concat([mac(SRC.hostMac), mac(SRC.containerMac), Buffer.from([0x08, 0x00])]);
+  const ip = Buffer.alloc(20);
+  ip[0] = 0x45; ip.writeUInt16BE(20 + 8 + 4, 2); ip.writeUInt16BE(0x1234, 4); ip[8] = ttl; ip[9] = 17;
+  Buffer.from(SRC.ips[0].split('.').map(Number)).copy(ip, 12);
+  Buffer.from(dst.split('.').map(Number)).copy(ip, 16);
+  ip.writeUInt16BE(ipv4Checksum(ip), 10);
+  const udp = Buffer.from([0x30, 0x39, 0x00, 0x35, 0x00, 12, 0, 0, 0xde, 0xad, 0xbe, 0xef]);
+  return Buffer.concat([eth, ip, udp]);
+}
+
+function ipv6Packet(dstLast: number, hopLimit: number): Buffer {
+  const eth = Buffer.concat([mac(SRC.hostMac), mac(SRC.containerMac), Buffer.from([0x86, 0xdd])]);
+  const ip6 = Buffer.alloc(40);
+  ip6[0] = 0x60; ip6.writeUInt16BE(12, 4); ip6[6] = 17; ip6[7] = hopLimit;
+  Buffer.from([0xfd, 0, 0, 0xfb, ...Array(11).fill(0), 1]).copy(ip6, 8);
+  Buffer.from([0xfd, 0, 0, 0xfb, ...Array(11).fill(0), dstLast]).copy(ip6, 24);
+  return Buffer.concat([eth, ip6, Buffer.from([0x30, 0x39, 0x00, 0x35, 0x00, 12, 0, 0, 1, 2, 3, 4])]);
+}
+
+execFileSync('bash', [path.join(root, 'scripts/build-bpf.sh')], { stdio: 'inherit' });
+const pinDir = `/sys/fs/bpf/mbt-${randomBytes(4).toString('hex')}`;
+let dp: Datapath;
+let fromFd = -1;
+let toFd = -1;
+t.before(() => {
+  dp = loadDatapath({ objectPath: path.join(root, 'dist/bpf/endpoint.o'), pinDir });
+  dp.upsertEndpoint(SRC);
+  dp.upsertEndpoint(DST);
+  fromFd = objGet(path.join(pinDir, 'prog_from_container'));
+  toFd = objGet(path.join(pinDir, 'prog_to_container'));
+});
+t.teardown(() => {
+  for (const fd of [fromFd, toFd]) if (fd >= 0) fs.closeSync(fd);
+  dp?.close();
+  removePins(pinDir);
+});
+
+t.test('IPv4 to a local endpoint: TTL-1, checksum valid, L2 rewritten, redirected, counted', async (t) => {
+  const before = { src: dp.counters(SRC.hostIfindex)!, dst: dp.counters(DST.hostIfindex)! };
+  const pkt = ipv4Packet(DST.ips[0], 64);
+  const { retval, data } = progTestRun(fromFd, pkt);
+  t.equal(retval, TC_ACT_REDIRECT);
+  t.same([...data.subarray(0, 6)], [...mac(DST.containerMac)], 'dst MAC = destination container');
+  t.same([...data.subarray(6, 12)], [...mac(DST.hostMac)], 'src MAC = destination host veth');
+  const ip = data.subarray(14, 34);
+  t.equal(ip[8], 63, 'TTL decremented');
+  t.equal(ipv4Checksum(ip), 0, 'header checksum still valid');
+  t.same(data.subarray(34), pkt.subarray(34), 'payload untouched');
+  const after = { src: dp.counters(SRC.hostIfindex)!, dst: dp.counters(DST.hostIfindex)! };
+  t.equal(after.src.txPackets - before.src.txPackets, 1n, 'source tx counted');
+  t.equal(after.src.txBytes - before.src.txBytes, BigInt(pkt.length));
+  t.equal(after.dst.rxPackets - before.dst.rxPackets, 1n, 'destination rx counted');
+  t.equal(after.dst.rxBytes - before.dst.rxBytes, BigInt(pkt.length));
+  const timing = progTestRun(fromFd, pkt, { repeat: 100000 });
+  t.comment(`from_container redirect path: ${timing.durationNs} ns/packet`);
+});
+
+t.test('IPv4 checksum stays valid across TTL values (carry cases)', async (t) => {
+  for (const ttl of [2, 3, 128, 255]) {
+    const { retval, data } = progTestRun(fromFd, ipv4Packet(DST.ips[0], ttl));
+    t.equal(retval, TC_ACT_REDIRECT);
+    t.equal(data[14 + 8], ttl - 1);
+    t.equal(ipv4Checksum(data.subarray(14, 34)), 0, `ttl ${ttl}`);
+  }
+});
+
+t.test('expiring, non-local and hairpin IPv4 packets go to the stack untouched', async (t) => {
+  for (const [what, pkt] of [
+    ['ttl 1', ipv4Packet(DST.ips[0], 1)],
+    ['ttl 0', ipv4Packet(DST.ips[0], 0)],
+    ['not local', ipv4Packet('10.251.0.99', 64)],
+    ['to itself', ipv4Packet(SRC.ips[0], 64)],
+  ] as const) {
+    const { retval, data } = progTestRun(fromFd, pkt);
+    t.equal(retval, TC_ACT_OK, what);
+    t.same(data, pkt, `${what}: unchanged`);
+  }
+});
+
+t.test('IPv6 to a local endpoint: hop limit-1, L2 rewritten, redirected', async (t) => {
+  const pkt = ipv6Packet(2, 64);
+  const { retval, data } = progTestRun(fromFd, pkt);
+  t.equal(retval, TC_ACT_REDIRECT);
+  t.same([...data.subarray(0, 12)], [...mac(DST.containerMac), ...mac(DST.hostMac)]);
+  t.equal(data[14 + 7], 63);
+  t.same(data.subarray(22), pkt.subarray(22), 'addresses and payload untouched');
+  const expiring = ipv6Packet(2, 1);
+  const expired = progTestRun(fromFd, expiring);
+  t.equal(expired.retval, TC_ACT_OK, 'hop limit 1 goes to the stack');
+  t.same(expired.data, expiring, 'hop limit 1: unchanged');
+  t.equal(progTestRun(fromFd, ipv6Packet(99, 64)).retval, TC_ACT_OK, 'not local');
+});
+
+t.test('ARP passes untouched', async (t) => {
+  const arp = Buffer.concat([Buffer.alloc(6, 0xff), mac(SRC.containerMac), Buffer.from([0x08, 0x06]), Buffer.alloc(28, 1)]);
+  const { retval, data } = progTestRun(fromFd, arp);
+  t.equal(retval, TC_ACT_OK);
+  t.same(data, arp);
+});
+
+t.test('to_container counts rx for its interface and passes', async (t) => {
+  const before = dp.counters(SRC.hostIfindex)!;
+  const pkt = ipv4Packet(SRC.ips[0], 64);
+  const { retval, data } = progTestRun(toFd, pkt);
+  t.equal(retval, TC_ACT_OK);
+  t.same(data, pkt);
+  const after = dp.counters(SRC.hostIfindex)!;
+  t.equal(after.rxPackets - before.rxPackets, 1n);
+  t.equal(after.rxBytes - before.rxBytes, BigInt(pkt.length));
+});
+
+t.test('an unconfigured interface is neither counted nor breaks forwarding', async (t) => {
+  dp.removeEndpoint(SRC.hostIfindex, SRC.ips);
+  t.equal(dp.counters(SRC.hostIfindex), null);
+  t.equal(progTestRun(fromFd, ipv4Packet(DST.ips[0], 64)).retval, TC_ACT_REDIRECT, 'still redirects to a known destination');
+  t.equal(dp.counters(SRC.hostIfindex), null, 'no counter entry created by the program');
+  dp.upsertEndpoint(SRC);
+});
+
+t.test('a pinned map with another layout is refused, or replaced on request', async (t) => {
+  const dir = `/sys/fs/bpf/mbt-${randomBytes(4).toString('hex')}`;
+  t.teardown(() => removePins(dir));
+  fs.mkdirSync(dir);
+  execFileSync('bpftool', ['map', 'create', `${dir}/endpoints_cfg`, 'type', 'hash', 'key', '4', 'value', '8', 'entries', '16', 'name', 'endpoints_cfg']);
+  const objectPath = path.join(root, 'dist/bpf/endpoint.o');
+  t.throws(() => loadDatapath({ objectPath, pinDir: dir }), /pinned map .*endpoints_cfg cannot be reused .*value_size pinned=8 object=48, max_entries pinned=16 object=4096/);
+  const replaced = loadDatapath({ objectPath, pinDir: dir, replaceIncompatiblePins: true });
+  t.equal(replaced.mapPressure().endpoints_cfg.max, 4096);
+  replaced.close();
+});
+
+t.test('removeEndpoint(0, ips) drops only those addresses (shared host interface)', async (t) => {
+  dp.removeEndpoint(0, [DST.ips[1]]);
+  t.notOk(dp.listLocalEndpointIps().includes(DST.ips[1]));
+  t.ok(dp.listLocalEndpointIps().includes(DST.ips[0]));
+  t.ok(dp.listEndpointIfindexes().includes(DST.hostIfindex), 'per-interface config kept');
+  t.not(dp.counters(DST.hostIfindex), null, 'counters kept');
+  dp.upsertEndpoint(DST);
+});
