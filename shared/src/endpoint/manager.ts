@@ -52,6 +52,8 @@ export class EndpointManager {
   private readonly byKey = new Map<string, Endpoint>();
   private readonly lock = new KeyedLock();
   private readonly hooks: EndpointHooks[] = [];
+  /** Ids of live endpoints and of creates in flight (reserved before their first await). */
+  private readonly idsInUse = new Set<number>();
 
   constructor(private readonly d: EndpointManagerDeps) {}
 
@@ -133,11 +135,12 @@ export class EndpointManager {
     }
     const network = this.requireNetwork(req.network ?? 'default');
     const ns = req.netns ? openNetnsOrFail(req.netns) : null;
-    const undo: (() => unknown)[] = [];
+    const id = this.reserveId();
+    const undo: (() => unknown)[] = [() => this.idsInUse.delete(id)];
     try {
       const ips = await this.assignIps(req, network, undo);
       const ep: Endpoint = {
-        id: this.nextId(),
+        id,
         containerId: req.containerId,
         ifName: req.ifName,
         network: network.name,
@@ -233,6 +236,7 @@ export class EndpointManager {
     if (!ep.externalIpam) await this.d.ipam.releaseOwner(ipamOwner(ep.containerId, ep.ifName));
     await this.d.store.delete(storeKey(ep));
     this.byKey.delete(endpointKey(ep.containerId, ep.ifName));
+    this.idsInUse.delete(ep.id);
     await this.runHooks('afterDelete', ep);
   }
 
@@ -244,6 +248,7 @@ export class EndpointManager {
     const result = { kept: 0, repaired: 0, dropped: 0 };
     for (const { value: ep } of await this.d.store.list<Endpoint>(STORE_PREFIX)) {
       this.byKey.set(endpointKey(ep.containerId, ep.ifName), ep);
+      this.idsInUse.add(ep.id);
     }
     for (const ep of [...this.byKey.values()]) {
       const outcome = await this.lock.run(endpointKey(ep.containerId, ep.ifName), () => this.restoreOne(ep));
@@ -312,9 +317,10 @@ export class EndpointManager {
     return ep;
   }
 
-  private nextId(): number {
-    const used = new Set([...this.byKey.values()].map((e) => e.id));
-    for (let id = 1; id <= MAX_ENDPOINT_ID; id++) if (!used.has(id)) return id;
+  private reserveId(): number {
+    for (let id = 1; id <= MAX_ENDPOINT_ID; id++) {
+      if (!this.idsInUse.has(id)) { this.idsInUse.add(id); return id; }
+    }
     throw new EndpointError('bad_request', 'no endpoint id left (65535 endpoints on this node)');
   }
 }
