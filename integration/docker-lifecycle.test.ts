@@ -1,0 +1,169 @@
+// Container and daemon lifecycles through the Docker plugin: run/stop/start/restart/rm, network
+// connect/disconnect, agent restart (SIGTERM and kill -9) with traffic flowing, `--restart always`
+// containers across an agent restart, and a dockerd restart. After each step: the right endpoints
+// exist in membrane, traffic flows, and nothing of a removed endpoint is left on the host.
+import t, { type Test } from 'tap';
+import { execFileSync } from 'node:child_process';
+import { DockerTestEnv, dockerSubnet, eventually, startDockerd, sleep } from './lib/docker-env.ts';
+import type { Dockerd } from './lib/dockerd.ts';
+
+// Real dockerd + containers: minutes under load, more than tap's default per-file timeout.
+t.setTimeout(15 * 60_000);
+
+let shared: Dockerd;
+t.before(async () => { shared = await startDockerd(); });
+t.teardown(async () => { await shared?.destroy(); });
+
+async function env(t: Test, d: Dockerd = shared): Promise<DockerTestEnv> {
+  const e = await DockerTestEnv.start(d);
+  t.teardown(() => e.cleanup());
+  return e;
+}
+
+function hostLinkExists(name: string): boolean {
+  try { execFileSync('ip', ['link', 'show', 'dev', name], { stdio: 'ignore' }); return true; } catch { return false; }
+}
+
+/** Endpoints of a membrane agent keyed by Docker container name (once labelled). */
+async function byContainer(e: DockerTestEnv): Promise<Map<string, { hostIfName: string; ip: string }>> {
+  const out = new Map<string, { hostIfName: string; ip: string }>();
+  for (const ep of await e.agent.client.listEndpoints()) {
+    out.set(ep.labels['docker:container-name'] ?? ep.containerId, { hostIfName: ep.hostIfName, ip: ep.ips[0].address.split('/')[0] });
+  }
+  return out;
+}
+
+/** Runs a ping train inside `container` and returns the loss in percent. */
+async function pingTrain(e: DockerTestEnv, container: string, ip: string, count: number): Promise<number> {
+  const r = await e.exec(container, ['ping', '-q', '-c', String(count), '-i', '0.1', '-W', '1', ip], 60_000);
+  const m = /(\d+)% packet loss/.exec(r.stdout);
+  return m ? Number(m[1]) : 100;
+}
+
+t.test('docker stop / start / restart / rm keep membrane in step', async (t) => {
+  const e = await env(t);
+  const s = dockerSubnet();
+  const net = await e.network(['--subnet', s.cidr]);
+  const srv = await e.run(['--network', net]);
+  const cli = await e.run(['--network', net]);
+  t.ok(await e.pingEventually(cli, (await e.addressOf(srv, net)).ip), 'running: cli -> srv');
+  t.ok(await eventually(async () => (await byContainer(e)).has(srv)), 'srv endpoint labelled');
+  const first = (await byContainer(e)).get(srv)!;
+
+  await e.docker(['stop', '-t', '0', srv]);
+  t.equal((await e.agent.client.listEndpoints()).length, 1, 'stop: its endpoint is deleted');
+  t.notOk(hostLinkExists(first.hostIfName), 'stop: its host veth is gone');
+
+  await e.docker(['start', srv]);
+  t.ok(await e.pingEventually(cli, (await e.addressOf(srv, net)).ip), 'start: reachable again');
+  t.equal((await e.agent.client.listEndpoints()).length, 2, 'start: a new endpoint');
+  t.ok(await eventually(async () => (await byContainer(e)).has(srv)), 'start: labelled again');
+
+  await e.docker(['restart', '-t', '0', srv]);
+  t.ok(await e.pingEventually(cli, (await e.addressOf(srv, net)).ip), 'restart: reachable again');
+  t.ok(await e.ping(srv, s.gateway), 'restart: srv reaches its gateway');
+  t.equal((await e.agent.client.listEndpoints()).length, 2, 'restart: still two endpoints');
+  const restarted = (await byContainer(e)).get(srv);
+
+  await e.docker(['rm', '-f', srv]);
+  e.containers.delete(srv);
+  const left = await e.agent.client.listEndpoints();
+  t.equal(left.length, 1, 'rm: one endpoint left');
+  if (restarted) t.notOk(hostLinkExists(restarted.hostIfName), 'rm: host veth gone');
+  t.ok(left[0].labels['docker:container-name'] === cli, 'the one left is the client');
+});
+
+t.test('docker network connect / disconnect', async (t) => {
+  const e = await env(t);
+  const sa = dockerSubnet(), sb = dockerSubnet();
+  const na = await e.network(['--subnet', sa.cidr]);
+  const nb = await e.network(['--subnet', sb.cidr]);
+  const c = await e.run(['--network', na]);
+  const peer = await e.run(['--network', nb]);
+  const peerIp = (await e.addressOf(peer, nb)).ip;
+  await e.docker(['network', 'connect', nb, c]);
+  t.ok(await e.pingEventually(c, peerIp), 'connected: reaches the peer on the second network');
+  t.match((await e.exec(c, ['ip', '-o', 'link'])).stdout, /eth1/, 'eth1 appeared');
+  t.equal((await e.agent.client.listEndpoints()).length, 3);
+  await e.docker(['network', 'disconnect', nb, c]);
+  t.notMatch((await e.exec(c, ['ip', '-o', 'link'])).stdout, /eth1/, 'eth1 is gone');
+  t.equal((await e.agent.client.listEndpoints()).length, 2, 'disconnect deleted the endpoint');
+  await e.docker(['network', 'connect', nb, c]);
+  t.ok(await e.pingEventually(c, peerIp), 'reconnected');
+  t.ok(await e.ping(c, sa.gateway), 'still on the first network too');
+});
+
+t.test('agent restart (SIGTERM, then kill -9): containers keep talking; endpoints restored', async (t) => {
+  const e = await env(t);
+  const s = dockerSubnet();
+  const net = await e.network(['--subnet', s.cidr]);
+  const a = await e.run(['--network', net]), b = await e.run(['--network', net]);
+  const ipB = (await e.addressOf(b, net)).ip;
+  t.ok(await e.pingEventually(a, ipB));
+  t.ok(await eventually(async () => (await byContainer(e)).size === 2 && [...(await byContainer(e)).keys()].every((k) => k === a || k === b)));
+  const before = (await e.agent.client.listEndpoints()).map((x) => x.containerId).sort();
+
+  for (const how of ['stop', 'kill9'] as const) {
+    const train = pingTrain(e, a, ipB, 30);
+    await sleep(500);
+    if (how === 'stop') await e.agent.stop(); else await e.agent.kill9();
+    await sleep(1000);
+    await e.agent.restart();
+    const loss = await train;
+    t.ok(loss <= 10, `${how}: a ping train across the agent restart lost ${loss}%`);
+    const after = await e.agent.client.listEndpoints();
+    t.same(after.map((x) => x.containerId).sort(), before, `${how}: the same endpoints after the restart`);
+    t.ok(after.every((x) => x.labels['docker:container-name']), `${how}: labels kept`);
+  }
+  // The restarted plugin serves new and old endpoints.
+  const c = await e.run(['--network', net]);
+  t.ok(await e.pingEventually(c, ipB), 'a container started after the restarts talks to an old one');
+  await e.docker(['restart', '-t', '0', b]);
+  t.ok(await e.pingEventually(a, (await e.addressOf(b, net)).ip), 'an old container restarts through the new plugin');
+  t.equal((await e.agent.client.listEndpoints()).length, 3, 'no stale endpoint');
+});
+
+t.test('--restart always container across an agent restart', async (t) => {
+  const e = await env(t);
+  const s = dockerSubnet();
+  const net = await e.network(['--subnet', s.cidr]);
+  // Exits (status 1) when /tmp/stop appears, so dockerd's restart policy starts it again.
+  const svc = await e.run(['--network', net, '--restart', 'always'],
+    ['sh', '-c', 'rm -f /tmp/stop; while [ ! -f /tmp/stop ]; do usleep 100000; done; exit 1']);
+  const cli = await e.run(['--network', net]);
+  t.ok(await e.pingEventually(cli, (await e.addressOf(svc, net)).ip));
+  await e.agent.restart();
+  t.ok(await e.ping(cli, (await e.addressOf(svc, net)).ip), 'still reachable after the agent restart');
+  const count = async () => Number((await e.docker(['inspect', '-f', '{{.RestartCount}}', svc])).trim());
+  const restartsBefore = await count();
+  const stop = await e.exec(svc, ['sh', '-c', ': > /tmp/stop']);
+  t.equal(stop.code, 0, `asked it to exit (${stop.stderr.trim()})`);
+  t.ok(await eventually(async () => (await count()) > restartsBefore, 15_000), 'dockerd restarted it (restart policy)');
+  t.ok(await eventually(async () => (await e.docker(['inspect', '-f', '{{.State.Running}}', svc])).trim() === 'true', 15_000), 'running again');
+  t.ok(await e.pingEventually(cli, (await e.addressOf(svc, net)).ip, 10_000), 'reachable through its new endpoint');
+  t.equal((await e.agent.client.listEndpoints()).length, 2, 'old endpoint deleted, new one created');
+});
+
+t.test('dockerd restart: restart-always containers come back, others release their endpoints', async (t) => {
+  const own = await startDockerd();
+  t.teardown(() => own.destroy());
+  const e = await env(t, own);
+  const s = dockerSubnet();
+  const net = await e.network(['--subnet', s.cidr]);
+  const always = await e.run(['--network', net, '--restart', 'always']);
+  const plain = await e.run(['--network', net]);
+  t.ok(await e.pingEventually(always, (await e.addressOf(plain, net)).ip));
+  const old = await e.agent.client.listEndpoints();
+  t.equal(old.length, 2);
+  await own.restart();
+  t.ok(await eventually(async () => (await e.docker(['inspect', '-f', '{{.State.Running}}', always])).trim() === 'true', 30_000), 'restart-always container running again');
+  t.equal((await e.docker(['inspect', '-f', '{{.State.Running}}', plain])).trim(), 'false', 'the plain one stays stopped');
+  t.ok(await e.pingEventually(always, s.gateway, 10_000), 'it reaches its gateway through a new endpoint');
+  const now = await e.agent.client.listEndpoints();
+  t.equal(now.length, 1, 'one endpoint: the restarted container');
+  for (const ep of old) t.notOk(hostLinkExists(ep.hostIfName), `old host veth ${ep.hostIfName} gone`);
+  t.ok(await eventually(async () => (await e.agent.client.listEndpoints())[0]?.labels['docker:container-name'] === always, 10_000),
+    'labelled after the dockerd restart (event stream reconnected)');
+  await e.docker(['start', plain]);
+  t.ok(await e.pingEventually(plain, (await e.addressOf(always, net)).ip), 'the plain one starts and talks again');
+});
