@@ -1,0 +1,124 @@
+// The durable queue of DELs that could not reach the agent. membrane-cni writes one file per attachment
+// (atomically: temp file, fsync, rename, fsync dir); the agent drains the queue when it starts, before it
+// serves the API. Node built-ins only: the agent imports this file.
+//
+// Format: <dir>/<32 hex of sha256(containerId NUL ifName)>.json containing a PendingDelete (version 1).
+// node:crypto is loaded on first use (a plugin start must not pay for it).
+// Queuing the same attachment twice overwrites the entry. Files that do not parse are renamed to
+// <name>.bad so a broken entry never blocks the rest.
+import fs from 'node:fs';
+import path from 'node:path';
+
+export interface PendingDelete {
+  version: 1;
+  containerId: string;
+  ifName: string;
+  /** CNI_NETNS at DEL time ('' when the runtime sent none). */
+  netns: string;
+  /** The CNI network (conf name) and the agent network, when known. */
+  cniNetwork?: string;
+  network?: string;
+  queuedAt: string;
+  /** Why the agent could not be asked directly. */
+  reason: string;
+}
+
+export interface DrainReport {
+  deleted: PendingDelete[];
+  failed: { entry: PendingDelete; error: string }[];
+  invalid: string[];
+}
+
+export function pendingFileName(containerId: string, ifName: string): string {
+  return crypto().createHash('sha256').update(`${containerId}\0${ifName}`).digest('hex').slice(0, 32) + '.json';
+}
+
+/** Writes the entry durably; returns its path. Throws when the directory cannot be written. */
+export function queuePendingDelete(dir: string, entry: Omit<PendingDelete, 'version' | 'queuedAt'>): string {
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const full: PendingDelete = { version: 1, ...entry, queuedAt: new Date().toISOString() };
+  const target = path.join(dir, pendingFileName(entry.containerId, entry.ifName));
+  const tmp = path.join(dir, `.tmp-${process.pid}-${crypto().randomBytes(4).toString('hex')}`);
+  const fd = fs.openSync(tmp, 'w', 0o600);
+  try {
+    fs.writeSync(fd, JSON.stringify(full) + '\n');
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
+  fs.renameSync(tmp, target);
+  fsyncDir(dir);
+  return target;
+}
+
+/** Every queued entry, oldest first. Missing directory = empty queue. */
+export function listPendingDeletes(dir: string): { file: string; entry?: PendingDelete }[] {
+  let names: string[];
+  try {
+    names = fs.readdirSync(dir).filter((n) => n.endsWith('.json') && !n.startsWith('.'));
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
+    throw e;
+  }
+  const out = names.map((n) => {
+    const file = path.join(dir, n);
+    return { file, entry: readEntry(file) };
+  });
+  return out.sort((a, b) => (a.entry?.queuedAt ?? '').localeCompare(b.entry?.queuedAt ?? ''));
+}
+
+/**
+ * Runs `deleteFn` for every queued entry, one at a time. An entry is removed only after `deleteFn`
+ * resolved; a failure keeps it for the next drain and the drain goes on. `deleteFn` must be idempotent
+ * (an unknown endpoint is success). Leftover temp files of crashed writers are removed.
+ */
+export async function drainPendingDeletes(dir: string, deleteFn: (entry: PendingDelete) => Promise<unknown>): Promise<DrainReport> {
+  const report: DrainReport = { deleted: [], failed: [], invalid: [] };
+  removeStaleTemps(dir);
+  for (const { file, entry } of listPendingDeletes(dir)) {
+    if (!entry) {
+      try { fs.renameSync(file, `${file}.bad`); } catch { /* raced with another drain */ }
+      report.invalid.push(file);
+      continue;
+    }
+    try {
+      await deleteFn(entry);
+    } catch (e) {
+      report.failed.push({ entry, error: (e as Error)?.message ?? String(e) });
+      continue;
+    }
+    // a DEL queued again while we were deleting has a newer queuedAt: keep that one
+    const now = readEntry(file);
+    if (now && now.queuedAt !== entry.queuedAt) continue;
+    try { fs.unlinkSync(file); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; }
+    report.deleted.push(entry);
+  }
+  if (report.deleted.length) fsyncDir(dir);
+  return report;
+}
+
+const crypto = () => process.getBuiltinModule('node:crypto');
+
+function readEntry(file: string): PendingDelete | undefined {
+  try {
+    const v = JSON.parse(fs.readFileSync(file, 'utf8')) as PendingDelete;
+    if (v && v.version === 1 && typeof v.containerId === 'string' && v.containerId && typeof v.ifName === 'string' && v.ifName) return v;
+  } catch { /* fall through */ }
+  return undefined;
+}
+
+function removeStaleTemps(dir: string): void {
+  let names: string[] = [];
+  try { names = fs.readdirSync(dir); } catch { return; }
+  const hourAgo = Date.now() - 3600_000;
+  for (const n of names) {
+    if (!n.startsWith('.tmp-')) continue;
+    const p = path.join(dir, n);
+    try { if (fs.statSync(p).mtimeMs < hourAgo) fs.unlinkSync(p); } catch { /* gone */ }
+  }
+}
+
+function fsyncDir(dir: string): void {
+  const fd = fs.openSync(dir, 'r');
+  try { fs.fsyncSync(fd); } finally { fs.closeSync(fd); }
+}
