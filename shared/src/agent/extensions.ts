@@ -17,3 +17,16 @@ export function dockerPluginExtension(): AgentExtension {
     },
   };
 }
+
+/** DELs that membrane-cni queued while the agent was down: done before the API serves again. */
+export function cniPendingDeletesExtension(): AgentExtension {
+  return {
+    name: 'cni-pending-deletes',
+    async start(agent) {
+      const { drainPendingDeletes } = await import('../../../cni/src/pending.ts');
+      const dir = `${agent.cfg.stateDir}/cni-pending-deletes`;
+      const report = await drainPendingDeletes(dir, (e) => agent.core.endpoints.delete(e.containerId, e.ifName));
+      if (Object.values(report).some((v) => (Array.isArray(v) ? v.length : v))) agent.log.info({ dir, ...report }, 'drained DELs queued by membrane-cni while the agent was down');
+    },
+  };
+}

@@ -5,7 +5,7 @@ import type { Store } from '../store/index.ts';
 import type { Ipam } from '../ipam/index.ts';
 import type { Networks } from '../network/index.ts';
 import type { Datapath } from '../bpf/datapath.ts';
-import type { Netlink } from '../netlink/index.ts';
+import { NetlinkError, type Netlink } from '../netlink/index.ts';
 import { openNetns, type NetNs } from '../netns/index.ts';
 import { ipFamily, normalizeIp, parseCidr, cidrContains } from '../ipam/cidr.ts';
 import { endpointKey, hostVethName, ipamOwner, normalizeMac, parseIpamOwner, randomMac, validIfName } from './naming.ts';
@@ -159,7 +159,16 @@ export class EndpointManager {
         createdAt: new Date().toISOString(),
       };
       const spec = plumbSpec(ep, ns);
-      ep.hostIfIndex = createVeth(this.d.host, spec);
+      // A host veth by this derived name with no endpoint record is what a crashed create left.
+      this.d.host.linkDel(ep.hostIfName);
+      try {
+        ep.hostIfIndex = createVeth(this.d.host, spec);
+      } catch (e) {
+        if (e instanceof NetlinkError && e.code === 'exists') {
+          throw new EndpointError('endpoint_exists', `interface ${req.ifName} already exists in ${req.netns ?? 'the host netns'}`);
+        }
+        throw e;
+      }
       undo.push(() => this.d.host.linkDel(ep.hostIfName));
       ensureContainerSide(spec);
       ensureHostSide(this.d.host, ep.hostIfIndex, spec);
