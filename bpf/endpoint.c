@@ -1,17 +1,20 @@
 // SPDX-License-Identifier: GPL-2.0
 /* Membrane per-endpoint tc datapath, attached to both hooks of every host-side veth:
- *   from_container: tc ingress of the host veth (packets the container sends)
- *   to_container:   tc egress of the host veth (packets the host stack delivers to the container)
+ *   from_container: tc ingress of the host veth (packets the container sends) = the endpoint's egress
+ *   to_container:   tc egress of the host veth (packets the host stack delivers) = its ingress
  * One loaded copy of each program serves every endpoint; the endpoint is found by skb->ifindex.
  *
- * Pod-to-pod traffic on this node is short-cut: from_container looks the destination up in
- * local_endpoints, does what a router would (TTL/hop-limit decrement, L2 rewrite) and hands the
- * packet straight to the destination container's eth0 with bpf_redirect_peer. That skips the host
- * forwarding path and is what beats plain veth routing in the measurements. Everything else goes
- * up the host stack unchanged. */
+ * Every IP packet passes conntrack and, when it starts a new flow, the endpoint's policy
+ * (lib/enforce.h). Pod-to-pod traffic on this node is short-cut: from_container looks the destination
+ * up in local_endpoints, applies the destination's ingress policy too (the redirect skips the
+ * destination's to_container hook), does what a router would (TTL/hop-limit decrement, L2 rewrite) and
+ * hands the packet straight to the destination container's eth0 with bpf_redirect_peer. That skips
+ * the host forwarding path and is what beats plain veth routing in the measurements. Everything else
+ * goes up the host stack unchanged. */
 #include "lib/common.h"
 #include "lib/maps.h"
 #include "lib/counters.h"
+#include "lib/enforce.h"
 
 /* The TTL and protocol bytes form one 16-bit word of the IPv4 header checksum. */
 union ttl_proto_word {
@@ -39,29 +42,30 @@ static __always_inline int deliver_to_local(struct __sk_buff *skb, const struct 
 	return bpf_redirect_peer(dst->host_ifindex, 0);
 }
 
-static __always_inline int forward_ipv4(struct __sk_buff *skb, __u32 src_ifindex)
+/* TTL/hop limit of the packet, or 0 when the header cannot be read. */
+static __always_inline __u8 hop_limit(struct __sk_buff *skb, __u8 family)
 {
-	struct ip_key key;
+	void *data, *data_end;
+
+	if (family == MBR_FAMILY_IPV4) {
+		if (!linear_headers(skb, ETH_HLEN + sizeof(struct iphdr), &data, &data_end))
+			return 0;
+		return ((struct iphdr *)(data + ETH_HLEN))->ttl;
+	}
+	if (!linear_headers(skb, ETH_HLEN + sizeof(struct ipv6hdr), &data, &data_end))
+		return 0;
+	return ((struct ipv6hdr *)(data + ETH_HLEN))->hop_limit;
+}
+
+static __always_inline int forward_ipv4(struct __sk_buff *skb, const struct local_endpoint *dst)
+{
 	union ttl_proto_word old_word, new_word;
-	struct local_endpoint *dst;
 	void *data, *data_end;
 	struct iphdr *ip;
 
 	if (!linear_headers(skb, ETH_HLEN + sizeof(*ip), &data, &data_end))
 		return TC_ACT_OK;
 	ip = data + ETH_HLEN;
-
-	/* Built field by field: an initialiser would become a .rodata map the loader must manage. */
-	__builtin_memset(&key, 0, sizeof(key));
-	key.family = MBR_FAMILY_IPV4;
-	__builtin_memcpy(key.addr, &ip->daddr, sizeof(ip->daddr));
-	dst = bpf_map_lookup_elem(&local_endpoints, &key);
-	if (!dst || dst->host_ifindex == src_ifindex)
-		return TC_ACT_OK;
-	/* Expiring packets go to the stack, which drops them and sends ICMP time exceeded. */
-	if (ip->ttl <= 1)
-		return TC_ACT_OK;
-
 	old_word.bytes[0] = ip->ttl;
 	old_word.bytes[1] = ip->protocol;
 	new_word.bytes[0] = ip->ttl - 1;
@@ -74,25 +78,14 @@ static __always_inline int forward_ipv4(struct __sk_buff *skb, __u32 src_ifindex
 	return deliver_to_local(skb, dst);
 }
 
-static __always_inline int forward_ipv6(struct __sk_buff *skb, __u32 src_ifindex)
+static __always_inline int forward_ipv6(struct __sk_buff *skb, const struct local_endpoint *dst)
 {
-	struct ip_key key;
-	struct local_endpoint *dst;
 	void *data, *data_end;
 	struct ipv6hdr *ip6;
 
 	if (!linear_headers(skb, ETH_HLEN + sizeof(*ip6), &data, &data_end))
 		return TC_ACT_OK;
 	ip6 = data + ETH_HLEN;
-
-	__builtin_memset(&key, 0, sizeof(key));
-	key.family = MBR_FAMILY_IPV6;
-	__builtin_memcpy(key.addr, &ip6->daddr, sizeof(ip6->daddr));
-	dst = bpf_map_lookup_elem(&local_endpoints, &key);
-	if (!dst || dst->host_ifindex == src_ifindex)
-		return TC_ACT_OK;
-	if (ip6->hop_limit <= 1)
-		return TC_ACT_OK; /* the stack sends ICMPv6 time exceeded */
 	ip6->hop_limit--; /* IPv6 has no header checksum */
 	return deliver_to_local(skb, dst);
 }
@@ -101,22 +94,60 @@ SEC("tc")
 int from_container(struct __sk_buff *skb)
 {
 	__u32 ifindex = skb->ifindex;
+	struct endpoint_config *src, *dst_cfg;
+	struct local_endpoint *dst;
+	struct ip_key key;
+	struct pkt p;
+	bool redirect;
 
 	count_endpoint_tx(ifindex, skb->len);
-	switch (skb->protocol) {
-	case bpf_htons(ETH_P_IP):
-		return forward_ipv4(skb, ifindex);
-	case bpf_htons(ETH_P_IPV6):
-		return forward_ipv6(skb, ifindex);
-	default:
+	if (!parse_packet(skb, &p))
 		return TC_ACT_OK; /* ARP and friends: the host answers (proxy_arp) */
+
+	/* Built field by field: an initialiser would become a .rodata map the loader must manage. */
+	__builtin_memset(&key, 0, sizeof(key));
+	key.family = p.family;
+	__builtin_memcpy(key.addr, p.daddr, 16);
+	dst = bpf_map_lookup_elem(&local_endpoints, &key);
+	if (dst && dst->host_ifindex == ifindex)
+		dst = NULL; /* to itself: the stack handles it */
+	/* Expiring packets go to the stack, which drops them and sends ICMP time exceeded. */
+	redirect = dst && hop_limit(skb, p.family) > 1;
+
+	src = bpf_map_lookup_elem(&endpoints_cfg, &ifindex);
+	if (!redirect) {
+		if (src && enforce(skb, &p, src, POLICY_DIR_EGRESS, 0, false) != ENFORCE_PASS)
+			return TC_ACT_SHOT;
+		return TC_ACT_OK;
 	}
+	/* The redirect skips the destination's to_container: apply its ingress policy here, together with
+	 * the sender's egress (one conntrack entry for both) when both endpoints are known. */
+	dst_cfg = bpf_map_lookup_elem(&endpoints_cfg, &dst->host_ifindex);
+	if (src && dst_cfg) {
+		if (enforce_local(skb, &p, src, dst_cfg) != ENFORCE_PASS)
+			return TC_ACT_SHOT;
+	} else {
+		if (src && enforce(skb, &p, src, POLICY_DIR_EGRESS, 0, true) != ENFORCE_PASS)
+			return TC_ACT_SHOT;
+		if (dst_cfg && enforce(skb, &p, dst_cfg, POLICY_DIR_INGRESS, 0, true) != ENFORCE_PASS)
+			return TC_ACT_SHOT;
+	}
+	return p.family == MBR_FAMILY_IPV4 ? forward_ipv4(skb, dst) : forward_ipv6(skb, dst);
 }
 
 SEC("tc")
 int to_container(struct __sk_buff *skb)
 {
-	count_endpoint_rx(skb->ifindex, skb->len);
+	__u32 ifindex = skb->ifindex;
+	struct endpoint_config *ep;
+	struct pkt p;
+
+	if (parse_packet(skb, &p)) {
+		ep = bpf_map_lookup_elem(&endpoints_cfg, &ifindex);
+		if (ep && enforce(skb, &p, ep, POLICY_DIR_INGRESS, 0, false) != ENFORCE_PASS)
+			return TC_ACT_SHOT;
+	}
+	count_endpoint_rx(ifindex, skb->len);
 	return TC_ACT_OK;
 }
 

@@ -1,27 +1,53 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* Conntrack layout (tracking comes in a later issue). One entry per direction-normalised tuple,
- * stored in an LRU hash so a full table evicts the oldest flows instead of failing inserts.
- * Lesson from the measurements: a SYN on an entry that is not a live connection (closed, or a new
- * ISN) must start a new flow, hence tcp_isn and state live in the entry. */
+/* Conntrack layout (logic in ct.h). One entry per flow and per enforcement point, in an LRU hash so
+ * a full table evicts the oldest flows instead of failing inserts.
+ *
+ * The key is the flow's tuple as its first packet had it, plus the scope: whose policy admitted it
+ * (CT_SCOPE_EGRESS: the sending endpoint's egress; CT_SCOPE_INGRESS: the receiving endpoint's
+ * ingress). Traffic that passes two points in separate program runs keeps an entry per point, so an
+ * entry made at the sender's egress never lets a packet skip the receiver's ingress policy; pod-to-pod
+ * traffic through redirect_peer, decided at both points in one run, has one CT_SCOPE_LOCAL entry.
+ * A packet is a reply when the reversed tuple exists in the other scope (LOCAL: the same scope).
+ *
+ * Lesson from the measurements: a SYN on an entry that is not a live connection (closing, closed,
+ * expired, or another ISN) must start a new flow, hence tcp_isn, state and timestamps in the entry. */
 #pragma once
 
 #include "common.h"
+
+#define CT_SCOPE_INGRESS 0 /* = POLICY_DIR_INGRESS */
+#define CT_SCOPE_EGRESS 1  /* = POLICY_DIR_EGRESS */
+/* Pod-to-pod through redirect_peer: both enforcement points (the sender's egress and the receiver's
+ * ingress) are decided in one program run, so one entry stands for both: half the lookups, inserts
+ * and deletes per connection. Its reply is the reversed tuple in the same scope. */
+#define CT_SCOPE_LOCAL 2
 
 #define CT_DIR_FORWARD 0
 #define CT_DIR_REPLY 1
 
 enum ct_state {
-	CT_STATE_NEW = 0,
-	CT_STATE_ESTABLISHED = 1,
-	CT_STATE_CLOSING = 2,
-	CT_STATE_CLOSED = 3,
+	CT_STATE_NEW = 0,         /* TCP: SYN seen, no reply yet */
+	CT_STATE_ESTABLISHED = 1, /* TCP: reply seen; other protocols: always */
+	CT_STATE_CLOSING = 2,     /* FIN seen */
+	CT_STATE_CLOSED = 3,      /* RST seen */
 };
+
+#define CT_F_AUDIT (1 << 0)        /* admitted by audit mode (policy would have dropped it) */
+#define CT_F_END_REPORTED (1 << 1) /* FLOW_END already emitted */
+#define CT_F_REDIRECTED (1 << 2)   /* pod-to-pod via redirect_peer */
+
+/* Lifetimes since the last packet: an expired entry counts as absent. */
+#define CT_LIFETIME_TCP_SYN (60ULL * 1000000000ULL)
+#define CT_LIFETIME_TCP (21600ULL * 1000000000ULL) /* 6 h, like Cilium */
+#define CT_LIFETIME_TCP_CLOSING (10ULL * 1000000000ULL)
+#define CT_LIFETIME_OTHER (60ULL * 1000000000ULL)
 
 struct ct_key {
 	__u8 family; /* MBR_FAMILY_IPV4 / MBR_FAMILY_IPV6 */
 	__u8 proto;
-	__u8 pad[2];
-	__be16 sport;
+	__u8 scope; /* CT_SCOPE_* */
+	__u8 pad;
+	__be16 sport; /* ICMP echo: the identifier in both ports */
 	__be16 dport;
 	__u8 saddr[16];
 	__u8 daddr[16];
@@ -31,13 +57,17 @@ _Static_assert(sizeof(struct ct_key) == 40, "ct_key layout is shared with usersp
 struct ct_entry {
 	__u64 created_ns;
 	__u64 last_seen_ns;
-	__u64 packets[2]; /* indexed by CT_DIR_* */
+	__u64 packets[2]; /* indexed by CT_DIR_*; plain adds: approximate when CPUs race */
 	__u64 bytes[2];
 	__u32 src_identity;
 	__u32 dst_identity;
 	__u32 tcp_isn;
 	__u8 tcp_flags_seen[2];
 	__u8 state; /* enum ct_state */
-	__u8 flags;
+	__u8 flags; /* CT_F_* */
+	__u32 rule_id;     /* policy rule that admitted the flow (0 = none); LOCAL: the sender's egress */
+	__u32 endpoint_id; /* whose policy (the scope's endpoint; LOCAL: the sender) */
+	__u32 ifindex;     /* that endpoint's host interface */
+	__u32 rule_id_ingress; /* LOCAL: the receiver's ingress rule */
 };
-_Static_assert(sizeof(struct ct_entry) == 64, "ct_entry layout is shared with userspace");
+_Static_assert(sizeof(struct ct_entry) == 80, "ct_entry layout is shared with userspace");

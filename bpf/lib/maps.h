@@ -4,7 +4,7 @@
  * layout) reuses the live maps and forwarding state survives. Layout changes therefore need a new
  * map name or an explicit migration; the _Static_asserts guard the layouts userspace encodes.
  * Sizes are deliberately modest: the conntrack LRU is preallocated and dominates memory
- * (~128 B per max entry, 8 MiB at 65536). */
+ * (~170 B per max entry, ~11 MiB at 65536). */
 #pragma once
 
 #include "common.h"
@@ -16,11 +16,14 @@
 #define MAX_ENDPOINTS 4096
 #define MAX_LOCAL_IPS 8192 /* an IPv4 and an IPv6 address per endpoint */
 #define MAX_IPCACHE 65536  /* LPM trie is not preallocated: memory follows the stored prefixes */
-#define MAX_POLICY 16384
+#define MAX_POLICY 131072  /* not preallocated: ~80 B per stored entry; 10k rules x a few endpoints */
+#ifndef MAX_CONNTRACK
 #define MAX_CONNTRACK 65536
+#endif
 #define EVENTS_RING_BYTES (1 << 20) /* 1 MiB: no reserve failures at 12-13k new flows/s measured */
 
-/* Per-endpoint configuration, keyed by the host-side veth ifindex (what tc programs see). */
+/* Per-endpoint configuration, keyed by the host-side veth ifindex (what tc programs see).
+ * flags: the low byte belongs to policy (EP_F_* in policy.h), written by the policy engine. */
 struct endpoint_config {
 	__u32 endpoint_id;
 	__u32 identity;
@@ -63,6 +66,24 @@ struct ipcache_value {
 	__u32 flags;
 };
 
+/* Agent-wide switches, one entry (key 0). Zero (a fresh map) = events off, no audit. */
+#define CFG_F_EVENTS (1U << 0) /* emit flow/drop events (--flow-events) */
+#define CFG_F_AUDIT (1U << 1)  /* agent-wide policy audit mode (--policy-audit-mode) */
+
+struct datapath_config {
+	__u32 flags;
+	__u32 events_per_sec; /* per CPU token bucket rate; 0 = unlimited */
+	__u32 events_burst;   /* bucket size in events; 0 = events_per_sec */
+	__u32 reserved[5];
+};
+_Static_assert(sizeof(struct datapath_config) == 32, "datapath_config layout is shared with userspace");
+
+/* Per-CPU token bucket state of the event rate limit (in nanoseconds of credit). */
+struct event_bucket {
+	__u64 credit_ns;
+	__u64 last_ns;
+};
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_ENDPOINTS);
@@ -100,6 +121,7 @@ struct {
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, MAX_POLICY);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
 	__type(key, struct policy_key);
 	__type(value, struct policy_entry);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
@@ -119,6 +141,32 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } events SEC(".maps");
 
+/* Events not delivered: ring buffer reserve failures plus rate-limited ones. Same definition as the
+ * flows module's synthetic producer (shared/src/flows/synthetic), which reuses this pin. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} events_lost SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct event_bucket);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} event_bucket SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct datapath_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} datapath_config SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, DROP_REASON_MAX);
@@ -126,3 +174,10 @@ struct {
 	__type(value, struct drop_counter);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } drop_counters SEC(".maps");
+
+static __always_inline const struct datapath_config *global_config(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&datapath_config, &zero);
+}

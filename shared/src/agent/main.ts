@@ -3,7 +3,9 @@ import fs from 'node:fs';
 import { resolveConfig, USAGE, ConfigError, parseFlags } from './config.ts';
 import { createLogger } from '../log.ts';
 import { Agent, type AgentExtension } from './agent.ts';
-import { dockerPluginExtension } from './extensions.ts';
+import { cniPendingDeletesExtension, dockerPluginExtension } from './extensions.ts';
+import { policyExtension } from './policy-extension.ts';
+import { flowsExtension } from './flows-extension.ts';
 
 async function main(): Promise<void> {
   let cfg;
@@ -15,7 +17,8 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const log = createLogger({ level: cfg.logLevel, name: 'membrane-agent' });
-  const extensions: AgentExtension[] = [];
+  // Policy first: it registers the identity and rule lookups that flows use to name peers and rules.
+  const extensions: AgentExtension[] = [policyExtension(), flowsExtension(), cniPendingDeletesExtension()];
   if (cfg.dockerPlugin) extensions.push(dockerPluginExtension());
   let agent: Agent;
   try {

@@ -6,10 +6,12 @@ import fs from 'node:fs';
 import path from 'node:path';
 import * as bpf from './libbpf.ts';
 import * as codec from '../maps/codec.ts';
+import * as conntrack from '../maps/conntrack.ts';
 
 /** Every map of bpf/endpoint.o, pinned as `${pinDir}/${name}`. Checked against the object on load. */
 export const MAP_NAMES = [
   'endpoints_cfg', 'local_endpoints', 'endpoint_counters', 'ipcache', 'policy', 'conntrack', 'events', 'drop_counters',
+  'events_lost', 'event_bucket', 'datapath_config',
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
@@ -35,6 +37,18 @@ export interface EndpointDatapathConfig {
   ips: string[];
 }
 
+/** Agent-wide datapath switches (datapath_config map, key 0). */
+export interface GlobalConfig {
+  /** Emit flow and drop events into the `events` ring buffer. */
+  events: boolean;
+  /** Agent-wide policy audit mode: would-be drops are reported (verdict AUDIT) and pass. */
+  audit: boolean;
+  /** Per-CPU event rate limit (token bucket); 0 = unlimited. */
+  eventsPerSecond?: number;
+  /** Bucket size in events; default eventsPerSecond. */
+  eventsBurst?: number;
+}
+
 export interface Datapath {
   readonly pinDir: string;
   /** Kernel ids of the loaded programs (what attachedProgramIds() reports when current). */
@@ -54,6 +68,24 @@ export interface Datapath {
   mapPressure(): Record<string, { entries: number; max: number }>;
   /** fd of a pinned map, for the modules that will own policy/ipcache/conntrack/events. */
   mapFd(name: MapName): number;
+  /** max_entries of a map. */
+  mapCapacity(name: MapName): number;
+  /** Batched hash-map writes (bpf_map_{update,delete}_batch): one syscall per call. */
+  mapUpdateBatch(name: MapName, keys: Buffer, values: Buffer, count: number): void;
+  mapDeleteBatch(name: MapName, keys: Buffer, count: number): void;
+  setGlobalConfig(cfg: GlobalConfig): void;
+  globalConfig(): GlobalConfig;
+  /** Packets and bytes dropped, by enum drop_reason (bpf/lib/drop.h), summed over CPUs; only non-zero reasons. */
+  dropCounters(): Record<number, { packets: bigint; bytes: bigint }>;
+  /** Events the datapath could not deliver (ring buffer full or rate limited), summed over CPUs. */
+  eventsLost(): bigint;
+  /** Delete conntrack entries that involve one of these addresses (an endpoint is gone; its
+   *  addresses may be reused). Returns how many were deleted. */
+  flushConntrack(ips: string[]): number;
+  /** Delete expired conntrack entries (same lifetimes as bpf/lib/conntrack.h; CLOCK_MONOTONIC is the
+   *  kernel's ktime). The LRU would evict them anyway, but only under pressure, and then it evicts
+   *  idle live flows along with them. */
+  gcConntrack(nowNs?: bigint): number;
   close(): void;
 }
 
@@ -260,8 +292,11 @@ class LoadedDatapath implements Datapath {
     const prevRaw = this.lookup('endpoints_cfg', ifKey);
     const prev = prevRaw ? codec.decodeEndpointConfig(prevRaw) : null;
     const sameEndpoint = prev?.endpointId === cfg.endpointId;
+    // The policy engine owns the low flag bits of a live endpoint: a re-sync (restore, new labels)
+    // must not switch enforcement off, not even for a moment.
+    const flags = sameEndpoint ? ((cfg.flags & ~codec.EP_POLICY_FLAGS) | (prev!.flags & codec.EP_POLICY_FLAGS)) >>> 0 : cfg.flags;
     const config = codec.encodeEndpointConfig({
-      endpointId: cfg.endpointId, identity: cfg.identity, flags: cfg.flags, hostMac: cfg.hostMac,
+      endpointId: cfg.endpointId, identity: cfg.identity, flags, hostMac: cfg.hostMac,
       containerMac: cfg.containerMac, ifindex: cfg.hostIfindex, policyRevision: sameEndpoint ? prev!.policyRevision : 0,
     });
 
@@ -305,6 +340,55 @@ class LoadedDatapath implements Datapath {
     this.removeLocalAddresses(hostIfindex, () => true); // leftovers from an older address set
     bpf.mapDelete(this.map('endpoints_cfg').fd, 'endpoints_cfg', ifKey);
     bpf.mapDelete(this.map('endpoint_counters').fd, 'endpoint_counters', ifKey);
+  }
+
+  mapCapacity(name: MapName): number {
+    return this.map(name).maxEntries;
+  }
+
+  mapUpdateBatch(name: MapName, keys: Buffer, values: Buffer, count: number): void {
+    bpf.mapUpdateBatch(this.map(name).fd, name, keys, values, count);
+  }
+
+  mapDeleteBatch(name: MapName, keys: Buffer, count: number): void {
+    const m = this.map(name);
+    bpf.mapDeleteBatch(m.fd, name, keys, m.keySize, count);
+  }
+
+  setGlobalConfig(cfg: GlobalConfig): void {
+    bpf.mapUpdate(this.map('datapath_config').fd, 'datapath_config', codec.encodeU32Key(0), codec.encodeGlobalConfig(cfg));
+  }
+
+  globalConfig(): GlobalConfig {
+    const raw = this.lookup('datapath_config', codec.encodeU32Key(0));
+    return codec.decodeGlobalConfig(raw ?? Buffer.alloc(codec.GLOBAL_CONFIG_SIZE));
+  }
+
+  dropCounters(): Record<number, { packets: bigint; bytes: bigint }> {
+    const out: Record<number, { packets: bigint; bytes: bigint }> = {};
+    const m = this.map('drop_counters');
+    for (let reason = 0; reason < m.maxEntries; reason++) {
+      const raw = this.lookup('drop_counters', codec.encodeU32Key(reason));
+      if (!raw) continue;
+      const sum = codec.sumPerCpuPairs(raw, this.cpus);
+      if (sum.a || sum.b) out[reason] = { packets: sum.a, bytes: sum.b };
+    }
+    return out;
+  }
+
+  eventsLost(): bigint {
+    const raw = this.lookup('events_lost', codec.encodeU32Key(0));
+    return raw ? codec.sumPerCpuU64(raw, this.cpus) : 0n;
+  }
+
+  flushConntrack(ips: string[]): number {
+    const m = this.map('conntrack');
+    return conntrack.flushAddresses(m.fd, m.keySize, m.valueSize, ips);
+  }
+
+  gcConntrack(nowNs: bigint = process.hrtime.bigint()): number {
+    const m = this.map('conntrack');
+    return conntrack.collectExpired(m.fd, m.keySize, m.valueSize, nowNs);
   }
 
   counters(hostIfindex: number): codec.EndpointCounters | null {

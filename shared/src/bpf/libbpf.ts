@@ -101,6 +101,10 @@ function bind(): Bindings {
     map_lookup_elem: lib.func('int bpf_map_lookup_elem(int fd, const void *key, void *value)'),
     map_delete_elem: lib.func('int bpf_map_delete_elem(int fd, const void *key)'),
     map_get_next_key: lib.func('int bpf_map_get_next_key(int fd, const void *key, void *next_key)'),
+    // opts may be NULL (libbpf 1.1 validates it with OPTS_VALID, which accepts NULL).
+    map_update_batch: lib.func('int bpf_map_update_batch(int fd, const void *keys, const void *values, _Inout_ uint32_t *count, void *opts)'),
+    map_delete_batch: lib.func('int bpf_map_delete_batch(int fd, const void *keys, _Inout_ uint32_t *count, void *opts)'),
+    map_lookup_batch: lib.func('int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values, _Inout_ uint32_t *count, void *opts)'),
     link_create: lib.func('int bpf_link_create(int prog_fd, int target_fd, int attach_type, void *opts)'),
     prog_test_run_opts: lib.func('int bpf_prog_test_run_opts(int prog_fd, _Inout_ bpf_test_run_opts *opts)'),
     strerror: lib.func('int libbpf_strerror(int err, void *buf, size_t size)'),
@@ -290,6 +294,46 @@ export function mapDelete(fd: number, mapName: string, key: Buffer): boolean {
   if (ret === -osConstants.errno.ENOENT) return false;
   check(ret, 'bpf_map_delete_elem', `map ${mapName} key ${key.toString('hex')}`);
   return true;
+}
+
+/** Update `count` consecutive keys/values in one syscall (hash maps). Throws naming how many were done. */
+export function mapUpdateBatch(fd: number, mapName: string, keys: Buffer, values: Buffer, count: number): void {
+  if (!count) return;
+  const n = [count];
+  const ret = bind().map_update_batch(fd, keys, values, n, null);
+  if (ret < 0) throw new BpfError('bpf_map_update_batch', `map ${mapName} (${n[0]} of ${count} updated)`, -ret);
+}
+
+/** Delete `count` consecutive keys in one syscall. Keys already absent make the kernel stop with
+ *  ENOENT; the rest is then deleted one by one (absent ones skipped). */
+export function mapDeleteBatch(fd: number, mapName: string, keys: Buffer, keySize: number, count: number): void {
+  if (!count) return;
+  const n = [count];
+  const ret = bind().map_delete_batch(fd, keys, n, null);
+  if (ret === 0) return;
+  if (ret !== -osConstants.errno.ENOENT) throw new BpfError('bpf_map_delete_batch', `map ${mapName} (${n[0]} of ${count} deleted)`, -ret);
+  for (let i = n[0]; i < count; i++) mapDelete(fd, mapName, keys.subarray(i * keySize, (i + 1) * keySize));
+}
+
+/** Every key and value of a hash map in batches of `chunk` (values include per-CPU expansion). */
+export function mapDumpBatch(fd: number, mapName: string, keySize: number, valueSize: number, chunk = 4096): { keys: Buffer[]; values: Buffer[] } {
+  const keys: Buffer[] = [];
+  const values: Buffer[] = [];
+  const token = Buffer.alloc(Math.max(keySize, 8));
+  const kb = Buffer.alloc(keySize * chunk);
+  const vb = Buffer.alloc(valueSize * chunk);
+  let first = true;
+  for (;;) {
+    const n = [chunk];
+    const ret = bind().map_lookup_batch(fd, first ? null : token, token, kb, vb, n, null);
+    if (ret < 0 && ret !== -osConstants.errno.ENOENT) throw new BpfError('bpf_map_lookup_batch', `map ${mapName}`, -ret);
+    for (let i = 0; i < n[0]; i++) {
+      keys.push(Buffer.from(kb.subarray(i * keySize, (i + 1) * keySize)));
+      values.push(Buffer.from(vb.subarray(i * valueSize, (i + 1) * valueSize)));
+    }
+    if (ret < 0) return { keys, values }; // ENOENT: that was the last batch
+    first = false;
+  }
 }
 
 /** All keys, bounded by `limit` (a concurrently modified hash can restart the walk). */

@@ -4,6 +4,8 @@ import { AgentClient, AgentApiError, AgentUnreachableError, DEFAULT_SOCKET } fro
 import type { Endpoint } from '../types.ts';
 import { VERSION } from '../version.ts';
 import { keyValues, labelsText, table, type OutputFormat } from './format.ts';
+import { endpointPolicyLines, registerPolicyCommands } from './policy.ts';
+import { registerObserveCommands } from './observe.ts';
 
 const program = new Command('membrane')
   .description('Membrane: eBPF container networking and network security')
@@ -40,12 +42,14 @@ endpoint.command('get').description('show one endpoint').argument('<containerId>
   .addOption(outputOption()).action(async (containerId: string, ifName: string, o: { output: OutputFormat }) => {
     const e = await client().getEndpoint(containerId, ifName);
     if (o.output === 'json') return print(JSON.stringify(e, null, 2) + '\n');
+    const policy = await endpointPolicyLines(client(), containerId, ifName);
     print(keyValues([
       ['ID', String(e.id)], ['Container', e.containerId], ['Interface', `${e.ifName} (${e.mac}, mtu ${e.mtu})`],
       ['Netns', e.netns ?? '(host, moved by the runtime)'], ['Network', e.network],
       ['Addresses', e.ips.map((ip) => `${ip.address} via ${ip.gateway}`).join(', ')],
       ['Host side', `${e.hostIfName} (ifindex ${e.hostIfIndex}, ${e.hostMac})`],
-      ['Identity', String(e.identity)], ['Labels', labelsText(e.labels)], ['Created', e.createdAt],
+      ...(policy.length ? policy : [['Identity', String(e.identity)] as [string, string]]),
+      ['Labels', labelsText(e.labels)], ['Created', e.createdAt],
     ]));
   });
 
@@ -66,6 +70,9 @@ network.command('list').description('list networks').addOption(outputOption()).a
   print(table(['NAME', 'SUBNETS', 'GATEWAYS', 'MTU'],
     items.map((n) => [n.name, n.subnets.map((s) => s.cidr).join(','), n.subnets.map((s) => s.gateway).join(','), String(n.mtu)])));
 });
+
+registerPolicyCommands(program, client);
+registerObserveCommands(program);
 
 function ipOf(e: Endpoint, family: 4 | 6): string {
   return e.ips.find((ip) => ip.family === family)?.address ?? '-';

@@ -15,6 +15,20 @@ export const ENDPOINT_CONFIG_SIZE = 48; //     struct endpoint_config
 export const LOCAL_ENDPOINT_SIZE = 20; //      struct local_endpoint
 export const ENDPOINT_COUNTERS_SIZE = 32; //   struct endpoint_counters_value (4 x u64)
 
+/** endpoint_config.flags bits owned by the policy engine (bpf/lib/policy.h EP_F_POLICY_MASK). */
+export const EP_POLICY_FLAGS = 0x1f;
+
+export const GLOBAL_CONFIG_SIZE = 32; //       struct datapath_config
+const CFG_F_EVENTS = 1;
+const CFG_F_AUDIT = 2;
+
+export interface GlobalConfigValue {
+  events: boolean;
+  audit: boolean;
+  eventsPerSecond?: number;
+  eventsBurst?: number;
+}
+
 export interface EndpointConfigValue {
   endpointId: number;
   identity: number;
@@ -207,6 +221,36 @@ export function decodeLocalEndpoint(buf: Buffer): LocalEndpointValue {
     containerMac: formatMac(buf.subarray(8, 14)),
     hostMac: formatMac(buf.subarray(14, 20)),
   };
+}
+
+export function encodeGlobalConfig(v: GlobalConfigValue): Buffer {
+  const buf = Buffer.alloc(GLOBAL_CONFIG_SIZE);
+  writeU32(buf, 0, (v.events ? CFG_F_EVENTS : 0) | (v.audit ? CFG_F_AUDIT : 0), 'flags');
+  writeU32(buf, 4, v.eventsPerSecond ?? 0, 'eventsPerSecond');
+  writeU32(buf, 8, v.eventsBurst ?? 0, 'eventsBurst');
+  return buf;
+}
+
+export function decodeGlobalConfig(buf: Buffer): Required<GlobalConfigValue> {
+  const flags = readU32(buf, 0);
+  return { events: (flags & CFG_F_EVENTS) !== 0, audit: (flags & CFG_F_AUDIT) !== 0, eventsPerSecond: readU32(buf, 4), eventsBurst: readU32(buf, 8) };
+}
+
+/** Sum of a per-CPU u64 value. */
+export function sumPerCpuU64(buf: Buffer, possibleCpus: number): bigint {
+  let sum = 0n;
+  for (let cpu = 0; cpu < possibleCpus; cpu++) sum += readU64(buf, cpu * 8);
+  return sum;
+}
+
+/** Sum of a per-CPU {u64 a; u64 b} value (drop counters: packets, bytes). */
+export function sumPerCpuPairs(buf: Buffer, possibleCpus: number): { a: bigint; b: bigint } {
+  let a = 0n, b = 0n;
+  for (let cpu = 0; cpu < possibleCpus; cpu++) {
+    a += readU64(buf, cpu * 16);
+    b += readU64(buf, cpu * 16 + 8);
+  }
+  return { a, b };
 }
 
 /** Number of CPUs from /sys/devices/system/cpu/possible text, e.g. "0-3,8-11" -> 8. */

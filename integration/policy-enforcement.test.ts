@@ -1,0 +1,279 @@
+// Network policy on real traffic between netns pods (and a "world" netns of our own reached through
+// the node): allow by labels, default deny once selected, ports and protocols, CIDR rules with except,
+// deny precedence, replies, audit mode, updates, new endpoints enforced before their first packet.
+// Every name and address is unique to this run; everything is removed even when a step fails.
+import t from 'tap';
+import { execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import { createNetns, ping, type TestNetns } from './lib/netns.ts';
+import { startEchoServer, startFlow, killAll } from './lib/tcp.ts';
+import { randomId, startAgent } from './lib/agent.ts';
+import { PolicyClient } from '../shared/src/policy/client.ts';
+import { probe, udpProbe } from '../shared/src/policy/testing.ts';
+import type { TestAgent } from './lib/agent.ts';
+import type { Endpoint } from '../shared/src/types.ts';
+
+if (process.getuid?.() !== 0) {
+  t.plan(0, 'needs root');
+  process.exit(0);
+}
+
+const TCP_A = 8080, TCP_B = 8081, UDP_PORT = 9090;
+const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
+
+let agent: TestAgent;
+let pc: PolicyClient;
+const nss: TestNetns[] = [];
+const children: ReturnType<typeof startFlow>[] = [];
+const servers: Awaited<ReturnType<typeof startEchoServer>>[] = [];
+const eps: Record<string, Endpoint> = {};
+const nsOf: Record<string, TestNetns> = {};
+// The "world": a netns with two addresses from 198.18.0.0/15, routed through the node.
+const R = crypto.randomInt(0, 512);
+const WORLD_NET = `198.${18 + (R >> 8)}.${R & 255}`;
+const W1 = `${WORLD_NET}.10`, W2 = `${WORLD_NET}.20`;
+const wId = randomId(3);
+const wHost = `mbw${wId}`;
+let world: TestNetns;
+
+async function pod(name: string, labels: Record<string, string>, metadata: Record<string, string> = {}): Promise<Endpoint> {
+  const ns = createNetns('mbp');
+  nss.push(ns);
+  const ep = await agent.client.createEndpoint({ containerId: `pol-${name}-${randomId()}`, netns: ns.path, ifName: 'eth0', labels, metadata });
+  eps[name] = ep;
+  nsOf[name] = ns;
+  return ep;
+}
+
+async function servePorts(ns: TestNetns): Promise<void> {
+  servers.push(await startEchoServer(ns, TCP_A, '0.0.0.0'), await startEchoServer(ns, TCP_B, '0.0.0.0'));
+  servers.push(ns.spawn(process.execPath, ['-e', `const s=require('dgram').createSocket('udp4');s.on('message',(m,r)=>s.send(m,r.port,r.address));s.bind(${UDP_PORT},'0.0.0.0')`]));
+}
+
+const importPolicy = (yaml: string) => pc.import(yaml);
+const reset = () => pc.delete('all');
+
+t.before(async () => {
+  agent = await startAgent();
+  pc = new PolicyClient(agent.client);
+  await pod('client', { app: 'client' });
+  await pod('web', { app: 'web', tier: 'front' });
+  await pod('other', { app: 'other' });
+  await servePorts(nsOf.web);
+  await servePorts(nsOf.other);
+  // World netns: proxy ARP on the host side answers for every address, a host route per address.
+  world = createNetns('mbw');
+  nss.push(world);
+  execFileSync('ip', ['link', 'add', wHost, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', world.path]);
+  execFileSync('ip', ['link', 'set', wHost, 'up']);
+  execFileSync('sysctl', ['-qw', `net.ipv4.conf.${wHost}.proxy_arp=1`, `net.ipv4.neigh.${wHost}.proxy_delay=0`]);
+  for (const a of [W1, W2]) {
+    await world.exec('ip', ['addr', 'add', `${a}/32`, 'dev', 'eth0']);
+    execFileSync('ip', ['route', 'add', `${a}/32`, 'dev', wHost]);
+  }
+  await world.exec('ip', ['link', 'set', 'eth0', 'up']);
+  await world.exec('ip', ['route', 'add', '10.0.0.0/8', 'dev', 'eth0']);
+  servers.push(await startEchoServer(world, TCP_A, '0.0.0.0'));
+});
+
+t.teardown(async () => {
+  killAll(servers);
+  for (const c of children) c.stop();
+  try { execFileSync('ip', ['link', 'del', wHost], { stdio: 'ignore' }); } catch { /* gone with the netns */ }
+  for (const a of [W1, W2]) { try { execFileSync('ip', ['route', 'del', `${a}/32`], { stdio: 'ignore' }); } catch { /* gone */ } }
+  await agent?.cleanup();
+  for (const ns of nss) ns.remove();
+});
+
+t.test('no policy: everything flows', async (t) => {
+  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'ok');
+  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_B), 'ok');
+  t.equal(await probe(nsOf.client, W1, TCP_A), 'ok', 'to the world netns');
+  t.equal(await probe(world, ip4(eps.web), TCP_A), 'ok', 'from the world netns');
+});
+
+t.test('allow by labels, default deny once selected, port rules', async (t) => {
+  t.teardown(reset);
+  await importPolicy(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-from-client}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "${TCP_A}", protocol: TCP}]}]
+`);
+  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'ok', 'client -> web:A allowed');
+  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_B), 'timeout', 'client -> web:B: port not allowed');
+  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A), 'timeout', 'other -> web: default deny');
+  t.equal(await probe(world, ip4(eps.web), TCP_A), 'timeout', 'world -> web: default deny');
+  t.equal(await probe(nsOf.client, ip4(eps.other), TCP_A), 'ok', 'unselected endpoints stay open');
+  t.equal(await probe(nsOf.web, ip4(eps.other), TCP_A), 'ok', 'web egress is not selected');
+  t.notOk(await ping(nsOf.client, ip4(eps.web), 1), 'ICMP is not allowed either');
+  const st = await agent.client.request<{ drops: Record<string, number> }>('GET', '/v1/policy/status');
+  t.ok((st.drops.POLICY_DENIED ?? 0) > 0, `drops are counted by reason: ${JSON.stringify(st.drops)}`);
+});
+
+t.test('protocols: UDP and ICMP rules, ANY', async (t) => {
+  t.teardown(reset);
+  await importPolicy(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-udp}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - toPorts: [{ports: [{port: "${UDP_PORT}", protocol: UDP}]}]
+  - icmps: [{fields: [{type: EchoRequest, family: IPv4}]}]
+`);
+  t.equal(await udpProbe(nsOf.client, ip4(eps.web), UDP_PORT), 'ok', 'UDP allowed');
+  t.equal(await probe(nsOf.client, ip4(eps.web), UDP_PORT), 'timeout', 'TCP on the same port is not');
+  t.ok(await ping(nsOf.client, ip4(eps.web), 1), 'echo request allowed (the reply is a reply)');
+  await importPolicy(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-udp}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - toPorts: [{ports: [{port: "${TCP_B}", protocol: ANY}]}]
+`);
+  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_B), 'ok', 'ANY covers TCP');
+  t.equal(await udpProbe(nsOf.client, ip4(eps.web), UDP_PORT), 'timeout', 'the updated policy no longer allows UDP 9090');
+  t.notOk(await ping(nsOf.client, ip4(eps.web), 1), 'nor ICMP');
+});
+
+t.test('replies pass; egress default deny; deny wins', async (t) => {
+  t.teardown(reset);
+  await importPolicy(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-locked}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{}]
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: other}}]
+    toPorts: [{ports: [{port: "${TCP_A}"}]}]
+  egress: [{}]
+`);
+  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'ok', 'client -> web: the replies of web pass its egress default deny');
+  t.equal(await probe(nsOf.web, ip4(eps.other), TCP_A), 'timeout', 'web cannot open connections (egress: [{}] allows nothing)');
+  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A), 'timeout', 'other -> web:A denied: deny wins over the allow-all');
+  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_B), 'ok', 'other -> web:B allowed');
+  const tr = await pc.trace({ labels: { app: 'other' } }, { labels: { app: 'web', tier: 'front' } }, `${TCP_A}/tcp`);
+  t.equal(tr.verdict, 'deny');
+  t.match(tr.steps.find((s) => s.direction === 'ingress')?.reason, /denied by web-locked spec\.ingressDeny\[0\]/, 'trace names the deny rule');
+});
+
+t.test('CIDR rules toward the world netns, with except', async (t) => {
+  t.teardown(reset);
+  await importPolicy(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-out}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toCIDRSet: [{cidr: 198.18.0.0/15, except: ["${W2}/32"]}]
+    toPorts: [{ports: [{port: "${TCP_A}", protocol: TCP}]}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-from-world}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromCIDR: ["${W1}/32"]
+`);
+  await world.exec('ip', ['route', 'replace', '10.0.0.0/8', 'dev', 'eth0', 'src', W1]);
+  t.equal(await probe(nsOf.client, W1, TCP_A), 'ok', 'client -> world .10 allowed');
+  t.equal(await probe(nsOf.client, W2, TCP_A), 'timeout', 'client -> world .20: the except prefix');
+  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'timeout', 'client -> web: not a CIDR peer');
+  t.equal(await probe(world, ip4(eps.web), TCP_A), 'ok', 'world .10 -> web allowed by fromCIDR');
+  await world.exec('ip', ['route', 'replace', '10.0.0.0/8', 'dev', 'eth0', 'src', W2]);
+  t.equal(await probe(world, ip4(eps.web), TCP_A), 'timeout', 'world .20 -> web denied');
+  await importPolicy(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-from-world}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEntities: [world]
+`);
+  t.equal(await probe(world, ip4(eps.web), TCP_A), 'ok', 'fromEntities world covers every outside address');
+  await world.exec('ip', ['route', 'replace', '10.0.0.0/8', 'dev', 'eth0']);
+});
+
+t.test('a Kubernetes NetworkPolicy is enforced', async (t) => {
+  t.teardown(reset);
+  await importPolicy(`apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: web, namespace: default}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  ingress:
+  - from: [{podSelector: {matchLabels: {app: client}}}]
+    ports: [{port: ${TCP_A}}]
+`);
+  // Our pods carry no namespace label: a NetworkPolicy (namespace "default") selects none of them.
+  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A), 'ok', 'pods outside the namespace are not selected');
+  const ns = await pod('k8sweb', { app: 'web', 'k8s:io.kubernetes.pod.namespace': 'default' });
+  const k8sClient = await pod('k8sclient', { app: 'client', 'k8s:io.kubernetes.pod.namespace': 'default' });
+  await servePorts(nsOf.k8sweb);
+  t.equal(await probe(nsOf.k8sclient, ip4(ns), TCP_A), 'ok', 'client in the namespace -> web:A');
+  t.equal(await probe(nsOf.k8sclient, ip4(ns), TCP_B), 'timeout', 'port B not listed');
+  t.equal(await probe(nsOf.client, ip4(ns), TCP_A), 'timeout', 'a client outside the namespace is not a peer');
+  await agent.client.deleteEndpoint(ns.containerId, 'eth0');
+  await agent.client.deleteEndpoint(k8sClient.containerId, 'eth0');
+});
+
+t.test('updates: new connections follow at once, established ones continue; new endpoints are never open', async (t) => {
+  t.teardown(reset);
+  const flow = startFlow(nsOf.other, ip4(eps.web), TCP_A);
+  children.push(flow);
+  await waitFor(() => flow.echoed() > 0, 'the long-lived flow runs');
+  await importPolicy(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: only-client}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress: [{fromEndpoints: [{matchLabels: {app: client}}]}]
+`);
+  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A), 'timeout', 'a new connection from other is denied at once');
+  const before = flow.echoed();
+  await waitFor(() => flow.echoed() > before + 1000, 'the established flow keeps flowing');
+  t.equal(flow.failed(), null);
+  flow.stop();
+  // A new endpoint selected by the policy: its first packet already meets it.
+  const web2 = await pod('web2', { app: 'web' });
+  await servePorts(nsOf.web2);
+  t.equal(await probe(nsOf.other, ip4(web2), TCP_A), 'timeout', 'new web endpoint is closed to other');
+  t.equal(await probe(nsOf.client, ip4(web2), TCP_A), 'ok', 'and open to client');
+  await pc.delete(['only-client']);
+  t.equal(await probe(nsOf.other, ip4(web2), TCP_A), 'ok', 'deleting the policy opens it again');
+  await agent.client.deleteEndpoint(web2.containerId, 'eth0');
+});
+
+t.test('audit mode per endpoint: would-be drops pass', async (t) => {
+  t.teardown(async () => { await pc.setAudit(eps.web.containerId, 'eth0', null); await reset(); });
+  await importPolicy(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: deny-all-web}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress: [{}]
+`);
+  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'timeout', 'enforced: denied');
+  t.same(await pc.setAudit(eps.web.containerId, 'eth0', true), { audit: true });
+  const drops = async () => (await agent.client.request<{ drops: Record<string, number> }>('GET', '/v1/policy/status')).drops.POLICY_DENIED ?? 0;
+  const d0 = await drops();
+  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'ok', 'audit: passes');
+  t.equal(await drops(), d0, 'and nothing was dropped');
+  t.match(await pc.endpoint(eps.web.containerId, 'eth0'), { audit: true, enforcement: { ingress: 'default-deny' } });
+});
+
+async function waitFor(cond: () => boolean, what: string, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > end) throw new Error(`timed out waiting: ${what}`);
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

@@ -1,0 +1,152 @@
+// `membrane policy ...` and `membrane identity list`. Validation runs locally (no agent needed) with
+// the same parser the agent uses; everything else goes through the agent API.
+import fs from 'node:fs';
+import { Command, Option } from 'commander';
+import { stringify } from 'yaml';
+import { AgentApiError, type AgentClient } from '../api/client.ts';
+import { PolicyClient } from '../policy/client.ts';
+import { formatIssue, parsePolicies, type PolicyIssue } from '../policy/parse.ts';
+import { parseLabelArgs, formatLabels } from '../identity/labels.ts';
+import type { TraceResult, TraceSide } from '../policy/trace.ts';
+import type { EndpointPolicyView } from '../policy/engine.ts';
+import { keyValues, table, type OutputFormat } from './format.ts';
+
+const print = (text: string): void => { process.stdout.write(text); };
+const output = (extra: string[] = []) => new Option('-o, --output <format>', `json or table${extra.length ? ` or ${extra.join(', ')}` : ''}`).choices(['json', 'table', ...extra]).default('table');
+
+function readInput(file: string): string {
+  try {
+    return fs.readFileSync(file === '-' ? 0 : file, 'utf8');
+  } catch (e) {
+    throw new Error(`cannot read ${file === '-' ? 'standard input' : file}: ${(e as Error).message}`);
+  }
+}
+
+function issuesError(file: string, issues: PolicyIssue[]): Error {
+  const name = file === '-' ? '<stdin>' : file;
+  return new Error(`${name} is not a valid policy (${issues.length} problem${issues.length > 1 ? 's' : ''}):\n${issues.map((i) => `  ${formatIssue(i, name)}`).join('\n')}`);
+}
+
+/** Lines for `membrane endpoint get`: identity, enforcement, the policies selecting it. */
+export async function endpointPolicyLines(client: AgentClient, containerId: string, ifName: string): Promise<[string, string][]> {
+  let v: EndpointPolicyView;
+  try { v = await new PolicyClient(client).endpoint(containerId, ifName); } catch { return []; }
+  return [
+    ['Identity', `${v.identity} (${formatLabels(v.labels)})`],
+    ['Policy', `ingress ${v.enforcement.ingress}, egress ${v.enforcement.egress}${v.audit ? ', audit mode' : ''} (${v.entries} map entries)`],
+    ['Selected by', v.policies.length ? v.policies.map((p) => `${p.name}${p.ingress || p.egress ? ` [${[p.ingress && 'ingress', p.egress && 'egress'].filter(Boolean).join('+')}]` : ''}`).join(', ') : '-'],
+  ];
+}
+
+function traceSide(labels: string[] | undefined, ip: string | undefined, which: string): TraceSide {
+  if (ip && labels?.length) throw new Error(`give --${which} labels or --${which}-ip, not both`);
+  if (ip) return { ip };
+  if (!labels?.length) throw new Error(`--${which} k=v... or --${which}-ip ADDRESS is required`);
+  return { labels: parseLabelArgs(labels) };
+}
+
+function traceText(r: TraceResult): string {
+  const who = (s: TraceResult['src']) => `identity ${s.identity} (${formatLabels(s.labels)})`;
+  const lines = [
+    `${r.verdict === 'allow' ? 'ALLOWED' : 'DENIED'}: ${r.port}`,
+    `  from ${who(r.src)}`,
+    `  to   ${who(r.dst)}`,
+    ...r.steps.map((s) => `  ${s.direction.padEnd(7)} ${s.verdict.padEnd(5)} ${s.reason}  [${s.enforcedBy}]`),
+  ];
+  if (!r.steps.length) lines.push('  neither side is an endpoint of this node: no policy applies');
+  return lines.join('\n') + '\n';
+}
+
+export function registerPolicyCommands(program: Command, client: () => AgentClient): void {
+  const pc = () => new PolicyClient(client());
+  const policy = program.command('policy').description('network policies (CiliumNetworkPolicy, Kubernetes NetworkPolicy)');
+
+  policy.command('import').description('add or replace the policies in FILE (YAML or JSON; - for stdin)').argument('<file>')
+    .action(async (file: string) => {
+      const text = readInput(file);
+      const local = parsePolicies(text);
+      if (local.issues.length) throw issuesError(file, local.issues);
+      try {
+        const r = await pc().import(text);
+        const changed = r.changes.filter((c) => c.change !== 'unchanged');
+        print(`revision ${r.revision}: ${r.changes.map((c) => `${c.change} ${c.name}`).join(', ')}\n`);
+        if (changed.length) print(`enforced in ${r.enforcedMs.toFixed(1)} ms (${r.stats.policyUpserts} entries written, ${r.stats.policyRemovals} removed)\n`);
+      } catch (e) {
+        const issues = (e instanceof AgentApiError ? (e.details as { issues?: PolicyIssue[] } | undefined)?.issues : undefined);
+        if (issues?.length) throw issuesError(file, issues);
+        throw e;
+      }
+    });
+
+  policy.command('validate').description('check FILE without importing it (no agent needed)').argument('<file>')
+    .action((file: string) => {
+      const r = parsePolicies(readInput(file));
+      if (r.issues.length) throw issuesError(file, r.issues);
+      if (!r.policies.length) throw new Error(`${file}: no policy in the input`);
+      print(`valid: ${r.policies.map((p) => `${p.kind} ${p.name}`).join(', ')}\n`);
+    });
+
+  policy.command('get').description('list policies, or show one').argument('[name]').addOption(output(['yaml']))
+    .action(async (name: string | undefined, o: { output: OutputFormat | 'yaml' }) => {
+      if (name) {
+        const p = await pc().get(name);
+        if (o.output === 'json') return print(JSON.stringify(p, null, 2) + '\n');
+        print(`# ${p.name}: revision ${p.revision}, updated ${p.updatedAt}\n`);
+        return print(stringify(p.source ?? p.policy));
+      }
+      const l = await pc().list();
+      if (o.output === 'json') return print(JSON.stringify(l, null, 2) + '\n');
+      if (o.output === 'yaml') return print(stringify(l));
+      print(`revision ${l.revision}\n`);
+      print(table(['NAME', 'KIND', 'REVISION', 'INGRESS RULES', 'EGRESS RULES', 'UPDATED'],
+        l.items.map((p) => [p.name, p.kind, String(p.revision), String(p.rules.ingress), String(p.rules.egress), p.updatedAt])));
+    });
+
+  policy.command('delete').description('delete policies by name, or --all').argument('[names...]').option('--all', 'every policy')
+    .action(async (names: string[], o: { all?: boolean }) => {
+      if (!o.all && !names.length) throw new Error('name the policies to delete, or pass --all');
+      if (o.all && names.length) throw new Error('give names or --all, not both');
+      const r = await pc().delete(o.all ? 'all' : names);
+      print(`revision ${r.revision}: ${r.changes.length ? r.changes.map((c) => `deleted ${c.name}`).join(', ') : 'nothing to delete'}\n`);
+      if (r.unknown.length) print(`not found: ${r.unknown.join(', ')}\n`);
+    });
+
+  policy.command('trace').description('would a new connection be allowed, and by which rule?')
+    .option('--src <k=v...>', 'source endpoint labels')
+    .option('--dst <k=v...>', 'destination endpoint labels')
+    .option('--src-ip <address>', 'source address (an endpoint, the host, or outside)')
+    .option('--dst-ip <address>', 'destination address')
+    .option('--dport <port/proto>', 'destination port and protocol, e.g. 80/tcp, 53/udp, 8/icmp', '0/tcp')
+    .addOption(output())
+    .action(async (o: { src?: string[]; dst?: string[]; srcIp?: string; dstIp?: string; dport: string; output: OutputFormat }) => {
+      const r = await pc().trace(traceSide(o.src, o.srcIp, 'src'), traceSide(o.dst, o.dstIp, 'dst'), o.dport);
+      if (o.output === 'json') return print(JSON.stringify(r, null, 2) + '\n');
+      print(traceText(r));
+      if (r.verdict === 'deny') process.exitCode = 2;
+    });
+
+  policy.command('endpoint').description('identity, enforcement and the policies selecting an endpoint')
+    .argument('<containerId>').argument('[ifName]', 'interface', 'eth0').addOption(output())
+    .action(async (containerId: string, ifName: string, o: { output: OutputFormat }) => {
+      if (o.output === 'json') return print(JSON.stringify(await pc().endpoint(containerId, ifName), null, 2) + '\n');
+      const lines = await endpointPolicyLines(client(), containerId, ifName);
+      if (!lines.length) throw new Error(`endpoint ${containerId}/${ifName} does not exist`);
+      print(keyValues(lines));
+    });
+
+  policy.command('audit').description("set an endpoint's audit mode (would-be drops are reported, traffic passes)")
+    .argument('<containerId>').argument('[ifName]', 'interface', 'eth0')
+    .addOption(new Option('--mode <mode>', 'on, off, or default (back to the endpoint metadata)').choices(['on', 'off', 'default']).makeOptionMandatory())
+    .action(async (containerId: string, ifName: string, o: { mode: 'on' | 'off' | 'default' }) => {
+      const r = await pc().setAudit(containerId, ifName, o.mode === 'default' ? null : o.mode === 'on');
+      print(`${containerId}/${ifName}: audit ${r.audit ? 'on' : 'off'}\n`);
+    });
+
+  const identity = program.command('identity').description('security identities');
+  identity.command('list').description('identities and their labels').addOption(output())
+    .action(async (o: { output: OutputFormat }) => {
+      const items = await pc().identities();
+      if (o.output === 'json') return print(JSON.stringify(items, null, 2) + '\n');
+      print(table(['ID', 'KIND', 'ENDPOINTS', 'LABELS'], items.map((i) => [String(i.id), i.kind, String(i.endpoints), formatLabels(i.labels)])));
+    });
+}

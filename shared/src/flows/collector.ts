@@ -1,0 +1,84 @@
+// From raw ring-buffer records to flow records: decode, enrich, keep in the ring, count for metrics,
+// and tell followers about losses. The glue between an EventSource and the observer/metrics.
+import { TRACE_EVENT_SIZE } from './event.ts';
+import { emptyRefs, enrichRaw, type FlowContext } from './enrich.ts';
+import { splitOffset } from './flow.ts';
+import type { FlowRing } from './ring.ts';
+import type { EventSource } from './source.ts';
+import type { LostEventSource } from './types.ts';
+import { FlowStats } from '../metrics/flow-stats.ts';
+
+export interface CollectorOptions {
+  ring: FlowRing;
+  source: EventSource;
+  context: FlowContext;
+  /** Wall clock minus CLOCK_MONOTONIC in ns; re-read every second (NTP may step the wall clock). */
+  wallOffset?: () => bigint;
+  onError?: (err: Error) => void;
+}
+
+export class FlowCollector {
+  readonly stats = new FlowStats();
+  /** Records that were not a trace_event (size mismatch) or could not be turned into a flow. */
+  malformed = 0;
+  /** Events the agent dropped itself (slow followers). */
+  agentLost = 0;
+  private lostReported = 0;
+  private timer?: NodeJS.Timeout;
+  private clock?: NodeJS.Timeout;
+  private readonly refs = emptyRefs(); // reused for every event: the hot path allocates nothing
+  private readonly lostListeners = new Set<(count: number, source: LostEventSource) => void>();
+
+  constructor(private readonly o: CollectorOptions) {}
+
+  start(): void {
+    if (this.o.wallOffset) this.o.context.wallOffset = splitOffset(this.o.wallOffset());
+    this.o.source.start((data, offset, len) => this.onRecord(data, offset, len));
+    this.timer = setInterval(() => this.tick(), 1000);
+    this.timer.unref();
+    this.clock = setInterval(() => this.o.ring.tick(), 250); // the flow rate's clock, not read per event
+    this.clock.unref();
+  }
+
+  onRecord(data: Buffer, offset: number, len: number): void {
+    if (len < TRACE_EVENT_SIZE) { this.malformed++; return; }
+    try {
+      enrichRaw(data, offset, this.o.context, this.refs);
+      this.stats.recordRaw(data, offset);
+      this.o.ring.push(data, offset, this.refs, this.o.context.wallOffset);
+    } catch (err) {
+      this.malformed++;
+      if (this.malformed === 1) this.o.onError?.(err as Error);
+    }
+  }
+
+  /** Once a second: clock offset, and new datapath losses to followers. */
+  tick(): void {
+    if (this.o.wallOffset) this.o.context.wallOffset = splitOffset(this.o.wallOffset());
+    const lost = this.datapathLost();
+    if (lost > this.lostReported) {
+      const delta = lost - this.lostReported;
+      this.lostReported = lost;
+      for (const fn of this.lostListeners) fn(delta, 'DATAPATH_RING_BUFFER');
+    }
+  }
+
+  datapathLost(): number {
+    try { return this.o.source.lost(); } catch { return this.lostReported; }
+  }
+
+  onLost(fn: (count: number, source: LostEventSource) => void): () => void {
+    this.lostListeners.add(fn);
+    return () => { this.lostListeners.delete(fn); };
+  }
+
+  countAgentLost(n: number): void {
+    this.agentLost += n;
+  }
+
+  close(): void {
+    if (this.timer) clearInterval(this.timer);
+    if (this.clock) clearInterval(this.clock);
+    this.o.source.close();
+  }
+}

@@ -1,0 +1,114 @@
+// What a flow needs beyond the event's own bytes, looked up when the event arrives (the endpoint may
+// be gone by the time someone asks): the endpoint records on both ends, the observing interface's
+// name, and the policy rule. Works on the raw record and allocates nothing when the lookups hit their
+// caches, because it runs for every event. Pure: lookups come in through FlowContext.
+import { Direction, hostU32, OFF } from './event.ts';
+import type { FlowEndpoint, Timestamp } from './types.ts';
+
+export interface EndpointView {
+  id: number;
+  identity: number;
+  labels: Record<string, string>;
+  containerId: string;
+  namespace?: string;
+  podName?: string;
+  hostIfName?: string;
+  /** Prebuilt, shared by every flow of this endpoint (flows are never mutated). */
+  flowEndpoint?: FlowEndpoint;
+}
+
+export interface RuleDescription {
+  policy: string;
+  index: number;
+  direction: 'ingress' | 'egress';
+  action: 'allow' | 'deny';
+}
+
+export interface FlowContext {
+  nodeName: string;
+  /** Wall clock minus CLOCK_MONOTONIC (what bpf_ktime_get_ns counts); see splitOffset. */
+  wallOffset: Timestamp;
+  endpointById(id: number): EndpointView | undefined;
+  /** The local endpoint owning the address at buf[offset..] (4 or 16 bytes by family). */
+  endpointByAddress(buf: Buffer, offset: number, family: number): EndpointView | undefined;
+  labelsOfIdentity(identity: number): Record<string, string> | undefined;
+  describeRule(ruleId: number): RuleDescription | undefined;
+  /** Peers off this node by identity: identities are immutable label sets, so entries never go stale. */
+  peerCache?: Map<number, FlowEndpoint>;
+  /** Rule descriptions by rule id (the id encodes all but the policy name, which is kept for flows
+   *  of a policy deleted since). null: the policy service does not know it. */
+  ruleCache?: Map<number, RuleDescription | null>;
+}
+
+/** The looked-up parts of one flow; reused between events by the collector. */
+export interface FlowRefs {
+  src: FlowEndpoint | undefined;
+  dst: FlowEndpoint | undefined;
+  ifName: string | undefined;
+  rule: RuleDescription | undefined;
+}
+
+export function emptyRefs(): FlowRefs {
+  return { src: undefined, dst: undefined, ifName: undefined, rule: undefined };
+}
+
+export function labelList(labels: Record<string, string>): string[] {
+  return Object.entries(labels).map(([k, v]) => (v === '' ? k : `${k}=${v}`)).sort();
+}
+
+export function flowEndpointOf(view: EndpointView): FlowEndpoint {
+  const ep: FlowEndpoint = { id: view.id, identity: view.identity, labels: labelList(view.labels), containerId: view.containerId };
+  if (view.namespace) ep.namespace = view.namespace;
+  if (view.podName) ep.podName = view.podName;
+  return ep;
+}
+
+const CACHE_LIMIT = 10_000; // CIDR identities and rules are many: stay bounded
+
+function peer(identity: number, ctx: FlowContext): FlowEndpoint | undefined {
+  if (!identity) return undefined;
+  const cached = ctx.peerCache?.get(identity);
+  if (cached) return cached;
+  const labels = ctx.labelsOfIdentity(identity);
+  if (!labels) return undefined; // not known (yet): the flow shows the bare identity
+  const ep: FlowEndpoint = { identity, labels: labelList(labels) };
+  if (ctx.peerCache) {
+    if (ctx.peerCache.size >= CACHE_LIMIT) ctx.peerCache.clear();
+    ctx.peerCache.set(identity, ep);
+  }
+  return ep;
+}
+
+function rule(ruleId: number, ctx: FlowContext): RuleDescription | undefined {
+  if (!ruleId) return undefined;
+  const cached = ctx.ruleCache?.get(ruleId);
+  if (cached !== undefined) return cached ?? undefined;
+  const d = ctx.describeRule(ruleId);
+  // Cache only what is known: a rule that is not known yet may be named by a policy still loading.
+  if (d && ctx.ruleCache) {
+    if (ctx.ruleCache.size >= CACHE_LIMIT) ctx.ruleCache.clear();
+    ctx.ruleCache.set(ruleId, d);
+  }
+  return d;
+}
+
+function side(view: EndpointView | undefined, identity: number, ctx: FlowContext): FlowEndpoint | undefined {
+  if (view) return view.flowEndpoint ?? flowEndpointOf(view);
+  return peer(identity, ctx);
+}
+
+/** Fills `out` for the record at buf[offset..]. */
+export function enrichRaw(buf: Buffer, offset: number, ctx: FlowContext, out: FlowRefs): FlowRefs {
+  const endpointId = hostU32(buf, offset + OFF.ENDPOINT);
+  const observer = endpointId ? ctx.endpointById(endpointId) : undefined;
+  const egress = buf[offset + OFF.DIRECTION] === Direction.EGRESS;
+  const family = buf[offset + OFF.FAMILY];
+  // The addresses are the packet's; the observing endpoint is its source when it sent the packet.
+  const srcView = ctx.endpointByAddress(buf, offset + OFF.SADDR, family) ?? (egress ? observer : undefined);
+  const dstView = ctx.endpointByAddress(buf, offset + OFF.DADDR, family) ?? (!egress ? observer : undefined);
+  out.src = side(srcView, hostU32(buf, offset + OFF.SRC_ID), ctx);
+  out.dst = side(dstView, hostU32(buf, offset + OFF.DST_ID), ctx);
+  out.ifName = observer?.hostIfName;
+  out.rule = rule(hostU32(buf, offset + OFF.RULE), ctx);
+  return out;
+}

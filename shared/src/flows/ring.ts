@@ -1,0 +1,134 @@
+// The bounded in-memory flow ring (--flow-buffer). Ingest copies the event's 96 bytes and keeps
+// references to what was looked up for it (shared records, no new objects), so a busy node does
+// not turn into garbage-collector work; flow records are built only when someone asks (GetFlows,
+// followers). Also counts all flows seen and the recent rate. Pure.
+import { decodeTraceEvent, TRACE_EVENT_SIZE, tsNumber } from './event.ts';
+import type { FlowRefs, RuleDescription } from './enrich.ts';
+import { assemble } from './flow.ts';
+import type { Flow, FlowEndpoint, Timestamp } from './types.ts';
+
+export interface SelectOptions {
+  /** How many (0: no limit). */
+  number?: number;
+  /** The oldest matching instead of the newest. */
+  first?: boolean;
+  sinceMs?: number;
+  untilMs?: number;
+  match?: (f: Flow) => boolean;
+}
+
+export class FlowRing {
+  private readonly bytes: Buffer;
+  private readonly src: (FlowEndpoint | undefined)[];
+  private readonly dst: (FlowEndpoint | undefined)[];
+  private readonly ifName: (string | undefined)[];
+  private readonly rule: (RuleDescription | undefined)[];
+  // The wall-clock offset in force when each event arrived (it moves only when the clock is stepped).
+  private readonly offSec: Float64Array;
+  private readonly offNs: Float64Array;
+  private next = 0;
+  private held = 0;
+  private seenCount = 0;
+  private readonly subscribers = new Set<(f: Flow) => void>();
+  // Flows per second over the last minute: a counter per second, indexed by second % 60.
+  private readonly perSecond = new Float64Array(60);
+  private readonly secondOf = new Float64Array(60).fill(-1);
+  private nowSec: number;
+
+  constructor(readonly capacity: number, private readonly nodeName: string, private readonly nowMs: () => number = Date.now) {
+    if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError(`flow ring capacity must be a positive integer, got ${capacity}`);
+    this.bytes = Buffer.alloc(capacity * TRACE_EVENT_SIZE);
+    this.src = new Array(capacity);
+    this.dst = new Array(capacity);
+    this.ifName = new Array(capacity);
+    this.rule = new Array(capacity);
+    this.offSec = new Float64Array(capacity);
+    this.offNs = new Float64Array(capacity);
+    this.nowSec = Math.floor(nowMs() / 1000);
+  }
+
+  get size(): number { return this.held; }
+  get seen(): number { return this.seenCount; }
+  get followers(): number { return this.subscribers.size; }
+
+  /** Re-reads the clock for the rate buckets: once per drained batch, not per event. */
+  tick(): void {
+    this.nowSec = Math.floor(this.nowMs() / 1000);
+  }
+
+  /** Stores the record at data[offset..] with its lookups (`refs` may be reused by the caller). */
+  push(data: Buffer, offset: number, refs: FlowRefs, wallOffset: Timestamp): void {
+    const i = this.next;
+    data.copy(this.bytes, i * TRACE_EVENT_SIZE, offset, offset + TRACE_EVENT_SIZE);
+    this.src[i] = refs.src;
+    this.dst[i] = refs.dst;
+    this.ifName[i] = refs.ifName;
+    this.rule[i] = refs.rule;
+    this.offSec[i] = wallOffset.seconds;
+    this.offNs[i] = wallOffset.nanos;
+    this.next = (i + 1) % this.capacity;
+    if (this.held < this.capacity) this.held++;
+    this.seenCount++;
+    const b = this.nowSec % 60;
+    if (this.secondOf[b] !== this.nowSec) { this.secondOf[b] = this.nowSec; this.perSecond[b] = 0; }
+    this.perSecond[b]++;
+    if (this.subscribers.size) {
+      const flow = this.flowAt(i);
+      for (const s of this.subscribers) s(flow);
+    }
+  }
+
+  /** Flows per second over the last 60 s (or since the first flow, when sooner). */
+  rate(): number {
+    const sec = Math.floor(this.nowMs() / 1000);
+    let total = 0;
+    let oldest = sec;
+    for (let i = 0; i < 60; i++) {
+      const s = this.secondOf[i];
+      if (s >= 0 && s > sec - 60 && s <= sec) { total += this.perSecond[i]; oldest = Math.min(oldest, s); }
+    }
+    return total / Math.max(1, sec - oldest + 1);
+  }
+
+  private flowAt(i: number): Flow {
+    const refs: FlowRefs = { src: this.src[i], dst: this.dst[i], ifName: this.ifName[i], rule: this.rule[i] };
+    return assemble(decodeTraceEvent(this.bytes, i * TRACE_EVENT_SIZE), refs, this.nodeName, { seconds: this.offSec[i], nanos: this.offNs[i] });
+  }
+
+  /** Wall-clock ms of slot i without building the flow (time windows are checked first). */
+  private timeMs(i: number): number {
+    const ts = tsNumber(this.bytes, i * TRACE_EVENT_SIZE);
+    return ts ? (this.offSec[i] * 1000 + (this.offNs[i] + ts) / 1e6) : Date.now();
+  }
+
+  /** Matching flows held when called, oldest first. Builds and tests `chunk` flows per event-loop
+   *  turn, so a large ring (--flow-buffer up to millions) never stalls the agent; flows pushed
+   *  meanwhile are not included, flows overwritten meanwhile are skipped. */
+  async select(o: SelectOptions = {}, chunk = 4096): Promise<Flow[]> {
+    const limit = o.number && o.number > 0 ? o.number : Infinity;
+    const end = this.seenCount; // sequence numbers: flow s lives in slot s % capacity
+    const start = end - this.held;
+    const out: Flow[] = [];
+    const step = o.first ? 1 : -1;
+    let visited = 0;
+    for (let s = o.first ? start : end - 1; s >= start && s < end && out.length < limit; s += step) {
+      if (++visited % chunk === 0) await new Promise((r) => setImmediate(r));
+      if (s < this.seenCount - this.held) { if (o.first) continue; break; } // overwritten while we yielded
+      const i = s % this.capacity;
+      if (o.sinceMs !== undefined || o.untilMs !== undefined) {
+        const t = this.timeMs(i);
+        if ((o.sinceMs !== undefined && t < o.sinceMs) || (o.untilMs !== undefined && t > o.untilMs)) continue;
+      }
+      const f = this.flowAt(i);
+      if (!o.match || o.match(f)) out.push(f);
+    }
+    return o.first ? out : out.reverse();
+  }
+
+  /** Called synchronously for every flow pushed from now on. */
+  subscribe(fn: (f: Flow) => void): () => void {
+    this.subscribers.add(fn);
+    return () => { this.subscribers.delete(fn); };
+  }
+}
+

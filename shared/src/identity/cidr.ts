@@ -1,0 +1,155 @@
+// CIDR identities: one number per prefix that some policy names (or excepts), so the ipcache LPM trie
+// can tell them apart. Not persisted in the store: the pinned ipcache already holds prefix -> number,
+// and the agent seeds this table from it on start (numbers stay stable across restarts without an
+// fsync per prefix when 10,000 CIDR rules are imported). Pure.
+import { formatCidr, parseCidr, type Cidr } from '../ipam/cidr.ts';
+import { FIRST_CIDR_IDENTITY, LAST_CIDR_IDENTITY } from './reserved.ts';
+
+export interface CidrEntry {
+  cidr: Cidr;
+  text: string;
+  id: number;
+}
+
+export class CidrIdentities {
+  private readonly byText = new Map<string, CidrEntry>();
+  private readonly byId = new Map<number, CidrEntry>();
+  private next = FIRST_CIDR_IDENTITY;
+  /** Sorted (family, base, prefix) index, rebuilt lazily after changes. */
+  private sorted: CidrEntry[] | null = null;
+  /** Bumped on every change (compiled policy is reused while it stays the same). */
+  version = 0;
+
+  /** An independent copy (a sync that may be abandoned works on a copy). */
+  clone(): CidrIdentities {
+    const c = new CidrIdentities();
+    for (const e of this.byText.values()) { c.byText.set(e.text, e); c.byId.set(e.id, e); }
+    c.next = this.next;
+    c.version = this.version;
+    return c;
+  }
+
+  /** Adopt a number found in the pinned ipcache. Ignores conflicts (the table wins over the pin). */
+  seed(prefix: string, id: number): void {
+    const text = normalizeCidr(prefix);
+    if (this.byText.has(text) || this.byId.has(id) || id < FIRST_CIDR_IDENTITY) return;
+    const e = { cidr: parseCidr(text), text, id };
+    this.byText.set(text, e);
+    this.byId.set(id, e);
+    this.next = Math.max(this.next, id + 1);
+    this.sorted = null;
+    this.version++;
+  }
+
+  /** Make the table hold exactly `prefixes`: keep known numbers, allocate new ones, drop the rest. */
+  sync(prefixes: Iterable<string>): { added: CidrEntry[]; removed: CidrEntry[] } {
+    const want = new Set<string>();
+    // Policies hold normalized text already: only unknown prefixes pay for normalization.
+    for (const p of prefixes) want.add(this.byText.has(p) ? p : normalizeCidr(p));
+    const removed: CidrEntry[] = [];
+    for (const [text, e] of this.byText) {
+      if (!want.has(text)) { this.byText.delete(text); this.byId.delete(e.id); removed.push(e); }
+    }
+    const added: CidrEntry[] = [];
+    for (const text of want) {
+      if (this.byText.has(text)) continue;
+      const e = { cidr: parseCidr(text), text, id: this.allocate() };
+      this.byText.set(text, e);
+      this.byId.set(e.id, e);
+      added.push(e);
+    }
+    if (added.length || removed.length) { this.sorted = null; this.version++; }
+    return { added, removed };
+  }
+
+  idOf(prefix: string): number | undefined {
+    return this.byText.get(normalizeCidr(prefix))?.id;
+  }
+
+  prefixOf(id: number): string | undefined {
+    return this.byId.get(id)?.text;
+  }
+
+  entries(): CidrEntry[] {
+    return [...this.byText.values()];
+  }
+
+  /** Identities of every known prefix inside `outer` and inside none of `except`. */
+  within(outer: string, except: string[] = []): number[] {
+    const known = this.byText.get(outer);
+    // A host prefix contains only itself (the common case of thousands of /32 rules).
+    if (known && known.cidr.prefix === known.cidr.bits) return except.length ? [] : [known.id];
+    const o = known?.cidr ?? parseCidr(outer);
+    const ex = except.map((e) => parseCidr(e));
+    const index = this.index();
+    const out: number[] = [];
+    for (let i = lowerBound(index, o); i < index.length; i++) {
+      const e = index[i];
+      if (e.cidr.family !== o.family || e.cidr.base > last(o)) break;
+      if (e.cidr.prefix < o.prefix) continue;
+      if (ex.some((x) => contains(x, e.cidr))) continue;
+      out.push(e.id);
+    }
+    return out;
+  }
+
+  private index(): CidrEntry[] {
+    if (!this.sorted) this.sorted = [...this.byText.values()].sort(compare);
+    return this.sorted;
+  }
+
+  private allocate(): number {
+    for (let n = 0; n <= LAST_CIDR_IDENTITY - FIRST_CIDR_IDENTITY; n++) {
+      const id = this.next > LAST_CIDR_IDENTITY ? FIRST_CIDR_IDENTITY : this.next;
+      this.next = id + 1;
+      if (!this.byId.has(id)) return id;
+    }
+    throw new Error('no CIDR identity left');
+  }
+}
+
+const OCTET = '(0|[1-9]\\d{0,2})';
+const V4_CIDR = new RegExp(`^${OCTET}\\.${OCTET}\\.${OCTET}\\.${OCTET}(?:/(0|[1-9]\\d?))?$`);
+
+/** Canonical text of a prefix ("198.18.0.5" -> "198.18.0.5/32", host bits cleared). IPv4 without
+ *  BigInt: imports of thousands of CIDR rules spend their time here otherwise. */
+export function normalizeCidr(text: string): string {
+  const m = V4_CIDR.exec(text);
+  if (m) {
+    const o = [m[1], m[2], m[3], m[4]].map(Number);
+    const len = m[5] === undefined ? 32 : Number(m[5]);
+    if (o.every((x) => x <= 255) && len <= 32) {
+      const n = ((o[0] << 24) | (o[1] << 16) | (o[2] << 8) | o[3]) >>> 0;
+      const base = len === 0 ? 0 : (n & (~0 << (32 - len))) >>> 0;
+      return `${base >>> 24}.${(base >>> 16) & 255}.${(base >>> 8) & 255}.${base & 255}/${len}`;
+    }
+  }
+  const t = text.includes('/') ? text : `${text}/${text.includes(':') ? 128 : 32}`;
+  return formatCidr(parseCidr(t));
+}
+
+function last(c: Cidr): bigint {
+  return c.base + (1n << BigInt(c.bits - c.prefix)) - 1n;
+}
+
+/** a contains b (b is a or a sub-prefix of a). */
+export function contains(a: Cidr, b: Cidr): boolean {
+  return a.family === b.family && b.prefix >= a.prefix && b.base >= a.base && b.base <= last(a);
+}
+
+function compare(a: CidrEntry, b: CidrEntry): number {
+  if (a.cidr.family !== b.cidr.family) return a.cidr.family - b.cidr.family;
+  if (a.cidr.base !== b.cidr.base) return a.cidr.base < b.cidr.base ? -1 : 1;
+  return a.cidr.prefix - b.cidr.prefix;
+}
+
+function lowerBound(index: CidrEntry[], o: Cidr): number {
+  let lo = 0, hi = index.length;
+  while (lo < hi) {
+    const mid = (lo + hi) >> 1;
+    const e = index[mid].cidr;
+    const before = e.family < o.family || (e.family === o.family && e.base < o.base);
+    if (before) lo = mid + 1; else hi = mid;
+  }
+  return lo;
+}

@@ -1,0 +1,36 @@
+// Numeric identity space, shaped like Cilium's so operators recognise the numbers. Pure.
+//   1..255        reserved (host=1, world=2, unmanaged=3, health=4, init=5)
+//   256..2^24-1   label identities (one per distinct identity-relevant label set)
+//   2^24..        CIDR identities (one per prefix named by a policy; Cilium's "local" scope)
+// 0 is never an identity: in the policy map it means "any peer".
+import type { Labels } from './labels.ts';
+
+export const RESERVED = { host: 1, world: 2, unmanaged: 3, health: 4, init: 5 } as const;
+export type ReservedName = keyof typeof RESERVED;
+
+export const ANY_IDENTITY = 0;
+export const FIRST_LABEL_IDENTITY = 256;
+export const LAST_LABEL_IDENTITY = (1 << 24) - 1;
+export const FIRST_CIDR_IDENTITY = 1 << 24;
+export const LAST_CIDR_IDENTITY = 2 ** 32 - 1;
+
+export type IdentityKind = 'reserved' | 'endpoint' | 'cidr';
+
+export function identityKind(id: number): IdentityKind {
+  if (id >= FIRST_CIDR_IDENTITY) return 'cidr';
+  if (id >= FIRST_LABEL_IDENTITY) return 'endpoint';
+  return 'reserved';
+}
+
+export function reservedLabels(name: ReservedName): Labels {
+  return { [`reserved:${name}`]: '' };
+}
+
+export function reservedName(id: number): ReservedName | undefined {
+  return (Object.keys(RESERVED) as ReservedName[]).find((n) => RESERVED[n] === id);
+}
+
+/** Endpoints whose labels are not known yet (e.g. Docker, before the container is inspected). */
+export function isInitLabels(labels: Labels): boolean {
+  return Object.keys(labels).length === 0;
+}

@@ -1,0 +1,79 @@
+// Per-flow metric bookkeeping on the hot path: plain counters in nested objects keyed by constant
+// strings (nothing built per event), folded into prom-client only when Prometheus scrapes (an inc()
+// through prom-client per event would cost more than handling the event). Pure.
+import { DatapathVerdict, Direction, EVENT_FLAG_AUDIT, EventType, hostU32, OFF } from '../flows/event.ts';
+import type { Flow, FlowEventType, Verdict } from '../flows/types.ts';
+
+type Counts = Record<string, Record<string, number>>;
+export type PolicyAction = 'allowed' | 'denied' | 'audit';
+
+function bump(c: Counts, a: string, b: string): void {
+  const inner = c[a] ?? (c[a] = {});
+  inner[b] = (inner[b] ?? 0) + 1;
+}
+
+const TYPE_NAMES: Record<number, FlowEventType> = { [EventType.FLOW_NEW]: 'FLOW_NEW', [EventType.DROP]: 'DROP', [EventType.FLOW_END]: 'FLOW_END' };
+// "direction action" keys, prebuilt so the hot path concatenates nothing.
+const POLICY_KEYS: Record<'ingress' | 'egress', Record<PolicyAction, string>> = {
+  ingress: { allowed: 'ingress allowed', denied: 'ingress denied', audit: 'ingress audit' },
+  egress: { allowed: 'egress allowed', denied: 'egress denied', audit: 'egress audit' },
+};
+
+export class FlowStats {
+  /** verdict -> event type -> flows */
+  readonly flows: Counts = {};
+  /** "direction action" -> match -> verdicts */
+  readonly policy: Counts = {};
+
+  /** One event straight from its bytes (the agent's path; mirrors record()). */
+  recordRaw(buf: Buffer, offset: number): void {
+    const type = buf[offset + OFF.TYPE] | (buf[offset + OFF.TYPE + 1] << 8);
+    const v = buf[offset + OFF.VERDICT];
+    const audit = (buf[offset + OFF.FLAGS] & EVENT_FLAG_AUDIT) !== 0 || v === DatapathVerdict.AUDIT;
+    const verdict: Verdict = audit ? 'AUDIT'
+      : v === DatapathVerdict.DROPPED || type === EventType.DROP ? 'DROPPED'
+        : v === DatapathVerdict.FORWARDED || v === DatapathVerdict.REDIRECTED ? 'FORWARDED' : 'VERDICT_UNKNOWN';
+    const eventType = TYPE_NAMES[type] ?? 'EVENT_TYPE_UNKNOWN';
+    bump(this.flows, verdict, eventType);
+    const reason = buf[offset + OFF.REASON] | (buf[offset + OFF.REASON + 1] << 8);
+    const action = actionOf(verdict, eventType, reason === 1 ? 'POLICY_DENIED' : undefined);
+    if (action) {
+      const egress = buf[offset + OFF.DIRECTION] === Direction.EGRESS;
+      bump(this.policy, POLICY_KEYS[egress ? 'egress' : 'ingress'][action], hostU32(buf, offset + OFF.RULE) ? 'rule' : 'none');
+    }
+  }
+
+  record(f: Flow): void {
+    bump(this.flows, f.verdict, f.eventType);
+    const action = policyAction(f);
+    if (action) {
+      const rule = f.egressAllowedBy ?? f.ingressAllowedBy ?? f.egressDeniedBy ?? f.ingressDeniedBy;
+      bump(this.policy, POLICY_KEYS[f.trafficDirection === 'EGRESS' ? 'egress' : 'ingress'][action], rule?.length ? 'rule' : 'none');
+    }
+  }
+
+  /** [verdict, type, count] */
+  flowTotals(): [string, string, number][] {
+    return Object.entries(this.flows).flatMap(([v, byType]) => Object.entries(byType).map(([ty, n]) => [v, ty, n] as [string, string, number]));
+  }
+
+  /** [direction, action, match, count] */
+  policyTotals(): [string, string, string, number][] {
+    return Object.entries(this.policy).flatMap(([da, byMatch]) => {
+      const [direction, action] = da.split(' ');
+      return Object.entries(byMatch).map(([match, n]) => [direction, action, match, n] as [string, string, string, number]);
+    });
+  }
+}
+
+function actionOf(verdict: Verdict, type: FlowEventType, reason: string | undefined): PolicyAction | undefined {
+  if (verdict === 'AUDIT') return 'audit';
+  if (type === 'FLOW_NEW' && verdict === 'FORWARDED') return 'allowed';
+  if (verdict === 'DROPPED' && reason === 'POLICY_DENIED') return 'denied';
+  return undefined;
+}
+
+/** A policy verdict is taken once per connection (its first packet) or per dropped packet. */
+export function policyAction(f: Flow): PolicyAction | undefined {
+  return actionOf(f.verdict, f.eventType, f.dropReasonDesc);
+}

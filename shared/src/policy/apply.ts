@@ -1,0 +1,118 @@
+// Applying a desired state to the datapath maps as a diff, in an order that never opens a hole, and
+// undoing what was done when a step fails (no partial state).
+//   1. policy upserts         (entries exist before anything can select them)
+//   2. endpoint flags         (enforcement switches on once its allow entries are in)
+//   3. ipcache upserts        (addresses take identities whose entries are already there)
+//   4. ipcache removals
+//   5. policy removals        (nothing classifies traffic with a removed identity any more)
+import { diffMaps } from '../identity/ipcache.ts';
+import type { Entry } from './compile.ts';
+
+/** What the engine needs from the maps. Implemented over the pinned maps (datapath-ops.ts) and by fakes. */
+export interface PolicyDatapathOps {
+  readonly policyCapacity: number;
+  readonly ipcacheCapacity: number;
+  readPolicy(): Map<string, Entry>;
+  /** Batched where the kernel allows it. Keys are encoded policy keys in hex. */
+  writePolicy(upsert: [string, Entry][], remove: string[]): void;
+  readIpcache(): Map<string, number>;
+  writeIpcache(upsert: [string, number][], remove: string[]): void;
+  /** Policy bits of an endpoint's config; undefined when the endpoint has no config. */
+  readEndpointFlags(hostIfindex: number): number | undefined;
+  /** Sets the policy bits, keeping the others; a missing endpoint config is not an error. */
+  writeEndpointFlags(hostIfindex: number, flags: number): void;
+}
+
+export interface Mirror {
+  policy: Map<string, Entry>;
+  ipcache: Map<string, number>;
+  flags: Map<number, number>;
+}
+
+export interface ApplyStats {
+  policyUpserts: number;
+  policyRemovals: number;
+  ipcacheUpserts: number;
+  ipcacheRemovals: number;
+  flagChanges: number;
+}
+
+export class CapacityError extends Error {
+  readonly code = 'bad_request';
+  constructor(message: string) { super(message); this.name = 'CapacityError'; }
+}
+
+const sameEntry = (a: Entry, b: Entry) => a.action === b.action && a.ruleId === b.ruleId;
+
+/** Applies `desired` over `mirror` (which it updates on success only). */
+export function applyDesired(ops: PolicyDatapathOps, mirror: Mirror, desired: Mirror): ApplyStats {
+  if (desired.policy.size > ops.policyCapacity) {
+    throw new CapacityError(`the policies need ${desired.policy.size} policy map entries; the map holds ${ops.policyCapacity} (fewer rules, peers or port ranges, or fewer selected endpoints)`);
+  }
+  if (desired.ipcache.size > ops.ipcacheCapacity) {
+    throw new CapacityError(`the policies and endpoints need ${desired.ipcache.size} ipcache prefixes; the ipcache holds ${ops.ipcacheCapacity}`);
+  }
+  const pol = diffMaps(mirror.policy, desired.policy, sameEntry);
+  const ipc = diffMaps(mirror.ipcache, desired.ipcache);
+  // An endpoint without a config (being torn down, or not written yet) has no flags to set.
+  const flagChanges = [...desired.flags].filter(([ifindex, f]) => {
+    const cur = currentFlags(ops, mirror, ifindex);
+    return cur !== undefined && cur !== f;
+  });
+
+  const undo: (() => void)[] = [];
+  const restorePolicy = (keys: string[]) => () => ops.writePolicy(
+    keys.filter((k) => mirror.policy.has(k)).map((k) => [k, mirror.policy.get(k)!]),
+    keys.filter((k) => !mirror.policy.has(k)),
+  );
+  const restoreIpcache = (keys: string[]) => () => ops.writeIpcache(
+    keys.filter((k) => mirror.ipcache.has(k)).map((k) => [k, mirror.ipcache.get(k)!]),
+    keys.filter((k) => !mirror.ipcache.has(k)),
+  );
+  try {
+    if (pol.upsert.length) {
+      undo.push(restorePolicy(pol.upsert.map(([k]) => k)));
+      ops.writePolicy(pol.upsert, []);
+    }
+    for (const [ifindex, f] of flagChanges) {
+      const before = mirror.flags.get(ifindex) ?? 0;
+      undo.push(() => ops.writeEndpointFlags(ifindex, before));
+      ops.writeEndpointFlags(ifindex, f);
+    }
+    if (ipc.upsert.length) {
+      undo.push(restoreIpcache(ipc.upsert.map(([k]) => k)));
+      ops.writeIpcache(ipc.upsert, []);
+    }
+    if (ipc.remove.length) {
+      undo.push(restoreIpcache(ipc.remove));
+      ops.writeIpcache([], ipc.remove);
+    }
+    if (pol.remove.length) {
+      undo.push(restorePolicy(pol.remove));
+      ops.writePolicy([], pol.remove);
+    }
+  } catch (e) {
+    for (const step of undo.reverse()) {
+      try { step(); } catch { /* best effort: the next sync diffs against a re-read of the maps */ }
+    }
+    throw e;
+  }
+  for (const [k, v] of pol.upsert) mirror.policy.set(k, v);
+  for (const k of pol.remove) mirror.policy.delete(k);
+  for (const [k, v] of ipc.upsert) mirror.ipcache.set(k, v);
+  for (const k of ipc.remove) mirror.ipcache.delete(k);
+  for (const [ifindex, f] of flagChanges) mirror.flags.set(ifindex, f);
+  return {
+    policyUpserts: pol.upsert.length, policyRemovals: pol.remove.length,
+    ipcacheUpserts: ipc.upsert.length, ipcacheRemovals: ipc.remove.length, flagChanges: flagChanges.length,
+  };
+}
+
+function currentFlags(ops: PolicyDatapathOps, mirror: Mirror, ifindex: number): number | undefined {
+  if (!mirror.flags.has(ifindex)) {
+    const f = ops.readEndpointFlags(ifindex);
+    if (f === undefined) return undefined;
+    mirror.flags.set(ifindex, f);
+  }
+  return mirror.flags.get(ifindex);
+}

@@ -1,0 +1,76 @@
+// Client side of /v1/policy and /v1/identities, over the agent's AgentClient. Imports send the text
+// as application/yaml (not JSON: the API's JSON body limit is 1 MiB). node:http only.
+import http from 'node:http';
+import { AgentApiError, AgentUnreachableError, type AgentClient } from '../api/client.ts';
+import type { ApiErrorBody } from '../types.ts';
+import type { ChangeResult, EndpointPolicyView } from './engine.ts';
+import type { PolicyIssue } from './parse.ts';
+import type { RuleDescription, TraceResult, TraceSide } from './trace.ts';
+import type { PolicyRecord } from './types.ts';
+import type { IdentityView } from '../identity/allocator.ts';
+
+export interface PolicySummary {
+  name: string;
+  kind: string;
+  revision: number;
+  updatedAt: string;
+  specs: number;
+  rules: { ingress: number; egress: number };
+}
+
+export class PolicyClient {
+  constructor(private readonly c: AgentClient) {}
+
+  list(): Promise<{ revision: number; items: PolicySummary[] }> { return this.c.request('GET', '/v1/policy'); }
+  get(name: string): Promise<PolicyRecord> { return this.c.request('GET', `/v1/policy/get?name=${encodeURIComponent(name)}`); }
+  status(): Promise<{ revision: number; policies: number; auditMode: boolean; policyEntries: number; ipcachePrefixes: number; endpoints: number; drops: Record<string, number> }> {
+    return this.c.request('GET', '/v1/policy/status');
+  }
+  import(text: string): Promise<ChangeResult> { return this.postText('/v1/policy', text); }
+  validate(text: string): Promise<{ valid: boolean; policies: string[]; issues: PolicyIssue[] }> { return this.postText('/v1/policy/validate', text); }
+  delete(names: string[] | 'all'): Promise<ChangeResult & { unknown: string[] }> {
+    const q = names === 'all' ? 'all=true' : names.map((n) => `name=${encodeURIComponent(n)}`).join('&');
+    return this.c.request('DELETE', `/v1/policy?${q}`);
+  }
+  trace(src: TraceSide, dst: TraceSide, port: string): Promise<TraceResult> {
+    return this.c.request('POST', '/v1/policy/trace', { src, dst, port });
+  }
+  describeRule(ruleId: number): Promise<RuleDescription> { return this.c.request('GET', `/v1/policy/rules/${ruleId}`); }
+  endpoint(containerId: string, ifName: string): Promise<EndpointPolicyView> {
+    return this.c.request('GET', `/v1/policy/endpoints/${encodeURIComponent(containerId)}/${encodeURIComponent(ifName)}`);
+  }
+  setAudit(containerId: string, ifName: string, audit: boolean | null): Promise<{ audit: boolean }> {
+    return this.c.request('PUT', `/v1/policy/endpoints/${encodeURIComponent(containerId)}/${encodeURIComponent(ifName)}/audit`, { audit });
+  }
+  async identities(): Promise<(IdentityView & { endpoints: number })[]> {
+    return (await this.c.request<{ items: (IdentityView & { endpoints: number })[] }>('GET', '/v1/identities')).items;
+  }
+
+  private postText<T>(path: string, text: string): Promise<T> {
+    const payload = Buffer.from(text);
+    const socketPath = this.c.socketPath;
+    return new Promise<T>((resolve, reject) => {
+      const req = http.request({
+        socketPath, method: 'POST', path, timeout: 120_000,
+        headers: { 'content-type': 'application/yaml', 'content-length': payload.length },
+      }, (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          let body: unknown;
+          try { body = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}'); } catch {
+            reject(new AgentApiError(res.statusCode ?? 500, 'internal', 'agent sent a non-JSON answer'));
+            return;
+          }
+          const status = res.statusCode ?? 500;
+          if (status < 400) { resolve(body as T); return; }
+          const err = (body as ApiErrorBody).error;
+          reject(new AgentApiError(status, err?.code ?? 'internal', err?.message ?? `HTTP ${status}`, err?.details));
+        });
+      });
+      req.on('timeout', () => req.destroy(new Error('no answer within 120 s')));
+      req.on('error', (e) => reject(new AgentUnreachableError(socketPath, e.message)));
+      req.end(payload);
+    });
+  }
+}

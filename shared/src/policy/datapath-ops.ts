@@ -1,0 +1,75 @@
+// PolicyDatapathOps over the pinned maps of a loaded Datapath: the policy hash, the ipcache LPM trie
+// and the policy bits of endpoints_cfg. Policy map changes are batched (bpf_map_update_batch and
+// delete_batch: one syscall each per change); the LPM trie has no batch op in the kernel.
+import type { Datapath } from '../bpf/datapath.ts';
+import * as bpf from '../bpf/libbpf.ts';
+import { encodeU32Key } from '../maps/codec.ts';
+import type { PolicyDatapathOps } from './apply.ts';
+import type { Entry } from './compile.ts';
+import {
+  EP_POLICY_MASK, IPCACHE_VALUE_SIZE, POLICY_KEY_SIZE, POLICY_VALUE_SIZE,
+  decodeIpcacheKey, decodeIpcacheValue, decodePolicyValue, encodeIpcacheKey, encodeIpcacheValue, encodePolicyValue,
+} from './map-codec.ts';
+
+const ENDPOINT_CONFIG_SIZE = 48;
+const FLAGS_OFFSET = 8; // struct endpoint_config: endpoint_id, identity, flags
+
+export function datapathOps(dp: Datapath): PolicyDatapathOps {
+  const fd = (name: 'policy' | 'ipcache' | 'endpoints_cfg') => dp.mapFd(name);
+  const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
+
+  return {
+    policyCapacity: dp.mapCapacity('policy'),
+    ipcacheCapacity: dp.mapCapacity('ipcache'),
+
+    readPolicy() {
+      const out = new Map<string, Entry>();
+      const { keys, values } = bpf.mapDumpBatch(fd('policy'), 'policy', POLICY_KEY_SIZE, POLICY_VALUE_SIZE);
+      keys.forEach((k, i) => {
+        const { action, ruleId } = decodePolicyValue(values[i]);
+        out.set(k.toString('hex'), { action, ruleId });
+      });
+      return out;
+    },
+
+    writePolicy(upsert, remove) {
+      if (upsert.length) {
+        const keys = Buffer.concat(upsert.map(([k]) => Buffer.from(k, 'hex')));
+        const values = Buffer.concat(upsert.map(([, v]) => encodePolicyValue(v)));
+        dp.mapUpdateBatch('policy', keys, values, upsert.length);
+      }
+      if (remove.length) dp.mapDeleteBatch('policy', Buffer.concat(remove.map((k) => Buffer.from(k, 'hex'))), remove.length);
+    },
+
+    readIpcache() {
+      // The LPM trie has no batch lookup: walk it.
+      const out = new Map<string, number>();
+      for (const key of bpf.mapKeys(fd('ipcache'), 'ipcache', 24, dp.mapCapacity('ipcache') + 1)) {
+        const v = bpf.mapLookup(fd('ipcache'), 'ipcache', key, IPCACHE_VALUE_SIZE);
+        if (v) out.set(decodeIpcacheKey(key), decodeIpcacheValue(v));
+      }
+      return out;
+    },
+    writeIpcache(upsert, remove) {
+      for (const [prefix, id] of upsert) bpf.mapUpdate(fd('ipcache'), 'ipcache', encodeIpcacheKey(prefix), encodeIpcacheValue(id));
+      for (const prefix of remove) bpf.mapDelete(fd('ipcache'), 'ipcache', encodeIpcacheKey(prefix));
+    },
+
+    readEndpointFlags(ifindex) {
+      const v = bpf.mapLookup(fd('endpoints_cfg'), 'endpoints_cfg', encodeU32Key(ifindex), ENDPOINT_CONFIG_SIZE);
+      if (!v) return undefined;
+      return (LE ? v.readUInt32LE(FLAGS_OFFSET) : v.readUInt32BE(FLAGS_OFFSET)) & EP_POLICY_MASK;
+    },
+
+    writeEndpointFlags(ifindex, flags) {
+      // Read-modify-write of one value; the agent is the only writer and changes are serialized.
+      const key = encodeU32Key(ifindex);
+      const v = bpf.mapLookup(fd('endpoints_cfg'), 'endpoints_cfg', key, ENDPOINT_CONFIG_SIZE);
+      if (!v) return;
+      const cur = LE ? v.readUInt32LE(FLAGS_OFFSET) : v.readUInt32BE(FLAGS_OFFSET);
+      const next = ((cur & ~EP_POLICY_MASK) | (flags & EP_POLICY_MASK)) >>> 0;
+      if (LE) v.writeUInt32LE(next, FLAGS_OFFSET); else v.writeUInt32BE(next, FLAGS_OFFSET);
+      bpf.mapUpdate(fd('endpoints_cfg'), 'endpoints_cfg', key, v, 2 /* BPF_EXIST: never create a config */);
+    },
+  };
+}

@@ -1,0 +1,327 @@
+// The policy engine: identities, named policies and the endpoints they apply to, kept in the
+// datapath maps. Every change (import, delete, endpoint create/delete/relabel, host address change)
+// recomputes the desired map content and applies the difference (apply.ts), one change at a time.
+// Nothing here touches a syscall directly: the maps are behind PolicyDatapathOps.
+import type { Endpoint } from '../types.ts';
+import type { Store } from '../store/index.ts';
+import { IdentityAllocator, type IdentityView } from '../identity/allocator.ts';
+import { CidrIdentities, normalizeCidr } from '../identity/cidr.ts';
+import { FIRST_CIDR_IDENTITY, RESERVED, type IdentityKind } from '../identity/reserved.ts';
+import type { Labels } from '../identity/labels.ts';
+import { applyDesired, type ApplyStats, type Mirror, type PolicyDatapathOps } from './apply.ts';
+import { decodePolicyKey } from './map-codec.ts';
+import { buildDesired, universeOf, type CompileCache, type EngineEndpoint } from './desired.ts';
+import { parsePolicies, type PolicyIssue } from './parse.ts';
+import { PolicyRepository, type Plan } from './repository.ts';
+import { endpointFlags, selectionFor, type Selection } from './selection.ts';
+import { describeRule, trace, type RuleDescription, type TraceQuery, type TraceResult } from './trace.ts';
+import type { PolicyRecord } from './types.ts';
+
+/** Endpoint metadata that turns audit mode on for one endpoint at creation (CNI args, API). */
+export const AUDIT_METADATA_KEY = 'membrane.io/policy-audit';
+const AUDIT_STORE_KEY = 'policy/audit';
+
+export class PolicyError extends Error {
+  constructor(readonly code: 'bad_request' | 'not_found', message: string, readonly issues?: PolicyIssue[]) {
+    super(message);
+    this.name = 'PolicyError';
+  }
+}
+
+export interface EngineLog {
+  info(o: object, msg: string): void;
+  warn(o: object, msg: string): void;
+}
+
+export interface PolicyEngineDeps {
+  store: Store;
+  ops: PolicyDatapathOps;
+  hostAddresses: () => string[];
+  log?: EngineLog;
+  identityGraceMs?: number;
+}
+
+export interface ChangeResult {
+  revision: number;
+  changes: Plan['changes'];
+  stats: ApplyStats;
+  /** Time from the request to the maps holding the new state (before the store write). */
+  enforcedMs: number;
+  totalMs: number;
+  /** Where the time went: reading the documents, computing and writing the maps, the store write. */
+  timings: { parseMs: number; syncMs: number; storeMs: number };
+}
+
+export class PolicyEngine {
+  private readonly endpoints = new Map<string, EngineEndpoint>();
+  /** Audit as the endpoint's metadata asked for at creation (an API override wins). */
+  private readonly metaAudit = new Map<string, boolean>();
+  private readonly mirror: Mirror;
+  private cidrs: CidrIdentities;
+  private hostAddrs: string[];
+  private auditOverrides: Record<string, boolean>;
+  private started = false;
+  private readonly compileCache: { current?: CompileCache } = {};
+  private chain: Promise<unknown> = Promise.resolve();
+
+  private constructor(
+    private readonly d: PolicyEngineDeps,
+    readonly identities: IdentityAllocator,
+    readonly repo: PolicyRepository,
+    audit: Record<string, boolean>,
+  ) {
+    this.auditOverrides = audit;
+    // Start from what is pinned: a restarted agent changes only what differs.
+    this.mirror = { policy: d.ops.readPolicy(), ipcache: d.ops.readIpcache(), flags: new Map() };
+    this.cidrs = new CidrIdentities();
+    for (const [prefix, id] of this.mirror.ipcache) if (id >= FIRST_CIDR_IDENTITY) this.cidrs.seed(prefix, id);
+    this.hostAddrs = d.hostAddresses();
+  }
+
+  static async open(d: PolicyEngineDeps): Promise<PolicyEngine> {
+    const identities = await IdentityAllocator.open({ store: d.store, graceMs: d.identityGraceMs });
+    const repo = await PolicyRepository.open(d.store);
+    const audit = (await d.store.get<Record<string, boolean>>(AUDIT_STORE_KEY)) ?? {};
+    return new PolicyEngine(d, identities, repo, audit);
+  }
+
+  /** One change at a time; a failed change does not block the next. */
+  private serial<T>(fn: () => Promise<T> | T): Promise<T> {
+    const run = this.chain.then(fn, fn);
+    this.chain = run.catch(() => undefined);
+    return run;
+  }
+
+  // ---- endpoints -------------------------------------------------------------------------------
+
+  identityFor(labels: Labels): Promise<number> {
+    return this.identities.resolve(labels);
+  }
+
+  /** Before the endpoint's program is attached: its identity, flags and entries are in place. */
+  endpointAttached(ep: Endpoint): Promise<void> {
+    return this.serial(async () => {
+      const e = this.toEngineEndpoint(ep);
+      this.endpoints.set(e.key, e);
+      this.identities.hold(e.key, e.identity);
+      this.mirror.flags.delete(e.hostIfIndex); // a fresh config: read it again
+      if (this.started) { this.sync(); return; }
+      // Restoring: the pinned maps hold the entries already; only this endpoint's flags and
+      // addresses may be new (a recreated veth). One full sync follows in start().
+      const flags = endpointFlags(this.selection(e), e.audit);
+      this.d.ops.writeEndpointFlags(e.hostIfIndex, flags);
+      this.mirror.flags.set(e.hostIfIndex, flags);
+      const upsert = e.ips.map((ip) => [normalizeCidr(ip), e.identity] as [string, number]).filter(([p, id]) => this.mirror.ipcache.get(p) !== id);
+      if (upsert.length) {
+        this.d.ops.writeIpcache(upsert, []);
+        for (const [p, id] of upsert) this.mirror.ipcache.set(p, id);
+      }
+    });
+  }
+
+  endpointDeleted(ep: Endpoint): Promise<void> {
+    return this.serial(() => {
+      const key = `${ep.containerId}/${ep.ifName}`;
+      if (!this.endpoints.delete(key)) return;
+      this.metaAudit.delete(key);
+      this.identities.release(key);
+      this.mirror.flags.delete(ep.hostIfIndex);
+      if (this.started) this.sync();
+    });
+  }
+
+  endpointLabelsChanged(ep: Endpoint): Promise<void> {
+    return this.serial(() => {
+      const e = this.toEngineEndpoint(ep);
+      if (!this.endpoints.has(e.key)) return;
+      this.endpoints.set(e.key, e);
+      this.identities.hold(e.key, e.identity);
+      if (this.started) this.sync();
+    });
+  }
+
+  /** After restore: one full sync against the pinned state; identities nobody holds are dropped. */
+  start(): Promise<ApplyStats> {
+    return this.serial(async () => {
+      this.started = true;
+      const stats = this.sync();
+      await this.identities.sweep(true);
+      return stats;
+    });
+  }
+
+  /** Re-read host addresses (called periodically); syncs only when they changed. */
+  refreshHostAddresses(): Promise<boolean> {
+    return this.serial(() => {
+      const next = this.d.hostAddresses();
+      if (next.slice().sort().join() === this.hostAddrs.slice().sort().join()) return false;
+      this.hostAddrs = next;
+      if (this.started) this.sync();
+      return true;
+    });
+  }
+
+  setAudit(containerId: string, ifName: string, on: boolean | null): Promise<boolean> {
+    return this.serial(async () => {
+      const key = `${containerId}/${ifName}`;
+      const e = this.endpoints.get(key);
+      if (!e) throw new PolicyError('not_found', `endpoint ${key} does not exist`);
+      const next = { ...this.auditOverrides };
+      if (on === null) delete next[key]; else next[key] = on;
+      const before = e.audit;
+      e.audit = next[key] ?? this.metaAudit.get(key) ?? false;
+      try {
+        this.sync();
+        await this.d.store.put(AUDIT_STORE_KEY, next);
+      } catch (err) {
+        e.audit = before;
+        this.sync();
+        throw err;
+      }
+      this.auditOverrides = next;
+      return e.audit;
+    });
+  }
+
+  // ---- policies --------------------------------------------------------------------------------
+
+  validate(text: string): { policies: PolicyRecord['policy'][]; issues: PolicyIssue[] } {
+    return parsePolicies(text);
+  }
+
+  importText(text: string): Promise<ChangeResult> {
+    const t0 = performance.now();
+    const parsed = parsePolicies(text);
+    const parseMs = performance.now() - t0;
+    if (parsed.issues.length) {
+      return Promise.reject(new PolicyError('bad_request', `the policy is not valid (${parsed.issues.length} problem${parsed.issues.length > 1 ? 's' : ''})`, parsed.issues));
+    }
+    if (!parsed.policies.length) return Promise.reject(new PolicyError('bad_request', 'no policy in the input'));
+    return this.serial(() => this.change(this.repo.planImport(parsed.policies, parsed.sources), t0, parseMs));
+  }
+
+  delete(names: string[] | 'all'): Promise<ChangeResult & { unknown: string[] }> {
+    const t0 = performance.now();
+    return this.serial(async () => {
+      const plan = this.repo.planDelete(names);
+      if (names !== 'all' && plan.unknown.length === names.length) {
+        throw new PolicyError('not_found', `no policy named ${plan.unknown.map((n) => `"${n}"`).join(', ')}`);
+      }
+      return { ...(await this.change(plan, t0, 0)), unknown: plan.unknown };
+    });
+  }
+
+  /** Maps first, then the store; if the store write fails the maps go back (no partial state). */
+  private async change(plan: Plan, t0: number, parseMs: number): Promise<ChangeResult> {
+    const before = this.repo.list();
+    const t1 = performance.now();
+    const stats = this.sync(plan.records);
+    const enforcedMs = performance.now() - t0;
+    const syncMs = performance.now() - t1;
+    try {
+      await this.repo.commit(plan);
+    } catch (e) {
+      this.sync(before);
+      throw e;
+    }
+    const timings = { parseMs, syncMs, storeMs: performance.now() - t0 - enforcedMs };
+    this.d.log?.info({ revision: this.repo.revision, changes: plan.changes, ...stats, enforcedMs: Math.round(enforcedMs), timings }, 'policy changed');
+    return { revision: this.repo.revision, changes: plan.changes, stats, enforcedMs, totalMs: performance.now() - t0, timings };
+  }
+
+  /** Computes the desired maps for `records` and applies the difference. Throws with nothing changed. */
+  private sync(records: PolicyRecord[] = this.repo.list()): ApplyStats {
+    const cidrs = this.cidrs.clone();
+    const desired = buildDesired({
+      records, endpoints: [...this.endpoints.values()], labelsOf: (id) => this.identities.labelsOf(id),
+      hostAddresses: this.hostAddrs, cidrs,
+    }, this.compileCache);
+    const stats = applyDesired(this.d.ops, this.mirror, desired);
+    this.cidrs = cidrs;
+    return stats;
+  }
+
+  // ---- queries ---------------------------------------------------------------------------------
+
+  list(): PolicyRecord[] { return this.repo.list(); }
+  get(name: string): PolicyRecord | undefined { return this.repo.get(name); }
+  get revision(): number { return this.repo.revision; }
+
+  describeRule(ruleId: number): RuleDescription | undefined {
+    return describeRule(this.repo.list(), ruleId);
+  }
+
+  labelsOf(identity: number): Labels | undefined {
+    if (identity >= FIRST_CIDR_IDENTITY) {
+      const prefix = this.cidrs.prefixOf(identity);
+      return prefix ? { [`cidr:${prefix}`]: '', 'reserved:world': '' } : undefined;
+    }
+    return this.identities.labelsOf(identity);
+  }
+
+  trace(q: TraceQuery): TraceResult {
+    const labelsOf = (id: number) => this.identities.labelsOf(id);
+    return trace({
+      records: this.repo.list(), universe: universeOf([...this.endpoints.values()], labelsOf, this.cidrs),
+      cidrs: this.cidrs, ipcache: this.mirror.ipcache, labelsOf,
+    }, q);
+  }
+
+  /** The policies selecting an endpoint, its identity and enforcement (for `endpoint get`). */
+  endpointPolicy(containerId: string, ifName: string): EndpointPolicyView | undefined {
+    const e = this.endpoints.get(`${containerId}/${ifName}`);
+    if (!e) return undefined;
+    const sel = this.selection(e);
+    return {
+      identity: e.identity, labels: this.identities.labelsOf(e.identity) ?? {}, audit: e.audit,
+      enforcement: { ingress: sel.ingress.defaultDeny ? 'default-deny' : sel.ingress.hasRules ? 'rules-only' : 'allow-all', egress: sel.egress.defaultDeny ? 'default-deny' : sel.egress.hasRules ? 'rules-only' : 'allow-all' },
+      policies: sel.policies,
+      entries: [...this.mirror.policy.keys()].filter((k) => decodePolicyKey(Buffer.from(k, 'hex')).endpointId === e.id).length,
+    };
+  }
+
+  identityList(): (IdentityView & { endpoints: number })[] {
+    const counts = new Map<number, number>();
+    for (const e of this.endpoints.values()) counts.set(e.identity, (counts.get(e.identity) ?? 0) + 1);
+    const label = this.identities.list().map((i) => ({ ...i, endpoints: counts.get(i.id) ?? 0 }));
+    const cidr = this.cidrs.entries().sort((a, b) => a.id - b.id).map((c) => ({
+      id: c.id, kind: 'cidr' as IdentityKind, labels: { [`cidr:${c.text}`]: '', 'reserved:world': '' }, refs: 0, endpoints: 0,
+    }));
+    return [...label, ...cidr];
+  }
+
+  mapUsage(): { policyEntries: number; ipcachePrefixes: number; endpoints: number } {
+    return { policyEntries: this.mirror.policy.size, ipcachePrefixes: this.mirror.ipcache.size, endpoints: this.endpoints.size };
+  }
+
+  /** Identities unheld for the grace period are deleted (called periodically). */
+  sweepIdentities(): Promise<number[]> {
+    return this.serial(() => this.identities.sweep());
+  }
+
+  // ---- helpers ---------------------------------------------------------------------------------
+
+  private selection(e: EngineEndpoint): Selection {
+    return selectionFor(this.repo.list(), this.identities.labelsOf(e.identity) ?? { 'reserved:init': '' });
+  }
+
+  private toEngineEndpoint(ep: Endpoint): EngineEndpoint {
+    const key = `${ep.containerId}/${ep.ifName}`;
+    const metaAudit = ep.metadata?.[AUDIT_METADATA_KEY] === 'true';
+    this.metaAudit.set(key, metaAudit);
+    return {
+      key, id: ep.id, hostIfIndex: ep.hostIfIndex, identity: ep.identity || RESERVED.init,
+      ips: ep.ips.map((ip) => ip.address.split('/')[0]), audit: this.auditOverrides[key] ?? metaAudit,
+    };
+  }
+}
+
+export interface EndpointPolicyView {
+  identity: number;
+  labels: Labels;
+  audit: boolean;
+  enforcement: { ingress: 'default-deny' | 'rules-only' | 'allow-all'; egress: 'default-deny' | 'rules-only' | 'allow-all' };
+  policies: Selection['policies'];
+  /** Policy map entries for this endpoint. */
+  entries: number;
+}

@@ -1,0 +1,91 @@
+// Encoders for the policy map and ipcache entries (layouts in bpf/lib/policy.h and bpf/lib/maps.h,
+// guarded there by _Static_assert). Host byte order except dport (network order). Pure.
+import { endianness } from 'node:os';
+import { encodeIpcacheKey, formatIpv6 } from '../maps/codec.ts';
+import type { Direction } from './types.ts';
+import type { Entry } from './compile.ts';
+
+const LE = endianness() === 'LE';
+export const POLICY_KEY_SIZE = 12;
+export const POLICY_VALUE_SIZE = 24;
+export const IPCACHE_KEY_SIZE = 24;
+export const IPCACHE_VALUE_SIZE = 8;
+export const DIR_INGRESS = 0;
+export const DIR_EGRESS = 1;
+export const ACTION_ALLOW = 0;
+export const ACTION_DENY = 1;
+
+/** Policy-owned bits of endpoint_config.flags (bpf/lib/policy.h EP_F_*). */
+export const EP_FLAGS = {
+  ingressLookup: 1 << 0,
+  egressLookup: 1 << 1,
+  ingressDefaultDeny: 1 << 2,
+  egressDefaultDeny: 1 << 3,
+  audit: 1 << 4,
+} as const;
+export const EP_POLICY_MASK = 0x1f;
+
+function u32(buf: Buffer, off: number, v: number): void {
+  if (LE) buf.writeUInt32LE(v >>> 0, off); else buf.writeUInt32BE(v >>> 0, off);
+}
+function r32(buf: Buffer, off: number): number {
+  return LE ? buf.readUInt32LE(off) : buf.readUInt32BE(off);
+}
+
+export interface PolicyKey {
+  endpointId: number;
+  peer: number;
+  direction: Direction;
+  proto: number;
+  dport: number;
+}
+
+export function encodePolicyKey(k: PolicyKey): Buffer {
+  const b = Buffer.alloc(POLICY_KEY_SIZE);
+  u32(b, 0, k.endpointId);
+  u32(b, 4, k.peer);
+  b[8] = k.direction === 'egress' ? DIR_EGRESS : DIR_INGRESS;
+  b[9] = k.proto;
+  b.writeUInt16BE(k.dport, 10);
+  return b;
+}
+
+export function decodePolicyKey(b: Buffer): PolicyKey {
+  return { endpointId: r32(b, 0), peer: r32(b, 4), direction: b[8] === DIR_EGRESS ? 'egress' : 'ingress', proto: b[9], dport: b.readUInt16BE(10) };
+}
+
+/** Counters start at zero; they are the datapath's to update. */
+export function encodePolicyValue(e: Entry): Buffer {
+  const b = Buffer.alloc(POLICY_VALUE_SIZE);
+  b[0] = e.action === 'deny' ? ACTION_DENY : ACTION_ALLOW;
+  u32(b, 4, e.ruleId);
+  return b;
+}
+
+export function decodePolicyValue(b: Buffer): Entry & { packets: bigint; bytes: bigint } {
+  return {
+    action: b[0] === ACTION_DENY ? 'deny' : 'allow',
+    ruleId: r32(b, 4),
+    packets: LE ? b.readBigUInt64LE(8) : b.readBigUInt64BE(8),
+    bytes: LE ? b.readBigUInt64LE(16) : b.readBigUInt64BE(16),
+  };
+}
+
+export { encodeIpcacheKey };
+
+export function decodeIpcacheKey(b: Buffer): string {
+  const len = r32(b, 0) - 32;
+  const family = b[4];
+  const addr = family === 4 ? Array.from(b.subarray(8, 12)).join('.') : formatIpv6(b.subarray(8, 24));
+  return `${addr}/${len}`;
+}
+
+export function encodeIpcacheValue(identity: number): Buffer {
+  const b = Buffer.alloc(IPCACHE_VALUE_SIZE);
+  u32(b, 0, identity);
+  return b;
+}
+
+export function decodeIpcacheValue(b: Buffer): number {
+  return r32(b, 0);
+}

@@ -1,0 +1,99 @@
+// Named policies with revisions, persisted as ONE store document so an import or delete of many
+// policies is atomic (a crash leaves the old set or the new set, never half). Changes are planned
+// (pure) and committed separately, so the caller can apply a plan to the datapath first and throw it
+// away if that fails.
+import type { Store } from '../store/index.ts';
+import { MAX_POLICY_NUMBER } from './rule-id.ts';
+import type { Policy, PolicyRecord } from './types.ts';
+
+const STORE_KEY = 'policy/repository';
+
+interface Persisted {
+  revision: number;
+  nextNumber: number;
+  records: PolicyRecord[];
+}
+
+export type ChangeKind = 'created' | 'updated' | 'unchanged' | 'deleted';
+
+export interface Plan {
+  records: PolicyRecord[];
+  revision: number;
+  nextNumber: number;
+  changes: { name: string; change: ChangeKind; revision: number }[];
+}
+
+export class PolicyRepository {
+  private state: Persisted;
+
+  private constructor(private readonly store: Store, state: Persisted) {
+    this.state = state;
+  }
+
+  static async open(store: Store): Promise<PolicyRepository> {
+    const saved = await store.get<Persisted>(STORE_KEY);
+    return new PolicyRepository(store, saved ?? { revision: 0, nextNumber: 1, records: [] });
+  }
+
+  get revision(): number { return this.state.revision; }
+  list(): PolicyRecord[] { return this.state.records; }
+  get(name: string): PolicyRecord | undefined { return this.state.records.find((r) => r.name === name); }
+  byNumber(n: number): PolicyRecord | undefined { return this.state.records.find((r) => r.number === n); }
+
+  /** Add or replace policies by name. `sources[i]` is the document policies[i] came from. */
+  planImport(policies: Policy[], sources: unknown[], now = new Date()): Plan {
+    const records = [...this.state.records];
+    const changes: Plan['changes'] = [];
+    let nextNumber = this.state.nextNumber;
+    let changed = false;
+    const used = new Set(records.map((r) => r.number));
+    policies.forEach((policy, i) => {
+      const idx = records.findIndex((r) => r.name === policy.name);
+      const prev = idx >= 0 ? records[idx] : undefined;
+      if (prev && JSON.stringify(prev.policy) === JSON.stringify(policy)) {
+        changes.push({ name: policy.name, change: 'unchanged', revision: prev.revision });
+        return;
+      }
+      changed = true;
+      let number = prev?.number;
+      if (number === undefined) {
+        ({ number, next: nextNumber } = freeNumber(used, nextNumber));
+        used.add(number);
+      }
+      const rec: PolicyRecord = {
+        name: policy.name, revision: (prev?.revision ?? 0) + 1, number, policy, source: sources[i] ?? null, updatedAt: now.toISOString(),
+      };
+      if (prev) records[idx] = rec; else records.push(rec);
+      changes.push({ name: policy.name, change: prev ? 'updated' : 'created', revision: rec.revision });
+    });
+    return { records, changes, nextNumber, revision: this.state.revision + (changed ? 1 : 0) };
+  }
+
+  /** Delete by name (names not found are reported as unknown), or every policy with all. */
+  planDelete(names: string[] | 'all'): Plan & { unknown: string[] } {
+    const gone = names === 'all' ? this.state.records.map((r) => r.name) : names.filter((n) => this.get(n));
+    const unknown = names === 'all' ? [] : names.filter((n) => !this.get(n));
+    const records = this.state.records.filter((r) => !gone.includes(r.name));
+    return {
+      records, unknown, nextNumber: this.state.nextNumber,
+      revision: this.state.revision + (gone.length ? 1 : 0),
+      changes: gone.map((name) => ({ name, change: 'deleted' as const, revision: this.get(name)!.revision })),
+    };
+  }
+
+  /** Durable when it resolves; on failure nothing changed. */
+  async commit(plan: Plan): Promise<void> {
+    if (plan.revision === this.state.revision) return;
+    const next: Persisted = { revision: plan.revision, nextNumber: plan.nextNumber, records: plan.records };
+    await this.store.put(STORE_KEY, next);
+    this.state = next;
+  }
+}
+
+function freeNumber(used: Set<number>, hint: number): { number: number; next: number } {
+  for (let i = 0; i < MAX_POLICY_NUMBER; i++) {
+    const n = ((hint - 1 + i) % MAX_POLICY_NUMBER) + 1;
+    if (!used.has(n)) return { number: n, next: (n % MAX_POLICY_NUMBER) + 1 };
+  }
+  throw new Error(`no policy number left (${MAX_POLICY_NUMBER} policies)`);
+}

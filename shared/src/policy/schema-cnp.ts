@@ -1,0 +1,158 @@
+// CiliumNetworkPolicy / CiliumClusterwideNetworkPolicy (cilium.io/v2), the L3/L4 subset, turned into
+// the normalized model. Semantics follow Cilium:
+//  * an endpoint selected by a spec with ingress/ingressDeny (egress/egressDeny) rules is default-deny
+//    in that direction, unless enableDefaultDeny says otherwise;
+//  * a rule with no L3 field but toPorts/icmps applies to every peer; a rule with neither (`- {}`)
+//    allows nothing (Cilium's "deny all ingress" idiom);
+//  * in a namespaced policy, the subject and every endpoint selector are confined to the policy's
+//    namespace unless the selector names the namespace label itself.
+import { z } from 'zod';
+import { NAMESPACE_KEY } from '../identity/labels.ts';
+import { contains } from '../identity/cidr.ts';
+import { parseCidr } from '../ipam/cidr.ts';
+import { ICMP_TYPE_NAMES } from './ports.ts';
+import { MAX_RULES_PER_LIST } from './rule-id.ts';
+import { withRequirement, type Selector } from './selector.ts';
+import { checkRange, cidr, endPort, fail, metadata, port, protocol, selector } from './schema-common.ts';
+import { ENTITIES, type Direction, type Entity, type Peer, type Policy, type PolicySpec, type PortMatch, type Rule } from './types.ts';
+
+const TOO_MANY = { error: `at most ${MAX_RULES_PER_LIST} rules per list; split the policy` };
+
+const icmpField = z.object({
+  type: z.unknown(),
+  family: z.enum(['IPv4', 'IPv6'], { error: 'family must be IPv4 or IPv6' }).optional(),
+}).strict().transform((f, ctx): PortMatch => {
+  const fam = f.family === 'IPv6' ? 'ICMPv6' : 'ICMP';
+  if (typeof f.type === 'number' && Number.isInteger(f.type) && f.type >= 0 && f.type <= 255) return { proto: fam, type: f.type };
+  if (typeof f.type === 'string' && /^\d{1,3}$/.test(f.type) && Number(f.type) <= 255) return { proto: fam, type: Number(f.type) };
+  if (typeof f.type === 'string' && f.type in ICMP_TYPE_NAMES[fam]) return { proto: fam, type: ICMP_TYPE_NAMES[fam][f.type] };
+  return fail(ctx, `ICMP type ${JSON.stringify(f.type)} is not a number 0-255 or a known ${fam} type name (e.g. ${Object.keys(ICMP_TYPE_NAMES[fam]).slice(0, 3).join(', ')})`, ['type']);
+});
+
+const icmps = z.array(z.object({ fields: z.array(icmpField).min(1, { error: 'fields needs at least one ICMP type' }) }).strict());
+
+const portProtocol = z.object({ port, endPort: endPort.optional(), protocol: protocol.optional() }).strict().superRefine(checkRange)
+  .transform((p): PortMatch => ({ proto: p.protocol ?? 'ANY', port: p.port, ...(p.endPort !== undefined ? { endPort: p.endPort } : {}) }));
+
+// Cilium fields Membrane does not implement (L7, FQDN, groups, ...) are left out of the schemas:
+// they come back as unknown keys, which parse.ts words as "not supported" (fields.ts UNSUPPORTED).
+const portRule = z.object({ ports: z.array(portProtocol).nullish() }).strict();
+
+const cidrRule = z.object({ cidr, except: z.array(cidr).optional() }).strict().superRefine((r, ctx) => {
+  const outer = parseCidr(r.cidr);
+  for (const [i, e] of (r.except ?? []).entries()) {
+    const inner = parseCidr(e);
+    if (inner.prefix <= outer.prefix || !contains(outer, inner)) fail(ctx, `except ${e} must be a smaller prefix inside ${r.cidr}`, ['except', i]);
+  }
+});
+
+const entity = z.string().transform((e, ctx): Entity => {
+  if ((ENTITIES as readonly string[]).includes(e)) return e as Entity;
+  return fail(ctx, `entity "${e}" is not one of ${ENTITIES.join(', ')}`);
+});
+
+function l3Fields(dir: Direction) {
+  const p = dir === 'ingress' ? 'from' : 'to';
+  return {
+    [`${p}Endpoints`]: z.array(selector).nullish(),
+    [`${p}CIDR`]: z.array(cidr).nullish(),
+    [`${p}CIDRSet`]: z.array(cidrRule).nullish(),
+    [`${p}Entities`]: z.array(entity).nullish(),
+  };
+}
+
+type RawRule = Record<string, unknown> & { toPorts?: { ports?: PortMatch[] | null }[] | null; icmps?: { fields: PortMatch[] }[] };
+
+function ruleSchema(dir: Direction) {
+  return z.object({ ...l3Fields(dir), toPorts: z.array(portRule).nullish(), icmps: icmps.nullish() }).strict();
+}
+
+/** One Cilium rule element -> peers and ports of the normalized model. */
+function toRule(raw: RawRule, dir: Direction, deny: boolean, index: number, path: string, ns: string | undefined): Rule {
+  const p = dir === 'ingress' ? 'from' : 'to';
+  const selectors = raw[`${p}Endpoints`] as Selector[] | null | undefined;
+  const cidrs = raw[`${p}CIDR`] as string[] | null | undefined;
+  const sets = raw[`${p}CIDRSet`] as { cidr: string; except?: string[] }[] | null | undefined;
+  const entities = raw[`${p}Entities`] as Entity[] | null | undefined;
+  const hasL3 = [selectors, cidrs, sets, entities].some((x) => x !== undefined && x !== null);
+  const ports: PortMatch[] = [
+    ...(raw.toPorts ?? []).flatMap((tp) => tp.ports ?? []),
+    ...(raw.icmps ?? []).flatMap((i) => i.fields),
+  ];
+  const hasL4 = (raw.toPorts?.length ?? 0) > 0 || (raw.icmps?.length ?? 0) > 0;
+  let peers: Peer[] | 'all';
+  if (hasL3) {
+    peers = [
+      ...(selectors ?? []).map((s): Peer => ({ kind: 'endpoints', selector: ns ? withRequirement(s, NAMESPACE_KEY, ns) : s })),
+      ...(cidrs ?? []).map((c): Peer => ({ kind: 'cidr', cidr: c, except: [] })),
+      ...(sets ?? []).map((s): Peer => ({ kind: 'cidr', cidr: s.cidr, except: s.except ?? [] })),
+      ...(entities ?? []).map((e): Peer => ({ kind: 'entity', entity: e })),
+    ];
+  } else {
+    peers = hasL4 ? 'all' : [];
+  }
+  return { direction: dir, action: deny ? 'deny' : 'allow', index, path, peers, ports };
+}
+
+const specSchema = z.object({
+  endpointSelector: selector.optional(),
+  ingress: z.array(ruleSchema('ingress')).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
+  ingressDeny: z.array(ruleSchema('ingress')).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
+  egress: z.array(ruleSchema('egress')).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
+  egressDeny: z.array(ruleSchema('egress')).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
+  enableDefaultDeny: z.object({ ingress: z.boolean().optional(), egress: z.boolean().optional() }).strict().optional(),
+  labels: z.array(z.unknown()).optional(),
+  description: z.string().optional(),
+}).strict().superRefine((s, ctx) => {
+  if (!s.endpointSelector) fail(ctx, 'endpointSelector is required (use {} to select every endpoint)', ['endpointSelector']);
+});
+
+type RawSpec = z.infer<typeof specSchema>;
+const LISTS = [['ingress', 'ingress', false], ['ingressDeny', 'ingress', true], ['egress', 'egress', false], ['egressDeny', 'egress', true]] as const;
+
+function toSpecs(raw: { spec?: RawSpec; specs?: RawSpec[] }, ns: string | undefined): PolicySpec[] {
+  const entries: [RawSpec, string][] = [
+    ...(raw.spec ? [[raw.spec, 'spec'] as [RawSpec, string]] : []),
+    ...(raw.specs ?? []).map((s, i) => [s, `specs[${i}]`] as [RawSpec, string]),
+  ];
+  const ordinal: Record<string, number> = {};
+  return entries.map(([s, where]) => {
+    const rules: Rule[] = [];
+    for (const [field, dir, deny] of LISTS) {
+      for (const [i, r] of (s[field] ?? []).entries()) {
+        const index = (ordinal[field] = (ordinal[field] ?? -1) + 1);
+        rules.push(toRule(r as RawRule, dir, deny, index, `${where}.${field}[${i}]`, ns));
+      }
+    }
+    const has = (a?: unknown[] | null, b?: unknown[] | null) => (a?.length ?? 0) + (b?.length ?? 0) > 0;
+    const subject = s.endpointSelector!;
+    return {
+      subject: ns ? withRequirement(subject, NAMESPACE_KEY, ns) : subject,
+      defaultDeny: {
+        ingress: s.enableDefaultDeny?.ingress ?? has(s.ingress, s.ingressDeny),
+        egress: s.enableDefaultDeny?.egress ?? has(s.egress, s.egressDeny),
+      },
+      rules,
+    };
+  });
+}
+
+export const ciliumPolicySchema = z.object({
+  apiVersion: z.literal('cilium.io/v2', { error: 'apiVersion must be cilium.io/v2 for this kind' }),
+  kind: z.enum(['CiliumNetworkPolicy', 'CiliumClusterwideNetworkPolicy']),
+  metadata,
+  spec: specSchema.optional(),
+  specs: z.array(specSchema).optional(),
+  status: z.unknown().optional(),
+}).strict().superRefine((d, ctx) => {
+  if (!d.spec && !d.specs?.length) fail(ctx, 'a policy needs "spec" or "specs"', ['spec']);
+  if (d.kind === 'CiliumClusterwideNetworkPolicy' && d.metadata.namespace) fail(ctx, 'a clusterwide policy has no namespace', ['metadata', 'namespace']);
+}).transform((d): Policy => {
+  const ns = d.kind === 'CiliumNetworkPolicy' ? d.metadata.namespace : undefined;
+  const description = d.spec?.description ?? d.specs?.find((s) => s.description)?.description;
+  return {
+    name: ns ? `${ns}/${d.metadata.name}` : d.metadata.name,
+    kind: d.kind, ...(ns ? { namespace: ns } : {}), ...(description ? { description } : {}),
+    specs: toSpecs(d, ns),
+  };
+});

@@ -1,0 +1,60 @@
+// Kubernetes-style label selectors (matchLabels + matchExpressions), source-aware. Pure.
+import { canonicalLabels, valuesFor, type Labels } from '../identity/labels.ts';
+
+export type SelectorOperator = 'In' | 'NotIn' | 'Exists' | 'DoesNotExist';
+
+export interface SelectorRequirement {
+  key: string;
+  operator: SelectorOperator;
+  values: string[];
+}
+
+export interface Selector {
+  matchLabels: Labels;
+  matchExpressions: SelectorRequirement[];
+}
+
+export const EMPTY_SELECTOR: Selector = { matchLabels: {}, matchExpressions: [] };
+
+export function isEmptySelector(s: Selector): boolean {
+  return Object.keys(s.matchLabels).length === 0 && s.matchExpressions.length === 0;
+}
+
+/** Does a label set satisfy every requirement? (An empty selector matches everything.) */
+export function matches(s: Selector, labels: Labels): boolean {
+  for (const [k, v] of Object.entries(s.matchLabels)) {
+    if (!valuesFor(labels, k).includes(v)) return false;
+  }
+  for (const r of s.matchExpressions) {
+    const have = valuesFor(labels, r.key);
+    switch (r.operator) {
+      case 'In': if (!have.some((v) => r.values.includes(v))) return false; break;
+      case 'NotIn': if (have.some((v) => r.values.includes(v))) return false; break;
+      case 'Exists': if (!have.length) return false; break;
+      case 'DoesNotExist': if (have.length) return false; break;
+    }
+  }
+  return true;
+}
+
+/** Adds requirements (e.g. the policy's namespace) unless the selector already constrains the key. */
+export function withRequirement(s: Selector, key: string, value: string): Selector {
+  const bare = (k: string) => k.replace(/^(k8s|any):/, '');
+  const mentions = Object.keys(s.matchLabels).some((k) => bare(k) === key) || s.matchExpressions.some((r) => bare(r.key) === key);
+  if (mentions) return s;
+  return { matchLabels: { ...s.matchLabels, [key]: value }, matchExpressions: s.matchExpressions };
+}
+
+/** Stable text of a selector, used to cache its matches. */
+export function selectorKey(s: Selector): string {
+  const exprs = s.matchExpressions.map((r) => `${r.key} ${r.operator} ${[...r.values].sort().join('|')}`).sort();
+  return `${canonicalLabels(s.matchLabels)}\u0000${exprs.join('\u0000')}`;
+}
+
+export function describeSelector(s: Selector): string {
+  const parts = Object.entries(s.matchLabels).map(([k, v]) => `${k}=${v}`);
+  for (const r of s.matchExpressions) {
+    parts.push(r.operator === 'Exists' ? r.key : r.operator === 'DoesNotExist' ? `!${r.key}` : `${r.key} ${r.operator.toLowerCase()} (${r.values.join(',')})`);
+  }
+  return parts.length ? parts.join(',') : '{} (all endpoints)';
+}

@@ -1,0 +1,116 @@
+// `membrane policy trace`: would a new connection from SRC to DST on PORT/PROTO be allowed, and by
+// which rule? Answered by compiling the same entries the datapath holds and probing them in the
+// datapath's order, so the trace cannot disagree with enforcement. Pure.
+import { canonicalLabels, formatLabels, type Labels } from '../identity/labels.ts';
+import { parseCidr, cidrContains } from '../ipam/cidr.ts';
+import { FIRST_CIDR_IDENTITY, RESERVED, identityKind, reservedName } from '../identity/reserved.ts';
+import type { CidrIdentities } from '../identity/cidr.ts';
+import { PolicyCompiler, probe, type Universe } from './compile.ts';
+import { describeL4 } from './ports.ts';
+import { decodeRuleId } from './rule-id.ts';
+import { selectionFor } from './selection.ts';
+import type { Direction, PolicyRecord } from './types.ts';
+
+/** A side of the connection: an endpoint by labels, or an address (endpoint, host, CIDR or world). */
+export type TraceSide = { labels: Labels } | { ip: string };
+
+export interface TraceQuery { src: TraceSide; dst: TraceSide; proto: number; dport: number }
+
+export interface RuleDescription { policy: string; path: string; direction: Direction; action: 'allow' | 'deny'; ruleId: number }
+
+export interface TraceStep {
+  direction: Direction;
+  /** Whose policy: the source's egress or the destination's ingress. */
+  enforcedBy: string;
+  verdict: 'allow' | 'deny';
+  reason: string;
+  rule?: RuleDescription;
+}
+
+export interface TraceResult {
+  verdict: 'allow' | 'deny';
+  src: { identity: number; labels: Labels; endpoint: boolean };
+  dst: { identity: number; labels: Labels; endpoint: boolean };
+  port: string;
+  steps: TraceStep[];
+}
+
+export interface TraceContext {
+  records: PolicyRecord[];
+  /** Identities of live endpoints (and init/health), as compile.ts's Universe. */
+  universe: Universe;
+  cidrs: CidrIdentities;
+  ipcache: Map<string, number>;
+  labelsOf: (identity: number) => Labels | undefined;
+}
+
+const VIRTUAL = { src: 0xfffffe, dst: 0xfffffd }; // top of the label range: never allocated in practice
+
+export function describeRule(records: PolicyRecord[], ruleId: number): RuleDescription | undefined {
+  const d = decodeRuleId(ruleId);
+  if (!d) return undefined;
+  const rec = records.find((r) => r.number === d.policyNumber);
+  const rule = rec?.policy.specs.flatMap((s) => s.rules).find((r) => r.direction === d.direction && r.action === d.action && r.index === d.index);
+  if (!rec || !rule) return undefined;
+  return { policy: rec.name, path: rule.path, direction: d.direction, action: d.action, ruleId };
+}
+
+/** Longest-prefix match over the ipcache content, like the LPM trie. */
+export function lookupIp(ipcache: Map<string, number>, ip: string): number {
+  let best = -1, id: number = RESERVED.world;
+  for (const [prefix, identity] of ipcache) {
+    const c = parseCidr(prefix);
+    if (c.prefix > best && cidrContains(c, ip)) { best = c.prefix; id = identity; }
+  }
+  return id;
+}
+
+function identityLabels(ctx: TraceContext, id: number): Labels {
+  if (id >= FIRST_CIDR_IDENTITY) return { [`cidr:${ctx.cidrs.prefixOf(id) ?? '?'}`]: '', 'reserved:world': '' };
+  const name = reservedName(id);
+  if (name) return { [`reserved:${name}`]: '' };
+  return ctx.labelsOf(id) ?? {};
+}
+
+export function trace(ctx: TraceContext, q: TraceQuery): TraceResult {
+  const extra: { id: number; labels: Labels }[] = [];
+  const resolve = (side: TraceSide, virtual: number) => {
+    if ('labels' in side) {
+      const key = canonicalLabels(side.labels);
+      const known = ctx.universe.identities.find((i) => canonicalLabels(i.labels) === key);
+      const id = known?.id ?? virtual;
+      if (!known) extra.push({ id, labels: side.labels });
+      return { identity: id, labels: side.labels, endpoint: true };
+    }
+    const id = lookupIp(ctx.ipcache, side.ip);
+    return { identity: id, labels: identityLabels(ctx, id), endpoint: identityKind(id) === 'endpoint' || id === RESERVED.init || id === RESERVED.health };
+  };
+  const src = resolve(q.src, VIRTUAL.src);
+  const dst = resolve(q.dst, VIRTUAL.dst);
+  const compiler = new PolicyCompiler(ctx.records, { identities: [...ctx.universe.identities, ...extra], cidrs: ctx.cidrs });
+  const steps: TraceStep[] = [];
+  if (src.endpoint) steps.push(step(ctx, compiler, 'egress', src.labels, dst.identity, q));
+  if (dst.endpoint) steps.push(step(ctx, compiler, 'ingress', dst.labels, src.identity, q));
+  return {
+    verdict: steps.some((s) => s.verdict === 'deny') ? 'deny' : 'allow',
+    src, dst, port: describeL4({ proto: q.proto, dport: q.dport }), steps,
+  };
+}
+
+function step(ctx: TraceContext, compiler: PolicyCompiler, direction: Direction, local: Labels, peer: number, q: TraceQuery): TraceStep {
+  const enforcedBy = `${direction === 'egress' ? 'source' : 'destination'} ${formatLabels(local)}`;
+  const sel = selectionFor(ctx.records, local)[direction];
+  if (!sel.defaultDeny && !sel.hasRules) {
+    return { direction, enforcedBy, verdict: 'allow', reason: `no policy selects it for ${direction}` };
+  }
+  const hit = probe(compiler.forLabels(local)[direction], peer, q.proto, q.dport);
+  if (hit) {
+    const rule = describeRule(ctx.records, hit.entry.ruleId);
+    const reason = rule
+      ? `${hit.entry.action === 'deny' ? 'denied' : 'allowed'} by ${rule.policy} ${rule.path}`
+      : hit.entry.action === 'allow' ? 'allowed: the node may always reach its endpoints (host allowance)' : 'denied';
+    return { direction, enforcedBy, verdict: hit.entry.action, reason, ...(rule ? { rule } : {}) };
+  }
+  if (sel.defaultDeny) return { direction, enforcedBy, verdict: 'deny', reason: `default deny: selected for ${direction} and no rule allows it` };
+  return { direction, enforcedBy, verdict: 'allow', reason: 'no rule matches and the direction is not default-deny' };
+}

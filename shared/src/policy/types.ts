@@ -1,0 +1,74 @@
+// The normalized policy model every accepted document (CiliumNetworkPolicy, Kubernetes NetworkPolicy)
+// is turned into, and what the compiler, the trace and the API work on. Pure types.
+import type { Selector } from './selector.ts';
+
+export type Direction = 'ingress' | 'egress';
+export type Action = 'allow' | 'deny';
+
+export const ENTITIES = ['host', 'world', 'all', 'init', 'health', 'unmanaged', 'cluster'] as const;
+export type Entity = (typeof ENTITIES)[number];
+
+export type Peer =
+  | { kind: 'endpoints'; selector: Selector }
+  | { kind: 'entity'; entity: Entity }
+  | { kind: 'cidr'; cidr: string; except: string[] };
+
+export type L4Proto = 'TCP' | 'UDP' | 'SCTP' | 'ANY';
+
+export type PortMatch =
+  /** port 0 = every port of the protocol; endPort makes a range port..endPort. */
+  | { proto: L4Proto; port: number; endPort?: number }
+  /** ICMP/ICMPv6 message type; type undefined = every type of that family. */
+  | { proto: 'ICMP' | 'ICMPv6'; type?: number };
+
+export interface Rule {
+  direction: Direction;
+  action: Action;
+  /** Ordinal among the document's rules of this direction and action, across specs (rule ids use it). */
+  index: number;
+  /** Where it is in the document, e.g. "spec.ingress[2]", "specs[1].egressDeny[0]". */
+  path: string;
+  /** 'all' = any peer. An empty list selects nobody (a Cilium `ingress: [{}]` rule). */
+  peers: Peer[] | 'all';
+  /** Empty = every protocol and port. */
+  ports: PortMatch[];
+}
+
+export interface PolicySpec {
+  subject: Selector;
+  /** Default deny in this direction for the endpoints the spec selects. */
+  defaultDeny: { ingress: boolean; egress: boolean };
+  rules: Rule[];
+}
+
+export type PolicyKind = 'CiliumNetworkPolicy' | 'CiliumClusterwideNetworkPolicy' | 'NetworkPolicy';
+
+export interface Policy {
+  name: string;
+  kind: PolicyKind;
+  namespace?: string;
+  description?: string;
+  specs: PolicySpec[];
+}
+
+/** A stored policy: the normalized form, the document it came from, bookkeeping. */
+export interface PolicyRecord {
+  name: string;
+  /** Bumped on every change of this policy; the repository revision is bumped on any change. */
+  revision: number;
+  /** Stable small number; rule ids are derived from it (see rule-id.ts). */
+  number: number;
+  policy: Policy;
+  /** The document as the user wrote it (JSON form), for `policy get`. */
+  source: unknown;
+  updatedAt: string;
+}
+
+/** Where a rule lives, for messages and rule ids. */
+export interface RuleRef {
+  policy: string;
+  path: string;
+  direction: Direction;
+  action: Action;
+  index: number;
+}

@@ -1,0 +1,118 @@
+import t from 'tap';
+import { decodeTraceEvent, encodeTraceEvent, EventType, type TraceEvent } from '../src/flows/event.ts';
+import { buildFlow, layer4, splitOffset, verdictOf, wallTime, type FlowContext, type EndpointView } from '../src/flows/flow.ts';
+import { EndpointTable } from '../src/flows/endpoints.ts';
+import type { Endpoint } from '../src/types.ts';
+
+const ep = (id: number, ip: string, labels: Record<string, string>, extra: Partial<Endpoint> = {}): Endpoint => ({
+  id, containerId: `c${id}`, ifName: 'eth0', network: 'default', netns: '/x', hostIfName: `mbr${id}`, hostIfIndex: 100 + id,
+  hostMac: '', mac: '', mtu: 1500, ips: [{ address: `${ip}/32`, gateway: '', family: 4, subnet: '' }], routes: [], labels,
+  metadata: {}, identity: 256 + id, externalIpam: false, createdAt: '', ...extra,
+});
+
+const table = EndpointTable.from([
+  ep(1, '10.1.0.2', { 'k8s:app': 'client' }, { metadata: { 'k8s:io.kubernetes.pod.namespace': 'shop', 'k8s:io.kubernetes.pod.name': 'client-1' } }),
+  ep(2, '10.1.0.3', { 'k8s:app': 'db' }),
+]);
+const rules: Record<number, ReturnType<FlowContext['describeRule']>> = {
+  0x1000: { policy: 'allow-client', index: 0, direction: 'ingress', action: 'allow' },
+  0x1c01: { policy: 'no-db-egress', index: 1, direction: 'egress', action: 'deny' },
+};
+const ctx: FlowContext = {
+  nodeName: 'node-a', wallOffset: { seconds: 1_700_000_000, nanos: 0 }, peerCache: new Map(), ruleCache: new Map(),
+  endpointById: (id) => table.byEndpointId(id), endpointByAddress: (b, o, f) => table.byRaw(b, o, f),
+  labelsOfIdentity: (id) => (id === 2 ? { 'reserved:world': '' } : undefined),
+  describeRule: (id) => rules[id],
+};
+const ev = (e: Partial<TraceEvent>) => decodeTraceEvent(encodeTraceEvent({ tsNs: 5_000_000_123, ...e }));
+
+t.test('a new connection from one pod to another', async (t) => {
+  const f = buildFlow(ev({ type: EventType.FLOW_NEW, endpointId: 2, ifindex: 102, direction: 0, saddr: '10.1.0.2', daddr: '10.1.0.3',
+    sport: 40000, dport: 5432, proto: 6, tcpFlags: 0x02, srcIdentity: 257, dstIdentity: 258, ruleId: 0x1000, len: 60 }), ctx);
+  t.same(f.time, { seconds: 1_700_000_005, nanos: 123 });
+  t.equal(f.verdict, 'FORWARDED');
+  t.equal(f.eventType, 'FLOW_NEW');
+  t.same(f.isReply, { value: false });
+  t.equal(f.trafficDirection, 'INGRESS');
+  t.same(f.source, { id: 1, identity: 257, labels: ['k8s:app=client'], containerId: 'c1', namespace: 'shop', podName: 'client-1' });
+  t.same(f.destination, { id: 2, identity: 258, labels: ['k8s:app=db'], containerId: 'c2' });
+  t.same(f.l4, { tcp: { sourcePort: 40000, destinationPort: 5432, flags: { SYN: true } } });
+  t.same(f.ingressAllowedBy, [{ name: 'allow-client', ruleIndex: 0, ruleId: 0x1000, kind: 'MembraneNetworkPolicy' }]);
+  t.same(f.interface, { index: 102, name: 'mbr2' });
+  t.equal(f.nodeName, 'node-a');
+  t.equal(f.dropReasonDesc, undefined);
+});
+
+t.test('a policy drop names the denying rule; a peer off the node gets its identity labels', async (t) => {
+  const f = buildFlow(ev({ type: EventType.DROP, verdict: 1, reason: 1, endpointId: 2, direction: 1, saddr: '10.1.0.3', daddr: '198.18.0.9',
+    proto: 17, sport: 5353, dport: 53, srcIdentity: 258, dstIdentity: 2, ruleId: 0x1c01 }), ctx);
+  t.equal(f.verdict, 'DROPPED');
+  t.equal(f.dropReason, 1);
+  t.equal(f.dropReasonDesc, 'POLICY_DENIED');
+  t.equal(f.trafficDirection, 'EGRESS');
+  t.same(f.egressDeniedBy?.map((p) => p.name), ['no-db-egress']);
+  t.same(f.destination, { identity: 2, labels: ['reserved:world'] });
+  t.same(f.source.id, 2, 'the observing endpoint sent it');
+  t.equal(f.isReply, undefined);
+});
+
+t.test('rule names are kept once known (the policy may be deleted later)', async (t) => {
+  const c: FlowContext = { ...ctx, ruleCache: new Map(), describeRule: (id) => rules[id] };
+  const e = ev({ type: EventType.FLOW_NEW, endpointId: 2, saddr: '10.1.0.2', daddr: '10.1.0.3', ruleId: 0x1000 });
+  t.equal(buildFlow(e, c).ingressAllowedBy?.[0].name, 'allow-client');
+  c.describeRule = () => undefined;
+  t.equal(buildFlow(e, c).ingressAllowedBy?.[0].name, 'allow-client');
+});
+
+t.test('default deny has no rule; an unknown rule still shows its id', async (t) => {
+  const d = buildFlow(ev({ type: EventType.DROP, verdict: 1, reason: 1, endpointId: 2, saddr: '10.1.0.2', daddr: '10.1.0.3' }), ctx);
+  t.equal(d.ingressDeniedBy, undefined);
+  t.equal(d.dropReasonDesc, 'POLICY_DENIED');
+  const u = buildFlow(ev({ type: EventType.DROP, verdict: 1, reason: 1, endpointId: 2, ruleId: 0x9999, saddr: '10.1.0.2', daddr: '10.1.0.3' }), ctx);
+  t.same(u.ingressDeniedBy, [{ name: '', ruleId: 0x9999 }]);
+});
+
+t.test('verdicts: audit flag, redirect, drop type', async (t) => {
+  t.equal(verdictOf(ev({ verdict: 0, flags: 1, type: EventType.DROP })), 'AUDIT');
+  t.equal(verdictOf(ev({ verdict: 3 })), 'AUDIT');
+  t.equal(verdictOf(ev({ verdict: 2 })), 'FORWARDED');
+  t.equal(verdictOf(ev({ verdict: 0, type: EventType.DROP })), 'DROPPED');
+  t.equal(verdictOf(ev({ verdict: 9 })), 'VERDICT_UNKNOWN');
+  const a = buildFlow(ev({ type: EventType.DROP, verdict: 0, flags: 1, reason: 1, saddr: '10.1.0.2', daddr: '10.1.0.3' }), ctx);
+  t.equal(a.audit, true);
+  t.equal(a.dropReasonDesc, 'POLICY_DENIED');
+});
+
+t.test('flow end carries totals; L4 for every protocol', async (t) => {
+  const f = buildFlow(ev({ type: EventType.FLOW_END, packets: 12, bytes: 3456, saddr: '10.1.0.2', daddr: '10.1.0.3', tcpFlags: 0x11 }), ctx);
+  t.same(f.counters, { packets: 12, bytes: 3456 });
+  t.same(f.l4.tcp?.flags, { FIN: true, ACK: true });
+  t.same(layer4(ev({ proto: 1, sport: 4321, dport: 4321 })), { icmpv4: { id: 4321 } }, 'echo identifier');
+  t.same(layer4(ev({ proto: 58 })), { icmpv6: {} });
+  t.same(layer4(ev({ proto: 132, sport: 1, dport: 2 })), { sctp: { sourcePort: 1, destinationPort: 2 } });
+  t.same(layer4(ev({ proto: 47 })), { other: { protocol: 47 } });
+});
+
+t.test('IPv6 endpoints are found whatever the address spelling', async (t) => {
+  const tb = EndpointTable.from([{ ...ep(7, '10.7.0.2', {}), ips: [{ address: 'FD00:0:0::7/128', gateway: '', family: 6, subnet: '' }] }]);
+  t.equal((tb.byAddress('fd00::7') as EndpointView).id, 7);
+  t.equal(tb.byRaw(encodeTraceEvent({ family: 6, saddr: 'fd00::7' }), 40, 6)?.id, 7);
+  t.equal(tb.byRaw(encodeTraceEvent({ family: 4, saddr: '10.1.0.3' }), 40, 4), undefined);
+  t.equal(table.byRaw(encodeTraceEvent({ family: 4, saddr: '10.1.0.3' }), 40, 4)?.id, 2);
+});
+
+t.test('wall time from monotonic + offset', async (t) => {
+  t.same(wallTime(1_999_999_999, splitOffset(1n)), { seconds: 2, nanos: 0 });
+  t.same(splitOffset(-1n), { seconds: -1, nanos: 999_999_999 });
+  t.same(wallTime(1_000_000_000, splitOffset(-1n)), { seconds: 0, nanos: 999_999_999 });
+  t.same(wallTime(5, splitOffset(1_700_000_000_999_999_999n)), { seconds: 1_700_000_001, nanos: 4 });
+});
+
+t.test('endpoint records are shared between flows; peers are cached by identity', async (t) => {
+  const a = buildFlow(ev({ endpointId: 2, saddr: '10.1.0.2', daddr: '10.1.0.3', srcIdentity: 257 }), ctx);
+  const b = buildFlow(ev({ endpointId: 2, saddr: '10.1.0.2', daddr: '10.1.0.3', srcIdentity: 0 }), ctx);
+  t.equal(a.destination, b.destination, 'same object');
+  const w1 = buildFlow(ev({ saddr: '198.18.0.1', daddr: '10.1.0.3', srcIdentity: 2 }), ctx);
+  const w2 = buildFlow(ev({ saddr: '198.18.0.2', daddr: '10.1.0.3', srcIdentity: 2 }), ctx);
+  t.equal(w1.source, w2.source);
+});

@@ -1,0 +1,69 @@
+import t from 'tap';
+import { encodeTraceEvent, EventType, type TraceEvent } from '../src/flows/event.ts';
+import { emptyRefs } from '../src/flows/enrich.ts';
+import { FlowRing } from '../src/flows/ring.ts';
+
+const OFFSET = { seconds: 1_000_000, nanos: 0 }; // wall = monotonic + 1e6 s
+// Event i happens at wall second 1_000_000 + i.
+const push = (r: FlowRing, i: number, e: Partial<TraceEvent> = {}) =>
+  r.push(encodeTraceEvent({ tsNs: i * 1e9, type: i % 2 ? EventType.DROP : EventType.FLOW_NEW, verdict: i % 2, saddr: `10.0.0.${i % 250}`, daddr: '10.0.1.1', ...e }), 0, emptyRefs(), OFFSET);
+
+t.test('keeps the newest N, counts all seen, builds flows on demand', async (t) => {
+  const r = new FlowRing(5, 'node-r');
+  for (let i = 1; i <= 12; i++) push(r, i);
+  t.equal(r.size, 5);
+  t.equal(r.seen, 12);
+  t.same((await r.select()).map((f) => f.ip.source), ['10.0.0.8', '10.0.0.9', '10.0.0.10', '10.0.0.11', '10.0.0.12']);
+  t.same((await r.select({ number: 2 })).map((f) => f.time.seconds), [1_000_011, 1_000_012], 'last N, oldest first');
+  t.same((await r.select({ number: 2, first: true })).map((f) => f.time.seconds), [1_000_008, 1_000_009]);
+  t.same((await r.select({ match: (f) => f.verdict === 'DROPPED' })).map((f) => f.time.seconds), [1_000_009, 1_000_011]);
+  t.same((await r.select({ sinceMs: 1_000_010_000, untilMs: 1_000_011_000 })).map((f) => f.time.seconds), [1_000_010, 1_000_011]);
+  t.equal((await r.select())[0].nodeName, 'node-r');
+  t.throws(() => new FlowRing(0, 'n'));
+});
+
+t.test('the caller may reuse its buffer and refs after push', async (t) => {
+  const r = new FlowRing(3, 'n');
+  const buf = encodeTraceEvent({ tsNs: 1, saddr: '10.9.9.1', daddr: '10.9.9.2' });
+  const refs = emptyRefs();
+  refs.ifName = 'mbr1';
+  r.push(buf, 0, refs, OFFSET);
+  buf.fill(0);
+  refs.ifName = 'changed';
+  t.equal((await r.select())[0].ip.source, '10.9.9.1');
+  t.same((await r.select())[0].interface, { index: 0, name: 'mbr1' });
+});
+
+t.test('a large ring is searched a chunk per event-loop turn; flows overwritten meanwhile are skipped', async (t) => {
+  const r = new FlowRing(100, 'n');
+  for (let i = 1; i <= 100; i++) push(r, i);
+  let turns = 0;
+  const timer = setInterval(() => { turns++; for (let k = 0; k < 30; k++) push(r, 1000 + k); }, 0);
+  const newest = await r.select({ first: false }, 10);
+  const oldest = await r.select({ first: true }, 10);
+  clearInterval(timer);
+  t.ok(turns > 0, 'the event loop ran during the search');
+  t.ok(newest.length < 100 && newest.length > 0, `kept what was still held (${newest.length})`);
+  t.same(newest.map((f) => f.time.seconds), [...newest.map((f) => f.time.seconds)].sort((a, b) => a - b), 'oldest first');
+  t.ok(newest.every((f) => f.time.seconds <= 1_000_100), 'nothing pushed after the call');
+  t.ok(oldest.every((f) => f.time.seconds >= 1_000_000), 'first: skipped the overwritten');
+});
+
+t.test('subscribers see every push; rate counts the last minute', async (t) => {
+  let now = 50_000;
+  const r = new FlowRing(3, 'n', () => now);
+  const got: number[] = [];
+  const off = r.subscribe((f) => got.push(f.time.seconds));
+  push(r, 1); push(r, 2);
+  t.equal(r.followers, 1);
+  off();
+  push(r, 3);
+  t.same(got, [1_000_001, 1_000_002]);
+  t.equal(r.followers, 0);
+  now += 1000;
+  r.tick();
+  for (let i = 0; i < 6; i++) push(r, i);
+  t.equal(r.rate(), 9 / 2, '9 flows over 2 seconds');
+  now += 120_000;
+  t.equal(r.rate(), 0);
+});

@@ -1,0 +1,207 @@
+// The engine against in-memory maps: endpoints get entries and flags before attach, imports and
+// deletes apply diffs and bump revisions, failures leave nothing changed, a restart (new engine over
+// the same maps and store) changes nothing, trace agrees with the entries.
+import t from 'tap';
+import { MemoryStore } from '../src/store/index.ts';
+import { PolicyEngine, PolicyError } from '../src/policy/engine.ts';
+import type { PolicyDatapathOps } from '../src/policy/apply.ts';
+import type { Entry } from '../src/policy/compile.ts';
+import { decodePolicyKey, EP_FLAGS } from '../src/policy/map-codec.ts';
+import { parsePortArg } from '../src/policy/ports.ts';
+import type { Endpoint } from '../src/types.ts';
+
+class FakeOps implements PolicyDatapathOps {
+  policyCapacity = 1000;
+  ipcacheCapacity = 1000;
+  policy = new Map<string, Entry>();
+  ipcache = new Map<string, number>();
+  flags = new Map<number, number>();
+  failNextPolicyWrite = false;
+  writes = 0;
+  readPolicy() { return new Map(this.policy); }
+  writePolicy(upsert: [string, Entry][], remove: string[]) {
+    this.writes++;
+    if (this.failNextPolicyWrite) { this.failNextPolicyWrite = false; upsert.slice(0, 1).forEach(([k, v]) => this.policy.set(k, v)); throw new Error('E2BIG'); }
+    for (const [k, v] of upsert) this.policy.set(k, v);
+    for (const k of remove) this.policy.delete(k);
+  }
+  readIpcache() { return new Map(this.ipcache); }
+  writeIpcache(upsert: [string, number][], remove: string[]) {
+    for (const [k, v] of upsert) this.ipcache.set(k, v);
+    for (const k of remove) this.ipcache.delete(k);
+  }
+  readEndpointFlags(ifindex: number) { return this.flags.get(ifindex); }
+  writeEndpointFlags(ifindex: number, f: number) { if (this.flags.has(ifindex)) this.flags.set(ifindex, f); }
+  entriesOf(endpointId: number) {
+    return [...this.policy].map(([k, v]) => ({ ...decodePolicyKey(Buffer.from(k, 'hex')), ...v })).filter((e) => e.endpointId === endpointId);
+  }
+}
+
+function endpoint(id: number, labels: Record<string, string>, identity: number, ip: string): Endpoint {
+  return {
+    id, containerId: `c${id}`, ifName: 'eth0', network: 'default', netns: null, hostIfName: `h${id}`, hostIfIndex: 100 + id,
+    hostMac: '02:00:00:00:00:01', mac: '02:00:00:00:00:02', mtu: 1500, ips: [{ address: `${ip}/32`, gateway: '10.0.0.1', family: 4, subnet: '10.0.0.0/24' }],
+    routes: [], labels, metadata: {}, identity, externalIpam: false, createdAt: '',
+  };
+}
+
+const WEB_POLICY = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+  egress:
+  - toCIDR: [198.18.0.0/24]
+`;
+
+async function setup(ops = new FakeOps(), store = new MemoryStore()) {
+  const engine = await PolicyEngine.open({ store, ops, hostAddresses: () => ['192.0.2.1'] });
+  const add = async (id: number, labels: Record<string, string>, ip: string) => {
+    const ep = endpoint(id, labels, await engine.identityFor(labels), ip);
+    ops.flags.set(ep.hostIfIndex, 0); // the endpoint manager wrote the config before beforeAttach
+    await engine.endpointAttached(ep);
+    return ep;
+  };
+  return { engine, ops, store, add };
+}
+
+t.test('entries, flags and ipcache follow policies and endpoints', async (t) => {
+  const { engine, ops, add } = await setup();
+  await engine.start();
+  const web = await add(1, { app: 'web' }, '10.0.0.2');
+  const client = await add(2, { app: 'client' }, '10.0.0.3');
+  t.equal(ops.flags.get(web.hostIfIndex), 0, 'no policy: allow all');
+  t.equal(ops.ipcache.get('10.0.0.2/32'), web.identity, 'endpoint address -> identity');
+  t.equal(ops.ipcache.get('192.0.2.1/32'), 1, 'host address -> host');
+  t.equal(ops.ipcache.get('0.0.0.0/0'), 2, 'default -> world');
+
+  const r = await engine.importText(WEB_POLICY);
+  t.equal(r.revision, 1);
+  t.same(r.changes, [{ name: 'web', change: 'created', revision: 1 }]);
+  const f = ops.flags.get(web.hostIfIndex)!;
+  t.ok(f & EP_FLAGS.ingressDefaultDeny && f & EP_FLAGS.egressDefaultDeny, 'web is default-deny both ways');
+  t.equal(ops.flags.get(client.hostIfIndex), 0, 'client is not selected');
+  const entries = ops.entriesOf(web.id);
+  t.ok(entries.some((e) => e.direction === 'ingress' && e.peer === client.identity && e.proto === 6 && e.dport === 80 && e.action === 'allow'));
+  t.ok(entries.some((e) => e.direction === 'ingress' && e.peer === 1 && e.proto === 0), 'host allowance');
+  const cidrId = [...ops.ipcache].find(([p]) => p === '198.18.0.0/24')?.[1];
+  t.ok(cidrId && cidrId >= 1 << 24, 'the CIDR got a CIDR identity in the ipcache');
+  t.ok(entries.some((e) => e.direction === 'egress' && e.peer === cidrId), 'egress entry toward it');
+
+  const unchanged = await engine.importText(WEB_POLICY);
+  t.equal(unchanged.revision, 1, 're-importing the same policy changes nothing');
+  t.equal(unchanged.changes[0].change, 'unchanged');
+
+  // A new endpoint gets everything before it is attached (beforeAttach resolves after the maps).
+  const web2 = await add(3, { app: 'web' }, '10.0.0.4');
+  t.ok(ops.flags.get(web2.hostIfIndex)! & EP_FLAGS.ingressDefaultDeny, 'new endpoint enforced at once');
+  t.equal(ops.entriesOf(web2.id).length, entries.length, 'with the same entries');
+
+  // Trace agrees.
+  const tr = engine.trace({ src: { labels: { app: 'client' } }, dst: { labels: { app: 'web' } }, ...parsePortArg('80/tcp') });
+  t.equal(tr.verdict, 'allow');
+  t.match(tr.steps.find((s) => s.direction === 'ingress')!.reason, /allowed by web spec\.ingress\[0\]/);
+  const tr2 = engine.trace({ src: { labels: { app: 'client' } }, dst: { labels: { app: 'web' } }, ...parsePortArg('81/tcp') });
+  t.equal(tr2.verdict, 'deny');
+  t.match(tr2.steps.find((s) => s.direction === 'ingress')!.reason, /default deny/);
+  const tr3 = engine.trace({ src: { labels: { app: 'web' } }, dst: { ip: '198.18.0.9' }, ...parsePortArg('443/tcp') });
+  t.equal(tr3.verdict, 'allow', 'egress to the CIDR');
+  const tr4 = engine.trace({ src: { labels: { app: 'web' } }, dst: { ip: '198.19.0.9' }, ...parsePortArg('443/tcp') });
+  t.equal(tr4.verdict, 'deny', 'egress to world is denied');
+  t.match(engine.describeRule(tr.steps[1].rule!.ruleId), { policy: 'web', path: 'spec.ingress[0]', action: 'allow' });
+  t.match(engine.endpointPolicy('c1', 'eth0'), { enforcement: { ingress: 'default-deny', egress: 'default-deny' }, policies: [{ name: 'web' }] });
+
+  // Relabel: client becomes "other"; its old identity's entries go away.
+  const relabelled = { ...client, labels: { app: 'other' }, identity: await engine.identityFor({ app: 'other' }) };
+  await engine.endpointLabelsChanged(relabelled);
+  t.notOk(ops.entriesOf(web.id).some((e) => e.peer === client.identity), 'entries for the old identity are gone');
+  t.equal(ops.ipcache.get('10.0.0.3/32'), relabelled.identity);
+
+  const del = await engine.delete(['web']);
+  t.equal(del.revision, 2);
+  t.equal(ops.flags.get(web.hostIfIndex), 0, 'deleting the policy opens the endpoint');
+  t.equal(ops.policy.size, 0, 'and removes every entry');
+  t.notOk(ops.ipcache.has('198.18.0.0/24'), 'and the CIDR prefix');
+  await t.rejects(engine.delete(['nope']), PolicyError);
+
+  await engine.endpointDeleted(web);
+  t.notOk(ops.ipcache.has('10.0.0.2/32'), 'a deleted endpoint leaves the ipcache');
+});
+
+t.test('invalid input and failed map writes change nothing', async (t) => {
+  const { engine, ops, add } = await setup();
+  await engine.start();
+  await add(1, { app: 'web' }, '10.0.0.2');
+  const invalid = await engine.importText('kind: NetworkPolicy').catch((e: PolicyError) => e);
+  t.ok(invalid instanceof PolicyError && invalid.code === 'bad_request' && invalid.issues!.length > 0, 'invalid input: bad_request with issues');
+  t.equal(engine.revision, 0);
+  ops.failNextPolicyWrite = true;
+  await t.rejects(engine.importText(WEB_POLICY), /E2BIG/);
+  t.equal(ops.policy.size, 0, 'the partially written entry was rolled back');
+  t.equal(ops.flags.get(101), 0, 'flags untouched');
+  t.equal(engine.revision, 0, 'nothing committed');
+  t.equal(engine.list().length, 0);
+  ops.policyCapacity = 1;
+  const writes = ops.writes;
+  await t.rejects(engine.importText(WEB_POLICY), /need 2 policy map entries; the map holds 1/);
+  t.equal(ops.writes, writes, 'a capacity error is found before any write');
+  ops.policyCapacity = 1000;
+  await engine.importText(WEB_POLICY);
+  t.equal(engine.revision, 1, 'and the next import works');
+});
+
+t.test('a restarted engine over the same maps and store changes nothing and keeps numbers', async (t) => {
+  const store = new MemoryStore();
+  const ops = new FakeOps();
+  const first = await setup(ops, store);
+  await first.engine.start();
+  const web = await first.add(1, { app: 'web' }, '10.0.0.2');
+  const client = await first.add(2, { app: 'client' }, '10.0.0.3');
+  await first.engine.importText(WEB_POLICY);
+  const before = { policy: new Map(ops.policy), ipcache: new Map(ops.ipcache), flags: new Map(ops.flags) };
+
+  const second = await PolicyEngine.open({ store, ops, hostAddresses: () => ['192.0.2.1'] });
+  t.equal(await second.identityFor({ app: 'web' }), web.identity, 'identity numbers survive');
+  ops.writes = 0;
+  for (const ep of [web, client]) await second.endpointAttached(ep); // restore, before start
+  const stats = await second.start();
+  t.same(stats, { policyUpserts: 0, policyRemovals: 0, ipcacheUpserts: 0, ipcacheRemovals: 0, flagChanges: 0 }, 'no map change');
+  t.equal(ops.writes, 0);
+  t.same(ops.policy, before.policy);
+  t.same(ops.ipcache, before.ipcache, 'CIDR identities re-seeded from the pinned ipcache');
+  t.equal(second.revision, 1);
+});
+
+t.test('an endpoint whose labels are not known yet is closed while any policy exists', async (t) => {
+  const { engine, ops, add } = await setup();
+  await engine.start();
+  const docker = await add(9, {}, '10.0.0.9');
+  t.equal(docker.identity, 5, 'init identity');
+  t.equal(ops.flags.get(docker.hostIfIndex), 0, 'no policy at all: open');
+  await engine.importText(WEB_POLICY);
+  const f = ops.flags.get(docker.hostIfIndex)!;
+  t.ok(f & EP_FLAGS.ingressDefaultDeny && f & EP_FLAGS.egressDefaultDeny, 'some policy exists: closed both ways');
+  t.ok(ops.entriesOf(docker.id).some((e) => e.peer === 1 && e.direction === 'ingress'), 'the node may still reach it');
+  const labelled = { ...docker, labels: { app: 'client' }, identity: await engine.identityFor({ app: 'client' }) };
+  await engine.endpointLabelsChanged(labelled);
+  t.equal(ops.flags.get(docker.hostIfIndex), 0, 'labels known, not selected: open');
+  await engine.delete('all');
+});
+
+t.test('identities: reserved, init, refcounted, swept', async (t) => {
+  const { engine, add } = await setup();
+  await engine.start();
+  t.equal(await engine.identityFor({}), 5, 'no labels yet: init');
+  t.equal(await engine.identityFor({ 'reserved:health': '' }), 4);
+  const a = await engine.identityFor({ app: 'x', 'docker:container-id': 'abc' });
+  t.equal(await engine.identityFor({ app: 'x', 'docker:container-id': 'def' }), a, 'unique per-container labels do not split identities');
+  t.ok(a >= 256);
+  const ep = await add(7, { app: 'x' }, '10.0.0.9');
+  t.equal(engine.identityList().find((i) => i.id === a)?.refs, 1);
+  await engine.endpointDeleted(ep);
+  t.equal(engine.identityList().find((i) => i.id === a)?.refs, 0);
+  t.ok(engine.identityList().find((i) => i.id === 1 && i.kind === 'reserved'));
+});
