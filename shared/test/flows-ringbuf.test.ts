@@ -3,6 +3,7 @@
 // order, and what does not fit is counted in events_lost — emitted = read + lost, exactly.
 import t from 'tap';
 import fs from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { fakeRing, RINGBUF_BUSY_BIT, RINGBUF_DISCARD_BIT, walkRing } from '../src/flows/ringbuf-walk.ts';
 import { decodeTraceEvent, encodeTraceEvent, EventType } from '../src/flows/event.ts';
@@ -82,4 +83,19 @@ t.test('real ring buffer with the synthetic producer', { skip: root ? false : 'n
   const got = reader.drain(1e6, () => {});
   t.ok(got > 9000 && got < 25_000, `ring kept ${got}`);
   t.equal(got + lost.read(), 25_000, 'emitted = read + lost');
+});
+
+t.test('the synthetic producer adopts an existing pin of another ring size', { skip: root ? false : 'needs root and bpffs' }, async (t) => {
+  const { SyntheticProducer } = await import('../src/flows/synthetic/producer.ts');
+  const { RingBufferReader } = await import('../src/flows/ringbuf.ts');
+  const pinDir = `/sys/fs/bpf/mbt-flows-rb2-${randomBytes(4).toString('hex')}`;
+  fs.mkdirSync(pinDir);
+  t.teardown(() => fs.rmSync(pinDir, { recursive: true, force: true }));
+  execFileSync('bpftool', ['map', 'create', `${pinDir}/events`, 'type', 'ringbuf', 'key', '0', 'value', '0', 'entries', String(1 << 21), 'name', 'events']);
+  const producer = SyntheticProducer.open(pinDir);
+  const reader = RingBufferReader.open(`${pinDir}/events`);
+  t.teardown(() => { reader.close(); producer.close(); });
+  t.equal(reader.size, 1 << 21);
+  producer.emit(encodeTraceEvent({ type: EventType.DROP, saddr: '10.9.0.1', daddr: '10.9.0.2' }), 15_000); // > what 1 MiB holds
+  t.equal(reader.drain(1e6, () => {}), 15_000);
 });

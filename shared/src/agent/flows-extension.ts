@@ -102,8 +102,12 @@ export function flowsExtension(): AgentExtension {
             stats: collector.stats,
             endpoints: () => agent.endpoints.list().length,
             mapPressure: cachedMapPressure(agent),
-            drops: () => Object.entries(agent.datapath.dropCounters())
-              .map(([reason, c]) => ({ reason: dropReasonName(Number(reason)), packets: Number(c.packets), bytes: Number(c.bytes) })),
+            drops: () => {
+              try {
+                return Object.entries(agent.datapath.dropCounters())
+                  .map(([reason, c]) => ({ reason: dropReasonName(Number(reason)), packets: Number(c.packets), bytes: Number(c.bytes) }));
+              } catch { return []; } // a scrape must not fail over one unreadable map
+            },
             lost: () => ({ datapath: collector.datapathLost(), agent: collector.agentLost }),
             flowRing: () => ({ held: ring.size, capacity: ring.capacity, seen: ring.seen, followers: ring.followers }),
           });

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import koffi from 'koffi';
 import * as bpf from '../../bpf/libbpf.ts';
 import { TRACE_EVENT_SIZE } from '../event.ts';
 
@@ -24,6 +25,24 @@ export function compileProducer(): string {
   return out;
 }
 
+let setMaxEntries: ((map: bpf.Pointer, max: number) => number) | undefined;
+
+/** Size the object's map like an existing pin (the datapath may use another ring size), so libbpf
+ *  reuses the pin instead of refusing it. */
+function matchPinnedSize(map: bpf.MapDescription, pinPath: string): void {
+  let fd: number;
+  try { fd = bpf.objGet(pinPath); } catch { return; } // not pinned yet: ours gets created
+  try {
+    const maxEntries = bpf.objInfo(fd, 5, pinPath)[4]; // bpf_map_info: type, id, key_size, value_size, max_entries
+    if (maxEntries === map.maxEntries) return;
+    setMaxEntries ??= koffi.load('libbpf.so.1').func('int bpf_map__set_max_entries(void *map, uint32_t max)') as (m: bpf.Pointer, n: number) => number;
+    const ret = setMaxEntries(map.ptr, maxEntries);
+    if (ret < 0) throw new bpf.BpfError('bpf_map__set_max_entries', `${map.name} -> ${maxEntries}`, -ret);
+  } finally {
+    fs.closeSync(fd);
+  }
+}
+
 export class SyntheticProducer {
   private constructor(private obj: bpf.Pointer | null, private readonly progFd: number) {}
 
@@ -35,7 +54,10 @@ export class SyntheticProducer {
     const obj = bpf.openObject(objectPath);
     try {
       for (const map of bpf.objectMaps(obj)) {
-        if (map.name === 'events' || map.name === 'events_lost') bpf.setMapPinPath(map, path.join(pinDir, map.name));
+        if (map.name !== 'events' && map.name !== 'events_lost') continue;
+        const pinPath = path.join(pinDir, map.name);
+        matchPinnedSize(map, pinPath);
+        bpf.setMapPinPath(map, pinPath);
       }
       bpf.loadObject(obj, objectPath);
       return new SyntheticProducer(obj, bpf.programFd(obj, 'produce'));
