@@ -90,12 +90,21 @@ spec:
   let sentText = '';
   flood.stdout!.on('data', (d) => { sentText += d; });
   const floodDone = new Promise<void>((r) => flood.once('exit', () => r()));
-  // The agent keeps serving during the flood.
-  const t0 = performance.now();
-  await new Promise((r) => setTimeout(r, 1000));
-  const during = await observer.status(5000);
-  t.ok(performance.now() - t0 < 4000, 'observer answers during the flood');
-  t.ok(during.seenFlows > 0);
+  let floodRunning = true;
+  void floodDone.then(() => { floodRunning = false; });
+  // The agent keeps serving during the flood (the flooder takes a moment to start on a busy machine).
+  const seen0 = (await observer.status()).seenFlows;
+  let during = await observer.status();
+  while (floodRunning && during.seenFlows === seen0) {
+    await new Promise((r) => setTimeout(r, 100));
+    during = await observer.status();
+  }
+  if (floodRunning) {
+    const t0 = performance.now();
+    await observer.status(5000);
+    t.ok(performance.now() - t0 < 2000, `observer answers during the flood (${(performance.now() - t0).toFixed(0)} ms)`);
+  }
+  t.ok(during.seenFlows > seen0, 'drop flows arrive while flooding');
   await floodDone;
   const sent = Number(sentText);
   t.ok(sent > EVENTS_PER_SECOND * FLOOD_SECONDS * 2, `flood sent ${sent} datagrams`);

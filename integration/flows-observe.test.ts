@@ -66,6 +66,28 @@ async function flowsUntil(req: GetFlowsRequest, pick: (flows: Flow[]) => boolean
   }
 }
 
+/** The metrics page, parsed. */
+async function scrape(): Promise<ReturnType<typeof parsePrometheusText>> {
+  const st = await agent.client.status() as unknown as { metrics: { address: string } };
+  const text = await new Promise<string>((resolve, reject) => {
+    http.get(`http://${st.metrics.address}/metrics`, (res) => {
+      let b = '';
+      res.on('data', (d) => { b += d; });
+      res.on('end', () => resolve(b));
+    }).on('error', reject);
+  });
+  return parsePrometheusText(text);
+}
+
+/** Until a `membrane observe -f` has connected (the CLI starts slowly on a busy machine). */
+async function waitForFollower(ms = 30_000): Promise<void> {
+  const end = Date.now() + ms;
+  while ((sampleValue(await scrape(), 'membrane_observer_followers') ?? 0) < 1) {
+    if (Date.now() > end) throw new Error('membrane observe -f never connected');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
 function cli(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
   const env: NodeJS.ProcessEnv = { ...process.env, MEMBRANE_OBSERVER_SOCKET: agent.observerSocket };
   delete env.NODE_EXTRA_CA_CERTS;
@@ -148,7 +170,7 @@ spec:
   t.match(line.out, new RegExp(`DROPPED \\(TCP SYN\\) policy denied, denied by policy flows-server-${run} \\(ingress deny rule 0\\)`));
 
   // Allowed by a rule: the flow names the allowing policy.
-  t.equal(await probe(ns.client, ip4(eps.server), PORT_A), 'ok');
+  t.equal(await tcpRequest(ns.client, ip4(eps.server), PORT_A), 'ping');
   const allowed = await flowsUntil({ whitelist: [{ sourceIp: [ip4(eps.client)], eventType: ['FLOW_NEW'], destinationPort: [String(PORT_A)] }] },
     (fs) => fs.some((f) => f.ingressAllowedBy?.length));
   t.equal(allowed.find((f) => f.ingressAllowedBy?.length)!.ingressAllowedBy![0].name, `flows-server-${run}`);
@@ -178,8 +200,8 @@ t.test('--follow streams new flows as they happen, and stops on ^C', async (t) =
   child.stdout.on('data', (d) => { out += d; });
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
   t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
-  await new Promise((r) => setTimeout(r, 1500)); // connected (nothing printed: no history with -f)
-  t.equal(out, '');
+  await waitForFollower();
+  t.equal(out, '', 'no history with -f alone');
   for (let i = 0; i < 3; i++) t.equal(await tcpRequest(ns.other, ip4(eps.server), PORT_A), 'ping');
   const end = Date.now() + 10_000;
   while ((out.match(/ new /g) ?? []).length < 3 && Date.now() < end) await new Promise((r) => setTimeout(r, 100));
@@ -206,16 +228,8 @@ t.test('filters select', async (t) => {
 });
 
 t.test('the metrics page parses as Prometheus text and agrees with the observer', async (t) => {
-  const st = await agent.client.status() as unknown as { metrics: { address: string } };
-  const get = () => new Promise<string>((resolve, reject) => {
-    http.get(`http://${st.metrics.address}/metrics`, (res) => {
-      let b = '';
-      res.on('data', (d) => { b += d; });
-      res.on('end', () => resolve(b));
-    }).on('error', reject);
-  });
   await new Promise((r) => setTimeout(r, 300)); // traffic is over: let the last events drain
-  const page = parsePrometheusText(await get());
+  const page = await scrape();
   const status = await observer.status();
   const processed = page.get('membrane_flows_processed_total')!.samples.reduce((n, s) => n + s.value, 0);
   t.equal(processed, status.seenFlows, 'flows counted = flows seen by the observer');
