@@ -6,7 +6,7 @@ import path from 'node:path';
 import { startAgent, randomId, type TestAgent } from './lib/agent.ts';
 import { createNetns, ping, linkExists } from './lib/netns.ts';
 import { ensureCniBinary, invokeCni } from '../cni/test/lib/exec.ts';
-import { listPendingDeletes } from '../cni/src/pending.ts';
+import { listPendingDeletes } from '../shared/src/pending-deletes/index.ts';
 
 ensureCniBinary();
 const VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'];

@@ -1,7 +1,7 @@
 // The network configuration on stdin: zod schema, versions, and the few semantic checks the schema
 // cannot express. zod/mini (not classic zod): classic adds ~90 ms to every plugin start.
 import * as z from 'zod/mini';
-import { Code, CniError } from './errors.ts';
+import { CniCode, CniError } from './errors.ts';
 
 export const SUPPORTED_VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] as const;
 export const LATEST_VERSION = '1.1.0';
@@ -69,24 +69,24 @@ export function parseNetConf(raw: Buffer | string): NetConf {
   try {
     json = JSON.parse(raw.toString());
   } catch (e) {
-    throw new CniError(Code.DECODE, 'cannot decode the network configuration on stdin as JSON', (e as Error).message);
+    throw new CniError(CniCode.DECODE, 'cannot decode the network configuration on stdin as JSON', (e as Error).message);
   }
   if (!json || typeof json !== 'object' || Array.isArray(json)) {
-    throw new CniError(Code.DECODE, 'the network configuration on stdin is not a JSON object');
+    throw new CniError(CniCode.DECODE, 'the network configuration on stdin is not a JSON object');
   }
   const version = (json as { cniVersion?: unknown }).cniVersion;
   if (typeof version !== 'string' || !isSupportedVersion(version)) {
-    throw new CniError(Code.INCOMPATIBLE_VERSION, 'incompatible CNI versions',
+    throw new CniError(CniCode.INCOMPATIBLE_VERSION, 'incompatible CNI versions',
       `config is ${JSON.stringify(version ?? '0.1.0')}, plugin supports ${JSON.stringify(SUPPORTED_VERSIONS)}`);
   }
   const parsed = NetConfSchema.safeParse(json);
   if (!parsed.success) {
-    throw new CniError(Code.INVALID_CONFIG, `invalid network configuration "${String((json as { name?: unknown }).name ?? '?')}"`,
+    throw new CniError(CniCode.INVALID_CONFIG, `invalid network configuration "${String((json as { name?: unknown }).name ?? '?')}"`,
       describeIssues(parsed.error.issues));
   }
   const conf = parsed.data;
   if (conf.ipMasq === true) {
-    throw new CniError(Code.UNSUPPORTED_FIELD, 'unsupported field in network configuration: ipMasq=true',
+    throw new CniError(CniCode.UNSUPPORTED_FIELD, 'unsupported field in network configuration: ipMasq=true',
       'membrane-cni routes pod traffic without masquerading; remove ipMasq or set it to false');
   }
   return conf;
@@ -96,7 +96,7 @@ export function parseNetConf(raw: Buffer | string): NetConf {
 export function requireVersionFor(verb: string, version: string): void {
   const min = verb === 'CHECK' ? '0.4.0' : verb === 'GC' || verb === 'STATUS' ? '1.1.0' : undefined;
   if (min && cmpVersion(version, min) < 0) {
-    throw new CniError(Code.INCOMPATIBLE_VERSION, `config version does not allow ${verb}`,
+    throw new CniError(CniCode.INCOMPATIBLE_VERSION, `config version does not allow ${verb}`,
       `config is "${version}", ${verb} needs ${min} or newer`);
   }
 }
@@ -115,8 +115,4 @@ export function describeIssues(issues: readonly Issue[]): string {
     else if (i.code === 'invalid_value') what = `must be one of ${JSON.stringify(i.values)}`;
     return `${where}: ${what}`;
   }).join('; ');
-}
-
-export function pendingDeletesDir(conf: NetConf): string {
-  return `${conf.stateDir ?? DEFAULT_STATE_DIR}/cni-pending-deletes`;
 }

@@ -5,7 +5,7 @@ import type { NetConf } from './config.ts';
 import { execDelegate, type DelegateExec } from './delegate.ts';
 import type { CniEnv } from './env.ts';
 import type { Logger } from './log.ts';
-import { Code, CniError } from './errors.ts';
+import { CniCode, CniError } from './errors.ts';
 
 export const DEFAULT_ADD_TIMEOUT_MS = 30_000;
 export const DEFAULT_DEL_TIMEOUT_MS = 10_000;
@@ -39,6 +39,6 @@ export function ipamType(inv: Invocation): string | undefined {
 /** prevResult is required (CHECK): a clear error when the runtime did not send one. */
 export function requirePrevResult(inv: Invocation): Record<string, unknown> {
   const prev = inv.conf.prevResult;
-  if (!prev) throw new CniError(Code.INVALID_CONFIG, `${inv.env.command} of ${inv.env.containerId}/${inv.env.ifName}: no prevResult in the configuration`);
+  if (!prev) throw new CniError(CniCode.INVALID_CONFIG, `${inv.env.command} of ${inv.env.containerId}/${inv.env.ifName}: no prevResult in the configuration`);
   return prev;
 }

@@ -3,7 +3,7 @@
 // stderr forwarded to ours, its stdout parsed as a Result or an Error.
 import fs from 'node:fs';
 import path from 'node:path';
-import { Code, CniError } from './errors.ts';
+import { CniCode, CniError } from './errors.ts';
 import { childProcess } from './lazy.ts';
 
 export interface DelegateCall {
@@ -20,10 +20,10 @@ export type DelegateExec = (call: DelegateCall) => { stdout: string };
 
 export function findPlugin(type: string, cniPath: string[]): string {
   if (!type || type.includes('/') || type.includes('\\')) {
-    throw new CniError(Code.INVALID_CONFIG, `invalid plugin type ${JSON.stringify(type)}`, 'a plugin type is a file name, without "/"');
+    throw new CniError(CniCode.INVALID_CONFIG, `invalid plugin type ${JSON.stringify(type)}`, 'a plugin type is a file name, without "/"');
   }
   if (!cniPath.length) {
-    throw new CniError(Code.INVALID_ENV, `CNI_PATH is empty: cannot find the ipam plugin "${type}"`);
+    throw new CniError(CniCode.INVALID_ENV, `CNI_PATH is empty: cannot find the ipam plugin "${type}"`);
   }
   for (const dir of cniPath) {
     const p = path.join(dir, type);
@@ -32,7 +32,7 @@ export function findPlugin(type: string, cniPath: string[]): string {
       if (fs.statSync(p).isFile()) return p;
     } catch { /* next */ }
   }
-  throw new CniError(Code.INVALID_CONFIG, `failed to find plugin "${type}" in CNI_PATH`, `searched ${cniPath.join(':')}`);
+  throw new CniError(CniCode.INVALID_CONFIG, `failed to find plugin "${type}" in CNI_PATH`, `searched ${cniPath.join(':')}`);
 }
 
 /** Runs the delegate; success returns its stdout, failure throws its Error (code kept, msg prefixed). */
@@ -46,7 +46,7 @@ export const execDelegate: DelegateExec = (call) => {
     maxBuffer: 8 << 20,
   });
   const what = `${call.type} ${call.verb}`;
-  if (r.error) throw new CniError(Code.DELEGATE_FAILED, `cannot run delegated plugin ${what}`, r.error.message);
+  if (r.error) throw new CniError(CniCode.DELEGATE_FAILED, `cannot run delegated plugin ${what}`, r.error.message);
   const stdout = r.stdout?.toString() ?? '';
   if (r.status === 0) return { stdout };
   let err: { code?: unknown; msg?: unknown; details?: unknown } | undefined;
@@ -56,7 +56,7 @@ export const execDelegate: DelegateExec = (call) => {
     throw new CniError(err.code, `delegated plugin ${what} failed: ${String(err.msg ?? '')}`, details);
   }
   const how = r.signal ? `killed by ${r.signal}` : `exit status ${r.status}`;
-  throw new CniError(Code.DELEGATE_FAILED, `delegated plugin ${what} failed (${how})`, stdout.slice(0, 500) || undefined);
+  throw new CniError(CniCode.DELEGATE_FAILED, `delegated plugin ${what} failed (${how})`, stdout.slice(0, 500) || undefined);
 };
 
 /** The versions a delegate speaks (VERSION call); [] when it cannot tell. */

@@ -1,5 +1,6 @@
 // The CNI_* environment: which variables each verb needs, their syntax (libcni's rules), CNI_ARGS.
-import { Code, CniError } from './errors.ts';
+import { CniCode, CniError } from './errors.ts';
+import { ifNameProblem } from '../../shared/src/net/index.ts';
 
 export const VERBS = ['ADD', 'DEL', 'CHECK', 'STATUS', 'GC', 'VERSION'] as const;
 export type Verb = (typeof VERBS)[number];
@@ -30,8 +31,8 @@ const REQUIRED: Record<Verb, ('CNI_CONTAINERID' | 'CNI_NETNS' | 'CNI_IFNAME')[]>
 
 export function readCommand(env: NodeJS.ProcessEnv): Verb {
   const cmd = env.CNI_COMMAND;
-  if (!cmd) throw new CniError(Code.INVALID_ENV, 'required environment variable CNI_COMMAND is missing', `expected one of ${VERBS.join(', ')}`);
-  if (!(VERBS as readonly string[]).includes(cmd)) throw new CniError(Code.INVALID_ENV, `unknown CNI_COMMAND: ${cmd}`, `expected one of ${VERBS.join(', ')}`);
+  if (!cmd) throw new CniError(CniCode.INVALID_ENV, 'required environment variable CNI_COMMAND is missing', `expected one of ${VERBS.join(', ')}`);
+  if (!(VERBS as readonly string[]).includes(cmd)) throw new CniError(CniCode.INVALID_ENV, `unknown CNI_COMMAND: ${cmd}`, `expected one of ${VERBS.join(', ')}`);
   return cmd as Verb;
 }
 
@@ -39,7 +40,7 @@ export function readCommand(env: NodeJS.ProcessEnv): Verb {
 export function readEnv(env: NodeJS.ProcessEnv, command: Verb): CniEnv {
   const missing = REQUIRED[command].filter((k) => !env[k]);
   if (missing.length) {
-    throw new CniError(Code.INVALID_ENV, `required environment variables missing for ${command}: ${missing.join(', ')}`,
+    throw new CniError(CniCode.INVALID_ENV, `required environment variables missing for ${command}: ${missing.join(', ')}`,
       `CNI_CONTAINERID=${q(env.CNI_CONTAINERID)} CNI_NETNS=${q(env.CNI_NETNS)} CNI_IFNAME=${q(env.CNI_IFNAME)}`);
   }
   const out: CniEnv = {
@@ -52,22 +53,13 @@ export function readEnv(env: NodeJS.ProcessEnv, command: Verb): CniEnv {
   };
   if (REQUIRED[command].length) {
     if (!CONTAINER_ID_RE.test(out.containerId)) {
-      throw new CniError(Code.INVALID_ENV, `invalid CNI_CONTAINERID ${q(out.containerId)}`, 'must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$');
+      throw new CniError(CniCode.INVALID_ENV, `invalid CNI_CONTAINERID ${q(out.containerId)}`, 'must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$');
     }
     const ifProblem = ifNameProblem(out.ifName);
-    if (ifProblem) throw new CniError(Code.INVALID_ENV, `invalid CNI_IFNAME ${q(out.ifName)}`, ifProblem);
+    if (ifProblem) throw new CniError(CniCode.INVALID_ENV, `invalid CNI_IFNAME ${q(out.ifName)}`, ifProblem);
     out.args = parseCniArgs(env.CNI_ARGS ?? '');
   }
   return out;
-}
-
-/** libcni's interface name rules. */
-export function ifNameProblem(name: string): string | undefined {
-  if (!name) return 'is empty';
-  if (name.length > 15) return 'is longer than 15 characters';
-  if (name === '.' || name === '..') return 'may not be "." or ".."';
-  if (/[/:\s]/.test(name)) return 'may not contain "/", ":" or whitespace';
-  return undefined;
 }
 
 /** "K1=V1;K2=V2" -> {K1: V1, K2: V2}. Splits each pair on its first '='; skips empty and malformed

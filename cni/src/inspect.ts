@@ -2,6 +2,7 @@
 // us (no ?check=1). Spawns nsenter/ip/tc: acceptable for CHECK only, which is rare.
 import type { Endpoint } from '../../shared/src/types.ts';
 import { childProcess } from './lazy.ts';
+import { normalizeIfAddr } from '../../shared/src/net/index.ts';
 
 interface IpAddrJson { ifname: string; address?: string; mtu?: number; operstate?: string; flags?: string[];
   addr_info?: { family: string; local: string; prefixlen: number }[] }
@@ -51,6 +52,6 @@ export function inspectHostSide(ep: Endpoint): string[] {
 
 function sameDst(have: string, want: string): boolean {
   if (have === want) return true;
-  const norm = (d: string) => (d === 'default' ? (want.includes(':') ? '::/0' : '0.0.0.0/0') : d.includes('/') ? d : `${d}/${d.includes(':') ? 128 : 32}`);
-  return norm(have) === norm(want);
+  const norm = (d: string) => (d === 'default' ? (want.includes(':') ? '::/0' : '0.0.0.0/0') : normalizeIfAddr(d));
+  try { return norm(have) === norm(want); } catch { return false; }
 }

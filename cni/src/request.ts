@@ -4,7 +4,7 @@
 import type { EndpointRequest } from '../../shared/src/types.ts';
 import type { NetConf } from './config.ts';
 import type { CniEnv } from './env.ts';
-import { addressOnly } from './result.ts';
+import { addressOnly } from '../../shared/src/net/index.ts';
 
 /** Label and metadata keys (documented in the README). */
 export const K = {

@@ -2,7 +2,7 @@
 // delegated IPAM result of any version, and printing in the request's version (spec §5, libcni types).
 import type { Endpoint } from '../../shared/src/types.ts';
 import { cmpVersion } from './config.ts';
-import { Code, CniError } from './errors.ts';
+import { CniCode, CniError } from './errors.ts';
 
 export interface Iface { name: string; mac?: string; mtu?: number; sandbox?: string; socketPath?: string; pciID?: string }
 export interface IpConfig { address: string; gateway?: string; interface?: number }
@@ -45,7 +45,7 @@ export function formatResult(r: Result, version: string): Record<string, unknown
     ...(v11 ? { mtu: i.mtu, socketPath: i.socketPath, pciID: i.pciID } : {}),
   }));
   const ips = r.ips.map((ip) => compact({
-    ...(v1 ? {} : { version: familyOf(ip.address) === 6 ? '6' : '4' }),
+    ...(v1 ? {} : { version: ip.address.includes(':') ? '6' : '4' }),
     address: ip.address, gateway: ip.gateway, interface: ip.interface,
   }));
   const routes = r.routes.map((rt) => compact(v11 ? { ...rt } : { dst: rt.dst, gw: rt.gw }));
@@ -54,15 +54,15 @@ export function formatResult(r: Result, version: string): Record<string, unknown
 
 /** Reads a result of any supported version (prevResult, a delegated IPAM plugin's output). */
 export function parseResult(raw: unknown, what: string): Result {
-  if (!raw || typeof raw !== 'object') throw new CniError(Code.DECODE, `${what} is not a JSON object`);
+  if (!raw || typeof raw !== 'object') throw new CniError(CniCode.DECODE, `${what} is not a JSON object`);
   const o = raw as Record<string, unknown>;
   if ('ip4' in o || 'ip6' in o) {
-    throw new CniError(Code.INCOMPATIBLE_VERSION, `${what} uses the 0.1/0.2 result shape (ip4/ip6)`, 'use cniVersion 0.3.0 or newer');
+    throw new CniError(CniCode.INCOMPATIBLE_VERSION, `${what} uses the 0.1/0.2 result shape (ip4/ip6)`, 'use cniVersion 0.3.0 or newer');
   }
   const arr = (k: string): Record<string, unknown>[] => {
     const v = o[k];
     if (v === undefined || v === null) return [];
-    if (!Array.isArray(v)) throw new CniError(Code.DECODE, `${what}.${k} is not an array`);
+    if (!Array.isArray(v)) throw new CniError(CniCode.DECODE, `${what}.${k} is not an array`);
     return v as Record<string, unknown>[];
   };
   const interfaces = arr('interfaces').map((i, n) => ({
@@ -71,7 +71,7 @@ export function parseResult(raw: unknown, what: string): Result {
   }) as Iface);
   const ips = arr('ips').map((ip, n) => {
     const address = needString(ip.address, `${what}.ips[${n}].address`);
-    if (!address.includes('/')) throw new CniError(Code.DECODE, `${what}.ips[${n}].address ${address} is not in CIDR form`);
+    if (!address.includes('/')) throw new CniError(CniCode.DECODE, `${what}.ips[${n}].address ${address} is not in CIDR form`);
     return { address, ...optional(ip, ['gateway', 'interface']) } as IpConfig;
   });
   const routes = arr('routes').map((rt, n) => ({
@@ -80,16 +80,6 @@ export function parseResult(raw: unknown, what: string): Result {
   }) as Route);
   const dns = o.dns && typeof o.dns === 'object' ? (o.dns as Dns) : undefined;
   return { interfaces, ips, routes, ...(dns && hasDns(dns) ? { dns } : {}) };
-}
-
-export function familyOf(addr: string): 4 | 6 {
-  return addr.includes(':') ? 6 : 4;
-}
-
-/** "10.1.0.5/24" -> "10.1.0.5". */
-export function addressOnly(cidr: string): string {
-  const slash = cidr.indexOf('/');
-  return slash < 0 ? cidr : cidr.slice(0, slash);
 }
 
 export function mergeDns(a: Dns | undefined, b: Dns | undefined): Dns {
@@ -110,7 +100,7 @@ function hasDns(d: Dns): boolean {
 }
 
 function needString(v: unknown, what: string): string {
-  if (typeof v !== 'string' || !v) throw new CniError(Code.DECODE, `${what} is missing or not a string`);
+  if (typeof v !== 'string' || !v) throw new CniError(CniCode.DECODE, `${what} is missing or not a string`);
   return v;
 }
 

@@ -4,7 +4,7 @@ import { isSupportedVersion, LATEST_VERSION, parseNetConf, requireVersionFor, SU
 import { makeInvocation } from './context.ts';
 import type { DelegateExec } from './delegate.ts';
 import { readCommand, readEnv, type Verb } from './env.ts';
-import { Code, CniError, internalError } from './errors.ts';
+import { CniCode, CniError, internalError } from './errors.ts';
 import { createLogger, type Logger } from './log.ts';
 import { cmdAdd } from './verbs/add.ts';
 import { cmdCheck } from './verbs/check.ts';
@@ -74,6 +74,6 @@ function readAll(read: () => Buffer): Buffer {
   try {
     return read();
   } catch (e) {
-    throw new CniError(Code.IO, 'cannot read the network configuration from stdin', (e as Error).message);
+    throw new CniError(CniCode.IO, 'cannot read the network configuration from stdin', (e as Error).message);
   }
 }

@@ -3,8 +3,7 @@
 // parser and outgoing-message machinery) costs ~10 ms per plugin start here, node:net ~1 ms.
 // The CNI bundle replaces node:http with an empty stub (scripts/build-cni.mjs), so only this path runs.
 import net from 'node:net';
-import { AgentApiError, AgentClient, AgentUnreachableError, type ClientOptions } from '../../shared/src/api/client.ts';
-import type { ApiErrorBody } from '../../shared/src/types.ts';
+import { AgentClient, AgentUnreachableError, decodeApiAnswer, describeConnectError, type ClientOptions, type RequestOptions } from '../../shared/src/api/client.ts';
 
 export class CniAgentClient extends AgentClient {
   private readonly deadlineMs: number;
@@ -14,19 +13,20 @@ export class CniAgentClient extends AgentClient {
     this.deadlineMs = opts.timeoutMs ?? 30_000;
   }
 
-  override request<T>(method: string, path: string, body?: unknown): Promise<T> {
-    const payload = body === undefined ? '' : JSON.stringify(body);
+  override request<T>(method: string, path: string, body?: unknown, opts: RequestOptions = {}): Promise<T> {
+    const payload = body === undefined ? '' : opts.contentType ? String(body) : JSON.stringify(body);
+    const deadlineMs = opts.timeoutMs ?? this.deadlineMs;
     const head = `${method} ${path} HTTP/1.1\r\nHost: membrane-agent\r\nConnection: close\r\n`
-      + (payload ? `Content-Type: application/json\r\nContent-Length: ${Buffer.byteLength(payload)}\r\n` : '') + '\r\n';
+      + (payload ? `Content-Type: ${opts.contentType ?? 'application/json'}\r\nContent-Length: ${Buffer.byteLength(payload)}\r\n` : '') + '\r\n';
     return new Promise<T>((resolve, reject) => {
       const chunks: Buffer[] = [];
       let settled = false;
       const fail = (e: Error) => { if (!settled) { settled = true; sock.destroy(); reject(e); } };
       // no half-close: node:http servers drop a request whose sender already sent FIN; "Connection: close" ends it
       const sock = net.connect(this.socketPath, () => sock.write(head + payload));
-      sock.setTimeout(this.deadlineMs, () => fail(new AgentUnreachableError(this.socketPath, `no answer within ${this.deadlineMs} ms`)));
+      sock.setTimeout(deadlineMs, () => fail(new AgentUnreachableError(this.socketPath, `no answer within ${deadlineMs} ms`)));
       sock.on('data', (c: Buffer) => chunks.push(c));
-      sock.on('error', (e: NodeJS.ErrnoException) => fail(new AgentUnreachableError(this.socketPath, describe(e))));
+      sock.on('error', (e: NodeJS.ErrnoException) => fail(new AgentUnreachableError(this.socketPath, describeConnectError(e))));
       sock.on('end', () => {
         if (settled) return;
         settled = true;
@@ -49,16 +49,7 @@ function parseResponse<T>(raw: Buffer, socketPath: string): T {
   const headers = new Map(headerLines.map((l) => [l.slice(0, l.indexOf(':')).trim().toLowerCase(), l.slice(l.indexOf(':') + 1).trim()]));
   let bodyBuf = raw.subarray(sep + 4);
   if (/chunked/i.test(headers.get('transfer-encoding') ?? '')) bodyBuf = dechunk(bodyBuf);
-  const text = bodyBuf.toString('utf8');
-  let parsed: unknown;
-  try { parsed = text ? JSON.parse(text) : {}; } catch {
-    throw new AgentApiError(status, 'internal', `agent sent a non-JSON answer: ${text.slice(0, 200)}`);
-  }
-  if (status >= 400) {
-    const err = (parsed as ApiErrorBody).error;
-    throw new AgentApiError(status, err?.code ?? 'internal', err?.message ?? `HTTP ${status}`, err?.details);
-  }
-  return parsed as T;
+  return decodeApiAnswer<T>(status, bodyBuf.toString('utf8'));
 }
 
 function dechunk(b: Buffer): Buffer {
@@ -73,13 +64,4 @@ function dechunk(b: Buffer): Buffer {
     i = eol + 2 + size + 2;
   }
   return Buffer.concat(out);
-}
-
-function describe(e: NodeJS.ErrnoException): string {
-  switch (e.code) {
-    case 'ENOENT': return 'no socket there (is membrane-agent running?)';
-    case 'ECONNREFUSED': return 'connection refused (the agent is not listening)';
-    case 'EACCES': return 'permission denied on the socket';
-    default: return e.message;
-  }
 }

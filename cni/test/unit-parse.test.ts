@@ -1,5 +1,6 @@
 import t from 'tap';
-import { parseCniArgs, readEnv, ifNameProblem } from '../src/env.ts';
+import { parseCniArgs, readEnv } from '../src/env.ts';
+import { ifNameProblem } from '../../shared/src/net/index.ts';
 import { cmpVersion, parseNetConf, requireVersionFor } from '../src/config.ts';
 import { CniError } from '../src/errors.ts';
 

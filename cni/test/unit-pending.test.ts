@@ -1,7 +1,7 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { drainPendingDeletes, listPendingDeletes, queuePendingDelete, type PendingDelete } from '../src/pending.ts';
+import { drainPendingDeletes, listPendingDeletes, queuePendingDelete, type PendingDelete } from '../../shared/src/pending-deletes/index.ts';
 import { tmpDir } from './lib/inproc.ts';
 
 t.test('queue, overwrite, drain in order, keep failures, set aside garbage', async (t) => {

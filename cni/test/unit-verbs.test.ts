@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { startFakeAgent, type FakeAgent } from './lib/fake-agent.ts';
 import { cniCall, fakeNetns, tmpDir } from './lib/inproc.ts';
-import { listPendingDeletes } from '../src/pending.ts';
+import { listPendingDeletes } from '../../shared/src/pending-deletes/index.ts';
 import type { DelegateCall } from '../src/delegate.ts';
 import { CniError } from '../src/errors.ts';
 
@@ -48,6 +48,8 @@ t.test('ADD errors map to CNI codes and name the object', async (t) => {
     ['bad_request', 400, 'mac: invalid', 7],
     ['internal', 500, 'netlink exploded', 100],
     ['endpoint_exists', 409, 'exists elsewhere', 4],
+    ['unavailable', 503, 'store: cannot write (disk full)', 11],
+    ['a_kind_from_a_newer_agent', 400, 'something new', 100],
   ];
   for (const [code, status, message, want] of cases) {
     agent.failNextCreate = { status, code, message };

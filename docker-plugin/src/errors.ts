@@ -1,5 +1,7 @@
 // Errors the plugin answers with. dockerd shows the text to the user ("Error response from daemon: …"),
 // so every message says what failed, on which Docker object, and what to do about it when we know.
+// libnetwork has no error codes: the kind of a core error only adds its Docker hint (shared/src/errors.ts).
+import { kindInfo, MembraneError } from '../../shared/src/errors.ts';
 
 export class PluginError extends Error {
   constructor(message: string) { super(message); this.name = 'PluginError'; }
@@ -10,25 +12,15 @@ export function short(id: string): string {
   return id.slice(0, 12);
 }
 
-/** Text of any error thrown by the core (NetworkError, EndpointError, IpamError carry a `code`). */
+/** Text of any error thrown by the core, with the hint its kind carries for Docker users. */
 export function coreMessage(err: unknown): string {
-  const e = err as { code?: unknown; message?: unknown };
-  const msg = typeof e?.message === 'string' && e.message ? e.message : String(err);
-  switch (e?.code) {
-    case 'pool_exhausted': return `${msg} (remove unused containers or create the network with a larger --subnet)`;
-    case 'address_in_use': return `${msg} (pick another --ip)`;
-    case 'address_out_of_range': return `${msg} (--ip must lie inside the network's --subnet)`;
-    default: return msg;
-  }
+  const msg = err instanceof Error && err.message ? err.message : String(err);
+  const hint = err instanceof MembraneError ? kindInfo(err.code).docker : undefined;
+  return hint ? `${msg} (${hint})` : msg;
 }
 
 /** Wraps a core failure as "<what we were doing>: <why>". */
 export function wrap(what: string, err: unknown): PluginError {
   if (err instanceof PluginError) return err;
   return new PluginError(`${what}: ${coreMessage(err)}`);
-}
-
-export function errorCode(err: unknown): string | undefined {
-  const c = (err as { code?: unknown })?.code;
-  return typeof c === 'string' ? c : undefined;
 }

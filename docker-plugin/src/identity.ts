@@ -8,7 +8,7 @@ import Docker from 'dockerode';
 import type { Logger } from 'pino';
 import type { Core } from '../../shared/src/core.ts';
 import type { DockerState, EndpointRecord } from './state.ts';
-import { errorCode } from './errors.ts';
+import { kindOf } from '../../shared/src/errors.ts';
 
 export interface IdentityOptions {
   core: Core;
@@ -134,7 +134,7 @@ export class ContainerIdentity {
       try {
         await this.o.core.endpoints.updateLabels(rec.containerId, rec.ifName, labels);
       } catch (err) {
-        if (errorCode(err) === 'endpoint_not_found') continue; // deleted meanwhile
+        if (kindOf(err) === 'endpoint_not_found') continue; // deleted meanwhile
         throw err;
       }
       const latest = this.o.state.endpoints.get(n.EndpointID);

@@ -3,7 +3,6 @@
 // with a JSON body (empty for the handshake calls) and no Content-Type; answers are JSON, failures
 // HTTP 500 with the message in "Err" (what dockerd reads on a non-200) and, for IPAM, also "Error".
 import fs from 'node:fs';
-import net from 'node:net';
 import path from 'node:path';
 import http from 'node:http';
 import express, { type Request, type Response, type NextFunction } from 'express';
@@ -11,6 +10,7 @@ import type { Logger } from 'pino';
 import type { z } from 'zod';
 import type { Core } from '../../shared/src/core.ts';
 import { FileStore } from '../../shared/src/store/index.ts';
+import { listenUnix } from '../../shared/src/io/unix-socket.ts';
 import { DockerState } from './state.ts';
 import * as S from './schemas.ts';
 import * as nd from './network-driver.ts';
@@ -147,17 +147,7 @@ export async function startDockerPlugin(opts: DockerPluginOptions): Promise<Dock
   });
   ctx.identity = identity;
 
-  fs.mkdirSync(pluginDir, { recursive: true, mode: 0o755 });
-  if (fs.existsSync(socketPath)) {
-    if (await isLive(socketPath)) throw new Error(`another process already serves the Docker plugin "${opts.name}" on ${socketPath}`);
-    fs.unlinkSync(socketPath);
-  }
-  const server = http.createServer(createPluginApp(ctx));
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(socketPath, () => { server.off('error', reject); resolve(); });
-  });
-  fs.chmodSync(socketPath, 0o660);
+  const server = await listenUnix(http.createServer(createPluginApp(ctx)), socketPath, { who: `another process (Docker plugin "${opts.name}")` });
   identity?.start();
   log.info({ socket: socketPath, networks: state.networks.size, endpoints: state.endpoints.size, pools: state.pools.size }, 'docker plugin listening');
 
@@ -201,12 +191,4 @@ async function reconcile(ctx: nd.DriverContext): Promise<void> {
     if (ep.metadata['docker:plugin'] === ctx.name && !ctx.state.endpoints.has(ep.containerId)) nd.endpointRecord(ctx, ep.containerId);
   }
   await ctx.state.flush();
-}
-
-function isLive(socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect(socketPath);
-    s.once('connect', () => { s.destroy(); resolve(true); });
-    s.once('error', () => resolve(false));
-  });
 }

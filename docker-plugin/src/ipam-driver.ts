@@ -3,14 +3,15 @@
 // binds them to a core network; container addresses are then allocated by the core IPAM (the endpoint
 // is created with externalIpam) and given back in ReleaseAddress.
 import crypto from 'node:crypto';
-import type { Family } from '../../shared/src/types.ts';
 import {
-  parseCidr, formatCidr, cidrContains, cidrsOverlap, defaultGateway, usableRange, bigIntToIp, ipToBigInt, normalizeIp, ipFamily,
-} from '../../shared/src/ipam/cidr.ts';
+  bigIntToIp, cidrContains, cidrCovers, cidrLast, cidrsOverlap, defaultGateway, familyOf, formatCidr, isUsable, normalizeIp, parseCidr,
+  usableRange, type Family,
+} from '../../shared/src/net/index.ts';
 import type { DriverContext } from './network-driver.ts';
 import type { PoolRecord } from './state.ts';
 import type { RequestAddressRequest, RequestPoolRequest } from './schemas.ts';
-import { PluginError, short, wrap, errorCode } from './errors.ts';
+import { PluginError, short, wrap } from './errors.ts';
+import { kindOf } from '../../shared/src/errors.ts';
 
 const GATEWAY_REQUEST = 'com.docker.network.gateway';
 /** Most addresses a --ip-range allocation looks at before giving up. */
@@ -38,7 +39,7 @@ export async function requestPool(ctx: DriverContext, req: RequestPoolRequest): 
   let subPool = '';
   if (req.SubPool) {
     const s = parseOrFail(req.SubPool, 'ip range');
-    if (s.family !== c.family || s.prefix < c.prefix || !cidrContains(c, bigIntToIp(s.base, s.family))) {
+    if (!cidrCovers(c, s)) {
       throw new PluginError(`--ip-range ${req.SubPool} is not inside --subnet ${pool}`);
     }
     subPool = formatCidr(s);
@@ -80,11 +81,10 @@ export async function requestAddress(ctx: DriverContext, req: RequestAddressRequ
   const answer = (ip: string) => ({ Address: `${ip}/${c.prefix}`, Data: {} });
   let wanted = '';
   if (req.Address) {
-    if (ipFamily(req.Address) !== c.family) throw new PluginError(`address ${req.Address} is not an IPv${c.family} address`);
+    if (familyOf(req.Address) !== c.family) throw new PluginError(`address ${req.Address} is not an IPv${c.family} address`);
     wanted = normalizeIp(req.Address);
     if (!cidrContains(c, wanted)) throw new PluginError(`address ${wanted} is outside subnet ${pool.pool}`);
-    const r = usableRange(c), n = ipToBigInt(wanted);
-    if (n < r.first || n > r.last) throw new PluginError(`address ${wanted} is the network or broadcast address of ${pool.pool}`);
+    if (!isUsable(c, wanted)) throw new PluginError(`address ${wanted} is the network or broadcast address of ${pool.pool}`);
   }
   if (req.Options.RequestAddressType === GATEWAY_REQUEST) {
     if (pool.coreName) {
@@ -109,7 +109,7 @@ export async function requestAddress(ctx: DriverContext, req: RequestAddressRequ
       try {
         return answer((await ctx.core.ipam.allocate(pool.coreName, owner, { ip: wanted })).ip);
       } catch (e) {
-        if (errorCode(e) === 'address_in_use') throw new PluginError(`${what}: address ${wanted} is already in use on this network (pick another --ip)`);
+        if (kindOf(e) === 'address_in_use') throw new PluginError(`${what}: address ${wanted} is already in use on this network (pick another --ip)`);
         throw e;
       }
     }
@@ -126,7 +126,7 @@ async function allocateInRange(ctx: DriverContext, pool: PoolRecord, owner: stri
   const sub = parseCidr(pool.subPool);
   const whole = usableRange(parseCidr(pool.pool));
   // The whole sub-range counts (as with Docker's own IPAM), minus the subnet's reserved addresses.
-  const subLast = sub.base + (1n << BigInt(sub.bits - sub.prefix)) - 1n;
+  const subLast = cidrLast(sub);
   const first = sub.base > whole.first ? sub.base : whole.first;
   const last = subLast < whole.last ? subLast : whole.last;
   const taken = new Set(ctx.core.ipam.pools().filter((p) => p.name === coreName).flatMap((p) => p.allocations.map((a) => a.ip)));
@@ -139,7 +139,7 @@ async function allocateInRange(ctx: DriverContext, pool: PoolRecord, owner: stri
     try {
       return (await ctx.core.ipam.allocate(coreName, owner, { ip })).ip;
     } catch (e) {
-      if (errorCode(e) !== 'address_in_use') throw e;
+      if (kindOf(e) !== 'address_in_use') throw e;
     }
   }
   throw new PluginError(`no free address left in --ip-range ${pool.subPool} of subnet ${pool.pool}`);
@@ -148,7 +148,7 @@ async function allocateInRange(ctx: DriverContext, pool: PoolRecord, owner: stri
 export async function releaseAddress(ctx: DriverContext, poolId: string, address: string): Promise<object> {
   const pool = ctx.state.pools.get(poolId);
   if (!pool) return {};
-  if (!ipFamily(address)) throw new PluginError(`cannot release "${address}" from pool ${pool.pool}: not an IP address`);
+  if (!familyOf(address)) throw new PluginError(`cannot release "${address}" from pool ${pool.pool}: not an IP address`);
   const ip = normalizeIp(address);
   if (ip === pool.gateway) return {}; // the core network owns its gateway; it goes with the network
   if (!pool.coreName) {
@@ -158,7 +158,7 @@ export async function releaseAddress(ctx: DriverContext, poolId: string, address
   try {
     await ctx.core.ipam.releaseIp(pool.coreName, ip);
   } catch (e) {
-    if (errorCode(e) !== 'network_not_found') throw wrap(`cannot release address ${ip} of subnet ${pool.pool}`, e);
+    if (kindOf(e) !== 'network_not_found') throw wrap(`cannot release address ${ip} of subnet ${pool.pool}`, e);
   }
   return {};
 }

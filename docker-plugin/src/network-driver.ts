@@ -5,7 +5,7 @@
 // Docker's /24 on eth0 works: the host answers ARP for every peer and routes it by its /32.
 import type { Core } from '../../shared/src/core.ts';
 import type { Endpoint } from '../../shared/src/types.ts';
-import { parseCidr, formatCidr, bigIntToIp, cidrsOverlap } from '../../shared/src/ipam/cidr.ts';
+import { addressOnly, bigIntToIp, cidrsOverlap, formatCidr, hostPrefix, parseCidr } from '../../shared/src/net/index.ts';
 import type { Logger } from 'pino';
 import type { DockerState, EndpointRecord } from './state.ts';
 import { planNetwork, stripPrefix, coreNetworkName } from './options.ts';
@@ -199,7 +199,7 @@ export function v6HalfRoutes(subnet: string, gateway: string): { Destination: st
   const lo = formatCidr({ ...c, prefix: c.prefix + 1 });
   const hi = `${bigIntToIp(c.base + (1n << half), 6)}/${c.prefix + 1}`;
   return [
-    { Destination: `${gateway}/128`, RouteType: 1 },
+    { Destination: hostPrefix(gateway, 6), RouteType: 1 },
     ...[lo, hi].map((d) => ({ Destination: d, RouteType: 0 as const, NextHop: gateway })),
   ];
 }
@@ -225,7 +225,7 @@ export function endpointRecord(ctx: DriverContext, endpointId: string): Endpoint
 function recordOf(ep: Endpoint, networkId: string): EndpointRecord {
   return {
     endpointId: ep.containerId, networkId, containerId: ep.containerId, ifName: ep.ifName,
-    addresses: ep.ips.map((i) => i.address.split('/')[0]), joined: false, createdAt: ep.createdAt,
+    addresses: ep.ips.map((i) => addressOnly(i.address)), joined: false, createdAt: ep.createdAt,
   };
 }
 

@@ -1,6 +1,6 @@
 // `docker network create -o key=value` options and the core NetworkSpec built from a CreateNetwork.
 import type { NetworkSpec } from '../../shared/src/types.ts';
-import { parseCidr, formatCidr, cidrContains, normalizeIp, CidrError } from '../../shared/src/ipam/cidr.ts';
+import { addressOnly, cidrContains, formatCidr, normalizeIp, parseCidr, type Cidr, type Family } from '../../shared/src/net/index.ts';
 import type { CreateNetworkRequest, IpamData } from './schemas.ts';
 import { PluginError, short } from './errors.ts';
 
@@ -52,13 +52,12 @@ export function parseDriverOptions(options: Record<string, unknown>, networkId: 
 /** "10.1.0.1/24" -> "10.1.0.1"; "" stays "". Throws on anything that is not an address. */
 export function stripPrefix(cidrOrIp: string, what: string): string {
   if (!cidrOrIp) return '';
-  const ip = cidrOrIp.split('/')[0];
-  try { return normalizeIp(ip); } catch { throw new PluginError(`${what} "${cidrOrIp}" is not an IP address`); }
+  try { return normalizeIp(addressOnly(cidrOrIp)); } catch { throw new PluginError(`${what} "${cidrOrIp}" is not an IP address`); }
 }
 
 export interface NetworkPlan {
   spec: NetworkSpec;
-  subnets: { pool: string; gateway: string; family: 4 | 6 }[];
+  subnets: { pool: string; gateway: string; family: Family }[];
   options: ParsedOptions;
 }
 
@@ -86,9 +85,9 @@ export function planNetwork(req: CreateNetworkRequest): NetworkPlan {
   return { spec, subnets, options };
 }
 
-function checkSubnet(data: IpamData, family: 4 | 6, net: string): { pool: string; gateway: string; family: 4 | 6 } {
-  let c;
-  try { c = parseCidr(data.Pool); } catch (e) { throw new PluginError(`${net}: subnet ${(e as CidrError).message}`); }
+function checkSubnet(data: IpamData, family: Family, net: string): { pool: string; gateway: string; family: Family } {
+  let c: Cidr;
+  try { c = parseCidr(data.Pool); } catch (e) { throw new PluginError(`${net}: subnet ${(e as Error).message}`); }
   if (c.family !== family) throw new PluginError(`${net}: subnet ${data.Pool} is not an IPv${family} subnet`);
   const pool = formatCidr(c);
   if (pool !== data.Pool) throw new PluginError(`${net}: subnet ${data.Pool} has host bits set (did you mean ${pool}?)`);

@@ -6,11 +6,8 @@ import type { Endpoint, EndpointRequest } from '../../shared/src/types.ts';
 import { MemoryStore } from '../../shared/src/store/index.ts';
 import { Ipam } from '../../shared/src/ipam/index.ts';
 import { Networks, NetworkError } from '../../shared/src/network/index.ts';
-import { cidrContains, ipFamily, normalizeIp, parseCidr } from '../../shared/src/ipam/cidr.ts';
-
-class FakeEndpointError extends Error {
-  constructor(readonly code: string, message: string) { super(message); }
-}
+import { cidrContains, familyOf, hostPrefix, normalizeIp, parseCidr } from '../../shared/src/net/index.ts';
+import { EndpointError as FakeEndpointError } from '../../shared/src/endpoint/errors.ts';
 
 export interface FakeCore extends Core {
   calls: { op: string; args: unknown[] }[];
@@ -43,10 +40,10 @@ export async function fakeCore(): Promise<FakeCore> {
       if (!net) throw new FakeEndpointError('network_not_found', `network "${req.network}" does not exist`);
       if (!req.externalIpam) throw new Error('the docker plugin must always use externalIpam');
       const ips = (req.ips ?? []).map((ip) => {
-        const fam = ipFamily(ip)!;
+        const fam = familyOf(ip)!;
         const s = net.subnets.find((x) => cidrContains(parseCidr(x.cidr), ip)) ?? net.subnets.find((x) => x.family === fam);
         if (!s) throw new FakeEndpointError('bad_request', `network "${net.name}" has no IPv${fam} subnet for ${ip}`);
-        return { address: `${normalizeIp(ip)}/${fam === 4 ? 32 : 128}`, gateway: s.gateway, family: fam, subnet: s.cidr };
+        return { address: hostPrefix(normalizeIp(ip), fam), gateway: s.gateway, family: fam, subnet: s.cidr };
       });
       const ep: Endpoint = {
         id: nextId++, containerId: req.containerId, ifName: req.ifName, network: net.name, netns: req.netns ?? null,

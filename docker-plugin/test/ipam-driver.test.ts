@@ -127,3 +127,16 @@ t.test('the built-in IPAM path leaves the core pool alone', async (t) => {
   await h.call('/NetworkDriver.CreateEndpoint', createEndpointBody(nid, eid, '10.86.0.2/24'));
   t.same(h.core.ipam.pools()[0].allocations, [], 'docker allocated the address, not the core');
 });
+
+t.test('an exhausted pool says what a Docker user can do about it', async (t) => {
+  const h = await harness();
+  t.teardown(() => h.close());
+  const nid = hex64();
+  const { rp, cn } = await createWithIpam(h, nid, '10.93.0.0/30');
+  t.equal(cn!.status, 200, JSON.stringify(cn!.body));
+  const first = await h.call('/IpamDriver.RequestAddress', { PoolID: rp.body.PoolID, Address: '', Options: null });
+  t.same(first.body, { Address: '10.93.0.2/30', Data: {} }, 'the one address besides the gateway');
+  const full = await h.call('/IpamDriver.RequestAddress', { PoolID: rp.body.PoolID, Address: '', Options: null });
+  t.equal(full.status, 500);
+  t.match(full.body.Err, /is exhausted: no free IPv4 address left in 10.93.0.0\/30 \(remove unused containers or create the network with a larger --subnet\)/);
+});

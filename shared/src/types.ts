@@ -1,7 +1,7 @@
 // Shapes shared by the core, the agent API, the CLI and the front doors (CNI, Docker).
 // Pure types only: importing this file never loads native code.
-
-export type Family = 4 | 6;
+import type { ErrorKind } from './errors.ts';
+import type { Family } from './net/ip.ts';
 
 export interface EndpointRequest {
   containerId: string;
@@ -94,20 +94,7 @@ export interface AgentStatus {
   nodeName: string;
 }
 
+/** Every error answer of the agent API. `code` is a kind of shared/src/errors.ts. */
 export interface ApiErrorBody {
-  error: { code: ApiErrorCode; message: string; details?: unknown };
+  error: { code: ErrorKind; message: string; field?: string; details?: unknown };
 }
-
-export type ApiErrorCode =
-  | 'bad_request'
-  | 'netns_not_found'
-  | 'network_not_found'
-  | 'network_exists'
-  | 'network_in_use'
-  | 'pool_exhausted'
-  | 'address_in_use'
-  | 'address_out_of_range'
-  | 'endpoint_exists'
-  | 'endpoint_not_found'
-  | 'not_found'
-  | 'internal';

@@ -3,10 +3,11 @@ import t from 'tap';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { createApp, listenUnix } from '../src/api/server.ts';
+import { createApp, serveApi } from '../src/api/server.ts';
 import { AgentClient, AgentUnreachableError } from '../src/api/client.ts';
 import { createLogger } from '../src/log.ts';
 import { IpamError } from '../src/ipam/index.ts';
+import { EndpointError } from '../src/endpoint/errors.ts';
 import type { Core } from '../src/core.ts';
 import type { Endpoint, EndpointRequest } from '../src/types.ts';
 
@@ -22,7 +23,11 @@ function fakeCore(calls: EndpointRequest[]): Core {
         return { containerId: req.containerId, ifName: req.ifName } as Endpoint;
       },
       delete: async () => false,
-      updateLabels: async () => { throw new Error('no'); },
+      updateLabels: async (containerId) => {
+        // A vanished sysctl mid-operation: an error with a 'not_found' code that is not a MembraneError.
+        if (containerId === 'sysctl') throw Object.assign(new Error('sysctl net.ipv4.conf.x.proxy_arp: no such key'), { code: 'not_found' });
+        throw new EndpointError('endpoint_not_found', `endpoint ${containerId}/eth0 does not exist`);
+      },
     },
     ipam: { allocate: async () => { throw new Error('no'); }, releaseOwner: async () => 0, releaseIp: async () => false, pools: () => [] },
   };
@@ -33,7 +38,7 @@ t.test('requests are validated and errors are clear', async (t) => {
   const socket = path.join(dir, 'api.sock');
   const calls: EndpointRequest[] = [];
   const app = createApp({ core: fakeCore(calls), log: createLogger({ level: 'silent' }), version: 'test', check: () => [], status: () => ({}) as never });
-  const server = await listenUnix(app, socket);
+  const server = await serveApi(app, socket);
   t.teardown(() => { server.close(); fs.rmSync(dir, { recursive: true, force: true }); });
   t.equal((fs.statSync(socket).mode & 0o777).toString(8), '660', 'socket mode 0660');
   const c = new AgentClient({ socketPath: socket });
@@ -47,14 +52,28 @@ t.test('requests are validated and errors are clear', async (t) => {
   await t.rejects(c.getEndpoint('x', 'eth0'), { status: 404, code: 'endpoint_not_found' });
   t.same(await c.deleteEndpoint('x', 'eth0'), { deleted: false });
 
-  await t.rejects(listenUnix(app, socket), /already serving/, 'a second agent cannot steal a live socket');
+  await t.rejects(serveApi(app, socket), /already serving/, 'a second agent cannot steal a live socket');
+});
+
+t.test('the error kind, not a look-alike code, picks the answer; invalid fields are named', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-api-'));
+  const socket = path.join(dir, 'api.sock');
+  const app = createApp({ core: fakeCore([]), log: createLogger({ level: 'silent' }), version: 'test', check: () => [], status: () => ({}) as never });
+  const server = await serveApi(app, socket);
+  t.teardown(() => { server.close(); fs.rmSync(dir, { recursive: true, force: true }); });
+  const c = new AgentClient({ socketPath: socket });
+  await t.rejects(c.request('PUT', '/v1/endpoints/sysctl/eth0/labels', { labels: {} }), { status: 500, code: 'internal', message: /no such key/ },
+    'an agent-side failure is the agent\'s 500, never the caller\'s 404');
+  await t.rejects(c.request('PUT', '/v1/endpoints/gone/eth0/labels', { labels: {} }), { status: 404, code: 'endpoint_not_found' });
+  await t.rejects(c.request('POST', '/v1/endpoints', { containerId: 'a', ifName: 'eth0', mtu: 'big' }), { status: 400, field: 'mtu' });
+  await t.rejects(c.request('POST', '/v1/endpoints', { containerId: 'a', ifName: 'eth0', extra: 1 }), { status: 400, field: 'extra' });
 });
 
 t.test('malformed JSON gets a 400', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-api-'));
   const socket = path.join(dir, 'api.sock');
   const app = createApp({ core: fakeCore([]), log: createLogger({ level: 'silent' }), version: 'test', check: () => [], status: () => ({}) as never });
-  const server = await listenUnix(app, socket);
+  const server = await serveApi(app, socket);
   t.teardown(() => { server.close(); fs.rmSync(dir, { recursive: true, force: true }); });
   const http = await import('node:http');
   const res = await new Promise<{ status: number; body: string }>((resolve) => {

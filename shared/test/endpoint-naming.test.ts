@@ -1,5 +1,5 @@
 import t from 'tap';
-import { hostVethName, ipamOwner, normalizeMac, parseIpamOwner, randomMac, validIfName } from '../src/endpoint/naming.ts';
+import { hostVethName, ipamOwner, parseIpamOwner } from '../src/endpoint/naming.ts';
 import { KeyedLock } from '../src/endpoint/lock.ts';
 
 t.test('host veth names are stable, distinct and fit IFNAMSIZ', async (t) => {
@@ -13,18 +13,6 @@ t.test('host veth names are stable, distinct and fit IFNAMSIZ', async (t) => {
 t.test('IPAM owners round-trip, even with slashes in container ids', async (t) => {
   t.same(parseIpamOwner(ipamOwner('ns/pod', 'eth0')), { containerId: 'ns/pod', ifName: 'eth0' });
   t.equal(parseIpamOwner('docker:pool:10.0.0.1'), null);
-});
-
-t.test('MACs', async (t) => {
-  const m = randomMac();
-  t.match(m, /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/);
-  t.equal(parseInt(m.slice(0, 2), 16) & 3, 2, 'unicast, locally administered');
-  t.equal(normalizeMac('AA-BB-CC-DD-EE-FF'.replace('AA', 'AE')), 'ae:bb:cc:dd:ee:ff');
-  t.throws(() => normalizeMac('01:00:5e:00:00:01'), /multicast/);
-  t.throws(() => normalizeMac('zz'), /not a MAC/);
-  t.ok(validIfName('eth0'));
-  t.notOk(validIfName('a'.repeat(16)));
-  t.notOk(validIfName('eth 0'));
 });
 
 t.test('KeyedLock serialises one key and lets others run', async (t) => {

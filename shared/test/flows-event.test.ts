@@ -1,5 +1,5 @@
 import t from 'tap';
-import { canonicalIp, decodeTraceEvent, dropReasonName, encodeTraceEvent, formatAddr, TRACE_EVENT_SIZE } from '../src/flows/event.ts';
+import { decodeTraceEvent, dropReasonName, encodeTraceEvent, formatAddr, TRACE_EVENT_SIZE } from '../src/flows/event.ts';
 
 t.test('decodes the C layout byte by byte (little-endian host, ports in network order)', async (t) => {
   const b = Buffer.alloc(TRACE_EVENT_SIZE);
@@ -44,8 +44,6 @@ t.test('IPv6 text follows RFC 5952', async (t) => {
   t.equal(v6('2001:db8:0:0:1:0:0:1'), '2001:db8::1:0:0:1', 'first of equal zero runs');
   t.equal(v6('2001:db8:1:2:3:4:0:6'), '2001:db8:1:2:3:4:0:6', 'a single zero word is not compressed');
   t.equal(v6('::'), '::');
-  t.equal(canonicalIp('FD00:0::0:5'), 'fd00::5');
-  t.equal(canonicalIp('10.0.0.1'), '10.0.0.1');
 });
 
 t.test('drop reason names', async (t) => {

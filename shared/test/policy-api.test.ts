@@ -5,7 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { Command } from 'commander';
-import { createApp, listenUnix } from '../src/api/server.ts';
+import { createApp, serveApi } from '../src/api/server.ts';
 import { AgentClient } from '../src/api/client.ts';
 import { createLogger } from '../src/log.ts';
 import { MemoryStore } from '../src/store/index.ts';
@@ -58,7 +58,7 @@ t.test('API and CLI', async (t) => {
       { path: '/v1/identities', router: identityRouter(engine) },
     ],
   });
-  const server = await listenUnix(app, socket);
+  const server = await serveApi(app, socket);
   t.teardown(() => { server.close(); fs.rmSync(dir, { recursive: true, force: true }); });
   const client = new AgentClient({ socketPath: socket });
   const pc = new PolicyClient(client);
@@ -68,7 +68,7 @@ t.test('API and CLI', async (t) => {
   t.ok(r.enforcedMs >= 0);
   t.match(await pc.list(), { revision: 1, items: [{ name: 'web', kind: 'CiliumNetworkPolicy', rules: { ingress: 1, egress: 0 } }] });
   t.match(await pc.get('web'), { name: 'web', revision: 1, policy: { name: 'web' } });
-  await t.rejects(pc.get('nope'), { status: 404, code: 'not_found' });
+  await t.rejects(pc.get('nope'), { status: 404, code: 'policy_not_found' });
   const bad = await pc.import(POLICY.replace('port: "80"', 'port: "eighty"')).catch((e) => e);
   t.equal(bad.status, 400);
   t.match(bad.message, /<input>:8:\d+: spec\.ingress\[0\]\.toPorts\[0\]\.ports\[0\]\.port: named port "eighty" is not supported/, 'API error names field and line');

@@ -3,9 +3,10 @@ import fs from 'node:fs';
 import type { Endpoint, EndpointRequest } from '../../../shared/src/types.ts';
 import { AgentUnreachableError } from '../../../shared/src/api/client.ts';
 import { ipamType, type Invocation } from '../context.ts';
-import { Code, CniError, fromAgentError } from '../errors.ts';
+import { CniCode, CniError, fromAgentError } from '../errors.ts';
 import { endpointRequest } from '../request.ts';
-import { addressOnly, appendResult, endpointToResult, formatResult, mergeDns, parseResult, type Result } from '../result.ts';
+import { addressOnly } from '../../../shared/src/net/index.ts';
+import { appendResult, endpointToResult, formatResult, mergeDns, parseResult, type Result } from '../result.ts';
 
 export async function cmdAdd(inv: Invocation): Promise<string> {
   requireNetns(inv.env.netns);
@@ -26,7 +27,7 @@ function requireNetns(netns: string): void {
   try {
     fs.statSync(netns);
   } catch (e) {
-    throw new CniError(Code.INVALID_ENV, `CNI_NETNS ${netns} cannot be opened`, (e as Error).message);
+    throw new CniError(CniCode.INVALID_ENV, `CNI_NETNS ${netns} cannot be opened`, (e as Error).message);
   }
 }
 
@@ -35,10 +36,10 @@ function ipamAdd(inv: Invocation): Result {
   const { stdout } = inv.exec({ type, verb: 'ADD', stdin: inv.stdin, cniPath: inv.env.path });
   let json: unknown;
   try { json = JSON.parse(stdout); } catch (e) {
-    throw new CniError(Code.DELEGATE_FAILED, `ipam plugin ${type} ADD printed no JSON result`, stdout.slice(0, 300));
+    throw new CniError(CniCode.DELEGATE_FAILED, `ipam plugin ${type} ADD printed no JSON result`, stdout.slice(0, 300));
   }
   const r = parseResult(json, `ipam plugin ${type} result`);
-  if (!r.ips.length) throw new CniError(Code.DELEGATE_FAILED, `ipam plugin ${type} allocated no address for ${inv.env.containerId}/${inv.env.ifName}`);
+  if (!r.ips.length) throw new CniError(CniCode.DELEGATE_FAILED, `ipam plugin ${type} allocated no address for ${inv.env.containerId}/${inv.env.ifName}`);
   inv.log.info('ipam allocated', { type, ips: r.ips.map((i) => i.address) });
   return r;
 }

@@ -3,7 +3,7 @@
 import type { Endpoint } from '../../../shared/src/types.ts';
 import { AgentApiError } from '../../../shared/src/api/client.ts';
 import { ipamType, requirePrevResult, type Invocation } from '../context.ts';
-import { Code, CniError, fromAgentError } from '../errors.ts';
+import { CniCode, CniError, fromAgentError } from '../errors.ts';
 import { inspectContainerSide, inspectHostSide } from '../inspect.ts';
 import { parseResult, type Result } from '../result.ts';
 
@@ -19,7 +19,7 @@ export async function cmdCheck(inv: Invocation): Promise<string> {
     ...(view.agentProblems ?? [...inspectContainerSide(view.endpoint, inv.env.netns), ...inspectHostSide(view.endpoint)]),
   ];
   if (problems.length) {
-    throw new CniError(Code.CHECK_FAILED, `CHECK ${inv.env.containerId}/${inv.env.ifName}: ${problems[0]}`, problems.join('; '));
+    throw new CniError(CniCode.CHECK_FAILED, `CHECK ${inv.env.containerId}/${inv.env.ifName}: ${problems[0]}`, problems.join('; '));
   }
   const type = ipamType(inv);
   if (type) inv.exec({ type, verb: 'CHECK', stdin: inv.stdin, cniPath: inv.env.path });
@@ -36,7 +36,7 @@ async function agentView(inv: Invocation): Promise<{ endpoint: Endpoint; agentPr
     return { endpoint: body as Endpoint };
   } catch (e) {
     if (e instanceof AgentApiError && e.code === 'endpoint_not_found') {
-      throw new CniError(Code.CHECK_FAILED, `CHECK ${containerId}/${ifName}: the membrane agent has no such endpoint`, e.message);
+      throw new CniError(CniCode.CHECK_FAILED, `CHECK ${containerId}/${ifName}: the membrane agent has no such endpoint`, e.message);
     }
     throw fromAgentError(e, `CHECK ${containerId}/${ifName}`);
   }

@@ -3,10 +3,10 @@
 // A delegated IPAM plugin gets its DEL after both outcomes; only when the agent refused the delete
 // (an error answer) the address stays held, so it cannot go to a new pod while the old veth lives.
 import { AgentUnreachableError } from '../../../shared/src/api/client.ts';
-import { pendingDeletesDir } from '../config.ts';
+import { pendingDeletesDir, queuePendingDelete } from '../../../shared/src/pending-deletes/index.ts';
+import { DEFAULT_STATE_DIR } from '../config.ts';
 import { DEFAULT_DEL_TIMEOUT_MS, ipamType, type Invocation } from '../context.ts';
-import { Code, CniError, fromAgentError } from '../errors.ts';
-import { queuePendingDelete } from '../pending.ts';
+import { CniCode, CniError, fromAgentError } from '../errors.ts';
 
 export async function cmdDel(inv: Invocation): Promise<string> {
   await deleteOrQueue(inv);
@@ -22,7 +22,7 @@ async function deleteOrQueue(inv: Invocation): Promise<void> {
     inv.log.info(deleted ? 'endpoint deleted' : 'endpoint already gone');
   } catch (e) {
     if (!(e instanceof AgentUnreachableError)) throw fromAgentError(e, `DEL ${containerId}/${ifName}`);
-    const dir = pendingDeletesDir(inv.conf);
+    const dir = pendingDeletesDir(inv.conf.stateDir ?? DEFAULT_STATE_DIR);
     try {
       const file = queuePendingDelete(dir, {
         containerId, ifName, netns, cniNetwork: inv.conf.name, reason: e.reason,
@@ -30,7 +30,7 @@ async function deleteOrQueue(inv: Invocation): Promise<void> {
       });
       inv.log.warn('agent unreachable: deletion queued for the agent to finish at start', { file, reason: e.reason });
     } catch (qe) {
-      throw new CniError(Code.IO, `DEL ${containerId}/${ifName}: agent unreachable and the deletion cannot be queued in ${dir}`,
+      throw new CniError(CniCode.IO, `DEL ${containerId}/${ifName}: agent unreachable and the deletion cannot be queued in ${dir}`,
         `${e.message}; queue: ${(qe as Error).message}`);
     }
   }

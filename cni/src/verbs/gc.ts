@@ -5,7 +5,7 @@ import type { Endpoint } from '../../../shared/src/types.ts';
 import { cmpVersion } from '../config.ts';
 import { ipamType, type Invocation } from '../context.ts';
 import { delegateVersions, withVersion } from '../delegate.ts';
-import { Code, CniError, fromAgentError } from '../errors.ts';
+import { CniCode, CniError, fromAgentError } from '../errors.ts';
 import { K } from '../request.ts';
 
 export async function cmdGc(inv: Invocation): Promise<string> {
@@ -25,13 +25,13 @@ export async function cmdGc(inv: Invocation): Promise<string> {
     errors.push(`ipam GC: ${(e as Error).message}`);
   }
   inv.log.info('gc done', { valid: valid.size, removed: stale.length - errors.length, errors: errors.length });
-  if (errors.length) throw new CniError(Code.TRY_AGAIN_LATER, `GC of network ${inv.conf.name}: ${errors.length} attachment(s) not cleaned`, errors.join('; '));
+  if (errors.length) throw new CniError(CniCode.TRY_AGAIN_LATER, `GC of network ${inv.conf.name}: ${errors.length} attachment(s) not cleaned`, errors.join('; '));
   return '';
 }
 
 function validAttachments(inv: Invocation): Set<string> {
   const list = inv.conf['cni.dev/valid-attachments'] ?? inv.conf['cni.dev/attachments'];
-  if (!list) throw new CniError(Code.INVALID_CONFIG, `GC of network ${inv.conf.name}: no cni.dev/valid-attachments in the configuration`);
+  if (!list) throw new CniError(CniCode.INVALID_CONFIG, `GC of network ${inv.conf.name}: no cni.dev/valid-attachments in the configuration`);
   return new Set(list.map((a) => key(a.containerID, a.ifname)));
 }
 
@@ -59,7 +59,7 @@ async function removeStale(inv: Invocation, ep: Endpoint): Promise<void> {
 function ipamDelFor(inv: Invocation, type: string, ep: Endpoint): void {
   const versions = delegateVersions(inv.exec, type, inv.env.path);
   const speak = versions.includes(inv.version) ? inv.version : versions.filter((v) => cmpVersion(v, '0.4.0') >= 0).sort(cmpVersion).pop();
-  if (!speak) throw new CniError(Code.INCOMPATIBLE_VERSION, `ipam plugin ${type} speaks none of our versions`, `it supports ${JSON.stringify(versions)}`);
+  if (!speak) throw new CniError(CniCode.INCOMPATIBLE_VERSION, `ipam plugin ${type} speaks none of our versions`, `it supports ${JSON.stringify(versions)}`);
   inv.exec({
     type, verb: 'DEL', stdin: withVersion(inv.stdin, speak), cniPath: inv.env.path,
     env: { CNI_CONTAINERID: ep.containerId, CNI_IFNAME: ep.ifName, CNI_NETNS: '', CNI_ARGS: '' },

@@ -3,14 +3,14 @@
 import { cmpVersion } from '../config.ts';
 import { ipamType, type Invocation } from '../context.ts';
 import { delegateVersions } from '../delegate.ts';
-import { Code, CniError } from '../errors.ts';
+import { CniCode, CniError } from '../errors.ts';
 
 export async function cmdStatus(inv: Invocation): Promise<string> {
   const agent = inv.agent(5_000);
   try {
     await agent.healthz();
   } catch (e) {
-    throw new CniError(Code.NOT_AVAILABLE, `membrane agent at ${agent.socketPath} is not ready`, (e as Error).message);
+    throw new CniError(CniCode.NOT_AVAILABLE, `membrane agent at ${agent.socketPath} is not ready`, (e as Error).message);
   }
   const type = ipamType(inv);
   if (type) delegateStatus(inv, type);
@@ -24,13 +24,13 @@ async function requirePoolRoom(inv: Invocation): Promise<void> {
   try {
     pools = await inv.agent(5_000).ipam();
   } catch (e) {
-    throw new CniError(Code.NOT_AVAILABLE, `cannot read the address pools of the membrane agent`, (e as Error).message);
+    throw new CniError(CniCode.NOT_AVAILABLE, `cannot read the address pools of the membrane agent`, (e as Error).message);
   }
   const pool = pools.find((p) => p.name === name);
-  if (!pool) throw new CniError(Code.NOT_AVAILABLE, `the membrane agent has no network "${name}"`, `networks: ${pools.map((p) => p.name).join(', ') || 'none'}`);
+  if (!pool) throw new CniError(CniCode.NOT_AVAILABLE, `the membrane agent has no network "${name}"`, `networks: ${pools.map((p) => p.name).join(', ') || 'none'}`);
   const full = pool.subnets.filter((s) => BigInt(s.size) - BigInt(s.allocated) <= 0n);
   if (full.length) {
-    throw new CniError(Code.NOT_AVAILABLE, `address pool of network "${name}" is exhausted`,
+    throw new CniError(CniCode.NOT_AVAILABLE, `address pool of network "${name}" is exhausted`,
       full.map((s) => `${s.cidr}: ${s.allocated} of ${s.size} allocated`).join('; '));
   }
 }

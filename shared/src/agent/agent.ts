@@ -15,7 +15,7 @@ import { enableForwarding, ensureGateways, ensureHostDevice, removeGateways } fr
 import { openNetlink, type Netlink } from '../netlink/index.ts';
 import { warmThreadPool } from '../netns/index.ts';
 import { loadDatapath, type Datapath } from '../bpf/datapath.ts';
-import { createApp, listenUnix } from '../api/server.ts';
+import { createApp, serveApi } from '../api/server.ts';
 import { VERSION } from '../version.ts';
 import { acquirePidLock, type PidLock } from './pidlock.ts';
 import { resolveBpfObject } from './paths.ts';
@@ -91,7 +91,7 @@ export class Agent {
         check: (cid, ifName) => endpoints.check(cid, ifName),
         routers: agent.routers,
       });
-      agent.server = await listenUnix(app, cfg.socket);
+      agent.server = await serveApi(app, cfg.socket);
       log.info({ socket: cfg.socket, stateDir: cfg.stateDir, bpffsDir: cfg.bpffsDir, networks: networks.list().map((n) => n.name) }, 'membrane agent ready');
       return agent;
     } catch (e) {

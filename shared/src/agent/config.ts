@@ -3,7 +3,7 @@
 import os from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { parseCidr } from '../ipam/cidr.ts';
+import { parseCidr } from '../net/index.ts';
 import type { NetworkSpec } from '../types.ts';
 
 export const DEFAULTS = {

@@ -23,8 +23,8 @@ export function cniPendingDeletesExtension(): AgentExtension {
   return {
     name: 'cni-pending-deletes',
     async start(agent) {
-      const { drainPendingDeletes } = await import('../../../cni/src/pending.ts');
-      const dir = `${agent.cfg.stateDir}/cni-pending-deletes`;
+      const { drainPendingDeletes, pendingDeletesDir } = await import('../pending-deletes/index.ts');
+      const dir = pendingDeletesDir(agent.cfg.stateDir);
       const report = await drainPendingDeletes(dir, (e) => agent.core.endpoints.delete(e.containerId, e.ifName));
       if (Object.values(report).some((v) => (Array.isArray(v) ? v.length : v))) agent.log.info({ dir, ...report }, 'drained DELs queued by membrane-cni while the agent was down');
     },

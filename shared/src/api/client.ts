@@ -1,17 +1,42 @@
 // Client for the agent's REST API on its unix socket. node:http only, no native code: the CNI
 // executable bundles this file and must stay small and fast to start.
 import http from 'node:http';
-import type {
-  AgentStatus, ApiErrorBody, ApiErrorCode, Endpoint, EndpointRequest, IpamPoolView, Network, NetworkSpec,
-} from '../types.ts';
+import type { AgentStatus, ApiErrorBody, Endpoint, EndpointRequest, IpamPoolView, Network, NetworkSpec } from '../types.ts';
+import { isErrorKind, type ErrorKind } from '../errors.ts';
 
 export const DEFAULT_SOCKET = '/run/membrane/agent.sock';
 
 /** The agent answered with an error body. */
 export class AgentApiError extends Error {
-  constructor(readonly status: number, readonly code: ApiErrorCode, message: string, readonly details?: unknown) {
+  constructor(readonly status: number, readonly code: ErrorKind, message: string, readonly details?: unknown, readonly field?: string) {
     super(message);
     this.name = 'AgentApiError';
+  }
+}
+
+/**
+ * The one decoder of agent API answers (node:http here, raw HTTP over node:net in membrane-cni): the
+ * parsed JSON body of a success, an AgentApiError for an error status or a body that is not JSON.
+ */
+export function decodeApiAnswer<T>(status: number, text: string): T {
+  let parsed: unknown;
+  try { parsed = text ? JSON.parse(text) : {}; } catch {
+    throw new AgentApiError(status || 500, 'internal', `agent sent a non-JSON answer (HTTP ${status}): ${text.slice(0, 200)}`);
+  }
+  if (status >= 200 && status < 400) return parsed as T;
+  const err = (parsed as Partial<ApiErrorBody> | null)?.error;
+  const code = isErrorKind(err?.code) ? err.code : 'internal';
+  const message = typeof err?.message === 'string' && err.message ? err.message : `HTTP ${status}`;
+  throw new AgentApiError(status, code, message, err?.details, typeof err?.field === 'string' ? err.field : undefined);
+}
+
+/** What a failed connection to the agent's socket means, in words. */
+export function describeConnectError(e: NodeJS.ErrnoException): string {
+  switch (e.code) {
+    case 'ENOENT': return 'no socket there (is membrane-agent running?)';
+    case 'ECONNREFUSED': return 'connection refused (the agent is not listening)';
+    case 'EACCES': return 'permission denied on the socket';
+    default: return e.code ? `${e.code}: ${e.message}` : e.message;
   }
 }
 
@@ -25,6 +50,12 @@ export class AgentUnreachableError extends Error {
 
 export interface ClientOptions {
   socketPath?: string;
+  timeoutMs?: number;
+}
+
+/** A request body sent as is (policy text), instead of the JSON encoding of `body`. */
+export interface RequestOptions {
+  contentType?: string;
   timeoutMs?: number;
 }
 
@@ -67,17 +98,18 @@ export class AgentClient {
 
   /** Every call is idempotent on the agent (a repeated create returns the same endpoint), so a
    *  connection reset before any answer is retried once. */
-  async request<T>(method: string, path: string, body?: unknown): Promise<T> {
+  async request<T>(method: string, path: string, body?: unknown, opts: RequestOptions = {}): Promise<T> {
     try {
-      return await this.requestOnce<T>(method, path, body);
+      return await this.requestOnce<T>(method, path, body, opts);
     } catch (e) {
-      if (e instanceof AgentUnreachableError && /EPIPE|ECONNRESET/.test(e.reason)) return this.requestOnce<T>(method, path, body);
+      if (e instanceof AgentUnreachableError && /EPIPE|ECONNRESET/.test(e.reason)) return this.requestOnce<T>(method, path, body, opts);
       throw e;
     }
   }
 
-  private requestOnce<T>(method: string, path: string, body?: unknown): Promise<T> {
-    const payload = body === undefined ? undefined : Buffer.from(JSON.stringify(body));
+  private requestOnce<T>(method: string, path: string, body: unknown, opts: RequestOptions): Promise<T> {
+    const payload = body === undefined ? undefined : Buffer.from(opts.contentType ? String(body) : JSON.stringify(body));
+    const timeoutMs = opts.timeoutMs ?? this.timeoutMs;
     return new Promise<T>((resolve, reject) => {
       const req = http.request({
         socketPath: this.socketPath,
@@ -85,31 +117,23 @@ export class AgentClient {
         agent: false,
         method,
         path,
-        timeout: this.timeoutMs,
+        timeout: timeoutMs,
         headers: payload
-          ? { 'content-type': 'application/json', 'content-length': payload.length }
+          ? { 'content-type': opts.contentType ?? 'application/json', 'content-length': payload.length }
           : {},
       }, (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8');
-          let parsed: unknown;
-          try { parsed = text ? JSON.parse(text) : {}; } catch {
-            reject(new AgentApiError(res.statusCode ?? 500, 'internal', `agent sent a non-JSON answer: ${text.slice(0, 200)}`));
-            return;
-          }
-          const status = res.statusCode ?? 500;
-          if (status >= 400) {
-            const err = (parsed as ApiErrorBody).error;
-            reject(new AgentApiError(status, err?.code ?? 'internal', err?.message ?? `HTTP ${status}`, err?.details));
-          } else {
-            resolve(parsed as T);
+          try {
+            resolve(decodeApiAnswer<T>(res.statusCode ?? 500, Buffer.concat(chunks).toString('utf8')));
+          } catch (e) {
+            reject(e);
           }
         });
         res.on('error', (e) => reject(new AgentUnreachableError(this.socketPath, e.message)));
       });
-      req.on('timeout', () => req.destroy(new Error(`no answer within ${this.timeoutMs} ms`)));
+      req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
       req.on('error', (e: NodeJS.ErrnoException) => reject(new AgentUnreachableError(this.socketPath, describeConnectError(e))));
       if (payload) req.write(payload);
       req.end();
@@ -119,13 +143,4 @@ export class AgentClient {
 
 function endpointPath(containerId: string, ifName: string): string {
   return `/v1/endpoints/${encodeURIComponent(containerId)}/${encodeURIComponent(ifName)}`;
-}
-
-function describeConnectError(e: NodeJS.ErrnoException): string {
-  switch (e.code) {
-    case 'ENOENT': return 'no socket there (is membrane-agent running?)';
-    case 'ECONNREFUSED': return 'connection refused (the agent is not listening)';
-    case 'EACCES': return 'permission denied on the socket';
-    default: return e.code ? `${e.code}: ${e.message}` : e.message;
-  }
 }

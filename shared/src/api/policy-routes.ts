@@ -2,13 +2,13 @@
 // extension through agent.routers. Imports take the document text as sent (YAML or JSON, content
 // type application/yaml or text/plain, up to 64 MiB: 10,000 rules do not fit the API's 1 MiB JSON
 // limit) so validation errors can name the line; small clients may send JSON {"text": "..."}.
-import express, { type NextFunction, type Request, type Response } from 'express';
+// Errors go to the API's one error handler (api/server.ts): PolicyError carries its issues as details.
+import express, { type Request } from 'express';
 import { z } from 'zod';
 import { PolicyError, type PolicyEngine } from '../policy/engine.ts';
-import { CapacityError } from '../policy/apply.ts';
-import { formatIssue } from '../policy/parse.ts';
 import { parsePortArg } from '../policy/ports.ts';
-import { describeZodError } from './schemas.ts';
+import { MembraneError } from '../errors.ts';
+import { describeZodError, zodField } from './schemas.ts';
 
 const TEXT_TYPES = ['application/yaml', 'application/x-yaml', 'text/yaml', 'text/plain'];
 
@@ -19,14 +19,14 @@ const side = z.union([
 const TraceSchema = z.object({ src: side, dst: side, port: z.string().min(1).max(32) }).strict();
 const AuditSchema = z.object({ audit: z.boolean().nullable() }).strict();
 
-class BadRequest extends Error {
-  readonly code = 'bad_request';
+function badRequest(message: string, field?: string): MembraneError {
+  return new MembraneError('bad_request', message, { field });
 }
 
 function bodyText(req: Request): string {
   if (typeof req.body === 'string') return req.body;
   const text = (req.body as { text?: unknown } | undefined)?.text;
-  if (typeof text !== 'string') throw new BadRequest('send the policy as the request body (content type application/yaml) or as JSON {"text": "..."}');
+  if (typeof text !== 'string') throw badRequest('send the policy as the request body (content type application/yaml) or as JSON {"text": "..."}', 'body');
   return text;
 }
 
@@ -65,9 +65,9 @@ export function policyRouter(engine: PolicyEngine, opts: PolicyRouterOptions): e
 
   r.get('/get', (req, res) => {
     const [name] = queryNames(req);
-    if (!name) throw new BadRequest('name is required (?name=NAME)');
+    if (!name) throw badRequest('name is required (?name=NAME)', 'name');
     const p = engine.get(name);
-    if (!p) throw new PolicyError('not_found', `no policy named "${name}"`);
+    if (!p) throw new PolicyError('policy_not_found', `no policy named "${name}"`);
     res.json(p);
   });
 
@@ -84,39 +84,38 @@ export function policyRouter(engine: PolicyEngine, opts: PolicyRouterOptions): e
   r.delete('/', async (req, res) => {
     const all = req.query.all === 'true';
     const names = queryNames(req);
-    if (!all && !names.length) throw new BadRequest('name the policies to delete (?name=NAME, repeatable) or pass ?all=true');
+    if (!all && !names.length) throw badRequest('name the policies to delete (?name=NAME, repeatable) or pass ?all=true', 'name');
     res.json(await engine.delete(all ? 'all' : names));
   });
 
   r.post('/trace', (req, res) => {
     const parsed = TraceSchema.safeParse(req.body ?? {});
-    if (!parsed.success) throw new BadRequest(`invalid request: ${describeZodError(parsed.error)}`);
+    if (!parsed.success) throw badRequest(`invalid request: ${describeZodError(parsed.error)}`, zodField(parsed.error));
     let l4;
-    try { l4 = parsePortArg(parsed.data.port); } catch (e) { throw new BadRequest(`port: ${(e as Error).message}`); }
+    try { l4 = parsePortArg(parsed.data.port); } catch (e) { throw badRequest(`port: ${(e as Error).message}`, 'port'); }
     res.json(engine.trace({ src: parsed.data.src, dst: parsed.data.dst, ...l4 }));
   });
 
   r.get('/rules/:ruleId', (req, res) => {
     const d = engine.describeRule(Number(req.params.ruleId));
-    if (!d) throw new PolicyError('not_found', `no rule with id ${req.params.ruleId}`);
+    if (!d) throw new PolicyError('policy_not_found', `no rule with id ${req.params.ruleId}`);
     res.json(d);
   });
 
   r.get('/endpoints/:containerId/:ifName', (req, res) => {
     const { containerId, ifName } = req.params as { containerId: string; ifName: string };
     const view = engine.endpointPolicy(containerId, ifName);
-    if (!view) throw new PolicyError('not_found', `endpoint ${containerId}/${ifName} does not exist`);
+    if (!view) throw new PolicyError('endpoint_not_found', `endpoint ${containerId}/${ifName} does not exist`);
     res.json(view);
   });
 
   r.put('/endpoints/:containerId/:ifName/audit', async (req, res) => {
     const { containerId, ifName } = req.params as { containerId: string; ifName: string };
     const parsed = AuditSchema.safeParse(req.body ?? {});
-    if (!parsed.success) throw new BadRequest(`invalid request: ${describeZodError(parsed.error)}`);
+    if (!parsed.success) throw badRequest(`invalid request: ${describeZodError(parsed.error)}`, zodField(parsed.error));
     res.json({ audit: await engine.setAudit(containerId, ifName, parsed.data.audit) });
   });
 
-  r.use(errorHandler);
   return r;
 }
 
@@ -125,29 +124,8 @@ export function identityRouter(engine: PolicyEngine): express.Router {
   r.get('/', (_req, res) => { res.json({ items: engine.identityList() }); });
   r.get('/:id', (req, res) => {
     const item = engine.identityList().find((i) => i.id === Number(req.params.id));
-    if (!item) throw new PolicyError('not_found', `no identity ${req.params.id}`);
+    if (!item) throw new PolicyError('identity_not_found', `no identity ${req.params.id}`);
     res.json(item);
   });
-  r.use(errorHandler);
   return r;
-}
-
-/** Policy errors carry their issues as details (the CLI prints them with the file name). */
-function errorHandler(err: unknown, _req: Request, res: Response, next: NextFunction): void {
-  if (err instanceof PolicyError) {
-    const status = err.code === 'not_found' ? 404 : 400;
-    const message = err.issues?.length ? `${err.message}:\n${err.issues.map((i) => `  ${formatIssue(i)}`).join('\n')}` : err.message;
-    res.status(status).json({ error: { code: err.code, message, ...(err.issues ? { details: { issues: err.issues } } : {}) } });
-    return;
-  }
-  if (err instanceof BadRequest || err instanceof CapacityError) {
-    res.status(400).json({ error: { code: 'bad_request', message: err.message } });
-    return;
-  }
-  const e = err as { type?: string; message?: string };
-  if (e?.type === 'entity.too.large') {
-    res.status(413).json({ error: { code: 'bad_request', message: 'the policy text is larger than 64 MiB' } });
-    return;
-  }
-  next(err);
 }

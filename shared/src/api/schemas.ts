@@ -30,3 +30,10 @@ export const LabelsSchema = z.object({ labels }).strict();
 export function describeZodError(err: z.ZodError): string {
   return err.issues.map((i) => `${i.path.length ? i.path.join('.') : 'body'}: ${i.message}`).join('; ');
 }
+
+/** The first field a validation error names ("body" for the body as a whole, or an unknown key). */
+export function zodField(err: z.ZodError): string {
+  const i = err.issues[0];
+  if (i?.code === 'unrecognized_keys' && i.keys.length) return i.keys[0];
+  return i?.path.length ? i.path.join('.') : 'body';
+}

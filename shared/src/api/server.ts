@@ -1,13 +1,13 @@
-// The agent's REST/JSON API on a unix socket (mode 0660). Thin: validate, call the core, map errors.
-import fs from 'node:fs';
-import net from 'node:net';
-import path from 'node:path';
+// The agent's REST/JSON API on a unix socket (mode 0660). Thin: validate, call the core, map errors
+// (the kind of a MembraneError picks the status in shared/src/errors.ts; anything else is a 500).
 import http from 'node:http';
 import express, { type Request, type Response, type NextFunction } from 'express';
 import type { Core } from '../core.ts';
-import type { AgentStatus, ApiErrorCode } from '../types.ts';
+import type { AgentStatus, ApiErrorBody } from '../types.ts';
 import type { Logger } from '../log.ts';
-import { EndpointRequestSchema, LabelsSchema, NetworkSpecSchema, describeZodError } from './schemas.ts';
+import { kindInfo, MembraneError } from '../errors.ts';
+import { listenUnix } from '../io/unix-socket.ts';
+import { EndpointRequestSchema, LabelsSchema, NetworkSpecSchema, describeZodError, zodField } from './schemas.ts';
 
 export interface ApiDeps {
   core: Core;
@@ -18,16 +18,6 @@ export interface ApiDeps {
   /** Routers of agent extensions (policy, ...), mounted before the 404 handler. */
   routers?: { path: string; router: express.Router }[];
 }
-
-export class ApiError extends Error {
-  constructor(readonly status: number, readonly code: ApiErrorCode, message: string) { super(message); }
-}
-
-const STATUS_OF: Record<string, number> = {
-  bad_request: 400, netns_not_found: 400, address_out_of_range: 400,
-  network_not_found: 404, endpoint_not_found: 404, not_found: 404,
-  network_exists: 409, network_in_use: 409, endpoint_exists: 409, address_in_use: 409, pool_exhausted: 409,
-};
 
 export function createApp(d: ApiDeps): express.Express {
   const app = express();
@@ -51,7 +41,7 @@ export function createApp(d: ApiDeps): express.Express {
   app.get('/v1/endpoints/:containerId/:ifName', (req, res) => {
     const { containerId, ifName } = req.params as { containerId: string; ifName: string };
     const ep = d.core.endpoints.get(containerId, ifName);
-    if (!ep) throw new ApiError(404, 'endpoint_not_found', `endpoint ${containerId}/${ifName} does not exist`);
+    if (!ep) throw new MembraneError('endpoint_not_found', `endpoint ${containerId}/${ifName} does not exist`);
     if (req.query.check !== undefined) {
       const problems = d.check(containerId, ifName);
       res.json({ endpoint: ep, healthy: problems.length === 0, problems });
@@ -72,7 +62,7 @@ export function createApp(d: ApiDeps): express.Express {
   app.get('/v1/networks', (_req, res) => { res.json({ items: d.core.networks.list() }); });
   app.get('/v1/networks/:name', (req, res) => {
     const n = d.core.networks.get(req.params.name);
-    if (!n) throw new ApiError(404, 'network_not_found', `network "${req.params.name}" does not exist`);
+    if (!n) throw new MembraneError('network_not_found', `network "${req.params.name}" does not exist`);
     res.json(n);
   });
   app.post('/v1/networks', async (req, res) => {
@@ -87,52 +77,46 @@ export function createApp(d: ApiDeps): express.Express {
   app.get('/v1/ipam', (_req, res) => { res.json({ pools: d.core.ipam.pools() }); });
   for (const r of d.routers ?? []) app.use(r.path, r.router);
 
-  app.use((req, _res, next) => next(new ApiError(404, 'not_found', `no such API path: ${req.method} ${req.path}`)));
+  app.use((req, _res, next) => next(new MembraneError('not_found', `no such API path: ${req.method} ${req.path}`)));
   app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
-    const { status, code, message } = toApiError(err);
+    const { status, body } = toApiError(err);
     if (status >= 500) d.log.error({ err, method: req.method, path: req.path }, 'API request failed');
-    else d.log.debug({ code, message, method: req.method, path: req.path }, 'API request rejected');
-    res.status(status).json({ error: { code, message } });
+    else d.log.debug({ ...body.error, method: req.method, path: req.path }, 'API request rejected');
+    res.status(status).json(body);
   });
   return app;
 }
 
 function parse<T>(schema: { safeParse(v: unknown): { success: true; data: T } | { success: false; error: import('zod').ZodError } }, body: unknown): T {
   const r = schema.safeParse(body ?? {});
-  if (!r.success) throw new ApiError(400, 'bad_request', `invalid request: ${describeZodError(r.error)}`);
+  if (!r.success) throw new MembraneError('bad_request', `invalid request: ${describeZodError(r.error)}`, { field: zodField(r.error) });
   return r.data;
 }
 
-export function toApiError(err: unknown): { status: number; code: ApiErrorCode; message: string } {
-  if (err instanceof ApiError) return { status: err.status, code: err.code, message: err.message };
-  const e = err as { code?: unknown; message?: string; type?: string; status?: number };
-  if (e?.type === 'entity.parse.failed') return { status: 400, code: 'bad_request', message: `request body is not valid JSON: ${e.message}` };
-  if (typeof e?.code === 'string' && e.code in STATUS_OF) {
-    return { status: STATUS_OF[e.code], code: e.code as ApiErrorCode, message: e.message ?? e.code };
+/** The answer for any error a handler threw (the API's one error mapping; extensions' routers use it too). */
+export function toApiError(err: unknown): { status: number; body: ApiErrorBody } {
+  const e = fromBodyParser(err) ?? err;
+  if (e instanceof MembraneError) {
+    const error: ApiErrorBody['error'] = { code: e.code, message: e.message };
+    if (e.field !== undefined) error.field = e.field;
+    if (e.details !== undefined) error.details = e.details;
+    return { status: kindInfo(e.code).http, body: { error } };
   }
-  return { status: 500, code: 'internal', message: e?.message ?? String(err) };
+  return { status: 500, body: { error: { code: 'internal', message: (e as Error)?.message ?? String(e) } } };
 }
 
-/** Listens on a unix socket, replacing a stale socket file but never a live agent's. */
-export async function listenUnix(app: express.Express, socketPath: string): Promise<http.Server> {
-  fs.mkdirSync(path.dirname(socketPath), { recursive: true, mode: 0o755 });
-  if (fs.existsSync(socketPath)) {
-    if (await isLive(socketPath)) throw new Error(`another agent is already serving ${socketPath}`);
-    fs.unlinkSync(socketPath);
+/** express's body parsers fail with typed errors of their own: say what was wrong with the body. */
+function fromBodyParser(err: unknown): MembraneError | undefined {
+  const e = err as { type?: unknown; message?: string; limit?: number };
+  if (e?.type === 'entity.parse.failed') return new MembraneError('bad_request', `request body is not valid JSON: ${e.message}`, { field: 'body' });
+  if (e?.type === 'entity.too.large') {
+    const limit = typeof e.limit === 'number' ? ` (${Math.round(e.limit / 1024 / 1024)} MiB)` : '';
+    return new MembraneError('payload_too_large', `the request body is larger than the API accepts${limit}`, { field: 'body' });
   }
-  const server = http.createServer(app);
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject);
-    server.listen(socketPath, () => { server.off('error', reject); resolve(); });
-  });
-  fs.chmodSync(socketPath, 0o660);
-  return server;
+  return undefined;
 }
 
-function isLive(socketPath: string): Promise<boolean> {
-  return new Promise((resolve) => {
-    const s = net.connect(socketPath);
-    s.once('connect', () => { s.destroy(); resolve(true); });
-    s.once('error', () => resolve(false));
-  });
+/** Serves the app on the agent's socket (never over a live agent's). */
+export function serveApi(app: express.Express, socketPath: string): Promise<http.Server> {
+  return listenUnix(http.createServer(app), socketPath, { who: 'another membrane agent' });
 }

@@ -5,6 +5,7 @@
 import type { Network } from '../types.ts';
 import type { Netlink } from '../netlink/index.ts';
 import { setSysctlPath } from '../sysctl/index.ts';
+import { hostPrefix } from '../net/index.ts';
 
 export function ensureHostDevice(host: Netlink, name: string): number {
   let link = host.linkByName(name);
@@ -24,14 +25,14 @@ export function hostDevicePeer(name: string): string {
 export function ensureGateways(host: Netlink, hostDevice: string, network: Network): void {
   const index = ensureHostDevice(host, hostDevice);
   for (const s of network.subnets) {
-    host.addrAdd(index, `${s.gateway}/${s.family === 4 ? 32 : 128}`, { noDad: true });
+    host.addrAdd(index, hostPrefix(s.gateway, s.family), { noDad: true });
   }
 }
 
 export function removeGateways(host: Netlink, hostDevice: string, network: Network): void {
   const link = host.linkByName(hostDevice);
   if (!link) return;
-  for (const s of network.subnets) host.addrDel(link.index, `${s.gateway}/${s.family === 4 ? 32 : 128}`);
+  for (const s of network.subnets) host.addrDel(link.index, hostPrefix(s.gateway, s.family));
 }
 
 /** Routing between endpoints and to the node needs forwarding; IPv6 only when a network uses it,

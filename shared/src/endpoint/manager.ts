@@ -7,16 +7,11 @@ import type { Networks } from '../network/index.ts';
 import type { Datapath } from '../bpf/datapath.ts';
 import { NetlinkError, type Netlink } from '../netlink/index.ts';
 import { openNetns, type NetNs } from '../netns/index.ts';
-import { ipFamily, normalizeIp, parseCidr, cidrContains } from '../ipam/cidr.ts';
-import { endpointKey, hostVethName, ipamOwner, normalizeMac, parseIpamOwner, randomMac, validIfName } from './naming.ts';
+import { addressOnly, cidrContains, familyOf, hostPrefix, ifNameProblem, interfaceMac, normalizeIp, parseCidr, randomMac } from '../net/index.ts';
+import { EndpointError } from './errors.ts';
+import { endpointKey, hostVethName, ipamOwner, parseIpamOwner } from './naming.ts';
 import { createVeth, ensureContainerSide, ensureHostSide, inspectContainerSide, type PlumbSpec } from './plumbing.ts';
 import { KeyedLock } from './lock.ts';
-
-export type EndpointErrorCode = 'bad_request' | 'netns_not_found' | 'network_not_found' | 'endpoint_exists' | 'endpoint_not_found';
-
-export class EndpointError extends Error {
-  constructor(readonly code: EndpointErrorCode, message: string) { super(message); this.name = 'EndpointError'; }
-}
 
 export interface EndpointManagerDeps {
   store: Store;
@@ -148,7 +143,7 @@ export class EndpointManager {
         hostIfName: hostVethName(req.containerId, req.ifName),
         hostIfIndex: 0,
         hostMac: randomMac(),
-        mac: req.mac ? normalizeMac(req.mac) : randomMac(),
+        mac: req.mac ? interfaceMac(req.mac) : randomMac(),
         mtu: req.mtu ?? network.mtu,
         ips,
         routes: routesOf(ips, ns !== null),
@@ -194,30 +189,30 @@ export class EndpointManager {
 
   private async assignIps(req: EndpointRequest, network: Network, undo: (() => unknown)[]): Promise<EndpointIp[]> {
     const owner = ipamOwner(req.containerId, req.ifName);
-    const requested = (req.ips ?? []).map((ip) => {
-      if (!ipFamily(ip)) throw new EndpointError('bad_request', `ips: "${ip}" is not an IP address`);
+    const requested = (req.ips ?? []).map((ip, i) => {
+      if (!familyOf(ip)) throw new EndpointError('bad_request', `ips: "${ip}" is not an IP address`, { field: `ips.${i}` });
       return normalizeIp(ip);
     });
     const out: EndpointIp[] = [];
     if (req.externalIpam) {
-      if (!requested.length) throw new EndpointError('bad_request', 'externalIpam needs the allocated addresses in "ips"');
+      if (!requested.length) throw new EndpointError('bad_request', 'externalIpam needs the allocated addresses in "ips"', { field: 'ips' });
       for (const ip of requested) {
-        const fam = ipFamily(ip)!;
+        const fam = familyOf(ip)!;
         const subnet = network.subnets.find((s) => cidrContains(parseCidr(s.cidr), ip)) ?? network.subnets.find((s) => s.family === fam);
         if (!subnet) throw new EndpointError('bad_request', `network "${network.name}" has no IPv${fam} subnet for ${ip}`);
-        out.push({ address: `${ip}/${fam === 4 ? 32 : 128}`, gateway: subnet.gateway, family: fam, subnet: subnet.cidr });
+        out.push({ address: hostPrefix(ip, fam), gateway: subnet.gateway, family: fam, subnet: subnet.cidr });
       }
       return out;
     }
     undo.push(() => this.d.ipam.releaseOwner(owner));
     for (const s of network.subnets) {
-      const want = requested.find((ip) => ipFamily(ip) === s.family);
+      const want = requested.find((ip) => familyOf(ip) === s.family);
       const a = await this.d.ipam.allocate(network.name, owner, want ? { ip: want } : { family: s.family });
-      out.push({ address: `${a.ip}/${s.family === 4 ? 32 : 128}`, gateway: a.gateway, family: s.family, subnet: a.subnet });
+      out.push({ address: hostPrefix(a.ip, s.family), gateway: a.gateway, family: s.family, subnet: a.subnet });
     }
     for (const ip of requested) {
       if (!out.some((o) => o.address.startsWith(ip + '/'))) {
-        throw new EndpointError('bad_request', `requested address ${ip} has no matching subnet in network "${network.name}"`);
+        throw new EndpointError('bad_request', `requested address ${ip} has no matching subnet in network "${network.name}"`, { field: 'ips' });
       }
     }
     return out;
@@ -335,13 +330,14 @@ export class EndpointManager {
 }
 
 function validateRequest(req: EndpointRequest): void {
-  if (!req.containerId) throw new EndpointError('bad_request', 'containerId is required');
-  if (!validIfName(req.ifName)) throw new EndpointError('bad_request', `ifName "${req.ifName}" is not a valid interface name (1-15 of A-Z a-z 0-9 _ . -)`);
+  if (!req.containerId) throw new EndpointError('bad_request', 'containerId is required', { field: 'containerId' });
+  const ifProblem = ifNameProblem(req.ifName);
+  if (ifProblem) throw new EndpointError('bad_request', `ifName "${req.ifName}" is not a valid interface name: it ${ifProblem}`, { field: 'ifName' });
   if (req.mac !== undefined) {
-    try { normalizeMac(req.mac); } catch (e) { throw new EndpointError('bad_request', `mac: ${(e as Error).message}`); }
+    try { interfaceMac(req.mac); } catch (e) { throw new EndpointError('bad_request', `mac: ${(e as Error).message}`, { field: 'mac' }); }
   }
   if (req.mtu !== undefined && (!Number.isInteger(req.mtu) || req.mtu < 576 || req.mtu > 65535)) {
-    throw new EndpointError('bad_request', `mtu ${req.mtu} is out of range (576-65535)`);
+    throw new EndpointError('bad_request', `mtu ${req.mtu} is out of range (576-65535)`, { field: 'mtu' });
   }
 }
 
@@ -363,7 +359,7 @@ function plumbSpec(ep: Endpoint, ns: NetNs | null): PlumbSpec {
 }
 
 function plainIps(ep: Endpoint): string[] {
-  return ep.ips.map((ip) => ip.address.split('/')[0]);
+  return ep.ips.map((ip) => addressOnly(ip.address));
 }
 
 function datapathConfig(ep: Endpoint) {

@@ -23,25 +23,3 @@ export function parseIpamOwner(owner: string): { containerId: string; ifName: st
   if (i <= 0) return null;
   return { containerId: rest.slice(0, i), ifName: rest.slice(i + 1) };
 }
-
-/** Random unicast, locally administered MAC. */
-export function randomMac(): string {
-  const b = crypto.randomBytes(6);
-  b[0] = (b[0] & 0xfe) | 0x02;
-  return [...b].map((x) => x.toString(16).padStart(2, '0')).join(':');
-}
-
-const MAC = /^[0-9a-f]{2}(:[0-9a-f]{2}){5}$/;
-
-export function normalizeMac(mac: string): string {
-  const m = mac.toLowerCase().replace(/-/g, ':');
-  if (!MAC.test(m)) throw new Error(`"${mac}" is not a MAC address (expected aa:bb:cc:dd:ee:ff)`);
-  if (parseInt(m.slice(0, 2), 16) & 1) throw new Error(`MAC ${mac} is a multicast address`);
-  return m;
-}
-
-const IFNAME = /^[A-Za-z0-9_.-]{1,15}$/;
-
-export function validIfName(name: string): boolean {
-  return IFNAME.test(name) && name !== '.' && name !== '..';
-}

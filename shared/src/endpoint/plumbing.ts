@@ -2,7 +2,8 @@
 // netns), addresses, routes, proxy ARP/NDP. Every step is an idempotent "ensure" so restore can re-run it.
 import type { EndpointIp } from '../types.ts';
 import type { NetNs } from '../netns/index.ts';
-import { normalizeCidr, openNetlink, type Netlink } from '../netlink/index.ts';
+import { openNetlink, type Netlink } from '../netlink/index.ts';
+import { addressOnly, hostPrefix, normalizeIfAddr } from '../net/index.ts';
 import { setSysctlPath } from '../sysctl/index.ts';
 
 export interface PlumbSpec {
@@ -61,8 +62,7 @@ export function ensureContainerSide(spec: PlumbSpec): void {
     if (!link.up) nl.linkSetUp(link.index);
     for (const ip of spec.ips) {
       nl.addrAdd(link.index, ip.address, { noDad: true });
-      const hostBits = ip.family === 4 ? 32 : 128;
-      nl.routeAdd({ dst: `${ip.gateway}/${hostBits}`, family: ip.family, index: link.index, scope: 'link' });
+      nl.routeAdd({ dst: hostPrefix(ip.gateway, ip.family), family: ip.family, index: link.index, scope: 'link' });
       nl.routeAdd({ dst: 'default', family: ip.family, gateway: ip.gateway, index: link.index });
     }
   } finally {
@@ -71,8 +71,7 @@ export function ensureContainerSide(spec: PlumbSpec): void {
 }
 
 export function hostRouteOf(ip: EndpointIp): string {
-  const addr = ip.address.split('/')[0];
-  return `${addr}/${ip.family === 4 ? 32 : 128}`;
+  return hostPrefix(addressOnly(ip.address), ip.family);
 }
 
 /** What is missing on the container side (empty when healthy); used by restore and CHECK. */
@@ -85,8 +84,8 @@ export function inspectContainerSide(spec: PlumbSpec): string[] {
     if (!link) return [`interface ${spec.ifName} is missing in ${spec.netns.path}`];
     if (!link.up) problems.push(`interface ${spec.ifName} is down`);
     if (link.mac.toLowerCase() !== spec.mac.toLowerCase()) problems.push(`interface ${spec.ifName} has MAC ${link.mac}, expected ${spec.mac}`);
-    const addrs = new Set(nl.addrList({ index: link.index }).map((a) => normalizeCidr(a.cidr)));
-    for (const ip of spec.ips) if (!addrs.has(normalizeCidr(ip.address))) problems.push(`address ${ip.address} is missing on ${spec.ifName}`);
+    const addrs = new Set(nl.addrList({ index: link.index }).map((a) => normalizeIfAddr(a.cidr)));
+    for (const ip of spec.ips) if (!addrs.has(normalizeIfAddr(ip.address))) problems.push(`address ${ip.address} is missing on ${spec.ifName}`);
     for (const fam of [4, 6] as const) {
       const ips = spec.ips.filter((ip) => ip.family === fam);
       if (!ips.length) continue;

@@ -2,14 +2,15 @@
 // event carries them, so a lookup allocates nothing for IPv4). Rebuilt from the endpoint manager's
 // list on every endpoint change (cheap: thousands at most). Pure.
 import type { Endpoint } from '../types.ts';
-import { canonicalIp } from './event.ts';
+import { addressOnly, familyOf, ipBytes } from '../net/index.ts';
 import { flowEndpointOf, type EndpointView } from './enrich.ts';
 
 const POD_NAMESPACE = 'k8s:io.kubernetes.pod.namespace';
 const POD_NAME = 'k8s:io.kubernetes.pod.name';
 
+/** IPv4 keys are the address as a number, IPv6 keys the hex of its 16 bytes (as the event holds them). */
 function v4Key(ip: string): number {
-  return ip.split('.').reduce((n, o) => n * 256 + Number(o), 0);
+  return ipBytes(ip).readUInt32BE(0);
 }
 
 function v6Key(buf: Buffer, offset: number): string {
@@ -42,9 +43,9 @@ export class EndpointTable {
       view.flowEndpoint = flowEndpointOf(view);
       byId.set(ep.id, view);
       for (const ip of ep.ips) {
-        const addr = ip.address.split('/')[0];
-        if (ip.family === 4 || !addr.includes(':')) byV4.set(v4Key(addr), view);
-        else byV6.set(v6Hex(canonicalIp(addr)), view);
+        const addr = addressOnly(ip.address);
+        if (familyOf(addr) === 4) byV4.set(v4Key(addr), view);
+        else byV6.set(ipBytes(addr).toString('hex'), view);
       }
     }
     this.byId = byId;
@@ -62,16 +63,10 @@ export class EndpointTable {
   }
 
   byAddress(ip: string): EndpointView | undefined {
-    return ip.includes(':') ? this.byV6.get(v6Hex(canonicalIp(ip))) : this.byV4.get(v4Key(ip));
+    const family = familyOf(ip);
+    if (family === 4) return this.byV4.get(v4Key(ip));
+    return family === 6 ? this.byV6.get(ipBytes(ip).toString('hex')) : undefined;
   }
 
   get size(): number { return this.byId.size; }
-}
-
-function v6Hex(ip: string): string {
-  const [head, tail] = ip.includes('::') ? ip.split('::') : [ip, undefined];
-  const h = head ? head.split(':') : [];
-  const t = tail ? tail.split(':') : [];
-  const words = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill('0'), ...t];
-  return words.map((w) => w.padStart(4, '0')).join('');
 }

@@ -2,7 +2,8 @@
 // be gone by the time someone asks): the endpoint records on both ends, the observing interface's
 // name, and the policy rule. Works on the raw record and allocates nothing when the lookups hit their
 // caches, because it runs for every event. Pure: lookups come in through FlowContext.
-import { Direction, hostU32, OFF } from './event.ts';
+import { Direction, OFF } from './event.ts';
+import { readHostU32 } from '../net/index.ts';
 import type { FlowEndpoint, Timestamp } from './types.ts';
 
 export interface EndpointView {
@@ -99,16 +100,16 @@ function side(view: EndpointView | undefined, identity: number, ctx: FlowContext
 
 /** Fills `out` for the record at buf[offset..]. */
 export function enrichRaw(buf: Buffer, offset: number, ctx: FlowContext, out: FlowRefs): FlowRefs {
-  const endpointId = hostU32(buf, offset + OFF.ENDPOINT);
+  const endpointId = readHostU32(buf, offset + OFF.ENDPOINT);
   const observer = endpointId ? ctx.endpointById(endpointId) : undefined;
   const egress = buf[offset + OFF.DIRECTION] === Direction.EGRESS;
   const family = buf[offset + OFF.FAMILY];
   // The addresses are the packet's; the observing endpoint is its source when it sent the packet.
   const srcView = ctx.endpointByAddress(buf, offset + OFF.SADDR, family) ?? (egress ? observer : undefined);
   const dstView = ctx.endpointByAddress(buf, offset + OFF.DADDR, family) ?? (!egress ? observer : undefined);
-  out.src = side(srcView, hostU32(buf, offset + OFF.SRC_ID), ctx);
-  out.dst = side(dstView, hostU32(buf, offset + OFF.DST_ID), ctx);
+  out.src = side(srcView, readHostU32(buf, offset + OFF.SRC_ID), ctx);
+  out.dst = side(dstView, readHostU32(buf, offset + OFF.DST_ID), ctx);
   out.ifName = observer?.hostIfName;
-  out.rule = rule(hostU32(buf, offset + OFF.RULE), ctx);
+  out.rule = rule(readHostU32(buf, offset + OFF.RULE), ctx);
   return out;
 }

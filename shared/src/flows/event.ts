@@ -2,7 +2,7 @@
 // and an encoder (tests, the synthetic producer). Pure: no native code, no I/O.
 // Integers are host order (the agent runs on the machine that wrote them) except the ports, which
 // stay in network order as the packet had them.
-import { endianness } from 'node:os';
+import { formatIp, HOST_LITTLE_ENDIAN, ipBytes, readHostU64Number, writeHostU16, writeHostU32, writeHostU64 } from '../net/index.ts';
 
 export const TRACE_EVENT_SIZE = 96;
 
@@ -69,30 +69,16 @@ export interface TraceEvent {
   bytes: number;
 }
 
-const LE = endianness() === 'LE';
-
-/** The record's u64 timestamp as a double (see TraceEvent.tsNs). */
-export function tsNumber(buf: Buffer, offset: number): number {
-  return LE
-    ? buf.readUInt32LE(offset + 4) * 0x1_0000_0000 + buf.readUInt32LE(offset)
-    : buf.readUInt32BE(offset) * 0x1_0000_0000 + buf.readUInt32BE(offset + 4);
-}
-
-/** A host-order u32 of the record (for readers that skip the full decode). */
-export const hostU32: (buf: Buffer, offset: number) => number = LE
-  ? (buf, offset) => buf.readUInt32LE(offset)
-  : (buf, offset) => buf.readUInt32BE(offset);
-
 /** Decodes the record at `offset` (the ring buffer reader passes its mapped data, no copy).
  *  Hot path (hundreds of thousands a second): straight-line reads, no closures. */
 export function decodeTraceEvent(buf: Buffer, offset = 0): TraceEvent {
   if (buf.length - offset < TRACE_EVENT_SIZE) {
     throw new RangeError(`trace_event needs ${TRACE_EVENT_SIZE} bytes at ${offset}, have ${buf.length - offset}`);
   }
-  if (!LE) return decodeBigEndianHost(buf, offset);
+  if (!HOST_LITTLE_ENDIAN) return decodeBigEndianHost(buf, offset);
   const family = buf[offset + 28];
   return {
-    tsNs: tsNumber(buf, offset),
+    tsNs: readHostU64Number(buf, offset),
     type: buf.readUInt16LE(offset + 8),
     reason: buf.readUInt16LE(offset + 10),
     ifindex: buf.readUInt32LE(offset + 12),
@@ -121,7 +107,7 @@ function decodeBigEndianHost(buf: Buffer, offset: number): TraceEvent {
   const family = buf[offset + 28];
   const u32 = (o: number) => buf.readUInt32BE(offset + o);
   return {
-    tsNs: tsNumber(buf, offset), type: buf.readUInt16BE(offset + 8), reason: buf.readUInt16BE(offset + 10),
+    tsNs: readHostU64Number(buf, offset), type: buf.readUInt16BE(offset + 8), reason: buf.readUInt16BE(offset + 10),
     ifindex: u32(12), endpointId: u32(16), srcIdentity: u32(20), dstIdentity: u32(24), family,
     proto: buf[offset + 29], verdict: buf[offset + 30], direction: buf[offset + 31],
     sport: buf.readUInt16BE(offset + 32), dport: buf.readUInt16BE(offset + 34), len: u32(36),
@@ -148,48 +134,15 @@ function ipv4Text(n: number): string {
 export function formatAddr(buf: Buffer, offset: number, family: number): string {
   if (family === 4) return ipv4Text(buf.readUInt32BE(offset));
   if (family !== 6) return '';
-  const words: number[] = [];
-  for (let i = 0; i < 8; i++) words.push(buf.readUInt16BE(offset + 2 * i));
-  let bestStart = -1, bestLen = 0;
-  for (let i = 0; i < 8;) {
-    if (words[i] !== 0) { i++; continue; }
-    let j = i;
-    while (j < 8 && words[j] === 0) j++;
-    if (j - i > bestLen && j - i > 1) { bestStart = i; bestLen = j - i; }
-    i = j;
-  }
-  const hex = (ws: number[]) => ws.map((w) => w.toString(16)).join(':');
-  if (bestStart < 0) return hex(words);
-  return `${hex(words.slice(0, bestStart))}::${hex(words.slice(bestStart + bestLen))}`;
-}
-
-function addrBytes(ip: string, family: number): Buffer {
-  const out = Buffer.alloc(16);
-  if (!ip) return out;
-  if (family === 4) {
-    ip.split('.').forEach((o, i) => { out[i] = Number(o); });
-    return out;
-  }
-  const [head, tail] = ip.includes('::') ? ip.split('::') : [ip, undefined];
-  const h = head ? head.split(':') : [];
-  const t = tail ? tail.split(':') : [];
-  const words = tail === undefined ? h : [...h, ...Array(8 - h.length - t.length).fill('0'), ...t];
-  words.forEach((w, i) => out.writeUInt16BE(parseInt(w, 16), 2 * i));
-  return out;
-}
-
-/** The form decodeTraceEvent prints an address in (IPv6 compressed, lowercase), for lookups. */
-export function canonicalIp(ip: string): string {
-  if (!ip.includes(':')) return ip;
-  return formatAddr(addrBytes(ip.toLowerCase(), 6), 0, 6);
+  return formatIp(buf.subarray(offset, offset + 16));
 }
 
 /** The inverse of decodeTraceEvent, for tests and the synthetic producer. */
 export function encodeTraceEvent(e: Partial<TraceEvent>): Buffer {
   const buf = Buffer.alloc(TRACE_EVENT_SIZE);
-  const u16 = (o: number, v: number) => (LE ? buf.writeUInt16LE(v, o) : buf.writeUInt16BE(v, o));
-  const u32 = (o: number, v: number) => (LE ? buf.writeUInt32LE(v, o) : buf.writeUInt32BE(v, o));
-  const u64 = (o: number, v: bigint) => (LE ? buf.writeBigUInt64LE(v, o) : buf.writeBigUInt64BE(v, o));
+  const u16 = (o: number, v: number) => writeHostU16(buf, o, v);
+  const u32 = (o: number, v: number) => writeHostU32(buf, o, v);
+  const u64 = (o: number, v: bigint) => writeHostU64(buf, o, v);
   const family = e.family ?? 4;
   u64(0, BigInt(e.tsNs ?? 0));
   u16(8, e.type ?? EventType.FLOW_NEW);
@@ -205,8 +158,8 @@ export function encodeTraceEvent(e: Partial<TraceEvent>): Buffer {
   buf.writeUInt16BE(e.sport ?? 0, 32);
   buf.writeUInt16BE(e.dport ?? 0, 34);
   u32(36, e.len ?? 0);
-  addrBytes(e.saddr ?? '', family).copy(buf, 40);
-  addrBytes(e.daddr ?? '', family).copy(buf, 56);
+  if (e.saddr) ipBytes(e.saddr).copy(buf, 40);
+  if (e.daddr) ipBytes(e.daddr).copy(buf, 56);
   u32(72, e.ruleId ?? 0);
   buf[76] = e.tcpFlags ?? 0;
   buf[77] = e.flags ?? 0;

@@ -2,7 +2,8 @@
 // references to what was looked up for it (shared records, no new objects), so a busy node does
 // not turn into garbage-collector work; flow records are built only when someone asks (GetFlows,
 // followers). Also counts all flows seen and the recent rate. Pure.
-import { decodeTraceEvent, TRACE_EVENT_SIZE, tsNumber } from './event.ts';
+import { decodeTraceEvent, TRACE_EVENT_SIZE } from './event.ts';
+import { readHostU64Number } from '../net/index.ts';
 import type { FlowRefs, RuleDescription } from './enrich.ts';
 import { assemble } from './flow.ts';
 import type { Flow, FlowEndpoint, Timestamp } from './types.ts';
@@ -97,7 +98,7 @@ export class FlowRing {
 
   /** Wall-clock ms of slot i without building the flow (time windows are checked first). */
   private timeMs(i: number): number {
-    const ts = tsNumber(this.bytes, i * TRACE_EVENT_SIZE);
+    const ts = readHostU64Number(this.bytes, i * TRACE_EVENT_SIZE);
     return ts ? (this.offSec[i] * 1000 + (this.offNs[i] + ts) / 1e6) : Date.now();
   }
 

@@ -3,13 +3,13 @@
 // past a queue limit its flows are dropped and it is told how many (LostEvent OBSERVER_EVENTS_QUEUE),
 // the way Hubble does it.
 import fs from 'node:fs';
-import path from 'node:path';
 import * as grpc from '@grpc/grpc-js';
 import { compileFilters, FilterError } from './filter.ts';
 import { nowTimestamp, timestampMs } from './flow.ts';
 import { observerService } from './proto.ts';
 import type { FlowRing } from './ring.ts';
 import type { Flow, GetFlowsRequest, GetFlowsResponse, LostEventSource, ServerStatus, Timestamp } from './types.ts';
+import { claimUnixSocket } from '../io/unix-socket.ts';
 
 export interface ObserverBackend {
   ring: FlowRing;
@@ -50,8 +50,7 @@ export class ObserverServer {
       getFlows: (call: grpc.ServerWritableStream<GetFlowsRequest, GetFlowsResponse>) => getFlows(backend, call, self!.followers),
       serverStatus: (_call: unknown, cb: grpc.sendUnaryData<ServerStatus>) => cb(null, status(backend)),
     });
-    fs.mkdirSync(path.dirname(opts.socket), { recursive: true });
-    fs.rmSync(opts.socket, { force: true }); // a stale socket from a killed agent
+    await claimUnixSocket(opts.socket, 'another flow observer'); // never over a live one; a stale one goes
     await bind(server, `unix:${opts.socket}`);
     fs.chmodSync(opts.socket, 0o660);
     let address: string | undefined;

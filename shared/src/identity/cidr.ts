@@ -2,7 +2,7 @@
 // can tell them apart. Not persisted in the store: the pinned ipcache already holds prefix -> number,
 // and the agent seeds this table from it on start (numbers stay stable across restarts without an
 // fsync per prefix when 10,000 CIDR rules are imported). Pure.
-import { formatCidr, parseCidr, type Cidr } from '../ipam/cidr.ts';
+import { cidrCovers, cidrLast, normalizeCidr, parseCidr, type Cidr } from '../net/index.ts';
 import { FIRST_CIDR_IDENTITY, LAST_CIDR_IDENTITY } from './reserved.ts';
 
 export interface CidrEntry {
@@ -85,9 +85,9 @@ export class CidrIdentities {
     const out: number[] = [];
     for (let i = lowerBound(index, o); i < index.length; i++) {
       const e = index[i];
-      if (e.cidr.family !== o.family || e.cidr.base > last(o)) break;
+      if (e.cidr.family !== o.family || e.cidr.base > cidrLast(o)) break;
       if (e.cidr.prefix < o.prefix) continue;
-      if (ex.some((x) => contains(x, e.cidr))) continue;
+      if (ex.some((x) => cidrCovers(x, e.cidr))) continue;
       out.push(e.id);
     }
     return out;
@@ -106,35 +106,6 @@ export class CidrIdentities {
     }
     throw new Error('no CIDR identity left');
   }
-}
-
-const OCTET = '(0|[1-9]\\d{0,2})';
-const V4_CIDR = new RegExp(`^${OCTET}\\.${OCTET}\\.${OCTET}\\.${OCTET}(?:/(0|[1-9]\\d?))?$`);
-
-/** Canonical text of a prefix ("198.18.0.5" -> "198.18.0.5/32", host bits cleared). IPv4 without
- *  BigInt: imports of thousands of CIDR rules spend their time here otherwise. */
-export function normalizeCidr(text: string): string {
-  const m = V4_CIDR.exec(text);
-  if (m) {
-    const o = [m[1], m[2], m[3], m[4]].map(Number);
-    const len = m[5] === undefined ? 32 : Number(m[5]);
-    if (o.every((x) => x <= 255) && len <= 32) {
-      const n = ((o[0] << 24) | (o[1] << 16) | (o[2] << 8) | o[3]) >>> 0;
-      const base = len === 0 ? 0 : (n & (~0 << (32 - len))) >>> 0;
-      return `${base >>> 24}.${(base >>> 16) & 255}.${(base >>> 8) & 255}.${base & 255}/${len}`;
-    }
-  }
-  const t = text.includes('/') ? text : `${text}/${text.includes(':') ? 128 : 32}`;
-  return formatCidr(parseCidr(t));
-}
-
-function last(c: Cidr): bigint {
-  return c.base + (1n << BigInt(c.bits - c.prefix)) - 1n;
-}
-
-/** a contains b (b is a or a sub-prefix of a). */
-export function contains(a: Cidr, b: Cidr): boolean {
-  return a.family === b.family && b.prefix >= a.prefix && b.base >= a.base && b.base <= last(a);
 }
 
 function compare(a: CidrEntry, b: CidrEntry): number {

@@ -4,7 +4,8 @@
 //   host addresses (/32)    -> host
 //   endpoint addresses      -> the endpoint's identity
 // Longest prefix wins in the LPM trie, so an endpoint address inside a policy CIDR stays the endpoint.
-import { normalizeCidr, type CidrIdentities } from './cidr.ts';
+import type { CidrIdentities } from './cidr.ts';
+import { normalizeCidr } from '../net/index.ts';
 import { RESERVED } from './reserved.ts';
 
 export interface IpcacheSources {

@@ -1,6 +1,6 @@
 // Pure allocation logic over one pool's document. No I/O: the persistent IPAM wraps it.
-import type { Family } from '../types.ts';
-import { bigIntToIp, cidrContains, ipFamily, ipToBigInt, normalizeIp, parseCidr, usableRange } from './cidr.ts';
+import { bigIntToIp, cidrContains, familyOf, ipToBigInt, isUsable, normalizeIp, parseCidr, usableRange, type Family } from '../net/index.ts';
+import { MembraneError } from '../errors.ts';
 
 export interface SubnetState {
   cidr: string;
@@ -18,8 +18,8 @@ export interface PoolDoc {
 
 export type IpamErrorCode = 'pool_exhausted' | 'address_in_use' | 'address_out_of_range' | 'network_not_found' | 'bad_request';
 
-export class IpamError extends Error {
-  constructor(readonly code: IpamErrorCode, message: string) { super(message); this.name = 'IpamError'; }
+export class IpamError extends MembraneError<IpamErrorCode> {
+  override readonly name = 'IpamError';
 }
 
 export function subnetFor(doc: PoolDoc, family: Family): SubnetState | undefined {
@@ -29,7 +29,7 @@ export function subnetFor(doc: PoolDoc, family: Family): SubnetState | undefined
 /** Address the owner already holds in this family, so a retried request gets the same answer. */
 export function heldBy(doc: PoolDoc, owner: string, family: Family): string | undefined {
   for (const [ip, o] of Object.entries(doc.allocations)) {
-    if (o === owner && ipFamily(ip) === family) return ip;
+    if (o === owner && familyOf(ip) === family) return ip;
   }
   return undefined;
 }
@@ -66,17 +66,14 @@ export function allocate(doc: PoolDoc, owner: string, req: { family?: Family; ip
 }
 
 function allocateRequested(doc: PoolDoc, owner: string, requested: string): { ip: string; subnet: SubnetState } {
-  const family = ipFamily(requested);
+  const family = familyOf(requested);
   if (!family) throw new IpamError('bad_request', `requested address "${requested}" is not an IP address`);
   const ip = normalizeIp(requested);
   const subnet = doc.subnets.find((s) => cidrContains(parseCidr(s.cidr), ip));
   if (!subnet) {
     throw new IpamError('address_out_of_range', `address ${ip} is outside pool "${doc.name}" (${doc.subnets.map((s) => s.cidr).join(', ')})`);
   }
-  const c = parseCidr(subnet.cidr);
-  const { first, last } = usableRange(c);
-  const n = ipToBigInt(ip);
-  if (n < first || n > last) throw new IpamError('address_out_of_range', `address ${ip} is reserved in ${subnet.cidr} (network or broadcast address)`);
+  if (!isUsable(parseCidr(subnet.cidr), ip)) throw new IpamError('address_out_of_range', `address ${ip} is reserved in ${subnet.cidr} (network or broadcast address)`);
   if (ip === normalizeIp(subnet.gateway)) throw new IpamError('address_in_use', `address ${ip} is the gateway of pool "${doc.name}"`);
   const current = doc.allocations[ip];
   if (current !== undefined && current !== owner) {
@@ -93,7 +90,7 @@ export function releaseOwner(doc: PoolDoc, owner: string): string[] {
 }
 
 export function releaseIp(doc: PoolDoc, ip: string): boolean {
-  const key = ipFamily(ip) ? normalizeIp(ip) : ip;
+  const key = familyOf(ip) ? normalizeIp(ip) : ip;
   if (!(key in doc.allocations)) return false;
   delete doc.allocations[key];
   return true;

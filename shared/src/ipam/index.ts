@@ -1,10 +1,10 @@
 // Persistent IPAM: pools kept in memory, every allocation made durable (one store key per address)
 // before the caller hears about it, so no address is ever handed to two owners, not even across a
 // crash. The store group-commits, so concurrent allocations share syncs.
-import type { Family, IpamPoolView } from '../types.ts';
+import type { IpamPoolView } from '../types.ts';
 import type { Store } from '../store/index.ts';
 import * as alloc from './allocator.ts';
-import { cidrContains, normalizeIp, parseCidr, usableCount } from './cidr.ts';
+import { cidrContains, normalizeIp, parseCidr, usableCount, type Family } from '../net/index.ts';
 
 export { IpamError } from './allocator.ts';
 export type { PoolDoc, SubnetState } from './allocator.ts';

@@ -1,10 +1,8 @@
 // Pure encoders/decoders for the datapath's map keys and values. The layouts mirror the C structs in
 // bpf/lib/*.h (guarded there by _Static_assert); keep both sides in step. No native code, no I/O.
-import { endianness } from 'node:os';
-import { isIPv4, isIPv6 } from 'node:net';
+import { AddressError, familyOf, formatIp, formatMac, ipBytes, parseMac, readHostU32, readHostU64, writeHostU32 } from '../net/index.ts';
 
-// BPF maps store host-endian integers: encode in the byte order of the machine that runs the agent.
-const LITTLE_ENDIAN = endianness() === 'LE';
+// BPF maps store host-endian integers (shared/src/net/byteorder.ts).
 
 export const FAMILY_IPV4 = 4;
 export const FAMILY_IPV6 = 6;
@@ -57,88 +55,17 @@ function writeU32(buf: Buffer, offset: number, value: number, what: string): voi
   if (!Number.isInteger(value) || value < 0 || value > 0xffffffff) {
     throw new RangeError(`${what} must be an unsigned 32-bit integer, got ${value}`);
   }
-  if (LITTLE_ENDIAN) buf.writeUInt32LE(value, offset);
-  else buf.writeUInt32BE(value, offset);
+  writeHostU32(buf, offset, value);
 }
 
-function readU32(buf: Buffer, offset: number): number {
-  return LITTLE_ENDIAN ? buf.readUInt32LE(offset) : buf.readUInt32BE(offset);
-}
-
-function readU64(buf: Buffer, offset: number): bigint {
-  return LITTLE_ENDIAN ? buf.readBigUInt64LE(offset) : buf.readBigUInt64BE(offset);
-}
-
-/** "aa:bb:cc:dd:ee:ff" (or with dashes) -> 6 bytes. */
-export function parseMac(mac: string): Buffer {
-  const parts = mac.trim().split(/[:-]/);
-  if (parts.length !== 6 || parts.some((p) => !/^[0-9a-fA-F]{1,2}$/.test(p))) {
-    throw new RangeError(`invalid MAC address: ${JSON.stringify(mac)}`);
-  }
-  return Buffer.from(parts.map((p) => parseInt(p, 16)));
-}
-
-export function formatMac(bytes: Uint8Array): string {
-  if (bytes.length !== 6) throw new RangeError(`a MAC address has 6 bytes, got ${bytes.length}`);
-  return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join(':');
-}
-
-/** IPv4 dotted quad -> 4 bytes (network order). */
-function ipv4Bytes(ip: string): Buffer {
-  return Buffer.from(ip.split('.').map((o) => Number(o)));
-}
-
-/** IPv6 text (with ::, embedded IPv4, no zone) -> 16 bytes (network order). */
-function ipv6Bytes(ip: string): Buffer {
-  let text = ip;
-  const tail: number[] = [];
-  const lastColon = text.lastIndexOf(':');
-  if (text.includes('.', lastColon)) {
-    // Embedded IPv4 (::ffff:1.2.3.4): turn it into two hextets.
-    const v4 = ipv4Bytes(text.slice(lastColon + 1));
-    tail.push((v4[0] << 8) | v4[1], (v4[2] << 8) | v4[3]);
-    text = text.slice(0, lastColon + 1); // "::ffff:" / "1:2:3:4:5:6:" / "::"
-    if (!text.endsWith('::')) text = text.slice(0, -1);
-  }
-  const [head, rest] = text.includes('::') ? text.split('::') : [text, undefined];
-  const parse = (s: string) => (s === '' ? [] : s.split(':').map((h) => parseInt(h, 16)));
-  const left = parse(head);
-  const right = rest === undefined ? [] : parse(rest);
-  const missing = 8 - tail.length - left.length - right.length;
-  const hextets = rest === undefined ? [...left, ...tail] : [...left, ...Array(missing).fill(0), ...right, ...tail];
-  const out = Buffer.alloc(16);
-  hextets.forEach((h, i) => out.writeUInt16BE(h, i * 2));
-  return out;
-}
 
 /** Address -> { family, 16 address bytes with IPv4 in the first 4 }. Rejects CIDRs and zones. */
 export function parseIp(ip: string): { family: 4 | 6; addr: Buffer } {
+  const family = familyOf(ip);
+  if (family === null) throw new AddressError(`invalid IP address (expected a plain v4 or v6 address): ${JSON.stringify(ip)}`);
   const addr = Buffer.alloc(16);
-  if (isIPv4(ip)) {
-    ipv4Bytes(ip).copy(addr, 0);
-    return { family: FAMILY_IPV4, addr };
-  }
-  if (isIPv6(ip) && !ip.includes('%')) {
-    return { family: FAMILY_IPV6, addr: ipv6Bytes(ip) };
-  }
-  throw new RangeError(`invalid IP address (expected a plain v4 or v6 address): ${JSON.stringify(ip)}`);
-}
-
-/** RFC 5952 text form: lowercase, longest run (>= 2) of zero hextets compressed to ::. */
-export function formatIpv6(addr: Uint8Array): string {
-  const h = Array.from({ length: 8 }, (_, i) => (addr[2 * i] << 8) | addr[2 * i + 1]);
-  let bestStart = -1;
-  let bestLen = 1;
-  for (let i = 0; i < 8; ) {
-    if (h[i] !== 0) { i++; continue; }
-    let j = i;
-    while (j < 8 && h[j] === 0) j++;
-    if (j - i > bestLen) { bestStart = i; bestLen = j - i; }
-    i = j;
-  }
-  const hex = (xs: number[]) => xs.map((x) => x.toString(16)).join(':');
-  if (bestStart < 0) return hex(h);
-  return `${hex(h.slice(0, bestStart))}::${hex(h.slice(bestStart + bestLen))}`;
+  ipBytes(ip).copy(addr, 0);
+  return { family, addr };
 }
 
 /** struct ip_key for local_endpoints. */
@@ -152,8 +79,8 @@ export function encodeIpKey(ip: string): Buffer {
 
 export function decodeIpKey(key: Buffer): string {
   const family = key[0];
-  if (family === FAMILY_IPV4) return Array.from(key.subarray(4, 8)).join('.');
-  if (family === FAMILY_IPV6) return formatIpv6(key.subarray(4, 20));
+  if (family === FAMILY_IPV4) return formatIp(key.subarray(4, 8));
+  if (family === FAMILY_IPV6) return formatIp(key.subarray(4, 20));
   throw new RangeError(`ip_key with unknown family ${family}`);
 }
 
@@ -178,7 +105,7 @@ export function encodeU32Key(value: number): Buffer {
 }
 
 export function decodeU32Key(key: Buffer): number {
-  return readU32(key, 0);
+  return readHostU32(key, 0);
 }
 
 export function encodeEndpointConfig(v: EndpointConfigValue): Buffer {
@@ -195,13 +122,13 @@ export function encodeEndpointConfig(v: EndpointConfigValue): Buffer {
 
 export function decodeEndpointConfig(buf: Buffer): EndpointConfigValue {
   return {
-    endpointId: readU32(buf, 0),
-    identity: readU32(buf, 4),
-    flags: readU32(buf, 8),
+    endpointId: readHostU32(buf, 0),
+    identity: readHostU32(buf, 4),
+    flags: readHostU32(buf, 8),
     hostMac: formatMac(buf.subarray(12, 18)),
     containerMac: formatMac(buf.subarray(18, 24)),
-    ifindex: readU32(buf, 24),
-    policyRevision: readU32(buf, 28),
+    ifindex: readHostU32(buf, 24),
+    policyRevision: readHostU32(buf, 28),
   };
 }
 
@@ -216,8 +143,8 @@ export function encodeLocalEndpoint(v: LocalEndpointValue): Buffer {
 
 export function decodeLocalEndpoint(buf: Buffer): LocalEndpointValue {
   return {
-    hostIfindex: readU32(buf, 0),
-    endpointId: readU32(buf, 4),
+    hostIfindex: readHostU32(buf, 0),
+    endpointId: readHostU32(buf, 4),
     containerMac: formatMac(buf.subarray(8, 14)),
     hostMac: formatMac(buf.subarray(14, 20)),
   };
@@ -232,14 +159,14 @@ export function encodeGlobalConfig(v: GlobalConfigValue): Buffer {
 }
 
 export function decodeGlobalConfig(buf: Buffer): Required<GlobalConfigValue> {
-  const flags = readU32(buf, 0);
-  return { events: (flags & CFG_F_EVENTS) !== 0, audit: (flags & CFG_F_AUDIT) !== 0, eventsPerSecond: readU32(buf, 4), eventsBurst: readU32(buf, 8) };
+  const flags = readHostU32(buf, 0);
+  return { events: (flags & CFG_F_EVENTS) !== 0, audit: (flags & CFG_F_AUDIT) !== 0, eventsPerSecond: readHostU32(buf, 4), eventsBurst: readHostU32(buf, 8) };
 }
 
 /** Sum of a per-CPU u64 value. */
 export function sumPerCpuU64(buf: Buffer, possibleCpus: number): bigint {
   let sum = 0n;
-  for (let cpu = 0; cpu < possibleCpus; cpu++) sum += readU64(buf, cpu * 8);
+  for (let cpu = 0; cpu < possibleCpus; cpu++) sum += readHostU64(buf, cpu * 8);
   return sum;
 }
 
@@ -247,8 +174,8 @@ export function sumPerCpuU64(buf: Buffer, possibleCpus: number): bigint {
 export function sumPerCpuPairs(buf: Buffer, possibleCpus: number): { a: bigint; b: bigint } {
   let a = 0n, b = 0n;
   for (let cpu = 0; cpu < possibleCpus; cpu++) {
-    a += readU64(buf, cpu * 16);
-    b += readU64(buf, cpu * 16 + 8);
+    a += readHostU64(buf, cpu * 16);
+    b += readHostU64(buf, cpu * 16 + 8);
   }
   return { a, b };
 }
@@ -280,10 +207,10 @@ export function sumPerCpuCounters(buf: Buffer, possibleCpus: number): EndpointCo
   const sum: EndpointCounters = { rxPackets: 0n, rxBytes: 0n, txPackets: 0n, txBytes: 0n };
   for (let cpu = 0; cpu < possibleCpus; cpu++) {
     const base = cpu * stride;
-    sum.rxPackets += readU64(buf, base);
-    sum.rxBytes += readU64(buf, base + 8);
-    sum.txPackets += readU64(buf, base + 16);
-    sum.txBytes += readU64(buf, base + 24);
+    sum.rxPackets += readHostU64(buf, base);
+    sum.rxBytes += readHostU64(buf, base + 8);
+    sum.txPackets += readHostU64(buf, base + 16);
+    sum.txBytes += readHostU64(buf, base + 24);
   }
   return sum;
 }

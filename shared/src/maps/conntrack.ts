@@ -1,8 +1,8 @@
 // Conntrack map upkeep from userspace: flush the flows of addresses that are gone, collect expired
 // entries. One batched walk (bpf_map_lookup_batch) and one batched delete per call.
-import { endianness } from 'node:os';
 import * as bpf from '../bpf/libbpf.ts';
 import { encodeIpKey } from './codec.ts';
+import { readHostU64 } from '../net/index.ts';
 
 // struct ct_key (bpf/lib/conntrack.h): family, proto, scope, pad, sport, dport, saddr[16] @8, daddr[16] @24.
 // struct ct_entry: created_ns @0, last_seen_ns @8, ..., state @62, flags @63.
@@ -16,16 +16,11 @@ export function ctKeyAddrHex(key: Buffer, which: 'src' | 'dst'): string {
 
 /** Has a conntrack entry outlived its lifetime (the datapath treats it as absent then)? */
 export function ctExpired(key: Buffer, value: Buffer, nowNs: bigint): boolean {
-  const lastSeen = readU64LE(value, 8);
+  const lastSeen = readHostU64(value, 8);
   const state = value[62];
   const lifetime = key[1] !== 6 ? CT_LIFETIME_NS.other
     : state === 0 ? CT_LIFETIME_NS.tcpSyn : state === 1 ? CT_LIFETIME_NS.tcp : CT_LIFETIME_NS.tcpClosing;
   return nowNs > lastSeen && nowNs - lastSeen > lifetime;
-}
-
-const LE = endianness() === 'LE';
-function readU64LE(buf: Buffer, off: number): bigint {
-  return LE ? buf.readBigUInt64LE(off) : buf.readBigUInt64BE(off); // host order, like every map value
 }
 
 function deleteWhere(fd: number, keySize: number, valueSize: number, select: (key: Buffer, value: Buffer) => boolean): number {

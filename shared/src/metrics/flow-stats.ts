@@ -1,7 +1,8 @@
 // Per-flow metric bookkeeping on the hot path: plain counters in nested objects keyed by constant
 // strings (nothing built per event), folded into prom-client only when Prometheus scrapes (an inc()
 // through prom-client per event would cost more than handling the event). Pure.
-import { DatapathVerdict, Direction, EVENT_FLAG_AUDIT, EventType, hostU32, OFF } from '../flows/event.ts';
+import { DatapathVerdict, Direction, EVENT_FLAG_AUDIT, EventType, OFF } from '../flows/event.ts';
+import { readHostU32 } from '../net/index.ts';
 import type { Flow, FlowEventType, Verdict } from '../flows/types.ts';
 
 type Counts = Record<string, Record<string, number>>;
@@ -39,7 +40,7 @@ export class FlowStats {
     const action = actionOf(verdict, eventType, reason === 1 ? 'POLICY_DENIED' : undefined);
     if (action) {
       const egress = buf[offset + OFF.DIRECTION] === Direction.EGRESS;
-      bump(this.policy, POLICY_KEYS[egress ? 'egress' : 'ingress'][action], hostU32(buf, offset + OFF.RULE) ? 'rule' : 'none');
+      bump(this.policy, POLICY_KEYS[egress ? 'egress' : 'ingress'][action], readHostU32(buf, offset + OFF.RULE) ? 'rule' : 'none');
     }
   }
 

@@ -3,7 +3,8 @@
 import { cidrOrThrow, Conn, drainCache, invalid, withNlAddr } from './conn.ts';
 import { NetlinkError } from './errors.ts';
 import { IFA_F_NODAD, lib, NTF_PROXY, addrBytes, type Ptr } from './lib.ts';
-import { AF_INET, AF_INET6, type Family, formatIp, parseCidr } from './parse.ts';
+import { AF_INET, AF_INET6 } from './parse.ts';
+import { formatIp, parseIfAddr, type Family } from '../net/index.ts';
 
 export interface Addr {
   index: number;
@@ -54,7 +55,7 @@ export function addrAdd(c: Conn, index: number, cidr: string, o: { noDad?: boole
     });
   } catch (e) {
     if (e instanceof NetlinkError && e.code === 'exists') {
-      const want = parseCidr(cidr);
+      const want = parseIfAddr(cidr);
       const have = addrList(c, { index, family: want.family });
       if (have.some((x) => x.cidr === `${want.ip}/${want.prefix}`)) return;
     }

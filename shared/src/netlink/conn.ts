@@ -8,7 +8,8 @@ import {
   enableExtAck, lastKernelError, lib, NETLINK_ROUTE, prepareSocket, resetKernelError,
   type KernelError, type Ptr,
 } from './lib.ts';
-import { afOf, ipBytes, parseCidr, type Cidr } from './parse.ts';
+import { afOf } from './parse.ts';
+import { ipBytes, parseIfAddr, type IfAddr } from '../net/index.ts';
 
 // A forgotten handle must not leak its socket forever (close() unregisters, so no double free).
 const finalizer = new FinalizationRegistry<Ptr>((sk) => lib().nl_socket_free(sk));
@@ -110,18 +111,18 @@ export function invalid(op: string, object: string, reason: string): NetlinkErro
 }
 
 /** Parse text or throw an 'invalid' NetlinkError naming op/object. */
-export function cidrOrThrow(op: string, object: string, s: string): Cidr {
+export function cidrOrThrow(op: string, object: string, s: string): IfAddr {
   try {
-    return parseCidr(s);
+    return parseIfAddr(s);
   } catch (e) {
     throw invalid(op, object, (e as Error).message);
   }
 }
 
 /** Build an nl_addr for c, hand it to fn, always drop our reference (setters take their own). */
-export function withNlAddr<T>(c: Cidr, fn: (a: Ptr) => T): T {
+export function withNlAddr<T>(c: IfAddr, fn: (a: Ptr) => T): T {
   const l = lib();
-  const bytes = Buffer.from(ipBytes(c.ip));
+  const bytes = ipBytes(c.ip);
   const a = l.nl_addr_build(afOf(c.family), bytes, bytes.length) as Ptr | null;
   if (a === null) throw new Error('nl_addr_build: out of memory');
   try {

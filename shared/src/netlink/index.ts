@@ -10,13 +10,12 @@ import { addrAdd, addrDel, addrList, neighProxyAdd, neighProxyDel, type Addr } f
 import { Conn } from './conn.ts';
 import { dummyAdd, linkDel, linkGet, linkList, linkSetUp, vethAdd, type Link, type VethOptions } from './links.ts';
 import { routeAdd, routeDel, routeList, type Route, type RouteSpec } from './routes.ts';
-import type { Family } from './parse.ts';
+import type { Family } from '../net/index.ts';
 
 export { NetlinkError, isNotFound, codeFromErrno, codeFromNle, type NetlinkErrorCode } from './errors.ts';
 export type { Addr } from './addrs.ts';
 export type { Link, VethOptions, VethPeerOptions } from './links.ts';
 export { RT_TABLE_MAIN, RTPROT_STATIC, type Route, type RouteSpec } from './routes.ts';
-export { formatMac, normalizeCidr, parseCidr, parseMac, validIfName, type Family } from './parse.ts';
 
 export interface Netlink {
   /** The netns the socket lives in; undefined = the netns current at openNetlink() time. */

@@ -6,7 +6,7 @@ import { codeFromNle, NetlinkError } from './errors.ts';
 import {
   addrBytes, AF_LLC, IFF_UP, lib, NLM_F_CREATE, NLM_F_EXCL, resetKernelError, type Ptr,
 } from './lib.ts';
-import { formatMac, parseMac, validIfName } from './parse.ts';
+import { formatMac, parseMac, validIfName } from '../net/index.ts';
 
 export interface Link {
   index: number;

@@ -3,7 +3,8 @@
 import { Conn, drainCache, invalid, withNlAddr } from './conn.ts';
 import { NetlinkError } from './errors.ts';
 import { addrBytes, lib, NLM_F_REPLACE, type Ptr } from './lib.ts';
-import { AF_INET, AF_INET6, afOf, type Cidr, type Family, familyOf, formatIp, parseCidr, RT_SCOPE, scopeName, type ScopeName } from './parse.ts';
+import { AF_INET, AF_INET6, afOf, RT_SCOPE, scopeName, type ScopeName } from './parse.ts';
+import { familyOf, formatIp, parseIfAddr, type Family, type IfAddr } from '../net/index.ts';
 
 export const RT_TABLE_MAIN = 254;
 export const RTPROT_STATIC = 4; // what `ip route add` uses; ours are told apart by it
@@ -43,16 +44,16 @@ export function routeObject(c: Conn, r: RouteSpec): string {
   return `${r.dst}${via}${dev}${table}`;
 }
 
-function resolve(op: string, object: string, r: RouteSpec): { dst: Cidr; gw?: Cidr; family: Family } {
+function resolve(op: string, object: string, r: RouteSpec): { dst: IfAddr; gw?: IfAddr; family: Family } {
   const gwFamily = r.gateway !== undefined ? familyOf(r.gateway) : undefined;
   if (gwFamily === null) throw invalid(op, object, `invalid gateway "${r.gateway}"`);
-  let dst: Cidr;
+  let dst: IfAddr;
   if (r.dst === 'default') {
     const family = r.family ?? gwFamily ?? 4;
     dst = { ip: family === 4 ? '0.0.0.0' : '::', prefix: 0, family };
   } else {
     try {
-      dst = parseCidr(r.dst);
+      dst = parseIfAddr(r.dst);
     } catch (e) {
       throw invalid(op, object, (e as Error).message);
     }
@@ -61,7 +62,7 @@ function resolve(op: string, object: string, r: RouteSpec): { dst: Cidr; gw?: Ci
   if (gwFamily !== undefined && gwFamily !== dst.family) throw invalid(op, object, 'gateway and dst families differ');
   if (!Number.isInteger(r.index) || r.index < 0) throw invalid(op, object, `invalid ifindex ${r.index}`);
   if (r.scope !== undefined && !(r.scope in RT_SCOPE)) throw invalid(op, object, `invalid scope ${r.scope}`);
-  const gw = r.gateway !== undefined ? parseCidr(r.gateway) : undefined;
+  const gw = r.gateway !== undefined ? parseIfAddr(r.gateway) : undefined;
   return { dst, gw, family: dst.family };
 }
 

@@ -2,16 +2,14 @@
 import type { Network, NetworkSpec } from '../types.ts';
 import type { Store } from '../store/index.ts';
 import type { Ipam } from '../ipam/index.ts';
-import { CidrError, cidrContains, cidrsOverlap, defaultGateway, formatCidr, ipToBigInt, normalizeIp, parseCidr, usableRange } from '../ipam/cidr.ts';
+import { cidrsOverlap, defaultGateway, familyOf, formatCidr, isUsable, cidrContains, normalizeIp, parseCidr, type Cidr } from '../net/index.ts';
+import { MembraneError } from '../errors.ts';
 
 export const DEFAULT_MTU = 1500;
 const NAME = /^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$/;
 
-export class NetworkError extends Error {
-  constructor(readonly code: 'bad_request' | 'network_exists' | 'network_not_found' | 'network_in_use', message: string) {
-    super(message);
-    this.name = 'NetworkError';
-  }
+export class NetworkError extends MembraneError<'bad_request' | 'network_exists' | 'network_not_found' | 'network_in_use'> {
+  override readonly name = 'NetworkError';
 }
 
 /** Validates a spec into a Network (pure), checking overlap against the networks that exist. */
@@ -20,20 +18,18 @@ export function buildNetwork(spec: NetworkSpec, existing: Network[], now = new D
   if (!spec.subnets.length) throw new NetworkError('bad_request', `network "${spec.name}" needs at least one subnet`);
   const subnets: Network['subnets'] = [];
   for (const text of spec.subnets) {
-    let c;
-    try { c = parseCidr(text); } catch (e) { throw new NetworkError('bad_request', `network "${spec.name}": ${(e as CidrError).message}`); }
+    let c: Cidr;
+    try { c = parseCidr(text); } catch (e) { throw new NetworkError('bad_request', `network "${spec.name}": ${(e as Error).message}`, { field: 'subnets' }); }
     if (subnets.some((s) => s.family === c.family)) {
       throw new NetworkError('bad_request', `network "${spec.name}" has more than one IPv${c.family} subnet`);
     }
     const hostBits = c.bits - c.prefix;
     if (hostBits < 2) throw new NetworkError('bad_request', `subnet ${text} is too small: it needs room for a gateway and endpoints`);
-    const gw = spec.gateways?.find((g) => safeFamily(g) === c.family);
+    const gw = spec.gateways?.find((g) => familyOf(g) === c.family);
     let gateway = defaultGateway(c);
     if (gw !== undefined) {
-      if (!cidrContains(c, gw)) throw new NetworkError('bad_request', `gateway ${gw} is outside subnet ${formatCidr(c)}`);
-      const r = usableRange(c);
-      const n = ipToBigInt(gw);
-      if (n < r.first || n > r.last) throw new NetworkError('bad_request', `gateway ${gw} is the network or broadcast address of ${formatCidr(c)}`);
+      if (!cidrContains(c, gw)) throw new NetworkError('bad_request', `gateway ${gw} is outside subnet ${formatCidr(c)}`, { field: 'gateways' });
+      if (!isUsable(c, gw)) throw new NetworkError('bad_request', `gateway ${gw} is the network or broadcast address of ${formatCidr(c)}`, { field: 'gateways' });
       gateway = normalizeIp(gw);
     }
     for (const other of existing) {
@@ -46,15 +42,11 @@ export function buildNetwork(spec: NetworkSpec, existing: Network[], now = new D
     subnets.push({ cidr: formatCidr(c), gateway, family: c.family });
   }
   for (const g of spec.gateways ?? []) {
-    if (!subnets.some((s) => s.family === safeFamily(g))) throw new NetworkError('bad_request', `gateway ${g} matches no subnet of network "${spec.name}"`);
+    if (!subnets.some((s) => s.family === familyOf(g))) throw new NetworkError('bad_request', `gateway ${g} matches no subnet of network "${spec.name}"`);
   }
   const mtu = spec.mtu ?? DEFAULT_MTU;
   if (!Number.isInteger(mtu) || mtu < 576 || mtu > 65535) throw new NetworkError('bad_request', `mtu ${spec.mtu} is out of range (576-65535)`);
   return { name: spec.name, subnets, mtu, options: spec.options ?? {}, createdAt: now.toISOString() };
-}
-
-function safeFamily(ip: string): 4 | 6 | null {
-  try { ipToBigInt(ip); return ip.includes(':') ? 6 : 4; } catch { return null; }
 }
 
 export class Networks {

@@ -7,6 +7,7 @@
 //   5. policy removals        (nothing classifies traffic with a removed identity any more)
 import { diffMaps } from '../identity/ipcache.ts';
 import type { Entry } from './compile.ts';
+import { MembraneError } from '../errors.ts';
 
 /** What the engine needs from the maps. Implemented over the pinned maps (datapath-ops.ts) and by fakes. */
 export interface PolicyDatapathOps {
@@ -37,9 +38,10 @@ export interface ApplyStats {
   flagChanges: number;
 }
 
-export class CapacityError extends Error {
-  readonly code = 'bad_request';
-  constructor(message: string) { super(message); this.name = 'CapacityError'; }
+/** The policies need more map entries than the pinned maps hold: the import is refused as too big. */
+export class CapacityError extends MembraneError<'bad_request'> {
+  override readonly name = 'CapacityError';
+  constructor(message: string) { super('bad_request', message); }
 }
 
 const sameEntry = (a: Entry, b: Entry) => a.action === b.action && a.ruleId === b.ruleId;

@@ -1,8 +1,6 @@
 // Client side of /v1/policy and /v1/identities, over the agent's AgentClient. Imports send the text
-// as application/yaml (not JSON: the API's JSON body limit is 1 MiB). node:http only.
-import http from 'node:http';
-import { AgentApiError, AgentUnreachableError, type AgentClient } from '../api/client.ts';
-import type { ApiErrorBody } from '../types.ts';
+// as application/yaml (not JSON: the API's JSON body limit is 1 MiB).
+import type { AgentClient } from '../api/client.ts';
 import type { ChangeResult, EndpointPolicyView } from './engine.ts';
 import type { PolicyIssue } from './parse.ts';
 import type { RuleDescription, TraceResult, TraceSide } from './trace.ts';
@@ -47,30 +45,6 @@ export class PolicyClient {
   }
 
   private postText<T>(path: string, text: string): Promise<T> {
-    const payload = Buffer.from(text);
-    const socketPath = this.c.socketPath;
-    return new Promise<T>((resolve, reject) => {
-      const req = http.request({
-        socketPath, method: 'POST', path, timeout: 120_000,
-        headers: { 'content-type': 'application/yaml', 'content-length': payload.length },
-      }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          let body: unknown;
-          try { body = JSON.parse(Buffer.concat(chunks).toString('utf8') || '{}'); } catch {
-            reject(new AgentApiError(res.statusCode ?? 500, 'internal', 'agent sent a non-JSON answer'));
-            return;
-          }
-          const status = res.statusCode ?? 500;
-          if (status < 400) { resolve(body as T); return; }
-          const err = (body as ApiErrorBody).error;
-          reject(new AgentApiError(status, err?.code ?? 'internal', err?.message ?? `HTTP ${status}`, err?.details));
-        });
-      });
-      req.on('timeout', () => req.destroy(new Error('no answer within 120 s')));
-      req.on('error', (e) => reject(new AgentUnreachableError(socketPath, e.message)));
-      req.end(payload);
-    });
+    return this.c.request('POST', path, text, { contentType: 'application/yaml', timeoutMs: 120_000 });
   }
 }

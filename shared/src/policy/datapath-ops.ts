@@ -4,6 +4,7 @@
 import type { Datapath } from '../bpf/datapath.ts';
 import * as bpf from '../bpf/libbpf.ts';
 import { encodeU32Key } from '../maps/codec.ts';
+import { readHostU32, writeHostU32 } from '../net/index.ts';
 import type { PolicyDatapathOps } from './apply.ts';
 import type { Entry } from './compile.ts';
 import {
@@ -16,7 +17,6 @@ const FLAGS_OFFSET = 8; // struct endpoint_config: endpoint_id, identity, flags
 
 export function datapathOps(dp: Datapath): PolicyDatapathOps {
   const fd = (name: 'policy' | 'ipcache' | 'endpoints_cfg') => dp.mapFd(name);
-  const LE = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
   return {
     policyCapacity: dp.mapCapacity('policy'),
@@ -58,7 +58,7 @@ export function datapathOps(dp: Datapath): PolicyDatapathOps {
     readEndpointFlags(ifindex) {
       const v = bpf.mapLookup(fd('endpoints_cfg'), 'endpoints_cfg', encodeU32Key(ifindex), ENDPOINT_CONFIG_SIZE);
       if (!v) return undefined;
-      return (LE ? v.readUInt32LE(FLAGS_OFFSET) : v.readUInt32BE(FLAGS_OFFSET)) & EP_POLICY_MASK;
+      return readHostU32(v, FLAGS_OFFSET) & EP_POLICY_MASK;
     },
 
     writeEndpointFlags(ifindex, flags) {
@@ -66,9 +66,9 @@ export function datapathOps(dp: Datapath): PolicyDatapathOps {
       const key = encodeU32Key(ifindex);
       const v = bpf.mapLookup(fd('endpoints_cfg'), 'endpoints_cfg', key, ENDPOINT_CONFIG_SIZE);
       if (!v) return;
-      const cur = LE ? v.readUInt32LE(FLAGS_OFFSET) : v.readUInt32BE(FLAGS_OFFSET);
+      const cur = readHostU32(v, FLAGS_OFFSET);
       const next = ((cur & ~EP_POLICY_MASK) | (flags & EP_POLICY_MASK)) >>> 0;
-      if (LE) v.writeUInt32LE(next, FLAGS_OFFSET); else v.writeUInt32BE(next, FLAGS_OFFSET);
+      writeHostU32(v, FLAGS_OFFSET, next);
       bpf.mapUpdate(fd('endpoints_cfg'), 'endpoints_cfg', key, v, 2 /* BPF_EXIST: never create a config */);
     },
   };

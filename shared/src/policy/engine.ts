@@ -5,13 +5,15 @@
 import type { Endpoint } from '../types.ts';
 import type { Store } from '../store/index.ts';
 import { IdentityAllocator, type IdentityView } from '../identity/allocator.ts';
-import { CidrIdentities, normalizeCidr } from '../identity/cidr.ts';
+import { CidrIdentities } from '../identity/cidr.ts';
+import { addressOnly, normalizeCidr } from '../net/index.ts';
 import { FIRST_CIDR_IDENTITY, RESERVED, type IdentityKind } from '../identity/reserved.ts';
 import type { Labels } from '../identity/labels.ts';
 import { applyDesired, type ApplyStats, type Mirror, type PolicyDatapathOps } from './apply.ts';
 import { decodePolicyKey } from './map-codec.ts';
 import { buildDesired, universeOf, type CompileCache, type EngineEndpoint } from './desired.ts';
-import { parsePolicies, type PolicyIssue } from './parse.ts';
+import { formatIssue, parsePolicies, type PolicyIssue } from './parse.ts';
+import { MembraneError } from '../errors.ts';
 import { PolicyRepository, type Plan } from './repository.ts';
 import { endpointFlags, selectionFor, type Selection } from './selection.ts';
 import { describeRule, trace, type RuleDescription, type TraceQuery, type TraceResult } from './trace.ts';
@@ -21,10 +23,13 @@ import type { PolicyRecord } from './types.ts';
 export const AUDIT_METADATA_KEY = 'membrane.io/policy-audit';
 const AUDIT_STORE_KEY = 'policy/audit';
 
-export class PolicyError extends Error {
-  constructor(readonly code: 'bad_request' | 'not_found', message: string, readonly issues?: PolicyIssue[]) {
-    super(message);
-    this.name = 'PolicyError';
+export type PolicyErrorCode = 'bad_request' | 'policy_not_found' | 'endpoint_not_found' | 'identity_not_found';
+
+/** A policy error; invalid input carries its issues (file:line:column, field) in the message and as details. */
+export class PolicyError extends MembraneError<PolicyErrorCode> {
+  override readonly name = 'PolicyError';
+  constructor(code: PolicyErrorCode, message: string, readonly issues?: PolicyIssue[]) {
+    super(code, issues?.length ? `${message}:\n${issues.map((i) => `  ${formatIssue(i)}`).join('\n')}` : message, issues ? { details: { issues } } : {});
   }
 }
 
@@ -165,7 +170,7 @@ export class PolicyEngine {
     return this.serial(async () => {
       const key = `${containerId}/${ifName}`;
       const e = this.endpoints.get(key);
-      if (!e) throw new PolicyError('not_found', `endpoint ${key} does not exist`);
+      if (!e) throw new PolicyError('endpoint_not_found', `endpoint ${key} does not exist`);
       const next = { ...this.auditOverrides };
       if (on === null) delete next[key]; else next[key] = on;
       const before = e.audit;
@@ -205,7 +210,7 @@ export class PolicyEngine {
     return this.serial(async () => {
       const plan = this.repo.planDelete(names);
       if (names !== 'all' && plan.unknown.length === names.length) {
-        throw new PolicyError('not_found', `no policy named ${plan.unknown.map((n) => `"${n}"`).join(', ')}`);
+        throw new PolicyError('policy_not_found', `no policy named ${plan.unknown.map((n) => `"${n}"`).join(', ')}`);
       }
       return { ...(await this.change(plan, t0, 0)), unknown: plan.unknown };
     });
@@ -311,7 +316,7 @@ export class PolicyEngine {
     this.metaAudit.set(key, metaAudit);
     return {
       key, id: ep.id, hostIfIndex: ep.hostIfIndex, identity: ep.identity || RESERVED.init,
-      ips: ep.ips.map((ip) => ip.address.split('/')[0]), audit: this.auditOverrides[key] ?? metaAudit,
+      ips: ep.ips.map((ip) => addressOnly(ip.address)), audit: this.auditOverrides[key] ?? metaAudit,
     };
   }
 }

@@ -1,11 +1,10 @@
 // Encoders for the policy map and ipcache entries (layouts in bpf/lib/policy.h and bpf/lib/maps.h,
 // guarded there by _Static_assert). Host byte order except dport (network order). Pure.
-import { endianness } from 'node:os';
-import { encodeIpcacheKey, formatIpv6 } from '../maps/codec.ts';
+import { encodeIpcacheKey } from '../maps/codec.ts';
+import { formatIp, readHostU32, readHostU64, writeHostU32 } from '../net/index.ts';
 import type { Direction } from './types.ts';
 import type { Entry } from './compile.ts';
 
-const LE = endianness() === 'LE';
 export const POLICY_KEY_SIZE = 12;
 export const POLICY_VALUE_SIZE = 24;
 export const IPCACHE_KEY_SIZE = 24;
@@ -26,11 +25,9 @@ export const EP_FLAGS = {
 export const EP_POLICY_MASK = 0x1f;
 
 function u32(buf: Buffer, off: number, v: number): void {
-  if (LE) buf.writeUInt32LE(v >>> 0, off); else buf.writeUInt32BE(v >>> 0, off);
+  writeHostU32(buf, off, v >>> 0);
 }
-function r32(buf: Buffer, off: number): number {
-  return LE ? buf.readUInt32LE(off) : buf.readUInt32BE(off);
-}
+const r32 = readHostU32;
 
 export interface PolicyKey {
   endpointId: number;
@@ -66,8 +63,8 @@ export function decodePolicyValue(b: Buffer): Entry & { packets: bigint; bytes: 
   return {
     action: b[0] === ACTION_DENY ? 'deny' : 'allow',
     ruleId: r32(b, 4),
-    packets: LE ? b.readBigUInt64LE(8) : b.readBigUInt64BE(8),
-    bytes: LE ? b.readBigUInt64LE(16) : b.readBigUInt64BE(16),
+    packets: readHostU64(b, 8),
+    bytes: readHostU64(b, 16),
   };
 }
 
@@ -76,7 +73,7 @@ export { encodeIpcacheKey };
 export function decodeIpcacheKey(b: Buffer): string {
   const len = r32(b, 0) - 32;
   const family = b[4];
-  const addr = family === 4 ? Array.from(b.subarray(8, 12)).join('.') : formatIpv6(b.subarray(8, 24));
+  const addr = formatIp(b.subarray(8, family === 4 ? 12 : 24));
   return `${addr}/${len}`;
 }
 

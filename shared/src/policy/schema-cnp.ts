@@ -8,8 +8,7 @@
 //    namespace unless the selector names the namespace label itself.
 import { z } from 'zod';
 import { NAMESPACE_KEY } from '../identity/labels.ts';
-import { contains } from '../identity/cidr.ts';
-import { parseCidr } from '../ipam/cidr.ts';
+import { cidrCovers, parseCidr } from '../net/index.ts';
 import { ICMP_TYPE_NAMES } from './ports.ts';
 import { MAX_RULES_PER_LIST } from './rule-id.ts';
 import { withRequirement, type Selector } from './selector.ts';
@@ -42,7 +41,7 @@ const cidrRule = z.object({ cidr, except: z.array(cidr).optional() }).strict().s
   const outer = parseCidr(r.cidr);
   for (const [i, e] of (r.except ?? []).entries()) {
     const inner = parseCidr(e);
-    if (inner.prefix <= outer.prefix || !contains(outer, inner)) fail(ctx, `except ${e} must be a smaller prefix inside ${r.cidr}`, ['except', i]);
+    if (inner.prefix <= outer.prefix || !cidrCovers(outer, inner)) fail(ctx, `except ${e} must be a smaller prefix inside ${r.cidr}`, ['except', i]);
   }
 });
 

@@ -2,8 +2,7 @@
 // semantic check happens inside the schema (transform + addIssue), so each error carries the path of
 // the field it is about; the parser turns that path into a line number.
 import { z } from 'zod';
-import { CidrError } from '../ipam/cidr.ts';
-import { normalizeCidr } from '../identity/cidr.ts';
+import { AddressError, normalizeCidr } from '../net/index.ts';
 import { MAX_RANGE_PORTS } from './ports.ts';
 import type { Selector, SelectorRequirement } from './selector.ts';
 
@@ -48,7 +47,7 @@ export const selector = z.object({
 
 export const cidr = z.unknown().transform((v, ctx) => {
   if (typeof v !== 'string') return fail(ctx, 'a CIDR must be a string like 198.18.0.0/15');
-  try { return normalizeCidr(v); } catch (e) { return fail(ctx, e instanceof CidrError ? e.message : `"${v}" is not a CIDR`); }
+  try { return normalizeCidr(v); } catch (e) { return fail(ctx, e instanceof AddressError ? e.message : `"${v}" is not a CIDR`); }
 });
 
 /** port: number or numeric string; 0 means every port. Named ports need a pod spec we do not have. */

@@ -7,8 +7,7 @@
 //    io.cilium.k8s.namespace.labels.<key> copies for other namespace labels.
 import { z } from 'zod';
 import { NAMESPACE_KEY, NAMESPACE_LABELS_PREFIX } from '../identity/labels.ts';
-import { contains } from '../identity/cidr.ts';
-import { parseCidr } from '../ipam/cidr.ts';
+import { cidrCovers, parseCidr } from '../net/index.ts';
 import { checkRange, cidr, endPort, fail, metadata, port, selector } from './schema-common.ts';
 import { withRequirement, type Selector } from './selector.ts';
 import { MAX_RULES_PER_LIST } from './rule-id.ts';
@@ -33,7 +32,7 @@ const ipBlock = z.object({ cidr, except: z.array(cidr).optional() }).strict().su
   const outer = parseCidr(b.cidr);
   for (const [i, e] of (b.except ?? []).entries()) {
     const inner = parseCidr(e);
-    if (inner.prefix <= outer.prefix || !contains(outer, inner)) fail(ctx, `except ${e} must be a smaller prefix inside ${b.cidr}`, ['except', i]);
+    if (inner.prefix <= outer.prefix || !cidrCovers(outer, inner)) fail(ctx, `except ${e} must be a smaller prefix inside ${b.cidr}`, ['except', i]);
   }
 });
 

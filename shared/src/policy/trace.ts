@@ -2,7 +2,7 @@
 // which rule? Answered by compiling the same entries the datapath holds and probing them in the
 // datapath's order, so the trace cannot disagree with enforcement. Pure.
 import { canonicalLabels, formatLabels, type Labels } from '../identity/labels.ts';
-import { parseCidr, cidrContains } from '../ipam/cidr.ts';
+import { parseCidr, cidrContains } from '../net/index.ts';
 import { FIRST_CIDR_IDENTITY, RESERVED, identityKind, reservedName } from '../identity/reserved.ts';
 import type { CidrIdentities } from '../identity/cidr.ts';
 import { PolicyCompiler, probe, type Universe } from './compile.ts';

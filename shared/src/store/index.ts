@@ -2,7 +2,7 @@
 // through this interface so a cluster store (etcd) can replace the files later.
 import fs from 'node:fs';
 import path from 'node:path';
-import crypto from 'node:crypto';
+import { fsyncDir, writeFileAtomic } from '../io/atomic-write.ts';
 
 export interface Store {
   get<T>(key: string): Promise<T | undefined>;
@@ -15,7 +15,7 @@ export interface Store {
 
 const SEGMENT = /^[A-Za-z0-9][A-Za-z0-9._:@=+-]*$/;
 
-/** One JSON file per key under a directory; writes are write-temp, fsync, rename, fsync-dir. */
+/** One JSON file per key under a directory; every put is an atomic replace (shared/src/io/atomic-write.ts). */
 export class FileStore implements Store {
   constructor(readonly dir: string) {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
@@ -71,31 +71,6 @@ export class FileStore implements Store {
     }
     return out;
   }
-}
-
-export async function writeFileAtomic(file: string, data: string): Promise<void> {
-  const dir = path.dirname(file);
-  await fs.promises.mkdir(dir, { recursive: true, mode: 0o700 });
-  const tmp = path.join(dir, `.${path.basename(file)}.${process.pid}.${crypto.randomBytes(4).toString('hex')}.tmp`);
-  const fh = await fs.promises.open(tmp, 'w', 0o600);
-  try {
-    await fh.writeFile(data);
-    await fh.sync();
-  } finally {
-    await fh.close();
-  }
-  try {
-    await fs.promises.rename(tmp, file);
-  } catch (e) {
-    await fs.promises.rm(tmp, { force: true });
-    throw e;
-  }
-  await fsyncDir(dir);
-}
-
-async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fs.promises.open(dir, 'r');
-  try { await fh.sync(); } finally { await fh.close(); }
 }
 
 /** In-memory store for unit tests of pure logic. */

@@ -5,6 +5,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Store } from './index.ts';
+import { writeFileAtomicSync } from '../io/atomic-write.ts';
+import { MembraneError } from '../errors.ts';
 
 type Op = { op: 'put'; key: string; value: unknown } | { op: 'del'; key: string };
 
@@ -96,7 +98,8 @@ export class JournalStore implements Store {
       if (this.lines >= COMPACT_AFTER) this.compact();
       for (const w of batch.waiters) w.resolve();
     } catch (e) {
-      const err = new Error(`store: cannot write ${path.join(this.dir, JOURNAL)}: ${(e as Error).message}`);
+      // Nothing wrong with the request (a full disk, an I/O error): the caller may try again.
+      const err = new MembraneError('unavailable', `store: cannot write ${path.join(this.dir, JOURNAL)}: ${(e as Error).message}`, { cause: e });
       for (const w of batch.waiters) w.reject(err);
     }
   }
@@ -106,18 +109,7 @@ export class JournalStore implements Store {
   compact(): void {
     const snap: Record<string, unknown> = {};
     for (const [k, v] of this.docs) snap[k] = JSON.parse(v);
-    const file = path.join(this.dir, SNAPSHOT);
-    const tmp = `${file}.${process.pid}.tmp`;
-    const fd = fs.openSync(tmp, 'w', 0o600);
-    try {
-      fs.writeSync(fd, JSON.stringify(snap));
-      fs.fsyncSync(fd);
-    } finally {
-      fs.closeSync(fd);
-    }
-    fs.renameSync(tmp, file);
-    const dfd = fs.openSync(this.dir, 'r');
-    try { fs.fsyncSync(dfd); } finally { fs.closeSync(dfd); }
+    writeFileAtomicSync(path.join(this.dir, SNAPSHOT), JSON.stringify(snap));
     fs.ftruncateSync(this.fd, 0);
     fs.fdatasyncSync(this.fd);
     this.lines = 0;

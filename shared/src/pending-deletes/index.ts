@@ -1,13 +1,19 @@
-// The durable queue of DELs that could not reach the agent. membrane-cni writes one file per attachment
-// (atomically: temp file, fsync, rename, fsync dir); the agent drains the queue when it starts, before it
-// serves the API. Node built-ins only: the agent imports this file.
+// The durable queue of DELs that could not reach the agent: its format and both ends. membrane-cni
+// queues (one file per attachment, replaced atomically); the agent drains the queue when it starts,
+// before it serves the API. Node built-ins only: the CNI executable bundles this file.
 //
-// Format: <dir>/<32 hex of sha256(containerId NUL ifName)>.json containing a PendingDelete (version 1).
-// node:crypto is loaded on first use (a plugin start must not pay for it).
+// Format: <stateDir>/cni-pending-deletes/<32 hex of sha256(containerId NUL ifName)>.json holding a
+// PendingDelete (version 1). node:crypto is loaded on first use (a plugin start must not pay for it).
 // Queuing the same attachment twice overwrites the entry. Files that do not parse are renamed to
 // <name>.bad so a broken entry never blocks the rest.
 import fs from 'node:fs';
 import path from 'node:path';
+import { fsyncDirSync, removeStaleTemps, writeFileAtomicSync } from '../io/atomic-write.ts';
+
+/** The queue's directory under a state dir (the agent's --state-dir, the CNI config's stateDir). */
+export function pendingDeletesDir(stateDir: string): string {
+  return path.join(stateDir, 'cni-pending-deletes');
+}
 
 export interface PendingDelete {
   version: 1;
@@ -35,19 +41,9 @@ export function pendingFileName(containerId: string, ifName: string): string {
 
 /** Writes the entry durably; returns its path. Throws when the directory cannot be written. */
 export function queuePendingDelete(dir: string, entry: Omit<PendingDelete, 'version' | 'queuedAt'>): string {
-  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   const full: PendingDelete = { version: 1, ...entry, queuedAt: new Date().toISOString() };
   const target = path.join(dir, pendingFileName(entry.containerId, entry.ifName));
-  const tmp = path.join(dir, `.tmp-${process.pid}-${crypto().randomBytes(4).toString('hex')}`);
-  const fd = fs.openSync(tmp, 'w', 0o600);
-  try {
-    fs.writeSync(fd, JSON.stringify(full) + '\n');
-    fs.fsyncSync(fd);
-  } finally {
-    fs.closeSync(fd);
-  }
-  fs.renameSync(tmp, target);
-  fsyncDir(dir);
+  writeFileAtomicSync(target, JSON.stringify(full) + '\n');
   return target;
 }
 
@@ -93,7 +89,7 @@ export async function drainPendingDeletes(dir: string, deleteFn: (entry: Pending
     try { fs.unlinkSync(file); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; }
     report.deleted.push(entry);
   }
-  if (report.deleted.length) fsyncDir(dir);
+  if (report.deleted.length) fsyncDirSync(dir);
   return report;
 }
 
@@ -105,20 +101,4 @@ function readEntry(file: string): PendingDelete | undefined {
     if (v && v.version === 1 && typeof v.containerId === 'string' && v.containerId && typeof v.ifName === 'string' && v.ifName) return v;
   } catch { /* fall through */ }
   return undefined;
-}
-
-function removeStaleTemps(dir: string): void {
-  let names: string[] = [];
-  try { names = fs.readdirSync(dir); } catch { return; }
-  const hourAgo = Date.now() - 3600_000;
-  for (const n of names) {
-    if (!n.startsWith('.tmp-')) continue;
-    const p = path.join(dir, n);
-    try { if (fs.statSync(p).mtimeMs < hourAgo) fs.unlinkSync(p); } catch { /* gone */ }
-  }
-}
-
-function fsyncDir(dir: string): void {
-  const fd = fs.openSync(dir, 'r');
-  try { fs.fsyncSync(fd); } finally { fs.closeSync(fd); }
 }
