@@ -1,5 +1,5 @@
 import t from 'tap';
-import { resolveConfig, poolsToNetworks, DEFAULTS } from '../src/agent/config.ts';
+import { resolveConfig, poolsToNetworks, DEFAULTS, helpText, parseFlags } from '../src/agent/config.ts';
 
 const noFile = () => { throw new Error('ENOENT'); };
 
@@ -28,8 +28,12 @@ t.test('--pool is repeatable and builds dual-stack and named networks', async (t
 
 t.test('bad input names what was wrong', async (t) => {
   t.throws(() => resolveConfig(['--pool', '10.0.0.0/99'], {}, noFile), /--pool "10.0.0.0\/99".*longer than 32/);
-  t.throws(() => resolveConfig(['--bogus'], {}, noFile), /unknown option --bogus/);
-  t.throws(() => resolveConfig(['--state-dir'], {}, noFile), /--state-dir needs a value/);
+  t.throws(() => resolveConfig(['--bogus'], {}, noFile), /unknown option '--bogus' \(see membrane-agent --help\)/);
+  t.throws(() => resolveConfig(['--state-dir'], {}, noFile), /option '--state-dir <dir>' argument missing/);
+  t.throws(() => resolveConfig(['stray'], {}, noFile), /too many arguments/);
+  t.throws(() => resolveConfig(['--mtu', '99'], {}, noFile), /--mtu "99" is not a whole number from 576 to 65535/);
+  t.throws(() => resolveConfig([], { MEMBRANE_FLOW_BUFFER: 'lots' }, noFile), /MEMBRANE_FLOW_BUFFER "lots" is not a whole number/);
+  t.throws(() => resolveConfig(['--flow-events', 'maybe'], {}, noFile), /--flow-events "maybe" is not on or off/);
   t.throws(() => resolveConfig(['--config', '/x.yaml'], {}, () => 'stateDir: 5\n'), /config file \/x.yaml: stateDir:/);
   t.throws(() => resolveConfig(['--config', '/x.yaml'], {}, () => 'socketz: /a\n'), /config file \/x.yaml/);
   t.throws(() => resolveConfig(['--config', '/missing.yaml'], {}, noFile), /cannot read config file \/missing.yaml/);
@@ -40,4 +44,31 @@ t.test('--docker-plugin takes an optional name', async (t) => {
   t.equal(resolveConfig(['--docker-plugin'], {}, noFile).dockerPlugin, 'membrane');
   t.equal(resolveConfig(['--docker-plugin', 'mbx'], {}, noFile).dockerPlugin, 'mbx');
   t.equal(resolveConfig(['--docker-plugin', '--state-dir', '/s'], {}, noFile).dockerPlugin, 'membrane');
+});
+
+t.test('every setting has a flag, and the environment and the file can set it too', async (t) => {
+  const c = resolveConfig(['--events-per-second', '0', '--conntrack-gc-interval', '30', '--policy-audit-mode'], {}, noFile);
+  t.equal(c.eventsPerSecond, 0, '0 = unlimited');
+  t.equal(c.conntrackGcIntervalSeconds, 30);
+  t.equal(c.policyAuditMode, true);
+  const e = resolveConfig([], { MEMBRANE_EVENTS_PER_SECOND: '500', MEMBRANE_CONNTRACK_GC_INTERVAL: '5', MEMBRANE_POLICY_AUDIT_MODE: 'on', MEMBRANE_FLOW_EVENTS: 'off' }, noFile);
+  t.same([e.eventsPerSecond, e.conntrackGcIntervalSeconds, e.policyAuditMode, e.flowEvents], [500, 5, true, false]);
+  const f = resolveConfig(['--config', '/c.yaml'], {}, () => 'eventsPerSecond: 7\nconntrackGcIntervalSeconds: 60\nflowBufferSize: 9\n');
+  t.same([f.eventsPerSecond, f.conntrackGcIntervalSeconds, f.flowBufferSize], [7, 60, 9]);
+  const d = resolveConfig([], {}, noFile);
+  t.same([d.eventsPerSecond, d.conntrackGcIntervalSeconds, d.flowEvents, d.policyAuditMode], [20_000, 15, true, false], 'defaults');
+});
+
+t.test('--help is generated from the same table: every flag with its environment variable', async (t) => {
+  t.same(parseFlags(['--help']).help, true);
+  t.same(parseFlags(['-h']).help, true);
+  const help = helpText();
+  for (const flag of ['--state-dir', '--bpffs-dir', '--socket', '--pool', '--host-device', '--mtu', '--node-name', '--bpf-object',
+    '--docker-plugin', '--docker-plugin-dir', '--docker-socket', '--metrics-address', '--observer-socket', '--observer-address',
+    '--flow-buffer', '--flow-events', '--events-per-second', '--policy-audit-mode', '--conntrack-gc-interval', '--log-level', '--config']) {
+    t.match(help, new RegExp(`\\s${flag}\\b`), flag);
+  }
+  for (const env of ['MEMBRANE_STATE_DIR', 'MEMBRANE_POOLS', 'MEMBRANE_EVENTS_PER_SECOND', 'MEMBRANE_CONNTRACK_GC_INTERVAL', 'DOCKER_SOCKET', 'MEMBRANE_CONFIG']) {
+    t.match(help, env, env);
+  }
 });

@@ -1,9 +1,12 @@
 // Agent configuration from flags, environment and an optional YAML/JSON file, in that precedence.
+// One table (OPTIONS) names every setting once: its flag, its environment variable, its file key, its
+// default and how its text is read; commander parses the flags and writes --help from the same table.
 // Pure: the caller passes argv, env and a file reader, so every rule is unit-testable.
 import os from 'node:os';
+import { Command, CommanderError, Option } from 'commander';
 import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
-import { parseCidr } from '../net/index.ts';
+import { ifNameProblem, parseCidr } from '../net/index.ts';
 import type { NetworkSpec } from '../types.ts';
 
 export const DEFAULTS = {
@@ -17,6 +20,10 @@ export const DEFAULTS = {
   metricsAddress: '127.0.0.1:9962',
   observerSocket: '/run/membrane/observer.sock',
   flowBufferSize: 4096,
+  /** Per-CPU flow/drop event rate limit: a flood of dropped packets must not flood the agent. */
+  eventsPerSecond: 20_000,
+  /** Expired conntrack entries are collected this often. */
+  conntrackGcIntervalSeconds: 15,
 } as const;
 
 export interface AgentConfig {
@@ -42,21 +49,28 @@ export interface AgentConfig {
   flowBufferSize: number;
   /** Flow and drop events from the datapath (off for benchmarking their cost). */
   flowEvents: boolean;
+  /** Per-CPU limit of flow and drop events a second (0 = unlimited). */
+  eventsPerSecond: number;
   /** Agent-wide policy audit mode: would-be drops are reported, traffic passes. */
   policyAuditMode: boolean;
+  /** Seconds between conntrack garbage collections. */
+  conntrackGcIntervalSeconds: number;
 }
 
 export class ConfigError extends Error {
   constructor(message: string) { super(message); this.name = 'ConfigError'; }
 }
 
+const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
+const IFNAME = z.string().refine((s) => !ifNameProblem(s), 'not a valid interface name');
+
 const FileSchema = z.object({
   stateDir: z.string().min(1).optional(),
   bpffsDir: z.string().min(1).optional(),
   socket: z.string().min(1).optional(),
-  hostDevice: z.string().regex(/^[A-Za-z0-9_.-]{1,15}$/).optional(),
+  hostDevice: IFNAME.optional(),
   pools: z.array(z.string()).optional(),
-  logLevel: z.enum(['trace', 'debug', 'info', 'warn', 'error', 'fatal']).optional(),
+  logLevel: z.enum(LOG_LEVELS).optional(),
   nodeName: z.string().min(1).optional(),
   bpfObject: z.string().optional(),
   dockerPlugin: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/).optional(),
@@ -68,66 +82,97 @@ const FileSchema = z.object({
   observerAddress: z.string().optional(),
   flowBufferSize: z.number().int().min(1).max(10_000_000).optional(),
   flowEvents: z.boolean().optional(),
+  eventsPerSecond: z.number().int().min(0).optional(),
   policyAuditMode: z.boolean().optional(),
+  conntrackGcIntervalSeconds: z.number().int().min(1).max(86_400).optional(),
 }).strict();
 
 export type FileConfig = z.infer<typeof FileSchema>;
+type Key = keyof FileConfig | 'config';
 
-export const USAGE = `Usage: membrane-agent [options]
-  --state-dir DIR        persistent state (default ${DEFAULTS.stateDir}; env MEMBRANE_STATE_DIR)
-  --bpffs-dir DIR        pinned BPF maps and programs (default ${DEFAULTS.bpffsDir}; env MEMBRANE_BPFFS_DIR)
-  --socket PATH          REST API unix socket, mode 0660 (default ${DEFAULTS.socket}; env MEMBRANE_SOCKET)
-  --pool [NAME=]CIDR[,CIDR6]  a network's subnets, repeatable (default: default=${DEFAULTS.pools[0]}; env MEMBRANE_POOLS, ';'-separated)
-  --host-device NAME     dummy device holding the gateways (default ${DEFAULTS.hostDevice}; env MEMBRANE_HOST_DEVICE)
-  --mtu N                MTU of the networks given by --pool (default 1500)
-  --node-name NAME       (default: the hostname)
-  --bpf-object PATH      compiled datapath (default: dist/bpf/endpoint.o next to the executable)
-  --docker-plugin [NAME] serve the Docker network/IPAM plugin NAME (default name: membrane)
-  --docker-plugin-dir D  where dockerd looks for plugin sockets (default ${DEFAULTS.dockerPluginDir})
-  --docker-socket PATH   Docker API socket for container labels (default /var/run/docker.sock)
-  --metrics-address A    Prometheus metrics on host:port, or "off" (default ${DEFAULTS.metricsAddress})
-  --observer-socket PATH gRPC flow observer socket (default ${DEFAULTS.observerSocket})
-  --observer-address A   also serve the observer on TCP host:port
-  --flow-buffer N        flows kept in memory (default ${DEFAULTS.flowBufferSize})
-  --flow-events on|off   flow and drop events from the datapath (default on)
-  --policy-audit-mode    report would-be policy drops, let traffic pass (all endpoints)
-  --log-level LEVEL      trace|debug|info|warn|error (default info; env MEMBRANE_LOG_LEVEL)
-  --config FILE          YAML or JSON file with the same keys in camelCase (env MEMBRANE_CONFIG)
-  -h, --help             this text`;
+/** One setting: its flag (commander syntax), environment variable, help text and default shown in --help. */
+interface OptionSpec {
+  key: Key;
+  flags: string;
+  env?: string;
+  help: string;
+  default?: string;
+}
 
-type FlagKey = Exclude<keyof FileConfig, 'pools' | 'policyAuditMode'> | 'config';
-type Flags = Partial<Record<FlagKey, string>> & { pools: string[]; help?: boolean; policyAuditMode?: boolean };
+const OPTIONS: OptionSpec[] = [
+  { key: 'stateDir', flags: '--state-dir <dir>', env: 'MEMBRANE_STATE_DIR', help: 'persistent state', default: DEFAULTS.stateDir },
+  { key: 'bpffsDir', flags: '--bpffs-dir <dir>', env: 'MEMBRANE_BPFFS_DIR', help: 'pinned BPF maps and programs', default: DEFAULTS.bpffsDir },
+  { key: 'socket', flags: '--socket <path>', env: 'MEMBRANE_SOCKET', help: 'REST API unix socket, mode 0660', default: DEFAULTS.socket },
+  { key: 'pools', flags: '--pool <[name=]cidr[,cidr6]>', env: 'MEMBRANE_POOLS', help: "a network's subnets, repeatable (env: ';'-separated)", default: `default=${DEFAULTS.pools[0]}` },
+  { key: 'hostDevice', flags: '--host-device <name>', env: 'MEMBRANE_HOST_DEVICE', help: "veth holding every network's gateway address", default: DEFAULTS.hostDevice },
+  { key: 'mtu', flags: '--mtu <n>', env: 'MEMBRANE_MTU', help: 'MTU of the networks given by --pool', default: '1500' },
+  { key: 'nodeName', flags: '--node-name <name>', env: 'MEMBRANE_NODE_NAME', help: 'node name in flows and status', default: 'the hostname' },
+  { key: 'bpfObject', flags: '--bpf-object <path>', env: 'MEMBRANE_BPF_OBJECT', help: 'compiled datapath', default: 'dist/bpf/endpoint.o next to the executable' },
+  { key: 'dockerPlugin', flags: '--docker-plugin [name]', env: 'MEMBRANE_DOCKER_PLUGIN', help: 'serve the Docker network/IPAM plugin NAME (default name: membrane)' },
+  { key: 'dockerPluginDir', flags: '--docker-plugin-dir <dir>', help: 'where dockerd looks for plugin sockets', default: DEFAULTS.dockerPluginDir },
+  { key: 'dockerSocket', flags: '--docker-socket <path>', env: 'DOCKER_SOCKET', help: 'Docker API socket for container labels', default: '/var/run/docker.sock' },
+  { key: 'metricsAddress', flags: '--metrics-address <host:port>', env: 'MEMBRANE_METRICS_ADDRESS', help: 'Prometheus metrics, or "off"', default: DEFAULTS.metricsAddress },
+  { key: 'observerSocket', flags: '--observer-socket <path>', env: 'MEMBRANE_OBSERVER_SOCKET', help: 'gRPC flow observer socket', default: DEFAULTS.observerSocket },
+  { key: 'observerAddress', flags: '--observer-address <host:port>', env: 'MEMBRANE_OBSERVER_ADDRESS', help: 'also serve the observer on TCP' },
+  { key: 'flowBufferSize', flags: '--flow-buffer <n>', env: 'MEMBRANE_FLOW_BUFFER', help: 'flows kept in memory', default: String(DEFAULTS.flowBufferSize) },
+  { key: 'flowEvents', flags: '--flow-events <on|off>', env: 'MEMBRANE_FLOW_EVENTS', help: 'flow and drop events from the datapath', default: 'on' },
+  { key: 'eventsPerSecond', flags: '--events-per-second <n>', env: 'MEMBRANE_EVENTS_PER_SECOND', help: 'per-CPU limit of flow and drop events a second, 0 = none', default: String(DEFAULTS.eventsPerSecond) },
+  { key: 'policyAuditMode', flags: '--policy-audit-mode', env: 'MEMBRANE_POLICY_AUDIT_MODE', help: 'report would-be policy drops, let traffic pass (all endpoints; env on|off)' },
+  { key: 'conntrackGcIntervalSeconds', flags: '--conntrack-gc-interval <seconds>', env: 'MEMBRANE_CONNTRACK_GC_INTERVAL', help: 'how often expired conntrack entries are collected', default: String(DEFAULTS.conntrackGcIntervalSeconds) },
+  { key: 'logLevel', flags: '--log-level <level>', env: 'MEMBRANE_LOG_LEVEL', help: 'trace|debug|info|warn|error', default: DEFAULTS.logLevel },
+  { key: 'config', flags: '--config <file>', env: 'MEMBRANE_CONFIG', help: 'YAML or JSON file with the same keys in camelCase' },
+];
+
+function describe(o: OptionSpec): string {
+  const extras = [o.default !== undefined ? `default ${o.default}` : '', o.env ? `env ${o.env}` : ''].filter(Boolean);
+  return extras.length ? `${o.help} (${extras.join('; ')})` : o.help;
+}
+
+/** A fresh commander program over OPTIONS (commander keeps parse state, so one per parse). */
+function program(): { cmd: Command; attr: Map<Key, string> } {
+  const cmd = new Command('membrane-agent')
+    .description('Membrane node agent: owns the node\'s networking state, programs the eBPF datapath, serves the API')
+    .helpOption('-h, --help', 'show this help')
+    .allowExcessArguments(false)
+    .exitOverride()
+    .configureOutput({ writeOut: () => undefined, writeErr: () => undefined })
+    .addHelpText('after', '\nPrecedence: flags, then environment variables, then the --config file, then the defaults.');
+  const attr = new Map<Key, string>();
+  for (const o of OPTIONS) {
+    const opt = new Option(o.flags, describe(o));
+    if (o.key === 'pools') opt.argParser((v: string, prev: string[] = []) => [...prev, v]);
+    cmd.addOption(opt);
+    attr.set(o.key, opt.attributeName());
+  }
+  return { cmd, attr };
+}
+
+/** The generated --help text. */
+export function helpText(): string {
+  return program().cmd.helpInformation();
+}
+
+type Flags = Partial<Record<Exclude<Key, 'pools' | 'policyAuditMode'>, string>> & { pools: string[]; policyAuditMode?: boolean; help?: boolean };
 
 export function parseFlags(argv: string[]): Flags {
-  const flags: Flags = { pools: [] };
-  const names: Record<string, FlagKey> = {
-    '--state-dir': 'stateDir', '--bpffs-dir': 'bpffsDir', '--socket': 'socket', '--host-device': 'hostDevice',
-    '--log-level': 'logLevel', '--node-name': 'nodeName', '--bpf-object': 'bpfObject', '--config': 'config',
-    '--docker-plugin-dir': 'dockerPluginDir', '--docker-socket': 'dockerSocket', '--mtu': 'mtu',
-    '--metrics-address': 'metricsAddress', '--observer-socket': 'observerSocket', '--observer-address': 'observerAddress',
-    '--flow-buffer': 'flowBufferSize', '--flow-events': 'flowEvents',
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const raw = argv[i];
-    const eq = raw.indexOf('=');
-    const [flag, inline] = raw.startsWith('--') && eq > 0 ? [raw.slice(0, eq), raw.slice(eq + 1)] : [raw, undefined];
-    const takeValue = (): string => {
-      if (inline !== undefined) return inline;
-      const v = argv[++i];
-      if (v === undefined || v.startsWith('--')) throw new ConfigError(`${flag} needs a value`);
-      return v;
-    };
-    if (flag === '-h' || flag === '--help') { flags.help = true; continue; }
-    if (flag === '--pool') { flags.pools.push(takeValue()); continue; }
-    if (flag === '--policy-audit-mode') { flags.policyAuditMode = true; continue; }
-    if (flag === '--docker-plugin') {
-      const next = argv[i + 1];
-      flags.dockerPlugin = inline ?? (next && !next.startsWith('-') ? argv[++i] : 'membrane');
-      continue;
+  const { cmd, attr } = program();
+  try {
+    cmd.parse(argv, { from: 'user' });
+  } catch (e) {
+    if (e instanceof CommanderError) {
+      if (e.code === 'commander.helpDisplayed') return { pools: [], help: true };
+      throw new ConfigError(`${e.message.replace(/^error: /, '')} (see membrane-agent --help)`);
     }
-    const key = names[flag];
-    if (!key) throw new ConfigError(`unknown option ${raw}\n${USAGE}`);
-    flags[key] = takeValue();
+    throw e;
+  }
+  const raw = cmd.opts() as Record<string, unknown>;
+  const flags: Flags = { pools: (raw[attr.get('pools')!] as string[] | undefined) ?? [] };
+  for (const o of OPTIONS) {
+    const v = raw[attr.get(o.key)!];
+    if (v === undefined || o.key === 'pools') continue;
+    if (o.key === 'policyAuditMode') flags.policyAuditMode = v === true;
+    else if (o.key === 'dockerPlugin') flags.dockerPlugin = v === true ? 'membrane' : String(v);
+    else flags[o.key] = String(v);
   }
   return flags;
 }
@@ -148,61 +193,82 @@ export function poolsToNetworks(pools: string[], mtu?: number): NetworkSpec[] {
   return [...byName].map(([name, subnets]) => ({ name, subnets, ...(mtu ? { mtu } : {}) }));
 }
 
+function readFileConfig(path: string, readFile: (p: string) => string): FileConfig {
+  let text: string;
+  try { text = readFile(path); } catch (e) { throw new ConfigError(`cannot read config file ${path}: ${(e as Error).message}`); }
+  const parsed = FileSchema.safeParse(parseYaml(text) ?? {});
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0];
+    throw new ConfigError(`config file ${path}: ${issue.path.join('.') || '(root)'}: ${issue.message}`);
+  }
+  return parsed.data;
+}
+
 export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: (p: string) => string): AgentConfig {
   const flags = parseFlags(argv);
-  const configPath = flags.config ?? env.MEMBRANE_CONFIG;
-  let file: FileConfig = {};
-  if (configPath) {
-    let text: string;
-    try { text = readFile(configPath); } catch (e) { throw new ConfigError(`cannot read config file ${configPath}: ${(e as Error).message}`); }
-    const parsed = FileSchema.safeParse(parseYaml(text) ?? {});
-    if (!parsed.success) {
-      const issue = parsed.error.issues[0];
-      throw new ConfigError(`config file ${configPath}: ${issue.path.join('.') || '(root)'}: ${issue.message}`);
-    }
-    file = parsed.data;
-  }
-  const envPools = env.MEMBRANE_POOLS?.split(';').map((s) => s.trim()).filter(Boolean);
+  const envOf = (key: Key) => {
+    const name = OPTIONS.find((o) => o.key === key)?.env;
+    return name ? env[name] : undefined;
+  };
+  const configPath = flags.config ?? envOf('config');
+  const file: FileConfig = configPath ? readFileConfig(configPath, readFile) : {};
+  /** flag, else environment, as text; with where it came from for error messages. */
+  const text = (key: Exclude<Key, 'pools' | 'policyAuditMode' | 'config'>): { text: string; from: string } | undefined => {
+    const spec = OPTIONS.find((o) => o.key === key)!;
+    const f = flags[key];
+    if (f !== undefined) return { text: f, from: spec.flags.split(' ')[0] };
+    const e = envOf(key);
+    return e !== undefined ? { text: e, from: spec.env! } : undefined;
+  };
+  const str = (key: Parameters<typeof text>[0]) => text(key)?.text;
+
+  const envPools = envOf('pools')?.split(';').map((s) => s.trim()).filter(Boolean);
   const pools = flags.pools.length ? flags.pools : envPools?.length ? envPools : file.pools ?? [...DEFAULTS.pools];
-  const mtuText = flags.mtu ?? env.MEMBRANE_MTU;
-  const mtu = mtuText !== undefined ? Number(mtuText) : file.mtu;
-  if (mtu !== undefined && (!Number.isInteger(mtu) || mtu < 576 || mtu > 65535)) throw new ConfigError(`--mtu ${mtuText} is out of range (576-65535)`);
-  const hostDevice = flags.hostDevice ?? env.MEMBRANE_HOST_DEVICE ?? file.hostDevice ?? DEFAULTS.hostDevice;
-  if (!/^[A-Za-z0-9_.-]{1,15}$/.test(hostDevice)) throw new ConfigError(`--host-device "${hostDevice}" is not a valid interface name`);
-  const logLevel = flags.logLevel ?? env.MEMBRANE_LOG_LEVEL ?? file.logLevel ?? DEFAULTS.logLevel;
-  if (!['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'].includes(logLevel)) throw new ConfigError(`--log-level "${logLevel}" is not one of trace, debug, info, warn, error`);
+  const mtu = int(text('mtu'), file.mtu, { min: 576, max: 65535 });
+  const hostDevice = str('hostDevice') ?? file.hostDevice ?? DEFAULTS.hostDevice;
+  const hostProblem = ifNameProblem(hostDevice);
+  if (hostProblem) throw new ConfigError(`--host-device "${hostDevice}" is not a valid interface name: it ${hostProblem}`);
+  const logLevel = str('logLevel') ?? file.logLevel ?? DEFAULTS.logLevel;
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) throw new ConfigError(`--log-level "${logLevel}" is not one of trace, debug, info, warn, error`);
+  const auditEnv = envOf('policyAuditMode');
+  const audit = flags.policyAuditMode ?? onOff(auditEnv === undefined ? undefined : { text: auditEnv, from: 'MEMBRANE_POLICY_AUDIT_MODE' }, file.policyAuditMode ?? false);
   return {
-    stateDir: flags.stateDir ?? env.MEMBRANE_STATE_DIR ?? file.stateDir ?? DEFAULTS.stateDir,
-    bpffsDir: flags.bpffsDir ?? env.MEMBRANE_BPFFS_DIR ?? file.bpffsDir ?? DEFAULTS.bpffsDir,
-    socket: flags.socket ?? env.MEMBRANE_SOCKET ?? file.socket ?? DEFAULTS.socket,
+    stateDir: str('stateDir') ?? file.stateDir ?? DEFAULTS.stateDir,
+    bpffsDir: str('bpffsDir') ?? file.bpffsDir ?? DEFAULTS.bpffsDir,
+    socket: str('socket') ?? file.socket ?? DEFAULTS.socket,
     hostDevice,
     networks: poolsToNetworks(pools, mtu),
     logLevel,
-    nodeName: flags.nodeName ?? env.MEMBRANE_NODE_NAME ?? file.nodeName ?? os.hostname(),
-    bpfObject: flags.bpfObject ?? env.MEMBRANE_BPF_OBJECT ?? file.bpfObject,
-    dockerPlugin: flags.dockerPlugin ?? env.MEMBRANE_DOCKER_PLUGIN ?? file.dockerPlugin,
-    dockerPluginDir: flags.dockerPluginDir ?? file.dockerPluginDir ?? DEFAULTS.dockerPluginDir,
-    dockerSocket: flags.dockerSocket ?? env.DOCKER_SOCKET ?? file.dockerSocket,
+    nodeName: str('nodeName') ?? file.nodeName ?? os.hostname(),
+    bpfObject: str('bpfObject') ?? file.bpfObject,
+    dockerPlugin: str('dockerPlugin') ?? file.dockerPlugin,
+    dockerPluginDir: str('dockerPluginDir') ?? file.dockerPluginDir ?? DEFAULTS.dockerPluginDir,
+    dockerSocket: str('dockerSocket') ?? file.dockerSocket,
     mtu,
-    metricsAddress: flags.metricsAddress ?? env.MEMBRANE_METRICS_ADDRESS ?? file.metricsAddress ?? DEFAULTS.metricsAddress,
-    observerSocket: flags.observerSocket ?? env.MEMBRANE_OBSERVER_SOCKET ?? file.observerSocket ?? DEFAULTS.observerSocket,
-    observerAddress: flags.observerAddress ?? env.MEMBRANE_OBSERVER_ADDRESS ?? file.observerAddress,
-    flowBufferSize: intOption('--flow-buffer', flags.flowBufferSize ?? env.MEMBRANE_FLOW_BUFFER, file.flowBufferSize ?? DEFAULTS.flowBufferSize),
-    flowEvents: onOff('--flow-events', flags.flowEvents ?? env.MEMBRANE_FLOW_EVENTS, file.flowEvents ?? true),
-    policyAuditMode: flags.policyAuditMode ?? (env.MEMBRANE_POLICY_AUDIT_MODE ? onOff('MEMBRANE_POLICY_AUDIT_MODE', env.MEMBRANE_POLICY_AUDIT_MODE, false) : file.policyAuditMode ?? false),
+    metricsAddress: str('metricsAddress') ?? file.metricsAddress ?? DEFAULTS.metricsAddress,
+    observerSocket: str('observerSocket') ?? file.observerSocket ?? DEFAULTS.observerSocket,
+    observerAddress: str('observerAddress') ?? file.observerAddress,
+    flowBufferSize: int(text('flowBufferSize'), file.flowBufferSize, { min: 1 }) ?? DEFAULTS.flowBufferSize,
+    flowEvents: onOff(text('flowEvents'), file.flowEvents ?? true),
+    eventsPerSecond: int(text('eventsPerSecond'), file.eventsPerSecond, { min: 0 }) ?? DEFAULTS.eventsPerSecond,
+    policyAuditMode: audit,
+    conntrackGcIntervalSeconds: int(text('conntrackGcIntervalSeconds'), file.conntrackGcIntervalSeconds, { min: 1, max: 86_400 })
+      ?? DEFAULTS.conntrackGcIntervalSeconds,
   };
 }
 
-function intOption(name: string, text: string | undefined, fallback: number): number {
-  if (text === undefined) return fallback;
-  const n = Number(text);
-  if (!Number.isInteger(n) || n < 1) throw new ConfigError(`${name} "${text}" is not a positive whole number`);
+function int(v: { text: string; from: string } | undefined, fallback: number | undefined, range: { min: number; max?: number }): number | undefined {
+  if (v === undefined) return fallback;
+  const n = Number(v.text);
+  if (!/^\d+$/.test(v.text.trim()) || n < range.min || (range.max !== undefined && n > range.max)) {
+    throw new ConfigError(`${v.from} "${v.text}" is not a whole number from ${range.min}${range.max !== undefined ? ` to ${range.max}` : ' up'}`);
+  }
   return n;
 }
 
-function onOff(name: string, text: string | undefined, fallback: boolean): boolean {
-  if (text === undefined) return fallback;
-  if (['on', 'true', '1', 'yes'].includes(text)) return true;
-  if (['off', 'false', '0', 'no'].includes(text)) return false;
-  throw new ConfigError(`${name} "${text}" is not on or off`);
+function onOff(v: { text: string; from: string } | undefined, fallback: boolean): boolean {
+  if (v === undefined) return fallback;
+  if (['on', 'true', '1', 'yes'].includes(v.text)) return true;
+  if (['off', 'false', '0', 'no'].includes(v.text)) return false;
+  throw new ConfigError(`${v.from} "${v.text}" is not on or off`);
 }

@@ -1,6 +1,6 @@
 // membrane-agent entry point.
 import fs from 'node:fs';
-import { resolveConfig, USAGE, ConfigError, parseFlags } from './config.ts';
+import { helpText, parseFlags, resolveConfig } from './config.ts';
 import { createLogger } from '../log.ts';
 import { Agent, type AgentExtension } from './agent.ts';
 import { cniPendingDeletesExtension, dockerPluginExtension } from './extensions.ts';
@@ -10,7 +10,7 @@ import { flowsExtension } from './flows-extension.ts';
 async function main(): Promise<void> {
   let cfg;
   try {
-    if (parseFlags(process.argv.slice(2)).help) { process.stdout.write(USAGE + '\n'); return; }
+    if (parseFlags(process.argv.slice(2)).help) { process.stdout.write(helpText()); return; }
     cfg = resolveConfig(process.argv.slice(2), process.env, (p) => fs.readFileSync(p, 'utf8'));
   } catch (e) {
     process.stderr.write(`membrane-agent: ${(e as Error).message}\n`);

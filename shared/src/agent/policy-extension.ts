@@ -9,19 +9,10 @@ import { decodeRuleId } from '../policy/rule-id.ts';
 import { dropReasonName } from '../flows/event.ts';
 import type { Datapath } from '../bpf/datapath.ts';
 import { identityRouter, policyRouter } from '../api/policy-routes.ts';
+import { addressOnly } from '../net/index.ts';
 
 const HOST_REFRESH_MS = 10_000;
 const IDENTITY_SWEEP_MS = 60_000;
-const CT_GC_MS = 15_000;
-/** Per-CPU flow/drop event rate limit: a flood of dropped packets must not flood the agent. */
-const DEFAULT_EVENTS_PER_SECOND = 20_000;
-
-/** MEMBRANE_EVENTS_PER_SECOND (0 = unlimited) until the agent config grows a flag for it. */
-function eventsPerSecond(): number {
-  const text = process.env.MEMBRANE_EVENTS_PER_SECOND;
-  const v = Number(text);
-  return text !== undefined && Number.isInteger(v) && v >= 0 ? v : DEFAULT_EVENTS_PER_SECOND;
-}
 
 /** Every address of the node's own interfaces (its netns): traffic from them is the host identity.
  *  IPv6 link-local addresses are left out: every host veth has one (they would change with every
@@ -57,7 +48,7 @@ export function policyExtension(): AgentExtension {
         afterDelete: async (ep) => {
           await e.endpointDeleted(ep);
           // Its addresses may be handed out again: no flow of the old endpoint may carry over.
-          try { agent.datapath.flushConntrack(ep.ips.map((ip) => ip.address.split('/')[0])); } catch (err) { log.warn({ err }, 'conntrack flush failed'); }
+          try { agent.datapath.flushConntrack(ep.ips.map((ip) => addressOnly(ip.address))); } catch (err) { log.warn({ err }, 'conntrack flush failed'); }
         },
         afterLabelsChanged: (ep) => e.endpointLabelsChanged(ep),
       });
@@ -78,7 +69,7 @@ export function policyExtension(): AgentExtension {
       const log = agent.log.child({ component: 'policy' });
       const stats = await e.start();
       // Agent-wide switches live in the datapath's global config map.
-      agent.datapath.setGlobalConfig({ events: agent.cfg.flowEvents, audit: agent.cfg.policyAuditMode, eventsPerSecond: eventsPerSecond() });
+      agent.datapath.setGlobalConfig({ events: agent.cfg.flowEvents, audit: agent.cfg.policyAuditMode, eventsPerSecond: agent.cfg.eventsPerSecond });
       log.info({ ...stats, ...e.mapUsage(), revision: e.revision, auditMode: agent.cfg.policyAuditMode }, 'policy engine started');
       Object.defineProperty(agent.statusExtras, 'policy', {
         enumerable: true, configurable: true,
@@ -89,7 +80,7 @@ export function policyExtension(): AgentExtension {
         setInterval(() => { e.sweepIdentities().catch((err) => log.warn({ err }, 'identity sweep failed')); }, IDENTITY_SWEEP_MS),
         setInterval(() => {
           try { agent.datapath.gcConntrack(); } catch (err) { log.warn({ err }, 'conntrack GC failed'); }
-        }, CT_GC_MS),
+        }, agent.cfg.conntrackGcIntervalSeconds * 1000),
       ];
       for (const t of timers) t.unref();
       return { close: async () => { for (const t of timers) clearInterval(t); } };
