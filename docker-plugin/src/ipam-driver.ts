@@ -8,6 +8,7 @@ import {
   usableRange, type Family,
 } from '../../shared/src/net/index.ts';
 import type { DriverContext } from './network-driver.ts';
+import type { IpamOwner } from '../../shared/src/ipam/owner.ts';
 import type { PoolRecord } from './state.ts';
 import type { RequestAddressRequest, RequestPoolRequest } from './schemas.ts';
 import { PluginError, short, wrap } from './errors.ts';
@@ -102,7 +103,7 @@ export async function requestAddress(ctx: DriverContext, req: RequestAddressRequ
     if (!pool.pendingAux.includes(wanted)) await ctx.state.setPool({ ...pool, pendingAux: [...pool.pendingAux, wanted] });
     return answer(wanted);
   }
-  const owner = `docker-ipam:${pool.coreName}:${crypto.randomBytes(4).toString('hex')}`;
+  const owner: IpamOwner = { kind: 'docker-address', network: pool.coreName, lease: crypto.randomBytes(4).toString('hex') };
   const what = `cannot allocate an address in subnet ${pool.pool} of Docker network ${short(pool.networkId ?? '')}`;
   try {
     if (wanted) {
@@ -121,7 +122,7 @@ export async function requestAddress(ctx: DriverContext, req: RequestAddressRequ
 }
 
 /** --ip-range: the first free address of the sub-range (the core allocator knows only whole subnets). */
-async function allocateInRange(ctx: DriverContext, pool: PoolRecord, owner: string): Promise<string> {
+async function allocateInRange(ctx: DriverContext, pool: PoolRecord, owner: IpamOwner): Promise<string> {
   const coreName = pool.coreName!;
   const sub = parseCidr(pool.subPool);
   const whole = usableRange(parseCidr(pool.pool));

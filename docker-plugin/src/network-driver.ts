@@ -5,6 +5,7 @@
 // Docker's /24 on eth0 works: the host answers ARP for every peer and routes it by its /32.
 import type { Core } from '../../shared/src/core.ts';
 import type { Endpoint } from '../../shared/src/types.ts';
+import { parseOwnerKey, type IpamOwner } from '../../shared/src/ipam/owner.ts';
 import { addressOnly, bigIntToIp, cidrsOverlap, formatCidr, hostPrefix, parseCidr } from '../../shared/src/net/index.ts';
 import type { Logger } from 'pino';
 import type { DockerState, EndpointRecord } from './state.ts';
@@ -84,7 +85,7 @@ export async function deleteNetwork(ctx: DriverContext, networkId: string): Prom
     await ctx.core.ipam.releaseOwner(auxOwner(coreName));
     // Addresses our IPAM handed out and dockerd never released (it releases them before DeleteNetwork).
     for (const pool of ctx.core.ipam.pools().filter((p) => p.name === coreName)) {
-      for (const a of pool.allocations.filter((x) => x.owner.startsWith(`docker-ipam:${coreName}:`))) {
+      for (const a of pool.allocations.filter((x) => { const o = parseOwnerKey(x.owner); return o?.kind === 'docker-address' && o.network === coreName; })) {
         await ctx.core.ipam.releaseIp(coreName, a.ip);
       }
     }
@@ -249,6 +250,6 @@ function describeCoreNetwork(ctx: DriverContext, coreName: string): string {
   return docker ? `Docker network ${short(docker.networkId)} (membrane network ${coreName})` : `membrane network "${coreName}"`;
 }
 
-export function auxOwner(coreName: string): string {
-  return `docker-aux:${coreName}`;
+export function auxOwner(coreName: string): IpamOwner {
+  return { kind: 'docker-aux', network: coreName };
 }

@@ -1,6 +1,7 @@
 // The one core both front doors (CNI through the agent API, Docker through the hosted plugin) drive.
 // Interfaces only; the agent builds the implementation (shared/src/agent/core-impl.ts).
 import type { Endpoint, EndpointRequest, IpamPoolView, Network, NetworkSpec } from './types.ts';
+import type { IpamOwner } from './ipam/owner.ts';
 
 export interface NetworkService {
   create(spec: NetworkSpec): Promise<Network>;
@@ -22,10 +23,10 @@ export interface EndpointService {
 }
 
 export interface IpamService {
-  /** Allocate from a network's pool for an owner ("<containerId>/<ifName>" or any stable string).
-   *  `ip` requests a specific address; family picks the subnet when the network is dual-stack. */
-  allocate(network: string, owner: string, opts?: { ip?: string; family?: 4 | 6 }): Promise<{ ip: string; subnet: string; gateway: string }>;
-  releaseOwner(owner: string): Promise<number>;
+  /** Allocate from a network's pool for an owner. `ip` requests a specific address; family picks the
+   *  subnet when the network is dual-stack. A repeated request of the same owner gets the same address. */
+  allocate(network: string, owner: IpamOwner, opts?: { ip?: string; family?: 4 | 6 }): Promise<{ ip: string; subnet: string; gateway: string }>;
+  releaseOwner(owner: IpamOwner): Promise<number>;
   releaseIp(network: string, ip: string): Promise<boolean>;
   pools(): IpamPoolView[];
 }

@@ -1,5 +1,6 @@
 import t from 'tap';
-import { hostVethName, ipamOwner, parseIpamOwner } from '../src/endpoint/naming.ts';
+import { hostVethName, ipamOwner } from '../src/endpoint/naming.ts';
+import { ownerKey, parseOwnerKey } from '../src/ipam/owner.ts';
 import { KeyedLock } from '../src/endpoint/lock.ts';
 
 t.test('host veth names are stable, distinct and fit IFNAMSIZ', async (t) => {
@@ -11,8 +12,11 @@ t.test('host veth names are stable, distinct and fit IFNAMSIZ', async (t) => {
 });
 
 t.test('IPAM owners round-trip, even with slashes in container ids', async (t) => {
-  t.same(parseIpamOwner(ipamOwner('ns/pod', 'eth0')), { containerId: 'ns/pod', ifName: 'eth0' });
-  t.equal(parseIpamOwner('docker:pool:10.0.0.1'), null);
+  t.same(parseOwnerKey(ownerKey(ipamOwner('ns/pod', 'eth0'))), { kind: 'endpoint', containerId: 'ns/pod', ifName: 'eth0' });
+  t.equal(ownerKey(ipamOwner('c1', 'eth0')), 'ep:c1/eth0', 'the stored form of earlier versions');
+  t.same(parseOwnerKey('docker-ipam:docker-0123456789ab:1a2b3c4d'), { kind: 'docker-address', network: 'docker-0123456789ab', lease: '1a2b3c4d' });
+  t.same(parseOwnerKey('docker-aux:docker-0123456789ab'), { kind: 'docker-aux', network: 'docker-0123456789ab' });
+  t.equal(parseOwnerKey('docker:pool:10.0.0.1'), null, 'a key this version never writes');
 });
 
 t.test('KeyedLock serialises one key and lets others run', async (t) => {

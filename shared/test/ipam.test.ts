@@ -6,24 +6,27 @@ import { Ipam } from '../src/ipam/index.ts';
 import { MemoryStore } from '../src/store/index.ts';
 import { JournalStore } from '../src/store/journal.ts';
 
+/** An endpoint owner for tests: the container id names it. */
+const ep = (containerId: string) => ({ kind: 'endpoint', containerId, ifName: 'eth0' }) as const;
+
 const v4 = [{ cidr: '10.9.0.0/24', gateway: '10.9.0.1' }];
 
 t.test('allocates, reserves network/gateway/broadcast, and names the pool when exhausted', async (t) => {
   const ipam = await Ipam.open(new MemoryStore());
   await ipam.ensurePool('tiny', [{ cidr: '10.9.0.0/29', gateway: '10.9.0.1' }]);
   const got: string[] = [];
-  for (let i = 0; i < 5; i++) got.push((await ipam.allocate('tiny', `c${i}`)).ip);
+  for (let i = 0; i < 5; i++) got.push((await ipam.allocate('tiny', ep(`c${i}`))).ip);
   t.same(got, ['10.9.0.2', '10.9.0.3', '10.9.0.4', '10.9.0.5', '10.9.0.6'], 'not .0 (network), .1 (gateway) or .7 (broadcast)');
-  await t.rejects(ipam.allocate('tiny', 'c6'), { code: 'pool_exhausted', message: /"tiny" is exhausted/ });
-  await ipam.releaseOwner('c2');
-  t.equal((await ipam.allocate('tiny', 'c7')).ip, '10.9.0.4', 'a released address is reused once the range wraps');
+  await t.rejects(ipam.allocate('tiny', ep('c6')), { code: 'pool_exhausted', message: /"tiny" is exhausted/ });
+  await ipam.releaseOwner(ep('c2'));
+  t.equal((await ipam.allocate('tiny', ep('c7'))).ip, '10.9.0.4', 'a released address is reused once the range wraps');
 });
 
 t.test('the same owner gets the same address again (a retried ADD)', async (t) => {
   const ipam = await Ipam.open(new MemoryStore());
   await ipam.ensurePool('p', v4);
-  const a = await ipam.allocate('p', 'owner-a');
-  const b = await ipam.allocate('p', 'owner-a');
+  const a = await ipam.allocate('p', ep('owner-a'));
+  const b = await ipam.allocate('p', ep('owner-a'));
   t.equal(a.ip, b.ip);
   t.equal(ipam.allocations().length, 1);
 });
@@ -31,29 +34,29 @@ t.test('the same owner gets the same address again (a retried ADD)', async (t) =
 t.test('requested addresses: in use, out of range, gateway', async (t) => {
   const ipam = await Ipam.open(new MemoryStore());
   await ipam.ensurePool('p', v4);
-  t.equal((await ipam.allocate('p', 'a', { ip: '10.9.0.50' })).ip, '10.9.0.50');
-  await t.rejects(ipam.allocate('p', 'b', { ip: '10.9.0.50' }), { code: 'address_in_use', message: /already allocated to a/ });
-  await t.rejects(ipam.allocate('p', 'b', { ip: '10.8.0.5' }), { code: 'address_out_of_range' });
-  await t.rejects(ipam.allocate('p', 'b', { ip: '10.9.0.1' }), { code: 'address_in_use', message: /gateway/ });
-  await t.rejects(ipam.allocate('p', 'b', { ip: '10.9.0.255' }), { code: 'address_out_of_range', message: /broadcast/ });
-  await t.rejects(ipam.allocate('nope', 'b'), { code: 'network_not_found', message: /"nope"/ });
+  t.equal((await ipam.allocate('p', ep('a'), { ip: '10.9.0.50' })).ip, '10.9.0.50');
+  await t.rejects(ipam.allocate('p', ep('b'), { ip: '10.9.0.50' }), { code: 'address_in_use', message: /already allocated to ep:a\/eth0/ });
+  await t.rejects(ipam.allocate('p', ep('b'), { ip: '10.8.0.5' }), { code: 'address_out_of_range' });
+  await t.rejects(ipam.allocate('p', ep('b'), { ip: '10.9.0.1' }), { code: 'address_in_use', message: /gateway/ });
+  await t.rejects(ipam.allocate('p', ep('b'), { ip: '10.9.0.255' }), { code: 'address_out_of_range', message: /broadcast/ });
+  await t.rejects(ipam.allocate('nope', ep('b')), { code: 'network_not_found', message: /"nope"/ });
 });
 
 t.test('release is idempotent', async (t) => {
   const ipam = await Ipam.open(new MemoryStore());
   await ipam.ensurePool('p', v4);
-  const { ip } = await ipam.allocate('p', 'a');
+  const { ip } = await ipam.allocate('p', ep('a'));
   t.equal(await ipam.releaseIp('p', ip), true);
   t.equal(await ipam.releaseIp('p', ip), false);
-  t.equal(await ipam.releaseOwner('a'), 0);
+  t.equal(await ipam.releaseOwner(ep('a')), 0);
 });
 
 t.test('dual-stack pools allocate per family', async (t) => {
   const ipam = await Ipam.open(new MemoryStore());
   await ipam.ensurePool('ds', [{ cidr: '10.9.0.0/24', gateway: '10.9.0.1' }, { cidr: 'fd00:9::/64', gateway: 'fd00:9::1' }]);
-  t.equal((await ipam.allocate('ds', 'a', { family: 4 })).ip, '10.9.0.2');
-  t.equal((await ipam.allocate('ds', 'a', { family: 6 })).ip, 'fd00:9::2');
-  t.equal(await ipam.releaseOwner('a'), 2);
+  t.equal((await ipam.allocate('ds', ep('a'), { family: 4 })).ip, '10.9.0.2');
+  t.equal((await ipam.allocate('ds', ep('a'), { family: 6 })).ip, 'fd00:9::2');
+  t.equal(await ipam.releaseOwner(ep('a')), 2);
 });
 
 t.test('200 concurrent allocations get 200 distinct addresses, all durable', async (t) => {
@@ -62,14 +65,14 @@ t.test('200 concurrent allocations get 200 distinct addresses, all durable', asy
   const store = new JournalStore(dir);
   const ipam = await Ipam.open(store);
   await ipam.ensurePool('big', [{ cidr: '10.10.0.0/16', gateway: '10.10.0.1' }]);
-  const results = await Promise.all(Array.from({ length: 200 }, (_, i) => ipam.allocate('big', `c${i}`)));
+  const results = await Promise.all(Array.from({ length: 200 }, (_, i) => ipam.allocate('big', ep(`c${i}`))));
   t.equal(new Set(results.map((r) => r.ip)).size, 200);
   // A new process reading the same state (as after a crash) sees every address it handed out.
   store.close();
   const reopened = await Ipam.open(new JournalStore(dir));
   t.equal(reopened.allocations().length, 200);
   for (const r of results) t.ok(reopened.ownerOf('big', r.ip), `${r.ip} persisted`);
-  const next = await reopened.allocate('big', 'after-crash');
+  const next = await reopened.allocate('big', ep('after-crash'));
   t.notOk(results.some((r) => r.ip === next.ip), 'no address handed out twice after a restart');
 });
 
@@ -79,11 +82,11 @@ t.test('a torn last journal line (crash mid-append) never corrupts the state', a
   const store = new JournalStore(dir);
   const ipam = await Ipam.open(store);
   await ipam.ensurePool('p', v4);
-  await ipam.allocate('p', 'a');
+  await ipam.allocate('p', ep('a'));
   store.close();
   fs.appendFileSync(path.join(dir, 'journal.log'), '{"op":"put","key":"ipam/p/10.9.0.3","val');
   const reopened = await Ipam.open(new JournalStore(dir));
-  t.equal(reopened.ownerOf('p', '10.9.0.2'), 'a');
+  t.same(reopened.ownerOf('p', '10.9.0.2'), ep('a'));
   t.equal(reopened.ownerOf('p', '10.9.0.3'), undefined, 'the unacknowledged half line is ignored');
 });
 
@@ -93,10 +96,10 @@ t.test('compaction keeps every allocation', async (t) => {
   const store = new JournalStore(dir);
   const ipam = await Ipam.open(store);
   await ipam.ensurePool('p', v4);
-  for (let i = 0; i < 20; i++) await ipam.allocate('p', `o${i}`);
-  await ipam.releaseOwner('o3');
+  for (let i = 0; i < 20; i++) await ipam.allocate('p', ep(`o${i}`));
+  await ipam.releaseOwner(ep('o3'));
   store.compact();
-  await ipam.allocate('p', 'late');
+  await ipam.allocate('p', ep('late'));
   store.close();
   const reopened = await Ipam.open(new JournalStore(dir));
   t.equal(reopened.allocations().length, 20, '20 - 1 released + 1 late');

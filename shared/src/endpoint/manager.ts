@@ -9,7 +9,7 @@ import { NetlinkError, type Netlink } from '../netlink/index.ts';
 import { openNetns, type NetNs } from '../netns/index.ts';
 import { addressOnly, cidrContains, familyOf, hostPrefix, ifNameProblem, interfaceMac, normalizeIp, parseCidr, randomMac } from '../net/index.ts';
 import { EndpointError } from './errors.ts';
-import { endpointKey, hostVethName, ipamOwner, parseIpamOwner } from './naming.ts';
+import { endpointKey, hostVethName, ipamOwner } from './naming.ts';
 import { createVeth, ensureContainerSide, ensureHostSide, inspectContainerSide, type PlumbSpec } from './plumbing.ts';
 import { KeyedLock } from './lock.ts';
 
@@ -258,12 +258,11 @@ export class EndpointManager {
       const outcome = await this.lock.run(endpointKey(ep.containerId, ep.ifName), () => this.restoreOne(ep));
       result[outcome]++;
     }
-    for (const a of this.d.ipam.allocations()) {
-      const o = parseIpamOwner(a.owner);
-      if (o && !this.byKey.has(endpointKey(o.containerId, o.ifName))) {
-        this.d.log?.warn({ ip: a.ip, owner: a.owner }, 'releasing address of an endpoint that never finished');
+    for (const { ip, owner: o } of this.d.ipam.allocations()) {
+      if (o?.kind === 'endpoint' && !this.byKey.has(endpointKey(o.containerId, o.ifName))) {
+        this.d.log?.warn({ ip, owner: o }, 'releasing address of an endpoint that never finished');
         this.d.host.linkDel(hostVethName(o.containerId, o.ifName));
-        await this.d.ipam.releaseOwner(a.owner);
+        await this.d.ipam.releaseOwner(o);
       }
     }
     this.d.onChange?.();

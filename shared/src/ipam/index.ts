@@ -4,9 +4,11 @@
 import type { IpamPoolView } from '../types.ts';
 import type { Store } from '../store/index.ts';
 import * as alloc from './allocator.ts';
+import { ownerKey, parseOwnerKey, type IpamOwner } from './owner.ts';
 import { cidrContains, normalizeIp, parseCidr, usableCount, type Family } from '../net/index.ts';
 
 export { IpamError } from './allocator.ts';
+export { ownerKey, parseOwnerKey, type IpamOwner } from './owner.ts';
 export type { PoolDoc, SubnetState } from './allocator.ts';
 
 const POOLS = 'ipam-pools';
@@ -55,18 +57,20 @@ export class Ipam {
     return true;
   }
 
-  async allocate(pool: string, owner: string, req: { family?: Family; ip?: string } = {}): Promise<{ ip: string; subnet: string; gateway: string }> {
+  async allocate(pool: string, owner: IpamOwner, req: { family?: Family; ip?: string } = {}): Promise<{ ip: string; subnet: string; gateway: string }> {
     const doc = this.require(pool);
-    const { ip, subnet } = alloc.allocate(doc, owner, req);
-    await this.store.put(allocKey(pool, ip), owner);
+    const key = ownerKey(owner);
+    const { ip, subnet } = alloc.allocate(doc, key, req);
+    await this.store.put(allocKey(pool, ip), key);
     return { ip, subnet: subnet.cidr, gateway: subnet.gateway };
   }
 
   /** Releases everything the owner holds in every pool; idempotent. */
-  async releaseOwner(owner: string): Promise<number> {
+  async releaseOwner(owner: IpamOwner): Promise<number> {
+    const key = ownerKey(owner);
     const writes: Promise<unknown>[] = [];
     for (const doc of this.pools.values()) {
-      for (const ip of alloc.releaseOwner(doc, owner)) writes.push(this.store.delete(allocKey(doc.name, ip)));
+      for (const ip of alloc.releaseOwner(doc, key)) writes.push(this.store.delete(allocKey(doc.name, ip)));
     }
     await Promise.all(writes);
     return writes.length;
@@ -79,15 +83,18 @@ export class Ipam {
     return true;
   }
 
-  ownerOf(pool: string, ip: string): string | undefined {
-    return this.pools.get(pool)?.allocations[normalizeIp(ip)];
+  /** Who holds the address (undefined: free; null: a key this version does not know). */
+  ownerOf(pool: string, ip: string): IpamOwner | null | undefined {
+    const key = this.pools.get(pool)?.allocations[normalizeIp(ip)];
+    return key === undefined ? undefined : parseOwnerKey(key);
   }
 
-  /** Every (pool, ip, owner), for reconciliation against endpoints after a restart. */
-  allocations(): { pool: string; ip: string; owner: string }[] {
-    const out: { pool: string; ip: string; owner: string }[] = [];
+  /** Every (pool, ip, owner), for reconciliation against endpoints after a restart (owner null: a key
+   *  this version does not know, left alone). */
+  allocations(): { pool: string; ip: string; owner: IpamOwner | null }[] {
+    const out: { pool: string; ip: string; owner: IpamOwner | null }[] = [];
     for (const doc of this.pools.values()) {
-      for (const [ip, owner] of Object.entries(doc.allocations)) out.push({ pool: doc.name, ip, owner });
+      for (const [ip, key] of Object.entries(doc.allocations)) out.push({ pool: doc.name, ip, owner: parseOwnerKey(key) });
     }
     return out;
   }
