@@ -1,5 +1,5 @@
 // The one core both front doors (CNI through the agent API, Docker through the hosted plugin) drive.
-// Interfaces only; the agent builds the implementation (shared/src/agent/core-impl.ts).
+// Interfaces only; the agent builds the implementation (shared/src/agent/agent.ts, services.ts).
 import type { Endpoint, EndpointRequest, IpamPoolView, Network, NetworkSpec } from './types.ts';
 import type { IpamOwner } from './ipam/owner.ts';
 
@@ -45,10 +45,4 @@ export interface PolicyLookup {
 /** Labels behind a numeric security identity. */
 export interface IdentityLookup {
   labelsOf(identity: number): Record<string, string> | undefined;
-}
-
-/** Services that extensions register for each other (policy fills these, flows reads them). */
-export interface AgentServices {
-  policy?: PolicyLookup;
-  identities?: IdentityLookup;
 }

@@ -92,6 +92,12 @@ export interface AgentStatus {
   socket: string;
   datapath: { pinDir: string; attach: string; hostDevice: string };
   nodeName: string;
+  /** The gRPC flow observer (unix socket, TCP address when --observer-address is set). */
+  observer: { socket: string; address?: string; flowBufferSize: number };
+  /** Prometheus metrics address; null with --metrics-address off. */
+  metrics: { address: string | null };
+  /** Policy revision, counts and map usage. */
+  policy: Record<string, unknown>;
 }
 
 /** Every error answer of the agent API. `code` is a kind of shared/src/errors.ts. */

@@ -1,113 +1,111 @@
-// The node agent: owns all node state (store, IPAM, networks, endpoints, datapath) and serves it.
+// The node agent's composition root: every part of the node is built here, in the order their
+// dependencies dictate, each handed what it needs as parameters. Nothing registers itself; reading
+// start() top to bottom is reading how the agent is wired.
 import fs from 'node:fs';
 import path from 'node:path';
 import type http from 'node:http';
-import type { AgentServices, Core, IpamService, NetworkService } from '../core.ts';
-import type { AgentStatus, NetworkSpec } from '../types.ts';
+import type { Core } from '../core.ts';
+import type { AgentStatus } from '../types.ts';
 import type { Logger } from '../log.ts';
 import type { AgentConfig } from './config.ts';
-import type { Store } from '../store/index.ts';
 import { JournalStore } from '../store/journal.ts';
 import { Ipam } from '../ipam/index.ts';
-import { Networks, NetworkError } from '../network/index.ts';
+import { Networks } from '../network/index.ts';
 import { EndpointManager } from '../endpoint/manager.ts';
-import { enableForwarding, ensureGateways, ensureHostDevice, removeGateways } from '../endpoint/host-device.ts';
-import { openNetlink, type Netlink } from '../netlink/index.ts';
+import { enableForwarding, ensureGateways, ensureHostDevice } from '../endpoint/host-device.ts';
+import { openNetlink } from '../netlink/index.ts';
 import { warmThreadPool } from '../netns/index.ts';
-import { loadDatapath, type Datapath } from '../bpf/datapath.ts';
+import { loadDatapath } from '../bpf/datapath.ts';
 import { createApp, serveApi } from '../api/server.ts';
+import { drainPendingDeletes, pendingDeletesDir } from '../pending-deletes/index.ts';
 import { VERSION } from '../version.ts';
-import { acquirePidLock, type PidLock } from './pidlock.ts';
+import { acquirePidLock } from './pidlock.ts';
 import { resolveBpfObject } from './paths.ts';
+import { ensureConfiguredNetwork, ipamService, networkService } from './services.ts';
+import { AgentPolicy } from './policy.ts';
+import { ConntrackUpkeep } from './conntrack.ts';
+import { startFlows, type AgentFlows } from './flows.ts';
 
-export interface AgentExtension {
-  name: string;
-  /** Before endpoints are restored: register endpoint hooks, services and API routers. */
-  init?(agent: Agent): Promise<void> | void;
-  /** After restore, before the API serves. */
-  start?(agent: Agent): Promise<{ close(): Promise<void> } | void>;
-}
+/** Something the agent stops on shutdown, in reverse order of start. */
+interface Closer { name: string; close(): Promise<void> | void }
 
 export class Agent {
   readonly startedAt = Date.now();
-  /** Filled by extensions for each other (policy registers lookups, flows reads them). */
-  readonly services: AgentServices = {};
-  /** Extra fields for /v1/status, keyed by extension (e.g. metrics address, observer socket). */
-  readonly statusExtras: Record<string, unknown> = {};
-  /** API routers added by extensions, mounted at their path (e.g. /v1/policy). */
-  readonly routers: { path: string; router: import('express').Router }[] = [];
   private server?: http.Server;
-  private closers: { name: string; close(): Promise<void> }[] = [];
 
   private constructor(
     readonly cfg: AgentConfig,
     readonly log: Logger,
     readonly core: Core,
-    readonly endpoints: EndpointManager,
-    private readonly host: Netlink,
-    readonly datapath: Datapath,
-    private readonly pidLock: PidLock,
-    readonly store: Store,
+    private readonly endpoints: EndpointManager,
+    private readonly policy: AgentPolicy,
+    private readonly flows: AgentFlows,
+    private readonly datapath: { pinDir: string },
+    private readonly closers: Closer[],
   ) {}
 
-  static async start(cfg: AgentConfig, log: Logger, extensions: AgentExtension[] = []): Promise<Agent> {
+  static async start(cfg: AgentConfig, log: Logger): Promise<Agent> {
     fs.mkdirSync(cfg.stateDir, { recursive: true, mode: 0o700 });
+    const closers: Closer[] = [];
     const pidLock = acquirePidLock(path.join(cfg.stateDir, 'agent.pid'));
+    closers.push({ name: 'pid lock', close: () => pidLock.release() });
     try {
       // Worker threads inherit the netns of the thread that starts them: start them while we are home.
       await warmThreadPool();
+
+      // State: store, IPAM, networks (the --pool networks exist before anything uses them).
       const store = new JournalStore(path.join(cfg.stateDir, 'store'));
+      closers.push({ name: 'store', close: () => store.close() });
       const ipam = await Ipam.open(store);
       const networks = await Networks.open(store, ipam);
       for (const spec of cfg.networks) await ensureConfiguredNetwork(networks, spec);
 
+      // Kernel: the host device with every gateway, forwarding, the pinned datapath and its switches.
       const host = openNetlink();
+      closers.push({ name: 'netlink', close: () => host.close() });
       ensureHostDevice(host, cfg.hostDevice);
       for (const n of networks.list()) ensureGateways(host, cfg.hostDevice, n);
       enableForwarding(networks.list().some((n) => n.subnets.some((s) => s.family === 6)));
-
       const datapath = loadDatapath({ objectPath: resolveBpfObject(cfg.bpfObject), pinDir: cfg.bpffsDir });
-      const endpoints = new EndpointManager({ store, ipam, networks, datapath, host, log });
-      const core: Core = {
-        networks: networkService(networks, endpoints, host, cfg.hostDevice),
-        endpoints,
-        ipam: ipamService(ipam),
-      };
-      const agent = new Agent(cfg, log, core, endpoints, host, datapath, pidLock, store);
-      try {
-        for (const ext of extensions) await ext.init?.(agent);
-        const restored = await endpoints.restore();
-        log.info(restored, 'endpoints restored');
-        for (const ext of extensions) {
-          const handle = await ext.start?.(agent);
-          if (handle) agent.closers.push({ name: ext.name, close: handle.close });
-        }
-      } catch (e) {
-        await agent.closeExtensions();
-        throw e;
-      }
+      closers.push({ name: 'datapath', close: () => datapath.close() });
+      datapath.setGlobalConfig({ events: cfg.flowEvents, audit: cfg.policyAuditMode, eventsPerSecond: cfg.eventsPerSecond });
+
+      // Policy first among the endpoint's dependencies: endpoints ask it for their identity.
+      const policy = await AgentPolicy.open({ store, datapath, log, auditMode: cfg.policyAuditMode });
+      closers.push({ name: 'policy', close: () => policy.close() });
+      const endpoints = new EndpointManager({ store, ipam, networks, datapath, host, identityFor: policy.identityFor, log });
+      const conntrack = new ConntrackUpkeep({ datapath, log: log.child({ component: 'conntrack' }), intervalSeconds: cfg.conntrackGcIntervalSeconds });
+      endpoints.addHooks(policy.hooks);
+      endpoints.addHooks(conntrack.hooks);
+      const core: Core = { networks: networkService(networks, endpoints, host, cfg.hostDevice), endpoints, ipam: ipamService(ipam) };
+
+      log.info(await endpoints.restore(), 'endpoints restored');
+      await policy.start();
+      conntrack.start();
+      closers.push({ name: 'conntrack GC', close: () => conntrack.close() });
+      const flows = await startFlows({ cfg, log, datapath, endpoints, rules: policy.rules, identities: policy.identities });
+      closers.push({ name: 'flows', close: () => flows.close() });
+
+      // Front doors: DELs membrane-cni queued while we were down, the Docker plugin, then the API.
+      await drainCniQueue(cfg, core, log);
+      if (cfg.dockerPlugin) closers.push(await startDocker(cfg, core, log));
+      const agent = new Agent(cfg, log, core, endpoints, policy, flows, datapath, closers);
       const app = createApp({
         core, log, version: VERSION, status: () => agent.status(),
         check: (cid, ifName) => endpoints.check(cid, ifName),
-        routers: agent.routers,
+        routers: policy.routers(),
       });
       agent.server = await serveApi(app, cfg.socket);
       log.info({ socket: cfg.socket, stateDir: cfg.stateDir, bpffsDir: cfg.bpffsDir, networks: networks.list().map((n) => n.name) }, 'membrane agent ready');
       return agent;
     } catch (e) {
-      pidLock.release();
+      await closeAll(closers, log);
       throw e;
     }
   }
 
-  async closeExtensions(): Promise<void> {
-    for (const c of this.closers.reverse()) {
-      try { await c.close(); } catch (err) { this.log.warn({ err, extension: c.name }, 'extension did not close cleanly'); }
-    }
-    this.closers = [];
-  }
-
   status(): AgentStatus {
+    const f = this.flows.status();
     return {
       version: VERSION,
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
@@ -117,7 +115,9 @@ export class Agent {
       socket: this.cfg.socket,
       datapath: { pinDir: this.datapath.pinDir, attach: 'tc-clsact', hostDevice: this.cfg.hostDevice },
       nodeName: this.cfg.nodeName,
-      ...this.statusExtras,
+      observer: f.observer,
+      metrics: f.metrics,
+      policy: this.policy.status(),
     };
   }
 
@@ -130,54 +130,36 @@ export class Agent {
       server.closeAllConnections?.();
       fs.rmSync(this.cfg.socket, { force: true });
     }
-    await this.closeExtensions();
-    this.datapath.close();
-    this.host.close();
-    (this.store as JournalStore).close();
-    this.pidLock.release();
+    await closeAll(this.closers, this.log);
   }
 }
 
-async function ensureConfiguredNetwork(networks: Networks, spec: NetworkSpec): Promise<void> {
-  try {
-    await networks.create(spec);
-  } catch (e) {
-    if (e instanceof NetworkError && e.code === 'network_exists') {
-      throw new Error(`${e.message}; the state dir keeps it: give --pool the same subnets, or use another --state-dir`);
-    }
-    throw e;
+async function closeAll(closers: Closer[], log: Logger): Promise<void> {
+  for (const c of closers.splice(0).reverse()) {
+    try { await c.close(); } catch (err) { log.warn({ err, part: c.name }, 'did not close cleanly'); }
   }
 }
 
-function networkService(networks: Networks, endpoints: EndpointManager, host: Netlink, hostDevice: string): NetworkService {
-  return {
-    get: (name) => networks.get(name),
-    list: () => networks.list(),
-    async create(spec) {
-      const n = await networks.create(spec);
-      ensureGateways(host, hostDevice, n);
-      if (n.subnets.some((s) => s.family === 6)) enableForwarding(true);
-      return n;
-    },
-    async delete(name) {
-      const n = networks.get(name);
-      if (!n) return false;
-      const users = endpoints.list().filter((e) => e.network === name);
-      if (users.length) {
-        throw new NetworkError('network_in_use', `network "${name}" still has ${users.length} endpoint(s), e.g. ${users[0].containerId}/${users[0].ifName}`);
-      }
-      const deleted = await networks.delete(name);
-      removeGateways(host, hostDevice, n);
-      return deleted;
-    },
-  };
+/** DELs that membrane-cni queued while the agent was down: done before the API serves again. */
+async function drainCniQueue(cfg: AgentConfig, core: Core, log: Logger): Promise<void> {
+  const dir = pendingDeletesDir(cfg.stateDir);
+  const report = await drainPendingDeletes(dir, (e) => core.endpoints.delete(e.containerId, e.ifName));
+  if (report.deleted.length || report.failed.length || report.invalid.length) {
+    log.info({ dir, ...report }, 'drained DELs queued by membrane-cni while the agent was down');
+  }
 }
 
-function ipamService(ipam: Ipam): IpamService {
-  return {
-    allocate: (network, owner, opts) => ipam.allocate(network, owner, opts ?? {}),
-    releaseOwner: (owner) => ipam.releaseOwner(owner),
-    releaseIp: (network, ip) => ipam.releaseIp(network, ip),
-    pools: () => ipam.view(),
-  };
+/** The Docker plugin is a front door the agent hosts: the one place shared/ reaches into docker-plugin/
+ *  (loaded on demand, so an agent without it never pays for dockerode). */
+async function startDocker(cfg: AgentConfig, core: Core, log: Logger): Promise<Closer> {
+  const { startDockerPlugin } = await import('../../../docker-plugin/src/index.ts');
+  const plugin = await startDockerPlugin({
+    core,
+    name: cfg.dockerPlugin!,
+    pluginDir: cfg.dockerPluginDir,
+    dockerSocket: cfg.dockerSocket,
+    stateDir: cfg.stateDir,
+    log: log.child({ component: 'docker-plugin' }),
+  });
+  return { name: 'docker plugin', close: () => plugin.close() };
 }

@@ -2,10 +2,7 @@
 import fs from 'node:fs';
 import { helpText, parseFlags, resolveConfig } from './config.ts';
 import { createLogger } from '../log.ts';
-import { Agent, type AgentExtension } from './agent.ts';
-import { cniPendingDeletesExtension, dockerPluginExtension } from './extensions.ts';
-import { policyExtension } from './policy-extension.ts';
-import { flowsExtension } from './flows-extension.ts';
+import { Agent } from './agent.ts';
 
 async function main(): Promise<void> {
   let cfg;
@@ -17,12 +14,9 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const log = createLogger({ level: cfg.logLevel, name: 'membrane-agent' });
-  // Policy first: it registers the identity and rule lookups that flows use to name peers and rules.
-  const extensions: AgentExtension[] = [policyExtension(), flowsExtension(), cniPendingDeletesExtension()];
-  if (cfg.dockerPlugin) extensions.push(dockerPluginExtension());
   let agent: Agent;
   try {
-    agent = await Agent.start(cfg, log, extensions);
+    agent = await Agent.start(cfg, log);
   } catch (err) {
     log.fatal({ err }, 'agent failed to start');
     process.stderr.write(`membrane-agent: ${(err as Error).message}\n`);

@@ -19,16 +19,14 @@ export interface EndpointManagerDeps {
   networks: Networks;
   datapath: Datapath;
   host: Netlink;
-  identityFor?: (labels: Record<string, string>) => number;
+  /** The security identity of a label set, asked before an endpoint's datapath config is written. */
+  identityFor: (labels: Record<string, string>) => number | Promise<number>;
   log?: { info(o: object, msg: string): void; warn(o: object, msg: string): void };
-  /** Called after every create/delete, e.g. for metrics. */
-  onChange?: () => void;
 }
 
-/** What other concerns (identity, policy, flows, metrics) hook into an endpoint's life. */
+/** What other concerns (policy, conntrack, flows, metrics) observe of an endpoint's life. Hooks of
+ *  different concerns do not depend on each other's order. */
 export interface EndpointHooks {
-  /** Identity for a label set, asked before the datapath config is written. */
-  identityFor?: (labels: Record<string, string>) => number | Promise<number>;
   /** Runs after the endpoint's datapath config is written and before its program is attached, so
    *  policy for a new endpoint is in place before its first packet. Throwing fails the create. */
   beforeAttach?: (ep: Endpoint) => Promise<void> | void;
@@ -56,10 +54,6 @@ export class EndpointManager {
     this.hooks.push(h);
   }
 
-  private async identityOf(labels: Record<string, string>, fallback = 0): Promise<number> {
-    for (const h of this.hooks) if (h.identityFor) return h.identityFor(labels);
-    return this.d.identityFor?.(labels) ?? fallback;
-  }
 
   private async runHooks(name: 'beforeAttach' | 'afterDelete' | 'afterLabelsChanged', ep: Endpoint): Promise<void> {
     for (const h of this.hooks) await h[name]?.(ep);
@@ -90,7 +84,7 @@ export class EndpointManager {
   updateLabels(containerId: string, ifName: string, labels: Record<string, string>): Promise<Endpoint> {
     return this.lock.run(endpointKey(containerId, ifName), async () => {
       const ep = this.requireEndpoint(containerId, ifName);
-      const next: Endpoint = { ...ep, labels: { ...labels }, identity: await this.identityOf(labels, ep.identity) };
+      const next: Endpoint = { ...ep, labels: { ...labels }, identity: await this.d.identityFor(labels) };
       await this.d.store.put(storeKey(next), next);
       this.byKey.set(endpointKey(containerId, ifName), next);
       this.d.datapath.upsertEndpoint(datapathConfig(next));
@@ -149,7 +143,7 @@ export class EndpointManager {
         routes: routesOf(ips, ns !== null),
         labels: { ...(req.labels ?? {}) },
         metadata: { ...(req.metadata ?? {}) },
-        identity: await this.identityOf(req.labels ?? {}),
+        identity: await this.d.identityFor(req.labels ?? {}),
         externalIpam: req.externalIpam ?? false,
         createdAt: new Date().toISOString(),
       };
@@ -175,7 +169,6 @@ export class EndpointManager {
       this.d.datapath.attach(ep.hostIfIndex);
       await this.d.store.put(storeKey(ep), ep);
       this.byKey.set(key, ep);
-      this.d.onChange?.();
       return ep;
     } catch (e) {
       for (const step of undo.reverse()) {
@@ -228,7 +221,6 @@ export class EndpointManager {
       return false;
     }
     await this.teardown(ep);
-    this.d.onChange?.();
     return true;
   }
 
@@ -265,7 +257,6 @@ export class EndpointManager {
         await this.d.ipam.releaseOwner(o);
       }
     }
-    this.d.onChange?.();
     return result;
   }
 

@@ -1,4 +1,4 @@
-// The flows extension wired into a stand-in agent (root: real bpffs pins). The synthetic producer
+// The agent's flows part with stand-ins for its declared dependencies (root: real bpffs pins). The synthetic producer
 // writes trace events into the same `events` / `events_lost` pins the agent reads, so the path
 // ring buffer -> flows (enriched from endpoints, identities, policy) -> gRPC + metrics is real.
 import t from 'tap';
@@ -15,7 +15,7 @@ if (!root) {
   process.exit(0);
 }
 
-const { flowsExtension } = await import('../src/agent/flows-extension.ts');
+const { startFlows } = await import('../src/agent/flows.ts');
 const { SyntheticProducer } = await import('../src/flows/synthetic/producer.ts');
 const { ObserverClient } = await import('../src/flows/client.ts');
 const { encodeTraceEvent, EventType } = await import('../src/flows/event.ts');
@@ -34,7 +34,7 @@ const ep = (n: number, ip: string, labels: Record<string, string>): Endpoint => 
 });
 const endpoints = [ep(1, '10.77.0.2', { 'k8s:app': 'client' }), ep(2, '10.77.0.3', { 'k8s:app': 'db' })];
 const hooks: { afterCreate?: (e: Endpoint, ms: number) => void }[] = [];
-const agent = {
+const deps = {
   cfg: { nodeName: 'node-x', observerSocket: path.join(dir, 'observer.sock'), observerAddress: '127.0.0.1:0', metricsAddress: '127.0.0.1:0', flowBufferSize: 50, flowEvents: true },
   log: createLogger({ level: 'silent' }),
   datapath: {
@@ -43,24 +43,19 @@ const agent = {
     dropCounters: () => ({ 1: { packets: 4n, bytes: 240n } }),
     globalConfig: () => ({ events: true, audit: false }),
   },
-  endpoints: { list: () => endpoints, addHooks: (h: object) => hooks.push(h) },
-  services: {
-    policy: { describeRule: (r: number) => (r === 0x2401 ? { policy: 'db-deny', index: 1, direction: 'ingress' as const, action: 'deny' as const } : undefined) },
-    identities: { labelsOf: (i: number) => (i === 2 ? { 'reserved:world': '' } : undefined) },
-  },
-  statusExtras: {} as Record<string, unknown>,
+  endpoints: { list: () => endpoints, addHooks: (h: object) => { hooks.push(h); } },
+  rules: { describeRule: (r: number) => (r === 0x2401 ? { policy: 'db-deny', index: 1, direction: 'ingress' as const, action: 'deny' as const } : undefined) },
+  identities: { labelsOf: (i: number) => (i === 2 ? { 'reserved:world': '' } : undefined) },
 };
 
-const ext = flowsExtension();
-await ext.init!(agent as never);
-const handle = await ext.start!(agent as never);
+const flows = await startFlows(deps as never);
 t.teardown(async () => {
-  await handle?.close();
+  await flows.close();
   producer.close();
   fs.rmSync(pinDir, { recursive: true, force: true });
   fs.rmSync(dir, { recursive: true, force: true });
 });
-const client = new ObserverClient(agent.cfg.observerSocket);
+const client = new ObserverClient(deps.cfg.observerSocket);
 t.teardown(() => client.close());
 
 async function waitFor<T>(f: () => Promise<T | undefined>, ms = 10_000): Promise<T> {
@@ -74,11 +69,11 @@ async function waitFor<T>(f: () => Promise<T | undefined>, ms = 10_000): Promise
 }
 
 t.test('publishes where it serves', async (t) => {
-  const ob = agent.statusExtras.observer as { socket: string; address: string; flowBufferSize: number };
-  t.equal(ob.socket, agent.cfg.observerSocket);
+  const ob = flows.status().observer;
+  t.equal(ob.socket, deps.cfg.observerSocket);
   t.match(ob.address, /^127\.0\.0\.1:[1-9]\d*$/);
   t.equal(ob.flowBufferSize, 50);
-  t.match((agent.statusExtras.metrics as { address: string }).address, /^127\.0\.0\.1:[1-9]\d*$/);
+  t.match(flows.status().metrics.address, /^127\.0\.0\.1:[1-9]\d*$/);
 });
 
 t.test('kernel ring buffer events become enriched flows', async (t) => {
@@ -112,7 +107,7 @@ t.test('losses in the datapath are reported', async (t) => {
 
 t.test('metrics: endpoint hooks, drops, map pressure, flows, lost', async (t) => {
   for (const h of hooks) h.afterCreate?.(endpoints[0], 37);
-  const address = (agent.statusExtras.metrics as { address: string }).address;
+  const address = flows.status().metrics.address;
   const body = await new Promise<string>((resolve, reject) => {
     http.get(`http://${address}/metrics`, (res) => { let b = ''; res.on('data', (d) => { b += d; }); res.on('end', () => resolve(b)); }).on('error', reject);
   });
@@ -127,7 +122,7 @@ t.test('metrics: endpoint hooks, drops, map pressure, flows, lost', async (t) =>
 });
 
 t.test('close releases the socket and ports', async (t) => {
-  await handle?.close();
-  t.notOk(fs.existsSync(agent.cfg.observerSocket));
+  await flows.close();
+  t.notOk(fs.existsSync(deps.cfg.observerSocket));
   await t.rejects(client.status(2000), { name: 'ObserverUnreachableError' });
 });

@@ -1,0 +1,154 @@
+// Flow visibility in the agent: reads the datapath's flow events, keeps the last --flow-buffer flows,
+// serves them over the gRPC observer API (unix socket, optional TCP) and exposes Prometheus metrics.
+// Wiring only; the logic lives in shared/src/flows and shared/src/metrics. Its dependencies are its
+// parameters (the policy and identity lookups it names rules and peers with included).
+import { possibleCpus } from '../bpf/datapath.ts';
+import { FlowCollector } from '../flows/collector.ts';
+import { EndpointTable } from '../flows/endpoints.ts';
+import { dropReasonName } from '../flows/event.ts';
+import type { FlowContext } from '../flows/flow.ts';
+import { monotonicToWallOffsetNs } from '../flows/ringbuf.ts';
+import { FlowRing } from '../flows/ring.ts';
+import { ObserverServer } from '../flows/server.ts';
+import { KernelEventSource } from '../flows/source.ts';
+import { createAgentMetrics, type AgentMetrics } from '../metrics/registry.ts';
+import { serveMetrics, type MetricsServer } from '../metrics/server.ts';
+import { VERSION } from '../version.ts';
+import type { Datapath } from '../bpf/datapath.ts';
+import type { IdentityLookup, PolicyLookup } from '../core.ts';
+import type { EndpointManager } from '../endpoint/manager.ts';
+import type { Logger } from '../log.ts';
+import type { AgentConfig } from './config.ts';
+
+/** Walking conntrack costs ~0.5 µs per entry: at most once per this period, whatever the scrape rate. */
+const MAP_PRESSURE_TTL_MS = 10_000;
+
+export interface FlowsDeps {
+  cfg: Pick<AgentConfig, 'nodeName' | 'observerSocket' | 'observerAddress' | 'metricsAddress' | 'flowBufferSize' | 'flowEvents'>;
+  log: Logger;
+  datapath: Pick<Datapath, 'pinDir' | 'mapPressure' | 'dropCounters' | 'globalConfig'>;
+  endpoints: Pick<EndpointManager, 'list' | 'addHooks'>;
+  /** Names the policy rule behind a verdict. */
+  rules: PolicyLookup;
+  /** Labels behind a peer's numeric identity. */
+  identities: IdentityLookup;
+}
+
+export interface AgentFlows {
+  /** Where the observer and the metrics serve (for /v1/status). */
+  status(): { observer: { socket: string; address?: string; flowBufferSize: number }; metrics: { address: string | null } };
+  close(): Promise<void>;
+}
+
+/** Starts reading flow events and serving them; registers the endpoint hooks it needs. */
+export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
+  const log = d.log.child({ component: 'flows' });
+  const cfg = d.cfg;
+  const table = new EndpointTable();
+  let metrics: AgentMetrics | undefined;
+  let refreshedAt = 0;
+  const refresh = () => { table.replace(d.endpoints.list()); refreshedAt = performance.now(); };
+  // An event can beat the afterCreate hook of a brand-new endpoint: look again, at most every 200 ms
+  // (unknown ids must not turn every event into a table rebuild).
+  const byId = (id: number) => {
+    const hit = table.byEndpointId(id);
+    if (hit || performance.now() - refreshedAt < 200) return hit;
+    refresh();
+    return table.byEndpointId(id);
+  };
+  d.endpoints.addHooks({
+    afterCreate: (_ep, ms) => { metrics?.observeEndpointCreate(ms); refresh(); },
+    afterDelete: () => refresh(),
+    afterLabelsChanged: () => refresh(),
+  });
+  refresh();
+
+  const context: FlowContext = {
+    nodeName: cfg.nodeName,
+    wallOffset: { seconds: 0, nanos: 0 },
+    peerCache: new Map(),
+    ruleCache: new Map(),
+    endpointById: byId,
+    endpointByAddress: (buf, off, family) => table.byRaw(buf, off, family),
+    labelsOfIdentity: (id) => d.identities.labelsOf(id),
+    describeRule: (id) => d.rules.describeRule(id),
+  };
+  const ring = new FlowRing(cfg.flowBufferSize, cfg.nodeName);
+  const source = new KernelEventSource({
+    pinDir: d.datapath.pinDir, cpus: possibleCpus(),
+    onError: (err) => log.warn({ err }, 'flow event reader'),
+  });
+  const collector = new FlowCollector({
+    ring, source, context, wallOffset: monotonicToWallOffsetNs,
+    onError: (err) => log.warn({ err }, 'could not turn a flow event into a flow (logged once)'),
+  });
+  const closers: (() => Promise<void> | void)[] = [];
+  const closeAll = async () => {
+    for (const c of closers.splice(0).reverse()) { // idempotent: a second close finds nothing
+      try { await c(); } catch (err) { log.warn({ err }, 'flows: close'); }
+    }
+  };
+  let observerStatus: ReturnType<AgentFlows['status']>['observer'];
+  let metricsAddress: string | null = null;
+  try {
+    try {
+      collector.start();
+      closers.push(() => collector.close());
+    } catch (err) {
+      // The agent still serves (an empty observer) rather than refusing to run over visibility.
+      log.error({ err, pinDir: d.datapath.pinDir }, 'cannot read flow events from the datapath');
+    }
+
+    const observer = await ObserverServer.start({
+      ring, nodeName: cfg.nodeName, version: VERSION, startedAtNs: process.hrtime.bigint(),
+      // Report what the datapath really does (datapath_config), not what was asked for.
+      flowEventsEnabled: () => { try { return d.datapath.globalConfig().events; } catch { return cfg.flowEvents; } },
+      lostEvents: () => collector.datapathLost(),
+      lostEventsAgent: () => collector.agentLost,
+      onLost: (fn) => collector.onLost(fn),
+      countAgentLost: (n) => collector.countAgentLost(n),
+    }, { socket: cfg.observerSocket, address: cfg.observerAddress });
+    closers.push(() => observer.close());
+    observerStatus = { socket: observer.socket, ...(observer.address ? { address: observer.address } : {}), flowBufferSize: ring.capacity };
+
+    if (cfg.metricsAddress !== 'off') {
+      metrics = createAgentMetrics({
+        stats: collector.stats,
+        endpoints: () => d.endpoints.list().length,
+        mapPressure: cachedMapPressure(d.datapath),
+        drops: () => {
+          try {
+            return Object.entries(d.datapath.dropCounters())
+              .map(([reason, c]) => ({ reason: dropReasonName(Number(reason)), packets: Number(c.packets), bytes: Number(c.bytes) }));
+          } catch { return []; } // a scrape must not fail over one unreadable map
+        },
+        lost: () => ({ datapath: collector.datapathLost(), agent: collector.agentLost }),
+        flowRing: () => ({ held: ring.size, capacity: ring.capacity, seen: ring.seen, followers: ring.followers }),
+      });
+      const server: MetricsServer = await serveMetrics(metrics.registry, cfg.metricsAddress);
+      closers.push(() => server.close());
+      metricsAddress = server.address;
+      log.info({ metrics: server.address }, 'metrics serving');
+    }
+    log.info({ observer: observer.socket, address: observer.address, flowBuffer: ring.capacity, flowEvents: cfg.flowEvents }, 'flow observer serving');
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+  return {
+    status: () => ({ observer: observerStatus, metrics: { address: metricsAddress } }),
+    close: async () => { await closeAll(); metrics = undefined; },
+  };
+}
+
+function cachedMapPressure(datapath: Pick<Datapath, 'mapPressure'>): () => Record<string, { entries: number; max: number }> {
+  let at = -Infinity;
+  let value: Record<string, { entries: number; max: number }> = {};
+  return () => {
+    if (performance.now() - at > MAP_PRESSURE_TTL_MS) {
+      try { value = datapath.mapPressure(); } catch { /* keep the last reading */ }
+      at = performance.now();
+    }
+    return value;
+  };
+}

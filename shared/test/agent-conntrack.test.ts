@@ -1,0 +1,32 @@
+// The agent's conntrack upkeep against a stand-in datapath: a deleted endpoint's flows are flushed by
+// its plain addresses, collection runs every interval, and a failing walk is logged, not thrown.
+import t from 'tap';
+import { ConntrackUpkeep } from '../src/agent/conntrack.ts';
+import type { Endpoint } from '../src/types.ts';
+
+const warnings: string[] = [];
+const log = { warn: (_o: object, msg: string) => { warnings.push(msg); } } as never;
+
+t.test('a deleted endpoint takes its flows with it', async (t) => {
+  const flushed: string[][] = [];
+  const ct = new ConntrackUpkeep({ datapath: { gcConntrack: () => 0, flushConntrack: (ips) => { flushed.push(ips); return ips.length; } }, log, intervalSeconds: 15 });
+  await ct.hooks.afterDelete!({ containerId: 'c1', ifName: 'eth0', ips: [{ address: '10.1.0.5/32' }, { address: 'fd00::5/128' }] } as Endpoint);
+  t.same(flushed, [['10.1.0.5', 'fd00::5']]);
+});
+
+t.test('collection runs on its interval and survives a failing walk', async (t) => {
+  let calls = 0;
+  const ct = new ConntrackUpkeep({
+    datapath: { gcConntrack: () => { calls++; if (calls === 1) throw new Error('map gone'); return 3; }, flushConntrack: () => 0 },
+    log, intervalSeconds: 0.02,
+  });
+  ct.start();
+  await new Promise((r) => setTimeout(r, 150));
+  ct.close();
+  const seen = calls;
+  t.ok(seen >= 3, `collected ${seen} times in 150 ms at a 20 ms interval`);
+  t.same(warnings, ['conntrack GC failed'], 'the failed walk was logged once');
+  await new Promise((r) => setTimeout(r, 60));
+  t.equal(calls, seen, 'close stops the timer');
+  t.equal(ct.collect(), 3, 'a manual collection reports what it removed');
+});
