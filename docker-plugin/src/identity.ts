@@ -79,8 +79,6 @@ export class ContainerIdentity {
     this.timers.add(t);
   }
 
-  forget(_endpointId: string): void { /* nothing cached per endpoint */ }
-
   /** Resolves every endpoint of every Docker network we serve (start, stream reconnect). */
   async syncAll(): Promise<void> {
     for (const id of [...this.o.state.networks.keys()]) await this.syncNetwork(id);

@@ -20,7 +20,7 @@ export interface DriverContext {
   /** Plugin (= Docker driver) name, e.g. "membrane". */
   name: string;
   /** Learns the container behind an endpoint, asynchronously. */
-  identity?: { joined(ep: EndpointRecord): void; forget(endpointId: string): void };
+  identity?: { joined(ep: EndpointRecord): void };
 }
 
 /** Container end of the veth while it sits in the host netns: "mbd" + 11 hex of the EndpointID. */
@@ -139,7 +139,6 @@ export async function deleteEndpoint(ctx: DriverContext, networkId: string, endp
   const rec = ctx.state.endpoints.get(endpointId);
   const containerId = rec?.containerId ?? endpointId;
   const ifName = rec?.ifName ?? tempIfName(endpointId);
-  ctx.identity?.forget(endpointId);
   try {
     await ctx.core.endpoints.delete(containerId, ifName);
   } catch (e) {

@@ -39,8 +39,6 @@ export const BPF_TC_F_REPLACE = 1 << 0;
 export const BPF_ANY = 0;
 export const BPF_NOEXIST = 1;
 // enum bpf_attach_type values for tcx (kernel 6.6+; not in libbpf 1.1's headers)
-export const BPF_TCX_INGRESS = 46;
-export const BPF_TCX_EGRESS = 47;
 
 /* eslint-disable @typescript-eslint/no-explicit-any */
 type Fn = (...args: any[]) => any;
@@ -105,7 +103,6 @@ function bind(): Bindings {
     map_update_batch: lib.func('int bpf_map_update_batch(int fd, const void *keys, const void *values, _Inout_ uint32_t *count, void *opts)'),
     map_delete_batch: lib.func('int bpf_map_delete_batch(int fd, const void *keys, _Inout_ uint32_t *count, void *opts)'),
     map_lookup_batch: lib.func('int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values, _Inout_ uint32_t *count, void *opts)'),
-    link_create: lib.func('int bpf_link_create(int prog_fd, int target_fd, int attach_type, void *opts)'),
     prog_test_run_opts: lib.func('int bpf_prog_test_run_opts(int prog_fd, _Inout_ bpf_test_run_opts *opts)'),
     strerror: lib.func('int libbpf_strerror(int err, void *buf, size_t size)'),
   };
@@ -349,11 +346,6 @@ export function mapKeys(fd: number, mapName: string, keySize: number, limit: num
     prev = next;
   }
   return keys;
-}
-
-/** bpf_link_create; returns the link fd (closing it detaches). */
-export function linkCreate(progFd: number, targetFd: number, attachType: number, what: string): number {
-  return check(bind().link_create(progFd, targetFd, attachType, null), 'bpf_link_create', what);
 }
 
 export interface TestRunResult {

@@ -41,7 +41,3 @@ export function enableForwarding(ipv6: boolean): void {
   setSysctlPath('/proc/sys/net/ipv4/ip_forward', '1');
   if (ipv6) setSysctlPath('/proc/sys/net/ipv6/conf/all/forwarding', '1');
 }
-
-export function removeHostDevice(host: Netlink, name: string): boolean {
-  return host.linkDel(name);
-}

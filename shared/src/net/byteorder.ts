@@ -5,10 +5,6 @@
 /** Tested on a typed array rather than node:os, which membrane-cni would otherwise load at every start. */
 export const HOST_LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1;
 
-export const readHostU16: (buf: Buffer, offset: number) => number = HOST_LITTLE_ENDIAN
-  ? (buf, offset) => buf.readUInt16LE(offset)
-  : (buf, offset) => buf.readUInt16BE(offset);
-
 export const readHostU32: (buf: Buffer, offset: number) => number = HOST_LITTLE_ENDIAN
   ? (buf, offset) => buf.readUInt32LE(offset)
   : (buf, offset) => buf.readUInt32BE(offset);

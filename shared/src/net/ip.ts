@@ -70,11 +70,6 @@ export function formatIp(b: Uint8Array): string {
   return `${hex(g.slice(0, best))}::${hex(g.slice(best + bestLen))}`;
 }
 
-/** The address at `offset` of a buffer holding 16 address bytes (IPv4 in the first 4), as in map keys and events. */
-export function formatIpAt(buf: Uint8Array, offset: number, family: Family): string {
-  return formatIp(buf.subarray(offset, offset + (family === 4 ? 4 : 16)));
-}
-
 /** Canonical text of an address (IPv6 compressed and lowercase), so addresses compare as strings. */
 export function normalizeIp(ip: string): string {
   return isIPv4(ip) ? ip : formatIp(ipBytes(ip));

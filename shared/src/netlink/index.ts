@@ -8,7 +8,7 @@
 import type { NetNs } from '../netns/index.ts';
 import { addrAdd, addrDel, addrList, neighProxyAdd, neighProxyDel, type Addr } from './addrs.ts';
 import { Conn } from './conn.ts';
-import { dummyAdd, linkDel, linkGet, linkList, linkSetUp, vethAdd, type Link, type VethOptions } from './links.ts';
+import { linkDel, linkGet, linkList, linkSetUp, vethAdd, type Link, type VethOptions } from './links.ts';
 import { routeAdd, routeDel, routeList, type Route, type RouteSpec } from './routes.ts';
 import type { Family } from '../net/index.ts';
 
@@ -25,8 +25,6 @@ export interface Netlink {
   linkList(): Link[];
   /** Create a veth pair; the peer is created directly in peer.netns (never moved). Errors: 'exists' ... */
   vethAdd(o: VethOptions): void;
-  /** Note: needs CONFIG_DUMMY; kernels without it answer "Operation not supported" (code 'invalid'). */
-  dummyAdd(name: string, o?: { up?: boolean }): void;
   /** false when already gone. */
   linkDel(nameOrIndex: string | number): boolean;
   linkSetUp(index: number): void;
@@ -74,9 +72,6 @@ class NetlinkHandle implements Netlink {
         inner.close();
       }
     });
-  }
-  dummyAdd(name: string, o?: { up?: boolean }): void {
-    dummyAdd(this.#c, name, o);
   }
   linkDel(nameOrIndex: string | number): boolean {
     return linkDel(this.#c, nameOrIndex);

@@ -1,4 +1,4 @@
-// Links: lookup, listing, veth (peer created directly in its netns), dummy, delete, set up.
+// Links: lookup, listing, veth (peer created directly in its netns), delete, set up.
 
 import type { NetNs } from '../netns/index.ts';
 import { Conn, drainCache, invalid } from './conn.ts';
@@ -152,20 +152,6 @@ export function vethAdd(c: Conn, o: VethOptions, bringPeerUp: (name: string, ns?
     if (e instanceof NetlinkError)
       throw new NetlinkError({ op, object, reason: `bringing peer up: ${e.message}`, errno: e.errno, nle: e.nle, code: e.code });
     throw e;
-  }
-}
-
-export function dummyAdd(c: Conn, name: string, o: { up?: boolean } = {}): void {
-  const l = lib();
-  const link = l.rtnl_link_alloc() as Ptr | null;
-  if (link === null) throw new Error('rtnl_link_alloc: out of memory');
-  try {
-    const rc = l.rtnl_link_set_type(link, 'dummy') as number;
-    if (rc < 0) throw c.error('dummy add', name, rc);
-    configure('dummy add', name, link, { name, up: o.up });
-    c.exec('dummy add', name, (sk) => l.rtnl_link_add(sk, link, NLM_F_CREATE | NLM_F_EXCL));
-  } finally {
-    l.rtnl_link_put(link);
   }
 }
 

@@ -7,7 +7,6 @@ import type { Entry } from './compile.ts';
 
 export const POLICY_KEY_SIZE = 12;
 export const POLICY_VALUE_SIZE = 24;
-export const IPCACHE_KEY_SIZE = 24;
 export const IPCACHE_VALUE_SIZE = 8;
 export const DIR_INGRESS = 0;
 export const DIR_EGRESS = 1;

@@ -14,8 +14,6 @@ export interface Selector {
   matchExpressions: SelectorRequirement[];
 }
 
-export const EMPTY_SELECTOR: Selector = { matchLabels: {}, matchExpressions: [] };
-
 export function isEmptySelector(s: Selector): boolean {
   return Object.keys(s.matchLabels).length === 0 && s.matchExpressions.length === 0;
 }
@@ -49,12 +47,4 @@ export function withRequirement(s: Selector, key: string, value: string): Select
 export function selectorKey(s: Selector): string {
   const exprs = s.matchExpressions.map((r) => `${r.key} ${r.operator} ${[...r.values].sort().join('|')}`).sort();
   return `${canonicalLabels(s.matchLabels)}\u0000${exprs.join('\u0000')}`;
-}
-
-export function describeSelector(s: Selector): string {
-  const parts = Object.entries(s.matchLabels).map(([k, v]) => `${k}=${v}`);
-  for (const r of s.matchExpressions) {
-    parts.push(r.operator === 'Exists' ? r.key : r.operator === 'DoesNotExist' ? `!${r.key}` : `${r.key} ${r.operator.toLowerCase()} (${r.values.join(',')})`);
-  }
-  return parts.length ? parts.join(',') : '{} (all endpoints)';
 }

@@ -64,11 +64,3 @@ export interface PolicyRecord {
   updatedAt: string;
 }
 
-/** Where a rule lives, for messages and rule ids. */
-export interface RuleRef {
-  policy: string;
-  path: string;
-  direction: Direction;
-  action: Action;
-  index: number;
-}

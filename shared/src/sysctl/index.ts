@@ -9,6 +9,7 @@
 // setSysctlPath() with a path.
 
 import fs from 'node:fs';
+import { ifNameProblem } from '../net/index.ts';
 
 const ROOT = '/proc/sys/';
 
@@ -34,8 +35,8 @@ export function sysctlKeyToPath(key: string): string {
 
 /** Per-interface knob: sysctlIfPath(4, 'eth0.100', 'proxy_arp'). family 6 -> net/ipv6/conf/... */
 export function sysctlIfPath(family: 4 | 6, ifName: string, knob: string): string {
-  if (!ifName || ifName.includes('/') || ifName === '.' || ifName === '..' || /[\s]/.test(ifName))
-    throw new SysctlError(ifName, 'invalid', `invalid interface name "${ifName}"`);
+  const problem = ifNameProblem(ifName);
+  if (problem) throw new SysctlError(ifName, 'invalid', `invalid interface name "${ifName}": it ${problem}`);
   if (!/^[A-Za-z0-9_]+$/.test(knob)) throw new SysctlError(knob, 'invalid', `invalid sysctl knob "${knob}"`);
   return `${ROOT}net/ipv${family}/conf/${ifName}/${knob}`;
 }
@@ -80,11 +81,6 @@ export function setSysctlPath(path: string, value: string): void {
   write(p, value, p);
 }
 
-export function getSysctlPath(path: string): string {
-  const p = normalizePath(path);
-  return read(p, p);
-}
-
 /** setSysctl('net.ipv4.conf.mbr1a2b.proxy_arp', '1') */
 export function setSysctl(key: string, value: string): void {
   write(sysctlKeyToPath(key), value, key);
@@ -92,11 +88,4 @@ export function setSysctl(key: string, value: string): void {
 
 export function getSysctl(key: string): string {
   return read(sysctlKeyToPath(key), key);
-}
-
-/** Write only when different (avoids needless writes, e.g. forwarding resets some per-device knobs). */
-export function ensureSysctlPath(path: string, value: string): boolean {
-  if (getSysctlPath(path) === value.trim()) return false;
-  setSysctlPath(path, value);
-  return true;
 }
