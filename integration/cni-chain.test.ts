@@ -92,15 +92,13 @@ for (const [style, egress] of [['containerd', false], ['podman', false], ['conta
 
     // portmap 1.1.1's CHECK looks for ip6tables rules it never made for an IPv4-only pod
     // (containernetworking/plugins#819, fixed upstream later): CHECK the rest of the chain.
-    await runtime.check(list, att, result, ['portmap']);
-    t.pass('CHECK passes for membrane-cni and bandwidth in the chain');
+    await t.resolves(runtime.check(list, att, result, ['portmap']), 'CHECK passes for membrane-cni and bandwidth in the chain');
 
     await runtime.del(list, att, result);
     t.same(natRulesMentioning(ip), [], 'portmap DEL removed its per-pod rules');
     t.notOk(links().some((l) => ifb.includes(l) || l === ep.hostIfName), 'ifb device and host veth gone');
     t.same(await agent.client.listEndpoints(), []);
-    await runtime.del(list, { ...att, netns: '' }, result);
-    t.pass('a second DEL of the whole chain with an empty CNI_NETNS succeeds');
+    await t.resolves(runtime.del(list, { ...att, netns: '' }, result), 'a second DEL of the whole chain with an empty CNI_NETNS succeeds');
     const removed = removePortmapLeftovers(nat);
     t.comment(`removed portmap's top-level chains: ${removed.join(', ') || 'none new'}`);
     t.same(natRulesMentioning('CNI-DN-').filter((r) => r.includes(ip)), []);

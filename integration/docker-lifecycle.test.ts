@@ -2,23 +2,14 @@
 // connect/disconnect, agent restart (SIGTERM and kill -9) with traffic flowing, `--restart always`
 // containers across an agent restart, and a dockerd restart. After each step: the right endpoints
 // exist in membrane, traffic flows, and nothing of a removed endpoint is left on the host.
-import t, { type Test } from 'tap';
+import t from 'tap';
 import { execFileSync } from 'node:child_process';
-import { DockerTestEnv, dockerSubnet, eventually, startDockerd, sleep } from './lib/docker-env.ts';
-import type { Dockerd } from './lib/dockerd.ts';
+import { dockerFixture, dockerSubnet, eventually, sleep, startDockerd, type DockerTestEnv } from './lib/docker-env.ts';
 
 // Real dockerd + containers: minutes under load, more than tap's default per-file timeout.
 t.setTimeout(15 * 60_000);
 
-let shared: Dockerd;
-t.before(async () => { shared = await startDockerd(); });
-t.teardown(async () => { await shared?.destroy(); });
-
-async function env(t: Test, d: Dockerd = shared): Promise<DockerTestEnv> {
-  const e = await DockerTestEnv.start(d);
-  t.teardown(() => e.cleanup());
-  return e;
-}
+const { env } = dockerFixture(t);
 
 function hostLinkExists(name: string): boolean {
   try { execFileSync('ip', ['link', 'show', 'dev', name], { stdio: 'ignore' }); return true; } catch { return false; }

@@ -2,28 +2,19 @@
 // busybox containers. Connectivity (ping + TCP, IPv4 + IPv6, gateway), labels in `membrane endpoint
 // list`, the membrane IPAM driver, two networks per container, MTU, nothing left after network rm,
 // and clear docker errors for bad options.
-import t, { type Test } from 'tap';
+import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
-import { DockerTestEnv, dockerSubnet, dockerSubnet6, eventually, startDockerd } from './lib/docker-env.ts';
+import { dockerFixture, dockerSubnet, dockerSubnet6, eventually, type DockerTestEnv } from './lib/docker-env.ts';
 import { BB_IMAGE_LABEL } from './lib/bbimage.ts';
 import { mapEntries, hostRouteTo } from './lib/inspect.ts';
 import { REPO } from './lib/agent.ts';
-import type { Dockerd } from './lib/dockerd.ts';
 import type { Endpoint } from '../shared/src/types.ts';
 
 // Real dockerd + containers: minutes under load, more than tap's default per-file timeout.
 t.setTimeout(15 * 60_000);
 
-let d: Dockerd;
-t.before(async () => { d = await startDockerd(); });
-t.teardown(async () => { await d?.destroy(); });
-
-async function env(t: Test): Promise<DockerTestEnv> {
-  const e = await DockerTestEnv.start(d);
-  t.teardown(() => e.cleanup());
-  return e;
-}
+const { env } = dockerFixture(t);
 
 function membraneCli(e: DockerTestEnv, args: string[]): string {
   return execFileSync(process.execPath, ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), '--socket', e.agent.socket, ...args],

@@ -14,7 +14,7 @@ import { ObserverClient } from '../shared/src/flows/client.ts';
 import type { Flow, GetFlowsRequest } from '../shared/src/flows/types.ts';
 import { parsePrometheusText, sampleValue } from '../shared/src/metrics/parse.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
-import { probe } from '../shared/src/policy/testing.ts';
+import { probe } from './lib/probe.ts';
 import type { Endpoint } from '../shared/src/types.ts';
 
 if (process.getuid?.() !== 0) {

@@ -1,9 +1,8 @@
 // Policy on Docker containers (a private dockerd, the agent hosting the Membrane network plugin):
 // containers are selected by their Docker labels once the agent learns them; until then (identity
 // init) they are closed, so a container a policy will select is never open. Everything is removed.
-import t, { type Test } from 'tap';
-import { DockerTestEnv, dockerSubnet, eventually, startDockerd } from './lib/docker-env.ts';
-import type { Dockerd } from './lib/dockerd.ts';
+import t from 'tap';
+import { dockerFixture, dockerSubnet, eventually, type DockerTestEnv } from './lib/docker-env.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 
 if (process.getuid?.() !== 0) {
@@ -12,15 +11,7 @@ if (process.getuid?.() !== 0) {
 }
 t.setTimeout(15 * 60_000);
 
-let d: Dockerd;
-t.before(async () => { d = await startDockerd(); });
-t.teardown(async () => { await d?.destroy(); });
-
-async function env(t: Test): Promise<DockerTestEnv> {
-  const e = await DockerTestEnv.start(d);
-  t.teardown(() => e.cleanup());
-  return e;
-}
+const { env } = dockerFixture(t);
 
 /** One TCP exchange with nc: true when the echo came back. */
 async function tcp(e: DockerTestEnv, from: string, ip: string): Promise<boolean> {

@@ -9,7 +9,7 @@ import { createNetns, ping, type TestNetns } from './lib/netns.ts';
 import { startEchoServer, startFlow, killAll } from './lib/tcp.ts';
 import { randomId, startAgent } from './lib/agent.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
-import { probe, udpProbe } from '../shared/src/policy/testing.ts';
+import { probe, udpProbe } from './lib/probe.ts';
 import type { TestAgent } from './lib/agent.ts';
 import type { Endpoint } from '../shared/src/types.ts';
 

@@ -7,7 +7,7 @@ import { randomId, startAgent, type TestAgent } from './lib/agent.ts';
 import { createNetns, type TestNetns } from './lib/netns.ts';
 import { startEchoServer, startFlow, killAll } from './lib/tcp.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
-import { probe } from '../shared/src/policy/testing.ts';
+import { probe } from './lib/probe.ts';
 import type { AgentClient } from '../shared/src/api/client.ts';
 import type { Endpoint } from '../shared/src/types.ts';
 

@@ -5,6 +5,7 @@
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
+import type { Test } from 'tap';
 import { startAgent, randomId, sleep, type TestAgent } from './agent.ts';
 import { startDockerd, type Dockerd } from './dockerd.ts';
 import { ensureBusyboxImage } from './bbimage.ts';
@@ -104,6 +105,25 @@ export class DockerTestEnv {
     await this.agent.cleanup().catch(() => undefined);
     fs.rmSync(this.pa.socketPath, { force: true });
   }
+}
+
+/**
+ * The Docker fixture of a test file: one private dockerd, started before the file's first test and
+ * destroyed after its last, and `env(t)`: a fresh DockerTestEnv cleaned up when test `t` ends (on the
+ * file's dockerd, or on `d`).
+ */
+export function dockerFixture(file: Test): { dockerd(): Dockerd; env(t: Test, d?: Dockerd): Promise<DockerTestEnv> } {
+  let shared: Dockerd | undefined;
+  file.before(async () => { shared = await startDockerd(); });
+  file.teardown(async () => { await shared?.destroy(); });
+  return {
+    dockerd: () => shared!,
+    async env(t, d = shared!) {
+      const e = await DockerTestEnv.start(d);
+      t.teardown(() => e.cleanup());
+      return e;
+    },
+  };
 }
 
 /** Polls until `cond` holds or the time is up; returns the last value of `cond`. */

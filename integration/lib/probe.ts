@@ -1,5 +1,5 @@
-// Test and benchmark support for policy (not used by the agent): connection probes that run inside
-// a netns with short timeouts (a dropped SYN otherwise costs seconds per check).
+// Connection probes run inside a test netns with short timeouts (a dropped SYN would otherwise cost
+// seconds per check): policy, flow and restart tests.
 import { spawn } from 'node:child_process';
 
 const TCP_PROBE = `

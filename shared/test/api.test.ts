@@ -65,8 +65,8 @@ t.test('the error kind, not a look-alike code, picks the answer; invalid fields 
   await t.rejects(c.request('PUT', '/v1/endpoints/sysctl/eth0/labels', { labels: {} }), { status: 500, code: 'internal', message: /no such key/ },
     'an agent-side failure is the agent\'s 500, never the caller\'s 404');
   await t.rejects(c.request('PUT', '/v1/endpoints/gone/eth0/labels', { labels: {} }), { status: 404, code: 'endpoint_not_found' });
-  await t.rejects(c.request('POST', '/v1/endpoints', { containerId: 'a', ifName: 'eth0', mtu: 'big' }), { status: 400, field: 'mtu' });
-  await t.rejects(c.request('POST', '/v1/endpoints', { containerId: 'a', ifName: 'eth0', extra: 1 }), { status: 400, field: 'extra' });
+  await t.rejects(c.request('POST', '/v1/endpoints', { containerId: 'a', ifName: 'eth0', mtu: 'big' }), { status: 400, field: 'mtu', message: /mtu/ });
+  await t.rejects(c.request('POST', '/v1/endpoints', { containerId: 'a', ifName: 'eth0', extra: 1 }), { status: 400, field: 'extra', message: /extra/ });
 });
 
 t.test('malformed JSON gets a 400', async (t) => {

@@ -13,36 +13,14 @@ import { PolicyEngine } from '../src/policy/engine.ts';
 import { PolicyClient } from '../src/policy/client.ts';
 import { identityRouter, policyRouter } from '../src/api/policy-routes.ts';
 import { registerPolicyCommands } from '../src/cli/policy.ts';
-import type { PolicyDatapathOps } from '../src/policy/apply.ts';
-import type { Entry } from '../src/policy/compile.ts';
+import { MemoryPolicyOps, WEB_FROM_CLIENT } from './lib/policy.ts';
 import type { Core } from '../src/core.ts';
 import type { Endpoint } from '../src/types.ts';
-
-function memoryOps(): PolicyDatapathOps {
-  const policy = new Map<string, Entry>(), ipcache = new Map<string, number>(), flags = new Map<number, number>([[101, 0], [102, 0]]);
-  return {
-    policyCapacity: 100000, ipcacheCapacity: 10000,
-    readPolicy: () => new Map(policy), readIpcache: () => new Map(ipcache),
-    writePolicy: (u, r) => { for (const [k, v] of u) policy.set(k, v); for (const k of r) policy.delete(k); },
-    writeIpcache: (u, r) => { for (const [k, v] of u) ipcache.set(k, v); for (const k of r) ipcache.delete(k); },
-    readEndpointFlags: (i) => flags.get(i), writeEndpointFlags: (i, f) => { if (flags.has(i)) flags.set(i, f); },
-  };
-}
-
-const POLICY = `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: web}
-spec:
-  endpointSelector: {matchLabels: {app: web}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: client}}]
-    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-`;
 
 t.test('API and CLI', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-polapi-'));
   const socket = path.join(dir, 'api.sock');
-  const engine = await PolicyEngine.open({ store: new MemoryStore(), ops: memoryOps(), hostAddresses: () => [] });
+  const engine = await PolicyEngine.open({ store: new MemoryStore(), ops: new MemoryPolicyOps(100000, 10000, [101, 102]), hostAddresses: () => [] });
   await engine.start();
   for (const [id, labels] of [[1, { app: 'web' }], [2, { app: 'client' }]] as const) {
     const identity = await engine.identityFor(labels);
@@ -63,13 +41,13 @@ t.test('API and CLI', async (t) => {
   const client = new AgentClient({ socketPath: socket });
   const pc = new PolicyClient(client);
 
-  const r = await pc.import(POLICY);
+  const r = await pc.import(WEB_FROM_CLIENT);
   t.match(r, { revision: 1, changes: [{ name: 'web', change: 'created' }] });
   t.ok(r.enforcedMs >= 0);
   t.match(await pc.list(), { revision: 1, items: [{ name: 'web', kind: 'CiliumNetworkPolicy', rules: { ingress: 1, egress: 0 } }] });
   t.match(await pc.get('web'), { name: 'web', revision: 1, policy: { name: 'web' } });
   await t.rejects(pc.get('nope'), { status: 404, code: 'policy_not_found' });
-  const bad = await pc.import(POLICY.replace('port: "80"', 'port: "eighty"')).catch((e) => e);
+  const bad = await pc.import(WEB_FROM_CLIENT.replace('port: "80"', 'port: "eighty"')).catch((e) => e);
   t.equal(bad.status, 400);
   t.match(bad.message, /<input>:8:\d+: spec\.ingress\[0\]\.toPorts\[0\]\.ports\[0\]\.port: named port "eighty" is not supported/, 'API error names field and line');
   t.equal(bad.details.issues[0].line, 8);
@@ -92,11 +70,11 @@ ${big}
   t.ok(bigText.length > 100_000);
   t.match(await pc.import(bigText), { revision: 2 }, 'large imports go as application/yaml');
   t.match(await pc.delete(['web', 'ghost']), { revision: 3, unknown: ['ghost'] });
-  await t.rejects(pc.delete(['ghost']), { status: 404 });
+  await t.rejects(pc.delete(['ghost']), { status: 404, code: 'policy_not_found', message: /no policy named "ghost"/ });
 
   // CLI on top.
   const file = path.join(dir, 'p.yaml');
-  fs.writeFileSync(file, POLICY.replace('protocol: TCP', 'protocol: TCPP'));
+  fs.writeFileSync(file, WEB_FROM_CLIENT.replace('protocol: TCP', 'protocol: TCPP'));
   const run = async (...args: string[]) => {
     const out: string[] = [];
     const write = process.stdout.write.bind(process.stdout);
@@ -108,7 +86,7 @@ ${big}
     finally { process.stdout.write = write; }
   };
   t.match((await run('policy', 'validate', file)).error, new RegExp(`${file}:8:\\d+: spec\\.ingress\\[0\\]\\.toPorts\\[0\\]\\.ports\\[0\\]\\.protocol: protocol "TCPP" is not one of`));
-  fs.writeFileSync(file, POLICY);
+  fs.writeFileSync(file, WEB_FROM_CLIENT);
   t.match((await run('policy', 'validate', file)).out, /valid: CiliumNetworkPolicy web/);
   t.match((await run('policy', 'import', file)).out, /revision 4: created web/);
   t.match((await run('policy', 'get')).out, /web\s+CiliumNetworkPolicy\s+1/);

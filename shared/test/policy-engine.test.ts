@@ -4,63 +4,18 @@
 import t from 'tap';
 import { MemoryStore } from '../src/store/index.ts';
 import { PolicyEngine, PolicyError } from '../src/policy/engine.ts';
-import type { PolicyDatapathOps } from '../src/policy/apply.ts';
-import type { Entry } from '../src/policy/compile.ts';
-import { decodePolicyKey, EP_FLAGS } from '../src/policy/map-codec.ts';
+import { EP_FLAGS } from '../src/policy/map-codec.ts';
+import { MemoryPolicyOps, testEndpoint, WEB_FROM_CLIENT } from './lib/policy.ts';
 import { parsePortArg } from '../src/policy/ports.ts';
-import type { Endpoint } from '../src/types.ts';
 
-class FakeOps implements PolicyDatapathOps {
-  policyCapacity = 1000;
-  ipcacheCapacity = 1000;
-  policy = new Map<string, Entry>();
-  ipcache = new Map<string, number>();
-  flags = new Map<number, number>();
-  failNextPolicyWrite = false;
-  writes = 0;
-  readPolicy() { return new Map(this.policy); }
-  writePolicy(upsert: [string, Entry][], remove: string[]) {
-    this.writes++;
-    if (this.failNextPolicyWrite) { this.failNextPolicyWrite = false; upsert.slice(0, 1).forEach(([k, v]) => this.policy.set(k, v)); throw new Error('E2BIG'); }
-    for (const [k, v] of upsert) this.policy.set(k, v);
-    for (const k of remove) this.policy.delete(k);
-  }
-  readIpcache() { return new Map(this.ipcache); }
-  writeIpcache(upsert: [string, number][], remove: string[]) {
-    for (const [k, v] of upsert) this.ipcache.set(k, v);
-    for (const k of remove) this.ipcache.delete(k);
-  }
-  readEndpointFlags(ifindex: number) { return this.flags.get(ifindex); }
-  writeEndpointFlags(ifindex: number, f: number) { if (this.flags.has(ifindex)) this.flags.set(ifindex, f); }
-  entriesOf(endpointId: number) {
-    return [...this.policy].map(([k, v]) => ({ ...decodePolicyKey(Buffer.from(k, 'hex')), ...v })).filter((e) => e.endpointId === endpointId);
-  }
-}
-
-function endpoint(id: number, labels: Record<string, string>, identity: number, ip: string): Endpoint {
-  return {
-    id, containerId: `c${id}`, ifName: 'eth0', network: 'default', netns: null, hostIfName: `h${id}`, hostIfIndex: 100 + id,
-    hostMac: '02:00:00:00:00:01', mac: '02:00:00:00:00:02', mtu: 1500, ips: [{ address: `${ip}/32`, gateway: '10.0.0.1', family: 4, subnet: '10.0.0.0/24' }],
-    routes: [], labels, metadata: {}, identity, externalIpam: false, createdAt: '',
-  };
-}
-
-const WEB_POLICY = `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: web}
-spec:
-  endpointSelector: {matchLabels: {app: web}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: client}}]
-    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-  egress:
+const WEB_POLICY = `${WEB_FROM_CLIENT}  egress:
   - toCIDR: [198.18.0.0/24]
 `;
 
-async function setup(ops = new FakeOps(), store = new MemoryStore()) {
+async function setup(ops = new MemoryPolicyOps(), store = new MemoryStore()) {
   const engine = await PolicyEngine.open({ store, ops, hostAddresses: () => ['192.0.2.1'] });
   const add = async (id: number, labels: Record<string, string>, ip: string) => {
-    const ep = endpoint(id, labels, await engine.identityFor(labels), ip);
+    const ep = testEndpoint(id, labels, await engine.identityFor(labels), ip);
     ops.flags.set(ep.hostIfIndex, 0); // the endpoint manager wrote the config before beforeAttach
     await engine.endpointAttached(ep);
     return ep;
@@ -155,7 +110,7 @@ t.test('invalid input and failed map writes change nothing', async (t) => {
 
 t.test('a restarted engine over the same maps and store changes nothing and keeps numbers', async (t) => {
   const store = new MemoryStore();
-  const ops = new FakeOps();
+  const ops = new MemoryPolicyOps();
   const first = await setup(ops, store);
   await first.engine.start();
   const web = await first.add(1, { app: 'web' }, '10.0.0.2');

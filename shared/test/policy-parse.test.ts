@@ -7,6 +7,7 @@ import { formatIssue, parsePolicies } from '../src/policy/parse.ts';
 import { CidrIdentities } from '../src/identity/cidr.ts';
 import { PolicyCompiler } from '../src/policy/compile.ts';
 import { prefixesOf } from '../src/policy/desired.ts';
+import { toRecords } from './lib/policy.ts';
 
 const CNP = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -231,7 +232,7 @@ t.test('fuzz: random and mutated documents give issues, never a crash', async (t
     } else {
       accepted++;
       // Whatever is accepted must also compile.
-      const recs = res.policies.map((policy, n) => ({ name: policy.name, revision: 1, number: n + 1, policy, source: null, updatedAt: '' }));
+      const recs = toRecords(res.policies);
       const cidrs = new CidrIdentities();
       cidrs.sync(prefixesOf(recs));
       try {
@@ -243,7 +244,7 @@ t.test('fuzz: random and mutated documents give issues, never a crash', async (t
       }
     }
   }
-  t.pass(`${N} documents: ${accepted} accepted, ${rejected} rejected with issues`);
+  t.equal(accepted + rejected, N, `${N} documents: ${accepted} accepted, ${rejected} rejected with issues, none threw`);
   t.ok(rejected > 100 && accepted > 10, `the fuzz reaches both outcomes (${accepted} accepted)`);
 });
 

@@ -1,0 +1,71 @@
+// Fixtures the policy unit tests share: in-memory datapath maps, endpoints, policy records.
+import type { PolicyDatapathOps } from '../../src/policy/apply.ts';
+import type { Entry } from '../../src/policy/compile.ts';
+import { decodePolicyKey } from '../../src/policy/map-codec.ts';
+import { parsePolicies } from '../../src/policy/parse.ts';
+import type { PolicyRecord } from '../../src/policy/types.ts';
+import type { Endpoint } from '../../src/types.ts';
+
+/** The pinned maps as Maps; a policy write can be made to fail half-way (an E2BIG from the kernel). */
+export class MemoryPolicyOps implements PolicyDatapathOps {
+  policy = new Map<string, Entry>();
+  ipcache = new Map<string, number>();
+  /** ifindex -> flags, for the endpoints whose config exists. */
+  flags: Map<number, number>;
+  failNextPolicyWrite = false;
+  writes = 0;
+
+  constructor(public policyCapacity = 1000, public ipcacheCapacity = 1000, endpointIfindexes: number[] = []) {
+    this.flags = new Map(endpointIfindexes.map((i) => [i, 0]));
+  }
+
+  readPolicy() { return new Map(this.policy); }
+  writePolicy(upsert: [string, Entry][], remove: string[]) {
+    this.writes++;
+    if (this.failNextPolicyWrite) { this.failNextPolicyWrite = false; upsert.slice(0, 1).forEach(([k, v]) => this.policy.set(k, v)); throw new Error('E2BIG'); }
+    for (const [k, v] of upsert) this.policy.set(k, v);
+    for (const k of remove) this.policy.delete(k);
+  }
+  readIpcache() { return new Map(this.ipcache); }
+  writeIpcache(upsert: [string, number][], remove: string[]) {
+    for (const [k, v] of upsert) this.ipcache.set(k, v);
+    for (const k of remove) this.ipcache.delete(k);
+  }
+  readEndpointFlags(ifindex: number) { return this.flags.get(ifindex); }
+  writeEndpointFlags(ifindex: number, f: number) { if (this.flags.has(ifindex)) this.flags.set(ifindex, f); }
+  /** The decoded policy entries of one endpoint. */
+  entriesOf(endpointId: number) {
+    return [...this.policy].map(([k, v]) => ({ ...decodePolicyKey(Buffer.from(k, 'hex')), ...v })).filter((e) => e.endpointId === endpointId);
+  }
+}
+
+/** An endpoint as the endpoint manager would hand it to the engine (host ifindex 100 + id). */
+export function testEndpoint(id: number, labels: Record<string, string>, identity: number, ip: string): Endpoint {
+  return {
+    id, containerId: `c${id}`, ifName: 'eth0', network: 'default', netns: null, hostIfName: `h${id}`, hostIfIndex: 100 + id,
+    hostMac: '02:00:00:00:00:01', mac: '02:00:00:00:00:02', mtu: 1500, ips: [{ address: `${ip}/32`, gateway: '10.0.0.1', family: 4, subnet: '10.0.0.0/24' }],
+    routes: [], labels, metadata: {}, identity, externalIpam: false, createdAt: '',
+  };
+}
+
+/** "app: web" pods accept "app: client" on 80/TCP. */
+export const WEB_FROM_CLIENT = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+`;
+
+/** Parsed policies as stored records (numbered in order); throws on any issue. */
+export function toRecords(policies: PolicyRecord['policy'][]): PolicyRecord[] {
+  return policies.map((policy, i) => ({ name: policy.name, revision: 1, number: i + 1, policy, source: null, updatedAt: '' }));
+}
+
+export function records(yaml: string): PolicyRecord[] {
+  const r = parsePolicies(yaml);
+  if (r.issues.length) throw new Error(JSON.stringify(r.issues));
+  return toRecords(r.policies);
+}
