@@ -1,0 +1,423 @@
+// One proxied HTTP/1.1 connection: a client socket (diverted by the datapath) and one upstream socket
+// to the client's original destination, opened at the first allowed request. Requests are parsed as
+// they stream in and checked one by one; allowed ones are forwarded byte for byte (bodies streamed,
+// never buffered whole), denied ones answered with 403 "Access denied" in their place in the
+// response order, so keep-alive and pipelining keep working. Upgrade (WebSocket) and CONNECT become
+// a plain byte tunnel once the server agrees. Memory per connection is bounded: one message head,
+// the sockets' buffers, and pipelining stops reading at MAX_PIPELINE outstanding requests.
+import type net from 'node:net';
+import { ChunkedScanner, HttpParseError, findHeadEnd, parseRequestHead, parseResponseHead, skipEmptyLines, type RequestHead } from './parse.ts';
+import { normalizeTarget } from './rules.ts';
+import { deniedResponse, errorResponse, rewriteHead, type Decide, type Exchange, type ExchangeSink } from './exchange.ts';
+
+const MAX_PIPELINE = 128;
+
+const enum Rq { HEAD, BODY_LEN, BODY_CHUNKED, WAIT_SWITCH, TUNNEL, CLOSED }
+const enum Rs { HEAD, BODY_LEN, BODY_CHUNKED, BODY_CLOSE, TUNNEL }
+
+interface Pending {
+  x: Exchange;
+  /** Answered by the proxy (403 or error), not by the upstream. */
+  local?: Buffer;
+  /** Upgrade or CONNECT that was forwarded: a 101 / 2xx turns the connection into a tunnel. */
+  switching: boolean;
+  closeAfter: boolean;
+  /** The request (its body included) has been read; a local answer waits for this, so a client
+   *  still sending a denied body is not answered mid-send (HTTP clients then drop the connection). */
+  complete: boolean;
+}
+
+export interface ConnectionOptions {
+  client: net.Socket;
+  /** Opens the upstream connection to the original destination. */
+  connect: () => net.Socket;
+  decide: Decide;
+  sink: ExchangeSink;
+  onClose?: () => void;
+}
+
+export class HttpProxyConnection {
+  private readonly client: net.Socket;
+  private upstream?: net.Socket;
+  private upstreamConnected = false;
+  private upstreamDone = false;
+  private rq = Rq.HEAD;
+  private rs = Rs.HEAD;
+  private reqLeft = 0;
+  private resLeft = 0;
+  private reqChunks?: ChunkedScanner;
+  private resChunks?: ChunkedScanner;
+  private forwardBody = false;
+  private carryIn?: Buffer;
+  private carryUp?: Buffer;
+  private readonly pending: Pending[] = [];
+  private clientEnded = false;
+  private closed = false;
+  private pausedForPipeline = false;
+  private pausedForUpstream = false;
+  private pausedForClient = false;
+  /** Start of the byte range of the chunk being walked that is to be forwarded (-1: none). */
+  private fwdIn = -1;
+  private fwdOut = -1;
+
+  constructor(private readonly o: ConnectionOptions) {
+    this.client = o.client;
+    this.client.setNoDelay(true);
+    this.client.on('data', (d: Buffer) => this.onClientData(d));
+    this.client.on('end', () => this.onClientEnd());
+    this.client.on('error', () => this.destroy());
+    this.client.on('close', () => this.destroy());
+    this.client.on('drain', () => {
+      if (this.pausedForClient) { this.pausedForClient = false; this.upstream?.resume(); }
+    });
+  }
+
+  // ---- client -> upstream ------------------------------------------------------------------------
+
+  private onClientData(chunk: Buffer): void {
+    if (this.rq === Rq.CLOSED) return;
+    if (this.rq === Rq.TUNNEL) { this.toUpstream(chunk); return; }
+    let buf = chunk;
+    if (this.carryIn) { buf = Buffer.concat([this.carryIn, chunk]); this.carryIn = undefined; }
+    try {
+      this.consumeRequests(buf);
+    } catch (e) {
+      this.failRequest(e);
+    }
+  }
+
+  /** Walks buf; forwards allowed bytes in as few writes as possible (a range is flushed at each cut). */
+  private consumeRequests(buf: Buffer): void {
+    const len = buf.length;
+    let i = 0;
+    this.fwdIn = -1;
+    while (i < len) {
+      switch (this.rq) {
+        case Rq.HEAD: {
+          i = skipEmptyLines(buf, i, len);
+          if (i >= len) break;
+          const end = findHeadEnd(buf, i, len);
+          if (end < 0) { this.cutIn(buf, i); this.carryIn = buf.subarray(i); return; }
+          const head = parseRequestHead(buf, i, end);
+          const p = this.admit(head);
+          if (p.x.verdict.allowed) {
+            if (p.x.verdict.edits.length) { this.cutIn(buf, i); this.toUpstream(rewriteHead(buf, i, end, p.x.verdict.edits)); this.fwdIn = end; } else if (this.fwdIn < 0) this.fwdIn = i;
+          } else {
+            this.cutIn(buf, i);
+          }
+          this.forwardBody = p.x.verdict.allowed;
+          i = end;
+          if (head.body === 'length') { this.rq = Rq.BODY_LEN; this.reqLeft = head.contentLength; } else if (head.body === 'chunked') { this.rq = Rq.BODY_CHUNKED; this.reqChunks = new ChunkedScanner(); } else this.requestDone(p);
+          if (p.closeAfter && !p.x.verdict.allowed && head.body !== 'none' && head.expectContinue) {
+            // The client waits for 100 Continue before sending the body; it will not get one.
+            this.rq = Rq.CLOSED;
+          }
+          break;
+        }
+        case Rq.BODY_LEN: {
+          const n = Math.min(this.reqLeft, len - i);
+          if (this.forwardBody && this.fwdIn < 0) this.fwdIn = i;
+          i += n;
+          this.reqLeft -= n;
+          if (this.reqLeft === 0) this.requestDone(this.lastPending());
+          break;
+        }
+        case Rq.BODY_CHUNKED: {
+          if (this.forwardBody && this.fwdIn < 0) this.fwdIn = i;
+          const end = this.reqChunks!.scan(buf, i, len);
+          if (end < 0) { i = len; break; }
+          i = end;
+          this.reqChunks = undefined;
+          this.requestDone(this.lastPending());
+          break;
+        }
+        case Rq.WAIT_SWITCH:
+          // Bytes after an upgrade request belong to the new protocol if the server switches, or
+          // are the next request if it does not: hold them (the socket is paused) until it answers.
+          this.cutIn(buf, i);
+          this.carryIn = this.carryIn ? Buffer.concat([this.carryIn, buf.subarray(i)]) : buf.subarray(i);
+          return;
+        case Rq.TUNNEL:
+          if (this.fwdIn < 0) this.fwdIn = i;
+          i = len;
+          break;
+        case Rq.CLOSED:
+          this.cutIn(buf, i);
+          return;
+      }
+    }
+    this.cutIn(buf, len);
+  }
+
+  /** Forwards the allowed range of the current client chunk that ends at `at`. */
+  private cutIn(buf: Buffer, at: number): void {
+    if (this.fwdIn >= 0 && at > this.fwdIn) this.toUpstream(buf.subarray(this.fwdIn, at));
+    this.fwdIn = -1;
+  }
+
+  private cutOut(buf: Buffer, at: number): void {
+    if (this.fwdOut >= 0 && at > this.fwdOut) this.toClient(buf.subarray(this.fwdOut, at));
+    this.fwdOut = -1;
+  }
+
+  private lastPending(): Pending {
+    return this.pending[this.pending.length - 1];
+  }
+
+  /** A complete request head: decide, queue its response slot, answer now if it is the proxy's turn. */
+  private admit(head: RequestHead): Pending {
+    const { path, host } = normalizeTarget(head.target, head.host);
+    const view = { method: head.method, path, host, names: head.names, values: head.values };
+    const verdict = this.o.decide(head, view);
+    const x: Exchange = {
+      method: head.method, path, host, protocol: head.minor === 1 ? 'HTTP/1.1' : 'HTTP/1.0',
+      headers: { names: head.names, values: head.values }, verdict, startMs: performance.now(), status: 0, latencyNs: 0,
+    };
+    const switching = verdict.allowed && (head.upgrade || head.method === 'CONNECT');
+    let closeAfter = !head.keepAlive;
+    let local: Buffer | undefined;
+    if (!verdict.allowed) {
+      closeAfter ||= head.expectContinue && head.body !== 'none';
+      local = deniedResponse(head.method, closeAfter);
+      x.localReason = 'denied';
+    } else {
+      this.ensureUpstream();
+    }
+    const p: Pending = { x, local, switching, closeAfter, complete: head.body === 'none' || (closeAfter && head.expectContinue) };
+    this.pending.push(p);
+    this.o.sink.request(x);
+    if (this.pending.length >= MAX_PIPELINE && !this.pausedForPipeline) { this.pausedForPipeline = true; this.client.pause(); }
+    this.flushLocals();
+    return p;
+  }
+
+  private requestDone(p: Pending): void {
+    if (!p.complete) { p.complete = true; this.flushLocals(); }
+    if (p.switching) {
+      this.rq = Rq.WAIT_SWITCH;
+      this.client.pause();
+    } else {
+      this.rq = p.closeAfter ? Rq.CLOSED : Rq.HEAD;
+    }
+  }
+
+  private failRequest(e: unknown): void {
+    // A request the proxy cannot read safely: answer it in order, then close.
+    const err = e instanceof HttpParseError ? e : new HttpParseError(400, 'malformed request');
+    this.rq = Rq.CLOSED;
+    const x: Exchange = {
+      method: '', path: '', host: '', protocol: 'HTTP/1.1', headers: { names: [], values: [] },
+      verdict: { allowed: false, edits: [] }, startMs: performance.now(), status: 0, latencyNs: 0, localReason: 'bad-request',
+    };
+    this.pending.push({ x, local: errorResponse(err.status === 502 ? 400 : err.status, err.message), switching: false, closeAfter: true, complete: true });
+    this.o.sink.request(x);
+    this.flushLocals();
+  }
+
+  private onClientEnd(): void {
+    this.clientEnded = true;
+    // Half-close: in a tunnel, or with responses still owed, the server gets the FIN and answers.
+    if (this.rq === Rq.TUNNEL || this.pending.some((p) => !p.local)) this.upstream?.end();
+    this.maybeFinish();
+  }
+
+  private ensureUpstream(): void {
+    if (this.upstream) return;
+    const u = this.o.connect();
+    this.upstream = u;
+    u.setNoDelay(true);
+    u.on('connect', () => { this.upstreamConnected = true; });
+    u.on('data', (d: Buffer) => this.onUpstreamData(d));
+    u.on('end', () => this.onUpstreamEnd());
+    u.on('error', () => this.onUpstreamError());
+    u.on('close', () => this.onUpstreamEnd());
+    u.on('drain', () => {
+      if (this.pausedForUpstream) { this.pausedForUpstream = false; if (this.rq !== Rq.WAIT_SWITCH) this.client.resume(); }
+    });
+  }
+
+  private toUpstream(b: Buffer): void {
+    if (!this.upstream || this.upstream.destroyed) return;
+    if (!this.upstream.write(b) && !this.pausedForUpstream) { this.pausedForUpstream = true; this.client.pause(); }
+  }
+
+  // ---- upstream -> client ------------------------------------------------------------------------
+
+  private onUpstreamData(chunk: Buffer): void {
+    if (this.closed) return;
+    if (this.rs === Rs.TUNNEL) { this.toClient(chunk); return; }
+    let buf = chunk;
+    if (this.carryUp) { buf = Buffer.concat([this.carryUp, chunk]); this.carryUp = undefined; }
+    try {
+      this.consumeResponses(buf);
+    } catch {
+      this.destroy(); // a server we cannot frame: nothing sensible to tell the client mid-stream
+    }
+  }
+
+  private consumeResponses(buf: Buffer): void {
+    const len = buf.length;
+    let i = 0;
+    this.fwdOut = -1;
+    while (i < len) {
+      if (this.rs === Rs.TUNNEL || this.rs === Rs.BODY_CLOSE) {
+        if (this.fwdOut < 0) this.fwdOut = i;
+        i = len;
+        break;
+      }
+      // Locals at the head are written the moment they get there: the head answers this data.
+      const p = this.pending[0]?.local ? this.pending.find((q) => !q.local) : this.pending[0];
+      if (!p) { if (this.fwdOut < 0) this.fwdOut = i; i = len; this.rq = Rq.CLOSED; break; } // unsolicited (e.g. 408): pass on, then close
+      switch (this.rs) {
+        case Rs.HEAD: {
+          const end = findHeadEnd(buf, i, len);
+          if (end < 0) { this.cutOut(buf, i); this.carryUp = buf.subarray(i); return; }
+          const head = parseResponseHead(buf, i, end, p.x.method);
+          if (this.fwdOut < 0) this.fwdOut = i;
+          i = end;
+          if (head.status < 200 && head.status !== 101) break; // interim (100 Continue...): the final one follows
+          p.x.status = head.status;
+          p.x.latencyNs = Math.round((performance.now() - p.x.startMs) * 1e6);
+          if (p.switching && (head.status === 101 || (p.x.method === 'CONNECT' && head.status < 300))) {
+            this.cutOut(buf, i);
+            this.startTunnel(p, buf.subarray(i));
+            return;
+          }
+          if (head.status === 101) throw new HttpParseError(502, 'switching protocols without an upgrade request');
+          if (!head.keepAlive) p.closeAfter = true;
+          if (head.body === 'length') { this.rs = Rs.BODY_LEN; this.resLeft = head.contentLength; } else if (head.body === 'chunked') { this.rs = Rs.BODY_CHUNKED; this.resChunks = new ChunkedScanner(); } else if (head.body === 'close') { this.rs = Rs.BODY_CLOSE; p.closeAfter = true; } else { this.cutOut(buf, i); this.responseDone(); }
+          break;
+        }
+        case Rs.BODY_LEN: {
+          const n = Math.min(this.resLeft, len - i);
+          if (this.fwdOut < 0) this.fwdOut = i;
+          i += n;
+          this.resLeft -= n;
+          if (this.resLeft === 0) { this.cutOut(buf, i); this.responseDone(); }
+          break;
+        }
+        case Rs.BODY_CHUNKED: {
+          if (this.fwdOut < 0) this.fwdOut = i;
+          const end = this.resChunks!.scan(buf, i, len);
+          if (end < 0) { i = len; break; }
+          i = end;
+          this.cutOut(buf, i);
+          this.resChunks = undefined;
+          this.responseDone();
+          break;
+        }
+      }
+    }
+    this.cutOut(buf, len);
+  }
+
+  /** The response at the head of the queue is complete. */
+  private responseDone(): void {
+    this.rs = Rs.HEAD;
+    const idx = this.pending.findIndex((q) => !q.local);
+    const [p] = this.pending.splice(idx, 1);
+    this.o.sink.response(p.x);
+    if (p.switching && this.rq === Rq.WAIT_SWITCH) this.resumeAfterRefusedSwitch();
+    if (p.closeAfter) this.finishAfterFlush();
+    this.flushLocals();
+    this.unpausePipeline();
+  }
+
+  private startTunnel(p: Pending, rest: Buffer): void {
+    const idx = this.pending.indexOf(p);
+    this.pending.splice(idx, 1);
+    this.o.sink.response(p.x);
+    this.rs = Rs.TUNNEL;
+    this.rq = Rq.TUNNEL;
+    if (rest.length) this.toClient(rest);
+    const held = this.carryIn;
+    this.carryIn = undefined;
+    if (held?.length) this.toUpstream(held);
+    if (!this.pausedForUpstream) this.client.resume();
+  }
+
+  private resumeAfterRefusedSwitch(): void {
+    this.rq = Rq.HEAD;
+    const held = this.carryIn;
+    this.carryIn = undefined;
+    if (!this.pausedForUpstream) this.client.resume();
+    if (held?.length) this.onClientData(held);
+  }
+
+  /** Writes the proxy's own responses that are next in order. */
+  private flushLocals(): void {
+    while (this.pending.length && this.pending[0].local && this.pending[0].complete) {
+      const p = this.pending.shift()!;
+      this.toClient(p.local!);
+      p.x.status = Number(p.local!.toString('latin1', 9, 12));
+      p.x.latencyNs = Math.round((performance.now() - p.x.startMs) * 1e6);
+      this.o.sink.response(p.x);
+      if (p.closeAfter) { this.finishAfterFlush(); return; }
+    }
+    this.unpausePipeline();
+    this.maybeFinish();
+  }
+
+  private unpausePipeline(): void {
+    if (this.pausedForPipeline && this.pending.length < MAX_PIPELINE / 2) {
+      this.pausedForPipeline = false;
+      if (!this.pausedForUpstream && this.rq !== Rq.WAIT_SWITCH) this.client.resume();
+    }
+  }
+
+  private toClient(b: Buffer): void {
+    if (this.client.destroyed) return;
+    if (!this.client.write(b) && !this.pausedForClient) { this.pausedForClient = true; this.upstream?.pause(); }
+  }
+
+  private onUpstreamEnd(): void {
+    if (this.closed || this.upstreamDone) return;
+    this.upstreamDone = true;
+    if (this.rs === Rs.TUNNEL) { this.client.end(); return; } // the client may still send (half-close)
+    if (this.rs === Rs.BODY_CLOSE) this.responseDone();
+    // Requests the server will never answer: the connection ends like the server's did.
+    this.rq = Rq.CLOSED;
+    this.pending.length = 0;
+    this.finishAfterFlush();
+  }
+
+  private onUpstreamError(): void {
+    if (this.closed) return;
+    if (this.upstreamConnected) { this.destroy(); return; }
+    this.upstreamDone = true;
+    // Never reached the destination: each request still owed an answer gets 503, in order.
+    this.rq = Rq.CLOSED;
+    for (const p of this.pending) {
+      if (p.local) continue;
+      p.local = errorResponse(503, 'upstream connect error');
+      p.x.localReason = 'upstream-unreachable';
+      p.closeAfter = true;
+      p.complete = true;
+    }
+    this.upstream = undefined;
+    this.flushLocals();
+    this.finishAfterFlush();
+  }
+
+  private finishAfterFlush(): void {
+    if (this.closed) return;
+    this.rq = Rq.CLOSED;
+    this.client.end();
+    this.upstream?.end();
+  }
+
+  /** The client is gone and nothing is owed to it: close both sides. */
+  private maybeFinish(): void {
+    if (!this.clientEnded || this.rq === Rq.TUNNEL || this.pending.length) return;
+    this.upstream?.end();
+    this.client.end();
+  }
+
+  destroy(): void {
+    if (this.closed) return;
+    this.closed = true;
+    this.client.destroy();
+    this.upstream?.destroy();
+    this.o.onClose?.();
+  }
+}

@@ -1,0 +1,78 @@
+// What the HTTP proxy connection asks of its owner (a verdict per request) and tells it (one record
+// per request and per response), plus the responses the proxy writes itself. Pure.
+import type { RequestHead } from './parse.ts';
+import type { HeaderEdit, RequestView } from './rules.ts';
+
+export interface Verdict {
+  allowed: boolean;
+  /** Header changes of a matching headerMatches rule (only when allowed). */
+  edits: HeaderEdit[];
+  /** Opaque to the connection: handed back in the records (which rule, which endpoints). */
+  info?: unknown;
+}
+
+/** One request and, once it came, its response. */
+export interface Exchange {
+  method: string;
+  /** Path and query as rules saw them. */
+  path: string;
+  host: string;
+  /** "HTTP/1.1" / "HTTP/1.0" */
+  protocol: string;
+  headers: { names: string[]; values: string[] };
+  verdict: Verdict;
+  /** performance.now() when the request head was complete. */
+  startMs: number;
+  /** Status sent to the client (0 until the response head went out). */
+  status: number;
+  /** Head-to-head latency in ns (0 until the response). */
+  latencyNs: number;
+  /** Why the proxy answered itself (denied, malformed, upstream unreachable). */
+  localReason?: 'denied' | 'bad-request' | 'upstream-unreachable';
+}
+
+export interface ExchangeSink {
+  request(x: Exchange): void;
+  response(x: Exchange): void;
+}
+
+export type Decide = (head: RequestHead, view: RequestView) => Verdict;
+
+const DENIED_BODY = 'Access denied';
+
+function canned(status: number, reason: string, body: string, close: boolean, noBody: boolean): Buffer {
+  const head = `HTTP/1.1 ${status} ${reason}\r\ncontent-length: ${Buffer.byteLength(body)}\r\ncontent-type: text/plain\r\n${close ? 'connection: close\r\n' : ''}\r\n`;
+  return Buffer.from(noBody ? head : head + body, 'latin1');
+}
+
+const CACHE = new Map<string, Buffer>();
+
+/** The 403 a denied request gets (no body for HEAD); `close` when the connection ends after it. */
+export function deniedResponse(method: string, close: boolean): Buffer {
+  const key = `403|${method === 'HEAD'}|${close}`;
+  let b = CACHE.get(key);
+  if (!b) CACHE.set(key, (b = canned(403, 'Forbidden', DENIED_BODY, close, method === 'HEAD')));
+  return b;
+}
+
+export function errorResponse(status: 400 | 413 | 431 | 501 | 502 | 503, message: string): Buffer {
+  const reasons: Record<number, string> = {
+    400: 'Bad Request', 413: 'Content Too Large', 431: 'Request Header Fields Too Large', 501: 'Not Implemented',
+    502: 'Bad Gateway', 503: 'Service Unavailable',
+  };
+  return canned(status, reasons[status], `${message}\n`, true, false);
+}
+
+/** A head with header edits applied (the original names' spelling kept for untouched lines). */
+export function rewriteHead(buf: Buffer, start: number, end: number, edits: HeaderEdit[]): Buffer {
+  let lines = buf.toString('latin1', start, end - 4).split('\r\n');
+  const nameOf = (l: string) => l.slice(0, l.indexOf(':')).toLowerCase();
+  for (const e of edits) {
+    if (e.op === 'delete' || e.op === 'replace') {
+      const lname = e.name.toLowerCase();
+      lines = [lines[0], ...lines.slice(1).filter((l) => nameOf(l) !== lname)];
+    }
+    if (e.op === 'add' || e.op === 'replace') lines.push(`${e.name}: ${e.value}`);
+  }
+  return Buffer.from(`${lines.join('\r\n')}\r\n\r\n`, 'latin1');
+}

@@ -1,0 +1,135 @@
+// HTTP rules of a policy, compiled for matching requests, with Cilium's semantics: every field of a
+// rule must match (regexes against the whole value), a request is allowed when one rule of the set
+// matches, and headerMatches with a mismatch action let a request through while logging, adding,
+// deleting or replacing the header. Pure.
+import type { HeaderMatch, HttpRule } from '../../policy/types.ts';
+import { compilePolicyRegex } from './regex.ts';
+
+export interface CompiledHttpRule {
+  method?: RegExp;
+  path?: RegExp;
+  host?: RegExp;
+  /** Lower-cased names. */
+  headers: { name: string; value?: string }[];
+  matches: (HeaderMatch & { lname: string })[];
+}
+
+/** What a request is matched on. `path` is already normalized (see normalizeTarget). */
+export interface RequestView {
+  method: string;
+  path: string;
+  host: string;
+  names: string[];
+  values: string[];
+}
+
+export type HeaderEdit =
+  | { op: 'add'; name: string; value: string }
+  | { op: 'delete'; name: string }
+  | { op: 'replace'; name: string; value: string };
+
+export interface HttpMatch {
+  allowed: boolean;
+  /** Index of the rule that allowed the request. */
+  rule: number;
+  edits: HeaderEdit[];
+  /** Mismatches of LOG (and the other actions), for the flow record. */
+  mismatches: string[];
+}
+
+const cache = new Map<string, RegExp>();
+
+function regex(src: string | undefined): RegExp | undefined {
+  if (!src) return undefined;
+  let r = cache.get(src);
+  if (!r) {
+    r = compilePolicyRegex(src);
+    if (cache.size > 10_000) cache.clear();
+    cache.set(src, r);
+  }
+  return r;
+}
+
+export function compileHttpRule(r: HttpRule): CompiledHttpRule {
+  return {
+    method: regex(r.method), path: regex(r.path), host: regex(r.host),
+    headers: r.headers.map((h) => ({ name: h.name.toLowerCase(), ...(h.value !== undefined ? { value: h.value } : {}) })),
+    matches: r.headerMatches.map((m) => ({ ...m, lname: m.name.toLowerCase() })),
+  };
+}
+
+/** The header's values joined by ", " (how a repeated header reads as one), undefined when absent. */
+export function headerValue(names: string[], values: string[], lname: string): string | undefined {
+  let out: string | undefined;
+  for (let i = 0; i < names.length; i++) if (names[i] === lname) out = out === undefined ? values[i] : `${out},${values[i]}`;
+  return out;
+}
+
+function ruleMatches(r: CompiledHttpRule, req: RequestView, edits: HeaderEdit[], mismatches: string[]): boolean {
+  if (r.method && !r.method.test(req.method)) return false;
+  if (r.path && !r.path.test(req.path)) return false;
+  if (r.host && !r.host.test(req.host)) return false;
+  for (const h of r.headers) {
+    const v = headerValue(req.names, req.values, h.name);
+    if (v === undefined || (h.value !== undefined && v !== h.value)) return false;
+  }
+  for (const m of r.matches) {
+    const v = headerValue(req.names, req.values, m.lname);
+    const ok = v !== undefined && (m.value === undefined || v === m.value);
+    if (ok) continue;
+    if (!m.mismatch) return false;
+    mismatches.push(`${m.name}: ${v === undefined ? 'missing' : 'mismatch'} (${m.mismatch})`);
+    if (m.mismatch === 'ADD' && m.value !== undefined) edits.push({ op: 'add', name: m.name, value: m.value });
+    else if (m.mismatch === 'DELETE' && v !== undefined) edits.push({ op: 'delete', name: m.lname });
+    else if (m.mismatch === 'REPLACE' && m.value !== undefined) edits.push({ op: 'replace', name: m.name, value: m.value });
+  }
+  return true;
+}
+
+/** The first rule that matches decides (and brings its header edits); none matching denies. */
+export function matchHttp(rules: CompiledHttpRule[], req: RequestView): HttpMatch {
+  for (let i = 0; i < rules.length; i++) {
+    const edits: HeaderEdit[] = [];
+    const mismatches: string[] = [];
+    if (ruleMatches(rules[i], req, edits, mismatches)) return { allowed: true, rule: i, edits, mismatches };
+  }
+  return { allowed: false, rule: -1, edits: [], mismatches: [] };
+}
+
+const UNRESERVED = /%(2[dDeE]|5[fF]|7[eE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA])/g;
+
+/** RFC 3986 remove_dot_segments over a path that starts with "/". */
+function removeDotSegments(path: string): string {
+  if (!path.includes('.')) return path;
+  const out: string[] = [];
+  const segs = path.split('/');
+  for (let i = 1; i < segs.length; i++) {
+    const s = segs[i];
+    if (s === '..') { if (out.length) out.pop(); if (i === segs.length - 1) out.push(''); } else if (s === '.') { if (i === segs.length - 1) out.push(''); } else out.push(s);
+  }
+  return `/${out.join('/')}`;
+}
+
+/**
+ * Path (with query) and authority of a request-target, as rules see them: percent-encoded unreserved
+ * characters decoded and dot segments resolved, the way a server resolves them, so "/public/../admin"
+ * is matched as "/admin". The request itself is forwarded as it was sent.
+ */
+export function normalizeTarget(target: string, hostHeader: string | undefined): { path: string; host: string } {
+  let path = target;
+  let host = hostHeader ?? '';
+  if (target.charCodeAt(0) !== 47 /* / */) {
+    const abs = /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\/([^/?#]*)(.*)$/.exec(target);
+    if (abs) {
+      host = abs[1].replace(/^[^@]*@/, '');
+      path = abs[2] || '/';
+    } else {
+      return { path: target, host: target === '*' ? host : target }; // "*" or authority-form (CONNECT)
+    }
+  }
+  const q = path.indexOf('?');
+  let p = q < 0 ? path : path.slice(0, q);
+  const query = q < 0 ? '' : path.slice(q);
+  if (p.includes('%')) p = p.replace(UNRESERVED, (m) => String.fromCharCode(parseInt(m.slice(1), 16)));
+  return { path: removeDotSegments(p) + query, host };
+}

@@ -1,0 +1,207 @@
+// The HTTP proxy connection over real loopback sockets, between Node's own HTTP client and server:
+// keep-alive with allowed and denied requests on one connection, pipelining, chunked and large
+// bodies, 100-continue, WebSocket-style upgrade, header rewrites, refused smuggling, an unreachable
+// upstream. (The datapath diversion is tested in integration/l7-*.)
+import t from 'tap';
+import crypto from 'node:crypto';
+import http from 'node:http';
+import net from 'node:net';
+import { once } from 'node:events';
+import { HttpProxyConnection } from '../src/l7/http/connection.ts';
+import type { Exchange } from '../src/l7/http/exchange.ts';
+import { compileHttpRule, matchHttp } from '../src/l7/http/rules.ts';
+import type { HttpRule } from '../src/policy/types.ts';
+
+const rules = ([
+  { method: 'GET|HEAD', path: '/public/.*' },
+  { method: 'POST|PUT', path: '/upload' },
+  { method: 'GET', path: '/ws' },
+  { method: 'GET', path: '/versioned', headerMatches: [{ name: 'X-Version', value: 'v2', mismatch: 'REPLACE' }] },
+] as Partial<HttpRule>[]).map((r) => compileHttpRule({ headers: [], headerMatches: [], ...r }));
+
+const exchanges: Exchange[] = [];
+let backendConnections = 0;
+const received: { method: string; url: string; sha: string; bytes: number; headers: http.IncomingHttpHeaders }[] = [];
+
+const backend = http.createServer((req, res) => {
+  const h = crypto.createHash('sha256');
+  let bytes = 0;
+  req.on('data', (d: Buffer) => { h.update(d); bytes += d.length; });
+  req.on('end', () => {
+    received.push({ method: req.method!, url: req.url!, sha: h.digest('hex'), bytes, headers: req.headers });
+    const body = `backend: ${req.method} ${req.url} ${bytes}`;
+    res.writeHead(200, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body) });
+    res.end(body);
+  });
+});
+backend.on('connection', () => { backendConnections++; });
+backend.on('upgrade', (req, socket) => {
+  socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
+  socket.on('data', (d: Buffer) => socket.write(Buffer.concat([Buffer.from('echo:'), d])));
+  socket.on('end', () => socket.end());
+});
+
+let backendPort = 0;
+let upstreamPort = 0; // where the proxy connects (backendPort, or a closed port in one test)
+const proxied = new Set<net.Socket>();
+const proxy = net.createServer({ allowHalfOpen: true }, (client) => {
+  proxied.add(client);
+  client.on('close', () => proxied.delete(client));
+  new HttpProxyConnection({
+    client,
+    connect: () => net.connect({ port: upstreamPort, host: '127.0.0.1', allowHalfOpen: true }),
+    decide: (_head, view) => {
+      const m = matchHttp(rules, view);
+      return { allowed: m.allowed, edits: m.edits };
+    },
+    sink: { request: () => undefined, response: (x) => exchanges.push(x) },
+  });
+});
+let proxyPort = 0;
+
+t.before(async () => {
+  backend.listen(0, '127.0.0.1');
+  await once(backend, 'listening');
+  backendPort = (backend.address() as net.AddressInfo).port;
+  upstreamPort = backendPort;
+  proxy.listen(0, '127.0.0.1');
+  await once(proxy, 'listening');
+  proxyPort = (proxy.address() as net.AddressInfo).port;
+});
+t.teardown(() => {
+  proxy.close();
+  for (const c of proxied) c.destroy();
+  backend.close();
+  backend.closeAllConnections();
+});
+
+function request(agent: http.Agent, method: string, path: string, body?: Buffer | AsyncIterable<Buffer>, headers: Record<string, string> = {}): Promise<{ status: number; body: string; reused: boolean }> {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port: proxyPort, method, path, agent, headers }, (res) => {
+      let text = '';
+      res.setEncoding('latin1');
+      res.on('data', (d: string) => { text += d; });
+      res.on('end', () => resolve({ status: res.statusCode!, body: text, reused: req.reusedSocket }));
+    });
+    req.on('error', reject);
+    if (body && Symbol.asyncIterator in body) {
+      (async () => { for await (const c of body) if (!req.write(c)) await once(req, 'drain'); req.end(); })().catch(reject);
+    } else {
+      req.end(body);
+    }
+  });
+}
+
+/** Writes raw bytes on a new connection and reads until `done(text)` or the server closes. */
+async function raw(bytes: string, done: (text: string) => boolean): Promise<{ text: string; closed: boolean }> {
+  const s = net.connect(proxyPort, '127.0.0.1');
+  let text = '';
+  let closed = false;
+  s.write(bytes);
+  await new Promise<void>((resolve) => {
+    const timer = setTimeout(resolve, 5000);
+    s.on('data', (d: Buffer) => { text += d.toString('latin1'); if (done(text)) { clearTimeout(timer); resolve(); } });
+    s.on('close', () => { closed = true; clearTimeout(timer); resolve(); });
+    s.on('error', () => undefined);
+  });
+  s.destroy();
+  return { text, closed };
+}
+
+const count = (text: string, s: string) => text.split(s).length - 1;
+
+t.test('keep-alive: allowed and denied requests share one connection', async (t) => {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const before = backendConnections;
+  const a = await request(agent, 'GET', '/public/a');
+  t.same([a.status, a.body], [200, 'backend: GET /public/a 0']);
+  const d = await request(agent, 'GET', '/private');
+  t.same([d.status, d.body, d.reused], [403, 'Access denied', true], 'denied with 403 "Access denied" on the same connection');
+  const p = await request(agent, 'POST', '/private', Buffer.alloc(100_000, 1));
+  t.same([p.status, p.body, p.reused], [403, 'Access denied', true], 'a denied request with a body: the body is discarded');
+  const b = await request(agent, 'GET', '/public/b');
+  t.same([b.status, b.body, b.reused], [200, 'backend: GET /public/b 0', true], 'and the connection still works');
+  t.equal(backendConnections - before, 1, 'one upstream connection for the whole client connection');
+  t.notOk(received.some((r) => r.url === '/private'), 'denied requests never reach the server');
+  t.match(exchanges.find((x) => x.path === '/private'), { method: 'GET', status: 403, verdict: { allowed: false }, localReason: 'denied' });
+  t.ok(exchanges.find((x) => x.path === '/public/b')!.latencyNs > 0, 'responses carry a latency');
+  agent.destroy();
+});
+
+t.test('pipelining: responses come back in request order, 403s in their place', async (t) => {
+  const r = await raw('GET /public/1 HTTP/1.1\r\nHost: a\r\n\r\nGET /secret HTTP/1.1\r\nHost: a\r\n\r\nHEAD /nope HTTP/1.1\r\nHost: a\r\n\r\nGET /public/3 HTTP/1.1\r\nHost: a\r\n\r\n',
+    (x) => x.includes('GET /public/3 0'));
+  const order = [...r.text.matchAll(/HTTP\/1\.1 (\d+)/g)].map((m) => m[1]);
+  t.same(order, ['200', '403', '403', '200']);
+  t.ok(r.text.indexOf('/public/1') < r.text.indexOf('Access denied') && r.text.indexOf('Access denied') < r.text.indexOf('/public/3'));
+  t.equal(count(r.text, 'Access denied'), 1, 'the 403 to HEAD has no body');
+});
+
+t.test('bodies: chunked and large uploads are streamed through intact', async (t) => {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const chunks = Array.from({ length: 64 }, (_, i) => crypto.randomBytes(1024 * 1024 + i));
+  const sha = crypto.createHash('sha256');
+  for (const c of chunks) sha.update(c);
+  const size = chunks.reduce((n, c) => n + c.length, 0);
+  async function* gen() { for (const c of chunks) yield c; }
+  const r = await request(agent, 'POST', '/upload', gen()); // no length: Node sends it chunked
+  t.equal(r.status, 200);
+  const got = received.find((x) => x.url === '/upload' && x.bytes === size);
+  t.equal(got?.sha, sha.digest('hex'), `${size} bytes arrive byte for byte`);
+  const denied = await request(agent, 'POST', '/other', gen());
+  t.same([denied.status, denied.reused], [403, true], 'a denied chunked upload is discarded, the connection kept');
+  t.equal((await request(agent, 'GET', '/public/after')).status, 200);
+  agent.destroy();
+});
+
+t.test('Expect: 100-continue', async (t) => {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  const allowed = await new Promise<number>((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port: proxyPort, method: 'PUT', path: '/upload', agent, headers: { expect: '100-continue', 'content-length': 5 } }, (res) => { res.resume(); res.on('end', () => resolve(res.statusCode!)); });
+    req.on('continue', () => req.end('hello'));
+    req.on('error', reject);
+  });
+  t.equal(allowed, 200, 'the server\'s 100 Continue reaches the client, then the body goes through');
+  const r = await raw('PUT /secret HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n', () => false);
+  t.match(r.text, /^HTTP\/1\.1 403 Forbidden\r\n[^]*connection: close/, 'denied before the body is sent: 403 and the connection closes');
+  t.ok(r.closed);
+  agent.destroy();
+});
+
+t.test('upgrade: an allowed WebSocket handshake becomes a tunnel', async (t) => {
+  const r = await raw('GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nframe-1', (x) => x.includes('echo:frame-1'));
+  t.match(r.text, /^HTTP\/1\.1 101 Switching Protocols/);
+  t.match(r.text, /echo:frame-1$/, 'bytes after the handshake pass both ways');
+  const d = await raw('GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n', (x) => x.includes('Access denied'));
+  t.match(d.text, /^HTTP\/1\.1 403/, 'a denied upgrade gets 403');
+});
+
+t.test('headerMatches REPLACE rewrites the request; others pass unchanged', async (t) => {
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  t.equal((await request(agent, 'GET', '/versioned', undefined, { 'x-version': 'v1', 'x-other': 'kept' })).status, 200);
+  const got = received.filter((x) => x.url === '/versioned').pop();
+  t.same([got?.headers['x-version'], got?.headers['x-other']], ['v2', 'kept']);
+  agent.destroy();
+});
+
+t.test('smuggling attempts get 400 and never reach the server', async (t) => {
+  const before = received.length;
+  const r = await raw('POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /secret HTTP/1.1\r\nHost: a\r\n\r\n', () => false);
+  t.match(r.text, /^HTTP\/1\.1 400 Bad Request/);
+  t.ok(r.closed, 'and the connection is closed');
+  const r2 = await raw('GET /public/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n', () => false);
+  t.match(r2.text, /^HTTP\/1\.1 501/);
+  t.equal(received.length, before, 'the server saw nothing');
+});
+
+t.test('an unreachable destination answers 503', async (t) => {
+  const closed = net.createServer();
+  closed.listen(0, '127.0.0.1');
+  await once(closed, 'listening');
+  upstreamPort = (closed.address() as net.AddressInfo).port;
+  closed.close();
+  await once(closed, 'close');
+  t.teardown(() => { upstreamPort = backendPort; });
+  const r = await raw('GET /public/x HTTP/1.1\r\nHost: a\r\n\r\n', () => false);
+  t.match(r.text, /^HTTP\/1\.1 503 Service Unavailable/);
+});
