@@ -1,6 +1,6 @@
 // The proxy's HTTP/1.1 parser: message heads, framing, chunked bodies, and the requests it refuses
 // because two parsers could frame them differently (request smuggling).
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { ChunkedScanner, HttpParseError, findHeadEnd, parseRequestHead, parseResponseHead } from '../src/l7/http/parse.ts';
 
 const req = (text: string) => {
@@ -18,7 +18,7 @@ const caught = (fn: () => unknown): HttpParseError | undefined => {
   try { fn(); } catch (e) { if (e instanceof HttpParseError) return e; throw e; }
   return undefined;
 };
-const refused = (tt: typeof t, text: string, status: number, why: RegExp) => {
+const refused = (tt: Test, text: string, status: number, why: RegExp) => {
   const e = caught(() => req(text));
   tt.match({ status: e?.status, message: e?.message }, { status, message: why }, `${JSON.stringify(text.slice(0, 50))} -> ${status}`);
 };

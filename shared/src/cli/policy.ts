@@ -7,7 +7,8 @@ import { AgentApiError, type AgentClient } from '../api/client.ts';
 import { PolicyClient } from '../policy/client.ts';
 import { formatIssue, parsePolicies, type PolicyIssue } from '../policy/parse.ts';
 import { parseLabelArgs, formatLabels } from '../identity/labels.ts';
-import type { TraceResult, TraceSide } from '../policy/trace.ts';
+import type { TraceHttp, TraceResult, TraceSide } from '../policy/trace.ts';
+import type { HttpRule } from '../policy/types.ts';
 import type { EndpointPolicyView } from '../policy/engine.ts';
 import { keyValues, table, type OutputFormat } from './format.ts';
 
@@ -35,7 +36,20 @@ export async function endpointPolicyLines(client: AgentClient, containerId: stri
     ['Identity', `${v.identity} (${formatLabels(v.labels)})`],
     ['Policy', `ingress ${v.enforcement.ingress}, egress ${v.enforcement.egress}${v.audit ? ', audit mode' : ''} (${v.entries} map entries)`],
     ['Selected by', v.policies.length ? v.policies.map((p) => `${p.name}${p.ingress || p.egress ? ` [${[p.ingress && 'ingress', p.egress && 'egress'].filter(Boolean).join('+')}]` : ''}`).join(', ') : '-'],
+    ...(v.l7 ?? []).map((s): [string, string] => [
+      `L7 ${s.direction}`,
+      `${s.port} from ${s.peers.includes(0) ? 'any peer' : `${s.peers.length} peer identit${s.peers.length > 1 ? 'ies' : 'y'}`} through the HTTP proxy: ${s.rules.map((r) => describeHttpRule(r.http)).join(' | ')}`,
+    ]),
   ];
+}
+
+/** One HTTP rule on one line: "GET /public/.* host=... X-Token: ..." ("any request" when empty). */
+export function describeHttpRule(h: HttpRule): string {
+  const parts = [h.method ?? '*', h.path ?? '*'];
+  if (h.host) parts.push(`host=${h.host}`);
+  for (const x of h.headers) parts.push(x.value === undefined ? `${x.name}` : `${x.name}: ${x.value}`);
+  for (const m of h.headerMatches) parts.push(`${m.name}${m.value !== undefined ? `=${m.value}` : ''}${m.mismatch ? ` (${m.mismatch})` : ''}`);
+  return parts.join(' ');
 }
 
 function traceSide(labels: string[] | undefined, ip: string | undefined, which: string): TraceSide {
@@ -45,13 +59,29 @@ function traceSide(labels: string[] | undefined, ip: string | undefined, which: 
   return { labels: parseLabelArgs(labels) };
 }
 
+interface TraceHttpOptions { httpMethod?: string; httpPath?: string; httpHost?: string; httpHeader?: string[] }
+
+function traceHttp(o: TraceHttpOptions): TraceHttp | undefined {
+  if (!o.httpMethod && !o.httpPath && !o.httpHost && !o.httpHeader?.length) return undefined;
+  const headers: Record<string, string> = {};
+  for (const h of o.httpHeader ?? []) {
+    const i = h.indexOf(':');
+    if (i <= 0) throw new Error(`--http-header ${JSON.stringify(h)}: expected "Name: value"`);
+    headers[h.slice(0, i).trim()] = h.slice(i + 1).trim();
+  }
+  return { ...(o.httpMethod ? { method: o.httpMethod } : {}), ...(o.httpPath ? { path: o.httpPath } : {}), ...(o.httpHost ? { host: o.httpHost } : {}), ...(o.httpHeader?.length ? { headers } : {}) };
+}
+
 function traceText(r: TraceResult): string {
   const who = (s: TraceResult['src']) => `identity ${s.identity} (${formatLabels(s.labels)})`;
   const lines = [
     `${r.verdict === 'allow' ? 'ALLOWED' : 'DENIED'}: ${r.port}`,
     `  from ${who(r.src)}`,
     `  to   ${who(r.dst)}`,
-    ...r.steps.map((s) => `  ${s.direction.padEnd(7)} ${s.verdict.padEnd(5)} ${s.reason}  [${s.enforcedBy}]`),
+    ...r.steps.flatMap((s) => [
+      `  ${s.direction.padEnd(7)} ${s.verdict.padEnd(5)} ${s.reason}  [${s.enforcedBy}]`,
+      ...(s.l7 && !s.l7.matched ? s.l7.rules.map((h) => `          http ${describeHttpRule(h.http)}  (${h.policy} ${h.path})`) : []),
+    ]),
   ];
   if (!r.steps.length) lines.push('  neither side is an endpoint of this node: no policy applies');
   return lines.join('\n') + '\n';
@@ -117,9 +147,13 @@ export function registerPolicyCommands(program: Command, client: () => AgentClie
     .option('--src-ip <address>', 'source address (an endpoint, the host, or outside)')
     .option('--dst-ip <address>', 'destination address')
     .option('--dport <port/proto>', 'destination port and protocol, e.g. 80/tcp, 53/udp, 8/icmp', '0/tcp')
+    .option('--http-method <method>', 'check an HTTP request against L7 rules: its method (default GET)')
+    .option('--http-path <path>', 'its path and query, e.g. /public/a?b=1')
+    .option('--http-host <host>', 'its Host header')
+    .option('--http-header <"Name: value"...>', 'its headers')
     .addOption(output())
-    .action(async (o: { src?: string[]; dst?: string[]; srcIp?: string; dstIp?: string; dport: string; output: OutputFormat }) => {
-      const r = await pc().trace(traceSide(o.src, o.srcIp, 'src'), traceSide(o.dst, o.dstIp, 'dst'), o.dport);
+    .action(async (o: { src?: string[]; dst?: string[]; srcIp?: string; dstIp?: string; dport: string; output: OutputFormat } & TraceHttpOptions) => {
+      const r = await pc().trace(traceSide(o.src, o.srcIp, 'src'), traceSide(o.dst, o.dstIp, 'dst'), o.dport, traceHttp(o));
       if (o.output === 'json') return print(JSON.stringify(r, null, 2) + '\n');
       print(traceText(r));
       if (r.verdict === 'deny') process.exitCode = 2;

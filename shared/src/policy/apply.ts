@@ -44,7 +44,8 @@ export class CapacityError extends MembraneError<'bad_request'> {
   constructor(message: string) { super('bad_request', message); }
 }
 
-const sameEntry = (a: Entry, b: Entry) => a.action === b.action && a.ruleId === b.ruleId;
+/** What the datapath stores of an entry (the L7 rules themselves live in the proxy). */
+const sameEntry = (a: Entry, b: Entry) => a.action === b.action && a.ruleId === b.ruleId && (a.proxyPort ?? 0) === (b.proxyPort ?? 0);
 
 /** Applies `desired` over `mirror` (which it updates on success only). */
 export function applyDesired(ops: PolicyDatapathOps, mirror: Mirror, desired: Mirror): ApplyStats {

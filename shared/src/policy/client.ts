@@ -3,7 +3,7 @@
 import type { AgentClient } from '../api/client.ts';
 import type { ChangeResult, EndpointPolicyView } from './engine.ts';
 import type { PolicyIssue } from './parse.ts';
-import type { RuleDescription, TraceResult, TraceSide } from './trace.ts';
+import type { RuleDescription, TraceHttp, TraceResult, TraceSide } from './trace.ts';
 import type { PolicyRecord } from './types.ts';
 import type { IdentityView } from '../identity/allocator.ts';
 
@@ -30,8 +30,8 @@ export class PolicyClient {
     const q = names === 'all' ? 'all=true' : names.map((n) => `name=${encodeURIComponent(n)}`).join('&');
     return this.c.request('DELETE', `/v1/policy?${q}`);
   }
-  trace(src: TraceSide, dst: TraceSide, port: string): Promise<TraceResult> {
-    return this.c.request('POST', '/v1/policy/trace', { src, dst, port });
+  trace(src: TraceSide, dst: TraceSide, port: string, http?: TraceHttp): Promise<TraceResult> {
+    return this.c.request('POST', '/v1/policy/trace', { src, dst, port, ...(http ? { http } : {}) });
   }
   describeRule(ruleId: number): Promise<RuleDescription> { return this.c.request('GET', `/v1/policy/rules/${ruleId}`); }
   endpoint(containerId: string, ifName: string): Promise<EndpointPolicyView> {

@@ -11,12 +11,20 @@ import { canonicalLabels, type Labels } from '../identity/labels.ts';
 import { ANY_IDENTITY, RESERVED } from '../identity/reserved.ts';
 import type { CidrIdentities } from '../identity/cidr.ts';
 import { expandPorts, type L4Key } from './ports.ts';
+import { l7ByCode, unionL7, type L7Set } from './l7.ts';
 import { encodeRuleId } from './rule-id.ts';
 import { initDefaultDeny } from './selection.ts';
 import { isEmptySelector, matches, selectorKey, type Selector } from './selector.ts';
 import type { Action, Direction, Peer, PolicyRecord, Rule } from './types.ts';
 
-export interface Entry { action: Action; ruleId: number }
+export interface Entry {
+  action: Action;
+  ruleId: number;
+  /** Allow through the L7 proxy, for requests its rules match (l7.ts). */
+  l7?: L7Set;
+  /** The proxy's port, written to the datapath with the entry (set when the desired maps are built). */
+  proxyPort?: number;
+}
 /** l4code(proto, dport) -> entry, for one peer identity. */
 export type Column = Map<number, Entry>;
 
@@ -85,6 +93,8 @@ export class PolicyCompiler {
     }
     closeDenies(out.ingress);
     closeDenies(out.egress);
+    closeL7(out.ingress);
+    closeL7(out.egress);
     return out;
   }
 
@@ -93,9 +103,14 @@ export class PolicyCompiler {
     if (!peers.length) return;
     const l4 = rule.ports.length ? expandPorts(rule.ports) : [{ proto: 0, dport: 0 }];
     const entry: Entry = { action: rule.action, ruleId: encodeRuleId(rec.number, rule.direction, rule.action, rule.index) };
+    const l7 = l7ByCode(rule, l4code, entry.ruleId);
+    const l7Entries = new Map([...l7].map(([code, set]) => [code, { ...entry, l7: set }]));
     for (const peer of peers) {
       const col = column(dp, peer);
-      for (const k of l4) merge(col, l4code(k.proto, k.dport), entry);
+      for (const k of l4) {
+        const code = l4code(k.proto, k.dport);
+        merge(col, code, l7Entries.get(code) ?? entry);
+      }
     }
   }
 
@@ -149,10 +164,18 @@ function column(dp: DirectionPolicy, peer: number): Column {
   return c;
 }
 
-/** Deny beats allow; among equals the lowest rule id wins, so output does not depend on order. */
-function merge(col: Column, code: number, e: Entry): void {
+/** Deny beats allow, plain allow beats L7 allow (rules are additive), L7 sets of the same traffic
+ *  are unioned; among equals the lowest rule id wins, so output does not depend on order. */
+export function merge(col: Column, code: number, e: Entry): void {
   const cur = col.get(code);
-  if (!cur || (e.action === 'deny' && cur.action === 'allow') || (e.action === cur.action && e.ruleId < cur.ruleId)) col.set(code, e);
+  col.set(code, cur ? combine(cur, e) : e);
+}
+
+function combine(cur: Entry, e: Entry): Entry {
+  if (e.action !== cur.action) return e.action === 'deny' ? e : cur;
+  if (e.action === 'allow' && (!!e.l7 !== !!cur.l7)) return e.l7 ? cur : e;
+  if (e.l7 && cur.l7) return { ...(e.ruleId < cur.ruleId ? e : cur), l7: unionL7(cur.l7, e.l7) };
+  return e.ruleId < cur.ruleId ? e : cur;
 }
 
 /** The entries a packet (peer, proto, dport) may hit, in the datapath's probe order. */
@@ -183,6 +206,32 @@ function wider(code: number): number[] {
   if (dport) out.push(l4code(proto, 0));
   if (proto) out.push(0);
   return out;
+}
+
+/** The entries that also match whatever stops at (peer, code): wider ports, then the any-peer column. */
+function generalizations(dp: DirectionPolicy, peer: number, code: number): Entry[] {
+  const out: Entry[] = [];
+  const col = dp.columns.get(peer);
+  const any = dp.columns.get(ANY_IDENTITY);
+  for (const w of wider(code)) { const e = col?.get(w); if (e) out.push(e); }
+  if (peer !== ANY_IDENTITY && any) for (const c of [code, ...wider(code)]) { const e = any.get(c); if (e) out.push(e); }
+  return out;
+}
+
+/** After closeDenies: each L7 entry takes in the allow entries that also cover its traffic (l7.ts). */
+export function closeL7(dp: DirectionPolicy): void {
+  for (const [peer, col] of dp.columns) {
+    for (const [code, e] of col) {
+      if (e.action !== 'allow' || !e.l7) continue;
+      let cur = e;
+      for (const g of generalizations(dp, peer, code)) {
+        if (g.action !== 'allow') continue;
+        cur = combine(cur, g);
+        if (!cur.l7) break;
+      }
+      if (cur !== e) col.set(code, cur);
+    }
+  }
 }
 
 /**

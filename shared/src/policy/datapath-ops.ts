@@ -26,8 +26,8 @@ export function datapathOps(dp: Datapath): PolicyDatapathOps {
       const out = new Map<string, Entry>();
       const { keys, values } = bpf.mapDumpBatch(fd('policy'), 'policy', POLICY_KEY_SIZE, POLICY_VALUE_SIZE);
       keys.forEach((k, i) => {
-        const { action, ruleId } = decodePolicyValue(values[i]);
-        out.set(k.toString('hex'), { action, ruleId });
+        const { action, ruleId, proxyPort } = decodePolicyValue(values[i]);
+        out.set(k.toString('hex'), { action, ruleId, ...(proxyPort ? { proxyPort } : {}) });
       });
       return out;
     },

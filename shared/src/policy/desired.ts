@@ -8,6 +8,7 @@ import { PolicyCompiler, l4decode, type Entry, type Universe } from './compile.t
 import { encodePolicyKey } from './map-codec.ts';
 import { endpointFlags, selectionFor } from './selection.ts';
 import type { Peer, PolicyRecord } from './types.ts';
+import type { L7Set } from './l7.ts';
 
 export interface EngineEndpoint {
   /** containerId/ifName */
@@ -26,6 +27,8 @@ export interface DesiredInput {
   hostAddresses: string[];
   /** Synced to the prefixes the records name (mutated: pass a copy when the result may be dropped). */
   cidrs: CidrIdentities;
+  /** Where each kind of L7 proxy listens; L7 entries without one are refused (never opened). */
+  proxyPorts?: Partial<Record<L7Set['kind'], number>>;
 }
 
 export interface Desired {
@@ -59,6 +62,20 @@ export function universeOf(endpoints: { identity: number }[], labelsOf: (id: num
   return { identities: [...ids].map(([id, labels]) => ({ id, labels })), cidrs };
 }
 
+/** An L7 entry as the datapath holds it: allow, redirected to its proxy's port. Without a proxy
+ *  (imports are refused then, but the agent may have been restarted without it) it fails closed. */
+function withProxy(entry: Entry, ports: DesiredInput['proxyPorts']): Entry {
+  const port = ports?.[entry.l7!.kind];
+  return port ? { ...entry, proxyPort: port } : { action: 'deny', ruleId: entry.ruleId };
+}
+
+/** The L7 proxy kinds a set of policies needs. */
+export function l7KindsOf(records: { policy: PolicyRecord['policy'] }[]): Set<L7Set['kind']> {
+  const out = new Set<L7Set['kind']>();
+  for (const r of records) for (const s of r.policy.specs) for (const rule of s.rules) if (rule.l7?.length) out.add('http');
+  return out;
+}
+
 /** A compiler and what it was built from: reused while records, peer identities and prefixes stay. */
 export interface CompileCache { records: PolicyRecord[]; key: string; compiler: PolicyCompiler }
 
@@ -83,7 +100,7 @@ export function buildDesired(input: DesiredInput, cache?: { current?: CompileCac
       for (const [peer, col] of lp[direction].columns) {
         for (const [code, entry] of col) {
           const { proto, dport } = l4decode(code);
-          policy.set(encodePolicyKey({ endpointId: ep.id, peer, direction, proto, dport }).toString('hex'), entry);
+          policy.set(encodePolicyKey({ endpointId: ep.id, peer, direction, proto, dport }).toString('hex'), entry.l7 ? withProxy(entry, input.proxyPorts) : entry);
         }
       }
     }

@@ -11,13 +11,15 @@ import { FIRST_CIDR_IDENTITY, RESERVED, type IdentityKind } from '../identity/re
 import type { Labels } from '../identity/labels.ts';
 import { applyDesired, type ApplyStats, type Mirror, type PolicyDatapathOps } from './apply.ts';
 import { decodePolicyKey } from './map-codec.ts';
-import { buildDesired, universeOf, type CompileCache, type EngineEndpoint } from './desired.ts';
+import { buildDesired, l7KindsOf, universeOf, type CompileCache, type DesiredInput, type EngineEndpoint } from './desired.ts';
 import { formatIssue, parsePolicies, type PolicyIssue } from './parse.ts';
 import { MembraneError } from '../errors.ts';
 import { PolicyRepository, type Plan } from './repository.ts';
 import { endpointFlags, selectionFor, type Selection } from './selection.ts';
 import { describeRule, trace, type RuleDescription, type TraceQuery, type TraceResult } from './trace.ts';
 import type { PolicyRecord } from './types.ts';
+import { l7Summary, type L7Summary } from './l7.ts';
+import { l4decode } from './compile.ts';
 
 /** Endpoint metadata that turns audit mode on for one endpoint at creation (CNI args, API). */
 export const AUDIT_METADATA_KEY = 'membrane.io/policy-audit';
@@ -44,6 +46,8 @@ export interface PolicyEngineDeps {
   hostAddresses: () => string[];
   log?: EngineLog;
   identityGraceMs?: number;
+  /** Where the L7 proxies listen (ports go into the datapath with L7 entries); none: L7 policies are refused. */
+  proxyPorts?: () => DesiredInput['proxyPorts'];
 }
 
 export interface ChangeResult {
@@ -202,6 +206,10 @@ export class PolicyEngine {
       return Promise.reject(new PolicyError('bad_request', `the policy is not valid (${parsed.issues.length} problem${parsed.issues.length > 1 ? 's' : ''})`, parsed.issues));
     }
     if (!parsed.policies.length) return Promise.reject(new PolicyError('bad_request', 'no policy in the input'));
+    const missing = [...l7KindsOf(parsed.policies.map((policy) => ({ policy })))].filter((k) => !this.d.proxyPorts?.()?.[k]);
+    if (missing.length) {
+      return Promise.reject(new MembraneError('unavailable', `the policy has ${missing.map((k) => k.toUpperCase()).join(', ')} rules but the L7 proxy is not enabled on this node (agent --l7-proxy)`));
+    }
     return this.serial(() => this.change(this.repo.planImport(parsed.policies, parsed.sources), t0, parseMs));
   }
 
@@ -239,7 +247,7 @@ export class PolicyEngine {
     const cidrs = this.cidrs.clone();
     const desired = buildDesired({
       records, endpoints: [...this.endpoints.values()], labelsOf: (id) => this.identities.labelsOf(id),
-      hostAddresses: this.hostAddrs, cidrs,
+      hostAddresses: this.hostAddrs, cidrs, proxyPorts: this.d.proxyPorts?.(),
     }, this.compileCache);
     const stats = applyDesired(this.d.ops, this.mirror, desired);
     this.cidrs = cidrs;
@@ -282,7 +290,13 @@ export class PolicyEngine {
       enforcement: { ingress: sel.ingress.defaultDeny ? 'default-deny' : sel.ingress.hasRules ? 'rules-only' : 'allow-all', egress: sel.egress.defaultDeny ? 'default-deny' : sel.egress.hasRules ? 'rules-only' : 'allow-all' },
       policies: sel.policies,
       entries: [...this.mirror.policy.keys()].filter((k) => decodePolicyKey(Buffer.from(k, 'hex')).endpointId === e.id).length,
+      l7: this.l7Of(e),
     };
+  }
+
+  private l7Of(e: EngineEndpoint): L7Summary[] {
+    const compiler = this.compileCache.current?.compiler;
+    return compiler ? l7Summary(compiler.forLabels(this.identities.labelsOf(e.identity) ?? { 'reserved:init': '' }), l4decode) : [];
   }
 
   identityList(): (IdentityView & { endpoints: number })[] {
@@ -329,4 +343,6 @@ export interface EndpointPolicyView {
   policies: Selection['policies'];
   /** Policy map entries for this endpoint. */
   entries: number;
+  /** Ports whose traffic goes through the L7 proxy, with the HTTP rules. */
+  l7: L7Summary[];
 }

@@ -6,11 +6,13 @@ const FIELDS = [
   'fromEndpoints', 'toEndpoints', 'fromCIDR', 'toCIDR', 'fromCIDRSet', 'toCIDRSet', 'cidr', 'except',
   'fromEntities', 'toEntities', 'toPorts', 'ports', 'port', 'endPort', 'protocol', 'icmps', 'fields', 'type', 'family',
   'podSelector', 'namespaceSelector', 'ipBlock', 'policyTypes', 'from', 'to',
+  'rules', 'http', 'method', 'path', 'host', 'headers', 'headerMatches', 'mismatch', 'value',
 ];
 
 /** Cilium fields Membrane does not implement: named as such instead of "unknown field". */
 export const UNSUPPORTED: Record<string, string> = {
-  rules: 'L7 rules (toPorts[].rules)', serverNames: 'serverNames', originatingTLS: 'originatingTLS',
+  kafka: 'Kafka rules (rules.kafka)', dns: 'DNS rules (rules.dns)', l7proto: 'generic L7 rules (rules.l7proto)',
+  l7: 'generic L7 rules (rules.l7)', serverNames: 'serverNames', originatingTLS: 'originatingTLS',
   terminatingTLS: 'terminatingTLS', listener: 'listener', cidrGroupRef: 'cidrGroupRef', cidrGroupSelector: 'cidrGroupSelector',
   fromRequires: 'fromRequires', toRequires: 'toRequires', fromGroups: 'fromGroups', toGroups: 'toGroups',
   fromNodes: 'fromNodes', toNodes: 'toNodes', authentication: 'authentication', toServices: 'toServices',

@@ -50,18 +50,22 @@ export function decodePolicyKey(b: Buffer): PolicyKey {
   return { endpointId: r32(b, 0), peer: r32(b, 4), direction: b[8] === DIR_EGRESS ? 'egress' : 'ingress', proto: b[9], dport: b.readUInt16BE(10) };
 }
 
-/** Counters start at zero; they are the datapath's to update. */
+/** Counters start at zero; they are the datapath's to update. An allow entry with a proxy port
+ *  sends the flow to the L7 proxy listening there (proxy_port, network order, bytes 2-3). */
 export function encodePolicyValue(e: Entry): Buffer {
   const b = Buffer.alloc(POLICY_VALUE_SIZE);
   b[0] = e.action === 'deny' ? ACTION_DENY : ACTION_ALLOW;
+  if (e.action === 'allow' && e.proxyPort) b.writeUInt16BE(e.proxyPort, 2);
   u32(b, 4, e.ruleId);
   return b;
 }
 
 export function decodePolicyValue(b: Buffer): Entry & { packets: bigint; bytes: bigint } {
+  const proxyPort = b.readUInt16BE(2);
   return {
     action: b[0] === ACTION_DENY ? 'deny' : 'allow',
     ruleId: r32(b, 4),
+    ...(proxyPort ? { proxyPort } : {}),
     packets: readHostU64(b, 8),
     bytes: readHostU64(b, 16),
   };

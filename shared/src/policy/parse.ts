@@ -167,7 +167,7 @@ function validateOne(raw: RawDoc): { policy: Policy } | { issues: RawIssue[] } {
       for (const key of i.keys) {
         const hint = closestField(key);
         const message = key in UNSUPPORTED
-          ? `${UNSUPPORTED[key]} is not supported by Membrane (L3/L4 policy only)`
+          ? `${UNSUPPORTED[key]} is not supported by Membrane`
           : `unknown field "${key}"${hint ? ` (did you mean "${hint}"?)` : ''}`;
         issues.push(rawIssue(raw, [...path, key], message, true));
       }

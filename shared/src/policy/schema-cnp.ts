@@ -13,7 +13,8 @@ import { ICMP_TYPE_NAMES } from './ports.ts';
 import { MAX_RULES_PER_LIST } from './rule-id.ts';
 import { withRequirement, type Selector } from './selector.ts';
 import { checkRange, cidr, endPort, fail, metadata, port, protocol, selector } from './schema-common.ts';
-import { ENTITIES, type Direction, type Entity, type Peer, type Policy, type PolicySpec, type PortMatch, type Rule } from './types.ts';
+import { checkL7Ports, l7Rules, type RawL7Rules } from './schema-l7.ts';
+import { ENTITIES, type Direction, type Entity, type L7PortRule, type Peer, type Policy, type PolicySpec, type PortMatch, type Rule } from './types.ts';
 
 const TOO_MANY = { error: `at most ${MAX_RULES_PER_LIST} rules per list; split the policy` };
 
@@ -33,9 +34,16 @@ const icmps = z.array(z.object({ fields: z.array(icmpField).min(1, { error: 'fie
 const portProtocol = z.object({ port, endPort: endPort.optional(), protocol: protocol.optional() }).strict().superRefine(checkRange)
   .transform((p): PortMatch => ({ proto: p.protocol ?? 'ANY', port: p.port, ...(p.endPort !== undefined ? { endPort: p.endPort } : {}) }));
 
-// Cilium fields Membrane does not implement (L7, FQDN, groups, ...) are left out of the schemas:
+// Cilium fields Membrane does not implement (FQDN, groups, TLS, ...) are left out of the schemas:
 // they come back as unknown keys, which parse.ts words as "not supported" (fields.ts UNSUPPORTED).
-const portRule = z.object({ ports: z.array(portProtocol).nullish() }).strict();
+const portRule = z.object({ ports: z.array(portProtocol).nullish(), rules: l7Rules.nullish() }).strict().superRefine((r, ctx) => {
+  if (r.rules?.http?.length) checkL7Ports(r.ports, ctx, ['ports']);
+});
+
+// Deny rules are L3/L4 only (as in Cilium, whose deny port rules have no `rules` field).
+const portDenyRule = z.object({ ports: z.array(portProtocol).nullish(), rules: z.unknown().optional() }).strict().superRefine((r, ctx) => {
+  if (r.rules !== undefined && r.rules !== null) fail(ctx, 'L7 rules cannot deny: ingressDeny/egressDeny are L3/L4 only (an L7 allow rule denies every request it does not match)', ['rules']);
+});
 
 const cidrRule = z.object({ cidr, except: z.array(cidr).optional() }).strict().superRefine((r, ctx) => {
   const outer = parseCidr(r.cidr);
@@ -60,10 +68,20 @@ function l3Fields(dir: Direction) {
   };
 }
 
-type RawRule = Record<string, unknown> & { toPorts?: { ports?: PortMatch[] | null }[] | null; icmps?: { fields: PortMatch[] }[] };
+type RawRule = Record<string, unknown> & { toPorts?: { ports?: PortMatch[] | null; rules?: RawL7Rules | null }[] | null; icmps?: { fields: PortMatch[] }[] };
 
-function ruleSchema(dir: Direction) {
-  return z.object({ ...l3Fields(dir), toPorts: z.array(portRule).nullish(), icmps: icmps.nullish() }).strict();
+function ruleSchema(dir: Direction, deny = false) {
+  return z.object({ ...l3Fields(dir), toPorts: z.array(deny ? portDenyRule : portRule).nullish(), icmps: icmps.nullish() }).strict();
+}
+
+/** The toPorts elements with HTTP rules. `http: []` (or no rules) is plain L4. */
+function l7Of(raw: RawRule, path: string): L7PortRule[] {
+  const out: L7PortRule[] = [];
+  for (const [i, tp] of (raw.toPorts ?? []).entries()) {
+    const http = tp.rules?.http;
+    if (http?.length) out.push({ ports: tp.ports ?? [], http, path: `${path}.toPorts[${i}].rules.http` });
+  }
+  return out;
 }
 
 /** One Cilium rule element -> peers and ports of the normalized model. */
@@ -90,15 +108,16 @@ function toRule(raw: RawRule, dir: Direction, deny: boolean, index: number, path
   } else {
     peers = hasL4 ? 'all' : [];
   }
-  return { direction: dir, action: deny ? 'deny' : 'allow', index, path, peers, ports };
+  const l7 = deny ? [] : l7Of(raw, path);
+  return { direction: dir, action: deny ? 'deny' : 'allow', index, path, peers, ports, ...(l7.length ? { l7 } : {}) };
 }
 
 const specSchema = z.object({
   endpointSelector: selector.optional(),
   ingress: z.array(ruleSchema('ingress')).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
-  ingressDeny: z.array(ruleSchema('ingress')).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
+  ingressDeny: z.array(ruleSchema('ingress', true)).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
   egress: z.array(ruleSchema('egress')).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
-  egressDeny: z.array(ruleSchema('egress')).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
+  egressDeny: z.array(ruleSchema('egress', true)).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
   enableDefaultDeny: z.object({ ingress: z.boolean().optional(), egress: z.boolean().optional() }).strict().optional(),
   labels: z.array(z.unknown()).optional(),
   description: z.string().optional(),
@@ -143,12 +162,14 @@ export const ciliumPolicySchema = z.object({
   spec: specSchema.optional(),
   specs: z.array(specSchema).optional(),
   status: z.unknown().optional(),
+  // Outside spec, as in Cilium's own example l7/http/simple/l7.yaml; Cilium's reader ignores it.
+  description: z.string().optional(),
 }).strict().superRefine((d, ctx) => {
   if (!d.spec && !d.specs?.length) fail(ctx, 'a policy needs "spec" or "specs"', ['spec']);
   if (d.kind === 'CiliumClusterwideNetworkPolicy' && d.metadata.namespace) fail(ctx, 'a clusterwide policy has no namespace', ['metadata', 'namespace']);
 }).transform((d): Policy => {
   const ns = d.kind === 'CiliumNetworkPolicy' ? d.metadata.namespace : undefined;
-  const description = d.spec?.description ?? d.specs?.find((s) => s.description)?.description;
+  const description = d.spec?.description ?? d.specs?.find((s) => s.description)?.description ?? d.description;
   return {
     name: ns ? `${ns}/${d.metadata.name}` : d.metadata.name,
     kind: d.kind, ...(ns ? { namespace: ns } : {}), ...(description ? { description } : {}),

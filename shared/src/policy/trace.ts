@@ -9,12 +9,17 @@ import { PolicyCompiler, probe, type Universe } from './compile.ts';
 import { describeL4 } from './ports.ts';
 import { decodeRuleId } from './rule-id.ts';
 import { selectionFor } from './selection.ts';
-import type { Direction, PolicyRecord } from './types.ts';
+import type { Direction, HttpRule, PolicyRecord } from './types.ts';
+import type { L7Set } from './l7.ts';
+import { compileHttpRule, matchHttp, normalizeTarget } from '../l7/http/rules.ts';
 
 /** A side of the connection: an endpoint by labels, or an address (endpoint, host, CIDR or world). */
 export type TraceSide = { labels: Labels } | { ip: string };
 
-export interface TraceQuery { src: TraceSide; dst: TraceSide; proto: number; dport: number }
+/** An HTTP request to check against L7 rules (fields not given match only rules that do not ask). */
+export interface TraceHttp { method?: string; path?: string; host?: string; headers?: Record<string, string> }
+
+export interface TraceQuery { src: TraceSide; dst: TraceSide; proto: number; dport: number; http?: TraceHttp }
 
 export interface RuleDescription { policy: string; path: string; direction: Direction; action: 'allow' | 'deny'; ruleId: number }
 
@@ -25,6 +30,8 @@ export interface TraceStep {
   verdict: 'allow' | 'deny';
   reason: string;
   rule?: RuleDescription;
+  /** The traffic goes through the L7 proxy: these HTTP rules decide each request. */
+  l7?: { kind: 'http'; rules: { policy: string; path: string; http: HttpRule }[]; matched?: string };
 }
 
 export interface TraceResult {
@@ -104,6 +111,7 @@ function step(ctx: TraceContext, compiler: PolicyCompiler, direction: Direction,
     return { direction, enforcedBy, verdict: 'allow', reason: `no policy selects it for ${direction}` };
   }
   const hit = probe(compiler.forLabels(local)[direction], peer, q.proto, q.dport);
+  if (hit?.entry.l7) return l7Step(ctx, direction, enforcedBy, hit.entry.l7, q.http);
   if (hit) {
     const rule = describeRule(ctx.records, hit.entry.ruleId);
     const reason = rule
@@ -113,4 +121,32 @@ function step(ctx: TraceContext, compiler: PolicyCompiler, direction: Direction,
   }
   if (sel.defaultDeny) return { direction, enforcedBy, verdict: 'deny', reason: `default deny: selected for ${direction} and no rule allows it` };
   return { direction, enforcedBy, verdict: 'allow', reason: 'no rule matches and the direction is not default-deny' };
+}
+
+/** A step that ends at an L7 entry: the HTTP rules, and their verdict for q.http when given. */
+function l7Step(ctx: TraceContext, direction: Direction, enforcedBy: string, set: L7Set, http: TraceHttp | undefined): TraceStep {
+  const rules = set.rules.map((r) => ({ policy: describeRule(ctx.records, r.ruleId)?.policy ?? '?', path: r.path, http: r.http }));
+  const l7 = { kind: set.kind, rules };
+  const policies = [...new Set(rules.map((r) => r.policy))].join(', ');
+  if (!http) {
+    return {
+      direction, enforcedBy, verdict: 'allow', l7,
+      reason: `allowed at L3/L4 through the HTTP proxy (${policies}): each request must match one of ${rules.length} HTTP rule${rules.length > 1 ? 's' : ''} (give --http-method/--http-path to check one)`,
+    };
+  }
+  const method = http.method ?? 'GET';
+  const target = normalizeTarget(http.path ?? '/', http.host ?? '');
+  const headers = Object.entries(http.headers ?? {});
+  const m = matchHttp(set.rules.map((r) => compileHttpRule(r.http)), {
+    method, path: target.path, host: target.host, names: headers.map(([k]) => k.toLowerCase()), values: headers.map(([, v]) => v),
+  });
+  const request = `${method} ${http.path ?? '/'}`;
+  if (!m.allowed) {
+    return { direction, enforcedBy, verdict: 'deny', l7, reason: `denied by the HTTP proxy (403): ${request} matches none of the ${rules.length} HTTP rule${rules.length > 1 ? 's' : ''} of ${policies}` };
+  }
+  const hit = rules[m.rule];
+  return {
+    direction, enforcedBy, verdict: 'allow', l7: { ...l7, matched: hit.path },
+    reason: `${request} allowed by ${hit.policy} ${hit.path}${m.edits.length ? ` (headers changed: ${m.edits.map((e) => `${e.op} ${e.name}`).join(', ')})` : ''}`,
+  };
 }

@@ -21,6 +21,34 @@ export type PortMatch =
   /** ICMP/ICMPv6 message type; type undefined = every type of that family. */
   | { proto: 'ICMP' | 'ICMPv6'; type?: number };
 
+/** HTTP rule of `toPorts[].rules.http` (Cilium's PortRuleHTTP). Regular expressions match the whole value. */
+export interface HttpRule {
+  method?: string;
+  /** Matched against the request path with its query (dot segments resolved), e.g. "/public/.*". */
+  path?: string;
+  /** Matched against the Host header (or the authority of an absolute-form target). */
+  host?: string;
+  /** `headers: ["Name: value"]` (exact value) or `["Name"]` (present). */
+  headers: { name: string; value?: string }[];
+  headerMatches: HeaderMatch[];
+}
+
+export type MismatchAction = 'LOG' | 'ADD' | 'DELETE' | 'REPLACE';
+
+/** Without `mismatch` the header must be present (with `value` when given) or the rule fails; with
+ *  one the rule still matches and the action is applied to the request on a mismatch. */
+export interface HeaderMatch { name: string; value?: string; mismatch?: MismatchAction }
+
+/** The L7 part of one toPorts element. */
+export interface L7PortRule {
+  /** The element's ports (they are in Rule.ports too: the L3/L4 view of a rule never loses them). */
+  ports: PortMatch[];
+  /** Alternatives: a request that matches one of them is allowed; [] allows every request. */
+  http: HttpRule[];
+  /** e.g. "spec.ingress[0].toPorts[1].rules.http" */
+  path: string;
+}
+
 export interface Rule {
   direction: Direction;
   action: Action;
@@ -32,6 +60,8 @@ export interface Rule {
   peers: Peer[] | 'all';
   /** Empty = every protocol and port. */
   ports: PortMatch[];
+  /** toPorts elements with L7 rules: their ports are proxied and requests checked against them. */
+  l7?: L7PortRule[];
 }
 
 export interface PolicySpec {
