@@ -1,18 +1,15 @@
 // Kv over etcd v3 with the `etcd3` package (grpc-js underneath; see the README for why this client).
+// etcd3 loads its .proto files next to its own code, so the bundles keep it external (build.mjs).
 // Every unary call has a deadline, so an unreachable store surfaces as KvUnavailableError in bounded
 // time instead of a hang; watches and lease keep-alives are streams and report breakage instead.
-import { createRequire } from 'node:module';
+import * as etcd3 from 'etcd3';
 import type { Etcd3 as Etcd3Type, IOptions, IKeyValue, IRequestOp, ICompare, Watcher } from 'etcd3';
+import * as cockatiel from 'cockatiel';
 import {
   KvUnavailableError, prefixEnd,
   type Compare, type Kv, type KvEvent, type KvItem, type KvOptions, type KvStatus, type Lease, type Op, type TxnResult,
   type WatchHandle, type WatchHandlers,
 } from './kv.ts';
-
-// etcd3 loads its .proto files next to its own code: keep it a runtime dependency (not bundled).
-const require = createRequire(import.meta.url);
-const etcd3 = require('etcd3') as typeof import('etcd3');
-const cockatiel = require('cockatiel') as typeof import('cockatiel');
 
 const TARGET = { version: 'Version', create: 'Create', mod: 'Mod', value: 'Value', lease: 'Lease' } as const;
 const RESULT = { '=': 'Equal', '!=': 'NotEqual', '<': 'Less', '>': 'Greater' } as const;
