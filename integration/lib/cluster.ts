@@ -135,8 +135,10 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
     const signal = (sig: NodeJS.Signals) => new Promise<void>((resolve) => {
       const c = child;
       if (!c || c.exitCode !== null || c.signalCode !== null) { resolve(); return; }
-      c.once('exit', () => resolve());
+      c.once('exit', () => { clearTimeout(hard); resolve(); });
       c.kill(sig);
+      // A process that does not stop within 10 s of SIGTERM is killed: cleanup never hangs.
+      const hard = setTimeout(() => { try { c.kill('SIGKILL'); } catch { /* gone */ } }, sig === 'SIGKILL' ? 0 : 10_000);
     });
     const p: Proc = {
       logFile,

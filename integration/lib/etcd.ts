@@ -73,6 +73,8 @@ export async function startEtcd(opts: EtcdOptions): Promise<TestEtcd> {
   ];
   let child: ChildProcess | undefined;
   const launch = async () => {
+    // A killed etcd leaves its unix socket file behind; it would refuse to bind again.
+    if (opts.netns) fs.rmSync(path.join(opts.dir, 'etcd.sock:0'), { force: true });
     const log = fs.openSync(logFile, 'a');
     const [cmd, argv] = opts.netns ? ['nsenter', [`--net=${opts.netns}`, 'etcd', ...args]] : ['etcd', args];
     child = spawn(cmd, argv, { cwd: opts.dir, stdio: ['ignore', log, log] });

@@ -10,6 +10,7 @@
 // it, and the operator deletes identities nobody references (after a grace period, in a transaction
 // that checks the reference prefix is still empty). An identity this node uses is restored with its
 // number if it ever disappears (e.g. deleted while this node could not reach the store).
+import { MembraneError } from '../errors.ts';
 import type { IdentityAllocator, IdentityBackend, IdentityRecord } from '../identity/allocator.ts';
 import { formatLabels, type Labels } from '../identity/labels.ts';
 import { KvUnavailableError } from '../kvstore/kv.ts';
@@ -17,9 +18,8 @@ import { decode, encode, type Layout } from '../kvstore/layout.ts';
 import { PrefixMirror } from '../kvstore/mirror.ts';
 import type { Session, SessionLog } from '../kvstore/session.ts';
 
-export class IdentityUnavailableError extends Error {
-  readonly code = 'kvstore_unavailable';
-  constructor(message: string) { super(message); this.name = 'IdentityUnavailableError'; }
+export class IdentityUnavailableError extends MembraneError<'kvstore_unavailable'> {
+  constructor(message: string) { super('kvstore_unavailable', message); this.name = 'IdentityUnavailableError'; }
 }
 
 export interface ClusterIdentitiesOptions {

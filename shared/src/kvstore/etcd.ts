@@ -19,6 +19,8 @@ export class EtcdKv implements Kv {
   readonly endpoints: string[];
   private readonly client: Etcd3Type;
   private readonly timeoutMs: number;
+  /** Leases granted through this client: close() stops keeping them alive. */
+  private readonly leases = new Set<{ release(): void }>();
 
   constructor(opts: KvOptions) {
     if (!opts.endpoints.length) throw new RangeError('kvstore: no endpoint given');
@@ -111,6 +113,7 @@ export class EtcdKv implements Kv {
 
   async grantLease(ttlSeconds: number): Promise<Lease> {
     const l = this.client.lease(ttlSeconds, { autoKeepAlive: true });
+    this.leases.add(l);
     let lostFns: ((e: Error) => void)[] = [];
     let lostErr: Error | undefined;
     l.on('lost', (err) => { lostErr = err; for (const fn of lostFns) fn(err); lostFns = []; });
@@ -135,6 +138,8 @@ export class EtcdKv implements Kv {
   }
 
   close(): void {
+    for (const l of this.leases) l.release();
+    this.leases.clear();
     this.client.close();
   }
 }
@@ -166,7 +171,9 @@ function unavailable(what: string, e: unknown, endpoints: string[]): Error {
   if (e instanceof KvUnavailableError) return e;
   const err = e as Error;
   // Answers of a reachable etcd that say no (bad lease, compacted, ...) are not outages.
-  if (err && !etcd3.isRecoverableError(err) && !/BrokenCircuit|deadline|timed out|UNAVAILABLE|ECONNREFUSED/i.test(`${err.name} ${err.message}`)) return err;
+  const outage = err instanceof cockatiel.BrokenCircuitError || err instanceof etcd3.GRPCDeadlineExceededError || etcd3.isRecoverableError(err)
+    || /deadline|timed out|UNAVAILABLE|ECONNREFUSED|circuit breaker/i.test(`${err?.name} ${err?.message}`);
+  if (err && !outage) return err;
   return new KvUnavailableError(`the cluster store (etcd at ${endpoints.join(', ')}) did not answer: ${what}: ${err?.message ?? err}`, e);
 }
 

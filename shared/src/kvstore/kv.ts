@@ -1,6 +1,7 @@
 // The cluster store as the rest of Membrane sees it: a small typed interface over etcd v3 (keys,
 // revisions, transactions with compares, prefix watches from a revision, leases). The etcd client
 // behind it (etcd.ts) is loaded only in cluster mode.
+import { MembraneError } from '../errors.ts';
 
 export interface KvItem {
   key: string;
@@ -88,10 +89,9 @@ export interface Kv {
 }
 
 /** The store did not answer in time or is unreachable: the operation may be retried later. */
-export class KvUnavailableError extends Error {
-  readonly code = 'kvstore_unavailable';
+export class KvUnavailableError extends MembraneError<'kvstore_unavailable'> {
   constructor(message: string, cause?: unknown) {
-    super(message, { cause });
+    super('kvstore_unavailable', message, { cause });
     this.name = 'KvUnavailableError';
   }
 }

@@ -75,6 +75,8 @@ async function main(): Promise<void> {
     if (stopping) return;
     stopping = true;
     log.info({ signal }, 'stepping down');
+    // Stepping down is a courtesy (the next leader takes over at once); never hang on it.
+    setTimeout(() => process.exit(0), 3_000).unref();
     await tasks?.stop().catch(() => undefined);
     await election.stop().catch(() => undefined);
     kv.close();
