@@ -7,7 +7,7 @@ import t from 'tap';
 import { startCluster, eventually, type TestCluster } from './lib/cluster.ts';
 import { encode, decode, type NodeRecord, type PodCidrAllocation } from '../shared/src/kvstore/layout.ts';
 import type { Lease } from '../shared/src/kvstore/kv.ts';
-import { parseCidr, cidrsOverlap } from '../shared/src/ipam/cidr.ts';
+import { parseCidr, cidrsOverlap } from '../shared/src/net/index.ts';
 
 if (process.getuid?.() !== 0) {
   t.plan(0, 'needs root');

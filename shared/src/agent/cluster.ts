@@ -6,7 +6,7 @@ import type { AgentConfig } from './config.ts';
 import { ConfigError } from './config.ts';
 import type { Logger } from '../log.ts';
 import { kvstoreOptions } from '../kvstore/config.ts';
-import { ipFamily } from '../ipam/cidr.ts';
+import { familyOf } from '../net/index.ts';
 import type { ClusterMode } from '../cluster/mode.ts';
 
 /** Checks the cluster flags (ConfigError names the flag); undefined when not in cluster mode. */
@@ -17,7 +17,7 @@ export function clusterSettings(cfg: AgentConfig): (NonNullable<ReturnType<typeo
   if (!opts) return undefined;
   const nodeIp = cfg.cluster.nodeIp;
   if (!nodeIp) throw new ConfigError('cluster mode needs --node-ip ADDR (the address other nodes reach this node at)');
-  if (!ipFamily(nodeIp)) throw new ConfigError(`--node-ip "${nodeIp}" is not an IP address`);
+  if (!familyOf(nodeIp)) throw new ConfigError(`--node-ip "${nodeIp}" is not an IP address`);
   return { ...opts, nodeIp };
 }
 

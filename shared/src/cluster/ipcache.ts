@@ -2,7 +2,7 @@
 // addresses (address -> identity, node, node address) under its lease, and mirrors everyone else's
 // into a map the policy engine writes into the BPF ipcache. Deletes propagate as watch events; an
 // agent that was cut off lists again and drops what vanished meanwhile (PrefixMirror).
-import { normalizeCidr } from '../identity/cidr.ts';
+import { normalizeCidr } from '../net/index.ts';
 import { decode, encode, type IpcacheRecord, type Layout } from '../kvstore/layout.ts';
 import { PrefixMirror } from '../kvstore/mirror.ts';
 import type { Session, SessionLog } from '../kvstore/session.ts';

@@ -11,7 +11,7 @@ import type { PolicyEngine } from '../policy/engine.ts';
 import { connectEtcd, type KvOptions } from '../kvstore/kv.ts';
 import { layout, type Layout, type NodeRecord, type PodCidrAllocation } from '../kvstore/layout.ts';
 import { Session, type SessionLog } from '../kvstore/session.ts';
-import { writeFileAtomic } from '../store/index.ts';
+import { writeFileAtomic } from '../io/atomic-write.ts';
 import { VERSION } from '../version.ts';
 import { ClusterIdentities } from './identities.ts';
 import { ClusterIpcache } from './ipcache.ts';

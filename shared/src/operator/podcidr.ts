@@ -2,7 +2,7 @@
 // --node-cidr-mask-size N). Pure: which blocks exist, which are taken, the next free one. The
 // operator makes the store the judge (a block is taken by a transaction that creates its key), so
 // this only proposes; it never has to be right about other writers.
-import { bigIntToIp, parseCidr, type Cidr } from '../ipam/cidr.ts';
+import { bigIntToIp, parseCidr, type Cidr } from '../net/index.ts';
 
 export class PodCidrPool {
   readonly family: 4 | 6;
