@@ -6,6 +6,12 @@ import t from 'tap';
 import { startCluster, eventually, type TestCluster } from './lib/cluster.ts';
 import { readIpcache, readPolicy } from './lib/cluster-maps.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
+import { execFileSync } from 'node:child_process';
+import path from 'node:path';
+import { REPO } from './lib/agent.ts';
+
+/** The `membrane` CLI against a node's agent socket. */
+const cli = (socket: string, ...args: string[]) => execFileSync(process.execPath, ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), '--socket', socket, ...args], { encoding: 'utf8', cwd: REPO });
 
 if (process.getuid?.() !== 0) {
   t.plan(0, 'needs root');
@@ -47,6 +53,12 @@ t.test('every node registered with its own pod CIDR, and `node list` shows them 
     const def = nets.find((n) => n.name === 'default')!;
     t.equal(def.subnets[0].cidr, items.find((n) => n.name === node.name)!.podCidrs.ipv4, `${node.name}'s default network uses its pod CIDR`);
   }
+  const list = cli(c.nodes[1].socket, 'node', 'list');
+  for (const n of items) t.match(list, new RegExp(`^${n.name}.*${n.addresses[0].ip.replace(/\./g, '\\.')}.*${n.podCidrs.ipv4!.replace(/\./g, '\\.')}`, 'm'), `membrane node list shows ${n.name}`);
+  t.match(list, /^n2 \(this node\)/m, 'and marks the node asked');
+  const status = cli(c.nodes[0].socket, 'status');
+  t.match(status, new RegExp(`Cluster:?\\s+${c.name} \\(node n1`), 'membrane status names the cluster and node');
+  t.match(status, /KVStore:?\s+etcd http:\/\/\S+: connected, etcd 3\.4\.\d+, revision \d+/, `membrane status shows the kvstore:\n${status}`);
 });
 
 t.test('the same labels get the same identity on every node; other labels another one', async (t) => {

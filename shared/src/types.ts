@@ -116,6 +116,8 @@ export interface ClusterStatusView {
   };
   nodes: number;
   remoteEndpoints: number;
+  /** The last full ipcache list (start or reconnect): entries, and ms until the BPF ipcache held them. */
+  ipcacheResync?: { entries: number; ms: number };
   identitiesReferenced: number;
 }
 

@@ -154,6 +154,7 @@ export class ClusterMode {
       },
       nodes: this.nodes.mirror.items.size,
       remoteEndpoints: this.ipcache.remoteEntries().size,
+      ipcacheResync: this.ipcache.mirror.lastResync,
       identitiesReferenced: this.identities.referenced().length,
     };
   }

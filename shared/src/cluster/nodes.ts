@@ -1,6 +1,6 @@
 // Nodes of the cluster: this agent's own record (under its lease, so it vanishes when the agent dies
 // and stays away) and a mirror of everyone's, for `membrane node list` and for part 2's overlay
-// (underlay address, pod CIDRs, node id). Also the wait for the pod CIDR the operator hands out.
+// (underlay address, pod CIDRs, node id). Also the wait for the pod CIDRs the operator hands out.
 import { decode, encode, type Layout, type NodeRecord, type PodCidrAllocation } from '../kvstore/layout.ts';
 import { PrefixMirror } from '../kvstore/mirror.ts';
 import type { Session, SessionLog } from '../kvstore/session.ts';
@@ -42,7 +42,7 @@ export class ClusterNodes {
 }
 
 /**
- * The pod CIDRs the operator allocated to `node`. Waits (watching) up to `timeoutMs`; the error says
+ * The pod CIDRs the operator allocated to `node`. Polls up to `timeoutMs`; the error says
  * what to check, since the usual cause is no operator running with --cluster-pool.
  */
 export async function waitForPodCidrs(session: Session, L: Layout, node: string, timeoutMs: number): Promise<PodCidrAllocation> {

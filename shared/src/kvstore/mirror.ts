@@ -35,6 +35,8 @@ export class PrefixMirror<T> {
   live = false;
   lastError?: string;
   resyncs = 0;
+  /** The last list-and-apply: entries listed, and ms from the list request to the consumer done. */
+  lastResync?: { entries: number; ms: number };
   private stopped = false;
   private watch?: { cancel(): Promise<void> };
   private queue: Promise<void> = Promise.resolve();
@@ -70,9 +72,11 @@ export class PrefixMirror<T> {
     while (!this.stopped) {
       let brokenP: Promise<Error>;
       try {
+        const t0 = performance.now();
         const { items, revision } = await this.kv.list(this.prefix);
         if (this.stopped) return;
         this.applyList(items.map((i) => [i.key.slice(this.prefix.length), i.value]), revision);
+        void this.queue.then(() => { this.lastResync = { entries: items.length, ms: performance.now() - t0 }; });
         let onBroken!: (e: Error) => void;
         brokenP = new Promise<Error>((r) => { onBroken = r; });
         this.watch = this.kv.watch(this.prefix, revision + 1, {

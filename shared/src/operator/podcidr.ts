@@ -2,7 +2,7 @@
 // --node-cidr-mask-size N). Pure: which blocks exist, which are taken, the next free one. The
 // operator makes the store the judge (a block is taken by a transaction that creates its key), so
 // this only proposes; it never has to be right about other writers.
-import { bigIntToIp, parseCidr, type Cidr } from '../net/index.ts';
+import { bigIntToIp, ipToBigInt, parseCidr, type Cidr } from '../net/index.ts';
 
 export class PodCidrPool {
   readonly family: 4 | 6;
@@ -36,6 +36,7 @@ export class PodCidrPool {
     let c: Cidr;
     try { c = parseCidr(cidr); } catch { return undefined; }
     if (c.family !== this.family || c.prefix !== this.maskSize) return undefined;
+    if (ipToBigInt(cidr.slice(0, cidr.indexOf('/'))) !== c.base) return undefined; // host bits set: not a block
     const size = 1n << BigInt(this.pool.bits - this.maskSize);
     const off = c.base - this.pool.base;
     if (off < 0n || off % size !== 0n || off / size >= this.blocks) return undefined;
