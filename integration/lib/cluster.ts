@@ -161,6 +161,8 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
     if (cleaned) return;
     cleaned = true;
     process.off('exit', onExit);
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
     for (const pod of pods) { try { await pod.node.client.deleteEndpoint(pod.endpoint.containerId, pod.endpoint.ifName); } catch { /* agent gone */ } }
     await Promise.all(procs.map((p) => p.stop().catch(() => undefined)));
     kv?.close();
@@ -177,6 +179,10 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
   };
   const onExit = () => { if (!cleaned) { cleaned = true; syncCleanup(); } };
   process.on('exit', onExit);
+  // A runner that times out sends SIGTERM: our agents, etcd and namespaces must not outlive us.
+  const onSignal = (sig: NodeJS.Signals) => { onExit(); process.exit(sig === 'SIGINT' ? 130 : 143); };
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
 
   try {
     const control = createNetns('mbcp');
