@@ -9,7 +9,7 @@ import t from 'tap';
 import { startCluster, eventually, type TestCluster, type TestPod } from './lib/cluster.ts';
 import { readIpcache } from './lib/cluster-maps.ts';
 import { startEchoServer, killAll } from './lib/tcp.ts';
-import { probe } from '../shared/src/policy/testing.ts';
+import { probe } from './lib/probe.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { AgentApiError } from '../shared/src/api/client.ts';
 
