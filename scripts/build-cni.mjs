@@ -109,7 +109,6 @@ function inject(exe, blob) {
   const cli = createRequire(import.meta.url).resolve('postject/dist/cli.js');
   const r = spawnSync(process.execPath, [cli, exe, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', SENTINEL], { encoding: 'utf8', env: cleanEnv() });
   const noise = /^(warning: Can't find string offset|Start injection|Injection done|💉)/;
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: strips the ANSI colour codes postject prints
   const rest = `${r.stdout}${r.stderr}`.replace(/\x1b\[[0-9;]*m/g, '').split('\n').filter((l) => l.trim() && !noise.test(l.trim()));
   if (r.status !== 0) throw new Error(`build-cni: postject failed (${r.status}): ${rest.join('\n')}`);
   if (rest.length) console.error(rest.join('\n'));

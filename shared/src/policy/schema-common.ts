@@ -25,7 +25,6 @@ const labelValue = z.unknown().transform((v, ctx) => {
   if (v === null) v = '';
   if (typeof v !== 'string') return fail(ctx, 'a label value must be a string');
   // Not Kubernetes' 63-character syntax: Docker and image labels (which selectors may name) are freer.
-  // biome-ignore lint/suspicious/noControlCharactersInRegex: control characters are what it refuses
   if (v.length > 1024 || /[\u0000-\u001f]/.test(v)) return fail(ctx, 'a label value is at most 1024 characters without control characters');
   return v;
 });
