@@ -4,8 +4,9 @@
  *   to_container:   tc egress of the host veth (packets the host stack delivers) = its ingress
  * One loaded copy of each program serves every endpoint; the endpoint is found by skb->ifindex.
  *
- * Every IP packet passes conntrack and, when it starts a new flow, the endpoint's policy
- * (lib/enforce.h). Pod-to-pod traffic on this node is short-cut: from_container looks the destination
+ * Nothing leaves a container before anti-spoofing (lib/spoof.h) has checked its source MAC and
+ * address. Every IP packet passes conntrack and, when it starts a new flow, the endpoint's policy
+ * (lib/enforce.h); what cannot be classified is dropped (lib/parse.h). Pod-to-pod traffic on this node is short-cut: from_container looks the destination
  * up in local_endpoints, applies the destination's ingress policy too (the redirect skips the
  * destination's to_container hook), does what a router would (TTL/hop-limit decrement, L2 rewrite) and
  * hands the packet straight to the destination container's eth0 with bpf_redirect_peer. That skips
@@ -15,6 +16,7 @@
 #include "lib/maps.h"
 #include "lib/counters.h"
 #include "lib/enforce.h"
+#include "lib/spoof.h"
 
 /* The TTL and protocol bytes form one 16-bit word of the IPv4 header checksum. */
 union ttl_proto_word {
@@ -40,21 +42,6 @@ static __always_inline int deliver_to_local(struct __sk_buff *skb, const struct 
 	count_endpoint_rx(dst->host_ifindex, skb->len);
 	/* Only valid from tc ingress, which is where from_container runs. */
 	return bpf_redirect_peer(dst->host_ifindex, 0);
-}
-
-/* TTL/hop limit of the packet, or 0 when the header cannot be read. */
-static __always_inline __u8 hop_limit(struct __sk_buff *skb, __u8 family)
-{
-	void *data, *data_end;
-
-	if (family == MBR_FAMILY_IPV4) {
-		if (!linear_headers(skb, ETH_HLEN + sizeof(struct iphdr), &data, &data_end))
-			return 0;
-		return ((struct iphdr *)(data + ETH_HLEN))->ttl;
-	}
-	if (!linear_headers(skb, ETH_HLEN + sizeof(struct ipv6hdr), &data, &data_end))
-		return 0;
-	return ((struct ipv6hdr *)(data + ETH_HLEN))->hop_limit;
 }
 
 static __always_inline int forward_ipv4(struct __sk_buff *skb, const struct local_endpoint *dst)
@@ -90,6 +77,13 @@ static __always_inline int forward_ipv6(struct __sk_buff *skb, const struct loca
 	return deliver_to_local(skb, dst);
 }
 
+/* A drop before any endpoint is known: counted, not reported (an event names an endpoint). */
+static __always_inline int drop_unknown(struct __sk_buff *skb, __u32 reason)
+{
+	count_drop(reason, skb->len);
+	return TC_ACT_SHOT;
+}
+
 SEC("tc")
 int from_container(struct __sk_buff *skb)
 {
@@ -98,40 +92,45 @@ int from_container(struct __sk_buff *skb)
 	struct local_endpoint *dst;
 	struct ip_key key;
 	struct pkt p;
-	bool redirect;
+	__u16 spoofed;
+	int r;
 
 	count_endpoint_tx(ifindex, skb->len);
-	if (!parse_packet(skb, &p))
-		return TC_ACT_OK; /* ARP and friends: the host answers (proxy_arp) */
+	src = bpf_map_lookup_elem(&endpoints_cfg, &ifindex);
+	if (!src)
+		return drop_unknown(skb, DROP_NO_CONFIG); /* fail closed: nobody to check it against */
+	spoofed = check_source(skb, src, &p);
+	if (spoofed)
+		{
+		drop_at(&p, src, POLICY_DIR_EGRESS, spoofed);
+		return TC_ACT_SHOT;
+	}
+	r = parse_packet(skb, &p);
+	if (r == PARSE_OTHER)
+		return TC_ACT_OK; /* ARP (checked above): the host answers (proxy_arp) */
+	if (r == PARSE_DROP) {
+		drop_at(&p, src, POLICY_DIR_EGRESS, p.drop_reason);
+		return TC_ACT_SHOT;
+	}
 
 	/* Built field by field: an initialiser would become a .rodata map the loader must manage. */
 	__builtin_memset(&key, 0, sizeof(key));
 	key.family = p.family;
 	__builtin_memcpy(key.addr, p.daddr, 16);
 	dst = bpf_map_lookup_elem(&local_endpoints, &key);
-	if (dst && dst->host_ifindex == ifindex)
-		dst = NULL; /* to itself: the stack handles it */
-	/* Expiring packets go to the stack, which drops them and sends ICMP time exceeded. */
-	redirect = dst && hop_limit(skb, p.family) > 1;
-
-	src = bpf_map_lookup_elem(&endpoints_cfg, &ifindex);
-	if (!redirect) {
-		if (src && enforce(skb, &p, src, POLICY_DIR_EGRESS, 0, false) != ENFORCE_PASS)
+	/* To itself, or expiring (the stack drops it and sends ICMP time exceeded): no short-cut. */
+	if (!dst || dst->host_ifindex == ifindex || p.hop_limit <= 1) {
+		if (enforce(skb, &p, src, POLICY_DIR_EGRESS, false) != ENFORCE_PASS)
 			return TC_ACT_SHOT;
 		return TC_ACT_OK;
 	}
 	/* The redirect skips the destination's to_container: apply its ingress policy here, together with
-	 * the sender's egress (one conntrack entry for both) when both endpoints are known. */
+	 * the sender's egress (one conntrack entry for both). */
 	dst_cfg = bpf_map_lookup_elem(&endpoints_cfg, &dst->host_ifindex);
-	if (src && dst_cfg) {
-		if (enforce_local(skb, &p, src, dst_cfg) != ENFORCE_PASS)
-			return TC_ACT_SHOT;
-	} else {
-		if (src && enforce(skb, &p, src, POLICY_DIR_EGRESS, 0, true) != ENFORCE_PASS)
-			return TC_ACT_SHOT;
-		if (dst_cfg && enforce(skb, &p, dst_cfg, POLICY_DIR_INGRESS, 0, true) != ENFORCE_PASS)
-			return TC_ACT_SHOT;
-	}
+	if (!dst_cfg)
+		return drop_unknown(skb, DROP_NO_CONFIG);
+	if (enforce_local(skb, &p, src, dst_cfg) != ENFORCE_PASS)
+		return TC_ACT_SHOT;
 	return p.family == MBR_FAMILY_IPV4 ? forward_ipv4(skb, dst) : forward_ipv6(skb, dst);
 }
 
@@ -141,12 +140,18 @@ int to_container(struct __sk_buff *skb)
 	__u32 ifindex = skb->ifindex;
 	struct endpoint_config *ep;
 	struct pkt p;
+	int r;
 
-	if (parse_packet(skb, &p)) {
-		ep = bpf_map_lookup_elem(&endpoints_cfg, &ifindex);
-		if (ep && enforce(skb, &p, ep, POLICY_DIR_INGRESS, 0, false) != ENFORCE_PASS)
-			return TC_ACT_SHOT;
+	ep = bpf_map_lookup_elem(&endpoints_cfg, &ifindex);
+	if (!ep)
+		return drop_unknown(skb, DROP_NO_CONFIG);
+	r = parse_packet(skb, &p);
+	if (r == PARSE_DROP) {
+		drop_at(&p, ep, POLICY_DIR_INGRESS, p.drop_reason);
+		return TC_ACT_SHOT;
 	}
+	if (r == PARSE_IP && enforce(skb, &p, ep, POLICY_DIR_INGRESS, false) != ENFORCE_PASS)
+		return TC_ACT_SHOT;
 	count_endpoint_rx(ifindex, skb->len);
 	return TC_ACT_OK;
 }

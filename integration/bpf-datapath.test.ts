@@ -148,10 +148,11 @@ t.test('setup: two pods routed through the host', async () => {
     ip('route', 'add', `${pod.ip4}/32`, 'dev', pod.hostIf, 'scope', 'link');
     ip('-6', 'route', 'add', `${pod.ip6}/128`, 'dev', pod.hostIf);
     ip('-6', 'neigh', 'add', 'proxy', GW6, 'dev', pod.hostIf);
-    const containerMac = inNs(pod.ns, 'cat', '/sys/class/net/eth0/address').trim();
+    // Through ip, not /sys: nsenter --net keeps the host's /sys mount (its eth0 is the host's NIC).
+    const containerMac = (JSON.parse(inNs(pod.ns, 'ip', '-j', 'link', 'show', 'eth0')) as { address: string }[])[0].address;
     pod.cfg = {
       hostIfindex: linkIndex(pod.hostIf), endpointId: pod.endpointId, identity: 1000 + pod.endpointId, flags: 0,
-      hostMac: linkMac(pod.hostIf), containerMac, ips: [pod.ip4, pod.ip6],
+      hostMac: linkMac(pod.hostIf), containerMac, ips: [pod.ip4, pod.ip6], gateway6: GW6,
     };
   }
   server = spawn('nsenter', [`--net=${nsPath(B.ns)}`, '--', process.execPath, '-e', SERVER], {
@@ -256,8 +257,8 @@ t.test('detach is best effort and reversible', async (t) => {
 
 t.test('pins: one per map and program, removed by removePins', async (t) => {
   t.same(fs.readdirSync(pinDir).sort(), [
-    'conntrack', 'datapath_config', 'drop_counters', 'endpoint_counters', 'endpoints_cfg', 'event_bucket', 'events', 'events_lost',
-    'ipcache', 'local_endpoints', 'policy', 'prog_from_container', 'prog_to_container',
+    'conntrack', 'ct_owned', 'ct_reclaimed', 'datapath_config', 'drop_counters', 'endpoint_counters', 'endpoints_cfg', 'event_bucket',
+    'events', 'events_lost', 'fragments', 'ipcache', 'local_endpoints', 'policy', 'prog_from_container', 'prog_to_container',
   ]);
   t.throws(() => loadDatapath({ objectPath: path.join(root, 'dist/bpf/endpoint.o'), pinDir: '/tmp/mbt-not-bpffs' }), /not on a bpffs mount/);
   dp!.close();

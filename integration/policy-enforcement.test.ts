@@ -225,11 +225,12 @@ spec:
   await agent.client.deleteEndpoint(k8sClient.containerId, 'eth0');
 });
 
-t.test('updates: new connections follow at once, established ones continue; new endpoints are never open', async (t) => {
+t.test('updates: new connections follow at once, established flows the policy now denies are cut within 1 s; new endpoints are never open', async (t) => {
   t.teardown(reset);
   const flow = startFlow(nsOf.other, ip4(eps.web), TCP_A);
-  children.push(flow);
-  await waitFor(() => flow.echoed() > 0, 'the long-lived flow runs');
+  const kept = startFlow(nsOf.client, ip4(eps.web), TCP_A);
+  children.push(flow, kept);
+  await waitFor(() => flow.echoed() > 0 && kept.echoed() > 0, 'both long-lived flows run');
   await importPolicy(`apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: only-client}
@@ -237,11 +238,20 @@ spec:
   endpointSelector: {matchLabels: {app: web}}
   ingress: [{fromEndpoints: [{matchLabels: {app: client}}]}]
 `);
-  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A), 'timeout', 'a new connection from other is denied at once');
-  const before = flow.echoed();
-  await waitFor(() => flow.echoed() > before + 1000, 'the established flow keeps flowing');
-  t.equal(flow.failed(), null);
+  const applied = Date.now();
+  // Watch both flows for 2 s: the denied one must stop moving within 1 s, the allowed one must not.
+  let lastMove = applied, seen = flow.echoed();
+  const keptAt1s = { value: 0 };
+  while (Date.now() - applied < 2000) {
+    await new Promise((r) => setTimeout(r, 25));
+    if (flow.echoed() !== seen) { seen = flow.echoed(); lastMove = Date.now(); }
+    if (!keptAt1s.value && Date.now() - applied >= 1000) keptAt1s.value = kept.echoed();
+  }
+  t.ok(lastMove - applied < 1000, `the denied established flow stopped ${lastMove - applied} ms after the change`);
+  t.ok(kept.echoed() > keptAt1s.value + 1000, 'the allowed established flow keeps flowing');
+  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A), 'timeout', 'a new connection from other is denied');
   flow.stop();
+  kept.stop();
   // A new endpoint selected by the policy: its first packet already meets it.
   const web2 = await pod('web2', { app: 'web' });
   await servePorts(nsOf.web2);

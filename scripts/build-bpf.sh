@@ -2,6 +2,7 @@
 # Compile the tc datapath to dist/bpf/endpoint.o. Idempotent and fast: does nothing when the object
 # is newer than every source under bpf/ and this script (FORCE=1 rebuilds anyway). Writes to a
 # temporary file and renames, so a failed or concurrent build never leaves a truncated object.
+# BPF_OUT + BPF_CFLAGS build measurement variants (e.g. -DMBR_CT_LRU) elsewhere.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,7 +20,7 @@ mkdir -p "$(dirname "$out")"
 multiarch="/usr/include/$(uname -m)-linux-gnu"
 tmp="$(mktemp "$out.XXXXXX")"
 trap 'rm -f "$tmp"' EXIT
-"$clang" -O2 -g -target bpf -Wall -Werror \
+"$clang" -O2 -g -target bpf -Wall -Werror ${BPF_CFLAGS:-} \
   -I "$root/bpf" ${multiarch:+-I "$multiarch"} \
   -c "$src" -o "$tmp"
 mv -f "$tmp" "$out"

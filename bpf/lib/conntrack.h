@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* Conntrack layout (logic in ct.h). One entry per flow and per enforcement point, in an LRU hash so
- * a full table evicts the oldest flows instead of failing inserts.
+/* Conntrack layout (logic in ct.h). One entry per flow and per enforcement point, in a plain hash:
+ * a full table (or an endpoint over its share) refuses new flows and never evicts established ones.
  *
  * The key is the flow's tuple as its first packet had it, plus the scope: whose policy admitted it
  * (CT_SCOPE_EGRESS: the sending endpoint's egress; CT_SCOPE_INGRESS: the receiving endpoint's
@@ -8,6 +8,11 @@
  * entry made at the sender's egress never lets a packet skip the receiver's ingress policy; pod-to-pod
  * traffic through redirect_peer, decided at both points in one run, has one CT_SCOPE_LOCAL entry.
  * A packet is a reply when the reversed tuple exists in the other scope (LOCAL: the same scope).
+ *
+ * An entry is bound to the endpoint that created it (ifindex; LOCAL: also the receiver's
+ * peer_ifindex): it matches only at that endpoint's hooks, a reply only at its pair. An entry the
+ * agent revoked (CT_F_REVOKED: a policy change denies the flow) drops the flow's packets: its
+ * initiator's packets are checked as a new flow again, its replies are dropped.
  *
  * Lesson from the measurements: a SYN on an entry that is not a live connection (closing, closed,
  * expired, or another ISN) must start a new flow, hence tcp_isn, state and timestamps in the entry. */
@@ -35,6 +40,7 @@ enum ct_state {
 #define CT_F_AUDIT (1 << 0)        /* admitted by audit mode (policy would have dropped it) */
 #define CT_F_END_REPORTED (1 << 1) /* FLOW_END already emitted */
 #define CT_F_REDIRECTED (1 << 2)   /* pod-to-pod via redirect_peer */
+#define CT_F_REVOKED (1 << 3)      /* set by the agent: the policy no longer admits the flow */
 
 /* Lifetimes since the last packet: an expired entry counts as absent. */
 #define CT_LIFETIME_TCP_SYN (60ULL * 1000000000ULL)
@@ -69,5 +75,10 @@ struct ct_entry {
 	__u32 endpoint_id; /* whose policy (the scope's endpoint; LOCAL: the sender) */
 	__u32 ifindex;     /* that endpoint's host interface */
 	__u32 rule_id_ingress; /* LOCAL: the receiver's ingress rule */
+	__u32 peer_ifindex;     /* LOCAL: the receiver's host interface; else 0 */
+	__u32 peer_endpoint_id; /* LOCAL: the receiver; else 0 */
+	__be16 policy_port;     /* the port the policy was asked about (ICMP: 0x100 | type), for revalidation */
+	__u16 pad;
+	__u32 pad2;
 };
-_Static_assert(sizeof(struct ct_entry) == 80, "ct_entry layout is shared with userspace");
+_Static_assert(sizeof(struct ct_entry) == 96, "ct_entry layout is shared with userspace");

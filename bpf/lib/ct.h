@@ -1,5 +1,10 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* Conntrack logic over the `conntrack` map (layout and scopes in conntrack.h). */
+/* Conntrack logic over the `conntrack` map (layout, scopes and binding in conntrack.h).
+ *
+ * An enforcement point asks as (scope, self, peer): self is the endpoint id whose hook this is
+ * (LOCAL: the sender), peer the receiver for LOCAL and 0 otherwise. An entry matches only when it was
+ * made by that same point: forward packets need entry (owner, peer) = (self, peer), replies the
+ * mirror image (LOCAL: (peer, self); otherwise the reverse scope at the same endpoint). */
 #pragma once
 
 #include "maps.h"
@@ -7,10 +12,17 @@
 
 enum ct_result {
 	CT_NEW = 0,
-	CT_ESTABLISHED = 1, /* a later packet of a flow this scope admitted */
-	CT_REPLY = 2,       /* a packet of the reverse direction */
-	CT_RELATED = 3,     /* an ICMP error about a tracked flow */
+	CT_ESTABLISHED = 1,     /* a later packet of a flow this point admitted */
+	CT_REPLY = 2,           /* a packet of the reverse direction */
+	CT_RELATED = 3,         /* an ICMP error about a flow of this endpoint */
+	CT_REVOKED_FORWARD = 4, /* the initiator of a revoked flow: check it as a new flow */
+	CT_REVOKED_REPLY = 5,   /* the other side of a revoked flow: drop */
 };
+
+static __always_inline __u8 ct_reverse_scope(__u8 scope)
+{
+	return scope == CT_SCOPE_LOCAL ? CT_SCOPE_LOCAL : scope ^ 1;
+}
 
 static __always_inline void ct_key_of(struct ct_key *k, const struct pkt *p, __u8 scope, bool reverse)
 {
@@ -51,9 +63,45 @@ static __always_inline bool tcp_syn_only(const struct pkt *p)
 	return p->proto == IPPROTO_TCP && p->has_l4 && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
 }
 
+/* Entries owned per endpoint (and slot 0: the node), the datapath's half (see maps.h). */
+static __always_inline void ct_count(__u32 owner, __s64 delta)
+{
+	__u32 node = 0;
+	__s64 *n;
+
+	n = bpf_map_lookup_elem(&ct_owned, &owner);
+	if (n)
+		__sync_fetch_and_add(n, delta);
+	n = bpf_map_lookup_elem(&ct_owned, &node);
+	if (n)
+		__sync_fetch_and_add(n, delta);
+}
+
+/* Would one more entry put `owner` over its share? */
+static __always_inline bool ct_over_share(__u32 owner)
+{
+	const struct datapath_config *cfg = global_config();
+	__s64 *owned, *reclaimed;
+
+	if (!cfg || !cfg->ct_endpoint_max)
+		return false;
+	owned = bpf_map_lookup_elem(&ct_owned, &owner);
+	reclaimed = bpf_map_lookup_elem(&ct_reclaimed, &owner);
+	if (!owned || !reclaimed)
+		return false;
+	return *owned - *reclaimed >= (__s64)cfg->ct_endpoint_max;
+}
+
+/* Deletes the entry a packet just finished, keeping the owner's count. */
+static __always_inline void ct_delete(struct ct_key *k, __u32 owner)
+{
+	if (bpf_map_delete_elem(&conntrack, k) == 0)
+		ct_count(owner, -1);
+}
+
 /* Updates counters and TCP state; true when the packet finished the connection (RST, or the ACK
- * after FINs both ways): the caller reports and deletes the entry, so connection churn does not keep
- * the LRU full (evictions cost ~1 us per insert and take idle live flows with them). */
+ * after FINs both ways): the caller reports and deletes the entry, so connection churn does not
+ * fill the table. */
 static __always_inline bool ct_update(struct ct_entry *e, const struct pkt *p, int dir, __u64 now)
 {
 	e->last_seen_ns = now;
@@ -80,15 +128,37 @@ static __always_inline bool ct_update(struct ct_entry *e, const struct pkt *p, i
 	       (p->tcp_flags & (TCP_ACK | TCP_FIN)) == TCP_ACK;
 }
 
-/* The offending packet inside an ICMP error: is it part of a flow we track (any scope, either way)? */
-static __always_inline bool ct_related(struct __sk_buff *skb, const struct pkt *p)
+static __always_inline bool ct_live_for(const struct ct_entry *e, __u32 owner, __u32 peer, __u8 proto, __u64 now)
 {
-	struct ct_key k;
+	return e && e->endpoint_id == owner && e->peer_endpoint_id == peer && !(e->flags & CT_F_REVOKED) &&
+	       !ct_expired(e, proto, now);
+}
+
+static __always_inline bool addr_eq(const __u8 *a, const __u8 *b)
+{
+	__u64 x[2], y[2];
+
+	__builtin_memcpy(x, a, 16);
+	__builtin_memcpy(y, b, 16);
+	return x[0] == y[0] && x[1] == y[1];
+}
+
+/* An ICMP error is related when the packet it quotes belongs to a flow of this point's endpoint(s),
+ * and it quotes a packet of the one receiving it: the quoted source is the error's destination. An
+ * endpoint sending an error (egress, or pod to pod) is no router: the quoted packet must also have
+ * been addressed to it. Only ICMP errors pay for the two lookups. */
+static __always_inline bool ct_related(struct __sk_buff *skb, const struct pkt *p, __u8 scope, __u32 self, __u32 peer)
+{
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_key k, r;
 	__u32 off = p->l4_off + 8;
 	__u8 hdr[40];
 	__u8 ports[8];
 	__u32 l4;
+	bool local = scope == CT_SCOPE_LOCAL;
 
+	if (p->later_fragment)
+		return false;
 	__builtin_memset(&k, 0, sizeof(k));
 	k.family = p->family;
 	if (p->family == MBR_FAMILY_IPV4) {
@@ -106,6 +176,10 @@ static __always_inline bool ct_related(struct __sk_buff *skb, const struct pkt *
 		__builtin_memcpy(k.daddr, hdr + 24, 16);
 		l4 = off + 40;
 	}
+	if (!addr_eq(k.saddr, p->daddr))
+		return false;
+	if (scope != CT_SCOPE_INGRESS && !addr_eq(k.daddr, p->saddr))
+		return false;
 	if (bpf_skb_load_bytes(skb, l4, ports, 8) < 0)
 		return false;
 	if (k.proto == IPPROTO_ICMP || k.proto == IPPROTO_ICMPV6) {
@@ -115,29 +189,26 @@ static __always_inline bool ct_related(struct __sk_buff *skb, const struct pkt *
 		__builtin_memcpy(&k.sport, ports, 2);
 		__builtin_memcpy(&k.dport, ports + 2, 2);
 	}
-	/* The inner packet was sent by one side of the flow: try it as the flow's forward tuple and as its
-	 * reverse, in every scope. Only ICMP errors pay for this. */
-#pragma unroll
-	for (int i = 0; i < 6; i++) {
-		struct ct_key q = k;
-
-		q.scope = i % 3;
-		if (i >= 3) {
-			__builtin_memcpy(q.saddr, k.daddr, 16);
-			__builtin_memcpy(q.daddr, k.saddr, 16);
-			q.sport = k.dport;
-			q.dport = k.sport;
-		}
-		if (bpf_map_lookup_elem(&conntrack, &q))
-			return true;
-	}
-	return false;
+	/* The error's receiver sent the quoted packet: as the flow's initiator (the quoted tuple is the
+	 * entry's, at the receiver's side of the flow) or as its responder (the reversed tuple is). */
+	k.scope = ct_reverse_scope(scope);
+	if (ct_live_for(bpf_map_lookup_elem(&conntrack, &k), local ? peer : self, local ? self : 0, k.proto, now))
+		return true;
+	__builtin_memset(&r, 0, sizeof(r));
+	r.family = k.family;
+	r.proto = k.proto;
+	r.scope = scope;
+	r.sport = k.dport;
+	r.dport = k.sport;
+	__builtin_memcpy(r.saddr, k.daddr, 16);
+	__builtin_memcpy(r.daddr, k.saddr, 16);
+	return ct_live_for(bpf_map_lookup_elem(&conntrack, &r), self, peer, k.proto, now);
 }
 
-/* Established, reply, related or new. *out is the entry for established and reply packets, *k its
- * key; *done says the connection just finished (see ct_update). */
-static __always_inline int ct_lookup(struct __sk_buff *skb, const struct pkt *p, __u8 scope, struct ct_entry **out,
-				     struct ct_key *k, bool *done)
+/* Established, reply, related, revoked or new. *out is the entry found (established, reply,
+ * revoked), *k its key; *done says the connection just finished (see ct_update). */
+static __always_inline int ct_lookup(struct __sk_buff *skb, const struct pkt *p, __u8 scope, __u32 self, __u32 peer,
+				     struct ct_entry **out, struct ct_key *k, bool *done)
 {
 	struct ct_entry *e;
 	__u64 now = bpf_ktime_get_ns();
@@ -146,29 +217,57 @@ static __always_inline int ct_lookup(struct __sk_buff *skb, const struct pkt *p,
 	ct_key_of(k, p, scope, false);
 	e = bpf_map_lookup_elem(&conntrack, k);
 	/* A SYN on an entry that is not a fresh, same-ISN attempt is a new connection (tuple reuse). */
-	if (e && !ct_expired(e, p->proto, now) && !(syn && (e->state != CT_STATE_NEW || e->tcp_isn != p->seq))) {
-		*done = ct_update(e, p, CT_DIR_FORWARD, now);
+	if (e && e->endpoint_id == self && e->peer_endpoint_id == peer && !ct_expired(e, p->proto, now) &&
+	    !(syn && (e->state != CT_STATE_NEW || e->tcp_isn != p->seq))) {
 		*out = e;
+		if (e->flags & CT_F_REVOKED) {
+			e->last_seen_ns = now; /* the revocation lasts while the flow keeps trying */
+			return CT_REVOKED_FORWARD;
+		}
+		*done = ct_update(e, p, CT_DIR_FORWARD, now);
 		return CT_ESTABLISHED;
 	}
-	ct_key_of(k, p, scope == CT_SCOPE_LOCAL ? CT_SCOPE_LOCAL : scope ^ 1, true);
+	ct_key_of(k, p, ct_reverse_scope(scope), true);
 	e = bpf_map_lookup_elem(&conntrack, k);
-	if (e && !ct_expired(e, p->proto, now) && !(syn && e->state >= CT_STATE_CLOSING)) {
-		*done = ct_update(e, p, CT_DIR_REPLY, now);
+	if (e && e->endpoint_id == (scope == CT_SCOPE_LOCAL ? peer : self) &&
+	    e->peer_endpoint_id == (scope == CT_SCOPE_LOCAL ? self : 0) && !ct_expired(e, p->proto, now) &&
+	    !(syn && e->state >= CT_STATE_CLOSING)) {
 		*out = e;
+		if (e->flags & CT_F_REVOKED) {
+			e->last_seen_ns = now;
+			return CT_REVOKED_REPLY;
+		}
+		*done = ct_update(e, p, CT_DIR_REPLY, now);
 		return CT_REPLY;
 	}
-	if (p->icmp_error && ct_related(skb, p))
+	*out = NULL;
+	if (p->icmp_error && ct_related(skb, p, scope, self, peer))
 		return CT_RELATED;
 	return CT_NEW;
 }
 
-static __always_inline void ct_create(const struct pkt *p, __u8 scope, __u32 src_identity, __u32 dst_identity,
-				      __u32 rule_id, __u32 rule_id_ingress, __u8 flags, const struct endpoint_config *ep)
+/* What a new entry records besides the tuple. */
+struct ct_new {
+	__u32 src_identity;
+	__u32 dst_identity;
+	__u32 rule_id;
+	__u32 rule_id_ingress;
+	__be16 policy_port;
+	__u8 flags;
+};
+
+/* Tracks a flow that policy admitted, owned by `ep` (LOCAL: the sender; `peer_ep` the receiver).
+ * 0, or < 0 when it cannot be tracked (table full, owner over its share): the caller drops the
+ * packet rather than admit a flow whose replies would then meet policy as new flows. */
+static __always_inline int ct_create(const struct pkt *p, __u8 scope, const struct ct_new *n, const struct endpoint_config *ep,
+				     const struct endpoint_config *peer_ep)
 {
 	struct ct_key k;
 	struct ct_entry e;
+	struct ct_entry *old;
 	__u64 now = bpf_ktime_get_ns();
+	__u32 owner = ep->endpoint_id, old_owner;
+	int err;
 
 	ct_key_of(&k, p, scope, false);
 	__builtin_memset(&e, 0, sizeof(e));
@@ -176,27 +275,49 @@ static __always_inline void ct_create(const struct pkt *p, __u8 scope, __u32 src
 	e.last_seen_ns = now;
 	e.packets[0] = 1;
 	e.bytes[0] = p->len;
-	e.src_identity = src_identity;
-	e.dst_identity = dst_identity;
-	e.rule_id = rule_id;
-	e.rule_id_ingress = rule_id_ingress;
-	e.flags = flags;
-	e.endpoint_id = ep->endpoint_id;
+	e.src_identity = n->src_identity;
+	e.dst_identity = n->dst_identity;
+	e.rule_id = n->rule_id;
+	e.rule_id_ingress = n->rule_id_ingress;
+	e.flags = n->flags;
+	e.policy_port = n->policy_port;
+	e.endpoint_id = owner;
 	e.ifindex = ep->ifindex;
+	if (peer_ep) {
+		e.peer_endpoint_id = peer_ep->endpoint_id;
+		e.peer_ifindex = peer_ep->ifindex;
+	}
 	e.tcp_flags_seen[0] = p->tcp_flags;
 	e.state = CT_STATE_ESTABLISHED; /* non-TCP */
 	if (tcp_syn_only(p)) {
 		e.state = CT_STATE_NEW;
 		e.tcp_isn = p->seq;
 	} else if (p->proto == IPPROTO_TCP && !(p->tcp_flags & (TCP_RST | TCP_FIN))) {
-		/* Picked up mid-stream (after a table loss, or a stray segment of a finished connection):
-		 * established once the other side answers, else gone with the short SYN lifetime. */
+		/* Picked up mid-stream (a later fragment, a flow whose entry expired, a revoked flow the
+		 * policy admits again): established once the other side answers. */
 		e.state = CT_STATE_NEW;
 	} else if (p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_RST)) {
 		e.state = CT_STATE_CLOSED;
 	} else if (p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_FIN)) {
 		e.state = CT_STATE_CLOSING;
 	}
-	/* LRU: a full table evicts the least recently used flow rather than failing. */
-	bpf_map_update_elem(&conntrack, &k, &e, BPF_ANY);
+	if (ct_over_share(owner))
+		return -1;
+	err = bpf_map_update_elem(&conntrack, &k, &e, BPF_NOEXIST);
+	if (!err) {
+		ct_count(owner, 1);
+		return 0;
+	}
+	if (err != -17 /* EEXIST: a dead, unbound or revoked entry of the same tuple */)
+		return err;
+	old = bpf_map_lookup_elem(&conntrack, &k);
+	old_owner = old ? old->endpoint_id : owner;
+	err = bpf_map_update_elem(&conntrack, &k, &e, BPF_EXIST);
+	if (err)
+		return err;
+	if (old_owner != owner) {
+		ct_count(old_owner, -1);
+		ct_count(owner, 1);
+	}
+	return 0;
 }

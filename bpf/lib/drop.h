@@ -1,19 +1,28 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* Drop reasons and the drop counter layout. The current program never drops (forwarding only);
- * policy and conntrack issues will add reasons here. Numbers are ABI: userspace decodes them and the
- * drop_counters map is indexed by them, so only append. */
+/* Drop reasons and the drop counter layout. The numbers are Hubble's DropReason codes (flow.proto;
+ * Cilium's bpf/lib/drop_reasons.h uses their negatives), so a flow needs no translation; the names are
+ * ours where the issue tracker knows them by another name (SOURCE_SPOOFED = Hubble's INVALID_SOURCE_IP).
+ * Numbers are ABI: userspace names them (shared/src/flows/event.ts DROP_REASONS) and the drop_counters
+ * map is indexed by them. Membrane's first numbering (1 = policy denied) is gone from the datapath;
+ * userspace still names 1 for events recorded before. */
 #pragma once
 
 #include "common.h"
 
 enum drop_reason {
 	DROP_REASON_UNKNOWN = 0,
-	DROP_REASON_POLICY_DENIED = 1,
-	DROP_REASON_INVALID_PACKET = 2,
-	DROP_REASON_CT_MAP_FULL = 3,
-	DROP_REASON_UNKNOWN_ENDPOINT = 4,
-	DROP_REASON_SOURCE_SPOOFED = 5,
-	DROP_REASON_MAX = 64, /* size of drop_counters; keep room for later reasons */
+	DROP_INVALID_SOURCE_MAC = 130,   /* the frame's source MAC is not the endpoint's */
+	DROP_SOURCE_SPOOFED = 132,       /* IPv4/IPv6 source (or ARP sender) is not the endpoint's */
+	DROP_POLICY_DENIED = 133,        /* policy: a deny rule, or default deny */
+	DROP_INVALID_PACKET = 134,       /* malformed IP header */
+	DROP_CT_TRUNCATED = 135,         /* L4 header missing or cut short (also a first fragment without it) */
+	DROP_UNSUPPORTED_L3 = 139,       /* neither IPv4, IPv6 nor ARP from a container */
+	DROP_CT_INSERT_FAILED = 155,     /* conntrack full, or the endpoint used its share */
+	DROP_INVALID_IPV6_EXTHDR = 156,  /* an IPv6 header chain longer than the parser walks */
+	DROP_NO_CONFIG = 165,            /* an interface with our program but no endpoint configuration */
+	DROP_FRAG_NOT_FOUND = 175,       /* a later fragment whose first fragment was not seen */
+	DROP_FORBIDDEN_ICMPV6 = 176,     /* NDP/MLD that does not stay on the endpoint's own link */
+	DROP_REASON_MAX = 256,           /* size of drop_counters */
 };
 
 struct drop_counter {

@@ -3,7 +3,8 @@
  * ingress for packets towards it). Conntrack first: established flows, replies and related ICMP pass
  * without a policy lookup; only a new flow is looked up (lookup.h), admitted (conntrack entry +
  * FLOW_NEW event) or dropped (drop counter + DROP event). Audit mode (per endpoint or agent-wide)
- * admits a would-be drop and reports it with verdict AUDIT. */
+ * admits a would-be drop and reports it with verdict AUDIT. Neighbour discovery and MLD skip policy
+ * only while they stay on the endpoint's own link. */
 #pragma once
 
 #include "counters.h"
@@ -22,6 +23,49 @@ static __always_inline __be16 policy_dport(const struct pkt *p)
 	if (p->proto == IPPROTO_ICMP || p->proto == IPPROTO_ICMPV6)
 		return bpf_htons(POLICY_ICMP_TYPE_FLAG | p->icmp_type);
 	return p->dport;
+}
+
+/* Counts a drop and reports it as seen by `ep` (when known) in direction `dir`. */
+static __always_inline int drop_packet(const struct pkt *p, const struct endpoint_config *ep, __u8 dir, __u16 reason,
+				       __u32 src_identity, __u32 dst_identity, __u32 rule_id)
+{
+	struct event_meta m;
+
+	count_drop(reason, p->len);
+	if (!ep)
+		return ENFORCE_DROP;
+	__builtin_memset(&m, 0, sizeof(m));
+	m.type = TRACE_DROP;
+	m.reason = reason;
+	m.verdict = TRACE_VERDICT_DROPPED;
+	m.direction = dir;
+	m.src_identity = src_identity;
+	m.dst_identity = dst_identity;
+	m.rule_id = rule_id;
+	emit_event(p, &m, ep, NULL);
+	return ENFORCE_DROP;
+}
+
+/* The endpoint's own identity on its side of the flow; 0 (unknown) for the other. */
+static __always_inline int drop_at(const struct pkt *p, const struct endpoint_config *ep, __u8 dir, __u16 reason)
+{
+	return drop_packet(p, ep, dir, reason, dir == POLICY_DIR_EGRESS ? ep->identity : 0, dir == POLICY_DIR_EGRESS ? 0 : ep->identity, 0);
+}
+
+/* NDP and MLD pass without policy only on the endpoint's own link: with the host veth (hop limit 255
+ * for NDP, which no router forwards; a link-local source for MLD, which no router forwards either),
+ * to link-scoped destinations or the endpoint's gateway. Never between pods, and a pod is no router:
+ * no router advertisements or redirects from it. */
+static __always_inline bool icmp6_on_own_link(const struct pkt *p, const struct endpoint_config *ep, __u8 dir)
+{
+	bool ndp = is_icmp6_ndp(p);
+
+	if (dir == POLICY_DIR_INGRESS)
+		return ndp ? p->hop_limit == 255 : (ipv6_link_local(p->saddr) || ipv6_unspecified(p->saddr));
+	if (ndp)
+		return p->icmp_type != 134 && p->icmp_type != 137 && p->hop_limit == 255 &&
+		       (ipv6_link_scoped(p->daddr) || addr_eq(p->daddr, ep->gateway6));
+	return (ipv6_link_local(p->saddr) || ipv6_unspecified(p->saddr)) && ipv6_link_scoped(p->daddr);
 }
 
 /* The policy decision for a flow's first packet at one enforcement point. Fills *m for the FLOW_NEW
@@ -55,28 +99,29 @@ static __always_inline int decide(const struct pkt *p, const struct endpoint_con
 	if (action != POLICY_ACTION_DENY)
 		return ENFORCE_PASS;
 	cfg = global_config();
-	if (!(ep->flags & EP_F_AUDIT) && !(cfg && (cfg->flags & CFG_F_AUDIT))) {
-		count_drop(DROP_REASON_POLICY_DENIED, p->len);
-		m->type = TRACE_DROP;
-		m->reason = DROP_REASON_POLICY_DENIED;
-		m->verdict = TRACE_VERDICT_DROPPED;
-		emit_event(p, m, ep, NULL);
-		return ENFORCE_DROP;
-	}
+	if (!(ep->flags & EP_F_AUDIT) && !(cfg && (cfg->flags & CFG_F_AUDIT)))
+		return drop_packet(p, ep, dir, DROP_POLICY_DENIED, m->src_identity, m->dst_identity, m->rule_id);
 	m->verdict = TRACE_VERDICT_AUDIT;
 	m->flags = TRACE_F_AUDIT;
 	return ENFORCE_PASS;
 }
 
-static __always_inline int new_flow(const struct pkt *p, const struct endpoint_config *ep, __u8 dir, __u32 peer_hint, bool redirect)
+static __always_inline int new_flow(const struct pkt *p, const struct endpoint_config *ep, __u8 dir, bool redirect)
 {
 	struct event_meta m;
-	__u32 peer = peer_hint ? peer_hint : ipcache_identity(p->family, dir == POLICY_DIR_EGRESS ? p->daddr : p->saddr);
+	struct ct_new n;
+	__u32 peer = ipcache_identity(p->family, dir == POLICY_DIR_EGRESS ? p->daddr : p->saddr);
 
 	if (decide(p, ep, dir, peer, redirect, &m) != ENFORCE_PASS)
 		return ENFORCE_DROP;
-	ct_create(p, dir, m.src_identity, m.dst_identity, m.rule_id, 0,
-		  (redirect ? CT_F_REDIRECTED : 0) | (m.flags & TRACE_F_AUDIT ? CT_F_AUDIT : 0), ep);
+	n.src_identity = m.src_identity;
+	n.dst_identity = m.dst_identity;
+	n.rule_id = m.rule_id;
+	n.rule_id_ingress = 0;
+	n.policy_port = policy_dport(p);
+	n.flags = (redirect ? CT_F_REDIRECTED : 0) | (m.flags & TRACE_F_AUDIT ? CT_F_AUDIT : 0);
+	if (ct_create(p, dir, &n, ep, NULL) < 0)
+		return drop_packet(p, ep, dir, DROP_CT_INSERT_FAILED, m.src_identity, m.dst_identity, m.rule_id);
 	emit_event(p, &m, ep, NULL);
 	return ENFORCE_PASS;
 }
@@ -107,9 +152,13 @@ static __always_inline bool end_due(struct ct_entry *ct)
 	return true;
 }
 
-/* peer_hint: the peer's identity when known without the ipcache (a local sending endpoint), else 0. */
-static __always_inline int enforce(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_config *ep, __u8 dir,
-				   __u32 peer_hint, bool redirect)
+/* The reply side of a flow the agent revoked: dropped as the policy would drop it. */
+static __always_inline int drop_revoked(const struct pkt *p, const struct ct_entry *ct, const struct endpoint_config *ep, __u8 dir)
+{
+	return drop_packet(p, ep, dir, DROP_POLICY_DENIED, ct->dst_identity, ct->src_identity, 0);
+}
+
+static __always_inline int enforce(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_config *ep, __u8 dir, bool redirect)
 {
 	struct ct_entry *ct = NULL;
 	struct ct_key key;
@@ -119,17 +168,19 @@ static __always_inline int enforce(struct __sk_buff *skb, const struct pkt *p, c
 #ifdef MBR_NO_ENFORCE /* measurement builds only: the datapath without conntrack and policy */
 	return ENFORCE_PASS;
 #endif
-	if (is_icmp6_control(p))
-		return ENFORCE_PASS;
-	r = ct_lookup(skb, p, dir, &ct, &key, &done);
-	if (r == CT_NEW)
-		return new_flow(p, ep, dir, peer_hint, redirect);
+	if (is_icmp6_ndp(p) || is_icmp6_mld(p))
+		return icmp6_on_own_link(p, ep, dir) ? ENFORCE_PASS : drop_at(p, ep, dir, DROP_FORBIDDEN_ICMPV6);
+	r = ct_lookup(skb, p, dir, ep->endpoint_id, 0, &ct, &key, &done);
+	if (r == CT_NEW || r == CT_REVOKED_FORWARD)
+		return new_flow(p, ep, dir, redirect);
+	if (r == CT_REVOKED_REPLY && ct)
+		return drop_revoked(p, ct, ep, dir);
 	if (ct && p->proto == IPPROTO_TCP) {
 		/* The flow's direction at the point that admitted it. */
 		if (end_due(ct))
 			report_end(p, ct, ep, r == CT_REPLY ? dir ^ 1 : dir, r == CT_REPLY, ct->rule_id);
 		if (done)
-			bpf_map_delete_elem(&conntrack, &key);
+			ct_delete(&key, ct->endpoint_id);
 	}
 	return ENFORCE_PASS;
 }
@@ -141,6 +192,7 @@ static __always_inline int enforce_local(struct __sk_buff *skb, const struct pkt
 {
 	struct ct_entry *ct = NULL;
 	struct event_meta out, in;
+	struct ct_new n;
 	struct ct_key key;
 	bool done = false;
 	int r;
@@ -148,10 +200,12 @@ static __always_inline int enforce_local(struct __sk_buff *skb, const struct pkt
 #ifdef MBR_NO_ENFORCE
 	return ENFORCE_PASS;
 #endif
-	if (is_icmp6_control(p))
-		return ENFORCE_PASS;
-	r = ct_lookup(skb, p, CT_SCOPE_LOCAL, &ct, &key, &done);
-	if (r != CT_NEW) {
+	if (is_icmp6_ndp(p) || is_icmp6_mld(p)) /* never between pods */
+		return drop_at(p, src, POLICY_DIR_EGRESS, DROP_FORBIDDEN_ICMPV6);
+	r = ct_lookup(skb, p, CT_SCOPE_LOCAL, src->endpoint_id, dst->endpoint_id, &ct, &key, &done);
+	if (r == CT_REVOKED_REPLY && ct)
+		return drop_revoked(p, ct, src, POLICY_DIR_EGRESS);
+	if (r != CT_NEW && r != CT_REVOKED_FORWARD) {
 		if (ct && p->proto == IPPROTO_TCP) {
 			if (end_due(ct)) {
 				/* Reported from the flow's own sender and receiver, whichever way this packet goes. */
@@ -160,7 +214,7 @@ static __always_inline int enforce_local(struct __sk_buff *skb, const struct pkt
 				report_end(p, ct, reply ? src : dst, POLICY_DIR_INGRESS, reply, ct->rule_id_ingress);
 			}
 			if (done)
-				bpf_map_delete_elem(&conntrack, &key);
+				ct_delete(&key, ct->endpoint_id);
 		}
 		return ENFORCE_PASS;
 	}
@@ -168,8 +222,14 @@ static __always_inline int enforce_local(struct __sk_buff *skb, const struct pkt
 		return ENFORCE_DROP;
 	if (decide(p, dst, POLICY_DIR_INGRESS, src->identity, true, &in) != ENFORCE_PASS)
 		return ENFORCE_DROP;
-	ct_create(p, CT_SCOPE_LOCAL, src->identity, dst->identity, out.rule_id, in.rule_id,
-		  CT_F_REDIRECTED | ((out.flags | in.flags) & TRACE_F_AUDIT ? CT_F_AUDIT : 0), src);
+	n.src_identity = src->identity;
+	n.dst_identity = dst->identity;
+	n.rule_id = out.rule_id;
+	n.rule_id_ingress = in.rule_id;
+	n.policy_port = policy_dport(p);
+	n.flags = CT_F_REDIRECTED | ((out.flags | in.flags) & TRACE_F_AUDIT ? CT_F_AUDIT : 0);
+	if (ct_create(p, CT_SCOPE_LOCAL, &n, src, dst) < 0)
+		return drop_packet(p, src, POLICY_DIR_EGRESS, DROP_CT_INSERT_FAILED, src->identity, dst->identity, out.rule_id);
 	emit_event(p, &out, src, NULL);
 	emit_event(p, &in, dst, NULL);
 	return ENFORCE_PASS;

@@ -3,13 +3,13 @@
  * <pinDir>/<map name> before load, so a restarted agent (or a new object version with the same
  * layout) reuses the live maps and forwarding state survives. Layout changes therefore need a new
  * map name or an explicit migration; the _Static_asserts guard the layouts userspace encodes.
- * Sizes are deliberately modest: the conntrack LRU is preallocated and dominates memory
- * (~170 B per max entry, ~11 MiB at 65536). */
+ * Sizes are deliberately modest. The conntrack hash is sized by the agent (--ct-max) before load. */
 #pragma once
 
 #include "common.h"
 #include "conntrack.h"
 #include "drop.h"
+#include "fragments.h"
 #include "policy.h"
 #include "trace.h"
 
@@ -17,13 +17,15 @@
 #define MAX_LOCAL_IPS 8192 /* an IPv4 and an IPv6 address per endpoint */
 #define MAX_IPCACHE 65536  /* LPM trie is not preallocated: memory follows the stored prefixes */
 #define MAX_POLICY 131072  /* not preallocated: ~80 B per stored entry; 10k rules x a few endpoints */
-#ifndef MAX_CONNTRACK
-#define MAX_CONNTRACK 65536
-#endif
+#define MAX_CONNTRACK 65536 /* the default; the loader sets the agent's --ct-max before load */
+#define MAX_ENDPOINT_IDS 65536 /* endpoint ids are 1..65535; slot 0 of the ct_* counters is the node total */
+#define MAX_FRAGMENTS 8192  /* datagrams being fragmented at once (LRU: a lost entry drops one datagram) */
 #define EVENTS_RING_BYTES (1 << 20) /* 1 MiB: no reserve failures at 12-13k new flows/s measured */
 
 /* Per-endpoint configuration, keyed by the host-side veth ifindex (what tc programs see).
- * flags: the low byte belongs to policy (EP_F_* in policy.h), written by the policy engine. */
+ * flags: the low byte belongs to policy (EP_F_* in policy.h), written by the policy engine; the
+ * address bits (EP_F_HAS_*) by the endpoint writer. The addresses are what anti-spoofing compares a
+ * packet's source with: one compare against the value looked up anyway. */
 struct endpoint_config {
 	__u32 endpoint_id;
 	__u32 identity;
@@ -32,9 +34,18 @@ struct endpoint_config {
 	__u8 container_mac[ETH_ALEN];
 	__u32 ifindex;
 	__u32 policy_revision;
-	__u32 reserved[4]; /* room for later fields without changing value_size (pinned map reuse) */
+	__u8 ipv4[4];      /* its IPv4 address (EP_F_HAS_IPV4) */
+	__u8 ipv6[16];     /* its IPv6 address (EP_F_HAS_IPV6) */
+	__u8 gateway6[16]; /* its IPv6 gateway: the one global address NDP may name on its link */
+	__u32 reserved[3]; /* room for later fields without changing value_size (pinned map reuse) */
 };
-_Static_assert(sizeof(struct endpoint_config) == 48, "endpoint_config layout is shared with userspace");
+_Static_assert(sizeof(struct endpoint_config) == 80, "endpoint_config layout is shared with userspace");
+
+/* endpoint_config.flags bits owned by the endpoint writer (above the policy byte). */
+#define EP_F_HAS_IPV4 (1U << 8)
+#define EP_F_HAS_IPV6 (1U << 9)
+/* More than one address of a family: a source that is not ipv4/ipv6 is looked up in local_endpoints. */
+#define EP_F_EXTRA_ADDRS (1U << 10)
 
 /* Where to deliver a packet for a local address: enough to redirect without another lookup. */
 struct local_endpoint {
@@ -74,7 +85,8 @@ struct datapath_config {
 	__u32 flags;
 	__u32 events_per_sec; /* per CPU token bucket rate; 0 = unlimited */
 	__u32 events_burst;   /* bucket size in events; 0 = events_per_sec */
-	__u32 reserved[5];
+	__u32 ct_endpoint_max; /* conntrack entries one endpoint may own; 0 = no per-endpoint limit */
+	__u32 reserved[4];
 };
 _Static_assert(sizeof(struct datapath_config) == 32, "datapath_config layout is shared with userspace");
 
@@ -127,13 +139,52 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } policy SEC(".maps");
 
+/* A plain hash, not an LRU: a full table refuses new flows (fail closed) instead of evicting
+ * someone's established ones; expired entries are collected by the agent (bpf/README.md). */
 struct {
+#ifdef MBR_CT_LRU /* measurement builds only: the wave-1 table */
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+#else
+	__uint(type, BPF_MAP_TYPE_HASH);
+#endif
+#ifdef MBR_CT_NO_PREALLOC /* measurement builds only (bpf/README.md: why preallocated) */
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+#endif
 	__uint(max_entries, MAX_CONNTRACK);
 	__type(key, struct ct_key);
 	__type(value, struct ct_entry);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } conntrack SEC(".maps");
+
+/* Conntrack entries per owning endpoint (index = endpoint id; 0 = the node), in two halves so that
+ * each has one writer: ct_owned is the datapath's (atomic adds: +1 per entry created, -1 per entry
+ * it deletes), ct_reclaimed the agent's (entries its GC, flushes and revocations deleted). An
+ * endpoint owns ct_owned - ct_reclaimed entries. Arrays: the lookups compile to address arithmetic. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_ENDPOINT_IDS);
+	__type(key, __u32);
+	__type(value, __s64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ct_owned SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, MAX_ENDPOINT_IDS);
+	__type(key, __u32);
+	__type(value, __s64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ct_reclaimed SEC(".maps");
+
+/* The L4 ports of datagrams being fragmented, so later fragments (which carry no L4 header) meet
+ * conntrack and policy as their first fragment did (layout in parse.h). */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, MAX_FRAGMENTS);
+	__type(key, struct frag_key);
+	__type(value, struct frag_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} fragments SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);

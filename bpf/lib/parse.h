@@ -1,10 +1,21 @@
 /* SPDX-License-Identifier: GPL-2.0 */
-/* Packet parsing for conntrack and policy: family, addresses, L4 protocol, ports, TCP flags, ICMP
- * type. L4 fields are read with bpf_skb_load_bytes, which works on non-linear skbs and keeps the
- * verifier's job small. Not handled: L4 of non-first IPv4/IPv6 fragments (ports read as 0). */
+/* Packet parsing for anti-spoofing, conntrack and policy: family, addresses, TTL, L4 protocol (past
+ * IPv6 extension headers), ports, TCP flags, ICMP type. L4 fields are read with bpf_skb_load_bytes,
+ * which works on non-linear skbs and keeps the verifier's job small.
+ *
+ * Fail closed: what cannot be classified is dropped with its own reason rather than passed as "port
+ * 0", which an any-port allow would admit past a port deny:
+ *  - an IPv4/IPv6 header that is not one (DROP_INVALID_PACKET);
+ *  - a TCP/UDP/SCTP/ICMP header shorter than its fixed part, also in a first fragment
+ *    (DROP_CT_TRUNCATED: the split-SYN attack, a SYN whose first fragment holds 8 bytes of TCP);
+ *  - an IPv6 header chain longer than IPV6_MAX_EXTHDRS (DROP_INVALID_IPV6_EXTHDR);
+ *  - a later fragment whose first fragment was not seen (DROP_FRAG_NOT_FOUND), or that overlaps the
+ *    first fragment's L4 header (DROP_INVALID_PACKET).
+ * A first fragment records its ports in the `fragments` map (fragments.h); later fragments take them
+ * from there, so conntrack and policy see every fragment as the first one. */
 #pragma once
 
-#include "common.h"
+#include "maps.h"
 
 #define TCP_FIN 0x01
 #define TCP_SYN 0x02
@@ -15,20 +26,33 @@
 #define IPPROTO_ICMPV6 58
 #endif
 
+#define IP_MF 0x2000
+#define IP_OFFSET 0x1fff
+/* Extension headers walked before giving up (hop-by-hop, routing, fragment, destination options, AH:
+ * 8 covers each once with room to spare; Linux itself accepts longer chains). */
+#define IPV6_MAX_EXTHDRS 8
+
+enum parse_result {
+	PARSE_IP = 0,    /* p describes an IPv4/IPv6 packet */
+	PARSE_OTHER = 1, /* not IP (ARP, ...): the caller decides */
+	PARSE_DROP = 2,  /* drop with p->drop_reason; p holds what was parsed (family, addresses) */
+};
+
 struct pkt {
 	__u8 family;
 	__u8 proto;
 	__u8 tcp_flags;
 	__u8 icmp_type;
-	__u8 has_l4;     /* ports/type were read (not a later fragment, not truncated) */
+	__u8 has_l4;     /* ports/type are known (read here, or from the fragments map) */
 	__u8 icmp_error; /* ICMP(v6) error: l4_off + 8 holds the offending packet's header */
 	__u8 icmp_echo;
-	__u8 pad;
+	__u8 hop_limit;  /* TTL / hop limit as received */
 	__be16 sport;
 	__be16 dport;
 	__u32 seq; /* TCP sequence number, host order */
 	__u16 l4_off;
-	__u16 pad2;
+	__u8 later_fragment; /* a non-first fragment: no L4 header, ports from the fragments map */
+	__u8 drop_reason;    /* PARSE_DROP: enum drop_reason */
 	__u32 len;
 	__u8 saddr[16];
 	__u8 daddr[16];
@@ -46,14 +70,30 @@ static __always_inline bool icmp_is_echo(__u8 family, __u8 type)
 	return family == MBR_FAMILY_IPV4 ? (type == 8 || type == 0) : (type == 128 || type == 129);
 }
 
-/* Reads ports / flags / ICMP type at p->l4_off. */
+/* Bytes of L4 header a packet of this protocol must carry for its ports/type to be known. */
+static __always_inline __u32 l4_min_len(__u8 proto)
+{
+	switch (proto) {
+	case IPPROTO_TCP:
+		return 20;
+	case IPPROTO_SCTP:
+		return 12;
+	case IPPROTO_UDP:
+	case IPPROTO_ICMP:
+	case IPPROTO_ICMPV6:
+		return 8;
+	}
+	return 0; /* other protocols: policy by protocol only */
+}
+
+/* Reads ports / flags / ICMP type at p->l4_off; has_l4 stays 0 when the header is cut short. */
 static __always_inline void parse_l4(struct __sk_buff *skb, struct pkt *p)
 {
-	__u8 hdr[16];
+	__u8 hdr[20];
 
 	switch (p->proto) {
 	case IPPROTO_TCP:
-		if (bpf_skb_load_bytes(skb, p->l4_off, hdr, 14) < 0)
+		if (bpf_skb_load_bytes(skb, p->l4_off, hdr, 20) < 0)
 			return;
 		__builtin_memcpy(&p->sport, hdr, 2);
 		__builtin_memcpy(&p->dport, hdr + 2, 2);
@@ -63,7 +103,7 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct pkt *p)
 		return;
 	case IPPROTO_UDP:
 	case IPPROTO_SCTP:
-		if (bpf_skb_load_bytes(skb, p->l4_off, hdr, 4) < 0)
+		if (bpf_skb_load_bytes(skb, p->l4_off, hdr, p->proto == IPPROTO_UDP ? 8 : 12) < 0)
 			return;
 		__builtin_memcpy(&p->sport, hdr, 2);
 		__builtin_memcpy(&p->dport, hdr + 2, 2);
@@ -88,85 +128,209 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct pkt *p)
 	}
 }
 
-/* IPv6 extension headers we step over (bounded: at most 4). */
-static __always_inline bool parse_ipv6_ext(struct __sk_buff *skb, struct pkt *p)
+static __always_inline int parse_drop(struct pkt *p, __u8 reason)
 {
-	__u8 nexthdr = p->proto;
-	__u32 off = p->l4_off;
-	__u8 ext[4];
+	p->drop_reason = reason;
+	return PARSE_DROP;
+}
+
+/* The L4 header of a packet that is not a later fragment. `avail`: bytes of L4 the (first) fragment
+ * holds by its IP length; ~0 for an unfragmented packet (the skb length decides). */
+static __always_inline int parse_l4_required(struct __sk_buff *skb, struct pkt *p, __u32 avail)
+{
+	__u32 need = l4_min_len(p->proto);
+
+	if (!need)
+		return PARSE_IP;
+	if (avail < need)
+		return parse_drop(p, DROP_CT_TRUNCATED);
+	parse_l4(skb, p);
+	return p->has_l4 ? PARSE_IP : parse_drop(p, DROP_CT_TRUNCATED);
+}
+
+static __always_inline void frag_key_of(struct frag_key *k, const struct pkt *p, __u8 proto, __u32 id)
+{
+	__builtin_memset(k, 0, sizeof(*k));
+	k->family = p->family;
+	k->proto = proto;
+	k->id = id;
+	__builtin_memcpy(k->saddr, p->saddr, 16);
+	__builtin_memcpy(k->daddr, p->daddr, 16);
+}
+
+/* A first fragment: its header must be whole; its ports are remembered for the rest. */
+static __always_inline int first_fragment(struct __sk_buff *skb, struct pkt *p, __u32 avail, __u8 key_proto, __u32 id)
+{
+	struct frag_key k;
+	struct frag_value v;
+	int r = parse_l4_required(skb, p, avail);
+
+	if (r != PARSE_IP)
+		return r;
+	frag_key_of(&k, p, key_proto, id);
+	v.sport = p->sport;
+	v.dport = p->dport;
+	v.proto = p->proto;
+	v.icmp_type = p->icmp_type;
+	v.icmp_echo = p->icmp_echo;
+	v.pad = 0;
+	bpf_map_update_elem(&fragments, &k, &v, BPF_ANY);
+	return PARSE_IP;
+}
+
+/* A later fragment (offset_bytes > 0) takes the ports its first fragment recorded. */
+static __always_inline int later_fragment(struct pkt *p, __u8 key_proto, __u32 id, __u32 offset_bytes)
+{
+	struct frag_key k;
+	struct frag_value *v;
+
+	frag_key_of(&k, p, key_proto, id);
+	v = bpf_map_lookup_elem(&fragments, &k);
+	if (!v)
+		return parse_drop(p, DROP_FRAG_NOT_FOUND);
+	/* Overlapping the first fragment's L4 header would rewrite ports or flags after the check. */
+	if (offset_bytes < l4_min_len(v->proto))
+		return parse_drop(p, DROP_INVALID_PACKET);
+	p->proto = v->proto;
+	p->sport = v->sport;
+	p->dport = v->dport;
+	p->icmp_type = v->icmp_type;
+	p->icmp_echo = v->icmp_echo;
+	p->has_l4 = 1;
+	p->later_fragment = 1;
+	return PARSE_IP;
+}
+
+static __always_inline int parse_ipv4(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data, *data_end;
+	struct iphdr *ip;
+	__u16 frag, tot_len;
+	__u32 hlen;
+
+	if (!linear_headers(skb, ETH_HLEN + sizeof(*ip), &data, &data_end))
+		return parse_drop(p, DROP_INVALID_PACKET);
+	ip = data + ETH_HLEN;
+	p->family = MBR_FAMILY_IPV4;
+	p->proto = ip->protocol;
+	p->hop_limit = ip->ttl;
+	__builtin_memcpy(p->saddr, &ip->saddr, 4);
+	__builtin_memcpy(p->daddr, &ip->daddr, 4);
+	if (ip->ihl < 5 || ip->version != 4)
+		return parse_drop(p, DROP_INVALID_PACKET);
+	hlen = ip->ihl * 4;
+	p->l4_off = ETH_HLEN + hlen;
+	frag = bpf_ntohs(ip->frag_off);
+	if (!(frag & (IP_MF | IP_OFFSET)))
+		return parse_l4_required(skb, p, ~0U);
+	/* Fragmented (never GSO): the IP length is trustworthy and says what this fragment holds. */
+	tot_len = bpf_ntohs(ip->tot_len);
+	if (tot_len < hlen)
+		return parse_drop(p, DROP_INVALID_PACKET);
+	if (frag & IP_OFFSET)
+		return later_fragment(p, p->proto, bpf_ntohs(ip->id), (frag & IP_OFFSET) * 8);
+	return first_fragment(skb, p, tot_len - hlen, p->proto, bpf_ntohs(ip->id));
+}
+
+static __always_inline bool ipv6_is_exthdr(__u8 nexthdr)
+{
+	return nexthdr == 0 || nexthdr == 43 || nexthdr == 44 || nexthdr == 51 || nexthdr == 60;
+}
+
+static __always_inline int parse_ipv6(struct __sk_buff *skb, struct pkt *p)
+{
+	void *data, *data_end;
+	struct ipv6hdr *ip6;
+	__u32 off, end, id = 0, frag_off = 0;
+	__u8 nexthdr, frag_proto = 0, frag_seen = 0, more = 0;
+	__u8 ext[8];
+
+	if (!linear_headers(skb, ETH_HLEN + sizeof(*ip6), &data, &data_end))
+		return parse_drop(p, DROP_INVALID_PACKET);
+	ip6 = data + ETH_HLEN;
+	p->family = MBR_FAMILY_IPV6;
+	p->hop_limit = ip6->hop_limit;
+	__builtin_memcpy(p->saddr, &ip6->saddr, 16);
+	__builtin_memcpy(p->daddr, &ip6->daddr, 16);
+	if (ip6->version != 6)
+		return parse_drop(p, DROP_INVALID_PACKET);
+	nexthdr = ip6->nexthdr;
+	end = ETH_HLEN + sizeof(*ip6) + bpf_ntohs(ip6->payload_len);
+	off = ETH_HLEN + sizeof(*ip6);
 
 #pragma unroll
-	for (int i = 0; i < 4; i++) {
-		if (nexthdr == 0 || nexthdr == 43 || nexthdr == 60) { /* hop-by-hop, routing, dest opts */
-			if (bpf_skb_load_bytes(skb, off, ext, 2) < 0)
-				return false;
-			nexthdr = ext[0];
-			off += ((__u32)ext[1] + 1) * 8;
-		} else if (nexthdr == 44) { /* fragment */
-			if (bpf_skb_load_bytes(skb, off, ext, 4) < 0)
-				return false;
+	for (int i = 0; i < IPV6_MAX_EXTHDRS; i++) {
+		if (!ipv6_is_exthdr(nexthdr) || frag_off)
+			break;
+		if (nexthdr == 44) { /* fragment: next header, reserved, offset+M, identification */
+			if (bpf_skb_load_bytes(skb, off, ext, 8) < 0)
+				return parse_drop(p, DROP_INVALID_PACKET);
+			frag_seen = 1;
+			frag_proto = ext[0];
+			frag_off = (((__u32)ext[2] << 8) | ext[3]) & 0xfff8;
+			more = ext[3] & 1;
+			id = ((__u32)ext[4] << 24) | ((__u32)ext[5] << 16) | ((__u32)ext[6] << 8) | ext[7];
 			nexthdr = ext[0];
 			off += 8;
-			if ((((__u16)ext[2] << 8) | ext[3]) & 0xfff8)
-				p->has_l4 = 2; /* marker: a later fragment, no L4 header */
-		} else {
-			break;
+			continue;
 		}
+		if (bpf_skb_load_bytes(skb, off, ext, 2) < 0)
+			return parse_drop(p, DROP_INVALID_PACKET);
+		/* AH counts its length in 4-byte units minus 2; the others in 8-byte units minus 1. */
+		off += nexthdr == 51 ? ((__u32)ext[1] + 2) * 4 : ((__u32)ext[1] + 1) * 8;
+		nexthdr = ext[0];
 	}
 	p->proto = nexthdr;
 	p->l4_off = off;
-	return true;
+	if (frag_off) /* a later fragment: the rest is payload */
+		return later_fragment(p, frag_proto, id, frag_off);
+	if (ipv6_is_exthdr(nexthdr))
+		return parse_drop(p, DROP_INVALID_IPV6_EXTHDR);
+	if (frag_seen && more)
+		return first_fragment(skb, p, end > off ? end - off : 0, frag_proto, id);
+	return parse_l4_required(skb, p, ~0U); /* unfragmented, or an atomic fragment */
 }
 
-/* false: not IP, or a header we cannot read (the caller lets it pass: policy is about IP flows). */
-static __always_inline bool parse_packet(struct __sk_buff *skb, struct pkt *p)
+/* Classifies the packet. PARSE_DROP leaves the reason in p->drop_reason. */
+static __always_inline int parse_packet(struct __sk_buff *skb, struct pkt *p)
 {
-	void *data, *data_end;
-
 	__builtin_memset(p, 0, sizeof(*p));
 	p->len = skb->len;
-	if (skb->protocol == bpf_htons(ETH_P_IP)) {
-		struct iphdr *ip;
-
-		if (!linear_headers(skb, ETH_HLEN + sizeof(*ip), &data, &data_end))
-			return false;
-		ip = data + ETH_HLEN;
-		if (ip->ihl < 5)
-			return false;
-		p->family = MBR_FAMILY_IPV4;
-		p->proto = ip->protocol;
-		__builtin_memcpy(p->saddr, &ip->saddr, 4);
-		__builtin_memcpy(p->daddr, &ip->daddr, 4);
-		p->l4_off = ETH_HLEN + ip->ihl * 4;
-		if (ip->frag_off & bpf_htons(0x1fff))
-			return true; /* a later fragment: no L4 header */
-	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6;
-
-		if (!linear_headers(skb, ETH_HLEN + sizeof(*ip6), &data, &data_end))
-			return false;
-		ip6 = data + ETH_HLEN;
-		p->family = MBR_FAMILY_IPV6;
-		p->proto = ip6->nexthdr;
-		__builtin_memcpy(p->saddr, &ip6->saddr, 16);
-		__builtin_memcpy(p->daddr, &ip6->daddr, 16);
-		p->l4_off = ETH_HLEN + sizeof(*ip6);
-		if (!parse_ipv6_ext(skb, p))
-			return false;
-		if (p->has_l4 == 2) {
-			p->has_l4 = 0;
-			return true;
-		}
-	} else {
-		return false;
-	}
-	parse_l4(skb, p);
-	return true;
+	if (skb->protocol == bpf_htons(ETH_P_IP))
+		return parse_ipv4(skb, p);
+	if (skb->protocol == bpf_htons(ETH_P_IPV6))
+		return parse_ipv6(skb, p);
+	return PARSE_OTHER;
 }
 
-/* ICMPv6 neighbour discovery and MLD always pass: without them nothing works at all. */
-static __always_inline bool is_icmp6_control(const struct pkt *p)
+static __always_inline bool ipv6_link_local(const __u8 *a)
 {
-	return p->family == MBR_FAMILY_IPV6 && p->proto == IPPROTO_ICMPV6 && p->has_l4 &&
-	       ((p->icmp_type >= 130 && p->icmp_type <= 137) || p->icmp_type == 143);
+	return a[0] == 0xfe && (a[1] & 0xc0) == 0x80; /* fe80::/10 */
+}
+
+/* A destination that never leaves the link: link-local unicast or link-scope multicast (ffx2::/16). */
+static __always_inline bool ipv6_link_scoped(const __u8 *a)
+{
+	return ipv6_link_local(a) || (a[0] == 0xff && (a[1] & 0x0f) == 0x02);
+}
+
+static __always_inline bool ipv6_unspecified(const __u8 *a)
+{
+	__u64 w[2];
+
+	__builtin_memcpy(w, a, 16);
+	return w[0] == 0 && w[1] == 0;
+}
+
+/* ICMPv6 messages that only make sense on one link: neighbour discovery and MLD. */
+static __always_inline bool is_icmp6_ndp(const struct pkt *p)
+{
+	return p->family == MBR_FAMILY_IPV6 && p->proto == IPPROTO_ICMPV6 && p->has_l4 && !p->later_fragment &&
+	       p->icmp_type >= 133 && p->icmp_type <= 137;
+}
+
+static __always_inline bool is_icmp6_mld(const struct pkt *p)
+{
+	return p->family == MBR_FAMILY_IPV6 && p->proto == IPPROTO_ICMPV6 && p->has_l4 && !p->later_fragment &&
+	       ((p->icmp_type >= 130 && p->icmp_type <= 132) || p->icmp_type == 143);
 }

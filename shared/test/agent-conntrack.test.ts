@@ -1,5 +1,6 @@
 // The agent's conntrack upkeep against a stand-in datapath: a deleted endpoint's flows are flushed by
-// its plain addresses, collection runs every interval, and a failing walk is logged, not thrown.
+// its plain addresses, collection runs every interval (every second while the table is more than half
+// full), and a failing walk is logged, not thrown.
 import t from 'tap';
 import { ConntrackUpkeep } from '../src/agent/conntrack.ts';
 import type { Endpoint } from '../src/types.ts';
@@ -9,7 +10,7 @@ const log = { warn: (_o: object, msg: string) => { warnings.push(msg); } } as ne
 
 t.test('a deleted endpoint takes its flows with it', async (t) => {
   const flushed: string[][] = [];
-  const ct = new ConntrackUpkeep({ datapath: { gcConntrack: () => 0, flushConntrack: (ips) => { flushed.push(ips); return ips.length; } }, log, intervalSeconds: 15 });
+  const ct = new ConntrackUpkeep({ datapath: { gcConntrack: () => 0, flushConntrack: (ips) => { flushed.push(ips); return ips.length; }, conntrackFill: () => ({ entries: 0, max: 1 }) }, log, intervalSeconds: 15 });
   await ct.hooks.afterDelete!({ containerId: 'c1', ifName: 'eth0', ips: [{ address: '10.1.0.5/32' }, { address: 'fd00::5/128' }] } as Endpoint);
   t.same(flushed, [['10.1.0.5', 'fd00::5']]);
 });
@@ -17,7 +18,7 @@ t.test('a deleted endpoint takes its flows with it', async (t) => {
 t.test('collection runs on its interval and survives a failing walk', async (t) => {
   let calls = 0;
   const ct = new ConntrackUpkeep({
-    datapath: { gcConntrack: () => { calls++; if (calls === 1) throw new Error('map gone'); return 3; }, flushConntrack: () => 0 },
+    datapath: { gcConntrack: () => { calls++; if (calls === 1) throw new Error('map gone'); return 3; }, flushConntrack: () => 0, conntrackFill: () => ({ entries: 0, max: 1 }) },
     log, intervalSeconds: 0.02,
   });
   ct.start();
@@ -29,4 +30,20 @@ t.test('collection runs on its interval and survives a failing walk', async (t) 
   await new Promise((r) => setTimeout(r, 60));
   t.equal(calls, seen, 'close stops the timer');
   t.equal(ct.collect(), 3, 'a manual collection reports what it removed');
+});
+
+t.test('a table more than half full is collected every second, whatever the interval', async (t) => {
+  let calls = 0;
+  let fill = { entries: 10, max: 100 };
+  const ct = new ConntrackUpkeep({
+    datapath: { gcConntrack: () => { calls++; return 0; }, flushConntrack: () => 0, conntrackFill: () => fill }, log, intervalSeconds: 3600,
+  });
+  ct.start();
+  t.teardown(() => ct.close());
+  t.equal(calls, 1, 'one collection at start');
+  await new Promise((r) => setTimeout(r, 1300));
+  t.equal(calls, 1, 'a table 10% full waits for the interval');
+  fill = { entries: 60, max: 100 };
+  await new Promise((r) => setTimeout(r, 2300));
+  t.ok(calls >= 2 && calls <= 4, `a table 60% full: collected ${calls - 1} more times in 2.3 s`);
 });

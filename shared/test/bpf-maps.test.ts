@@ -66,10 +66,21 @@ t.test('endpoint_config layout matches struct endpoint_config', async (t) => {
   t.same([...buf.subarray(18, 24)], [2, 0, 0, 0, 0, 2], 'container_mac at 18');
   t.equal(buf.readUInt32LE(24), 42, 'ifindex at 24');
   t.equal(buf.readUInt32LE(28), 9, 'policy_revision at 28');
-  t.ok(buf.subarray(32).every((b) => b === 0), 'reserved zero');
-  t.same(decodeEndpointConfig(buf), v);
+  t.ok(buf.subarray(32).every((b) => b === 0), 'no addresses: address fields and reserved zero');
+  t.same(decodeEndpointConfig(buf), { ...v, ips: [] });
   t.throws(() => encodeEndpointConfig({ ...v, endpointId: -1 }), /endpointId/);
   t.throws(() => encodeEndpointConfig({ ...v, identity: 2 ** 32 }), /identity/);
+
+  // The addresses anti-spoofing compares with: the first of each family, flags say which are there.
+  const a = encodeEndpointConfig({ ...v, ips: ['10.1.2.3', 'fd00::7', '10.1.2.4'], gateway6: 'fd00::1' });
+  t.same([...a.subarray(32, 36)], [10, 1, 2, 3], 'ipv4 at 32');
+  t.equal(a.subarray(36, 52).toString('hex'), 'fd000000000000000000000000000007', 'ipv6 at 36');
+  t.equal(a.subarray(52, 68).toString('hex'), 'fd000000000000000000000000000001', 'gateway6 at 52');
+  t.equal(a.readUInt32LE(8), 5 | 0x100 | 0x200 | 0x400, 'flags: policy bits kept, has v4, has v6, extra addresses');
+  t.ok(a.subarray(68).every((b) => b === 0), 'reserved zero');
+  t.same(decodeEndpointConfig(a), { ...v, flags: 0x705, ips: ['10.1.2.3', 'fd00::7'], gateway6: 'fd00::1' });
+  t.equal(encodeEndpointConfig({ ...v, flags: 0x7ff, ips: ['fd00::7'] }).readUInt32LE(8), 0x2ff, 'stale address bits are recomputed');
+  t.throws(() => encodeEndpointConfig({ ...v, gateway6: '10.0.0.1' }), /gateway6 must be an IPv6 address/);
 });
 
 t.test('local_endpoint layout matches struct local_endpoint', async (t) => {

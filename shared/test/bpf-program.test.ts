@@ -11,6 +11,7 @@ import { loadDatapath, removePins, type Datapath } from '../src/bpf/datapath.ts'
 import { objGet, progTestRun } from '../src/bpf/libbpf.ts';
 
 const TC_ACT_OK = 0;
+const TC_ACT_SHOT = 2;
 const TC_ACT_REDIRECT = 7;
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -130,11 +131,16 @@ t.test('IPv6 to a local endpoint: hop limit-1, L2 rewritten, redirected', async 
   t.equal(progTestRun(fromFd, ipv6Packet(99, 64)).retval, TC_ACT_OK, 'not local');
 });
 
-t.test('ARP passes untouched', async (t) => {
-  const arp = Buffer.concat([Buffer.alloc(6, 0xff), mac(SRC.containerMac), Buffer.from([0x08, 0x06]), Buffer.alloc(28, 1)]);
-  const { retval, data } = progTestRun(fromFd, arp);
-  t.equal(retval, TC_ACT_OK);
-  t.same(data, arp);
+t.test("ARP passes untouched when it speaks for the endpoint's own address", async (t) => {
+  const arp = (sha: string, spa: string) => Buffer.concat([Buffer.alloc(6, 0xff), mac(SRC.containerMac), Buffer.from([0x08, 0x06]),
+    Buffer.from([0, 1, 8, 0, 6, 4, 0, 1]), mac(sha), Buffer.from(spa.split('.').map(Number)), Buffer.alloc(6), Buffer.from([10, 251, 0, 254])]);
+  for (const [what, pkt] of [['own address', arp(SRC.containerMac, SRC.ips[0])], ['probe from 0.0.0.0', arp(SRC.containerMac, '0.0.0.0')]] as const) {
+    const { retval, data } = progTestRun(fromFd, pkt);
+    t.equal(retval, TC_ACT_OK, what);
+    t.same(data, pkt, `${what}: unchanged`);
+  }
+  t.equal(progTestRun(fromFd, arp(SRC.containerMac, DST.ips[0])).retval, TC_ACT_SHOT, "another endpoint's address: dropped");
+  t.equal(progTestRun(fromFd, arp(DST.containerMac, SRC.ips[0])).retval, TC_ACT_SHOT, 'another sender MAC: dropped');
 });
 
 t.test('to_container counts rx for its interface and passes', async (t) => {
@@ -148,10 +154,14 @@ t.test('to_container counts rx for its interface and passes', async (t) => {
   t.equal(after.rxBytes - before.rxBytes, BigInt(pkt.length));
 });
 
-t.test('an unconfigured interface is neither counted nor breaks forwarding', async (t) => {
+t.test('an unconfigured interface is not counted and forwards nothing (fail closed)', async (t) => {
   dp.removeEndpoint(SRC.hostIfindex, SRC.ips);
   t.equal(dp.counters(SRC.hostIfindex), null);
-  t.equal(progTestRun(fromFd, ipv4Packet(DST.ips[0], 64)).retval, TC_ACT_REDIRECT, 'still redirects to a known destination');
+  const noConfig = () => dp.dropCounters()[165]?.packets ?? 0n;
+  const before = noConfig();
+  t.equal(progTestRun(fromFd, ipv4Packet(DST.ips[0], 64)).retval, TC_ACT_SHOT, 'from_container drops: nobody to check the source against');
+  t.equal(progTestRun(toFd, ipv4Packet(SRC.ips[0], 64)).retval, TC_ACT_SHOT, 'to_container drops too');
+  t.equal(noConfig(), before + 2n, 'counted as NO_CONFIGURATION');
   t.equal(dp.counters(SRC.hostIfindex), null, 'no counter entry created by the program');
   dp.upsertEndpoint(SRC);
 });
@@ -162,7 +172,7 @@ t.test('a pinned map with another layout is refused, or replaced on request', as
   fs.mkdirSync(dir);
   execFileSync('bpftool', ['map', 'create', `${dir}/endpoints_cfg`, 'type', 'hash', 'key', '4', 'value', '8', 'entries', '16', 'name', 'endpoints_cfg']);
   const objectPath = path.join(root, 'dist/bpf/endpoint.o');
-  t.throws(() => loadDatapath({ objectPath, pinDir: dir }), /pinned map .*endpoints_cfg cannot be reused .*value_size pinned=8 object=48, max_entries pinned=16 object=4096/);
+  t.throws(() => loadDatapath({ objectPath, pinDir: dir }), /pinned map .*endpoints_cfg cannot be reused .*value_size pinned=8 object=80, max_entries pinned=16 object=4096/);
   const replaced = loadDatapath({ objectPath, pinDir: dir, replaceIncompatiblePins: true });
   t.equal(replaced.mapPressure().endpoints_cfg.max, 4096);
   replaced.close();

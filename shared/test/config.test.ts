@@ -59,6 +59,22 @@ t.test('every setting has a flag, and the environment and the file can set it to
   t.same([d.eventsPerSecond, d.conntrackGcIntervalSeconds, d.flowEvents, d.policyAuditMode], [20_000, 15, true, false], 'defaults');
 });
 
+t.test('conntrack size and per-endpoint share: flag, environment, file, defaults, ranges', async (t) => {
+  const d = resolveConfig([], {}, noFile);
+  t.same([d.ctMax, d.ctMaxPerEndpoint], [131072, 32768], 'default: a quarter of the table per endpoint');
+  const c = resolveConfig(['--ct-max', '200000'], {}, noFile);
+  t.same([c.ctMax, c.ctMaxPerEndpoint], [200000, 50000], 'the share follows the size');
+  t.same(resolveConfig(['--ct-max-per-endpoint', '0'], {}, noFile).ctMaxPerEndpoint, 0, '0 = no per-endpoint limit');
+  const e = resolveConfig([], { MEMBRANE_CT_MAX: '4096', MEMBRANE_CT_MAX_PER_ENDPOINT: '100' }, noFile);
+  t.same([e.ctMax, e.ctMaxPerEndpoint], [4096, 100]);
+  const f = resolveConfig(['--config', '/c.yaml'], {}, () => 'ctMax: 8192\nctMaxPerEndpoint: 512\n');
+  t.same([f.ctMax, f.ctMaxPerEndpoint], [8192, 512]);
+  t.throws(() => resolveConfig(['--ct-max', '100'], {}, noFile), /--ct-max "100" is not a whole number from 1024 to 16777216/);
+  t.throws(() => resolveConfig([], { MEMBRANE_CT_MAX_PER_ENDPOINT: 'lots' }, noFile), /MEMBRANE_CT_MAX_PER_ENDPOINT "lots"/);
+  t.throws(() => resolveConfig(['--config', '/c.yaml'], {}, () => 'ctMax: -1\n'), /config file \/c.yaml: ctMax/);
+  t.match(helpText(), /--ct-max <n>.*MEMBRANE_CT_MAX/s);
+});
+
 t.test('--help is generated from the same table: every flag with its environment variable', async (t) => {
   t.same(parseFlags(['--help']).help, true);
   t.same(parseFlags(['-h']).help, true);

@@ -48,6 +48,6 @@ t.test('IPv6 text follows RFC 5952', async (t) => {
 
 t.test('drop reason names', async (t) => {
   t.equal(dropReasonName(1), 'POLICY_DENIED');
-  t.equal(dropReasonName(5), 'SOURCE_SPOOFED');
+  t.equal(dropReasonName(132), 'SOURCE_SPOOFED');
   t.equal(dropReasonName(33), 'REASON_33');
 });

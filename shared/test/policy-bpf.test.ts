@@ -52,10 +52,10 @@ function tcp(sport: number, dport: number, flags: number, seq = 1000): Buffer {
   return h;
 }
 const SYN = 0x02, ACK = 0x10, FIN = 0x01, RST = 0x04;
-function ipv6(src: string, dst: string, next: number, l4: Buffer): Buffer {
+function ipv6(src: string, dst: string, next: number, l4: Buffer, hopLimit = 64): Buffer {
   const eth = Buffer.concat([mac('02:00:00:00:00:01'), mac('02:00:00:00:00:02'), Buffer.from([0x86, 0xdd])]);
   const ip = Buffer.alloc(40);
-  ip[0] = 0x60; ip.writeUInt16BE(l4.length, 4); ip[6] = next; ip[7] = 64;
+  ip[0] = 0x60; ip.writeUInt16BE(l4.length, 4); ip[6] = next; ip[7] = hopLimit;
   const a = (s: string) => { const b = Buffer.alloc(16); b[0] = 0xfd; b[3] = 0xfc; b[15] = Number(s.split('::')[1]); return b; };
   a(src).copy(ip, 8); a(dst).copy(ip, 24);
   return Buffer.concat([eth, ip, l4]);
@@ -76,7 +76,7 @@ const drained = (): TraceEvent[] => {
   ring.drain(10000, (data, off) => { out.push(decodeTraceEvent(data, off)); });
   return out;
 };
-const policyDrops = () => dp.dropCounters()[1]?.packets ?? 0n;
+const policyDrops = () => dp.dropCounters()[133]?.packets ?? 0n; // POLICY_DENIED
 let port = 30000;
 const nextPort = () => ++port;
 
@@ -120,7 +120,7 @@ spec:
   const d0 = policyDrops();
   t.equal(from(ipv4(SRC.ip, DST.ip, 6, tcp(nextPort(), 81, SYN))), SHOT, 'port 81 is dropped');
   t.equal(policyDrops(), d0 + 1n, 'counted as POLICY_DENIED');
-  t.match(drained(), [{ type: 2, reason: 1, verdict: 1, ruleId: 0, dport: 81 }], 'DROP event, rule 0 = default deny');
+  t.match(drained(), [{ type: 2, reason: 133, verdict: 1, ruleId: 0, dport: 81 }], 'DROP event, rule 0 = default deny');
   t.equal(from(ipv4(SRC.ip, '198.51.100.7', 6, tcp(nextPort(), 80, SYN))), SHOT, 'to the world: denied');
   t.equal(from(ipv4(SRC.ip, DST.ip, 6, tcp(sp, 80, ACK))), REDIRECT, 'the established flow continues');
 });
@@ -153,9 +153,10 @@ spec:
   t.equal(to(ipv4('198.51.100.9', SRC.ip, 1, icmp(inner))), OK, 'related ICMP error passes');
   const unrelated = ipv4(SRC.ip, '198.51.100.9', 6, tcp(9, 9, ACK)).subarray(14, 14 + 28);
   t.equal(to(ipv4('198.51.100.9', SRC.ip, 1, icmp(unrelated))), SHOT, 'unrelated ICMP error is dropped');
-  // IPv6 neighbour discovery always passes.
+  // IPv6 neighbour discovery from the host (hop limit 255: nothing routed arrives with it) passes.
   const ns = Buffer.concat([Buffer.from([135, 0, 0, 0, 0, 0, 0, 0]), Buffer.alloc(16)]);
-  t.equal(to(ipv6('::1', '::2', 58, ns)), OK, 'NDP passes a default-deny ingress');
+  t.equal(to(ipv6('::9', '::1', 58, ns, 255)), OK, 'NDP from the host passes a default-deny ingress');
+  t.equal(to(ipv6('::9', '::1', 58, ns, 254)), SHOT, 'routed NDP does not');
 });
 
 t.test('a SYN on a closed flow is a new flow; FLOW_END carries totals', async (t) => {
@@ -229,7 +230,7 @@ spec:
   t.equal(from(ipv4(SRC.ip, DST.ip, 6, tcp(nextPort(), 80, SYN))), SHOT, 'audit off again');
   dp.setGlobalConfig({ events: true, audit: true });
   t.equal(from(ipv4(SRC.ip, DST.ip, 6, tcp(nextPort(), 80, SYN))), REDIRECT, 'agent-wide audit: passes');
-  t.same(dp.globalConfig(), { events: true, audit: true, eventsPerSecond: 0, eventsBurst: 0 });
+  t.same(dp.globalConfig(), { events: true, audit: true, eventsPerSecond: 0, eventsBurst: 0, ctPerEndpoint: 0 });
 });
 
 t.test('IPv6 and ICMP policy', async (t) => {

@@ -7,14 +7,19 @@ import path from 'node:path';
 import * as bpf from './libbpf.ts';
 import * as codec from '../maps/codec.ts';
 import * as conntrack from '../maps/conntrack.ts';
-import { assertOnBpffs, pinnedMapMismatch, possibleCpus, replacePin } from './pins.ts';
+import { assertOnBpffs, pinnedMapMismatch, possibleCpus, removeKnownPins, replacePin } from './pins.ts';
 
 export { assertOnBpffs, possibleCpus } from './pins.ts';
 
+/** Unlink our pins and the directory (uninstall, tests); refuses to delete pins it does not know. */
+export function removePins(pinDir: string): void {
+  removeKnownPins(pinDir, [...MAP_NAMES, ...Object.values(PROGRAM_PINS)]);
+}
+
 /** Every map of bpf/endpoint.o, pinned as `${pinDir}/${name}`. Checked against the object on load. */
 export const MAP_NAMES = [
-  'endpoints_cfg', 'local_endpoints', 'endpoint_counters', 'ipcache', 'policy', 'conntrack', 'events', 'drop_counters',
-  'events_lost', 'event_bucket', 'datapath_config',
+  'endpoints_cfg', 'local_endpoints', 'endpoint_counters', 'ipcache', 'policy', 'conntrack', 'ct_owned', 'ct_reclaimed',
+  'fragments', 'events', 'drop_counters', 'events_lost', 'event_bucket', 'datapath_config',
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
@@ -35,21 +40,14 @@ export interface EndpointDatapathConfig {
   flags: number;
   hostMac: string;
   containerMac: string;
-  /** Plain addresses, v4 or v6 ("10.1.0.5", "fd00::5"). */
+  /** Plain addresses, v4 or v6 ("10.1.0.5", "fd00::5"): the only sources it may send from. */
   ips: string[];
+  /** Its IPv6 gateway: neighbour discovery towards it stays on its link. */
+  gateway6?: string;
 }
 
 /** Agent-wide datapath switches (datapath_config map, key 0). */
-export interface GlobalConfig {
-  /** Emit flow and drop events into the `events` ring buffer. */
-  events: boolean;
-  /** Agent-wide policy audit mode: would-be drops are reported (verdict AUDIT) and pass. */
-  audit: boolean;
-  /** Per-CPU event rate limit (token bucket); 0 = unlimited. */
-  eventsPerSecond?: number;
-  /** Bucket size in events; default eventsPerSecond. */
-  eventsBurst?: number;
-}
+export type GlobalConfig = codec.GlobalConfigValue;
 
 export interface Datapath {
   readonly pinDir: string;
@@ -85,9 +83,14 @@ export interface Datapath {
    *  addresses may be reused). Returns how many were deleted. */
   flushConntrack(ips: string[]): number;
   /** Delete expired conntrack entries (same lifetimes as bpf/lib/conntrack.h; CLOCK_MONOTONIC is the
-   *  kernel's ktime). The LRU would evict them anyway, but only under pressure, and then it evicts
-   *  idle live flows along with them. */
+   *  kernel's ktime). The table never evicts: what the GC does not collect stays until it does. */
   gcConntrack(nowNs?: bigint): number;
+  /** Entries in the conntrack table and its capacity (counters, no walk). */
+  conntrackFill(): conntrack.ConntrackFill;
+  /** Conntrack entries an endpoint owns (its share is GlobalConfig.ctPerEndpoint). */
+  conntrackOwned(endpointId: number): number;
+  /** Revoke the flows `allowed` rejects (a policy change denies them); returns how many. */
+  revokeConntrack(allowed: (e: conntrack.CtEntryView) => boolean): number;
   close(): void;
 }
 
@@ -99,6 +102,8 @@ export interface LoadDatapathOptions {
   replaceIncompatiblePins?: boolean;
   /** libbpf's own log lines (warnings include verifier output). */
   log?: (level: 'warn' | 'info' | 'debug', message: string) => void;
+  /** Conntrack table size (default: the object's, 65536). A pinned table of another size is migrated. */
+  ctMax?: number;
 }
 
 interface LoadedMap {
@@ -129,9 +134,15 @@ export function loadDatapath(options: LoadDatapathOptions): Datapath {
     if (names.join() !== [...MAP_NAMES].sort().join()) {
       throw new Error(`${objectPath} declares maps [${names}] but the loader expects [${MAP_NAMES}]; update MAP_NAMES`);
     }
+    let resized: { pinPath: string; map: bpf.MapDescription } | undefined;
     for (const map of declared) {
       const pinPath = path.join(pinDir, map.name);
+      if (map.name === 'conntrack' && options.ctMax !== undefined) bpf.setMapMaxEntries(map, options.ctMax);
       const mismatch = pinnedMapMismatch(map, pinPath);
+      if (map.name === 'conntrack' && mismatch.length === 1 && mismatch[0].startsWith('max_entries')) {
+        resized = { pinPath, map }; // a new size: a fresh table, the flows copied over after load
+        continue;
+      }
       if (mismatch.length && !options.replaceIncompatiblePins) {
         throw new Error(`pinned map ${pinPath} cannot be reused by ${objectPath}: ${mismatch.join(', ')}`);
       }
@@ -140,6 +151,7 @@ export function loadDatapath(options: LoadDatapathOptions): Datapath {
       bpf.setMapPinPath(map, pinPath);
     }
     bpf.loadObject(obj, objectPath);
+    if (resized) migrateConntrack(resized.pinPath, bpf.mapFd(resized.map), resized.map.maxEntries);
 
     const maps = new Map<string, LoadedMap>();
     for (const map of declared) {
@@ -156,17 +168,11 @@ export function loadDatapath(options: LoadDatapathOptions): Datapath {
   }
 }
 
-/** Unlink our pins and the directory (uninstall, tests). Attached programs stay until detached.
- *  Refuses to delete pins it does not know, so a mistyped pinDir cannot wipe someone else's state. */
-export function removePins(pinDir: string): void {
-  if (!fs.existsSync(pinDir)) return;
-  const ours = new Set<string>([...MAP_NAMES, ...Object.values(PROGRAM_PINS)]);
-  const isOurs = (name: string) => ours.has(name.replace(/_new_\d+$/, '')); // incl. interrupted replacePin
-  const entries = fs.readdirSync(pinDir);
-  for (const name of entries.filter(isOurs)) fs.rmSync(path.join(pinDir, name), { force: true });
-  const foreign = entries.filter((name) => !isOurs(name));
-  if (foreign.length) throw new Error(`${pinDir} still holds pins that are not Membrane's: ${foreign.join(', ')}`);
-  fs.rmdirSync(pinDir);
+/** A resized conntrack table replaces the pinned one, with its flows (maps/conntrack.ts migrate). */
+function migrateConntrack(pinPath: string, newFd: number, capacity: number): void {
+  const oldFd = bpf.objGet(pinPath);
+  try { conntrack.migrate(oldFd, newFd, capacity); } finally { fs.closeSync(oldFd); }
+  replacePin(newFd, pinPath);
 }
 
 class LoadedDatapath implements Datapath {
@@ -253,6 +259,7 @@ class LoadedDatapath implements Datapath {
     const config = codec.encodeEndpointConfig({
       endpointId: cfg.endpointId, identity: cfg.identity, flags, hostMac: cfg.hostMac,
       containerMac: cfg.containerMac, ifindex: cfg.hostIfindex, policyRevision: sameEndpoint ? prev!.policyRevision : 0,
+      ips: cfg.ips, gateway6: cfg.gateway6,
     });
 
     // Counters belong to (ifindex, endpoint): a re-sync of the same endpoint keeps them, a reused
@@ -322,12 +329,11 @@ class LoadedDatapath implements Datapath {
   dropCounters(): Record<number, { packets: bigint; bytes: bigint }> {
     const out: Record<number, { packets: bigint; bytes: bigint }> = {};
     const m = this.map('drop_counters');
-    for (let reason = 0; reason < m.maxEntries; reason++) {
-      const raw = this.lookup('drop_counters', codec.encodeU32Key(reason));
-      if (!raw) continue;
-      const sum = codec.sumPerCpuPairs(raw, this.cpus);
-      if (sum.a || sum.b) out[reason] = { packets: sum.a, bytes: sum.b };
-    }
+    const { keys, values } = bpf.mapDumpBatch(m.fd, 'drop_counters', 4, this.valueSize(m), m.maxEntries); // one syscall
+    keys.forEach((k, i) => {
+      const sum = codec.sumPerCpuPairs(values[i], this.cpus);
+      if (sum.a || sum.b) out[codec.decodeU32Key(k)] = { packets: sum.a, bytes: sum.b };
+    });
     return out;
   }
 
@@ -336,14 +342,29 @@ class LoadedDatapath implements Datapath {
     return raw ? codec.sumPerCpuU64(raw, this.cpus) : 0n;
   }
 
-  flushConntrack(ips: string[]): number {
+  private ctFds(): conntrack.ConntrackFds {
     const m = this.map('conntrack');
-    return conntrack.flushAddresses(m.fd, m.keySize, m.valueSize, ips);
+    return { conntrack: m.fd, owned: this.map('ct_owned').fd, reclaimed: this.map('ct_reclaimed').fd, capacity: m.maxEntries };
+  }
+
+  flushConntrack(ips: string[]): number {
+    return conntrack.flushAddresses(this.ctFds(), ips);
   }
 
   gcConntrack(nowNs: bigint = process.hrtime.bigint()): number {
-    const m = this.map('conntrack');
-    return conntrack.collectExpired(m.fd, m.keySize, m.valueSize, nowNs);
+    return conntrack.collectExpired(this.ctFds(), nowNs);
+  }
+
+  conntrackFill(): conntrack.ConntrackFill {
+    return conntrack.fill(this.ctFds());
+  }
+
+  conntrackOwned(endpointId: number): number {
+    return conntrack.owned(this.ctFds(), endpointId);
+  }
+
+  revokeConntrack(allowed: (e: conntrack.CtEntryView) => boolean): number {
+    return conntrack.revoke(this.ctFds(), allowed, process.hrtime.bigint());
   }
 
   counters(hostIfindex: number): codec.EndpointCounters | null {
@@ -363,7 +384,8 @@ class LoadedDatapath implements Datapath {
     const out: Record<string, { entries: number; max: number }> = {};
     for (const name of MAP_NAMES) {
       const m = this.map(name);
-      if (COUNTABLE_MAP_TYPES.has(m.type)) out[name] = { entries: this.keys(name).length, max: m.maxEntries };
+      if (name === 'conntrack') out[name] = this.conntrackFill(); // counted by the datapath: no walk
+      else if (COUNTABLE_MAP_TYPES.has(m.type)) out[name] = { entries: this.keys(name).length, max: m.maxEntries };
     }
     return out;
   }

@@ -40,7 +40,7 @@ export const BPF_ANY = 0;
 export const BPF_NOEXIST = 1;
 // enum bpf_attach_type values for tcx (kernel 6.6+; not in libbpf 1.1's headers)
 
-// biome-ignore lint/suspicious/noExplicitAny: koffi functions take and return whatever their C signature says
+/* eslint-disable @typescript-eslint/no-explicit-any */
 type Fn = (...args: any[]) => any;
 interface Bindings {
   [name: string]: Fn;
@@ -88,6 +88,7 @@ function bind(): Bindings {
     map_max_entries: lib.func('uint32_t bpf_map__max_entries(bpf_map *map)'),
     map_flags: lib.func('uint32_t bpf_map__map_flags(bpf_map *map)'),
     map_set_pin_path: lib.func('int bpf_map__set_pin_path(bpf_map *map, const char *path)'),
+    map_set_max_entries: lib.func('int bpf_map__set_max_entries(bpf_map *map, uint32_t max_entries)'),
     obj_pin: lib.func('int bpf_obj_pin(int fd, const char *path)'),
     obj_get: lib.func('int bpf_obj_get(const char *path)'),
     obj_get_info_by_fd: lib.func('int bpf_obj_get_info_by_fd(int fd, void *info, _Inout_ uint32_t *len)'),
@@ -207,6 +208,12 @@ export function setMapPinPath(map: MapDescription, path: string): void {
   check(bind().map_set_pin_path(map.ptr, path), 'bpf_map__set_pin_path', `${map.name} -> ${path}`);
 }
 
+/** Before load: size a map differently from the object's definition. */
+export function setMapMaxEntries(map: MapDescription, maxEntries: number): void {
+  check(bind().map_set_max_entries(map.ptr, maxEntries), 'bpf_map__set_max_entries', `${map.name} = ${maxEntries}`);
+  map.maxEntries = maxEntries;
+}
+
 export function objPin(fd: number, path: string): void {
   check(bind().obj_pin(fd, path), 'bpf_obj_pin', path);
 }
@@ -312,6 +319,21 @@ export function mapDeleteBatch(fd: number, mapName: string, keys: Buffer, keySiz
   for (let i = n[0]; i < count; i++) mapDelete(fd, mapName, keys.subarray(i * keySize, (i + 1) * keySize));
 }
 
+/** Delete `count` consecutive keys, batched; returns which were deleted (false: already absent). The
+ *  kernel stops a batch at the first absent key, so the batch resumes after it. */
+export function mapDeleteEach(fd: number, mapName: string, keys: Buffer, keySize: number, count: number): boolean[] {
+  const out = new Array<boolean>(count).fill(false);
+  for (let start = 0; start < count;) {
+    const n = [count - start];
+    const ret = bind().map_delete_batch(fd, keys.subarray(start * keySize), n, null);
+    for (let i = 0; i < n[0]; i++) out[start + i] = true;
+    if (ret === 0) break;
+    if (ret !== -osConstants.errno.ENOENT) throw new BpfError('bpf_map_delete_batch', `map ${mapName} (${start + n[0]} of ${count} deleted)`, -ret);
+    start += n[0] + 1; // keys[start + n] was absent
+  }
+  return out;
+}
+
 /** Every key and value of a hash map in batches of `chunk` (values include per-CPU expansion). */
 export function mapDumpBatch(fd: number, mapName: string, keySize: number, valueSize: number, chunk = 4096): { keys: Buffer[]; values: Buffer[] } {
   const keys: Buffer[] = [];
@@ -331,6 +353,29 @@ export function mapDumpBatch(fd: number, mapName: string, keySize: number, value
     if (ret < 0) return { keys, values }; // ENOENT: that was the last batch
     first = false;
   }
+}
+
+/** Every key and value of a map as two packed buffers (`count` records each): no object per entry,
+ *  for walks over large tables. */
+export function mapDumpPacked(fd: number, mapName: string, keySize: number, valueSize: number, chunk = 8192): { keys: Buffer; values: Buffer; count: number } {
+  const keyParts: Buffer[] = [];
+  const valueParts: Buffer[] = [];
+  let count = 0;
+  const token = Buffer.alloc(Math.max(keySize, 8));
+  let first = true;
+  for (;;) {
+    const kb = Buffer.alloc(keySize * chunk);
+    const vb = Buffer.alloc(valueSize * chunk);
+    const n = [chunk];
+    const ret = bind().map_lookup_batch(fd, first ? null : token, token, kb, vb, n, null);
+    if (ret < 0 && ret !== -osConstants.errno.ENOENT) throw new BpfError('bpf_map_lookup_batch', `map ${mapName}`, -ret);
+    keyParts.push(kb.subarray(0, n[0] * keySize));
+    valueParts.push(vb.subarray(0, n[0] * valueSize));
+    count += n[0];
+    if (ret < 0) break; // ENOENT: that was the last batch
+    first = false;
+  }
+  return { keys: Buffer.concat(keyParts), values: Buffer.concat(valueParts), count };
 }
 
 /** All keys, bounded by `limit` (a concurrently modified hash can restart the walk). */

@@ -53,3 +53,16 @@ export function replacePin(fd: number, pinPath: string): void {
   bpf.objPin(fd, tmp);
   fs.renameSync(tmp, pinPath);
 }
+
+/** Unlink the pins named `known` and the directory (uninstall, tests). Attached programs stay until
+ *  detached. Refuses to delete pins it does not know, so a mistyped pinDir cannot wipe someone else's state. */
+export function removeKnownPins(pinDir: string, known: string[]): void {
+  if (!fs.existsSync(pinDir)) return;
+  const ours = new Set(known);
+  const isOurs = (name: string) => ours.has(name.replace(/_new_\d+$/, '')); // incl. interrupted replacePin
+  const entries = fs.readdirSync(pinDir);
+  for (const name of entries.filter(isOurs)) fs.rmSync(path.join(pinDir, name), { force: true });
+  const foreign = entries.filter((name) => !isOurs(name));
+  if (foreign.length) throw new Error(`${pinDir} still holds pins that are not Membrane's: ${foreign.join(', ')}`);
+  fs.rmdirSync(pinDir);
+}

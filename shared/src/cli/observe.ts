@@ -1,6 +1,6 @@
 // `membrane observe`: flows from the agent's observer (gRPC), live or recent, filtered, printed as
 // compact lines, JSON or a table; `membrane observe status` for the observer's counters.
-import { type Command, Option } from 'commander';
+import { Command, Option } from 'commander';
 import { DEFAULT_OBSERVER_SOCKET, ObserverClient, ObserverUnreachableError } from '../flows/client.ts';
 import { FilterError } from '../flows/filter.ts';
 import { formatResponse, TABLE_HEADERS, tableLine, type FlowOutput } from '../flows/format.ts';

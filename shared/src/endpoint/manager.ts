@@ -353,7 +353,11 @@ function plainIps(ep: Endpoint): string[] {
 }
 
 function datapathConfig(ep: Endpoint) {
-  return { hostIfindex: ep.hostIfIndex, endpointId: ep.id, identity: ep.identity, flags: 0, hostMac: ep.hostMac, containerMac: ep.mac, ips: plainIps(ep) };
+  const gateway6 = ep.ips.find((ip) => ip.family === 6)?.gateway;
+  return {
+    hostIfindex: ep.hostIfIndex, endpointId: ep.id, identity: ep.identity, flags: 0, hostMac: ep.hostMac, containerMac: ep.mac,
+    ips: plainIps(ep), ...(gateway6 ? { gateway6 } : {}),
+  };
 }
 
 function storeKey(ep: Endpoint): string {

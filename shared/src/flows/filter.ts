@@ -78,7 +78,7 @@ function protocolPred(values: string[], what: string): Pred {
   const numbers = new Set<number>();
   for (const raw of values) {
     const v = raw.trim().toLowerCase();
-    if (PROTOCOLS[v]) for (const k of PROTOCOLS[v]) keys.add(k);
+    if (PROTOCOLS[v]) PROTOCOLS[v].forEach((k) => keys.add(k));
     else if (/^\d+$/.test(v) && Number(v) < 256) numbers.add(Number(v));
     else throw new FilterError(`${what}: unknown protocol "${raw}" (tcp, udp, sctp, icmp, icmpv4, icmpv6 or a number)`);
   }

@@ -9,32 +9,46 @@ export const FAMILY_IPV6 = 6;
 
 export const IP_KEY_SIZE = 20; //              struct ip_key { u8 family; u8 pad[3]; u8 addr[16]; }
 export const IFINDEX_KEY_SIZE = 4; //          u32 host ifindex
-export const ENDPOINT_CONFIG_SIZE = 48; //     struct endpoint_config
+export const ENDPOINT_CONFIG_SIZE = 80; //     struct endpoint_config
 export const LOCAL_ENDPOINT_SIZE = 20; //      struct local_endpoint
 export const ENDPOINT_COUNTERS_SIZE = 32; //   struct endpoint_counters_value (4 x u64)
 
 /** endpoint_config.flags bits owned by the policy engine (bpf/lib/policy.h EP_F_POLICY_MASK). */
 export const EP_POLICY_FLAGS = 0x1f;
+/** endpoint_config.flags bits that describe its addresses (bpf/lib/maps.h EP_F_HAS_*, EP_F_EXTRA_ADDRS). */
+export const EP_ADDRESS_FLAGS = { hasIpv4: 1 << 8, hasIpv6: 1 << 9, extraAddrs: 1 << 10 } as const;
+const EP_ADDRESS_MASK = 0x700;
 
 export const GLOBAL_CONFIG_SIZE = 32; //       struct datapath_config
 const CFG_F_EVENTS = 1;
 const CFG_F_AUDIT = 2;
 
 export interface GlobalConfigValue {
+  /** Emit flow and drop events into the `events` ring buffer. */
   events: boolean;
+  /** Agent-wide policy audit mode: would-be drops are reported (verdict AUDIT) and pass. */
   audit: boolean;
+  /** Per-CPU event rate limit (token bucket); 0 = unlimited. */
   eventsPerSecond?: number;
+  /** Bucket size in events; default eventsPerSecond. */
   eventsBurst?: number;
+  /** Conntrack entries one endpoint may own (0 = no per-endpoint limit). */
+  ctPerEndpoint?: number;
 }
 
 export interface EndpointConfigValue {
   endpointId: number;
   identity: number;
+  /** Policy bits and anything else; the address bits are derived from the addresses. */
   flags: number;
   hostMac: string;
   containerMac: string;
   ifindex: number;
   policyRevision: number;
+  /** What anti-spoofing admits as the source: every address of the endpoint (plain, v4 or v6). */
+  ips?: string[];
+  /** Its IPv6 gateway (neighbour discovery towards it stays on its link). */
+  gateway6?: string;
 }
 
 export interface LocalEndpointValue {
@@ -108,11 +122,28 @@ export function decodeU32Key(key: Buffer): number {
   return readHostU32(key, 0);
 }
 
+// struct endpoint_config: the address fields.
+const CFG_IPV4 = 32;
+const CFG_IPV6 = 36;
+const CFG_GATEWAY6 = 52;
+
 export function encodeEndpointConfig(v: EndpointConfigValue): Buffer {
   const buf = Buffer.alloc(ENDPOINT_CONFIG_SIZE); // reserved[] stays zero
+  const parsed = (v.ips ?? []).map(parseIp);
+  const v4 = parsed.filter((a) => a.family === FAMILY_IPV4);
+  const v6 = parsed.filter((a) => a.family === FAMILY_IPV6);
+  let flags = v.flags & ~EP_ADDRESS_MASK;
+  if (v4.length) { flags |= EP_ADDRESS_FLAGS.hasIpv4; v4[0].addr.copy(buf, CFG_IPV4, 0, 4); }
+  if (v6.length) { flags |= EP_ADDRESS_FLAGS.hasIpv6; v6[0].addr.copy(buf, CFG_IPV6); }
+  if (v4.length > 1 || v6.length > 1) flags |= EP_ADDRESS_FLAGS.extraAddrs;
+  if (v.gateway6) {
+    const gw = parseIp(v.gateway6);
+    if (gw.family !== FAMILY_IPV6) throw new RangeError(`gateway6 must be an IPv6 address, got ${v.gateway6}`);
+    gw.addr.copy(buf, CFG_GATEWAY6);
+  }
   writeU32(buf, 0, v.endpointId, 'endpointId');
   writeU32(buf, 4, v.identity, 'identity');
-  writeU32(buf, 8, v.flags, 'flags');
+  writeU32(buf, 8, flags >>> 0, 'flags');
   parseMac(v.hostMac).copy(buf, 12);
   parseMac(v.containerMac).copy(buf, 18);
   writeU32(buf, 24, v.ifindex, 'ifindex');
@@ -121,14 +152,21 @@ export function encodeEndpointConfig(v: EndpointConfigValue): Buffer {
 }
 
 export function decodeEndpointConfig(buf: Buffer): EndpointConfigValue {
+  const flags = readHostU32(buf, 8);
+  const ips: string[] = [];
+  if (flags & EP_ADDRESS_FLAGS.hasIpv4) ips.push(formatIp(buf.subarray(CFG_IPV4, CFG_IPV4 + 4)));
+  if (flags & EP_ADDRESS_FLAGS.hasIpv6) ips.push(formatIp(buf.subarray(CFG_IPV6, CFG_IPV6 + 16)));
+  const gw = buf.subarray(CFG_GATEWAY6, CFG_GATEWAY6 + 16);
   return {
     endpointId: readHostU32(buf, 0),
     identity: readHostU32(buf, 4),
-    flags: readHostU32(buf, 8),
+    flags,
     hostMac: formatMac(buf.subarray(12, 18)),
     containerMac: formatMac(buf.subarray(18, 24)),
     ifindex: readHostU32(buf, 24),
     policyRevision: readHostU32(buf, 28),
+    ips,
+    ...(gw.some((b) => b !== 0) ? { gateway6: formatIp(gw) } : {}),
   };
 }
 
@@ -155,12 +193,16 @@ export function encodeGlobalConfig(v: GlobalConfigValue): Buffer {
   writeU32(buf, 0, (v.events ? CFG_F_EVENTS : 0) | (v.audit ? CFG_F_AUDIT : 0), 'flags');
   writeU32(buf, 4, v.eventsPerSecond ?? 0, 'eventsPerSecond');
   writeU32(buf, 8, v.eventsBurst ?? 0, 'eventsBurst');
+  writeU32(buf, 12, v.ctPerEndpoint ?? 0, 'ctPerEndpoint');
   return buf;
 }
 
 export function decodeGlobalConfig(buf: Buffer): Required<GlobalConfigValue> {
   const flags = readHostU32(buf, 0);
-  return { events: (flags & CFG_F_EVENTS) !== 0, audit: (flags & CFG_F_AUDIT) !== 0, eventsPerSecond: readHostU32(buf, 4), eventsBurst: readHostU32(buf, 8) };
+  return {
+    events: (flags & CFG_F_EVENTS) !== 0, audit: (flags & CFG_F_AUDIT) !== 0, eventsPerSecond: readHostU32(buf, 4), eventsBurst: readHostU32(buf, 8),
+    ctPerEndpoint: readHostU32(buf, 12),
+  };
 }
 
 /** Sum of a per-CPU u64 value. */

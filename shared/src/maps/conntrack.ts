@@ -1,43 +1,223 @@
-// Conntrack map upkeep from userspace: flush the flows of addresses that are gone, collect expired
-// entries. One batched walk (bpf_map_lookup_batch) and one batched delete per call.
+// Conntrack upkeep from userspace: collect expired entries, flush the flows of addresses that are gone,
+// revoke flows a policy change denies, and keep the per-endpoint entry counts the datapath's share
+// check reads (bpf/lib/maps.h: ct_owned is the datapath's half, ct_reclaimed the agent's). Each call
+// is one batched walk (bpf_map_lookup_batch) and batched deletes.
 import * as bpf from '../bpf/libbpf.ts';
 import { encodeIpKey } from './codec.ts';
-import { readHostU64 } from '../net/index.ts';
+import { formatIp, HOST_LITTLE_ENDIAN as LE, readHostU32, readHostU64 } from '../net/index.ts';
 
-// struct ct_key (bpf/lib/conntrack.h): family, proto, scope, pad, sport, dport, saddr[16] @8, daddr[16] @24.
-// struct ct_entry: created_ns @0, last_seen_ns @8, ..., state @62, flags @63.
+// struct ct_key (bpf/lib/conntrack.h): family @0, proto @1, scope @2, sport @4, dport @6 (network
+// order), saddr[16] @8, daddr[16] @24.
+export const CT_KEY_SIZE = 40;
+// struct ct_entry: created_ns @0, last_seen_ns @8, packets[2] @16, bytes[2] @32, src_identity @48,
+// dst_identity @52, tcp_isn @56, tcp_flags_seen[2] @60, state @62, flags @63, rule_id @64,
+// endpoint_id @68, ifindex @72, rule_id_ingress @76, peer_ifindex @80, peer_endpoint_id @84,
+// policy_port @88 (network order).
+export const CT_ENTRY_SIZE = 96;
+const OFF = { lastSeen: 8, srcIdentity: 48, dstIdentity: 52, state: 62, flags: 63, endpointId: 68, peerEndpointId: 84, policyPort: 88 } as const;
+
+export const CT_SCOPE = { INGRESS: 0, EGRESS: 1, LOCAL: 2 } as const;
+export const CT_F_AUDIT = 1 << 0;
+export const CT_F_REVOKED = 1 << 3;
+
 /** Same lifetimes as bpf/lib/conntrack.h. */
 const CT_LIFETIME_NS = { tcpSyn: 60_000_000_000n, tcp: 21_600_000_000_000n, tcpClosing: 10_000_000_000n, other: 60_000_000_000n };
 
-/** Hex of a conntrack key's source or destination address (16 bytes, IPv4 in the first 4). */
-export function ctKeyAddrHex(key: Buffer, which: 'src' | 'dst'): string {
-  return key.subarray(which === 'src' ? 8 : 24, which === 'src' ? 24 : 40).toString('hex');
+const u32 = readHostU32;
+const u64 = readHostU64;
+const s64 = (b: Buffer, o: number) => (LE ? b.readBigInt64LE(o) : b.readBigInt64BE(o));
+
+/** A conntrack entry as revalidation needs it. */
+export interface CtEntryView {
+  family: 4 | 6;
+  proto: number;
+  scope: number;
+  saddr: string;
+  daddr: string;
+  sport: number;
+  dport: number;
+  /** The endpoint whose point made it (LOCAL: the sender) and, for LOCAL, the receiver. */
+  owner: number;
+  peer: number;
+  /** The port the policy was asked about (ICMP: 0x100 | type). */
+  policyPort: number;
+  flags: number;
+  srcIdentity: number;
+  dstIdentity: number;
 }
 
-/** Has a conntrack entry outlived its lifetime (the datapath treats it as absent then)? */
-export function ctExpired(key: Buffer, value: Buffer, nowNs: bigint): boolean {
-  const lastSeen = readHostU64(value, 8);
-  const state = value[62];
-  const lifetime = key[1] !== 6 ? CT_LIFETIME_NS.other
+function addrText(key: Buffer, off: number, family: number): string {
+  return formatIp(key.subarray(off, off + (family === 4 ? 4 : 16)));
+}
+
+export function viewOf(key: Buffer, value: Buffer): CtEntryView {
+  const family = key[0] === 6 ? 6 : 4;
+  return {
+    family, proto: key[1], scope: key[2], saddr: addrText(key, 8, family), daddr: addrText(key, 24, family),
+    sport: key.readUInt16BE(4), dport: key.readUInt16BE(6),
+    owner: u32(value, OFF.endpointId), peer: u32(value, OFF.peerEndpointId), policyPort: value.readUInt16BE(OFF.policyPort),
+    flags: value[OFF.flags], srcIdentity: u32(value, OFF.srcIdentity), dstIdentity: u32(value, OFF.dstIdentity),
+  };
+}
+
+/** A walk of the table: packed keys and values (bpf.mapDumpPacked), read in place. */
+interface Walk { keys: Buffer; values: Buffer; count: number }
+
+const keyAt = (w: Walk, i: number) => w.keys.subarray(i * CT_KEY_SIZE, (i + 1) * CT_KEY_SIZE);
+const valueAt = (w: Walk, i: number) => w.values.subarray(i * CT_ENTRY_SIZE, (i + 1) * CT_ENTRY_SIZE);
+const ownerAt = (w: Walk, i: number) => u32(w.values, i * CT_ENTRY_SIZE + OFF.endpointId);
+
+function walk(fd: number): Walk {
+  return bpf.mapDumpPacked(fd, 'conntrack', CT_KEY_SIZE, CT_ENTRY_SIZE);
+}
+
+/** Has the entry outlived its lifetime (the datapath treats it as absent then)? */
+function expiredAt(w: Walk, i: number, nowNs: bigint): boolean {
+  const v = i * CT_ENTRY_SIZE;
+  const lastSeen = u64(w.values, v + OFF.lastSeen);
+  const state = w.values[v + OFF.state];
+  const lifetime = w.keys[i * CT_KEY_SIZE + 1] !== 6 ? CT_LIFETIME_NS.other
     : state === 0 ? CT_LIFETIME_NS.tcpSyn : state === 1 ? CT_LIFETIME_NS.tcp : CT_LIFETIME_NS.tcpClosing;
   return nowNs > lastSeen && nowNs - lastSeen > lifetime;
 }
 
-function deleteWhere(fd: number, keySize: number, valueSize: number, select: (key: Buffer, value: Buffer) => boolean): number {
-  const { keys, values } = bpf.mapDumpBatch(fd, 'conntrack', keySize, valueSize);
-  const doomed = keys.filter((k, i) => select(k, values[i]));
-  if (doomed.length) bpf.mapDeleteBatch(fd, 'conntrack', Buffer.concat(doomed), keySize, doomed.length);
-  return doomed.length;
+export interface ConntrackFds {
+  conntrack: number;
+  owned: number;
+  reclaimed: number;
+  /** max_entries of the conntrack map. */
+  capacity: number;
+}
+
+export interface ConntrackFill {
+  /** Entries in the table (the datapath's count; exact up to flows created during the last walk). */
+  entries: number;
+  max: number;
+}
+
+function readCounter(fd: number, map: string, id: number): bigint {
+  const key = Buffer.alloc(4);
+  if (LE) key.writeUInt32LE(id); else key.writeUInt32BE(id);
+  const v = bpf.mapLookup(fd, map, key, 8);
+  return v ? s64(v, 0) : 0n;
+}
+
+/** Entries the node's table holds, from the two counters (no walk). */
+export function fill(fds: ConntrackFds): ConntrackFill {
+  const entries = readCounter(fds.owned, 'ct_owned', 0) - readCounter(fds.reclaimed, 'ct_reclaimed', 0);
+  return { entries: Math.max(0, Math.min(Number(entries), fds.capacity)), max: fds.capacity };
+}
+
+/** Entries one endpoint owns. */
+export function owned(fds: ConntrackFds, endpointId: number): number {
+  return Math.max(0, Number(readCounter(fds.owned, 'ct_owned', endpointId) - readCounter(fds.reclaimed, 'ct_reclaimed', endpointId)));
+}
+
+/**
+ * Walks the table, deletes the entries `select` picks and sets every owner's reclaimed count so that
+ * owned - reclaimed equals the entries it still has. Setting (rather than adding) heals any drift: the
+ * error is bounded by the flows created or closed by the datapath during this walk.
+ */
+function deleteWhere(fds: ConntrackFds, select: (w: Walk, i: number) => boolean): number {
+  const ownedBefore = countersById(fds.owned, 'ct_owned');
+  const w = walk(fds.conntrack);
+  const live = new Map<number, number>();
+  const doomed: number[] = [];
+  for (let i = 0; i < w.count; i++) {
+    if (select(w, i)) doomed.push(i);
+    const owner = ownerAt(w, i);
+    live.set(owner, (live.get(owner) ?? 0) + 1);
+  }
+  let deleted = 0;
+  if (doomed.length) {
+    const gone = bpf.mapDeleteEach(fds.conntrack, 'conntrack', Buffer.concat(doomed.map((i) => keyAt(w, i))), CT_KEY_SIZE, doomed.length);
+    gone.forEach((g, j) => {
+      if (!g) return;
+      deleted++;
+      const owner = ownerAt(w, doomed[j]);
+      live.set(owner, live.get(owner)! - 1);
+    });
+  }
+  let total = 0;
+  for (const n of live.values()) total += n;
+  live.set(0, total);
+  const ids = new Set([...ownedBefore.keys(), ...live.keys()]);
+  const reclaimed = [...ids].filter((id) => id < 65536).map((id) => [id, (ownedBefore.get(id) ?? 0n) - BigInt(live.get(id) ?? 0)] as const);
+  writeCounters(fds.reclaimed, 'ct_reclaimed', reclaimed);
+  return deleted;
+}
+
+/** Non-zero slots of a counter array. */
+function countersById(fd: number, map: string): Map<number, bigint> {
+  const { values, count } = bpf.mapDumpPacked(fd, map, 4, 8, 65536);
+  const out = new Map<number, bigint>();
+  for (let i = 0; i < count; i++) {
+    const v = s64(values, i * 8);
+    if (v !== 0n) out.set(i, v); // an array dumps in index order
+  }
+  return out;
+}
+
+function writeCounters(fd: number, map: string, entries: (readonly [number, bigint])[]): void {
+  if (!entries.length) return;
+  const keys = Buffer.alloc(entries.length * 4);
+  const values = Buffer.alloc(entries.length * 8);
+  entries.forEach(([id, v], i) => {
+    if (LE) { keys.writeUInt32LE(id, i * 4); values.writeBigInt64LE(v, i * 8); } else { keys.writeUInt32BE(id, i * 4); values.writeBigInt64BE(v, i * 8); }
+  });
+  bpf.mapUpdateBatch(fd, map, keys, values, entries.length);
 }
 
 /** Delete every entry whose source or destination is one of `ips`. */
-export function flushAddresses(fd: number, keySize: number, valueSize: number, ips: string[]): number {
+export function flushAddresses(fds: ConntrackFds, ips: string[]): number {
   if (!ips.length) return 0;
   const wanted = new Set(ips.map((ip) => encodeIpKey(ip).subarray(4).toString('hex')));
-  return deleteWhere(fd, keySize, valueSize, (key) => wanted.has(ctKeyAddrHex(key, 'src')) || wanted.has(ctKeyAddrHex(key, 'dst')));
+  return deleteWhere(fds, (w, i) => {
+    const k = i * CT_KEY_SIZE;
+    return wanted.has(w.keys.toString('hex', k + 8, k + 24)) || wanted.has(w.keys.toString('hex', k + 24, k + 40));
+  });
 }
 
 /** Delete every entry that outlived its lifetime at `nowNs` (CLOCK_MONOTONIC = the kernel's ktime). */
-export function collectExpired(fd: number, keySize: number, valueSize: number, nowNs: bigint): number {
-  return deleteWhere(fd, keySize, valueSize, (key, value) => ctExpired(key, value, nowNs));
+export function collectExpired(fds: ConntrackFds, nowNs: bigint): number {
+  return deleteWhere(fds, (w, i) => expiredAt(w, i, nowNs));
+}
+
+/**
+ * Marks revoked the live entries whose flow `allowed` no longer admits (bpf/lib/ct.h: the initiator's
+ * next packet is checked as a new flow, the other side's are dropped). Entries stay so that the
+ * reverse direction cannot pass itself off as a new flow; they expire as usual.
+ */
+export function revoke(fds: ConntrackFds, allowed: (e: CtEntryView) => boolean, nowNs: bigint): number {
+  const w = walk(fds.conntrack);
+  let revoked = 0;
+  for (let i = 0; i < w.count; i++) {
+    const k = keyAt(w, i), v = valueAt(w, i);
+    if (v[OFF.flags] & CT_F_REVOKED || expiredAt(w, i, nowNs) || allowed(viewOf(k, v))) continue;
+    // The datapath may have updated the entry since the walk: mark its current value.
+    const cur = bpf.mapLookup(fds.conntrack, 'conntrack', k, CT_ENTRY_SIZE);
+    if (!cur || u32(cur, OFF.endpointId) !== u32(v, OFF.endpointId)) continue;
+    cur[OFF.flags] |= CT_F_REVOKED;
+    try {
+      bpf.mapUpdate(fds.conntrack, 'conntrack', k, cur, 2 /* BPF_EXIST: never re-create a closed flow */);
+      revoked++;
+    } catch (err) {
+      if (!(err instanceof bpf.BpfError && err.code === 'ENOENT')) throw err;
+    }
+  }
+  return revoked;
+}
+
+/** Copies a table's flows into another of `capacity` entries, the most recently seen first (when it
+ *  shrinks). Flows the old programs create until they are re-attached are lost: they meet policy as
+ *  new flows then. The counts are set right by the next walk (deleteWhere). */
+export function migrate(fromFd: number, toFd: number, capacity: number): number {
+  const w = walk(fromFd);
+  const lastSeen = (i: number) => u64(w.values, i * CT_ENTRY_SIZE + OFF.lastSeen);
+  const order = Array.from({ length: w.count }, (_, i) => i).sort((a, b) => Number(lastSeen(b) - lastSeen(a))).slice(0, capacity);
+  for (let i = 0; i < order.length; i += 4096) {
+    const chunk = order.slice(i, i + 4096);
+    bpf.mapUpdateBatch(toFd, 'conntrack', Buffer.concat(chunk.map((j) => keyAt(w, j))), Buffer.concat(chunk.map((j) => valueAt(w, j))), chunk.length);
+  }
+  return order.length;
 }

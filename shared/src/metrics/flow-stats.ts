@@ -37,7 +37,8 @@ export class FlowStats {
     const eventType = TYPE_NAMES[type] ?? 'EVENT_TYPE_UNKNOWN';
     bump(this.flows, verdict, eventType);
     const reason = buf[offset + OFF.REASON] | (buf[offset + OFF.REASON + 1] << 8);
-    const action = actionOf(verdict, eventType, reason === 1 ? 'POLICY_DENIED' : undefined);
+    // 133 = POLICY_DENIED (Hubble's code, bpf/lib/drop.h); 1 = the same in events of a wave-1 datapath.
+    const action = actionOf(verdict, eventType, reason === 133 || reason === 1 ? 'POLICY_DENIED' : undefined);
     if (action) {
       const egress = buf[offset + OFF.DIRECTION] === Direction.EGRESS;
       bump(this.policy, POLICY_KEYS[egress ? 'egress' : 'ingress'][action], readHostU32(buf, offset + OFF.RULE) ? 'rule' : 'none');

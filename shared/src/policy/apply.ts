@@ -5,6 +5,7 @@
 //   3. ipcache upserts        (addresses take identities whose entries are already there)
 //   4. ipcache removals
 //   5. policy removals        (nothing classifies traffic with a removed identity any more)
+// Then established flows are held to the new state: the ops revoke those it no longer admits.
 import { diffMaps } from '../identity/ipcache.ts';
 import type { Entry } from './compile.ts';
 import { MembraneError } from '../errors.ts';
@@ -22,6 +23,8 @@ export interface PolicyDatapathOps {
   readEndpointFlags(hostIfindex: number): number | undefined;
   /** Sets the policy bits, keeping the others; a missing endpoint config is not an error. */
   writeEndpointFlags(hostIfindex: number, flags: number): void;
+  /** The maps changed (mirror = their content now): established flows the change denies must stop. */
+  changed?(mirror: Mirror): void;
 }
 
 export interface Mirror {
@@ -105,6 +108,7 @@ export function applyDesired(ops: PolicyDatapathOps, mirror: Mirror, desired: Mi
   for (const [k, v] of ipc.upsert) mirror.ipcache.set(k, v);
   for (const k of ipc.remove) mirror.ipcache.delete(k);
   for (const [ifindex, f] of flagChanges) mirror.flags.set(ifindex, f);
+  if (pol.upsert.length || pol.remove.length || ipc.upsert.length || ipc.remove.length || flagChanges.length) ops.changed?.(mirror);
   return {
     policyUpserts: pol.upsert.length, policyRemovals: pol.remove.length,
     ipcacheUpserts: ipc.upsert.length, ipcacheRemovals: ipc.remove.length, flagChanges: flagChanges.length,

@@ -1,24 +1,47 @@
 // PolicyDatapathOps over the pinned maps of a loaded Datapath: the policy hash, the ipcache LPM trie
 // and the policy bits of endpoints_cfg. Policy map changes are batched (bpf_map_update_batch and
-// delete_batch: one syscall each per change); the LPM trie has no batch op in the kernel.
+// delete_batch: one syscall each per change); the LPM trie has no batch op in the kernel. After a
+// change, established flows are revalidated (revalidate.ts) on the next turn of the event loop: off the
+// change's own latency, well within the second a denied flow may live on.
 import type { Datapath } from '../bpf/datapath.ts';
 import * as bpf from '../bpf/libbpf.ts';
-import { encodeU32Key } from '../maps/codec.ts';
+import { ENDPOINT_CONFIG_SIZE, encodeU32Key } from '../maps/codec.ts';
 import { readHostU32, writeHostU32 } from '../net/index.ts';
-import type { PolicyDatapathOps } from './apply.ts';
+import type { Mirror, PolicyDatapathOps } from './apply.ts';
+import { revalidateConntrack } from './revalidate.ts';
 import type { Entry } from './compile.ts';
 import {
   EP_POLICY_MASK, IPCACHE_VALUE_SIZE, POLICY_KEY_SIZE, POLICY_VALUE_SIZE,
   decodeIpcacheKey, decodeIpcacheValue, decodePolicyValue, encodeIpcacheKey, encodeIpcacheValue, encodePolicyValue,
 } from './map-codec.ts';
 
-const ENDPOINT_CONFIG_SIZE = 48;
 const FLAGS_OFFSET = 8; // struct endpoint_config: endpoint_id, identity, flags
 
-export function datapathOps(dp: Datapath): PolicyDatapathOps {
+export interface DatapathPolicyOps extends PolicyDatapathOps {
+  /** Resolves with the number of flows revoked once the revalidation a change scheduled has run. */
+  revalidated(): Promise<number>;
+}
+
+export function datapathOps(dp: Datapath, opts: { log?: { warn(o: object, msg: string): void } } = {}): DatapathPolicyOps {
   const fd = (name: 'policy' | 'ipcache' | 'endpoints_cfg') => dp.mapFd(name);
+  let pending: Promise<number> | undefined;
 
   return {
+    changed(mirror: Mirror) {
+      // Several changes in one turn share one walk; it reads the mirror as it is when it runs.
+      pending ??= new Promise<number>((resolve) => setImmediate(() => {
+        pending = undefined;
+        try {
+          resolve(revalidateConntrack(dp, mirror));
+        } catch (err) {
+          opts.log?.warn({ err }, 'conntrack revalidation failed');
+          resolve(0);
+        }
+      }));
+    },
+
+    revalidated: () => pending ?? Promise.resolve(0),
+
     policyCapacity: dp.mapCapacity('policy'),
     ipcacheCapacity: dp.mapCapacity('ipcache'),
 
