@@ -88,7 +88,7 @@ async function ingest(): Promise<string> {
       const page = await scrape(agent);
       const after = await observer.status();
       const seen = after.seenFlows - before.seenFlows;
-      const lost = after.lostEvents - before.lostEvents;
+      const lost = (after.membrane?.lostEventsDatapath ?? 0) - (before.membrane?.lostEventsDatapath ?? 0);
       // prom-client samples the loop every 10 ms and its histogram includes that interval.
       const lag = Math.max(0, (sampleValue(page, 'membrane_agent_nodejs_eventloop_lag_p99_seconds') ?? NaN) * 1000 - 10);
       const ok = lost === 0 && seen === emitted;
@@ -168,7 +168,7 @@ async function cost(): Promise<string> {
           if (mode === 'on' && m.key === 'crr') {
             const after = await observer.status();
             eventsDuringCrr = Math.max(eventsDuringCrr, (after.seenFlows - before.seenFlows) / ((performance.now() - t0) / 1000));
-            lostDuringCrr += after.lostEvents - before.lostEvents;
+            lostDuringCrr += (after.membrane?.lostEventsDatapath ?? 0) - (before.membrane?.lostEventsDatapath ?? 0);
           }
           values[mode][m.key].push(got[mode]!);
         }

@@ -37,9 +37,27 @@ export interface Core {
   readonly ipam: IpamService;
 }
 
-/** Names the policy rule behind a datapath verdict (flows, trace). */
+/** A policy rule as flows name it. */
+export interface RuleInfo {
+  /** Full name ("namespace/name" for namespaced policies). */
+  policy: string;
+  index: number;
+  direction: 'ingress' | 'egress';
+  action: 'allow' | 'deny';
+  kind?: string;
+  namespace?: string;
+  revision?: number;
+  /** Where the rule is in its document ("spec.ingressDeny[0]"). */
+  path?: string;
+  /** Hubble's policy match type (flows/codes.ts PolicyMatch). */
+  matchType?: number;
+}
+
+/** Names the policy rule behind a datapath verdict (flows, trace), and lists the policies (agent events). */
 export interface PolicyLookup {
-  describeRule(ruleId: number): { policy: string; index: number; direction: 'ingress' | 'egress'; action: 'allow' | 'deny' } | undefined;
+  describeRule(ruleId: number): RuleInfo | undefined;
+  policies?(): { name: string; namespace?: string; kind: string; revision: number; rules: number }[];
+  revision?(): number;
 }
 
 /** Labels behind a numeric security identity. */

@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Endpoint } from '../src/types.ts';
+import type { ServerStatus } from '../src/flows/types.ts';
 
 const root = process.getuid?.() === 0 && fs.existsSync('/sys/fs/bpf');
 if (!root) {
@@ -33,8 +34,11 @@ const ep = (n: number, ip: string, labels: Record<string, string>): Endpoint => 
   metadata: {}, identity: 300 + n, externalIpam: false, createdAt: '',
 });
 const endpoints = [ep(1, '10.77.0.2', { 'k8s:app': 'client' }), ep(2, '10.77.0.3', { 'k8s:app': 'db' })];
-const hooks: { afterCreate?: (e: Endpoint, ms: number) => void }[] = [];
+const hooks: { afterCreate?: (e: Endpoint, ms: number) => void; afterDelete?: (e: Endpoint) => void }[] = [];
+let policyRevision = 1;
+let policyList: { name: string; namespace?: string; kind: string; revision: number; rules: number }[] = [{ name: 'shop/db-deny', namespace: 'shop', kind: 'CiliumNetworkPolicy', revision: 1, rules: 2 }];
 const deps = {
+  startedAt: Date.now(),
   cfg: { nodeName: 'node-x', observerSocket: path.join(dir, 'observer.sock'), observerAddress: '127.0.0.1:0', metricsAddress: '127.0.0.1:0', flowBufferSize: 50, flowEvents: true },
   log: createLogger({ level: 'silent' }),
   datapath: {
@@ -44,7 +48,10 @@ const deps = {
     globalConfig: () => ({ events: true, audit: false }),
   },
   endpoints: { list: () => endpoints, addHooks: (h: object) => { hooks.push(h); } },
-  rules: { describeRule: (r: number) => (r === 0x2401 ? { policy: 'db-deny', index: 1, direction: 'ingress' as const, action: 'deny' as const } : undefined) },
+  rules: {
+    describeRule: (r: number) => (r === 0x2401 ? { policy: 'db-deny', index: 1, direction: 'ingress' as const, action: 'deny' as const } : undefined),
+    policies: () => policyList, revision: () => policyRevision,
+  },
   identities: { labelsOf: (i: number) => (i === 2 ? { 'reserved:world': '' } : undefined) },
 };
 
@@ -82,8 +89,9 @@ t.test('kernel ring buffer events become enriched flows', async (t) => {
   const flows = await waitFor(async () => { const r = await client.collect({}); return r.length >= 2 ? r : undefined; });
   const [ok, drop] = flows.map((r) => r.flow!);
   t.equal(ok.verdict, 'FORWARDED');
-  t.same(ok.source, { id: 1, identity: 301, labels: ['k8s:app=client'], containerId: 'ctr-1' });
-  t.same(ok.destination, { id: 2, identity: 302, labels: ['k8s:app=db'], containerId: 'ctr-2' });
+  t.same(ok.source, { ID: 1, identity: 301, labels: ['k8s:app=client'] });
+  t.same([ok.membrane?.sourceContainerId, ok.membrane?.destinationContainerId], ['ctr-1', 'ctr-2']);
+  t.same(ok.destination, { ID: 2, identity: 302, labels: ['k8s:app=db'] });
   t.same(ok.interface, { index: 12, name: 'mbr2' });
   t.ok(Math.abs(ok.time.seconds * 1000 - Date.now()) < 10_000, 'monotonic time turned into wall-clock time');
   t.equal(drop.verdict, 'DROPPED');
@@ -95,14 +103,15 @@ t.test('kernel ring buffer events become enriched flows', async (t) => {
 t.test('the buffer keeps the newest --flow-buffer flows; status counts them all', async (t) => {
   producer.emit(encodeTraceEvent({ type: EventType.FLOW_END, saddr: '10.77.0.2', daddr: '10.77.0.3', packets: 3, bytes: 300 }), 200);
   const st = await waitFor(async () => { const s = await client.status(); return s.seenFlows >= 202 ? s : undefined; });
-  t.match(st, { numFlows: 50, maxFlows: 50, seenFlows: 202, lostEvents: 0, flowEventsEnabled: true, nodeName: 'node-x' });
+  t.match(st, { numFlows: 50, maxFlows: 50, seenFlows: 202, membrane: { lostEventsDatapath: 0, flowEventsEnabled: true, nodeName: 'node-x' } });
 });
 
 t.test('losses in the datapath are reported', async (t) => {
   producer.emit(encodeTraceEvent({ type: EventType.FLOW_NEW, saddr: '10.77.0.2', daddr: '10.77.0.3' }), 30_000); // > 1 MiB ring
-  const st = await waitFor(async () => { const s = await client.status(); return s.seenFlows + s.lostEvents >= 202 + 30_000 ? s : undefined; });
-  t.ok(st.lostEvents > 0);
-  t.equal(st.seenFlows + st.lostEvents, 202 + 30_000, 'every event either seen or counted lost');
+  const lost = (s: ServerStatus) => s.membrane?.lostEventsDatapath ?? 0;
+  const st = await waitFor(async () => { const s = await client.status(); return s.seenFlows + lost(s) >= 202 + 30_000 ? s : undefined; });
+  t.ok(lost(st) > 0);
+  t.equal(st.seenFlows + lost(st), 202 + 30_000, 'every event either seen or counted lost');
 });
 
 t.test('metrics: endpoint hooks, drops, map pressure, flows, lost', async (t) => {
@@ -119,6 +128,26 @@ t.test('metrics: endpoint hooks, drops, map pressure, flows, lost', async (t) =>
   t.equal(sampleValue(page, 'membrane_flows_processed_total', { verdict: 'DROPPED', type: 'DROP' }), 1);
   t.equal(sampleValue(page, 'membrane_policy_verdict_total', { direction: 'ingress', action: 'denied', match: 'rule' }), 1);
   t.ok((sampleValue(page, 'membrane_flow_events_lost_total', { source: 'datapath' }) ?? 0) > 0);
+});
+
+t.test('agent events: start, endpoints, policy changes', async (t) => {
+  hooks.forEach((h) => h.afterDelete?.(endpoints[1]));
+  policyRevision = 2;
+  policyList = [{ name: 'allow-all', kind: 'CiliumClusterwideNetworkPolicy', revision: 2, rules: 1 }];
+  const types = await waitFor(async () => {
+    const got: string[] = [];
+    for await (const r of client.agentEvents({}).responses) got.push(r.agentEvent!.type);
+    return got.includes('POLICY_DELETED') ? got : undefined;
+  }, 5000);
+  t.same(types, ['AGENT_STARTED', 'ENDPOINT_CREATED', 'ENDPOINT_DELETED', 'POLICY_UPDATED', 'POLICY_DELETED'],
+    'no event for the policy that was there when the agent started');
+  const all: unknown[] = [];
+  for await (const r of client.agentEvents({}).responses) all.push(r.agentEvent);
+  t.same(all[2], { type: 'ENDPOINT_DELETED', endpointUpdate: { id: 2, labels: ['k8s:app=db'] } });
+  t.same(all[3], { type: 'POLICY_UPDATED', policyUpdate: {
+    labels: ['k8s:io.cilium.k8s.policy.derived-from=CiliumClusterwideNetworkPolicy', 'k8s:io.cilium.k8s.policy.name=allow-all'], revision: 2, ruleCount: 1 } });
+  t.same(all[4], { type: 'POLICY_DELETED', policyUpdate: {
+    labels: ['k8s:io.cilium.k8s.policy.derived-from=CiliumNetworkPolicy', 'k8s:io.cilium.k8s.policy.name=db-deny', 'k8s:io.cilium.k8s.policy.namespace=shop'], revision: 2, ruleCount: 2 } });
 });
 
 t.test('close releases the socket and ports', async (t) => {

@@ -1,5 +1,6 @@
 import t from 'tap';
-import { decodeTraceEvent, dropReasonName, encodeTraceEvent, formatAddr, TRACE_EVENT_SIZE } from '../src/flows/event.ts';
+import { decodeTraceEvent, encodeTraceEvent, formatAddr, TRACE_EVENT_SIZE } from '../src/flows/event.ts';
+import { dropReasonName, hubbleDropCode } from '../src/flows/codes.ts';
 
 t.test('decodes the C layout byte by byte (little-endian host, ports in network order)', async (t) => {
   const b = Buffer.alloc(TRACE_EVENT_SIZE);
@@ -46,8 +47,17 @@ t.test('IPv6 text follows RFC 5952', async (t) => {
   t.equal(v6('::'), '::');
 });
 
-t.test('drop reason names', async (t) => {
+t.test('datapath drop reasons are reported under Hubble\'s codes and names', async (t) => {
   t.equal(dropReasonName(1), 'POLICY_DENIED');
-  t.equal(dropReasonName(132), 'SOURCE_SPOOFED');
+  t.equal(dropReasonName(132), 'INVALID_SOURCE_IP', 'a spoofed source is Hubble\'s "Invalid source ip"');
+  t.equal(dropReasonName(130), 'INVALID_SOURCE_MAC');
   t.equal(dropReasonName(33), 'REASON_33');
+  t.equal(dropReasonName(157), 'IP_FRAGMENTATION_NOT_SUPPORTED', 'codes from 130 up are Hubble\'s already');
+  t.equal(hubbleDropCode(1), 133);
+  t.equal(hubbleDropCode(1, true), 181, 'a deny rule is POLICY_DENY');
+  t.equal(hubbleDropCode(133, true), 181);
+  t.equal(hubbleDropCode(134), 134);
+  t.equal(hubbleDropCode(155), 155);
+  t.equal(hubbleDropCode(175), 175);
+  t.equal(hubbleDropCode(40), 0, 'an unknown small code is DROP_REASON_UNKNOWN');
 });

@@ -13,7 +13,7 @@ t.test('keeps the newest N, counts all seen, builds flows on demand', async (t) 
   for (let i = 1; i <= 12; i++) push(r, i);
   t.equal(r.size, 5);
   t.equal(r.seen, 12);
-  t.same((await r.select()).map((f) => f.ip.source), ['10.0.0.8', '10.0.0.9', '10.0.0.10', '10.0.0.11', '10.0.0.12']);
+  t.same((await r.select()).map((f) => f.IP!.source), ['10.0.0.8', '10.0.0.9', '10.0.0.10', '10.0.0.11', '10.0.0.12']);
   t.same((await r.select({ number: 2 })).map((f) => f.time.seconds), [1_000_011, 1_000_012], 'last N, oldest first');
   t.same((await r.select({ number: 2, first: true })).map((f) => f.time.seconds), [1_000_008, 1_000_009]);
   t.same((await r.select({ match: (f) => f.verdict === 'DROPPED' })).map((f) => f.time.seconds), [1_000_009, 1_000_011]);
@@ -30,7 +30,7 @@ t.test('the caller may reuse its buffer and refs after push', async (t) => {
   r.push(buf, 0, refs, OFFSET);
   buf.fill(0);
   refs.ifName = 'changed';
-  t.equal((await r.select())[0].ip.source, '10.9.9.1');
+  t.equal((await r.select())[0].IP!.source, '10.9.9.1');
   t.same((await r.select())[0].interface, { index: 0, name: 'mbr1' });
 });
 

@@ -7,8 +7,8 @@ import { parseListenAddress, serveMetrics } from '../src/metrics/server.ts';
 import type { Flow } from '../src/flows/types.ts';
 
 const flow = (over: Partial<Flow>): Flow => ({
-  time: { seconds: 1, nanos: 0 }, verdict: 'FORWARDED', ip: { source: 'a', destination: 'b', ipVersion: 'IPv4' }, l4: {},
-  source: {}, destination: {}, nodeName: 'n', eventType: 'FLOW_NEW', trafficDirection: 'INGRESS', ...over,
+  time: { seconds: 1, nanos: 0 }, verdict: 'FORWARDED', IP: { source: 'a', destination: 'b', ipVersion: 'IPv4' }, l4: {},
+  source: {}, destination: {}, nodeName: 'n', membrane: { event: 'FLOW_NEW' }, trafficDirection: 'INGRESS', ...over,
 });
 
 function setup() {
@@ -28,9 +28,9 @@ t.test('the page parses as Prometheus text and carries every metric the issue li
   const { stats, m, setLost } = setup();
   stats.record(flow({}));
   stats.record(flow({ ingressAllowedBy: [{ name: 'p' }] }));
-  stats.record(flow({ verdict: 'DROPPED', eventType: 'DROP', dropReasonDesc: 'POLICY_DENIED', trafficDirection: 'EGRESS', egressDeniedBy: [{ name: 'd' }] }));
-  stats.record(flow({ verdict: 'AUDIT', eventType: 'DROP', dropReasonDesc: 'POLICY_DENIED' }));
-  stats.record(flow({ eventType: 'FLOW_END' }));
+  stats.record(flow({ verdict: 'DROPPED', membrane: { event: 'FLOW_DROP' }, dropReason: 133, dropReasonDesc: 'POLICY_DENIED', trafficDirection: 'EGRESS', egressDeniedBy: [{ name: 'd' }] }));
+  stats.record(flow({ verdict: 'AUDIT', membrane: { event: 'FLOW_DROP' }, dropReason: 133, dropReasonDesc: 'POLICY_DENIED' }));
+  stats.record(flow({ membrane: { event: 'FLOW_END' } }));
   m.observeEndpointCreate(42);
   m.observeEndpointCreate(1500);
   setLost({ datapath: 17, agent: 2 });
@@ -89,8 +89,8 @@ t.test('the agent\'s raw-bytes path counts exactly like the flow path', async (t
 
 t.test('policy verdicts come from connection starts and policy drops only', async (t) => {
   t.equal(policyAction(flow({})), 'allowed');
-  t.equal(policyAction(flow({ eventType: 'FLOW_END' })), undefined);
-  t.equal(policyAction(flow({ verdict: 'DROPPED', eventType: 'DROP', dropReasonDesc: 'INVALID_PACKET' })), undefined);
+  t.equal(policyAction(flow({ membrane: { event: 'FLOW_END' } })), undefined);
+  t.equal(policyAction(flow({ verdict: 'DROPPED', membrane: { event: 'FLOW_DROP' }, dropReason: 134, dropReasonDesc: 'INVALID_PACKET_DROPPED' })), undefined);
 });
 
 t.test('the parser rejects what Prometheus would', async (t) => {

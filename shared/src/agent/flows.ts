@@ -3,9 +3,11 @@
 // Wiring only; the logic lives in shared/src/flows and shared/src/metrics. Its dependencies are its
 // parameters (the policy and identity lookups it names rules and peers with included).
 import { possibleCpus } from '../bpf/datapath.ts';
+import { AgentEventLog, policyChanges, type PolicySnapshot } from '../flows/agent-events.ts';
+import { dropReasonName } from '../flows/codes.ts';
 import { FlowCollector } from '../flows/collector.ts';
-import { EndpointTable } from '../flows/endpoints.ts';
-import { dropReasonName } from '../flows/event.ts';
+import { labelList } from '../flows/enrich.ts';
+import { EndpointTable, podOf } from '../flows/endpoints.ts';
 import type { FlowContext } from '../flows/flow.ts';
 import { monotonicToWallOffsetNs } from '../flows/ringbuf.ts';
 import { FlowRing } from '../flows/ring.ts';
@@ -18,10 +20,17 @@ import type { Datapath } from '../bpf/datapath.ts';
 import type { IdentityLookup, PolicyLookup } from '../core.ts';
 import type { EndpointManager } from '../endpoint/manager.ts';
 import type { Logger } from '../log.ts';
+import type { Endpoint } from '../types.ts';
 import type { AgentConfig } from './config.ts';
 
 /** Walking conntrack costs ~0.5 µs per entry: at most once per this period, whatever the scrape rate. */
 const MAP_PRESSURE_TTL_MS = 10_000;
+/** How often policy changes are looked for (they become POLICY_UPDATED/DELETED agent events). */
+const POLICY_POLL_MS = 1000;
+
+function endpointEvent(type: 'ENDPOINT_CREATED' | 'ENDPOINT_DELETED', ep: Endpoint) {
+  return { type, endpointUpdate: { id: ep.id, labels: labelList(ep.labels), ...podOf(ep) } } as const;
+}
 
 export interface FlowsDeps {
   cfg: Pick<AgentConfig, 'nodeName' | 'observerSocket' | 'observerAddress' | 'metricsAddress' | 'flowBufferSize' | 'flowEvents'>;
@@ -32,6 +41,8 @@ export interface FlowsDeps {
   rules: PolicyLookup;
   /** Labels behind a peer's numeric identity. */
   identities: IdentityLookup;
+  /** When the agent started (the AGENT_STARTED event); default: now. */
+  startedAt?: number;
 }
 
 export interface AgentFlows {
@@ -47,6 +58,7 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
   const table = new EndpointTable();
   let metrics: AgentMetrics | undefined;
   let refreshedAt = 0;
+  const agentEvents = new AgentEventLog();
   const refresh = () => { table.replace(d.endpoints.list()); refreshedAt = performance.now(); };
   // An event can beat the afterCreate hook of a brand-new endpoint: look again, at most every 200 ms
   // (unknown ids must not turn every event into a table rebuild).
@@ -57,8 +69,8 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
     return table.byEndpointId(id);
   };
   d.endpoints.addHooks({
-    afterCreate: (_ep, ms) => { metrics?.observeEndpointCreate(ms); refresh(); },
-    afterDelete: () => refresh(),
+    afterCreate: (ep, ms) => { metrics?.observeEndpointCreate(ms); refresh(); agentEvents.record(endpointEvent('ENDPOINT_CREATED', ep)); },
+    afterDelete: (ep) => { refresh(); agentEvents.record(endpointEvent('ENDPOINT_DELETED', ep)); },
     afterLabelsChanged: () => refresh(),
   });
   refresh();
@@ -88,6 +100,9 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
       try { await c(); } catch (err) { log.warn({ err }, 'flows: close'); }
     }
   };
+  const startedAt = d.startedAt ?? Date.now();
+  agentEvents.record({ type: 'AGENT_STARTED', agentStart: { time: { seconds: Math.floor(startedAt / 1000), nanos: (startedAt % 1000) * 1e6 } } });
+  closers.push(watchPolicies(d.rules, agentEvents));
   let observerStatus: ReturnType<AgentFlows['status']>['observer'];
   let metricsAddress: string | null = null;
   try {
@@ -107,6 +122,7 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
       lostEventsAgent: () => collector.agentLost,
       onLost: (fn) => collector.onLost(fn),
       countAgentLost: (n) => collector.countAgentLost(n),
+      agentEvents,
     }, { socket: cfg.observerSocket, address: cfg.observerAddress });
     closers.push(() => observer.close());
     observerStatus = { socket: observer.socket, ...(observer.address ? { address: observer.address } : {}), flowBufferSize: ring.capacity };
@@ -139,6 +155,26 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
     status: () => ({ observer: observerStatus, metrics: { address: metricsAddress } }),
     close: async () => { await closeAll(); metrics = undefined; },
   };
+}
+
+/** Policy imports and deletions become agent events: compared once a second by revision. */
+function watchPolicies(rules: PolicyLookup, log: AgentEventLog): () => void {
+  let revision = -1;
+  let before: PolicySnapshot[] = [];
+  const poll = () => {
+    if (!rules.policies || !rules.revision) return;
+    const now = rules.revision();
+    if (now === revision) return;
+    const after = rules.policies();
+    // The first look only learns what is there: those policies were not changed by anyone now.
+    if (revision >= 0) for (const e of policyChanges(before, after, now)) log.record(e);
+    revision = now;
+    before = after;
+  };
+  poll();
+  const timer = setInterval(poll, POLICY_POLL_MS);
+  timer.unref();
+  return () => clearInterval(timer);
 }
 
 function cachedMapPressure(datapath: Pick<Datapath, 'mapPressure'>): () => Record<string, { entries: number; max: number }> {

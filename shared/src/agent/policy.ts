@@ -12,7 +12,7 @@ import type { Store } from '../store/index.ts';
 import { PolicyEngine } from '../policy/engine.ts';
 import { datapathOps } from '../policy/datapath-ops.ts';
 import { decodeRuleId } from '../policy/rule-id.ts';
-import { dropReasonName } from '../flows/event.ts';
+import { dropReasonName, policyMatchType } from '../flows/codes.ts';
 import { identityRouter, policyRouter } from '../api/policy-routes.ts';
 
 const HOST_REFRESH_MS = 10_000;
@@ -73,8 +73,20 @@ export class AgentPolicy {
   readonly rules: PolicyLookup = {
     describeRule: (ruleId) => {
       const d = this.engine.describeRule(ruleId);
-      return d && { policy: d.policy, index: decodeRuleId(ruleId)!.index, direction: d.direction, action: d.action };
+      if (!d) return undefined;
+      const rec = this.engine.get(d.policy);
+      const rule = rec?.policy.specs.flatMap((s) => s.rules).find((r) => r.path === d.path);
+      return {
+        policy: d.policy, index: decodeRuleId(ruleId)!.index, direction: d.direction, action: d.action, path: d.path,
+        ...(rec ? { kind: rec.policy.kind, revision: rec.revision, ...(rec.policy.namespace ? { namespace: rec.policy.namespace } : {}) } : {}),
+        ...(rule ? { matchType: policyMatchType(rule) } : {}),
+      };
     },
+    policies: () => this.engine.list().map((p) => ({
+      name: p.name, kind: p.policy.kind, revision: p.revision, rules: p.policy.specs.reduce((n, s) => n + s.rules.length, 0),
+      ...(p.policy.namespace ? { namespace: p.policy.namespace } : {}),
+    })),
+    revision: () => this.engine.revision,
   };
 
   readonly identities: IdentityLookup = { labelsOf: (id) => this.engine.labelsOf(id) };

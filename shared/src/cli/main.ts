@@ -3,7 +3,7 @@ import { Command, Option } from 'commander';
 import { AgentClient, AgentApiError, AgentUnreachableError, DEFAULT_SOCKET } from '../api/client.ts';
 import type { Endpoint } from '../types.ts';
 import { VERSION } from '../version.ts';
-import { keyValues, labelsText, table, type OutputFormat } from './format.ts';
+import { keyValues, labelsText, table, type OutputFormat } from './output.ts';
 import { endpointPolicyLines, registerPolicyCommands } from './policy.ts';
 import { registerObserveCommands } from './observe.ts';
 
@@ -11,6 +11,8 @@ const program = new Command('membrane')
   .description('Membrane: eBPF container networking and network security')
   .version(VERSION)
   .option('--socket <path>', 'agent API socket (env MEMBRANE_SOCKET)', process.env.MEMBRANE_SOCKET ?? DEFAULT_SOCKET)
+  // Global options go before the verb; verbs may then reuse option names (observe and its subcommands).
+  .enablePositionalOptions()
   .showHelpAfterError();
 
 const outputOption = () => new Option('-o, --output <format>', 'json or table').choices(['json', 'table']).default('table');

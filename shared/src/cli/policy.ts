@@ -10,7 +10,7 @@ import { parseLabelArgs, formatLabels } from '../identity/labels.ts';
 import type { TraceHttp, TraceResult, TraceSide } from '../policy/trace.ts';
 import type { HttpRule } from '../policy/types.ts';
 import type { EndpointPolicyView } from '../policy/engine.ts';
-import { keyValues, table, type OutputFormat } from './format.ts';
+import { keyValues, table, type OutputFormat } from './output.ts';
 
 const print = (text: string): void => { process.stdout.write(text); };
 const output = (extra: string[] = []) => new Option('-o, --output <format>', `json or table${extra.length ? ` or ${extra.join(', ')}` : ''}`).choices(['json', 'table', ...extra]).default('table');

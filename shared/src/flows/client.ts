@@ -1,7 +1,7 @@
 // Observer API client (CLI, tests, benchmark): a unix socket path or a TCP host:port.
 import * as grpc from '@grpc/grpc-js';
-import { observerService } from './proto.ts';
-import type { GetFlowsRequest, GetFlowsResponse, ServerStatus } from './types.ts';
+import { healthService, observerService, OBSERVER_SERVICE } from './proto.ts';
+import type { GetAgentEventsRequest, GetAgentEventsResponse, GetFlowsRequest, GetFlowsResponse, Namespace, ObserverNode, ServerStatus } from './types.ts';
 
 export const DEFAULT_OBSERVER_SOCKET = '/run/membrane/observer.sock';
 
@@ -19,44 +19,81 @@ export function observerTarget(socketOrAddress: string): string {
   return socketOrAddress;
 }
 
+type Unary<Res> = (req: object, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: Res) => void) => void;
+
 interface RawClient extends grpc.Client {
   getFlows(req: GetFlowsRequest, metadata?: grpc.Metadata, opts?: grpc.CallOptions): grpc.ClientReadableStream<GetFlowsResponse>;
-  serverStatus(req: object, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: Partial<ServerStatus>) => void): void;
+  getAgentEvents(req: GetAgentEventsRequest, metadata?: grpc.Metadata, opts?: grpc.CallOptions): grpc.ClientReadableStream<GetAgentEventsResponse>;
+  serverStatus: Unary<Partial<ServerStatus>>;
+  getNodes: Unary<{ nodes?: ObserverNode[] }>;
+  getNamespaces: Unary<{ namespaces?: Namespace[] }>;
+}
+
+interface RawHealth extends grpc.Client {
+  check: Unary<{ status?: string }>;
 }
 
 export class ObserverClient {
   private readonly raw: RawClient;
+  private readonly health: RawHealth;
   readonly target: string;
 
   constructor(socketOrAddress: string) {
     this.target = observerTarget(socketOrAddress);
     const { Client } = observerService();
     this.raw = new Client(this.target, grpc.credentials.createInsecure()) as unknown as RawClient;
+    // Same target, same channel options: grpc-js shares the connection between the two clients.
+    this.health = new (healthService().Client)(this.target, grpc.credentials.createInsecure()) as unknown as RawHealth;
   }
 
-  status(timeoutMs = 10_000): Promise<ServerStatus> {
+  private unary<Res>(fn: Unary<Res>, req: object, timeoutMs: number): Promise<Res> {
     return new Promise((resolve, reject) => {
-      this.raw.serverStatus({}, { deadline: Date.now() + timeoutMs }, (err, res) => {
-        if (err) return reject(this.explain(err));
-        // Unset proto3 scalars arrive absent: fill the zeros in.
-        resolve({
-          numFlows: res.numFlows ?? 0, maxFlows: res.maxFlows ?? 0, seenFlows: res.seenFlows ?? 0, uptimeNs: res.uptimeNs ?? 0,
-          version: res.version ?? '', flowsRate: res.flowsRate ?? 0, nodeName: res.nodeName ?? '', lostEvents: res.lostEvents ?? 0,
-          lostEventsAgent: res.lostEventsAgent ?? 0, flowEventsEnabled: res.flowEventsEnabled ?? false,
-        });
-      });
+      fn.call(this.raw, req, { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(this.explain(err)) : resolve(res)));
+    });
+  }
+
+  async status(timeoutMs = 10_000): Promise<ServerStatus> {
+    const res = await this.unary(this.raw.serverStatus, {}, timeoutMs);
+    // Unset proto3 scalars arrive absent: fill the zeros in.
+    return {
+      ...res, numFlows: res.numFlows ?? 0, maxFlows: res.maxFlows ?? 0, seenFlows: res.seenFlows ?? 0, uptimeNs: res.uptimeNs ?? 0,
+      version: res.version ?? '', flowsRate: res.flowsRate ?? 0,
+      membrane: { nodeName: '', lostEventsDatapath: 0, lostEventsAgent: 0, flowEventsEnabled: false, ...res.membrane },
+    };
+  }
+
+  async nodes(timeoutMs = 10_000): Promise<ObserverNode[]> {
+    return (await this.unary(this.raw.getNodes, {}, timeoutMs)).nodes ?? [];
+  }
+
+  async namespaces(timeoutMs = 10_000): Promise<Namespace[]> {
+    return (await this.unary(this.raw.getNamespaces, {}, timeoutMs)).namespaces ?? [];
+  }
+
+  /** The standard gRPC health check for the observer service: "SERVING" when it is up. */
+  healthCheck(timeoutMs = 10_000): Promise<string> {
+    return new Promise((resolve, reject) => {
+      this.health.check({ service: OBSERVER_SERVICE }, { deadline: Date.now() + timeoutMs }, (err, res) =>
+        (err ? reject(this.explain(err)) : resolve(res.status ?? 'UNKNOWN')));
     });
   }
 
   /** Streams responses; `cancel()` ends a follow. The iterator throws ObserverUnreachableError or the
    *  server's error (e.g. INVALID_ARGUMENT for a bad filter). */
   flows(req: GetFlowsRequest): { responses: AsyncIterable<GetFlowsResponse>; cancel(): void } {
-    const stream = this.raw.getFlows(req);
+    return this.stream(this.raw.getFlows(req));
+  }
+
+  agentEvents(req: GetAgentEventsRequest): { responses: AsyncIterable<GetAgentEventsResponse>; cancel(): void } {
+    return this.stream(this.raw.getAgentEvents(req));
+  }
+
+  private stream<T>(stream: grpc.ClientReadableStream<T>): { responses: AsyncIterable<T>; cancel(): void } {
     const explain = (e: unknown) => this.explain(e as grpc.ServiceError);
     let cancelled = false;
-    async function* iterate(): AsyncGenerator<GetFlowsResponse> {
+    async function* iterate(): AsyncGenerator<T> {
       try {
-        for await (const res of stream) yield res as GetFlowsResponse;
+        for await (const res of stream) yield res as T;
       } catch (e) {
         if (cancelled && (e as grpc.ServiceError).code === grpc.status.CANCELLED) return;
         throw explain(e);
@@ -74,6 +111,7 @@ export class ObserverClient {
 
   close(): void {
     this.raw.close();
+    this.health.close();
   }
 
   private explain(err: grpc.ServiceError): Error {

@@ -59,7 +59,7 @@ export class FlowCollector {
     if (lost > this.lostReported) {
       const delta = lost - this.lostReported;
       this.lostReported = lost;
-      for (const fn of this.lostListeners) fn(delta, 'DATAPATH_RING_BUFFER');
+      for (const fn of this.lostListeners) fn(delta, 'PERF_EVENT_RING_BUFFER');
     }
   }
 

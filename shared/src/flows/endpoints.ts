@@ -3,10 +3,17 @@
 // list on every endpoint change (cheap: thousands at most). Pure.
 import type { Endpoint } from '../types.ts';
 import { addressOnly, familyOf, ipBytes } from '../net/index.ts';
-import { flowEndpointOf, type EndpointView } from './enrich.ts';
+import { sideRefOf, type EndpointView } from './enrich.ts';
 
 const POD_NAMESPACE = 'k8s:io.kubernetes.pod.namespace';
 const POD_NAME = 'k8s:io.kubernetes.pod.name';
+
+/** The pod namespace and name of an endpoint, when it is a pod. */
+export function podOf(ep: Endpoint): { namespace?: string; podName?: string } {
+  const ns = ep.metadata?.[POD_NAMESPACE] ?? ep.labels?.[POD_NAMESPACE];
+  const pod = ep.metadata?.[POD_NAME];
+  return { ...(ns ? { namespace: ns } : {}), ...(pod ? { podName: pod } : {}) };
+}
 
 /** IPv4 keys are the address as a number, IPv6 keys the hex of its 16 bytes (as the event holds them). */
 function v4Key(ip: string): number {
@@ -22,8 +29,10 @@ export class EndpointTable {
   private byV4 = new Map<number, EndpointView>();
   private byV6 = new Map<string, EndpointView>();
 
-  static from(endpoints: Endpoint[]): EndpointTable {
-    const t = new EndpointTable();
+  constructor(private readonly clusterName?: string) {}
+
+  static from(endpoints: Endpoint[], clusterName?: string): EndpointTable {
+    const t = new EndpointTable(clusterName);
     t.replace(endpoints);
     return t;
   }
@@ -36,11 +45,8 @@ export class EndpointTable {
       const view: EndpointView = {
         id: ep.id, identity: ep.identity, labels: ep.labels, containerId: ep.containerId, hostIfName: ep.hostIfName,
       };
-      const ns = ep.metadata?.[POD_NAMESPACE] ?? ep.labels?.[POD_NAMESPACE];
-      const pod = ep.metadata?.[POD_NAME];
-      if (ns) view.namespace = ns;
-      if (pod) view.podName = pod;
-      view.flowEndpoint = flowEndpointOf(view);
+      Object.assign(view, podOf(ep));
+      view.ref = sideRefOf(view, this.clusterName);
       byId.set(ep.id, view);
       for (const ip of ep.ips) {
         const addr = addressOnly(ip.address);

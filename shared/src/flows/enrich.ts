@@ -15,18 +15,35 @@ export interface EndpointView {
   podName?: string;
   hostIfName?: string;
   /** Prebuilt, shared by every flow of this endpoint (flows are never mutated). */
-  flowEndpoint?: FlowEndpoint;
+  ref?: SideRef;
 }
 
+/** One end of a flow as looked up: the Hubble endpoint record, plus the container when it is local. */
+export interface SideRef {
+  endpoint: FlowEndpoint;
+  containerId?: string;
+}
+
+/** The policy rule behind a verdict, as the policy service describes it. */
 export interface RuleDescription {
+  /** The policy's full name in Membrane ("namespace/name" for namespaced policies). */
   policy: string;
   index: number;
   direction: 'ingress' | 'egress';
   action: 'allow' | 'deny';
+  kind?: string;
+  namespace?: string;
+  revision?: number;
+  /** Where the rule is in the document, e.g. "spec.ingressDeny[0]". */
+  path?: string;
+  /** Hubble's policy match type (L3-Only, L3-L4, ...; see codes.ts PolicyMatch). */
+  matchType?: number;
 }
 
 export interface FlowContext {
   nodeName: string;
+  /** Set in cluster mode: local endpoints carry it as cluster_name. */
+  clusterName?: string;
   /** Wall clock minus CLOCK_MONOTONIC (what bpf_ktime_get_ns counts); see splitOffset. */
   wallOffset: Timestamp;
   endpointById(id: number): EndpointView | undefined;
@@ -35,7 +52,7 @@ export interface FlowContext {
   labelsOfIdentity(identity: number): Record<string, string> | undefined;
   describeRule(ruleId: number): RuleDescription | undefined;
   /** Peers off this node by identity: identities are immutable label sets, so entries never go stale. */
-  peerCache?: Map<number, FlowEndpoint>;
+  peerCache?: Map<number, SideRef>;
   /** Rule descriptions by rule id (the id encodes all but the policy name, which is kept for flows
    *  of a policy deleted since). null: the policy service does not know it. */
   ruleCache?: Map<number, RuleDescription | null>;
@@ -43,8 +60,8 @@ export interface FlowContext {
 
 /** The looked-up parts of one flow; reused between events by the collector. */
 export interface FlowRefs {
-  src: FlowEndpoint | undefined;
-  dst: FlowEndpoint | undefined;
+  src: SideRef | undefined;
+  dst: SideRef | undefined;
   ifName: string | undefined;
   rule: RuleDescription | undefined;
 }
@@ -57,22 +74,23 @@ export function labelList(labels: Record<string, string>): string[] {
   return Object.entries(labels).map(([k, v]) => (v === '' ? k : `${k}=${v}`)).sort();
 }
 
-export function flowEndpointOf(view: EndpointView): FlowEndpoint {
-  const ep: FlowEndpoint = { id: view.id, identity: view.identity, labels: labelList(view.labels), containerId: view.containerId };
+export function sideRefOf(view: EndpointView, clusterName?: string): SideRef {
+  const ep: FlowEndpoint = { ID: view.id, identity: view.identity, labels: labelList(view.labels) };
+  if (clusterName) ep.clusterName = clusterName;
   if (view.namespace) ep.namespace = view.namespace;
   if (view.podName) ep.podName = view.podName;
-  return ep;
+  return { endpoint: ep, containerId: view.containerId };
 }
 
 const CACHE_LIMIT = 10_000; // CIDR identities and rules are many: stay bounded
 
-function peer(identity: number, ctx: FlowContext): FlowEndpoint | undefined {
+function peer(identity: number, ctx: FlowContext): SideRef | undefined {
   if (!identity) return undefined;
   const cached = ctx.peerCache?.get(identity);
   if (cached) return cached;
   const labels = ctx.labelsOfIdentity(identity);
   if (!labels) return undefined; // not known (yet): the flow shows the bare identity
-  const ep: FlowEndpoint = { identity, labels: labelList(labels) };
+  const ep: SideRef = { endpoint: { identity, labels: labelList(labels) } };
   if (ctx.peerCache) {
     if (ctx.peerCache.size >= CACHE_LIMIT) ctx.peerCache.clear();
     ctx.peerCache.set(identity, ep);
@@ -93,8 +111,8 @@ function rule(ruleId: number, ctx: FlowContext): RuleDescription | undefined {
   return d;
 }
 
-function side(view: EndpointView | undefined, identity: number, ctx: FlowContext): FlowEndpoint | undefined {
-  if (view) return view.flowEndpoint ?? flowEndpointOf(view);
+function side(view: EndpointView | undefined, identity: number, ctx: FlowContext): SideRef | undefined {
+  if (view) return view.ref ?? sideRefOf(view, ctx.clusterName);
   return peer(identity, ctx);
 }
 

@@ -18,41 +18,6 @@ export const Direction = { INGRESS: 0, EGRESS: 1 } as const;
 /** flags bit 0: policy audit mode turned a would-be drop into a pass. */
 export const EVENT_FLAG_AUDIT = 1;
 
-/** enum drop_reason (bpf/lib/drop.h): Hubble's DropReason numbers, named as Hubble names them except
- *  SOURCE_SPOOFED (Hubble's INVALID_SOURCE_IP). 1 is Membrane's first numbering of POLICY_DENIED, still
- *  named for events a datapath of that version left in the pinned ring buffer. */
-export const DROP_REASONS: Record<number, string> = {
-  0: 'UNKNOWN',
-  1: 'POLICY_DENIED',
-  130: 'INVALID_SOURCE_MAC',
-  132: 'SOURCE_SPOOFED',
-  133: 'POLICY_DENIED',
-  134: 'INVALID_PACKET_DROPPED',
-  135: 'CT_TRUNCATED_OR_INVALID_HEADER',
-  139: 'UNSUPPORTED_L3_PROTOCOL',
-  155: 'CT_MAP_INSERTION_FAILED',
-  156: 'INVALID_IPV6_EXTENSION_HEADER',
-  165: 'NO_CONFIGURATION_AVAILABLE_TO_PERFORM_POLICY_DECISION',
-  175: 'FIRST_LOGICAL_DATAGRAM_FRAGMENT_NOT_FOUND',
-  176: 'FORBIDDEN_ICMPV6_MESSAGE',
-};
-
-const DROP_TEXT: Record<number, string> = {
-  1: 'policy denied', 130: 'source MAC spoofed', 132: 'source address spoofed', 133: 'policy denied', 134: 'invalid packet',
-  135: 'L4 header missing or truncated', 139: 'unsupported L3 protocol', 155: 'conntrack table or endpoint share full',
-  156: 'IPv6 extension header chain too long', 165: 'no endpoint configuration', 175: 'first fragment not seen',
-  176: 'ICMPv6 message off its link',
-};
-
-export function dropReasonName(code: number): string {
-  return DROP_REASONS[code] ?? `REASON_${code}`;
-}
-
-/** Human wording for a drop line ("Policy denied"), like Hubble's drop_reason_desc. */
-export function dropReasonText(code: number): string {
-  return DROP_TEXT[code] ?? (code === 0 ? 'unknown reason' : `reason ${code}`);
-}
-
 export interface TraceEvent {
   /** bpf_ktime_get_ns as a double: exact for 104 days of uptime, a few ns off after that. */
   tsNs: number;

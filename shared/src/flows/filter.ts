@@ -1,9 +1,14 @@
-// FlowFilter semantics, as in Hubble: inside one filter every field that is set must match (AND),
-// a field matches when any of its values does (OR); a flow passes when it matches at least one
-// whitelist filter (or there is none) and no blacklist filter. Filters are compiled once per
-// request, so a bad value is an error up front (the server answers INVALID_ARGUMENT). Pure.
+// Hubble's FlowFilter semantics: inside one filter every field that is set must match (AND), a
+// field matches when any of its values does (OR); a flow passes when it matches at least one
+// whitelist filter (or there is none) and no blacklist filter. Filters are compiled once per request,
+// so a bad value is an error up front, and so is a field Membrane cannot apply (the server answers
+// INVALID_ARGUMENT naming the field): a filter is never silently ignored. Pure.
 import net from 'node:net';
-import type { Flow, FlowEndpoint, FlowFilter, FlowPolicy } from './types.ts';
+import { MessageType } from './codes.ts';
+import { fqdnMatcher, nodeNameMatcher, PatternError } from './patterns.ts';
+import { dropReasonCode, dropReasonNames } from './schema.ts';
+import { parseLabels, parseSelector, requirementsMatch, SelectorError } from './selector.ts';
+import type { Flow, FlowEndpoint, FlowFilter, FlowPolicy, TcpFlags } from './types.ts';
 
 export class FilterError extends Error {
   constructor(message: string) { super(message); this.name = 'FilterError'; }
@@ -11,42 +16,144 @@ export class FilterError extends Error {
 
 type Pred = (f: Flow) => boolean;
 
-export function compileFilters(whitelist: FlowFilter[] = [], blacklist: FlowFilter[] = []): Pred {
-  const allow = whitelist.map((f, i) => compileFilter(f, `whitelist[${i}]`));
-  const deny = blacklist.map((f, i) => compileFilter(f, `blacklist[${i}]`));
+/** What the server knows that some filters need. */
+export interface FilterContext {
+  /** This node's cluster, when it is in one: node names without a cluster belong to it. */
+  clusterName?: string;
+}
+
+/** Fields with no meaning on a Membrane node, and why. */
+const UNSUPPORTED: [keyof FlowFilter, string, string][] = [
+  ['sourceIpXlated', 'source_ip_xlated', 'Membrane does not translate addresses (no SNAT), so no flow has a translated source'],
+  ['sourceService', 'source_service', 'Membrane has no service load-balancing, so flows carry no service'],
+  ['destinationService', 'destination_service', 'Membrane has no service load-balancing, so flows carry no service'],
+  ['sourceWorkload', 'source_workload', 'Membrane does not know the workloads (owner objects) of endpoints'],
+  ['destinationWorkload', 'destination_workload', 'Membrane does not know the workloads (owner objects) of endpoints'],
+  ['nodeLabels', 'node_labels', 'Membrane nodes carry no labels in flows'],
+  ['traceId', 'trace_id', 'Membrane does not read trace context from packets'],
+  ['ipTraceId', 'ip_trace_id', 'Membrane does not read IP trace options from packets'],
+];
+
+export function compileFilters(whitelist: FlowFilter[] = [], blacklist: FlowFilter[] = [], ctx: FilterContext = {}): Pred {
+  const allow = whitelist.map((f, i) => compileFilter(f, `whitelist[${i}]`, ctx));
+  const deny = blacklist.map((f, i) => compileFilter(f, `blacklist[${i}]`, ctx));
   if (!allow.length && !deny.length) return () => true;
   return (f) => (!allow.length || allow.some((p) => p(f))) && !deny.some((p) => p(f));
 }
 
-export function compileFilter(filter: FlowFilter, where = 'filter'): Pred {
+export function compileFilter(filter: FlowFilter, where = 'filter', ctx: FilterContext = {}): Pred {
   const preds: Pred[] = [];
+  const at = (field: string) => `${where}.${field}`;
   const add = <T>(values: T[] | undefined, make: (values: T[]) => Pred) => { if (values?.length) preds.push(make(values)); };
-  add(filter.sourceIp, (v) => ipPred(v, `${where}.source_ip`, (f) => f.ip?.source));
-  add(filter.destinationIp, (v) => ipPred(v, `${where}.destination_ip`, (f) => f.ip?.destination));
+  const guard = <T>(field: string, make: () => T): T => {
+    try { return make(); } catch (e) {
+      if (e instanceof SelectorError || e instanceof PatternError || e instanceof SyntaxError) throw new FilterError(`${at(field)}: ${e.message}`);
+      throw e;
+    }
+  };
+  for (const [key, name, why] of UNSUPPORTED) {
+    if ((filter[key] as unknown[] | undefined)?.length) throw new FilterError(`${at(name)}: cannot be applied: ${why}`);
+  }
+  if (filter.experimental?.celExpression?.length) throw new FilterError(`${at('experimental.cel_expression')}: CEL expressions are not supported by Membrane`);
+
+  add(filter.uuid, (v) => (f) => f.uuid !== undefined && v.includes(f.uuid));
+  add(filter.sourceIp, (v) => ipPred(v, at('source_ip'), (f) => f.IP?.source));
+  add(filter.destinationIp, (v) => ipPred(v, at('destination_ip'), (f) => f.IP?.destination));
+  add(filter.sourcePod, (v) => podPred(v, at('source_pod'), (f) => f.source));
+  add(filter.destinationPod, (v) => podPred(v, at('destination_pod'), (f) => f.destination));
+  add(filter.sourceFqdn, (v) => guard('source_fqdn', () => namesPred(v, (f) => f.sourceNames)));
+  add(filter.destinationFqdn, (v) => guard('destination_fqdn', () => namesPred(v, (f) => f.destinationNames)));
+  add(filter.sourceLabel, (v) => guard('source_label', () => labelPred(v, (f) => f.source)));
+  add(filter.destinationLabel, (v) => guard('destination_label', () => labelPred(v, (f) => f.destination)));
+  add(filter.sourceClusterName, (v) => clusterPred(v, at('source_cluster_name'), ctx, (f) => f.source));
+  add(filter.destinationClusterName, (v) => clusterPred(v, at('destination_cluster_name'), ctx, (f) => f.destination));
+  add(filter.trafficDirection, (v) => (f) => v.includes(f.trafficDirection ?? 'TRAFFIC_DIRECTION_UNKNOWN'));
   add(filter.verdict, (v) => (f) => v.includes(f.verdict));
-  add(filter.eventType, (v) => (f) => v.includes(f.eventType));
-  add(filter.protocol, (v) => protocolPred(v, `${where}.protocol`));
-  add(filter.sourceLabel, (v) => labelPred(v, `${where}.source_label`, (f) => f.source));
-  add(filter.destinationLabel, (v) => labelPred(v, `${where}.destination_label`, (f) => f.destination));
-  add(filter.sourcePort, (v) => portPred(v, `${where}.source_port`, 'sourcePort'));
-  add(filter.destinationPort, (v) => portPred(v, `${where}.destination_port`, 'destinationPort'));
-  add(filter.reply, (v) => (f) => f.isReply !== undefined && v.includes(f.isReply.value));
-  add(filter.sourceIdentity, (v) => (f) => v.includes(f.source?.identity ?? 0));
-  add(filter.destinationIdentity, (v) => (f) => v.includes(f.destination?.identity ?? 0));
-  add(filter.nodeName, (v) => (f) => v.includes(f.nodeName));
-  add(filter.ipVersion, (v) => (f) => v.includes(f.ip?.ipVersion));
-  add(filter.trafficDirection, (v) => (f) => v.includes(f.trafficDirection));
-  add(filter.dropReasonDesc, (v) => (f) => f.dropReasonDesc !== undefined && v.includes(f.dropReasonDesc));
-  add(filter.sourceEndpoint, (v) => (f) => v.includes(f.source?.id ?? 0));
-  add(filter.destinationEndpoint, (v) => (f) => v.includes(f.destination?.id ?? 0));
-  add(filter.sourcePod, (v) => podPred(v, (f) => f.source));
-  add(filter.destinationPod, (v) => podPred(v, (f) => f.destination));
-  add(filter.policyName, (v) => (f) => policiesOf(f).some((p) => v.includes(p.name)));
+  add(filter.dropReasonDesc, (v) => dropReasonPred(v, at('drop_reason_desc')));
+  add(filter.interface, (v) => (f) => !!f.interface && v.some((i) =>
+    (!i.index || i.index === f.interface!.index) && (!i.name || i.name === f.interface!.name)));
+  add(filter.eventType, (v) => (f) => !!f.eventType && v.some((t) =>
+    (!t.type || t.type === f.eventType!.type) && (!t.matchSubType || (t.subType ?? 0) === (f.eventType!.subType ?? 0))));
+  add(filter.protocol, (v) => protocolPred(v, at('protocol')));
+  add(filter.sourcePort, (v) => portPred(v, at('source_port'), 'sourcePort'));
+  add(filter.destinationPort, (v) => portPred(v, at('destination_port'), 'destinationPort'));
+  add(filter.reply, (v) => (f) => (f.isReply !== undefined || f.verdict === 'DROPPED') && v.includes(f.isReply?.value ?? false));
+  add(filter.sourceIdentity, (v) => (f) => !!f.source && v.includes(f.source.identity ?? 0));
+  add(filter.destinationIdentity, (v) => (f) => !!f.destination && v.includes(f.destination.identity ?? 0));
+  add(filter.tcpFlags, (v) => (f) => { const have = f.l4?.TCP?.flags; return !!have && v.some((want) => hasFlags(have, want)); });
+  add(filter.nodeName, (v) => guard('node_name', () => { const m = nodeNameMatcher(v, ctx.clusterName ?? 'default'); return (f: Flow) => m(f.nodeName ?? ''); }));
+  add(filter.ipVersion, (v) => (f) => v.includes(f.IP?.ipVersion ?? 'IP_NOT_USED'));
+  add(filter.encrypted, (v) => (f) => v.includes(f.IP?.encrypted ?? false));
+  addL7(filter, at, guard, preds);
+  const m = filter.membrane;
+  add(m?.sourceEndpoint, (v) => (f) => v.includes(f.source?.ID ?? 0));
+  add(m?.destinationEndpoint, (v) => (f) => v.includes(f.destination?.ID ?? 0));
+  add(m?.policyName, (v) => (f) => policiesOf(f).some((p) => v.includes(p.name) || (!!p.namespace && v.includes(`${p.namespace}/${p.name}`))));
+  add(m?.event, (v) => (f) => v.includes(f.membrane?.event ?? 'MEMBRANE_EVENT_UNKNOWN'));
   return (f) => preds.every((p) => p(f));
+}
+
+/** HTTP and DNS filters read the flow's L7 record (set by L7 visibility). Like Hubble, the HTTP
+ *  ones are refused next to an event type filter that cannot select L7 events. */
+function addL7(filter: FlowFilter, at: (f: string) => string, guard: <T>(field: string, make: () => T) => T, preds: Pred[]): void {
+  const http = (f: Flow) => f.l7?.http;
+  const l7Compatible = !filter.eventType?.length || filter.eventType.some((t) => t.type === MessageType.L7);
+  const need = (field: string) => {
+    if (!l7Compatible) throw new FilterError(`${at(field)}: needs the event type filter to select L7 events (type ${MessageType.L7})`);
+  };
+  if (filter.httpStatusCode?.length) {
+    need('http_status_code');
+    const full: string[] = [], prefix: string[] = [];
+    for (const s of filter.httpStatusCode) {
+      if (/^[1-5]\d\d$/.test(s)) full.push(s);
+      else if (/^[1-5]\d?\+$/.test(s)) prefix.push(s.slice(0, -1));
+      else throw new FilterError(`${at('http_status_code')}: "${s}" is not a status code or prefix ("404", "5+", "20+")`);
+    }
+    preds.push((f) => {
+      const code = http(f)?.code;
+      if (!code) return false;
+      const text = String(code).padStart(3, '0');
+      return full.includes(text) || prefix.some((p) => text.startsWith(p));
+    });
+  }
+  if (filter.httpMethod?.length) {
+    need('http_method');
+    const methods = filter.httpMethod.map((m) => m.toUpperCase());
+    preds.push((f) => !!http(f)?.method && methods.includes(http(f)!.method!.toUpperCase()));
+  }
+  if (filter.httpPath?.length) {
+    need('http_path');
+    const res = guard('http_path', () => filter.httpPath!.map((p) => new RegExp(p)));
+    preds.push((f) => {
+      const url = http(f)?.url;
+      if (!url) return false;
+      let path: string;
+      try { path = new URL(url, 'http://membrane.invalid').pathname; } catch { return false; }
+      return res.some((r) => r.test(path));
+    });
+  }
+  if (filter.httpUrl?.length) {
+    need('http_url');
+    const res = guard('http_url', () => filter.httpUrl!.map((p) => new RegExp(p)));
+    preds.push((f) => !!http(f)?.url && res.some((r) => r.test(http(f)!.url!)));
+  }
+  if (filter.httpHeader?.length) {
+    need('http_header');
+    const want = filter.httpHeader;
+    preds.push((f) => (http(f)?.headers ?? []).some((h) => want.some((w) => w.key === h.key && w.value === h.value)));
+  }
+  if (filter.dnsQuery?.length) {
+    const res = guard('dns_query', () => filter.dnsQuery!.map((p) => new RegExp(p)));
+    preds.push((f) => f.l7?.dns?.query !== undefined && res.some((r) => r.test(f.l7!.dns!.query!)));
+  }
 }
 
 function policiesOf(f: Flow): FlowPolicy[] {
   return [...(f.egressAllowedBy ?? []), ...(f.ingressAllowedBy ?? []), ...(f.egressDeniedBy ?? []), ...(f.ingressDeniedBy ?? [])];
+}
+
+function hasFlags(have: TcpFlags, want: TcpFlags): boolean {
+  return (Object.keys(want) as (keyof TcpFlags)[]).every((k) => !want[k] || have[k]);
 }
 
 function ipPred(values: string[], what: string, get: (f: Flow) => string | undefined): Pred {
@@ -68,28 +175,32 @@ function ipPred(values: string[], what: string, get: (f: Flow) => string | undef
   };
 }
 
-const PROTOCOLS: Record<string, (keyof Flow['l4'])[]> = {
-  tcp: ['tcp'], udp: ['udp'], sctp: ['sctp'], icmp: ['icmpv4', 'icmpv6'], icmpv4: ['icmpv4'], icmpv6: ['icmpv6'],
-  '6': ['tcp'], '17': ['udp'], '132': ['sctp'], '1': ['icmpv4'], '58': ['icmpv6'],
+const L4_PROTOCOLS: Record<string, (keyof NonNullable<Flow['l4']>)[]> = {
+  tcp: ['TCP'], udp: ['UDP'], sctp: ['SCTP'], icmp: ['ICMPv4', 'ICMPv6'], icmpv4: ['ICMPv4'], icmpv6: ['ICMPv6'],
 };
+// Protocols Hubble's filter knows that Membrane's datapath never reports: matching nothing is the
+// true answer for them, not a refusal.
+const NEVER_SEEN = new Set(['vrrp', 'igmp', 'kafka']);
 
 function protocolPred(values: string[], what: string): Pred {
   const keys = new Set<string>();
-  const numbers = new Set<number>();
+  let dns = false, http = false;
   for (const raw of values) {
     const v = raw.trim().toLowerCase();
-    if (PROTOCOLS[v]) PROTOCOLS[v].forEach((k) => keys.add(k));
-    else if (/^\d+$/.test(v) && Number(v) < 256) numbers.add(Number(v));
-    else throw new FilterError(`${what}: unknown protocol "${raw}" (tcp, udp, sctp, icmp, icmpv4, icmpv6 or a number)`);
+    if (L4_PROTOCOLS[v]) L4_PROTOCOLS[v].forEach((k) => keys.add(k));
+    else if (v === 'dns') dns = true;
+    else if (v === 'http') http = true;
+    else if (!NEVER_SEEN.has(v)) throw new FilterError(`${what}: unknown protocol "${raw}" (tcp, udp, sctp, icmp, icmpv4, icmpv6, vrrp, igmp, dns, http, kafka)`);
   }
   return (f) => {
     const l4 = f.l4 ?? {};
     for (const k of keys) if (l4[k as keyof typeof l4]) return true;
-    return l4.other !== undefined && numbers.has(l4.other.protocol);
+    return (dns && !!f.l7?.dns) || (http && !!f.l7?.http);
   };
 }
 
 function portPred(values: string[], what: string, side: 'sourcePort' | 'destinationPort'): Pred {
+  // Hubble takes single ports; a range "8000-8080" is Membrane's extension.
   const ranges = values.map((raw) => {
     const m = /^(\d+)(?:-(\d+))?$/.exec(raw.trim());
     const lo = m ? Number(m[1]) : NaN;
@@ -99,68 +210,53 @@ function portPred(values: string[], what: string, side: 'sourcePort' | 'destinat
   });
   return (f) => {
     const l4 = f.l4 ?? {};
-    const ports = l4.tcp ?? l4.udp ?? l4.sctp;
+    const ports = l4.TCP ?? l4.UDP ?? l4.SCTP;
     if (!ports) return false;
-    const p = ports[side];
+    const p = ports[side] ?? 0;
     return ranges.some(([lo, hi]) => p >= lo && p <= hi);
   };
 }
 
-/** One selector term: key with optional source prefix, and "=value", presence, or "!" absence. */
-interface Term { key: string; source: string | null; value?: string; absent: boolean }
-
-const SOURCES = new Set(['k8s', 'docker', 'container', 'reserved', 'cidr', 'any', 'unspec', 'cni', 'membrane']);
-
-function splitSource(key: string): { source: string | null; key: string } {
-  const colon = key.indexOf(':');
-  if (colon > 0 && SOURCES.has(key.slice(0, colon))) return { source: key.slice(0, colon), key: key.slice(colon + 1) };
-  return { source: null, key };
+function dropReasonPred(values: (string | number)[], what: string): Pred {
+  const names = dropReasonNames();
+  const wanted = new Set(values.map((v) => {
+    const code = typeof v === 'number' ? v : /^\d+$/.test(v) ? Number(v) : dropReasonCode(v);
+    if (code === undefined || (typeof v === 'number' && !(v in names) && v !== 0)) throw new FilterError(`${what}: "${v}" is not a drop reason (e.g. POLICY_DENIED, POLICY_DENY, INVALID_SOURCE_IP)`);
+    return code;
+  }));
+  return (f) => f.dropReasonDesc !== undefined && wanted.has(dropReasonCode(f.dropReasonDesc) ?? -1);
 }
 
-export function parseSelector(text: string, what = 'label'): Term[] {
-  const terms = text.split(',').map((s) => s.trim()).filter(Boolean);
-  if (!terms.length) throw new FilterError(`${what}: empty label selector`);
-  return terms.map((t) => {
-    const absent = t.startsWith('!');
-    const body = absent ? t.slice(1) : t;
-    const eq = body.indexOf('=');
-    const rawKey = (eq >= 0 ? body.slice(0, eq) : body).trim();
-    if (!rawKey || (absent && eq >= 0)) throw new FilterError(`${what}: "${t}" is not a label selector (k=v, k or !k)`);
-    const { source, key } = splitSource(rawKey);
-    return { key, source: source === 'any' ? null : source, absent, ...(eq >= 0 ? { value: body.slice(eq + 1).trim() } : {}) };
+/** Hubble's pod filter: "[namespace/]name-prefix"; no namespace means "default"; "ns/" a namespace. */
+function podPred(values: string[], what: string, get: (f: Flow) => FlowEndpoint | undefined): Pred {
+  const parsed = values.map((v) => {
+    if (v === '') throw new FilterError(`${what}: a pod name must not be empty`);
+    const [first, ...rest] = v.split('/');
+    return rest.length ? { ns: first, prefix: rest[0] } : { ns: 'default', prefix: first };
   });
-}
-
-function termMatches(term: Term, labels: { source: string | null; key: string; value: string }[]): boolean {
-  const found = labels.some((l) => l.key === term.key && (term.source === null || term.source === l.source) &&
-    (term.value === undefined || term.value === l.value));
-  return term.absent ? !found : found;
-}
-
-function parsedLabels(ep: FlowEndpoint | undefined): { source: string | null; key: string; value: string }[] {
-  return (ep?.labels ?? []).map((l) => {
-    const eq = l.indexOf('=');
-    const { source, key } = splitSource(eq >= 0 ? l.slice(0, eq) : l);
-    return { source, key, value: eq >= 0 ? l.slice(eq + 1) : '' };
-  });
-}
-
-function labelPred(values: string[], what: string, get: (f: Flow) => FlowEndpoint | undefined): Pred {
-  const selectors = values.map((v) => parseSelector(v, what));
-  return (f) => {
-    const labels = parsedLabels(get(f));
-    return selectors.some((terms) => terms.every((t) => termMatches(t, labels)));
-  };
-}
-
-function podPred(values: string[], get: (f: Flow) => FlowEndpoint | undefined): Pred {
   return (f) => {
     const ep = get(f);
-    if (!ep) return false;
-    return values.some((v) => {
-      const slash = v.indexOf('/');
-      if (slash < 0) return (ep.podName ?? '').startsWith(v) || (ep.containerId ?? '').startsWith(v);
-      return (ep.namespace ?? '') === v.slice(0, slash) && (ep.podName ?? '').startsWith(v.slice(slash + 1));
-    });
+    const ns = ep?.namespace ?? '', pod = ep?.podName ?? '';
+    if (!ns && !pod) return false;
+    return parsed.some((p) => (!p.prefix || pod.startsWith(p.prefix)) && (!p.ns || p.ns === ns));
   };
+}
+
+function namesPred(patterns: string[], get: (f: Flow) => string[] | undefined): Pred {
+  const m = fqdnMatcher(patterns);
+  return (f) => (get(f) ?? []).some(m);
+}
+
+function labelPred(values: string[], get: (f: Flow) => FlowEndpoint | undefined): Pred {
+  const selectors = values.map((v) => parseSelector(v));
+  return (f) => {
+    const labels = parseLabels(get(f)?.labels);
+    return selectors.some((reqs) => requirementsMatch(reqs, labels));
+  };
+}
+
+function clusterPred(values: string[], what: string, ctx: FilterContext, get: (f: Flow) => FlowEndpoint | undefined): Pred {
+  if (!ctx.clusterName) throw new FilterError(`${what}: this node is not in a cluster, so flows carry no cluster name`);
+  if (values.includes('')) throw new FilterError(`${what}: a cluster name must not be empty`);
+  return (f) => values.includes(get(f)?.clusterName ?? '');
 }

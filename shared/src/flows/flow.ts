@@ -1,21 +1,29 @@
 // Turns a datapath trace_event plus what was looked up for it when it arrived (enrich.ts) into a
-// flow record: wall-clock time, verdict, both endpoints with identity and labels, L4 details, and
-// the policy rule behind the verdict. Pure.
-import { DatapathVerdict, Direction, DROP_REASONS, EVENT_FLAG_AUDIT, EventType, encodeTraceEvent, type TraceEvent } from './event.ts';
+// Hubble flow record: wall-clock time, verdict, both endpoints with identity and labels, L4 details,
+// the monitor event type Hubble clients filter on, the drop reason under Hubble's code, and the
+// policy behind the verdict. Pure.
+import { DatapathVerdict, Direction, EVENT_FLAG_AUDIT, EventType, encodeTraceEvent, type TraceEvent } from './event.ts';
 import { emptyRefs, enrichRaw, type FlowContext, type FlowRefs, type RuleDescription } from './enrich.ts';
-import type { DropReasonName, Flow, FlowEndpoint, FlowEventType, FlowPolicy, Layer4, TcpFlags, Timestamp, Verdict } from './types.ts';
+import { DropCode, hubbleDropCode, MessageType, TRACE_FROM_ENDPOINT, TRACE_TO_ENDPOINT } from './codes.ts';
+import { dropReasonNames } from './schema.ts';
+import { summaryOf } from './summary.ts';
+import type { Flow, FlowEndpoint, FlowPolicy, Layer4, MembraneEvent, TcpFlags, Timestamp, Verdict } from './types.ts';
+import { VERSION } from '../version.ts';
 
 export type { EndpointView, FlowContext, RuleDescription } from './enrich.ts';
 
-const EVENT_TYPES: Record<number, FlowEventType> = {
-  [EventType.FLOW_NEW]: 'FLOW_NEW', [EventType.DROP]: 'DROP', [EventType.FLOW_END]: 'FLOW_END',
+const MEMBRANE_EVENTS: Record<number, MembraneEvent> = {
+  [EventType.FLOW_NEW]: 'FLOW_NEW', [EventType.DROP]: 'FLOW_DROP', [EventType.FLOW_END]: 'FLOW_END',
 };
+const EMITTER = Object.freeze({ name: 'Membrane', version: VERSION });
+// BoolValue(false) as protobuf writes it canonically: an empty message (a zero field is left out).
+const NOT_REPLY = Object.freeze({}) as { value?: boolean };
 
 export function verdictOf(e: TraceEvent): Verdict {
   if (e.flags & EVENT_FLAG_AUDIT || e.verdict === DatapathVerdict.AUDIT) return 'AUDIT';
   if (e.verdict === DatapathVerdict.DROPPED || e.type === EventType.DROP) return 'DROPPED';
-  // REDIRECTED is the datapath's bpf_redirect_peer short-cut to a local pod: the packet was
-  // forwarded. (Hubble's REDIRECTED means "handed to an L7 proxy", which Membrane has not.)
+  // The datapath's REDIRECTED is its bpf_redirect_peer short-cut to a local pod: the packet was
+  // forwarded. (Hubble's REDIRECTED means "handed to a proxy", which is not this.)
   if (e.verdict === DatapathVerdict.FORWARDED || e.verdict === DatapathVerdict.REDIRECTED) return 'FORWARDED';
   return 'VERDICT_UNKNOWN';
 }
@@ -32,16 +40,17 @@ export function tcpFlags(bits: number): TcpFlags {
   return FLAG_TABLE[bits & 0xff];
 }
 
-export function layer4(e: TraceEvent): Layer4 {
+/** L4 of the event; undefined for protocols Hubble's Layer4 has no place for (the IP part stays). */
+export function layer4(e: TraceEvent): Layer4 | undefined {
   switch (e.proto) {
-    case 6: return { tcp: { sourcePort: e.sport, destinationPort: e.dport, flags: tcpFlags(e.tcpFlags) } };
-    case 17: return { udp: { sourcePort: e.sport, destinationPort: e.dport } };
-    case 132: return { sctp: { sourcePort: e.sport, destinationPort: e.dport } };
+    case 6: return { TCP: { sourcePort: e.sport, destinationPort: e.dport, flags: tcpFlags(e.tcpFlags) } };
+    case 17: return { UDP: { sourcePort: e.sport, destinationPort: e.dport } };
+    case 132: return { SCTP: { sourcePort: e.sport, destinationPort: e.dport } };
     // ICMP has no ports: for echo request/reply the datapath puts the identifier in both (conntrack
     // pairs them by it); other ICMP messages carry 0. The type is not in the event.
-    case 1: return { icmpv4: e.sport ? { id: e.sport } : {} };
-    case 58: return { icmpv6: e.sport ? { id: e.sport } : {} };
-    default: return { other: { protocol: e.proto } };
+    case 1: return { ICMPv4: e.sport ? { membraneEchoId: e.sport } : {} };
+    case 58: return { ICMPv6: e.sport ? { membraneEchoId: e.sport } : {} };
+    default: return undefined;
   }
 }
 
@@ -70,45 +79,83 @@ function endpointOf(ref: FlowEndpoint | undefined, identity: number): FlowEndpoi
   return { ...ref, identity };
 }
 
+/** Cilium's policy labels, so tools that read them (hubble --print-policy-names, UIs) find them. */
+function policyLabels(rule: RuleDescription, name: string): string[] {
+  const out = [`k8s:io.cilium.k8s.policy.derived-from=${rule.kind ?? 'CiliumNetworkPolicy'}`, `k8s:io.cilium.k8s.policy.name=${name}`];
+  if (rule.namespace) out.push(`k8s:io.cilium.k8s.policy.namespace=${rule.namespace}`);
+  return out;
+}
+
 function policyOf(ruleId: number, rule: RuleDescription | undefined): FlowPolicy {
   // Without a policy service (or for a rule it no longer knows) the id is all we can show.
-  return rule ? { name: rule.policy, ruleIndex: rule.index, ruleId, kind: 'MembraneNetworkPolicy' } : { name: '', ruleId };
+  if (!rule) return { name: '', membraneRuleId: ruleId };
+  const ns = rule.namespace;
+  const name = ns && rule.policy.startsWith(`${ns}/`) ? rule.policy.slice(ns.length + 1) : rule.policy;
+  const p: FlowPolicy = { name, labels: policyLabels(rule, name), kind: rule.kind ?? 'CiliumNetworkPolicy', membraneRuleIndex: rule.index, membraneRuleId: ruleId };
+  if (ns) p.namespace = ns;
+  if (rule.revision !== undefined) p.revision = rule.revision;
+  if (rule.path) p.membraneRulePath = rule.path;
+  return p;
 }
 
 /** The flow for an event whose lookups are done. */
 export function assemble(e: TraceEvent, refs: FlowRefs, nodeName: string, wallOffset: Timestamp): Flow {
   const egress = e.direction === Direction.EGRESS;
   const verdict = verdictOf(e);
+  const rule = e.ruleId ? refs.rule : undefined;
   const flow: Flow = {
     time: e.tsNs ? wallTime(e.tsNs, wallOffset) : nowTimestamp(),
+    emitter: EMITTER,
     verdict,
-    ip: { source: e.saddr, destination: e.daddr, ipVersion: e.family === 6 ? 'IPv6' : e.family === 4 ? 'IPv4' : 'IP_NOT_USED' },
-    l4: layer4(e),
-    source: endpointOf(refs.src, e.srcIdentity),
-    destination: endpointOf(refs.dst, e.dstIdentity),
+    IP: { source: e.saddr, destination: e.daddr, ipVersion: e.family === 6 ? 'IPv6' : e.family === 4 ? 'IPv4' : 'IP_NOT_USED' },
+    source: endpointOf(refs.src?.endpoint, e.srcIdentity),
+    destination: endpointOf(refs.dst?.endpoint, e.dstIdentity),
+    Type: 'L3_L4',
     nodeName,
-    eventType: EVENT_TYPES[e.type] ?? 'EVENT_TYPE_UNKNOWN',
     trafficDirection: egress ? 'EGRESS' : e.direction === Direction.INGRESS ? 'INGRESS' : 'TRAFFIC_DIRECTION_UNKNOWN',
-    interface: refs.ifName ? { index: e.ifindex, name: refs.ifName } : { index: e.ifindex },
-    observedByEndpoint: e.endpointId,
-    length: e.len,
+    membrane: { event: MEMBRANE_EVENTS[e.type] ?? 'MEMBRANE_EVENT_UNKNOWN' },
   };
-  if (e.type === EventType.FLOW_NEW) flow.isReply = { value: false };
-  if (verdict === 'DROPPED' || verdict === 'AUDIT' || e.type === EventType.DROP) {
-    flow.dropReason = e.reason;
-    const name = DROP_REASONS[e.reason];
-    flow.dropReasonDesc = (e.reason && name ? name : 'DROP_REASON_UNKNOWN') as DropReasonName;
+  // Zero fields are left out, as protobuf's canonical encoding does (Hubble clients compare them).
+  if (e.ifindex || refs.ifName) flow.interface = refs.ifName ? { index: e.ifindex, name: refs.ifName } : { index: e.ifindex };
+  if (e.endpointId) flow.membrane!.observedByEndpoint = e.endpointId;
+  if (e.len) flow.membrane!.length = e.len;
+  const l4 = layer4(e);
+  if (l4) flow.l4 = l4;
+  if (refs.src?.containerId) flow.membrane!.sourceContainerId = refs.src.containerId;
+  if (refs.dst?.containerId) flow.membrane!.destinationContainerId = refs.dst.containerId;
+
+  const dropLike = verdict === 'DROPPED' || verdict === 'AUDIT' || e.type === EventType.DROP;
+  const deniedByRule = rule ? rule.action === 'deny' : !!e.ruleId && dropLike;
+  if (dropLike) {
+    const code = hubbleDropCode(e.reason, deniedByRule);
+    flow.dropReason = code;
+    flow.dropReasonDesc = dropReasonNames()[code] ?? 'DROP_REASON_UNKNOWN';
+    if (e.reason) flow.membrane!.datapathDropReason = e.reason;
   }
-  if (verdict === 'AUDIT') flow.audit = true;
-  if (e.type === EventType.FLOW_END) flow.counters = { packets: e.packets, bytes: e.bytes };
+  if (e.type === EventType.DROP) {
+    flow.eventType = { type: MessageType.DROP, subType: flow.dropReason };
+    if (flow.dropReason === DropCode.POLICY_DENIED || flow.dropReason === DropCode.POLICY_DENY) flow.isReply = NOT_REPLY;
+  } else if (e.type === EventType.FLOW_NEW && (rule || verdict === 'AUDIT')) {
+    // A connection's first packet that policy decided: Hubble's policy verdict event.
+    flow.eventType = { type: MessageType.POLICY_VERDICT };
+    if (rule?.matchType) flow.policyMatchType = rule.matchType;
+    flow.isReply = NOT_REPLY;
+  } else {
+    const point = egress ? TRACE_FROM_ENDPOINT : TRACE_TO_ENDPOINT;
+    flow.eventType = point ? { type: MessageType.TRACE, subType: point } : { type: MessageType.TRACE };
+    flow.traceObservationPoint = egress ? 'FROM_ENDPOINT' : 'TO_ENDPOINT';
+    if (e.type === EventType.FLOW_NEW) flow.traceReason = 'NEW';
+    // FLOW_END records are written in the connection's own direction too.
+    flow.isReply = NOT_REPLY;
+  }
+  if (e.type === EventType.FLOW_END) flow.membrane!.counters = { packets: e.packets, bytes: e.bytes };
   if (e.ruleId) {
-    const rule = refs.rule;
     const policy = policyOf(e.ruleId, rule);
     const dir = rule?.direction ?? (egress ? 'egress' : 'ingress');
-    const denied = rule ? rule.action === 'deny' : verdict === 'DROPPED' || verdict === 'AUDIT';
-    if (dir === 'egress') flow[denied ? 'egressDeniedBy' : 'egressAllowedBy'] = [policy];
-    else flow[denied ? 'ingressDeniedBy' : 'ingressAllowedBy'] = [policy];
+    if (dir === 'egress') flow[deniedByRule ? 'egressDeniedBy' : 'egressAllowedBy'] = [policy];
+    else flow[deniedByRule ? 'ingressDeniedBy' : 'ingressAllowedBy'] = [policy];
   }
+  flow.Summary = summaryOf(flow);
   return flow;
 }
 

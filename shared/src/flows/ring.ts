@@ -2,11 +2,12 @@
 // references to what was looked up for it (shared records, no new objects), so a busy node does
 // not turn into garbage-collector work; flow records are built only when someone asks (GetFlows,
 // followers). Also counts all flows seen and the recent rate. Pure.
+import crypto from 'node:crypto';
 import { decodeTraceEvent, TRACE_EVENT_SIZE } from './event.ts';
 import { readHostU64Number } from '../net/index.ts';
-import type { FlowRefs, RuleDescription } from './enrich.ts';
+import type { FlowRefs, RuleDescription, SideRef } from './enrich.ts';
 import { assemble } from './flow.ts';
-import type { Flow, FlowEndpoint, Timestamp } from './types.ts';
+import type { Flow, Timestamp } from './types.ts';
 
 export interface SelectOptions {
   /** How many (0: no limit). */
@@ -20,8 +21,8 @@ export interface SelectOptions {
 
 export class FlowRing {
   private readonly bytes: Buffer;
-  private readonly src: (FlowEndpoint | undefined)[];
-  private readonly dst: (FlowEndpoint | undefined)[];
+  private readonly src: (SideRef | undefined)[];
+  private readonly dst: (SideRef | undefined)[];
   private readonly ifName: (string | undefined)[];
   private readonly rule: (RuleDescription | undefined)[];
   // The wall-clock offset in force when each event arrived (it moves only when the clock is stepped).
@@ -35,6 +36,8 @@ export class FlowRing {
   private readonly perSecond = new Float64Array(60);
   private readonly secondOf = new Float64Array(60).fill(-1);
   private nowSec: number;
+  /** Flow uuids: 10 random bytes per ring (one agent run) and the flow's 48-bit sequence number. */
+  private readonly uuidPrefix: string;
 
   constructor(readonly capacity: number, private readonly nodeName: string, private readonly nowMs: () => number = Date.now) {
     if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError(`flow ring capacity must be a positive integer, got ${capacity}`);
@@ -46,6 +49,11 @@ export class FlowRing {
     this.offSec = new Float64Array(capacity);
     this.offNs = new Float64Array(capacity);
     this.nowSec = Math.floor(nowMs() / 1000);
+    const r = crypto.randomBytes(10);
+    r[6] = (r[6] & 0x0f) | 0x40; // RFC 4122 version 4 and variant bits: a well-formed UUID
+    r[8] = (r[8] & 0x3f) | 0x80;
+    const h = r.toString('hex');
+    this.uuidPrefix = `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-`;
   }
 
   get size(): number { return this.held; }
@@ -74,7 +82,7 @@ export class FlowRing {
     if (this.secondOf[b] !== this.nowSec) { this.secondOf[b] = this.nowSec; this.perSecond[b] = 0; }
     this.perSecond[b]++;
     if (this.subscribers.size) {
-      const flow = this.flowAt(i);
+      const flow = this.flowAt(i, this.seenCount - 1);
       for (const s of this.subscribers) s(flow);
     }
   }
@@ -91,9 +99,25 @@ export class FlowRing {
     return total / Math.max(1, sec - oldest + 1);
   }
 
-  private flowAt(i: number): Flow {
+  /** The flow in slot i, whose sequence number (0 = the first flow seen) is seq. */
+  private flowAt(i: number, seq: number): Flow {
     const refs: FlowRefs = { src: this.src[i], dst: this.dst[i], ifName: this.ifName[i], rule: this.rule[i] };
-    return assemble(decodeTraceEvent(this.bytes, i * TRACE_EVENT_SIZE), refs, this.nodeName, { seconds: this.offSec[i], nanos: this.offNs[i] });
+    const flow = assemble(decodeTraceEvent(this.bytes, i * TRACE_EVENT_SIZE), refs, this.nodeName, { seconds: this.offSec[i], nanos: this.offNs[i] });
+    flow.uuid = this.uuidPrefix + seq.toString(16).padStart(12, '0');
+    return flow;
+  }
+
+  /** The endpoint records of the flows with sequence numbers from..seen-1 that are still held
+   *  (namespace tracking reads these without building flows). */
+  forEachSide(from: number, fn: (side: SideRef) => void): number {
+    const start = Math.max(from, this.seenCount - this.held);
+    for (let s = start; s < this.seenCount; s++) {
+      const i = s % this.capacity;
+      const a = this.src[i], b = this.dst[i];
+      if (a) fn(a);
+      if (b && b !== a) fn(b);
+    }
+    return this.seenCount;
   }
 
   /** Wall-clock ms of slot i without building the flow (time windows are checked first). */
@@ -120,7 +144,7 @@ export class FlowRing {
         const t = this.timeMs(i);
         if ((o.sinceMs !== undefined && t < o.sinceMs) || (o.untilMs !== undefined && t > o.untilMs)) continue;
       }
-      const f = this.flowAt(i);
+      const f = this.flowAt(i, s);
       if (!o.match || o.match(f)) out.push(f);
     }
     return o.first ? out : out.reverse();

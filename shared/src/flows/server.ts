@@ -1,19 +1,20 @@
-// The Observer gRPC service (@grpc/grpc-js) over the flow ring: GetFlows (history, then follow) and
-// ServerStatus, on a unix socket and optionally TCP. A slow follower never holds the agent back:
-// past a queue limit its flows are dropped and it is told how many (LostEvent OBSERVER_EVENTS_QUEUE),
-// the way Hubble does it.
+// The observer gRPC server (@grpc/grpc-js): Hubble's observer.Observer service (GetFlows,
+// GetAgentEvents, GetNodes, GetNamespaces, ServerStatus; GetDebugEvents answers UNIMPLEMENTED) and
+// the standard health service `hubble status` checks, on a unix socket and optionally TCP.
 import fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
-import { compileFilters, FilterError } from './filter.ts';
-import { nowTimestamp, timestampMs } from './flow.ts';
-import { observerService } from './proto.ts';
-import type { FlowRing } from './ring.ts';
-import type { Flow, GetFlowsRequest, GetFlowsResponse, LostEventSource, ServerStatus, Timestamp } from './types.ts';
+import { type AgentEventLog, type AgentEventRecord } from './agent-events.ts';
+import { FilterError } from './filter.ts';
+import { timestampMs } from './flow.ts';
+import { FOLLOW_QUEUE_LIMIT, getFlows, invalidArgument, tsMs, type FlowsBackend, type FlowsCall } from './get-flows.ts';
+import { NamespaceTracker } from './namespaces.ts';
+import { healthService, observerService, OBSERVER_SERVICE } from './proto.ts';
+import type { GetAgentEventsRequest, GetAgentEventsResponse, Namespace, ObserverNode, ServerStatus } from './types.ts';
 import { claimUnixSocket } from '../io/unix-socket.ts';
 
-export interface ObserverBackend {
-  ring: FlowRing;
-  nodeName: string;
+export { FOLLOW_QUEUE_LIMIT } from './get-flows.ts';
+
+export interface ObserverBackend extends FlowsBackend {
   version: string;
   /** process.hrtime.bigint() at start. */
   startedAtNs: bigint;
@@ -22,14 +23,9 @@ export interface ObserverBackend {
   lostEvents(): number;
   /** Events the agent itself dropped (reader backlog, slow followers). */
   lostEventsAgent(): number;
-  /** Called with each new batch of losses so followers hear about them. */
-  onLost(fn: (count: number, source: LostEventSource) => void): () => void;
-  /** Slow followers' dropped flows are reported here too (they count in lostEventsAgent). */
-  countAgentLost(n: number): void;
+  /** Agent events for GetAgentEvents (none recorded: an empty stream). */
+  agentEvents?: AgentEventLog;
 }
-
-/** Followers queue at most this many responses before their flows are dropped. */
-export const FOLLOW_QUEUE_LIMIT = 8192;
 
 export interface ObserverServerOptions {
   socket: string;
@@ -37,18 +33,42 @@ export interface ObserverServerOptions {
   address?: string;
 }
 
+type AgentEventsCall = grpc.ServerWritableStream<GetAgentEventsRequest, GetAgentEventsResponse>;
+
 export class ObserverServer {
-  private readonly followers = new Set<grpc.ServerWritableStream<GetFlowsRequest, GetFlowsResponse>>();
+  /** Streams that never end on their own (follows, health watches): ended on close. */
+  private readonly followers = new Set<{ end(): void }>();
+  private timer?: NodeJS.Timeout;
 
   private constructor(private readonly server: grpc.Server, readonly socket: string, readonly address: string | undefined) {}
 
   static async start(backend: ObserverBackend, opts: ObserverServerOptions): Promise<ObserverServer> {
-    const { service } = observerService();
     const server = new grpc.Server({ 'grpc.max_send_message_length': 16 << 20 });
+    const namespaces = new NamespaceTracker(backend.ring);
     let self: ObserverServer | undefined;
-    server.addService(service, {
-      getFlows: (call: grpc.ServerWritableStream<GetFlowsRequest, GetFlowsResponse>) => getFlows(backend, call, self!.followers),
+    const node = (): ObserverNode => nodeOf(backend, self?.address ?? `unix://${opts.socket}`);
+    server.addService(observerService().service, {
+      getFlows: (call: FlowsCall) => getFlows(backend, call, self!.followers as Set<FlowsCall>),
+      getAgentEvents: (call: AgentEventsCall) => getAgentEvents(backend, call, self!.followers as Set<AgentEventsCall>),
+      getDebugEvents: (call: grpc.ServerWritableStream<unknown, unknown>) =>
+        call.emit('error', { code: grpc.status.UNIMPLEMENTED, details: "Membrane's datapath emits no debug events" }),
+      getNodes: (_call: unknown, cb: grpc.sendUnaryData<{ nodes: ObserverNode[] }>) => cb(null, { nodes: [node()] }),
+      getNamespaces: (_call: unknown, cb: grpc.sendUnaryData<{ namespaces: Namespace[] }>) => cb(null, { namespaces: namespaces.list() }),
       serverStatus: (_call: unknown, cb: grpc.sendUnaryData<ServerStatus>) => cb(null, status(backend)),
+    });
+    server.addService(healthService().service, {
+      check: (call: grpc.ServerUnaryCall<{ service?: string }, unknown>, cb: grpc.sendUnaryData<{ status: string }>) => {
+        const svc = call.request.service ?? '';
+        if (svc && svc !== OBSERVER_SERVICE) { cb({ code: grpc.status.NOT_FOUND, details: `unknown service "${svc}"` }); return; }
+        cb(null, { status: 'SERVING' });
+      },
+      watch: (call: grpc.ServerWritableStream<{ service?: string }, { status: string }>) => {
+        const svc = call.request.service ?? '';
+        call.write({ status: !svc || svc === OBSERVER_SERVICE ? 'SERVING' : 'SERVICE_UNKNOWN' });
+        // Stays open: the status never changes while we serve.
+        self!.followers.add(call);
+        call.on('cancelled', () => self!.followers.delete(call));
+      },
     });
     await claimUnixSocket(opts.socket, 'another flow observer'); // never over a live one; a stale one goes
     await bind(server, `unix:${opts.socket}`);
@@ -59,10 +79,13 @@ export class ObserverServer {
       address = opts.address.replace(/:\d+$/, `:${port}`);
     }
     self = new ObserverServer(server, opts.socket, address);
+    self.timer = setInterval(() => namespaces.update(), 1000);
+    self.timer.unref();
     return self;
   }
 
   async close(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
     // Followers never end on their own: end them so the graceful shutdown can finish.
     for (const call of this.followers) call.end();
     this.followers.clear();
@@ -84,77 +107,42 @@ export function status(b: ObserverBackend): ServerStatus {
   return {
     numFlows: b.ring.size, maxFlows: b.ring.capacity, seenFlows: b.ring.seen,
     uptimeNs: Number(process.hrtime.bigint() - b.startedAtNs), version: b.version, flowsRate: b.ring.rate(),
-    nodeName: b.nodeName, lostEvents: b.lostEvents(), lostEventsAgent: b.lostEventsAgent(), flowEventsEnabled: b.flowEventsEnabled(),
+    membrane: { nodeName: b.nodeName, lostEventsDatapath: b.lostEvents(), lostEventsAgent: b.lostEventsAgent(), flowEventsEnabled: b.flowEventsEnabled() },
   };
 }
 
-function tsMs(t: Timestamp | undefined | null): number | undefined {
-  return t ? timestampMs({ seconds: Number(t.seconds ?? 0), nanos: t.nanos ?? 0 }) : undefined;
+function nodeOf(b: ObserverBackend, address: string): ObserverNode {
+  return {
+    name: b.filterContext?.clusterName ? `${b.filterContext.clusterName}/${b.nodeName}` : b.nodeName,
+    version: b.version, address, state: 'NODE_CONNECTED', tls: {}, // TLS not enabled (a false field is left out)
+    uptimeNs: Number(process.hrtime.bigint() - b.startedAtNs), numFlows: b.ring.size, maxFlows: b.ring.capacity, seenFlows: b.ring.seen,
+  };
 }
 
-/** Validates a request; throws FilterError for anything a client must fix. */
-export function planRequest(req: GetFlowsRequest): { number: number; first: boolean; follow: boolean; sinceMs?: number; untilMs?: number; match: (f: Flow) => boolean } {
+function getAgentEvents(b: ObserverBackend, call: AgentEventsCall, followers: Set<AgentEventsCall>): void {
+  const req = call.request;
   const number = Number(req.number ?? 0);
-  if (!Number.isInteger(number) || number < 0) throw new FilterError(`number must be a whole number, got ${req.number}`);
-  if (req.first && req.follow) throw new FilterError('first and follow cannot be combined');
   const sinceMs = tsMs(req.since), untilMs = tsMs(req.until);
-  if (sinceMs !== undefined && untilMs !== undefined && untilMs < sinceMs) throw new FilterError('until is before since');
-  return { number, first: !!req.first, follow: !!req.follow, sinceMs, untilMs, match: compileFilters(req.whitelist ?? [], req.blacklist ?? []) };
-}
-
-function getFlows(b: ObserverBackend, call: grpc.ServerWritableStream<GetFlowsRequest, GetFlowsResponse>, followers: Set<grpc.ServerWritableStream<GetFlowsRequest, GetFlowsResponse>>): void {
-  let plan: ReturnType<typeof planRequest>;
   try {
-    plan = planRequest(call.request);
+    if (!Number.isInteger(number) || number < 0) throw new FilterError(`number must be a whole number, got ${req.number}`);
+    if (req.first && req.follow) throw new FilterError('first and follow cannot be combined');
+    if (sinceMs !== undefined && untilMs !== undefined && untilMs < sinceMs) throw new FilterError('until is before since');
   } catch (e) {
-    // grpc-js turns an 'error' event carrying code/details into the call's status.
-    call.emit('error', { code: grpc.status.INVALID_ARGUMENT, details: (e as Error).message });
+    invalidArgument(call, (e as Error).message);
     return;
   }
-  const wrap = (flow: Flow): GetFlowsResponse => ({ flow, nodeName: b.nodeName, time: flow.time });
-  const lostResponse = (count: number, source: LostEventSource): GetFlowsResponse =>
-    ({ lostEvents: { source, numEventsLost: count }, nodeName: b.nodeName, time: nowTimestamp() });
-  // History: with follow and no number/since, only what happens from now on.
-  const wantHistory = !(plan.follow && !plan.number && plan.sinceMs === undefined);
-  const history = () => (wantHistory
-    ? b.ring.select({ number: plan.number, first: plan.first, sinceMs: plan.sinceMs, untilMs: plan.untilMs, match: plan.match })
-    : Promise.resolve([]));
-  const fail = (err: unknown) => call.emit('error', { code: grpc.status.INTERNAL, details: (err as Error).message });
-  if (!plan.follow) {
-    history().then((flows) => {
-      for (const f of flows) call.write(wrap(f));
-      call.end();
-    }, fail);
-    return;
-  }
+  const wrap = (r: AgentEventRecord): GetAgentEventsResponse => ({ agentEvent: r.event, nodeName: b.nodeName, time: r.time });
+  const log = b.agentEvents;
+  const wantHistory = !(req.follow && !number && sinceMs === undefined);
+  for (const r of wantHistory && log ? log.select({ number, first: !!req.first, sinceMs, untilMs }) : []) call.write(wrap(r));
+  if (!req.follow || !log) { call.end(); return; }
   followers.add(call);
-  let dropped = 0;
-  let live = false; // until the history is written, live flows wait in `pending`
-  const pending: GetFlowsResponse[] = [];
-  const send = (res: GetFlowsResponse) => {
-    if (!live) { if (pending.length < FOLLOW_QUEUE_LIMIT) pending.push(res); else { dropped++; b.countAgentLost(1); } return; }
-    if (call.writableLength >= FOLLOW_QUEUE_LIMIT) { dropped++; b.countAgentLost(1); return; }
-    if (dropped) {
-      call.write(lostResponse(dropped, 'OBSERVER_EVENTS_QUEUE'));
-      dropped = 0;
-    }
-    call.write(res);
-  };
-  // Subscribed before the history is read, so nothing falls between the two.
-  const unsubscribe = b.ring.subscribe((f) => {
-    if (plan.untilMs !== undefined && timestampMs(f.time) > plan.untilMs) { done(); call.end(); return; }
-    if ((plan.sinceMs === undefined || timestampMs(f.time) >= plan.sinceMs) && plan.match(f)) send(wrap(f));
+  const unsubscribe = log.subscribe((r) => {
+    if (untilMs !== undefined && timestampMs(r.time) > untilMs) { done(); call.end(); return; }
+    if (sinceMs === undefined || timestampMs(r.time) >= sinceMs) call.write(wrap(r));
   });
-  const unLost = b.onLost((count, source) => send(lostResponse(count, source)));
-  let finished = false;
-  const done = () => { finished = true; unsubscribe(); unLost(); followers.delete(call); };
+  const done = () => { unsubscribe(); followers.delete(call); };
   call.on('cancelled', done);
   call.on('close', done);
   call.on('error', done);
-  history().then((flows) => {
-    if (finished) return;
-    for (const f of flows) call.write(wrap(f)); // bounded by the ring; queued in memory once
-    live = true;
-    for (const res of pending.splice(0)) send(res);
-  }, (err) => { done(); fail(err); });
 }

@@ -1,9 +1,17 @@
 // Per-flow metric bookkeeping on the hot path: plain counters in nested objects keyed by constant
 // strings (nothing built per event), folded into prom-client only when Prometheus scrapes (an inc()
 // through prom-client per event would cost more than handling the event). Pure.
+import { DropCode, hubbleDropCode } from '../flows/codes.ts';
 import { DatapathVerdict, Direction, EVENT_FLAG_AUDIT, EventType, OFF } from '../flows/event.ts';
 import { readHostU32 } from '../net/index.ts';
-import type { Flow, FlowEventType, Verdict } from '../flows/types.ts';
+import type { Flow, MembraneEvent, Verdict } from '../flows/types.ts';
+
+/** The datapath event kinds the metrics count (label `type`). */
+type FlowEventType = 'FLOW_NEW' | 'DROP' | 'FLOW_END' | 'EVENT_TYPE_UNKNOWN';
+const FROM_FLOW: Record<MembraneEvent, FlowEventType> = {
+  FLOW_NEW: 'FLOW_NEW', FLOW_DROP: 'DROP', FLOW_END: 'FLOW_END', MEMBRANE_EVENT_UNKNOWN: 'EVENT_TYPE_UNKNOWN',
+};
+const isPolicyDrop = (code: number) => code === DropCode.POLICY_DENIED || code === DropCode.POLICY_DENY;
 
 type Counts = Record<string, Record<string, number>>;
 export type PolicyAction = 'allowed' | 'denied' | 'audit';
@@ -37,8 +45,8 @@ export class FlowStats {
     const eventType = TYPE_NAMES[type] ?? 'EVENT_TYPE_UNKNOWN';
     bump(this.flows, verdict, eventType);
     const reason = buf[offset + OFF.REASON] | (buf[offset + OFF.REASON + 1] << 8);
-    // 133 = POLICY_DENIED (Hubble's code, bpf/lib/drop.h); 1 = the same in events of a wave-1 datapath.
-    const action = actionOf(verdict, eventType, reason === 133 || reason === 1 ? 'POLICY_DENIED' : undefined);
+    // 133 POLICY_DENIED (181 POLICY_DENY) in Hubble's codes; 1 the same from a wave-1 datapath.
+    const action = actionOf(verdict, eventType, isPolicyDrop(hubbleDropCode(reason)));
     if (action) {
       const egress = buf[offset + OFF.DIRECTION] === Direction.EGRESS;
       bump(this.policy, POLICY_KEYS[egress ? 'egress' : 'ingress'][action], readHostU32(buf, offset + OFF.RULE) ? 'rule' : 'none');
@@ -46,7 +54,7 @@ export class FlowStats {
   }
 
   record(f: Flow): void {
-    bump(this.flows, f.verdict, f.eventType);
+    bump(this.flows, f.verdict, FROM_FLOW[f.membrane?.event ?? 'MEMBRANE_EVENT_UNKNOWN']);
     const action = policyAction(f);
     if (action) {
       const rule = f.egressAllowedBy ?? f.ingressAllowedBy ?? f.egressDeniedBy ?? f.ingressDeniedBy;
@@ -68,14 +76,14 @@ export class FlowStats {
   }
 }
 
-function actionOf(verdict: Verdict, type: FlowEventType, reason: string | undefined): PolicyAction | undefined {
+function actionOf(verdict: Verdict, type: FlowEventType, policyDrop: boolean): PolicyAction | undefined {
   if (verdict === 'AUDIT') return 'audit';
   if (type === 'FLOW_NEW' && verdict === 'FORWARDED') return 'allowed';
-  if (verdict === 'DROPPED' && reason === 'POLICY_DENIED') return 'denied';
+  if (verdict === 'DROPPED' && policyDrop) return 'denied';
   return undefined;
 }
 
 /** A policy verdict is taken once per connection (its first packet) or per dropped packet. */
 export function policyAction(f: Flow): PolicyAction | undefined {
-  return actionOf(f.verdict, f.eventType, f.dropReasonDesc);
+  return actionOf(f.verdict, FROM_FLOW[f.membrane?.event ?? 'MEMBRANE_EVENT_UNKNOWN'], isPolicyDrop(f.dropReason ?? 0));
 }
