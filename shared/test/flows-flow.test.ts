@@ -95,7 +95,7 @@ t.test('default deny has no rule; an unknown rule still shows its id; other reas
   t.match(d.Summary, /denied by default deny/);
   const u = buildFlow(ev({ type: EventType.DROP, verdict: 1, reason: 1, endpointId: 2, ruleId: 0x9999, saddr: '10.1.0.2', daddr: '10.1.0.3' }), ctx);
   t.same(u.ingressDeniedBy, [{ name: '', membraneRuleId: 0x9999 }]);
-  const spoof = buildFlow(ev({ type: EventType.DROP, verdict: 1, reason: 5, endpointId: 1, direction: 1, saddr: '10.9.9.9', daddr: '10.1.0.3' }), ctx);
+  const spoof = buildFlow(ev({ type: EventType.DROP, verdict: 1, reason: 132, endpointId: 1, direction: 1, saddr: '10.9.9.9', daddr: '10.1.0.3' }), ctx);
   t.same([spoof.dropReason, spoof.dropReasonDesc, spoof.isReply], [132, 'INVALID_SOURCE_IP', undefined]);
   const frag = buildFlow(ev({ type: EventType.DROP, verdict: 1, reason: 157, saddr: '10.1.0.2', daddr: '10.1.0.3' }), ctx);
   t.same([frag.dropReason, frag.dropReasonDesc], [157, 'IP_FRAGMENTATION_NOT_SUPPORTED']);
