@@ -13,9 +13,16 @@ export function mac(text: string): Buffer {
   return Buffer.from(text.split(':').map((h) => parseInt(h, 16)));
 }
 
+const ADDRS = new Map<string, Buffer>(); // generators reuse a few addresses millions of times
+
 export function addr(ip: string): Buffer {
-  const { family, addr: a } = parseIp(ip);
-  return family === 4 ? a.subarray(0, 4) : a;
+  let b = ADDRS.get(ip);
+  if (!b) {
+    const { family, addr: a } = parseIp(ip);
+    b = family === 4 ? a.subarray(0, 4) : a;
+    if (ADDRS.size < 4096) ADDRS.set(ip, b);
+  }
+  return b;
 }
 
 export function eth(dst: string, src: string, type: number, payload: Buffer): Buffer {
