@@ -16,6 +16,7 @@ execFileSync('bash', [path.join(root, 'scripts/build-bpf.sh')], { stdio: 'inheri
 const executables = [
   { name: 'membrane-agent', entry: 'shared/src/agent/main.ts' },
   { name: 'membrane', entry: 'shared/src/cli/main.ts' },
+  { name: 'membrane-operator', entry: 'shared/src/operator/main.ts' },
 ];
 await Promise.all(executables.map(({ name, entry }) => build({
   entryPoints: [path.join(root, entry)],
@@ -25,8 +26,8 @@ await Promise.all(executables.map(({ name, entry }) => build({
   target: 'node20',
   format: 'cjs',
   // Native modules (koffi; dockerode pulls in ssh2 and cpu-features) load from node_modules at run
-  // time; esbuild cannot bundle .node files.
-  external: ['koffi', 'dockerode'],
+  // time; esbuild cannot bundle .node files. etcd3 reads its .proto files next to its own code.
+  external: ['koffi', 'dockerode', 'etcd3', 'cockatiel'],
   banner: { js: '#!/usr/bin/env node' },
   sourcemap: 'inline',
   logLevel: 'warning',

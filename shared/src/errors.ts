@@ -63,6 +63,8 @@ export const ERROR_KINDS = {
   pool_exhausted: { class: 'conflict', http: 409, cni: CniCode.TRY_AGAIN_LATER, docker: 'remove unused containers or create the network with a larger --subnet' },
   // unavailable: nothing wrong with the request, try again (a full disk, a map at capacity)
   unavailable: { class: 'unavailable', http: 503, cni: CniCode.TRY_AGAIN_LATER },
+  /** Cluster mode: etcd did not answer in time (a new label set needs it for its identity). */
+  kvstore_unavailable: { class: 'unavailable', http: 503, cni: CniCode.TRY_AGAIN_LATER, docker: 'the cluster store (etcd) is not reachable; retry when it is back' },
   internal: { class: 'internal', http: 500, cni: CniCode.AGENT_INTERNAL },
 } as const satisfies Record<string, KindInfo>;
 

@@ -98,6 +98,27 @@ export interface AgentStatus {
   metrics: { address: string | null };
   /** Policy revision, counts and map usage. */
   policy: Record<string, unknown>;
+  /** Cluster mode only: cluster and node, the kvstore connection, counts (shared/src/cluster/mode.ts). */
+  cluster?: ClusterStatusView;
+}
+
+/** What `membrane status` shows of cluster mode (filled by ClusterMode.status()). */
+export interface ClusterStatusView {
+  name: string;
+  node: string;
+  nodeIp: string;
+  podCidrs: { ipv4?: string; ipv6?: string };
+  nodeId: number;
+  kvstore: {
+    type: string; endpoints: string[]; connected: boolean; leaseId?: string; leaseTtlSeconds: number;
+    revision: number; version?: string; lastContactMs?: number; pendingWrites: number; lastError?: string;
+    watches: { prefix: string; live: boolean; revision: number }[];
+  };
+  nodes: number;
+  remoteEndpoints: number;
+  /** The last full ipcache list (start or reconnect): entries, and ms until the BPF ipcache held them. */
+  ipcacheResync?: { entries: number; ms: number };
+  identitiesReferenced: number;
 }
 
 /** Every error answer of the agent API. `code` is a kind of shared/src/errors.ts. */

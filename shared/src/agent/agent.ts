@@ -25,6 +25,8 @@ import { ensureConfiguredNetwork, ipamService, networkService } from './services
 import { AgentPolicy } from './policy.ts';
 import { ConntrackUpkeep } from './conntrack.ts';
 import { startFlows, type AgentFlows } from './flows.ts';
+import { connectCluster } from './cluster.ts';
+import type { ClusterMode } from '../cluster/mode.ts';
 
 /** Something the agent stops on shutdown, in reverse order of start. */
 interface Closer { name: string; close(): Promise<void> | void }
@@ -42,6 +44,7 @@ export class Agent {
     private readonly flows: AgentFlows,
     private readonly datapath: { pinDir: string },
     private readonly closers: Closer[],
+    private readonly cluster?: ClusterMode,
   ) {}
 
   static async start(cfg: AgentConfig, log: Logger): Promise<Agent> {
@@ -53,12 +56,17 @@ export class Agent {
       // Worker threads inherit the netns of the thread that starts them: start them while we are home.
       await warmThreadPool();
 
+      // Cluster mode: the node registers and gets its pod CIDRs before the networks are opened.
+      const cluster = await connectCluster(cfg, log);
+      if (cluster) closers.push({ name: 'cluster', close: () => cluster.close() });
+      const networkSpecs = cluster ? cluster.networks(cfg.networks, cfg.cluster!.explicitDefaultPool) : cfg.networks;
+
       // State: store, IPAM, networks (the --pool networks exist before anything uses them).
       const store = new JournalStore(path.join(cfg.stateDir, 'store'));
       closers.push({ name: 'store', close: () => store.close() });
       const ipam = await Ipam.open(store);
       const networks = await Networks.open(store, ipam);
-      for (const spec of cfg.networks) await ensureConfiguredNetwork(networks, spec);
+      for (const spec of networkSpecs) await ensureConfiguredNetwork(networks, spec);
 
       // Kernel: the host device with every gateway, forwarding, the pinned datapath and its switches.
       const host = openNetlink();
@@ -73,16 +81,19 @@ export class Agent {
       });
 
       // Policy first among the endpoint's dependencies: endpoints ask it for their identity.
-      const policy = await AgentPolicy.open({ store, datapath, log, auditMode: cfg.policyAuditMode });
+      const policy = await AgentPolicy.open({ store, datapath, log, auditMode: cfg.policyAuditMode, cluster });
       closers.push({ name: 'policy', close: () => policy.close() });
       const endpoints = new EndpointManager({ store, ipam, networks, datapath, host, identityFor: policy.identityFor, log });
       const conntrack = new ConntrackUpkeep({ datapath, log: log.child({ component: 'conntrack' }), intervalSeconds: cfg.conntrackGcIntervalSeconds });
       endpoints.addHooks(policy.hooks);
       endpoints.addHooks(conntrack.hooks);
+      if (cluster) endpoints.addHooks(cluster.endpointHooks());
       const core: Core = { networks: networkService(networks, endpoints, host, cfg.hostDevice), endpoints, ipam: ipamService(ipam) };
 
       log.info(await endpoints.restore(), 'endpoints restored');
       await policy.start();
+      // Cluster mode: publish the restored endpoints, then mirror the other nodes' ones.
+      await cluster?.afterRestore(endpoints.list());
       conntrack.start();
       closers.push({ name: 'conntrack GC', close: () => conntrack.close() });
       const flows = await startFlows({ cfg, log, datapath, endpoints, rules: policy.rules, identities: policy.identities });
@@ -91,11 +102,11 @@ export class Agent {
       // Front doors: DELs membrane-cni queued while we were down, the Docker plugin, then the API.
       await drainCniQueue(cfg, core, log);
       if (cfg.dockerPlugin) closers.push(await startDocker(cfg, core, log));
-      const agent = new Agent(cfg, log, core, endpoints, policy, flows, datapath, closers);
+      const agent = new Agent(cfg, log, core, endpoints, policy, flows, datapath, closers, cluster);
       const app = createApp({
         core, log, version: VERSION, status: () => agent.status(),
         check: (cid, ifName) => endpoints.check(cid, ifName),
-        routers: policy.routers(),
+        routers: [...policy.routers(), ...(cluster ? [{ path: '/v1/cluster', router: cluster.router() }] : [])],
       });
       agent.server = await serveApi(app, cfg.socket);
       log.info({ socket: cfg.socket, stateDir: cfg.stateDir, bpffsDir: cfg.bpffsDir, networks: networks.list().map((n) => n.name) }, 'membrane agent ready');
@@ -120,6 +131,7 @@ export class Agent {
       observer: f.observer,
       metrics: f.metrics,
       policy: this.policy.status(),
+      ...(this.cluster ? { cluster: this.cluster.status() } : {}),
     };
   }
 

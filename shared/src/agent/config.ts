@@ -61,6 +61,22 @@ export interface AgentConfig {
   ctMax: number;
   /** Conntrack entries one endpoint may own; 0 = no limit (default a quarter of ctMax). */
   ctMaxPerEndpoint: number;
+  /** Cluster mode (shared/src/cluster): set when --kvstore is given. */
+  cluster?: ClusterFlags;
+}
+
+/** Cluster-mode settings as given; shared/src/kvstore/config.ts checks them. */
+export interface ClusterFlags {
+  clusterName?: string;
+  kvstore: string;
+  kvstoreEndpoints?: string;
+  kvstoreCa?: string;
+  kvstoreCert?: string;
+  kvstoreKey?: string;
+  nodeIp?: string;
+  leaseTtlSeconds: number;
+  /** --pool named the default network (cluster mode ignores it: the operator allocates). */
+  explicitDefaultPool: boolean;
 }
 
 export class ConfigError extends Error {
@@ -93,6 +109,14 @@ const FileSchema = z.object({
   conntrackGcIntervalSeconds: z.number().int().min(1).max(86_400).optional(),
   ctMax: z.number().int().min(1024).max(1 << 24).optional(),
   ctMaxPerEndpoint: z.number().int().min(0).max(1 << 24).optional(),
+  clusterName: z.string().optional(),
+  kvstore: z.string().optional(),
+  kvstoreEndpoints: z.string().optional(),
+  kvstoreCa: z.string().optional(),
+  kvstoreCert: z.string().optional(),
+  kvstoreKey: z.string().optional(),
+  kvstoreLeaseTtl: z.number().int().min(2).max(3600).optional(),
+  nodeIp: z.string().optional(),
 }).strict();
 
 export type FileConfig = z.infer<typeof FileSchema>;
@@ -129,6 +153,14 @@ const OPTIONS: OptionSpec[] = [
   { key: 'conntrackGcIntervalSeconds', flags: '--conntrack-gc-interval <seconds>', env: 'MEMBRANE_CONNTRACK_GC_INTERVAL', help: 'how often expired conntrack entries are collected', default: String(DEFAULTS.conntrackGcIntervalSeconds) },
   { key: 'ctMax', flags: '--ct-max <n>', env: 'MEMBRANE_CT_MAX', help: 'conntrack entries, preallocated (~200 B each); a full table refuses new flows, never evicts', default: String(DEFAULTS.ctMax) },
   { key: 'ctMaxPerEndpoint', flags: '--ct-max-per-endpoint <n>', env: 'MEMBRANE_CT_MAX_PER_ENDPOINT', help: "conntrack entries one endpoint may own; beyond them its new flows are dropped; 0 = no limit", default: 'a quarter of --ct-max' },
+  { key: 'clusterName', flags: '--cluster-name <name>', env: 'MEMBRANE_CLUSTER_NAME', help: 'cluster mode: the cluster this node joins', default: 'default' },
+  { key: 'kvstore', flags: '--kvstore <etcd>', env: 'MEMBRANE_KVSTORE', help: 'cluster mode: share identities, endpoints and policies through etcd' },
+  { key: 'kvstoreEndpoints', flags: '--kvstore-endpoints <url,...>', env: 'MEMBRANE_KVSTORE_ENDPOINTS', help: 'etcd client URLs' },
+  { key: 'kvstoreCa', flags: '--kvstore-ca <file>', help: 'CA bundle for https etcd endpoints' },
+  { key: 'kvstoreCert', flags: '--kvstore-cert <file>', help: 'client certificate for etcd' },
+  { key: 'kvstoreKey', flags: '--kvstore-key <file>', help: 'client key for etcd' },
+  { key: 'kvstoreLeaseTtl', flags: '--kvstore-lease-ttl <seconds>', help: "this node's lease: a dead node leaves the cluster after this long", default: '15' },
+  { key: 'nodeIp', flags: '--node-ip <addr>', env: 'MEMBRANE_NODE_IP', help: "cluster mode: the node's underlay address other nodes reach it at" },
   { key: 'logLevel', flags: '--log-level <level>', env: 'MEMBRANE_LOG_LEVEL', help: 'trace|debug|info|warn|error', default: DEFAULTS.logLevel },
   { key: 'config', flags: '--config <file>', env: 'MEMBRANE_CONFIG', help: 'YAML or JSON file with the same keys in camelCase' },
 ];
@@ -241,6 +273,17 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
   const logLevel = str('logLevel') ?? file.logLevel ?? DEFAULTS.logLevel;
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) throw new ConfigError(`--log-level "${logLevel}" is not one of trace, debug, info, warn, error`);
   const ctMax = int(text('ctMax'), file.ctMax, { min: 1024, max: 1 << 24 }) ?? DEFAULTS.ctMax;
+  const kvstore = str('kvstore') ?? file.kvstore;
+  const cluster: ClusterFlags | undefined = kvstore ? {
+    kvstore,
+    clusterName: str('clusterName') ?? file.clusterName,
+    kvstoreEndpoints: str('kvstoreEndpoints') ?? file.kvstoreEndpoints,
+    kvstoreCa: str('kvstoreCa') ?? file.kvstoreCa, kvstoreCert: str('kvstoreCert') ?? file.kvstoreCert, kvstoreKey: str('kvstoreKey') ?? file.kvstoreKey,
+    nodeIp: str('nodeIp') ?? file.nodeIp,
+    leaseTtlSeconds: int(text('kvstoreLeaseTtl'), file.kvstoreLeaseTtl, { min: 2, max: 3600 }) ?? 15,
+    explicitDefaultPool: (flags.pools.length > 0 || !!envPools?.length || !!file.pools) && poolsToNetworks(pools).some((n) => n.name === 'default'),
+  } : undefined;
+  if (!kvstore && (str('kvstoreEndpoints') || str('nodeIp') || flags.clusterName)) throw new ConfigError('--kvstore-endpoints, --cluster-name and --node-ip need --kvstore etcd');
   const auditEnv = envOf('policyAuditMode');
   const audit = flags.policyAuditMode ?? onOff(auditEnv === undefined ? undefined : { text: auditEnv, from: 'MEMBRANE_POLICY_AUDIT_MODE' }, file.policyAuditMode ?? false);
   return {
@@ -267,6 +310,7 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
       ?? DEFAULTS.conntrackGcIntervalSeconds,
     ctMax,
     ctMaxPerEndpoint: int(text('ctMaxPerEndpoint'), file.ctMaxPerEndpoint, { min: 0, max: 1 << 24 }) ?? Math.floor(ctMax / 4),
+    ...(cluster ? { cluster } : {}),
   };
 }
 

@@ -1,6 +1,7 @@
 // membrane-agent entry point.
 import fs from 'node:fs';
 import { helpText, parseFlags, resolveConfig } from './config.ts';
+import { clusterSettings } from './cluster.ts';
 import { createLogger } from '../log.ts';
 import { Agent } from './agent.ts';
 
@@ -9,6 +10,7 @@ async function main(): Promise<void> {
   try {
     if (parseFlags(process.argv.slice(2)).help) { process.stdout.write(helpText()); return; }
     cfg = resolveConfig(process.argv.slice(2), process.env, (p) => fs.readFileSync(p, 'utf8'));
+    clusterSettings(cfg);
   } catch (e) {
     process.stderr.write(`membrane-agent: ${(e as Error).message}\n`);
     process.exit(2);

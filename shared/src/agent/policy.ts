@@ -14,6 +14,7 @@ import { datapathOps } from '../policy/datapath-ops.ts';
 import { decodeRuleId } from '../policy/rule-id.ts';
 import { dropReasonName, policyMatchType } from '../flows/codes.ts';
 import { identityRouter, policyRouter } from '../api/policy-routes.ts';
+import type { ClusterMode } from '../cluster/mode.ts';
 
 const HOST_REFRESH_MS = 10_000;
 const IDENTITY_SWEEP_MS = 60_000;
@@ -24,6 +25,8 @@ export interface PolicyDeps {
   log: Logger;
   /** Agent-wide audit mode (--policy-audit-mode), reported by /v1/policy/status. */
   auditMode: boolean;
+  /** Cluster mode: identities and policies live in the cluster store. */
+  cluster?: ClusterMode;
 }
 
 /** Every address of the node's own interfaces (its netns): traffic from them is the host identity.
@@ -57,7 +60,11 @@ export class AgentPolicy {
   /** Opens the engine on the pinned maps (before endpoints exist: they ask it for identities). */
   static async open(d: PolicyDeps): Promise<AgentPolicy> {
     const log = d.log.child({ component: 'policy' });
-    const engine = await PolicyEngine.open({ store: d.store, ops: datapathOps(d.datapath, { log }), hostAddresses, log });
+    const engine = await PolicyEngine.open({
+      store: d.store, ops: datapathOps(d.datapath, { log }), hostAddresses, log,
+      ...(d.cluster ? { identityBackend: d.cluster.identities, policyBackend: d.cluster.policies } : {}),
+    });
+    await d.cluster?.attachEngine(engine);
     return new AgentPolicy(engine, d);
   }
 

@@ -6,6 +6,7 @@ import { VERSION } from '../version.ts';
 import { keyValues, labelsText, table, type OutputFormat } from './output.ts';
 import { endpointPolicyLines, registerPolicyCommands } from './policy.ts';
 import { registerObserveCommands } from './observe.ts';
+import { clusterStatusLines, registerClusterCommands } from './cluster.ts';
 
 const program = new Command('membrane')
   .description('Membrane: eBPF container networking and network security')
@@ -29,6 +30,7 @@ program.command('status').description('agent status').addOption(outputOption()).
     ['Datapath', `${s.datapath.attach}, pinned in ${s.datapath.pinDir}, gateways on ${s.datapath.hostDevice}`],
     ['State', s.stateDir],
     ['Socket', s.socket],
+    ...clusterStatusLines(s.cluster),
   ]));
 });
 
@@ -75,6 +77,7 @@ network.command('list').description('list networks').addOption(outputOption()).a
 
 registerPolicyCommands(program, client);
 registerObserveCommands(program);
+registerClusterCommands(program, client, outputOption);
 
 function ipOf(e: Endpoint, family: 4 | 6): string {
   return e.ips.find((ip) => ip.family === family)?.address ?? '-';

@@ -4,8 +4,11 @@
 // Reference counting is by owner (an endpoint key): resolve() only finds or allocates, hold() makes an
 // owner use an identity (replacing what it held), release() drops it. Splitting resolve from hold
 // means a create that fails between the two leaks nothing that sweep() does not collect: an identity
-// nobody holds is deleted once it has been unheld for `graceMs` (so an allocation in flight between
+// nobody holds is given back once it has been unheld for `graceMs` (so an allocation in flight between
 // resolve and hold is never collected under it).
+//
+// Where numbers live is the backend's business: the node's own store (single node, the default), or
+// the cluster store, where the same label set gets the same number on every node (cluster/identities.ts).
 import type { Store } from '../store/index.ts';
 import { canonicalLabels, identityRelevant, type Labels } from './labels.ts';
 import {
@@ -14,10 +17,12 @@ import {
 
 const STORE_PREFIX = 'identities';
 
-interface IdentityRecord {
+export interface IdentityRecord {
   id: number;
   labels: Labels;
   createdAt: string;
+  /** Node that allocated it (cluster mode). */
+  createdBy?: string;
 }
 
 export interface IdentityView {
@@ -28,8 +33,43 @@ export interface IdentityView {
   refs: number;
 }
 
+/** Where identities are kept. */
+export interface IdentityBackend {
+  /** Identities known when the allocator opens. */
+  load(): Promise<IdentityRecord[]>;
+  /** Makes `labels` an identity; `propose()` gives a number free as far as this node knows (call it
+   *  again for another). Resolves with the record the backend holds, which in a cluster may carry the
+   *  number another node chose first. Rejects with nothing persisted. */
+  create(labels: Labels, propose: () => number): Promise<IdentityRecord>;
+  /** This node uses a known identity (a cluster records its reference). Never throws. */
+  use?(record: IdentityRecord): void;
+  /** Nobody on this node held it for the grace period. true: forget it (deleted); false: it stays
+   *  known (a cluster identity: only this node's reference went). */
+  unused(record: IdentityRecord): Promise<boolean>;
+}
+
+/** The node's own store (single-node mode): one document per identity. */
+export function storeBackend(store: Store, now: () => number = Date.now): IdentityBackend {
+  return {
+    async load() {
+      return (await store.list<IdentityRecord>(STORE_PREFIX)).map((d) => d.value);
+    },
+    async create(labels, propose) {
+      const record: IdentityRecord = { id: propose(), labels, createdAt: new Date(now()).toISOString() };
+      await store.put(`${STORE_PREFIX}/${record.id}`, record);
+      return record;
+    },
+    async unused(record) {
+      await store.delete(`${STORE_PREFIX}/${record.id}`);
+      return true;
+    },
+  };
+}
+
 export interface IdentityAllocatorOptions {
-  store: Store;
+  /** The node's store (used when no backend is given). */
+  store?: Store;
+  backend?: IdentityBackend;
   graceMs?: number;
   now?: () => number;
   /** Highest label identity to hand out (tests shrink it to exercise exhaustion). */
@@ -49,22 +89,50 @@ export class IdentityAllocator {
   private readonly now: () => number;
   private readonly lastId: number;
 
-  private constructor(private readonly store: Store, opts: IdentityAllocatorOptions) {
+  private readonly backend: IdentityBackend;
+
+  private constructor(opts: IdentityAllocatorOptions) {
     this.graceMs = opts.graceMs ?? 60_000;
     this.now = opts.now ?? Date.now;
     this.lastId = opts.lastId ?? LAST_LABEL_IDENTITY;
+    if (!opts.backend && !opts.store) throw new TypeError('IdentityAllocator needs a store or a backend');
+    this.backend = opts.backend ?? storeBackend(opts.store!, this.now);
   }
 
   static async open(opts: IdentityAllocatorOptions): Promise<IdentityAllocator> {
-    const a = new IdentityAllocator(opts.store, opts);
-    for (const { value } of await opts.store.list<IdentityRecord>(STORE_PREFIX)) {
-      if (!Number.isInteger(value?.id) || identityKind(value.id) !== 'endpoint' || !value.labels) continue;
-      a.byId.set(value.id, value);
-      a.byKey.set(canonicalLabels(value.labels), value.id);
+    const a = new IdentityAllocator(opts);
+    for (const value of await a.backend.load()) {
+      if (!a.learn(value)) continue;
       a.unheldSince.set(value.id, a.now());
-      a.nextHint = Math.max(a.nextHint, value.id + 1);
     }
     return a;
+  }
+
+  /** An identity that exists elsewhere (a cluster store change). false when the record is not one. */
+  learn(value: IdentityRecord): boolean {
+    if (!Number.isInteger(value?.id) || identityKind(value.id) !== 'endpoint' || !value.labels) return false;
+    const prev = this.byId.get(value.id);
+    if (prev) this.byKey.delete(canonicalLabels(prev.labels));
+    this.byId.set(value.id, value);
+    this.byKey.set(canonicalLabels(value.labels), value.id);
+    this.nextHint = Math.max(this.nextHint, value.id + 1);
+    return true;
+  }
+
+  /** An identity deleted elsewhere. Kept while an owner here holds it (the backend restores it). */
+  forget(id: number): boolean {
+    if (this.holders.has(id)) return false;
+    const r = this.byId.get(id);
+    if (!r) return false;
+    this.byId.delete(id);
+    if (this.byKey.get(canonicalLabels(r.labels)) === id) this.byKey.delete(canonicalLabels(r.labels));
+    this.unheldSince.delete(id);
+    return true;
+  }
+
+  /** The record of a label identity this node knows. */
+  record(id: number): IdentityRecord | undefined {
+    return this.byId.get(id);
   }
 
   /** The identity of a label set, allocated (and persisted) on first use. Empty labels: init. */
@@ -74,19 +142,27 @@ export class IdentityAllocator {
     if (reserved !== undefined) return reserved;
     const key = canonicalLabels(relevant);
     const known = this.byKey.get(key);
-    if (known !== undefined) return known;
+    if (known !== undefined) {
+      const r = this.byId.get(known)!;
+      if (!this.holders.has(known) && !this.unheldSince.has(known)) this.unheldSince.set(known, this.now());
+      this.backend.use?.(r);
+      return known;
+    }
     const inflight = this.pending.get(key);
     if (inflight) return inflight;
-    const id = this.pickFreeId();
-    this.inFlightIds.add(id);
-    const record: IdentityRecord = { id, labels: relevant, createdAt: new Date(this.now()).toISOString() };
-    const p = this.store.put(`${STORE_PREFIX}/${id}`, record).then(() => {
-      this.byId.set(id, record);
-      this.byKey.set(key, id);
-      this.unheldSince.set(id, this.now());
+    const proposed: number[] = [];
+    const propose = () => {
+      const id = this.pickFreeId();
+      this.inFlightIds.add(id);
+      proposed.push(id);
       return id;
+    };
+    const p = this.backend.create(relevant, propose).then((record) => {
+      this.learn(record);
+      if (!this.holders.has(record.id)) this.unheldSince.set(record.id, this.now());
+      return record.id;
     }).finally(() => {
-      this.inFlightIds.delete(id);
+      for (const id of proposed) this.inFlightIds.delete(id);
       this.pending.delete(key);
     });
     this.pending.set(key, p);
@@ -109,7 +185,11 @@ export class IdentityAllocator {
     this.heldBy.set(owner, id);
     if (identityKind(id) !== 'endpoint') return;
     let set = this.holders.get(id);
-    if (!set) this.holders.set(id, (set = new Set()));
+    if (!set) {
+      this.holders.set(id, (set = new Set()));
+      const r = this.byId.get(id);
+      if (r) this.backend.use?.(r);
+    }
     set.add(owner);
     this.unheldSince.delete(id);
   }
@@ -144,10 +224,11 @@ export class IdentityAllocator {
       if (this.holders.has(id)) continue;
       const record = this.byId.get(id);
       if (!record) { this.unheldSince.delete(id); continue; }
-      await this.store.delete(`${STORE_PREFIX}/${id}`);
+      const deleted = await this.backend.unused(record);
+      this.unheldSince.delete(id);
+      if (!deleted) continue;
       this.byId.delete(id);
       this.byKey.delete(canonicalLabels(record.labels));
-      this.unheldSince.delete(id);
       gone.push(id);
     }
     return gone;

@@ -2,6 +2,7 @@
 //   0.0.0.0/0, ::/0        -> world (anything we know nothing about)
 //   policy prefixes         -> their CIDR identity
 //   host addresses (/32)    -> host
+//   other nodes' endpoints  -> their identity (cluster mode)
 //   endpoint addresses      -> the endpoint's identity
 // Longest prefix wins in the LPM trie, so an endpoint address inside a policy CIDR stays the endpoint.
 import type { CidrIdentities } from './cidr.ts';
@@ -12,6 +13,8 @@ export interface IpcacheSources {
   endpoints: { ips: string[]; identity: number }[];
   hostAddresses: string[];
   cidrs: CidrIdentities;
+  /** Other nodes' endpoint addresses, already normalized prefixes (cluster mode). */
+  remote?: Map<string, number>;
 }
 
 /** prefix text ("10.1.0.5/32") -> identity. Endpoints override host, host overrides CIDR. */
@@ -19,6 +22,7 @@ export function desiredIpcache(src: IpcacheSources): Map<string, number> {
   const out = new Map<string, number>([['0.0.0.0/0', RESERVED.world], ['::/0', RESERVED.world]]);
   for (const e of src.cidrs.entries()) out.set(e.text, e.id);
   for (const ip of src.hostAddresses) out.set(normalizeCidr(ip), RESERVED.host);
+  if (src.remote) for (const [prefix, id] of src.remote) out.set(prefix, id);
   for (const ep of src.endpoints) for (const ip of ep.ips) out.set(normalizeCidr(ip), ep.identity);
   return out;
 }

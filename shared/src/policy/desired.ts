@@ -29,6 +29,8 @@ export interface DesiredInput {
   cidrs: CidrIdentities;
   /** Where each kind of L7 proxy listens; L7 entries without one are refused (never opened). */
   proxyPorts?: Partial<Record<L7Set['kind'], number>>;
+  /** Other nodes' endpoint addresses (cluster mode): prefix -> identity. */
+  remote?: Map<string, number>;
 }
 
 export interface Desired {
@@ -81,7 +83,14 @@ export interface CompileCache { records: PolicyRecord[]; key: string; compiler: 
 
 export function buildDesired(input: DesiredInput, cache?: { current?: CompileCache }): Desired {
   input.cidrs.sync(prefixesOf(input.records));
-  const universe = universeOf(input.endpoints, input.labelsOf, input.cidrs);
+  // Peers selectors choose from: local endpoints, plus other nodes' endpoints in cluster mode.
+  let peers: { identity: number }[] = input.endpoints;
+  if (input.remote?.size) {
+    const seen = new Set(input.endpoints.map((e) => e.identity));
+    peers = [...input.endpoints];
+    for (const id of input.remote.values()) if (!seen.has(id)) { seen.add(id); peers.push({ identity: id }); }
+  }
+  const universe = universeOf(peers, input.labelsOf, input.cidrs);
   const key = `${input.cidrs.version}|${universe.identities.map((i) => i.id).sort((a, b) => a - b).join(',')}`;
   let compiler: PolicyCompiler;
   if (cache?.current && cache.current.records === input.records && cache.current.key === key) {
@@ -105,6 +114,6 @@ export function buildDesired(input: DesiredInput, cache?: { current?: CompileCac
       }
     }
   }
-  const ipcache = desiredIpcache({ endpoints: input.endpoints, hostAddresses: input.hostAddresses, cidrs: input.cidrs });
+  const ipcache = desiredIpcache({ endpoints: input.endpoints, hostAddresses: input.hostAddresses, cidrs: input.cidrs, remote: input.remote });
   return { policy, ipcache, flags, compiler };
 }

@@ -4,7 +4,7 @@
 // Nothing here touches a syscall directly: the maps are behind PolicyDatapathOps.
 import type { Endpoint } from '../types.ts';
 import type { Store } from '../store/index.ts';
-import { IdentityAllocator, type IdentityView } from '../identity/allocator.ts';
+import { IdentityAllocator, type IdentityBackend, type IdentityView } from '../identity/allocator.ts';
 import { CidrIdentities } from '../identity/cidr.ts';
 import { addressOnly, normalizeCidr } from '../net/index.ts';
 import { FIRST_CIDR_IDENTITY, RESERVED, type IdentityKind } from '../identity/reserved.ts';
@@ -14,7 +14,7 @@ import { decodePolicyKey } from './map-codec.ts';
 import { buildDesired, l7KindsOf, universeOf, type CompileCache, type DesiredInput, type EngineEndpoint } from './desired.ts';
 import { formatIssue, parsePolicies, type PolicyIssue } from './parse.ts';
 import { MembraneError } from '../errors.ts';
-import { PolicyRepository, type Plan } from './repository.ts';
+import { PolicyConflictError, PolicyRepository, type PersistedPolicies, type Plan, type PolicyBackend } from './repository.ts';
 import { endpointFlags, selectionFor, type Selection } from './selection.ts';
 import { describeRule, trace, type RuleDescription, type TraceQuery, type TraceResult } from './trace.ts';
 import type { PolicyRecord } from './types.ts';
@@ -48,6 +48,9 @@ export interface PolicyEngineDeps {
   identityGraceMs?: number;
   /** Where the L7 proxies listen (ports go into the datapath with L7 entries); none: L7 policies are refused. */
   proxyPorts?: () => DesiredInput['proxyPorts'];
+  /** Cluster mode: identities and policies live in the cluster store (default: the node's store). */
+  identityBackend?: IdentityBackend;
+  policyBackend?: PolicyBackend & { reload?(): Promise<PersistedPolicies> };
 }
 
 export interface ChangeResult {
@@ -72,6 +75,9 @@ export class PolicyEngine {
   private started = false;
   private readonly compileCache: { current?: CompileCache } = {};
   private chain: Promise<unknown> = Promise.resolve();
+  /** Other nodes' endpoint addresses (cluster mode): prefix -> identity. */
+  private remote = new Map<string, number>();
+  private remoteSyncQueued = false;
 
   private constructor(
     private readonly d: PolicyEngineDeps,
@@ -88,8 +94,8 @@ export class PolicyEngine {
   }
 
   static async open(d: PolicyEngineDeps): Promise<PolicyEngine> {
-    const identities = await IdentityAllocator.open({ store: d.store, graceMs: d.identityGraceMs });
-    const repo = await PolicyRepository.open(d.store);
+    const identities = await IdentityAllocator.open({ store: d.store, backend: d.identityBackend, graceMs: d.identityGraceMs });
+    const repo = await PolicyRepository.open(d.policyBackend ?? d.store);
     const audit = (await d.store.get<Record<string, boolean>>(AUDIT_STORE_KEY)) ?? {};
     return new PolicyEngine(d, identities, repo, audit);
   }
@@ -210,17 +216,31 @@ export class PolicyEngine {
     if (missing.length) {
       return Promise.reject(new MembraneError('unavailable', `the policy has ${missing.map((k) => k.toUpperCase()).join(', ')} rules but the L7 proxy is not enabled on this node (agent --l7-proxy)`));
     }
-    return this.serial(() => this.change(this.repo.planImport(parsed.policies, parsed.sources), t0, parseMs));
+    return this.serial(() => this.retryOnConflict(() => this.change(this.repo.planImport(parsed.policies, parsed.sources), t0, parseMs)));
+  }
+
+  /** Cluster mode: another node committed first; read the set again and plan again. */
+  private async retryOnConflict<T>(fn: () => Promise<T>): Promise<T> {
+    for (let attempt = 0; ; attempt++) {
+      try {
+        return await fn();
+      } catch (e) {
+        if (!(e instanceof PolicyConflictError) || attempt >= 4 || !this.d.policyBackend?.reload) throw e;
+        if (this.repo.replace(await this.d.policyBackend.reload()) && this.started) this.sync();
+      }
+    }
   }
 
   delete(names: string[] | 'all'): Promise<ChangeResult & { unknown: string[] }> {
     const t0 = performance.now();
     return this.serial(async () => {
-      const plan = this.repo.planDelete(names);
-      if (names !== 'all' && plan.unknown.length === names.length) {
-        throw new PolicyError('policy_not_found', `no policy named ${plan.unknown.map((n) => `"${n}"`).join(', ')}`);
-      }
-      return { ...(await this.change(plan, t0, 0)), unknown: plan.unknown };
+      return this.retryOnConflict(async () => {
+        const plan = this.repo.planDelete(names);
+        if (names !== 'all' && plan.unknown.length === names.length) {
+          throw new PolicyError('policy_not_found', `no policy named ${plan.unknown.map((n) => `"${n}"`).join(', ')}`);
+        }
+        return { ...(await this.change(plan, t0, 0)), unknown: plan.unknown };
+      });
     });
   }
 
@@ -247,11 +267,46 @@ export class PolicyEngine {
     const cidrs = this.cidrs.clone();
     const desired = buildDesired({
       records, endpoints: [...this.endpoints.values()], labelsOf: (id) => this.identities.labelsOf(id),
-      hostAddresses: this.hostAddrs, cidrs, proxyPorts: this.d.proxyPorts?.(),
+      hostAddresses: this.hostAddrs, cidrs, proxyPorts: this.d.proxyPorts?.(), remote: this.remote,
     }, this.compileCache);
     const stats = applyDesired(this.d.ops, this.mirror, desired);
     this.cidrs = cidrs;
     return stats;
+  }
+
+  // ---- cluster mode ----------------------------------------------------------------------------
+
+  /** Other nodes' endpoints changed. Bursts coalesce into one sync. */
+  setRemoteEndpoints(remote: Map<string, number>): Promise<void> {
+    this.remote = remote;
+    return this.resyncSoon();
+  }
+
+  /** Identities appeared elsewhere: peers that use them may now be compiled. */
+  identitiesLearned(ids: number[]): Promise<void> {
+    const used = new Set(this.remote.values());
+    return ids.some((id) => used.has(id)) ? this.resyncSoon() : Promise.resolve();
+  }
+
+  private resyncSoon(): Promise<void> {
+    if (this.remoteSyncQueued) return this.chain.then(() => undefined);
+    this.remoteSyncQueued = true;
+    return this.serial(() => {
+      this.remoteSyncQueued = false;
+      if (this.started) this.sync();
+    });
+  }
+
+  /** The cluster's policy set changed (another node's import, or ours coming back through the watch). */
+  replacePolicies(state: PersistedPolicies): Promise<boolean> {
+    return this.serial(() => {
+      if (!this.repo.replace(state)) return false;
+      if (this.started) {
+        const stats = this.sync();
+        this.d.log?.info({ revision: this.repo.revision, ...stats }, 'cluster policies applied');
+      }
+      return true;
+    });
   }
 
   // ---- queries ---------------------------------------------------------------------------------
@@ -275,7 +330,7 @@ export class PolicyEngine {
   trace(q: TraceQuery): TraceResult {
     const labelsOf = (id: number) => this.identities.labelsOf(id);
     return trace({
-      records: this.repo.list(), universe: universeOf([...this.endpoints.values()], labelsOf, this.cidrs),
+      records: this.repo.list(), universe: universeOf([...this.endpoints.values(), ...remotePeers(this.remote)], labelsOf, this.cidrs),
       cidrs: this.cidrs, ipcache: this.mirror.ipcache, labelsOf,
     }, q);
   }
@@ -345,4 +400,8 @@ export interface EndpointPolicyView {
   entries: number;
   /** Ports whose traffic goes through the L7 proxy, with the HTTP rules. */
   l7: L7Summary[];
+}
+
+function remotePeers(remote: Map<string, number>): { identity: number }[] {
+  return [...new Set(remote.values())].map((identity) => ({ identity }));
 }

@@ -1,17 +1,37 @@
-// Named policies with revisions, persisted as ONE store document so an import or delete of many
-// policies is atomic (a crash leaves the old set or the new set, never half). Changes are planned
-// (pure) and committed separately, so the caller can apply a plan to the datapath first and throw it
-// away if that fails.
+// Named policies with revisions. Changes are planned (pure) and committed separately, so the caller
+// can apply a plan to the datapath first and throw it away if that fails. Where the set is kept is
+// the backend's business: one document in the node's store (a crash leaves the old set or the new
+// set, never half), or the cluster store (cluster/policies.ts), where a commit is one transaction
+// that fails with PolicyConflictError when another node changed the set first.
 import type { Store } from '../store/index.ts';
 import { MAX_POLICY_NUMBER } from './rule-id.ts';
 import type { Policy, PolicyRecord } from './types.ts';
 
 const STORE_KEY = 'policy/repository';
 
-interface Persisted {
+export interface PersistedPolicies {
   revision: number;
   nextNumber: number;
   records: PolicyRecord[];
+}
+type Persisted = PersistedPolicies;
+
+export interface PolicyBackend {
+  load(): Promise<PersistedPolicies | undefined>;
+  /** Durable when it resolves; rejects with nothing changed (PolicyConflictError: `prev` is stale). */
+  save(prev: PersistedPolicies, next: PersistedPolicies): Promise<void>;
+}
+
+/** Another writer changed the set since it was read: read again, plan again. */
+export class PolicyConflictError extends Error {
+  constructor(message: string) { super(message); this.name = 'PolicyConflictError'; }
+}
+
+export function storePolicyBackend(store: Store): PolicyBackend {
+  return {
+    load: () => store.get<Persisted>(STORE_KEY),
+    save: (_prev, next) => store.put(STORE_KEY, next),
+  };
 }
 
 export type ChangeKind = 'created' | 'updated' | 'unchanged' | 'deleted';
@@ -26,13 +46,21 @@ export interface Plan {
 export class PolicyRepository {
   private state: Persisted;
 
-  private constructor(private readonly store: Store, state: Persisted) {
+  private constructor(private readonly backend: PolicyBackend, state: Persisted) {
     this.state = state;
   }
 
-  static async open(store: Store): Promise<PolicyRepository> {
-    const saved = await store.get<Persisted>(STORE_KEY);
-    return new PolicyRepository(store, saved ?? { revision: 0, nextNumber: 1, records: [] });
+  static async open(storeOrBackend: Store | PolicyBackend): Promise<PolicyRepository> {
+    const backend = 'save' in storeOrBackend ? storeOrBackend : storePolicyBackend(storeOrBackend);
+    const saved = await backend.load();
+    return new PolicyRepository(backend, saved ?? { revision: 0, nextNumber: 1, records: [] });
+  }
+
+  /** The set as another writer left it (cluster store change). false when it is not newer. */
+  replace(next: Persisted): boolean {
+    if (next.revision <= this.state.revision && next.revision !== 0) return false;
+    this.state = { ...next, records: [...next.records].sort((a, b) => a.number - b.number) };
+    return true;
   }
 
   get revision(): number { return this.state.revision; }
@@ -85,7 +113,7 @@ export class PolicyRepository {
   async commit(plan: Plan): Promise<void> {
     if (plan.revision === this.state.revision) return;
     const next: Persisted = { revision: plan.revision, nextNumber: plan.nextNumber, records: plan.records };
-    await this.store.put(STORE_KEY, next);
+    await this.backend.save(this.state, next);
     this.state = next;
   }
 }

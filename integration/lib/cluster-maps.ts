@@ -1,0 +1,26 @@
+// What a node's pinned BPF maps hold, read with bpftool (not through the agent): the ipcache
+// (prefix -> identity) and the policy map (endpoint, peer identity, direction, port -> verdict).
+import { execFileSync } from 'node:child_process';
+import path from 'node:path';
+import { decodeIpcacheKey, decodeIpcacheValue, decodePolicyKey, decodePolicyValue, type PolicyKey } from '../../shared/src/policy/map-codec.ts';
+
+interface DumpEntry { key: string[]; value: string[] }
+
+function dump(file: string): { key: Buffer; value: Buffer }[] {
+  const out = execFileSync('bpftool', ['-j', 'map', 'dump', 'pinned', file], { encoding: 'utf8', maxBuffer: 256 * 1024 * 1024 });
+  return (JSON.parse(out) as DumpEntry[]).map((e) => ({
+    key: Buffer.from(e.key.map((x) => parseInt(x, 16))), value: Buffer.from(e.value.map((x) => parseInt(x, 16))),
+  }));
+}
+
+/** prefix ("10.1.0.5/32") -> identity */
+export function readIpcache(bpffsDir: string): Map<string, number> {
+  return new Map(dump(path.join(bpffsDir, 'ipcache')).map((e) => [decodeIpcacheKey(e.key), decodeIpcacheValue(e.value)]));
+}
+
+export function readPolicy(bpffsDir: string): (PolicyKey & { action: string; ruleId: number })[] {
+  return dump(path.join(bpffsDir, 'policy')).map((e) => {
+    const v = decodePolicyValue(e.value);
+    return { ...decodePolicyKey(e.key), action: String(v.action), ruleId: v.ruleId };
+  });
+}

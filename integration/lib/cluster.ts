@@ -1,0 +1,296 @@
+// A cluster on one machine: N nodes as network namespaces on an underlay of our own (veth pairs into a
+// bridge in a netns of ours, addresses from 198.18.0.0/15), each running a real membrane-agent under
+// `nsenter --net` with its own state dir, bpffs dir, sockets and host device; etcd (Debian's
+// etcd-server, its own data dir) and membrane-operator(s) in a control-plane netns on the same
+// underlay. Pods are netns of ours attached to a node's agent. Everything is removed afterwards,
+// even when a step failed or the process is exiting (kill only our PIDs, delete only our names).
+//
+// Reusable by part 2 (pod-to-pod across nodes: pods carry their node, nodes their underlay address
+// and pod CIDRs) and by the benchmarks.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { AgentClient } from '../../shared/src/api/client.ts';
+import type { Endpoint } from '../../shared/src/types.ts';
+import { connectEtcd, type Kv } from '../../shared/src/kvstore/kv.ts';
+import { layout, type Layout } from '../../shared/src/kvstore/layout.ts';
+import { REPO, randomId, sleep } from './agent.ts';
+import { startEtcd, type TestEtcd } from './etcd.ts';
+import { createNetns, type TestNetns } from './netns.ts';
+
+const AGENT_MAIN = path.join(REPO, 'shared/src/agent/main.ts');
+const OPERATOR_MAIN = path.join(REPO, 'shared/src/operator/main.ts');
+
+export interface ClusterOptions {
+  nodes: number;
+  /** Operators to start (0 = none; tests of the operator start their own). Default 1. */
+  operators?: number;
+  /** Node lease TTL (seconds); short so a killed agent leaves quickly. Default 5. */
+  leaseTtl?: number;
+  /** Extra agent / operator flags. */
+  agentArgs?: string[];
+  operatorArgs?: string[];
+  /** IPv4 pool for pod CIDRs (default: a random 10.x.0.0/16, /24 per node) and optional IPv6 pool. */
+  clusterPool?: string;
+  nodeMaskSize?: number;
+  clusterPoolIpv6?: string;
+}
+
+/** A supervised process of ours (agent, operator) started under nsenter. */
+export interface Proc {
+  pid(): number | undefined;
+  running(): boolean;
+  logFile: string;
+  start(): Promise<void>;
+  /** SIGTERM and wait. */
+  stop(): Promise<void>;
+  kill9(): Promise<void>;
+}
+
+export interface TestPod {
+  name: string;
+  node: TestNode;
+  ns: TestNetns;
+  endpoint: Endpoint;
+  ip4: string;
+}
+
+export interface TestNode {
+  index: number;
+  name: string;
+  /** Underlay address. */
+  ip: string;
+  netns: TestNetns;
+  stateDir: string;
+  bpffsDir: string;
+  socket: string;
+  client: AgentClient;
+  agent: Proc;
+  /** Creates a pod (netns + endpoint through this node's agent). */
+  pod(labels: Record<string, string>, name?: string): Promise<TestPod>;
+  deletePod(pod: TestPod): Promise<void>;
+}
+
+export interface TestCluster {
+  id: string;
+  name: string;
+  L: Layout;
+  /** Underlay /24 (e.g. "198.18.7.0/24"), and the control-plane netns (etcd, operators). */
+  subnet: string;
+  control: TestNetns;
+  etcd: TestEtcd;
+  /** A client for the test itself (reaches etcd over a unix socket: no route into the underlay). */
+  kv: Kv;
+  nodes: TestNode[];
+  operators: Proc[];
+  clusterPool: string;
+  /** Another node (agent started); its index is the next free one. */
+  addNode(): Promise<TestNode>;
+  /** Stops the node's agent (SIGKILL with kill9) and removes its netns, dirs and pins. */
+  removeNode(node: TestNode, opts?: { kill9?: boolean }): Promise<void>;
+  startOperator(extraArgs?: string[]): Promise<Proc>;
+  cleanup(): Promise<void>;
+}
+
+export function randomUnderlay(): { prefix: string; subnet: string } {
+  const r = crypto.randomInt(0, 512);
+  const prefix = `198.${18 + (r >> 8)}.${r & 255}`;
+  return { prefix, subnet: `${prefix}.0/24` };
+}
+
+export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
+  const id = randomId(3);
+  const name = `c${id}`;
+  const root = fs.mkdtempSync(path.join(os.tmpdir(), `mbr-cluster-${id}-`));
+  const { prefix, subnet } = randomUnderlay();
+  const clusterPool = opts.clusterPool ?? `10.${crypto.randomInt(64, 192)}.0.0/16`;
+  const leaseTtl = opts.leaseTtl ?? 5;
+  const procs: Proc[] = [];
+  const netnss: TestNetns[] = [];
+  const pods: TestPod[] = [];
+  const pins: string[] = [];
+  let kv: Kv | undefined;
+  let etcd: TestEtcd | undefined;
+  let cleaned = false;
+
+  const underlay = createNetns('mbu');
+  netnss.push(underlay);
+  execFileSync('nsenter', [`--net=${underlay.path}`, 'ip', 'link', 'add', 'br0', 'type', 'bridge']);
+  execFileSync('nsenter', [`--net=${underlay.path}`, 'ip', 'link', 'set', 'br0', 'up']);
+
+  /** A netns on the underlay: veth "eth0" in it, its peer on the bridge. */
+  const attach = (ns: TestNetns, port: string, ip: string) => {
+    execFileSync('nsenter', [`--net=${underlay.path}`, 'ip', 'link', 'add', port, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns.name]);
+    execFileSync('nsenter', [`--net=${underlay.path}`, 'ip', 'link', 'set', port, 'master', 'br0', 'up']);
+    execFileSync('nsenter', [`--net=${ns.path}`, 'ip', 'addr', 'add', `${ip}/24`, 'dev', 'eth0']);
+    execFileSync('nsenter', [`--net=${ns.path}`, 'ip', 'link', 'set', 'eth0', 'up']);
+  };
+
+  const proc = (ns: TestNetns, args: string[], logFile: string, env: NodeJS.ProcessEnv = {}): Proc => {
+    let child: ChildProcess | undefined;
+    const e: NodeJS.ProcessEnv = { ...process.env, ...env };
+    delete e.NODE_EXTRA_CA_CERTS;
+    const signal = (sig: NodeJS.Signals) => new Promise<void>((resolve) => {
+      const c = child;
+      if (!c || c.exitCode !== null || c.signalCode !== null) { resolve(); return; }
+      c.once('exit', () => { clearTimeout(hard); resolve(); });
+      c.kill(sig);
+      // A process that does not stop within 10 s of SIGTERM is killed: cleanup never hangs.
+      const hard = setTimeout(() => { try { c.kill('SIGKILL'); } catch { /* gone */ } }, sig === 'SIGKILL' ? 0 : 10_000);
+    });
+    const p: Proc = {
+      logFile,
+      pid: () => child?.pid,
+      running: () => !!child && child.exitCode === null && child.signalCode === null,
+      async start() {
+        const fd = fs.openSync(logFile, 'a');
+        // nsenter execs the command: the PID we hold is the agent's / operator's own.
+        child = spawn('nsenter', [`--net=${ns.path}`, process.execPath, '--import', 'tsx', ...args], { cwd: REPO, env: e, stdio: ['ignore', fd, fd] });
+        fs.closeSync(fd);
+      },
+      stop: () => signal('SIGTERM'),
+      kill9: () => signal('SIGKILL'),
+    };
+    procs.push(p);
+    return p;
+  };
+
+  const cleanup = async () => {
+    if (cleaned) return;
+    cleaned = true;
+    process.off('exit', onExit);
+    process.off('SIGTERM', onSignal);
+    process.off('SIGINT', onSignal);
+    for (const pod of pods) { try { await pod.node.client.deleteEndpoint(pod.endpoint.containerId, pod.endpoint.ifName); } catch { /* agent gone */ } }
+    await Promise.all(procs.map((p) => p.stop().catch(() => undefined)));
+    kv?.close();
+    await etcd?.kill9();
+    syncCleanup();
+  };
+  const syncCleanup = () => {
+    for (const p of procs) { const pid = p.pid(); if (pid && p.running()) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } } }
+    if (etcd?.running()) { try { process.kill(etcd.pid()!, 'SIGKILL'); } catch { /* gone */ } }
+    for (const pod of pods) pod.ns.remove();
+    for (const ns of netnss) ns.remove();
+    for (const pin of pins) fs.rmSync(pin, { recursive: true, force: true });
+    fs.rmSync(root, { recursive: true, force: true });
+  };
+  const onExit = () => { if (!cleaned) { cleaned = true; syncCleanup(); } };
+  process.on('exit', onExit);
+  // A runner that times out sends SIGTERM: our agents, etcd and namespaces must not outlive us.
+  const onSignal = (sig: NodeJS.Signals) => { onExit(); process.exit(sig === 'SIGINT' ? 130 : 143); };
+  process.once('SIGTERM', onSignal);
+  process.once('SIGINT', onSignal);
+
+  try {
+    const control = createNetns('mbcp');
+    netnss.push(control);
+    attach(control, 'cp', `${prefix}.2`);
+    etcd = await startEtcd({ dir: root, netns: control.path, ip: `${prefix}.2`, name: `e${id}` });
+    kv = await connectEtcd({ endpoints: [etcd.localUrl], timeoutMs: 5_000 });
+    const endpoints = etcd.clientUrl;
+    const nodes: TestNode[] = [];
+    const operators: Proc[] = [];
+
+    const startOperator = async (extraArgs: string[] = []): Promise<Proc> => {
+      const n = operators.length + 1;
+      const p = proc(control, [OPERATOR_MAIN, '--cluster-name', name, '--kvstore', 'etcd', '--kvstore-endpoints', endpoints,
+        '--cluster-pool', clusterPool, '--node-cidr-mask-size', String(opts.nodeMaskSize ?? 24),
+        ...(opts.clusterPoolIpv6 ? ['--cluster-pool-ipv6', opts.clusterPoolIpv6] : []),
+        '--leader-lease-ttl', '3', '--id', `op${n}`, '--log-level', 'debug', ...(opts.operatorArgs ?? []), ...extraArgs],
+      path.join(root, `operator${n}.log`));
+      await p.start();
+      operators.push(p);
+      return p;
+    };
+
+    const addNode = async (): Promise<TestNode> => {
+      const index = nodes.length ? Math.max(...nodes.map((n) => n.index)) + 1 : 1;
+      if (index > 200) throw new Error('too many nodes for one underlay /24');
+      const nodeName = `n${index}`;
+      const ns = createNetns('mbn');
+      netnss.push(ns);
+      const ip = `${prefix}.${10 + index}`;
+      attach(ns, `n${index}`, ip);
+      const stateDir = path.join(root, nodeName);
+      fs.mkdirSync(stateDir, { recursive: true });
+      const bpffsDir = `/sys/fs/bpf/mbc-${id}-${nodeName}`;
+      pins.push(bpffsDir);
+      const socket = path.join(stateDir, 'agent.sock');
+      const client = new AgentClient({ socketPath: socket, timeoutMs: 30_000 });
+      const agent = proc(ns, [AGENT_MAIN, '--state-dir', stateDir, '--socket', socket, '--bpffs-dir', bpffsDir,
+        '--host-device', 'membrane0', '--node-name', nodeName, '--log-level', 'debug',
+        '--metrics-address', '127.0.0.1:0', '--observer-socket', path.join(stateDir, 'observer.sock'),
+        '--cluster-name', name, '--kvstore', 'etcd', '--kvstore-endpoints', endpoints, '--node-ip', ip,
+        '--kvstore-lease-ttl', String(leaseTtl), ...(opts.agentArgs ?? [])], path.join(stateDir, 'agent.log'));
+      const startAndWait = async () => {
+        await agent.start();
+        const deadline = Date.now() + 60_000;
+        for (;;) {
+          if (!agent.running()) throw new Error(`agent ${nodeName} exited during start:\n${tail(agent.logFile)}`);
+          try { await client.healthz(); return; } catch { /* not up yet */ }
+          if (Date.now() > deadline) throw new Error(`agent ${nodeName} did not become healthy within 60 s:\n${tail(agent.logFile)}`);
+          await sleep(100);
+        }
+      };
+      const node: TestNode = {
+        index, name: nodeName, ip, netns: ns, stateDir, bpffsDir, socket, client,
+        agent: { ...agent, start: startAndWait },
+        async pod(labels, podName = `p${randomId(2)}`) {
+          const pns = createNetns('mbp');
+          const pod: TestPod = { name: podName, node, ns: pns, endpoint: undefined as unknown as Endpoint, ip4: '' };
+          pods.push(pod);
+          pod.endpoint = await client.createEndpoint({ containerId: `${name}-${nodeName}-${podName}-${randomId()}`, netns: pns.path, ifName: 'eth0', labels });
+          pod.ip4 = pod.endpoint.ips.find((x) => x.family === 4)?.address.split('/')[0] ?? '';
+          return pod;
+        },
+        async deletePod(pod) {
+          await client.deleteEndpoint(pod.endpoint.containerId, pod.endpoint.ifName);
+          pod.ns.remove();
+          pods.splice(pods.indexOf(pod), 1);
+        },
+      };
+      nodes.push(node);
+      await node.agent.start();
+      return node;
+    };
+
+    const removeNode = async (node: TestNode, o: { kill9?: boolean } = {}) => {
+      for (const pod of pods.filter((p) => p.node === node)) { pod.ns.remove(); pods.splice(pods.indexOf(pod), 1); }
+      if (o.kill9) await node.agent.kill9(); else await node.agent.stop();
+      node.netns.remove();
+      netnss.splice(netnss.indexOf(node.netns), 1);
+      fs.rmSync(node.bpffsDir, { recursive: true, force: true });
+      nodes.splice(nodes.indexOf(node), 1);
+    };
+
+    for (let i = 0; i < (opts.operators ?? 1); i++) await startOperator();
+    // Agents start in parallel (each waits for its pod CIDR from the operator).
+    const starting: Promise<TestNode>[] = [];
+    for (let i = 0; i < opts.nodes; i++) { starting.push(addNode()); await sleep(50); }
+    await Promise.all(starting);
+    nodes.sort((a, b) => a.index - b.index);
+    return { id, name, L: layout(name), subnet, control, etcd, kv, nodes, operators, clusterPool, addNode, removeNode, startOperator, cleanup };
+  } catch (e) {
+    await cleanup();
+    throw e;
+  }
+}
+
+export function tail(file: string, lines = 40): string {
+  try { return fs.readFileSync(file, 'utf8').split('\n').slice(-lines).join('\n'); } catch { return '(no log)'; }
+}
+
+/** Polls until `fn` is true (or throws naming `what` after `ms`). */
+export async function eventually(what: string, fn: () => boolean | Promise<boolean>, ms = 15_000, every = 50): Promise<number> {
+  const t0 = Date.now();
+  for (;;) {
+    let ok = false;
+    try { ok = await fn(); } catch { ok = false; }
+    if (ok) return Date.now() - t0;
+    if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(every);
+  }
+}

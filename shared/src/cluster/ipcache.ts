@@ -1,0 +1,93 @@
+// Endpoint addresses shared through the cluster store: each agent publishes its endpoints'
+// addresses (address -> identity, node, node address) under its lease, and mirrors everyone else's
+// into a map the policy engine writes into the BPF ipcache. Deletes propagate as watch events; an
+// agent that was cut off lists again and drops what vanished meanwhile (PrefixMirror).
+import { normalizeCidr } from '../net/index.ts';
+import { decode, encode, type IpcacheRecord, type Layout } from '../kvstore/layout.ts';
+import { PrefixMirror } from '../kvstore/mirror.ts';
+import type { Session, SessionLog } from '../kvstore/session.ts';
+
+export interface LocalEndpointAddresses {
+  /** containerId/ifName */
+  key: string;
+  ips: string[];
+  identity: number;
+}
+
+export interface ClusterIpcacheOptions {
+  session: Session;
+  layout: Layout;
+  node: string;
+  nodeIp: string;
+  /** The remote entries changed: prefix ("10.1.2.3/32") -> identity. */
+  onRemoteChange(remote: Map<string, number>): void | Promise<void>;
+  log?: SessionLog;
+}
+
+export class ClusterIpcache {
+  readonly mirror: PrefixMirror<IpcacheRecord>;
+  /** What this node publishes: address -> record. */
+  private readonly published = new Map<string, string>();
+  private readonly byEndpoint = new Map<string, string[]>();
+  private remote = new Map<string, number>();
+
+  constructor(private readonly o: ClusterIpcacheOptions) {
+    this.mirror = new PrefixMirror<IpcacheRecord>(o.session.kv, o.layout.ipcache, {
+      decode: (v) => {
+        const r = decode<IpcacheRecord>(v);
+        return r && Number.isInteger(r.identity) && typeof r.node === 'string' ? r : undefined;
+      },
+      onChange: () => this.rebuild(),
+      log: o.log,
+    });
+  }
+
+  start(): Promise<void> { return this.mirror.start(); }
+  stop(): Promise<void> { return this.mirror.stop(); }
+
+  /** Entries of other nodes, by prefix. */
+  remoteEntries(): Map<string, number> { return this.remote; }
+
+  /** Remote entries with their node, for `membrane` output and part 2's tunnel lookups. */
+  remoteRecords(): [string, IpcacheRecord][] {
+    return [...this.mirror.items].filter(([, r]) => r.node !== this.o.node);
+  }
+
+  private async rebuild(): Promise<void> {
+    const next = new Map<string, number>();
+    for (const [addr, r] of this.mirror.items) {
+      if (r.node === this.o.node) continue;
+      try { next.set(normalizeCidr(addr), r.identity); } catch { /* not an address: skip */ }
+    }
+    this.remote = next;
+    await this.o.onRemoteChange(next);
+  }
+
+  /** Publishes (or republishes with a new identity) one local endpoint's addresses. */
+  publish(ep: LocalEndpointAddresses): void {
+    const before = this.byEndpoint.get(ep.key) ?? [];
+    for (const ip of before) if (!ep.ips.includes(ip)) this.withdrawOne(ip);
+    for (const ip of ep.ips) {
+      const value = encode({ identity: ep.identity, node: this.o.node, nodeIp: this.o.nodeIp, endpoint: ep.key } satisfies IpcacheRecord);
+      if (this.published.get(ip) === value) continue;
+      this.published.set(ip, value);
+      this.o.session.set(this.o.layout.ipcacheEntry(ip), value);
+    }
+    this.byEndpoint.set(ep.key, [...ep.ips]);
+  }
+
+  withdraw(key: string): void {
+    for (const ip of this.byEndpoint.get(key) ?? []) this.withdrawOne(ip);
+    this.byEndpoint.delete(key);
+  }
+
+  private withdrawOne(ip: string): void {
+    if (!this.published.delete(ip)) return;
+    this.o.session.delete(this.o.layout.ipcacheEntry(ip));
+  }
+
+  /** Deletes entries an earlier run of this node left for endpoints that are gone. */
+  reconcile(): Promise<number> {
+    return this.o.session.reconcile(this.o.layout.ipcache, (_key, value) => decode<IpcacheRecord>(value)?.node === this.o.node);
+  }
+}

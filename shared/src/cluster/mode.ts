@@ -1,0 +1,180 @@
+// An agent in cluster mode: connects to the cluster store, registers the node, gets its pod CIDR
+// from the operator, and plugs the cluster backends (identities, policies) and the ipcache sync into
+// the policy engine and the endpoint lifecycle. Loaded only when --kvstore is given: the single-node
+// path never imports it.
+import fs from 'node:fs';
+import path from 'node:path';
+import { Router } from 'express';
+import type { ClusterStatusView, Endpoint, NetworkSpec } from '../types.ts';
+import type { EndpointHooks } from '../endpoint/manager.ts';
+import type { PolicyEngine } from '../policy/engine.ts';
+import { connectEtcd, type KvOptions } from '../kvstore/kv.ts';
+import { layout, type Layout, type NodeRecord, type PodCidrAllocation } from '../kvstore/layout.ts';
+import { Session, type SessionLog } from '../kvstore/session.ts';
+import { writeFileAtomic } from '../io/atomic-write.ts';
+import { VERSION } from '../version.ts';
+import { ClusterIdentities } from './identities.ts';
+import { ClusterIpcache } from './ipcache.ts';
+import { ClusterNodes, waitForPodCidrs, type NodeView } from './nodes.ts';
+import { ClusterPolicies } from './policies.ts';
+
+export interface ClusterModeConfig {
+  cluster: string;
+  kv: KvOptions;
+  nodeName: string;
+  nodeIp: string;
+  stateDir: string;
+  leaseTtlSeconds: number;
+  /** How long the agent waits for the store and for its pod CIDR at start. */
+  startTimeoutMs: number;
+  /** How long an endpoint with a new label set waits for the store before it fails. */
+  allocateTimeoutMs: number;
+}
+
+export type ClusterStatus = ClusterStatusView;
+
+const POD_CIDR_FILE = 'cluster-pod-cidrs.json';
+
+export class ClusterMode {
+  readonly L: Layout;
+  readonly identities: ClusterIdentities;
+  readonly policies: ClusterPolicies;
+  readonly ipcache: ClusterIpcache;
+  readonly nodes: ClusterNodes;
+  private engine?: PolicyEngine;
+  private record!: NodeRecord;
+  private podCidrs!: PodCidrAllocation;
+  private refreshTimer?: NodeJS.Timeout;
+
+  private constructor(readonly cfg: ClusterModeConfig, readonly session: Session, private readonly log: SessionLog) {
+    this.L = layout(cfg.cluster);
+    const common = { session, layout: this.L, node: cfg.nodeName, log };
+    this.identities = new ClusterIdentities({ ...common, allocateTimeoutMs: cfg.allocateTimeoutMs });
+    this.policies = new ClusterPolicies({ ...common, onRemoteChange: async (s) => { await this.engine?.replacePolicies(s); } });
+    this.ipcache = new ClusterIpcache({ ...common, nodeIp: cfg.nodeIp, onRemoteChange: (m) => this.engine?.setRemoteEndpoints(m) });
+    this.nodes = new ClusterNodes(session, this.L, log);
+    this.identities.onLearn((ids) => { void this.engine?.identitiesLearned(ids); });
+  }
+
+  /** Connects, registers the node and waits for its pod CIDRs (bounded by startTimeoutMs). */
+  static async connect(cfg: ClusterModeConfig, log: SessionLog): Promise<ClusterMode> {
+    const kv = await connectEtcd(cfg.kv);
+    const session = new Session({ kv, leaseTtlSeconds: cfg.leaseTtlSeconds, log });
+    try {
+      await session.start(cfg.startTimeoutMs);
+    } catch (e) {
+      kv.close();
+      throw new Error(`cannot reach the cluster store at ${cfg.kv.endpoints.join(', ')} within ${Math.round(cfg.startTimeoutMs / 1000)} s: ${(e as Error).message}`);
+    }
+    const m = new ClusterMode(cfg, session, log);
+    try {
+      await m.register();
+      await m.nodes.start();
+      await m.policies.start();
+    } catch (e) {
+      await m.close();
+      throw e;
+    }
+    return m;
+  }
+
+  private async register(): Promise<void> {
+    const file = path.join(this.cfg.stateDir, POD_CIDR_FILE);
+    let previous: PodCidrAllocation | undefined;
+    try { previous = JSON.parse(fs.readFileSync(file, 'utf8')); } catch { /* first start */ }
+    const now = new Date().toISOString();
+    this.record = {
+      name: this.cfg.nodeName, cluster: this.cfg.cluster, addresses: [{ type: 'InternalIP', ip: this.cfg.nodeIp }],
+      podCidrs: {}, nodeId: 0, agentVersion: VERSION, registeredAt: now, updatedAt: now,
+      ...(previous ? { requestedPodCidrs: { ipv4: previous.ipv4, ipv6: previous.ipv6 } } : {}),
+    };
+    this.nodes.publish(this.record);
+    this.podCidrs = await waitForPodCidrs(this.session, this.L, this.cfg.nodeName, this.cfg.startTimeoutMs);
+    await writeFileAtomic(file, JSON.stringify(this.podCidrs) + '\n');
+    this.record = { ...this.record, podCidrs: { ipv4: this.podCidrs.ipv4, ipv6: this.podCidrs.ipv6 }, nodeId: this.podCidrs.nodeId };
+    this.nodes.publish(this.record);
+    // A refreshed updatedAt is how others see the node is alive ("last seen").
+    this.refreshTimer = setInterval(() => {
+      this.record = { ...this.record, updatedAt: new Date().toISOString() };
+      this.nodes.publish(this.record);
+    }, 30_000);
+    this.refreshTimer.unref();
+  }
+
+  /** The agent's networks: the unnamed ("default") one takes the node's pod CIDRs. */
+  networks(configured: NetworkSpec[], explicitDefault: boolean): NetworkSpec[] {
+    const subnets = [this.podCidrs.ipv4, this.podCidrs.ipv6].filter((s): s is string => !!s);
+    const others = configured.filter((n) => n.name !== 'default');
+    const def = configured.find((n) => n.name === 'default');
+    if (explicitDefault && def) {
+      this.log.warn({ pools: def.subnets, podCidrs: subnets }, 'cluster mode: --pool for the default network is ignored; it uses the pod CIDRs the operator allocated');
+    }
+    return [{ name: 'default', subnets, ...(def?.mtu ? { mtu: def.mtu } : {}) }, ...others];
+  }
+
+  /** Called by the policy engine's owner once the engine is open (before endpoints are restored). */
+  async attachEngine(engine: PolicyEngine): Promise<void> {
+    this.engine = engine;
+    await this.identities.attach(engine.identities);
+    await engine.replacePolicies(this.policies.current());
+  }
+
+  /** After restore and the engine's first sync: publish local endpoints, drop leftovers of an earlier
+   *  run, and start mirroring the other nodes' endpoints. */
+  async afterRestore(endpoints: Endpoint[]): Promise<void> {
+    for (const ep of endpoints) this.publish(ep);
+    try {
+      await this.ipcache.reconcile();
+      await this.identities.reconcile();
+    } catch (e) {
+      this.log.warn({ err: (e as Error).message }, 'could not clean what an earlier run left in the cluster store; the lease of that run expires it');
+    }
+    await this.ipcache.start();
+  }
+
+  endpointHooks(): EndpointHooks {
+    return {
+      afterCreate: (ep) => this.publish(ep),
+      afterLabelsChanged: (ep) => this.publish(ep),
+      afterDelete: (ep) => this.ipcache.withdraw(`${ep.containerId}/${ep.ifName}`),
+    };
+  }
+
+  private publish(ep: Endpoint): void {
+    this.ipcache.publish({ key: `${ep.containerId}/${ep.ifName}`, ips: ep.ips.map((ip) => ip.address.split('/')[0]), identity: ep.identity });
+  }
+
+  status(): ClusterStatus {
+    const mirrors = [this.nodes.mirror, this.identities.mirror, this.ipcache.mirror, this.policies.mirror];
+    return {
+      name: this.cfg.cluster, node: this.cfg.nodeName, nodeIp: this.cfg.nodeIp, podCidrs: this.record.podCidrs, nodeId: this.record.nodeId,
+      kvstore: {
+        type: 'etcd', ...this.session.status(),
+        watches: mirrors.map((m) => ({ prefix: m.prefix.slice(this.L.base.length), live: m.live, revision: m.revision })),
+      },
+      nodes: this.nodes.mirror.items.size,
+      remoteEndpoints: this.ipcache.remoteEntries().size,
+      ipcacheResync: this.ipcache.mirror.lastResync,
+      identitiesReferenced: this.identities.referenced().length,
+    };
+  }
+
+  listNodes(): NodeView[] { return this.nodes.list(); }
+
+  /** GET /v1/cluster/nodes, GET /v1/cluster/status. */
+  router(): Router {
+    const r = Router();
+    r.get('/nodes', (_req, res) => { res.json({ items: this.listNodes() }); });
+    r.get('/status', (_req, res) => { res.json(this.status()); });
+    return r;
+  }
+
+  /** Stops watching and writing. The lease is left to expire, unless `leave` (then the node and its
+   *  entries go at once). */
+  async close(opts: { leave?: boolean } = {}): Promise<void> {
+    clearInterval(this.refreshTimer);
+    await Promise.allSettled([this.nodes.stop(), this.identities.stop(), this.ipcache.stop(), this.policies.stop()]);
+    await this.session.close({ revoke: opts.leave });
+    this.session.kv.close();
+  }
+}
