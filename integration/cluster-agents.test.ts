@@ -120,3 +120,27 @@ t.test('concurrent imports on two nodes both land, with distinct policy numbers'
   t.not(recs[0].number, recs[1].number, 'different policy numbers (rule ids stay unambiguous cluster-wide)');
   await new PolicyClient(n3.client).delete('all');
 });
+
+t.test('a restarted agent keeps classifying remote endpoints throughout (no gap in its BPF ipcache)', async (t) => {
+  const [n1, , n3] = c.nodes;
+  const p = await n1.pod({ app: 'steady' });
+  await eventually('known on n3', () => readIpcache(n3.bpffsDir).get(`${p.ip4}/32`) === p.endpoint.identity);
+  let samples = 0, missing = 0;
+  let watching = true;
+  const watcher = (async () => {
+    while (watching) {
+      if (readIpcache(n3.bpffsDir).get(`${p.ip4}/32`) !== p.endpoint.identity) missing++;
+      samples++;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+  })();
+  await n3.agent.stop();
+  await n3.agent.start();
+  await new Promise((r) => setTimeout(r, 500));
+  watching = false;
+  await watcher;
+  t.ok(samples > 20, `sampled node 3's ipcache ${samples} times across the restart`);
+  t.equal(missing, 0, 'the remote endpoint was never missing or wrong');
+  const st = (await n3.client.status()).cluster!;
+  t.ok(st.kvstore.connected && st.remoteEndpoints >= 1, 'the restarted agent is back in the cluster');
+});

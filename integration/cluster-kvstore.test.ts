@@ -135,7 +135,7 @@ t.test('three nodes racing for identities: one label set, one number', async (t)
     await s.start(5_000);
     const backend = new ClusterIdentities({ session: s, layout: L, node });
     closers.push(() => backend.stop());
-    const alloc = await IdentityAllocator.open({ backend });
+    const alloc = await IdentityAllocator.open({ backend, randomIds: true });
     await backend.attach(alloc);
     return { node, alloc, backend };
   }));

@@ -116,7 +116,8 @@ export interface ClusterStatusView {
   };
   nodes: number;
   remoteEndpoints: number;
-  /** The last full ipcache list (start or reconnect): entries, and ms until the BPF ipcache held them. */
+  /** The last full resync of other nodes' endpoints: at start, from listing the cluster store to the
+   *  engine's first sync done (local restore included); after a reconnect, relist to maps updated. */
   ipcacheResync?: { entries: number; ms: number };
   identitiesReferenced: number;
 }

@@ -45,6 +45,10 @@ export class ClusterMode {
   private record!: NodeRecord;
   private podCidrs!: PodCidrAllocation;
   private refreshTimer?: NodeJS.Timeout;
+  /** At start: from listing the cluster's identities, policies and endpoints to the engine's first
+   *  full sync done (the local endpoints' restore runs in between). */
+  private startSyncT0?: number;
+  private startSync?: { entries: number; ms: number };
 
   private constructor(readonly cfg: ClusterModeConfig, readonly session: Session, private readonly log: SessionLog) {
     this.L = layout(cfg.cluster);
@@ -112,16 +116,25 @@ export class ClusterMode {
     return [{ name: 'default', subnets, ...(def?.mtu ? { mtu: def.mtu } : {}) }, ...others];
   }
 
-  /** Called by the policy engine's owner once the engine is open (before endpoints are restored). */
+  /** Called by the policy engine's owner once the engine is open (before endpoints are restored).
+   *  The other nodes' endpoints are listed now, so the engine's first full sync (after restore) keeps
+   *  the remote entries a restarted agent finds pinned instead of dropping and re-adding them: the
+   *  datapath keeps classifying remote peers through an agent restart. */
   async attachEngine(engine: PolicyEngine): Promise<void> {
     this.engine = engine;
+    this.startSyncT0 = performance.now();
     await this.identities.attach(engine.identities);
     await engine.replacePolicies(this.policies.current());
+    await this.ipcache.start();
   }
 
   /** After restore and the engine's first sync: publish local endpoints, drop leftovers of an earlier
    *  run, and start mirroring the other nodes' endpoints. */
   async afterRestore(endpoints: Endpoint[]): Promise<void> {
+    if (this.startSyncT0 !== undefined) {
+      this.startSync = { entries: this.ipcache.remoteEntries().size, ms: performance.now() - this.startSyncT0 };
+      this.startSyncT0 = undefined;
+    }
     for (const ep of endpoints) this.publish(ep);
     try {
       await this.ipcache.reconcile();
@@ -129,7 +142,6 @@ export class ClusterMode {
     } catch (e) {
       this.log.warn({ err: (e as Error).message }, 'could not clean what an earlier run left in the cluster store; the lease of that run expires it');
     }
-    await this.ipcache.start();
   }
 
   endpointHooks(): EndpointHooks {
@@ -154,7 +166,7 @@ export class ClusterMode {
       },
       nodes: this.nodes.mirror.items.size,
       remoteEndpoints: this.ipcache.remoteEntries().size,
-      ipcacheResync: this.ipcache.mirror.lastResync,
+      ipcacheResync: this.ipcache.mirror.resyncs > 1 ? this.ipcache.mirror.lastResync : this.startSync,
       identitiesReferenced: this.identities.referenced().length,
     };
   }

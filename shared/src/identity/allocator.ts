@@ -74,6 +74,9 @@ export interface IdentityAllocatorOptions {
   now?: () => number;
   /** Highest label identity to hand out (tests shrink it to exercise exhaustion). */
   lastId?: number;
+  /** Propose random free numbers (cluster mode: nodes allocating at once rarely propose the same
+   *  number, so their transactions rarely collide) instead of the next one. */
+  randomIds?: boolean;
 }
 
 export class IdentityAllocator {
@@ -88,6 +91,7 @@ export class IdentityAllocator {
   private readonly graceMs: number;
   private readonly now: () => number;
   private readonly lastId: number;
+  private readonly randomIds: boolean;
 
   private readonly backend: IdentityBackend;
 
@@ -95,6 +99,7 @@ export class IdentityAllocator {
     this.graceMs = opts.graceMs ?? 60_000;
     this.now = opts.now ?? Date.now;
     this.lastId = opts.lastId ?? LAST_LABEL_IDENTITY;
+    this.randomIds = opts.randomIds ?? false;
     if (!opts.backend && !opts.store) throw new TypeError('IdentityAllocator needs a store or a backend');
     this.backend = opts.backend ?? storeBackend(opts.store!, this.now);
   }
@@ -252,6 +257,14 @@ export class IdentityAllocator {
 
   private pickFreeId(): number {
     const free = (id: number) => !this.byId.has(id) && !this.inFlightIds.has(id);
+    if (this.randomIds) {
+      // Within the first 64k numbers while they last (short numbers in flows, like Cilium's range).
+      const top = Math.min(this.lastId, 65_535);
+      for (let i = 0; i < 64; i++) {
+        const id = FIRST_LABEL_IDENTITY + Math.floor(Math.random() * (top - FIRST_LABEL_IDENTITY + 1));
+        if (free(id)) return id;
+      }
+    }
     // Monotonic first, so a freed number is not handed out again soon (flows name identities).
     for (let id = this.nextHint; id <= this.lastId; id++) {
       if (free(id)) { this.nextHint = id + 1; return id; }

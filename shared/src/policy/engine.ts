@@ -94,7 +94,7 @@ export class PolicyEngine {
   }
 
   static async open(d: PolicyEngineDeps): Promise<PolicyEngine> {
-    const identities = await IdentityAllocator.open({ store: d.store, backend: d.identityBackend, graceMs: d.identityGraceMs });
+    const identities = await IdentityAllocator.open({ store: d.store, backend: d.identityBackend, graceMs: d.identityGraceMs, randomIds: !!d.identityBackend });
     const repo = await PolicyRepository.open(d.policyBackend ?? d.store);
     const audit = (await d.store.get<Record<string, boolean>>(AUDIT_STORE_KEY)) ?? {};
     return new PolicyEngine(d, identities, repo, audit);
