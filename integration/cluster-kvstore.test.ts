@@ -137,7 +137,7 @@ t.test('three nodes racing for identities: one label set, one number', async (t)
     closers.push(() => backend.stop());
     const alloc = await IdentityAllocator.open({ backend, randomIds: true });
     await backend.attach(alloc);
-    return { node, alloc, backend };
+    return { node, alloc, backend, session: s };
   }));
   const labelSets = Array.from({ length: 12 }, (_, i) => ({ 'k8s:app': `app${i % 6}`, 'k8s:tier': i % 2 ? 'a' : 'b' }));
   const results = await Promise.all(nodes.flatMap((n) => labelSets.map(async (l) => ({ node: n.node, key: JSON.stringify(l), id: await n.alloc.resolve(l) }))));
@@ -149,6 +149,8 @@ t.test('three nodes racing for identities: one label set, one number', async (t)
   const direct = await kv();
   const stored = await direct.list(L.identityIds);
   t.equal(stored.items.length, byKey.size, 'one id record per label set in the store');
+  // A node that lost a race references the winner's number through its session's writer.
+  await Promise.all(nodes.map((n) => n.session.flushed()));
   const refs = await direct.list(L.identityRefs);
   t.equal(refs.items.length, byKey.size * 3, 'each node references each identity once');
 });
