@@ -15,6 +15,8 @@ import { Session } from '../shared/src/kvstore/session.ts';
 import { ClusterIdentities } from '../shared/src/cluster/identities.ts';
 import { IdentityAllocator } from '../shared/src/identity/allocator.ts';
 import { randomId } from './lib/agent.ts';
+import { makeTestPki } from './lib/tls.ts';
+import { kvstoreOptions } from '../shared/src/kvstore/config.ts';
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-kvt-'));
 let etcd: TestEtcd;
@@ -153,4 +155,21 @@ t.test('three nodes racing for identities: one label set, one number', async (t)
   await Promise.all(nodes.map((n) => n.session.flushed()));
   const refs = await direct.list(L.identityRefs);
   t.equal(refs.items.length, byKey.size * 3, 'each node references each identity once');
+});
+
+t.test('TLS: --kvstore-ca/--kvstore-cert/--kvstore-key reach an etcd that requires client certificates', async (t) => {
+  const tdir = fs.mkdtempSync(path.join(dir, 'tls-'));
+  const pki = makeTestPki(tdir);
+  const secure = await startEtcd({ dir: tdir, tls: { ca: pki.ca, cert: pki.serverCert, key: pki.serverKey, clientCert: pki.clientCert, clientKey: pki.clientKey } });
+  closers.push(() => secure.stop());
+  t.match(secure.clientUrl, /^https:/);
+  const opts = kvstoreOptions({ kvstore: 'etcd', kvstoreEndpoints: secure.clientUrl, kvstoreCa: pki.ca, kvstoreCert: pki.clientCert, kvstoreKey: pki.clientKey })!;
+  const k = await connectEtcd({ ...opts.kv, timeoutMs: 2_000 });
+  closers.push(() => k.close());
+  await k.put('t/tls', 'ok');
+  t.equal((await k.get('t/tls'))?.value, 'ok', 'read and write over TLS with a client certificate');
+  const noCert = await connectEtcd({ endpoints: [secure.clientUrl], tls: { ca: fs.readFileSync(pki.ca) }, timeoutMs: 1_000 });
+  closers.push(() => noCert.close());
+  const err = await noCert.get('t/tls').then(() => undefined, (e: unknown) => e as Error);
+  t.ok(err, `without a client certificate the store refuses: ${err?.message}`);
 });

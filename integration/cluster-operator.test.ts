@@ -16,7 +16,10 @@ if (process.getuid?.() !== 0) {
 
 let c: TestCluster;
 t.before(async () => {
-  c = await startCluster({ nodes: 0, operators: 2, nodeMaskSize: 26, operatorArgs: ['--identity-gc-interval', '500ms', '--identity-gc-grace', '2s'] });
+  c = await startCluster({
+    nodes: 0, operators: 2, nodeMaskSize: 26, clusterPoolIpv6: 'fd00:c1::/104',
+    operatorArgs: ['--identity-gc-interval', '500ms', '--identity-gc-grace', '2s', '--node-cidr-mask-size-ipv6', '112'],
+  });
 });
 t.teardown(() => c?.cleanup());
 
@@ -67,7 +70,9 @@ t.test('pod CIDRs never overlap across 20 node joins and leaves, and are release
   let joins = 0, overlaps = 0, checks = 0;
   const checkNoOverlap = async () => {
     const { items } = await c.kv.list(c.L.podCidrNodes);
-    const cidrs = items.map((i) => decode<PodCidrAllocation>(i.value)!.ipv4!).filter(Boolean);
+    const allocs = items.map((i) => decode<PodCidrAllocation>(i.value)!);
+    if (allocs.some((a) => !a.ipv4 || !a.ipv6)) overlaps++; // dual-stack pools: every node gets both
+    const cidrs = allocs.flatMap((a) => [a.ipv4!, a.ipv6!]).filter(Boolean);
     for (let i = 0; i < cidrs.length; i++) for (let j = i + 1; j < cidrs.length; j++) if (cidrsOverlap(parseCidr(cidrs[i]), parseCidr(cidrs[j]))) overlaps++;
     checks++;
   };
@@ -84,9 +89,9 @@ t.test('pod CIDRs never overlap across 20 node joins and leaves, and are release
     await checkNoOverlap();
   }
   t.equal(joins, 20, '20 joins');
-  t.equal(overlaps, 0, `no two live nodes ever shared addresses (${checks} checks)`);
+  t.equal(overlaps, 0, `no two live nodes ever shared addresses, IPv4 or IPv6, and each got both (${checks} checks)`);
   const blocks = await c.kv.list(c.L.podCidrBlocks);
-  t.equal(blocks.items.length, (await c.kv.list(c.L.podCidrNodes)).items.length, 'one block key per allocation: released blocks are gone');
+  t.equal(blocks.items.length, 2 * (await c.kv.list(c.L.podCidrNodes)).items.length, 'one IPv4 and one IPv6 block key per allocation: released blocks are gone');
   // A node that comes back asks for its old block and gets it when it is free.
   const [name, lease] = [...live][0];
   const old = (await allocation(name))!.ipv4!;

@@ -4,6 +4,7 @@
 // listens on a unix socket in its dir so the test process can reach it without a route.
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import https from 'node:https';
 import net from 'node:net';
 import path from 'node:path';
 
@@ -14,6 +15,8 @@ export interface EtcdOptions {
   netns?: string;
   ip?: string;
   name?: string;
+  /** Serve clients over TLS with client certificates (loopback mode only). */
+  tls?: { ca: string; cert: string; key: string; clientCert: string; clientKey: string };
 }
 
 export interface TestEtcd {
@@ -57,7 +60,7 @@ export async function startEtcd(opts: EtcdOptions): Promise<TestEtcd> {
     localUrl = `unix:${path.join(opts.dir, 'etcd.sock:0')}`;
   } else {
     const [c, p] = [await freePort(), await freePort()];
-    clientUrl = `http://127.0.0.1:${c}`;
+    clientUrl = `${opts.tls ? 'https' : 'http'}://127.0.0.1:${c}`;
     peerUrl = `http://127.0.0.1:${p}`;
     localUrl = clientUrl;
   }
@@ -68,6 +71,7 @@ export async function startEtcd(opts: EtcdOptions): Promise<TestEtcd> {
     '--listen-peer-urls', peerUrl, '--initial-advertise-peer-urls', peerUrl,
     '--initial-cluster', `${name}=${peerUrl}`, '--initial-cluster-state', 'new',
     '--log-level', 'warn', '--logger', 'zap',
+    ...(opts.tls ? ['--cert-file', opts.tls.cert, '--key-file', opts.tls.key, '--trusted-ca-file', opts.tls.ca, '--client-cert-auth'] : []),
     // Small machine, short tests: no snapshot churn, quick elections on restart.
     '--heartbeat-interval', '100', '--election-timeout', '1000',
   ];
@@ -83,7 +87,7 @@ export async function startEtcd(opts: EtcdOptions): Promise<TestEtcd> {
     const deadline = Date.now() + 20_000;
     while (Date.now() < deadline) {
       if (c.exitCode !== null || c.signalCode !== null) throw new Error(`etcd exited during start:\n${tail(logFile)}`);
-      if (await healthy(localUrl)) return;
+      if (await (opts.tls ? healthyTls(localUrl, opts.tls) : healthy(localUrl))) return;
       await new Promise((r) => setTimeout(r, 100));
     }
     throw new Error(`etcd did not answer within 20 s:\n${tail(logFile)}`);
@@ -122,6 +126,22 @@ function healthy(url: string): Promise<boolean> {
     s.on('data', (d) => { body += d; });
     s.on('close', () => resolve(/"health":\s*"true"/.test(body)));
     s.on('error', () => resolve(false));
+  });
+}
+
+function healthyTls(url: string, tls: NonNullable<EtcdOptions['tls']>): Promise<boolean> {
+  return new Promise((resolve) => {
+    const u = new URL(url);
+    const req = https.get({
+      host: u.hostname, port: Number(u.port), path: '/health', timeout: 1000,
+      ca: fs.readFileSync(tls.ca), cert: fs.readFileSync(tls.clientCert), key: fs.readFileSync(tls.clientKey),
+    }, (res) => {
+      let body = '';
+      res.on('data', (d) => { body += d; });
+      res.on('end', () => resolve(/"health":\s*"true"/.test(body)));
+    });
+    req.on('error', () => resolve(false));
+    req.on('timeout', () => { req.destroy(); resolve(false); });
   });
 }
 

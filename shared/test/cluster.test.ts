@@ -7,6 +7,9 @@ import { prefixEnd } from '../src/kvstore/kv.ts';
 import { PodCidrPool } from '../src/operator/podcidr.ts';
 import { resolveConfig } from '../src/agent/config.ts';
 import { clusterSettings } from '../src/agent/cluster.ts';
+import { CniCode, kindInfo } from '../src/errors.ts';
+import { IdentityUnavailableError } from '../src/cluster/identities.ts';
+import { KvUnavailableError } from '../src/kvstore/kv.ts';
 
 const noFile = () => { throw new Error('ENOENT'); };
 
@@ -88,4 +91,13 @@ t.test('pod CIDR pool: equal blocks, next free one, the requested one when free,
   t.equal(v6.propose(), 'fd00:10::1:0/112');
   t.throws(() => new PodCidrPool('10.0.0.0/16', 8), /between the pool's prefix length \(16\) and 32/);
   t.throws(() => new PodCidrPool('10.0.0.0/16', 31), /leaves no room for pods/);
+});
+
+t.test('an unreachable cluster store is "try again later" at every front door', async (t) => {
+  const info = kindInfo('kvstore_unavailable');
+  t.equal(info.http, 503, 'agent API: 503');
+  t.equal(info.cni, CniCode.TRY_AGAIN_LATER, 'membrane-cni: code 11');
+  t.match(info.docker ?? '', /etcd/, 'Docker users are told the cluster store is unreachable');
+  t.equal(new IdentityUnavailableError('x').code, 'kvstore_unavailable');
+  t.equal(new KvUnavailableError('x').code, 'kvstore_unavailable');
 });
