@@ -12,6 +12,9 @@ import { startEchoServer, killAll } from './lib/tcp.ts';
 import { probe } from './lib/probe.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { AgentApiError } from '../shared/src/api/client.ts';
+import { ensureCniBinary, invokeCni } from '../cni/test/lib/exec.ts';
+import { createNetns } from './lib/netns.ts';
+import { randomId } from './lib/agent.ts';
 
 if (process.getuid?.() !== 0) {
   t.plan(0, 'needs root');
@@ -19,6 +22,7 @@ if (process.getuid?.() !== 0) {
 }
 
 const PORT = 8080;
+ensureCniBinary();
 let c: TestCluster;
 const servers: Awaited<ReturnType<typeof startEchoServer>>[] = [];
 t.before(async () => { c = await startCluster({ nodes: 3, leaseTtl: 4 }); });
@@ -75,8 +79,20 @@ t.test('etcd down: the datapath keeps forwarding and enforcing, known label sets
   t.equal((err as AgentApiError).code, 'kvstore_unavailable');
   t.match((err as Error).message, /security identity for labels .*app=brand-new.*cluster store/, `the message says what and why: ${(err as Error).message}`);
   t.ok(waited < 15_000, `bounded: failed after ${waited} ms`);
+  // The same through membrane-cni, as kubelet would run it: a CNI error, code 11, not a hang.
+  const podNs = createNetns('mbp');
+  try {
+    const t2 = Date.now();
+    const r = await invokeCni('ADD', { cniVersion: '1.1.0', name: 'cluster', type: 'membrane-cni', agentSocket: n2.socket, stateDir: n2.stateDir },
+      { containerId: `cni-${randomId()}`, netns: podNs.path, args: `IgnoreUnknown=1;K8S_POD_NAMESPACE=fresh-${randomId(2)};K8S_POD_NAME=p` });
+    t.not(r.code, 0, 'membrane-cni ADD fails');
+    t.equal(r.out?.code, 11, `CNI error code 11, try again later: ${r.out?.msg}`);
+    t.ok(Date.now() - t2 < 20_000, `and answers in bounded time (${Date.now() - t2} ms)`);
+  } finally {
+    podNs.remove();
+  }
   const eps = await n2.client.listEndpoints();
-  t.notOk(eps.some((e) => e.labels.app === 'brand-new'), 'no endpoint left behind');
+  t.notOk(eps.some((e) => e.labels.app === 'brand-new' || Object.keys(e.labels).some((k) => k.includes('namespace'))), 'no endpoint left behind');
   const pools = await n2.client.request<{ pools: { name: string; allocated: number }[] }>('GET', '/v1/ipam');
   t.equal(pools.pools.find((p) => p.name === 'default')!.allocated, allocatedBefore, 'no address left allocated for it');
 

@@ -84,7 +84,7 @@ export class ClusterIdentities implements IdentityBackend {
     let lastErr: Error | undefined;
     for (let attempt = 0; Date.now() < deadline; attempt++) {
       const lease = this.o.session.leaseId;
-      if (!lease) { lastErr = new Error('no lease (the store is not answering)'); await sleep(250); continue; }
+      if (!lease) { lastErr = new Error('this node has no lease while the store does not answer'); await sleep(250); continue; }
       const record: IdentityRecord = { id: propose(), labels, createdAt: new Date().toISOString(), createdBy: this.o.node };
       const idKey = this.L.identityId(record.id);
       const labelsKey = this.L.identityLabels(labels);
@@ -123,7 +123,7 @@ export class ClusterIdentities implements IdentityBackend {
     }
     throw new IdentityUnavailableError(
       `cannot allocate a security identity for labels ${formatLabels(labels)}: the cluster store (etcd at ${this.o.session.kv.endpoints.join(', ')}) ` +
-      `did not answer within ${Math.round((this.o.allocateTimeoutMs ?? 10_000) / 1000)} s (${lastErr?.message ?? 'no answer'}); ` +
+      `did not answer within ${Math.round((this.o.allocateTimeoutMs ?? 10_000) / 1000)} s (last error: ${lastErr?.message ?? 'none'}); ` +
       'endpoints whose labels already have an identity can still be created; try again when it is back',
     );
   }
