@@ -4,7 +4,7 @@
 // with bpftool, not through the agents.
 import t from 'tap';
 import { startCluster, eventually, type TestCluster } from './lib/cluster.ts';
-import { readIpcache, readPolicy } from './lib/cluster-maps.ts';
+import { readIpcache, readPolicy, webFromClient } from './lib/cluster-maps.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
@@ -22,23 +22,7 @@ let c: TestCluster;
 t.before(async () => { c = await startCluster({ nodes: 3 }); });
 t.teardown(() => c?.cleanup());
 
-const POLICY = (name: string) => `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: ${name}
-spec:
-  endpointSelector:
-    matchLabels:
-      app: web
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: client
-    toPorts:
-    - ports:
-      - port: "80"
-        protocol: TCP
-`;
+const POLICY = (name: string) => webFromClient(name, 80);
 
 t.test('every node registered with its own pod CIDR, and `node list` shows them all', async (t) => {
   const [n1] = c.nodes;

@@ -7,7 +7,7 @@
 //     released), the other nodes drop its endpoints from their ipcache.
 import t from 'tap';
 import { startCluster, eventually, type TestCluster, type TestPod } from './lib/cluster.ts';
-import { readIpcache } from './lib/cluster-maps.ts';
+import { readIpcache, webFromClient } from './lib/cluster-maps.ts';
 import { startEchoServer, killAll } from './lib/tcp.ts';
 import { probe } from './lib/probe.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
@@ -28,23 +28,7 @@ const servers: Awaited<ReturnType<typeof startEchoServer>>[] = [];
 t.before(async () => { c = await startCluster({ nodes: 3, leaseTtl: 4 }); });
 t.teardown(async () => { killAll(servers); await c?.cleanup(); });
 
-const POLICY = `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: web-from-client
-spec:
-  endpointSelector:
-    matchLabels:
-      app: web
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: client
-    toPorts:
-    - ports:
-      - port: "${PORT}"
-        protocol: TCP
-`;
+const POLICY = webFromClient('web-from-client', PORT);
 
 const known = (pod: TestPod, nodes = c.nodes.filter((n) => n !== pod.node)) =>
   nodes.every((n) => readIpcache(n.bpffsDir).get(`${pod.ip4}/32`) === pod.endpoint.identity);

@@ -1,5 +1,6 @@
 // What a node's pinned BPF maps hold, read with bpftool (not through the agent): the ipcache
-// (prefix -> identity) and the policy map (endpoint, peer identity, direction, port -> verdict).
+// (prefix -> identity) and the policy map (endpoint, peer identity, direction, port -> verdict); and
+// the policy the cluster tests and benchmark import.
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { decodeIpcacheKey, decodeIpcacheValue, decodePolicyKey, decodePolicyValue, type PolicyKey } from '../../shared/src/policy/map-codec.ts';
@@ -23,4 +24,25 @@ export function readPolicy(bpffsDir: string): (PolicyKey & { action: string; rul
     const v = decodePolicyValue(e.value);
     return { ...decodePolicyKey(e.key), action: String(v.action), ruleId: v.ruleId };
   });
+}
+
+/** The policy the cluster tests and the benchmark import: app=web accepts TCP `port` from app=client. */
+export function webFromClient(name = 'web-from-client', port = 80): string {
+  return `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata:
+  name: ${name}
+spec:
+  endpointSelector:
+    matchLabels:
+      app: web
+  ingress:
+  - fromEndpoints:
+    - matchLabels:
+        app: client
+    toPorts:
+    - ports:
+      - port: "${port}"
+        protocol: TCP
+`;
 }

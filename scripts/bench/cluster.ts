@@ -13,6 +13,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startCluster, eventually, type TestCluster, type TestNode } from '../../integration/lib/cluster.ts';
+import { webFromClient } from '../../integration/lib/cluster-maps.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
 import { Session } from '../../shared/src/kvstore/session.ts';
 import { connectEtcd } from '../../shared/src/kvstore/kv.ts';
@@ -27,23 +28,7 @@ const REMOTE = arg('remote', 10_000);
 const ROUNDS = arg('rounds', 30);
 const LABELS = arg('labels', 150);
 
-const policyYaml = (port: number) => `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata:
-  name: bench-propagation
-spec:
-  endpointSelector:
-    matchLabels:
-      app: web
-  ingress:
-  - fromEndpoints:
-    - matchLabels:
-        app: client
-    toPorts:
-    - ports:
-      - port: "${port}"
-        protocol: TCP
-`;
+const policyYaml = (port: number) => webFromClient('bench-propagation', port);
 
 async function propagation(c: TestCluster): Promise<{ remote: number[]; local: number[] }> {
   const [n1, , n3] = c.nodes;
