@@ -76,7 +76,7 @@ t.test('CHECK catches a broken attachment; GC removes what the runtime no longer
   const agent = await startAgent();
   t.teardown(() => agent.cleanup());
   const nss = [createNetns('mbc'), createNetns('mbc'), createNetns('mbc')];
-  t.teardown(() => nss.forEach((n) => n.remove()));
+  t.teardown(() => { for (const n of nss) n.remove(); });
   const c = conf(agent, { cniVersion: '1.1.0' });
   const ids = nss.map(() => `g-${randomId(6)}`);
   const adds = [];

@@ -50,7 +50,7 @@ process.on('exit', cleanup);
 async function main(): Promise<void> {
   const client = new AgentClient({ socketPath: socket });
   for (let i = 0; ; i++) {
-    try { await client.healthz(); break; } catch (e) {
+    try { await client.healthz(); break; } catch {
       if (agent.exitCode !== null || i > 200) throw new Error(`agent did not start:\n${fs.readFileSync(logFile, 'utf8')}`);
       await new Promise((r) => setTimeout(r, 50));
     }

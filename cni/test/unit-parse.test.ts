@@ -2,7 +2,7 @@ import t from 'tap';
 import { parseCniArgs, readEnv } from '../src/env.ts';
 import { ifNameProblem } from '../../shared/src/net/index.ts';
 import { cmpVersion, parseNetConf, requireVersionFor } from '../src/config.ts';
-import { CniError } from '../src/errors.ts';
+import type { CniError } from '../src/errors.ts';
 
 const codeOf = (fn: () => unknown): number | undefined => {
   try { fn(); } catch (e) { return (e as CniError).code; }

@@ -128,7 +128,9 @@ async function allocateInRange(ctx: DriverContext, pool: PoolRecord, owner: Ipam
   const whole = usableRange(parseCidr(pool.pool));
   // The whole sub-range counts (as with Docker's own IPAM), minus the subnet's reserved addresses.
   const subLast = cidrLast(sub);
+  // biome-ignore lint/complexity/useMathMinMax: BigInt, which Math.max does not take
   const first = sub.base > whole.first ? sub.base : whole.first;
+  // biome-ignore lint/complexity/useMathMinMax: BigInt, which Math.min does not take
   const last = subLast < whole.last ? subLast : whole.last;
   const taken = new Set(ctx.core.ipam.pools().filter((p) => p.name === coreName).flatMap((p) => p.allocations.map((a) => a.ip)));
   const gw = ctx.core.networks.get(coreName)?.subnets.find((s) => s.cidr === pool.pool)?.gateway;

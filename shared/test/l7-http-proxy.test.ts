@@ -35,7 +35,7 @@ const backend = http.createServer((req, res) => {
   });
 });
 backend.on('connection', () => { backendConnections++; });
-backend.on('upgrade', (req, socket) => {
+backend.on('upgrade', (_req, socket) => {
   socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
   socket.on('data', (d: Buffer) => socket.write(Buffer.concat([Buffer.from('echo:'), d])));
   socket.on('end', () => socket.end());
@@ -163,7 +163,7 @@ t.test('Expect: 100-continue', async (t) => {
   });
   t.equal(allowed, 200, 'the server\'s 100 Continue reaches the client, then the body goes through');
   const r = await raw('PUT /secret HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n', () => false);
-  t.match(r.text, /^HTTP\/1\.1 403 Forbidden\r\n[^]*connection: close/, 'denied before the body is sent: 403 and the connection closes');
+  t.match(r.text, /^HTTP\/1\.1 403 Forbidden\r\n[\s\S]*connection: close/, 'denied before the body is sent: 403 and the connection closes');
   t.ok(r.closed);
   agent.destroy();
 });

@@ -35,7 +35,7 @@ function ipamAdd(inv: Invocation): Result {
   const type = ipamType(inv)!;
   const { stdout } = inv.exec({ type, verb: 'ADD', stdin: inv.stdin, cniPath: inv.env.path });
   let json: unknown;
-  try { json = JSON.parse(stdout); } catch (e) {
+  try { json = JSON.parse(stdout); } catch {
     throw new CniError(CniCode.DELEGATE_FAILED, `ipam plugin ${type} ADD printed no JSON result`, stdout.slice(0, 300));
   }
   const r = parseResult(json, `ipam plugin ${type} result`);

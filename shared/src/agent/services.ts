@@ -5,7 +5,7 @@ import type { NetworkSpec } from '../types.ts';
 import type { EndpointManager } from '../endpoint/manager.ts';
 import type { Ipam } from '../ipam/index.ts';
 import type { Netlink } from '../netlink/index.ts';
-import { Networks, NetworkError } from '../network/index.ts';
+import { type Networks, NetworkError } from '../network/index.ts';
 import { enableForwarding, ensureGateways, removeGateways } from '../endpoint/host-device.ts';
 
 /** A --pool network at start: created, or found identical in the state dir. */

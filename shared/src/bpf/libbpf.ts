@@ -40,7 +40,7 @@ export const BPF_ANY = 0;
 export const BPF_NOEXIST = 1;
 // enum bpf_attach_type values for tcx (kernel 6.6+; not in libbpf 1.1's headers)
 
-/* eslint-disable @typescript-eslint/no-explicit-any */
+// biome-ignore lint/suspicious/noExplicitAny: koffi functions take and return whatever their C signature says
 type Fn = (...args: any[]) => any;
 interface Bindings {
   [name: string]: Fn;

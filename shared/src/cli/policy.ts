@@ -1,7 +1,7 @@
 // `membrane policy ...` and `membrane identity list`. Validation runs locally (no agent needed) with
 // the same parser the agent uses; everything else goes through the agent API.
 import fs from 'node:fs';
-import { Command, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { stringify } from 'yaml';
 import { AgentApiError, type AgentClient } from '../api/client.ts';
 import { PolicyClient } from '../policy/client.ts';

@@ -1,6 +1,6 @@
 // Interface addresses and proxy neighbour entries (proxy_ndp answers only for listed addresses).
 
-import { cidrOrThrow, Conn, drainCache, invalid, withNlAddr } from './conn.ts';
+import { cidrOrThrow, type Conn, drainCache, invalid, withNlAddr } from './conn.ts';
 import { NetlinkError } from './errors.ts';
 import { IFA_F_NODAD, lib, NTF_PROXY, addrBytes, type Ptr } from './lib.ts';
 import { AF_INET, AF_INET6 } from './parse.ts';

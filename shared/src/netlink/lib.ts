@@ -8,6 +8,7 @@ import koffi, { type LibraryHandle } from 'koffi';
 import { extackMessage } from './errors.ts';
 
 export type Ptr = bigint;
+// biome-ignore lint/suspicious/noExplicitAny: koffi functions take and return whatever their C signature says
 type Fn = (...args: any[]) => any;
 
 export const NETLINK_ROUTE = 0;

@@ -1,7 +1,7 @@
 // Links: lookup, listing, veth (peer created directly in its netns), delete, set up.
 
 import type { NetNs } from '../netns/index.ts';
-import { Conn, drainCache, invalid } from './conn.ts';
+import { type Conn, drainCache, invalid } from './conn.ts';
 import { codeFromNle, NetlinkError } from './errors.ts';
 import {
   addrBytes, AF_LLC, IFF_UP, lib, NLM_F_CREATE, NLM_F_EXCL, resetKernelError, type Ptr,

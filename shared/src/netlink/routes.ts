@@ -1,6 +1,6 @@
 // Routes: add (replace semantics, so repeating it is harmless), delete, list.
 
-import { Conn, drainCache, invalid, withNlAddr } from './conn.ts';
+import { type Conn, drainCache, invalid, withNlAddr } from './conn.ts';
 import { NetlinkError } from './errors.ts';
 import { addrBytes, lib, NLM_F_REPLACE, type Ptr } from './lib.ts';
 import { AF_INET, AF_INET6, afOf, RT_SCOPE, scopeName, type ScopeName } from './parse.ts';

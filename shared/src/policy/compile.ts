@@ -15,7 +15,7 @@ import { l7ByCode, unionL7, type L7Set } from './l7.ts';
 import { encodeRuleId } from './rule-id.ts';
 import { initDefaultDeny } from './selection.ts';
 import { isEmptySelector, matches, selectorKey, type Selector } from './selector.ts';
-import type { Action, Direction, Peer, PolicyRecord, Rule } from './types.ts';
+import type { Action, Peer, PolicyRecord, Rule } from './types.ts';
 
 export interface Entry {
   action: Action;

@@ -136,12 +136,12 @@ function splitDocs(values: unknown[], topArray: boolean): RawDoc[] {
   values.forEach((v, yamlDoc) => {
     if (v === null || v === undefined) return; // empty YAML document (e.g. a trailing ---)
     if (topArray && Array.isArray(v)) {
-      v.forEach((item, i) => out.push({ value: item, doc: i, yamlDoc, base: [i] }));
+      v.forEach((item, i) => { out.push({ value: item, doc: i, yamlDoc, base: [i] }); });
       return;
     }
     const kind = (v as { kind?: unknown })?.kind;
     if (typeof kind === 'string' && kind.endsWith('List') && Array.isArray((v as { items?: unknown }).items)) {
-      ((v as { items: unknown[] }).items).forEach((item, i) => out.push({ value: item, doc: yamlDoc, yamlDoc, base: ['items', i] }));
+      ((v as { items: unknown[] }).items).forEach((item, i) => { out.push({ value: item, doc: yamlDoc, yamlDoc, base: ['items', i] }); });
       return;
     }
     out.push({ value: v, doc: yamlDoc, yamlDoc, base: [] });

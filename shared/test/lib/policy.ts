@@ -22,7 +22,7 @@ export class MemoryPolicyOps implements PolicyDatapathOps {
   readPolicy() { return new Map(this.policy); }
   writePolicy(upsert: [string, Entry][], remove: string[]) {
     this.writes++;
-    if (this.failNextPolicyWrite) { this.failNextPolicyWrite = false; upsert.slice(0, 1).forEach(([k, v]) => this.policy.set(k, v)); throw new Error('E2BIG'); }
+    if (this.failNextPolicyWrite) { this.failNextPolicyWrite = false; for (const [k, v] of upsert.slice(0, 1)) this.policy.set(k, v); throw new Error('E2BIG'); }
     for (const [k, v] of upsert) this.policy.set(k, v);
     for (const k of remove) this.policy.delete(k);
   }

@@ -40,7 +40,7 @@ export function translateRe2(src: string): { source: string; flags: string } {
     body = body.slice(lead[0].length);
   }
   if (/\(\?[imsU-]+[):]/.test(body)) throw new PolicyRegexError('inline flags like (?i) are only supported at the start of the expression');
-  body = body.replace(/\[:(\^?)([a-z]+):\]/g, (m, neg: string, name: string) => {
+  body = body.replace(/\[:(\^?)([a-z]+):\]/g, (_m, neg: string, name: string) => {
     const cls = POSIX_CLASSES[name];
     if (!cls) throw new PolicyRegexError(`unknown character class [:${name}:]`);
     if (neg) throw new PolicyRegexError(`negated character class [:^${name}:] is not supported`);
