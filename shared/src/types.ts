@@ -98,6 +98,8 @@ export interface AgentStatus {
   metrics: { address: string | null };
   /** Policy revision, counts and map usage. */
   policy: Record<string, unknown>;
+  /** The L7 proxy: port, workers (absent with --l7-proxy off). */
+  l7?: Record<string, unknown>;
   /** Cluster mode only: cluster and node, the kvstore connection, counts (shared/src/cluster/mode.ts). */
   cluster?: ClusterStatusView;
 }

@@ -27,6 +27,7 @@ import { ConntrackUpkeep } from './conntrack.ts';
 import { startFlows, type AgentFlows } from './flows.ts';
 import { connectCluster } from './cluster.ts';
 import type { ClusterMode } from '../cluster/mode.ts';
+import { AgentL7 } from './l7.ts';
 
 /** Something the agent stops on shutdown, in reverse order of start. */
 interface Closer { name: string; close(): Promise<void> | void }
@@ -42,6 +43,7 @@ export class Agent {
     private readonly endpoints: EndpointManager,
     private readonly policy: AgentPolicy,
     private readonly flows: AgentFlows,
+    private readonly l7: AgentL7 | undefined,
     private readonly datapath: { pinDir: string },
     private readonly closers: Closer[],
     private readonly cluster?: ClusterMode,
@@ -80,8 +82,15 @@ export class Agent {
         events: cfg.flowEvents, audit: cfg.policyAuditMode, eventsPerSecond: cfg.eventsPerSecond, ctPerEndpoint: cfg.ctMaxPerEndpoint,
       });
 
+      // The L7 proxy's port must be known before policy writes L7 entries; its workers start later.
+      const l7 = await AgentL7.open({ cfg, log, host, ipv6: networks.list().some((n) => n.subnets.some((s) => s.family === 6)) });
+      if (l7) closers.push({ name: 'l7 proxy', close: () => l7.close() });
+
       // Policy first among the endpoint's dependencies: endpoints ask it for their identity.
-      const policy = await AgentPolicy.open({ store, datapath, log, auditMode: cfg.policyAuditMode, cluster });
+      const policy = await AgentPolicy.open({
+        store, datapath, log, auditMode: cfg.policyAuditMode, cluster,
+        ...(l7 ? { l7: { proxyPorts: l7.proxyPorts, onChange: l7.policyChanged } } : {}),
+      });
       closers.push({ name: 'policy', close: () => policy.close() });
       const endpoints = new EndpointManager({ store, ipam, networks, datapath, host, identityFor: policy.identityFor, log });
       const conntrack = new ConntrackUpkeep({ datapath, log: log.child({ component: 'conntrack' }), intervalSeconds: cfg.conntrackGcIntervalSeconds });
@@ -92,6 +101,7 @@ export class Agent {
 
       log.info(await endpoints.restore(), 'endpoints restored');
       await policy.start();
+      l7?.bind(policy.engine);
       // Cluster mode: publish the restored endpoints, then mirror the other nodes' ones.
       await cluster?.afterRestore(endpoints.list());
       conntrack.start();
@@ -102,7 +112,7 @@ export class Agent {
       // Front doors: DELs membrane-cni queued while we were down, the Docker plugin, then the API.
       await drainCniQueue(cfg, core, log);
       if (cfg.dockerPlugin) closers.push(await startDocker(cfg, core, log));
-      const agent = new Agent(cfg, log, core, endpoints, policy, flows, datapath, closers, cluster);
+      const agent = new Agent(cfg, log, core, endpoints, policy, flows, l7, datapath, closers, cluster);
       const app = createApp({
         core, log, version: VERSION, status: () => agent.status(),
         check: (cid, ifName) => endpoints.check(cid, ifName),
@@ -132,6 +142,7 @@ export class Agent {
       metrics: f.metrics,
       policy: this.policy.status(),
       ...(this.cluster ? { cluster: this.cluster.status() } : {}),
+      ...(this.l7 ? { l7: this.l7.status() } : {}),
     };
   }
 

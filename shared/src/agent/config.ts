@@ -26,6 +26,8 @@ export const DEFAULTS = {
   conntrackGcIntervalSeconds: 15,
   /** Conntrack entries (a preallocated hash, ~200 B each: 25 MiB). */
   ctMax: 131072,
+  /** L7 proxy workers: one per CPU, at most two (the proxy shares the node with the pods it serves). */
+  l7ProxyWorkers: Math.max(1, Math.min(2, os.availableParallelism?.() ?? os.cpus().length)),
 } as const;
 
 export interface AgentConfig {
@@ -61,6 +63,11 @@ export interface AgentConfig {
   ctMax: number;
   /** Conntrack entries one endpoint may own; 0 = no limit (default a quarter of ctMax). */
   ctMaxPerEndpoint: number;
+  /** The L7 (HTTP) proxy for toPorts[].rules: off refuses policies with L7 rules. */
+  l7Proxy: boolean;
+  /** Its port on 127.0.0.1 and ::1; 0 = picked once and kept in the state dir. */
+  l7ProxyPort: number;
+  l7ProxyWorkers: number;
   /** Cluster mode (shared/src/cluster): set when --kvstore is given. */
   cluster?: ClusterFlags;
 }
@@ -109,6 +116,9 @@ const FileSchema = z.object({
   conntrackGcIntervalSeconds: z.number().int().min(1).max(86_400).optional(),
   ctMax: z.number().int().min(1024).max(1 << 24).optional(),
   ctMaxPerEndpoint: z.number().int().min(0).max(1 << 24).optional(),
+  l7Proxy: z.boolean().optional(),
+  l7ProxyPort: z.number().int().min(0).max(65535).optional(),
+  l7ProxyWorkers: z.number().int().min(1).max(64).optional(),
   clusterName: z.string().optional(),
   kvstore: z.string().optional(),
   kvstoreEndpoints: z.string().optional(),
@@ -153,6 +163,9 @@ const OPTIONS: OptionSpec[] = [
   { key: 'conntrackGcIntervalSeconds', flags: '--conntrack-gc-interval <seconds>', env: 'MEMBRANE_CONNTRACK_GC_INTERVAL', help: 'how often expired conntrack entries are collected', default: String(DEFAULTS.conntrackGcIntervalSeconds) },
   { key: 'ctMax', flags: '--ct-max <n>', env: 'MEMBRANE_CT_MAX', help: 'conntrack entries, preallocated (~200 B each); a full table refuses new flows, never evicts', default: String(DEFAULTS.ctMax) },
   { key: 'ctMaxPerEndpoint', flags: '--ct-max-per-endpoint <n>', env: 'MEMBRANE_CT_MAX_PER_ENDPOINT', help: "conntrack entries one endpoint may own; beyond them its new flows are dropped; 0 = no limit", default: 'a quarter of --ct-max' },
+  { key: 'l7Proxy', flags: '--l7-proxy <on|off>', env: 'MEMBRANE_L7_PROXY', help: 'the HTTP proxy that enforces toPorts[].rules.http (started when a policy needs it)', default: 'on' },
+  { key: 'l7ProxyPort', flags: '--l7-proxy-port <port>', env: 'MEMBRANE_L7_PROXY_PORT', help: 'its port on 127.0.0.1/::1, 0 = pick one and keep it', default: '0' },
+  { key: 'l7ProxyWorkers', flags: '--l7-proxy-workers <n>', env: 'MEMBRANE_L7_PROXY_WORKERS', help: 'proxy worker processes', default: `${DEFAULTS.l7ProxyWorkers} (CPUs, at most 2)` },
   { key: 'clusterName', flags: '--cluster-name <name>', env: 'MEMBRANE_CLUSTER_NAME', help: 'cluster mode: the cluster this node joins', default: 'default' },
   { key: 'kvstore', flags: '--kvstore <etcd>', env: 'MEMBRANE_KVSTORE', help: 'cluster mode: share identities, endpoints and policies through etcd' },
   { key: 'kvstoreEndpoints', flags: '--kvstore-endpoints <url,...>', env: 'MEMBRANE_KVSTORE_ENDPOINTS', help: 'etcd client URLs' },
@@ -310,6 +323,9 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
       ?? DEFAULTS.conntrackGcIntervalSeconds,
     ctMax,
     ctMaxPerEndpoint: int(text('ctMaxPerEndpoint'), file.ctMaxPerEndpoint, { min: 0, max: 1 << 24 }) ?? Math.floor(ctMax / 4),
+    l7Proxy: onOff(text('l7Proxy'), file.l7Proxy ?? true),
+    l7ProxyPort: int(text('l7ProxyPort'), file.l7ProxyPort, { min: 0, max: 65535 }) ?? 0,
+    l7ProxyWorkers: int(text('l7ProxyWorkers'), file.l7ProxyWorkers, { min: 1, max: 64 }) ?? DEFAULTS.l7ProxyWorkers,
     ...(cluster ? { cluster } : {}),
   };
 }

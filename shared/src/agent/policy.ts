@@ -27,6 +27,8 @@ export interface PolicyDeps {
   auditMode: boolean;
   /** Cluster mode: identities and policies live in the cluster store. */
   cluster?: ClusterMode;
+  /** The L7 proxy: its ports go into L7 entries, and it hears about every change. */
+  l7?: { proxyPorts: () => { http: number }; onChange: () => void };
 }
 
 /** Every address of the node's own interfaces (its netns): traffic from them is the host identity.
@@ -63,6 +65,7 @@ export class AgentPolicy {
     const engine = await PolicyEngine.open({
       store: d.store, ops: datapathOps(d.datapath, { log }), hostAddresses, log,
       ...(d.cluster ? { identityBackend: d.cluster.identities, policyBackend: d.cluster.policies } : {}),
+      ...(d.l7 ? { proxyPorts: d.l7.proxyPorts, onChange: d.l7.onChange } : {}),
     });
     await d.cluster?.attachEngine(engine);
     return new AgentPolicy(engine, d);

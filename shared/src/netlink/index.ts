@@ -10,12 +10,14 @@ import { addrAdd, addrDel, addrList, neighProxyAdd, neighProxyDel, type Addr } f
 import { Conn } from './conn.ts';
 import { linkDel, linkGet, linkList, linkSetUp, vethAdd, type Link, type VethOptions } from './links.ts';
 import { routeAdd, routeDel, routeList, type Route, type RouteSpec } from './routes.ts';
+import { ruleEnsure, ruleList, type RuleSpec } from './rules.ts';
 import type { Family } from '../net/index.ts';
 
 export { NetlinkError, isNotFound, codeFromErrno, codeFromNle, type NetlinkErrorCode } from './errors.ts';
 export type { Addr } from './addrs.ts';
 export type { Link, VethOptions, VethPeerOptions } from './links.ts';
-export { RT_TABLE_MAIN, RTPROT_STATIC, type Route, type RouteSpec } from './routes.ts';
+export { RT_TABLE_MAIN, RTPROT_STATIC, RTN_LOCAL, type Route, type RouteSpec } from './routes.ts';
+export type { RuleSpec } from './rules.ts';
 
 export interface Netlink {
   /** The netns the socket lives in; undefined = the netns current at openNetlink() time. */
@@ -37,6 +39,9 @@ export interface Netlink {
   routeDel(r: RouteSpec): boolean;
   /** table: default main (254), 0 = all tables. */
   routeList(o?: { index?: number; family?: Family; table?: number }): Route[];
+  /** Policy routing rule; idempotent (an identical rule is left alone). */
+  ruleEnsure(r: RuleSpec): void;
+  ruleList(family: Family): RuleSpec[];
   neighProxyAdd(index: number, ip: string): void;
   neighProxyDel(index: number, ip: string): boolean;
   /** Idempotent. Handles are also freed if garbage-collected, but close them. */
@@ -96,6 +101,12 @@ class NetlinkHandle implements Netlink {
   }
   routeList(o?: { index?: number; family?: Family; table?: number }): Route[] {
     return routeList(this.#c, o);
+  }
+  ruleEnsure(r: RuleSpec): void {
+    ruleEnsure(this.#c, r);
+  }
+  ruleList(family: Family): RuleSpec[] {
+    return ruleList(this.#c, family);
   }
   neighProxyAdd(index: number, ip: string): void {
     neighProxyAdd(this.#c, index, ip);

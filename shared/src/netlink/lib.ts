@@ -29,7 +29,7 @@ function bind() {
   const rt = koffi.load('libnl-route-3.so.200');
   const c = koffi.load('libc.so.6');
   for (const t of ['nl_sock', 'nl_addr', 'nl_cache', 'nl_object', 'rtnl_link', 'rtnl_addr', 'rtnl_route',
-    'rtnl_nexthop', 'rtnl_neigh']) koffi.opaque(t);
+    'rtnl_nexthop', 'rtnl_neigh', 'rtnl_rule']) koffi.opaque(t);
   const f = (lib: LibraryHandle, decl: string): Fn => lib.func(decl);
   const ErrCb = koffi.proto('int membrane_nl_err_cb(void *nla, void *nlerr, void *arg)');
   return {
@@ -95,6 +95,7 @@ function bind() {
     rtnl_route_set_table: f(rt, 'void rtnl_route_set_table(rtnl_route *r, uint32_t table)'),
     rtnl_route_set_scope: f(rt, 'void rtnl_route_set_scope(rtnl_route *r, uint8_t scope)'),
     rtnl_route_set_protocol: f(rt, 'void rtnl_route_set_protocol(rtnl_route *r, uint8_t proto)'),
+    rtnl_route_set_type: f(rt, 'int rtnl_route_set_type(rtnl_route *r, uint8_t type)'),
     rtnl_route_add_nexthop: f(rt, 'void rtnl_route_add_nexthop(rtnl_route *r, rtnl_nexthop *nh)'),
     rtnl_route_add: f(rt, 'int rtnl_route_add(nl_sock *sk, rtnl_route *r, int flags)'),
     rtnl_route_delete: f(rt, 'int rtnl_route_delete(nl_sock *sk, rtnl_route *r, int flags)'),
@@ -114,6 +115,22 @@ function bind() {
     rtnl_route_nh_set_gateway: f(rt, 'void rtnl_route_nh_set_gateway(rtnl_nexthop *nh, nl_addr *gw)'),
     rtnl_route_nh_get_ifindex: f(rt, 'int rtnl_route_nh_get_ifindex(rtnl_nexthop *nh)'),
     rtnl_route_nh_get_gateway: f(rt, 'nl_addr *rtnl_route_nh_get_gateway(rtnl_nexthop *nh)'),
+    // policy routing rules
+    rtnl_rule_alloc: f(rt, 'rtnl_rule *rtnl_rule_alloc(void)'),
+    rtnl_rule_put: f(rt, 'void rtnl_rule_put(rtnl_rule *r)'),
+    rtnl_rule_alloc_cache: f(rt, 'int rtnl_rule_alloc_cache(nl_sock *sk, int family, _Out_ nl_cache **res)'),
+    rtnl_rule_add: f(rt, 'int rtnl_rule_add(nl_sock *sk, rtnl_rule *r, int flags)'),
+    rtnl_rule_set_family: f(rt, 'void rtnl_rule_set_family(rtnl_rule *r, int family)'),
+    rtnl_rule_set_prio: f(rt, 'void rtnl_rule_set_prio(rtnl_rule *r, uint32_t prio)'),
+    rtnl_rule_set_mark: f(rt, 'void rtnl_rule_set_mark(rtnl_rule *r, uint32_t mark)'),
+    rtnl_rule_set_mask: f(rt, 'void rtnl_rule_set_mask(rtnl_rule *r, uint32_t mask)'),
+    rtnl_rule_set_table: f(rt, 'void rtnl_rule_set_table(rtnl_rule *r, uint32_t table)'),
+    rtnl_rule_set_action: f(rt, 'void rtnl_rule_set_action(rtnl_rule *r, uint8_t action)'),
+    rtnl_rule_get_family: f(rt, 'int rtnl_rule_get_family(rtnl_rule *r)'),
+    rtnl_rule_get_prio: f(rt, 'uint32_t rtnl_rule_get_prio(rtnl_rule *r)'),
+    rtnl_rule_get_mark: f(rt, 'uint32_t rtnl_rule_get_mark(rtnl_rule *r)'),
+    rtnl_rule_get_mask: f(rt, 'uint32_t rtnl_rule_get_mask(rtnl_rule *r)'),
+    rtnl_rule_get_table: f(rt, 'uint32_t rtnl_rule_get_table(rtnl_rule *r)'),
     // neighbours
     rtnl_neigh_alloc: f(rt, 'rtnl_neigh *rtnl_neigh_alloc(void)'),
     rtnl_neigh_put: f(rt, 'void rtnl_neigh_put(rtnl_neigh *n)'),

@@ -24,7 +24,11 @@ export interface RouteSpec {
   protocol?: number;
   /** Default: main (254). */
   table?: number;
+  /** rtm_type on add (default unicast): RTN_LOCAL makes matching destinations local deliveries. */
+  type?: number;
 }
+
+export const RTN_LOCAL = 2;
 
 export interface Route extends RouteSpec {
   family: Family;
@@ -84,6 +88,7 @@ function withRoute<T>(op: string, c: Conn, r: RouteSpec, forDelete: boolean, fn:
     const scope = r.scope ?? (forDelete ? 'nowhere' : gw ? 'universe' : 'link');
     l.rtnl_route_set_scope(route, RT_SCOPE[scope]);
     l.rtnl_route_set_protocol(route, r.protocol ?? (forDelete ? 0 : RTPROT_STATIC));
+    if (r.type !== undefined) l.rtnl_route_set_type(route, r.type);
     if (r.index > 0 || gw) {
       const nh = l.rtnl_route_nh_alloc() as Ptr | null;
       if (nh === null) throw new Error('rtnl_route_nh_alloc: out of memory');

@@ -20,6 +20,7 @@ import { describeRule, trace, type RuleDescription, type TraceQuery, type TraceR
 import type { PolicyRecord } from './types.ts';
 import { l7Summary, type L7Summary } from './l7.ts';
 import { l4decode } from './compile.ts';
+import { buildSnapshot, type ProxySnapshot } from '../l7/proxy/snapshot.ts';
 
 /** Endpoint metadata that turns audit mode on for one endpoint at creation (CNI args, API). */
 export const AUDIT_METADATA_KEY = 'membrane.io/policy-audit';
@@ -51,6 +52,8 @@ export interface PolicyEngineDeps {
   /** Cluster mode: identities and policies live in the cluster store (default: the node's store). */
   identityBackend?: IdentityBackend;
   policyBackend?: PolicyBackend & { reload?(): Promise<PersistedPolicies> };
+  /** Called after the maps changed (the L7 proxy then takes a new snapshot). */
+  onChange?: () => void;
 }
 
 export interface ChangeResult {
@@ -271,6 +274,7 @@ export class PolicyEngine {
     }, this.compileCache);
     const stats = applyDesired(this.d.ops, this.mirror, desired);
     this.cidrs = cidrs;
+    this.d.onChange?.();
     return stats;
   }
 
@@ -347,6 +351,17 @@ export class PolicyEngine {
       entries: [...this.mirror.policy.keys()].filter((k) => decodePolicyKey(Buffer.from(k, 'hex')).endpointId === e.id).length,
       l7: this.l7Of(e),
     };
+  }
+
+  /** What the L7 proxy workers need: endpoints, ipcache, the tables of directions with L7 entries. */
+  proxySnapshot(): ProxySnapshot {
+    const compiler = this.compileCache.current?.compiler;
+    const labelsOf = (id: number) => this.identities.labelsOf(id);
+    return buildSnapshot({
+      revision: this.repo.revision, endpoints: [...this.endpoints.values()], labelsOf,
+      policyFor: (labels) => compiler?.forLabels(labels) ?? { ingress: { defaultDeny: false, columns: new Map() }, egress: { defaultDeny: false, columns: new Map() }, selectedBy: [] },
+      ipcache: this.mirror.ipcache,
+    });
   }
 
   private l7Of(e: EngineEndpoint): L7Summary[] {

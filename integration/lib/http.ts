@@ -1,0 +1,144 @@
+// HTTP peers inside test netns: a server that reports what it received (method, URL, headers, the
+// body's size and hash, the peer address) and echoes WebSocket-style after an upgrade, and clients
+// (curl, and a raw socket for pipelining and keep-alive checks across policy changes).
+import { spawn, type ChildProcess } from 'node:child_process';
+import type { TestNetns } from './netns.ts';
+
+const SERVER = `
+const http = require('http');
+const crypto = require('crypto');
+const [port, host, name] = [Number(process.argv[1]), process.argv[2], process.argv[3]];
+const srv = http.createServer((req, res) => {
+  const h = crypto.createHash('sha256');
+  let bytes = 0;
+  req.on('data', (d) => { h.update(d); bytes += d.length; });
+  req.on('end', () => {
+    const body = JSON.stringify({ server: name, method: req.method, url: req.url, headers: req.headers, bytes, sha256: h.digest('hex'), peer: req.socket.remoteAddress });
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+    res.end(body);
+  });
+});
+srv.keepAliveTimeout = 60000;
+srv.on('upgrade', (req, socket) => {
+  socket.write('HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n');
+  socket.on('data', (d) => socket.write(Buffer.concat([Buffer.from('echo:'), d])));
+  socket.on('end', () => socket.end());
+  socket.on('error', () => {});
+});
+srv.listen(port, host, () => process.stdout.write('listening\\n'));
+`;
+
+function nodeIn(ns: TestNetns, script: string, args: string[]): ChildProcess {
+  const env: NodeJS.ProcessEnv = { ...process.env, NODE_OPTIONS: '' };
+  delete env.NODE_EXTRA_CA_CERTS;
+  return spawn('nsenter', [`--net=${ns.path}`, process.execPath, '-e', script, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
+}
+
+/** An HTTP server on port (every address of the netns); resolves once it listens. */
+export async function startHttpServer(ns: TestNetns, port: number, name: string, host = '0.0.0.0'): Promise<ChildProcess> {
+  const child = nodeIn(ns, SERVER, [String(port), host, name]);
+  await new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`HTTP server ${name} did not start`)), 15_000);
+    child.stdout!.on('data', (d: Buffer) => { if (d.toString().includes('listening')) { clearTimeout(timer); resolve(); } });
+    child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`HTTP server ${name} exited ${code}`)); });
+  });
+  return child;
+}
+
+export interface CurlResult {
+  /** HTTP status of the last response, 0 when there was none (connection failed or timed out). */
+  status: number;
+  body: string;
+  /** curl's exit code (28 = timeout, 7 = could not connect, 0 = fine). */
+  exit: number;
+  /** New connections curl opened over all its URLs. */
+  connects: number;
+}
+
+/**
+ * curl inside ns. Several URLs share one connection when the server keeps it open (curl reuses it);
+ * `extra` are more curl arguments (-X, -H, -d, -T ...). `stdin` feeds -T - / --data-binary @-.
+ */
+export function curl(ns: TestNetns, urls: string | string[], extra: string[] = [], opts: { timeoutS?: number; stdin?: ChildProcess } = {}): Promise<CurlResult> {
+  const list = Array.isArray(urls) ? urls : [urls];
+  const args = ['-sS', '--max-time', String(opts.timeoutS ?? 5), '-w', '\\n%{http_code} %{num_connects}\\n', ...extra, ...list];
+  const child = spawn('nsenter', [`--net=${ns.path}`, 'curl', ...args], { stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+  if (opts.stdin) opts.stdin.stdout!.pipe(child.stdin!);
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => { out += d.toString('latin1'); });
+  return new Promise((resolve) => child.once('exit', (code) => {
+    const tails = [...out.matchAll(/\n(\d{3}) (\d+)\n/g)];
+    const connects = tails.reduce((n, m) => n + Number(m[2]), 0);
+    const last = tails[tails.length - 1];
+    const body = last ? out.slice(0, last.index).split(/\n\d{3} \d+\n/).pop()! : out;
+    resolve({ status: last ? Number(last[1]) : 0, body, exit: code ?? -1, connects });
+  }));
+}
+
+const RAW = `
+// One connection; reads requests (JSON lines on stdin: {send, until}) and prints what came back.
+const net = require('net');
+const [ip, port] = [process.argv[1], Number(process.argv[2])];
+const s = net.connect({ host: ip, port });
+let got = '';
+let waiting = null;
+s.on('data', (d) => { got += d.toString('latin1'); check(); });
+s.on('close', () => { process.stdout.write(JSON.stringify({ closed: true, got }) + '\\n'); got = ''; });
+s.on('error', (e) => process.stdout.write(JSON.stringify({ error: e.code }) + '\\n'));
+function check() {
+  if (waiting && got.split(waiting.until).length - 1 >= waiting.count) {
+    process.stdout.write(JSON.stringify({ got }) + '\\n');
+    got = '';
+    waiting = null;
+  }
+}
+let buf = '';
+process.stdin.on('data', (d) => {
+  buf += d.toString();
+  let i;
+  while ((i = buf.indexOf('\\n')) >= 0) {
+    const m = JSON.parse(buf.slice(0, i));
+    buf = buf.slice(i + 1);
+    waiting = { until: m.until, count: m.count || 1 };
+    s.write(m.send);
+    check();
+  }
+});
+`;
+
+/** One TCP connection from ns kept open across several exchanges (pipelining, policy changes). */
+export class RawHttp {
+  private readonly child: ChildProcess;
+  private readonly lines: string[] = [];
+  private waiter?: () => void;
+
+  constructor(ns: TestNetns, ip: string, port: number) {
+    const env: NodeJS.ProcessEnv = { ...process.env, NODE_OPTIONS: '' };
+    delete env.NODE_EXTRA_CA_CERTS;
+    this.child = spawn('nsenter', [`--net=${ns.path}`, process.execPath, '-e', RAW, ip, String(port)], { stdio: ['pipe', 'pipe', 'pipe'], env });
+    let buf = '';
+    this.child.stdout!.on('data', (d: Buffer) => {
+      buf += d.toString();
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) { this.lines.push(buf.slice(0, i)); buf = buf.slice(i + 1); this.waiter?.(); }
+    });
+  }
+
+  /** Sends bytes; resolves with what came back once `until` appeared `count` times (or the connection closed). */
+  async exchange(send: string, until: string, count = 1, timeoutMs = 8000): Promise<{ got: string; closed?: boolean; error?: string }> {
+    this.child.stdin!.write(JSON.stringify({ send, until, count }) + '\n');
+    const end = Date.now() + timeoutMs;
+    while (!this.lines.length) {
+      if (Date.now() > end) return { got: '', error: 'timeout' };
+      await new Promise<void>((r) => { this.waiter = r; setTimeout(r, 100); });
+    }
+    return JSON.parse(this.lines.shift()!);
+  }
+
+  close(): void {
+    this.child.kill('SIGKILL');
+  }
+}
+
+export const request = (method: string, path: string, host = 'svc', headers: Record<string, string> = {}, body = ''): string =>
+  `${method} ${path} HTTP/1.1\r\nHost: ${host}\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}${body ? `Content-Length: ${Buffer.byteLength(body)}\r\n` : ''}\r\n${body}`;

@@ -1,0 +1,86 @@
+// The L7 proxy in the agent: the worker manager (its port goes into the datapath's L7 entries), the
+// routing that delivers diverted packets to it, and the policy snapshots it enforces. Records the
+// workers send (one per request and per response) go to the flow observer and the metrics.
+// Its dependencies are its parameters; the composition root (agent.ts) decides the order.
+import path from 'node:path';
+import type { Logger } from '../log.ts';
+import type { AgentConfig } from './config.ts';
+import type { Netlink } from '../netlink/index.ts';
+import type { PolicyEngine } from '../policy/engine.ts';
+import { ProxyManager, type WorkerCommand } from '../l7/manager.ts';
+import type { L7Record } from '../l7/proxy/records.ts';
+import { ensureProxyRouting } from '../l7/routing.ts';
+import { VERSION } from '../version.ts';
+
+export interface L7Deps {
+  cfg: AgentConfig;
+  log: Logger;
+  host: Netlink;
+  ipv6: boolean;
+}
+
+/** How to start a worker: the bundle's membrane-proxy next to membrane-agent, or the source entry. */
+export function proxyWorkerCommand(): WorkerCommand {
+  const main = process.argv[1] ? path.resolve(process.argv[1]) : '';
+  if (main.endsWith('.ts')) {
+    const keep = process.execArgv.filter((a, i, all) => a === '--import' || a === '--loader' || all[i - 1] === '--import' || all[i - 1] === '--loader');
+    return { execPath: process.execPath, args: [...keep, path.resolve(path.dirname(main), '../l7/proxy/worker-main.ts')] };
+  }
+  return { execPath: process.execPath, args: [path.join(path.dirname(main), 'membrane-proxy')] };
+}
+
+export class AgentL7 {
+  private engine?: PolicyEngine;
+  private pending = false;
+  private readonly listeners: ((r: L7Record[]) => void)[] = [];
+  private lostRecords = 0;
+
+  private constructor(readonly manager: ProxyManager, private readonly log: Logger) {}
+
+  /** undefined when --l7-proxy off. */
+  static async open(d: L7Deps): Promise<AgentL7 | undefined> {
+    if (!d.cfg.l7Proxy) return undefined;
+    const log = d.log.child({ component: 'l7' });
+    ensureProxyRouting(d.host, d.cfg.hostDevice, d.ipv6);
+    let self: AgentL7 | undefined;
+    const manager = await ProxyManager.open({
+      stateDir: d.cfg.stateDir, workers: d.cfg.l7ProxyWorkers, port: d.cfg.l7ProxyPort, version: VERSION,
+      command: proxyWorkerCommand(), log,
+      onRecords: (r) => { for (const l of self!.listeners) l(r); },
+      onLost: (n) => { self!.lostRecords += n; },
+    });
+    self = new AgentL7(manager, log);
+    log.info({ port: manager.port, workers: d.cfg.l7ProxyWorkers }, 'L7 proxy ready (workers start when a policy has L7 rules)');
+    return self;
+  }
+
+  proxyPorts = (): { http: number } => ({ http: this.manager.port });
+
+  /** The policy engine whose snapshots the workers enforce. */
+  bind(engine: PolicyEngine): void {
+    this.engine = engine;
+    this.policyChanged();
+  }
+
+  /** After every change of the maps: one snapshot per turn of the event loop, whatever the burst. */
+  policyChanged = (): void => {
+    if (this.pending || !this.engine) return;
+    this.pending = true;
+    setImmediate(() => {
+      this.pending = false;
+      try { this.manager.update(this.engine!.proxySnapshot()); } catch (err) { this.log.error({ err }, 'cannot hand the policy to the L7 proxy'); }
+    });
+  };
+
+  onRecords(fn: (r: L7Record[]) => void): void {
+    this.listeners.push(fn);
+  }
+
+  status(): Record<string, unknown> {
+    return { ...this.manager.status(), lostRecords: this.lostRecords };
+  }
+
+  close(): Promise<void> {
+    return this.manager.close();
+  }
+}

@@ -1,0 +1,121 @@
+// Transparent listening sockets for the proxy (koffi -> libc; Node cannot set IP_TRANSPARENT). The
+// datapath hands a diverted connection's SYN to this socket with bpf_sk_assign, so the listener
+// accepts connections to any address: each accepted socket's local address is the connection's
+// original destination. Bound to loopback, so nothing reaches it except what the datapath assigns
+// (and the node's own processes, which the worker refuses). SO_REUSEPORT lets several workers share
+// one port (the kernel spreads connections over them) and a new worker start before an old one leaves.
+import koffi from 'koffi';
+import { constants as osConstants } from 'node:os';
+
+const AF_INET = 2;
+const AF_INET6 = 10;
+const SOCK_STREAM = 1;
+const SOCK_NONBLOCK = 0o4000;
+const SOCK_CLOEXEC = 0o2000000;
+const SOL_SOCKET = 1;
+const SO_REUSEADDR = 2;
+const SO_REUSEPORT = 15;
+const SOL_IP = 0;
+const IP_TRANSPARENT = 19;
+const SOL_IPV6 = 41;
+const IPV6_V6ONLY = 26;
+const IPV6_TRANSPARENT = 75;
+
+type Fn = (...args: unknown[]) => number;
+let libc: { socket: Fn; setsockopt: Fn; bind: Fn; listen: Fn; close: Fn } | undefined;
+
+function lib() {
+  if (libc) return libc;
+  const c = koffi.load('libc.so.6');
+  libc = {
+    socket: c.func('int socket(int domain, int type, int protocol)') as Fn,
+    setsockopt: c.func('int setsockopt(int fd, int level, int name, _In_ int *value, uint32_t len)') as Fn,
+    bind: c.func('int bind(int fd, _In_ uint8_t *addr, uint32_t len)') as Fn,
+    listen: c.func('int listen(int fd, int backlog)') as Fn,
+    close: c.func('int close(int fd)') as Fn,
+  };
+  return libc;
+}
+
+const ERRNO_NAMES = new Map(Object.entries(osConstants.errno).map(([k, v]) => [v, k]));
+
+export class SocketError extends Error {
+  constructor(readonly op: string, readonly errno: number, readonly target: string) {
+    super(`${op} ${target}: ${ERRNO_NAMES.get(errno) ?? `errno ${errno}`}`);
+    this.name = 'SocketError';
+  }
+}
+
+function sockaddr(family: 4 | 6, port: number): Buffer {
+  if (family === 4) {
+    const sa = Buffer.alloc(16);
+    sa.writeUInt16LE(AF_INET, 0);
+    sa.writeUInt16BE(port, 2);
+    sa.set([127, 0, 0, 1], 4);
+    return sa;
+  }
+  const sa = Buffer.alloc(28);
+  sa.writeUInt16LE(AF_INET6, 0);
+  sa.writeUInt16BE(port, 2);
+  sa[8 + 15] = 1; // ::1
+  return sa;
+}
+
+/**
+ * A listening transparent TCP socket on 127.0.0.1:port or [::1]:port, as a file descriptor for
+ * net.Server.listen({ fd }). Throws SocketError (e.g. EADDRINUSE, EADDRNOTAVAIL without IPv6).
+ */
+export function transparentListener(family: 4 | 6, port: number, opts: { backlog?: number; reusePort?: boolean } = {}): number {
+  const backlog = opts.backlog ?? 4096;
+  const c = lib();
+  const target = family === 4 ? `127.0.0.1:${port}` : `[::1]:${port}`;
+  const fd = c.socket(family === 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw new SocketError('socket', koffi.errno(), target);
+  const opt = (level: number, name: number, what: string) => {
+    if (c.setsockopt(fd, level, name, [1], 4) < 0) { const e = koffi.errno(); c.close(fd); throw new SocketError(`setsockopt ${what}`, e, target); }
+  };
+  opt(SOL_SOCKET, SO_REUSEADDR, 'SO_REUSEADDR');
+  if (opts.reusePort ?? true) opt(SOL_SOCKET, SO_REUSEPORT, 'SO_REUSEPORT');
+  if (family === 4) {
+    opt(SOL_IP, IP_TRANSPARENT, 'IP_TRANSPARENT');
+  } else {
+    opt(SOL_IPV6, IPV6_V6ONLY, 'IPV6_V6ONLY');
+    opt(SOL_IPV6, IPV6_TRANSPARENT, 'IPV6_TRANSPARENT');
+  }
+  const sa = sockaddr(family, port);
+  if (c.bind(fd, sa, sa.length) < 0) { const e = koffi.errno(); c.close(fd); throw new SocketError('bind', e, target); }
+  if (c.listen(fd, backlog) < 0) { const e = koffi.errno(); c.close(fd); throw new SocketError('listen', e, target); }
+  return fd;
+}
+
+/** A port free on both loopback addresses, from a range clear of the kernel's ephemeral ports. */
+export function pickProxyPort(isFree: (port: number) => boolean, from = 10000, to = 30000): number {
+  for (let i = 0; i < 200; i++) {
+    const port = from + Math.floor(Math.random() * (to - from));
+    if (isFree(port)) return port;
+  }
+  throw new Error(`no free port for the L7 proxy between ${from} and ${to}`);
+}
+
+/**
+ * Nobody listens on this port of either loopback address. Probed without SO_REUSEPORT: a listener
+ * of another agent's proxy (also root, also SO_REUSEPORT) would otherwise let us join its group.
+ */
+export function portFree(port: number): boolean {
+  const c = lib();
+  const fds: number[] = [];
+  try {
+    fds.push(transparentListener(4, port, { backlog: 1, reusePort: false }));
+    try {
+      fds.push(transparentListener(6, port, { backlog: 1, reusePort: false }));
+    } catch (e) {
+      const errno = (e as SocketError).errno;
+      if (errno !== osConstants.errno.EADDRNOTAVAIL && errno !== osConstants.errno.EAFNOSUPPORT) return false; // no IPv6 is fine
+    }
+    return true;
+  } catch {
+    return false;
+  } finally {
+    for (const fd of fds) c.close(fd);
+  }
+}

@@ -1,0 +1,192 @@
+// A proxy worker process: the transparent listener, one HttpProxyConnection per diverted connection,
+// and the control connection to the agent (policy in, request/response records out).
+//
+// It listens only once it has a policy: until then the datapath finds no listener and drops the
+// diverted connections (fail closed). It outlives the agent: when the control connection drops it
+// keeps enforcing the last policy and reconnects, so an agent restart cuts no L7 connection; records
+// made while the agent is away are counted as lost. It exits when told to (draining open connections)
+// or when the agent's state directory is gone.
+import fs from 'node:fs';
+import net from 'node:net';
+import { HttpProxyConnection } from '../http/connection.ts';
+import type { Exchange } from '../http/exchange.ts';
+import { encodeFrame, FrameReader, type AgentMessage, type WorkerMessage } from './frames.ts';
+import { encodeRecord, type RecordContext, type RecordTuple } from './records.ts';
+import { SocketError, transparentListener } from './sockets.ts';
+import { ProxyView, type ConnectionPolicy } from './view.ts';
+
+export interface WorkerOptions {
+  control: string;
+  port: number;
+  index: number;
+  version: string;
+  /** The worker exits when this path disappears (the agent's state was removed). */
+  watchPath: string;
+  log: (msg: string, extra?: Record<string, unknown>) => void;
+}
+
+const FLUSH_MS = 20;
+const FLUSH_RECORDS = 512;
+const MAX_BUFFERED_RECORDS = 50_000;
+const RECONNECT_MS = 500;
+const IDLE_TIMEOUT_MS = 60 * 60 * 1000;
+const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
+
+export class ProxyWorker {
+  private view?: ProxyView;
+  private readonly servers: net.Server[] = [];
+  private control?: net.Socket;
+  private records: RecordTuple[] = [];
+  private lost = 0;
+  private flushTimer?: NodeJS.Timeout;
+  private readonly clients = new Set<net.Socket>();
+  private stats = { connections: 0, requests: 0, denied: 0 };
+  private stopping = false;
+  private readonly timeOrigin = performance.timeOrigin;
+
+  constructor(private readonly o: WorkerOptions) {}
+
+  start(): void {
+    this.connectControl();
+    setInterval(() => this.sendStats(), 5000).unref();
+    setInterval(() => { if (!fs.existsSync(this.o.watchPath)) this.exit('the agent state directory is gone'); }, 2000).unref();
+  }
+
+  // ---- control channel ---------------------------------------------------------------------------
+
+  private connectControl(): void {
+    if (this.stopping) return;
+    const s = net.connect(this.o.control);
+    const reader = new FrameReader<AgentMessage>((m) => this.onMessage(m));
+    s.on('connect', () => {
+      this.control = s;
+      this.send({ t: 'hello', pid: process.pid, index: this.o.index, port: this.o.port, version: this.o.version, kind: 'http' });
+    });
+    s.on('data', (d: Buffer) => {
+      try { reader.push(d); } catch (err) { this.o.log('bad control frame', { err: String(err) }); s.destroy(); }
+    });
+    s.on('error', () => undefined);
+    s.on('close', () => {
+      if (this.control === s) this.control = undefined;
+      setTimeout(() => this.connectControl(), RECONNECT_MS).unref();
+    });
+  }
+
+  private send(m: WorkerMessage): void {
+    this.control?.write(encodeFrame(m));
+  }
+
+  private onMessage(m: AgentMessage): void {
+    if (m.t === 'policy') {
+      this.view = new ProxyView(m.snapshot);
+      if (!this.servers.length) this.listen();
+    } else if (m.t === 'stop') {
+      this.drainAndExit(m.drainMs);
+    }
+  }
+
+  // ---- listening ---------------------------------------------------------------------------------
+
+  private listen(): void {
+    for (const family of [4, 6] as const) {
+      let fd: number;
+      try {
+        fd = transparentListener(family, this.o.port);
+      } catch (e) {
+        if (family === 6 && e instanceof SocketError) continue; // a node without IPv6
+        this.o.log('cannot listen', { err: String(e) });
+        this.exit('cannot listen');
+        return;
+      }
+      const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (c) => this.accept(c));
+      server.on('error', (err) => this.o.log('listener error', { err: String(err) }));
+      server.listen({ fd });
+      this.servers.push(server);
+    }
+    this.o.log('listening', { port: this.o.port, families: this.servers.length });
+  }
+
+  private accept(client: net.Socket): void {
+    const dstIp = client.localAddress;
+    const dstPort = client.localPort;
+    const srcIp = client.remoteAddress;
+    const srcPort = client.remotePort;
+    // Only the datapath's diverted connections: one to the listener's own address is a local process.
+    if (!this.view || !dstIp || !srcIp || dstPort === undefined || srcPort === undefined || dstIp === '127.0.0.1' || dstIp === '::1') {
+      client.destroy();
+      return;
+    }
+    const view0 = this.view;
+    let policy: ConnectionPolicy = view0.connection(srcIp, dstIp, dstPort);
+    const ctx: RecordContext = { srcPort, dstPort, policy };
+    this.clients.add(client);
+    this.stats.connections++;
+    client.setTimeout(IDLE_TIMEOUT_MS, () => client.destroy());
+    new HttpProxyConnection({
+      client,
+      connect: () => {
+        const u = net.connect({ host: dstIp, port: dstPort, allowHalfOpen: true, noDelay: true });
+        u.setTimeout(UPSTREAM_CONNECT_TIMEOUT_MS, () => { if (u.connecting) u.destroy(new Error('upstream connect timeout')); else u.setTimeout(0); });
+        return u;
+      },
+      decide: (_head, req) => {
+        const view = this.view!;
+        if (policy.revision !== view.revision) { policy = view.connection(srcIp, dstIp, dstPort); ctx.policy = policy; }
+        const d = view.decide(policy, req);
+        return { allowed: d.allowed, edits: d.edits, info: d };
+      },
+      sink: {
+        request: (x) => this.record('request', x, ctx),
+        response: (x) => this.record('response', x, ctx),
+      },
+      onClose: () => { this.clients.delete(client); },
+    });
+  }
+
+  // ---- records -----------------------------------------------------------------------------------
+
+  private record(kind: 'request' | 'response', x: Exchange, ctx: RecordContext): void {
+    if (kind === 'request') {
+      this.stats.requests++;
+      if (x.localReason === 'denied') this.stats.denied++;
+    }
+    if (!this.control) { this.lost++; return; }
+    if (this.records.length >= MAX_BUFFERED_RECORDS) { this.lost++; return; }
+    this.records.push(encodeRecord(kind, x, ctx, this.timeOrigin));
+    if (this.records.length >= FLUSH_RECORDS) this.flush();
+    else if (!this.flushTimer) this.flushTimer = setTimeout(() => this.flush(), FLUSH_MS);
+  }
+
+  private flush(): void {
+    if (this.flushTimer) { clearTimeout(this.flushTimer); this.flushTimer = undefined; }
+    if (!this.records.length || !this.control) return;
+    const r = this.records;
+    this.records = [];
+    const lost = this.lost;
+    this.lost = 0;
+    this.send({ t: 'records', r, ...(lost ? { lost } : {}) });
+  }
+
+  private sendStats(): void {
+    this.send({ t: 'stats', ...this.stats, rssBytes: process.memoryUsage.rss() });
+  }
+
+  // ---- stopping ----------------------------------------------------------------------------------
+
+  private drainAndExit(drainMs: number): void {
+    if (this.stopping) return;
+    this.stopping = true;
+    for (const s of this.servers) s.close();
+    this.flush();
+    if (!this.clients.size) { this.exit('stopped'); return; }
+    const timer = setTimeout(() => this.exit('stopped (drain time over)'), drainMs);
+    const check = setInterval(() => { if (!this.clients.size) { clearTimeout(timer); clearInterval(check); this.exit('stopped'); } }, 50);
+  }
+
+  private exit(why: string): void {
+    this.o.log('exiting', { why });
+    this.flush();
+    for (const c of this.clients) c.destroy();
+    process.exit(0);
+  }
+}

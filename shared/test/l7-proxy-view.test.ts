@@ -1,0 +1,117 @@
+// The proxy workers' view of the policy: built from the engine's compiled state, it decides each
+// request the way the datapath and the HTTP rules together would, on both local ends of a connection,
+// and follows policy changes on open connections.
+import t from 'tap';
+import { MemoryStore } from '../src/store/index.ts';
+import { PolicyEngine } from '../src/policy/engine.ts';
+import { ProxyView } from '../src/l7/proxy/view.ts';
+import { normalizeTarget, type RequestView } from '../src/l7/http/rules.ts';
+import { decodeRecord, encodeRecord } from '../src/l7/proxy/records.ts';
+import { MemoryPolicyOps, testEndpoint } from './lib/policy.ts';
+
+const req = (method: string, target: string, headers: Record<string, string> = {}): RequestView => {
+  const n = normalizeTarget(target, 'svc');
+  return { method, path: n.path, host: n.host, names: Object.keys(headers).map((k) => k.toLowerCase()), values: Object.values(headers) };
+};
+
+async function setup() {
+  const ops = new MemoryPolicyOps();
+  const engine = await PolicyEngine.open({ store: new MemoryStore(), ops, hostAddresses: () => ['192.0.2.1'], proxyPorts: () => ({ http: 15001 }) });
+  await engine.start();
+  const add = async (id: number, labels: Record<string, string>, ip: string) => {
+    const ep = testEndpoint(id, labels, await engine.identityFor(labels), ip);
+    ops.flags.set(ep.hostIfIndex, 0);
+    await engine.endpointAttached(ep);
+    return ep;
+  };
+  return { engine, add };
+}
+
+const POLICY = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: api}
+spec:
+  endpointSelector: {matchLabels: {app: api}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET, path: "/public/.*"}, {method: POST, path: /submit, headers: ["X-Token: s3cret"]}]}}]
+  - fromCIDR: [198.18.0.0/24]
+    toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET, path: /status}]}}]
+---
+apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-out}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toEndpoints: [{matchLabels: {app: api}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET|POST}]}}]
+`;
+
+t.test('requests are decided on every local end that proxies the traffic', async (t) => {
+  const { engine, add } = await setup();
+  const api = await add(1, { app: 'api' }, '10.0.0.2');
+  const client = await add(2, { app: 'client' }, '10.0.0.3');
+  await add(3, { app: 'other' }, '10.0.0.4');
+  await engine.importText(POLICY);
+  const snap = engine.proxySnapshot();
+  t.equal(snap.endpoints.find((e) => e.id === 3)?.policy, -1, 'an endpoint without L7 entries sends no table');
+  const view = new ProxyView(JSON.parse(JSON.stringify(snap))); // it crosses a socket as JSON
+  const c = view.connection('10.0.0.3', '10.0.0.2', 80);
+  t.match(c, { src: { identity: client.identity, endpoint: client.id }, dst: { identity: api.identity, endpoint: api.id } });
+  t.same(c.sides.map((s) => s.direction), ['egress', 'ingress'], "the client's egress and the api's ingress");
+  const get = view.decide(c, req('GET', '/public/a'));
+  t.match(get, { allowed: true, sides: [{ direction: 'egress', allowed: true }, { direction: 'ingress', allowed: true, http: { path: 'spec.ingress[0].toPorts[0].rules.http[0]' } }] });
+  t.match(view.decide(c, req('GET', '/private')), { allowed: false, sides: [{ allowed: true }, { allowed: false }] }, 'the ingress rules deny');
+  t.equal(view.decide(c, req('POST', '/submit')).allowed, false, 'POST /submit needs the header');
+  t.equal(view.decide(c, req('POST', '/submit', { 'X-Token': 's3cret' })).allowed, true);
+  t.match(view.decide(c, req('DELETE', '/public/a')), { allowed: false, sides: [{ direction: 'egress', allowed: false }] }, "the client's egress rules deny DELETE");
+  // From the world (CIDR identity): only the ingress side.
+  const w = view.connection('198.18.0.7', '10.0.0.2', 80);
+  t.same(w.sides.map((s) => s.direction), ['ingress']);
+  t.ok(view.decide(w, req('GET', '/status')).allowed);
+  t.notOk(view.decide(w, req('GET', '/public/a')).allowed, 'the world gets only its own rule');
+});
+
+t.test('policy changes reach open connections: plain allow passes, removed allow denies', async (t) => {
+  const { engine, add } = await setup();
+  await add(1, { app: 'api' }, '10.0.0.2');
+  await add(2, { app: 'client' }, '10.0.0.3');
+  await engine.importText(POLICY);
+  let view = new ProxyView(engine.proxySnapshot());
+  let c = view.connection('10.0.0.3', '10.0.0.2', 80);
+  t.notOk(view.decide(c, req('GET', '/private')).allowed);
+  // The api's ingress becomes L3/L4 only; the client keeps L7 egress, so the api side is still sent.
+  await engine.importText(POLICY.replace(`toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET, path: "/public/.*"}, {method: POST, path: /submit, headers: ["X-Token: s3cret"]}]}}]`, `toPorts: [{ports: [{port: "80", protocol: TCP}]}]`));
+  const next = new ProxyView(engine.proxySnapshot());
+  t.not(next.revision, view.revision, 'each snapshot is a new revision');
+  view = next;
+  c = view.connection('10.0.0.3', '10.0.0.2', 80);
+  t.match(view.decide(c, req('GET', '/private')), { allowed: true, sides: [{ direction: 'egress', l7: true }, { direction: 'ingress', allowed: true, l7: false }] });
+  // Now the api no longer allows the client at all.
+  await engine.importText(POLICY.replace('- fromEndpoints: [{matchLabels: {app: client}}]', '- fromEndpoints: [{matchLabels: {app: nobody}}]'));
+  view = new ProxyView(engine.proxySnapshot());
+  c = view.connection('10.0.0.3', '10.0.0.2', 80);
+  t.match(view.decide(c, req('GET', '/public/a')), { allowed: false, sides: [{ direction: 'egress', allowed: true }, { direction: 'ingress', allowed: false, l7: false }] }, 'default deny on the ingress side');
+});
+
+t.test('records round-trip without header values', async (t) => {
+  const { engine, add } = await setup();
+  await add(1, { app: 'api' }, '10.0.0.2');
+  await add(2, { app: 'client' }, '10.0.0.3');
+  await engine.importText(POLICY);
+  const view = new ProxyView(engine.proxySnapshot());
+  const policy = view.connection('10.0.0.3', '10.0.0.2', 80);
+  const d = view.decide(policy, req('GET', '/private', { authorization: 'Bearer x' }));
+  const x = {
+    method: 'GET', path: '/private', host: 'svc', protocol: 'HTTP/1.1', headers: { names: ['authorization'], values: ['Bearer x'] },
+    verdict: { allowed: false, edits: [], info: d }, startMs: 0, status: 403, latencyNs: 1234, localReason: 'denied' as const,
+  };
+  const r = decodeRecord(JSON.parse(JSON.stringify(encodeRecord('response', x, { srcPort: 40000, dstPort: 80, policy }, 1e12))));
+  t.match(r, {
+    kind: 'response', src: { ip: '10.0.0.3', port: 40000, endpoint: 2 }, dst: { ip: '10.0.0.2', port: 80, endpoint: 1 },
+    method: 'GET', path: '/private', status: 403, latencyNs: 1234, verdict: 'denied', reason: 'denied',
+    sides: [{ direction: 'egress', allowed: true }, { direction: 'ingress', allowed: false }],
+  });
+  t.notMatch(JSON.stringify(r), /Bearer/, 'header values are not sent to the agent');
+});
