@@ -77,6 +77,17 @@ static __always_inline int forward_ipv6(struct __sk_buff *skb, const struct loca
 	return deliver_to_local(skb, dst);
 }
 
+/* A flow for the L7 proxy, from the pod (tc ingress): handed to it here (proxy.h). */
+static __always_inline int to_proxy(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_config *src, __u16 port)
+{
+	__u16 reason = proxy_assign(skb, p, port);
+
+	if (!reason)
+		return TC_ACT_OK;
+	drop_at(p, src, POLICY_DIR_EGRESS, reason);
+	return TC_ACT_SHOT;
+}
+
 /* A drop before any endpoint is known: counted, not reported (an event names an endpoint). */
 static __always_inline int drop_unknown(struct __sk_buff *skb, __u32 reason)
 {
@@ -92,7 +103,7 @@ int from_container(struct __sk_buff *skb)
 	struct local_endpoint *dst;
 	struct ip_key key;
 	struct pkt p;
-	__u16 spoofed;
+	__u16 spoofed, proxy = 0;
 	int r;
 
 	count_endpoint_tx(ifindex, skb->len);
@@ -120,17 +131,19 @@ int from_container(struct __sk_buff *skb)
 	dst = bpf_map_lookup_elem(&local_endpoints, &key);
 	/* To itself, or expiring (the stack drops it and sends ICMP time exceeded): no short-cut. */
 	if (!dst || dst->host_ifindex == ifindex || p.hop_limit <= 1) {
-		if (enforce(skb, &p, src, POLICY_DIR_EGRESS, false) != ENFORCE_PASS)
+		if (enforce(skb, &p, src, POLICY_DIR_EGRESS, false, &proxy) != ENFORCE_PASS)
 			return TC_ACT_SHOT;
-		return TC_ACT_OK;
+		return proxy ? to_proxy(skb, &p, src, proxy) : TC_ACT_OK;
 	}
 	/* The redirect skips the destination's to_container: apply its ingress policy here, together with
 	 * the sender's egress (one conntrack entry for both). */
 	dst_cfg = bpf_map_lookup_elem(&endpoints_cfg, &dst->host_ifindex);
 	if (!dst_cfg)
 		return drop_unknown(skb, DROP_NO_CONFIG);
-	if (enforce_local(skb, &p, src, dst_cfg) != ENFORCE_PASS)
+	if (enforce_local(skb, &p, src, dst_cfg, &proxy) != ENFORCE_PASS)
 		return TC_ACT_SHOT;
+	if (proxy)
+		return to_proxy(skb, &p, src, proxy);
 	return p.family == MBR_FAMILY_IPV4 ? forward_ipv4(skb, dst) : forward_ipv6(skb, dst);
 }
 
@@ -140,6 +153,7 @@ int to_container(struct __sk_buff *skb)
 	__u32 ifindex = skb->ifindex;
 	struct endpoint_config *ep;
 	struct pkt p;
+	__u16 proxy = 0, reason = 0;
 	int r;
 
 	ep = bpf_map_lookup_elem(&endpoints_cfg, &ifindex);
@@ -150,10 +164,34 @@ int to_container(struct __sk_buff *skb)
 		drop_at(&p, ep, POLICY_DIR_INGRESS, p.drop_reason);
 		return TC_ACT_SHOT;
 	}
-	if (r == PARSE_IP && enforce(skb, &p, ep, POLICY_DIR_INGRESS, false) != ENFORCE_PASS)
+	if (r == PARSE_IP && enforce(skb, &p, ep, POLICY_DIR_INGRESS, false, &proxy) != ENFORCE_PASS)
 		return TC_ACT_SHOT;
+	if (proxy) {
+		/* From outside this node's pods (world, host, other nodes): back up to the stack, to the proxy. */
+		r = proxy_hairpin(skb, &p, proxy, &reason);
+		if (r == TC_ACT_SHOT)
+			drop_at(&p, ep, POLICY_DIR_INGRESS, reason);
+		return r;
+	}
 	count_endpoint_rx(ifindex, skb->len);
 	return TC_ACT_OK;
+}
+
+/* tc ingress of the host device: packets to_container hairpinned for the L7 proxy (proxy.h), marked
+ * with its port. Nothing else is sent into this device. */
+SEC("tc")
+int from_host_device(struct __sk_buff *skb)
+{
+	__u32 mark = skb->mark;
+	__u16 reason;
+	struct pkt p;
+
+	if ((mark & MARK_MAGIC_MASK) != MARK_TO_PROXY)
+		return TC_ACT_OK;
+	if (parse_packet(skb, &p) != PARSE_IP)
+		return drop_unknown(skb, DROP_PROXY_SET_FAILED);
+	reason = proxy_assign(skb, &p, mark >> 16);
+	return reason ? drop_unknown(skb, reason) : TC_ACT_OK;
 }
 
 char LICENSE[] SEC("license") = "GPL";

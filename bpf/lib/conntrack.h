@@ -41,6 +41,7 @@ enum ct_state {
 #define CT_F_END_REPORTED (1 << 1) /* FLOW_END already emitted */
 #define CT_F_REDIRECTED (1 << 2)   /* pod-to-pod via redirect_peer */
 #define CT_F_REVOKED (1 << 3)      /* set by the agent: the policy no longer admits the flow */
+#define CT_F_PROXY (1 << 4)        /* diverted to the L7 proxy at proxy_port (proxy.h) */
 
 /* Lifetimes since the last packet: an expired entry counts as absent. */
 #define CT_LIFETIME_TCP_SYN (60ULL * 1000000000ULL)
@@ -78,7 +79,7 @@ struct ct_entry {
 	__u32 peer_ifindex;     /* LOCAL: the receiver's host interface; else 0 */
 	__u32 peer_endpoint_id; /* LOCAL: the receiver; else 0 */
 	__be16 policy_port;     /* the port the policy was asked about (ICMP: 0x100 | type), for revalidation */
-	__u16 pad;
+	__u16 proxy_port;       /* CT_F_PROXY: the L7 proxy's port (host order) */
 	__u32 pad2;
 };
 _Static_assert(sizeof(struct ct_entry) == 96, "ct_entry layout is shared with userspace");

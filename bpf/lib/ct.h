@@ -253,6 +253,7 @@ struct ct_new {
 	__u32 rule_id;
 	__u32 rule_id_ingress;
 	__be16 policy_port;
+	__u16 proxy_port; /* CT_F_PROXY */
 	__u8 flags;
 };
 
@@ -281,6 +282,7 @@ static __always_inline int ct_create(const struct pkt *p, __u8 scope, const stru
 	e.rule_id_ingress = n->rule_id_ingress;
 	e.flags = n->flags;
 	e.policy_port = n->policy_port;
+	e.proxy_port = n->proxy_port;
 	e.endpoint_id = owner;
 	e.ifindex = ep->ifindex;
 	if (peer_ep) {

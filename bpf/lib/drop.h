@@ -22,6 +22,8 @@ enum drop_reason {
 	DROP_NO_CONFIG = 165,            /* an interface with our program but no endpoint configuration */
 	DROP_FRAG_NOT_FOUND = 175,       /* a later fragment whose first fragment was not seen */
 	DROP_FORBIDDEN_ICMPV6 = 176,     /* NDP/MLD that does not stay on the endpoint's own link */
+	DROP_PROXY_LOOKUP_FAILED = 178,  /* a flow for the L7 proxy, and no proxy listens (fail closed) */
+	DROP_PROXY_SET_FAILED = 179,     /* the packet could not be handed to the L7 proxy */
 	DROP_REASON_MAX = 256,           /* size of drop_counters */
 };
 

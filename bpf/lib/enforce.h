@@ -11,6 +11,7 @@
 #include "ct.h"
 #include "events.h"
 #include "lookup.h"
+#include "proxy.h"
 
 #define ENFORCE_PASS 0
 #define ENFORCE_DROP 1
@@ -89,6 +90,9 @@ static __always_inline int decide(const struct pkt *p, const struct endpoint_con
 		if (pe) {
 			action = pe->action;
 			m->rule_id = pe->rule_id;
+			m->proxy_port = proxy_port_of(pe, dir, peer);
+			if (m->proxy_port)
+				m->flags |= TRACE_F_PROXY;
 			__sync_fetch_and_add(&pe->packets, 1);
 			__sync_fetch_and_add(&pe->bytes, p->len);
 		} else if (ep->flags & deny_bit) {
@@ -106,7 +110,8 @@ static __always_inline int decide(const struct pkt *p, const struct endpoint_con
 	return ENFORCE_PASS;
 }
 
-static __always_inline int new_flow(const struct pkt *p, const struct endpoint_config *ep, __u8 dir, bool redirect)
+/* *proxy_port: set when the flow goes to the L7 proxy (its first packet included). */
+static __always_inline int new_flow(const struct pkt *p, const struct endpoint_config *ep, __u8 dir, bool redirect, __u16 *proxy_port)
 {
 	struct event_meta m;
 	struct ct_new n;
@@ -119,10 +124,12 @@ static __always_inline int new_flow(const struct pkt *p, const struct endpoint_c
 	n.rule_id = m.rule_id;
 	n.rule_id_ingress = 0;
 	n.policy_port = policy_dport(p);
-	n.flags = (redirect ? CT_F_REDIRECTED : 0) | (m.flags & TRACE_F_AUDIT ? CT_F_AUDIT : 0);
+	n.proxy_port = m.proxy_port;
+	n.flags = (redirect ? CT_F_REDIRECTED : 0) | (m.flags & TRACE_F_AUDIT ? CT_F_AUDIT : 0) | (m.proxy_port ? CT_F_PROXY : 0);
 	if (ct_create(p, dir, &n, ep, NULL) < 0)
 		return drop_packet(p, ep, dir, DROP_CT_INSERT_FAILED, m.src_identity, m.dst_identity, m.rule_id);
 	emit_event(p, &m, ep, NULL);
+	*proxy_port = m.proxy_port;
 	return ENFORCE_PASS;
 }
 
@@ -158,7 +165,9 @@ static __always_inline int drop_revoked(const struct pkt *p, const struct ct_ent
 	return drop_packet(p, ep, dir, DROP_POLICY_DENIED, ct->dst_identity, ct->src_identity, 0);
 }
 
-static __always_inline int enforce(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_config *ep, __u8 dir, bool redirect)
+/* *proxy_port: set when the packet is a forward packet of a flow that goes to the L7 proxy. */
+static __always_inline int enforce(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_config *ep, __u8 dir, bool redirect,
+				   __u16 *proxy_port)
 {
 	struct ct_entry *ct = NULL;
 	struct ct_key key;
@@ -172,9 +181,12 @@ static __always_inline int enforce(struct __sk_buff *skb, const struct pkt *p, c
 		return icmp6_on_own_link(p, ep, dir) ? ENFORCE_PASS : drop_at(p, ep, dir, DROP_FORBIDDEN_ICMPV6);
 	r = ct_lookup(skb, p, dir, ep->endpoint_id, 0, &ct, &key, &done);
 	if (r == CT_NEW || r == CT_REVOKED_FORWARD)
-		return new_flow(p, ep, dir, redirect);
+		return new_flow(p, ep, dir, redirect, proxy_port);
 	if (r == CT_REVOKED_REPLY && ct)
 		return drop_revoked(p, ct, ep, dir);
+	/* The proxy answers the client as the destination: replies come from it, only forward packets go to it. */
+	if (r == CT_ESTABLISHED && ct && (ct->flags & CT_F_PROXY))
+		*proxy_port = ct->proxy_port;
 	if (ct && p->proto == IPPROTO_TCP) {
 		/* The flow's direction at the point that admitted it. */
 		if (end_due(ct))
@@ -185,10 +197,35 @@ static __always_inline int enforce(struct __sk_buff *skb, const struct pkt *p, c
 	return ENFORCE_PASS;
 }
 
+/* A pod-to-pod flow that goes to the L7 proxy is no redirect_peer flow: the sender talks to the
+ * proxy through the stack, whose answers reach it at its own to_container. So it is tracked as the
+ * sender's egress flow (with the receiver's ingress rule), which those answers are replies of. Its
+ * later packets miss the LOCAL lookup and find it here. */
+static __always_inline bool proxied_local_flow(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_config *src,
+					       __u16 *proxy_port)
+{
+	struct ct_entry *ct = NULL;
+	struct ct_key key;
+	bool done = false;
+
+	if (ct_lookup(skb, p, CT_SCOPE_EGRESS, src->endpoint_id, 0, &ct, &key, &done) != CT_ESTABLISHED || !ct ||
+	    !(ct->flags & CT_F_PROXY))
+		return false;
+	*proxy_port = ct->proxy_port;
+	if (p->proto == IPPROTO_TCP) {
+		if (end_due(ct))
+			report_end(p, ct, src, POLICY_DIR_EGRESS, false, ct->rule_id);
+		if (done)
+			ct_delete(&key, ct->endpoint_id);
+	}
+	return true;
+}
+
 /* Pod-to-pod through redirect_peer: the sender's egress and the receiver's ingress, decided together
- * and tracked by one CT_SCOPE_LOCAL entry. Both points still report their own FLOW_NEW / FLOW_END. */
+ * and tracked by one CT_SCOPE_LOCAL entry. Both points still report their own FLOW_NEW / FLOW_END.
+ * *proxy_port: set when either side sends the flow to the L7 proxy (no redirect then). */
 static __always_inline int enforce_local(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_config *src,
-					 const struct endpoint_config *dst)
+					 const struct endpoint_config *dst, __u16 *proxy_port)
 {
 	struct ct_entry *ct = NULL;
 	struct event_meta out, in;
@@ -218,6 +255,8 @@ static __always_inline int enforce_local(struct __sk_buff *skb, const struct pkt
 		}
 		return ENFORCE_PASS;
 	}
+	if (proxied_local_flow(skb, p, src, proxy_port))
+		return ENFORCE_PASS;
 	if (decide(p, src, POLICY_DIR_EGRESS, dst->identity, true, &out) != ENFORCE_PASS)
 		return ENFORCE_DROP;
 	if (decide(p, dst, POLICY_DIR_INGRESS, src->identity, true, &in) != ENFORCE_PASS)
@@ -227,7 +266,19 @@ static __always_inline int enforce_local(struct __sk_buff *skb, const struct pkt
 	n.rule_id = out.rule_id;
 	n.rule_id_ingress = in.rule_id;
 	n.policy_port = policy_dport(p);
-	n.flags = CT_F_REDIRECTED | ((out.flags | in.flags) & TRACE_F_AUDIT ? CT_F_AUDIT : 0);
+	n.proxy_port = out.proxy_port ? out.proxy_port : in.proxy_port;
+	n.flags = ((out.flags | in.flags) & TRACE_F_AUDIT ? CT_F_AUDIT : 0);
+	if (n.proxy_port) {
+		n.flags |= CT_F_PROXY;
+		out.verdict = in.verdict = TRACE_VERDICT_FORWARDED; /* through the proxy, not redirect_peer */
+		if (ct_create(p, CT_SCOPE_EGRESS, &n, src, NULL) < 0)
+			return drop_packet(p, src, POLICY_DIR_EGRESS, DROP_CT_INSERT_FAILED, src->identity, dst->identity, out.rule_id);
+		emit_event(p, &out, src, NULL);
+		emit_event(p, &in, dst, NULL);
+		*proxy_port = n.proxy_port;
+		return ENFORCE_PASS;
+	}
+	n.flags |= CT_F_REDIRECTED;
 	if (ct_create(p, CT_SCOPE_LOCAL, &n, src, dst) < 0)
 		return drop_packet(p, src, POLICY_DIR_EGRESS, DROP_CT_INSERT_FAILED, src->identity, dst->identity, out.rule_id);
 	emit_event(p, &out, src, NULL);

@@ -54,6 +54,7 @@ struct event_meta {
 	__u32 src_identity;
 	__u32 dst_identity;
 	__u32 rule_id;
+	__u16 proxy_port; /* decide(): the flow goes to the L7 proxy on this port */
 };
 
 static __always_inline void emit_event(const struct pkt *p, const struct event_meta *m, const struct endpoint_config *ep,

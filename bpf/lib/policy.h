@@ -29,7 +29,8 @@ _Static_assert(sizeof(struct policy_key) == 12, "policy_key layout is shared wit
 
 struct policy_entry {
 	__u8 action;
-	__u8 pad[3];
+	__u8 pad;
+	__be16 proxy_port; /* allow through the L7 proxy listening on this port (proxy.h); 0 = plain */
 	__u32 rule_id;  /* lets flow events name the rule that matched */
 	__u64 packets;  /* new flows that hit this entry; atomic adds: the map is shared by all CPUs */
 	__u64 bytes;

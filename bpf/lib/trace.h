@@ -18,6 +18,7 @@ enum trace_event_type {
 #define TRACE_VERDICT_AUDIT 3
 
 #define TRACE_F_AUDIT (1 << 0)
+#define TRACE_F_PROXY (1 << 1) /* the flow goes through the L7 proxy */
 
 /* 96 bytes, host byte order except the ports (network order, as in the packet). */
 struct trace_event {

@@ -83,7 +83,7 @@ export class Agent {
       });
 
       // The L7 proxy's port must be known before policy writes L7 entries; its workers start later.
-      const l7 = await AgentL7.open({ cfg, log, host, ipv6: networks.list().some((n) => n.subnets.some((s) => s.family === 6)) });
+      const l7 = await AgentL7.open({ cfg, log, host, datapath, ipv6: networks.list().some((n) => n.subnets.some((s) => s.family === 6)) });
       if (l7) closers.push({ name: 'l7 proxy', close: () => l7.close() });
 
       // Policy first among the endpoint's dependencies: endpoints ask it for their identity.

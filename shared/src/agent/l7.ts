@@ -10,12 +10,15 @@ import type { PolicyEngine } from '../policy/engine.ts';
 import { ProxyManager, type WorkerCommand } from '../l7/manager.ts';
 import type { L7Record } from '../l7/proxy/records.ts';
 import { ensureProxyRouting } from '../l7/routing.ts';
+import { attachProxyHairpin } from '../l7/datapath.ts';
+import type { Datapath } from '../bpf/datapath.ts';
 import { VERSION } from '../version.ts';
 
 export interface L7Deps {
   cfg: AgentConfig;
   log: Logger;
   host: Netlink;
+  datapath: Datapath;
   ipv6: boolean;
 }
 
@@ -42,6 +45,9 @@ export class AgentL7 {
     if (!d.cfg.l7Proxy) return undefined;
     const log = d.log.child({ component: 'l7' });
     ensureProxyRouting(d.host, d.cfg.hostDevice, d.ipv6);
+    const hostDevice = d.host.linkByName(d.cfg.hostDevice);
+    if (!hostDevice) throw new Error(`host device ${d.cfg.hostDevice} is missing`);
+    attachProxyHairpin(d.datapath, hostDevice);
     let self: AgentL7 | undefined;
     const manager = await ProxyManager.open({
       stateDir: d.cfg.stateDir, workers: d.cfg.l7ProxyWorkers, port: d.cfg.l7ProxyPort, version: VERSION,

@@ -19,11 +19,14 @@ export function removePins(pinDir: string): void {
 /** Every map of bpf/endpoint.o, pinned as `${pinDir}/${name}`. Checked against the object on load. */
 export const MAP_NAMES = [
   'endpoints_cfg', 'local_endpoints', 'endpoint_counters', 'ipcache', 'policy', 'conntrack', 'ct_owned', 'ct_reclaimed',
-  'fragments', 'events', 'drop_counters', 'events_lost', 'event_bucket', 'datapath_config',
+  'fragments', 'events', 'drop_counters', 'events_lost', 'event_bucket', 'datapath_config', 'proxy_config',
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
-export const PROGRAM_PINS = { from_container: 'prog_from_container', to_container: 'prog_to_container' } as const;
+export const PROGRAM_PINS = {
+  from_container: 'prog_from_container', to_container: 'prog_to_container',
+  from_host_device: 'prog_from_host_device', // the L7 proxy's hairpin (l7/datapath.ts attaches it)
+} as const;
 
 /** Fixed tc filter identity, so attach is an idempotent replace and query/detach find our filter. */
 export const TC_HANDLE = 0x4d42; // "MB"
@@ -161,6 +164,7 @@ export function loadDatapath(options: LoadDatapathOptions): Datapath {
     const toFd = bpf.programFd(obj, 'to_container');
     replacePin(fromFd, path.join(pinDir, PROGRAM_PINS.from_container));
     replacePin(toFd, path.join(pinDir, PROGRAM_PINS.to_container));
+    replacePin(bpf.programFd(obj, 'from_host_device'), path.join(pinDir, PROGRAM_PINS.from_host_device));
     return new LoadedDatapath(obj, pinDir, maps, { from: fromFd, to: toFd }, possibleCpus());
   } catch (err) {
     bpf.closeObject(obj);

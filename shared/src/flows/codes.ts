@@ -51,7 +51,9 @@ const DROP_TEXT: Record<number, string> = {
   135: 'CT: Truncated or invalid header', 139: 'Unsupported L3 protocol', 155: 'CT: Map insertion failed',
   156: 'Invalid IPv6 extension header', 157: 'IP fragmentation not supported',
   165: 'No configuration available to perform policy decision', 172: 'Unknown sender',
-  175: 'First logical datagram fragment not found', 176: 'Forbidden ICMPv6 message', 181: 'Policy denied by denylist',
+  175: 'First logical datagram fragment not found', 176: 'Forbidden ICMPv6 message',
+  178: 'Socket lookup failed', 179: 'Socket assign failed', // the L7 proxy is not listening / cannot take the packet
+  181: 'Policy denied by denylist',
 };
 
 /** bpf/lib/drop.h numbers its reasons with Hubble's codes (130 and up, passed through unchanged);

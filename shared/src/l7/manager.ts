@@ -48,6 +48,9 @@ interface WorkerState {
 
 const ADOPT_GRACE_MS = 1500;
 const STOP_DRAIN_MS = 10_000;
+/** A worker that has not connected by then is hung: replaced. (Starting takes well under a second
+ *  from the bundle; from source, under load, several.) */
+const CONNECT_DEADLINE_MS = 30_000;
 
 export class ProxyManager {
   private readonly dir: string;
@@ -108,6 +111,7 @@ export class ProxyManager {
         if (w.conn && w.conn !== s) { w.conn.destroy(); }
         w.conn = s;
         w.pid = m.pid;
+        w.spawnedAt ??= Date.now(); // adopted: its age counts from now
         w.version = m.version;
         fs.writeFileSync(this.pidFile(w.index), `${m.pid}\n`);
         this.o.log.info({ worker: m.index, pid: m.pid, version: m.version }, 'L7 proxy worker connected');
@@ -132,14 +136,15 @@ export class ProxyManager {
     s.write(encodeFrame(m));
   }
 
-  /** Spawns the workers that should run and do not. */
+  /** Spawns the workers that should run and do not (a worker that died, or one that never connected). */
   private reconcile(): void {
     if (this.closed || !this.wanted) return;
     if (Date.now() - this.startedAt < ADOPT_GRACE_MS) return; // running workers reconnect first
     for (const w of this.workers) {
       if (w.conn) continue;
-      if (w.pid && alive(w.pid) && w.spawnedAt && Date.now() - w.spawnedAt < 5000) continue; // still starting
-      if (w.spawnedAt && Date.now() - w.spawnedAt < Math.min(10_000, 250 * 2 ** Math.min(w.restarts, 6))) continue; // crash loop backoff
+      const age = w.spawnedAt === undefined ? Infinity : Date.now() - w.spawnedAt;
+      if (w.pid && alive(w.pid) && age < CONNECT_DEADLINE_MS) continue; // starting, or reconnecting after an agent restart
+      if (age < Math.min(10_000, 250 * 2 ** Math.min(w.restarts, 6))) continue; // crash loop backoff
       this.spawnWorker(w);
     }
   }

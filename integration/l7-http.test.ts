@@ -1,0 +1,234 @@
+// L7 HTTP policy on real traffic: HTTP servers and clients in netns pods and a "world" netns of our own
+// (198.18.0.0/15), the agent's proxy in between. Cilium's example policies, methods, paths, headers,
+// hosts, deny precedence, keep-alive with mixed verdicts, pipelining, a 100 MB chunked upload with
+// bounded proxy memory, WebSocket upgrade, policy changes on open connections, and attempts to use
+// the proxy to get around L3/L4 policy. Every name and address is unique to this run.
+import t from 'tap';
+import { execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import { createNetns, type TestNetns } from './lib/netns.ts';
+import { randomId, REPO, startAgent, type TestAgent } from './lib/agent.ts';
+import { curl, RawHttp, request, startHttpServer } from './lib/http.ts';
+import { probe } from './lib/probe.ts';
+import { killAll } from './lib/tcp.ts';
+import { PolicyClient } from '../shared/src/policy/client.ts';
+import type { Endpoint } from '../shared/src/types.ts';
+import type { ChildProcess } from 'node:child_process';
+
+if (process.getuid?.() !== 0) {
+  t.plan(0, 'needs root');
+  process.exit(0);
+}
+
+const FIXTURES = path.join(REPO, 'examples/policies/cilium');
+const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
+
+let agent: TestAgent;
+let pc: PolicyClient;
+const nss: TestNetns[] = [];
+const servers: ChildProcess[] = [];
+const eps: Record<string, Endpoint> = {};
+const nsOf: Record<string, TestNetns> = {};
+const R = crypto.randomInt(0, 512);
+const WORLD_NET = `198.${18 + (R >> 8)}.${R & 255}`;
+const W1 = `${WORLD_NET}.10`;
+const wHost = `mbw${randomId(3)}`;
+let world: TestNetns;
+
+async function pod(name: string, labels: Record<string, string>, serve: number[] = []): Promise<Endpoint> {
+  const ns = createNetns('mbl');
+  nss.push(ns);
+  const ep = await agent.client.createEndpoint({ containerId: `l7-${name}-${randomId()}`, netns: ns.path, ifName: 'eth0', labels });
+  eps[name] = ep;
+  nsOf[name] = ns;
+  for (const port of serve) servers.push(await startHttpServer(ns, port, name));
+  return ep;
+}
+
+const fixture = (f: string) => fs.readFileSync(path.join(FIXTURES, f), 'utf8');
+const reset = () => pc.delete('all');
+const url = (name: string, port: number, p: string) => `http://${ip4(eps[name])}:${port}${p}`;
+
+t.before(async () => {
+  agent = await startAgent();
+  pc = new PolicyClient(agent.client);
+  await pod('web', { id: 'web-server', app: 'service', tier: 'web' }, [8181, 80]);
+  await pod('good', { id: 'goodclient', env: 'prod' });
+  await pod('bad', { id: 'badclient', app: 'other' });
+  await pod('my', { app: 'myService' }, [80]);
+  world = createNetns('mbw');
+  nss.push(world);
+  execFileSync('ip', ['link', 'add', wHost, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', world.path]);
+  execFileSync('ip', ['link', 'set', wHost, 'up']);
+  execFileSync('sysctl', ['-qw', `net.ipv4.conf.${wHost}.proxy_arp=1`, `net.ipv4.neigh.${wHost}.proxy_delay=0`]);
+  await world.exec('ip', ['addr', 'add', `${W1}/32`, 'dev', 'eth0']);
+  execFileSync('ip', ['route', 'add', `${W1}/32`, 'dev', wHost]);
+  await world.exec('ip', ['link', 'set', 'eth0', 'up']);
+  // The proxy talks to the world from the node's own address: the world routes everything back.
+  await world.exec('ip', ['route', 'add', 'default', 'dev', 'eth0']);
+  servers.push(await startHttpServer(world, 80, 'world'));
+});
+
+t.teardown(async () => {
+  killAll(servers);
+  try { execFileSync('ip', ['link', 'del', wHost], { stdio: 'ignore' }); } catch { /* gone with the netns */ }
+  try { execFileSync('ip', ['route', 'del', `${W1}/32`], { stdio: 'ignore' }); } catch { /* gone */ }
+  await agent?.cleanup();
+  for (const ns of nss) ns.remove();
+});
+
+t.test("Cilium's getting-started L7 policy: GET /public from goodclient only", async (t) => {
+  t.teardown(reset);
+  await pc.import(fixture('getting-started-l7-policy.yaml'));
+  const ok = await curl(nsOf.good, url('web', 8181, '/public'));
+  t.equal(ok.status, 200, 'goodclient GET /public');
+  t.match(JSON.parse(ok.body), { server: 'web', method: 'GET', url: '/public' }, 'the request reached the server unchanged');
+  const denied = await curl(nsOf.good, url('web', 8181, '/private'));
+  t.same([denied.status, denied.body], [403, 'Access denied'], 'goodclient GET /private: 403 "Access denied"');
+  t.equal((await curl(nsOf.good, url('web', 8181, '/public'), ['-X', 'POST'])).status, 403, 'POST /public: method not allowed');
+  t.equal((await curl(nsOf.bad, url('web', 8181, '/public'), [], { timeoutS: 2 })).status, 0, 'badclient: dropped at L3, never reaches the proxy');
+  t.equal(await probe(nsOf.good, ip4(eps.web), 80), 'timeout', 'port 80 is not allowed at all');
+});
+
+t.test("Cilium's l7/http/http.yaml: methods, whole-path regexes, a required header", async (t) => {
+  t.teardown(reset);
+  await pc.import(fixture('http.yaml'));
+  t.equal((await curl(nsOf.good, url('my', 80, '/path1'))).status, 200, 'GET /path1');
+  t.equal((await curl(nsOf.good, url('my', 80, '/path1/x'))).status, 403, 'GET /path1/x: the regex matches the whole path');
+  t.equal((await curl(nsOf.good, url('my', 80, '/path2'), ['-X', 'PUT'])).status, 403, 'PUT /path2 without X-My-Header');
+  t.equal((await curl(nsOf.good, url('my', 80, '/path2'), ['-X', 'PUT', '-H', 'X-My-Header: false'])).status, 403, 'with another value');
+  const put = await curl(nsOf.good, url('my', 80, '/path2'), ['-X', 'PUT', '-H', 'X-My-Header: true', '-d', 'payload']);
+  t.equal(put.status, 200, 'PUT /path2 with X-My-Header: true');
+  t.match(JSON.parse(put.body), { method: 'PUT', bytes: 7, headers: { 'x-my-header': 'true' } });
+});
+
+t.test("Cilium's l7/http/simple: env=prod may do anything (L3 rule), everyone else GET /public", async (t) => {
+  t.teardown(reset);
+  await pc.import(fixture('l7-simple.yaml'));
+  t.equal((await curl(nsOf.good, url('web', 80, '/anything'), ['-X', 'DELETE'])).status, 200, 'prod: rules are additive, the L3 rule allows all');
+  t.equal((await curl(nsOf.bad, url('web', 80, '/public'))).status, 200, 'other: GET /public');
+  t.equal((await curl(nsOf.bad, url('web', 80, '/public'), ['-X', 'POST'])).status, 403, 'other: POST /public');
+  t.equal(await probe(nsOf.bad, ip4(eps.web), 8181), 'timeout', 'other: no other port');
+});
+
+t.test("Cilium's l7/http/l7_multi: egress to the world by Host, ingress by method and path", async (t) => {
+  t.teardown(reset);
+  await pc.import(fixture('l7-multi.yaml'));
+  const world = (args: string[]) => curl(nsOf.good, `http://${W1}/submit`, args);
+  const ok = await world(['-X', 'POST', '-H', 'Host: external-service.org', '-d', 'x']);
+  t.equal(ok.status, 200, 'prod -> world: POST with Host external-service.org');
+  t.match(JSON.parse(ok.body), { server: 'world', headers: { host: 'external-service.org' } });
+  t.equal((await world(['-H', 'Host: external-service.org'])).status, 403, 'GET is not allowed');
+  t.equal((await world(['-X', 'POST', '-H', 'Host: external-service.org.evil.com', '-d', 'x'])).status, 403, 'another Host is not allowed');
+  // Spec 1 is prod's egress on port 80 to anyone, so it also applies to prod -> service: both ends check.
+  t.equal((await curl(nsOf.good, url('web', 80, '/public'))).status, 403, "prod -> service GET /public: allowed by the service's ingress, denied by prod's own egress");
+  const tr = await pc.trace({ labels: { id: 'goodclient', env: 'prod' } }, { labels: { id: 'web-server', app: 'service', tier: 'web' } }, '80/tcp', { method: 'GET', path: '/public' });
+  t.match(tr, { verdict: 'deny', steps: [{ direction: 'egress', verdict: 'deny' }, { direction: 'ingress', verdict: 'allow' }] }, 'trace says so, side by side');
+  t.equal((await curl(nsOf.bad, url('web', 80, '/public'), [], { timeoutS: 2 })).status, 0, 'a client without env=prod is not allowed at L3');
+});
+
+const API = (extra = '') => `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: api}
+spec:
+  endpointSelector: {matchLabels: {tier: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {env: prod}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - {method: "GET|HEAD", path: "/public/.*"}
+        - {method: "POST|PUT", path: "/upload"}
+        - {method: GET, path: /ws}
+${extra}`;
+
+t.test('keep-alive: allowed and denied requests share one connection', async (t) => {
+  t.teardown(reset);
+  await pc.import(API());
+  const r = await curl(nsOf.good, [url('web', 80, '/public/a'), url('web', 80, '/private'), url('web', 80, '/public/b')]);
+  t.equal(r.connects, 1, 'curl reused its one connection for all three');
+  t.equal(r.status, 200, 'and the request after the 403 got its answer');
+  const raw = new RawHttp(nsOf.good, ip4(eps.web), 80);
+  t.teardown(() => raw.close());
+  const a = await raw.exchange(request('GET', '/secret'), 'Access denied');
+  t.match(a.got, /^HTTP\/1\.1 403 Forbidden/);
+  const b = await raw.exchange(request('GET', '/public/x'), '"url":"/public/x"');
+  t.match(b.got, /^HTTP\/1\.1 200 OK/, 'the same connection still works after a denial');
+});
+
+t.test('pipelining: responses in request order, 403s in their place', async (t) => {
+  t.teardown(reset);
+  await pc.import(API());
+  const raw = new RawHttp(nsOf.good, ip4(eps.web), 80);
+  t.teardown(() => raw.close());
+  const r = await raw.exchange(request('GET', '/public/1') + request('DELETE', '/public/1') + request('GET', '/public/3'), '"url":"/public/3"');
+  t.same([...r.got.matchAll(/HTTP\/1\.1 (\d+)/g)].map((m) => m[1]), ['200', '403', '200']);
+});
+
+t.test('a 100 MB chunked upload streams through; the proxy does not buffer it', async (t) => {
+  t.teardown(reset);
+  await pc.import(API());
+  const size = 100 * 1024 * 1024;
+  const workers = async () => ((await agent.client.status()).l7 as { workers: { pid?: number }[] }).workers.map((w) => w.pid!).filter(Boolean);
+  const rss = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) * 1024;
+  const pids = await workers();
+  t.ok(pids.length > 0, `proxy workers: ${pids.join(', ')}`);
+  const before = Math.max(...pids.map(rss));
+  let peak = before;
+  const sampler = setInterval(() => { for (const p of pids) { try { peak = Math.max(peak, rss(p)); } catch { /* gone */ } } }, 50);
+  const { spawn } = await import('node:child_process');
+  const zeros = spawn('head', ['-c', String(size), '/dev/zero'], { stdio: ['ignore', 'pipe', 'ignore'] });
+  const r = await curl(nsOf.good, url('web', 80, '/upload'), ['-T', '-', '-H', 'Transfer-Encoding: chunked'], { timeoutS: 120, stdin: zeros });
+  clearInterval(sampler);
+  t.equal(r.status, 200);
+  const want = crypto.createHash('sha256').update(Buffer.alloc(size)).digest('hex');
+  t.match(JSON.parse(r.body), { bytes: size, sha256: want }, 'every byte arrived, in order');
+  t.ok(peak - before < 48 * 1024 * 1024, `proxy RSS grew by ${((peak - before) / 1048576).toFixed(1)} MiB for a ${size / 1048576} MiB body`);
+});
+
+t.test('WebSocket upgrade: allowed becomes a tunnel, denied gets 403', async (t) => {
+  t.teardown(reset);
+  await pc.import(API());
+  const raw = new RawHttp(nsOf.good, ip4(eps.web), 80);
+  t.teardown(() => raw.close());
+  const up = await raw.exchange(request('GET', '/ws', 'svc', { Connection: 'Upgrade', Upgrade: 'websocket' }), '\r\n\r\n');
+  t.match(up.got, /^HTTP\/1\.1 101 Switching Protocols/);
+  const frame = await raw.exchange('frame-1', 'echo:frame-1');
+  t.equal(frame.got, 'echo:frame-1', 'bytes pass both ways after the upgrade');
+  const raw2 = new RawHttp(nsOf.good, ip4(eps.web), 80);
+  t.teardown(() => raw2.close());
+  t.match((await raw2.exchange(request('GET', '/chat', 'svc', { Connection: 'Upgrade', Upgrade: 'websocket' }), 'Access denied')).got, /^HTTP\/1\.1 403/);
+});
+
+t.test('a policy change takes effect on the next request of an open connection', async (t) => {
+  t.teardown(reset);
+  await pc.import(API());
+  const raw = new RawHttp(nsOf.good, ip4(eps.web), 80);
+  t.teardown(() => raw.close());
+  t.match((await raw.exchange(request('GET', '/admin'), 'Access denied')).got, /^HTTP\/1\.1 403/);
+  await pc.import(API().replace('- {method: GET, path: /ws}', '- {method: GET, path: /ws}\n        - {method: GET, path: /admin}'));
+  t.match((await raw.exchange(request('GET', '/admin'), '"url":"/admin"')).got, /^HTTP\/1\.1 200/, 'allowed now, same connection');
+  await pc.import(API());
+  t.match((await raw.exchange(request('GET', '/admin'), 'Access denied')).got, /^HTTP\/1\.1 403/, 'and denied again');
+});
+
+t.test('deny precedence and L3/L4 first: the proxy is no way around them', async (t) => {
+  t.teardown(reset);
+  await pc.import(API(`  - toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{}]}}]
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: other}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+`));
+  t.equal((await curl(nsOf.bad, url('web', 80, '/public/a'), [], { timeoutS: 2 })).status, 0, 'other: denied at L4 although an L7 rule allows all requests');
+  t.equal((await curl(nsOf.good, url('web', 80, '/anything'))).status, 200, 'prod: the empty HTTP rule allows every request');
+  // A Host header naming another pod does not move the request: the proxy connects to the original destination.
+  const r = await curl(nsOf.good, url('web', 80, '/public/x'), ['-H', `Host: ${ip4(eps.my)}`]);
+  t.match(JSON.parse(r.body), { server: 'web' }, 'the request went to the destination the client connected to');
+  // The proxy's port is on loopback only: a pod cannot reach it directly.
+  const port = (await agent.client.status()).l7!.port as number;
+  const gw = eps.good.ips.find((x) => x.family === 4)!.gateway;
+  t.not(await probe(nsOf.good, gw, port), 'ok', `pod -> node ${gw}:${port} (the proxy port) is not served`);
+});
