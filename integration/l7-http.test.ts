@@ -48,6 +48,18 @@ async function pod(name: string, labels: Record<string, string>, serve: number[]
 }
 
 const fixture = (f: string) => fs.readFileSync(path.join(FIXTURES, f), 'utf8');
+
+/** Imports, then waits until every proxy worker has the new policy's connection (they start with the first L7 rule). */
+async function importL7(yaml: string): Promise<void> {
+  await pc.import(yaml);
+  const end = Date.now() + 60_000;
+  for (;;) {
+    const l7 = (await agent.client.status()).l7 as { workers: { connected: boolean }[] };
+    if (l7.workers.every((w) => w.connected)) return;
+    if (Date.now() > end) throw new Error(`L7 proxy workers did not connect: ${JSON.stringify(l7)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
 const reset = () => pc.delete('all');
 const url = (name: string, port: number, p: string) => `http://${ip4(eps[name])}:${port}${p}`;
 
@@ -81,7 +93,7 @@ t.teardown(async () => {
 
 t.test("Cilium's getting-started L7 policy: GET /public from goodclient only", async (t) => {
   t.teardown(reset);
-  await pc.import(fixture('getting-started-l7-policy.yaml'));
+  await importL7(fixture('getting-started-l7-policy.yaml'));
   const ok = await curl(nsOf.good, url('web', 8181, '/public'));
   t.equal(ok.status, 200, 'goodclient GET /public');
   t.match(JSON.parse(ok.body), { server: 'web', method: 'GET', url: '/public' }, 'the request reached the server unchanged');
@@ -94,7 +106,7 @@ t.test("Cilium's getting-started L7 policy: GET /public from goodclient only", a
 
 t.test("Cilium's l7/http/http.yaml: methods, whole-path regexes, a required header", async (t) => {
   t.teardown(reset);
-  await pc.import(fixture('http.yaml'));
+  await importL7(fixture('http.yaml'));
   t.equal((await curl(nsOf.good, url('my', 80, '/path1'))).status, 200, 'GET /path1');
   t.equal((await curl(nsOf.good, url('my', 80, '/path1/x'))).status, 403, 'GET /path1/x: the regex matches the whole path');
   t.equal((await curl(nsOf.good, url('my', 80, '/path2'), ['-X', 'PUT'])).status, 403, 'PUT /path2 without X-My-Header');
@@ -106,7 +118,7 @@ t.test("Cilium's l7/http/http.yaml: methods, whole-path regexes, a required head
 
 t.test("Cilium's l7/http/simple: env=prod may do anything (L3 rule), everyone else GET /public", async (t) => {
   t.teardown(reset);
-  await pc.import(fixture('l7-simple.yaml'));
+  await importL7(fixture('l7-simple.yaml'));
   t.equal((await curl(nsOf.good, url('web', 80, '/anything'), ['-X', 'DELETE'])).status, 200, 'prod: rules are additive, the L3 rule allows all');
   t.equal((await curl(nsOf.bad, url('web', 80, '/public'))).status, 200, 'other: GET /public');
   t.equal((await curl(nsOf.bad, url('web', 80, '/public'), ['-X', 'POST'])).status, 403, 'other: POST /public');
@@ -115,7 +127,7 @@ t.test("Cilium's l7/http/simple: env=prod may do anything (L3 rule), everyone el
 
 t.test("Cilium's l7/http/l7_multi: egress to the world by Host, ingress by method and path", async (t) => {
   t.teardown(reset);
-  await pc.import(fixture('l7-multi.yaml'));
+  await importL7(fixture('l7-multi.yaml'));
   const world = (args: string[]) => curl(nsOf.good, `http://${W1}/submit`, args);
   const ok = await world(['-X', 'POST', '-H', 'Host: external-service.org', '-d', 'x']);
   t.equal(ok.status, 200, 'prod -> world: POST with Host external-service.org');
@@ -147,7 +159,7 @@ ${extra}`;
 
 t.test('keep-alive: allowed and denied requests share one connection', async (t) => {
   t.teardown(reset);
-  await pc.import(API());
+  await importL7(API());
   const r = await curl(nsOf.good, [url('web', 80, '/public/a'), url('web', 80, '/private'), url('web', 80, '/public/b')]);
   t.equal(r.connects, 1, 'curl reused its one connection for all three');
   t.equal(r.status, 200, 'and the request after the 403 got its answer');
@@ -161,7 +173,7 @@ t.test('keep-alive: allowed and denied requests share one connection', async (t)
 
 t.test('pipelining: responses in request order, 403s in their place', async (t) => {
   t.teardown(reset);
-  await pc.import(API());
+  await importL7(API());
   const raw = new RawHttp(nsOf.good, ip4(eps.web), 80);
   t.teardown(() => raw.close());
   const r = await raw.exchange(request('GET', '/public/1') + request('DELETE', '/public/1') + request('GET', '/public/3'), '"url":"/public/3"');
@@ -170,7 +182,7 @@ t.test('pipelining: responses in request order, 403s in their place', async (t) 
 
 t.test('a 100 MB chunked upload streams through; the proxy does not buffer it', async (t) => {
   t.teardown(reset);
-  await pc.import(API());
+  await importL7(API());
   const size = 100 * 1024 * 1024;
   const workers = async () => ((await agent.client.status()).l7 as { workers: { pid?: number }[] }).workers.map((w) => w.pid!).filter(Boolean);
   const rss = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) * 1024;
@@ -191,7 +203,7 @@ t.test('a 100 MB chunked upload streams through; the proxy does not buffer it', 
 
 t.test('WebSocket upgrade: allowed becomes a tunnel, denied gets 403', async (t) => {
   t.teardown(reset);
-  await pc.import(API());
+  await importL7(API());
   const raw = new RawHttp(nsOf.good, ip4(eps.web), 80);
   t.teardown(() => raw.close());
   const up = await raw.exchange(request('GET', '/ws', 'svc', { Connection: 'Upgrade', Upgrade: 'websocket' }), '\r\n\r\n');
@@ -205,19 +217,19 @@ t.test('WebSocket upgrade: allowed becomes a tunnel, denied gets 403', async (t)
 
 t.test('a policy change takes effect on the next request of an open connection', async (t) => {
   t.teardown(reset);
-  await pc.import(API());
+  await importL7(API());
   const raw = new RawHttp(nsOf.good, ip4(eps.web), 80);
   t.teardown(() => raw.close());
   t.match((await raw.exchange(request('GET', '/admin'), 'Access denied')).got, /^HTTP\/1\.1 403/);
-  await pc.import(API().replace('- {method: GET, path: /ws}', '- {method: GET, path: /ws}\n        - {method: GET, path: /admin}'));
+  await importL7(API().replace('- {method: GET, path: /ws}', '- {method: GET, path: /ws}\n        - {method: GET, path: /admin}'));
   t.match((await raw.exchange(request('GET', '/admin'), '"url":"/admin"')).got, /^HTTP\/1\.1 200/, 'allowed now, same connection');
-  await pc.import(API());
+  await importL7(API());
   t.match((await raw.exchange(request('GET', '/admin'), 'Access denied')).got, /^HTTP\/1\.1 403/, 'and denied again');
 });
 
 t.test('deny precedence and L3/L4 first: the proxy is no way around them', async (t) => {
   t.teardown(reset);
-  await pc.import(API(`  - toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{}]}}]
+  await importL7(API(`  - toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{}]}}]
   ingressDeny:
   - fromEndpoints: [{matchLabels: {app: other}}]
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
@@ -231,4 +243,24 @@ t.test('deny precedence and L3/L4 first: the proxy is no way around them', async
   const port = (await agent.client.status()).l7!.port as number;
   const gw = eps.good.ips.find((x) => x.family === 4)!.gateway;
   t.not(await probe(nsOf.good, gw, port), 'ok', `pod -> node ${gw}:${port} (the proxy port) is not served`);
+});
+
+t.test('from the world to a pod: diverted on the way in (the hairpin through the host device)', async (t) => {
+  t.teardown(reset);
+  await importL7(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: from-world}
+spec:
+  endpointSelector: {matchLabels: {tier: web}}
+  ingress:
+  - fromEntities: [world]
+    toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET, path: "/public/.*"}]}}]
+`);
+  const ok = await curl(world, url('web', 80, '/public/w'));
+  t.equal(ok.status, 200, 'world GET /public/w');
+  t.match(JSON.parse(ok.body), { server: 'web', url: '/public/w' });
+  const denied = await curl(world, [url('web', 80, '/private'), url('web', 80, '/public/again')]);
+  t.same([denied.status, denied.connects], [200, 1], 'a denied request and an allowed one on one connection from the world');
+  t.equal((await curl(world, url('web', 80, '/private'))).body, 'Access denied');
+  t.equal(await probe(world, ip4(eps.web), 8181), 'timeout', 'other ports stay closed');
 });

@@ -9,7 +9,7 @@ import type { Netlink } from '../netlink/index.ts';
 import type { PolicyEngine } from '../policy/engine.ts';
 import { ProxyManager, type WorkerCommand } from '../l7/manager.ts';
 import type { L7Record } from '../l7/proxy/records.ts';
-import { ensureProxyRouting } from '../l7/routing.ts';
+import { ensureProxyRouting, ensureTransparentSocketMark } from '../l7/routing.ts';
 import { attachProxyHairpin } from '../l7/datapath.ts';
 import type { Datapath } from '../bpf/datapath.ts';
 import { VERSION } from '../version.ts';
@@ -37,6 +37,7 @@ export class AgentL7 {
   private pending = false;
   private readonly listeners: ((r: L7Record[]) => void)[] = [];
   private lostRecords = 0;
+  private socketMark = false;
 
   private constructor(readonly manager: ProxyManager, private readonly log: Logger) {}
 
@@ -74,7 +75,13 @@ export class AgentL7 {
     this.pending = true;
     setImmediate(() => {
       this.pending = false;
-      try { this.manager.update(this.engine!.proxySnapshot()); } catch (err) { this.log.error({ err }, 'cannot hand the policy to the L7 proxy'); }
+      try {
+        const snapshot = this.engine!.proxySnapshot();
+        if (snapshot.policies.length && !this.socketMark) { ensureTransparentSocketMark(); this.socketMark = true; }
+        this.manager.update(snapshot);
+      } catch (err) {
+        this.log.error({ err }, 'cannot hand the policy to the L7 proxy');
+      }
     });
   };
 

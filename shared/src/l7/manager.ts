@@ -47,6 +47,8 @@ interface WorkerState {
 }
 
 const ADOPT_GRACE_MS = 1500;
+/** Workers outlive the last L7 rule by this much: a policy replaced by delete + import keeps them. */
+const IDLE_STOP_MS = 60_000;
 const STOP_DRAIN_MS = 10_000;
 /** A worker that has not connected by then is hung: replaced. (Starting takes well under a second
  *  from the bundle; from source, under load, several.) */
@@ -61,6 +63,7 @@ export class ProxyManager {
   private closed = false;
   private readonly startedAt = Date.now();
   private timer?: NodeJS.Timeout;
+  private idleSince?: number;
 
   private constructor(private readonly o: ProxyManagerOptions, readonly port: number) {
     this.dir = path.join(o.stateDir, 'l7');
@@ -96,9 +99,9 @@ export class ProxyManager {
     const wanted = snapshot.policies.length > 0;
     if (wanted !== this.wanted) this.o.log.info({ port: this.port, workers: this.o.workers }, wanted ? 'L7 proxy needed: starting workers' : 'no L7 rules left: stopping the L7 proxy workers');
     this.wanted = wanted;
+    this.idleSince = wanted ? undefined : (this.idleSince ?? Date.now());
     const frame = encodeFrame({ t: 'policy', snapshot });
     for (const w of this.workers) w.conn?.write(frame);
-    if (!wanted) for (const w of this.workers) this.stopWorker(w);
     this.reconcile();
   }
 
@@ -115,7 +118,6 @@ export class ProxyManager {
         w.version = m.version;
         fs.writeFileSync(this.pidFile(w.index), `${m.pid}\n`);
         this.o.log.info({ worker: m.index, pid: m.pid, version: m.version }, 'L7 proxy worker connected');
-        if (!this.wanted && Date.now() - this.startedAt > ADOPT_GRACE_MS) { this.stopWorker(w); return; }
         if (this.snapshot) this.send(s, { t: 'policy', snapshot: this.snapshot });
         if (m.version !== this.o.version) this.o.log.warn({ worker: m.index, version: m.version }, 'L7 proxy worker of another version adopted; it is replaced when it restarts');
       } else if (m.t === 'records') {
@@ -129,7 +131,7 @@ export class ProxyManager {
       try { reader.push(d); } catch (err) { this.o.log.warn({ err }, 'bad frame from an L7 proxy worker'); s.destroy(); }
     });
     s.on('error', () => undefined);
-    s.on('close', () => { if (w?.conn === s) w.conn = undefined; });
+    s.on('close', () => { if (w?.conn === s) { w.conn = undefined; w.stats = undefined; } });
   }
 
   private send(s: net.Socket, m: AgentMessage): void {
@@ -138,7 +140,14 @@ export class ProxyManager {
 
   /** Spawns the workers that should run and do not (a worker that died, or one that never connected). */
   private reconcile(): void {
-    if (this.closed || !this.wanted) return;
+    if (this.closed) return;
+    if (!this.wanted) {
+      if (this.idleSince !== undefined && Date.now() - this.idleSince > IDLE_STOP_MS) {
+        for (const w of this.workers) this.stopWorker(w);
+        this.idleSince = undefined;
+      }
+      return;
+    }
     if (Date.now() - this.startedAt < ADOPT_GRACE_MS) return; // running workers reconnect first
     for (const w of this.workers) {
       if (w.conn) continue;
