@@ -1,0 +1,114 @@
+// The L7 proxy across failures: its workers outlive an agent restart or SIGKILL (established L7
+// connections keep working and keep being enforced), a new agent adopts them, and with the proxy gone
+// new connections to L7 ports fail closed, counted as SOCKET_LOOKUP_FAILED drops (Hubble's name for code 178), while other ports
+// work; the proxy comes back by itself.
+import t from 'tap';
+import fs from 'node:fs';
+import path from 'node:path';
+import { createNetns, type TestNetns } from './lib/netns.ts';
+import { randomId, startAgent, type TestAgent } from './lib/agent.ts';
+import { curl, RawHttp, request, startHttpServer } from './lib/http.ts';
+import { probe } from './lib/probe.ts';
+import { killAll, startEchoServer } from './lib/tcp.ts';
+import { PolicyClient } from '../shared/src/policy/client.ts';
+import type { Endpoint } from '../shared/src/types.ts';
+import type { ChildProcess } from 'node:child_process';
+
+if (process.getuid?.() !== 0) {
+  t.plan(0, 'needs root');
+  process.exit(0);
+}
+
+const ECHO = 8080;
+const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
+let agent: TestAgent;
+let pc: PolicyClient;
+const nss: TestNetns[] = [];
+const servers: ChildProcess[] = [];
+let web: Endpoint;
+let clientNs: TestNetns;
+let webNs: TestNetns;
+
+const POLICY = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: api}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules: {http: [{method: GET, path: "/public/.*"}]}
+    - ports: [{port: "${ECHO}", protocol: TCP}]
+`;
+
+interface L7Status { port: number; workers: { pid?: number; connected: boolean; restarts: number }[] }
+const l7 = async () => (await agent.client.status()).l7 as unknown as L7Status;
+async function workersConnected(ms = 60_000): Promise<L7Status> {
+  const end = Date.now() + ms;
+  for (;;) {
+    try {
+      const s = await l7();
+      if (s.workers.every((w) => w.connected)) return s;
+    } catch { /* the agent is starting */ }
+    if (Date.now() > end) throw new Error('L7 proxy workers did not connect');
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+const drops = async () => ((await agent.client.request('GET', '/v1/policy/status')) as { drops: Record<string, number> }).drops;
+const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
+
+t.before(async () => {
+  agent = await startAgent();
+  pc = new PolicyClient(agent.client);
+  webNs = createNetns('mbl');
+  clientNs = createNetns('mbl');
+  nss.push(webNs, clientNs);
+  web = await agent.client.createEndpoint({ containerId: `l7r-web-${randomId()}`, netns: webNs.path, ifName: 'eth0', labels: { app: 'web' } });
+  await agent.client.createEndpoint({ containerId: `l7r-client-${randomId()}`, netns: clientNs.path, ifName: 'eth0', labels: { app: 'client' } });
+  servers.push(await startHttpServer(webNs, 80, 'web'), await startEchoServer(webNs, ECHO, '0.0.0.0'));
+  await pc.import(POLICY);
+  await workersConnected();
+});
+
+t.teardown(async () => {
+  killAll(servers);
+  await agent?.cleanup(); // removes the state dir: surviving workers see it and exit
+  for (const ns of nss) ns.remove();
+});
+
+t.test('agent restarts and SIGKILL: established L7 connections keep working, still enforced', async (t) => {
+  const before = await workersConnected();
+  const raw = new RawHttp(clientNs, ip4(web), 80);
+  t.teardown(() => raw.close());
+  t.match((await raw.exchange(request('GET', '/public/1'), '"url":"/public/1"')).got, /^HTTP\/1\.1 200/);
+  await agent.kill9();
+  t.match((await raw.exchange(request('GET', '/public/2'), '"url":"/public/2"')).got, /^HTTP\/1\.1 200/, 'agent down: the open connection still works');
+  t.match((await raw.exchange(request('GET', '/admin'), 'Access denied')).got, /^HTTP\/1\.1 403/, 'and is still enforced');
+  t.equal((await curl(clientNs, `http://${ip4(web)}/public/new`)).status, 200, 'new connections are proxied too (the workers run)');
+  await agent.restart();
+  const after = await workersConnected();
+  t.same(after.workers.map((w) => w.pid), before.workers.map((w) => w.pid), 'the new agent adopted the running workers');
+  t.match((await raw.exchange(request('GET', '/public/3'), '"url":"/public/3"')).got, /^HTTP\/1\.1 200/, 'the connection survived the restart');
+  await pc.import(POLICY.replace('path: "/public/.*"', 'path: "/public/.*|/admin"'));
+  t.match((await raw.exchange(request('GET', '/admin'), '"url":"/admin"')).got, /^HTTP\/1\.1 200/, 'and follows policy changes made through the new agent');
+  await pc.import(POLICY);
+});
+
+t.test('proxy down: new connections to L7 ports fail closed and are counted; other ports work; then back', async (t) => {
+  const { workers } = await workersConnected();
+  const dropped = (await drops()).SOCKET_LOOKUP_FAILED ?? 0;
+  // No agent to restart the workers during the check: kill it first, then every worker it started.
+  await agent.kill9();
+  for (const w of workers) process.kill(w.pid!, 'SIGKILL');
+  for (const w of workers) while (alive(w.pid!)) await new Promise((r) => setTimeout(r, 20));
+  t.equal((await curl(clientNs, `http://${ip4(web)}/public/x`, [], { timeoutS: 2 })).status, 0, 'a new connection to the L7 port gets nowhere');
+  t.equal(await probe(clientNs, ip4(web), ECHO), 'ok', 'the L4-only port works');
+  await agent.restart();
+  const back = await workersConnected();
+  t.ok(back.workers.every((w) => !workers.some((old) => old.pid === w.pid)), 'new workers were started');
+  t.equal((await curl(clientNs, `http://${ip4(web)}/public/y`)).status, 200, 'and the L7 port works again');
+  t.ok(((await drops()).SOCKET_LOOKUP_FAILED ?? 0) > dropped, `the refused connection attempts are drops with their reason: ${JSON.stringify(await drops())}`);
+  const log = fs.readFileSync(path.join(agent.stateDir, 'agent.log'), 'utf8');
+  t.match(log, /L7 proxy worker started/, 'the agent says it started them');
+});
