@@ -201,16 +201,22 @@ static __always_inline int enforce(struct __sk_buff *skb, const struct pkt *p, c
  * proxy through the stack, whose answers reach it at its own to_container. So it is tracked as the
  * sender's egress flow (with the receiver's ingress rule), which those answers are replies of. Its
  * later packets miss the LOCAL lookup and find it here. */
-static __always_inline bool proxied_local_flow(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_config *src,
-					       __u16 *proxy_port)
+static __always_inline bool proxied_local_flow(const struct pkt *p, const struct endpoint_config *src, __u16 *proxy_port)
 {
-	struct ct_entry *ct = NULL;
+	__u64 now = bpf_ktime_get_ns();
+	struct ct_entry *ct;
 	struct ct_key key;
-	bool done = false;
+	bool done;
 
-	if (ct_lookup(skb, p, CT_SCOPE_EGRESS, src->endpoint_id, 0, &ct, &key, &done) != CT_ESTABLISHED || !ct ||
-	    !(ct->flags & CT_F_PROXY))
+	/* Only this exact entry, and no side effect on any other: a plain egress entry of the same tuple
+	 * (or a reply) is the LOCAL path's business. */
+	ct_key_of(&key, p, CT_SCOPE_EGRESS, false);
+	ct = bpf_map_lookup_elem(&conntrack, &key);
+	if (!ct || !(ct->flags & CT_F_PROXY) || (ct->flags & CT_F_REVOKED) || ct->endpoint_id != src->endpoint_id ||
+	    ct->peer_endpoint_id || ct_expired(ct, p->proto, now) ||
+	    (tcp_syn_only(p) && (ct->state != CT_STATE_NEW || ct->tcp_isn != p->seq)))
 		return false;
+	done = ct_update(ct, p, CT_DIR_FORWARD, now);
 	*proxy_port = ct->proxy_port;
 	if (p->proto == IPPROTO_TCP) {
 		if (end_due(ct))
@@ -255,7 +261,7 @@ static __always_inline int enforce_local(struct __sk_buff *skb, const struct pkt
 		}
 		return ENFORCE_PASS;
 	}
-	if (proxied_local_flow(skb, p, src, proxy_port))
+	if (proxied_local_flow(p, src, proxy_port))
 		return ENFORCE_PASS;
 	if (decide(p, src, POLICY_DIR_EGRESS, dst->identity, true, &out) != ENFORCE_PASS)
 		return ENFORCE_DROP;
