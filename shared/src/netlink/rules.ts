@@ -1,6 +1,6 @@
 // Policy routing rules ("ip rule"): the kernel keeps duplicates, so adding is look-then-add.
 
-import { Conn, drainCache } from './conn.ts';
+import { type Conn, drainCache } from './conn.ts';
 import { lib, type Ptr } from './lib.ts';
 import { AF_INET, afOf } from './parse.ts';
 import type { Family } from '../net/index.ts';
