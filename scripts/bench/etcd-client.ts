@@ -4,7 +4,7 @@
 // round, rounds interleaved. Measured: time to the first answer (module load + connect), serial put
 // latency, pipelined put rate, watch delivery latency, a 10,000-key prefix read, and memory.
 //   node --import tsx scripts/bench/etcd-client.ts [--rounds 3]
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -162,4 +162,3 @@ async function main(): Promise<void> {
 }
 
 if (process.argv[1] === import.meta.filename) await main();
-export {};

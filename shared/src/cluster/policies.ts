@@ -37,7 +37,7 @@ export class ClusterPolicies implements PolicyBackend {
           return meta && Number.isInteger(meta.revision) ? { meta, text: v } : undefined;
         }
         const record = key.startsWith('records/') ? decode<PolicyRecord>(v) : undefined;
-        return record && record.name && record.policy ? { record } : undefined;
+        return record?.name && record.policy ? { record } : undefined;
       },
       onChange: () => this.changed(),
       log: o.log,

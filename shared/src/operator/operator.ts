@@ -13,7 +13,7 @@ import {
 } from '../kvstore/layout.ts';
 import { PrefixMirror } from '../kvstore/mirror.ts';
 import type { SessionLog } from '../kvstore/session.ts';
-import { PodCidrPool } from './podcidr.ts';
+import type { PodCidrPool } from './podcidr.ts';
 
 export interface OperatorTasksOptions {
   kv: Kv;
