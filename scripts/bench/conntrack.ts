@@ -77,7 +77,7 @@ const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbb-ct-'));
 try {
   const objects = VARIANTS.map((v, i) => { const out = path.join(dir, `v${i}.o`); build(v.flags, out); return out; });
   const samples = VARIANTS.map(() => [] as Sample[]);
-  for (let r = 0; r < ROUNDS; r++) objects.forEach((o, i) => samples[i].push(measure(o)));
+  for (let r = 0; r < ROUNDS; r++) objects.forEach((o, i) => { samples[i].push(measure(o)); });
   const rows = VARIANTS.map((v, i) => {
     const s = samples[i];
     const m = (f: (x: Sample) => number) => median(s.map(f));

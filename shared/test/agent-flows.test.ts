@@ -131,7 +131,7 @@ t.test('metrics: endpoint hooks, drops, map pressure, flows, lost', async (t) =>
 });
 
 t.test('agent events: start, endpoints, policy changes', async (t) => {
-  hooks.forEach((h) => h.afterDelete?.(endpoints[1]));
+  for (const h of hooks) h.afterDelete?.(endpoints[1]);
   policyRevision = 2;
   policyList = [{ name: 'allow-all', kind: 'CiliumClusterwideNetworkPolicy', revision: 2, rules: 1 }];
   const types = await waitFor(async () => {

@@ -6,7 +6,7 @@ import t from 'tap';
 import path from 'node:path';
 import { loadDatapath } from '../src/bpf/datapath.ts';
 import { eth, ETH_P, ipv4, PROTO, TCP_FLAGS, tcp, udp } from '../src/bpf/packets.ts';
-import { bpfHarness, drops, OK, REDIRECT, requireBpf, ROOT, SHOT } from './lib/bpf-harness.ts';
+import { bpfHarness, drops, OK, requireBpf, ROOT, SHOT } from './lib/bpf-harness.ts';
 
 requireBpf();
 

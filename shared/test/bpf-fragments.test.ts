@@ -12,7 +12,7 @@ requireBpf();
 
 const A: TestEndpoint = { id: 51, ifindex: 1, ip: '10.249.0.1', ip6: 'fd00:f9::1', labels: { app: 'client' }, mac: '02:00:00:00:33:02', hostMac: '02:00:00:00:33:01' };
 const B: TestEndpoint = { id: 52, ifindex: 900052, ip: '10.249.0.2', ip6: 'fd00:f9::2', labels: { app: 'server' }, mac: '02:00:00:00:34:02', hostMac: '02:00:00:00:34:01' };
-const WORLD4 = '198.18.9.9', WORLD6 = '2001:db8::9';
+const WORLD4 = '198.18.9.9';
 const POLICY_DENIED = 133, INVALID_PACKET = 134, TRUNCATED = 135, BAD_EXTHDR = 156, FRAG_NOT_FOUND = 175;
 
 const h = bpfHarness();

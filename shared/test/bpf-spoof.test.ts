@@ -8,7 +8,7 @@ import { RingBufferReader } from '../src/flows/ringbuf.ts';
 import { progTestRun } from '../src/bpf/libbpf.ts';
 import { decodeTraceEvent, type TraceEvent } from '../src/flows/event.ts';
 import { arp, echo, eth, ETH_P, icmp, ipv4, ipv6, PROTO, TCP_FLAGS, tcp, udp } from '../src/bpf/packets.ts';
-import { bpfHarness, drops, OK, REDIRECT, requireBpf, SHOT } from './lib/bpf-harness.ts';
+import { bpfHarness, OK, REDIRECT, requireBpf, SHOT } from './lib/bpf-harness.ts';
 
 requireBpf();
 

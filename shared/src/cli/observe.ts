@@ -1,7 +1,7 @@
 // `membrane observe`: flows from the agent's Hubble-compatible observer (gRPC), with `hubble
 // observe`'s flags and output formats; `observe agent-events`, `observe status`, `observe nodes`
 // and `observe namespaces` for the rest of the observer API. Any Hubble server works as --server.
-import { Command, Option } from 'commander';
+import { type Command, Option } from 'commander';
 import { DEFAULT_OBSERVER_SOCKET, ObserverClient, ObserverUnreachableError } from '../flows/client.ts';
 import { FilterError } from '../flows/filter.ts';
 import { flowPrinter, jsonLine, type FlowOutput } from '../flows/format.ts';

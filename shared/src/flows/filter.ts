@@ -187,7 +187,7 @@ function protocolPred(values: string[], what: string): Pred {
   let dns = false, http = false;
   for (const raw of values) {
     const v = raw.trim().toLowerCase();
-    if (L4_PROTOCOLS[v]) L4_PROTOCOLS[v].forEach((k) => keys.add(k));
+    if (L4_PROTOCOLS[v]) for (const k of L4_PROTOCOLS[v]) keys.add(k);
     else if (v === 'dns') dns = true;
     else if (v === 'http') http = true;
     else if (!NEVER_SEEN.has(v)) throw new FilterError(`${what}: unknown protocol "${raw}" (tcp, udp, sctp, icmp, icmpv4, icmpv6, vrrp, igmp, dns, http, kafka)`);

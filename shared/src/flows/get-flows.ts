@@ -5,7 +5,7 @@
 import * as grpc from '@grpc/grpc-js';
 import { compileFilters, FilterError, type FilterContext } from './filter.ts';
 import { nowTimestamp, timestampMs } from './flow.ts';
-import { applyFieldMask, checkFieldMask, ProtoJsonError } from './protojson.ts';
+import { applyFieldMask, checkFieldMask, type ProtoJsonError } from './protojson.ts';
 import type { FlowRing } from './ring.ts';
 import type { Flow, GetFlowsRequest, GetFlowsResponse, LostEventSource, Timestamp } from './types.ts';
 

@@ -7,7 +7,7 @@
 // alternatives (OR). Pure.
 import { MESSAGE_TYPE_NAMES, MessageType, RESERVED_IDENTITIES, TRACE_POINTS } from './codes.ts';
 import { FilterError } from './filter.ts';
-import { fromProtoJson, ProtoJsonError } from './protojson.ts';
+import { fromProtoJson, type ProtoJsonError } from './protojson.ts';
 import { dropReasonCode } from './schema.ts';
 import type { FlowFilter, GetFlowsRequest, IpVersion, MembraneEvent, TcpFlags, Timestamp } from './types.ts';
 

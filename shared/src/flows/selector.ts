@@ -100,5 +100,6 @@ export function requirementsMatch(reqs: Requirement[], labels: ParsedLabel[]): b
       case 'gt': return have.some((v) => /^-?\d+$/.test(v) && Number(v) > Number(r.values[0]));
       case 'lt': return have.some((v) => /^-?\d+$/.test(v) && Number(v) < Number(r.values[0]));
     }
+    return false;
   });
 }

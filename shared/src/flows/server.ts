@@ -3,10 +3,10 @@
 // the standard health service `hubble status` checks, on a unix socket and optionally TCP.
 import fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
-import { type AgentEventLog, type AgentEventRecord } from './agent-events.ts';
+import type { AgentEventLog, AgentEventRecord } from './agent-events.ts';
 import { FilterError } from './filter.ts';
 import { timestampMs } from './flow.ts';
-import { FOLLOW_QUEUE_LIMIT, getFlows, invalidArgument, tsMs, type FlowsBackend, type FlowsCall } from './get-flows.ts';
+import { getFlows, invalidArgument, tsMs, type FlowsBackend, type FlowsCall } from './get-flows.ts';
 import { NamespaceTracker } from './namespaces.ts';
 import { healthService, observerService, OBSERVER_SERVICE } from './proto.ts';
 import type { GetAgentEventsRequest, GetAgentEventsResponse, Namespace, ObserverNode, ServerStatus } from './types.ts';
