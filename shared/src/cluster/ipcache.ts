@@ -4,7 +4,7 @@
 // agent that was cut off lists again and drops what vanished meanwhile (PrefixMirror).
 import { normalizeCidr } from '../net/index.ts';
 import { decode, encode, type IpcacheRecord, type Layout } from '../kvstore/layout.ts';
-import { PrefixMirror } from '../kvstore/mirror.ts';
+import { PrefixMirror, type MirrorChange } from '../kvstore/mirror.ts';
 import type { Session, SessionLog } from '../kvstore/session.ts';
 
 export interface LocalEndpointAddresses {
@@ -29,7 +29,7 @@ export class ClusterIpcache {
   /** What this node publishes: address -> record. */
   private readonly published = new Map<string, string>();
   private readonly byEndpoint = new Map<string, string[]>();
-  private remote = new Map<string, number>();
+  private readonly remote = new Map<string, number>();
 
   constructor(private readonly o: ClusterIpcacheOptions) {
     this.mirror = new PrefixMirror<IpcacheRecord>(o.session.kv, o.layout.ipcache, {
@@ -37,7 +37,7 @@ export class ClusterIpcache {
         const r = decode<IpcacheRecord>(v);
         return r && Number.isInteger(r.identity) && typeof r.node === 'string' ? r : undefined;
       },
-      onChange: () => this.rebuild(),
+      onChange: (c) => this.apply(c),
       log: o.log,
     });
   }
@@ -53,14 +53,20 @@ export class ClusterIpcache {
     return [...this.mirror.items].filter(([, r]) => r.node !== this.o.node);
   }
 
-  private async rebuild(): Promise<void> {
-    const next = new Map<string, number>();
-    for (const [addr, r] of this.mirror.items) {
-      if (r.node === this.o.node) continue;
-      try { next.set(normalizeCidr(addr), r.identity); } catch { /* not an address: skip */ }
+  /** Applies one change to the remote map in place (a burst of 10,000 entries must not cost
+   *  10,000 rebuilds of the whole map). */
+  private async apply(c: MirrorChange<IpcacheRecord>): Promise<void> {
+    const prefix = (addr: string) => { try { return normalizeCidr(addr); } catch { return undefined; } };
+    for (const [addr, r] of c.upserts) {
+      const p = prefix(addr);
+      if (!p) continue;
+      if (r.node === this.o.node) this.remote.delete(p); else this.remote.set(p, r.identity);
     }
-    this.remote = next;
-    await this.o.onRemoteChange(next);
+    for (const addr of c.deletes) {
+      const p = prefix(addr);
+      if (p) this.remote.delete(p);
+    }
+    await this.o.onRemoteChange(this.remote);
   }
 
   /** Publishes (or republishes with a new identity) one local endpoint's addresses. */
