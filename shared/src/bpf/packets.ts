@@ -162,3 +162,34 @@ export function arp(op: number, sha: string, spa: string, tha: string, tpa: stri
   addr(tpa).copy(b, 24);
   return b;
 }
+
+function sum16(buf: Buffer, sum = 0): number {
+  for (let i = 0; i + 1 < buf.length; i += 2) sum += buf.readUInt16BE(i);
+  if (buf.length & 1) sum += buf[buf.length - 1] << 8;
+  return sum;
+}
+
+function fold(sum: number): number {
+  while (sum > 0xffff) sum = (sum & 0xffff) + (sum >>> 16);
+  return ~sum & 0xffff;
+}
+
+/** A copy of an L4 header+payload with its checksum filled in (TCP, UDP, ICMP, ICMPv6), for frames a
+ *  real stack must accept. Compute it over the whole datagram before fragmenting. */
+export function withChecksum(family: 4 | 6, src: string, dst: string, proto: number, l4: Buffer): Buffer {
+  const out = Buffer.from(l4);
+  const at = proto === PROTO.TCP ? 16 : proto === PROTO.UDP ? 6 : proto === PROTO.ICMP || proto === PROTO.ICMPV6 ? 2 : -1;
+  if (at < 0) return out;
+  out.writeUInt16BE(0, at);
+  let sum = 0;
+  if (proto !== PROTO.ICMP) {
+    const pseudo = family === 4 ? Buffer.alloc(12) : Buffer.alloc(40);
+    addr(src).copy(pseudo, 0);
+    addr(dst).copy(pseudo, family === 4 ? 4 : 16);
+    if (family === 4) { pseudo[9] = proto; pseudo.writeUInt16BE(out.length, 10); } else { pseudo.writeUInt32BE(out.length, 32); pseudo[39] = proto; }
+    sum = sum16(pseudo);
+  }
+  const c = fold(sum16(out, sum));
+  out.writeUInt16BE(proto === PROTO.UDP && c === 0 ? 0xffff : c, at);
+  return out;
+}
