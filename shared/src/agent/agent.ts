@@ -108,6 +108,7 @@ export class Agent {
       closers.push({ name: 'conntrack GC', close: () => conntrack.close() });
       const flows = await startFlows({ cfg, log, datapath, endpoints, rules: policy.rules, identities: policy.identities });
       closers.push({ name: 'flows', close: () => flows.close() });
+      l7?.attachFlows(flows);
 
       // Front doors: DELs membrane-cni queued while we were down, the Docker plugin, then the API.
       await drainCniQueue(cfg, core, log);

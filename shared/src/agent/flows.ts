@@ -9,6 +9,8 @@ import { FlowCollector } from '../flows/collector.ts';
 import { labelList } from '../flows/enrich.ts';
 import { EndpointTable, podOf } from '../flows/endpoints.ts';
 import type { FlowContext } from '../flows/flow.ts';
+import type { Flow } from '../flows/types.ts';
+import type { Registry } from 'prom-client';
 import { monotonicToWallOffsetNs } from '../flows/ringbuf.ts';
 import { FlowRing } from '../flows/ring.ts';
 import { ObserverServer } from '../flows/server.ts';
@@ -48,6 +50,12 @@ export interface FlowsDeps {
 export interface AgentFlows {
   /** Where the observer and the metrics serve (for /v1/status). */
   status(): { observer: { socket: string; address?: string; flowBufferSize: number }; metrics: { address: string | null } };
+  /** For flows built elsewhere (the L7 proxy's): the lookups that name endpoints, identities, rules. */
+  readonly context: FlowContext;
+  /** Flows that come built, in order (the L7 proxy's records). */
+  push(flows: Flow[]): void;
+  /** The metrics registry (undefined with --metrics-address off). */
+  readonly registry?: Registry;
   close(): Promise<void>;
 }
 
@@ -153,6 +161,9 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
   }
   return {
     status: () => ({ observer: observerStatus, metrics: { address: metricsAddress } }),
+    context,
+    push: (flows) => { ring.tick(); for (const f of flows) ring.pushFlow(f); },
+    registry: metrics?.registry,
     close: async () => { await closeAll(); metrics = undefined; },
   };
 }

@@ -9,6 +9,9 @@ import type { Netlink } from '../netlink/index.ts';
 import type { PolicyEngine } from '../policy/engine.ts';
 import { ProxyManager, type WorkerCommand } from '../l7/manager.ts';
 import type { L7Record } from '../l7/proxy/records.ts';
+import { l7Flow } from '../l7/flows.ts';
+import { registerL7Metrics } from '../l7/metrics.ts';
+import type { AgentFlows } from './flows.ts';
 import { ensureProxyRouting, ensureTransparentSocketMark } from '../l7/routing.ts';
 import { attachProxyHairpin } from '../l7/datapath.ts';
 import type { Datapath } from '../bpf/datapath.ts';
@@ -87,6 +90,19 @@ export class AgentL7 {
 
   onRecords(fn: (r: L7Record[]) => void): void {
     this.listeners.push(fn);
+  }
+
+  /** Records become L7 flows in the observer and count in the L7 metrics. */
+  attachFlows(flows: AgentFlows): void {
+    const metrics = flows.registry ? registerL7Metrics(flows.registry) : undefined;
+    const name = (id: number) => {
+      const v = flows.context.endpointById(id);
+      return v?.podName ? `${v.namespace ? `${v.namespace}/` : ''}${v.podName}` : v ? v.containerId.slice(0, 12) : String(id);
+    };
+    this.onRecords((records) => {
+      flows.push(records.map((r) => l7Flow(r, flows.context)));
+      if (metrics) for (const r of records) metrics.observe(r, name);
+    });
   }
 
   status(): Record<string, unknown> {

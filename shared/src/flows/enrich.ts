@@ -98,7 +98,7 @@ function peer(identity: number, ctx: FlowContext): SideRef | undefined {
   return ep;
 }
 
-function rule(ruleId: number, ctx: FlowContext): RuleDescription | undefined {
+export function rule(ruleId: number, ctx: FlowContext): RuleDescription | undefined {
   if (!ruleId) return undefined;
   const cached = ctx.ruleCache?.get(ruleId);
   if (cached !== undefined) return cached ?? undefined;
@@ -111,7 +111,7 @@ function rule(ruleId: number, ctx: FlowContext): RuleDescription | undefined {
   return d;
 }
 
-function side(view: EndpointView | undefined, identity: number, ctx: FlowContext): SideRef | undefined {
+export function side(view: EndpointView | undefined, identity: number, ctx: FlowContext): SideRef | undefined {
   if (view) return view.ref ?? sideRefOf(view, ctx.clusterName);
   return peer(identity, ctx);
 }

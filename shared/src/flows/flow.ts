@@ -86,7 +86,7 @@ function policyLabels(rule: RuleDescription, name: string): string[] {
   return out;
 }
 
-function policyOf(ruleId: number, rule: RuleDescription | undefined): FlowPolicy {
+export function policyOf(ruleId: number, rule: RuleDescription | undefined): FlowPolicy {
   // Without a policy service (or for a rule it no longer knows) the id is all we can show.
   if (!rule) return { name: '', membraneRuleId: ruleId };
   const ns = rule.namespace;

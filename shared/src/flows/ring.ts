@@ -25,6 +25,8 @@ export class FlowRing {
   private readonly dst: (SideRef | undefined)[];
   private readonly ifName: (string | undefined)[];
   private readonly rule: (RuleDescription | undefined)[];
+  /** Flows that arrive built (L7 records from the proxy): kept as they are, in the same order. */
+  private readonly built: (Flow | undefined)[];
   // The wall-clock offset in force when each event arrived (it moves only when the clock is stepped).
   private readonly offSec: Float64Array;
   private readonly offNs: Float64Array;
@@ -46,6 +48,7 @@ export class FlowRing {
     this.dst = new Array(capacity);
     this.ifName = new Array(capacity);
     this.rule = new Array(capacity);
+    this.built = new Array(capacity);
     this.offSec = new Float64Array(capacity);
     this.offNs = new Float64Array(capacity);
     this.nowSec = Math.floor(nowMs() / 1000);
@@ -73,8 +76,24 @@ export class FlowRing {
     this.dst[i] = refs.dst;
     this.ifName[i] = refs.ifName;
     this.rule[i] = refs.rule;
+    this.built[i] = undefined;
     this.offSec[i] = wallOffset.seconds;
     this.offNs[i] = wallOffset.nanos;
+    this.advance(i);
+  }
+
+  /** Stores a flow that comes built (its time is its own). */
+  pushFlow(flow: Flow): void {
+    const i = this.next;
+    this.bytes.fill(0, i * TRACE_EVENT_SIZE, (i + 1) * TRACE_EVENT_SIZE);
+    this.src[i] = this.dst[i] = undefined;
+    this.ifName[i] = undefined;
+    this.rule[i] = undefined;
+    this.built[i] = flow;
+    this.advance(i);
+  }
+
+  private advance(i: number): void {
     this.next = (i + 1) % this.capacity;
     if (this.held < this.capacity) this.held++;
     this.seenCount++;
@@ -101,6 +120,8 @@ export class FlowRing {
 
   /** The flow in slot i, whose sequence number (0 = the first flow seen) is seq. */
   private flowAt(i: number, seq: number): Flow {
+    const built = this.built[i];
+    if (built) return { ...built, uuid: this.uuidPrefix + seq.toString(16).padStart(12, '0') };
     const refs: FlowRefs = { src: this.src[i], dst: this.dst[i], ifName: this.ifName[i], rule: this.rule[i] };
     const flow = assemble(decodeTraceEvent(this.bytes, i * TRACE_EVENT_SIZE), refs, this.nodeName, { seconds: this.offSec[i], nanos: this.offNs[i] });
     flow.uuid = this.uuidPrefix + seq.toString(16).padStart(12, '0');
@@ -122,6 +143,8 @@ export class FlowRing {
 
   /** Wall-clock ms of slot i without building the flow (time windows are checked first). */
   private timeMs(i: number): number {
+    const built = this.built[i];
+    if (built) return built.time.seconds * 1000 + built.time.nanos / 1e6;
     const ts = readHostU64Number(this.bytes, i * TRACE_EVENT_SIZE);
     return ts ? (this.offSec[i] * 1000 + (this.offNs[i] + ts) / 1e6) : Date.now();
   }
