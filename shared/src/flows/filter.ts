@@ -9,6 +9,7 @@ import { fqdnMatcher, nodeNameMatcher, PatternError } from './patterns.ts';
 import { dropReasonCode, dropReasonNames } from './schema.ts';
 import { parseLabels, parseSelector, requirementsMatch, SelectorError } from './selector.ts';
 import type { Flow, FlowEndpoint, FlowFilter, FlowPolicy, TcpFlags } from './types.ts';
+import { familyBits, parseIfAddr, type IfAddr } from '../net/index.ts';
 
 export class FilterError extends Error {
   constructor(message: string) { super(message); this.name = 'FilterError'; }
@@ -159,14 +160,11 @@ function hasFlags(have: TcpFlags, want: TcpFlags): boolean {
 function ipPred(values: string[], what: string, get: (f: Flow) => string | undefined): Pred {
   const list = new net.BlockList();
   for (const raw of values) {
-    const [addr, bits, extra] = raw.trim().split('/');
-    const type = net.isIPv4(addr) ? 'ipv4' : net.isIPv6(addr) ? 'ipv6' : null;
-    const max = type === 'ipv4' ? 32 : 128;
-    if (!type || extra !== undefined) throw new FilterError(`${what}: "${raw}" is not an IP address or CIDR`);
-    if (bits === undefined) { list.addAddress(addr, type); continue; }
-    const prefix = Number(bits);
-    if (!/^\d+$/.test(bits) || prefix > max) throw new FilterError(`${what}: "${raw}" has an invalid prefix length`);
-    list.addSubnet(addr, prefix, type);
+    let a: IfAddr;
+    try { a = parseIfAddr(raw.trim()); } catch (e) { throw new FilterError(`${what}: ${(e as Error).message}`); }
+    const type = a.family === 4 ? 'ipv4' : 'ipv6';
+    if (a.prefix === familyBits(a.family)) list.addAddress(a.ip, type);
+    else list.addSubnet(a.ip, a.prefix, type);
   }
   return (f) => {
     const ip = get(f);

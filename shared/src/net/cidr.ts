@@ -25,13 +25,13 @@ function split(text: string, bare: boolean): IfAddr {
   if (slash < 0 && !bare) throw new AddressError(`"${text}" is not a CIDR (expected ADDRESS/PREFIX, e.g. 10.1.0.0/16)`);
   const ip = slash < 0 ? text : text.slice(0, slash);
   const family = familyOf(ip);
-  if (family === null) throw new AddressError(`"${text}" is not a CIDR: "${ip}" is not an IP address`);
+  if (family === null) throw new AddressError(slash < 0 ? `"${text}" is not an IP address` : `"${text}" is not a CIDR: "${ip}" is not an IP address`);
   const bits = familyBits(family);
   if (slash < 0) return { ip: normalizeIp(ip), prefix: bits, family };
   const p = text.slice(slash + 1);
   if (!/^\d{1,3}$/.test(p)) throw new AddressError(`"${text}" is not a CIDR: "${p}" is not a prefix length`);
   const prefix = Number(p);
-  if (prefix > bits) throw new AddressError(`"${text}" is not a CIDR: prefix /${prefix} is longer than ${bits} bits`);
+  if (prefix > bits) throw new AddressError(`"${text}" is not a CIDR: prefix length /${prefix} is longer than ${bits} bits`);
   return { ip: normalizeIp(ip), prefix, family };
 }
 
