@@ -42,7 +42,7 @@ async function fragmentedSyn(a: Pod, d: Pod, dport: number, cuts: number[]): Pro
   return synAcked(a, d, sp, dport, frames);
 }
 
-async function synAcked(a: Pod, d: Pod, sp: number, dport: number, frames: Buffer[]): Promise<boolean> {
+async function synAcked(a: Pod, _d: Pod, sp: number, dport: number, frames: Buffer[]): Promise<boolean> {
   const cap = await sniff(a.ns, 4);
   await sendFrames(a.ns, frames);
   const answered = () => cap.frames().some(({ dir, frame }) => {
