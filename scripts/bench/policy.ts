@@ -16,7 +16,7 @@ import { randomId, startAgent } from '../../integration/lib/agent.ts';
 import type { AgentClient } from '../../shared/src/api/client.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
 import { connectionRate, markdownTable, median, rrLatency, throughput } from './lib.ts';
-import { plainVeth, type Pods } from './topologies.ts';
+import { fake, membranePolicy, plainVeth, type Pods } from './topologies.ts';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 4);
@@ -32,9 +32,6 @@ const METRICS: { key: Metric; label: string; higher: boolean; digits: number }[]
 
 const sh = (cmd: string, args: string[], input?: string) => execFileSync(cmd, args, { input, stdio: ['pipe', 'pipe', 'pipe'] });
 const quiet = (cmd: string, args: string[]) => { try { sh(cmd, args); } catch { /* already gone */ } };
-/** The i-th address of 198.18.0.0/15 (never the benchmark pods' addresses). */
-const fake = (i: number) => `198.${18 + ((i >> 16) & 1)}.${(i >> 8) & 255}.${i & 255}`;
-
 async function measure(p: { a: TestNetns; b: TestNetns; ipB: string }): Promise<Record<Metric, number>> {
   return {
     tput: await throughput(p.a, p.b, p.ipB, 1, SECONDS),
@@ -44,18 +41,6 @@ async function measure(p: { a: TestNetns; b: TestNetns; ipB: string }): Promise<
 }
 
 // ---- Membrane ---------------------------------------------------------------------------------------
-
-/** N rules on the server pod's ingress: N-1 that never match, the last admits the client. As JSON
- *  (the agent reads JSON ~10x faster than YAML); the YAML form is timed separately. */
-function membranePolicy(n: number): string {
-  const ingress: object[] = [];
-  for (let i = 1; i < n; i++) ingress.push({ fromCIDR: [`${fake(i)}/32`], toPorts: [{ ports: [{ port: '443', protocol: 'TCP' }] }] });
-  ingress.push({ fromEndpoints: [{ matchLabels: { bench: 'client' } }] });
-  return JSON.stringify({
-    apiVersion: 'cilium.io/v2', kind: 'CiliumNetworkPolicy', metadata: { name: `bench-${n}` },
-    spec: { endpointSelector: { matchLabels: { bench: 'server' } }, ingress },
-  });
-}
 
 interface MembraneAgent { client: AgentClient; pc: PolicyClient; cleanup(): Promise<void> }
 
