@@ -71,14 +71,50 @@ function walk(fd: number): Walk {
   return bpf.mapDumpPacked(fd, 'conntrack', CT_KEY_SIZE, CT_ENTRY_SIZE);
 }
 
+function lifetimeOf(proto: number, state: number): bigint {
+  return proto !== 6 ? CT_LIFETIME_NS.other : state === 0 ? CT_LIFETIME_NS.tcpSyn : state === 1 ? CT_LIFETIME_NS.tcp : CT_LIFETIME_NS.tcpClosing;
+}
+
 /** Has the entry outlived its lifetime (the datapath treats it as absent then)? */
 function expiredAt(w: Walk, i: number, nowNs: bigint): boolean {
   const v = i * CT_ENTRY_SIZE;
   const lastSeen = u64(w.values, v + OFF.lastSeen);
-  const state = w.values[v + OFF.state];
-  const lifetime = w.keys[i * CT_KEY_SIZE + 1] !== 6 ? CT_LIFETIME_NS.other
-    : state === 0 ? CT_LIFETIME_NS.tcpSyn : state === 1 ? CT_LIFETIME_NS.tcp : CT_LIFETIME_NS.tcpClosing;
+  const lifetime = lifetimeOf(w.keys[i * CT_KEY_SIZE + 1], w.values[v + OFF.state]);
   return nowNs > lastSeen && nowNs - lastSeen > lifetime;
+}
+
+/** An entry as `membrane bpf ct list` shows it: the revalidation view plus state, timers and totals. */
+export interface CtDetail extends CtEntryView {
+  /** 0 SYN seen, 1 established, 2 closing (TCP); other protocols stay 0. */
+  state: number;
+  ruleId: number;
+  /** Packets and bytes in the flow's direction and in the reply direction. */
+  packets: [number, number];
+  bytes: [number, number];
+  /** TCP flags seen each way. */
+  tcpFlags: [number, number];
+  ifindex: number;
+  /** Seconds until it expires without traffic (<= 0: expired, about to be collected). */
+  expiresInSeconds: number;
+  ageSeconds: number;
+}
+
+/** Every entry of the table, decoded (one batched walk; read-only). */
+export function list(fd: number, nowNs: bigint): CtDetail[] {
+  const w = walk(fd);
+  const out: CtDetail[] = [];
+  for (let i = 0; i < w.count; i++) {
+    const k = keyAt(w, i), v = valueAt(w, i);
+    const lastSeen = u64(v, OFF.lastSeen), created = u64(v, 0);
+    const num = (o: number) => Number(u64(v, o));
+    out.push({
+      ...viewOf(k, v), state: v[OFF.state], ruleId: u32(v, 64), ifindex: u32(v, 72),
+      packets: [num(16), num(24)], bytes: [num(32), num(40)], tcpFlags: [v[60], v[61]],
+      expiresInSeconds: Number(lifetimeOf(k[1], v[OFF.state]) - (nowNs - lastSeen)) / 1e9,
+      ageSeconds: Number(nowNs - created) / 1e9,
+    });
+  }
+  return out;
 }
 
 export interface ConntrackFds {
