@@ -16,6 +16,7 @@ import { enableForwarding, ensureGateways, ensureHostDevice } from '../endpoint/
 import { openNetlink } from '../netlink/index.ts';
 import { warmThreadPool } from '../netns/index.ts';
 import { loadDatapath } from '../bpf/datapath.ts';
+import { bpfRouter } from '../api/bpf-routes.ts';
 import { createApp, serveApi } from '../api/server.ts';
 import { drainPendingDeletes, pendingDeletesDir } from '../pending-deletes/index.ts';
 import { VERSION } from '../version.ts';
@@ -117,7 +118,11 @@ export class Agent {
       const app = createApp({
         core, log, version: VERSION, status: () => agent.status(),
         check: (cid, ifName) => endpoints.check(cid, ifName),
-        routers: [...policy.routers(), ...(cluster ? [{ path: '/v1/cluster', router: cluster.router() }] : [])],
+        routers: [
+          ...policy.routers(),
+          { path: '/v1/bpf', router: bpfRouter({ datapath, endpoints: () => endpoints.list(), labelsOf: (id) => policy.identities.labelsOf(id) }) },
+          ...(cluster ? [{ path: '/v1/cluster', router: cluster.router() }] : []),
+        ],
       });
       agent.server = await serveApi(app, cfg.socket);
       log.info({ socket: cfg.socket, stateDir: cfg.stateDir, bpffsDir: cfg.bpffsDir, networks: networks.list().map((n) => n.name) }, 'membrane agent ready');
