@@ -137,14 +137,7 @@ t.test('a follower that does not read loses flows, is told how many, and never b
 });
 
 function cli(args: string[]) {
-  const main = fs.readFileSync(path.join(REPO, 'shared/src/cli/main.ts'), 'utf8');
-  if (main.includes('registerObserveCommands')) return [path.join(REPO, 'shared/src/cli/main.ts'), ...args];
-  // Not wired into the CLI yet: a stand-in program with just the observe commands.
-  const wrapper = path.join(dir, 'cli.mts');
-  fs.writeFileSync(wrapper, `import { Command } from ${JSON.stringify(path.join(REPO, 'node_modules/commander/esm.mjs'))};\n` +
-    `import { registerObserveCommands } from ${JSON.stringify(path.join(REPO, 'shared/src/cli/observe.ts'))};\n` +
-    `const p = new Command('membrane'); registerObserveCommands(p); await p.parseAsync(process.argv);\n`);
-  return [wrapper, ...args];
+  return [path.join(REPO, 'shared/src/cli/main.ts'), ...args];
 }
 const env = () => { const e = { ...process.env }; delete e.NODE_EXTRA_CA_CERTS; delete e.MEMBRANE_OBSERVER_SOCKET; return e; };
 // Async: the server under test lives in this process, a blocking spawn would starve it.

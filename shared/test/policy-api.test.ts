@@ -13,6 +13,7 @@ import { PolicyEngine } from '../src/policy/engine.ts';
 import { PolicyClient } from '../src/policy/client.ts';
 import { identityRouter, policyRouter } from '../src/api/policy-routes.ts';
 import { registerPolicyCommands } from '../src/cli/policy.ts';
+import { registerIdentityCommands } from '../src/cli/identity.ts';
 import { MemoryPolicyOps, WEB_FROM_CLIENT } from './lib/policy.ts';
 import type { Core } from '../src/core.ts';
 import type { Endpoint } from '../src/types.ts';
@@ -80,7 +81,8 @@ ${big}
     const write = process.stdout.write.bind(process.stdout);
     process.stdout.write = ((s: string) => { out.push(s); return true; }) as typeof process.stdout.write;
     const program = new Command('membrane').exitOverride();
-    registerPolicyCommands(program, () => client);
+    registerPolicyCommands(program, { client: () => client });
+    registerIdentityCommands(program, { client: () => client });
     try { await program.parseAsync(['node', 'membrane', ...args]); return { out: out.join(''), error: null as string | null }; }
     catch (e) { return { out: out.join(''), error: (e as Error).message }; }
     finally { process.stdout.write = write; }

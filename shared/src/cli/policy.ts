@@ -10,10 +10,8 @@ import { parseLabelArgs, formatLabels } from '../identity/labels.ts';
 import type { TraceHttp, TraceResult, TraceSide } from '../policy/trace.ts';
 import type { HttpRule } from '../policy/types.ts';
 import type { EndpointPolicyView } from '../policy/engine.ts';
-import { keyValues, table, type OutputFormat } from './output.ts';
-
-const print = (text: string): void => { process.stdout.write(text); };
-const output = (extra: string[] = []) => new Option('-o, --output <format>', `json or table${extra.length ? ` or ${extra.join(', ')}` : ''}`).choices(['json', 'table', ...extra]).default('table');
+import type { CliContext } from './context.ts';
+import { keyValues, outputOption as output, print, render, table, type OutputFormat } from './output.ts';
 
 function readInput(file: string): string {
   try {
@@ -87,7 +85,8 @@ function traceText(r: TraceResult): string {
   return lines.join('\n') + '\n';
 }
 
-export function registerPolicyCommands(program: Command, client: () => AgentClient): void {
+export function registerPolicyCommands(program: Command, ctx: CliContext): void {
+  const client = () => ctx.client();
   const pc = () => new PolicyClient(client());
   const policy = program.command('policy').description('network policies (CiliumNetworkPolicy, Kubernetes NetworkPolicy)');
 
@@ -116,8 +115,8 @@ export function registerPolicyCommands(program: Command, client: () => AgentClie
       print(`valid: ${r.policies.map((p) => `${p.kind} ${p.name}`).join(', ')}\n`);
     });
 
-  policy.command('get').description('list policies, or show one').argument('[name]').addOption(output(['yaml']))
-    .action(async (name: string | undefined, o: { output: OutputFormat | 'yaml' }) => {
+  policy.command('get').description('list policies, or show one').argument('[name]').addOption(output()).option('--no-headers', 'table without the header line')
+    .action(async (name: string | undefined, o: { output: OutputFormat; headers: boolean }) => {
       if (name) {
         const p = await pc().get(name);
         if (o.output === 'json') return print(JSON.stringify(p, null, 2) + '\n');
@@ -127,9 +126,9 @@ export function registerPolicyCommands(program: Command, client: () => AgentClie
       const l = await pc().list();
       if (o.output === 'json') return print(JSON.stringify(l, null, 2) + '\n');
       if (o.output === 'yaml') return print(stringify(l));
-      print(`revision ${l.revision}\n`);
+      if (o.headers) print(`revision ${l.revision}\n`);
       print(table(['NAME', 'KIND', 'REVISION', 'INGRESS RULES', 'EGRESS RULES', 'UPDATED'],
-        l.items.map((p) => [p.name, p.kind, String(p.revision), String(p.rules.ingress), String(p.rules.egress), p.updatedAt])));
+        l.items.map((p) => [p.name, p.kind, String(p.revision), String(p.rules.ingress), String(p.rules.egress), p.updatedAt]), o.headers));
     });
 
   policy.command('delete').description('delete policies by name, or --all').argument('[names...]').option('--all', 'every policy')
@@ -154,15 +153,14 @@ export function registerPolicyCommands(program: Command, client: () => AgentClie
     .addOption(output())
     .action(async (o: { src?: string[]; dst?: string[]; srcIp?: string; dstIp?: string; dport: string; output: OutputFormat } & TraceHttpOptions) => {
       const r = await pc().trace(traceSide(o.src, o.srcIp, 'src'), traceSide(o.dst, o.dstIp, 'dst'), o.dport, traceHttp(o));
-      if (o.output === 'json') return print(JSON.stringify(r, null, 2) + '\n');
-      print(traceText(r));
+      print(render(o.output, r, () => traceText(r)));
       if (r.verdict === 'deny') process.exitCode = 2;
     });
 
   policy.command('endpoint').description('identity, enforcement and the policies selecting an endpoint')
     .argument('<containerId>').argument('[ifName]', 'interface', 'eth0').addOption(output())
     .action(async (containerId: string, ifName: string, o: { output: OutputFormat }) => {
-      if (o.output === 'json') return print(JSON.stringify(await pc().endpoint(containerId, ifName), null, 2) + '\n');
+      if (o.output !== 'table') return print(render(o.output, await pc().endpoint(containerId, ifName), () => ''));
       const lines = await endpointPolicyLines(client(), containerId, ifName);
       if (!lines.length) throw new Error(`endpoint ${containerId}/${ifName} does not exist`);
       print(keyValues(lines));
@@ -176,11 +174,4 @@ export function registerPolicyCommands(program: Command, client: () => AgentClie
       print(`${containerId}/${ifName}: audit ${r.audit ? 'on' : 'off'}\n`);
     });
 
-  const identity = program.command('identity').description('security identities');
-  identity.command('list').description('identities and their labels').addOption(output())
-    .action(async (o: { output: OutputFormat }) => {
-      const items = await pc().identities();
-      if (o.output === 'json') return print(JSON.stringify(items, null, 2) + '\n');
-      print(table(['ID', 'KIND', 'ENDPOINTS', 'LABELS'], items.map((i) => [String(i.id), i.kind, String(i.endpoints), formatLabels(i.labels)])));
-    });
 }

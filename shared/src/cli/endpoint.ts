@@ -1,0 +1,83 @@
+// `membrane endpoint list|get|labels`, as cilium-dbg names them. An endpoint is named by its numeric
+// id (as flows and cilium-dbg show it) or by container id and interface.
+import type { Command } from 'commander';
+import type { AgentClient } from '../api/client.ts';
+import { parseLabelArgs } from '../identity/labels.ts';
+import type { Endpoint } from '../types.ts';
+import type { CliContext } from './context.ts';
+import { keyValues, labelsText, outputOption, print, printTable, render, table } from './output.ts';
+import { endpointPolicyLines } from './policy.ts';
+
+function ipOf(e: Endpoint, family: 4 | 6): string {
+  return e.ips.find((ip) => ip.family === family)?.address ?? '-';
+}
+
+export function shortId(id: string): string {
+  return /^[0-9a-f]{64}$/.test(id) ? id.slice(0, 12) : id;
+}
+
+/** "12" (an endpoint id), "container-id:ID" or a container id, with an optional interface. */
+export async function findEndpoint(c: AgentClient, ref: string, ifName?: string): Promise<Endpoint> {
+  if (/^\d+$/.test(ref) && !ifName) {
+    const byId = (await c.listEndpoints()).find((e) => e.id === Number(ref));
+    if (byId) return byId;
+  }
+  const containerId = ref.replace(/^container-id:/, '');
+  return c.getEndpoint(containerId, ifName ?? 'eth0');
+}
+
+function labelRows(labels: Record<string, string>): string[][] {
+  return Object.entries(labels).sort(([a], [b]) => a.localeCompare(b)).map(([k, v]) => [v === '' ? k : `${k}=${v}`]);
+}
+
+export function registerEndpointCommands(program: Command, ctx: CliContext): void {
+  const endpoint = program.command('endpoint').description('endpoints on this node');
+
+  endpoint.command('list').description('list endpoints').addOption(outputOption()).option('--no-headers', 'table without the header line')
+    .option('--container <id>', 'only this container')
+    .action(async (o: { output: string; container?: string; headers: boolean }) => {
+      const items = await ctx.client().listEndpoints({ containerId: o.container });
+      printTable(o.output, items, ['ID', 'CONTAINER', 'IFACE', 'NETWORK', 'IDENTITY', 'IPV4', 'IPV6', 'HOST IFACE', 'LABELS'],
+        items.map((e) => [String(e.id), shortId(e.containerId), e.ifName, e.network, String(e.identity), ipOf(e, 4), ipOf(e, 6), e.hostIfName, labelsText(e.labels)]), o.headers);
+    });
+
+  endpoint.command('get').description('show one endpoint: by id, or by container id and interface')
+    .argument('<endpoint>', 'endpoint id, or container id (container-id:ID to be explicit)').argument('[ifName]', 'interface (default eth0)')
+    .addOption(outputOption())
+    .action(async (ref: string, ifName: string | undefined, o: { output: string }) => {
+      const c = ctx.client();
+      const e = await findEndpoint(c, ref, ifName);
+      if (o.output !== 'table') return print(render(o.output, e, () => ''));
+      const policy = await endpointPolicyLines(c, e.containerId, e.ifName);
+      print(keyValues([
+        ['ID', String(e.id)], ['Container', e.containerId], ['Interface', `${e.ifName} (${e.mac}, mtu ${e.mtu})`],
+        ['Netns', e.netns ?? '(host, moved by the runtime)'], ['Network', e.network],
+        ['Addresses', e.ips.map((ip) => `${ip.address} via ${ip.gateway}`).join(', ')],
+        ['Host side', `${e.hostIfName} (ifindex ${e.hostIfIndex}, ${e.hostMac})`],
+        ...(policy.length ? policy : [['Identity', String(e.identity)] as [string, string]]),
+        ['Labels', labelsText(e.labels)], ['Created', e.createdAt],
+      ]));
+    });
+
+  endpoint.command('labels').description("show an endpoint's labels, or change them (-a k=v, -d k): its identity follows")
+    .argument('<endpoint>', 'endpoint id, or container id').argument('[ifName]', 'interface (default eth0)')
+    .option('-a, --add <k=v>', 'add or replace a label (repeatable)', (v: string, p: string[] = []) => [...p, v])
+    .option('-d, --delete <k>', 'remove a label (repeatable)', (v: string, p: string[] = []) => [...p, v])
+    .addOption(outputOption()).option('--no-headers', 'table without the header line')
+    .action(async (ref: string, ifName: string | undefined, o: { add?: string[]; delete?: string[]; output: string; headers: boolean }) => {
+      const c = ctx.client();
+      let e = await findEndpoint(c, ref, ifName);
+      if (o.add?.length || o.delete?.length) {
+        const labels = { ...e.labels };
+        for (const k of o.delete ?? []) {
+          if (!(k in labels)) throw new Error(`endpoint ${e.id} has no label "${k}" (labels: ${labelsText(e.labels)})`);
+          delete labels[k];
+        }
+        Object.assign(labels, parseLabelArgs(o.add ?? []));
+        e = await c.request<Endpoint>('PUT', `/v1/endpoints/${encodeURIComponent(e.containerId)}/${encodeURIComponent(e.ifName)}/labels`, { labels });
+      }
+      if (o.output !== 'table') return print(render(o.output, e.labels, () => ''));
+      print(table(['LABELS'], labelRows(e.labels), o.headers));
+      if (o.add?.length || o.delete?.length) print(`identity ${e.identity}\n`);
+    });
+}
