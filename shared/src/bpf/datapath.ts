@@ -82,18 +82,14 @@ export interface Datapath {
   dropCounters(): Record<number, { packets: bigint; bytes: bigint }>;
   /** Events the datapath could not deliver (ring buffer full or rate limited), summed over CPUs. */
   eventsLost(): bigint;
-  /** Delete conntrack entries that involve one of these addresses (an endpoint is gone; its
-   *  addresses may be reused). Returns how many were deleted. */
+  /** Conntrack upkeep (maps/conntrack.ts): delete the entries of these addresses (an endpoint is gone);
+   *  delete expired entries (the table never evicts); entries in the table / owned by an endpoint
+   *  (counters, no walk); revoke the flows `allowed` rejects among those `filter` picks. */
   flushConntrack(ips: string[]): number;
-  /** Delete expired conntrack entries (same lifetimes as bpf/lib/conntrack.h; CLOCK_MONOTONIC is the
-   *  kernel's ktime). The table never evicts: what the GC does not collect stays until it does. */
   gcConntrack(nowNs?: bigint): number;
-  /** Entries in the conntrack table and its capacity (counters, no walk). */
   conntrackFill(): conntrack.ConntrackFill;
-  /** Conntrack entries an endpoint owns (its share is GlobalConfig.ctPerEndpoint). */
   conntrackOwned(endpointId: number): number;
-  /** Revoke the flows `allowed` rejects (a policy change denies them); returns how many. */
-  revokeConntrack(allowed: (e: conntrack.CtEntryView) => boolean): number;
+  revokeConntrack(allowed: (e: conntrack.CtEntryView) => boolean, filter?: conntrack.RevokeFilter): number;
   close(): void;
 }
 
@@ -367,8 +363,8 @@ class LoadedDatapath implements Datapath {
     return conntrack.owned(this.ctFds(), endpointId);
   }
 
-  revokeConntrack(allowed: (e: conntrack.CtEntryView) => boolean): number {
-    return conntrack.revoke(this.ctFds(), allowed, process.hrtime.bigint());
+  revokeConntrack(allowed: (e: conntrack.CtEntryView) => boolean, filter?: conntrack.RevokeFilter): number {
+    return conntrack.revoke(this.ctFds(), allowed, process.hrtime.bigint(), filter);
   }
 
   counters(hostIfindex: number): codec.EndpointCounters | null {

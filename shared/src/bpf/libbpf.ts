@@ -357,7 +357,7 @@ export function mapDumpBatch(fd: number, mapName: string, keySize: number, value
 
 /** Every key and value of a map as two packed buffers (`count` records each): no object per entry,
  *  for walks over large tables. */
-export function mapDumpPacked(fd: number, mapName: string, keySize: number, valueSize: number, chunk = 8192): { keys: Buffer; values: Buffer; count: number } {
+export function mapDumpPacked(fd: number, mapName: string, keySize: number, valueSize: number, chunk = 8192, maxBatches = Infinity): { keys: Buffer; values: Buffer; count: number } {
   const keyParts: Buffer[] = [];
   const valueParts: Buffer[] = [];
   let count = 0;
@@ -372,7 +372,7 @@ export function mapDumpPacked(fd: number, mapName: string, keySize: number, valu
     keyParts.push(kb.subarray(0, n[0] * keySize));
     valueParts.push(vb.subarray(0, n[0] * valueSize));
     count += n[0];
-    if (ret < 0) break; // ENOENT: that was the last batch
+    if (ret < 0 || keyParts.length >= maxBatches) break; // ENOENT: that was the last batch
     first = false;
   }
   return { keys: Buffer.concat(keyParts), values: Buffer.concat(valueParts), count };

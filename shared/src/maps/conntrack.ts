@@ -4,7 +4,7 @@
 // is one batched walk (bpf_map_lookup_batch) and batched deletes.
 import * as bpf from '../bpf/libbpf.ts';
 import { encodeIpKey } from './codec.ts';
-import { formatIp, HOST_LITTLE_ENDIAN as LE, readHostU32, readHostU64 } from '../net/index.ts';
+import { HOST_LITTLE_ENDIAN as LE, readHostU32, readHostU64Number } from '../net/index.ts';
 
 // struct ct_key (bpf/lib/conntrack.h): family @0, proto @1, scope @2, sport @4, dport @6 (network
 // order), saddr[16] @8, daddr[16] @24.
@@ -20,20 +20,22 @@ export const CT_SCOPE = { INGRESS: 0, EGRESS: 1, LOCAL: 2 } as const;
 export const CT_F_AUDIT = 1 << 0;
 export const CT_F_REVOKED = 1 << 3;
 
-/** Same lifetimes as bpf/lib/conntrack.h. */
-const CT_LIFETIME_NS = { tcpSyn: 60_000_000_000n, tcp: 21_600_000_000_000n, tcpClosing: 10_000_000_000n, other: 60_000_000_000n };
+/** Same lifetimes as bpf/lib/conntrack.h. As doubles: nanoseconds since boot are exact to 104 days and
+ *  off by a few ns after, which no lifetime notices; the walk compares 100,000s of them. */
+const CT_LIFETIME_NS = { tcpSyn: 60e9, tcp: 21_600e9, tcpClosing: 10e9, other: 60e9 };
 
 const u32 = readHostU32;
-const u64 = readHostU64;
+const u64 = readHostU64Number;
 const s64 = (b: Buffer, o: number) => (LE ? b.readBigInt64LE(o) : b.readBigInt64BE(o));
 
-/** A conntrack entry as revalidation needs it. */
+/** A conntrack entry as revalidation needs it. Addresses are the key's 16 bytes (IPv4 in the first
+ *  4), not text: a walk asks about 100,000s of entries. */
 export interface CtEntryView {
   family: 4 | 6;
   proto: number;
   scope: number;
-  saddr: string;
-  daddr: string;
+  saddr: Buffer;
+  daddr: Buffer;
   sport: number;
   dport: number;
   /** The endpoint whose point made it (LOCAL: the sender) and, for LOCAL, the receiver. */
@@ -46,14 +48,10 @@ export interface CtEntryView {
   dstIdentity: number;
 }
 
-function addrText(key: Buffer, off: number, family: number): string {
-  return formatIp(key.subarray(off, off + (family === 4 ? 4 : 16)));
-}
-
 export function viewOf(key: Buffer, value: Buffer): CtEntryView {
   const family = key[0] === 6 ? 6 : 4;
   return {
-    family, proto: key[1], scope: key[2], saddr: addrText(key, 8, family), daddr: addrText(key, 24, family),
+    family, proto: key[1], scope: key[2], saddr: key.subarray(8, 24), daddr: key.subarray(24, 40),
     sport: key.readUInt16BE(4), dport: key.readUInt16BE(6),
     owner: u32(value, OFF.endpointId), peer: u32(value, OFF.peerEndpointId), policyPort: value.readUInt16BE(OFF.policyPort),
     flags: value[OFF.flags], srcIdentity: u32(value, OFF.srcIdentity), dstIdentity: u32(value, OFF.dstIdentity),
@@ -67,8 +65,9 @@ const keyAt = (w: Walk, i: number) => w.keys.subarray(i * CT_KEY_SIZE, (i + 1) *
 const valueAt = (w: Walk, i: number) => w.values.subarray(i * CT_ENTRY_SIZE, (i + 1) * CT_ENTRY_SIZE);
 const ownerAt = (w: Walk, i: number) => u32(w.values, i * CT_ENTRY_SIZE + OFF.endpointId);
 
+/** Large batches: a full table of 131,072 entries is two syscalls. */
 function walk(fd: number): Walk {
-  return bpf.mapDumpPacked(fd, 'conntrack', CT_KEY_SIZE, CT_ENTRY_SIZE);
+  return bpf.mapDumpPacked(fd, 'conntrack', CT_KEY_SIZE, CT_ENTRY_SIZE, 65536);
 }
 
 function lifetimeOf(proto: number, state: number): bigint {
@@ -76,7 +75,7 @@ function lifetimeOf(proto: number, state: number): bigint {
 }
 
 /** Has the entry outlived its lifetime (the datapath treats it as absent then)? */
-function expiredAt(w: Walk, i: number, nowNs: bigint): boolean {
+function expiredAt(w: Walk, i: number, nowNs: number): boolean {
   const v = i * CT_ENTRY_SIZE;
   const lastSeen = u64(w.values, v + OFF.lastSeen);
   const lifetime = lifetimeOf(w.keys[i * CT_KEY_SIZE + 1], w.values[v + OFF.state]);
@@ -155,15 +154,21 @@ export function owned(fds: ConntrackFds, endpointId: number): number {
  * error is bounded by the flows created or closed by the datapath during this walk.
  */
 function deleteWhere(fds: ConntrackFds, select: (w: Walk, i: number) => boolean): number {
-  const ownedBefore = countersById(fds.owned, 'ct_owned');
+  // Endpoint ids are handed out lowest first: the counters up to the highest owner seen (last walk or
+  // this one) are all that can be off. An owner with no entry left had its count set by the walk that
+  // saw its last entries, or brought to zero by the datapath's own deletes.
+  const ownedBefore = countersById(fds.owned, 'ct_owned', Math.max(highestOwner.get(fds.owned) ?? 0, 1024));
   const w = walk(fds.conntrack);
   const live = new Map<number, number>();
   const doomed: number[] = [];
+  let highest = 0;
   for (let i = 0; i < w.count; i++) {
     if (select(w, i)) doomed.push(i);
     const owner = ownerAt(w, i);
     live.set(owner, (live.get(owner) ?? 0) + 1);
+    if (owner > highest) highest = owner;
   }
+  highestOwner.set(fds.owned, highest);
   let deleted = 0;
   if (doomed.length) {
     const gone = bpf.mapDeleteEach(fds.conntrack, 'conntrack', Buffer.concat(doomed.map((i) => keyAt(w, i))), CT_KEY_SIZE, doomed.length);
@@ -183,9 +188,12 @@ function deleteWhere(fds: ConntrackFds, select: (w: Walk, i: number) => boolean)
   return deleted;
 }
 
-/** Non-zero slots of a counter array. */
-function countersById(fd: number, map: string): Map<number, bigint> {
-  const { values, count } = bpf.mapDumpPacked(fd, map, 4, 8, 65536);
+/** The highest owner id each table's last walk saw (by the ct_owned fd). */
+const highestOwner = new Map<number, number>();
+
+/** Non-zero slots of a counter array, up to slot `upTo`. */
+function countersById(fd: number, map: string, upTo: number): Map<number, bigint> {
+  const { values, count } = bpf.mapDumpPacked(fd, map, 4, 8, Math.min(upTo + 1, 65536), 1);
   const out = new Map<number, bigint>();
   for (let i = 0; i < count; i++) {
     const v = s64(values, i * 8);
@@ -216,7 +224,34 @@ export function flushAddresses(fds: ConntrackFds, ips: string[]): number {
 
 /** Delete every entry that outlived its lifetime at `nowNs` (CLOCK_MONOTONIC = the kernel's ktime). */
 export function collectExpired(fds: ConntrackFds, nowNs: bigint): number {
-  return deleteWhere(fds, (w, i) => expiredAt(w, i, nowNs));
+  const now = Number(nowNs);
+  return deleteWhere(fds, (w, i) => expiredAt(w, i, now));
+}
+
+/** Which entries a policy change can have touched: those of these endpoints (as owner or, pod to pod,
+ *  receiver), and those with an address inside one of these prefixes (their peer's identity may have
+ *  changed). Without a filter every entry is asked. */
+export interface RevokeFilter {
+  endpoints: Set<number>;
+  /** family, the prefix's 16 address bytes (IPv4 in the first 4), its length in bits. */
+  prefixes: { family: number; addr: Buffer; bits: number }[];
+}
+
+function addressIn(keys: Buffer, off: number, p: { addr: Buffer; bits: number }): boolean {
+  const whole = p.bits >> 3, rest = p.bits & 7;
+  if (keys.compare(p.addr, 0, whole, off, off + whole) !== 0) return false;
+  if (!rest) return true;
+  const mask = (0xff << (8 - rest)) & 0xff;
+  return (keys[off + whole] & mask) === (p.addr[whole] & mask);
+}
+
+function touched(w: Walk, i: number, f: RevokeFilter): boolean {
+  const v = i * CT_ENTRY_SIZE, k = i * CT_KEY_SIZE;
+  if (f.endpoints.has(u32(w.values, v + OFF.endpointId)) || f.endpoints.has(u32(w.values, v + OFF.peerEndpointId))) return true;
+  for (const p of f.prefixes) {
+    if (p.family === w.keys[k] && (addressIn(w.keys, k + 8, p) || addressIn(w.keys, k + 24, p))) return true;
+  }
+  return false;
 }
 
 /**
@@ -224,12 +259,14 @@ export function collectExpired(fds: ConntrackFds, nowNs: bigint): number {
  * next packet is checked as a new flow, the other side's are dropped). Entries stay so that the
  * reverse direction cannot pass itself off as a new flow; they expire as usual.
  */
-export function revoke(fds: ConntrackFds, allowed: (e: CtEntryView) => boolean, nowNs: bigint): number {
+export function revoke(fds: ConntrackFds, allowed: (e: CtEntryView) => boolean, nowNs: bigint, filter?: RevokeFilter): number {
   const w = walk(fds.conntrack);
+  const now = Number(nowNs);
   let revoked = 0;
   for (let i = 0; i < w.count; i++) {
+    if (w.values[i * CT_ENTRY_SIZE + OFF.flags] & CT_F_REVOKED || (filter && !touched(w, i, filter)) || expiredAt(w, i, now)) continue;
     const k = keyAt(w, i), v = valueAt(w, i);
-    if (v[OFF.flags] & CT_F_REVOKED || expiredAt(w, i, nowNs) || allowed(viewOf(k, v))) continue;
+    if (allowed(viewOf(k, v))) continue;
     // The datapath may have updated the entry since the walk: mark its current value.
     const cur = bpf.mapLookup(fds.conntrack, 'conntrack', k, CT_ENTRY_SIZE);
     if (!cur || u32(cur, OFF.endpointId) !== u32(v, OFF.endpointId)) continue;
@@ -250,7 +287,7 @@ export function revoke(fds: ConntrackFds, allowed: (e: CtEntryView) => boolean, 
 export function migrate(fromFd: number, toFd: number, capacity: number): number {
   const w = walk(fromFd);
   const lastSeen = (i: number) => u64(w.values, i * CT_ENTRY_SIZE + OFF.lastSeen);
-  const order = Array.from({ length: w.count }, (_, i) => i).sort((a, b) => Number(lastSeen(b) - lastSeen(a))).slice(0, capacity);
+  const order = Array.from({ length: w.count }, (_, i) => i).sort((a, b) => lastSeen(b) - lastSeen(a)).slice(0, capacity);
   for (let i = 0; i < order.length; i += 4096) {
     const chunk = order.slice(i, i + 4096);
     bpf.mapUpdateBatch(toFd, 'conntrack', Buffer.concat(chunk.map((j) => keyAt(w, j))), Buffer.concat(chunk.map((j) => valueAt(w, j))), chunk.length);

@@ -24,7 +24,15 @@ export interface PolicyDatapathOps {
   /** Sets the policy bits, keeping the others; a missing endpoint config is not an error. */
   writeEndpointFlags(hostIfindex: number, flags: number): void;
   /** The maps changed (mirror = their content now): established flows the change denies must stop. */
-  changed?(mirror: Mirror): void;
+  changed?(mirror: Mirror, what: MapChanges): void;
+}
+
+/** What one apply wrote: the flows that can have been affected are those of these endpoints (policy
+ *  keys, flags) and those with an address in these prefixes. */
+export interface MapChanges {
+  policyKeys: string[];
+  flagIfindexes: number[];
+  ipcachePrefixes: string[];
 }
 
 export interface Mirror {
@@ -108,7 +116,12 @@ export function applyDesired(ops: PolicyDatapathOps, mirror: Mirror, desired: Mi
   for (const [k, v] of ipc.upsert) mirror.ipcache.set(k, v);
   for (const k of ipc.remove) mirror.ipcache.delete(k);
   for (const [ifindex, f] of flagChanges) mirror.flags.set(ifindex, f);
-  if (pol.upsert.length || pol.remove.length || ipc.upsert.length || ipc.remove.length || flagChanges.length) ops.changed?.(mirror);
+  if (pol.upsert.length || pol.remove.length || ipc.upsert.length || ipc.remove.length || flagChanges.length) {
+    ops.changed?.(mirror, {
+      policyKeys: [...pol.upsert.map(([k]) => k), ...pol.remove], flagIfindexes: flagChanges.map(([i]) => i),
+      ipcachePrefixes: [...ipc.upsert.map(([k]) => k), ...ipc.remove],
+    });
+  }
   return {
     policyUpserts: pol.upsert.length, policyRemovals: pol.remove.length,
     ipcacheUpserts: ipc.upsert.length, ipcacheRemovals: ipc.remove.length, flagChanges: flagChanges.length,

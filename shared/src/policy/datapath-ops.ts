@@ -7,7 +7,7 @@ import type { Datapath } from '../bpf/datapath.ts';
 import * as bpf from '../bpf/libbpf.ts';
 import { ENDPOINT_CONFIG_SIZE, encodeU32Key } from '../maps/codec.ts';
 import { readHostU32, writeHostU32 } from '../net/index.ts';
-import type { Mirror, PolicyDatapathOps } from './apply.ts';
+import type { MapChanges, Mirror, PolicyDatapathOps } from './apply.ts';
 import { revalidateConntrack } from './revalidate.ts';
 import type { Entry } from './compile.ts';
 import {
@@ -25,14 +25,21 @@ export interface DatapathPolicyOps extends PolicyDatapathOps {
 export function datapathOps(dp: Datapath, opts: { log?: { warn(o: object, msg: string): void } } = {}): DatapathPolicyOps {
   const fd = (name: 'policy' | 'ipcache' | 'endpoints_cfg') => dp.mapFd(name);
   let pending: Promise<number> | undefined;
+  let what: MapChanges | undefined;
 
   return {
-    changed(mirror: Mirror) {
+    changed(mirror: Mirror, changes: MapChanges) {
       // Several changes in one turn share one walk; it reads the mirror as it is when it runs.
+      what = what ? {
+        policyKeys: [...what.policyKeys, ...changes.policyKeys], flagIfindexes: [...what.flagIfindexes, ...changes.flagIfindexes],
+        ipcachePrefixes: [...what.ipcachePrefixes, ...changes.ipcachePrefixes],
+      } : changes;
       pending ??= new Promise<number>((resolve) => setImmediate(() => {
+        const touched = what!;
         pending = undefined;
+        what = undefined;
         try {
-          resolve(revalidateConntrack(dp, mirror));
+          resolve(revalidateConntrack(dp, mirror, touched));
         } catch (err) {
           opts.log?.warn({ err }, 'conntrack revalidation failed');
           resolve(0);

@@ -1,33 +1,60 @@
 // Established flows held to the policy as it is now: after a change is written to the maps, every
 // conntrack entry is asked again whether the new state admits its flow (policy/verdict.ts, with the
 // identities and flags the datapath sees: endpoints_cfg and the ipcache LPM trie), and the ones it
-// does not are revoked (maps/conntrack.ts). Cilium keeps such flows alive; Membrane cuts them.
+// does not are revoked (maps/conntrack.ts). Cilium keeps such flows alive; Membrane cuts them. Only the
+// entries the change can have touched are asked: those of endpoints whose policy entries or flags
+// changed, and those with an address in a prefix whose identity changed.
 import type { Datapath } from '../bpf/datapath.ts';
 import * as bpf from '../bpf/libbpf.ts';
 import { decodeEndpointConfig, ENDPOINT_CONFIG_SIZE } from '../maps/codec.ts';
-import { CT_SCOPE, type CtEntryView } from '../maps/conntrack.ts';
+import { CT_SCOPE, type CtEntryView, type RevokeFilter } from '../maps/conntrack.ts';
+import type { MapChanges } from './apply.ts';
 import { RESERVED } from '../identity/reserved.ts';
-import { decodeIpcacheValue, encodeIpcacheKey, IPCACHE_VALUE_SIZE } from './map-codec.ts';
+import { decodeIpcacheValue, decodePolicyKey, IPCACHE_VALUE_SIZE } from './map-codec.ts';
+import { ipBytes, writeHostU32 } from '../net/index.ts';
 import { policyVerdict, type PolicyMaps } from './verdict.ts';
 import type { Direction } from './types.ts';
 
-/** Revokes the conntrack entries `maps` (with the pinned flags, identities and audit mode) denies. */
-export function revalidateConntrack(dp: Datapath, maps: PolicyMaps): number {
+/** Revokes the conntrack entries `maps` (with the pinned flags, identities and audit mode) denies;
+ *  with `changes`, only among those the change can have touched. */
+export function revalidateConntrack(dp: Datapath, maps: PolicyMaps, changes?: MapChanges): number {
   const endpoints = new Map<number, { identity: number; flags: number }>();
+  const byIfindex = new Map<number, number>();
   const cfgFd = dp.mapFd('endpoints_cfg');
   for (const key of bpf.mapKeys(cfgFd, 'endpoints_cfg', 4, dp.mapCapacity('endpoints_cfg') + 1)) {
     const v = bpf.mapLookup(cfgFd, 'endpoints_cfg', key, ENDPOINT_CONFIG_SIZE);
-    if (v) { const c = decodeEndpointConfig(v); endpoints.set(c.endpointId, { identity: c.identity, flags: c.flags }); }
+    if (v) {
+      const c = decodeEndpointConfig(v);
+      endpoints.set(c.endpointId, { identity: c.identity, flags: c.flags });
+      byIfindex.set(c.ifindex, c.endpointId);
+    }
   }
+  const filter: RevokeFilter | undefined = changes && {
+    endpoints: new Set([
+      ...changes.policyKeys.map((k) => decodePolicyKey(Buffer.from(k, 'hex')).endpointId),
+      ...changes.flagIfindexes.flatMap((i) => (byIfindex.has(i) ? [byIfindex.get(i)!] : [])),
+    ]),
+    prefixes: changes.ipcachePrefixes.map((p) => {
+      const [ip, bits] = p.split('/');
+      const addr = Buffer.alloc(16);
+      ipBytes(ip).copy(addr);
+      return { family: ip.includes(':') ? 6 : 4, addr, bits: Number(bits ?? (ip.includes(':') ? 128 : 32)) };
+    }),
+  };
   const globalAudit = dp.globalConfig().audit;
   const ipcFd = dp.mapFd('ipcache');
   const identities = new Map<string, number>();
-  const identityOf = (addr: string): number => {
-    let id = identities.get(addr);
+  const lpmKey = Buffer.alloc(24); // struct ipcache_key: the address with its full length finds the longest prefix
+  const identityOf = (family: number, addr: Buffer): number => {
+    const text = `${family}${addr.toString('hex')}`;
+    let id = identities.get(text);
     if (id === undefined) {
-      const v = bpf.mapLookup(ipcFd, 'ipcache', encodeIpcacheKey(addr), IPCACHE_VALUE_SIZE);
+      writeHostU32(lpmKey, 0, 32 + (family === 4 ? 32 : 128));
+      lpmKey[4] = family;
+      addr.copy(lpmKey, 8);
+      const v = bpf.mapLookup(ipcFd, 'ipcache', lpmKey, IPCACHE_VALUE_SIZE);
       id = v ? decodeIpcacheValue(v) : RESERVED.world;
-      identities.set(addr, id);
+      identities.set(text, id);
     }
     return id;
   };
@@ -50,6 +77,6 @@ export function revalidateConntrack(dp: Datapath, maps: PolicyMaps): number {
       return passes(e.owner, 'egress', dst.identity, e) && passes(e.peer, 'ingress', src.identity, e);
     }
     const egress = e.scope === CT_SCOPE.EGRESS;
-    return passes(e.owner, egress ? 'egress' : 'ingress', identityOf(egress ? e.daddr : e.saddr), e);
-  });
+    return passes(e.owner, egress ? 'egress' : 'ingress', identityOf(e.family, egress ? e.daddr : e.saddr), e);
+  }, filter);
 }
