@@ -4,7 +4,7 @@
 // is one batched walk (bpf_map_lookup_batch) and batched deletes.
 import * as bpf from '../bpf/libbpf.ts';
 import { encodeIpKey } from './codec.ts';
-import { HOST_LITTLE_ENDIAN as LE, readHostU32, readHostU64Number } from '../net/index.ts';
+import { formatIp, HOST_LITTLE_ENDIAN as LE, readHostU32, readHostU64Number } from '../net/index.ts';
 
 // struct ct_key (bpf/lib/conntrack.h): family @0, proto @1, scope @2, sport @4, dport @6 (network
 // order), saddr[16] @8, daddr[16] @24.
@@ -70,7 +70,7 @@ function walk(fd: number): Walk {
   return bpf.mapDumpPacked(fd, 'conntrack', CT_KEY_SIZE, CT_ENTRY_SIZE, 65536);
 }
 
-function lifetimeOf(proto: number, state: number): bigint {
+function lifetimeOf(proto: number, state: number): number {
   return proto !== 6 ? CT_LIFETIME_NS.other : state === 0 ? CT_LIFETIME_NS.tcpSyn : state === 1 ? CT_LIFETIME_NS.tcp : CT_LIFETIME_NS.tcpClosing;
 }
 
@@ -82,8 +82,11 @@ function expiredAt(w: Walk, i: number, nowNs: number): boolean {
   return nowNs > lastSeen && nowNs - lastSeen > lifetime;
 }
 
-/** An entry as `membrane bpf ct list` shows it: the revalidation view plus state, timers and totals. */
-export interface CtDetail extends CtEntryView {
+/** An entry as `membrane bpf ct list` shows it: the revalidation view (addresses as text) plus state,
+ *  timers and totals. */
+export interface CtDetail extends Omit<CtEntryView, 'saddr' | 'daddr'> {
+  saddr: string;
+  daddr: string;
   /** 0 SYN seen, 1 established, 2 closing (TCP); other protocols stay 0. */
   state: number;
   ruleId: number;
@@ -101,16 +104,18 @@ export interface CtDetail extends CtEntryView {
 /** Every entry of the table, decoded (one batched walk; read-only). */
 export function list(fd: number, nowNs: bigint): CtDetail[] {
   const w = walk(fd);
+  const now = Number(nowNs);
   const out: CtDetail[] = [];
   for (let i = 0; i < w.count; i++) {
     const k = keyAt(w, i), v = valueAt(w, i);
     const lastSeen = u64(v, OFF.lastSeen), created = u64(v, 0);
-    const num = (o: number) => Number(u64(v, o));
+    const view = viewOf(k, v);
+    const text = (a: Buffer) => formatIp(view.family === 4 ? a.subarray(0, 4) : a);
     out.push({
-      ...viewOf(k, v), state: v[OFF.state], ruleId: u32(v, 64), ifindex: u32(v, 72),
-      packets: [num(16), num(24)], bytes: [num(32), num(40)], tcpFlags: [v[60], v[61]],
-      expiresInSeconds: Number(lifetimeOf(k[1], v[OFF.state]) - (nowNs - lastSeen)) / 1e9,
-      ageSeconds: Number(nowNs - created) / 1e9,
+      ...view, saddr: text(view.saddr), daddr: text(view.daddr), state: v[OFF.state], ruleId: u32(v, 64), ifindex: u32(v, 72),
+      packets: [u64(v, 16), u64(v, 24)], bytes: [u64(v, 32), u64(v, 40)], tcpFlags: [v[60], v[61]],
+      expiresInSeconds: (lifetimeOf(k[1], v[OFF.state]) - (now - lastSeen)) / 1e9,
+      ageSeconds: (now - created) / 1e9,
     });
   }
   return out;
