@@ -62,7 +62,9 @@ t.test('two containers ping and TCP each other and the gateway, v4 and v6; label
     app: 'web', team: 'blue', [BB_IMAGE_LABEL.key]: BB_IMAGE_LABEL.value,
     'docker:container-id': webId, 'docker:network-name': net,
   }, 'container labels, image labels and docker:* labels');
-  t.equal(webEp.containerId, a.endpointId, 'core endpoint keyed by the Docker EndpointID');
+  t.equal(webEp.docker?.endpointId, a.endpointId, 'the Docker endpoint id is kept as such');
+  t.equal(webEp.containerId, webId, 'with the container id alongside');
+  t.equal(webEp.docker?.containerName, web, 'and the container name');
   t.same(webEp.ips.map((i) => i.address.split('/')[0]).sort(), [a.ip, a.ip6].sort());
   t.equal(webEp.mac, a.mac, 'docker inspect shows the MAC membrane chose');
   const list = membraneCli(e, ['endpoint', 'list']);

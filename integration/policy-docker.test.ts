@@ -52,7 +52,7 @@ spec:
   t.notOk(await tcp(e, other, web2Ip), 'other -> new web container denied');
   const eps = await e.agent.client.listEndpoints();
   const web2Ep = eps.find((x) => x.labels['docker:container-name'] === web2)!;
-  t.match(await pc.endpoint(web2Ep.containerId, web2Ep.ifName), { enforcement: { ingress: 'default-deny' }, policies: [{ name: 'docker-web' }] });
+  t.match(await pc.endpoint(web2Ep.docker!.endpointId, web2Ep.ifName), { enforcement: { ingress: 'default-deny' }, policies: [{ name: 'docker-web' }] });
   await pc.delete('all');
   t.ok(await tcp(e, other, web2Ip), 'policy deleted: open again');
 });

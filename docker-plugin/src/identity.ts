@@ -130,7 +130,7 @@ export class ContainerIdentity {
       const container = { id: info.Id, name: info.Name.replace(/^\//, '') };
       if (rec.container?.id === container.id && rec.container.name === container.name && sameLabels(rec.labels, labels)) continue;
       try {
-        await this.o.core.endpoints.updateLabels(rec.containerId, rec.ifName, labels);
+        await this.o.core.endpoints.updateLabels(rec.endpointId, rec.ifName, labels, container);
       } catch (err) {
         if (kindOf(err) === 'endpoint_not_found') continue; // deleted meanwhile
         throw err;

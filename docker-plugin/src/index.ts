@@ -181,14 +181,14 @@ async function reconcile(ctx: nd.DriverContext): Promise<void> {
     }
   }
   for (const ep of [...ctx.state.endpoints.values()]) {
-    if (!ctx.core.endpoints.get(ep.containerId, ep.ifName)) {
+    if (!ctx.core.endpoints.get(ep.endpointId, ep.ifName)) {
       ctx.log.info({ endpoint: ep.endpointId }, 'forgetting a Docker endpoint the agent no longer has');
       await ctx.state.deleteEndpoint(ep.endpointId);
     }
   }
   // Endpoints whose record write a crash lost (records are written after answering dockerd).
   for (const ep of ctx.core.endpoints.list()) {
-    if (ep.metadata['docker:plugin'] === ctx.name && !ctx.state.endpoints.has(ep.containerId)) nd.endpointRecord(ctx, ep.containerId);
+    if (ep.docker && ep.metadata['docker:plugin'] === ctx.name && !ctx.state.endpoints.has(ep.docker.endpointId)) nd.endpointRecord(ctx, ep.docker.endpointId);
   }
   await ctx.state.flush();
 }

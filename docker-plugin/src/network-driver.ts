@@ -1,6 +1,7 @@
 // libnetwork remote NetworkDriver on the core. Docker networks become core networks; a Docker endpoint
-// becomes a core endpoint whose container end is created in the host netns (netns omitted) under a
-// temp name that Join hands to dockerd as SrcName: dockerd moves it into the sandbox, renames it
+// becomes a core endpoint named by its Docker endpoint id (Endpoint.docker; the container id and name
+// follow once the identity watcher learns them), whose container end is created in the host netns
+// (netns omitted) under a temp name that Join hands to dockerd as SrcName: dockerd moves it into the sandbox, renames it
 // eth<N> and sets the address Docker's IPAM chose. Routing is L3 (proxy ARP on the host veth), so
 // Docker's /24 on eth0 works: the host answers ARP for every peer and routes it by its /32.
 import type { Core } from '../../shared/src/core.ts';
@@ -79,7 +80,7 @@ export async function deleteNetwork(ctx: DriverContext, networkId: string): Prom
   const coreName = rec?.coreName ?? coreNetworkName(networkId);
   // Endpoints dockerd forgot to delete (it crashed, or we were down) must not keep the network alive.
   const stale = new Set([...ctx.state.endpoints.values()].filter((e) => e.networkId === networkId).map((e) => e.endpointId));
-  for (const ep of ctx.core.endpoints.list()) if (ep.metadata['docker:network-id'] === networkId) stale.add(ep.containerId);
+  for (const ep of ctx.core.endpoints.list()) if (ep.docker?.networkId === networkId) stale.add(ep.docker.endpointId);
   for (const id of stale) await deleteEndpoint(ctx, networkId, id);
   if (ctx.core.networks.get(coreName)) {
     await ctx.core.ipam.releaseOwner(auxOwner(coreName));
@@ -116,13 +117,14 @@ export async function createEndpoint(ctx: DriverContext, req: CreateEndpointRequ
   let ep: Endpoint;
   try {
     ep = await ctx.core.endpoints.create({
-      containerId: req.EndpointID,
+      containerId: '',
+      docker: { endpointId: req.EndpointID, networkId: req.NetworkID },
       ifName,
       network: net.coreName,
       ips,
       externalIpam: true,
       ...(req.Interface.MacAddress ? { mac: req.Interface.MacAddress } : {}),
-      metadata: { 'docker:network-id': req.NetworkID, 'docker:endpoint-id': req.EndpointID, 'docker:plugin': ctx.name },
+      metadata: { 'docker:plugin': ctx.name },
     });
   } catch (e) {
     throw wrap(what, e);
@@ -137,10 +139,9 @@ export async function createEndpoint(ctx: DriverContext, req: CreateEndpointRequ
 
 export async function deleteEndpoint(ctx: DriverContext, networkId: string, endpointId: string): Promise<object> {
   const rec = ctx.state.endpoints.get(endpointId);
-  const containerId = rec?.containerId ?? endpointId;
   const ifName = rec?.ifName ?? tempIfName(endpointId);
   try {
-    await ctx.core.endpoints.delete(containerId, ifName);
+    await ctx.core.endpoints.delete(endpointId, ifName);
   } catch (e) {
     throw wrap(`cannot delete endpoint ${short(endpointId)} of Docker network ${short(networkId)}`, e);
   }
@@ -151,7 +152,7 @@ export async function deleteEndpoint(ctx: DriverContext, networkId: string, endp
 
 export function endpointOperInfo(ctx: DriverContext, endpointId: string): object {
   const rec = endpointRecord(ctx, endpointId);
-  const ep = rec && ctx.core.endpoints.get(rec.containerId, rec.ifName);
+  const ep = rec && ctx.core.endpoints.get(rec.endpointId, rec.ifName);
   if (!rec || !ep) return { Value: {} };
   return {
     Value: {
@@ -168,7 +169,7 @@ export async function join(ctx: DriverContext, req: JoinRequest): Promise<object
   const what = `cannot attach endpoint ${short(req.EndpointID)} of Docker network ${short(req.NetworkID)}`;
   requireNetwork(ctx, req.NetworkID, 'attach a container');
   const rec = endpointRecord(ctx, req.EndpointID);
-  const ep = rec && ctx.core.endpoints.get(rec.containerId, rec.ifName);
+  const ep = rec && ctx.core.endpoints.get(rec.endpointId, rec.ifName);
   if (!rec || !ep) throw new PluginError(`${what}: the endpoint does not exist (it was never created, or the agent lost it); restart the container`);
   const v4 = ep.ips.find((i) => i.family === 4);
   const v6 = ep.ips.find((i) => i.family === 6);
@@ -215,16 +216,15 @@ export function endpointRecord(ctx: DriverContext, endpointId: string): Endpoint
   const rec = ctx.state.endpoints.get(endpointId);
   if (rec) return rec;
   const ep = ctx.core.endpoints.get(endpointId, tempIfName(endpointId));
-  const networkId = ep?.metadata['docker:network-id'];
-  if (!ep || ep.metadata['docker:endpoint-id'] !== endpointId || !networkId) return undefined;
-  const rebuilt = recordOf(ep, networkId);
+  if (!ep?.docker || ep.docker.endpointId !== endpointId) return undefined;
+  const rebuilt = recordOf(ep, ep.docker.networkId);
   saveLater(ctx, ctx.state.setEndpoint(rebuilt), endpointId);
   return rebuilt;
 }
 
 function recordOf(ep: Endpoint, networkId: string): EndpointRecord {
   return {
-    endpointId: ep.containerId, networkId, containerId: ep.containerId, ifName: ep.ifName,
+    endpointId: ep.docker!.endpointId, networkId, ifName: ep.ifName,
     addresses: ep.ips.map((i) => addressOnly(i.address)), joined: false, createdAt: ep.createdAt,
   };
 }

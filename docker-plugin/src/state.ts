@@ -16,10 +16,10 @@ export interface NetworkRecord {
 }
 
 export interface EndpointRecord {
+  /** Also the core endpoint's attachment id (Endpoint.docker.endpointId). */
   endpointId: string;
   networkId: string;
-  /** Core endpoint key: containerId = the Docker EndpointID, ifName = the host-side temp name. */
-  containerId: string;
+  /** The core endpoint's interface name: the container end's temp name in the host netns. */
   ifName: string;
   addresses: string[];
   sandboxKey?: string;

@@ -8,6 +8,7 @@ import { Ipam } from '../../shared/src/ipam/index.ts';
 import { Networks, NetworkError } from '../../shared/src/network/index.ts';
 import { cidrContains, familyOf, hostPrefix, normalizeIp, parseCidr } from '../../shared/src/net/index.ts';
 import { EndpointError as FakeEndpointError } from '../../shared/src/endpoint/errors.ts';
+import { attachmentId } from '../../shared/src/endpoint/naming.ts';
 
 export interface FakeCore extends Core {
   calls: { op: string; args: unknown[] }[];
@@ -30,10 +31,11 @@ export async function fakeCore(): Promise<FakeCore> {
     async create(req: EndpointRequest) {
       calls.push({ op: 'endpoints.create', args: [req] });
       if (core.failNextCreate) { const e = core.failNextCreate; core.failNextCreate = undefined; throw e; }
-      const existing = eps.get(key(req.containerId, req.ifName));
+      const id = attachmentId(req);
+      const existing = eps.get(key(id, req.ifName));
       if (existing) {
         if (existing.netns === (req.netns ?? null)) return existing;
-        throw new FakeEndpointError('endpoint_exists', `endpoint ${key(req.containerId, req.ifName)} already exists`);
+        throw new FakeEndpointError('endpoint_exists', `endpoint ${key(id, req.ifName)} already exists`);
       }
       if (req.ifName.length > 15) throw new FakeEndpointError('bad_request', `ifName "${req.ifName}" is too long`);
       const net = networks.get(req.network ?? 'default');
@@ -46,24 +48,26 @@ export async function fakeCore(): Promise<FakeCore> {
         return { address: hostPrefix(normalizeIp(ip), fam), gateway: s.gateway, family: fam, subnet: s.cidr };
       });
       const ep: Endpoint = {
-        id: nextId++, containerId: req.containerId, ifName: req.ifName, network: net.name, netns: req.netns ?? null,
-        hostIfName: 'mbr' + crypto.createHash('sha256').update(key(req.containerId, req.ifName)).digest('hex').slice(0, 11),
+        id: nextId++, containerId: req.docker ? '' : req.containerId, ...(req.docker ? { docker: { ...req.docker } } : {}),
+        ifName: req.ifName, network: net.name, netns: req.netns ?? null,
+        hostIfName: 'mbr' + crypto.createHash('sha256').update(key(id, req.ifName)).digest('hex').slice(0, 11),
         hostIfIndex: 100 + nextId, hostMac: '02:00:00:00:00:01', mac: req.mac ?? '02:aa:bb:cc:dd:' + (nextId % 256).toString(16).padStart(2, '0'),
         mtu: req.mtu ?? net.mtu, ips, routes: [], labels: { ...(req.labels ?? {}) }, metadata: { ...(req.metadata ?? {}) },
         identity: 0, externalIpam: true, createdAt: new Date().toISOString(),
       };
-      eps.set(key(req.containerId, req.ifName), ep);
+      eps.set(key(id, req.ifName), ep);
       return ep;
     },
     async delete(c, i) {
       calls.push({ op: 'endpoints.delete', args: [c, i] });
       return eps.delete(key(c, i));
     },
-    async updateLabels(c, i, labels) {
+    async updateLabels(c, i, labels, container) {
       calls.push({ op: 'endpoints.updateLabels', args: [c, i, labels] });
       const ep = eps.get(key(c, i));
       if (!ep) throw new FakeEndpointError('endpoint_not_found', `endpoint ${key(c, i)} does not exist`);
-      const next = { ...ep, labels: { ...labels } };
+      const next: Endpoint = { ...ep, labels: { ...labels } };
+      if (container && ep.docker) { next.containerId = container.id; next.docker = { ...ep.docker, containerName: container.name }; }
       eps.set(key(c, i), next);
       return next;
     },

@@ -89,6 +89,9 @@ t.test('a connect event labels the endpoint; rename relabels; sync at start catc
   const labelled = () => h.core.endpoints.get(eid, tempIfName(eid))?.labels ?? {};
   t.ok(await until(() => labelled()['docker:container-name'] === 'web-1'), 'labelled after the event');
   t.same(labelled(), { 'org.image': 'img', team: 'blue', app: 'web', 'docker:container-id': cid, 'docker:container-name': 'web-1', 'docker:network-name': 'mynet' });
+  const core = h.core.endpoints.get(eid, tempIfName(eid))!;
+  t.same([core.containerId, core.docker], [cid, { endpointId: eid, networkId: nid, containerName: 'web-1' }], 'the container id and name next to the Docker endpoint id');
+  t.same(h.core.endpoints.list({ containerId: cid }).map((e) => e.docker?.endpointId), [eid], 'found by its container id');
   const info = await c('/NetworkDriver.EndpointOperInfo', { NetworkID: nid, EndpointID: eid });
   t.equal(info.body.Value['membrane.container'], 'web-1');
 

@@ -11,15 +11,18 @@ export interface NetworkService {
   list(): Network[];
 }
 
+/** Endpoints are named by (attachment, ifName): the attachment is the CNI container id, or the Docker
+ *  endpoint id of an endpoint the Docker plugin created (types.ts, Endpoint). */
 export interface EndpointService {
-  /** Idempotent for an identical request (same containerId/ifName/netns): returns the existing endpoint. */
+  /** Idempotent for an identical request (same attachment/ifName/netns): returns the existing endpoint. */
   create(req: EndpointRequest): Promise<Endpoint>;
   /** Idempotent: false when unknown; succeeds when the netns or the link is already gone. */
-  delete(containerId: string, ifName: string): Promise<boolean>;
-  get(containerId: string, ifName: string): Endpoint | undefined;
+  delete(attachment: string, ifName: string): Promise<boolean>;
+  get(attachment: string, ifName: string): Endpoint | undefined;
+  /** All, or those of one container. */
   list(filter?: { containerId?: string }): Endpoint[];
-  /** Labels learnt after creation (e.g. from the Docker API). */
-  updateLabels(containerId: string, ifName: string, labels: Record<string, string>): Promise<Endpoint>;
+  /** Labels learnt after creation (e.g. from the Docker API), with the container a Docker endpoint belongs to. */
+  updateLabels(attachment: string, ifName: string, labels: Record<string, string>, container?: { id: string; name: string }): Promise<Endpoint>;
 }
 
 export interface IpamService {

@@ -3,8 +3,19 @@
 import type { ErrorKind } from './errors.ts';
 import type { Family } from './net/ip.ts';
 
+/** The Docker side of an endpoint the Docker plugin created: libnetwork names the endpoint itself and
+ *  tells the plugin its container only later (the container id goes to Endpoint.containerId). */
+export interface DockerEndpointRef {
+  endpointId: string;
+  networkId: string;
+  /** Learnt from the Docker API after Join, with the container id. */
+  containerName?: string;
+}
+
 export interface EndpointRequest {
+  /** CNI_CONTAINERID. Empty for a Docker endpoint, which `docker.endpointId` names instead. */
   containerId: string;
+  docker?: DockerEndpointRef;
   /** Path of the container's netns. Omitted: the container end stays in the host netns under `ifName`
    *  and the runtime moves and configures it (Docker's libnetwork model). */
   netns?: string;
@@ -33,9 +44,15 @@ export interface EndpointRoute {
   gw?: string;
 }
 
+/**
+ * An endpoint is named by its attachment: (attachment id, ifName), where the attachment id is the CNI
+ * container id, or the Docker endpoint id for a Docker endpoint (see attachmentId in endpoint/naming.ts).
+ */
 export interface Endpoint {
   id: number;
+  /** The container; '' for a Docker endpoint until the plugin learns which container joined it. */
   containerId: string;
+  docker?: DockerEndpointRef;
   ifName: string;
   network: string;
   netns: string | null;

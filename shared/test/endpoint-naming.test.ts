@@ -1,5 +1,6 @@
 import t from 'tap';
-import { hostVethName, ipamOwner } from '../src/endpoint/naming.ts';
+import { attachmentId, hostVethName, ipamOwner, withDockerRef } from '../src/endpoint/naming.ts';
+import type { Endpoint } from '../src/types.ts';
 import { ownerKey, parseOwnerKey } from '../src/ipam/owner.ts';
 import { KeyedLock } from '../src/endpoint/lock.ts';
 
@@ -12,7 +13,7 @@ t.test('host veth names are stable, distinct and fit IFNAMSIZ', async (t) => {
 });
 
 t.test('IPAM owners round-trip, even with slashes in container ids', async (t) => {
-  t.same(parseOwnerKey(ownerKey(ipamOwner('ns/pod', 'eth0'))), { kind: 'endpoint', containerId: 'ns/pod', ifName: 'eth0' });
+  t.same(parseOwnerKey(ownerKey(ipamOwner('ns/pod', 'eth0'))), { kind: 'endpoint', attachment: 'ns/pod', ifName: 'eth0' });
   t.equal(ownerKey(ipamOwner('c1', 'eth0')), 'ep:c1/eth0', 'the stored form of earlier versions');
   t.same(parseOwnerKey('docker-ipam:docker-0123456789ab:1a2b3c4d'), { kind: 'docker-address', network: 'docker-0123456789ab', lease: '1a2b3c4d' });
   t.same(parseOwnerKey('docker-aux:docker-0123456789ab'), { kind: 'docker-aux', network: 'docker-0123456789ab' });
@@ -28,4 +29,19 @@ t.test('KeyedLock serialises one key and lets others run', async (t) => {
   t.ok(order.indexOf('c+') < order.indexOf('a-'), 'another key does not wait');
   await t.rejects(lock.run('k', async () => { throw new Error('boom'); }), /boom/);
   t.equal(await lock.run('k', async () => 7), 7, 'a failure does not wedge the key');
+});
+
+t.test('a Docker endpoint is named by its Docker endpoint id; older stored ones are read the new way', async (t) => {
+  t.equal(attachmentId({ containerId: 'c1' }), 'c1');
+  t.equal(attachmentId({ containerId: '', docker: { endpointId: 'e1' } }), 'e1');
+  const eid = 'e'.repeat(64), nid = 'n'.repeat(64), cid = 'c'.repeat(64);
+  const old = {
+    containerId: eid, ifName: 'mbdeeeeeeeeeee', metadata: { 'docker:endpoint-id': eid, 'docker:network-id': nid, 'docker:plugin': 'membrane' },
+    labels: { 'docker:container-id': cid, 'docker:container-name': 'web' },
+  } as unknown as Endpoint;
+  const now = withDockerRef(old);
+  t.same([now.containerId, now.docker], [cid, { endpointId: eid, networkId: nid, containerName: 'web' }], 'the container id, the Docker ids alongside');
+  t.equal(attachmentId(now), attachmentId(old), 'same name: same host veth, store key and IPAM owner as before');
+  const cni = { containerId: 'abc', ifName: 'eth0', metadata: {}, labels: {} } as unknown as Endpoint;
+  t.equal(withDockerRef(cni), cni, 'CNI endpoints are left alone');
 });

@@ -6,8 +6,8 @@ import { Ipam } from '../src/ipam/index.ts';
 import { MemoryStore } from '../src/store/index.ts';
 import { JournalStore } from '../src/store/journal.ts';
 
-/** An endpoint owner for tests: the container id names it. */
-const ep = (containerId: string) => ({ kind: 'endpoint', containerId, ifName: 'eth0' }) as const;
+/** An endpoint owner for tests. */
+const ep = (attachment: string) => ({ kind: 'endpoint', attachment, ifName: 'eth0' }) as const;
 
 const v4 = [{ cidr: '10.9.0.0/24', gateway: '10.9.0.1' }];
 

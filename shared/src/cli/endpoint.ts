@@ -1,7 +1,7 @@
 // `membrane endpoint list|get|labels`, as cilium-dbg names them. An endpoint is named by its numeric
 // id (as flows and cilium-dbg show it) or by container id and interface.
 import type { Command } from 'commander';
-import type { AgentClient } from '../api/client.ts';
+import { AgentApiError, type AgentClient } from '../api/client.ts';
 import { parseLabelArgs } from '../identity/labels.ts';
 import type { Endpoint } from '../types.ts';
 import type { CliContext } from './context.ts';
@@ -16,14 +16,34 @@ export function shortId(id: string): string {
   return /^[0-9a-f]{64}$/.test(id) ? id.slice(0, 12) : id;
 }
 
-/** "12" (an endpoint id), "container-id:ID" or a container id, with an optional interface. */
+/** What names the endpoint in the API: the CNI container id, or a Docker endpoint's Docker endpoint id. */
+export function attachmentOf(e: Endpoint): string {
+  return e.docker?.endpointId ?? e.containerId;
+}
+
+/** The container column: a Docker endpoint whose container is not known yet shows its endpoint id. */
+function containerText(e: Endpoint, short = true): string {
+  if (e.containerId) return short ? shortId(e.containerId) : e.containerId + (e.docker?.containerName ? ` (${e.docker.containerName})` : '');
+  return e.docker ? `docker endpoint ${short ? shortId(e.docker.endpointId) : e.docker.endpointId}` : '-';
+}
+
+/** "12" (an endpoint id), "container-id:ID", a container id or a Docker endpoint id, with an optional
+ *  interface. A Docker container's endpoint is found by the container id when it has just one. */
 export async function findEndpoint(c: AgentClient, ref: string, ifName?: string): Promise<Endpoint> {
   if (/^\d+$/.test(ref) && !ifName) {
     const byId = (await c.listEndpoints()).find((e) => e.id === Number(ref));
     if (byId) return byId;
   }
-  const containerId = ref.replace(/^container-id:/, '');
-  return c.getEndpoint(containerId, ifName ?? 'eth0');
+  const id = ref.replace(/^container-id:/, '');
+  try {
+    return await c.getEndpoint(id, ifName ?? 'eth0');
+  } catch (err) {
+    if (!(err instanceof AgentApiError && err.code === 'endpoint_not_found')) throw err;
+    const docker = (await c.listEndpoints({ containerId: id })).filter((e) => e.docker && (!ifName || e.ifName === ifName));
+    if (docker.length === 1) return docker[0];
+    if (docker.length > 1) throw new Error(`container ${id} has ${docker.length} endpoints: name one by its endpoint id (${docker.map((e) => e.id).join(', ')})`);
+    throw err;
+  }
 }
 
 function labelRows(labels: Record<string, string>): string[][] {
@@ -38,7 +58,7 @@ export function registerEndpointCommands(program: Command, ctx: CliContext): voi
     .action(async (o: { output: string; container?: string; headers: boolean }) => {
       const items = await ctx.client().listEndpoints({ containerId: o.container });
       printTable(o.output, items, ['ID', 'CONTAINER', 'IFACE', 'NETWORK', 'IDENTITY', 'IPV4', 'IPV6', 'HOST IFACE', 'LABELS'],
-        items.map((e) => [String(e.id), shortId(e.containerId), e.ifName, e.network, String(e.identity), ipOf(e, 4), ipOf(e, 6), e.hostIfName, labelsText(e.labels)]), o.headers);
+        items.map((e) => [String(e.id), containerText(e), e.ifName, e.network, String(e.identity), ipOf(e, 4), ipOf(e, 6), e.hostIfName, labelsText(e.labels)]), o.headers);
     });
 
   endpoint.command('get').description('show one endpoint: by id, or by container id and interface')
@@ -48,9 +68,11 @@ export function registerEndpointCommands(program: Command, ctx: CliContext): voi
       const c = ctx.client();
       const e = await findEndpoint(c, ref, ifName);
       if (o.output !== 'table') return print(render(o.output, e, () => ''));
-      const policy = await endpointPolicyLines(c, e.containerId, e.ifName);
+      const policy = await endpointPolicyLines(c, attachmentOf(e), e.ifName);
       print(keyValues([
-        ['ID', String(e.id)], ['Container', e.containerId], ['Interface', `${e.ifName} (${e.mac}, mtu ${e.mtu})`],
+        ['ID', String(e.id)], ['Container', containerText(e, false)],
+        ...(e.docker ? [['Docker', `endpoint ${e.docker.endpointId}, network ${e.docker.networkId}`] as [string, string]] : []),
+        ['Interface', `${e.ifName} (${e.mac}, mtu ${e.mtu})`],
         ['Netns', e.netns ?? '(host, moved by the runtime)'], ['Network', e.network],
         ['Addresses', e.ips.map((ip) => `${ip.address} via ${ip.gateway}`).join(', ')],
         ['Host side', `${e.hostIfName} (ifindex ${e.hostIfIndex}, ${e.hostMac})`],
@@ -74,7 +96,7 @@ export function registerEndpointCommands(program: Command, ctx: CliContext): voi
           delete labels[k];
         }
         Object.assign(labels, parseLabelArgs(o.add ?? []));
-        e = await c.request<Endpoint>('PUT', `/v1/endpoints/${encodeURIComponent(e.containerId)}/${encodeURIComponent(e.ifName)}/labels`, { labels });
+        e = await c.request<Endpoint>('PUT', `/v1/endpoints/${encodeURIComponent(attachmentOf(e))}/${encodeURIComponent(e.ifName)}/labels`, { labels });
       }
       if (o.output !== 'table') return print(render(o.output, e.labels, () => ''));
       print(table(['LABELS'], labelRows(e.labels), o.headers));

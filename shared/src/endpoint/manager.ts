@@ -9,7 +9,7 @@ import { NetlinkError, type Netlink } from '../netlink/index.ts';
 import { openNetns, type NetNs } from '../netns/index.ts';
 import { addressOnly, cidrContains, familyOf, hostPrefix, ifNameProblem, interfaceMac, normalizeIp, parseCidr, randomMac } from '../net/index.ts';
 import { EndpointError } from './errors.ts';
-import { endpointKey, hostVethName, ipamOwner } from './naming.ts';
+import { attachmentId, endpointKey, hostVethName, ipamOwner, withDockerRef } from './naming.ts';
 import { createVeth, ensureContainerSide, ensureHostSide, inspectContainerSide, type PlumbSpec } from './plumbing.ts';
 import { KeyedLock } from './lock.ts';
 
@@ -54,15 +54,16 @@ export class EndpointManager {
     this.hooks.push(h);
   }
 
-
   private async runHooks(name: 'beforeAttach' | 'afterDelete' | 'afterLabelsChanged', ep: Endpoint): Promise<void> {
     for (const h of this.hooks) await h[name]?.(ep);
   }
 
-  get(containerId: string, ifName: string): Endpoint | undefined {
-    return this.byKey.get(endpointKey(containerId, ifName));
+  /** By attachment id (the CNI container id, or the Docker endpoint id) and interface name. */
+  get(attachment: string, ifName: string): Endpoint | undefined {
+    return this.byKey.get(endpointKey(attachment, ifName));
   }
 
+  /** Every endpoint, or those of one container (a Docker endpoint once its container is known). */
   list(filter: { containerId?: string } = {}): Endpoint[] {
     return [...this.byKey.values()]
       .filter((e) => !filter.containerId || e.containerId === filter.containerId)
@@ -71,22 +72,27 @@ export class EndpointManager {
 
   async create(req: EndpointRequest): Promise<Endpoint> {
     const t0 = performance.now();
-    const existed = this.get(req.containerId, req.ifName);
-    const ep = await this.lock.run(endpointKey(req.containerId, req.ifName), () => this.createLocked(req));
+    const existed = this.get(attachmentId(req), req.ifName);
+    const ep = await this.lock.run(endpointKey(attachmentId(req), req.ifName), () => this.createLocked(req));
     if (!existed) for (const h of this.hooks) h.afterCreate?.(ep, performance.now() - t0);
     return ep;
   }
 
-  delete(containerId: string, ifName: string): Promise<boolean> {
-    return this.lock.run(endpointKey(containerId, ifName), () => this.deleteLocked(containerId, ifName));
+  delete(attachment: string, ifName: string): Promise<boolean> {
+    return this.lock.run(endpointKey(attachment, ifName), () => this.deleteLocked(attachment, ifName));
   }
 
-  updateLabels(containerId: string, ifName: string, labels: Record<string, string>): Promise<Endpoint> {
-    return this.lock.run(endpointKey(containerId, ifName), async () => {
-      const ep = this.requireEndpoint(containerId, ifName);
+  /** New labels (a new identity); a Docker endpoint also learns its container here. */
+  updateLabels(attachment: string, ifName: string, labels: Record<string, string>, container?: { id: string; name: string }): Promise<Endpoint> {
+    return this.lock.run(endpointKey(attachment, ifName), async () => {
+      const ep = this.requireEndpoint(attachment, ifName);
       const next: Endpoint = { ...ep, labels: { ...labels }, identity: await this.d.identityFor(labels) };
+      if (container && ep.docker) {
+        next.containerId = container.id;
+        next.docker = { ...ep.docker, containerName: container.name };
+      }
       await this.d.store.put(storeKey(next), next);
-      this.byKey.set(endpointKey(containerId, ifName), next);
+      this.byKey.set(endpointKey(attachment, ifName), next);
       this.d.datapath.upsertEndpoint(datapathConfig(next));
       await this.runHooks('afterLabelsChanged', next);
       return next;
@@ -94,8 +100,8 @@ export class EndpointManager {
   }
 
   /** Problems of a live endpoint (empty = healthy): container side, host link, BPF attachment. */
-  check(containerId: string, ifName: string): string[] {
-    const ep = this.requireEndpoint(containerId, ifName);
+  check(attachment: string, ifName: string): string[] {
+    const ep = this.requireEndpoint(attachment, ifName);
     const problems: string[] = [];
     const link = this.d.host.linkByName(ep.hostIfName);
     if (!link) return [`host interface ${ep.hostIfName} is missing`];
@@ -116,7 +122,8 @@ export class EndpointManager {
 
   private async createLocked(req: EndpointRequest): Promise<Endpoint> {
     validateRequest(req);
-    const key = endpointKey(req.containerId, req.ifName);
+    const attachment = attachmentId(req);
+    const key = endpointKey(attachment, req.ifName);
     const existing = this.byKey.get(key);
     if (existing) {
       if (existing.netns === (req.netns ?? null)) return existing; // a retried ADD gets the same answer
@@ -130,11 +137,12 @@ export class EndpointManager {
       const ips = await this.assignIps(req, network, undo);
       const ep: Endpoint = {
         id,
-        containerId: req.containerId,
+        containerId: req.docker ? '' : req.containerId,
+        ...(req.docker ? { docker: { endpointId: req.docker.endpointId, networkId: req.docker.networkId } } : {}),
         ifName: req.ifName,
         network: network.name,
         netns: req.netns ?? null,
-        hostIfName: hostVethName(req.containerId, req.ifName),
+        hostIfName: hostVethName(attachment, req.ifName),
         hostIfIndex: 0,
         hostMac: randomMac(),
         mac: req.mac ? interfaceMac(req.mac) : randomMac(),
@@ -181,7 +189,7 @@ export class EndpointManager {
   }
 
   private async assignIps(req: EndpointRequest, network: Network, undo: (() => unknown)[]): Promise<EndpointIp[]> {
-    const owner = ipamOwner(req.containerId, req.ifName);
+    const owner = ipamOwner(attachmentId(req), req.ifName);
     const requested = (req.ips ?? []).map((ip, i) => {
       if (!familyOf(ip)) throw new EndpointError('bad_request', `ips: "${ip}" is not an IP address`, { field: `ips.${i}` });
       return normalizeIp(ip);
@@ -211,13 +219,13 @@ export class EndpointManager {
     return out;
   }
 
-  private async deleteLocked(containerId: string, ifName: string): Promise<boolean> {
-    const key = endpointKey(containerId, ifName);
+  private async deleteLocked(attachment: string, ifName: string): Promise<boolean> {
+    const key = endpointKey(attachment, ifName);
     const ep = this.byKey.get(key);
     if (!ep) {
       // Unknown to us, but a crashed ADD may have left its link and addresses: the names are derived.
-      this.d.host.linkDel(hostVethName(containerId, ifName));
-      await this.d.ipam.releaseOwner(ipamOwner(containerId, ifName));
+      this.d.host.linkDel(hostVethName(attachment, ifName));
+      await this.d.ipam.releaseOwner(ipamOwner(attachment, ifName));
       return false;
     }
     await this.teardown(ep);
@@ -229,9 +237,9 @@ export class EndpointManager {
     this.d.datapath.removeEndpoint(ifindexShared ? 0 : ep.hostIfIndex, plainIps(ep));
     // Deleting the host end removes the container end, the routes and the proxy entries with it.
     this.d.host.linkDel(ep.hostIfName);
-    if (!ep.externalIpam) await this.d.ipam.releaseOwner(ipamOwner(ep.containerId, ep.ifName));
+    if (!ep.externalIpam) await this.d.ipam.releaseOwner(ipamOwner(attachmentId(ep), ep.ifName));
     await this.d.store.delete(storeKey(ep));
-    this.byKey.delete(endpointKey(ep.containerId, ep.ifName));
+    this.byKey.delete(keyOf(ep));
     this.idsInUse.delete(ep.id);
     await this.runHooks('afterDelete', ep);
   }
@@ -242,18 +250,19 @@ export class EndpointManager {
    */
   async restore(): Promise<{ kept: number; repaired: number; dropped: number }> {
     const result = { kept: 0, repaired: 0, dropped: 0 };
-    for (const { value: ep } of await this.d.store.list<Endpoint>(STORE_PREFIX)) {
-      this.byKey.set(endpointKey(ep.containerId, ep.ifName), ep);
+    for (const { value } of await this.d.store.list<Endpoint>(STORE_PREFIX)) {
+      const ep = withDockerRef(value);
+      this.byKey.set(keyOf(ep), ep);
       this.idsInUse.add(ep.id);
     }
     for (const ep of [...this.byKey.values()]) {
-      const outcome = await this.lock.run(endpointKey(ep.containerId, ep.ifName), () => this.restoreOne(ep));
+      const outcome = await this.lock.run(keyOf(ep), () => this.restoreOne(ep));
       result[outcome]++;
     }
     for (const { ip, owner: o } of this.d.ipam.allocations()) {
-      if (o?.kind === 'endpoint' && !this.byKey.has(endpointKey(o.containerId, o.ifName))) {
+      if (o?.kind === 'endpoint' && !this.byKey.has(endpointKey(o.attachment, o.ifName))) {
         this.d.log?.warn({ ip, owner: o }, 'releasing address of an endpoint that never finished');
-        this.d.host.linkDel(hostVethName(o.containerId, o.ifName));
+        this.d.host.linkDel(hostVethName(o.attachment, o.ifName));
         await this.d.ipam.releaseOwner(o);
       }
     }
@@ -265,7 +274,7 @@ export class EndpointManager {
     try {
       if (ep.netns) {
         try { ns = openNetns(ep.netns); } catch {
-          this.d.log?.info({ endpoint: endpointKey(ep.containerId, ep.ifName) }, 'netns is gone: dropping endpoint');
+          this.d.log?.info({ endpoint: keyOf(ep) }, 'netns is gone: dropping endpoint');
           await this.teardown(ep);
           return 'dropped';
         }
@@ -305,9 +314,9 @@ export class EndpointManager {
     return n;
   }
 
-  private requireEndpoint(containerId: string, ifName: string): Endpoint {
-    const ep = this.get(containerId, ifName);
-    if (!ep) throw new EndpointError('endpoint_not_found', `endpoint ${endpointKey(containerId, ifName)} does not exist`);
+  private requireEndpoint(attachment: string, ifName: string): Endpoint {
+    const ep = this.get(attachment, ifName);
+    if (!ep) throw new EndpointError('endpoint_not_found', `endpoint ${endpointKey(attachment, ifName)} does not exist`);
     return ep;
   }
 
@@ -320,7 +329,7 @@ export class EndpointManager {
 }
 
 function validateRequest(req: EndpointRequest): void {
-  if (!req.containerId) throw new EndpointError('bad_request', 'containerId is required', { field: 'containerId' });
+  if (!attachmentId(req)) throw new EndpointError('bad_request', 'containerId is required', { field: 'containerId' });
   const ifProblem = ifNameProblem(req.ifName);
   if (ifProblem) throw new EndpointError('bad_request', `ifName "${req.ifName}" is not a valid interface name: it ${ifProblem}`, { field: 'ifName' });
   if (req.mac !== undefined) {
@@ -362,5 +371,9 @@ function datapathConfig(ep: Endpoint) {
 
 function storeKey(ep: Endpoint): string {
   // Container ids are hex for every runtime we know, but stay safe for any string.
-  return `${STORE_PREFIX}/${Buffer.from(endpointKey(ep.containerId, ep.ifName)).toString('base64url')}`;
+  return `${STORE_PREFIX}/${Buffer.from(keyOf(ep)).toString('base64url')}`;
+}
+
+function keyOf(ep: Endpoint): string {
+  return endpointKey(attachmentId(ep), ep.ifName);
 }

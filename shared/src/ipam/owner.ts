@@ -3,8 +3,8 @@
 // driver handed out, or an --aux-address reservation of a Docker network. Pure.
 
 export type IpamOwner =
-  /** The endpoint manager's endpoint (reconciled against endpoints after a restart). */
-  | { kind: 'endpoint'; containerId: string; ifName: string }
+  /** The endpoint manager's endpoint, by its attachment id (reconciled against endpoints after a restart). */
+  | { kind: 'endpoint'; attachment: string; ifName: string }
   /** One RequestAddress of the Docker IPAM driver on a core network (`lease` tells requests apart). */
   | { kind: 'docker-address'; network: string; lease: string }
   /** The --aux-address reservations of a Docker network. */
@@ -13,7 +13,7 @@ export type IpamOwner =
 /** The stored form. */
 export function ownerKey(o: IpamOwner): string {
   switch (o.kind) {
-    case 'endpoint': return `ep:${o.containerId}/${o.ifName}`;
+    case 'endpoint': return `ep:${o.attachment}/${o.ifName}`;
     case 'docker-address': return `docker-ipam:${o.network}:${o.lease}`;
     case 'docker-aux': return `docker-aux:${o.network}`;
   }
@@ -24,7 +24,7 @@ export function parseOwnerKey(key: string): IpamOwner | null {
   if (key.startsWith('ep:')) {
     const rest = key.slice(3);
     const i = rest.lastIndexOf('/');
-    return i > 0 ? { kind: 'endpoint', containerId: rest.slice(0, i), ifName: rest.slice(i + 1) } : null;
+    return i > 0 ? { kind: 'endpoint', attachment: rest.slice(0, i), ifName: rest.slice(i + 1) } : null;
   }
   if (key.startsWith('docker-aux:')) return { kind: 'docker-aux', network: key.slice('docker-aux:'.length) };
   if (key.startsWith('docker-ipam:')) {

@@ -56,11 +56,15 @@ export function listPendingDeletes(dir: string): { file: string; entry?: Pending
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
     throw e;
   }
+  // queuedAt has millisecond resolution; the file's nanosecond mtime orders DELs queued in the same one.
   const out = names.map((n) => {
     const file = path.join(dir, n);
-    return { file, entry: readEntry(file) };
+    let mtimeNs = 0n;
+    try { mtimeNs = fs.statSync(file, { bigint: true }).mtimeNs; } catch { /* drained meanwhile */ }
+    return { file, entry: readEntry(file), mtimeNs };
   });
-  return out.sort((a, b) => (a.entry?.queuedAt ?? '').localeCompare(b.entry?.queuedAt ?? ''));
+  out.sort((a, b) => (a.entry?.queuedAt ?? '').localeCompare(b.entry?.queuedAt ?? '') || (a.mtimeNs < b.mtimeNs ? -1 : a.mtimeNs > b.mtimeNs ? 1 : 0));
+  return out.map(({ file, entry }) => ({ file, entry }));
 }
 
 /**

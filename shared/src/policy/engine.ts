@@ -21,6 +21,7 @@ import type { PolicyRecord } from './types.ts';
 import { l7Summary, type L7Summary } from './l7.ts';
 import { l4decode } from './compile.ts';
 import { buildSnapshot, type ProxySnapshot } from '../l7/proxy/snapshot.ts';
+import { attachmentId, endpointKey } from '../endpoint/naming.ts';
 
 /** Endpoint metadata that turns audit mode on for one endpoint at creation (CNI args, API). */
 export const AUDIT_METADATA_KEY = 'membrane.io/policy-audit';
@@ -139,7 +140,7 @@ export class PolicyEngine {
 
   endpointDeleted(ep: Endpoint): Promise<void> {
     return this.serial(() => {
-      const key = `${ep.containerId}/${ep.ifName}`;
+      const key = endpointKey(attachmentId(ep), ep.ifName);
       if (!this.endpoints.delete(key)) return;
       this.metaAudit.delete(key);
       this.identities.release(key);
@@ -179,9 +180,9 @@ export class PolicyEngine {
     });
   }
 
-  setAudit(containerId: string, ifName: string, on: boolean | null): Promise<boolean> {
+  setAudit(attachment: string, ifName: string, on: boolean | null): Promise<boolean> {
     return this.serial(async () => {
-      const key = `${containerId}/${ifName}`;
+      const key = endpointKey(attachment, ifName);
       const e = this.endpoints.get(key);
       if (!e) throw new PolicyError('endpoint_not_found', `endpoint ${key} does not exist`);
       const next = { ...this.auditOverrides };
@@ -340,8 +341,8 @@ export class PolicyEngine {
   }
 
   /** The policies selecting an endpoint, its identity and enforcement (for `endpoint get`). */
-  endpointPolicy(containerId: string, ifName: string): EndpointPolicyView | undefined {
-    const e = this.endpoints.get(`${containerId}/${ifName}`);
+  endpointPolicy(attachment: string, ifName: string): EndpointPolicyView | undefined {
+    const e = this.endpoints.get(endpointKey(attachment, ifName));
     if (!e) return undefined;
     const sel = this.selection(e);
     return {
@@ -395,7 +396,7 @@ export class PolicyEngine {
   }
 
   private toEngineEndpoint(ep: Endpoint): EngineEndpoint {
-    const key = `${ep.containerId}/${ep.ifName}`;
+    const key = endpointKey(attachmentId(ep), ep.ifName);
     const metaAudit = ep.metadata?.[AUDIT_METADATA_KEY] === 'true';
     this.metaAudit.set(key, metaAudit);
     return {
