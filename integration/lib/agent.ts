@@ -10,6 +10,7 @@ import { AgentClient } from '../../shared/src/api/client.ts';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const AGENT_MAIN = path.join(REPO, 'shared/src/agent/main.ts');
+const AGENT_BUNDLE = path.join(REPO, 'dist/bin/membrane-agent');
 
 export interface StartAgentOptions {
   /** --pool values; default: one random 10.x.y.0/24 (plus an IPv6 /112 when ipv6 is true). */
@@ -19,6 +20,8 @@ export interface StartAgentOptions {
   /** Reuse the dirs of an earlier agent (restart tests). */
   reuse?: TestAgent;
   env?: NodeJS.ProcessEnv;
+  /** Run dist/bin/membrane-agent (npm run build) instead of the sources. */
+  bundle?: boolean;
 }
 
 export interface TestAgent {
@@ -66,7 +69,8 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
   const hostDevice = opts.reuse?.hostDevice ?? `mbh${id}`;
   const logFile = path.join(stateDir, 'agent.log');
   const args = [
-    '--import', 'tsx', AGENT_MAIN,
+    // Benchmarks run the built agent (what a node runs: no TypeScript loader in the hot paths).
+    ...(opts.bundle ? [AGENT_BUNDLE] : ['--import', 'tsx', AGENT_MAIN]),
     '--state-dir', stateDir, '--socket', socket, '--bpffs-dir', bpffsDir, '--host-device', hostDevice,
     '--log-level', 'debug',
     // Several agents run side by side: no fixed ports or sockets.

@@ -104,7 +104,7 @@ t.test('records round-trip without header values', async (t) => {
   const policy = view.connection('10.0.0.3', '10.0.0.2', 80);
   const d = view.decide(policy, req('GET', '/private', { authorization: 'Bearer x' }));
   const x = {
-    method: 'GET', path: '/private', host: 'svc', protocol: 'HTTP/1.1', headers: { names: ['authorization'], values: ['Bearer x'] },
+    method: 'GET', path: '/private', host: 'svc', protocol: 'HTTP/1.1',
     verdict: { allowed: false, edits: [], info: d }, startMs: 0, status: 403, latencyNs: 1234, localReason: 'denied' as const,
   };
   const r = decodeRecord(JSON.parse(JSON.stringify(encodeRecord('response', x, { srcPort: 40000, dstPort: 80, policy }, 1e12))));

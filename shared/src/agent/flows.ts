@@ -52,8 +52,8 @@ export interface AgentFlows {
   status(): { observer: { socket: string; address?: string; flowBufferSize: number }; metrics: { address: string | null } };
   /** For flows built elsewhere (the L7 proxy's): the lookups that name endpoints, identities, rules. */
   readonly context: FlowContext;
-  /** Flows that come built, in order (the L7 proxy's records). */
-  push(flows: Flow[]): void;
+  /** Records of another source (the L7 proxy's), built into flows by `build` when read. */
+  pushLazy(records: unknown[], timeMs: (r: unknown) => number, build: (r: unknown) => Flow): void;
   /** The metrics registry (undefined with --metrics-address off). */
   readonly registry?: Registry;
   close(): Promise<void>;
@@ -162,7 +162,7 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
   return {
     status: () => ({ observer: observerStatus, metrics: { address: metricsAddress } }),
     context,
-    push: (flows) => { ring.tick(); for (const f of flows) ring.pushFlow(f); },
+    pushLazy: (records, timeMs, build) => { ring.tick(); for (const r of records) ring.pushLazy(r, timeMs(r), build); },
     registry: metrics?.registry,
     close: async () => { await closeAll(); metrics = undefined; },
   };

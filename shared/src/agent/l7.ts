@@ -8,7 +8,7 @@ import type { AgentConfig } from './config.ts';
 import type { Netlink } from '../netlink/index.ts';
 import type { PolicyEngine } from '../policy/engine.ts';
 import { ProxyManager, type WorkerCommand } from '../l7/manager.ts';
-import type { L7Record } from '../l7/proxy/records.ts';
+import { decodeRecord, R, type RecordTuple } from '../l7/proxy/records.ts';
 import { l7Flow } from '../l7/flows.ts';
 import { registerL7Metrics } from '../l7/metrics.ts';
 import type { AgentFlows } from './flows.ts';
@@ -38,7 +38,7 @@ export function proxyWorkerCommand(): WorkerCommand {
 export class AgentL7 {
   private engine?: PolicyEngine;
   private pending = false;
-  private readonly listeners: ((r: L7Record[]) => void)[] = [];
+  private readonly listeners: ((r: RecordTuple[]) => void)[] = [];
   private lostRecords = 0;
   private socketMark = false;
 
@@ -88,7 +88,7 @@ export class AgentL7 {
     });
   };
 
-  onRecords(fn: (r: L7Record[]) => void): void {
+  onRecords(fn: (r: RecordTuple[]) => void): void {
     this.listeners.push(fn);
   }
 
@@ -99,8 +99,10 @@ export class AgentL7 {
       const v = flows.context.endpointById(id);
       return v?.podName ? `${v.namespace ? `${v.namespace}/` : ''}${v.podName}` : v ? v.containerId.slice(0, 12) : String(id);
     };
+    const build = (r: unknown) => l7Flow(decodeRecord(r as RecordTuple), flows.context);
+    const time = (r: unknown) => (r as RecordTuple)[R.TIME];
     this.onRecords((records) => {
-      flows.push(records.map((r) => l7Flow(r, flows.context)));
+      flows.pushLazy(records, time, build);
       if (metrics) for (const r of records) metrics.observe(r, name);
     });
   }

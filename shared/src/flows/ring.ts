@@ -9,6 +9,8 @@ import type { FlowRefs, RuleDescription, SideRef } from './enrich.ts';
 import { assemble } from './flow.ts';
 import type { Flow, Timestamp } from './types.ts';
 
+interface LazyFlow { record: unknown; timeMs: number; build: (record: unknown) => Flow }
+
 export interface SelectOptions {
   /** How many (0: no limit). */
   number?: number;
@@ -25,8 +27,8 @@ export class FlowRing {
   private readonly dst: (SideRef | undefined)[];
   private readonly ifName: (string | undefined)[];
   private readonly rule: (RuleDescription | undefined)[];
-  /** Flows that arrive built (L7 records from the proxy): kept as they are, in the same order. */
-  private readonly built: (Flow | undefined)[];
+  /** Records of other sources (the L7 proxy's), built into flows only when read, like the events. */
+  private readonly lazy: (LazyFlow | undefined)[];
   // The wall-clock offset in force when each event arrived (it moves only when the clock is stepped).
   private readonly offSec: Float64Array;
   private readonly offNs: Float64Array;
@@ -48,7 +50,7 @@ export class FlowRing {
     this.dst = new Array(capacity);
     this.ifName = new Array(capacity);
     this.rule = new Array(capacity);
-    this.built = new Array(capacity);
+    this.lazy = new Array(capacity);
     this.offSec = new Float64Array(capacity);
     this.offNs = new Float64Array(capacity);
     this.nowSec = Math.floor(nowMs() / 1000);
@@ -76,20 +78,19 @@ export class FlowRing {
     this.dst[i] = refs.dst;
     this.ifName[i] = refs.ifName;
     this.rule[i] = refs.rule;
-    this.built[i] = undefined;
+    this.lazy[i] = undefined;
     this.offSec[i] = wallOffset.seconds;
     this.offNs[i] = wallOffset.nanos;
     this.advance(i);
   }
 
-  /** Stores a flow that comes built (its time is its own). */
-  pushFlow(flow: Flow): void {
+  /** Stores a record of another source: `build` makes its flow when someone reads it. */
+  pushLazy(record: unknown, timeMs: number, build: (record: unknown) => Flow): void {
     const i = this.next;
-    this.bytes.fill(0, i * TRACE_EVENT_SIZE, (i + 1) * TRACE_EVENT_SIZE);
     this.src[i] = this.dst[i] = undefined;
     this.ifName[i] = undefined;
     this.rule[i] = undefined;
-    this.built[i] = flow;
+    this.lazy[i] = { record, timeMs, build };
     this.advance(i);
   }
 
@@ -120,8 +121,12 @@ export class FlowRing {
 
   /** The flow in slot i, whose sequence number (0 = the first flow seen) is seq. */
   private flowAt(i: number, seq: number): Flow {
-    const built = this.built[i];
-    if (built) return { ...built, uuid: this.uuidPrefix + seq.toString(16).padStart(12, '0') };
+    const lazy = this.lazy[i];
+    if (lazy) {
+      const f = lazy.build(lazy.record);
+      f.uuid = this.uuidPrefix + seq.toString(16).padStart(12, '0');
+      return f;
+    }
     const refs: FlowRefs = { src: this.src[i], dst: this.dst[i], ifName: this.ifName[i], rule: this.rule[i] };
     const flow = assemble(decodeTraceEvent(this.bytes, i * TRACE_EVENT_SIZE), refs, this.nodeName, { seconds: this.offSec[i], nanos: this.offNs[i] });
     flow.uuid = this.uuidPrefix + seq.toString(16).padStart(12, '0');
@@ -143,8 +148,8 @@ export class FlowRing {
 
   /** Wall-clock ms of slot i without building the flow (time windows are checked first). */
   private timeMs(i: number): number {
-    const built = this.built[i];
-    if (built) return built.time.seconds * 1000 + built.time.nanos / 1e6;
+    const lazy = this.lazy[i];
+    if (lazy) return lazy.timeMs;
     const ts = readHostU64Number(this.bytes, i * TRACE_EVENT_SIZE);
     return ts ? (this.offSec[i] * 1000 + (this.offNs[i] + ts) / 1e6) : Date.now();
   }

@@ -17,7 +17,7 @@ import path from 'node:path';
 import type { Logger } from '../log.ts';
 import { listenUnix } from '../io/unix-socket.ts';
 import { encodeFrame, FrameReader, type AgentMessage, type WorkerMessage } from './proxy/frames.ts';
-import { decodeRecord, type L7Record } from './proxy/records.ts';
+import type { RecordTuple } from './proxy/records.ts';
 import type { ProxySnapshot } from './proxy/snapshot.ts';
 import { pickProxyPort, portFree } from './proxy/sockets.ts';
 
@@ -31,7 +31,8 @@ export interface ProxyManagerOptions {
   version: string;
   command: WorkerCommand;
   log: Logger;
-  onRecords: (records: L7Record[]) => void;
+  /** Records as the workers send them (decoded only when read: records.ts decodeRecord). */
+  onRecords: (records: RecordTuple[]) => void;
   /** Records the workers could not deliver (agent away, buffer full). */
   onLost?: (n: number) => void;
 }
@@ -122,7 +123,7 @@ export class ProxyManager {
         if (m.version !== this.o.version) this.o.log.warn({ worker: m.index, version: m.version }, 'L7 proxy worker of another version adopted; it is replaced when it restarts');
       } else if (m.t === 'records') {
         if (m.lost) this.o.onLost?.(m.lost);
-        this.o.onRecords(m.r.map(decodeRecord));
+        this.o.onRecords(m.r);
       } else if (m.t === 'stats' && w) {
         w.stats = m;
       }

@@ -3,14 +3,14 @@
 // come from clients: anything but the standard ones counts as "other", so a client cannot make the
 // agent grow a series per made-up method.
 import { Counter, Histogram, type Registry } from 'prom-client';
-import type { L7Record } from './proxy/records.ts';
+import { R, verdictName, type RecordTuple } from './proxy/records.ts';
 
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH']);
 export const L7_LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 export interface L7Metrics {
   /** `endpointName` names the endpoint whose policy proxied the request (for the latency series). */
-  observe(r: L7Record, endpointName: (id: number) => string): void;
+  observe(r: RecordTuple, endpointName: (id: number) => string): void;
 }
 
 export function registerL7Metrics(registry: Registry): L7Metrics {
@@ -23,12 +23,27 @@ export function registerL7Metrics(registry: Registry): L7Metrics {
     name: 'membrane_l7_request_duration_seconds', help: 'HTTP request to response (heads), per endpoint whose policy proxied it',
     labelNames: ['endpoint'] as const, buckets: L7_LATENCY_BUCKETS, registers,
   });
+  // Label children cached by their values: a request costs two increments, no label hashing.
+  const counters = new Map<string, Counter.Internal>();
+  const latencies = new Map<number, Histogram.Internal<'endpoint'>>();
   return {
     observe(r, endpointName) {
-      if (r.kind !== 'response') return;
-      requests.inc({ method: METHODS.has(r.method) ? r.method : 'other', status: String(r.status || 0), verdict: r.verdict });
-      const side = r.sides.find((s) => s.direction === 'ingress') ?? r.sides[0];
-      if (side) latency.observe({ endpoint: endpointName(side.endpoint) }, r.latencyNs / 1e9);
+      if (r[R.KIND] !== 1) return; // responses: they carry the status and the latency
+      const method = METHODS.has(r[R.METHOD]) ? r[R.METHOD] : 'other';
+      const key = `${method}|${r[R.STATUS]}|${r[R.VERDICT]}`;
+      let c = counters.get(key);
+      if (!c) counters.set(key, (c = requests.labels({ method, status: String(r[R.STATUS] || 0), verdict: verdictName(r[R.VERDICT]) })));
+      c.inc();
+      const sides = r[R.SIDES];
+      let side = sides[0];
+      for (const s of sides) if (s[0] === 0) { side = s; break; } // the ingress side first
+      if (!side) return;
+      let h = latencies.get(side[1]);
+      if (!h) {
+        if (latencies.size > 10_000) latencies.clear();
+        latencies.set(side[1], (h = latency.labels({ endpoint: endpointName(side[1]) })));
+      }
+      h.observe(r[R.LATENCY] / 1e9);
     },
   };
 }

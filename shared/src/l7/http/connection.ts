@@ -7,10 +7,18 @@
 // the sockets' buffers, and pipelining stops reading at MAX_PIPELINE outstanding requests.
 import type net from 'node:net';
 import { ChunkedScanner, HttpParseError, findHeadEnd, parseRequestHead, parseResponseHead, skipEmptyLines, type RequestHead } from './parse.ts';
-import { normalizeTarget } from './rules.ts';
+import { normalizeTarget, type RequestView } from './rules.ts';
 import { deniedResponse, errorResponse, rewriteHead, type Decide, type Exchange, type ExchangeSink } from './exchange.ts';
 
 const MAX_PIPELINE = 128;
+
+/** What rules see of a request; header names and values only when a rule asks (they cost strings). */
+class HeadView implements RequestView {
+  constructor(private readonly head: RequestHead, readonly path: string, readonly host: string) {}
+  get method(): string { return this.head.method; }
+  get names(): string[] { return this.head.names; }
+  get values(): string[] { return this.head.values; }
+}
 
 const enum Rq { HEAD, BODY_LEN, BODY_CHUNKED, WAIT_SWITCH, TUNNEL, CLOSED }
 const enum Rs { HEAD, BODY_LEN, BODY_CHUNKED, BODY_CLOSE, TUNNEL }
@@ -167,11 +175,9 @@ export class HttpProxyConnection {
   /** A complete request head: decide, queue its response slot, answer now if it is the proxy's turn. */
   private admit(head: RequestHead): Pending {
     const { path, host } = normalizeTarget(head.target, head.host);
-    const view = { method: head.method, path, host, names: head.names, values: head.values };
-    const verdict = this.o.decide(head, view);
+    const verdict = this.o.decide(head, new HeadView(head, path, host));
     const x: Exchange = {
-      method: head.method, path, host, protocol: head.minor === 1 ? 'HTTP/1.1' : 'HTTP/1.0',
-      headers: { names: head.names, values: head.values }, verdict, startMs: performance.now(), status: 0, latencyNs: 0,
+      method: head.method, path, host, protocol: head.minor === 1 ? 'HTTP/1.1' : 'HTTP/1.0', verdict, startMs: performance.now(), status: 0, latencyNs: 0,
     };
     const switching = verdict.allowed && (head.upgrade || head.method === 'CONNECT');
     let closeAfter = !head.keepAlive;
@@ -206,7 +212,7 @@ export class HttpProxyConnection {
     const err = e instanceof HttpParseError ? e : new HttpParseError(400, 'malformed request');
     this.rq = Rq.CLOSED;
     const x: Exchange = {
-      method: '', path: '', host: '', protocol: 'HTTP/1.1', headers: { names: [], values: [] },
+      method: '', path: '', host: '', protocol: 'HTTP/1.1',
       verdict: { allowed: false, edits: [] }, startMs: performance.now(), status: 0, latencyNs: 0, localReason: 'bad-request',
     };
     this.pending.push({ x, local: errorResponse(err.status === 502 ? 400 : err.status, err.message), switching: false, closeAfter: true, complete: true });

@@ -19,7 +19,6 @@ export interface Exchange {
   host: string;
   /** "HTTP/1.1" / "HTTP/1.0" */
   protocol: string;
-  headers: { names: string[]; values: string[] };
   verdict: Verdict;
   /** performance.now() when the request head was complete. */
   startMs: number;

@@ -21,9 +21,10 @@ export interface RequestHead {
   target: string;
   /** HTTP/1.<minor> */
   minor: 0 | 1;
-  /** Header names lower-cased, and their values without surrounding whitespace, in order. */
-  names: string[];
-  values: string[];
+  /** Header names lower-cased, and their values without surrounding whitespace, in order. Built on
+   *  first use from the bytes of the chunk the head came in: ask while that chunk is processed. */
+  readonly names: string[];
+  readonly values: string[];
   body: 'none' | 'length' | 'chunked';
   contentLength: number;
   /** The Host header (one, for HTTP/1.1). */
@@ -54,22 +55,6 @@ export class HttpParseError extends Error {
 }
 
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
-/** Control characters other than HTAB, and CR or LF that are not part of a CRLF pair. */
-const BAD_CHARS = /[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n/;
-const DIGITS = /^\d{1,15}$/;
-
-/** tchar (RFC 9110 5.6.2) by char code. */
-const TCHAR = new Uint8Array(128);
-for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") TCHAR[c.charCodeAt(0)] = 1;
-
-function isTokenRange(s: string, from: number, to: number): boolean {
-  if (to <= from) return false;
-  for (let i = from; i < to; i++) {
-    const c = s.charCodeAt(i);
-    if (c > 127 || !TCHAR[c]) return false;
-  }
-  return true;
-}
 
 const CRLFCRLF = Buffer.from('\r\n\r\n');
 
@@ -96,164 +81,8 @@ export function skipEmptyLines(buf: Buffer, start: number, end: number): number 
   return i;
 }
 
-/** Comma-separated tokens of every header `name`, lower-cased. */
-export function headerTokens(names: string[], values: string[], name: string): string[] {
-  const out: string[] = [];
-  for (let i = 0; i < names.length; i++) {
-    if (names[i] !== name) continue;
-    for (const t of values[i].split(',')) {
-      const v = t.trim().toLowerCase();
-      if (v) out.push(v);
-    }
-  }
-  return out;
-}
-
-/** The headers that frame a message and steer the connection, collected in the one pass. */
-interface Collected {
-  te: string | undefined;
-  cl: string | undefined;
-  clCount: number;
-  conn: string | undefined;
-  host: string | undefined;
-  hostCount: number;
-  expect: string | undefined;
-  upgrade: boolean;
-}
-
-const join = (a: string | undefined, b: string) => (a === undefined ? b : `${a},${b}`);
-
-/**
- * Header lines of `text` from `pos` (after the start line) into names/values (when given) and the
- * collected framing headers. `text` has been checked for stray control characters already.
- */
-function scanHeaders(text: string, pos: number, names: string[] | null, values: string[] | null, status: 400 | 502): Collected {
-  const c: Collected = { te: undefined, cl: undefined, clCount: 0, conn: undefined, host: undefined, hostCount: 0, expect: undefined, upgrade: false };
-  const len = text.length;
-  while (pos < len) {
-    let eol = text.indexOf('\r\n', pos);
-    if (eol < 0) eol = len;
-    const first = text.charCodeAt(pos);
-    if (first === 32 || first === 9) throw new HttpParseError(status, 'obsolete header line folding is not accepted');
-    const colon = text.indexOf(':', pos);
-    if (colon < 0 || colon > eol || !isTokenRange(text, pos, colon)) throw new HttpParseError(status, `malformed header line ${JSON.stringify(text.slice(pos, Math.min(eol, pos + 60)))}`);
-    let vs = colon + 1;
-    let ve = eol;
-    while (vs < ve && (text.charCodeAt(vs) === 32 || text.charCodeAt(vs) === 9)) vs++;
-    while (ve > vs && (text.charCodeAt(ve - 1) === 32 || text.charCodeAt(ve - 1) === 9)) ve--;
-    const name = text.slice(pos, colon).toLowerCase();
-    const value = text.slice(vs, ve);
-    if (names) { names.push(name); values!.push(value); }
-    switch (name) {
-      case 'content-length': c.cl = value; c.clCount++; break;
-      case 'transfer-encoding': c.te = join(c.te, value); break;
-      case 'connection': c.conn = join(c.conn, value); break;
-      case 'host': c.host = value; c.hostCount++; break;
-      case 'expect': c.expect = join(c.expect, value); break;
-      case 'upgrade': c.upgrade = true; break;
-    }
-    pos = eol + 2;
-  }
-  return c;
-}
-
-function tokens(v: string | undefined): string[] {
-  if (v === undefined) return [];
-  const out: string[] = [];
-  for (const t of v.split(',')) {
-    const x = t.trim().toLowerCase();
-    if (x) out.push(x);
-  }
-  return out;
-}
-
-interface Framing { body: 'none' | 'length' | 'chunked' | 'close'; contentLength: number }
-
-/** Transfer-Encoding and Content-Length -> framing; `request` applies the stricter request rules. */
-function framing(c: Collected, minor: number, request: boolean): Framing {
-  const err = (status: 400 | 501 | 502, msg: string) => new HttpParseError(request ? status : 502, msg);
-  if (c.clCount > 1) throw err(400, 'more than one Content-Length header');
-  if (c.te !== undefined) {
-    const te = tokens(c.te);
-    if (c.cl !== undefined) throw err(400, 'both Transfer-Encoding and Content-Length');
-    if (request && minor === 0) throw err(400, 'Transfer-Encoding in an HTTP/1.0 request');
-    const last = te[te.length - 1];
-    if (last === 'chunked') {
-      if (te.indexOf('chunked') !== te.length - 1) throw err(400, 'chunked applied more than once');
-      return { body: 'chunked', contentLength: -1 };
-    }
-    // A request body must be delimited; a response without final chunked runs until close.
-    if (request) throw err(501, `transfer coding "${last ?? ''}" without a final chunked is not accepted`);
-    return { body: 'close', contentLength: -1 };
-  }
-  if (c.cl !== undefined) {
-    if (!DIGITS.test(c.cl)) throw err(400, `Content-Length ${JSON.stringify(c.cl.slice(0, 30))} is not a number`);
-    const n = Number(c.cl);
-    return n === 0 ? { body: 'none', contentLength: 0 } : { body: 'length', contentLength: n };
-  }
-  return request ? { body: 'none', contentLength: 0 } : { body: 'close', contentLength: -1 };
-}
-
-function headText(buf: Buffer, start: number, headEnd: number, status: 400 | 502): string {
-  const text = buf.toString('latin1', start, headEnd - 4);
-  if (BAD_CHARS.test(text)) throw new HttpParseError(status, 'control characters or a bare CR/LF in the message head');
-  return text;
-}
-
-/** Parses the request head in buf[start, headEnd) (headEnd from findHeadEnd). */
-export function parseRequestHead(buf: Buffer, start: number, headEnd: number): RequestHead {
-  const text = headText(buf, start, headEnd, 400);
-  let eol = text.indexOf('\r\n');
-  if (eol < 0) eol = text.length;
-  const sp1 = text.indexOf(' ');
-  const sp2 = sp1 < 0 ? -1 : text.indexOf(' ', sp1 + 1);
-  if (sp1 < 0 || sp2 < 0 || sp2 > eol || eol - sp2 !== 9 || !isTokenRange(text, 0, sp1) || sp2 === sp1 + 1 ||
-      !text.startsWith('HTTP/1.', sp2 + 1) || (text.charCodeAt(eol - 1) !== 48 && text.charCodeAt(eol - 1) !== 49)) {
-    throw new HttpParseError(400, `malformed request line ${JSON.stringify(text.slice(0, Math.min(eol, 80)))}`);
-  }
-  const target = text.slice(sp1 + 1, sp2);
-  for (let i = 0; i < target.length; i++) {
-    const ch = target.charCodeAt(i);
-    if (ch <= 32 || ch === 127) throw new HttpParseError(400, 'malformed request target');
-  }
-  const minor = text.charCodeAt(eol - 1) === 49 ? 1 : 0;
-  const names: string[] = [];
-  const values: string[] = [];
-  const c = scanHeaders(text, eol + 2, names, values, 400);
-  if (c.hostCount > 1) throw new HttpParseError(400, 'more than one Host header');
-  if (minor === 1 && c.host === undefined) throw new HttpParseError(400, 'an HTTP/1.1 request needs a Host header');
-  // Request framing never runs until close (framing() refuses that for requests).
-  const f = framing(c, minor, true) as { body: RequestHead['body']; contentLength: number };
-  const conn = tokens(c.conn);
-  return {
-    method: text.slice(0, sp1), target, minor, names, values, body: f.body, contentLength: f.contentLength, host: c.host,
-    keepAlive: minor === 1 ? !conn.includes('close') : conn.includes('keep-alive'),
-    upgrade: c.upgrade && conn.includes('upgrade'),
-    expectContinue: tokens(c.expect).includes('100-continue'), headLength: headEnd - start,
-  };
-}
-
-/** Parses a response head; the request it answers decides whether a body can follow (RFC 9112 6.3). */
-export function parseResponseHead(buf: Buffer, start: number, headEnd: number, requestMethod: string): ResponseHead {
-  const text = headText(buf, start, headEnd, 502);
-  let eol = text.indexOf('\r\n');
-  if (eol < 0) eol = text.length;
-  const d0 = text.charCodeAt(9), d1 = text.charCodeAt(10), d2 = text.charCodeAt(11);
-  if (!text.startsWith('HTTP/1.') || (text.charCodeAt(7) !== 48 && text.charCodeAt(7) !== 49) || text.charCodeAt(8) !== 32 ||
-      !(d0 >= 49 && d0 <= 57 && d1 >= 48 && d1 <= 57 && d2 >= 48 && d2 <= 57) || (eol > 12 && text.charCodeAt(12) !== 32)) {
-    throw new HttpParseError(502, `malformed status line ${JSON.stringify(text.slice(0, Math.min(eol, 80)))}`);
-  }
-  const minor = text.charCodeAt(7) === 49 ? 1 : 0;
-  const status = (d0 - 48) * 100 + (d1 - 48) * 10 + (d2 - 48);
-  const c = scanHeaders(text, eol + 2, null, null, 502);
-  const conn = tokens(c.conn);
-  const keepAlive = minor === 1 ? !conn.includes('close') : conn.includes('keep-alive');
-  const base = { status, minor: minor as 0 | 1, keepAlive, headLength: headEnd - start };
-  if (requestMethod === 'HEAD' || status < 200 || status === 204 || status === 304) return { ...base, body: 'none', contentLength: 0 };
-  if (requestMethod === 'CONNECT' && status < 300) return { ...base, body: 'none', contentLength: 0 };
-  const f = framing(c, minor, false);
-  return { ...base, body: f.body, contentLength: f.contentLength };
-}
+/** Heads are parsed in head.ts (one pass over the bytes); re-exported here with the types. */
+export { parseRequestHead, parseResponseHead } from './head.ts';
 
 /** Validates a header name for rule compilation and rewrites. */
 export function isToken(s: string): boolean {

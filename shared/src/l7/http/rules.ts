@@ -65,7 +65,10 @@ export function headerValue(names: string[], values: string[], lname: string): s
   return out;
 }
 
-function ruleMatches(r: CompiledHttpRule, req: RequestView, edits: HeaderEdit[], mismatches: string[]): boolean {
+/** Edits and mismatches of one rule, made only when a header match misses (the rare case). */
+interface Effects { edits: HeaderEdit[]; mismatches: string[] }
+
+function ruleMatches(r: CompiledHttpRule, req: RequestView, fx: { v?: Effects }): boolean {
   if (r.method && !r.method.test(req.method)) return false;
   if (r.path && !r.path.test(req.path)) return false;
   if (r.host && !r.host.test(req.host)) return false;
@@ -78,6 +81,8 @@ function ruleMatches(r: CompiledHttpRule, req: RequestView, edits: HeaderEdit[],
     const ok = v !== undefined && (m.value === undefined || v === m.value);
     if (ok) continue;
     if (!m.mismatch) return false;
+    fx.v ??= { edits: [], mismatches: [] };
+    const { edits, mismatches } = fx.v;
     mismatches.push(`${m.name}: ${v === undefined ? 'missing' : 'mismatch'} (${m.mismatch})`);
     if (m.mismatch === 'ADD' && m.value !== undefined) edits.push({ op: 'add', name: m.name, value: m.value });
     else if (m.mismatch === 'DELETE' && v !== undefined) edits.push({ op: 'delete', name: m.lname });
@@ -86,14 +91,17 @@ function ruleMatches(r: CompiledHttpRule, req: RequestView, edits: HeaderEdit[],
   return true;
 }
 
+// Shared and frozen: most requests change nothing, and nothing may add to these.
+const NO_EDITS = Object.freeze([]) as unknown as HeaderEdit[];
+const NO_MISMATCHES = Object.freeze([]) as unknown as string[];
+
 /** The first rule that matches decides (and brings its header edits); none matching denies. */
 export function matchHttp(rules: CompiledHttpRule[], req: RequestView): HttpMatch {
   for (let i = 0; i < rules.length; i++) {
-    const edits: HeaderEdit[] = [];
-    const mismatches: string[] = [];
-    if (ruleMatches(rules[i], req, edits, mismatches)) return { allowed: true, rule: i, edits, mismatches };
+    const fx: { v?: Effects } = {};
+    if (ruleMatches(rules[i], req, fx)) return { allowed: true, rule: i, edits: fx.v?.edits ?? NO_EDITS, mismatches: fx.v?.mismatches ?? NO_MISMATCHES };
   }
-  return { allowed: false, rule: -1, edits: [], mismatches: [] };
+  return { allowed: false, rule: -1, edits: NO_EDITS, mismatches: NO_MISMATCHES };
 }
 
 const UNRESERVED = /%(2[dDeE]|5[fF]|7[eE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA])/g;

@@ -19,6 +19,11 @@ export type RecordTuple = [
   sides: SideTuple[],
 ];
 
+/** Field positions of a RecordTuple, for readers that need one or two fields (metrics). */
+export const R = { KIND: 0, TIME: 1, METHOD: 10, STATUS: 14, LATENCY: 15, VERDICT: 16, SIDES: 18 } as const;
+const VERDICTS: RecordVerdict[] = ['forwarded', 'denied', 'error'];
+export const verdictName = (v: number): RecordVerdict => VERDICTS[v] ?? 'error';
+
 export interface L7Record {
   kind: RecordKind;
   /** Wall-clock time in ms (with sub-ms fraction). */
@@ -49,7 +54,8 @@ export interface RecordContext {
 export function encodeRecord(kind: RecordKind, x: Exchange, ctx: RecordContext, timeOrigin: number): RecordTuple {
   const d = x.verdict.info as ProxyDecision | undefined;
   const verdict = x.localReason === 'denied' ? 1 : x.localReason ? 2 : 0;
-  const sides: SideTuple[] = (d?.sides ?? []).map((s) => [s.direction === 'egress' ? 1 : 0, s.endpoint, s.allowed ? 1 : 0, s.ruleId, s.http?.path ?? '']);
+  const sides: SideTuple[] = [];
+  if (d) for (const s of d.sides) sides.push([s.direction === 'egress' ? 1 : 0, s.endpoint, s.allowed ? 1 : 0, s.ruleId, s.http?.path ?? '']);
   const p = ctx.policy;
   return [
     kind === 'request' ? 0 : 1, timeOrigin + performance.now(),

@@ -12,6 +12,7 @@ import { compileHttpRule, matchHttp, type CompiledHttpRule, type HeaderEdit, typ
 import type { ProxySnapshot, SnapshotDirection } from './snapshot.ts';
 
 const WORLD = 2;
+const NO_EDITS: HeaderEdit[] = [];
 
 /** One side's verdict. */
 export interface SideVerdict {
@@ -56,6 +57,8 @@ export class ProxyView {
   private readonly exact = new Map<string, number>();
   private readonly prefixes: { cidr: Cidr; identity: number }[] = [];
   private readonly identityCache = new Map<string, number>();
+  /** Connections between the same two addresses and port share their (immutable) policy. */
+  private readonly conns = new Map<string, ConnectionPolicy>();
   private readonly dirs: { ingress?: DirectionPolicy; egress?: DirectionPolicy }[];
   private readonly sets: CompiledSet[];
 
@@ -97,6 +100,16 @@ export class ProxyView {
 
   /** The policy of a connection from src to dst:dport (TCP). */
   connection(srcIp: string, dstIp: string, dport: number): ConnectionPolicy {
+    const key = `${srcIp}|${dstIp}|${dport}`;
+    const cached = this.conns.get(key);
+    if (cached) return cached;
+    const c = this.resolve(srcIp, dstIp, dport);
+    if (this.conns.size > 100_000) this.conns.clear();
+    this.conns.set(key, c);
+    return c;
+  }
+
+  private resolve(srcIp: string, dstIp: string, dport: number): ConnectionPolicy {
     const srcEp = this.byIp.get(normalizeIp(srcIp));
     const dstEp = this.byIp.get(normalizeIp(dstIp));
     const src = { ip: srcIp, identity: this.identityOf(srcIp), ...(srcEp ? { endpoint: srcEp.id } : {}) };
@@ -114,7 +127,7 @@ export class ProxyView {
   }
 
   decide(c: ConnectionPolicy, req: RequestView): ProxyDecision {
-    const out: ProxyDecision = { allowed: true, edits: [], sides: [], mismatches: [] };
+    const out: ProxyDecision = { allowed: true, edits: NO_EDITS, sides: [], mismatches: NO_EDITS as unknown as string[] };
     for (const side of c.sides) {
       const e = side.entry;
       let v: SideVerdict;
@@ -122,7 +135,8 @@ export class ProxyView {
         const m = matchHttp(side.rules, req);
         const ref = m.allowed ? e.l7!.rules[m.rule] : undefined;
         v = { direction: side.direction, endpoint: side.endpoint, allowed: m.allowed, ruleId: ref?.ruleId ?? e.ruleId, l7: true, ...(ref ? { http: ref } : {}) };
-        if (m.allowed) { out.edits.push(...m.edits); out.mismatches.push(...m.mismatches); }
+        if (m.allowed && m.edits.length) out.edits = out.edits.length ? [...out.edits, ...m.edits] : m.edits;
+      if (m.allowed && m.mismatches.length) out.mismatches = out.mismatches.length ? [...out.mismatches, ...m.mismatches] : m.mismatches;
       } else if (e) {
         v = { direction: side.direction, endpoint: side.endpoint, allowed: e.action === 'allow', ruleId: e.ruleId, l7: false };
       } else {
@@ -131,7 +145,7 @@ export class ProxyView {
       out.sides.push(v);
       if (!v.allowed) out.allowed = false;
     }
-    if (!out.allowed) out.edits = [];
+    if (!out.allowed) out.edits = NO_EDITS;
     return out;
   }
 }

@@ -1,0 +1,181 @@
+// npm run bench:l7 (node --import tsx scripts/bench/l7.ts) — not a test. HTTP between two pods with
+// wrk (client pod) against nginx serving a small static response (server pod), in one interleaved
+// run, at several connection counts, keep-alive and one request per connection:
+//   direct  L3/L4 policy only (client -> server:80 allowed)
+//   l7      Membrane's L7 policy on port 80 (every request through the proxy, checked against
+//           an HTTP rule, reported as L7 flows)
+//   nginx   nginx (Debian) as a reverse proxy on the node, in front of the same server: the C proxy
+//           a user would otherwise put there (upstream keep-alive, access log off)
+// plus the same-run A/B of a port without L7 rules (8080) with and without the L7 policy on port 80
+// (redirect_peer traffic never meets the proxy: the cost should be 0).
+// Medians over BENCH_ROUNDS rounds of BENCH_SECONDS each; BENCH_CONNS picks the connection counts.
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { createNetns, type TestNetns } from '../../integration/lib/netns.ts';
+import { randomId, startAgent, type TestAgent } from '../../integration/lib/agent.ts';
+import { PolicyClient } from '../../shared/src/policy/client.ts';
+import { markdownTable, median, sleep } from './lib.ts';
+
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+const CONNS = (process.env.BENCH_CONNS ?? '1,10,50,100').split(',').map(Number);
+const NGINX_PORT = 18000 + Math.floor(Math.random() * 2000); // nginx on the node: random, so runs never clash
+delete process.env.NODE_EXTRA_CA_CERTS;
+
+type Variant = 'direct' | 'l7' | 'nginx';
+type Mode = 'keep-alive' | 'close';
+interface Sample { rps: number; p50: number; p99: number; errors: number }
+
+const policy = (l7: boolean) => `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: bench-web}
+spec:
+  endpointSelector: {matchLabels: {bench: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {bench: client}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]${l7 ? `
+      rules: {http: [{method: "GET", path: "/.*"}]}` : ''}
+    - ports: [{port: "8080", protocol: TCP}]
+  - fromEntities: [host]
+`;
+
+function nginxConf(dir: string, server: string, listen: string[], workers: number, body: string): string {
+  return `daemon off;
+worker_processes ${workers};
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+${server}
+  server {
+${listen.map((l) => `    listen ${l} backlog=8192 reuseport;`).join('\n')}
+${body}
+  }
+}
+`;
+}
+
+function startNginx(ns: TestNetns | null, conf: string): { child: ChildProcess; dir: string } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbb-nginx-'));
+  fs.writeFileSync(path.join(dir, 'nginx.conf'), conf.replaceAll('DIR', dir));
+  const args = ['-c', path.join(dir, 'nginx.conf'), '-p', dir, '-e', path.join(dir, 'error.log')];
+  const child = ns ? spawn('nsenter', [`--net=${ns.path}`, 'nginx', ...args], { stdio: 'ignore' }) : spawn('nginx', args, { stdio: 'ignore' });
+  return { child, dir };
+}
+
+function parseWrk(out: string): Sample {
+  const num = (re: RegExp) => { const m = re.exec(out); return m ? Number(m[1]) : NaN; };
+  const dur = (re: RegExp) => {
+    const m = re.exec(out);
+    if (!m) return NaN;
+    const v = Number(m[1]);
+    return m[2] === 'us' ? v / 1000 : m[2] === 's' ? v * 1000 : v; // ms
+  };
+  const errors = [...out.matchAll(/(connect|read|write|timeout) (\d+)/g)].reduce((n, m) => n + Number(m[2]), 0) + (num(/Non-2xx or 3xx responses: (\d+)/) || 0);
+  return { rps: num(/Requests\/sec:\s+([\d.]+)/), p50: dur(/ 50%\s+([\d.]+)(us|ms|s)/), p99: dur(/ 99%\s+([\d.]+)(us|ms|s)/), errors };
+}
+
+async function wrk(client: TestNetns, url: string, conns: number, mode: Mode): Promise<Sample> {
+  const args = ['-t', String(Math.min(2, conns)), '-c', String(conns), '-d', `${SECONDS}s`, '--latency', ...(mode === 'close' ? ['-H', 'Connection: close'] : []), url];
+  const out = await client.exec('wrk', args, { timeoutMs: (SECONDS + 30) * 1000 });
+  return parseWrk(out);
+}
+
+async function waitHttp(client: TestNetns, url: string): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    try { await client.exec('curl', ['-sf', '--max-time', '2', '-o', '/dev/null', url]); return; } catch { await sleep(200); }
+  }
+  throw new Error(`${url} does not answer`);
+}
+
+async function main(): Promise<void> {
+  for (const bin of ['wrk', 'nginx']) {
+    try { execFileSync('which', [bin], { stdio: 'ignore' }); } catch { throw new Error(`${bin} is missing: run scripts/setup (it installs wrk and nginx)`); }
+  }
+  const load = os.loadavg().map((x) => x.toFixed(2)).join(' ');
+  const agent: TestAgent = await startAgent();
+  const pc = new PolicyClient(agent.client);
+  const client = createNetns('mbb'), server = createNetns('mbb');
+  const procs: ChildProcess[] = [];
+  const dirs: string[] = [];
+  try {
+    await agent.client.createEndpoint({ containerId: `bench-l7-c-${randomId()}`, netns: client.path, ifName: 'eth0', labels: { bench: 'client' } });
+    const srv = await agent.client.createEndpoint({ containerId: `bench-l7-s-${randomId()}`, netns: server.path, ifName: 'eth0', labels: { bench: 'server' } });
+    const ip = srv.ips[0].address.split('/')[0];
+    const gateway = srv.ips[0].gateway;
+    // The server: nginx, one worker, a small static answer on 80 and 8080.
+    const s = startNginx(server, nginxConf('DIR', '', ['0.0.0.0:80', '0.0.0.0:8080'], 1, '    location / { return 200 "hello from the server\\n"; }'));
+    procs.push(s.child); dirs.push(s.dir);
+    // The peer: nginx on the node in front of the same server (as many workers as the L7 proxy).
+    const workers = ((await agent.client.status()).l7 as { workers: unknown[] } | undefined)?.workers.length ?? 2;
+    const p = startNginx(null, nginxConf('DIR', `  upstream server { server ${ip}:80; keepalive 512; }`, [`${gateway}:${NGINX_PORT}`], workers,
+      '    location / { proxy_pass http://server; proxy_http_version 1.1; proxy_set_header Connection ""; }'));
+    procs.push(p.child); dirs.push(p.dir);
+    const urls: Record<Variant, string> = { direct: `http://${ip}/`, l7: `http://${ip}/`, nginx: `http://${gateway}:${NGINX_PORT}/` };
+    await pc.import(policy(false));
+    await waitHttp(client, urls.direct);
+    await waitHttp(client, urls.nginx);
+
+    const samples = new Map<string, Sample[]>();
+    const rec = (key: string, v: Sample) => { samples.set(key, [...(samples.get(key) ?? []), v]); process.stderr.write(`${key}: ${JSON.stringify(v)}\n`); };
+    const setL7 = async (on: boolean) => {
+      await pc.import(policy(on));
+      if (on) {
+        for (let i = 0; i < 300; i++) {
+          const st = (await agent.client.status()).l7 as { workers: { connected: boolean }[] };
+          if (st.workers.every((w) => w.connected)) break;
+          await sleep(100);
+        }
+        await waitHttp(client, urls.l7);
+      }
+    };
+    for (let round = 0; round < ROUNDS; round++) {
+      for (const mode of ['keep-alive', 'close'] as Mode[]) {
+        for (const conns of CONNS) {
+          for (const v of (round % 2 ? ['nginx', 'l7', 'direct'] : ['direct', 'l7', 'nginx']) as Variant[]) {
+            await setL7(v === 'l7');
+            rec(`${v}|${mode}|${conns}`, await wrk(client, urls[v], conns, mode));
+          }
+        }
+      }
+      // Non-L7 port, A/B: without and with the L7 policy on port 80.
+      for (const on of round % 2 ? [true, false] : [false, true]) {
+        await setL7(on);
+        rec(`8080|${on ? 'l7-on' : 'l7-off'}`, await wrk(client, `http://${ip}:8080/`, 50, 'keep-alive'));
+      }
+    }
+    await pc.delete('all');
+
+    const med = (key: string, f: keyof Sample) => median((samples.get(key) ?? []).map((x) => x[f]));
+    const rows: string[][] = [];
+    for (const mode of ['keep-alive', 'close'] as Mode[]) {
+      for (const conns of CONNS) {
+        const k = (v: Variant) => `${v}|${mode}|${conns}`;
+        const cell = (v: Variant) => `${med(k(v), 'rps').toFixed(0)} / ${med(k(v), 'p50').toFixed(2)} / ${med(k(v), 'p99').toFixed(2)}`;
+        rows.push([mode, String(conns), cell('direct'), cell('l7'), cell('nginx'),
+          `${(med(k('l7'), 'rps') / med(k('nginx'), 'rps')).toFixed(2)}×`, `${(med(k('l7'), 'p99') / med(k('nginx'), 'p99')).toFixed(2)}×`]);
+      }
+    }
+    const errors = [...samples].filter(([, v]) => v.some((x) => x.errors)).map(([k]) => k);
+    console.log(`\nL7 HTTP benchmark: ${ROUNDS} interleaved rounds × ${SECONDS} s, medians; wrk in the client pod, nginx (1 worker) serving in the server pod; ${os.cpus().length} CPUs; load average at start ${load}\n`);
+    console.log(markdownTable(['connections', 'conns', 'direct req/s / p50 / p99 ms', 'Membrane L7 req/s / p50 / p99 ms', 'nginx proxy req/s / p50 / p99 ms', 'L7/nginx req/s', 'L7/nginx p99'], rows));
+    const off = med('8080|l7-off', 'rps'), on = med('8080|l7-on', 'rps');
+    console.log(`\nPort 8080 (no L7 rules), 50 connections keep-alive: ${off.toFixed(0)} req/s without the L7 policy on port 80, ${on.toFixed(0)} req/s with it (${(on / off).toFixed(2)}×).`);
+    if (errors.length) console.log(`\nwrk reported errors (socket errors or non-2xx) in: ${errors.join(', ')}`);
+  } finally {
+    for (const c of procs) c.kill('SIGTERM');
+    await sleep(300);
+    for (const c of procs) if (c.exitCode === null) c.kill('SIGKILL');
+    await agent.cleanup();
+    client.remove();
+    server.remove();
+    for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+  }
+}
+
+main().catch((e) => { console.error(e); process.exit(1); });

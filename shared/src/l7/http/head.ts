@@ -1,0 +1,247 @@
+// Request and response heads, parsed in one pass over the bytes (this runs for every request and
+// response the proxy carries, so: no regular expressions, no string per line, no array per header).
+// The strict rules (see parse.ts) are checked on the way: control characters, bare CR or LF, obs-fold,
+// whitespace before a colon, repeated or malformed framing headers. Strings are made only for what is
+// needed: method, target and the framing headers at once; the other headers' names and values when
+// something asks for them (rules that test headers, header rewrites), from the bytes of the chunk
+// being processed. Pure.
+import { HttpParseError, type RequestHead, type ResponseHead } from './parse.ts';
+
+/** tchar (RFC 9110 5.6.2) by byte. */
+export const TCHAR = new Uint8Array(256);
+for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") TCHAR[c.charCodeAt(0)] = 1;
+
+const enum H { OTHER, HOST, CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, EXPECT, UPGRADE }
+
+const lower = (b: number) => (b >= 65 && b <= 90 ? b | 32 : b);
+
+function is(buf: Buffer, at: number, len: number, name: string): boolean {
+  if (len !== name.length) return false;
+  for (let i = 0; i < len; i++) if (lower(buf[at + i]) !== name.charCodeAt(i)) return false;
+  return true;
+}
+
+/** Which framing header a name is (by length first: almost every header is none of them). */
+function kind(buf: Buffer, at: number, len: number): H {
+  switch (len) {
+    case 4: return is(buf, at, len, 'host') ? H.HOST : H.OTHER;
+    case 6: return is(buf, at, len, 'expect') ? H.EXPECT : H.OTHER;
+    case 7: return is(buf, at, len, 'upgrade') ? H.UPGRADE : H.OTHER;
+    case 10: return is(buf, at, len, 'connection') ? H.CONNECTION : H.OTHER;
+    case 14: return is(buf, at, len, 'content-length') ? H.CONTENT_LENGTH : H.OTHER;
+    case 17: return is(buf, at, len, 'transfer-encoding') ? H.TRANSFER_ENCODING : H.OTHER;
+    default: return H.OTHER;
+  }
+}
+
+/** What one pass over the header lines collects. */
+class Scan {
+  /** [nameStart, nameEnd, valueStart, valueEnd] per header line. */
+  readonly offs: number[] = [];
+  te: string | undefined;
+  cl: string | undefined;
+  clCount = 0;
+  conn: string | undefined;
+  host: string | undefined;
+  hostCount = 0;
+  expect: string | undefined;
+  upgrade = false;
+}
+
+const join = (a: string | undefined, b: string) => (a === undefined ? b : `${a},${b}`);
+
+/** Header lines from `at` to `end` (the offset of the head's final CRLF): every line ends in CRLF. */
+function scanHeaders(buf: Buffer, at: number, end: number, status: 400 | 502): Scan {
+  const s = new Scan();
+  let line = at;
+  while (line < end) {
+    const first = buf[line];
+    if (first === 32 || first === 9) throw new HttpParseError(status, 'obsolete header line folding is not accepted');
+    let j = line;
+    while (TCHAR[buf[j]]) j++;
+    if (j === line || buf[j] !== 58 /* : */) throw new HttpParseError(status, `malformed header line ${JSON.stringify(buf.toString('latin1', line, Math.min(line + 60, end)))}`);
+    const colon = j++;
+    for (;;) {
+      const c = buf[j];
+      if (c === 13) break;
+      if ((c < 32 && c !== 9) || c === 127) throw new HttpParseError(status, 'control characters or a bare CR/LF in the message head');
+      j++;
+    }
+    if (buf[j + 1] !== 10) throw new HttpParseError(status, 'control characters or a bare CR/LF in the message head');
+    let vs = colon + 1;
+    let ve = j;
+    while (vs < ve && (buf[vs] === 32 || buf[vs] === 9)) vs++;
+    while (ve > vs && (buf[ve - 1] === 32 || buf[ve - 1] === 9)) ve--;
+    s.offs.push(line, colon, vs, ve);
+    switch (kind(buf, line, colon - line)) {
+      case H.OTHER: break;
+      case H.HOST: s.host = buf.toString('latin1', vs, ve); s.hostCount++; break;
+      case H.CONTENT_LENGTH: s.cl = buf.toString('latin1', vs, ve); s.clCount++; break;
+      case H.TRANSFER_ENCODING: s.te = join(s.te, buf.toString('latin1', vs, ve)); break;
+      case H.CONNECTION: s.conn = join(s.conn, buf.toString('latin1', vs, ve)); break;
+      case H.EXPECT: s.expect = join(s.expect, buf.toString('latin1', vs, ve)); break;
+      case H.UPGRADE: s.upgrade = true; break;
+    }
+    line = j + 2;
+  }
+  return s;
+}
+
+function badRequestLine(buf: Buffer, start: number, end: number): HttpParseError {
+  return new HttpParseError(400, `malformed request line ${JSON.stringify(buf.toString('latin1', start, Math.min(start + 80, end)))}`);
+}
+
+function badStatusLine(buf: Buffer, start: number, end: number): HttpParseError {
+  return new HttpParseError(502, `malformed status line ${JSON.stringify(buf.toString('latin1', start, Math.min(start + 80, end)))}`);
+}
+
+/** A keep-alive decision from Connection tokens without building a list (the common case is one token). */
+function hasToken(v: string | undefined, token: string): boolean {
+  if (v === undefined) return false;
+  if (v.length === token.length) return v.toLowerCase() === token;
+  for (const t of v.split(',')) if (t.trim().toLowerCase() === token) return true;
+  return false;
+}
+
+function tokens(v: string | undefined): string[] {
+  if (v === undefined) return [];
+  const out: string[] = [];
+  for (const t of v.split(',')) {
+    const x = t.trim().toLowerCase();
+    if (x) out.push(x);
+  }
+  return out;
+}
+
+const DIGITS = /^\d{1,15}$/;
+
+interface Framing { body: 'none' | 'length' | 'chunked' | 'close'; contentLength: number }
+
+function framingError(request: boolean, status: 400 | 501, msg: string): HttpParseError {
+  return new HttpParseError(request ? status : 502, msg);
+}
+
+const NO_BODY: Framing = { body: 'none', contentLength: 0 };
+const CHUNKED: Framing = { body: 'chunked', contentLength: -1 };
+const UNTIL_CLOSE: Framing = { body: 'close', contentLength: -1 };
+
+/** Transfer-Encoding and Content-Length -> framing; `request` applies the stricter request rules.
+ *  (No closures in the per-message functions: each would cost an allocation per message.) */
+function framing(s: Scan, minor: number, request: boolean): Framing {
+  if (s.clCount > 1) throw framingError(request, 400, 'more than one Content-Length header');
+  if (s.te !== undefined) {
+    const te = tokens(s.te);
+    if (s.cl !== undefined) throw framingError(request, 400, 'both Transfer-Encoding and Content-Length');
+    if (request && minor === 0) throw framingError(request, 400, 'Transfer-Encoding in an HTTP/1.0 request');
+    const last = te[te.length - 1];
+    if (last === 'chunked') {
+      if (te.indexOf('chunked') !== te.length - 1) throw framingError(request, 400, 'chunked applied more than once');
+      return CHUNKED;
+    }
+    // A request body must be delimited; a response without a final chunked runs until close.
+    if (request) throw framingError(request, 501, `transfer coding "${last ?? ''}" without a final chunked is not accepted`);
+    return UNTIL_CLOSE;
+  }
+  if (s.cl !== undefined) {
+    if (!DIGITS.test(s.cl)) throw framingError(request, 400, `Content-Length ${JSON.stringify(s.cl.slice(0, 30))} is not a number`);
+    const n = Number(s.cl);
+    return n === 0 ? NO_BODY : { body: 'length', contentLength: n };
+  }
+  return request ? NO_BODY : UNTIL_CLOSE;
+}
+
+const GET = [71, 69, 84, 32]; // "GET "
+
+class ParsedRequest implements RequestHead {
+  private n?: string[];
+  private v?: string[];
+
+  constructor(
+    private readonly buf: Buffer,
+    private readonly offs: number[],
+    readonly method: string, readonly target: string, readonly minor: 0 | 1,
+    readonly body: 'none' | 'length' | 'chunked', readonly contentLength: number, readonly host: string | undefined,
+    readonly keepAlive: boolean, readonly upgrade: boolean, readonly expectContinue: boolean, readonly headLength: number,
+  ) {}
+
+  /** Built on first use, from the chunk the head came in: ask while that chunk is being processed. */
+  get names(): string[] {
+    if (!this.n) {
+      this.n = [];
+      for (let i = 0; i < this.offs.length; i += 4) this.n.push(this.buf.toString('latin1', this.offs[i], this.offs[i + 1]).toLowerCase());
+    }
+    return this.n;
+  }
+
+  get values(): string[] {
+    if (!this.v) {
+      this.v = [];
+      for (let i = 0; i < this.offs.length; i += 4) this.v.push(this.buf.toString('latin1', this.offs[i + 2], this.offs[i + 3]));
+    }
+    return this.v;
+  }
+}
+
+/** The request head in buf[start, headEnd) (headEnd from findHeadEnd: after the CRLFCRLF). */
+export function parseRequestHead(buf: Buffer, start: number, headEnd: number): RequestHead {
+  const end = headEnd - 2; // the final CRLF: every line before it ends in its own CRLF
+  let i = start;
+  let method: string;
+  if (buf[i] === GET[0] && buf[i + 1] === GET[1] && buf[i + 2] === GET[2] && buf[i + 3] === GET[3]) {
+    method = 'GET';
+    i += 3;
+  } else {
+    while (TCHAR[buf[i]]) i++;
+    if (i === start) throw badRequestLine(buf, start, end);
+    method = buf.toString('latin1', start, i);
+  }
+  if (buf[i] !== 32) throw badRequestLine(buf, start, end);
+  const ts = ++i;
+  while (i < end && buf[i] > 32 && buf[i] !== 127) i++;
+  if (i === ts || buf[i] !== 32) throw badRequestLine(buf, start, end);
+  const target = buf.toString('latin1', ts, i);
+  i++;
+  // "HTTP/1." then 0 or 1, then CRLF
+  if (buf[i] !== 72 || buf[i + 1] !== 84 || buf[i + 2] !== 84 || buf[i + 3] !== 80 || buf[i + 4] !== 47 || buf[i + 5] !== 49 || buf[i + 6] !== 46 ||
+      (buf[i + 7] !== 48 && buf[i + 7] !== 49) || buf[i + 8] !== 13 || buf[i + 9] !== 10) throw badRequestLine(buf, start, end);
+  const minor = buf[i + 7] === 49 ? 1 : 0;
+  const s = scanHeaders(buf, i + 10, end, 400);
+  if (s.hostCount > 1) throw new HttpParseError(400, 'more than one Host header');
+  if (minor === 1 && s.host === undefined) throw new HttpParseError(400, 'an HTTP/1.1 request needs a Host header');
+  // Request framing never runs until close (framing() refuses that for requests).
+  const f = framing(s, minor, true) as { body: RequestHead['body']; contentLength: number };
+  return new ParsedRequest(
+    buf, s.offs, method, target, minor, f.body, f.contentLength, s.host,
+    minor === 1 ? !hasToken(s.conn, 'close') : hasToken(s.conn, 'keep-alive'),
+    s.upgrade && hasToken(s.conn, 'upgrade'),
+    s.expect !== undefined && tokens(s.expect).includes('100-continue'), headEnd - start,
+  );
+}
+
+/** A response head; the request it answers decides whether a body can follow (RFC 9112 6.3). */
+export function parseResponseHead(buf: Buffer, start: number, headEnd: number, requestMethod: string): ResponseHead {
+  const end = headEnd - 2;
+  const i = start;
+  // "HTTP/1.x DDD" then " reason" or nothing, then CRLF
+  if (buf[i] !== 72 || buf[i + 1] !== 84 || buf[i + 2] !== 84 || buf[i + 3] !== 80 || buf[i + 4] !== 47 || buf[i + 5] !== 49 || buf[i + 6] !== 46 ||
+      (buf[i + 7] !== 48 && buf[i + 7] !== 49) || buf[i + 8] !== 32) throw badStatusLine(buf, start, end);
+  const d0 = buf[i + 9] - 48, d1 = buf[i + 10] - 48, d2 = buf[i + 11] - 48;
+  if (!(d0 >= 1 && d0 <= 9 && d1 >= 0 && d1 <= 9 && d2 >= 0 && d2 <= 9)) throw badStatusLine(buf, start, end);
+  let j = i + 12;
+  if (buf[j] === 32) {
+    j++;
+    while (buf[j] !== 13) {
+      const c = buf[j];
+      if ((c < 32 && c !== 9) || c === 127) throw badStatusLine(buf, start, end);
+      j++;
+    }
+  }
+  if (buf[j] !== 13 || buf[j + 1] !== 10) throw badStatusLine(buf, start, end);
+  const minor = buf[i + 7] === 49 ? 1 : 0;
+  const status = d0 * 100 + d1 * 10 + d2;
+  const s = scanHeaders(buf, j + 2, end, 502);
+  const keepAlive = minor === 1 ? !hasToken(s.conn, 'close') : hasToken(s.conn, 'keep-alive');
+  const noBody = requestMethod === 'HEAD' || status < 200 || status === 204 || status === 304 || (requestMethod === 'CONNECT' && status < 300);
+  const f = noBody ? NO_BODY : framing(s, minor, false);
+  return { status, minor: minor as 0 | 1, keepAlive, headLength: headEnd - start, body: f.body, contentLength: f.contentLength };
+}
