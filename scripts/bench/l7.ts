@@ -1,4 +1,4 @@
-// npm run bench:l7 (node --import tsx scripts/bench/l7.ts) — not a test. HTTP between two pods with
+// npm run bench:l7 (builds, then node --import tsx scripts/bench/l7.ts) — not a test. HTTP between two pods with
 // wrk (client pod) against nginx serving a small static response (server pod), in one interleaved
 // run, at several connection counts, keep-alive and one request per connection:
 //   direct  L3/L4 policy only (client -> server:80 allowed)
@@ -98,7 +98,8 @@ async function main(): Promise<void> {
     try { execFileSync('which', [bin], { stdio: 'ignore' }); } catch { throw new Error(`${bin} is missing: run scripts/setup (it installs wrk and nginx)`); }
   }
   const load = os.loadavg().map((x) => x.toFixed(2)).join(' ');
-  const agent: TestAgent = await startAgent();
+  // The built agent and proxy (npm run bench:l7 builds first): what a node runs.
+  const agent: TestAgent = await startAgent({ bundle: true });
   const pc = new PolicyClient(agent.client);
   const client = createNetns('mbb'), server = createNetns('mbb');
   const procs: ChildProcess[] = [];
