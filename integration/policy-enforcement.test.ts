@@ -213,16 +213,17 @@ spec:
   - from: [{podSelector: {matchLabels: {app: client}}}]
     ports: [{port: ${TCP_A}}]
 `);
-  // Our pods carry no namespace label: a NetworkPolicy (namespace "default") selects none of them.
-  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A), 'ok', 'pods outside the namespace are not selected');
+  // Our first pods carry no namespace label: they are in "default", where the policy is.
+  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'ok', 'a namespace-less client -> a namespace-less web:A');
+  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A), 'timeout', 'the namespace-less web is selected: other is not a peer');
   const ns = await pod('k8sweb', { app: 'web', 'k8s:io.kubernetes.pod.namespace': 'default' });
   const k8sClient = await pod('k8sclient', { app: 'client', 'k8s:io.kubernetes.pod.namespace': 'default' });
+  const shopClient = await pod('shopclient', { app: 'client', 'k8s:io.kubernetes.pod.namespace': 'shop' });
   await servePorts(nsOf.k8sweb);
   t.equal(await probe(nsOf.k8sclient, ip4(ns), TCP_A), 'ok', 'client in the namespace -> web:A');
   t.equal(await probe(nsOf.k8sclient, ip4(ns), TCP_B), 'timeout', 'port B not listed');
-  t.equal(await probe(nsOf.client, ip4(ns), TCP_A), 'timeout', 'a client outside the namespace is not a peer');
-  await agent.client.deleteEndpoint(ns.containerId, 'eth0');
-  await agent.client.deleteEndpoint(k8sClient.containerId, 'eth0');
+  t.equal(await probe(nsOf.shopclient, ip4(ns), TCP_A), 'timeout', 'a client of another namespace is not a peer');
+  for (const e of [ns, k8sClient, shopClient]) await agent.client.deleteEndpoint(e.containerId, 'eth0');
 });
 
 t.test('updates: new connections follow at once, established flows the policy now denies are cut within 1 s; new endpoints are never open', async (t) => {

@@ -85,7 +85,8 @@ spec:
   t.equal(json.policies[0].name, 'a');
   const list = parsePolicies(stringify({ apiVersion: 'v1', kind: 'List', items: [{ apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { name: 'x' }, spec: { podSelector: {} } }] }));
   t.same(list.issues, []);
-  t.equal(list.policies[0].name, 'default/x', 'NetworkPolicy defaults to namespace "default"');
+  t.equal(list.policies[0].name, 'x', 'NetworkPolicy defaults to namespace "default", named without it');
+  t.equal(list.policies[0].namespace, 'default');
 });
 
 t.test('a Kubernetes NetworkPolicy is normalized', async (t) => {
@@ -107,7 +108,8 @@ spec:
   const spec = r.policies[0].specs[0];
   t.same(spec.defaultDeny, { ingress: true, egress: true }, 'policyTypes decide enforcement');
   t.same(spec.rules[0].ports, [{ proto: 'TCP', port: 5432 }, { proto: 'UDP', port: 9000, endPort: 9005 }], 'TCP is the default protocol');
-  t.same((spec.rules[0].peers as { selector: { matchLabels: object } }[])[0].selector.matchLabels, { role: 'api', 'io.kubernetes.pod.namespace': 'prod' });
+  t.same((spec.rules[0].peers as { selector: object }[])[0].selector,
+    { matchLabels: { role: 'api' }, matchExpressions: [{ key: 'io.kubernetes.pod.namespace', operator: 'In', values: ['prod'] }] }, 'namespaceSelector by name');
   t.equal(spec.rules[1].peers, 'all', '`- {}` allows everything in a NetworkPolicy');
   t.same(spec.rules[1].ports, []);
 });

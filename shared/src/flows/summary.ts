@@ -31,9 +31,10 @@ export function countersText(f: Flow): string {
   return c ? `${c.packets ?? 0} pkts ${bytesText(c.bytes ?? 0)}` : '';
 }
 
-/** "shop/allow-web" (namespaced) or "allow-web". */
+/** The name `membrane policy get` knows it by: "shop/allow-web", or "allow-web" when it is clusterwide
+ *  or in the default namespace. */
 export function policyFullName(p: FlowPolicy): string {
-  return p.namespace ? `${p.namespace}/${p.name}` : p.name;
+  return p.namespace && p.namespace !== 'default' ? `${p.namespace}/${p.name}` : p.name;
 }
 
 function policyText(p: FlowPolicy, direction: string, action: string): string {

@@ -19,15 +19,36 @@ export const UNSUPPORTED: Record<string, string> = {
   toFQDNs: 'toFQDNs', nodeSelector: 'nodeSelector (host policies)',
 };
 
-/** The known field within edit distance 2 (or a case-insensitive match), if any. */
+/** Where a field that is known, but was found in the wrong place, goes. */
+const PLACES: Record<string, string> = {
+  description: 'in spec (or at the top level of a CiliumNetworkPolicy, or of a rule)',
+  endpointSelector: 'in spec', ingress: 'in spec', ingressDeny: 'in spec', egress: 'in spec', egressDeny: 'in spec',
+  enableDefaultDeny: 'in spec', podSelector: 'in a NetworkPolicy spec or an ingress/egress peer', policyTypes: 'in a NetworkPolicy spec',
+  toPorts: 'in an ingress/egress rule', icmps: 'in an ingress/egress rule', ports: 'in a toPorts entry (Cilium) or a rule (NetworkPolicy)',
+  port: 'in a ports entry', endPort: 'in a ports entry', protocol: 'in a ports entry', matchLabels: 'in a selector', matchExpressions: 'in a selector',
+  name: 'in metadata', namespace: 'in metadata', annotations: 'in metadata', http: 'in toPorts[].rules',
+  fromEndpoints: 'in an ingress rule', toEndpoints: 'in an egress rule', fromCIDR: 'in an ingress rule', toCIDR: 'in an egress rule',
+  fromCIDRSet: 'in an ingress rule', toCIDRSet: 'in an egress rule', fromEntities: 'in an ingress rule', toEntities: 'in an egress rule',
+};
+
+export function isField(name: string): boolean {
+  return FIELDS.includes(name);
+}
+
+export function placeOf(name: string): string | undefined {
+  return PLACES[name];
+}
+
+/** A known field within edit distance 2 (or differing only in case) that is not the name itself:
+ *  "did you mean" never suggests the word that was written. */
 export function closestField(name: string): string | undefined {
   const lower = name.toLowerCase();
-  const exact = FIELDS.find((f) => f.toLowerCase() === lower);
+  const exact = FIELDS.find((f) => f.toLowerCase() === lower && f !== name);
   if (exact) return exact;
   let best: string | undefined;
   let bestDist = 3;
   for (const f of FIELDS) {
-    if (Math.abs(f.length - name.length) >= bestDist) continue;
+    if (f === name || Math.abs(f.length - name.length) >= bestDist) continue;
     const d = distance(lower, f.toLowerCase(), bestDist);
     if (d < bestDist) { best = f; bestDist = d; }
   }

@@ -4,14 +4,18 @@
 // errors to report, by re-reading the text with the YAML parser (JSON is YAML).
 import { LineCounter, parseAllDocuments, isMap, isPair, isScalar, type Document } from 'yaml';
 import type { z } from 'zod';
-import { ciliumPolicySchema } from './schema-cnp.ts';
+import { ciliumPolicySchema, ciliumRuleSchema } from './schema-cnp.ts';
+import { NAMESPACE_NAME, withParseContext, type ParseContext } from './schema-common.ts';
 import { networkPolicySchema } from './schema-k8s.ts';
-import { closestField, UNSUPPORTED } from './fields.ts';
+import { closestField, isField, placeOf, UNSUPPORTED } from './fields.ts';
 import { fastLoadAll, mayUseAliases } from './yaml-fast.ts';
 import type { Policy } from './types.ts';
 
 export const MAX_TEXT_BYTES = 64 * 1024 * 1024;
 export const MAX_DOCUMENTS = 10_000;
+
+/** A document without kind and apiVersion but with one of these is a bare Cilium rule. */
+const RULE_FIELDS = ['endpointSelector', 'ingress', 'ingressDeny', 'egress', 'egressDeny', 'labels', 'nodeSelector'];
 
 export interface PolicyIssue {
   /** 0-based document index in the text (YAML `---` documents, JSON array items, List items). */
@@ -42,9 +46,13 @@ export function formatIssue(i: PolicyIssue, file = '<input>'): string {
   return `${where}: ${i.path ? `${i.path}: ` : ''}${i.message}`;
 }
 
-export function parsePolicies(text: string): ParseResult {
+/** The import's namespace (-n) and what the agent knows (its cluster); see schema-common.ts. */
+export type ParseOptions = ParseContext;
+
+export function parsePolicies(text: string, opts: ParseOptions = {}): ParseResult {
   try {
-    return parseUnsafe(text);
+    if (opts.namespace !== undefined && !NAMESPACE_NAME.test(opts.namespace)) return fatal(`namespace "${opts.namespace}" is not a valid namespace name`);
+    return withParseContext(opts, () => parseUnsafe(text));
   } catch (e) {
     // A bug in a schema must still come out as an issue, not crash the agent or the CLI.
     return { policies: [], sources: [], issues: [{ doc: 0, path: '', message: `internal error while reading the policy: ${(e as Error).message}` }] };
@@ -156,7 +164,8 @@ function validateOne(raw: RawDoc): { policy: Policy } | { issues: RawIssue[] } {
   let schema: z.ZodType<Policy>;
   if (v.kind === 'CiliumNetworkPolicy' || v.kind === 'CiliumClusterwideNetworkPolicy') schema = ciliumPolicySchema;
   else if (v.kind === 'NetworkPolicy') schema = networkPolicySchema;
-  else if (v.kind === undefined) return at(['kind'], 'kind is required: CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy');
+  else if (v.kind === undefined && v.apiVersion === undefined && RULE_FIELDS.some((f) => f in v)) schema = ciliumRuleSchema; // cilium-dbg's rule arrays
+  else if (v.kind === undefined) return at(['kind'], 'kind is required: CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy (or a Cilium rule with endpointSelector)');
   else return at(['kind'], `kind ${JSON.stringify(v.kind)} is not CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy`);
   const r = schema.safeParse(v);
   if (r.success) return { policy: r.data };
@@ -168,7 +177,8 @@ function validateOne(raw: RawDoc): { policy: Policy } | { issues: RawIssue[] } {
         const hint = closestField(key);
         const message = key in UNSUPPORTED
           ? `${UNSUPPORTED[key]} is not supported by Membrane`
-          : `unknown field "${key}"${hint ? ` (did you mean "${hint}"?)` : ''}`;
+          : isField(key) ? `field "${key}" is not allowed here${placeOf(key) ? ` (it belongs ${placeOf(key)})` : ''}`
+            : `unknown field "${key}"${hint ? ` (did you mean "${hint}"?)` : ''}`;
         issues.push(rawIssue(raw, [...path, key], message, true));
       }
       continue;

@@ -5,14 +5,20 @@
 //  * a rule with no L3 field but toPorts/icmps applies to every peer; a rule with neither (`- {}`)
 //    allows nothing (Cilium's "deny all ingress" idiom);
 //  * in a namespaced policy, the subject and every endpoint selector are confined to the policy's
-//    namespace unless the selector names the namespace label itself.
+//    namespace unless the selector names the namespace label itself; a CiliumNetworkPolicy without a
+//    namespace is in the import's (-n) or the default one (schema-common.ts DEFAULT_NAMESPACE);
+//  * a `toPorts` port without a number is every port of its protocol;
+//  * a bare rule (the JSON rule arrays `cilium-dbg policy import` takes) is named by its `name` (or
+//    io.cilium.k8s.policy.name) label and, like cilium-dbg's, applies cluster-wide unless it carries
+//    io.cilium.k8s.policy.namespace or the import names a namespace.
 import { z } from 'zod';
-import { NAMESPACE_KEY } from '../identity/labels.ts';
 import { cidrCovers, parseCidr } from '../net/index.ts';
 import { ICMP_TYPE_NAMES } from './ports.ts';
 import { MAX_RULES_PER_LIST } from './rule-id.ts';
-import { withRequirement, type Selector } from './selector.ts';
-import { checkRange, cidr, endPort, fail, metadata, port, protocol, selector } from './schema-common.ts';
+import type { Selector } from './selector.ts';
+import {
+  checkRange, cidr, endPort, fail, inNamespace, metadata, namespaceOf, parseContext, POLICY_NAME, policyName, port, protocol, selector,
+} from './schema-common.ts';
 import { checkL7Ports, l7Rules, type RawL7Rules } from './schema-l7.ts';
 import { ENTITIES, type Direction, type Entity, type L7PortRule, type Peer, type Policy, type PolicySpec, type PortMatch, type Rule } from './types.ts';
 
@@ -31,8 +37,10 @@ const icmpField = z.object({
 
 const icmps = z.array(z.object({ fields: z.array(icmpField).min(1, { error: 'fields needs at least one ICMP type' }) }).strict());
 
-const portProtocol = z.object({ port, endPort: endPort.optional(), protocol: protocol.optional() }).strict().superRefine(checkRange)
-  .transform((p): PortMatch => ({ proto: p.protocol ?? 'ANY', port: p.port, ...(p.endPort !== undefined ? { endPort: p.endPort } : {}) }));
+// No port: every port of the protocol (Cilium's reading of a port-less entry).
+const portProtocol = z.object({ port: port.optional(), endPort: endPort.optional(), protocol: protocol.optional() }).strict()
+  .superRefine((p, ctx) => checkRange({ port: p.port ?? 0, endPort: p.endPort }, ctx))
+  .transform((p): PortMatch => ({ proto: p.protocol ?? 'ANY', port: p.port ?? 0, ...(p.endPort !== undefined ? { endPort: p.endPort } : {}) }));
 
 // Cilium fields Membrane does not implement (FQDN, groups, TLS, ...) are left out of the schemas:
 // they come back as unknown keys, which parse.ts words as "not supported" (fields.ts UNSUPPORTED).
@@ -100,7 +108,7 @@ function toRule(raw: RawRule, dir: Direction, deny: boolean, index: number, path
   let peers: Peer[] | 'all';
   if (hasL3) {
     peers = [
-      ...(selectors ?? []).map((s): Peer => ({ kind: 'endpoints', selector: ns ? withRequirement(s, NAMESPACE_KEY, ns) : s })),
+      ...(selectors ?? []).map((s): Peer => ({ kind: 'endpoints', selector: ns ? inNamespace(s, ns) : s })),
       ...(cidrs ?? []).map((c): Peer => ({ kind: 'cidr', cidr: c, except: [] })),
       ...(sets ?? []).map((s): Peer => ({ kind: 'cidr', cidr: s.cidr, except: s.except ?? [] })),
       ...(entities ?? []).map((e): Peer => ({ kind: 'entity', entity: e })),
@@ -112,6 +120,17 @@ function toRule(raw: RawRule, dir: Direction, deny: boolean, index: number, path
   return { direction: dir, action: deny ? 'deny' : 'allow', index, path, peers, ports, ...(l7.length ? { l7 } : {}) };
 }
 
+/** A rule label: {key, value, source} as Cilium writes them, or "source:key=value". */
+const ruleLabel = z.union([
+  z.object({ key: z.string().min(1), value: z.string().optional(), source: z.string().optional() }).strict(),
+  z.string().min(1),
+], { error: 'a rule label is {key, value, source} or "source:key=value"' }).transform((l) => {
+  if (typeof l !== 'string') return { key: l.key.replace(/^(k8s|unspec|any):/, ''), value: l.value ?? '' };
+  const eq = l.indexOf('=');
+  const key = (eq >= 0 ? l.slice(0, eq) : l).replace(/^(k8s|unspec|any):/, '');
+  return { key, value: eq >= 0 ? l.slice(eq + 1) : '' };
+});
+
 const specSchema = z.object({
   endpointSelector: selector.optional(),
   ingress: z.array(ruleSchema('ingress')).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
@@ -119,7 +138,7 @@ const specSchema = z.object({
   egress: z.array(ruleSchema('egress')).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
   egressDeny: z.array(ruleSchema('egress', true)).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
   enableDefaultDeny: z.object({ ingress: z.boolean().optional(), egress: z.boolean().optional() }).strict().optional(),
-  labels: z.array(z.unknown()).optional(),
+  labels: z.array(ruleLabel).optional(),
   description: z.string().optional(),
 }).strict().superRefine((s, ctx) => {
   if (!s.endpointSelector) fail(ctx, 'endpointSelector is required (use {} to select every endpoint)', ['endpointSelector']);
@@ -128,9 +147,10 @@ const specSchema = z.object({
 type RawSpec = z.infer<typeof specSchema>;
 const LISTS = [['ingress', 'ingress', false], ['ingressDeny', 'ingress', true], ['egress', 'egress', false], ['egressDeny', 'egress', true]] as const;
 
-function toSpecs(raw: { spec?: RawSpec; specs?: RawSpec[] }, ns: string | undefined): PolicySpec[] {
+/** `bare`: a rule of a rule array, whose rules' paths start at the rule ("ingress[0]"). */
+function toSpecs(raw: { spec?: RawSpec; specs?: RawSpec[] }, ns: string | undefined, bare = false): PolicySpec[] {
   const entries: [RawSpec, string][] = [
-    ...(raw.spec ? [[raw.spec, 'spec'] as [RawSpec, string]] : []),
+    ...(raw.spec ? [[raw.spec, bare ? '' : 'spec'] as [RawSpec, string]] : []),
     ...(raw.specs ?? []).map((s, i) => [s, `specs[${i}]`] as [RawSpec, string]),
   ];
   const ordinal: Record<string, number> = {};
@@ -139,13 +159,13 @@ function toSpecs(raw: { spec?: RawSpec; specs?: RawSpec[] }, ns: string | undefi
     for (const [field, dir, deny] of LISTS) {
       for (const [i, r] of (s[field] ?? []).entries()) {
         const index = (ordinal[field] = (ordinal[field] ?? -1) + 1);
-        rules.push(toRule(r as RawRule, dir, deny, index, `${where}.${field}[${i}]`, ns));
+        rules.push(toRule(r as RawRule, dir, deny, index, `${where ? `${where}.` : ''}${field}[${i}]`, ns));
       }
     }
     const has = (a?: unknown[] | null, b?: unknown[] | null) => (a?.length ?? 0) + (b?.length ?? 0) > 0;
     const subject = s.endpointSelector!;
     return {
-      subject: ns ? withRequirement(subject, NAMESPACE_KEY, ns) : subject,
+      subject: ns ? inNamespace(subject, ns) : subject,
       defaultDeny: {
         ingress: s.enableDefaultDeny?.ingress ?? has(s.ingress, s.ingressDeny),
         egress: s.enableDefaultDeny?.egress ?? has(s.egress, s.egressDeny),
@@ -168,11 +188,33 @@ export const ciliumPolicySchema = z.object({
   if (!d.spec && !d.specs?.length) fail(ctx, 'a policy needs "spec" or "specs"', ['spec']);
   if (d.kind === 'CiliumClusterwideNetworkPolicy' && d.metadata.namespace) fail(ctx, 'a clusterwide policy has no namespace', ['metadata', 'namespace']);
 }).transform((d): Policy => {
-  const ns = d.kind === 'CiliumNetworkPolicy' ? d.metadata.namespace : undefined;
+  const ns = d.kind === 'CiliumNetworkPolicy' ? namespaceOf(d.metadata.namespace) : undefined;
   const description = d.spec?.description ?? d.specs?.find((s) => s.description)?.description ?? d.description;
   return {
-    name: ns ? `${ns}/${d.metadata.name}` : d.metadata.name,
+    name: policyName(ns, d.metadata.name),
     kind: d.kind, ...(ns ? { namespace: ns } : {}), ...(description ? { description } : {}),
     specs: toSpecs(d, ns),
+  };
+});
+
+const NAME_KEYS = ['name', 'io.cilium.k8s.policy.name'];
+const NAMESPACE_LABEL = 'io.cilium.k8s.policy.namespace';
+
+/** A bare Cilium rule, as an element of the JSON rule arrays `cilium-dbg policy import` takes. */
+export const ciliumRuleSchema = specSchema.transform((r, ctx): Policy => {
+  const labels = r.labels ?? [];
+  const named = labels.find((l) => NAME_KEYS.includes(l.key));
+  if (!named?.value) {
+    return fail(ctx, 'a rule needs a name: add labels: [{key: name, value: NAME}] (Membrane names every policy it keeps)', ['labels']);
+  }
+  if (!POLICY_NAME.test(named.value)) {
+    return fail(ctx, `the name label "${named.value}" is not a policy name (lower case letters, digits, "-" and ".", starting and ending alphanumeric)`, ['labels']);
+  }
+  const ns = labels.find((l) => l.key === NAMESPACE_LABEL)?.value || parseContext().namespace;
+  return {
+    name: policyName(ns, named.value),
+    kind: ns ? 'CiliumNetworkPolicy' : 'CiliumClusterwideNetworkPolicy', ...(ns ? { namespace: ns } : {}),
+    ...(r.description ? { description: r.description } : {}),
+    specs: toSpecs({ spec: r }, ns, true),
   };
 });

@@ -2,11 +2,55 @@
 // semantic check happens inside the schema (transform + addIssue), so each error carries the path of
 // the field it is about; the parser turns that path into a line number.
 import { z } from 'zod';
+import { NAMESPACE_KEY, NAMESPACE_LABELS_PREFIX } from '../identity/labels.ts';
 import { AddressError, normalizeCidr } from '../net/index.ts';
 import { MAX_RANGE_PORTS } from './ports.ts';
-import type { Selector, SelectorRequirement } from './selector.ts';
+import { mentionsKey, withRequirement, type Selector, type SelectorRequirement } from './selector.ts';
 
 type Ctx = z.RefinementCtx;
+
+/** The namespace of namespaced documents that name none (and no -n was given), as kubectl's. Endpoints
+ *  without a namespace (Docker containers, endpoints created through the API) are in it too. */
+export const DEFAULT_NAMESPACE = 'default';
+
+/** What a parse knows beyond the text: the import's namespace (membrane policy import -n) and, on an
+ *  agent, its cluster (selectors on Cilium's derived cluster label are checked against it). */
+export interface ParseContext {
+  namespace?: string;
+  /** This node's cluster ("default" on a single node); undefined when not known (policy validate). */
+  cluster?: string;
+}
+
+let current: ParseContext = {};
+
+/** Runs a (synchronous) parse with `c` in force for the schemas' transforms. */
+export function withParseContext<T>(c: ParseContext, fn: () => T): T {
+  const prev = current;
+  current = c;
+  try { return fn(); } finally { current = prev; }
+}
+
+export function parseContext(): ParseContext {
+  return current;
+}
+
+/** A namespaced document's namespace: its own, else the import's, else the default one. */
+export function namespaceOf(own: string | undefined): string {
+  return own ?? current.namespace ?? DEFAULT_NAMESPACE;
+}
+
+/** Policy names: "namespace/name", and just "name" in the default namespace (as kubectl shows it). */
+export function policyName(ns: string | undefined, name: string): string {
+  return ns && ns !== DEFAULT_NAMESPACE ? `${ns}/${name}` : name;
+}
+
+/** Confines a selector to a namespace unless it names the namespace label itself. The default
+ *  namespace takes in endpoints that have no namespace. */
+export function inNamespace(s: Selector, ns: string): Selector {
+  if (mentionsKey(s, NAMESPACE_KEY)) return s;
+  if (ns !== DEFAULT_NAMESPACE) return withRequirement(s, NAMESPACE_KEY, ns);
+  return { matchLabels: s.matchLabels, matchExpressions: [...s.matchExpressions, { key: NAMESPACE_KEY, operator: 'InOrAbsent', values: [DEFAULT_NAMESPACE] }] };
+}
 
 export function fail(ctx: Ctx, message: string, path: (string | number)[] = []): typeof z.NEVER {
   ctx.addIssue({ code: 'custom', message, path });
@@ -14,7 +58,7 @@ export function fail(ctx: Ctx, message: string, path: (string | number)[] = []):
 }
 
 // Kubernetes label syntax: optional DNS prefix "/" name of [A-Za-z0-9_.-], plus our source prefix.
-const LABEL_KEY = /^(?:[a-z]+:)?(?:[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
+const LABEL_KEY = /^(?:[a-z][a-z0-9-]*:)?(?:[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
 
 export const labelKey = z.string().superRefine((k, ctx) => {
   if (!LABEL_KEY.test(k)) ctx.addIssue({ code: 'custom', message: `"${k}" is not a valid label key` });
@@ -40,10 +84,74 @@ const requirement = z.object({
   return { key: r.key, operator: r.operator, values };
 });
 
+const CLUSTER_KEY = 'io.cilium.k8s.policy.cluster';
+const METADATA_NAME = 'kubernetes.io/metadata.name';
+const bareKey = (k: string) => k.replace(/^(k8s|any):/, '');
+
+/**
+ * Labels Cilium derives for every endpoint, as Membrane can (or cannot) know them:
+ *  - io.cilium.k8s.namespace.labels.kubernetes.io/metadata.name is the namespace's name: the pod's
+ *    namespace label; other namespace labels need the Kubernetes API server Membrane does not have:
+ *    an error, never a selector that silently matches nothing;
+ *  - io.cilium.k8s.policy.cluster is this node's cluster for every endpoint it has (no cluster mesh):
+ *    a requirement it satisfies is dropped, one it cannot is an error;
+ *  - io.cilium.k8s.policy.serviceaccount is kept: the runtime reports it for the pods it runs.
+ */
+/** A requirement on a namespace's name as requirements on the endpoint's namespace label, endpoints
+ *  without one counting as the default namespace's. null: no namespace can match (DoesNotExist). */
+export function namespaceNameRequirements(op: SelectorRequirement['operator'], values: string[]): SelectorRequirement[] | null {
+  const hasDefault = values.includes(DEFAULT_NAMESPACE);
+  switch (op) {
+    case 'In': case 'InOrAbsent': return [{ key: NAMESPACE_KEY, operator: hasDefault ? 'InOrAbsent' : 'In', values }];
+    case 'NotIn': return hasDefault ? [{ key: NAMESPACE_KEY, operator: 'NotIn', values }, { key: NAMESPACE_KEY, operator: 'Exists', values: [] }] : [{ key: NAMESPACE_KEY, operator: 'NotIn', values }];
+    case 'Exists': return [];
+    case 'DoesNotExist': return null;
+  }
+}
+
+function derived(s: Selector, ctx: Ctx): Selector {
+  const matchLabels: Record<string, string> = {};
+  const matchExpressions: SelectorRequirement[] = [];
+  const cluster = current.cluster;
+  const clusterSatisfies = (op: string, values: string[]) => {
+    if (op === 'Exists') return true;
+    if (op === 'DoesNotExist') return false;
+    return (op === 'NotIn') !== values.includes(cluster!);
+  };
+  const check = (key: string, op: SelectorRequirement['operator'], values: string[], path: (string | number)[]): string | null => {
+    const bare = bareKey(key);
+    if (bare === `${NAMESPACE_LABELS_PREFIX}${METADATA_NAME}`) {
+      const reqs = namespaceNameRequirements(op, values);
+      if (!reqs) fail(ctx, `"${key}" ${op}: every endpoint is in a namespace, so this would match nothing`, path);
+      else matchExpressions.push(...reqs);
+      return null;
+    }
+    if (bare.startsWith(NAMESPACE_LABELS_PREFIX)) {
+      fail(ctx, `"${key}": Membrane cannot know the labels of namespaces (there is no Kubernetes API server); select namespaces by name (${NAMESPACE_KEY})`, path);
+      return null;
+    }
+    if (bare === CLUSTER_KEY && cluster !== undefined) {
+      if (clusterSatisfies(op, values)) return null; // every endpoint of this node is in this cluster
+      fail(ctx, `"${key}": this node is in cluster "${cluster}" and Membrane connects no other clusters, so this would match nothing`, path);
+      return null;
+    }
+    return key;
+  };
+  for (const [k, v] of Object.entries(s.matchLabels)) {
+    const key = check(k, 'In', [v], ['matchLabels', k]);
+    if (key) matchLabels[key] = v;
+  }
+  for (const [i, r] of s.matchExpressions.entries()) {
+    const key = check(r.key, r.operator, r.values, ['matchExpressions', i, 'key']);
+    if (key) matchExpressions.push({ ...r, key });
+  }
+  return { matchLabels, matchExpressions };
+}
+
 export const selector = z.object({
   matchLabels: z.record(labelKey, labelValue).nullish(),
   matchExpressions: z.array(requirement).nullish(),
-}).strict().transform((s): Selector => ({ matchLabels: s.matchLabels ?? {}, matchExpressions: s.matchExpressions ?? [] }));
+}).strict().transform((s, ctx): Selector => derived({ matchLabels: s.matchLabels ?? {}, matchExpressions: s.matchExpressions ?? [] }, ctx));
 
 export const cidr = z.unknown().transform((v, ctx) => {
   if (typeof v !== 'string') return fail(ctx, 'a CIDR must be a string like 198.18.0.0/15');
@@ -82,11 +190,14 @@ export const protocol = z.unknown().transform((v, ctx) => {
   return fail(ctx, `protocol ${JSON.stringify(v)} is not one of TCP, UDP, SCTP, ANY`);
 });
 
+export const POLICY_NAME = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
+export const NAMESPACE_NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+
 export const metadata = z.object({
-  name: z.string({ error: 'metadata.name is required' }).regex(/^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/, {
+  name: z.string({ error: 'metadata.name is required' }).regex(POLICY_NAME, {
     error: 'a policy name is lower case letters, digits, "-" and "." (at most 253), starting and ending alphanumeric',
   }),
-  namespace: z.string().regex(/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/, { error: 'not a valid namespace name' }).optional(),
+  namespace: z.string().regex(NAMESPACE_NAME, { error: 'not a valid namespace name' }).optional(),
   labels: z.record(z.string(), z.unknown()).optional(),
   annotations: z.record(z.string(), z.unknown()).optional(),
 }).passthrough(); // uid, resourceVersion, creationTimestamp... from `kubectl get -o yaml` are harmless

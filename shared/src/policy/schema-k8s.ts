@@ -2,14 +2,17 @@
 //  * policyTypes defaults to [Ingress] plus Egress when spec.egress is present;
 //  * a rule with no from/to (or an empty list) matches every peer; no ports = every port;
 //    `ingress: [{}]` therefore allows everything (unlike Cilium's `- {}`);
-//  * podSelector is confined to the policy's namespace (default "default"); a namespaceSelector
-//    matches the pod label io.kubernetes.pod.namespace for kubernetes.io/metadata.name and Cilium's
-//    io.cilium.k8s.namespace.labels.<key> copies for other namespace labels.
+//  * podSelector is confined to the policy's namespace (its own, else the import's -n, else
+//    "default", which also holds endpoints without a namespace); a namespaceSelector selects
+//    namespaces by name (kubernetes.io/metadata.name against the pod label io.kubernetes.pod.namespace).
+//    Other namespace labels would need the Kubernetes API server: they are an error, not a selector
+//    that silently matches nothing.
 import { z } from 'zod';
-import { NAMESPACE_KEY, NAMESPACE_LABELS_PREFIX } from '../identity/labels.ts';
 import { cidrCovers, parseCidr } from '../net/index.ts';
-import { checkRange, cidr, endPort, fail, metadata, port, selector } from './schema-common.ts';
-import { withRequirement, type Selector } from './selector.ts';
+import {
+  checkRange, cidr, endPort, fail, inNamespace, metadata, namespaceNameRequirements, namespaceOf, policyName, port, selector,
+} from './schema-common.ts';
+import type { Selector, SelectorRequirement } from './selector.ts';
 import { MAX_RULES_PER_LIST } from './rule-id.ts';
 import type { Direction, Peer, Policy, PortMatch, Rule } from './types.ts';
 
@@ -36,9 +39,29 @@ const ipBlock = z.object({ cidr, except: z.array(cidr).optional() }).strict().su
   }
 });
 
+const METADATA_NAME = 'kubernetes.io/metadata.name';
+
+/** namespaceSelector -> requirements on the endpoint's namespace label. An empty one is every
+ *  namespace: no requirement (endpoints without a namespace are in "default"). */
+const namespaceSelector = selector.transform((ns, ctx): Selector => {
+  const matchExpressions: SelectorRequirement[] = [];
+  const add = (key: string, op: SelectorRequirement['operator'], values: string[], path: (string | number)[]) => {
+    if (key !== METADATA_NAME) {
+      fail(ctx, `namespace label "${key}": Membrane cannot know the labels of namespaces (there is no Kubernetes API server); select namespaces by name (${METADATA_NAME})`, path);
+      return;
+    }
+    const reqs = namespaceNameRequirements(op, values);
+    if (!reqs) fail(ctx, `${METADATA_NAME} ${op}: every namespace has a name, so this would match nothing`, path);
+    else matchExpressions.push(...reqs);
+  };
+  for (const [k, v] of Object.entries(ns.matchLabels)) add(k, 'In', [v], ['matchLabels', k]);
+  for (const [i, r] of ns.matchExpressions.entries()) add(r.key, r.operator, r.values, ['matchExpressions', i, 'key']);
+  return { matchLabels: {}, matchExpressions };
+});
+
 const peer = z.object({
   podSelector: selector.optional(),
-  namespaceSelector: selector.optional(),
+  namespaceSelector: namespaceSelector.optional(),
   ipBlock: ipBlock.optional(),
 }).strict().superRefine((p, ctx) => {
   if (p.ipBlock && (p.podSelector || p.namespaceSelector)) fail(ctx, 'ipBlock cannot be combined with podSelector or namespaceSelector', ['ipBlock']);
@@ -50,29 +73,13 @@ const rule = (dir: Direction) => z.object({
   ports: z.array(k8sPort).nullish(),
 }).strict();
 
-/** namespaceSelector -> requirements on the pod's namespace labels (see the header). */
-function namespaceRequirements(ns: Selector): Selector {
-  const key = (k: string) => (k === 'kubernetes.io/metadata.name' ? NAMESPACE_KEY : `${NAMESPACE_LABELS_PREFIX}${k}`);
-  const matchLabels = Object.fromEntries(Object.entries(ns.matchLabels).map(([k, v]) => [key(k), v]));
-  const matchExpressions = ns.matchExpressions.map((r) => ({ ...r, key: key(r.key) }));
-  // An empty namespaceSelector means "every namespace": still only pods (which carry a namespace).
-  if (!Object.keys(matchLabels).length && !matchExpressions.length) {
-    matchExpressions.push({ key: NAMESPACE_KEY, operator: 'Exists', values: [] });
-  }
-  return { matchLabels, matchExpressions };
-}
-
 type RawPeer = z.infer<typeof peer>;
 
 function toPeer(p: RawPeer, ns: string): Peer {
   if (p.ipBlock) return { kind: 'cidr', cidr: p.ipBlock.cidr, except: p.ipBlock.except ?? [] };
   const pods = p.podSelector ?? { matchLabels: {}, matchExpressions: [] };
-  if (!p.namespaceSelector) return { kind: 'endpoints', selector: withRequirement(pods, NAMESPACE_KEY, ns) };
-  const nsReq = namespaceRequirements(p.namespaceSelector);
-  return {
-    kind: 'endpoints',
-    selector: { matchLabels: { ...pods.matchLabels, ...nsReq.matchLabels }, matchExpressions: [...pods.matchExpressions, ...nsReq.matchExpressions] },
-  };
+  if (!p.namespaceSelector) return { kind: 'endpoints', selector: inNamespace(pods, ns) };
+  return { kind: 'endpoints', selector: { matchLabels: pods.matchLabels, matchExpressions: [...pods.matchExpressions, ...p.namespaceSelector.matchExpressions] } };
 }
 
 const specSchema = z.object({
@@ -89,7 +96,7 @@ export const networkPolicySchema = z.object({
   spec: specSchema,
   status: z.unknown().optional(),
 }).strict().transform((d): Policy => {
-  const ns = d.metadata.namespace ?? 'default';
+  const ns = namespaceOf(d.metadata.namespace);
   const types = d.spec.policyTypes ?? ['Ingress', ...(d.spec.egress ? ['Egress' as const] : [])];
   const rules: Rule[] = [];
   for (const dir of ['ingress', 'egress'] as const) {
@@ -104,11 +111,11 @@ export const networkPolicySchema = z.object({
     }
   }
   return {
-    name: `${ns}/${d.metadata.name}`,
+    name: policyName(ns, d.metadata.name),
     kind: 'NetworkPolicy',
     namespace: ns,
     specs: [{
-      subject: withRequirement(d.spec.podSelector, NAMESPACE_KEY, ns),
+      subject: inNamespace(d.spec.podSelector, ns),
       defaultDeny: { ingress: types.includes('Ingress'), egress: types.includes('Egress') },
       rules,
     }],

@@ -1,7 +1,10 @@
 // Kubernetes-style label selectors (matchLabels + matchExpressions), source-aware. Pure.
 import { canonicalLabels, valuesFor, type Labels } from '../identity/labels.ts';
 
-export type SelectorOperator = 'In' | 'NotIn' | 'Exists' | 'DoesNotExist';
+/** InOrAbsent is Membrane's own and never comes from a document: the key has one of the values or is
+ *  not there at all. The default namespace uses it, so endpoints without a namespace (Docker
+ *  containers, endpoints created through the API) are in it. */
+export type SelectorOperator = 'In' | 'NotIn' | 'Exists' | 'DoesNotExist' | 'InOrAbsent';
 
 export interface SelectorRequirement {
   key: string;
@@ -30,16 +33,21 @@ export function matches(s: Selector, labels: Labels): boolean {
       case 'NotIn': if (have.some((v) => r.values.includes(v))) return false; break;
       case 'Exists': if (!have.length) return false; break;
       case 'DoesNotExist': if (have.length) return false; break;
+      case 'InOrAbsent': if (have.length && !have.some((v) => r.values.includes(v))) return false; break;
     }
   }
   return true;
 }
 
+/** Does the selector constrain `key` (with or without a k8s:/any: source)? */
+export function mentionsKey(s: Selector, key: string): boolean {
+  const bare = (k: string) => k.replace(/^(k8s|any):/, '');
+  return Object.keys(s.matchLabels).some((k) => bare(k) === key) || s.matchExpressions.some((r) => bare(r.key) === key);
+}
+
 /** Adds requirements (e.g. the policy's namespace) unless the selector already constrains the key. */
 export function withRequirement(s: Selector, key: string, value: string): Selector {
-  const bare = (k: string) => k.replace(/^(k8s|any):/, '');
-  const mentions = Object.keys(s.matchLabels).some((k) => bare(k) === key) || s.matchExpressions.some((r) => bare(r.key) === key);
-  if (mentions) return s;
+  if (mentionsKey(s, key)) return s;
   return { matchLabels: { ...s.matchLabels, [key]: value }, matchExpressions: s.matchExpressions };
 }
 
