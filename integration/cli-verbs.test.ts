@@ -5,6 +5,8 @@
 // drops in the datapath counters). Pods are netns of our own; every name is unique.
 import t from 'tap';
 import { execFile } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { parse as parseYaml } from 'yaml';
@@ -179,6 +181,33 @@ spec:
   t.match(metrics.out, /\nPolicy denied +- +[1-9]\d* +[1-9]\d*\n/);
   const m = JSON.parse((await cli('bpf', 'metrics', 'list', '-o', 'json')).out) as { drops: { reason: string }[] };
   t.ok(m.drops.some((d) => d.reason === 'POLICY_DENIED'));
+});
+
+t.test('policy import: a JSON rule array as cilium-dbg takes it, and -n for documents without a namespace', async (t) => {
+  const pc = new PolicyClient(agent.client);
+  t.teardown(() => pc.delete('all'));
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbt-cli-pol-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const rules = path.join(dir, 'rules.json');
+  fs.writeFileSync(rules, JSON.stringify([{
+    labels: [{ key: 'name', value: `rules-${run}`, source: 'unspec' }], description: 'server accepts the client',
+    endpointSelector: { matchLabels: { app: 'server', run } }, ingress: [{ fromEndpoints: [{ matchLabels: { app: 'client' } }], toPorts: [{ ports: [{ protocol: 'TCP' }] }] }],
+  }]));
+  const imported = await cli('policy', 'import', rules);
+  t.equal(imported.code, 0, imported.err);
+  t.match(imported.out, new RegExp(`^revision \\d+: created rules-${run}\\n`));
+  t.match((await cli('policy', 'get')).out, new RegExp(`rules-${run} +CiliumClusterwideNetworkPolicy`));
+  t.equal(await probe(nsClient, ip4(server), PORT), 'ok', 'client -> server on any TCP port (a port-less toPorts entry)');
+  const cnp = path.join(dir, 'cnp.yaml');
+  fs.writeFileSync(cnp, `apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: ns-${run}}\nspec: {endpointSelector: {}}\n`);
+  t.match((await cli('policy', 'import', '-n', 'shop', cnp)).out, new RegExp(`created shop/ns-${run}`), '-n shop');
+  t.match((await cli('policy', 'import', cnp)).out, new RegExp(`created ns-${run}\\n`), 'no -n: the default namespace');
+  const noName = path.join(dir, 'noname.json');
+  fs.writeFileSync(noName, '[{"endpointSelector": {}}]');
+  const bad = await cli('policy', 'validate', noName);
+  t.equal(bad.code, 1);
+  t.match(bad.err, /noname\.json:1:2: \[0\]\.labels: a rule needs a name/);
+  t.match((await cli('policy', 'import', '-n', 'Bad_NS', cnp)).err, /namespace "Bad_NS" is not a valid namespace name/);
 });
 
 t.test('completion bash completes verbs, flags and flag values', async (t) => {

@@ -89,7 +89,7 @@ export class Agent {
 
       // Policy first among the endpoint's dependencies: endpoints ask it for their identity.
       const policy = await AgentPolicy.open({
-        store, datapath, log, auditMode: cfg.policyAuditMode, cluster,
+        store, datapath, log, auditMode: cfg.policyAuditMode, cluster, clusterName: cfg.cluster?.clusterName ?? 'default',
         ...(l7 ? { l7: { proxyPorts: l7.proxyPorts, onChange: l7.policyChanged } } : {}),
       });
       closers.push({ name: 'policy', close: () => policy.close() });

@@ -29,6 +29,8 @@ export interface PolicyDeps {
   cluster?: ClusterMode;
   /** The L7 proxy: its ports go into L7 entries, and it hears about every change. */
   l7?: { proxyPorts: () => { http: number }; onChange: () => void };
+  /** The cluster this node is in ("default" on a single node): what Cilium's derived cluster label holds. */
+  clusterName?: string;
 }
 
 /** Every address of the node's own interfaces (its netns): traffic from them is the host identity.
@@ -63,7 +65,7 @@ export class AgentPolicy {
   static async open(d: PolicyDeps): Promise<AgentPolicy> {
     const log = d.log.child({ component: 'policy' });
     const engine = await PolicyEngine.open({
-      store: d.store, ops: datapathOps(d.datapath, { log }), hostAddresses, log,
+      store: d.store, ops: datapathOps(d.datapath, { log }), hostAddresses, log, cluster: d.clusterName ?? 'default',
       ...(d.cluster ? { identityBackend: d.cluster.identities, policyBackend: d.cluster.policies } : {}),
       ...(d.l7 ? { proxyPorts: d.l7.proxyPorts, onChange: d.l7.onChange } : {}),
     });

@@ -34,6 +34,14 @@ function bodyText(req: Request): string {
   return text;
 }
 
+/** ?namespace=NS: the namespace of documents that name none (membrane policy import -n). */
+function importOptions(req: Request): { namespace?: string } {
+  const ns = req.query.namespace;
+  if (ns === undefined) return {};
+  if (typeof ns !== 'string' || !/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(ns)) throw badRequest(`namespace ${JSON.stringify(ns)} is not a valid namespace name`, 'namespace');
+  return { namespace: ns };
+}
+
 function queryNames(req: Request): string[] {
   const q = req.query.name;
   return (Array.isArray(q) ? q : q === undefined ? [] : [q]).filter((n): n is string => typeof n === 'string' && n.length > 0);
@@ -76,12 +84,12 @@ export function policyRouter(engine: PolicyEngine, opts: PolicyRouterOptions): e
   });
 
   r.post('/', async (req, res) => {
-    const result = await engine.importText(bodyText(req));
+    const result = await engine.importText(bodyText(req), importOptions(req));
     res.json(result);
   });
 
   r.post('/validate', (req, res) => {
-    const { policies, issues } = engine.validate(bodyText(req));
+    const { policies, issues } = engine.validate(bodyText(req), importOptions(req));
     res.json({ valid: issues.length === 0 && policies.length > 0, policies: policies.map((p) => p.name), issues });
   });
 

@@ -6,6 +6,7 @@ import { stringify } from 'yaml';
 import { AgentApiError, type AgentClient } from '../api/client.ts';
 import { PolicyClient } from '../policy/client.ts';
 import { formatIssue, parsePolicies, type PolicyIssue } from '../policy/parse.ts';
+import { DEFAULT_NAMESPACE } from '../policy/schema-common.ts';
 import { parseLabelArgs, formatLabels } from '../identity/labels.ts';
 import type { TraceHttp, TraceResult, TraceSide } from '../policy/trace.ts';
 import type { HttpRule } from '../policy/types.ts';
@@ -90,13 +91,14 @@ export function registerPolicyCommands(program: Command, ctx: CliContext): void 
   const pc = () => new PolicyClient(client());
   const policy = program.command('policy').description('network policies (CiliumNetworkPolicy, Kubernetes NetworkPolicy)');
 
-  policy.command('import').description('add or replace the policies in FILE (YAML or JSON; - for stdin)').argument('<file>')
-    .action(async (file: string) => {
+  policy.command('import').description('add or replace the policies in FILE (YAML or JSON, or a JSON rule array as cilium-dbg takes; - for stdin)').argument('<file>')
+    .option('-n, --namespace <ns>', `namespace of documents that name none (default: ${DEFAULT_NAMESPACE})`)
+    .action(async (file: string, o: { namespace?: string }) => {
       const text = readInput(file);
-      const local = parsePolicies(text);
+      const local = parsePolicies(text, { namespace: o.namespace });
       if (local.issues.length) throw issuesError(file, local.issues);
       try {
-        const r = await pc().import(text);
+        const r = await pc().import(text, { namespace: o.namespace });
         const changed = r.changes.filter((c) => c.change !== 'unchanged');
         print(`revision ${r.revision}: ${r.changes.map((c) => `${c.change} ${c.name}`).join(', ')}\n`);
         if (changed.length) print(`enforced in ${r.enforcedMs.toFixed(1)} ms (${r.stats.policyUpserts} entries written, ${r.stats.policyRemovals} removed)\n`);
@@ -108,8 +110,9 @@ export function registerPolicyCommands(program: Command, ctx: CliContext): void 
     });
 
   policy.command('validate').description('check FILE without importing it (no agent needed)').argument('<file>')
-    .action((file: string) => {
-      const r = parsePolicies(readInput(file));
+    .option('-n, --namespace <ns>', `namespace of documents that name none (default: ${DEFAULT_NAMESPACE})`)
+    .action((file: string, o: { namespace?: string }) => {
+      const r = parsePolicies(readInput(file), { namespace: o.namespace });
       if (r.issues.length) throw issuesError(file, r.issues);
       if (!r.policies.length) throw new Error(`${file}: no policy in the input`);
       print(`valid: ${r.policies.map((p) => `${p.kind} ${p.name}`).join(', ')}\n`);

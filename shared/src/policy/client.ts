@@ -16,6 +16,10 @@ export interface PolicySummary {
   rules: { ingress: number; egress: number };
 }
 
+function nsQuery(opts: { namespace?: string }): string {
+  return opts.namespace ? `?namespace=${encodeURIComponent(opts.namespace)}` : '';
+}
+
 export class PolicyClient {
   constructor(private readonly c: AgentClient) {}
 
@@ -24,8 +28,11 @@ export class PolicyClient {
   status(): Promise<{ revision: number; policies: number; auditMode: boolean; policyEntries: number; ipcachePrefixes: number; endpoints: number; drops: Record<string, number> }> {
     return this.c.request('GET', '/v1/policy/status');
   }
-  import(text: string): Promise<ChangeResult> { return this.postText('/v1/policy', text); }
-  validate(text: string): Promise<{ valid: boolean; policies: string[]; issues: PolicyIssue[] }> { return this.postText('/v1/policy/validate', text); }
+  /** `namespace`: for documents that name none (membrane policy import -n). */
+  import(text: string, opts: { namespace?: string } = {}): Promise<ChangeResult> { return this.postText(`/v1/policy${nsQuery(opts)}`, text); }
+  validate(text: string, opts: { namespace?: string } = {}): Promise<{ valid: boolean; policies: string[]; issues: PolicyIssue[] }> {
+    return this.postText(`/v1/policy/validate${nsQuery(opts)}`, text);
+  }
   delete(names: string[] | 'all'): Promise<ChangeResult & { unknown: string[] }> {
     const q = names === 'all' ? 'all=true' : names.map((n) => `name=${encodeURIComponent(n)}`).join('&');
     return this.c.request('DELETE', `/v1/policy?${q}`);

@@ -55,6 +55,8 @@ export interface PolicyEngineDeps {
   policyBackend?: PolicyBackend & { reload?(): Promise<PersistedPolicies> };
   /** Called after the maps changed (the L7 proxy then takes a new snapshot). */
   onChange?: () => void;
+  /** This node's cluster, for selectors on Cilium's derived cluster label (default: "default"). */
+  cluster?: string;
 }
 
 export interface ChangeResult {
@@ -204,13 +206,14 @@ export class PolicyEngine {
 
   // ---- policies --------------------------------------------------------------------------------
 
-  validate(text: string): { policies: PolicyRecord['policy'][]; issues: PolicyIssue[] } {
-    return parsePolicies(text);
+  /** `opts.namespace`: for documents that name none (membrane policy import -n). */
+  validate(text: string, opts: { namespace?: string } = {}): ReturnType<typeof parsePolicies> {
+    return parsePolicies(text, { ...opts, cluster: this.d.cluster ?? 'default' });
   }
 
-  importText(text: string): Promise<ChangeResult> {
+  importText(text: string, opts: { namespace?: string } = {}): Promise<ChangeResult> {
     const t0 = performance.now();
-    const parsed = parsePolicies(text);
+    const parsed = this.validate(text, opts);
     const parseMs = performance.now() - t0;
     if (parsed.issues.length) {
       return Promise.reject(new PolicyError('bad_request', `the policy is not valid (${parsed.issues.length} problem${parsed.issues.length > 1 ? 's' : ''})`, parsed.issues));
