@@ -133,6 +133,13 @@ t.test('Hubble filters on Hubble\'s numbers select what they say', async (t) => 
   t.same((await flows({ blacklist: [{ protocol: ['tcp'] }] })).length, 1, 'blacklist = 5');
   const masked = await flows({ number: 1, field_mask: { paths: ['time', 'IP', 'Summary'] } });
   t.same(Object.keys(masked[0]).sort(), ['IP', 'Summary', 'time'], 'field_mask = 10');
+  // The mask the hubble CLI sends by default for its compact, dict and table output.
+  const HUBBLE_DEFAULT_MASK = ['time', 'verdict', 'ethernet', 'IP', 'l4', 'source.identity', 'source.namespace', 'source.pod_name',
+    'destination.identity', 'destination.namespace', 'destination.pod_name', 'Type', 'node_name', 'l7', 'event_type', 'source_service',
+    'destination_service', 'is_reply', 'Summary', 'ip_trace_id'];
+  const dflt = await flows({ first: true, number: 1, field_mask: { paths: HUBBLE_DEFAULT_MASK } });
+  t.same(dflt[0].source, { identity: 1001, namespace: 'shop', pod_name: 'client-1' }, 'only the masked endpoint fields');
+  t.same(Object.keys(dflt[0]).sort(), ['IP', 'Summary', 'Type', 'event_type', 'is_reply', 'l4', 'node_name', 'source', 'destination', 'time', 'verdict'].sort());
   await t.rejects(hubble.getFlows({ whitelist: [{ source_service: ['shop/web'] }] }),
     { code: 3, details: /whitelist\[0\]\.source_service: cannot be applied/ }, 'a filter Membrane cannot apply is INVALID_ARGUMENT naming it');
 });

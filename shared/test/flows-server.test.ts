@@ -214,6 +214,40 @@ t.test('GetNodes, GetNamespaces, GetAgentEvents, GetDebugEvents', async (t) => {
   }, { code: 12, details: /no debug events/ });
 });
 
+t.test("membrane observe: hubble observe's filter and format flags, end to end", async (t) => {
+  // Three distinct flows: IPv6 UDP egress from endpoint 9 (namespace shop), an IPv4 TCP SYN+ACK ingress
+  // to it from identity 2 (world), and a drop.
+  push({ type: EventType.FLOW_NEW, family: 6, saddr: 'fd00::9', daddr: 'fd00::1', proto: 17, sport: 6001, dport: 53, endpointId: 9, direction: 1, srcIdentity: 300 });
+  push({ type: EventType.FLOW_NEW, saddr: '198.18.0.5', daddr: '10.2.0.9', sport: 6002, dport: 443, tcpFlags: 0x12, endpointId: 9, direction: 0, srcIdentity: 2, dstIdentity: 300 });
+  dropFlow(6003);
+  const sportsOf = async (...args: string[]) => {
+    const r = await run(['observe', '--observer-socket', socket, '--last', '50', '-o', 'jsonpb', ...args]);
+    if (r.status !== 0) return [r.stderr];
+    return r.stdout.trim().split('\n').filter(Boolean).map((l) => {
+      const f = JSON.parse(l).flow;
+      return (f.l4.TCP ?? f.l4.UDP).source_port as number;
+    }).filter((p) => p >= 6001 && p <= 6003);
+  };
+  t.same(await sportsOf('-6'), [6001], '-6');
+  t.same(await sportsOf('-4', '--from-identity', 'world'), [6002], '-4 --from-identity world');
+  t.same(await sportsOf('--identity', '300', '--traffic-direction', 'egress'), [6001], '--identity (either end) --traffic-direction');
+  t.same(await sportsOf('--tcp-flags', 'syn,ack'), [6002], '--tcp-flags');
+  t.same(await sportsOf('-n', 'shop'), [6001, 6002], '-n: either end in the namespace');
+  t.same(await sportsOf('--from-namespace', 'shop'), [6001], '--from-namespace');
+  t.same(await sportsOf('--to-namespace', 'shop'), [6002], '--to-namespace');
+  t.same(await sportsOf('--node-name', 'node-*', '--not', '--protocol', 'tcp'), [6001], '--node-name, --not');
+  t.same(await sportsOf('--drop-reason-desc', 'POLICY_DENY'), [6003], '--drop-reason-desc');
+  t.same(await sportsOf('-t', 'drop'), [6003], '-t drop');
+  t.same(await sportsOf('-t', 'trace:from-endpoint'), [6001], '-t trace:from-endpoint');
+  t.same(await sportsOf('--node-name', 'other-*'), [], 'another node: nothing');
+  const dict = await run(['observe', '--observer-socket', socket, '--last', '1', '-o', 'dict', '--print-node-name']);
+  t.match(dict.stdout, /^ {2}TIMESTAMP: .+\n {7}NODE: node-t\n {5}SOURCE: 10\.2\.0\.2:6003\n/);
+  const compact = await run(['observe', '--observer-socket', socket, '--last', '1', '--print-node-name', '--print-policy-names']);
+  t.match(compact.stdout, /^\w{3} [ \d]\d [\d:.]+ \[node-t\]: 10\.2\.0\.2:6003 /);
+  const ns = await run(['observe', 'namespaces', '--observer-socket', socket, '-o', 'json']);
+  t.same(JSON.parse(ns.stdout), [{ namespace: 'shop' }]);
+});
+
 t.test('membrane observe --follow streams until interrupted', async (t) => {
   const child = spawn(process.execPath, ['--import', 'tsx', ...cli(['observe', '--observer-socket', socket, '-f', '--protocol', 'tcp', '--to-port', '9999'])], { cwd: REPO, env: env() });
   let out = '';
