@@ -4,6 +4,7 @@
 // caches, because it runs for every event. Pure: lookups come in through FlowContext.
 import { Direction, OFF } from './event.ts';
 import { readHostU32 } from '../net/index.ts';
+import type { RuleInfo } from '../core.ts';
 import type { FlowEndpoint, Timestamp } from './types.ts';
 
 export interface EndpointView {
@@ -25,20 +26,7 @@ export interface SideRef {
 }
 
 /** The policy rule behind a verdict, as the policy service describes it. */
-export interface RuleDescription {
-  /** The policy's full name in Membrane ("namespace/name" for namespaced policies). */
-  policy: string;
-  index: number;
-  direction: 'ingress' | 'egress';
-  action: 'allow' | 'deny';
-  kind?: string;
-  namespace?: string;
-  revision?: number;
-  /** Where the rule is in the document, e.g. "spec.ingressDeny[0]". */
-  path?: string;
-  /** Hubble's policy match type (L3-Only, L3-L4, ...; see codes.ts PolicyMatch). */
-  matchType?: number;
-}
+export type RuleDescription = RuleInfo;
 
 export interface FlowContext {
   nodeName: string;
