@@ -32,6 +32,8 @@ export interface IpamService {
   releaseOwner(owner: IpamOwner): Promise<number>;
   releaseIp(network: string, ip: string): Promise<boolean>;
   pools(): IpamPoolView[];
+  /** Addresses in use outside every pool (a delegated IPAM's), with their owners. */
+  external?(): { ip: string; owner: string }[];
 }
 
 export interface Core {

@@ -108,3 +108,50 @@ t.test('compaction keeps every allocation', async (t) => {
 });
 
 
+
+/** A store whose writes fail while `full` is set, as on a full disk. */
+class FullDiskStore extends MemoryStore {
+  full = false;
+  override async put(key: string, value: unknown): Promise<void> {
+    if (this.full) throw Object.assign(new Error('ENOSPC: no space left on device'), { code: 'ENOSPC' });
+    return super.put(key, value);
+  }
+  override async delete(key: string): Promise<boolean> {
+    if (this.full) throw Object.assign(new Error('ENOSPC: no space left on device'), { code: 'ENOSPC' });
+    return super.delete(key);
+  }
+}
+
+t.test('a failed write changes nothing in memory: allocate, release, pools', async (t) => {
+  const store = new FullDiskStore();
+  const ipam = await Ipam.open(store);
+  await ipam.ensurePool('p', v4);
+  const a = await ipam.allocate('p', ep('a'));
+  store.full = true;
+  await t.rejects(ipam.allocate('p', ep('b')), /ENOSPC/);
+  await t.rejects(ipam.allocate('p', ep('c'), { ip: '10.9.0.99' }), /ENOSPC/);
+  await t.rejects(ipam.reserveExternal('172.16.0.1', ep('d')), /ENOSPC/);
+  await t.rejects(ipam.releaseOwner(ep('a')), /ENOSPC/);
+  await t.rejects(ipam.ensurePool('q', [{ cidr: '10.7.0.0/24', gateway: '10.7.0.1' }]), /ENOSPC/);
+  t.same(ipam.allocations().map((x) => x.ip), [a.ip], 'only the durable allocation');
+  t.notOk(ipam.has('q'), 'no pool that is not on disk');
+  store.full = false;
+  t.equal((await ipam.allocate('p', ep('b'))).ip, '10.9.0.3', 'the cursor moved back too: the next address is the one after a');
+  const reopened = await Ipam.open(store);
+  t.same(reopened.allocations().map((x) => x.ip).sort(), [a.ip, '10.9.0.3'], 'memory and disk agree');
+});
+
+t.test('external reservations: unique, persisted, released with their owner', async (t) => {
+  const store = new MemoryStore();
+  const ipam = await Ipam.open(store);
+  await ipam.ensurePool('p', v4);
+  await ipam.reserveExternal('172.16.0.1', ep('a'));
+  await ipam.reserveExternal('172.16.0.1', ep('a'));
+  await t.rejects(ipam.reserveExternal('172.16.0.1', ep('b')), { code: 'address_in_use' });
+  await t.rejects(ipam.reserveExternal('10.9.0.5', ep('b')), { code: 'bad_request', message: /lies in pool "p"/ });
+  const reopened = await Ipam.open(store);
+  t.same(reopened.externalOwnerOf('172.16.0.1'), ep('a'));
+  t.same(reopened.allocations(), [{ pool: null, ip: '172.16.0.1', owner: ep('a') }]);
+  t.equal(await reopened.releaseOwner(ep('a')), 1);
+  t.same((await Ipam.open(store)).allocations(), []);
+});

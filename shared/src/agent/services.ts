@@ -50,5 +50,6 @@ export function ipamService(ipam: Ipam): IpamService {
     releaseOwner: (owner) => ipam.releaseOwner(owner),
     releaseIp: (network, ip) => ipam.releaseIp(network, ip),
     pools: () => ipam.view(),
+    external: () => ipam.externalView(),
   };
 }

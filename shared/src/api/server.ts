@@ -74,7 +74,7 @@ export function createApp(d: ApiDeps): express.Express {
     res.json({ deleted: await d.core.networks.delete(req.params.name) });
   });
 
-  app.get('/v1/ipam', (_req, res) => { res.json({ pools: d.core.ipam.pools() }); });
+  app.get('/v1/ipam', (_req, res) => { res.json({ pools: d.core.ipam.pools(), external: d.core.ipam.external?.() ?? [] }); });
   for (const r of d.routers ?? []) app.use(r.path, r.router);
 
   app.use((req, _res, next) => next(new MembraneError('not_found', `no such API path: ${req.method} ${req.path}`)));

@@ -34,14 +34,23 @@ export function heldBy(doc: PoolDoc, owner: string, family: Family): string | un
   return undefined;
 }
 
+/** What an allocation changed in `doc`, so a failed write can undo it (`fresh`: newly recorded). */
+export interface Allocation {
+  ip: string;
+  subnet: SubnetState;
+  fresh: boolean;
+  /** The next-fit cursor before a picked (not requested) address moved it. */
+  lastBefore?: string;
+}
+
 /** Picks an address and records it in `doc`. Throws IpamError naming the pool. */
-export function allocate(doc: PoolDoc, owner: string, req: { family?: Family; ip?: string }): { ip: string; subnet: SubnetState } {
+export function allocate(doc: PoolDoc, owner: string, req: { family?: Family; ip?: string }): Allocation {
   if (req.ip !== undefined) return allocateRequested(doc, owner, req.ip);
   const family = req.family ?? 4;
   const subnet = subnetFor(doc, family);
   if (!subnet) throw new IpamError('bad_request', `pool "${doc.name}" has no IPv${family} subnet`);
   const held = heldBy(doc, owner, family);
-  if (held) return { ip: held, subnet };
+  if (held) return { ip: held, subnet, fresh: false };
 
   const c = parseCidr(subnet.cidr);
   const { first, last } = usableRange(c);
@@ -55,9 +64,10 @@ export function allocate(doc: PoolDoc, owner: string, req: { family?: Family; ip
     if (cursor !== gateway) {
       const ip = bigIntToIp(cursor, c.family);
       if (!(ip in doc.allocations)) {
+        const lastBefore = subnet.last;
         doc.allocations[ip] = owner;
         subnet.last = ip;
-        return { ip, subnet };
+        return { ip, subnet, fresh: true, ...(lastBefore ? { lastBefore } : {}) };
       }
     }
     cursor++;
@@ -65,7 +75,7 @@ export function allocate(doc: PoolDoc, owner: string, req: { family?: Family; ip
   throw new IpamError('pool_exhausted', `IP pool "${doc.name}" is exhausted: no free IPv${family} address left in ${subnet.cidr}`);
 }
 
-function allocateRequested(doc: PoolDoc, owner: string, requested: string): { ip: string; subnet: SubnetState } {
+function allocateRequested(doc: PoolDoc, owner: string, requested: string): Allocation {
   const family = familyOf(requested);
   if (!family) throw new IpamError('bad_request', `requested address "${requested}" is not an IP address`);
   const ip = normalizeIp(requested);
@@ -79,8 +89,19 @@ function allocateRequested(doc: PoolDoc, owner: string, requested: string): { ip
   if (current !== undefined && current !== owner) {
     throw new IpamError('address_in_use', `address ${ip} in pool "${doc.name}" is already allocated to ${current}`);
   }
+  if (current === owner) return { ip, subnet, fresh: false };
   doc.allocations[ip] = owner;
-  return { ip, subnet };
+  return { ip, subnet, fresh: true };
+}
+
+/** Undoes an allocation whose write failed. */
+export function undoAllocation(doc: PoolDoc, a: Allocation): void {
+  if (!a.fresh) return;
+  delete doc.allocations[a.ip];
+  if (a.subnet.last === a.ip) {
+    if (a.lastBefore === undefined) delete a.subnet.last;
+    else a.subnet.last = a.lastBefore;
+  }
 }
 
 export function releaseOwner(doc: PoolDoc, owner: string): string[] {

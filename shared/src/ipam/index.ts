@@ -1,11 +1,15 @@
 // Persistent IPAM: pools kept in memory, every allocation made durable (one store key per address)
 // before the caller hears about it, so no address is ever handed to two owners, not even across a
-// crash. The store group-commits, so concurrent allocations share syncs.
+// crash. The store group-commits, so concurrent allocations share syncs. Memory changes at once (so a
+// concurrent allocation never picks the same address) and is put back when the write fails.
+//
+// Addresses an IPAM outside the agent handed out (a delegated CNI IPAM plugin's own range) that lie
+// in no pool are recorded as external reservations: the node knows every address its endpoints use.
 import type { IpamPoolView } from '../types.ts';
 import type { Store } from '../store/index.ts';
 import * as alloc from './allocator.ts';
 import { ownerKey, parseOwnerKey, type IpamOwner } from './owner.ts';
-import { cidrContains, normalizeIp, parseCidr, usableCount, type Family } from '../net/index.ts';
+import { cidrContains, familyOf, normalizeIp, parseCidr, usableCount, type Family } from '../net/index.ts';
 
 export { IpamError } from './allocator.ts';
 export { ownerKey, parseOwnerKey, type IpamOwner } from './owner.ts';
@@ -13,9 +17,12 @@ export type { PoolDoc, SubnetState } from './allocator.ts';
 
 const POOLS = 'ipam-pools';
 const ALLOCS = 'ipam';
+const EXTERNAL = 'ipam-external';
 
 export class Ipam {
   private readonly pools = new Map<string, alloc.PoolDoc>();
+  /** ip -> owner key of addresses outside every pool (delegated IPAM). */
+  private readonly external = new Map<string, string>();
 
   private constructor(private readonly store: Store) {}
 
@@ -28,6 +35,7 @@ export class Ipam {
       }
       ipam.pools.set(value.name, doc);
     }
+    for (const { key, value: owner } of await store.list<string>(EXTERNAL)) ipam.external.set(key.slice(EXTERNAL.length + 1), owner);
     return ipam;
   }
 
@@ -44,7 +52,12 @@ export class Ipam {
     }
     const doc = { name, subnets: subnets.map((s) => ({ cidr: s.cidr, gateway: normalizeIp(s.gateway) })), allocations: {} };
     this.pools.set(name, doc);
-    await this.store.put(`${POOLS}/${name}`, { name, subnets: doc.subnets });
+    try {
+      await this.store.put(`${POOLS}/${name}`, { name, subnets: doc.subnets });
+    } catch (e) {
+      if (this.pools.get(name) === doc) this.pools.delete(name);
+      throw e;
+    }
   }
 
   async deletePool(name: string): Promise<boolean> {
@@ -53,33 +66,85 @@ export class Ipam {
     const n = Object.keys(doc.allocations).length;
     if (n > 0) throw new alloc.IpamError('bad_request', `pool "${name}" still has ${n} allocated address(es)`);
     this.pools.delete(name);
-    await this.store.delete(`${POOLS}/${name}`);
+    try {
+      await this.store.delete(`${POOLS}/${name}`);
+    } catch (e) {
+      if (!this.pools.has(name)) this.pools.set(name, doc);
+      throw e;
+    }
     return true;
   }
 
   async allocate(pool: string, owner: IpamOwner, req: { family?: Family; ip?: string } = {}): Promise<{ ip: string; subnet: string; gateway: string }> {
     const doc = this.require(pool);
     const key = ownerKey(owner);
-    const { ip, subnet } = alloc.allocate(doc, key, req);
-    await this.store.put(allocKey(pool, ip), key);
-    return { ip, subnet: subnet.cidr, gateway: subnet.gateway };
+    const a = alloc.allocate(doc, key, req);
+    if (a.fresh) {
+      try {
+        await this.store.put(allocKey(pool, a.ip), key);
+      } catch (e) {
+        alloc.undoAllocation(doc, a);
+        throw e;
+      }
+    }
+    return { ip: a.ip, subnet: a.subnet.cidr, gateway: a.subnet.gateway };
   }
 
-  /** Releases everything the owner holds in every pool; idempotent. */
+  /** The pool whose subnets contain `ip`, if any (pools never overlap). */
+  poolContaining(ip: string): string | undefined {
+    for (const doc of this.pools.values()) {
+      if (doc.subnets.some((s) => cidrContains(parseCidr(s.cidr), ip))) return doc.name;
+    }
+    return undefined;
+  }
+
+  /** Records an address that lies in no pool (a delegated IPAM's) for `owner`; address_in_use when
+   *  another owner holds it. */
+  async reserveExternal(ip: string, owner: IpamOwner): Promise<void> {
+    const addr = normalizeIp(ip);
+    const key = ownerKey(owner);
+    if (this.poolContaining(addr)) throw new alloc.IpamError('bad_request', `address ${addr} lies in pool "${this.poolContaining(addr)}": allocate it there`);
+    const current = this.external.get(addr);
+    if (current === key) return;
+    if (current !== undefined) throw new alloc.IpamError('address_in_use', `address ${addr} is already in use on this node (held by ${current})`);
+    this.external.set(addr, key);
+    try {
+      await this.store.put(`${EXTERNAL}/${addr}`, key);
+    } catch (e) {
+      if (this.external.get(addr) === key) this.external.delete(addr);
+      throw e;
+    }
+  }
+
+  /** Releases everything the owner holds in every pool and outside them; idempotent. */
   async releaseOwner(owner: IpamOwner): Promise<number> {
     const key = ownerKey(owner);
-    const writes: Promise<unknown>[] = [];
-    for (const doc of this.pools.values()) {
-      for (const ip of alloc.releaseOwner(doc, key)) writes.push(this.store.delete(allocKey(doc.name, ip)));
+    const freed: { doc?: alloc.PoolDoc; ip: string }[] = [];
+    for (const doc of this.pools.values()) for (const ip of alloc.releaseOwner(doc, key)) freed.push({ doc, ip });
+    for (const [ip, o] of this.external) if (o === key) { this.external.delete(ip); freed.push({ ip }); }
+    try {
+      await Promise.all(freed.map((f) => this.store.delete(f.doc ? allocKey(f.doc.name, f.ip) : `${EXTERNAL}/${f.ip}`)));
+    } catch (e) {
+      // Not released on disk: not released at all (a later release or the restart's reconciliation frees them).
+      for (const f of freed) {
+        if (f.doc) { if (!(f.ip in f.doc.allocations)) f.doc.allocations[f.ip] = key; } else if (!this.external.has(f.ip)) this.external.set(f.ip, key);
+      }
+      throw e;
     }
-    await Promise.all(writes);
-    return writes.length;
+    return freed.length;
   }
 
   async releaseIp(pool: string, ip: string): Promise<boolean> {
     const doc = this.pools.get(pool);
-    if (!doc || !alloc.releaseIp(doc, ip)) return false;
-    await this.store.delete(allocKey(pool, normalizeIp(ip)));
+    const addr = familyOf(ip) ? normalizeIp(ip) : ip;
+    const owner = doc?.allocations[addr];
+    if (!doc || owner === undefined || !alloc.releaseIp(doc, ip)) return false;
+    try {
+      await this.store.delete(allocKey(pool, addr));
+    } catch (e) {
+      if (!(addr in doc.allocations)) doc.allocations[addr] = owner;
+      throw e;
+    }
     return true;
   }
 
@@ -89,14 +154,26 @@ export class Ipam {
     return key === undefined ? undefined : parseOwnerKey(key);
   }
 
+  /** Who holds an address outside every pool (undefined: nobody). */
+  externalOwnerOf(ip: string): IpamOwner | null | undefined {
+    const key = this.external.get(normalizeIp(ip));
+    return key === undefined ? undefined : parseOwnerKey(key);
+  }
+
   /** Every (pool, ip, owner), for reconciliation against endpoints after a restart (owner null: a key
-   *  this version does not know, left alone). */
-  allocations(): { pool: string; ip: string; owner: IpamOwner | null }[] {
-    const out: { pool: string; ip: string; owner: IpamOwner | null }[] = [];
+   *  this version does not know, left alone). External reservations have pool null. */
+  allocations(): { pool: string | null; ip: string; owner: IpamOwner | null }[] {
+    const out: { pool: string | null; ip: string; owner: IpamOwner | null }[] = [];
     for (const doc of this.pools.values()) {
       for (const [ip, key] of Object.entries(doc.allocations)) out.push({ pool: doc.name, ip, owner: parseOwnerKey(key) });
     }
+    for (const [ip, key] of this.external) out.push({ pool: null, ip, owner: parseOwnerKey(key) });
     return out;
+  }
+
+  /** Addresses outside every pool and their owners (the API's view). */
+  externalView(): { ip: string; owner: string }[] {
+    return [...this.external].map(([ip, owner]) => ({ ip, owner })).sort((a, b) => a.ip.localeCompare(b.ip));
   }
 
   view(): IpamPoolView[] {
