@@ -22,6 +22,15 @@ export interface StartAgentOptions {
   env?: NodeJS.ProcessEnv;
   /** Run dist/bin/membrane-agent (npm run build) instead of the sources. */
   bundle?: boolean;
+  /** Run the agent inside this netns (`nsenter --net`), as a node of its own: its host device,
+   *  forwarding and routes are that netns', never the machine's. */
+  netnsPath?: string;
+  /** A state dir of the caller's (e.g. a small tmpfs); left in place at cleanup. */
+  stateDir?: string;
+  /** Where the agent's log goes (default: agent.log in the state dir). */
+  logFile?: string;
+  /** Socket path (default: agent.sock in the state dir). */
+  socket?: string;
 }
 
 export interface TestAgent {
@@ -33,6 +42,8 @@ export interface TestAgent {
   hostDevice: string;
   pools: string[];
   logFile: string;
+  /** The netns the agent runs in (undefined: the test process's). */
+  netnsPath?: string;
   client: AgentClient;
   pid(): number | undefined;
   /** SIGTERM and wait. */
@@ -62,12 +73,15 @@ export function randomSubnet6(): string {
 
 export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgent> {
   const id = opts.reuse?.id ?? randomId();
-  const stateDir = opts.reuse?.stateDir ?? fs.mkdtempSync(path.join(os.tmpdir(), `mbr-agent-${id}-`));
+  const ownStateDir = !opts.reuse && !opts.stateDir;
+  const stateDir = opts.reuse?.stateDir ?? opts.stateDir ?? fs.mkdtempSync(path.join(os.tmpdir(), `mbr-agent-${id}-`));
   const pools = opts.reuse?.pools ?? opts.pools ?? [opts.ipv6 ? `${randomSubnet24()},${randomSubnet6()}` : randomSubnet24()];
-  const socket = path.join(stateDir, 'agent.sock');
+  const socket = opts.reuse?.socket ?? opts.socket ?? path.join(stateDir, 'agent.sock');
   const bpffsDir = opts.reuse?.bpffsDir ?? `/sys/fs/bpf/mbt-${id}`;
   const hostDevice = opts.reuse?.hostDevice ?? `mbh${id}`;
-  const logFile = path.join(stateDir, 'agent.log');
+  const logFile = opts.reuse?.logFile ?? opts.logFile ?? path.join(stateDir, 'agent.log');
+  const netnsPath = opts.reuse?.netnsPath ?? opts.netnsPath;
+  const inNetns = (cmd: string[]) => (netnsPath ? ['nsenter', [`--net=${netnsPath}`, ...cmd]] : [cmd[0], cmd.slice(1)]) as [string, string[]];
   const args = [
     // Benchmarks run the built agent (what a node runs: no TypeScript loader in the hot paths).
     ...(opts.bundle ? [AGENT_BUNDLE] : ['--import', 'tsx', AGENT_MAIN]),
@@ -85,7 +99,9 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
 
   const launch = async () => {
     const log = fs.openSync(logFile, 'a');
-    child = spawn(process.execPath, args, { cwd: REPO, env, stdio: ['ignore', log, log] });
+    // nsenter execs the agent: the PID we hold is the agent's own.
+    const [cmd, argv] = inNetns([process.execPath, ...args]);
+    child = spawn(cmd, argv, { cwd: REPO, env, stdio: ['ignore', log, log] });
     fs.closeSync(log);
     const c = child;
     const exited = new Promise<number | null>((resolve) => c.once('exit', (code) => resolve(code)));
@@ -106,7 +122,7 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
   });
 
   const agent: TestAgent = {
-    id, socket, observerSocket: path.join(stateDir, 'observer.sock'), stateDir, bpffsDir, hostDevice, pools, logFile, client,
+    id, socket, observerSocket: path.join(stateDir, 'observer.sock'), stateDir, bpffsDir, hostDevice, pools, logFile, client, netnsPath,
     pid: () => child?.pid,
     stop: () => waitExit('SIGTERM'),
     kill9: () => waitExit('SIGKILL'),
@@ -119,9 +135,9 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
         }
       } finally {
         await waitExit('SIGTERM');
-        try { execFileSync('ip', ['link', 'del', hostDevice], { stdio: 'ignore' }); } catch { /* already gone */ }
+        try { execFileSync(...inNetns(['ip', 'link', 'del', hostDevice]), { stdio: 'ignore' }); } catch { /* already gone */ }
         fs.rmSync(bpffsDir, { recursive: true, force: true });
-        if (!opts.reuse) fs.rmSync(stateDir, { recursive: true, force: true });
+        if (ownStateDir) fs.rmSync(stateDir, { recursive: true, force: true });
       }
     },
   };

@@ -46,6 +46,8 @@ export const ERROR_KINDS = {
   // invalid argument: the message (and `field` when set) names what was wrong
   bad_request: { class: 'invalid_argument', http: 400, cni: CniCode.INVALID_CONFIG },
   netns_not_found: { class: 'invalid_argument', http: 400, cni: CniCode.INVALID_ENV },
+  /** The netns is the agent's own (or the init process's): configuring it would rewire the node. */
+  netns_not_allowed: { class: 'invalid_argument', http: 400, cni: CniCode.INVALID_ENV },
   address_out_of_range: { class: 'invalid_argument', http: 400, cni: CniCode.INVALID_CONFIG, docker: "--ip must lie inside the network's --subnet" },
   payload_too_large: { class: 'invalid_argument', http: 413, cni: CniCode.INVALID_CONFIG },
   // not found: the object the caller named does not exist
@@ -63,6 +65,8 @@ export const ERROR_KINDS = {
   pool_exhausted: { class: 'conflict', http: 409, cni: CniCode.TRY_AGAIN_LATER, docker: 'remove unused containers or create the network with a larger --subnet' },
   // unavailable: nothing wrong with the request, try again (a full disk, a map at capacity)
   unavailable: { class: 'unavailable', http: 503, cni: CniCode.TRY_AGAIN_LATER },
+  /** The agent's state disk is full (ENOSPC, EDQUOT): nothing was changed; retry once there is room. */
+  storage_full: { class: 'unavailable', http: 507, cni: CniCode.TRY_AGAIN_LATER, docker: "free space on the membrane agent's --state-dir disk, then retry" },
   /** Cluster mode: etcd did not answer in time (a new label set needs it for its identity). */
   kvstore_unavailable: { class: 'unavailable', http: 503, cni: CniCode.TRY_AGAIN_LATER, docker: 'the cluster store (etcd) is not reachable; retry when it is back' },
   internal: { class: 'internal', http: 500, cni: CniCode.AGENT_INTERNAL },

@@ -68,6 +68,14 @@ export interface Endpoint {
   identity: number;
   externalIpam: boolean;
   createdAt: string;
+  /** Only on an endpoint the agent could not restore (never stored): what is wrong, since when. */
+  health?: EndpointHealth;
+}
+
+export interface EndpointHealth {
+  state: 'unhealthy';
+  problems: string[];
+  since: string;
 }
 
 export interface NetworkSpec {
@@ -104,6 +112,8 @@ export interface AgentStatus {
   version: string;
   uptimeSeconds: number;
   endpoints: number;
+  /** Endpoints the agent keeps but could not restore, with what is wrong (retried every 30 s). */
+  unhealthyEndpoints?: { id: number; endpoint: string; problems: string[]; since: string }[];
   networks: number;
   stateDir: string;
   socket: string;

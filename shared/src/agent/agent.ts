@@ -101,6 +101,7 @@ export class Agent {
       const core: Core = { networks: networkService(networks, endpoints, host, cfg.hostDevice), endpoints, ipam: ipamService(ipam) };
 
       log.info(await endpoints.restore(), 'endpoints restored');
+      closers.push({ name: 'endpoint upkeep', close: endpoints.startUpkeep() });
       await policy.start();
       l7?.bind(policy.engine);
       // Cluster mode: publish the restored endpoints, then mirror the other nodes' ones.
@@ -139,6 +140,7 @@ export class Agent {
       version: VERSION,
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
       endpoints: this.endpoints.list().length,
+      unhealthyEndpoints: this.endpoints.unhealthyEndpoints(),
       networks: this.core.networks.list().length,
       stateDir: this.cfg.stateDir,
       socket: this.cfg.socket,

@@ -60,7 +60,11 @@ export interface Datapath {
   detach(ifindex: number): void;
   attachedProgramIds(ifindex: number): { ingress?: number; egress?: number };
   isCurrent(ifindex: number): boolean;
-  upsertEndpoint(cfg: EndpointDatapathConfig): void;
+  /** endpoints_cfg and counters, then (unless `publish: false`) publishEndpoint. A new endpoint is
+   *  published last, once its program and policy are in place (the redirect short-cut skips its hooks). */
+  upsertEndpoint(cfg: EndpointDatapathConfig, opts?: { publish?: boolean }): void;
+  /** local_endpoints: other endpoints' packets to its addresses go straight to it (bpf_redirect_peer). */
+  publishEndpoint(cfg: EndpointDatapathConfig): void;
   /** Idempotent. Addresses are removed only while they still point at hostIfindex (a reassigned
    *  address is left alone). hostIfindex 0 (no interface) removes just the given addresses, whatever
    *  they point at, and keeps every per-interface entry: for endpoints sharing a host interface. */
@@ -243,13 +247,10 @@ class LoadedDatapath implements Datapath {
     return ids.ingress === this.programIds.fromContainer && ids.egress === this.programIds.toContainer;
   }
 
-  upsertEndpoint(cfg: EndpointDatapathConfig): void {
+  upsertEndpoint(cfg: EndpointDatapathConfig, opts: { publish?: boolean } = {}): void {
     // Encode everything first so a bad address or MAC changes nothing.
     const ifKey = codec.encodeU32Key(cfg.hostIfindex);
-    const ipKeys = cfg.ips.map((ip) => codec.encodeIpKey(ip));
-    const local = codec.encodeLocalEndpoint({
-      hostIfindex: cfg.hostIfindex, endpointId: cfg.endpointId, containerMac: cfg.containerMac, hostMac: cfg.hostMac,
-    });
+    for (const ip of cfg.ips) codec.encodeIpKey(ip);
     const prevRaw = this.lookup('endpoints_cfg', ifKey);
     const prev = prevRaw ? codec.decodeEndpointConfig(prevRaw) : null;
     const sameEndpoint = prev?.endpointId === cfg.endpointId;
@@ -270,6 +271,14 @@ class LoadedDatapath implements Datapath {
     else if (!this.lookup('endpoint_counters', ifKey)) bpf.mapUpdate(counters.fd, 'endpoint_counters', ifKey, zero, bpf.BPF_NOEXIST);
 
     bpf.mapUpdate(this.map('endpoints_cfg').fd, 'endpoints_cfg', ifKey, config);
+    if (opts.publish !== false) this.publishEndpoint(cfg);
+  }
+
+  publishEndpoint(cfg: EndpointDatapathConfig): void {
+    const ipKeys = cfg.ips.map((ip) => codec.encodeIpKey(ip));
+    const local = codec.encodeLocalEndpoint({
+      hostIfindex: cfg.hostIfindex, endpointId: cfg.endpointId, containerMac: cfg.containerMac, hostMac: cfg.hostMac,
+    });
     const locals = this.map('local_endpoints');
     for (const key of ipKeys) bpf.mapUpdate(locals.fd, 'local_endpoints', key, local);
     const wanted = new Set(ipKeys.map((k) => k.toString('hex')));

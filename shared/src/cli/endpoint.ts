@@ -57,8 +57,9 @@ export function registerEndpointCommands(program: Command, ctx: CliContext): voi
     .option('--container <id>', 'only this container')
     .action(async (o: { output: string; container?: string; headers: boolean }) => {
       const items = await ctx.client().listEndpoints({ containerId: o.container });
-      printTable(o.output, items, ['ID', 'CONTAINER', 'IFACE', 'NETWORK', 'IDENTITY', 'IPV4', 'IPV6', 'HOST IFACE', 'LABELS'],
-        items.map((e) => [String(e.id), containerText(e), e.ifName, e.network, String(e.identity), ipOf(e, 4), ipOf(e, 6), e.hostIfName, labelsText(e.labels)]), o.headers);
+      printTable(o.output, items, ['ID', 'CONTAINER', 'IFACE', 'NETWORK', 'IDENTITY', 'IPV4', 'IPV6', 'HOST IFACE', 'STATUS', 'LABELS'],
+        items.map((e) => [String(e.id), containerText(e), e.ifName, e.network, String(e.identity), ipOf(e, 4), ipOf(e, 6), e.hostIfName,
+          e.health ? 'unhealthy' : 'ready', labelsText(e.labels)]), o.headers);
     });
 
   endpoint.command('get').description('show one endpoint: by id, or by container id and interface')
@@ -78,6 +79,7 @@ export function registerEndpointCommands(program: Command, ctx: CliContext): voi
         ['Host side', `${e.hostIfName} (ifindex ${e.hostIfIndex}, ${e.hostMac})`],
         ...(policy.length ? policy : [['Identity', String(e.identity)] as [string, string]]),
         ['Labels', labelsText(e.labels)], ['Created', e.createdAt],
+        ...(e.health ? [['Status', `unhealthy since ${e.health.since}: ${e.health.problems.join('; ')}`] as [string, string]] : []),
       ]));
     });
 

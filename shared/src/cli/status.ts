@@ -18,7 +18,8 @@ export function statusLines(s: AgentStatus): [string, string][] {
   const obs = s.observer;
   return [
     ['Agent', `Ok   ${s.version} (node ${s.nodeName}, up ${uptime(s.uptimeSeconds)})`],
-    ['Endpoints', String(s.endpoints)],
+    ['Endpoints', `${s.endpoints}${s.unhealthyEndpoints?.length ? `, ${s.unhealthyEndpoints.length} unhealthy` : ''}`],
+    ...(s.unhealthyEndpoints ?? []).map((u): [string, string] => [`  ${u.id} ${u.endpoint}`, `unhealthy since ${u.since}: ${u.problems.join('; ')}`]),
     ['Networks', String(s.networks)],
     ['Datapath', `${s.datapath.attach}, pinned in ${s.datapath.pinDir}, gateways on ${s.datapath.hostDevice}`],
     ['Policy', `revision ${p.revision ?? 0}, ${p.policies ?? 0} polic${p.policies === 1 ? 'y' : 'ies'}, audit mode ${p.auditMode ? 'on' : 'off'}`],

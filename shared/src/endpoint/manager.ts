@@ -1,16 +1,18 @@
 // Endpoint manager: the recipe that networks one container interface end to end, and undoes it.
 // Every failure path rolls back what it did; delete succeeds whatever is already gone.
-import type { Endpoint, EndpointIp, EndpointRequest, Network } from '../types.ts';
+import type { Endpoint, EndpointRequest, Network } from '../types.ts';
 import type { Store } from '../store/index.ts';
 import type { Ipam } from '../ipam/index.ts';
 import type { Networks } from '../network/index.ts';
 import type { Datapath } from '../bpf/datapath.ts';
 import { NetlinkError, type Netlink } from '../netlink/index.ts';
-import { openNetns, type NetNs } from '../netns/index.ts';
-import { addressOnly, cidrContains, familyOf, hostPrefix, ifNameProblem, interfaceMac, normalizeIp, parseCidr, randomMac } from '../net/index.ts';
+import { forbiddenNetnsReason, NetnsError, openNetns, type NetNs } from '../netns/index.ts';
+import { datapathConfig, keyOf, openContainerNetns, plainIps, plumbSpec, routesOf, STORE_PREFIX, storeKey, validateRequest } from './recipe.ts';
+import { interfaceMac, randomMac } from '../net/index.ts';
+import { AddressBook, assignAddresses, ensureRecorded } from './addresses.ts';
 import { EndpointError } from './errors.ts';
 import { attachmentId, endpointKey, hostVethName, ipamOwner, withDockerRef } from './naming.ts';
-import { createVeth, ensureContainerSide, ensureHostSide, inspectContainerSide, type PlumbSpec } from './plumbing.ts';
+import { createVeth, ensureContainerSide, ensureHostSide, inspectContainerSide } from './plumbing.ts';
 import { KeyedLock } from './lock.ts';
 
 export interface EndpointManagerDeps {
@@ -21,7 +23,7 @@ export interface EndpointManagerDeps {
   host: Netlink;
   /** The security identity of a label set, asked before an endpoint's datapath config is written. */
   identityFor: (labels: Record<string, string>) => number | Promise<number>;
-  log?: { info(o: object, msg: string): void; warn(o: object, msg: string): void };
+  log?: { info(o: object, msg: string): void; warn(o: object, msg: string): void; error(o: object, msg: string): void };
 }
 
 /** What other concerns (policy, conntrack, flows, metrics) observe of an endpoint's life. Hooks of
@@ -38,7 +40,6 @@ export interface EndpointHooks {
   afterCreate?: (ep: Endpoint, ms: number) => void;
 }
 
-const STORE_PREFIX = 'endpoints';
 const MAX_ENDPOINT_ID = 65535;
 
 export class EndpointManager {
@@ -47,6 +48,12 @@ export class EndpointManager {
   private readonly hooks: EndpointHooks[] = [];
   /** Ids of live endpoints and of creates in flight (reserved before their first await). */
   private readonly idsInUse = new Set<number>();
+  /** Which endpoint uses each address (live and in flight). */
+  private readonly addresses = new AddressBook();
+  /** Keys of creates in flight (their IPAM allocations are not orphans). */
+  private readonly creating = new Set<string>();
+  /** Endpoints restore could not bring back (kept, reported, retried by the upkeep). */
+  private readonly unhealthy = new Map<string, { problems: string[]; since: string }>();
 
   constructor(private readonly d: EndpointManagerDeps) {}
 
@@ -60,14 +67,29 @@ export class EndpointManager {
 
   /** By attachment id (the CNI container id, or the Docker endpoint id) and interface name. */
   get(attachment: string, ifName: string): Endpoint | undefined {
-    return this.byKey.get(endpointKey(attachment, ifName));
+    const ep = this.byKey.get(endpointKey(attachment, ifName));
+    return ep && this.withHealth(ep);
   }
 
   /** Every endpoint, or those of one container (a Docker endpoint once its container is known). */
   list(filter: { containerId?: string } = {}): Endpoint[] {
     return [...this.byKey.values()]
       .filter((e) => !filter.containerId || e.containerId === filter.containerId)
-      .sort((a, b) => a.id - b.id);
+      .sort((a, b) => a.id - b.id)
+      .map((e) => this.withHealth(e));
+  }
+
+  /** Endpoints restore could not bring back, with what is wrong. */
+  unhealthyEndpoints(): { id: number; endpoint: string; problems: string[]; since: string }[] {
+    return [...this.unhealthy].flatMap(([key, h]) => {
+      const ep = this.byKey.get(key);
+      return ep ? [{ id: ep.id, endpoint: key, ...h }] : [];
+    }).sort((a, b) => a.id - b.id);
+  }
+
+  private withHealth(ep: Endpoint): Endpoint {
+    const h = this.unhealthy.get(keyOf(ep));
+    return h ? { ...ep, health: { state: 'unhealthy', problems: h.problems, since: h.since } } : ep;
   }
 
   async create(req: EndpointRequest): Promise<Endpoint> {
@@ -93,7 +115,8 @@ export class EndpointManager {
       }
       await this.d.store.put(storeKey(next), next);
       this.byKey.set(endpointKey(attachment, ifName), next);
-      this.d.datapath.upsertEndpoint(datapathConfig(next));
+      // An unhealthy endpoint's interface is gone or not ours: nothing may redirect to it.
+      this.d.datapath.upsertEndpoint(datapathConfig(next), { publish: !this.unhealthy.has(keyOf(next)) });
       await this.runHooks('afterLabelsChanged', next);
       return next;
     });
@@ -102,6 +125,8 @@ export class EndpointManager {
   /** Problems of a live endpoint (empty = healthy): container side, host link, BPF attachment. */
   check(attachment: string, ifName: string): string[] {
     const ep = this.requireEndpoint(attachment, ifName);
+    const unhealthy = this.unhealthy.get(keyOf(ep));
+    if (unhealthy) return unhealthy.problems;
     const problems: string[] = [];
     const link = this.d.host.linkByName(ep.hostIfName);
     if (!link) return [`host interface ${ep.hostIfName} is missing`];
@@ -120,6 +145,13 @@ export class EndpointManager {
     return problems;
   }
 
+  /**
+   * The recipe, in the order that leaves no window: addresses recorded, the veth created with both
+   * ends down, the datapath config and the endpoint's policy (default deny when a policy selects it)
+   * written, the programs attached; only then the links come up with addresses and routes, the
+   * record is stored, and last other endpoints learn to redirect to it (local_endpoints). Until the
+   * host end is up no packet can cross the veth; until local_endpoints has it no redirect reaches it.
+   */
   private async createLocked(req: EndpointRequest): Promise<Endpoint> {
     validateRequest(req);
     const attachment = attachmentId(req);
@@ -130,11 +162,12 @@ export class EndpointManager {
       throw new EndpointError('endpoint_exists', `endpoint ${key} already exists in ${existing.netns ?? 'the host netns'}`);
     }
     const network = this.requireNetwork(req.network ?? 'default');
-    const ns = req.netns ? openNetnsOrFail(req.netns) : null;
+    const ns = req.netns ? openContainerNetns(req.netns) : null;
     const id = this.reserveId();
     const undo: (() => unknown)[] = [() => this.idsInUse.delete(id)];
+    this.creating.add(key);
     try {
-      const ips = await this.assignIps(req, network, undo);
+      const ips = await assignAddresses({ ipam: this.d.ipam, addresses: this.addresses }, key, ipamOwner(attachment, req.ifName), req, network, undo);
       const ep: Endpoint = {
         id,
         containerId: req.docker ? '' : req.containerId,
@@ -167,15 +200,17 @@ export class EndpointManager {
         throw e;
       }
       undo.push(() => this.d.host.linkDel(ep.hostIfName));
-      ensureContainerSide(spec);
-      ensureHostSide(this.d.host, ep.hostIfIndex, spec);
       // Config before attach: the program must know the endpoint before its first packet.
-      this.d.datapath.upsertEndpoint(datapathConfig(ep));
+      this.d.datapath.upsertEndpoint(datapathConfig(ep), { publish: false });
       undo.push(() => this.d.datapath.removeEndpoint(ep.hostIfIndex, plainIps(ep)));
       undo.push(() => this.runHooks('afterDelete', ep));
       await this.runHooks('beforeAttach', ep);
       this.d.datapath.attach(ep.hostIfIndex);
+      ensureContainerSide(spec);
+      ensureHostSide(this.d.host, ep.hostIfIndex, spec);
       await this.d.store.put(storeKey(ep), ep);
+      undo.push(() => this.d.store.delete(storeKey(ep)));
+      this.d.datapath.publishEndpoint(datapathConfig(ep));
       this.byKey.set(key, ep);
       return ep;
     } catch (e) {
@@ -184,39 +219,9 @@ export class EndpointManager {
       }
       throw e;
     } finally {
+      this.creating.delete(key);
       ns?.close();
     }
-  }
-
-  private async assignIps(req: EndpointRequest, network: Network, undo: (() => unknown)[]): Promise<EndpointIp[]> {
-    const owner = ipamOwner(attachmentId(req), req.ifName);
-    const requested = (req.ips ?? []).map((ip, i) => {
-      if (!familyOf(ip)) throw new EndpointError('bad_request', `ips: "${ip}" is not an IP address`, { field: `ips.${i}` });
-      return normalizeIp(ip);
-    });
-    const out: EndpointIp[] = [];
-    if (req.externalIpam) {
-      if (!requested.length) throw new EndpointError('bad_request', 'externalIpam needs the allocated addresses in "ips"', { field: 'ips' });
-      for (const ip of requested) {
-        const fam = familyOf(ip)!;
-        const subnet = network.subnets.find((s) => cidrContains(parseCidr(s.cidr), ip)) ?? network.subnets.find((s) => s.family === fam);
-        if (!subnet) throw new EndpointError('bad_request', `network "${network.name}" has no IPv${fam} subnet for ${ip}`);
-        out.push({ address: hostPrefix(ip, fam), gateway: subnet.gateway, family: fam, subnet: subnet.cidr });
-      }
-      return out;
-    }
-    undo.push(() => this.d.ipam.releaseOwner(owner));
-    for (const s of network.subnets) {
-      const want = requested.find((ip) => familyOf(ip) === s.family);
-      const a = await this.d.ipam.allocate(network.name, owner, want ? { ip: want } : { family: s.family });
-      out.push({ address: hostPrefix(a.ip, s.family), gateway: a.gateway, family: s.family, subnet: a.subnet });
-    }
-    for (const ip of requested) {
-      if (!out.some((o) => o.address.startsWith(ip + '/'))) {
-        throw new EndpointError('bad_request', `requested address ${ip} has no matching subnet in network "${network.name}"`, { field: 'ips' });
-      }
-    }
-    return out;
   }
 
   private async deleteLocked(attachment: string, ifName: string): Promise<boolean> {
@@ -233,79 +238,155 @@ export class EndpointManager {
   }
 
   private async teardown(ep: Endpoint): Promise<void> {
+    const key = keyOf(ep);
     const ifindexShared = [...this.byKey.values()].some((o) => o !== ep && o.hostIfIndex === ep.hostIfIndex);
     this.d.datapath.removeEndpoint(ifindexShared ? 0 : ep.hostIfIndex, plainIps(ep));
     // Deleting the host end removes the container end, the routes and the proxy entries with it.
     this.d.host.linkDel(ep.hostIfName);
-    if (!ep.externalIpam) await this.d.ipam.releaseOwner(ipamOwner(attachmentId(ep), ep.ifName));
-    await this.d.store.delete(storeKey(ep));
-    this.byKey.delete(keyOf(ep));
+    // The record and its addresses go in one write (the same batch): both or neither. On a full
+    // disk the delete fails, the endpoint stays known, and a retried delete finishes it.
+    await Promise.all([this.d.store.delete(storeKey(ep)), this.d.ipam.releaseOwner(ipamOwner(attachmentId(ep), ep.ifName))]);
+    this.byKey.delete(key);
+    this.unhealthy.delete(key);
     this.idsInUse.delete(ep.id);
+    this.addresses.release(key, plainIps(ep));
     await this.runHooks('afterDelete', ep);
   }
 
   /**
-   * After an agent restart: keep what works, repair what is missing, drop what is gone. Addresses
-   * owned by an endpoint that never finished creating are released, and its link removed.
+   * After an agent restart: keep what works, repair what is missing, drop what is gone. One broken
+   * endpoint never stops the others (nor the agent): it is kept, reported unhealthy (endpoint list,
+   * status) and repaired later when it can be. Addresses owned by an endpoint that never finished
+   * creating are released, and its link removed.
    */
-  async restore(): Promise<{ kept: number; repaired: number; dropped: number }> {
-    const result = { kept: 0, repaired: 0, dropped: 0 };
-    for (const { value } of await this.d.store.list<Endpoint>(STORE_PREFIX)) {
-      const ep = withDockerRef(value);
-      this.byKey.set(keyOf(ep), ep);
-      this.idsInUse.add(ep.id);
-    }
-    for (const ep of [...this.byKey.values()]) {
-      const outcome = await this.lock.run(keyOf(ep), () => this.restoreOne(ep));
-      result[outcome]++;
-    }
-    for (const { ip, owner: o } of this.d.ipam.allocations()) {
-      if (o?.kind === 'endpoint' && !this.byKey.has(endpointKey(o.attachment, o.ifName))) {
-        this.d.log?.warn({ ip, owner: o }, 'releasing address of an endpoint that never finished');
-        this.d.host.linkDel(hostVethName(o.attachment, o.ifName));
-        await this.d.ipam.releaseOwner(o);
+  async restore(): Promise<{ kept: number; repaired: number; dropped: number; unhealthy: number }> {
+    const result = { kept: 0, repaired: 0, dropped: 0, unhealthy: 0 };
+    for (const { key, value } of await this.d.store.list<Endpoint>(STORE_PREFIX)) {
+      try {
+        const ep = withDockerRef(value);
+        this.byKey.set(keyOf(ep), ep);
+        this.idsInUse.add(ep.id);
+      } catch (err) {
+        this.d.log?.error({ err, key }, 'unreadable endpoint record: skipped');
       }
     }
+    for (const ep of [...this.byKey.values()]) result[await this.restoreIsolated(ep)]++;
+    await this.releaseOrphans();
     return result;
+  }
+
+  /** Restores one endpoint; any failure marks it unhealthy instead of escaping. */
+  private async restoreIsolated(ep: Endpoint): Promise<'kept' | 'repaired' | 'dropped' | 'unhealthy'> {
+    const key = keyOf(ep);
+    try {
+      const outcome = await this.lock.run(key, () => this.restoreOne(ep));
+      if (outcome !== 'dropped' && this.unhealthy.delete(key)) this.d.log?.info({ endpoint: key }, 'endpoint repaired');
+      return outcome;
+    } catch (err) {
+      const problems = [(err as Error)?.message ?? String(err)];
+      const first = !this.unhealthy.has(key);
+      this.unhealthy.set(key, { problems, since: this.unhealthy.get(key)?.since ?? new Date().toISOString() });
+      if (first) this.d.log?.error({ err, endpoint: key, id: ep.id }, 'endpoint is unhealthy: kept, will retry the repair');
+      return 'unhealthy';
+    }
   }
 
   private async restoreOne(ep: Endpoint): Promise<'kept' | 'repaired' | 'dropped'> {
     let ns: NetNs | null = null;
     try {
       if (ep.netns) {
-        try { ns = openNetns(ep.netns); } catch {
+        try { ns = openNetns(ep.netns); } catch (e) {
+          if (!(e instanceof NetnsError && e.code === 'netns_not_found')) throw e;
           this.d.log?.info({ endpoint: keyOf(ep) }, 'netns is gone: dropping endpoint');
           await this.teardown(ep);
           return 'dropped';
         }
+        const why = forbiddenNetnsReason(ns);
+        if (why) throw new Error(`its netns ${ep.netns} is now ${why}: left alone`);
       }
+      const network = this.d.networks.get(ep.network);
+      if (!network) throw new Error(`its network "${ep.network}" is gone`);
+      const unrecorded = await ensureRecorded({ ipam: this.d.ipam, addresses: this.addresses }, keyOf(ep), ipamOwner(attachmentId(ep), ep.ifName),
+        plainIps(ep), network, ep.docker !== undefined);
+      if (unrecorded.length) throw new Error(`its addresses are not its own: ${unrecorded.join('; ')}`);
       const spec = plumbSpec(ep, ns);
       let link = this.d.host.linkByName(ep.hostIfName);
       let repaired = false;
       if (!link) {
         if (!ns) { await this.teardown(ep); return 'dropped'; }
-        createVeth(this.d.host, spec);
+        // Its stale datapath entries point at an interface that is gone: traffic to it must not go there.
+        if (!this.d.host.linkByIndex(ep.hostIfIndex)) this.d.datapath.removeEndpoint(ep.hostIfIndex, plainIps(ep));
+        try {
+          createVeth(this.d.host, spec);
+        } catch (e) {
+          if (e instanceof NetlinkError && e.code === 'exists') {
+            throw new Error(`host interface ${ep.hostIfName} vanished and cannot be recreated: ${ep.ifName} already exists in ${ep.netns} and is not ours`);
+          }
+          throw e;
+        }
         link = this.d.host.linkByName(ep.hostIfName);
         repaired = true;
       }
       if (!link) throw new Error(`cannot recreate ${ep.hostIfName}`);
-      const before = inspectContainerSide(spec);
-      if (before.length) { ensureContainerSide(spec); repaired = true; }
-      ensureHostSide(this.d.host, link.index, spec);
       const wasCurrent = this.d.datapath.isCurrent(link.index);
       if (link.index !== ep.hostIfIndex) {
         // The old index may belong to another interface by now: only forget it when nothing has it.
         if (!this.d.host.linkByIndex(ep.hostIfIndex)) this.d.datapath.removeEndpoint(ep.hostIfIndex, []);
+        await this.d.store.put(storeKey(ep), { ...ep, hostIfIndex: link.index });
         ep.hostIfIndex = link.index;
-        await this.d.store.put(storeKey(ep), ep);
       }
-      this.d.datapath.upsertEndpoint(datapathConfig(ep));
+      // The create recipe's order: config, policy, program, links, then redirects to it.
+      this.d.datapath.upsertEndpoint(datapathConfig(ep), { publish: false });
       await this.runHooks('beforeAttach', ep);
       this.d.datapath.attach(link.index);
+      if (inspectContainerSide(spec).length) { ensureContainerSide(spec); repaired = true; }
+      ensureHostSide(this.d.host, link.index, spec);
+      this.d.datapath.publishEndpoint(datapathConfig(ep));
       return repaired || !wasCurrent ? 'repaired' : 'kept';
     } finally {
       ns?.close();
     }
+  }
+
+  /** Addresses held for endpoints that neither exist nor are being created (a create that crashed,
+   *  a rollback that could not write): released, with the link a crashed create may have left. */
+  async releaseOrphans(): Promise<number> {
+    let released = 0;
+    for (const { ip, owner: o } of this.d.ipam.allocations()) {
+      if (o?.kind !== 'endpoint') continue;
+      const key = endpointKey(o.attachment, o.ifName);
+      if (this.byKey.has(key) || this.creating.has(key)) continue;
+      this.d.log?.warn({ ip, owner: o }, 'releasing address of an endpoint that never finished');
+      try {
+        await this.lock.run(key, async () => {
+          if (this.byKey.has(key) || this.creating.has(key)) return;
+          this.d.host.linkDel(hostVethName(o.attachment, o.ifName));
+          released += await this.d.ipam.releaseOwner(o);
+        });
+      } catch (err) {
+        this.d.log?.warn({ err, ip, owner: o }, 'cannot release it yet');
+      }
+    }
+    return released;
+  }
+
+  /** Periodic upkeep: unhealthy endpoints are tried again, orphaned addresses released. */
+  startUpkeep(intervalMs = 30_000): () => void {
+    let running = false;
+    const timer = setInterval(() => {
+      if (running) return;
+      running = true;
+      void (async () => {
+        for (const key of [...this.unhealthy.keys()]) {
+          const ep = this.byKey.get(key);
+          if (ep) await this.restoreIsolated(ep);
+          else this.unhealthy.delete(key);
+        }
+        await this.releaseOrphans();
+      })().catch((err) => this.d.log?.warn({ err }, 'endpoint upkeep failed')).finally(() => { running = false; });
+    }, intervalMs);
+    timer.unref();
+    return () => clearInterval(timer);
   }
 
   private requireNetwork(name: string): Network {
@@ -315,7 +396,7 @@ export class EndpointManager {
   }
 
   private requireEndpoint(attachment: string, ifName: string): Endpoint {
-    const ep = this.get(attachment, ifName);
+    const ep = this.byKey.get(endpointKey(attachment, ifName));
     if (!ep) throw new EndpointError('endpoint_not_found', `endpoint ${endpointKey(attachment, ifName)} does not exist`);
     return ep;
   }
@@ -326,54 +407,4 @@ export class EndpointManager {
     }
     throw new EndpointError('bad_request', 'no endpoint id left (65535 endpoints on this node)');
   }
-}
-
-function validateRequest(req: EndpointRequest): void {
-  if (!attachmentId(req)) throw new EndpointError('bad_request', 'containerId is required', { field: 'containerId' });
-  const ifProblem = ifNameProblem(req.ifName);
-  if (ifProblem) throw new EndpointError('bad_request', `ifName "${req.ifName}" is not a valid interface name: it ${ifProblem}`, { field: 'ifName' });
-  if (req.mac !== undefined) {
-    try { interfaceMac(req.mac); } catch (e) { throw new EndpointError('bad_request', `mac: ${(e as Error).message}`, { field: 'mac' }); }
-  }
-  if (req.mtu !== undefined && (!Number.isInteger(req.mtu) || req.mtu < 576 || req.mtu > 65535)) {
-    throw new EndpointError('bad_request', `mtu ${req.mtu} is out of range (576-65535)`, { field: 'mtu' });
-  }
-}
-
-function openNetnsOrFail(path: string): NetNs {
-  try {
-    return openNetns(path);
-  } catch (e) {
-    throw new EndpointError('netns_not_found', (e as Error).message);
-  }
-}
-
-function routesOf(ips: EndpointIp[], inContainer: boolean): Endpoint['routes'] {
-  if (!inContainer) return [];
-  return ips.map((ip) => ({ dst: ip.family === 4 ? '0.0.0.0/0' : '::/0', gw: ip.gateway }));
-}
-
-function plumbSpec(ep: Endpoint, ns: NetNs | null): PlumbSpec {
-  return { hostIfName: ep.hostIfName, hostMac: ep.hostMac, ifName: ep.ifName, mac: ep.mac, mtu: ep.mtu, ips: ep.ips, netns: ns };
-}
-
-function plainIps(ep: Endpoint): string[] {
-  return ep.ips.map((ip) => addressOnly(ip.address));
-}
-
-function datapathConfig(ep: Endpoint) {
-  const gateway6 = ep.ips.find((ip) => ip.family === 6)?.gateway;
-  return {
-    hostIfindex: ep.hostIfIndex, endpointId: ep.id, identity: ep.identity, flags: 0, hostMac: ep.hostMac, containerMac: ep.mac,
-    ips: plainIps(ep), ...(gateway6 ? { gateway6 } : {}),
-  };
-}
-
-function storeKey(ep: Endpoint): string {
-  // Container ids are hex for every runtime we know, but stay safe for any string.
-  return `${STORE_PREFIX}/${Buffer.from(keyOf(ep)).toString('base64url')}`;
-}
-
-function keyOf(ep: Endpoint): string {
-  return endpointKey(attachmentId(ep), ep.ifName);
 }

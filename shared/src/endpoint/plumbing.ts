@@ -19,8 +19,9 @@ export interface PlumbSpec {
 
 /**
  * Both ends are created down: the kernel refuses IFF_UP on a peer at creation (ENOTCONN on 6.18),
- * and the host end must be configured (no DAD on its link-local, which answers NDP) before it is up.
- * The container end comes up in ensureContainerSide, through the handle opened in its netns anyway.
+ * the host end must be configured (no DAD on its link-local, which answers NDP) before it is up, and
+ * nothing may pass before the endpoint's program and policy are in place. The container end comes up
+ * in ensureContainerSide, through the handle opened in its netns anyway.
  */
 export function createVeth(host: Netlink, spec: PlumbSpec): number {
   host.vethAdd({
@@ -32,21 +33,26 @@ export function createVeth(host: Netlink, spec: PlumbSpec): number {
   return link.index;
 }
 
-/** Host side: proxy ARP/NDP so the container's gateway resolves to the host veth, and /32 + /128 routes. */
-export function ensureHostSide(host: Netlink, hostIfIndex: number, spec: PlumbSpec): void {
+/** Host side, before the link is up: proxy ARP/NDP answers the container's gateway from the host veth. */
+function prepareHostSide(spec: PlumbSpec): void {
   setSysctlPath(`/proc/sys/net/ipv4/conf/${spec.hostIfName}/proxy_arp`, '1');
   // Proxy answers are delayed up to 0.8 s by default; the gateway must answer at once.
   setSysctlPath(`/proc/sys/net/ipv4/neigh/${spec.hostIfName}/proxy_delay`, '0');
-  const v6 = spec.ips.filter((ip) => ip.family === 6);
-  if (v6.length) {
+  if (spec.ips.some((ip) => ip.family === 6)) {
     // NDP answers come from the link-local address: skip the ~2 s of duplicate address detection.
     setSysctlPath(`/proc/sys/net/ipv6/conf/${spec.hostIfName}/accept_dad`, '0');
     setSysctlPath(`/proc/sys/net/ipv6/conf/${spec.hostIfName}/proxy_ndp`, '1');
     setSysctlPath(`/proc/sys/net/ipv6/neigh/${spec.hostIfName}/proxy_delay`, '0');
   }
+}
+
+/** Host side: prepared, up, the IPv6 gateway's proxy entry, and the /32 + /128 routes to the endpoint.
+ *  Only once the endpoint's program and policy are in place: up is when packets can pass. */
+export function ensureHostSide(host: Netlink, hostIfIndex: number, spec: PlumbSpec): void {
+  prepareHostSide(spec);
   const link = host.linkByIndex(hostIfIndex);
   if (link && !link.up) host.linkSetUp(hostIfIndex);
-  for (const ip of v6) host.neighProxyAdd(hostIfIndex, ip.gateway);
+  for (const ip of spec.ips) if (ip.family === 6) host.neighProxyAdd(hostIfIndex, ip.gateway);
   for (const ip of spec.ips) {
     host.routeAdd({ dst: hostRouteOf(ip), family: ip.family, index: hostIfIndex, scope: 'link' });
   }

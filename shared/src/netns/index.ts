@@ -95,7 +95,7 @@ const hostNs: NetNs = new NetnsHandle(
   fs.openSync('/proc/thread-self/ns/net', 'r'),
   true,
 );
-const hostInode = fs.fstatSync(hostNs.fd, { bigint: true }).ino;
+const { ino: hostInode, dev: hostDev } = fs.fstatSync(hostNs.fd, { bigint: true });
 
 /** The netns the agent (main thread) lives in. Never closed; close() is a no-op. */
 export function currentThreadNetns(): NetNs {
@@ -154,6 +154,21 @@ export function sameNetns(a: NetNs, b: NetNs): boolean {
   const sa = fs.fstatSync(a.fd, { bigint: true });
   const sb = fs.fstatSync(b.fd, { bigint: true });
   return sa.dev === sb.dev && sa.ino === sb.ino;
+}
+
+/**
+ * Why `ns` must never be configured as a container's netns, or null when it may be: it is the netns
+ * the agent itself runs in (whatever path names it: /proc/self/ns/net, /proc/<agent pid>/ns/net, a bind
+ * mount of it), or the init process's (the node's own, when the agent runs elsewhere). Compared by
+ * nsfs device and inode, the identity of a namespace.
+ */
+export function forbiddenNetnsReason(ns: NetNs): string | null {
+  const st = fs.fstatSync(ns.fd, { bigint: true });
+  if (st.ino === hostInode && st.dev === hostDev) return `the membrane agent's own network namespace (net:[${st.ino}])`;
+  let init: fs.BigIntStats | undefined;
+  try { init = fs.statSync('/proc/1/ns/net', { bigint: true }); } catch { /* another pid namespace without /proc/1, or no permission */ }
+  if (init && st.ino === init.ino && st.dev === init.dev) return `the node's own network namespace (the init process's, net:[${st.ino}])`;
+  return null;
 }
 
 /** nsfs inode of a netns, as in `ip netns identify` / `ls -l /proc/PID/ns/net` ("net:[INODE]"). */
