@@ -17,6 +17,7 @@
 #include "lib/counters.h"
 #include "lib/enforce.h"
 #include "lib/spoof.h"
+#include "lib/overlay.h"
 
 /* The TTL and protocol bytes form one 16-bit word of the IPv4 header checksum. */
 union ttl_proto_word {
@@ -133,7 +134,8 @@ int from_container(struct __sk_buff *skb)
 	if (!dst || dst->host_ifindex == ifindex || p.hop_limit <= 1) {
 		if (enforce(skb, &p, src, POLICY_DIR_EGRESS, false, &proxy) != ENFORCE_PASS)
 			return TC_ACT_SHOT;
-		return proxy ? to_proxy(skb, &p, src, proxy) : TC_ACT_OK;
+		/* Elsewhere: another node's pod through the tunnel (overlay.h), the rest up the host stack. */
+		return proxy ? to_proxy(skb, &p, src, proxy) : to_overlay(skb, &p, src);
 	}
 	/* The redirect skips the destination's to_container: apply its ingress policy here, together with
 	 * the sender's egress (one conntrack entry for both). */
@@ -193,5 +195,8 @@ int from_host_device(struct __sk_buff *skb)
 	reason = proxy_assign(skb, &p, mark >> 16);
 	return reason ? drop_unknown(skb, reason) : TC_ACT_OK;
 }
+
+/* The tunnel device's programs (overlay mode) share the helpers above. */
+#include "tunnel.c"
 
 char LICENSE[] SEC("license") = "GPL";

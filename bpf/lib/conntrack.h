@@ -42,6 +42,7 @@ enum ct_state {
 #define CT_F_REDIRECTED (1 << 2)   /* pod-to-pod via redirect_peer */
 #define CT_F_REVOKED (1 << 3)      /* set by the agent: the policy no longer admits the flow */
 #define CT_F_PROXY (1 << 4)        /* diverted to the L7 proxy at proxy_port (proxy.h) */
+#define CT_F_TUNNEL (1 << 5)       /* the peer's identity came with the packet (a tunnel's VNI), not from its address */
 
 /* Lifetimes since the last packet: an expired entry counts as absent. */
 #define CT_LIFETIME_TCP_SYN (60ULL * 1000000000ULL)

@@ -18,12 +18,16 @@ enum drop_reason {
 	DROP_CT_TRUNCATED = 135,         /* L4 header missing or cut short (also a first fragment without it) */
 	DROP_UNSUPPORTED_L3 = 139,       /* neither IPv4, IPv6 nor ARP from a container */
 	DROP_CT_INSERT_FAILED = 155,     /* conntrack full, or the endpoint used its share */
+	DROP_NO_TUNNEL_ENDPOINT = 160,   /* into the tunnel, but no node owns the destination (or no tunnel key) */
 	DROP_INVALID_IPV6_EXTHDR = 156,  /* an IPv6 header chain longer than the parser walks */
 	DROP_NO_CONFIG = 165,            /* an interface with our program but no endpoint configuration */
+	DROP_UNSUPPORTED_L2 = 166,       /* not IP through the tunnel */
+	DROP_UNKNOWN_SENDER = 172,       /* a tunnel packet whose outer source is no node of the cluster */
 	DROP_FRAG_NOT_FOUND = 175,       /* a later fragment whose first fragment was not seen */
 	DROP_FORBIDDEN_ICMPV6 = 176,     /* NDP/MLD that does not stay on the endpoint's own link */
 	DROP_PROXY_LOOKUP_FAILED = 178,  /* a flow for the L7 proxy, and no proxy listens (fail closed) */
 	DROP_PROXY_SET_FAILED = 179,     /* the packet could not be handed to the L7 proxy */
+	DROP_INVALID_VNI = 183,          /* a tunnel packet whose VNI is no identity */
 	DROP_REASON_MAX = 256,           /* size of drop_counters */
 };
 

@@ -110,12 +110,18 @@ static __always_inline int decide(const struct pkt *p, const struct endpoint_con
 	return ENFORCE_PASS;
 }
 
-/* *proxy_port: set when the flow goes to the L7 proxy (its first packet included). */
-static __always_inline int new_flow(const struct pkt *p, const struct endpoint_config *ep, __u8 dir, bool redirect, __u16 *proxy_port)
+/* *proxy_port: set when the flow goes to the L7 proxy (its first packet included). peer: the other
+ * side's identity when the caller knows it better than the packet's address does (a tunnel packet's
+ * VNI), recorded with CT_F_TUNNEL; 0 = the ipcache's identity of the address. */
+static __always_inline int new_flow(const struct pkt *p, const struct endpoint_config *ep, __u8 dir, bool redirect, __u32 peer,
+				    __u16 *proxy_port)
 {
 	struct event_meta m;
 	struct ct_new n;
-	__u32 peer = ipcache_identity(p->family, dir == POLICY_DIR_EGRESS ? p->daddr : p->saddr);
+	__u8 tunnel = peer ? CT_F_TUNNEL : 0;
+
+	if (!peer)
+		peer = ipcache_identity(p->family, dir == POLICY_DIR_EGRESS ? p->daddr : p->saddr);
 
 	if (decide(p, ep, dir, peer, redirect, &m) != ENFORCE_PASS)
 		return ENFORCE_DROP;
@@ -125,7 +131,7 @@ static __always_inline int new_flow(const struct pkt *p, const struct endpoint_c
 	n.rule_id_ingress = 0;
 	n.policy_port = policy_dport(p);
 	n.proxy_port = m.proxy_port;
-	n.flags = (redirect ? CT_F_REDIRECTED : 0) | (m.flags & TRACE_F_AUDIT ? CT_F_AUDIT : 0) | (m.proxy_port ? CT_F_PROXY : 0);
+	n.flags = (redirect ? CT_F_REDIRECTED : 0) | (m.flags & TRACE_F_AUDIT ? CT_F_AUDIT : 0) | (m.proxy_port ? CT_F_PROXY : 0) | tunnel;
 	if (ct_create(p, dir, &n, ep, NULL) < 0)
 		return drop_packet(p, ep, dir, DROP_CT_INSERT_FAILED, m.src_identity, m.dst_identity, m.rule_id);
 	emit_event(p, &m, ep, NULL);
@@ -165,9 +171,10 @@ static __always_inline int drop_revoked(const struct pkt *p, const struct ct_ent
 	return drop_packet(p, ep, dir, DROP_POLICY_DENIED, ct->dst_identity, ct->src_identity, 0);
 }
 
-/* *proxy_port: set when the packet is a forward packet of a flow that goes to the L7 proxy. */
-static __always_inline int enforce(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_config *ep, __u8 dir, bool redirect,
-				   __u16 *proxy_port)
+/* *proxy_port: set when the packet is a forward packet of a flow that goes to the L7 proxy. peer: see
+ * new_flow (0 = the ipcache decides). */
+static __always_inline int enforce_peer(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_config *ep, __u8 dir,
+					bool redirect, __u32 peer, __u16 *proxy_port)
 {
 	struct ct_entry *ct = NULL;
 	struct ct_key key;
@@ -181,7 +188,7 @@ static __always_inline int enforce(struct __sk_buff *skb, const struct pkt *p, c
 		return icmp6_on_own_link(p, ep, dir) ? ENFORCE_PASS : drop_at(p, ep, dir, DROP_FORBIDDEN_ICMPV6);
 	r = ct_lookup(skb, p, dir, ep->endpoint_id, 0, &ct, &key, &done);
 	if (r == CT_NEW || r == CT_REVOKED_FORWARD)
-		return new_flow(p, ep, dir, redirect, proxy_port);
+		return new_flow(p, ep, dir, redirect, peer, proxy_port);
 	if (r == CT_REVOKED_REPLY && ct)
 		return drop_revoked(p, ct, ep, dir);
 	/* The proxy answers the client as the destination: replies come from it, only forward packets go to it. */
@@ -195,6 +202,12 @@ static __always_inline int enforce(struct __sk_buff *skb, const struct pkt *p, c
 			ct_delete(&key, ct->endpoint_id);
 	}
 	return ENFORCE_PASS;
+}
+
+static __always_inline int enforce(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_config *ep, __u8 dir, bool redirect,
+				   __u16 *proxy_port)
+{
+	return enforce_peer(skb, p, ep, dir, redirect, 0, proxy_port);
 }
 
 /* A pod-to-pod flow that goes to the L7 proxy is no redirect_peer flow: the sender talks to the

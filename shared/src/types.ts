@@ -149,6 +149,17 @@ export interface ClusterStatusView {
    *  engine's first sync done (local restore included); after a reconnect, relist to maps updated. */
   ipcacheResync?: { entries: number; ms: number };
   identitiesReferenced: number;
+  /** How pods reach other nodes' pods (shared/src/routing/routing.ts RoutingStatus). */
+  routing?: {
+    mode: 'tunnel' | 'native';
+    device?: { name: string; port: number; mtu: number; ifindex: number };
+    underlay: { device: string; mtu: number };
+    nodes: number;
+    routes: number;
+    tunnelEntries: number;
+    unreachable: { node: string; cidr: string }[];
+    lastError?: string;
+  };
 }
 
 /** Every error answer of the agent API. `code` is a kind of shared/src/errors.ts. */

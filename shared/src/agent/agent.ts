@@ -82,6 +82,8 @@ export class Agent {
       datapath.setGlobalConfig({
         events: cfg.flowEvents, audit: cfg.policyAuditMode, eventsPerSecond: cfg.eventsPerSecond, ctPerEndpoint: cfg.ctMaxPerEndpoint,
       });
+      // Cluster mode: the other nodes' pods through the tunnel device, or native routes.
+      cluster?.startRouting(host, datapath);
 
       // The L7 proxy's port must be known before policy writes L7 entries; its workers start later.
       const l7 = await AgentL7.open({ cfg, log, host, datapath, ipv6: networks.list().some((n) => n.subnets.some((s) => s.family === 6)) });

@@ -8,6 +8,8 @@ import type { Logger } from '../log.ts';
 import { kvstoreOptions } from '../kvstore/config.ts';
 import { familyOf } from '../net/index.ts';
 import type { ClusterMode } from '../cluster/mode.ts';
+import { openNetlink } from '../netlink/index.ts';
+import { underlayOf } from '../routing/device.ts';
 
 /** Checks the cluster flags (ConfigError names the flag); undefined when not in cluster mode. */
 export function clusterSettings(cfg: AgentConfig): (NonNullable<ReturnType<typeof kvstoreOptions>> & { nodeIp: string }) | undefined {
@@ -24,11 +26,17 @@ export function clusterSettings(cfg: AgentConfig): (NonNullable<ReturnType<typeo
 export async function connectCluster(cfg: AgentConfig, log: Logger): Promise<ClusterMode | undefined> {
   const s = clusterSettings(cfg);
   if (!s) return undefined;
+  const flags = cfg.cluster!;
+  // The interface holding --node-ip: the tunnel's MTU is its MTU minus the VXLAN overhead.
+  const nl = openNetlink();
+  let underlay;
+  try { underlay = underlayOf(nl, s.nodeIp); } catch (e) { throw new ConfigError((e as Error).message); } finally { nl.close(); }
   const { ClusterMode } = await import('../cluster/mode.ts');
   const mode = await ClusterMode.connect({
     cluster: s.cluster, kv: s.kv, nodeName: cfg.nodeName, nodeIp: s.nodeIp, stateDir: cfg.stateDir,
-    leaseTtlSeconds: cfg.cluster!.leaseTtlSeconds, startTimeoutMs: 60_000, allocateTimeoutMs: 10_000,
+    leaseTtlSeconds: flags.leaseTtlSeconds, startTimeoutMs: 60_000, allocateTimeoutMs: 10_000,
+    routing: { mode: flags.routingMode, tunnelDevice: flags.tunnelDevice, tunnelPort: flags.tunnelPort, underlay },
   }, log.child({ component: 'cluster' }));
-  log.info({ cluster: s.cluster, endpoints: s.kv.endpoints, node: cfg.nodeName, nodeIp: s.nodeIp, ...mode.status().podCidrs }, 'cluster mode: node registered');
+  log.info({ cluster: s.cluster, endpoints: s.kv.endpoints, node: cfg.nodeName, nodeIp: s.nodeIp, routing: flags.routingMode, ...mode.status().podCidrs }, 'cluster mode: node registered');
   return mode;
 }

@@ -84,6 +84,10 @@ export interface ClusterFlags {
   leaseTtlSeconds: number;
   /** --pool named the default network (cluster mode ignores it: the operator allocates). */
   explicitDefaultPool: boolean;
+  /** How pods reach other nodes' pods: the VXLAN overlay (default) or routes the underlay carries. */
+  routingMode: 'tunnel' | 'native';
+  tunnelPort: number;
+  tunnelDevice: string;
 }
 
 export class ConfigError extends Error {
@@ -127,6 +131,10 @@ const FileSchema = z.object({
   kvstoreKey: z.string().optional(),
   kvstoreLeaseTtl: z.number().int().min(2).max(3600).optional(),
   nodeIp: z.string().optional(),
+  routingMode: z.enum(['tunnel', 'native']).optional(),
+  tunnel: z.enum(['vxlan', 'disabled']).optional(),
+  tunnelPort: z.number().int().min(1).max(65535).optional(),
+  tunnelDevice: IFNAME.optional(),
 }).strict();
 
 export type FileConfig = z.infer<typeof FileSchema>;
@@ -174,6 +182,10 @@ const OPTIONS: OptionSpec[] = [
   { key: 'kvstoreKey', flags: '--kvstore-key <file>', help: 'client key for etcd' },
   { key: 'kvstoreLeaseTtl', flags: '--kvstore-lease-ttl <seconds>', help: "this node's lease: a dead node leaves the cluster after this long", default: '15' },
   { key: 'nodeIp', flags: '--node-ip <addr>', env: 'MEMBRANE_NODE_IP', help: "cluster mode: the node's underlay address other nodes reach it at" },
+  { key: 'routingMode', flags: '--routing-mode <tunnel|native>', env: 'MEMBRANE_ROUTING_MODE', help: "cluster mode: pods reach other nodes' pods through the VXLAN overlay (tunnel) or routes via the node addresses (native)", default: 'tunnel' },
+  { key: 'tunnel', flags: '--tunnel <vxlan|disabled>', env: 'MEMBRANE_TUNNEL', help: 'cluster mode: the tunnel protocol; disabled = --routing-mode native', default: 'vxlan' },
+  { key: 'tunnelPort', flags: '--tunnel-port <port>', env: 'MEMBRANE_TUNNEL_PORT', help: 'UDP port of the VXLAN overlay (the same on every node)', default: '8472' },
+  { key: 'tunnelDevice', flags: '--tunnel-device <name>', env: 'MEMBRANE_TUNNEL_DEVICE', help: 'name of the VXLAN overlay device', default: 'membrane_vxlan' },
   { key: 'logLevel', flags: '--log-level <level>', env: 'MEMBRANE_LOG_LEVEL', help: 'trace|debug|info|warn|error', default: DEFAULTS.logLevel },
   { key: 'config', flags: '--config <file>', env: 'MEMBRANE_CONFIG', help: 'YAML or JSON file with the same keys in camelCase' },
 ];
@@ -295,8 +307,11 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
     nodeIp: str('nodeIp') ?? file.nodeIp,
     leaseTtlSeconds: int(text('kvstoreLeaseTtl'), file.kvstoreLeaseTtl, { min: 2, max: 3600 }) ?? 15,
     explicitDefaultPool: (flags.pools.length > 0 || !!envPools?.length || !!file.pools) && poolsToNetworks(pools).some((n) => n.name === 'default'),
+    ...routingFlags(text, file),
   } : undefined;
   if (!kvstore && (str('kvstoreEndpoints') || str('nodeIp') || flags.clusterName)) throw new ConfigError('--kvstore-endpoints, --cluster-name and --node-ip need --kvstore etcd');
+  const routingGiven = (['routingMode', 'tunnel', 'tunnelPort', 'tunnelDevice'] as const).find((k) => text(k) || file[k] !== undefined);
+  if (!kvstore && routingGiven) throw new ConfigError(`${OPTIONS.find((o) => o.key === routingGiven)!.flags.split(' ')[0]} is for cluster mode (--kvstore etcd)`);
   const auditEnv = envOf('policyAuditMode');
   const audit = flags.policyAuditMode ?? onOff(auditEnv === undefined ? undefined : { text: auditEnv, from: 'MEMBRANE_POLICY_AUDIT_MODE' }, file.policyAuditMode ?? false);
   return {
@@ -327,6 +342,28 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
     l7ProxyPort: int(text('l7ProxyPort'), file.l7ProxyPort, { min: 0, max: 65535 }) ?? 0,
     l7ProxyWorkers: int(text('l7ProxyWorkers'), file.l7ProxyWorkers, { min: 1, max: 64 }) ?? DEFAULTS.l7ProxyWorkers,
     ...(cluster ? { cluster } : {}),
+  };
+}
+
+type TextOf = (key: 'routingMode' | 'tunnel' | 'tunnelPort' | 'tunnelDevice') => { text: string; from: string } | undefined;
+
+/** --routing-mode, --tunnel (Cilium's older spelling: `--tunnel disabled` is native routing), --tunnel-port, --tunnel-device. */
+function routingFlags(text: TextOf, file: FileConfig): Pick<ClusterFlags, 'routingMode' | 'tunnelPort' | 'tunnelDevice'> {
+  const mode = text('routingMode');
+  if (mode && mode.text !== 'tunnel' && mode.text !== 'native') throw new ConfigError(`${mode.from} "${mode.text}" is not tunnel or native`);
+  const tunnel = text('tunnel');
+  if (tunnel && tunnel.text !== 'vxlan' && tunnel.text !== 'disabled') throw new ConfigError(`${tunnel.from} "${tunnel.text}" is not vxlan or disabled (the overlay speaks VXLAN)`);
+  const routingMode = (mode?.text ?? file.routingMode) as 'tunnel' | 'native' | undefined;
+  const tunnelProto = tunnel?.text ?? file.tunnel;
+  if (routingMode === 'tunnel' && tunnelProto === 'disabled') throw new ConfigError('--routing-mode tunnel needs a tunnel: drop --tunnel disabled (or use --routing-mode native)');
+  if (routingMode === 'native' && tunnelProto === 'vxlan' && tunnel) throw new ConfigError('--routing-mode native uses no tunnel: drop --tunnel vxlan');
+  const device = text('tunnelDevice')?.text ?? file.tunnelDevice ?? 'membrane_vxlan';
+  const problem = ifNameProblem(device);
+  if (problem) throw new ConfigError(`--tunnel-device "${device}" is not a valid interface name: it ${problem}`);
+  return {
+    routingMode: routingMode ?? (tunnelProto === 'disabled' ? 'native' : 'tunnel'),
+    tunnelPort: int(text('tunnelPort'), file.tunnelPort, { min: 1, max: 65535 }) ?? 8472,
+    tunnelDevice: device,
   };
 }
 

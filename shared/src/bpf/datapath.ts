@@ -20,12 +20,14 @@ export function removePins(pinDir: string): void {
 export const MAP_NAMES = [
   'endpoints_cfg', 'local_endpoints', 'endpoint_counters', 'ipcache', 'policy', 'conntrack', 'ct_owned', 'ct_reclaimed',
   'fragments', 'events', 'drop_counters', 'events_lost', 'event_bucket', 'datapath_config', 'proxy_config',
+  'tunnel_map', 'overlay_config', // cluster mode's overlay (shared/src/overlay)
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
 export const PROGRAM_PINS = {
   from_container: 'prog_from_container', to_container: 'prog_to_container',
   from_host_device: 'prog_from_host_device', // the L7 proxy's hairpin (l7/datapath.ts attaches it)
+  from_tunnel: 'prog_from_tunnel', to_tunnel: 'prog_to_tunnel', // the tunnel device's (overlay/device.ts attaches them)
 } as const;
 
 /** Fixed tc filter identity, so attach is an idempotent replace and query/detach find our filter. */
@@ -165,6 +167,8 @@ export function loadDatapath(options: LoadDatapathOptions): Datapath {
     replacePin(fromFd, path.join(pinDir, PROGRAM_PINS.from_container));
     replacePin(toFd, path.join(pinDir, PROGRAM_PINS.to_container));
     replacePin(bpf.programFd(obj, 'from_host_device'), path.join(pinDir, PROGRAM_PINS.from_host_device));
+    replacePin(bpf.programFd(obj, 'from_tunnel'), path.join(pinDir, PROGRAM_PINS.from_tunnel));
+    replacePin(bpf.programFd(obj, 'to_tunnel'), path.join(pinDir, PROGRAM_PINS.to_tunnel));
     return new LoadedDatapath(obj, pinDir, maps, { from: fromFd, to: toFd }, possibleCpus());
   } catch (err) {
     bpf.closeObject(obj);

@@ -28,7 +28,7 @@ export function ctRows(entries: CtDetail[]): string[][] {
     e.sport || e.dport ? hostPort(e.saddr, e.sport) : e.saddr, e.sport || e.dport ? hostPort(e.daddr, e.dport) : e.daddr,
     e.proto === 6 ? TCP_STATES[e.state] ?? String(e.state) : '-', `${Math.max(0, Math.round(e.expiresInSeconds))}s`,
     `${e.packets[0]}/${e.packets[1]}`, `${e.bytes[0]}/${e.bytes[1]}`, String(e.owner), `${e.srcIdentity}->${e.dstIdentity}`,
-    [e.flags & 1 ? 'audit' : '', e.flags & 8 ? 'revoked' : ''].filter(Boolean).join(',') || '-',
+    [e.flags & 1 ? 'audit' : '', e.flags & 8 ? 'revoked' : '', e.flags & 32 ? 'tunnel' : ''].filter(Boolean).join(',') || '-',
   ]);
 }
 

@@ -26,7 +26,17 @@ export function clusterStatusLines(c: ClusterStatusView | undefined): [string, s
     ['KVStore sync', `${live}/${k.watches.length} watches live (revisions ${k.watches.map((w) => `${w.prefix}${w.revision}`).join(' ')}), ` +
       `${k.pendingWrites} write${k.pendingWrites === 1 ? '' : 's'} pending, lease ${k.leaseId ?? 'none'} (TTL ${k.leaseTtlSeconds}s)`],
     ['Remote endpoints', String(c.remoteEndpoints)],
+    ...(c.routing ? [['Routing', routingText(c.routing)] as [string, string]] : []),
   ];
+}
+
+function routingText(r: NonNullable<ClusterStatusView['routing']>): string {
+  const how = r.mode === 'tunnel' && r.device
+    ? `tunnel: vxlan ${r.device.name}, UDP ${r.device.port}, MTU ${r.device.mtu} over ${r.underlay.device} (MTU ${r.underlay.mtu})`
+    : `native: routes via the node addresses over ${r.underlay.device}`;
+  const problems = [...r.unreachable.map((u) => `${u.cidr} of ${u.node} unreachable`), ...(r.lastError ? [`ERROR ${r.lastError}`] : [])];
+  return `${how}; ${r.nodes} other node${r.nodes === 1 ? '' : 's'}, ${r.routes} route${r.routes === 1 ? '' : 's'}` +
+    `${r.mode === 'tunnel' ? `, ${r.tunnelEntries} tunnel entries` : ''}${problems.length ? `; ${problems.join('; ')}` : ''}`;
 }
 
 export function registerClusterCommands(program: Command, client: () => AgentClient, output: () => Option): void {

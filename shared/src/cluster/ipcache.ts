@@ -29,7 +29,12 @@ export class ClusterIpcache {
   /** What this node publishes: address -> record. */
   private readonly published = new Map<string, string>();
   private readonly byEndpoint = new Map<string, string[]>();
+  /** Other nodes' endpoints, by prefix. */
   private readonly remote = new Map<string, number>();
+  /** Other nodes' own addresses (remote-node), set by cluster routing. */
+  private readonly nodeAddrs = new Map<string, number>();
+  /** What the datapath's ipcache gets: endpoints, and node addresses where no endpoint has them. */
+  private readonly combined = new Map<string, number>();
 
   constructor(private readonly o: ClusterIpcacheOptions) {
     this.mirror = new PrefixMirror<IpcacheRecord>(o.session.kv, o.layout.ipcache, {
@@ -60,13 +65,35 @@ export class ClusterIpcache {
     for (const [addr, r] of c.upserts) {
       const p = prefix(addr);
       if (!p) continue;
-      if (r.node === this.o.node) this.remote.delete(p); else this.remote.set(p, r.identity);
+      if (r.node === this.o.node) this.unsetRemote(p); else { this.remote.set(p, r.identity); this.combined.set(p, r.identity); }
     }
     for (const addr of c.deletes) {
       const p = prefix(addr);
-      if (p) this.remote.delete(p);
+      if (p) this.unsetRemote(p);
     }
-    await this.o.onRemoteChange(this.remote);
+    await this.o.onRemoteChange(this.combined);
+  }
+
+  private unsetRemote(p: string): void {
+    this.remote.delete(p);
+    const node = this.nodeAddrs.get(p);
+    if (node === undefined) this.combined.delete(p); else this.combined.set(p, node);
+  }
+
+  /** The other nodes' addresses (prefix -> remote-node), from cluster routing; applied in place. */
+  async setNodeAddresses(addrs: Map<string, number>): Promise<void> {
+    let changed = false;
+    for (const p of [...this.nodeAddrs.keys()]) {
+      if (addrs.has(p)) continue;
+      this.nodeAddrs.delete(p);
+      if (!this.remote.has(p)) { this.combined.delete(p); changed = true; }
+    }
+    for (const [p, id] of addrs) {
+      if (this.nodeAddrs.get(p) === id) continue;
+      this.nodeAddrs.set(p, id);
+      if (!this.remote.has(p)) { this.combined.set(p, id); changed = true; }
+    }
+    if (changed) await this.o.onRemoteChange(this.combined);
   }
 
   /** Publishes (or republishes with a new identity) one local endpoint's addresses. */

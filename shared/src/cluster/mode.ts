@@ -17,6 +17,11 @@ import { ClusterIdentities } from './identities.ts';
 import { ClusterIpcache } from './ipcache.ts';
 import { ClusterNodes, waitForPodCidrs, type NodeView } from './nodes.ts';
 import { ClusterPolicies } from './policies.ts';
+import type { Datapath } from '../bpf/datapath.ts';
+import type { Netlink } from '../netlink/index.ts';
+import { defaultGateway, parseCidr, type Family } from '../net/index.ts';
+import { ClusterRouting } from '../routing/routing.ts';
+import { tunnelOverhead, type RoutingMode } from '../routing/plan.ts';
 
 export interface ClusterModeConfig {
   cluster: string;
@@ -29,6 +34,16 @@ export interface ClusterModeConfig {
   startTimeoutMs: number;
   /** How long an endpoint with a new label set waits for the store before it fails. */
   allocateTimeoutMs: number;
+  /** How pods reach other nodes' pods (shared/src/routing). */
+  routing: ClusterRoutingConfig;
+}
+
+export interface ClusterRoutingConfig {
+  mode: RoutingMode;
+  tunnelDevice: string;
+  tunnelPort: number;
+  /** The interface holding --node-ip: its MTU bounds the pods' (minus the tunnel's overhead). */
+  underlay: { family: Family; device: string; mtu: number };
 }
 
 export type ClusterStatus = ClusterStatusView;
@@ -45,6 +60,7 @@ export class ClusterMode {
   private record!: NodeRecord;
   private podCidrs!: PodCidrAllocation;
   private refreshTimer?: NodeJS.Timeout;
+  private routing?: ClusterRouting;
   /** At start: from listing the cluster's identities, policies and endpoints to the engine's first
    *  full sync done (the local endpoints' restore runs in between). */
   private startSyncT0?: number;
@@ -113,7 +129,43 @@ export class ClusterMode {
     if (explicitDefault && def) {
       this.log.warn({ pools: def.subnets, podCidrs: subnets }, 'cluster mode: --pool for the default network is ignored; it uses the pod CIDRs the operator allocated');
     }
-    return [{ name: 'default', subnets, ...(def?.mtu ? { mtu: def.mtu } : {}) }, ...others];
+    const mtu = this.podMtu(def?.mtu);
+    return [{ name: 'default', subnets, ...(mtu ? { mtu } : {}) }, ...others];
+  }
+
+  /** Tunnel mode: pods get the underlay's MTU minus the tunnel's overhead (a larger --mtu is lowered). */
+  private podMtu(configured: number | undefined): number | undefined {
+    const r = this.cfg.routing;
+    if (r.mode !== 'tunnel') return configured;
+    const max = r.underlay.mtu - tunnelOverhead(r.underlay.family);
+    if (configured && configured > max) {
+      this.log.warn({ mtu: configured, max, underlay: r.underlay.device }, `cluster mode: --mtu ${configured} does not fit the tunnel over ${r.underlay.device}; pods get ${max}`);
+    }
+    return configured && configured < max ? configured : max;
+  }
+
+  /** The tunnel device (tunnel mode), the tunnel map and the routes to the other nodes' pod CIDRs, kept
+   *  in step with the node records; the other nodes' addresses go into the ipcache as remote-node.
+   *  After the datapath is loaded and the node's gateways exist (routes use them as source). */
+  startRouting(host: Netlink, datapath: Datapath): ClusterRouting {
+    const r = this.cfg.routing;
+    const gateways: Partial<Record<Family, string>> = {};
+    for (const cidr of [this.podCidrs.ipv4, this.podCidrs.ipv6]) {
+      if (!cidr) continue;
+      const c = parseCidr(cidr);
+      gateways[c.family] = defaultGateway(c);
+    }
+    const routing = ClusterRouting.start({
+      mode: r.mode, host, datapath, self: { name: this.cfg.nodeName, gateways }, underlay: r.underlay, log: this.log,
+      tunnel: { device: r.tunnelDevice, port: r.tunnelPort, mtu: r.underlay.mtu - tunnelOverhead(r.underlay.family) },
+    }, this.nodes.mirror.items.values());
+    this.routing = routing;
+    void this.ipcache.setNodeAddresses(routing.nodeAddresses());
+    this.nodes.onChange((items) => {
+      const plan = routing.apply(items.values());
+      void this.ipcache.setNodeAddresses(plan.nodeAddresses);
+    });
+    return routing;
   }
 
   /** Called by the policy engine's owner once the engine is open (before endpoints are restored).
@@ -168,6 +220,7 @@ export class ClusterMode {
       remoteEndpoints: this.ipcache.remoteEntries().size,
       ipcacheResync: this.ipcache.mirror.resyncs > 1 ? this.ipcache.mirror.lastResync : this.startSync,
       identitiesReferenced: this.identities.referenced().length,
+      ...(this.routing ? { routing: this.routing.status() } : {}),
     };
   }
 

@@ -50,7 +50,8 @@ const DROP_TEXT: Record<number, string> = {
   130: 'Invalid source mac', 132: 'Invalid source ip', 133: 'Policy denied', 134: 'Invalid packet',
   135: 'CT: Truncated or invalid header', 139: 'Unsupported L3 protocol', 155: 'CT: Map insertion failed',
   156: 'Invalid IPv6 extension header', 157: 'IP fragmentation not supported',
-  165: 'No configuration available to perform policy decision', 172: 'Unknown sender',
+  160: 'No tunnel/encapsulation endpoint', 165: 'No configuration available to perform policy decision',
+  166: 'Unsupported L2 protocol', 172: 'Unknown sender', 183: 'Invalid VNI',
   175: 'First logical datagram fragment not found', 176: 'Forbidden ICMPv6 message',
   178: 'Socket lookup failed', 179: 'Socket assign failed', // the L7 proxy is not listening / cannot take the packet
   181: 'Policy denied by denylist',

@@ -1,11 +1,11 @@
 // Numeric identity space, shaped like Cilium's so operators recognise the numbers. Pure.
-//   1..255        reserved (host=1, world=2, unmanaged=3, health=4, init=5)
+//   1..255        reserved (host=1, world=2, unmanaged=3, health=4, init=5, remote-node=6: another node of the cluster)
 //   256..2^24-1   label identities (one per distinct identity-relevant label set)
 //   2^24..        CIDR identities (one per prefix named by a policy; Cilium's "local" scope)
 // 0 is never an identity: in the policy map it means "any peer".
 import type { Labels } from './labels.ts';
 
-export const RESERVED = { host: 1, world: 2, unmanaged: 3, health: 4, init: 5 } as const;
+export const RESERVED = { host: 1, world: 2, unmanaged: 3, health: 4, init: 5, 'remote-node': 6 } as const;
 export type ReservedName = keyof typeof RESERVED;
 
 export const ANY_IDENTITY = 0;

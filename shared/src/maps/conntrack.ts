@@ -19,6 +19,8 @@ const OFF = { lastSeen: 8, srcIdentity: 48, dstIdentity: 52, state: 62, flags: 6
 export const CT_SCOPE = { INGRESS: 0, EGRESS: 1, LOCAL: 2 } as const;
 export const CT_F_AUDIT = 1 << 0;
 export const CT_F_REVOKED = 1 << 3;
+/** The peer's identity came with the packet (a tunnel's VNI): revalidation keeps it, never asks the ipcache. */
+export const CT_F_TUNNEL = 1 << 5;
 
 /** Same lifetimes as bpf/lib/conntrack.h. As doubles: nanoseconds since boot are exact to 104 days and
  *  off by a few ns after, which no lifetime notices; the walk compares 100,000s of them. */

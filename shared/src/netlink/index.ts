@@ -11,6 +11,7 @@ import { Conn } from './conn.ts';
 import { linkDel, linkGet, linkList, linkSetUp, vethAdd, type Link, type VethOptions } from './links.ts';
 import { routeAdd, routeDel, routeList, type Route, type RouteSpec } from './routes.ts';
 import { ruleEnsure, ruleList, type RuleSpec } from './rules.ts';
+import { vxlanAdd, vxlanGet, type VxlanInfo, type VxlanOptions } from './vxlan.ts';
 import type { Family } from '../net/index.ts';
 
 export { NetlinkError, isNotFound, codeFromErrno, codeFromNle, type NetlinkErrorCode } from './errors.ts';
@@ -18,6 +19,7 @@ export type { Addr } from './addrs.ts';
 export type { Link, VethOptions, VethPeerOptions } from './links.ts';
 export { RT_TABLE_MAIN, RTPROT_STATIC, RTN_LOCAL, type Route, type RouteSpec } from './routes.ts';
 export type { RuleSpec } from './rules.ts';
+export type { VxlanInfo, VxlanOptions } from './vxlan.ts';
 
 export interface Netlink {
   /** The netns the socket lives in; undefined = the netns current at openNetlink() time. */
@@ -27,6 +29,10 @@ export interface Netlink {
   linkList(): Link[];
   /** Create a veth pair; the peer is created directly in peer.netns (never moved). Errors: 'exists' ... */
   vethAdd(o: VethOptions): void;
+  /** A collect-metadata VXLAN device (no remote, no VNI, no learning). Errors: 'exists' ... */
+  vxlanAdd(o: VxlanOptions): void;
+  /** Its VXLAN settings; null when there is no such link or it is no VXLAN device. */
+  vxlanGet(name: string): VxlanInfo | null;
   /** false when already gone. */
   linkDel(nameOrIndex: string | number): boolean;
   linkSetUp(index: number): void;
@@ -77,6 +83,12 @@ class NetlinkHandle implements Netlink {
         inner.close();
       }
     });
+  }
+  vxlanAdd(o: VxlanOptions): void {
+    vxlanAdd(this.#c, o);
+  }
+  vxlanGet(name: string): VxlanInfo | null {
+    return vxlanGet(this.#c, name);
   }
   linkDel(nameOrIndex: string | number): boolean {
     return linkDel(this.#c, nameOrIndex);

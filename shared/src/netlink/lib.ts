@@ -16,6 +16,7 @@ export const NLM_F_REPLACE = 0x100;
 export const NLM_F_EXCL = 0x200;
 export const NLM_F_CREATE = 0x400;
 export const IFF_UP = 0x1;
+export const IFF_NOARP = 0x80;
 export const IFA_F_NODAD = 0x02;
 export const NTF_PROXY = 0x08;
 export const AF_LLC = 26; // what libnl uses for link-layer addresses
@@ -75,6 +76,13 @@ function bind() {
     rtnl_link_get_addr: f(rt, 'nl_addr *rtnl_link_get_addr(rtnl_link *l)'),
     rtnl_link_get_flags: f(rt, 'unsigned int rtnl_link_get_flags(rtnl_link *l)'),
     rtnl_link_get_type: f(rt, 'const char *rtnl_link_get_type(rtnl_link *l)'),
+    // vxlan (the overlay's collect_md device)
+    rtnl_link_vxlan_alloc: f(rt, 'rtnl_link *rtnl_link_vxlan_alloc(void)'),
+    rtnl_link_vxlan_set_port: f(rt, 'int rtnl_link_vxlan_set_port(rtnl_link *l, uint32_t port)'),
+    rtnl_link_vxlan_get_port: f(rt, 'int rtnl_link_vxlan_get_port(rtnl_link *l, _Out_ uint32_t *port)'),
+    rtnl_link_vxlan_set_collect_metadata: f(rt, 'int rtnl_link_vxlan_set_collect_metadata(rtnl_link *l, int on)'),
+    rtnl_link_vxlan_get_collect_metadata: f(rt, 'int rtnl_link_vxlan_get_collect_metadata(rtnl_link *l)'),
+    rtnl_link_vxlan_set_learning: f(rt, 'int rtnl_link_vxlan_set_learning(rtnl_link *l, uint8_t on)'),
     // addresses
     rtnl_addr_alloc: f(rt, 'rtnl_addr *rtnl_addr_alloc(void)'),
     rtnl_addr_put: f(rt, 'void rtnl_addr_put(rtnl_addr *a)'),
@@ -96,6 +104,9 @@ function bind() {
     rtnl_route_set_scope: f(rt, 'void rtnl_route_set_scope(rtnl_route *r, uint8_t scope)'),
     rtnl_route_set_protocol: f(rt, 'void rtnl_route_set_protocol(rtnl_route *r, uint8_t proto)'),
     rtnl_route_set_type: f(rt, 'int rtnl_route_set_type(rtnl_route *r, uint8_t type)'),
+    rtnl_route_set_pref_src: f(rt, 'void rtnl_route_set_pref_src(rtnl_route *r, nl_addr *src)'),
+    rtnl_route_get_pref_src: f(rt, 'nl_addr *rtnl_route_get_pref_src(rtnl_route *r)'),
+    rtnl_route_set_metric: f(rt, 'int rtnl_route_set_metric(rtnl_route *r, int metric, unsigned int value)'),
     rtnl_route_add_nexthop: f(rt, 'void rtnl_route_add_nexthop(rtnl_route *r, rtnl_nexthop *nh)'),
     rtnl_route_add: f(rt, 'int rtnl_route_add(nl_sock *sk, rtnl_route *r, int flags)'),
     rtnl_route_delete: f(rt, 'int rtnl_route_delete(nl_sock *sk, rtnl_route *r, int flags)'),

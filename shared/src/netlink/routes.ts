@@ -1,6 +1,6 @@
 // Routes: add (replace semantics, so repeating it is harmless), delete, list.
 
-import { type Conn, drainCache, invalid, withNlAddr } from './conn.ts';
+import { type Conn, cidrOrThrow, drainCache, invalid, withNlAddr } from './conn.ts';
 import { NetlinkError } from './errors.ts';
 import { addrBytes, lib, NLM_F_REPLACE, type Ptr } from './lib.ts';
 import { AF_INET, AF_INET6, afOf, RT_SCOPE, scopeName, type ScopeName } from './parse.ts';
@@ -26,9 +26,14 @@ export interface RouteSpec {
   table?: number;
   /** rtm_type on add (default unicast): RTN_LOCAL makes matching destinations local deliveries. */
   type?: number;
+  /** RTA_PREFSRC: the source address the node uses for traffic it sends along this route. */
+  prefSrc?: string;
+  /** RTAX_MTU metric (add only). */
+  mtu?: number;
 }
 
 export const RTN_LOCAL = 2;
+const RTAX_MTU = 2;
 
 export interface Route extends RouteSpec {
   family: Family;
@@ -89,6 +94,15 @@ function withRoute<T>(op: string, c: Conn, r: RouteSpec, forDelete: boolean, fn:
     l.rtnl_route_set_scope(route, RT_SCOPE[scope]);
     l.rtnl_route_set_protocol(route, r.protocol ?? (forDelete ? 0 : RTPROT_STATIC));
     if (r.type !== undefined) l.rtnl_route_set_type(route, r.type);
+    if (r.prefSrc !== undefined) {
+      const src = cidrOrThrow(op, object(), r.prefSrc);
+      if (src.family !== family) throw invalid(op, object(), 'prefSrc and dst families differ');
+      withNlAddr({ ...src, prefix: family === 4 ? 32 : 128 }, (a) => l.rtnl_route_set_pref_src(route, a)); // takes its own reference
+    }
+    if (r.mtu !== undefined && !forDelete) {
+      if (!Number.isInteger(r.mtu) || r.mtu < 68 || r.mtu > 65535) throw invalid(op, object(), `invalid mtu ${r.mtu}`);
+      l.rtnl_route_set_metric(route, RTAX_MTU, r.mtu);
+    }
     if (r.index > 0 || gw) {
       const nh = l.rtnl_route_nh_alloc() as Ptr | null;
       if (nh === null) throw new Error('rtnl_route_nh_alloc: out of memory');
@@ -152,6 +166,11 @@ function readRoute(p: Ptr): Route | undefined {
     metric: l.rtnl_route_get_priority(p),
     type: l.rtnl_route_get_type(p),
   };
+  const src = l.rtnl_route_get_pref_src(p) as Ptr | null;
+  if (src !== null) {
+    const sb = addrBytes(src);
+    if (sb.length === 4 || sb.length === 16) route.prefSrc = formatIp(sb);
+  }
   if ((l.rtnl_route_get_nnexthops(p) as number) > 0) {
     // Multipath routes report their first hop; we never create them.
     const nh = l.rtnl_route_nexthop_n(p, 0) as Ptr | null;

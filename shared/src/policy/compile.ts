@@ -131,11 +131,12 @@ export class PolicyCompiler {
       case 'entity':
         switch (p.entity) {
           case 'host': return [RESERVED.host];
+          case 'remote-node': return [RESERVED['remote-node']];
           case 'world': return [RESERVED.world, ...this.universe.cidrs.entries().map((e) => e.id)];
           case 'init': return [RESERVED.init];
           case 'health': return [RESERVED.health];
           case 'unmanaged': return [RESERVED.unmanaged];
-          case 'cluster': return [RESERVED.host, RESERVED.init, RESERVED.health, ...this.universe.identities.map((i) => i.id)];
+          case 'cluster': return [RESERVED.host, RESERVED['remote-node'], RESERVED.init, RESERVED.health, ...this.universe.identities.map((i) => i.id)];
           case 'all': return [ANY_IDENTITY];
         }
     }

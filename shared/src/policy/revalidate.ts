@@ -7,7 +7,7 @@
 import type { Datapath } from '../bpf/datapath.ts';
 import * as bpf from '../bpf/libbpf.ts';
 import { decodeEndpointConfig, ENDPOINT_CONFIG_SIZE } from '../maps/codec.ts';
-import { CT_SCOPE, type CtEntryView, type RevokeFilter } from '../maps/conntrack.ts';
+import { CT_F_TUNNEL, CT_SCOPE, type CtEntryView, type RevokeFilter } from '../maps/conntrack.ts';
 import type { MapChanges } from './apply.ts';
 import { RESERVED } from '../identity/reserved.ts';
 import { decodeIpcacheValue, decodePolicyKey, IPCACHE_VALUE_SIZE } from './map-codec.ts';
@@ -77,6 +77,8 @@ export function revalidateConntrack(dp: Datapath, maps: PolicyMaps, changes?: Ma
       return passes(e.owner, 'egress', dst.identity, e) && passes(e.peer, 'ingress', src.identity, e);
     }
     const egress = e.scope === CT_SCOPE.EGRESS;
-    return passes(e.owner, egress ? 'egress' : 'ingress', identityOf(e.family, egress ? e.daddr : e.saddr), e);
+    // A flow that came through the tunnel is its sender's (the VNI), whatever its inner source address says.
+    const peer = e.flags & CT_F_TUNNEL ? (egress ? e.dstIdentity : e.srcIdentity) : identityOf(e.family, egress ? e.daddr : e.saddr);
+    return passes(e.owner, egress ? 'egress' : 'ingress', peer, e);
   }, filter);
 }

@@ -5,7 +5,7 @@ import type { Selector } from './selector.ts';
 export type Direction = 'ingress' | 'egress';
 export type Action = 'allow' | 'deny';
 
-export const ENTITIES = ['host', 'world', 'all', 'init', 'health', 'unmanaged', 'cluster'] as const;
+export const ENTITIES = ['host', 'remote-node', 'world', 'all', 'init', 'health', 'unmanaged', 'cluster'] as const;
 export type Entity = (typeof ENTITIES)[number];
 
 export type Peer =

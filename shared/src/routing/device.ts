@@ -1,0 +1,65 @@
+// The node's tunnel device: one collect-metadata VXLAN device (no ARP: routes into it need no
+// neighbour answers), with from_tunnel on its tc ingress and to_tunnel on its egress (the pinned
+// programs, so the attachment outlives the agent like every endpoint's does).
+import fs from 'node:fs';
+import path from 'node:path';
+import * as bpf from '../bpf/libbpf.ts';
+import { PROGRAM_PINS, TC_HANDLE, TC_PRIORITY, type Datapath } from '../bpf/datapath.ts';
+import type { Netlink } from '../netlink/index.ts';
+import { addressOnly, familyOf, normalizeIp, type Family } from '../net/index.ts';
+
+export const DEFAULT_TUNNEL_DEVICE = 'membrane_vxlan';
+export const DEFAULT_TUNNEL_PORT = 8472; // Linux's and Cilium's VXLAN port (IANA's is 4789)
+
+export interface TunnelDeviceSpec {
+  name: string;
+  port: number;
+  mtu: number;
+}
+
+/** The device as specified, created or recreated (a device of that name with other settings is ours
+ *  from an earlier configuration: it is replaced), up, with both programs attached. Its ifindex. */
+export function ensureTunnelDevice(host: Netlink, dp: Datapath, spec: TunnelDeviceSpec): number {
+  let cur = host.vxlanGet(spec.name);
+  if (!cur && host.linkByName(spec.name)) {
+    throw new Error(`cannot create the tunnel device ${spec.name}: a link of that name exists and is no VXLAN device (choose another --tunnel-device)`);
+  }
+  if (cur && !(cur.collectMetadata && cur.port === spec.port && cur.mtu === spec.mtu && cur.noArp)) {
+    host.linkDel(cur.index);
+    cur = null;
+  }
+  if (!cur) host.vxlanAdd({ name: spec.name, port: spec.port, mtu: spec.mtu, up: true, noArp: true });
+  const link = host.linkByName(spec.name);
+  if (!link) throw new Error(`tunnel device ${spec.name} vanished right after it was created`);
+  if (!link.up) host.linkSetUp(link.index);
+  attachPinned(dp, link.index, bpf.BPF_TC_INGRESS, PROGRAM_PINS.from_tunnel);
+  attachPinned(dp, link.index, bpf.BPF_TC_EGRESS, PROGRAM_PINS.to_tunnel);
+  return link.index;
+}
+
+/** Native routing has no tunnel device: one an earlier run in tunnel mode left is deleted. */
+export function removeTunnelDevice(host: Netlink, name: string): boolean {
+  const cur = host.vxlanGet(name);
+  return cur?.collectMetadata ? host.linkDel(cur.index) : false;
+}
+
+function attachPinned(dp: Datapath, ifindex: number, point: number, pin: string): void {
+  const prog = bpf.objGet(path.join(dp.pinDir, pin));
+  try {
+    bpf.tcHookCreate(ifindex);
+    bpf.tcAttach(ifindex, point, prog, TC_HANDLE, TC_PRIORITY);
+  } finally {
+    fs.closeSync(prog);
+  }
+}
+
+/** The MTU of the interface holding the node's underlay address, and that address's family. */
+export function underlayOf(host: Netlink, nodeIp: string): { mtu: number; family: Family; device: string } {
+  const family = familyOf(nodeIp);
+  if (!family) throw new Error(`--node-ip "${nodeIp}" is not an IP address`);
+  const want = normalizeIp(nodeIp);
+  const addr = host.addrList({ family }).find((a) => normalizeIp(addressOnly(a.cidr)) === want);
+  const link = addr && host.linkByIndex(addr.index);
+  if (!link) throw new Error(`--node-ip ${nodeIp} is on no interface of this node: give the address other nodes reach it at`);
+  return { mtu: link.mtu, family, device: link.name };
+}
