@@ -55,6 +55,8 @@ export interface TestPod {
   ns: TestNetns;
   endpoint: Endpoint;
   ip4: string;
+  /** '' when the cluster has no IPv6 pool. */
+  ip6: string;
 }
 
 export interface TestNode {
@@ -66,6 +68,8 @@ export interface TestNode {
   stateDir: string;
   bpffsDir: string;
   socket: string;
+  /** The agent's flow observer (gRPC, unix socket). */
+  observerSocket: string;
   client: AgentClient;
   agent: Proc;
   /** Creates a pod (netns + endpoint through this node's agent). */
@@ -80,6 +84,8 @@ export interface TestCluster {
   /** Underlay /24 (e.g. "198.18.7.0/24"), and the control-plane netns (etcd, operators). */
   subnet: string;
   control: TestNetns;
+  /** The underlay's bridge netns (br0; node n<i>'s port is "n<i>"). */
+  underlay: TestNetns;
   etcd: TestEtcd;
   /** A client for the test itself (reaches etcd over a unix socket: no route into the underlay). */
   kv: Kv;
@@ -91,6 +97,10 @@ export interface TestCluster {
   /** Stops the node's agent (SIGKILL with kill9) and removes its netns, dirs and pins. */
   removeNode(node: TestNode, opts?: { kill9?: boolean }): Promise<void>;
   startOperator(extraArgs?: string[]): Promise<Proc>;
+  /** A netns of ours on the underlay that is no node ("the world" next to the cluster): address .200 and up. */
+  addExternal(): { ns: TestNetns; ip: string };
+  /** A process of ours in the control-plane netns (relay, benchmarks' helpers): killed at cleanup. */
+  spawnControl(args: string[], logName: string): Proc;
   cleanup(): Promise<void>;
 }
 
@@ -236,14 +246,15 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
         }
       };
       const node: TestNode = {
-        index, name: nodeName, ip, netns: ns, stateDir, bpffsDir, socket, client,
+        index, name: nodeName, ip, netns: ns, stateDir, bpffsDir, socket, client, observerSocket: path.join(stateDir, 'observer.sock'),
         agent: { ...agent, start: startAndWait },
         async pod(labels, podName = `p${randomId(2)}`) {
           const pns = createNetns('mbp');
-          const pod: TestPod = { name: podName, node, ns: pns, endpoint: undefined as unknown as Endpoint, ip4: '' };
+          const pod: TestPod = { name: podName, node, ns: pns, endpoint: undefined as unknown as Endpoint, ip4: '', ip6: '' };
           pods.push(pod);
           pod.endpoint = await client.createEndpoint({ containerId: `${name}-${nodeName}-${podName}-${randomId()}`, netns: pns.path, ifName: 'eth0', labels });
           pod.ip4 = pod.endpoint.ips.find((x) => x.family === 4)?.address.split('/')[0] ?? '';
+          pod.ip6 = pod.endpoint.ips.find((x) => x.family === 6)?.address.split('/')[0] ?? '';
           return pod;
         },
         async deletePod(pod) {
@@ -266,13 +277,27 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
       nodes.splice(nodes.indexOf(node), 1);
     };
 
+    let externals = 0;
+    const addExternal = () => {
+      if (externals >= 50) throw new Error('too many external netns for one underlay /24');
+      const ns = createNetns('mbw');
+      netnss.push(ns);
+      const ip = `${prefix}.${200 + externals}`;
+      attach(ns, `w${externals++}`, ip);
+      return { ns, ip };
+    };
+    const spawnControl = (args: string[], logName: string) => proc(control, args, path.join(root, logName));
+
     for (let i = 0; i < (opts.operators ?? 1); i++) await startOperator();
     // Agents start in parallel (each waits for its pod CIDR from the operator).
     const starting: Promise<TestNode>[] = [];
     for (let i = 0; i < opts.nodes; i++) { starting.push(addNode()); await sleep(50); }
     await Promise.all(starting);
     nodes.sort((a, b) => a.index - b.index);
-    return { id, name, L: layout(name), subnet, control, etcd, kv, nodes, operators, clusterPool, addNode, removeNode, startOperator, cleanup };
+    return {
+      id, name, L: layout(name), subnet, control, underlay, etcd, kv, nodes, operators, clusterPool, addNode, removeNode, startOperator,
+      addExternal, spawnControl, cleanup,
+    };
   } catch (e) {
     await cleanup();
     throw e;

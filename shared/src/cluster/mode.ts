@@ -9,7 +9,7 @@ import type { ClusterStatusView, Endpoint, NetworkSpec } from '../types.ts';
 import type { EndpointHooks } from '../endpoint/manager.ts';
 import type { PolicyEngine } from '../policy/engine.ts';
 import { connectEtcd, type KvOptions } from '../kvstore/kv.ts';
-import { layout, type Layout, type NodeRecord, type PodCidrAllocation } from '../kvstore/layout.ts';
+import { decode, layout, type Layout, type NodeRecord, type PodCidrAllocation } from '../kvstore/layout.ts';
 import { Session, type SessionLog } from '../kvstore/session.ts';
 import { writeFileAtomic } from '../io/atomic-write.ts';
 import { VERSION } from '../version.ts';
@@ -103,9 +103,13 @@ export class ClusterMode {
     let previous: PodCidrAllocation | undefined;
     try { previous = JSON.parse(fs.readFileSync(file, 'utf8')); } catch { /* first start */ }
     const now = new Date().toISOString();
+    // A restarted agent whose node kept its allocation publishes it at once: a record without pod CIDRs,
+    // even for a moment, would make every other node drop its routes to this node's pods.
+    let held: PodCidrAllocation | undefined;
+    try { held = decode<PodCidrAllocation>((await this.session.kv.get(this.L.podCidrNode(this.cfg.nodeName)))?.value ?? ''); } catch { /* asked again below */ }
     this.record = {
       name: this.cfg.nodeName, cluster: this.cfg.cluster, addresses: [{ type: 'InternalIP', ip: this.cfg.nodeIp }],
-      podCidrs: {}, nodeId: 0, agentVersion: VERSION, registeredAt: now, updatedAt: now,
+      podCidrs: held ? { ipv4: held.ipv4, ipv6: held.ipv6 } : {}, nodeId: held?.nodeId ?? 0, agentVersion: VERSION, registeredAt: now, updatedAt: now,
       ...(previous ? { requestedPodCidrs: { ipv4: previous.ipv4, ipv6: previous.ipv6 } } : {}),
     };
     this.nodes.publish(this.record);
