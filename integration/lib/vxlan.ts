@@ -15,7 +15,7 @@ export interface VxlanFrame {
 /** The VXLAN frame inside a captured IPv4 underlay frame (UDP to `port`), or undefined. */
 export function vxlanOf(f: Buffer, port = 8472): VxlanFrame | undefined {
   const outer = frameInfo(f);
-  if (!outer || outer.family !== 4 || outer.proto !== 17 || outer.dport !== port) return undefined;
+  if (outer?.family !== 4 || outer.proto !== 17 || outer.dport !== port) return undefined;
   const off = 14 + (f[14] & 0xf) * 4 + 8;
   if (f.length < off + 8 + 14) return undefined;
   return { outer, vni: f.readUIntBE(off + 4, 3), inner: frameInfo(f.subarray(off + 8)) };
