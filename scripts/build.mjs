@@ -17,6 +17,7 @@ const executables = [
   { name: 'membrane-agent', entry: 'shared/src/agent/main.ts' },
   { name: 'membrane', entry: 'shared/src/cli/main.ts' },
   { name: 'membrane-operator', entry: 'shared/src/operator/main.ts' },
+  { name: 'membrane-relay', entry: 'shared/src/relay/main.ts' },
   { name: 'membrane-proxy', entry: 'shared/src/l7/proxy/worker-main.ts' },
 ];
 await Promise.all(executables.map(({ name, entry }) => build({

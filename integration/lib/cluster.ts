@@ -22,6 +22,7 @@ import { createNetns, type TestNetns } from './netns.ts';
 
 const AGENT_MAIN = path.join(REPO, 'shared/src/agent/main.ts');
 const OPERATOR_MAIN = path.join(REPO, 'shared/src/operator/main.ts');
+export const RELAY_MAIN = path.join(REPO, 'shared/src/relay/main.ts');
 
 export interface ClusterOptions {
   nodes: number;
@@ -29,8 +30,8 @@ export interface ClusterOptions {
   operators?: number;
   /** Node lease TTL (seconds); short so a killed agent leaves quickly. Default 5. */
   leaseTtl?: number;
-  /** Extra agent / operator flags. */
-  agentArgs?: string[];
+  /** Extra agent / operator flags (agent: the same for every node, or per node). */
+  agentArgs?: string[] | ((node: { name: string; ip: string; stateDir: string; cluster: string }) => string[]);
   operatorArgs?: string[];
   /** IPv4 pool for pod CIDRs (default: a random 10.x.0.0/16, /24 per node) and optional IPv6 pool. */
   clusterPool?: string;
@@ -234,7 +235,8 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
         '--host-device', 'membrane0', '--node-name', nodeName, '--log-level', 'debug',
         '--metrics-address', '127.0.0.1:0', '--observer-socket', path.join(stateDir, 'observer.sock'),
         '--cluster-name', name, '--kvstore', 'etcd', '--kvstore-endpoints', endpoints, '--node-ip', ip,
-        '--kvstore-lease-ttl', String(leaseTtl), ...(opts.agentArgs ?? [])], path.join(stateDir, 'agent.log'));
+        '--kvstore-lease-ttl', String(leaseTtl),
+        ...(typeof opts.agentArgs === 'function' ? opts.agentArgs({ name: nodeName, ip, stateDir, cluster: name }) : opts.agentArgs ?? [])], path.join(stateDir, 'agent.log'));
       const startAndWait = async () => {
         await agent.start();
         const deadline = Date.now() + 60_000;

@@ -10,6 +10,7 @@ import { familyOf } from '../net/index.ts';
 import type { ClusterMode } from '../cluster/mode.ts';
 import { openNetlink } from '../netlink/index.ts';
 import { underlayOf } from '../routing/device.ts';
+import path from 'node:path';
 
 /** Checks the cluster flags (ConfigError names the flag); undefined when not in cluster mode. */
 export function clusterSettings(cfg: AgentConfig): (NonNullable<ReturnType<typeof kvstoreOptions>> & { nodeIp: string }) | undefined {
@@ -36,7 +37,19 @@ export async function connectCluster(cfg: AgentConfig, log: Logger): Promise<Clu
     cluster: s.cluster, kv: s.kv, nodeName: cfg.nodeName, nodeIp: s.nodeIp, stateDir: cfg.stateDir,
     leaseTtlSeconds: flags.leaseTtlSeconds, startTimeoutMs: 60_000, allocateTimeoutMs: 10_000,
     routing: { mode: flags.routingMode, tunnelDevice: flags.tunnelDevice, tunnelPort: flags.tunnelPort, underlay },
+    observer: advertisedObserver(cfg, s.nodeIp),
   }, log.child({ component: 'cluster' }));
   log.info({ cluster: s.cluster, endpoints: s.kv.endpoints, node: cfg.nodeName, nodeIp: s.nodeIp, routing: flags.routingMode, ...mode.status().podCidrs }, 'cluster mode: node registered');
   return mode;
+}
+
+/** Where the relay reaches this node's observer: its TCP listener at the node's address (a wildcard
+ *  host is the node IP; port 0 cannot be advertised), else its unix socket on this machine. */
+export function advertisedObserver(cfg: Pick<AgentConfig, 'observerAddress' | 'observerSocket' | 'observerTls'>, nodeIp: string): { address: string; tls: boolean } {
+  const m = cfg.observerAddress ? /^\[?([^\]]*?)\]?:(\d+)$/.exec(cfg.observerAddress) : null;
+  if (m && m[2] !== '0') {
+    const host = !m[1] || m[1] === '0.0.0.0' || m[1] === '::' ? nodeIp : m[1];
+    return { address: host.includes(':') ? `[${host}]:${m[2]}` : `${host}:${m[2]}`, tls: !!cfg.observerTls };
+  }
+  return { address: `unix://${path.resolve(cfg.observerSocket)}`, tls: false };
 }

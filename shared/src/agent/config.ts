@@ -49,6 +49,8 @@ export interface AgentConfig {
   /** gRPC observer (flows) on this unix socket; observerAddress adds a TCP listener. */
   observerSocket: string;
   observerAddress?: string;
+  /** TLS on the observer's TCP listener (PEM files): a cluster's relay connects with a client cert. */
+  observerTls?: { certFile: string; keyFile: string; clientCaFile?: string };
   /** Flows kept in memory for GetFlows. */
   flowBufferSize: number;
   /** Flow and drop events from the datapath (off for benchmarking their cost). */
@@ -113,6 +115,9 @@ const FileSchema = z.object({
   metricsAddress: z.string().optional(),
   observerSocket: z.string().optional(),
   observerAddress: z.string().optional(),
+  observerTlsCertFile: z.string().optional(),
+  observerTlsKeyFile: z.string().optional(),
+  observerTlsClientCaFiles: z.string().optional(),
   flowBufferSize: z.number().int().min(1).max(10_000_000).optional(),
   flowEvents: z.boolean().optional(),
   eventsPerSecond: z.number().int().min(0).optional(),
@@ -164,6 +169,9 @@ const OPTIONS: OptionSpec[] = [
   { key: 'metricsAddress', flags: '--metrics-address <host:port>', env: 'MEMBRANE_METRICS_ADDRESS', help: 'Prometheus metrics, or "off"', default: DEFAULTS.metricsAddress },
   { key: 'observerSocket', flags: '--observer-socket <path>', env: 'MEMBRANE_OBSERVER_SOCKET', help: 'gRPC flow observer socket', default: DEFAULTS.observerSocket },
   { key: 'observerAddress', flags: '--observer-address <host:port>', env: 'MEMBRANE_OBSERVER_ADDRESS', help: 'also serve the observer on TCP' },
+  { key: 'observerTlsCertFile', flags: '--observer-tls-cert-file <file>', env: 'MEMBRANE_OBSERVER_TLS_CERT_FILE', help: "TLS on the observer's TCP listener: this node's certificate (scripts/cluster-certs.sh)" },
+  { key: 'observerTlsKeyFile', flags: '--observer-tls-key-file <file>', env: 'MEMBRANE_OBSERVER_TLS_KEY_FILE', help: 'its key' },
+  { key: 'observerTlsClientCaFiles', flags: '--observer-tls-client-ca-files <file>', env: 'MEMBRANE_OBSERVER_TLS_CLIENT_CA_FILES', help: 'clients (the relay) must show a certificate this CA signed' },
   { key: 'flowBufferSize', flags: '--flow-buffer <n>', env: 'MEMBRANE_FLOW_BUFFER', help: 'flows kept in memory', default: String(DEFAULTS.flowBufferSize) },
   { key: 'flowEvents', flags: '--flow-events <on|off>', env: 'MEMBRANE_FLOW_EVENTS', help: 'flow and drop events from the datapath', default: 'on' },
   { key: 'eventsPerSecond', flags: '--events-per-second <n>', env: 'MEMBRANE_EVENTS_PER_SECOND', help: 'per-CPU limit of flow and drop events a second, 0 = none', default: String(DEFAULTS.eventsPerSecond) },
@@ -330,6 +338,8 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
     metricsAddress: str('metricsAddress') ?? file.metricsAddress ?? DEFAULTS.metricsAddress,
     observerSocket: str('observerSocket') ?? file.observerSocket ?? DEFAULTS.observerSocket,
     observerAddress: str('observerAddress') ?? file.observerAddress,
+    ...observerTls(str('observerTlsCertFile') ?? file.observerTlsCertFile, str('observerTlsKeyFile') ?? file.observerTlsKeyFile,
+      str('observerTlsClientCaFiles') ?? file.observerTlsClientCaFiles, str('observerAddress') ?? file.observerAddress),
     flowBufferSize: int(text('flowBufferSize'), file.flowBufferSize, { min: 1 }) ?? DEFAULTS.flowBufferSize,
     flowEvents: onOff(text('flowEvents'), file.flowEvents ?? true),
     eventsPerSecond: int(text('eventsPerSecond'), file.eventsPerSecond, { min: 0 }) ?? DEFAULTS.eventsPerSecond,
@@ -343,6 +353,13 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
     l7ProxyWorkers: int(text('l7ProxyWorkers'), file.l7ProxyWorkers, { min: 1, max: 64 }) ?? DEFAULTS.l7ProxyWorkers,
     ...(cluster ? { cluster } : {}),
   };
+}
+
+function observerTls(certFile?: string, keyFile?: string, clientCaFile?: string, address?: string): Pick<AgentConfig, 'observerTls'> {
+  if (!certFile && !keyFile && !clientCaFile) return {};
+  if (!certFile || !keyFile) throw new ConfigError('--observer-tls-cert-file and --observer-tls-key-file go together');
+  if (!address) throw new ConfigError('--observer-tls-* secure the TCP listener: give --observer-address HOST:PORT too');
+  return { observerTls: { certFile, keyFile, ...(clientCaFile ? { clientCaFile } : {}) } };
 }
 
 type TextOf = (key: 'routingMode' | 'tunnel' | 'tunnelPort' | 'tunnelDevice') => { text: string; from: string } | undefined;

@@ -2,6 +2,7 @@
 // serves them over the gRPC observer API (unix socket, optional TCP) and exposes Prometheus metrics.
 // Wiring only; the logic lives in shared/src/flows and shared/src/metrics. Its dependencies are its
 // parameters (the policy and identity lookups it names rules and peers with included).
+import fs from 'node:fs';
 import { possibleCpus } from '../bpf/datapath.ts';
 import { AgentEventLog, policyChanges, type PolicySnapshot } from '../flows/agent-events.ts';
 import { dropReasonName } from '../flows/codes.ts';
@@ -35,7 +36,7 @@ function endpointEvent(type: 'ENDPOINT_CREATED' | 'ENDPOINT_DELETED', ep: Endpoi
 }
 
 export interface FlowsDeps {
-  cfg: Pick<AgentConfig, 'nodeName' | 'observerSocket' | 'observerAddress' | 'metricsAddress' | 'flowBufferSize' | 'flowEvents'>;
+  cfg: Pick<AgentConfig, 'nodeName' | 'observerSocket' | 'observerAddress' | 'observerTls' | 'metricsAddress' | 'flowBufferSize' | 'flowEvents'>;
   log: Logger;
   datapath: Pick<Datapath, 'pinDir' | 'mapPressure' | 'dropCounters' | 'globalConfig'>;
   endpoints: Pick<EndpointManager, 'list' | 'addHooks'>;
@@ -131,7 +132,7 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
       onLost: (fn) => collector.onLost(fn),
       countAgentLost: (n) => collector.countAgentLost(n),
       agentEvents,
-    }, { socket: cfg.observerSocket, address: cfg.observerAddress });
+    }, { socket: cfg.observerSocket, address: cfg.observerAddress, ...(cfg.observerTls ? { tls: readObserverTls(cfg.observerTls) } : {}) });
     closers.push(() => observer.close());
     observerStatus = { socket: observer.socket, ...(observer.address ? { address: observer.address } : {}), flowBufferSize: ring.capacity };
 
@@ -197,5 +198,16 @@ function cachedMapPressure(datapath: Pick<Datapath, 'mapPressure'>): () => Recor
       at = performance.now();
     }
     return value;
+  };
+}
+
+/** The observer's TLS files, read once at start (a missing file stops the agent with its name). */
+function readObserverTls(t: NonNullable<AgentConfig['observerTls']>): { cert: Buffer; key: Buffer; clientCa?: Buffer } {
+  const read = (flag: string, file: string) => {
+    try { return fs.readFileSync(file); } catch (e) { throw new Error(`${flag} ${file}: ${(e as Error).message}`); }
+  };
+  return {
+    cert: read('--observer-tls-cert-file', t.certFile), key: read('--observer-tls-key-file', t.keyFile),
+    ...(t.clientCaFile ? { clientCa: read('--observer-tls-client-ca-files', t.clientCaFile) } : {}),
   };
 }

@@ -36,6 +36,8 @@ export interface ClusterModeConfig {
   allocateTimeoutMs: number;
   /** How pods reach other nodes' pods (shared/src/routing). */
   routing: ClusterRoutingConfig;
+  /** Where this node's flow observer serves, published for the relay. */
+  observer?: NodeRecord['observer'];
 }
 
 export interface ClusterRoutingConfig {
@@ -110,6 +112,7 @@ export class ClusterMode {
     this.record = {
       name: this.cfg.nodeName, cluster: this.cfg.cluster, addresses: [{ type: 'InternalIP', ip: this.cfg.nodeIp }],
       podCidrs: held ? { ipv4: held.ipv4, ipv6: held.ipv6 } : {}, nodeId: held?.nodeId ?? 0, agentVersion: VERSION, registeredAt: now, updatedAt: now,
+      ...(this.cfg.observer ? { observer: this.cfg.observer } : {}),
       ...(previous ? { requestedPodCidrs: { ipv4: previous.ipv4, ipv6: previous.ipv6 } } : {}),
     };
     this.nodes.publish(this.record);

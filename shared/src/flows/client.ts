@@ -33,17 +33,29 @@ interface RawHealth extends grpc.Client {
   check: Unary<{ status?: string }>;
 }
 
+/** TLS towards an observer (a relay's connections to the agents): the CA, an optional client
+ *  certificate, and the name the server's certificate must carry when it is not the address's. */
+export interface ObserverTls {
+  ca: Buffer;
+  cert?: Buffer;
+  key?: Buffer;
+  serverName?: string;
+}
+
 export class ObserverClient {
   private readonly raw: RawClient;
   private readonly health: RawHealth;
   readonly target: string;
 
-  constructor(socketOrAddress: string) {
+  constructor(socketOrAddress: string, opts: { tls?: ObserverTls } = {}) {
     this.target = observerTarget(socketOrAddress);
     const { Client } = observerService();
-    this.raw = new Client(this.target, grpc.credentials.createInsecure()) as unknown as RawClient;
+    const tls = opts.tls;
+    const creds = () => (tls ? grpc.credentials.createSsl(tls.ca, tls.key ?? null, tls.cert ?? null) : grpc.credentials.createInsecure());
+    const options: grpc.ChannelOptions = tls?.serverName ? { 'grpc.ssl_target_name_override': tls.serverName, 'grpc.default_authority': tls.serverName } : {};
+    this.raw = new Client(this.target, creds(), options) as unknown as RawClient;
     // Same target, same channel options: grpc-js shares the connection between the two clients.
-    this.health = new (healthService().Client)(this.target, grpc.credentials.createInsecure()) as unknown as RawHealth;
+    this.health = new (healthService().Client)(this.target, creds(), options) as unknown as RawHealth;
   }
 
   private unary<Res>(fn: Unary<Res>, req: object, timeoutMs: number): Promise<Res> {

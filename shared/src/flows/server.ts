@@ -31,6 +31,9 @@ export interface ObserverServerOptions {
   socket: string;
   /** Also listen on TCP host:port (port 0 picks one). */
   address?: string;
+  /** TLS on the TCP listener (the unix socket is guarded by its file mode); with clientCa, clients
+   *  must present a certificate it signed (a cluster's relay). */
+  tls?: { cert: Buffer; key: Buffer; clientCa?: Buffer };
 }
 
 type AgentEventsCall = grpc.ServerWritableStream<GetAgentEventsRequest, GetAgentEventsResponse>;
@@ -40,13 +43,13 @@ export class ObserverServer {
   private readonly followers = new Set<{ end(): void }>();
   private timer?: NodeJS.Timeout;
 
-  private constructor(private readonly server: grpc.Server, readonly socket: string, readonly address: string | undefined) {}
+  private constructor(private readonly server: grpc.Server, readonly socket: string, readonly address: string | undefined, readonly tls = false) {}
 
   static async start(backend: ObserverBackend, opts: ObserverServerOptions): Promise<ObserverServer> {
     const server = new grpc.Server({ 'grpc.max_send_message_length': 16 << 20 });
     const namespaces = new NamespaceTracker(backend.ring);
     let self: ObserverServer | undefined;
-    const node = (): ObserverNode => nodeOf(backend, self?.address ?? `unix://${opts.socket}`);
+    const node = (): ObserverNode => nodeOf(backend, self?.address ?? `unix://${opts.socket}`, !!opts.tls && !!self?.address);
     server.addService(observerService().service, {
       getFlows: (call: FlowsCall) => getFlows(backend, call, self!.followers as Set<FlowsCall>),
       getAgentEvents: (call: AgentEventsCall) => getAgentEvents(backend, call, self!.followers as Set<AgentEventsCall>),
@@ -75,10 +78,10 @@ export class ObserverServer {
     fs.chmodSync(opts.socket, 0o660);
     let address: string | undefined;
     if (opts.address) {
-      const port = await bind(server, opts.address);
+      const port = await bind(server, opts.address, opts.tls);
       address = opts.address.replace(/:\d+$/, `:${port}`);
     }
-    self = new ObserverServer(server, opts.socket, address);
+    self = new ObserverServer(server, opts.socket, address, !!opts.tls);
     self.timer = setInterval(() => namespaces.update(), 1000);
     self.timer.unref();
     return self;
@@ -97,9 +100,12 @@ export class ObserverServer {
   }
 }
 
-function bind(server: grpc.Server, target: string): Promise<number> {
+export function bind(server: grpc.Server, target: string, tls?: ObserverServerOptions['tls']): Promise<number> {
+  const creds = tls
+    ? grpc.ServerCredentials.createSsl(tls.clientCa ?? null, [{ cert_chain: tls.cert, private_key: tls.key }], !!tls.clientCa)
+    : grpc.ServerCredentials.createInsecure();
   return new Promise((resolve, reject) => {
-    server.bindAsync(target, grpc.ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port)));
+    server.bindAsync(target, creds, (err, port) => (err ? reject(err) : resolve(port)));
   });
 }
 
@@ -111,10 +117,10 @@ export function status(b: ObserverBackend): ServerStatus {
   };
 }
 
-function nodeOf(b: ObserverBackend, address: string): ObserverNode {
+function nodeOf(b: ObserverBackend, address: string, tls: boolean): ObserverNode {
   return {
     name: b.filterContext?.clusterName ? `${b.filterContext.clusterName}/${b.nodeName}` : b.nodeName,
-    version: b.version, address, state: 'NODE_CONNECTED', tls: {}, // TLS not enabled (a false field is left out)
+    version: b.version, address, state: 'NODE_CONNECTED', tls: tls ? { enabled: true } : {}, // a false field is left out
     uptimeNs: Number(process.hrtime.bigint() - b.startedAtNs), numFlows: b.ring.size, maxFlows: b.ring.capacity, seenFlows: b.ring.seen,
   };
 }

@@ -85,6 +85,9 @@ export interface NodeRecord {
   nodeId: number;
   /** Pod CIDRs the node would like back (from its state dir after a restart). */
   requestedPodCidrs?: { ipv4?: string; ipv6?: string };
+  /** Where the node's flow observer serves, for the relay: "host:port" over TCP (tls: certificates
+   *  from the cluster CA), or "unix:///path" (a relay on the same machine, e.g. the test harness). */
+  observer?: { address: string; tls: boolean };
   agentVersion: string;
   /** When this agent registered and when it last refreshed the record (ISO time). */
   registeredAt: string;
