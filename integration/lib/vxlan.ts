@@ -29,11 +29,12 @@ export function vxlanPayload(vni: number, inner: Buffer): Buffer {
   return Buffer.concat([h, inner]);
 }
 
-const SEND = 'import socket,sys\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.sendto(bytes.fromhex(sys.argv[1]),(sys.argv[2],int(sys.argv[3])))\n';
+const SEND = `const s = require('dgram').createSocket('udp4');
+s.send(Buffer.from(process.argv[1], 'hex'), Number(process.argv[3]), process.argv[2], (e) => { s.close(); process.exit(e ? 1 : 0); });`;
 
 /** One UDP datagram from `ns` (its own address as the outer source) to ip:port. */
 export async function sendUdp(ns: TestNetns, ip: string, port: number, payload: Buffer): Promise<void> {
-  await ns.exec('python3', ['-c', SEND, payload.toString('hex'), ip, String(port)]);
+  await ns.exec(process.execPath, ['-e', SEND, payload.toString('hex'), ip, String(port)]);
 }
 
 /** The flows a node's observer holds now that match `pick`. */
