@@ -16,6 +16,7 @@ const program = new Command('scripts/install-cni')
   .option('--containerd-config <file>', "containerd's config, read for its CNI dirs", '/etc/containerd/config.toml')
   .option('--name <net>', 'network name (the conflist is <conf-dir>/10-<name>.conflist)', 'membrane')
   .option('--socket <path>', "the agent's API socket", '/run/membrane/agent.sock')
+  .option('--log-file <path>', "membrane-cni's log file", '/var/log/membrane/cni.log')
   .option('--no-conf', 'install the executable only')
   .option('--force', 'overwrite an existing conflist')
   .option('--launcher', "install membrane-cni.sea behind a /bin/sh launcher that drops the runtime's NODE_EXTRA_CA_CERTS and NODE_OPTIONS")
@@ -29,7 +30,7 @@ try {
   installCni({
     root: l.root, binDir: o.binDir ?? binArg, confDir: o.confDir ?? confArg,
     containerdConfig: o.root && o.containerdConfig === '/etc/containerd/config.toml' ? l.containerdConfig : o.containerdConfig,
-    socket: o.socket, name: o.name, source: path.join(REPO, 'dist/bin/membrane-cni'),
+    socket: o.socket, name: o.name, logFile: o.root && o.logFile === '/var/log/membrane/cni.log' ? undefined : o.logFile, source: path.join(REPO, 'dist/bin/membrane-cni'),
     noConf: o.conf === false, force: !!o.force, launcher: !!o.launcher,
   }, (s) => process.stdout.write(`install-cni: ${s}\n`));
 } catch (e) {

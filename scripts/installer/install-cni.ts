@@ -15,6 +15,8 @@ export interface CniInstallOptions {
   containerdConfig: string;
   socket: string;
   name: string;
+  /** membrane-cni's log file (default /var/log/membrane/cni.log under the root). */
+  logFile?: string;
   source: string;
   noConf?: boolean;
   force?: boolean;
@@ -58,7 +60,7 @@ export function installCni(o: CniInstallOptions, say: (s: string) => void): Entr
     say(`${file} exists, left as it is (--force overwrites)`);
     return entries;
   }
-  atomicWrite(file, conflist({ name: o.name, socket: o.socket, logFile: under(o.root, '/var/log/membrane/cni.log'), portmap: !!found.portmap }));
+  atomicWrite(file, conflist({ name: o.name, socket: o.socket, logFile: o.logFile ?? under(o.root, '/var/log/membrane/cni.log'), portmap: !!found.portmap }));
   entries.push({ path: file, kind: 'config', sha256: sha256(file) });
   say(`${file}${found.portmap ? ' (membrane-cni, then portmap)' : ''}`);
   const before = conflistsBefore(dirs.confDir, file);

@@ -8,6 +8,7 @@ import { flowPrinter, jsonLine, type FlowOutput } from '../flows/format.ts';
 import { agentEventLine, namespaceRows, nodeRows, statusLines } from '../flows/format-events.ts';
 import { buildRequest, DEFAULT_LAST, parseTime, type FilterFlag } from '../flows/request.ts';
 import type { GetAgentEventsRequest } from '../flows/types.ts';
+import type { CliContext } from './context.ts';
 import { printTable } from './output.ts';
 
 const count = (v: string) => {
@@ -29,16 +30,25 @@ function fail(e: unknown): never {
 }
 
 const serverOptions = (cmd: Command) => cmd
-  .addOption(new Option('--observer-socket <path>', 'observer unix socket (env MEMBRANE_OBSERVER_SOCKET)')
-    .default(process.env.MEMBRANE_OBSERVER_SOCKET ?? DEFAULT_OBSERVER_SOCKET))
+  .addOption(new Option('--observer-socket <path>', `observer unix socket (env MEMBRANE_OBSERVER_SOCKET; default: the one the agent at --socket serves, else ${DEFAULT_OBSERVER_SOCKET})`))
   .addOption(new Option('--server <address>', 'a Hubble-compatible observer over TCP (host:port) instead of the unix socket'));
 
-function target(o: { observerSocket: string; server?: string }): string {
-  return o.server ?? o.observerSocket;
+interface ServerOptions { observerSocket?: string; server?: string }
+
+/** --server, else --observer-socket / MEMBRANE_OBSERVER_SOCKET, else the observer the agent at --socket
+ *  reports (an agent with its own sockets needs only --socket), else the default socket. */
+async function target(o: ServerOptions, ctx: CliContext): Promise<string> {
+  const given = o.server ?? o.observerSocket ?? process.env.MEMBRANE_OBSERVER_SOCKET;
+  if (given) return given;
+  try {
+    return (await ctx.client().status()).observer?.socket ?? DEFAULT_OBSERVER_SOCKET;
+  } catch {
+    return DEFAULT_OBSERVER_SOCKET;
+  }
 }
 
-async function withClient<T>(o: { observerSocket: string; server?: string }, fn: (c: ObserverClient) => Promise<T>): Promise<T> {
-  const client = new ObserverClient(target(o));
+async function withClient<T>(o: ServerOptions, ctx: CliContext, fn: (c: ObserverClient) => Promise<T>): Promise<T> {
+  const client = new ObserverClient(await target(o, ctx));
   try { return await fn(client); } catch (e) { return fail(e); } finally { client.close(); }
 }
 
@@ -110,10 +120,10 @@ interface FlowsOptions {
   follow?: boolean; last?: number; first?: number; all?: boolean; since?: string; until?: string;
   allowlist?: string[]; denylist?: string[]; fieldMask?: string[]; printRawFilters?: boolean;
   output: FlowOutput; utc?: boolean; printNodeName?: boolean; printPolicyNames?: boolean; numeric?: boolean; headers?: boolean;
-  observerSocket: string; server?: string;
+  observerSocket?: string; server?: string;
 }
 
-export function registerObserveCommands(program: Command): void {
+export function registerObserveCommands(program: Command, ctx: CliContext): void {
   const observe = program.command('observe')
     .description(`flows and drops, as \`hubble observe\`: the last ${DEFAULT_LAST} by default, -f for live ones`)
     .enablePositionalOptions()
@@ -148,7 +158,7 @@ export function registerObserveCommands(program: Command): void {
       return;
     }
     const print = flowPrinter(o.output, { utc: o.utc, nodeName: o.printNodeName, policyNames: o.printPolicyNames, numeric: o.numeric, headers: o.headers });
-    await withClient(o, async (client) => {
+    await withClient(o, ctx, async (client) => {
       const stream = client.flows(req);
       const stop = () => { stream.cancel(); };
       process.once('SIGINT', stop);
@@ -172,7 +182,7 @@ export function registerObserveCommands(program: Command): void {
     .option('--until <time>', 'events up to')
     .addOption(new Option('-o, --output <format>', 'output format').choices(['compact', 'json', 'jsonpb']).default('compact'))
     .option('--utc', 'times in UTC'))
-    .action(async (o: { follow?: boolean; last?: number; first?: number; since?: string; until?: string; output: string; utc?: boolean; observerSocket: string; server?: string }) => {
+    .action(async (o: { follow?: boolean; last?: number; first?: number; since?: string; until?: string; output: string; utc?: boolean; observerSocket?: string; server?: string }) => {
       let req: GetAgentEventsRequest;
       try {
         if (o.first !== undefined && (o.last !== undefined || o.follow)) throw new FilterError('--first cannot be combined with --last or --follow');
@@ -181,7 +191,7 @@ export function registerObserveCommands(program: Command): void {
           ...(o.since ? { since: parseTime(o.since) } : {}), ...(o.until ? { until: parseTime(o.until) } : {}),
         };
       } catch (e) { fail(e); }
-      await withClient(o, async (client) => {
+      await withClient(o, ctx, async (client) => {
         const stream = client.agentEvents(req);
         process.once('SIGINT', () => stream.cancel());
         for await (const res of stream.responses) {
@@ -192,8 +202,8 @@ export function registerObserveCommands(program: Command): void {
 
   serverOptions(observe.command('status').description('flows held, seen and lost by the observer (hubble status)')
     .addOption(new Option('-o, --output <format>', 'output format').choices(['json', 'yaml', 'table']).default('table')))
-    .action(async (o: { output: string; observerSocket: string; server?: string }) => {
-      await withClient(o, async (client) => {
+    .action(async (o: { output: string; observerSocket?: string; server?: string }) => {
+      await withClient(o, ctx, async (client) => {
         const health = await client.healthCheck();
         const s = await client.status();
         if (o.output !== 'table') return printTable(o.output, s, [], []);
@@ -204,8 +214,8 @@ export function registerObserveCommands(program: Command): void {
   serverOptions(observe.command('nodes').description('nodes the observer reports (hubble list nodes)')
     .addOption(new Option('-o, --output <format>', 'output format').choices(['json', 'yaml', 'table']).default('table'))
     .option('--no-headers', 'table output without the header line'))
-    .action(async (o: { output: string; headers: boolean; observerSocket: string; server?: string }) => {
-      await withClient(o, async (client) => {
+    .action(async (o: { output: string; headers: boolean; observerSocket?: string; server?: string }) => {
+      await withClient(o, ctx, async (client) => {
         const nodes = await client.nodes();
         printTable(o.output, nodes, ['NAME', 'STATUS', 'AGE', 'FLOWS/S', 'CURRENT/MAX-FLOWS'], nodeRows(nodes), o.headers);
       });
@@ -214,8 +224,8 @@ export function registerObserveCommands(program: Command): void {
   serverOptions(observe.command('namespaces').description('namespaces with flows in the last hour (hubble list namespaces)')
     .addOption(new Option('-o, --output <format>', 'output format').choices(['json', 'yaml', 'table']).default('table'))
     .option('--no-headers', 'table output without the header line'))
-    .action(async (o: { output: string; headers: boolean; observerSocket: string; server?: string }) => {
-      await withClient(o, async (client) => {
+    .action(async (o: { output: string; headers: boolean; observerSocket?: string; server?: string }) => {
+      await withClient(o, ctx, async (client) => {
         const items = await client.namespaces();
         printTable(o.output, items, ['CLUSTER', 'NAMESPACE'], namespaceRows(items), o.headers);
       });

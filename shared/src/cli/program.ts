@@ -17,7 +17,7 @@ import { registerStatusCommands } from './status.ts';
 
 const GROUPS: ((program: Command, ctx: CliContext) => void)[] = [
   registerStatusCommands, registerEndpointCommands, registerIdentityCommands, registerNetworkCommands,
-  registerPolicyCommands, registerBpfCommands, (p) => registerObserveCommands(p),
+  registerPolicyCommands, registerBpfCommands, registerObserveCommands,
   (p, ctx) => registerClusterCommands(p, ctx.client, () => outputOption()), registerCompletionCommand,
 ];
 
