@@ -65,7 +65,7 @@ t.test('scripts/install: a service from the installed files, uninstalled and pur
   const inst = install(['--root', root]);
   t.equal(inst.code, 0, `install exits 0: ${inst.stderr}`);
   const bin = path.join(root, 'usr/local/bin');
-  for (const name of ['membrane-agent', 'membrane', 'membrane-operator', 'membrane-cni']) {
+  for (const name of ['membrane-agent', 'membrane', 'membrane-operator', 'membrane-relay', 'membrane-cni']) {
     t.ok(fs.statSync(path.join(bin, name)).mode & 0o111, `${name} on PATH (${bin}), executable`);
   }
   t.match(inst.stdout, /CNI bin dir \S+\/usr\/lib\/cni \(containerd's/, "the CNI bin dir is containerd's bin_dir");

@@ -13,9 +13,9 @@ import { installCni, type CniInstallOptions } from './install-cni.ts';
 
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const DIST = path.join(REPO, 'dist');
-/** Bundles installed under <lib>/bin; the first three get a wrapper on PATH. */
-const BUNDLES = ['membrane-agent', 'membrane', 'membrane-operator', 'membrane-proxy'];
-const ON_PATH = ['membrane-agent', 'membrane', 'membrane-operator'];
+/** Bundles installed under <lib>/bin; all but the proxy worker (the agent starts it) get a wrapper on PATH. */
+const BUNDLES = ['membrane-agent', 'membrane', 'membrane-operator', 'membrane-relay', 'membrane-proxy'];
+const ON_PATH = ['membrane-agent', 'membrane', 'membrane-operator', 'membrane-relay'];
 const say = (s: string) => process.stdout.write(`install: ${s}\n`);
 
 interface Options {
