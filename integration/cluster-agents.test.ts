@@ -128,3 +128,20 @@ t.test('a restarted agent keeps classifying remote endpoints throughout (no gap 
   const st = (await n3.client.status()).cluster!;
   t.ok(st.kvstore.connected && st.remoteEndpoints >= 1, 'the restarted agent is back in the cluster');
 });
+
+t.test('a 10,000-rule policy (2.7 MB of JSON, stored gzipped) imported on node 1 is enforced in node 3\'s maps', async (t) => {
+  const [n1, , n3] = c.nodes;
+  const web = await n3.pod({ app: 'web-big' });
+  const ingress: object[] = Array.from({ length: 9_999 }, (_, i) => ({ fromCIDR: [`198.18.${i >> 8}.${i & 255}/32`], toPorts: [{ ports: [{ port: '443', protocol: 'TCP' }] }] }));
+  ingress.push({ fromEndpoints: [{ matchLabels: { app: 'client-big' } }] });
+  const doc = JSON.stringify({ apiVersion: 'cilium.io/v2', kind: 'CiliumNetworkPolicy', metadata: { name: 'big' }, spec: { endpointSelector: { matchLabels: { app: 'web-big' } }, ingress } });
+  const res = await new PolicyClient(n1.client).import(doc);
+  t.equal(res.changes[0].change, 'created', 'the import is accepted by the cluster store');
+  const stored = await c.kv.get(c.L.policyRecord('big'));
+  t.ok(stored?.value.startsWith('gz:') && stored.value.length < 1024 * 1024, `stored gzipped: ${Math.round((stored?.value.length ?? 0) / 1024)} KiB`);
+  const entries = () => readPolicy(n3.bpffsDir).filter((e) => e.endpointId === web.endpoint.id && e.direction === 'ingress' && e.dport === 443).length;
+  await eventually('node 3 holds the 9,999 CIDR entries', () => entries() >= 9_999, 60_000, 500);
+  t.ok(entries() >= 9_999, `node 3's policy map holds ${entries()} port-443 entries for web-big`);
+  await new PolicyClient(n1.client).delete(['big']);
+  await eventually('gone again on node 3', () => entries() === 0, 60_000, 500);
+});

@@ -101,3 +101,17 @@ t.test('an unreachable cluster store is "try again later" at every front door', 
   t.equal(new IdentityUnavailableError('x').code, 'kvstore_unavailable');
   t.equal(new KvUnavailableError('x').code, 'kvstore_unavailable');
 });
+
+t.test('a large policy record is stored gzipped (etcd refuses requests over 1.5 MiB), a small one as JSON', async (t) => {
+  const { encodeRecord, decodeRecord, RECORD_GZIP_ABOVE } = await import('../src/cluster/policies.ts');
+  const rules = Array.from({ length: 10_000 }, (_, i) => ({ fromCIDR: [`198.18.${i >> 8}.${i & 255}/32`], toPorts: [{ ports: [{ port: '443', protocol: 'TCP' }] }] }));
+  const big = { name: 'big', number: 7, revision: 3, policy: { specs: rules }, source: JSON.stringify(rules) } as unknown as Parameters<typeof encodeRecord>[0];
+  const v = encodeRecord(big);
+  t.ok(JSON.stringify(big).length > 1.5 * 1024 * 1024, `the record is ${(JSON.stringify(big).length / 1e6).toFixed(1)} MB of JSON`);
+  t.ok(v.startsWith('gz:') && v.length < 1024 * 1024, `stored as ${(v.length / 1024).toFixed(0)} KiB`);
+  t.same(decodeRecord(v), big, 'and read back as it was');
+  const small = { ...big, policy: { specs: rules.slice(0, 3) }, source: '' } as unknown as typeof big;
+  t.ok(encodeRecord(small).length < RECORD_GZIP_ABOVE && encodeRecord(small).startsWith('{'), 'a small one stays plain JSON');
+  t.same(decodeRecord(encodeRecord(small)), small);
+  t.equal(decodeRecord('gz:not-gzip'), undefined, 'a damaged value is skipped, never fatal');
+});

@@ -4,6 +4,7 @@
 // transaction guarded by the meta value the writer planned against, so two nodes importing at once
 // never interleave: the loser gets PolicyConflictError, reads again and plans again. Every agent,
 // the importing one included, applies what the watch delivers.
+import zlib from 'node:zlib';
 import { decode, encode, type Layout, type PolicyMeta } from '../kvstore/layout.ts';
 import { PrefixMirror } from '../kvstore/mirror.ts';
 import type { Op } from '../kvstore/kv.ts';
@@ -36,7 +37,7 @@ export class ClusterPolicies implements PolicyBackend {
           const meta = decode<PolicyMeta>(v);
           return meta && Number.isInteger(meta.revision) ? { meta, text: v } : undefined;
         }
-        const record = key.startsWith('records/') ? decode<PolicyRecord>(v) : undefined;
+        const record = key.startsWith('records/') ? decodeRecord(v) : undefined;
         return record?.name && record.policy ? { record } : undefined;
       },
       onChange: () => this.changed(),
@@ -91,7 +92,7 @@ export class ClusterPolicies implements PolicyBackend {
     const ops: Op[] = [];
     for (const r of next.records) {
       const old = before.get(r.name);
-      if (!old || old.revision !== r.revision || old.number !== r.number) ops.push({ type: 'put', key: L.policyRecord(r.name), value: encode(r) });
+      if (!old || old.revision !== r.revision || old.number !== r.number) ops.push({ type: 'put', key: L.policyRecord(r.name), value: encodeRecord(r) });
       before.delete(r.name);
     }
     for (const name of before.keys()) ops.push({ type: 'delete', key: L.policyRecord(name) });
@@ -116,7 +117,7 @@ export class ClusterPolicies implements PolicyBackend {
     for (const it of items) {
       const k = it.key.slice(L.policies.length);
       if (k === 'meta') { meta = decode<PolicyMeta>(it.value); metaText = it.value; } else {
-        const r = decode<PolicyRecord>(it.value);
+        const r = decodeRecord(it.value);
         if (r) records.push(r);
       }
     }
@@ -125,4 +126,20 @@ export class ClusterPolicies implements PolicyBackend {
     records.sort((a, b) => a.number - b.number);
     return { revision: meta?.revision ?? 0, nextNumber: meta?.nextNumber ?? 1, records };
   }
+}
+
+/** Records above this are stored gzipped: etcd refuses a request over 1.5 MiB (--max-request-bytes),
+ *  and a policy of 10,000 rules with its source document is about 2.7 MB of JSON (~5% gzipped). */
+export const RECORD_GZIP_ABOVE = 64 * 1024;
+const GZIP_PREFIX = 'gz:';
+
+/** A policy record as its value: JSON, or "gz:" + base64 of the gzipped JSON when it is large. */
+export function encodeRecord(r: PolicyRecord): string {
+  const json = encode(r);
+  return json.length > RECORD_GZIP_ABOVE ? GZIP_PREFIX + zlib.gzipSync(json).toString('base64') : json;
+}
+
+export function decodeRecord(v: string): PolicyRecord | undefined {
+  if (!v.startsWith(GZIP_PREFIX)) return decode<PolicyRecord>(v);
+  try { return decode<PolicyRecord>(zlib.gunzipSync(Buffer.from(v.slice(GZIP_PREFIX.length), 'base64'))); } catch { return undefined; }
 }
