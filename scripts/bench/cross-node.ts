@@ -12,7 +12,7 @@
 //   (e) plain routing without a tunnel (routes via the other node's address): the ceiling.
 // Goals: (c) with 10,000 rules >= 0.95x (a) on every metric; (d) >= 0.95x (e). Fresh pods for every
 // measurement (a connection-rate run leaves TIME_WAIT sockets), a different order each round.
-// BENCH_ROUNDS (3), BENCH_SECONDS (4), BENCH_RULES (10000).
+// BENCH_ROUNDS (3), BENCH_SECONDS (4), BENCH_RULES (10000), BENCH_FLOW_EVENTS (on).
 import { execFileSync } from 'node:child_process';
 import os from 'node:os';
 import { createNetns, type TestNetns } from '../../integration/lib/netns.ts';
@@ -26,6 +26,8 @@ import { membranePolicy } from './topologies.ts';
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 4);
 const BIG = Number(process.env.BENCH_RULES ?? 10_000);
+/** The agents' flow events (on, as deployed; off shows what the agents' event processing costs). */
+const FLOW_EVENTS = process.env.BENCH_FLOW_EVENTS ?? 'on';
 delete process.env.NODE_EXTRA_CA_CERTS;
 
 type Metric = 'tput1' | 'tput4' | 'rr' | 'crr';
@@ -171,7 +173,7 @@ async function plainRouting(): Promise<Topology> {
 // ---- Membrane: two nodes of the harness -------------------------------------------------------------
 
 async function membraneCluster(mode: 'tunnel' | 'native'): Promise<{ c: TestCluster; pods(): Promise<PodPair> }> {
-  const c = await startCluster({ nodes: 2, agentArgs: ['--routing-mode', mode, '--log-level', 'info'] });
+  const c = await startCluster({ nodes: 2, agentArgs: ['--routing-mode', mode, '--log-level', 'info', '--flow-events', FLOW_EVENTS] });
   const [n1, n2] = c.nodes;
   const pod = async (n: TestNode, labels: Record<string, string>) => {
     const ns = createNetns('mbbp');
@@ -251,7 +253,8 @@ function report(names: string[], load: string): string {
   const met = (x: string, peer: string) => METRICS.every((m) => perf(x, peer, m) >= 0.95) ? 'met' : 'not met';
   return [
     `Medians of ${ROUNDS} rounds x ${SECONDS} s, one interleaved run; in brackets: performance relative to (a) for the tunnels and`,
-    `to (e) for the routed rows (>1 is better; latency inverted). ${os.cpus().length} CPUs, kernel ${os.release()}, load ${load}.`,
+    `to (e) for the routed rows (>1 is better; latency inverted). ${os.cpus().length} CPUs, kernel ${os.release()}, load ${load};`,
+    `Membrane's flow events ${FLOW_EVENTS}.`,
     '',
     markdownTable(['topology', ...METRICS.map((m) => m.label)], rows),
     '',
