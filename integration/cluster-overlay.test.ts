@@ -109,6 +109,23 @@ t.test('policy across nodes: the receiving node enforces with the sender\'s iden
   const sent = await flowsOf(n1.observerSocket, (f) => f.IP?.source === client.ip4 && f.IP?.destination === web.ip4 && f.trafficDirection === 'EGRESS');
   t.ok(sent.length > 0 && sent.every((f) => f.destination?.identity === web.endpoint.identity), 'n1 reports the same connection leaving, towards web\'s identity');
 
+  // Replies through conntrack on both ends: the client's ingress is closed too, yet its connections'
+  // replies come back (its node admits them as replies of the client's own flow), while a new
+  // connection from web's side is dropped there.
+  servers.push(await startEchoServer(client.ns, 8085, '::'));
+  await importPolicy(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-closed}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: nobody}}]
+`);
+  await eventually('client closed on n1', async () => (await probe(web.ns, client.ip4, 8085)) === 'timeout', 20_000, 200);
+  t.equal(await probe(client.ns, web.ip4, 8080, 3000), 'ok', 'client (default-deny ingress) -> web: the replies pass conntrack on both nodes');
+  t.equal(await probe(web.ns, client.ip4, 8085), 'timeout', 'web -> client: a new flow, dropped by client\'s node');
+  await new PolicyClient(n1.client).delete(['client-closed']);
+
   // An egress deny: dropped on the sending node, before the tunnel.
   await importPolicy(`apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy

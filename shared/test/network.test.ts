@@ -13,3 +13,15 @@ t.test('networks validate subnets, gateways and overlap', async (t) => {
   t.throws(() => buildNetwork({ name: 'e', subnets: ['10.7.0.0/31'] }, []), /too small/);
   t.throws(() => buildNetwork({ name: 'f', subnets: ['10.7.0.0/24'], mtu: 100 }, []), /mtu 100/);
 });
+
+t.test('a network that exists with another MTU says so (cluster mode switched between tunnel and native routing)', async (t) => {
+  const { Networks } = await import('../src/network/index.ts');
+  const { Ipam } = await import('../src/ipam/index.ts');
+  const { MemoryStore } = await import('../src/store/index.ts');
+  const store = new MemoryStore();
+  const nets = await Networks.open(store, await Ipam.open(store));
+  await nets.create({ name: 'default', subnets: ['10.9.0.0/24'], mtu: 1450 });
+  t.equal((await nets.create({ name: 'default', subnets: ['10.9.0.0/24'], mtu: 1450 })).mtu, 1450, 'the same again: idempotent');
+  await t.rejects(nets.create({ name: 'default', subnets: ['10.9.0.0/24'], mtu: 1500 }), /already exists with subnets 10\.9\.0\.0\/24 and MTU 1450 \(asked: 1500\)/);
+  await t.rejects(nets.create({ name: 'default', subnets: ['10.10.0.0/24'] }), /already exists with subnets 10\.9\.0\.0\/24$/);
+});

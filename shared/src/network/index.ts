@@ -70,7 +70,10 @@ export class Networks {
     const net = buildNetwork(spec, others);
     if (existing) {
       if (sameShape(existing, net)) return existing;
-      throw new NetworkError('network_exists', `network "${spec.name}" already exists with subnets ${existing.subnets.map((s) => s.cidr).join(', ')}`);
+      const subnets = existing.subnets.map((s) => s.cidr).join(', ');
+      // Same subnets, another MTU (e.g. cluster mode switched between tunnel and native routing): say so.
+      const mtu = subnets === net.subnets.map((s) => s.cidr).join(', ') && existing.mtu !== net.mtu ? ` and MTU ${existing.mtu} (asked: ${net.mtu})` : '';
+      throw new NetworkError('network_exists', `network "${spec.name}" already exists with subnets ${subnets}${mtu}`);
     }
     await this.ipam.ensurePool(net.name, net.subnets);
     await this.store.put(`networks/${net.name}`, net);
