@@ -239,11 +239,11 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
         ...(typeof opts.agentArgs === 'function' ? opts.agentArgs({ name: nodeName, ip, stateDir, cluster: name }) : opts.agentArgs ?? [])], path.join(stateDir, 'agent.log'));
       const startAndWait = async () => {
         await agent.start();
-        const deadline = Date.now() + 60_000;
+        const deadline = Date.now() + 120_000; // a loaded 2-vCPU machine starts 3 agents and etcd slowly
         for (;;) {
           if (!agent.running()) throw new Error(`agent ${nodeName} exited during start:\n${tail(agent.logFile)}`);
           try { await client.healthz(); return; } catch { /* not up yet */ }
-          if (Date.now() > deadline) throw new Error(`agent ${nodeName} did not become healthy within 60 s:\n${tail(agent.logFile)}`);
+          if (Date.now() > deadline) throw new Error(`agent ${nodeName} did not become healthy within 120 s:\n${tail(agent.logFile)}`);
           await sleep(100);
         }
       };
