@@ -19,7 +19,9 @@ import { sniff, frameInfo } from './lib/raw.ts';
 import { flowsOf, sendUdp, tcpDport, vxlanOf, vxlanPayload } from './lib/vxlan.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { eth, ETH_P, ipv4, PROTO, tcp, TCP_FLAGS, withChecksum } from '../shared/src/bpf/packets.ts';
-import type { ChildProcess } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
+import path from 'node:path';
+import { REPO } from './lib/agent.ts';
 import type { Flow } from '../shared/src/flows/types.ts';
 
 if (process.getuid?.() !== 0) {
@@ -72,6 +74,15 @@ t.test('pods on two nodes talk through the overlay: ping and TCP over IPv4 and I
   t.same([...new Set(fromA.map((v) => v!.vni))], [a.endpoint.identity], `their VNI is a's security identity (${a.endpoint.identity})`);
   const fromB = between.map((x) => vxlanOf(x.f)).filter((v) => v?.inner?.src === b.ip4);
   t.same([...new Set(fromB.map((v) => v!.vni))], [b.endpoint.identity], `b's replies carry b's identity (${b.endpoint.identity})`);
+  const cli = (...args: string[]) => execFileSync(process.execPath, ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), '--socket', n1.socket, ...args], { encoding: 'utf8', cwd: REPO });
+  const cidr2 = (await n2.client.status()).cluster!.podCidrs.ipv4!;
+  const esc = (s: string) => s.replace(/[.:/]/g, (ch) => `\\${ch}`);
+  const tunnels = cli('bpf', 'tunnel', 'list');
+  t.match(tunnels, new RegExp(`^${esc(cidr2)}\\s+${esc(n2.ip)}\\s+${n2.name}\\s`, 'm'), `membrane bpf tunnel list on n1 maps n2's pods to n2's address, by name:\n${tunnels}`);
+  const json = JSON.parse(cli('bpf', 'tunnel', 'list', '-o', 'json')) as { config: { tunnelIfindex: number }; entries: { prefix: string; endpoint: string; node?: string }[] };
+  t.ok(json.config.tunnelIfindex > 0, 'the tunnel device is configured');
+  t.same(json.entries.filter((e) => e.node === n2.name).map((e) => e.endpoint).filter((ip, i, all) => all.indexOf(ip) === i), [n2.ip], '-o json: every entry of n2 goes to n2\'s address');
+  t.notOk(json.entries.some((e) => e.node === n1.name), 'n1 has no tunnel entry to itself');
 });
 
 t.test('nodes and remote pods: node -> remote pod and pod -> remote node both work', async (t) => {

@@ -123,7 +123,13 @@ export class Agent {
         check: (cid, ifName) => endpoints.check(cid, ifName),
         routers: [
           ...policy.routers(),
-          { path: '/v1/bpf', router: bpfRouter({ datapath, endpoints: () => endpoints.list(), labelsOf: (id) => policy.identities.labelsOf(id) }) },
+          {
+            path: '/v1/bpf',
+            router: bpfRouter({
+              datapath, endpoints: () => endpoints.list(), labelsOf: (id) => policy.identities.labelsOf(id),
+              ...(cluster ? { nodeNameOf: (id: number) => cluster.listNodes().find((n) => n.nodeId === id)?.name } : {}),
+            }),
+          },
           ...(cluster ? [{ path: '/v1/cluster', router: cluster.router() }] : []),
         ],
       });

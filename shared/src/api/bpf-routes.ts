@@ -10,6 +10,7 @@ import type { Labels } from '../identity/labels.ts';
 import * as conntrack from '../maps/conntrack.ts';
 import { datapathOps } from '../policy/datapath-ops.ts';
 import { decodePolicyKey, decodePolicyValue, POLICY_KEY_SIZE, POLICY_VALUE_SIZE } from '../policy/map-codec.ts';
+import { TunnelMaps } from '../routing/maps.ts';
 import type { Endpoint } from '../types.ts';
 
 export interface BpfRouterDeps {
@@ -17,6 +18,32 @@ export interface BpfRouterDeps {
   endpoints: () => Endpoint[];
   /** Labels behind an identity (policy entries name their peer). */
   labelsOf: (identity: number) => Labels | undefined;
+  /** Cluster mode: the name of the node with this node id (tunnel entries name their node). */
+  nodeNameOf?: (nodeId: number) => string | undefined;
+}
+
+/** One tunnel map entry as `membrane bpf tunnel list` shows it: a prefix and the node it is tunnelled to. */
+export interface TunnelEntryView {
+  prefix: string;
+  /** The node's underlay address (the outer destination). */
+  endpoint: string;
+  nodeId: number;
+  node?: string;
+}
+
+export interface TunnelView {
+  /** The tunnel device's ifindex (0: the overlay is off: single node or native routing). */
+  config: { tunnelIfindex: number; underlay: 4 | 6 };
+  entries: TunnelEntryView[];
+}
+
+export function readTunnel(dp: Datapath, nodeNameOf?: (nodeId: number) => string | undefined): TunnelView {
+  const maps = new TunnelMaps(dp);
+  const entries = [...maps.read()].map(([prefix, t]): TunnelEntryView => {
+    const node = nodeNameOf?.(t.nodeId);
+    return { prefix, endpoint: t.ip, nodeId: t.nodeId, ...(node ? { node } : {}) };
+  });
+  return { config: maps.config(), entries: entries.sort((a, b) => a.prefix.localeCompare(b.prefix, 'en', { numeric: true })) };
 }
 
 /** One policy map entry as `membrane bpf policy get` shows it. */
@@ -109,6 +136,8 @@ export function bpfRouter(d: BpfRouterDeps): express.Router {
   r.get('/metrics', (_req, res) => {
     res.json(readMetrics(d.datapath, d.endpoints()));
   });
+
+  r.get('/tunnel', (_req, res) => { res.json(readTunnel(d.datapath, d.nodeNameOf)); });
 
   return r;
 }

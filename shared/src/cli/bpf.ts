@@ -1,7 +1,7 @@
 // `membrane bpf ...`: what the datapath's maps hold, with cilium-dbg's verbs (bpf ct list|flush,
-// bpf policy get, bpf ipcache list, bpf metrics list), read through the agent's /v1/bpf API.
+// bpf policy get, bpf ipcache list, bpf tunnel list, bpf metrics list), read through the agent's /v1/bpf API.
 import { Option, type Command } from 'commander';
-import type { BpfMetricsView, PolicyEntryView } from '../api/bpf-routes.ts';
+import type { BpfMetricsView, PolicyEntryView, TunnelView } from '../api/bpf-routes.ts';
 import { dropText } from '../flows/codes.ts';
 import { formatLabels } from '../identity/labels.ts';
 import type { CtDetail } from '../maps/conntrack.ts';
@@ -86,6 +86,13 @@ export function registerBpfCommands(program: Command, ctx: CliContext): void {
     .action(async (o: { output: string; headers: boolean }) => {
       const r = await ctx.client().request<{ entries: { prefix: string; identity: number }[] }>('GET', '/v1/bpf/ipcache');
       printTable(o.output, r.entries, ['IP PREFIX/ADDRESS', 'IDENTITY'], r.entries.map((e) => [e.prefix, String(e.identity)]), o.headers);
+    });
+
+  bpfCmd.command('tunnel').description("cluster mode's overlay: where other nodes' pods are").command('list')
+    .description('every prefix in the tunnel map and the node address it is tunnelled to').addOption(outputOption()).addOption(headersOption())
+    .action(async (o: { output: string; headers: boolean }) => {
+      const r = await ctx.client().request<TunnelView>('GET', '/v1/bpf/tunnel');
+      printTable(o.output, r, ['TUNNEL', 'VALUE', 'NODE', 'NODE ID'], r.entries.map((e) => [e.prefix, e.endpoint, e.node ?? '-', String(e.nodeId)]), o.headers);
     });
 
   bpfCmd.command('metrics').description("the datapath's counters").command('list')
