@@ -10,10 +10,9 @@ import { FlowCollector } from '../flows/collector.ts';
 import { labelList } from '../flows/enrich.ts';
 import { EndpointTable, podOf } from '../flows/endpoints.ts';
 import type { FlowContext } from '../flows/flow.ts';
-import type { Flow } from '../flows/types.ts';
 import type { Registry } from 'prom-client';
 import { monotonicToWallOffsetNs } from '../flows/ringbuf.ts';
-import { FlowRing } from '../flows/ring.ts';
+import { FlowRing, type LazyBuild } from '../flows/ring.ts';
 import { ObserverServer } from '../flows/server.ts';
 import { KernelEventSource } from '../flows/source.ts';
 import { createAgentMetrics, type AgentMetrics } from '../metrics/registry.ts';
@@ -53,8 +52,9 @@ export interface AgentFlows {
   status(): { observer: { socket: string; address?: string; flowBufferSize: number }; metrics: { address: string | null } };
   /** For flows built elsewhere (the L7 proxy's): the lookups that name endpoints, identities, rules. */
   readonly context: FlowContext;
-  /** Records of another source (the L7 proxy's), built into flows by `build` when read. */
-  pushLazy(records: unknown[], timeMs: (r: unknown) => number, build: (r: unknown) => Flow): void;
+  /** Records of another source (the L7 proxy's): each at one of `offsets` in `source`, built into a
+   *  flow by `build` when read. */
+  pushLazy(source: unknown, offsets: number[], timeMs: (source: unknown, offset: number) => number, build: LazyBuild): void;
   /** The metrics registry (undefined with --metrics-address off). */
   readonly registry?: Registry;
   close(): Promise<void>;
@@ -163,7 +163,7 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
   return {
     status: () => ({ observer: observerStatus, metrics: { address: metricsAddress } }),
     context,
-    pushLazy: (records, timeMs, build) => { ring.tick(); for (const r of records) ring.pushLazy(r, timeMs(r), build); },
+    pushLazy: (source, offsets, timeMs, build) => { ring.tick(); for (const o of offsets) ring.pushLazy(source, o, timeMs(source, o), build); },
     registry: metrics?.registry,
     close: async () => { await closeAll(); metrics = undefined; },
   };

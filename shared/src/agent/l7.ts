@@ -8,7 +8,7 @@ import type { AgentConfig } from './config.ts';
 import type { Netlink } from '../netlink/index.ts';
 import type { PolicyEngine } from '../policy/engine.ts';
 import { ProxyManager, type WorkerCommand } from '../l7/manager.ts';
-import { decodeRecord, R, type RecordTuple } from '../l7/proxy/records.ts';
+import { At, decodeRecord, readBatch } from '../l7/proxy/records.ts';
 import { l7Flow } from '../l7/flows.ts';
 import { registerL7Metrics } from '../l7/metrics.ts';
 import type { AgentFlows } from './flows.ts';
@@ -38,7 +38,8 @@ export function proxyWorkerCommand(): WorkerCommand {
 export class AgentL7 {
   private engine?: PolicyEngine;
   private pending = false;
-  private readonly listeners: ((r: RecordTuple[]) => void)[] = [];
+  private readonly listeners: ((batch: Buffer, offsets: number[]) => void)[] = [];
+  private badBatchLogged = false;
   private lostRecords = 0;
   private socketMark = false;
 
@@ -56,8 +57,7 @@ export class AgentL7 {
     const manager = await ProxyManager.open({
       stateDir: d.cfg.stateDir, workers: d.cfg.l7ProxyWorkers, port: d.cfg.l7ProxyPort, version: VERSION,
       command: proxyWorkerCommand(), log,
-      onRecords: (r) => { for (const l of self!.listeners) l(r); },
-      onLost: (n) => { self!.lostRecords += n; },
+      onRecords: (batch) => self!.onBatch(batch),
     });
     self = new AgentL7(manager, log);
     log.info({ port: manager.port, workers: d.cfg.l7ProxyWorkers }, 'L7 proxy ready (workers start when a policy has L7 rules)');
@@ -88,7 +88,23 @@ export class AgentL7 {
     });
   };
 
-  onRecords(fn: (r: RecordTuple[]) => void): void {
+  private onBatch(batch: Buffer): void {
+    let offsets: number[];
+    try {
+      const b = readBatch(batch);
+      this.lostRecords += b.lost;
+      offsets = b.offsets;
+    } catch (err) {
+      if (!this.badBatchLogged) this.log.warn({ err }, 'unreadable record batch from an L7 proxy worker (of another version?): its records are lost');
+      this.badBatchLogged = true;
+      this.lostRecords++;
+      return;
+    }
+    for (const l of this.listeners) l(batch, offsets);
+  }
+
+  /** Record batches from the workers: each record at one of `offsets` (records.ts decodeRecord). */
+  onRecords(fn: (batch: Buffer, offsets: number[]) => void): void {
     this.listeners.push(fn);
   }
 
@@ -99,11 +115,11 @@ export class AgentL7 {
       const v = flows.context.endpointById(id);
       return v?.podName ? `${v.namespace ? `${v.namespace}/` : ''}${v.podName}` : v ? v.containerId.slice(0, 12) : String(id);
     };
-    const build = (r: unknown) => l7Flow(decodeRecord(r as RecordTuple), flows.context);
-    const time = (r: unknown) => (r as RecordTuple)[R.TIME];
-    this.onRecords((records) => {
-      flows.pushLazy(records, time, build);
-      if (metrics) for (const r of records) metrics.observe(r, name);
+    const build = (b: unknown, off: number) => l7Flow(decodeRecord(b as Buffer, off), flows.context);
+    const time = (b: unknown, off: number) => (b as Buffer).readDoubleLE(off + At.TIME);
+    this.onRecords((batch, offsets) => {
+      flows.pushLazy(batch, offsets, time, build);
+      if (metrics) for (const off of offsets) metrics.observe(batch, off, name);
     });
   }
 

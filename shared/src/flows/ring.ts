@@ -9,7 +9,8 @@ import type { FlowRefs, RuleDescription, SideRef } from './enrich.ts';
 import { assemble } from './flow.ts';
 import type { Flow, Timestamp } from './types.ts';
 
-interface LazyFlow { record: unknown; timeMs: number; build: (record: unknown) => Flow }
+/** Builds the flow of a record of another source: the record is at `offset` in `source`. */
+export type LazyBuild = (source: unknown, offset: number) => Flow;
 
 export interface SelectOptions {
   /** How many (0: no limit). */
@@ -28,7 +29,11 @@ export class FlowRing {
   private readonly ifName: (string | undefined)[];
   private readonly rule: (RuleDescription | undefined)[];
   /** Records of other sources (the L7 proxy's), built into flows only when read, like the events. */
-  private readonly lazy: (LazyFlow | undefined)[];
+  // (No object per record: the source, its offset and time, the builder, each in its own column.)
+  private readonly lazy: unknown[];
+  private readonly lazyOffset: Int32Array;
+  private readonly lazyTime: Float64Array;
+  private readonly lazyBuild: (LazyBuild | undefined)[];
   // The wall-clock offset in force when each event arrived (it moves only when the clock is stepped).
   private readonly offSec: Float64Array;
   private readonly offNs: Float64Array;
@@ -51,6 +56,9 @@ export class FlowRing {
     this.ifName = new Array(capacity);
     this.rule = new Array(capacity);
     this.lazy = new Array(capacity);
+    this.lazyOffset = new Int32Array(capacity);
+    this.lazyTime = new Float64Array(capacity);
+    this.lazyBuild = new Array(capacity);
     this.offSec = new Float64Array(capacity);
     this.offNs = new Float64Array(capacity);
     this.nowSec = Math.floor(nowMs() / 1000);
@@ -84,13 +92,16 @@ export class FlowRing {
     this.advance(i);
   }
 
-  /** Stores a record of another source: `build` makes its flow when someone reads it. */
-  pushLazy(record: unknown, timeMs: number, build: (record: unknown) => Flow): void {
+  /** Stores a record of another source (at `offset` in `source`): `build` makes its flow when someone reads it. */
+  pushLazy(source: unknown, offset: number, timeMs: number, build: LazyBuild): void {
     const i = this.next;
     this.src[i] = this.dst[i] = undefined;
     this.ifName[i] = undefined;
     this.rule[i] = undefined;
-    this.lazy[i] = { record, timeMs, build };
+    this.lazy[i] = source;
+    this.lazyOffset[i] = offset;
+    this.lazyTime[i] = timeMs;
+    this.lazyBuild[i] = build;
     this.advance(i);
   }
 
@@ -122,8 +133,8 @@ export class FlowRing {
   /** The flow in slot i, whose sequence number (0 = the first flow seen) is seq. */
   private flowAt(i: number, seq: number): Flow {
     const lazy = this.lazy[i];
-    if (lazy) {
-      const f = lazy.build(lazy.record);
+    if (lazy !== undefined) {
+      const f = this.lazyBuild[i]!(lazy, this.lazyOffset[i]);
       f.uuid = this.uuidPrefix + seq.toString(16).padStart(12, '0');
       return f;
     }
@@ -148,8 +159,7 @@ export class FlowRing {
 
   /** Wall-clock ms of slot i without building the flow (time windows are checked first). */
   private timeMs(i: number): number {
-    const lazy = this.lazy[i];
-    if (lazy) return lazy.timeMs;
+    if (this.lazy[i] !== undefined) return this.lazyTime[i];
     const ts = readHostU64Number(this.bytes, i * TRACE_EVENT_SIZE);
     return ts ? (this.offSec[i] * 1000 + (this.offNs[i] + ts) / 1e6) : Date.now();
   }

@@ -17,7 +17,6 @@ import path from 'node:path';
 import type { Logger } from '../log.ts';
 import { listenUnix } from '../io/unix-socket.ts';
 import { encodeFrame, FrameReader, type AgentMessage, type WorkerMessage } from './proxy/frames.ts';
-import type { RecordTuple } from './proxy/records.ts';
 import type { ProxySnapshot } from './proxy/snapshot.ts';
 import { pickProxyPort, portFree } from './proxy/sockets.ts';
 
@@ -31,10 +30,8 @@ export interface ProxyManagerOptions {
   version: string;
   command: WorkerCommand;
   log: Logger;
-  /** Records as the workers send them (decoded only when read: records.ts decodeRecord). */
-  onRecords: (records: RecordTuple[]) => void;
-  /** Records the workers could not deliver (agent away, buffer full). */
-  onLost?: (n: number) => void;
+  /** Record batches as the workers send them (records.ts readBatch, decodeRecord). */
+  onRecords: (batch: Buffer) => void;
 }
 
 interface WorkerState {
@@ -121,13 +118,10 @@ export class ProxyManager {
         this.o.log.info({ worker: m.index, pid: m.pid, version: m.version }, 'L7 proxy worker connected');
         if (this.snapshot) this.send(s, { t: 'policy', snapshot: this.snapshot });
         if (m.version !== this.o.version) this.o.log.warn({ worker: m.index, version: m.version }, 'L7 proxy worker of another version adopted; it is replaced when it restarts');
-      } else if (m.t === 'records') {
-        if (m.lost) this.o.onLost?.(m.lost);
-        this.o.onRecords(m.r);
       } else if (m.t === 'stats' && w) {
         w.stats = m;
       }
-    });
+    }, (batch) => { if (w) this.o.onRecords(batch); });
     s.on('data', (d: Buffer) => {
       try { reader.push(d); } catch (err) { this.o.log.warn({ err }, 'bad frame from an L7 proxy worker'); s.destroy(); }
     });

@@ -3,14 +3,14 @@
 // come from clients: anything but the standard ones counts as "other", so a client cannot make the
 // agent grow a series per made-up method.
 import { Counter, Histogram, type Registry } from 'prom-client';
-import { R, verdictName, type RecordTuple } from './proxy/records.ts';
+import { At, methodOfCode, verdictName } from './proxy/records.ts';
 
-const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH']);
 export const L7_LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 
 export interface L7Metrics {
-  /** `endpointName` names the endpoint whose policy proxied the request (for the latency series). */
-  observe(r: RecordTuple, endpointName: (id: number) => string): void;
+  /** The record at batch[off] (records.ts); `endpointName` names the endpoint whose policy proxied
+   *  the request (for the latency series). */
+  observe(batch: Buffer, off: number, endpointName: (id: number) => string): void;
 }
 
 export function registerL7Metrics(registry: Registry): L7Metrics {
@@ -23,27 +23,28 @@ export function registerL7Metrics(registry: Registry): L7Metrics {
     name: 'membrane_l7_request_duration_seconds', help: 'HTTP request to response (heads), per endpoint whose policy proxied it',
     labelNames: ['endpoint'] as const, buckets: L7_LATENCY_BUCKETS, registers,
   });
-  // Label children cached by their values: a request costs two increments, no label hashing.
-  const counters = new Map<string, Counter.Internal>();
+  // Label children cached (counters keyed by a number made of method code, status and verdict): a
+  // request costs two increments, no label hashing.
+  const counters = new Map<number, Counter.Internal>();
   const latencies = new Map<number, Histogram.Internal<'endpoint'>>();
   return {
-    observe(r, endpointName) {
-      if (r[R.KIND] !== 1) return; // responses: they carry the status and the latency
-      const method = METHODS.has(r[R.METHOD]) ? r[R.METHOD] : 'other';
-      const key = `${method}|${r[R.STATUS]}|${r[R.VERDICT]}`;
+    observe(b, off, endpointName) {
+      if (b[off + At.KIND] !== 1) return; // responses: they carry the status and the latency
+      const mcode = b[off + At.METHOD];
+      const status = b.readUInt16LE(off + At.STATUS);
+      const verdict = b[off + At.VERDICT];
+      const key = (mcode * 1000 + status) * 4 + verdict;
       let c = counters.get(key);
-      if (!c) counters.set(key, (c = requests.labels({ method, status: String(r[R.STATUS] || 0), verdict: verdictName(r[R.VERDICT]) })));
+      if (!c) counters.set(key, (c = requests.labels({ method: methodOfCode(mcode) || 'other', status: String(status), verdict: verdictName(verdict) })));
       c.inc();
-      const sides = r[R.SIDES];
-      let side = sides[0];
-      for (const s of sides) if (s[0] === 0) { side = s; break; } // the ingress side first
-      if (!side) return;
-      let h = latencies.get(side[1]);
+      const ep = b.readUInt32LE(off + At.METRIC_ENDPOINT);
+      if (!ep) return;
+      let h = latencies.get(ep);
       if (!h) {
         if (latencies.size > 10_000) latencies.clear();
-        latencies.set(side[1], (h = latency.labels({ endpoint: endpointName(side[1]) })));
+        latencies.set(ep, (h = latency.labels({ endpoint: endpointName(ep) })));
       }
-      h.observe(r[R.LATENCY] / 1e9);
+      h.observe(b.readDoubleLE(off + At.LATENCY) / 1e9);
     },
   };
 }

@@ -1,14 +1,13 @@
-// The control channel between the agent and its proxy workers: length-prefixed JSON messages over a
-// unix socket (4-byte big-endian length, then UTF-8 JSON). Pure framing plus the message types.
+// The control channel between the agent and its proxy workers: length-prefixed messages over a unix
+// socket (4-byte big-endian length, then the body). A body is UTF-8 JSON (it starts with "{") or a
+// binary batch of request/response records (it starts with records.ts BATCH_FORMAT). Pure framing
+// plus the message types.
 import type { ProxySnapshot } from './snapshot.ts';
-import type { RecordTuple } from './records.ts';
 
 export const MAX_FRAME = 256 * 1024 * 1024;
 
 export type WorkerMessage =
   | { t: 'hello'; pid: number; index: number; port: number; version: string; kind: 'http' }
-  /** Request and response records since the last batch; `lost` counts records dropped while the agent was away. */
-  | { t: 'records'; r: RecordTuple[]; lost?: number }
   | { t: 'stats'; connections: number; requests: number; denied: number; rssBytes: number };
 
 export type AgentMessage =
@@ -24,21 +23,53 @@ export function encodeFrame(msg: WorkerMessage | AgentMessage): Buffer {
   return out;
 }
 
-/** Feeds socket data, calls back once per complete message; throws on an oversized or unreadable frame. */
+/** The length prefix of a binary body (records.ts RecordWriter.take): write it, then the body. */
+export function frameHeader(bodyLength: number): Buffer {
+  const h = Buffer.allocUnsafe(4);
+  h.writeUInt32BE(bodyLength, 0);
+  return h;
+}
+
+const JSON_START = 0x7b; // "{"
+
+/**
+ * Feeds socket data, calls back once per complete message (JSON bodies parsed, binary ones as they
+ * are); throws on an oversized or unreadable frame. A frame that arrives in many chunks is joined
+ * once, when it is complete.
+ */
 export class FrameReader<T> {
   private buf: Buffer = Buffer.alloc(0);
+  /** Chunks of an incomplete frame beyond buf, and their total length with buf. */
+  private parts: Buffer[] = [];
+  private have = 0;
+  private want = 0;
 
-  constructor(private readonly onMessage: (m: T) => void) {}
+  constructor(private readonly onMessage: (m: T) => void, private readonly onBinary?: (body: Buffer) => void) {}
 
   push(chunk: Buffer): void {
-    this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+    if (this.want) {
+      this.parts.push(chunk);
+      this.have += chunk.length;
+      if (this.have < this.want) return;
+      this.buf = Buffer.concat([this.buf, ...this.parts], this.have);
+      this.parts = [];
+      this.want = 0;
+    } else {
+      this.buf = this.buf.length ? Buffer.concat([this.buf, chunk]) : chunk;
+    }
     while (this.buf.length >= 4) {
       const len = this.buf.readUInt32BE(0);
       if (len > MAX_FRAME) throw new Error(`control frame of ${len} bytes exceeds ${MAX_FRAME}`);
-      if (this.buf.length < 4 + len) return;
+      if (this.buf.length < 4 + len) {
+        this.want = 4 + len;
+        this.have = this.buf.length;
+        return;
+      }
       const body = this.buf.subarray(4, 4 + len);
       this.buf = this.buf.subarray(4 + len);
-      this.onMessage(JSON.parse(body.toString('utf8')) as T);
+      if (body[0] === JSON_START) this.onMessage(JSON.parse(body.toString('utf8')) as T);
+      else if (this.onBinary) this.onBinary(body);
+      else throw new Error(`unexpected binary control frame (first byte ${body[0]})`);
     }
   }
 }

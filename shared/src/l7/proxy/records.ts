@@ -1,28 +1,41 @@
 // One record per HTTP request and one per response, from the proxy workers to the agent (which turns
-// them into L7 flows and metrics). Sent as arrays (compact JSON, batched); decoded into L7Record.
-// Header values are not sent: they may carry credentials. Pure.
+// them into L7 flows and metrics). A busy proxy makes tens of thousands a second, so they travel as
+// packed binary batches: the worker appends each record to a buffer without building anything, the
+// agent reads the few fields its metrics need in place and keeps the bytes in its flow ring, and a
+// flow is decoded only when someone reads it. Header values are never sent: they may carry
+// credentials. Pure.
+//
+// Batch: [u8 BATCH_FORMAT][u32 lost][records...]. Record (little-endian):
+//   0 u16 length of the record   2 u8 kind (0 request, 1 response)   3 u8 verdict (0 forwarded, 1 denied, 2 error)
+//   4 u8 method code (0: name follows)   5 u8 protocol (0 HTTP/1.0, 1 HTTP/1.1)   6 u8 reason code   7 u8 family (4, 6)
+//   8 f64 wall-clock ms   16 f64 latency ns   24 u16 status   26 u16 source port   28 u16 destination port   30 u16 pad
+//   32 u32 source identity   36 u32 destination identity   40 u32 source endpoint   44 u32 destination endpoint
+//   48 u32 endpoint for the latency metric (ingress side first; 0 none)
+//   52 source address (4 or 16 bytes), destination address (same family)
+//   then: [method if code 0: u8 len + bytes] path: u16 len + bytes, host: u16 len + bytes,
+//         u8 side count, per side: u8 direction (0 ingress, 1 egress), u8 allowed, u32 endpoint, u32 rule id,
+//         HTTP rule path: u16 len + bytes.
+// Strings are latin1, as the proxy read them from the wire; path and host are cut at MAX_TEXT bytes.
+import { formatIp, ipBytes } from '../../net/index.ts';
 import type { Exchange } from '../http/exchange.ts';
 import type { ConnectionPolicy, ProxyDecision } from './view.ts';
 
 export type RecordKind = 'request' | 'response';
 export type RecordVerdict = 'forwarded' | 'denied' | 'error';
 
-/** [direction (0 ingress, 1 egress), endpoint id, allowed (0/1), rule id, HTTP rule path ("" none)] */
-export type SideTuple = [0 | 1, number, 0 | 1, number, string];
-
-export type RecordTuple = [
-  kind: 0 | 1, timeMs: number,
-  srcIp: string, srcPort: number, dstIp: string, dstPort: number,
-  srcIdentity: number, dstIdentity: number, srcEndpoint: number, dstEndpoint: number,
-  method: string, path: string, host: string, protocol: string,
-  status: number, latencyNs: number, verdict: 0 | 1 | 2, reason: string,
-  sides: SideTuple[],
-];
-
-/** Field positions of a RecordTuple, for readers that need one or two fields (metrics). */
-export const R = { KIND: 0, TIME: 1, METHOD: 10, STATUS: 14, LATENCY: 15, VERDICT: 16, SIDES: 18 } as const;
+export const BATCH_FORMAT = 1;
+const BATCH_HEADER = 5;
+const FIXED = 52;
+const MAX_TEXT = 8192;
+const METHODS = ['', 'GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH'];
+const METHOD_CODE = new Map(METHODS.map((m, i) => [m, i]));
 const VERDICTS: RecordVerdict[] = ['forwarded', 'denied', 'error'];
+const REASONS = ['', 'denied', 'bad-request', 'upstream-unreachable'] as const;
+const REASON_CODE = new Map<string, number>(REASONS.map((r, i) => [r, i]));
+
 export const verdictName = (v: number): RecordVerdict => VERDICTS[v] ?? 'error';
+/** The standard method of a method code, '' for any other method. */
+export const methodOfCode = (code: number): string => METHODS[code] ?? '';
 
 export interface L7Record {
   kind: RecordKind;
@@ -49,33 +62,166 @@ export interface RecordContext {
   srcPort: number;
   dstPort: number;
   policy: ConnectionPolicy;
+  /** The record bytes that are the same for every exchange of the connection (filled by RecordWriter). */
+  fixed?: { policy: ConnectionPolicy; bytes: Buffer };
 }
 
-export function encodeRecord(kind: RecordKind, x: Exchange, ctx: RecordContext, timeOrigin: number): RecordTuple {
-  const d = x.verdict.info as ProxyDecision | undefined;
-  const verdict = x.localReason === 'denied' ? 1 : x.localReason ? 2 : 0;
-  const sides: SideTuple[] = [];
-  if (d) for (const s of d.sides) sides.push([s.direction === 'egress' ? 1 : 0, s.endpoint, s.allowed ? 1 : 0, s.ruleId, s.http?.path ?? '']);
+/** Offsets of the fields the agent reads in place. */
+export const At = { KIND: 2, VERDICT: 3, METHOD: 4, TIME: 8, LATENCY: 16, STATUS: 24, METRIC_ENDPOINT: 48 } as const;
+
+function connectionBytes(ctx: RecordContext): Buffer {
   const p = ctx.policy;
-  return [
-    kind === 'request' ? 0 : 1, timeOrigin + performance.now(),
-    p.src.ip, ctx.srcPort, p.dst.ip, ctx.dstPort, p.src.identity, p.dst.identity, p.src.endpoint ?? 0, p.dst.endpoint ?? 0,
-    x.method, x.path, x.host, x.protocol, kind === 'response' ? x.status : 0, kind === 'response' ? x.latencyNs : 0,
-    verdict, x.localReason ?? '', sides,
-  ];
+  const src = ipBytes(p.src.ip);
+  const dst = ipBytes(p.dst.ip);
+  const b = Buffer.alloc(FIXED + src.length + dst.length);
+  b[7] = src.length === 4 ? 4 : 6;
+  b.writeUInt16LE(ctx.srcPort, 26);
+  b.writeUInt16LE(ctx.dstPort, 28);
+  b.writeUInt32LE(p.src.identity >>> 0, 32);
+  b.writeUInt32LE(p.dst.identity >>> 0, 36);
+  b.writeUInt32LE(p.src.endpoint ?? 0, 40);
+  b.writeUInt32LE(p.dst.endpoint ?? 0, 44);
+  src.copy(b, FIXED);
+  dst.copy(b, FIXED + src.length);
+  return b;
 }
 
-export function decodeRecord(r: RecordTuple): L7Record {
-  const [kind, timeMs, srcIp, srcPort, dstIp, dstPort, srcId, dstId, srcEp, dstEp, method, path, host, protocol, status, latencyNs, verdict, reason, sides] = r;
+/** Appends records to a batch (worker side); take() hands over the batch and starts a new one. */
+export class RecordWriter {
+  private buf: Buffer;
+  private at = BATCH_HEADER;
+  private n = 0;
+
+  constructor(private readonly size = 256 * 1024) {
+    this.buf = Buffer.allocUnsafe(size);
+  }
+
+  get count(): number { return this.n; }
+  get bytes(): number { return this.at; }
+
+  add(kind: RecordKind, x: Exchange, ctx: RecordContext, timeMs: number): void {
+    if (ctx.fixed?.policy !== ctx.policy) ctx.fixed = { policy: ctx.policy, bytes: connectionBytes(ctx) };
+    const fixed = ctx.fixed.bytes;
+    const d = x.verdict.info as ProxyDecision | undefined;
+    const sides = d?.sides ?? [];
+    const mcode = METHOD_CODE.get(x.method) ?? 0;
+    // Worst case: fixed part, three strings at their caps, the sides with their rule paths.
+    let need = fixed.length + 1 + (mcode ? 0 : 256) + 4 + 2 * MAX_TEXT + 1;
+    for (const s of sides) need += 12 + (s.http?.path.length ?? 0);
+    if (this.at + need > this.buf.length) this.grow(need);
+    const b = this.buf;
+    const start = this.at;
+    fixed.copy(b, start);
+    b[start + 2] = kind === 'request' ? 0 : 1;
+    b[start + 3] = x.localReason === 'denied' ? 1 : x.localReason ? 2 : 0;
+    b[start + 4] = mcode;
+    b[start + 5] = x.protocol === 'HTTP/1.0' ? 0 : 1;
+    b[start + 6] = REASON_CODE.get(x.localReason ?? '') ?? 0;
+    b.writeDoubleLE(timeMs, start + 8);
+    b.writeDoubleLE(kind === 'response' ? x.latencyNs : 0, start + 16);
+    b.writeUInt16LE(kind === 'response' ? x.status : 0, start + 24);
+    let metricEndpoint = 0;
+    for (const s of sides) if (s.direction === 'ingress') { metricEndpoint = s.endpoint; break; }
+    if (!metricEndpoint && sides.length) metricEndpoint = sides[0].endpoint;
+    b.writeUInt32LE(metricEndpoint, start + 48);
+    let i = start + fixed.length;
+    if (!mcode) i = text8(b, i, x.method);
+    i = text16(b, i, x.path);
+    i = text16(b, i, x.host);
+    b[i++] = sides.length;
+    for (const s of sides) {
+      b[i] = s.direction === 'egress' ? 1 : 0;
+      b[i + 1] = s.allowed ? 1 : 0;
+      b.writeUInt32LE(s.endpoint, i + 2);
+      b.writeUInt32LE(s.ruleId >>> 0, i + 6);
+      i = text16(b, i + 10, s.http?.path ?? '');
+    }
+    b.writeUInt16LE(i - start, start);
+    this.at = i;
+    this.n++;
+  }
+
+  /** The batch so far (header filled in, `lost` records counted), or undefined when empty. */
+  take(lost: number): Buffer | undefined {
+    if (!this.n) return undefined;
+    const out = this.buf.subarray(0, this.at);
+    out[0] = BATCH_FORMAT;
+    out.writeUInt32LE(lost, 1);
+    // The batch leaves with its buffer (the socket may still hold it): the next one gets a new one.
+    this.buf = Buffer.allocUnsafe(this.size);
+    this.at = BATCH_HEADER;
+    this.n = 0;
+    return out;
+  }
+
+  private grow(need: number): void {
+    const next = Buffer.allocUnsafe(Math.max(this.buf.length * 2, this.at + need));
+    this.buf.copy(next, 0, 0, this.at);
+    this.buf = next;
+  }
+}
+
+function text8(b: Buffer, i: number, s: string): number {
+  const n = b.write(s.length > 255 ? s.slice(0, 255) : s, i + 1, 'latin1');
+  b[i] = n;
+  return i + 1 + n;
+}
+
+function text16(b: Buffer, i: number, s: string): number {
+  const n = s.length ? b.write(s.length > MAX_TEXT ? s.slice(0, MAX_TEXT) : s, i + 2, 'latin1') : 0;
+  b.writeUInt16LE(n, i);
+  return i + 2 + n;
+}
+
+/** A batch's lost-record count and the offset of each record (agent side). Throws on a malformed batch. */
+export function readBatch(batch: Buffer): { lost: number; offsets: number[] } {
+  if (batch.length < BATCH_HEADER || batch[0] !== BATCH_FORMAT) throw new Error(`not an L7 record batch (format ${batch[0]})`);
+  const offsets: number[] = [];
+  let i = BATCH_HEADER;
+  while (i < batch.length) {
+    const len = batch.length - i >= 2 ? batch.readUInt16LE(i) : 0;
+    if (len < FIXED + 8 || i + len > batch.length) throw new Error(`L7 record batch cut at byte ${i}`);
+    offsets.push(i);
+    i += len;
+  }
+  return { lost: batch.readUInt32LE(1), offsets };
+}
+
+/** The record at batch[off] as an object (a flow is being built from it). */
+export function decodeRecord(b: Buffer, off: number): L7Record {
+  const alen = b[off + 7] === 6 ? 16 : 4;
+  let i = off + FIXED + 2 * alen;
+  const str8 = () => { const n = b[i]; const s = b.toString('latin1', i + 1, i + 1 + n); i += 1 + n; return s; };
+  const str16 = () => { const n = b.readUInt16LE(i); const s = b.toString('latin1', i + 2, i + 2 + n); i += 2 + n; return s; };
+  const mcode = b[off + 4];
+  const method = mcode ? methodOfCode(mcode) : str8();
+  const path = str16();
+  const host = str16();
+  const count = b[i++];
+  const sides: L7Record['sides'] = [];
+  for (let k = 0; k < count; k++) {
+    const direction = b[i] ? 'egress' : 'ingress';
+    const allowed = b[i + 1] === 1;
+    const endpoint = b.readUInt32LE(i + 2);
+    const ruleId = b.readUInt32LE(i + 6);
+    i += 10;
+    const httpRule = str16();
+    sides.push({ direction, endpoint, allowed, ruleId, ...(httpRule ? { httpRule } : {}) });
+  }
+  const srcEp = b.readUInt32LE(off + 40);
+  const dstEp = b.readUInt32LE(off + 44);
+  const reason = REASONS[b[off + 6]] ?? '';
   return {
-    kind: kind === 0 ? 'request' : 'response', timeMs,
-    src: { ip: srcIp, port: srcPort, identity: srcId, ...(srcEp ? { endpoint: srcEp } : {}) },
-    dst: { ip: dstIp, port: dstPort, identity: dstId, ...(dstEp ? { endpoint: dstEp } : {}) },
-    method, path, host, protocol, status, latencyNs,
-    verdict: verdict === 0 ? 'forwarded' : verdict === 1 ? 'denied' : 'error',
+    kind: b[off + 2] === 0 ? 'request' : 'response',
+    timeMs: b.readDoubleLE(off + 8),
+    src: { ip: formatIp(b.subarray(off + FIXED, off + FIXED + alen)), port: b.readUInt16LE(off + 26), identity: b.readUInt32LE(off + 32), ...(srcEp ? { endpoint: srcEp } : {}) },
+    dst: { ip: formatIp(b.subarray(off + FIXED + alen, off + FIXED + 2 * alen)), port: b.readUInt16LE(off + 28), identity: b.readUInt32LE(off + 36), ...(dstEp ? { endpoint: dstEp } : {}) },
+    method, path, host,
+    protocol: b[off + 5] === 0 ? 'HTTP/1.0' : 'HTTP/1.1',
+    status: b.readUInt16LE(off + 24),
+    latencyNs: b.readDoubleLE(off + 16),
+    verdict: verdictName(b[off + 3]),
     ...(reason ? { reason } : {}),
-    sides: sides.map(([dir, endpoint, allowed, ruleId, httpRule]) => ({
-      direction: dir ? 'egress' : 'ingress', endpoint, allowed: allowed === 1, ruleId, ...(httpRule ? { httpRule } : {}),
-    })),
+    sides,
   };
 }

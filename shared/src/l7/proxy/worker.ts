@@ -10,8 +10,8 @@ import fs from 'node:fs';
 import net from 'node:net';
 import { HttpProxyConnection } from '../http/connection.ts';
 import type { Exchange } from '../http/exchange.ts';
-import { encodeFrame, FrameReader, type AgentMessage, type WorkerMessage } from './frames.ts';
-import { encodeRecord, type RecordContext, type RecordTuple } from './records.ts';
+import { encodeFrame, FrameReader, frameHeader, type AgentMessage, type WorkerMessage } from './frames.ts';
+import { RecordWriter, type RecordContext } from './records.ts';
 import { SocketError, transparentListener } from './sockets.ts';
 import { ProxyView, type ConnectionPolicy } from './view.ts';
 
@@ -26,8 +26,9 @@ export interface WorkerOptions {
 }
 
 const FLUSH_MS = 20;
-const FLUSH_RECORDS = 512;
+const FLUSH_BYTES = 64 * 1024;
 const MAX_BUFFERED_RECORDS = 50_000;
+const MAX_UNSENT_BYTES = 16 * 1024 * 1024;
 const RECONNECT_MS = 500;
 const IDLE_TIMEOUT_MS = 60 * 60 * 1000;
 const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
@@ -36,7 +37,7 @@ export class ProxyWorker {
   private view?: ProxyView;
   private readonly servers: net.Server[] = [];
   private control?: net.Socket;
-  private records: RecordTuple[] = [];
+  private readonly records = new RecordWriter();
   private lost = 0;
   private flushTimer?: NodeJS.Timeout;
   private readonly clients = new Set<net.Socket>();
@@ -151,20 +152,25 @@ export class ProxyWorker {
       if (x.localReason === 'denied') this.stats.denied++;
     }
     if (!this.control) { this.lost++; return; }
-    if (this.records.length >= MAX_BUFFERED_RECORDS) { this.lost++; return; }
-    this.records.push(encodeRecord(kind, x, ctx, this.timeOrigin));
-    if (this.records.length >= FLUSH_RECORDS) this.flush();
+    if (this.records.count >= MAX_BUFFERED_RECORDS) { this.lost++; return; }
+    this.records.add(kind, x, ctx, this.timeOrigin + performance.now());
+    if (this.records.bytes >= FLUSH_BYTES) this.flush();
     else if (!this.flushTimer) this.flushTimer = setTimeout(() => this.flush(), FLUSH_MS);
   }
 
   private flush(): void {
     if (this.flushTimer) { clearTimeout(this.flushTimer); this.flushTimer = undefined; }
-    if (!this.records.length || !this.control) return;
-    const r = this.records;
-    this.records = [];
-    const lost = this.lost;
+    if (!this.control) return;
+    const n = this.records.count;
+    const batch = this.records.take(this.lost);
+    if (!batch) return;
+    // An agent that does not keep up: drop the batch rather than buffer without bound.
+    if (this.control.writableLength > MAX_UNSENT_BYTES) { this.lost += n; return; }
     this.lost = 0;
-    this.send({ t: 'records', r, ...(lost ? { lost } : {}) });
+    this.control.cork();
+    this.control.write(frameHeader(batch.length));
+    this.control.write(batch);
+    this.control.uncork();
   }
 
   private sendStats(): void {
