@@ -50,7 +50,7 @@ async function pod(name: string, labels: Record<string, string>, serve: number[]
 }
 
 function cli(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
-  const env: NodeJS.ProcessEnv = { ...process.env, MEMBRANE_OBSERVER_SOCKET: agent.observerSocket };
+  const env: NodeJS.ProcessEnv = { ...process.env, MEMBRANE_SOCKET: agent.socket, MEMBRANE_OBSERVER_SOCKET: agent.observerSocket };
   delete env.NODE_EXTRA_CA_CERTS;
   const child = spawn(process.execPath, ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), ...args], { cwd: REPO, env });
   let out = '', err = '';
@@ -168,6 +168,41 @@ spec:
         - {method: "POST|PUT", path: "/upload"}
         - {method: GET, path: /ws}
 ${extra}`;
+
+t.test("the CLI: Cilium's HTTP examples validate; trace answers for an HTTP request; endpoint get shows the L7 rules", async (t) => {
+  t.teardown(reset);
+  for (const f of ['http.yaml', 'l7-simple.yaml', 'getting-started-l7-policy.yaml', 'l7-multi.yaml']) {
+    const v = await cli(['policy', 'validate', path.join(FIXTURES, f)]);
+    t.same([v.code, v.err], [0, ''], `membrane policy validate ${f}`);
+    t.match(v.out, /^valid: CiliumNetworkPolicy /);
+  }
+  await importL7(fixture('getting-started-l7-policy.yaml'));
+  const trace = (method: string, p: string) => cli(['policy', 'trace', '--src', 'id=goodclient', '--dst', 'id=web-server', '--dport', '8181/tcp', '--http-method', method, '--http-path', p]);
+  const ok = await trace('GET', '/public');
+  t.equal(ok.code, 0, 'GET /public: allowed (exit 0)');
+  t.match(ok.out, /^ALLOWED: 8181\/tcp/i);
+  const no = await trace('GET', '/private');
+  t.equal(no.code, 2, 'GET /private: denied (exit 2)');
+  t.match(no.out, /^DENIED[\s\S]*ingress\s+deny[\s\S]*http GET \/public\s+\(l7-rule spec\.ingress\[0\]\.toPorts\[0\]\.rules\.http\[0\]\)/, `the HTTP rules it was held against:\n${no.out}`);
+  t.equal((await trace('POST', '/public')).code, 2, 'POST /public: denied');
+  const ep = await cli(['endpoint', 'get', String(eps.web.id)]);
+  t.equal(ep.code, 0);
+  t.match(ep.out, /L7 ingress:\s+8181\/tcp from 1 peer identity through the HTTP proxy: GET \/public\n/, `endpoint get:\n${ep.out}`);
+});
+
+t.test('Expect: 100-continue through the diverted path', async (t) => {
+  t.teardown(reset);
+  await importL7(API());
+  const raw = new RawHttp(nsOf.good, ip4(eps.web), 80);
+  t.teardown(() => raw.close());
+  const head = (p: string) => `PUT ${p} HTTP/1.1\r\nHost: svc\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n`;
+  t.match((await raw.exchange(head('/upload'), '\r\n\r\n')).got, /^HTTP\/1\.1 100 Continue\r\n/, "the server's 100 Continue comes back before the body is sent");
+  t.match((await raw.exchange('hello', '"bytes":5')).got, /^HTTP\/1\.1 200 OK/, 'then the body goes through and the answer comes');
+  const denied = new RawHttp(nsOf.good, ip4(eps.web), 80);
+  t.teardown(() => denied.close());
+  const r = await denied.exchange(head('/secret'), 'Access denied');
+  t.match(r.got, /^HTTP\/1\.1 403 Forbidden/, 'a denied request is answered at once: the client need not send its body');
+});
 
 t.test('keep-alive: allowed and denied requests share one connection', async (t) => {
   t.teardown(reset);
