@@ -8,6 +8,7 @@ import { AgentClient, AgentUnreachableError } from '../src/api/client.ts';
 import { createLogger } from '../src/log.ts';
 import { IpamError } from '../src/ipam/index.ts';
 import { EndpointError } from '../src/endpoint/errors.ts';
+import { MembraneError } from '../src/errors.ts';
 import type { Core } from '../src/core.ts';
 import type { Endpoint, EndpointRequest } from '../src/types.ts';
 
@@ -20,6 +21,7 @@ function fakeCore(calls: EndpointRequest[]): Core {
       create: async (req) => {
         calls.push(req);
         if (req.network === 'full') throw new IpamError('pool_exhausted', 'IP pool "full" is exhausted');
+        if (req.network === 'disk-full') throw new MembraneError('storage_full', "the agent's state disk is full: cannot write journal.log (ENOSPC); nothing was changed");
         return { containerId: req.containerId, ifName: req.ifName } as Endpoint;
       },
       delete: async () => false,
@@ -90,4 +92,19 @@ t.test('an unreachable agent is reported as such', async (t) => {
   const c = new AgentClient({ socketPath: '/nonexistent/agent.sock' });
   await t.rejects(c.healthz(), AgentUnreachableError);
   await t.rejects(c.healthz(), { message: /is membrane-agent running/ });
+});
+
+t.test('a full state disk is 507 storage_full; an oversized body 413 before it is parsed', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-api-'));
+  const socket = path.join(dir, 'api.sock');
+  const calls: EndpointRequest[] = [];
+  const app = createApp({ core: fakeCore(calls), log: createLogger({ level: 'silent' }), version: 'test', check: () => [], status: () => ({}) as never });
+  const server = await serveApi(app, socket);
+  t.teardown(() => { server.close(); fs.rmSync(dir, { recursive: true, force: true }); });
+  const c = new AgentClient({ socketPath: socket });
+  await t.rejects(c.createEndpoint({ containerId: 'a', ifName: 'eth0', network: 'disk-full' }),
+    { status: 507, code: 'storage_full', message: /state disk is full.*ENOSPC/ });
+  const big = { containerId: 'b', ifName: 'eth0', labels: { pad: 'x'.repeat(1000) }, metadata: Object.fromEntries(Array.from({ length: 1200 }, (_, i) => [`k${i}`, 'v'.repeat(1000)])) };
+  await t.rejects(c.request('POST', '/v1/endpoints', big), { status: 413, code: 'payload_too_large', field: 'body', message: /larger than the API accepts \(1 MiB\)/ });
+  t.equal(calls.filter((r) => r.containerId === 'b').length, 0, 'the core never saw it');
 });

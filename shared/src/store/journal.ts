@@ -1,9 +1,28 @@
 // The agent's durable state as a snapshot plus an append-only journal. A change is durable once its
-// journal line is fdatasync'ed; all changes made in the same tick share one write and one sync
+// journal record is fdatasync'ed; all changes made in the same tick share one write and one sync
 // (group commit), so 50 concurrent endpoint creations cost a handful of syncs, and an append costs
 // ~0.2 ms here where a write-temp/fsync/rename/fsync-dir file update costs ~1-10 ms.
+//
+// What a full disk, a crash or a bad sector can do, and what the store does about it:
+// - Every record is framed and checksummed: `<crc32 of the JSON, 8 hex> <JSON>\n` (JSON never holds a
+//   raw newline). A record without its newline, with a wrong checksum or unreadable JSON ends the
+//   journal: at open everything from there on is cut off (kept aside as journal.log.tail-<time> when
+//   there is room) and the agent starts from the records before it. A crash tears only the batch that
+//   was being written, which nobody was told had succeeded.
+// - Writes loop until every byte is written (a short write is not success), at the offset after the
+//   last good record; when a write or its sync fails, the file is cut back to that offset, so the next
+//   batch never follows half a record. If even that fails the store refuses every later write.
+// - Readers see a change only once it is on disk: a failed batch changes nothing in memory, and its
+//   callers get `storage_full` (ENOSPC, EDQUOT: HTTP 507) or `unavailable` (another I/O error).
+// - Space for deletions is reserved: the file is kept ahead of its records by zeros (written, so the
+//   blocks are allocated), records are only ever written into that space, and new data (a put) may not
+//   eat into the last RESERVE bytes of it, nor be written while the disk has less than RESERVE free.
+//   On a full disk, puts fail while deletes (a DEL, the rollback of a failed create, the release of
+//   an address) still succeed: nothing half-created stays behind.
+//   (Copy-on-write filesystems such as btrfs allocate on every overwrite; there the reserve is moot.)
 import fs from 'node:fs';
 import path from 'node:path';
+import zlib from 'node:zlib';
 import type { Store } from './index.ts';
 import { writeFileAtomicSync } from '../io/atomic-write.ts';
 import { MembraneError } from '../errors.ts';
@@ -12,42 +31,161 @@ type Op = { op: 'put'; key: string; value: unknown } | { op: 'del'; key: string 
 
 const SNAPSHOT = 'snapshot.json';
 const JOURNAL = 'journal.log';
-/** Journal lines before the state is folded into a new snapshot. */
+/** Journal records before the state is folded into a new snapshot. */
 const COMPACT_AFTER = 2000;
+const NEWLINE = 0x0a;
+/** Preallocated room only deletions may use (~600 endpoint deletions). */
+const RESERVE = 64 * 1024;
+/** Preallocation grows by at least this much at a time. */
+const GROW = 256 * 1024;
+
+export interface JournalRecovery {
+  /** Offset of the first byte that was cut off, and how many bytes were. */
+  offset: number;
+  droppedBytes: number;
+  reason: string;
+  /** Where the cut-off bytes were kept (absent when they could not be saved). */
+  savedTo?: string;
+}
+
+export interface JournalStoreOptions {
+  log?: { warn(o: object, msg: string): void };
+}
+
+/** One framed record. */
+export function encodeRecord(op: Op): string {
+  const json = JSON.stringify(op);
+  return `${zlib.crc32(json).toString(16).padStart(8, '0')} ${json}\n`;
+}
+
+/** The operation in one record line (without its newline), or why it is not one. */
+export function decodeRecord(line: Buffer): { op: Op } | { error: string } {
+  if (line.length > 0 && line[0] === 0x7b) {
+    // A record written before framing existed: plain JSON, trusted as far as it parses.
+    try { return checkOp(JSON.parse(line.toString('utf8'))); } catch { return { error: 'unreadable JSON' }; }
+  }
+  if (line.length < 10 || line[8] !== 0x20) return { error: 'no record frame' };
+  const want = line.subarray(0, 8).toString('latin1');
+  if (!/^[0-9a-f]{8}$/.test(want)) return { error: 'no record frame' };
+  const json = line.subarray(9);
+  if (zlib.crc32(json).toString(16).padStart(8, '0') !== want) return { error: 'checksum mismatch' };
+  try { return checkOp(JSON.parse(json.toString('utf8'))); } catch { return { error: 'unreadable JSON' }; }
+}
+
+function checkOp(v: unknown): { op: Op } | { error: string } {
+  const o = v as Op;
+  if (o && typeof o.key === 'string' && (o.op === 'del' || (o.op === 'put' && 'value' in o))) return { op: o };
+  return { error: 'not a store operation' };
+}
+
+/** The error a failed journal write gives its callers. */
+function writeError(file: string, e: unknown): MembraneError {
+  const code = (e as NodeJS.ErrnoException)?.code;
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return new MembraneError('storage_full', `the agent's state disk is full: cannot write ${file} (${code}); nothing was changed, retry once there is room`, { cause: e });
+  }
+  // Nothing wrong with the request (an I/O error): the caller may try again.
+  return new MembraneError('unavailable', `store: cannot write ${file}: ${(e as Error)?.message ?? String(e)}; nothing was changed`, { cause: e });
+}
+
+function allZero(b: Buffer): boolean {
+  return b.equals(Buffer.alloc(b.length));
+}
+
+/** Writes all of `buf` at `position`, however many calls it takes. */
+function writeFully(fd: number, buf: Buffer, position: number): void {
+  let off = 0;
+  while (off < buf.length) {
+    const n = fs.writeSync(fd, buf, off, buf.length - off, position + off);
+    if (n <= 0) throw Object.assign(new Error(`short write: ${off} of ${buf.length} bytes written`), { code: 'EIO' });
+    off += n;
+  }
+}
 
 export class JournalStore implements Store {
   private readonly docs = new Map<string, string>();
+  private readonly file: string;
   private fd: number;
-  private lines = 0;
+  /** Bytes of good records: where the next batch goes. */
+  private size = 0;
+  /** Bytes of the file (records, then preallocated zeros). */
+  private allocated = 0;
+  private records = 0;
+  private compactAt = COMPACT_AFTER;
   private pending: { ops: Op[]; waiters: { resolve(): void; reject(e: unknown): void }[] } | null = null;
+  /** Set when a failed write could not be cut off: every later write is refused. */
+  private broken: MembraneError | null = null;
+  /** What load() cut off the journal, if anything. */
+  readonly recovery: JournalRecovery | null = null;
 
-  constructor(readonly dir: string) {
+  constructor(readonly dir: string, private readonly opts: JournalStoreOptions = {}) {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
-    this.load();
-    this.fd = fs.openSync(path.join(dir, JOURNAL), 'a', 0o600);
+    this.file = path.join(dir, JOURNAL);
+    this.fd = fs.openSync(this.file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+    let legacy = false;
+    try {
+      this.loadSnapshot();
+      const r = this.loadJournal();
+      legacy = r.legacy;
+      this.recovery = r.recovery;
+    } catch (e) {
+      fs.closeSync(this.fd);
+      throw e;
+    }
+    if (this.recovery) opts.log?.warn({ ...this.recovery, file: this.file }, 'journal: cut off a torn or corrupt tail; starting from the records before it');
+    // Unframed records of an older version: fold them into a snapshot so every record is framed
+    // (mixed journals read fine too, so a full disk only postpones it).
+    if (legacy) {
+      try { this.compact(); } catch (e) { opts.log?.warn({ err: e, file: this.file }, 'journal: cannot fold the old records into a snapshot yet'); }
+    }
   }
 
-  private load(): void {
+  private loadSnapshot(): void {
+    const file = path.join(this.dir, SNAPSHOT);
+    let text: string;
+    try { text = fs.readFileSync(file, 'utf8'); } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
+      throw new Error(`store: cannot read ${file}: ${(e as Error).message}`);
+    }
+    let snap: Record<string, unknown>;
+    try { snap = JSON.parse(text) as Record<string, unknown>; } catch (e) {
+      throw new Error(`store: ${file} is corrupt (${(e as Error).message}); it is replaced atomically, so the disk or someone else damaged it`);
+    }
+    for (const [k, v] of Object.entries(snap)) this.docs.set(k, JSON.stringify(v));
+  }
+
+  private loadJournal(): { legacy: boolean; recovery: JournalRecovery | null } {
+    const buf = fs.readFileSync(this.file);
+    let off = 0;
+    let legacy = false;
+    let reason = '';
+    while (off < buf.length) {
+      if (buf[off] === 0 && allZero(buf.subarray(off))) break; // the preallocated room
+      const nl = buf.indexOf(NEWLINE, off);
+      if (nl < 0) { reason = 'a record without its end (torn write)'; break; }
+      const r = decodeRecord(buf.subarray(off, nl));
+      if ('error' in r) { reason = `${r.error} in the record at byte ${off}`; break; }
+      if (buf[off] === 0x7b) legacy = true;
+      this.apply(r.op);
+      this.records++;
+      off = nl + 1;
+    }
+    this.size = off;
+    this.allocated = buf.length;
+    if (off === buf.length || reason === '') return { legacy, recovery: null };
+    let end = buf.length;
+    while (end > off && buf[end - 1] === 0) end--; // preallocated zeros after the damage are not data
+    const recovery: JournalRecovery = { offset: off, droppedBytes: end - off, reason };
+    const aside = `${this.file}.tail-${new Date().toISOString().replaceAll(':', '')}`;
     try {
-      const snap = JSON.parse(fs.readFileSync(path.join(this.dir, SNAPSHOT), 'utf8')) as Record<string, unknown>;
-      for (const [k, v] of Object.entries(snap)) this.docs.set(k, JSON.stringify(v));
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw new Error(`store: cannot read ${path.join(this.dir, SNAPSHOT)}: ${(e as Error).message}`);
-    }
-    let text = '';
-    try { text = fs.readFileSync(path.join(this.dir, JOURNAL), 'utf8'); } catch { /* no journal yet */ }
-    const lines = text.split('\n');
-    for (const [i, line] of lines.entries()) {
-      if (!line) continue;
-      let op: Op;
-      try { op = JSON.parse(line) as Op; } catch {
-        // Only the last line can be torn (a crash mid-append); it was never acknowledged.
-        if (i >= lines.length - 2) break;
-        throw new Error(`store: ${path.join(this.dir, JOURNAL)} line ${i + 1} is corrupt`);
-      }
-      this.apply(op);
-      this.lines++;
-    }
+      fs.writeFileSync(aside, buf.subarray(off, end), { mode: 0o600 });
+      recovery.savedTo = aside;
+    } catch { /* no room for it: the tail is lost, the start is not */ }
+    fs.ftruncateSync(this.fd, off);
+    fs.fdatasyncSync(this.fd);
+    this.allocated = off;
+    try { this.grow(GROW); } catch { /* a full disk: the reserve comes back once there is room */ }
+    return { legacy, recovery };
   }
 
   private apply(op: Op): void {
@@ -65,7 +203,7 @@ export class JournalStore implements Store {
   }
 
   async delete(key: string): Promise<boolean> {
-    if (!this.docs.has(key)) return false;
+    if (!this.willExist(key)) return false;
     await this.enqueue({ op: 'del', key });
     return true;
   }
@@ -76,9 +214,17 @@ export class JournalStore implements Store {
       .map((key) => ({ key, value: JSON.parse(this.docs.get(key)!) as T }));
   }
 
-  /** Applies in memory at once (readers see it), acknowledges after the batch is on disk. */
+  /** Whether the key exists once the writes queued so far are done. */
+  private willExist(key: string): boolean {
+    const ops = this.pending?.ops ?? [];
+    for (let i = ops.length - 1; i >= 0; i--) if (ops[i].key === key) return ops[i].op === 'put';
+    return this.docs.has(key);
+  }
+
+  /** Queues the change for this tick's batch; it shows in memory once the batch is on disk. */
   private enqueue(op: Op): Promise<void> {
-    this.apply(op);
+    // Encode now: a value that cannot be serialised fails its caller alone, not the whole batch.
+    encodeRecord(op);
     if (!this.pending) {
       this.pending = { ops: [], waiters: [] };
       setImmediate(() => this.flush());
@@ -91,16 +237,94 @@ export class JournalStore implements Store {
     const batch = this.pending;
     this.pending = null;
     if (!batch) return;
+    let ops = batch.ops;
+    const waiters = batch.waiters;
+    let refused: MembraneError | null = null;
+    if (this.broken) {
+      refused = this.broken;
+      ops = [];
+    } else {
+      const bytes = (list: Op[]) => list.reduce((n, o) => n + Buffer.byteLength(encodeRecord(o)), 0);
+      const hasPut = ops.some((o) => o.op === 'put');
+      const room = (hasPut && this.diskFull()) || this.ensureRoom(bytes(ops) + (hasPut ? RESERVE : 0));
+      if (room) {
+        // No room for new data: deletions go on in the reserve, puts fail (their callers change nothing).
+        const dels = ops.filter((o) => o.op === 'del');
+        refused = room;
+        if (!dels.length || this.allocated - this.size < bytes(dels)) ops = [];
+        else ops = dels;
+      }
+    }
+    const done = new Set(ops);
+    const buf = Buffer.from(ops.map(encodeRecord).join(''));
+    if (buf.length) {
+      try {
+        writeFully(this.fd, buf, this.size);
+        fs.fdatasyncSync(this.fd);
+      } catch (e) {
+        const err = e instanceof MembraneError ? e : writeError(this.file, e);
+        this.cutBack(buf.length, err);
+        for (const w of waiters) w.reject(err);
+        return;
+      }
+      this.size += buf.length;
+      this.records += ops.length;
+      for (const op of ops) this.apply(op);
+    }
+    batch.ops.forEach((op, i) => { if (done.has(op)) waiters[i].resolve(); else waiters[i].reject(refused); });
+    if (this.records >= this.compactAt) {
+      try {
+        this.compact();
+      } catch (e) {
+        // The batch is durable in the journal; only the folding waits for room.
+        this.compactAt = this.records + COMPACT_AFTER / 4;
+        this.opts.log?.warn({ err: e, file: this.file }, 'journal: cannot write a new snapshot yet; the journal keeps growing');
+      }
+    }
+  }
+
+  /** New data is refused once the disk is (nearly) full, as `df` sees it: what is left there is
+   *  for deletions and for other programs, not for more state. */
+  private diskFull(): MembraneError | null {
+    let free: number;
     try {
-      fs.writeSync(this.fd, batch.ops.map((o) => JSON.stringify(o)).join('\n') + '\n');
-      fs.fdatasyncSync(this.fd);
-      this.lines += batch.ops.length;
-      if (this.lines >= COMPACT_AFTER) this.compact();
-      for (const w of batch.waiters) w.resolve();
+      const st = fs.statfsSync(this.dir);
+      free = st.bavail * st.bsize;
+    } catch {
+      return null; // cannot tell: the writes themselves will say
+    }
+    if (free >= RESERVE) return null;
+    return writeError(this.file, Object.assign(new Error(`ENOSPC: ${free} bytes free on the state disk`), { code: 'ENOSPC' }));
+  }
+
+  /** Makes `need` bytes of preallocated room after the records; the error when the disk has none. */
+  private ensureRoom(need: number): MembraneError | null {
+    if (this.allocated - this.size >= need) return null;
+    try {
+      this.grow(Math.max(GROW, need - (this.allocated - this.size)));
+      return null;
     } catch (e) {
-      // Nothing wrong with the request (a full disk, an I/O error): the caller may try again.
-      const err = new MembraneError('unavailable', `store: cannot write ${path.join(this.dir, JOURNAL)}: ${(e as Error).message}`, { cause: e });
-      for (const w of batch.waiters) w.reject(err);
+      return writeError(this.file, e);
+    }
+  }
+
+  /** Appends `n` zero bytes to the file (allocating them); the file may grow partly before an error. */
+  private grow(n: number): void {
+    try {
+      writeFully(this.fd, Buffer.alloc(n), this.allocated);
+    } finally {
+      this.allocated = fs.fstatSync(this.fd).size;
+    }
+  }
+
+  /** After a failed write: zeros again where the batch went, so the next batch never follows half a record. */
+  private cutBack(len: number, cause: MembraneError): void {
+    try {
+      writeFully(this.fd, Buffer.alloc(Math.min(len, Math.max(0, this.allocated - this.size))), this.size);
+      fs.fdatasyncSync(this.fd);
+    } catch (e) {
+      this.broken = new MembraneError('unavailable', `store: ${this.file} could not be repaired after a failed write (${(e as Error).message}); restart the agent`, { cause });
+      this.opts.log?.warn({ err: e, file: this.file }, 'journal: a failed write could not be undone; refusing writes until restart');
     }
   }
 
@@ -112,7 +336,11 @@ export class JournalStore implements Store {
     writeFileAtomicSync(path.join(this.dir, SNAPSHOT), JSON.stringify(snap));
     fs.ftruncateSync(this.fd, 0);
     fs.fdatasyncSync(this.fd);
-    this.lines = 0;
+    this.size = 0;
+    this.allocated = 0;
+    this.records = 0;
+    this.compactAt = COMPACT_AFTER;
+    try { this.grow(GROW); } catch { /* no room: puts wait for it, see ensureRoom */ }
   }
 
   close(): void {
