@@ -4,6 +4,7 @@ import { helpText, parseFlags, resolveConfig } from './config.ts';
 import { clusterSettings } from './cluster.ts';
 import { createLogger } from '../log.ts';
 import { Agent } from './agent.ts';
+import { exitOnUnexpectedErrors } from './crash.ts';
 
 async function main(): Promise<void> {
   let cfg;
@@ -16,6 +17,7 @@ async function main(): Promise<void> {
     process.exit(2);
   }
   const log = createLogger({ level: cfg.logLevel, name: 'membrane-agent' });
+  exitOnUnexpectedErrors(log);
   let agent: Agent;
   try {
     agent = await Agent.start(cfg, log);
@@ -26,13 +28,28 @@ async function main(): Promise<void> {
   }
   let stopping = false;
   const shutdown = (signal: string) => {
-    if (stopping) return;
+    if (stopping) {
+      // A second signal: the operator will not wait. Nothing is lost: every acknowledged change is
+      // on disk, the datapath is pinned, and the next start restores from both.
+      log.warn({ signal }, 'second signal: exiting now');
+      process.exit(1);
+    }
     stopping = true;
     log.info({ signal }, 'shutting down; the datapath keeps forwarding');
+    // A part that never finishes closing (a hung netns, an unreachable etcd) must not keep a dead
+    // agent holding the state-dir lock: the stop has a deadline.
+    const deadline = setTimeout(() => {
+      log.error({ seconds: STOP_DEADLINE_MS / 1000 }, 'shutdown did not finish in time: exiting anyway');
+      process.exit(1);
+    }, STOP_DEADLINE_MS);
+    deadline.unref();
     agent.stop().then(() => process.exit(0), (err) => { log.error({ err }, 'unclean shutdown'); process.exit(1); });
   };
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));
 }
+
+/** How long SIGTERM waits for the parts to close (systemd's TimeoutStopSec is 90 s by default). */
+const STOP_DEADLINE_MS = 20_000;
 
 void main();

@@ -1,29 +1,51 @@
 // One agent per state dir: a second agent on the same state would hand out the same addresses.
+//
+// The lock is flock(2) on the pid file, not the file's existence: the kernel grants it to exactly one
+// process however many start at once, and releases it when that process dies, even by SIGKILL, so
+// there is no stale lock to guess about and no window between "is it stale?" and "take it". The file
+// is never removed (removing a lock file lets a third process lock a new inode while a second one
+// still holds the old); it holds the owner's pid for people and for the error message.
 import fs from 'node:fs';
+import koffi from 'koffi';
+
+const libc = koffi.load('libc.so.6');
+const flock = libc.func('int flock(int fd, int operation)');
+const LOCK_EX = 2;
+const LOCK_NB = 4;
+const EWOULDBLOCK = 11;
+const EINTR = 4;
 
 export interface PidLock { release(): void }
 
 export function acquirePidLock(file: string): PidLock {
-  for (let attempt = 0; attempt < 2; attempt++) {
-    try {
-      fs.writeFileSync(file, `${process.pid}\n`, { flag: 'wx', mode: 0o600 });
-      return { release: () => { if (readPid(file) === process.pid) fs.rmSync(file, { force: true }); } };
-    } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+  // libuv opens with O_CLOEXEC: processes the agent starts (L7 proxy workers) never inherit the lock.
+  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+  for (;;) {
+    if ((flock(fd, LOCK_EX | LOCK_NB) as number) === 0) break;
+    const errno = koffi.errno();
+    if (errno === EINTR) continue;
+    fs.closeSync(fd);
+    if (errno === EWOULDBLOCK) {
       const pid = readPid(file);
-      if (pid && pid !== process.pid && alive(pid)) {
-        throw new Error(`another membrane-agent (pid ${pid}) already uses this state dir (${file})`);
-      }
-      fs.rmSync(file, { force: true }); // stale: its process is gone (e.g. kill -9)
+      throw new Error(`another membrane-agent (${pid ? `pid ${pid}` : 'starting'}) already uses this state dir (${file} is locked)`);
     }
+    throw new Error(`cannot lock ${file}: errno ${errno}`);
   }
-  throw new Error(`cannot take the agent lock ${file}`);
+  try {
+    fs.ftruncateSync(fd, 0);
+    fs.writeSync(fd, `${process.pid}\n`, 0);
+  } catch { /* a full disk: the lock is the flock, the pid only informs */ }
+  let held = true;
+  return {
+    release: () => {
+      if (!held) return;
+      held = false;
+      try { fs.ftruncateSync(fd, 0); } catch { /* the lock goes with the fd anyway */ }
+      fs.closeSync(fd);
+    },
+  };
 }
 
 function readPid(file: string): number | null {
   try { return Number(fs.readFileSync(file, 'utf8').trim()) || null; } catch { return null; }
-}
-
-function alive(pid: number): boolean {
-  try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
 }
