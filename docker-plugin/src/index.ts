@@ -39,6 +39,8 @@ export interface DockerPlugin {
 
 export const CONTENT_TYPE = 'application/vnd.docker.plugins.v1.1+json';
 const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
+/** libnetwork's largest requests (CreateNetwork with options and IPAM data) are a few KiB. */
+const BODY_LIMIT = '1mb';
 
 type Handler = (ctx: nd.DriverContext, body: unknown) => unknown;
 interface Route { handler: Handler; ipam: boolean }
@@ -89,7 +91,7 @@ export function createPluginApp(ctx: nd.DriverContext): express.Express {
   const app = express();
   app.disable('x-powered-by');
   // dockerd sends no Content-Type: take every body as bytes and parse it ourselves.
-  app.use(express.raw({ type: () => true, limit: '1mb' }));
+  app.use(express.raw({ type: () => true, limit: BODY_LIMIT }));
   app.use(async (req: Request, res: Response) => {
     const started = process.hrtime.bigint();
     const r = req.method === 'POST' ? table[req.path] : undefined;
@@ -122,8 +124,16 @@ export function createPluginApp(ctx: nd.DriverContext): express.Express {
     ctx.log.debug({ call: req.path.slice(1), status, ms: Math.round(ms * 10) / 10 }, 'plugin call');
     send(res, status, out ?? {});
   });
-  app.use((err: unknown, _req: Request, res: Response, _next: NextFunction) => {
-    send(res, 500, { Err: `${ctx.name}: ${(err as Error)?.message ?? String(err)}` });
+  app.use((err: unknown, req: Request, res: Response, _next: NextFunction) => {
+    // The body reader's own failures: too large (413, before any of it is read into memory), cut off.
+    const type = (err as { type?: unknown })?.type;
+    const status = type === 'entity.too.large' ? 413 : typeof type === 'string' && type.startsWith('request.') ? 400 : 500;
+    const message = status === 413
+      ? `${ctx.name}: the ${req.path.slice(1)} request body is larger than the plugin accepts (${BODY_LIMIT})`
+      : `${ctx.name}: ${(err as Error)?.message ?? String(err)}`;
+    if (status === 500) ctx.log.error({ err, call: req.path.slice(1) }, 'plugin call failed');
+    else ctx.log.info({ call: req.path.slice(1), message }, 'plugin call refused');
+    send(res, status, { Err: message });
   });
   return app;
 }

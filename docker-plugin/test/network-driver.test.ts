@@ -26,6 +26,15 @@ t.test('handshake: Activate, capabilities, address spaces; empty bodies; unknown
   t.equal(fs.statSync(h.plugin.socketPath).mode & 0o777, 0o660, 'socket mode 0660');
 });
 
+t.test('an oversized body is 413 with an Err naming the call and the limit', async (t) => {
+  const h = await harness();
+  t.teardown(() => h.close());
+  const r = await h.call('/NetworkDriver.CreateEndpoint', JSON.stringify({ NetworkID: 'x', pad: 'p'.repeat(1_100_000) }));
+  t.equal(r.status, 413);
+  t.match(r.body.Err, /NetworkDriver.CreateEndpoint request body is larger than the plugin accepts \(1mb\)/);
+  t.equal((await h.call('/Plugin.Activate')).status, 200, 'and the plugin goes on');
+});
+
 t.test('malformed requests are refused with a message naming the field', async (t) => {
   const h = await harness();
   t.teardown(() => h.close());
