@@ -65,7 +65,7 @@ export class Agent {
       const networkSpecs = cluster ? cluster.networks(cfg.networks, cfg.cluster!.explicitDefaultPool) : cfg.networks;
 
       // State: store, IPAM, networks (the --pool networks exist before anything uses them).
-      const store = new JournalStore(path.join(cfg.stateDir, 'store'));
+      const store = new JournalStore(path.join(cfg.stateDir, 'store'), { log: log.child({ component: 'store' }) });
       closers.push({ name: 'store', close: () => store.close() });
       const ipam = await Ipam.open(store);
       const networks = await Networks.open(store, ipam);
@@ -103,7 +103,7 @@ export class Agent {
       const core: Core = { networks: networkService(networks, endpoints, host, cfg.hostDevice), endpoints, ipam: ipamService(ipam) };
 
       log.info(await endpoints.restore(), 'endpoints restored');
-      closers.push({ name: 'endpoint upkeep', close: endpoints.startUpkeep() });
+      closers.push({ name: 'endpoint upkeep', close: endpoints.startUpkeep(cfg.endpointUpkeepIntervalSeconds * 1000) });
       await policy.start();
       l7?.bind(policy.engine);
       // Cluster mode: publish the restored endpoints, then mirror the other nodes' ones.

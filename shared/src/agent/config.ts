@@ -24,6 +24,8 @@ export const DEFAULTS = {
   eventsPerSecond: 20_000,
   /** Expired conntrack entries are collected this often. */
   conntrackGcIntervalSeconds: 15,
+  /** Unhealthy endpoints are tried again, orphaned addresses released, this often. */
+  endpointUpkeepIntervalSeconds: 30,
   /** Conntrack entries (a preallocated hash, ~200 B each: 25 MiB). */
   ctMax: 131072,
   /** L7 proxy workers: one per CPU, at most two (the proxy shares the node with the pods it serves). */
@@ -61,6 +63,8 @@ export interface AgentConfig {
   policyAuditMode: boolean;
   /** Seconds between conntrack garbage collections. */
   conntrackGcIntervalSeconds: number;
+  /** Seconds between retries of unhealthy endpoints (and releases of orphaned addresses). */
+  endpointUpkeepIntervalSeconds: number;
   /** Conntrack table size (--ct-max). */
   ctMax: number;
   /** Conntrack entries one endpoint may own; 0 = no limit (default a quarter of ctMax). */
@@ -123,6 +127,7 @@ const FileSchema = z.object({
   eventsPerSecond: z.number().int().min(0).optional(),
   policyAuditMode: z.boolean().optional(),
   conntrackGcIntervalSeconds: z.number().int().min(1).max(86_400).optional(),
+  endpointUpkeepIntervalSeconds: z.number().int().min(1).max(86_400).optional(),
   ctMax: z.number().int().min(1024).max(1 << 24).optional(),
   ctMaxPerEndpoint: z.number().int().min(0).max(1 << 24).optional(),
   l7Proxy: z.boolean().optional(),
@@ -177,6 +182,7 @@ const OPTIONS: OptionSpec[] = [
   { key: 'eventsPerSecond', flags: '--events-per-second <n>', env: 'MEMBRANE_EVENTS_PER_SECOND', help: 'per-CPU limit of flow and drop events a second, 0 = none', default: String(DEFAULTS.eventsPerSecond) },
   { key: 'policyAuditMode', flags: '--policy-audit-mode', env: 'MEMBRANE_POLICY_AUDIT_MODE', help: 'report would-be policy drops, let traffic pass (all endpoints; env on|off)' },
   { key: 'conntrackGcIntervalSeconds', flags: '--conntrack-gc-interval <seconds>', env: 'MEMBRANE_CONNTRACK_GC_INTERVAL', help: 'how often expired conntrack entries are collected', default: String(DEFAULTS.conntrackGcIntervalSeconds) },
+  { key: 'endpointUpkeepIntervalSeconds', flags: '--endpoint-upkeep-interval <seconds>', env: 'MEMBRANE_ENDPOINT_UPKEEP_INTERVAL', help: 'how often endpoints the agent could not restore are tried again and orphaned addresses released', default: String(DEFAULTS.endpointUpkeepIntervalSeconds) },
   { key: 'ctMax', flags: '--ct-max <n>', env: 'MEMBRANE_CT_MAX', help: 'conntrack entries, preallocated (~200 B each); a full table refuses new flows, never evicts', default: String(DEFAULTS.ctMax) },
   { key: 'ctMaxPerEndpoint', flags: '--ct-max-per-endpoint <n>', env: 'MEMBRANE_CT_MAX_PER_ENDPOINT', help: "conntrack entries one endpoint may own; beyond them its new flows are dropped; 0 = no limit", default: 'a quarter of --ct-max' },
   { key: 'l7Proxy', flags: '--l7-proxy <on|off>', env: 'MEMBRANE_L7_PROXY', help: 'the HTTP proxy that enforces toPorts[].rules.http (started when a policy needs it)', default: 'on' },
@@ -346,6 +352,8 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
     policyAuditMode: audit,
     conntrackGcIntervalSeconds: int(text('conntrackGcIntervalSeconds'), file.conntrackGcIntervalSeconds, { min: 1, max: 86_400 })
       ?? DEFAULTS.conntrackGcIntervalSeconds,
+    endpointUpkeepIntervalSeconds: int(text('endpointUpkeepIntervalSeconds'), file.endpointUpkeepIntervalSeconds, { min: 1, max: 86_400 })
+      ?? DEFAULTS.endpointUpkeepIntervalSeconds,
     ctMax,
     ctMaxPerEndpoint: int(text('ctMaxPerEndpoint'), file.ctMaxPerEndpoint, { min: 0, max: 1 << 24 }) ?? Math.floor(ctMax / 4),
     l7Proxy: onOff(text('l7Proxy'), file.l7Proxy ?? true),

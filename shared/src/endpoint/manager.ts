@@ -272,7 +272,18 @@ export class EndpointManager {
     }
     for (const ep of [...this.byKey.values()]) result[await this.restoreIsolated(ep)]++;
     await this.releaseOrphans();
+    this.pruneDatapath();
     return result;
+  }
+
+  /** Datapath entries of interfaces no endpoint has (a create that crashed, a record the journal lost). */
+  private pruneDatapath(): void {
+    const live = new Set([...this.byKey.values()].map((e) => e.hostIfIndex));
+    for (const ifindex of this.d.datapath.listEndpointIfindexes()) {
+      if (live.has(ifindex)) continue;
+      this.d.log?.warn({ ifindex }, 'removing datapath entries of an interface no endpoint has');
+      this.d.datapath.removeEndpoint(ifindex, []);
+    }
   }
 
   /** Restores one endpoint; any failure marks it unhealthy instead of escaping. */
