@@ -2,7 +2,7 @@
 import type { Command, Option } from 'commander';
 import type { AgentClient } from '../api/client.ts';
 import type { ClusterStatusView } from '../types.ts';
-import { table, type OutputFormat } from './output.ts';
+import { printTable, type OutputFormat } from './output.ts';
 
 interface NodeItem {
   name: string;
@@ -40,18 +40,17 @@ function routingText(r: NonNullable<ClusterStatusView['routing']>): string {
 }
 
 export function registerClusterCommands(program: Command, client: () => AgentClient, output: () => Option): void {
-  const print = (text: string): void => { process.stdout.write(text); };
   const node = program.command('node').description('nodes of the cluster (cluster mode)');
   node.command('list').description('nodes with their addresses, pod CIDRs and when they were last seen').addOption(output())
-    .action(async (o: { output: OutputFormat }) => {
+    .option('--no-headers', 'table without the header line')
+    .action(async (o: { output: OutputFormat; headers: boolean }) => {
       const c = client();
       const s = await c.status();
       if (!s.cluster) throw new Error('this agent is not in cluster mode (start it with --kvstore etcd --kvstore-endpoints URL)');
       const { items } = await c.request<{ items: NodeItem[] }>('GET', '/v1/cluster/nodes');
-      if (o.output === 'json') return print(JSON.stringify(items, null, 2) + '\n');
-      print(table(['NAME', 'ID', 'IPS', 'POD CIDRS', 'LAST SEEN'], items.map((n) => [
+      printTable(o.output, items, ['NAME', 'ID', 'IPS', 'POD CIDRS', 'LAST SEEN'], items.map((n) => [
         n.name + (n.name === s.cluster!.node ? ' (this node)' : ''), String(n.nodeId), n.addresses.map((a) => a.ip).join(','),
         [n.podCidrs.ipv4, n.podCidrs.ipv6].filter(Boolean).join(',') || '-', `${Math.round(n.lastSeenMs / 1000)}s ago`,
-      ])));
+      ]), o.headers);
     });
 }
