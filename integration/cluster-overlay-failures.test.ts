@@ -4,6 +4,7 @@
 //     ever missing on the other nodes;
 //   * a node removed: its routes, tunnel entries and remote-node addresses disappear from every other
 //     node; a node that joins is reachable from the others.
+// The cluster runs its overlay on a UDP port of its choice (--tunnel-port 4789, IANA's VXLAN port).
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import { startCluster, eventually, type TestCluster, type TestNode, type TestPod } from './lib/cluster.ts';
@@ -11,6 +12,7 @@ import { readIpcache } from './lib/cluster-maps.ts';
 import { ping } from './lib/netns.ts';
 import { startEchoServer, startFlow, killAll } from './lib/tcp.ts';
 import { probe } from './lib/probe.ts';
+import { sniff, frameInfo } from './lib/raw.ts';
 import { decodeIpcacheKey } from '../shared/src/policy/map-codec.ts';
 import type { ChildProcess } from 'node:child_process';
 
@@ -22,7 +24,7 @@ if (process.getuid?.() !== 0) {
 let c: TestCluster;
 const servers: ChildProcess[] = [];
 // A lease long enough that a killed agent is restarted well within it (the node stays in the cluster).
-t.before(async () => { c = await startCluster({ nodes: 3, leaseTtl: 20 }); });
+t.before(async () => { c = await startCluster({ nodes: 3, leaseTtl: 20, agentArgs: ['--tunnel-port', '4789'] }); });
 t.teardown(async () => { killAll(servers); await c?.cleanup(); });
 
 const known = (pod: TestPod) => c.nodes.filter((n) => n !== pod.node).every((n) => readIpcache(n.bpffsDir).get(`${pod.ip4}/32`) === pod.endpoint.identity);
@@ -40,6 +42,22 @@ function tunnelPrefixes(n: TestNode): string[] {
 }
 
 const podCidrOf = async (n: TestNode) => (await n.client.status()).cluster!.podCidrs.ipv4!;
+
+t.test('--tunnel-port: the overlay speaks VXLAN on the configured port (4789), nothing on the default 8472', async (t) => {
+  const [n1, n2] = c.nodes;
+  const a = await n1.pod({ app: 'port-a' });
+  const b = await n2.pod({ app: 'port-b' });
+  await eventually('pods known', () => known(a) && known(b), 20_000);
+  t.match((await n1.client.status()).cluster!.routing, { mode: 'tunnel', device: { port: 4789 } }, 'membrane status names the port');
+  const cap = await sniff(c.underlay, 15, 'n1');
+  t.ok(await ping(a.ns, b.ip4, 3), 'ping n1 -> n2');
+  t.ok(await ping(b.ns, a.ip4, 3), 'ping n2 -> n1');
+  const frames = await cap.stop();
+  const nodeIps = new Set(c.nodes.map((n) => n.ip));
+  const between = frames.map((f) => frameInfo(f.frame)).filter((i) => i && nodeIps.has(i.src) && nodeIps.has(i.dst));
+  t.ok(between.filter((i) => i!.proto === 17 && i!.dport === 4789).length >= 6, `${between.length} frames between the nodes, VXLAN to port 4789 both ways`);
+  t.same(between.filter((i) => i!.proto === 17 && i!.dport === 8472), [], 'none to 8472');
+});
 
 t.test('an agent killed with SIGKILL: cross-node connections keep going, new ones too; its restart changes nothing on the others', async (t) => {
   const [n1, n2] = c.nodes;

@@ -21,6 +21,7 @@ import { PolicyClient } from '../shared/src/policy/client.ts';
 import { eth, ETH_P, ipv4, PROTO, tcp, TCP_FLAGS, withChecksum } from '../shared/src/bpf/packets.ts';
 import { execFileSync, type ChildProcess } from 'node:child_process';
 import path from 'node:path';
+import { parse as parseYaml } from 'yaml';
 import { REPO } from './lib/agent.ts';
 import type { Flow } from '../shared/src/flows/types.ts';
 
@@ -83,6 +84,9 @@ t.test('pods on two nodes talk through the overlay: ping and TCP over IPv4 and I
   t.ok(json.config.tunnelIfindex > 0, 'the tunnel device is configured');
   t.same(json.entries.filter((e) => e.node === n2.name).map((e) => e.endpoint).filter((ip, i, all) => all.indexOf(ip) === i), [n2.ip], '-o json: every entry of n2 goes to n2\'s address');
   t.notOk(json.entries.some((e) => e.node === n1.name), 'n1 has no tunnel entry to itself');
+  const nodes = parseYaml(cli('node', 'list', '-o', 'yaml')) as { name: string; addresses: { ip: string }[]; podCidrs: { ipv4?: string } }[];
+  t.same(nodes.map((n) => n.name), ['n1', 'n2', 'n3'], 'membrane node list -o yaml: the nodes as YAML');
+  t.match(nodes.find((n) => n.name === 'n2'), { addresses: [{ ip: n2.ip }], podCidrs: { ipv4: cidr2 } }, 'n2 with its address and the pod CIDR the tunnel map routes to it');
 });
 
 t.test('nodes and remote pods: node -> remote pod and pod -> remote node both work', async (t) => {

@@ -3,7 +3,8 @@
 // cluster CA made by scripts/cluster-certs.sh, n3 over its unix socket (the harness's way). Through the
 // relay, `membrane observe --server` shows the flows of every node with their names, each cross-node
 // connection once per node that observed it, in time order; a node that dies is reported
-// (NODE_UNAVAILABLE, then NODE_CONNECTED when it is back), never fatal.
+// (NODE_UNAVAILABLE, then NODE_CONNECTED when it is back), never fatal; a node removed from the
+// cluster is reported (NODE_GONE) and no longer asked.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -34,6 +35,8 @@ const servers: ChildProcess[] = [];
 t.before(async () => {
   c = await startCluster({
     nodes: 3,
+    // A killed agent's node stays in the cluster (unavailable, not gone) while the tests look at it.
+    leaseTtl: 20,
     agentArgs: ({ name, ip, cluster }) => {
       if (name === 'n3') return []; // its observer only on its unix socket
       execFileSync('bash', [CERTS, certs, cluster, `${name}=${ip}`], { stdio: 'ignore' });
@@ -131,6 +134,8 @@ t.test('follow through the relay: flows of every node as they happen; a node tha
       t.match(res[0]?.nodeStatus, { stateChange: 'NODE_UNAVAILABLE', nodeNames: ['n3'] }, 'a new request starts by naming the unavailable node');
       t.ok(res.slice(1).every((x) => x.flow && x.flow.nodeName !== 'n3'), 'then flows of the others');
     } finally { once.close(); }
+    const out = cli('observe', '--server', relaySocket, '--last', '5', '--print-node-name');
+    t.match(out.split('\n')[0], /NODE_UNAVAILABLE n3$/, `membrane observe --server starts by naming the unavailable node:\n${out}`);
 
     await n3.agent.start();
     await eventually('NODE_CONNECTED for n3', status('NODE_CONNECTED'), 30_000, 200).catch(() => undefined);
@@ -147,4 +152,40 @@ t.test('follow through the relay: flows of every node as they happen; a node tha
     await reading;
     r.close();
   }
+});
+
+t.test('a node removed from the cluster: the relay says NODE_GONE, stops asking it and serves the others', async (t) => {
+  const [n1, n2, n3] = c.nodes;
+  const b = await n1.pod({ app: 'b-gone' });
+  const d = await n2.pod({ app: 'd-gone' });
+  servers.push(await startEchoServer(b.ns, 8082, '::'));
+  await eventually('pods known', () => known(b) && known(d), 20_000);
+  const r = relayClient();
+  const seen: GetFlowsResponse[] = [];
+  const stream = r.flows({ follow: true });
+  const reading = (async () => { try { for await (const x of stream.responses) seen.push(x); } catch { /* cancelled */ } })();
+  const gone = () => seen.filter((x) => x.nodeStatus?.stateChange === 'NODE_GONE' && x.nodeStatus.nodeNames?.includes('n3'));
+  try {
+    // The agent stops and its node leaves etcd when its lease lapses (20 s here).
+    await c.removeNode(n3);
+    await eventually('NODE_GONE for n3', () => gone().length > 0, 60_000, 200).catch(() => undefined);
+    t.ok(gone().length > 0, 'the follow says NODE_GONE n3 once its node record is gone');
+    const after = seen.length;
+    t.equal(await probe(d.ns, b.ip4, 8082, 3000), 'ok', 'd (n2) -> b (n1)');
+    const fromD = (node: string) => seen.slice(after).some((x) => x.flow?.IP?.source === d.ip4 && x.flow.nodeName === node && x.flow.l4?.TCP?.destinationPort === 8082);
+    await eventually('n1 and n2 flows followed', () => fromD('n1') && fromD('n2'), 15_000, 100).catch(() => undefined);
+    t.ok(fromD('n1') && fromD('n2'), 'and the same follow goes on with n1\'s and n2\'s flows');
+  } finally {
+    stream.cancel();
+    await reading;
+    r.close();
+  }
+  const q = relayClient();
+  try {
+    t.same((await q.nodes()).map((n) => [n.name, n.state]), [['n1', 'NODE_CONNECTED'], ['n2', 'NODE_CONNECTED']], 'the relay lists the two nodes left');
+    const res = await q.collect({ number: 5 });
+    t.same(res.filter((x) => x.nodeStatus).map((x) => x.nodeStatus), [], 'a new request names no missing node: a node that left the cluster is not unavailable');
+  } finally { q.close(); }
+  const status = cli('observe', 'status', '--server', relaySocket);
+  t.match(status, /Connected Nodes: 2\/2/, `membrane observe status --server counts the nodes left:\n${status}`);
 });
