@@ -47,6 +47,10 @@ t.test('native routing: routes via the node addresses, no tunnel device, pod add
   const direct = frames.map((f) => frameInfo(f.frame)).filter((i) => i && i.src === a.ip4 && i.dst === b.ip4);
   t.ok(direct.length >= 3, `${direct.length} packets with pod addresses straight on the underlay`);
   t.notOk(frames.some((f) => { const i = frameInfo(f.frame); return i?.proto === 17 && i.dport === 8472; }), 'and no VXLAN');
+
+  servers.push(await startEchoServer(a.ns, 8090, '::'), await startEchoServer(n2.netns, 8091, '0.0.0.0'));
+  t.equal(await probe(n2.netns, a.ip4, 8090, 3000), 'ok', 'node n2 -> the pod on n1');
+  t.equal(await probe(a.ns, n2.ip, 8091, 3000), 'ok', 'the pod on n1 -> node n2\'s address');
 });
 
 t.test('native routing: policy across nodes with the sender\'s identity from the ipcache; remote-node for the other node', async (t) => {

@@ -37,6 +37,8 @@ export interface ClusterOptions {
   clusterPool?: string;
   nodeMaskSize?: number;
   clusterPoolIpv6?: string;
+  /** MTU of every link on the underlay (default: the kernel's 1500). */
+  underlayMtu?: number;
 }
 
 /** A supervised process of ours (agent, operator) started under nsenter. */
@@ -133,7 +135,8 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
 
   /** A netns on the underlay: veth "eth0" in it, its peer on the bridge. */
   const attach = (ns: TestNetns, port: string, ip: string) => {
-    execFileSync('nsenter', [`--net=${underlay.path}`, 'ip', 'link', 'add', port, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns.name]);
+    const mtu = opts.underlayMtu ? ['mtu', String(opts.underlayMtu)] : [];
+    execFileSync('nsenter', [`--net=${underlay.path}`, 'ip', 'link', 'add', port, ...mtu, 'type', 'veth', 'peer', 'name', 'eth0', ...mtu, 'netns', ns.name]);
     execFileSync('nsenter', [`--net=${underlay.path}`, 'ip', 'link', 'set', port, 'master', 'br0', 'up']);
     execFileSync('nsenter', [`--net=${ns.path}`, 'ip', 'addr', 'add', `${ip}/24`, 'dev', 'eth0']);
     execFileSync('nsenter', [`--net=${ns.path}`, 'ip', 'link', 'set', 'eth0', 'up']);
