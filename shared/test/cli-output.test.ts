@@ -6,7 +6,7 @@ import { Command } from 'commander';
 import { parse as parseYaml } from 'yaml';
 import { ctRows, metricsRows, policyRows, portProto } from '../src/cli/bpf.ts';
 import { bashCompletion } from '../src/cli/completion.ts';
-import { render, table } from '../src/cli/output.ts';
+import { render, shortIds, table } from '../src/cli/output.ts';
 import { buildProgram } from '../src/cli/program.ts';
 
 t.test('-o json|yaml print the data; tables line up, --no-headers drops the header', async (t) => {
@@ -50,4 +50,9 @@ t.test('the bash completion script completes the real command tree', async (t) =
   const other = new Command('tool');
   other.command('go').option('--fast');
   t.match(bashCompletion(other), /complete -o default -F _tool tool/, 'named after the program');
+});
+
+t.test('tables print 64-hex ids short, as Docker does', async (t) => {
+  t.equal(shortIds(`ep:${'ab'.repeat(32)}/eth0`), 'ep:abababababab/eth0');
+  t.equal(shortIds('docker-address:0123456789ab'), 'docker-address:0123456789ab', 'short ids and other text untouched');
 });

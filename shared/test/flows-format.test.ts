@@ -39,6 +39,8 @@ t.test('a drop line names the reason and the policy; default deny says so', asyn
   t.equal(verdictReason({ ...dflt, dropReason: 132, dropReasonDesc: 'INVALID_SOURCE_IP' }), '', 'not a policy drop: the type column says it');
   t.equal(flowType({ ...dflt, eventType: { type: 1, subType: 132 } }), 'Invalid source ip');
   t.match(verdictReason({ ...dflt, verdict: 'AUDIT' }), /^audit mode, would be denied by default deny/);
+  // An audited connection arrives as a policy verdict event, without a drop reason: the reason is still named.
+  t.match(verdictReason({ ...dflt, verdict: 'AUDIT', eventType: { type: 5 }, dropReason: undefined, dropReasonDesc: undefined }), /^audit mode, would be denied by default deny \(the endpoint's ingress/);
   t.equal(verdictReason({ ...dflt, ingressDeniedBy: [{ name: '', membraneRuleId: 77 }] }), 'denied by rule id 77');
   t.equal(verdictText({ ...dflt, verdict: 'AUDIT', eventType: { type: 5 } }), 'AUDITED');
   t.equal(verdictText({ ...dflt, eventType: { type: 5 } }, { policyNames: true }), 'DENIED', 'no named policy: nothing after DENIED');
@@ -88,6 +90,11 @@ t.test('lost events, json, dict and table', async (t) => {
   const row = tableRow(res(denied), { utc: true });
   t.same(row.slice(3, 5), ['Policy denied by denylist', 'DROPPED']);
   t.match(tableLine(tableHeaders()), /^TIMESTAMP {12}SOURCE {26}DESTINATION/);
+  // The longest TYPE (a policy verdict) and a short one put VERDICT in the same column.
+  const pv = tableLine(tableRow(res({ ...flow, eventType: { type: 5 }, policyMatchType: 6, trafficDirection: 'INGRESS' }), { utc: true }));
+  const tr = tableLine(tableRow(res({ ...flow, eventType: { type: 4, subType: 0 }, trafficDirection: 'INGRESS' }), { utc: true }));
+  t.match(pv, /policy-verdict:Proto-Only INGRESS  ALLOWED/);
+  t.equal(pv.indexOf('ALLOWED'), tr.indexOf('FORWARDED'), 'columns stay aligned whatever the type');
   const table = flowPrinter('table', { utc: true });
   t.match(table(res(flow)), /^TIMESTAMP .*\n.*ALLOWED/, 'header with the first row');
   t.notMatch(table(res(flow)), /TIMESTAMP/, 'not again');

@@ -66,6 +66,15 @@ t.test('entries, flags and ipcache follow policies and endpoints', async (t) => 
   t.equal(tr3.verdict, 'allow', 'egress to the CIDR');
   const tr4 = engine.trace({ src: { labels: { app: 'web' } }, dst: { ip: '198.19.0.9' }, ...parsePortArg('443/tcp') });
   t.equal(tr4.verdict, 'deny', 'egress to world is denied');
+  // Labels as a user types them name the live identity they select (CRI pods carry k8s: labels and a namespace).
+  const shopper = await add(4, { 'k8s:app': 'shopper', 'k8s:io.kubernetes.pod.namespace': 'shop' }, '10.0.0.5');
+  const tr5 = engine.trace({ src: { labels: { app: 'shopper' } }, dst: { labels: { app: 'web' } }, ...parsePortArg('80/tcp') });
+  t.same([tr5.src.identity, tr5.src.unallocated], [shopper.identity, undefined], "--src app=shopper traces the pod's real identity");
+  t.same(tr5.src.labels, shopper.labels, 'with its labels');
+  const other = await add(5, { 'k8s:app': 'shopper', 'k8s:io.kubernetes.pod.namespace': 'other' }, '10.0.0.6');
+  const tr6 = engine.trace({ src: { labels: { app: 'shopper' } }, dst: { labels: { app: 'web' } }, ...parsePortArg('80/tcp') });
+  t.same([tr6.src.unallocated, tr6.src.candidates], [true, [shopper.identity, other.identity].sort((a, b) => a - b)], 'two identities match: both named, none picked');
+  t.equal(engine.trace({ src: { labels: { app: 'nobody' } }, dst: { labels: { app: 'web' } }, ...parsePortArg('80/tcp') }).src.unallocated, true, 'labels no endpoint has: said so');
   t.match(engine.describeRule(tr.steps[1].rule!.ruleId), { policy: 'web', path: 'spec.ingress[0]', action: 'allow' });
   t.match(engine.endpointPolicy('c1', 'eth0'), { enforcement: { ingress: 'default-deny', egress: 'default-deny' }, policies: [{ name: 'web' }] });
 

@@ -1,7 +1,7 @@
 // `membrane network list` and `membrane ipam list`.
 import type { Command } from 'commander';
 import type { CliContext } from './context.ts';
-import { outputOption, print, render, table } from './output.ts';
+import { outputOption, print, render, shortIds, table } from './output.ts';
 
 export function registerNetworkCommands(program: Command, ctx: CliContext): void {
   const network = program.command('network').description('networks (address pools)');
@@ -19,7 +19,7 @@ export function registerNetworkCommands(program: Command, ctx: CliContext): void
       print(render(o.output, pools, () => {
         const subnets = table(['POOL', 'SUBNET', 'GATEWAY', 'USED', 'SIZE'],
           pools.flatMap((p) => p.subnets.map((s) => [p.name, s.cidr, s.gateway, String(s.allocated), s.size])), o.headers);
-        const allocs = pools.flatMap((p) => p.allocations.map((a) => [p.name, a.ip, a.owner]));
+        const allocs = pools.flatMap((p) => p.allocations.map((a) => [p.name, a.ip, shortIds(a.owner)]));
         return allocs.length ? `${subnets}\n${table(['POOL', 'ADDRESS', 'OWNER'], allocs, o.headers)}` : subnets;
       }));
     });

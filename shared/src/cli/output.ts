@@ -17,6 +17,11 @@ export function table(headers: string[], rows: string[][], showHeaders = true): 
   return all.map(line).join('\n') + '\n';
 }
 
+/** Tables print container and endpoint ids (64 hex) as Docker does: their first 12 characters. */
+export function shortIds(text: string): string {
+  return text.replace(/\b([0-9a-f]{12})[0-9a-f]{52}\b/g, '$1');
+}
+
 export function labelsText(labels: Record<string, string>): string {
   const entries = Object.entries(labels);
   return entries.length ? entries.map(([k, v]) => (v === '' ? k : `${k}=${v}`)).join(',') : '-';

@@ -72,7 +72,9 @@ function traceHttp(o: TraceHttpOptions): TraceHttp | undefined {
 }
 
 function traceText(r: TraceResult): string {
-  const who = (s: TraceResult['src']) => `identity ${s.identity} (${formatLabels(s.labels)})`;
+  const who = (s: TraceResult['src']) => s.unallocated
+    ? `${formatLabels(s.labels)}: no identity yet (${s.candidates ? `these labels select identities ${s.candidates.join(', ')}: name more labels to pick one` : 'no endpoint has these labels'}; traced as a new one)`
+    : `identity ${s.identity} (${formatLabels(s.labels)})`;
   const lines = [
     `${r.verdict === 'allow' ? 'ALLOWED' : 'DENIED'}: ${r.port}`,
     `  from ${who(r.src)}`,

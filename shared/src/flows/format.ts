@@ -145,7 +145,8 @@ export function tableRow(res: GetFlowsResponse, o: FormatOptions = {}): string[]
 
 /** Fixed widths: rows print as they stream in and still line up (long cells push, never cut). */
 export function tableLine(cells: string[], nodeColumn = false): string {
-  const widths = nodeColumn ? [19, 20, 30, 30, 22, 9] : [19, 30, 30, 22, 9];
+  // TYPE fits the longest policy verdict ("policy-verdict:Proto-Only INGRESS"); VERDICT fits FORWARDED.
+  const widths = nodeColumn ? [19, 20, 30, 30, 33, 9] : [19, 30, 30, 33, 9];
   return cells.map((c, i) => (i < widths.length ? c.padEnd(widths[i]) : c)).join('  ').trimEnd();
 }
 

@@ -53,7 +53,8 @@ export function verdictReason(f: Flow): string {
   if (f.verdict === 'DROPPED' || f.verdict === 'AUDIT') {
     const would = f.verdict === 'AUDIT' ? 'audit mode, would be ' : '';
     if (denied.length) return `${would}denied by ${denied.join(', ')}`;
-    if (isPolicyDrop(f)) {
+    // An audited flow is a would-be policy drop: no deny rule named means default deny.
+    if (isPolicyDrop(f) || f.verdict === 'AUDIT') {
       const dir = f.trafficDirection === 'EGRESS' ? 'egress' : 'ingress';
       return `${would}denied by default deny (the endpoint's ${dir} is selected by a policy and no rule allows this peer)`;
     }

@@ -9,6 +9,7 @@ import { PolicyCompiler, probe, type Universe } from './compile.ts';
 import { describeL4 } from './ports.ts';
 import { decodeRuleId } from './rule-id.ts';
 import { selectionFor } from './selection.ts';
+import { matches } from './selector.ts';
 import type { Direction, HttpRule, PolicyRecord } from './types.ts';
 import type { L7Set } from './l7.ts';
 import { compileHttpRule, matchHttp, normalizeTarget } from '../l7/http/rules.ts';
@@ -34,10 +35,20 @@ export interface TraceStep {
   l7?: { kind: 'http'; rules: { policy: string; path: string; http: HttpRule }[]; matched?: string };
 }
 
+/** One side of a trace. `unallocated`: the labels given belong to no identity yet, so `identity` is a
+ *  stand-in; `candidates`: the live identities those labels select when there are several. */
+export interface TraceResultSide {
+  identity: number;
+  labels: Labels;
+  endpoint: boolean;
+  unallocated?: boolean;
+  candidates?: number[];
+}
+
 export interface TraceResult {
   verdict: 'allow' | 'deny';
-  src: { identity: number; labels: Labels; endpoint: boolean };
-  dst: { identity: number; labels: Labels; endpoint: boolean };
+  src: TraceResultSide;
+  dst: TraceResultSide;
   port: string;
   steps: TraceStep[];
 }
@@ -81,13 +92,17 @@ function identityLabels(ctx: TraceContext, id: number): Labels {
 
 export function trace(ctx: TraceContext, q: TraceQuery): TraceResult {
   const extra: { id: number; labels: Labels }[] = [];
-  const resolve = (side: TraceSide, virtual: number) => {
+  const resolve = (side: TraceSide, virtual: number): TraceResultSide => {
     if ('labels' in side) {
       const key = canonicalLabels(side.labels);
       const known = ctx.universe.identities.find((i) => canonicalLabels(i.labels) === key);
-      const id = known?.id ?? virtual;
-      if (!known) extra.push({ id, labels: side.labels });
-      return { identity: id, labels: side.labels, endpoint: true };
+      if (known) return { identity: known.id, labels: side.labels, endpoint: true };
+      // "app=client" as a user means it: the live endpoint identity whose labels include it (any
+      // source, like a selector), when there is exactly one.
+      const selected = ctx.universe.identities.filter((i) => identityKind(i.id) === 'endpoint' && matches({ matchLabels: side.labels, matchExpressions: [] }, i.labels));
+      if (selected.length === 1) return { identity: selected[0].id, labels: selected[0].labels, endpoint: true };
+      extra.push({ id: virtual, labels: side.labels });
+      return { identity: virtual, labels: side.labels, endpoint: true, unallocated: true, ...(selected.length ? { candidates: selected.map((i) => i.id).sort((a, b) => a - b) } : {}) };
     }
     const id = lookupIp(ctx.ipcache, side.ip);
     return { identity: id, labels: identityLabels(ctx, id), endpoint: identityKind(id) === 'endpoint' || id === RESERVED.init || id === RESERVED.health };
