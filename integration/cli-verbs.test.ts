@@ -216,7 +216,7 @@ t.test('completion bash completes verbs, flags and flag values', async (t) => {
     const { stdout } = await execFileP('bash', ['-c', `${script}\nCOMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=${words.length - 1}; _membrane; echo "\${COMPREPLY[*]}"`]);
     return stdout.trim().split(' ');
   };
-  t.same(await complete(['membrane', 'bpf', '']), ['ct', 'policy', 'ipcache', 'metrics', '--help']);
+  t.same(await complete(['membrane', 'bpf', '']), ['ct', 'policy', 'ipcache', 'tunnel', 'metrics', '--help']);
   t.same(await complete(['membrane', 'bpf', 'ct', 'l']), ['list']);
   t.same(await complete(['membrane', 'endpoint', 'list', '-o', '']), ['json', 'yaml', 'table']);
   t.ok((await complete(['membrane', 'observe', '--to-']).then((w) => w.includes('--to-namespace'))));
