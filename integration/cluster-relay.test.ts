@@ -2,7 +2,7 @@
 // finds the nodes in etcd and reaches their observers: n1 and n2 over TCP with mutual TLS from a
 // cluster CA made by scripts/cluster-certs.sh, n3 over its unix socket (the harness's way). Through the
 // relay, `membrane observe --server` shows the flows of every node with their names, each cross-node
-// connection once per node that observed it, in time order; a node that dies is reported
+// connection once per node that observed it, in time order, each drop once, by the node that dropped; a node that dies is reported
 // (NODE_UNAVAILABLE, then NODE_CONNECTED when it is back), never fatal; a node removed from the
 // cluster is reported (NODE_GONE) and no longer asked.
 import t from 'tap';
@@ -11,11 +11,12 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startCluster, eventually, RELAY_MAIN, type Proc, type TestCluster, type TestPod } from './lib/cluster.ts';
-import { readIpcache } from './lib/cluster-maps.ts';
+import { readIpcache, webFromClient } from './lib/cluster-maps.ts';
 import { startEchoServer, killAll } from './lib/tcp.ts';
 import { probe } from './lib/probe.ts';
 import { REPO, randomId } from './lib/agent.ts';
 import { ObserverClient } from '../shared/src/flows/client.ts';
+import { PolicyClient } from '../shared/src/policy/client.ts';
 import type { Flow, GetFlowsResponse } from '../shared/src/flows/types.ts';
 import { timeNs } from '../shared/src/relay/merge.ts';
 import type { ChildProcess } from 'node:child_process';
@@ -102,6 +103,34 @@ t.test('a cross-node connection: once per observing node, with node names, in ti
   const out = cli('observe', '--server', relaySocket, '--print-node-name', '--ip', web.ip4, '--port', '8080', '--last', '100');
   t.match(out, new RegExp(`\\[n1\\].*${client.ip4.replace(/\./g, '\\.')}`), `membrane observe --server names n1:\n${out}`);
   t.match(out, new RegExp(`\\[n2\\].*${client.ip4.replace(/\./g, '\\.')}`), 'and n2');
+
+  // Drops on either node, each reported once, by the node that dropped it: web's ingress policy on n2
+  // drops a pod of n3; an egress deny on n1 drops a pod of n1 before the tunnel.
+  const other = await n1.pod({ app: 'other' });
+  const stranger = await c.nodes[2].pod({ app: 'stranger' });
+  await eventually('pods known', () => known(other) && known(stranger), 20_000);
+  const policies = new PolicyClient(n1.client);
+  await policies.import(webFromClient('web-from-client', 8080));
+  await policies.import(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: other-not-web}
+spec:
+  endpointSelector: {matchLabels: {app: other}}
+  egressDeny:
+  - toEndpoints: [{matchLabels: {app: web}}]
+`);
+  await eventually('enforced on n1 and n2', async () => (await probe(stranger.ns, web.ip4, 8080)) === 'timeout' && (await probe(other.ns, web.ip4, 8080)) === 'timeout', 30_000, 200);
+  t.equal(await probe(client.ns, web.ip4, 8080, 3000), 'ok', 'client (n1) -> web (n2) still allowed');
+  const esc = (ip: string) => ip.replace(/\./g, '\\.');
+  const dropLines = (from: string) => cli('observe', '--server', relaySocket, '--verdict', 'DROPPED', '--print-node-name', '--from-ip', from, '--to-ip', web.ip4, '--last', '1000')
+    .split('\n').filter(Boolean);
+  const strangerDrops = dropLines(stranger.ip4);
+  t.ok(strangerDrops.length > 0 && strangerDrops.every((l) => new RegExp(`\\[n2\\]: ${esc(stranger.ip4)}:\\d+ .*DROPPED`).test(l)),
+    `the pod of n3 -> web: dropped by n2 and named so, by n2 alone:\n${strangerDrops.join('\n')}`);
+  const otherDrops = dropLines(other.ip4);
+  t.ok(otherDrops.length > 0 && otherDrops.every((l) => new RegExp(`\\[n1\\]: ${esc(other.ip4)}:\\d+ .*DROPPED`).test(l)),
+    `other (n1) -> web: dropped by n1 on the way out and named so, by n1 alone:\n${otherDrops.join('\n')}`);
+  await policies.delete(['web-from-client', 'other-not-web']);
 });
 
 t.test('follow through the relay: flows of every node as they happen; a node that dies is reported, the others go on', async (t) => {
