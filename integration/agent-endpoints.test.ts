@@ -4,7 +4,7 @@ import t from 'tap';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { startAgent, REPO, randomId } from './lib/agent.ts';
-import { createNetns, linkExists, ping, type TestNetns } from './lib/netns.ts';
+import { createNetns, linkGone, ping, type TestNetns } from './lib/netns.ts';
 import { startEchoServer, tcpRequest, killAll } from './lib/tcp.ts';
 import { hostRouteTo, mapEntries, tcFilters } from './lib/inspect.ts';
 import type { Endpoint } from '../shared/src/types.ts';
@@ -58,8 +58,8 @@ t.test('two pods talk to each other and to the node, then leave nothing behind',
   for (const e of [a, b]) t.same(await agent.client.deleteEndpoint(e.containerId, e.ifName), { deleted: true });
   t.same(await agent.client.deleteEndpoint(a.containerId, 'eth0'), { deleted: false }, 'second delete succeeds too');
 
-  t.notOk(linkExists(a.hostIfName), 'host veth A gone');
-  t.notOk(linkExists(b.hostIfName), 'host veth B gone');
+  t.ok(await linkGone(a.hostIfName), 'host veth A gone');
+  t.ok(await linkGone(b.hostIfName), 'host veth B gone');
   t.equal(hostRouteTo(ip(a, 4)), '', 'host route to A gone');
   t.equal(hostRouteTo(ip(b, 6)), '', 'host IPv6 route to B gone');
   const pools = await agent.client.ipam();
@@ -77,7 +77,7 @@ t.test('deleting succeeds when the netns is already gone', async (t) => {
   const ep = await agent.client.createEndpoint({ containerId: `gone-${randomId()}`, netns: ns.path, ifName: 'eth0' });
   ns.remove();
   t.same(await agent.client.deleteEndpoint(ep.containerId, 'eth0'), { deleted: true });
-  t.notOk(linkExists(ep.hostIfName));
+  t.ok(await linkGone(ep.hostIfName));
   t.equal((await agent.client.ipam()).flatMap((p) => p.allocations).length, 0, 'address released');
 });
 

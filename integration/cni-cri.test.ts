@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startAgent, randomId } from './lib/agent.ts';
-import { ping, linkExists, type TestNetns } from './lib/netns.ts';
+import { ping, linkGone, type TestNetns } from './lib/netns.ts';
 import { startContainerd, waitNetworkReady } from './lib/cri-containerd.ts';
 import { absentNow, hostLock, removeIfOnly } from '../cni/test/lib/host.ts';
 import { ensureCniBinary } from '../cni/test/lib/exec.ts';
@@ -87,7 +87,7 @@ t.test('containerd CRI: RunPodSandbox networks pods through membrane-cni, Stop/R
   for (const id of [...ids, ...more]) {
     const { hostIfName } = await agent.client.getEndpoint(id, 'eth0');
     await ctrd.cri.stopPodSandbox(id);
-    t.notOk(linkExists(hostIfName), 'StopPodSandbox removed the host veth');
+    t.ok(await linkGone(hostIfName), 'StopPodSandbox removed the host veth');
     await ctrd.cri.removePodSandbox(id);
   }
   t.same(await ctrd.cri.listPodSandbox(), [], 'no sandbox left');

@@ -4,7 +4,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
 import { startAgent, randomId, type TestAgent } from './lib/agent.ts';
-import { createNetns, ping, linkExists } from './lib/netns.ts';
+import { createNetns, ping, linkGone } from './lib/netns.ts';
 import { ensureCniBinary, invokeCni } from '../cni/test/lib/exec.ts';
 import { listPendingDeletes } from '../shared/src/pending-deletes/index.ts';
 
@@ -58,7 +58,7 @@ t.test('every verb in every version; two pods talk; DEL is idempotent', async (t
       const d2 = await invokeCni('DEL', conf(agent, { cniVersion: v }), { containerId: ids[i], netns: '' });
       t.equal(d2.code, 0, 'second DEL with empty CNI_NETNS');
     }
-    t.notOk(linkExists(ep.hostIfName), 'host veth gone');
+    t.ok(await linkGone(ep.hostIfName), 'host veth gone');
     a.remove();
     const d3 = await invokeCni('DEL', conf(agent, { cniVersion: v }), { containerId: ids[0], netns: a.path });
     t.equal(d3.code, 0, 'DEL with a netns that no longer exists');

@@ -97,7 +97,7 @@ t.test('docker network rm leaves no link, route, address or map entry behind', a
   t.notOk((await e.agent.client.listNetworks()).some((n) => n.name.startsWith('docker-')), 'no core network left');
   t.same((await e.agent.client.ipam()).flatMap((p) => p.allocations), [], 'no allocation left');
   for (const ep of eps) {
-    t.notOk(hostLinkExists(ep.hostIfName), `host veth ${ep.hostIfName} gone`);
+    t.ok(await eventually(() => !hostLinkExists(ep.hostIfName)), `host veth ${ep.hostIfName} gone`);
     t.notOk(hostLinkExists(ep.ifName), `temp interface ${ep.ifName} gone`);
   }
   for (const ip of [a1.ip, a2.ip, a1.ip6, a2.ip6]) t.equal(hostRouteTo(ip), '', `no host route to ${ip}`);

@@ -57,3 +57,13 @@ export function routeExists(dst: string): boolean {
   const fam = dst.includes(':') ? '-6' : '-4';
   return execFileSync('ip', [fam, 'route', 'show', dst], { encoding: 'utf8' }).trim().length > 0;
 }
+
+/** A deleted endpoint's veth (and the routes on it) goes right after its DEL answered (the agent's
+ *  reaper): true once none of `names` exists (polled every 50 ms), false after timeoutMs. */
+export async function linkGone(names: string | string[], timeoutMs = 3000): Promise<boolean> {
+  const all = [names].flat();
+  for (const deadline = Date.now() + timeoutMs; Date.now() < deadline; await new Promise((r) => setTimeout(r, 50))) {
+    if (!all.some(linkExists)) return true;
+  }
+  return !all.some(linkExists);
+}

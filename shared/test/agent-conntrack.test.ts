@@ -1,24 +1,16 @@
-// The agent's conntrack upkeep against a stand-in datapath: a deleted endpoint's flows are flushed by
-// its plain addresses, collection runs every interval (every second while the table is more than half
-// full), and a failing walk is logged, not thrown.
+// The agent's conntrack upkeep against a stand-in datapath: collection runs every interval (every
+// second while the table is more than half full), and a failing walk is logged, not thrown. (A deleted
+// endpoint's flows: endpoint-reaper.test.ts.)
 import t from 'tap';
 import { ConntrackUpkeep } from '../src/agent/conntrack.ts';
-import type { Endpoint } from '../src/types.ts';
 
 const warnings: string[] = [];
 const log = { warn: (_o: object, msg: string) => { warnings.push(msg); } } as never;
 
-t.test('a deleted endpoint takes its flows with it', async (t) => {
-  const flushed: string[][] = [];
-  const ct = new ConntrackUpkeep({ datapath: { gcConntrack: () => 0, flushConntrack: (ips) => { flushed.push(ips); return ips.length; }, conntrackFill: () => ({ entries: 0, max: 1 }) }, log, intervalSeconds: 15 });
-  await ct.hooks.afterDelete!({ containerId: 'c1', ifName: 'eth0', ips: [{ address: '10.1.0.5/32' }, { address: 'fd00::5/128' }] } as Endpoint);
-  t.same(flushed, [['10.1.0.5', 'fd00::5']]);
-});
-
 t.test('collection runs on its interval and survives a failing walk', async (t) => {
   let calls = 0;
   const ct = new ConntrackUpkeep({
-    datapath: { gcConntrack: () => { calls++; if (calls === 1) throw new Error('map gone'); return 3; }, flushConntrack: () => 0, conntrackFill: () => ({ entries: 0, max: 1 }) },
+    datapath: { gcConntrack: () => { calls++; if (calls === 1) throw new Error('map gone'); return 3; }, conntrackFill: () => ({ entries: 0, max: 1 }) },
     log, intervalSeconds: 0.02,
   });
   ct.start();
@@ -36,7 +28,7 @@ t.test('a table more than half full is collected every second, whatever the inte
   let calls = 0;
   let fill = { entries: 10, max: 100 };
   const ct = new ConntrackUpkeep({
-    datapath: { gcConntrack: () => { calls++; return 0; }, flushConntrack: () => 0, conntrackFill: () => fill }, log, intervalSeconds: 3600,
+    datapath: { gcConntrack: () => { calls++; return 0; }, conntrackFill: () => fill }, log, intervalSeconds: 3600,
   });
   ct.start();
   t.teardown(() => ct.close());

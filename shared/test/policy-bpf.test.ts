@@ -15,6 +15,7 @@ import { datapathOps } from '../src/policy/datapath-ops.ts';
 import { RingBufferReader } from '../src/flows/ringbuf.ts';
 import { decodeTraceEvent, type TraceEvent } from '../src/flows/event.ts';
 import type { Endpoint } from '../src/types.ts';
+import * as conntrack from '../src/maps/conntrack.ts';
 
 const OK = 0, SHOT = 2, REDIRECT = 7;
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -285,6 +286,24 @@ spec:
   from(ipv4(SRC.ip, DST.ip, 17, Buffer.from([0, 99, 0, 53, 0, 8, 0, 0])));
   const hour = 3600n * 1_000_000_000n;
   t.ok(dp.gcConntrack(process.hrtime.bigint() + hour) >= 2, 'an hour later the UDP flow has expired and is collected');
+});
+
+t.test('conntrack: flush by endpoint id takes the flows bound to that id and no other', async (t) => {
+  const sp = nextPort();
+  const udp = Buffer.from([0, 0, 0, 53, 0, 8, 0, 0]);
+  udp.writeUInt16BE(sp, 0);
+  t.equal(from(ipv4(SRC.ip, DST.ip, 6, tcp(sp, 80, SYN))), REDIRECT, 'pod to pod: bound to both ids');
+  from(ipv4(SRC.ip, '198.51.100.30', 17, udp));
+  const flows = () => conntrack.list(dp.mapFd('conntrack'), process.hrtime.bigint()).filter((e) => e.sport === sp);
+  const toDst = () => flows().filter((e) => e.daddr === DST.ip).length;
+  const toWorld = () => flows().filter((e) => e.daddr === '198.51.100.30').length;
+  t.ok(toDst() >= 1 && toWorld() >= 1, 'both flows are tracked');
+  t.ok(dp.flushConntrackOf([DST.id]) >= 1, 'the receiver\'s id flushes the pod-to-pod flow');
+  t.equal(toDst(), 0, 'pod-to-pod flow gone');
+  t.equal(toWorld(), 1, 'the sender\'s flow to the world stays');
+  t.equal(dp.flushConntrackOf([999]), 0, 'an id nobody has flushes nothing');
+  t.ok(dp.flushConntrackOf([SRC.id]) >= 1, 'the sender\'s id flushes it');
+  t.equal(toWorld(), 0);
 });
 
 t.test('in-kernel cost (BPF_PROG_TEST_RUN, warm)', async (t) => {

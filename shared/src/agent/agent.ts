@@ -95,15 +95,15 @@ export class Agent {
         ...(l7 ? { l7: { proxyPorts: l7.proxyPorts, onChange: l7.policyChanged } } : {}),
       });
       closers.push({ name: 'policy', close: () => policy.close() });
-      const endpoints = new EndpointManager({ store, ipam, networks, datapath, host, identityFor: policy.identityFor, log });
+      const endpoints = new EndpointManager({ store, ipam, networks, datapath, host, identityFor: policy.identityFor, log, reapDelayMs: cfg.endpointReapDelayMs });
       const conntrack = new ConntrackUpkeep({ datapath, log: log.child({ component: 'conntrack' }), intervalSeconds: cfg.conntrackGcIntervalSeconds });
       endpoints.addHooks(policy.hooks);
-      endpoints.addHooks(conntrack.hooks);
       if (cluster) endpoints.addHooks(cluster.endpointHooks());
       const core: Core = { networks: networkService(networks, endpoints, host, cfg.hostDevice), endpoints, ipam: ipamService(ipam) };
 
       log.info(await endpoints.restore(), 'endpoints restored');
       closers.push({ name: 'endpoint upkeep', close: endpoints.startUpkeep(cfg.endpointUpkeepIntervalSeconds * 1000) });
+      closers.push({ name: 'endpoint reaper', close: () => endpoints.closeReaper() });
       await policy.start();
       l7?.bind(policy.engine);
       // Cluster mode: publish the restored endpoints, then mirror the other nodes' ones.

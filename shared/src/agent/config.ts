@@ -69,6 +69,9 @@ export interface AgentConfig {
   ctMax: number;
   /** Conntrack entries one endpoint may own; 0 = no limit (default a quarter of ctMax). */
   ctMaxPerEndpoint: number;
+  /** Milliseconds between a DEL and the removal of the endpoint's interface and flows (its traffic is
+   *  dropped meanwhile; tests hold it to probe that window). */
+  endpointReapDelayMs: number;
   /** The L7 (HTTP) proxy for toPorts[].rules: off refuses policies with L7 rules. */
   l7Proxy: boolean;
   /** Its port on 127.0.0.1 and ::1; 0 = picked once and kept in the state dir. */
@@ -130,6 +133,7 @@ const FileSchema = z.object({
   endpointUpkeepIntervalSeconds: z.number().int().min(1).max(86_400).optional(),
   ctMax: z.number().int().min(1024).max(1 << 24).optional(),
   ctMaxPerEndpoint: z.number().int().min(0).max(1 << 24).optional(),
+  endpointReapDelayMs: z.number().int().min(0).max(600_000).optional(),
   l7Proxy: z.boolean().optional(),
   l7ProxyPort: z.number().int().min(0).max(65535).optional(),
   l7ProxyWorkers: z.number().int().min(1).max(64).optional(),
@@ -185,6 +189,7 @@ const OPTIONS: OptionSpec[] = [
   { key: 'endpointUpkeepIntervalSeconds', flags: '--endpoint-upkeep-interval <seconds>', env: 'MEMBRANE_ENDPOINT_UPKEEP_INTERVAL', help: 'how often endpoints the agent could not restore are tried again and orphaned addresses released', default: String(DEFAULTS.endpointUpkeepIntervalSeconds) },
   { key: 'ctMax', flags: '--ct-max <n>', env: 'MEMBRANE_CT_MAX', help: 'conntrack entries, preallocated (~200 B each); a full table refuses new flows, never evicts', default: String(DEFAULTS.ctMax) },
   { key: 'ctMaxPerEndpoint', flags: '--ct-max-per-endpoint <n>', env: 'MEMBRANE_CT_MAX_PER_ENDPOINT', help: "conntrack entries one endpoint may own; beyond them its new flows are dropped; 0 = no limit", default: 'a quarter of --ct-max' },
+  { key: 'endpointReapDelayMs', flags: '--endpoint-reap-delay <ms>', env: 'MEMBRANE_ENDPOINT_REAP_DELAY', help: "after a DEL (the endpoint's traffic is dropped at once), wait this long before removing its interface and flows", default: '0' },
   { key: 'l7Proxy', flags: '--l7-proxy <on|off>', env: 'MEMBRANE_L7_PROXY', help: 'the HTTP proxy that enforces toPorts[].rules.http (started when a policy needs it)', default: 'on' },
   { key: 'l7ProxyPort', flags: '--l7-proxy-port <port>', env: 'MEMBRANE_L7_PROXY_PORT', help: 'its port on 127.0.0.1/::1, 0 = pick one and keep it', default: '0' },
   { key: 'l7ProxyWorkers', flags: '--l7-proxy-workers <n>', env: 'MEMBRANE_L7_PROXY_WORKERS', help: 'proxy worker processes', default: `${DEFAULTS.l7ProxyWorkers} (CPUs, at most 2)` },
@@ -356,6 +361,7 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
       ?? DEFAULTS.endpointUpkeepIntervalSeconds,
     ctMax,
     ctMaxPerEndpoint: int(text('ctMaxPerEndpoint'), file.ctMaxPerEndpoint, { min: 0, max: 1 << 24 }) ?? Math.floor(ctMax / 4),
+    endpointReapDelayMs: int(text('endpointReapDelayMs'), file.endpointReapDelayMs, { min: 0, max: 600_000 }) ?? 0,
     l7Proxy: onOff(text('l7Proxy'), file.l7Proxy ?? true),
     l7ProxyPort: int(text('l7ProxyPort'), file.l7ProxyPort, { min: 0, max: 65535 }) ?? 0,
     l7ProxyWorkers: int(text('l7ProxyWorkers'), file.l7ProxyWorkers, { min: 1, max: 64 }) ?? DEFAULTS.l7ProxyWorkers,

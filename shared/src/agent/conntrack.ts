@@ -1,19 +1,17 @@
 // Conntrack upkeep in the agent: expired entries are collected every --conntrack-gc-interval seconds
 // (the datapath treats them as absent already; collection frees room: the table never evicts), and
 // every PRESSURE_INTERVAL_MS while the table is more than half full (read from the datapath's
-// counters, no walk); a deleted endpoint's flows are flushed at once, since its addresses may be
-// handed out again. Each walk also sets the per-endpoint entry counts right (maps/conntrack.ts).
+// counters, no walk). A deleted endpoint's flows are flushed by the endpoint reaper
+// (endpoint/reaper.ts). Each walk also sets the per-endpoint entry counts right (maps/conntrack.ts).
 import type { Datapath } from '../bpf/datapath.ts';
-import type { EndpointHooks } from '../endpoint/manager.ts';
 import type { Logger } from '../log.ts';
-import { addressOnly } from '../net/index.ts';
 
 /** Above this fill ratio the table is collected every PRESSURE_INTERVAL_MS. */
 const PRESSURE_RATIO = 0.5;
 const PRESSURE_INTERVAL_MS = 1000;
 
 export interface ConntrackDeps {
-  datapath: Pick<Datapath, 'gcConntrack' | 'flushConntrack' | 'conntrackFill'>;
+  datapath: Pick<Datapath, 'gcConntrack' | 'conntrackFill'>;
   log: Logger;
   intervalSeconds: number;
 }
@@ -22,17 +20,6 @@ export class ConntrackUpkeep {
   private timer?: NodeJS.Timeout;
 
   constructor(private readonly d: ConntrackDeps) {}
-
-  /** No flow of a deleted endpoint may carry over to the next owner of its addresses. */
-  readonly hooks: EndpointHooks = {
-    afterDelete: (ep) => {
-      try {
-        this.d.datapath.flushConntrack(ep.ips.map((ip) => addressOnly(ip.address)));
-      } catch (err) {
-        this.d.log.warn({ err, endpoint: `${ep.containerId}/${ep.ifName}` }, 'conntrack flush failed');
-      }
-    },
-  };
 
   private last = 0;
 

@@ -92,6 +92,8 @@ export interface Datapath {
    *  delete expired entries (the table never evicts); entries in the table / owned by an endpoint
    *  (counters, no walk); revoke the flows `allowed` rejects among those `filter` picks. */
   flushConntrack(ips: string[]): number;
+  /** Entries bound to these endpoint ids (owner or pod-to-pod receiver). */
+  flushConntrackOf(endpointIds: readonly number[]): number;
   gcConntrack(nowNs?: bigint): number;
   conntrackFill(): conntrack.ConntrackFill;
   conntrackOwned(endpointId: number): number;
@@ -362,6 +364,10 @@ class LoadedDatapath implements Datapath {
 
   flushConntrack(ips: string[]): number {
     return conntrack.flushAddresses(this.ctFds(), ips);
+  }
+
+  flushConntrackOf(endpointIds: readonly number[]): number {
+    return conntrack.flushEndpoints(this.ctFds(), endpointIds);
   }
 
   gcConntrack(nowNs: bigint = process.hrtime.bigint()): number {

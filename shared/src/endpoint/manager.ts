@@ -14,6 +14,7 @@ import { EndpointError } from './errors.ts';
 import { attachmentId, endpointKey, hostVethName, ipamOwner, withDockerRef } from './naming.ts';
 import { createVeth, ensureContainerSide, ensureHostSide, inspectContainerSide } from './plumbing.ts';
 import { KeyedLock } from './lock.ts';
+import { Reaper } from './reaper.ts';
 
 export interface EndpointManagerDeps {
   store: Store;
@@ -24,6 +25,8 @@ export interface EndpointManagerDeps {
   /** The security identity of a label set, asked before an endpoint's datapath config is written. */
   identityFor: (labels: Record<string, string>) => number | Promise<number>;
   log?: { info(o: object, msg: string): void; warn(o: object, msg: string): void; error(o: object, msg: string): void };
+  /** Deleted endpoints' interfaces and flows are removed this long after their DEL (default 0). */
+  reapDelayMs?: number;
 }
 
 /** What other concerns (policy, conntrack, flows, metrics) observe of an endpoint's life. Hooks of
@@ -55,7 +58,21 @@ export class EndpointManager {
   /** Endpoints restore could not bring back (kept, reported, retried by the upkeep). */
   private readonly unhealthy = new Map<string, { problems: string[]; since: string }>();
 
-  constructor(private readonly d: EndpointManagerDeps) {}
+  /** Removes deleted endpoints' interfaces and flows after their DEL answered (reaper.ts). */
+  private readonly reaper: Reaper;
+
+  constructor(private readonly d: EndpointManagerDeps) {
+    this.reaper = new Reaper({
+      store: d.store, host: d.host, datapath: d.datapath, log: d.log, delayMs: d.reapDelayMs,
+      inUse: (hostIfName) => [...this.byKey.values()].some((e) => e.hostIfName === hostIfName),
+      released: (id) => this.idsInUse.delete(id),
+    });
+  }
+
+  /** Reaps what is pending and stops reaping (agent shutdown). */
+  closeReaper(): Promise<void> {
+    return this.reaper.close();
+  }
 
   addHooks(h: EndpointHooks): void {
     this.hooks.push(h);
@@ -237,20 +254,26 @@ export class EndpointManager {
     return true;
   }
 
+  /**
+   * What a DEL waits for: the endpoint can neither send nor receive (no datapath config: its programs
+   * drop everything; no local_endpoints entry: nothing redirects to it) and its addresses are free
+   * on disk. The host veth (deleting it removes the container end, routes and proxy entries) and the
+   * flows bound to its id go afterwards (reaper.ts); the id stays reserved until then.
+   */
   private async teardown(ep: Endpoint): Promise<void> {
     const key = keyOf(ep);
     const ifindexShared = [...this.byKey.values()].some((o) => o !== ep && o.hostIfIndex === ep.hostIfIndex);
     this.d.datapath.removeEndpoint(ifindexShared ? 0 : ep.hostIfIndex, plainIps(ep));
-    // Deleting the host end removes the container end, the routes and the proxy entries with it.
-    this.d.host.linkDel(ep.hostIfName);
-    // The record and its addresses go in one write (the same batch): both or neither. On a full
-    // disk the delete fails, the endpoint stays known, and a retried delete finishes it.
-    await Promise.all([this.d.store.delete(storeKey(ep)), this.d.ipam.releaseOwner(ipamOwner(attachmentId(ep), ep.ifName))]);
+    // The record, its addresses and the reap record go in one write (the same batch): all or none.
+    // On a full disk the delete fails, the endpoint stays known, and a retried delete finishes it.
+    await Promise.all([
+      this.d.store.delete(storeKey(ep)), this.d.ipam.releaseOwner(ipamOwner(attachmentId(ep), ep.ifName)), this.reaper.record(ep),
+    ]);
     this.byKey.delete(key);
     this.unhealthy.delete(key);
-    this.idsInUse.delete(ep.id);
     this.addresses.release(key, plainIps(ep));
     await this.runHooks('afterDelete', ep);
+    this.reaper.kick();
   }
 
   /**
@@ -261,6 +284,8 @@ export class EndpointManager {
    */
   async restore(): Promise<{ kept: number; repaired: number; dropped: number; unhealthy: number }> {
     const result = { kept: 0, repaired: 0, dropped: 0, unhealthy: 0 };
+    // Endpoints deleted before a crash and not reaped yet: their ids stay taken until they are.
+    for (const id of await this.reaper.resume()) this.idsInUse.add(id);
     for (const { key, value } of await this.d.store.list<Endpoint>(STORE_PREFIX)) {
       try {
         const ep = withDockerRef(value);
@@ -273,6 +298,7 @@ export class EndpointManager {
     for (const ep of [...this.byKey.values()]) result[await this.restoreIsolated(ep)]++;
     await this.releaseOrphans();
     this.pruneDatapath();
+    this.reaper.kick();
     return result;
   }
 

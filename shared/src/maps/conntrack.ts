@@ -229,6 +229,14 @@ export function flushAddresses(fds: ConntrackFds, ips: string[]): number {
   });
 }
 
+/** Delete every entry these endpoints own or, pod to pod, receive: by endpoint id, since a deleted
+ *  endpoint's addresses may already belong to a new endpoint whose flows must stay. */
+export function flushEndpoints(fds: ConntrackFds, ids: readonly number[]): number {
+  if (!ids.length) return 0;
+  const gone = new Set(ids);
+  return deleteWhere(fds, (w, i) => gone.has(ownerAt(w, i)) || gone.has(u32(w.values, i * CT_ENTRY_SIZE + OFF.peerEndpointId)));
+}
+
 /** Delete every entry that outlived its lifetime at `nowNs` (CLOCK_MONOTONIC = the kernel's ktime). */
 export function collectExpired(fds: ConntrackFds, nowNs: bigint): number {
   const now = Number(nowNs);
