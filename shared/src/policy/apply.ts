@@ -8,6 +8,7 @@
 // Then established flows are held to the new state: the ops revoke those it no longer admits.
 import { diffMaps } from '../identity/ipcache.ts';
 import type { Entry } from './compile.ts';
+import type { EndpointEntries } from './desired.ts';
 import { MembraneError } from '../errors.ts';
 
 /** What the engine needs from the maps. Implemented over the pinned maps (datapath-ops.ts) and by fakes. */
@@ -58,15 +59,53 @@ export class CapacityError extends MembraneError<'bad_request'> {
 /** What the datapath stores of an entry (the L7 rules themselves live in the proxy). */
 const sameEntry = (a: Entry, b: Entry) => a.action === b.action && a.ruleId === b.ruleId && (a.proxyPort ?? 0) === (b.proxyPort ?? 0);
 
-/** Applies `desired` over `mirror` (which it updates on success only). */
-export function applyDesired(ops: PolicyDatapathOps, mirror: Mirror, desired: Mirror): ApplyStats {
-  if (desired.policy.size > ops.policyCapacity) {
-    throw new CapacityError(`the policies need ${desired.policy.size} policy map entries; the map holds ${ops.policyCapacity} (fewer rules, peers or port ranges, or fewer selected endpoints)`);
+/** What the maps should hold: policy entries by endpoint (desired.ts), ipcache, flags. */
+export interface DesiredMaps {
+  policy: Map<string, EndpointEntries>;
+  ipcache: Map<string, number>;
+  flags: Map<number, number>;
+}
+
+/**
+ * The policy map difference. With `applied` (the entries the previous successful apply wrote, by
+ * endpoint) only endpoints whose entries object changed are looked at, so the work follows the
+ * change, not the total; without it (first sync, after a failure) the whole mirror is compared.
+ */
+function policyDiff(mirror: Map<string, Entry>, desired: DesiredMaps['policy'], applied?: DesiredMaps['policy']): { upsert: [string, Entry][]; remove: string[] } {
+  if (!applied) {
+    const flat = new Map<string, Entry>();
+    for (const e of desired.values()) for (const [k, v] of e.entries) flat.set(k, v);
+    return diffMaps(mirror, flat, sameEntry);
+  }
+  const upsert: [string, Entry][] = [];
+  const gone: { id: number; key: string }[] = [];
+  for (const [ep, e] of desired) {
+    const prev = applied.get(ep);
+    if (prev === e) continue;
+    for (const [k, v] of e.entries) {
+      const cur = mirror.get(k);
+      if (!cur || !sameEntry(cur, v)) upsert.push([k, v]);
+    }
+    if (prev) for (const k of prev.entries.keys()) if (!e.entries.has(k)) gone.push({ id: prev.id, key: k });
+  }
+  for (const [ep, prev] of applied) if (!desired.has(ep)) for (const k of prev.entries.keys()) gone.push({ id: prev.id, key: k });
+  // Keys carry the endpoint id: one a new endpoint reuses may be wanted again under another key.
+  const byId = new Map([...desired.values()].map((e) => [e.id, e.entries]));
+  const remove = gone.filter((g) => mirror.has(g.key) && !byId.get(g.id)?.has(g.key)).map((g) => g.key);
+  return { upsert, remove: [...new Set(remove)] };
+}
+
+/** Applies `desired` over `mirror` (which it updates on success only); `applied`: see policyDiff. */
+export function applyDesired(ops: PolicyDatapathOps, mirror: Mirror, desired: DesiredMaps, applied?: DesiredMaps['policy']): ApplyStats {
+  let entries = 0;
+  for (const e of desired.policy.values()) entries += e.entries.size;
+  if (entries > ops.policyCapacity) {
+    throw new CapacityError(`the policies need ${entries} policy map entries; the map holds ${ops.policyCapacity} (fewer rules, peers or port ranges, or fewer selected endpoints)`);
   }
   if (desired.ipcache.size > ops.ipcacheCapacity) {
     throw new CapacityError(`the policies and endpoints need ${desired.ipcache.size} ipcache prefixes; the ipcache holds ${ops.ipcacheCapacity}`);
   }
-  const pol = diffMaps(mirror.policy, desired.policy, sameEntry);
+  const pol = policyDiff(mirror.policy, desired.policy, applied);
   const ipc = diffMaps(mirror.ipcache, desired.ipcache);
   // An endpoint without a config (being torn down, or not written yet) has no flags to set.
   const flagChanges = [...desired.flags].filter(([ifindex, f]) => {

@@ -55,16 +55,34 @@ export const l4decode = (code: number): L4Key => ({ proto: Math.floor(code / 0x1
 export const HOST_ALLOW_RULE_ID = 0;
 
 export class PolicyCompiler {
-  private readonly cache = new Map<string, LabelPolicy>();
+  private readonly cache = new Map<string, { labels: Labels; policy: LabelPolicy }>();
   private readonly selectorCache = new Map<string, number[]>();
+  /** Label sets this compiler compiled itself (not inherited through derive). */
+  compiled = 0;
 
   constructor(private readonly records: PolicyRecord[], private readonly universe: Universe) {}
 
   forLabels(labels: Labels): LabelPolicy {
     const key = canonicalLabels(labels);
-    let p = this.cache.get(key);
-    if (!p) this.cache.set(key, (p = this.compile(labels)));
-    return p;
+    let c = this.cache.get(key);
+    if (!c) {
+      this.compiled++;
+      this.cache.set(key, (c = { labels, policy: this.compile(labels) }));
+    }
+    return c.policy;
+  }
+
+  /**
+   * A compiler for other records over the same endpoint identities (the CIDR identities may differ):
+   * label sets `touched` does not pick keep their compiled policy, the very same object, so a change
+   * to one policy recompiles only what it can change. `touched` must pick every label set that a
+   * changed record's subject selects, and those whose CIDR peers changed meaning.
+   */
+  derive(records: PolicyRecord[], universe: Universe, touched: (labels: Labels) => boolean): PolicyCompiler {
+    const next = new PolicyCompiler(records, universe);
+    for (const [key, c] of this.cache) if (!touched(c.labels)) next.cache.set(key, c);
+    for (const [key, ids] of this.selectorCache) next.selectorCache.set(key, ids); // endpoint selectors: same identities
+    return next;
   }
 
   private compile(labels: Labels): LabelPolicy {

@@ -4,7 +4,8 @@ import type { Labels } from '../identity/labels.ts';
 import { RESERVED, reservedLabels } from '../identity/reserved.ts';
 import type { CidrIdentities } from '../identity/cidr.ts';
 import { desiredIpcache } from '../identity/ipcache.ts';
-import { PolicyCompiler, l4decode, type Entry, type Universe } from './compile.ts';
+import { PolicyCompiler, l4decode, type Entry, type LabelPolicy, type Universe } from './compile.ts';
+import { matches } from './selector.ts';
 import { encodePolicyKey } from './map-codec.ts';
 import { endpointFlags, selectionFor } from './selection.ts';
 import type { Peer, PolicyRecord } from './types.ts';
@@ -33,8 +34,13 @@ export interface DesiredInput {
   remote?: Map<string, number>;
 }
 
+/** One endpoint's policy entries (encoded key in hex -> entry). */
+export interface EndpointEntries { id: number; entries: Map<string, Entry> }
+
 export interface Desired {
-  policy: Map<string, Entry>;
+  /** By endpoint key. The same object as in the previous build when nothing about the endpoint's
+   *  policy changed: the apply skips it (apply.ts). */
+  policy: Map<string, EndpointEntries>;
   ipcache: Map<string, number>;
   /** host ifindex -> policy flag bits */
   flags: Map<number, number>;
@@ -78,8 +84,61 @@ export function l7KindsOf(records: { policy: PolicyRecord['policy'] }[]): Set<L7
   return out;
 }
 
-/** A compiler and what it was built from: reused while records, peer identities and prefixes stay. */
-export interface CompileCache { records: PolicyRecord[]; key: string; compiler: PolicyCompiler }
+/** A compiler and what it was built from: reused while records, peer identities and prefixes stay,
+ *  derived (recompiling only what a change touches) while the peer identities stay; and the entries
+ *  each endpoint got, reused while its compiled policy, id and proxy ports stay. */
+export interface CompileCache {
+  records: PolicyRecord[];
+  identities: string;
+  cidrVersion: number;
+  compiler: PolicyCompiler;
+  entries?: Map<string, { policy: LabelPolicy; ports: string; built: EndpointEntries }>;
+}
+
+/** Does a record name CIDR peers (directly or as world, which includes every CIDR identity)? */
+function namesCidrs(r: PolicyRecord): boolean {
+  return r.policy.specs.some((s) => s.rules.some((rule) => rule.peers !== 'all' &&
+    rule.peers.some((p) => p.kind === 'cidr' || (p.kind === 'entity' && p.entity === 'world'))));
+}
+
+/** The label sets a change from `before` to `after` can touch: those a changed record's subject
+ *  selects, and, when the CIDR identities changed, those selected by records naming CIDR peers. */
+function touchedBy(before: PolicyRecord[], after: PolicyRecord[], cidrsChanged: boolean): (labels: Labels) => boolean {
+  const was = new Set(before), is = new Set(after);
+  const changed = [...before.filter((r) => !is.has(r)), ...after.filter((r) => !was.has(r))];
+  if (cidrsChanged) changed.push(...after.filter(namesCidrs));
+  const subjects = changed.flatMap((r) => r.policy.specs.map((s) => s.subject));
+  return (labels) => subjects.some((s) => matches(s, labels));
+}
+
+function compilerFor(input: DesiredInput, universe: Universe, cache?: { current?: CompileCache }): PolicyCompiler {
+  const identities = universe.identities.map((i) => i.id).sort((a, b) => a - b).join(',');
+  const cidrVersion = input.cidrs.version;
+  const cur = cache?.current;
+  if (cur && cur.records === input.records && cur.identities === identities && cur.cidrVersion === cidrVersion) {
+    return cur.compiler; // e.g. a new endpoint with an identity we know: no recompile
+  }
+  // "Any policy at all" closes the init identity (selection.ts): that flips with the first and last one.
+  const derive = cur && cur.identities === identities && (cur.records.length > 0) === (input.records.length > 0);
+  const compiler = derive
+    ? cur.compiler.derive(input.records, universe, touchedBy(cur.records, input.records, cur.cidrVersion !== cidrVersion))
+    : new PolicyCompiler(input.records, universe);
+  if (cache) cache.current = { records: input.records, identities, cidrVersion, compiler, entries: cur?.entries };
+  return compiler;
+}
+
+function entriesOf(ep: EngineEndpoint, lp: LabelPolicy, ports: DesiredInput['proxyPorts']): EndpointEntries {
+  const entries = new Map<string, Entry>();
+  for (const direction of ['ingress', 'egress'] as const) {
+    for (const [peer, col] of lp[direction].columns) {
+      for (const [code, entry] of col) {
+        const { proto, dport } = l4decode(code);
+        entries.set(encodePolicyKey({ endpointId: ep.id, peer, direction, proto, dport }).toString('hex'), entry.l7 ? withProxy(entry, ports) : entry);
+      }
+    }
+  }
+  return { id: ep.id, entries };
+}
 
 export function buildDesired(input: DesiredInput, cache?: { current?: CompileCache }): Desired {
   input.cidrs.sync(prefixesOf(input.records));
@@ -91,29 +150,22 @@ export function buildDesired(input: DesiredInput, cache?: { current?: CompileCac
     for (const id of input.remote.values()) if (!seen.has(id)) { seen.add(id); peers.push({ identity: id }); }
   }
   const universe = universeOf(peers, input.labelsOf, input.cidrs);
-  const key = `${input.cidrs.version}|${universe.identities.map((i) => i.id).sort((a, b) => a - b).join(',')}`;
-  let compiler: PolicyCompiler;
-  if (cache?.current && cache.current.records === input.records && cache.current.key === key) {
-    compiler = cache.current.compiler; // e.g. a new endpoint with an identity we know: no recompile
-  } else {
-    compiler = new PolicyCompiler(input.records, universe);
-    if (cache) cache.current = { records: input.records, key, compiler };
-  }
-  const policy = new Map<string, Entry>();
+  const compiler = compilerFor(input, universe, cache);
+  const ports = JSON.stringify(input.proxyPorts ?? {});
+  const prevEntries = cache?.current?.entries;
+  const nextEntries: NonNullable<CompileCache['entries']> = new Map();
+  const policy = new Map<string, EndpointEntries>();
   const flags = new Map<number, number>();
   for (const ep of input.endpoints) {
     const labels = input.labelsOf(ep.identity) ?? reservedLabels('init');
     flags.set(ep.hostIfIndex, endpointFlags(selectionFor(input.records, labels), ep.audit));
     const lp = compiler.forLabels(labels);
-    for (const direction of ['ingress', 'egress'] as const) {
-      for (const [peer, col] of lp[direction].columns) {
-        for (const [code, entry] of col) {
-          const { proto, dport } = l4decode(code);
-          policy.set(encodePolicyKey({ endpointId: ep.id, peer, direction, proto, dport }).toString('hex'), entry.l7 ? withProxy(entry, input.proxyPorts) : entry);
-        }
-      }
-    }
+    const prev = prevEntries?.get(ep.key);
+    const built = prev && prev.policy === lp && prev.ports === ports && prev.built.id === ep.id ? prev.built : entriesOf(ep, lp, input.proxyPorts);
+    nextEntries.set(ep.key, { policy: lp, ports, built });
+    policy.set(ep.key, built);
   }
+  if (cache?.current) cache.current.entries = nextEntries;
   const ipcache = desiredIpcache({ endpoints: input.endpoints, hostAddresses: input.hostAddresses, cidrs: input.cidrs, remote: input.remote });
   return { policy, ipcache, flags, compiler };
 }

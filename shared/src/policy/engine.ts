@@ -11,7 +11,7 @@ import { FIRST_CIDR_IDENTITY, RESERVED, type IdentityKind } from '../identity/re
 import type { Labels } from '../identity/labels.ts';
 import { applyDesired, type ApplyStats, type Mirror, type PolicyDatapathOps } from './apply.ts';
 import { decodePolicyKey } from './map-codec.ts';
-import { buildDesired, l7KindsOf, universeOf, type CompileCache, type DesiredInput, type EngineEndpoint } from './desired.ts';
+import { buildDesired, l7KindsOf, universeOf, type CompileCache, type Desired, type DesiredInput, type EngineEndpoint } from './desired.ts';
 import { formatIssue, parsePolicies, type PolicyIssue } from './parse.ts';
 import { MembraneError } from '../errors.ts';
 import { PolicyConflictError, PolicyRepository, type PersistedPolicies, type Plan, type PolicyBackend } from './repository.ts';
@@ -80,6 +80,8 @@ export class PolicyEngine {
   private auditOverrides: Record<string, boolean>;
   private started = false;
   private readonly compileCache: { current?: CompileCache } = {};
+  /** The policy entries the last successful apply wrote, by endpoint (none: the next apply compares all). */
+  private applied?: Desired['policy'];
   private chain: Promise<unknown> = Promise.resolve();
   /** Other nodes' endpoint addresses (cluster mode): prefix -> identity. */
   private remote = new Map<string, number>();
@@ -276,7 +278,14 @@ export class PolicyEngine {
       records, endpoints: [...this.endpoints.values()], labelsOf: (id) => this.identities.labelsOf(id),
       hostAddresses: this.hostAddrs, cidrs, proxyPorts: this.d.proxyPorts?.(), remote: this.remote,
     }, this.compileCache);
-    const stats = applyDesired(this.d.ops, this.mirror, desired);
+    let stats: ApplyStats;
+    try {
+      stats = applyDesired(this.d.ops, this.mirror, desired, this.applied);
+    } catch (e) {
+      this.applied = undefined;
+      throw e;
+    }
+    this.applied = desired.policy;
     this.cidrs = cidrs;
     this.d.onChange?.();
     return stats;
