@@ -93,3 +93,17 @@ t.test('a record that cannot be written leaves nothing queued', async (t) => {
   await r.reapAll();
   t.same(k.deleted, [], 'the interface of an endpoint that was not deleted stays');
 });
+
+t.test('reaping at once (no room for a record) and cancelling a reap', async (t) => {
+  const store = new MemoryStore();
+  const k = kernel({ 10: 'mbr1', 11: 'mbr2' });
+  const released: number[] = [];
+  const r = new Reaper({ store, host: k.host, datapath: k.datapath, inUse: () => false, released: (id) => released.push(id) });
+  r.reapNow(ep(1, 10));
+  t.same([k.deleted, k.flushed, released], [[10], [[1]], [1]], 'interface, flows and id at once');
+  await r.record(ep(2, 11));
+  await r.cancel(2);
+  t.same(await store.list(REAP_PREFIX), [], 'a cancelled reap leaves no record');
+  await r.reapAll();
+  t.same(k.deleted, [10], 'and removes nothing');
+});

@@ -65,7 +65,7 @@ export class EndpointManager {
     this.reaper = new Reaper({
       store: d.store, host: d.host, datapath: d.datapath, log: d.log, delayMs: d.reapDelayMs,
       inUse: (hostIfName) => [...this.byKey.values()].some((e) => e.hostIfName === hostIfName),
-      released: (id) => this.idsInUse.delete(id),
+      released: (id) => { if (![...this.byKey.values()].some((e) => e.id === id)) this.idsInUse.delete(id); },
     });
   }
 
@@ -264,14 +264,24 @@ export class EndpointManager {
     const key = keyOf(ep);
     const ifindexShared = [...this.byKey.values()].some((o) => o !== ep && o.hostIfIndex === ep.hostIfIndex);
     this.d.datapath.removeEndpoint(ifindexShared ? 0 : ep.hostIfIndex, plainIps(ep));
-    // The record, its addresses and the reap record go in one write (the same batch): all or none.
-    // On a full disk the delete fails, the endpoint stays known, and a retried delete finishes it.
-    await Promise.all([
-      this.d.store.delete(storeKey(ep)), this.d.ipam.releaseOwner(ipamOwner(attachmentId(ep), ep.ifName)), this.reaper.record(ep),
+    // The record, its addresses and the reap record go in one write (the same batch). If the
+    // deletions fail, the endpoint stays known and a retried delete finishes it.
+    const [reap, ...deletions] = await Promise.allSettled([
+      this.reaper.record(ep), this.d.store.delete(storeKey(ep)), this.d.ipam.releaseOwner(ipamOwner(attachmentId(ep), ep.ifName)),
     ]);
+    const failed = deletions.find((r) => r.status === 'rejected');
+    if (failed) {
+      await this.reaper.cancel(ep.id);
+      throw failed.reason;
+    }
     this.byKey.delete(key);
     this.unhealthy.delete(key);
     this.addresses.release(key, plainIps(ep));
+    if (reap.status === 'rejected') {
+      // A full state disk keeps room for deletions, not for new records: reap now instead.
+      this.d.log?.warn({ err: reap.reason, endpoint: key }, 'no room for the reap record: removing the interface now');
+      this.reaper.reapNow(ep);
+    }
     await this.runHooks('afterDelete', ep);
     this.reaper.kick();
   }

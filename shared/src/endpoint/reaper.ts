@@ -51,12 +51,38 @@ export class Reaper {
 
   /** The durable record; the caller awaits it together with the endpoint's own deletion. */
   record(ep: Endpoint): Promise<void> {
-    const rec: ReapRecord = { id: ep.id, endpoint: keyOf(ep), hostIfName: ep.hostIfName, hostIfIndex: ep.hostIfIndex, deletedAt: new Date().toISOString() };
+    const rec = recordOf(ep);
     this.queue.set(rec.id, rec);
     return this.d.store.put(`${REAP_PREFIX}/${rec.id}`, rec).catch((e) => {
       this.queue.delete(rec.id);
       throw e;
     });
+  }
+
+  /** The endpoint was not deleted after all (its own deletion failed): nothing to reap. */
+  async cancel(id: number): Promise<void> {
+    this.queue.delete(id);
+    await this.d.store.delete(`${REAP_PREFIX}/${id}`).catch(() => undefined);
+  }
+
+  /** Reaps at once, without a record: when the record could not be written (a full state disk, where
+   *  deletions have reserved room and new data does not), the DEL pays for the teardown itself. */
+  reapNow(ep: Endpoint): void {
+    const rec = recordOf(ep);
+    try {
+      this.removeLink(rec);
+      this.d.datapath.flushConntrackOf([rec.id]);
+      this.d.released(rec.id);
+    } catch (err) {
+      // Its traffic is dropped already; the id stays taken (its flows cannot match anyone else).
+      this.d.log?.warn({ err, endpoint: rec.endpoint }, 'cannot reap a deleted endpoint: its interface or flows stay');
+    }
+  }
+
+  private removeLink(rec: ReapRecord): void {
+    // By index and name: the index may belong to a newer interface, the name to a re-ADD.
+    const link = this.d.host.linkByIndex(rec.hostIfIndex);
+    if (link && link.name === rec.hostIfName && !this.d.inUse(rec.hostIfName)) this.d.host.linkDel(rec.hostIfIndex);
   }
 
   /** Records a previous run left (it was killed before reaping): their ids are still taken. */
@@ -93,9 +119,7 @@ export class Reaper {
     const done: ReapRecord[] = [];
     for (const rec of batch) {
       try {
-        // By index and name: the index may belong to a newer interface, the name to a re-ADD.
-        const link = this.d.host.linkByIndex(rec.hostIfIndex);
-        if (link && link.name === rec.hostIfName && !this.d.inUse(rec.hostIfName)) this.d.host.linkDel(rec.hostIfIndex);
+        this.removeLink(rec);
         done.push(rec);
       } catch (err) {
         this.d.log?.warn({ err, endpoint: rec.endpoint, hostIfName: rec.hostIfName }, 'cannot remove the interface of a deleted endpoint yet');
@@ -133,4 +157,8 @@ export class Reaper {
     clearTimeout(this.timer);
     this.timer = undefined;
   }
+}
+
+function recordOf(ep: Endpoint): ReapRecord {
+  return { id: ep.id, endpoint: keyOf(ep), hostIfName: ep.hostIfName, hostIfIndex: ep.hostIfIndex, deletedAt: new Date().toISOString() };
 }
