@@ -178,6 +178,17 @@ t.test('a pinned map with another layout is refused, or replaced on request', as
   replaced.close();
 });
 
+t.test('an event ring pinned with another size (an older agent\'s) is replaced: it holds nothing to keep', async (t) => {
+  const dir = `/sys/fs/bpf/mbt-${randomBytes(4).toString('hex')}`;
+  t.teardown(() => removePins(dir));
+  fs.mkdirSync(dir);
+  execFileSync('bpftool', ['map', 'create', `${dir}/events`, 'type', 'ringbuf', 'key', '0', 'value', '0', 'entries', String(1 << 20), 'name', 'events']);
+  const loaded = loadDatapath({ objectPath: path.join(root, 'dist/bpf/endpoint.o'), pinDir: dir });
+  const info = JSON.parse(execFileSync('bpftool', ['-j', 'map', 'show', 'pinned', `${dir}/events`], { encoding: 'utf8' })) as { max_entries: number };
+  t.equal(info.max_entries, 1 << 22, 'the pin is the object\'s 4 MiB ring now');
+  loaded.close();
+});
+
 t.test('removeEndpoint(0, ips) drops only those addresses (shared host interface)', async (t) => {
   dp.removeEndpoint(0, [DST.ips[1]]);
   t.notOk(dp.listLocalEndpointIps().includes(DST.ips[1]));

@@ -56,7 +56,7 @@ t.test('every setting has a flag, and the environment and the file can set it to
   const f = resolveConfig(['--config', '/c.yaml'], {}, () => 'eventsPerSecond: 7\nconntrackGcIntervalSeconds: 60\nflowBufferSize: 9\n');
   t.same([f.eventsPerSecond, f.conntrackGcIntervalSeconds, f.flowBufferSize], [7, 60, 9]);
   const d = resolveConfig([], {}, noFile);
-  t.same([d.eventsPerSecond, d.conntrackGcIntervalSeconds, d.flowEvents, d.policyAuditMode], [20_000, 15, true, false], 'defaults');
+  t.same([d.eventsPerSecond, d.conntrackGcIntervalSeconds, d.flowEvents, d.policyAuditMode], [100_000, 15, true, false], 'defaults');
 });
 
 t.test('conntrack size and per-endpoint share: flag, environment, file, defaults, ranges', async (t) => {

@@ -20,8 +20,10 @@ export const DEFAULTS = {
   metricsAddress: '127.0.0.1:9962',
   observerSocket: '/run/membrane/observer.sock',
   flowBufferSize: 4096,
-  /** Per-CPU flow/drop event rate limit: a flood of dropped packets must not flood the agent. */
-  eventsPerSecond: 20_000,
+  /** Per-CPU flow/drop event rate limit: a flood of dropped packets must not flood the agent. Sized
+   *  above the datapath's full connection rate (~15k conn/s x 4 events, possibly all on one CPU) and
+   *  below what the agent ingests without loss (500k/s, bench:flows ingest). */
+  eventsPerSecond: 100_000,
   /** Expired conntrack entries are collected this often. */
   conntrackGcIntervalSeconds: 15,
   /** Unhealthy endpoints are tried again, orphaned addresses released, this often. */

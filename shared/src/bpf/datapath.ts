@@ -150,7 +150,10 @@ export function loadDatapath(options: LoadDatapathOptions): Datapath {
         resized = { pinPath, map }; // a new size: a fresh table, the flows copied over after load
         continue;
       }
-      if (mismatch.length && !options.replaceIncompatiblePins) {
+      // The event ring holds nothing worth keeping: a new size replaces it (the old programs write to
+      // the old ring until the endpoints' programs are replaced at restore).
+      const ringResized = map.name === 'events' && mismatch.length === 1 && mismatch[0].startsWith('max_entries');
+      if (mismatch.length && !ringResized && !options.replaceIncompatiblePins) {
         throw new Error(`pinned map ${pinPath} cannot be reused by ${objectPath}: ${mismatch.join(', ')}`);
       }
       if (mismatch.length) fs.rmSync(pinPath, { force: true });
