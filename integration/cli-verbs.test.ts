@@ -1,5 +1,5 @@
 // cilium-dbg's verbs on a real agent: status --brief/--verbose, version, -o yaml/json and
-// --no-headers, endpoint get by numeric id, endpoint labels (changing them changes the identity),
+// --no-headers, endpoint get by numeric id (and policy endpoint/audit), endpoint labels (changing them changes the identity),
 // identity get, and the bpf verbs reading the real maps (a live connection in the conntrack table
 // and gone after a flush, policy entries after an import, endpoint addresses in the ipcache, policy
 // drops in the datapath counters). Pods are netns of our own; every name is unique.
@@ -107,6 +107,22 @@ t.test('endpoint list -o yaml / --no-headers; get by numeric id; labels', async 
   const bad = await cli('endpoint', 'labels', String(client.id), '-d', 'nope');
   t.equal(bad.code, 1);
   t.match(bad.err, /has no label "nope"/);
+});
+
+t.test('policy endpoint and policy audit name the endpoint as endpoint get does', async (t) => {
+  const view = await cli('policy', 'endpoint', String(server.id));
+  t.equal(view.code, 0, view.err);
+  t.match(view.out, new RegExp(`^Identity: +${server.identity} \\(`, 'm'), 'by numeric id');
+  t.match(view.out, /^Selected by: +-$/m);
+  t.equal((await cli('policy', 'endpoint', `cli-server-${run}`, 'eth0')).out, view.out, 'by container id and interface, the same view');
+  const on = await cli('policy', 'audit', String(server.id), '--mode', 'on');
+  t.equal(on.code, 0, on.err);
+  t.equal(on.out, `endpoint ${server.id} (cli-server-${run}/eth0): audit on\n`);
+  t.match((await cli('policy', 'endpoint', String(server.id))).out, /^Policy: +.*, audit mode \(/m, 'the view shows audit mode');
+  t.equal((await cli('policy', 'audit', String(server.id), '--mode', 'default')).out, `endpoint ${server.id} (cli-server-${run}/eth0): audit off\n`);
+  const missing = await cli('policy', 'audit', '99999', '--mode', 'on');
+  t.equal(missing.code, 1);
+  t.match(missing.err, /endpoint 99999\/eth0 does not exist/);
 });
 
 t.test('identity get', async (t) => {

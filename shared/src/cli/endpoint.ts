@@ -27,6 +27,9 @@ function containerText(e: Endpoint, short = true): string {
   return e.docker ? `docker endpoint ${short ? shortId(e.docker.endpointId) : e.docker.endpointId}` : '-';
 }
 
+/** How every verb that names one endpoint describes the argument findEndpoint takes. */
+export const ENDPOINT_REF_HELP = 'endpoint id, container id (container-id:ID to be explicit), or Docker endpoint id';
+
 /** "12" (an endpoint id), "container-id:ID", a container id or a Docker endpoint id, with an optional
  *  interface. A Docker container's endpoint is found by the container id when it has just one. */
 export async function findEndpoint(c: AgentClient, ref: string, ifName?: string): Promise<Endpoint> {
@@ -54,7 +57,7 @@ export function registerEndpointCommands(program: Command, ctx: CliContext): voi
   const endpoint = program.command('endpoint').description('endpoints on this node');
 
   endpoint.command('list').description('list endpoints').addOption(outputOption()).option('--no-headers', 'table without the header line')
-    .option('--container <id>', 'only this container')
+    .option('--container <id>', "only this container's endpoints (CNI or Docker container id)")
     .action(async (o: { output: string; container?: string; headers: boolean }) => {
       const items = await ctx.client().listEndpoints({ containerId: o.container });
       printTable(o.output, items, ['ID', 'CONTAINER', 'IFACE', 'NETWORK', 'IDENTITY', 'IPV4', 'IPV6', 'HOST IFACE', 'STATUS', 'LABELS'],
@@ -63,7 +66,7 @@ export function registerEndpointCommands(program: Command, ctx: CliContext): voi
     });
 
   endpoint.command('get').description('show one endpoint: by id, or by container id and interface')
-    .argument('<endpoint>', 'endpoint id, or container id (container-id:ID to be explicit)').argument('[ifName]', 'interface (default eth0)')
+    .argument('<endpoint>', ENDPOINT_REF_HELP).argument('[ifName]', 'interface (default eth0)')
     .addOption(outputOption())
     .action(async (ref: string, ifName: string | undefined, o: { output: string }) => {
       const c = ctx.client();
@@ -84,7 +87,7 @@ export function registerEndpointCommands(program: Command, ctx: CliContext): voi
     });
 
   endpoint.command('labels').description("show an endpoint's labels, or change them (-a k=v, -d k): its identity follows")
-    .argument('<endpoint>', 'endpoint id, or container id').argument('[ifName]', 'interface (default eth0)')
+    .argument('<endpoint>', ENDPOINT_REF_HELP).argument('[ifName]', 'interface (default eth0)')
     .option('-a, --add <k=v>', 'add or replace a label (repeatable)', (v: string, p: string[] = []) => [...p, v])
     .option('-d, --delete <k>', 'remove a label (repeatable)', (v: string, p: string[] = []) => [...p, v])
     .addOption(outputOption()).option('--no-headers', 'table without the header line')

@@ -12,6 +12,7 @@ import type { TraceHttp, TraceResult, TraceSide } from '../policy/trace.ts';
 import type { HttpRule } from '../policy/types.ts';
 import type { EndpointPolicyView } from '../policy/engine.ts';
 import type { CliContext } from './context.ts';
+import { attachmentOf, ENDPOINT_REF_HELP, findEndpoint } from './endpoint.ts';
 import { keyValues, outputOption as output, print, render, table, type OutputFormat } from './output.ts';
 
 function readInput(file: string): string {
@@ -162,21 +163,24 @@ export function registerPolicyCommands(program: Command, ctx: CliContext): void 
       if (r.verdict === 'deny') process.exitCode = 2;
     });
 
+  // The endpoint is named as `membrane endpoint get` names it (numeric id, container id, Docker ids).
   policy.command('endpoint').description('identity, enforcement and the policies selecting an endpoint')
-    .argument('<containerId>').argument('[ifName]', 'interface', 'eth0').addOption(output())
-    .action(async (containerId: string, ifName: string, o: { output: OutputFormat }) => {
-      if (o.output !== 'table') return print(render(o.output, await pc().endpoint(containerId, ifName), () => ''));
-      const lines = await endpointPolicyLines(client(), containerId, ifName);
-      if (!lines.length) throw new Error(`endpoint ${containerId}/${ifName} does not exist`);
+    .argument('<endpoint>', ENDPOINT_REF_HELP).argument('[ifName]', 'interface (default eth0)').addOption(output())
+    .action(async (ref: string, ifName: string | undefined, o: { output: OutputFormat }) => {
+      const e = await findEndpoint(client(), ref, ifName);
+      if (o.output !== 'table') return print(render(o.output, await pc().endpoint(attachmentOf(e), e.ifName), () => ''));
+      const lines = await endpointPolicyLines(client(), attachmentOf(e), e.ifName);
+      if (!lines.length) throw new Error(`endpoint ${e.id} (${attachmentOf(e)}/${e.ifName}) has no policy view`);
       print(keyValues(lines));
     });
 
   policy.command('audit').description("set an endpoint's audit mode (would-be drops are reported, traffic passes)")
-    .argument('<containerId>').argument('[ifName]', 'interface', 'eth0')
+    .argument('<endpoint>', ENDPOINT_REF_HELP).argument('[ifName]', 'interface (default eth0)')
     .addOption(new Option('--mode <mode>', 'on, off, or default (back to the endpoint metadata)').choices(['on', 'off', 'default']).makeOptionMandatory())
-    .action(async (containerId: string, ifName: string, o: { mode: 'on' | 'off' | 'default' }) => {
-      const r = await pc().setAudit(containerId, ifName, o.mode === 'default' ? null : o.mode === 'on');
-      print(`${containerId}/${ifName}: audit ${r.audit ? 'on' : 'off'}\n`);
+    .action(async (ref: string, ifName: string | undefined, o: { mode: 'on' | 'off' | 'default' }) => {
+      const e = await findEndpoint(client(), ref, ifName);
+      const r = await pc().setAudit(attachmentOf(e), e.ifName, o.mode === 'default' ? null : o.mode === 'on');
+      print(`endpoint ${e.id} (${attachmentOf(e)}/${e.ifName}): audit ${r.audit ? 'on' : 'off'}\n`);
     });
 
 }

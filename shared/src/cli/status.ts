@@ -53,7 +53,7 @@ async function verboseLines(c: AgentClient, s: AgentStatus): Promise<string> {
 export function registerStatusCommands(program: Command, ctx: CliContext): void {
   program.command('status').description('agent status (as cilium-dbg status)')
     .addOption(outputOption())
-    .option('--brief', 'one line: OK, or why not (exit code 1)')
+    .option('--brief', 'one line: OK when the agent answers, else why not (exit code 1)')
     .option('--verbose', 'also map usage, conntrack fill and drops by reason')
     .action(async (o: { output: string; brief?: boolean; verbose?: boolean }) => {
       const c = ctx.client();
