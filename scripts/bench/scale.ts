@@ -1,0 +1,164 @@
+// npm run bench:scale (node --import tsx scripts/bench/scale.ts [--pods 1000] [--policies 100] [--json FILE])
+// — not a test. Many pods on one agent (the built one, dist/bin/membrane-agent), through membrane-cni
+// (the SEA, as a runtime runs it), with --policies policies selecting them:
+//   ADD latency of the first 10 pods against the last 10; agent RSS per pod beyond the base;
+//   `endpoint list` (API and CLI), a policy import touching every policy, and restore after SIGKILL
+//   with all pods (time until the API answers), with a TCP flow between two pods checked throughout;
+//   DEL of every pod, then a check that nothing is left (endpoints, addresses, links, routes, map
+//   entries, store records) once the reaper is done.
+// Pods get app=s<i % policies>; policy i selects app=s<i> and admits app=s<i+1> on 80/TCP, so every
+// pod is selected and the identities are shared the way replicas share them.
+import { execFileSync, spawn } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { REPO, startAgent, type TestAgent } from '../../integration/lib/agent.ts';
+import { createNetns, type TestNetns } from '../../integration/lib/netns.ts';
+import { nodeState, type NodeState } from '../../integration/lib/leaks.ts';
+import { killAll, startEchoServer, startFlow } from '../../integration/lib/tcp.ts';
+import { CNI_BIN, ensureCniBinary, runtimeEnv } from '../../cni/test/lib/exec.ts';
+import { PolicyClient } from '../../shared/src/policy/client.ts';
+import { markdownTable, median, sleep } from './lib.ts';
+
+delete process.env.NODE_EXTRA_CA_CERTS;
+delete process.env.NODE_OPTIONS;
+const arg = (name: string, dflt: number) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? Number(process.argv[i + 1]) : dflt; };
+const PODS = arg('pods', 1000);
+const POLICIES = arg('policies', 100);
+const JSON_OUT = process.argv.includes('--json') ? process.argv[process.argv.indexOf('--json') + 1] : undefined;
+const log = (s: string) => process.stderr.write(`bench-scale: ${s}\n`);
+
+/** A random /20 under 10.64.0.0/10 (4,094 addresses: room for the pods). */
+function randomSubnet20(): string {
+  const b = crypto.randomBytes(2);
+  return `10.${64 + (b[0] % 64)}.${(b[1] % 16) * 16}.0/20`;
+}
+
+function policies(port: number): string {
+  return Array.from({ length: POLICIES }, (_, i) => JSON.stringify({
+    apiVersion: 'cilium.io/v2', kind: 'CiliumNetworkPolicy', metadata: { name: `scale-${i}` },
+    spec: {
+      endpointSelector: { matchLabels: { app: `s${i}` } },
+      ingress: [{ fromEndpoints: [{ matchLabels: { app: `s${(i + 1) % POLICIES}` } }], toPorts: [{ ports: [{ port: String(port), protocol: 'TCP' }] }] }],
+    },
+  })).join('\n---\n');
+}
+
+function cni(verb: 'ADD' | 'DEL', conf: object, cid: string, ns: string, app: string): Promise<number> {
+  const env = runtimeEnv({ CNI_COMMAND: verb, CNI_CONTAINERID: cid, CNI_NETNS: ns, CNI_IFNAME: 'eth0', CNI_PATH: '/usr/lib/cni',
+    CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=scale;K8S_POD_NAME=${cid}` });
+  const stdin = JSON.stringify({ ...conf, args: { cni: { labels: [{ key: 'app', value: app }] } } });
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const child = spawn(CNI_BIN, [], { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    let out = '';
+    child.stdout.on('data', (c) => { out += c; });
+    child.stderr.on('data', () => undefined);
+    child.on('error', reject);
+    child.on('close', (code) => (code === 0 ? resolve(performance.now() - t0) : reject(new Error(`membrane-cni ${verb} ${cid}: ${out}`))));
+    child.stdin.on('error', () => undefined);
+    child.stdin.end(stdin);
+  });
+}
+
+const rssKiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
+
+async function timed<T>(fn: () => Promise<T>): Promise<[number, T]> {
+  const t0 = performance.now();
+  const v = await fn();
+  return [performance.now() - t0, v];
+}
+
+function cliList(agent: TestAgent): void {
+  execFileSync(path.join(REPO, 'dist/bin/membrane'), ['--socket', agent.socket, 'endpoint', 'list', '-o', 'json'], { stdio: ['ignore', 'ignore', 'pipe'], maxBuffer: 1 << 28 });
+}
+
+async function main(): Promise<void> {
+  ensureCniBinary();
+  const load0 = os.loadavg()[0];
+  const agent = await startAgent({ pools: [randomSubnet20()], bundle: true, extraArgs: ['--log-level', 'info'] });
+  const conf = { cniVersion: '1.0.0', name: `scale-${agent.id}`, type: 'membrane-cni', agentSocket: agent.socket, stateDir: agent.stateDir };
+  const pc = new PolicyClient(agent.client);
+  const nss: TestNetns[] = [];
+  const added: { cid: string; ns: TestNetns; app: string }[] = [];
+  const out: Record<string, number | string | boolean> = { pods: PODS, policies: POLICIES };
+  let flowProcs: ReturnType<typeof startFlow> | undefined;
+  let server: Awaited<ReturnType<typeof startEchoServer>> | undefined;
+  try {
+    await pc.import(policies(80));
+    const empty: NodeState = await nodeState(agent);
+    await sleep(500);
+    const rss0 = rssKiB(agent.pid()!);
+    log(`creating ${PODS} netns`);
+    for (let i = 0; i < PODS; i++) nss.push(createNetns('mbsc'));
+    log(`ADD x${PODS} through ${CNI_BIN}`);
+    const adds: number[] = [];
+    for (const [i, ns] of nss.entries()) {
+      const cid = `scale-${i}-${agent.id}`;
+      const app = `s${i % POLICIES}`;
+      adds.push(await cni('ADD', conf, cid, ns.path, app));
+      added.push({ cid, ns, app });
+      if ((i + 1) % 100 === 0) log(`${i + 1} pods, last ADD ${adds[i].toFixed(0)} ms`);
+    }
+    await sleep(500);
+    const rss1 = rssKiB(agent.pid()!);
+    const first = median(adds.slice(0, 10)), last = median(adds.slice(-10));
+    Object.assign(out, { addFirst10Ms: first, addLast10Ms: last, addRatio: last / first, rssBaseMiB: rss0 / 1024, rssMiB: rss1 / 1024, rssPerPodKiB: (rss1 - rss0) / PODS });
+
+    const [listApiMs, listed] = await timed(() => agent.client.listEndpoints());
+    if (listed.length !== PODS) throw new Error(`the agent lists ${listed.length} endpoints, expected ${PODS}`);
+    const [listCliMs] = await timed(async () => cliList(agent));
+    const [importMs, imported] = await timed(() => pc.import(policies(8080)));
+    Object.assign(out, { endpointListApiMs: listApiMs, endpointListCliMs: listCliMs, policyImportMs: importMs, policyImportEnforcedMs: imported.enforcedMs });
+
+    // A flow between two pods that policy admits (s1 -> s0 on 8080 now), kept up across SIGKILL + restore.
+    const ep = (i: number) => listed.find((e) => e.containerId === added[i].cid)!;
+    server = await startEchoServer(added[0].ns, 8080);
+    flowProcs = startFlow(added[1].ns, ep(0).ips[0].address.split('/')[0], 8080);
+    await sleep(1000);
+    const beforeKill = flowProcs.echoed();
+    await agent.kill9();
+    const [restoreMs] = await timed(() => agent.restart());
+    await sleep(1000);
+    const flowOk = beforeKill > 0 && flowProcs.echoed() > beforeKill && !flowProcs.failed();
+    Object.assign(out, { restoreMs, flowSurvivedRestore: flowOk });
+    if ((await agent.client.listEndpoints()).length !== PODS) throw new Error('the restarted agent lost endpoints');
+    flowProcs.stop();
+    killAll([server]);
+
+    log(`DEL x${PODS}`);
+    const dels: number[] = [];
+    for (const a of added.splice(0)) dels.push(await cni('DEL', conf, a.cid, a.ns.path, a.app));
+    // Links and routes of the node's netns are shared with whatever else runs here: ours are named.
+    const ours = new Set(listed.map((e) => e.hostIfName));
+    const mine = (s: NodeState) => ({ ...s, links: s.links.filter((l) => ours.has(l)), routes: s.routes.filter((r) => [...ours].some((l) => r.includes(` dev ${l}`))) });
+    const want = JSON.stringify(mine(empty));
+    let left = mine(await nodeState(agent));
+    for (const deadline = Date.now() + 60_000; JSON.stringify(left) !== want && Date.now() < deadline; left = mine(await nodeState(agent))) await sleep(200);
+    const clean = JSON.stringify(left) === want;
+    Object.assign(out, { delMedianMs: median(dels), nothingLeft: clean });
+    if (!clean) log(`left behind: ${JSON.stringify(left)} (before the pods: ${want})`);
+  } finally {
+    flowProcs?.stop();
+    killAll([server]);
+    for (const a of added) await cni('DEL', conf, a.cid, a.ns.path, a.app).catch(() => undefined);
+    for (const ns of nss) ns.remove();
+    await agent.cleanup();
+  }
+  const f = (n: unknown, d = 1) => (typeof n === 'number' ? n.toFixed(d) : String(n));
+  process.stdout.write(`\n${markdownTable(['what', `${PODS} pods, ${POLICIES} policies`, 'goal'], [
+    ['ADD, median of the first 10 / last 10 (ms)', `${f(out.addFirst10Ms)} / ${f(out.addLast10Ms)} (${f(out.addRatio, 2)}×)`, '≤ 1.1×'],
+    ['agent RSS: base / with all pods (MiB)', `${f(out.rssBaseMiB)} / ${f(out.rssMiB)}`, '≤ 150 MiB at 1,000 pods'],
+    ['agent RSS per pod beyond the base (KiB)', f(out.rssPerPodKiB), '≤ 5 KiB'],
+    ['endpoint list: API / CLI (ms)', `${f(out.endpointListApiMs)} / ${f(out.endpointListCliMs)}`, ''],
+    [`policy import (${POLICIES} policies changed): API round trip / until enforced (ms)`, `${f(out.policyImportMs)} / ${f(out.policyImportEnforcedMs)}`, ''],
+    ['restore after SIGKILL until the API answers (ms)', f(out.restoreMs, 0), '< 2000 ms'],
+    ['TCP flow between two pods kept flowing through it', String(out.flowSurvivedRestore), 'true'],
+    ['DEL, median (ms)', f(out.delMedianMs), ''],
+    ['nothing left after DEL of all (endpoints, addresses, links, routes, maps, records)', String(out.nothingLeft), 'true'],
+  ])}\n\nLoad average at the start: ${load0.toFixed(1)}, at the end: ${os.loadavg()[0].toFixed(1)} (${os.cpus().length} CPUs).\n`);
+  if (JSON_OUT) fs.writeFileSync(JSON_OUT, JSON.stringify(out, null, 1));
+}
+
+await main();
