@@ -1,12 +1,13 @@
 // The flow relay on the 3-node harness: membrane-relay runs on the underlay (the control-plane netns),
 // finds the nodes in etcd and reaches their observers: n1 and n2 over TCP with mutual TLS from a
 // cluster CA made by scripts/cluster-certs.sh, n3 over its unix socket (the harness's way). Through the
-// relay, `membrane observe --server` shows the flows of every node with their names, each cross-node
-// connection once per node that observed it, in time order, each drop once, by the node that dropped; a node that dies is reported
+// relay (its unix socket, or TCP with mutual TLS from the same CA), `membrane observe --server` shows
+// the flows of every node with their names, each cross-node connection once per node that observed
+// it, in time order, each drop once, by the node that dropped it; a node that dies is reported
 // (NODE_UNAVAILABLE, then NODE_CONNECTED when it is back), never fatal; a node removed from the
 // cluster is reported (NODE_GONE) and no longer asked.
 import t from 'tap';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -28,6 +29,7 @@ if (process.getuid?.() !== 0) {
 
 const certs = fs.mkdtempSync(path.join(os.tmpdir(), `mbr-certs-${randomId(2)}-`));
 const CERTS = path.join(REPO, 'scripts/cluster-certs.sh');
+const RELAY_PORT = 4245; // in the control-plane netns, ours alone
 let c: TestCluster;
 let relay: Proc;
 let relaySocket: string;
@@ -48,7 +50,8 @@ t.before(async () => {
   relaySocket = path.join(certs, 'relay.sock');
   relay = c.spawnControl([RELAY_MAIN, '--cluster-name', c.name, '--kvstore-endpoints', c.etcd.clientUrl, '--listen-socket', relaySocket,
     '--tls-ca-file', path.join(certs, 'ca.pem'), '--tls-client-cert-file', path.join(certs, 'relay.pem'), '--tls-client-key-file', path.join(certs, 'relay.key'),
-    '--log-level', 'debug'], 'relay.log');
+    '--listen-address', `0.0.0.0:${RELAY_PORT}`, '--tls-server-cert-file', path.join(certs, 'relay.pem'), '--tls-server-key-file', path.join(certs, 'relay.key'),
+    '--tls-server-client-ca-file', path.join(certs, 'ca.pem'), '--log-level', 'debug'], 'relay.log');
   await relay.start();
   await eventually('the relay serves', async () => { const o = new ObserverClient(relaySocket); try { return (await o.healthCheck(1000)) === 'SERVING'; } finally { o.close(); } }, 60_000, 250);
 });
@@ -76,6 +79,23 @@ t.test('the relay finds every node in etcd and reaches each: two over mutual TLS
   } finally { r.close(); }
   const status = cli('observe', 'status', '--server', relaySocket);
   t.match(status, /Connected Nodes: 3\/3/, `membrane observe status --server shows the relay's view:\n${status}`);
+
+  // Over TCP with mutual TLS (the relay in the control-plane netns, the CLI there too): the client
+  // certificate from scripts/cluster-certs.sh is admitted; no certificate, or no TLS, is refused.
+  const address = `${c.subnet.replace(/\.0\/24$/, '.2')}:${RELAY_PORT}`;
+  const inControl = (...args: string[]) => spawnSync('nsenter', [`--net=${c.control.path}`, process.execPath, '--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'),
+    'observe', 'status', '--server', address, ...args], { encoding: 'utf8', cwd: REPO, env: { ...process.env, NODE_EXTRA_CA_CERTS: '' } });
+  const ca = ['--tls-ca-cert-files', path.join(certs, 'ca.pem'), '--tls-server-name', `relay.${c.name}.observer.membrane`];
+  const mtls = inControl(...ca, '--tls-client-cert-file', path.join(certs, 'client.pem'), '--tls-client-key-file', path.join(certs, 'client.key'));
+  t.equal(mtls.status, 0, `membrane observe --server ${address} --tls-*: ${mtls.stderr}`);
+  t.match(mtls.stdout, /Connected Nodes: 3\/3/, 'the relay over TCP with mutual TLS');
+  const noCert = inControl(...ca);
+  t.equal(noCert.status, 1, 'without a client certificate: exit 1');
+  t.match(noCert.stderr, /cannot reach the flow observer/, `and a reason: ${noCert.stderr.trim()}`);
+  const plain = inControl();
+  t.equal(plain.status, 1, 'without TLS: exit 1');
+  const half = inControl('--tls-client-cert-file', path.join(certs, 'client.pem'));
+  t.match(half, { status: 1, stderr: /--tls-client-cert-file and --tls-client-key-file go together/ }, 'a client certificate without its key: a clear error');
 });
 
 t.test('a cross-node connection: once per observing node, with node names, in time order', async (t) => {

@@ -3,6 +3,7 @@
 import t from 'tap';
 import { byTime, mergeOrdered, selectHistory, SortBuffer, timeNs } from '../src/relay/merge.ts';
 import { observerServerName } from '../src/relay/peers.ts';
+import { observerTls } from '../src/cli/observe.ts';
 
 const at = (ms: number, node: string, flow = true) => ({
   time: { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1_000_000 }, nodeName: node, ...(flow ? { flow: {} } : {}),
@@ -41,4 +42,22 @@ t.test('follow: the sort buffer releases what is older than its window, oldest f
 
 t.test('observer certificates are named per node and cluster', async (t) => {
   t.equal(observerServerName('prod', 'n1'), 'n1.prod.observer.membrane', 'what scripts/cluster-certs.sh writes');
+});
+
+t.test("membrane observe's --tls flags (hubble's): TLS only towards --server, CA files concatenated, cert and key together", async (t) => {
+  const files: Record<string, string> = { 'a.pem': 'A\n', 'b.pem': 'B\n', 'c.pem': 'CERT', 'c.key': 'KEY' };
+  const read = (f: string) => {
+    if (!(f in files)) throw Object.assign(new Error(`ENOENT: ${f}`), { code: 'ENOENT' });
+    return Buffer.from(files[f]);
+  };
+  t.equal(observerTls({ server: 'relay:4245' }, read), undefined, 'no --tls flag: plaintext');
+  t.same(observerTls({ server: 'relay:4245', tls: true }, read), {}, '--tls alone: the system CAs');
+  const full = observerTls({ server: 'relay:4245', tlsCaCertFiles: ['a.pem', 'b.pem'], tlsClientCertFile: 'c.pem', tlsClientKeyFile: 'c.key', tlsServerName: 'relay.c1.observer.membrane' }, read)!;
+  t.equal(full.ca?.toString(), 'A\nB\n', 'every CA file, one bundle');
+  t.match(full, { serverName: 'relay.c1.observer.membrane' });
+  t.equal(full.cert?.toString(), 'CERT');
+  t.equal(full.key?.toString(), 'KEY');
+  t.throws(() => observerTls({ observerSocket: '/run/x.sock', tls: true }, read), /need|give it too/, 'TLS without --server: refused');
+  t.throws(() => observerTls({ server: 'r:1', tlsClientCertFile: 'c.pem' }, read), /go together/, 'a certificate without its key: refused');
+  t.throws(() => observerTls({ server: 'r:1', tlsCaCertFiles: ['missing.pem'] }, read), /--tls-ca-cert-files missing\.pem: no such file/, 'a missing file is named');
 });

@@ -1,8 +1,9 @@
 // `membrane observe`: flows from the agent's Hubble-compatible observer (gRPC), with `hubble
 // observe`'s flags and output formats; `observe agent-events`, `observe status`, `observe nodes`
 // and `observe namespaces` for the rest of the observer API. Any Hubble server works as --server.
+import fs from 'node:fs';
 import { type Command, Option } from 'commander';
-import { DEFAULT_OBSERVER_SOCKET, ObserverClient, ObserverUnreachableError } from '../flows/client.ts';
+import { DEFAULT_OBSERVER_SOCKET, ObserverClient, ObserverUnreachableError, type ObserverTls } from '../flows/client.ts';
 import { FilterError } from '../flows/filter.ts';
 import { flowPrinter, jsonLine, type FlowOutput } from '../flows/format.ts';
 import { agentEventLine, namespaceRows, nodeRows, statusLines } from '../flows/format-events.ts';
@@ -31,9 +32,33 @@ function fail(e: unknown): never {
 
 const serverOptions = (cmd: Command) => cmd
   .addOption(new Option('--observer-socket <path>', `observer unix socket (env MEMBRANE_OBSERVER_SOCKET; default: the one the agent at --socket serves, else ${DEFAULT_OBSERVER_SOCKET})`))
-  .addOption(new Option('--server <address>', 'a Hubble-compatible observer over TCP (host:port) instead of the unix socket'));
+  .addOption(new Option('--server <address>', 'a Hubble-compatible observer over TCP (host:port) instead of the unix socket'))
+  .option('--tls', 'TLS to --server (implied by the other --tls-* flags)')
+  .option('--tls-ca-cert-files <files>', "CA certificates (PEM) the server's certificate must come from (comma-separated or repeated; default: the system's)",
+    (v: string, p: string[] = []) => [...p, ...v.split(',').filter(Boolean)])
+  .option('--tls-client-cert-file <file>', 'client certificate (PEM), for a server that asks for one (membrane-relay, agents with --observer-tls-client-ca-files)')
+  .option('--tls-client-key-file <file>', 'its key')
+  .option('--tls-server-name <name>', "the name the server's certificate must carry, when it is not --server's host");
 
-interface ServerOptions { observerSocket?: string; server?: string }
+interface ServerOptions {
+  observerSocket?: string; server?: string;
+  tls?: boolean; tlsCaCertFiles?: string[]; tlsClientCertFile?: string; tlsClientKeyFile?: string; tlsServerName?: string;
+}
+
+/** --tls and --tls-* (hubble's flags): TLS towards --server, or undefined for plaintext. */
+export function observerTls(o: ServerOptions, read: (file: string) => Buffer = (f) => fs.readFileSync(f)): ObserverTls | undefined {
+  if (!o.tls && !o.tlsCaCertFiles?.length && !o.tlsClientCertFile && !o.tlsClientKeyFile && !o.tlsServerName) return undefined;
+  if (!o.server) throw new Error('--tls and --tls-* secure --server HOST:PORT: give it too (a unix socket has no TLS)');
+  if (!!o.tlsClientCertFile !== !!o.tlsClientKeyFile) throw new Error('--tls-client-cert-file and --tls-client-key-file go together');
+  const load = (flag: string, file: string) => {
+    try { return read(file); } catch (e) { throw new Error(`${flag} ${file}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`); }
+  };
+  return {
+    ...(o.tlsCaCertFiles?.length ? { ca: Buffer.concat(o.tlsCaCertFiles.map((f) => load('--tls-ca-cert-files', f))) } : {}),
+    ...(o.tlsClientCertFile ? { cert: load('--tls-client-cert-file', o.tlsClientCertFile), key: load('--tls-client-key-file', o.tlsClientKeyFile!) } : {}),
+    ...(o.tlsServerName ? { serverName: o.tlsServerName } : {}),
+  };
+}
 
 /** --server, else --observer-socket / MEMBRANE_OBSERVER_SOCKET, else the observer the agent at --socket
  *  reports (an agent with its own sockets needs only --socket), else the default socket. */
@@ -48,7 +73,9 @@ async function target(o: ServerOptions, ctx: CliContext): Promise<string> {
 }
 
 async function withClient<T>(o: ServerOptions, ctx: CliContext, fn: (c: ObserverClient) => Promise<T>): Promise<T> {
-  const client = new ObserverClient(await target(o, ctx));
+  let tls: ObserverTls | undefined;
+  try { tls = observerTls(o); } catch (e) { fail(e); }
+  const client = new ObserverClient(await target(o, ctx), tls ? { tls } : {});
   try { return await fn(client); } catch (e) { return fail(e); } finally { client.close(); }
 }
 

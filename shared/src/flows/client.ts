@@ -33,10 +33,11 @@ interface RawHealth extends grpc.Client {
   check: Unary<{ status?: string }>;
 }
 
-/** TLS towards an observer (a relay's connections to the agents): the CA, an optional client
- *  certificate, and the name the server's certificate must carry when it is not the address's. */
+/** TLS towards an observer (a relay's connections to the agents, `membrane observe --tls`): the CA
+ *  (absent: the system's), an optional client certificate, and the name the server's certificate
+ *  must carry when it is not the address's. */
 export interface ObserverTls {
-  ca: Buffer;
+  ca?: Buffer;
   cert?: Buffer;
   key?: Buffer;
   serverName?: string;
@@ -51,7 +52,7 @@ export class ObserverClient {
     this.target = observerTarget(socketOrAddress);
     const { Client } = observerService();
     const tls = opts.tls;
-    const creds = () => (tls ? grpc.credentials.createSsl(tls.ca, tls.key ?? null, tls.cert ?? null) : grpc.credentials.createInsecure());
+    const creds = () => (tls ? grpc.credentials.createSsl(tls.ca ?? null, tls.key ?? null, tls.cert ?? null) : grpc.credentials.createInsecure());
     const options: grpc.ChannelOptions = tls?.serverName ? { 'grpc.ssl_target_name_override': tls.serverName, 'grpc.default_authority': tls.serverName } : {};
     this.raw = new Client(this.target, creds(), options) as unknown as RawClient;
     // Same target, same channel options: grpc-js shares the connection between the two clients.
