@@ -3,6 +3,7 @@
 // new connections to L7 ports fail closed, counted as SOCKET_LOOKUP_FAILED drops (Hubble's name for code 178), while other ports
 // work; the proxy comes back by itself.
 import t from 'tap';
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createNetns, type TestNetns } from './lib/netns.ts';
@@ -11,6 +12,7 @@ import { curl, RawHttp, request, startHttpServer } from './lib/http.ts';
 import { probe } from './lib/probe.ts';
 import { killAll, startEchoServer } from './lib/tcp.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
+import { PROXY_ROUTE_TABLE } from '../shared/src/l7/routing.ts';
 import type { Endpoint } from '../shared/src/types.ts';
 import type { ChildProcess } from 'node:child_process';
 
@@ -57,8 +59,14 @@ async function workersConnected(ms = 60_000): Promise<L7Status> {
 }
 const drops = async () => ((await agent.client.request('GET', '/v1/policy/status')) as { drops: Record<string, number> }).drops;
 const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
+// The host's own way out. An early L7 prototype once replaced the node's default route: the proxy's
+// "every destination is local" route must only ever exist in its own table.
+const ip = (...args: string[]) => execFileSync('ip', args, { encoding: 'utf8' });
+const hostDefaults = () => ip('-4', 'route', 'show', 'default', 'table', 'main') + ip('-6', 'route', 'show', 'default', 'table', 'main');
+const hostDefaultsBefore = hostDefaults();
 
 t.before(async () => {
+  if (!hostDefaultsBefore.trim()) throw new Error('the host has no default route before the test: not ours to judge');
   agent = await startAgent();
   pc = new PolicyClient(agent.client);
   webNs = createNetns('mbl');
@@ -111,4 +119,18 @@ t.test('proxy down: new connections to L7 ports fail closed and are counted; oth
   t.ok(((await drops()).SOCKET_LOOKUP_FAILED ?? 0) > dropped, `the refused connection attempts are drops with their reason: ${JSON.stringify(await drops())}`);
   const log = fs.readFileSync(path.join(agent.stateDir, 'agent.log'), 'utf8');
   t.match(log, /L7 proxy worker started/, 'the agent says it started them');
+});
+
+t.test("the host's routes are never touched: default routes the same with the proxy up, after SIGKILL, and after the agent is gone", async (t) => {
+  await workersConnected();
+  t.equal(hostDefaults(), hostDefaultsBefore, `with L7 policy enforced:\n${hostDefaultsBefore}`);
+  t.match(ip('-4', 'route', 'show', 'table', 'all', 'dev', 'lo', 'type', 'local', 'default'), new RegExp(`^local default table ${PROXY_ROUTE_TABLE} `, 'm'), `the proxy's local default route is in its own table (${PROXY_ROUTE_TABLE})`);
+  t.notMatch(ip('-4', 'route', 'show', 'table', 'main'), /^local default/m, 'and not in main');
+  await agent.kill9();
+  t.equal(hostDefaults(), hostDefaultsBefore, 'after the agent is killed');
+  await agent.restart();
+  await workersConnected();
+  t.equal(hostDefaults(), hostDefaultsBefore, 'after it starts again');
+  await agent.cleanup();
+  t.equal(hostDefaults(), hostDefaultsBefore, 'after it stopped and its endpoints, device and state are gone');
 });

@@ -1,6 +1,7 @@
 // HTTP peers inside test netns: a server that reports what it received (method, URL, headers, the
-// body's size and hash, the peer address) and echoes WebSocket-style after an upgrade, and clients
-// (curl, and a raw socket for pipelining and keep-alive checks across policy changes).
+// body's size and hash, the peer address) and, after an upgrade, echoes WebSocket messages (or raw
+// bytes for a client that is no WebSocket client), and clients (curl, Node's WebSocket client, and a raw
+// socket for pipelining and keep-alive checks across policy changes).
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { TestNetns } from './netns.ts';
 
@@ -20,10 +21,42 @@ const srv = http.createServer((req, res) => {
 });
 srv.keepAliveTimeout = 60000;
 srv.on('upgrade', (req, socket) => {
-  socket.write('HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n');
-  socket.on('data', (d) => socket.write(Buffer.concat([Buffer.from('echo:'), d])));
-  socket.on('end', () => socket.end());
   socket.on('error', () => {});
+  socket.on('end', () => socket.end());
+  const key = req.headers['sec-websocket-key'];
+  if (!key) {
+    // Not a WebSocket client: echo raw bytes (tests that only look at the tunnel).
+    socket.write('HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n');
+    socket.on('data', (d) => socket.write(Buffer.concat([Buffer.from('echo:'), d])));
+    return;
+  }
+  // RFC 6455: the accept key proves the answer is to this handshake; each message comes back as "echo:<message>".
+  const accept = crypto.createHash('sha1').update(key + '258EAFA5-E914-47DA-95CA-C5AB0DC85B11').digest('base64');
+  socket.write('HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\nSec-WebSocket-Accept: ' + accept + '\\r\\n\\r\\n');
+  const frame = (op, payload) => {
+    const n = payload.length;
+    const head = n < 126 ? Buffer.from([0x80 | op, n]) : n < 65536 ? Buffer.from([0x80 | op, 126, n >> 8, n & 255]) : Buffer.concat([Buffer.from([0x80 | op, 127]), (() => { const b = Buffer.alloc(8); b.writeBigUInt64BE(BigInt(n)); return b; })()]);
+    return Buffer.concat([head, payload]);
+  };
+  let buf = Buffer.alloc(0);
+  socket.on('data', (d) => {
+    buf = Buffer.concat([buf, d]);
+    while (buf.length >= 2) {
+      const op = buf[0] & 15;
+      let len = buf[1] & 127, off = 2;
+      if (len === 126) { if (buf.length < 4) return; len = buf.readUInt16BE(2); off = 4; }
+      else if (len === 127) { if (buf.length < 10) return; len = Number(buf.readBigUInt64BE(2)); off = 10; }
+      const mask = buf[1] & 128 ? buf.subarray(off, off + 4) : null;
+      if (mask) off += 4;
+      if (buf.length < off + len) return;
+      const payload = Buffer.from(buf.subarray(off, off + len));
+      if (mask) for (let i = 0; i < len; i++) payload[i] ^= mask[i & 3];
+      buf = buf.subarray(off + len);
+      if (op === 8) { socket.end(frame(8, payload.subarray(0, 2))); return; }
+      if (op === 9) socket.write(frame(10, payload));
+      else if (op === 1 || op === 2) socket.write(frame(op, Buffer.concat([Buffer.from('echo:'), payload])));
+    }
+  });
 });
 srv.listen(port, host, () => process.stdout.write('listening\\n'));
 `;
@@ -142,3 +175,40 @@ export class RawHttp {
 
 export const request = (method: string, path: string, host = 'svc', headers: Record<string, string> = {}, body = ''): string =>
   `${method} ${path} HTTP/1.1\r\nHost: ${host}\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}${body ? `Content-Length: ${Buffer.byteLength(body)}\r\n` : ''}\r\n${body}`;
+
+const WS_CLIENT = `
+// Node's own WebSocket client (undici, the browser API): checks the handshake's accept key itself.
+const [url, ...messages] = process.argv.slice(1);
+const got = [];
+let opened = false;
+const ws = new WebSocket(url);
+ws.binaryType = 'arraybuffer';
+const done = (r) => { process.stdout.write(JSON.stringify({ opened, got, ...r }) + '\\n'); process.exit(0); };
+setTimeout(() => done({ error: 'timeout' }), 8000);
+ws.onopen = () => { opened = true; for (const m of messages) ws.send(m.startsWith('bytes:') ? new Uint8Array(Number(m.slice(6))).fill(120) : m); };
+ws.onmessage = (e) => {
+  got.push(typeof e.data === 'string' ? e.data : 'bytes:' + e.data.byteLength + ':' + Buffer.from(e.data).subarray(0, 5).toString());
+  if (got.length === messages.length) ws.close(1000, 'bye');
+};
+// A refused handshake is an error event (Node 20's client then never fires close).
+ws.onerror = (e) => { if (!opened) done({ error: e.message }); };
+ws.onclose = (e) => done({ closeCode: e.code });
+`;
+
+export interface WsResult { opened: boolean; got: string[]; closeCode?: number; error?: string }
+
+/**
+ * A WebSocket session from ns: opens url, sends each message (text, or "bytes:N" for a binary message
+ * of N bytes), waits for as many answers, closes. Answers are text, or "bytes:N:<first 5 bytes>".
+ */
+export function webSocket(ns: TestNetns, url: string, messages: string[]): Promise<WsResult> {
+  const env: NodeJS.ProcessEnv = { ...process.env, NODE_OPTIONS: '' };
+  delete env.NODE_EXTRA_CA_CERTS;
+  const child = spawn('nsenter', [`--net=${ns.path}`, process.execPath, '--no-warnings', '--experimental-websocket', '-e', WS_CLIENT, url, ...messages], { stdio: ['ignore', 'pipe', 'pipe'], env });
+  let out = '', err = '';
+  child.stdout!.on('data', (d: Buffer) => { out += d; });
+  child.stderr!.on('data', (d: Buffer) => { err += d; });
+  return new Promise((resolve, reject) => child.once('exit', () => {
+    try { resolve(JSON.parse(out)); } catch { reject(new Error(`WebSocket client: ${out}${err}`)); }
+  }));
+}

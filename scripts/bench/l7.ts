@@ -8,7 +8,8 @@
 //           a user would otherwise put there (upstream keep-alive, access log off)
 // plus the same-run A/B of a port without L7 rules (8080) with and without the L7 policy on port 80
 // (redirect_peer traffic never meets the proxy: the cost should be 0).
-// Medians over BENCH_ROUNDS rounds of BENCH_SECONDS each; BENCH_CONNS picks the connection counts.
+// Medians over BENCH_ROUNDS rounds of BENCH_SECONDS each; BENCH_CONNS picks the connection counts. Each
+// row says whether the issue's goals are met: Membrane L7 >= 0.8x nginx's req/s and p99 <= 1.25x nginx's.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -23,6 +24,10 @@ const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const CONNS = (process.env.BENCH_CONNS ?? '1,10,50,100').split(',').map(Number);
 const NGINX_PORT = 18000 + Math.floor(Math.random() * 2000); // nginx on the node: random, so runs never clash
 delete process.env.NODE_EXTRA_CA_CERTS;
+
+// The issue's goals, against nginx measured in the same run.
+const GOAL_RPS = 0.8;
+const GOAL_P99 = 1.25;
 
 type Variant = 'direct' | 'l7' | 'nginx';
 type Mode = 'keep-alive' | 'close';
@@ -158,16 +163,19 @@ async function main(): Promise<void> {
       for (const conns of CONNS) {
         const k = (v: Variant) => `${v}|${mode}|${conns}`;
         const cell = (v: Variant) => `${med(k(v), 'rps').toFixed(0)} / ${med(k(v), 'p50').toFixed(2)} / ${med(k(v), 'p99').toFixed(2)}`;
-        rows.push([mode, String(conns), cell('direct'), cell('l7'), cell('nginx'),
-          `${(med(k('l7'), 'rps') / med(k('nginx'), 'rps')).toFixed(2)}×`, `${(med(k('l7'), 'p99') / med(k('nginx'), 'p99')).toFixed(2)}×`]);
+        const rps = med(k('l7'), 'rps') / med(k('nginx'), 'rps');
+        const p99 = med(k('l7'), 'p99') / med(k('nginx'), 'p99');
+        const goal = [rps >= GOAL_RPS ? '' : `req/s < ${GOAL_RPS}×`, p99 <= GOAL_P99 ? '' : `p99 > ${GOAL_P99}×`].filter(Boolean).join(', ') || 'met';
+        rows.push([mode, String(conns), cell('direct'), cell('l7'), cell('nginx'), `${rps.toFixed(2)}×`, `${p99.toFixed(2)}×`, goal]);
       }
     }
     const errors = [...samples].filter(([, v]) => v.some((x) => x.errors)).map(([k]) => k);
     console.log(`\nL7 HTTP benchmark: ${ROUNDS} interleaved rounds × ${SECONDS} s, medians; wrk in the client pod, nginx (1 worker) serving in the server pod; ${os.cpus().length} CPUs; load average at start ${load}\n`);
-    console.log(markdownTable(['connections', 'conns', 'direct req/s / p50 / p99 ms', 'Membrane L7 req/s / p50 / p99 ms', 'nginx proxy req/s / p50 / p99 ms', 'L7/nginx req/s', 'L7/nginx p99'], rows));
+    console.log(markdownTable(['mode', 'conns', 'direct req/s / p50 / p99 ms', 'Membrane L7 req/s / p50 / p99 ms', 'nginx proxy req/s / p50 / p99 ms', 'L7/nginx req/s', 'L7/nginx p99', `goal (≥ ${GOAL_RPS}× req/s, ≤ ${GOAL_P99}× p99)`], rows));
     const off = med('8080|l7-off', 'rps'), on = med('8080|l7-on', 'rps');
     console.log(`\nPort 8080 (no L7 rules), 50 connections keep-alive: ${off.toFixed(0)} req/s without the L7 policy on port 80, ${on.toFixed(0)} req/s with it (${(on / off).toFixed(2)}×).`);
     if (errors.length) console.log(`\nwrk reported errors (socket errors or non-2xx) in: ${errors.join(', ')}`);
+    console.log(`Load average at the end: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')} (numbers taken while other work runs are noisy).`);
   } finally {
     for (const c of procs) c.kill('SIGTERM');
     await sleep(300);
