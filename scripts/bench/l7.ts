@@ -8,8 +8,11 @@
 //           a user would otherwise put there (upstream keep-alive, access log off)
 // plus the same-run A/B of a port without L7 rules (8080) with and without the L7 policy on port 80
 // (redirect_peer traffic never meets the proxy: the cost should be 0).
-// Medians over BENCH_ROUNDS rounds of BENCH_SECONDS each; BENCH_CONNS picks the connection counts. Each
-// row says whether the issue's goals are met: Membrane L7 >= 0.8x nginx's req/s and p99 <= 1.25x nginx's.
+// After BENCH_WARMUP seconds of each variant (not recorded), medians over BENCH_ROUNDS rounds of
+// BENCH_SECONDS each; BENCH_CONNS picks the connection counts. Each row says whether the issue's goals
+// are met (Membrane L7 >= 0.8x nginx's req/s, p99 <= 1.25x nginx's) and what the proxying costs in CPU
+// per request (Membrane's workers plus its agent, nginx's workers): on a loaded machine the ratios move
+// with the load, the CPU cost much less.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -21,7 +24,10 @@ import { markdownTable, median, sleep } from './lib.ts';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
+const WARMUP = Number(process.env.BENCH_WARMUP ?? 5);
 const CONNS = (process.env.BENCH_CONNS ?? '1,10,50,100').split(',').map(Number);
+// All three by default; a subset (BENCH_VARIANTS=l7) is for looking at one of them, not for the table.
+const VARIANTS = (process.env.BENCH_VARIANTS ?? 'direct,l7,nginx').split(',');
 const NGINX_PORT = 18000 + Math.floor(Math.random() * 2000); // nginx on the node: random, so runs never clash
 delete process.env.NODE_EXTRA_CA_CERTS;
 
@@ -31,7 +37,24 @@ const GOAL_P99 = 1.25;
 
 type Variant = 'direct' | 'l7' | 'nginx';
 type Mode = 'keep-alive' | 'close';
-interface Sample { rps: number; p50: number; p99: number; errors: number }
+interface Sample { rps: number; p50: number; p99: number; errors: number; requests: number; cpuUsPerReq?: number }
+
+const TICK_US = 1e6 / 100; // /proc/<pid>/stat times are in USER_HZ (100 on Linux)
+/** CPU time (user + system, µs) the processes have used so far; a process that is gone counts 0. */
+function cpuUs(pids: number[]): number {
+  let ticks = 0;
+  for (const pid of pids) {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(f[11]) + Number(f[12]); // fields 14 and 15 (utime, stime), counted after "pid (comm) "
+    } catch { /* gone */ }
+  }
+  return ticks * TICK_US;
+}
+const childrenOf = (pid: number): number[] => {
+  try { return fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number); } catch { return []; }
+};
 
 const policy = (l7: boolean) => `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -82,13 +105,17 @@ function parseWrk(out: string): Sample {
     return m[2] === 'us' ? v / 1000 : m[2] === 's' ? v * 1000 : v; // ms
   };
   const errors = [...out.matchAll(/(connect|read|write|timeout) (\d+)/g)].reduce((n, m) => n + Number(m[2]), 0) + (num(/Non-2xx or 3xx responses: (\d+)/) || 0);
-  return { rps: num(/Requests\/sec:\s+([\d.]+)/), p50: dur(/ 50%\s+([\d.]+)(us|ms|s)/), p99: dur(/ 99%\s+([\d.]+)(us|ms|s)/), errors };
+  return { requests: num(/(\d+) requests in /), rps: num(/Requests\/sec:\s+([\d.]+)/), p50: dur(/ 50%\s+([\d.]+)(us|ms|s)/), p99: dur(/ 99%\s+([\d.]+)(us|ms|s)/), errors };
 }
 
-async function wrk(client: TestNetns, url: string, conns: number, mode: Mode): Promise<Sample> {
-  const args = ['-t', String(Math.min(2, conns)), '-c', String(conns), '-d', `${SECONDS}s`, '--latency', ...(mode === 'close' ? ['-H', 'Connection: close'] : []), url];
-  const out = await client.exec('wrk', args, { timeoutMs: (SECONDS + 30) * 1000 });
-  return parseWrk(out);
+/** wrk's numbers, and the CPU time `proxy` (the processes between client and server) spent per request. */
+async function wrk(client: TestNetns, url: string, conns: number, mode: Mode, proxy: number[] = [], seconds = SECONDS): Promise<Sample> {
+  const args = ['-t', String(Math.min(2, conns)), '-c', String(conns), '-d', `${seconds}s`, '--latency', ...(mode === 'close' ? ['-H', 'Connection: close'] : []), url];
+  const cpu0 = cpuUs(proxy);
+  const out = await client.exec('wrk', args, { timeoutMs: (seconds + 30) * 1000 });
+  const sample = parseWrk(out);
+  if (proxy.length && sample.requests > 0) sample.cpuUsPerReq = (cpuUs(proxy) - cpu0) / sample.requests;
+  return sample;
 }
 
 async function waitHttp(client: TestNetns, url: string): Promise<void> {
@@ -127,6 +154,11 @@ async function main(): Promise<void> {
     await waitHttp(client, urls.direct);
     await waitHttp(client, urls.nginx);
 
+    // Who does the proxying: Membrane's workers and the agent (it turns their records into flows and
+    // metrics), or nginx's workers.
+    const proxyPids = async (v: Variant): Promise<number[]> => v === 'l7'
+      ? [...((await agent.client.status()).l7 as { workers: { pid?: number }[] }).workers.map((w) => w.pid ?? 0).filter(Boolean), agent.pid()!]
+      : v === 'nginx' ? childrenOf(p.child.pid!) : [];
     const samples = new Map<string, Sample[]>();
     const rec = (key: string, v: Sample) => { samples.set(key, [...(samples.get(key) ?? []), v]); process.stderr.write(`${key}: ${JSON.stringify(v)}\n`); };
     const setL7 = async (on: boolean) => {
@@ -140,12 +172,18 @@ async function main(): Promise<void> {
         await waitHttp(client, urls.l7);
       }
     };
+    // Warm-up, not recorded: the proxy workers start with the first L7 policy, and their first seconds
+    // (JIT) cost several times what they cost afterwards; nginx gets the same.
+    for (const v of ['direct', 'l7', 'nginx'].filter((x) => VARIANTS.includes(x)) as Variant[]) {
+      await setL7(v === 'l7');
+      await wrk(client, urls[v], 10, 'keep-alive', [], WARMUP);
+    }
     for (let round = 0; round < ROUNDS; round++) {
       for (const mode of ['keep-alive', 'close'] as Mode[]) {
         for (const conns of CONNS) {
-          for (const v of (round % 2 ? ['nginx', 'l7', 'direct'] : ['direct', 'l7', 'nginx']) as Variant[]) {
+          for (const v of (round % 2 ? ['nginx', 'l7', 'direct'] : ['direct', 'l7', 'nginx']).filter((x) => VARIANTS.includes(x)) as Variant[]) {
             await setL7(v === 'l7');
-            rec(`${v}|${mode}|${conns}`, await wrk(client, urls[v], conns, mode));
+            rec(`${v}|${mode}|${conns}`, await wrk(client, urls[v], conns, mode, await proxyPids(v)));
           }
         }
       }
@@ -157,7 +195,7 @@ async function main(): Promise<void> {
     }
     await pc.delete('all');
 
-    const med = (key: string, f: keyof Sample) => median((samples.get(key) ?? []).map((x) => x[f]));
+    const med = (key: string, f: keyof Sample) => median((samples.get(key) ?? []).map((x) => x[f] ?? NaN));
     const rows: string[][] = [];
     for (const mode of ['keep-alive', 'close'] as Mode[]) {
       for (const conns of CONNS) {
@@ -166,12 +204,13 @@ async function main(): Promise<void> {
         const rps = med(k('l7'), 'rps') / med(k('nginx'), 'rps');
         const p99 = med(k('l7'), 'p99') / med(k('nginx'), 'p99');
         const goal = [rps >= GOAL_RPS ? '' : `req/s < ${GOAL_RPS}×`, p99 <= GOAL_P99 ? '' : `p99 > ${GOAL_P99}×`].filter(Boolean).join(', ') || 'met';
-        rows.push([mode, String(conns), cell('direct'), cell('l7'), cell('nginx'), `${rps.toFixed(2)}×`, `${p99.toFixed(2)}×`, goal]);
+        const cpu = (v: Variant) => med(k(v), 'cpuUsPerReq').toFixed(0);
+        rows.push([mode, String(conns), cell('direct'), cell('l7'), cell('nginx'), `${rps.toFixed(2)}×`, `${p99.toFixed(2)}×`, goal, `${cpu('l7')} / ${cpu('nginx')}`]);
       }
     }
     const errors = [...samples].filter(([, v]) => v.some((x) => x.errors)).map(([k]) => k);
-    console.log(`\nL7 HTTP benchmark: ${ROUNDS} interleaved rounds × ${SECONDS} s, medians; wrk in the client pod, nginx (1 worker) serving in the server pod; ${os.cpus().length} CPUs; load average at start ${load}\n`);
-    console.log(markdownTable(['mode', 'conns', 'direct req/s / p50 / p99 ms', 'Membrane L7 req/s / p50 / p99 ms', 'nginx proxy req/s / p50 / p99 ms', 'L7/nginx req/s', 'L7/nginx p99', `goal (≥ ${GOAL_RPS}× req/s, ≤ ${GOAL_P99}× p99)`], rows));
+    console.log(`\nL7 HTTP benchmark: ${WARMUP} s warm-up per variant, then ${ROUNDS} interleaved rounds × ${SECONDS} s, medians; wrk in the client pod, nginx (1 worker) serving in the server pod; ${os.cpus().length} CPUs; load average at start ${load}\n`);
+    console.log(markdownTable(['mode', 'conns', 'direct req/s / p50 / p99 ms', 'Membrane L7 req/s / p50 / p99 ms', 'nginx proxy req/s / p50 / p99 ms', 'L7/nginx req/s', 'L7/nginx p99', `goal (≥ ${GOAL_RPS}× req/s, ≤ ${GOAL_P99}× p99)`, 'proxy CPU µs/request L7 (workers + agent) / nginx'], rows));
     const off = med('8080|l7-off', 'rps'), on = med('8080|l7-on', 'rps');
     console.log(`\nPort 8080 (no L7 rules), 50 connections keep-alive: ${off.toFixed(0)} req/s without the L7 policy on port 80, ${on.toFixed(0)} req/s with it (${(on / off).toFixed(2)}×).`);
     if (errors.length) console.log(`\nwrk reported errors (socket errors or non-2xx) in: ${errors.join(', ')}`);

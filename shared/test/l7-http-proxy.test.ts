@@ -6,6 +6,7 @@ import t from 'tap';
 import crypto from 'node:crypto';
 import http from 'node:http';
 import net from 'node:net';
+import tls from 'node:tls';
 import { once } from 'node:events';
 import { HttpProxyConnection } from '../src/l7/http/connection.ts';
 import type { Exchange } from '../src/l7/http/exchange.ts';
@@ -191,6 +192,25 @@ t.test('smuggling attempts get 400 and never reach the server', async (t) => {
   t.ok(r.closed, 'and the connection is closed');
   const r2 = await raw('GET /public/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n', () => false);
   t.match(r2.text, /^HTTP\/1\.1 501/);
+  t.equal(received.length, before, 'the server saw nothing');
+});
+
+t.test('bytes that are not HTTP/1.x are refused at once and never reach the server: TLS, HTTP/2', async (t) => {
+  const before = received.length;
+  // The start of a TLS ClientHello: a record header, no line ends; the proxy must not wait for a head.
+  const hello = await raw('\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03', () => false);
+  t.match(hello.text, /^HTTP\/1\.1 400 Bad Request\r\n[\s\S]*not an HTTP\/1\.x request\n$/, 'a TLS record gets a 400 at once');
+  t.ok(hello.closed, 'and the connection is closed');
+  const tlsError = await new Promise<string>((resolve) => {
+    const s = tls.connect({ host: '127.0.0.1', port: proxyPort, rejectUnauthorized: false });
+    const timer = setTimeout(() => { s.destroy(); resolve('no answer within 5 s'); }, 5000);
+    s.on('error', (e) => { clearTimeout(timer); resolve(`error: ${e.message}`); });
+    s.on('secureConnect', () => { clearTimeout(timer); s.destroy(); resolve('handshake completed'); });
+  });
+  t.match(tlsError, /^error: /, `a real TLS client fails at once (${tlsError})`);
+  const h2 = await raw('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', () => false);
+  t.match(h2.text, /^HTTP\/1\.1 400 Bad Request/, 'the HTTP/2 connection preface gets a 400');
+  t.ok(h2.closed);
   t.equal(received.length, before, 'the server saw nothing');
 });
 

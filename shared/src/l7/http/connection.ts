@@ -6,7 +6,7 @@
 // a plain byte tunnel once the server agrees. Memory per connection is bounded: one message head,
 // the sockets' buffers, and pipelining stops reading at MAX_PIPELINE outstanding requests.
 import type net from 'node:net';
-import { ChunkedScanner, HttpParseError, findHeadEnd, parseRequestHead, parseResponseHead, skipEmptyLines, type RequestHead } from './parse.ts';
+import { ChunkedScanner, checkRequestStart, HttpParseError, findHeadEnd, parseRequestHead, parseResponseHead, skipEmptyLines, type RequestHead } from './parse.ts';
 import { normalizeTarget, type RequestView } from './rules.ts';
 import { deniedResponse, errorResponse, rewriteHead, type Decide, type Exchange, type ExchangeSink } from './exchange.ts';
 
@@ -105,7 +105,7 @@ export class HttpProxyConnection {
           i = skipEmptyLines(buf, i, len);
           if (i >= len) break;
           const end = findHeadEnd(buf, i, len);
-          if (end < 0) { this.cutIn(buf, i); this.carryIn = buf.subarray(i); return; }
+          if (end < 0) { checkRequestStart(buf, i, len); this.cutIn(buf, i); this.carryIn = buf.subarray(i); return; }
           const head = parseRequestHead(buf, i, end);
           const p = this.admit(head);
           if (p.x.verdict.allowed) {

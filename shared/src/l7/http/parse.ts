@@ -74,6 +74,22 @@ export function findHeadEnd(buf: Buffer, start: number, end: number): number {
   return -1;
 }
 
+const TOKEN_BYTE = new Uint8Array(256);
+for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") TOKEN_BYTE[c.charCodeAt(0)] = 1;
+
+/**
+ * For a request head that is not complete yet: throws at once when its first bytes cannot begin a
+ * request line (a method is a token, then a space). A TLS ClientHello or other bytes that are not
+ * HTTP/1.x would otherwise wait for a CRLFCRLF that never comes, the client for an answer.
+ */
+export function checkRequestStart(buf: Buffer, start: number, end: number): void {
+  for (let i = start; i < end; i++) {
+    const c = buf[i];
+    if (c === 32 && i > start) return;
+    if (!TOKEN_BYTE[c]) throw new HttpParseError(400, 'not an HTTP/1.x request');
+  }
+}
+
 /** Leading empty lines before a request line are allowed (RFC 9112 2.2): how many bytes to skip. */
 export function skipEmptyLines(buf: Buffer, start: number, end: number): number {
   let i = start;
