@@ -12,7 +12,7 @@
 import type { Store } from '../store/index.ts';
 import { canonicalLabels, identityRelevant, type Labels } from './labels.ts';
 import {
-  FIRST_LABEL_IDENTITY, LAST_LABEL_IDENTITY, RESERVED, identityKind, isInitLabels, reservedLabels, type ReservedName,
+  FIRST_LABEL_IDENTITY, LAST_LABEL_IDENTITY, RESERVED, identityKind, isInitLabels, reservedLabels, type IdentityKind, type ReservedName,
 } from './reserved.ts';
 
 const STORE_PREFIX = 'identities';
@@ -27,7 +27,7 @@ export interface IdentityRecord {
 
 export interface IdentityView {
   id: number;
-  kind: 'reserved' | 'endpoint' | 'cidr';
+  kind: IdentityKind;
   labels: Labels;
   /** Owners (endpoints) holding it; reserved identities report 0. */
   refs: number;

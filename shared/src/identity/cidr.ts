@@ -32,7 +32,7 @@ export class CidrIdentities {
   /** Adopt a number found in the pinned ipcache. Ignores conflicts (the table wins over the pin). */
   seed(prefix: string, id: number): void {
     const text = normalizeCidr(prefix);
-    if (this.byText.has(text) || this.byId.has(id) || id < FIRST_CIDR_IDENTITY) return;
+    if (this.byText.has(text) || this.byId.has(id) || id < FIRST_CIDR_IDENTITY || id > LAST_CIDR_IDENTITY) return;
     const e = { cidr: parseCidr(text), text, id };
     this.byText.set(text, e);
     this.byId.set(id, e);
