@@ -46,8 +46,9 @@ export interface SnapshotInput {
   ipcache: Map<string, number>;
 }
 
+// DNS entries are the agent's DNS proxy's (agent/dns.ts): to the HTTP workers they are plain allows.
 function hasL7(dp: DirectionPolicy): boolean {
-  for (const col of dp.columns.values()) for (const e of col.values()) if (e.l7) return true;
+  for (const col of dp.columns.values()) for (const e of col.values()) if (e.l7?.kind === 'http') return true;
   return false;
 }
 
@@ -61,7 +62,7 @@ export function buildSnapshot(input: SnapshotInput): ProxySnapshot {
     for (const [peer, col] of dp.columns) {
       for (const [code, e] of col) {
         let l7 = -1;
-        if (e.l7) {
+        if (e.l7?.kind === 'http') {
           let i = setIndex.get(e.l7);
           if (i === undefined) { i = l7Sets.push(e.l7.rules) - 1; setIndex.set(e.l7, i); }
           l7 = i;
