@@ -132,7 +132,7 @@ t.test('errors name the field and the line', async (t) => {
     ['kind: CiliumNetworkPolicy\napiVersion: v1\nmetadata: {name: x}\nspec: {endpointSelector: {}}', /apiVersion must be cilium\.io\/v2/],
     ['kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: X_Y}\nspec: {endpointSelector: {}}', /metadata\.name: a policy name is lower case/],
     ['kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: x}\nspec: {}', /endpointSelector is required/],
-    ['kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: x}\nspec: {endpointSelector: {}, egress: [{toFQDNs: [{matchName: a.com}]}]}', /toFQDNs is not supported by Membrane/],
+    ['kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: x}\nspec: {endpointSelector: {}, egress: [{toGroups: [{aws: {}}]}]}', /toGroups is not supported by Membrane/],
     ['kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: x}\nspec: {endpointSelector: {}, ingress: [{toPorts: [{ports: [{port: "1", endPort: 60000}]}]}]}', /covers 60000 ports; at most 8192/],
     ['kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: x}\nspec: {endpointSelector: {}, ingress: [{fromEntities: [mars]}]}', /entity "mars" is not one of/],
     ['kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: x}\nspec: {endpointSelector: {matchExpressions: [{key: a, operator: In}]}}', /operator In needs at least one value/],

@@ -16,11 +16,15 @@ const side = z.union([
   z.object({ labels: z.record(z.string().max(253), z.string().max(1024)) }).strict(),
   z.object({ ip: z.string().min(2).max(64) }).strict(),
 ]);
+const dstSide = z.union([side, z.object({ fqdn: z.string().min(1).max(255).regex(/^[-a-zA-Z0-9_.]+$/, { error: 'a DNS name (letters, digits, "-", "_", ".")' }) }).strict()]);
 const TraceHttpSchema = z.object({
   method: z.string().max(64).optional(), path: z.string().max(8192).optional(), host: z.string().max(1024).optional(),
   headers: z.record(z.string().max(256), z.string().max(8192)).optional(),
 }).strict();
-const TraceSchema = z.object({ src: side, dst: side, port: z.string().min(1).max(32), http: TraceHttpSchema.optional() }).strict();
+const TraceSchema = z.object({
+  src: side, dst: dstSide, port: z.string().min(1).max(32), http: TraceHttpSchema.optional(),
+  dnsQuery: z.string().min(1).max(255).regex(/^[-a-zA-Z0-9_.]+$/, { error: 'a DNS name (letters, digits, "-", "_", ".")' }).optional(),
+}).strict();
 const AuditSchema = z.object({ audit: z.boolean().nullable() }).strict();
 
 function badRequest(message: string, field?: string): MembraneError {
@@ -105,7 +109,8 @@ export function policyRouter(engine: PolicyEngine, opts: PolicyRouterOptions): e
     if (!parsed.success) throw badRequest(`invalid request: ${describeZodError(parsed.error)}`, zodField(parsed.error));
     let l4;
     try { l4 = parsePortArg(parsed.data.port); } catch (e) { throw badRequest(`port: ${(e as Error).message}`, 'port'); }
-    res.json(engine.trace({ src: parsed.data.src, dst: parsed.data.dst, ...l4, ...(parsed.data.http ? { http: parsed.data.http } : {}) }));
+    const { src, dst, http, dnsQuery } = parsed.data;
+    res.json(engine.trace({ src, dst, ...l4, ...(http ? { http } : {}), ...(dnsQuery ? { dnsQuery } : {}) }));
   });
 
   r.get('/rules/:ruleId', (req, res) => {

@@ -52,8 +52,9 @@ export function describeHttpRule(h: HttpRule): string {
   return parts.join(' ');
 }
 
-function traceSide(labels: string[] | undefined, ip: string | undefined, which: string): TraceSide {
-  if (ip && labels?.length) throw new Error(`give --${which} labels or --${which}-ip, not both`);
+function traceSide(labels: string[] | undefined, ip: string | undefined, which: string, fqdn?: string): TraceSide {
+  if ([ip, labels?.length, fqdn].filter(Boolean).length > 1) throw new Error(`give one of --${which} labels, --${which}-ip${which === 'dst' ? ', --dst-fqdn' : ''}`);
+  if (fqdn) return { fqdn };
   if (ip) return { ip };
   if (!labels?.length) throw new Error(`--${which} k=v... or --${which}-ip ADDRESS is required`);
   return { labels: parseLabelArgs(labels) };
@@ -82,9 +83,11 @@ function traceText(r: TraceResult): string {
     `  to   ${who(r.dst)}`,
     ...r.steps.flatMap((s) => [
       `  ${s.direction.padEnd(7)} ${s.verdict.padEnd(5)} ${s.reason}  [${s.enforcedBy}]`,
-      ...(s.l7 && !s.l7.matched ? s.l7.rules.map((h) => `          http ${describeHttpRule(h.http)}  (${h.policy} ${h.path})`) : []),
+      ...(s.l7?.kind === 'http' && !s.l7.matched ? s.l7.rules.map((h) => `          http ${describeHttpRule(h.http)}  (${h.policy} ${h.path})`) : []),
+      ...(s.l7?.kind === 'dns' && !s.l7.matched ? s.l7.rules.map((d) => `          dns ${[d.dns.matchName && `matchName ${d.dns.matchName}`, d.dns.matchPattern && `matchPattern ${d.dns.matchPattern}`].filter(Boolean).join(' / ')}  (${d.policy} ${d.path})`) : []),
     ]),
   ];
+  if (r.fqdn) lines.splice(3, 0, `  ${r.fqdn.name}: ${r.fqdn.addresses.length ? `learned addresses ${r.fqdn.addresses.join(', ')} (traced: ${r.fqdn.addresses[0]})` : r.fqdn.note ?? 'not looked up yet'}`);
   if (!r.steps.length) lines.push('  neither side is an endpoint of this node: no policy applies');
   return lines.join('\n') + '\n';
 }
@@ -151,14 +154,16 @@ export function registerPolicyCommands(program: Command, ctx: CliContext): void 
     .option('--dst <k=v...>', 'destination endpoint labels')
     .option('--src-ip <address>', 'source address (an endpoint, the host, or outside)')
     .option('--dst-ip <address>', 'destination address')
+    .option('--dst-fqdn <name>', 'destination DNS name (the addresses the DNS proxy learned for it, as toFQDNs sees them)')
+    .option('--dns-query <name>', 'check a DNS lookup of NAME against DNS rules (with --dport 53/udp to the DNS server)')
     .option('--dport <port/proto>', 'destination port and protocol, e.g. 80/tcp, 53/udp, 8/icmp', '0/tcp')
     .option('--http-method <method>', 'check an HTTP request against L7 rules: its method (default GET)')
     .option('--http-path <path>', 'its path and query, e.g. /public/a?b=1')
     .option('--http-host <host>', 'its Host header')
     .option('--http-header <"Name: value"...>', 'its headers')
     .addOption(output())
-    .action(async (o: { src?: string[]; dst?: string[]; srcIp?: string; dstIp?: string; dport: string; output: OutputFormat } & TraceHttpOptions) => {
-      const r = await pc().trace(traceSide(o.src, o.srcIp, 'src'), traceSide(o.dst, o.dstIp, 'dst'), o.dport, traceHttp(o));
+    .action(async (o: { src?: string[]; dst?: string[]; srcIp?: string; dstIp?: string; dstFqdn?: string; dnsQuery?: string; dport: string; output: OutputFormat } & TraceHttpOptions) => {
+      const r = await pc().trace(traceSide(o.src, o.srcIp, 'src'), traceSide(o.dst, o.dstIp, 'dst', o.dstFqdn), o.dport, traceHttp(o), o.dnsQuery);
       print(render(o.output, r, () => traceText(r)));
       if (r.verdict === 'deny') process.exitCode = 2;
     });

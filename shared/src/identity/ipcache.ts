@@ -1,6 +1,7 @@
 // The ipcache's desired content: every address the datapath must classify, with its identity. Pure.
 //   0.0.0.0/0, ::/0        -> world (anything we know nothing about)
 //   policy prefixes         -> their CIDR identity
+//   addresses DNS taught    -> their FQDN identity (toFQDNs; fqdn/identities.ts)
 //   host addresses (/32)    -> host
 //   other nodes' endpoints  -> their identity (cluster mode)
 //   endpoint addresses      -> the endpoint's identity
@@ -15,12 +16,15 @@ export interface IpcacheSources {
   cidrs: CidrIdentities;
   /** Other nodes' endpoint addresses, already normalized prefixes (cluster mode). */
   remote?: Map<string, number>;
+  /** Host prefixes of addresses learned from DNS -> FQDN identity. */
+  fqdn?: Map<string, number>;
 }
 
-/** prefix text ("10.1.0.5/32") -> identity. Endpoints override host, host overrides CIDR. */
+/** prefix text ("10.1.0.5/32") -> identity. Endpoints override host, host overrides FQDN, FQDN overrides CIDR. */
 export function desiredIpcache(src: IpcacheSources): Map<string, number> {
   const out = new Map<string, number>([['0.0.0.0/0', RESERVED.world], ['::/0', RESERVED.world]]);
   for (const e of src.cidrs.entries()) out.set(e.text, e.id);
+  if (src.fqdn) for (const [prefix, id] of src.fqdn) out.set(prefix, id);
   for (const ip of src.hostAddresses) out.set(normalizeCidr(ip), RESERVED.host);
   if (src.remote) for (const [prefix, id] of src.remote) out.set(prefix, id);
   for (const ep of src.endpoints) for (const ip of ep.ips) out.set(normalizeCidr(ip), ep.identity);

@@ -37,8 +37,8 @@ export class PolicyClient {
     const q = names === 'all' ? 'all=true' : names.map((n) => `name=${encodeURIComponent(n)}`).join('&');
     return this.c.request('DELETE', `/v1/policy?${q}`);
   }
-  trace(src: TraceSide, dst: TraceSide, port: string, http?: TraceHttp): Promise<TraceResult> {
-    return this.c.request('POST', '/v1/policy/trace', { src, dst, port, ...(http ? { http } : {}) });
+  trace(src: TraceSide, dst: TraceSide, port: string, http?: TraceHttp, dnsQuery?: string): Promise<TraceResult> {
+    return this.c.request('POST', '/v1/policy/trace', { src, dst, port, ...(http ? { http } : {}), ...(dnsQuery ? { dnsQuery } : {}) });
   }
   describeRule(ruleId: number): Promise<RuleDescription> { return this.c.request('GET', `/v1/policy/rules/${ruleId}`); }
   endpoint(containerId: string, ifName: string): Promise<EndpointPolicyView> {

@@ -10,6 +10,8 @@
 import { canonicalLabels, type Labels } from '../identity/labels.ts';
 import { ANY_IDENTITY, RESERVED } from '../identity/reserved.ts';
 import type { CidrIdentities } from '../identity/cidr.ts';
+import type { FqdnPeers } from '../fqdn/identities.ts';
+import { selectorKey as fqdnKey } from '../fqdn/selector.ts';
 import { expandPorts, type L4Key } from './ports.ts';
 import { l7ByCode, unionL7, type L7Set } from './l7.ts';
 import { encodeRuleId } from './rule-id.ts';
@@ -46,6 +48,8 @@ export interface Universe {
   /** Identities of endpoints (label identities, plus init and health): what endpoint selectors see. */
   identities: { id: number; labels: Labels }[];
   cidrs: CidrIdentities;
+  /** Identities of addresses learned from DNS (toFQDNs); none: toFQDNs selects nothing yet. */
+  fqdn?: FqdnPeers;
 }
 
 export const l4code = (proto: number, dport: number): number => proto * 0x10000 + dport;
@@ -145,12 +149,17 @@ export class PolicyCompiler {
   private resolvePeer(p: Peer): number[] {
     switch (p.kind) {
       case 'endpoints': return this.selectEndpoints(p.selector);
-      case 'cidr': return this.universe.cidrs.within(p.cidr, p.except);
+      case 'cidr': {
+        const fqdn = this.universe.fqdn?.within(p.cidr, p.except) ?? [];
+        const ids = this.universe.cidrs.within(p.cidr, p.except);
+        return fqdn.length ? [...ids, ...fqdn] : ids;
+      }
+      case 'fqdn': return this.universe.fqdn?.select(fqdnKey(p.selector)) ?? [];
       case 'entity':
         switch (p.entity) {
           case 'host': return [RESERVED.host];
           case 'remote-node': return [RESERVED['remote-node']];
-          case 'world': return [RESERVED.world, ...this.universe.cidrs.entries().map((e) => e.id)];
+          case 'world': return [RESERVED.world, ...this.universe.cidrs.entries().map((e) => e.id), ...(this.universe.fqdn?.all() ?? [])];
           case 'init': return [RESERVED.init];
           case 'health': return [RESERVED.health];
           case 'unmanaged': return [RESERVED.unmanaged];
@@ -193,6 +202,8 @@ export function merge(col: Column, code: number, e: Entry): void {
 function combine(cur: Entry, e: Entry): Entry {
   if (e.action !== cur.action) return e.action === 'deny' ? e : cur;
   if (e.action === 'allow' && (!!e.l7 !== !!cur.l7)) return e.l7 ? cur : e;
+  // Two kinds of L7 rules for the same traffic (HTTP and DNS on one port): no proxy can enforce both.
+  if (e.l7 && cur.l7 && e.l7.kind !== cur.l7.kind) return { action: 'deny', ruleId: Math.min(e.ruleId, cur.ruleId) };
   if (e.l7 && cur.l7) return { ...(e.ruleId < cur.ruleId ? e : cur), l7: unionL7(cur.l7, e.l7) };
   return e.ruleId < cur.ruleId ? e : cur;
 }

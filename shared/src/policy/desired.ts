@@ -10,6 +10,8 @@ import { encodePolicyKey } from './map-codec.ts';
 import { endpointFlags, selectionFor } from './selection.ts';
 import type { Peer, PolicyRecord } from './types.ts';
 import type { L7Set } from './l7.ts';
+import type { FqdnState } from '../fqdn/state.ts';
+import type { FqdnSelector } from '../fqdn/selector.ts';
 
 export interface EngineEndpoint {
   /** containerId/ifName */
@@ -32,6 +34,8 @@ export interface DesiredInput {
   proxyPorts?: Partial<Record<L7Set['kind'], number>>;
   /** Other nodes' endpoint addresses (cluster mode): prefix -> identity. */
   remote?: Map<string, number>;
+  /** What DNS taught (toFQDNs): synced to the records' selectors and prefixes (mutated). */
+  fqdn?: FqdnState;
 }
 
 /** One endpoint's policy entries (encoded key in hex -> entry). */
@@ -59,15 +63,22 @@ export function prefixesOf(records: PolicyRecord[]): Set<string> {
   return out;
 }
 
+/** Every toFQDNs selector of the records. */
+export function fqdnSelectorsOf(records: PolicyRecord[]): FqdnSelector[] {
+  const out: FqdnSelector[] = [];
+  for (const r of records) for (const s of r.policy.specs) for (const rule of s.rules) if (rule.peers !== 'all') for (const p of rule.peers) if (p.kind === 'fqdn') out.push(p.selector);
+  return out;
+}
+
 /** The identities endpoint selectors choose from: those of live endpoints, plus init and health. */
-export function universeOf(endpoints: { identity: number }[], labelsOf: (id: number) => Labels | undefined, cidrs: CidrIdentities): Universe {
+export function universeOf(endpoints: { identity: number }[], labelsOf: (id: number) => Labels | undefined, cidrs: CidrIdentities, fqdn?: Universe['fqdn']): Universe {
   const ids = new Map<number, Labels>([[RESERVED.init, reservedLabels('init')], [RESERVED.health, reservedLabels('health')]]);
   for (const ep of endpoints) {
     if (ids.has(ep.identity)) continue;
     const labels = labelsOf(ep.identity);
     if (labels) ids.set(ep.identity, labels);
   }
-  return { identities: [...ids].map(([id, labels]) => ({ id, labels })), cidrs };
+  return { identities: [...ids].map(([id, labels]) => ({ id, labels })), cidrs, ...(fqdn ? { fqdn } : {}) };
 }
 
 /** An L7 entry as the datapath holds it: allow, redirected to its proxy's port. Without a proxy
@@ -80,7 +91,7 @@ function withProxy(entry: Entry, ports: DesiredInput['proxyPorts']): Entry {
 /** The L7 proxy kinds a set of policies needs. */
 export function l7KindsOf(records: { policy: PolicyRecord['policy'] }[]): Set<L7Set['kind']> {
   const out = new Set<L7Set['kind']>();
-  for (const r of records) for (const s of r.policy.specs) for (const rule of s.rules) if (rule.l7?.length) out.add('http');
+  for (const r of records) for (const s of r.policy.specs) for (const rule of s.rules) for (const g of rule.l7 ?? []) out.add(g.dns ? 'dns' : 'http');
   return out;
 }
 
@@ -91,18 +102,21 @@ export interface CompileCache {
   records: PolicyRecord[];
   identities: string;
   cidrVersion: number;
+  fqdnVersion: number;
   compiler: PolicyCompiler;
   entries?: Map<string, { policy: LabelPolicy; ports: string; built: EndpointEntries }>;
 }
 
-/** Does a record name CIDR peers (directly or as world, which includes every CIDR identity)? */
+/** Does a record name CIDR or FQDN peers (directly or as world, which includes every CIDR and FQDN
+ *  identity)? FQDN identities carry the policy prefixes that contain their addresses, so both kinds
+ *  of rule select them. */
 function namesCidrs(r: PolicyRecord): boolean {
   return r.policy.specs.some((s) => s.rules.some((rule) => rule.peers !== 'all' &&
-    rule.peers.some((p) => p.kind === 'cidr' || (p.kind === 'entity' && p.entity === 'world'))));
+    rule.peers.some((p) => p.kind === 'cidr' || p.kind === 'fqdn' || (p.kind === 'entity' && p.entity === 'world'))));
 }
 
 /** The label sets a change from `before` to `after` can touch: those a changed record's subject
- *  selects, and, when the CIDR identities changed, those selected by records naming CIDR peers. */
+ *  selects, and, when the CIDR or FQDN identities changed, those selected by records naming such peers. */
 function touchedBy(before: PolicyRecord[], after: PolicyRecord[], cidrsChanged: boolean): (labels: Labels) => boolean {
   const was = new Set(before), is = new Set(after);
   const changed = [...before.filter((r) => !is.has(r)), ...after.filter((r) => !was.has(r))];
@@ -114,16 +128,17 @@ function touchedBy(before: PolicyRecord[], after: PolicyRecord[], cidrsChanged: 
 function compilerFor(input: DesiredInput, universe: Universe, cache?: { current?: CompileCache }): PolicyCompiler {
   const identities = universe.identities.map((i) => i.id).sort((a, b) => a - b).join(',');
   const cidrVersion = input.cidrs.version;
+  const fqdnVersion = input.fqdn?.identities.version ?? 0;
   const cur = cache?.current;
-  if (cur && cur.records === input.records && cur.identities === identities && cur.cidrVersion === cidrVersion) {
+  if (cur && cur.records === input.records && cur.identities === identities && cur.cidrVersion === cidrVersion && cur.fqdnVersion === fqdnVersion) {
     return cur.compiler; // e.g. a new endpoint with an identity we know: no recompile
   }
   // "Any policy at all" closes the init identity (selection.ts): that flips with the first and last one.
   const derive = cur && cur.identities === identities && (cur.records.length > 0) === (input.records.length > 0);
   const compiler = derive
-    ? cur.compiler.derive(input.records, universe, touchedBy(cur.records, input.records, cur.cidrVersion !== cidrVersion))
+    ? cur.compiler.derive(input.records, universe, touchedBy(cur.records, input.records, cur.cidrVersion !== cidrVersion || cur.fqdnVersion !== fqdnVersion))
     : new PolicyCompiler(input.records, universe);
-  if (cache) cache.current = { records: input.records, identities, cidrVersion, compiler, entries: cur?.entries };
+  if (cache) cache.current = { records: input.records, identities, cidrVersion, fqdnVersion, compiler, entries: cur?.entries };
   return compiler;
 }
 
@@ -142,6 +157,7 @@ function entriesOf(ep: EngineEndpoint, lp: LabelPolicy, ports: DesiredInput['pro
 
 export function buildDesired(input: DesiredInput, cache?: { current?: CompileCache }): Desired {
   input.cidrs.sync(prefixesOf(input.records));
+  input.fqdn?.setPolicy(fqdnSelectorsOf(input.records), input.cidrs.entries().map((e) => e.text));
   // Peers selectors choose from: local endpoints, plus other nodes' endpoints in cluster mode.
   let peers: { identity: number }[] = input.endpoints;
   if (input.remote?.size) {
@@ -149,7 +165,7 @@ export function buildDesired(input: DesiredInput, cache?: { current?: CompileCac
     peers = [...input.endpoints];
     for (const id of input.remote.values()) if (!seen.has(id)) { seen.add(id); peers.push({ identity: id }); }
   }
-  const universe = universeOf(peers, input.labelsOf, input.cidrs);
+  const universe = universeOf(peers, input.labelsOf, input.cidrs, input.fqdn?.identities);
   const compiler = compilerFor(input, universe, cache);
   const ports = JSON.stringify(input.proxyPorts ?? {});
   const prevEntries = cache?.current?.entries;
@@ -166,6 +182,6 @@ export function buildDesired(input: DesiredInput, cache?: { current?: CompileCac
     policy.set(ep.key, built);
   }
   if (cache?.current) cache.current.entries = nextEntries;
-  const ipcache = desiredIpcache({ endpoints: input.endpoints, hostAddresses: input.hostAddresses, cidrs: input.cidrs, remote: input.remote });
+  const ipcache = desiredIpcache({ endpoints: input.endpoints, hostAddresses: input.hostAddresses, cidrs: input.cidrs, remote: input.remote, fqdn: input.fqdn?.ipcacheEntries() });
   return { policy, ipcache, flags, compiler };
 }

@@ -7,7 +7,7 @@ import type { Store } from '../store/index.ts';
 import { IdentityAllocator, type IdentityBackend, type IdentityView } from '../identity/allocator.ts';
 import { CidrIdentities } from '../identity/cidr.ts';
 import { addressOnly, normalizeCidr } from '../net/index.ts';
-import { FIRST_CIDR_IDENTITY, RESERVED, type IdentityKind } from '../identity/reserved.ts';
+import { FIRST_CIDR_IDENTITY, RESERVED, identityKind, type IdentityKind } from '../identity/reserved.ts';
 import type { Labels } from '../identity/labels.ts';
 import { applyDesired, type ApplyStats, type Mirror, type PolicyDatapathOps } from './apply.ts';
 import { decodePolicyKey } from './map-codec.ts';
@@ -22,6 +22,9 @@ import { l7Summary, type L7Summary } from './l7.ts';
 import { l4decode } from './compile.ts';
 import { buildSnapshot, type ProxySnapshot } from '../l7/proxy/snapshot.ts';
 import { attachmentId, endpointKey } from '../endpoint/naming.ts';
+import type { FqdnState } from '../fqdn/state.ts';
+import { fqdnLabels } from '../fqdn/identities.ts';
+import { fqdnIpcacheDiff } from './fqdn-ipcache.ts';
 
 /** Endpoint metadata that turns audit mode on for one endpoint at creation (CNI args, API). */
 export const AUDIT_METADATA_KEY = 'membrane.io/policy-audit';
@@ -57,6 +60,8 @@ export interface PolicyEngineDeps {
   onChange?: () => void;
   /** This node's cluster, for selectors on Cilium's derived cluster label (default: "default"). */
   cluster?: string;
+  /** What DNS taught (toFQDNs): its addresses enter the ipcache with FQDN identities. */
+  fqdn?: FqdnState;
 }
 
 export interface ChangeResult {
@@ -276,7 +281,7 @@ export class PolicyEngine {
     const cidrs = this.cidrs.clone();
     const desired = buildDesired({
       records, endpoints: [...this.endpoints.values()], labelsOf: (id) => this.identities.labelsOf(id),
-      hostAddresses: this.hostAddrs, cidrs, proxyPorts: this.d.proxyPorts?.(), remote: this.remote,
+      hostAddresses: this.hostAddrs, cidrs, proxyPorts: this.d.proxyPorts?.(), remote: this.remote, fqdn: this.d.fqdn,
     }, this.compileCache);
     let stats: ApplyStats;
     try {
@@ -289,6 +294,28 @@ export class PolicyEngine {
     this.cidrs = cidrs;
     this.d.onChange?.();
     return stats;
+  }
+
+  // ---- toFQDNs ---------------------------------------------------------------------------------
+
+  /** The FQDN entries of these ipcache prefixes changed (a DNS answer, an expiry). Resolves once the
+   *  maps hold them: only the ipcache entries when the identities are known, a full sync when a new
+   *  identity needs policy entries first. */
+  fqdnChanged(prefixes: string[], newIdentity: boolean): Promise<void> {
+    return this.serial(() => {
+      if (!this.started || !this.d.fqdn) return;
+      if (newIdentity) { this.sync(); return; }
+      const owned = (p: string) => this.hostAddrs.some((h) => normalizeCidr(h) === p) || this.remote.has(p) || [...this.endpoints.values()].some((e) => e.ips.some((ip) => normalizeCidr(ip) === p));
+      const diff = fqdnIpcacheDiff(prefixes, { fqdn: this.d.fqdn, cidrs: this.cidrs, current: this.mirror.ipcache, owned });
+      if (!diff.upsert.length && !diff.remove.length) return;
+      // Entries for these identities exist: only the addresses change (established flows to a
+      // removed one are revalidated like after any ipcache change).
+      this.d.ops.writeIpcache(diff.upsert, diff.remove);
+      for (const [p, id] of diff.upsert) this.mirror.ipcache.set(p, id);
+      for (const p of diff.remove) this.mirror.ipcache.delete(p);
+      this.d.ops.changed?.(this.mirror, { policyKeys: [], flagIfindexes: [], ipcachePrefixes: [...diff.upsert.map(([p]) => p), ...diff.remove] });
+      this.d.onChange?.();
+    });
   }
 
   // ---- cluster mode ----------------------------------------------------------------------------
@@ -337,6 +364,7 @@ export class PolicyEngine {
   }
 
   labelsOf(identity: number): Labels | undefined {
+    if (identityKind(identity) === 'fqdn') return this.d.fqdn?.identities.labelsOf(identity);
     if (identity >= FIRST_CIDR_IDENTITY) {
       const prefix = this.cidrs.prefixOf(identity);
       return prefix ? { [`cidr:${prefix}`]: '', 'reserved:world': '' } : undefined;
@@ -347,8 +375,8 @@ export class PolicyEngine {
   trace(q: TraceQuery): TraceResult {
     const labelsOf = (id: number) => this.identities.labelsOf(id);
     return trace({
-      records: this.repo.list(), universe: universeOf([...this.endpoints.values(), ...remotePeers(this.remote)], labelsOf, this.cidrs),
-      cidrs: this.cidrs, ipcache: this.mirror.ipcache, labelsOf,
+      records: this.repo.list(), universe: universeOf([...this.endpoints.values(), ...remotePeers(this.remote)], labelsOf, this.cidrs, this.d.fqdn?.identities),
+      cidrs: this.cidrs, ipcache: this.mirror.ipcache, labelsOf, ...(this.d.fqdn ? { fqdn: this.d.fqdn } : {}),
     }, q);
   }
 
@@ -389,7 +417,8 @@ export class PolicyEngine {
     const cidr = this.cidrs.entries().sort((a, b) => a.id - b.id).map((c) => ({
       id: c.id, kind: 'cidr' as IdentityKind, labels: { [`cidr:${c.text}`]: '', 'reserved:world': '' }, refs: 0, endpoints: 0,
     }));
-    return [...label, ...cidr];
+    const fqdn = (this.d.fqdn?.identities.list() ?? []).map((i) => ({ id: i.id, kind: 'fqdn' as IdentityKind, labels: fqdnLabels(i), refs: 0, endpoints: 0 }));
+    return [...label, ...cidr, ...fqdn];
   }
 
   mapUsage(): { policyEntries: number; ipcachePrefixes: number; endpoints: number } {

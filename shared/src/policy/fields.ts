@@ -7,16 +7,17 @@ const FIELDS = [
   'fromEntities', 'toEntities', 'toPorts', 'ports', 'port', 'endPort', 'protocol', 'icmps', 'fields', 'type', 'family',
   'podSelector', 'namespaceSelector', 'ipBlock', 'policyTypes', 'from', 'to',
   'rules', 'http', 'method', 'path', 'host', 'headers', 'headerMatches', 'mismatch', 'value',
+  'toFQDNs', 'matchName', 'matchPattern', 'dns',
 ];
 
 /** Cilium fields Membrane does not implement: named as such instead of "unknown field". */
 export const UNSUPPORTED: Record<string, string> = {
-  kafka: 'Kafka rules (rules.kafka)', dns: 'DNS rules (rules.dns)', l7proto: 'generic L7 rules (rules.l7proto)',
+  kafka: 'Kafka rules (rules.kafka)', l7proto: 'generic L7 rules (rules.l7proto)',
   l7: 'generic L7 rules (rules.l7)', serverNames: 'serverNames', originatingTLS: 'originatingTLS',
   terminatingTLS: 'terminatingTLS', listener: 'listener', cidrGroupRef: 'cidrGroupRef', cidrGroupSelector: 'cidrGroupSelector',
   fromRequires: 'fromRequires', toRequires: 'toRequires', fromGroups: 'fromGroups', toGroups: 'toGroups',
   fromNodes: 'fromNodes', toNodes: 'toNodes', authentication: 'authentication', toServices: 'toServices',
-  toFQDNs: 'toFQDNs', nodeSelector: 'nodeSelector (host policies)',
+  nodeSelector: 'nodeSelector (host policies)',
 };
 
 /** Where a field that is known, but was found in the wrong place, goes. */
@@ -26,7 +27,7 @@ const PLACES: Record<string, string> = {
   enableDefaultDeny: 'in spec', podSelector: 'in a NetworkPolicy spec or an ingress/egress peer', policyTypes: 'in a NetworkPolicy spec',
   toPorts: 'in an ingress/egress rule', icmps: 'in an ingress/egress rule', ports: 'in a toPorts entry (Cilium) or a rule (NetworkPolicy)',
   port: 'in a ports entry', endPort: 'in a ports entry', protocol: 'in a ports entry', matchLabels: 'in a selector', matchExpressions: 'in a selector',
-  name: 'in metadata', namespace: 'in metadata', annotations: 'in metadata', http: 'in toPorts[].rules',
+  name: 'in metadata', toFQDNs: 'in an egress rule', matchName: 'in a toFQDNs selector or a DNS rule', matchPattern: 'in a toFQDNs selector or a DNS rule', dns: 'in toPorts[].rules', namespace: 'in metadata', annotations: 'in metadata', http: 'in toPorts[].rules',
   fromEndpoints: 'in an ingress rule', toEndpoints: 'in an egress rule', fromCIDR: 'in an ingress rule', toCIDR: 'in an egress rule',
   fromCIDRSet: 'in an ingress rule', toCIDRSet: 'in an egress rule', fromEntities: 'in an ingress rule', toEntities: 'in an egress rule',
 };

@@ -8,7 +8,7 @@
 // entry is closed over its generalizations the same way: it becomes plain allow when a plain allow
 // covers it, and takes in the L7 rules of the allow entries that cover it.
 import { describeL4, expandPorts } from './ports.ts';
-import type { Direction, HttpRule, Rule } from './types.ts';
+import type { Direction, DnsRule, HttpRule, Rule } from './types.ts';
 
 /** One HTTP rule of a policy, with where it came from (flows name it; trace explains it). */
 export interface HttpRuleRef {
@@ -19,10 +19,20 @@ export interface HttpRuleRef {
   http: HttpRule;
 }
 
-/** The L7 part of an allow entry. `kind` names the proxy that enforces it. */
+/** One DNS rule of a policy (`toPorts[].rules.dns[i]`), with where it came from. */
+export interface DnsRuleRef {
+  ruleId: number;
+  /** e.g. "spec.egress[0].toPorts[0].rules.dns[1]" */
+  path: string;
+  dns: DnsRule;
+}
+
+/** The L7 part of an allow entry. `kind` names the proxy that enforces it: HTTP rules in `rules`,
+ *  or DNS rules in `dns` (a query is allowed when its name matches one of them). */
 export interface L7Set {
-  kind: 'http';
+  kind: 'http' | 'dns';
   rules: HttpRuleRef[];
+  dns?: DnsRuleRef[];
 }
 
 /** The L7 sets a rule puts on its (proto, dport) codes; codes only in plain toPorts are absent. */
@@ -35,13 +45,15 @@ export function l7ByCode(rule: Rule, code: (proto: number, dport: number) => num
   for (const p of rule.ports) for (const k of expandPorts([p])) total.set(code(k.proto, k.dport), (total.get(code(k.proto, k.dport)) ?? 0) + 1);
   const fromL7 = new Map<number, number>();
   for (const g of rule.l7) {
-    const refs = g.http.map((http, i) => ({ ruleId, path: `${g.path}[${i}]`, http }));
+    const set: L7Set = g.dns
+      ? { kind: 'dns', rules: [], dns: g.dns.map((dns, i) => ({ ruleId, path: `${g.path}[${i}]`, dns })) }
+      : { kind: 'http', rules: g.http.map((http, i) => ({ ruleId, path: `${g.path}[${i}]`, http })) };
     for (const p of g.ports) {
       for (const k of expandPorts([p])) {
         const c = code(k.proto, k.dport);
         fromL7.set(c, (fromL7.get(c) ?? 0) + 1);
         const cur = out.get(c);
-        out.set(c, cur ? { kind: 'http', rules: [...cur.rules, ...refs] } : { kind: 'http', rules: refs });
+        out.set(c, cur ? unionL7(cur, set) : set);
       }
     }
   }
@@ -49,9 +61,14 @@ export function l7ByCode(rule: Rule, code: (proto: number, dport: number) => num
   return out;
 }
 
-/** Union of two sets' rules (each rule once). */
+/** Union of two sets' rules (each rule once). Sets of one kind (compile.ts never unions two kinds). */
 export function unionL7(a: L7Set, b: L7Set): L7Set {
   if (a === b) return a;
+  if (a.kind === 'dns') {
+    const seen = new Set((a.dns ?? []).map((r) => `${r.ruleId}|${r.path}`));
+    const extra = (b.dns ?? []).filter((r) => !seen.has(`${r.ruleId}|${r.path}`));
+    return extra.length ? { kind: 'dns', rules: [], dns: [...(a.dns ?? []), ...extra] } : a;
+  }
   const seen = new Set(a.rules.map((r) => `${r.ruleId}|${r.path}`));
   const extra = b.rules.filter((r) => !seen.has(`${r.ruleId}|${r.path}`));
   return extra.length ? { kind: a.kind, rules: [...a.rules, ...extra] } : a;
@@ -63,7 +80,10 @@ export interface L7Summary {
   port: string;
   /** Peer identities whose traffic on the port goes through the proxy (0 = any peer). */
   peers: number[];
+  /** Which proxy: HTTP rules in `rules`, DNS rules in `dns`. */
+  kind: L7Set['kind'];
   rules: HttpRuleRef[];
+  dns?: DnsRuleRef[];
 }
 
 /** Columns of an endpoint's compiled policy (compile.ts LabelPolicy) -> its L7 summary. */
@@ -78,9 +98,10 @@ export function l7Summary(
         if (!e.l7) continue;
         const key = `${direction}|${code}`;
         let s = out.get(key);
-        if (!s) out.set(key, (s = { direction, port: describeL4(decode(code)), peers: [], rules: [] }));
+        if (!s) out.set(key, (s = { direction, port: describeL4(decode(code)), peers: [], kind: e.l7.kind, rules: [] }));
         s.peers.push(peer);
         for (const r of e.l7.rules) if (!s.rules.some((x) => x.ruleId === r.ruleId && x.path === r.path)) s.rules.push(r);
+        for (const r of e.l7.dns ?? []) if (!(s.dns ??= []).some((x) => x.ruleId === r.ruleId && x.path === r.path)) s.dns.push(r);
       }
     }
   }

@@ -20,6 +20,8 @@ import {
   checkRange, cidr, endPort, fail, inNamespace, metadata, namespaceOf, parseContext, POLICY_NAME, policyName, port, protocol, selector,
 } from './schema-common.ts';
 import { checkL7Ports, l7Rules, type RawL7Rules } from './schema-l7.ts';
+import { checkDnsPorts, fqdnSelector } from './schema-fqdn.ts';
+import type { FqdnSelector } from '../fqdn/selector.ts';
 import { ENTITIES, type Direction, type Entity, type L7PortRule, type Peer, type Policy, type PolicySpec, type PortMatch, type Rule } from './types.ts';
 
 const TOO_MANY = { error: `at most ${MAX_RULES_PER_LIST} rules per list; split the policy` };
@@ -44,8 +46,13 @@ const portProtocol = z.object({ port: port.optional(), endPort: endPort.optional
 
 // Cilium fields Membrane does not implement (FQDN, groups, TLS, ...) are left out of the schemas:
 // they come back as unknown keys, which parse.ts words as "not supported" (fields.ts UNSUPPORTED).
-const portRule = z.object({ ports: z.array(portProtocol).nullish(), rules: l7Rules.nullish() }).strict().superRefine((r, ctx) => {
+// DNS rules are egress only (which names a pod may look up), as in Cilium.
+const portRule = (dir: Direction) => z.object({ ports: z.array(portProtocol).nullish(), rules: l7Rules.nullish() }).strict().superRefine((r, ctx) => {
   if (r.rules?.http?.length) checkL7Ports(r.ports, ctx, ['ports']);
+  if (r.rules?.dns) {
+    if (dir === 'ingress') fail(ctx, 'DNS rules are not allowed on ingress: they say which names an endpoint may look up (egress)', ['rules', 'dns']);
+    else checkDnsPorts(r.ports, ctx, ['ports']);
+  }
 });
 
 // Deny rules are L3/L4 only (as in Cilium, whose deny port rules have no `rules` field).
@@ -73,21 +80,35 @@ function l3Fields(dir: Direction) {
     [`${p}CIDR`]: z.array(cidr).nullish(),
     [`${p}CIDRSet`]: z.array(cidrRule).nullish(),
     [`${p}Entities`]: z.array(entity).nullish(),
+    ...(dir === 'egress' ? { toFQDNs: z.array(fqdnSelector).nullish() } : {}),
   };
+}
+
+const L3_FIELDS = { ingress: ['fromEndpoints', 'fromCIDR', 'fromCIDRSet', 'fromEntities'], egress: ['toEndpoints', 'toCIDR', 'toCIDRSet', 'toEntities', 'toFQDNs'] };
+
+/** As in Cilium, toFQDNs stands alone among a rule's L3 fields (its peers are addresses DNS taught). */
+function checkFqdnAlone(r: Record<string, unknown>, ctx: z.RefinementCtx): void {
+  if (!r.toFQDNs) return;
+  const other = L3_FIELDS.egress.find((f) => f !== 'toFQDNs' && r[f] !== undefined && r[f] !== null);
+  if (other) fail(ctx, `combining toFQDNs and ${other} in one rule is not supported: write two rules`, ['toFQDNs']);
 }
 
 type RawRule = Record<string, unknown> & { toPorts?: { ports?: PortMatch[] | null; rules?: RawL7Rules | null }[] | null; icmps?: { fields: PortMatch[] }[] };
 
 function ruleSchema(dir: Direction, deny = false) {
-  return z.object({ ...l3Fields(dir), toPorts: z.array(deny ? portDenyRule : portRule).nullish(), icmps: icmps.nullish() }).strict();
+  return z.object({ ...l3Fields(dir), toPorts: z.array(deny ? portDenyRule : portRule(dir)).nullish(), icmps: icmps.nullish() }).strict()
+    .superRefine((r, ctx) => checkFqdnAlone(r, ctx));
 }
 
-/** The toPorts elements with HTTP rules. `http: []` (or no rules) is plain L4. */
+/** The toPorts elements with HTTP or DNS rules. `http: []` (or no rules) is plain L4; `dns: []` too
+ *  (Cilium: an empty DNS rule list is no DNS rule). */
 function l7Of(raw: RawRule, path: string): L7PortRule[] {
   const out: L7PortRule[] = [];
   for (const [i, tp] of (raw.toPorts ?? []).entries()) {
     const http = tp.rules?.http;
+    const dns = tp.rules?.dns;
     if (http?.length) out.push({ ports: tp.ports ?? [], http, path: `${path}.toPorts[${i}].rules.http` });
+    if (dns?.length) out.push({ ports: tp.ports ?? [], http: [], dns, path: `${path}.toPorts[${i}].rules.dns` });
   }
   return out;
 }
@@ -99,7 +120,8 @@ function toRule(raw: RawRule, dir: Direction, deny: boolean, index: number, path
   const cidrs = raw[`${p}CIDR`] as string[] | null | undefined;
   const sets = raw[`${p}CIDRSet`] as { cidr: string; except?: string[] }[] | null | undefined;
   const entities = raw[`${p}Entities`] as Entity[] | null | undefined;
-  const hasL3 = [selectors, cidrs, sets, entities].some((x) => x !== undefined && x !== null);
+  const fqdns = dir === 'egress' ? raw.toFQDNs as FqdnSelector[] | null | undefined : undefined;
+  const hasL3 = [selectors, cidrs, sets, entities, fqdns].some((x) => x !== undefined && x !== null);
   const ports: PortMatch[] = [
     ...(raw.toPorts ?? []).flatMap((tp) => tp.ports ?? []),
     ...(raw.icmps ?? []).flatMap((i) => i.fields),
@@ -112,6 +134,7 @@ function toRule(raw: RawRule, dir: Direction, deny: boolean, index: number, path
       ...(cidrs ?? []).map((c): Peer => ({ kind: 'cidr', cidr: c, except: [] })),
       ...(sets ?? []).map((s): Peer => ({ kind: 'cidr', cidr: s.cidr, except: s.except ?? [] })),
       ...(entities ?? []).map((e): Peer => ({ kind: 'entity', entity: e })),
+      ...(fqdns ?? []).map((selector): Peer => ({ kind: 'fqdn', selector })),
     ];
   } else {
     peers = hasL4 ? 'all' : [];

@@ -1,4 +1,4 @@
-// `toPorts[].rules` of a CiliumNetworkPolicy: the L7 part (HTTP now; DNS comes with toFQDNs). Cilium
+// `toPorts[].rules` of a CiliumNetworkPolicy: the L7 part (HTTP here; DNS in schema-fqdn.ts). Cilium
 // reads its documents with Go's JSON rules, which match field names case-insensitively (its own
 // example l7/http/http.yaml writes `HTTP:`), so keys here are matched the same way. Regexes are
 // checked to compile and to run in linear time (http/regex.ts). Semantic rules follow Cilium's
@@ -7,6 +7,7 @@ import { z } from 'zod';
 import { compilePolicyRegex, PolicyRegexError } from '../l7/http/regex.ts';
 import { isToken } from '../l7/http/parse.ts';
 import { fail } from './schema-common.ts';
+import { dnsRules } from './schema-fqdn.ts';
 import type { HeaderMatch, HttpRule, MismatchAction, PortMatch } from './types.ts';
 
 /** Rebuilds an object with its keys spelled as in `known` when they match case-insensitively. */
@@ -73,10 +74,13 @@ const httpRule = z.preprocess(caseInsensitiveKeys(['method', 'path', 'host', 'he
 
 export const MAX_HTTP_RULES = 1000;
 
-/** `rules:` of one toPorts element. kafka, l7proto/l7 and (for now) dns are named as unsupported. */
+/** `rules:` of one toPorts element. kafka and l7proto/l7 are named as unsupported. One L7 kind per element. */
 export const l7Rules = z.preprocess(caseInsensitiveKeys(['http', 'kafka', 'dns', 'l7proto', 'l7']), z.object({
   http: z.array(httpRule).max(MAX_HTTP_RULES, { error: `at most ${MAX_HTTP_RULES} HTTP rules per port` }).nullish(),
-}).strict());
+  dns: dnsRules.nullish(),
+}).strict()).superRefine((r, ctx) => {
+  if (r.http && r.dns) fail(ctx, 'one kind of L7 rules per toPorts element: http or dns, not both', ['dns']);
+});
 
 export type RawL7Rules = z.infer<typeof l7Rules>;
 

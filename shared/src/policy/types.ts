@@ -1,6 +1,7 @@
 // The normalized policy model every accepted document (CiliumNetworkPolicy, Kubernetes NetworkPolicy)
 // is turned into, and what the compiler, the trace and the API work on. Pure types.
 import type { Selector } from './selector.ts';
+import type { FqdnSelector } from '../fqdn/selector.ts';
 
 export type Direction = 'ingress' | 'egress';
 export type Action = 'allow' | 'deny';
@@ -11,7 +12,9 @@ export type Entity = (typeof ENTITIES)[number];
 export type Peer =
   | { kind: 'endpoints'; selector: Selector }
   | { kind: 'entity'; entity: Entity }
-  | { kind: 'cidr'; cidr: string; except: string[] };
+  | { kind: 'cidr'; cidr: string; except: string[] }
+  /** `toFQDNs`: the addresses DNS answers through the proxy gave for matching names (fqdn/). */
+  | { kind: 'fqdn'; selector: FqdnSelector };
 
 export type L4Proto = 'TCP' | 'UDP' | 'SCTP' | 'ANY';
 
@@ -39,12 +42,17 @@ export type MismatchAction = 'LOG' | 'ADD' | 'DELETE' | 'REPLACE';
  *  one the rule still matches and the action is applied to the request on a mismatch. */
 export interface HeaderMatch { name: string; value?: string; mismatch?: MismatchAction }
 
+/** `toPorts[].rules.dns` element: the names a pod may look up (matchName or matchPattern, either matches). */
+export type DnsRule = FqdnSelector;
+
 /** The L7 part of one toPorts element. */
 export interface L7PortRule {
   /** The element's ports (they are in Rule.ports too: the L3/L4 view of a rule never loses them). */
   ports: PortMatch[];
   /** Alternatives: a request that matches one of them is allowed; [] allows every request. */
   http: HttpRule[];
+  /** DNS rules instead of HTTP ones: queries go through the DNS proxy (a rule has one L7 kind). */
+  dns?: DnsRule[];
   /** e.g. "spec.ingress[0].toPorts[1].rules.http" */
   path: string;
 }

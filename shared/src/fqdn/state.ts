@@ -1,0 +1,148 @@
+// What the node knows from DNS and what it means for the datapath: the name cache, the toFQDNs
+// selectors of the current policies, and for every learned address that some selector selects, its
+// FQDN identity (identities.ts) and so its ipcache entry. The policy engine asks it for ipcache
+// entries and compiler peers at every sync; the DNS proxy tells it what answers carried (learn), and
+// the agent's upkeep what expired (expire). Pure: persistence and timers live in agent/dns.ts.
+import { cidrContains, hostPrefix, normalizeIp, parseCidr, type Cidr } from '../net/index.ts';
+import { NameCache, type EntryTuple } from './cache.ts';
+import { FqdnIdentities, type FqdnIdentity } from './identities.ts';
+import { selectorKey, selectorMatcher, type FqdnSelector, type NameMatcher } from './selector.ts';
+
+/** The name an address restored without its names is listed under (`fqdn cache list`). */
+export const RESTORED_NAME = '(restored).';
+
+export interface FqdnPersisted {
+  entries: EntryTuple[];
+  identities: FqdnIdentity[];
+}
+
+export interface LearnResult {
+  /** ipcache prefixes whose FQDN identity changed (new, other, or none any more). */
+  changed: string[];
+  /** A new identity was made: the policy must be compiled for it. */
+  newIdentity: boolean;
+}
+
+export class FqdnState {
+  readonly cache = new NameCache();
+  readonly identities = new FqdnIdentities();
+  private selectors = new Map<string, NameMatcher>();
+  private selectorsKey = '';
+  private prefixes: { text: string; cidr: Cidr }[] = [];
+  private prefixesKey = '';
+  /** ipcache prefix -> FQDN identity, for addresses some selector selects. */
+  private readonly entries = new Map<string, number>();
+  /** Numbers found in the pinned ipcache at start: reused for the same addresses. */
+  private readonly pinned = new Map<string, number>();
+  /** Addresses restored without their names (see restore): the selectors their identity had. */
+  private readonly orphanSelectors = new Map<string, string[]>();
+
+  constructor(readonly minTtl: number) {}
+
+  /** The selectors and policy prefixes of the current policies. Recomputes every address when they changed. */
+  setPolicy(selectors: FqdnSelector[], prefixes: string[]): void {
+    const keys = [...new Set(selectors.map(selectorKey))].sort();
+    const sk = keys.join('\n');
+    const pk = [...prefixes].sort().join('\n');
+    if (sk === this.selectorsKey && pk === this.prefixesKey) return;
+    this.selectorsKey = sk;
+    this.prefixesKey = pk;
+    this.selectors = new Map(selectors.map((s) => [selectorKey(s), selectorMatcher(s)]));
+    this.prefixes = [...new Set(prefixes)].map((text) => ({ text, cidr: parseCidr(text) }));
+    this.entries.clear();
+    for (const ip of this.cache.ips()) this.place(ip);
+    this.retainUsed();
+  }
+
+  /** What an answer taught: `names` are the query name and its CNAME chain, all for these addresses. */
+  learn(endpoint: number, names: string[], ips: { ip: string; ttl: number }[], now: number): LearnResult {
+    const before = this.identities.version;
+    const changed: string[] = [];
+    for (const ip of this.cache.learn(endpoint, names, ips.map((x) => ({ ip: normalizeIp(x.ip), ttl: x.ttl })), now, this.minTtl)) {
+      const p = this.place(ip);
+      if (p) changed.push(p);
+    }
+    return { changed, newIdentity: this.identities.version !== before };
+  }
+
+  /** Removes expired entries whose address no connection uses (`inUse`: normalized addresses). */
+  expire(now: number, inUse: (ip: string) => boolean): { changed: string[]; removed: number } {
+    const touched = new Set<string>();
+    let removed = 0;
+    for (const e of this.cache.expired(now)) {
+      if (inUse(e.ip)) continue;
+      if (this.cache.remove(e.name, e.ip)) { touched.add(e.ip); removed++; }
+      if (e.name === RESTORED_NAME) this.orphanSelectors.delete(e.ip);
+    }
+    const changed: string[] = [];
+    for (const ip of touched) { const p = this.place(ip); if (p) changed.push(p); }
+    if (changed.length) this.retainUsed();
+    return { changed, removed };
+  }
+
+  /** Recomputes one address's identity; returns its prefix when its ipcache entry changed. */
+  private place(ip: string): string | undefined {
+    const prefix = hostPrefix(ip);
+    const names = this.cache.namesOf(ip);
+    const keys: string[] = [];
+    for (const [k, m] of this.selectors) if (names.some((n) => m(n))) keys.push(k);
+    for (const k of this.orphanSelectors.get(ip) ?? []) if (this.selectors.has(k) && !keys.includes(k)) keys.push(k);
+    const before = this.entries.get(prefix);
+    if (!keys.length) {
+      this.entries.delete(prefix);
+      return before !== undefined ? prefix : undefined;
+    }
+    keys.sort();
+    const within = this.prefixes.filter((p) => p.cidr.family === (ip.includes(':') ? 6 : 4) && cidrContains(p.cidr, ip)).map((p) => p.text).sort();
+    const { identity } = this.identities.ensure(keys, within, this.pinned.get(prefix));
+    this.entries.set(prefix, identity.id);
+    return before !== identity.id ? prefix : undefined;
+  }
+
+  private retainUsed(): void {
+    this.identities.retain(new Set(this.entries.values()));
+  }
+
+  /** Keys of the current selectors that select a (canonical) name. */
+  selectorsMatching(name: string): string[] {
+    return [...this.selectors].filter(([, m]) => m(name)).map(([k]) => k).sort();
+  }
+
+  /** prefix -> identity for the ipcache. */
+  ipcacheEntries(): Map<string, number> {
+    return this.entries;
+  }
+
+  entryOf(prefix: string): number | undefined {
+    return this.entries.get(prefix);
+  }
+
+  // ---- persistence and restart --------------------------------------------------------------------
+
+  /** Before the first sync after a start: what was persisted, and the FQDN entries of the pinned ipcache
+   *  (addresses learned after the last save keep their identity when it was saved; see restorePinned). */
+  restore(saved: FqdnPersisted | undefined, pinnedIpcache: Map<string, number>, isFqdnId: (id: number) => boolean, now: number, graceMs: number): { entries: number; orphans: number } {
+    for (const i of saved?.identities ?? []) this.identities.adopt(i);
+    for (const t of saved?.entries ?? []) this.cache.restore(t);
+    let orphans = 0;
+    for (const [prefix, id] of pinnedIpcache) {
+      if (!isFqdnId(id)) continue;
+      this.pinned.set(prefix, id);
+      const ip = prefix.slice(0, prefix.indexOf('/'));
+      if (this.cache.namesOf(ip).length) continue;
+      // Learned after the last save: its names are unknown, but its identity says which selectors
+      // chose it. Kept under a placeholder name with those selectors until the grace period ends.
+      const identity = this.identities.get(id);
+      if (!identity) continue;
+      orphans++;
+      this.cache.restore([RESTORED_NAME, ip, 0, now, now + graceMs, []]);
+      this.orphanSelectors.set(ip, identity.selectors);
+    }
+    return { entries: this.cache.size.entries, orphans };
+  }
+
+
+  persisted(): FqdnPersisted {
+    return { entries: this.cache.dump(), identities: this.identities.list() };
+  }
+}
