@@ -6,10 +6,12 @@
 // one port (the kernel spreads connections over them) and a new worker start before an old one leaves.
 import koffi from 'koffi';
 import { constants as osConstants } from 'node:os';
+import { ipBytes } from '../../net/index.ts';
 
 const AF_INET = 2;
 const AF_INET6 = 10;
 const SOCK_STREAM = 1;
+const SOCK_DGRAM = 2;
 const SOCK_NONBLOCK = 0o4000;
 const SOCK_CLOEXEC = 0o2000000;
 const SOL_SOCKET = 1;
@@ -86,6 +88,63 @@ export function transparentListener(family: 4 | 6, port: number, opts: { backlog
   if (c.bind(fd, sa, sa.length) < 0) { const e = koffi.errno(); c.close(fd); throw new SocketError('bind', e, target); }
   if (c.listen(fd, backlog) < 0) { const e = koffi.errno(); c.close(fd); throw new SocketError('listen', e, target); }
   return fd;
+}
+
+/** sockaddr_in / sockaddr_in6 of any address. */
+function sockaddrOf(ip: string, port: number): Buffer {
+  const v6 = ip.includes(':');
+  const sa = Buffer.alloc(v6 ? 28 : 16);
+  sa.writeUInt16LE(v6 ? AF_INET6 : AF_INET, 0);
+  sa.writeUInt16BE(port, 2);
+  ipBytes(ip).copy(sa, v6 ? 8 : 4);
+  return sa;
+}
+
+/**
+ * A transparent UDP socket bound to `ip:port`, as a file descriptor for dgram's bind({ fd }). The DNS
+ * proxy receives diverted datagrams on one bound to loopback (the datapath assigns them to it), and
+ * answers a client from one bound to the address the client asked (IP_TRANSPARENT lets it bind an
+ * address that is not the node's; SO_REUSEADDR lets several exchanges and agents share it). Node's
+ * dgram cannot set IP_TRANSPARENT itself. Throws SocketError.
+ */
+export function transparentUdpSocket(ip: string, port: number, opts: { reusePort?: boolean } = {}): number {
+  const c = lib();
+  const v6 = ip.includes(':');
+  const target = v6 ? `[${ip}]:${port}` : `${ip}:${port}`;
+  const fd = c.socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw new SocketError('socket', koffi.errno(), target);
+  const opt = (level: number, name: number, what: string) => {
+    if (c.setsockopt(fd, level, name, [1], 4) < 0) { const e = koffi.errno(); c.close(fd); throw new SocketError(`setsockopt ${what}`, e, target); }
+  };
+  opt(SOL_SOCKET, SO_REUSEADDR, 'SO_REUSEADDR');
+  if (opts.reusePort) opt(SOL_SOCKET, SO_REUSEPORT, 'SO_REUSEPORT');
+  if (v6) { opt(SOL_IPV6, IPV6_V6ONLY, 'IPV6_V6ONLY'); opt(SOL_IPV6, IPV6_TRANSPARENT, 'IPV6_TRANSPARENT'); } else opt(SOL_IP, IP_TRANSPARENT, 'IP_TRANSPARENT');
+  const sa = sockaddrOf(ip, port);
+  if (c.bind(fd, sa, sa.length) < 0) { const e = koffi.errno(); c.close(fd); throw new SocketError('bind', e, target); }
+  return fd;
+}
+
+export function closeFd(fd: number): void {
+  lib().close(fd);
+}
+
+/** Nobody has a UDP socket on this port of either loopback address (probed without SO_REUSEPORT). */
+export function udpPortFree(port: number): boolean {
+  const fds: number[] = [];
+  try {
+    fds.push(transparentUdpSocket('127.0.0.1', port));
+    try {
+      fds.push(transparentUdpSocket('::1', port));
+    } catch (e) {
+      const errno = (e as SocketError).errno;
+      if (errno !== osConstants.errno.EADDRNOTAVAIL && errno !== osConstants.errno.EAFNOSUPPORT) return false;
+    }
+    return true;
+  } catch {
+    return false;
+  } finally {
+    for (const fd of fds) lib().close(fd);
+  }
 }
 
 /** A port free on both loopback addresses, from a range clear of the kernel's ephemeral ports. */
