@@ -12,7 +12,10 @@
  * place; to_container (packets the stack delivers to a pod: from the world, the host, other nodes)
  * hairpins them into the host device's ingress (from_host_device below), marked with the port.
  * No listener (proxy down) drops the SYN: new connections fail closed, counted and reported as
- * DROP_PROXY_LOOKUP_FAILED. The proxy's own upstream connections come from the node's addresses (host
+ * DROP_PROXY_LOOKUP_FAILED. UDP (the DNS proxy, shared/src/dns) has no accepted sockets: every datagram
+ * is assigned to the proxy's socket, and its original destination is recorded in proxy_udp_dst (the
+ * proxy reads it by the client's address and port, then answers from that destination); no socket
+ * (proxy down) drops it the same way. The proxy's own upstream connections come from the node's addresses (host
  * identity), which is never diverted at ingress: its traffic cannot loop or pass for a pod's. */
 #pragma once
 
@@ -40,6 +43,75 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } proxy_config SEC(".maps");
 
+/* Where a diverted datagram was going, by its sender (address, port): the DNS proxy reads it to know
+ * which server the client asked and to answer as that server. LRU: entries of finished exchanges are
+ * recycled; a client reuses a source port only for its next query. Layout shared with shared/src/dns. */
+struct proxy_udp_key {
+	__u8 family;
+	__u8 pad;
+	__be16 sport;
+	__u8 saddr[16];
+};
+_Static_assert(sizeof(struct proxy_udp_key) == 20, "proxy_udp_key layout is shared with userspace");
+
+struct proxy_udp_dst {
+	__u8 daddr[16];
+	__be16 dport;
+	__u8 pad[2];
+};
+_Static_assert(sizeof(struct proxy_udp_dst) == 20, "proxy_udp_dst layout is shared with userspace");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536);
+	__type(key, struct proxy_udp_key);
+	__type(value, struct proxy_udp_dst);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} proxy_udp_dst SEC(".maps");
+
+/* A diverted UDP datagram: its destination recorded, then it goes to the proxy's socket. */
+static __always_inline __u16 proxy_assign_udp(struct __sk_buff *skb, const struct pkt *p, __u16 port)
+{
+	struct proxy_udp_key k;
+	struct proxy_udp_dst v;
+	struct bpf_sock_tuple t;
+	struct bpf_sock *sk;
+	__u32 size;
+	long err;
+
+	__builtin_memset(&k, 0, sizeof(k));
+	__builtin_memset(&v, 0, sizeof(v));
+	__builtin_memset(&t, 0, sizeof(t));
+	k.family = p->family;
+	k.sport = p->sport;
+	__builtin_memcpy(k.saddr, p->saddr, 16);
+	__builtin_memcpy(v.daddr, p->daddr, 16);
+	v.dport = p->dport;
+	if (p->family == MBR_FAMILY_IPV4) {
+		__builtin_memcpy(&t.ipv4.saddr, p->saddr, 4);
+		t.ipv4.daddr = bpf_htonl(0x7f000001);
+		t.ipv4.sport = p->sport;
+		t.ipv4.dport = bpf_htons(port);
+		size = sizeof(t.ipv4);
+	} else {
+		__builtin_memcpy(t.ipv6.saddr, p->saddr, 16);
+		t.ipv6.daddr[3] = bpf_htonl(1);
+		t.ipv6.sport = p->sport;
+		t.ipv6.dport = bpf_htons(port);
+		size = sizeof(t.ipv6);
+	}
+	sk = bpf_sk_lookup_udp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
+	if (!sk)
+		return DROP_PROXY_LOOKUP_FAILED;
+	if (bpf_map_update_elem(&proxy_udp_dst, &k, &v, BPF_ANY) < 0) {
+		bpf_sk_release(sk);
+		return DROP_PROXY_SET_FAILED;
+	}
+	err = bpf_sk_assign(skb, sk, 0);
+	bpf_sk_release(sk);
+	return err ? DROP_PROXY_SET_FAILED : 0;
+}
+
 /* The proxy port a policy entry sends a flow to (0: none). Never for ingress from the host: the node
  * may always reach its endpoints, and the proxy's own connections come from it. */
 static __always_inline __u16 proxy_port_of(const struct policy_entry *pe, __u8 dir, __u32 peer)
@@ -60,6 +132,8 @@ static __always_inline __u16 proxy_assign(struct __sk_buff *skb, const struct pk
 	long err;
 
 	skb->mark = MARK_TO_PROXY;
+	if (p->proto == IPPROTO_UDP && p->has_l4 && !p->later_fragment)
+		return proxy_assign_udp(skb, p, port);
 	if (!(p->proto == IPPROTO_TCP && p->has_l4 && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN))
 		return 0; /* later packets: the local route takes them to the accepted socket */
 	__builtin_memset(&t, 0, sizeof(t));

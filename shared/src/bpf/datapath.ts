@@ -19,7 +19,7 @@ export function removePins(pinDir: string): void {
 /** Every map of bpf/endpoint.o, pinned as `${pinDir}/${name}`. Checked against the object on load. */
 export const MAP_NAMES = [
   'endpoints_cfg', 'local_endpoints', 'endpoint_counters', 'ipcache', 'policy', 'conntrack', 'ct_owned', 'ct_reclaimed',
-  'fragments', 'events', 'drop_counters', 'events_lost', 'event_bucket', 'datapath_config', 'proxy_config',
+  'fragments', 'events', 'drop_counters', 'events_lost', 'event_bucket', 'datapath_config', 'proxy_config', 'proxy_udp_dst',
   'tunnel_map', 'overlay_config', // cluster mode's overlay (shared/src/overlay)
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
