@@ -29,6 +29,7 @@ import { startFlows, type AgentFlows } from './flows.ts';
 import { connectCluster } from './cluster.ts';
 import type { ClusterMode } from '../cluster/mode.ts';
 import { AgentL7 } from './l7.ts';
+import { AgentDns } from './dns.ts';
 
 /** Something the agent stops on shutdown, in reverse order of start. */
 interface Closer { name: string; close(): Promise<void> | void }
@@ -45,6 +46,7 @@ export class Agent {
     private readonly policy: AgentPolicy,
     private readonly flows: AgentFlows,
     private readonly l7: AgentL7 | undefined,
+    private readonly dns: AgentDns | undefined,
     private readonly datapath: { pinDir: string },
     private readonly closers: Closer[],
     private readonly cluster?: ClusterMode,
@@ -86,13 +88,21 @@ export class Agent {
       cluster?.startRouting(host, datapath);
 
       // The L7 proxy's port must be known before policy writes L7 entries; its workers start later.
-      const l7 = await AgentL7.open({ cfg, log, host, datapath, ipv6: networks.list().some((n) => n.subnets.some((s) => s.family === 6)) });
+      const ipv6 = networks.list().some((n) => n.subnets.some((s) => s.family === 6));
+      const l7 = await AgentL7.open({ cfg, log, host, datapath, ipv6 });
       if (l7) closers.push({ name: 'l7 proxy', close: () => l7.close() });
+      // The DNS proxy's port and what DNS taught (toFQDNs) before the first sync, like the L7 port.
+      const dns = await AgentDns.open({ cfg, log, host, datapath, store, ipv6 });
+      if (dns) closers.push({ name: 'dns proxy', close: () => dns.close() });
+      const proxies = l7 || dns ? {
+        proxyPorts: () => ({ ...(l7?.proxyPorts() ?? {}), ...(dns?.proxyPorts() ?? {}) }),
+        ...(l7 ? { onChange: l7.policyChanged } : {}),
+      } : undefined;
 
       // Policy first among the endpoint's dependencies: endpoints ask it for their identity.
       const policy = await AgentPolicy.open({
         store, datapath, log, auditMode: cfg.policyAuditMode, cluster, clusterName: cfg.cluster?.clusterName ?? 'default',
-        ...(l7 ? { l7: { proxyPorts: l7.proxyPorts, onChange: l7.policyChanged } } : {}),
+        ...(proxies ? { l7: proxies } : {}), ...(dns ? { fqdn: dns.state } : {}),
       });
       closers.push({ name: 'policy', close: () => policy.close() });
       const endpoints = new EndpointManager({ store, ipam, networks, datapath, host, identityFor: policy.identityFor, log, reapDelayMs: cfg.endpointReapDelayMs });
@@ -106,6 +116,7 @@ export class Agent {
       closers.push({ name: 'endpoint reaper', close: () => endpoints.closeReaper() });
       await policy.start();
       l7?.bind(policy.engine);
+      await dns?.bind(policy.engine);
       // Cluster mode: publish the restored endpoints, then mirror the other nodes' ones.
       await cluster?.afterRestore(endpoints.list());
       conntrack.start();
@@ -113,11 +124,12 @@ export class Agent {
       const flows = await startFlows({ cfg, log, datapath, endpoints, rules: policy.rules, identities: policy.identities });
       closers.push({ name: 'flows', close: () => flows.close() });
       l7?.attachFlows(flows);
+      dns?.attachFlows(flows);
 
       // Front doors: DELs membrane-cni queued while we were down, the Docker plugin, then the API.
       await drainCniQueue(cfg, core, log);
       if (cfg.dockerPlugin) closers.push(await startDocker(cfg, core, log));
-      const agent = new Agent(cfg, log, core, endpoints, policy, flows, l7, datapath, closers, cluster);
+      const agent = new Agent(cfg, log, core, endpoints, policy, flows, l7, dns, datapath, closers, cluster);
       const app = createApp({
         core, log, version: VERSION, status: () => agent.status(),
         check: (cid, ifName) => endpoints.check(cid, ifName),
@@ -131,6 +143,7 @@ export class Agent {
             }),
           },
           ...(cluster ? [{ path: '/v1/cluster', router: cluster.router() }] : []),
+          ...(dns ? [{ path: '/v1/fqdn', router: dns.router() }] : []),
         ],
       });
       agent.server = await serveApi(app, cfg.socket);
@@ -159,6 +172,7 @@ export class Agent {
       policy: this.policy.status(),
       ...(this.cluster ? { cluster: this.cluster.status() } : {}),
       ...(this.l7 ? { l7: this.l7.status() } : {}),
+      ...(this.dns ? { dns: this.dns.status() } : {}),
     };
   }
 

@@ -79,6 +79,12 @@ export interface AgentConfig {
   /** Its port on 127.0.0.1 and ::1; 0 = picked once and kept in the state dir. */
   l7ProxyPort: number;
   l7ProxyWorkers: number;
+  /** The DNS proxy for toPorts[].rules.dns and toFQDNs: off refuses policies with DNS rules. */
+  dnsProxy: boolean;
+  /** Its port (UDP and TCP) on 127.0.0.1 and ::1; 0 = picked once and kept in the state dir. */
+  dnsProxyPort: number;
+  /** Addresses learned from DNS stay at least this many seconds (when the answer's TTL is shorter). */
+  fqdnMinTtl: number;
   /** Cluster mode (shared/src/cluster): set when --kvstore is given. */
   cluster?: ClusterFlags;
 }
@@ -139,6 +145,9 @@ const FileSchema = z.object({
   l7Proxy: z.boolean().optional(),
   l7ProxyPort: z.number().int().min(0).max(65535).optional(),
   l7ProxyWorkers: z.number().int().min(1).max(64).optional(),
+  dnsProxy: z.boolean().optional(),
+  dnsProxyPort: z.number().int().min(0).max(65535).optional(),
+  fqdnMinTtl: z.number().int().min(0).max(86_400 * 7).optional(),
   clusterName: z.string().optional(),
   kvstore: z.string().optional(),
   kvstoreEndpoints: z.string().optional(),
@@ -195,6 +204,9 @@ const OPTIONS: OptionSpec[] = [
   { key: 'l7Proxy', flags: '--l7-proxy <on|off>', env: 'MEMBRANE_L7_PROXY', help: 'the HTTP proxy that enforces toPorts[].rules.http (started when a policy needs it)', default: 'on' },
   { key: 'l7ProxyPort', flags: '--l7-proxy-port <port>', env: 'MEMBRANE_L7_PROXY_PORT', help: 'its port on 127.0.0.1/::1, 0 = pick one and keep it', default: '0' },
   { key: 'l7ProxyWorkers', flags: '--l7-proxy-workers <n>', env: 'MEMBRANE_L7_PROXY_WORKERS', help: 'proxy worker processes', default: `${DEFAULTS.l7ProxyWorkers} (CPUs, at most 2)` },
+  { key: 'dnsProxy', flags: '--dns-proxy <on|off>', env: 'MEMBRANE_DNS_PROXY', help: 'the DNS proxy that enforces toPorts[].rules.dns and teaches toFQDNs their addresses', default: 'on' },
+  { key: 'dnsProxyPort', flags: '--dns-proxy-port <port>', env: 'MEMBRANE_DNS_PROXY_PORT', help: 'its port (UDP and TCP) on 127.0.0.1/::1, 0 = pick one and keep it', default: '0' },
+  { key: 'fqdnMinTtl', flags: '--fqdn-min-ttl <seconds>', env: 'MEMBRANE_FQDN_MIN_TTL', help: 'addresses learned from DNS are kept at least this long (longer while connections use them)', default: '0 (the answer\'s TTL)' },
   { key: 'clusterName', flags: '--cluster-name <name>', env: 'MEMBRANE_CLUSTER_NAME', help: 'cluster mode: the cluster this node joins', default: 'default' },
   { key: 'kvstore', flags: '--kvstore <etcd>', env: 'MEMBRANE_KVSTORE', help: 'cluster mode: share identities, endpoints and policies through etcd' },
   { key: 'kvstoreEndpoints', flags: '--kvstore-endpoints <url,...>', env: 'MEMBRANE_KVSTORE_ENDPOINTS', help: 'etcd client URLs' },
@@ -367,6 +379,9 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
     l7Proxy: onOff(text('l7Proxy'), file.l7Proxy ?? true),
     l7ProxyPort: int(text('l7ProxyPort'), file.l7ProxyPort, { min: 0, max: 65535 }) ?? 0,
     l7ProxyWorkers: int(text('l7ProxyWorkers'), file.l7ProxyWorkers, { min: 1, max: 64 }) ?? DEFAULTS.l7ProxyWorkers,
+    dnsProxy: onOff(text('dnsProxy'), file.dnsProxy ?? true),
+    dnsProxyPort: int(text('dnsProxyPort'), file.dnsProxyPort, { min: 0, max: 65535 }) ?? 0,
+    fqdnMinTtl: int(text('fqdnMinTtl'), file.fqdnMinTtl, { min: 0, max: 86_400 * 7 }) ?? 0,
     ...(cluster ? { cluster } : {}),
   };
 }

@@ -15,6 +15,7 @@ import { decodeRuleId } from '../policy/rule-id.ts';
 import { dropReasonName, policyMatchType } from '../flows/codes.ts';
 import { identityRouter, policyRouter } from '../api/policy-routes.ts';
 import type { ClusterMode } from '../cluster/mode.ts';
+import type { FqdnState } from '../fqdn/state.ts';
 
 const HOST_REFRESH_MS = 10_000;
 const IDENTITY_SWEEP_MS = 60_000;
@@ -27,8 +28,10 @@ export interface PolicyDeps {
   auditMode: boolean;
   /** Cluster mode: identities and policies live in the cluster store. */
   cluster?: ClusterMode;
-  /** The L7 proxy: its ports go into L7 entries, and it hears about every change. */
-  l7?: { proxyPorts: () => { http: number }; onChange: () => void };
+  /** The L7 proxies: their ports go into L7 entries (HTTP, DNS); the HTTP one hears about every change. */
+  l7?: { proxyPorts: () => { http?: number; dns?: number }; onChange?: () => void };
+  /** What DNS taught (toFQDNs), from the DNS proxy's part. */
+  fqdn?: FqdnState;
   /** The cluster this node is in ("default" on a single node): what Cilium's derived cluster label holds. */
   clusterName?: string;
 }
@@ -67,7 +70,8 @@ export class AgentPolicy {
     const engine = await PolicyEngine.open({
       store: d.store, ops: datapathOps(d.datapath, { log }), hostAddresses, log, cluster: d.clusterName ?? 'default',
       ...(d.cluster ? { identityBackend: d.cluster.identities, policyBackend: d.cluster.policies } : {}),
-      ...(d.l7 ? { proxyPorts: d.l7.proxyPorts, onChange: d.l7.onChange } : {}),
+      ...(d.l7 ? { proxyPorts: d.l7.proxyPorts, ...(d.l7.onChange ? { onChange: d.l7.onChange } : {}) } : {}),
+      ...(d.fqdn ? { fqdn: d.fqdn } : {}),
     });
     await d.cluster?.attachEngine(engine);
     return new AgentPolicy(engine, d);

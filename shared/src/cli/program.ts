@@ -9,6 +9,7 @@ import { registerCompletionCommand } from './completion.ts';
 import { cliContext, type CliContext } from './context.ts';
 import { registerEndpointCommands } from './endpoint.ts';
 import { registerIdentityCommands } from './identity.ts';
+import { registerFqdnCommands } from './fqdn.ts';
 import { registerNetworkCommands } from './network.ts';
 import { registerObserveCommands } from './observe.ts';
 import { registerPolicyCommands } from './policy.ts';
@@ -17,7 +18,7 @@ import { registerStatusCommands } from './status.ts';
 
 const GROUPS: ((program: Command, ctx: CliContext) => void)[] = [
   registerStatusCommands, registerEndpointCommands, registerIdentityCommands, registerNetworkCommands,
-  registerPolicyCommands, registerBpfCommands, registerObserveCommands,
+  registerPolicyCommands, registerFqdnCommands, registerBpfCommands, registerObserveCommands,
   (p, ctx) => registerClusterCommands(p, ctx.client, () => outputOption()), registerCompletionCommand,
 ];
 

@@ -21,6 +21,8 @@ export interface LearnResult {
   changed: string[];
   /** A new identity was made: the policy must be compiled for it. */
   newIdentity: boolean;
+  /** New (name, address) pairs: what a restart must not forget. */
+  newEntries: number;
 }
 
 export class FqdnState {
@@ -58,11 +60,12 @@ export class FqdnState {
   learn(endpoint: number, names: string[], ips: { ip: string; ttl: number }[], now: number): LearnResult {
     const before = this.identities.version;
     const changed: string[] = [];
-    for (const ip of this.cache.learn(endpoint, names, ips.map((x) => ({ ip: normalizeIp(x.ip), ttl: x.ttl })), now, this.minTtl)) {
+    const fresh = this.cache.learn(endpoint, names, ips.map((x) => ({ ip: normalizeIp(x.ip), ttl: x.ttl })), now, this.minTtl);
+    for (const ip of fresh) {
       const p = this.place(ip);
       if (p) changed.push(p);
     }
-    return { changed, newIdentity: this.identities.version !== before };
+    return { changed, newIdentity: this.identities.version !== before, newEntries: fresh.length };
   }
 
   /** Removes expired entries whose address no connection uses (`inUse`: normalized addresses). */

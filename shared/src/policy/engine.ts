@@ -16,10 +16,10 @@ import { formatIssue, parsePolicies, type PolicyIssue } from './parse.ts';
 import { MembraneError } from '../errors.ts';
 import { PolicyConflictError, PolicyRepository, type PersistedPolicies, type Plan, type PolicyBackend } from './repository.ts';
 import { endpointFlags, selectionFor, type Selection } from './selection.ts';
-import { describeRule, trace, type RuleDescription, type TraceQuery, type TraceResult } from './trace.ts';
+import { describeRule, lookupIp, trace, type RuleDescription, type TraceQuery, type TraceResult } from './trace.ts';
 import type { PolicyRecord } from './types.ts';
 import { l7Summary, type L7Summary } from './l7.ts';
-import { l4decode } from './compile.ts';
+import { l4decode, probe, type Entry } from './compile.ts';
 import { buildSnapshot, type ProxySnapshot } from '../l7/proxy/snapshot.ts';
 import { attachmentId, endpointKey } from '../endpoint/naming.ts';
 import type { FqdnState } from '../fqdn/state.ts';
@@ -91,6 +91,11 @@ export class PolicyEngine {
   /** Other nodes' endpoint addresses (cluster mode): prefix -> identity. */
   private remote = new Map<string, number>();
   private remoteSyncQueued = false;
+  /** Bumped whenever the maps change: lookups cached for the DNS proxy are dropped. */
+  private generation = 0;
+  private lookupGen = -1;
+  private readonly byIp = new Map<string, EngineEndpoint>();
+  private readonly peerOf = new Map<string, number>();
 
   private constructor(
     private readonly d: PolicyEngineDeps,
@@ -228,7 +233,9 @@ export class PolicyEngine {
     if (!parsed.policies.length) return Promise.reject(new PolicyError('bad_request', 'no policy in the input'));
     const missing = [...l7KindsOf(parsed.policies.map((policy) => ({ policy })))].filter((k) => !this.d.proxyPorts?.()?.[k]);
     if (missing.length) {
-      return Promise.reject(new MembraneError('unavailable', `the policy has ${missing.map((k) => k.toUpperCase()).join(', ')} rules but the L7 proxy is not enabled on this node (agent --l7-proxy)`));
+      const k = missing[0];
+      const proxy = k === 'dns' ? 'the DNS proxy is not enabled on this node (agent --dns-proxy)' : 'the L7 proxy is not enabled on this node (agent --l7-proxy)';
+      return Promise.reject(new MembraneError('unavailable', `the policy has ${k.toUpperCase()} rules but ${proxy}`));
     }
     return this.serial(() => this.retryOnConflict(() => this.change(this.repo.planImport(parsed.policies, parsed.sources), t0, parseMs)));
   }
@@ -292,6 +299,7 @@ export class PolicyEngine {
     }
     this.applied = desired.policy;
     this.cidrs = cidrs;
+    this.generation++;
     this.d.onChange?.();
     return stats;
   }
@@ -313,9 +321,26 @@ export class PolicyEngine {
       this.d.ops.writeIpcache(diff.upsert, diff.remove);
       for (const [p, id] of diff.upsert) this.mirror.ipcache.set(p, id);
       for (const p of diff.remove) this.mirror.ipcache.delete(p);
+      this.generation++;
       this.d.ops.changed?.(this.mirror, { policyKeys: [], flagIfindexes: [], ipcachePrefixes: [...diff.upsert.map(([p]) => p), ...diff.remove] });
       this.d.onChange?.();
     });
+  }
+
+  /** For the DNS proxy: the sending endpoint and the entry its egress policy has for dst:dport (probed
+   *  as the datapath probes). undefined when src is no endpoint of this node. */
+  egressEntry(srcIp: string, dstIp: string, proto: number, dport: number): EgressEntry | undefined {
+    if (this.lookupGen !== this.generation) { this.lookupGen = this.generation; this.byIp.clear(); this.peerOf.clear(); }
+    if (!this.byIp.size) for (const e of this.endpoints.values()) for (const ip of e.ips) this.byIp.set(ip, e);
+    const ep = this.byIp.get(srcIp);
+    if (!ep) return undefined;
+    let peer = this.peerOf.get(dstIp);
+    if (peer === undefined) { peer = lookupIp(this.mirror.ipcache, dstIp); if (this.peerOf.size > 50_000) this.peerOf.clear(); this.peerOf.set(dstIp, peer); }
+    const labels = this.identities.labelsOf(ep.identity) ?? { 'reserved:init': '' };
+    const dp = this.compileCache.current?.compiler.forLabels(labels).egress;
+    const sel = this.selection(ep).egress;
+    const hit = dp ? probe(dp, peer, proto, dport) : undefined;
+    return { endpoint: ep.id, identity: ep.identity, peer, ...(hit ? { entry: hit.entry } : {}), defaultDeny: sel.defaultDeny, lookup: sel.defaultDeny || sel.hasRules };
   }
 
   // ---- cluster mode ----------------------------------------------------------------------------
@@ -445,6 +470,17 @@ export class PolicyEngine {
       ips: ep.ips.map((ip) => addressOnly(ip.address)), audit: this.auditOverrides[key] ?? metaAudit,
     };
   }
+}
+
+export interface EgressEntry {
+  endpoint: number;
+  identity: number;
+  /** The destination's identity, as the ipcache has it. */
+  peer: number;
+  entry?: Entry;
+  defaultDeny: boolean;
+  /** The endpoint's egress is looked up at all (some policy selects it). */
+  lookup: boolean;
 }
 
 export interface EndpointPolicyView {

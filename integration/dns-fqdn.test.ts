@@ -1,0 +1,211 @@
+// toFQDNs and DNS rules against a real DNS server: dnsmasq (Debian) in a "world" netns of our own
+// (198.18.0.0/15) and in a kube-dns pod, clients in netns pods that resolve a name and connect to the
+// answer at once, the agent's DNS proxy in between. The allowed name connects (the first connection,
+// right after the answer), another address of the same world does not; wildcards; a name the DNS rule
+// refuses (REFUSED, and a DROPPED flow naming the policy); CNAME chains; TCP DNS; TTL expiry; an
+// address change; Cilium's getting-started DNS policy; DNS with the proxy down fails closed; an agent
+// restart keeps established connections and what was learned. Every name and address is unique.
+import t from 'tap';
+import { execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import path from 'node:path';
+import type { ChildProcess } from 'node:child_process';
+import { createNetns, type TestNetns } from './lib/netns.ts';
+import { randomId, REPO, startAgent, type TestAgent } from './lib/agent.ts';
+import { probe } from './lib/probe.ts';
+import { killAll, startEchoServer, startFlow } from './lib/tcp.ts';
+import { resolveAndConnect, startDnsmasq, type Dnsmasq } from './lib/dns.ts';
+import { PolicyClient } from '../shared/src/policy/client.ts';
+import { ObserverClient } from '../shared/src/flows/client.ts';
+import type { Endpoint } from '../shared/src/types.ts';
+import type { FqdnCacheEntryView } from '../shared/src/agent/dns.ts';
+
+if (process.getuid?.() !== 0) {
+  t.plan(0, 'needs root');
+  process.exit(0);
+}
+
+const R = crypto.randomInt(0, 512);
+const NET = `198.${18 + (R >> 8)}.${R & 255}`;
+const W = { dns: `${NET}.53`, api: `${NET}.10`, other: `${NET}.11`, alt: `${NET}.12`, www: `${NET}.20`, twitter: `${NET}.30`, elsewhere: `${NET}.31` };
+const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
+const wHost = `mbw${randomId(3)}`;
+const tmp = fs.mkdtempSync('/tmp/mbr-dns-');
+const hosts = (api = W.api): [string, string][] => [[api, 'api.test.internal'], [W.other, 'other.test.internal'], [W.www, 'www.pattern.test'], [W.other, 'evil.example'], [W.twitter, 'api.twitter.com'], [W.elsewhere, 'www.example.com']];
+
+let agent: TestAgent;
+let pc: PolicyClient;
+let world: TestNetns;
+let dnsmasq: Dnsmasq;
+const nss: TestNetns[] = [];
+const children: ChildProcess[] = [];
+const eps: Record<string, Endpoint> = {};
+const nsOf: Record<string, TestNetns> = {};
+
+async function pod(name: string, labels: Record<string, string>): Promise<Endpoint> {
+  const ns = createNetns('mbd');
+  nss.push(ns);
+  const ep = await agent.client.createEndpoint({ containerId: `dns-${name}-${randomId()}`, netns: ns.path, ifName: 'eth0', labels });
+  eps[name] = ep;
+  nsOf[name] = ns;
+  return ep;
+}
+
+async function cacheList(name?: string): Promise<FqdnCacheEntryView[]> {
+  return agent.client.request('GET', `/v1/fqdn/cache${name ? `?name=${name}` : ''}`);
+}
+
+async function until<T>(what: string, fn: () => Promise<T | undefined>, ms = 30_000): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await fn();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 250));
+  }
+}
+
+const POLICY = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: client-fqdn}
+spec:
+  endpointSelector: {matchLabels: {app: client}}
+  egress:
+  - toCIDR: [${W.dns}/32]
+    toPorts:
+    - ports: [{port: "53", protocol: ANY}]
+      rules:
+        dns:
+        - matchPattern: "*.test.internal"
+        - matchPattern: "*.pattern.test"
+  - toFQDNs: [{matchName: api.test.internal}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+  - toFQDNs: [{matchPattern: "*.pattern.test"}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+`;
+
+t.before(async () => {
+  agent = await startAgent({ extraArgs: ['--fqdn-min-ttl', '0'] });
+  pc = new PolicyClient(agent.client);
+  await pod('client', { app: 'client' });
+  await pod('bystander', { app: 'bystander' });
+  world = createNetns('mbw');
+  nss.push(world);
+  execFileSync('ip', ['link', 'add', wHost, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', world.path]);
+  execFileSync('ip', ['link', 'set', wHost, 'up']);
+  execFileSync('sysctl', ['-qw', `net.ipv4.conf.${wHost}.proxy_arp=1`, `net.ipv4.neigh.${wHost}.proxy_delay=0`]);
+  for (const ip of Object.values(W)) {
+    await world.exec('ip', ['addr', 'add', `${ip}/32`, 'dev', 'eth0']);
+    execFileSync('ip', ['route', 'add', `${ip}/32`, 'dev', wHost]);
+  }
+  await world.exec('ip', ['link', 'set', 'eth0', 'up']);
+  await world.exec('ip', ['route', 'add', 'default', 'dev', 'eth0']);
+  children.push(await startEchoServer(world, 80, '0.0.0.0'), await startEchoServer(world, 443, '0.0.0.0'));
+  dnsmasq = await startDnsmasq(world, tmp, W.dns, { hosts: hosts(), ttl: 2, cnames: [['alias.test.internal', 'api.test.internal']] });
+  children.push(dnsmasq.child);
+  await pc.import(POLICY);
+});
+
+t.teardown(async () => {
+  killAll(children);
+  for (const ip of Object.values(W)) { try { execFileSync('ip', ['route', 'del', `${ip}/32`], { stdio: 'ignore' }); } catch { /* gone */ } }
+  try { execFileSync('ip', ['link', 'del', wHost], { stdio: 'ignore' }); } catch { /* gone with the netns */ }
+  await agent?.cleanup();
+  for (const ns of nss) ns.remove();
+  fs.rmSync(tmp, { recursive: true, force: true });
+});
+
+t.test('the allowed name connects at once; another address of the same world does not', async (t) => {
+  const r = await resolveAndConnect(nsOf.client, W.dns, 'api.test.internal', 80);
+  t.same(r.ips, [W.api], 'the answer came through the proxy unchanged');
+  t.equal(r.connect, 'ok', 'the first connection, right after the answer, is allowed');
+  t.equal(await probe(nsOf.client, W.other, 80), 'timeout', 'another address of the same world: dropped');
+  t.equal(await probe(nsOf.client, W.api, 443), 'timeout', 'the learned address on another port: dropped');
+  const cache = await cacheList('api.test.internal');
+  t.match(cache, [{ name: 'api.test.internal.', ip: W.api, endpoints: [eps.client.id] }], 'fqdn cache list: name, address, endpoint');
+  t.ok(cache[0].identity && cache[0].identity >= 0xff000000, 'the address has an FQDN identity');
+  const bystander = await resolveAndConnect(nsOf.bystander, W.dns, 'api.test.internal', 0);
+  t.same(bystander.ips, [W.api], 'a pod no DNS rule selects resolves directly (not proxied)');
+  t.same((await cacheList('api.test.internal'))[0].endpoints, [eps.client.id], 'and teaches nothing');
+});
+
+t.test('wildcard pattern; CNAME chains; TCP DNS', async (t) => {
+  const www = await resolveAndConnect(nsOf.client, W.dns, 'www.pattern.test', 80);
+  t.same([www.ips, www.connect], [[W.www], 'ok'], '*.pattern.test: resolved and connected');
+  const alias = await resolveAndConnect(nsOf.client, W.dns, 'alias.test.internal', 80);
+  t.same([alias.ips, alias.connect], [[W.api], 'ok'], 'an alias of api.test.internal');
+  t.same((await cacheList('alias.test.internal')).map((e) => e.ip), [W.api], 'the alias is learned with the chain');
+  const tcp = await resolveAndConnect(nsOf.client, W.dns, 'api.test.internal', 80, { tcp: true });
+  t.same([tcp.ips, tcp.connect], [[W.api], 'ok'], 'DNS over TCP through the proxy');
+  const tcpRefused = await resolveAndConnect(nsOf.client, W.dns, 'evil.example', 0, { tcp: true });
+  t.equal(tcpRefused.error, 'EREFUSED', 'TCP: a refused name gets REFUSED');
+});
+
+t.test('a name the DNS rule does not allow: REFUSED, a DROPPED flow naming the policy, no address', async (t) => {
+  const observer = new ObserverClient(agent.observerSocket);
+  t.teardown(() => observer.close());
+  const r = await resolveAndConnect(nsOf.client, W.dns, 'evil.example', 80);
+  t.equal(r.error, 'EREFUSED', 'the proxy answers REFUSED (dnsmasq would have answered)');
+  t.equal(await probe(nsOf.client, W.other, 80), 'timeout', 'its address stays closed');
+  const flows = await until('DNS flows', async () => {
+    const got = (await observer.collect({ number: 1000, whitelist: [{ eventType: [{ type: 129 }] }] })).map((x) => x.flow!).filter((f) => f.l7?.dns);
+    return got.some((f) => f.l7?.dns?.query === 'evil.example.') && got.some((f) => f.l7?.type === 'RESPONSE') ? got : undefined;
+  });
+  const refused = flows.find((f) => f.l7?.dns?.query === 'evil.example.')!;
+  t.equal(refused.verdict, 'DROPPED');
+  t.match(refused.egressDeniedBy, [{ name: 'client-fqdn' }], 'names the policy');
+  t.match(refused.Summary, /refused by the DNS rules of client-fqdn/);
+  const answer = flows.find((f) => f.l7?.type === 'RESPONSE' && f.l7.dns?.query === 'api.test.internal.')!;
+  t.match(answer.l7?.dns, { ips: [W.api], rcode: 0, qtypes: ['A'] }, 'the answer as an L7 DNS flow');
+  t.equal(answer.verdict, 'FORWARDED');
+  const metrics = await fetch(`http://${(await agent.client.status()).metrics.address}/metrics`).then((x) => x.text());
+  t.match(metrics, /membrane_dns_queries_total\{verdict="refused"\} [1-9]/, 'queries by verdict');
+  t.match(metrics, /membrane_fqdn_cache_names [1-9]/, 'cache size');
+});
+
+t.test('TTL expiry removes the entry; an address change is followed', async (t) => {
+  await resolveAndConnect(nsOf.client, W.dns, 'api.test.internal', 0);
+  // TTL 2 s, plus the upkeep's grace and interval: gone within ~15 s when no connection uses it.
+  await until('api.test.internal to expire', async () => ((await cacheList('api.test.internal')).length ? undefined : true), 40_000);
+  t.pass('expired from the cache');
+  t.equal(await probe(nsOf.client, W.api, 80), 'timeout', 'and its address is closed again');
+  await dnsmasq.setHosts(hosts(W.alt));
+  const r = await resolveAndConnect(nsOf.client, W.dns, 'api.test.internal', 80);
+  t.same([r.ips, r.connect], [[W.alt], 'ok'], 'the new address is learned and allowed at once');
+  await dnsmasq.setHosts(hosts());
+});
+
+t.test("Cilium's getting-started dns-port policy with a kube-dns pod", async (t) => {
+  const kubeDns = await pod('kubedns', { 'io.kubernetes.pod.namespace': 'kube-system', 'k8s-app': 'kube-dns' });
+  const bot = await pod('bot', { org: 'empire', class: 'mediabot' });
+  const podDns = await startDnsmasq(nsOf.kubedns, fs.mkdtempSync(path.join(tmp, 'kd-')), ip4(kubeDns), { hosts: hosts(), ttl: 30 });
+  children.push(podDns.child);
+  await pc.import(fs.readFileSync(path.join(REPO, 'examples/policies/cilium-dns/getting-started-dns-port.yaml'), 'utf8'));
+  t.teardown(() => pc.delete(['default/fqdn']).catch(() => pc.delete(['fqdn'])));
+  const r = await resolveAndConnect(nsOf.bot, ip4(kubeDns), 'api.twitter.com', 443);
+  t.same([r.ips, r.connect], [[W.twitter], 'ok'], 'api.twitter.com:443 right after the lookup');
+  t.equal(await probe(nsOf.bot, W.twitter, 80), 'timeout', 'port 80 is not allowed');
+  const other = await resolveAndConnect(nsOf.bot, ip4(kubeDns), 'www.example.com', 443);
+  t.same([other.ips, other.connect], [[W.elsewhere], 'timeout'], 'a name outside *.twitter.com resolves (DNS allows *) but is not reachable');
+  void bot;
+});
+
+t.test('agent restart: established connections and learned names survive; the proxy down fails closed', async (t) => {
+  const r = await resolveAndConnect(nsOf.client, W.dns, 'www.pattern.test', 80);
+  t.equal(r.connect, 'ok');
+  const flow = startFlow(nsOf.client, W.www, 80);
+  t.teardown(() => flow.stop());
+  await until('the flow to echo', async () => (flow.echoed() > 0 ? true : undefined), 10_000);
+  await agent.kill9();
+  const down = await resolveAndConnect(nsOf.client, W.dns, 'www.pattern.test', 0);
+  t.ok(down.error, `with the agent (and its DNS proxy) down, DNS fails closed (${down.error})`);
+  await agent.restart();
+  const before = flow.echoed();
+  await new Promise((res) => setTimeout(res, 1000));
+  t.ok(flow.echoed() > before && !flow.failed(), 'the established connection kept working through the restart');
+  t.ok((await cacheList('www.pattern.test')).some((e) => e.ip === W.www), 'the learned name is still known');
+  t.equal(await probe(nsOf.client, W.www, 80), 'ok', 'a new connection to a cached answer still works');
+  const again = await resolveAndConnect(nsOf.client, W.dns, 'api.test.internal', 80);
+  t.equal(again.connect, 'ok', 'and the proxy is back');
+});

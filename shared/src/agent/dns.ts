@@ -1,0 +1,227 @@
+// DNS and toFQDNs in the agent: the DNS proxy (dns/proxy.ts) on a port kept in <stateDir>/dns, the
+// name cache and FQDN identities (fqdn/state.ts) the policy engine puts in the ipcache, their upkeep
+// (expired entries whose addresses no connection uses go; the state is saved to the store so a restart
+// keeps what was learned), DNS flows and metrics, and /v1/fqdn. Its dependencies are its parameters;
+// the composition root (agent.ts) decides the order: opened before the policy engine (its port goes
+// into DNS entries, its state into the first sync), bound to the engine after it started.
+import fs from 'node:fs';
+import path from 'node:path';
+import express from 'express';
+import type { Logger } from '../log.ts';
+import type { AgentConfig } from './config.ts';
+import type { Netlink } from '../netlink/index.ts';
+import type { Store } from '../store/index.ts';
+import type { Datapath } from '../bpf/datapath.ts';
+import * as bpf from '../bpf/libbpf.ts';
+import * as conntrack from '../maps/conntrack.ts';
+import { datapathOps } from '../policy/datapath-ops.ts';
+import type { PolicyEngine } from '../policy/engine.ts';
+import { identityKind } from '../identity/reserved.ts';
+import { FqdnState, type FqdnPersisted } from '../fqdn/state.ts';
+import { dnsRuleMatches } from '../fqdn/selector.ts';
+import { ensureProxyRouting } from '../l7/routing.ts';
+import { pickProxyPort, portFree, udpPortFree } from '../l7/proxy/sockets.ts';
+import { ipBytes, normalizeIp, formatIp } from '../net/index.ts';
+import { DnsProxy, type DnsDecision, type DnsRecord, type Peer } from '../dns/proxy.ts';
+import type { Answer, Query } from '../dns/message.ts';
+import { dnsFlow } from '../dns/flows.ts';
+import { registerDnsMetrics } from '../dns/metrics.ts';
+import type { AgentFlows } from './flows.ts';
+
+const STORE_KEY = 'fqdn/state';
+const GC_INTERVAL_MS = 5_000;
+const SAVE_DELAY_MS = 1_000;
+/** An expired entry stays this long past its TTL before upkeep may remove it (a client that got a
+ *  TTL-0 answer connects right after it). */
+const EXPIRY_GRACE_MS = 5_000;
+/** Addresses found in the pinned ipcache after a restart but learned after the last save. */
+const RESTORE_GRACE_MS = 10 * 60_000;
+const PROTO = { udp: 17, tcp: 6 } as const;
+
+export interface DnsDeps {
+  cfg: AgentConfig;
+  log: Logger;
+  host: Netlink;
+  datapath: Datapath;
+  store: Store;
+  ipv6: boolean;
+}
+
+/** One name cache entry as `membrane fqdn cache list` shows it. */
+export interface FqdnCacheEntryView {
+  name: string;
+  ip: string;
+  ttl: number;
+  expiresAt: string;
+  identity?: number;
+  endpoints: number[];
+}
+
+export class AgentDns {
+  private engine?: PolicyEngine;
+  private proxy?: DnsProxy;
+  private timers: NodeJS.Timeout[] = [];
+  private saveTimer?: NodeJS.Timeout;
+  private saving: Promise<void> = Promise.resolve();
+  private queuedSave?: Promise<void>;
+  private readonly listeners: ((r: DnsRecord) => void)[] = [];
+
+  private constructor(private readonly d: DnsDeps, readonly port: number, readonly state: FqdnState, private readonly log: Logger) {}
+
+  /** undefined with --dns-proxy off. */
+  static async open(d: DnsDeps): Promise<AgentDns | undefined> {
+    if (!d.cfg.dnsProxy) return undefined;
+    const log = d.log.child({ component: 'dns' });
+    ensureProxyRouting(d.host, d.cfg.hostDevice, d.ipv6);
+    const port = choosePort(d.cfg);
+    const state = new FqdnState(d.cfg.fqdnMinTtl);
+    const saved = await d.store.get<FqdnPersisted>(STORE_KEY);
+    const restored = state.restore(saved, datapathOps(d.datapath).readIpcache(), (id) => identityKind(id) === 'fqdn', Date.now(), RESTORE_GRACE_MS);
+    log.info({ port, ...restored }, 'DNS proxy port chosen; name cache restored');
+    return new AgentDns(d, port, state, log);
+  }
+
+  proxyPorts = (): { dns: number } => ({ dns: this.port });
+
+  /** After the engine's first sync: the proxy listens (until then the datapath drops diverted DNS). */
+  async bind(engine: PolicyEngine): Promise<void> {
+    this.engine = engine;
+    const fd = this.d.datapath.mapFd('proxy_udp_dst');
+    this.proxy = new DnsProxy({
+      port: this.port, log: this.log,
+      decide: (src, dst, proto, q) => this.decide(src, dst, proto, q),
+      learn: (endpoint, answer) => this.learn(endpoint, answer),
+      record: (r) => { for (const l of this.listeners) l(r); },
+      originalDestination: (src) => originalDestination(fd, src),
+    });
+    await this.proxy.start();
+    this.timers.push(setInterval(() => { this.expire().catch((err) => this.log.warn({ err }, 'FQDN upkeep failed')); }, GC_INTERVAL_MS));
+    for (const t of this.timers) t.unref();
+    this.log.info({ port: this.port }, 'DNS proxy listening');
+  }
+
+  /** The policy's verdict on a query: the sender's egress entry towards the server, then its DNS rules. */
+  decide(src: Peer, dst: Peer, proto: 'udp' | 'tcp', q: Query): DnsDecision {
+    const e = this.engine?.egressEntry(normalizeIp(src.ip), normalizeIp(dst.ip), PROTO[proto], dst.port);
+    if (!e) return { allowed: false, identity: 0, peerIdentity: 0, ruleId: 0 };
+    const base = { endpoint: e.endpoint, identity: e.identity, peerIdentity: e.peer };
+    if (!e.lookup) return { ...base, allowed: true, ruleId: 0 };
+    const entry = e.entry;
+    if (entry?.l7?.kind === 'dns') {
+      const hit = entry.l7.dns?.find((r) => dnsRuleMatches(r.dns, q.name));
+      return hit ? { ...base, allowed: true, ruleId: hit.ruleId, rulePath: hit.path } : { ...base, allowed: false, ruleId: entry.ruleId };
+    }
+    if (entry) return { ...base, allowed: entry.action === 'allow' && !entry.l7, ruleId: entry.ruleId };
+    return { ...base, allowed: !e.defaultDeny, ruleId: 0 };
+  }
+
+  /** An answer's names and addresses, in the datapath (and, when new, in the store) before the promise
+   *  resolves: a restart right after the client got the answer still knows them. Repeated answers
+   *  (TTL refreshes) are saved later. */
+  async learn(endpoint: number, answer: Answer): Promise<void> {
+    const r = this.state.learn(endpoint, answer.names, answer.ips, Date.now());
+    if (r.changed.length || r.newIdentity) await this.engine?.fqdnChanged(r.changed, r.newIdentity);
+    if (r.newEntries || r.newIdentity) await this.save();
+    else this.saveSoon();
+  }
+
+  /** Expired entries whose addresses no tracked connection uses go (and their ipcache entries). */
+  private async expire(): Promise<void> {
+    const now = Date.now();
+    if (!this.state.cache.expired(now - EXPIRY_GRACE_MS).length) return;
+    const inUse = new Set<string>();
+    for (const e of conntrack.list(this.d.datapath.mapFd('conntrack'), process.hrtime.bigint())) { inUse.add(e.daddr); inUse.add(e.saddr); }
+    const r = this.state.expire(now - EXPIRY_GRACE_MS, (ip) => inUse.has(ip));
+    if (r.changed.length) await this.engine?.fqdnChanged(r.changed, false);
+    if (r.removed) { this.log.debug({ removed: r.removed, changed: r.changed.length }, 'FQDN entries expired'); this.saveSoon(); }
+  }
+
+  private saveSoon(): void {
+    if (this.saveTimer) return;
+    this.saveTimer = setTimeout(() => { this.saveTimer = undefined; void this.save(); }, SAVE_DELAY_MS);
+    this.saveTimer.unref();
+  }
+
+  /** One save at a time; callers while one is queued share the next (it snapshots when it starts). */
+  private save(): Promise<void> {
+    if (this.queuedSave) return this.queuedSave;
+    const next = this.saving.then(() => {
+      this.queuedSave = undefined;
+      return this.d.store.put(STORE_KEY, this.state.persisted());
+    }).catch((err) => { this.log.warn({ err }, 'cannot save the FQDN state'); });
+    this.queuedSave = next;
+    this.saving = next;
+    return next;
+  }
+
+  onRecords(fn: (r: DnsRecord) => void): void {
+    this.listeners.push(fn);
+  }
+
+  /** Queries and responses become L7 flows in the observer and count in the DNS metrics. */
+  attachFlows(flows: AgentFlows): void {
+    const metrics = flows.registry ? registerDnsMetrics(flows.registry, () => this.state.cache.size) : undefined;
+    const time = (r: unknown) => (r as DnsRecord).timeMs;
+    const build = (r: unknown) => dnsFlow(r as DnsRecord, flows.context);
+    this.onRecords((r) => { flows.pushLazy([r], time, build); metrics?.observe(r); });
+  }
+
+  cacheList(): FqdnCacheEntryView[] {
+    return this.state.cache.entries().map((e) => {
+      const prefix = e.ip.includes(':') ? `${e.ip}/128` : `${e.ip}/32`;
+      const identity = this.state.entryOf(prefix);
+      return {
+        name: e.name, ip: e.ip, ttl: e.ttl, expiresAt: new Date(e.expiresAt).toISOString(),
+        ...(identity !== undefined ? { identity } : {}), endpoints: [...e.endpoints.keys()].sort((a, b) => a - b),
+      };
+    }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.ip < b.ip ? -1 : 1));
+  }
+
+  router(): express.Router {
+    const r = express.Router();
+    r.get('/cache', (req, res) => {
+      const name = typeof req.query.name === 'string' ? req.query.name.toLowerCase().replace(/\.?$/, '.') : undefined;
+      const endpoint = typeof req.query.endpoint === 'string' ? Number(req.query.endpoint) : undefined;
+      res.json(this.cacheList().filter((e) => (!name || e.name === name) && (endpoint === undefined || e.endpoints.includes(endpoint))));
+    });
+    return r;
+  }
+
+  status(): Record<string, unknown> {
+    return { port: this.port, running: !!this.proxy?.running, ...this.state.cache.size, identities: this.state.identities.list().length, ...(this.proxy ? { stats: this.proxy.stats } : {}) };
+  }
+
+  async close(): Promise<void> {
+    for (const t of this.timers) clearInterval(t);
+    this.timers = [];
+    if (this.saveTimer) { clearTimeout(this.saveTimer); this.saveTimer = undefined; }
+    await this.proxy?.close();
+    await this.save();
+  }
+}
+
+/** The kept port (UDP and TCP free on loopback), unless --dns-proxy-port names one. */
+function choosePort(cfg: AgentConfig): number {
+  const dir = path.join(cfg.stateDir, 'dns');
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  const file = path.join(dir, 'port');
+  const free = (p: number) => portFree(p) && udpPortFree(p);
+  if (cfg.dnsProxyPort) { fs.writeFileSync(file, `${cfg.dnsProxyPort}\n`); return cfg.dnsProxyPort; }
+  const kept = Number(fs.existsSync(file) ? fs.readFileSync(file, 'utf8').trim() : 0);
+  if (kept && free(kept)) return kept;
+  const port = pickProxyPort(free);
+  fs.writeFileSync(file, `${port}\n`);
+  return port;
+}
+
+/** The datapath's record of where a diverted datagram from `src` was going (bpf/lib/proxy.h). */
+function originalDestination(fd: number, src: Peer): Peer | undefined {
+  const key = Buffer.alloc(20);
+  const v6 = src.ip.includes(':');
+  key[0] = v6 ? 6 : 4;
+  key.writeUInt16BE(src.port, 2);
+  ipBytes(normalizeIp(src.ip.replace(/^::ffff:/, ''))).copy(key, 4);
+  const v = bpf.mapLookup(fd, 'proxy_udp_dst', key, 20);
+  if (!v) return undefined;
+  return { ip: formatIp(v6 ? v.subarray(0, 16) : v.subarray(0, 4)), port: v.readUInt16BE(16) };
+}

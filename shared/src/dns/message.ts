@@ -1,0 +1,97 @@
+// DNS messages as the proxy needs them, over dns-packet (the wire codec): the question of a query, the
+// refusal the proxy answers itself, and what an answer teaches (the query name, its CNAME chain, the
+// A/AAAA addresses at the end of it with their TTLs). The proxy forwards the client's bytes and the
+// server's bytes unchanged except for the message ID; it decodes, never re-encodes, what it passes on.
+// Pure.
+import * as packet from 'dns-packet';
+import { canonicalName } from '../fqdn/selector.ts';
+
+export const RCODE = { NOERROR: 0, FORMERR: 1, SERVFAIL: 2, NXDOMAIN: 3, NOTIMP: 4, REFUSED: 5 } as const;
+const RCODE_NAMES = Object.fromEntries(Object.entries(RCODE).map(([k, v]) => [v, k])) as Record<number, string>;
+export const rcodeName = (rcode: number): string => RCODE_NAMES[rcode] ?? `RCODE${rcode}`;
+
+export interface Query {
+  id: number;
+  /** Canonical name of the first question ("." for the root). */
+  name: string;
+  /** Question types ("A", "AAAA", ...). */
+  types: string[];
+  /** Recursion desired: echoed in answers the proxy makes. */
+  rd: boolean;
+}
+
+/** The header flag bits dns-packet keeps in `flags` (RD is bit 8, RA bit 7; the opcode bits 11-14). */
+const RD = 1 << 8;
+const RA = 1 << 7;
+const QR = 1 << 15;
+
+/** The query in `buf`, or undefined when it is no query the proxy can read (then it is refused as FORMERR). */
+export function readQuery(buf: Buffer): Query | undefined {
+  if (buf.length < 12) return undefined;
+  if (buf.readUInt16BE(2) & QR) return undefined; // a response sent as a query
+  let d: packet.DecodedPacket;
+  try { d = packet.decode(buf); } catch { return undefined; }
+  const q = d.questions?.[0];
+  if (!q || typeof q.name !== 'string') return undefined;
+  return { id: d.id ?? buf.readUInt16BE(0), name: q.name === '' ? '.' : canonicalName(q.name), types: d.questions!.map((x) => String(x.type)), rd: ((d.flags ?? 0) & RD) !== 0 };
+}
+
+/** An answer the proxy makes itself: the query's ID, its question echoed (when readable), no records. */
+export function refusal(buf: Buffer, rcode: number): Buffer {
+  const id = buf.length >= 2 ? buf.readUInt16BE(0) : 0;
+  let questions: packet.Question[] = [];
+  let flags = 0;
+  try {
+    const d = packet.decode(buf);
+    questions = d.questions ?? [];
+    flags = (d.flags ?? 0) & (RD | (0xf << 11));
+  } catch { /* unreadable: no question to echo */ }
+  return packet.encode({ id, type: 'response', flags: flags | RA | QR | (rcode & 0xf), questions });
+}
+
+export interface Answer {
+  id: number;
+  rcode: number;
+  /** The query name and the CNAME targets after it, canonical, in chain order. */
+  names: string[];
+  /** CNAME targets (names without the query name). */
+  cnames: string[];
+  ips: { ip: string; ttl: number }[];
+  qtypes: string[];
+  rrtypes: string[];
+  truncated: boolean;
+}
+
+/** What a server's response says, or undefined when it cannot be read (passed on, nothing learned). */
+export function readAnswer(buf: Buffer): Answer | undefined {
+  let d: packet.DecodedPacket;
+  try { d = packet.decode(buf); } catch { return undefined; }
+  const q = d.questions?.[0];
+  const names = q ? [q.name === '' ? '.' : canonicalName(q.name)] : [];
+  // Records as plain {type, name, ttl, data} (dns-packet's union types do not narrow on `type`).
+  const answers = (d.answers ?? []) as unknown as { type: string; name: string; ttl?: number; data?: unknown }[];
+  // Follow the chain from the query name: each CNAME whose owner is the current name; the TTL of an
+  // address is the smallest along the chain (a shorter-lived alias ends its validity).
+  let chainTtl = Number.POSITIVE_INFINITY;
+  for (let guard = 0; guard < 16 && names.length; guard++) {
+    const cur = names[names.length - 1];
+    const c = answers.find((a) => a.type === 'CNAME' && canonicalName(a.name) === cur);
+    if (!c || typeof c.data !== 'string') break;
+    const next = canonicalName(c.data);
+    if (names.includes(next)) break;
+    chainTtl = Math.min(chainTtl, c.ttl ?? 0);
+    names.push(next);
+  }
+  const inChain = new Set(names);
+  const ips: Answer['ips'] = [];
+  for (const a of answers) {
+    if ((a.type === 'A' || a.type === 'AAAA') && typeof a.data === 'string' && inChain.has(canonicalName(a.name))) {
+      ips.push({ ip: a.data, ttl: Math.min(a.ttl ?? 0, chainTtl) });
+    }
+  }
+  return {
+    id: d.id ?? 0, rcode: (d.flags ?? 0) & 0xf, names, cnames: names.slice(1), ips,
+    qtypes: (d.questions ?? []).map((x) => String(x.type)), rrtypes: [...new Set(answers.map((a) => String(a.type)))],
+    truncated: ((d.flags ?? 0) & packet.TRUNCATED_RESPONSE) !== 0,
+  };
+}
