@@ -6,7 +6,7 @@
 // address change; Cilium's getting-started DNS policy; DNS with the proxy down fails closed; an agent
 // restart keeps established connections and what was learned. Every name and address is unique.
 import t from 'tap';
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -50,6 +50,16 @@ async function pod(name: string, labels: Record<string, string>): Promise<Endpoi
   eps[name] = ep;
   nsOf[name] = ns;
   return ep;
+}
+
+function cli(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
+  const env: NodeJS.ProcessEnv = { ...process.env, MEMBRANE_SOCKET: agent.socket };
+  delete env.NODE_EXTRA_CA_CERTS;
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), ...args], { cwd: REPO, env });
+  let out = '', err = '';
+  child.stdout.on('data', (d) => { out += d; });
+  child.stderr.on('data', (d) => { err += d; });
+  return new Promise((resolve) => child.once('close', (code) => resolve({ code, out, err })));
 }
 
 async function cacheList(name?: string): Promise<FqdnCacheEntryView[]> {
@@ -125,6 +135,25 @@ t.test('the allowed name connects at once; another address of the same world doe
   const cache = await cacheList('api.test.internal');
   t.match(cache, [{ name: 'api.test.internal.', ip: W.api, endpoints: [eps.client.id] }], 'fqdn cache list: name, address, endpoint');
   t.ok(cache[0].identity && cache[0].identity >= 0xff000000, 'the address has an FQDN identity');
+  const list = await cli(['fqdn', 'cache', 'list']);
+  t.match(list.out, new RegExp(`api\\.test\\.internal\\.\\s+${W.api.replace(/\./g, '\\.')}\\s+2\\s`), `membrane fqdn cache list: ${list.err}`);
+  const tr = await cli(['policy', 'trace', '--src', 'app=client', '--dst-fqdn', 'api.test.internal', '--dport', '80/tcp']);
+  t.equal(tr.code, 0, 'membrane policy trace --dst-fqdn: allowed');
+  t.match(tr.out, new RegExp(`learned addresses ${W.api.replace(/\./g, '\\.')}`));
+  const trDns = await cli(['policy', 'trace', '--src', 'app=client', '--dst-ip', W.dns, '--dport', '53/udp', '--dns-query', 'evil.example']);
+  t.equal(trDns.code, 2, 'membrane policy trace --dns-query: a refused name is DENIED');
+  t.match(trDns.out, /refuses evil\.example\./);
+  // Around the DNS rules: another resolver (the datapath drops it: no rule allows DNS there), and a
+  // forged "answer" sent by the pod itself teaches nothing.
+  const elsewhere = await resolveAndConnect(nsOf.client, W.other, 'other.test.internal', 0);
+  t.equal(elsewhere.error, 'ETIMEOUT', 'DNS to a resolver the policy does not name is dropped');
+  const forged = execFileSync('nsenter', [`--net=${nsOf.client.path}`, process.execPath, '-e', `
+    const p = require('dns-packet'), s = require('dgram').createSocket('udp4');
+    const m = p.encode({ type: 'response', id: 7, flags: p.RECURSION_DESIRED, questions: [{ type: 'A', name: 'www.pattern.test' }], answers: [{ type: 'A', name: 'www.pattern.test', ttl: 300, data: '${W.other}' }] });
+    s.send(m, 53, '${W.dns}', () => setTimeout(() => { s.close(); process.stdout.write('sent'); }, 300));`], { cwd: REPO, encoding: 'utf8' });
+  t.equal(forged, 'sent');
+  t.notOk((await cacheList()).some((e) => e.ip === W.other), 'a response sent as a query teaches nothing');
+  t.equal(await probe(nsOf.client, W.other, 80), 'timeout', 'and opens nothing');
   const bystander = await resolveAndConnect(nsOf.bystander, W.dns, 'api.test.internal', 0);
   t.same(bystander.ips, [W.api], 'a pod no DNS rule selects resolves directly (not proxied)');
   t.same((await cacheList('api.test.internal'))[0].endpoints, [eps.client.id], 'and teaches nothing');

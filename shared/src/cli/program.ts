@@ -18,8 +18,8 @@ import { registerStatusCommands } from './status.ts';
 
 const GROUPS: ((program: Command, ctx: CliContext) => void)[] = [
   registerStatusCommands, registerEndpointCommands, registerIdentityCommands, registerNetworkCommands,
-  registerPolicyCommands, registerFqdnCommands, registerBpfCommands, registerObserveCommands,
-  (p, ctx) => registerClusterCommands(p, ctx.client, () => outputOption()), registerCompletionCommand,
+  registerPolicyCommands, registerBpfCommands, registerObserveCommands,
+  (p, ctx) => registerClusterCommands(p, ctx.client, () => outputOption()), registerCompletionCommand, registerFqdnCommands,
 ];
 
 export function buildProgram(): Command {
