@@ -1,0 +1,74 @@
+// DNS messages as the proxy reads and makes them (dns/message.ts), and DNS records as Hubble flows
+// (dns/flows.ts): the query's name and types, refusals that echo the question and keep the ID, what
+// an answer teaches through a CNAME chain (the smallest TTL along it), and the flow fields.
+import t from 'tap';
+import * as packet from 'dns-packet';
+import { RCODE, readAnswer, readQuery, refusal } from '../src/dns/message.ts';
+import { dnsFlow, dnsSummary } from '../src/dns/flows.ts';
+import type { DnsRecord } from '../src/dns/proxy.ts';
+import type { FlowContext } from '../src/flows/enrich.ts';
+
+const query = packet.encode({ type: 'query', id: 4242, flags: packet.RECURSION_DESIRED, questions: [{ type: 'A', name: 'Alias.Test.Internal' }] });
+
+t.test('queries and refusals', async (t) => {
+  t.same(readQuery(query), { id: 4242, name: 'alias.test.internal.', types: ['A'], rd: true });
+  t.equal(readQuery(Buffer.from('garbage')), undefined, 'too short');
+  const resp = packet.encode({ type: 'response', id: 1, questions: [{ type: 'A', name: 'x' }] });
+  t.equal(readQuery(resp), undefined, 'a response sent as a query is no query');
+  const r = packet.decode(refusal(query, RCODE.REFUSED));
+  t.equal(r.id, 4242);
+  t.equal(r.type, 'response');
+  t.equal(r.rcode, 'REFUSED');
+  t.same(r.questions, [{ name: 'Alias.Test.Internal', type: 'A', class: 'IN' }], 'the question is echoed');
+  t.ok(r.flag_rd && r.flag_ra);
+  t.equal(packet.decode(refusal(Buffer.from([1, 2, 3]), RCODE.FORMERR)).rcode, 'FORMERR', 'even for bytes it cannot read');
+});
+
+t.test('answers: the CNAME chain, addresses and TTLs', async (t) => {
+  const buf = packet.encode({
+    type: 'response', id: 9, questions: [{ type: 'A', name: 'alias.test.internal' }],
+    answers: [
+      { type: 'CNAME', name: 'alias.test.internal', ttl: 20, data: 'api.test.internal' },
+      { type: 'A', name: 'api.test.internal', ttl: 60, data: '198.18.0.10' },
+      { type: 'A', name: 'api.test.internal', ttl: 5, data: '198.18.0.11' },
+      { type: 'A', name: 'unrelated.example', ttl: 60, data: '198.18.0.99' },
+    ],
+  });
+  const a = readAnswer(buf)!;
+  t.same(a.names, ['alias.test.internal.', 'api.test.internal.']);
+  t.same(a.cnames, ['api.test.internal.']);
+  t.same(a.ips, [{ ip: '198.18.0.10', ttl: 20 }, { ip: '198.18.0.11', ttl: 5 }], 'only addresses of the chain; the smallest TTL along it');
+  t.equal(a.rcode, 0);
+  t.same(a.rrtypes, ['CNAME', 'A']);
+  t.equal(readAnswer(Buffer.from('x')), undefined);
+  const nx = readAnswer(packet.encode({ type: 'response', id: 1, flags: RCODE.NXDOMAIN, questions: [{ type: 'A', name: 'no.where' }] }))!;
+  t.equal(nx.rcode, RCODE.NXDOMAIN);
+});
+
+t.test('records as Hubble L7 DNS flows', async (t) => {
+  const ctx = {
+    nodeName: 'n1', wallOffset: { seconds: 0, nanos: 0 },
+    endpointById: (id: number) => (id === 7 ? { id: 7, identity: 300, labels: { app: 'client' }, containerId: 'c7', podName: 'client', namespace: 'default' } : undefined),
+    endpointByAddress: () => undefined, labelsOfIdentity: () => ({ 'reserved:world': '' }),
+    describeRule: () => ({ policy: 'client-fqdn', index: 0, direction: 'egress', action: 'allow', path: 'spec.egress[0]' }),
+  } as unknown as FlowContext;
+  const base = { timeMs: 1_700_000_000_123, proto: 'udp', src: { ip: '10.0.0.7', port: 40000 }, dst: { ip: '198.18.0.53', port: 53 }, query: readQuery(query)! } as const;
+  const refused: DnsRecord = { ...base, kind: 'query', decision: { allowed: false, endpoint: 7, identity: 300, peerIdentity: 2, ruleId: 123 }, verdict: 'refused', reason: 'denied' };
+  const f = dnsFlow(refused, ctx);
+  t.equal(f.verdict, 'DROPPED');
+  t.equal(f.Type, 'L7');
+  t.match(f.l7, { type: 'REQUEST', dns: { query: 'alias.test.internal.', qtypes: ['A'], observationSource: 'proxy' } });
+  t.match(f.egressDeniedBy, [{ name: 'client-fqdn' }]);
+  t.same(f.destinationNames, ['alias.test.internal']);
+  t.match(f.Summary, /^DNS Query alias\.test\.internal\. A \(refused\); refused by the DNS rules of client-fqdn$/);
+  const answer: DnsRecord = {
+    ...base, kind: 'response', decision: { allowed: true, endpoint: 7, identity: 300, peerIdentity: 2, ruleId: 123, rulePath: 'spec.egress[0].toPorts[0].rules.dns[0]' }, verdict: 'forwarded',
+    answer: readAnswer(packet.encode({ type: 'response', id: 9, questions: [{ type: 'A', name: 'alias.test.internal' }], answers: [{ type: 'CNAME', name: 'alias.test.internal', ttl: 20, data: 'api.test.internal' }, { type: 'A', name: 'api.test.internal', ttl: 60, data: '198.18.0.10' }] }))!,
+    latencyNs: 1_500_000,
+  };
+  const g = dnsFlow(answer, ctx);
+  t.match(g, { verdict: 'FORWARDED', isReply: { value: true }, IP: { source: '198.18.0.53', destination: '10.0.0.7' }, l4: { UDP: { sourcePort: 53, destinationPort: 40000 } } });
+  t.match(g.l7, { type: 'RESPONSE', latencyNs: 1_500_000, dns: { ips: ['198.18.0.10'], ttl: 20, cnames: ['api.test.internal.'], rcode: 0 } });
+  t.match(g.egressAllowedBy, [{ name: 'client-fqdn', membraneRulePath: 'spec.egress[0].toPorts[0].rules.dns[0]' }]);
+  t.equal(dnsSummary(answer), 'DNS Answer "198.18.0.10" TTL: 20 (Proxy alias.test.internal. A)');
+});
