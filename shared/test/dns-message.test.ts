@@ -18,10 +18,10 @@ t.test('queries and refusals', async (t) => {
   const r = packet.decode(refusal(query, RCODE.REFUSED));
   t.equal(r.id, 4242);
   t.equal(r.type, 'response');
-  t.equal(r.rcode, 'REFUSED');
+  t.equal((r.flags ?? 0) & 0xf, RCODE.REFUSED);
   t.same(r.questions, [{ name: 'Alias.Test.Internal', type: 'A', class: 'IN' }], 'the question is echoed');
   t.ok(r.flag_rd && r.flag_ra);
-  t.equal(packet.decode(refusal(Buffer.from([1, 2, 3]), RCODE.FORMERR)).rcode, 'FORMERR', 'even for bytes it cannot read');
+  t.equal((packet.decode(refusal(Buffer.from([1, 2, 3]), RCODE.FORMERR)).flags ?? 0) & 0xf, RCODE.FORMERR, 'even for bytes it cannot read');
 });
 
 t.test('answers: the CNAME chain, addresses and TTLs', async (t) => {
