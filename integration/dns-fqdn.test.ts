@@ -14,7 +14,7 @@ import type { ChildProcess } from 'node:child_process';
 import { createNetns, type TestNetns } from './lib/netns.ts';
 import { randomId, REPO, startAgent, type TestAgent } from './lib/agent.ts';
 import { probe } from './lib/probe.ts';
-import { killAll, startEchoServer, startFlow } from './lib/tcp.ts';
+import { killAll, startEchoServer, startFlow, type LiveFlow } from './lib/tcp.ts';
 import { resolveAndConnect, startDnsmasq, type Dnsmasq } from './lib/dns.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { ObserverClient } from '../shared/src/flows/client.ts';
@@ -41,6 +41,9 @@ let dnsmasq: Dnsmasq;
 const nss: TestNetns[] = [];
 const children: ChildProcess[] = [];
 const eps: Record<string, Endpoint> = {};
+/** A connection to api.test.internal held from the first lookup to the TTL test: it keeps the entry
+ *  alive however slow the machine (answers have a 2 s TTL), and shows an expired entry stays while used. */
+let held: LiveFlow | undefined;
 const nsOf: Record<string, TestNetns> = {};
 
 async function pod(name: string, labels: Record<string, string>): Promise<Endpoint> {
@@ -118,6 +121,7 @@ t.before(async () => {
 });
 
 t.teardown(async () => {
+  held?.stop();
   killAll(children);
   for (const ip of Object.values(W)) { try { execFileSync('ip', ['route', 'del', `${ip}/32`], { stdio: 'ignore' }); } catch { /* gone */ } }
   try { execFileSync('ip', ['link', 'del', wHost], { stdio: 'ignore' }); } catch { /* gone with the netns */ }
@@ -130,6 +134,8 @@ t.test('the allowed name connects at once; another address of the same world doe
   const r = await resolveAndConnect(nsOf.client, W.dns, 'api.test.internal', 80);
   t.same(r.ips, [W.api], 'the answer came through the proxy unchanged');
   t.equal(r.connect, 'ok', 'the first connection, right after the answer, is allowed');
+  held = startFlow(nsOf.client, W.api, 80);
+  await until('the held connection to echo', async () => (held!.echoed() > 0 ? true : undefined), 10_000);
   t.equal(await probe(nsOf.client, W.other, 80), 'timeout', 'another address of the same world: dropped');
   t.equal(await probe(nsOf.client, W.api, 443), 'timeout', 'the learned address on another port: dropped');
   const cache = await cacheList('api.test.internal');
@@ -193,9 +199,19 @@ t.test('a name the DNS rule does not allow: REFUSED, a DROPPED flow naming the p
   t.match(metrics, /membrane_fqdn_cache_names [1-9]/, 'cache size');
 });
 
-t.test('TTL expiry removes the entry; an address change is followed', async (t) => {
+t.test('TTL expiry: kept while connected, removed once unused; an address change is followed', async (t) => {
   await resolveAndConnect(nsOf.client, W.dns, 'api.test.internal', 0);
-  // TTL 2 s, plus the upkeep's grace and interval: gone within ~15 s when no connection uses it.
+  // TTL 2 s, plus the upkeep's grace (5 s) and interval (5 s): past all of it, the connection held
+  // since the first test still uses the address, so the entry stays and the connection keeps working.
+  const expiresAt = Math.max(...(await cacheList('api.test.internal')).map((e) => Date.parse(e.expiresAt)));
+  await new Promise((res) => setTimeout(res, Math.max(0, expiresAt + 12_000 - Date.now())));
+  const echoed = held!.echoed();
+  await until('the held connection to echo more', async () => (held!.echoed() > echoed ? true : undefined), 10_000);
+  t.equal(held!.failed(), null, 'the connection opened after the lookup outlives the TTL');
+  t.ok((await cacheList('api.test.internal')).some((e) => e.ip === W.api && Date.parse(e.expiresAt) < Date.now()), 'its expired entry stays while the connection uses it');
+  held!.stop();
+  held = undefined;
+  // Unused now: gone within ~15 s (plus the conntrack entry of the closed connection).
   await until('api.test.internal to expire', async () => ((await cacheList('api.test.internal')).length ? undefined : true), 40_000);
   t.pass('expired from the cache');
   t.equal(await probe(nsOf.client, W.api, 80), 'timeout', 'and its address is closed again');
