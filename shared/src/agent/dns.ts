@@ -163,7 +163,7 @@ export class AgentDns {
     const metrics = flows.registry ? registerDnsMetrics(flows.registry, () => this.state.cache.size) : undefined;
     const time = (r: unknown) => (r as DnsRecord).timeMs;
     const build = (r: unknown) => dnsFlow(r as DnsRecord, flows.context);
-    this.onRecords((r) => { flows.pushLazy([r], time, build); metrics?.observe(r); });
+    this.onRecords((r) => { flows.pushLazy(r, [0], time, build); metrics?.observe(r); });
   }
 
   cacheList(): FqdnCacheEntryView[] {
