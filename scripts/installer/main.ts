@@ -162,7 +162,7 @@ async function main(): Promise<void> {
     .option('--cni-conf-dir <dir>', "CNI config dir (default: containerd's conf_dir, else /etc/cni/net.d)")
     .option('--no-start', 'enable the unit without starting it')
     .option('--uninstall', 'remove what the installation wrote (a changed agent.yaml or conflist stays)')
-    .option('--purge', 'with --uninstall: also the agent\'s endpoints, pinned maps, host device, sockets and state')
+    .option('--purge', 'with --uninstall: also the agent\'s endpoints, pinned maps, host device, sockets, state and /var/log/membrane')
     .showHelpAfterError();
   program.parse(process.argv);
   const o = program.opts<Options>();
