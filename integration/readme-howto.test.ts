@@ -5,6 +5,8 @@
 //   DOCKER_HOST / MEMBRANE_SOCKET and shell functions adding socket/root/state flags;
 // - `scripts/install-cni` of the CRI block also gets `--containerd-config` (the private containerd's
 //   config.toml, the file the README says it reads) and `--log-file` (private);
+// - podman reads a containers.conf of its own (CONTAINERS_CONF): the README's ulimit workaround, the
+//   CNI backend, private dirs, and a conf dir holding what scripts/install-cni writes;
 // - `ctr images pull` and podman's image are answered from the offline busybox image (no registry);
 // - `crictl pods --name N -q`, when cri-tools is not installed, is answered by containerd itself
 //   (`ctr containers ls` on the labels kubelet and the CRI put on sandboxes); kubelet's RunPodSandbox
