@@ -189,6 +189,9 @@ spec:
   t.match(ipcache.out, new RegExp(`${ip4(server).replace(/\./g, '\\.')}/32 +${server.identity}\\n`));
   const ipJson = JSON.parse((await cli('bpf', 'ipcache', 'list', '-o', 'json')).out) as { prefix: string; identity: number }[];
   t.ok(ipJson.some((e) => e.prefix === `${ip4(client)}/32` && e.identity === client.identity));
+  t.same(JSON.parse((await cli('bpf', 'tunnel', 'list', '-o', 'json')).out), { config: { tunnelIfindex: 0, underlay: 4 }, entries: [] },
+    'bpf tunnel list on a single node: no overlay device, no entries');
+  t.equal((await cli('bpf', 'tunnel', 'list')).out, 'TUNNEL  VALUE  NODE  NODE ID\n', 'and a table of just its header');
 
   // A denied connection (wrong port) shows up as a policy drop in the datapath's counters.
   t.equal(await probe(nsClient, ip4(server), PORT + 1), 'timeout');
