@@ -8,6 +8,7 @@
 import t from 'tap';
 import { execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
+import * as packet from 'dns-packet';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
@@ -28,7 +29,7 @@ if (process.getuid?.() !== 0) {
 
 const R = crypto.randomInt(0, 512);
 const NET = `198.${18 + (R >> 8)}.${R & 255}`;
-const W = { dns: `${NET}.53`, api: `${NET}.10`, other: `${NET}.11`, alt: `${NET}.12`, www: `${NET}.20`, twitter: `${NET}.30`, elsewhere: `${NET}.31` };
+const W = { dns: `${NET}.53`, api: `${NET}.10`, other: `${NET}.11`, alt: `${NET}.12`, www: `${NET}.20`, twitter: `${NET}.30`, elsewhere: `${NET}.31`, spoof: `${NET}.40`, dns2: `${NET}.54` };
 const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
 const wHost = `mbw${randomId(3)}`;
 const tmp = fs.mkdtempSync('/tmp/mbr-dns-');
@@ -163,6 +164,69 @@ t.test('the allowed name connects at once; another address of the same world doe
   const bystander = await resolveAndConnect(nsOf.bystander, W.dns, 'api.test.internal', 0);
   t.same(bystander.ips, [W.api], 'a pod no DNS rule selects resolves directly (not proxied)');
   t.same((await cacheList('api.test.internal'))[0].endpoints, [eps.client.id], 'and teaches nothing');
+});
+
+/** Runs a node script inside a netns (dns-packet resolvable from the repository). */
+function nodeIn(ns: { path: string }, script: string, args: string[] = []): Promise<string> {
+  const env: NodeJS.ProcessEnv = { ...process.env, NODE_OPTIONS: '' };
+  delete env.NODE_EXTRA_CA_CERTS;
+  const child = spawn('nsenter', [`--net=${ns.path}`, process.execPath, '-e', script, ...args], { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let out = '';
+  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  child.stderr.on('data', (d: Buffer) => { out += d.toString(); });
+  return new Promise((resolve) => child.once('exit', () => resolve(out.trim())));
+}
+
+t.test('attacks around the DNS rules, with real packets', async (t) => {
+  // Another real server: answers the bystander, and the client is dropped on the way there, UDP and TCP.
+  const second = await startDnsmasq(world, fs.mkdtempSync(path.join(tmp, 'dns2-')), W.dns2, { hosts: hosts(W.spoof), ttl: 300 });
+  children.push(second.child);
+  t.same((await resolveAndConnect(nsOf.bystander, W.dns2, 'api.test.internal', 0)).ips, [W.spoof], 'the second server answers (a pod without policy asks it)');
+  t.equal((await resolveAndConnect(nsOf.client, W.dns2, 'api.test.internal', 0)).error, 'ETIMEOUT', 'the client resolving through a server its policy does not name: dropped');
+  t.equal((await resolveAndConnect(nsOf.client, W.dns2, 'api.test.internal', 0, { tcp: true })).error, 'timeout', 'over TCP too');
+  t.notOk((await cacheList()).some((e) => e.ip === W.spoof), 'nothing learned from it');
+  t.equal(await probe(nsOf.client, W.spoof, 80), 'timeout', 'and its answer opens nothing');
+
+  // Two queries in one TCP stream: an allowed name, then a refused one. Each is judged on its own.
+  const pipelined = JSON.parse(await nodeIn(nsOf.client, `
+    const p = require('dns-packet'), net = require('net');
+    const s = net.connect(53, '${W.dns}');
+    const q = (id, name) => p.streamEncode({ type: 'query', id, flags: p.RECURSION_DESIRED, questions: [{ type: 'A', name }] });
+    s.on('connect', () => s.write(Buffer.concat([q(1, 'api.test.internal'), q(2, 'evil.example')])));
+    let buf = Buffer.alloc(0); const got = {};
+    s.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      while (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
+        const r = p.decode(buf.subarray(2, 2 + buf.readUInt16BE(0))); buf = buf.subarray(2 + buf.readUInt16BE(0));
+        got[r.id] = { rcode: r.flags & 15, ips: r.answers.map((a) => a.data) };
+      }
+      if (got[1] && got[2]) { process.stdout.write(JSON.stringify(got)); process.exit(0); }
+    });
+    setTimeout(() => { process.stdout.write(JSON.stringify(got)); process.exit(0); }, 4000);`)) as Record<string, { rcode: number; ips: string[] }>;
+  t.same(pipelined['1'], { rcode: 0, ips: [W.api] }, 'TCP: the allowed first query is answered');
+  t.same(pipelined['2'], { rcode: 5, ips: [] }, 'TCP: the refused name behind it in the same stream gets REFUSED, no address');
+
+  // A forged answer from the world, sent from the server's address and port straight to the pod (no
+  // query behind it): the pod receives it, but the agent learns only from answers its proxy forwarded.
+  const listener = spawn('nsenter', [`--net=${nsOf.client.path}`, process.execPath, '-e', `
+    const s = require('dgram').createSocket('udp4');
+    s.on('message', (m, r) => { process.stdout.write('got ' + r.address + ':' + r.port + ' ' + m.length + '\\n'); process.exit(0); });
+    s.bind(40053, () => process.stdout.write('ready\\n'));
+    setTimeout(() => { process.stdout.write('nothing\\n'); process.exit(0); }, 8000);`], { stdio: ['ignore', 'pipe', 'ignore'] });
+  let heard = '';
+  listener.stdout.on('data', (d: Buffer) => { heard += d.toString(); });
+  await until('the pod listener', async () => (heard.includes('ready') ? true : undefined), 10_000);
+  const forged = packet.encode({ type: 'response', id: 4242, flags: packet.RECURSION_DESIRED | packet.RECURSION_AVAILABLE, questions: [{ type: 'A', name: 'www.pattern.test' }], answers: [{ type: 'A', name: 'www.pattern.test', ttl: 300, data: W.spoof }] });
+  await world.exec('python3', ['-c', `import socket,struct,sys
+p=bytes.fromhex(sys.argv[3])
+s=socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_UDP)
+s.bind((sys.argv[1],0))
+s.sendto(struct.pack('!HHHH',53,40053,8+len(p),0)+p,(sys.argv[2],0))`, W.dns, ip4(eps.client), forged.toString('hex')]);
+  await until('the pod to hear the forged answer', async () => (/got|nothing/.test(heard) ? true : undefined), 10_000);
+  t.match(heard, `got ${W.dns}:53`, 'the forged answer reached the pod as if from the server');
+  t.notOk((await cacheList()).some((e) => e.ip === W.spoof), 'an answer the proxy did not forward teaches nothing');
+  t.equal(await probe(nsOf.client, W.spoof, 80), 'timeout', 'so the forged address of an allowed name stays closed');
+  second.stop();
 });
 
 t.test('wildcard pattern; CNAME chains; TCP DNS', async (t) => {
