@@ -6,7 +6,7 @@ import path from 'node:path';
 import { startAgent, randomId, type TestAgent } from './lib/agent.ts';
 import { createNetns, ping, linkGone } from './lib/netns.ts';
 import { ensureCniBinary, invokeCni } from '../cni/test/lib/exec.ts';
-import { listPendingDeletes } from '../shared/src/pending-deletes/index.ts';
+import { listPendingDeletes, pendingDeletesDir } from '../shared/src/pending-deletes/index.ts';
 
 ensureCniBinary();
 const VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'];
@@ -161,12 +161,12 @@ t.test('agent down: ADD fails fast, DEL is queued durably, the agent drains the 
   t.equal(st.out.code, 50, 'STATUS with the agent down -> 50');
   const del = await invokeCni('DEL', c, { containerId: cid, netns: ns.path });
   t.same([del.code, del.stdout], [0, ''], 'DEL with the agent down succeeds');
-  const queued = listPendingDeletes(path.join(agent.stateDir, 'cni-pending-deletes'));
-  t.same(queued.map((q) => q.entry?.containerId), [cid], 'and is queued under the state dir');
+  const queued = listPendingDeletes(pendingDeletesDir(agent.socket));
+  t.same(queued.map((q) => q.entry?.containerId), [cid], 'and is queued next to the agent socket');
 
   await agent.restart();
   t.same(await agent.client.listEndpoints(), [], 'the restarted agent finished the queued DEL');
-  t.same(listPendingDeletes(path.join(agent.stateDir, 'cni-pending-deletes')), [], 'queue drained');
+  t.same(listPendingDeletes(pendingDeletesDir(agent.socket)), [], 'queue drained');
 });
 
 t.test('delegated IPAM: host-local from CNI_PATH allocates, the agent plumbs, DEL/GC/failed ADD release', async (t) => {

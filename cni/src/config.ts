@@ -5,7 +5,6 @@ import { CniCode, CniError } from './errors.ts';
 
 export const SUPPORTED_VERSIONS = ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] as const;
 export const LATEST_VERSION = '1.1.0';
-export const DEFAULT_STATE_DIR = '/var/lib/membrane';
 
 const NAME_RE = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
 
@@ -22,7 +21,7 @@ export const NetConfSchema = z.looseObject({
   /** The agent network (IPAM pool) endpoints join; the agent's "default" when absent. */
   network: z.optional(str.check(z.minLength(1))),
   mtu: z.optional(z.int().check(z.gte(68), z.lte(65535))),
-  /** Where DELs are queued while the agent is down: <stateDir>/cni-pending-deletes. */
+  /** Accepted and ignored: DELs are queued next to agentSocket (<agentSocket>.pending-deletes). */
   stateDir: z.optional(str.check(z.minLength(1))),
   logFile: z.optional(str),
   logLevel: z.optional(z.enum(['debug', 'info', 'warn', 'error'])),

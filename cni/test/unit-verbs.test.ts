@@ -4,7 +4,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { startFakeAgent, type FakeAgent } from './lib/fake-agent.ts';
 import { cniCall, fakeNetns, tmpDir } from './lib/inproc.ts';
-import { listPendingDeletes } from '../../shared/src/pending-deletes/index.ts';
+import { listPendingDeletes, pendingDeletesDir } from '../../shared/src/pending-deletes/index.ts';
 import type { DelegateCall } from '../src/delegate.ts';
 import { CniError } from '../src/errors.ts';
 
@@ -83,7 +83,8 @@ t.test('agent down: ADD fails fast with 11, DEL is queued durably, STATUS says 5
   t.match(add.out.details, /no socket there/, 'fails at connect, without waiting for a deadline');
   const del = await cniCall('DEL', down, { containerId: 'c-down', netns: ns.path });
   t.same([del.code, del.stdout], [0, '']);
-  const q = listPendingDeletes(path.join(state, 'cni-pending-deletes'));
+  t.notOk(fs.existsSync(path.join(state, 'cni-pending-deletes')), 'not under the config\'s stateDir');
+  const q = listPendingDeletes(pendingDeletesDir(path.join(state, 'no-agent.sock')));
   t.same(q.map((e) => [e.entry?.containerId, e.entry?.ifName, e.entry?.cniNetwork]), [['c-down', 'eth0', 'unitnet']]);
   const st = await cniCall('STATUS', { ...down, cniVersion: '1.1.0' });
   t.equal(st.out.code, 50);
@@ -93,7 +94,7 @@ t.test('agent down: ADD fails fast with 11, DEL is queued durably, STATUS says 5
 });
 
 t.test('DEL with the agent down and an unwritable queue is an I/O error, not a silent success', async (t) => {
-  const blocked = conf({ stateDir: path.join(state, 'unwritable-file-as-dir'), agentSocket: path.join(state, 'none.sock') });
+  const blocked = conf({ agentSocket: path.join(state, 'unwritable-file-as-dir', 'none.sock') });
   fs.writeFileSync(path.join(state, 'unwritable-file-as-dir'), '');
   const r = await cniCall('DEL', blocked, { containerId: 'c-q' });
   t.equal(r.out.code, 5, 'queue not writable -> I/O error, not silent success');

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { AgentClient } from '../../shared/src/api/client.ts';
 import { resolveConfig, type AgentConfig } from '../../shared/src/agent/config.ts';
 import type { Layout } from './layout.ts';
+import { pendingDeletesDir } from '../../shared/src/pending-deletes/index.ts';
 
 /** KEY=VALUE lines (systemd EnvironmentFile syntax, the simple part of it). */
 export function parseEnvFile(text: string): Record<string, string> {
@@ -65,7 +66,7 @@ export function purgeAgentState(cfg: AgentConfig, l: Layout): string[] {
     execFileSync('ip', ['link', 'del', cfg.hostDevice], { stdio: 'ignore' });
     removed.push(`link ${cfg.hostDevice}`);
   } catch { /* not there */ }
-  for (const p of [cfg.bpffsDir, cfg.stateDir, cfg.socket, cfg.observerSocket, ...(cfg.dockerPlugin ? [path.join(cfg.dockerPluginDir, `${cfg.dockerPlugin}.sock`)] : []), path.join(l.root || '/', 'var/log/membrane')]) {
+  for (const p of [cfg.bpffsDir, cfg.stateDir, cfg.socket, pendingDeletesDir(cfg.socket), cfg.observerSocket, ...(cfg.dockerPlugin ? [path.join(cfg.dockerPluginDir, `${cfg.dockerPlugin}.sock`)] : []), path.join(l.root || '/', 'var/log/membrane')]) {
     if (!fs.existsSync(p)) continue;
     fs.rmSync(p, { recursive: true, force: true });
     removed.push(p);

@@ -1,10 +1,10 @@
 // DEL: never wedges. Agent reachable -> it deletes (unknown endpoint and gone netns are success);
-// agent unreachable or silent -> the deletion is queued durably for the agent to drain at start.
+// agent unreachable or silent -> the deletion is queued durably next to the agent's socket, for the
+// agent to drain (at start, and periodically while it runs).
 // A delegated IPAM plugin gets its DEL after both outcomes; only when the agent refused the delete
 // (an error answer) the address stays held, so it cannot go to a new pod while the old veth lives.
-import { AgentUnreachableError } from '../../../shared/src/api/client.ts';
+import { AgentUnreachableError, DEFAULT_SOCKET } from '../../../shared/src/api/client.ts';
 import { pendingDeletesDir, queuePendingDelete } from '../../../shared/src/pending-deletes/index.ts';
-import { DEFAULT_STATE_DIR } from '../config.ts';
 import { DEFAULT_DEL_TIMEOUT_MS, ipamType, type Invocation } from '../context.ts';
 import { CniCode, CniError, fromAgentError } from '../errors.ts';
 
@@ -22,13 +22,13 @@ async function deleteOrQueue(inv: Invocation): Promise<void> {
     inv.log.info(deleted ? 'endpoint deleted' : 'endpoint already gone');
   } catch (e) {
     if (!(e instanceof AgentUnreachableError)) throw fromAgentError(e, `DEL ${containerId}/${ifName}`);
-    const dir = pendingDeletesDir(inv.conf.stateDir ?? DEFAULT_STATE_DIR);
+    const dir = pendingDeletesDir(inv.conf.agentSocket ?? DEFAULT_SOCKET);
     try {
       const file = queuePendingDelete(dir, {
         containerId, ifName, netns, cniNetwork: inv.conf.name, reason: e.reason,
         ...(inv.conf.network ? { network: inv.conf.network } : {}),
       });
-      inv.log.warn('agent unreachable: deletion queued for the agent to finish at start', { file, reason: e.reason });
+      inv.log.warn('agent unreachable: deletion queued for the agent to finish', { file, reason: e.reason });
     } catch (qe) {
       throw new CniError(CniCode.IO, `DEL ${containerId}/${ifName}: agent unreachable and the deletion cannot be queued in ${dir}`,
         `${e.message}; queue: ${(qe as Error).message}`);

@@ -18,7 +18,6 @@ import { warmThreadPool } from '../netns/index.ts';
 import { loadDatapath } from '../bpf/datapath.ts';
 import { bpfRouter } from '../api/bpf-routes.ts';
 import { createApp, serveApi } from '../api/server.ts';
-import { drainPendingDeletes, pendingDeletesDir } from '../pending-deletes/index.ts';
 import { VERSION } from '../version.ts';
 import { acquirePidLock } from './pidlock.ts';
 import { resolveBpfObject } from './paths.ts';
@@ -30,6 +29,7 @@ import { connectCluster } from './cluster.ts';
 import type { ClusterMode } from '../cluster/mode.ts';
 import { AgentL7 } from './l7.ts';
 import { AgentDns } from './dns.ts';
+import { cniQueue } from './cni-queue.ts';
 
 /** Something the agent stops on shutdown, in reverse order of start. */
 interface Closer { name: string; close(): Promise<void> | void }
@@ -127,7 +127,9 @@ export class Agent {
       dns?.attachFlows(flows);
 
       // Front doors: DELs membrane-cni queued while we were down, the Docker plugin, then the API.
-      await drainCniQueue(cfg, core, log);
+      const queue = cniQueue({ socket: cfg.socket, stateDir: cfg.stateDir, core, log });
+      await queue.drain();
+      closers.push({ name: 'CNI DEL queue', close: queue.start(cfg.endpointUpkeepIntervalSeconds * 1000) });
       if (cfg.dockerPlugin) closers.push(await startDocker(cfg, core, log));
       const agent = new Agent(cfg, log, core, endpoints, policy, flows, l7, dns, datapath, closers, cluster);
       const app = createApp({
@@ -192,15 +194,6 @@ export class Agent {
 async function closeAll(closers: Closer[], log: Logger): Promise<void> {
   for (const c of closers.splice(0).reverse()) {
     try { await c.close(); } catch (err) { log.warn({ err, part: c.name }, 'did not close cleanly'); }
-  }
-}
-
-/** DELs that membrane-cni queued while the agent was down: done before the API serves again. */
-async function drainCniQueue(cfg: AgentConfig, core: Core, log: Logger): Promise<void> {
-  const dir = pendingDeletesDir(cfg.stateDir);
-  const report = await drainPendingDeletes(dir, (e) => core.endpoints.delete(e.containerId, e.ifName));
-  if (report.deleted.length || report.failed.length || report.invalid.length) {
-    log.info({ dir, ...report }, 'drained DELs queued by membrane-cni while the agent was down');
   }
 }
 

@@ -26,7 +26,7 @@ export const DEFAULTS = {
   eventsPerSecond: 100_000,
   /** Expired conntrack entries are collected this often. */
   conntrackGcIntervalSeconds: 15,
-  /** Unhealthy endpoints are tried again, orphaned addresses released, this often. */
+  /** Unhealthy endpoints are tried again, orphaned addresses released, queued CNI DELs drained, this often. */
   endpointUpkeepIntervalSeconds: 30,
   /** Conntrack entries (a preallocated hash, ~200 B each: 25 MiB). */
   ctMax: 131072,
@@ -197,7 +197,7 @@ const OPTIONS: OptionSpec[] = [
   { key: 'eventsPerSecond', flags: '--events-per-second <n>', env: 'MEMBRANE_EVENTS_PER_SECOND', help: 'per-CPU limit of flow and drop events a second, 0 = none', default: String(DEFAULTS.eventsPerSecond) },
   { key: 'policyAuditMode', flags: '--policy-audit-mode', env: 'MEMBRANE_POLICY_AUDIT_MODE', help: 'report would-be policy drops, let traffic pass (all endpoints; env on|off)' },
   { key: 'conntrackGcIntervalSeconds', flags: '--conntrack-gc-interval <seconds>', env: 'MEMBRANE_CONNTRACK_GC_INTERVAL', help: 'how often expired conntrack entries are collected', default: String(DEFAULTS.conntrackGcIntervalSeconds) },
-  { key: 'endpointUpkeepIntervalSeconds', flags: '--endpoint-upkeep-interval <seconds>', env: 'MEMBRANE_ENDPOINT_UPKEEP_INTERVAL', help: 'how often endpoints the agent could not restore are tried again and orphaned addresses released', default: String(DEFAULTS.endpointUpkeepIntervalSeconds) },
+  { key: 'endpointUpkeepIntervalSeconds', flags: '--endpoint-upkeep-interval <seconds>', env: 'MEMBRANE_ENDPOINT_UPKEEP_INTERVAL', help: 'how often endpoints the agent could not restore are tried again, orphaned addresses released and DELs queued by membrane-cni drained', default: String(DEFAULTS.endpointUpkeepIntervalSeconds) },
   { key: 'ctMax', flags: '--ct-max <n>', env: 'MEMBRANE_CT_MAX', help: 'conntrack entries, preallocated (~200 B each); a full table refuses new flows, never evicts', default: String(DEFAULTS.ctMax) },
   { key: 'ctMaxPerEndpoint', flags: '--ct-max-per-endpoint <n>', env: 'MEMBRANE_CT_MAX_PER_ENDPOINT', help: "conntrack entries one endpoint may own; beyond them its new flows are dropped; 0 = no limit", default: 'a quarter of --ct-max' },
   { key: 'endpointReapDelayMs', flags: '--endpoint-reap-delay <ms>', env: 'MEMBRANE_ENDPOINT_REAP_DELAY', help: "after a DEL (the endpoint's traffic is dropped at once), wait this long before removing its interface and flows", default: '0' },

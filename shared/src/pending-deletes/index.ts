@@ -1,8 +1,15 @@
 // The durable queue of DELs that could not reach the agent: its format and both ends. membrane-cni
 // queues (one file per attachment, replaced atomically); the agent drains the queue when it starts,
-// before it serves the API. Node built-ins only: the CNI executable bundles this file.
+// before it serves the API, and then periodically. Node built-ins only: the CNI executable bundles
+// this file.
 //
-// Format: <stateDir>/cni-pending-deletes/<32 hex of sha256(containerId NUL ifName)>.json holding a
+// Where: next to the agent's API socket, `<agentSocket>.pending-deletes/`, so that the plugin and the
+// agent find it from the one setting they always share (a CNI config names only `agentSocket`; an
+// agent with another --state-dir still drains it). The socket lives on /run, which a reboot empties:
+// so do the netns the queued DELs were about, and the agent's restore drops endpoints whose netns is
+// gone. The agent also drains `<stateDir>/cni-pending-deletes`, where older plugins queued.
+//
+// Format: <dir>/<32 hex of sha256(containerId NUL ifName)>.json holding a
 // PendingDelete (version 1). node:crypto is loaded on first use (a plugin start must not pay for it).
 // Queuing the same attachment twice overwrites the entry. Files that do not parse are renamed to
 // <name>.bad so a broken entry never blocks the rest.
@@ -10,8 +17,13 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fsyncDirSync, removeStaleTemps, writeFileAtomicSync } from '../io/atomic-write.ts';
 
-/** The queue's directory under a state dir (the agent's --state-dir, the CNI config's stateDir). */
-export function pendingDeletesDir(stateDir: string): string {
+/** The queue's directory for the agent at `socket` (its --socket, the CNI config's agentSocket). */
+export function pendingDeletesDir(socket: string): string {
+  return `${path.resolve(socket)}.pending-deletes`;
+}
+
+/** Where plugins before the socket-derived queue put it: under the CNI config's stateDir. */
+export function legacyPendingDeletesDir(stateDir: string): string {
   return path.join(stateDir, 'cni-pending-deletes');
 }
 
