@@ -116,6 +116,8 @@ t.test('interface names follow the kernel (and libcni)', async (t) => {
   t.equal(ifNameProblem('eth:0'), 'may not contain "/", ":" or whitespace');
   t.equal(ifNameProblem('..'), 'may not be "." or ".."');
   t.equal(ifNameProblem('a'.repeat(16)), 'is longer than 15 bytes');
+  // found by the API fuzzer: netlink refuses these with EINVAL (an internal error, not the caller's)
+  for (const bad of ['\0', 'eth\0', '%s%s%s', 'eth%d']) t.equal(ifNameProblem(bad), 'may not contain NUL or "%"', JSON.stringify(bad));
 });
 
 t.test('host byte order round trip', async (t) => {

@@ -9,6 +9,9 @@ export function ifNameProblem(name: string): string | undefined {
   if (Buffer.byteLength(name) > MAX_IFNAME_BYTES) return `is longer than ${MAX_IFNAME_BYTES} bytes`;
   if (name === '.' || name === '..') return 'may not be "." or ".."';
   if (/[/:\s]/.test(name)) return 'may not contain "/", ":" or whitespace';
+  // NUL ends the name in the kernel (netlink refuses it); "%" makes it a template ("eth%d": the kernel
+  // picks the number), so the interface would not have the name that was asked for.
+  if (/[\0%]/.test(name)) return 'may not contain NUL or "%"';
   return undefined;
 }
 
