@@ -230,6 +230,20 @@ t.test('a delete of a key whose put is still queued is not lost', async (t) => {
   t.equal(await new JournalStore(dir).get('k/x'), undefined);
 });
 
+t.test('a value is taken when put() is called: later changes to the object reach neither memory nor disk', async (t) => {
+  const dir = tmp(t);
+  const s = new JournalStore(dir);
+  const v = { rules: [1, 2] };
+  const p = s.put('k/v', v);
+  v.rules.push(3);
+  await p;
+  t.same(await s.get('k/v'), { rules: [1, 2] }, 'memory');
+  await t.rejects(s.put('k/u', undefined), /cannot be stored/, 'a value JSON cannot hold fails its caller');
+  await s.put('k/w', 'ok');
+  s.close();
+  t.same(await dump(new JournalStore(dir)), { 'k/v': { rules: [1, 2] }, 'k/w': 'ok' }, 'disk');
+});
+
 t.test('journals of the unframed format are read and folded into a snapshot', async (t) => {
   const dir = tmp(t);
   fs.writeFileSync(path.join(dir, 'journal.log'), '{"op":"put","key":"k/1","value":1}\n{"op":"put","key":"k/2","value":2}\n{"op":"put","key":"k/3","val');

@@ -54,8 +54,29 @@ export interface JournalStoreOptions {
 
 /** One framed record. */
 export function encodeRecord(op: Op): string {
-  const json = JSON.stringify(op);
-  return `${zlib.crc32(json).toString(16).padStart(8, '0')} ${json}\n`;
+  return encode(op).rec.toString('utf8');
+}
+
+/** A queued change: its record bytes, and for a put the value's JSON (what memory will hold). */
+interface Encoded { op: Op; rec: Buffer; valueJson?: string }
+
+/**
+ * Serialises a change once: the same JSON goes to disk and into memory (a caller that changes the
+ * object after put() changes neither), and a 10,000-rule policy (megabytes of JSON) is not
+ * stringified three times on the event loop. The line equals JSON.stringify(op) for {op, key, value}.
+ */
+function encode(op: Op): Encoded {
+  let line: string;
+  let valueJson: string | undefined;
+  if (op.op === 'put') {
+    valueJson = JSON.stringify(op.value) as string | undefined;
+    if (valueJson === undefined) throw new TypeError(`store: the value of ${op.key} cannot be stored (${typeof op.value})`);
+    line = `{"op":"put","key":${JSON.stringify(op.key)},"value":${valueJson}}`;
+  } else {
+    line = JSON.stringify(op);
+  }
+  const text = `${zlib.crc32(line).toString(16).padStart(8, '0')} ${line}\n`;
+  return { op, rec: Buffer.from(text), valueJson };
 }
 
 /** The operation in one record line (without its newline), or why it is not one. */
@@ -112,7 +133,7 @@ export class JournalStore implements Store {
   private allocated = 0;
   private records = 0;
   private compactAt = COMPACT_AFTER;
-  private pending: { ops: Op[]; waiters: { resolve(): void; reject(e: unknown): void }[] } | null = null;
+  private pending: { ops: Encoded[]; waiters: { resolve(): void; reject(e: unknown): void }[] } | null = null;
   /** Set when a failed write could not be cut off: every later write is refused. */
   private broken: MembraneError | null = null;
   /** What load() cut off the journal, if anything. */
@@ -188,8 +209,8 @@ export class JournalStore implements Store {
     return { legacy, recovery };
   }
 
-  private apply(op: Op): void {
-    if (op.op === 'put') this.docs.set(op.key, JSON.stringify(op.value));
+  private apply(op: Op, valueJson?: string): void {
+    if (op.op === 'put') this.docs.set(op.key, valueJson ?? JSON.stringify(op.value));
     else this.docs.delete(op.key);
   }
 
@@ -217,19 +238,20 @@ export class JournalStore implements Store {
   /** Whether the key exists once the writes queued so far are done. */
   private willExist(key: string): boolean {
     const ops = this.pending?.ops ?? [];
-    for (let i = ops.length - 1; i >= 0; i--) if (ops[i].key === key) return ops[i].op === 'put';
+    for (let i = ops.length - 1; i >= 0; i--) if (ops[i].op.key === key) return ops[i].op.op === 'put';
     return this.docs.has(key);
   }
 
   /** Queues the change for this tick's batch; it shows in memory once the batch is on disk. */
   private enqueue(op: Op): Promise<void> {
     // Encode now: a value that cannot be serialised fails its caller alone, not the whole batch.
-    encodeRecord(op);
+    let e: Encoded;
+    try { e = encode(op); } catch (err) { return Promise.reject(err); }
     if (!this.pending) {
       this.pending = { ops: [], waiters: [] };
       setImmediate(() => this.flush());
     }
-    this.pending.ops.push(op);
+    this.pending.ops.push(e);
     return new Promise((resolve, reject) => this.pending!.waiters.push({ resolve, reject }));
   }
 
@@ -244,19 +266,19 @@ export class JournalStore implements Store {
       refused = this.broken;
       ops = [];
     } else {
-      const bytes = (list: Op[]) => list.reduce((n, o) => n + Buffer.byteLength(encodeRecord(o)), 0);
-      const hasPut = ops.some((o) => o.op === 'put');
+      const bytes = (list: Encoded[]) => list.reduce((n, o) => n + o.rec.length, 0);
+      const hasPut = ops.some((o) => o.op.op === 'put');
       const room = (hasPut && this.diskFull()) || this.ensureRoom(bytes(ops) + (hasPut ? RESERVE : 0));
       if (room) {
         // No room for new data: deletions go on in the reserve, puts fail (their callers change nothing).
-        const dels = ops.filter((o) => o.op === 'del');
+        const dels = ops.filter((o) => o.op.op === 'del');
         refused = room;
         if (!dels.length || this.allocated - this.size < bytes(dels)) ops = [];
         else ops = dels;
       }
     }
     const done = new Set(ops);
-    const buf = Buffer.from(ops.map(encodeRecord).join(''));
+    const buf = ops.length === 1 ? ops[0].rec : Buffer.concat(ops.map((o) => o.rec));
     if (buf.length) {
       try {
         writeFully(this.fd, buf, this.size);
@@ -269,7 +291,7 @@ export class JournalStore implements Store {
       }
       this.size += buf.length;
       this.records += ops.length;
-      for (const op of ops) this.apply(op);
+      for (const o of ops) this.apply(o.op, o.valueJson);
     }
     batch.ops.forEach((op, i) => { if (done.has(op)) waiters[i].resolve(); else waiters[i].reject(refused); });
     if (this.records >= this.compactAt) {
