@@ -16,8 +16,8 @@ export const NetConfSchema = z.looseObject({
   cniVersion: z.optional(str),
   name: str.check(z.regex(NAME_RE, 'must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$')),
   type: str.check(z.minLength(1)),
-  /** The agent's unix socket. */
-  agentSocket: z.optional(str.check(z.minLength(1))),
+  /** The agent's unix socket; absolute, since DELs are queued next to it (a runtime's cwd is anyone's). */
+  agentSocket: z.optional(str.check(z.regex(/^\//, 'must be an absolute path'))),
   /** The agent network (IPAM pool) endpoints join; the agent's "default" when absent. */
   network: z.optional(str.check(z.minLength(1))),
   mtu: z.optional(z.int().check(z.gte(68), z.lte(65535))),

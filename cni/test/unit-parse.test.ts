@@ -42,6 +42,8 @@ t.test('network configuration', async (t) => {
   t.equal(codeOf(() => parseNetConf(JSON.stringify({ ...ok, cniVersion: undefined }))), 1, 'no version = 0.1.0 -> 1');
   t.equal(codeOf(() => parseNetConf(JSON.stringify({ ...ok, mtu: 'big' }))), 7, 'bad field -> 7');
   t.equal(codeOf(() => parseNetConf(JSON.stringify({ ...ok, ipMasq: true }))), 2, 'ipMasq=true -> 2');
+  // found by the CNI fuzzer: a relative socket put the DEL queue under the runtime's working directory
+  t.equal(codeOf(() => parseNetConf(JSON.stringify({ ...ok, agentSocket: 'tmp/agent.sock' }))), 7, 'relative agentSocket -> 7');
   try { parseNetConf(JSON.stringify({ ...ok, mtu: 10, name: 'bad name' })); } catch (e) {
     t.match((e as CniError).details, /name: must match/);
     t.match((e as CniError).details, /mtu: must be at least 68/);
