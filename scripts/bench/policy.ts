@@ -145,6 +145,13 @@ function record(name: string, r: Record<Metric, number>): void {
 const importTimes: { total: number; enforced: number; entries: number }[] = [];
 const yamlImportTimes: { total: number; enforced: number }[] = [];
 const updateTimes: { total: number; enforced: number; upserts: number }[] = [];
+const unrelatedTimes: { total: number; enforced: number; upserts: number }[] = [];
+
+/** A one-rule policy for other endpoints than the big one's: the work must follow it, not the 10,000. */
+const unrelatedPolicy = (port: number) => JSON.stringify({
+  apiVersion: 'cilium.io/v2', kind: 'CiliumNetworkPolicy', metadata: { name: 'bench-unrelated' },
+  spec: { endpointSelector: { matchLabels: { bench: 'client' } }, egress: [{ toPorts: [{ ports: [{ port: String(port), protocol: 'TCP' }] }] }] },
+});
 
 async function membraneRun(m: MembraneAgent, n: number): Promise<void> {
   const pods = await membranePods(m);
@@ -160,6 +167,12 @@ async function membraneRun(m: MembraneAgent, n: number): Promise<void> {
         const t1 = performance.now();
         const u = await m.pc.import(membranePolicy(n).replace(`"${fake(1)}/32"`, `"${fake(BIG + 1)}/32"`));
         updateTimes.push({ total: performance.now() - t1, enforced: u.enforcedMs, upserts: u.stats.policyUpserts + u.stats.policyRemovals });
+        // Another policy (one rule, the client pod) changed next to them: only its entries are computed.
+        await m.pc.import(unrelatedPolicy(1));
+        const t3 = performance.now();
+        const o = await m.pc.import(unrelatedPolicy(2));
+        unrelatedTimes.push({ total: performance.now() - t3, enforced: o.enforcedMs, upserts: o.stats.policyUpserts + o.stats.policyRemovals });
+        await m.pc.delete(['bench-unrelated']);
         // The same policy as YAML, from scratch.
         await m.pc.delete('all');
         const t2 = performance.now();
@@ -204,6 +217,7 @@ function report(): string {
     [`import ${BIG} rules: API round trip / until enforced (median)`, `${median(importTimes.map((x) => x.total)).toFixed(0)} ms / ${median(importTimes.map((x) => x.enforced)).toFixed(0)} ms (${importTimes[0]?.entries} map entries)`],
     [`import ${BIG} rules as YAML: API round trip / until enforced`, `${median(yamlImportTimes.map((x) => x.total)).toFixed(0)} ms / ${median(yamlImportTimes.map((x) => x.enforced)).toFixed(0)} ms`],
     [`change 1 rule among ${BIG}: API round trip / until enforced`, `${median(updateTimes.map((x) => x.total)).toFixed(0)} ms / ${median(updateTimes.map((x) => x.enforced)).toFixed(1)} ms (${updateTimes[0]?.upserts} entries written)`],
+    [`change a 1-rule policy of another pod next to ${BIG} rules: API round trip / until enforced`, `${median(unrelatedTimes.map((x) => x.total)).toFixed(0)} ms / ${median(unrelatedTimes.map((x) => x.enforced)).toFixed(1)} ms (${unrelatedTimes[0]?.upserts} entries written)`],
   ];
   return `${head}\n\n${markdownTable(['topology', ...METRICS.map((m) => m.label)], rows)}\n\n${markdownTable(['goal check', 'result'], goals)}\n`;
 }

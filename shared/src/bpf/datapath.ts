@@ -297,12 +297,13 @@ class LoadedDatapath implements Datapath {
   /** Delete local_endpoints entries owned by hostIfindex that `select` picks. */
   private removeLocalAddresses(hostIfindex: number, select: (key: Buffer) => boolean): void {
     const locals = this.map('local_endpoints');
-    for (const key of this.keys('local_endpoints')) {
-      const value = this.lookup('local_endpoints', key);
-      if (value && codec.decodeLocalEndpoint(value).hostIfindex === hostIfindex && select(key)) {
+    // One batched read of the whole map (a syscall per entry made every create O(endpoints)).
+    const { keys, values } = bpf.mapDumpBatch(locals.fd, 'local_endpoints', locals.keySize, this.valueSize(locals));
+    keys.forEach((key, i) => {
+      if (codec.decodeLocalEndpoint(values[i]).hostIfindex === hostIfindex && select(key)) {
         bpf.mapDelete(locals.fd, 'local_endpoints', key);
       }
-    }
+    });
   }
 
   removeEndpoint(hostIfindex: number, ips: string[]): void {

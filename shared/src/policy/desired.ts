@@ -6,7 +6,7 @@ import type { CidrIdentities } from '../identity/cidr.ts';
 import { desiredIpcache } from '../identity/ipcache.ts';
 import { PolicyCompiler, l4decode, type Entry, type LabelPolicy, type Universe } from './compile.ts';
 import { matches } from './selector.ts';
-import { encodePolicyKey } from './map-codec.ts';
+import { encodePolicyKey, EP_FLAGS } from './map-codec.ts';
 import { endpointFlags, selectionFor } from './selection.ts';
 import type { Peer, PolicyRecord } from './types.ts';
 import type { L7Set } from './l7.ts';
@@ -105,6 +105,9 @@ export interface CompileCache {
   fqdnVersion: number;
   compiler: PolicyCompiler;
   entries?: Map<string, { policy: LabelPolicy; ports: string; built: EndpointEntries }>;
+  /** Endpoint flags without audit, by identity, for these records (an ADD must not ask every policy
+   *  about every endpoint again). */
+  selections?: Map<number, number>;
 }
 
 /** Does a record name CIDR or FQDN peers (directly or as world, which includes every CIDR and FQDN
@@ -138,7 +141,10 @@ function compilerFor(input: DesiredInput, universe: Universe, cache?: { current?
   const compiler = derive
     ? cur.compiler.derive(input.records, universe, touchedBy(cur.records, input.records, cur.cidrVersion !== cidrVersion || cur.fqdnVersion !== fqdnVersion))
     : new PolicyCompiler(input.records, universe);
-  if (cache) cache.current = { records: input.records, identities, cidrVersion, fqdnVersion, compiler, entries: cur?.entries };
+  if (cache) {
+    const selections = cur?.records === input.records ? cur.selections : undefined;
+    cache.current = { records: input.records, identities, cidrVersion, fqdnVersion, compiler, entries: cur?.entries, selections };
+  }
   return compiler;
 }
 
@@ -172,9 +178,16 @@ export function buildDesired(input: DesiredInput, cache?: { current?: CompileCac
   const nextEntries: NonNullable<CompileCache['entries']> = new Map();
   const policy = new Map<string, EndpointEntries>();
   const flags = new Map<number, number>();
+  const selections = cache?.current ? (cache.current.selections ??= new Map()) : new Map<number, number>();
   for (const ep of input.endpoints) {
-    const labels = input.labelsOf(ep.identity) ?? reservedLabels('init');
-    flags.set(ep.hostIfIndex, endpointFlags(selectionFor(input.records, labels), ep.audit));
+    const known = input.labelsOf(ep.identity);
+    const labels = known ?? reservedLabels('init');
+    let base = known ? selections.get(ep.identity) : undefined;
+    if (base === undefined) {
+      base = endpointFlags(selectionFor(input.records, labels), false);
+      if (known) selections.set(ep.identity, base);
+    }
+    flags.set(ep.hostIfIndex, ep.audit ? base | EP_FLAGS.audit : base);
     const lp = compiler.forLabels(labels);
     const prev = prevEntries?.get(ep.key);
     const built = prev && prev.policy === lp && prev.ports === ports && prev.built.id === ep.id ? prev.built : entriesOf(ep, lp, input.proxyPorts);
