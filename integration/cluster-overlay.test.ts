@@ -7,7 +7,7 @@
 //     host), CIDR rules; a drop is reported by the node that dropped, naming the sender's identity;
 //   * the VNI decides: hand-made VXLAN datagrams with a forged inner source address get the VNI's
 //     identity on the receiving node; a VNI claiming "host" is remote-node; an outer source that is no
-//     node of the cluster is dropped (UNKNOWN_SENDER).
+//     node of the cluster is dropped (UNKNOWN_SENDER), a pod crafting VXLAN included.
 import t from 'tap';
 import crypto from 'node:crypto';
 import { startCluster, eventually, type TestCluster, type TestPod } from './lib/cluster.ts';
@@ -240,7 +240,7 @@ spec:
   await new PolicyClient(n1.client).delete(['web-cidr']);
 });
 
-t.test('the VNI decides, never the inner source address: forged VXLAN from a node, a host claim, a stranger', async (t) => {
+t.test('the VNI decides, never the inner source address: forged VXLAN from a node, a host claim, a stranger, a pod', async (t) => {
   const [n1, n2] = c.nodes;
   const web = await n2.pod({ app: 'web-vni' });
   const client = await n1.pod({ app: 'client-vni' });
@@ -294,5 +294,21 @@ t.test('the VNI decides, never the inner source address: forged VXLAN from a nod
   await eventually('UNKNOWN_SENDER counted on n2', async () => (await metricsDrops(n2, 'UNKNOWN_SENDER')) >= before + 3, 10_000, 200);
   t.equal(await metricsDrops(n2, 'UNKNOWN_SENDER'), before + 3, 'a stranger\'s VXLAN is dropped as UNKNOWN_SENDER, whatever VNI it claims');
   t.same(await flowsOf(n2.observerSocket, at(s4.sport)), [], 'and never reaches policy or a pod');
+
+  // 5. A pod crafting VXLAN itself: to another node's tunnel port (the datagram travels through the
+  //    tunnel as the pod's own traffic, then meets the device again) and to its own node's. The VXLAN
+  //    comes from a pod address, which lies in a pod CIDR's tunnel entry but is no node: dropped.
+  const [before1, before2] = [await metricsDrops(n1, 'UNKNOWN_SENDER'), await metricsDrops(n2, 'UNKNOWN_SENDER')];
+  const s5 = syn(client.ip4);
+  const s6 = syn(client.ip4);
+  for (let i = 0; i < 3; i++) {
+    await sendUdp(other.ns, n2.ip, 8472, vxlanPayload(client.endpoint.identity, s5.frame));
+    await sendUdp(other.ns, n1.ip, 8472, vxlanPayload(client.endpoint.identity, s6.frame));
+  }
+  await eventually('UNKNOWN_SENDER counted on n1 and n2', async () =>
+    (await metricsDrops(n2, 'UNKNOWN_SENDER')) >= before2 + 3 && (await metricsDrops(n1, 'UNKNOWN_SENDER')) >= before1 + 3, 10_000, 200);
+  t.equal(await metricsDrops(n2, 'UNKNOWN_SENDER'), before2 + 3, 'a pod\'s VXLAN to n2\'s tunnel port: UNKNOWN_SENDER on n2');
+  t.equal(await metricsDrops(n1, 'UNKNOWN_SENDER'), before1 + 3, 'a pod\'s VXLAN to its own node\'s tunnel port: UNKNOWN_SENDER on n1');
+  for (const n of [n1, n2]) t.same(await flowsOf(n.observerSocket, (f) => [s5.sport, s6.sport].includes(f.l4?.TCP?.sourcePort ?? 0)), [], `the forged SYNs reach no policy on ${n.name}`);
   await new PolicyClient(n1.client).delete(['web-vni']);
 });
