@@ -1,0 +1,83 @@
+// Benchmark (not a test): does a big policy import stall pod creation? CNI ADD latency through the
+// real membrane-cni while the agent is idle, against the same while 10,000-rule policies are imported
+// back to back, in interleaved blocks of one run (load drift hits both alike). Goal (issue 9): ADD p99
+// during imports < 2x its idle p99. The agent runs in a node netns of ours.
+//   node --import tsx scripts/bench/import-latency.ts [--adds 30] [--blocks 4] [--rules 10000]
+import { spawn } from 'node:child_process';
+import os from 'node:os';
+import { randomId } from '../../integration/lib/agent.ts';
+import { startNode } from '../../integration/lib/node-netns.ts';
+import { createNetns } from '../../integration/lib/netns.ts';
+import { CNI_BIN, ensureCniBinary, runtimeEnv } from '../../cni/test/lib/exec.ts';
+import { PolicyClient } from '../../shared/src/policy/client.ts';
+import { markdownTable, percentile } from './lib.ts';
+import { membranePolicy } from './topologies.ts';
+
+delete process.env.NODE_EXTRA_CA_CERTS;
+delete process.env.NODE_OPTIONS;
+const arg = (name: string, dflt: number) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? Number(process.argv[i + 1]) : dflt; };
+const ADDS = arg('adds', 30);
+const BLOCKS = arg('blocks', 4);
+const RULES = arg('rules', 10_000);
+const log = (s: string) => process.stderr.write(`bench-import-latency: ${s}\n`);
+
+function cni(verb: string, conf: object, containerId: string, netns: string): Promise<{ code: number | null; ms: number; out: string }> {
+  const env = runtimeEnv({ CNI_COMMAND: verb, CNI_CONTAINERID: containerId, CNI_NETNS: netns, CNI_IFNAME: 'eth0', CNI_ARGS: '', CNI_PATH: '/usr/lib/cni' });
+  return new Promise((resolve, reject) => {
+    const t0 = performance.now();
+    const child = spawn(CNI_BIN, [], { env, stdio: ['pipe', 'pipe', 'ignore'] });
+    let out = '';
+    child.stdout.on('data', (c) => { out += c; });
+    child.on('error', reject);
+    child.on('close', (code) => resolve({ code, ms: performance.now() - t0, out }));
+    child.stdin.end(JSON.stringify(conf));
+  });
+}
+
+async function main(): Promise<void> {
+  ensureCniBinary();
+  const node = await startNode();
+  const ns = createNetns('mbil');
+  const conf = { cniVersion: '1.0.0', name: `il-${node.agent.id}`, type: 'membrane-cni', agentSocket: node.agent.socket };
+  const pc = new PolicyClient(node.agent.client);
+  const series: Record<'idle' | 'import', number[]> = { idle: [], import: [] };
+  const importMs: number[] = [];
+  try {
+    // Two policies that differ, so that every import changes the maps.
+    const docs = [membranePolicy(RULES), membranePolicy(RULES + 1)];
+    await pc.import(docs[1]);
+    const addDel = async (into: number[]) => {
+      const id = `il-${randomId(5)}`;
+      const add = await cni('ADD', conf, id, ns.path);
+      if (add.code !== 0) throw new Error(`ADD failed: ${add.out}`);
+      into.push(add.ms);
+      await cni('DEL', conf, id, ns.path);
+    };
+    for (let b = 0; b < BLOCKS; b++) {
+      for (let i = 0; i < ADDS; i++) await addDel(series.idle);
+      let stop = false;
+      const importer = (async () => {
+        for (let k = 0; !stop; k++) {
+          const t0 = performance.now();
+          await pc.import(docs[k % 2]);
+          importMs.push(performance.now() - t0);
+        }
+      })();
+      for (let i = 0; i < ADDS; i++) await addDel(series.import);
+      stop = true;
+      await importer;
+      log(`block ${b + 1}/${BLOCKS} done`);
+    }
+  } finally {
+    ns.remove();
+    await node.cleanup();
+  }
+  const p = (xs: number[], q: number) => percentile(xs, q).toFixed(0);
+  const ratio = percentile(series.import, 0.99) / percentile(series.idle, 0.99);
+  process.stdout.write(`${markdownTable(['CNI ADD (ms)', 'p50', 'p99', 'n'], [
+    ['agent idle', p(series.idle, 0.5), p(series.idle, 0.99), String(series.idle.length)],
+    [`during ${RULES}-rule imports (each ${p(importMs, 0.5)} ms median)`, p(series.import, 0.5), p(series.import, 0.99), String(series.import.length)],
+  ])}\n\nADD p99 during imports / idle: ${ratio.toFixed(2)}x (goal < 2x: ${ratio < 2 ? 'met' : 'NOT met'}); load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}\n`);
+}
+
+main().catch((e) => { log(`failed: ${(e as Error).stack ?? e}`); process.exit(1); });
