@@ -75,6 +75,11 @@ t.test('pods on two nodes talk through the overlay: ping and TCP over IPv4 and I
   t.same([...new Set(fromA.map((v) => v!.vni))], [a.endpoint.identity], `their VNI is a's security identity (${a.endpoint.identity})`);
   const fromB = between.map((x) => vxlanOf(x.f)).filter((v) => v?.inner?.src === b.ip4);
   t.same([...new Set(fromB.map((v) => v!.vni))], [b.endpoint.identity], `b's replies carry b's identity (${b.endpoint.identity})`);
+  const inN1 = (...args: string[]) => execFileSync('nsenter', [`--net=${n1.netns.path}`, ...args], { encoding: 'utf8' });
+  const vxlans = inN1('ip', '-d', '-o', 'link', 'show', 'type', 'vxlan').split('\n').filter(Boolean);
+  t.equal(vxlans.length, 1, `one VXLAN device on n1 for both other nodes, none per peer:\n${vxlans.join('\n')}`);
+  t.match(vxlans[0], /membrane_vxlan.* external .*dstport 8472/, 'collect_md (external), UDP 8472');
+  t.equal(inN1('bridge', 'fdb', 'show', 'dev', 'membrane_vxlan').trim(), '', 'and no FDB entries (the tunnel map decides where a packet goes)');
   const cli = (...args: string[]) => execFileSync(process.execPath, ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), '--socket', n1.socket, ...args], { encoding: 'utf8', cwd: REPO });
   const cidr2 = (await n2.client.status()).cluster!.podCidrs.ipv4!;
   const esc = (s: string) => s.replace(/[.:/]/g, (ch) => `\\${ch}`);
