@@ -29,7 +29,7 @@ if (process.getuid?.() !== 0) {
 
 const R = crypto.randomInt(0, 512);
 const NET = `198.${18 + (R >> 8)}.${R & 255}`;
-const W = { dns: `${NET}.53`, api: `${NET}.10`, other: `${NET}.11`, alt: `${NET}.12`, www: `${NET}.20`, twitter: `${NET}.30`, elsewhere: `${NET}.31`, spoof: `${NET}.40`, dns2: `${NET}.54` };
+const W = { dns: `${NET}.53`, api: `${NET}.10`, other: `${NET}.11`, alt: `${NET}.12`, www: `${NET}.20`, twitter: `${NET}.30`, elsewhere: `${NET}.31`, spoof: `${NET}.40`, dns2: `${NET}.54`, evilDns: `${NET}.55` };
 const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
 const wHost = `mbw${randomId(3)}`;
 const tmp = fs.mkdtempSync('/tmp/mbr-dns-');
@@ -86,7 +86,7 @@ metadata: {name: client-fqdn}
 spec:
   endpointSelector: {matchLabels: {app: client}}
   egress:
-  - toCIDR: [${W.dns}/32]
+  - toCIDR: [${W.dns}/32, ${W.evilDns}/32]
     toPorts:
     - ports: [{port: "53", protocol: ANY}]
       rules:
@@ -227,6 +227,44 @@ s.sendto(struct.pack('!HHHH',53,40053,8+len(p),0)+p,(sys.argv[2],0))`, W.dns, ip
   t.notOk((await cacheList()).some((e) => e.ip === W.spoof), 'an answer the proxy did not forward teaches nothing');
   t.equal(await probe(nsOf.client, W.spoof, 80), 'timeout', 'so the forged address of an allowed name stays closed');
   second.stop();
+});
+
+// A hostile server the client may ask (its DNS rules allow the names): it answers another question
+// than the one asked, or slips an address of another name into a right answer.
+const HOSTILE_SERVER = `
+const p = require('dns-packet'), dgram = require('dgram'), net = require('net');
+const [ip, spoof, legit] = process.argv.slice(1);
+const answer = (q) => {
+  const name = q.questions[0].name;
+  const swap = name.startsWith('swap.');
+  return p.encode({ type: 'response', id: q.id, flags: p.RECURSION_DESIRED | p.RECURSION_AVAILABLE,
+    questions: [{ type: 'A', name: swap ? 'www.pattern.test' : name }],
+    answers: swap ? [{ type: 'A', name: 'www.pattern.test', ttl: 2, data: spoof }]
+      : [{ type: 'A', name, ttl: 2, data: legit }, { type: 'A', name: 'www.pattern.test', ttl: 2, data: spoof }] });
+};
+const u = dgram.createSocket('udp4');
+u.on('message', (m, r) => u.send(answer(p.decode(m)), r.port, r.address));
+u.bind(53, ip);
+net.createServer((c) => { let b = Buffer.alloc(0); c.on('data', (d) => { b = Buffer.concat([b, d]);
+  while (b.length >= 2 && b.length >= 2 + b.readUInt16BE(0)) { const m = b.subarray(2, 2 + b.readUInt16BE(0)); b = b.subarray(2 + m.length); c.write(p.streamEncode(p.decode(answer(p.decode(m))))); } });
+  c.on('error', () => {}); }).listen(53, ip, () => process.stdout.write('ready\\n'));
+`;
+
+t.test('a hostile server: an answer to another question, an address of another name', async (t) => {
+  const hostile = spawn('nsenter', [`--net=${world.path}`, process.execPath, '-e', HOSTILE_SERVER, W.evilDns, W.spoof, W.api], { cwd: REPO, stdio: ['ignore', 'pipe', 'inherit'] });
+  children.push(hostile);
+  let ready = '';
+  hostile.stdout!.on('data', (d: Buffer) => { ready += d.toString(); });
+  await until('the hostile server', async () => (ready.includes('ready') ? true : undefined), 10_000);
+  const swapped = await resolveAndConnect(nsOf.client, W.evilDns, 'swap.test.internal', 0);
+  t.ok(swapped.error, `UDP: an answer naming another question is not passed on (${swapped.error})`);
+  const swappedTcp = await resolveAndConnect(nsOf.client, W.evilDns, 'swap.test.internal', 0, { tcp: true });
+  t.equal(swappedTcp.error, 'SERVFAIL', 'TCP: SERVFAIL');
+  const slipped = await resolveAndConnect(nsOf.client, W.evilDns, 'api.test.internal', 80);
+  t.same([slipped.ips, slipped.connect], [[W.api, W.spoof], 'ok'], 'a right answer passes unchanged (with the slipped-in record) and its address opens');
+  t.notOk((await cacheList()).some((e) => e.ip === W.spoof), 'nothing learned for www.pattern.test from either');
+  t.equal(await probe(nsOf.client, W.spoof, 80), 'timeout', 'the address the server slipped in, which the pod was given, stays closed');
+  hostile.kill('SIGKILL');
 });
 
 t.test('wildcard pattern; CNAME chains; TCP DNS', async (t) => {

@@ -3,7 +3,7 @@
 // an answer teaches through a CNAME chain (the smallest TTL along it), and the flow fields.
 import t from 'tap';
 import * as packet from 'dns-packet';
-import { RCODE, readAnswer, readQuery, refusal } from '../src/dns/message.ts';
+import { answersQuery, RCODE, readAnswer, readQuery, refusal } from '../src/dns/message.ts';
 import { dnsFlow, dnsSummary } from '../src/dns/flows.ts';
 import type { DnsRecord } from '../src/dns/proxy.ts';
 import type { FlowContext } from '../src/flows/enrich.ts';
@@ -41,6 +41,11 @@ t.test('answers: the CNAME chain, addresses and TTLs', async (t) => {
   t.equal(a.rcode, 0);
   t.same(a.rrtypes, ['CNAME', 'A']);
   t.equal(readAnswer(Buffer.from('x')), undefined);
+  const q = readQuery(query)!;
+  const to = (name: string, type: 'A' | 'AAAA' = 'A') => readAnswer(packet.encode({ type: 'response', id: 4242, questions: [{ type, name }] }))!;
+  t.ok(answersQuery(to('ALIAS.test.internal.'), q), 'the same question (case and the final dot aside)');
+  t.notOk(answersQuery(to('www.pattern.test'), q), 'another name: not an answer to this query');
+  t.notOk(answersQuery(to('alias.test.internal', 'AAAA'), q), 'another type: neither');
   const nx = readAnswer(packet.encode({ type: 'response', id: 1, flags: RCODE.NXDOMAIN, questions: [{ type: 'A', name: 'no.where' }] }))!;
   t.equal(nx.rcode, RCODE.NXDOMAIN);
 });

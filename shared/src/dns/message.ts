@@ -95,3 +95,9 @@ export function readAnswer(buf: Buffer): Answer | undefined {
     truncated: ((d.flags ?? 0) & packet.TRUNCATED_RESPONSE) !== 0,
   };
 }
+
+/** Does `a` answer `q`: the same first question name and question types? An answer to another
+ *  question (a confused or hostile server, or a forged datagram) must teach nothing. */
+export function answersQuery(a: Answer, q: Query): boolean {
+  return a.names[0] === q.name && a.qtypes.length === q.types.length && a.qtypes.every((t, i) => t === q.types[i]);
+}

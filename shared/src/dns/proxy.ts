@@ -6,14 +6,20 @@
 // only then passed to the client unchanged (its ID restored), from the server's address (a transparent
 // socket bound to it): the first connection to an answered address is never dropped.
 //
+// What may teach the agent an address: only a response from the very server and port asked, on the
+// socket of that one query (a fresh source port per query, RFC 5452: an off-path forger must guess
+// port and ID, and a server that saw one of our queries learns nothing about the next), with the
+// query's ID and question. Anything else is ignored (UDP) or answered SERVFAIL (TCP).
+//
 // Runs in the agent, not in the HTTP proxy's worker processes: every answer needs the agent's ipcache
 // write before it may be released, a DNS exchange lasts milliseconds (an agent restart cuts nothing a
 // client does not retry), and with the agent down the datapath finds no socket and drops DNS from the
 // selected endpoints (fail closed).
+import crypto from 'node:crypto';
 import dgram from 'node:dgram';
 import net from 'node:net';
 import { closeFd, SocketError, transparentListener, transparentUdpSocket } from '../l7/proxy/sockets.ts';
-import { RCODE, readAnswer, readQuery, refusal, type Answer, type Query } from './message.ts';
+import { answersQuery, RCODE, readAnswer, readQuery, refusal, type Answer, type Query } from './message.ts';
 
 export interface Peer { ip: string; port: number }
 
@@ -61,6 +67,9 @@ export interface DnsProxyDeps {
 interface Pending {
   client: Peer;
   server: Peer;
+  /** This query's own upstream socket (its own source port). */
+  socket: dgram.Socket;
+  id: number;
   clientId: number;
   query: Query;
   decision: DnsDecision;
@@ -68,20 +77,21 @@ interface Pending {
   timer: NodeJS.Timeout;
 }
 
-const MAX_PENDING = 65_536;
+/** Queries waiting for their server; each holds a socket (a file descriptor) until answered or timed out. */
+const MAX_PENDING = 4096;
 const REPLY_SOCKET_IDLE_MS = 60_000;
 const loopback = (ip: string) => ip === '127.0.0.1' || ip === '::1' || ip.startsWith('127.');
+const normalizeAddr = (ip: string) => ip.replace(/^::ffff:/, '').toLowerCase();
 
 export class DnsProxy {
   private readonly listeners: dgram.Socket[] = [];
   private readonly tcpServers: net.Server[] = [];
-  private readonly upstream = new Map<4 | 6, dgram.Socket>();
-  private readonly pending = new Map<string, Pending>();
+  private readonly pending = new Set<Pending>();
   private readonly replies = new Map<string, { socket: dgram.Socket; used: number }>();
   private readonly tcpClients = new Set<net.Socket>();
   private sweep?: NodeJS.Timeout;
   private readonly timeoutMs: number;
-  stats = { queries: 0, refused: 0, forwarded: 0, errors: 0 };
+  stats = { queries: 0, refused: 0, forwarded: 0, errors: 0, ignored: 0 };
 
   constructor(private readonly d: DnsProxyDeps) {
     this.timeoutMs = d.upstreamTimeoutMs ?? 5000;
@@ -126,46 +136,35 @@ export class DnsProxy {
       return;
     }
     if (this.pending.size >= MAX_PENDING) { this.replyUdp(server, client, refusal(msg, RCODE.SERVFAIL)); this.stats.errors++; return; }
-    const family = server.ip.includes(':') ? 6 : 4;
-    const up = this.upstreamSocket(family);
-    let id = 0, key = '';
-    for (let i = 0; i < 8; i++) {
-      id = (Math.random() * 0x10000) | 0;
-      key = `${server.ip}|${server.port}|${id}`;
-      if (!this.pending.has(key)) break;
-    }
+    const socket = dgram.createSocket(server.ip.includes(':') ? 'udp6' : 'udp4');
     const out = Buffer.from(msg);
+    const id = crypto.randomInt(0x10000); // unpredictable: Math.random's state can be read off its outputs
     out.writeUInt16BE(id, 0);
     const p: Pending = {
-      client, server, clientId: query.id, query, decision, t0: process.hrtime.bigint(),
-      timer: setTimeout(() => this.onTimeout(key), this.timeoutMs),
+      client, server, socket, id, clientId: query.id, query, decision, t0: process.hrtime.bigint(),
+      timer: setTimeout(() => this.onTimeout(p), this.timeoutMs),
     };
-    this.pending.set(key, p);
+    this.pending.add(p);
+    socket.on('message', (m, rinfo) => { void this.onUpstream(p, m, { ip: rinfo.address, port: rinfo.port }); });
+    socket.on('error', (err) => { this.d.log.warn({ err, server }, 'DNS proxy upstream socket error'); this.onTimeout(p); });
     this.stats.forwarded++;
     this.d.record({ kind: 'query', timeMs: Date.now(), proto: 'udp', src: client, dst: server, query, decision, verdict: 'forwarded' });
-    up.send(out, server.port, server.ip);
+    // connect(): the kernel picks a random ephemeral port and delivers only the server's datagrams.
+    socket.connect(server.port, server.ip, () => socket.send(out));
   }
 
-  private upstreamSocket(family: 4 | 6): dgram.Socket {
-    let s = this.upstream.get(family);
-    if (!s) {
-      s = dgram.createSocket({ type: family === 6 ? 'udp6' : 'udp4', recvBufferSize: 4 << 20 });
-      s.on('message', (msg, rinfo) => { void this.onUpstream(msg, { ip: rinfo.address, port: rinfo.port }); });
-      s.on('error', (err) => this.d.log.warn({ err }, 'DNS proxy upstream socket error'));
-      s.bind(0, family === 6 ? '::' : '0.0.0.0');
-      this.upstream.set(family, s);
-    }
-    return s;
-  }
-
-  private async onUpstream(msg: Buffer, from: Peer): Promise<void> {
-    if (msg.length < 12) return;
-    const key = `${from.ip}|${from.port}|${msg.readUInt16BE(0)}`;
-    const p = this.pending.get(key);
-    if (!p) return; // late, or not an answer to us
-    this.pending.delete(key);
+  private finish(p: Pending): boolean {
+    if (!this.pending.delete(p)) return false;
     clearTimeout(p.timer);
+    p.socket.close();
+    return true;
+  }
+
+  private async onUpstream(p: Pending, msg: Buffer, from: Peer): Promise<void> {
+    if (msg.length < 12 || msg.readUInt16BE(0) !== p.id || from.port !== p.server.port || normalizeAddr(from.ip) !== normalizeAddr(p.server.ip)) { this.stats.ignored++; return; }
     const answer = readAnswer(msg);
+    if (answer && !answersQuery(answer, p.query)) { this.stats.ignored++; return; } // not this question: wait for the real one
+    if (!this.finish(p)) return;
     const tAnswer = process.hrtime.bigint();
     let learnNs: bigint | undefined;
     if (answer && p.decision.endpoint !== undefined && answer.ips.length) {
@@ -191,10 +190,8 @@ export class DnsProxy {
     });
   }
 
-  private onTimeout(key: string): void {
-    const p = this.pending.get(key);
-    if (!p) return;
-    this.pending.delete(key);
+  private onTimeout(p: Pending): void {
+    if (!this.finish(p)) return;
     this.stats.errors++;
     const q = Buffer.alloc(12);
     q.writeUInt16BE(p.clientId, 0);
@@ -246,6 +243,12 @@ export class DnsProxy {
       if (!p) return;
       inflight.delete(msg.readUInt16BE(0));
       const answer = readAnswer(msg);
+      if (answer && !answersQuery(answer, p.query)) {
+        c.write(frame(refusal(msg, RCODE.SERVFAIL)));
+        this.stats.errors++;
+        this.d.record({ kind: 'response', timeMs: Date.now(), proto: 'tcp', src: client, dst: server, query: p.query, decision: p.decision, verdict: 'error', reason: 'answer to another question' });
+        return;
+      }
       const tAnswer = process.hrtime.bigint();
       let learnNs: number | undefined;
       if (answer && p.decision.endpoint !== undefined && answer.ips.length) {
@@ -306,12 +309,9 @@ export class DnsProxy {
 
   async close(): Promise<void> {
     if (this.sweep) clearInterval(this.sweep);
-    for (const p of this.pending.values()) clearTimeout(p.timer);
-    this.pending.clear();
+    for (const p of [...this.pending]) this.finish(p);
     for (const s of this.listeners) s.close();
     this.listeners.length = 0;
-    for (const s of this.upstream.values()) s.close();
-    this.upstream.clear();
     for (const r of this.replies.values()) r.socket.close();
     this.replies.clear();
     for (const c of this.tcpClients) c.destroy();
