@@ -52,7 +52,7 @@ t.test('the same labels get the same identity on every node; other labels anothe
   t.not(a1.endpoint.identity, b2.endpoint.identity, 'app=cache differs');
   t.ok(a1.endpoint.identity >= 256, 'a label identity');
   // Node 2 never had an app=db pod, yet its identity list names it (a cluster identity).
-  const ms = await eventually('n2 knows app=db', async () => (await new PolicyClient(n2.client).identities()).some((i) => i.id === a1.endpoint.identity && i.labels.app === 'db'));
+  const ms = await eventually('n2 knows app=db', async () => (await new PolicyClient(n2.client).identities()).some((i) => i.id === a1.endpoint.identity && i.labels['api:app'] === 'db'));
   t.ok(ms >= 0, 'node 2 lists the identity node 1 allocated, with its labels');
 });
 

@@ -76,7 +76,7 @@ t.test('etcd down: the datapath keeps forwarding and enforcing, known label sets
     podNs.remove();
   }
   const eps = await n2.client.listEndpoints();
-  t.notOk(eps.some((e) => e.labels.app === 'brand-new' || Object.keys(e.labels).some((k) => k.includes('namespace'))), 'no endpoint left behind');
+  t.notOk(eps.some((e) => e.labels['api:app'] === 'brand-new' || Object.keys(e.labels).some((k) => k.includes('namespace'))), 'no endpoint left behind');
   const pools = await n2.client.request<{ pools: { name: string; allocated: number }[] }>('GET', '/v1/ipam');
   t.equal(pools.pools.find((p) => p.name === 'default')!.allocated, allocatedBefore, 'no address left allocated for it');
 

@@ -19,7 +19,7 @@ function hostLinkExists(name: string): boolean {
 async function byContainer(e: DockerTestEnv): Promise<Map<string, { hostIfName: string; ip: string }>> {
   const out = new Map<string, { hostIfName: string; ip: string }>();
   for (const ep of await e.agent.client.listEndpoints()) {
-    out.set(ep.labels['docker:container-name'] ?? ep.containerId, { hostIfName: ep.hostIfName, ip: ep.ips[0].address.split('/')[0] });
+    out.set(ep.docker?.containerName ?? ep.containerId, { hostIfName: ep.hostIfName, ip: ep.ips[0].address.split('/')[0] });
   }
   return out;
 }
@@ -61,7 +61,7 @@ t.test('docker stop / start / restart / rm keep membrane in step', async (t) => 
   const left = await e.agent.client.listEndpoints();
   t.equal(left.length, 1, 'rm: one endpoint left');
   if (restarted) t.notOk(hostLinkExists(restarted.hostIfName), 'rm: host veth gone');
-  t.ok(left[0].labels['docker:container-name'] === cli, 'the one left is the client');
+  t.ok(left[0].docker?.containerName === cli, 'the one left is the client');
 });
 
 t.test('docker network connect / disconnect', async (t) => {
@@ -104,7 +104,7 @@ t.test('agent restart (SIGTERM, then kill -9): containers keep talking; endpoint
     t.ok(loss <= 10, `${how}: a ping train across the agent restart lost ${loss}%`);
     const after = await e.agent.client.listEndpoints();
     t.same(after.map((x) => x.containerId).sort(), before, `${how}: the same endpoints after the restart`);
-    t.ok(after.every((x) => x.labels['docker:container-name']), `${how}: labels kept`);
+    t.ok(after.every((x) => x.docker?.containerName && x.labels['container:org.membrane.test.image']), `${how}: container and labels kept`);
   }
   // The restarted plugin serves new and old endpoints.
   const c = await e.run(['--network', net]);
@@ -153,7 +153,7 @@ t.test('dockerd restart: restart-always containers come back, others release the
   const now = await e.agent.client.listEndpoints();
   t.equal(now.length, 1, 'one endpoint: the restarted container');
   for (const ep of old) t.notOk(hostLinkExists(ep.hostIfName), `old host veth ${ep.hostIfName} gone`);
-  t.ok(await eventually(async () => (await e.agent.client.listEndpoints())[0]?.labels['docker:container-name'] === always, 10_000),
+  t.ok(await eventually(async () => (await e.agent.client.listEndpoints())[0]?.docker?.containerName === always, 10_000),
     'labelled after the dockerd restart (event stream reconnected)');
   await e.docker(['start', plain]);
   t.ok(await e.pingEventually(plain, (await e.addressOf(always, net)).ip), 'the plain one starts and talks again');

@@ -216,9 +216,11 @@ spec:
   // Our first pods carry no namespace label: they are in "default", where the policy is.
   t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'ok', 'a namespace-less client -> a namespace-less web:A');
   t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A), 'timeout', 'the namespace-less web is selected: other is not a peer');
-  const ns = await pod('k8sweb', { app: 'web', 'k8s:io.kubernetes.pod.namespace': 'default' });
-  const k8sClient = await pod('k8sclient', { app: 'client', 'k8s:io.kubernetes.pod.namespace': 'default' });
-  const shopClient = await pod('shopclient', { app: 'client', 'k8s:io.kubernetes.pod.namespace': 'shop' });
+  // The namespace comes as membrane-cni sends it (CNI_ARGS K8S_POD_NAMESPACE in the request's metadata).
+  const inNs = (n: string) => ({ 'k8s:io.kubernetes.pod.namespace': n });
+  const ns = await pod('k8sweb', { app: 'web' }, inNs('default'));
+  const k8sClient = await pod('k8sclient', { app: 'client' }, inNs('default'));
+  const shopClient = await pod('shopclient', { app: 'client' }, inNs('shop'));
   await servePorts(nsOf.k8sweb);
   t.equal(await probe(nsOf.k8sclient, ip4(ns), TCP_A), 'ok', 'client in the namespace -> web:A');
   t.equal(await probe(nsOf.k8sclient, ip4(ns), TCP_B), 'timeout', 'port B not listed');

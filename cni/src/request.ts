@@ -63,7 +63,9 @@ function readPortMapping(p: unknown): PortMapping | undefined {
   return { hostPort, containerPort, protocol: (str(getCI(p, 'protocol')) ?? 'tcp').toLowerCase(), ...(hostIP ? { hostIP } : {}) };
 }
 
-export function labelsFor(conf: NetConf, env: CniEnv): Record<string, string> {
+/** The caller's labels (the network config's "labels", args.cni.labels): the agent files them under
+ *  the cni: source and refuses the ones a caller may not set (reserved:*, the namespace, ...). */
+export function labelsFor(conf: NetConf, _env: CniEnv): Record<string, string> {
   const labels: Record<string, string> = { ...(conf.labels ?? {}) };
   const cniArgs = getCI(conf.args, 'cni');
   const argLabels = getCI(cniArgs, 'labels');
@@ -74,7 +76,8 @@ export function labelsFor(conf: NetConf, env: CniEnv): Record<string, string> {
       if (key && value !== undefined) labels[key] = value;
     }
   }
-  if (env.args.K8S_POD_NAMESPACE) labels[K.namespace] = env.args.K8S_POD_NAMESPACE;
+  // The pod namespace is not a caller label: the agent derives k8s:io.kubernetes.pod.namespace from
+  // the metadata below (CNI_ARGS K8S_POD_NAMESPACE) and refuses a label that claims it.
   return labels;
 }
 

@@ -68,11 +68,11 @@ t.test('requested addresses and MAC: runtimeConfig > args.cni > CNI_ARGS', async
     { ips: ['10.1.0.7'], mac: '02:00:00:00:00:07', portMappings: [] });
 });
 
-t.test('CNI_ARGS and labels become endpoint labels and metadata', async (t) => {
+t.test('CNI_ARGS become metadata, labels stay the caller\'s', async (t) => {
   const conf = parseNetConf(JSON.stringify({ cniVersion: '1.0.0', name: 'k8s', type: 't', network: 'blue', mtu: 1400, labels: { tier: 'web' },
     args: { cni: { labels: [{ key: 'app', value: 'a' }] } } }));
   const req = endpointRequest(conf, env({ K8S_POD_NAMESPACE: 'ns1', K8S_POD_NAME: 'p', K8S_POD_UID: 'u', K8S_POD_INFRA_CONTAINER_ID: 'c1', IgnoreUnknown: '1' }));
-  t.same(req.labels, { tier: 'web', app: 'a', [K.namespace]: 'ns1' });
+  t.same(req.labels, { tier: 'web', app: 'a' }, 'caller labels only: the namespace travels as metadata (the agent makes it the k8s: label)');
   t.same(req.metadata, { [K.network]: 'k8s', [K.plugin]: 'membrane-cni', [K.namespace]: 'ns1', [K.podName]: 'p', [K.podUid]: 'u', [K.infraId]: 'c1' });
   t.equal(req.network, 'blue');
   t.equal(req.mtu, 1400);

@@ -28,7 +28,8 @@ t.test('ADD answers in the requested version, DEL twice and with an empty netns 
     t.equal('version' in r.out.ips[0], v.startsWith('0.'), `ips[].version only before 1.0.0 (${v})`);
     t.equal('mtu' in r.out.interfaces[1], v === '1.1.0', `interface mtu only in 1.1.0 (${v})`);
     const posted = agent.requests.filter((q) => q.method === 'POST').pop()!.body as any;
-    t.same(posted.labels, { 'k8s:io.kubernetes.pod.namespace': 'ns1' });
+    t.same(posted.labels, {}, 'no caller labels: the namespace travels as metadata');
+    t.equal(posted.metadata['k8s:io.kubernetes.pod.namespace'], 'ns1');
     t.equal(posted.metadata['k8s:io.kubernetes.pod.name'], 'pod1');
     t.equal(posted.metadata['cni:network'], 'unitnet');
     const del = await cniCall('DEL', conf({ cniVersion: v, prevResult: r.out }), { containerId: cid, netns: ns.path });

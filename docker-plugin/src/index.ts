@@ -16,7 +16,6 @@ import * as S from './schemas.ts';
 import * as nd from './network-driver.ts';
 import * as ipam from './ipam-driver.ts';
 import { PluginError } from './errors.ts';
-import { ContainerIdentity } from './identity.ts';
 
 export interface DockerPluginOptions {
   core: Core;
@@ -24,12 +23,8 @@ export interface DockerPluginOptions {
   name: string;
   /** Where dockerd looks for plugin sockets; default /run/docker/plugins. */
   pluginDir?: string;
-  /** Docker API socket used to learn container names and labels; default /var/run/docker.sock. */
-  dockerSocket?: string;
   log: Logger;
   stateDir: string;
-  /** Set false to skip the Docker API watcher (unit tests). */
-  watchDocker?: boolean;
 }
 
 export interface DockerPlugin {
@@ -152,13 +147,8 @@ export async function startDockerPlugin(opts: DockerPluginOptions): Promise<Dock
   const state = await DockerState.open(new FileStore(path.join(opts.stateDir, 'docker', opts.name)));
   const ctx: nd.DriverContext = { core: opts.core, state, log, name: opts.name };
   await reconcile(ctx);
-  const identity = opts.watchDocker === false ? undefined : new ContainerIdentity({
-    core: opts.core, state, log, socketPath: opts.dockerSocket ?? '/var/run/docker.sock',
-  });
-  ctx.identity = identity;
 
   const server = await listenUnix(http.createServer(createPluginApp(ctx)), socketPath, { who: `another process (Docker plugin "${opts.name}")` });
-  identity?.start();
   log.info({ socket: socketPath, networks: state.networks.size, endpoints: state.endpoints.size, pools: state.pools.size }, 'docker plugin listening');
 
   let closed = false;
@@ -169,7 +159,6 @@ export async function startDockerPlugin(opts: DockerPluginOptions): Promise<Dock
       closed = true;
       await new Promise<void>((resolve) => { server.close(() => resolve()); server.closeAllConnections?.(); });
       fs.rmSync(socketPath, { force: true });
-      await identity?.stop();
       await state.flush();
       log.info({ socket: socketPath }, 'docker plugin stopped');
     },

@@ -1,6 +1,7 @@
 // libnetwork remote NetworkDriver on the core. Docker networks become core networks; a Docker endpoint
-// becomes a core endpoint named by its Docker endpoint id (Endpoint.docker; the container id and name
-// follow once the identity watcher learns them), whose container end is created in the host netns
+// becomes a core endpoint named by its Docker endpoint id (Endpoint.docker; the container id, name and
+// labels follow once the agent's label resolver learns them from the Docker API: shared/src/labels/
+// docker.ts; until then the endpoint is closed and its link down), whose container end is created in the host netns
 // (netns omitted) under a temp name that Join hands to dockerd as SrcName: dockerd moves it into the sandbox, renames it
 // eth<N> and sets the address Docker's IPAM chose. Routing is L3 (proxy ARP on the host veth), so
 // Docker's /24 on eth0 works: the host answers ARP for every peer and routes it by its /32.
@@ -20,8 +21,6 @@ export interface DriverContext {
   log: Logger;
   /** Plugin (= Docker driver) name, e.g. "membrane". */
   name: string;
-  /** Learns the container behind an endpoint, asynchronously. */
-  identity?: { joined(ep: EndpointRecord): void };
 }
 
 /** Container end of the veth while it sits in the host netns: "mbd" + 11 hex of the EndpointID. */
@@ -160,7 +159,7 @@ export function endpointOperInfo(ctx: DriverContext, endpointId: string): object
       'membrane.network': ep.network,
       'membrane.host-interface': ep.hostIfName,
       'membrane.identity': String(ep.identity),
-      ...(rec.container ? { 'membrane.container': rec.container.name } : {}),
+      ...(ep.docker?.containerName ? { 'membrane.container': ep.docker.containerName } : {}),
     },
   };
 }
@@ -175,7 +174,6 @@ export async function join(ctx: DriverContext, req: JoinRequest): Promise<object
   const v6 = ep.ips.find((i) => i.family === 6);
   const updated: EndpointRecord = { ...rec, sandboxKey: req.SandboxKey, joined: true };
   saveLater(ctx, ctx.state.setEndpoint(updated), req.EndpointID);
-  ctx.identity?.joined(updated);
   return {
     InterfaceName: { SrcName: rec.ifName, DstPrefix: 'eth' },
     ...(v4 ? { Gateway: v4.gateway } : {}),

@@ -24,10 +24,6 @@ export interface EndpointRecord {
   addresses: string[];
   sandboxKey?: string;
   joined: boolean;
-  /** Learnt asynchronously from the Docker API. */
-  container?: { id: string; name: string };
-  /** Labels last written to the core, to skip no-op updates. */
-  labels?: Record<string, string>;
   createdAt: string;
 }
 

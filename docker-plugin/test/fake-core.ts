@@ -62,12 +62,11 @@ export async function fakeCore(): Promise<FakeCore> {
       calls.push({ op: 'endpoints.delete', args: [c, i] });
       return eps.delete(key(c, i));
     },
-    async updateLabels(c, i, labels, container) {
+    async updateLabels(c, i, labels) {
       calls.push({ op: 'endpoints.updateLabels', args: [c, i, labels] });
       const ep = eps.get(key(c, i));
       if (!ep) throw new FakeEndpointError('endpoint_not_found', `endpoint ${key(c, i)} does not exist`);
       const next: Endpoint = { ...ep, labels: { ...labels } };
-      if (container && ep.docker) { next.containerId = container.id; next.docker = { ...ep.docker, containerName: container.name }; }
       eps.set(key(c, i), next);
       return next;
     },

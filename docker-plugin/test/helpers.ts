@@ -51,7 +51,7 @@ export async function harness(opts: { core?: FakeCore } = {}): Promise<Harness> 
   const core = opts.core ?? await fakeCore();
   const name = `mbrunit${crypto.randomBytes(3).toString('hex')}`;
   const log = pino({ level: process.env.PLUGIN_LOG ?? 'silent' });
-  const start = () => startDockerPlugin({ core, name, pluginDir: dir, stateDir, log, watchDocker: false });
+  const start = () => startDockerPlugin({ core, name, pluginDir: dir, stateDir, log });
   const h: Harness = {
     core, dir, stateDir, name,
     plugin: await start(),

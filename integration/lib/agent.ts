@@ -90,6 +90,9 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
     // Several agents run side by side: no fixed ports or sockets.
     '--metrics-address', '127.0.0.1:0', '--observer-socket', path.join(stateDir, 'observer.sock'),
     ...pools.flatMap((p) => ['--pool', p]),
+    // A containerd on the machine must not be taken for the runtime of a test's pods (a test that
+    // drives a private containerd passes its socket).
+    ...(opts.extraArgs?.includes('--cri-socket') ? [] : ['--cri-socket', path.join(stateDir, 'no-cri.sock')]),
     ...(opts.extraArgs ?? []),
   ];
   const env = { ...process.env, ...opts.env };

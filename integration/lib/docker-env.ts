@@ -32,12 +32,20 @@ export interface PluginAgent {
   socketPath: string;
 }
 
+export interface PluginAgentOptions {
+  /** The agent finds the Docker API through DOCKER_HOST (this value) instead of --docker-socket. */
+  dockerHost?: string;
+  /** More agent flags. */
+  agentArgs?: string[];
+}
+
 /** Agent hosting the Docker plugin NAME (fresh name unless `reuse`). */
-export async function startPluginAgent(d: Dockerd, opts: { reuse?: PluginAgent } = {}): Promise<PluginAgent> {
+export async function startPluginAgent(d: Dockerd, opts: { reuse?: PluginAgent } & PluginAgentOptions = {}): Promise<PluginAgent> {
   const plugin = opts.reuse?.plugin ?? `mbt${randomId(4)}`;
   const agent = await startAgent({
     reuse: opts.reuse?.agent,
-    extraArgs: ['--docker-plugin', plugin, '--docker-plugin-dir', PLUGIN_DIR, '--docker-socket', d.socket],
+    extraArgs: ['--docker-plugin', plugin, '--docker-plugin-dir', PLUGIN_DIR, ...(opts.dockerHost ? [] : ['--docker-socket', d.socket]), ...(opts.agentArgs ?? [])],
+    ...(opts.dockerHost ? { env: { DOCKER_HOST: opts.dockerHost } } : {}),
   });
   return { agent, plugin, socketPath: path.join(PLUGIN_DIR, `${plugin}.sock`) };
 }
@@ -47,9 +55,9 @@ export class DockerTestEnv {
   readonly networks = new Set<string>();
   private constructor(readonly d: Dockerd, readonly pa: PluginAgent, readonly image: string) {}
 
-  static async start(d: Dockerd): Promise<DockerTestEnv> {
+  static async start(d: Dockerd, opts: PluginAgentOptions = {}): Promise<DockerTestEnv> {
     const image = await ensureBusyboxImage(d);
-    const pa = await startPluginAgent(d);
+    const pa = await startPluginAgent(d, opts);
     return new DockerTestEnv(d, pa, image);
   }
 
@@ -112,14 +120,14 @@ export class DockerTestEnv {
  * destroyed after its last, and `env(t)`: a fresh DockerTestEnv cleaned up when test `t` ends (on the
  * file's dockerd, or on `d`).
  */
-export function dockerFixture(file: Test): { dockerd(): Dockerd; env(t: Test, d?: Dockerd): Promise<DockerTestEnv> } {
+export function dockerFixture(file: Test): { dockerd(): Dockerd; env(t: Test, d?: Dockerd, opts?: PluginAgentOptions): Promise<DockerTestEnv> } {
   let shared: Dockerd | undefined;
   file.before(async () => { shared = await startDockerd(); });
   file.teardown(async () => { await shared?.destroy(); });
   return {
     dockerd: () => shared!,
-    async env(t, d = shared!) {
-      const e = await DockerTestEnv.start(d);
+    async env(t, d = shared!, opts = {}) {
+      const e = await DockerTestEnv.start(d, opts);
       t.teardown(() => e.cleanup());
       return e;
     },

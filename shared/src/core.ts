@@ -21,8 +21,9 @@ export interface EndpointService {
   get(attachment: string, ifName: string): Endpoint | undefined;
   /** All, or those of one container. */
   list(filter?: { containerId?: string }): Endpoint[];
-  /** Labels learnt after creation (e.g. from the Docker API), with the container a Docker endpoint belongs to. */
-  updateLabels(attachment: string, ifName: string, labels: Record<string, string>, container?: { id: string; name: string }): Promise<Endpoint>;
+  /** A caller's labels (api:/cni: source) replace the caller's earlier ones; labels the container
+   *  runtime gave stay (labels/resolver.ts). */
+  updateLabels(attachment: string, ifName: string, labels: Record<string, string>): Promise<Endpoint>;
 }
 
 export interface IpamService {

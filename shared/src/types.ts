@@ -63,9 +63,14 @@ export interface Endpoint {
   mtu: number;
   ips: EndpointIp[];
   routes: EndpointRoute[];
+  /** Every label with its source ("k8s:app", "container:app", "cni:tier"; labels/sources.ts). */
   labels: Record<string, string>;
   metadata: Record<string, string>;
   identity: number;
+  /** Set while a container runtime still owes the endpoint's labels (labels/resolver.ts): the identity
+   *  is init and the host link stays down until they arrive; `expired`: the timeout passed, the link
+   *  is up, the identity still init. */
+  labelsPending?: { source: 'docker' | 'cri'; since: string; expired?: boolean };
   externalIpam: boolean;
   createdAt: string;
   /** Only on an endpoint the agent could not restore (never stored): what is wrong, since when. */

@@ -46,6 +46,27 @@ t.test('--docker-plugin takes an optional name', async (t) => {
   t.equal(resolveConfig(['--docker-plugin', '--state-dir', '/s'], {}, noFile).dockerPlugin, 'membrane');
 });
 
+t.test('the Docker API: --docker-socket wins, then DOCKER_SOCKET, then DOCKER_HOST, then the file, then the default', async (t) => {
+  const file = () => 'dockerSocket: /file.sock\n';
+  t.same(resolveConfig(['--docker-socket', '/flag.sock'], { DOCKER_HOST: 'tcp://h:2375', DOCKER_SOCKET: '/env.sock' }, noFile).dockerApi, { socketPath: '/flag.sock' });
+  t.same(resolveConfig([], { DOCKER_HOST: 'tcp://h:2375', DOCKER_SOCKET: '/env.sock' }, noFile).dockerApi, { socketPath: '/env.sock' });
+  t.same(resolveConfig(['--config', '/c.yaml'], { DOCKER_HOST: 'unix:///run/user/1/docker.sock' }, file).dockerApi, { socketPath: '/run/user/1/docker.sock' });
+  t.same(resolveConfig(['--config', '/c.yaml'], {}, file).dockerApi, { socketPath: '/file.sock' });
+  t.same(resolveConfig([], { DOCKER_HOST: 'tcp://10.0.0.1:2376' }, noFile).dockerApi, { host: '10.0.0.1', port: 2376 });
+  t.same(resolveConfig([], {}, noFile).dockerApi, { socketPath: '/var/run/docker.sock' });
+  t.throws(() => resolveConfig(['--docker-plugin'], { DOCKER_HOST: 'ssh://me@h' }, noFile), /DOCKER_HOST "ssh:\/\/me@h": ssh:\/\/ is not supported/);
+  t.same(resolveConfig([], { DOCKER_HOST: 'ssh://me@h' }, noFile).dockerApi, { socketPath: '/var/run/docker.sock' }, 'an agent without the Docker plugin is not stopped by it');
+});
+
+t.test('labels: --label-filter, --label-timeout, --cri-socket', async (t) => {
+  const d = resolveConfig([], {}, noFile);
+  t.same([d.criSocket, d.labelTimeoutMs], ['/run/containerd/containerd.sock', 10_000]);
+  t.match(d.labelFilter, /pod-template-hash/);
+  const c = resolveConfig(['--label-filter', 'k8s:app !.*', '--label-timeout', '3', '--cri-socket', '/x.sock'], {}, noFile);
+  t.same([c.labelFilter, c.labelTimeoutMs, c.criSocket], ['k8s:app !.*', 3000, '/x.sock']);
+  t.throws(() => resolveConfig(['--label-filter', '!('], {}, noFile), /--label-filter: label filter pattern "!\(" is not a valid regular expression/);
+});
+
 t.test('every setting has a flag, and the environment and the file can set it too', async (t) => {
   const c = resolveConfig(['--events-per-second', '0', '--conntrack-gc-interval', '30', '--policy-audit-mode'], {}, noFile);
   t.equal(c.eventsPerSecond, 0, '0 = unlimited');

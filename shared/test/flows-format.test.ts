@@ -41,6 +41,8 @@ t.test('a drop line names the reason and the policy; default deny says so', asyn
   t.match(verdictReason({ ...dflt, verdict: 'AUDIT' }), /^audit mode, would be denied by default deny/);
   // An audited connection arrives as a policy verdict event, without a drop reason: the reason is still named.
   t.match(verdictReason({ ...dflt, verdict: 'AUDIT', eventType: { type: 5 }, dropReason: undefined, dropReasonDesc: undefined }), /^audit mode, would be denied by default deny \(the endpoint's ingress/);
+  t.equal(verdictReason({ ...dflt, destination: { ...dflt.destination, identity: 5 } }),
+    "denied by the init policy (the endpoint's labels are not known yet: identity init is closed while any policy exists)", 'init: says so, as endpoint get does');
   t.equal(verdictReason({ ...dflt, ingressDeniedBy: [{ name: '', membraneRuleId: 77 }] }), 'denied by rule id 77');
   t.equal(verdictText({ ...dflt, verdict: 'AUDIT', eventType: { type: 5 } }), 'AUDITED');
   t.equal(verdictText({ ...dflt, eventType: { type: 5 } }, { policyNames: true }), 'DENIED', 'no named policy: nothing after DENIED');

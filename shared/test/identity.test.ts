@@ -11,14 +11,21 @@ import { matches } from '../src/policy/selector.ts';
 t.test('labels: sources, relevance, matching', async (t) => {
   t.same(splitKey('k8s:app'), { source: 'k8s', key: 'app' });
   t.same(splitKey('example.com/tier:x'), { source: null, key: 'example.com/tier:x' }, 'only known sources split');
-  t.same(valuesFor({ 'k8s:app': 'web', 'docker:app': 'db' }, 'app'), ['web', 'db'], 'no source: any source');
-  t.same(valuesFor({ 'k8s:app': 'web', app: 'plain' }, 'k8s:app'), ['web', 'plain'], 'a source matches itself and unsourced labels');
-  t.same(valuesFor({ 'docker:app': 'db' }, 'k8s:app'), []);
-  t.same(identityRelevant({ app: 'x', 'docker:container-id': 'abc', 'k8s:io.kubernetes.pod.name': 'p', 'pod-template-hash': '1' }), { app: 'x' });
+  t.same(valuesFor({ 'k8s:app': 'web', 'container:app': 'db' }, 'app'), ['web', 'db'], 'no source: any source');
+  t.same(valuesFor({ 'k8s:app': 'web', 'container:app': 'db' }, 'any:app'), ['web', 'db'], 'any: is any source');
+  t.same(valuesFor({ 'k8s:app': 'web', app: 'plain', 'cni:app': 'c' }, 'k8s:app'), ['web'], 'a source matches that source only (Cilium)');
+  t.same(valuesFor({ 'container:app': 'db' }, 'k8s:app'), []);
+  t.same(valuesFor({ 'cni:io.kubernetes.pod.namespace': 'prod', 'container:io.kubernetes.pod.namespace': 'prod', 'k8s:io.kubernetes.pod.namespace': 'dev' }, 'io.kubernetes.pod.namespace'),
+    ['dev'], 'the namespace counts in the k8s source only, whatever other sources claim');
+  t.same(valuesFor({ 'api:io.cilium.k8s.policy.serviceaccount': 'admin' }, 'any:io.cilium.k8s.policy.serviceaccount'), [], "and Cilium's derived labels");
+  t.same(identityRelevant({ 'k8s:app': 'x', 'docker:container-id': 'abc', 'k8s:io.kubernetes.pod.name': 'p', 'k8s:pod-template-hash': '1' }), { 'k8s:app': 'x' });
   t.equal(canonicalLabels({ b: '2', a: '1' }), canonicalLabels({ a: '1', b: '2' }));
   t.same(parseLabelArgs(['app=web,tier=front', 'flag']), { app: 'web', tier: 'front', flag: '' });
   t.ok(matches({ matchLabels: { app: 'web' }, matchExpressions: [{ key: 'env', operator: 'NotIn', values: ['prod'] }] }, { 'k8s:app': 'web' }));
   t.notOk(matches({ matchLabels: {}, matchExpressions: [{ key: 'env', operator: 'Exists', values: [] }] }, { app: 'web' }));
+  t.ok(matches({ matchLabels: { 'k8s:app': 'web' }, matchExpressions: [{ key: 'k8s:tier', operator: 'In', values: ['a'] }] }, { 'k8s:app': 'web', 'k8s:tier': 'a' }));
+  t.notOk(matches({ matchLabels: { 'k8s:app': 'web' }, matchExpressions: [] }, { 'container:app': 'web' }), 'k8s:app does not select a Docker container');
+  t.notOk(matches({ matchLabels: {}, matchExpressions: [{ key: 'k8s:tier', operator: 'Exists', values: [] }] }, { 'cni:tier': 'a' }));
 });
 
 t.test('allocator: persisted, coalesced, refcounted, swept', async (t) => {

@@ -139,31 +139,49 @@ t.test('a restarted engine over the same maps and store changes nothing and keep
   t.equal(second.revision, 1);
 });
 
-t.test('an endpoint whose labels are not known yet is closed while any policy exists', async (t) => {
-  const { engine, ops, add } = await setup();
+t.test('an endpoint whose labels are still pending (init) is closed while any policy exists', async (t) => {
+  const { engine, ops } = await setup();
   await engine.start();
-  const docker = await add(9, {}, '10.0.0.9');
-  t.equal(docker.identity, 5, 'init identity');
+  const docker = testEndpoint(9, {}, 5, '10.0.0.9'); // the endpoint manager assigns init while a runtime owes labels
+  ops.flags.set(docker.hostIfIndex, 0);
+  await engine.endpointAttached(docker);
   t.equal(ops.flags.get(docker.hostIfIndex), 0, 'no policy at all: open');
   await engine.importText(WEB_POLICY);
   const f = ops.flags.get(docker.hostIfIndex)!;
   t.ok(f & EP_FLAGS.ingressDefaultDeny && f & EP_FLAGS.egressDefaultDeny, 'some policy exists: closed both ways');
   t.ok(ops.entriesOf(docker.id).some((e) => e.peer === 1 && e.direction === 'ingress'), 'the node may still reach it');
+  t.match(engine.endpointPolicy(docker.containerId, docker.ifName), { identity: 5, init: true, enforcement: { ingress: 'default-deny', egress: 'default-deny' }, policies: [] },
+    'endpoint get says why: the init policy, not a selecting policy');
   const labelled = { ...docker, labels: { app: 'client' }, identity: await engine.identityFor({ app: 'client' }) };
   await engine.endpointLabelsChanged(labelled);
   t.equal(ops.flags.get(docker.hostIfIndex), 0, 'labels known, not selected: open');
   await engine.delete('all');
 });
 
-t.test('identities: reserved, init, refcounted, swept', async (t) => {
+t.test('an endpoint without labels has a normal identity and is open while no policy selects it', async (t) => {
+  const { engine, ops, add } = await setup();
+  await engine.start();
+  const bare = await add(11, {}, '10.0.0.11');
+  const bare2 = await add(12, {}, '10.0.0.12');
+  t.ok(bare.identity >= 256, `identity ${bare.identity} for the empty label set, not init`);
+  t.equal(bare2.identity, bare.identity, 'label-less workloads share it');
+  await engine.importText(WEB_POLICY);
+  t.equal(ops.flags.get(bare.hostIfIndex), 0, 'a policy selecting app=web leaves it open');
+  t.match(engine.endpointPolicy(bare.containerId, bare.ifName), { init: false, enforcement: { ingress: 'allow-all', egress: 'allow-all' }, policies: [] });
+  await engine.delete('all');
+});
+
+t.test('identities: reserved, empty, filtered, refcounted, swept', async (t) => {
   const { engine, add } = await setup();
   await engine.start();
-  t.equal(await engine.identityFor({}), 5, 'no labels yet: init');
+  t.ok(await engine.identityFor({}) >= 256, 'no labels: the empty set has an identity like any other');
   t.equal(await engine.identityFor({ 'reserved:health': '' }), 4);
-  const a = await engine.identityFor({ app: 'x', 'docker:container-id': 'abc' });
-  t.equal(await engine.identityFor({ app: 'x', 'docker:container-id': 'def' }), a, 'unique per-container labels do not split identities');
+  const a = await engine.identityFor({ 'container:app': 'x', 'container:com.docker.compose.container-number': '1' });
+  t.equal(await engine.identityFor({ 'container:app': 'x', 'container:com.docker.compose.container-number': '2' }), a, 'per-replica labels do not split identities');
+  t.equal(await engine.identityFor({ 'k8s:app': 'x', 'k8s:io.kubernetes.pod.name': 'p-1', 'k8s:pod-template-hash': 'abc' }),
+    await engine.identityFor({ 'k8s:app': 'x', 'k8s:io.kubernetes.pod.name': 'p-2', 'k8s:pod-template-hash': 'def' }), 'pod names and template hashes either');
   t.ok(a >= 256);
-  const ep = await add(7, { app: 'x' }, '10.0.0.9');
+  const ep = await add(7, { 'container:app': 'x' }, '10.0.0.9');
   t.equal(engine.identityList().find((i) => i.id === a)?.refs, 1);
   await engine.endpointDeleted(ep);
   t.equal(engine.identityList().find((i) => i.id === a)?.refs, 0);

@@ -30,6 +30,8 @@ import type { ClusterMode } from '../cluster/mode.ts';
 import { AgentL7 } from './l7.ts';
 import { AgentDns } from './dns.ts';
 import { cniQueue } from './cni-queue.ts';
+import { labelResolver } from './labels.ts';
+import { parseLabelFilter } from '../labels/filter.ts';
 
 /** Something the agent stops on shutdown, in reverse order of start. */
 interface Closer { name: string; close(): Promise<void> | void }
@@ -102,10 +104,14 @@ export class Agent {
       // Policy first among the endpoint's dependencies: endpoints ask it for their identity.
       const policy = await AgentPolicy.open({
         store, datapath, log, auditMode: cfg.policyAuditMode, cluster, clusterName: cfg.cluster?.clusterName ?? 'default',
+        labelFilter: parseLabelFilter(cfg.labelFilter),
         ...(proxies ? { l7: proxies } : {}), ...(dns ? { fqdn: dns.state } : {}),
       });
       closers.push({ name: 'policy', close: () => policy.close() });
-      const endpoints = new EndpointManager({ store, ipam, networks, datapath, host, identityFor: policy.identityFor, log, reapDelayMs: cfg.endpointReapDelayMs });
+      // Labels: callers', the pod namespace, and what the container runtimes (CRI, Docker) know.
+      const labels = labelResolver(cfg, log);
+      closers.push({ name: 'label resolver', close: () => labels.close() });
+      const endpoints = new EndpointManager({ store, ipam, networks, datapath, host, identityFor: policy.identityFor, labels, log, reapDelayMs: cfg.endpointReapDelayMs });
       const conntrack = new ConntrackUpkeep({ datapath, log: log.child({ component: 'conntrack' }), intervalSeconds: cfg.conntrackGcIntervalSeconds });
       endpoints.addHooks(policy.hooks);
       if (cluster) endpoints.addHooks(cluster.endpointHooks());
@@ -205,7 +211,6 @@ async function startDocker(cfg: AgentConfig, core: Core, log: Logger): Promise<C
     core,
     name: cfg.dockerPlugin!,
     pluginDir: cfg.dockerPluginDir,
-    dockerSocket: cfg.dockerSocket,
     stateDir: cfg.stateDir,
     log: log.child({ component: 'docker-plugin' }),
   });

@@ -8,6 +8,10 @@ import { parse as parseYaml } from 'yaml';
 import { z } from 'zod';
 import { ifNameProblem, parseCidr } from '../net/index.ts';
 import type { NetworkSpec } from '../types.ts';
+import { DEFAULT_LABEL_FILTER, parseLabelFilter } from '../labels/filter.ts';
+import { DEFAULT_LABEL_TIMEOUT_MS } from '../labels/resolver.ts';
+import { DEFAULT_CRI_SOCKET } from '../labels/cri.ts';
+import { dockerApiTarget, type DockerApiTarget } from '../labels/docker-host.ts';
 
 export const DEFAULTS = {
   stateDir: '/var/lib/membrane',
@@ -47,6 +51,14 @@ export interface AgentConfig {
   dockerPlugin?: string;
   dockerPluginDir: string;
   dockerSocket?: string;
+  /** The Docker API the Docker label source reads: --docker-socket, else DOCKER_HOST, else the default. */
+  dockerApi: DockerApiTarget;
+  /** containerd's CRI socket, asked for the pod labels of a CNI ADD from kubelet. */
+  criSocket: string;
+  /** Which labels take part in an identity (labels/filter.ts). */
+  labelFilter: string;
+  /** How long an endpoint may wait for its runtime's labels before it goes on in init. */
+  labelTimeoutMs: number;
   mtu?: number;
   /** host:port for Prometheus metrics, or "off". */
   metricsAddress: string;
@@ -126,6 +138,9 @@ const FileSchema = z.object({
   dockerPlugin: z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/).optional(),
   dockerPluginDir: z.string().optional(),
   dockerSocket: z.string().optional(),
+  criSocket: z.string().optional(),
+  labelFilter: z.string().optional(),
+  labelTimeoutSeconds: z.number().int().min(1).max(600).optional(),
   mtu: z.number().int().min(576).max(65535).optional(),
   metricsAddress: z.string().optional(),
   observerSocket: z.string().optional(),
@@ -185,7 +200,10 @@ const OPTIONS: OptionSpec[] = [
   { key: 'bpfObject', flags: '--bpf-object <path>', env: 'MEMBRANE_BPF_OBJECT', help: 'compiled datapath', default: 'dist/bpf/endpoint.o next to the executable' },
   { key: 'dockerPlugin', flags: '--docker-plugin [name]', env: 'MEMBRANE_DOCKER_PLUGIN', help: 'serve the Docker network/IPAM plugin NAME (default name: membrane)' },
   { key: 'dockerPluginDir', flags: '--docker-plugin-dir <dir>', help: 'where dockerd looks for plugin sockets', default: DEFAULTS.dockerPluginDir },
-  { key: 'dockerSocket', flags: '--docker-socket <path>', env: 'DOCKER_SOCKET', help: 'Docker API socket for container labels', default: '/var/run/docker.sock' },
+  { key: 'dockerSocket', flags: '--docker-socket <path>', env: 'DOCKER_SOCKET', help: 'Docker API socket for container labels (wins over DOCKER_HOST)', default: 'DOCKER_HOST, else /var/run/docker.sock' },
+  { key: 'criSocket', flags: '--cri-socket <path>', env: 'MEMBRANE_CRI_SOCKET', help: "containerd's CRI socket, asked for the labels of kubelet's pods", default: DEFAULT_CRI_SOCKET },
+  { key: 'labelFilter', flags: '--label-filter <patterns>', env: 'MEMBRANE_LABEL_FILTER', help: 'labels that make up identities: [!][source:]regex patterns, first match decides, unmatched labels are kept', default: DEFAULT_LABEL_FILTER },
+  { key: 'labelTimeoutSeconds', flags: '--label-timeout <seconds>', env: 'MEMBRANE_LABEL_TIMEOUT', help: "how long a new endpoint waits (link down) for its runtime's labels before it goes on with identity init", default: String(DEFAULT_LABEL_TIMEOUT_MS / 1000) },
   { key: 'metricsAddress', flags: '--metrics-address <host:port>', env: 'MEMBRANE_METRICS_ADDRESS', help: 'Prometheus metrics, or "off"', default: DEFAULTS.metricsAddress },
   { key: 'observerSocket', flags: '--observer-socket <path>', env: 'MEMBRANE_OBSERVER_SOCKET', help: 'gRPC flow observer socket', default: DEFAULTS.observerSocket },
   { key: 'observerAddress', flags: '--observer-address <host:port>', env: 'MEMBRANE_OBSERVER_ADDRESS', help: 'also serve the observer on TCP' },
@@ -331,6 +349,21 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
   const logLevel = str('logLevel') ?? file.logLevel ?? DEFAULTS.logLevel;
   if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) throw new ConfigError(`--log-level "${logLevel}" is not one of trace, debug, info, warn, error`);
   const ctMax = int(text('ctMax'), file.ctMax, { min: 1024, max: 1 << 24 }) ?? DEFAULTS.ctMax;
+  const labelFilter = str('labelFilter') ?? file.labelFilter ?? DEFAULT_LABEL_FILTER;
+  try { parseLabelFilter(labelFilter); } catch (e) { throw new ConfigError(`--label-filter: ${(e as Error).message}`); }
+  // Docker API: --docker-socket (or DOCKER_SOCKET) wins, then DOCKER_HOST as every Docker client
+  // reads it, then the config file's dockerSocket, then the default socket.
+  const explicitSocket = str('dockerSocket');
+  const dockerSocket = explicitSocket ?? file.dockerSocket;
+  let dockerApi: DockerApiTarget;
+  try {
+    dockerApi = explicitSocket ? { socketPath: explicitSocket } : dockerApiTarget(undefined, { DOCKER_HOST: env.DOCKER_HOST || undefined });
+    if (!explicitSocket && !env.DOCKER_HOST && file.dockerSocket) dockerApi = { socketPath: file.dockerSocket };
+  } catch (e) {
+    // Only an agent serving Docker reads it: a DOCKER_HOST meant for something else must not stop others.
+    if (str('dockerPlugin') ?? file.dockerPlugin) throw new ConfigError(`${(e as Error).message}`);
+    dockerApi = dockerApiTarget(undefined, {});
+  }
   const kvstore = str('kvstore') ?? file.kvstore;
   const cluster: ClusterFlags | undefined = kvstore ? {
     kvstore,
@@ -358,7 +391,11 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
     bpfObject: str('bpfObject') ?? file.bpfObject,
     dockerPlugin: str('dockerPlugin') ?? file.dockerPlugin,
     dockerPluginDir: str('dockerPluginDir') ?? file.dockerPluginDir ?? DEFAULTS.dockerPluginDir,
-    dockerSocket: str('dockerSocket') ?? file.dockerSocket,
+    dockerSocket,
+    dockerApi,
+    criSocket: str('criSocket') ?? file.criSocket ?? DEFAULT_CRI_SOCKET,
+    labelFilter,
+    labelTimeoutMs: (int(text('labelTimeoutSeconds'), file.labelTimeoutSeconds, { min: 1, max: 600 }) ?? DEFAULT_LABEL_TIMEOUT_MS / 1000) * 1000,
     mtu,
     metricsAddress: str('metricsAddress') ?? file.metricsAddress ?? DEFAULTS.metricsAddress,
     observerSocket: str('observerSocket') ?? file.observerSocket ?? DEFAULTS.observerSocket,

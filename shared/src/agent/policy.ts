@@ -16,6 +16,7 @@ import { dropReasonName, policyMatchType } from '../flows/codes.ts';
 import { identityRouter, policyRouter } from '../api/policy-routes.ts';
 import type { ClusterMode } from '../cluster/mode.ts';
 import type { FqdnState } from '../fqdn/state.ts';
+import type { LabelFilter } from '../labels/filter.ts';
 
 const HOST_REFRESH_MS = 10_000;
 const IDENTITY_SWEEP_MS = 60_000;
@@ -34,6 +35,8 @@ export interface PolicyDeps {
   fqdn?: FqdnState;
   /** The cluster this node is in ("default" on a single node): what Cilium's derived cluster label holds. */
   clusterName?: string;
+  /** Which labels take part in an identity (--label-filter). */
+  labelFilter?: LabelFilter;
 }
 
 /** Every address of the node's own interfaces (its netns): traffic from them is the host identity.
@@ -68,7 +71,7 @@ export class AgentPolicy {
   static async open(d: PolicyDeps): Promise<AgentPolicy> {
     const log = d.log.child({ component: 'policy' });
     const engine = await PolicyEngine.open({
-      store: d.store, ops: datapathOps(d.datapath, { log }), hostAddresses, log, cluster: d.clusterName ?? 'default',
+      store: d.store, ops: datapathOps(d.datapath, { log }), hostAddresses, log, cluster: d.clusterName ?? 'default', labelFilter: d.labelFilter,
       ...(d.cluster ? { identityBackend: d.cluster.identities, policyBackend: d.cluster.policies } : {}),
       ...(d.l7 ? { proxyPorts: d.l7.proxyPorts, ...(d.l7.onChange ? { onChange: d.l7.onChange } : {}) } : {}),
       ...(d.fqdn ? { fqdn: d.fqdn } : {}),

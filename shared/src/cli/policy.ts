@@ -35,7 +35,8 @@ export async function endpointPolicyLines(client: AgentClient, containerId: stri
   return [
     ['Identity', `${v.identity} (${formatLabels(v.labels)})`],
     ['Policy', `ingress ${v.enforcement.ingress}, egress ${v.enforcement.egress}${v.audit ? ', audit mode' : ''} (${v.entries} map entries)`],
-    ['Selected by', v.policies.length ? v.policies.map((p) => `${p.name}${p.ingress || p.egress ? ` [${[p.ingress && 'ingress', p.egress && 'egress'].filter(Boolean).join('+')}]` : ''}`).join(', ') : '-'],
+    ['Selected by', v.policies.length ? v.policies.map((p) => `${p.name}${p.ingress || p.egress ? ` [${[p.ingress && 'ingress', p.egress && 'egress'].filter(Boolean).join('+')}]` : ''}`).join(', ')
+      : v.init ? 'the init policy: its labels are not known yet (closed while any policy exists)' : '- (no policy selects it: allow all)'],
     ...(v.l7 ?? []).map((s): [string, string] => [
       `L7 ${s.direction}`,
       `${s.port} from ${s.peers.includes(0) ? 'any peer' : `${s.peers.length} peer identit${s.peers.length > 1 ? 'ies' : 'y'}`} through the HTTP proxy: ${s.rules.map((r) => describeHttpRule(r.http)).join(' | ')}`,

@@ -15,6 +15,8 @@ import { attachmentId, endpointKey, hostVethName, ipamOwner, withDockerRef } fro
 import { createVeth, ensureContainerSide, ensureHostSide, inspectContainerSide } from './plumbing.ts';
 import { KeyedLock } from './lock.ts';
 import { Reaper } from './reaper.ts';
+import { RESERVED } from '../identity/reserved.ts';
+import type { LabelResolver, LabelSink, RuntimeLabels } from '../labels/resolver.ts';
 
 export interface EndpointManagerDeps {
   store: Store;
@@ -24,6 +26,9 @@ export interface EndpointManagerDeps {
   host: Netlink;
   /** The security identity of a label set, asked before an endpoint's datapath config is written. */
   identityFor: (labels: Record<string, string>) => number | Promise<number>;
+  /** Where labels come from (callers, the pod namespace, container runtimes: labels/resolver.ts);
+   *  none: the request's labels as given (unit tests). */
+  labels?: LabelResolver;
   log?: { info(o: object, msg: string): void; warn(o: object, msg: string): void; error(o: object, msg: string): void };
   /** Deleted endpoints' interfaces and flows are removed this long after their DEL (default 0). */
   reapDelayMs?: number;
@@ -62,6 +67,7 @@ export class EndpointManager {
   private readonly reaper: Reaper;
 
   constructor(private readonly d: EndpointManagerDeps) {
+    d.labels?.bind(this.labelSink);
     this.reaper = new Reaper({
       store: d.store, host: d.host, datapath: d.datapath, log: d.log, delayMs: d.reapDelayMs,
       inUse: (hostIfName) => [...this.byKey.values()].some((e) => e.hostIfName === hostIfName),
@@ -121,22 +127,56 @@ export class EndpointManager {
     return this.lock.run(endpointKey(attachment, ifName), () => this.deleteLocked(attachment, ifName));
   }
 
-  /** New labels (a new identity); a Docker endpoint also learns its container here. */
-  updateLabels(attachment: string, ifName: string, labels: Record<string, string>, container?: { id: string; name: string }): Promise<Endpoint> {
+  /** A caller's labels (the API): they replace the caller's labels, the runtime's stay. */
+  updateLabels(attachment: string, ifName: string, labels: Record<string, string>): Promise<Endpoint> {
     return this.lock.run(endpointKey(attachment, ifName), async () => {
       const ep = this.requireEndpoint(attachment, ifName);
-      const next: Endpoint = { ...ep, labels: { ...labels }, identity: await this.d.identityFor(labels) };
-      if (container && ep.docker) {
-        next.containerId = container.id;
-        next.docker = { ...ep.docker, containerName: container.name };
-      }
-      await this.d.store.put(storeKey(next), next);
-      this.byKey.set(endpointKey(attachment, ifName), next);
-      // An unhealthy endpoint's interface is gone or not ours: nothing may redirect to it.
-      this.d.datapath.upsertEndpoint(datapathConfig(next), { publish: !this.unhealthy.has(keyOf(next)) });
-      await this.runHooks('afterLabelsChanged', next);
-      return next;
+      return this.relabel(ep, { labels: this.d.labels ? this.d.labels.withCallerLabels(ep, labels) : { ...labels } });
     });
+  }
+
+  /** What the label resolver reports: a runtime's labels, or a runtime that did not answer in time
+   *  (the link comes up, identity still init). */
+  private readonly labelSink: LabelSink = {
+    found: (u: RuntimeLabels) => this.lock.run(endpointKey(u.attachment, u.ifName), async () => {
+      const ep = this.byKey.get(endpointKey(u.attachment, u.ifName));
+      if (!ep) return undefined;
+      const change: Partial<Endpoint> & { labels: Record<string, string> } = { labels: this.d.labels!.merge(ep, u) };
+      if (u.container && ep.docker) Object.assign(change, { containerId: u.container.id, docker: { ...ep.docker, containerName: u.container.name } });
+      return this.relabel(ep, change);
+    }),
+    expired: (attachment: string, ifName: string) => this.lock.run(endpointKey(attachment, ifName), async () => {
+      const ep = this.byKey.get(endpointKey(attachment, ifName));
+      if (!ep?.labelsPending || ep.labelsPending.expired) return;
+      const next: Endpoint = { ...ep, labelsPending: { ...ep.labelsPending, expired: true } };
+      await this.d.store.put(storeKey(next), next);
+      this.byKey.set(keyOf(next), next);
+      this.bringUp(next);
+    }),
+  };
+
+  /** New labels: identity, datapath config and policy first; then a pending endpoint's link. */
+  private async relabel(ep: Endpoint, change: Partial<Endpoint> & { labels: Record<string, string> }): Promise<Endpoint> {
+    const next: Endpoint = { ...ep, ...change, identity: await this.d.identityFor(change.labels) };
+    delete next.labelsPending;
+    await this.d.store.put(storeKey(next), next);
+    this.byKey.set(keyOf(next), next);
+    // An unhealthy endpoint's interface is gone or not ours: nothing may redirect to it.
+    this.d.datapath.upsertEndpoint(datapathConfig(next), { publish: !this.unhealthy.has(keyOf(next)) && !ep.labelsPending });
+    await this.runHooks('afterLabelsChanged', next);
+    if (ep.labelsPending) {
+      this.d.labels?.settled(attachmentId(next), next.ifName);
+      this.bringUp(next);
+    }
+    return next;
+  }
+
+  /** A held endpoint's host side comes up and is routed, then others may redirect to it. */
+  private bringUp(ep: Endpoint): void {
+    const link = this.d.host.linkByName(ep.hostIfName);
+    if (!link || this.unhealthy.has(keyOf(ep))) return;
+    ensureHostSide(this.d.host, link.index, plumbSpec(ep, null));
+    this.d.datapath.publishEndpoint(datapathConfig(ep));
   }
 
   /** Problems of a live endpoint (empty = healthy): container side, host link, BPF attachment. */
@@ -171,6 +211,7 @@ export class EndpointManager {
    */
   private async createLocked(req: EndpointRequest): Promise<Endpoint> {
     validateRequest(req);
+    const start = this.d.labels ? this.d.labels.initial(req) : { labels: { ...(req.labels ?? {}) } };
     const attachment = attachmentId(req);
     const key = endpointKey(attachment, req.ifName);
     const existing = this.byKey.get(key);
@@ -199,9 +240,11 @@ export class EndpointManager {
         mtu: req.mtu ?? network.mtu,
         ips,
         routes: routesOf(ips, ns !== null),
-        labels: { ...(req.labels ?? {}) },
+        labels: start.labels,
         metadata: { ...(req.metadata ?? {}) },
-        identity: await this.d.identityFor(req.labels ?? {}),
+        // A runtime still owes the labels: init until they come, and the link stays down.
+        identity: start.pending ? RESERVED.init : await this.d.identityFor(start.labels),
+        ...(start.pending ? { labelsPending: { source: start.pending, since: new Date().toISOString() } } : {}),
         externalIpam: req.externalIpam ?? false,
         createdAt: new Date().toISOString(),
       };
@@ -227,8 +270,9 @@ export class EndpointManager {
       ensureHostSide(this.d.host, ep.hostIfIndex, spec);
       await this.d.store.put(storeKey(ep), ep);
       undo.push(() => this.d.store.delete(storeKey(ep)));
-      this.d.datapath.publishEndpoint(datapathConfig(ep));
+      if (!ep.labelsPending) this.d.datapath.publishEndpoint(datapathConfig(ep));
       this.byKey.set(key, ep);
+      this.d.labels?.watch(ep);
       return ep;
     } catch (e) {
       for (const step of undo.reverse()) {
@@ -277,6 +321,7 @@ export class EndpointManager {
     this.byKey.delete(key);
     this.unhealthy.delete(key);
     this.addresses.release(key, plainIps(ep));
+    this.d.labels?.forget(ep);
     if (reap.status === 'rejected') {
       // A full state disk keeps room for deletions, not for new records: reap now instead.
       this.d.log?.warn({ err: reap.reason, endpoint: key }, 'no room for the reap record: removing the interface now');
@@ -388,7 +433,8 @@ export class EndpointManager {
       this.d.datapath.attach(link.index);
       if (inspectContainerSide(spec).length) { ensureContainerSide(spec); repaired = true; }
       ensureHostSide(this.d.host, link.index, spec);
-      this.d.datapath.publishEndpoint(datapathConfig(ep));
+      if (!spec.holdDown) this.d.datapath.publishEndpoint(datapathConfig(ep));
+      this.d.labels?.watch(ep);
       return repaired || !wasCurrent ? 'repaired' : 'kept';
     } finally {
       ns?.close();

@@ -15,6 +15,8 @@ export interface PlumbSpec {
   ips: EndpointIp[];
   /** null: the container end stays in the host netns for the runtime to move (Docker). */
   netns: NetNs | null;
+  /** Leave the host end down and unrouted (the endpoint's labels are pending: labels/resolver.ts). */
+  holdDown?: boolean;
 }
 
 /**
@@ -50,6 +52,9 @@ function prepareHostSide(spec: PlumbSpec): void {
  *  Only once the endpoint's program and policy are in place: up is when packets can pass. */
 export function ensureHostSide(host: Netlink, hostIfIndex: number, spec: PlumbSpec): void {
   prepareHostSide(spec);
+  // Labels pending: no link, no routes (the kernel refuses routes through a down device) until they
+  // arrive; the container's first packets wait in its neighbour queue meanwhile.
+  if (spec.holdDown) return;
   const link = host.linkByIndex(hostIfIndex);
   if (link && !link.up) host.linkSetUp(hostIfIndex);
   for (const ip of spec.ips) if (ip.family === 6) host.neighProxyAdd(hostIfIndex, ip.gateway);

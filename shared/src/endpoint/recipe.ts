@@ -47,7 +47,11 @@ export function routesOf(ips: EndpointIp[], inContainer: boolean): Endpoint['rou
 }
 
 export function plumbSpec(ep: Endpoint, ns: NetNs | null): PlumbSpec {
-  return { hostIfName: ep.hostIfName, hostMac: ep.hostMac, ifName: ep.ifName, mac: ep.mac, mtu: ep.mtu, ips: ep.ips, netns: ns };
+  return {
+    hostIfName: ep.hostIfName, hostMac: ep.hostMac, ifName: ep.ifName, mac: ep.mac, mtu: ep.mtu, ips: ep.ips, netns: ns,
+    // Labels pending (labels/resolver.ts): the host end stays down and unrouted until they arrive.
+    holdDown: !!ep.labelsPending && !ep.labelsPending.expired,
+  };
 }
 
 export function plainIps(ep: Endpoint): string[] {

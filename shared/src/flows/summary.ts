@@ -1,6 +1,7 @@
 // The one line of text a flow carries in Hubble's Summary field (the hubble CLI prints it in
 // parentheses): the L4 detail, a connection's totals, and why policy allowed or dropped it. Pure.
 import { DropCode } from './codes.ts';
+import { RESERVED } from '../identity/reserved.ts';
 import type { Flow, FlowPolicy, Icmp, TcpFlags } from './types.ts';
 
 const FLAG_ORDER: (keyof TcpFlags)[] = ['SYN', 'FIN', 'RST', 'PSH', 'ACK', 'URG', 'ECE', 'CWR', 'NS'];
@@ -56,6 +57,11 @@ export function verdictReason(f: Flow): string {
     // An audited flow is a would-be policy drop: no deny rule named means default deny.
     if (isPolicyDrop(f) || f.verdict === 'AUDIT') {
       const dir = f.trafficDirection === 'EGRESS' ? 'egress' : 'ingress';
+      // The endpoint whose policy decided: the sender for egress, the receiver for ingress.
+      const own = f.trafficDirection === 'EGRESS' ? f.source : f.destination;
+      if (own?.identity === RESERVED.init) {
+        return `${would}denied by the init policy (the endpoint's labels are not known yet: identity init is closed while any policy exists)`;
+      }
       return `${would}denied by default deny (the endpoint's ${dir} is selected by a policy and no rule allows this peer)`;
     }
     return '';

@@ -10,9 +10,10 @@
 // Where numbers live is the backend's business: the node's own store (single node, the default), or
 // the cluster store, where the same label set gets the same number on every node (cluster/identities.ts).
 import type { Store } from '../store/index.ts';
-import { canonicalLabels, identityRelevant, type Labels } from './labels.ts';
+import { canonicalLabels, type Labels } from './labels.ts';
+import { defaultLabelFilter, identityLabels, type LabelFilter } from '../labels/filter.ts';
 import {
-  FIRST_LABEL_IDENTITY, LAST_LABEL_IDENTITY, RESERVED, identityKind, isInitLabels, reservedLabels, type IdentityKind, type ReservedName,
+  FIRST_LABEL_IDENTITY, LAST_LABEL_IDENTITY, RESERVED, identityKind, reservedLabels, type IdentityKind, type ReservedName,
 } from './reserved.ts';
 
 const STORE_PREFIX = 'identities';
@@ -77,6 +78,8 @@ export interface IdentityAllocatorOptions {
   /** Propose random free numbers (cluster mode: nodes allocating at once rarely propose the same
    *  number, so their transactions rarely collide) instead of the next one. */
   randomIds?: boolean;
+  /** Which labels take part in an identity (--label-filter; default: labels/filter.ts). */
+  labelFilter?: LabelFilter;
 }
 
 export class IdentityAllocator {
@@ -92,6 +95,7 @@ export class IdentityAllocator {
   private readonly now: () => number;
   private readonly lastId: number;
   private readonly randomIds: boolean;
+  private readonly labelFilter: LabelFilter;
 
   private readonly backend: IdentityBackend;
 
@@ -100,6 +104,7 @@ export class IdentityAllocator {
     this.now = opts.now ?? Date.now;
     this.lastId = opts.lastId ?? LAST_LABEL_IDENTITY;
     this.randomIds = opts.randomIds ?? false;
+    this.labelFilter = opts.labelFilter ?? defaultLabelFilter;
     if (!opts.backend && !opts.store) throw new TypeError('IdentityAllocator needs a store or a backend');
     this.backend = opts.backend ?? storeBackend(opts.store!, this.now);
   }
@@ -140,9 +145,16 @@ export class IdentityAllocator {
     return this.byId.get(id);
   }
 
-  /** The identity of a label set, allocated (and persisted) on first use. Empty labels: init. */
+  /** The identity-relevant part of a label set (what its identity is made of). */
+  relevant(labels: Labels): Labels {
+    return identityLabels(labels, this.labelFilter);
+  }
+
+  /** The identity of a label set, allocated (and persisted) on first use. An empty set (a workload
+   *  without labels) is a label set like any other; init is never resolved, only assigned to an
+   *  endpoint whose labels are still being looked up. */
   async resolve(labels: Labels): Promise<number> {
-    const relevant = identityRelevant(labels);
+    const relevant = this.relevant(labels);
     const reserved = reservedFor(relevant);
     if (reserved !== undefined) return reserved;
     const key = canonicalLabels(relevant);
@@ -276,9 +288,8 @@ export class IdentityAllocator {
   }
 }
 
-/** Empty labels mean "not known yet" (init); a lone reserved label names that reserved identity. */
+/** A lone reserved label names that reserved identity. */
 function reservedFor(labels: Labels): number | undefined {
-  if (isInitLabels(labels)) return RESERVED.init;
   const keys = Object.keys(labels);
   if (keys.length === 1 && keys[0].startsWith('reserved:')) {
     const name = keys[0].slice('reserved:'.length) as ReservedName;

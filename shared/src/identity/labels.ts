@@ -1,52 +1,22 @@
-// Labels as security identities see them. Pure.
+// Labels as security identities and selectors see them. Pure.
 //
-// A label key may carry a source prefix the way Cilium writes it ("k8s:app", "docker:container-name",
-// "reserved:host"). Selectors without a source (or with "any:") match a label from any source, so a
-// policy written for Kubernetes ("app: web") selects a CNI pod labelled "k8s:app=web" and a Docker
-// container labelled "app=web" alike.
+// A label key carries its source the way Cilium writes it ("k8s:app", "container:app",
+// "reserved:host"; labels/sources.ts says which source is whose). Selectors match with Cilium's
+// semantics: a key without a source (or with "any:") matches the key in every source, so a policy
+// written for Kubernetes ("app: web") selects a pod labelled "k8s:app=web" and a Docker container
+// labelled "container:app=web" alike; a key with a source ("k8s:app") matches that source only.
+// The namespace and Cilium's derived labels count only in the k8s source, whatever the selector says:
+// no other source can put an endpoint into a namespace.
 
-export type Labels = Record<string, string>;
+import { isProtectedKey, SOURCE, splitKey, type Labels } from '../labels/sources.ts';
+import { identityLabels } from '../labels/filter.ts';
 
-/** Prefixes recognised as a label source; anything else before a ':' is part of the key. */
-export const LABEL_SOURCES = new Set(['k8s', 'docker', 'container', 'reserved', 'cidr', 'any', 'unspec', 'cni', 'membrane']);
+export type { Labels } from '../labels/sources.ts';
+export { NAMESPACE_KEY, NAMESPACE_LABELS_PREFIX, splitKey } from '../labels/sources.ts';
 
-export const NAMESPACE_KEY = 'io.kubernetes.pod.namespace';
-/** Cilium's convention for a namespace's own labels, copied onto its pods. */
-export const NAMESPACE_LABELS_PREFIX = 'io.cilium.k8s.namespace.labels.';
-
-/**
- * Labels that never take part in an identity: they are unique per container (or per rollout), so
- * keeping them would give every container its own identity and churn policy on every restart.
- */
-const IRRELEVANT_KEYS = new Set([
-  'docker:container-id', 'k8s:io.kubernetes.pod.uid', 'k8s:io.kubernetes.pod.name',
-  'pod-template-hash', 'controller-revision-hash', 'pod-template-generation', 'statefulset.kubernetes.io/pod-name',
-]);
-
-export interface LabelKey {
-  /** null when the key has no recognised source prefix. */
-  source: string | null;
-  key: string;
-}
-
-export function splitKey(raw: string): LabelKey {
-  const colon = raw.indexOf(':');
-  if (colon > 0) {
-    const source = raw.slice(0, colon);
-    if (LABEL_SOURCES.has(source)) return { source, key: raw.slice(colon + 1) };
-  }
-  return { source: null, key: raw };
-}
-
-/** The labels that define an identity (see IRRELEVANT_KEYS). */
+/** The labels that define an identity under the default label filter (labels/filter.ts). */
 export function identityRelevant(labels: Labels): Labels {
-  const out: Labels = {};
-  for (const [k, v] of Object.entries(labels)) {
-    const { key } = splitKey(k);
-    if (IRRELEVANT_KEYS.has(k) || IRRELEVANT_KEYS.has(key) || IRRELEVANT_KEYS.has(`k8s:${key}`)) continue;
-    out[k] = v;
-  }
-  return out;
+  return identityLabels(labels);
 }
 
 /** A stable text for a label set: sorted "key=value" pairs. Two equal sets give the same text. */
@@ -60,16 +30,19 @@ export function sameLabels(a: Labels, b: Labels): boolean {
 
 /**
  * Values of `labels` for a selector key. A selector key without source (or "any:") matches the key
- * under every source; with a source it matches that source and labels that have none.
+ * under every source; with a source, that source only. Protected keys (the namespace, Cilium's
+ * derived labels) match only labels of the k8s source.
  */
 export function valuesFor(labels: Labels, selectorKey: string): string[] {
   const want = splitKey(selectorKey);
-  const anySource = want.source === null || want.source === 'any';
+  const anySource = want.source === null || want.source === SOURCE.any;
+  const k8sOnly = isProtectedKey(want.key);
   const out: string[] = [];
   for (const [k, v] of Object.entries(labels)) {
     const have = splitKey(k);
     if (have.key !== want.key) continue;
-    if (anySource || have.source === null || have.source === want.source) out.push(v);
+    if (k8sOnly && have.source !== SOURCE.k8s) continue;
+    if (anySource || have.source === want.source) out.push(v);
   }
   return out;
 }

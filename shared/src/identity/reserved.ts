@@ -34,8 +34,3 @@ export function reservedLabels(name: ReservedName): Labels {
 export function reservedName(id: number): ReservedName | undefined {
   return (Object.keys(RESERVED) as ReservedName[]).find((n) => RESERVED[n] === id);
 }
-
-/** Endpoints whose labels are not known yet (e.g. Docker, before the container is inspected). */
-export function isInitLabels(labels: Labels): boolean {
-  return Object.keys(labels).length === 0;
-}

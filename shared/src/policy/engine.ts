@@ -9,6 +9,7 @@ import { CidrIdentities } from '../identity/cidr.ts';
 import { addressOnly, normalizeCidr } from '../net/index.ts';
 import { FIRST_CIDR_IDENTITY, RESERVED, identityKind, type IdentityKind } from '../identity/reserved.ts';
 import type { Labels } from '../identity/labels.ts';
+import type { LabelFilter } from '../labels/filter.ts';
 import { applyDesired, type ApplyStats, type Mirror, type PolicyDatapathOps } from './apply.ts';
 import { decodePolicyKey } from './map-codec.ts';
 import { buildDesired, l7KindsOf, universeOf, type CompileCache, type Desired, type DesiredInput, type EngineEndpoint } from './desired.ts';
@@ -62,6 +63,8 @@ export interface PolicyEngineDeps {
   cluster?: string;
   /** What DNS taught (toFQDNs): its addresses enter the ipcache with FQDN identities. */
   fqdn?: FqdnState;
+  /** Which labels take part in an identity (--label-filter). */
+  labelFilter?: LabelFilter;
 }
 
 export interface ChangeResult {
@@ -112,7 +115,9 @@ export class PolicyEngine {
   }
 
   static async open(d: PolicyEngineDeps): Promise<PolicyEngine> {
-    const identities = await IdentityAllocator.open({ store: d.store, backend: d.identityBackend, graceMs: d.identityGraceMs, randomIds: !!d.identityBackend });
+    const identities = await IdentityAllocator.open({
+      store: d.store, backend: d.identityBackend, graceMs: d.identityGraceMs, randomIds: !!d.identityBackend, labelFilter: d.labelFilter,
+    });
     const repo = await PolicyRepository.open(d.policyBackend ?? d.store);
     const audit = (await d.store.get<Record<string, boolean>>(AUDIT_STORE_KEY)) ?? {};
     return new PolicyEngine(d, identities, repo, audit);
@@ -411,7 +416,7 @@ export class PolicyEngine {
     if (!e) return undefined;
     const sel = this.selection(e);
     return {
-      identity: e.identity, labels: this.identities.labelsOf(e.identity) ?? {}, audit: e.audit,
+      identity: e.identity, labels: this.identities.labelsOf(e.identity) ?? {}, audit: e.audit, init: sel.init,
       enforcement: { ingress: sel.ingress.defaultDeny ? 'default-deny' : sel.ingress.hasRules ? 'rules-only' : 'allow-all', egress: sel.egress.defaultDeny ? 'default-deny' : sel.egress.hasRules ? 'rules-only' : 'allow-all' },
       policies: sel.policies,
       entries: [...this.mirror.policy.keys()].filter((k) => decodePolicyKey(Buffer.from(k, 'hex')).endpointId === e.id).length,
@@ -487,6 +492,8 @@ export interface EndpointPolicyView {
   identity: number;
   labels: Labels;
   audit: boolean;
+  /** Closed by the init policy (labels pending and some policy exists), not by a selecting policy. */
+  init: boolean;
   enforcement: { ingress: 'default-deny' | 'rules-only' | 'allow-all'; egress: 'default-deny' | 'rules-only' | 'allow-all' };
   policies: Selection['policies'];
   /** Policy map entries for this endpoint. */

@@ -7,23 +7,27 @@ import { matches } from './selector.ts';
 import type { PolicyRecord } from './types.ts';
 
 export interface Selection {
+  /** The endpoint's labels are pending (identity init) and some policy exists: the init policy
+   *  closes it both ways (rules selecting reserved:init can still open it). */
+  init: boolean;
   /** Per policy that selects the labels: which directions it makes default-deny, which have rules. */
   policies: { name: string; revision: number; ingress: boolean; egress: boolean; rules: { ingress: number; egress: number } }[];
   ingress: { defaultDeny: boolean; hasRules: boolean };
   egress: { defaultDeny: boolean; hasRules: boolean };
 }
 
-/** An endpoint whose labels are not known yet (identity init) is closed both ways while any policy
- *  exists: no policy can have selected it yet, and a pod a policy will select must never be open.
- *  Rules selecting `reserved:init` (or `{}`) can still let things through. With no policy at all,
- *  everything is open, init included. */
+/** The init policy: an endpoint whose labels a runtime still owes (identity init, a short bounded
+ *  state: labels/resolver.ts) is closed both ways while any policy exists: no policy can have
+ *  selected it yet, and a pod a policy will select must never be open. Rules selecting
+ *  `reserved:init` can still let things through. With no policy at all, everything is open, init
+ *  included. An endpoint with no labels at all is not init: it has the identity of the empty set. */
 export function initDefaultDeny(records: PolicyRecord[], labels: Labels): boolean {
   return records.length > 0 && Object.keys(labels).length === 1 && 'reserved:init' in labels;
 }
 
 export function selectionFor(records: PolicyRecord[], labels: Labels): Selection {
   const init = initDefaultDeny(records, labels);
-  const out: Selection = { policies: [], ingress: { defaultDeny: init, hasRules: false }, egress: { defaultDeny: init, hasRules: false } };
+  const out: Selection = { init, policies: [], ingress: { defaultDeny: init, hasRules: false }, egress: { defaultDeny: init, hasRules: false } };
   for (const rec of records) {
     const hit = { name: rec.name, revision: rec.revision, ingress: false, egress: false, rules: { ingress: 0, egress: 0 } };
     let selected = false;
