@@ -49,8 +49,8 @@ t.before(async () => {
   nsClient = createNetns('mbcli');
   const nsServer = createNetns('mbcli');
   nss.push(nsClient, nsServer);
-  client = await agent.client.createEndpoint({ containerId: `cli-client-${run}`, netns: nsClient.path, ifName: 'eth0', labels: { 'k8s:app': 'client', run } });
-  server = await agent.client.createEndpoint({ containerId: `cli-server-${run}`, netns: nsServer.path, ifName: 'eth0', labels: { 'k8s:app': 'server', run } });
+  client = await agent.client.createEndpoint({ containerId: `cli-client-${run}`, netns: nsClient.path, ifName: 'eth0', labels: { app: 'client', run } });
+  server = await agent.client.createEndpoint({ containerId: `cli-server-${run}`, netns: nsServer.path, ifName: 'eth0', labels: { app: 'server', run } });
   servers.push(await startEchoServer(nsServer, PORT, '0.0.0.0'));
 });
 
@@ -95,13 +95,13 @@ t.test('endpoint list -o yaml / --no-headers; get by numeric id; labels', async 
   t.equal(JSON.parse((await cli('endpoint', 'get', `cli-client-${run}`, 'eth0', '-o', 'json')).out).id, client.id, 'container id and interface still work');
   const missing = await cli('endpoint', 'get', '99999');
   t.equal(missing.code, 1);
-  t.match(missing.err, /endpoint 99999\/eth0 does not exist/);
-  t.match((await cli('endpoint', 'labels', String(client.id))).out, /^LABELS\nk8s:app=client\nrun=/);
-  const changed = await cli('endpoint', 'labels', String(client.id), '-a', 'k8s:tier=front', '-d', 'run');
+  t.match(missing.err, /no endpoint is named "99999"/);
+  t.match((await cli('endpoint', 'labels', String(client.id))).out, /^LABELS\napi:app=client\napi:run=/);
+  const changed = await cli('endpoint', 'labels', String(client.id), '-a', 'tier=front', '-d', 'run');
   t.equal(changed.code, 0, changed.err);
-  t.match(changed.out, /k8s:tier=front/);
+  t.match(changed.out, /api:tier=front/);
   const after = await agent.client.getEndpoint(`cli-client-${run}`, 'eth0');
-  t.same(after.labels, { 'k8s:app': 'client', 'k8s:tier': 'front' });
+  t.same(after.labels, { 'api:app': 'client', 'api:tier': 'front' });
   t.not(after.identity, client.identity, 'new labels, new identity');
   client = after;
   const bad = await cli('endpoint', 'labels', String(client.id), '-d', 'nope');
@@ -128,7 +128,7 @@ t.test('policy endpoint and policy audit name the endpoint as endpoint get does'
 t.test('identity get', async (t) => {
   const r = await cli('identity', 'get', String(client.identity));
   t.equal(r.code, 0, r.err);
-  t.match(r.out, new RegExp(`^ID +LABELS\\n${client.identity} +k8s:app=client\\n +k8s:tier=front\\n$`));
+  t.match(r.out, new RegExp(`^ID +LABELS\\n${client.identity} +api:app=client\\n +api:tier=front\\n$`));
   t.match((await cli('identity', 'get', '2')).out, /2 +reserved:world/);
   t.equal(JSON.parse((await cli('identity', 'get', String(server.identity), '-o', 'json')).out).id, server.identity);
   const none = await cli('identity', 'get', '77777');
@@ -178,7 +178,7 @@ spec:
   const entries = await cli('bpf', 'policy', 'get', String(server.id));
   t.equal(entries.code, 0, entries.err);
   t.match(entries.out, /^POLICY +DIRECTION +IDENTITY +LABELS \(source:key\[=value\]\) +PORT\/PROTO +PROXY PORT +BYTES +PACKETS +RULE\n/);
-  t.match(entries.out, new RegExp(`Allow +Ingress +${client.identity} +k8s:app=client,k8s:tier=front +${PORT}/TCP +- +\\d+ +\\d+ +0x[0-9a-f]+`));
+  t.match(entries.out, new RegExp(`Allow +Ingress +${client.identity} +api:app=client,api:tier=front +${PORT}/TCP +- +\\d+ +\\d+ +0x[0-9a-f]+`));
   t.equal((await cli('bpf', 'policy', 'get', String(client.id), '--no-headers')).out, '', 'the client is selected by no policy: no entries');
   t.match((await cli('bpf', 'policy', 'get', '--all')).out, new RegExp(`\\n${server.id} +Allow +Ingress`));
   t.match((await cli('bpf', 'policy', 'get')).err, /name an endpoint id, or pass --all/);

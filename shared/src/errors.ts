@@ -59,6 +59,8 @@ export const ERROR_KINDS = {
   not_found: { class: 'not_found', http: 404, cni: CniCode.AGENT_INTERNAL },
   // conflict: the request clashes with what exists
   endpoint_exists: { class: 'conflict', http: 409, cni: CniCode.INVALID_ENV },
+  /** A name given for an endpoint (a container id prefix, a name) fits several: details.candidates lists them. */
+  endpoint_ambiguous: { class: 'conflict', http: 409, cni: CniCode.INVALID_ENV },
   network_exists: { class: 'conflict', http: 409, cni: CniCode.INVALID_CONFIG },
   network_in_use: { class: 'conflict', http: 409, cni: CniCode.TRY_AGAIN_LATER },
   address_in_use: { class: 'conflict', http: 409, cni: CniCode.TRY_AGAIN_LATER, docker: 'pick another --ip' },

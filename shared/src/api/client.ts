@@ -73,9 +73,20 @@ export class AgentClient {
   status(): Promise<AgentStatus> { return this.request('GET', '/v1/status'); }
 
   createEndpoint(req: EndpointRequest): Promise<Endpoint> { return this.request('POST', '/v1/endpoints', req); }
-  async listEndpoints(filter: { containerId?: string } = {}): Promise<Endpoint[]> {
-    const q = filter.containerId ? `?containerId=${encodeURIComponent(filter.containerId)}` : '';
-    return (await this.request<{ items: Endpoint[] }>('GET', `/v1/endpoints${q}`)).items;
+  /** All endpoints, those of a container id, or every endpoint a user-facing name fits (`ref`). */
+  async listEndpoints(filter: { containerId?: string; ref?: string; ifName?: string } = {}): Promise<Endpoint[]> {
+    const q = new URLSearchParams();
+    if (filter.ref) q.set('ref', filter.ref);
+    else if (filter.containerId) q.set('containerId', filter.containerId);
+    if (filter.ifName) q.set('ifName', filter.ifName);
+    const qs = q.toString();
+    return (await this.request<{ items: Endpoint[] }>('GET', `/v1/endpoints${qs ? `?${qs}` : ''}`)).items;
+  }
+  /** One endpoint by any name a user sees (endpoint id, container id or prefix, container name, Docker
+   *  endpoint id, namespace/pod): endpoint_not_found, or endpoint_ambiguous listing the candidates. */
+  findEndpoint(ref: string, ifName?: string): Promise<Endpoint> {
+    const q = new URLSearchParams({ ref, ...(ifName ? { ifName } : {}) });
+    return this.request('GET', `/v1/endpoints/find?${q}`);
   }
   getEndpoint(containerId: string, ifName: string): Promise<Endpoint> {
     return this.request('GET', endpointPath(containerId, ifName));

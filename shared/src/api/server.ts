@@ -7,6 +7,7 @@ import type { AgentStatus, ApiErrorBody } from '../types.ts';
 import type { Logger } from '../log.ts';
 import { kindInfo, MembraneError } from '../errors.ts';
 import { listenUnix } from '../io/unix-socket.ts';
+import { describeCandidate, findEndpoint, matchEndpoints } from '../endpoint/lookup.ts';
 import { EndpointRequestSchema, LabelsSchema, NetworkSpecSchema, describeZodError, zodField } from './schemas.ts';
 
 export interface ApiDeps {
@@ -36,7 +37,24 @@ export function createApp(d: ApiDeps): express.Express {
   });
   app.get('/v1/endpoints', (req, res) => {
     const containerId = typeof req.query.containerId === 'string' ? req.query.containerId : undefined;
+    // ref: any name a user sees (endpoint/lookup.ts); every endpoint it fits.
+    if (typeof req.query.ref === 'string') {
+      res.json({ items: matchEndpoints(d.core.endpoints.list(), req.query.ref, typeof req.query.ifName === 'string' ? req.query.ifName : undefined) });
+      return;
+    }
     res.json({ items: d.core.endpoints.list({ containerId }) });
+  });
+  /** One endpoint by any name a user sees: 404 when none fits, 409 listing the candidates when several do. */
+  app.get('/v1/endpoints/find', (req, res) => {
+    const ref = typeof req.query.ref === 'string' ? req.query.ref : '';
+    if (!ref) throw new MembraneError('bad_request', 'ref is required: an endpoint id, container id (or prefix), container name, Docker endpoint id or namespace/pod', { field: 'ref' });
+    const ifName = typeof req.query.ifName === 'string' && req.query.ifName ? req.query.ifName : undefined;
+    const r = findEndpoint(d.core.endpoints.list(), ref, ifName);
+    if (r.kind === 'found') { res.json(r.endpoint); return; }
+    const what = `"${ref}"${ifName ? ` (interface ${ifName})` : ''}`;
+    if (r.kind === 'none') throw new MembraneError('endpoint_not_found', `no endpoint is named ${what}: give an endpoint id, a container id or a unique prefix of one, a container name, a Docker endpoint id or namespace/pod`);
+    throw new MembraneError('endpoint_ambiguous', `${what} fits ${r.candidates.length} endpoints; name one by its id:\n${r.candidates.map((e) => `  ${describeCandidate(e)}`).join('\n')}`,
+      { details: { candidates: r.candidates.map((e) => ({ id: e.id, containerId: e.containerId, ifName: e.ifName, network: e.network, ...(e.docker ? { docker: e.docker } : {}) })) } });
   });
   app.get('/v1/endpoints/:containerId/:ifName', (req, res) => {
     const { containerId, ifName } = req.params as { containerId: string; ifName: string };

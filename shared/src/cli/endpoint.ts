@@ -1,7 +1,7 @@
 // `membrane endpoint list|get|labels`, as cilium-dbg names them. An endpoint is named by its numeric
 // id (as flows and cilium-dbg show it) or by container id and interface.
 import type { Command } from 'commander';
-import { AgentApiError, type AgentClient } from '../api/client.ts';
+import type { AgentClient } from '../api/client.ts';
 import { parseLabelArgs } from '../identity/labels.ts';
 import type { Endpoint } from '../types.ts';
 import type { CliContext } from './context.ts';
@@ -28,25 +28,21 @@ function containerText(e: Endpoint, short = true): string {
 }
 
 /** How every verb that names one endpoint describes the argument findEndpoint takes. */
-export const ENDPOINT_REF_HELP = 'endpoint id, container id (container-id:ID to be explicit), or Docker endpoint id';
+export const ENDPOINT_REF_HELP = 'endpoint id, container id or a unique prefix (container-id:ID to be explicit), container name, Docker endpoint id, namespace/pod';
 
-/** "12" (an endpoint id), "container-id:ID", a container id or a Docker endpoint id, with an optional
- *  interface. A Docker container's endpoint is found by the container id when it has just one. */
-export async function findEndpoint(c: AgentClient, ref: string, ifName?: string): Promise<Endpoint> {
-  if (/^\d+$/.test(ref) && !ifName) {
-    const byId = (await c.listEndpoints()).find((e) => e.id === Number(ref));
-    if (byId) return byId;
-  }
-  const id = ref.replace(/^container-id:/, '');
-  try {
-    return await c.getEndpoint(id, ifName ?? 'eth0');
-  } catch (err) {
-    if (!(err instanceof AgentApiError && err.code === 'endpoint_not_found')) throw err;
-    const docker = (await c.listEndpoints({ containerId: id })).filter((e) => e.docker && (!ifName || e.ifName === ifName));
-    if (docker.length === 1) return docker[0];
-    if (docker.length > 1) throw new Error(`container ${id} has ${docker.length} endpoints: name one by its endpoint id (${docker.map((e) => e.id).join(', ')})`);
-    throw err;
-  }
+/** An endpoint by any name a user sees: its id, a container id or a unique prefix of one, a container
+ *  name, a Docker endpoint id, namespace/pod (shared/src/endpoint/lookup.ts); the agent says which
+ *  endpoints an ambiguous name fits. */
+export function findEndpoint(c: AgentClient, ref: string, ifName?: string): Promise<Endpoint> {
+  return c.findEndpoint(ref, ifName);
+}
+
+/** ready, unhealthy (restore could not bring it back), labels-pending (down until its runtime tells
+ *  its labels) or init (the runtime did not answer in time: up, closed while any policy exists). */
+function statusText(e: Endpoint): string {
+  if (e.health) return 'unhealthy';
+  if (e.labelsPending) return e.labelsPending.expired ? 'init' : 'labels-pending';
+  return 'ready';
 }
 
 function labelRows(labels: Record<string, string>): string[][] {
@@ -57,16 +53,16 @@ export function registerEndpointCommands(program: Command, ctx: CliContext): voi
   const endpoint = program.command('endpoint').description('endpoints on this node');
 
   endpoint.command('list').description('list endpoints').addOption(outputOption()).option('--no-headers', 'table without the header line')
-    .option('--container <id>', "only this container's endpoints (CNI or Docker container id)")
+    .option('--container <name>', 'only this container: id or prefix, name, Docker endpoint id, namespace/pod')
     .action(async (o: { output: string; container?: string; headers: boolean }) => {
-      const items = await ctx.client().listEndpoints({ containerId: o.container });
+      const items = await ctx.client().listEndpoints(o.container ? { ref: o.container } : {});
       printTable(o.output, items, ['ID', 'CONTAINER', 'IFACE', 'NETWORK', 'IDENTITY', 'IPV4', 'IPV6', 'HOST IFACE', 'STATUS', 'LABELS'],
         items.map((e) => [String(e.id), containerText(e), e.ifName, e.network, String(e.identity), ipOf(e, 4), ipOf(e, 6), e.hostIfName,
-          e.health ? 'unhealthy' : 'ready', labelsText(e.labels)]), o.headers);
+          statusText(e), labelsText(e.labels)]), o.headers);
     });
 
-  endpoint.command('get').description('show one endpoint: by id, or by container id and interface')
-    .argument('<endpoint>', ENDPOINT_REF_HELP).argument('[ifName]', 'interface (default eth0)')
+  endpoint.command('get').description('show one endpoint: by id, container id (or a unique prefix), container name, Docker endpoint id or namespace/pod')
+    .argument('<endpoint>', ENDPOINT_REF_HELP).argument('[ifName]', 'interface, when the container has several')
     .addOption(outputOption())
     .action(async (ref: string, ifName: string | undefined, o: { output: string }) => {
       const c = ctx.client();
@@ -86,8 +82,8 @@ export function registerEndpointCommands(program: Command, ctx: CliContext): voi
       ]));
     });
 
-  endpoint.command('labels').description("show an endpoint's labels, or change them (-a k=v, -d k): its identity follows")
-    .argument('<endpoint>', ENDPOINT_REF_HELP).argument('[ifName]', 'interface (default eth0)')
+  endpoint.command('labels').description("show an endpoint's labels, or change the api: ones (-a k=v, -d k): its identity follows")
+    .argument('<endpoint>', ENDPOINT_REF_HELP).argument('[ifName]', 'interface, when the container has several')
     .option('-a, --add <k=v>', 'add or replace a label (repeatable)', (v: string, p: string[] = []) => [...p, v])
     .option('-d, --delete <k>', 'remove a label (repeatable)', (v: string, p: string[] = []) => [...p, v])
     .addOption(outputOption()).option('--no-headers', 'table without the header line')
@@ -95,10 +91,12 @@ export function registerEndpointCommands(program: Command, ctx: CliContext): voi
       const c = ctx.client();
       let e = await findEndpoint(c, ref, ifName);
       if (o.add?.length || o.delete?.length) {
-        const labels = { ...e.labels };
+        // Only the callers' labels (api:, cni:) can change here; the runtime's (k8s:, container:) stay.
+        const labels = Object.fromEntries(Object.entries(e.labels).filter(([k]) => /^(api|cni):/.test(k)));
         for (const k of o.delete ?? []) {
-          if (!(k in labels)) throw new Error(`endpoint ${e.id} has no label "${k}" (labels: ${labelsText(e.labels)})`);
-          delete labels[k];
+          const key = [k, `api:${k}`, `cni:${k}`].find((x) => x in labels);
+          if (!key) throw new Error(`endpoint ${e.id} has no label "${k}" that can be removed (labels: ${labelsText(e.labels)}; k8s: and container: labels come from the runtime)`);
+          delete labels[key];
         }
         Object.assign(labels, parseLabelArgs(o.add ?? []));
         e = await c.request<Endpoint>('PUT', `/v1/endpoints/${encodeURIComponent(attachmentOf(e))}/${encodeURIComponent(e.ifName)}/labels`, { labels });
@@ -106,5 +104,14 @@ export function registerEndpointCommands(program: Command, ctx: CliContext): voi
       if (o.output !== 'table') return print(render(o.output, e.labels, () => ''));
       print(table(['LABELS'], labelRows(e.labels), o.headers));
       if (o.add?.length || o.delete?.length) print(`identity ${e.identity}\n`);
+    });
+
+  endpoint.command('delete').description('remove an endpoint and everything it holds (what a runtime that never sent DEL left)')
+    .argument('<endpoint>', 'endpoint id, container id or prefix, container name, Docker endpoint id, namespace/pod').argument('[ifName]', 'interface, when the container has several')
+    .action(async (ref: string, ifName: string | undefined) => {
+      const c = ctx.client();
+      const e = await findEndpoint(c, ref, ifName);
+      const r = await c.deleteEndpoint(attachmentOf(e), e.ifName);
+      print(`endpoint ${e.id} (${containerText(e, false)}, ${e.ifName}) ${r.deleted ? 'deleted' : 'was already gone'}\n`);
     });
 }

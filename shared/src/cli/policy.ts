@@ -171,7 +171,7 @@ export function registerPolicyCommands(program: Command, ctx: CliContext): void 
 
   // The endpoint is named as `membrane endpoint get` names it (numeric id, container id, Docker ids).
   policy.command('endpoint').description('identity, enforcement and the policies selecting an endpoint')
-    .argument('<endpoint>', ENDPOINT_REF_HELP).argument('[ifName]', 'interface (default eth0)').addOption(output())
+    .argument('<endpoint>', ENDPOINT_REF_HELP).argument('[ifName]', 'interface, when the container has several').addOption(output())
     .action(async (ref: string, ifName: string | undefined, o: { output: OutputFormat }) => {
       const e = await findEndpoint(client(), ref, ifName);
       if (o.output !== 'table') return print(render(o.output, await pc().endpoint(attachmentOf(e), e.ifName), () => ''));
@@ -181,7 +181,7 @@ export function registerPolicyCommands(program: Command, ctx: CliContext): void 
     });
 
   policy.command('audit').description("set an endpoint's audit mode (would-be drops are reported, traffic passes)")
-    .argument('<endpoint>', ENDPOINT_REF_HELP).argument('[ifName]', 'interface (default eth0)')
+    .argument('<endpoint>', ENDPOINT_REF_HELP).argument('[ifName]', 'interface, when the container has several')
     .addOption(new Option('--mode <mode>', 'on, off, or default (back to the endpoint metadata)').choices(['on', 'off', 'default']).makeOptionMandatory())
     .action(async (ref: string, ifName: string | undefined, o: { mode: 'on' | 'off' | 'default' }) => {
       const e = await findEndpoint(client(), ref, ifName);
