@@ -40,7 +40,7 @@ t.test('the bash completion script completes the real command tree', async (t) =
   const complete = (...words: string[]) => execFileSync('bash', ['-c',
     `${script}\nCOMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=${words.length - 1}; _membrane; echo "\${COMPREPLY[*]}"`]).toString().trim();
   t.match(complete('membrane', ''), /^status version endpoint identity network ipam policy bpf observe node completion /);
-  t.equal(complete('membrane', 'endpoint', ''), 'list get labels --help');
+  t.equal(complete('membrane', 'endpoint', ''), 'list get labels delete --help');
   t.equal(complete('membrane', '--socket', '/tmp/x', 'identity', 'g'), 'get', 'an option value is not taken for a verb');
   t.equal(complete('membrane', 'status', '-o', ''), 'json yaml table');
   t.equal(complete('membrane', 'observe', '-o', 'j'), 'json jsonpb');
