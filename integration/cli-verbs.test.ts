@@ -113,7 +113,7 @@ t.test('policy endpoint and policy audit name the endpoint as endpoint get does'
   const view = await cli('policy', 'endpoint', String(server.id));
   t.equal(view.code, 0, view.err);
   t.match(view.out, new RegExp(`^Identity: +${server.identity} \\(`, 'm'), 'by numeric id');
-  t.match(view.out, /^Selected by: +-$/m);
+  t.match(view.out, /^Selected by: +- \(no policy selects it: allow all\)$/m);
   t.equal((await cli('policy', 'endpoint', `cli-server-${run}`, 'eth0')).out, view.out, 'by container id and interface, the same view');
   const on = await cli('policy', 'audit', String(server.id), '--mode', 'on');
   t.equal(on.code, 0, on.err);
@@ -122,7 +122,7 @@ t.test('policy endpoint and policy audit name the endpoint as endpoint get does'
   t.equal((await cli('policy', 'audit', String(server.id), '--mode', 'default')).out, `endpoint ${server.id} (cli-server-${run}/eth0): audit off\n`);
   const missing = await cli('policy', 'audit', '99999', '--mode', 'on');
   t.equal(missing.code, 1);
-  t.match(missing.err, /endpoint 99999\/eth0 does not exist/);
+  t.match(missing.err, /no endpoint is named "99999"/);
 });
 
 t.test('identity get', async (t) => {
