@@ -23,15 +23,20 @@ t.test('API and CLI', async (t) => {
   const socket = path.join(dir, 'api.sock');
   const engine = await PolicyEngine.open({ store: new MemoryStore(), ops: new MemoryPolicyOps(100000, 10000, [101, 102]), hostAddresses: () => [] });
   await engine.start();
+  const endpoints: Endpoint[] = [];
   for (const [id, labels] of [[1, { app: 'web' }], [2, { app: 'client' }]] as const) {
     const identity = await engine.identityFor(labels);
-    await engine.endpointAttached({
+    const ep = {
       id, containerId: `c${id}`, ifName: 'eth0', hostIfIndex: 100 + id, identity, labels, metadata: {},
       ips: [{ address: `10.9.0.${id}/32`, gateway: '10.9.0.254', family: 4, subnet: '10.9.0.0/24' }],
-    } as unknown as Endpoint);
+    } as unknown as Endpoint;
+    endpoints.push(ep);
+    await engine.endpointAttached(ep);
   }
+  // The CLI finds endpoints by name through the endpoint list before it asks the policy view.
+  const core = { endpoints: { list: () => endpoints, get: (cid: string, ifName: string) => endpoints.find((e) => e.containerId === cid && e.ifName === ifName) } } as unknown as Core;
   const app = createApp({
-    core: {} as Core, log: createLogger({ level: 'silent' }), version: 'test', check: () => [], status: () => ({}) as never,
+    core, log: createLogger({ level: 'silent' }), version: 'test', check: () => [], status: () => ({}) as never,
     routers: [
       { path: '/v1/policy', router: policyRouter(engine, { auditMode: () => false, drops: () => ({}) }) },
       { path: '/v1/identities', router: identityRouter(engine) },
