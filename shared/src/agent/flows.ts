@@ -38,7 +38,7 @@ export interface FlowsDeps {
   cfg: Pick<AgentConfig, 'nodeName' | 'observerSocket' | 'observerAddress' | 'observerTls' | 'metricsAddress' | 'flowBufferSize' | 'flowEvents'>;
   log: Logger;
   datapath: Pick<Datapath, 'pinDir' | 'mapPressure' | 'dropCounters' | 'globalConfig'>;
-  endpoints: Pick<EndpointManager, 'list' | 'addHooks'>;
+  endpoints: Pick<EndpointManager, 'list' | 'addHooks' | 'goneRemoved'>;
   /** Names the policy rule behind a verdict. */
   rules: PolicyLookup;
   /** Labels behind a peer's numeric identity. */
@@ -140,6 +140,7 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
       metrics = createAgentMetrics({
         stats: collector.stats,
         endpoints: () => d.endpoints.list().length,
+        endpointsGone: () => d.endpoints.goneRemoved,
         mapPressure: cachedMapPressure(d.datapath),
         drops: () => {
           try {

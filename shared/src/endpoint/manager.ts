@@ -14,6 +14,7 @@ import { EndpointError } from './errors.ts';
 import { attachmentId, endpointKey, hostVethName, ipamOwner, withDockerRef } from './naming.ts';
 import { createVeth, ensureContainerSide, ensureHostSide, inspectContainerSide } from './plumbing.ts';
 import { KeyedLock } from './lock.ts';
+import { netnsGone } from './gone.ts';
 import { Reaper } from './reaper.ts';
 import { RESERVED } from '../identity/reserved.ts';
 import type { LabelResolver, LabelSink, RuntimeLabels } from '../labels/resolver.ts';
@@ -65,6 +66,8 @@ export class EndpointManager {
 
   /** Removes deleted endpoints' interfaces and flows after their DEL answered (reaper.ts). */
   private readonly reaper: Reaper;
+  /** Endpoints removed because their netns was gone (a runtime that never sent DEL): a metric. */
+  goneRemoved = 0;
 
   constructor(private readonly d: EndpointManagerDeps) {
     d.labels?.bind(this.labelSink);
@@ -389,8 +392,7 @@ export class EndpointManager {
       if (ep.netns) {
         try { ns = openNetns(ep.netns); } catch (e) {
           if (!(e instanceof NetnsError && e.code === 'netns_not_found')) throw e;
-          this.d.log?.info({ endpoint: keyOf(ep) }, 'netns is gone: dropping endpoint');
-          await this.teardown(ep);
+          await this.removeGone(ep);
           return 'dropped';
         }
         const why = forbiddenNetnsReason(ns);
@@ -463,7 +465,30 @@ export class EndpointManager {
     return released;
   }
 
-  /** Periodic upkeep: unhealthy endpoints are tried again, orphaned addresses released. */
+  /** Endpoints whose netns no longer exists (`ctr run -d --cni` never sends DEL; a runtime that
+   *  crashed): removed with everything they hold, as a DEL would. Returns how many. */
+  async collectGone(): Promise<number> {
+    let removed = 0;
+    for (const ep of [...this.byKey.values()]) {
+      if (!ep.netns || !netnsGone(ep.netns)) continue;
+      const key = keyOf(ep);
+      await this.lock.run(key, async () => {
+        const now = this.byKey.get(key);
+        if (!now?.netns || !netnsGone(now.netns)) return; // deleted or re-created meanwhile
+        await this.removeGone(now);
+        removed++;
+      }).catch((err) => this.d.log?.warn({ err, endpoint: key }, 'cannot remove the endpoint of a gone netns yet'));
+    }
+    return removed;
+  }
+
+  private async removeGone(ep: Endpoint): Promise<void> {
+    this.d.log?.info({ endpoint: keyOf(ep), id: ep.id, netns: ep.netns }, 'netns is gone: endpoint removed');
+    await this.teardown(ep);
+    this.goneRemoved++;
+  }
+
+  /** Periodic upkeep: unhealthy endpoints are tried again, endpoints of gone netns removed, orphaned addresses released. */
   startUpkeep(intervalMs = 30_000): () => void {
     let running = false;
     const timer = setInterval(() => {
@@ -475,6 +500,7 @@ export class EndpointManager {
           if (ep) await this.restoreIsolated(ep);
           else this.unhealthy.delete(key);
         }
+        await this.collectGone();
         await this.releaseOrphans();
       })().catch((err) => this.d.log?.warn({ err }, 'endpoint upkeep failed')).finally(() => { running = false; });
     }, intervalMs);

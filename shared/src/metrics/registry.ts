@@ -6,6 +6,8 @@ import type { FlowStats } from './flow-stats.ts';
 export interface MetricsSources {
   stats: FlowStats;
   endpoints(): number;
+  /** Endpoints removed because their netns was gone (the runtime never sent DEL). */
+  endpointsGone?(): number;
   /** entries / max per BPF map (cached by the caller: walking conntrack is not free). */
   mapPressure(): Record<string, { entries: number; max: number }>;
   /** Datapath drop counters by reason name (drop_counters map), when readable. */
@@ -71,6 +73,10 @@ export function createAgentMetrics(src: MetricsSources, opts: { defaultMetrics?:
   new Gauge({
     name: 'membrane_endpoints', help: 'Endpoints managed by this agent', registers,
     collect() { this.set(src.endpoints()); },
+  });
+  new Counter({
+    name: 'membrane_endpoints_gone_total', help: 'Endpoints removed because their network namespace was gone (the runtime never sent DEL)', registers,
+    collect() { this.reset(); this.inc(src.endpointsGone?.() ?? 0); },
   });
   const create = new Histogram({
     name: 'membrane_endpoint_create_duration_seconds', help: 'Time to create an endpoint (veth, addresses, routes, BPF attach, state)',
