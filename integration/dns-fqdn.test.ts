@@ -296,6 +296,12 @@ t.test('a name the DNS rule does not allow: REFUSED, a DROPPED flow naming the p
   const answer = flows.find((f) => f.l7?.type === 'RESPONSE' && f.l7.dns?.query === 'api.test.internal.')!;
   t.match(answer.l7?.dns, { ips: [W.api], rcode: 0, qtypes: ['A'] }, 'the answer as an L7 DNS flow');
   t.equal(answer.verdict, 'FORWARDED');
+  const cliFlows = await cli(['observe', '--type', 'l7', '--last', '1000', '-o', 'json']);
+  const dnsLines = cliFlows.out.split('\n').filter(Boolean).map((l) => { const j = JSON.parse(l); return j.flow ?? j; }).filter((f) => f?.l7?.dns);
+  t.ok(dnsLines.some((f) => f.l7.dns.query === 'evil.example.' && f.verdict === 'DROPPED'), `membrane observe --type l7 shows the refused query (${cliFlows.err})`);
+  t.ok(dnsLines.some((f) => f.l7.type === 'RESPONSE' && f.l7.dns.ips?.includes(W.api)), 'and answers with their addresses');
+  const cliText = await cli(['observe', '--type', 'l7', '--last', '1000']);
+  t.match(cliText.out, /DNS Query evil\.example\. A/, 'the text form names the query');
   const metrics = await fetch(`http://${(await agent.client.status()).metrics.address}/metrics`).then((x) => x.text());
   t.match(metrics, /membrane_dns_queries_total\{verdict="refused"\} [1-9]/, 'queries by verdict');
   t.match(metrics, /membrane_fqdn_cache_names [1-9]/, 'cache size');
