@@ -3,7 +3,8 @@
 // private dockerd (the agent hosts the plugin). Each run: a new container pings a peer container of its
 // network in a loop and prints a marker on the first reply; we time spawn -> marker ("first ping") and
 // spawn -> exit ("total", includes --rm teardown). Also the plugin's own CreateEndpoint/Join/
-// DeleteEndpoint handling time, from the agent's debug log. Prints a markdown table.
+// DeleteEndpoint handling time, and how long endpoints were held down waiting for their labels (what
+// labels-before-the-first-packet adds), from the agent's debug log. Prints a markdown table.
 import fs from 'node:fs';
 import { spawn } from 'node:child_process';
 import { startDockerd, type Dockerd } from '../../integration/lib/dockerd.ts';
@@ -46,6 +47,20 @@ function pluginCallTimes(logFile: string, fromByte: number): Map<string, number[
     try {
       const j = JSON.parse(line) as { call?: string; ms?: number; msg?: string };
       if (j.msg === 'plugin call' && j.call && typeof j.ms === 'number') out.set(j.call, [...(out.get(j.call) ?? []), j.ms]);
+    } catch { /* not JSON */ }
+  }
+  return out;
+}
+
+/** How long membrane endpoints were held down waiting for their labels from the Docker API (debug
+ *  "labels arrived: link up" lines): what labels-before-the-first-packet adds to a `docker run`. */
+function labelHoldTimes(logFile: string, fromByte: number): number[] {
+  const out: number[] = [];
+  for (const line of fs.readFileSync(logFile, 'utf8').slice(fromByte).split('\n')) {
+    if (!line.includes('"labels arrived: link up"')) continue;
+    try {
+      const j = JSON.parse(line) as { heldMs?: number };
+      if (typeof j.heldMs === 'number') out.push(j.heldMs);
     } catch { /* not JSON */ }
   }
   return out;
@@ -97,6 +112,8 @@ async function main(): Promise<void> {
     const callRows = ['NetworkDriver.CreateEndpoint', 'NetworkDriver.Join', 'NetworkDriver.Leave', 'NetworkDriver.DeleteEndpoint']
       .filter((c) => calls.get(c)?.length)
       .map((c) => [c, median(calls.get(c)!).toFixed(1), percentile(calls.get(c)!, 0.9).toFixed(1), String(calls.get(c)!.length)]);
+    const held = labelHoldTimes(pa.agent.logFile, logStart);
+    if (held.length) callRows.push(['link held down from CreateEndpoint until the Docker API told the labels (upper bound of what it adds)', median(held).toFixed(1), percentile(held, 0.9).toFixed(1), String(held.length)]);
     const callTable = markdownTable(['plugin call (handled in the agent)', 'median ms', 'p90 ms', 'n'], callRows);
     process.stdout.write(`\n${table}\n\n${callTable}\n`);
   } finally {

@@ -30,7 +30,7 @@ export interface EndpointManagerDeps {
   /** Where labels come from (callers, the pod namespace, container runtimes: labels/resolver.ts);
    *  none: the request's labels as given (unit tests). */
   labels?: LabelResolver;
-  log?: { info(o: object, msg: string): void; warn(o: object, msg: string): void; error(o: object, msg: string): void };
+  log?: { info(o: object, msg: string): void; warn(o: object, msg: string): void; error(o: object, msg: string): void; debug?(o: object, msg: string): void };
   /** Deleted endpoints' interfaces and flows are removed this long after their DEL (default 0). */
   reapDelayMs?: number;
 }
@@ -170,6 +170,8 @@ export class EndpointManager {
     if (ep.labelsPending) {
       this.d.labels?.settled(attachmentId(next), next.ifName);
       this.bringUp(next);
+      // What waiting for the runtime added to the container's start (bench:docker reports it).
+      this.d.log?.debug?.({ endpoint: keyOf(next), source: ep.labelsPending.source, heldMs: Date.now() - Date.parse(ep.labelsPending.since) }, 'labels arrived: link up');
     }
     return next;
   }
