@@ -100,6 +100,11 @@ t.test('labels pending: neither sending nor reachable, then open once the Docker
   t.ok(linkUp(after.hostIfName), 'its link is up');
   t.ok(await e.pingEventually(held, s.gateway, 5000), 'it sends');
   t.ok(await e.pingEventually(held, peerIp, 5000), 'and talks to its peer');
+  // Docker's own IPAM handed both addresses out; `membrane ipam list` still counts them in the network's pool.
+  const heldIp = (await e.addressOf(held, net)).ip;
+  const pool = (await e.agent.client.ipam()).find((p) => p.subnets.some((x) => x.cidr === s.cidr));
+  t.equal(pool?.subnets.find((x) => x.cidr === s.cidr)?.allocated, 2, `ipam list: USED 2 in ${s.cidr} (Docker-IPAM addresses counted)`);
+  t.same(pool?.allocations.map((a) => a.ip).sort(), [peerIp, heldIp].sort(), 'and lists them');
 
   // Every name a Docker user sees finds it.
   const cid = (await e.docker(['inspect', '-f', '{{.Id}}', held])).trim();
