@@ -14,12 +14,12 @@ export interface Dnsmasq {
   stop(): void;
 }
 
-export async function startDnsmasq(ns: TestNetns, dir: string, listen: string, opts: { hosts: [string, string][]; ttl: number; cnames?: [string, string][] }): Promise<Dnsmasq> {
+export async function startDnsmasq(ns: TestNetns, dir: string, listen: string, opts: { hosts: [string, string][]; ttl: number; cnames?: [string, string][]; port?: number }): Promise<Dnsmasq> {
   const hostsFile = path.join(dir, 'hosts');
   const write = (hosts: [string, string][]) => fs.writeFileSync(hostsFile, hosts.map(([ip, name]) => `${ip} ${name}\n`).join(''));
   write(opts.hosts);
   const child = spawn('nsenter', [`--net=${ns.path}`, 'dnsmasq', '--keep-in-foreground', '--conf-file=/dev/null', '--no-resolv', '--no-hosts',
-    '--bind-interfaces', `--listen-address=${listen}`, '--port=53', `--addn-hosts=${hostsFile}`, `--local-ttl=${opts.ttl}`,
+    '--bind-interfaces', `--listen-address=${listen}`, `--port=${opts.port ?? 53}`, `--addn-hosts=${hostsFile}`, `--local-ttl=${opts.ttl}`,
     ...(opts.cnames ?? []).map(([alias, target]) => `--cname=${alias},${target}`), '--user=root', `--pid-file=${path.join(dir, 'dnsmasq.pid')}`, '--log-facility=-'],
   { stdio: ['ignore', 'pipe', 'pipe'] });
   let log = '';
