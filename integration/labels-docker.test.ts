@@ -105,6 +105,9 @@ t.test('labels pending: neither sending nor reachable, then open once the Docker
   const pool = (await e.agent.client.ipam()).find((p) => p.subnets.some((x) => x.cidr === s.cidr));
   t.equal(pool?.subnets.find((x) => x.cidr === s.cidr)?.allocated, 2, `ipam list: USED 2 in ${s.cidr} (Docker-IPAM addresses counted)`);
   t.same(pool?.allocations.map((a) => a.ip).sort(), [peerIp, heldIp].sort(), 'and lists them');
+  // `network list` names the network as Docker does (the agent's name is docker-<id prefix>).
+  t.ok(await eventually(async () => (await e.agent.client.listNetworks()).some((n) => n.dockerName === net), 10_000), 'the API knows the Docker name');
+  t.match(membraneCli(e, ['network', 'list']), new RegExp(`^docker-[0-9a-f]{12} \\(${net}\\) +${s.cidr.replace(/\./g, '\\.')}`, 'm'), `network list shows "${net}"`);
 
   // Every name a Docker user sees finds it.
   const cid = (await e.docker(['inspect', '-f', '{{.Id}}', held])).trim();

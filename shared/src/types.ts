@@ -95,6 +95,8 @@ export interface NetworkSpec {
 
 export interface Network {
   name: string;
+  /** A Docker network's own name (`docker network create NAME`), once the Docker API told it. */
+  dockerName?: string;
   subnets: { cidr: string; gateway: string; family: Family }[];
   mtu: number;
   options: Record<string, string>;

@@ -109,13 +109,15 @@ export class Agent {
       });
       closers.push({ name: 'policy', close: () => policy.close() });
       // Labels: callers', the pod namespace, and what the container runtimes (CRI, Docker) know.
-      const labels = labelResolver(cfg, log);
+      // Docker's network names by network id, for `membrane network list`.
+      const dockerNetworkNames = new Map<string, string>();
+      const labels = labelResolver(cfg, log, (id, name) => { dockerNetworkNames.set(id, name); });
       closers.push({ name: 'label resolver', close: () => labels.close() });
       const endpoints = new EndpointManager({ store, ipam, networks, datapath, host, identityFor: policy.identityFor, labels, log, reapDelayMs: cfg.endpointReapDelayMs });
       const conntrack = new ConntrackUpkeep({ datapath, log: log.child({ component: 'conntrack' }), intervalSeconds: cfg.conntrackGcIntervalSeconds });
       endpoints.addHooks(policy.hooks);
       if (cluster) endpoints.addHooks(cluster.endpointHooks());
-      const core: Core = { networks: networkService(networks, endpoints, host, cfg.hostDevice), endpoints, ipam: ipamService(ipam) };
+      const core: Core = { networks: networkService(networks, endpoints, host, cfg.hostDevice, (id) => dockerNetworkNames.get(id)), endpoints, ipam: ipamService(ipam) };
 
       log.info(await endpoints.restore(), 'endpoints restored');
       closers.push({ name: 'endpoint upkeep', close: endpoints.startUpkeep(cfg.endpointUpkeepIntervalSeconds * 1000) });

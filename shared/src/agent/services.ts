@@ -1,7 +1,7 @@
 // The Core the front doors drive, over the node's parts: networks come with their gateways on the host
 // device, a network with endpoints cannot go, IPAM is the persistent one.
 import type { IpamService, NetworkService } from '../core.ts';
-import type { NetworkSpec } from '../types.ts';
+import type { Network, NetworkSpec } from '../types.ts';
 import type { EndpointManager } from '../endpoint/manager.ts';
 import type { Ipam } from '../ipam/index.ts';
 import type { Netlink } from '../netlink/index.ts';
@@ -20,10 +20,17 @@ export async function ensureConfiguredNetwork(networks: Networks, spec: NetworkS
   }
 }
 
-export function networkService(networks: Networks, endpoints: EndpointManager, host: Netlink, hostDevice: string): NetworkService {
+/** `dockerName`: a Docker network's name by its id (from the Docker API), shown with the network. */
+export function networkService(networks: Networks, endpoints: EndpointManager, host: Netlink, hostDevice: string,
+  dockerName: (networkId: string) => string | undefined = () => undefined): NetworkService {
+  const named = (n: Network): Network => {
+    const id = n.options['docker.network-id'];
+    const name = id ? dockerName(id) : undefined;
+    return name ? { ...n, dockerName: name } : n;
+  };
   return {
-    get: (name) => networks.get(name),
-    list: () => networks.list(),
+    get: (name) => { const n = networks.get(name); return n && named(n); },
+    list: () => networks.list().map(named),
     async create(spec) {
       const n = await networks.create(spec);
       ensureGateways(host, hostDevice, n);

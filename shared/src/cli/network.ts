@@ -9,7 +9,7 @@ export function registerNetworkCommands(program: Command, ctx: CliContext): void
     .action(async (o: { output: string; headers: boolean }) => {
       const items = await ctx.client().listNetworks();
       print(render(o.output, items, () => table(['NAME', 'SUBNETS', 'GATEWAYS', 'MTU'],
-        items.map((n) => [n.name, n.subnets.map((s) => s.cidr).join(','), n.subnets.map((s) => s.gateway).join(','), String(n.mtu)]), o.headers)));
+        items.map((n) => [n.dockerName ? `${n.name} (${n.dockerName})` : n.name, n.subnets.map((s) => s.cidr).join(','), n.subnets.map((s) => s.gateway).join(','), String(n.mtu)]), o.headers)));
     });
 
   const ipam = program.command('ipam').description('address management');

@@ -96,6 +96,11 @@ export class DockerLabels implements RuntimeSource {
     await Promise.allSettled([...this.inflight.values()]);
   }
 
+  /** Follow Docker's networks (their names) now, before any endpoint asks for labels. */
+  followNetworks(): void {
+    void this.start();
+  }
+
   private start(): Promise<void> {
     this.starting ??= (async () => {
       const { default: Docker } = await import('dockerode');
