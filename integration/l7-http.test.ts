@@ -218,6 +218,24 @@ t.test('keep-alive: allowed and denied requests share one connection', async (t)
   t.match(b.got, /^HTTP\/1\.1 200 OK/, 'the same connection still works after a denial');
 });
 
+t.test("Connection: close leaves no TIME_WAIT in the node's stack (a new SYN on the same ports would stall 60 s there)", async (t) => {
+  t.teardown(reset);
+  await importL7(API());
+  // The side that closes first keeps TIME_WAIT. The proxy lets the client close first once it has
+  // read a response that says close (curl does at once), so the entry is the client's own. One in the
+  // node's stack would meet the next SYN on the same ports, which the datapath hands straight to the
+  // proxy's listener: the kernel drops it until TIME_WAIT ends.
+  const ports = [0, 1].map(() => 20000 + crypto.randomInt(0, 20000));
+  const ok = await curl(nsOf.good, url('web', 80, '/public/close'), ['--local-port', String(ports[0]), '-H', 'Connection: close']);
+  const no = await curl(nsOf.good, url('web', 80, '/private'), ['--local-port', String(ports[1]), '-H', 'Connection: close']);
+  t.same([ok.status, no.status, no.body], [200, 403, 'Access denied']);
+  await new Promise((r) => setTimeout(r, 300));
+  for (const port of ports) {
+    const tw = execFileSync('ss', ['-Htan', 'state', 'time-wait', 'src', `${ip4(eps.web)}:80`, 'dst', `${ip4(eps.good)}:${port}`], { encoding: 'utf8' });
+    t.equal(tw.trim(), '', `no TIME_WAIT for ${ip4(eps.good)}:${port} -> ${ip4(eps.web)}:80 in the node's stack`);
+  }
+});
+
 t.test('pipelining: responses in request order, 403s in their place', async (t) => {
   t.teardown(reset);
   await importL7(API());

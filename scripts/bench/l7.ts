@@ -220,9 +220,12 @@ async function main(): Promise<void> {
     if (errors.length) console.log(`\nwrk reported errors (socket errors or non-2xx) in: ${errors.join(', ')}`);
     console.log(`Load average at the end: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')} (numbers taken while other work runs are noisy).`);
   } finally {
+    // nginx's workers outlive a killed master: note them, ask politely, then make sure.
+    const workers = procs.flatMap((c) => (c.pid ? childrenOf(c.pid) : []));
     for (const c of procs) c.kill('SIGTERM');
-    await sleep(300);
-    for (const c of procs) if (c.exitCode === null) c.kill('SIGKILL');
+    for (let i = 0; i < 50 && procs.some((c) => c.exitCode === null && c.signalCode === null); i++) await sleep(100);
+    for (const c of procs) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    for (const pid of workers) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
     await agent.cleanup();
     client.remove();
     server.remove();

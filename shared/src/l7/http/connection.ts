@@ -11,6 +11,15 @@ import { normalizeTarget, type RequestView } from './rules.ts';
 import { deniedResponse, errorResponse, rewriteHead, type Decide, type Exchange, type ExchangeSink } from './exchange.ts';
 
 const MAX_PIPELINE = 128;
+/**
+ * After the last response of a connection (Connection: close), framed so the client knows it is
+ * complete, the proxy lets the client close first for this long. The side that closes first keeps
+ * the connection's TIME_WAIT, and on the proxy's side that entry is in the node's stack, where the
+ * datapath hands a new SYN with the same addresses and ports straight to the listener, past the
+ * TIME_WAIT check: the kernel drops it until TIME_WAIT ends (60 s). A client that reuses its port at
+ * once (wrk, busy clients) would stall. Clients close as soon as they have read such a response.
+ */
+const CLIENT_CLOSES_FIRST_MS = 1000;
 
 /** What rules see of a request; header names and values only when a rule asks (they cost strings). */
 class HeadView implements RequestView {
@@ -61,6 +70,8 @@ export class HttpProxyConnection {
   private readonly pending: Pending[] = [];
   private clientEnded = false;
   private closed = false;
+  /** Waiting for the client to close first (CLIENT_CLOSES_FIRST_MS). */
+  private lingering?: NodeJS.Timeout;
   private pausedForPipeline = false;
   private pausedForUpstream = false;
   private pausedForClient = false;
@@ -222,6 +233,7 @@ export class HttpProxyConnection {
 
   private onClientEnd(): void {
     this.clientEnded = true;
+    if (this.lingering) { this.stopLingering(); this.client.end(); }
     // Half-close: in a tunnel, or with responses still owed, the server gets the FIN and answers.
     if (this.rq === Rq.TUNNEL || this.pending.some((p) => !p.local)) this.upstream?.end();
     this.maybeFinish();
@@ -319,12 +331,13 @@ export class HttpProxyConnection {
 
   /** The response at the head of the queue is complete. */
   private responseDone(): void {
+    const delimitedByClose = this.rs === Rs.BODY_CLOSE;
     this.rs = Rs.HEAD;
     const idx = this.pending.findIndex((q) => !q.local);
     const [p] = this.pending.splice(idx, 1);
     this.o.sink.response(p.x);
     if (p.switching && this.rq === Rq.WAIT_SWITCH) this.resumeAfterRefusedSwitch();
-    if (p.closeAfter) this.finishAfterFlush();
+    if (p.closeAfter) this.finishAfterFlush(!delimitedByClose);
     this.flushLocals();
     this.unpausePipeline();
   }
@@ -358,7 +371,7 @@ export class HttpProxyConnection {
       p.x.status = Number(p.local!.toString('latin1', 9, 12));
       p.x.latencyNs = Math.round((performance.now() - p.x.startMs) * 1e6);
       this.o.sink.response(p.x);
-      if (p.closeAfter) { this.finishAfterFlush(); return; }
+      if (p.closeAfter) { this.finishAfterFlush(p.x.localReason === 'denied'); return; }
     }
     this.unpausePipeline();
     this.maybeFinish();
@@ -384,6 +397,7 @@ export class HttpProxyConnection {
     // Requests the server will never answer: the connection ends like the server's did.
     this.rq = Rq.CLOSED;
     this.pending.length = 0;
+    if (this.lingering) return; // the last response was complete: the client closes first
     this.finishAfterFlush();
   }
 
@@ -405,11 +419,22 @@ export class HttpProxyConnection {
     this.finishAfterFlush();
   }
 
-  private finishAfterFlush(): void {
+  /** Ends both sides once what is queued is written; `letClientClose`: the client can tell the last
+   *  response is complete, so it gets CLIENT_CLOSES_FIRST_MS to close first. */
+  private finishAfterFlush(letClientClose = false): void {
     if (this.closed) return;
     this.rq = Rq.CLOSED;
-    this.client.end();
     this.upstream?.end();
+    if (letClientClose && !this.clientEnded) {
+      this.lingering ??= setTimeout(() => { this.lingering = undefined; this.client.end(); }, CLIENT_CLOSES_FIRST_MS);
+      return;
+    }
+    this.stopLingering();
+    this.client.end();
+  }
+
+  private stopLingering(): void {
+    if (this.lingering) { clearTimeout(this.lingering); this.lingering = undefined; }
   }
 
   /** The client is gone and nothing is owed to it: close both sides. */
@@ -422,6 +447,7 @@ export class HttpProxyConnection {
   destroy(): void {
     if (this.closed) return;
     this.closed = true;
+    this.stopLingering();
     this.client.destroy();
     this.upstream?.destroy();
     this.o.onClose?.();
