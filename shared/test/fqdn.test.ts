@@ -125,7 +125,8 @@ spec:
 t.test('engine: a learned address is allowed by the toFQDNs rule before the answer is released', async (t) => {
   const ops = new MemoryPolicyOps();
   const fqdn = new FqdnState(0);
-  const engine = await PolicyEngine.open({ store: new MemoryStore(), ops, hostAddresses: () => ['192.0.2.1'], fqdn, proxyPorts: () => ({ http: 10001, dns: 10002 }) });
+  const store = new MemoryStore();
+  const engine = await PolicyEngine.open({ store, ops, hostAddresses: () => ['192.0.2.1'], fqdn, proxyPorts: () => ({ http: 10001, dns: 10002 }) });
   await engine.start();
   const labels = { app: 'client' };
   const ep = testEndpoint(1, labels, await engine.identityFor(labels), '10.0.0.2');
@@ -166,6 +167,12 @@ t.test('engine: a learned address is allowed by the toFQDNs rule before the answ
   t.ok(engine.identityList().some((i) => i.id === id && i.kind === 'fqdn'));
   const view = engine.endpointPolicy(ep.containerId, ep.ifName)!;
   t.ok(view.l7.some((l) => l.kind === 'dns' && l.dns?.some((d) => d.dns.matchPattern === '*.test.internal.')), 'endpoint get shows the DNS rules');
+
+  // What the increments built equals a full recompute: a restarted engine over the same maps and
+  // name cache finds nothing to change.
+  const restarted = await PolicyEngine.open({ store, ops, hostAddresses: () => ['192.0.2.1'], fqdn, proxyPorts: () => ({ http: 10001, dns: 10002 }) });
+  for (const e of [ep, dnsEp]) await restarted.endpointAttached(e);
+  t.same(await restarted.start(), { policyUpserts: 0, policyRemovals: 0, ipcacheUpserts: 0, ipcacheRemovals: 0, flagChanges: 0 }, 'incremental = from scratch');
 
   // Expiry removes the entry.
   const ex = fqdn.expire(Date.now() + 31_000, () => false);
