@@ -259,7 +259,7 @@ t.test('pins: one per map and program, removed by removePins', async (t) => {
   t.same(fs.readdirSync(pinDir).sort(), [
     'conntrack', 'ct_owned', 'ct_reclaimed', 'datapath_config', 'drop_counters', 'endpoint_counters', 'endpoints_cfg', 'event_bucket',
     'events', 'events_lost', 'fragments', 'ipcache', 'local_endpoints', 'overlay_config', 'policy', 'prog_from_container', 'prog_from_host_device',
-    'prog_from_tunnel', 'prog_to_container', 'prog_to_tunnel', 'proxy_config', 'tunnel_map',
+    'prog_from_tunnel', 'prog_to_container', 'prog_to_tunnel', 'proxy_config', 'proxy_udp_dst', 'tunnel_map',
   ]);
   t.throws(() => loadDatapath({ objectPath: path.join(root, 'dist/bpf/endpoint.o'), pinDir: '/tmp/mbt-not-bpffs' }), /not on a bpffs mount/);
   dp!.close();
