@@ -7,10 +7,11 @@ import path from 'node:path';
 
 const BUILTIN = new Set(builtinModules);
 
-/** Package names a CommonJS bundle requires that are not Node built-ins. */
+/** Package names a CommonJS bundle requires or imports on demand (`await import("x")`, which
+ *  esbuild keeps as written) that are not Node built-ins. */
 export function externalRequires(bundleText: string): string[] {
   const names = new Set<string>();
-  for (const m of bundleText.matchAll(/\brequire\("([^"./][^"]*)"\)/g)) {
+  for (const m of bundleText.matchAll(/\b(?:require|import)\("([^"./][^"]*)"\)/g)) {
     const spec = m[1];
     if (spec.startsWith('node:') || BUILTIN.has(spec) || BUILTIN.has(spec.split('/')[0])) continue;
     const parts = spec.split('/');
