@@ -44,7 +44,7 @@ t.test('Docker containers: HTTP rules on container traffic, L7 flows name the co
   const ip = (await e.addressOf(web, net)).ip;
   let last = '';
   t.ok(await eventually(async () => (last = await httpGet(e, client, ip, `/private.html`)).includes('the-secret'), 10_000), `no policy: everything is served (${last})`);
-  t.ok(await eventually(async () => (await e.agent.client.listEndpoints()).every((x) => x.labels.app), 10_000), 'labels learnt from Docker');
+  t.ok(await eventually(async () => (await e.agent.client.listEndpoints()).every((x) => x.labels['container:app']), 10_000), 'labels learnt from Docker');
 
   await pc.import(`apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy

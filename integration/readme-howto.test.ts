@@ -103,12 +103,12 @@ t.test('README how-to: containerd through CRI', async (t) => {
   const r = runBlock('cri', crictl, env, (s) => s.split('\n').slice(1).join('\n'));
   t.equal(r.code, 0, `the block runs to its end:\n${r.out}`);
   for (const [name, id] of Object.entries(pods)) t.match(r.out, new RegExp(`^\\d+\\s+${id.slice(0, 12)}\\s.*k8s:io\\.kubernetes\\.pod\\.namespace=default`, 'm'), `endpoint list shows pod ${name} by its sandbox id, with its namespace label`);
-  t.match(r.out, /^app=web$/m, 'endpoint labels -a gave web app=web');
-  t.match(r.out, /^app=client$/m, 'endpoint labels -a gave client app=client');
+  t.match(r.out, /^api:app=web$/m, 'endpoint labels -a gave web app=web');
+  t.match(r.out, /^api:app=client$/m, 'endpoint labels -a gave client app=client');
   t.match(r.out, /^ALLOWED: 80\/tcp[\s\S]*allowed by web-from-client/m, 'trace: app=client to app=web allowed by web-from-client');
   t.match(r.out, /^DENIED: 80\/tcp[\s\S]*default deny[\s\S]*^exit code 2$/m, 'trace: app=web to app=web denied, exit code 2');
   const eps = await agent.client.listEndpoints();
-  t.same(Object.fromEntries(eps.map((e) => [e.containerId, e.labels.app])), { [pods.web]: 'web', [pods.client]: 'client' }, 'the agent holds the labels given');
+  t.same(Object.fromEntries(eps.map((e) => [e.containerId, e.labels['api:app']])), { [pods.web]: 'web', [pods.client]: 'client' }, 'the agent holds the labels given');
 });
 
 // ctr reads only the host's /etc/cni/net.d and /opt/cni/bin: never over a real installation there.
@@ -186,6 +186,6 @@ network_config_dir = "${confDir}"
   t.equal(r.code, 0, `the block runs to its end:\n${r.out}`);
   t.match(r.out, /\bmembrane\b/, 'podman lists the membrane network');
   t.match(r.out, /^hello$/m, 'one container reaches the other');
-  t.match(r.out, /^LABELS\napp=web$/m, 'membrane endpoint labels -a gave web app=web');
+  t.match(r.out, /^LABELS\napi:app=web$/m, 'membrane endpoint labels -a gave web app=web');
   t.same(await agent.client.listEndpoints(), [], 'podman rm -f deleted the endpoints');
 });
