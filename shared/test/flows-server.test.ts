@@ -109,7 +109,7 @@ t.test('follow: history then live flows that match, datapath losses included', a
   t.equal((await client.status()).membrane?.lostEventsDatapath, 7);
 });
 
-t.test('a follower that does not read loses flows, is told how many, and never blocks the agent', async (t) => {
+t.test('a follower that does not read loses flows, is told how many (datapath losses included), and never blocks the agent', async (t) => {
   const stream = client.flows({ follow: true });
   const it = stream.responses[Symbol.asyncIterator]();
   const first = await Promise.all([it.next(), (async () => { await waitFor(() => ring.followers === 1); newFlow(1); })()]);
@@ -120,6 +120,9 @@ t.test('a follower that does not read loses flows, is told how many, and never b
   // One synchronous loop: the client cannot read meanwhile, so whatever the follower's queue does not
   // take must be dropped (counted) rather than held: the agent's memory for a slow client is bounded.
   for (let i = 0; i < N; i++) newFlow(10_000 + (i % 50_000));
+  // The datapath reports a loss while the queue is full: that report must wait, not be dropped.
+  source.lostCount += 5;
+  collector.tick();
   const lostHere = collector.agentLost - before;
   t.equal(ring.seen - seenBefore, N, 'the agent took every flow while the client read nothing');
   t.ok(lostHere > 0, `dropped ${lostHere} of ${N} for the slow follower`);
@@ -131,9 +134,11 @@ t.test('a follower that does not read loses flows, is told how many, and never b
   }
   newFlow(3);
   const report = (await it.next()).value;
+  const datapathReport = (await it.next()).value;
   const next = (await it.next()).value;
   stream.cancel();
   t.same(report.lostEvents, { source: 'OBSERVER_EVENTS_QUEUE', numEventsLost: lostHere }, 'told exactly what was dropped');
+  t.same(datapathReport.lostEvents, { source: 'PERF_EVENT_RING_BUFFER', numEventsLost: 5 }, 'and the datapath loss reported while its queue was full');
   t.equal(next.flow?.l4?.TCP?.sourcePort, 3);
   t.equal((await client.status()).membrane?.lostEventsAgent, collector.agentLost);
 });

@@ -87,16 +87,23 @@ export function getFlows(b: FlowsBackend, call: FlowsCall, followers: Set<FlowsC
     return;
   }
   followers.add(call);
-  let dropped = 0;
+  // Loss reports the client is owed, by source: flows dropped for it (OBSERVER_EVENTS_QUEUE) and
+  // datapath loss reports that arrived while its queue was full. A report is never itself dropped:
+  // it waits here and goes out, summed, before the next response that fits.
+  const owed = new Map<LostEventSource, number>();
+  const owe = (source: LostEventSource, count: number) => owed.set(source, (owed.get(source) ?? 0) + count);
+  const refuse = (res: GetFlowsResponse) => {
+    if (res.lostEvents) { owe(res.lostEvents.source, Number(res.lostEvents.numEventsLost)); return; }
+    owe('OBSERVER_EVENTS_QUEUE', 1);
+    b.countAgentLost(1);
+  };
   let live = false; // until the history is written, live flows wait in `pending`
   const pending: GetFlowsResponse[] = [];
   const send = (res: GetFlowsResponse) => {
-    if (!live) { if (pending.length < FOLLOW_QUEUE_LIMIT) pending.push(res); else { dropped++; b.countAgentLost(1); } return; }
-    if (call.writableLength >= FOLLOW_QUEUE_LIMIT) { dropped++; b.countAgentLost(1); return; }
-    if (dropped) {
-      call.write(lostResponse(dropped, 'OBSERVER_EVENTS_QUEUE'));
-      dropped = 0;
-    }
+    if (!live) { if (pending.length < FOLLOW_QUEUE_LIMIT) pending.push(res); else refuse(res); return; }
+    if (call.writableLength >= FOLLOW_QUEUE_LIMIT) { refuse(res); return; }
+    for (const [source, count] of owed) call.write(lostResponse(count, source));
+    owed.clear();
     call.write(res);
   };
   // Subscribed before the history is read, so nothing falls between the two.
