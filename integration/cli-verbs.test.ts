@@ -21,6 +21,9 @@ if (process.getuid?.() !== 0) {
   t.plan(0, 'needs root');
   process.exit(0);
 }
+// Every verb is a fresh Node process through tsx (1-3 s each on a loaded 2-vCPU machine): more than
+// the default 300 s file budget when other integration files run alongside.
+t.setTimeout(10 * 60_000);
 
 const execFileP = promisify(execFile);
 const PORT = 7600 + Math.floor(Math.random() * 300);
