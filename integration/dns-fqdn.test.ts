@@ -3,7 +3,7 @@
 // answer at once, the agent's DNS proxy in between. The allowed name connects (the first connection,
 // right after the answer), another address of the same world does not; wildcards; a name the DNS rule
 // refuses (REFUSED, and a DROPPED flow naming the policy); CNAME chains; TCP DNS; TTL expiry; an
-// address change; Cilium's getting-started DNS policies; a DNS rule on another port; DNS with the proxy down fails closed; an agent
+// address change; the feed-reader example DNS policies (examples/policies/dns); a DNS rule on another port; DNS with the proxy down fails closed; an agent
 // restart keeps established connections and what was learned. Every name and address is unique.
 import t from 'tap';
 import { execFileSync, spawn } from 'node:child_process';
@@ -29,11 +29,11 @@ if (process.getuid?.() !== 0) {
 
 const R = crypto.randomInt(0, 512);
 const NET = `198.${18 + (R >> 8)}.${R & 255}`;
-const W = { dns: `${NET}.53`, api: `${NET}.10`, other: `${NET}.11`, alt: `${NET}.12`, www: `${NET}.20`, twitter: `${NET}.30`, elsewhere: `${NET}.31`, mobile: `${NET}.32`, spoof: `${NET}.40`, dns2: `${NET}.54`, evilDns: `${NET}.55` };
+const W = { dns: `${NET}.53`, api: `${NET}.10`, other: `${NET}.11`, alt: `${NET}.12`, www: `${NET}.20`, feeds: `${NET}.30`, elsewhere: `${NET}.31`, mobile: `${NET}.32`, spoof: `${NET}.40`, dns2: `${NET}.54`, evilDns: `${NET}.55` };
 const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
 const wHost = `mbw${randomId(3)}`;
 const tmp = fs.mkdtempSync('/tmp/mbr-dns-');
-const hosts = (api = W.api): [string, string][] => [[api, 'api.test.internal'], [W.other, 'other.test.internal'], [W.www, 'www.pattern.test'], [W.other, 'evil.example'], [W.twitter, 'api.twitter.com'], [W.mobile, 'mobile.twitter.com'], [W.elsewhere, 'www.example.com']];
+const hosts = (api = W.api): [string, string][] => [[api, 'api.test.internal'], [W.other, 'other.test.internal'], [W.www, 'www.pattern.test'], [W.other, 'evil.example'], [W.feeds, 'api.feeds.example'], [W.mobile, 'mobile.feeds.example'], [W.elsewhere, 'www.example.com']];
 
 let agent: TestAgent;
 let pc: PolicyClient;
@@ -331,29 +331,29 @@ t.test('TTL expiry: kept while connected, removed once unused; an address change
   await dnsmasq.setHosts(hosts());
 });
 
-t.test("Cilium's getting-started DNS policies (matchName, pattern, port) with a kube-dns pod", async (t) => {
+t.test('the feed-reader DNS policies (matchName, pattern, port) with a kube-dns pod', async (t) => {
   const kubeDns = await pod('kubedns', { 'k8s-app': 'kube-dns' }, 'kube-system');
-  const bot = await pod('bot', { org: 'empire', class: 'mediabot' });
+  const bot = await pod('bot', { app: 'feed-reader', team: 'news' });
   const podDns = await startDnsmasq(nsOf.kubedns, fs.mkdtempSync(path.join(tmp, 'kd-')), ip4(kubeDns), { hosts: hosts(), ttl: 30 });
   children.push(podDns.child);
-  t.teardown(() => pc.delete(['default/fqdn']).catch(() => pc.delete(['fqdn'])));
-  // What each allows: api.twitter.com on 443 and 80, mobile.twitter.com (only a pattern selects it).
+  t.teardown(() => pc.delete(['default/feed-reader-egress']).catch(() => pc.delete(['feed-reader-egress'])));
+  // What each allows: api.feeds.example on 443 and 80, mobile.feeds.example (only a pattern selects it).
   const cases: [string, { api80: string; mobile: string }][] = [
-    ['getting-started-dns-matchname.yaml', { api80: 'ok', mobile: 'timeout' }],
-    ['getting-started-dns-pattern.yaml', { api80: 'ok', mobile: 'ok' }],
-    ['getting-started-dns-port.yaml', { api80: 'timeout', mobile: 'ok' }],
+    ['feed-reader-matchname.yaml', { api80: 'ok', mobile: 'timeout' }],
+    ['feed-reader-pattern.yaml', { api80: 'ok', mobile: 'ok' }],
+    ['feed-reader-port.yaml', { api80: 'timeout', mobile: 'ok' }],
   ];
   for (const [file, want] of cases) {
     // Pods made through the API carry cni: labels (k8s: ones come from containerd's CRI): the kube-dns
-    // selector's "k8s:k8s-app" is asked without its source here; everything else is Cilium's file as is.
-    await pc.import(fs.readFileSync(path.join(REPO, 'examples/policies/cilium-dns', file), 'utf8').replace('"k8s:k8s-app": kube-dns', '"k8s-app": kube-dns'));
-    const r = await resolveAndConnect(nsOf.bot, ip4(kubeDns), 'api.twitter.com', 443);
-    t.same([r.ips, r.connect], [[W.twitter], 'ok'], `${file}: api.twitter.com:443 right after the lookup`);
-    t.equal(await probe(nsOf.bot, W.twitter, 80), want.api80, `${file}: api.twitter.com:80 ${want.api80}`);
-    const mobile = await resolveAndConnect(nsOf.bot, ip4(kubeDns), 'mobile.twitter.com', 443);
-    t.same([mobile.ips, mobile.connect], [[W.mobile], want.mobile], `${file}: mobile.twitter.com:443 ${want.mobile}`);
+    // selector's "k8s:k8s-app" is asked without its source here; everything else is the file as is.
+    await pc.import(fs.readFileSync(path.join(REPO, 'examples/policies/dns', file), 'utf8').replace('"k8s:k8s-app": kube-dns', '"k8s-app": kube-dns'));
+    const r = await resolveAndConnect(nsOf.bot, ip4(kubeDns), 'api.feeds.example', 443);
+    t.same([r.ips, r.connect], [[W.feeds], 'ok'], `${file}: api.feeds.example:443 right after the lookup`);
+    t.equal(await probe(nsOf.bot, W.feeds, 80), want.api80, `${file}: api.feeds.example:80 ${want.api80}`);
+    const mobile = await resolveAndConnect(nsOf.bot, ip4(kubeDns), 'mobile.feeds.example', 443);
+    t.same([mobile.ips, mobile.connect], [[W.mobile], want.mobile], `${file}: mobile.feeds.example:443 ${want.mobile}`);
     const other = await resolveAndConnect(nsOf.bot, ip4(kubeDns), 'www.example.com', 443);
-    t.same([other.ips, other.connect], [[W.elsewhere], 'timeout'], `${file}: a name outside twitter.com resolves (DNS allows *) but is not reachable`);
+    t.same([other.ips, other.connect], [[W.elsewhere], 'timeout'], `${file}: a name outside feeds.example resolves (DNS allows *) but is not reachable`);
   }
   void bot;
 });

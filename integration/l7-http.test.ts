@@ -1,5 +1,5 @@
 // L7 HTTP policy on real traffic: HTTP servers and clients in netns pods and a "world" netns of our own
-// (198.18.0.0/15), the agent's proxy in between. Cilium's example policies, methods, paths, headers,
+// (198.18.0.0/15), the agent's proxy in between. The example policies (examples/policies/l7-http), methods, paths, headers,
 // hosts, deny precedence, keep-alive with mixed verdicts, pipelining, a 100 MB chunked upload with
 // bounded proxy memory, WebSocket upgrade, policy changes on open connections, and attempts to use
 // the proxy to get around L3/L4 policy. Every name and address is unique to this run.
@@ -24,7 +24,7 @@ if (process.getuid?.() !== 0) {
   process.exit(0);
 }
 
-const FIXTURES = path.join(REPO, 'examples/policies/cilium');
+const FIXTURES = path.join(REPO, 'examples/policies/l7-http');
 const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
 
 let agent: TestAgent;
@@ -78,10 +78,10 @@ const url = (name: string, port: number, p: string) => `http://${ip4(eps[name])}
 t.before(async () => {
   agent = await startAgent();
   pc = new PolicyClient(agent.client);
-  await pod('web', { id: 'web-server', app: 'service', tier: 'web' }, [8181, 80]);
-  await pod('good', { id: 'goodclient', env: 'prod' });
-  await pod('bad', { id: 'badclient', app: 'other' });
-  await pod('my', { app: 'myService' }, [80]);
+  await pod('web', { app: 'storefront', tier: 'web' }, [8080, 80]);
+  await pod('good', { app: 'checkout', stage: 'live' });
+  await pod('bad', { app: 'crawler' });
+  await pod('inv', { app: 'inventory' }, [80]);
   world = createNetns('mbw');
   nss.push(world);
   execFileSync('ip', ['link', 'add', wHost, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', world.path]);
@@ -103,54 +103,54 @@ t.teardown(async () => {
   for (const ns of nss) ns.remove();
 });
 
-t.test("Cilium's getting-started L7 policy: GET /public from goodclient only", async (t) => {
+t.test('storefront-reads.yaml: GET /catalog from checkout only', async (t) => {
   t.teardown(reset);
-  await importL7(fixture('getting-started-l7-policy.yaml'));
-  const ok = await curl(nsOf.good, url('web', 8181, '/public'));
-  t.equal(ok.status, 200, 'goodclient GET /public');
-  t.match(JSON.parse(ok.body), { server: 'web', method: 'GET', url: '/public' }, 'the request reached the server unchanged');
-  const denied = await curl(nsOf.good, url('web', 8181, '/private'));
-  t.same([denied.status, denied.body], [403, 'Access denied'], 'goodclient GET /private: 403 "Access denied"');
-  t.equal((await curl(nsOf.good, url('web', 8181, '/public'), ['-X', 'POST'])).status, 403, 'POST /public: method not allowed');
-  t.equal((await curl(nsOf.bad, url('web', 8181, '/public'), [], { timeoutS: 2 })).status, 0, 'badclient: dropped at L3, never reaches the proxy');
+  await importL7(fixture('storefront-reads.yaml'));
+  const ok = await curl(nsOf.good, url('web', 8080, '/catalog'));
+  t.equal(ok.status, 200, 'checkout GET /catalog');
+  t.match(JSON.parse(ok.body), { server: 'web', method: 'GET', url: '/catalog' }, 'the request reached the server unchanged');
+  const denied = await curl(nsOf.good, url('web', 8080, '/orders'));
+  t.same([denied.status, denied.body], [403, 'Access denied'], 'checkout GET /orders: 403 "Access denied"');
+  t.equal((await curl(nsOf.good, url('web', 8080, '/catalog'), ['-X', 'POST'])).status, 403, 'POST /catalog: method not allowed');
+  t.equal((await curl(nsOf.bad, url('web', 8080, '/catalog'), [], { timeoutS: 2 })).status, 0, 'crawler: dropped at L3, never reaches the proxy');
   t.equal(await probe(nsOf.good, ip4(eps.web), 80), 'timeout', 'port 80 is not allowed at all');
 });
 
-t.test("Cilium's l7/http/http.yaml: methods, whole-path regexes, a required header", async (t) => {
+t.test('inventory-api.yaml: methods, whole-path regexes, a required header', async (t) => {
   t.teardown(reset);
-  await importL7(fixture('http.yaml'));
-  t.equal((await curl(nsOf.good, url('my', 80, '/path1'))).status, 200, 'GET /path1');
-  t.equal((await curl(nsOf.good, url('my', 80, '/path1/x'))).status, 403, 'GET /path1/x: the regex matches the whole path');
-  t.equal((await curl(nsOf.good, url('my', 80, '/path2'), ['-X', 'PUT'])).status, 403, 'PUT /path2 without X-My-Header');
-  t.equal((await curl(nsOf.good, url('my', 80, '/path2'), ['-X', 'PUT', '-H', 'X-My-Header: false'])).status, 403, 'with another value');
-  const put = await curl(nsOf.good, url('my', 80, '/path2'), ['-X', 'PUT', '-H', 'X-My-Header: true', '-d', 'payload']);
-  t.equal(put.status, 200, 'PUT /path2 with X-My-Header: true');
-  t.match(JSON.parse(put.body), { method: 'PUT', bytes: 7, headers: { 'x-my-header': 'true' } });
+  await importL7(fixture('inventory-api.yaml'));
+  t.equal((await curl(nsOf.good, url('inv', 80, '/stock'))).status, 200, 'GET /stock');
+  t.equal((await curl(nsOf.good, url('inv', 80, '/stock/x'))).status, 403, 'GET /stock/x: the regex matches the whole path');
+  t.equal((await curl(nsOf.good, url('inv', 80, '/restock'), ['-X', 'PUT'])).status, 403, 'PUT /restock without X-Inventory-Role');
+  t.equal((await curl(nsOf.good, url('inv', 80, '/restock'), ['-X', 'PUT', '-H', 'X-Inventory-Role: reader'])).status, 403, 'with another value');
+  const put = await curl(nsOf.good, url('inv', 80, '/restock'), ['-X', 'PUT', '-H', 'X-Inventory-Role: writer', '-d', 'payload']);
+  t.equal(put.status, 200, 'PUT /restock with X-Inventory-Role: writer');
+  t.match(JSON.parse(put.body), { method: 'PUT', bytes: 7, headers: { 'x-inventory-role': 'writer' } });
 });
 
-t.test("Cilium's l7/http/simple: env=prod may do anything (L3 rule), everyone else GET /public", async (t) => {
+t.test('storefront-additive.yaml: stage=live may do anything (L3 rule), everyone else GET /catalog', async (t) => {
   t.teardown(reset);
-  await importL7(fixture('l7-simple.yaml'));
-  t.equal((await curl(nsOf.good, url('web', 80, '/anything'), ['-X', 'DELETE'])).status, 200, 'prod: rules are additive, the L3 rule allows all');
-  t.equal((await curl(nsOf.bad, url('web', 80, '/public'))).status, 200, 'other: GET /public');
-  t.equal((await curl(nsOf.bad, url('web', 80, '/public'), ['-X', 'POST'])).status, 403, 'other: POST /public');
-  t.equal(await probe(nsOf.bad, ip4(eps.web), 8181), 'timeout', 'other: no other port');
+  await importL7(fixture('storefront-additive.yaml'));
+  t.equal((await curl(nsOf.good, url('web', 80, '/anything'), ['-X', 'DELETE'])).status, 200, 'live: rules are additive, the L3 rule allows all');
+  t.equal((await curl(nsOf.bad, url('web', 80, '/catalog'))).status, 200, 'crawler: GET /catalog');
+  t.equal((await curl(nsOf.bad, url('web', 80, '/catalog'), ['-X', 'POST'])).status, 403, 'crawler: POST /catalog');
+  t.equal(await probe(nsOf.bad, ip4(eps.web), 8080), 'timeout', 'crawler: no other port');
 });
 
-t.test("Cilium's l7/http/l7_multi: egress to the world by Host, ingress by method and path", async (t) => {
+t.test('storefront-and-partner.yaml: egress to the world by Host, ingress by method and path', async (t) => {
   t.teardown(reset);
-  await importL7(fixture('l7-multi.yaml'));
+  await importL7(fixture('storefront-and-partner.yaml'));
   const world = (args: string[]) => curl(nsOf.good, `http://${W1}/submit`, args);
-  const ok = await world(['-X', 'POST', '-H', 'Host: external-service.org', '-d', 'x']);
-  t.equal(ok.status, 200, 'prod -> world: POST with Host external-service.org');
-  t.match(JSON.parse(ok.body), { server: 'world', headers: { host: 'external-service.org' } });
-  t.equal((await world(['-H', 'Host: external-service.org'])).status, 403, 'GET is not allowed');
-  t.equal((await world(['-X', 'POST', '-H', 'Host: external-service.org.evil.com', '-d', 'x'])).status, 403, 'another Host is not allowed');
-  // Spec 1 is prod's egress on port 80 to anyone, so it also applies to prod -> service: both ends check.
-  t.equal((await curl(nsOf.good, url('web', 80, '/public'))).status, 403, "prod -> service GET /public: allowed by the service's ingress, denied by prod's own egress");
-  const tr = await pc.trace({ labels: { id: 'goodclient', env: 'prod' } }, { labels: { id: 'web-server', app: 'service', tier: 'web' } }, '80/tcp', { method: 'GET', path: '/public' });
+  const ok = await world(['-X', 'POST', '-H', 'Host: partner-api.example', '-d', 'x']);
+  t.equal(ok.status, 200, 'live -> world: POST with Host partner-api.example');
+  t.match(JSON.parse(ok.body), { server: 'world', headers: { host: 'partner-api.example' } });
+  t.equal((await world(['-H', 'Host: partner-api.example'])).status, 403, 'GET is not allowed');
+  t.equal((await world(['-X', 'POST', '-H', 'Host: partner-api.example.attacker.test', '-d', 'x'])).status, 403, 'another Host is not allowed');
+  // Spec 1 is live's egress on port 80 to anyone, so it also applies to live -> storefront: both ends check.
+  t.equal((await curl(nsOf.good, url('web', 80, '/catalog'))).status, 403, "live -> storefront GET /catalog: allowed by the storefront's ingress, denied by live's own egress");
+  const tr = await pc.trace({ labels: { app: 'checkout', stage: 'live' } }, { labels: { app: 'storefront', tier: 'web' } }, '80/tcp', { method: 'GET', path: '/catalog' });
   t.match(tr, { verdict: 'deny', steps: [{ direction: 'egress', verdict: 'deny' }, { direction: 'ingress', verdict: 'allow' }] }, 'trace says so, side by side');
-  t.equal((await curl(nsOf.bad, url('web', 80, '/public'), [], { timeoutS: 2 })).status, 0, 'a client without env=prod is not allowed at L3');
+  t.equal((await curl(nsOf.bad, url('web', 80, '/catalog'), [], { timeoutS: 2 })).status, 0, 'a client without stage=live is not allowed at L3');
 });
 
 const API = (extra = '') => `apiVersion: cilium.io/v2
@@ -159,7 +159,7 @@ metadata: {name: api}
 spec:
   endpointSelector: {matchLabels: {tier: web}}
   ingress:
-  - fromEndpoints: [{matchLabels: {env: prod}}]
+  - fromEndpoints: [{matchLabels: {stage: live}}]
     toPorts:
     - ports: [{port: "80", protocol: TCP}]
       rules:
@@ -169,25 +169,25 @@ spec:
         - {method: GET, path: /ws}
 ${extra}`;
 
-t.test("the CLI: Cilium's HTTP examples validate; trace answers for an HTTP request; endpoint get shows the L7 rules", async (t) => {
+t.test("the CLI: the HTTP examples validate; trace answers for an HTTP request; endpoint get shows the L7 rules", async (t) => {
   t.teardown(reset);
-  for (const f of ['http.yaml', 'l7-simple.yaml', 'getting-started-l7-policy.yaml', 'l7-multi.yaml']) {
+  for (const f of ['storefront-reads.yaml', 'inventory-api.yaml', 'storefront-additive.yaml', 'storefront-and-partner.yaml']) {
     const v = await cli(['policy', 'validate', path.join(FIXTURES, f)]);
     t.same([v.code, v.err], [0, ''], `membrane policy validate ${f}`);
     t.match(v.out, /^valid: CiliumNetworkPolicy /);
   }
-  await importL7(fixture('getting-started-l7-policy.yaml'));
-  const trace = (method: string, p: string) => cli(['policy', 'trace', '--src', 'id=goodclient', '--dst', 'id=web-server', '--dport', '8181/tcp', '--http-method', method, '--http-path', p]);
-  const ok = await trace('GET', '/public');
-  t.equal(ok.code, 0, 'GET /public: allowed (exit 0)');
-  t.match(ok.out, /^ALLOWED: 8181\/tcp/i);
-  const no = await trace('GET', '/private');
-  t.equal(no.code, 2, 'GET /private: denied (exit 2)');
-  t.match(no.out, /^DENIED[\s\S]*ingress\s+deny[\s\S]*http GET \/public\s+\(l7-rule spec\.ingress\[0\]\.toPorts\[0\]\.rules\.http\[0\]\)/, `the HTTP rules it was held against:\n${no.out}`);
-  t.equal((await trace('POST', '/public')).code, 2, 'POST /public: denied');
+  await importL7(fixture('storefront-reads.yaml'));
+  const trace = (method: string, p: string) => cli(['policy', 'trace', '--src', 'app=checkout', '--dst', 'app=storefront', '--dport', '8080/tcp', '--http-method', method, '--http-path', p]);
+  const ok = await trace('GET', '/catalog');
+  t.equal(ok.code, 0, 'GET /catalog: allowed (exit 0)');
+  t.match(ok.out, /^ALLOWED: 8080\/tcp/i);
+  const no = await trace('GET', '/orders');
+  t.equal(no.code, 2, 'GET /orders: denied (exit 2)');
+  t.match(no.out, /^DENIED[\s\S]*ingress\s+deny[\s\S]*http GET \/catalog\s+\(storefront-reads spec\.ingress\[0\]\.toPorts\[0\]\.rules\.http\[0\]\)/, `the HTTP rules it was held against:\n${no.out}`);
+  t.equal((await trace('POST', '/catalog')).code, 2, 'POST /catalog: denied');
   const ep = await cli(['endpoint', 'get', String(eps.web.id)]);
   t.equal(ep.code, 0);
-  t.match(ep.out, /L7 ingress:\s+8181\/tcp from 1 peer identity through the HTTP proxy: GET \/public\n/, `endpoint get:\n${ep.out}`);
+  t.match(ep.out, /L7 ingress:\s+8080\/tcp from 1 peer identity through the HTTP proxy: GET \/catalog\n/, `endpoint get:\n${ep.out}`);
 });
 
 t.test('Expect: 100-continue through the diverted path', async (t) => {
@@ -307,13 +307,13 @@ t.test('deny precedence and L3/L4 first: the proxy is no way around them', async
   t.teardown(reset);
   await importL7(API(`  - toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{}]}}]
   ingressDeny:
-  - fromEndpoints: [{matchLabels: {app: other}}]
+  - fromEndpoints: [{matchLabels: {app: crawler}}]
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
 `));
-  t.equal((await curl(nsOf.bad, url('web', 80, '/public/a'), [], { timeoutS: 2 })).status, 0, 'other: denied at L4 although an L7 rule allows all requests');
-  t.equal((await curl(nsOf.good, url('web', 80, '/anything'))).status, 200, 'prod: the empty HTTP rule allows every request');
+  t.equal((await curl(nsOf.bad, url('web', 80, '/public/a'), [], { timeoutS: 2 })).status, 0, 'crawler: denied at L4 although an L7 rule allows all requests');
+  t.equal((await curl(nsOf.good, url('web', 80, '/anything'))).status, 200, 'live: the empty HTTP rule allows every request');
   // A Host header naming another pod does not move the request: the proxy connects to the original destination.
-  const r = await curl(nsOf.good, url('web', 80, '/public/x'), ['-H', `Host: ${ip4(eps.my)}`]);
+  const r = await curl(nsOf.good, url('web', 80, '/public/x'), ['-H', `Host: ${ip4(eps.inv)}`]);
   t.match(JSON.parse(r.body), { server: 'web' }, 'the request went to the destination the client connected to');
   // The proxy's port is on loopback only: a pod cannot reach it directly.
   const port = (await agent.client.status()).l7!.port as number;
@@ -338,7 +338,7 @@ spec:
   const denied = await curl(world, [url('web', 80, '/private'), url('web', 80, '/public/again')]);
   t.same([denied.status, denied.connects], [200, 1], 'a denied request and an allowed one on one connection from the world');
   t.equal((await curl(world, url('web', 80, '/private'))).body, 'Access denied');
-  t.equal(await probe(world, ip4(eps.web), 8181), 'timeout', 'other ports stay closed');
+  t.equal(await probe(world, ip4(eps.web), 8080), 'timeout', 'other ports stay closed');
 });
 
 t.test('every request and response is an L7 flow: gRPC, membrane observe, metrics', async (t) => {
@@ -359,7 +359,7 @@ t.test('every request and response is an L7 flow: gRPC, membrane observe, metric
   t.match(req, {
     Type: 'L7', verdict: 'FORWARDED', trafficDirection: 'INGRESS', IP: { source: ip4(eps.good), destination: ip4(eps.web) },
     l4: { TCP: { destinationPort: 80 } }, l7: { type: 'REQUEST', http: { method: 'GET', url: `http://${ip4(eps.web)}:80${marker}`.replace(':80/', '/'), protocol: 'HTTP/1.1' } },
-    source: { ID: eps.good.id, identity: eps.good.identity, labels: ['env=prod', 'id=goodclient'] },
+    source: { ID: eps.good.id, identity: eps.good.identity, labels: ['app=checkout', 'stage=live'] },
     destination: { ID: eps.web.id, identity: eps.web.identity },
     ingressAllowedBy: [{ name: 'api', membraneRulePath: 'spec.ingress[0].toPorts[0].rules.http[0]' }],
   }, 'the request: endpoints, identities, labels, the HTTP rule that allowed it');

@@ -1,4 +1,4 @@
-// Cilium's DNS and FQDN example policies (examples/policies/cilium-dns) validate, and compile to
+// The DNS and FQDN example policies (examples/policies/dns) validate, and compile to
 // what they mean: DNS to the DNS server through the DNS proxy, toFQDNs peers that select the
 // addresses DNS taught for matching names and nothing else.
 import t from 'tap';
@@ -12,11 +12,11 @@ import { FqdnState } from '../src/fqdn/state.ts';
 import { fqdnSelectorsOf, l7KindsOf } from '../src/policy/desired.ts';
 import type { PolicyRecord } from '../src/policy/types.ts';
 
-const FIXTURES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../examples/policies/cilium-dns');
+const FIXTURES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../examples/policies/dns');
 const read = (f: string) => fs.readFileSync(path.join(FIXTURES, f), 'utf8');
 const records = (text: string): PolicyRecord[] => parsePolicies(text).policies.map((policy, i) => ({ name: policy.name, revision: 1, number: i + 1, policy, source: null, updatedAt: '' }));
 
-t.test("Cilium's DNS/FQDN example policies validate", async (t) => {
+t.test('the DNS/FQDN example policies validate', async (t) => {
   const files = fs.readdirSync(FIXTURES).filter((f) => /\.(ya?ml|json)$/.test(f));
   t.equal(files.length, 10, files.join(', '));
   for (const f of files) {
@@ -26,11 +26,11 @@ t.test("Cilium's DNS/FQDN example policies validate", async (t) => {
   }
 });
 
-t.test('getting-started dns-port: DNS through the proxy, *.twitter.com on 443 only once learned', async (t) => {
-  const recs = records(read('getting-started-dns-port.yaml'));
+t.test('feed-reader-port: DNS through the proxy, *.feeds.example on 443 only once learned', async (t) => {
+  const recs = records(read('feed-reader-port.yaml'));
   t.same([...l7KindsOf(recs)], ['dns']);
   const dns = { id: 300, labels: { 'k8s:io.kubernetes.pod.namespace': 'kube-system', 'k8s:k8s-app': 'kube-dns' } };
-  const bot = { id: 301, labels: { 'k8s:io.kubernetes.pod.namespace': 'default', org: 'empire', class: 'mediabot' } };
+  const bot = { id: 301, labels: { 'k8s:io.kubernetes.pod.namespace': 'default', app: 'feed-reader', team: 'news' } };
   const fqdn = new FqdnState(0);
   fqdn.setPolicy(fqdnSelectorsOf(recs), []);
   const compile = () => new PolicyCompiler(recs, { identities: [dns, bot], cidrs: new CidrIdentities(), fqdn: fqdn.identities }).forLabels(bot.labels).egress;
@@ -38,13 +38,13 @@ t.test('getting-started dns-port: DNS through the proxy, *.twitter.com on 443 on
   t.equal(e53?.l7?.kind, 'dns', 'UDP 53 to kube-dns goes to the DNS proxy');
   t.same(e53?.l7?.dns?.map((d) => d.dns.matchPattern), ['*']);
   t.equal(probe(compile(), dns.id, 6, 53)?.entry.l7?.kind, 'dns', 'and TCP 53');
-  fqdn.learn(1, ['api.twitter.com.'], [{ ip: '198.18.1.1', ttl: 60 }], 0);
-  fqdn.learn(1, ['other.com.'], [{ ip: '198.18.1.2', ttl: 60 }], 0);
+  fqdn.learn(1, ['api.feeds.example.'], [{ ip: '198.18.1.1', ttl: 60 }], 0);
+  fqdn.learn(1, ['feeds.example.org.'], [{ ip: '198.18.1.2', ttl: 60 }], 0);
   const id = fqdn.entryOf('198.18.1.1/32')!;
-  t.ok(id, 'api.twitter.com has an FQDN identity');
-  t.equal(fqdn.entryOf('198.18.1.2/32'), undefined, 'other.com does not');
+  t.ok(id, 'api.feeds.example has an FQDN identity');
+  t.equal(fqdn.entryOf('198.18.1.2/32'), undefined, 'feeds.example.org does not');
   const eg = compile();
-  t.equal(probe(eg, id, 6, 443)?.entry.action, 'allow', 'api.twitter.com:443 allowed');
+  t.equal(probe(eg, id, 6, 443)?.entry.action, 'allow', 'api.feeds.example:443 allowed');
   t.equal(probe(eg, id, 6, 80), undefined, 'port 80 is not');
   t.equal(probe(eg, 2, 6, 443), undefined, 'the world is not');
 });

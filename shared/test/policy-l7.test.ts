@@ -1,6 +1,6 @@
 // L7 rules in policies: validation with Cilium's rules and field spellings, compilation (additive
 // rules, deny precedence, the closure over the datapath's probe order, checked against an oracle),
-// and the datapath encoding of a proxied entry. Cilium's HTTP example policies are fixtures.
+// and the datapath encoding of a proxied entry. The HTTP example policies (examples/policies/l7-http) are fixtures.
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -12,16 +12,16 @@ import { formatIssue, parsePolicies } from '../src/policy/parse.ts';
 import { RESERVED } from '../src/identity/reserved.ts';
 import { MemoryPolicyOps, records, testEndpoint } from './lib/policy.ts';
 
-const FIXTURES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../examples/policies/cilium');
+const FIXTURES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../examples/policies/l7-http');
 
 const issues = (yaml: string) => parsePolicies(yaml).issues.map((i) => `${i.path}: ${i.message}`);
 
-const SERVICE = { id: 300, labels: { app: 'service' } };
-const PROD = { id: 301, labels: { env: 'prod' } };
-const OTHER = { id: 302, labels: { app: 'other' } };
-const universe = () => ({ identities: [SERVICE, PROD, OTHER], cidrs: new CidrIdentities() });
+const STOREFRONT = { id: 300, labels: { app: 'storefront' } };
+const LIVE = { id: 301, labels: { stage: 'live' } };
+const CRAWLER = { id: 302, labels: { app: 'crawler' } };
+const universe = () => ({ identities: [STOREFRONT, LIVE, CRAWLER], cidrs: new CidrIdentities() });
 
-t.test("Cilium's HTTP example policies validate", async (t) => {
+t.test('the HTTP example policies validate', async (t) => {
   const files = fs.readdirSync(FIXTURES).filter((f) => /\.(ya?ml|json)$/.test(f));
   t.ok(files.length >= 4, `fixtures: ${files.join(', ')}`);
   for (const f of files) {
@@ -31,14 +31,14 @@ t.test("Cilium's HTTP example policies validate", async (t) => {
   }
 });
 
-t.test('l7/http/simple: env=prod is allowed everything (L3 rule), others only GET /public on 80', async (t) => {
-  const recs = records(fs.readFileSync(path.join(FIXTURES, 'l7-simple.yaml'), 'utf8'));
-  const svc = new PolicyCompiler(recs, universe()).forLabels(SERVICE.labels);
-  t.match(probe(svc.ingress, PROD.id, 6, 80)?.entry, { action: 'allow' });
-  t.notOk(probe(svc.ingress, PROD.id, 6, 80)?.entry.l7, 'prod: plain allow (rules are additive), not proxied');
-  const other = probe(svc.ingress, OTHER.id, 6, 80)?.entry;
-  t.match(other, { action: 'allow', l7: { kind: 'http', rules: [{ path: 'spec.ingress[1].toPorts[0].rules.http[0]', http: { method: 'GET', path: '/public' } }] } });
-  t.equal(probe(svc.ingress, OTHER.id, 6, 81), undefined, 'other -> 81: default deny');
+t.test('storefront-additive: stage=live is allowed everything (L3 rule), others only GET /catalog on 80', async (t) => {
+  const recs = records(fs.readFileSync(path.join(FIXTURES, 'storefront-additive.yaml'), 'utf8'));
+  const svc = new PolicyCompiler(recs, universe()).forLabels(STOREFRONT.labels);
+  t.match(probe(svc.ingress, LIVE.id, 6, 80)?.entry, { action: 'allow' });
+  t.notOk(probe(svc.ingress, LIVE.id, 6, 80)?.entry.l7, 'live: plain allow (rules are additive), not proxied');
+  const other = probe(svc.ingress, CRAWLER.id, 6, 80)?.entry;
+  t.match(other, { action: 'allow', l7: { kind: 'http', rules: [{ path: 'spec.ingress[1].toPorts[0].rules.http[0]', http: { method: 'GET', path: '/catalog' } }] } });
+  t.equal(probe(svc.ingress, CRAWLER.id, 6, 81), undefined, 'crawler -> 81: default deny');
   t.match(probe(svc.ingress, RESERVED.host, 6, 80)?.entry, { action: 'allow', l7: undefined }, 'the host allowance is never proxied');
 });
 
@@ -47,20 +47,20 @@ t.test('HTTP rules of several rules on the same traffic are unioned; deny still 
 kind: CiliumNetworkPolicy
 metadata: {name: a}
 spec:
-  endpointSelector: {matchLabels: {app: service}}
+  endpointSelector: {matchLabels: {app: storefront}}
   ingress:
-  - fromEndpoints: [{matchLabels: {env: prod}}]
+  - fromEndpoints: [{matchLabels: {stage: live}}]
     toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET}]}}]
   - toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: PUT, path: /upload}]}}]
   ingressDeny:
-  - fromEndpoints: [{matchLabels: {app: other}}]
+  - fromEndpoints: [{matchLabels: {app: crawler}}]
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
 `);
-  const svc = new PolicyCompiler(recs, universe()).forLabels(SERVICE.labels);
-  const prod = probe(svc.ingress, PROD.id, 6, 80)?.entry;
-  t.same(prod?.l7?.rules.map((r) => r.http.method), ['GET', 'PUT'], 'prod gets both rule sets');
+  const svc = new PolicyCompiler(recs, universe()).forLabels(STOREFRONT.labels);
+  const prod = probe(svc.ingress, LIVE.id, 6, 80)?.entry;
+  t.same(prod?.l7?.rules.map((r) => r.http.method), ['GET', 'PUT'], 'live gets both rule sets');
   t.same(probe(svc.ingress, 999, 6, 80)?.entry.l7?.rules.map((r) => r.http.method), ['PUT'], 'anyone else only the any-peer one');
-  t.equal(probe(svc.ingress, OTHER.id, 6, 80)?.entry.action, 'deny', 'deny wins over L7 allow');
+  t.equal(probe(svc.ingress, CRAWLER.id, 6, 80)?.entry.action, 'deny', 'deny wins over L7 allow');
 });
 
 // ---- oracle: what the table must answer under the probe order ------------------------------------
@@ -165,36 +165,36 @@ async function engineWith(proxyPorts?: { http: number }) {
   return { engine, ops, add };
 }
 
-const GETTING_STARTED = () => fs.readFileSync(path.join(FIXTURES, 'getting-started-l7-policy.yaml'), 'utf8');
+const STOREFRONT_READS = () => fs.readFileSync(path.join(FIXTURES, 'storefront-reads.yaml'), 'utf8');
 
 t.test('without an L7 proxy, L7 policies are refused and nothing changes', async (t) => {
   const { engine, ops, add } = await engineWith();
-  await add(1, { id: 'web-server' }, '10.0.0.2');
-  await add(2, { id: 'goodclient' }, '10.0.0.3');
+  await add(1, { app: 'storefront' }, '10.0.0.2');
+  await add(2, { app: 'checkout' }, '10.0.0.3');
   const before = new Map(ops.policy);
-  await t.rejects(engine.importText(GETTING_STARTED()), /HTTP rules but the L7 proxy is not enabled/);
+  await t.rejects(engine.importText(STOREFRONT_READS()), /HTTP rules but the L7 proxy is not enabled/);
   t.same(ops.policy, before);
   t.equal(engine.list().length, 0);
 });
 
 t.test('with the proxy: L7 entries carry its port; endpoint view and trace explain them', async (t) => {
   const { engine, ops, add } = await engineWith({ http: 15001 });
-  const web = await add(1, { id: 'web-server' }, '10.0.0.2');
-  const good = await add(2, { id: 'goodclient' }, '10.0.0.3');
-  await engine.importText(GETTING_STARTED());
+  const web = await add(1, { app: 'storefront' }, '10.0.0.2');
+  const good = await add(2, { app: 'checkout' }, '10.0.0.3');
+  await engine.importText(STOREFRONT_READS());
   const entries = ops.entriesOf(web.id);
-  t.match(entries.find((e) => e.peer === good.identity && e.dport === 8181), { action: 'allow', proxyPort: 15001 });
+  t.match(entries.find((e) => e.peer === good.identity && e.dport === 8080), { action: 'allow', proxyPort: 15001 });
   t.notOk(entries.find((e) => e.peer === 1)?.proxyPort, 'the host allowance is not proxied');
   const view = engine.endpointPolicy('c1', 'eth0')!;
-  t.match(view.l7, [{ direction: 'ingress', port: '8181/tcp', peers: [good.identity], rules: [{ http: { method: 'GET', path: '/public' } }] }]);
-  const q = { src: { labels: { id: 'goodclient' } }, dst: { labels: { id: 'web-server' } }, proto: 6, dport: 8181 };
+  t.match(view.l7, [{ direction: 'ingress', port: '8080/tcp', peers: [good.identity], rules: [{ http: { method: 'GET', path: '/catalog' } }] }]);
+  const q = { src: { labels: { app: 'checkout' } }, dst: { labels: { app: 'storefront' } }, proto: 6, dport: 8080 };
   const plain = engine.trace(q);
   const ingress = (r: typeof plain) => r.steps.find((x) => x.direction === 'ingress')!;
   t.equal(plain.verdict, 'allow');
-  t.match(ingress(plain), { direction: 'ingress', reason: /through the HTTP proxy \(l7-rule\): each request must match one of 1 HTTP rule/, l7: { rules: [{ policy: 'l7-rule', path: 'spec.ingress[0].toPorts[0].rules.http[0]' }] } });
-  t.match(ingress(engine.trace({ ...q, http: { method: 'GET', path: '/public' } })), { verdict: 'allow', reason: /GET \/public allowed by l7-rule spec\.ingress\[0\]\.toPorts\[0\]\.rules\.http\[0\]/ });
-  const denied = engine.trace({ ...q, http: { method: 'POST', path: '/public' } });
+  t.match(ingress(plain), { direction: 'ingress', reason: /through the HTTP proxy \(storefront-reads\): each request must match one of 1 HTTP rule/, l7: { rules: [{ policy: 'storefront-reads', path: 'spec.ingress[0].toPorts[0].rules.http[0]' }] } });
+  t.match(ingress(engine.trace({ ...q, http: { method: 'GET', path: '/catalog' } })), { verdict: 'allow', reason: /GET \/catalog allowed by storefront-reads spec\.ingress\[0\]\.toPorts\[0\]\.rules\.http\[0\]/ });
+  const denied = engine.trace({ ...q, http: { method: 'POST', path: '/catalog' } });
   t.equal(denied.verdict, 'deny');
-  t.match(ingress(denied).reason, /denied by the HTTP proxy \(403\): POST \/public matches none of the 1 HTTP rule of l7-rule/);
-  t.equal(engine.trace({ ...q, src: { labels: { id: 'badclient' } } }).verdict, 'deny', 'L3 still applies first');
+  t.match(ingress(denied).reason, /denied by the HTTP proxy \(403\): POST \/catalog matches none of the 1 HTTP rule of storefront-reads/);
+  t.equal(engine.trace({ ...q, src: { labels: { app: 'crawler' } } }).verdict, 'deny', 'L3 still applies first');
 });
