@@ -1,22 +1,24 @@
-// Endpoint manager: the recipe that networks one container interface end to end, and undoes it.
-// Every failure path rolls back what it did; delete succeeds whatever is already gone.
+// Endpoint manager: the endpoints of this node, one at a time per endpoint (create, delete, relabel,
+// restore, upkeep). The recipes themselves are in create.ts and restore.ts. Every failure path rolls
+// back what it did; delete succeeds whatever is already gone.
 import type { Endpoint, EndpointRequest, Network } from '../types.ts';
 import type { Store } from '../store/index.ts';
 import type { Ipam } from '../ipam/index.ts';
 import type { Networks } from '../network/index.ts';
 import type { Datapath } from '../bpf/datapath.ts';
-import { NetlinkError, type Netlink } from '../netlink/index.ts';
-import { forbiddenNetnsReason, NetnsError, openNetns, type NetNs } from '../netns/index.ts';
-import { datapathConfig, keyOf, openContainerNetns, plainIps, plumbSpec, routesOf, STORE_PREFIX, storeKey, validateRequest } from './recipe.ts';
-import { interfaceMac, randomMac } from '../net/index.ts';
-import { AddressBook, assignAddresses, ensureRecorded } from './addresses.ts';
+import type { Netlink } from '../netlink/index.ts';
+import { datapathConfig, keyOf, openContainerNetns, plainIps, plumbSpec, STORE_PREFIX, storeKey, validateRequest } from './recipe.ts';
+import { AddressBook } from './addresses.ts';
 import { EndpointError } from './errors.ts';
 import { attachmentId, endpointKey, hostVethName, ipamOwner, withDockerRef } from './naming.ts';
-import { createVeth, ensureContainerSide, ensureHostSide, inspectContainerSide } from './plumbing.ts';
+import { ensureHostSide } from './plumbing.ts';
 import { KeyedLock } from './lock.ts';
+import { EndpointIds } from './ids.ts';
+import { endpointProblems } from './health.ts';
 import { netnsGone } from './gone.ts';
 import { Reaper } from './reaper.ts';
-import { RESERVED } from '../identity/reserved.ts';
+import { createEndpoint, type CreateDeps, type UndoList } from './create.ts';
+import { pruneDatapath, restoreEndpoint, type RestoreDeps, type RestoreOutcome } from './restore.ts';
 import type { LabelResolver, LabelSink, RuntimeLabels } from '../labels/resolver.ts';
 
 export interface EndpointManagerDeps {
@@ -49,14 +51,12 @@ export interface EndpointHooks {
   afterCreate?: (ep: Endpoint, ms: number) => void;
 }
 
-const MAX_ENDPOINT_ID = 65535;
-
 export class EndpointManager {
   private readonly byKey = new Map<string, Endpoint>();
   private readonly lock = new KeyedLock();
   private readonly hooks: EndpointHooks[] = [];
-  /** Ids of live endpoints and of creates in flight (reserved before their first await). */
-  private readonly idsInUse = new Set<number>();
+  /** Ids of live endpoints, of creates in flight and of deleted endpoints not reaped yet. */
+  private readonly ids = new EndpointIds();
   /** Which endpoint uses each address (live and in flight). */
   private readonly addresses = new AddressBook();
   /** Keys of creates in flight (their IPAM allocations are not orphans). */
@@ -74,7 +74,7 @@ export class EndpointManager {
     this.reaper = new Reaper({
       store: d.store, host: d.host, datapath: d.datapath, log: d.log, delayMs: d.reapDelayMs,
       inUse: (hostIfName) => [...this.byKey.values()].some((e) => e.hostIfName === hostIfName),
-      released: (id) => { if (![...this.byKey.values()].some((e) => e.id === id)) this.idsInUse.delete(id); },
+      released: (id) => { if (![...this.byKey.values()].some((e) => e.id === id)) this.ids.release(id); },
     });
   }
 
@@ -189,31 +189,11 @@ export class EndpointManager {
     const ep = this.requireEndpoint(attachment, ifName);
     const unhealthy = this.unhealthy.get(keyOf(ep));
     if (unhealthy) return unhealthy.problems;
-    const problems: string[] = [];
-    const link = this.d.host.linkByName(ep.hostIfName);
-    if (!link) return [`host interface ${ep.hostIfName} is missing`];
-    if (!this.d.datapath.isCurrent(link.index)) problems.push(`BPF program is not attached to ${ep.hostIfName}`);
-    if (ep.netns) {
-      let ns: NetNs | undefined;
-      try {
-        ns = openNetns(ep.netns);
-        problems.push(...inspectContainerSide(plumbSpec(ep, ns)));
-      } catch (e) {
-        problems.push((e as Error).message);
-      } finally {
-        ns?.close();
-      }
-    }
-    return problems;
+    return endpointProblems(this.d, ep);
   }
 
-  /**
-   * The recipe, in the order that leaves no window: addresses recorded, the veth created with both
-   * ends down, the datapath config and the endpoint's policy (default deny when a policy selects it)
-   * written, the programs attached; only then the links come up with addresses and routes, the
-   * record is stored, and last other endpoints learn to redirect to it (local_endpoints). Until the
-   * host end is up no packet can cross the veth; until local_endpoints has it no redirect reaches it.
-   */
+  /** A retried ADD gets the same answer; a new endpoint gets an id and goes through the recipe
+   *  (create.ts), every step undone if one fails. */
   private async createLocked(req: EndpointRequest): Promise<Endpoint> {
     validateRequest(req);
     const start = this.d.labels ? this.d.labels.initial(req) : { labels: { ...(req.labels ?? {}) } };
@@ -226,56 +206,11 @@ export class EndpointManager {
     }
     const network = this.requireNetwork(req.network ?? 'default');
     const ns = req.netns ? openContainerNetns(req.netns) : null;
-    const id = this.reserveId();
-    const undo: (() => unknown)[] = [() => this.idsInUse.delete(id)];
+    const id = this.ids.reserve();
+    const undo: UndoList = [() => this.ids.release(id)];
     this.creating.add(key);
     try {
-      const ips = await assignAddresses({ ipam: this.d.ipam, addresses: this.addresses }, key, ipamOwner(attachment, req.ifName), req, network, undo);
-      const ep: Endpoint = {
-        id,
-        containerId: req.docker ? '' : req.containerId,
-        ...(req.docker ? { docker: { endpointId: req.docker.endpointId, networkId: req.docker.networkId } } : {}),
-        ifName: req.ifName,
-        network: network.name,
-        netns: req.netns ?? null,
-        hostIfName: hostVethName(attachment, req.ifName),
-        hostIfIndex: 0,
-        hostMac: randomMac(),
-        mac: req.mac ? interfaceMac(req.mac) : randomMac(),
-        mtu: req.mtu ?? network.mtu,
-        ips,
-        routes: routesOf(ips, ns !== null),
-        labels: start.labels,
-        metadata: { ...(req.metadata ?? {}) },
-        // A runtime still owes the labels: init until they come, and the link stays down.
-        identity: start.pending ? RESERVED.init : await this.d.identityFor(start.labels),
-        ...(start.pending ? { labelsPending: { source: start.pending, since: new Date().toISOString() } } : {}),
-        externalIpam: req.externalIpam ?? false,
-        createdAt: new Date().toISOString(),
-      };
-      const spec = plumbSpec(ep, ns);
-      // A host veth by this derived name with no endpoint record is what a crashed create left.
-      this.d.host.linkDel(ep.hostIfName);
-      try {
-        ep.hostIfIndex = createVeth(this.d.host, spec);
-      } catch (e) {
-        if (e instanceof NetlinkError && e.code === 'exists') {
-          throw new EndpointError('endpoint_exists', `interface ${req.ifName} already exists in ${req.netns ?? 'the host netns'}`);
-        }
-        throw e;
-      }
-      undo.push(() => this.d.host.linkDel(ep.hostIfName));
-      // Config before attach: the program must know the endpoint before its first packet.
-      this.d.datapath.upsertEndpoint(datapathConfig(ep), { publish: false });
-      undo.push(() => this.d.datapath.removeEndpoint(ep.hostIfIndex, plainIps(ep)));
-      undo.push(() => this.runHooks('afterDelete', ep));
-      await this.runHooks('beforeAttach', ep);
-      this.d.datapath.attach(ep.hostIfIndex);
-      ensureContainerSide(spec);
-      ensureHostSide(this.d.host, ep.hostIfIndex, spec);
-      await this.d.store.put(storeKey(ep), ep);
-      undo.push(() => this.d.store.delete(storeKey(ep)));
-      if (!ep.labelsPending) this.d.datapath.publishEndpoint(datapathConfig(ep));
+      const ep = await createEndpoint(this.recipeDeps(), { req, key, attachment, id, network, ns, start }, undo);
       this.byKey.set(key, ep);
       this.d.labels?.watch(ep);
       return ep;
@@ -345,38 +280,28 @@ export class EndpointManager {
   async restore(): Promise<{ kept: number; repaired: number; dropped: number; unhealthy: number }> {
     const result = { kept: 0, repaired: 0, dropped: 0, unhealthy: 0 };
     // Endpoints deleted before a crash and not reaped yet: their ids stay taken until they are.
-    for (const id of await this.reaper.resume()) this.idsInUse.add(id);
+    for (const id of await this.reaper.resume()) this.ids.take(id);
     for (const { key, value } of await this.d.store.list<Endpoint>(STORE_PREFIX)) {
       try {
         const ep = withDockerRef(value);
         this.byKey.set(keyOf(ep), ep);
-        this.idsInUse.add(ep.id);
+        this.ids.take(ep.id);
       } catch (err) {
         this.d.log?.error({ err, key }, 'unreadable endpoint record: skipped');
       }
     }
     for (const ep of [...this.byKey.values()]) result[await this.restoreIsolated(ep)]++;
     await this.releaseOrphans();
-    this.pruneDatapath();
+    pruneDatapath({ datapath: this.d.datapath, log: this.d.log }, new Set([...this.byKey.values()].map((e) => e.hostIfIndex)));
     this.reaper.kick();
     return result;
   }
 
-  /** Datapath entries of interfaces no endpoint has (a create that crashed, a record the journal lost). */
-  private pruneDatapath(): void {
-    const live = new Set([...this.byKey.values()].map((e) => e.hostIfIndex));
-    for (const ifindex of this.d.datapath.listEndpointIfindexes()) {
-      if (live.has(ifindex)) continue;
-      this.d.log?.warn({ ifindex }, 'removing datapath entries of an interface no endpoint has');
-      this.d.datapath.removeEndpoint(ifindex, []);
-    }
-  }
-
   /** Restores one endpoint; any failure marks it unhealthy instead of escaping. */
-  private async restoreIsolated(ep: Endpoint): Promise<'kept' | 'repaired' | 'dropped' | 'unhealthy'> {
+  private async restoreIsolated(ep: Endpoint): Promise<RestoreOutcome | 'unhealthy'> {
     const key = keyOf(ep);
     try {
-      const outcome = await this.lock.run(key, () => this.restoreOne(ep));
+      const outcome = await this.lock.run(key, () => restoreEndpoint(this.recipeDeps(), ep));
       if (outcome !== 'dropped' && this.unhealthy.delete(key)) this.d.log?.info({ endpoint: key }, 'endpoint repaired');
       return outcome;
     } catch (err) {
@@ -388,61 +313,18 @@ export class EndpointManager {
     }
   }
 
-  private async restoreOne(ep: Endpoint): Promise<'kept' | 'repaired' | 'dropped'> {
-    let ns: NetNs | null = null;
-    try {
-      if (ep.netns) {
-        try { ns = openNetns(ep.netns); } catch (e) {
-          if (!(e instanceof NetnsError && e.code === 'netns_not_found')) throw e;
-          await this.removeGone(ep);
-          return 'dropped';
-        }
-        const why = forbiddenNetnsReason(ns);
-        if (why) throw new Error(`its netns ${ep.netns} is now ${why}: left alone`);
-      }
-      const network = this.d.networks.get(ep.network);
-      if (!network) throw new Error(`its network "${ep.network}" is gone`);
-      const unrecorded = await ensureRecorded({ ipam: this.d.ipam, addresses: this.addresses }, keyOf(ep), ipamOwner(attachmentId(ep), ep.ifName),
-        plainIps(ep), network, ep.docker !== undefined);
-      if (unrecorded.length) throw new Error(`its addresses are not its own: ${unrecorded.join('; ')}`);
-      const spec = plumbSpec(ep, ns);
-      let link = this.d.host.linkByName(ep.hostIfName);
-      let repaired = false;
-      if (!link) {
-        if (!ns) { await this.teardown(ep); return 'dropped'; }
-        // Its stale datapath entries point at an interface that is gone: traffic to it must not go there.
-        if (!this.d.host.linkByIndex(ep.hostIfIndex)) this.d.datapath.removeEndpoint(ep.hostIfIndex, plainIps(ep));
-        try {
-          createVeth(this.d.host, spec);
-        } catch (e) {
-          if (e instanceof NetlinkError && e.code === 'exists') {
-            throw new Error(`host interface ${ep.hostIfName} vanished and cannot be recreated: ${ep.ifName} already exists in ${ep.netns} and is not ours`);
-          }
-          throw e;
-        }
-        link = this.d.host.linkByName(ep.hostIfName);
-        repaired = true;
-      }
-      if (!link) throw new Error(`cannot recreate ${ep.hostIfName}`);
-      const wasCurrent = this.d.datapath.isCurrent(link.index);
-      if (link.index !== ep.hostIfIndex) {
-        // The old index may belong to another interface by now: only forget it when nothing has it.
-        if (!this.d.host.linkByIndex(ep.hostIfIndex)) this.d.datapath.removeEndpoint(ep.hostIfIndex, []);
-        await this.d.store.put(storeKey(ep), { ...ep, hostIfIndex: link.index });
-        ep.hostIfIndex = link.index;
-      }
-      // The create recipe's order: config, policy, program, links, then redirects to it.
-      this.d.datapath.upsertEndpoint(datapathConfig(ep), { publish: false });
-      await this.runHooks('beforeAttach', ep);
-      this.d.datapath.attach(link.index);
-      if (inspectContainerSide(spec).length) { ensureContainerSide(spec); repaired = true; }
-      ensureHostSide(this.d.host, link.index, spec);
-      if (!spec.holdDown) this.d.datapath.publishEndpoint(datapathConfig(ep));
-      this.d.labels?.watch(ep);
-      return repaired || !wasCurrent ? 'repaired' : 'kept';
-    } finally {
-      ns?.close();
-    }
+  /** The node's parts and the manager's own steps, as the create and restore recipes use them. */
+  private recipeDeps(): CreateDeps & RestoreDeps {
+    const d = this.d;
+    return {
+      store: d.store, ipam: d.ipam, networks: d.networks, datapath: d.datapath, host: d.host, addresses: this.addresses,
+      identityFor: d.identityFor,
+      beforeAttach: (ep) => this.runHooks('beforeAttach', ep),
+      afterDelete: (ep) => this.runHooks('afterDelete', ep),
+      teardown: (ep) => this.teardown(ep),
+      removeGone: (ep) => this.removeGone(ep),
+      watch: (ep) => d.labels?.watch(ep),
+    };
   }
 
   /** Addresses held for endpoints that neither exist nor are being created (a create that crashed,
@@ -520,12 +402,5 @@ export class EndpointManager {
     const ep = this.byKey.get(endpointKey(attachment, ifName));
     if (!ep) throw new EndpointError('endpoint_not_found', `endpoint ${endpointKey(attachment, ifName)} does not exist`);
     return ep;
-  }
-
-  private reserveId(): number {
-    for (let id = 1; id <= MAX_ENDPOINT_ID; id++) {
-      if (!this.idsInUse.has(id)) { this.idsInUse.add(id); return id; }
-    }
-    throw new EndpointError('bad_request', 'no endpoint id left (65535 endpoints on this node)');
   }
 }

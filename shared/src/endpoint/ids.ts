@@ -1,0 +1,26 @@
+// Endpoint ids: small numbers (they key the datapath's per-endpoint maps and flows), unique on the
+// node among live endpoints, creates in flight and deleted endpoints not reaped yet.
+import { EndpointError } from './errors.ts';
+
+const MAX_ENDPOINT_ID = 65535;
+
+export class EndpointIds {
+  private readonly inUse = new Set<number>();
+
+  /** The lowest free id, taken at once (before the caller's first await). */
+  reserve(): number {
+    for (let id = 1; id <= MAX_ENDPOINT_ID; id++) {
+      if (!this.inUse.has(id)) { this.inUse.add(id); return id; }
+    }
+    throw new EndpointError('bad_request', `no endpoint id left (${MAX_ENDPOINT_ID} endpoints on this node)`);
+  }
+
+  /** An id known to be taken (a restored endpoint, one waiting to be reaped). */
+  take(id: number): void {
+    this.inUse.add(id);
+  }
+
+  release(id: number): void {
+    this.inUse.delete(id);
+  }
+}

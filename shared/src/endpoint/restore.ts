@@ -1,0 +1,100 @@
+// Bringing one endpoint back after an agent restart: keep what works, repair what is missing (the
+// host veth, the container side, the BPF attachment), drop what is gone. It follows the create
+// recipe's order (create.ts) so a repaired endpoint is never open. Failures throw: the manager keeps
+// the endpoint and reports it unhealthy.
+import type { Endpoint } from '../types.ts';
+import type { Store } from '../store/index.ts';
+import type { Ipam } from '../ipam/index.ts';
+import type { Networks } from '../network/index.ts';
+import type { Datapath } from '../bpf/datapath.ts';
+import { NetlinkError, type Netlink } from '../netlink/index.ts';
+import { forbiddenNetnsReason, NetnsError, openNetns, type NetNs } from '../netns/index.ts';
+import { datapathConfig, keyOf, plainIps, plumbSpec, storeKey } from './recipe.ts';
+import { ensureRecorded, type AddressBook } from './addresses.ts';
+import { attachmentId, ipamOwner } from './naming.ts';
+import { createVeth, ensureContainerSide, ensureHostSide, inspectContainerSide } from './plumbing.ts';
+
+export type RestoreOutcome = 'kept' | 'repaired' | 'dropped';
+
+/** What a restore uses: the node's parts, and the manager's own ways to remove an endpoint. */
+export interface RestoreDeps {
+  store: Store;
+  ipam: Ipam;
+  networks: Networks;
+  datapath: Datapath;
+  host: Netlink;
+  addresses: AddressBook;
+  beforeAttach: (ep: Endpoint) => Promise<void>;
+  /** Removes the endpoint as a DEL would. */
+  teardown: (ep: Endpoint) => Promise<void>;
+  /** Removes the endpoint of a netns that no longer exists (counted apart). */
+  removeGone: (ep: Endpoint) => Promise<void>;
+  /** Follows the endpoint's runtime for labels again. */
+  watch: (ep: Endpoint) => void;
+}
+
+export async function restoreEndpoint(d: RestoreDeps, ep: Endpoint): Promise<RestoreOutcome> {
+  let ns: NetNs | null = null;
+  try {
+    if (ep.netns) {
+      try { ns = openNetns(ep.netns); } catch (e) {
+        if (!(e instanceof NetnsError && e.code === 'netns_not_found')) throw e;
+        await d.removeGone(ep);
+        return 'dropped';
+      }
+      const why = forbiddenNetnsReason(ns);
+      if (why) throw new Error(`its netns ${ep.netns} is now ${why}: left alone`);
+    }
+    const network = d.networks.get(ep.network);
+    if (!network) throw new Error(`its network "${ep.network}" is gone`);
+    const unrecorded = await ensureRecorded({ ipam: d.ipam, addresses: d.addresses }, keyOf(ep), ipamOwner(attachmentId(ep), ep.ifName),
+      plainIps(ep), network, ep.docker !== undefined);
+    if (unrecorded.length) throw new Error(`its addresses are not its own: ${unrecorded.join('; ')}`);
+    const spec = plumbSpec(ep, ns);
+    let link = d.host.linkByName(ep.hostIfName);
+    let repaired = false;
+    if (!link) {
+      if (!ns) { await d.teardown(ep); return 'dropped'; }
+      // Its stale datapath entries point at an interface that is gone: traffic to it must not go there.
+      if (!d.host.linkByIndex(ep.hostIfIndex)) d.datapath.removeEndpoint(ep.hostIfIndex, plainIps(ep));
+      try {
+        createVeth(d.host, spec);
+      } catch (e) {
+        if (e instanceof NetlinkError && e.code === 'exists') {
+          throw new Error(`host interface ${ep.hostIfName} vanished and cannot be recreated: ${ep.ifName} already exists in ${ep.netns} and is not ours`);
+        }
+        throw e;
+      }
+      link = d.host.linkByName(ep.hostIfName);
+      repaired = true;
+    }
+    if (!link) throw new Error(`cannot recreate ${ep.hostIfName}`);
+    const wasCurrent = d.datapath.isCurrent(link.index);
+    if (link.index !== ep.hostIfIndex) {
+      // The old index may belong to another interface by now: only forget it when nothing has it.
+      if (!d.host.linkByIndex(ep.hostIfIndex)) d.datapath.removeEndpoint(ep.hostIfIndex, []);
+      await d.store.put(storeKey(ep), { ...ep, hostIfIndex: link.index });
+      ep.hostIfIndex = link.index;
+    }
+    // The create recipe's order: config, policy, program, links, then redirects to it.
+    d.datapath.upsertEndpoint(datapathConfig(ep), { publish: false });
+    await d.beforeAttach(ep);
+    d.datapath.attach(link.index);
+    if (inspectContainerSide(spec).length) { ensureContainerSide(spec); repaired = true; }
+    ensureHostSide(d.host, link.index, spec);
+    if (!spec.holdDown) d.datapath.publishEndpoint(datapathConfig(ep));
+    d.watch(ep);
+    return repaired || !wasCurrent ? 'repaired' : 'kept';
+  } finally {
+    ns?.close();
+  }
+}
+
+/** Datapath entries of interfaces no endpoint has (a create that crashed, a record the journal lost). */
+export function pruneDatapath(d: Pick<RestoreDeps, 'datapath'> & { log?: { warn(o: object, msg: string): void } }, liveIfindexes: Set<number>): void {
+  for (const ifindex of d.datapath.listEndpointIfindexes()) {
+    if (liveIfindexes.has(ifindex)) continue;
+    d.log?.warn({ ifindex }, 'removing datapath entries of an interface no endpoint has');
+    d.datapath.removeEndpoint(ifindex, []);
+  }
+}
