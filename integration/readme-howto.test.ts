@@ -71,6 +71,7 @@ t.test('README how-to: Docker', async (t) => {
   t.equal((r.out.match(/^hello$/gm) ?? []).length, 2, 'the client reaches web before and after the policy');
   t.match(r.out, /^dropped$/m, 'a container without the label is dropped');
   t.match(r.out, /DROPPED .*denied by default deny|DROPPED .*web-from-client/, 'membrane observe shows the drop');
+  t.match(r.out, /-> web:80 \(ID:\d+\)/, 'the drop names the container web');
   t.match(r.out, /app=web/, 'endpoint list shows the Docker labels');
 });
 

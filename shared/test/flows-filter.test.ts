@@ -65,6 +65,9 @@ t.test('pods and namespaces, as Hubble reads them', async (t) => {
   t.same(m([{ sourcePod: ['client'] }]), [false, false], 'client is not in "default"');
   t.same(m([{ sourcePod: ['/'] }]), [true, true], 'any namespace (hubble --all-namespaces)');
   t.throws(() => compileFilters([{ sourcePod: [''] }]), /source_pod: a pod name must not be empty/);
+  const docker = compileFilters([{ destinationPod: ['web'] }]);
+  t.ok(docker({ ...base, destination: { identity: 300, podName: 'web' } }), 'a bare name also matches a Docker container (no namespace)');
+  t.notOk(compileFilters([{ destinationPod: ['default/web'] }])({ ...base, destination: { identity: 300, podName: 'web' } }), 'but "default/web" names a pod in "default"');
 });
 
 t.test('node names: patterns, cluster prefix, default cluster', async (t) => {

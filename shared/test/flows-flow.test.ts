@@ -148,3 +148,14 @@ t.test('endpoint records are shared between flows; peers are cached by identity'
   const w2 = buildFlow(ev({ saddr: '198.18.0.2', daddr: '10.1.0.3', srcIdentity: 2 }), ctx);
   t.equal(w1.source, w2.source);
 });
+
+t.test('a Docker container is named in flows as docker ps names it, without a namespace', async (t) => {
+  const tb = EndpointTable.from([
+    ep(3, '10.3.0.2', { 'container:app': 'web' }, { containerId: 'f00d', docker: { networkId: 'n1', endpointId: 'e1', containerName: 'web' } }),
+    ep(4, '10.3.0.3', { 'container:app': 'client' }, { containerId: '', docker: { networkId: 'n1', endpointId: 'e2' } }),
+  ]);
+  const c: FlowContext = { ...ctx, endpointById: (id) => tb.byEndpointId(id), endpointByAddress: (b, o, f) => tb.byRaw(b, o, f) };
+  const f = buildFlow(ev({ type: EventType.FLOW_NEW, endpointId: 3, direction: 0, saddr: '10.3.0.3', daddr: '10.3.0.2', proto: 6, sport: 1, dport: 80, srcIdentity: 260, dstIdentity: 259 }), c);
+  t.same(f.destination, { ID: 3, identity: 259, labels: ['container:app=web'], podName: 'web' });
+  t.same(f.source, { ID: 4, identity: 260, labels: ['container:app=client'] }, 'a container whose name is not known yet: no name');
+});

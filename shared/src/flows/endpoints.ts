@@ -8,10 +8,11 @@ import { sideRefOf, type EndpointView } from './enrich.ts';
 const POD_NAMESPACE = 'k8s:io.kubernetes.pod.namespace';
 const POD_NAME = 'k8s:io.kubernetes.pod.name';
 
-/** The pod namespace and name of an endpoint, when it is a pod. */
+/** The pod namespace and name of an endpoint, when it is a pod; a Docker container's name (without
+ *  a namespace), so that flows name containers as `docker ps` does. */
 export function podOf(ep: Endpoint): { namespace?: string; podName?: string } {
   const ns = ep.metadata?.[POD_NAMESPACE] ?? ep.labels?.[POD_NAMESPACE];
-  const pod = ep.metadata?.[POD_NAME];
+  const pod = ep.metadata?.[POD_NAME] ?? (ns ? undefined : ep.docker?.containerName);
   return { ...(ns ? { namespace: ns } : {}), ...(pod ? { podName: pod } : {}) };
 }
 

@@ -225,18 +225,20 @@ function dropReasonPred(values: (string | number)[], what: string): Pred {
   return (f) => f.dropReasonDesc !== undefined && wanted.has(dropReasonCode(f.dropReasonDesc) ?? -1);
 }
 
-/** Hubble's pod filter: "[namespace/]name-prefix"; no namespace means "default"; "ns/" a namespace. */
+/** Hubble's pod filter: "[namespace/]name-prefix"; no namespace means "default" (or a Docker container,
+ *  which has none); "ns/" a namespace. */
 function podPred(values: string[], what: string, get: (f: Flow) => FlowEndpoint | undefined): Pred {
   const parsed = values.map((v) => {
     if (v === '') throw new FilterError(`${what}: a pod name must not be empty`);
     const [first, ...rest] = v.split('/');
-    return rest.length ? { ns: first, prefix: rest[0] } : { ns: 'default', prefix: first };
+    // A bare name means namespace "default" as in Hubble, or no namespace at all: a Docker container.
+    return rest.length ? { ns: first, prefix: rest[0], bare: false } : { ns: 'default', prefix: first, bare: true };
   });
   return (f) => {
     const ep = get(f);
     const ns = ep?.namespace ?? '', pod = ep?.podName ?? '';
     if (!ns && !pod) return false;
-    return parsed.some((p) => (!p.prefix || pod.startsWith(p.prefix)) && (!p.ns || p.ns === ns));
+    return parsed.some((p) => (!p.prefix || pod.startsWith(p.prefix)) && (!p.ns || p.ns === ns || (p.bare && !ns)));
   };
 }
 
