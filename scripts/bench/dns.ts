@@ -48,9 +48,29 @@ specs:
     toPorts: [{ports: [{port: "53", protocol: ANY}]}]
 `;
 
-interface Sample { qps: number; p50: number; p99: number; lost: number }
+interface Sample { qps: number; p50: number; p99: number; lost: number; completed: number; agentCpuUs: number; serverCpuUs: number }
 
-function dnsperf(ns: TestNetns, queryFile: string): Promise<Sample> {
+/** CPU time (user + system, µs) a process has used so far (/proc/PID/stat, clock ticks). */
+function cpuUs(pid: number | undefined): number {
+  if (!pid) return 0;
+  try {
+    const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+    return ((Number(rest[11]) + Number(rest[12])) * 1e6) / 100;
+  } catch { return 0; }
+}
+
+/** One dnsperf run, with the CPU the agent and the DNS server spent meanwhile (per query: what the
+ *  proxy costs does not move with the machine's load the way queries/s does). */
+async function measure(ns: TestNetns, queryFile: string, agentPid: number | undefined, serverPid: number | undefined): Promise<Sample> {
+  const a0 = cpuUs(agentPid);
+  const s0 = cpuUs(serverPid);
+  const r = await dnsperf(ns, queryFile);
+  const n = Math.max(1, r.completed);
+  return { ...r, agentCpuUs: (cpuUs(agentPid) - a0) / n, serverCpuUs: (cpuUs(serverPid) - s0) / n };
+}
+
+function dnsperf(ns: TestNetns, queryFile: string): Promise<Omit<Sample, 'agentCpuUs' | 'serverCpuUs'>> {
   const child = spawn('nsenter', [`--net=${ns.path}`, 'dnsperf', '-s', DNS, '-d', queryFile, '-l', String(SECONDS), '-c', '4', '-q', String(OUTSTANDING), '-t', '2', '-v'], { stdio: ['ignore', 'pipe', 'pipe'] });
   const lat: number[] = [];
   let tail = '';
@@ -66,8 +86,9 @@ function dnsperf(ns: TestNetns, queryFile: string): Promise<Sample> {
   return new Promise((resolve, reject) => child.once('exit', (code) => {
     const qps = /Queries per second:\s+([\d.]+)/.exec(tail);
     const lost = /Queries lost:\s+(\d+)/.exec(tail);
+    const completed = /Queries completed:\s+(\d+)/.exec(tail);
     if (code !== 0 || !qps) { reject(new Error(`dnsperf failed (${code}):\n${tail}`)); return; }
-    resolve({ qps: Number(qps[1]), p50: percentile(lat, 0.5), p99: percentile(lat, 0.99), lost: Number(lost?.[1] ?? 0) });
+    resolve({ qps: Number(qps[1]), p50: percentile(lat, 0.5), p99: percentile(lat, 0.99), lost: Number(lost?.[1] ?? 0), completed: Number(completed?.[1] ?? 0) });
   }));
 }
 
@@ -149,8 +170,9 @@ async function main(): Promise<void> {
     const samples: Record<'direct' | 'proxy', Sample[]> = { direct: [], proxy: [] };
     for (let round = 0; round < ROUNDS; round++) {
       for (const v of round % 2 ? (['proxy', 'direct'] as const) : (['direct', 'proxy'] as const)) {
-        samples[v].push(await dnsperf(pods[v], queries));
-        process.stderr.write(`round ${round + 1} ${v}: ${samples[v].at(-1)!.qps.toFixed(0)} q/s\n`);
+        samples[v].push(await measure(pods[v], queries, agent.pid(), dnsmasq.child.pid));
+        const last = samples[v].at(-1)!;
+        process.stderr.write(`round ${round + 1} ${v}: ${last.qps.toFixed(0)} q/s, CPU per query: agent ${last.agentCpuUs.toFixed(1)} µs, server ${last.serverCpuUs.toFixed(1)} µs\n`);
       }
     }
     const first = await firstConnections(pods.proxy);
@@ -159,11 +181,12 @@ async function main(): Promise<void> {
 
     const row = (v: 'direct' | 'proxy') => {
       const s = samples[v];
-      return [v, median(s.map((x) => x.qps)).toFixed(0), median(s.map((x) => x.p50)).toFixed(0), median(s.map((x) => x.p99)).toFixed(0), String(s.reduce((n, x) => n + x.lost, 0))];
+      return [v, median(s.map((x) => x.qps)).toFixed(0), median(s.map((x) => x.p50)).toFixed(0), median(s.map((x) => x.p99)).toFixed(0), String(s.reduce((n, x) => n + x.lost, 0)),
+        median(s.map((x) => x.agentCpuUs)).toFixed(1), median(s.map((x) => x.serverCpuUs)).toFixed(1)];
     };
     const ratio = median(samples.proxy.map((x) => x.qps)) / median(samples.direct.map((x) => x.qps));
     console.log(`\nDNS through Membrane's DNS proxy vs direct (dnsperf, ${OUTSTANDING} in flight, ${ROUNDS} rounds x ${SECONDS} s, load before: ${load})\n`);
-    console.log(markdownTable(['variant', 'queries/s', 'p50 µs', 'p99 µs', 'lost'], [row('direct'), row('proxy')]));
+    console.log(markdownTable(['variant', 'queries/s', 'p50 µs', 'p99 µs', 'lost', 'agent CPU µs/query', 'server CPU µs/query'], [row('direct'), row('proxy')]));
     console.log(`\nproxy / direct queries/s: ${ratio.toFixed(2)}x (goal >= 0.8x)`);
     console.log(`first connection right after a fresh answer: ${first.ok}/${FRESH} connected${first.failed.length ? `; failed: ${first.failed.join(', ')}` : ''} (goal: never dropped)`);
     console.log(`answer -> ipcache (agent histogram, ${learn.count} answers with addresses): p50 <= ${(learn.p50 * 1e6).toFixed(0)} µs, p99 <= ${(learn.p99 * 1e6).toFixed(0)} µs`);
