@@ -7,9 +7,13 @@
 // socket bound to it): the first connection to an answered address is never dropped.
 //
 // What may teach the agent an address: only a response from the very server and port asked, on the
-// socket of that one query (a fresh source port per query, RFC 5452: an off-path forger must guess
-// port and ID, and a server that saw one of our queries learns nothing about the next), with the
-// query's ID and question. Anything else is ignored (UDP) or answered SERVFAIL (TCP).
+// socket the query went out on, with the query's ID and question. Anything else is ignored (UDP) or
+// answered SERVFAIL (TCP). Source ports (RFC 5452): an upstream socket is connected to one server (the
+// kernel delivers it only that server's datagrams) and serves at most UPSTREAM_QUERIES queries within
+// UPSTREAM_MS before a fresh one (a fresh random port) takes over: an off-path forger must still guess
+// port and ID, the port a server saw is of no use for long, and a port is not open long enough to be
+// found by scanning side channels (SAD DNS). A socket per query cost more than the rest of a query's
+// work (socket, bind, connect, epoll, close: the benchmark's largest item).
 //
 // Runs in the agent, not in the HTTP proxy's worker processes: every answer needs the agent's ipcache
 // write before it may be released, a DNS exchange lasts milliseconds (an agent restart cuts nothing a
@@ -67,29 +71,66 @@ export interface DnsProxyDeps {
 interface Pending {
   client: Peer;
   server: Peer;
-  /** This query's own upstream socket (its own source port). */
-  socket: dgram.Socket;
+  /** The upstream socket it was sent on; its ID is unique there. */
+  up: Upstream;
   id: number;
   clientId: number;
   query: Query;
   decision: DnsDecision;
-  t0: bigint;
-  timer: NodeJS.Timeout;
+  /** performance.now() when forwarded. */
+  t0: number;
+  deadline: number;
 }
 
-/** Queries waiting for their server; each holds a socket (a file descriptor) until answered or timed out. */
+/** A connected UDP socket to one server (a kernel-chosen random source port), shared by at most
+ *  UPSTREAM_QUERIES queries within UPSTREAM_MS, then retired (closed once its last query is done). */
+interface Upstream {
+  key: string;
+  socket: dgram.Socket;
+  byId: Map<number, Pending>;
+  uses: number;
+  born: number;
+  connected: boolean;
+  /** Queries sent before connect() completed. */
+  queue: Buffer[];
+  retired: boolean;
+}
+
+/** Queries waiting for their server. */
 const MAX_PENDING = 4096;
+/** How many queries, and for how long, one upstream source port serves (see the header). */
+const UPSTREAM_QUERIES = 64;
+const UPSTREAM_MS = 1000;
+const SWEEP_MS = 100;
 const REPLY_SOCKET_IDLE_MS = 60_000;
 const loopback = (ip: string) => ip === '127.0.0.1' || ip === '::1' || ip.startsWith('127.');
 const normalizeAddr = (ip: string) => ip.replace(/^::ffff:/, '').toLowerCase();
+/** Addresses are IP literals: no resolver round trip (and no extra tick) per datagram. */
+const literal = (family: 4 | 6) => (address: string, _o: unknown, cb: (err: null, address: string, family: number) => void) => cb(null, address, family);
+
+/** Unpredictable 16-bit message IDs (Math.random's state can be read off its outputs), drawn in bulk. */
+class RandomIds {
+  private buf = Buffer.alloc(0);
+  private at = 0;
+  next(): number {
+    if (this.at + 2 > this.buf.length) { this.buf = crypto.randomBytes(4096); this.at = 0; }
+    const v = this.buf.readUInt16BE(this.at);
+    this.at += 2;
+    return v;
+  }
+}
 
 export class DnsProxy {
   private readonly listeners: dgram.Socket[] = [];
   private readonly tcpServers: net.Server[] = [];
+  /** In sending order, so in deadline order (one timeout for all): the sweep stops at the first live one. */
   private readonly pending = new Set<Pending>();
+  private readonly upstreams = new Map<string, Upstream>();
   private readonly replies = new Map<string, { socket: dgram.Socket; used: number }>();
   private readonly tcpClients = new Set<net.Socket>();
+  private readonly ids = new RandomIds();
   private sweep?: NodeJS.Timeout;
+  private idleSweep?: NodeJS.Timeout;
   private readonly timeoutMs: number;
   stats = { queries: 0, refused: 0, forwarded: 0, errors: 0, ignored: 0 };
 
@@ -116,8 +157,10 @@ export class DnsProxy {
       server.listen({ fd: tfd });
       this.tcpServers.push(server);
     }
-    this.sweep = setInterval(() => this.closeIdleReplySockets(), 10_000);
+    this.sweep = setInterval(() => this.expirePending(), SWEEP_MS);
     this.sweep.unref();
+    this.idleSweep = setInterval(() => this.closeIdleReplySockets(), 10_000);
+    this.idleSweep.unref();
   }
 
   // ---- UDP -----------------------------------------------------------------------------------------
@@ -136,58 +179,106 @@ export class DnsProxy {
       return;
     }
     if (this.pending.size >= MAX_PENDING) { this.replyUdp(server, client, refusal(msg, RCODE.SERVFAIL)); this.stats.errors++; return; }
-    const socket = dgram.createSocket(server.ip.includes(':') ? 'udp6' : 'udp4');
-    const out = Buffer.from(msg);
-    const id = crypto.randomInt(0x10000); // unpredictable: Math.random's state can be read off its outputs
-    out.writeUInt16BE(id, 0);
-    const p: Pending = {
-      client, server, socket, id, clientId: query.id, query, decision, t0: process.hrtime.bigint(),
-      timer: setTimeout(() => this.onTimeout(p), this.timeoutMs),
-    };
+    const up = this.upstreamTo(server);
+    let id = this.ids.next();
+    while (up.byId.has(id)) id = this.ids.next();
+    const t0 = performance.now();
+    const p: Pending = { client, server, up, id, clientId: query.id, query, decision, t0, deadline: t0 + this.timeoutMs };
     this.pending.add(p);
-    socket.on('message', (m, rinfo) => { void this.onUpstream(p, m, { ip: rinfo.address, port: rinfo.port }); });
-    socket.on('error', (err) => { this.d.log.warn({ err, server }, 'DNS proxy upstream socket error'); this.onTimeout(p); });
+    up.byId.set(id, p);
     this.stats.forwarded++;
     this.d.record({ kind: 'query', timeMs: Date.now(), proto: 'udp', src: client, dst: server, query, decision, verdict: 'forwarded' });
-    // connect(): the kernel picks a random ephemeral port and delivers only the server's datagrams.
-    socket.connect(server.port, server.ip, () => socket.send(out));
+    msg.writeUInt16BE(id, 0); // msg is this datagram's own buffer: nothing else reads its ID
+    if (up.connected) up.socket.send(msg);
+    else up.queue.push(msg);
+  }
+
+  /** The upstream socket for the next query to `server`: the current one, or a fresh one (a fresh
+   *  random source port) when it has served its queries or its time. */
+  private upstreamTo(server: Peer): Upstream {
+    const key = `${server.ip}|${server.port}`;
+    const now = performance.now();
+    let up = this.upstreams.get(key);
+    if (up && (up.uses >= UPSTREAM_QUERIES || now - up.born > UPSTREAM_MS)) { this.retire(up); up = undefined; }
+    if (!up) {
+      const v6 = server.ip.includes(':');
+      const socket = dgram.createSocket({ type: v6 ? 'udp6' : 'udp4', lookup: literal(v6 ? 6 : 4) as never });
+      const u: Upstream = { key, socket, byId: new Map(), uses: 0, born: now, connected: false, queue: [], retired: false };
+      socket.on('message', (m, rinfo) => this.onUpstream(u, m, rinfo.address, rinfo.port));
+      socket.on('error', (err) => { this.d.log.warn({ err, server }, 'DNS proxy upstream socket error'); this.failUpstream(u); });
+      // connect(): the kernel picks a random ephemeral port and delivers only the server's datagrams.
+      socket.connect(server.port, server.ip, () => {
+        u.connected = true;
+        for (const m of u.queue) socket.send(m);
+        u.queue = [];
+      });
+      this.upstreams.set(key, (up = u));
+    }
+    up.uses++;
+    return up;
+  }
+
+  /** Takes no new queries; closed when its last one is done. */
+  private retire(up: Upstream): void {
+    up.retired = true;
+    if (this.upstreams.get(up.key) === up) this.upstreams.delete(up.key);
+    if (!up.byId.size) up.socket.close();
+  }
+
+  private failUpstream(up: Upstream): void {
+    for (const p of [...up.byId.values()]) this.onTimeout(p);
+    if (!up.retired) this.retire(up);
   }
 
   private finish(p: Pending): boolean {
     if (!this.pending.delete(p)) return false;
-    clearTimeout(p.timer);
-    p.socket.close();
+    const up = p.up;
+    up.byId.delete(p.id);
+    if (up.retired && !up.byId.size) up.socket.close();
     return true;
   }
 
-  private async onUpstream(p: Pending, msg: Buffer, from: Peer): Promise<void> {
-    if (msg.length < 12 || msg.readUInt16BE(0) !== p.id || from.port !== p.server.port || normalizeAddr(from.ip) !== normalizeAddr(p.server.ip)) { this.stats.ignored++; return; }
+  private onUpstream(up: Upstream, msg: Buffer, fromIp: string, fromPort: number): void {
+    const p = msg.length >= 12 ? up.byId.get(msg.readUInt16BE(0)) : undefined;
+    if (!p || fromPort !== p.server.port || normalizeAddr(fromIp) !== normalizeAddr(p.server.ip)) { this.stats.ignored++; return; }
     const answer = readAnswer(msg);
     if (answer && !answersQuery(answer, p.query)) { this.stats.ignored++; return; } // not this question: wait for the real one
     if (!this.finish(p)) return;
-    const tAnswer = process.hrtime.bigint();
-    let learnNs: bigint | undefined;
     if (answer && p.decision.endpoint !== undefined && answer.ips.length) {
-      try {
-        await this.d.learn(p.decision.endpoint, answer);
-        learnNs = process.hrtime.bigint() - tAnswer;
-      } catch (err) {
-        // Not in the datapath: the client would be refused its first connection. It gets SERVFAIL
-        // and asks again.
-        this.d.log.warn({ err, name: p.query.name }, 'cannot enforce a DNS answer: SERVFAIL to the client');
-        this.replyUdp(p.server, p.client, refusal(msg, RCODE.SERVFAIL));
-        this.stats.errors++;
-        this.d.record({ kind: 'response', timeMs: Date.now(), proto: 'udp', src: p.client, dst: p.server, query: p.query, decision: p.decision, verdict: 'error', reason: 'policy update failed', ...(answer ? { answer } : {}) });
-        return;
-      }
+      const tAnswer = performance.now();
+      this.d.learn(p.decision.endpoint, answer).then(
+        () => this.releaseUdp(p, msg, answer, performance.now() - tAnswer),
+        (err: unknown) => {
+          // Not in the datapath: the client would be refused its first connection. It gets SERVFAIL
+          // and asks again.
+          this.d.log.warn({ err, name: p.query.name }, 'cannot enforce a DNS answer: SERVFAIL to the client');
+          this.replyUdp(p.server, p.client, refusal(msg, RCODE.SERVFAIL));
+          this.stats.errors++;
+          this.d.record({ kind: 'response', timeMs: Date.now(), proto: 'udp', src: p.client, dst: p.server, query: p.query, decision: p.decision, verdict: 'error', reason: 'policy update failed', answer });
+        },
+      );
+      return;
     }
-    const out = Buffer.from(msg);
-    out.writeUInt16BE(p.clientId, 0);
-    this.replyUdp(p.server, p.client, out);
+    this.releaseUdp(p, msg, answer);
+  }
+
+  /** The server's bytes to the client, its ID restored (msg is this datagram's own buffer). */
+  private releaseUdp(p: Pending, msg: Buffer, answer: Answer | undefined, learnMs?: number): void {
+    msg.writeUInt16BE(p.clientId, 0);
+    this.replyUdp(p.server, p.client, msg);
     this.d.record({
       kind: 'response', timeMs: Date.now(), proto: 'udp', src: p.client, dst: p.server, query: p.query, decision: p.decision, verdict: 'forwarded',
-      ...(answer ? { answer } : {}), latencyNs: Number(process.hrtime.bigint() - p.t0), ...(learnNs !== undefined ? { learnNs: Number(learnNs) } : {}),
+      ...(answer ? { answer } : {}), latencyNs: Math.round((performance.now() - p.t0) * 1e6), ...(learnMs !== undefined ? { learnNs: Math.round(learnMs * 1e6) } : {}),
     });
+  }
+
+  /** All queries have the same timeout: the oldest pending ones are the first to expire. */
+  private expirePending(): void {
+    const now = performance.now();
+    for (const p of this.pending) {
+      if (p.deadline > now) break;
+      this.onTimeout(p);
+    }
   }
 
   private onTimeout(p: Pending): void {
@@ -209,7 +300,8 @@ export class DnsProxy {
         this.d.log.warn({ err, server }, 'DNS proxy: cannot answer as the server');
         return;
       }
-      const socket = dgram.createSocket(server.ip.includes(':') ? 'udp6' : 'udp4');
+      const v6 = server.ip.includes(':');
+      const socket = dgram.createSocket({ type: v6 ? 'udp6' : 'udp4', lookup: literal(v6 ? 6 : 4) as never });
       socket.on('error', (err) => this.d.log.warn({ err }, 'DNS proxy reply socket error'));
       socket.on('message', () => undefined); // nothing is routed to it: it only sends
       try { socket.bind({ fd }); } catch (err) { closeFd(fd); throw err; }
@@ -309,7 +401,9 @@ export class DnsProxy {
 
   async close(): Promise<void> {
     if (this.sweep) clearInterval(this.sweep);
+    if (this.idleSweep) clearInterval(this.idleSweep);
     for (const p of [...this.pending]) this.finish(p);
+    for (const up of [...this.upstreams.values()]) this.retire(up);
     for (const s of this.listeners) s.close();
     this.listeners.length = 0;
     for (const r of this.replies.values()) r.socket.close();
