@@ -37,6 +37,12 @@ const EXPIRY_GRACE_MS = 5_000;
 /** Addresses found in the pinned ipcache after a restart but learned after the last save. */
 const RESTORE_GRACE_MS = 10 * 60_000;
 const PROTO = { udp: 17, tcp: 6 } as const;
+const MAX_CACHED_DECISIONS = 10_000;
+
+/** One object shape for every decision (the proxy's hot path stays monomorphic). */
+function decision(allowed: boolean, endpoint: number | undefined, identity: number, peerIdentity: number, ruleId: number, rulePath?: string): DnsDecision {
+  return { allowed, endpoint, identity, peerIdentity, ruleId, rulePath };
+}
 
 export interface DnsDeps {
   cfg: AgentConfig;
@@ -65,6 +71,8 @@ export class AgentDns {
   private saving: Promise<void> = Promise.resolve();
   private queuedSave?: Promise<void>;
   private readonly listeners: ((r: DnsRecord) => void)[] = [];
+  private readonly decisions = new Map<string, DnsDecision>();
+  private decisionsGen = -1;
 
   private constructor(private readonly d: DnsDeps, readonly port: number, readonly state: FqdnState, private readonly log: Logger) {}
 
@@ -100,19 +108,31 @@ export class AgentDns {
     this.log.info({ port: this.port }, 'DNS proxy listening');
   }
 
-  /** The policy's verdict on a query: the sender's egress entry towards the server, then its DNS rules. */
+  /** The policy's verdict on a query, the same for every query of one sender, server and name until
+   *  the maps change (the engine's generation): a client asking the same name again and again pays
+   *  one lookup. Bounded: names are the client's to choose. */
   decide(src: Peer, dst: Peer, proto: 'udp' | 'tcp', q: Query): DnsDecision {
+    const gen = this.engine?.mapsGeneration ?? -1;
+    if (gen !== this.decisionsGen || this.decisions.size >= MAX_CACHED_DECISIONS) { this.decisions.clear(); this.decisionsGen = gen; }
+    const key = `${src.ip}|${dst.ip}|${dst.port}|${proto}|${q.name}`;
+    let d = this.decisions.get(key);
+    if (!d) this.decisions.set(key, (d = this.lookupDecision(src, dst, proto, q)));
+    return d;
+  }
+
+  /** The sender's egress entry towards the server, then its DNS rules. */
+  private lookupDecision(src: Peer, dst: Peer, proto: 'udp' | 'tcp', q: Query): DnsDecision {
     const e = this.engine?.egressEntry(normalizeIp(src.ip), normalizeIp(dst.ip), PROTO[proto], dst.port);
-    if (!e) return { allowed: false, identity: 0, peerIdentity: 0, ruleId: 0 };
-    const base = { endpoint: e.endpoint, identity: e.identity, peerIdentity: e.peer };
-    if (!e.lookup) return { ...base, allowed: true, ruleId: 0 };
+    if (!e) return decision(false, undefined, 0, 0, 0);
+    const verdict = (allowed: boolean, ruleId: number, rulePath?: string) => decision(allowed, e.endpoint, e.identity, e.peer, ruleId, rulePath);
+    if (!e.lookup) return verdict(true, 0);
     const entry = e.entry;
     if (entry?.l7?.kind === 'dns') {
       const hit = entry.l7.dns?.find((r) => dnsRuleMatches(r.dns, q.name));
-      return hit ? { ...base, allowed: true, ruleId: hit.ruleId, rulePath: hit.path } : { ...base, allowed: false, ruleId: entry.ruleId };
+      return hit ? verdict(true, hit.ruleId, hit.path) : verdict(false, entry.ruleId);
     }
-    if (entry) return { ...base, allowed: entry.action === 'allow' && !entry.l7, ruleId: entry.ruleId };
-    return { ...base, allowed: !e.defaultDeny, ruleId: 0 };
+    if (entry) return verdict(entry.action === 'allow' && !entry.l7, entry.ruleId);
+    return verdict(!e.defaultDeny, 0);
   }
 
   /** An answer's names and addresses, in the datapath (and, when new, in the store) before the promise
@@ -216,12 +236,32 @@ function choosePort(cfg: AgentConfig): number {
 
 /** The datapath's record of where a diverted datagram from `src` was going (bpf/lib/proxy.h). */
 function originalDestination(fd: number, src: Peer): Peer | undefined {
-  const key = Buffer.alloc(20);
+  const key = odKey.fill(0);
   const v6 = src.ip.includes(':');
   key[0] = v6 ? 6 : 4;
   key.writeUInt16BE(src.port, 2);
-  ipBytes(normalizeIp(src.ip.replace(/^::ffff:/, ''))).copy(key, 4);
+  if (v6 || !writeIpv4(src.ip, key, 4)) ipBytes(normalizeIp(src.ip.replace(/^::ffff:/, ''))).copy(key, 4);
   const v = bpf.mapLookup(fd, 'proxy_udp_dst', key, 20);
   if (!v) return undefined;
   return { ip: formatIp(v6 ? v.subarray(0, 16) : v.subarray(0, 4)), port: v.readUInt16BE(16) };
+}
+
+/** Reused by every lookup (they are synchronous). */
+const odKey = Buffer.alloc(20);
+
+/** Writes a dotted-quad address's 4 bytes at `at`; false when `ip` is not one (per datagram: no split). */
+function writeIpv4(ip: string, out: Buffer, at: number): boolean {
+  let part = 0;
+  let n = 0;
+  let digits = 0;
+  for (let i = 0; i < ip.length; i++) {
+    const c = ip.charCodeAt(i);
+    if (c === 46) { if (!digits || part > 2) return false; out[at + part++] = n; n = 0; digits = 0; continue; }
+    if (c < 48 || c > 57 || ++digits > 3) return false;
+    n = n * 10 + (c - 48);
+    if (n > 255) return false;
+  }
+  if (!digits || part !== 3) return false;
+  out[at + 3] = n;
+  return true;
 }

@@ -28,13 +28,26 @@ const QR = 1 << 15;
 /** The query in `buf`, or undefined when it is no query the proxy can read (then it is refused as FORMERR). */
 export function readQuery(buf: Buffer): Query | undefined {
   if (buf.length < 12) return undefined;
-  if (buf.readUInt16BE(2) & QR) return undefined; // a response sent as a query
-  let d: packet.DecodedPacket;
-  try { d = packet.decode(buf); } catch { return undefined; }
-  const q = d.questions?.[0];
-  if (!q || typeof q.name !== 'string') return undefined;
-  return { id: d.id ?? buf.readUInt16BE(0), name: q.name === '' ? '.' : canonicalName(q.name), types: d.questions!.map((x) => String(x.type)), rd: ((d.flags ?? 0) & RD) !== 0 };
+  const flags = buf.readUInt16BE(2);
+  if (flags & QR) return undefined; // a response sent as a query
+  // The header and the questions only: the rest of a query (EDNS options) is forwarded, not read.
+  const count = buf.readUInt16BE(4);
+  if (!count) return undefined;
+  const questions: { name: string; type: string }[] = [];
+  let at = 12;
+  try {
+    for (let i = 0; i < count; i++) {
+      questions.push(wire.question.decode(buf, at));
+      at += wire.question.decode.bytes;
+    }
+  } catch { return undefined; }
+  const q = questions[0];
+  if (typeof q.name !== 'string') return undefined;
+  return { id: buf.readUInt16BE(0), name: q.name === '' ? '.' : canonicalName(q.name), types: questions.map((x) => String(x.type)), rd: (flags & RD) !== 0 };
 }
+
+/** dns-packet's question codec (exported by the package, missing from its type definitions). */
+const wire = packet as unknown as { question: { decode: ((buf: Buffer, offset: number) => { name: string; type: string }) & { bytes: number } } };
 
 /** An answer the proxy makes itself: the query's ID, its question echoed (when readable), no records. */
 export function refusal(buf: Buffer, rcode: number): Buffer {

@@ -30,13 +30,13 @@ export interface Peer { ip: string; port: number }
 export interface DnsDecision {
   allowed: boolean;
   /** The sending endpoint (undefined: not an endpoint of this node). */
-  endpoint?: number;
+  endpoint?: number | undefined;
   identity: number;
   peerIdentity: number;
   /** The policy rule behind the verdict (0: none, e.g. default deny). */
   ruleId: number;
   /** The DNS rule that allowed the name ("spec.egress[0].toPorts[0].rules.dns[1]"). */
-  rulePath?: string;
+  rulePath?: string | undefined;
 }
 
 /** One query or response as flows and metrics see it. */
@@ -50,11 +50,19 @@ export interface DnsRecord {
   decision: DnsDecision;
   verdict: 'forwarded' | 'refused' | 'error';
   /** Why the proxy answered itself: refused by policy, upstream timeout, malformed. */
-  reason?: string;
-  answer?: Answer;
-  latencyNs?: number;
+  reason?: string | undefined;
+  answer?: Answer | undefined;
+  latencyNs?: number | undefined;
   /** Time from the answer's arrival to the datapath holding its addresses. */
-  learnNs?: number;
+  learnNs?: number | undefined;
+}
+
+/** Every record in one object shape (the proxy's hot path stays monomorphic). */
+function dnsRecord(
+  kind: DnsRecord['kind'], proto: DnsRecord['proto'], src: Peer, dst: Peer, query: Query, decision: DnsDecision, verdict: DnsRecord['verdict'],
+  reason?: string, answer?: Answer, latencyNs?: number, learnNs?: number,
+): DnsRecord {
+  return { kind, timeMs: Date.now(), proto, src, dst, query, decision, verdict, reason, answer, latencyNs, learnNs };
 }
 
 export interface DnsProxyDeps {
@@ -175,7 +183,7 @@ export class DnsProxy {
     if (!decision.allowed) {
       this.stats.refused++;
       this.replyUdp(server, client, refusal(msg, RCODE.REFUSED));
-      this.d.record({ kind: 'query', timeMs: Date.now(), proto: 'udp', src: client, dst: server, query, decision, verdict: 'refused', reason: 'denied' });
+      this.d.record(dnsRecord('query', 'udp', client, server, query, decision, 'refused', 'denied'));
       return;
     }
     if (this.pending.size >= MAX_PENDING) { this.replyUdp(server, client, refusal(msg, RCODE.SERVFAIL)); this.stats.errors++; return; }
@@ -187,7 +195,7 @@ export class DnsProxy {
     this.pending.add(p);
     up.byId.set(id, p);
     this.stats.forwarded++;
-    this.d.record({ kind: 'query', timeMs: Date.now(), proto: 'udp', src: client, dst: server, query, decision, verdict: 'forwarded' });
+    this.d.record(dnsRecord('query', 'udp', client, server, query, decision, 'forwarded'));
     msg.writeUInt16BE(id, 0); // msg is this datagram's own buffer: nothing else reads its ID
     if (up.connected) up.socket.send(msg);
     else up.queue.push(msg);
@@ -254,7 +262,7 @@ export class DnsProxy {
           this.d.log.warn({ err, name: p.query.name }, 'cannot enforce a DNS answer: SERVFAIL to the client');
           this.replyUdp(p.server, p.client, refusal(msg, RCODE.SERVFAIL));
           this.stats.errors++;
-          this.d.record({ kind: 'response', timeMs: Date.now(), proto: 'udp', src: p.client, dst: p.server, query: p.query, decision: p.decision, verdict: 'error', reason: 'policy update failed', answer });
+          this.d.record(dnsRecord('response', 'udp', p.client, p.server, p.query, p.decision, 'error', 'policy update failed', answer));
         },
       );
       return;
@@ -266,10 +274,8 @@ export class DnsProxy {
   private releaseUdp(p: Pending, msg: Buffer, answer: Answer | undefined, learnMs?: number): void {
     msg.writeUInt16BE(p.clientId, 0);
     this.replyUdp(p.server, p.client, msg);
-    this.d.record({
-      kind: 'response', timeMs: Date.now(), proto: 'udp', src: p.client, dst: p.server, query: p.query, decision: p.decision, verdict: 'forwarded',
-      ...(answer ? { answer } : {}), latencyNs: Math.round((performance.now() - p.t0) * 1e6), ...(learnMs !== undefined ? { learnNs: Math.round(learnMs * 1e6) } : {}),
-    });
+    const latencyNs = Math.round((performance.now() - p.t0) * 1e6);
+    this.d.record(dnsRecord('response', 'udp', p.client, p.server, p.query, p.decision, 'forwarded', undefined, answer, latencyNs, learnMs !== undefined ? Math.round(learnMs * 1e6) : undefined));
   }
 
   /** All queries have the same timeout: the oldest pending ones are the first to expire. */
@@ -287,7 +293,7 @@ export class DnsProxy {
     const q = Buffer.alloc(12);
     q.writeUInt16BE(p.clientId, 0);
     this.replyUdp(p.server, p.client, refusal(q, RCODE.SERVFAIL));
-    this.d.record({ kind: 'response', timeMs: Date.now(), proto: 'udp', src: p.client, dst: p.server, query: p.query, decision: p.decision, verdict: 'error', reason: 'upstream timeout' });
+    this.d.record(dnsRecord('response', 'udp', p.client, p.server, p.query, p.decision, 'error', 'upstream timeout'));
   }
 
   /** Sends to the client from the server's address and port, as if the server answered. */
@@ -338,7 +344,7 @@ export class DnsProxy {
       if (answer && !answersQuery(answer, p.query)) {
         c.write(frame(refusal(msg, RCODE.SERVFAIL)));
         this.stats.errors++;
-        this.d.record({ kind: 'response', timeMs: Date.now(), proto: 'tcp', src: client, dst: server, query: p.query, decision: p.decision, verdict: 'error', reason: 'answer to another question' });
+        this.d.record(dnsRecord('response', 'tcp', client, server, p.query, p.decision, 'error', 'answer to another question'));
         return;
       }
       const tAnswer = process.hrtime.bigint();
@@ -351,7 +357,7 @@ export class DnsProxy {
         }
       }
       c.write(frame(msg));
-      this.d.record({ kind: 'response', timeMs: Date.now(), proto: 'tcp', src: client, dst: server, query: p.query, decision: p.decision, verdict: 'forwarded', ...(answer ? { answer } : {}), latencyNs: Number(process.hrtime.bigint() - p.t0), ...(learnNs !== undefined ? { learnNs } : {}) });
+      this.d.record(dnsRecord('response', 'tcp', client, server, p.query, p.decision, 'forwarded', undefined, answer, Number(process.hrtime.bigint() - p.t0), learnNs));
     };
     const upstream = () => {
       if (up) return up;
@@ -366,7 +372,7 @@ export class DnsProxy {
         }
       });
       up.on('error', () => undefined);
-      up.on('close', () => { up = undefined; for (const [id, p] of inflight) { const q = Buffer.alloc(12); q.writeUInt16BE(id, 0); c.write(frame(refusal(q, RCODE.SERVFAIL))); this.d.record({ kind: 'response', timeMs: Date.now(), proto: 'tcp', src: client, dst: server, query: p.query, decision: p.decision, verdict: 'error', reason: 'upstream closed' }); } inflight.clear(); });
+      up.on('close', () => { up = undefined; for (const [id, p] of inflight) { const q = Buffer.alloc(12); q.writeUInt16BE(id, 0); c.write(frame(refusal(q, RCODE.SERVFAIL))); this.d.record(dnsRecord('response', 'tcp', client, server, p.query, p.decision, 'error', 'upstream closed')); } inflight.clear(); });
       return up;
     };
     c.on('data', (d: Buffer) => {
@@ -381,12 +387,12 @@ export class DnsProxy {
         if (!decision.allowed) {
           this.stats.refused++;
           c.write(frame(refusal(msg, RCODE.REFUSED)));
-          this.d.record({ kind: 'query', timeMs: Date.now(), proto: 'tcp', src: client, dst: server, query, decision, verdict: 'refused', reason: 'denied' });
+          this.d.record(dnsRecord('query', 'tcp', client, server, query, decision, 'refused', 'denied'));
           continue;
         }
         this.stats.forwarded++;
         inflight.set(query.id, { query, decision, t0: process.hrtime.bigint() });
-        this.d.record({ kind: 'query', timeMs: Date.now(), proto: 'tcp', src: client, dst: server, query, decision, verdict: 'forwarded' });
+        this.d.record(dnsRecord('query', 'tcp', client, server, query, decision, 'forwarded'));
         upstream().write(frame(msg));
       }
       if (buf.length > 70_000) c.destroy();

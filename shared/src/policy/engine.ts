@@ -332,6 +332,11 @@ export class PolicyEngine {
     });
   }
 
+  /** Changes whenever the maps do: what egressEntry answered may be cached until then. */
+  get mapsGeneration(): number {
+    return this.generation;
+  }
+
   /** For the DNS proxy: the sending endpoint and the entry its egress policy has for dst:dport (probed
    *  as the datapath probes). undefined when src is no endpoint of this node. */
   egressEntry(srcIp: string, dstIp: string, proto: number, dport: number): EgressEntry | undefined {
