@@ -1,10 +1,10 @@
-// cilium-dbg's verbs on a real agent: status --brief/--verbose, version, -o yaml/json and
+// cilium-dbg's verbs on a real agent: status --brief (OK, and a degraded part named)/--verbose, version, -o yaml/json and
 // --no-headers, endpoint get by numeric id (and policy endpoint/audit), endpoint labels (changing them changes the identity),
 // identity get, and the bpf verbs reading the real maps (a live connection in the conntrack table
 // and gone after a flush, policy entries after an import, endpoint addresses in the ipcache, policy
 // drops in the datapath counters). Pods are netns of our own; every name is unique.
 import t from 'tap';
-import { execFile } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -70,6 +70,16 @@ t.test('status: table, --brief, --verbose, -o yaml; version', async (t) => {
   t.match(plain.out, /\nPolicy: +revision \d+, 0 policies, audit mode off\n/);
   t.match(plain.out, /\nObserver: +.*observer\.sock, 4096 flows kept\n/);
   t.equal((await cli('status', '--brief')).out, 'OK\n');
+  // A real degraded part: this agent's own host device (every gateway address) taken down.
+  execFileSync('ip', ['link', 'set', agent.hostDevice, 'down']);
+  try {
+    const degraded = await cli('status', '--brief');
+    t.same([degraded.code, degraded.out], [1, `DEGRADED: Datapath: host device ${agent.hostDevice} is down\n`], '--brief names the degraded part and fails');
+    t.match((await cli('status')).out, new RegExp(`^Agent: +Degraded .*\\n  Datapath: +host device ${agent.hostDevice} is down\\n`), 'the table says it too');
+  } finally {
+    execFileSync('ip', ['link', 'set', agent.hostDevice, 'up']);
+  }
+  t.equal((await cli('status', '--brief')).out, 'OK\n', 'OK again once the device is up');
   const verbose = await cli('status', '--verbose');
   t.match(verbose.out, /\nConntrack: +\d+\/\d+ entries \([\d.]+%\)\n/);
   t.match(verbose.out, /\nDrops by reason:\n/);

@@ -35,8 +35,9 @@ EnvironmentFile=-${l.envFile}
 # The datapath pins its maps on bpffs; systemd mounts it at boot, a container host may not.
 ExecStartPre=/bin/sh -c 'mountpoint -q /sys/fs/bpf || mount -t bpf bpf /sys/fs/bpf'
 ExecStart=${agent} --config ${l.configFile}
-# Started means serving: units ordered after this one (dockerd, containerd) start once the API answers.
-ExecStartPost=/bin/sh -c 'for i in $$(seq 240); do ${cli} status --brief >/dev/null 2>&1 && exit 0; sleep 0.5; done; echo "membrane-agent: no answer on its API socket" >&2; exit 1'
+# Started means serving: units ordered after this one (dockerd, containerd) start once the API answers
+# (status -o json, not --brief: a degraded part, such as an L7 worker restarting, is no reason to stop).
+ExecStartPost=/bin/sh -c 'for i in $$(seq 240); do ${cli} status -o json >/dev/null 2>&1 && exit 0; sleep 0.5; done; echo "membrane-agent: no answer on its API socket" >&2; exit 1'
 TimeoutStartSec=150
 Restart=always
 RestartSec=2s

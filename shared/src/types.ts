@@ -124,7 +124,10 @@ export interface AgentStatus {
   networks: number;
   stateDir: string;
   socket: string;
-  datapath: { pinDir: string; attach: string; hostDevice: string };
+  /** `problems`: what is wrong with the host device or the pinned maps now (health/datapath.ts). */
+  datapath: { pinDir: string; attach: string; hostDevice: string; problems?: string[] };
+  /** The state store; `problem`: writes refused or failing (a full state disk), absent when healthy. */
+  store?: { problem?: string };
   nodeName: string;
   /** The gRPC flow observer (unix socket, TCP address when --observer-address is set). */
   observer: { socket: string; address?: string; flowBufferSize: number };
@@ -132,8 +135,10 @@ export interface AgentStatus {
   metrics: { address: string | null };
   /** Policy revision, counts and map usage. */
   policy: Record<string, unknown>;
-  /** The L7 proxy: port, workers (absent with --l7-proxy off). */
+  /** The L7 proxy: port, whether a policy needs it, workers (absent with --l7-proxy off). */
   l7?: Record<string, unknown>;
+  /** The DNS proxy: port, running, name cache (absent with --dns-proxy off). */
+  dns?: Record<string, unknown>;
   /** Cluster mode only: cluster and node, the kvstore connection, counts (shared/src/cluster/mode.ts). */
   cluster?: ClusterStatusView;
 }

@@ -8,6 +8,9 @@ import { ctRows, metricsRows, policyRows, portProto } from '../src/cli/bpf.ts';
 import { bashCompletion } from '../src/cli/completion.ts';
 import { render, shortIds, table } from '../src/cli/output.ts';
 import { buildProgram } from '../src/cli/program.ts';
+import { statusLines } from '../src/cli/status.ts';
+import { briefLine, statusProblems } from '../src/health/status.ts';
+import type { AgentStatus, ClusterStatusView } from '../src/types.ts';
 
 t.test('-o json|yaml print the data; tables line up, --no-headers drops the header', async (t) => {
   const data = [{ a: 1, b: 'x' }];
@@ -55,4 +58,35 @@ t.test('the bash completion script completes the real command tree', async (t) =
 t.test('tables print 64-hex ids short, as Docker does', async (t) => {
   t.equal(shortIds(`ep:${'ab'.repeat(32)}/eth0`), 'ep:abababababab/eth0');
   t.equal(shortIds('docker-address:0123456789ab'), 'docker-address:0123456789ab', 'short ids and other text untouched');
+});
+
+t.test('status --brief: OK only when every part is healthy, else each degraded part named', async (t) => {
+  const base: AgentStatus = {
+    version: 'v', uptimeSeconds: 5, endpoints: 2, unhealthyEndpoints: [], networks: 1, stateDir: '/s', socket: '/s/a.sock', nodeName: 'n',
+    datapath: { pinDir: '/sys/fs/bpf/m', attach: 'tc-clsact', hostDevice: 'membrane0', problems: [] }, store: {},
+    observer: { socket: '/o.sock', flowBufferSize: 1 }, metrics: { address: null }, policy: {},
+    l7: { port: 1, needed: false, workers: [{ index: 0, connected: false, restarts: 0 }] }, dns: { port: 2, running: true },
+  };
+  const brief = (s: Partial<AgentStatus>) => briefLine(statusProblems({ ...base, ...s }));
+  t.equal(brief({}), 'OK', 'healthy; L7 workers not running while no policy needs them is healthy too');
+  t.match(statusLines(base)[0], ['Agent', /^Ok /]);
+  t.equal(brief({ datapath: { ...base.datapath, problems: ['host device membrane0 is down'] } }), 'DEGRADED: Datapath: host device membrane0 is down');
+  t.match(statusLines({ ...base, datapath: { ...base.datapath, problems: ['x'] } }).slice(0, 2), [['Agent', /^Degraded /], ['  Datapath', 'x']]);
+  t.equal(brief({ store: { problem: 'the state disk is full' } }), 'DEGRADED: Store: the state disk is full');
+  t.equal(brief({ l7: { needed: true, workers: [{ index: 0, connected: true, restarts: 0 }, { index: 1, connected: false, restarts: 3 }] } }),
+    'DEGRADED: L7 proxy: worker 1 is not connected (3 restarts)');
+  t.equal(brief({ dns: { running: false } }), 'DEGRADED: DNS proxy: not running');
+  t.equal(brief({ unhealthyEndpoints: [{ id: 7, endpoint: 'c1/eth0', problems: ['host interface lxc1 is missing'], since: 't' }] }),
+    'DEGRADED: Endpoints: 1 unhealthy (7 c1/eth0: host interface lxc1 is missing)');
+  const cluster = (kv: Partial<ClusterStatusView['kvstore']>, routing?: ClusterStatusView['routing']): ClusterStatusView => ({
+    name: 'c', node: 'n', nodeIp: '198.18.0.1', podCidrs: {}, nodeId: 1, nodes: 2, remoteEndpoints: 0, identitiesReferenced: 0,
+    kvstore: { type: 'etcd', endpoints: ['http://127.0.0.1:2379'], connected: true, leaseTtlSeconds: 15, revision: 1, pendingWrites: 0, watches: [{ prefix: 'nodes/', live: true, revision: 1 }], ...kv },
+    ...(routing ? { routing } : {}),
+  });
+  t.equal(brief({ cluster: cluster({}) }), 'OK');
+  t.equal(brief({ cluster: cluster({ connected: false, lastError: 'deadline exceeded' }) }), 'DEGRADED: KVStore: not connected to http://127.0.0.1:2379: deadline exceeded');
+  t.equal(brief({ cluster: cluster({ watches: [{ prefix: 'nodes/', live: false, revision: 1 }] }) }), 'DEGRADED: KVStore: watch on nodes/ is not live');
+  t.equal(brief({ cluster: cluster({}, { mode: 'native', underlay: { device: 'eth0', mtu: 1500 }, nodes: 2, routes: 1, tunnelEntries: 0, unreachable: [{ node: 'b', cidr: 'fd00::/64' }] }) }),
+    'DEGRADED: Routing: pods of b (fd00::/64) are unreachable');
+  t.equal(brief({ dns: { running: false }, store: { problem: 'p' } }), 'DEGRADED: Store: p; DNS proxy: not running', 'several parts: all on the one line');
 });

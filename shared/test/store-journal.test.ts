@@ -156,6 +156,7 @@ t.test('a full disk: puts fail with storage_full and change nothing; deletes sti
     try { await s.put(`big/${n}`, 'x'.repeat(4000)); } catch (e) { err = e; break; }
   }
   t.match(err, { code: 'storage_full', message: /state disk is full.*ENOSPC.*nothing was changed/ });
+  t.match(s.problem(), /state disk is full/, 'the store reports the refused writes (agent status)');
   t.ok(n > 10 && n < 60, `${n} puts of 4 KB fit in the preallocated room, then the reserve is left to deletions`);
   t.equal(await s.get(`big/${n}`), undefined, 'the refused put is not in memory');
   const queued = s.put('k/a', 'x'.repeat(4000));
@@ -167,6 +168,7 @@ t.test('a full disk: puts fail with storage_full and change nothing; deletes sti
   t.equal(fs.statSync(file).size, allocated, 'within the room allocated before the disk filled');
   restore();
   await s.put('k/c', 3);
+  t.equal(s.problem(), undefined, 'and nothing once a put is written again');
   s.close();
   const r = new JournalStore(dir);
   t.same(await dump(r), { 'k/c': 3 }, 'disk and memory agree');
@@ -216,6 +218,7 @@ t.test('a failed sync is unavailable; a failure that cannot be cut off stops all
   await t.rejects(s.put('k/4', 4), { code: 'unavailable' });
   restore();
   await t.rejects(s.put('k/5', 5), { code: 'unavailable', message: /restart the agent/ }, 'refused until a restart reads the file again');
+  t.match(s.problem(), /restart the agent/, 'and the store reports it');
 });
 
 t.test('a delete of a key whose put is still queued is not lost', async (t) => {

@@ -32,6 +32,7 @@ import { AgentDns } from './dns.ts';
 import { cniQueue } from './cni-queue.ts';
 import { labelResolver } from './labels.ts';
 import { parseLabelFilter } from '../labels/filter.ts';
+import { datapathProblems } from '../health/datapath.ts';
 
 /** Something the agent stops on shutdown, in reverse order of start. */
 interface Closer { name: string; close(): Promise<void> | void }
@@ -50,6 +51,8 @@ export class Agent {
     private readonly l7: AgentL7 | undefined,
     private readonly dns: AgentDns | undefined,
     private readonly datapath: { pinDir: string },
+    /** What is wrong with the parts that have no status of their own (health/). */
+    private readonly problems: { datapath(): string[]; store(): string | undefined },
     private readonly closers: Closer[],
     private readonly cluster?: ClusterMode,
   ) {}
@@ -139,7 +142,8 @@ export class Agent {
       await queue.drain();
       closers.push({ name: 'CNI DEL queue', close: queue.start(cfg.endpointUpkeepIntervalSeconds * 1000) });
       if (cfg.dockerPlugin) closers.push(await startDocker(cfg, core, log));
-      const agent = new Agent(cfg, log, core, endpoints, policy, flows, l7, dns, datapath, closers, cluster);
+      const problems = { datapath: () => datapathProblems(host, cfg.hostDevice, cfg.bpffsDir), store: () => store.problem() };
+      const agent = new Agent(cfg, log, core, endpoints, policy, flows, l7, dns, datapath, problems, closers, cluster);
       const app = createApp({
         core, log, version: VERSION, status: () => agent.status(),
         check: (cid, ifName) => endpoints.check(cid, ifName),
@@ -167,6 +171,7 @@ export class Agent {
 
   status(): AgentStatus {
     const f = this.flows.status();
+    const storeProblem = this.problems.store();
     return {
       version: VERSION,
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
@@ -175,7 +180,8 @@ export class Agent {
       networks: this.core.networks.list().length,
       stateDir: this.cfg.stateDir,
       socket: this.cfg.socket,
-      datapath: { pinDir: this.datapath.pinDir, attach: 'tc-clsact', hostDevice: this.cfg.hostDevice },
+      datapath: { pinDir: this.datapath.pinDir, attach: 'tc-clsact', hostDevice: this.cfg.hostDevice, problems: this.problems.datapath() },
+      store: storeProblem ? { problem: storeProblem } : {},
       nodeName: this.cfg.nodeName,
       observer: f.observer,
       metrics: f.metrics,

@@ -41,6 +41,8 @@ export class AgentL7 {
   private readonly listeners: ((batch: Buffer, offsets: number[]) => void)[] = [];
   private badBatchLogged = false;
   private lostRecords = 0;
+  /** Whether the policy has L7 rules (the workers should run), as of the last snapshot handed over. */
+  private needed = false;
   private socketMark = false;
 
   private constructor(readonly manager: ProxyManager, private readonly log: Logger) {}
@@ -82,6 +84,7 @@ export class AgentL7 {
         const snapshot = this.engine!.proxySnapshot();
         if (snapshot.policies.length && !this.socketMark) { ensureTransparentSocketMark(); this.socketMark = true; }
         this.manager.update(snapshot);
+        this.needed = snapshot.policies.length > 0;
       } catch (err) {
         this.log.error({ err }, 'cannot hand the policy to the L7 proxy');
       }
@@ -124,7 +127,7 @@ export class AgentL7 {
   }
 
   status(): Record<string, unknown> {
-    return { ...this.manager.status(), lostRecords: this.lostRecords };
+    return { ...this.manager.status(), needed: this.needed, lostRecords: this.lostRecords };
   }
 
   close(): Promise<void> {

@@ -4,6 +4,7 @@ import type { AgentClient } from '../api/client.ts';
 import type { BpfMetricsView } from '../api/bpf-routes.ts';
 import type { AgentStatus } from '../types.ts';
 import { VERSION } from '../version.ts';
+import { briefLine, statusProblems } from '../health/status.ts';
 import { clusterStatusLines } from './cluster.ts';
 import type { CliContext } from './context.ts';
 import { keyValues, outputOption, print, render, table } from './output.ts';
@@ -16,8 +17,10 @@ function uptime(s: number): string {
 export function statusLines(s: AgentStatus): [string, string][] {
   const p = s.policy as { revision?: number; policies?: number; auditMode?: boolean };
   const obs = s.observer;
+  const problems = statusProblems(s);
   return [
-    ['Agent', `Ok   ${s.version} (node ${s.nodeName}, up ${uptime(s.uptimeSeconds)})`],
+    ['Agent', `${problems.length ? 'Degraded' : 'Ok'}   ${s.version} (node ${s.nodeName}, up ${uptime(s.uptimeSeconds)})`],
+    ...problems.map((x): [string, string] => [`  ${x.part}`, x.problem]),
     ['Endpoints', `${s.endpoints}${s.unhealthyEndpoints?.length ? `, ${s.unhealthyEndpoints.length} unhealthy` : ''}`],
     ...(s.unhealthyEndpoints ?? []).map((u): [string, string] => [`  ${u.id} ${u.endpoint}`, `unhealthy since ${u.since}: ${u.problems.join('; ')}`]),
     ['Networks', String(s.networks)],
@@ -53,12 +56,17 @@ async function verboseLines(c: AgentClient, s: AgentStatus): Promise<string> {
 export function registerStatusCommands(program: Command, ctx: CliContext): void {
   program.command('status').description('agent status (as cilium-dbg status)')
     .addOption(outputOption())
-    .option('--brief', 'one line: OK when the agent answers, else why not (exit code 1)')
+    .option('--brief', 'one line: OK when every part is healthy, else what is wrong part by part, or why the agent did not answer (exit code 1)')
     .option('--verbose', 'also map usage, conntrack fill and drops by reason')
     .action(async (o: { output: string; brief?: boolean; verbose?: boolean }) => {
       const c = ctx.client();
       const s = await c.status();
-      if (o.brief) return print('OK\n');
+      if (o.brief) {
+        const problems = statusProblems(s);
+        print(`${briefLine(problems)}\n`);
+        if (problems.length) process.exitCode = 1;
+        return;
+      }
       if (o.output !== 'table') return print(render(o.output, s, () => ''));
       print(o.verbose ? await verboseLines(c, s) : keyValues(statusLines(s)));
     });

@@ -136,6 +136,8 @@ export class JournalStore implements Store {
   private pending: { ops: Encoded[]; waiters: { resolve(): void; reject(e: unknown): void }[] } | null = null;
   /** Set when a failed write could not be cut off: every later write is refused. */
   private broken: MembraneError | null = null;
+  /** Why the last batch's writes were refused or failed; cleared by the next batch written whole. */
+  private lastFailure: MembraneError | null = null;
   /** What load() cut off the journal, if anything. */
   readonly recovery: JournalRecovery | null = null;
 
@@ -285,6 +287,7 @@ export class JournalStore implements Store {
         fs.fdatasyncSync(this.fd);
       } catch (e) {
         const err = e instanceof MembraneError ? e : writeError(this.file, e);
+        this.lastFailure = err;
         this.cutBack(buf.length, err);
         for (const w of waiters) w.reject(err);
         return;
@@ -294,6 +297,7 @@ export class JournalStore implements Store {
       for (const o of ops) this.apply(o.op, o.valueJson);
     }
     batch.ops.forEach((op, i) => { if (done.has(op)) waiters[i].resolve(); else waiters[i].reject(refused); });
+    this.lastFailure = done.size < batch.ops.length ? refused : null;
     if (this.records >= this.compactAt) {
       try {
         this.compact();
@@ -363,6 +367,12 @@ export class JournalStore implements Store {
     this.records = 0;
     this.compactAt = COMPACT_AFTER;
     try { this.grow(GROW); } catch { /* no room: puts wait for it, see ensureRoom */ }
+  }
+
+  /** What is wrong with the store now, for the agent's status: writes refused until a restart, or
+   *  the last batch refused or failed (a full disk); undefined once a batch is written whole again. */
+  problem(): string | undefined {
+    return (this.broken ?? this.lastFailure)?.message;
   }
 
   close(): void {
