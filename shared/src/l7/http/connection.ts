@@ -4,23 +4,15 @@
 // never buffered whole), denied ones answered with 403 "Access denied" in their place in the
 // response order, so keep-alive and pipelining keep working. Upgrade (WebSocket) and CONNECT become
 // a plain byte tunnel once the server agrees. Memory per connection is bounded: one message head,
-// the sockets' buffers, and pipelining stops reading at MAX_PIPELINE outstanding requests.
+// the sockets' buffers, and pipelining stops reading at MAX_PIPELINE outstanding requests. The two
+// sockets themselves (flow control, ending) are pair.ts's.
 import type net from 'node:net';
 import { ChunkedScanner, checkRequestStart, HttpParseError, findHeadEnd, parseRequestHead, parseResponseHead, skipEmptyLines, type RequestHead } from './parse.ts';
 import { normalizeTarget, type RequestView } from './rules.ts';
 import { deniedResponse, errorResponse, rewriteHead, type Decide, type Exchange, type ExchangeSink } from './exchange.ts';
+import { Hold, SocketPair } from './pair.ts';
 
 const MAX_PIPELINE = 128;
-/**
- * After the last response of a connection (Connection: close), framed so the client knows it is
- * complete, the proxy lets the client close first for this long. The side that closes first keeps
- * the connection's TIME_WAIT, and on the proxy's side that entry is in the node's stack, where the
- * datapath hands a new SYN with the same addresses and ports straight to the listener, past the
- * TIME_WAIT check: the kernel drops it until TIME_WAIT ends (60 s). A client that reuses its port at
- * once (wrk, busy clients) would stall. Clients close as soon as they have read such a response.
- */
-const CLIENT_CLOSES_FIRST_MS = 1000;
-
 /** What rules see of a request; header names and values only when a rule asks (they cost strings). */
 class HeadView implements RequestView {
   constructor(private readonly head: RequestHead, readonly path: string, readonly host: string) {}
@@ -54,9 +46,7 @@ export interface ConnectionOptions {
 }
 
 export class HttpProxyConnection {
-  private readonly client: net.Socket;
-  private upstream?: net.Socket;
-  private upstreamConnected = false;
+  private readonly io: SocketPair;
   private upstreamDone = false;
   private rq = Rq.HEAD;
   private rs = Rs.HEAD;
@@ -68,26 +58,18 @@ export class HttpProxyConnection {
   private carryIn?: Buffer;
   private carryUp?: Buffer;
   private readonly pending: Pending[] = [];
-  private clientEnded = false;
-  private closed = false;
-  /** Waiting for the client to close first (CLIENT_CLOSES_FIRST_MS). */
-  private lingering?: NodeJS.Timeout;
-  private pausedForPipeline = false;
-  private pausedForUpstream = false;
-  private pausedForClient = false;
   /** Start of the byte range of the chunk being walked that is to be forwarded (-1: none). */
   private fwdIn = -1;
   private fwdOut = -1;
 
   constructor(private readonly o: ConnectionOptions) {
-    this.client = o.client;
-    this.client.setNoDelay(true);
-    this.client.on('data', (d: Buffer) => this.onClientData(d));
-    this.client.on('end', () => this.onClientEnd());
-    this.client.on('error', () => this.destroy());
-    this.client.on('close', () => this.destroy());
-    this.client.on('drain', () => {
-      if (this.pausedForClient) { this.pausedForClient = false; this.upstream?.resume(); }
+    this.io = new SocketPair(o.client, o.connect, {
+      clientData: (d) => this.onClientData(d),
+      clientEnd: () => this.onClientEnd(),
+      upstreamData: (d) => this.onUpstreamData(d),
+      upstreamEnd: () => this.onUpstreamEnd(),
+      upstreamError: () => this.onUpstreamError(),
+      closed: () => this.o.onClose?.(),
     });
   }
 
@@ -95,7 +77,7 @@ export class HttpProxyConnection {
 
   private onClientData(chunk: Buffer): void {
     if (this.rq === Rq.CLOSED) return;
-    if (this.rq === Rq.TUNNEL) { this.toUpstream(chunk); return; }
+    if (this.rq === Rq.TUNNEL) { this.io.toUpstream(chunk); return; }
     let buf = chunk;
     if (this.carryIn) { buf = Buffer.concat([this.carryIn, chunk]); this.carryIn = undefined; }
     try {
@@ -120,7 +102,7 @@ export class HttpProxyConnection {
           const head = parseRequestHead(buf, i, end);
           const p = this.admit(head);
           if (p.x.verdict.allowed) {
-            if (p.x.verdict.edits.length) { this.cutIn(buf, i); this.toUpstream(rewriteHead(buf, i, end, p.x.verdict.edits)); this.fwdIn = end; } else if (this.fwdIn < 0) this.fwdIn = i;
+            if (p.x.verdict.edits.length) { this.cutIn(buf, i); this.io.toUpstream(rewriteHead(buf, i, end, p.x.verdict.edits)); this.fwdIn = end; } else if (this.fwdIn < 0) this.fwdIn = i;
           } else {
             this.cutIn(buf, i);
           }
@@ -170,12 +152,12 @@ export class HttpProxyConnection {
 
   /** Forwards the allowed range of the current client chunk that ends at `at`. */
   private cutIn(buf: Buffer, at: number): void {
-    if (this.fwdIn >= 0 && at > this.fwdIn) this.toUpstream(buf.subarray(this.fwdIn, at));
+    if (this.fwdIn >= 0 && at > this.fwdIn) this.io.toUpstream(buf.subarray(this.fwdIn, at));
     this.fwdIn = -1;
   }
 
   private cutOut(buf: Buffer, at: number): void {
-    if (this.fwdOut >= 0 && at > this.fwdOut) this.toClient(buf.subarray(this.fwdOut, at));
+    if (this.fwdOut >= 0 && at > this.fwdOut) this.io.toClient(buf.subarray(this.fwdOut, at));
     this.fwdOut = -1;
   }
 
@@ -198,12 +180,12 @@ export class HttpProxyConnection {
       local = deniedResponse(head.method, closeAfter);
       x.localReason = 'denied';
     } else {
-      this.ensureUpstream();
+      this.io.ensureUpstream();
     }
     const p: Pending = { x, local, switching, closeAfter, complete: head.body === 'none' || (closeAfter && head.expectContinue) };
     this.pending.push(p);
     this.o.sink.request(x);
-    if (this.pending.length >= MAX_PIPELINE && !this.pausedForPipeline) { this.pausedForPipeline = true; this.client.pause(); }
+    if (this.pending.length >= MAX_PIPELINE) this.io.hold(Hold.PIPELINE);
     this.flushLocals();
     return p;
   }
@@ -212,7 +194,7 @@ export class HttpProxyConnection {
     if (!p.complete) { p.complete = true; this.flushLocals(); }
     if (p.switching) {
       this.rq = Rq.WAIT_SWITCH;
-      this.client.pause();
+      this.io.hold(Hold.SWITCH);
     } else {
       this.rq = p.closeAfter ? Rq.CLOSED : Rq.HEAD;
     }
@@ -232,44 +214,23 @@ export class HttpProxyConnection {
   }
 
   private onClientEnd(): void {
-    this.clientEnded = true;
-    if (this.lingering) { this.stopLingering(); this.client.end(); }
     // Half-close: in a tunnel, or with responses still owed, the server gets the FIN and answers.
-    if (this.rq === Rq.TUNNEL || this.pending.some((p) => !p.local)) this.upstream?.end();
+    if (this.rq === Rq.TUNNEL || this.pending.some((p) => !p.local)) this.io.endUpstream();
     this.maybeFinish();
   }
 
-  private ensureUpstream(): void {
-    if (this.upstream) return;
-    const u = this.o.connect();
-    this.upstream = u;
-    u.setNoDelay(true);
-    u.on('connect', () => { this.upstreamConnected = true; });
-    u.on('data', (d: Buffer) => this.onUpstreamData(d));
-    u.on('end', () => this.onUpstreamEnd());
-    u.on('error', () => this.onUpstreamError());
-    u.on('close', () => this.onUpstreamEnd());
-    u.on('drain', () => {
-      if (this.pausedForUpstream) { this.pausedForUpstream = false; if (this.rq !== Rq.WAIT_SWITCH) this.client.resume(); }
-    });
-  }
-
-  private toUpstream(b: Buffer): void {
-    if (!this.upstream || this.upstream.destroyed) return;
-    if (!this.upstream.write(b) && !this.pausedForUpstream) { this.pausedForUpstream = true; this.client.pause(); }
-  }
 
   // ---- upstream -> client ------------------------------------------------------------------------
 
   private onUpstreamData(chunk: Buffer): void {
-    if (this.closed) return;
-    if (this.rs === Rs.TUNNEL) { this.toClient(chunk); return; }
+    if (this.io.closed) return;
+    if (this.rs === Rs.TUNNEL) { this.io.toClient(chunk); return; }
     let buf = chunk;
     if (this.carryUp) { buf = Buffer.concat([this.carryUp, chunk]); this.carryUp = undefined; }
     try {
       this.consumeResponses(buf);
     } catch {
-      this.destroy(); // a server we cannot frame: nothing sensible to tell the client mid-stream
+      this.io.destroy(); // a server we cannot frame: nothing sensible to tell the client mid-stream
     }
   }
 
@@ -348,18 +309,18 @@ export class HttpProxyConnection {
     this.o.sink.response(p.x);
     this.rs = Rs.TUNNEL;
     this.rq = Rq.TUNNEL;
-    if (rest.length) this.toClient(rest);
+    if (rest.length) this.io.toClient(rest);
     const held = this.carryIn;
     this.carryIn = undefined;
-    if (held?.length) this.toUpstream(held);
-    if (!this.pausedForUpstream) this.client.resume();
+    if (held?.length) this.io.toUpstream(held);
+    this.io.release(Hold.SWITCH);
   }
 
   private resumeAfterRefusedSwitch(): void {
     this.rq = Rq.HEAD;
     const held = this.carryIn;
     this.carryIn = undefined;
-    if (!this.pausedForUpstream) this.client.resume();
+    this.io.release(Hold.SWITCH);
     if (held?.length) this.onClientData(held);
   }
 
@@ -367,7 +328,7 @@ export class HttpProxyConnection {
   private flushLocals(): void {
     while (this.pending.length && this.pending[0].local && this.pending[0].complete) {
       const p = this.pending.shift()!;
-      this.toClient(p.local!);
+      this.io.toClient(p.local!);
       p.x.status = Number(p.local!.toString('latin1', 9, 12));
       p.x.latencyNs = Math.round((performance.now() - p.x.startMs) * 1e6);
       this.o.sink.response(p.x);
@@ -378,32 +339,24 @@ export class HttpProxyConnection {
   }
 
   private unpausePipeline(): void {
-    if (this.pausedForPipeline && this.pending.length < MAX_PIPELINE / 2) {
-      this.pausedForPipeline = false;
-      if (!this.pausedForUpstream && this.rq !== Rq.WAIT_SWITCH) this.client.resume();
-    }
-  }
-
-  private toClient(b: Buffer): void {
-    if (this.client.destroyed) return;
-    if (!this.client.write(b) && !this.pausedForClient) { this.pausedForClient = true; this.upstream?.pause(); }
+    if (this.pending.length < MAX_PIPELINE / 2) this.io.release(Hold.PIPELINE);
   }
 
   private onUpstreamEnd(): void {
-    if (this.closed || this.upstreamDone) return;
+    if (this.io.closed || this.upstreamDone) return;
     this.upstreamDone = true;
-    if (this.rs === Rs.TUNNEL) { this.client.end(); return; } // the client may still send (half-close)
+    if (this.rs === Rs.TUNNEL) { this.io.endClient(); return; } // the client may still send (half-close)
     if (this.rs === Rs.BODY_CLOSE) this.responseDone();
     // Requests the server will never answer: the connection ends like the server's did.
     this.rq = Rq.CLOSED;
     this.pending.length = 0;
-    if (this.lingering) return; // the last response was complete: the client closes first
+    if (this.io.lingering) return; // the last response was complete: the client closes first
     this.finishAfterFlush();
   }
 
   private onUpstreamError(): void {
-    if (this.closed) return;
-    if (this.upstreamConnected) { this.destroy(); return; }
+    if (this.io.closed) return;
+    if (this.io.upstreamConnected) { this.io.destroy(); return; }
     this.upstreamDone = true;
     // Never reached the destination: each request still owed an answer gets 503, in order.
     this.rq = Rq.CLOSED;
@@ -414,42 +367,27 @@ export class HttpProxyConnection {
       p.closeAfter = true;
       p.complete = true;
     }
-    this.upstream = undefined;
+    this.io.dropUpstream();
     this.flushLocals();
     this.finishAfterFlush();
   }
 
-  /** Ends both sides once what is queued is written; `letClientClose`: the client can tell the last
-   *  response is complete, so it gets CLIENT_CLOSES_FIRST_MS to close first. */
+  /** Ends the connection once what is queued is written; `letClientClose`: the client can tell the
+   *  last response is complete, so it gets the chance to close first (pair.ts). */
   private finishAfterFlush(letClientClose = false): void {
-    if (this.closed) return;
+    if (this.io.closed) return;
     this.rq = Rq.CLOSED;
-    this.upstream?.end();
-    if (letClientClose && !this.clientEnded) {
-      this.lingering ??= setTimeout(() => { this.lingering = undefined; this.client.end(); }, CLIENT_CLOSES_FIRST_MS);
-      return;
-    }
-    this.stopLingering();
-    this.client.end();
-  }
-
-  private stopLingering(): void {
-    if (this.lingering) { clearTimeout(this.lingering); this.lingering = undefined; }
+    this.io.finish(letClientClose);
   }
 
   /** The client is gone and nothing is owed to it: close both sides. */
   private maybeFinish(): void {
-    if (!this.clientEnded || this.rq === Rq.TUNNEL || this.pending.length) return;
-    this.upstream?.end();
-    this.client.end();
+    if (!this.io.clientEnded || this.rq === Rq.TUNNEL || this.pending.length) return;
+    this.io.endUpstream();
+    this.io.endClient();
   }
 
   destroy(): void {
-    if (this.closed) return;
-    this.closed = true;
-    this.stopLingering();
-    this.client.destroy();
-    this.upstream?.destroy();
-    this.o.onClose?.();
+    this.io.destroy();
   }
 }

@@ -62,27 +62,30 @@ export interface RecordContext {
   srcPort: number;
   dstPort: number;
   policy: ConnectionPolicy;
-  /** The record bytes that are the same for every exchange of the connection (filled by RecordWriter). */
-  fixed?: { policy: ConnectionPolicy; bytes: Buffer };
 }
 
 /** Offsets of the fields the agent reads in place. */
 export const At = { KIND: 2, VERDICT: 3, METHOD: 4, TIME: 8, LATENCY: 16, STATUS: 24, METRIC_ENDPOINT: 48 } as const;
 
-function connectionBytes(ctx: RecordContext): Buffer {
-  const p = ctx.policy;
+/** The record bytes that are the same for every exchange between the policy's two ends (ports aside),
+ *  made once per policy: connections between the same addresses share it, and one request per
+ *  connection is a common way to use HTTP. */
+const policyBytes = new WeakMap<ConnectionPolicy, Buffer>();
+
+function fixedBytes(p: ConnectionPolicy): Buffer {
+  const cached = policyBytes.get(p);
+  if (cached) return cached;
   const src = ipBytes(p.src.ip);
   const dst = ipBytes(p.dst.ip);
   const b = Buffer.alloc(FIXED + src.length + dst.length);
   b[7] = src.length === 4 ? 4 : 6;
-  b.writeUInt16LE(ctx.srcPort, 26);
-  b.writeUInt16LE(ctx.dstPort, 28);
   b.writeUInt32LE(p.src.identity >>> 0, 32);
   b.writeUInt32LE(p.dst.identity >>> 0, 36);
   b.writeUInt32LE(p.src.endpoint ?? 0, 40);
   b.writeUInt32LE(p.dst.endpoint ?? 0, 44);
   src.copy(b, FIXED);
   dst.copy(b, FIXED + src.length);
+  policyBytes.set(p, b);
   return b;
 }
 
@@ -100,8 +103,7 @@ export class RecordWriter {
   get bytes(): number { return this.at; }
 
   add(kind: RecordKind, x: Exchange, ctx: RecordContext, timeMs: number): void {
-    if (ctx.fixed?.policy !== ctx.policy) ctx.fixed = { policy: ctx.policy, bytes: connectionBytes(ctx) };
-    const fixed = ctx.fixed.bytes;
+    const fixed = fixedBytes(ctx.policy);
     const d = x.verdict.info as ProxyDecision | undefined;
     const sides = d?.sides ?? [];
     const mcode = METHOD_CODE.get(x.method) ?? 0;
@@ -112,6 +114,8 @@ export class RecordWriter {
     const b = this.buf;
     const start = this.at;
     fixed.copy(b, start);
+    b.writeUInt16LE(ctx.srcPort, start + 26);
+    b.writeUInt16LE(ctx.dstPort, start + 28);
     b[start + 2] = kind === 'request' ? 0 : 1;
     b[start + 3] = x.localReason === 'denied' ? 1 : x.localReason ? 2 : 0;
     b[start + 4] = mcode;
