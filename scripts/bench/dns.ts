@@ -5,7 +5,9 @@
 //   proxy    a pod whose DNS rules (matchPattern "*") send every query through the proxy, answers
 //            learned into the name cache, DNS flows recorded
 // Queries/s and p50/p99 latency (dnsperf -v: every query's latency), medians over BENCH_ROUNDS rounds of
-// BENCH_SECONDS each at BENCH_OUTSTANDING queries in flight. Then the first connection after an answer:
+// BENCH_SECONDS each at BENCH_OUTSTANDING queries in flight, after BENCH_WARMUP seconds of each; and
+// the CPU the agent and the server spent per query (from /proc: the ratio of queries/s follows the
+// CPU share the proxy gets on a loaded machine, its CPU per query does not). Then the first connection after an answer:
 // BENCH_FRESH names never seen before, each resolved through the proxy and connected to at once (a
 // drop would show as a timeout), and the time from an answer reaching the proxy to its address being
 // in the ipcache (the agent's membrane_fqdn_answer_to_datapath_seconds histogram).
@@ -25,6 +27,7 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 5);
 const OUTSTANDING = Number(process.env.BENCH_OUTSTANDING ?? 20);
 const FRESH = Number(process.env.BENCH_FRESH ?? 50);
+const WARMUP = Number(process.env.BENCH_WARMUP ?? 2);
 delete process.env.NODE_EXTRA_CA_CERTS;
 
 const R = Math.floor(Math.random() * 512);
@@ -70,8 +73,8 @@ async function measure(ns: TestNetns, queryFile: string, agentPid: number | unde
   return { ...r, agentCpuUs: (cpuUs(agentPid) - a0) / n, serverCpuUs: (cpuUs(serverPid) - s0) / n };
 }
 
-function dnsperf(ns: TestNetns, queryFile: string): Promise<Omit<Sample, 'agentCpuUs' | 'serverCpuUs'>> {
-  const child = spawn('nsenter', [`--net=${ns.path}`, 'dnsperf', '-s', DNS, '-d', queryFile, '-l', String(SECONDS), '-c', '4', '-q', String(OUTSTANDING), '-t', '2', '-v'], { stdio: ['ignore', 'pipe', 'pipe'] });
+function dnsperf(ns: TestNetns, queryFile: string, seconds = SECONDS): Promise<Omit<Sample, 'agentCpuUs' | 'serverCpuUs'>> {
+  const child = spawn('nsenter', [`--net=${ns.path}`, 'dnsperf', '-s', DNS, '-d', queryFile, '-l', String(seconds), '-c', '4', '-q', String(OUTSTANDING), '-t', '2', '-v'], { stdio: ['ignore', 'pipe', 'pipe'] });
   const lat: number[] = [];
   let tail = '';
   let rest = '';
@@ -168,6 +171,8 @@ async function main(): Promise<void> {
     fs.writeFileSync(queries, 'bench.test.internal A\n');
 
     const samples: Record<'direct' | 'proxy', Sample[]> = { direct: [], proxy: [] };
+    // Both paths warm (the proxy's JIT, the server's cache) before anything counts.
+    if (WARMUP > 0) for (const v of ['direct', 'proxy'] as const) await dnsperf(pods[v], queries, WARMUP);
     for (let round = 0; round < ROUNDS; round++) {
       for (const v of round % 2 ? (['proxy', 'direct'] as const) : (['direct', 'proxy'] as const)) {
         samples[v].push(await measure(pods[v], queries, agent.pid(), dnsmasq.child.pid));
