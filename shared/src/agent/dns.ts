@@ -72,6 +72,8 @@ export class AgentDns {
   private queuedSave?: Promise<void>;
   private readonly listeners: ((r: DnsRecord) => void)[] = [];
   private readonly decisions = new Map<string, DnsDecision>();
+  /** Answers' datapath and store writes under way. */
+  private readonly writing = new Set<Promise<void>>();
   private decisionsGen = -1;
 
   private constructor(private readonly d: DnsDeps, readonly port: number, readonly state: FqdnState, private readonly log: Logger) {}
@@ -135,14 +137,27 @@ export class AgentDns {
     return verdict(!e.defaultDeny, 0);
   }
 
-  /** An answer's names and addresses, in the datapath (and, when new, in the store) before the promise
-   *  resolves: a restart right after the client got the answer still knows them. Repeated answers
-   *  (TTL refreshes) are saved later. */
-  async learn(endpoint: number, answer: Answer): Promise<void> {
+  /** An answer's names and addresses, in the datapath (and, when new, in the store) before the
+   *  returned promise resolves: a restart right after the client got the answer still knows them.
+   *  undefined when nothing is left to wait for: an answer that teaches nothing new (the common case:
+   *  a TTL refresh, saved later) goes to the client at once, unless an earlier answer's writes are
+   *  still under way (they may carry this answer's addresses: it waits for them too). */
+  learn(endpoint: number, answer: Answer): Promise<void> | undefined {
     const r = this.state.learn(endpoint, answer.names, answer.ips, Date.now());
-    if (r.changed.length || r.newIdentity) await this.engine?.fqdnChanged(r.changed, r.newIdentity);
-    if (r.newEntries || r.newIdentity) await this.save();
-    else this.saveSoon();
+    if (!r.changed.length && !r.newIdentity && !r.newEntries) {
+      this.saveSoon();
+      return this.writing.size ? Promise.all(this.writing).then(() => undefined) : undefined;
+    }
+    const w = this.write(r.changed, r.newIdentity);
+    this.writing.add(w);
+    const done = () => { this.writing.delete(w); };
+    w.then(done, done);
+    return w;
+  }
+
+  private async write(changed: string[], newIdentity: boolean): Promise<void> {
+    if (changed.length || newIdentity) await this.engine?.fqdnChanged(changed, newIdentity);
+    await this.save();
   }
 
   /** Expired entries whose addresses no tracked connection uses go (and their ipcache entries). */

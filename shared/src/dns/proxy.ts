@@ -68,7 +68,8 @@ function dnsRecord(
 export interface DnsProxyDeps {
   port: number;
   decide(src: Peer, dst: Peer, proto: 'udp' | 'tcp', query: Query): DnsDecision;
-  learn(endpoint: number, answer: Answer): Promise<void>;
+  /** Resolves once the answer's addresses are in the datapath; undefined: they already are. */
+  learn(endpoint: number, answer: Answer): Promise<void> | undefined;
   record(r: DnsRecord): void;
   /** Where a diverted datagram from `src` was going (the datapath's proxy_udp_dst). */
   originalDestination(src: Peer): Peer | undefined;
@@ -254,7 +255,9 @@ export class DnsProxy {
     if (!this.finish(p)) return;
     if (answer && p.decision.endpoint !== undefined && answer.ips.length) {
       const tAnswer = performance.now();
-      this.d.learn(p.decision.endpoint, answer).then(
+      const learning = this.d.learn(p.decision.endpoint, answer);
+      if (!learning) { this.releaseUdp(p, msg, answer, performance.now() - tAnswer); return; }
+      learning.then(
         () => this.releaseUdp(p, msg, answer, performance.now() - tAnswer),
         (err: unknown) => {
           // Not in the datapath: the client would be refused its first connection. It gets SERVFAIL
