@@ -3,7 +3,7 @@
 // an answer teaches through a CNAME chain (the smallest TTL along it), and the flow fields.
 import t from 'tap';
 import * as packet from 'dns-packet';
-import { answersQuery, RCODE, readAnswer, readQuery, refusal } from '../src/dns/message.ts';
+import { answersQuery, MessageReader, RCODE, readAnswer, readQuery, refusal } from '../src/dns/message.ts';
 import { dnsFlow, dnsSummary } from '../src/dns/flows.ts';
 import type { DnsRecord } from '../src/dns/proxy.ts';
 import type { FlowContext } from '../src/flows/enrich.ts';
@@ -76,4 +76,17 @@ t.test('records as Hubble L7 DNS flows', async (t) => {
   t.match(g.l7, { type: 'RESPONSE', latencyNs: 1_500_000, dns: { ips: ['198.18.0.10'], ttl: 20, cnames: ['api.test.internal.'], rcode: 0 } });
   t.match(g.egressAllowedBy, [{ name: 'client-fqdn', membraneRulePath: 'spec.egress[0].toPorts[0].rules.dns[0]' }]);
   t.equal(dnsSummary(answer), 'DNS Answer "198.18.0.10" TTL: 20 (Proxy alias.test.internal. A)');
+});
+
+t.test('MessageReader: decoded once per content, every query keeps its own ID', async (t) => {
+  const reader = new MessageReader(2);
+  const ask = (id: number, name: string) => packet.encode({ type: 'query', id, flags: packet.RECURSION_DESIRED, questions: [{ type: 'A', name }] });
+  t.same(reader.query(ask(1, 'Api.Test')), { id: 1, name: 'api.test.', types: ['A'], rd: true });
+  t.same(reader.query(ask(2, 'api.test')), { id: 2, name: 'api.test.', types: ['A'], rd: true }, 'the same question under another ID');
+  t.same(reader.query(ask(3, 'other.test')), readQuery(ask(3, 'other.test')), 'another question');
+  t.equal(reader.query(Buffer.concat([Buffer.from([0, 9]), Buffer.from('not a query at all')])), undefined, 'unreadable');
+  const ans = (id: number, ip: string) => packet.encode({ type: 'response', id, questions: [{ type: 'A', name: 'api.test' }], answers: [{ type: 'A', name: 'api.test', ttl: 30, data: ip }] });
+  t.same(reader.answer(ans(7, '198.18.0.1')), readAnswer(ans(7, '198.18.0.1')));
+  t.same(reader.answer(ans(8, '198.18.0.1'))?.ips, [{ ip: '198.18.0.1', ttl: 30 }]);
+  t.same(reader.answer(ans(9, '198.18.0.2'))?.ips, [{ ip: '198.18.0.2', ttl: 30 }], 'another address: read anew');
 });

@@ -63,7 +63,6 @@ export function refusal(buf: Buffer, rcode: number): Buffer {
 }
 
 export interface Answer {
-  id: number;
   rcode: number;
   /** The query name and the CNAME targets after it, canonical, in chain order. */
   names: string[];
@@ -103,7 +102,7 @@ export function readAnswer(buf: Buffer): Answer | undefined {
     }
   }
   return {
-    id: d.id ?? 0, rcode: (d.flags ?? 0) & 0xf, names, cnames: names.slice(1), ips,
+    rcode: (d.flags ?? 0) & 0xf, names, cnames: names.slice(1), ips,
     qtypes: (d.questions ?? []).map((x) => String(x.type)), rrtypes: [...new Set(answers.map((a) => String(a.type)))],
     truncated: ((d.flags ?? 0) & packet.TRUNCATED_RESPONSE) !== 0,
   };
@@ -113,4 +112,36 @@ export function readAnswer(buf: Buffer): Answer | undefined {
  *  question (a confused or hostile server, or a forged datagram) must teach nothing. */
 export function answersQuery(a: Answer, q: Query): boolean {
   return a.names[0] === q.name && a.qtypes.length === q.types.length && a.qtypes.every((t, i) => t === q.types[i]);
+}
+
+/** readQuery and readAnswer for a stream of messages in which the same bytes come again and again
+ *  (one client asking one name; a server answering it alike until its TTLs tick): a message is decoded
+ *  once per distinct content after its ID (an Answer does not carry the ID; a Query gets its own).
+ *  What is returned is shared: callers do not change it. Bounded: the bytes are the peers' to choose. */
+export class MessageReader {
+  private readonly queries = new Map<string, Query | undefined>();
+  private readonly answers = new Map<string, Answer | undefined>();
+
+  constructor(private readonly max = 1024) {}
+
+  query(buf: Buffer): Query | undefined {
+    if (buf.length < 12 || buf.length > 512) return readQuery(buf);
+    const key = buf.toString('latin1', 2);
+    let q = this.queries.get(key);
+    if (q === undefined && !this.queries.has(key)) this.remember(this.queries, key, (q = readQuery(buf)));
+    return q && { id: buf.readUInt16BE(0), name: q.name, types: q.types, rd: q.rd };
+  }
+
+  answer(buf: Buffer): Answer | undefined {
+    if (buf.length < 12 || buf.length > 1232) return readAnswer(buf);
+    const key = buf.toString('latin1', 2);
+    let a = this.answers.get(key);
+    if (a === undefined && !this.answers.has(key)) this.remember(this.answers, key, (a = readAnswer(buf)));
+    return a;
+  }
+
+  private remember<T>(m: Map<string, T>, key: string, v: T): void {
+    if (m.size >= this.max) m.clear();
+    m.set(key, v);
+  }
 }

@@ -23,7 +23,7 @@ import crypto from 'node:crypto';
 import dgram from 'node:dgram';
 import net from 'node:net';
 import { closeFd, SocketError, transparentListener, transparentUdpSocket } from '../l7/proxy/sockets.ts';
-import { answersQuery, RCODE, readAnswer, readQuery, refusal, type Answer, type Query } from './message.ts';
+import { answersQuery, MessageReader, RCODE, refusal, type Answer, type Query } from './message.ts';
 
 export interface Peer { ip: string; port: number }
 
@@ -138,6 +138,7 @@ export class DnsProxy {
   private readonly replies = new Map<string, { socket: dgram.Socket; used: number }>();
   private readonly tcpClients = new Set<net.Socket>();
   private readonly ids = new RandomIds();
+  private readonly reader = new MessageReader();
   private sweep?: NodeJS.Timeout;
   private idleSweep?: NodeJS.Timeout;
   private readonly timeoutMs: number;
@@ -177,7 +178,7 @@ export class DnsProxy {
   private onDatagram(msg: Buffer, client: Peer): void {
     const server = this.d.originalDestination(client);
     if (!server || loopback(server.ip)) return; // not diverted by the datapath: a local process
-    const query = readQuery(msg);
+    const query = this.reader.query(msg);
     this.stats.queries++;
     if (!query) { this.replyUdp(server, client, refusal(msg, RCODE.FORMERR)); this.stats.errors++; return; }
     const decision = this.d.decide(client, server, 'udp', query);
@@ -250,7 +251,7 @@ export class DnsProxy {
   private onUpstream(up: Upstream, msg: Buffer, fromIp: string, fromPort: number): void {
     const p = msg.length >= 12 ? up.byId.get(msg.readUInt16BE(0)) : undefined;
     if (!p || fromPort !== p.server.port || normalizeAddr(fromIp) !== normalizeAddr(p.server.ip)) { this.stats.ignored++; return; }
-    const answer = readAnswer(msg);
+    const answer = this.reader.answer(msg);
     if (answer && !answersQuery(answer, p.query)) { this.stats.ignored++; return; } // not this question: wait for the real one
     if (!this.finish(p)) return;
     if (answer && p.decision.endpoint !== undefined && answer.ips.length) {
@@ -343,7 +344,7 @@ export class DnsProxy {
       const p = inflight.get(msg.readUInt16BE(0));
       if (!p) return;
       inflight.delete(msg.readUInt16BE(0));
-      const answer = readAnswer(msg);
+      const answer = this.reader.answer(msg);
       if (answer && !answersQuery(answer, p.query)) {
         c.write(frame(refusal(msg, RCODE.SERVFAIL)));
         this.stats.errors++;
@@ -384,7 +385,7 @@ export class DnsProxy {
         const msg = Buffer.from(buf.subarray(2, 2 + buf.readUInt16BE(0)));
         buf = buf.subarray(2 + msg.length);
         this.stats.queries++;
-        const query = readQuery(msg);
+        const query = this.reader.query(msg);
         if (!query) { c.write(frame(refusal(msg, RCODE.FORMERR))); continue; }
         const decision = this.d.decide(client, server, 'tcp', query);
         if (!decision.allowed) {
