@@ -19,6 +19,7 @@ import type { PolicyEngine } from '../policy/engine.ts';
 import { identityKind } from '../identity/reserved.ts';
 import { FqdnState, type FqdnPersisted } from '../fqdn/state.ts';
 import { dnsRuleMatches } from '../fqdn/selector.ts';
+import { WritesInFlight } from '../fqdn/writes.ts';
 import { ensureProxyRouting } from '../l7/routing.ts';
 import { pickProxyPort, portFree, udpPortFree } from '../l7/proxy/sockets.ts';
 import { ipBytes, normalizeIp, formatIp } from '../net/index.ts';
@@ -72,8 +73,7 @@ export class AgentDns {
   private queuedSave?: Promise<void>;
   private readonly listeners: ((r: DnsRecord) => void)[] = [];
   private readonly decisions = new Map<string, DnsDecision>();
-  /** Answers' datapath and store writes under way. */
-  private readonly writing = new Set<Promise<void>>();
+  private readonly writes = new WritesInFlight();
   private decisionsGen = -1;
 
   private constructor(private readonly d: DnsDeps, readonly port: number, readonly state: FqdnState, private readonly log: Logger) {}
@@ -146,13 +146,9 @@ export class AgentDns {
     const r = this.state.learn(endpoint, answer.names, answer.ips, Date.now());
     if (!r.changed.length && !r.newIdentity && !r.newEntries) {
       this.saveSoon();
-      return this.writing.size ? Promise.all(this.writing).then(() => undefined) : undefined;
+      return this.writes.settled();
     }
-    const w = this.write(r.changed, r.newIdentity);
-    this.writing.add(w);
-    const done = () => { this.writing.delete(w); };
-    w.then(done, done);
-    return w;
+    return this.writes.track(this.write(r.changed, r.newIdentity));
   }
 
   private async write(changed: string[], newIdentity: boolean): Promise<void> {
