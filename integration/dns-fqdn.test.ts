@@ -362,23 +362,28 @@ t.test('a DNS rule on another port than 53: diverted there, and 53 is not open',
   const alt = await pod('alt', { app: 'alt' });
   const altDns = await startDnsmasq(world, fs.mkdtempSync(path.join(tmp, 'alt-')), W.dns, { hosts: hosts(), ttl: 30, port: 5353 });
   children.push(altDns.child);
-  await pc.import(`apiVersion: cilium.io/v2
+  const altPolicy = (name: string) => `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: alt-port}
 spec:
   endpointSelector: {matchLabels: {app: alt}}
   egress:
   - toCIDR: [${W.dns}/32]
-    toPorts: [{ports: [{port: "5353", protocol: UDP}], rules: {dns: [{matchName: api.test.internal}]}}]
+    toPorts: [{ports: [{port: "5353", protocol: UDP}], rules: {dns: [{matchName: ${name}}]}}]
   - toFQDNs: [{matchName: api.test.internal}]
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-`);
+`;
+  await pc.import(altPolicy('api.test.internal'));
   t.teardown(() => pc.delete(['default/alt-port']).catch(() => pc.delete(['alt-port'])));
   const r = await resolveAndConnect(nsOf.alt, `${W.dns}:5353`, 'api.test.internal', 80);
   t.same([r.ips, r.connect], [[W.api], 'ok'], 'resolved on 5353 through the proxy and connected at once');
   t.ok((await cacheList('api.test.internal')).some((e) => e.endpoints.includes(alt.id)), 'learned for this pod');
   t.equal((await resolveAndConnect(nsOf.alt, `${W.dns}:5353`, 'other.test.internal', 0)).error, 'EREFUSED', 'a name its DNS rule does not allow: REFUSED');
   t.equal((await resolveAndConnect(nsOf.alt, W.dns, 'api.test.internal', 0)).error, 'ETIMEOUT', 'port 53, which no rule names: dropped');
+  // The proxy keeps verdicts per sender, server and name: a policy change must reach them at once.
+  await pc.import(altPolicy('other.test.internal'));
+  t.same((await resolveAndConnect(nsOf.alt, `${W.dns}:5353`, 'other.test.internal', 0)).ips, [W.other], 'the policy now allows the name refused before: answered');
+  t.equal((await resolveAndConnect(nsOf.alt, `${W.dns}:5353`, 'api.test.internal', 0)).error, 'EREFUSED', 'and the name allowed (and asked) before is refused now');
   altDns.stop();
 });
 
