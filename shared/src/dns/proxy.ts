@@ -108,7 +108,7 @@ interface Upstream {
 /** Queries waiting for their server. */
 const MAX_PENDING = 4096;
 /** How many queries, and for how long, one upstream source port serves (see the header). */
-const UPSTREAM_QUERIES = 64;
+const UPSTREAM_QUERIES = 256;
 const UPSTREAM_MS = 1000;
 const SWEEP_MS = 100;
 const REPLY_SOCKET_IDLE_MS = 60_000;
