@@ -282,13 +282,16 @@ export class DnsProxy {
     this.d.record(dnsRecord('response', 'udp', p.client, p.server, p.query, p.decision, 'forwarded', undefined, answer, latencyNs, learnMs !== undefined ? Math.round(learnMs * 1e6) : undefined));
   }
 
-  /** All queries have the same timeout: the oldest pending ones are the first to expire. */
+  /** All queries have the same timeout: the oldest pending ones are the first to expire. Upstream
+   *  sockets past their time retire here too (not only when the next query comes): one to a server
+   *  asked once is not kept open. */
   private expirePending(): void {
     const now = performance.now();
     for (const p of this.pending) {
       if (p.deadline > now) break;
       this.onTimeout(p);
     }
+    for (const up of this.upstreams.values()) if (now - up.born > UPSTREAM_MS) this.retire(up);
   }
 
   private onTimeout(p: Pending): void {
