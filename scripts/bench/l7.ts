@@ -8,11 +8,16 @@
 //           a user would otherwise put there (upstream keep-alive, access log off)
 // plus the same-run A/B of a port without L7 rules (8080) with and without the L7 policy on port 80
 // (redirect_peer traffic never meets the proxy: the cost should be 0).
-// After BENCH_WARMUP seconds of each variant (not recorded), medians over BENCH_ROUNDS rounds of
-// BENCH_SECONDS each; BENCH_CONNS picks the connection counts. Each row says whether the issue's goals
-// are met (Membrane L7 >= 0.8x nginx's req/s, p99 <= 1.25x nginx's) and what the proxying costs in CPU
-// per request (Membrane's workers plus its agent, nginx's workers): on a loaded machine the ratios move
-// with the load, the CPU cost much less.
+// After BENCH_WARMUP seconds of each variant in each mode (not recorded), medians over BENCH_ROUNDS
+// rounds of BENCH_SECONDS each; BENCH_CONNS picks the connection counts. Each row says whether the
+// issue's goals are met (Membrane L7 >= 0.8x nginx's req/s, p99 <= 1.25x nginx's) and what the
+// proxying costs in CPU per request (Membrane's workers plus its agent, the agent's part apart, nginx's
+// workers): on a loaded machine the ratios move with the load, the CPU cost much less.
+// The client pod runs with net.ipv4.tcp_tw_reuse=BENCH_CLIENT_TW_REUSE (default 1, the usual setting
+// of a load generator): the proxy lets the client close first, so each one-request connection leaves
+// a TIME_WAIT in the client, and without reuse wrk's port search starves within seconds (README:
+// bench:l7, where the time goes). Direct and nginx leave no TIME_WAIT in the client (the server
+// closes first), so for them it changes nothing.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -28,6 +33,7 @@ const WARMUP = Number(process.env.BENCH_WARMUP ?? 5);
 const CONNS = (process.env.BENCH_CONNS ?? '1,10,50,100').split(',').map(Number);
 // All three by default; a subset (BENCH_VARIANTS=l7) is for looking at one of them, not for the table.
 const VARIANTS = (process.env.BENCH_VARIANTS ?? 'direct,l7,nginx').split(',');
+const CLIENT_TW_REUSE = process.env.BENCH_CLIENT_TW_REUSE ?? '1';
 const NGINX_PORT = 18000 + Math.floor(Math.random() * 2000); // nginx on the node: random, so runs never clash
 delete process.env.NODE_EXTRA_CA_CERTS;
 
@@ -37,7 +43,7 @@ const GOAL_P99 = 1.25;
 
 type Variant = 'direct' | 'l7' | 'nginx';
 type Mode = 'keep-alive' | 'close';
-interface Sample { rps: number; p50: number; p99: number; errors: number; requests: number; cpuUsPerReq?: number }
+interface Sample { rps: number; p50: number; p99: number; errors: number; requests: number; cpuUsPerReq?: number; agentUsPerReq?: number }
 
 const TICK_US = 1e6 / 100; // /proc/<pid>/stat times are in USER_HZ (100 on Linux)
 /** CPU time (user + system, µs) the processes have used so far; a process that is gone counts 0. */
@@ -108,13 +114,16 @@ function parseWrk(out: string): Sample {
   return { requests: num(/(\d+) requests in /), rps: num(/Requests\/sec:\s+([\d.]+)/), p50: dur(/ 50%\s+([\d.]+)(us|ms|s)/), p99: dur(/ 99%\s+([\d.]+)(us|ms|s)/), errors };
 }
 
-/** wrk's numbers, and the CPU time `proxy` (the processes between client and server) spent per request. */
-async function wrk(client: TestNetns, url: string, conns: number, mode: Mode, proxy: number[] = [], seconds = SECONDS): Promise<Sample> {
+/** wrk's numbers, and the CPU time `proxy` (the processes between client and server) spent per
+ *  request, with the part of it that is the agent's (`agent`, one of them) apart. */
+async function wrk(client: TestNetns, url: string, conns: number, mode: Mode, proxy: number[] = [], agent?: number, seconds = SECONDS): Promise<Sample> {
   const args = ['-t', String(Math.min(2, conns)), '-c', String(conns), '-d', `${seconds}s`, '--latency', ...(mode === 'close' ? ['-H', 'Connection: close'] : []), url];
   const cpu0 = cpuUs(proxy);
+  const agent0 = agent ? cpuUs([agent]) : 0;
   const out = await client.exec('wrk', args, { timeoutMs: (seconds + 30) * 1000 });
   const sample = parseWrk(out);
   if (proxy.length && sample.requests > 0) sample.cpuUsPerReq = (cpuUs(proxy) - cpu0) / sample.requests;
+  if (agent && sample.requests > 0) sample.agentUsPerReq = (cpuUs([agent]) - agent0) / sample.requests;
   return sample;
 }
 
@@ -137,6 +146,7 @@ async function main(): Promise<void> {
   const procs: ChildProcess[] = [];
   const dirs: string[] = [];
   try {
+    await client.exec('sysctl', ['-qw', `net.ipv4.tcp_tw_reuse=${CLIENT_TW_REUSE}`]);
     await agent.client.createEndpoint({ containerId: `bench-l7-c-${randomId()}`, netns: client.path, ifName: 'eth0', labels: { bench: 'client' } });
     const srv = await agent.client.createEndpoint({ containerId: `bench-l7-s-${randomId()}`, netns: server.path, ifName: 'eth0', labels: { bench: 'server' } });
     const ip = srv.ips[0].address.split('/')[0];
@@ -178,15 +188,16 @@ async function main(): Promise<void> {
     };
     await setL7(true);
     // Warm-up, not recorded: the proxy workers start with the first L7 policy, and their first seconds
-    // (JIT) cost several times what they cost afterwards; nginx gets the same.
+    // (JIT) cost several times what they cost afterwards, in each mode (one request per connection runs
+    // code keep-alive never does: accepting, connecting, closing); nginx gets the same.
     for (const v of ['direct', 'l7', 'nginx'].filter((x) => VARIANTS.includes(x)) as Variant[]) {
-      await wrk(client, urls[v], 10, 'keep-alive', [], WARMUP);
+      for (const mode of ['keep-alive', 'close'] as Mode[]) await wrk(client, urls[v], 10, mode, [], undefined, WARMUP);
     }
     for (let round = 0; round < ROUNDS; round++) {
       for (const mode of ['keep-alive', 'close'] as Mode[]) {
         for (const conns of CONNS) {
           for (const v of (round % 2 ? ['nginx', 'l7', 'direct'] : ['direct', 'l7', 'nginx']).filter((x) => VARIANTS.includes(x)) as Variant[]) {
-            rec(`${v}|${mode}|${conns}`, await wrk(client, urls[v], conns, mode, await proxyPids(v)));
+            rec(`${v}|${mode}|${conns}`, await wrk(client, urls[v], conns, mode, await proxyPids(v), v === 'l7' ? agent.pid() : undefined));
           }
         }
       }
@@ -209,12 +220,13 @@ async function main(): Promise<void> {
         const p99 = med(k('l7'), 'p99') / med(k('nginx'), 'p99');
         const goal = [rps >= GOAL_RPS ? '' : `req/s < ${GOAL_RPS}×`, p99 <= GOAL_P99 ? '' : `p99 > ${GOAL_P99}×`].filter(Boolean).join(', ') || 'met';
         const cpu = (v: Variant) => med(k(v), 'cpuUsPerReq').toFixed(0);
-        rows.push([mode, String(conns), cell('direct'), cell('l7'), cell('nginx'), `${rps.toFixed(2)}×`, `${p99.toFixed(2)}×`, goal, `${cpu('l7')} / ${cpu('nginx')}`]);
+        const agentCpu = med(k('l7'), 'agentUsPerReq').toFixed(0);
+        rows.push([mode, String(conns), cell('direct'), cell('l7'), cell('nginx'), `${rps.toFixed(2)}×`, `${p99.toFixed(2)}×`, goal, `${cpu('l7')} (agent ${agentCpu}) / ${cpu('nginx')}`]);
       }
     }
     const errors = [...samples].filter(([, v]) => v.some((x) => x.errors)).map(([k]) => k);
-    console.log(`\nL7 HTTP benchmark: ${WARMUP} s warm-up per variant, then ${ROUNDS} interleaved rounds × ${SECONDS} s, medians; wrk in the client pod, nginx (1 worker) serving in the server pod; ${os.cpus().length} CPUs; load average at start ${load}\n`);
-    console.log(markdownTable(['mode', 'conns', 'direct req/s / p50 / p99 ms', 'Membrane L7 req/s / p50 / p99 ms', 'nginx proxy req/s / p50 / p99 ms', 'L7/nginx req/s', 'L7/nginx p99', `goal (≥ ${GOAL_RPS}× req/s, ≤ ${GOAL_P99}× p99)`, 'proxy CPU µs/request L7 (workers + agent) / nginx'], rows));
+    console.log(`\nL7 HTTP benchmark: ${WARMUP} s warm-up per variant, then ${ROUNDS} interleaved rounds × ${SECONDS} s, medians; wrk in the client pod, nginx (1 worker) serving in the server pod; client pod net.ipv4.tcp_tw_reuse=${CLIENT_TW_REUSE}; ${os.cpus().length} CPUs; load average at start ${load}\n`);
+    console.log(markdownTable(['mode', 'conns', 'direct req/s / p50 / p99 ms', 'Membrane L7 req/s / p50 / p99 ms', 'nginx proxy req/s / p50 / p99 ms', 'L7/nginx req/s', 'L7/nginx p99', `goal (≥ ${GOAL_RPS}× req/s, ≤ ${GOAL_P99}× p99)`, 'proxy CPU µs/request L7 workers + agent (agent) / nginx'], rows));
     const off = med('8080|l7-off', 'rps'), on = med('8080|l7-on', 'rps');
     console.log(`\nPort 8080 (no L7 rules), 50 connections keep-alive: ${off.toFixed(0)} req/s without the L7 policy on port 80, ${on.toFixed(0)} req/s with it (${(on / off).toFixed(2)}×).`);
     if (errors.length) console.log(`\nwrk reported errors (socket errors or non-2xx) in: ${errors.join(', ')}`);
