@@ -19,6 +19,8 @@ const executables = [
   { name: 'membrane-operator', entry: 'shared/src/operator/main.ts' },
   { name: 'membrane-relay', entry: 'shared/src/relay/main.ts' },
   { name: 'membrane-proxy', entry: 'shared/src/l7/proxy/worker-main.ts' },
+  // Not a command: the agent's policy-reading worker thread (policy/parse-offloop.ts).
+  { name: 'membrane-policy-worker', entry: 'shared/src/policy/parse-worker.ts' },
 ];
 await Promise.all(executables.map(({ name, entry }) => build({
   entryPoints: [path.join(root, entry)],

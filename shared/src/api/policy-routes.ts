@@ -92,8 +92,8 @@ export function policyRouter(engine: PolicyEngine, opts: PolicyRouterOptions): e
     res.json(result);
   });
 
-  r.post('/validate', (req, res) => {
-    const { policies, issues } = engine.validate(bodyText(req), importOptions(req));
+  r.post('/validate', async (req, res) => {
+    const { policies, issues } = await engine.parse(bodyText(req), importOptions(req));
     res.json({ valid: issues.length === 0 && policies.length > 0, policies: policies.map((p) => p.name), issues });
   });
 

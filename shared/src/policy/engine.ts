@@ -1,117 +1,50 @@
 // The policy engine: identities, named policies and the endpoints they apply to, kept in the
 // datapath maps. Every change (import, delete, endpoint create/delete/relabel, host address change)
 // recomputes the desired map content and applies the difference (apply.ts), one change at a time.
-// Nothing here touches a syscall directly: the maps are behind PolicyDatapathOps.
+// Imports are read off the event loop (parse-offloop.ts) and applied in the order they arrived.
+// Nothing here touches a syscall directly: the maps are behind PolicyDatapathOps. The queries on
+// this state live in engine-view.ts.
 import type { Endpoint } from '../types.ts';
-import type { Store } from '../store/index.ts';
-import { IdentityAllocator, type IdentityBackend, type IdentityView } from '../identity/allocator.ts';
-import { CidrIdentities } from '../identity/cidr.ts';
+import { IdentityAllocator } from '../identity/allocator.ts';
 import { addressOnly, normalizeCidr } from '../net/index.ts';
-import { FIRST_CIDR_IDENTITY, RESERVED, identityKind, type IdentityKind } from '../identity/reserved.ts';
+import { RESERVED } from '../identity/reserved.ts';
 import type { Labels } from '../identity/labels.ts';
-import type { LabelFilter } from '../labels/filter.ts';
-import { applyDesired, type ApplyStats, type Mirror, type PolicyDatapathOps } from './apply.ts';
-import { decodePolicyKey } from './map-codec.ts';
-import { buildDesired, l7KindsOf, universeOf, type CompileCache, type Desired, type DesiredInput, type EngineEndpoint } from './desired.ts';
-import { formatIssue, parsePolicies, type PolicyIssue } from './parse.ts';
+import { applyDesired, type ApplyStats } from './apply.ts';
+import { buildDesired, l7KindsOf, type Desired, type EngineEndpoint } from './desired.ts';
+import { parsePolicies, type ParseResult } from './parse.ts';
+import { PolicyParser } from './parse-offloop.ts';
 import { MembraneError } from '../errors.ts';
-import { PolicyConflictError, PolicyRepository, type PersistedPolicies, type Plan, type PolicyBackend } from './repository.ts';
-import { endpointFlags, selectionFor, type Selection } from './selection.ts';
-import { describeRule, lookupIp, trace, type RuleDescription, type TraceQuery, type TraceResult } from './trace.ts';
+import { PolicyConflictError, PolicyRepository, type PersistedPolicies, type Plan } from './repository.ts';
+import { endpointFlags } from './selection.ts';
 import type { PolicyRecord } from './types.ts';
-import { l7Summary, type L7Summary } from './l7.ts';
-import { l4decode, probe, type Entry } from './compile.ts';
-import { buildSnapshot, type ProxySnapshot } from '../l7/proxy/snapshot.ts';
 import { attachmentId, endpointKey } from '../endpoint/naming.ts';
-import type { FqdnState } from '../fqdn/state.ts';
-import { fqdnLabels } from '../fqdn/identities.ts';
 import { fqdnIpcacheDiff } from './fqdn-ipcache.ts';
+import { AUDIT_METADATA_KEY, PolicyError, type ChangeResult, type PolicyEngineDeps } from './engine-types.ts';
+import { PolicyView } from './engine-view.ts';
 
-/** Endpoint metadata that turns audit mode on for one endpoint at creation (CNI args, API). */
-export const AUDIT_METADATA_KEY = 'membrane.io/policy-audit';
+export * from './engine-types.ts';
+
 const AUDIT_STORE_KEY = 'policy/audit';
 
-export type PolicyErrorCode = 'bad_request' | 'policy_not_found' | 'endpoint_not_found' | 'identity_not_found';
-
-/** A policy error; invalid input carries its issues (file:line:column, field) in the message and as details. */
-export class PolicyError extends MembraneError<PolicyErrorCode> {
-  override readonly name = 'PolicyError';
-  constructor(code: PolicyErrorCode, message: string, readonly issues?: PolicyIssue[]) {
-    super(code, issues?.length ? `${message}:\n${issues.map((i) => `  ${formatIssue(i)}`).join('\n')}` : message, issues ? { details: { issues } } : {});
-  }
-}
-
-export interface EngineLog {
-  info(o: object, msg: string): void;
-  warn(o: object, msg: string): void;
-}
-
-export interface PolicyEngineDeps {
-  store: Store;
-  ops: PolicyDatapathOps;
-  hostAddresses: () => string[];
-  log?: EngineLog;
-  identityGraceMs?: number;
-  /** Where the L7 proxies listen (ports go into the datapath with L7 entries); none: L7 policies are refused. */
-  proxyPorts?: () => DesiredInput['proxyPorts'];
-  /** Cluster mode: identities and policies live in the cluster store (default: the node's store). */
-  identityBackend?: IdentityBackend;
-  policyBackend?: PolicyBackend & { reload?(): Promise<PersistedPolicies> };
-  /** Called after the maps changed (the L7 proxy then takes a new snapshot). */
-  onChange?: () => void;
-  /** This node's cluster, for selectors on Cilium's derived cluster label (default: "default"). */
-  cluster?: string;
-  /** What DNS taught (toFQDNs): its addresses enter the ipcache with FQDN identities. */
-  fqdn?: FqdnState;
-  /** Which labels take part in an identity (--label-filter). */
-  labelFilter?: LabelFilter;
-}
-
-export interface ChangeResult {
-  revision: number;
-  changes: Plan['changes'];
-  stats: ApplyStats;
-  /** Time from the request to the maps holding the new state (before the store write). */
-  enforcedMs: number;
-  totalMs: number;
-  /** Where the time went: reading the documents, computing and writing the maps, the store write. */
-  timings: { parseMs: number; syncMs: number; storeMs: number };
-}
-
-export class PolicyEngine {
-  private readonly endpoints = new Map<string, EngineEndpoint>();
+export class PolicyEngine extends PolicyView {
   /** Audit as the endpoint's metadata asked for at creation (an API override wins). */
   private readonly metaAudit = new Map<string, boolean>();
-  private readonly mirror: Mirror;
-  private cidrs: CidrIdentities;
   private hostAddrs: string[];
   private auditOverrides: Record<string, boolean>;
   private started = false;
-  private readonly compileCache: { current?: CompileCache } = {};
   /** The policy entries the last successful apply wrote, by endpoint (none: the next apply compares all). */
   private applied?: Desired['policy'];
   private chain: Promise<unknown> = Promise.resolve();
-  /** Other nodes' endpoint addresses (cluster mode): prefix -> identity. */
-  private remote = new Map<string, number>();
+  /** Imports and deletes, in the order they arrived (an import waits here after its reading). */
+  private policyOrder: Promise<unknown> = Promise.resolve();
+  private readonly parser: PolicyParser;
   private remoteSyncQueued = false;
-  /** Bumped whenever the maps change: lookups cached for the DNS proxy are dropped. */
-  private generation = 0;
-  private lookupGen = -1;
-  private readonly byIp = new Map<string, EngineEndpoint>();
-  private readonly peerOf = new Map<string, number>();
 
-  private constructor(
-    private readonly d: PolicyEngineDeps,
-    readonly identities: IdentityAllocator,
-    readonly repo: PolicyRepository,
-    audit: Record<string, boolean>,
-  ) {
+  private constructor(d: PolicyEngineDeps, identities: IdentityAllocator, repo: PolicyRepository, audit: Record<string, boolean>) {
+    super(d, identities, repo);
     this.auditOverrides = audit;
-    // Start from what is pinned: a restarted agent changes only what differs.
-    this.mirror = { policy: d.ops.readPolicy(), ipcache: d.ops.readIpcache(), flags: new Map() };
-    this.cidrs = new CidrIdentities();
-    for (const [prefix, id] of this.mirror.ipcache) if (id >= FIRST_CIDR_IDENTITY) this.cidrs.seed(prefix, id);
     this.hostAddrs = d.hostAddresses();
+    this.parser = new PolicyParser({ minBytes: d.parseOffloadBytes, log: d.log });
   }
 
   static async open(d: PolicyEngineDeps): Promise<PolicyEngine> {
@@ -123,10 +56,22 @@ export class PolicyEngine {
     return new PolicyEngine(d, identities, repo, audit);
   }
 
+  /** Stops the parser's worker thread, if one runs. */
+  close(): Promise<void> {
+    return this.parser.close();
+  }
+
   /** One change at a time; a failed change does not block the next. */
   private serial<T>(fn: () => Promise<T> | T): Promise<T> {
     const run = this.chain.then(fn, fn);
     this.chain = run.catch(() => undefined);
+    return run;
+  }
+
+  /** Policy changes in arrival order: revisions follow the order the requests came in. */
+  private inOrder<T>(fn: () => Promise<T>): Promise<T> {
+    const run = this.policyOrder.then(fn, fn);
+    this.policyOrder = run.catch(() => undefined);
     return run;
   }
 
@@ -223,26 +168,41 @@ export class PolicyEngine {
 
   // ---- policies --------------------------------------------------------------------------------
 
-  /** `opts.namespace`: for documents that name none (membrane policy import -n). */
-  validate(text: string, opts: { namespace?: string } = {}): ReturnType<typeof parsePolicies> {
+  /** Reads policy text inline, on the event loop (small texts: the CLI, tests); `opts.namespace`:
+   *  for documents that name none (membrane policy import -n). */
+  validate(text: string, opts: { namespace?: string } = {}): ParseResult {
     return parsePolicies(text, { ...opts, cluster: this.d.cluster ?? 'default' });
   }
 
+  /** The same, big texts read in the worker thread (the loop stays free for CNI ADDs). */
+  parse(text: string, opts: { namespace?: string } = {}): Promise<ParseResult> {
+    return this.parser.parse(text, { ...opts, cluster: this.d.cluster ?? 'default' });
+  }
+
+  /** Reading starts at once (off the loop); the change waits for earlier imports and deletes. A bad
+   *  document is refused with its issues and changes nothing. */
   importText(text: string, opts: { namespace?: string } = {}): Promise<ChangeResult> {
     const t0 = performance.now();
-    const parsed = this.validate(text, opts);
-    const parseMs = performance.now() - t0;
+    let parseMs = 0;
+    const reading = this.parse(text, opts).then((r) => { parseMs = performance.now() - t0; return r; });
+    return this.inOrder(async () => {
+      const parsed = await reading;
+      this.refuseUnusable(parsed);
+      return this.serial(() => this.retryOnConflict(() => this.change(this.repo.planImport(parsed.policies, parsed.sources), t0, parseMs)));
+    });
+  }
+
+  private refuseUnusable(parsed: ParseResult): void {
     if (parsed.issues.length) {
-      return Promise.reject(new PolicyError('bad_request', `the policy is not valid (${parsed.issues.length} problem${parsed.issues.length > 1 ? 's' : ''})`, parsed.issues));
+      throw new PolicyError('bad_request', `the policy is not valid (${parsed.issues.length} problem${parsed.issues.length > 1 ? 's' : ''})`, parsed.issues);
     }
-    if (!parsed.policies.length) return Promise.reject(new PolicyError('bad_request', 'no policy in the input'));
+    if (!parsed.policies.length) throw new PolicyError('bad_request', 'no policy in the input');
     const missing = [...l7KindsOf(parsed.policies.map((policy) => ({ policy })))].filter((k) => !this.d.proxyPorts?.()?.[k]);
     if (missing.length) {
       const k = missing[0];
       const proxy = k === 'dns' ? 'the DNS proxy is not enabled on this node (agent --dns-proxy)' : 'the L7 proxy is not enabled on this node (agent --l7-proxy)';
-      return Promise.reject(new MembraneError('unavailable', `the policy has ${k.toUpperCase()} rules but ${proxy}`));
+      throw new MembraneError('unavailable', `the policy has ${k.toUpperCase()} rules but ${proxy}`);
     }
-    return this.serial(() => this.retryOnConflict(() => this.change(this.repo.planImport(parsed.policies, parsed.sources), t0, parseMs)));
   }
 
   /** Cluster mode: another node committed first; read the set again and plan again. */
@@ -259,7 +219,7 @@ export class PolicyEngine {
 
   delete(names: string[] | 'all'): Promise<ChangeResult & { unknown: string[] }> {
     const t0 = performance.now();
-    return this.serial(async () => {
+    return this.inOrder(() => this.serial(async () => {
       return this.retryOnConflict(async () => {
         const plan = this.repo.planDelete(names);
         if (names !== 'all' && plan.unknown.length === names.length) {
@@ -267,7 +227,7 @@ export class PolicyEngine {
         }
         return { ...(await this.change(plan, t0, 0)), unknown: plan.unknown };
       });
-    });
+    }));
   }
 
   /** Maps first, then the store; if the store write fails the maps go back (no partial state). */
@@ -332,27 +292,6 @@ export class PolicyEngine {
     });
   }
 
-  /** Changes whenever the maps do: what egressEntry answered may be cached until then. */
-  get mapsGeneration(): number {
-    return this.generation;
-  }
-
-  /** For the DNS proxy: the sending endpoint and the entry its egress policy has for dst:dport (probed
-   *  as the datapath probes). undefined when src is no endpoint of this node. */
-  egressEntry(srcIp: string, dstIp: string, proto: number, dport: number): EgressEntry | undefined {
-    if (this.lookupGen !== this.generation) { this.lookupGen = this.generation; this.byIp.clear(); this.peerOf.clear(); }
-    if (!this.byIp.size) for (const e of this.endpoints.values()) for (const ip of e.ips) this.byIp.set(ip, e);
-    const ep = this.byIp.get(srcIp);
-    if (!ep) return undefined;
-    let peer = this.peerOf.get(dstIp);
-    if (peer === undefined) { peer = lookupIp(this.mirror.ipcache, dstIp); if (this.peerOf.size > 50_000) this.peerOf.clear(); this.peerOf.set(dstIp, peer); }
-    const labels = this.identities.labelsOf(ep.identity) ?? { 'reserved:init': '' };
-    const dp = this.compileCache.current?.compiler.forLabels(labels).egress;
-    const sel = this.selection(ep).egress;
-    const hit = dp ? probe(dp, peer, proto, dport) : undefined;
-    return { endpoint: ep.id, identity: ep.identity, peer, ...(hit ? { entry: hit.entry } : {}), defaultDeny: sel.defaultDeny, lookup: sel.defaultDeny || sel.hasRules };
-  }
-
   // ---- cluster mode ----------------------------------------------------------------------------
 
   /** Other nodes' endpoints changed. Bursts coalesce into one sync. */
@@ -388,88 +327,12 @@ export class PolicyEngine {
     });
   }
 
-  // ---- queries ---------------------------------------------------------------------------------
-
-  list(): PolicyRecord[] { return this.repo.list(); }
-  get(name: string): PolicyRecord | undefined { return this.repo.get(name); }
-  get revision(): number { return this.repo.revision; }
-
-  describeRule(ruleId: number): RuleDescription | undefined {
-    return describeRule(this.repo.list(), ruleId);
-  }
-
-  labelsOf(identity: number): Labels | undefined {
-    if (identityKind(identity) === 'fqdn') return this.d.fqdn?.identities.labelsOf(identity);
-    if (identity >= FIRST_CIDR_IDENTITY) {
-      const prefix = this.cidrs.prefixOf(identity);
-      return prefix ? { [`cidr:${prefix}`]: '', 'reserved:world': '' } : undefined;
-    }
-    return this.identities.labelsOf(identity);
-  }
-
-  trace(q: TraceQuery): TraceResult {
-    const labelsOf = (id: number) => this.identities.labelsOf(id);
-    return trace({
-      records: this.repo.list(), universe: universeOf([...this.endpoints.values(), ...remotePeers(this.remote)], labelsOf, this.cidrs, this.d.fqdn?.identities),
-      cidrs: this.cidrs, ipcache: this.mirror.ipcache, labelsOf, ...(this.d.fqdn ? { fqdn: this.d.fqdn } : {}),
-    }, q);
-  }
-
-  /** The policies selecting an endpoint, its identity and enforcement (for `endpoint get`). */
-  endpointPolicy(attachment: string, ifName: string): EndpointPolicyView | undefined {
-    const e = this.endpoints.get(endpointKey(attachment, ifName));
-    if (!e) return undefined;
-    const sel = this.selection(e);
-    return {
-      identity: e.identity, labels: this.identities.labelsOf(e.identity) ?? {}, audit: e.audit, init: sel.init,
-      enforcement: { ingress: sel.ingress.defaultDeny ? 'default-deny' : sel.ingress.hasRules ? 'rules-only' : 'allow-all', egress: sel.egress.defaultDeny ? 'default-deny' : sel.egress.hasRules ? 'rules-only' : 'allow-all' },
-      policies: sel.policies,
-      entries: [...this.mirror.policy.keys()].filter((k) => decodePolicyKey(Buffer.from(k, 'hex')).endpointId === e.id).length,
-      l7: this.l7Of(e),
-    };
-  }
-
-  /** What the L7 proxy workers need: endpoints, ipcache, the tables of directions with L7 entries. */
-  proxySnapshot(): ProxySnapshot {
-    const compiler = this.compileCache.current?.compiler;
-    const labelsOf = (id: number) => this.identities.labelsOf(id);
-    return buildSnapshot({
-      revision: this.repo.revision, endpoints: [...this.endpoints.values()], labelsOf,
-      policyFor: (labels) => compiler?.forLabels(labels) ?? { ingress: { defaultDeny: false, columns: new Map() }, egress: { defaultDeny: false, columns: new Map() }, selectedBy: [] },
-      ipcache: this.mirror.ipcache,
-    });
-  }
-
-  private l7Of(e: EngineEndpoint): L7Summary[] {
-    const compiler = this.compileCache.current?.compiler;
-    return compiler ? l7Summary(compiler.forLabels(this.identities.labelsOf(e.identity) ?? { 'reserved:init': '' }), l4decode) : [];
-  }
-
-  identityList(): (IdentityView & { endpoints: number })[] {
-    const counts = new Map<number, number>();
-    for (const e of this.endpoints.values()) counts.set(e.identity, (counts.get(e.identity) ?? 0) + 1);
-    const label = this.identities.list().map((i) => ({ ...i, endpoints: counts.get(i.id) ?? 0 }));
-    const cidr = this.cidrs.entries().sort((a, b) => a.id - b.id).map((c) => ({
-      id: c.id, kind: 'cidr' as IdentityKind, labels: { [`cidr:${c.text}`]: '', 'reserved:world': '' }, refs: 0, endpoints: 0,
-    }));
-    const fqdn = (this.d.fqdn?.identities.list() ?? []).map((i) => ({ id: i.id, kind: 'fqdn' as IdentityKind, labels: fqdnLabels(i), refs: 0, endpoints: 0 }));
-    return [...label, ...cidr, ...fqdn];
-  }
-
-  mapUsage(): { policyEntries: number; ipcachePrefixes: number; endpoints: number } {
-    return { policyEntries: this.mirror.policy.size, ipcachePrefixes: this.mirror.ipcache.size, endpoints: this.endpoints.size };
-  }
-
   /** Identities unheld for the grace period are deleted (called periodically). */
   sweepIdentities(): Promise<number[]> {
     return this.serial(() => this.identities.sweep());
   }
 
   // ---- helpers ---------------------------------------------------------------------------------
-
-  private selection(e: EngineEndpoint): Selection {
-    return selectionFor(this.repo.list(), this.identities.labelsOf(e.identity) ?? { 'reserved:init': '' });
-  }
 
   private toEngineEndpoint(ep: Endpoint): EngineEndpoint {
     const key = endpointKey(attachmentId(ep), ep.ifName);
@@ -480,33 +343,4 @@ export class PolicyEngine {
       ips: ep.ips.map((ip) => addressOnly(ip.address)), audit: this.auditOverrides[key] ?? metaAudit,
     };
   }
-}
-
-export interface EgressEntry {
-  endpoint: number;
-  identity: number;
-  /** The destination's identity, as the ipcache has it. */
-  peer: number;
-  entry?: Entry;
-  defaultDeny: boolean;
-  /** The endpoint's egress is looked up at all (some policy selects it). */
-  lookup: boolean;
-}
-
-export interface EndpointPolicyView {
-  identity: number;
-  labels: Labels;
-  audit: boolean;
-  /** Closed by the init policy (labels pending and some policy exists), not by a selecting policy. */
-  init: boolean;
-  enforcement: { ingress: 'default-deny' | 'rules-only' | 'allow-all'; egress: 'default-deny' | 'rules-only' | 'allow-all' };
-  policies: Selection['policies'];
-  /** Policy map entries for this endpoint. */
-  entries: number;
-  /** Ports whose traffic goes through the L7 proxy, with the HTTP rules. */
-  l7: L7Summary[];
-}
-
-function remotePeers(remote: Map<string, number>): { identity: number }[] {
-  return [...new Set(remote.values())].map((identity) => ({ identity }));
 }

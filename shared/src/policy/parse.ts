@@ -33,6 +33,9 @@ export interface ParseResult {
   /** The document each policy came from, as plain data (kept for `policy get`). */
   sources: unknown[];
   issues: PolicyIssue[];
+  /** Fingerprints (fingerprint.ts) of each policy and of each rule by policy, spec and rule, when
+   *  the parser worked them out (the worker does; parse-offloop.ts adopts them). */
+  fingerprints?: { policies: string[]; rules: string[][][] };
 }
 
 type PathSeg = string | number;

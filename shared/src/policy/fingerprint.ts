@@ -1,0 +1,36 @@
+// Fingerprints of parsed policies and rules: equal for equal content. They decide "unchanged" on
+// import (repository.ts) and which rules a recompile can take over (compile.ts), and are worked out
+// by the parser's worker thread so that the agent's event loop does not serialise 10,000 rules.
+import crypto from 'node:crypto';
+import type { Policy, Rule } from './types.ts';
+
+export function fingerprint(value: Policy | Rule): string {
+  return crypto.createHash('sha256').update(JSON.stringify(value)).digest('base64');
+}
+
+/** Fingerprints by object: parsed policies and rules are never changed in place. */
+const known = new WeakMap<object, string>();
+
+export function fingerprintOf(value: Policy | Rule, given?: string): string {
+  let f = known.get(value);
+  if (f === undefined) known.set(value, (f = given ?? fingerprint(value)));
+  return f;
+}
+
+/** Every rule's fingerprint, by policy, spec and rule (what the worker sends along). */
+export function ruleFingerprints(policies: Policy[]): string[][][] {
+  return policies.map((p) => p.specs.map((s) => s.rules.map((r) => fingerprint(r))));
+}
+
+/** Adopts fingerprints the worker worked out for these (cloned) policies. */
+export function adoptFingerprints(policies: Policy[], policyPrints?: string[], rulePrints?: string[][][]): void {
+  for (const [i, p] of policies.entries()) {
+    if (policyPrints?.[i]) fingerprintOf(p, policyPrints[i]);
+    for (const [j, s] of p.specs.entries()) {
+      for (const [k, r] of s.rules.entries()) {
+        const f = rulePrints?.[i]?.[j]?.[k];
+        if (f) fingerprintOf(r, f);
+      }
+    }
+  }
+}
