@@ -87,3 +87,14 @@ t.test('cut or foreign batches are refused', async (t) => {
   t.throws(() => readBatch(b.subarray(0, b.length - 1)), /cut at byte 5/);
   t.throws(() => readBatch(Buffer.from('{"t":"x"}')), /not an L7 record batch/);
 });
+
+t.test('connections between the same two addresses share the policy, each record keeps its own ports', async (t) => {
+  const w = new RecordWriter();
+  const shared = policy('10.0.0.3', '10.0.0.2');
+  w.add('request', exchange(), { srcPort: 40001, dstPort: 80, policy: shared }, 1);
+  w.add('request', exchange(), { srcPort: 40002, dstPort: 8080, policy: shared }, 2);
+  const b = w.take(0)!;
+  const [first, second] = readBatch(b).offsets.map((off) => decodeRecord(b, off));
+  t.same([first.src.port, first.dst.port, second.src.port, second.dst.port], [40001, 80, 40002, 8080]);
+  t.same([first.src.ip, second.dst.ip], ['10.0.0.3', '10.0.0.2']);
+});
