@@ -1,41 +1,27 @@
-// Policies -> the policy map content for one label set, per direction. Pure.
+// Policies -> the policy map content for one label set, per direction. Pure. The table and its
+// deny-correct closure are closure.ts's; this file decides which rules select a label set and which
+// peers and ports they fill.
 //
-// The datapath keys entries by {endpoint, peer identity, direction, proto, dport} and probes, for a
-// new flow, in this order (bpf/lib/policy.h; `probe` below is the same sequence):
-//   (peer, proto, dport) (peer, proto, *) (peer, *, *) (any, proto, dport) (any, proto, *) (any, *, *)
-// and takes the first entry it finds. Deny must win over allow wherever both match, so the compiler
-// closes the table over that order (see closeDenies): every entry a packet can stop at says "deny"
-// whenever some deny rule matches that packet. Then six hash probes give the right answer, however
-// many rules there are.
+// Compiles are incremental at two levels: a change to some policies recompiles only the label sets
+// their subjects select (derive), and such a label set is recompiled from its previous compile: rules
+// are known by their policy number and content, so only the columns of the rules that were added,
+// removed or whose peers now stand for other identities are rebuilt and closed again (one rule changed
+// among 10,000 rebuilds two columns, not 10,000).
 import { canonicalLabels, type Labels } from '../identity/labels.ts';
 import { ANY_IDENTITY, RESERVED } from '../identity/reserved.ts';
 import type { CidrIdentities } from '../identity/cidr.ts';
 import type { FqdnPeers } from '../fqdn/identities.ts';
 import { selectorKey as fqdnKey } from '../fqdn/selector.ts';
-import { expandPorts, type L4Key } from './ports.ts';
-import { l7ByCode, unionL7, type L7Set } from './l7.ts';
+import { fingerprintOf } from './fingerprint.ts';
+import { expandPorts } from './ports.ts';
+import { l7ByCode } from './l7.ts';
 import { encodeRuleId } from './rule-id.ts';
 import { initDefaultDeny } from './selection.ts';
 import { isEmptySelector, matches, selectorKey, type Selector } from './selector.ts';
-import type { Action, Peer, PolicyRecord, Rule } from './types.ts';
+import { closeColumn, closeDenies, closeL7, closeL7Column, l4code, merge, type Column, type DirectionPolicy, type Entry } from './closure.ts';
+import type { Direction, Peer, PolicyRecord, Rule } from './types.ts';
 
-export interface Entry {
-  action: Action;
-  ruleId: number;
-  /** Allow through the L7 proxy, for requests its rules match (l7.ts). */
-  l7?: L7Set;
-  /** The proxy's port, written to the datapath with the entry (set when the desired maps are built). */
-  proxyPort?: number;
-}
-/** l4code(proto, dport) -> entry, for one peer identity. */
-export type Column = Map<number, Entry>;
-
-export interface DirectionPolicy {
-  /** Some policy selects the endpoint in this direction with default deny. */
-  defaultDeny: boolean;
-  /** peer identity (0 = any) -> column. Empty and !defaultDeny: no lookup needed. */
-  columns: Map<number, Column>;
-}
+export * from './closure.ts';
 
 export interface LabelPolicy {
   ingress: DirectionPolicy;
@@ -52,17 +38,38 @@ export interface Universe {
   fqdn?: FqdnPeers;
 }
 
-export const l4code = (proto: number, dport: number): number => proto * 0x10000 + dport;
-export const l4decode = (code: number): L4Key => ({ proto: Math.floor(code / 0x10000), dport: code % 0x10000 });
-
 /** Cilium's default: the node may always reach its endpoints (health checks, kubelet probes). */
 export const HOST_ALLOW_RULE_ID = 0;
 
+/** One rule as a label set's compile used it: the peers it resolved to, and (worked out once) the
+ *  entries it puts in each of their columns. */
+interface RuleUse { rec: PolicyRecord; rule: Rule; peers: number[]; entries?: [number, Entry][] }
+
+/** A compiled label set and what recompiling it from here needs. */
+interface Compiled {
+  labels: Labels;
+  policy: LabelPolicy;
+  /** By rule key (policy number and rule content). */
+  uses: Map<string, RuleUse>;
+  /** Default deny and the selecting policies: when they change, the next compile starts over. */
+  head: string;
+}
+
+/** A rule by its policy's number (its rule ids) and content. */
+function ruleKey(rec: PolicyRecord, rule: Rule): string {
+  return `${rec.number}:${fingerprintOf(rule)}`;
+}
+
 export class PolicyCompiler {
-  private readonly cache = new Map<string, { labels: Labels; policy: LabelPolicy }>();
+  private readonly cache = new Map<string, Compiled>();
+  /** Label sets a change touched, as last compiled: their next compile starts from there. */
+  private readonly bases = new Map<string, Compiled>();
   private readonly selectorCache = new Map<string, number[]>();
   /** Label sets this compiler compiled itself (not inherited through derive). */
   compiled = 0;
+  /** Of those, compiled from their previous compile; and the columns that took rebuilding. */
+  patched = 0;
+  columnsRebuilt = 0;
 
   constructor(private readonly records: PolicyRecord[], private readonly universe: Universe) {}
 
@@ -71,7 +78,9 @@ export class PolicyCompiler {
     let c = this.cache.get(key);
     if (!c) {
       this.compiled++;
-      this.cache.set(key, (c = { labels, policy: this.compile(labels) }));
+      const base = this.bases.get(key);
+      this.bases.delete(key);
+      this.cache.set(key, (c = this.compile(labels, base)));
     }
     return c.policy;
   }
@@ -84,18 +93,19 @@ export class PolicyCompiler {
    */
   derive(records: PolicyRecord[], universe: Universe, touched: (labels: Labels) => boolean): PolicyCompiler {
     const next = new PolicyCompiler(records, universe);
-    for (const [key, c] of this.cache) if (!touched(c.labels)) next.cache.set(key, c);
+    for (const [key, c] of this.cache) {
+      if (!touched(c.labels)) next.cache.set(key, c);
+      else next.bases.set(key, c);
+    }
     for (const [key, ids] of this.selectorCache) next.selectorCache.set(key, ids); // endpoint selectors: same identities
     return next;
   }
 
-  private compile(labels: Labels): LabelPolicy {
+  private compile(labels: Labels, base?: Compiled): Compiled {
     const init = initDefaultDeny(this.records, labels);
-    const out: LabelPolicy = {
-      ingress: { defaultDeny: init, columns: new Map() },
-      egress: { defaultDeny: init, columns: new Map() },
-      selectedBy: [],
-    };
+    const defaultDeny = { ingress: init, egress: init };
+    const selectedBy: LabelPolicy['selectedBy'] = [];
+    const uses = new Map<string, RuleUse>();
     for (const rec of this.records) {
       let ingress = false, egress = false, selected = false;
       for (const spec of rec.policy.specs) {
@@ -103,16 +113,32 @@ export class PolicyCompiler {
         selected = true;
         ingress ||= spec.defaultDeny.ingress;
         egress ||= spec.defaultDeny.egress;
-        for (const rule of spec.rules) this.addRule(out[rule.direction], rec, rule);
+        for (const rule of spec.rules) {
+          const peers = rule.peers === 'all' ? [ANY_IDENTITY] : this.peerIdentities(rule.peers);
+          if (peers.length) uses.set(ruleKey(rec, rule), { rec, rule, peers });
+        }
       }
-      if (selected) out.selectedBy.push({ policy: rec.name, ingress, egress });
-      out.ingress.defaultDeny ||= ingress;
-      out.egress.defaultDeny ||= egress;
+      if (selected) selectedBy.push({ policy: rec.name, ingress, egress });
+      defaultDeny.ingress ||= ingress;
+      defaultDeny.egress ||= egress;
     }
-    if (out.ingress.defaultDeny) {
-      const host = column(out.ingress, RESERVED.host);
-      if (!host.has(0)) host.set(0, { action: 'allow', ruleId: HOST_ALLOW_RULE_ID });
+    const head = JSON.stringify([defaultDeny, selectedBy]);
+    const patched = base?.head === head ? this.patch(base, uses) : undefined;
+    return { labels, policy: patched ?? this.build(uses, defaultDeny, selectedBy), uses, head };
+  }
+
+  /** The whole table from the rules. */
+  private build(uses: Map<string, RuleUse>, defaultDeny: { ingress: boolean; egress: boolean }, selectedBy: LabelPolicy['selectedBy']): LabelPolicy {
+    const out: LabelPolicy = {
+      ingress: { defaultDeny: defaultDeny.ingress, columns: new Map() },
+      egress: { defaultDeny: defaultDeny.egress, columns: new Map() },
+      selectedBy,
+    };
+    for (const u of uses.values()) {
+      const dp = out[u.rule.direction];
+      for (const peer of u.peers) fill(column(dp, peer), u);
     }
+    if (out.ingress.defaultDeny) hostAllowance(column(out.ingress, RESERVED.host));
     closeDenies(out.ingress);
     closeDenies(out.egress);
     closeL7(out.ingress);
@@ -120,20 +146,49 @@ export class PolicyCompiler {
     return out;
   }
 
-  private addRule(dp: DirectionPolicy, rec: PolicyRecord, rule: Rule): void {
-    const peers = rule.peers === 'all' ? [ANY_IDENTITY] : this.peerIdentities(rule.peers);
-    if (!peers.length) return;
-    const l4 = rule.ports.length ? expandPorts(rule.ports) : [{ proto: 0, dport: 0 }];
-    const entry: Entry = { action: rule.action, ruleId: encodeRuleId(rec.number, rule.direction, rule.action, rule.index) };
-    const l7 = l7ByCode(rule, l4code, entry.ruleId);
-    const l7Entries = new Map([...l7].map(([code, set]) => [code, { ...entry, l7: set }]));
-    for (const peer of peers) {
-      const col = column(dp, peer);
-      for (const k of l4) {
-        const code = l4code(k.proto, k.dport);
-        merge(col, code, l7Entries.get(code) ?? entry);
+  /** The table from the previous one: only the columns of changed rules are rebuilt and closed.
+   *  undefined when a changed rule fills the any-peer column (every column is closed against it). */
+  private patch(base: Compiled, uses: Map<string, RuleUse>): LabelPolicy | undefined {
+    const changed: Record<Direction, Set<number>> = { ingress: new Set(), egress: new Set() };
+    const mark = (u: RuleUse) => { for (const p of u.peers) changed[u.rule.direction].add(p); };
+    for (const [key, u] of uses) {
+      const before = base.uses.get(key);
+      if (!before) { mark(u); continue; }
+      u.entries = before.entries; // same policy number and rule: the same entries
+      if (before.peers.length !== u.peers.length || before.peers.some((p, i) => p !== u.peers[i])) { mark(before); mark(u); }
+    }
+    for (const [key, before] of base.uses) if (!uses.has(key)) mark(before);
+    if (changed.ingress.has(ANY_IDENTITY) || changed.egress.has(ANY_IDENTITY)) return undefined;
+    const fills = new Map<string, RuleUse[]>();
+    for (const u of uses.values()) {
+      for (const p of u.peers) {
+        if (!changed[u.rule.direction].has(p)) continue;
+        const k = `${u.rule.direction}:${p}`;
+        const list = fills.get(k);
+        if (list) list.push(u); else fills.set(k, [u]);
       }
     }
+    const prev = base.policy;
+    const out: LabelPolicy = {
+      ingress: { defaultDeny: prev.ingress.defaultDeny, columns: new Map(prev.ingress.columns) },
+      egress: { defaultDeny: prev.egress.defaultDeny, columns: new Map(prev.egress.columns) },
+      selectedBy: prev.selectedBy,
+    };
+    this.patched++;
+    for (const direction of ['ingress', 'egress'] as const) {
+      const dp = out[direction];
+      for (const peer of changed[direction]) {
+        this.columnsRebuilt++;
+        const col: Column = new Map();
+        for (const u of fills.get(`${direction}:${peer}`) ?? []) fill(col, u);
+        if (direction === 'ingress' && peer === RESERVED.host && dp.defaultDeny) hostAllowance(col);
+        if (!col.size) { dp.columns.delete(peer); continue; }
+        dp.columns.set(peer, col);
+        closeColumn(dp, peer, col);
+        closeL7Column(dp, peer, col);
+      }
+    }
+    return out;
   }
 
   /** Identities a rule's peers stand for; [ANY_IDENTITY] when one of them is "all". */
@@ -186,115 +241,29 @@ export class PolicyCompiler {
   }
 }
 
+/** What a rule puts in each column of its peers: its ports, as plain or L7 allow or deny. */
+function fill(col: Column, u: RuleUse): void {
+  if (!u.entries) {
+    const { rec, rule } = u;
+    const l4 = rule.ports.length ? expandPorts(rule.ports) : [{ proto: 0, dport: 0 }];
+    const entry: Entry = { action: rule.action, ruleId: encodeRuleId(rec.number, rule.direction, rule.action, rule.index) };
+    const l7 = l7ByCode(rule, l4code, entry.ruleId);
+    u.entries = l4.map((k) => {
+      const code = l4code(k.proto, k.dport);
+      const set = l7.get(code);
+      return [code, set ? { ...entry, l7: set } : entry];
+    });
+  }
+  for (const [code, e] of u.entries) merge(col, code, e);
+}
+
+/** Cilium's default: with ingress default deny, the host still reaches the endpoint. */
+function hostAllowance(host: Column): void {
+  if (!host.has(0)) host.set(0, { action: 'allow', ruleId: HOST_ALLOW_RULE_ID });
+}
+
 function column(dp: DirectionPolicy, peer: number): Column {
   let c = dp.columns.get(peer);
   if (!c) dp.columns.set(peer, (c = new Map()));
   return c;
-}
-
-/** Deny beats allow, plain allow beats L7 allow (rules are additive), L7 sets of the same traffic
- *  are unioned; among equals the lowest rule id wins, so output does not depend on order. */
-export function merge(col: Column, code: number, e: Entry): void {
-  const cur = col.get(code);
-  col.set(code, cur ? combine(cur, e) : e);
-}
-
-function combine(cur: Entry, e: Entry): Entry {
-  if (e.action !== cur.action) return e.action === 'deny' ? e : cur;
-  if (e.action === 'allow' && (!!e.l7 !== !!cur.l7)) return e.l7 ? cur : e;
-  // Two kinds of L7 rules for the same traffic (HTTP and DNS on one port): no proxy can enforce both.
-  if (e.l7 && cur.l7 && e.l7.kind !== cur.l7.kind) return { action: 'deny', ruleId: Math.min(e.ruleId, cur.ruleId) };
-  if (e.l7 && cur.l7) return { ...(e.ruleId < cur.ruleId ? e : cur), l7: unionL7(cur.l7, e.l7) };
-  return e.ruleId < cur.ruleId ? e : cur;
-}
-
-/** The entries a packet (peer, proto, dport) may hit, in the datapath's probe order. */
-export function probeOrder(peer: number, proto: number, dport: number): [number, number][] {
-  const out: [number, number][] = [];
-  const peers = peer === ANY_IDENTITY ? [ANY_IDENTITY] : [peer, ANY_IDENTITY];
-  for (const p of peers) {
-    if (dport) out.push([p, l4code(proto, dport)]);
-    if (proto) out.push([p, l4code(proto, 0)]);
-    out.push([p, 0]);
-  }
-  return out;
-}
-
-/** What the datapath finds for a new flow: the first entry in probe order, if any. */
-export function probe(dp: DirectionPolicy, peer: number, proto: number, dport: number): { peer: number; code: number; entry: Entry } | undefined {
-  for (const [p, code] of probeOrder(peer, proto, dport)) {
-    const entry = dp.columns.get(p)?.get(code);
-    if (entry) return { peer: p, code, entry };
-  }
-  return undefined;
-}
-
-/** Generalizations of (proto, dport) within a column, most specific first, excluding itself. */
-function wider(code: number): number[] {
-  const { proto, dport } = l4decode(code);
-  const out: number[] = [];
-  if (dport) out.push(l4code(proto, 0));
-  if (proto) out.push(0);
-  return out;
-}
-
-/** The entries that also match whatever stops at (peer, code): wider ports, then the any-peer column. */
-function generalizations(dp: DirectionPolicy, peer: number, code: number): Entry[] {
-  const out: Entry[] = [];
-  const col = dp.columns.get(peer);
-  const any = dp.columns.get(ANY_IDENTITY);
-  for (const w of wider(code)) { const e = col?.get(w); if (e) out.push(e); }
-  if (peer !== ANY_IDENTITY && any) for (const c of [code, ...wider(code)]) { const e = any.get(c); if (e) out.push(e); }
-  return out;
-}
-
-/** After closeDenies: each L7 entry takes in the allow entries that also cover its traffic (l7.ts). */
-export function closeL7(dp: DirectionPolicy): void {
-  for (const [peer, col] of dp.columns) {
-    for (const [code, e] of col) {
-      if (e.action !== 'allow' || !e.l7) continue;
-      let cur = e;
-      for (const g of generalizations(dp, peer, code)) {
-        if (g.action !== 'allow') continue;
-        cur = combine(cur, g);
-        if (!cur.l7) break;
-      }
-      if (cur !== e) col.set(code, cur);
-    }
-  }
-}
-
-/**
- * Make the probe order deny-correct:
- *  1. an allow entry becomes deny when a deny exists at one of its generalizations (same peer with
- *     wider ports, or the any-peer column at the same or wider ports);
- *  2. an any-peer deny (proto, dport) is copied into each peer column whose wider allow entry would
- *     otherwise stop the probe before reaching it.
- */
-export function closeDenies(dp: DirectionPolicy): void {
-  const any = dp.columns.get(ANY_IDENTITY);
-  const denyAt = (col: Column | undefined, code: number) => {
-    const e = col?.get(code);
-    return e?.action === 'deny' ? e : undefined;
-  };
-  for (const [peer, col] of dp.columns) {
-    for (const [code, e] of col) {
-      if (e.action === 'deny') continue;
-      const gens: [Column | undefined, number][] = wider(code).map((c) => [col, c]);
-      if (peer !== ANY_IDENTITY) gens.push([any, code], ...wider(code).map((c): [Column | undefined, number] => [any, c]));
-      for (const [gc, gcode] of gens) {
-        const d = denyAt(gc, gcode);
-        if (d) { col.set(code, d); break; }
-      }
-    }
-  }
-  if (!any) return;
-  for (const [code, d] of any) {
-    if (d.action !== 'deny' || code === 0) continue;
-    for (const [peer, col] of dp.columns) {
-      if (peer === ANY_IDENTITY || col.has(code)) continue;
-      const shadowed = wider(code).some((w) => col.get(w)?.action === 'allow');
-      if (shadowed) col.set(code, d);
-    }
-  }
 }

@@ -148,14 +148,33 @@ function compilerFor(input: DesiredInput, universe: Universe, cache?: { current?
   return compiler;
 }
 
+function entryKey(ep: EngineEndpoint, peer: number, direction: 'ingress' | 'egress', code: number): string {
+  const { proto, dport } = l4decode(code);
+  return encodePolicyKey({ endpointId: ep.id, peer, direction, proto, dport }).toString('hex');
+}
+
 function entriesOf(ep: EngineEndpoint, lp: LabelPolicy, ports: DesiredInput['proxyPorts']): EndpointEntries {
   const entries = new Map<string, Entry>();
   for (const direction of ['ingress', 'egress'] as const) {
     for (const [peer, col] of lp[direction].columns) {
-      for (const [code, entry] of col) {
-        const { proto, dport } = l4decode(code);
-        entries.set(encodePolicyKey({ endpointId: ep.id, peer, direction, proto, dport }).toString('hex'), entry.l7 ? withProxy(entry, ports) : entry);
-      }
+      for (const [code, entry] of col) entries.set(entryKey(ep, peer, direction, code), entry.l7 ? withProxy(entry, ports) : entry);
+    }
+  }
+  return { id: ep.id, entries };
+}
+
+/** The entries of `lp` from those built for `before` (same endpoint id and proxy ports): compiles
+ *  share the columns that did not change (compile.ts), so only the others are encoded again. */
+function entriesFrom(before: { policy: LabelPolicy; built: EndpointEntries }, ep: EngineEndpoint, lp: LabelPolicy, ports: DesiredInput['proxyPorts']): EndpointEntries {
+  const entries = new Map(before.built.entries);
+  for (const direction of ['ingress', 'egress'] as const) {
+    const was = before.policy[direction].columns, is = lp[direction].columns;
+    for (const [peer, col] of was) {
+      if (is.get(peer) !== col) for (const code of col.keys()) entries.delete(entryKey(ep, peer, direction, code));
+    }
+    for (const [peer, col] of is) {
+      if (was.get(peer) === col) continue;
+      for (const [code, entry] of col) entries.set(entryKey(ep, peer, direction, code), entry.l7 ? withProxy(entry, ports) : entry);
     }
   }
   return { id: ep.id, entries };
@@ -190,7 +209,8 @@ export function buildDesired(input: DesiredInput, cache?: { current?: CompileCac
     flags.set(ep.hostIfIndex, ep.audit ? base | EP_FLAGS.audit : base);
     const lp = compiler.forLabels(labels);
     const prev = prevEntries?.get(ep.key);
-    const built = prev && prev.policy === lp && prev.ports === ports && prev.built.id === ep.id ? prev.built : entriesOf(ep, lp, input.proxyPorts);
+    const reusable = prev && prev.ports === ports && prev.built.id === ep.id;
+    const built = !reusable ? entriesOf(ep, lp, input.proxyPorts) : prev.policy === lp ? prev.built : entriesFrom(prev, ep, lp, input.proxyPorts);
     nextEntries.set(ep.key, { policy: lp, ports, built });
     policy.set(ep.key, built);
   }
