@@ -30,7 +30,10 @@ const FLUSH_BYTES = 64 * 1024;
 const MAX_BUFFERED_RECORDS = 50_000;
 const MAX_UNSENT_BYTES = 16 * 1024 * 1024;
 const RECONNECT_MS = 500;
+/** A client connection with no byte either way for this long is closed (checked every IDLE_SWEEP_MS:
+ *  a socket timeout would re-arm a timer on every read and write, several times per request). */
 const IDLE_TIMEOUT_MS = 60 * 60 * 1000;
+const IDLE_SWEEP_MS = 60_000;
 const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
 
 export class ProxyWorker {
@@ -40,7 +43,8 @@ export class ProxyWorker {
   private readonly records = new RecordWriter();
   private lost = 0;
   private flushTimer?: NodeJS.Timeout;
-  private readonly clients = new Set<net.Socket>();
+  /** Open client connections, with their byte count at the last idle sweep and since when it is that. */
+  private readonly clients = new Map<net.Socket, { bytes: number; since: number }>();
   private stats = { connections: 0, requests: 0, denied: 0 };
   private stopping = false;
   private readonly timeOrigin = performance.timeOrigin;
@@ -50,6 +54,7 @@ export class ProxyWorker {
   start(): void {
     this.connectControl();
     setInterval(() => this.sendStats(), 5000).unref();
+    setInterval(() => this.closeIdle(), IDLE_SWEEP_MS).unref();
     setInterval(() => { if (!fs.existsSync(this.o.watchPath)) this.exit('the agent state directory is gone'); }, 2000).unref();
   }
 
@@ -120,14 +125,16 @@ export class ProxyWorker {
     const view0 = this.view;
     let policy: ConnectionPolicy = view0.connection(srcIp, dstIp, dstPort);
     const ctx: RecordContext = { srcPort, dstPort, policy };
-    this.clients.add(client);
+    this.clients.set(client, { bytes: 0, since: Date.now() });
     this.stats.connections++;
-    client.setTimeout(IDLE_TIMEOUT_MS, () => client.destroy());
     new HttpProxyConnection({
       client,
       connect: () => {
         const u = net.connect({ host: dstIp, port: dstPort, allowHalfOpen: true, noDelay: true });
-        u.setTimeout(UPSTREAM_CONNECT_TIMEOUT_MS, () => { if (u.connecting) u.destroy(new Error('upstream connect timeout')); else u.setTimeout(0); });
+        const timer = setTimeout(() => u.destroy(new Error('upstream connect timeout')), UPSTREAM_CONNECT_TIMEOUT_MS);
+        const stop = () => clearTimeout(timer);
+        u.once('connect', stop);
+        u.once('close', stop);
         return u;
       },
       decide: (_head, req) => {
@@ -142,6 +149,14 @@ export class ProxyWorker {
       },
       onClose: () => { this.clients.delete(client); },
     });
+  }
+
+  private closeIdle(): void {
+    const now = Date.now();
+    for (const [c, seen] of this.clients) {
+      const bytes = c.bytesRead + c.bytesWritten;
+      if (bytes !== seen.bytes) { seen.bytes = bytes; seen.since = now; } else if (now - seen.since >= IDLE_TIMEOUT_MS) c.destroy();
+    }
   }
 
   // ---- records -----------------------------------------------------------------------------------
@@ -192,7 +207,7 @@ export class ProxyWorker {
   private exit(why: string): void {
     this.o.log('exiting', { why });
     this.flush();
-    for (const c of this.clients) c.destroy();
+    for (const c of this.clients.keys()) c.destroy();
     process.exit(0);
   }
 }
