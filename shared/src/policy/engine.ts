@@ -26,6 +26,9 @@ export * from './engine-types.ts';
 
 const AUDIT_STORE_KEY = 'policy/audit';
 
+/** Lets the I/O that arrived meanwhile (a CNI ADD's request) run before the next stretch of work. */
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
 export class PolicyEngine extends PolicyView {
   /** Audit as the endpoint's metadata asked for at creation (an API override wins). */
   private readonly metaAudit = new Map<string, boolean>();
@@ -187,6 +190,7 @@ export class PolicyEngine extends PolicyView {
     const reading = this.parse(text, opts).then((r) => { parseMs = performance.now() - t0; return r; });
     return this.inOrder(async () => {
       const parsed = await reading;
+      await nextTurn(); // taking in the result was one stretch of the loop; computing the maps is another
       this.refuseUnusable(parsed);
       return this.serial(() => this.retryOnConflict(() => this.change(this.repo.planImport(parsed.policies, parsed.sources), t0, parseMs)));
     });
@@ -237,6 +241,7 @@ export class PolicyEngine extends PolicyView {
     const stats = this.sync(plan.records);
     const enforcedMs = performance.now() - t0;
     const syncMs = performance.now() - t1;
+    await nextTurn(); // and encoding the store write a third: requests waiting meanwhile get in between
     try {
       await this.repo.commit(plan);
     } catch (e) {
