@@ -14,8 +14,12 @@ const execFileP = promisify(execFile);
 t.test('two pods talk to each other and to the node, then leave nothing behind', async (t) => {
   const agent = await startAgent({ ipv6: true });
   t.teardown(() => agent.cleanup());
-  const nsA = createNetns(), nsB = createNetns();
-  t.teardown(() => { nsA.remove(); nsB.remove(); });
+  const nsA = createNetns(),
+    nsB = createNetns();
+  t.teardown(() => {
+    nsA.remove();
+    nsB.remove();
+  });
   const cid = () => `pod-${randomId(8)}`;
 
   const a = await agent.client.createEndpoint({ containerId: cid(), netns: nsA.path, ifName: 'eth0', labels: { app: 'a' } });
@@ -39,16 +43,37 @@ t.test('two pods talk to each other and to the node, then leave nothing behind',
   t.teardown(() => killAll([srv]));
   t.equal(await tcpRequest(nsA, ip(b, 4), 7070), 'ping', 'TCP pod A -> pod B (IPv4)');
   t.equal(await tcpRequest(nsA, ip(b, 6), 7070), 'ping', 'TCP pod A -> pod B (IPv6)');
-  const fromHost = await execFileP('ping', ['-c', '1', '-W', '2', ip(b, 4)]).then(() => true, () => false);
+  const fromHost = await execFileP('ping', ['-c', '1', '-W', '2', ip(b, 4)]).then(
+    () => true,
+    () => false,
+  );
   t.ok(fromHost, 'the node pings pod B');
 
   const counters = await agent.client.request<{ items: Endpoint[] }>('GET', '/v1/endpoints');
   t.equal(counters.items.length, 2, 'the agent lists both endpoints');
 
-  const cli = await execFileP(process.execPath, ['--import', 'tsx', `${REPO}/shared/src/cli/main.ts`, '--socket', agent.socket, 'endpoint', 'list', '-o', 'json']);
+  const cli = await execFileP(process.execPath, [
+    '--import',
+    'tsx',
+    `${REPO}/shared/src/cli/main.ts`,
+    '--socket',
+    agent.socket,
+    'endpoint',
+    'list',
+    '-o',
+    'json',
+  ]);
   const listed = JSON.parse(cli.stdout) as Endpoint[];
   t.same(listed.map((e) => e.containerId).sort(), [a.containerId, b.containerId].sort(), 'the CLI lists them');
-  const table = await execFileP(process.execPath, ['--import', 'tsx', `${REPO}/shared/src/cli/main.ts`, '--socket', agent.socket, 'endpoint', 'list']);
+  const table = await execFileP(process.execPath, [
+    '--import',
+    'tsx',
+    `${REPO}/shared/src/cli/main.ts`,
+    '--socket',
+    agent.socket,
+    'endpoint',
+    'list',
+  ]);
   t.match(table.stdout, /app=a/, 'labels shown in the table');
 
   t.match(tcFilters(b.hostIfName, 'ingress'), /bpf/, 'BPF program on the host veth ingress');
@@ -84,8 +109,12 @@ t.test('deleting succeeds when the netns is already gone', async (t) => {
 t.test('a retried create returns the same endpoint; a conflicting one is refused', async (t) => {
   const agent = await startAgent();
   t.teardown(() => agent.cleanup());
-  const ns = createNetns(), other = createNetns();
-  t.teardown(() => { ns.remove(); other.remove(); });
+  const ns = createNetns(),
+    other = createNetns();
+  t.teardown(() => {
+    ns.remove();
+    other.remove();
+  });
   const req = { containerId: `retry-${randomId()}`, netns: ns.path, ifName: 'eth0' };
   const first = await agent.client.createEndpoint(req);
   const again = await agent.client.createEndpoint(req);

@@ -12,13 +12,20 @@ const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/
 t.test('kill -9 the agent while TCP flows: the flow goes on; the restarted agent restores and deletes', async (t) => {
   const agent = await startAgent();
   t.teardown(() => agent.cleanup());
-  const nsA = createNetns(), nsB = createNetns();
-  t.teardown(() => { nsA.remove(); nsB.remove(); });
+  const nsA = createNetns(),
+    nsB = createNetns();
+  t.teardown(() => {
+    nsA.remove();
+    nsB.remove();
+  });
   const a = await agent.client.createEndpoint({ containerId: `rs-${randomId()}`, netns: nsA.path, ifName: 'eth0' });
   const b = await agent.client.createEndpoint({ containerId: `rs-${randomId()}`, netns: nsB.path, ifName: 'eth0' });
   const srv = await startEchoServer(nsB, 7171);
   const flow = startFlow(nsA, ip4(b), 7171);
-  t.teardown(() => { flow.stop(); killAll([srv]); });
+  t.teardown(() => {
+    flow.stop();
+    killAll([srv]);
+  });
   for (let i = 0; i < 100 && flow.echoed() === 0 && !flow.failed(); i++) await sleep(100);
   t.ok(flow.echoed() > 0, `flow established (${flow.failed() ?? 'ok'})`);
 
@@ -30,7 +37,11 @@ t.test('kill -9 the agent while TCP flows: the flow goes on; the restarted agent
 
   await agent.restart();
   const listed = await agent.client.listEndpoints();
-  t.same(listed.map((e) => e.containerId).sort(), [a.containerId, b.containerId].sort(), 'the restarted agent lists the same endpoints');
+  t.same(
+    listed.map((e) => e.containerId).sort(),
+    [a.containerId, b.containerId].sort(),
+    'the restarted agent lists the same endpoints',
+  );
   const beforeRestartCheck = flow.echoed();
   await sleep(500);
   t.ok(flow.echoed() > beforeRestartCheck, 'the flow survives the restart too');
@@ -42,16 +53,24 @@ t.test('kill -9 the agent while TCP flows: the flow goes on; the restarted agent
 t.test('restore repairs what is missing and drops what is gone', async (t) => {
   const agent = await startAgent();
   t.teardown(() => agent.cleanup());
-  const keep = createNetns(), gone = createNetns();
-  t.teardown(() => { keep.remove(); gone.remove(); });
+  const keep = createNetns(),
+    gone = createNetns();
+  t.teardown(() => {
+    keep.remove();
+    gone.remove();
+  });
   const k = await agent.client.createEndpoint({ containerId: `keep-${randomId()}`, netns: keep.path, ifName: 'eth0' });
   const g = await agent.client.createEndpoint({ containerId: `gone-${randomId()}`, netns: gone.path, ifName: 'eth0' });
   await agent.stop();
-  gone.remove();                                                    // the pod died while the agent was down
-  await keep.exec('ip', ['route', 'del', 'default']);               // and someone broke the other one
+  gone.remove(); // the pod died while the agent was down
+  await keep.exec('ip', ['route', 'del', 'default']); // and someone broke the other one
   await agent.restart();
   const items = await agent.client.listEndpoints();
-  t.same(items.map((e) => e.containerId), [k.containerId], 'the endpoint whose netns is gone was dropped');
+  t.same(
+    items.map((e) => e.containerId),
+    [k.containerId],
+    'the endpoint whose netns is gone was dropped',
+  );
   t.ok(await linkGone(g.hostIfName), 'its host veth is gone');
   t.match(await keep.exec('ip', ['route', 'show', 'default']), /default via/, 'the missing default route was repaired');
   const allocated = (await agent.client.ipam()).flatMap((p) => p.allocations).map((a) => a.ip);
@@ -62,9 +81,13 @@ t.test('50 parallel creates give 50 distinct working endpoints', async (t) => {
   const agent = await startAgent();
   t.teardown(() => agent.cleanup());
   const nss: TestNetns[] = [];
-  t.teardown(() => { for (const ns of nss) ns.remove(); });
+  t.teardown(() => {
+    for (const ns of nss) ns.remove();
+  });
   for (let i = 0; i < 50; i++) nss.push(createNetns());
-  const eps = await Promise.all(nss.map((ns, i) => agent.client.createEndpoint({ containerId: `par-${i}-${randomId()}`, netns: ns.path, ifName: 'eth0' })));
+  const eps = await Promise.all(
+    nss.map((ns, i) => agent.client.createEndpoint({ containerId: `par-${i}-${randomId()}`, netns: ns.path, ifName: 'eth0' })),
+  );
   t.equal(new Set(eps.map(ip4)).size, 50, '50 distinct addresses');
   t.equal(new Set(eps.map((e) => e.id)).size, 50, '50 distinct endpoint ids');
   t.equal(mapEntries(agent.bpffsDir, 'endpoints_cfg'), 50, '50 datapath entries');
@@ -81,17 +104,33 @@ t.test('bad requests get clear errors and leave nothing behind', async (t) => {
   const c = agent.client;
   const leftovers = async () => (await c.ipam()).flatMap((p) => p.allocations).length + (await c.listEndpoints()).length;
 
-  await t.rejects(c.createEndpoint({ containerId: 'x1', netns: `/var/run/netns/does-not-exist-${randomId()}`, ifName: 'eth0' }),
-    { status: 400, code: 'netns_not_found', message: /does-not-exist/ }, 'missing netns');
-  await t.rejects(c.createNetwork({ name: `n${randomId()}`, subnets: ['10.300.0.0/24'] }),
-    { status: 400, code: 'bad_request', message: /10.300.0.0\/24/ }, 'bad CIDR');
+  await t.rejects(
+    c.createEndpoint({ containerId: 'x1', netns: `/var/run/netns/does-not-exist-${randomId()}`, ifName: 'eth0' }),
+    { status: 400, code: 'netns_not_found', message: /does-not-exist/ },
+    'missing netns',
+  );
+  await t.rejects(
+    c.createNetwork({ name: `n${randomId()}`, subnets: ['10.300.0.0/24'] }),
+    { status: 400, code: 'bad_request', message: /10.300.0.0\/24/ },
+    'bad CIDR',
+  );
   const ns = createNetns();
   t.teardown(() => ns.remove());
-  await t.rejects(c.createEndpoint({ containerId: 'x2', netns: ns.path, ifName: 'eth0', network: 'no-such-net' }),
-    { status: 404, code: 'network_not_found', message: /"no-such-net"/ }, 'unknown network');
-  await t.rejects(c.createEndpoint({ containerId: 'x3', netns: ns.path, ifName: 'this-is-too-long-for-linux' }),
-    { status: 400, code: 'bad_request', message: /ifName/ }, 'interface name too long');
-  await t.rejects(c.request('POST', '/v1/endpoints', { netns: ns.path }), { status: 400, message: /containerId/ }, 'missing field named');
+  await t.rejects(
+    c.createEndpoint({ containerId: 'x2', netns: ns.path, ifName: 'eth0', network: 'no-such-net' }),
+    { status: 404, code: 'network_not_found', message: /"no-such-net"/ },
+    'unknown network',
+  );
+  await t.rejects(
+    c.createEndpoint({ containerId: 'x3', netns: ns.path, ifName: 'this-is-too-long-for-linux' }),
+    { status: 400, code: 'bad_request', message: /ifName/ },
+    'interface name too long',
+  );
+  await t.rejects(
+    c.request('POST', '/v1/endpoints', { netns: ns.path }),
+    { status: 400, message: /containerId/ },
+    'missing field named',
+  );
 
   const tiny = `tiny${randomId()}`;
   const b = 64 + Math.floor(Math.random() * 128);
@@ -99,8 +138,11 @@ t.test('bad requests get clear errors and leave nothing behind', async (t) => {
   const ok = await c.createEndpoint({ containerId: 'x4', netns: ns.path, ifName: 'eth0', network: tiny });
   const ns2 = createNetns();
   t.teardown(() => ns2.remove());
-  await t.rejects(c.createEndpoint({ containerId: 'x5', netns: ns2.path, ifName: 'eth0', network: tiny }),
-    { status: 409, code: 'pool_exhausted', message: new RegExp(`"${tiny}" is exhausted`) }, 'exhausted pool names the pool');
+  await t.rejects(
+    c.createEndpoint({ containerId: 'x5', netns: ns2.path, ifName: 'eth0', network: tiny }),
+    { status: 409, code: 'pool_exhausted', message: new RegExp(`"${tiny}" is exhausted`) },
+    'exhausted pool names the pool',
+  );
   t.notMatch(await ns2.exec('ip', ['link']), /eth0/, 'the failed create left no interface in the netns');
   await c.deleteEndpoint(ok.containerId, 'eth0');
   await c.deleteNetwork(tiny);

@@ -17,43 +17,68 @@ const CT_MAX = 65536;
 const cast = castOf(['a', 'b', 'd'], { extraArgs: ['--ct-max', String(CT_MAX)] });
 
 async function metric(name: string, labels: string): Promise<number | undefined> {
-  const st = await cast.agent.client.status() as unknown as { metrics: { address: string } };
+  const st = (await cast.agent.client.status()) as unknown as { metrics: { address: string } };
   const text = await new Promise<string>((resolve, reject) => {
-    http.get(`http://${st.metrics.address}/metrics`, (res) => {
-      let b = '';
-      res.on('data', (d) => { b += d; });
-      res.on('end', () => resolve(b));
-    }).on('error', reject);
+    http
+      .get(`http://${st.metrics.address}/metrics`, (res) => {
+        let b = '';
+        res.on('data', (d) => {
+          b += d;
+        });
+        res.on('end', () => resolve(b));
+      })
+      .on('error', reject);
   });
   const line = text.split('\n').find((l) => l.startsWith(`${name}{${labels}}`));
   return line === undefined ? undefined : Number(line.split(' ').pop());
 }
 
-t.test('70,000 new flows from one pod break no other pod\'s established flow', async (t) => {
+t.test("70,000 new flows from one pod break no other pod's established flow", async (t) => {
   const { a, b, d } = cast.pods;
   const servers = [await startEchoServer(d.ns, 7000, '0.0.0.0'), await startEchoServer(d.ns, 7001, '0.0.0.0')];
   const flow = startFlow(b.ns, d.ip4, 7000);
-  t.teardown(() => { flow.stop(); killAll(servers); });
+  t.teardown(() => {
+    flow.stop();
+    killAll(servers);
+  });
   for (let i = 0; i < 100 && flow.echoed() === 0; i++) await new Promise((r) => setTimeout(r, 100));
   t.ok(flow.echoed() > 0, "B's connection to D runs");
   const insertFailed = reasonName(155);
   const before = (await cast.drops())[insertFailed] ?? 0;
 
   // The flood: 70,000 datagrams, each a new flow (two source ports x 35,000 destination ports).
-  const flood = a.ns.exec('python3', ['-c', `import socket,sys
+  const flood = a.ns.exec(
+    'python3',
+    [
+      '-c',
+      `import socket,sys
 n=0
 for sp in (20001,20002):
   s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM); s.bind(("0.0.0.0",sp))
   for dp in range(10000,45000):
     try: s.sendto(b"f",(sys.argv[1],dp)); n+=1
     except OSError: pass
-print(n)`, d.ip4], { timeoutMs: 120_000 });
+print(n)`,
+      d.ip4,
+    ],
+    { timeoutMs: 120_000 },
+  );
   // Watch B's connection while A floods: it must never stall for a second.
-  let last = flow.echoed(), lastMove = Date.now(), worst = 0, done = false;
-  const sent = flood.then((out) => { done = true; return Number(out.trim()); });
+  let last = flow.echoed(),
+    lastMove = Date.now(),
+    worst = 0,
+    done = false;
+  const sent = flood.then((out) => {
+    done = true;
+    return Number(out.trim());
+  });
   while (!done) {
     await new Promise((r) => setTimeout(r, 50));
-    if (flow.echoed() !== last) { last = flow.echoed(); worst = Math.max(worst, Date.now() - lastMove); lastMove = Date.now(); }
+    if (flow.echoed() !== last) {
+      last = flow.echoed();
+      worst = Math.max(worst, Date.now() - lastMove);
+      lastMove = Date.now();
+    }
   }
   worst = Math.max(worst, Date.now() - lastMove);
   const n = await sent;

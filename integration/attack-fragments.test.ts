@@ -35,20 +35,42 @@ let sport = 42000 + Math.floor(Math.random() * 1000);
  *  keeps the segment longer than one cut. Resolves with whether D answered SYN-ACK. */
 async function fragmentedSyn(a: Pod, d: Pod, dport: number, cuts: number[]): Promise<boolean> {
   const sp = ++sport;
-  const seg = withChecksum(4, a.ip4, d.ip4, PROTO.TCP, Buffer.concat([tcp(sp, dport, TCP_FLAGS.SYN, 1000), Buffer.alloc(32, 0x41)]));
+  const seg = withChecksum(
+    4,
+    a.ip4,
+    d.ip4,
+    PROTO.TCP,
+    Buffer.concat([tcp(sp, dport, TCP_FLAGS.SYN, 1000), Buffer.alloc(32, 0x41)]),
+  );
   const bounds = [0, ...cuts, seg.length];
   const id = 1 + Math.floor(Math.random() * 60000);
-  const frames = bounds.slice(0, -1).map((start, i) => frame4(a, { dst: d.ip4, proto: PROTO.TCP, id, offset: start / 8, mf: i < bounds.length - 2 }, seg.subarray(start, bounds[i + 1]), false));
+  const frames = bounds
+    .slice(0, -1)
+    .map((start, i) =>
+      frame4(
+        a,
+        { dst: d.ip4, proto: PROTO.TCP, id, offset: start / 8, mf: i < bounds.length - 2 },
+        seg.subarray(start, bounds[i + 1]),
+        false,
+      ),
+    );
   return synAcked(a, d, sp, dport, frames);
 }
 
 async function synAcked(a: Pod, _d: Pod, sp: number, dport: number, frames: Buffer[]): Promise<boolean> {
   const cap = await sniff(a.ns, 4);
   await sendFrames(a.ns, frames);
-  const answered = () => cap.frames().some(({ dir, frame }) => {
-    const i = frameInfo(frame);
-    return dir === 'in' && i !== undefined && i.sport === dport && i.dport === sp && (i.flags & (TCP_FLAGS.SYN | TCP_FLAGS.ACK)) === (TCP_FLAGS.SYN | TCP_FLAGS.ACK);
-  });
+  const answered = () =>
+    cap.frames().some(({ dir, frame }) => {
+      const i = frameInfo(frame);
+      return (
+        dir === 'in' &&
+        i !== undefined &&
+        i.sport === dport &&
+        i.dport === sp &&
+        (i.flags & (TCP_FLAGS.SYN | TCP_FLAGS.ACK)) === (TCP_FLAGS.SYN | TCP_FLAGS.ACK)
+      );
+    });
   for (let i = 0; i < 15 && !answered(); i++) await new Promise((r) => setTimeout(r, 100));
   const yes = answered();
   await cap.stop();
@@ -73,7 +95,10 @@ t.test('the split SYN: no fragmenting gets past the port 22 deny; allowed fragme
   t.ok(await fragmentedSyn(a, d, 80, [24]), 'the same fragments to port 80 get their SYN-ACK: allowed fragments pass');
   t.ok(await fragmentedSyn(a, d, 80, [24, 40]), 'in three fragments too');
   const sp = ++sport;
-  t.notOk(await synAcked(a, d, sp, 22, [frame4(a, { dst: d.ip4, proto: PROTO.TCP }, tcp(sp, 22, TCP_FLAGS.SYN, 5))]), 'an unfragmented SYN to 22: denied');
+  t.notOk(
+    await synAcked(a, d, sp, 22, [frame4(a, { dst: d.ip4, proto: PROTO.TCP }, tcp(sp, 22, TCP_FLAGS.SYN, 5))]),
+    'an unfragmented SYN to 22: denied',
+  );
 });
 
 t.test('IPv6: a header chain longer than the parser walks is dropped; a short one is not', async (t) => {
@@ -85,7 +110,9 @@ t.test('IPv6: a header chain longer than the parser walks is dropped; a short on
   };
   const syn6 = async (dport: number, n: number) => {
     const sp = ++sport;
-    return synAcked(a, d, sp, dport, [frame6(a, { dst: d.ip6, next: PROTO.TCP, chain: n ? chain(n) : undefined }, tcp(sp, dport, TCP_FLAGS.SYN, 9))]);
+    return synAcked(a, d, sp, dport, [
+      frame6(a, { dst: d.ip6, next: PROTO.TCP, chain: n ? chain(n) : undefined }, tcp(sp, dport, TCP_FLAGS.SYN, 9)),
+    ]);
   };
   t.ok(await syn6(80, 2), 'two destination options headers, then a SYN to 80: answered');
   t.notOk(await syn6(22, 2), 'the same to 22: the port is seen, denied');
@@ -106,7 +133,9 @@ spec:
   ingress: [{fromEndpoints: [{matchLabels: {app: a}}], toPorts: [{ports: [{port: "9000", protocol: UDP}]}]}]
 `);
   // D echoes what it receives on 9000 and 9001 (both families); A sends 4000 bytes and waits for them back.
-  const echo = d.ns.spawn('python3', ['-c', `import socket,select
+  const echo = d.ns.spawn('python3', [
+    '-c',
+    `import socket,select
 ss=[]
 for fam,host in ((socket.AF_INET,"0.0.0.0"),(socket.AF_INET6,"::")):
   for p in (9000,9001):
@@ -116,15 +145,32 @@ for fam,host in ((socket.AF_INET,"0.0.0.0"),(socket.AF_INET6,"::")):
 print("ready",flush=True)
 while True:
   for s in select.select(ss,[],[])[0]:
-    d,a=s.recvfrom(65535); s.sendto(d,a)`]);
+    d,a=s.recvfrom(65535); s.sendto(d,a)`,
+  ]);
   servers.push(echo);
-  await new Promise<void>((resolve) => echo.stdout!.on('data', (b: Buffer) => { if (b.toString().includes('ready')) resolve(); }));
-  const roundTrip = (ip: string, port: number) => a.ns.exec('python3', ['-c', `import socket,sys
+  await new Promise<void>((resolve) =>
+    echo.stdout!.on('data', (b: Buffer) => {
+      if (b.toString().includes('ready')) resolve();
+    }),
+  );
+  const roundTrip = (ip: string, port: number) =>
+    a.ns
+      .exec(
+        'python3',
+        [
+          '-c',
+          `import socket,sys
 fam=socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
 s=socket.socket(fam,socket.SOCK_DGRAM); s.settimeout(2)
 s.sendto(b"x"*4000,(sys.argv[1],int(sys.argv[2])))
 try: print(len(s.recvfrom(65535)[0]))
-except socket.timeout: print("timeout")`, ip, String(port)], { timeoutMs: 10_000 }).then((o) => o.trim());
+except socket.timeout: print("timeout")`,
+          ip,
+          String(port),
+        ],
+        { timeoutMs: 10_000 },
+      )
+      .then((o) => o.trim());
   const cap = await sniff(d.ns, 8);
   t.equal(await roundTrip(d.ip4, 9000), '4000', 'IPv4: 4000 bytes in three fragments reach D:9000, and come back');
   t.equal(await roundTrip(d.ip6, 9000), '4000', 'IPv6 too');

@@ -18,13 +18,17 @@ if (process.getuid?.() !== 0) {
 const cast = castOf(['a', 'b', 'c', 'd']);
 const marker = (what: string) => Buffer.from(`${what}-${Math.random().toString(36).slice(2)}`);
 const seen = (frames: { frame: Buffer }[], m: Buffer) => frames.some((f) => f.frame.includes(m));
-const SPOOFED = reasonName(132), BAD_MAC = reasonName(130);
+const SPOOFED = reasonName(132),
+  BAD_MAC = reasonName(130);
 
 /** Runs `python3 -c script args` in a pod; resolves with its stdout. */
-const py = (pod: { ns: { exec(c: string, a: string[], o?: { timeoutMs?: number }): Promise<string> } }, script: string, ...args: string[]) =>
-  pod.ns.exec('python3', ['-c', script, ...args], { timeoutMs: 15_000 });
+const py = (
+  pod: { ns: { exec(c: string, a: string[], o?: { timeoutMs?: number }): Promise<string> } },
+  script: string,
+  ...args: string[]
+) => pod.ns.exec('python3', ['-c', script, ...args], { timeoutMs: 15_000 });
 
-t.test("A cannot send as C: IPv4 and IPv6 sources, another MAC; its own packets pass", async (t) => {
+t.test('A cannot send as C: IPv4 and IPv6 sources, another MAC; its own packets pass', async (t) => {
   const { a, c, d } = cast.pods;
   const before = await cast.drops();
   const m = { v4: marker('SPOOF4'), v6: marker('SPOOF6'), mac: marker('SPOOFMAC'), own4: marker('OWN4'), own6: marker('OWN6') };
@@ -36,7 +40,11 @@ t.test("A cannot send as C: IPv4 and IPv6 sources, another MAC; its own packets 
     frame4(a, { dst: d.ip4, proto: PROTO.UDP }, udp(5000, 4444, m.own4)),
     frame6(a, { dst: d.ip6, next: PROTO.UDP }, udp(5000, 4444, m.own6)),
   ]);
-  await waitFor('the own packets at D', async () => (seen(cap.frames(), m.own4) && seen(cap.frames(), m.own6) ? true : undefined), 5000);
+  await waitFor(
+    'the own packets at D',
+    async () => (seen(cap.frames(), m.own4) && seen(cap.frames(), m.own6) ? true : undefined),
+    5000,
+  );
   await new Promise((r) => setTimeout(r, 300)); // the spoofed ones were sent first: anything still in flight lands now
   const frames = await cap.stop();
   t.ok(seen(frames, m.own4) && seen(frames, m.own6), "A's own datagrams reach D");
@@ -49,8 +57,11 @@ t.test("A cannot send as C: IPv4 and IPv6 sources, another MAC; its own packets 
   // Visible as a DROPPED flow with the reason, as seen at A's egress.
   const observer = new ObserverClient(cast.agent.observerSocket);
   t.teardown(() => observer.close());
-  const drop = await waitFor('the DROPPED flow', async () => (await observer.collect({ whitelist: [{ sourceIp: [c.ip4], destinationIp: [d.ip4], verdict: ['DROPPED'] }] }))
-    .map((r) => r.flow).find((f) => f?.dropReason === 132));
+  const drop = await waitFor('the DROPPED flow', async () =>
+    (await observer.collect({ whitelist: [{ sourceIp: [c.ip4], destinationIp: [d.ip4], verdict: ['DROPPED'] }] }))
+      .map((r) => r.flow)
+      .find((f) => f?.dropReason === 132),
+  );
   t.match(drop, { verdict: 'DROPPED', dropReasonDesc: SPOOFED }, 'observe shows it dropped as spoofed');
 });
 
@@ -63,8 +74,8 @@ t.test('ARP: A cannot answer for C, a proper ARP still works', async (t) => {
     eth(a.gwMac, a.mac, ETH_P.ARP, arp(2, c.mac, c.ip4, a.gwMac, gw4)), // with C's MAC as sender
   ]);
   const after = await cast.drops();
-  t.ok((after[SPOOFED] ?? 0) - (before[SPOOFED] ?? 0) >= 1, 'the ARP claiming C\'s address is dropped as spoofed');
-  t.ok((after[BAD_MAC] ?? 0) - (before[BAD_MAC] ?? 0) >= 1, 'the one with C\'s MAC as sender too');
+  t.ok((after[SPOOFED] ?? 0) - (before[SPOOFED] ?? 0) >= 1, "the ARP claiming C's address is dropped as spoofed");
+  t.ok((after[BAD_MAC] ?? 0) - (before[BAD_MAC] ?? 0) >= 1, "the one with C's MAC as sender too");
   await a.ns.exec('ip', ['neigh', 'flush', 'dev', 'eth0']);
   const echo = await startEchoServer(b.ns, 7070, '0.0.0.0');
   t.teardown(() => killAll([echo]));
@@ -84,15 +95,29 @@ spec:
   const cap = await sniff(c.ns, 8);
   await sendFrames(a.ns, [frame4(a, { src: c.ip4, dst: d.ip4, proto: PROTO.UDP }, udp(53, 4444, marker('FORGED')))]);
   const answer = marker('ANSWER');
-  await py(d, 'import socket,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("0.0.0.0",4444));s.sendto(sys.argv[2].encode(),(sys.argv[1],53))', c.ip4, answer.toString());
+  await py(
+    d,
+    'import socket,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("0.0.0.0",4444));s.sendto(sys.argv[2].encode(),(sys.argv[1],53))',
+    c.ip4,
+    answer.toString(),
+  );
   // C asks D for real (from port 53), D answers from 4444: a reply, which passes C's closed ingress.
-  const server = d.ns.spawn('python3', ['-c', 'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("0.0.0.0",4445));d,a=s.recvfrom(100);s.sendto(b"REAL-"+d,a)']);
-  t.teardown(() => { if (server.exitCode === null) server.kill('SIGKILL'); });
+  const server = d.ns.spawn('python3', [
+    '-c',
+    'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("0.0.0.0",4445));d,a=s.recvfrom(100);s.sendto(b"REAL-"+d,a)',
+  ]);
+  t.teardown(() => {
+    if (server.exitCode === null) server.kill('SIGKILL');
+  });
   await new Promise((r) => setTimeout(r, 300));
-  const got = await py(c, 'import socket,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("0.0.0.0",53));s.settimeout(3);s.sendto(b"ASK",(sys.argv[1],4445));print(s.recvfrom(100)[0].decode())', d.ip4);
+  const got = await py(
+    c,
+    'import socket,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("0.0.0.0",53));s.settimeout(3);s.sendto(b"ASK",(sys.argv[1],4445));print(s.recvfrom(100)[0].decode())',
+    d.ip4,
+  );
   t.equal(got.trim(), 'REAL-ASK', "C's own request gets D's reply through C's closed ingress");
   const frames = await cap.stop();
-  t.notOk(seen(frames, answer), "D's \"answer\" to the forged datagram never reaches C");
+  t.notOk(seen(frames, answer), 'D\'s "answer" to the forged datagram never reaches C');
 });
 
 t.test('replies nobody asked for do not pass: a raw SYN-ACK and an ACK from D to C', async (t) => {

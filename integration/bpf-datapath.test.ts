@@ -49,7 +49,14 @@ const gwDev = `mbt${id}g`;
 const pinDir = `/sys/fs/bpf/mbt-${id}`;
 const PORT = 7000 + randomInt(0, 1000);
 
-interface Pod { ns: string; hostIf: string; ip4: string; ip6: string; endpointId: number; cfg?: EndpointDatapathConfig }
+interface Pod {
+  ns: string;
+  hostIf: string;
+  ip4: string;
+  ip6: string;
+  endpointId: number;
+  cfg?: EndpointDatapathConfig;
+}
 const pods: Pod[] = [
   { ns: `mbt${id}a`, hostIf: `mbt${id}a`, ip4: `${net4}.2`, ip6: `${net6}:2`, endpointId: 1 },
   { ns: `mbt${id}b`, hostIf: `mbt${id}b`, ip4: `${net4}.3`, ip6: `${net6}:3`, endpointId: 2 },
@@ -86,18 +93,26 @@ if (mode === 'udp') {
 
 function client(pod: Pod, args: string): string {
   const res = spawnSync('nsenter', [`--net=${nsPath(pod.ns)}`, '--', process.execPath, '-e', CLIENT], {
-    encoding: 'utf8', timeout: 60_000, env: { ...process.env, NODE_OPTIONS: '', MBT_PORT: String(PORT), MBT_ARGS: args },
+    encoding: 'utf8',
+    timeout: 60_000,
+    env: { ...process.env, NODE_OPTIONS: '', MBT_PORT: String(PORT), MBT_ARGS: args },
   });
   if (res.error) throw res.error;
   return res.stdout.trim();
 }
-const udpEchoes = (from: Pod, to: string, count: number, timeoutMs = 2000) => Number(client(from, `udp ${to} ${count} ${timeoutMs}`));
+const udpEchoes = (from: Pod, to: string, count: number, timeoutMs = 2000) =>
+  Number(client(from, `udp ${to} ${count} ${timeoutMs}`));
 
 let dp: Datapath | null = null;
 let server: ChildProcess | null = null;
 
 t.before(async () => {
-  if (!fs.readFileSync('/proc/self/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === '/sys/fs/bpf' && l.split(' ')[2] === 'bpf')) {
+  if (
+    !fs
+      .readFileSync('/proc/self/mounts', 'utf8')
+      .split('\n')
+      .some((l) => l.split(' ')[1] === '/sys/fs/bpf' && l.split(' ')[2] === 'bpf')
+  ) {
     sh('mount', '-t', 'bpf', 'bpf', '/sys/fs/bpf');
   }
   execFileSync('bash', [path.join(root, 'scripts/build-bpf.sh')], { stdio: 'inherit' });
@@ -151,15 +166,24 @@ t.test('setup: two pods routed through the host', async () => {
     // Through ip, not /sys: nsenter --net keeps the host's /sys mount (its eth0 is the host's NIC).
     const containerMac = (JSON.parse(inNs(pod.ns, 'ip', '-j', 'link', 'show', 'eth0')) as { address: string }[])[0].address;
     pod.cfg = {
-      hostIfindex: linkIndex(pod.hostIf), endpointId: pod.endpointId, identity: 1000 + pod.endpointId, flags: 0,
-      hostMac: linkMac(pod.hostIf), containerMac, ips: [pod.ip4, pod.ip6], gateway6: GW6,
+      hostIfindex: linkIndex(pod.hostIf),
+      endpointId: pod.endpointId,
+      identity: 1000 + pod.endpointId,
+      flags: 0,
+      hostMac: linkMac(pod.hostIf),
+      containerMac,
+      ips: [pod.ip4, pod.ip6],
+      gateway6: GW6,
     };
   }
   server = spawn('nsenter', [`--net=${nsPath(B.ns)}`, '--', process.execPath, '-e', SERVER], {
-    stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, NODE_OPTIONS: '', MBT_PORT: String(PORT) },
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env: { ...process.env, NODE_OPTIONS: '', MBT_PORT: String(PORT) },
   });
   await new Promise<void>((resolve, reject) => {
-    server!.stdout!.on('data', (d: Buffer) => { if (d.toString().includes('ready')) resolve(); });
+    server!.stdout!.on('data', (d: Buffer) => {
+      if (d.toString().includes('ready')) resolve();
+    });
     server!.on('exit', (code) => reject(new Error(`echo server exited with ${code}`)));
   });
 });
@@ -175,9 +199,15 @@ t.test('attach + upsert: pods talk over the redirect, counters move, host veth B
     dp.attach(pod.cfg!.hostIfindex);
     dp.attach(pod.cfg!.hostIfindex); // idempotent
     t.ok(dp.isCurrent(pod.cfg!.hostIfindex), `${pod.hostIf} runs our programs`);
-    t.same(dp.attachedProgramIds(pod.cfg!.hostIfindex), { ingress: dp.programIds.fromContainer, egress: dp.programIds.toContainer });
+    t.same(dp.attachedProgramIds(pod.cfg!.hostIfindex), {
+      ingress: dp.programIds.fromContainer,
+      egress: dp.programIds.toContainer,
+    });
   }
-  t.same(dp.listEndpointIfindexes(), pods.map((p) => p.cfg!.hostIfindex).sort((a, b) => a - b));
+  t.same(
+    dp.listEndpointIfindexes(),
+    pods.map((p) => p.cfg!.hostIfindex).sort((a, b) => a - b),
+  );
   t.same(dp.listLocalEndpointIps(), [A.ip4, B.ip4, A.ip6, B.ip6].sort());
 
   const hostBTxBefore = txPackets(B.hostIf);
@@ -227,15 +257,25 @@ t.test('agent restart: pinned maps and attachments survive, re-attach swaps prog
   t.equal(udpEchoes(A, B.ip4, 5), 5, 'traffic flows with no agent running');
   dp = loadDatapath({ objectPath: path.join(root, 'dist/bpf/endpoint.o'), pinDir });
   t.same(dp.listLocalEndpointIps(), [A.ip4, B.ip4, A.ip6, B.ip6].sort(), 'local endpoints kept');
-  t.same(dp.listEndpointIfindexes(), pods.map((p) => p.cfg!.hostIfindex).sort((a, b) => a - b));
+  t.same(
+    dp.listEndpointIfindexes(),
+    pods.map((p) => p.cfg!.hostIfindex).sort((a, b) => a - b),
+  );
   const bAfter = dp.counters(B.cfg!.hostIfindex)!;
   t.ok(bAfter.rxPackets >= bBefore.rxPackets + 5n, 'counters kept and still counting');
-  t.same(dp.attachedProgramIds(A.cfg!.hostIfindex), { ingress: oldIds.fromContainer, egress: oldIds.toContainer }, 'old programs still attached');
+  t.same(
+    dp.attachedProgramIds(A.cfg!.hostIfindex),
+    { ingress: oldIds.fromContainer, egress: oldIds.toContainer },
+    'old programs still attached',
+  );
   t.notOk(dp.isCurrent(A.cfg!.hostIfindex), 'not current until re-attached');
   dp.upsertEndpoint(B.cfg!); // restore re-sync: same endpoint keeps its counters
   t.ok(dp.counters(B.cfg!.hostIfindex)!.rxPackets >= bAfter.rxPackets, 're-sync keeps counters');
   for (const pod of pods) dp.attach(pod.cfg!.hostIfindex);
-  t.ok(pods.every((p) => dp!.isCurrent(p.cfg!.hostIfindex)), 'current after re-attach');
+  t.ok(
+    pods.every((p) => dp!.isCurrent(p.cfg!.hostIfindex)),
+    'current after re-attach',
+  );
   t.equal(udpEchoes(A, B.ip4, 5), 5);
   t.equal(udpEchoes(A, B.ip6, 5), 5);
   const pressure = dp.mapPressure();
@@ -257,11 +297,34 @@ t.test('detach is best effort and reversible', async (t) => {
 
 t.test('pins: one per map and program, removed by removePins', async (t) => {
   t.same(fs.readdirSync(pinDir).sort(), [
-    'conntrack', 'ct_owned', 'ct_reclaimed', 'datapath_config', 'drop_counters', 'endpoint_counters', 'endpoints_cfg', 'event_bucket',
-    'events', 'events_lost', 'fragments', 'ipcache', 'local_endpoints', 'overlay_config', 'policy', 'prog_from_container', 'prog_from_host_device',
-    'prog_from_tunnel', 'prog_to_container', 'prog_to_tunnel', 'proxy_config', 'proxy_udp_dst', 'tunnel_map',
+    'conntrack',
+    'ct_owned',
+    'ct_reclaimed',
+    'datapath_config',
+    'drop_counters',
+    'endpoint_counters',
+    'endpoints_cfg',
+    'event_bucket',
+    'events',
+    'events_lost',
+    'fragments',
+    'ipcache',
+    'local_endpoints',
+    'overlay_config',
+    'policy',
+    'prog_from_container',
+    'prog_from_host_device',
+    'prog_from_tunnel',
+    'prog_to_container',
+    'prog_to_tunnel',
+    'proxy_config',
+    'proxy_udp_dst',
+    'tunnel_map',
   ]);
-  t.throws(() => loadDatapath({ objectPath: path.join(root, 'dist/bpf/endpoint.o'), pinDir: '/tmp/mbt-not-bpffs' }), /not on a bpffs mount/);
+  t.throws(
+    () => loadDatapath({ objectPath: path.join(root, 'dist/bpf/endpoint.o'), pinDir: '/tmp/mbt-not-bpffs' }),
+    /not on a bpffs mount/,
+  );
   dp!.close();
   dp = null;
   removePins(pinDir);

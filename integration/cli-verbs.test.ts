@@ -39,7 +39,11 @@ async function cli(...args: string[]): Promise<{ code: number; out: string; err:
   const env = { ...process.env };
   delete env.NODE_EXTRA_CA_CERTS;
   try {
-    const { stdout, stderr } = await execFileP(process.execPath, ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), '--socket', agent.socket, ...args], { cwd: REPO, env });
+    const { stdout, stderr } = await execFileP(
+      process.execPath,
+      ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), '--socket', agent.socket, ...args],
+      { cwd: REPO, env },
+    );
     return { code: 0, out: stdout, err: stderr };
   } catch (e) {
     const x = e as { code: number; stdout: string; stderr: string };
@@ -52,8 +56,18 @@ t.before(async () => {
   nsClient = createNetns('mbcli');
   const nsServer = createNetns('mbcli');
   nss.push(nsClient, nsServer);
-  client = await agent.client.createEndpoint({ containerId: `cli-client-${run}`, netns: nsClient.path, ifName: 'eth0', labels: { app: 'client', run } });
-  server = await agent.client.createEndpoint({ containerId: `cli-server-${run}`, netns: nsServer.path, ifName: 'eth0', labels: { app: 'server', run } });
+  client = await agent.client.createEndpoint({
+    containerId: `cli-client-${run}`,
+    netns: nsClient.path,
+    ifName: 'eth0',
+    labels: { app: 'client', run },
+  });
+  server = await agent.client.createEndpoint({
+    containerId: `cli-server-${run}`,
+    netns: nsServer.path,
+    ifName: 'eth0',
+    labels: { app: 'server', run },
+  });
   servers.push(await startEchoServer(nsServer, PORT, '0.0.0.0'));
 });
 
@@ -74,8 +88,16 @@ t.test('status: table, --brief, --verbose, -o yaml; version', async (t) => {
   execFileSync('ip', ['link', 'set', agent.hostDevice, 'down']);
   try {
     const degraded = await cli('status', '--brief');
-    t.same([degraded.code, degraded.out], [1, `DEGRADED: Datapath: host device ${agent.hostDevice} is down\n`], '--brief names the degraded part and fails');
-    t.match((await cli('status')).out, new RegExp(`^Agent: +Degraded .*\\n  Datapath: +host device ${agent.hostDevice} is down\\n`), 'the table says it too');
+    t.same(
+      [degraded.code, degraded.out],
+      [1, `DEGRADED: Datapath: host device ${agent.hostDevice} is down\n`],
+      '--brief names the degraded part and fails',
+    );
+    t.match(
+      (await cli('status')).out,
+      new RegExp(`^Agent: +Degraded .*\\n  Datapath: +host device ${agent.hostDevice} is down\\n`),
+      'the table says it too',
+    );
   } finally {
     execFileSync('ip', ['link', 'set', agent.hostDevice, 'up']);
   }
@@ -89,8 +111,14 @@ t.test('status: table, --brief, --verbose, -o yaml; version', async (t) => {
   const v = await cli('version');
   t.match(v.out, /^Client: \S+\nDaemon: \S+\n$/);
   t.same(Object.keys(JSON.parse((await cli('version', '-o', 'json')).out)), ['client', 'daemon']);
-  const down = await execFileP(process.execPath, ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), '--socket', '/nonexistent/agent.sock', 'status', '--brief'], { cwd: REPO })
-    .then(() => ({ code: 0, stderr: '' }), (e: { code: number; stderr: string }) => e);
+  const down = await execFileP(
+    process.execPath,
+    ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), '--socket', '/nonexistent/agent.sock', 'status', '--brief'],
+    { cwd: REPO },
+  ).then(
+    () => ({ code: 0, stderr: '' }),
+    (e: { code: number; stderr: string }) => e,
+  );
   t.equal(down.code, 1, '--brief fails when the agent is not there');
   t.match(down.stderr, /cannot reach the membrane agent/);
 });
@@ -105,7 +133,11 @@ t.test('endpoint list -o yaml / --no-headers; get by numeric id; labels', async 
   t.equal(byId.code, 0, byId.err);
   t.match(byId.out, new RegExp(`^ID: +${server.id}\\nContainer: +cli-server-${run}\\n`));
   t.equal(JSON.parse((await cli('endpoint', 'get', String(client.id), '-o', 'json')).out).containerId, `cli-client-${run}`);
-  t.equal(JSON.parse((await cli('endpoint', 'get', `cli-client-${run}`, 'eth0', '-o', 'json')).out).id, client.id, 'container id and interface still work');
+  t.equal(
+    JSON.parse((await cli('endpoint', 'get', `cli-client-${run}`, 'eth0', '-o', 'json')).out).id,
+    client.id,
+    'container id and interface still work',
+  );
   const missing = await cli('endpoint', 'get', '99999');
   t.equal(missing.code, 1);
   t.match(missing.err, /no endpoint is named "99999"/);
@@ -127,12 +159,19 @@ t.test('policy endpoint and policy audit name the endpoint as endpoint get does'
   t.equal(view.code, 0, view.err);
   t.match(view.out, new RegExp(`^Identity: +${server.identity} \\(`, 'm'), 'by numeric id');
   t.match(view.out, /^Selected by: +- \(no policy selects it: allow all\)$/m);
-  t.equal((await cli('policy', 'endpoint', `cli-server-${run}`, 'eth0')).out, view.out, 'by container id and interface, the same view');
+  t.equal(
+    (await cli('policy', 'endpoint', `cli-server-${run}`, 'eth0')).out,
+    view.out,
+    'by container id and interface, the same view',
+  );
   const on = await cli('policy', 'audit', String(server.id), '--mode', 'on');
   t.equal(on.code, 0, on.err);
   t.equal(on.out, `endpoint ${server.id} (cli-server-${run}/eth0): audit on\n`);
   t.match((await cli('policy', 'endpoint', String(server.id))).out, /^Policy: +.*, audit mode \(/m, 'the view shows audit mode');
-  t.equal((await cli('policy', 'audit', String(server.id), '--mode', 'default')).out, `endpoint ${server.id} (cli-server-${run}/eth0): audit off\n`);
+  t.equal(
+    (await cli('policy', 'audit', String(server.id), '--mode', 'default')).out,
+    `endpoint ${server.id} (cli-server-${run}/eth0): audit off\n`,
+  );
   const missing = await cli('policy', 'audit', '99999', '--mode', 'on');
   t.equal(missing.code, 1);
   t.match(missing.err, /no endpoint is named "99999"/);
@@ -162,10 +201,17 @@ setInterval(() => {}, 1000);
 
 t.test('bpf ct list shows a live connection; bpf ct flush removes it', async (t) => {
   const idle = nsClient.spawn(process.execPath, ['-e', IDLE, ip4(server), String(PORT)]);
-  t.teardown(() => { idle.kill('SIGKILL'); });
-  const up = await new Promise<string>((resolve) => { idle.stdout!.once('data', (d: Buffer) => resolve(d.toString().trim())); setTimeout(() => resolve('timeout'), 10_000); });
+  t.teardown(() => {
+    idle.kill('SIGKILL');
+  });
+  const up = await new Promise<string>((resolve) => {
+    idle.stdout!.once('data', (d: Buffer) => resolve(d.toString().trim()));
+    setTimeout(() => resolve('timeout'), 10_000);
+  });
   t.equal(up, 'up', 'the connection is up');
-  const pattern = new RegExp(`TCP +\\S+ +${ip4(client).replace(/\./g, '\\.')}:\\d+ +${ip4(server).replace(/\./g, '\\.')}:${PORT} +ESTABLISHED +\\d+s +\\d+/\\d+`);
+  const pattern = new RegExp(
+    `TCP +\\S+ +${ip4(client).replace(/\./g, '\\.')}:\\d+ +${ip4(server).replace(/\./g, '\\.')}:${PORT} +ESTABLISHED +\\d+s +\\d+/\\d+`,
+  );
   const list = await cli('bpf', 'ct', 'list');
   t.match(list.out, /^PROTO +SCOPE +SOURCE +DESTINATION +STATE +EXPIRES +PACKETS +BYTES +ENDPOINT +IDENTITIES +FLAGS\n/);
   t.match(list.out, pattern);
@@ -190,9 +236,19 @@ spec:
 `);
   const entries = await cli('bpf', 'policy', 'get', String(server.id));
   t.equal(entries.code, 0, entries.err);
-  t.match(entries.out, /^POLICY +DIRECTION +IDENTITY +LABELS \(source:key\[=value\]\) +PORT\/PROTO +PROXY PORT +BYTES +PACKETS +RULE\n/);
-  t.match(entries.out, new RegExp(`Allow +Ingress +${client.identity} +api:app=client,api:tier=front +${PORT}/TCP +- +\\d+ +\\d+ +0x[0-9a-f]+`));
-  t.equal((await cli('bpf', 'policy', 'get', String(client.id), '--no-headers')).out, '', 'the client is selected by no policy: no entries');
+  t.match(
+    entries.out,
+    /^POLICY +DIRECTION +IDENTITY +LABELS \(source:key\[=value\]\) +PORT\/PROTO +PROXY PORT +BYTES +PACKETS +RULE\n/,
+  );
+  t.match(
+    entries.out,
+    new RegExp(`Allow +Ingress +${client.identity} +api:app=client,api:tier=front +${PORT}/TCP +- +\\d+ +\\d+ +0x[0-9a-f]+`),
+  );
+  t.equal(
+    (await cli('bpf', 'policy', 'get', String(client.id), '--no-headers')).out,
+    '',
+    'the client is selected by no policy: no entries',
+  );
   t.match((await cli('bpf', 'policy', 'get', '--all')).out, new RegExp(`\\n${server.id} +Allow +Ingress`));
   t.match((await cli('bpf', 'policy', 'get')).err, /name an endpoint id, or pass --all/);
   t.match((await cli('bpf', 'policy', 'get', '99999')).err, /no endpoint with id 99999/);
@@ -202,8 +258,11 @@ spec:
   t.match(ipcache.out, new RegExp(`${ip4(server).replace(/\./g, '\\.')}/32 +${server.identity}\\n`));
   const ipJson = JSON.parse((await cli('bpf', 'ipcache', 'list', '-o', 'json')).out) as { prefix: string; identity: number }[];
   t.ok(ipJson.some((e) => e.prefix === `${ip4(client)}/32` && e.identity === client.identity));
-  t.same(JSON.parse((await cli('bpf', 'tunnel', 'list', '-o', 'json')).out), { config: { tunnelIfindex: 0, underlay: 4 }, entries: [] },
-    'bpf tunnel list on a single node: no overlay device, no entries');
+  t.same(
+    JSON.parse((await cli('bpf', 'tunnel', 'list', '-o', 'json')).out),
+    { config: { tunnelIfindex: 0, underlay: 4 }, entries: [] },
+    'bpf tunnel list on a single node: no overlay device, no entries',
+  );
   t.equal((await cli('bpf', 'tunnel', 'list')).out, 'TUNNEL  VALUE  NODE  NODE ID\n', 'and a table of just its header');
 
   // A denied connection (wrong port) shows up as a policy drop in the datapath's counters.
@@ -221,17 +280,27 @@ t.test('policy import: a JSON rule array as cilium-dbg takes it, and -n for docu
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbt-cli-pol-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const rules = path.join(dir, 'rules.json');
-  fs.writeFileSync(rules, JSON.stringify([{
-    labels: [{ key: 'name', value: `rules-${run}`, source: 'unspec' }], description: 'server accepts the client',
-    endpointSelector: { matchLabels: { app: 'server', run } }, ingress: [{ fromEndpoints: [{ matchLabels: { app: 'client' } }], toPorts: [{ ports: [{ protocol: 'TCP' }] }] }],
-  }]));
+  fs.writeFileSync(
+    rules,
+    JSON.stringify([
+      {
+        labels: [{ key: 'name', value: `rules-${run}`, source: 'unspec' }],
+        description: 'server accepts the client',
+        endpointSelector: { matchLabels: { app: 'server', run } },
+        ingress: [{ fromEndpoints: [{ matchLabels: { app: 'client' } }], toPorts: [{ ports: [{ protocol: 'TCP' }] }] }],
+      },
+    ]),
+  );
   const imported = await cli('policy', 'import', rules);
   t.equal(imported.code, 0, imported.err);
   t.match(imported.out, new RegExp(`^revision \\d+: created rules-${run}\\n`));
   t.match((await cli('policy', 'get')).out, new RegExp(`rules-${run} +CiliumClusterwideNetworkPolicy`));
   t.equal(await probe(nsClient, ip4(server), PORT), 'ok', 'client -> server on any TCP port (a port-less toPorts entry)');
   const cnp = path.join(dir, 'cnp.yaml');
-  fs.writeFileSync(cnp, `apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: ns-${run}}\nspec: {endpointSelector: {}}\n`);
+  fs.writeFileSync(
+    cnp,
+    `apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: ns-${run}}\nspec: {endpointSelector: {}}\n`,
+  );
   t.match((await cli('policy', 'import', '-n', 'shop', cnp)).out, new RegExp(`created shop/ns-${run}`), '-n shop');
   t.match((await cli('policy', 'import', cnp)).out, new RegExp(`created ns-${run}\\n`), 'no -n: the default namespace');
   const noName = path.join(dir, 'noname.json');
@@ -245,12 +314,15 @@ t.test('policy import: a JSON rule array as cilium-dbg takes it, and -n for docu
 t.test('completion bash completes verbs, flags and flag values', async (t) => {
   const script = (await cli('completion', 'bash')).out;
   const complete = async (words: string[]) => {
-    const { stdout } = await execFileP('bash', ['-c', `${script}\nCOMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=${words.length - 1}; _membrane; echo "\${COMPREPLY[*]}"`]);
+    const { stdout } = await execFileP('bash', [
+      '-c',
+      `${script}\nCOMP_WORDS=(${words.map((w) => `'${w}'`).join(' ')}); COMP_CWORD=${words.length - 1}; _membrane; echo "\${COMPREPLY[*]}"`,
+    ]);
     return stdout.trim().split(' ');
   };
   t.same(await complete(['membrane', 'bpf', '']), ['ct', 'policy', 'ipcache', 'tunnel', 'metrics', '--help']);
   t.same(await complete(['membrane', 'bpf', 'ct', 'l']), ['list']);
   t.same(await complete(['membrane', 'endpoint', 'list', '-o', '']), ['json', 'yaml', 'table']);
-  t.ok((await complete(['membrane', 'observe', '--to-']).then((w) => w.includes('--to-namespace'))));
+  t.ok(await complete(['membrane', 'observe', '--to-']).then((w) => w.includes('--to-namespace')));
   t.match((await cli('completion', 'zsh')).err, /only bash/);
 });

@@ -11,7 +11,11 @@ import path from 'node:path';
 import { REPO } from './lib/agent.ts';
 
 /** The `membrane` CLI against a node's agent socket. */
-const cli = (socket: string, ...args: string[]) => execFileSync(process.execPath, ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), '--socket', socket, ...args], { encoding: 'utf8', cwd: REPO });
+const cli = (socket: string, ...args: string[]) =>
+  execFileSync(process.execPath, ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), '--socket', socket, ...args], {
+    encoding: 'utf8',
+    cwd: REPO,
+  });
 
 if (process.getuid?.() !== 0) {
   t.plan(0, 'needs root');
@@ -19,59 +23,107 @@ if (process.getuid?.() !== 0) {
 }
 
 let c: TestCluster;
-t.before(async () => { c = await startCluster({ nodes: 3 }); });
+t.before(async () => {
+  c = await startCluster({ nodes: 3 });
+});
 t.teardown(() => c?.cleanup());
 
 const POLICY = (name: string) => webFromClient(name, 80);
 
 t.test('every node registered with its own pod CIDR, and `node list` shows them all', async (t) => {
   const [n1] = c.nodes;
-  await eventually('three nodes in node 1\'s list', async () => (await n1.client.request<{ items: unknown[] }>('GET', '/v1/cluster/nodes')).items.length === 3);
-  const { items } = await n1.client.request<{ items: { name: string; addresses: { ip: string }[]; podCidrs: { ipv4?: string } }[] }>('GET', '/v1/cluster/nodes');
-  t.same(items.map((n) => n.name), ['n1', 'n2', 'n3']);
-  t.same(items.map((n) => n.addresses[0].ip), c.nodes.map((n) => n.ip), 'underlay addresses');
+  await eventually(
+    "three nodes in node 1's list",
+    async () => (await n1.client.request<{ items: unknown[] }>('GET', '/v1/cluster/nodes')).items.length === 3,
+  );
+  const { items } = await n1.client.request<{
+    items: { name: string; addresses: { ip: string }[]; podCidrs: { ipv4?: string } }[];
+  }>('GET', '/v1/cluster/nodes');
+  t.same(
+    items.map((n) => n.name),
+    ['n1', 'n2', 'n3'],
+  );
+  t.same(
+    items.map((n) => n.addresses[0].ip),
+    c.nodes.map((n) => n.ip),
+    'underlay addresses',
+  );
   const cidrs = items.map((n) => n.podCidrs.ipv4);
   t.equal(new Set(cidrs).size, 3, `three different pod CIDRs: ${cidrs.join(' ')}`);
   for (const node of c.nodes) {
     const nets = await node.client.listNetworks();
     const def = nets.find((n) => n.name === 'default')!;
-    t.equal(def.subnets[0].cidr, items.find((n) => n.name === node.name)!.podCidrs.ipv4, `${node.name}'s default network uses its pod CIDR`);
+    t.equal(
+      def.subnets[0].cidr,
+      items.find((n) => n.name === node.name)!.podCidrs.ipv4,
+      `${node.name}'s default network uses its pod CIDR`,
+    );
   }
   const list = cli(c.nodes[1].socket, 'node', 'list');
-  for (const n of items) t.match(list, new RegExp(`^${n.name}.*${n.addresses[0].ip.replace(/\./g, '\\.')}.*${n.podCidrs.ipv4!.replace(/\./g, '\\.')}`, 'm'), `membrane node list shows ${n.name}`);
+  for (const n of items)
+    t.match(
+      list,
+      new RegExp(`^${n.name}.*${n.addresses[0].ip.replace(/\./g, '\\.')}.*${n.podCidrs.ipv4!.replace(/\./g, '\\.')}`, 'm'),
+      `membrane node list shows ${n.name}`,
+    );
   t.match(list, /^n2 \(this node\)/m, 'and marks the node asked');
   const status = cli(c.nodes[0].socket, 'status');
   t.match(status, new RegExp(`Cluster:?\\s+${c.name} \\(node n1`), 'membrane status names the cluster and node');
-  t.match(status, /KVStore:?\s+etcd http:\/\/\S+: connected, etcd 3\.4\.\d+, revision \d+/, `membrane status shows the kvstore:\n${status}`);
+  t.match(
+    status,
+    /KVStore:?\s+etcd http:\/\/\S+: connected, etcd 3\.4\.\d+, revision \d+/,
+    `membrane status shows the kvstore:\n${status}`,
+  );
 });
 
 t.test('the same labels get the same identity on every node; other labels another one', async (t) => {
   const [n1, n2, n3] = c.nodes;
-  const [a1, a3, b2] = await Promise.all([n1.pod({ app: 'db', tier: 'x' }), n3.pod({ app: 'db', tier: 'x' }), n2.pod({ app: 'cache' })]);
+  const [a1, a3, b2] = await Promise.all([
+    n1.pod({ app: 'db', tier: 'x' }),
+    n3.pod({ app: 'db', tier: 'x' }),
+    n2.pod({ app: 'cache' }),
+  ]);
   t.equal(a1.endpoint.identity, a3.endpoint.identity, `app=db on n1 and n3: ${a1.endpoint.identity}`);
   t.not(a1.endpoint.identity, b2.endpoint.identity, 'app=cache differs');
   t.ok(a1.endpoint.identity >= 256, 'a label identity');
   // Node 2 never had an app=db pod, yet its identity list names it (a cluster identity).
-  const ms = await eventually('n2 knows app=db', async () => (await new PolicyClient(n2.client).identities()).some((i) => i.id === a1.endpoint.identity && i.labels['api:app'] === 'db'));
+  const ms = await eventually('n2 knows app=db', async () =>
+    (await new PolicyClient(n2.client).identities()).some((i) => i.id === a1.endpoint.identity && i.labels['api:app'] === 'db'),
+  );
   t.ok(ms >= 0, 'node 2 lists the identity node 1 allocated, with its labels');
 });
 
-t.test('an endpoint created on node 1 is in node 3\'s BPF ipcache with its identity; deleted on node 2, it leaves no trace', async (t) => {
-  const [n1, n2, n3] = c.nodes;
-  const p = await n1.pod({ app: 'probe' });
-  const ms = await eventually('node 3 ipcache entry', () => readIpcache(n3.bpffsDir).get(`${p.ip4}/32`) === p.endpoint.identity);
-  t.equal(readIpcache(n3.bpffsDir).get(`${p.ip4}/32`), p.endpoint.identity, `node 3 classifies ${p.ip4} as identity ${p.endpoint.identity} (${ms} ms after the create returned)`);
-  t.equal(readIpcache(n2.bpffsDir).get(`${p.ip4}/32`), p.endpoint.identity, 'node 2 too');
-  const q = await n2.pod({ app: 'probe2' });
-  await eventually('q known on n1 and n3', () => [n1, n3].every((n) => readIpcache(n.bpffsDir).get(`${q.ip4}/32`) === q.endpoint.identity));
-  await n2.deletePod(q);
-  await eventually('q gone from n1 and n3 ipcache', () => [n1, n3].every((n) => !readIpcache(n.bpffsDir).has(`${q.ip4}/32`)));
-  t.notOk(readIpcache(n1.bpffsDir).has(`${q.ip4}/32`) || readIpcache(n3.bpffsDir).has(`${q.ip4}/32`), 'deleted on node 2: gone from node 1 and node 3\'s ipcache');
-  t.equal(await c.kv.get(c.L.ipcacheEntry(q.ip4)), undefined, 'and from the store');
-  t.equal(readIpcache(n2.bpffsDir).has(`${q.ip4}/32`), false, 'and from its own node');
-});
+t.test(
+  "an endpoint created on node 1 is in node 3's BPF ipcache with its identity; deleted on node 2, it leaves no trace",
+  async (t) => {
+    const [n1, n2, n3] = c.nodes;
+    const p = await n1.pod({ app: 'probe' });
+    const ms = await eventually(
+      'node 3 ipcache entry',
+      () => readIpcache(n3.bpffsDir).get(`${p.ip4}/32`) === p.endpoint.identity,
+    );
+    t.equal(
+      readIpcache(n3.bpffsDir).get(`${p.ip4}/32`),
+      p.endpoint.identity,
+      `node 3 classifies ${p.ip4} as identity ${p.endpoint.identity} (${ms} ms after the create returned)`,
+    );
+    t.equal(readIpcache(n2.bpffsDir).get(`${p.ip4}/32`), p.endpoint.identity, 'node 2 too');
+    const q = await n2.pod({ app: 'probe2' });
+    await eventually('q known on n1 and n3', () =>
+      [n1, n3].every((n) => readIpcache(n.bpffsDir).get(`${q.ip4}/32`) === q.endpoint.identity),
+    );
+    await n2.deletePod(q);
+    await eventually('q gone from n1 and n3 ipcache', () => [n1, n3].every((n) => !readIpcache(n.bpffsDir).has(`${q.ip4}/32`)));
+    t.notOk(
+      readIpcache(n1.bpffsDir).has(`${q.ip4}/32`) || readIpcache(n3.bpffsDir).has(`${q.ip4}/32`),
+      "deleted on node 2: gone from node 1 and node 3's ipcache",
+    );
+    t.equal(await c.kv.get(c.L.ipcacheEntry(q.ip4)), undefined, 'and from the store');
+    t.equal(readIpcache(n2.bpffsDir).has(`${q.ip4}/32`), false, 'and from its own node');
+  },
+);
 
-t.test('a policy imported on node 1 is enforced in node 3\'s maps, and its delete too', async (t) => {
+t.test("a policy imported on node 1 is enforced in node 3's maps, and its delete too", async (t) => {
   const [n1, , n3] = c.nodes;
   const web = await n3.pod({ app: 'web' });
   const client = await n1.pod({ app: 'client' });
@@ -82,23 +134,47 @@ t.test('a policy imported on node 1 is enforced in node 3\'s maps, and its delet
   const t0 = Date.now();
   const res = await new PolicyClient(n1.client).import(POLICY('web-from-client'));
   t.equal(res.changes[0].change, 'created');
-  const allowsClient = () => readPolicy(n3.bpffsDir).some((e) => e.endpointId === web.endpoint.id && e.peer === client.endpoint.identity && e.direction === 'ingress' && e.dport === 80 && e.action === 'allow');
+  const allowsClient = () =>
+    readPolicy(n3.bpffsDir).some(
+      (e) =>
+        e.endpointId === web.endpoint.id &&
+        e.peer === client.endpoint.identity &&
+        e.direction === 'ingress' &&
+        e.dport === 80 &&
+        e.action === 'allow',
+    );
   await eventually('n3 policy map allows client -> web:80', allowsClient);
-  t.ok(allowsClient(), `node 3's policy map allows client (identity ${client.endpoint.identity}) to web:80, ${Date.now() - t0} ms after the import on node 1`);
+  t.ok(
+    allowsClient(),
+    `node 3's policy map allows client (identity ${client.endpoint.identity}) to web:80, ${Date.now() - t0} ms after the import on node 1`,
+  );
   const after = await pc3.endpoint(web.endpoint.containerId, 'eth0');
   t.equal(after.enforcement.ingress, 'default-deny', 'web on node 3 is now default-deny on ingress');
-  t.same(after.policies.map((p) => p.name), ['web-from-client'], 'selected by the imported policy');
+  t.same(
+    after.policies.map((p) => p.name),
+    ['web-from-client'],
+    'selected by the imported policy',
+  );
   const list3 = await pc3.list();
   t.equal(list3.items.map((p) => p.name).join(), 'web-from-client', 'node 3 lists the policy');
   await new PolicyClient(c.nodes[1].client).delete(['web-from-client']);
-  await eventually('n3 no longer enforcing', async () => (await pc3.endpoint(web.endpoint.containerId, 'eth0')).enforcement.ingress === 'allow-all');
-  t.notOk(allowsClient(), 'deleted on node 2: the entry is gone from node 3\'s map');
+  await eventually(
+    'n3 no longer enforcing',
+    async () => (await pc3.endpoint(web.endpoint.containerId, 'eth0')).enforcement.ingress === 'allow-all',
+  );
+  t.notOk(allowsClient(), "deleted on node 2: the entry is gone from node 3's map");
 });
 
 t.test('concurrent imports on two nodes both land, with distinct policy numbers', async (t) => {
   const [n1, n2, n3] = c.nodes;
-  const results = await Promise.all([new PolicyClient(n1.client).import(POLICY('race-a')), new PolicyClient(n2.client).import(POLICY('race-b'))]);
-  t.same(results.map((r) => r.changes[0].change), ['created', 'created']);
+  const results = await Promise.all([
+    new PolicyClient(n1.client).import(POLICY('race-a')),
+    new PolicyClient(n2.client).import(POLICY('race-b')),
+  ]);
+  t.same(
+    results.map((r) => r.changes[0].change),
+    ['created', 'created'],
+  );
   await eventually('n3 has both', async () => (await new PolicyClient(n3.client).list()).items.length === 2);
   const recs = await Promise.all(['race-a', 'race-b'].map((n) => new PolicyClient(n3.client).get(n)));
   t.not(recs[0].number, recs[1].number, 'different policy numbers (rule ids stay unambiguous cluster-wide)');
@@ -109,7 +185,8 @@ t.test('a restarted agent keeps classifying remote endpoints throughout (no gap 
   const [n1, , n3] = c.nodes;
   const p = await n1.pod({ app: 'steady' });
   await eventually('known on n3', () => readIpcache(n3.bpffsDir).get(`${p.ip4}/32`) === p.endpoint.identity);
-  let samples = 0, missing = 0;
+  let samples = 0,
+    missing = 0;
   let watching = true;
   const watcher = (async () => {
     while (watching) {
@@ -129,17 +206,30 @@ t.test('a restarted agent keeps classifying remote endpoints throughout (no gap 
   t.ok(st.kvstore.connected && st.remoteEndpoints >= 1, 'the restarted agent is back in the cluster');
 });
 
-t.test('a 10,000-rule policy (2.7 MB of JSON, stored gzipped) imported on node 1 is enforced in node 3\'s maps', async (t) => {
+t.test("a 10,000-rule policy (2.7 MB of JSON, stored gzipped) imported on node 1 is enforced in node 3's maps", async (t) => {
   const [n1, , n3] = c.nodes;
   const web = await n3.pod({ app: 'web-big' });
-  const ingress: object[] = Array.from({ length: 9_999 }, (_, i) => ({ fromCIDR: [`198.18.${i >> 8}.${i & 255}/32`], toPorts: [{ ports: [{ port: '443', protocol: 'TCP' }] }] }));
+  const ingress: object[] = Array.from({ length: 9_999 }, (_, i) => ({
+    fromCIDR: [`198.18.${i >> 8}.${i & 255}/32`],
+    toPorts: [{ ports: [{ port: '443', protocol: 'TCP' }] }],
+  }));
   ingress.push({ fromEndpoints: [{ matchLabels: { app: 'client-big' } }] });
-  const doc = JSON.stringify({ apiVersion: 'cilium.io/v2', kind: 'CiliumNetworkPolicy', metadata: { name: 'big' }, spec: { endpointSelector: { matchLabels: { app: 'web-big' } }, ingress } });
+  const doc = JSON.stringify({
+    apiVersion: 'cilium.io/v2',
+    kind: 'CiliumNetworkPolicy',
+    metadata: { name: 'big' },
+    spec: { endpointSelector: { matchLabels: { app: 'web-big' } }, ingress },
+  });
   const res = await new PolicyClient(n1.client).import(doc);
   t.equal(res.changes[0].change, 'created', 'the import is accepted by the cluster store');
   const stored = await c.kv.get(c.L.policyRecord('big'));
-  t.ok(stored?.value.startsWith('gz:') && stored.value.length < 1024 * 1024, `stored gzipped: ${Math.round((stored?.value.length ?? 0) / 1024)} KiB`);
-  const entries = () => readPolicy(n3.bpffsDir).filter((e) => e.endpointId === web.endpoint.id && e.direction === 'ingress' && e.dport === 443).length;
+  t.ok(
+    stored?.value.startsWith('gz:') && stored.value.length < 1024 * 1024,
+    `stored gzipped: ${Math.round((stored?.value.length ?? 0) / 1024)} KiB`,
+  );
+  const entries = () =>
+    readPolicy(n3.bpffsDir).filter((e) => e.endpointId === web.endpoint.id && e.direction === 'ingress' && e.dport === 443)
+      .length;
   await eventually('node 3 holds the 9,999 CIDR entries', () => entries() >= 9_999, 60_000, 500);
   t.ok(entries() >= 9_999, `node 3's policy map holds ${entries()} port-443 entries for web-big`);
   await new PolicyClient(n1.client).delete(['big']);

@@ -21,10 +21,16 @@ if (process.getuid?.() !== 0) {
 
 let c: TestCluster;
 const servers: ChildProcess[] = [];
-t.before(async () => { c = await startCluster({ nodes: 2, agentArgs: ['--routing-mode', 'native'] }); });
-t.teardown(async () => { killAll(servers); await c?.cleanup(); });
+t.before(async () => {
+  c = await startCluster({ nodes: 2, agentArgs: ['--routing-mode', 'native'] });
+});
+t.teardown(async () => {
+  killAll(servers);
+  await c?.cleanup();
+});
 
-const known = (pod: TestPod) => c.nodes.filter((n) => n !== pod.node).every((n) => readIpcache(n.bpffsDir).get(`${pod.ip4}/32`) === pod.endpoint.identity);
+const known = (pod: TestPod) =>
+  c.nodes.filter((n) => n !== pod.node).every((n) => readIpcache(n.bpffsDir).get(`${pod.ip4}/32`) === pod.endpoint.identity);
 
 t.test('native routing: routes via the node addresses, no tunnel device, pod addresses on the underlay', async (t) => {
   const [n1, n2] = c.nodes;
@@ -32,10 +38,19 @@ t.test('native routing: routes via the node addresses, no tunnel device, pod add
   const b = await n2.pod({ app: 'b' });
   servers.push(await startEchoServer(b.ns, 8080, '::'));
   await eventually('pods known', () => known(a) && known(b), 20_000);
-  const routes = execFileSync('nsenter', [`--net=${n1.netns.path}`, 'ip', '-4', 'route', 'show', 'proto', '196'], { encoding: 'utf8' });
+  const routes = execFileSync('nsenter', [`--net=${n1.netns.path}`, 'ip', '-4', 'route', 'show', 'proto', '196'], {
+    encoding: 'utf8',
+  });
   const cidr2 = (await n2.client.status()).cluster!.podCidrs.ipv4!;
-  t.match(routes, new RegExp(`^${cidr2.replace(/\./g, '\\.')} via ${n2.ip.replace(/\./g, '\\.')} dev eth0`, 'm'), `n1 routes n2's pods via n2's address: ${routes.trim()}`);
-  t.throws(() => execFileSync('nsenter', [`--net=${n1.netns.path}`, 'ip', 'link', 'show', 'membrane_vxlan'], { stdio: 'pipe' }), 'no tunnel device');
+  t.match(
+    routes,
+    new RegExp(`^${cidr2.replace(/\./g, '\\.')} via ${n2.ip.replace(/\./g, '\\.')} dev eth0`, 'm'),
+    `n1 routes n2's pods via n2's address: ${routes.trim()}`,
+  );
+  t.throws(
+    () => execFileSync('nsenter', [`--net=${n1.netns.path}`, 'ip', 'link', 'show', 'membrane_vxlan'], { stdio: 'pipe' }),
+    'no tunnel device',
+  );
   t.match(await a.ns.exec('ip', ['-o', 'link', 'show', 'eth0']), /mtu 1500/, 'pods keep the underlay MTU');
   const st = (await n1.client.status()).cluster!.routing!;
   t.match(st, { mode: 'native', routes: 1, tunnelEntries: 0 }, 'status says native');
@@ -46,31 +61,44 @@ t.test('native routing: routes via the node addresses, no tunnel device, pod add
   const frames = await cap.stop();
   const direct = frames.map((f) => frameInfo(f.frame)).filter((i) => i && i.src === a.ip4 && i.dst === b.ip4);
   t.ok(direct.length >= 3, `${direct.length} packets with pod addresses straight on the underlay`);
-  t.notOk(frames.some((f) => { const i = frameInfo(f.frame); return i?.proto === 17 && i.dport === 8472; }), 'and no VXLAN');
+  t.notOk(
+    frames.some((f) => {
+      const i = frameInfo(f.frame);
+      return i?.proto === 17 && i.dport === 8472;
+    }),
+    'and no VXLAN',
+  );
 
   servers.push(await startEchoServer(a.ns, 8090, '::'), await startEchoServer(n2.netns, 8091, '0.0.0.0'));
   t.equal(await probe(n2.netns, a.ip4, 8090, 3000), 'ok', 'node n2 -> the pod on n1');
-  t.equal(await probe(a.ns, n2.ip, 8091, 3000), 'ok', 'the pod on n1 -> node n2\'s address');
+  t.equal(await probe(a.ns, n2.ip, 8091, 3000), 'ok', "the pod on n1 -> node n2's address");
 });
 
-t.test('native routing: policy across nodes with the sender\'s identity from the ipcache; remote-node for the other node', async (t) => {
-  const [n1, n2] = c.nodes;
-  const web = await n2.pod({ app: 'web' });
-  const client = await n1.pod({ app: 'client' });
-  const other = await n1.pod({ app: 'other' });
-  servers.push(await startEchoServer(web.ns, 8080, '::'));
-  await eventually('pods known', () => known(web) && known(client) && known(other), 20_000);
-  await new PolicyClient(n1.client).import(webFromClient('web-from-client', 8080));
-  await eventually('enforced on n2', async () => (await probe(other.ns, web.ip4, 8080)) === 'timeout', 20_000, 200);
-  t.equal(await probe(client.ns, web.ip4, 8080, 3000), 'ok', 'client (n1) -> web (n2) allowed');
-  t.equal(await probe(other.ns, web.ip4, 8080), 'timeout', 'other (n1) -> web (n2) dropped');
-  await eventually('n2 reports it', async () => (await flowsOf(n2.observerSocket, (f) => f.verdict === 'DROPPED' && f.IP?.source === other.ip4)).length > 0, 10_000, 200);
-  const [drop] = await flowsOf(n2.observerSocket, (f) => f.verdict === 'DROPPED' && f.IP?.source === other.ip4);
-  t.equal(drop.source?.identity, other.endpoint.identity, 'n2 names other\'s identity (its ipcache knows n1\'s pods)');
+t.test(
+  "native routing: policy across nodes with the sender's identity from the ipcache; remote-node for the other node",
+  async (t) => {
+    const [n1, n2] = c.nodes;
+    const web = await n2.pod({ app: 'web' });
+    const client = await n1.pod({ app: 'client' });
+    const other = await n1.pod({ app: 'other' });
+    servers.push(await startEchoServer(web.ns, 8080, '::'));
+    await eventually('pods known', () => known(web) && known(client) && known(other), 20_000);
+    await new PolicyClient(n1.client).import(webFromClient('web-from-client', 8080));
+    await eventually('enforced on n2', async () => (await probe(other.ns, web.ip4, 8080)) === 'timeout', 20_000, 200);
+    t.equal(await probe(client.ns, web.ip4, 8080, 3000), 'ok', 'client (n1) -> web (n2) allowed');
+    t.equal(await probe(other.ns, web.ip4, 8080), 'timeout', 'other (n1) -> web (n2) dropped');
+    await eventually(
+      'n2 reports it',
+      async () => (await flowsOf(n2.observerSocket, (f) => f.verdict === 'DROPPED' && f.IP?.source === other.ip4)).length > 0,
+      10_000,
+      200,
+    );
+    const [drop] = await flowsOf(n2.observerSocket, (f) => f.verdict === 'DROPPED' && f.IP?.source === other.ip4);
+    t.equal(drop.source?.identity, other.endpoint.identity, "n2 names other's identity (its ipcache knows n1's pods)");
 
-  const rn = await n1.pod({ app: 'web-rn' });
-  servers.push(await startEchoServer(rn.ns, 8081, '::'));
-  await new PolicyClient(n1.client).import(`apiVersion: cilium.io/v2
+    const rn = await n1.pod({ app: 'web-rn' });
+    servers.push(await startEchoServer(rn.ns, 8081, '::'));
+    await new PolicyClient(n1.client).import(`apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: web-rn}
 spec:
@@ -78,7 +106,8 @@ spec:
   ingress:
   - fromEntities: [remote-node]
 `);
-  await eventually('enforced', async () => (await probe(web.ns, rn.ip4, 8081)) === 'timeout', 20_000, 200);
-  t.equal(await probe(n2.netns, rn.ip4, 8081, 3000), 'ok', 'node n2 -> pod on n1: remote-node');
-  t.equal(await probe(web.ns, rn.ip4, 8081), 'timeout', 'a pod on n2 is not');
-});
+    await eventually('enforced', async () => (await probe(web.ns, rn.ip4, 8081)) === 'timeout', 20_000, 200);
+    t.equal(await probe(n2.netns, rn.ip4, 8081, 3000), 'ok', 'node n2 -> pod on n1: remote-node');
+    t.equal(await probe(web.ns, rn.ip4, 8081), 'timeout', 'a pod on n2 is not');
+  },
+);

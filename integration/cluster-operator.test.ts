@@ -17,7 +17,10 @@ if (process.getuid?.() !== 0) {
 let c: TestCluster;
 t.before(async () => {
   c = await startCluster({
-    nodes: 0, operators: 2, nodeMaskSize: 26, clusterPoolIpv6: 'fd00:c1::/104',
+    nodes: 0,
+    operators: 2,
+    nodeMaskSize: 26,
+    clusterPoolIpv6: 'fd00:c1::/104',
     operatorArgs: ['--identity-gc-interval', '500ms', '--identity-gc-grace', '2s', '--node-cidr-mask-size-ipv6', '112'],
   });
 });
@@ -33,8 +36,15 @@ async function join(name: string, requested?: string): Promise<Lease> {
   const lease = await c.kv.grantLease(30);
   const now = new Date().toISOString();
   const rec: NodeRecord = {
-    name, cluster: c.name, addresses: [{ type: 'InternalIP', ip: '198.18.0.1' }], podCidrs: {}, nodeId: 0,
-    agentVersion: 'test', registeredAt: now, updatedAt: now, ...(requested ? { requestedPodCidrs: { ipv4: requested } } : {}),
+    name,
+    cluster: c.name,
+    addresses: [{ type: 'InternalIP', ip: '198.18.0.1' }],
+    podCidrs: {},
+    nodeId: 0,
+    agentVersion: 'test',
+    registeredAt: now,
+    updatedAt: now,
+    ...(requested ? { requestedPodCidrs: { ipv4: requested } } : {}),
   };
   await c.kv.put(c.L.node(name), encode(rec), { lease: lease.id });
   return lease;
@@ -59,7 +69,10 @@ t.test('two operators: one leads; SIGKILL the leader and the other takes over wi
   t.ok(takeover < 15_000, `takeover in ${takeover} ms (leader lease TTL 3 s)`);
   const lease2 = await join('after');
   await eventually('the new leader allocates', async () => !!(await allocation('after')), 10_000);
-  t.ok(await allocation('after'), `the new leader (${await leader()}) serves: node "after" got ${(await allocation('after'))?.ipv4}`);
+  t.ok(
+    await allocation('after'),
+    `the new leader (${await leader()}) serves: node "after" got ${(await allocation('after'))?.ipv4}`,
+  );
   await lease.revoke();
   await lease2.revoke();
   await victim.start();
@@ -67,31 +80,49 @@ t.test('two operators: one leads; SIGKILL the leader and the other takes over wi
 
 t.test('pod CIDRs never overlap across 20 node joins and leaves, and are released when a node leaves', async (t) => {
   const live = new Map<string, Lease>();
-  let joins = 0, overlaps = 0, checks = 0;
+  let joins = 0,
+    overlaps = 0,
+    checks = 0;
   const checkNoOverlap = async () => {
     const { items } = await c.kv.list(c.L.podCidrNodes);
     const allocs = items.map((i) => decode<PodCidrAllocation>(i.value)!);
     if (allocs.some((a) => !a.ipv4 || !a.ipv6)) overlaps++; // dual-stack pools: every node gets both
     const cidrs = allocs.flatMap((a) => [a.ipv4!, a.ipv6!]).filter(Boolean);
-    for (let i = 0; i < cidrs.length; i++) for (let j = i + 1; j < cidrs.length; j++) if (cidrsOverlap(parseCidr(cidrs[i]), parseCidr(cidrs[j]))) overlaps++;
+    for (let i = 0; i < cidrs.length; i++)
+      for (let j = i + 1; j < cidrs.length; j++) if (cidrsOverlap(parseCidr(cidrs[i]), parseCidr(cidrs[j]))) overlaps++;
     checks++;
   };
   // Batches of concurrent joins, then some leaves, until 20 joins happened.
   for (let round = 0; joins < 20; round++) {
     const names = Array.from({ length: Math.min(4, 20 - joins) }, (_, i) => `j${round}-${i}`);
     joins += names.length;
-    await Promise.all(names.map(async (n) => { live.set(n, await join(n)); }));
+    await Promise.all(
+      names.map(async (n) => {
+        live.set(n, await join(n));
+      }),
+    );
     await eventually(`round ${round} allocated`, async () => (await Promise.all(names.map(allocation))).every(Boolean), 15_000);
     await checkNoOverlap();
     const leaving = [...live.keys()].slice(0, 2);
-    for (const n of leaving) { await live.get(n)!.revoke(); live.delete(n); }
-    await eventually(`round ${round} released`, async () => (await Promise.all(leaving.map(allocation))).every((a) => !a), 15_000);
+    for (const n of leaving) {
+      await live.get(n)!.revoke();
+      live.delete(n);
+    }
+    await eventually(
+      `round ${round} released`,
+      async () => (await Promise.all(leaving.map(allocation))).every((a) => !a),
+      15_000,
+    );
     await checkNoOverlap();
   }
   t.equal(joins, 20, '20 joins');
   t.equal(overlaps, 0, `no two live nodes ever shared addresses, IPv4 or IPv6, and each got both (${checks} checks)`);
   const blocks = await c.kv.list(c.L.podCidrBlocks);
-  t.equal(blocks.items.length, 2 * (await c.kv.list(c.L.podCidrNodes)).items.length, 'one IPv4 and one IPv6 block key per allocation: released blocks are gone');
+  t.equal(
+    blocks.items.length,
+    2 * (await c.kv.list(c.L.podCidrNodes)).items.length,
+    'one IPv4 and one IPv6 block key per allocation: released blocks are gone',
+  );
   // A node that comes back asks for its old block and gets it when it is free.
   const [name, lease] = [...live][0];
   const old = (await allocation(name))!.ipv4!;
@@ -118,7 +149,12 @@ t.test('identities nobody references are collected after the grace period; refer
   await put(40003, 'was-used', true);
   await c.kv.delete(L.identityRef(40003, 'alive'));
   const t0 = Date.now();
-  await eventually('orphans collected', async () => !(await c.kv.get(L.identityId(40001))) && !(await c.kv.get(L.identityId(40003))), 20_000, 200);
+  await eventually(
+    'orphans collected',
+    async () => !(await c.kv.get(L.identityId(40001))) && !(await c.kv.get(L.identityId(40003))),
+    20_000,
+    200,
+  );
   t.ok(Date.now() - t0 >= 1_500, `not before the grace period (${Date.now() - t0} ms, grace 2 s)`);
   t.equal(await c.kv.get(L.identityLabels({ 'k8s:app': 'orphan' })), undefined, 'its labels key went with it');
   t.ok(await c.kv.get(L.identityId(40002)), 'the referenced identity stays');

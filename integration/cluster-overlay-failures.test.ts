@@ -26,110 +26,167 @@ let c: TestCluster;
 const servers: ChildProcess[] = [];
 // A lease long enough that a killed agent is restarted well within it (the node stays in the cluster),
 // even on a loaded machine (with 20 s, a restart at load 20 once left a gap on n1).
-t.before(async () => { c = await startCluster({ nodes: 3, leaseTtl: 30, agentArgs: ['--tunnel-port', '4789'], underlayMtu: 9000 }); });
-t.teardown(async () => { killAll(servers); await c?.cleanup(); });
+t.before(async () => {
+  c = await startCluster({ nodes: 3, leaseTtl: 30, agentArgs: ['--tunnel-port', '4789'], underlayMtu: 9000 });
+});
+t.teardown(async () => {
+  killAll(servers);
+  await c?.cleanup();
+});
 
-const known = (pod: TestPod) => c.nodes.filter((n) => n !== pod.node).every((n) => readIpcache(n.bpffsDir).get(`${pod.ip4}/32`) === pod.endpoint.identity);
+const known = (pod: TestPod) =>
+  c.nodes.filter((n) => n !== pod.node).every((n) => readIpcache(n.bpffsDir).get(`${pod.ip4}/32`) === pod.endpoint.identity);
 
 /** Destinations of a node's routes to other nodes' pod CIDRs (protocol 196). */
 function clusterRoutes(n: TestNode): string[] {
-  const out = execFileSync('nsenter', [`--net=${n.netns.path}`, 'ip', '-4', 'route', 'show', 'proto', '196'], { encoding: 'utf8' });
-  return out.split('\n').map((l) => l.split(' ')[0]).filter(Boolean).sort();
+  const out = execFileSync('nsenter', [`--net=${n.netns.path}`, 'ip', '-4', 'route', 'show', 'proto', '196'], {
+    encoding: 'utf8',
+  });
+  return out
+    .split('\n')
+    .map((l) => l.split(' ')[0])
+    .filter(Boolean)
+    .sort();
 }
 
 /** Prefixes in a node's pinned tunnel map. */
 function tunnelPrefixes(n: TestNode): string[] {
   const out = execFileSync('bpftool', ['-j', 'map', 'dump', 'pinned', `${n.bpffsDir}/tunnel_map`], { encoding: 'utf8' });
-  return (JSON.parse(out) as { key: string[] }[]).map((e) => decodeIpcacheKey(Buffer.from(e.key.map((x) => parseInt(x, 16))))).sort();
+  return (JSON.parse(out) as { key: string[] }[])
+    .map((e) => decodeIpcacheKey(Buffer.from(e.key.map((x) => parseInt(x, 16)))))
+    .sort();
 }
 
 const podCidrOf = async (n: TestNode) => (await n.client.status()).cluster!.podCidrs.ipv4!;
 
-t.test('--tunnel-port and the underlay\'s MTU: VXLAN on port 4789 (nothing on 8472), pods get 9000 - 50', async (t) => {
+t.test("--tunnel-port and the underlay's MTU: VXLAN on port 4789 (nothing on 8472), pods get 9000 - 50", async (t) => {
   const [n1, n2] = c.nodes;
   const a = await n1.pod({ app: 'port-a' });
   const b = await n2.pod({ app: 'port-b' });
   await eventually('pods known', () => known(a) && known(b), 20_000);
-  t.match((await n1.client.status()).cluster!.routing, { mode: 'tunnel', device: { port: 4789, mtu: 8950 }, underlay: { mtu: 9000 } }, 'membrane status names the port and both MTUs');
+  t.match(
+    (await n1.client.status()).cluster!.routing,
+    { mode: 'tunnel', device: { port: 4789, mtu: 8950 }, underlay: { mtu: 9000 } },
+    'membrane status names the port and both MTUs',
+  );
   t.match(await a.ns.exec('ip', ['-o', 'link', 'show', 'eth0']), /mtu 8950/, 'the pod gets the underlay MTU (9000) minus 50');
   const cap = await sniff(c.underlay, 15, 'n1');
   t.ok(await ping(a.ns, b.ip4, 3), 'ping n1 -> n2');
   t.ok(await ping(b.ns, a.ip4, 3), 'ping n2 -> n1');
-  const full = (from: TestPod, to: TestPod, size: number) => from.ns.exec('ping', ['-4', '-c', '1', '-W', '3', '-M', 'do', '-s', String(size - 28), to.ip4]).then(() => true, () => false);
+  const full = (from: TestPod, to: TestPod, size: number) =>
+    from.ns.exec('ping', ['-4', '-c', '1', '-W', '3', '-M', 'do', '-s', String(size - 28), to.ip4]).then(
+      () => true,
+      () => false,
+    );
   t.ok(await full(a, b, 8950), 'a full-MTU packet (8950 bytes, DF) crosses in one piece');
-  t.notOk(await full(a, b, 8951), 'one byte more does not leave the pod (DF): the MTU is the pod\'s, not a hole on the path');
+  t.notOk(await full(a, b, 8951), "one byte more does not leave the pod (DF): the MTU is the pod's, not a hole on the path");
   const frames = await cap.stop();
   const nodeIps = new Set(c.nodes.map((n) => n.ip));
   const between = frames.map((f) => frameInfo(f.frame)).filter((i) => i && nodeIps.has(i.src) && nodeIps.has(i.dst));
-  t.ok(between.filter((i) => i!.proto === 17 && i!.dport === 4789).length >= 6, `${between.length} frames between the nodes, VXLAN to port 4789 both ways`);
-  t.same(between.filter((i) => i!.proto === 17 && i!.dport === 8472), [], 'none to 8472');
+  t.ok(
+    between.filter((i) => i!.proto === 17 && i!.dport === 4789).length >= 6,
+    `${between.length} frames between the nodes, VXLAN to port 4789 both ways`,
+  );
+  t.same(
+    between.filter((i) => i!.proto === 17 && i!.dport === 8472),
+    [],
+    'none to 8472',
+  );
 });
 
-t.test('an agent killed with SIGKILL: cross-node connections keep going, new ones too; its restart changes nothing on the others', async (t) => {
-  const [n1, n2] = c.nodes;
-  const server = await n2.pod({ app: 'server' });
-  const client = await n1.pod({ app: 'client' });
-  servers.push(await startEchoServer(server.ns, 8080, '::'));
-  await eventually('pods known', () => known(server) && known(client), 20_000);
-  const flow = startFlow(client.ns, server.ip4, 8080);
-  await eventually('the flow is running', () => flow.echoed() > 1000, 15_000, 100);
-  const cidr2 = await podCidrOf(n2);
-  const routeMissing: string[] = [];
-  let sampling = true;
-  const sampler = (async () => {
-    while (sampling) {
-      if (!clusterRoutes(n1).includes(cidr2) || !tunnelPrefixes(n1).includes(cidr2)) {
-        const rec = await c.kv.get(c.L.node('n2')).catch(() => undefined);
-        routeMissing.push(`${new Date().toISOString()} (n2's record in etcd: ${rec ? rec.value.slice(0, 200) : 'none'})`);
+t.test(
+  'an agent killed with SIGKILL: cross-node connections keep going, new ones too; its restart changes nothing on the others',
+  async (t) => {
+    const [n1, n2] = c.nodes;
+    const server = await n2.pod({ app: 'server' });
+    const client = await n1.pod({ app: 'client' });
+    servers.push(await startEchoServer(server.ns, 8080, '::'));
+    await eventually('pods known', () => known(server) && known(client), 20_000);
+    const flow = startFlow(client.ns, server.ip4, 8080);
+    await eventually('the flow is running', () => flow.echoed() > 1000, 15_000, 100);
+    const cidr2 = await podCidrOf(n2);
+    const routeMissing: string[] = [];
+    let sampling = true;
+    const sampler = (async () => {
+      while (sampling) {
+        if (!clusterRoutes(n1).includes(cidr2) || !tunnelPrefixes(n1).includes(cidr2)) {
+          const rec = await c.kv.get(c.L.node('n2')).catch(() => undefined);
+          routeMissing.push(`${new Date().toISOString()} (n2's record in etcd: ${rec ? rec.value.slice(0, 200) : 'none'})`);
+        }
+        await new Promise((r) => setTimeout(r, 100));
       }
-      await new Promise((r) => setTimeout(r, 100));
+    })();
+
+    await n2.agent.kill9();
+    t.notOk(n2.agent.running(), "n2's agent is dead");
+    const before = flow.echoed();
+    await new Promise((r) => setTimeout(r, 4000));
+    t.ok(
+      flow.echoed() > before + 1000,
+      `the connection n1 -> n2 kept echoing while n2's agent was dead (${flow.echoed() - before} bytes in 4 s)`,
+    );
+    t.equal(flow.failed(), null, 'and never failed');
+    t.equal(await probe(client.ns, server.ip4, 8080, 3000), 'ok', "a new connection n1 -> n2 works without n2's agent");
+    t.ok(await ping(server.ns, client.ip4, 2), "and n2's pod still reaches n1 (its datapath needs no agent)");
+
+    await n2.agent.start();
+    const mid = flow.echoed();
+    await eventually('n2 serves again', async () => !!(await n2.client.status()).cluster?.routing, 30_000, 200);
+    await new Promise((r) => setTimeout(r, 1000));
+    sampling = false;
+    await sampler;
+    t.ok(flow.echoed() > mid, 'the connection kept going across the restart');
+    t.equal(flow.failed(), null);
+    t.same(routeMissing, [], "n1 never lost its route or tunnel entry for n2's pods");
+    t.equal(
+      (await n2.client.status()).cluster!.routing!.tunnelEntries,
+      4,
+      'the restarted agent found its tunnel map in place (2 other nodes: pod CIDR and address each)',
+    );
+    flow.stop();
+  },
+);
+
+t.test(
+  'a node removed: its routes, tunnel entries and remote-node addresses go from every other node; a new node is reachable',
+  async (t) => {
+    const [n1, n2, n3] = c.nodes;
+    const cidr3 = await podCidrOf(n3);
+    for (const n of [n1, n2]) {
+      t.ok(
+        clusterRoutes(n).includes(cidr3) && tunnelPrefixes(n).includes(cidr3) && tunnelPrefixes(n).includes(`${n3.ip}/32`),
+        `${n.name} routes ${cidr3} to n3`,
+      );
     }
-  })();
+    const t0 = Date.now();
+    await c.removeNode(n3, { kill9: true });
+    await eventually(
+      'n3 gone from n1 and n2',
+      () =>
+        [n1, n2].every(
+          (n) => !clusterRoutes(n).includes(cidr3) && !tunnelPrefixes(n).some((p) => p === cidr3 || p === `${n3.ip}/32`),
+        ),
+      90_000,
+      250,
+    );
+    for (const n of [n1, n2]) {
+      t.notOk(clusterRoutes(n).includes(cidr3), `${n.name}: the route to ${cidr3} is gone`);
+      t.same(
+        tunnelPrefixes(n).filter((p) => p === cidr3 || p === `${n3.ip}/32`),
+        [],
+        `${n.name}: no tunnel entry of n3 left`,
+      );
+      t.notOk(readIpcache(n.bpffsDir).has(`${n3.ip}/32`), `${n.name}: n3's address is no longer remote-node`);
+    }
+    t.comment(`${Date.now() - t0} ms after the kill (lease TTL 30 s)`);
+    t.same(clusterRoutes(n1), [await podCidrOf(n2)], 'n1 routes exactly the pods of the one other node left');
 
-  await n2.agent.kill9();
-  t.notOk(n2.agent.running(), 'n2\'s agent is dead');
-  const before = flow.echoed();
-  await new Promise((r) => setTimeout(r, 4000));
-  t.ok(flow.echoed() > before + 1000, `the connection n1 -> n2 kept echoing while n2's agent was dead (${flow.echoed() - before} bytes in 4 s)`);
-  t.equal(flow.failed(), null, 'and never failed');
-  t.equal(await probe(client.ns, server.ip4, 8080, 3000), 'ok', 'a new connection n1 -> n2 works without n2\'s agent');
-  t.ok(await ping(server.ns, client.ip4, 2), 'and n2\'s pod still reaches n1 (its datapath needs no agent)');
-
-  await n2.agent.start();
-  const mid = flow.echoed();
-  await eventually('n2 serves again', async () => !!(await n2.client.status()).cluster?.routing, 30_000, 200);
-  await new Promise((r) => setTimeout(r, 1000));
-  sampling = false;
-  await sampler;
-  t.ok(flow.echoed() > mid, 'the connection kept going across the restart');
-  t.equal(flow.failed(), null);
-  t.same(routeMissing, [], 'n1 never lost its route or tunnel entry for n2\'s pods');
-  t.equal((await n2.client.status()).cluster!.routing!.tunnelEntries, 4, 'the restarted agent found its tunnel map in place (2 other nodes: pod CIDR and address each)');
-  flow.stop();
-});
-
-t.test('a node removed: its routes, tunnel entries and remote-node addresses go from every other node; a new node is reachable', async (t) => {
-  const [n1, n2, n3] = c.nodes;
-  const cidr3 = await podCidrOf(n3);
-  for (const n of [n1, n2]) {
-    t.ok(clusterRoutes(n).includes(cidr3) && tunnelPrefixes(n).includes(cidr3) && tunnelPrefixes(n).includes(`${n3.ip}/32`), `${n.name} routes ${cidr3} to n3`);
-  }
-  const t0 = Date.now();
-  await c.removeNode(n3, { kill9: true });
-  await eventually('n3 gone from n1 and n2', () => [n1, n2].every((n) => !clusterRoutes(n).includes(cidr3) && !tunnelPrefixes(n).some((p) => p === cidr3 || p === `${n3.ip}/32`)), 90_000, 250);
-  for (const n of [n1, n2]) {
-    t.notOk(clusterRoutes(n).includes(cidr3), `${n.name}: the route to ${cidr3} is gone`);
-    t.same(tunnelPrefixes(n).filter((p) => p === cidr3 || p === `${n3.ip}/32`), [], `${n.name}: no tunnel entry of n3 left`);
-    t.notOk(readIpcache(n.bpffsDir).has(`${n3.ip}/32`), `${n.name}: n3's address is no longer remote-node`);
-  }
-  t.comment(`${Date.now() - t0} ms after the kill (lease TTL 30 s)`);
-  t.same(clusterRoutes(n1), [await podCidrOf(n2)], 'n1 routes exactly the pods of the one other node left');
-
-  const n4 = await c.addNode();
-  const cidr4 = await podCidrOf(n4);
-  await eventually('n4 routed from n1', () => clusterRoutes(n1).includes(cidr4), 30_000, 200);
-  const p4 = await n4.pod({ app: 'late' });
-  const p1 = await n1.pod({ app: 'early' });
-  await eventually('pods known', () => known(p4) && known(p1), 20_000);
-  t.ok(await ping(p1.ns, p4.ip4, 3), 'a pod on the new node is reachable from n1');
-});
+    const n4 = await c.addNode();
+    const cidr4 = await podCidrOf(n4);
+    await eventually('n4 routed from n1', () => clusterRoutes(n1).includes(cidr4), 30_000, 200);
+    const p4 = await n4.pod({ app: 'late' });
+    const p1 = await n1.pod({ app: 'early' });
+    await eventually('pods known', () => known(p4) && known(p1), 20_000);
+    t.ok(await ping(p1.ns, p4.ip4, 3), 'a pod on the new node is reachable from n1');
+  },
+);

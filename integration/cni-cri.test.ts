@@ -18,9 +18,12 @@ const cniBin = ensureCniBinary();
 /** A pod netns (containerd's bind mount) seen through the TestNetns interface for ping(). */
 function podNetns(p: string): TestNetns {
   return {
-    name: path.basename(p), path: p,
+    name: path.basename(p),
+    path: p,
     exec: async (cmd, args) => execFileSync('nsenter', [`--net=${p}`, cmd, ...args], { encoding: 'utf8', timeout: 20_000 }),
-    spawn: () => { throw new Error('not used'); },
+    spawn: () => {
+      throw new Error('not used');
+    },
     remove: () => undefined,
   };
 }
@@ -29,7 +32,10 @@ t.test('containerd CRI: RunPodSandbox networks pods through membrane-cni, Stop/R
   // one runtime test at a time on this host: they share libcni's cache dir and runtime-global dirs
   const unlock = await hostLock('cni-runtimes');
   const created = absentNow(['/var/lib/cni']);
-  t.teardown(() => { removeIfOnly(created, /^blob-info-cache-v1\.boltdb$/); unlock(); });
+  t.teardown(() => {
+    removeIfOnly(created, /^blob-info-cache-v1\.boltdb$/);
+    unlock();
+  });
   const subnet = `10.${200 + Math.floor(Math.random() * 50)}.${Math.floor(Math.random() * 250)}.0/29`; // 5 pod addresses
   const agent = await startAgent({ pools: [subnet] });
   t.teardown(() => agent.cleanup());
@@ -38,22 +44,46 @@ t.test('containerd CRI: RunPodSandbox networks pods through membrane-cni, Stop/R
   const cniLog = path.join(dir, 'cni.log');
   const netName = `cri-${agent.id}`;
   const ctrd = await startContainerd({
-    dir, plugins: { 'membrane-cni': cniBin },
-    confList: { cniVersion: '1.0.0', name: netName, plugins: [{
-      type: 'membrane-cni', agentSocket: agent.socket, stateDir: agent.stateDir, logFile: cniLog, logLevel: 'debug',
-      capabilities: { portMappings: true, bandwidth: true, 'io.kubernetes.cri.pod-annotations': true },
-    }] },
+    dir,
+    plugins: { 'membrane-cni': cniBin },
+    confList: {
+      cniVersion: '1.0.0',
+      name: netName,
+      plugins: [
+        {
+          type: 'membrane-cni',
+          agentSocket: agent.socket,
+          stateDir: agent.stateDir,
+          logFile: cniLog,
+          logLevel: 'debug',
+          capabilities: { portMappings: true, bandwidth: true, 'io.kubernetes.cri.pod-annotations': true },
+        },
+      ],
+    },
   });
   t.teardown(() => ctrd.stop());
   await waitNetworkReady(ctrd);
-  t.ok((await ctrd.cri.images()).some((i) => i.includes('membrane-test/pause')), 'pause image imported offline');
+  t.ok(
+    (await ctrd.cri.images()).some((i) => i.includes('membrane-test/pause')),
+    'pause image imported offline',
+  );
 
-  const pod = (i: number, extra: object = {}) => ({ name: `web-${i}`, uid: `uid-${randomId()}`, namespace: 'cni-test', logDirectory: path.join(dir, 'logs', String(i)), ...extra });
+  const pod = (i: number, extra: object = {}) => ({
+    name: `web-${i}`,
+    uid: `uid-${randomId()}`,
+    namespace: 'cni-test',
+    logDirectory: path.join(dir, 'logs', String(i)),
+    ...extra,
+  });
   const ids = [
-    await ctrd.cri.runPodSandbox(pod(0, {
-      portMappings: [{ protocol: 'TCP', container_port: 80, host_port: 18080 + Math.floor(Math.random() * 1000), host_ip: '127.0.0.1' }],
-      annotations: { 'kubernetes.io/ingress-bandwidth': '10M', 'kubernetes.io/egress-bandwidth': '20M' },
-    })),
+    await ctrd.cri.runPodSandbox(
+      pod(0, {
+        portMappings: [
+          { protocol: 'TCP', container_port: 80, host_port: 18080 + Math.floor(Math.random() * 1000), host_ip: '127.0.0.1' },
+        ],
+        annotations: { 'kubernetes.io/ingress-bandwidth': '10M', 'kubernetes.io/egress-bandwidth': '20M' },
+      }),
+    ),
     await ctrd.cri.runPodSandbox(pod(1)),
   ];
   const st = await Promise.all(ids.map((id) => ctrd.cri.status(id)));
@@ -61,24 +91,39 @@ t.test('containerd CRI: RunPodSandbox networks pods through membrane-cni, Stop/R
     t.equal(s.state, 'SANDBOX_READY');
     t.ok(s.ip.startsWith(subnet.split('.').slice(0, 3).join('.') + '.'), `pod IP ${s.ip} from the agent's pool ${subnet}`);
     t.ok(s.netns, `pod netns ${s.netns}`);
-    t.match(execFileSync('nsenter', [`--net=${s.netns}`, 'ip', '-4', '-o', 'addr', 'show', 'dev', 'eth0'], { encoding: 'utf8' }), `${s.ip}/32`, 'eth0 carries it');
+    t.match(
+      execFileSync('nsenter', [`--net=${s.netns}`, 'ip', '-4', '-o', 'addr', 'show', 'dev', 'eth0'], { encoding: 'utf8' }),
+      `${s.ip}/32`,
+      'eth0 carries it',
+    );
   }
   t.ok(await ping(podNetns(st[0].netns!), st[1].ip), 'pod 0 pings pod 1');
   t.ok(await ping(podNetns(st[1].netns!), st[0].ip), 'pod 1 pings pod 0');
 
   const ep = await agent.client.getEndpoint(ids[0], 'eth0');
   t.equal(ep.labels['k8s:io.kubernetes.pod.namespace'], 'cni-test', 'K8S_POD_NAMESPACE -> label');
-  t.same([ep.metadata['k8s:io.kubernetes.pod.name'], ep.metadata['k8s:io.kubernetes.pod.infra-container-id']], ['web-0', ids[0]], 'CNI_ARGS -> metadata');
+  t.same(
+    [ep.metadata['k8s:io.kubernetes.pod.name'], ep.metadata['k8s:io.kubernetes.pod.infra-container-id']],
+    ['web-0', ids[0]],
+    'CNI_ARGS -> metadata',
+  );
   t.match(ep.metadata['k8s:io.kubernetes.pod.uid'], /^uid-/);
   const pm = JSON.parse(ep.metadata['cni:port-mappings']);
-  t.same(pm[0].containerPort, 80, 'containerd\'s PascalCase portMappings understood');
-  t.same(JSON.parse(ep.metadata['cni:bandwidth']), { ingressRate: 10_000_000, ingressBurst: 4294967295, egressRate: 20_000_000, egressBurst: 4294967295 }, 'and its bandwidth');
+  t.same(pm[0].containerPort, 80, "containerd's PascalCase portMappings understood");
+  t.same(
+    JSON.parse(ep.metadata['cni:bandwidth']),
+    { ingressRate: 10_000_000, ingressBurst: 4294967295, egressRate: 20_000_000, egressBurst: 4294967295 },
+    'and its bandwidth',
+  );
 
   // fill the pool; the next pod's ADD fails with "try again later" and leaves nothing behind
   const more: string[] = [];
   for (let i = 2; i < 5; i++) more.push(await ctrd.cri.runPodSandbox(pod(i)));
   const before = (await agent.client.listEndpoints()).length;
-  const err = await ctrd.cri.runPodSandbox(pod(9)).then(() => null, (e: Error) => e);
+  const err = await ctrd.cri.runPodSandbox(pod(9)).then(
+    () => null,
+    (e: Error) => e,
+  );
   t.ok(err, 'RunPodSandbox fails with the pool exhausted');
   t.match(err?.message ?? '', /membrane-cni/, `containerd reports our error: ${err?.message}`);
   t.equal((await agent.client.listEndpoints()).length, before, 'the failed ADD left no endpoint');
@@ -92,11 +137,24 @@ t.test('containerd CRI: RunPodSandbox networks pods through membrane-cni, Stop/R
   }
   t.same(await ctrd.cri.listPodSandbox(), [], 'no sandbox left');
   t.same(await agent.client.listEndpoints(), [], 'no endpoint left');
-  t.same((await agent.client.ipam()).flatMap((p) => p.allocations), [], 'no address left');
+  t.same(
+    (await agent.client.ipam()).flatMap((p) => p.allocations),
+    [],
+    'no address left',
+  );
 
-  const calls = fs.readFileSync(cniLog, 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((l) => l.msg === 'invoked');
+  const calls = fs
+    .readFileSync(cniLog, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l))
+    .filter((l) => l.msg === 'invoked');
   const dels = calls.filter((c) => c.verb === 'DEL' && c.containerId === ids[1]);
-  t.same(dels.map((d) => d.netns === ''), [false, true], 'two DELs per pod: Stop with the netns, Remove without');
+  t.same(
+    dels.map((d) => d.netns === ''),
+    [false, true],
+    'two DELs per pod: Stop with the netns, Remove without',
+  );
   const failedDel = calls.filter((c) => c.verb === 'DEL' && !ids.includes(c.containerId) && !more.includes(c.containerId));
   t.ok(failedDel.length >= 1, 'containerd sent DEL after the failed ADD, and it succeeded (RunPodSandbox cleaned up)');
 });

@@ -19,7 +19,10 @@ t.test('podman (CNI backend) networks containers through membrane-cni', async (t
   // one runtime test at a time on this host: they share libcni's cache dir and runtime-global dirs
   const unlock = await hostLock('cni-runtimes');
   const created = absentNow(['/var/lib/cni', '/var/lib/containers']);
-  t.teardown(() => { removeIfOnly(created, /^blob-info-cache-v1\.boltdb$/); unlock(); });
+  t.teardown(() => {
+    removeIfOnly(created, /^blob-info-cache-v1\.boltdb$/);
+    unlock();
+  });
   const agent = await startAgent();
   t.teardown(() => agent.cleanup());
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-podman-'));
@@ -30,12 +33,20 @@ t.test('podman (CNI backend) networks containers through membrane-cni', async (t
   for (const d of [binDir, confDir, path.join(dir, 'tmp')]) fs.mkdirSync(d, { recursive: true });
   fs.symlinkSync(cniBin, path.join(binDir, 'membrane-cni'));
   const cniLog = path.join(dir, 'cni.log');
-  fs.writeFileSync(path.join(confDir, `20-${net}.conflist`), JSON.stringify({
-    cniVersion: '1.0.0', name: net,
-    plugins: [{ type: 'membrane-cni', agentSocket: agent.socket, stateDir: agent.stateDir, logFile: cniLog, logLevel: 'debug' }],
-  }));
+  fs.writeFileSync(
+    path.join(confDir, `20-${net}.conflist`),
+    JSON.stringify({
+      cniVersion: '1.0.0',
+      name: net,
+      plugins: [
+        { type: 'membrane-cni', agentSocket: agent.socket, stateDir: agent.stateDir, logFile: cniLog, logLevel: 'debug' },
+      ],
+    }),
+  );
   const conf = path.join(dir, 'containers.conf');
-  fs.writeFileSync(conf, `[containers]
+  fs.writeFileSync(
+    conf,
+    `[containers]
 netns = "bridge"
 default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
 [engine]
@@ -50,11 +61,17 @@ network_backend = "cni"
 cni_plugin_dirs = ["${binDir}", "/usr/lib/cni"]
 network_config_dir = "${confDir}"
 default_network = "${net}"
-`);
+`,
+  );
   const env = runtimeEnv({ CONTAINERS_CONF: conf });
-  const podman = async (args: string[]) => (await execFileP('podman', [
-    '--root', path.join(dir, 'root'), '--runroot', path.join(dir, 'runroot'), '--storage-driver', 'overlay', ...args,
-  ], { env, timeout: 120_000 })).stdout;
+  const podman = async (args: string[]) =>
+    (
+      await execFileP(
+        'podman',
+        ['--root', path.join(dir, 'root'), '--runroot', path.join(dir, 'runroot'), '--storage-driver', 'overlay', ...args],
+        { env, timeout: 120_000 },
+      )
+    ).stdout;
   t.teardown(async () => {
     await podman(['rm', '-a', '-f', '-t', '0']).catch(() => undefined);
     await podman(['system', 'reset', '-f']).catch(() => undefined);
@@ -66,7 +83,11 @@ default_network = "${net}"
   t.ok(image, `image loaded offline (${image})`);
 
   const once = await podman(['run', '--rm', '--network', net, image, 'ip', '-4', '-o', 'addr', 'show', 'eth0']);
-  t.match(once, new RegExp(`inet ${agent.pools[0].split('.').slice(0, 3).join('\\.')}\\.\\d+/32`), 'podman run --rm: eth0 from the agent\'s pool');
+  t.match(
+    once,
+    new RegExp(`inet ${agent.pools[0].split('.').slice(0, 3).join('\\.')}\\.\\d+/32`),
+    "podman run --rm: eth0 from the agent's pool",
+  );
   t.same(await agent.client.listEndpoints(), [], '--rm removed the endpoint');
 
   const staticIp = agent.pools[0].replace(/\.0\/24$/, '.77');
@@ -78,14 +99,28 @@ default_network = "${net}"
   const first = eps.find((e) => e.metadata['k8s:io.kubernetes.pod.name'] === names[0]);
   t.ok(first, 'K8S_POD_NAME (the container name) reaches the endpoint');
   t.equal(first?.ips[0].address, `${staticIp}/32`, '--ip arrives as CNI_ARGS IP= and is honoured');
-  const ip2 = (await podman(['inspect', names[1], '--format', `{{(index .NetworkSettings.Networks "${net}").IPAddress}}`])).trim();
-  t.ok(eps.some((e) => e.ips[0].address === `${ip2}/32`), `podman inspect shows the pod IP ${ip2}`);
+  const ip2 = (
+    await podman(['inspect', names[1], '--format', `{{(index .NetworkSettings.Networks "${net}").IPAddress}}`])
+  ).trim();
+  t.ok(
+    eps.some((e) => e.ips[0].address === `${ip2}/32`),
+    `podman inspect shows the pod IP ${ip2}`,
+  );
   const out = await podman(['exec', names[0], 'ping', '-c', '2', '-W', '2', ip2]);
   t.match(out, /2 packets received/, 'container 1 pings container 2');
 
   await podman(['rm', '-f', '-t', '0', ...names]);
   t.same(await agent.client.listEndpoints(), [], 'podman rm deleted both endpoints');
-  t.same((await agent.client.ipam()).flatMap((p) => p.allocations), [], 'and released the addresses');
-  const calls = fs.readFileSync(cniLog, 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((l) => l.msg === 'invoked');
+  t.same(
+    (await agent.client.ipam()).flatMap((p) => p.allocations),
+    [],
+    'and released the addresses',
+  );
+  const calls = fs
+    .readFileSync(cniLog, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l))
+    .filter((l) => l.msg === 'invoked');
   t.same([...new Set(calls.map((c) => c.verb))].sort(), ['ADD', 'DEL'], 'podman sent ADD and DEL (and VERSION before each)');
 });

@@ -12,7 +12,12 @@ t.setTimeout(15 * 60_000);
 const { env } = dockerFixture(t);
 
 function hostLinkExists(name: string): boolean {
-  try { execFileSync('ip', ['link', 'show', 'dev', name], { stdio: 'ignore' }); return true; } catch { return false; }
+  try {
+    execFileSync('ip', ['link', 'show', 'dev', name], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Endpoints of a membrane agent keyed by Docker container name (once labelled). */
@@ -66,7 +71,8 @@ t.test('docker stop / start / restart / rm keep membrane in step', async (t) => 
 
 t.test('docker network connect / disconnect', async (t) => {
   const e = await env(t);
-  const sa = dockerSubnet(), sb = dockerSubnet();
+  const sa = dockerSubnet(),
+    sb = dockerSubnet();
   const na = await e.network(['--subnet', sa.cidr]);
   const nb = await e.network(['--subnet', sb.cidr]);
   const c = await e.run(['--network', na]);
@@ -88,23 +94,32 @@ t.test('agent restart (SIGTERM, then kill -9): containers keep talking; endpoint
   const e = await env(t);
   const s = dockerSubnet();
   const net = await e.network(['--subnet', s.cidr]);
-  const a = await e.run(['--network', net]), b = await e.run(['--network', net]);
+  const a = await e.run(['--network', net]),
+    b = await e.run(['--network', net]);
   const ipB = (await e.addressOf(b, net)).ip;
   t.ok(await e.pingEventually(a, ipB));
-  t.ok(await eventually(async () => (await byContainer(e)).size === 2 && [...(await byContainer(e)).keys()].every((k) => k === a || k === b)));
+  t.ok(
+    await eventually(
+      async () => (await byContainer(e)).size === 2 && [...(await byContainer(e)).keys()].every((k) => k === a || k === b),
+    ),
+  );
   const before = (await e.agent.client.listEndpoints()).map((x) => x.containerId).sort();
 
   for (const how of ['stop', 'kill9'] as const) {
     const train = pingTrain(e, a, ipB, 30);
     await sleep(500);
-    if (how === 'stop') await e.agent.stop(); else await e.agent.kill9();
+    if (how === 'stop') await e.agent.stop();
+    else await e.agent.kill9();
     await sleep(1000);
     await e.agent.restart();
     const loss = await train;
     t.ok(loss <= 10, `${how}: a ping train across the agent restart lost ${loss}%`);
     const after = await e.agent.client.listEndpoints();
     t.same(after.map((x) => x.containerId).sort(), before, `${how}: the same endpoints after the restart`);
-    t.ok(after.every((x) => x.docker?.containerName && x.labels['container:org.membrane.test.image']), `${how}: container and labels kept`);
+    t.ok(
+      after.every((x) => x.docker?.containerName && x.labels['container:org.membrane.test.image']),
+      `${how}: container and labels kept`,
+    );
   }
   // The restarted plugin serves new and old endpoints.
   const c = await e.run(['--network', net]);
@@ -119,8 +134,10 @@ t.test('--restart always container across an agent restart', async (t) => {
   const s = dockerSubnet();
   const net = await e.network(['--subnet', s.cidr]);
   // Exits (status 1) when /tmp/stop appears, so dockerd's restart policy starts it again.
-  const svc = await e.run(['--network', net, '--restart', 'always'],
-    ['sh', '-c', 'rm -f /tmp/stop; while [ ! -f /tmp/stop ]; do usleep 100000; done; exit 1']);
+  const svc = await e.run(
+    ['--network', net, '--restart', 'always'],
+    ['sh', '-c', 'rm -f /tmp/stop; while [ ! -f /tmp/stop ]; do usleep 100000; done; exit 1'],
+  );
   const cli = await e.run(['--network', net]);
   t.ok(await e.pingEventually(cli, (await e.addressOf(svc, net)).ip));
   await e.agent.restart();
@@ -130,7 +147,10 @@ t.test('--restart always container across an agent restart', async (t) => {
   const stop = await e.exec(svc, ['sh', '-c', ': > /tmp/stop']);
   t.equal(stop.code, 0, `asked it to exit (${stop.stderr.trim()})`);
   t.ok(await eventually(async () => (await count()) > restartsBefore, 15_000), 'dockerd restarted it (restart policy)');
-  t.ok(await eventually(async () => (await e.docker(['inspect', '-f', '{{.State.Running}}', svc])).trim() === 'true', 15_000), 'running again');
+  t.ok(
+    await eventually(async () => (await e.docker(['inspect', '-f', '{{.State.Running}}', svc])).trim() === 'true', 15_000),
+    'running again',
+  );
   t.ok(await e.pingEventually(cli, (await e.addressOf(svc, net)).ip, 10_000), 'reachable through its new endpoint');
   t.equal((await e.agent.client.listEndpoints()).length, 2, 'old endpoint deleted, new one created');
 });
@@ -147,14 +167,19 @@ t.test('dockerd restart: restart-always containers come back, others release the
   const old = await e.agent.client.listEndpoints();
   t.equal(old.length, 2);
   await own.restart();
-  t.ok(await eventually(async () => (await e.docker(['inspect', '-f', '{{.State.Running}}', always])).trim() === 'true', 30_000), 'restart-always container running again');
+  t.ok(
+    await eventually(async () => (await e.docker(['inspect', '-f', '{{.State.Running}}', always])).trim() === 'true', 30_000),
+    'restart-always container running again',
+  );
   t.equal((await e.docker(['inspect', '-f', '{{.State.Running}}', plain])).trim(), 'false', 'the plain one stays stopped');
   t.ok(await e.pingEventually(always, s.gateway, 10_000), 'it reaches its gateway through a new endpoint');
   const now = await e.agent.client.listEndpoints();
   t.equal(now.length, 1, 'one endpoint: the restarted container');
   for (const ep of old) t.notOk(hostLinkExists(ep.hostIfName), `old host veth ${ep.hostIfName} gone`);
-  t.ok(await eventually(async () => (await e.agent.client.listEndpoints())[0]?.docker?.containerName === always, 10_000),
-    'labelled after the dockerd restart (event stream reconnected)');
+  t.ok(
+    await eventually(async () => (await e.agent.client.listEndpoints())[0]?.docker?.containerName === always, 10_000),
+    'labelled after the dockerd restart (event stream reconnected)',
+  );
   await e.docker(['start', plain]);
   t.ok(await e.pingEventually(plain, (await e.addressOf(always, net)).ip), 'the plain one starts and talks again');
 });

@@ -17,21 +17,34 @@ t.setTimeout(15 * 60_000);
 const { env } = dockerFixture(t);
 
 function membraneCli(e: DockerTestEnv, args: string[]): string {
-  return execFileSync(process.execPath, ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), '--socket', e.agent.socket, ...args],
-    { encoding: 'utf8', cwd: REPO });
+  return execFileSync(
+    process.execPath,
+    ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), '--socket', e.agent.socket, ...args],
+    { encoding: 'utf8', cwd: REPO },
+  );
 }
 
 function hostLinkExists(name: string): boolean {
-  try { execFileSync('ip', ['link', 'show', 'dev', name], { stdio: 'ignore' }); return true; } catch { return false; }
+  try {
+    execFileSync('ip', ['link', 'show', 'dev', name], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 t.test('two containers ping and TCP each other and the gateway, v4 and v6; labels reach membrane', async (t) => {
   const e = await env(t);
-  const s4 = dockerSubnet(), s6 = dockerSubnet6();
+  const s4 = dockerSubnet(),
+    s6 = dockerSubnet6();
   const net = await e.network(['--subnet', s4.cidr, '--ipv6', '--subnet', s6.cidr]);
-  const web = await e.run(['--network', net, '--label', 'app=web', '--label', 'team=blue'], ['nc', '-ll', '-p', '7000', '-e', 'cat']);
+  const web = await e.run(
+    ['--network', net, '--label', 'app=web', '--label', 'team=blue'],
+    ['nc', '-ll', '-p', '7000', '-e', 'cat'],
+  );
   const cli = await e.run(['--network', net, '--label', 'app=client']);
-  const a = await e.addressOf(web, net), b = await e.addressOf(cli, net);
+  const a = await e.addressOf(web, net),
+    b = await e.addressOf(cli, net);
   t.match(a.ip, new RegExp(`^${s4.prefix.replace(/\./g, '\\.')}\\.\\d+$`), 'docker IPAM address in the subnet');
   t.ok(a.ip6.startsWith(s6.prefix), 'IPv6 address in the subnet');
   t.ok(await e.pingEventually(cli, a.ip), 'client -> web IPv4');
@@ -58,9 +71,15 @@ t.test('two containers ping and TCP each other and the gateway, v4 and v6; label
   const webEp = eps.find((x) => x.docker?.containerName === web)!;
   t.ok(webEp, 'web endpoint found by its container name');
   const webId = (await e.docker(['inspect', '-f', '{{.Id}}', web])).trim();
-  t.same(webEp.labels, {
-    'container:app': 'web', 'container:team': 'blue', [`container:${BB_IMAGE_LABEL.key}`]: BB_IMAGE_LABEL.value,
-  }, 'container labels and image labels, in the container: source (no per-container id or name in them)');
+  t.same(
+    webEp.labels,
+    {
+      'container:app': 'web',
+      'container:team': 'blue',
+      [`container:${BB_IMAGE_LABEL.key}`]: BB_IMAGE_LABEL.value,
+    },
+    'container labels and image labels, in the container: source (no per-container id or name in them)',
+  );
   t.equal(webEp.docker?.endpointId, a.endpointId, 'the Docker endpoint id is kept as such');
   t.equal(webEp.containerId, webId, 'with the container id alongside');
   t.equal(webEp.docker?.containerName, web, 'and the container name');
@@ -72,19 +91,32 @@ t.test('two containers ping and TCP each other and the gateway, v4 and v6; label
 
 t.test('docker network rm leaves no link, route, address or map entry behind', async (t) => {
   const e = await env(t);
-  const s4 = dockerSubnet(), s6 = dockerSubnet6();
-  const maps = () => ({ cfg: mapEntries(e.agent.bpffsDir, 'endpoints_cfg'), local: mapEntries(e.agent.bpffsDir, 'local_endpoints') });
+  const s4 = dockerSubnet(),
+    s6 = dockerSubnet6();
+  const maps = () => ({
+    cfg: mapEntries(e.agent.bpffsDir, 'endpoints_cfg'),
+    local: mapEntries(e.agent.bpffsDir, 'local_endpoints'),
+  });
   const before = maps();
   const net = await e.network(['--subnet', s4.cidr, '--ipv6', '--subnet', s6.cidr]);
-  const c1 = await e.run(['--network', net]), c2 = await e.run(['--network', net]);
-  const a1 = await e.addressOf(c1, net), a2 = await e.addressOf(c2, net);
+  const c1 = await e.run(['--network', net]),
+    c2 = await e.run(['--network', net]);
+  const a1 = await e.addressOf(c1, net),
+    a2 = await e.addressOf(c2, net);
   t.ok(await e.pingEventually(c1, a2.ip));
   const eps: Endpoint[] = await e.agent.client.listEndpoints();
   t.equal(eps.length, 2);
-  t.ok(eps.every((x) => hostLinkExists(x.hostIfName)), 'host veths exist while running');
+  t.ok(
+    eps.every((x) => hostLinkExists(x.hostIfName)),
+    'host veths exist while running',
+  );
   t.not(hostRouteTo(a1.ip), '', 'host route to the container while running');
   const hostAddrs = () => execFileSync('ip', ['-o', 'addr', 'show', 'dev', e.agent.hostDevice], { encoding: 'utf8' });
-  t.match(hostAddrs(), new RegExp(`${s4.gateway.replace(/\./g, '\\.')}/32`), 'gateway on the host device while the network exists');
+  t.match(
+    hostAddrs(),
+    new RegExp(`${s4.gateway.replace(/\./g, '\\.')}/32`),
+    'gateway on the host device while the network exists',
+  );
   t.ok(maps().local > before.local, 'map entries while running');
 
   await e.docker(['rm', '-f', c1, c2]);
@@ -92,8 +124,15 @@ t.test('docker network rm leaves no link, route, address or map entry behind', a
   e.containers.clear();
   e.networks.clear();
   t.same(await e.agent.client.listEndpoints(), [], 'no endpoint left');
-  t.notOk((await e.agent.client.listNetworks()).some((n) => n.name.startsWith('docker-')), 'no core network left');
-  t.same((await e.agent.client.ipam()).flatMap((p) => p.allocations), [], 'no allocation left');
+  t.notOk(
+    (await e.agent.client.listNetworks()).some((n) => n.name.startsWith('docker-')),
+    'no core network left',
+  );
+  t.same(
+    (await e.agent.client.ipam()).flatMap((p) => p.allocations),
+    [],
+    'no allocation left',
+  );
   for (const ep of eps) {
     t.ok(await eventually(() => !hostLinkExists(ep.hostIfName)), `host veth ${ep.hostIfName} gone`);
     t.notOk(hostLinkExists(ep.ifName), `temp interface ${ep.ifName} gone`);
@@ -107,7 +146,16 @@ t.test('docker network rm leaves no link, route, address or map entry behind', a
 t.test('--ipam-driver membrane: gateway, --ip, --ip-range, release on rm', async (t) => {
   const e = await env(t);
   const s4 = dockerSubnet();
-  const net = await e.network(['--ipam-driver', e.plugin, '--subnet', s4.cidr, '--ip-range', `${s4.prefix}.128/25`, '--gateway', `${s4.prefix}.254`]);
+  const net = await e.network([
+    '--ipam-driver',
+    e.plugin,
+    '--subnet',
+    s4.cidr,
+    '--ip-range',
+    `${s4.prefix}.128/25`,
+    '--gateway',
+    `${s4.prefix}.254`,
+  ]);
   const fixed = await e.run(['--network', net, '--ip', `${s4.prefix}.50`]);
   const auto = await e.run(['--network', net]);
   t.equal((await e.addressOf(fixed, net)).ip, `${s4.prefix}.50`, '--ip honoured');
@@ -118,25 +166,39 @@ t.test('--ipam-driver membrane: gateway, --ip, --ip-range, release on rm', async
   t.same(owners, [`${s4.prefix}.128`, `${s4.prefix}.50`], 'the core IPAM holds the container addresses');
   const dup = await e.dockerTry(['run', '--rm', '--network', net, '--ip', `${s4.prefix}.50`, e.image, 'true']);
   t.not(dup.code, 0);
-  t.match(dup.stderr, /address 10\.\d+\.\d+\.50 is already in use on this network \(pick another --ip\)/, `clear error for a taken --ip: ${dup.stderr.trim()}`);
+  t.match(
+    dup.stderr,
+    /address 10\.\d+\.\d+\.50 is already in use on this network \(pick another --ip\)/,
+    `clear error for a taken --ip: ${dup.stderr.trim()}`,
+  );
   await e.docker(['rm', '-f', fixed]);
   e.containers.delete(fixed);
-  t.same((await e.agent.client.ipam()).flatMap((p) => p.allocations.map((a) => a.ip)), [`${s4.prefix}.128`], 'released on rm');
+  t.same(
+    (await e.agent.client.ipam()).flatMap((p) => p.allocations.map((a) => a.ip)),
+    [`${s4.prefix}.128`],
+    'released on rm',
+  );
   await e.docker(['rm', '-f', auto]);
   e.containers.delete(auto);
   await e.docker(['network', 'rm', net]);
   e.networks.delete(net);
-  t.same(await e.agent.client.ipam().then((p) => p.filter((x) => x.name.startsWith('docker-'))), [], 'pool gone with the network');
+  t.same(
+    await e.agent.client.ipam().then((p) => p.filter((x) => x.name.startsWith('docker-'))),
+    [],
+    'pool gone with the network',
+  );
 });
 
 t.test('one container on two membrane networks; -o membrane.mtu', async (t) => {
   const e = await env(t);
-  const sa = dockerSubnet(), sb = dockerSubnet();
+  const sa = dockerSubnet(),
+    sb = dockerSubnet();
   const na = await e.network(['--subnet', sa.cidr, '-o', 'membrane.mtu=1400']);
   const nb = await e.network(['--ipam-driver', e.plugin, '--subnet', sb.cidr]);
   const both = await e.run(['--network', na]);
   await e.docker(['network', 'connect', nb, both]);
-  const onlyA = await e.run(['--network', na]), onlyB = await e.run(['--network', nb]);
+  const onlyA = await e.run(['--network', na]),
+    onlyB = await e.run(['--network', nb]);
   t.ok(await e.pingEventually(onlyA, (await e.addressOf(both, na)).ip), 'peer on network A reaches it');
   t.ok(await e.pingEventually(onlyB, (await e.addressOf(both, nb)).ip), 'peer on network B reaches it');
   t.ok(await e.ping(both, (await e.addressOf(onlyB, nb)).ip), 'it reaches network B');
@@ -161,7 +223,11 @@ t.test('bad options give a clear docker error and leave nothing behind', async (
   t.match(overlap.stderr, /overlaps subnet .* of membrane network "default"/, overlap.stderr.trim());
   const first = await e.network(['--ipam-driver', e.plugin, '--subnet', s.cidr]);
   const overlap2 = await create(['--ipam-driver', e.plugin, '--subnet', `${s.prefix}.128/25`]);
-  t.match(overlap2.stderr, new RegExp(`overlaps subnet ${s.cidr.replace(/\./g, '\\.')} of Docker network`), overlap2.stderr.trim());
+  t.match(
+    overlap2.stderr,
+    new RegExp(`overlaps subnet ${s.cidr.replace(/\./g, '\\.')} of Docker network`),
+    overlap2.stderr.trim(),
+  );
   const badCidr = await create(['--ipam-driver', e.plugin, '--subnet', '10.250.0.0/33']);
   t.not(badCidr.code, 0);
   t.match(badCidr.stderr, /10\.250\.0\.0\/33/, `invalid CIDR named: ${badCidr.stderr.trim()}`);
@@ -169,6 +235,8 @@ t.test('bad options give a clear docker error and leave nothing behind', async (
   t.match(noSubnet.stderr, /membrane IPAM needs an explicit IPv4 subnet: add --subnet CIDR/, noSubnet.stderr.trim());
   const nets = (await e.agent.client.listNetworks()).map((n) => n.name).filter((n) => n.startsWith('docker-'));
   t.equal(nets.length, 1, `only the good network exists in membrane (${nets.join(', ')})`);
-  const dockerNets = (await e.docker(['network', 'ls', '--filter', `driver=${e.plugin}`, '--format', '{{.Name}}'])).trim().split('\n');
+  const dockerNets = (await e.docker(['network', 'ls', '--filter', `driver=${e.plugin}`, '--format', '{{.Name}}']))
+    .trim()
+    .split('\n');
   t.same(dockerNets, [first], 'and in docker');
 });

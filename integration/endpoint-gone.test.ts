@@ -27,11 +27,18 @@ t.test('endpoints of a gone netns are removed, at upkeep and at start, and count
   const agent = await startAgent({ extraArgs: ['--endpoint-upkeep-interval', '1'] });
   t.teardown(() => agent.cleanup());
   const nss: TestNetns[] = [];
-  t.teardown(() => { for (const n of nss) n.remove(); });
+  t.teardown(() => {
+    for (const n of nss) n.remove();
+  });
   const create = async (name: string): Promise<Endpoint> => {
     const n = createNetns('mbg');
     nss.push(n);
-    return agent.client.createEndpoint({ containerId: `gone-${name}-${run}`, netns: n.path, ifName: 'eth0', labels: { app: name } });
+    return agent.client.createEndpoint({
+      containerId: `gone-${name}-${run}`,
+      netns: n.path,
+      ifName: 'eth0',
+      labels: { app: name },
+    });
   };
   const goneMetric = async () => {
     const address = ((await agent.client.status()) as unknown as { metrics: { address: string } }).metrics.address;

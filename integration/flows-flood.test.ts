@@ -59,16 +59,30 @@ async function until<T>(what: string, get: () => Promise<T>, cond: (v: T) => boo
   }
 }
 
-interface Flood { stop(): Promise<number>; running(): boolean }
+interface Flood {
+  stop(): Promise<number>;
+  running(): boolean;
+}
 function startFlood(ns: TestNetns, ip: string): Flood {
   const child = ns.spawn(process.execPath, ['-e', FLOODER, ip, String(PORT)]);
   let out = '';
-  child.stdout!.on('data', (d) => { out += d; });
+  child.stdout!.on('data', (d) => {
+    out += d;
+  });
   let exited = false;
-  const done = new Promise<void>((r) => child.once('exit', () => { exited = true; r(); }));
+  const done = new Promise<void>((r) =>
+    child.once('exit', () => {
+      exited = true;
+      r();
+    }),
+  );
   return {
     running: () => !exited,
-    stop: async () => { if (!exited) child.kill('SIGTERM'); await done; return Number(out); },
+    stop: async () => {
+      if (!exited) child.kill('SIGTERM');
+      await done;
+      return Number(out);
+    },
   };
 }
 
@@ -82,13 +96,19 @@ t.teardown(async () => {
   for (const n of nss) n.remove();
 });
 
-async function metrics(address: string): Promise<Map<string, ReturnType<typeof parsePrometheusText> extends Map<string, infer F> ? F : never>> {
+async function metrics(
+  address: string,
+): Promise<Map<string, ReturnType<typeof parsePrometheusText> extends Map<string, infer F> ? F : never>> {
   const text = await new Promise<string>((resolve, reject) => {
-    http.get(`http://${address}/metrics`, (res) => {
-      let b = '';
-      res.on('data', (d) => { b += d; });
-      res.on('end', () => resolve(b));
-    }).on('error', reject);
+    http
+      .get(`http://${address}/metrics`, (res) => {
+        let b = '';
+        res.on('data', (d) => {
+          b += d;
+        });
+        res.on('end', () => resolve(b));
+      })
+      .on('error', reject);
   });
   return parsePrometheusText(text);
 }
@@ -100,7 +120,14 @@ t.test('a drop flood: every dropped packet is either a flow or a counted loss', 
   for (const name of ['src', 'dst']) {
     const n = createNetns('mbf');
     nss.push(n);
-    eps.push(await agent.client.createEndpoint({ containerId: `flood-${name}-${run}`, netns: n.path, ifName: 'eth0', labels: { app: `flood-${name}`, run } }));
+    eps.push(
+      await agent.client.createEndpoint({
+        containerId: `flood-${name}-${run}`,
+        netns: n.path,
+        ifName: 'eth0',
+        labels: { app: `flood-${name}`, run },
+      }),
+    );
   }
   const dstIp = eps[1].ips[0].address.split('/')[0];
   await new PolicyClient(agent.client).import(`apiVersion: cilium.io/v2
@@ -120,54 +147,88 @@ spec:
   const lost0 = st0.membrane?.lostEventsDatapath ?? 0;
   const t0 = performance.now();
   const flood = startFlood(nss[0], dstIp);
-  const during = await until('drop flows and lost events while flooding', () => observer.status(), (st) =>
-    st.seenFlows > st0.seenFlows && (st.membrane?.lostEventsDatapath ?? 0) > lost0);
+  const during = await until(
+    'drop flows and lost events while flooding',
+    () => observer.status(),
+    (st) => st.seenFlows > st0.seenFlows && (st.membrane?.lostEventsDatapath ?? 0) > lost0,
+  );
   const stillFlooding = flood.running();
   const later = await observer.status();
   t.ok(stillFlooding && flood.running(), 'the flood was still running');
-  t.ok(later.seenFlows >= during.seenFlows && during.seenFlows > st0.seenFlows, 'the observer answers during the flood, and drop flows arrive');
+  t.ok(
+    later.seenFlows >= during.seenFlows && during.seenFlows > st0.seenFlows,
+    'the observer answers during the flood, and drop flows arrive',
+  );
   const sent = await flood.stop();
   const floodSeconds = (performance.now() - t0) / 1000; // an upper bound of how long packets were sent
   t.ok(sent > 0, `flood sent ${sent} datagrams in at most ${floodSeconds.toFixed(1)} s`);
 
   // The reader has caught up once every counted drop is a flow or a loss; then read it all in one scrape.
   const sum = (page: typeof before) => ({
-    drops: v(page, 'membrane_drop_count_total', { reason: 'POLICY_DENIED' }) - v(before, 'membrane_drop_count_total', { reason: 'POLICY_DENIED' }),
-    seen: v(page, 'membrane_flows_processed_total', { verdict: 'DROPPED', type: 'DROP' }) - v(before, 'membrane_flows_processed_total', { verdict: 'DROPPED', type: 'DROP' }),
-    lost: v(page, 'membrane_flow_events_lost_total', { source: 'datapath' }) - v(before, 'membrane_flow_events_lost_total', { source: 'datapath' }),
+    drops:
+      v(page, 'membrane_drop_count_total', { reason: 'POLICY_DENIED' }) -
+      v(before, 'membrane_drop_count_total', { reason: 'POLICY_DENIED' }),
+    seen:
+      v(page, 'membrane_flows_processed_total', { verdict: 'DROPPED', type: 'DROP' }) -
+      v(before, 'membrane_flows_processed_total', { verdict: 'DROPPED', type: 'DROP' }),
+    lost:
+      v(page, 'membrane_flow_events_lost_total', { source: 'datapath' }) -
+      v(before, 'membrane_flow_events_lost_total', { source: 'datapath' }),
   });
-  const after = await until('every drop is a flow or a counted loss', () => metrics(address), (page) => {
-    const c = sum(page);
-    return c.drops > 0 && c.seen + c.lost >= c.drops;
-  });
+  const after = await until(
+    'every drop is a flow or a counted loss',
+    () => metrics(address),
+    (page) => {
+      const c = sum(page);
+      return c.drops > 0 && c.seen + c.lost >= c.drops;
+    },
+  );
   const { drops, seen, lost } = sum(after);
   t.comment(`sent ${sent}, dropped ${drops}, DROP flows ${seen}, lost ${lost}`);
   t.ok(drops > 0 && drops <= sent, 'the datapath dropped the flood');
   t.ok(lost > 0, 'the rate limit cut events: the loss is visible');
   t.ok(seen <= drops, 'never more drop flows than drops');
-  t.ok(seen + lost >= drops && seen + lost <= drops + 2, `drops (${drops}) = seen (${seen}) + lost (${lost}), within the flood's own FLOW_NEW`);
+  t.ok(
+    seen + lost >= drops && seen + lost <= drops + 2,
+    `drops (${drops}) = seen (${seen}) + lost (${lost}), within the flood's own FLOW_NEW`,
+  );
   // At most EVENTS_PER_SECOND per CPU (plus each CPU's initial burst) got through: the limit decided.
   const cpus = os.cpus().length;
   t.ok(seen <= cpus * EVENTS_PER_SECOND * (floodSeconds + 2), `seen ${seen} within the rate limit`);
   const st = await observer.status();
-  t.equal(st.membrane?.lostEventsDatapath, v(after, 'membrane_flow_events_lost_total', { source: 'datapath' }), 'ServerStatus and metrics agree on lost events');
+  t.equal(
+    st.membrane?.lostEventsDatapath,
+    v(after, 'membrane_flow_events_lost_total', { source: 'datapath' }),
+    'ServerStatus and metrics agree on lost events',
+  );
   t.equal(st.membrane?.lostEventsAgent, 0, 'the agent itself lost nothing');
   // The loss shows up in a follow stream too. The follower asks for flows that never happen, so its
   // queue stays empty whatever the client's pace: every loss report must reach it.
   const stream = observer.flows({ follow: true, whitelist: [{ destinationPort: [String(PORT + 1)] }] });
   t.teardown(() => stream.cancel());
   const it = stream.responses[Symbol.asyncIterator]();
-  await until('the follower is subscribed', () => metrics(address), (page) => (sampleValue(page, 'membrane_observer_followers') ?? 0) >= 1);
+  await until(
+    'the follower is subscribed',
+    () => metrics(address),
+    (page) => (sampleValue(page, 'membrane_observer_followers') ?? 0) >= 1,
+  );
   const lostBefore = (await observer.status()).membrane?.lostEventsDatapath ?? 0;
   const again = startFlood(nss[0], dstIp);
-  await until('the second flood loses events', () => observer.status(), (s) => (s.membrane?.lostEventsDatapath ?? 0) > lostBefore);
+  await until(
+    'the second flood loses events',
+    () => observer.status(),
+    (s) => (s.membrane?.lostEventsDatapath ?? 0) > lostBefore,
+  );
   await again.stop();
   const lostAfter = await observer.status();
   const owed = (lostAfter.membrane?.lostEventsDatapath ?? 0) - lostBefore;
   // Every loss counted after the follower subscribed reaches it, in one or more LostEvents.
   let told = 0;
   const others: string[] = [];
-  const deadline = new Promise<null>((res) => { const tm = setTimeout(() => res(null), DEADLINE_MS); tm.unref(); });
+  const deadline = new Promise<null>((res) => {
+    const tm = setTimeout(() => res(null), DEADLINE_MS);
+    tm.unref();
+  });
   while (told < owed) {
     const r = await Promise.race([it.next(), deadline]);
     if (!r || r.done) break;

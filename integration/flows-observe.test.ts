@@ -44,7 +44,12 @@ t.before(async () => {
     const n = createNetns('mbf');
     nss.push(n);
     ns[name] = n;
-    eps[name] = await agent.client.createEndpoint({ containerId: `flows-${name}-${run}`, netns: n.path, ifName: 'eth0', labels: { app: name, run } });
+    eps[name] = await agent.client.createEndpoint({
+      containerId: `flows-${name}-${run}`,
+      netns: n.path,
+      ifName: 'eth0',
+      labels: { app: name, run },
+    });
   }
   servers.push(await startEchoServer(ns.server, PORT_A, '0.0.0.0'), await startEchoServer(ns.server, PORT_B, '0.0.0.0'));
 });
@@ -69,13 +74,17 @@ async function flowsUntil(req: GetFlowsRequest, pick: (flows: Flow[]) => boolean
 
 /** The metrics page, parsed. */
 async function scrape(): Promise<ReturnType<typeof parsePrometheusText>> {
-  const st = await agent.client.status() as unknown as { metrics: { address: string } };
+  const st = (await agent.client.status()) as unknown as { metrics: { address: string } };
   const text = await new Promise<string>((resolve, reject) => {
-    http.get(`http://${st.metrics.address}/metrics`, (res) => {
-      let b = '';
-      res.on('data', (d) => { b += d; });
-      res.on('end', () => resolve(b));
-    }).on('error', reject);
+    http
+      .get(`http://${st.metrics.address}/metrics`, (res) => {
+        let b = '';
+        res.on('data', (d) => {
+          b += d;
+        });
+        res.on('end', () => resolve(b));
+      })
+      .on('error', reject);
   });
   return parsePrometheusText(text);
 }
@@ -92,22 +101,38 @@ async function waitForFollower(ms = 30_000): Promise<void> {
 function cli(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
   const env: NodeJS.ProcessEnv = { ...process.env, MEMBRANE_OBSERVER_SOCKET: agent.observerSocket };
   delete env.NODE_EXTRA_CA_CERTS;
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), ...args], { cwd: REPO, env });
-  let out = '', err = '';
-  child.stdout.on('data', (d) => { out += d; });
-  child.stderr.on('data', (d) => { err += d; });
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), ...args], {
+    cwd: REPO,
+    env,
+  });
+  let out = '',
+    err = '';
+  child.stdout.on('data', (d) => {
+    out += d;
+  });
+  child.stderr.on('data', (d) => {
+    err += d;
+  });
   return new Promise((resolve) => child.once('close', (code) => resolve({ code, out, err })));
 }
 
 const fromClientToA: GetFlowsRequest = { whitelist: [{ sourceIp: [] as string[], destinationPort: [] as string[] }] };
 
 t.test('a connection becomes a new-flow and an end-of-flow record with the right fields', async (t) => {
-  const st = await agent.client.status() as unknown as { observer: { socket: string }; metrics: { address: string }; nodeName: string; version: string };
+  const st = (await agent.client.status()) as unknown as {
+    observer: { socket: string };
+    metrics: { address: string };
+    nodeName: string;
+    version: string;
+  };
   t.equal(st.observer.socket, agent.observerSocket, 'status publishes the observer');
   t.match(st.metrics.address, /^127\.0\.0\.1:[1-9]\d*$/, 'and the metrics address (port 0 resolved)');
   t.equal(await tcpRequest(ns.client, ip4(eps.server), PORT_A), 'ping');
   fromClientToA.whitelist![0] = { sourceIp: [ip4(eps.client)], destinationPort: [String(PORT_A)] };
-  const flows = await flowsUntil(fromClientToA, (fs) => fs.some((f) => f.membrane?.event === 'FLOW_NEW') && fs.some((f) => f.membrane?.event === 'FLOW_END'));
+  const flows = await flowsUntil(
+    fromClientToA,
+    (fs) => fs.some((f) => f.membrane?.event === 'FLOW_NEW') && fs.some((f) => f.membrane?.event === 'FLOW_END'),
+  );
   const fresh = flows.find((f) => f.membrane?.event === 'FLOW_NEW')!;
   t.equal(fresh.verdict, 'FORWARDED');
   t.same(fresh.isReply, {}, 'not a reply: a BoolValue holding false');
@@ -119,7 +144,10 @@ t.test('a connection becomes a new-flow and an end-of-flow record with the right
   t.ok(fresh.l4?.TCP?.flags?.SYN, 'SYN of the first packet');
   t.equal(fresh.source?.ID, eps.client.id);
   t.equal(fresh.source?.identity, eps.client.identity);
-  t.ok(fresh.source?.labels?.some((l) => /(^|:)app=client$/.test(l)), `client labels ${fresh.source?.labels}`);
+  t.ok(
+    fresh.source?.labels?.some((l) => /(^|:)app=client$/.test(l)),
+    `client labels ${fresh.source?.labels}`,
+  );
   t.equal(fresh.destination?.ID, eps.server.id);
   t.equal(fresh.destination?.identity, eps.server.identity);
   t.ok(fresh.destination?.labels?.some((l) => /(^|:)app=server$/.test(l)));
@@ -143,21 +171,54 @@ t.test('a connection becomes a new-flow and an end-of-flow record with the right
 });
 
 t.test('membrane observe shows the same flows (json, compact, table)', async (t) => {
-  const json = await cli(['observe', '--from-label', 'app=client', '--to-port', String(PORT_A), '--type', 'trace', '--last', '10', '-o', 'json']);
+  const json = await cli([
+    'observe',
+    '--from-label',
+    'app=client',
+    '--to-port',
+    String(PORT_A),
+    '--type',
+    'trace',
+    '--last',
+    '10',
+    '-o',
+    'json',
+  ]);
   t.equal(json.code, 0, json.err);
   // Protobuf JSON with proto field names, as `hubble observe -o json` prints it.
-  type JsonFlow = { time: string; membrane: { event: string }; l4: { TCP: { source_port: number } }; event_type: { type: number }; node_name: string };
-  const lines = json.out.trim().split('\n').map((l) => JSON.parse(l) as { flow: JsonFlow; node_name: string; time: string });
+  type JsonFlow = {
+    time: string;
+    membrane: { event: string };
+    l4: { TCP: { source_port: number } };
+    event_type: { type: number };
+    node_name: string;
+  };
+  const lines = json.out
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l) as { flow: JsonFlow; node_name: string; time: string });
   const flows = lines.map((l) => l.flow);
   const grpc = (await observer.collect(fromClientToA)).map((r) => r.flow!);
-  t.same(flows.map((f) => [f.membrane.event, f.l4.TCP.source_port]), grpc.map((f) => [f.membrane?.event, f.l4?.TCP?.sourcePort]), 'CLI and gRPC agree');
-  t.ok(flows.every((f) => f.event_type.type === 4), '--type trace selects trace events');
+  t.same(
+    flows.map((f) => [f.membrane.event, f.l4.TCP.source_port]),
+    grpc.map((f) => [f.membrane?.event, f.l4?.TCP?.sourcePort]),
+    'CLI and gRPC agree',
+  );
+  t.ok(
+    flows.every((f) => f.event_type.type === 4),
+    '--type trace selects trace events',
+  );
   t.match(flows[0].time, /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{3}|\.\d{6}|\.\d{9})?Z$/);
   t.equal(lines[0].node_name, flows[0].node_name);
   const compact = await cli(['observe', '--ip', ip4(eps.server), '--port', String(PORT_A), '--last', '10']);
   t.equal(compact.code, 0, compact.err);
   const esc = (s: string) => s.replace(/\./g, '\\.');
-  t.match(compact.out, new RegExp(`${esc(ip4(eps.client))}:\\d+ \\(ID:${eps.client.identity}\\) -> ${esc(ip4(eps.server))}:${PORT_A} \\(ID:${eps.server.identity}\\) (to|from)-endpoint FORWARDED \\(TCP Flags: SYN\\)`));
+  t.match(
+    compact.out,
+    new RegExp(
+      `${esc(ip4(eps.client))}:\\d+ \\(ID:${eps.client.identity}\\) -> ${esc(ip4(eps.server))}:${PORT_A} \\(ID:${eps.server.identity}\\) (to|from)-endpoint FORWARDED \\(TCP Flags: SYN\\)`,
+    ),
+  );
   const table = await cli(['observe', '--to-ip', ip4(eps.server), '-o', 'table', '--last', '1']);
   t.match(table.out, /^TIMESTAMP +SOURCE +DESTINATION +TYPE +VERDICT +SUMMARY\n.+FORWARDED/);
   const dict = await cli(['observe', '--to-ip', ip4(eps.server), '-o', 'dict', '--last', '1']);
@@ -178,7 +239,9 @@ spec:
     toPorts: [{ports: [{port: "${PORT_B}", protocol: TCP}]}]
 `);
   t.equal(await probe(ns.other, ip4(eps.server), PORT_B), 'timeout', 'other -> server:B is denied');
-  const drop = (await flowsUntil({ whitelist: [{ sourceIp: [ip4(eps.other)], verdict: ['DROPPED'] }] }, (fs) => fs.length > 0))[0];
+  const drop = (
+    await flowsUntil({ whitelist: [{ sourceIp: [ip4(eps.other)], verdict: ['DROPPED'] }] }, (fs) => fs.length > 0)
+  )[0];
   t.equal(drop.membrane?.event, 'FLOW_DROP');
   // A deny rule's drop is Hubble's POLICY_DENY (181, "denied by denylist"), reported as a drop event.
   t.equal(drop.dropReasonDesc, 'POLICY_DENY');
@@ -193,20 +256,35 @@ spec:
   t.ok(denier?.labels?.includes(`k8s:io.cilium.k8s.policy.name=flows-server-${run}`), `policy labels ${denier?.labels}`);
   t.equal(drop.destination?.ID, eps.server.id);
   const line = await cli(['observe', '--verdict', 'DROPPED', '--from-label', 'app=other', '--last', '1']);
-  t.match(line.out, new RegExp(`Policy denied by denylist DROPPED \\(TCP Flags: SYN; denied by policy flows-server-${run} \\(ingress deny rule 0\\)\\)`));
+  t.match(
+    line.out,
+    new RegExp(
+      `Policy denied by denylist DROPPED \\(TCP Flags: SYN; denied by policy flows-server-${run} \\(ingress deny rule 0\\)\\)`,
+    ),
+  );
   const byReason = await cli(['observe', '--drop-reason-desc', 'POLICY_DENY', '--last', '0', '-o', 'json']);
-  t.ok(byReason.out.trim().split('\n').length >= 1 && !/POLICY_DENIED"/.test(byReason.out), '--drop-reason-desc selects by Hubble reason');
+  t.ok(
+    byReason.out.trim().split('\n').length >= 1 && !/POLICY_DENIED"/.test(byReason.out),
+    '--drop-reason-desc selects by Hubble reason',
+  );
 
   // Allowed by a rule: a policy verdict event naming the allowing policy.
   t.equal(await tcpRequest(ns.client, ip4(eps.server), PORT_A), 'ping');
-  const allowed = await flowsUntil({ whitelist: [{ sourceIp: [ip4(eps.client)], membrane: { event: ['FLOW_NEW'] }, destinationPort: [String(PORT_A)] }] },
-    (fs) => fs.some((f) => f.ingressAllowedBy?.length));
+  const allowed = await flowsUntil(
+    { whitelist: [{ sourceIp: [ip4(eps.client)], membrane: { event: ['FLOW_NEW'] }, destinationPort: [String(PORT_A)] }] },
+    (fs) => fs.some((f) => f.ingressAllowedBy?.length),
+  );
   const verdict = allowed.find((f) => f.ingressAllowedBy?.length)!;
   t.equal(verdict.ingressAllowedBy![0].name, `flows-server-${run}`);
   t.same(verdict.eventType, { type: 5 }, 'policy verdict');
   t.equal(verdict.policyMatchType, 1, 'L3-Only: the rule names peers, no ports');
   const pv = await cli(['observe', '-t', 'policy-verdict', '--from-ip', ip4(eps.client), '--print-policy-names', '--last', '1']);
-  t.match(pv.out, new RegExp(`policy-verdict:L3-Only (INGRESS|EGRESS) ALLOWED BY flows-server-${run} \\(CiliumNetworkPolicy\\) \\(TCP Flags: SYN; allowed by policy flows-server-${run} \\(ingress allow rule 0\\)\\)`));
+  t.match(
+    pv.out,
+    new RegExp(
+      `policy-verdict:L3-Only (INGRESS|EGRESS) ALLOWED BY flows-server-${run} \\(CiliumNetworkPolicy\\) \\(TCP Flags: SYN; allowed by policy flows-server-${run} \\(ingress allow rule 0\\)\\)`,
+    ),
+  );
 
   // Default deny: the endpoint is selected and no rule allows the peer.
   await pc.import(`apiVersion: cilium.io/v2
@@ -218,22 +296,46 @@ spec:
   - fromEndpoints: [{matchLabels: {app: other}}]
 `);
   t.equal(await probe(ns.client, ip4(eps.server), PORT_A), 'timeout');
-  const dflt = (await flowsUntil({ whitelist: [{ sourceIp: [ip4(eps.client)], verdict: ['DROPPED'] }] }, (fs) => fs.length > 0))[0];
+  const dflt = (
+    await flowsUntil({ whitelist: [{ sourceIp: [ip4(eps.client)], verdict: ['DROPPED'] }] }, (fs) => fs.length > 0)
+  )[0];
   t.equal(dflt.ingressDeniedBy, undefined, 'no rule denied it');
   t.equal(dflt.dropReasonDesc, 'POLICY_DENIED');
   const dline = await cli(['observe', '--verdict', 'DROPPED', '--from-ip', ip4(eps.client), '--last', '1']);
-  t.match(dline.out, /Policy denied DROPPED \(TCP Flags: SYN; denied by default deny \(the endpoint's ingress is selected by a policy and no rule allows this peer\)\)/);
+  t.match(
+    dline.out,
+    /Policy denied DROPPED \(TCP Flags: SYN; denied by default deny \(the endpoint's ingress is selected by a policy and no rule allows this peer\)\)/,
+  );
 });
 
 t.test('--follow streams new flows as they happen, and stops on ^C', async (t) => {
   const env: NodeJS.ProcessEnv = { ...process.env, MEMBRANE_OBSERVER_SOCKET: agent.observerSocket };
   delete env.NODE_EXTRA_CA_CERTS;
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), 'observe', '-f',
-    '--from-label', 'app=other', '--to-port', String(PORT_A), '--type', 'flow-new'], { cwd: REPO, env });
+  const child = spawn(
+    process.execPath,
+    [
+      '--import',
+      'tsx',
+      path.join(REPO, 'shared/src/cli/main.ts'),
+      'observe',
+      '-f',
+      '--from-label',
+      'app=other',
+      '--to-port',
+      String(PORT_A),
+      '--type',
+      'flow-new',
+    ],
+    { cwd: REPO, env },
+  );
   let out = '';
-  child.stdout.on('data', (d) => { out += d; });
+  child.stdout.on('data', (d) => {
+    out += d;
+  });
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
-  t.teardown(() => { if (child.exitCode === null) child.kill('SIGKILL'); });
+  t.teardown(() => {
+    if (child.exitCode === null) child.kill('SIGKILL');
+  });
   await waitForFollower();
   t.equal(out, '', 'no history with -f alone');
   for (let i = 0; i < 3; i++) t.equal(await tcpRequest(ns.other, ip4(eps.server), PORT_A), 'ping');
@@ -252,7 +354,11 @@ t.test('filters select', async (t) => {
   t.ok(drops.length > 0 && drops.every((f) => f.verdict === 'DROPPED'));
   const other = ip4(eps.other);
   const viaIp = (await observer.collect({ whitelist: [{ sourceIp: [other] }, { destinationIp: [other] }] })).map((r) => r.flow!);
-  t.same(viaIp.map((f) => f.uuid), all.filter((f) => f.IP?.source === other || f.IP?.destination === other).map((f) => f.uuid), '--ip = either end');
+  t.same(
+    viaIp.map((f) => f.uuid),
+    all.filter((f) => f.IP?.source === other || f.IP?.destination === other).map((f) => f.uuid),
+    '--ip = either end',
+  );
   const notTcp = await observer.collect({ whitelist: [{ protocol: ['udp'] }], blacklist: [{ protocol: ['tcp'] }] });
   t.ok(notTcp.every((r) => !r.flow!.l4?.TCP));
   const cliDrops = await cli(['observe', '--type', 'drop', '--all', '-o', 'json']);
@@ -260,8 +366,19 @@ t.test('filters select', async (t) => {
   const notOther = await cli(['observe', '--all', '--not', '--ip', other, '-o', 'json']);
   t.equal(notOther.code, 0, notOther.err);
   t.notMatch(notOther.out, new RegExp(`"${other.replace(/\./g, '\\.')}"`), '--not --ip leaves the address out');
-  const raw = await cli(['observe', '--all', '--allowlist', JSON.stringify({ source_ip: [other], event_type: [{ type: 1 }] }), '-o', 'json']);
-  t.equal(raw.out.trim().split('\n').filter(Boolean).length, drops.filter((f) => f.IP?.source === other).length, '--allowlist takes a JSON FlowFilter');
+  const raw = await cli([
+    'observe',
+    '--all',
+    '--allowlist',
+    JSON.stringify({ source_ip: [other], event_type: [{ type: 1 }] }),
+    '-o',
+    'json',
+  ]);
+  t.equal(
+    raw.out.trim().split('\n').filter(Boolean).length,
+    drops.filter((f) => f.IP?.source === other).length,
+    '--allowlist takes a JSON FlowFilter',
+  );
   const bad = await cli(['observe', '--to-ip', '10.0.0.0/99']);
   t.equal(bad.code, 1);
   t.match(bad.err, /destination_ip.*prefix length/);
@@ -270,22 +387,33 @@ t.test('filters select', async (t) => {
   t.match(refused.err, /destination_service: cannot be applied/);
 });
 
-t.test('a client built from Hubble\'s published field numbers reads the real agent', async (t) => {
+t.test("a client built from Hubble's published field numbers reads the real agent", async (t) => {
   const hubble = new HubbleWireClient(`unix:${agent.observerSocket}`);
   t.teardown(() => hubble.close());
-  const st = await agent.client.status() as unknown as { nodeName: string; version: string };
-  const drops = (await hubble.getFlows({ whitelist: [{ event_type: [{ type: 1 }], source_ip: [ip4(eps.other)] }] })).map((r) => r.flow);
-  t.ok(drops.length > 0, 'drop events by Hubble\'s monitor type');
+  const st = (await agent.client.status()) as unknown as { nodeName: string; version: string };
+  const drops = (await hubble.getFlows({ whitelist: [{ event_type: [{ type: 1 }], source_ip: [ip4(eps.other)] }] })).map(
+    (r) => r.flow,
+  );
+  t.ok(drops.length > 0, "drop events by Hubble's monitor type");
   t.ok(drops.every((f) => f.verdict === 2 && [133, 181].includes(f.drop_reason_desc) && f.destination.ID === eps.server.id));
-  t.ok(drops.some((f) => f.ingress_denied_by?.[0]?.name === `flows-server-${run}`), 'the denying policy on 21005');
+  t.ok(
+    drops.some((f) => f.ingress_denied_by?.[0]?.name === `flows-server-${run}`),
+    'the denying policy on 21005',
+  );
   const byProto = await hubble.getFlows({ whitelist: [{ protocol: ['tcp'], destination_port: [String(PORT_A)] }] });
-  t.ok(byProto.length > 0 && byProto.every((r) => r.flow.l4.TCP?.destination_port === PORT_A), 'protocol and port filters as Hubble numbers them');
+  t.ok(
+    byProto.length > 0 && byProto.every((r) => r.flow.l4.TCP?.destination_port === PORT_A),
+    'protocol and port filters as Hubble numbers them',
+  );
   const status = await hubble.serverStatus();
   t.equal(status.version, st.version);
   t.equal(status.max_flows, 4096);
   t.ok(status.seen_flows >= status.num_flows && status.num_flows > 0);
   const { nodes } = await hubble.getNodes();
-  t.same(nodes.map((n: { name: string; state: number }) => [n.name, n.state]), [[st.nodeName, 1]]);
+  t.same(
+    nodes.map((n: { name: string; state: number }) => [n.name, n.state]),
+    [[st.nodeName, 1]],
+  );
   t.same(await hubble.healthCheck('observer.Observer'), { status: 1 });
 });
 

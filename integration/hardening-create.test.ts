@@ -16,12 +16,19 @@ import type { Endpoint } from '../shared/src/types.ts';
 ensureCniBinary();
 const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
 const cniConf = (node: TestNode, extra: object = {}) => ({
-  cniVersion: '1.0.0', name: `hard-${node.agent.id}`, type: 'membrane-cni', agentSocket: node.agent.socket, ...extra,
+  cniVersion: '1.0.0',
+  name: `hard-${node.agent.id}`,
+  type: 'membrane-cni',
+  agentSocket: node.agent.socket,
+  ...extra,
 });
 /** membrane-cni as a runtime runs it (the agent socket is a path: the plugin's netns does not matter). */
 const cniIn = (_node: TestNode, verb: string, conf: unknown, o: Parameters<typeof invokeCni>[2] = {}) => invokeCni(verb, conf, o);
 const allocations = async (node: TestNode) => {
-  const v = await node.agent.client.request<{ pools: { allocations: { ip: string; owner: string }[] }[]; external: { ip: string; owner: string }[] }>('GET', '/v1/ipam');
+  const v = await node.agent.client.request<{
+    pools: { allocations: { ip: string; owner: string }[] }[];
+    external: { ip: string; owner: string }[];
+  }>('GET', '/v1/ipam');
   return [...v.pools.flatMap((p) => p.allocations), ...v.external].map((a) => `${a.ip} ${a.owner}`).sort();
 };
 
@@ -35,17 +42,34 @@ t.test("the agent's own netns is refused, whatever path names it, and nothing in
   const bound = path.join(dir, 'net');
   fs.writeFileSync(bound, '');
   execFileSync('mount', ['--bind', `/proc/${pid}/ns/net`, bound]);
-  t.teardown(() => { try { execFileSync('umount', [bound]); } catch { /* not mounted */ } fs.rmSync(dir, { recursive: true, force: true }); });
+  t.teardown(() => {
+    try {
+      execFileSync('umount', [bound]);
+    } catch {
+      /* not mounted */
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
   // (an IPv6 link-local address may finish duplicate address detection meanwhile: not our doing)
   const addrs = () => node.ip(['-o', 'addr', 'show']).replaceAll(' tentative', '');
-  const before = { routes: node.ip(['route', 'show']), addrs: addrs(), links: node.ip(['-o', 'link', 'show']).replace(/\s+\\.*$/gm, '') };
+  const before = {
+    routes: node.ip(['route', 'show']),
+    addrs: addrs(),
+    links: node.ip(['-o', 'link', 'show']).replace(/\s+\\.*$/gm, ''),
+  };
   t.match(before.routes, `default via ${up.gateway}`, 'the node netns has its default route');
 
   for (const netns of [node.ns.path, `/proc/${pid}/ns/net`, `/proc/${pid}/task/${pid}/ns/net`, bound]) {
-    await t.rejects(node.agent.client.createEndpoint({ containerId: `own-${randomId()}`, netns, ifName: 'eth0' }),
-      { status: 400, code: 'netns_not_allowed', message: /agent's own network namespace/ }, `API refuses ${netns}`);
-    await t.rejects(node.agent.client.createEndpoint({ containerId: `own-${randomId()}`, netns, ifName: 'eth9' }),
-      { status: 400, code: 'netns_not_allowed' }, `also with an interface name that does not exist there (${netns})`);
+    await t.rejects(
+      node.agent.client.createEndpoint({ containerId: `own-${randomId()}`, netns, ifName: 'eth0' }),
+      { status: 400, code: 'netns_not_allowed', message: /agent's own network namespace/ },
+      `API refuses ${netns}`,
+    );
+    await t.rejects(
+      node.agent.client.createEndpoint({ containerId: `own-${randomId()}`, netns, ifName: 'eth9' }),
+      { status: 400, code: 'netns_not_allowed' },
+      `also with an interface name that does not exist there (${netns})`,
+    );
   }
   const cni = await invokeCni('ADD', cniConf(node), { containerId: `own-${randomId()}`, netns: `/proc/${pid}/ns/net` });
   t.equal(cni.out?.code, 4, `membrane-cni ADD: CNI error 4 (invalid CNI_NETNS): ${cni.stdout}`);
@@ -68,8 +92,13 @@ t.test("the agent's own netns is refused, whatever path names it, and nothing in
 t.test("a delegated static IPAM handing out pod A's address fails; A keeps its address and connectivity", async (t) => {
   const node = await startNode();
   t.teardown(() => node.cleanup());
-  const nsA = createNetns('mbp'), nsB = createNetns('mbp'), nsX = createNetns('mbp'), nsY = createNetns('mbp');
-  t.teardown(() => { for (const n of [nsA, nsB, nsX, nsY]) n.remove(); });
+  const nsA = createNetns('mbp'),
+    nsB = createNetns('mbp'),
+    nsX = createNetns('mbp'),
+    nsY = createNetns('mbp');
+  t.teardown(() => {
+    for (const n of [nsA, nsB, nsX, nsY]) n.remove();
+  });
   const ids = { a: `a-${randomId(6)}`, b: `b-${randomId(6)}`, x: `x-${randomId(6)}`, y: `y-${randomId(6)}` };
   const ra = await cniIn(node, 'ADD', cniConf(node), { containerId: ids.a, netns: nsA.path });
   const rb = await cniIn(node, 'ADD', cniConf(node), { containerId: ids.b, netns: nsB.path });
@@ -83,7 +112,11 @@ t.test("a delegated static IPAM handing out pod A's address fails; A keeps its a
   const rx = await cniIn(node, 'ADD', stolen, { containerId: ids.x, netns: nsX.path });
   t.equal(rx.code, 1, `the ADD fails: ${rx.stdout}`);
   t.equal(rx.out.code, 11, 'address_in_use -> CNI 11');
-  t.match(rx.out.msg, new RegExp(`${a.replaceAll('.', '\\.')} is already (used by endpoint ${ids.a}|in use)`), 'naming the address and its holder');
+  t.match(
+    rx.out.msg,
+    new RegExp(`${a.replaceAll('.', '\\.')} is already (used by endpoint ${ids.a}|in use)`),
+    'naming the address and its holder',
+  );
   t.notMatch(await nsX.exec('ip', ['-o', 'link']), /eth0/, 'no interface left in the attacker netns');
   t.same(await allocations(node), before, 'IPAM unchanged');
   t.equal((await node.agent.client.listEndpoints()).length, 2, 'no endpoint added');
@@ -100,8 +133,15 @@ t.test("a delegated static IPAM handing out pod A's address fails; A keeps its a
   const again = await cniIn(node, 'ADD', mine, { containerId: `z-${randomId(6)}`, netns: nsX.path });
   t.equal(again.out?.code, 11, 'a second pod with the same static address is refused');
   t.equal((await cniIn(node, 'DEL', mine, { containerId: ids.y, netns: nsY.path })).code, 0);
-  t.notOk((await allocations(node)).some((l) => l.startsWith(`${own} `)), 'DEL released it');
-  for (const [id, ns] of [[ids.a, nsA], [ids.b, nsB]] as const) t.equal((await cniIn(node, 'DEL', cniConf(node), { containerId: id, netns: ns.path })).code, 0);
+  t.notOk(
+    (await allocations(node)).some((l) => l.startsWith(`${own} `)),
+    'DEL released it',
+  );
+  for (const [id, ns] of [
+    [ids.a, nsA],
+    [ids.b, nsB],
+  ] as const)
+    t.equal((await cniIn(node, 'DEL', cniConf(node), { containerId: id, netns: ns.path })).code, 0);
   t.same(await allocations(node), [], 'nothing held at the end');
 });
 
@@ -135,14 +175,34 @@ function runIn(ns: TestNetns, cmd: string, args: string[]) {
   delete env.NODE_EXTRA_CA_CERTS;
   const child = spawn('nsenter', [`--net=${ns.path}`, cmd, ...args], { stdio: ['ignore', 'pipe', 'inherit'], env });
   let out = '';
-  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-  const until = (re: RegExp) => new Promise<void>((resolve, reject) => {
-    const check = () => { if (re.test(out)) { clearInterval(iv); resolve(); } };
-    const iv = setInterval(check, 5);
-    child.once('exit', () => { clearInterval(iv); if (re.test(out)) resolve(); else reject(new Error(`${cmd} exited: ${out}`)); });
+  child.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
   });
+  const until = (re: RegExp) =>
+    new Promise<void>((resolve, reject) => {
+      const check = () => {
+        if (re.test(out)) {
+          clearInterval(iv);
+          resolve();
+        }
+      };
+      const iv = setInterval(check, 5);
+      child.once('exit', () => {
+        clearInterval(iv);
+        if (re.test(out)) resolve();
+        else reject(new Error(`${cmd} exited: ${out}`));
+      });
+    });
   const exited = new Promise<void>((r) => child.once('exit', () => r()));
-  return { out: () => out, until, stop: async () => { if (child.exitCode === null) child.kill('SIGTERM'); await exited; }, exited };
+  return {
+    out: () => out,
+    until,
+    stop: async () => {
+      if (child.exitCode === null) child.kill('SIGTERM');
+      await exited;
+    },
+    exited,
+  };
 }
 
 t.test('traffic at a pod while its ADD runs: nothing its policy denies gets in, no flow survives', async (t) => {
@@ -153,9 +213,13 @@ t.test('traffic at a pod while its ADD runs: nothing its policy denies gets in, 
   const mk = async (app: string) => {
     const ns = createNetns('mbp');
     t.teardown(() => ns.remove());
-    return { ns, ep: await c.createEndpoint({ containerId: `${app}-${randomId()}`, netns: ns.path, ifName: 'eth0', labels: { app } }) };
+    return {
+      ns,
+      ep: await c.createEndpoint({ containerId: `${app}-${randomId()}`, netns: ns.path, ifName: 'eth0', labels: { app } }),
+    };
   };
-  const attacker = await mk('attacker'), friend = await mk('friend');
+  const attacker = await mk('attacker'),
+    friend = await mk('friend');
   await new PolicyClient(c).import(`apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: target-only-friends}
@@ -166,7 +230,9 @@ spec:
   const pool = node.agent.pools[0].split('/')[0].split('.').slice(0, 3).join('.');
   const sources = [ip4(attacker.ep), world.ip];
   const ITER = Number(process.env.WINDOW_ITERATIONS ?? 12);
-  let hits: string[] = [], sent = 0, friendSeen = 0;
+  let hits: string[] = [],
+    sent = 0,
+    friendSeen = 0;
   for (let i = 0; i < ITER; i++) {
     const target = createNetns('mbt');
     const addr = `${pool}.${200 + i}`;
@@ -177,21 +243,45 @@ spec:
       const floods = [attacker.ns, world.ns].map((ns) => runIn(ns, process.execPath, ['-e', FLOOD, addr, '900']));
       await Promise.all(floods.map((f) => f.until(/go/)));
       await sleep(50);
-      const ep = await c.createEndpoint({ containerId: cid, netns: target.path, ifName: 'eth0', labels: { app: 'target' }, ips: [addr] });
+      const ep = await c.createEndpoint({
+        containerId: cid,
+        netns: target.path,
+        ifName: 'eth0',
+        labels: { app: 'target' },
+        ips: [addr],
+      });
       await Promise.all(floods.map((f) => f.exited));
-      for (const f of floods) { const m = /\{.*\}/.exec(f.out()); if (m) { const n = JSON.parse(m[0]); sent += n.udp + n.syn; } }
+      for (const f of floods) {
+        const m = /\{.*\}/.exec(f.out());
+        if (m) {
+          const n = JSON.parse(m[0]);
+          sent += n.udp + n.syn;
+        }
+      }
       // The friend is let in: the sniffer sees what arrives.
-      await friend.ns.exec('python3', ['-c', `import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b'hi', ('${addr}', 9999)) for _ in range(3)]`]);
+      await friend.ns.exec('python3', [
+        '-c',
+        `import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b'hi', ('${addr}', 9999)) for _ in range(3)]`,
+      ]);
       await sleep(200);
       await sniffer.stop();
-      const lines = sniffer.out().split('\n').filter((l) => l.startsWith('hit '));
+      const lines = sniffer
+        .out()
+        .split('\n')
+        .filter((l) => l.startsWith('hit '));
       hits = hits.concat(lines.filter((l) => sources.includes(l.split(' ')[1])).map((l) => `iteration ${i}: ${l}`));
       if (lines.some((l) => l.split(' ')[1] === ip4(friend.ep))) friendSeen++;
       // Entries that would let an attacker's packets into the target: made at its ingress, or a
       // pod-to-pod (LOCAL) entry with it as the receiver. (The attackers' own egress entries are theirs.)
-      const ct = await c.request<{ entries: { saddr: string; daddr: string; scope: number; owner: number; peer: number }[] }>('GET', '/v1/bpf/ct');
-      const flows = ct.entries.filter((e) => ((e.scope === 0 && e.owner === ep.id) || (e.scope === 2 && e.peer === ep.id))
-        && (sources.includes(e.saddr) || sources.includes(e.daddr)));
+      const ct = await c.request<{ entries: { saddr: string; daddr: string; scope: number; owner: number; peer: number }[] }>(
+        'GET',
+        '/v1/bpf/ct',
+      );
+      const flows = ct.entries.filter(
+        (e) =>
+          ((e.scope === 0 && e.owner === ep.id) || (e.scope === 2 && e.peer === ep.id)) &&
+          (sources.includes(e.saddr) || sources.includes(e.daddr)),
+      );
       hits = hits.concat(flows.map((f) => `iteration ${i}: conntrack scope ${f.scope} ${f.saddr} -> ${f.daddr}`));
     } finally {
       await c.deleteEndpoint(cid, 'eth0').catch(() => undefined);

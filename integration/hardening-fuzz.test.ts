@@ -18,27 +18,45 @@ import { ensureCniBinary, invokeCni } from '../cni/test/lib/exec.ts';
 
 ensureCniBinary();
 const SEED = fuzzSeed();
-const ROUNDS = { api: Number(process.env.MEMBRANE_FUZZ_API ?? 400), cni: Number(process.env.MEMBRANE_FUZZ_CNI ?? 120), docker: Number(process.env.MEMBRANE_FUZZ_DOCKER ?? 300) };
+const ROUNDS = {
+  api: Number(process.env.MEMBRANE_FUZZ_API ?? 400),
+  cni: Number(process.env.MEMBRANE_FUZZ_CNI ?? 120),
+  docker: Number(process.env.MEMBRANE_FUZZ_DOCKER ?? 300),
+};
 t.comment(`seed ${SEED} (FUZZ_SEED=${SEED} repeats this run)`);
 
-interface Answer { status: number; body: any; text: string }
+interface Answer {
+  status: number;
+  body: any;
+  text: string;
+}
 
 function raw(socketPath: string, method: string, p: string, body?: string): Promise<Answer> {
   return new Promise((resolve, reject) => {
     const payload = body === undefined ? undefined : Buffer.from(body);
-    const req = http.request({
-      socketPath, path: p, method, timeout: 30_000,
-      headers: payload ? { 'Content-Type': 'application/json', 'Content-Length': payload.length } : {},
-    }, (res) => {
-      const chunks: Buffer[] = [];
-      res.on('data', (c: Buffer) => chunks.push(c));
-      res.on('end', () => {
-        const text = Buffer.concat(chunks).toString('utf8');
-        let parsed: unknown;
-        try { parsed = JSON.parse(text); } catch { parsed = undefined; }
-        resolve({ status: res.statusCode ?? 0, body: parsed, text });
-      });
-    });
+    const req = http.request(
+      {
+        socketPath,
+        path: p,
+        method,
+        timeout: 30_000,
+        headers: payload ? { 'Content-Type': 'application/json', 'Content-Length': payload.length } : {},
+      },
+      (res) => {
+        const chunks: Buffer[] = [];
+        res.on('data', (c: Buffer) => chunks.push(c));
+        res.on('end', () => {
+          const text = Buffer.concat(chunks).toString('utf8');
+          let parsed: unknown;
+          try {
+            parsed = JSON.parse(text);
+          } catch {
+            parsed = undefined;
+          }
+          resolve({ status: res.statusCode ?? 0, body: parsed, text });
+        });
+      },
+    );
     req.on('timeout', () => req.destroy(new Error(`${method} ${p}: no answer in 30 s`)));
     req.on('error', reject);
     req.end(payload);
@@ -49,32 +67,56 @@ t.test('API, membrane-cni and libnetwork fuzzers: clear errors, no crash, no par
   const plugin = `mbrfz${randomId(3)}`;
   const pluginDir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-fzplug-'));
   t.teardown(() => fs.rmSync(pluginDir, { recursive: true, force: true }));
-  const node = await startNode({ extraArgs: ['--docker-plugin', plugin, '--docker-plugin-dir', pluginDir, '--docker-socket', path.join(pluginDir, 'no-docker.sock')] });
+  const node = await startNode({
+    extraArgs: [
+      '--docker-plugin',
+      plugin,
+      '--docker-plugin-dir',
+      pluginDir,
+      '--docker-socket',
+      path.join(pluginDir, 'no-docker.sock'),
+    ],
+  });
   t.teardown(() => node.cleanup());
   // The agent's own failures (error or fatal lines) since the last look: a refusal must not be one.
   let logAt = fs.statSync(node.agent.logFile).size;
   const newFailures = () => {
     const text = fs.readFileSync(node.agent.logFile, 'utf8');
-    const lines = text.slice(logAt).split('\n').filter((l) => /"level":(50|60)/.test(l));
+    const lines = text
+      .slice(logAt)
+      .split('\n')
+      .filter((l) => /"level":(50|60)/.test(l));
     logAt = text.length;
     return lines.map((l) => l.slice(0, 300));
   };
   const pods: TestNetns[] = [createNetns('mbz'), createNetns('mbz')];
-  t.teardown(() => { for (const n of pods) n.remove(); });
+  t.teardown(() => {
+    for (const n of pods) n.remove();
+  });
   const sock = node.agent.socket;
   const api = (m: string, p: string, b?: string) => raw(sock, m, p, b);
   const r = new Rng(SEED);
 
   // An endpoint that stays: the label route needs one.
-  const anchor = await node.agent.client.createEndpoint({ containerId: `anchor-${randomId()}`, netns: pods[0].path, ifName: 'eth0', labels: { app: 'anchor' } });
+  const anchor = await node.agent.client.createEndpoint({
+    containerId: `anchor-${randomId()}`,
+    netns: pods[0].path,
+    ifName: 'eth0',
+    labels: { app: 'anchor' },
+  });
   const empty = await nodeState(node.agent);
   /** What a refused request must not change (cheap to read after every request). */
-  const view = async () => JSON.stringify(await Promise.all([
-    api('GET', '/v1/endpoints').then((a) => a.body.items.map((e: any) => `${e.containerId}/${e.ifName}/${e.identity}`).sort()),
-    api('GET', '/v1/networks').then((a) => a.body.items.map((n: any) => n.name).sort()),
-    api('GET', '/v1/ipam').then((a) => a.text),
-    api('GET', '/v1/policy').then((a) => a.body.items.map((p: any) => `${p.name}@${p.revision}`).sort()),
-  ]));
+  const view = async () =>
+    JSON.stringify(
+      await Promise.all([
+        api('GET', '/v1/endpoints').then((a) =>
+          a.body.items.map((e: any) => `${e.containerId}/${e.ifName}/${e.identity}`).sort(),
+        ),
+        api('GET', '/v1/networks').then((a) => a.body.items.map((n: any) => n.name).sort()),
+        api('GET', '/v1/ipam').then((a) => a.text),
+        api('GET', '/v1/policy').then((a) => a.body.items.map((p: any) => `${p.name}@${p.revision}`).sort()),
+      ]),
+    );
   const bad: string[] = [];
   const problem = (what: string, input: string, a: { status?: number; text?: string }) => {
     if (bad.length < 20) bad.push(`${what}: ${a.status} ${String(a.text).slice(0, 300)} <- ${input.slice(0, 300)}`);
@@ -82,13 +124,36 @@ t.test('API, membrane-cni and libnetwork fuzzers: clear errors, no crash, no par
 
   // ---- the HTTP API --------------------------------------------------------------------------------
   const policyYaml = `apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata:\n  name: fz\nspec:\n  endpointSelector:\n    matchLabels:\n      app: fz\n  ingress:\n  - fromEndpoints:\n    - matchLabels:\n        app: web\n    toPorts:\n    - ports:\n      - port: "80"\n        protocol: TCP\n`;
-  const policyJson = { apiVersion: 'cilium.io/v2', kind: 'CiliumNetworkPolicy', metadata: { name: 'fzj' }, spec: { endpointSelector: { matchLabels: { app: 'fz' } }, egress: [{ toCIDR: ['198.18.0.0/16'], toPorts: [{ ports: [{ port: '53', protocol: 'UDP' }] }] }] } };
+  const policyJson = {
+    apiVersion: 'cilium.io/v2',
+    kind: 'CiliumNetworkPolicy',
+    metadata: { name: 'fzj' },
+    spec: {
+      endpointSelector: { matchLabels: { app: 'fz' } },
+      egress: [{ toCIDR: ['198.18.0.0/16'], toPorts: [{ ports: [{ port: '53', protocol: 'UDP' }] }] }],
+    },
+  };
   const doors = [
-    { method: 'POST', path: '/v1/endpoints', valid: () => ({ containerId: `fz-${randomId()}`, ifName: 'eth1', netns: pods[1].path, labels: { app: 'fz' }, metadata: { k: 'v' } }) },
+    {
+      method: 'POST',
+      path: '/v1/endpoints',
+      valid: () => ({
+        containerId: `fz-${randomId()}`,
+        ifName: 'eth1',
+        netns: pods[1].path,
+        labels: { app: 'fz' },
+        metadata: { k: 'v' },
+      }),
+    },
     { method: 'POST', path: '/v1/networks', valid: () => ({ name: `fz${randomId(3)}`, subnets: [randomSubnet24()], mtu: 1400 }) },
-    { method: 'PUT', path: `/v1/endpoints/${anchor.containerId}/eth0/labels`, valid: () => ({ labels: { app: 'anchor', tier: 'x' } }) },
+    {
+      method: 'PUT',
+      path: `/v1/endpoints/${anchor.containerId}/eth0/labels`,
+      valid: () => ({ labels: { app: 'anchor', tier: 'x' } }),
+    },
   ];
-  let refused = 0, accepted = 0;
+  let refused = 0,
+    accepted = 0;
   for (let i = 0; i < ROUNDS.api; i++) {
     const before = await view();
     let a: Answer;
@@ -113,7 +178,12 @@ t.test('API, membrane-cni and libnetwork fuzzers: clear errors, no crash, no par
       continue;
     }
     refused++;
-    const clear = a.status >= 400 && a.status < 500 && typeof a.body?.error?.code === 'string' && typeof a.body.error.message === 'string' && a.body.error.message.length > 0;
+    const clear =
+      a.status >= 400 &&
+      a.status < 500 &&
+      typeof a.body?.error?.code === 'string' &&
+      typeof a.body.error.message === 'string' &&
+      a.body.error.message.length > 0;
     const failures = newFailures();
     if (!clear || failures.length) problem(door, input, { status: a.status, text: `${a.text} ${failures.join(' ')}` });
     else if ((await view()) !== before) problem(`${door} changed state although refused`, input, a);
@@ -126,7 +196,13 @@ t.test('API, membrane-cni and libnetwork fuzzers: clear errors, no crash, no par
 
   // ---- membrane-cni --------------------------------------------------------------------------------
   const VERBS = ['ADD', 'DEL', 'CHECK', 'STATUS', 'GC', 'VERSION'];
-  const validConf = { cniVersion: '1.0.0', name: `fz-${node.agent.id}`, type: 'membrane-cni', agentSocket: sock, labels: { app: 'fzc' } };
+  const validConf = {
+    cniVersion: '1.0.0',
+    name: `fz-${node.agent.id}`,
+    type: 'membrane-cni',
+    agentSocket: sock,
+    labels: { app: 'fzc' },
+  };
   // (an environment cannot hold NUL: execve stops there)
   const nastyEnv = () => String(randomValue(r) ?? '').replaceAll('\0', '');
   const added: { containerId: string; ifName: string }[] = [];
@@ -136,14 +212,22 @@ t.test('API, membrane-cni and libnetwork fuzzers: clear errors, no crash, no par
     if (r.chance(0.6)) {
       const m = mutateDoc(r, validConf) as Record<string, unknown>;
       // Where the plugin writes (its queue next to agentSocket, its log) is the operator's, not input: keep ours.
-      if (m && typeof m === 'object' && !Array.isArray(m)) { m.agentSocket = sock; delete m.logFile; }
+      if (m && typeof m === 'object' && !Array.isArray(m)) {
+        m.agentSocket = sock;
+        delete m.logFile;
+      }
       conf = JSON.stringify(m);
     } else {
       conf = r.chance(0.5) ? JSON.stringify(validConf) : mutateText(r, JSON.stringify(validConf));
     }
     const verb = r.chance(0.85) ? r.pick(['ADD', 'ADD', 'DEL', 'CHECK']) : r.chance(0.5) ? r.pick(VERBS) : nastyEnv();
     // Mostly the configuration is what is damaged (so that inputs reach the agent); sometimes one variable.
-    const env = { containerId: `fzc-${randomId()}`, ifName: 'eth1', netns: pods[1].path, args: `K8S_POD_NAMESPACE=fz;K8S_POD_NAME=p${i}` };
+    const env = {
+      containerId: `fzc-${randomId()}`,
+      ifName: 'eth1',
+      netns: pods[1].path,
+      args: `K8S_POD_NAMESPACE=fz;K8S_POD_NAME=p${i}`,
+    };
     if (r.chance(0.35)) env[r.pick(['containerId', 'ifName', 'netns', 'args'] as const)] = nastyEnv();
     const containerId = env.containerId;
     const before = await view();
@@ -159,13 +243,25 @@ t.test('API, membrane-cni and libnetwork fuzzers: clear errors, no crash, no par
     }
     const e = o.out;
     codes.set(e?.code, (codes.get(e?.code) ?? 0) + 1);
-    const clear = o.code === 1 && e && typeof e === 'object' && [1, 2, 3, 4, 5, 6, 7, 11, 50, 102].includes(e.code) && typeof e.msg === 'string' && e.msg.length > 0
-      && !/\n\s+at /.test(o.stdout);
+    const clear =
+      o.code === 1 &&
+      e &&
+      typeof e === 'object' &&
+      [1, 2, 3, 4, 5, 6, 7, 11, 50, 102].includes(e.code) &&
+      typeof e.msg === 'string' &&
+      e.msg.length > 0 &&
+      !/\n\s+at /.test(o.stdout);
     const failures = newFailures();
-    if (!clear || failures.length) problem('membrane-cni', input, { status: o.code ?? -1, text: `${o.stdout} ${o.stderr.slice(-300)} ${failures.join(' ')}` });
-    else if (verb === 'ADD' && (await view()) !== before) problem('membrane-cni ADD changed state although refused', input, { status: e.code, text: o.stdout });
+    if (!clear || failures.length)
+      problem('membrane-cni', input, { status: o.code ?? -1, text: `${o.stdout} ${o.stderr.slice(-300)} ${failures.join(' ')}` });
+    else if (verb === 'ADD' && (await view()) !== before)
+      problem('membrane-cni ADD changed state although refused', input, { status: e.code, text: o.stdout });
   }
-  t.same(bad, [], `membrane-cni: every failure a CNI error of the spec's table (${[...codes].map(([c, n]) => `${c}: ${n}`).join(', ')}), ${added.length} valid ADDs`);
+  t.same(
+    bad,
+    [],
+    `membrane-cni: every failure a CNI error of the spec's table (${[...codes].map(([c, n]) => `${c}: ${n}`).join(', ')}), ${added.length} valid ADDs`,
+  );
   bad.length = 0;
 
   // ---- libnetwork (as dockerd calls the driver the agent hosts) ------------------------------------
@@ -181,24 +277,67 @@ t.test('API, membrane-cni and libnetwork fuzzers: clear errors, no crash, no par
   // A network as dockerd makes one (pool, gateway, network, one endpoint): the fuzz's valid calls use it.
   const subnet = randomSubnet24();
   const base = subnet.split('.').slice(0, 3).join('.');
-  const poolA = (await ok('/IpamDriver.RequestPool', { AddressSpace: '', Pool: subnet, Options: {}, V6: false })).PoolID as string;
-  const gw = (await ok('/IpamDriver.RequestAddress', { PoolID: poolA, Address: '', Options: { RequestAddressType: 'com.docker.network.gateway' } })).Address as string;
-  const netA = netId(), epA = netId();
+  const poolA = (await ok('/IpamDriver.RequestPool', { AddressSpace: '', Pool: subnet, Options: {}, V6: false }))
+    .PoolID as string;
+  const gw = (
+    await ok('/IpamDriver.RequestAddress', {
+      PoolID: poolA,
+      Address: '',
+      Options: { RequestAddressType: 'com.docker.network.gateway' },
+    })
+  ).Address as string;
+  const netA = netId(),
+    epA = netId();
   const epOptions = { 'com.docker.network.endpoint.exposedports': [], 'com.docker.network.portmap': [] };
-  await ok('/NetworkDriver.CreateNetwork', { NetworkID: netA, Options: { 'com.docker.network.enable_ipv6': false, 'com.docker.network.generic': {} }, IPv4Data: [{ AddressSpace: `${plugin}-local`, Gateway: gw, Pool: subnet }], IPv6Data: [] });
+  await ok('/NetworkDriver.CreateNetwork', {
+    NetworkID: netA,
+    Options: { 'com.docker.network.enable_ipv6': false, 'com.docker.network.generic': {} },
+    IPv4Data: [{ AddressSpace: `${plugin}-local`, Gateway: gw, Pool: subnet }],
+    IPv6Data: [],
+  });
   const addrA = (await ok('/IpamDriver.RequestAddress', { PoolID: poolA, Address: '', Options: {} })).Address as string;
-  await ok('/NetworkDriver.CreateEndpoint', { NetworkID: netA, EndpointID: epA, Interface: { Address: addrA, AddressIPv6: '', MacAddress: '' }, Options: epOptions });
+  await ok('/NetworkDriver.CreateEndpoint', {
+    NetworkID: netA,
+    EndpointID: epA,
+    Interface: { Address: addrA, AddressIPv6: '', MacAddress: '' },
+    Options: epOptions,
+  });
   let host = 20;
   const calls: { path: string; valid: () => unknown }[] = [
-    { path: '/NetworkDriver.CreateNetwork', valid: () => ({ NetworkID: netId(), Options: { 'com.docker.network.enable_ipv6': false, 'com.docker.network.generic': { 'com.docker.network.bridge.name': 'x' } }, IPv4Data: [{ AddressSpace: 'LocalDefault', Pool: randomSubnet24(), Gateway: '' }], IPv6Data: [] }) },
-    { path: '/NetworkDriver.CreateEndpoint', valid: () => ({ NetworkID: netA, EndpointID: netId(), Interface: { Address: `${base}.${host++ % 200 + 20}/24`, AddressIPv6: '', MacAddress: '' }, Options: epOptions }) },
-    { path: '/NetworkDriver.Join', valid: () => ({ NetworkID: netA, EndpointID: epA, SandboxKey: pods[1].path, Options: epOptions }) },
+    {
+      path: '/NetworkDriver.CreateNetwork',
+      valid: () => ({
+        NetworkID: netId(),
+        Options: {
+          'com.docker.network.enable_ipv6': false,
+          'com.docker.network.generic': { 'com.docker.network.bridge.name': 'x' },
+        },
+        IPv4Data: [{ AddressSpace: 'LocalDefault', Pool: randomSubnet24(), Gateway: '' }],
+        IPv6Data: [],
+      }),
+    },
+    {
+      path: '/NetworkDriver.CreateEndpoint',
+      valid: () => ({
+        NetworkID: netA,
+        EndpointID: netId(),
+        Interface: { Address: `${base}.${(host++ % 200) + 20}/24`, AddressIPv6: '', MacAddress: '' },
+        Options: epOptions,
+      }),
+    },
+    {
+      path: '/NetworkDriver.Join',
+      valid: () => ({ NetworkID: netA, EndpointID: epA, SandboxKey: pods[1].path, Options: epOptions }),
+    },
     { path: '/NetworkDriver.Leave', valid: () => ({ NetworkID: netA, EndpointID: netId() }) },
     { path: '/NetworkDriver.DeleteEndpoint', valid: () => ({ NetworkID: netA, EndpointID: netId() }) },
     { path: '/NetworkDriver.DeleteNetwork', valid: () => ({ NetworkID: netId() }) },
     { path: '/NetworkDriver.EndpointOperInfo', valid: () => ({ NetworkID: netA, EndpointID: epA }) },
     { path: '/NetworkDriver.ProgramExternalConnectivity', valid: () => ({ NetworkID: netA, EndpointID: epA, Options: {} }) },
-    { path: '/IpamDriver.RequestPool', valid: () => ({ AddressSpace: '', Pool: randomSubnet24(), SubPool: '', Options: {}, V6: false }) },
+    {
+      path: '/IpamDriver.RequestPool',
+      valid: () => ({ AddressSpace: '', Pool: randomSubnet24(), SubPool: '', Options: {}, V6: false }),
+    },
     { path: '/IpamDriver.RequestAddress', valid: () => ({ PoolID: poolA, Address: '', Options: {} }) },
     { path: '/IpamDriver.ReleaseAddress', valid: () => ({ PoolID: poolA, Address: `${base}.250` }) },
     { path: '/IpamDriver.ReleasePool', valid: () => ({ PoolID: `LocalDefault/${randomSubnet24()}` }) },
@@ -208,11 +347,27 @@ t.test('API, membrane-cni and libnetwork fuzzers: clear errors, no crash, no par
   const dview = async () => {
     // (its endpoint records are written after the answer, a cache of the core's endpoints, which view() has)
     const files = fs.existsSync(pluginState)
-      ? fs.readdirSync(pluginState, { recursive: true, encoding: 'utf8' }).filter((f) => !f.startsWith('endpoints') && !f.includes('.tmp-')).sort() : [];
-    const docs = files.map((f) => { try { return `${f}=${fs.readFileSync(path.join(pluginState, f), 'utf8')}`; } catch { return f; } });
+      ? fs
+          .readdirSync(pluginState, { recursive: true, encoding: 'utf8' })
+          .filter((f) => !f.startsWith('endpoints') && !f.includes('.tmp-'))
+          .sort()
+      : [];
+    const docs = files.map((f) => {
+      try {
+        return `${f}=${fs.readFileSync(path.join(pluginState, f), 'utf8')}`;
+      } catch {
+        return f;
+      }
+    });
     return (await view()) + docs.join('\n');
   };
-  const created = { networks: [] as string[], endpoints: [] as string[], pools: [] as string[], addresses: [] as string[], joined: 0 };
+  const created = {
+    networks: [] as string[],
+    endpoints: [] as string[],
+    pools: [] as string[],
+    addresses: [] as string[],
+    joined: 0,
+  };
   let dRefused = 0;
   for (let i = 0; i < ROUNDS.docker; i++) {
     const c = r.pick(calls);
@@ -220,7 +375,13 @@ t.test('API, membrane-cni and libnetwork fuzzers: clear errors, no crash, no par
     const before = await dview();
     const a = await dcall(c.path, input);
     if (a.status === 200 && !a.body?.Err) {
-      const sent = (() => { try { return JSON.parse(input); } catch { return {}; } })();
+      const sent = (() => {
+        try {
+          return JSON.parse(input);
+        } catch {
+          return {};
+        }
+      })();
       if (c.path === '/NetworkDriver.CreateNetwork') created.networks.push(sent.NetworkID);
       if (c.path === '/NetworkDriver.CreateEndpoint') created.endpoints.push(sent.EndpointID);
       if (c.path === '/NetworkDriver.Join') created.joined++;
@@ -233,23 +394,34 @@ t.test('API, membrane-cni and libnetwork fuzzers: clear errors, no crash, no par
     // at info), 413 and 404. An internal failure shows as an error line in the agent's log.
     const clear = a.status !== 200 && typeof a.body?.Err === 'string' && a.body.Err.length > 0;
     const failures = newFailures();
-    if (!clear || failures.length) problem(`libnetwork ${c.path}`, input, { status: a.status, text: `${a.text} ${failures.join(' ')}` });
+    if (!clear || failures.length)
+      problem(`libnetwork ${c.path}`, input, { status: a.status, text: `${a.text} ${failures.join(' ')}` });
     else {
       const after = await dview();
       if (after !== before) {
         let k = 0;
         while (before[k] === after[k]) k++;
-        problem(`libnetwork ${c.path} changed state although refused (${before.slice(k - 80, k + 80)} -> ${after.slice(k - 80, k + 80)})`, input, a);
+        problem(
+          `libnetwork ${c.path} changed state although refused (${before.slice(k - 80, k + 80)} -> ${after.slice(k - 80, k + 80)})`,
+          input,
+          a,
+        );
       }
     }
   }
   // Undo what valid mutations did, then the network, as dockerd would.
   if (created.joined) await dcall('/NetworkDriver.Leave', JSON.stringify({ NetworkID: netA, EndpointID: epA }));
-  for (const id of [...created.endpoints, epA]) await dcall('/NetworkDriver.DeleteEndpoint', JSON.stringify({ NetworkID: netA, EndpointID: id }));
-  for (const ip of [...created.addresses, addrA.split('/')[0]]) await dcall('/IpamDriver.ReleaseAddress', JSON.stringify({ PoolID: poolA, Address: ip }));
+  for (const id of [...created.endpoints, epA])
+    await dcall('/NetworkDriver.DeleteEndpoint', JSON.stringify({ NetworkID: netA, EndpointID: id }));
+  for (const ip of [...created.addresses, addrA.split('/')[0]])
+    await dcall('/IpamDriver.ReleaseAddress', JSON.stringify({ PoolID: poolA, Address: ip }));
   for (const id of [...created.networks, netA]) await dcall('/NetworkDriver.DeleteNetwork', JSON.stringify({ NetworkID: id }));
   for (const id of [...created.pools, poolA]) await dcall('/IpamDriver.ReleasePool', JSON.stringify({ PoolID: id }));
-  t.same(bad, [], `libnetwork: ${dRefused} refused with an Err naming the problem, nothing changed (${ROUNDS.docker - dRefused} valid mutations)`);
+  t.same(
+    bad,
+    [],
+    `libnetwork: ${dRefused} refused with an Err naming the problem, nothing changed (${ROUNDS.docker - dRefused} valid mutations)`,
+  );
 
   t.same(await nodeState(node.agent), empty, 'nothing leaked: endpoints, addresses, links, routes, map entries, records');
   t.equal((await api('GET', '/v1/healthz')).status, 200, 'and the agent is alive');

@@ -75,18 +75,31 @@ t.before(async () => {
 
 t.teardown(() => {
   killAll(servers);
-  try { execFileSync('ip', ['link', 'del', wHost], { stdio: 'ignore' }); } catch { /* gone with the netns */ }
-  try { execFileSync('ip', ['route', 'del', `${W1}/32`], { stdio: 'ignore' }); } catch { /* gone */ }
+  try {
+    execFileSync('ip', ['link', 'del', wHost], { stdio: 'ignore' });
+  } catch {
+    /* gone with the netns */
+  }
+  try {
+    execFileSync('ip', ['route', 'del', `${W1}/32`], { stdio: 'ignore' });
+  } catch {
+    /* gone */
+  }
   world?.remove();
 });
 
 /** A UDP listener on 0.0.0.0:port in ns (undefined: the node's own netns) that collects what arrives. */
 async function udpSink(ns: TestNetns | undefined, port: number): Promise<{ got: () => string; stop: () => void }> {
-  const script = 'import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(("0.0.0.0", int(sys.argv[1])))\nprint("ready", flush=True)\nwhile True:\n    print(s.recv(2048).decode("latin1"), flush=True)\n';
-  const child = ns ? spawn('nsenter', [`--net=${ns.path}`, 'python3', '-c', script, String(port)]) : spawn('python3', ['-c', script, String(port)]);
+  const script =
+    'import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind(("0.0.0.0", int(sys.argv[1])))\nprint("ready", flush=True)\nwhile True:\n    print(s.recv(2048).decode("latin1"), flush=True)\n';
+  const child = ns
+    ? spawn('nsenter', [`--net=${ns.path}`, 'python3', '-c', script, String(port)])
+    : spawn('python3', ['-c', script, String(port)]);
   servers.push(child);
   let out = '';
-  child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
+  child.stdout!.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
   await waitFor('the UDP listener', async () => (out.includes('ready') ? true : undefined));
   return { got: () => out, stop: () => child.kill('SIGKILL') };
 }
@@ -97,29 +110,45 @@ t.test("a pod cannot forge the proxy's mark: it never makes a packet local to th
   const port = 20000 + crypto.randomInt(0, 10000);
   const node = await udpSink(undefined, port);
   const far = await udpSink(world, port);
-  t.teardown(() => { node.stop(); far.stop(); });
-  const send = 'import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET, 36, int(sys.argv[3], 0))\ns.sendto(sys.argv[4].encode(), (sys.argv[1], int(sys.argv[2])))\n';
+  t.teardown(() => {
+    node.stop();
+    far.stop();
+  });
+  const send =
+    'import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.setsockopt(socket.SOL_SOCKET, 36, int(sys.argv[3], 0))\ns.sendto(sys.argv[4].encode(), (sys.argv[1], int(sys.argv[2])))\n';
   const tags: string[] = [];
   for (const mark of [0x0e00, 0x0e00 | (proxyPort << 16), 0x0f00]) {
     const tag = `mark-${mark.toString(16)}-${randomId()}`;
     tags.push(tag);
     await cast.pods.client.ns.exec('python3', ['-c', send, W1, String(port), String(mark), tag]);
   }
-  t.ok(await waitFor('the datagrams in the world', async () => (tags.every((x) => far.got().includes(x)) ? true : undefined)),
-    'every datagram with a forged mark (0xe00, with the proxy port, 0xf00) went to the world, as routed');
-  t.notOk(tags.some((x) => node.got().includes(x)), 'none was delivered to the node');
+  t.ok(
+    await waitFor('the datagrams in the world', async () => (tags.every((x) => far.got().includes(x)) ? true : undefined)),
+    'every datagram with a forged mark (0xe00, with the proxy port, 0xf00) went to the world, as routed',
+  );
+  t.notOk(
+    tags.some((x) => node.got().includes(x)),
+    'none was delivered to the node',
+  );
   // The control, so the check above can fail: the same mark put on the pod's packets on the node's
   // side (a netfilter rule of this test) does deliver them to the node. The pod's own mark never gets
   // that far: its veth strips it on the way out of its netns.
   const table = `mbt_l7atk_${randomId(3)}`;
-  execFileSync('nft', ['-f', '-'], { input: `add table inet ${table}
+  execFileSync('nft', ['-f', '-'], {
+    input: `add table inet ${table}
 add chain inet ${table} pre { type filter hook prerouting priority mangle - 1; policy accept; }
 add rule inet ${table} pre iifname "${cast.pods.client.ep.hostIfName}" udp dport ${port} meta mark set 0x0e00
-` });
-  t.teardown(() => { execFileSync('nft', ['delete', 'table', 'inet', table]); });
+`,
+  });
+  t.teardown(() => {
+    execFileSync('nft', ['delete', 'table', 'inet', table]);
+  });
   const tag = `marked-on-node-${randomId()}`;
   await cast.pods.client.ns.exec('python3', ['-c', send, W1, String(port), '0', tag]);
-  t.ok(await waitFor('the marked datagram', async () => (node.got().includes(tag) ? true : undefined)), 'marked on the node: delivered to the node, not the world (what a forged mark would do)');
+  t.ok(
+    await waitFor('the marked datagram', async () => (node.got().includes(tag) ? true : undefined)),
+    'marked on the node: delivered to the node, not the world (what a forged mark would do)',
+  );
 });
 
 t.test("raw SYNs at the proxy's listener from a pod get no answer", async (t) => {
@@ -135,7 +164,10 @@ t.test("raw SYNs at the proxy's listener from a pod get no answer", async (t) =>
     frame6(client, { dst: gw6, next: PROTO.TCP }, tcp(sport + 3, proxyPort, TCP_FLAGS.SYN)),
   ]);
   const frames = await cap.stop();
-  const answers = frames.filter((f) => f.dir === 'in').map((f) => frameInfo(f.frame)).filter((i) => i && i.proto === PROTO.TCP && i.sport === proxyPort && (i.flags & TCP_FLAGS.SYN));
+  const answers = frames
+    .filter((f) => f.dir === 'in')
+    .map((f) => frameInfo(f.frame))
+    .filter((i) => i && i.proto === PROTO.TCP && i.sport === proxyPort && i.flags & TCP_FLAGS.SYN);
   t.same(answers, [], `no SYN-ACK from port ${proxyPort} on 127.0.0.1, ::1 or the node's addresses`);
 });
 
@@ -144,27 +176,48 @@ t.test("a pod cannot pass for the proxy: the node's address as its source is dro
   const before = await cast.drops();
   const cap = await sniff(web.ns, 3);
   const sport = 40000 + crypto.randomInt(0, 20000);
-  await sendFrames(other.ns, [frame4(other, { src: proxySource, dst: web.ip4, proto: PROTO.TCP }, tcp(sport, 80, TCP_FLAGS.SYN))]);
+  await sendFrames(other.ns, [
+    frame4(other, { src: proxySource, dst: web.ip4, proto: PROTO.TCP }, tcp(sport, 80, TCP_FLAGS.SYN)),
+  ]);
   const frames = await cap.stop();
-  t.notOk(frames.some((f) => frameInfo(f.frame)?.sport === sport), `no SYN from ${proxySource}:${sport} reached the server`);
+  t.notOk(
+    frames.some((f) => frameInfo(f.frame)?.sport === sport),
+    `no SYN from ${proxySource}:${sport} reached the server`,
+  );
   const after = await cast.drops();
   const SPOOFED = reasonName(132);
   t.ok((after[SPOOFED] ?? 0) > (before[SPOOFED] ?? 0), `dropped as ${SPOOFED}`);
-  t.equal((await curl(other.ns, `http://${web.ip4}/public/x`, [], { timeoutS: 2 })).status, 0, 'and with its own address it is not allowed at L3');
+  t.equal(
+    (await curl(other.ns, `http://${web.ip4}/public/x`, [], { timeoutS: 2 })).status,
+    0,
+    'and with its own address it is not allowed at L3',
+  );
 });
 
-t.test("the world cannot pass for the proxy either", async (t) => {
+t.test('the world cannot pass for the proxy either', async (t) => {
   const { web } = cast.pods;
   const wMac = execFileSync('cat', [`/sys/class/net/${wHost}/address`], { encoding: 'utf8' }).trim();
   const eMac = (await world.exec('cat', ['/sys/class/net/eth0/address'])).trim();
   const sport = 40000 + crypto.randomInt(0, 20000);
-  const syn = (src: string) => eth(wMac, eMac, ETH_P.IPV4, ipv4({ src, dst: web.ip4, proto: PROTO.TCP }, withChecksum(4, src, web.ip4, PROTO.TCP, tcp(sport, 80, TCP_FLAGS.SYN))));
+  const syn = (src: string) =>
+    eth(
+      wMac,
+      eMac,
+      ETH_P.IPV4,
+      ipv4({ src, dst: web.ip4, proto: PROTO.TCP }, withChecksum(4, src, web.ip4, PROTO.TCP, tcp(sport, 80, TCP_FLAGS.SYN))),
+    );
   const cap = await sniff(web.ns, 4);
   await sendFrames(world, [syn(proxySource), syn(W1)]);
   // The world's own SYN is diverted to the proxy (its L7 port): the proxy answers it, the server never
   // sees it either. So the check is on the server's side: no SYN with the node's source arrived.
   const frames = await cap.stop();
-  t.notOk(frames.some((f) => { const i = frameInfo(f.frame); return i?.src === proxySource && i.sport === sport; }), `no SYN from ${proxySource}:${sport} (forged by the world) reached the server`);
+  t.notOk(
+    frames.some((f) => {
+      const i = frameInfo(f.frame);
+      return i?.src === proxySource && i.sport === sport;
+    }),
+    `no SYN from ${proxySource}:${sport} (forged by the world) reached the server`,
+  );
   const ok = await curl(world, `http://${web.ip4}/public/w`);
   t.equal(ok.status, 200, 'the world with its own address goes through the proxy');
   t.equal((await curl(world, `http://${web.ip4}/private`)).status, 403, 'and is held to the HTTP rules');
@@ -187,11 +240,18 @@ t.test("a node process knocking at the proxy's listener is refused", async (t) =
     const s = net.connect(proxyPort, '127.0.0.1');
     let data = '';
     s.on('connect', () => s.write('GET /public/x HTTP/1.1\r\nHost: x\r\n\r\n'));
-    s.on('data', (d) => { data += d.toString(); });
+    s.on('data', (d) => {
+      data += d.toString();
+    });
     s.on('error', () => undefined);
     s.on('close', () => resolve({ data, closed: true }));
-    setTimeout(() => { s.destroy(); resolve({ data, closed: false }); }, 5000);
+    setTimeout(() => {
+      s.destroy();
+      resolve({ data, closed: false });
+    }, 5000);
   });
   t.same(got, { data: '', closed: true }, 'closed without an answer: only diverted connections are served');
-  await waitFor('the proxy still serving', async () => ((await curl(cast.pods.client.ns, `http://${cast.pods.web.ip4}/public/after`)).status === 200 ? true : undefined));
+  await waitFor('the proxy still serving', async () =>
+    (await curl(cast.pods.client.ns, `http://${cast.pods.web.ip4}/public/after`)).status === 200 ? true : undefined,
+  );
 });

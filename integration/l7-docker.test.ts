@@ -37,14 +37,26 @@ t.test('Docker containers: HTTP rules on container traffic, L7 flows name the co
   const e = await env(t);
   const pc = new PolicyClient(e.agent.client);
   const net = await e.network(['--subnet', dockerSubnet().cidr]);
-  const web = await e.run(['--network', net, '--label', 'app=web'], ['sh', '-c',
-    'mkdir -p /www/public && echo hello-public > /www/public/index.html && echo the-secret > /www/private.html && exec busybox httpd -f -p 80 -h /www']);
+  const web = await e.run(
+    ['--network', net, '--label', 'app=web'],
+    [
+      'sh',
+      '-c',
+      'mkdir -p /www/public && echo hello-public > /www/public/index.html && echo the-secret > /www/private.html && exec busybox httpd -f -p 80 -h /www',
+    ],
+  );
   const client = await e.run(['--network', net, '--label', 'app=client']);
   const other = await e.run(['--network', net, '--label', 'app=other']);
   const ip = (await e.addressOf(web, net)).ip;
   let last = '';
-  t.ok(await eventually(async () => (last = await httpGet(e, client, ip, `/private.html`)).includes('the-secret'), 10_000), `no policy: everything is served (${last})`);
-  t.ok(await eventually(async () => (await e.agent.client.listEndpoints()).every((x) => x.labels['container:app']), 10_000), 'labels learnt from Docker');
+  t.ok(
+    await eventually(async () => (last = await httpGet(e, client, ip, `/private.html`)).includes('the-secret'), 10_000),
+    `no policy: everything is served (${last})`,
+  );
+  t.ok(
+    await eventually(async () => (await e.agent.client.listEndpoints()).every((x) => x.labels['container:app']), 10_000),
+    'labels learnt from Docker',
+  );
 
   await pc.import(`apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -58,15 +70,27 @@ spec:
   await workersConnected(e);
   const marker = `/public/index.html?m=${randomId()}`;
   t.match(await httpGet(e, client, ip, `${marker}`), /^HTTP\/1\.[01] 200 [\s\S]*hello-public/, 'client GET /public/...: served');
-  t.match(await httpGet(e, client, ip, `/private.html`), /^HTTP\/1\.[01] 403 Forbidden[\s\S]*Access denied$/, 'client GET /private.html: 403 from the proxy');
-  t.match(await httpGet(e, client, ip, `/public/../private.html`), /^HTTP\/1\.[01] 403 /, 'a dot-segment path is matched as the server resolves it');
+  t.match(
+    await httpGet(e, client, ip, `/private.html`),
+    /^HTTP\/1\.[01] 403 Forbidden[\s\S]*Access denied$/,
+    'client GET /private.html: 403 from the proxy',
+  );
+  t.match(
+    await httpGet(e, client, ip, `/public/../private.html`),
+    /^HTTP\/1\.[01] 403 /,
+    'a dot-segment path is matched as the server resolves it',
+  );
   t.match(await httpGet(e, other, ip, `/public/index.html`), /^no answer/, 'other: not allowed at L3, never reaches the proxy');
   t.notMatch(await httpGet(e, other, ip, `/public/index.html`), /hello-public/);
 
   const observer = new ObserverClient(e.agent.observerSocket);
   t.teardown(() => observer.close());
-  const flows = async () => (await observer.collect({ number: 100, whitelist: [{ eventType: [{ type: 129 }] }] })).map((r) => r.flow!);
-  t.ok(await eventually(async () => (await flows()).some((f) => f.l7?.http?.url?.endsWith(marker)), 10_000), 'the request is an L7 flow');
+  const flows = async () =>
+    (await observer.collect({ number: 100, whitelist: [{ eventType: [{ type: 129 }] }] })).map((r) => r.flow!);
+  t.ok(
+    await eventually(async () => (await flows()).some((f) => f.l7?.http?.url?.endsWith(marker)), 10_000),
+    'the request is an L7 flow',
+  );
   const all = await flows();
   const req = all.find((f) => f.l7?.type === 'REQUEST' && f.l7.http?.url?.endsWith(marker));
   t.match(req, { verdict: 'FORWARDED', l7: { http: { method: 'GET' } }, ingressAllowedBy: [{ name: 'docker-web-l7' }] });
@@ -75,5 +99,8 @@ spec:
   const denied = all.find((f) => f.l7?.type === 'REQUEST' && f.l7.http?.url?.endsWith('/private.html'));
   t.match(denied, { verdict: 'DROPPED', ingressDeniedBy: [{ name: 'docker-web-l7' }] }, 'the denied request too');
   await pc.delete('all');
-  t.ok(await eventually(async () => (await httpGet(e, client, ip, `/private.html`)).includes('the-secret'), 10_000), 'policy deleted: served again');
+  t.ok(
+    await eventually(async () => (await httpGet(e, client, ip, `/private.html`)).includes('the-secret'), 10_000),
+    'policy deleted: served again',
+  );
 });

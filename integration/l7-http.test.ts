@@ -42,7 +42,12 @@ let world: TestNetns;
 async function pod(name: string, labels: Record<string, string>, serve: number[] = []): Promise<Endpoint> {
   const ns = createNetns('mbl');
   nss.push(ns);
-  const ep = await agent.client.createEndpoint({ containerId: `l7-${name}-${randomId()}`, netns: ns.path, ifName: 'eth0', labels });
+  const ep = await agent.client.createEndpoint({
+    containerId: `l7-${name}-${randomId()}`,
+    netns: ns.path,
+    ifName: 'eth0',
+    labels,
+  });
   eps[name] = ep;
   nsOf[name] = ns;
   for (const port of serve) servers.push(await startHttpServer(ns, port, name));
@@ -50,12 +55,24 @@ async function pod(name: string, labels: Record<string, string>, serve: number[]
 }
 
 function cli(args: string[]): Promise<{ code: number | null; out: string; err: string }> {
-  const env: NodeJS.ProcessEnv = { ...process.env, MEMBRANE_SOCKET: agent.socket, MEMBRANE_OBSERVER_SOCKET: agent.observerSocket };
+  const env: NodeJS.ProcessEnv = {
+    ...process.env,
+    MEMBRANE_SOCKET: agent.socket,
+    MEMBRANE_OBSERVER_SOCKET: agent.observerSocket,
+  };
   delete env.NODE_EXTRA_CA_CERTS;
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), ...args], { cwd: REPO, env });
-  let out = '', err = '';
-  child.stdout.on('data', (d) => { out += d; });
-  child.stderr.on('data', (d) => { err += d; });
+  const child = spawn(process.execPath, ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), ...args], {
+    cwd: REPO,
+    env,
+  });
+  let out = '',
+    err = '';
+  child.stdout.on('data', (d) => {
+    out += d;
+  });
+  child.stderr.on('data', (d) => {
+    err += d;
+  });
   return new Promise((resolve) => child.once('close', (code) => resolve({ code, out, err })));
 }
 
@@ -97,8 +114,16 @@ t.before(async () => {
 
 t.teardown(async () => {
   killAll(servers);
-  try { execFileSync('ip', ['link', 'del', wHost], { stdio: 'ignore' }); } catch { /* gone with the netns */ }
-  try { execFileSync('ip', ['route', 'del', `${W1}/32`], { stdio: 'ignore' }); } catch { /* gone */ }
+  try {
+    execFileSync('ip', ['link', 'del', wHost], { stdio: 'ignore' });
+  } catch {
+    /* gone with the netns */
+  }
+  try {
+    execFileSync('ip', ['route', 'del', `${W1}/32`], { stdio: 'ignore' });
+  } catch {
+    /* gone */
+  }
   await agent?.cleanup();
   for (const ns of nss) ns.remove();
 });
@@ -112,7 +137,11 @@ t.test('storefront-reads.yaml: GET /catalog from checkout only', async (t) => {
   const denied = await curl(nsOf.good, url('web', 8080, '/orders'));
   t.same([denied.status, denied.body], [403, 'Access denied'], 'checkout GET /orders: 403 "Access denied"');
   t.equal((await curl(nsOf.good, url('web', 8080, '/catalog'), ['-X', 'POST'])).status, 403, 'POST /catalog: method not allowed');
-  t.equal((await curl(nsOf.bad, url('web', 8080, '/catalog'), [], { timeoutS: 2 })).status, 0, 'crawler: dropped at L3, never reaches the proxy');
+  t.equal(
+    (await curl(nsOf.bad, url('web', 8080, '/catalog'), [], { timeoutS: 2 })).status,
+    0,
+    'crawler: dropped at L3, never reaches the proxy',
+  );
   t.equal(await probe(nsOf.good, ip4(eps.web), 80), 'timeout', 'port 80 is not allowed at all');
 });
 
@@ -121,8 +150,16 @@ t.test('inventory-api.yaml: methods, whole-path regexes, a required header', asy
   await importL7(fixture('inventory-api.yaml'));
   t.equal((await curl(nsOf.good, url('inv', 80, '/stock'))).status, 200, 'GET /stock');
   t.equal((await curl(nsOf.good, url('inv', 80, '/stock/x'))).status, 403, 'GET /stock/x: the regex matches the whole path');
-  t.equal((await curl(nsOf.good, url('inv', 80, '/restock'), ['-X', 'PUT'])).status, 403, 'PUT /restock without X-Inventory-Role');
-  t.equal((await curl(nsOf.good, url('inv', 80, '/restock'), ['-X', 'PUT', '-H', 'X-Inventory-Role: reader'])).status, 403, 'with another value');
+  t.equal(
+    (await curl(nsOf.good, url('inv', 80, '/restock'), ['-X', 'PUT'])).status,
+    403,
+    'PUT /restock without X-Inventory-Role',
+  );
+  t.equal(
+    (await curl(nsOf.good, url('inv', 80, '/restock'), ['-X', 'PUT', '-H', 'X-Inventory-Role: reader'])).status,
+    403,
+    'with another value',
+  );
   const put = await curl(nsOf.good, url('inv', 80, '/restock'), ['-X', 'PUT', '-H', 'X-Inventory-Role: writer', '-d', 'payload']);
   t.equal(put.status, 200, 'PUT /restock with X-Inventory-Role: writer');
   t.match(JSON.parse(put.body), { method: 'PUT', bytes: 7, headers: { 'x-inventory-role': 'writer' } });
@@ -131,7 +168,11 @@ t.test('inventory-api.yaml: methods, whole-path regexes, a required header', asy
 t.test('storefront-additive.yaml: stage=live may do anything (L3 rule), everyone else GET /catalog', async (t) => {
   t.teardown(reset);
   await importL7(fixture('storefront-additive.yaml'));
-  t.equal((await curl(nsOf.good, url('web', 80, '/anything'), ['-X', 'DELETE'])).status, 200, 'live: rules are additive, the L3 rule allows all');
+  t.equal(
+    (await curl(nsOf.good, url('web', 80, '/anything'), ['-X', 'DELETE'])).status,
+    200,
+    'live: rules are additive, the L3 rule allows all',
+  );
   t.equal((await curl(nsOf.bad, url('web', 80, '/catalog'))).status, 200, 'crawler: GET /catalog');
   t.equal((await curl(nsOf.bad, url('web', 80, '/catalog'), ['-X', 'POST'])).status, 403, 'crawler: POST /catalog');
   t.equal(await probe(nsOf.bad, ip4(eps.web), 8080), 'timeout', 'crawler: no other port');
@@ -145,12 +186,39 @@ t.test('storefront-and-partner.yaml: egress to the world by Host, ingress by met
   t.equal(ok.status, 200, 'live -> world: POST with Host partner-api.example');
   t.match(JSON.parse(ok.body), { server: 'world', headers: { host: 'partner-api.example' } });
   t.equal((await world(['-H', 'Host: partner-api.example'])).status, 403, 'GET is not allowed');
-  t.equal((await world(['-X', 'POST', '-H', 'Host: partner-api.example.attacker.test', '-d', 'x'])).status, 403, 'another Host is not allowed');
+  t.equal(
+    (await world(['-X', 'POST', '-H', 'Host: partner-api.example.attacker.test', '-d', 'x'])).status,
+    403,
+    'another Host is not allowed',
+  );
   // Spec 1 is live's egress on port 80 to anyone, so it also applies to live -> storefront: both ends check.
-  t.equal((await curl(nsOf.good, url('web', 80, '/catalog'))).status, 403, "live -> storefront GET /catalog: allowed by the storefront's ingress, denied by live's own egress");
-  const tr = await pc.trace({ labels: { app: 'checkout', stage: 'live' } }, { labels: { app: 'storefront', tier: 'web' } }, '80/tcp', { method: 'GET', path: '/catalog' });
-  t.match(tr, { verdict: 'deny', steps: [{ direction: 'egress', verdict: 'deny' }, { direction: 'ingress', verdict: 'allow' }] }, 'trace says so, side by side');
-  t.equal((await curl(nsOf.bad, url('web', 80, '/catalog'), [], { timeoutS: 2 })).status, 0, 'a client without stage=live is not allowed at L3');
+  t.equal(
+    (await curl(nsOf.good, url('web', 80, '/catalog'))).status,
+    403,
+    "live -> storefront GET /catalog: allowed by the storefront's ingress, denied by live's own egress",
+  );
+  const tr = await pc.trace(
+    { labels: { app: 'checkout', stage: 'live' } },
+    { labels: { app: 'storefront', tier: 'web' } },
+    '80/tcp',
+    { method: 'GET', path: '/catalog' },
+  );
+  t.match(
+    tr,
+    {
+      verdict: 'deny',
+      steps: [
+        { direction: 'egress', verdict: 'deny' },
+        { direction: 'ingress', verdict: 'allow' },
+      ],
+    },
+    'trace says so, side by side',
+  );
+  t.equal(
+    (await curl(nsOf.bad, url('web', 80, '/catalog'), [], { timeoutS: 2 })).status,
+    0,
+    'a client without stage=live is not allowed at L3',
+  );
 });
 
 const API = (extra = '') => `apiVersion: cilium.io/v2
@@ -169,7 +237,7 @@ spec:
         - {method: GET, path: /ws}
 ${extra}`;
 
-t.test("the CLI: the HTTP examples validate; trace answers for an HTTP request; endpoint get shows the L7 rules", async (t) => {
+t.test('the CLI: the HTTP examples validate; trace answers for an HTTP request; endpoint get shows the L7 rules', async (t) => {
   t.teardown(reset);
   for (const f of ['storefront-reads.yaml', 'inventory-api.yaml', 'storefront-additive.yaml', 'storefront-and-partner.yaml']) {
     const v = await cli(['policy', 'validate', path.join(FIXTURES, f)]);
@@ -177,17 +245,39 @@ t.test("the CLI: the HTTP examples validate; trace answers for an HTTP request; 
     t.match(v.out, /^valid: CiliumNetworkPolicy /);
   }
   await importL7(fixture('storefront-reads.yaml'));
-  const trace = (method: string, p: string) => cli(['policy', 'trace', '--src', 'app=checkout', '--dst', 'app=storefront', '--dport', '8080/tcp', '--http-method', method, '--http-path', p]);
+  const trace = (method: string, p: string) =>
+    cli([
+      'policy',
+      'trace',
+      '--src',
+      'app=checkout',
+      '--dst',
+      'app=storefront',
+      '--dport',
+      '8080/tcp',
+      '--http-method',
+      method,
+      '--http-path',
+      p,
+    ]);
   const ok = await trace('GET', '/catalog');
   t.equal(ok.code, 0, 'GET /catalog: allowed (exit 0)');
   t.match(ok.out, /^ALLOWED: 8080\/tcp/i);
   const no = await trace('GET', '/orders');
   t.equal(no.code, 2, 'GET /orders: denied (exit 2)');
-  t.match(no.out, /^DENIED[\s\S]*ingress\s+deny[\s\S]*http GET \/catalog\s+\(storefront-reads spec\.ingress\[0\]\.toPorts\[0\]\.rules\.http\[0\]\)/, `the HTTP rules it was held against:\n${no.out}`);
+  t.match(
+    no.out,
+    /^DENIED[\s\S]*ingress\s+deny[\s\S]*http GET \/catalog\s+\(storefront-reads spec\.ingress\[0\]\.toPorts\[0\]\.rules\.http\[0\]\)/,
+    `the HTTP rules it was held against:\n${no.out}`,
+  );
   t.equal((await trace('POST', '/catalog')).code, 2, 'POST /catalog: denied');
   const ep = await cli(['endpoint', 'get', String(eps.web.id)]);
   t.equal(ep.code, 0);
-  t.match(ep.out, /L7 ingress:\s+8080\/tcp from 1 peer identity through the HTTP proxy: GET \/catalog\n/, `endpoint get:\n${ep.out}`);
+  t.match(
+    ep.out,
+    /L7 ingress:\s+8080\/tcp from 1 peer identity through the HTTP proxy: GET \/catalog\n/,
+    `endpoint get:\n${ep.out}`,
+  );
 });
 
 t.test('Expect: 100-continue through the diverted path', async (t) => {
@@ -196,8 +286,16 @@ t.test('Expect: 100-continue through the diverted path', async (t) => {
   const raw = new RawHttp(nsOf.good, ip4(eps.web), 80);
   t.teardown(() => raw.close());
   const head = (p: string) => `PUT ${p} HTTP/1.1\r\nHost: svc\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n`;
-  t.match((await raw.exchange(head('/upload'), '\r\n\r\n')).got, /^HTTP\/1\.1 100 Continue\r\n/, "the server's 100 Continue comes back before the body is sent");
-  t.match((await raw.exchange('hello', '"bytes":5')).got, /^HTTP\/1\.1 200 OK/, 'then the body goes through and the answer comes');
+  t.match(
+    (await raw.exchange(head('/upload'), '\r\n\r\n')).got,
+    /^HTTP\/1\.1 100 Continue\r\n/,
+    "the server's 100 Continue comes back before the body is sent",
+  );
+  t.match(
+    (await raw.exchange('hello', '"bytes":5')).got,
+    /^HTTP\/1\.1 200 OK/,
+    'then the body goes through and the answer comes',
+  );
   const denied = new RawHttp(nsOf.good, ip4(eps.web), 80);
   t.teardown(() => denied.close());
   const r = await denied.exchange(head('/secret'), 'Access denied');
@@ -218,31 +316,49 @@ t.test('keep-alive: allowed and denied requests share one connection', async (t)
   t.match(b.got, /^HTTP\/1\.1 200 OK/, 'the same connection still works after a denial');
 });
 
-t.test("Connection: close leaves no TIME_WAIT in the node's stack (a new SYN on the same ports would stall 60 s there)", async (t) => {
-  t.teardown(reset);
-  await importL7(API());
-  // The side that closes first keeps TIME_WAIT. The proxy lets the client close first once it has
-  // read a response that says close (curl does at once), so the entry is the client's own. One in the
-  // node's stack would meet the next SYN on the same ports, which the datapath hands straight to the
-  // proxy's listener: the kernel drops it until TIME_WAIT ends.
-  const ports = [0, 1].map(() => 20000 + crypto.randomInt(0, 20000));
-  const ok = await curl(nsOf.good, url('web', 80, '/public/close'), ['--local-port', String(ports[0]), '-H', 'Connection: close']);
-  const no = await curl(nsOf.good, url('web', 80, '/private'), ['--local-port', String(ports[1]), '-H', 'Connection: close']);
-  t.same([ok.status, no.status, no.body], [200, 403, 'Access denied']);
-  await new Promise((r) => setTimeout(r, 300));
-  for (const port of ports) {
-    const tw = execFileSync('ss', ['-Htan', 'state', 'time-wait', 'src', `${ip4(eps.web)}:80`, 'dst', `${ip4(eps.good)}:${port}`], { encoding: 'utf8' });
-    t.equal(tw.trim(), '', `no TIME_WAIT for ${ip4(eps.good)}:${port} -> ${ip4(eps.web)}:80 in the node's stack`);
-  }
-});
+t.test(
+  "Connection: close leaves no TIME_WAIT in the node's stack (a new SYN on the same ports would stall 60 s there)",
+  async (t) => {
+    t.teardown(reset);
+    await importL7(API());
+    // The side that closes first keeps TIME_WAIT. The proxy lets the client close first once it has
+    // read a response that says close (curl does at once), so the entry is the client's own. One in the
+    // node's stack would meet the next SYN on the same ports, which the datapath hands straight to the
+    // proxy's listener: the kernel drops it until TIME_WAIT ends.
+    const ports = [0, 1].map(() => 20000 + crypto.randomInt(0, 20000));
+    const ok = await curl(nsOf.good, url('web', 80, '/public/close'), [
+      '--local-port',
+      String(ports[0]),
+      '-H',
+      'Connection: close',
+    ]);
+    const no = await curl(nsOf.good, url('web', 80, '/private'), ['--local-port', String(ports[1]), '-H', 'Connection: close']);
+    t.same([ok.status, no.status, no.body], [200, 403, 'Access denied']);
+    await new Promise((r) => setTimeout(r, 300));
+    for (const port of ports) {
+      const tw = execFileSync(
+        'ss',
+        ['-Htan', 'state', 'time-wait', 'src', `${ip4(eps.web)}:80`, 'dst', `${ip4(eps.good)}:${port}`],
+        { encoding: 'utf8' },
+      );
+      t.equal(tw.trim(), '', `no TIME_WAIT for ${ip4(eps.good)}:${port} -> ${ip4(eps.web)}:80 in the node's stack`);
+    }
+  },
+);
 
 t.test('pipelining: responses in request order, 403s in their place', async (t) => {
   t.teardown(reset);
   await importL7(API());
   const raw = new RawHttp(nsOf.good, ip4(eps.web), 80);
   t.teardown(() => raw.close());
-  const r = await raw.exchange(request('GET', '/public/1') + request('DELETE', '/public/1') + request('GET', '/public/3'), '"url":"/public/3"');
-  t.same([...r.got.matchAll(/HTTP\/1\.1 (\d+)/g)].map((m) => m[1]), ['200', '403', '200']);
+  const r = await raw.exchange(
+    request('GET', '/public/1') + request('DELETE', '/public/1') + request('GET', '/public/3'),
+    '"url":"/public/3"',
+  );
+  t.same(
+    [...r.got.matchAll(/HTTP\/1\.1 (\d+)/g)].map((m) => m[1]),
+    ['200', '403', '200'],
+  );
 });
 
 t.test('a 100 MB chunked upload streams through; neither the proxy workers nor the agent buffer it', async (t) => {
@@ -251,16 +367,28 @@ t.test('a 100 MB chunked upload streams through; neither the proxy workers nor t
   const size = 100 * 1024 * 1024;
   // Well under the body: holding it would take 100 MiB; what a streaming worker gains is garbage not yet collected.
   const BOUND = 64 * 1024 * 1024;
-  const workers = ((await agent.client.status()).l7 as { workers: { pid?: number }[] }).workers.map((w) => w.pid!).filter(Boolean);
+  const workers = ((await agent.client.status()).l7 as { workers: { pid?: number }[] }).workers
+    .map((w) => w.pid!)
+    .filter(Boolean);
   t.ok(workers.length > 0, `proxy workers: ${workers.join(', ')}`);
   const rss = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0) * 1024;
   const watched = [...workers.map((pid) => ({ name: `worker ${pid}`, pid })), { name: 'agent', pid: agent.pid()! }];
   const start = watched.map((w) => rss(w.pid));
   const peak = [...start];
-  const sample = () => watched.forEach((w, i) => { try { peak[i] = Math.max(peak[i], rss(w.pid)); } catch { /* gone */ } });
+  const sample = () =>
+    watched.forEach((w, i) => {
+      try {
+        peak[i] = Math.max(peak[i], rss(w.pid));
+      } catch {
+        /* gone */
+      }
+    });
   const sampler = setInterval(sample, 25);
   const zeros = spawn('head', ['-c', String(size), '/dev/zero'], { stdio: ['ignore', 'pipe', 'ignore'] });
-  const r = await curl(nsOf.good, url('web', 80, '/upload'), ['-T', '-', '-H', 'Transfer-Encoding: chunked'], { timeoutS: 180, stdin: zeros });
+  const r = await curl(nsOf.good, url('web', 80, '/upload'), ['-T', '-', '-H', 'Transfer-Encoding: chunked'], {
+    timeoutS: 180,
+    stdin: zeros,
+  });
   clearInterval(sampler);
   sample();
   t.equal(r.status, 200);
@@ -268,7 +396,10 @@ t.test('a 100 MB chunked upload streams through; neither the proxy workers nor t
   t.match(JSON.parse(r.body), { bytes: size, sha256: want }, 'every byte arrived, in order');
   watched.forEach((w, i) => {
     const grew = peak[i] - start[i];
-    t.ok(grew < BOUND, `${w.name}: RSS ${(start[i] / 1048576).toFixed(0)} -> peak ${(peak[i] / 1048576).toFixed(0)} MiB (+${(grew / 1048576).toFixed(1)} MiB, bound ${BOUND / 1048576} MiB) for a ${size / 1048576} MiB body`);
+    t.ok(
+      grew < BOUND,
+      `${w.name}: RSS ${(start[i] / 1048576).toFixed(0)} -> peak ${(peak[i] / 1048576).toFixed(0)} MiB (+${(grew / 1048576).toFixed(1)} MiB, bound ${BOUND / 1048576} MiB) for a ${size / 1048576} MiB body`,
+    );
   });
 });
 
@@ -277,17 +408,28 @@ t.test('WebSocket: a client on an allowed path talks both ways; on a denied path
   await importL7(API());
   const ws = (p: string, messages: string[]) => webSocket(nsOf.good, `ws://${ip4(eps.web)}${p}`, messages);
   const ok = await ws('/ws', ['hello', 'bytes:100000', 'bye']);
-  t.same(ok, { opened: true, got: ['echo:hello', 'bytes:100005:echo:', 'echo:bye'], closeCode: 1000 },
-    "Node's WebSocket client: handshake accepted (its key checked), a text, a 100 kB binary and a text message echoed, a clean close");
+  t.same(
+    ok,
+    { opened: true, got: ['echo:hello', 'bytes:100005:echo:', 'echo:bye'], closeCode: 1000 },
+    "Node's WebSocket client: handshake accepted (its key checked), a text, a 100 kB binary and a text message echoed, a clean close",
+  );
   const denied = await ws('/chat', ['hello']);
-  t.match(denied, { opened: false, got: [], error: /non-101 status/ }, `GET /chat is not allowed: the client never gets a WebSocket (${denied.error})`);
+  t.match(
+    denied,
+    { opened: false, got: [], error: /non-101 status/ },
+    `GET /chat is not allowed: the client never gets a WebSocket (${denied.error})`,
+  );
   // What the client was told, byte for byte; and the tunnel works for a client that speaks no WebSocket framing.
   const raw = new RawHttp(nsOf.good, ip4(eps.web), 80);
   t.teardown(() => raw.close());
   const upgrade = (p: string) => request('GET', p, 'svc', { Connection: 'Upgrade', Upgrade: 'websocket' });
   const no = await raw.exchange(upgrade('/chat'), 'Access denied');
   t.match(no.got, /^HTTP\/1\.1 403 Forbidden\r\n[\s\S]*\r\n\r\nAccess denied$/, 'a 403 "Access denied", not a 101');
-  t.match((await raw.exchange(upgrade('/ws'), '\r\n\r\n')).got, /^HTTP\/1\.1 101 Switching Protocols/, 'and the same connection may then upgrade on an allowed path');
+  t.match(
+    (await raw.exchange(upgrade('/ws'), '\r\n\r\n')).got,
+    /^HTTP\/1\.1 101 Switching Protocols/,
+    'and the same connection may then upgrade on an allowed path',
+  );
   t.equal((await raw.exchange('frame-1', 'echo:frame-1')).got, 'echo:frame-1', 'after which bytes pass both ways untouched');
 });
 
@@ -297,20 +439,32 @@ t.test('a policy change takes effect on the next request of an open connection',
   const raw = new RawHttp(nsOf.good, ip4(eps.web), 80);
   t.teardown(() => raw.close());
   t.match((await raw.exchange(request('GET', '/admin'), 'Access denied')).got, /^HTTP\/1\.1 403/);
-  await importL7(API().replace('- {method: GET, path: /ws}', '- {method: GET, path: /ws}\n        - {method: GET, path: /admin}'));
-  t.match((await raw.exchange(request('GET', '/admin'), '"url":"/admin"')).got, /^HTTP\/1\.1 200/, 'allowed now, same connection');
+  await importL7(
+    API().replace('- {method: GET, path: /ws}', '- {method: GET, path: /ws}\n        - {method: GET, path: /admin}'),
+  );
+  t.match(
+    (await raw.exchange(request('GET', '/admin'), '"url":"/admin"')).got,
+    /^HTTP\/1\.1 200/,
+    'allowed now, same connection',
+  );
   await importL7(API());
   t.match((await raw.exchange(request('GET', '/admin'), 'Access denied')).got, /^HTTP\/1\.1 403/, 'and denied again');
 });
 
 t.test('deny precedence and L3/L4 first: the proxy is no way around them', async (t) => {
   t.teardown(reset);
-  await importL7(API(`  - toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{}]}}]
+  await importL7(
+    API(`  - toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{}]}}]
   ingressDeny:
   - fromEndpoints: [{matchLabels: {app: crawler}}]
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-`));
-  t.equal((await curl(nsOf.bad, url('web', 80, '/public/a'), [], { timeoutS: 2 })).status, 0, 'crawler: denied at L4 although an L7 rule allows all requests');
+`),
+  );
+  t.equal(
+    (await curl(nsOf.bad, url('web', 80, '/public/a'), [], { timeoutS: 2 })).status,
+    0,
+    'crawler: denied at L4 although an L7 rule allows all requests',
+  );
   t.equal((await curl(nsOf.good, url('web', 80, '/anything'))).status, 200, 'live: the empty HTTP rule allows every request');
   // A Host header naming another pod does not move the request: the proxy connects to the original destination.
   const r = await curl(nsOf.good, url('web', 80, '/public/x'), ['-H', `Host: ${ip4(eps.inv)}`]);
@@ -349,27 +503,65 @@ t.test('every request and response is an L7 flow: gRPC, membrane observe, metric
   t.equal((await curl(nsOf.good, url('web', 80, `${marker}-denied`), ['-X', 'DELETE'])).status, 403);
   const observer = new ObserverClient(agent.observerSocket);
   t.teardown(() => observer.close());
-  const l7Flows = async () => (await observer.collect({ number: 1000, whitelist: [{ eventType: [{ type: 129 }], httpPath: [`^${marker}`] }] })).map((r) => r.flow!);
+  const l7Flows = async () =>
+    (await observer.collect({ number: 1000, whitelist: [{ eventType: [{ type: 129 }], httpPath: [`^${marker}`] }] })).map(
+      (r) => r.flow!,
+    );
   let flows = await l7Flows();
-  for (let i = 0; i < 50 && flows.length < 4; i++) { await new Promise((r) => setTimeout(r, 100)); flows = await l7Flows(); }
+  for (let i = 0; i < 50 && flows.length < 4; i++) {
+    await new Promise((r) => setTimeout(r, 100));
+    flows = await l7Flows();
+  }
   const req = flows.find((f) => f.l7?.type === 'REQUEST' && f.l7.http?.method === 'GET');
   const res = flows.find((f) => f.l7?.type === 'RESPONSE' && f.l7.http?.method === 'GET');
   const denied = flows.find((f) => f.l7?.type === 'REQUEST' && f.l7.http?.method === 'DELETE');
   const deniedRes = flows.find((f) => f.l7?.type === 'RESPONSE' && f.l7.http?.method === 'DELETE');
-  t.match(req, {
-    Type: 'L7', verdict: 'FORWARDED', trafficDirection: 'INGRESS', IP: { source: ip4(eps.good), destination: ip4(eps.web) },
-    l4: { TCP: { destinationPort: 80 } }, l7: { type: 'REQUEST', http: { method: 'GET', url: `http://${ip4(eps.web)}:80${marker}`.replace(':80/', '/'), protocol: 'HTTP/1.1' } },
-    source: { ID: eps.good.id, identity: eps.good.identity, labels: ['app=checkout', 'stage=live'] },
-    destination: { ID: eps.web.id, identity: eps.web.identity },
-    ingressAllowedBy: [{ name: 'api', membraneRulePath: 'spec.ingress[0].toPorts[0].rules.http[0]' }],
-  }, 'the request: endpoints, identities, labels, the HTTP rule that allowed it');
-  t.match(res, { verdict: 'FORWARDED', isReply: { value: true }, IP: { source: ip4(eps.web), destination: ip4(eps.good) }, l7: { type: 'RESPONSE', http: { code: 200 } } });
+  t.match(
+    req,
+    {
+      Type: 'L7',
+      verdict: 'FORWARDED',
+      trafficDirection: 'INGRESS',
+      IP: { source: ip4(eps.good), destination: ip4(eps.web) },
+      l4: { TCP: { destinationPort: 80 } },
+      l7: {
+        type: 'REQUEST',
+        http: { method: 'GET', url: `http://${ip4(eps.web)}:80${marker}`.replace(':80/', '/'), protocol: 'HTTP/1.1' },
+      },
+      source: { ID: eps.good.id, identity: eps.good.identity, labels: ['app=checkout', 'stage=live'] },
+      destination: { ID: eps.web.id, identity: eps.web.identity },
+      ingressAllowedBy: [{ name: 'api', membraneRulePath: 'spec.ingress[0].toPorts[0].rules.http[0]' }],
+    },
+    'the request: endpoints, identities, labels, the HTTP rule that allowed it',
+  );
+  t.match(res, {
+    verdict: 'FORWARDED',
+    isReply: { value: true },
+    IP: { source: ip4(eps.web), destination: ip4(eps.good) },
+    l7: { type: 'RESPONSE', http: { code: 200 } },
+  });
   t.ok((res?.l7?.latencyNs ?? 0) > 0, `the response has a latency (${res?.l7?.latencyNs} ns)`);
   t.match(denied, { verdict: 'DROPPED', ingressDeniedBy: [{ name: 'api' }], Summary: /denied by ingress HTTP rules of api/ });
   t.match(deniedRes, { l7: { http: { code: 403 } } });
   const line = await cli(['observe', '--type', 'l7', '--http-method', 'DELETE', '--http-path', `^${marker}`, '--last', '10']);
-  t.match(line.out, /http-request DROPPED \(HTTP\/1\.1 DELETE http:\/\/[^ ]+-denied/, `membrane observe --type l7 --http-method: ${line.out.trim()}`);
-  const status = await cli(['observe', '--type', 'l7', '--http-status', '403', '--http-path', `^${marker}`, '--last', '10', '-o', 'json']);
+  t.match(
+    line.out,
+    /http-request DROPPED \(HTTP\/1\.1 DELETE http:\/\/[^ ]+-denied/,
+    `membrane observe --type l7 --http-method: ${line.out.trim()}`,
+  );
+  const status = await cli([
+    'observe',
+    '--type',
+    'l7',
+    '--http-status',
+    '403',
+    '--http-path',
+    `^${marker}`,
+    '--last',
+    '10',
+    '-o',
+    'json',
+  ]);
   t.equal(status.out.trim().split('\n').length, 1, '--http-status 403: the one denied response');
   const metricsAddr = ((await agent.client.status()) as { metrics: { address: string } }).metrics.address;
   const text = await (await fetch(`http://${metricsAddr}/metrics`)).text();

@@ -44,7 +44,10 @@ spec:
     - ports: [{port: "${ECHO}", protocol: TCP}]
 `;
 
-interface L7Status { port: number; workers: { pid?: number; connected: boolean; restarts: number }[] }
+interface L7Status {
+  port: number;
+  workers: { pid?: number; connected: boolean; restarts: number }[];
+}
 const l7 = async () => (await agent.client.status()).l7 as unknown as L7Status;
 async function workersConnected(ms = 60_000): Promise<L7Status> {
   const end = Date.now() + ms;
@@ -52,17 +55,27 @@ async function workersConnected(ms = 60_000): Promise<L7Status> {
     try {
       const s = await l7();
       if (s.workers.every((w) => w.connected)) return s;
-    } catch { /* the agent is starting */ }
+    } catch {
+      /* the agent is starting */
+    }
     if (Date.now() > end) throw new Error('L7 proxy workers did not connect');
     await new Promise((r) => setTimeout(r, 100));
   }
 }
 const drops = async () => ((await agent.client.request('GET', '/v1/policy/status')) as { drops: Record<string, number> }).drops;
-const alive = (pid: number) => { try { process.kill(pid, 0); return true; } catch { return false; } };
+const alive = (pid: number) => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+};
 // The host's own way out. An early L7 prototype once replaced the node's default route: the proxy's
 // "every destination is local" route must only ever exist in its own table.
 const ip = (...args: string[]) => execFileSync('ip', args, { encoding: 'utf8' });
-const hostDefaults = () => ip('-4', 'route', 'show', 'default', 'table', 'main') + ip('-6', 'route', 'show', 'default', 'table', 'main');
+const hostDefaults = () =>
+  ip('-4', 'route', 'show', 'default', 'table', 'main') + ip('-6', 'route', 'show', 'default', 'table', 'main');
 const hostDefaultsBefore = hostDefaults();
 
 t.before(async () => {
@@ -72,8 +85,18 @@ t.before(async () => {
   webNs = createNetns('mbl');
   clientNs = createNetns('mbl');
   nss.push(webNs, clientNs);
-  web = await agent.client.createEndpoint({ containerId: `l7r-web-${randomId()}`, netns: webNs.path, ifName: 'eth0', labels: { app: 'web' } });
-  await agent.client.createEndpoint({ containerId: `l7r-client-${randomId()}`, netns: clientNs.path, ifName: 'eth0', labels: { app: 'client' } });
+  web = await agent.client.createEndpoint({
+    containerId: `l7r-web-${randomId()}`,
+    netns: webNs.path,
+    ifName: 'eth0',
+    labels: { app: 'web' },
+  });
+  await agent.client.createEndpoint({
+    containerId: `l7r-client-${randomId()}`,
+    netns: clientNs.path,
+    ifName: 'eth0',
+    labels: { app: 'client' },
+  });
   servers.push(await startHttpServer(webNs, 80, 'web'), await startEchoServer(webNs, ECHO, '0.0.0.0'));
   await pc.import(POLICY);
   await workersConnected();
@@ -91,15 +114,35 @@ t.test('agent restarts and SIGKILL: established L7 connections keep working, sti
   t.teardown(() => raw.close());
   t.match((await raw.exchange(request('GET', '/public/1'), '"url":"/public/1"')).got, /^HTTP\/1\.1 200/);
   await agent.kill9();
-  t.match((await raw.exchange(request('GET', '/public/2'), '"url":"/public/2"')).got, /^HTTP\/1\.1 200/, 'agent down: the open connection still works');
+  t.match(
+    (await raw.exchange(request('GET', '/public/2'), '"url":"/public/2"')).got,
+    /^HTTP\/1\.1 200/,
+    'agent down: the open connection still works',
+  );
   t.match((await raw.exchange(request('GET', '/admin'), 'Access denied')).got, /^HTTP\/1\.1 403/, 'and is still enforced');
-  t.equal((await curl(clientNs, `http://${ip4(web)}/public/new`)).status, 200, 'new connections are proxied too (the workers run)');
+  t.equal(
+    (await curl(clientNs, `http://${ip4(web)}/public/new`)).status,
+    200,
+    'new connections are proxied too (the workers run)',
+  );
   await agent.restart();
   const after = await workersConnected();
-  t.same(after.workers.map((w) => w.pid), before.workers.map((w) => w.pid), 'the new agent adopted the running workers');
-  t.match((await raw.exchange(request('GET', '/public/3'), '"url":"/public/3"')).got, /^HTTP\/1\.1 200/, 'the connection survived the restart');
+  t.same(
+    after.workers.map((w) => w.pid),
+    before.workers.map((w) => w.pid),
+    'the new agent adopted the running workers',
+  );
+  t.match(
+    (await raw.exchange(request('GET', '/public/3'), '"url":"/public/3"')).got,
+    /^HTTP\/1\.1 200/,
+    'the connection survived the restart',
+  );
   await pc.import(POLICY.replace('path: "/public/.*"', 'path: "/public/.*|/admin"'));
-  t.match((await raw.exchange(request('GET', '/admin'), '"url":"/admin"')).got, /^HTTP\/1\.1 200/, 'and follows policy changes made through the new agent');
+  t.match(
+    (await raw.exchange(request('GET', '/admin'), '"url":"/admin"')).got,
+    /^HTTP\/1\.1 200/,
+    'and follows policy changes made through the new agent',
+  );
   await pc.import(POLICY);
 });
 
@@ -110,27 +153,44 @@ t.test('proxy down: new connections to L7 ports fail closed and are counted; oth
   await agent.kill9();
   for (const w of workers) process.kill(w.pid!, 'SIGKILL');
   for (const w of workers) while (alive(w.pid!)) await new Promise((r) => setTimeout(r, 20));
-  t.equal((await curl(clientNs, `http://${ip4(web)}/public/x`, [], { timeoutS: 2 })).status, 0, 'a new connection to the L7 port gets nowhere');
+  t.equal(
+    (await curl(clientNs, `http://${ip4(web)}/public/x`, [], { timeoutS: 2 })).status,
+    0,
+    'a new connection to the L7 port gets nowhere',
+  );
   t.equal(await probe(clientNs, ip4(web), ECHO), 'ok', 'the L4-only port works');
   await agent.restart();
   const back = await workersConnected();
-  t.ok(back.workers.every((w) => !workers.some((old) => old.pid === w.pid)), 'new workers were started');
+  t.ok(
+    back.workers.every((w) => !workers.some((old) => old.pid === w.pid)),
+    'new workers were started',
+  );
   t.equal((await curl(clientNs, `http://${ip4(web)}/public/y`)).status, 200, 'and the L7 port works again');
-  t.ok(((await drops()).SOCKET_LOOKUP_FAILED ?? 0) > dropped, `the refused connection attempts are drops with their reason: ${JSON.stringify(await drops())}`);
+  t.ok(
+    ((await drops()).SOCKET_LOOKUP_FAILED ?? 0) > dropped,
+    `the refused connection attempts are drops with their reason: ${JSON.stringify(await drops())}`,
+  );
   const log = fs.readFileSync(path.join(agent.stateDir, 'agent.log'), 'utf8');
   t.match(log, /L7 proxy worker started/, 'the agent says it started them');
 });
 
-t.test("the host's routes are never touched: default routes the same with the proxy up, after SIGKILL, and after the agent is gone", async (t) => {
-  await workersConnected();
-  t.equal(hostDefaults(), hostDefaultsBefore, `with L7 policy enforced:\n${hostDefaultsBefore}`);
-  t.match(ip('-4', 'route', 'show', 'table', 'all', 'dev', 'lo', 'type', 'local', 'default'), new RegExp(`^local default table ${PROXY_ROUTE_TABLE} `, 'm'), `the proxy's local default route is in its own table (${PROXY_ROUTE_TABLE})`);
-  t.notMatch(ip('-4', 'route', 'show', 'table', 'main'), /^local default/m, 'and not in main');
-  await agent.kill9();
-  t.equal(hostDefaults(), hostDefaultsBefore, 'after the agent is killed');
-  await agent.restart();
-  await workersConnected();
-  t.equal(hostDefaults(), hostDefaultsBefore, 'after it starts again');
-  await agent.cleanup();
-  t.equal(hostDefaults(), hostDefaultsBefore, 'after it stopped and its endpoints, device and state are gone');
-});
+t.test(
+  "the host's routes are never touched: default routes the same with the proxy up, after SIGKILL, and after the agent is gone",
+  async (t) => {
+    await workersConnected();
+    t.equal(hostDefaults(), hostDefaultsBefore, `with L7 policy enforced:\n${hostDefaultsBefore}`);
+    t.match(
+      ip('-4', 'route', 'show', 'table', 'all', 'dev', 'lo', 'type', 'local', 'default'),
+      new RegExp(`^local default table ${PROXY_ROUTE_TABLE} `, 'm'),
+      `the proxy's local default route is in its own table (${PROXY_ROUTE_TABLE})`,
+    );
+    t.notMatch(ip('-4', 'route', 'show', 'table', 'main'), /^local default/m, 'and not in main');
+    await agent.kill9();
+    t.equal(hostDefaults(), hostDefaultsBefore, 'after the agent is killed');
+    await agent.restart();
+    await workersConnected();
+    t.equal(hostDefaults(), hostDefaultsBefore, 'after it starts again');
+    await agent.cleanup();
+    t.equal(hostDefaults(), hostDefaultsBefore, 'after it stopped and its endpoints, device and state are gone');
+  },
+);

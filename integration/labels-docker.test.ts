@@ -15,7 +15,11 @@ import type { Endpoint } from '../shared/src/types.ts';
 import { REPO, randomId } from './lib/agent.ts';
 
 function membraneCli(e: DockerTestEnv, args: string[]): string {
-  return execFileSync(process.execPath, ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), '--socket', e.agent.socket, ...args], { encoding: 'utf8', cwd: REPO });
+  return execFileSync(
+    process.execPath,
+    ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), '--socket', e.agent.socket, ...args],
+    { encoding: 'utf8', cwd: REPO },
+  );
 }
 
 if (process.getuid?.() !== 0) {
@@ -69,10 +73,16 @@ t.test('README: docker run --rm ... ping -c1 <gateway> succeeds 20 of 20 times w
   const ok = results.filter((r) => r.ok).length;
   t.equal(ok, 20, `${ok}/20 pings answered (docker run took ${results.map((r) => r.ms).join(', ')} ms)`);
   t.ok(proxy.listCalls() >= 20, 'labels came from the Docker API (through DOCKER_HOST)');
-  t.ok(await eventually(async () => (await e.agent.client.listEndpoints()).length === 0, 10_000), '--rm containers left no endpoint');
+  t.ok(
+    await eventually(async () => (await e.agent.client.listEndpoints()).length === 0, 10_000),
+    '--rm containers left no endpoint',
+  );
   const ids = (await new PolicyClient(e.agent.client).identities()).filter((i) => i.kind === 'endpoint');
-  t.same(ids.map((i) => i.labels), [{ [`container:${BB_IMAGE_LABEL.key}`]: BB_IMAGE_LABEL.value }],
-    '20 containers of one image, one identity (no container ids or names in it): identity list does not grow with churn');
+  t.same(
+    ids.map((i) => i.labels),
+    [{ [`container:${BB_IMAGE_LABEL.key}`]: BB_IMAGE_LABEL.value }],
+    '20 containers of one image, one identity (no container ids or names in it): identity list does not grow with churn',
+  );
 });
 
 t.test('labels pending: neither sending nor reachable, then open once the Docker API answered', async (t) => {
@@ -103,11 +113,22 @@ t.test('labels pending: neither sending nor reachable, then open once the Docker
   // Docker's own IPAM handed both addresses out; `membrane ipam list` still counts them in the network's pool.
   const heldIp = (await e.addressOf(held, net)).ip;
   const pool = (await e.agent.client.ipam()).find((p) => p.subnets.some((x) => x.cidr === s.cidr));
-  t.equal(pool?.subnets.find((x) => x.cidr === s.cidr)?.allocated, 2, `ipam list: USED 2 in ${s.cidr} (Docker-IPAM addresses counted)`);
+  t.equal(
+    pool?.subnets.find((x) => x.cidr === s.cidr)?.allocated,
+    2,
+    `ipam list: USED 2 in ${s.cidr} (Docker-IPAM addresses counted)`,
+  );
   t.same(pool?.allocations.map((a) => a.ip).sort(), [peerIp, heldIp].sort(), 'and lists them');
   // `network list` names the network as Docker does (the agent's name is docker-<id prefix>).
-  t.ok(await eventually(async () => (await e.agent.client.listNetworks()).some((n) => n.dockerName === net), 10_000), 'the API knows the Docker name');
-  t.match(membraneCli(e, ['network', 'list']), new RegExp(`^docker-[0-9a-f]{12} \\(${net}\\) +${s.cidr.replace(/\./g, '\\.')}`, 'm'), `network list shows "${net}"`);
+  t.ok(
+    await eventually(async () => (await e.agent.client.listNetworks()).some((n) => n.dockerName === net), 10_000),
+    'the API knows the Docker name',
+  );
+  t.match(
+    membraneCli(e, ['network', 'list']),
+    new RegExp(`^docker-[0-9a-f]{12} \\(${net}\\) +${s.cidr.replace(/\./g, '\\.')}`, 'm'),
+    `network list shows "${net}"`,
+  );
 
   // Every name a Docker user sees finds it.
   const cid = (await e.docker(['inspect', '-f', '{{.Id}}', held])).trim();
@@ -131,17 +152,27 @@ t.test('a Docker API that never answers: up in init after --label-timeout, close
 
   proxy.hold(true);
   const stuck = await e.run(['--network', net, '--label', 'app=stuck']);
-  t.ok(await eventually(async () => (await endpointOf(e, stuck, net)).labelsPending?.expired === true, 10_000), 'the timeout passed');
+  t.ok(
+    await eventually(async () => (await endpointOf(e, stuck, net)).labelsPending?.expired === true, 10_000),
+    'the timeout passed',
+  );
   const ep = await endpointOf(e, stuck, net);
   t.equal(ep.identity, 5, 'still init');
   t.ok(linkUp(ep.hostIfName), 'its link is up');
   t.notOk(await e.ping(stuck, peerIp), 'init is closed while a policy exists');
   const view = await pc.endpoint(ep.docker!.endpointId, ep.ifName);
-  t.match(view, { init: true, policies: [], enforcement: { ingress: 'default-deny', egress: 'default-deny' } }, 'endpoint get names the init policy');
+  t.match(
+    view,
+    { init: true, policies: [], enforcement: { ingress: 'default-deny', egress: 'default-deny' } },
+    'endpoint get names the init policy',
+  );
   await pc.delete('all');
   t.ok(await e.pingEventually(stuck, peerIp, 5000), 'no policy at all: init is open too');
 
   proxy.hold(false);
-  t.ok(await eventually(async () => (await endpointOf(e, stuck, net)).labels['container:app'] === 'stuck', 15_000), 'labels arrive late, and are taken');
+  t.ok(
+    await eventually(async () => (await endpointOf(e, stuck, net)).labels['container:app'] === 'stuck', 15_000),
+    'labels arrive late, and are taken',
+  );
   t.ok((await endpointOf(e, stuck, net)).identity >= 256);
 });

@@ -10,7 +10,14 @@
 import t from 'tap';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
-import { currentThreadNetns, openNetns, threadsOutsideHostNetns, warmThreadPool, withNetns, type NetNs } from '../shared/src/netns/index.ts';
+import {
+  currentThreadNetns,
+  openNetns,
+  threadsOutsideHostNetns,
+  warmThreadPool,
+  withNetns,
+  type NetNs,
+} from '../shared/src/netns/index.ts';
 import { NetlinkError, openNetlink, type Netlink } from '../shared/src/netlink/index.ts';
 import { getSysctl, setSysctl, setSysctlPath, sysctlIfPath, SysctlError } from '../shared/src/sysctl/index.ts';
 import fs from 'node:fs';
@@ -31,7 +38,8 @@ const ip6a = `${net6}::5`;
 
 const run = (cmd: string, ...args: string[]) => execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
 const quiet = (cmd: string, ...args: string[]) => spawnSync(cmd, args, { stdio: 'ignore' }).status;
-const inNs = (ns: string, ...args: string[]) => spawnSync('nsenter', [`--net=/var/run/netns/${ns}`, ...args], { encoding: 'utf8' });
+const inNs = (ns: string, ...args: string[]) =>
+  spawnSync('nsenter', [`--net=/var/run/netns/${ns}`, ...args], { encoding: 'utf8' });
 
 const handles: Netlink[] = [];
 const nss: NetNs[] = [];
@@ -45,7 +53,11 @@ t.teardown(() => {
 
 for (const n of Object.values(nsName)) run('ip', 'netns', 'add', n);
 await warmThreadPool();
-const ns = { r: openNetns(`/var/run/netns/${nsName.r}`), a: openNetns(`/var/run/netns/${nsName.a}`), b: openNetns(`/var/run/netns/${nsName.b}`) };
+const ns = {
+  r: openNetns(`/var/run/netns/${nsName.r}`),
+  a: openNetns(`/var/run/netns/${nsName.a}`),
+  b: openNetns(`/var/run/netns/${nsName.b}`),
+};
 nss.push(ns.r, ns.a, ns.b);
 /** The "node" side: a handle into R, and sysctls in R. */
 const h = openNetlink(ns.r);
@@ -100,7 +112,13 @@ t.test('veth with the peer created directly in the netns', async (t) => {
   t.equal(eth0.up, true, 'peer is up');
   t.equal(h.linkByName(hostIf.a)?.up, true);
   t.equal(h.linkByName('eth0'), null, 'the peer is not in the node netns');
-  t.match(inA.linkList().map((l) => l.name).sort(), ['eth0', 'lo']);
+  t.match(
+    inA
+      .linkList()
+      .map((l) => l.name)
+      .sort(),
+    ['eth0', 'lo'],
+  );
 
   t.same(
     inA.addrList({ index: eth0.index, family: 4 }).map((a) => a.cidr),
@@ -118,7 +136,10 @@ t.test('veth with the peer created directly in the netns', async (t) => {
   t.ok(routes.some((r) => r.dst === `${gw}/32` && r.scope === 'link' && !r.gateway));
   t.ok(inA.routeList({ family: 6 }).some((r) => r.dst === 'default' && r.gateway === gw6));
   const hostRoutes = h.routeList({ index: host.index, family: 4 });
-  t.same(hostRoutes.map((r) => [r.dst, r.scope, r.protocol]), [[`${ip.a}/32`, 'link', 4]]);
+  t.same(
+    hostRoutes.map((r) => [r.dst, r.scope, r.protocol]),
+    [[`${ip.a}/32`, 'link', 4]],
+  );
   t.equal(getSysctlR(`net.ipv4.conf.${hostIf.a}.proxy_arp`), '1');
   t.match(run('ip', '-n', nsName.r, '-6', 'neigh', 'show', 'proxy', 'dev', hostIf.a), gw6);
   t.throws(() => getSysctl(`net.ipv4.conf.${hostIf.a}.proxy_arp`), SysctlError, 'nothing of it in the host netns');
@@ -141,15 +162,24 @@ t.test('errors name the object', async (t) => {
     t.match((e as Error).message, `veth add ${hostIf.a} (peer eth0 in /var/run/netns/${nsName.a}): File exists`);
   }
   t.throws(() => inA.addrAdd(999999, `${ip.a}/32`), {
-    code: 'not_found', message: `addr add ${ip.a}/32 ifindex 999999: No such device`,
+    code: 'not_found',
+    message: `addr add ${ip.a}/32 ifindex 999999: No such device`,
   });
   const eth0 = inA.linkByName('eth0')!;
   t.throws(() => inA.routeAdd({ dst: `${net}.77/32`, gateway: '10.99.99.99', index: eth0.index }), {
-    name: 'NetlinkError', op: 'route add', message: /^route add [\d.]+\/32 via 10\.99\.99\.99 dev eth0: Network is unreachable/,
+    name: 'NetlinkError',
+    op: 'route add',
+    message: /^route add [\d.]+\/32 via 10\.99\.99\.99 dev eth0: Network is unreachable/,
   });
   t.throws(() => inA.addrAdd(eth0.index, 'not-an-ip'), { code: 'invalid', op: 'addr add' });
   t.throws(() => h.vethAdd({ name: 'x'.repeat(16), peer: { name: 'eth0' } }), { code: 'invalid' });
-  const e = (() => { try { inA.addrAdd(999999, `${ip.a}/32`); } catch (err) { return err; } })();
+  const e = (() => {
+    try {
+      inA.addrAdd(999999, `${ip.a}/32`);
+    } catch (err) {
+      return err;
+    }
+  })();
   t.ok(e instanceof NetlinkError);
   t.equal(h.linkByName(`mbq${tag}x`), null, 'missing link -> null');
   t.equal(h.linkByIndex(999999), null);
@@ -172,7 +202,13 @@ t.test('delete returns false the second time', async (t) => {
 t.test('withNetns restores the thread netns even when fn throws', async (t) => {
   const self = () => fs.statSync('/proc/thread-self/ns/net', { bigint: true }).ino;
   const before = self();
-  t.throws(() => withNetns(ns.a, () => { throw new Error('inside'); }), { message: 'inside' });
+  t.throws(
+    () =>
+      withNetns(ns.a, () => {
+        throw new Error('inside');
+      }),
+    { message: 'inside' },
+  );
   t.equal(self(), before);
   t.equal(self(), fs.fstatSync(currentThreadNetns().fd, { bigint: true }).ino);
   t.same(threadsOutsideHostNetns(), []);
@@ -184,7 +220,10 @@ t.test('sysctl inside a netns, interface name with a dot', async (t) => {
   t.equal(inA.linkByName(innerPeer)?.up, true, 'peer brought up in the same netns');
   const key = `net.ipv4.conf.${innerIf.replace('.', '/')}.proxy_arp`;
   withNetns(ns.a, () => setSysctl(key, '1'));
-  t.equal(withNetns(ns.a, () => getSysctl(key)), '1');
+  t.equal(
+    withNetns(ns.a, () => getSysctl(key)),
+    '1',
+  );
   t.equal(inNs(nsName.a, 'cat', `/proc/sys/net/ipv4/conf/${innerIf}/proxy_arp`).stdout.trim(), '1');
   withNetns(ns.a, () => setSysctlPath(sysctlIfPath(4, innerIf, 'proxy_arp'), '0'));
   t.equal(inNs(nsName.a, 'cat', `/proc/sys/net/ipv4/conf/${innerIf}/proxy_arp`).stdout.trim(), '0');

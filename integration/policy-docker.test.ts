@@ -28,7 +28,10 @@ t.test('Docker containers: selected by their labels, closed until the labels are
   const other = await e.run(['--network', net, '--label', 'app=other']);
   const webIp = (await e.addressOf(web, net)).ip;
   t.ok(await e.pingEventually(cli, webIp), 'no policy: connectivity');
-  t.ok(await eventually(async () => (await e.agent.client.listEndpoints()).every((x) => x.labels['container:app']), 10_000), 'labels learnt from Docker');
+  t.ok(
+    await eventually(async () => (await e.agent.client.listEndpoints()).every((x) => x.labels['container:app']), 10_000),
+    'labels learnt from Docker',
+  );
 
   await pc.import(`apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -52,7 +55,10 @@ spec:
   t.notOk(await tcp(e, other, web2Ip), 'other -> new web container denied');
   const eps = await e.agent.client.listEndpoints();
   const web2Ep = eps.find((x) => x.docker?.containerName === web2)!;
-  t.match(await pc.endpoint(web2Ep.docker!.endpointId, web2Ep.ifName), { enforcement: { ingress: 'default-deny' }, policies: [{ name: 'docker-web' }] });
+  t.match(await pc.endpoint(web2Ep.docker!.endpointId, web2Ep.ifName), {
+    enforcement: { ingress: 'default-deny' },
+    policies: [{ name: 'docker-web' }],
+  });
   await pc.delete('all');
   t.ok(await tcp(e, other, web2Ip), 'policy deleted: open again');
 });

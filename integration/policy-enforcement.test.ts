@@ -18,7 +18,9 @@ if (process.getuid?.() !== 0) {
   process.exit(0);
 }
 
-const TCP_A = 8080, TCP_B = 8081, UDP_PORT = 9090;
+const TCP_A = 8080,
+  TCP_B = 8081,
+  UDP_PORT = 9090;
 const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
 
 let agent: TestAgent;
@@ -31,7 +33,8 @@ const nsOf: Record<string, TestNetns> = {};
 // The "world": a netns with two addresses from 198.18.0.0/15, routed through the node.
 const R = crypto.randomInt(0, 512);
 const WORLD_NET = `198.${18 + (R >> 8)}.${R & 255}`;
-const W1 = `${WORLD_NET}.10`, W2 = `${WORLD_NET}.20`;
+const W1 = `${WORLD_NET}.10`,
+  W2 = `${WORLD_NET}.20`;
 const wId = randomId(3);
 const wHost = `mbw${wId}`;
 let world: TestNetns;
@@ -39,7 +42,13 @@ let world: TestNetns;
 async function pod(name: string, labels: Record<string, string>, metadata: Record<string, string> = {}): Promise<Endpoint> {
   const ns = createNetns('mbp');
   nss.push(ns);
-  const ep = await agent.client.createEndpoint({ containerId: `pol-${name}-${randomId()}`, netns: ns.path, ifName: 'eth0', labels, metadata });
+  const ep = await agent.client.createEndpoint({
+    containerId: `pol-${name}-${randomId()}`,
+    netns: ns.path,
+    ifName: 'eth0',
+    labels,
+    metadata,
+  });
   eps[name] = ep;
   nsOf[name] = ns;
   return ep;
@@ -47,7 +56,12 @@ async function pod(name: string, labels: Record<string, string>, metadata: Recor
 
 async function servePorts(ns: TestNetns): Promise<void> {
   servers.push(await startEchoServer(ns, TCP_A, '0.0.0.0'), await startEchoServer(ns, TCP_B, '0.0.0.0'));
-  servers.push(ns.spawn(process.execPath, ['-e', `const s=require('dgram').createSocket('udp4');s.on('message',(m,r)=>s.send(m,r.port,r.address));s.bind(${UDP_PORT},'0.0.0.0')`]));
+  servers.push(
+    ns.spawn(process.execPath, [
+      '-e',
+      `const s=require('dgram').createSocket('udp4');s.on('message',(m,r)=>s.send(m,r.port,r.address));s.bind(${UDP_PORT},'0.0.0.0')`,
+    ]),
+  );
 }
 
 const importPolicy = (yaml: string) => pc.import(yaml);
@@ -79,8 +93,18 @@ t.before(async () => {
 t.teardown(async () => {
   killAll(servers);
   for (const c of children) c.stop();
-  try { execFileSync('ip', ['link', 'del', wHost], { stdio: 'ignore' }); } catch { /* gone with the netns */ }
-  for (const a of [W1, W2]) { try { execFileSync('ip', ['route', 'del', `${a}/32`], { stdio: 'ignore' }); } catch { /* gone */ } }
+  try {
+    execFileSync('ip', ['link', 'del', wHost], { stdio: 'ignore' });
+  } catch {
+    /* gone with the netns */
+  }
+  for (const a of [W1, W2]) {
+    try {
+      execFileSync('ip', ['route', 'del', `${a}/32`], { stdio: 'ignore' });
+    } catch {
+      /* gone */
+    }
+  }
   await agent?.cleanup();
   for (const ns of nss) ns.remove();
 });
@@ -161,7 +185,11 @@ spec:
   t.equal(await probe(nsOf.other, ip4(eps.web), TCP_B), 'ok', 'other -> web:B allowed');
   const tr = await pc.trace({ labels: { app: 'other' } }, { labels: { app: 'web', tier: 'front' } }, `${TCP_A}/tcp`);
   t.equal(tr.verdict, 'deny');
-  t.match(tr.steps.find((s) => s.direction === 'ingress')?.reason, /denied by web-locked spec\.ingressDeny\[0\]/, 'trace names the deny rule');
+  t.match(
+    tr.steps.find((s) => s.direction === 'ingress')?.reason,
+    /denied by web-locked spec\.ingressDeny\[0\]/,
+    'trace names the deny rule',
+  );
 });
 
 t.test('CIDR rules toward the world netns, with except', async (t) => {
@@ -228,45 +256,55 @@ spec:
   for (const e of [ns, k8sClient, shopClient]) await agent.client.deleteEndpoint(e.containerId, 'eth0');
 });
 
-t.test('updates: new connections follow at once, established flows the policy now denies are cut within 1 s; new endpoints are never open', async (t) => {
-  t.teardown(reset);
-  const flow = startFlow(nsOf.other, ip4(eps.web), TCP_A);
-  const kept = startFlow(nsOf.client, ip4(eps.web), TCP_A);
-  children.push(flow, kept);
-  await waitFor(() => flow.echoed() > 0 && kept.echoed() > 0, 'both long-lived flows run');
-  await importPolicy(`apiVersion: cilium.io/v2
+t.test(
+  'updates: new connections follow at once, established flows the policy now denies are cut within 1 s; new endpoints are never open',
+  async (t) => {
+    t.teardown(reset);
+    const flow = startFlow(nsOf.other, ip4(eps.web), TCP_A);
+    const kept = startFlow(nsOf.client, ip4(eps.web), TCP_A);
+    children.push(flow, kept);
+    await waitFor(() => flow.echoed() > 0 && kept.echoed() > 0, 'both long-lived flows run');
+    await importPolicy(`apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: only-client}
 spec:
   endpointSelector: {matchLabels: {app: web}}
   ingress: [{fromEndpoints: [{matchLabels: {app: client}}]}]
 `);
-  const applied = Date.now();
-  // Watch both flows for 2 s: the denied one must stop moving within 1 s, the allowed one must not.
-  let lastMove = applied, seen = flow.echoed();
-  const keptAt1s = { value: 0 };
-  while (Date.now() - applied < 2000) {
-    await new Promise((r) => setTimeout(r, 25));
-    if (flow.echoed() !== seen) { seen = flow.echoed(); lastMove = Date.now(); }
-    if (!keptAt1s.value && Date.now() - applied >= 1000) keptAt1s.value = kept.echoed();
-  }
-  t.ok(lastMove - applied < 1000, `the denied established flow stopped ${lastMove - applied} ms after the change`);
-  t.ok(kept.echoed() > keptAt1s.value + 1000, 'the allowed established flow keeps flowing');
-  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A), 'timeout', 'a new connection from other is denied');
-  flow.stop();
-  kept.stop();
-  // A new endpoint selected by the policy: its first packet already meets it.
-  const web2 = await pod('web2', { app: 'web' });
-  await servePorts(nsOf.web2);
-  t.equal(await probe(nsOf.other, ip4(web2), TCP_A), 'timeout', 'new web endpoint is closed to other');
-  t.equal(await probe(nsOf.client, ip4(web2), TCP_A), 'ok', 'and open to client');
-  await pc.delete(['only-client']);
-  t.equal(await probe(nsOf.other, ip4(web2), TCP_A), 'ok', 'deleting the policy opens it again');
-  await agent.client.deleteEndpoint(web2.containerId, 'eth0');
-});
+    const applied = Date.now();
+    // Watch both flows for 2 s: the denied one must stop moving within 1 s, the allowed one must not.
+    let lastMove = applied,
+      seen = flow.echoed();
+    const keptAt1s = { value: 0 };
+    while (Date.now() - applied < 2000) {
+      await new Promise((r) => setTimeout(r, 25));
+      if (flow.echoed() !== seen) {
+        seen = flow.echoed();
+        lastMove = Date.now();
+      }
+      if (!keptAt1s.value && Date.now() - applied >= 1000) keptAt1s.value = kept.echoed();
+    }
+    t.ok(lastMove - applied < 1000, `the denied established flow stopped ${lastMove - applied} ms after the change`);
+    t.ok(kept.echoed() > keptAt1s.value + 1000, 'the allowed established flow keeps flowing');
+    t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A), 'timeout', 'a new connection from other is denied');
+    flow.stop();
+    kept.stop();
+    // A new endpoint selected by the policy: its first packet already meets it.
+    const web2 = await pod('web2', { app: 'web' });
+    await servePorts(nsOf.web2);
+    t.equal(await probe(nsOf.other, ip4(web2), TCP_A), 'timeout', 'new web endpoint is closed to other');
+    t.equal(await probe(nsOf.client, ip4(web2), TCP_A), 'ok', 'and open to client');
+    await pc.delete(['only-client']);
+    t.equal(await probe(nsOf.other, ip4(web2), TCP_A), 'ok', 'deleting the policy opens it again');
+    await agent.client.deleteEndpoint(web2.containerId, 'eth0');
+  },
+);
 
 t.test('audit mode per endpoint: would-be drops pass', async (t) => {
-  t.teardown(async () => { await pc.setAudit(eps.web.containerId, 'eth0', null); await reset(); });
+  t.teardown(async () => {
+    await pc.setAudit(eps.web.containerId, 'eth0', null);
+    await reset();
+  });
   await importPolicy(`apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: deny-all-web}
@@ -276,7 +314,8 @@ spec:
 `);
   t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'timeout', 'enforced: denied');
   t.same(await pc.setAudit(eps.web.containerId, 'eth0', true), { audit: true });
-  const drops = async () => (await agent.client.request<{ drops: Record<string, number> }>('GET', '/v1/policy/status')).drops.POLICY_DENIED ?? 0;
+  const drops = async () =>
+    (await agent.client.request<{ drops: Record<string, number> }>('GET', '/v1/policy/status')).drops.POLICY_DENIED ?? 0;
   const d0 = await drops();
   t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'ok', 'audit: passes');
   t.equal(await drops(), d0, 'and nothing was dropped');

@@ -42,9 +42,15 @@ async function restartable(): Promise<Restartable> {
     stop: () => current.kill9(),
     start: async (extra) => {
       if (extra?.length) current = await startAgent({ reuse: first, extraArgs: extra });
-      else { current = first; await first.restart(); }
+      else {
+        current = first;
+        await first.restart();
+      }
     },
-    cleanup: async () => { if (current !== first) await current.stop(); await first.cleanup(); },
+    cleanup: async () => {
+      if (current !== first) await current.stop();
+      await first.cleanup();
+    },
   };
 }
 
@@ -62,10 +68,17 @@ t.test('restart keeps enforcing throughout; agent-wide audit mode', async (t) =>
   agent = await restartable();
   const pc = new PolicyClient(agent.client);
   const pods: Record<string, { ns: TestNetns; ep: Endpoint }> = {};
-  for (const [name, labels] of [['client', { app: 'client' }], ['web', { app: 'web' }], ['other', { app: 'other' }]] as const) {
+  for (const [name, labels] of [
+    ['client', { app: 'client' }],
+    ['web', { app: 'web' }],
+    ['other', { app: 'other' }],
+  ] as const) {
     const ns = createNetns('mbr');
     nss.push(ns);
-    pods[name] = { ns, ep: await agent.client.createEndpoint({ containerId: `rst-${name}-${randomId()}`, netns: ns.path, ifName: 'eth0', labels }) };
+    pods[name] = {
+      ns,
+      ep: await agent.client.createEndpoint({ containerId: `rst-${name}-${randomId()}`, netns: ns.path, ifName: 'eth0', labels }),
+    };
   }
   children.push(await startEchoServer(pods.web.ns, PORT, '0.0.0.0'));
   await pc.import(POLICY);
@@ -102,7 +115,11 @@ t.test('restart keeps enforcing throughout; agent-wide audit mode', async (t) =>
   const after = await pc.status();
   t.equal(after.revision, before.revision, 'same revision');
   t.equal(after.policyEntries, before.policyEntries, 'same number of policy entries');
-  t.same((await pc.identities()).filter((i) => i.kind === 'endpoint').map((i) => [i.id, i.labels]), idsBefore.filter((i) => i.kind === 'endpoint').map((i) => [i.id, i.labels]), 'identities kept their numbers');
+  t.same(
+    (await pc.identities()).filter((i) => i.kind === 'endpoint').map((i) => [i.id, i.labels]),
+    idsBefore.filter((i) => i.kind === 'endpoint').map((i) => [i.id, i.labels]),
+    'identities kept their numbers',
+  );
   t.equal(flow.failed(), null, 'the live flow survived');
   const echoed = flow.echoed();
   await new Promise((r) => setTimeout(r, 300));
@@ -112,7 +129,12 @@ t.test('restart keeps enforcing throughout; agent-wide audit mode', async (t) =>
   // A pod created after the restart is enforced from its first packet.
   const ns = createNetns('mbr');
   nss.push(ns);
-  const web2 = await agent.client.createEndpoint({ containerId: `rst-web2-${randomId()}`, netns: ns.path, ifName: 'eth0', labels: { app: 'web' } });
+  const web2 = await agent.client.createEndpoint({
+    containerId: `rst-web2-${randomId()}`,
+    netns: ns.path,
+    ifName: 'eth0',
+    labels: { app: 'web' },
+  });
   children.push(await startEchoServer(ns, PORT, '0.0.0.0'));
   t.equal(await probe(pods.other.ns, ip4(web2), PORT), 'timeout', 'new web pod: other denied');
   t.equal(await probe(pods.client.ns, ip4(web2), PORT), 'ok', 'new web pod: client allowed');

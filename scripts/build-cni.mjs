@@ -63,14 +63,23 @@ try {
     console.log(`build-cni: bundle ${path.relative(root, out)} (${(size / 1024).toFixed(1)} KiB, ${inputs.length} modules)`);
   } else {
     const cache = path.join(work, 'bundle.cache');
-    const train = spawnSync(process.execPath, [path.join(root, 'cni/build/train.cjs'), bundle, cache], { encoding: 'utf8', env: cleanEnv() });
+    const train = spawnSync(process.execPath, [path.join(root, 'cni/build/train.cjs'), bundle, cache], {
+      encoding: 'utf8',
+      env: cleanEnv(),
+    });
     if (train.status !== 0) throw new Error(`build-cni: training the code cache failed: ${train.stderr}`);
     const blob = path.join(work, 'sea.blob');
     const seaConfig = path.join(work, 'sea-config.json');
-    fs.writeFileSync(seaConfig, JSON.stringify({
-      main: path.join(root, 'cni/build/sea-loader.cjs'), output: blob, disableExperimentalSEAWarning: true, useCodeCache: true,
-      assets: { 'bundle.js': bundle, 'bundle.cache': cache },
-    }));
+    fs.writeFileSync(
+      seaConfig,
+      JSON.stringify({
+        main: path.join(root, 'cni/build/sea-loader.cjs'),
+        output: blob,
+        disableExperimentalSEAWarning: true,
+        useCodeCache: true,
+        assets: { 'bundle.js': bundle, 'bundle.cache': cache },
+      }),
+    );
     const sea = spawnSync(process.execPath, ['--experimental-sea-config', seaConfig], { encoding: 'utf8', env: cleanEnv() });
     if (sea.status !== 0) throw new Error(`build-cni: node --experimental-sea-config failed: ${sea.stderr}`);
     const exe = path.join(work, 'membrane-cni');
@@ -83,7 +92,9 @@ try {
     fs.copyFileSync(exe, tmp);
     fs.chmodSync(tmp, 0o755);
     fs.renameSync(tmp, out);
-    console.log(`build-cni: ${path.relative(root, out)} (SEA, bundle ${(size / 1024).toFixed(1)} KiB, ${inputs.length} modules, node ${process.version})`);
+    console.log(
+      `build-cni: ${path.relative(root, out)} (SEA, bundle ${(size / 1024).toFixed(1)} KiB, ${inputs.length} modules, node ${process.version})`,
+    );
   }
 } finally {
   fs.rmSync(work, { recursive: true, force: true });
@@ -91,9 +102,14 @@ try {
 
 /** The executable answers VERSION with our versions, and V8 accepts the trained code cache. */
 function smokeTest(exe) {
-  const r = spawnSync(exe, [], { input: '{"cniVersion":"1.1.0"}', encoding: 'utf8', env: { ...cleanEnv(), CNI_COMMAND: 'VERSION', MEMBRANE_CNI_TIMING: '1' } });
+  const r = spawnSync(exe, [], {
+    input: '{"cniVersion":"1.1.0"}',
+    encoding: 'utf8',
+    env: { ...cleanEnv(), CNI_COMMAND: 'VERSION', MEMBRANE_CNI_TIMING: '1' },
+  });
   const v = JSON.parse(r.stdout || '{}');
-  if (r.status !== 0 || !Array.isArray(v.supportedVersions) || !v.supportedVersions.includes('1.1.0')) throw new Error(`build-cni: smoke test failed: ${r.stdout}${r.stderr}`);
+  if (r.status !== 0 || !Array.isArray(v.supportedVersions) || !v.supportedVersions.includes('1.1.0'))
+    throw new Error(`build-cni: smoke test failed: ${r.stdout}${r.stderr}`);
   if (/code cache rejected/.test(r.stderr)) throw new Error('build-cni: V8 rejected the trained code cache');
 }
 
@@ -107,9 +123,15 @@ function cleanEnv() {
 /** postject in a child: its LIEF core prints harmless "Can't find string offset" warnings; drop those. */
 function inject(exe, blob) {
   const cli = createRequire(import.meta.url).resolve('postject/dist/cli.js');
-  const r = spawnSync(process.execPath, [cli, exe, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', SENTINEL], { encoding: 'utf8', env: cleanEnv() });
+  const r = spawnSync(process.execPath, [cli, exe, 'NODE_SEA_BLOB', blob, '--sentinel-fuse', SENTINEL], {
+    encoding: 'utf8',
+    env: cleanEnv(),
+  });
   const noise = /^(warning: Can't find string offset|Start injection|Injection done|💉)/;
-  const rest = `${r.stdout}${r.stderr}`.replace(/\x1b\[[0-9;]*m/g, '').split('\n').filter((l) => l.trim() && !noise.test(l.trim()));
+  const rest = `${r.stdout}${r.stderr}`
+    .replace(/\x1b\[[0-9;]*m/g, '')
+    .split('\n')
+    .filter((l) => l.trim() && !noise.test(l.trim()));
   if (r.status !== 0) throw new Error(`build-cni: postject failed (${r.status}): ${rest.join('\n')}`);
   if (rest.length) console.error(rest.join('\n'));
 }

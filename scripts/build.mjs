@@ -22,22 +22,30 @@ const executables = [
   // Not a command: the agent's policy-reading worker thread (policy/parse-offloop.ts).
   { name: 'membrane-policy-worker', entry: 'shared/src/policy/parse-worker.ts' },
 ];
-await Promise.all(executables.map(({ name, entry }) => build({
-  entryPoints: [path.join(root, entry)],
-  outfile: path.join(dist, 'bin', name),
-  bundle: true,
-  platform: 'node',
-  target: 'node20',
-  format: 'cjs',
-  // Native modules (koffi; dockerode pulls in ssh2 and cpu-features) load from node_modules at run
-  // time; esbuild cannot bundle .node files. etcd3 reads its .proto files next to its own code.
-  external: ['koffi', 'dockerode', 'etcd3', 'cockatiel'],
-  banner: { js: '#!/usr/bin/env node' },
-  sourcemap: 'inline',
-  logLevel: 'warning',
-})));
+await Promise.all(
+  executables.map(({ name, entry }) =>
+    build({
+      entryPoints: [path.join(root, entry)],
+      outfile: path.join(dist, 'bin', name),
+      bundle: true,
+      platform: 'node',
+      target: 'node20',
+      format: 'cjs',
+      // Native modules (koffi; dockerode pulls in ssh2 and cpu-features) load from node_modules at run
+      // time; esbuild cannot bundle .node files. etcd3 reads its .proto files next to its own code.
+      external: ['koffi', 'dockerode', 'etcd3', 'cockatiel'],
+      banner: { js: '#!/usr/bin/env node' },
+      sourcemap: 'inline',
+      logLevel: 'warning',
+    }),
+  ),
+);
 for (const { name } of executables) fs.chmodSync(path.join(dist, 'bin', name), 0o755);
 
 const cniBuild = path.join(root, 'scripts/build-cni.mjs');
 if (fs.existsSync(cniBuild)) execFileSync(process.execPath, [cniBuild], { stdio: 'inherit' });
-console.log('build: dist/bpf/endpoint.o, dist/bin/{' + [...executables.map((e) => e.name), fs.existsSync(cniBuild) ? 'membrane-cni' : null].filter(Boolean).join(',') + '}');
+console.log(
+  'build: dist/bpf/endpoint.o, dist/bin/{' +
+    [...executables.map((e) => e.name), fs.existsSync(cniBuild) ? 'membrane-cni' : null].filter(Boolean).join(',') +
+    '}',
+);

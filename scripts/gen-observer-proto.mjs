@@ -8,10 +8,17 @@ import { fileURLToPath } from 'node:url';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const dir = path.join(root, 'shared/proto');
 const files = {};
-for (const name of fs.readdirSync(dir, { recursive: true }).map(String).filter((f) => f.endsWith('.proto')).sort()) {
+for (const name of fs
+  .readdirSync(dir, { recursive: true })
+  .map(String)
+  .filter((f) => f.endsWith('.proto'))
+  .sort()) {
   files[name] = fs.readFileSync(path.join(dir, name), 'utf8');
 }
 const out = path.join(root, 'shared/src/flows/protos.generated.ts');
-fs.writeFileSync(out, '// GENERATED from shared/proto/**/*.proto by scripts/gen-observer-proto.mjs (npm run gen:proto). Do not edit.\n' +
-  `export const PROTO_FILES: Record<string, string> = ${JSON.stringify(files, null, 1)};\n`);
+fs.writeFileSync(
+  out,
+  '// GENERATED from shared/proto/**/*.proto by scripts/gen-observer-proto.mjs (npm run gen:proto). Do not edit.\n' +
+    `export const PROTO_FILES: Record<string, string> = ${JSON.stringify(files, null, 1)};\n`,
+);
 console.log(`gen-observer-proto: wrote ${path.relative(root, out)} (${Object.keys(files).length} files)`);

@@ -11,5 +11,6 @@ const script = new vm.Script(`(function (exports, require, module, __filename, _
   filename: 'membrane-cni.js',
   cachedData: Buffer.from(sea.getAsset('bundle.cache')),
 });
-if (script.cachedDataRejected && process.env.MEMBRANE_CNI_TIMING) process.stderr.write('membrane-cni timing: code cache rejected\n');
+if (script.cachedDataRejected && process.env.MEMBRANE_CNI_TIMING)
+  process.stderr.write('membrane-cni timing: code cache rejected\n');
 script.runInThisContext()(module.exports, require, module, __filename, __dirname);

@@ -32,12 +32,14 @@ export const NetConfSchema = z.looseObject({
   labels: z.optional(strMap),
   ipMasq: z.optional(z.boolean()),
   ipam: z.optional(z.looseObject({ type: z.optional(str) })),
-  dns: z.optional(z.looseObject({
-    nameservers: z.optional(z.array(str)),
-    domain: z.optional(str),
-    search: z.optional(z.array(str)),
-    options: z.optional(z.array(str)),
-  })),
+  dns: z.optional(
+    z.looseObject({
+      nameservers: z.optional(z.array(str)),
+      domain: z.optional(str),
+      search: z.optional(z.array(str)),
+      options: z.optional(z.array(str)),
+    }),
+  ),
   runtimeConfig: z.optional(z.record(z.string(), z.unknown())),
   args: z.optional(z.record(z.string(), z.unknown())),
   prevResult: z.optional(z.record(z.string(), z.unknown())),
@@ -75,18 +77,27 @@ export function parseNetConf(raw: Buffer | string): NetConf {
   }
   const version = (json as { cniVersion?: unknown }).cniVersion;
   if (typeof version !== 'string' || !isSupportedVersion(version)) {
-    throw new CniError(CniCode.INCOMPATIBLE_VERSION, 'incompatible CNI versions',
-      `config is ${JSON.stringify(version ?? '0.1.0')}, plugin supports ${JSON.stringify(SUPPORTED_VERSIONS)}`);
+    throw new CniError(
+      CniCode.INCOMPATIBLE_VERSION,
+      'incompatible CNI versions',
+      `config is ${JSON.stringify(version ?? '0.1.0')}, plugin supports ${JSON.stringify(SUPPORTED_VERSIONS)}`,
+    );
   }
   const parsed = NetConfSchema.safeParse(json);
   if (!parsed.success) {
-    throw new CniError(CniCode.INVALID_CONFIG, `invalid network configuration "${String((json as { name?: unknown }).name ?? '?')}"`,
-      describeIssues(parsed.error.issues));
+    throw new CniError(
+      CniCode.INVALID_CONFIG,
+      `invalid network configuration "${String((json as { name?: unknown }).name ?? '?')}"`,
+      describeIssues(parsed.error.issues),
+    );
   }
   const conf = parsed.data;
   if (conf.ipMasq === true) {
-    throw new CniError(CniCode.UNSUPPORTED_FIELD, 'unsupported field in network configuration: ipMasq=true',
-      'membrane-cni routes pod traffic without masquerading; remove ipMasq or set it to false');
+    throw new CniError(
+      CniCode.UNSUPPORTED_FIELD,
+      'unsupported field in network configuration: ipMasq=true',
+      'membrane-cni routes pod traffic without masquerading; remove ipMasq or set it to false',
+    );
   }
   return conf;
 }
@@ -95,23 +106,36 @@ export function parseNetConf(raw: Buffer | string): NetConf {
 export function requireVersionFor(verb: string, version: string): void {
   const min = verb === 'CHECK' ? '0.4.0' : verb === 'GC' || verb === 'STATUS' ? '1.1.0' : undefined;
   if (min && cmpVersion(version, min) < 0) {
-    throw new CniError(CniCode.INCOMPATIBLE_VERSION, `config version does not allow ${verb}`,
-      `config is "${version}", ${verb} needs ${min} or newer`);
+    throw new CniError(
+      CniCode.INCOMPATIBLE_VERSION,
+      `config version does not allow ${verb}`,
+      `config is "${version}", ${verb} needs ${min} or newer`,
+    );
   }
 }
 
-type Issue = { path: readonly PropertyKey[]; message: string; code?: string; expected?: string;
-  minimum?: unknown; maximum?: unknown; values?: unknown[] };
+type Issue = {
+  path: readonly PropertyKey[];
+  message: string;
+  code?: string;
+  expected?: string;
+  minimum?: unknown;
+  maximum?: unknown;
+  values?: unknown[];
+};
 
 /** zod/mini carries no locale: say what was expected ourselves, naming the key. */
 export function describeIssues(issues: readonly Issue[]): string {
-  return issues.slice(0, 5).map((i) => {
-    const where = i.path.length ? i.path.map(String).join('.') : '(root)';
-    let what = i.message;
-    if (i.code === 'invalid_type') what = `expected ${i.expected}`;
-    else if (i.code === 'too_small') what = `must be at least ${String(i.minimum)}`;
-    else if (i.code === 'too_big') what = `must be at most ${String(i.maximum)}`;
-    else if (i.code === 'invalid_value') what = `must be one of ${JSON.stringify(i.values)}`;
-    return `${where}: ${what}`;
-  }).join('; ');
+  return issues
+    .slice(0, 5)
+    .map((i) => {
+      const where = i.path.length ? i.path.map(String).join('.') : '(root)';
+      let what = i.message;
+      if (i.code === 'invalid_type') what = `expected ${i.expected}`;
+      else if (i.code === 'too_small') what = `must be at least ${String(i.minimum)}`;
+      else if (i.code === 'too_big') what = `must be at most ${String(i.maximum)}`;
+      else if (i.code === 'invalid_value') what = `must be one of ${JSON.stringify(i.values)}`;
+      return `${where}: ${what}`;
+    })
+    .join('; ');
 }

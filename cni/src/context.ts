@@ -21,10 +21,20 @@ export interface Invocation {
   agent(timeoutMs?: number): AgentClient;
 }
 
-export function makeInvocation(env: CniEnv, conf: NetConf, stdin: Buffer, log: Logger, exec: DelegateExec = execDelegate): Invocation {
+export function makeInvocation(
+  env: CniEnv,
+  conf: NetConf,
+  stdin: Buffer,
+  log: Logger,
+  exec: DelegateExec = execDelegate,
+): Invocation {
   const socketPath = conf.agentSocket ?? DEFAULT_SOCKET;
   return {
-    env, conf, stdin, log, exec,
+    env,
+    conf,
+    stdin,
+    log,
+    exec,
     version: conf.cniVersion!,
     agent: (timeoutMs = conf.addTimeoutMs ?? DEFAULT_ADD_TIMEOUT_MS) => new CniAgentClient({ socketPath, timeoutMs }),
   };
@@ -39,6 +49,10 @@ export function ipamType(inv: Invocation): string | undefined {
 /** prevResult is required (CHECK): a clear error when the runtime did not send one. */
 export function requirePrevResult(inv: Invocation): Record<string, unknown> {
   const prev = inv.conf.prevResult;
-  if (!prev) throw new CniError(CniCode.INVALID_CONFIG, `${inv.env.command} of ${inv.env.containerId}/${inv.env.ifName}: no prevResult in the configuration`);
+  if (!prev)
+    throw new CniError(
+      CniCode.INVALID_CONFIG,
+      `${inv.env.command} of ${inv.env.containerId}/${inv.env.ifName}: no prevResult in the configuration`,
+    );
   return prev;
 }

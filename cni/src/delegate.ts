@@ -20,7 +20,11 @@ export type DelegateExec = (call: DelegateCall) => { stdout: string };
 
 export function findPlugin(type: string, cniPath: string[]): string {
   if (!type || type.includes('/') || type.includes('\\')) {
-    throw new CniError(CniCode.INVALID_CONFIG, `invalid plugin type ${JSON.stringify(type)}`, 'a plugin type is a file name, without "/"');
+    throw new CniError(
+      CniCode.INVALID_CONFIG,
+      `invalid plugin type ${JSON.stringify(type)}`,
+      'a plugin type is a file name, without "/"',
+    );
   }
   if (!cniPath.length) {
     throw new CniError(CniCode.INVALID_ENV, `CNI_PATH is empty: cannot find the ipam plugin "${type}"`);
@@ -30,7 +34,9 @@ export function findPlugin(type: string, cniPath: string[]): string {
     try {
       fs.accessSync(p, fs.constants.X_OK);
       if (fs.statSync(p).isFile()) return p;
-    } catch { /* next */ }
+    } catch {
+      /* next */
+    }
   }
   throw new CniError(CniCode.INVALID_CONFIG, `failed to find plugin "${type}" in CNI_PATH`, `searched ${cniPath.join(':')}`);
 }
@@ -50,7 +56,11 @@ export const execDelegate: DelegateExec = (call) => {
   const stdout = r.stdout?.toString() ?? '';
   if (r.status === 0) return { stdout };
   let err: { code?: unknown; msg?: unknown; details?: unknown } | undefined;
-  try { err = JSON.parse(stdout); } catch { /* not JSON */ }
+  try {
+    err = JSON.parse(stdout);
+  } catch {
+    /* not JSON */
+  }
   if (err && typeof err.code === 'number') {
     const details = typeof err.details === 'string' && err.details ? err.details : undefined;
     throw new CniError(err.code, `delegated plugin ${what} failed: ${String(err.msg ?? '')}`, details);
@@ -62,7 +72,13 @@ export const execDelegate: DelegateExec = (call) => {
 /** The versions a delegate speaks (VERSION call); [] when it cannot tell. */
 export function delegateVersions(exec: DelegateExec, type: string, cniPath: string[]): string[] {
   try {
-    const { stdout } = exec({ type, verb: 'VERSION', stdin: '{"cniVersion":"1.1.0"}', cniPath, env: { CNI_NETNS: 'dummy', CNI_IFNAME: 'dummy' } });
+    const { stdout } = exec({
+      type,
+      verb: 'VERSION',
+      stdin: '{"cniVersion":"1.1.0"}',
+      cniPath,
+      env: { CNI_NETNS: 'dummy', CNI_IFNAME: 'dummy' },
+    });
     const v = JSON.parse(stdout) as { supportedVersions?: unknown };
     return Array.isArray(v.supportedVersions) ? v.supportedVersions.filter((x): x is string => typeof x === 'string') : [];
   } catch {

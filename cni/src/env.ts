@@ -31,8 +31,14 @@ const REQUIRED: Record<Verb, ('CNI_CONTAINERID' | 'CNI_NETNS' | 'CNI_IFNAME')[]>
 
 export function readCommand(env: NodeJS.ProcessEnv): Verb {
   const cmd = env.CNI_COMMAND;
-  if (!cmd) throw new CniError(CniCode.INVALID_ENV, 'required environment variable CNI_COMMAND is missing', `expected one of ${VERBS.join(', ')}`);
-  if (!(VERBS as readonly string[]).includes(cmd)) throw new CniError(CniCode.INVALID_ENV, `unknown CNI_COMMAND: ${cmd}`, `expected one of ${VERBS.join(', ')}`);
+  if (!cmd)
+    throw new CniError(
+      CniCode.INVALID_ENV,
+      'required environment variable CNI_COMMAND is missing',
+      `expected one of ${VERBS.join(', ')}`,
+    );
+  if (!(VERBS as readonly string[]).includes(cmd))
+    throw new CniError(CniCode.INVALID_ENV, `unknown CNI_COMMAND: ${cmd}`, `expected one of ${VERBS.join(', ')}`);
   return cmd as Verb;
 }
 
@@ -40,8 +46,11 @@ export function readCommand(env: NodeJS.ProcessEnv): Verb {
 export function readEnv(env: NodeJS.ProcessEnv, command: Verb): CniEnv {
   const missing = REQUIRED[command].filter((k) => !env[k]);
   if (missing.length) {
-    throw new CniError(CniCode.INVALID_ENV, `required environment variables missing for ${command}: ${missing.join(', ')}`,
-      `CNI_CONTAINERID=${q(env.CNI_CONTAINERID)} CNI_NETNS=${q(env.CNI_NETNS)} CNI_IFNAME=${q(env.CNI_IFNAME)}`);
+    throw new CniError(
+      CniCode.INVALID_ENV,
+      `required environment variables missing for ${command}: ${missing.join(', ')}`,
+      `CNI_CONTAINERID=${q(env.CNI_CONTAINERID)} CNI_NETNS=${q(env.CNI_NETNS)} CNI_IFNAME=${q(env.CNI_IFNAME)}`,
+    );
   }
   const out: CniEnv = {
     command,
@@ -53,7 +62,11 @@ export function readEnv(env: NodeJS.ProcessEnv, command: Verb): CniEnv {
   };
   if (REQUIRED[command].length) {
     if (!CONTAINER_ID_RE.test(out.containerId)) {
-      throw new CniError(CniCode.INVALID_ENV, `invalid CNI_CONTAINERID ${q(out.containerId)}`, 'must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$');
+      throw new CniError(
+        CniCode.INVALID_ENV,
+        `invalid CNI_CONTAINERID ${q(out.containerId)}`,
+        'must match ^[a-zA-Z0-9][a-zA-Z0-9_.-]*$',
+      );
     }
     const ifProblem = ifNameProblem(out.ifName);
     if (ifProblem) throw new CniError(CniCode.INVALID_ENV, `invalid CNI_IFNAME ${q(out.ifName)}`, ifProblem);

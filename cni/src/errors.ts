@@ -6,7 +6,11 @@ import { CniCode, kindInfo } from '../../shared/src/errors.ts';
 export { CniCode };
 
 export class CniError extends Error {
-  constructor(readonly code: number, msg: string, readonly details?: string) {
+  constructor(
+    readonly code: number,
+    msg: string,
+    readonly details?: string,
+  ) {
     super(msg);
     this.name = 'CniError';
   }
@@ -20,8 +24,11 @@ export class CniError extends Error {
 export function fromAgentError(e: unknown, operation: string): CniError {
   if (e instanceof CniError) return e;
   if (e instanceof AgentUnreachableError) {
-    return new CniError(CniCode.TRY_AGAIN_LATER, `${operation}: membrane agent not reachable`,
-      `${e.message}; the runtime should retry once the agent is up`);
+    return new CniError(
+      CniCode.TRY_AGAIN_LATER,
+      `${operation}: membrane agent not reachable`,
+      `${e.message}; the runtime should retry once the agent is up`,
+    );
   }
   if (e instanceof AgentApiError) {
     return new CniError(kindInfo(e.code).cni, `${operation}: ${e.message}`, `agent answered HTTP ${e.status} ${e.code}`);
@@ -31,5 +38,9 @@ export function fromAgentError(e: unknown, operation: string): CniError {
 
 export function internalError(e: unknown, operation: string): CniError {
   const err = e as Error;
-  return new CniError(CniCode.INTERNAL, `${operation}: ${err?.message ?? String(e)}`, err?.stack?.split('\n').slice(0, 4).join(' | '));
+  return new CniError(
+    CniCode.INTERNAL,
+    `${operation}: ${err?.message ?? String(e)}`,
+    err?.stack?.split('\n').slice(0, 4).join(' | '),
+  );
 }

@@ -4,9 +4,19 @@ import type { Endpoint } from '../../shared/src/types.ts';
 import { childProcess } from './lazy.ts';
 import { normalizeIfAddr } from '../../shared/src/net/index.ts';
 
-interface IpAddrJson { ifname: string; address?: string; mtu?: number; operstate?: string; flags?: string[];
-  addr_info?: { family: string; local: string; prefixlen: number }[] }
-interface IpRouteJson { dst: string; gateway?: string; dev?: string }
+interface IpAddrJson {
+  ifname: string;
+  address?: string;
+  mtu?: number;
+  operstate?: string;
+  flags?: string[];
+  addr_info?: { family: string; local: string; prefixlen: number }[];
+}
+interface IpRouteJson {
+  dst: string;
+  gateway?: string;
+  dev?: string;
+}
 
 function run(cmd: string, args: string[]): { ok: boolean; out: string; err: string } {
   const r = childProcess().spawnSync(cmd, args, { encoding: 'utf8', timeout: 10_000 });
@@ -22,7 +32,8 @@ export function inspectContainerSide(ep: Endpoint, netns: string): string[] {
   const problems: string[] = [];
   if (!dev) return [`interface ${ep.ifName} not found in ${netns}`];
   if (!dev.flags?.includes('UP')) problems.push(`${ep.ifName} in ${netns} is down`);
-  if (dev.address?.toLowerCase() !== ep.mac.toLowerCase()) problems.push(`${ep.ifName} has MAC ${dev.address}, expected ${ep.mac}`);
+  if (dev.address?.toLowerCase() !== ep.mac.toLowerCase())
+    problems.push(`${ep.ifName} has MAC ${dev.address}, expected ${ep.mac}`);
   if (dev.mtu !== ep.mtu) problems.push(`${ep.ifName} has MTU ${dev.mtu}, expected ${ep.mtu}`);
   const have = new Set((dev.addr_info ?? []).map((a) => `${a.local}/${a.prefixlen}`));
   for (const ip of ep.ips) if (!have.has(ip.address)) problems.push(`address ${ip.address} missing on ${ep.ifName} in ${netns}`);
@@ -32,7 +43,9 @@ export function inspectContainerSide(ep: Endpoint, netns: string): string[] {
     if (r.ok && r.out.trim()) routes.push(...(JSON.parse(r.out) as IpRouteJson[]));
   }
   for (const want of ep.routes) {
-    const found = routes.some((r) => sameDst(r.dst, want.dst) && (!want.gw || r.gateway === want.gw) && (!r.dev || r.dev === ep.ifName));
+    const found = routes.some(
+      (r) => sameDst(r.dst, want.dst) && (!want.gw || r.gateway === want.gw) && (!r.dev || r.dev === ep.ifName),
+    );
     if (!found) problems.push(`route ${want.dst}${want.gw ? ` via ${want.gw}` : ''} missing in ${netns}`);
   }
   return problems;
@@ -53,5 +66,9 @@ export function inspectHostSide(ep: Endpoint): string[] {
 function sameDst(have: string, want: string): boolean {
   if (have === want) return true;
   const norm = (d: string) => (d === 'default' ? (want.includes(':') ? '::/0' : '0.0.0.0/0') : normalizeIfAddr(d));
-  try { return norm(have) === norm(want); } catch { return false; }
+  try {
+    return norm(have) === norm(want);
+  } catch {
+    return false;
+  }
 }

@@ -18,7 +18,15 @@ export interface Logger {
 export function createLogger(opts: { file?: string; level?: Level; stderr?: (line: string) => void }): Logger {
   const min = RANK[opts.level ?? 'info'];
   const bound: Record<string, unknown> = { pid: process.pid };
-  const toStderr = opts.stderr ?? ((line: string) => { try { fs.writeSync(2, line); } catch { /* nowhere left */ } });
+  const toStderr =
+    opts.stderr ??
+    ((line: string) => {
+      try {
+        fs.writeSync(2, line);
+      } catch {
+        /* nowhere left */
+      }
+    });
   let fileOk = Boolean(opts.file);
 
   const write = (level: Level, msg: string, fields?: Record<string, unknown>) => {
@@ -37,7 +45,9 @@ export function createLogger(opts: { file?: string; level?: Level; stderr?: (lin
     info: (m, f) => write('info', m, f),
     warn: (m, f) => write('warn', m, f),
     error: (m, f) => write('error', m, f),
-    bind: (f) => { Object.assign(bound, f); },
+    bind: (f) => {
+      Object.assign(bound, f);
+    },
   };
 }
 

@@ -12,11 +12,14 @@ function readStdin(): Buffer {
   }
 }
 
-runCni({ env: process.env, readStdin }).then(({ stdout, exitCode }) => {
-  if (stdout) fs.writeSync(1, stdout.endsWith('\n') ? stdout : stdout + '\n');
-  // exit now: keep-alive sockets of the agent client must not hold the process
-  process.exit(exitCode);
-}, (e: unknown) => {
-  fs.writeSync(1, JSON.stringify({ code: 999, msg: `membrane-cni crashed: ${(e as Error)?.message ?? String(e)}` }) + '\n');
-  process.exit(1);
-});
+runCni({ env: process.env, readStdin }).then(
+  ({ stdout, exitCode }) => {
+    if (stdout) fs.writeSync(1, stdout.endsWith('\n') ? stdout : stdout + '\n');
+    // exit now: keep-alive sockets of the agent client must not hold the process
+    process.exit(exitCode);
+  },
+  (e: unknown) => {
+    fs.writeSync(1, JSON.stringify({ code: 999, msg: `membrane-cni crashed: ${(e as Error)?.message ?? String(e)}` }) + '\n');
+    process.exit(1);
+  },
+);

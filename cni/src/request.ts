@@ -18,8 +18,18 @@ export const K = {
   bandwidth: 'cni:bandwidth',
 } as const;
 
-export interface PortMapping { hostPort: number; containerPort: number; protocol: string; hostIP?: string }
-export interface Bandwidth { ingressRate?: number; ingressBurst?: number; egressRate?: number; egressBurst?: number }
+export interface PortMapping {
+  hostPort: number;
+  containerPort: number;
+  protocol: string;
+  hostIP?: string;
+}
+export interface Bandwidth {
+  ingressRate?: number;
+  ingressBurst?: number;
+  egressRate?: number;
+  egressBurst?: number;
+}
 
 export interface RuntimeOptions {
   ips: string[];
@@ -48,11 +58,21 @@ export function readRuntimeOptions(conf: NetConf, env: CniEnv): RuntimeOptions {
   const pm = getCI(rc, 'portMappings');
   const portMappings = Array.isArray(pm) ? pm.map(readPortMapping).filter((p): p is PortMapping => p !== undefined) : [];
   const bw = getCI(rc, 'bandwidth');
-  const bandwidth = bw && typeof bw === 'object' ? compactNums({
-    ingressRate: num(getCI(bw, 'ingressRate')), ingressBurst: num(getCI(bw, 'ingressBurst')),
-    egressRate: num(getCI(bw, 'egressRate')), egressBurst: num(getCI(bw, 'egressBurst')),
-  }) : undefined;
-  return { ips: ips.map((s) => addressOnly(s.trim())).filter(Boolean), mac: mac || undefined, portMappings, ...(bandwidth ? { bandwidth } : {}) };
+  const bandwidth =
+    bw && typeof bw === 'object'
+      ? compactNums({
+          ingressRate: num(getCI(bw, 'ingressRate')),
+          ingressBurst: num(getCI(bw, 'ingressBurst')),
+          egressRate: num(getCI(bw, 'egressRate')),
+          egressBurst: num(getCI(bw, 'egressBurst')),
+        })
+      : undefined;
+  return {
+    ips: ips.map((s) => addressOnly(s.trim())).filter(Boolean),
+    mac: mac || undefined,
+    portMappings,
+    ...(bandwidth ? { bandwidth } : {}),
+  };
 }
 
 function readPortMapping(p: unknown): PortMapping | undefined {

@@ -4,12 +4,41 @@ import type { Endpoint } from '../../shared/src/types.ts';
 import { cmpVersion } from './config.ts';
 import { CniCode, CniError } from './errors.ts';
 
-export interface Iface { name: string; mac?: string; mtu?: number; sandbox?: string; socketPath?: string; pciID?: string }
-export interface IpConfig { address: string; gateway?: string; interface?: number }
-export interface Route { dst: string; gw?: string; mtu?: number; advmss?: number; priority?: number; table?: number; scope?: number }
-export interface Dns { nameservers?: string[]; domain?: string; search?: string[]; options?: string[] }
+export interface Iface {
+  name: string;
+  mac?: string;
+  mtu?: number;
+  sandbox?: string;
+  socketPath?: string;
+  pciID?: string;
+}
+export interface IpConfig {
+  address: string;
+  gateway?: string;
+  interface?: number;
+}
+export interface Route {
+  dst: string;
+  gw?: string;
+  mtu?: number;
+  advmss?: number;
+  priority?: number;
+  table?: number;
+  scope?: number;
+}
+export interface Dns {
+  nameservers?: string[];
+  domain?: string;
+  search?: string[];
+  options?: string[];
+}
 /** Version-neutral result (the 1.1.0 shape without cniVersion). */
-export interface Result { interfaces: Iface[]; ips: IpConfig[]; routes: Route[]; dns?: Dns }
+export interface Result {
+  interfaces: Iface[];
+  ips: IpConfig[];
+  routes: Route[];
+  dns?: Dns;
+}
 
 /** The attachment as the agent built it: host veth first, then the container interface. */
 export function endpointToResult(ep: Endpoint, sandbox: string, dns?: Dns): Result {
@@ -32,7 +61,7 @@ export function appendResult(prev: Result | undefined, ours: Result): Result {
     interfaces: [...prev.interfaces, ...ours.interfaces],
     ips: [...prev.ips, ...ours.ips.map((ip) => (ip.interface === undefined ? ip : { ...ip, interface: ip.interface + shift }))],
     routes: [...prev.routes, ...ours.routes],
-    ...(ours.dns ?? prev.dns ? { dns: mergeDns(prev.dns, ours.dns) } : {}),
+    ...((ours.dns ?? prev.dns) ? { dns: mergeDns(prev.dns, ours.dns) } : {}),
   };
 }
 
@@ -40,14 +69,22 @@ export function appendResult(prev: Result | undefined, ours: Result): Result {
 export function formatResult(r: Result, version: string): Record<string, unknown> {
   const v11 = cmpVersion(version, '1.1.0') >= 0;
   const v1 = cmpVersion(version, '1.0.0') >= 0;
-  const interfaces = r.interfaces.map((i) => compact({
-    name: i.name, mac: i.mac, sandbox: i.sandbox,
-    ...(v11 ? { mtu: i.mtu, socketPath: i.socketPath, pciID: i.pciID } : {}),
-  }));
-  const ips = r.ips.map((ip) => compact({
-    ...(v1 ? {} : { version: ip.address.includes(':') ? '6' : '4' }),
-    address: ip.address, gateway: ip.gateway, interface: ip.interface,
-  }));
+  const interfaces = r.interfaces.map((i) =>
+    compact({
+      name: i.name,
+      mac: i.mac,
+      sandbox: i.sandbox,
+      ...(v11 ? { mtu: i.mtu, socketPath: i.socketPath, pciID: i.pciID } : {}),
+    }),
+  );
+  const ips = r.ips.map((ip) =>
+    compact({
+      ...(v1 ? {} : { version: ip.address.includes(':') ? '6' : '4' }),
+      address: ip.address,
+      gateway: ip.gateway,
+      interface: ip.interface,
+    }),
+  );
   const routes = r.routes.map((rt) => compact(v11 ? { ...rt } : { dst: rt.dst, gw: rt.gw }));
   return compact({ cniVersion: version, interfaces, ips, routes, dns: r.dns && hasDns(r.dns) ? r.dns : undefined });
 }
@@ -57,7 +94,11 @@ export function parseResult(raw: unknown, what: string): Result {
   if (!raw || typeof raw !== 'object') throw new CniError(CniCode.DECODE, `${what} is not a JSON object`);
   const o = raw as Record<string, unknown>;
   if ('ip4' in o || 'ip6' in o) {
-    throw new CniError(CniCode.INCOMPATIBLE_VERSION, `${what} uses the 0.1/0.2 result shape (ip4/ip6)`, 'use cniVersion 0.3.0 or newer');
+    throw new CniError(
+      CniCode.INCOMPATIBLE_VERSION,
+      `${what} uses the 0.1/0.2 result shape (ip4/ip6)`,
+      'use cniVersion 0.3.0 or newer',
+    );
   }
   const arr = (k: string): Record<string, unknown>[] => {
     const v = o[k];
@@ -65,19 +106,25 @@ export function parseResult(raw: unknown, what: string): Result {
     if (!Array.isArray(v)) throw new CniError(CniCode.DECODE, `${what}.${k} is not an array`);
     return v as Record<string, unknown>[];
   };
-  const interfaces = arr('interfaces').map((i, n) => ({
-    name: needString(i.name, `${what}.interfaces[${n}].name`),
-    ...optional(i, ['mac', 'sandbox', 'socketPath', 'pciID', 'mtu']),
-  }) as Iface);
+  const interfaces = arr('interfaces').map(
+    (i, n) =>
+      ({
+        name: needString(i.name, `${what}.interfaces[${n}].name`),
+        ...optional(i, ['mac', 'sandbox', 'socketPath', 'pciID', 'mtu']),
+      }) as Iface,
+  );
   const ips = arr('ips').map((ip, n) => {
     const address = needString(ip.address, `${what}.ips[${n}].address`);
     if (!address.includes('/')) throw new CniError(CniCode.DECODE, `${what}.ips[${n}].address ${address} is not in CIDR form`);
     return { address, ...optional(ip, ['gateway', 'interface']) } as IpConfig;
   });
-  const routes = arr('routes').map((rt, n) => ({
-    dst: needString(rt.dst, `${what}.routes[${n}].dst`),
-    ...optional(rt, ['gw', 'mtu', 'advmss', 'priority', 'table', 'scope']),
-  }) as Route);
+  const routes = arr('routes').map(
+    (rt, n) =>
+      ({
+        dst: needString(rt.dst, `${what}.routes[${n}].dst`),
+        ...optional(rt, ['gw', 'mtu', 'advmss', 'priority', 'table', 'scope']),
+      }) as Route,
+  );
   const dns = o.dns && typeof o.dns === 'object' ? (o.dns as Dns) : undefined;
   return { interfaces, ips, routes, ...(dns && hasDns(dns) ? { dns } : {}) };
 }

@@ -21,10 +21,17 @@ export interface RunInput {
   stderr?: (line: string) => void;
 }
 
-export interface RunOutput { stdout: string; exitCode: number }
+export interface RunOutput {
+  stdout: string;
+  exitCode: number;
+}
 
 const VERBS: Record<Exclude<Verb, 'VERSION'>, (inv: Invocation) => Promise<string>> = {
-  ADD: cmdAdd, DEL: cmdDel, CHECK: cmdCheck, STATUS: cmdStatus, GC: cmdGc,
+  ADD: cmdAdd,
+  DEL: cmdDel,
+  CHECK: cmdCheck,
+  STATUS: cmdStatus,
+  GC: cmdGc,
 };
 
 export async function runCni(input: RunInput): Promise<RunOutput> {
@@ -58,8 +65,15 @@ export async function runCni(input: RunInput): Promise<RunOutput> {
 /** VERSION: stdin is optional and may be anything; answer with the caller's version when we speak it. */
 function versionReply(input: RunInput): string {
   let asked: string | undefined;
-  try { asked = (JSON.parse(input.readStdin().toString()) as { cniVersion?: string }).cniVersion; } catch { /* ignore */ }
-  return JSON.stringify({ cniVersion: isSupportedVersion(asked) ? asked : LATEST_VERSION, supportedVersions: SUPPORTED_VERSIONS });
+  try {
+    asked = (JSON.parse(input.readStdin().toString()) as { cniVersion?: string }).cniVersion;
+  } catch {
+    /* ignore */
+  }
+  return JSON.stringify({
+    cniVersion: isSupportedVersion(asked) ? asked : LATEST_VERSION,
+    supportedVersions: SUPPORTED_VERSIONS,
+  });
 }
 
 /** MEMBRANE_CNI_TIMING=1: phase times since process start on stderr (start-up cost hunting). */

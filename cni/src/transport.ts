@@ -3,7 +3,14 @@
 // parser and outgoing-message machinery) costs ~10 ms per plugin start here, node:net ~1 ms.
 // The CNI bundle replaces node:http with an empty stub (scripts/build-cni.mjs), so only this path runs.
 import net from 'node:net';
-import { AgentClient, AgentUnreachableError, decodeApiAnswer, describeConnectError, type ClientOptions, type RequestOptions } from '../../shared/src/api/client.ts';
+import {
+  AgentClient,
+  AgentUnreachableError,
+  decodeApiAnswer,
+  describeConnectError,
+  type ClientOptions,
+  type RequestOptions,
+} from '../../shared/src/api/client.ts';
 
 export class CniAgentClient extends AgentClient {
   private readonly deadlineMs: number;
@@ -16,12 +23,22 @@ export class CniAgentClient extends AgentClient {
   override request<T>(method: string, path: string, body?: unknown, opts: RequestOptions = {}): Promise<T> {
     const payload = body === undefined ? '' : opts.contentType ? String(body) : JSON.stringify(body);
     const deadlineMs = opts.timeoutMs ?? this.deadlineMs;
-    const head = `${method} ${path} HTTP/1.1\r\nHost: membrane-agent\r\nConnection: close\r\n`
-      + (payload ? `Content-Type: ${opts.contentType ?? 'application/json'}\r\nContent-Length: ${Buffer.byteLength(payload)}\r\n` : '') + '\r\n';
+    const head =
+      `${method} ${path} HTTP/1.1\r\nHost: membrane-agent\r\nConnection: close\r\n` +
+      (payload
+        ? `Content-Type: ${opts.contentType ?? 'application/json'}\r\nContent-Length: ${Buffer.byteLength(payload)}\r\n`
+        : '') +
+      '\r\n';
     return new Promise<T>((resolve, reject) => {
       const chunks: Buffer[] = [];
       let settled = false;
-      const fail = (e: Error) => { if (!settled) { settled = true; sock.destroy(); reject(e); } };
+      const fail = (e: Error) => {
+        if (!settled) {
+          settled = true;
+          sock.destroy();
+          reject(e);
+        }
+      };
       // no half-close: node:http servers drop a request whose sender already sent FIN; "Connection: close" ends it
       const sock = net.connect(this.socketPath, () => sock.write(head + payload));
       sock.setTimeout(deadlineMs, () => fail(new AgentUnreachableError(this.socketPath, `no answer within ${deadlineMs} ms`)));
@@ -46,7 +63,9 @@ function parseResponse<T>(raw: Buffer, socketPath: string): T {
   const [statusLine, ...headerLines] = raw.subarray(0, sep).toString('latin1').split('\r\n');
   const status = Number(/^HTTP\/1\.[01] (\d{3})/.exec(statusLine)?.[1] ?? 0);
   if (!status) throw new AgentUnreachableError(socketPath, `not an HTTP answer: ${statusLine.slice(0, 80)}`);
-  const headers = new Map(headerLines.map((l) => [l.slice(0, l.indexOf(':')).trim().toLowerCase(), l.slice(l.indexOf(':') + 1).trim()]));
+  const headers = new Map(
+    headerLines.map((l) => [l.slice(0, l.indexOf(':')).trim().toLowerCase(), l.slice(l.indexOf(':') + 1).trim()]),
+  );
   let bodyBuf = raw.subarray(sep + 4);
   if (/chunked/i.test(headers.get('transfer-encoding') ?? '')) bodyBuf = dechunk(bodyBuf);
   return decodeApiAnswer<T>(status, bodyBuf.toString('utf8'));

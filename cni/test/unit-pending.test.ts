@@ -1,7 +1,12 @@
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
-import { drainPendingDeletes, listPendingDeletes, queuePendingDelete, type PendingDelete } from '../../shared/src/pending-deletes/index.ts';
+import {
+  drainPendingDeletes,
+  listPendingDeletes,
+  queuePendingDelete,
+  type PendingDelete,
+} from '../../shared/src/pending-deletes/index.ts';
 import { tmpDir } from './lib/inproc.ts';
 
 t.test('queue, overwrite, drain in order, keep failures, set aside garbage', async (t) => {
@@ -19,15 +24,32 @@ t.test('queue, overwrite, drain in order, keep failures, set aside garbage', asy
   t.equal(list.find((l) => l.entry?.containerId === 'a')?.entry?.netns, '/n/a2');
 
   const seen: PendingDelete[] = [];
-  const r1 = await drainPendingDeletes(dir, async (e) => { seen.push(e); if (e.containerId === 'b') throw new Error('agent busy'); });
-  t.same(r1.deleted.map((e) => e.containerId), ['a']);
-  t.same(r1.failed.map((f) => [f.entry.containerId, f.error]), [['b', 'agent busy']]);
+  const r1 = await drainPendingDeletes(dir, async (e) => {
+    seen.push(e);
+    if (e.containerId === 'b') throw new Error('agent busy');
+  });
+  t.same(
+    r1.deleted.map((e) => e.containerId),
+    ['a'],
+  );
+  t.same(
+    r1.failed.map((f) => [f.entry.containerId, f.error]),
+    [['b', 'agent busy']],
+  );
   t.equal(r1.invalid.length, 1);
   t.ok(fs.existsSync(path.join(dir, 'junk.json.bad')), 'garbage set aside');
-  t.same(seen.map((e) => e.containerId), ['b', 'a'], 'oldest first (a was queued again last)');
+  t.same(
+    seen.map((e) => e.containerId),
+    ['b', 'a'],
+    'oldest first (a was queued again last)',
+  );
 
   const r2 = await drainPendingDeletes(dir, async () => undefined);
-  t.same(r2.deleted.map((e) => e.containerId), ['b'], 'failure kept for the next drain');
+  t.same(
+    r2.deleted.map((e) => e.containerId),
+    ['b'],
+    'failure kept for the next drain',
+  );
   t.same(listPendingDeletes(dir), []);
 });
 

@@ -15,19 +15,39 @@ async function serve(handler: http.RequestListener): Promise<{ socket: string; c
   const socket = path.join(dir, `s${Math.random().toString(16).slice(2)}.sock`);
   const srv = http.createServer(handler);
   await new Promise<void>((r) => srv.listen(socket, r));
-  return { socket, close: () => new Promise((r) => { srv.closeAllConnections(); srv.close(() => r()); }) };
+  return {
+    socket,
+    close: () =>
+      new Promise((r) => {
+        srv.closeAllConnections();
+        srv.close(() => r());
+      }),
+  };
 }
 
 t.test('bodies, methods and errors', async (t) => {
   const seen: { method?: string; url?: string; body: string }[] = [];
   const s = await serve((req, res) => {
     let body = '';
-    req.on('data', (c) => { body += c; });
+    req.on('data', (c) => {
+      body += c;
+    });
     req.on('end', () => {
       seen.push({ method: req.method, url: req.url, body });
-      if (req.url === '/v1/healthz') { res.write('{"ok"'); res.end(':true}'); return; } // chunked
-      if (req.url?.startsWith('/v1/endpoints/x/')) { res.writeHead(404, { 'content-type': 'application/json' }); res.end('{"error":{"code":"endpoint_not_found","message":"endpoint x/eth0 does not exist"}}'); return; }
-      if (req.url === '/v1/version') { res.end('not json'); return; }
+      if (req.url === '/v1/healthz') {
+        res.write('{"ok"');
+        res.end(':true}');
+        return;
+      } // chunked
+      if (req.url?.startsWith('/v1/endpoints/x/')) {
+        res.writeHead(404, { 'content-type': 'application/json' });
+        res.end('{"error":{"code":"endpoint_not_found","message":"endpoint x/eth0 does not exist"}}');
+        return;
+      }
+      if (req.url === '/v1/version') {
+        res.end('not json');
+        return;
+      }
       res.writeHead(201, { 'content-type': 'application/json' });
       res.end(JSON.stringify({ echo: JSON.parse(body || '{}') }));
     });
@@ -35,7 +55,11 @@ t.test('bodies, methods and errors', async (t) => {
   t.teardown(() => s.close());
   const c = new CniAgentClient({ socketPath: s.socket });
   t.same(await c.healthz(), { ok: true }, 'chunked body');
-  t.same(await c.request('POST', '/v1/endpoints', { containerId: 'é', ifName: 'eth0' }), { echo: { containerId: 'é', ifName: 'eth0' } }, 'JSON body with a multi-byte character');
+  t.same(
+    await c.request('POST', '/v1/endpoints', { containerId: 'é', ifName: 'eth0' }),
+    { echo: { containerId: 'é', ifName: 'eth0' } },
+    'JSON body with a multi-byte character',
+  );
   t.equal(seen[1].method, 'POST');
   const e = await c.getEndpoint('x', 'eth0').catch((err) => err);
   t.ok(e instanceof AgentApiError);

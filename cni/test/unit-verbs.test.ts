@@ -11,10 +11,23 @@ import { CniError } from '../src/errors.ts';
 let agent: FakeAgent;
 const ns = fakeNetns();
 const state = tmpDir();
-t.before(async () => { agent = await startFakeAgent(); });
-t.teardown(async () => { await agent.close(); ns.remove(); fs.rmSync(state, { recursive: true, force: true }); });
+t.before(async () => {
+  agent = await startFakeAgent();
+});
+t.teardown(async () => {
+  await agent.close();
+  ns.remove();
+  fs.rmSync(state, { recursive: true, force: true });
+});
 
-const conf = (extra: object = {}) => ({ cniVersion: '1.0.0', name: 'unitnet', type: 'membrane-cni', agentSocket: agent.socket, stateDir: state, ...extra });
+const conf = (extra: object = {}) => ({
+  cniVersion: '1.0.0',
+  name: 'unitnet',
+  type: 'membrane-cni',
+  agentSocket: agent.socket,
+  stateDir: state,
+  ...extra,
+});
 const K8S_ARGS = 'IgnoreUnknown=1;K8S_POD_NAMESPACE=ns1;K8S_POD_NAME=pod1;K8S_POD_INFRA_CONTAINER_ID=c-add;K8S_POD_UID=u1';
 
 t.test('ADD answers in the requested version, DEL twice and with an empty netns succeed', async (t) => {
@@ -34,7 +47,11 @@ t.test('ADD answers in the requested version, DEL twice and with an empty netns 
     t.equal(posted.metadata['cni:network'], 'unitnet');
     const del = await cniCall('DEL', conf({ cniVersion: v, prevResult: r.out }), { containerId: cid, netns: ns.path });
     t.same([del.code, del.stdout], [0, ''], 'DEL prints nothing');
-    t.equal((await cniCall('DEL', conf({ cniVersion: v }), { containerId: cid, netns: '' })).code, 0, 'second DEL, empty CNI_NETNS');
+    t.equal(
+      (await cniCall('DEL', conf({ cniVersion: v }), { containerId: cid, netns: '' })).code,
+      0,
+      'second DEL, empty CNI_NETNS',
+    );
   }
   t.equal(agent.endpoints.size, 0);
 });
@@ -84,9 +101,12 @@ t.test('agent down: ADD fails fast with 11, DEL is queued durably, STATUS says 5
   t.match(add.out.details, /no socket there/, 'fails at connect, without waiting for a deadline');
   const del = await cniCall('DEL', down, { containerId: 'c-down', netns: ns.path });
   t.same([del.code, del.stdout], [0, '']);
-  t.notOk(fs.existsSync(path.join(state, 'cni-pending-deletes')), 'not under the config\'s stateDir');
+  t.notOk(fs.existsSync(path.join(state, 'cni-pending-deletes')), "not under the config's stateDir");
   const q = listPendingDeletes(pendingDeletesDir(path.join(state, 'no-agent.sock')));
-  t.same(q.map((e) => [e.entry?.containerId, e.entry?.ifName, e.entry?.cniNetwork]), [['c-down', 'eth0', 'unitnet']]);
+  t.same(
+    q.map((e) => [e.entry?.containerId, e.entry?.ifName, e.entry?.cniNetwork]),
+    [['c-down', 'eth0', 'unitnet']],
+  );
   const st = await cniCall('STATUS', { ...down, cniVersion: '1.1.0' });
   t.equal(st.out.code, 50);
   const st2 = await cniCall('STATUS', conf({ cniVersion: '1.1.0' }));
@@ -103,10 +123,15 @@ t.test('DEL with the agent down and an unwritable queue is an I/O error, not a s
 
 t.test('ADD timeout: 11, and the agent is asked to undo', async (t) => {
   agent.delayMs = 400;
-  t.teardown(() => { agent.delayMs = 0; });
+  t.teardown(() => {
+    agent.delayMs = 0;
+  });
   const r = await cniCall('ADD', conf({ addTimeoutMs: 150 }), { containerId: 'c-slow', netns: ns.path });
   t.equal(r.out.code, 11);
-  t.ok(agent.requests.some((q) => q.method === 'DELETE' && q.url.includes('c-slow')), 'delete sent after the timeout');
+  t.ok(
+    agent.requests.some((q) => q.method === 'DELETE' && q.url.includes('c-slow')),
+    'delete sent after the timeout',
+  );
 });
 
 t.test('CHECK', async (t) => {
@@ -132,13 +157,20 @@ t.test('CHECK', async (t) => {
   t.equal(unknown.out.code, 102);
   t.match(unknown.out.msg, /no such endpoint/);
   t.equal((await cniCall('CHECK', conf(), { containerId: 'c-chk', netns: ns.path })).out.code, 7, 'no prevResult');
-  t.equal((await cniCall('CHECK', conf({ cniVersion: '0.3.1', prevResult: add.out }), { containerId: 'c-chk', netns: ns.path })).out.code, 1);
+  t.equal(
+    (await cniCall('CHECK', conf({ cniVersion: '0.3.1', prevResult: add.out }), { containerId: 'c-chk', netns: ns.path })).out
+      .code,
+    1,
+  );
 });
 
-t.test('GC removes only this network\'s endpoints missing from the valid list', async (t) => {
+t.test("GC removes only this network's endpoints missing from the valid list", async (t) => {
   for (const cid of ['g1', 'g2', 'g3']) t.equal((await cniCall('ADD', conf(), { containerId: cid, netns: ns.path })).code, 0);
   t.equal((await cniCall('ADD', conf({ name: 'othernet' }), { containerId: 'g4', netns: ns.path })).code, 0);
-  const gc = await cniCall('GC', conf({ cniVersion: '1.1.0', 'cni.dev/valid-attachments': [{ containerID: 'g2', ifname: 'eth0' }] }));
+  const gc = await cniCall(
+    'GC',
+    conf({ cniVersion: '1.1.0', 'cni.dev/valid-attachments': [{ containerID: 'g2', ifname: 'eth0' }] }),
+  );
   t.same([gc.code, gc.stdout], [0, '']);
   t.same([...agent.endpoints.keys()].sort(), ['g2/eth0', 'g4/eth0']);
   const old = await cniCall('GC', conf({ cniVersion: '1.1.0', 'cni.dev/attachments': [] }));
@@ -149,7 +181,10 @@ t.test('GC removes only this network\'s endpoints missing from the valid list', 
 });
 
 t.test('VERSION answers whatever stdin holds', async (t) => {
-  t.same((await cniCall('VERSION', 'not json')).out, { cniVersion: '1.1.0', supportedVersions: ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'] });
+  t.same((await cniCall('VERSION', 'not json')).out, {
+    cniVersion: '1.1.0',
+    supportedVersions: ['0.3.0', '0.3.1', '0.4.0', '1.0.0', '1.1.0'],
+  });
   t.equal((await cniCall('VERSION', { cniVersion: '0.4.0' })).out.cniVersion, '0.4.0');
   t.equal((await cniCall('NOPE', conf())).out.code, 4, 'unknown command');
   t.equal((await cniCall('ADD', conf(), { env: { CNI_COMMAND: undefined } })).out.code, 4, 'no CNI_COMMAND');
@@ -161,14 +196,24 @@ t.test('delegated IPAM: same stdin, ips to the agent as externalIpam, released o
   const exec = (c: DelegateCall) => {
     calls.push(c);
     if (failWith) throw failWith;
-    if (c.verb === 'ADD') return { stdout: JSON.stringify({ cniVersion: '1.0.0', ips: [{ address: '10.77.0.9/24', gateway: '10.77.0.1' }], dns: { nameservers: ['10.77.0.1'] } }) };
+    if (c.verb === 'ADD')
+      return {
+        stdout: JSON.stringify({
+          cniVersion: '1.0.0',
+          ips: [{ address: '10.77.0.9/24', gateway: '10.77.0.1' }],
+          dns: { nameservers: ['10.77.0.1'] },
+        }),
+      };
     if (c.verb === 'VERSION') return { stdout: '{"cniVersion":"1.0.0","supportedVersions":["0.4.0","1.0.0"]}' };
     return { stdout: '' };
   };
   const c = conf({ ipam: { type: 'host-local', ranges: [[{ subnet: '10.77.0.0/24' }]] } });
   const add = await cniCall('ADD', c, { containerId: 'c-ipam', netns: ns.path, exec });
   t.equal(add.code, 0, add.stdout);
-  t.same(add.out.ips.map((i: any) => i.address), ['10.77.0.9/32']);
+  t.same(
+    add.out.ips.map((i: any) => i.address),
+    ['10.77.0.9/32'],
+  );
   t.same(add.out.dns, { nameservers: ['10.77.0.1'] });
   t.equal(calls[0].stdin.toString(), JSON.stringify(c), 'the IPAM plugin gets our exact stdin');
   const posted = agent.requests.filter((q) => q.method === 'POST').pop()!.body as any;
@@ -180,23 +225,42 @@ t.test('delegated IPAM: same stdin, ips to the agent as externalIpam, released o
   agent.failNextCreate = { status: 500, code: 'internal', message: 'boom' };
   const failed = await cniCall('ADD', c, { containerId: 'c-ipam2', netns: ns.path, exec });
   t.equal(failed.out.code, 100);
-  t.same(calls.map((x) => x.verb), ['ADD', 'DEL'], 'allocation released after the failed ADD');
+  t.same(
+    calls.map((x) => x.verb),
+    ['ADD', 'DEL'],
+    'allocation released after the failed ADD',
+  );
 
   calls.length = 0;
   const gc = await cniCall('GC', { ...c, cniVersion: '1.1.0', 'cni.dev/valid-attachments': [] }, { exec });
   t.equal(gc.code, 0, gc.stdout);
   const del = calls.find((x) => x.verb === 'DEL')!;
-  t.same([del.env?.CNI_CONTAINERID, JSON.parse(del.stdin.toString()).cniVersion], ['c-ipam', '1.0.0'], 'GC released the address in a version host-local speaks');
-  t.notOk(calls.some((x) => x.verb === 'GC'), 'no GC for a delegate that predates it');
+  t.same(
+    [del.env?.CNI_CONTAINERID, JSON.parse(del.stdin.toString()).cniVersion],
+    ['c-ipam', '1.0.0'],
+    'GC released the address in a version host-local speaks',
+  );
+  t.notOk(
+    calls.some((x) => x.verb === 'GC'),
+    'no GC for a delegate that predates it',
+  );
 
   calls.length = 0;
   const down = await cniCall('DEL', { ...c, agentSocket: path.join(state, 'gone.sock') }, { containerId: 'c-ipam', exec });
   t.equal(down.code, 0);
-  t.same(calls.map((x) => x.verb), ['DEL'], 'IPAM DEL even with the agent down');
+  t.same(
+    calls.map((x) => x.verb),
+    ['DEL'],
+    'IPAM DEL even with the agent down',
+  );
 
   failWith = new CniError(11, 'delegated plugin host-local ADD failed: no IP addresses available in range set');
   const full = await cniCall('ADD', c, { containerId: 'c-ipam3', netns: ns.path, exec });
-  t.same([full.out.code, full.out.msg], [11, 'delegated plugin host-local ADD failed: no IP addresses available in range set'], 'IPAM error passed through');
+  t.same(
+    [full.out.code, full.out.msg],
+    [11, 'delegated plugin host-local ADD failed: no IP addresses available in range set'],
+    'IPAM error passed through',
+  );
 });
 
 t.test('log file gets the story, stdout only the result', async (t) => {
@@ -204,7 +268,11 @@ t.test('log file gets the story, stdout only the result', async (t) => {
   const add = await cniCall('ADD', conf({ logFile, logLevel: 'debug' }), { containerId: 'c-log', netns: ns.path });
   await cniCall('DEL', conf({ logFile }), { containerId: 'c-log' });
   t.equal(add.code, 0);
-  const lines = fs.readFileSync(logFile, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+  const lines = fs
+    .readFileSync(logFile, 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => JSON.parse(l));
   t.ok(lines.some((l) => l.verb === 'ADD' && l.msg === 'endpoint created' && l.containerId === 'c-log'));
   t.ok(lines.some((l) => l.verb === 'DEL' && l.msg === 'endpoint deleted'));
   const err = await cniCall('ADD', conf({ logFile }), { containerId: 'c-log', netns: '/nonexistent/ns' });

@@ -4,7 +4,10 @@
 import { kindInfo, MembraneError } from '../../shared/src/errors.ts';
 
 export class PluginError extends Error {
-  constructor(message: string) { super(message); this.name = 'PluginError'; }
+  constructor(message: string) {
+    super(message);
+    this.name = 'PluginError';
+  }
 }
 
 /** First 12 hex of a Docker id, as `docker network ls` / `docker ps` print them. */

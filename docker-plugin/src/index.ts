@@ -38,7 +38,10 @@ const NAME = /^[A-Za-z0-9][A-Za-z0-9_.-]*$/;
 const BODY_LIMIT = '1mb';
 
 type Handler = (ctx: nd.DriverContext, body: unknown) => unknown;
-interface Route { handler: Handler; ipam: boolean }
+interface Route {
+  handler: Handler;
+  ipam: boolean;
+}
 
 function route<T extends z.ZodTypeAny>(schema: T, fn: (ctx: nd.DriverContext, b: z.infer<T>) => unknown, isIpam = false): Route {
   return {
@@ -101,16 +104,21 @@ export function createPluginApp(ctx: nd.DriverContext): express.Express {
       const text = Buffer.isBuffer(req.body) ? req.body.toString('utf8').trim() : '';
       let body: unknown = {};
       if (text && text !== 'null') {
-        try { body = JSON.parse(text); } catch { throw new BadRequest('body is not valid JSON'); }
+        try {
+          body = JSON.parse(text);
+        } catch {
+          throw new BadRequest('body is not valid JSON');
+        }
       }
       out = await r.handler(ctx, body);
     } catch (err) {
       status = 500;
       const known = err instanceof PluginError || err instanceof BadRequest;
       const call = req.path.slice(1);
-      const message = err instanceof BadRequest
-        ? `${ctx.name}: invalid ${call} request: ${err.message}`
-        : `${ctx.name}: ${(err as Error)?.message ?? String(err)}`;
+      const message =
+        err instanceof BadRequest
+          ? `${ctx.name}: invalid ${call} request: ${err.message}`
+          : `${ctx.name}: ${(err as Error)?.message ?? String(err)}`;
       if (known) ctx.log.info({ call, message }, 'plugin call refused');
       else ctx.log.error({ call, err }, 'plugin call failed');
       out = r.ipam ? { Err: message, Error: message } : { Err: message };
@@ -123,9 +131,10 @@ export function createPluginApp(ctx: nd.DriverContext): express.Express {
     // The body reader's own failures: too large (413, before any of it is read into memory), cut off.
     const type = (err as { type?: unknown })?.type;
     const status = type === 'entity.too.large' ? 413 : typeof type === 'string' && type.startsWith('request.') ? 400 : 500;
-    const message = status === 413
-      ? `${ctx.name}: the ${req.path.slice(1)} request body is larger than the plugin accepts (${BODY_LIMIT})`
-      : `${ctx.name}: ${(err as Error)?.message ?? String(err)}`;
+    const message =
+      status === 413
+        ? `${ctx.name}: the ${req.path.slice(1)} request body is larger than the plugin accepts (${BODY_LIMIT})`
+        : `${ctx.name}: ${(err as Error)?.message ?? String(err)}`;
     if (status === 500) ctx.log.error({ err, call: req.path.slice(1) }, 'plugin call failed');
     else ctx.log.info({ call: req.path.slice(1), message }, 'plugin call refused');
     send(res, status, { Err: message });
@@ -148,8 +157,13 @@ export async function startDockerPlugin(opts: DockerPluginOptions): Promise<Dock
   const ctx: nd.DriverContext = { core: opts.core, state, log, name: opts.name };
   await reconcile(ctx);
 
-  const server = await listenUnix(http.createServer(createPluginApp(ctx)), socketPath, { who: `another process (Docker plugin "${opts.name}")` });
-  log.info({ socket: socketPath, networks: state.networks.size, endpoints: state.endpoints.size, pools: state.pools.size }, 'docker plugin listening');
+  const server = await listenUnix(http.createServer(createPluginApp(ctx)), socketPath, {
+    who: `another process (Docker plugin "${opts.name}")`,
+  });
+  log.info(
+    { socket: socketPath, networks: state.networks.size, endpoints: state.endpoints.size, pools: state.pools.size },
+    'docker plugin listening',
+  );
 
   let closed = false;
   return {
@@ -157,7 +171,10 @@ export async function startDockerPlugin(opts: DockerPluginOptions): Promise<Dock
     async close() {
       if (closed) return;
       closed = true;
-      await new Promise<void>((resolve) => { server.close(() => resolve()); server.closeAllConnections?.(); });
+      await new Promise<void>((resolve) => {
+        server.close(() => resolve());
+        server.closeAllConnections?.();
+      });
       fs.rmSync(socketPath, { force: true });
       await state.flush();
       log.info({ socket: socketPath }, 'docker plugin stopped');
@@ -171,8 +188,11 @@ async function reconcile(ctx: nd.DriverContext): Promise<void> {
     if (ctx.core.networks.get(n.coreName)) continue;
     try {
       await ctx.core.networks.create({
-        name: n.coreName, subnets: n.subnets.map((s) => s.pool), gateways: n.subnets.map((s) => s.gateway).filter(Boolean),
-        options: { 'docker.network-id': n.networkId }, ...(n.mtu ? { mtu: n.mtu } : {}),
+        name: n.coreName,
+        subnets: n.subnets.map((s) => s.pool),
+        gateways: n.subnets.map((s) => s.gateway).filter(Boolean),
+        options: { 'docker.network-id': n.networkId },
+        ...(n.mtu ? { mtu: n.mtu } : {}),
       });
       ctx.log.warn({ network: n.networkId, core: n.coreName }, 're-created a core network the agent had lost');
     } catch (err) {
@@ -187,7 +207,8 @@ async function reconcile(ctx: nd.DriverContext): Promise<void> {
   }
   // Endpoints whose record write a crash lost (records are written after answering dockerd).
   for (const ep of ctx.core.endpoints.list()) {
-    if (ep.docker && ep.metadata['docker:plugin'] === ctx.name && !ctx.state.endpoints.has(ep.docker.endpointId)) nd.endpointRecord(ctx, ep.docker.endpointId);
+    if (ep.docker && ep.metadata['docker:plugin'] === ctx.name && !ctx.state.endpoints.has(ep.docker.endpointId))
+      nd.endpointRecord(ctx, ep.docker.endpointId);
   }
   await ctx.state.flush();
 }

@@ -4,8 +4,19 @@
 // is created with externalIpam) and given back in ReleaseAddress.
 import crypto from 'node:crypto';
 import {
-  bigIntToIp, cidrContains, cidrCovers, cidrLast, cidrsOverlap, defaultGateway, familyOf, formatCidr, isUsable, normalizeIp, parseCidr,
-  usableRange, type Family,
+  bigIntToIp,
+  cidrContains,
+  cidrCovers,
+  cidrLast,
+  cidrsOverlap,
+  defaultGateway,
+  familyOf,
+  formatCidr,
+  isUsable,
+  normalizeIp,
+  parseCidr,
+  usableRange,
+  type Family,
 } from '../../shared/src/net/index.ts';
 import type { DriverContext } from './network-driver.ts';
 import type { IpamOwner } from '../../shared/src/ipam/owner.ts';
@@ -30,7 +41,9 @@ export async function requestPool(ctx: DriverContext, req: RequestPoolRequest): 
   const fam: Family = req.V6 ? 6 : 4;
   if (!req.Pool) {
     if (req.SubPool) throw new PluginError(`--ip-range ${req.SubPool} needs a --subnet`);
-    throw new PluginError(`membrane IPAM needs an explicit IPv${fam} subnet: add --subnet CIDR${fam === 6 ? ' for IPv6 (or drop --ipv6)' : ''} to docker network create`);
+    throw new PluginError(
+      `membrane IPAM needs an explicit IPv${fam} subnet: add --subnet CIDR${fam === 6 ? ' for IPv6 (or drop --ipv6)' : ''} to docker network create`,
+    );
   }
   const c = parseOrFail(req.Pool, 'subnet');
   if (c.family !== fam) throw new PluginError(`subnet ${req.Pool} is not an IPv${fam} subnet`);
@@ -46,7 +59,8 @@ export async function requestPool(ctx: DriverContext, req: RequestPoolRequest): 
     subPool = formatCidr(s);
   }
   for (const key of Object.keys(req.Options)) {
-    if (key.startsWith('membrane.')) throw new PluginError(`unknown IPAM option --ipam-opt ${key}; the ${ctx.name} IPAM driver has none`);
+    if (key.startsWith('membrane.'))
+      throw new PluginError(`unknown IPAM option --ipam-opt ${key}; the ${ctx.name} IPAM driver has none`);
   }
   const addressSpace = req.AddressSpace || `${ctx.name}-local`;
   const poolId = `${addressSpace}/${pool}`;
@@ -54,18 +68,29 @@ export async function requestPool(ctx: DriverContext, req: RequestPoolRequest): 
     if (other.poolId === poolId && !other.networkId) continue; // left over by an interrupted create: reuse
     if (cidrsOverlap(c, parseCidr(other.pool))) {
       const owner = other.networkId ? `Docker network ${short(other.networkId)}` : 'a network being created';
-      throw new PluginError(`subnet ${pool} overlaps subnet ${other.pool} of ${owner}; pick a --subnet that no other network uses`);
+      throw new PluginError(
+        `subnet ${pool} overlaps subnet ${other.pool} of ${owner}; pick a --subnet that no other network uses`,
+      );
     }
   }
   for (const n of ctx.core.networks.list()) {
     for (const s of n.subnets) {
       if (cidrsOverlap(c, parseCidr(s.cidr))) {
-        throw new PluginError(`subnet ${pool} overlaps subnet ${s.cidr} of membrane network "${n.name}"; pick a --subnet that no other network uses`);
+        throw new PluginError(
+          `subnet ${pool} overlaps subnet ${s.cidr} of membrane network "${n.name}"; pick a --subnet that no other network uses`,
+        );
       }
     }
   }
   const rec: PoolRecord = {
-    poolId, addressSpace, pool, subPool, v6: req.V6, options: req.Options, pendingAux: [], createdAt: new Date().toISOString(),
+    poolId,
+    addressSpace,
+    pool,
+    subPool,
+    v6: req.V6,
+    options: req.Options,
+    pendingAux: [],
+    createdAt: new Date().toISOString(),
   };
   await ctx.state.setPool(rec);
   return { PoolID: poolId, Pool: pool, Data: {} };
@@ -110,7 +135,8 @@ export async function requestAddress(ctx: DriverContext, req: RequestAddressRequ
       try {
         return answer((await ctx.core.ipam.allocate(pool.coreName, owner, { ip: wanted })).ip);
       } catch (e) {
-        if (kindOf(e) === 'address_in_use') throw new PluginError(`${what}: address ${wanted} is already in use on this network (pick another --ip)`);
+        if (kindOf(e) === 'address_in_use')
+          throw new PluginError(`${what}: address ${wanted} is already in use on this network (pick another --ip)`);
         throw e;
       }
     }
@@ -132,7 +158,12 @@ async function allocateInRange(ctx: DriverContext, pool: PoolRecord, owner: Ipam
   const first = sub.base > whole.first ? sub.base : whole.first;
   // biome-ignore lint/complexity/useMathMinMax: BigInt, which Math.min does not take
   const last = subLast < whole.last ? subLast : whole.last;
-  const taken = new Set(ctx.core.ipam.pools().filter((p) => p.name === coreName).flatMap((p) => p.allocations.map((a) => a.ip)));
+  const taken = new Set(
+    ctx.core.ipam
+      .pools()
+      .filter((p) => p.name === coreName)
+      .flatMap((p) => p.allocations.map((a) => a.ip)),
+  );
   const gw = ctx.core.networks.get(coreName)?.subnets.find((s) => s.cidr === pool.pool)?.gateway;
   if (gw) taken.add(gw);
   let tries = 0n;
@@ -168,10 +199,17 @@ export async function releaseAddress(ctx: DriverContext, poolId: string, address
 
 function requirePool(ctx: DriverContext, poolId: string): PoolRecord {
   const pool = ctx.state.pools.get(poolId);
-  if (!pool) throw new PluginError(`address pool ${poolId} is unknown to the ${ctx.name} IPAM driver (its state was lost?); remove the Docker network and create it again`);
+  if (!pool)
+    throw new PluginError(
+      `address pool ${poolId} is unknown to the ${ctx.name} IPAM driver (its state was lost?); remove the Docker network and create it again`,
+    );
   return pool;
 }
 
 function parseOrFail(text: string, what: string) {
-  try { return parseCidr(text); } catch (e) { throw new PluginError(`invalid ${what}: ${(e as Error).message}`); }
+  try {
+    return parseCidr(text);
+  } catch (e) {
+    throw new PluginError(`invalid ${what}: ${(e as Error).message}`);
+  }
 }

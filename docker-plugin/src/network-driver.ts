@@ -38,7 +38,9 @@ export async function createNetwork(ctx: DriverContext, req: CreateNetworkReques
     for (const s of n.subnets) {
       for (const mine of plan.subnets) {
         if (cidrsOverlap(parseCidr(mine.pool), parseCidr(s.cidr))) {
-          throw new PluginError(`subnet ${mine.pool} overlaps subnet ${s.cidr} of ${describeCoreNetwork(ctx, n.name)}; pick a --subnet that no other membrane network uses`);
+          throw new PluginError(
+            `subnet ${mine.pool} overlaps subnet ${s.cidr} of ${describeCoreNetwork(ctx, n.name)}; pick a --subnet that no other membrane network uses`,
+          );
         }
       }
     }
@@ -57,8 +59,12 @@ export async function createNetwork(ctx: DriverContext, req: CreateNetworkReques
       await ctx.state.setPool({ ...p, networkId: req.NetworkID, coreName, pendingAux: [] });
     }
     await ctx.state.setNetwork({
-      networkId: req.NetworkID, coreName, subnets: plan.subnets, mtu: plan.options.mtu,
-      ipamPools: pools.map((p) => p.poolId), createdAt: new Date().toISOString(),
+      networkId: req.NetworkID,
+      coreName,
+      subnets: plan.subnets,
+      mtu: plan.options.mtu,
+      ipamPools: pools.map((p) => p.poolId),
+      createdAt: new Date().toISOString(),
     });
   } catch (e) {
     if (created) {
@@ -68,9 +74,15 @@ export async function createNetwork(ctx: DriverContext, req: CreateNetworkReques
     throw wrap(`cannot create membrane network for Docker network ${short(req.NetworkID)}`, e);
   }
   if (Object.keys(plan.options.foreign).length) {
-    ctx.log.info({ network: req.NetworkID, ignored: plan.options.foreign }, 'ignoring driver options that are not membrane options');
+    ctx.log.info(
+      { network: req.NetworkID, ignored: plan.options.foreign },
+      'ignoring driver options that are not membrane options',
+    );
   }
-  ctx.log.info({ network: short(req.NetworkID), core: plan.spec.name, subnets: plan.spec.subnets, mtu: plan.options.mtu }, 'docker network created');
+  ctx.log.info(
+    { network: short(req.NetworkID), core: plan.spec.name, subnets: plan.spec.subnets, mtu: plan.options.mtu },
+    'docker network created',
+  );
   return {};
 }
 
@@ -85,7 +97,10 @@ export async function deleteNetwork(ctx: DriverContext, networkId: string): Prom
     await ctx.core.ipam.releaseOwner(auxOwner(coreName));
     // Addresses our IPAM handed out and dockerd never released (it releases them before DeleteNetwork).
     for (const pool of ctx.core.ipam.pools().filter((p) => p.name === coreName)) {
-      for (const a of pool.allocations.filter((x) => { const o = parseOwnerKey(x.owner); return o?.kind === 'docker-address' && o.network === coreName; })) {
+      for (const a of pool.allocations.filter((x) => {
+        const o = parseOwnerKey(x.owner);
+        return o?.kind === 'docker-address' && o.network === coreName;
+      })) {
         await ctx.core.ipam.releaseIp(coreName, a.ip);
       }
     }
@@ -169,7 +184,10 @@ export async function join(ctx: DriverContext, req: JoinRequest): Promise<object
   requireNetwork(ctx, req.NetworkID, 'attach a container');
   const rec = endpointRecord(ctx, req.EndpointID);
   const ep = rec && ctx.core.endpoints.get(rec.endpointId, rec.ifName);
-  if (!rec || !ep) throw new PluginError(`${what}: the endpoint does not exist (it was never created, or the agent lost it); restart the container`);
+  if (!rec || !ep)
+    throw new PluginError(
+      `${what}: the endpoint does not exist (it was never created, or the agent lost it); restart the container`,
+    );
   const v4 = ep.ips.find((i) => i.family === 4);
   const v6 = ep.ips.find((i) => i.family === 6);
   const updated: EndpointRecord = { ...rec, sandboxKey: req.SandboxKey, joined: true };
@@ -222,22 +240,32 @@ export function endpointRecord(ctx: DriverContext, endpointId: string): Endpoint
 
 function recordOf(ep: Endpoint, networkId: string): EndpointRecord {
   return {
-    endpointId: ep.docker!.endpointId, networkId, ifName: ep.ifName,
-    addresses: ep.ips.map((i) => addressOnly(i.address)), joined: false, createdAt: ep.createdAt,
+    endpointId: ep.docker!.endpointId,
+    networkId,
+    ifName: ep.ifName,
+    addresses: ep.ips.map((i) => addressOnly(i.address)),
+    joined: false,
+    createdAt: ep.createdAt,
   };
 }
 
 function saveLater(ctx: DriverContext, p: Promise<void>, endpointId: string): void {
-  p.catch((err) => ctx.log.error({ err, endpoint: endpointId }, 'cannot save docker endpoint state (it is rebuilt from the core at need)'));
+  p.catch((err) =>
+    ctx.log.error({ err, endpoint: endpointId }, 'cannot save docker endpoint state (it is rebuilt from the core at need)'),
+  );
 }
 
 function requireNetwork(ctx: DriverContext, networkId: string, doing: string) {
   const net = ctx.state.networks.get(networkId);
   if (!net) {
-    throw new PluginError(`cannot ${doing}: Docker network ${short(networkId)} is unknown to the membrane plugin "${ctx.name}" (its state was lost?); remove it with "docker network rm" and create it again`);
+    throw new PluginError(
+      `cannot ${doing}: Docker network ${short(networkId)} is unknown to the membrane plugin "${ctx.name}" (its state was lost?); remove it with "docker network rm" and create it again`,
+    );
   }
   if (!ctx.core.networks.get(net.coreName)) {
-    throw new PluginError(`cannot ${doing}: membrane network ${net.coreName} of Docker network ${short(networkId)} is gone from the agent; remove the Docker network and create it again`);
+    throw new PluginError(
+      `cannot ${doing}: membrane network ${net.coreName} of Docker network ${short(networkId)} is gone from the agent; remove the Docker network and create it again`,
+    );
   }
   return net;
 }

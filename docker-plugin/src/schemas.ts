@@ -4,21 +4,33 @@ import { z } from 'zod';
 
 const id = z.string().regex(/^[0-9a-f]{64}$/, 'expected a 64-hex Docker id');
 /** Generic option maps carry lists and objects as well as strings (portmap, exposedports, ...). */
-const anyOptions = z.record(z.string(), z.unknown()).nullish().transform((o) => o ?? {});
+const anyOptions = z
+  .record(z.string(), z.unknown())
+  .nullish()
+  .transform((o) => o ?? {});
 
 export const IpamDataSchema = z.object({
   AddressSpace: z.string().default(''),
   Pool: z.string().min(1, 'Pool must not be empty'),
   Gateway: z.string().optional().default(''),
-  AuxAddresses: z.record(z.string(), z.string()).nullish().transform((o) => o ?? {}),
+  AuxAddresses: z
+    .record(z.string(), z.string())
+    .nullish()
+    .transform((o) => o ?? {}),
 });
 export type IpamData = z.infer<typeof IpamDataSchema>;
 
 export const CreateNetworkSchema = z.object({
   NetworkID: id,
   Options: anyOptions,
-  IPv4Data: z.array(IpamDataSchema).nullish().transform((a) => a ?? []),
-  IPv6Data: z.array(IpamDataSchema).nullish().transform((a) => a ?? []),
+  IPv4Data: z
+    .array(IpamDataSchema)
+    .nullish()
+    .transform((a) => a ?? []),
+  IPv6Data: z
+    .array(IpamDataSchema)
+    .nullish()
+    .transform((a) => a ?? []),
 });
 export type CreateNetworkRequest = z.infer<typeof CreateNetworkSchema>;
 
@@ -26,7 +38,10 @@ export const NetworkOnlySchema = z.object({ NetworkID: id });
 
 export const AllocateNetworkSchema = z.object({
   NetworkID: id,
-  Options: z.record(z.string(), z.string()).nullish().transform((o) => o ?? {}),
+  Options: z
+    .record(z.string(), z.string())
+    .nullish()
+    .transform((o) => o ?? {}),
 });
 
 export const EndpointOnlySchema = z.object({ NetworkID: id, EndpointID: id });
@@ -34,11 +49,14 @@ export const EndpointOnlySchema = z.object({ NetworkID: id, EndpointID: id });
 export const CreateEndpointSchema = z.object({
   NetworkID: id,
   EndpointID: id,
-  Interface: z.object({
-    Address: z.string().optional().default(''),
-    AddressIPv6: z.string().optional().default(''),
-    MacAddress: z.string().optional().default(''),
-  }).nullish().transform((i) => i ?? { Address: '', AddressIPv6: '', MacAddress: '' }),
+  Interface: z
+    .object({
+      Address: z.string().optional().default(''),
+      AddressIPv6: z.string().optional().default(''),
+      MacAddress: z.string().optional().default(''),
+    })
+    .nullish()
+    .transform((i) => i ?? { Address: '', AddressIPv6: '', MacAddress: '' }),
   Options: anyOptions,
 });
 export type CreateEndpointRequest = z.infer<typeof CreateEndpointSchema>;
@@ -59,7 +77,10 @@ export const RequestPoolSchema = z.object({
   AddressSpace: z.string().default(''),
   Pool: z.string().default(''),
   SubPool: z.string().default(''),
-  Options: z.record(z.string(), z.string()).nullish().transform((o) => o ?? {}),
+  Options: z
+    .record(z.string(), z.string())
+    .nullish()
+    .transform((o) => o ?? {}),
   V6: z.boolean().default(false),
 });
 export type RequestPoolRequest = z.infer<typeof RequestPoolSchema>;
@@ -69,7 +90,10 @@ export const ReleasePoolSchema = z.object({ PoolID: z.string().min(1, 'PoolID mu
 export const RequestAddressSchema = z.object({
   PoolID: z.string().min(1, 'PoolID must not be empty'),
   Address: z.string().default(''),
-  Options: z.record(z.string(), z.string()).nullish().transform((o) => o ?? {}),
+  Options: z
+    .record(z.string(), z.string())
+    .nullish()
+    .transform((o) => o ?? {}),
 });
 export type RequestAddressRequest = z.infer<typeof RequestAddressSchema>;
 

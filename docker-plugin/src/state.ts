@@ -61,12 +61,30 @@ export class DockerState {
     return s;
   }
 
-  setNetwork(r: NetworkRecord): Promise<void> { this.networks.set(r.networkId, r); return this.save('networks', r.networkId); }
-  deleteNetwork(id: string): Promise<void> { this.networks.delete(id); return this.save('networks', id); }
-  setEndpoint(r: EndpointRecord): Promise<void> { this.endpoints.set(r.endpointId, r); return this.save('endpoints', r.endpointId); }
-  deleteEndpoint(id: string): Promise<void> { this.endpoints.delete(id); return this.save('endpoints', id); }
-  setPool(r: PoolRecord): Promise<void> { this.pools.set(r.poolId, r); return this.save('pools', r.poolId); }
-  deletePool(id: string): Promise<void> { this.pools.delete(id); return this.save('pools', id); }
+  setNetwork(r: NetworkRecord): Promise<void> {
+    this.networks.set(r.networkId, r);
+    return this.save('networks', r.networkId);
+  }
+  deleteNetwork(id: string): Promise<void> {
+    this.networks.delete(id);
+    return this.save('networks', id);
+  }
+  setEndpoint(r: EndpointRecord): Promise<void> {
+    this.endpoints.set(r.endpointId, r);
+    return this.save('endpoints', r.endpointId);
+  }
+  deleteEndpoint(id: string): Promise<void> {
+    this.endpoints.delete(id);
+    return this.save('endpoints', id);
+  }
+  setPool(r: PoolRecord): Promise<void> {
+    this.pools.set(r.poolId, r);
+    return this.save('pools', r.poolId);
+  }
+  deletePool(id: string): Promise<void> {
+    this.pools.delete(id);
+    return this.save('pools', id);
+  }
 
   /** Waits for every pending write (close, tests). */
   async flush(): Promise<void> {
@@ -76,13 +94,19 @@ export class DockerState {
   private save(kind: Kind, id: string): Promise<void> {
     const key = `${kind}/${storeSegment(id)}`;
     const prev = this.chains.get(key) ?? Promise.resolve();
-    const next = prev.catch(() => undefined).then(async () => {
-      const value = this.current(kind, id);
-      if (value === undefined) await this.store.delete(key);
-      else await this.store.put(key, value);
-    });
+    const next = prev
+      .catch(() => undefined)
+      .then(async () => {
+        const value = this.current(kind, id);
+        if (value === undefined) await this.store.delete(key);
+        else await this.store.put(key, value);
+      });
     this.chains.set(key, next);
-    void next.finally(() => { if (this.chains.get(key) === next) this.chains.delete(key); }).catch(() => undefined);
+    void next
+      .finally(() => {
+        if (this.chains.get(key) === next) this.chains.delete(key);
+      })
+      .catch(() => undefined);
     return next;
   }
 

@@ -30,7 +30,11 @@ export async function fakeCore(): Promise<FakeCore> {
     list: (f) => [...eps.values()].filter((e) => !f?.containerId || e.containerId === f.containerId),
     async create(req: EndpointRequest) {
       calls.push({ op: 'endpoints.create', args: [req] });
-      if (core.failNextCreate) { const e = core.failNextCreate; core.failNextCreate = undefined; throw e; }
+      if (core.failNextCreate) {
+        const e = core.failNextCreate;
+        core.failNextCreate = undefined;
+        throw e;
+      }
       const id = attachmentId(req);
       const existing = eps.get(key(id, req.ifName));
       if (existing) {
@@ -48,12 +52,24 @@ export async function fakeCore(): Promise<FakeCore> {
         return { address: hostPrefix(normalizeIp(ip), fam), gateway: s.gateway, family: fam, subnet: s.cidr };
       });
       const ep: Endpoint = {
-        id: nextId++, containerId: req.docker ? '' : req.containerId, ...(req.docker ? { docker: { ...req.docker } } : {}),
-        ifName: req.ifName, network: net.name, netns: req.netns ?? null,
+        id: nextId++,
+        containerId: req.docker ? '' : req.containerId,
+        ...(req.docker ? { docker: { ...req.docker } } : {}),
+        ifName: req.ifName,
+        network: net.name,
+        netns: req.netns ?? null,
         hostIfName: 'mbr' + crypto.createHash('sha256').update(key(id, req.ifName)).digest('hex').slice(0, 11),
-        hostIfIndex: 100 + nextId, hostMac: '02:00:00:00:00:01', mac: req.mac ?? '02:aa:bb:cc:dd:' + (nextId % 256).toString(16).padStart(2, '0'),
-        mtu: req.mtu ?? net.mtu, ips, routes: [], labels: { ...(req.labels ?? {}) }, metadata: { ...(req.metadata ?? {}) },
-        identity: 0, externalIpam: true, createdAt: new Date().toISOString(),
+        hostIfIndex: 100 + nextId,
+        hostMac: '02:00:00:00:00:01',
+        mac: req.mac ?? '02:aa:bb:cc:dd:' + (nextId % 256).toString(16).padStart(2, '0'),
+        mtu: req.mtu ?? net.mtu,
+        ips,
+        routes: [],
+        labels: { ...(req.labels ?? {}) },
+        metadata: { ...(req.metadata ?? {}) },
+        identity: 0,
+        externalIpam: true,
+        createdAt: new Date().toISOString(),
       };
       eps.set(key(id, req.ifName), ep);
       return ep;
@@ -80,7 +96,8 @@ export async function fakeCore(): Promise<FakeCore> {
       list: () => networks.list(),
       create: (spec) => networks.create(spec),
       async delete(name) {
-        if ([...eps.values()].some((e) => e.network === name)) throw new NetworkError('network_in_use', `network "${name}" still has endpoints`);
+        if ([...eps.values()].some((e) => e.network === name))
+          throw new NetworkError('network_in_use', `network "${name}" still has endpoints`);
         return networks.delete(name);
       },
     },

@@ -3,20 +3,43 @@
 import t from 'tap';
 import { harness, hex64, createNetworkBody, createEndpointBody, joinBody, type Harness } from './helpers.ts';
 
-async function createWithIpam(h: Harness, nid: string, pool: string, extra: { subPool?: string; gateway?: string; aux?: string[]; v6?: string } = {}) {
+async function createWithIpam(
+  h: Harness,
+  nid: string,
+  pool: string,
+  extra: { subPool?: string; gateway?: string; aux?: string[]; v6?: string } = {},
+) {
   const space = `${h.name}-local`;
-  const rp = await h.call('/IpamDriver.RequestPool', { AddressSpace: space, Pool: pool, SubPool: extra.subPool ?? '', Options: {}, V6: false });
+  const rp = await h.call('/IpamDriver.RequestPool', {
+    AddressSpace: space,
+    Pool: pool,
+    SubPool: extra.subPool ?? '',
+    Options: {},
+    V6: false,
+  });
   if (rp.status !== 200) return { rp };
-  const gw = await h.call('/IpamDriver.RequestAddress', { PoolID: rp.body.PoolID, Address: extra.gateway ?? '', Options: { RequestAddressType: 'com.docker.network.gateway' } });
-  for (const a of extra.aux ?? []) await h.call('/IpamDriver.RequestAddress', { PoolID: rp.body.PoolID, Address: a, Options: null });
+  const gw = await h.call('/IpamDriver.RequestAddress', {
+    PoolID: rp.body.PoolID,
+    Address: extra.gateway ?? '',
+    Options: { RequestAddressType: 'com.docker.network.gateway' },
+  });
+  for (const a of extra.aux ?? [])
+    await h.call('/IpamDriver.RequestAddress', { PoolID: rp.body.PoolID, Address: a, Options: null });
   let rp6, gw6;
   if (extra.v6) {
     rp6 = await h.call('/IpamDriver.RequestPool', { AddressSpace: space, Pool: extra.v6, SubPool: '', Options: {}, V6: true });
-    gw6 = await h.call('/IpamDriver.RequestAddress', { PoolID: rp6.body.PoolID, Address: '', Options: { RequestAddressType: 'com.docker.network.gateway' } });
+    gw6 = await h.call('/IpamDriver.RequestAddress', {
+      PoolID: rp6.body.PoolID,
+      Address: '',
+      Options: { RequestAddressType: 'com.docker.network.gateway' },
+    });
   }
   const gwIp = gw.body.Address.split('/')[0];
-  const body = createNetworkBody(nid, { pool, gateway: gwIp, space },
-    extra.v6 ? { v6: { pool: extra.v6, gateway: gw6!.body.Address.split('/')[0], space } } : {});
+  const body = createNetworkBody(
+    nid,
+    { pool, gateway: gwIp, space },
+    extra.v6 ? { v6: { pool: extra.v6, gateway: gw6!.body.Address.split('/')[0], space } } : {},
+  );
   const cn = await h.call('/NetworkDriver.CreateNetwork', body);
   return { rp, gw, rp6, gw6, cn };
 }
@@ -31,7 +54,11 @@ t.test('the --ipam-driver sequence: pool, gateway, network, addresses, release, 
   t.equal(cn!.status, 200, JSON.stringify(cn!.body));
   const coreName = `docker-${nid.slice(0, 12)}`;
   const pool = () => h.core.ipam.pools().find((p) => p.name === coreName)!;
-  t.same(pool().allocations.map((a) => [a.ip, a.owner]), [['10.96.0.2', `docker-aux:${coreName}`]], 'aux address reserved in the core');
+  t.same(
+    pool().allocations.map((a) => [a.ip, a.owner]),
+    [['10.96.0.2', `docker-aux:${coreName}`]],
+    'aux address reserved in the core',
+  );
 
   const a1 = await h.call('/IpamDriver.RequestAddress', { PoolID: rp.body.PoolID, Address: '', Options: null });
   t.equal(a1.status, 200, JSON.stringify(a1.body));
@@ -40,7 +67,10 @@ t.test('the --ipam-driver sequence: pool, gateway, network, addresses, release, 
   t.same(a2.body, { Address: '10.96.0.50/24', Data: {} }, '--ip');
   const dup = await h.call('/IpamDriver.RequestAddress', { PoolID: rp.body.PoolID, Address: '10.96.0.50', Options: null });
   t.equal(dup.status, 500);
-  t.match(dup.body.Err, /cannot allocate an address in subnet 10.96.0.0\/24 of Docker network [0-9a-f]{12}: address 10.96.0.50 is already in use on this network \(pick another --ip\)/);
+  t.match(
+    dup.body.Err,
+    /cannot allocate an address in subnet 10.96.0.0\/24 of Docker network [0-9a-f]{12}: address 10.96.0.50 is already in use on this network \(pick another --ip\)/,
+  );
   t.equal(dup.body.Error, dup.body.Err);
   const out = await h.call('/IpamDriver.RequestAddress', { PoolID: rp.body.PoolID, Address: '10.97.0.9', Options: null });
   t.match(out.body.Err, /address 10.97.0.9 is outside subnet 10.96.0.0\/24/);
@@ -51,11 +81,21 @@ t.test('the --ipam-driver sequence: pool, gateway, network, addresses, release, 
   t.equal((await h.call('/NetworkDriver.CreateEndpoint', createEndpointBody(nid, eid, a2.body.Address))).status, 200);
   t.equal((await h.call('/NetworkDriver.Join', joinBody(nid, eid))).body.Gateway, '10.96.0.1');
   await h.call('/NetworkDriver.DeleteEndpoint', { NetworkID: nid, EndpointID: eid });
-  t.ok(pool().allocations.some((a) => a.ip === '10.96.0.50'), 'DeleteEndpoint does not release: ReleaseAddress does');
+  t.ok(
+    pool().allocations.some((a) => a.ip === '10.96.0.50'),
+    'DeleteEndpoint does not release: ReleaseAddress does',
+  );
   for (const a of [a1, a2, a3]) {
-    t.same((await h.call('/IpamDriver.ReleaseAddress', { PoolID: rp.body.PoolID, Address: a.body.Address.split('/')[0] })).body, {});
+    t.same(
+      (await h.call('/IpamDriver.ReleaseAddress', { PoolID: rp.body.PoolID, Address: a.body.Address.split('/')[0] })).body,
+      {},
+    );
   }
-  t.same((await h.call('/IpamDriver.ReleaseAddress', { PoolID: rp.body.PoolID, Address: '10.96.0.50' })).body, {}, 'release is idempotent');
+  t.same(
+    (await h.call('/IpamDriver.ReleaseAddress', { PoolID: rp.body.PoolID, Address: '10.96.0.50' })).body,
+    {},
+    'release is idempotent',
+  );
   // docker network rm: gateway + aux release, ReleasePool, DeleteNetwork.
   await h.call('/IpamDriver.ReleaseAddress', { PoolID: rp.body.PoolID, Address: '10.96.0.1' });
   await h.call('/IpamDriver.ReleaseAddress', { PoolID: rp.body.PoolID, Address: '10.96.0.2' });
@@ -70,12 +110,19 @@ t.test('--gateway, --ip-range, dual stack, and state across a restart', async (t
   const h = await harness();
   t.teardown(() => h.close());
   const nid = hex64();
-  const { rp, gw, rp6, gw6, cn } = await createWithIpam(h, nid, '10.91.0.0/24', { subPool: '10.91.0.128/25', gateway: '10.91.0.254', v6: 'fd00:91::/64' });
+  const { rp, gw, rp6, gw6, cn } = await createWithIpam(h, nid, '10.91.0.0/24', {
+    subPool: '10.91.0.128/25',
+    gateway: '10.91.0.254',
+    v6: 'fd00:91::/64',
+  });
   t.equal(cn!.status, 200, JSON.stringify(cn!.body));
   t.same(gw!.body.Address, '10.91.0.254/24');
   t.same(gw6!.body.Address, 'fd00:91::1/64');
   const net = h.core.networks.get(`docker-${nid.slice(0, 12)}`)!;
-  t.same(net.subnets.map((s) => s.gateway), ['10.91.0.254', 'fd00:91::1']);
+  t.same(
+    net.subnets.map((s) => s.gateway),
+    ['10.91.0.254', 'fd00:91::1'],
+  );
   await h.restart();
   const a = await h.call('/IpamDriver.RequestAddress', { PoolID: rp.body.PoolID, Address: '', Options: null });
   t.equal(a.body.Address, '10.91.0.128/24', 'first address of --ip-range, after a restart');
@@ -88,7 +135,8 @@ t.test('--gateway, --ip-range, dual stack, and state across a restart', async (t
 t.test('RequestPool refuses what a docker user would get wrong, in their words', async (t) => {
   const h = await harness();
   t.teardown(() => h.close());
-  const req = (b: Record<string, unknown>) => h.call('/IpamDriver.RequestPool', { AddressSpace: `${h.name}-local`, Pool: '', SubPool: '', Options: {}, V6: false, ...b });
+  const req = (b: Record<string, unknown>) =>
+    h.call('/IpamDriver.RequestPool', { AddressSpace: `${h.name}-local`, Pool: '', SubPool: '', Options: {}, V6: false, ...b });
   const cases: [Record<string, unknown>, RegExp][] = [
     [{}, /membrane IPAM needs an explicit IPv4 subnet: add --subnet CIDR/],
     [{ V6: true }, /needs an explicit IPv6 subnet/],
@@ -122,7 +170,8 @@ t.test('RequestPool refuses what a docker user would get wrong, in their words',
 t.test('the built-in IPAM path leaves the core pool alone', async (t) => {
   const h = await harness();
   t.teardown(() => h.close());
-  const nid = hex64(), eid = hex64();
+  const nid = hex64(),
+    eid = hex64();
   await h.call('/NetworkDriver.CreateNetwork', createNetworkBody(nid, { pool: '10.86.0.0/24', gateway: '10.86.0.1' }));
   await h.call('/NetworkDriver.CreateEndpoint', createEndpointBody(nid, eid, '10.86.0.2/24'));
   t.same(h.core.ipam.pools()[0].allocations, [], 'docker allocated the address, not the core');
@@ -138,5 +187,8 @@ t.test('an exhausted pool says what a Docker user can do about it', async (t) =>
   t.same(first.body, { Address: '10.93.0.2/30', Data: {} }, 'the one address besides the gateway');
   const full = await h.call('/IpamDriver.RequestAddress', { PoolID: rp.body.PoolID, Address: '', Options: null });
   t.equal(full.status, 500);
-  t.match(full.body.Err, /is exhausted: no free IPv4 address left in 10.93.0.0\/30 \(remove unused containers or create the network with a larger --subnet\)/);
+  t.match(
+    full.body.Err,
+    /is exhausted: no free IPv4 address left in 10.93.0.0\/30 \(remove unused containers or create the network with a larger --subnet\)/,
+  );
 });

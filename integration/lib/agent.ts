@@ -81,14 +81,26 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
   const hostDevice = opts.reuse?.hostDevice ?? `mbh${id}`;
   const logFile = opts.reuse?.logFile ?? opts.logFile ?? path.join(stateDir, 'agent.log');
   const netnsPath = opts.reuse?.netnsPath ?? opts.netnsPath;
-  const inNetns = (cmd: string[]) => (netnsPath ? ['nsenter', [`--net=${netnsPath}`, ...cmd]] : [cmd[0], cmd.slice(1)]) as [string, string[]];
+  const inNetns = (cmd: string[]) =>
+    (netnsPath ? ['nsenter', [`--net=${netnsPath}`, ...cmd]] : [cmd[0], cmd.slice(1)]) as [string, string[]];
   const args = [
     // Benchmarks run the built agent (what a node runs: no TypeScript loader in the hot paths).
     ...(opts.bundle ? [AGENT_BUNDLE] : ['--import', 'tsx', AGENT_MAIN]),
-    '--state-dir', stateDir, '--socket', socket, '--bpffs-dir', bpffsDir, '--host-device', hostDevice,
-    '--log-level', 'debug',
+    '--state-dir',
+    stateDir,
+    '--socket',
+    socket,
+    '--bpffs-dir',
+    bpffsDir,
+    '--host-device',
+    hostDevice,
+    '--log-level',
+    'debug',
     // Several agents run side by side: no fixed ports or sockets.
-    '--metrics-address', '127.0.0.1:0', '--observer-socket', path.join(stateDir, 'observer.sock'),
+    '--metrics-address',
+    '127.0.0.1:0',
+    '--observer-socket',
+    path.join(stateDir, 'observer.sock'),
     ...pools.flatMap((p) => ['--pool', p]),
     // A containerd on the machine must not be taken for the runtime of a test's pods (a test that
     // drives a private containerd passes its socket).
@@ -112,33 +124,59 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
     for (;;) {
       const done = await Promise.race([exited.then((code) => ({ code })), sleep(50).then(() => null)]);
       if (done) throw new Error(`agent exited with ${done.code} during start:\n${tail(logFile)}`);
-      try { await client.healthz(); return; } catch { /* not up yet */ }
+      try {
+        await client.healthz();
+        return;
+      } catch {
+        /* not up yet */
+      }
       if (Date.now() > deadline) throw new Error(`agent did not become healthy within 30 s:\n${tail(logFile)}`);
     }
   };
 
-  const waitExit = (signal: NodeJS.Signals) => new Promise<void>((resolve) => {
-    const c = child;
-    if (!c || c.exitCode !== null || c.signalCode !== null) { resolve(); return; }
-    c.once('exit', () => resolve());
-    c.kill(signal);
-  });
+  const waitExit = (signal: NodeJS.Signals) =>
+    new Promise<void>((resolve) => {
+      const c = child;
+      if (!c || c.exitCode !== null || c.signalCode !== null) {
+        resolve();
+        return;
+      }
+      c.once('exit', () => resolve());
+      c.kill(signal);
+    });
 
   const agent: TestAgent = {
-    id, socket, observerSocket: path.join(stateDir, 'observer.sock'), stateDir, bpffsDir, hostDevice, pools, logFile, client, netnsPath,
+    id,
+    socket,
+    observerSocket: path.join(stateDir, 'observer.sock'),
+    stateDir,
+    bpffsDir,
+    hostDevice,
+    pools,
+    logFile,
+    client,
+    netnsPath,
     pid: () => child?.pid,
     stop: () => waitExit('SIGTERM'),
     kill9: () => waitExit('SIGKILL'),
-    restart: async () => { await waitExit('SIGTERM'); await launch(); },
+    restart: async () => {
+      await waitExit('SIGTERM');
+      await launch();
+    },
     cleanup: async () => {
       try {
         if (child && child.exitCode === null && child.signalCode === null) {
           for (const ep of await client.listEndpoints()) await client.deleteEndpoint(ep.containerId, ep.ifName);
-          for (const n of await client.listNetworks()) if (n.name !== 'default') await client.deleteNetwork(n.name).catch(() => undefined);
+          for (const n of await client.listNetworks())
+            if (n.name !== 'default') await client.deleteNetwork(n.name).catch(() => undefined);
         }
       } finally {
         await waitExit('SIGTERM');
-        try { execFileSync(...inNetns(['ip', 'link', 'del', hostDevice]), { stdio: 'ignore' }); } catch { /* already gone */ }
+        try {
+          execFileSync(...inNetns(['ip', 'link', 'del', hostDevice]), { stdio: 'ignore' });
+        } catch {
+          /* already gone */
+        }
         fs.rmSync(bpffsDir, { recursive: true, force: true });
         if (ownStateDir) fs.rmSync(stateDir, { recursive: true, force: true });
       }
@@ -154,7 +192,11 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
 }
 
 function tail(file: string): string {
-  try { return fs.readFileSync(file, 'utf8').split('\n').slice(-30).join('\n'); } catch { return '(no log)'; }
+  try {
+    return fs.readFileSync(file, 'utf8').split('\n').slice(-30).join('\n');
+  } catch {
+    return '(no log)';
+  }
 }
 
 export function sleep(ms: number): Promise<void> {

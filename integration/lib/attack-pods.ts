@@ -41,7 +41,12 @@ export function castOf(names: string[], opts: StartAgentOptions = {}): Cast {
     for (const name of names) {
       const ns = createNetns('mba');
       nss.push(ns);
-      const ep = await cast.agent.client.createEndpoint({ containerId: `atk-${name}-${randomId()}`, netns: ns.path, ifName: 'eth0', labels: { app: name } });
+      const ep = await cast.agent.client.createEndpoint({
+        containerId: `atk-${name}-${randomId()}`,
+        netns: ns.path,
+        ifName: 'eth0',
+        labels: { app: name },
+      });
       const ip = (f: 4 | 6) => ep.ips.find((x) => x.family === f)!.address.split('/')[0];
       cast.pods[name] = { name, ns, ep, ip4: ip(4), ip6: ip(6), mac: ep.mac, gwMac: ep.hostMac };
     }
@@ -55,18 +60,40 @@ export function castOf(names: string[], opts: StartAgentOptions = {}): Cast {
 }
 
 /** An IPv4 frame from `p`'s eth0 (its MAC unless `srcMac`), L4 checksum filled. */
-export function frame4(p: Pod, o: Omit<Ipv4Opts, 'src'> & { src?: string; srcMac?: string }, l4: Buffer, checksum = true): Buffer {
+export function frame4(
+  p: Pod,
+  o: Omit<Ipv4Opts, 'src'> & { src?: string; srcMac?: string },
+  l4: Buffer,
+  checksum = true,
+): Buffer {
   const src = o.src ?? p.ip4;
   const body = checksum ? withChecksum(4, src, o.dst, o.proto, l4) : l4;
   return eth(p.gwMac, o.srcMac ?? p.mac, ETH_P.IPV4, ipv4({ ...o, src }, body));
 }
 
 /** An IPv6 frame from `p`'s eth0; `chain` (extension headers) goes between the header and L4. */
-export function frame6(p: Pod, o: { src?: string; dst: string; next: number; hopLimit?: number; dstMac?: string; srcMac?: string; chain?: { first: number; bytes: Buffer } }, l4: Buffer): Buffer {
+export function frame6(
+  p: Pod,
+  o: {
+    src?: string;
+    dst: string;
+    next: number;
+    hopLimit?: number;
+    dstMac?: string;
+    srcMac?: string;
+    chain?: { first: number; bytes: Buffer };
+  },
+  l4: Buffer,
+): Buffer {
   const src = o.src ?? p.ip6;
   const body = withChecksum(6, src, o.dst, o.next, l4);
   const payload = o.chain ? Buffer.concat([o.chain.bytes, body]) : body;
-  return eth(o.dstMac ?? p.gwMac, o.srcMac ?? p.mac, ETH_P.IPV6, ipv6({ src, dst: o.dst, next: o.chain ? o.chain.first : o.next, hopLimit: o.hopLimit }, payload));
+  return eth(
+    o.dstMac ?? p.gwMac,
+    o.srcMac ?? p.mac,
+    ETH_P.IPV6,
+    ipv6({ src, dst: o.dst, next: o.chain ? o.chain.first : o.next, hopLimit: o.hopLimit }, payload),
+  );
 }
 
 /** Waits until the observer holds a flow `pick` accepts (flows arrive within a drain period). */

@@ -12,8 +12,35 @@ export const BB_IMAGE = 'membrane-test/bb:1';
 export const BB_IMAGE_LABEL = { key: 'org.membrane.test.image', value: 'busybox' };
 
 const APPLETS = [
-  'sh', 'cat', 'echo', 'ip', 'ifconfig', 'ping', 'ping6', 'nc', 'sleep', 'usleep', 'wget', 'true', 'false',
-  'hostname', 'grep', 'touch', 'rm', 'mkdir', 'ls', 'route', 'arp', 'wc', 'head', 'date', 'seq', 'timeout', 'kill', 'ps', 'env',
+  'sh',
+  'cat',
+  'echo',
+  'ip',
+  'ifconfig',
+  'ping',
+  'ping6',
+  'nc',
+  'sleep',
+  'usleep',
+  'wget',
+  'true',
+  'false',
+  'hostname',
+  'grep',
+  'touch',
+  'rm',
+  'mkdir',
+  'ls',
+  'route',
+  'arp',
+  'wc',
+  'head',
+  'date',
+  'seq',
+  'timeout',
+  'kill',
+  'ps',
+  'env',
 ];
 
 function findBusybox(): string {
@@ -40,10 +67,20 @@ export async function ensureBusyboxImage(d: Dockerd): Promise<string> {
     for (const sub of ['tmp', 'etc', 'proc', 'sys', 'dev']) await fsp.mkdir(path.join(dir, 'rootfs', sub));
     const tar = spawnSync('tar', ['-C', path.join(dir, 'rootfs'), '-cf', '-', '.'], { maxBuffer: 64 << 20 });
     if (tar.status !== 0) throw new Error(`tar of the busybox rootfs failed: ${tar.stderr}`);
-    await d.docker([
-      'import', '--change', 'CMD ["sh"]', '--change', 'ENV PATH=/bin',
-      '--change', `LABEL ${BB_IMAGE_LABEL.key}=${BB_IMAGE_LABEL.value}`, '-', BB_IMAGE,
-    ], { input: tar.stdout, timeoutMs: 60_000 });
+    await d.docker(
+      [
+        'import',
+        '--change',
+        'CMD ["sh"]',
+        '--change',
+        'ENV PATH=/bin',
+        '--change',
+        `LABEL ${BB_IMAGE_LABEL.key}=${BB_IMAGE_LABEL.value}`,
+        '-',
+        BB_IMAGE,
+      ],
+      { input: tar.stdout, timeoutMs: 60_000 },
+    );
     return BB_IMAGE;
   } finally {
     await fsp.rm(dir, { recursive: true, force: true });

@@ -3,14 +3,24 @@
 // the policy the cluster tests and benchmark import.
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
-import { decodeIpcacheKey, decodeIpcacheValue, decodePolicyKey, decodePolicyValue, type PolicyKey } from '../../shared/src/policy/map-codec.ts';
+import {
+  decodeIpcacheKey,
+  decodeIpcacheValue,
+  decodePolicyKey,
+  decodePolicyValue,
+  type PolicyKey,
+} from '../../shared/src/policy/map-codec.ts';
 
-interface DumpEntry { key: string[]; value: string[] }
+interface DumpEntry {
+  key: string[];
+  value: string[];
+}
 
 function dump(file: string): { key: Buffer; value: Buffer }[] {
   const out = execFileSync('bpftool', ['-j', 'map', 'dump', 'pinned', file], { encoding: 'utf8', maxBuffer: 256 * 1024 * 1024 });
   return (JSON.parse(out) as DumpEntry[]).map((e) => ({
-    key: Buffer.from(e.key.map((x) => parseInt(x, 16))), value: Buffer.from(e.value.map((x) => parseInt(x, 16))),
+    key: Buffer.from(e.key.map((x) => parseInt(x, 16))),
+    value: Buffer.from(e.value.map((x) => parseInt(x, 16))),
   }));
 }
 

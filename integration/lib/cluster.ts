@@ -136,7 +136,22 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
   /** A netns on the underlay: veth "eth0" in it, its peer on the bridge. */
   const attach = (ns: TestNetns, port: string, ip: string) => {
     const mtu = opts.underlayMtu ? ['mtu', String(opts.underlayMtu)] : [];
-    execFileSync('nsenter', [`--net=${underlay.path}`, 'ip', 'link', 'add', port, ...mtu, 'type', 'veth', 'peer', 'name', 'eth0', ...mtu, 'netns', ns.name]);
+    execFileSync('nsenter', [
+      `--net=${underlay.path}`,
+      'ip',
+      'link',
+      'add',
+      port,
+      ...mtu,
+      'type',
+      'veth',
+      'peer',
+      'name',
+      'eth0',
+      ...mtu,
+      'netns',
+      ns.name,
+    ]);
     execFileSync('nsenter', [`--net=${underlay.path}`, 'ip', 'link', 'set', port, 'master', 'br0', 'up']);
     execFileSync('nsenter', [`--net=${ns.path}`, 'ip', 'addr', 'add', `${ip}/24`, 'dev', 'eth0']);
     execFileSync('nsenter', [`--net=${ns.path}`, 'ip', 'link', 'set', 'eth0', 'up']);
@@ -146,14 +161,30 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
     let child: ChildProcess | undefined;
     const e: NodeJS.ProcessEnv = { ...process.env, ...env };
     delete e.NODE_EXTRA_CA_CERTS;
-    const signal = (sig: NodeJS.Signals) => new Promise<void>((resolve) => {
-      const c = child;
-      if (!c || c.exitCode !== null || c.signalCode !== null) { resolve(); return; }
-      c.once('exit', () => { clearTimeout(hard); resolve(); });
-      c.kill(sig);
-      // A process that does not stop within 10 s of SIGTERM is killed: cleanup never hangs.
-      const hard = setTimeout(() => { try { c.kill('SIGKILL'); } catch { /* gone */ } }, sig === 'SIGKILL' ? 0 : 10_000);
-    });
+    const signal = (sig: NodeJS.Signals) =>
+      new Promise<void>((resolve) => {
+        const c = child;
+        if (!c || c.exitCode !== null || c.signalCode !== null) {
+          resolve();
+          return;
+        }
+        c.once('exit', () => {
+          clearTimeout(hard);
+          resolve();
+        });
+        c.kill(sig);
+        // A process that does not stop within 10 s of SIGTERM is killed: cleanup never hangs.
+        const hard = setTimeout(
+          () => {
+            try {
+              c.kill('SIGKILL');
+            } catch {
+              /* gone */
+            }
+          },
+          sig === 'SIGKILL' ? 0 : 10_000,
+        );
+      });
     const p: Proc = {
       logFile,
       pid: () => child?.pid,
@@ -161,7 +192,11 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
       async start() {
         const fd = fs.openSync(logFile, 'a');
         // nsenter execs the command: the PID we hold is the agent's / operator's own.
-        child = spawn('nsenter', [`--net=${ns.path}`, process.execPath, '--import', 'tsx', ...args], { cwd: REPO, env: e, stdio: ['ignore', fd, fd] });
+        child = spawn('nsenter', [`--net=${ns.path}`, process.execPath, '--import', 'tsx', ...args], {
+          cwd: REPO,
+          env: e,
+          stdio: ['ignore', fd, fd],
+        });
         fs.closeSync(fd);
       },
       stop: () => signal('SIGTERM'),
@@ -177,24 +212,53 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
     process.off('exit', onExit);
     process.off('SIGTERM', onSignal);
     process.off('SIGINT', onSignal);
-    for (const pod of pods) { try { await pod.node.client.deleteEndpoint(pod.endpoint.containerId, pod.endpoint.ifName); } catch { /* agent gone */ } }
+    for (const pod of pods) {
+      try {
+        await pod.node.client.deleteEndpoint(pod.endpoint.containerId, pod.endpoint.ifName);
+      } catch {
+        /* agent gone */
+      }
+    }
     await Promise.all(procs.map((p) => p.stop().catch(() => undefined)));
     kv?.close();
     await etcd?.kill9();
     syncCleanup();
   };
   const syncCleanup = () => {
-    for (const p of procs) { const pid = p.pid(); if (pid && p.running()) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } } }
-    if (etcd?.running()) { try { process.kill(etcd.pid()!, 'SIGKILL'); } catch { /* gone */ } }
+    for (const p of procs) {
+      const pid = p.pid();
+      if (pid && p.running()) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }
+    }
+    if (etcd?.running()) {
+      try {
+        process.kill(etcd.pid()!, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
     for (const pod of pods) pod.ns.remove();
     for (const ns of netnss) ns.remove();
     for (const pin of pins) fs.rmSync(pin, { recursive: true, force: true });
     fs.rmSync(root, { recursive: true, force: true });
   };
-  const onExit = () => { if (!cleaned) { cleaned = true; syncCleanup(); } };
+  const onExit = () => {
+    if (!cleaned) {
+      cleaned = true;
+      syncCleanup();
+    }
+  };
   process.on('exit', onExit);
   // A runner that times out sends SIGTERM: our agents, etcd and namespaces must not outlive us.
-  const onSignal = (sig: NodeJS.Signals) => { onExit(); process.exit(sig === 'SIGINT' ? 130 : 143); };
+  const onSignal = (sig: NodeJS.Signals) => {
+    onExit();
+    process.exit(sig === 'SIGINT' ? 130 : 143);
+  };
   process.once('SIGTERM', onSignal);
   process.once('SIGINT', onSignal);
 
@@ -210,11 +274,32 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
 
     const startOperator = async (extraArgs: string[] = []): Promise<Proc> => {
       const n = operators.length + 1;
-      const p = proc(control, [OPERATOR_MAIN, '--cluster-name', name, '--kvstore', 'etcd', '--kvstore-endpoints', endpoints,
-        '--cluster-pool', clusterPool, '--node-cidr-mask-size', String(opts.nodeMaskSize ?? 24),
-        ...(opts.clusterPoolIpv6 ? ['--cluster-pool-ipv6', opts.clusterPoolIpv6] : []),
-        '--leader-lease-ttl', '3', '--id', `op${n}`, '--log-level', 'debug', ...(opts.operatorArgs ?? []), ...extraArgs],
-      path.join(root, `operator${n}.log`));
+      const p = proc(
+        control,
+        [
+          OPERATOR_MAIN,
+          '--cluster-name',
+          name,
+          '--kvstore',
+          'etcd',
+          '--kvstore-endpoints',
+          endpoints,
+          '--cluster-pool',
+          clusterPool,
+          '--node-cidr-mask-size',
+          String(opts.nodeMaskSize ?? 24),
+          ...(opts.clusterPoolIpv6 ? ['--cluster-pool-ipv6', opts.clusterPoolIpv6] : []),
+          '--leader-lease-ttl',
+          '3',
+          '--id',
+          `op${n}`,
+          '--log-level',
+          'debug',
+          ...(opts.operatorArgs ?? []),
+          ...extraArgs,
+        ],
+        path.join(root, `operator${n}.log`),
+      );
       await p.start();
       operators.push(p);
       return p;
@@ -234,30 +319,79 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
       pins.push(bpffsDir);
       const socket = path.join(stateDir, 'agent.sock');
       const client = new AgentClient({ socketPath: socket, timeoutMs: 30_000 });
-      const agent = proc(ns, [AGENT_MAIN, '--state-dir', stateDir, '--socket', socket, '--bpffs-dir', bpffsDir,
-        '--host-device', 'membrane0', '--node-name', nodeName, '--log-level', 'debug',
-        '--metrics-address', '127.0.0.1:0', '--observer-socket', path.join(stateDir, 'observer.sock'),
-        '--cluster-name', name, '--kvstore', 'etcd', '--kvstore-endpoints', endpoints, '--node-ip', ip,
-        '--kvstore-lease-ttl', String(leaseTtl),
-        ...(typeof opts.agentArgs === 'function' ? opts.agentArgs({ name: nodeName, ip, stateDir, cluster: name }) : opts.agentArgs ?? [])], path.join(stateDir, 'agent.log'));
+      const agent = proc(
+        ns,
+        [
+          AGENT_MAIN,
+          '--state-dir',
+          stateDir,
+          '--socket',
+          socket,
+          '--bpffs-dir',
+          bpffsDir,
+          '--host-device',
+          'membrane0',
+          '--node-name',
+          nodeName,
+          '--log-level',
+          'debug',
+          '--metrics-address',
+          '127.0.0.1:0',
+          '--observer-socket',
+          path.join(stateDir, 'observer.sock'),
+          '--cluster-name',
+          name,
+          '--kvstore',
+          'etcd',
+          '--kvstore-endpoints',
+          endpoints,
+          '--node-ip',
+          ip,
+          '--kvstore-lease-ttl',
+          String(leaseTtl),
+          ...(typeof opts.agentArgs === 'function'
+            ? opts.agentArgs({ name: nodeName, ip, stateDir, cluster: name })
+            : (opts.agentArgs ?? [])),
+        ],
+        path.join(stateDir, 'agent.log'),
+      );
       const startAndWait = async () => {
         await agent.start();
         const deadline = Date.now() + 120_000; // a loaded 2-vCPU machine starts 3 agents and etcd slowly
         for (;;) {
           if (!agent.running()) throw new Error(`agent ${nodeName} exited during start:\n${tail(agent.logFile)}`);
-          try { await client.healthz(); return; } catch { /* not up yet */ }
-          if (Date.now() > deadline) throw new Error(`agent ${nodeName} did not become healthy within 120 s:\n${tail(agent.logFile)}`);
+          try {
+            await client.healthz();
+            return;
+          } catch {
+            /* not up yet */
+          }
+          if (Date.now() > deadline)
+            throw new Error(`agent ${nodeName} did not become healthy within 120 s:\n${tail(agent.logFile)}`);
           await sleep(100);
         }
       };
       const node: TestNode = {
-        index, name: nodeName, ip, netns: ns, stateDir, bpffsDir, socket, client, observerSocket: path.join(stateDir, 'observer.sock'),
+        index,
+        name: nodeName,
+        ip,
+        netns: ns,
+        stateDir,
+        bpffsDir,
+        socket,
+        client,
+        observerSocket: path.join(stateDir, 'observer.sock'),
         agent: { ...agent, start: startAndWait },
         async pod(labels, podName = `p${randomId(2)}`) {
           const pns = createNetns('mbp');
           const pod: TestPod = { name: podName, node, ns: pns, endpoint: undefined as unknown as Endpoint, ip4: '', ip6: '' };
           pods.push(pod);
-          pod.endpoint = await client.createEndpoint({ containerId: `${name}-${nodeName}-${podName}-${randomId()}`, netns: pns.path, ifName: 'eth0', labels });
+          pod.endpoint = await client.createEndpoint({
+            containerId: `${name}-${nodeName}-${podName}-${randomId()}`,
+            netns: pns.path,
+            ifName: 'eth0',
+            labels,
+          });
           pod.ip4 = pod.endpoint.ips.find((x) => x.family === 4)?.address.split('/')[0] ?? '';
           pod.ip6 = pod.endpoint.ips.find((x) => x.family === 6)?.address.split('/')[0] ?? '';
           return pod;
@@ -274,8 +408,12 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
     };
 
     const removeNode = async (node: TestNode, o: { kill9?: boolean } = {}) => {
-      for (const pod of pods.filter((p) => p.node === node)) { pod.ns.remove(); pods.splice(pods.indexOf(pod), 1); }
-      if (o.kill9) await node.agent.kill9(); else await node.agent.stop();
+      for (const pod of pods.filter((p) => p.node === node)) {
+        pod.ns.remove();
+        pods.splice(pods.indexOf(pod), 1);
+      }
+      if (o.kill9) await node.agent.kill9();
+      else await node.agent.stop();
       node.netns.remove();
       netnss.splice(netnss.indexOf(node.netns), 1);
       fs.rmSync(node.bpffsDir, { recursive: true, force: true });
@@ -296,12 +434,30 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
     for (let i = 0; i < (opts.operators ?? 1); i++) await startOperator();
     // Agents start in parallel (each waits for its pod CIDR from the operator).
     const starting: Promise<TestNode>[] = [];
-    for (let i = 0; i < opts.nodes; i++) { starting.push(addNode()); await sleep(50); }
+    for (let i = 0; i < opts.nodes; i++) {
+      starting.push(addNode());
+      await sleep(50);
+    }
     await Promise.all(starting);
     nodes.sort((a, b) => a.index - b.index);
     return {
-      id, name, L: layout(name), subnet, control, underlay, etcd, kv, nodes, operators, clusterPool, addNode, removeNode, startOperator,
-      addExternal, spawnControl, cleanup,
+      id,
+      name,
+      L: layout(name),
+      subnet,
+      control,
+      underlay,
+      etcd,
+      kv,
+      nodes,
+      operators,
+      clusterPool,
+      addNode,
+      removeNode,
+      startOperator,
+      addExternal,
+      spawnControl,
+      cleanup,
     };
   } catch (e) {
     await cleanup();
@@ -310,7 +466,11 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
 }
 
 export function tail(file: string, lines = 40): string {
-  try { return fs.readFileSync(file, 'utf8').split('\n').slice(-lines).join('\n'); } catch { return '(no log)'; }
+  try {
+    return fs.readFileSync(file, 'utf8').split('\n').slice(-lines).join('\n');
+  } catch {
+    return '(no log)';
+  }
 }
 
 /** Polls until `fn` is true (or throws naming `what` after `ms`). */
@@ -318,7 +478,11 @@ export async function eventually(what: string, fn: () => boolean | Promise<boole
   const t0 = Date.now();
   for (;;) {
     let ok = false;
-    try { ok = await fn(); } catch { ok = false; }
+    try {
+      ok = await fn();
+    } catch {
+      ok = false;
+    }
     if (ok) return Date.now() - t0;
     if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
     await sleep(every);

@@ -44,12 +44,23 @@ export async function startContainerd(o: ContainerdOptions): Promise<Containerd>
   const dir = path.join(o.dir, 'containerd');
   const binDir = path.join(dir, 'cni/bin');
   const confDir = path.join(dir, 'cni/net.d');
-  for (const d of [binDir, confDir, path.join(dir, 'root'), path.join(dir, 'state'), path.join(dir, 'runc'), path.join(dir, 'opt')]) fs.mkdirSync(d, { recursive: true });
-  for (const [name, file] of Object.entries({ loopback: '/usr/lib/cni/loopback', ...o.plugins })) fs.symlinkSync(file, path.join(binDir, name));
+  for (const d of [
+    binDir,
+    confDir,
+    path.join(dir, 'root'),
+    path.join(dir, 'state'),
+    path.join(dir, 'runc'),
+    path.join(dir, 'opt'),
+  ])
+    fs.mkdirSync(d, { recursive: true });
+  for (const [name, file] of Object.entries({ loopback: '/usr/lib/cni/loopback', ...o.plugins }))
+    fs.symlinkSync(file, path.join(binDir, name));
   if (o.confList) writeConfList(confDir, o.confList);
   const socket = path.join(dir, 'containerd.sock');
   const config = path.join(dir, 'config.toml');
-  fs.writeFileSync(config, `version = 2
+  fs.writeFileSync(
+    config,
+    `version = 2
 root = "${dir}/root"
 state = "${dir}/state"
 [grpc]
@@ -78,7 +89,8 @@ state = "${dir}/state"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
         Root = "${dir}/runc"
-`);
+`,
+  );
   const env = { ...process.env };
   delete env.NODE_EXTRA_CA_CERTS;
   delete env.NODE_OPTIONS;
@@ -88,7 +100,13 @@ state = "${dir}/state"
   const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
   const cri = new CriClient(socket);
   const ctr = async (args: string[], opts: { namespace?: string; timeoutMs?: number } = {}) =>
-    (await execFileP('ctr', ['-a', socket, '-n', opts.namespace ?? 'k8s.io', ...args], { env, timeout: opts.timeoutMs ?? 120_000, maxBuffer: 16 << 20 })).stdout;
+    (
+      await execFileP('ctr', ['-a', socket, '-n', opts.namespace ?? 'k8s.io', ...args], {
+        env,
+        timeout: opts.timeoutMs ?? 120_000,
+        maxBuffer: 16 << 20,
+      })
+    ).stdout;
 
   const stop = async () => {
     try {
@@ -103,7 +121,10 @@ state = "${dir}/state"
       if (child.exitCode === null && child.signalCode === null) {
         child.kill('SIGTERM');
         await Promise.race([exited, new Promise((r) => setTimeout(r, 10_000))]);
-        if (child.exitCode === null && child.signalCode === null) { child.kill('SIGKILL'); await exited; }
+        if (child.exitCode === null && child.signalCode === null) {
+          child.kill('SIGKILL');
+          await exited;
+        }
       }
       unmountUnder(dir);
       fs.rmSync(dir, { recursive: true, force: true });
@@ -111,7 +132,15 @@ state = "${dir}/state"
   };
 
   try {
-    await waitFor(async () => { await cri.version(); return true; }, 30_000, () => `containerd did not answer on ${socket}:\n${tail(path.join(dir, 'containerd.log'))}`, exited);
+    await waitFor(
+      async () => {
+        await cri.version();
+        return true;
+      },
+      30_000,
+      () => `containerd did not answer on ${socket}:\n${tail(path.join(dir, 'containerd.log'))}`,
+      exited,
+    );
     if (o.images !== false) {
       const tarball = buildImageTarball(o.dir);
       await ctr(['images', 'import', tarball]);
@@ -127,31 +156,52 @@ state = "${dir}/state"
 
 /** Waits until CRI reports NetworkReady (containerd loads conf_dir asynchronously). */
 export async function waitNetworkReady(c: Containerd): Promise<void> {
-  await waitFor(async () => (await c.cri.conditions()).NetworkReady === true, 30_000, () => 'CRI never reported NetworkReady=true');
+  await waitFor(
+    async () => (await c.cri.conditions()).NetworkReady === true,
+    30_000,
+    () => 'CRI never reported NetworkReady=true',
+  );
 }
 
 /** Unmounts every mount at or below `dir`, deepest first (overlay rootfs, netns bind mounts, shm). */
 export function unmountUnder(dir: string): void {
-  const mounts = fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')
-    .map((l) => l.split(' ')[4]).filter((m): m is string => Boolean(m) && (m === dir || m.startsWith(`${dir}/`)))
+  const mounts = fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[4])
+    .filter((m): m is string => Boolean(m) && (m === dir || m.startsWith(`${dir}/`)))
     .map((m) => m.replace(/\\040/g, ' '));
   for (const m of mounts.sort((a, b) => b.length - a.length)) {
-    try { execFileSync('umount', ['-l', m], { stdio: 'ignore' }); } catch { /* already gone */ }
+    try {
+      execFileSync('umount', ['-l', m], { stdio: 'ignore' });
+    } catch {
+      /* already gone */
+    }
   }
 }
 
 async function waitFor(check: () => Promise<boolean>, ms: number, msg: () => string, exited?: Promise<void>): Promise<void> {
   const deadline = Date.now() + ms;
   let dead = false;
-  void exited?.then(() => { dead = true; });
+  void exited?.then(() => {
+    dead = true;
+  });
   for (;;) {
     if (dead) throw new Error(`containerd exited: ${msg()}`);
-    try { if (await check()) return; } catch { /* not yet */ }
+    try {
+      if (await check()) return;
+    } catch {
+      /* not yet */
+    }
     if (Date.now() > deadline) throw new Error(msg());
     await new Promise((r) => setTimeout(r, 100));
   }
 }
 
 function tail(file: string): string {
-  try { return fs.readFileSync(file, 'utf8').split('\n').slice(-20).join('\n'); } catch { return ''; }
+  try {
+    return fs.readFileSync(file, 'utf8').split('\n').slice(-20).join('\n');
+  } catch {
+    return '';
+  }
 }

@@ -31,7 +31,10 @@ export class CriClient {
   private readonly rt: grpc.Client & Record<string, Rpc>;
   private readonly im: grpc.Client & Record<string, Rpc>;
 
-  constructor(socket: string, private readonly deadlineMs = 60_000) {
+  constructor(
+    socket: string,
+    private readonly deadlineMs = 60_000,
+  ) {
     const def = protoLoader.loadSync(PROTO, { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true });
     const pkg = grpc.loadPackageDefinition(def) as any;
     const target = `unix://${socket}`;
@@ -49,10 +52,14 @@ export class CriClient {
     });
   }
 
-  version() { return this.call<{ runtime_name: string; runtime_version: string }>('rt', 'Version', { version: 'v1' }); }
+  version() {
+    return this.call<{ runtime_name: string; runtime_version: string }>('rt', 'Version', { version: 'v1' });
+  }
 
   async conditions(): Promise<Record<string, boolean>> {
-    const r = await this.call<{ status: { conditions: { type: string; status: boolean }[] } }>('rt', 'Status', { verbose: false });
+    const r = await this.call<{ status: { conditions: { type: string; status: boolean }[] } }>('rt', 'Status', {
+      verbose: false,
+    });
     return Object.fromEntries(r.status.conditions.map((c) => [c.type, c.status]));
   }
 
@@ -78,13 +85,27 @@ export class CriClient {
   async status(id: string): Promise<SandboxStatus> {
     const r = await this.call<any>('rt', 'PodSandboxStatus', { pod_sandbox_id: id, verbose: true });
     let info: Record<string, unknown> = {};
-    try { info = JSON.parse(r.info?.info ?? '{}'); } catch { /* older layout */ }
+    try {
+      info = JSON.parse(r.info?.info ?? '{}');
+    } catch {
+      /* older layout */
+    }
     const nss = (info as any).runtimeSpec?.linux?.namespaces as { type: string; path?: string }[] | undefined;
-    return { id, state: r.status.state, ip: r.status.network?.ip ?? '', netns: nss?.find((n) => n.type === 'network')?.path, info };
+    return {
+      id,
+      state: r.status.state,
+      ip: r.status.network?.ip ?? '',
+      netns: nss?.find((n) => n.type === 'network')?.path,
+      info,
+    };
   }
 
-  stopPodSandbox(id: string) { return this.call('rt', 'StopPodSandbox', { pod_sandbox_id: id }); }
-  removePodSandbox(id: string) { return this.call('rt', 'RemovePodSandbox', { pod_sandbox_id: id }); }
+  stopPodSandbox(id: string) {
+    return this.call('rt', 'StopPodSandbox', { pod_sandbox_id: id });
+  }
+  removePodSandbox(id: string) {
+    return this.call('rt', 'RemovePodSandbox', { pod_sandbox_id: id });
+  }
 
   async listPodSandbox(): Promise<{ id: string; state: string }[]> {
     return (await this.call<{ items: { id: string; state: string }[] }>('rt', 'ListPodSandbox', {})).items;

@@ -14,16 +14,40 @@ export interface Dnsmasq {
   stop(): void;
 }
 
-export async function startDnsmasq(ns: TestNetns, dir: string, listen: string, opts: { hosts: [string, string][]; ttl: number; cnames?: [string, string][]; port?: number }): Promise<Dnsmasq> {
+export async function startDnsmasq(
+  ns: TestNetns,
+  dir: string,
+  listen: string,
+  opts: { hosts: [string, string][]; ttl: number; cnames?: [string, string][]; port?: number },
+): Promise<Dnsmasq> {
   const hostsFile = path.join(dir, 'hosts');
   const write = (hosts: [string, string][]) => fs.writeFileSync(hostsFile, hosts.map(([ip, name]) => `${ip} ${name}\n`).join(''));
   write(opts.hosts);
-  const child = spawn('nsenter', [`--net=${ns.path}`, 'dnsmasq', '--keep-in-foreground', '--conf-file=/dev/null', '--no-resolv', '--no-hosts',
-    '--bind-interfaces', `--listen-address=${listen}`, `--port=${opts.port ?? 53}`, `--addn-hosts=${hostsFile}`, `--local-ttl=${opts.ttl}`,
-    ...(opts.cnames ?? []).map(([alias, target]) => `--cname=${alias},${target}`), '--user=root', `--pid-file=${path.join(dir, 'dnsmasq.pid')}`, '--log-facility=-'],
-  { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(
+    'nsenter',
+    [
+      `--net=${ns.path}`,
+      'dnsmasq',
+      '--keep-in-foreground',
+      '--conf-file=/dev/null',
+      '--no-resolv',
+      '--no-hosts',
+      '--bind-interfaces',
+      `--listen-address=${listen}`,
+      `--port=${opts.port ?? 53}`,
+      `--addn-hosts=${hostsFile}`,
+      `--local-ttl=${opts.ttl}`,
+      ...(opts.cnames ?? []).map(([alias, target]) => `--cname=${alias},${target}`),
+      '--user=root',
+      `--pid-file=${path.join(dir, 'dnsmasq.pid')}`,
+      '--log-facility=-',
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   let log = '';
-  const onLog = (d: Buffer) => { log += d.toString(); };
+  const onLog = (d: Buffer) => {
+    log += d.toString();
+  };
   child.stdout!.on('data', onLog);
   child.stderr!.on('data', onLog);
   const deadline = Date.now() + 10_000;
@@ -40,7 +64,9 @@ export async function startDnsmasq(ns: TestNetns, dir: string, listen: string, o
       const end = Date.now() + 5000;
       while ((log.match(/read .*hosts/g) ?? []).length <= before && Date.now() < end) await new Promise((r) => setTimeout(r, 50));
     },
-    stop: () => { if (child.exitCode === null) child.kill('SIGKILL'); },
+    stop: () => {
+      if (child.exitCode === null) child.kill('SIGKILL');
+    },
   };
 }
 
@@ -79,19 +105,54 @@ if (proto === 'tcp') {
 }
 `;
 
-export interface ResolveResult { ips?: string[]; ttl?: number; connect?: string; error?: string }
+export interface ResolveResult {
+  ips?: string[];
+  ttl?: number;
+  connect?: string;
+  error?: string;
+}
 
 /** Resolves `name` at `server` from inside `ns` (UDP by default), then connects to the first address on
  *  `port` (0: no connection). error: "EREFUSED", "ETIMEOUT", ...; connect: "ok", "timeout", "error X". */
-export function resolveAndConnect(ns: { path: string }, server: string, name: string, port: number, opts: { tcp?: boolean; connectMs?: number } = {}): Promise<ResolveResult> {
+export function resolveAndConnect(
+  ns: { path: string },
+  server: string,
+  name: string,
+  port: number,
+  opts: { tcp?: boolean; connectMs?: number } = {},
+): Promise<ResolveResult> {
   const env: NodeJS.ProcessEnv = { ...process.env, NODE_OPTIONS: '' };
   delete env.NODE_EXTRA_CA_CERTS;
-  const child = spawn('nsenter', [`--net=${ns.path}`, process.execPath, '-e', RESOLVE_CONNECT, server, name, String(port), String(opts.connectMs ?? 2000), opts.tcp ? 'tcp' : 'udp'],
-    { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'], env });
-  let out = '', err = '';
-  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
-  child.stderr.on('data', (d: Buffer) => { err += d.toString(); });
-  return new Promise((resolve) => child.once('exit', () => {
-    try { resolve(JSON.parse(out) as ResolveResult); } catch { resolve({ error: `no result: ${out} ${err}`.trim() }); }
-  }));
+  const child = spawn(
+    'nsenter',
+    [
+      `--net=${ns.path}`,
+      process.execPath,
+      '-e',
+      RESOLVE_CONNECT,
+      server,
+      name,
+      String(port),
+      String(opts.connectMs ?? 2000),
+      opts.tcp ? 'tcp' : 'udp',
+    ],
+    { cwd: REPO, stdio: ['ignore', 'pipe', 'pipe'], env },
+  );
+  let out = '',
+    err = '';
+  child.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
+  child.stderr.on('data', (d: Buffer) => {
+    err += d.toString();
+  });
+  return new Promise((resolve) =>
+    child.once('exit', () => {
+      try {
+        resolve(JSON.parse(out) as ResolveResult);
+      } catch {
+        resolve({ error: `no result: ${out} ${err}`.trim() });
+      }
+    }),
+  );
 }

@@ -40,11 +40,21 @@ export interface PluginAgentOptions {
 }
 
 /** Agent hosting the Docker plugin NAME (fresh name unless `reuse`). */
-export async function startPluginAgent(d: Dockerd, opts: { reuse?: PluginAgent } & PluginAgentOptions = {}): Promise<PluginAgent> {
+export async function startPluginAgent(
+  d: Dockerd,
+  opts: { reuse?: PluginAgent } & PluginAgentOptions = {},
+): Promise<PluginAgent> {
   const plugin = opts.reuse?.plugin ?? `mbt${randomId(4)}`;
   const agent = await startAgent({
     reuse: opts.reuse?.agent,
-    extraArgs: ['--docker-plugin', plugin, '--docker-plugin-dir', PLUGIN_DIR, ...(opts.dockerHost ? [] : ['--docker-socket', d.socket]), ...(opts.agentArgs ?? [])],
+    extraArgs: [
+      '--docker-plugin',
+      plugin,
+      '--docker-plugin-dir',
+      PLUGIN_DIR,
+      ...(opts.dockerHost ? [] : ['--docker-socket', d.socket]),
+      ...(opts.agentArgs ?? []),
+    ],
     ...(opts.dockerHost ? { env: { DOCKER_HOST: opts.dockerHost } } : {}),
   });
   return { agent, plugin, socketPath: path.join(PLUGIN_DIR, `${plugin}.sock`) };
@@ -53,7 +63,11 @@ export async function startPluginAgent(d: Dockerd, opts: { reuse?: PluginAgent }
 export class DockerTestEnv {
   readonly containers = new Set<string>();
   readonly networks = new Set<string>();
-  private constructor(readonly d: Dockerd, readonly pa: PluginAgent, readonly image: string) {}
+  private constructor(
+    readonly d: Dockerd,
+    readonly pa: PluginAgent,
+    readonly image: string,
+  ) {}
 
   static async start(d: Dockerd, opts: PluginAgentOptions = {}): Promise<DockerTestEnv> {
     const image = await ensureBusyboxImage(d);
@@ -61,11 +75,19 @@ export class DockerTestEnv {
     return new DockerTestEnv(d, pa, image);
   }
 
-  get agent(): TestAgent { return this.pa.agent; }
-  get plugin(): string { return this.pa.plugin; }
+  get agent(): TestAgent {
+    return this.pa.agent;
+  }
+  get plugin(): string {
+    return this.pa.plugin;
+  }
 
-  docker(args: string[], timeoutMs?: number): Promise<string> { return this.d.docker(args, { timeoutMs }); }
-  dockerTry(args: string[], timeoutMs?: number) { return this.d.dockerTry(args, { timeoutMs }); }
+  docker(args: string[], timeoutMs?: number): Promise<string> {
+    return this.d.docker(args, { timeoutMs });
+  }
+  dockerTry(args: string[], timeoutMs?: number) {
+    return this.d.dockerTry(args, { timeoutMs });
+  }
 
   /** docker network create -d <plugin> …; returns the network name. */
   async network(args: string[], name = `n${randomId(3)}`): Promise<string> {
@@ -93,7 +115,10 @@ export class DockerTestEnv {
   /** Retries until the ping works (a just-started container) or the time is up. */
   async pingEventually(container: string, ip: string, ms = 5000): Promise<boolean> {
     const end = Date.now() + ms;
-    do { if (await this.ping(container, ip)) return true; await sleep(100); } while (Date.now() < end);
+    do {
+      if (await this.ping(container, ip)) return true;
+      await sleep(100);
+    } while (Date.now() < end);
     return false;
   }
 
@@ -120,10 +145,17 @@ export class DockerTestEnv {
  * destroyed after its last, and `env(t)`: a fresh DockerTestEnv cleaned up when test `t` ends (on the
  * file's dockerd, or on `d`).
  */
-export function dockerFixture(file: Test): { dockerd(): Dockerd; env(t: Test, d?: Dockerd, opts?: PluginAgentOptions): Promise<DockerTestEnv> } {
+export function dockerFixture(file: Test): {
+  dockerd(): Dockerd;
+  env(t: Test, d?: Dockerd, opts?: PluginAgentOptions): Promise<DockerTestEnv>;
+} {
   let shared: Dockerd | undefined;
-  file.before(async () => { shared = await startDockerd(); });
-  file.teardown(async () => { await shared?.destroy(); });
+  file.before(async () => {
+    shared = await startDockerd();
+  });
+  file.teardown(async () => {
+    await shared?.destroy();
+  });
   return {
     dockerd: () => shared!,
     async env(t, d = shared!, opts = {}) {

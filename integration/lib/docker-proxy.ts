@@ -23,13 +23,19 @@ export async function startDockerApiProxy(socket: string, target: string): Promi
         res.writeHead(r.statusCode ?? 502, r.headers);
         r.pipe(res);
       });
-      up.on('error', () => { if (!res.headersSent) res.writeHead(502); res.end(); });
+      up.on('error', () => {
+        if (!res.headersSent) res.writeHead(502);
+        res.end();
+      });
       req.pipe(up);
       res.on('close', () => up.destroy());
     };
     if (/\/containers\/json/.test(req.url ?? '')) {
       lists++;
-      if (holding) { held.push(forward); return; }
+      if (holding) {
+        held.push(forward);
+        return;
+      }
     }
     forward();
   });
@@ -42,11 +48,12 @@ export async function startDockerApiProxy(socket: string, target: string): Promi
       if (!on) for (const f of held.splice(0)) f();
     },
     listCalls: () => lists,
-    close: () => new Promise<void>((resolve) => {
-      for (const f of held.splice(0)) f();
-      server.close(() => resolve());
-      server.closeAllConnections();
-      fs.rmSync(socket, { force: true });
-    }),
+    close: () =>
+      new Promise<void>((resolve) => {
+        for (const f of held.splice(0)) f();
+        server.close(() => resolve());
+        server.closeAllConnections();
+        fs.rmSync(socket, { force: true });
+      }),
   };
 }

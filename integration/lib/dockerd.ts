@@ -50,7 +50,12 @@ function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
 }
 
 function alive(pid: number): boolean {
-  try { process.kill(pid, 0); return true; } catch { return false; }
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
@@ -66,7 +71,9 @@ function readPid(file: string): number | null {
   try {
     const n = Number(fs.readFileSync(file, 'utf8').trim());
     return Number.isInteger(n) && n > 0 ? n : null;
-  } catch { return null; }
+  } catch {
+    return null;
+  }
 }
 
 /** Mount points at or below `dir`, deepest first. */
@@ -82,7 +89,7 @@ function mountsUnder(dir: string): string[] {
 }
 
 export async function startDockerd(opts: DockerdOptions = {}): Promise<Dockerd> {
-  const root = opts.root ?? await fsp.mkdtemp(path.join(os.tmpdir(), 'mbr-dockerd-'));
+  const root = opts.root ?? (await fsp.mkdtemp(path.join(os.tmpdir(), 'mbr-dockerd-')));
   const dataRoot = path.join(root, 'data');
   const execRoot = path.join(root, 'exec');
   const socket = path.join(root, 'docker.sock');
@@ -100,28 +107,53 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<Dockerd> 
   let destroyed = false;
 
   async function start(): Promise<void> {
-    try { fs.unlinkSync(socket); } catch { /* absent */ }
+    try {
+      fs.unlinkSync(socket);
+    } catch {
+      /* absent */
+    }
     const args = [
-      '--data-root', dataRoot, '--exec-root', execRoot, '-H', host, '--pidfile', pidfile,
-      '--config-file', configFile, '--bridge=none', '--iptables=false', '--ip-masq=false',
-      '--userland-proxy=false', '--log-level=warn', ...(opts.extraArgs ?? []),
+      '--data-root',
+      dataRoot,
+      '--exec-root',
+      execRoot,
+      '-H',
+      host,
+      '--pidfile',
+      pidfile,
+      '--config-file',
+      configFile,
+      '--bridge=none',
+      '--iptables=false',
+      '--ip-masq=false',
+      '--userland-proxy=false',
+      '--log-level=warn',
+      ...(opts.extraArgs ?? []),
     ];
     const log = fs.openSync(logFile, 'a');
     // detached: its own process group, so a test runner's Ctrl-C does not hit it before cleanup does.
     const spawned = spawn('dockerd', args, { env: cleanEnv(), stdio: ['ignore', log, log], detached: true });
     fs.closeSync(log);
     let exited: string | null = null;
-    spawned.once('exit', (code, sig) => { exited = `dockerd exited (code ${code}, signal ${sig})`; });
-    spawned.once('error', (e) => { exited = `cannot run dockerd (${e.message}); install Debian's docker.io`; });
+    spawned.once('exit', (code, sig) => {
+      exited = `dockerd exited (code ${code}, signal ${sig})`;
+    });
+    spawned.once('error', (e) => {
+      exited = `cannot run dockerd (${e.message}); install Debian's docker.io`;
+    });
     spawned.unref();
     pid = spawned.pid ?? 0;
     try {
-      await waitFor(async () => {
-        if (exited) throw new Error(`${exited} while starting; log ${logFile}:\n${tail(logFile)}`);
-        if (!fs.existsSync(socket)) return false;
-        const r = await dockerTry(['version', '--format', '{{.Server.Version}}'], { timeoutMs: 5000 });
-        return r.code === 0;
-      }, startTimeoutS * 1000, `dockerd API on ${socket}`);
+      await waitFor(
+        async () => {
+          if (exited) throw new Error(`${exited} while starting; log ${logFile}:\n${tail(logFile)}`);
+          if (!fs.existsSync(socket)) return false;
+          const r = await dockerTry(['version', '--format', '{{.Server.Version}}'], { timeoutMs: 5000 });
+          return r.code === 0;
+        },
+        startTimeoutS * 1000,
+        `dockerd API on ${socket}`,
+      );
     } catch (e) {
       await stop(5);
       throw e;
@@ -131,13 +163,27 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<Dockerd> 
   async function dockerTry(args: string[], o: { timeoutMs?: number; input?: Buffer } = {}) {
     return new Promise<{ code: number; stdout: string; stderr: string }>((resolve) => {
       const p = spawn('docker', args, { env, stdio: ['pipe', 'pipe', 'pipe'] });
-      let stdout = '', stderr = '';
-      p.stdout.on('data', (d) => { stdout += d; });
-      p.stderr.on('data', (d) => { stderr += d; });
-      const timer = setTimeout(() => { stderr += `\n(timed out after ${o.timeoutMs} ms)`; p.kill('SIGKILL'); }, o.timeoutMs ?? 120_000);
-      p.on('error', (e) => { stderr += String(e); });
-      p.on('close', (code) => { clearTimeout(timer); resolve({ code: code ?? -1, stdout, stderr }); });
-      if (o.input) p.stdin.end(o.input); else p.stdin.end();
+      let stdout = '',
+        stderr = '';
+      p.stdout.on('data', (d) => {
+        stdout += d;
+      });
+      p.stderr.on('data', (d) => {
+        stderr += d;
+      });
+      const timer = setTimeout(() => {
+        stderr += `\n(timed out after ${o.timeoutMs} ms)`;
+        p.kill('SIGKILL');
+      }, o.timeoutMs ?? 120_000);
+      p.on('error', (e) => {
+        stderr += String(e);
+      });
+      p.on('close', (code) => {
+        clearTimeout(timer);
+        resolve({ code: code ?? -1, stdout, stderr });
+      });
+      if (o.input) p.stdin.end(o.input);
+      else p.stdin.end();
     });
   }
 
@@ -154,7 +200,11 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<Dockerd> 
       try {
         await waitFor(() => !alive(p), timeoutS * 1000, `dockerd ${p} to exit`);
       } catch {
-        try { process.kill(p, 'SIGKILL'); } catch { /* gone */ }
+        try {
+          process.kill(p, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
         await waitFor(() => !alive(p), 5000, `dockerd ${p} to die`).catch(() => {});
       }
     }
@@ -163,7 +213,11 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<Dockerd> 
     if (ctrd && alive(ctrd) && isOurs(ctrd)) {
       process.kill(ctrd, 'SIGTERM');
       await waitFor(() => !alive(ctrd), 10_000, `containerd ${ctrd} to exit`).catch(() => {
-        try { process.kill(ctrd, 'SIGKILL'); } catch { /* gone */ }
+        try {
+          process.kill(ctrd, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
       });
     }
     pid = 0;
@@ -171,7 +225,11 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<Dockerd> 
 
   /** A pid from our pidfiles is only ours if its command line names our root. */
   function isOurs(p: number): boolean {
-    try { return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(root); } catch { return false; }
+    try {
+      return fs.readFileSync(`/proc/${p}/cmdline`, 'utf8').includes(root);
+    } catch {
+      return false;
+    }
   }
 
   async function destroy(): Promise<void> {
@@ -186,15 +244,31 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<Dockerd> 
 
   await start();
   const d: Dockerd = {
-    root, socket, host, execRoot, dataRoot, env,
-    get pid() { return pid; },
-    docker, dockerTry, stop,
-    restart: async () => { await stop(); await start(); },
+    root,
+    socket,
+    host,
+    execRoot,
+    dataRoot,
+    env,
+    get pid() {
+      return pid;
+    },
+    docker,
+    dockerTry,
+    stop,
+    restart: async () => {
+      await stop();
+      await start();
+    },
     destroy,
   } as Dockerd;
   return d;
 }
 
 function tail(file: string, lines = 30): string {
-  try { return fs.readFileSync(file, 'utf8').split('\n').slice(-lines).join('\n'); } catch { return '(no log)'; }
+  try {
+    return fs.readFileSync(file, 'utf8').split('\n').slice(-lines).join('\n');
+  } catch {
+    return '(no log)';
+  }
 }

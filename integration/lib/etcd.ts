@@ -66,14 +66,34 @@ export async function startEtcd(opts: EtcdOptions): Promise<TestEtcd> {
   }
   const listenClient = opts.netns ? `${clientUrl},unix://etcd.sock:0` : clientUrl;
   const args = [
-    '--name', name, '--data-dir', dataDir,
-    '--listen-client-urls', listenClient, '--advertise-client-urls', clientUrl,
-    '--listen-peer-urls', peerUrl, '--initial-advertise-peer-urls', peerUrl,
-    '--initial-cluster', `${name}=${peerUrl}`, '--initial-cluster-state', 'new',
-    '--log-level', 'warn', '--logger', 'zap',
-    ...(opts.tls ? ['--cert-file', opts.tls.cert, '--key-file', opts.tls.key, '--trusted-ca-file', opts.tls.ca, '--client-cert-auth'] : []),
+    '--name',
+    name,
+    '--data-dir',
+    dataDir,
+    '--listen-client-urls',
+    listenClient,
+    '--advertise-client-urls',
+    clientUrl,
+    '--listen-peer-urls',
+    peerUrl,
+    '--initial-advertise-peer-urls',
+    peerUrl,
+    '--initial-cluster',
+    `${name}=${peerUrl}`,
+    '--initial-cluster-state',
+    'new',
+    '--log-level',
+    'warn',
+    '--logger',
+    'zap',
+    ...(opts.tls
+      ? ['--cert-file', opts.tls.cert, '--key-file', opts.tls.key, '--trusted-ca-file', opts.tls.ca, '--client-cert-auth']
+      : []),
     // Small machine, short tests: no snapshot churn, quick elections on restart.
-    '--heartbeat-interval', '100', '--election-timeout', '1000',
+    '--heartbeat-interval',
+    '100',
+    '--election-timeout',
+    '1000',
   ];
   let child: ChildProcess | undefined;
   const launch = async () => {
@@ -92,14 +112,21 @@ export async function startEtcd(opts: EtcdOptions): Promise<TestEtcd> {
     }
     throw new Error(`etcd did not answer within 20 s:\n${tail(logFile)}`);
   };
-  const signal = (sig: NodeJS.Signals) => new Promise<void>((resolve) => {
-    const c = child;
-    if (!c || c.exitCode !== null || c.signalCode !== null) { resolve(); return; }
-    c.once('exit', () => resolve());
-    c.kill(sig);
-  });
+  const signal = (sig: NodeJS.Signals) =>
+    new Promise<void>((resolve) => {
+      const c = child;
+      if (!c || c.exitCode !== null || c.signalCode !== null) {
+        resolve();
+        return;
+      }
+      c.once('exit', () => resolve());
+      c.kill(sig);
+    });
   const etcd: TestEtcd = {
-    clientUrl, localUrl, dataDir, logFile,
+    clientUrl,
+    localUrl,
+    dataDir,
+    logFile,
     pid: () => child?.pid,
     running: () => !!child && child.exitCode === null && child.signalCode === null,
     kill9: () => signal('SIGKILL'),
@@ -123,7 +150,9 @@ function healthy(url: string): Promise<boolean> {
     s.once('connect', () => s.write('GET /health HTTP/1.0\r\n\r\n'));
     let body = '';
     s.setTimeout(1000, () => s.destroy());
-    s.on('data', (d) => { body += d; });
+    s.on('data', (d) => {
+      body += d;
+    });
     s.on('close', () => resolve(/"health":\s*"true"/.test(body)));
     s.on('error', () => resolve(false));
   });
@@ -132,19 +161,36 @@ function healthy(url: string): Promise<boolean> {
 function healthyTls(url: string, tls: NonNullable<EtcdOptions['tls']>): Promise<boolean> {
   return new Promise((resolve) => {
     const u = new URL(url);
-    const req = https.get({
-      host: u.hostname, port: Number(u.port), path: '/health', timeout: 1000,
-      ca: fs.readFileSync(tls.ca), cert: fs.readFileSync(tls.clientCert), key: fs.readFileSync(tls.clientKey),
-    }, (res) => {
-      let body = '';
-      res.on('data', (d) => { body += d; });
-      res.on('end', () => resolve(/"health":\s*"true"/.test(body)));
-    });
+    const req = https.get(
+      {
+        host: u.hostname,
+        port: Number(u.port),
+        path: '/health',
+        timeout: 1000,
+        ca: fs.readFileSync(tls.ca),
+        cert: fs.readFileSync(tls.clientCert),
+        key: fs.readFileSync(tls.clientKey),
+      },
+      (res) => {
+        let body = '';
+        res.on('data', (d) => {
+          body += d;
+        });
+        res.on('end', () => resolve(/"health":\s*"true"/.test(body)));
+      },
+    );
     req.on('error', () => resolve(false));
-    req.on('timeout', () => { req.destroy(); resolve(false); });
+    req.on('timeout', () => {
+      req.destroy();
+      resolve(false);
+    });
   });
 }
 
 function tail(file: string): string {
-  try { return fs.readFileSync(file, 'utf8').split('\n').slice(-20).join('\n'); } catch { return '(no log)'; }
+  try {
+    return fs.readFileSync(file, 'utf8').split('\n').slice(-20).join('\n');
+  } catch {
+    return '(no log)';
+  }
 }

@@ -64,7 +64,10 @@ srv.listen(port, host, () => process.stdout.write('listening\\n'));
 function nodeIn(ns: TestNetns, script: string, args: string[]): ChildProcess {
   const env: NodeJS.ProcessEnv = { ...process.env, NODE_OPTIONS: '' };
   delete env.NODE_EXTRA_CA_CERTS;
-  return spawn('nsenter', [`--net=${ns.path}`, process.execPath, '-e', script, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
+  return spawn('nsenter', [`--net=${ns.path}`, process.execPath, '-e', script, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env,
+  });
 }
 
 /** An HTTP server on port (every address of the netns); resolves once it listens. */
@@ -72,8 +75,16 @@ export async function startHttpServer(ns: TestNetns, port: number, name: string,
   const child = nodeIn(ns, SERVER, [String(port), host, name]);
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`HTTP server ${name} did not start`)), 15_000);
-    child.stdout!.on('data', (d: Buffer) => { if (d.toString().includes('listening')) { clearTimeout(timer); resolve(); } });
-    child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`HTTP server ${name} exited ${code}`)); });
+    child.stdout!.on('data', (d: Buffer) => {
+      if (d.toString().includes('listening')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`HTTP server ${name} exited ${code}`));
+    });
   });
   return child;
 }
@@ -92,20 +103,36 @@ export interface CurlResult {
  * curl inside ns. Several URLs share one connection when the server keeps it open (curl reuses it);
  * `extra` are more curl arguments (-X, -H, -d, -T ...). `stdin` feeds -T - / --data-binary @-.
  */
-export function curl(ns: TestNetns, urls: string | string[], extra: string[] = [], opts: { timeoutS?: number; stdin?: ChildProcess } = {}): Promise<CurlResult> {
+export function curl(
+  ns: TestNetns,
+  urls: string | string[],
+  extra: string[] = [],
+  opts: { timeoutS?: number; stdin?: ChildProcess } = {},
+): Promise<CurlResult> {
   const list = Array.isArray(urls) ? urls : [urls];
   const args = ['-sS', '--max-time', String(opts.timeoutS ?? 5), '-w', '\\n%{http_code} %{num_connects}\\n', ...extra, ...list];
-  const child = spawn('nsenter', [`--net=${ns.path}`, 'curl', ...args], { stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'] });
+  const child = spawn('nsenter', [`--net=${ns.path}`, 'curl', ...args], {
+    stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
+  });
   if (opts.stdin) opts.stdin.stdout!.pipe(child.stdin!);
   let out = '';
-  child.stdout!.on('data', (d: Buffer) => { out += d.toString('latin1'); });
-  return new Promise((resolve) => child.once('exit', (code) => {
-    const tails = [...out.matchAll(/\n(\d{3}) (\d+)\n/g)];
-    const connects = tails.reduce((n, m) => n + Number(m[2]), 0);
-    const last = tails[tails.length - 1];
-    const body = last ? out.slice(0, last.index).split(/\n\d{3} \d+\n/).pop()! : out;
-    resolve({ status: last ? Number(last[1]) : 0, body, exit: code ?? -1, connects });
-  }));
+  child.stdout!.on('data', (d: Buffer) => {
+    out += d.toString('latin1');
+  });
+  return new Promise((resolve) =>
+    child.once('exit', (code) => {
+      const tails = [...out.matchAll(/\n(\d{3}) (\d+)\n/g)];
+      const connects = tails.reduce((n, m) => n + Number(m[2]), 0);
+      const last = tails[tails.length - 1];
+      const body = last
+        ? out
+            .slice(0, last.index)
+            .split(/\n\d{3} \d+\n/)
+            .pop()!
+        : out;
+      resolve({ status: last ? Number(last[1]) : 0, body, exit: code ?? -1, connects });
+    }),
+  );
 }
 
 const RAW = `
@@ -148,22 +175,37 @@ export class RawHttp {
   constructor(ns: TestNetns, ip: string, port: number) {
     const env: NodeJS.ProcessEnv = { ...process.env, NODE_OPTIONS: '' };
     delete env.NODE_EXTRA_CA_CERTS;
-    this.child = spawn('nsenter', [`--net=${ns.path}`, process.execPath, '-e', RAW, ip, String(port)], { stdio: ['pipe', 'pipe', 'pipe'], env });
+    this.child = spawn('nsenter', [`--net=${ns.path}`, process.execPath, '-e', RAW, ip, String(port)], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env,
+    });
     let buf = '';
     this.child.stdout!.on('data', (d: Buffer) => {
       buf += d.toString();
       let i;
-      while ((i = buf.indexOf('\n')) >= 0) { this.lines.push(buf.slice(0, i)); buf = buf.slice(i + 1); this.waiter?.(); }
+      while ((i = buf.indexOf('\n')) >= 0) {
+        this.lines.push(buf.slice(0, i));
+        buf = buf.slice(i + 1);
+        this.waiter?.();
+      }
     });
   }
 
   /** Sends bytes; resolves with what came back once `until` appeared `count` times (or the connection closed). */
-  async exchange(send: string, until: string, count = 1, timeoutMs = 8000): Promise<{ got: string; closed?: boolean; error?: string }> {
+  async exchange(
+    send: string,
+    until: string,
+    count = 1,
+    timeoutMs = 8000,
+  ): Promise<{ got: string; closed?: boolean; error?: string }> {
     this.child.stdin!.write(JSON.stringify({ send, until, count }) + '\n');
     const end = Date.now() + timeoutMs;
     while (!this.lines.length) {
       if (Date.now() > end) return { got: '', error: 'timeout' };
-      await new Promise<void>((r) => { this.waiter = r; setTimeout(r, 100); });
+      await new Promise<void>((r) => {
+        this.waiter = r;
+        setTimeout(r, 100);
+      });
     }
     return JSON.parse(this.lines.shift()!);
   }
@@ -174,7 +216,9 @@ export class RawHttp {
 }
 
 export const request = (method: string, path: string, host = 'svc', headers: Record<string, string> = {}, body = ''): string =>
-  `${method} ${path} HTTP/1.1\r\nHost: ${host}\r\n${Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join('')}${body ? `Content-Length: ${Buffer.byteLength(body)}\r\n` : ''}\r\n${body}`;
+  `${method} ${path} HTTP/1.1\r\nHost: ${host}\r\n${Object.entries(headers)
+    .map(([k, v]) => `${k}: ${v}\r\n`)
+    .join('')}${body ? `Content-Length: ${Buffer.byteLength(body)}\r\n` : ''}\r\n${body}`;
 
 const WS_CLIENT = `
 // Node's own WebSocket client (undici, the browser API): checks the handshake's accept key itself.
@@ -195,7 +239,12 @@ ws.onerror = (e) => { if (!opened) done({ error: e.message }); };
 ws.onclose = (e) => done({ closeCode: e.code });
 `;
 
-export interface WsResult { opened: boolean; got: string[]; closeCode?: number; error?: string }
+export interface WsResult {
+  opened: boolean;
+  got: string[];
+  closeCode?: number;
+  error?: string;
+}
 
 /**
  * A WebSocket session from ns: opens url, sends each message (text, or "bytes:N" for a binary message
@@ -204,11 +253,26 @@ export interface WsResult { opened: boolean; got: string[]; closeCode?: number; 
 export function webSocket(ns: TestNetns, url: string, messages: string[]): Promise<WsResult> {
   const env: NodeJS.ProcessEnv = { ...process.env, NODE_OPTIONS: '' };
   delete env.NODE_EXTRA_CA_CERTS;
-  const child = spawn('nsenter', [`--net=${ns.path}`, process.execPath, '--no-warnings', '--experimental-websocket', '-e', WS_CLIENT, url, ...messages], { stdio: ['ignore', 'pipe', 'pipe'], env });
-  let out = '', err = '';
-  child.stdout!.on('data', (d: Buffer) => { out += d; });
-  child.stderr!.on('data', (d: Buffer) => { err += d; });
-  return new Promise((resolve, reject) => child.once('exit', () => {
-    try { resolve(JSON.parse(out)); } catch { reject(new Error(`WebSocket client: ${out}${err}`)); }
-  }));
+  const child = spawn(
+    'nsenter',
+    [`--net=${ns.path}`, process.execPath, '--no-warnings', '--experimental-websocket', '-e', WS_CLIENT, url, ...messages],
+    { stdio: ['ignore', 'pipe', 'pipe'], env },
+  );
+  let out = '',
+    err = '';
+  child.stdout!.on('data', (d: Buffer) => {
+    out += d;
+  });
+  child.stderr!.on('data', (d: Buffer) => {
+    err += d;
+  });
+  return new Promise((resolve, reject) =>
+    child.once('exit', () => {
+      try {
+        resolve(JSON.parse(out));
+      } catch {
+        reject(new Error(`WebSocket client: ${out}${err}`));
+      }
+    }),
+  );
 }

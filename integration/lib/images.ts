@@ -13,7 +13,24 @@ export const PAUSE_TAG = 'membrane-test/pause:1';
 export const BB_REF = `docker.io/${BB_TAG}`;
 export const PAUSE_REF = `docker.io/${PAUSE_TAG}`;
 
-const APPLETS = ['sh', 'cat', 'echo', 'ip', 'ifconfig', 'ping', 'nc', 'sleep', 'wget', 'true', 'false', 'hostname', 'ls', 'grep', 'timeout', 'kill'];
+const APPLETS = [
+  'sh',
+  'cat',
+  'echo',
+  'ip',
+  'ifconfig',
+  'ping',
+  'nc',
+  'sleep',
+  'wget',
+  'true',
+  'false',
+  'hostname',
+  'ls',
+  'grep',
+  'timeout',
+  'kill',
+];
 
 export function staticBusybox(): string {
   for (const p of ['/bin/busybox', '/usr/bin/busybox']) {
@@ -49,7 +66,18 @@ export function buildImageTarball(dir: string): string {
     const archive = path.join(work, 'archive');
     fs.mkdirSync(archive);
     const layerTar = path.join(work, 'layer.tar');
-    execFileSync('tar', ['--numeric-owner', '--owner=0', '--group=0', '--sort=name', '--mtime=@0', '-C', rootfs, '-cf', layerTar, '.']);
+    execFileSync('tar', [
+      '--numeric-owner',
+      '--owner=0',
+      '--group=0',
+      '--sort=name',
+      '--mtime=@0',
+      '-C',
+      rootfs,
+      '-cf',
+      layerTar,
+      '.',
+    ]);
     const layerSha = sha256(fs.readFileSync(layerTar));
     fs.mkdirSync(path.join(archive, layerSha));
     fs.renameSync(layerTar, path.join(archive, layerSha, 'layer.tar'));
@@ -58,11 +86,16 @@ export function buildImageTarball(dir: string): string {
       { tag: BB_TAG, config: { Env: ['PATH=/bin'], Cmd: ['/bin/sh'] } },
       { tag: PAUSE_TAG, config: { Env: ['PATH=/bin'], Entrypoint: ['/bin/sleep', '2147483647'] } },
     ].map(({ tag, config }) => {
-      const cfg = Buffer.from(JSON.stringify({
-        architecture: 'amd64', os: 'linux', created: '1970-01-01T00:00:00Z', config,
-        rootfs: { type: 'layers', diff_ids: [`sha256:${layerSha}`] },
-        history: [{ created: '1970-01-01T00:00:00Z', created_by: 'membrane integration/lib/images.ts' }],
-      }));
+      const cfg = Buffer.from(
+        JSON.stringify({
+          architecture: 'amd64',
+          os: 'linux',
+          created: '1970-01-01T00:00:00Z',
+          config,
+          rootfs: { type: 'layers', diff_ids: [`sha256:${layerSha}`] },
+          history: [{ created: '1970-01-01T00:00:00Z', created_by: 'membrane integration/lib/images.ts' }],
+        }),
+      );
       const cfgName = `${sha256(cfg)}.json`;
       fs.writeFileSync(path.join(archive, cfgName), cfg);
       return { Config: cfgName, RepoTags: [tag], Layers: [`${layerSha}/layer.tar`] };

@@ -11,10 +11,16 @@ export function mapEntries(pinDir: string, map: string): number {
 }
 
 export function tcFilters(dev: string, dir: 'ingress' | 'egress'): string {
-  try { return execFileSync('tc', ['filter', 'show', 'dev', dev, dir], { encoding: 'utf8' }); } catch { return ''; }
+  try {
+    return execFileSync('tc', ['filter', 'show', 'dev', dev, dir], { encoding: 'utf8' });
+  } catch {
+    return '';
+  }
 }
 
 export function hostRouteTo(ip: string): string {
   const fam = ip.includes(':') ? '-6' : '-4';
-  return execFileSync('ip', [fam, 'route', 'show', 'exact', ip.includes(':') ? `${ip}/128` : `${ip}/32`], { encoding: 'utf8' }).trim();
+  return execFileSync('ip', [fam, 'route', 'show', 'exact', ip.includes(':') ? `${ip}/128` : `${ip}/32`], {
+    encoding: 'utf8',
+  }).trim();
 }

@@ -30,7 +30,11 @@ export async function storeKeys(stateDir: string): Promise<string[]> {
   const copy = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-storecopy-'));
   try {
     for (const f of ['snapshot.json', 'journal.log']) {
-      try { fs.copyFileSync(path.join(stateDir, 'store', f), path.join(copy, f)); } catch { /* not there yet */ }
+      try {
+        fs.copyFileSync(path.join(stateDir, 'store', f), path.join(copy, f));
+      } catch {
+        /* not there yet */
+      }
     }
     const s = new JournalStore(copy);
     const keys: string[] = [];
@@ -46,18 +50,31 @@ export async function storeKeys(stateDir: string): Promise<string[]> {
 
 export async function nodeState(agent: TestAgent): Promise<NodeState> {
   const eps = await agent.client.listEndpoints();
-  const ipam = await agent.client.request<{ pools: { allocations: { ip: string; owner: string }[] }[]; external?: { ip: string; owner: string }[] }>('GET', '/v1/ipam');
+  const ipam = await agent.client.request<{
+    pools: { allocations: { ip: string; owner: string }[] }[];
+    external?: { ip: string; owner: string }[];
+  }>('GET', '/v1/ipam');
   const keys = await storeKeys(agent.stateDir);
-  const links = inNetns(agent, ['ip', '-o', 'link', 'show']).split('\n')
-    .map((l) => /^\d+: (mbr[0-9a-f]{11})[@:]/.exec(l)?.[1]).filter((x): x is string => !!x).sort();
-  const routes = [...inNetns(agent, ['ip', '-4', 'route', 'show']).split('\n'), ...inNetns(agent, ['ip', '-6', 'route', 'show']).split('\n')]
-    .filter((l) => / dev mbr[0-9a-f]{11}/.test(l)).map((l) => l.trim()).sort();
+  const links = inNetns(agent, ['ip', '-o', 'link', 'show'])
+    .split('\n')
+    .map((l) => /^\d+: (mbr[0-9a-f]{11})[@:]/.exec(l)?.[1])
+    .filter((x): x is string => !!x)
+    .sort();
+  const routes = [
+    ...inNetns(agent, ['ip', '-4', 'route', 'show']).split('\n'),
+    ...inNetns(agent, ['ip', '-6', 'route', 'show']).split('\n'),
+  ]
+    .filter((l) => / dev mbr[0-9a-f]{11}/.test(l))
+    .map((l) => l.trim())
+    .sort();
   return {
     endpoints: eps.map((e) => `${e.docker?.endpointId ?? e.containerId}/${e.ifName}`).sort(),
     addresses: [...ipam.pools.flatMap((p) => p.allocations), ...(ipam.external ?? [])].map((a) => `${a.ip} ${a.owner}`).sort(),
     links,
     routes,
-    maps: Object.fromEntries(['endpoints_cfg', 'local_endpoints', 'endpoint_counters'].map((m) => [m, mapEntries(agent.bpffsDir, m)])),
+    maps: Object.fromEntries(
+      ['endpoints_cfg', 'local_endpoints', 'endpoint_counters'].map((m) => [m, mapEntries(agent.bpffsDir, m)]),
+    ),
     records: {
       endpoints: keys.filter((k) => k.startsWith('endpoints/')).length,
       addresses: keys.filter((k) => k.startsWith('ipam/') || k.startsWith('ipam-external/')).length,

@@ -22,7 +22,8 @@ export function createNetns(prefix = 'mbt'): TestNetns {
   const path = `/var/run/netns/${name}`;
   execFileSync('nsenter', [`--net=${path}`, 'ip', 'link', 'set', 'lo', 'up']);
   return {
-    name, path,
+    name,
+    path,
     async exec(cmd, args, opts = {}) {
       const { stdout } = await execFileP('nsenter', [`--net=${path}`, cmd, ...args], { timeout: opts.timeoutMs ?? 20_000 });
       return stdout;
@@ -31,7 +32,11 @@ export function createNetns(prefix = 'mbt'): TestNetns {
       return spawn('nsenter', [`--net=${path}`, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
     },
     remove() {
-      try { execFileSync('ip', ['netns', 'del', name], { stdio: 'ignore' }); } catch { /* already gone */ }
+      try {
+        execFileSync('ip', ['netns', 'del', name], { stdio: 'ignore' });
+      } catch {
+        /* already gone */
+      }
     },
   };
 }
@@ -46,11 +51,20 @@ export async function ping(from: TestNetns, ip: string, count = 2): Promise<bool
 }
 
 export function linkExists(name: string): boolean {
-  try { execFileSync('ip', ['link', 'show', 'dev', name], { stdio: 'ignore' }); return true; } catch { return false; }
+  try {
+    execFileSync('ip', ['link', 'show', 'dev', name], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 export function hostRoutes(dev: string): string {
-  try { return execFileSync('ip', ['-4', 'route', 'show', 'dev', dev], { encoding: 'utf8' }); } catch { return ''; }
+  try {
+    return execFileSync('ip', ['-4', 'route', 'show', 'dev', dev], { encoding: 'utf8' });
+  } catch {
+    return '';
+  }
 }
 
 export function routeExists(dst: string): boolean {

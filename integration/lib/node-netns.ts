@@ -32,7 +32,9 @@ export async function startNode(opts: StartAgentOptions = {}): Promise<TestNode>
   }
   const r = () => crypto.randomInt(0, 512);
   return {
-    ns, agent, ip,
+    ns,
+    agent,
+    ip,
     async world() {
       const w = createNetns('mbw');
       extra.push(w);
@@ -41,7 +43,13 @@ export async function startNode(opts: StartAgentOptions = {}): Promise<TestNode>
       const link = `w${randomId(3)}`;
       ip(['link', 'add', link, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', w.path]);
       ip(['link', 'set', link, 'up']);
-      execFileSync('nsenter', [`--net=${ns.path}`, 'sysctl', '-qw', `net.ipv4.conf.${link}.proxy_arp=1`, `net.ipv4.neigh.${link}.proxy_delay=0`]);
+      execFileSync('nsenter', [
+        `--net=${ns.path}`,
+        'sysctl',
+        '-qw',
+        `net.ipv4.conf.${link}.proxy_arp=1`,
+        `net.ipv4.neigh.${link}.proxy_delay=0`,
+      ]);
       ip(['route', 'add', `${addr}/32`, 'dev', link]);
       await w.exec('ip', ['addr', 'add', `${addr}/32`, 'dev', 'eth0']);
       await w.exec('ip', ['link', 'set', 'eth0', 'up']);
@@ -62,7 +70,9 @@ export async function startNode(opts: StartAgentOptions = {}): Promise<TestNode>
       return { ns: u, gateway: `${net}.1` };
     },
     async cleanup() {
-      try { await agent.cleanup(); } finally {
+      try {
+        await agent.cleanup();
+      } finally {
         for (const x of extra) x.remove();
         ns.remove();
       }

@@ -26,9 +26,14 @@ s.send('ping', Number(port), ip);
 function runIn(nsPath: string, script: string, args: string[]): Promise<string> {
   const env: NodeJS.ProcessEnv = { ...process.env, NODE_OPTIONS: '' };
   delete env.NODE_EXTRA_CA_CERTS;
-  const child = spawn('nsenter', [`--net=${nsPath}`, process.execPath, '-e', script, ...args], { stdio: ['ignore', 'pipe', 'ignore'], env });
+  const child = spawn('nsenter', [`--net=${nsPath}`, process.execPath, '-e', script, ...args], {
+    stdio: ['ignore', 'pipe', 'ignore'],
+    env,
+  });
   let out = '';
-  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  child.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
   return new Promise((resolve) => child.once('exit', () => resolve(out.trim() || 'no answer')));
 }
 

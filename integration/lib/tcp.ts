@@ -34,15 +34,26 @@ s.on('error', (e) => { process.stdout.write('error ' + e.code); process.exit(1);
 function nodeIn(ns: TestNetns, script: string, args: string[]): ChildProcess {
   const env = { ...process.env };
   delete env.NODE_EXTRA_CA_CERTS;
-  return spawn('nsenter', [`--net=${ns.path}`, process.execPath, '-e', script, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env });
+  return spawn('nsenter', [`--net=${ns.path}`, process.execPath, '-e', script, ...args], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env,
+  });
 }
 
 export async function startEchoServer(ns: TestNetns, port: number, host = '::'): Promise<ChildProcess> {
   const child = nodeIn(ns, SERVER, [String(port), host]);
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('echo server did not start')), 10_000);
-    child.stdout!.on('data', (d: Buffer) => { if (d.toString().includes('listening')) { clearTimeout(timer); resolve(); } });
-    child.once('exit', (code) => { clearTimeout(timer); reject(new Error(`echo server exited ${code}`)); });
+    child.stdout!.on('data', (d: Buffer) => {
+      if (d.toString().includes('listening')) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    child.once('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`echo server exited ${code}`));
+    });
   });
   return child;
 }
@@ -51,7 +62,9 @@ export async function startEchoServer(ns: TestNetns, port: number, host = '::'):
 export function tcpRequest(ns: TestNetns, ip: string, port: number): Promise<string> {
   const child = nodeIn(ns, REQUEST, [ip, String(port)]);
   let out = '';
-  child.stdout!.on('data', (d: Buffer) => { out += d.toString(); });
+  child.stdout!.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
   return new Promise((resolve) => child.once('exit', () => resolve(out)));
 }
 
@@ -72,8 +85,16 @@ export function startFlow(ns: TestNetns, ip: string, port: number): LiveFlow {
       if (line.startsWith('error')) failed = line;
     }
   });
-  child.once('exit', (code) => { if (code && !failed) failed = `flow exited ${code}`; });
-  return { echoed: () => echoed, failed: () => failed, stop: () => { child.kill('SIGKILL'); } };
+  child.once('exit', (code) => {
+    if (code && !failed) failed = `flow exited ${code}`;
+  });
+  return {
+    echoed: () => echoed,
+    failed: () => failed,
+    stop: () => {
+      child.kill('SIGKILL');
+    },
+  };
 }
 
 export function killAll(children: (ChildProcess | undefined)[]): void {

@@ -16,22 +16,34 @@ import { markdownTable, median, percentile } from './lib.ts';
 
 delete process.env.NODE_EXTRA_CA_CERTS;
 delete process.env.NODE_OPTIONS;
-const arg = (name: string, dflt: number) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? Number(process.argv[i + 1]) : dflt; };
+const arg = (name: string, dflt: number) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? Number(process.argv[i + 1]) : dflt;
+};
 const N = arg('n', 100);
 const PODS = arg('pods', 30);
 const JSON_OUT = process.argv.includes('--json') ? process.argv[process.argv.indexOf('--json') + 1] : undefined;
 const log = (s: string) => process.stderr.write(`bench-cni: ${s}\n`);
 
 type Series = Record<string, number[]>;
-const add = (s: Series, k: string, v: number) => { (s[k] ??= []).push(v); };
+const add = (s: Series, k: string, v: number) => {
+  (s[k] ??= []).push(v);
+};
 
 /** Spawns like libcni (stdin piped, stdout/stderr captured) and times until the process has exited. */
-function timed(bin: string, args: string[], env: NodeJS.ProcessEnv, stdin: string): Promise<{ ms: number; code: number | null; out: string }> {
+function timed(
+  bin: string,
+  args: string[],
+  env: NodeJS.ProcessEnv,
+  stdin: string,
+): Promise<{ ms: number; code: number | null; out: string }> {
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
     const child = spawn(bin, args, { env, stdio: ['pipe', 'pipe', 'pipe'] });
     let out = '';
-    child.stdout.on('data', (c) => { out += c; });
+    child.stdout.on('data', (c) => {
+      out += c;
+    });
     child.stderr.on('data', () => undefined);
     child.on('error', reject);
     child.on('close', (code) => resolve({ ms: performance.now() - t0, code, out }));
@@ -41,8 +53,14 @@ function timed(bin: string, args: string[], env: NodeJS.ProcessEnv, stdin: strin
 }
 
 async function cniOp(bin: string, verb: string, conf: object, cid: string, ns: string, cniPath: string): Promise<number> {
-  const env = runtimeEnv({ CNI_COMMAND: verb, CNI_CONTAINERID: cid, CNI_NETNS: ns, CNI_IFNAME: 'eth0', CNI_PATH: cniPath,
-    CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=${cid}` });
+  const env = runtimeEnv({
+    CNI_COMMAND: verb,
+    CNI_CONTAINERID: cid,
+    CNI_NETNS: ns,
+    CNI_IFNAME: 'eth0',
+    CNI_PATH: cniPath,
+    CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=bench;K8S_POD_NAME=${cid}`,
+  });
   const r = await timed(bin, [], env, JSON.stringify(conf));
   if (r.code !== 0) throw new Error(`${path.basename(bin)} ${verb} ${cid} failed: ${r.out}`);
   return r.ms;
@@ -55,9 +73,27 @@ async function directBench(): Promise<Series> {
   const bridge = `bnb${randomId(3)}`;
   const nss: { m: TestNetns; b: TestNetns }[] = [];
   try {
-    const membrane = { cniVersion: '1.0.0', name: `bench-${agent.id}`, type: 'membrane-cni', agentSocket: agent.socket, stateDir: agent.stateDir };
-    const ref = { cniVersion: '1.0.0', name: `benchbr-${agent.id}`, type: 'bridge', bridge, isGateway: true, ipMasq: false,
-      ipam: { type: 'host-local', ranges: [[{ subnet: randomSubnet24() }]], routes: [{ dst: '0.0.0.0/0' }], dataDir: path.join(tmp, 'ipam') } };
+    const membrane = {
+      cniVersion: '1.0.0',
+      name: `bench-${agent.id}`,
+      type: 'membrane-cni',
+      agentSocket: agent.socket,
+      stateDir: agent.stateDir,
+    };
+    const ref = {
+      cniVersion: '1.0.0',
+      name: `benchbr-${agent.id}`,
+      type: 'bridge',
+      bridge,
+      isGateway: true,
+      ipMasq: false,
+      ipam: {
+        type: 'host-local',
+        ranges: [[{ subnet: randomSubnet24() }]],
+        routes: [{ dst: '0.0.0.0/0' }],
+        dataDir: path.join(tmp, 'ipam'),
+      },
+    };
     for (let i = 0; i < N; i++) nss.push({ m: createNetns('mbbm'), b: createNetns('mbbb') });
     const env = runtimeEnv();
     // warm the page cache for both executables and node
@@ -84,21 +120,44 @@ async function directBench(): Promise<Series> {
       add(s, 'bridge DEL (again)', await cniOp('/usr/lib/cni/bridge', 'DEL', ref, `bb-${i}`, ns.b.path, '/usr/lib/cni'));
     }
     log('NODE_EXTRA_CA_CERTS cost (what a runtime started with it hands every Node plugin), and the launcher');
-    execFileSync(path.join(import.meta.dirname, '../install-cni'), ['--bin-dir', path.join(tmp, 'bin'), '--no-conf', '--launcher'], { env });
+    execFileSync(
+      path.join(import.meta.dirname, '../install-cni'),
+      ['--bin-dir', path.join(tmp, 'bin'), '--no-conf', '--launcher'],
+      { env },
+    );
     const launcher = path.join(tmp, 'bin/membrane-cni');
     const ca = { ...env, NODE_EXTRA_CA_CERTS: '/etc/ssl/certs/ca-certificates.crt' };
     for (let i = 0; i < 30; i++) {
       add(s, 'membrane-cni VERSION via sh launcher', (await timed(launcher, [], { ...env, CNI_COMMAND: 'VERSION' }, '{}')).ms);
-      add(s, 'membrane-cni VERSION (again, same rounds)', (await timed(CNI_BIN, [], { ...env, CNI_COMMAND: 'VERSION' }, '{}')).ms);
+      add(
+        s,
+        'membrane-cni VERSION (again, same rounds)',
+        (await timed(CNI_BIN, [], { ...env, CNI_COMMAND: 'VERSION' }, '{}')).ms,
+      );
       if (!fs.existsSync(ca.NODE_EXTRA_CA_CERTS)) continue;
       add(s, 'node -e 0 (with NODE_EXTRA_CA_CERTS)', (await timed(process.execPath, ['-e', '0'], ca, '')).ms);
-      add(s, 'membrane-cni VERSION (with NODE_EXTRA_CA_CERTS)', (await timed(CNI_BIN, [], { ...ca, CNI_COMMAND: 'VERSION' }, '{}')).ms);
-      add(s, 'membrane-cni VERSION via sh launcher (with NODE_EXTRA_CA_CERTS)', (await timed(launcher, [], { ...ca, CNI_COMMAND: 'VERSION' }, '{}')).ms);
+      add(
+        s,
+        'membrane-cni VERSION (with NODE_EXTRA_CA_CERTS)',
+        (await timed(CNI_BIN, [], { ...ca, CNI_COMMAND: 'VERSION' }, '{}')).ms,
+      );
+      add(
+        s,
+        'membrane-cni VERSION via sh launcher (with NODE_EXTRA_CA_CERTS)',
+        (await timed(launcher, [], { ...ca, CNI_COMMAND: 'VERSION' }, '{}')).ms,
+      );
     }
   } finally {
-    for (const ns of nss) { ns.m.remove(); ns.b.remove(); }
+    for (const ns of nss) {
+      ns.m.remove();
+      ns.b.remove();
+    }
     await agent.cleanup();
-    try { fs.rmSync(tmp, { recursive: true, force: true }); } catch { /* ignore */ }
+    try {
+      fs.rmSync(tmp, { recursive: true, force: true });
+    } catch {
+      /* ignore */
+    }
     await timed('ip', ['link', 'del', bridge], runtimeEnv(), '').catch(() => undefined);
   }
   return s;
@@ -113,18 +172,47 @@ async function criBench(): Promise<Series> {
   const bridge = `bnc${randomId(3)}`;
   const runtimes: Record<string, Containerd> = {};
   try {
-    runtimes.membrane = await startContainerd({ dir: path.join(tmp, 'm'), plugins: { 'membrane-cni': CNI_BIN }, confList: {
-      cniVersion: '1.0.0', name: `benchcri-${agent.id}`,
-      plugins: [{ type: 'membrane-cni', agentSocket: agent.socket, stateDir: agent.stateDir }] } });
-    runtimes.bridge = await startContainerd({ dir: path.join(tmp, 'b'), plugins: { bridge: '/usr/lib/cni/bridge', 'host-local': '/usr/lib/cni/host-local' }, confList: {
-      cniVersion: '1.0.0', name: `benchcribr-${agent.id}`,
-      plugins: [{ type: 'bridge', bridge, isGateway: true, ipMasq: false,
-        ipam: { type: 'host-local', ranges: [[{ subnet: randomSubnet24() }]], routes: [{ dst: '0.0.0.0/0' }], dataDir: path.join(tmp, 'ipam') } }] } });
+    runtimes.membrane = await startContainerd({
+      dir: path.join(tmp, 'm'),
+      plugins: { 'membrane-cni': CNI_BIN },
+      confList: {
+        cniVersion: '1.0.0',
+        name: `benchcri-${agent.id}`,
+        plugins: [{ type: 'membrane-cni', agentSocket: agent.socket, stateDir: agent.stateDir }],
+      },
+    });
+    runtimes.bridge = await startContainerd({
+      dir: path.join(tmp, 'b'),
+      plugins: { bridge: '/usr/lib/cni/bridge', 'host-local': '/usr/lib/cni/host-local' },
+      confList: {
+        cniVersion: '1.0.0',
+        name: `benchcribr-${agent.id}`,
+        plugins: [
+          {
+            type: 'bridge',
+            bridge,
+            isGateway: true,
+            ipMasq: false,
+            ipam: {
+              type: 'host-local',
+              ranges: [[{ subnet: randomSubnet24() }]],
+              routes: [{ dst: '0.0.0.0/0' }],
+              dataDir: path.join(tmp, 'ipam'),
+            },
+          },
+        ],
+      },
+    });
     for (const c of Object.values(runtimes)) await waitNetworkReady(c);
     log(`RunPodSandbox/Stop/Remove x${PODS} per plugin, interleaved (after 2 warm-up pods each)`);
     for (let i = -2; i < PODS; i++) {
       for (const [name, c] of Object.entries(runtimes)) {
-        const pod = { name: `bench-${i + 2}`, uid: `u-${randomId()}`, namespace: 'bench', logDirectory: path.join(tmp, 'logs', name, String(i + 2)) };
+        const pod = {
+          name: `bench-${i + 2}`,
+          uid: `u-${randomId()}`,
+          namespace: 'bench',
+          logDirectory: path.join(tmp, 'logs', name, String(i + 2)),
+        };
         let t0 = performance.now();
         const id = await c.cri.runPodSandbox(pod);
         const run = performance.now() - t0;
@@ -158,28 +246,63 @@ function report(direct: Series, cri: Series | undefined): string {
   const m = (k: string, s: Series = direct) => median(s[k]);
   const rows = Object.entries(direct).map(([k, xs]) => [k, f(median(xs)), f(percentile(xs, 0.9)), String(xs.length)]);
   const out = [
-    `membrane-cni benchmark — ${new Date().toISOString()}, node ${process.version}, kernel ${os.release()}, ${os.cpus().length} CPUs, load ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}`,
-    '', markdownTable(['direct invocation (ms)', 'median', 'p90', 'n'], rows), '',
+    `membrane-cni benchmark — ${new Date().toISOString()}, node ${process.version}, kernel ${os.release()}, ${os.cpus().length} CPUs, load ${os
+      .loadavg()
+      .map((l) => l.toFixed(2))
+      .join(' ')}`,
+    '',
+    markdownTable(['direct invocation (ms)', 'median', 'p90', 'n'], rows),
+    '',
   ];
   const goals = [
     ['membrane ADD / node -e 0', m('membrane ADD') / m('node -e 0'), 1.3],
     ['membrane DEL / bridge DEL', m('membrane DEL') / m('bridge DEL'), 1.0],
     ['membrane-cni VERSION / node -e 0 (start-up cost of the executable)', m('membrane-cni VERSION') / m('node -e 0'), NaN],
   ];
-  goals.push(['launcher / direct, VERSION', m('membrane-cni VERSION via sh launcher') / m('membrane-cni VERSION (again, same rounds)'), NaN]);
+  goals.push([
+    'launcher / direct, VERSION',
+    m('membrane-cni VERSION via sh launcher') / m('membrane-cni VERSION (again, same rounds)'),
+    NaN,
+  ]);
   if (direct['node -e 0 (with NODE_EXTRA_CA_CERTS)']) {
-    goals.push(['membrane-cni VERSION with / without NODE_EXTRA_CA_CERTS', m('membrane-cni VERSION (with NODE_EXTRA_CA_CERTS)') / m('membrane-cni VERSION (again, same rounds)'), NaN]);
-    goals.push(['launcher with NODE_EXTRA_CA_CERTS / direct without', m('membrane-cni VERSION via sh launcher (with NODE_EXTRA_CA_CERTS)') / m('membrane-cni VERSION (again, same rounds)'), NaN]);
+    goals.push([
+      'membrane-cni VERSION with / without NODE_EXTRA_CA_CERTS',
+      m('membrane-cni VERSION (with NODE_EXTRA_CA_CERTS)') / m('membrane-cni VERSION (again, same rounds)'),
+      NaN,
+    ]);
+    goals.push([
+      'launcher with NODE_EXTRA_CA_CERTS / direct without',
+      m('membrane-cni VERSION via sh launcher (with NODE_EXTRA_CA_CERTS)') / m('membrane-cni VERSION (again, same rounds)'),
+      NaN,
+    ]);
   }
   if (cri) {
-    out.push(markdownTable(['containerd CRI (ms)', 'median', 'p90', 'n'], Object.entries(cri).map(([k, xs]) => [k, f(median(xs)), f(percentile(xs, 0.9)), String(xs.length)])), '');
+    out.push(
+      markdownTable(
+        ['containerd CRI (ms)', 'median', 'p90', 'n'],
+        Object.entries(cri).map(([k, xs]) => [k, f(median(xs)), f(percentile(xs, 0.9)), String(xs.length)]),
+      ),
+      '',
+    );
     goals.push(['RunPodSandbox membrane / bridge', m('membrane RunPodSandbox', cri) / m('bridge RunPodSandbox', cri), 1.15]);
     goals.push(['StopPodSandbox membrane / bridge', m('membrane StopPodSandbox', cri) / m('bridge StopPodSandbox', cri), NaN]);
-    goals.push(['RemovePodSandbox membrane / bridge', m('membrane RemovePodSandbox', cri) / m('bridge RemovePodSandbox', cri), NaN]);
+    goals.push([
+      'RemovePodSandbox membrane / bridge',
+      m('membrane RemovePodSandbox', cri) / m('bridge RemovePodSandbox', cri),
+      NaN,
+    ]);
   }
-  out.push(markdownTable(['ratio (medians)', 'value', 'goal', 'met'], goals.map(([k, v, g]) => [
-    String(k), `${(v as number).toFixed(2)}×`, Number.isNaN(g) ? '–' : `≤ ${g}×`, Number.isNaN(g) ? '–' : (v as number) <= (g as number) ? 'yes' : 'no',
-  ])));
+  out.push(
+    markdownTable(
+      ['ratio (medians)', 'value', 'goal', 'met'],
+      goals.map(([k, v, g]) => [
+        String(k),
+        `${(v as number).toFixed(2)}×`,
+        Number.isNaN(g) ? '–' : `≤ ${g}×`,
+        Number.isNaN(g) ? '–' : (v as number) <= (g as number) ? 'yes' : 'no',
+      ]),
+    ),
+  );
   return out.join('\n');
 }
 
@@ -188,6 +311,9 @@ const direct = await directBench();
 const cri = process.argv.includes('--skip-cri') ? undefined : await criBench();
 if (JSON_OUT) {
   const toStats = (s: Series) => Object.fromEntries(Object.entries(s).map(([k, xs]) => [k, stat(xs)]));
-  fs.writeFileSync(JSON_OUT, JSON.stringify({ when: new Date().toISOString(), direct: toStats(direct), cri: cri && toStats(cri) }, null, 2));
+  fs.writeFileSync(
+    JSON_OUT,
+    JSON.stringify({ when: new Date().toISOString(), direct: toStats(direct), cri: cri && toStats(cri) }, null, 2),
+  );
 }
 process.stdout.write(`${report(direct, cri)}\n`);

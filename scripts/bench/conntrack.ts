@@ -23,12 +23,32 @@ const VARIANTS = [
   { name: 'hash, preallocated', flags: '' },
   { name: 'hash, not preallocated', flags: '-DMBR_CT_NO_PREALLOC' },
 ];
-const SRC = { hostIfindex: 1, endpointId: 31, identity: 3001, flags: 0, hostMac: '02:00:00:00:1f:01', containerMac: '02:00:00:00:1f:02', ips: ['10.253.0.1'] };
-const DST = { hostIfindex: 900031, endpointId: 32, identity: 3002, flags: 0, hostMac: '02:00:00:00:20:01', containerMac: '02:00:00:00:20:02', ips: ['10.253.0.2'] };
-const frame = (l4: Buffer, proto: number, dst = DST.ips[0]) => eth(SRC.hostMac, SRC.containerMac, 0x0800, ipv4({ src: SRC.ips[0], dst, proto }, l4));
+const SRC = {
+  hostIfindex: 1,
+  endpointId: 31,
+  identity: 3001,
+  flags: 0,
+  hostMac: '02:00:00:00:1f:01',
+  containerMac: '02:00:00:00:1f:02',
+  ips: ['10.253.0.1'],
+};
+const DST = {
+  hostIfindex: 900031,
+  endpointId: 32,
+  identity: 3002,
+  flags: 0,
+  hostMac: '02:00:00:00:20:01',
+  containerMac: '02:00:00:00:20:02',
+  ips: ['10.253.0.2'],
+};
+const frame = (l4: Buffer, proto: number, dst = DST.ips[0]) =>
+  eth(SRC.hostMac, SRC.containerMac, 0x0800, ipv4({ src: SRC.ips[0], dst, proto }, l4));
 
 function build(flags: string, out: string): void {
-  execFileSync('bash', [path.join(ROOT, 'scripts/build-bpf.sh')], { env: { ...process.env, FORCE: '1', BPF_OUT: out, BPF_CFLAGS: flags }, stdio: 'ignore' });
+  execFileSync('bash', [path.join(ROOT, 'scripts/build-bpf.sh')], {
+    env: { ...process.env, FORCE: '1', BPF_OUT: out, BPF_CFLAGS: flags },
+    stdio: 'ignore',
+  });
 }
 
 function memlock(pin: string): number {
@@ -36,7 +56,13 @@ function memlock(pin: string): number {
   return info.bytes_memlock as number;
 }
 
-interface Sample { syn: number; rst: number; est: number; memEmpty: number; memHalf: number }
+interface Sample {
+  syn: number;
+  rst: number;
+  est: number;
+  memEmpty: number;
+  memHalf: number;
+}
 
 function measure(object: string): Sample {
   const pinDir = `/sys/fs/bpf/mbb-ct-${randomBytes(4).toString('hex')}`;
@@ -48,7 +74,8 @@ function measure(object: string): Sample {
     dp.upsertEndpoint(DST);
     fd = objGet(path.join(pinDir, 'prog_from_container'));
     const cycle = (base: number) => {
-      const syn: number[] = [], rst: number[] = [];
+      const syn: number[] = [],
+        rst: number[] = [];
       for (let i = 0; i < FLOWS; i++) {
         const sport = 1024 + ((base + i) % 60000);
         syn.push(progTestRun(fd, frame(tcp(sport, 80, TCP_FLAGS.SYN, i), PROTO.TCP)).durationNs);
@@ -59,12 +86,15 @@ function measure(object: string): Sample {
     const empty = cycle(0);
     const memEmpty = memlock(path.join(pinDir, 'conntrack'));
     // Half full: UDP flows to addresses of the world, which stay.
-    for (let i = 0; i < CT_MAX / 2; i++) progTestRun(fd, frame(udp(2000 + (i & 0x3fff), 53), PROTO.UDP, `198.18.${(i >> 14) & 255}.${(i >> 6) & 255}`));
+    for (let i = 0; i < CT_MAX / 2; i++)
+      progTestRun(fd, frame(udp(2000 + (i & 0x3fff), 53), PROTO.UDP, `198.18.${(i >> 14) & 255}.${(i >> 6) & 255}`));
     const half = cycle(30000);
     const memHalf = memlock(path.join(pinDir, 'conntrack'));
     progTestRun(fd, frame(tcp(999, 80, TCP_FLAGS.SYN), PROTO.TCP));
     const est = progTestRun(fd, frame(tcp(999, 80, TCP_FLAGS.ACK), PROTO.TCP), { repeat: 100000 }).durationNs;
-    process.stderr.write(`${path.basename(object)}: empty ${JSON.stringify(empty)} half ${JSON.stringify(half)} est ${est} mem ${memEmpty}/${memHalf}\n`);
+    process.stderr.write(
+      `${path.basename(object)}: empty ${JSON.stringify(empty)} half ${JSON.stringify(half)} est ${est} mem ${memEmpty}/${memHalf}\n`,
+    );
     return { syn: (empty.syn + half.syn) / 2, rst: (empty.rst + half.rst) / 2, est, memEmpty, memHalf };
   } finally {
     if (fd >= 0) fs.closeSync(fd);
@@ -75,17 +105,34 @@ function measure(object: string): Sample {
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbb-ct-'));
 try {
-  const objects = VARIANTS.map((v, i) => { const out = path.join(dir, `v${i}.o`); build(v.flags, out); return out; });
+  const objects = VARIANTS.map((v, i) => {
+    const out = path.join(dir, `v${i}.o`);
+    build(v.flags, out);
+    return out;
+  });
   const samples = VARIANTS.map(() => [] as Sample[]);
-  for (let r = 0; r < ROUNDS; r++) objects.forEach((o, i) => { samples[i].push(measure(o)); });
+  for (let r = 0; r < ROUNDS; r++)
+    objects.forEach((o, i) => {
+      samples[i].push(measure(o));
+    });
   const rows = VARIANTS.map((v, i) => {
     const s = samples[i];
     const m = (f: (x: Sample) => number) => median(s.map(f));
-    return [v.name, m((x) => x.syn).toFixed(0), m((x) => x.rst).toFixed(0), m((x) => x.est).toFixed(0),
-      `${(m((x) => x.memEmpty) / 2 ** 20).toFixed(1)} / ${(m((x) => x.memHalf) / 2 ** 20).toFixed(1)}`];
+    return [
+      v.name,
+      m((x) => x.syn).toFixed(0),
+      m((x) => x.rst).toFixed(0),
+      m((x) => x.est).toFixed(0),
+      `${(m((x) => x.memEmpty) / 2 ** 20).toFixed(1)} / ${(m((x) => x.memHalf) / 2 ** 20).toFixed(1)}`,
+    ];
   });
-  process.stdout.write(`conntrack table of ${CT_MAX} entries, ${FLOWS} flows per measurement, median of ${ROUNDS} rounds (empty and half-full averaged); load ${os.loadavg()[0].toFixed(2)}\n\n`);
-  process.stdout.write(markdownTable(['table', 'new flow (SYN) ns', 'teardown (RST) ns', 'established ns', 'memory empty / half full (MiB)'], rows) + '\n');
+  process.stdout.write(
+    `conntrack table of ${CT_MAX} entries, ${FLOWS} flows per measurement, median of ${ROUNDS} rounds (empty and half-full averaged); load ${os.loadavg()[0].toFixed(2)}\n\n`,
+  );
+  process.stdout.write(
+    markdownTable(['table', 'new flow (SYN) ns', 'teardown (RST) ns', 'established ns', 'memory empty / half full (MiB)'], rows) +
+      '\n',
+  );
 } finally {
   fs.rmSync(dir, { recursive: true, force: true });
 }

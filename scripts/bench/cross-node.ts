@@ -38,15 +38,29 @@ const METRICS: { key: Metric; label: string; higher: boolean; digits: number }[]
   { key: 'crr', label: 'connections/s', higher: true, digits: 0 },
 ];
 
-interface PodPair { a: TestNetns; b: TestNetns; ipB: string; cleanup(): Promise<void> }
-interface Topology { name: string; pods(): Promise<PodPair>; close(): Promise<void> }
+interface PodPair {
+  a: TestNetns;
+  b: TestNetns;
+  ipB: string;
+  cleanup(): Promise<void>;
+}
+interface Topology {
+  name: string;
+  pods(): Promise<PodPair>;
+  close(): Promise<void>;
+}
 
 const sh = (cmd: string, args: string[]) => execFileSync(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
 const inNs = (ns: TestNetns, cmd: string, args: string[]) => sh('nsenter', [`--net=${ns.path}`, cmd, ...args]);
 
 // ---- the plain peers: two node netns on an underlay bridge ------------------------------------------
 
-interface PlainNode { ns: TestNetns; ip: string; podBase: string; index: number }
+interface PlainNode {
+  ns: TestNetns;
+  ip: string;
+  podBase: string;
+  index: number;
+}
 
 /** Two nodes on an underlay bridge, pod CIDRs 10.x.<1|2>.0/24, forwarding on. */
 function twoNodes(): { nodes: [PlainNode, PlainNode]; close(): void } {
@@ -67,13 +81,20 @@ function twoNodes(): { nodes: [PlainNode, PlainNode]; close(): void } {
     inNs(ns, 'sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1']);
     return { ns, ip, podBase: `${pod}.${index}`, index };
   }) as [PlainNode, PlainNode];
-  return { nodes, close: () => { for (const ns of all) ns.remove(); } };
+  return {
+    nodes,
+    close: () => {
+      for (const ns of all) ns.remove();
+    },
+  };
 }
 
 /** A pod on a node the plain way: veth, /32 route to it, proxy ARP for its gateway. */
 function plainPod(node: PlainNode, mtu: number, host: number): { ns: TestNetns; ip: string } {
   const ns = createNetns('mbbp');
-  const ip = `${node.podBase}.${host}`, gw = `${node.podBase}.1`, veth = `p${randomId(3)}`;
+  const ip = `${node.podBase}.${host}`,
+    gw = `${node.podBase}.1`,
+    veth = `p${randomId(3)}`;
   inNs(node.ns, 'ip', ['link', 'add', veth, 'mtu', String(mtu), 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns.name]);
   inNs(node.ns, 'ip', ['link', 'set', veth, 'up']);
   inNs(node.ns, 'sysctl', ['-q', '-w', `net.ipv4.conf.${veth}.proxy_arp=1`, `net.ipv4.neigh.${veth}.proxy_delay=0`]);
@@ -95,9 +116,18 @@ function plainPods(nodes: [PlainNode, PlainNode], mtu: number): () => Promise<Po
   }
   let host = 2;
   return async () => {
-    const a = plainPod(nodes[0], mtu, host), b = plainPod(nodes[1], mtu, host);
+    const a = plainPod(nodes[0], mtu, host),
+      b = plainPod(nodes[1], mtu, host);
     host = host >= 250 ? 2 : host + 1;
-    return { a: a.ns, b: b.ns, ipB: b.ip, cleanup: async () => { a.ns.remove(); b.ns.remove(); } };
+    return {
+      a: a.ns,
+      b: b.ns,
+      ipB: b.ip,
+      cleanup: async () => {
+        a.ns.remove();
+        b.ns.remove();
+      },
+    };
   };
 }
 
@@ -111,7 +141,24 @@ function staticVxlanPeer(local: PlainNode, dev: string, remote: PlainNode, remot
 
 function vxlanDevice(n: PlainNode, name: string): string {
   const mac = `02:00:00:00:0${n.index}:01`;
-  inNs(n.ns, 'ip', ['link', 'add', name, 'address', mac, 'type', 'vxlan', 'id', '1', 'local', n.ip, 'dev', 'eth0', 'dstport', '8472', 'nolearning']);
+  inNs(n.ns, 'ip', [
+    'link',
+    'add',
+    name,
+    'address',
+    mac,
+    'type',
+    'vxlan',
+    'id',
+    '1',
+    'local',
+    n.ip,
+    'dev',
+    'eth0',
+    'dstport',
+    '8472',
+    'nolearning',
+  ]);
   inNs(n.ns, 'ip', ['addr', 'add', `${n.podBase}.0/32`, 'dev', name]);
   inNs(n.ns, 'ip', ['link', 'set', name, 'up']);
   return mac;
@@ -142,7 +189,8 @@ async function flannel(): Promise<Topology> {
   let host = 2;
   const pod = (n: PlainNode) => {
     const ns = createNetns('mbbp');
-    const ip = `${n.podBase}.${host}`, veth = `f${randomId(3)}`;
+    const ip = `${n.podBase}.${host}`,
+      veth = `f${randomId(3)}`;
     inNs(n.ns, 'ip', ['link', 'add', veth, 'mtu', '1450', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', ns.name]);
     inNs(n.ns, 'ip', ['link', 'set', veth, 'master', 'cni0', 'up']);
     inNs(ns, 'ip', ['link', 'set', 'eth0', 'up']);
@@ -153,9 +201,18 @@ async function flannel(): Promise<Topology> {
   return {
     name: '(b) Flannel (vxlan + bridge)',
     pods: async () => {
-      const a = pod(n1), b = pod(n2);
+      const a = pod(n1),
+        b = pod(n2);
       host = host >= 250 ? 2 : host + 1;
-      return { a: a.ns, b: b.ns, ipB: b.ip, cleanup: async () => { a.ns.remove(); b.ns.remove(); } };
+      return {
+        a: a.ns,
+        b: b.ns,
+        ipB: b.ip,
+        cleanup: async () => {
+          a.ns.remove();
+          b.ns.remove();
+        },
+      };
     },
     close: async () => t.close(),
   };
@@ -173,14 +230,25 @@ async function plainRouting(): Promise<Topology> {
 // ---- Membrane: two nodes of the harness -------------------------------------------------------------
 
 async function membraneCluster(mode: 'tunnel' | 'native'): Promise<{ c: TestCluster; pods(): Promise<PodPair> }> {
-  const c = await startCluster({ nodes: 2, agentArgs: ['--routing-mode', mode, '--log-level', 'info', '--flow-events', FLOW_EVENTS] });
+  const c = await startCluster({
+    nodes: 2,
+    agentArgs: ['--routing-mode', mode, '--log-level', 'info', '--flow-events', FLOW_EVENTS],
+  });
   const [n1, n2] = c.nodes;
   const pod = async (n: TestNode, labels: Record<string, string>) => {
     const ns = createNetns('mbbp');
     try {
       const ep = await n.client.createEndpoint({ containerId: `bench-${ns.name}`, netns: ns.path, ifName: 'eth0', labels });
-      return { ns, ip: ep.ips[0].address.split('/')[0], identity: ep.identity, del: () => n.client.deleteEndpoint(ep.containerId, 'eth0').catch(() => undefined) };
-    } catch (e) { ns.remove(); throw e; }
+      return {
+        ns,
+        ip: ep.ips[0].address.split('/')[0],
+        identity: ep.identity,
+        del: () => n.client.deleteEndpoint(ep.containerId, 'eth0').catch(() => undefined),
+      };
+    } catch (e) {
+      ns.remove();
+      throw e;
+    }
   };
   return {
     c,
@@ -188,8 +256,23 @@ async function membraneCluster(mode: 'tunnel' | 'native'): Promise<{ c: TestClus
       const a = await pod(n1, { bench: 'client' });
       const b = await pod(n2, { bench: 'server' });
       // The server's node must know the client before the first packet (its policy names the label).
-      await eventually('peers known on each other\'s node', () => readIpcache(n2.bpffsDir).get(`${a.ip}/32`) === a.identity && readIpcache(n1.bpffsDir).get(`${b.ip}/32`) === b.identity, 30_000);
-      return { a: a.ns, b: b.ns, ipB: b.ip, cleanup: async () => { await a.del(); await b.del(); a.ns.remove(); b.ns.remove(); } };
+      await eventually(
+        "peers known on each other's node",
+        () =>
+          readIpcache(n2.bpffsDir).get(`${a.ip}/32`) === a.identity && readIpcache(n1.bpffsDir).get(`${b.ip}/32`) === b.identity,
+        30_000,
+      );
+      return {
+        a: a.ns,
+        b: b.ns,
+        ipB: b.ip,
+        cleanup: async () => {
+          await a.del();
+          await b.del();
+          a.ns.remove();
+          b.ns.remove();
+        },
+      };
     },
   };
 }
@@ -204,9 +287,20 @@ async function membraneOverlay(): Promise<Topology[]> {
       if (n) await pc.import(membranePolicy(n));
       return m.pods();
     },
-    close: async () => { await pc.delete('all').catch(() => undefined); },
+    close: async () => {
+      await pc.delete('all').catch(() => undefined);
+    },
   });
-  return [withRules(0), { ...withRules(BIG), close: async () => { await pc.delete('all').catch(() => undefined); await m.c.cleanup(); } }];
+  return [
+    withRules(0),
+    {
+      ...withRules(BIG),
+      close: async () => {
+        await pc.delete('all').catch(() => undefined);
+        await m.c.cleanup();
+      },
+    },
+  ];
 }
 
 async function membraneNative(): Promise<Topology> {
@@ -238,19 +332,24 @@ async function measure(t: Topology): Promise<void> {
 
 /** Performance relative to a peer: >1 is better (latency inverted). */
 function perf(name: string, peer: string, m: (typeof METRICS)[number]): number {
-  const v = median(samples.get(name)![m.key]), p = median(samples.get(peer)![m.key]);
+  const v = median(samples.get(name)![m.key]),
+    p = median(samples.get(peer)![m.key]);
   return m.higher ? v / p : p / v;
 }
 
 function report(names: string[], load: string): string {
   const [a, , , big, d, e] = names;
-  const rows = names.map((name) => [name, ...METRICS.map((m) => {
-    const v = median(samples.get(name)![m.key]);
-    const peer = name === d || name === e ? e : a;
-    return `${v.toFixed(m.digits)} (${perf(name, peer, m).toFixed(2)}×)`;
-  })]);
-  const goal = (x: string, peer: string) => METRICS.map((m) => `${m.label.split(' (')[0]} ${perf(x, peer, m).toFixed(2)}×`).join(', ');
-  const met = (x: string, peer: string) => METRICS.every((m) => perf(x, peer, m) >= 0.95) ? 'met' : 'not met';
+  const rows = names.map((name) => [
+    name,
+    ...METRICS.map((m) => {
+      const v = median(samples.get(name)![m.key]);
+      const peer = name === d || name === e ? e : a;
+      return `${v.toFixed(m.digits)} (${perf(name, peer, m).toFixed(2)}×)`;
+    }),
+  ]);
+  const goal = (x: string, peer: string) =>
+    METRICS.map((m) => `${m.label.split(' (')[0]} ${perf(x, peer, m).toFixed(2)}×`).join(', ');
+  const met = (x: string, peer: string) => (METRICS.every((m) => perf(x, peer, m) >= 0.95) ? 'met' : 'not met');
   return [
     `Medians of ${ROUNDS} rounds x ${SECONDS} s, one interleaved run; in brackets: performance relative to (a) for the tunnels and`,
     `to (e) for the routed rows (>1 is better; latency inverted). ${os.cpus().length} CPUs, kernel ${os.release()}, load ${load};`,
@@ -258,29 +357,44 @@ function report(names: string[], load: string): string {
     '',
     markdownTable(['topology', ...METRICS.map((m) => m.label)], rows),
     '',
-    markdownTable(['goal', 'result'], [
-      [`overlay with ${BIG.toLocaleString('en-US')} rules >= 0.95x plain kernel VXLAN on every metric`, `${met(big, a)}: ${goal(big, a)}`],
-      ['native routing >= 0.95x plain routing on every metric', `${met(d, e)}: ${goal(d, e)}`],
-    ]),
+    markdownTable(
+      ['goal', 'result'],
+      [
+        [
+          `overlay with ${BIG.toLocaleString('en-US')} rules >= 0.95x plain kernel VXLAN on every metric`,
+          `${met(big, a)}: ${goal(big, a)}`,
+        ],
+        ['native routing >= 0.95x plain routing on every metric', `${met(d, e)}: ${goal(d, e)}`],
+      ],
+    ),
     '',
   ].join('\n');
 }
 
 async function main(): Promise<void> {
   const load0 = os.loadavg()[0].toFixed(1);
-  process.stderr.write(`cross-node benchmark: ${ROUNDS} rounds x ${SECONDS} s, ${BIG} rules; ${os.cpus().length} CPUs, kernel ${os.release()}, load ${load0}\n`);
+  process.stderr.write(
+    `cross-node benchmark: ${ROUNDS} rounds x ${SECONDS} s, ${BIG} rules; ${os.cpus().length} CPUs, kernel ${os.release()}, load ${load0}\n`,
+  );
   const topologies: Topology[] = [];
   try {
-    topologies.push(await plainVxlan(), await flannel(), ...(await membraneOverlay()), await membraneNative(), await plainRouting());
+    topologies.push(
+      await plainVxlan(),
+      await flannel(),
+      ...(await membraneOverlay()),
+      await membraneNative(),
+      await plainRouting(),
+    );
     const names = topologies.map((t) => t.name);
     for (let round = 1; round <= ROUNDS; round++) {
       process.stderr.write(`-- round ${round}\n`);
-      const shift = (round - 1) * 2 % topologies.length; // a different order each round
+      const shift = ((round - 1) * 2) % topologies.length; // a different order each round
       for (const t of [...topologies.slice(shift), ...topologies.slice(0, shift)]) await measure(t);
     }
     process.stdout.write(report(names, `${load0} -> ${os.loadavg()[0].toFixed(1)}`));
   } finally {
-    for (const t of topologies.reverse()) await t.close().catch((e) => process.stderr.write(`cleanup: ${(e as Error).message}\n`));
+    for (const t of topologies.reverse())
+      await t.close().catch((e) => process.stderr.write(`cleanup: ${(e as Error).message}\n`));
   }
 }
 

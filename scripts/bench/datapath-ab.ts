@@ -33,7 +33,12 @@ const METRICS: { key: Metric; label: string; higher: boolean; digits: number }[]
 
 function baseRef(): string {
   if (process.env.BENCH_BASE) return process.env.BENCH_BASE;
-  const first = execFileSync('git', ['-C', REPO, 'log', '--diff-filter=A', '--format=%H', '--', 'bpf/lib/spoof.h'], { encoding: 'utf8' }).trim().split('\n').pop();
+  const first = execFileSync('git', ['-C', REPO, 'log', '--diff-filter=A', '--format=%H', '--', 'bpf/lib/spoof.h'], {
+    encoding: 'utf8',
+  })
+    .trim()
+    .split('\n')
+    .pop();
   if (!first) throw new Error('cannot find the commit that added bpf/lib/spoof.h; set BENCH_BASE');
   return `${first}^`;
 }
@@ -47,7 +52,12 @@ function checkoutBase(ref: string): string {
   return dir;
 }
 
-interface Variant { name: string; agent: TestAgent; client: AgentClient; pc: PolicyClient }
+interface Variant {
+  name: string;
+  agent: TestAgent;
+  client: AgentClient;
+  pc: PolicyClient;
+}
 
 async function variant(name: string, start: () => Promise<TestAgent>): Promise<Variant> {
   const agent = await start();
@@ -57,11 +67,13 @@ async function variant(name: string, start: () => Promise<TestAgent>): Promise<V
 
 /** A fresh client/server pod pair on the variant's agent (labels bench=client / bench=server). */
 async function pods(v: Variant): Promise<{ a: TestNetns; b: TestNetns; ipB: string; cleanup(): Promise<void> }> {
-  const a = createNetns('mbb'), b = createNetns('mbb');
+  const a = createNetns('mbb'),
+    b = createNetns('mbb');
   const ids = [`ab-${a.name}`, `ab-${b.name}`];
   const cleanup = async () => {
     for (const id of ids) await v.client.deleteEndpoint(id, 'eth0').catch(() => undefined);
-    a.remove(); b.remove();
+    a.remove();
+    b.remove();
   };
   try {
     await v.client.createEndpoint({ containerId: ids[0], netns: a.path, ifName: 'eth0', labels: { bench: 'client' } });
@@ -102,14 +114,24 @@ function report(ref: string): string {
   const verdicts: string[] = [];
   for (const rules of [0, RULES]) {
     for (const m of METRICS) {
-      const base = median(samples.get(`base/${rules}`)![m.key]), hard = median(samples.get(`hardened/${rules}`)![m.key]);
+      const base = median(samples.get(`base/${rules}`)![m.key]),
+        hard = median(samples.get(`hardened/${rules}`)![m.key]);
       // Ratio "as good as": higher-is-better metrics hardened/base, latency base/hardened.
       const ratio = m.higher ? hard / base : base / hard;
-      rows.push([`${m.label}, ${rules} rules`, base.toFixed(m.digits), hard.toFixed(m.digits), `${ratio.toFixed(3)}×`, ratio >= 0.98 ? 'met' : 'NOT met']);
+      rows.push([
+        `${m.label}, ${rules} rules`,
+        base.toFixed(m.digits),
+        hard.toFixed(m.digits),
+        `${ratio.toFixed(3)}×`,
+        ratio >= 0.98 ? 'met' : 'NOT met',
+      ]);
       if (ratio < 0.98) verdicts.push(`${m.label} with ${rules} rules`);
     }
   }
-  const head = `A/B, ${ROUNDS} rounds × ${SECONDS} s, medians; base = ${ref}; load average ${os.loadavg().map((x) => x.toFixed(2)).join(' ')} at the end (${os.cpus().length} CPUs, kernel ${os.release()})`;
+  const head = `A/B, ${ROUNDS} rounds × ${SECONDS} s, medians; base = ${ref}; load average ${os
+    .loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' ')} at the end (${os.cpus().length} CPUs, kernel ${os.release()})`;
   const table = markdownTable(['metric', 'base', 'hardened', 'hardened vs base (≥ 0.98× wanted)', 'goal'], rows);
   return `${head}\n\n${table}\n\n${verdicts.length ? `below 0.98×: ${verdicts.join('; ')}` : 'every metric at or above 0.98× of the base'}\n`;
 }
@@ -141,25 +163,38 @@ try {
  *  traffic numbers are noisy): each tree's own loader and object, the same frames, interleaved. */
 function inKernel(baseDir: string): string {
   const trees: Record<string, string> = { base: baseDir, hardened: REPO };
-  const out: Record<string, { est: number[]; cycle: number[] }> = { base: { est: [], cycle: [] }, hardened: { est: [], cycle: [] } };
+  const out: Record<string, { est: number[]; cycle: number[] }> = {
+    base: { est: [], cycle: [] },
+    hardened: { est: [], cycle: [] },
+  };
   for (let round = 0; round < 5; round++) {
     for (const [name, root] of Object.entries(trees)) {
-      const text = execFileSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', IN_KERNEL, root, `/sys/fs/bpf/mbb-ab-${randomBytes(4).toString('hex')}`], {
-        cwd: REPO, encoding: 'utf8', env: { ...process.env, PACKETS: path.join(REPO, 'shared/src/bpf/packets.ts') },
-      });
+      const text = execFileSync(
+        process.execPath,
+        ['--import', 'tsx', '--input-type=module', '-e', IN_KERNEL, root, `/sys/fs/bpf/mbb-ab-${randomBytes(4).toString('hex')}`],
+        {
+          cwd: REPO,
+          encoding: 'utf8',
+          env: { ...process.env, PACKETS: path.join(REPO, 'shared/src/bpf/packets.ts') },
+        },
+      );
       const r = JSON.parse(text) as { est: number; cycle: number };
       out[name].est.push(r.est);
       out[name].cycle.push(r.cycle);
     }
   }
   const row = (what: string, k: 'est' | 'cycle') => {
-    const b = median(out.base[k]), h = median(out.hardened[k]);
+    const b = median(out.base[k]),
+      h = median(out.hardened[k]);
     return [what, b.toFixed(0), h.toFixed(0), `${(b / h).toFixed(3)}×`];
   };
-  return `In the kernel (BPF_PROG_TEST_RUN, ns per packet, median of 5 interleaved rounds):\n\n${markdownTable(['packet', 'base', 'hardened', 'hardened vs base (≥ 0.98× wanted)'], [
-    row('established pod-to-pod TCP packet (redirect_peer)', 'est'),
-    row('a new flow and its end (policy, conntrack insert, delete)', 'cycle'),
-  ])}\n\n`;
+  return `In the kernel (BPF_PROG_TEST_RUN, ns per packet, median of 5 interleaved rounds):\n\n${markdownTable(
+    ['packet', 'base', 'hardened', 'hardened vs base (≥ 0.98× wanted)'],
+    [
+      row('established pod-to-pod TCP packet (redirect_peer)', 'est'),
+      row('a new flow and its end (policy, conntrack insert, delete)', 'cycle'),
+    ],
+  )}\n\n`;
 }
 
 async function main(): Promise<void> {
@@ -173,7 +208,10 @@ async function main(): Promise<void> {
     process.stdout.write(inKernel(baseDir));
     if (!ROUNDS) return; // BENCH_ROUNDS=0: the in-kernel comparison only
     // The L7 proxy is off for both: what is compared is the datapath, not what runs beside it.
-    variants.push(await variant('base', () => baseLib.startAgent()), await variant('hardened', () => startAgent({ extraArgs: ['--l7-proxy', 'off'] })));
+    variants.push(
+      await variant('base', () => baseLib.startAgent()),
+      await variant('hardened', () => startAgent({ extraArgs: ['--l7-proxy', 'off'] })),
+    );
     for (let round = 1; round <= ROUNDS; round++) {
       // Alternate which variant goes first, so drift over the run favours neither.
       const order = round % 2 ? variants : [...variants].reverse();
@@ -190,4 +228,3 @@ main().catch((e) => {
   process.stderr.write(`bench failed: ${(e as Error).stack}\n`);
   process.exit(1);
 });
-

@@ -59,7 +59,8 @@ async function datapath(): Promise<string> {
 async function controlPlane(n = 100): Promise<string> {
   const agent = await startAgent();
   const nss: TestNetns[] = [];
-  const create: number[] = [], del: number[] = [];
+  const create: number[] = [],
+    del: number[] = [];
   try {
     for (let i = 0; i < n; i++) nss.push(createNetns('mbb'));
     for (const [i, ns] of nss.entries()) {
@@ -77,10 +78,13 @@ async function controlPlane(n = 100): Promise<string> {
     await agent.cleanup();
   }
   const fmt = (xs: number[]) => [`${median(xs).toFixed(2)} ms`, `${percentile(xs, 0.9).toFixed(2)} ms`];
-  return markdownTable(['endpoint operation through the agent API (n=' + n + ')', 'median', 'p90'], [
-    ['create (veth in netns, IPAM, routes, BPF attach, state)', ...fmt(create)],
-    ['delete', ...fmt(del)],
-  ]);
+  return markdownTable(
+    ['endpoint operation through the agent API (n=' + n + ')', 'median', 'p90'],
+    [
+      ['create (veth in netns, IPAM, routes, BPF attach, state)', ...fmt(create)],
+      ['delete', ...fmt(del)],
+    ],
+  );
 }
 
 const which = process.argv[2] ?? 'all';

@@ -51,7 +51,15 @@ specs:
     toPorts: [{ports: [{port: "53", protocol: ANY}]}]
 `;
 
-interface Sample { qps: number; p50: number; p99: number; lost: number; completed: number; agentCpuUs: number; serverCpuUs: number }
+interface Sample {
+  qps: number;
+  p50: number;
+  p99: number;
+  lost: number;
+  completed: number;
+  agentCpuUs: number;
+  serverCpuUs: number;
+}
 
 /** CPU time (user + system, µs) a process has used so far (/proc/PID/stat, clock ticks). */
 function cpuUs(pid: number | undefined): number {
@@ -60,12 +68,19 @@ function cpuUs(pid: number | undefined): number {
     const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
     const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
     return ((Number(rest[11]) + Number(rest[12])) * 1e6) / 100;
-  } catch { return 0; }
+  } catch {
+    return 0;
+  }
 }
 
 /** One dnsperf run, with the CPU the agent and the DNS server spent meanwhile (per query: what the
  *  proxy costs does not move with the machine's load the way queries/s does). */
-async function measure(ns: TestNetns, queryFile: string, agentPid: number | undefined, serverPid: number | undefined): Promise<Sample> {
+async function measure(
+  ns: TestNetns,
+  queryFile: string,
+  agentPid: number | undefined,
+  serverPid: number | undefined,
+): Promise<Sample> {
   const a0 = cpuUs(agentPid);
   const s0 = cpuUs(serverPid);
   const r = await dnsperf(ns, queryFile);
@@ -74,7 +89,27 @@ async function measure(ns: TestNetns, queryFile: string, agentPid: number | unde
 }
 
 function dnsperf(ns: TestNetns, queryFile: string, seconds = SECONDS): Promise<Omit<Sample, 'agentCpuUs' | 'serverCpuUs'>> {
-  const child = spawn('nsenter', [`--net=${ns.path}`, 'dnsperf', '-s', DNS, '-d', queryFile, '-l', String(seconds), '-c', '4', '-q', String(OUTSTANDING), '-t', '2', '-v'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(
+    'nsenter',
+    [
+      `--net=${ns.path}`,
+      'dnsperf',
+      '-s',
+      DNS,
+      '-d',
+      queryFile,
+      '-l',
+      String(seconds),
+      '-c',
+      '4',
+      '-q',
+      String(OUTSTANDING),
+      '-t',
+      '2',
+      '-v',
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   const lat: number[] = [];
   let tail = '';
   let rest = '';
@@ -86,13 +121,24 @@ function dnsperf(ns: TestNetns, queryFile: string, seconds = SECONDS): Promise<O
       else tail += `${l}\n`;
     }
   });
-  return new Promise((resolve, reject) => child.once('exit', (code) => {
-    const qps = /Queries per second:\s+([\d.]+)/.exec(tail);
-    const lost = /Queries lost:\s+(\d+)/.exec(tail);
-    const completed = /Queries completed:\s+(\d+)/.exec(tail);
-    if (code !== 0 || !qps) { reject(new Error(`dnsperf failed (${code}):\n${tail}`)); return; }
-    resolve({ qps: Number(qps[1]), p50: percentile(lat, 0.5), p99: percentile(lat, 0.99), lost: Number(lost?.[1] ?? 0), completed: Number(completed?.[1] ?? 0) });
-  }));
+  return new Promise((resolve, reject) =>
+    child.once('exit', (code) => {
+      const qps = /Queries per second:\s+([\d.]+)/.exec(tail);
+      const lost = /Queries lost:\s+(\d+)/.exec(tail);
+      const completed = /Queries completed:\s+(\d+)/.exec(tail);
+      if (code !== 0 || !qps) {
+        reject(new Error(`dnsperf failed (${code}):\n${tail}`));
+        return;
+      }
+      resolve({
+        qps: Number(qps[1]),
+        p50: percentile(lat, 0.5),
+        p99: percentile(lat, 0.99),
+        lost: Number(lost?.[1] ?? 0),
+        completed: Number(completed?.[1] ?? 0),
+      });
+    }),
+  );
 }
 
 const FIRST_CONNECTIONS = `
@@ -120,23 +166,34 @@ const connect = (ip) => new Promise((res) => {
 
 function firstConnections(ns: TestNetns): Promise<{ ok: number; failed: string[] }> {
   const env = { ...process.env, NODE_OPTIONS: '' };
-  const child = spawn('nsenter', [`--net=${ns.path}`, process.execPath, '-e', FIRST_CONNECTIONS, DNS, String(FRESH)], { stdio: ['ignore', 'pipe', 'inherit'], env });
+  const child = spawn('nsenter', [`--net=${ns.path}`, process.execPath, '-e', FIRST_CONNECTIONS, DNS, String(FRESH)], {
+    stdio: ['ignore', 'pipe', 'inherit'],
+    env,
+  });
   let out = '';
-  child.stdout.on('data', (d: Buffer) => { out += d.toString(); });
+  child.stdout.on('data', (d: Buffer) => {
+    out += d.toString();
+  });
   return new Promise((resolve) => child.once('exit', () => resolve(JSON.parse(out || '{"ok":0,"failed":["no output"]}'))));
 }
 
 /** p50/p99 (upper bucket bounds) of a Prometheus histogram. */
 function histogramQuantiles(text: string, name: string): { count: number; p50: number; p99: number } {
   const samples = parsePrometheusText(text).get(name)?.samples ?? [];
-  const buckets = samples.filter((s) => s.name === `${name}_bucket`).map((s) => ({ le: Number(s.labels.le === '+Inf' ? Infinity : s.labels.le), n: s.value })).sort((a, b) => a.le - b.le);
+  const buckets = samples
+    .filter((s) => s.name === `${name}_bucket`)
+    .map((s) => ({ le: Number(s.labels.le === '+Inf' ? Infinity : s.labels.le), n: s.value }))
+    .sort((a, b) => a.le - b.le);
   const count = buckets.at(-1)?.n ?? 0;
   const q = (p: number) => buckets.find((b) => b.n >= count * p)?.le ?? NaN;
   return { count, p50: q(0.5), p99: q(0.99) };
 }
 
 async function main(): Promise<void> {
-  const load = os.loadavg().map((x) => x.toFixed(2)).join(' ');
+  const load = os
+    .loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' ');
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-bench-dns-'));
   const wHost = `mbw${randomId(3)}`;
   const nss: TestNetns[] = [];
@@ -149,7 +206,12 @@ async function main(): Promise<void> {
     for (const name of ['direct', 'proxy']) {
       const ns = createNetns('mbb');
       nss.push(ns);
-      await agent.client.createEndpoint({ containerId: `bench-dns-${name}-${randomId()}`, netns: ns.path, ifName: 'eth0', labels: { bench: name } });
+      await agent.client.createEndpoint({
+        containerId: `bench-dns-${name}-${randomId()}`,
+        netns: ns.path,
+        ifName: 'eth0',
+        labels: { bench: name },
+      });
       pods[name] = ns;
     }
     const world = createNetns('mbw');
@@ -163,7 +225,10 @@ async function main(): Promise<void> {
     await world.exec('ip', ['link', 'set', 'eth0', 'up']);
     await world.exec('ip', ['route', 'add', 'default', 'dev', 'eth0']);
     children.push(await startEchoServer(world, 80, '0.0.0.0'));
-    const names: [string, string][] = [[`${NET}.10`, 'bench.test.internal'], ...Array.from({ length: FRESH }, (_, i): [string, string] => [freshIp(i), `n${i}.fresh.test`])];
+    const names: [string, string][] = [
+      [`${NET}.10`, 'bench.test.internal'],
+      ...Array.from({ length: FRESH }, (_, i): [string, string] => [freshIp(i), `n${i}.fresh.test`]),
+    ];
     const dnsmasq = await startDnsmasq(world, tmp, DNS, { hosts: names, ttl: 300 });
     children.push(dnsmasq.child);
     await pc.import(policy);
@@ -177,29 +242,65 @@ async function main(): Promise<void> {
       for (const v of round % 2 ? (['proxy', 'direct'] as const) : (['direct', 'proxy'] as const)) {
         samples[v].push(await measure(pods[v], queries, agent.pid(), dnsmasq.child.pid));
         const last = samples[v].at(-1)!;
-        process.stderr.write(`round ${round + 1} ${v}: ${last.qps.toFixed(0)} q/s, CPU per query: agent ${last.agentCpuUs.toFixed(1)} µs, server ${last.serverCpuUs.toFixed(1)} µs\n`);
+        process.stderr.write(
+          `round ${round + 1} ${v}: ${last.qps.toFixed(0)} q/s, CPU per query: agent ${last.agentCpuUs.toFixed(1)} µs, server ${last.serverCpuUs.toFixed(1)} µs\n`,
+        );
       }
     }
     const first = await firstConnections(pods.proxy);
     const metricsAddr = (await agent.client.status()).metrics.address;
-    const learn = histogramQuantiles(await fetch(`http://${metricsAddr}/metrics`).then((r) => r.text()), 'membrane_fqdn_answer_to_datapath_seconds');
+    const learn = histogramQuantiles(
+      await fetch(`http://${metricsAddr}/metrics`).then((r) => r.text()),
+      'membrane_fqdn_answer_to_datapath_seconds',
+    );
 
     const row = (v: 'direct' | 'proxy') => {
       const s = samples[v];
-      return [v, median(s.map((x) => x.qps)).toFixed(0), median(s.map((x) => x.p50)).toFixed(0), median(s.map((x) => x.p99)).toFixed(0), String(s.reduce((n, x) => n + x.lost, 0)),
-        median(s.map((x) => x.agentCpuUs)).toFixed(1), median(s.map((x) => x.serverCpuUs)).toFixed(1)];
+      return [
+        v,
+        median(s.map((x) => x.qps)).toFixed(0),
+        median(s.map((x) => x.p50)).toFixed(0),
+        median(s.map((x) => x.p99)).toFixed(0),
+        String(s.reduce((n, x) => n + x.lost, 0)),
+        median(s.map((x) => x.agentCpuUs)).toFixed(1),
+        median(s.map((x) => x.serverCpuUs)).toFixed(1),
+      ];
     };
     const ratio = median(samples.proxy.map((x) => x.qps)) / median(samples.direct.map((x) => x.qps));
-    console.log(`\nDNS through Membrane's DNS proxy vs direct (dnsperf, ${OUTSTANDING} in flight, ${ROUNDS} rounds x ${SECONDS} s, load before: ${load})\n`);
-    console.log(markdownTable(['variant', 'queries/s', 'p50 µs', 'p99 µs', 'lost', 'agent CPU µs/query', 'server CPU µs/query'], [row('direct'), row('proxy')]));
+    console.log(
+      `\nDNS through Membrane's DNS proxy vs direct (dnsperf, ${OUTSTANDING} in flight, ${ROUNDS} rounds x ${SECONDS} s, load before: ${load})\n`,
+    );
+    console.log(
+      markdownTable(
+        ['variant', 'queries/s', 'p50 µs', 'p99 µs', 'lost', 'agent CPU µs/query', 'server CPU µs/query'],
+        [row('direct'), row('proxy')],
+      ),
+    );
     console.log(`\nproxy / direct queries/s: ${ratio.toFixed(2)}x (goal >= 0.8x)`);
-    console.log(`first connection right after a fresh answer: ${first.ok}/${FRESH} connected${first.failed.length ? `; failed: ${first.failed.join(', ')}` : ''} (goal: never dropped)`);
-    console.log(`answer -> ipcache (agent histogram, ${learn.count} answers with addresses): p50 <= ${(learn.p50 * 1e6).toFixed(0)} µs, p99 <= ${(learn.p99 * 1e6).toFixed(0)} µs`);
-    console.log(`load after: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')} (a shared machine: numbers are noisy while others run suites)`);
+    console.log(
+      `first connection right after a fresh answer: ${first.ok}/${FRESH} connected${first.failed.length ? `; failed: ${first.failed.join(', ')}` : ''} (goal: never dropped)`,
+    );
+    console.log(
+      `answer -> ipcache (agent histogram, ${learn.count} answers with addresses): p50 <= ${(learn.p50 * 1e6).toFixed(0)} µs, p99 <= ${(learn.p99 * 1e6).toFixed(0)} µs`,
+    );
+    console.log(
+      `load after: ${os
+        .loadavg()
+        .map((x) => x.toFixed(2))
+        .join(' ')} (a shared machine: numbers are noisy while others run suites)`,
+    );
   } finally {
     killAll(children);
-    try { execFileSync('ip', ['route', 'del', `${NET}.0/24`], { stdio: 'ignore' }); } catch { /* gone */ }
-    try { execFileSync('ip', ['link', 'del', wHost], { stdio: 'ignore' }); } catch { /* gone */ }
+    try {
+      execFileSync('ip', ['route', 'del', `${NET}.0/24`], { stdio: 'ignore' });
+    } catch {
+      /* gone */
+    }
+    try {
+      execFileSync('ip', ['link', 'del', wHost], { stdio: 'ignore' });
+    } catch {
+      /* gone */
+    }
     await agent?.cleanup();
     for (const ns of nss) ns.remove();
     fs.rmSync(tmp, { recursive: true, force: true });

@@ -17,18 +17,28 @@ const WARMUP = Number(process.env.BENCH_WARMUP ?? 2);
 const MARK = 'FIRST-PING-OK';
 delete process.env.NODE_EXTRA_CA_CERTS;
 
-interface Sample { firstPing: number; total: number }
+interface Sample {
+  firstPing: number;
+  total: number;
+}
 
 /** One `docker run --rm`, timed from spawn to the marker and to exit. */
 function timedRun(d: Dockerd, network: string, image: string, peer: string): Promise<Sample> {
   const script = `until ping -c 1 -W 1 ${peer} >/dev/null 2>&1; do :; done; echo ${MARK}`;
   return new Promise((resolve, reject) => {
     const started = performance.now();
-    let firstPing = 0, out = '', err = '';
+    let firstPing = 0,
+      out = '',
+      err = '';
     const p = spawn('docker', ['run', '--rm', '--network', network, image, 'sh', '-c', script], { env: d.env });
     const timer = setTimeout(() => p.kill('SIGKILL'), 60_000);
-    p.stdout.on('data', (c) => { out += c; if (!firstPing && out.includes(MARK)) firstPing = performance.now() - started; });
-    p.stderr.on('data', (c) => { err += c; });
+    p.stdout.on('data', (c) => {
+      out += c;
+      if (!firstPing && out.includes(MARK)) firstPing = performance.now() - started;
+    });
+    p.stderr.on('data', (c) => {
+      err += c;
+    });
     p.on('close', (code) => {
       clearTimeout(timer);
       const total = performance.now() - started;
@@ -47,7 +57,9 @@ function pluginCallTimes(logFile: string, fromByte: number): Map<string, number[
     try {
       const j = JSON.parse(line) as { call?: string; ms?: number; msg?: string };
       if (j.msg === 'plugin call' && j.call && typeof j.ms === 'number') out.set(j.call, [...(out.get(j.call) ?? []), j.ms]);
-    } catch { /* not JSON */ }
+    } catch {
+      /* not JSON */
+    }
   }
   return out;
 }
@@ -61,7 +73,9 @@ function labelHoldTimes(logFile: string, fromByte: number): number[] {
     try {
       const j = JSON.parse(line) as { heldMs?: number };
       if (typeof j.heldMs === 'number') out.push(j.heldMs);
-    } catch { /* not JSON */ }
+    } catch {
+      /* not JSON */
+    }
   }
   return out;
 }
@@ -74,7 +88,8 @@ async function main(): Promise<void> {
   try {
     const image = await ensureBusyboxImage(d);
     pa = await startPluginAgent(d);
-    const sm = dockerSubnet(), sb = dockerSubnet();
+    const sm = dockerSubnet(),
+      sb = dockerSubnet();
     const nets = { membrane: `bench-mbr-${pa.plugin}`, bridge: `bench-br-${pa.plugin}` };
     await d.docker(['network', 'create', '-d', pa.plugin, '--subnet', sm.cidr, nets.membrane]);
     networks.push(nets.membrane);
@@ -95,16 +110,24 @@ async function main(): Promise<void> {
       for (const kind of order) {
         const s = await timedRun(d, nets[kind as keyof typeof nets], image, peers[kind]);
         if (i >= WARMUP) samples[kind].push(s);
-        process.stderr.write(`${i < WARMUP ? `warm-up ${i + 1}` : `run ${i + 1 - WARMUP}`} ${kind}: first ping ${s.firstPing.toFixed(0)} ms, total ${s.total.toFixed(0)} ms\n`);
+        process.stderr.write(
+          `${i < WARMUP ? `warm-up ${i + 1}` : `run ${i + 1 - WARMUP}`} ${kind}: first ping ${s.firstPing.toFixed(0)} ms, total ${s.total.toFixed(0)} ms\n`,
+        );
       }
     }
     const fmt = (xs: number[]) => `${median(xs).toFixed(0)} (p90 ${percentile(xs, 0.9).toFixed(0)})`;
-    const m = samples.membrane, b = samples.bridge;
+    const m = samples.membrane,
+      b = samples.bridge;
     const ratio = (f: (s: Sample) => number) => (median(m.map(f)) / median(b.map(f))).toFixed(2) + '×';
     const table = markdownTable(
       [`docker run --rm, ms (median of ${RUNS}, interleaved)`, 'membrane', 'Docker bridge', 'membrane / bridge'],
       [
-        ['spawn → first successful ping', fmt(m.map((s) => s.firstPing)), fmt(b.map((s) => s.firstPing)), ratio((s) => s.firstPing)],
+        [
+          'spawn → first successful ping',
+          fmt(m.map((s) => s.firstPing)),
+          fmt(b.map((s) => s.firstPing)),
+          ratio((s) => s.firstPing),
+        ],
         ['spawn → exit (incl. --rm teardown)', fmt(m.map((s) => s.total)), fmt(b.map((s) => s.total)), ratio((s) => s.total)],
       ],
     );
@@ -113,7 +136,13 @@ async function main(): Promise<void> {
       .filter((c) => calls.get(c)?.length)
       .map((c) => [c, median(calls.get(c)!).toFixed(1), percentile(calls.get(c)!, 0.9).toFixed(1), String(calls.get(c)!.length)]);
     const held = labelHoldTimes(pa.agent.logFile, logStart);
-    if (held.length) callRows.push(['link held down from CreateEndpoint until the Docker API told the labels (upper bound of what it adds)', median(held).toFixed(1), percentile(held, 0.9).toFixed(1), String(held.length)]);
+    if (held.length)
+      callRows.push([
+        'link held down from CreateEndpoint until the Docker API told the labels (upper bound of what it adds)',
+        median(held).toFixed(1),
+        percentile(held, 0.9).toFixed(1),
+        String(held.length),
+      ]);
     const callTable = markdownTable(['plugin call (handled in the agent)', 'median ms', 'p90 ms', 'n'], callRows);
     process.stdout.write(`\n${table}\n\n${callTable}\n`);
   } finally {
@@ -125,4 +154,7 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((e) => { process.stderr.write(`bench:docker failed: ${(e as Error).stack ?? e}\n`); process.exitCode = 1; });
+main().catch((e) => {
+  process.stderr.write(`bench:docker failed: ${(e as Error).stack ?? e}\n`);
+  process.exitCode = 1;
+});

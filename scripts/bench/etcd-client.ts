@@ -14,8 +14,15 @@ import { startEtcd } from '../../integration/lib/etcd.ts';
 
 type Variant = 'etcd3' | 'raw';
 interface Result {
-  firstAnswerMs: number; putP50Us: number; putP99Us: number; putsPerSec: number;
-  watchP50Us: number; watchP99Us: number; prefix10kMs: number; rssMiB: number; heapMiB: number;
+  firstAnswerMs: number;
+  putP50Us: number;
+  putP99Us: number;
+  putsPerSec: number;
+  watchP50Us: number;
+  watchP99Us: number;
+  prefix10kMs: number;
+  rssMiB: number;
+  heapMiB: number;
 }
 
 const require = createRequire(import.meta.url);
@@ -31,12 +38,18 @@ async function child(variant: Variant, endpoint: string, prefix: string): Promis
     await c.put(`${prefix}/serial/${i % 50}`, `v${i}`);
     lat.push(Number(process.hrtime.bigint() - s) / 1000);
   }
-  const N = 10_000, inFlight = 128;
+  const N = 10_000,
+    inFlight = 128;
   let next = 0;
   const ts = performance.now();
-  await Promise.all(Array.from({ length: inFlight }, async () => {
-    while (next < N) { const i = next++; await c.put(`${prefix}/bulk/${String(i).padStart(5, '0')}`, JSON.stringify({ identity: 1000 + i, node: 'n1' })); }
-  }));
+  await Promise.all(
+    Array.from({ length: inFlight }, async () => {
+      while (next < N) {
+        const i = next++;
+        await c.put(`${prefix}/bulk/${String(i).padStart(5, '0')}`, JSON.stringify({ identity: 1000 + i, node: 'n1' }));
+      }
+    }),
+  );
   const putsPerSec = N / ((performance.now() - ts) / 1000);
   const watchLat: number[] = [];
   await c.watch(`${prefix}/w/`, async (put) => {
@@ -57,8 +70,15 @@ async function child(variant: Variant, endpoint: string, prefix: string): Promis
   const heapMiB = process.memoryUsage().heapUsed / 2 ** 20;
   c.close();
   return {
-    firstAnswerMs, putP50Us: percentile(lat, 0.5), putP99Us: percentile(lat, 0.99), putsPerSec,
-    watchP50Us: percentile(watchLat, 0.5), watchP99Us: percentile(watchLat, 0.99), prefix10kMs, rssMiB, heapMiB,
+    firstAnswerMs,
+    putP50Us: percentile(lat, 0.5),
+    putP99Us: percentile(lat, 0.99),
+    putsPerSec,
+    watchP50Us: percentile(watchLat, 0.5),
+    watchP99Us: percentile(watchLat, 0.99),
+    prefix10kMs,
+    rssMiB,
+    heapMiB,
   };
 }
 
@@ -74,13 +94,22 @@ function etcd3Client(endpoint: string): MiniClient {
   const { Etcd3 } = require('etcd3');
   const client = new Etcd3({ hosts: endpoint });
   return {
-    put: async (k, v) => { await client.put(k).value(v); },
+    put: async (k, v) => {
+      await client.put(k).value(v);
+    },
     countPrefix: async (p) => (await client.getAll().prefix(p).keys()).length,
     async watch(prefix, fn) {
       const w = await client.watch().prefix(prefix).create();
       let waiter: (() => void) | undefined;
-      w.on('put', () => { waiter?.(); });
-      await fn({ next: () => new Promise<void>((r) => { waiter = r; }) });
+      w.on('put', () => {
+        waiter?.();
+      });
+      await fn({
+        next: () =>
+          new Promise<void>((r) => {
+            waiter = r;
+          }),
+      });
       await w.cancel();
     },
     close: () => client.close(),
@@ -91,39 +120,67 @@ function rawClient(endpoint: string): MiniClient {
   const grpc = require('@grpc/grpc-js');
   const loader = require('@grpc/proto-loader');
   const protoDir = path.join(path.dirname(require.resolve('etcd3/package.json')), 'proto');
-  const def = loader.loadSync(path.join(protoDir, 'rpc.proto'), { keepCase: false, longs: String, defaults: true, includeDirs: [protoDir] });
+  const def = loader.loadSync(path.join(protoDir, 'rpc.proto'), {
+    keepCase: false,
+    longs: String,
+    defaults: true,
+    includeDirs: [protoDir],
+  });
   const pb = grpc.loadPackageDefinition(def).etcdserverpb;
   const target = endpoint.replace(/^https?:\/\//, '');
   const creds = grpc.credentials.createInsecure();
   const kv = new pb.KV(target, creds);
   const watchClient = new pb.Watch(target, creds, { 'grpc.use_local_subchannel_pool': 0 });
-  const call = <T>(fn: string, req: unknown) => new Promise<T>((resolve, reject) => kv[fn](req, (e: Error | null, r: T) => (e ? reject(e) : resolve(r))));
-  const end = (p: string) => { const b = Buffer.from(p); b[b.length - 1]++; return b; };
+  const call = <T>(fn: string, req: unknown) =>
+    new Promise<T>((resolve, reject) => kv[fn](req, (e: Error | null, r: T) => (e ? reject(e) : resolve(r))));
+  const end = (p: string) => {
+    const b = Buffer.from(p);
+    b[b.length - 1]++;
+    return b;
+  };
   return {
-    put: async (k, v) => { await call('put', { key: Buffer.from(k), value: Buffer.from(v) }); },
+    put: async (k, v) => {
+      await call('put', { key: Buffer.from(k), value: Buffer.from(v) });
+    },
     countPrefix: async (p) => (await call<{ kvs: unknown[] }>('range', { key: Buffer.from(p), rangeEnd: end(p) })).kvs.length,
     async watch(prefix, fn) {
       const stream = watchClient.watch();
       let waiter: (() => void) | undefined;
       let created: (() => void) | undefined;
-      const ready = new Promise<void>((r) => { created = r; });
+      const ready = new Promise<void>((r) => {
+        created = r;
+      });
       stream.on('data', (res: { created: boolean; events: unknown[] }) => {
         if (res.created) created?.();
         if (res.events?.length) waiter?.();
       });
       stream.write({ createRequest: { key: Buffer.from(prefix), rangeEnd: end(prefix) } });
       await ready;
-      await fn({ next: () => new Promise<void>((r) => { waiter = r; }) });
+      await fn({
+        next: () =>
+          new Promise<void>((r) => {
+            waiter = r;
+          }),
+      });
       stream.end();
     },
-    close: () => { kv.close(); watchClient.close(); },
+    close: () => {
+      kv.close();
+      watchClient.close();
+    },
   };
 }
 
 async function runChild(variant: Variant, endpoint: string, round: number): Promise<Result> {
-  const out = execFileSync(process.execPath, ['--expose-gc', '--import', 'tsx', import.meta.filename, '--child', variant, endpoint, `/bench/${variant}/${round}`], {
-    encoding: 'utf8', env: { ...process.env, NODE_EXTRA_CA_CERTS: '' }, timeout: 300_000,
-  });
+  const out = execFileSync(
+    process.execPath,
+    ['--expose-gc', '--import', 'tsx', import.meta.filename, '--child', variant, endpoint, `/bench/${variant}/${round}`],
+    {
+      encoding: 'utf8',
+      env: { ...process.env, NODE_EXTRA_CA_CERTS: '' },
+      timeout: 300_000,
+    },
+  );
   return JSON.parse(out.trim().split('\n').pop()!);
 }
 
@@ -151,14 +208,33 @@ async function main(): Promise<void> {
   }
   const m = (v: Variant, k: keyof Result) => median(results[v].map((x) => x[k]));
   const rows: [string, keyof Result, number][] = [
-    ['first answer (load + connect), ms', 'firstAnswerMs', 0], ['serial put p50, µs', 'putP50Us', 0], ['serial put p99, µs', 'putP99Us', 0],
-    ['pipelined puts/s (128 in flight)', 'putsPerSec', 0], ['watch delivery p50, µs', 'watchP50Us', 0], ['watch delivery p99, µs', 'watchP99Us', 0],
-    ['read 10,000-key prefix, ms', 'prefix10kMs', 1], ['RSS after the run, MiB', 'rssMiB', 1], ['heap in use after GC, MiB', 'heapMiB', 1],
+    ['first answer (load + connect), ms', 'firstAnswerMs', 0],
+    ['serial put p50, µs', 'putP50Us', 0],
+    ['serial put p99, µs', 'putP99Us', 0],
+    ['pipelined puts/s (128 in flight)', 'putsPerSec', 0],
+    ['watch delivery p50, µs', 'watchP50Us', 0],
+    ['watch delivery p99, µs', 'watchP99Us', 0],
+    ['read 10,000-key prefix, ms', 'prefix10kMs', 1],
+    ['RSS after the run, MiB', 'rssMiB', 1],
+    ['heap in use after GC, MiB', 'heapMiB', 1],
   ];
-  console.log(`etcd client comparison, ${rounds} interleaved rounds, medians; load: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')}`);
-  console.log(markdownTable(['', 'etcd3 (npm)', 'etcd protos + grpc-js', 'etcd3 / raw'], rows.map(([name, k, d]) => [
-    name, m('etcd3', k).toFixed(d), m('raw', k).toFixed(d), (m('etcd3', k) / m('raw', k)).toFixed(2),
-  ])));
+  console.log(
+    `etcd client comparison, ${rounds} interleaved rounds, medians; load: ${os
+      .loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ')}`,
+  );
+  console.log(
+    markdownTable(
+      ['', 'etcd3 (npm)', 'etcd protos + grpc-js', 'etcd3 / raw'],
+      rows.map(([name, k, d]) => [
+        name,
+        m('etcd3', k).toFixed(d),
+        m('raw', k).toFixed(d),
+        (m('etcd3', k) / m('raw', k)).toFixed(2),
+      ]),
+    ),
+  );
 }
 
 if (process.argv[1] === import.meta.filename) await main();

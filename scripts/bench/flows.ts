@@ -38,7 +38,15 @@ function cpuSeconds(pid: number): number {
 async function scrape(agent: TestAgent): Promise<ReturnType<typeof parsePrometheusText>> {
   const address = ((await agent.client.status()) as unknown as { metrics: { address: string } }).metrics.address;
   const text = await new Promise<string>((resolve, reject) => {
-    http.get(`http://${address}/metrics`, (res) => { let b = ''; res.on('data', (d) => { b += d; }); res.on('end', () => resolve(b)); }).on('error', reject);
+    http
+      .get(`http://${address}/metrics`, (res) => {
+        let b = '';
+        res.on('data', (d) => {
+          b += d;
+        });
+        res.on('end', () => resolve(b));
+      })
+      .on('error', reject);
   });
   return parsePrometheusText(text);
 }
@@ -50,7 +58,10 @@ async function offer(producer: SyntheticProducer, event: Buffer, rate: number, s
   for (;;) {
     const elapsed = (performance.now() - t0) / 1000;
     const due = Math.min(Math.floor(rate * elapsed), Math.floor(rate * seconds)) - emitted;
-    if (due > 0) { producer.emit(event, due); emitted += due; }
+    if (due > 0) {
+      producer.emit(event, due);
+      emitted += due;
+    }
     if (elapsed >= seconds) return emitted;
     await sleep(2);
   }
@@ -67,8 +78,18 @@ async function ingest(): Promise<string> {
     const eps = await agent.client.listEndpoints();
     // A realistic record: a new TCP connection between the two pods, seen at the server's hook.
     const event = encodeTraceEvent({
-      type: EventType.FLOW_NEW, endpointId: eps[1].id, ifindex: eps[1].hostIfIndex, srcIdentity: eps[0].identity, dstIdentity: eps[1].identity,
-      saddr: pods.ipA, daddr: pods.ipB, proto: 6, sport: 40000, dport: 8080, tcpFlags: 2, len: 60,
+      type: EventType.FLOW_NEW,
+      endpointId: eps[1].id,
+      ifindex: eps[1].hostIfIndex,
+      srcIdentity: eps[0].identity,
+      dstIdentity: eps[1].identity,
+      saddr: pods.ipA,
+      daddr: pods.ipB,
+      proto: 6,
+      sport: 40000,
+      dport: 8080,
+      tcpFlags: 2,
+      len: 60,
     });
     const pid = agent.pid()!;
     // Warm-up: the agent's decode/lookup code runs interpreted until V8 has seen enough events; a
@@ -93,9 +114,19 @@ async function ingest(): Promise<string> {
       const lag = Math.max(0, (sampleValue(page, 'membrane_agent_nodejs_eventloop_lag_p99_seconds') ?? NaN) * 1000 - 10);
       const ok = lost === 0 && seen === emitted;
       if (ok) sustained = Math.max(sustained, rate);
-      rows.push([fmtRate(rate), String(emitted), String(seen), String(lost), fmtRate(seen / INGEST_SECONDS), `${(cpu * 100).toFixed(0)} %`,
-        `${lag.toFixed(1)} ms`, ok ? 'yes' : 'no']);
-      process.stderr.write(`ingest ${rate}/s: emitted ${emitted} seen ${seen} lost ${lost} cpu ${(cpu * 100).toFixed(0)}% lag p99 ${lag.toFixed(1)} ms\n`);
+      rows.push([
+        fmtRate(rate),
+        String(emitted),
+        String(seen),
+        String(lost),
+        fmtRate(seen / INGEST_SECONDS),
+        `${(cpu * 100).toFixed(0)} %`,
+        `${lag.toFixed(1)} ms`,
+        ok ? 'yes' : 'no',
+      ]);
+      process.stderr.write(
+        `ingest ${rate}/s: emitted ${emitted} seen ${seen} lost ${lost} cpu ${(cpu * 100).toFixed(0)}% lag p99 ${lag.toFixed(1)} ms\n`,
+      );
       if (!ok && ++failures >= 2) break;
     }
   } finally {
@@ -104,8 +135,13 @@ async function ingest(): Promise<string> {
     await pods.cleanup();
     await agent.cleanup();
   }
-  return `Sustained without loss: **${fmtRate(sustained)} events/s** (offered for ${INGEST_SECONDS} s each; agent CPU is of one core)\n\n` +
-    markdownTable(['offered events/s', 'emitted', 'seen', 'lost', 'ingested/s', 'agent CPU', 'agent event-loop delay p99', 'no loss'], rows);
+  return (
+    `Sustained without loss: **${fmtRate(sustained)} events/s** (offered for ${INGEST_SECONDS} s each; agent CPU is of one core)\n\n` +
+    markdownTable(
+      ['offered events/s', 'emitted', 'seen', 'lost', 'ingested/s', 'agent CPU', 'agent event-loop delay p99', 'no loss'],
+      rows,
+    )
+  );
 }
 
 /** Flips the flow-event switch in the agent's pinned datapath_config, keeping the other settings. */
@@ -132,10 +168,14 @@ const METRICS: { key: Metric; label: string; unit: string; higherIsBetter: boole
 /** One sample of a metric between the pods. */
 function measureOnce(p: Pods, m: Metric, seconds: number): Promise<number> {
   switch (m) {
-    case 'tput1': return throughput(p.a, p.b, p.ipB, 1, seconds);
-    case 'tput4': return throughput(p.a, p.b, p.ipB, 4, seconds);
-    case 'rr': return rrLatency(p.a, p.b, p.ipB, seconds);
-    default: return connectionRate(p.a, p.b, p.ipB, seconds);
+    case 'tput1':
+      return throughput(p.a, p.b, p.ipB, 1, seconds);
+    case 'tput4':
+      return throughput(p.a, p.b, p.ipB, 4, seconds);
+    case 'rr':
+      return rrLatency(p.a, p.b, p.ipB, seconds);
+    default:
+      return connectionRate(p.a, p.b, p.ipB, seconds);
   }
 }
 
@@ -146,10 +186,14 @@ async function cost(): Promise<string> {
   // BENCH_EVENTS_PER_SECOND: the datapath's per-CPU event rate limit for this run (the agent's
   // MEMBRANE_EVENTS_PER_SECOND; 0 = unlimited, i.e. the cost of seeing every flow).
   const limit = process.env.BENCH_EVENTS_PER_SECOND;
-  const agent = await startAgent({ extraArgs: ['--log-level', 'info'], env: limit !== undefined ? { MEMBRANE_EVENTS_PER_SECOND: limit } : {} });
+  const agent = await startAgent({
+    extraArgs: ['--log-level', 'info'],
+    env: limit !== undefined ? { MEMBRANE_EVENTS_PER_SECOND: limit } : {},
+  });
   let pods: Pods | undefined;
   const values: Record<'on' | 'off', Record<Metric, number[]>> = {
-    on: { tput1: [], tput4: [], rr: [], crr: [] }, off: { tput1: [], tput4: [], rr: [], crr: [] },
+    on: { tput1: [], tput4: [], rr: [], crr: [] },
+    off: { tput1: [], tput4: [], rr: [], crr: [] },
   };
   const ratios: Record<Metric, number[]> = { tput1: [], tput4: [], rr: [], crr: [] };
   let eventsDuringCrr = 0;
@@ -186,14 +230,29 @@ async function cost(): Promise<string> {
     const ratio = median(ratios[m.key]);
     const costPct = (m.higherIsBetter ? 1 - ratio : ratio - 1) * 100;
     const spread = `${Math.min(...ratios[m.key]).toFixed(2)}–${Math.max(...ratios[m.key]).toFixed(2)}`;
-    return [`${m.label} (${m.unit})`, median(values.off[m.key]).toFixed(m.digits), median(values.on[m.key]).toFixed(m.digits),
-      `${ratio.toFixed(3)}× (${spread})`, `${costPct.toFixed(1)} %`];
+    return [
+      `${m.label} (${m.unit})`,
+      median(values.off[m.key]).toFixed(m.digits),
+      median(values.on[m.key]).toFixed(m.digits),
+      `${ratio.toFixed(3)}× (${spread})`,
+      `${costPct.toFixed(1)} %`,
+    ];
   });
-  return markdownTable([`metric (${PAIRS} on/off pairs of ${SAMPLE_SECONDS} s)`, 'events off (median)', 'events on (median)',
-    'on / off (median of pairs; range)', 'cost'], rows) +
+  return (
+    markdownTable(
+      [
+        `metric (${PAIRS} on/off pairs of ${SAMPLE_SECONDS} s)`,
+        'events off (median)',
+        'events on (median)',
+        'on / off (median of pairs; range)',
+        'cost',
+      ],
+      rows,
+    ) +
     `\n\nWith events on, the connection-rate test fed the agent up to ${Math.round(eventsDuringCrr)} events/s ` +
     `(${lostDuringCrr} counted lost in the datapath over all samples: rate limit or full ring; ` +
-    `per-CPU rate limit ${limit === undefined ? 'the agent default' : limit === '0' ? 'off' : `${limit}/s`}).`;
+    `per-CPU rate limit ${limit === undefined ? 'the agent default' : limit === '0' ? 'off' : `${limit}/s`}).`
+  );
 }
 
 const which = process.argv[2] ?? 'all';

@@ -17,20 +17,37 @@ import { fake, membranePolicy } from './topologies.ts';
 
 delete process.env.NODE_EXTRA_CA_CERTS;
 delete process.env.NODE_OPTIONS;
-const arg = (name: string, dflt: number) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? Number(process.argv[i + 1]) : dflt; };
+const arg = (name: string, dflt: number) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? Number(process.argv[i + 1]) : dflt;
+};
 const ADDS = arg('adds', 30);
 const BLOCKS = arg('blocks', 4);
 const RULES = arg('rules', 10_000);
 const CHANGE = process.argv[process.argv.indexOf('--change') + 1] === 'all' ? 'all' : 'one';
 const log = (s: string) => process.stderr.write(`bench-import-latency: ${s}\n`);
 
-function cni(verb: string, conf: object, containerId: string, netns: string): Promise<{ code: number | null; ms: number; out: string }> {
-  const env = runtimeEnv({ CNI_COMMAND: verb, CNI_CONTAINERID: containerId, CNI_NETNS: netns, CNI_IFNAME: 'eth0', CNI_ARGS: '', CNI_PATH: '/usr/lib/cni' });
+function cni(
+  verb: string,
+  conf: object,
+  containerId: string,
+  netns: string,
+): Promise<{ code: number | null; ms: number; out: string }> {
+  const env = runtimeEnv({
+    CNI_COMMAND: verb,
+    CNI_CONTAINERID: containerId,
+    CNI_NETNS: netns,
+    CNI_IFNAME: 'eth0',
+    CNI_ARGS: '',
+    CNI_PATH: '/usr/lib/cni',
+  });
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
     const child = spawn(CNI_BIN, [], { env, stdio: ['pipe', 'pipe', 'ignore'] });
     let out = '';
-    child.stdout.on('data', (c) => { out += c; });
+    child.stdout.on('data', (c) => {
+      out += c;
+    });
     child.on('error', reject);
     child.on('close', (code) => resolve({ code, ms: performance.now() - t0, out }));
     child.stdin.end(JSON.stringify(conf));
@@ -48,7 +65,10 @@ async function main(): Promise<void> {
   try {
     // The same policy in two versions, so that every import changes the maps.
     const base = membranePolicy(RULES);
-    const docs = [base, CHANGE === 'all' ? base.replaceAll('"443"', '"8443"') : base.replace(`"${fake(1)}/32"`, `"${fake(RULES + 1)}/32"`)];
+    const docs = [
+      base,
+      CHANGE === 'all' ? base.replaceAll('"443"', '"8443"') : base.replace(`"${fake(1)}/32"`, `"${fake(RULES + 1)}/32"`),
+    ];
     await pc.import(docs[1]);
     const addDel = async (into: number[]) => {
       const id = `il-${randomId(5)}`;
@@ -78,10 +98,26 @@ async function main(): Promise<void> {
   }
   const p = (xs: number[], q: number) => percentile(xs, q).toFixed(0);
   const ratio = percentile(series.import, 0.99) / percentile(series.idle, 0.99);
-  process.stdout.write(`${markdownTable(['CNI ADD (ms)', 'p50', 'p99', 'n'], [
-    ['agent idle', p(series.idle, 0.5), p(series.idle, 0.99), String(series.idle.length)],
-    [`during ${RULES}-rule imports changing ${CHANGE === 'all' ? 'every rule' : 'one rule'} (each ${p(importMs, 0.5)} ms median)`, p(series.import, 0.5), p(series.import, 0.99), String(series.import.length)],
-  ])}\n\nADD p99 during imports / idle: ${ratio.toFixed(2)}x (goal < 2x: ${ratio < 2 ? 'met' : 'NOT met'}); load average ${os.loadavg().map((x) => x.toFixed(1)).join(' ')}\n`);
+  process.stdout.write(
+    `${markdownTable(
+      ['CNI ADD (ms)', 'p50', 'p99', 'n'],
+      [
+        ['agent idle', p(series.idle, 0.5), p(series.idle, 0.99), String(series.idle.length)],
+        [
+          `during ${RULES}-rule imports changing ${CHANGE === 'all' ? 'every rule' : 'one rule'} (each ${p(importMs, 0.5)} ms median)`,
+          p(series.import, 0.5),
+          p(series.import, 0.99),
+          String(series.import.length),
+        ],
+      ],
+    )}\n\nADD p99 during imports / idle: ${ratio.toFixed(2)}x (goal < 2x: ${ratio < 2 ? 'met' : 'NOT met'}); load average ${os
+      .loadavg()
+      .map((x) => x.toFixed(1))
+      .join(' ')}\n`,
+  );
 }
 
-main().catch((e) => { log(`failed: ${(e as Error).stack ?? e}`); process.exit(1); });
+main().catch((e) => {
+  log(`failed: ${(e as Error).stack ?? e}`);
+  process.exit(1);
+});

@@ -43,7 +43,15 @@ const GOAL_P99 = 1.25;
 
 type Variant = 'direct' | 'l7' | 'nginx';
 type Mode = 'keep-alive' | 'close';
-interface Sample { rps: number; p50: number; p99: number; errors: number; requests: number; cpuUsPerReq?: number; agentUsPerReq?: number }
+interface Sample {
+  rps: number;
+  p50: number;
+  p99: number;
+  errors: number;
+  requests: number;
+  cpuUsPerReq?: number;
+  agentUsPerReq?: number;
+}
 
 const TICK_US = 1e6 / 100; // /proc/<pid>/stat times are in USER_HZ (100 on Linux)
 /** CPU time (user + system, µs) the processes have used so far; a process that is gone counts 0. */
@@ -54,12 +62,18 @@ function cpuUs(pids: number[]): number {
       const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
       const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
       ticks += Number(f[11]) + Number(f[12]); // fields 14 and 15 (utime, stime), counted after "pid (comm) "
-    } catch { /* gone */ }
+    } catch {
+      /* gone */
+    }
   }
   return ticks * TICK_US;
 }
 const childrenOf = (pid: number): number[] => {
-  try { return fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number); } catch { return []; }
+  try {
+    return fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
 };
 
 const policy = (l7: boolean) => `apiVersion: cilium.io/v2
@@ -70,8 +84,12 @@ spec:
   ingress:
   - fromEndpoints: [{matchLabels: {bench: client}}]
     toPorts:
-    - ports: [{port: "80", protocol: TCP}]${l7 ? `
-      rules: {http: [{method: "GET", path: "/.*"}]}` : ''}
+    - ports: [{port: "80", protocol: TCP}]${
+      l7
+        ? `
+      rules: {http: [{method: "GET", path: "/.*"}]}`
+        : ''
+    }
     - ports: [{port: "8080", protocol: TCP}]
   - fromEntities: [host]
 `;
@@ -98,26 +116,57 @@ function startNginx(ns: TestNetns | null, conf: string): { child: ChildProcess; 
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbb-nginx-'));
   fs.writeFileSync(path.join(dir, 'nginx.conf'), conf.replaceAll('DIR', dir));
   const args = ['-c', path.join(dir, 'nginx.conf'), '-p', dir, '-e', path.join(dir, 'error.log')];
-  const child = ns ? spawn('nsenter', [`--net=${ns.path}`, 'nginx', ...args], { stdio: 'ignore' }) : spawn('nginx', args, { stdio: 'ignore' });
+  const child = ns
+    ? spawn('nsenter', [`--net=${ns.path}`, 'nginx', ...args], { stdio: 'ignore' })
+    : spawn('nginx', args, { stdio: 'ignore' });
   return { child, dir };
 }
 
 function parseWrk(out: string): Sample {
-  const num = (re: RegExp) => { const m = re.exec(out); return m ? Number(m[1]) : NaN; };
+  const num = (re: RegExp) => {
+    const m = re.exec(out);
+    return m ? Number(m[1]) : NaN;
+  };
   const dur = (re: RegExp) => {
     const m = re.exec(out);
     if (!m) return NaN;
     const v = Number(m[1]);
     return m[2] === 'us' ? v / 1000 : m[2] === 's' ? v * 1000 : v; // ms
   };
-  const errors = [...out.matchAll(/(connect|read|write|timeout) (\d+)/g)].reduce((n, m) => n + Number(m[2]), 0) + (num(/Non-2xx or 3xx responses: (\d+)/) || 0);
-  return { requests: num(/(\d+) requests in /), rps: num(/Requests\/sec:\s+([\d.]+)/), p50: dur(/ 50%\s+([\d.]+)(us|ms|s)/), p99: dur(/ 99%\s+([\d.]+)(us|ms|s)/), errors };
+  const errors =
+    [...out.matchAll(/(connect|read|write|timeout) (\d+)/g)].reduce((n, m) => n + Number(m[2]), 0) +
+    (num(/Non-2xx or 3xx responses: (\d+)/) || 0);
+  return {
+    requests: num(/(\d+) requests in /),
+    rps: num(/Requests\/sec:\s+([\d.]+)/),
+    p50: dur(/ 50%\s+([\d.]+)(us|ms|s)/),
+    p99: dur(/ 99%\s+([\d.]+)(us|ms|s)/),
+    errors,
+  };
 }
 
 /** wrk's numbers, and the CPU time `proxy` (the processes between client and server) spent per
  *  request, with the part of it that is the agent's (`agent`, one of them) apart. */
-async function wrk(client: TestNetns, url: string, conns: number, mode: Mode, proxy: number[] = [], agent?: number, seconds = SECONDS): Promise<Sample> {
-  const args = ['-t', String(Math.min(2, conns)), '-c', String(conns), '-d', `${seconds}s`, '--latency', ...(mode === 'close' ? ['-H', 'Connection: close'] : []), url];
+async function wrk(
+  client: TestNetns,
+  url: string,
+  conns: number,
+  mode: Mode,
+  proxy: number[] = [],
+  agent?: number,
+  seconds = SECONDS,
+): Promise<Sample> {
+  const args = [
+    '-t',
+    String(Math.min(2, conns)),
+    '-c',
+    String(conns),
+    '-d',
+    `${seconds}s`,
+    '--latency',
+    ...(mode === 'close' ? ['-H', 'Connection: close'] : []),
+    url,
+  ];
   const cpu0 = cpuUs(proxy);
   const agent0 = agent ? cpuUs([agent]) : 0;
   const out = await client.exec('wrk', args, { timeoutMs: (seconds + 30) * 1000 });
@@ -129,51 +178,102 @@ async function wrk(client: TestNetns, url: string, conns: number, mode: Mode, pr
 
 async function waitHttp(client: TestNetns, url: string): Promise<void> {
   for (let i = 0; i < 100; i++) {
-    try { await client.exec('curl', ['-sf', '--max-time', '2', '-o', '/dev/null', url]); return; } catch { await sleep(200); }
+    try {
+      await client.exec('curl', ['-sf', '--max-time', '2', '-o', '/dev/null', url]);
+      return;
+    } catch {
+      await sleep(200);
+    }
   }
   throw new Error(`${url} does not answer`);
 }
 
 async function main(): Promise<void> {
   for (const bin of ['wrk', 'nginx']) {
-    try { execFileSync('which', [bin], { stdio: 'ignore' }); } catch { throw new Error(`${bin} is missing: run scripts/setup (it installs wrk and nginx)`); }
+    try {
+      execFileSync('which', [bin], { stdio: 'ignore' });
+    } catch {
+      throw new Error(`${bin} is missing: run scripts/setup (it installs wrk and nginx)`);
+    }
   }
-  const load = os.loadavg().map((x) => x.toFixed(2)).join(' ');
+  const load = os
+    .loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' ');
   // The built agent and proxy (npm run bench:l7 builds first): what a node runs.
   const agent: TestAgent = await startAgent({ bundle: true });
   const pc = new PolicyClient(agent.client);
-  const client = createNetns('mbb'), server = createNetns('mbb');
+  const client = createNetns('mbb'),
+    server = createNetns('mbb');
   const procs: ChildProcess[] = [];
   const dirs: string[] = [];
   try {
     await client.exec('sysctl', ['-qw', `net.ipv4.tcp_tw_reuse=${CLIENT_TW_REUSE}`]);
-    await agent.client.createEndpoint({ containerId: `bench-l7-c-${randomId()}`, netns: client.path, ifName: 'eth0', labels: { bench: 'client' } });
-    const srv = await agent.client.createEndpoint({ containerId: `bench-l7-s-${randomId()}`, netns: server.path, ifName: 'eth0', labels: { bench: 'server' } });
+    await agent.client.createEndpoint({
+      containerId: `bench-l7-c-${randomId()}`,
+      netns: client.path,
+      ifName: 'eth0',
+      labels: { bench: 'client' },
+    });
+    const srv = await agent.client.createEndpoint({
+      containerId: `bench-l7-s-${randomId()}`,
+      netns: server.path,
+      ifName: 'eth0',
+      labels: { bench: 'server' },
+    });
     const ip = srv.ips[0].address.split('/')[0];
     const gateway = srv.ips[0].gateway;
     // The server: nginx, one worker, a small static answer on 80 and 8080.
-    const s = startNginx(server, nginxConf('DIR', '', ['0.0.0.0:80', '0.0.0.0:8080'], 1, '    location / { return 200 "hello from the server\\n"; }'));
-    procs.push(s.child); dirs.push(s.dir);
+    const s = startNginx(
+      server,
+      nginxConf('DIR', '', ['0.0.0.0:80', '0.0.0.0:8080'], 1, '    location / { return 200 "hello from the server\\n"; }'),
+    );
+    procs.push(s.child);
+    dirs.push(s.dir);
     // The peer: nginx on the node in front of the same server (as many workers as the L7 proxy).
     const workers = ((await agent.client.status()).l7 as { workers: unknown[] } | undefined)?.workers.length ?? 2;
-    const p = startNginx(null, nginxConf('DIR', `  upstream server { server ${ip}:80; keepalive 512; }`, [`${gateway}:${NGINX_PORT}`], workers,
-      '    location / { proxy_pass http://server; proxy_http_version 1.1; proxy_set_header Connection ""; }'));
-    procs.push(p.child); dirs.push(p.dir);
+    const p = startNginx(
+      null,
+      nginxConf(
+        'DIR',
+        `  upstream server { server ${ip}:80; keepalive 512; }`,
+        [`${gateway}:${NGINX_PORT}`],
+        workers,
+        '    location / { proxy_pass http://server; proxy_http_version 1.1; proxy_set_header Connection ""; }',
+      ),
+    );
+    procs.push(p.child);
+    dirs.push(p.dir);
     // One policy for the whole matrix (HTTP rules on 80, none on 8080): no policy change, and none of
     // the agent's work that follows one, lands inside a measurement. nginx reaches the server from the
     // node (host identity), which is never diverted.
-    const urls: Record<Variant, string> = { direct: `http://${ip}:8080/`, l7: `http://${ip}/`, nginx: `http://${gateway}:${NGINX_PORT}/` };
+    const urls: Record<Variant, string> = {
+      direct: `http://${ip}:8080/`,
+      l7: `http://${ip}/`,
+      nginx: `http://${gateway}:${NGINX_PORT}/`,
+    };
     await pc.import(policy(false));
     await waitHttp(client, urls.direct);
     await waitHttp(client, urls.nginx);
 
     // Who does the proxying: Membrane's workers and the agent (it turns their records into flows and
     // metrics), or nginx's workers.
-    const proxyPids = async (v: Variant): Promise<number[]> => v === 'l7'
-      ? [...((await agent.client.status()).l7 as { workers: { pid?: number }[] }).workers.map((w) => w.pid ?? 0).filter(Boolean), agent.pid()!]
-      : v === 'nginx' ? childrenOf(p.child.pid!) : [];
+    const proxyPids = async (v: Variant): Promise<number[]> =>
+      v === 'l7'
+        ? [
+            ...((await agent.client.status()).l7 as { workers: { pid?: number }[] }).workers
+              .map((w) => w.pid ?? 0)
+              .filter(Boolean),
+            agent.pid()!,
+          ]
+        : v === 'nginx'
+          ? childrenOf(p.child.pid!)
+          : [];
     const samples = new Map<string, Sample[]>();
-    const rec = (key: string, v: Sample) => { samples.set(key, [...(samples.get(key) ?? []), v]); process.stderr.write(`${key}: ${JSON.stringify(v)}\n`); };
+    const rec = (key: string, v: Sample) => {
+      samples.set(key, [...(samples.get(key) ?? []), v]);
+      process.stderr.write(`${key}: ${JSON.stringify(v)}\n`);
+    };
     const setL7 = async (on: boolean) => {
       await pc.import(policy(on));
       if (on) {
@@ -196,8 +296,13 @@ async function main(): Promise<void> {
     for (let round = 0; round < ROUNDS; round++) {
       for (const mode of ['keep-alive', 'close'] as Mode[]) {
         for (const conns of CONNS) {
-          for (const v of (round % 2 ? ['nginx', 'l7', 'direct'] : ['direct', 'l7', 'nginx']).filter((x) => VARIANTS.includes(x)) as Variant[]) {
-            rec(`${v}|${mode}|${conns}`, await wrk(client, urls[v], conns, mode, await proxyPids(v), v === 'l7' ? agent.pid() : undefined));
+          for (const v of (round % 2 ? ['nginx', 'l7', 'direct'] : ['direct', 'l7', 'nginx']).filter((x) =>
+            VARIANTS.includes(x),
+          ) as Variant[]) {
+            rec(
+              `${v}|${mode}|${conns}`,
+              await wrk(client, urls[v], conns, mode, await proxyPids(v), v === 'l7' ? agent.pid() : undefined),
+            );
           }
         }
       }
@@ -215,29 +320,74 @@ async function main(): Promise<void> {
     for (const mode of ['keep-alive', 'close'] as Mode[]) {
       for (const conns of CONNS) {
         const k = (v: Variant) => `${v}|${mode}|${conns}`;
-        const cell = (v: Variant) => `${med(k(v), 'rps').toFixed(0)} / ${med(k(v), 'p50').toFixed(2)} / ${med(k(v), 'p99').toFixed(2)}`;
+        const cell = (v: Variant) =>
+          `${med(k(v), 'rps').toFixed(0)} / ${med(k(v), 'p50').toFixed(2)} / ${med(k(v), 'p99').toFixed(2)}`;
         const rps = med(k('l7'), 'rps') / med(k('nginx'), 'rps');
         const p99 = med(k('l7'), 'p99') / med(k('nginx'), 'p99');
-        const goal = [rps >= GOAL_RPS ? '' : `req/s < ${GOAL_RPS}×`, p99 <= GOAL_P99 ? '' : `p99 > ${GOAL_P99}×`].filter(Boolean).join(', ') || 'met';
+        const goal =
+          [rps >= GOAL_RPS ? '' : `req/s < ${GOAL_RPS}×`, p99 <= GOAL_P99 ? '' : `p99 > ${GOAL_P99}×`]
+            .filter(Boolean)
+            .join(', ') || 'met';
         const cpu = (v: Variant) => med(k(v), 'cpuUsPerReq').toFixed(0);
         const agentCpu = med(k('l7'), 'agentUsPerReq').toFixed(0);
-        rows.push([mode, String(conns), cell('direct'), cell('l7'), cell('nginx'), `${rps.toFixed(2)}×`, `${p99.toFixed(2)}×`, goal, `${cpu('l7')} (agent ${agentCpu}) / ${cpu('nginx')}`]);
+        rows.push([
+          mode,
+          String(conns),
+          cell('direct'),
+          cell('l7'),
+          cell('nginx'),
+          `${rps.toFixed(2)}×`,
+          `${p99.toFixed(2)}×`,
+          goal,
+          `${cpu('l7')} (agent ${agentCpu}) / ${cpu('nginx')}`,
+        ]);
       }
     }
     const errors = [...samples].filter(([, v]) => v.some((x) => x.errors)).map(([k]) => k);
-    console.log(`\nL7 HTTP benchmark: ${WARMUP} s warm-up per variant, then ${ROUNDS} interleaved rounds × ${SECONDS} s, medians; wrk in the client pod, nginx (1 worker) serving in the server pod; client pod net.ipv4.tcp_tw_reuse=${CLIENT_TW_REUSE}; ${os.cpus().length} CPUs; load average at start ${load}\n`);
-    console.log(markdownTable(['mode', 'conns', 'direct req/s / p50 / p99 ms', 'Membrane L7 req/s / p50 / p99 ms', 'nginx proxy req/s / p50 / p99 ms', 'L7/nginx req/s', 'L7/nginx p99', `goal (≥ ${GOAL_RPS}× req/s, ≤ ${GOAL_P99}× p99)`, 'proxy CPU µs/request L7 workers + agent (agent) / nginx'], rows));
-    const off = med('8080|l7-off', 'rps'), on = med('8080|l7-on', 'rps');
-    console.log(`\nPort 8080 (no L7 rules), 50 connections keep-alive: ${off.toFixed(0)} req/s without the L7 policy on port 80, ${on.toFixed(0)} req/s with it (${(on / off).toFixed(2)}×).`);
+    console.log(
+      `\nL7 HTTP benchmark: ${WARMUP} s warm-up per variant, then ${ROUNDS} interleaved rounds × ${SECONDS} s, medians; wrk in the client pod, nginx (1 worker) serving in the server pod; client pod net.ipv4.tcp_tw_reuse=${CLIENT_TW_REUSE}; ${os.cpus().length} CPUs; load average at start ${load}\n`,
+    );
+    console.log(
+      markdownTable(
+        [
+          'mode',
+          'conns',
+          'direct req/s / p50 / p99 ms',
+          'Membrane L7 req/s / p50 / p99 ms',
+          'nginx proxy req/s / p50 / p99 ms',
+          'L7/nginx req/s',
+          'L7/nginx p99',
+          `goal (≥ ${GOAL_RPS}× req/s, ≤ ${GOAL_P99}× p99)`,
+          'proxy CPU µs/request L7 workers + agent (agent) / nginx',
+        ],
+        rows,
+      ),
+    );
+    const off = med('8080|l7-off', 'rps'),
+      on = med('8080|l7-on', 'rps');
+    console.log(
+      `\nPort 8080 (no L7 rules), 50 connections keep-alive: ${off.toFixed(0)} req/s without the L7 policy on port 80, ${on.toFixed(0)} req/s with it (${(on / off).toFixed(2)}×).`,
+    );
     if (errors.length) console.log(`\nwrk reported errors (socket errors or non-2xx) in: ${errors.join(', ')}`);
-    console.log(`Load average at the end: ${os.loadavg().map((x) => x.toFixed(2)).join(' ')} (numbers taken while other work runs are noisy).`);
+    console.log(
+      `Load average at the end: ${os
+        .loadavg()
+        .map((x) => x.toFixed(2))
+        .join(' ')} (numbers taken while other work runs are noisy).`,
+    );
   } finally {
     // nginx's workers outlive a killed master: note them, ask politely, then make sure.
     const workers = procs.flatMap((c) => (c.pid ? childrenOf(c.pid) : []));
     for (const c of procs) c.kill('SIGTERM');
     for (let i = 0; i < 50 && procs.some((c) => c.exitCode === null && c.signalCode === null); i++) await sleep(100);
     for (const c of procs) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
-    for (const pid of workers) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
+    for (const pid of workers) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
     await agent.cleanup();
     client.remove();
     server.remove();
@@ -245,4 +395,7 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((e) => { console.error(e); process.exit(1); });
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});

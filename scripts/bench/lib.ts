@@ -17,12 +17,17 @@ export function median(xs: number[]): number {
 export function percentile(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
   const idx = (s.length - 1) * p;
-  const lo = Math.floor(idx), hi = Math.ceil(idx);
+  const lo = Math.floor(idx),
+    hi = Math.ceil(idx);
   return s[lo] + (s[hi] - s[lo]) * (idx - lo);
 }
 
 export function markdownTable(headers: string[], rows: string[][]): string {
-  return [`| ${headers.join(' | ')} |`, `|${headers.map(() => '---').join('|')}|`, ...rows.map((r) => `| ${r.join(' | ')} |`)].join('\n');
+  return [
+    `| ${headers.join(' | ')} |`,
+    `|${headers.map(() => '---').join('|')}|`,
+    ...rows.map((r) => `| ${r.join(' | ')} |`),
+  ].join('\n');
 }
 
 export function sleep(ms: number): Promise<void> {
@@ -43,12 +48,20 @@ function crr(): string {
 }
 
 /** TCP throughput in Gbit/s (iperf3, receiver side). */
-export async function throughput(client: TestNetns, server: TestNetns, ip: string, streams: number, seconds: number): Promise<number> {
+export async function throughput(
+  client: TestNetns,
+  server: TestNetns,
+  ip: string,
+  streams: number,
+  seconds: number,
+): Promise<number> {
   const port = 20000 + Math.floor(Math.random() * 20000);
   const srv = daemon(server, 'iperf3', ['-s', '-1', '-B', ip, '-p', String(port)]);
   try {
     await sleep(300);
-    const out = await client.exec('iperf3', ['-c', ip, '-p', String(port), '-t', String(seconds), '-P', String(streams), '-J'], { timeoutMs: (seconds + 20) * 1000 });
+    const out = await client.exec('iperf3', ['-c', ip, '-p', String(port), '-t', String(seconds), '-P', String(streams), '-J'], {
+      timeoutMs: (seconds + 20) * 1000,
+    });
     return JSON.parse(out).end.sum_received.bits_per_second / 1e9;
   } finally {
     srv.kill('SIGKILL');
@@ -61,7 +74,9 @@ export async function rrLatency(client: TestNetns, server: TestNetns, ip: string
   const srv = daemon(server, 'sockperf', ['sr', '--tcp', '-i', ip, '-p', String(port)]);
   try {
     await sleep(300);
-    const out = await client.exec('sockperf', ['pp', '--tcp', '-i', ip, '-p', String(port), '-t', String(seconds)], { timeoutMs: (seconds + 20) * 1000 });
+    const out = await client.exec('sockperf', ['pp', '--tcp', '-i', ip, '-p', String(port), '-t', String(seconds)], {
+      timeoutMs: (seconds + 20) * 1000,
+    });
     const m = /percentile 50\.000 =\s+([\d.]+)/.exec(out);
     if (!m) throw new Error(`sockperf printed no median:\n${out}`);
     return Number(m[1]) * 2; // sockperf reports half the round trip

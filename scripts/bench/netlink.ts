@@ -17,12 +17,27 @@ const pod = createNetns('mbb');
 const hostIf = `mbb${randomId().slice(0, 8)}`;
 const host = openNetlink();
 const ns = openNetns(pod.path);
-const del = () => { try { execFileSync('ip', ['link', 'del', hostIf], { stdio: 'ignore' }); } catch { /* gone */ } };
+const del = () => {
+  try {
+    execFileSync('ip', ['link', 'del', hostIf], { stdio: 'ignore' });
+  } catch {
+    /* gone */
+  }
+};
 
 const variants: { name: string; run(): void }[] = [
-  { name: 'ip link add (iproute2 process)', run: () => execFileSync('ip', ['link', 'add', hostIf, 'up', 'type', 'veth', 'peer', 'name', 'eth1', 'netns', pod.path]) },
-  { name: 'libnl vethAdd, peer in netns', run: () => host.vethAdd({ name: hostIf, up: true, peer: { name: 'eth1', netns: ns } }) },
-  { name: 'libnl vethAdd, peer in netns and up', run: () => host.vethAdd({ name: hostIf, up: true, peer: { name: 'eth1', netns: ns, up: true } }) },
+  {
+    name: 'ip link add (iproute2 process)',
+    run: () => execFileSync('ip', ['link', 'add', hostIf, 'up', 'type', 'veth', 'peer', 'name', 'eth1', 'netns', pod.path]),
+  },
+  {
+    name: 'libnl vethAdd, peer in netns',
+    run: () => host.vethAdd({ name: hostIf, up: true, peer: { name: 'eth1', netns: ns } }),
+  },
+  {
+    name: 'libnl vethAdd, peer in netns and up',
+    run: () => host.vethAdd({ name: hostIf, up: true, peer: { name: 'eth1', netns: ns, up: true } }),
+  },
 ];
 const samples = new Map<string, number[]>(variants.map((v) => [v.name, []]));
 try {
@@ -37,8 +52,15 @@ try {
     }
   }
   const base = median(samples.get(variants[0].name)!);
-  console.log(markdownTable(['veth pair, peer created in a netns', 'median (ms)', 'ratio'],
-    variants.map((v) => { const m = median(samples.get(v.name)!); return [v.name, m.toFixed(3), `${(m / base).toFixed(2)}×`]; })));
+  console.log(
+    markdownTable(
+      ['veth pair, peer created in a netns', 'median (ms)', 'ratio'],
+      variants.map((v) => {
+        const m = median(samples.get(v.name)!);
+        return [v.name, m.toFixed(3), `${(m / base).toFixed(2)}×`];
+      }),
+    ),
+  );
   console.log(`\n${ROUNDS} interleaved rounds of ${PER_ROUND}; load: ${execFileSync('uptime').toString().trim()}`);
 } finally {
   del();

@@ -31,7 +31,13 @@ const METRICS: { key: Metric; label: string; higher: boolean; digits: number }[]
 ];
 
 const sh = (cmd: string, args: string[], input?: string) => execFileSync(cmd, args, { input, stdio: ['pipe', 'pipe', 'pipe'] });
-const quiet = (cmd: string, args: string[]) => { try { sh(cmd, args); } catch { /* already gone */ } };
+const quiet = (cmd: string, args: string[]) => {
+  try {
+    sh(cmd, args);
+  } catch {
+    /* already gone */
+  }
+};
 async function measure(p: { a: TestNetns; b: TestNetns; ipB: string }): Promise<Record<Metric, number>> {
   return {
     tput: await throughput(p.a, p.b, p.ipB, 1, SECONDS),
@@ -42,7 +48,11 @@ async function measure(p: { a: TestNetns; b: TestNetns; ipB: string }): Promise<
 
 // ---- Membrane ---------------------------------------------------------------------------------------
 
-interface MembraneAgent { client: AgentClient; pc: PolicyClient; cleanup(): Promise<void> }
+interface MembraneAgent {
+  client: AgentClient;
+  pc: PolicyClient;
+  cleanup(): Promise<void>;
+}
 
 async function membraneAgent(): Promise<MembraneAgent> {
   const agent = await startAgent();
@@ -52,11 +62,13 @@ async function membraneAgent(): Promise<MembraneAgent> {
 /** Two fresh pods per measurement: TIME_WAIT sockets left by a connection-rate run would slow the
  *  next run in the same netns (the port search), whatever the datapath. */
 async function membranePods(m: MembraneAgent): Promise<{ a: TestNetns; b: TestNetns; ipB: string; cleanup(): Promise<void> }> {
-  const a = createNetns('mbb'), b = createNetns('mbb');
+  const a = createNetns('mbb'),
+    b = createNetns('mbb');
   const ids = [`bench-${a.name}`, `bench-${b.name}`];
   const cleanup = async () => {
     for (const id of ids) await m.client.deleteEndpoint(id, 'eth0').catch(() => undefined);
-    a.remove(); b.remove();
+    a.remove();
+    b.remove();
   };
   try {
     await m.client.createEndpoint({ containerId: ids[0], netns: a.path, ifName: 'eth0', labels: { bench: 'client' } });
@@ -76,7 +88,10 @@ function hostVeths(p: Pods): [string, string] {
   return [dev(p.ipA), dev(p.ipB)];
 }
 
-interface Filter { name: string; install(p: Pods): () => void }
+interface Filter {
+  name: string;
+  install(p: Pods): () => void;
+}
 
 function iptablesFilter(n: number, establishedFirst: boolean): Filter {
   return {
@@ -87,8 +102,17 @@ function iptablesFilter(n: number, establishedFirst: boolean): Filter {
       const lines = ['*filter', `:${chain} - [0:0]`];
       if (establishedFirst) lines.push(`-A ${chain} -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT`);
       for (let i = 1; i < n; i++) lines.push(`-A ${chain} -s ${fake(i)}/32 -p tcp -m tcp --dport 443 -j ACCEPT`);
-      lines.push(`-A ${chain} -s ${p.ipA}/32 -d ${p.ipB}/32 -j ACCEPT`, `-A ${chain} -s ${p.ipB}/32 -d ${p.ipA}/32 -j ACCEPT`, `-A ${chain} -j DROP`, 'COMMIT', '');
-      const jumps = [['-i', va, '-o', vb], ['-i', vb, '-o', va]];
+      lines.push(
+        `-A ${chain} -s ${p.ipA}/32 -d ${p.ipB}/32 -j ACCEPT`,
+        `-A ${chain} -s ${p.ipB}/32 -d ${p.ipA}/32 -j ACCEPT`,
+        `-A ${chain} -j DROP`,
+        'COMMIT',
+        '',
+      );
+      const jumps = [
+        ['-i', va, '-o', vb],
+        ['-i', vb, '-o', va],
+      ];
       try {
         sh('iptables-restore', ['--noflush'], lines.join('\n'));
         for (const j of jumps) sh('iptables', ['-I', 'FORWARD', ...j, '-j', chain]);
@@ -125,8 +149,16 @@ function nftablesFilter(n: number): Filter {
 `;
       const file = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'mbb-nft-')), 'rules.nft');
       fs.writeFileSync(file, script);
-      const remove = () => { quiet('nft', ['delete', 'table', 'ip', table]); fs.rmSync(path.dirname(file), { recursive: true, force: true }); };
-      try { sh('nft', ['-f', file]); } catch (e) { remove(); throw e; }
+      const remove = () => {
+        quiet('nft', ['delete', 'table', 'ip', table]);
+        fs.rmSync(path.dirname(file), { recursive: true, force: true });
+      };
+      try {
+        sh('nft', ['-f', file]);
+      } catch (e) {
+        remove();
+        throw e;
+      }
       return remove;
     },
   };
@@ -148,10 +180,16 @@ const updateTimes: { total: number; enforced: number; upserts: number }[] = [];
 const unrelatedTimes: { total: number; enforced: number; upserts: number }[] = [];
 
 /** A one-rule policy for other endpoints than the big one's: the work must follow it, not the 10,000. */
-const unrelatedPolicy = (port: number) => JSON.stringify({
-  apiVersion: 'cilium.io/v2', kind: 'CiliumNetworkPolicy', metadata: { name: 'bench-unrelated' },
-  spec: { endpointSelector: { matchLabels: { bench: 'client' } }, egress: [{ toPorts: [{ ports: [{ port: String(port), protocol: 'TCP' }] }] }] },
-});
+const unrelatedPolicy = (port: number) =>
+  JSON.stringify({
+    apiVersion: 'cilium.io/v2',
+    kind: 'CiliumNetworkPolicy',
+    metadata: { name: 'bench-unrelated' },
+    spec: {
+      endpointSelector: { matchLabels: { bench: 'client' } },
+      egress: [{ toPorts: [{ ports: [{ port: String(port), protocol: 'TCP' }] }] }],
+    },
+  });
 
 async function membraneRun(m: MembraneAgent, n: number): Promise<void> {
   const pods = await membranePods(m);
@@ -166,12 +204,20 @@ async function membraneRun(m: MembraneAgent, n: number): Promise<void> {
         // One rule changed among BIG: only the difference is written.
         const t1 = performance.now();
         const u = await m.pc.import(membranePolicy(n).replace(`"${fake(1)}/32"`, `"${fake(BIG + 1)}/32"`));
-        updateTimes.push({ total: performance.now() - t1, enforced: u.enforcedMs, upserts: u.stats.policyUpserts + u.stats.policyRemovals });
+        updateTimes.push({
+          total: performance.now() - t1,
+          enforced: u.enforcedMs,
+          upserts: u.stats.policyUpserts + u.stats.policyRemovals,
+        });
         // Another policy (one rule, the client pod) changed next to them: only its entries are computed.
         await m.pc.import(unrelatedPolicy(1));
         const t3 = performance.now();
         const o = await m.pc.import(unrelatedPolicy(2));
-        unrelatedTimes.push({ total: performance.now() - t3, enforced: o.enforcedMs, upserts: o.stats.policyUpserts + o.stats.policyRemovals });
+        unrelatedTimes.push({
+          total: performance.now() - t3,
+          enforced: o.enforcedMs,
+          upserts: o.stats.policyUpserts + o.stats.policyRemovals,
+        });
         await m.pc.delete(['bench-unrelated']);
         // The same policy as YAML, from scratch.
         await m.pc.delete('all');
@@ -191,9 +237,16 @@ async function membraneRun(m: MembraneAgent, n: number): Promise<void> {
 async function peerRun(f: Filter | null): Promise<void> {
   const p = await plainVeth();
   try {
-    if (!f) { record('plain veth (no filter)', await measure(p)); return; }
+    if (!f) {
+      record('plain veth (no filter)', await measure(p));
+      return;
+    }
     const remove = f.install(p);
-    try { record(f.name, await measure(p)); } finally { remove(); }
+    try {
+      record(f.name, await measure(p));
+    } finally {
+      remove();
+    }
   } finally {
     await p.cleanup();
   }
@@ -202,35 +255,61 @@ async function peerRun(f: Filter | null): Promise<void> {
 function report(): string {
   const base = samples.get('Membrane 0 rules')!;
   const veth = samples.get('plain veth (no filter)')!;
-  const rows = [...samples].map(([name, s]) => [name, ...METRICS.map((m) => {
-    const v = median(s[m.key]);
-    const r0 = v / median(base[m.key]), rv = v / median(veth[m.key]);
-    return `${v.toFixed(m.digits)} (${r0.toFixed(2)}× / ${rv.toFixed(2)}×)`;
-  })]);
+  const rows = [...samples].map(([name, s]) => [
+    name,
+    ...METRICS.map((m) => {
+      const v = median(s[m.key]);
+      const r0 = v / median(base[m.key]),
+        rv = v / median(veth[m.key]);
+      return `${v.toFixed(m.digits)} (${r0.toFixed(2)}× / ${rv.toFixed(2)}×)`;
+    }),
+  ]);
   const head = `Medians of ${ROUNDS} rounds, ${SECONDS} s each; ratios against Membrane with 0 rules / plain veth (same run)`;
   const crr = (name: string) => median(samples.get(name)!.crr);
   const goals = [
-    ['Membrane 10k vs 0 rules (tput / RR / CRR)', METRICS.map((m) => (median(samples.get(`Membrane ${BIG} rules`)![m.key]) / median(base[m.key])).toFixed(2)).join(' / ')],
-    ['Membrane 10k vs plain veth (tput / RR / CRR)', METRICS.map((m) => (median(samples.get(`Membrane ${BIG} rules`)![m.key]) / median(veth[m.key])).toFixed(2)).join(' / ')],
+    [
+      'Membrane 10k vs 0 rules (tput / RR / CRR)',
+      METRICS.map((m) => (median(samples.get(`Membrane ${BIG} rules`)![m.key]) / median(base[m.key])).toFixed(2)).join(' / '),
+    ],
+    [
+      'Membrane 10k vs plain veth (tput / RR / CRR)',
+      METRICS.map((m) => (median(samples.get(`Membrane ${BIG} rules`)![m.key]) / median(veth[m.key])).toFixed(2)).join(' / '),
+    ],
     ['CRR: Membrane 10k / iptables 10k', (crr(`Membrane ${BIG} rules`) / crr(`iptables ${BIG} rules`)).toFixed(1) + '×'],
     ['CRR: Membrane 10k / nftables set 10k', (crr(`Membrane ${BIG} rules`) / crr(`nftables set ${BIG} rules`)).toFixed(2) + '×'],
-    [`import ${BIG} rules: API round trip / until enforced (median)`, `${median(importTimes.map((x) => x.total)).toFixed(0)} ms / ${median(importTimes.map((x) => x.enforced)).toFixed(0)} ms (${importTimes[0]?.entries} map entries)`],
-    [`import ${BIG} rules as YAML: API round trip / until enforced`, `${median(yamlImportTimes.map((x) => x.total)).toFixed(0)} ms / ${median(yamlImportTimes.map((x) => x.enforced)).toFixed(0)} ms`],
-    [`change 1 rule among ${BIG}: API round trip / until enforced`, `${median(updateTimes.map((x) => x.total)).toFixed(0)} ms / ${median(updateTimes.map((x) => x.enforced)).toFixed(1)} ms (${updateTimes[0]?.upserts} entries written)`],
-    [`change a 1-rule policy of another pod next to ${BIG} rules: API round trip / until enforced`, `${median(unrelatedTimes.map((x) => x.total)).toFixed(0)} ms / ${median(unrelatedTimes.map((x) => x.enforced)).toFixed(1)} ms (${unrelatedTimes[0]?.upserts} entries written)`],
+    [
+      `import ${BIG} rules: API round trip / until enforced (median)`,
+      `${median(importTimes.map((x) => x.total)).toFixed(0)} ms / ${median(importTimes.map((x) => x.enforced)).toFixed(0)} ms (${importTimes[0]?.entries} map entries)`,
+    ],
+    [
+      `import ${BIG} rules as YAML: API round trip / until enforced`,
+      `${median(yamlImportTimes.map((x) => x.total)).toFixed(0)} ms / ${median(yamlImportTimes.map((x) => x.enforced)).toFixed(0)} ms`,
+    ],
+    [
+      `change 1 rule among ${BIG}: API round trip / until enforced`,
+      `${median(updateTimes.map((x) => x.total)).toFixed(0)} ms / ${median(updateTimes.map((x) => x.enforced)).toFixed(1)} ms (${updateTimes[0]?.upserts} entries written)`,
+    ],
+    [
+      `change a 1-rule policy of another pod next to ${BIG} rules: API round trip / until enforced`,
+      `${median(unrelatedTimes.map((x) => x.total)).toFixed(0)} ms / ${median(unrelatedTimes.map((x) => x.enforced)).toFixed(1)} ms (${unrelatedTimes[0]?.upserts} entries written)`,
+    ],
   ];
   return `${head}\n\n${markdownTable(['topology', ...METRICS.map((m) => m.label)], rows)}\n\n${markdownTable(['goal check', 'result'], goals)}\n`;
 }
 
 async function main(): Promise<void> {
-  process.stderr.write(`policy benchmark: ${ROUNDS} rounds x ${SECONDS} s, ${BIG} rules; ${os.cpus().length} CPUs, kernel ${os.release()}\n`);
+  process.stderr.write(
+    `policy benchmark: ${ROUNDS} rounds x ${SECONDS} s, ${BIG} rules; ${os.cpus().length} CPUs, kernel ${os.release()}\n`,
+  );
   const filters = [10, BIG].flatMap((n) => [iptablesFilter(n, false), iptablesFilter(n, true), nftablesFilter(n)]);
   const m = await membraneAgent();
   try {
     for (let round = 1; round <= ROUNDS; round++) {
       process.stderr.write(`-- round ${round}\n`);
       const steps: (() => Promise<void>)[] = [
-        () => peerRun(null), ...[0, 10, BIG].map((n) => () => membraneRun(m, n)), ...filters.map((f) => () => peerRun(f)),
+        () => peerRun(null),
+        ...[0, 10, BIG].map((n) => () => membraneRun(m, n)),
+        ...filters.map((f) => () => peerRun(f)),
       ];
       // A different order each round, so drift over the run does not favour one topology.
       const shift = (round - 1) * 3;

@@ -23,7 +23,10 @@ import { markdownTable, median, sleep } from './lib.ts';
 
 delete process.env.NODE_EXTRA_CA_CERTS;
 delete process.env.NODE_OPTIONS;
-const arg = (name: string, dflt: number) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? Number(process.argv[i + 1]) : dflt; };
+const arg = (name: string, dflt: number) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? Number(process.argv[i + 1]) : dflt;
+};
 const PODS = arg('pods', 1000);
 const POLICIES = arg('policies', 100);
 const JSON_OUT = process.argv.includes('--json') ? process.argv[process.argv.indexOf('--json') + 1] : undefined;
@@ -36,27 +39,46 @@ function randomSubnet20(): string {
 }
 
 function policies(port: number): string {
-  return Array.from({ length: POLICIES }, (_, i) => JSON.stringify({
-    apiVersion: 'cilium.io/v2', kind: 'CiliumNetworkPolicy', metadata: { name: `scale-${i}` },
-    spec: {
-      endpointSelector: { matchLabels: { app: `s${i}` } },
-      ingress: [{ fromEndpoints: [{ matchLabels: { app: `s${(i + 1) % POLICIES}` } }], toPorts: [{ ports: [{ port: String(port), protocol: 'TCP' }] }] }],
-    },
-  })).join('\n---\n');
+  return Array.from({ length: POLICIES }, (_, i) =>
+    JSON.stringify({
+      apiVersion: 'cilium.io/v2',
+      kind: 'CiliumNetworkPolicy',
+      metadata: { name: `scale-${i}` },
+      spec: {
+        endpointSelector: { matchLabels: { app: `s${i}` } },
+        ingress: [
+          {
+            fromEndpoints: [{ matchLabels: { app: `s${(i + 1) % POLICIES}` } }],
+            toPorts: [{ ports: [{ port: String(port), protocol: 'TCP' }] }],
+          },
+        ],
+      },
+    }),
+  ).join('\n---\n');
 }
 
 function cni(verb: 'ADD' | 'DEL', conf: object, cid: string, ns: string, app: string): Promise<number> {
-  const env = runtimeEnv({ CNI_COMMAND: verb, CNI_CONTAINERID: cid, CNI_NETNS: ns, CNI_IFNAME: 'eth0', CNI_PATH: '/usr/lib/cni',
-    CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=scale;K8S_POD_NAME=${cid}` });
+  const env = runtimeEnv({
+    CNI_COMMAND: verb,
+    CNI_CONTAINERID: cid,
+    CNI_NETNS: ns,
+    CNI_IFNAME: 'eth0',
+    CNI_PATH: '/usr/lib/cni',
+    CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=scale;K8S_POD_NAME=${cid}`,
+  });
   const stdin = JSON.stringify({ ...conf, args: { cni: { labels: [{ key: 'app', value: app }] } } });
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
     const child = spawn(CNI_BIN, [], { env, stdio: ['pipe', 'pipe', 'pipe'] });
     let out = '';
-    child.stdout.on('data', (c) => { out += c; });
+    child.stdout.on('data', (c) => {
+      out += c;
+    });
     child.stderr.on('data', () => undefined);
     child.on('error', reject);
-    child.on('close', (code) => (code === 0 ? resolve(performance.now() - t0) : reject(new Error(`membrane-cni ${verb} ${cid}: ${out}`))));
+    child.on('close', (code) =>
+      code === 0 ? resolve(performance.now() - t0) : reject(new Error(`membrane-cni ${verb} ${cid}: ${out}`)),
+    );
     child.stdin.on('error', () => undefined);
     child.stdin.end(stdin);
   });
@@ -71,14 +93,23 @@ async function timed<T>(fn: () => Promise<T>): Promise<[number, T]> {
 }
 
 function cliList(agent: TestAgent): void {
-  execFileSync(path.join(REPO, 'dist/bin/membrane'), ['--socket', agent.socket, 'endpoint', 'list', '-o', 'json'], { stdio: ['ignore', 'ignore', 'pipe'], maxBuffer: 1 << 28 });
+  execFileSync(path.join(REPO, 'dist/bin/membrane'), ['--socket', agent.socket, 'endpoint', 'list', '-o', 'json'], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    maxBuffer: 1 << 28,
+  });
 }
 
 async function main(): Promise<void> {
   ensureCniBinary();
   const load0 = os.loadavg()[0];
   const agent = await startAgent({ pools: [randomSubnet20()], bundle: true, extraArgs: ['--log-level', 'info'] });
-  const conf = { cniVersion: '1.0.0', name: `scale-${agent.id}`, type: 'membrane-cni', agentSocket: agent.socket, stateDir: agent.stateDir };
+  const conf = {
+    cniVersion: '1.0.0',
+    name: `scale-${agent.id}`,
+    type: 'membrane-cni',
+    agentSocket: agent.socket,
+    stateDir: agent.stateDir,
+  };
   const pc = new PolicyClient(agent.client);
   const nss: TestNetns[] = [];
   const added: { cid: string; ns: TestNetns; app: string }[] = [];
@@ -103,14 +134,27 @@ async function main(): Promise<void> {
     }
     await sleep(500);
     const rss1 = rssKiB(agent.pid()!);
-    const first = median(adds.slice(0, 10)), last = median(adds.slice(-10));
-    Object.assign(out, { addFirst10Ms: first, addLast10Ms: last, addRatio: last / first, rssBaseMiB: rss0 / 1024, rssMiB: rss1 / 1024, rssPerPodKiB: (rss1 - rss0) / PODS });
+    const first = median(adds.slice(0, 10)),
+      last = median(adds.slice(-10));
+    Object.assign(out, {
+      addFirst10Ms: first,
+      addLast10Ms: last,
+      addRatio: last / first,
+      rssBaseMiB: rss0 / 1024,
+      rssMiB: rss1 / 1024,
+      rssPerPodKiB: (rss1 - rss0) / PODS,
+    });
 
     const [listApiMs, listed] = await timed(() => agent.client.listEndpoints());
     if (listed.length !== PODS) throw new Error(`the agent lists ${listed.length} endpoints, expected ${PODS}`);
     const [listCliMs] = await timed(async () => cliList(agent));
     const [importMs, imported] = await timed(() => pc.import(policies(8080)));
-    Object.assign(out, { endpointListApiMs: listApiMs, endpointListCliMs: listCliMs, policyImportMs: importMs, policyImportEnforcedMs: imported.enforcedMs });
+    Object.assign(out, {
+      endpointListApiMs: listApiMs,
+      endpointListCliMs: listCliMs,
+      policyImportMs: importMs,
+      policyImportEnforcedMs: imported.enforcedMs,
+    });
 
     // A flow between two pods that policy admits (s1 -> s0 on 8080 now), kept up across SIGKILL + restore.
     const ep = (i: number) => listed.find((e) => e.containerId === added[i].cid)!;
@@ -132,10 +176,19 @@ async function main(): Promise<void> {
     for (const a of added.splice(0)) dels.push(await cni('DEL', conf, a.cid, a.ns.path, a.app));
     // Links and routes of the node's netns are shared with whatever else runs here: ours are named.
     const ours = new Set(listed.map((e) => e.hostIfName));
-    const mine = (s: NodeState) => ({ ...s, links: s.links.filter((l) => ours.has(l)), routes: s.routes.filter((r) => [...ours].some((l) => r.includes(` dev ${l}`))) });
+    const mine = (s: NodeState) => ({
+      ...s,
+      links: s.links.filter((l) => ours.has(l)),
+      routes: s.routes.filter((r) => [...ours].some((l) => r.includes(` dev ${l}`))),
+    });
     const want = JSON.stringify(mine(empty));
     let left = mine(await nodeState(agent));
-    for (const deadline = Date.now() + 60_000; JSON.stringify(left) !== want && Date.now() < deadline; left = mine(await nodeState(agent))) await sleep(200);
+    for (
+      const deadline = Date.now() + 60_000;
+      JSON.stringify(left) !== want && Date.now() < deadline;
+      left = mine(await nodeState(agent))
+    )
+      await sleep(200);
     const clean = JSON.stringify(left) === want;
     Object.assign(out, { delMedianMs: median(dels), nothingLeft: clean });
     if (!clean) log(`left behind: ${JSON.stringify(left)} (before the pods: ${want})`);
@@ -147,17 +200,30 @@ async function main(): Promise<void> {
     await agent.cleanup();
   }
   const f = (n: unknown, d = 1) => (typeof n === 'number' ? n.toFixed(d) : String(n));
-  process.stdout.write(`\n${markdownTable(['what', `${PODS} pods, ${POLICIES} policies`, 'goal'], [
-    ['ADD, median of the first 10 / last 10 (ms)', `${f(out.addFirst10Ms)} / ${f(out.addLast10Ms)} (${f(out.addRatio, 2)}×)`, '≤ 1.1×'],
-    ['agent RSS: base / with all pods (MiB)', `${f(out.rssBaseMiB)} / ${f(out.rssMiB)}`, '≤ 150 MiB at 1,000 pods'],
-    ['agent RSS per pod beyond the base (KiB)', f(out.rssPerPodKiB), '≤ 5 KiB'],
-    ['endpoint list: API / CLI (ms)', `${f(out.endpointListApiMs)} / ${f(out.endpointListCliMs)}`, ''],
-    [`policy import (${POLICIES} policies changed): API round trip / until enforced (ms)`, `${f(out.policyImportMs)} / ${f(out.policyImportEnforcedMs)}`, ''],
-    ['restore after SIGKILL until the API answers (ms)', f(out.restoreMs, 0), '< 2000 ms'],
-    ['TCP flow between two pods kept flowing through it', String(out.flowSurvivedRestore), 'true'],
-    ['DEL, median (ms)', f(out.delMedianMs), ''],
-    ['nothing left after DEL of all (endpoints, addresses, links, routes, maps, records)', String(out.nothingLeft), 'true'],
-  ])}\n\nLoad average at the start: ${load0.toFixed(1)}, at the end: ${os.loadavg()[0].toFixed(1)} (${os.cpus().length} CPUs).\n`);
+  process.stdout.write(
+    `\n${markdownTable(
+      ['what', `${PODS} pods, ${POLICIES} policies`, 'goal'],
+      [
+        [
+          'ADD, median of the first 10 / last 10 (ms)',
+          `${f(out.addFirst10Ms)} / ${f(out.addLast10Ms)} (${f(out.addRatio, 2)}×)`,
+          '≤ 1.1×',
+        ],
+        ['agent RSS: base / with all pods (MiB)', `${f(out.rssBaseMiB)} / ${f(out.rssMiB)}`, '≤ 150 MiB at 1,000 pods'],
+        ['agent RSS per pod beyond the base (KiB)', f(out.rssPerPodKiB), '≤ 5 KiB'],
+        ['endpoint list: API / CLI (ms)', `${f(out.endpointListApiMs)} / ${f(out.endpointListCliMs)}`, ''],
+        [
+          `policy import (${POLICIES} policies changed): API round trip / until enforced (ms)`,
+          `${f(out.policyImportMs)} / ${f(out.policyImportEnforcedMs)}`,
+          '',
+        ],
+        ['restore after SIGKILL until the API answers (ms)', f(out.restoreMs, 0), '< 2000 ms'],
+        ['TCP flow between two pods kept flowing through it', String(out.flowSurvivedRestore), 'true'],
+        ['DEL, median (ms)', f(out.delMedianMs), ''],
+        ['nothing left after DEL of all (endpoints, addresses, links, routes, maps, records)', String(out.nothingLeft), 'true'],
+      ],
+    )}\n\nLoad average at the start: ${load0.toFixed(1)}, at the end: ${os.loadavg()[0].toFixed(1)} (${os.cpus().length} CPUs).\n`,
+  );
   if (JSON_OUT) fs.writeFileSync(JSON_OUT, JSON.stringify(out, null, 1));
 }
 

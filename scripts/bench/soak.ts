@@ -18,7 +18,10 @@ import { percentile } from './lib.ts';
 
 delete process.env.NODE_EXTRA_CA_CERTS;
 delete process.env.NODE_OPTIONS;
-const arg = (name: string, dflt: number) => { const i = process.argv.indexOf(`--${name}`); return i > 0 ? Number(process.argv[i + 1]) : dflt; };
+const arg = (name: string, dflt: number) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? Number(process.argv[i + 1]) : dflt;
+};
 const CYCLES = arg('cycles', 10_000);
 const CONCURRENCY = arg('concurrency', 4);
 const KILL_AGENT_EVERY = arg('kill-agent-every', 500);
@@ -26,22 +29,40 @@ const KILL_PLUGIN = arg('kill-plugin', 0.03);
 const JSON_OUT = process.argv.includes('--json') ? process.argv[process.argv.indexOf('--json') + 1] : undefined;
 const log = (s: string) => process.stderr.write(`soak: ${s}\n`);
 
-interface Run { code: number | null; signal: NodeJS.Signals | null; out: any; ms: number }
+interface Run {
+  code: number | null;
+  signal: NodeJS.Signals | null;
+  out: any;
+  ms: number;
+}
 
 /** membrane-cni as libcni runs it; with `killAfterMs` the plugin is SIGKILLed at that moment. */
 function cni(verb: string, conf: object, containerId: string, netns: string, killAfterMs?: number): Promise<Run> {
-  const env = runtimeEnv({ CNI_COMMAND: verb, CNI_CONTAINERID: containerId, CNI_NETNS: netns, CNI_IFNAME: 'eth0', CNI_ARGS: `K8S_POD_NAMESPACE=soak;K8S_POD_NAME=${containerId}`, CNI_PATH: '/usr/lib/cni' });
+  const env = runtimeEnv({
+    CNI_COMMAND: verb,
+    CNI_CONTAINERID: containerId,
+    CNI_NETNS: netns,
+    CNI_IFNAME: 'eth0',
+    CNI_ARGS: `K8S_POD_NAMESPACE=soak;K8S_POD_NAME=${containerId}`,
+    CNI_PATH: '/usr/lib/cni',
+  });
   return new Promise((resolve, reject) => {
     const t0 = performance.now();
     const child = spawn(CNI_BIN, [], { env, stdio: ['pipe', 'pipe', 'ignore'] });
     let stdout = '';
-    child.stdout.on('data', (c) => { stdout += c; });
+    child.stdout.on('data', (c) => {
+      stdout += c;
+    });
     child.on('error', reject);
     const killer = killAfterMs === undefined ? undefined : setTimeout(() => child.kill('SIGKILL'), killAfterMs);
     child.on('close', (code, signal) => {
       clearTimeout(killer);
       let out: any;
-      try { out = stdout ? JSON.parse(stdout) : undefined; } catch { out = stdout; }
+      try {
+        out = stdout ? JSON.parse(stdout) : undefined;
+      } catch {
+        out = stdout;
+      }
       resolve({ code, signal, out, ms: performance.now() - t0 });
     });
     child.stdin.on('error', () => undefined);
@@ -50,8 +71,18 @@ function cni(verb: string, conf: object, containerId: string, netns: string, kil
 }
 
 const stats = {
-  cycles: 0, addOk: 0, addFailed: 0, addKilled: 0, delKilled: 0, delRetries: 0, trafficOk: 0, trafficFailed: 0,
-  agentKills: 0, addMs: [] as number[], delMs: [] as number[], errors: {} as Record<string, number>,
+  cycles: 0,
+  addOk: 0,
+  addFailed: 0,
+  addKilled: 0,
+  delKilled: 0,
+  delRetries: 0,
+  trafficOk: 0,
+  trafficFailed: 0,
+  agentKills: 0,
+  addMs: [] as number[],
+  delMs: [] as number[],
+  errors: {} as Record<string, number>,
 };
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
@@ -63,7 +94,9 @@ async function main(): Promise<void> {
   const live = new Set<TestNetns>();
   try {
     const empty = await nodeState(node.agent);
-    log(`agent ${node.agent.id} in ${node.ns.name}; ${CYCLES} cycles, ${CONCURRENCY} at a time, agent SIGKILL every ~${KILL_AGENT_EVERY} operations, plugin SIGKILL p=${KILL_PLUGIN}`);
+    log(
+      `agent ${node.agent.id} in ${node.ns.name}; ${CYCLES} cycles, ${CONCURRENCY} at a time, agent SIGKILL every ~${KILL_AGENT_EVERY} operations, plugin SIGKILL p=${KILL_PLUGIN}`,
+    );
     let ops = 0;
     let nextAgentKill = KILL_AGENT_EVERY;
     let restarting: Promise<void> | null = null;
@@ -71,7 +104,13 @@ async function main(): Promise<void> {
       if (ops < nextAgentKill || restarting) return;
       nextAgentKill = ops + Math.round(KILL_AGENT_EVERY * (0.5 + Math.random()));
       stats.agentKills++;
-      restarting = (async () => { await node.agent.kill9(); await sleep(200); await node.agent.restart(); })().finally(() => { restarting = null; });
+      restarting = (async () => {
+        await node.agent.kill9();
+        await sleep(200);
+        await node.agent.restart();
+      })().finally(() => {
+        restarting = null;
+      });
     };
     const plugin = (verb: string, id: string, ns: string) => {
       ops++;
@@ -93,19 +132,27 @@ async function main(): Promise<void> {
           stats.addOk++;
           stats.addMs.push(add.ms);
           const gw = add.out?.ips?.[0]?.gateway;
-          if (gw && await ping(ns, gw, 1)) stats.trafficOk++; else stats.trafficFailed++;
+          if (gw && (await ping(ns, gw, 1))) stats.trafficOk++;
+          else stats.trafficFailed++;
         } else {
           stats.addFailed++;
-          const key = `ADD ${add.out?.code ?? add.code}: ${String(add.out?.msg ?? '').replace(/soak-[\w-]+/g, 'ID').slice(0, 80)}`;
+          const key = `ADD ${add.out?.code ?? add.code}: ${String(add.out?.msg ?? '')
+            .replace(/soak-[\w-]+/g, 'ID')
+            .slice(0, 80)}`;
           stats.errors[key] = (stats.errors[key] ?? 0) + 1;
         }
         // The runtime DELs until a DEL succeeds (kubelet retries; an unreachable agent means "queued").
         for (let attempt = 0; ; attempt++) {
           const del = await plugin('DEL', id, ns.path);
-          if (del.code === 0) { stats.delMs.push(del.ms); break; }
+          if (del.code === 0) {
+            stats.delMs.push(del.ms);
+            break;
+          }
           if (del.signal === 'SIGKILL') stats.delKilled++;
           else {
-            const key = `DEL ${del.out?.code ?? del.code}: ${String(del.out?.msg ?? '').replace(/soak-[\w-]+/g, 'ID').slice(0, 80)}`;
+            const key = `DEL ${del.out?.code ?? del.code}: ${String(del.out?.msg ?? '')
+              .replace(/soak-[\w-]+/g, 'ID')
+              .slice(0, 80)}`;
             stats.errors[key] = (stats.errors[key] ?? 0) + 1;
           }
           stats.delRetries++;
@@ -115,7 +162,8 @@ async function main(): Promise<void> {
         ns.remove();
         live.delete(ns);
         stats.cycles++;
-        if (stats.cycles % 250 === 0) log(`${stats.cycles}/${CYCLES} cycles, ${stats.agentKills} agent kills, ${Math.round((Date.now() - t0) / 1000)} s`);
+        if (stats.cycles % 250 === 0)
+          log(`${stats.cycles}/${CYCLES} cycles, ${stats.agentKills} agent kills, ${Math.round((Date.now() - t0) / 1000)} s`);
       }
     };
     await Promise.all(Array.from({ length: CONCURRENCY }, worker));
@@ -127,11 +175,27 @@ async function main(): Promise<void> {
     const end = await nodeState(node.agent);
     const leaks = diff(empty, end);
     const result = {
-      cycles: stats.cycles, concurrency: CONCURRENCY, seconds: Math.round((Date.now() - t0) / 1000), agentKills: stats.agentKills,
-      adds: { ok: stats.addOk, failed: stats.addFailed, pluginKilled: stats.addKilled, p50Ms: Math.round(percentile(stats.addMs, 0.5)), p99Ms: Math.round(percentile(stats.addMs, 0.99)) },
-      dels: { pluginKilled: stats.delKilled, retries: stats.delRetries, p50Ms: Math.round(percentile(stats.delMs, 0.5)), p99Ms: Math.round(percentile(stats.delMs, 0.99)) },
+      cycles: stats.cycles,
+      concurrency: CONCURRENCY,
+      seconds: Math.round((Date.now() - t0) / 1000),
+      agentKills: stats.agentKills,
+      adds: {
+        ok: stats.addOk,
+        failed: stats.addFailed,
+        pluginKilled: stats.addKilled,
+        p50Ms: Math.round(percentile(stats.addMs, 0.5)),
+        p99Ms: Math.round(percentile(stats.addMs, 0.99)),
+      },
+      dels: {
+        pluginKilled: stats.delKilled,
+        retries: stats.delRetries,
+        p50Ms: Math.round(percentile(stats.delMs, 0.5)),
+        p99Ms: Math.round(percentile(stats.delMs, 0.99)),
+      },
       traffic: { ok: stats.trafficOk, failed: stats.trafficFailed },
-      errors: stats.errors, queuedLeft: queued, leaks,
+      errors: stats.errors,
+      queuedLeft: queued,
+      leaks,
     };
     process.stdout.write(`${JSON.stringify(result, null, 2)}\n`);
     if (JSON_OUT) fs.writeFileSync(JSON_OUT, JSON.stringify(result, null, 2));
@@ -152,8 +216,12 @@ function diff(a: NodeState, b: NodeState): string[] {
     if (extra.length) out.push(`${k}: ${extra.slice(0, 5).join(', ')}${extra.length > 5 ? ` (+${extra.length - 5})` : ''}`);
   }
   for (const k of Object.keys(a.maps)) if (a.maps[k] !== b.maps[k]) out.push(`map ${k}: ${a.maps[k]} -> ${b.maps[k]} entries`);
-  for (const k of Object.keys(a.records)) if (a.records[k] !== b.records[k]) out.push(`store ${k}: ${a.records[k]} -> ${b.records[k]} records`);
+  for (const k of Object.keys(a.records))
+    if (a.records[k] !== b.records[k]) out.push(`store ${k}: ${a.records[k]} -> ${b.records[k]} records`);
   return out;
 }
 
-main().catch((e) => { log(`failed: ${(e as Error).stack ?? e}`); process.exit(2); });
+main().catch((e) => {
+  log(`failed: ${(e as Error).stack ?? e}`);
+  process.exit(2);
+});

@@ -22,15 +22,20 @@ const sh = (cmd: string, args: string[]) => execFileSync(cmd, args, { stdio: ['i
 export async function plainVeth(): Promise<Pods> {
   const id = randomId(3);
   const base = randomSubnet24().replace(/0\/24$/, '');
-  const gw = `${base}1`, dummy = `pgw${id}`;
-  const a = createNetns('mbb'), b = createNetns('mbb');
+  const gw = `${base}1`,
+    dummy = `pgw${id}`;
+  const a = createNetns('mbb'),
+    b = createNetns('mbb');
   const links: string[] = [dummy];
   sh('ip', ['link', 'add', dummy, 'type', 'veth', 'peer', 'name', `${dummy}_n`]); // no dummy driver in every kernel
   sh('ip', ['link', 'set', `${dummy}_n`, 'up']);
   sh('ip', ['link', 'set', dummy, 'up']);
   sh('ip', ['addr', 'add', `${gw}/32`, 'dev', dummy]);
   sh('sysctl', ['-q', '-w', 'net.ipv4.ip_forward=1']);
-  const pods: [TestNetns, string][] = [[a, `${base}2`], [b, `${base}3`]];
+  const pods: [TestNetns, string][] = [
+    [a, `${base}2`],
+    [b, `${base}3`],
+  ];
   for (const [i, [ns, ip]] of pods.entries()) {
     const host = `pv${id}${i}`;
     links.push(host);
@@ -44,10 +49,21 @@ export async function plainVeth(): Promise<Pods> {
     await ns.exec('ip', ['route', 'add', 'default', 'via', gw, 'dev', 'eth0']);
   }
   return {
-    name: 'plain veth + host routes', a, b, ipA: pods[0][1], ipB: pods[1][1],
+    name: 'plain veth + host routes',
+    a,
+    b,
+    ipA: pods[0][1],
+    ipB: pods[1][1],
     async cleanup() {
-      a.remove(); b.remove();
-      for (const l of links) { try { sh('ip', ['link', 'del', l]); } catch { /* gone with its netns */ } }
+      a.remove();
+      b.remove();
+      for (const l of links) {
+        try {
+          sh('ip', ['link', 'del', l]);
+        } catch {
+          /* gone with its netns */
+        }
+      }
     },
   };
 }
@@ -58,22 +74,52 @@ export async function referenceBridge(): Promise<Pods> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-bench-bridge-'));
   const bridge = `bb${id}`;
   const conf = JSON.stringify({
-    cniVersion: '1.0.0', name: `bench${id}`, type: 'bridge', bridge, isGateway: true, ipMasq: false,
+    cniVersion: '1.0.0',
+    name: `bench${id}`,
+    type: 'bridge',
+    bridge,
+    isGateway: true,
+    ipMasq: false,
     ipam: { type: 'host-local', subnet: randomSubnet24(), dataDir: path.join(dir, 'ipam'), routes: [{ dst: '0.0.0.0/0' }] },
   });
-  const a = createNetns('mbb'), b = createNetns('mbb');
-  const cni = (cmd: string, ns: TestNetns) => execFileSync('/usr/lib/cni/bridge', [], {
-    input: conf, encoding: 'utf8',
-    env: { PATH: process.env.PATH, CNI_COMMAND: cmd, CNI_CONTAINERID: ns.name, CNI_NETNS: ns.path, CNI_IFNAME: 'eth0', CNI_PATH: '/usr/lib/cni' },
-  });
+  const a = createNetns('mbb'),
+    b = createNetns('mbb');
+  const cni = (cmd: string, ns: TestNetns) =>
+    execFileSync('/usr/lib/cni/bridge', [], {
+      input: conf,
+      encoding: 'utf8',
+      env: {
+        PATH: process.env.PATH,
+        CNI_COMMAND: cmd,
+        CNI_CONTAINERID: ns.name,
+        CNI_NETNS: ns.path,
+        CNI_IFNAME: 'eth0',
+        CNI_PATH: '/usr/lib/cni',
+      },
+    });
   const ipOf = (out: string) => JSON.parse(out).ips[0].address.split('/')[0] as string;
   const ipA = ipOf(cni('ADD', a));
   const ipB = ipOf(cni('ADD', b));
   return {
-    name: 'reference bridge plugin', a, b, ipA, ipB,
+    name: 'reference bridge plugin',
+    a,
+    b,
+    ipA,
+    ipB,
     async cleanup() {
-      for (const ns of [a, b]) { try { cni('DEL', ns); } catch { /* best effort */ } ns.remove(); }
-      try { sh('ip', ['link', 'del', bridge]); } catch { /* gone */ }
+      for (const ns of [a, b]) {
+        try {
+          cni('DEL', ns);
+        } catch {
+          /* best effort */
+        }
+        ns.remove();
+      }
+      try {
+        sh('ip', ['link', 'del', bridge]);
+      } catch {
+        /* gone */
+      }
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
@@ -82,16 +128,23 @@ export async function referenceBridge(): Promise<Pods> {
 /** (c) Membrane endpoints created through the agent's API. */
 export async function membrane(agent?: TestAgent): Promise<Pods> {
   const own = !agent;
-  const ag = agent ?? await startAgent();
-  const a = createNetns('mbb'), b = createNetns('mbb');
+  const ag = agent ?? (await startAgent());
+  const a = createNetns('mbb'),
+    b = createNetns('mbb');
   const ea = await ag.client.createEndpoint({ containerId: `bench-${a.name}`, netns: a.path, ifName: 'eth0' });
   const eb = await ag.client.createEndpoint({ containerId: `bench-${b.name}`, netns: b.path, ifName: 'eth0' });
   return {
-    name: 'Membrane', a, b, ipA: ea.ips[0].address.split('/')[0], ipB: eb.ips[0].address.split('/')[0], agent: ag,
+    name: 'Membrane',
+    a,
+    b,
+    ipA: ea.ips[0].address.split('/')[0],
+    ipB: eb.ips[0].address.split('/')[0],
+    agent: ag,
     async cleanup() {
       await ag.client.deleteEndpoint(ea.containerId, 'eth0').catch(() => undefined);
       await ag.client.deleteEndpoint(eb.containerId, 'eth0').catch(() => undefined);
-      a.remove(); b.remove();
+      a.remove();
+      b.remove();
       if (own) await ag.cleanup();
     },
   };
@@ -104,10 +157,13 @@ export const fake = (i: number) => `198.${18 + ((i >> 16) & 1)}.${(i >> 8) & 255
  *  client (bench=client). As JSON (the agent reads JSON ~10x faster than YAML). */
 export function membranePolicy(n: number): string {
   const ingress: object[] = [];
-  for (let i = 1; i < n; i++) ingress.push({ fromCIDR: [`${fake(i)}/32`], toPorts: [{ ports: [{ port: '443', protocol: 'TCP' }] }] });
+  for (let i = 1; i < n; i++)
+    ingress.push({ fromCIDR: [`${fake(i)}/32`], toPorts: [{ ports: [{ port: '443', protocol: 'TCP' }] }] });
   ingress.push({ fromEndpoints: [{ matchLabels: { bench: 'client' } }] });
   return JSON.stringify({
-    apiVersion: 'cilium.io/v2', kind: 'CiliumNetworkPolicy', metadata: { name: `bench-${n}` },
+    apiVersion: 'cilium.io/v2',
+    kind: 'CiliumNetworkPolicy',
+    metadata: { name: `bench-${n}` },
     spec: { endpointSelector: { matchLabels: { bench: 'server' } }, ingress },
   });
 }

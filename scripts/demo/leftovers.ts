@@ -12,7 +12,12 @@ export interface Leftovers {
 }
 
 function linkExists(name: string): boolean {
-  try { execFileSync('ip', ['link', 'show', 'dev', name], { stdio: 'ignore' }); return true; } catch { return false; }
+  try {
+    execFileSync('ip', ['link', 'show', 'dev', name], { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** Processes (other than this one) whose command line contains `tag`. */
@@ -20,14 +25,22 @@ export function processesWith(tag: string): string[] {
   const out: string[] = [];
   for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p) && Number(p) !== process.pid)) {
     let cmd = '';
-    try { cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ').trim(); } catch { continue; }
+    try {
+      cmd = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ').trim();
+    } catch {
+      continue;
+    }
     if (cmd.includes(tag)) out.push(`${pid} ${cmd.slice(0, 160)}`);
   }
   return out;
 }
 
 export function mountsWith(tag: string): string[] {
-  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').map((l) => l.split(' ')[4]).filter((m): m is string => !!m && m.includes(tag));
+  return fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .map((l) => l.split(' ')[4])
+    .filter((m): m is string => !!m && m.includes(tag));
 }
 
 export function leftovers(tag: string, links: string[], paths: string[]): Leftovers {

@@ -18,18 +18,33 @@ export function note(s: string): void {
   process.stdout.write(`${s}\n`);
 }
 
-export interface RunResult { code: number; stdout: string; stderr: string }
+export interface RunResult {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
 
 /**
  * Runs `cmd args` and prints it as `$ shown` (default: the command itself) with its output, indented.
  * `expect`: the exit code that is not a failure of the demo (default 0).
  */
-export function run(cmd: string, args: string[], o: { env: NodeJS.ProcessEnv; shown?: string; prompt?: string; expect?: number[]; timeoutMs?: number }): RunResult {
+export function run(
+  cmd: string,
+  args: string[],
+  o: { env: NodeJS.ProcessEnv; shown?: string; prompt?: string; expect?: number[]; timeoutMs?: number },
+): RunResult {
   process.stdout.write(`${o.prompt ?? ''}$ ${o.shown ?? [cmd, ...args].join(' ')}\n`);
   const r = spawnSync(cmd, args, { env: o.env, encoding: 'utf8', timeout: o.timeoutMs ?? 60_000 });
   const out = `${r.stdout ?? ''}${r.stderr ?? ''}`.replace(/\s+$/, '');
-  if (out) process.stdout.write(`${out.split('\n').map((l) => `  ${l}`).join('\n')}\n`);
+  if (out)
+    process.stdout.write(
+      `${out
+        .split('\n')
+        .map((l) => `  ${l}`)
+        .join('\n')}\n`,
+    );
   const code = r.status ?? -1;
-  if (!(o.expect ?? [0]).includes(code)) throw new Error(`${o.shown ?? cmd} exited with ${r.signal ?? code}${r.error ? ` (${r.error.message})` : ''}`);
+  if (!(o.expect ?? [0]).includes(code))
+    throw new Error(`${o.shown ?? cmd} exited with ${r.signal ?? code}${r.error ? ` (${r.error.message})` : ''}`);
   return { code, stdout: r.stdout ?? '', stderr: r.stderr ?? '' };
 }

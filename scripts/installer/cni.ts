@@ -44,7 +44,11 @@ export function cniDirs(o: { root: string; binDir?: string; confDir?: string; co
     }
   }
   const pick = (explicit: string | undefined, containerd: string | undefined, fallback: string): [string, string] =>
-    explicit ? [explicit, 'given'] : containerd ? [under(o.root, containerd), `containerd's ${o.containerdConfig}`] : [under(o.root, fallback), 'the CNI default'];
+    explicit
+      ? [explicit, 'given']
+      : containerd
+        ? [under(o.root, containerd), `containerd's ${o.containerdConfig}`]
+        : [under(o.root, fallback), 'the CNI default'];
   const [binDir, binFrom] = pick(o.binDir, fromContainerd.binDir, CNI_DEFAULT_BIN_DIR);
   const [confDir, confFrom] = pick(o.confDir, fromContainerd.confDir, CNI_DEFAULT_CONF_DIR);
   return { binDir, confDir, binFrom, confFrom };
@@ -57,7 +61,9 @@ export function findReferencePlugin(root: string, binDir: string, name: string):
     try {
       fs.accessSync(p, fs.constants.X_OK);
       if (fs.statSync(p).isFile()) return p;
-    } catch { /* not here */ }
+    } catch {
+      /* not here */
+    }
   }
   return undefined;
 }
@@ -70,12 +76,14 @@ export interface ConflistOptions {
 }
 
 export function conflist(o: ConflistOptions): string {
-  const plugins: object[] = [{
-    type: 'membrane-cni',
-    agentSocket: o.socket,
-    logFile: o.logFile,
-    capabilities: { portMappings: true, bandwidth: true, ips: true, mac: true, 'io.kubernetes.cri.pod-annotations': true },
-  }];
+  const plugins: object[] = [
+    {
+      type: 'membrane-cni',
+      agentSocket: o.socket,
+      logFile: o.logFile,
+      capabilities: { portMappings: true, bandwidth: true, ips: true, mac: true, 'io.kubernetes.cri.pod-annotations': true },
+    },
+  ];
   if (o.portmap) plugins.push({ type: 'portmap', capabilities: { portMappings: true }, snat: true });
   return `${JSON.stringify({ cniVersion: '1.0.0', name: o.name, plugins }, null, 2)}\n`;
 }
@@ -93,6 +101,10 @@ export function atomicWrite(file: string, content: string | { from: string }, mo
 /** Conflists in `confDir` that sort before `file`: containerd loads only the first (max_conf_num 1). */
 export function conflistsBefore(confDir: string, file: string): string[] {
   let names: string[] = [];
-  try { names = fs.readdirSync(confDir); } catch { return []; }
+  try {
+    names = fs.readdirSync(confDir);
+  } catch {
+    return [];
+  }
   return names.filter((n) => /\.(conflist|conf|json)$/.test(n) && n < path.basename(file)).sort();
 }

@@ -37,7 +37,11 @@ export function installCni(o: CniInstallOptions, say: (s: string) => void): Entr
   say(exe);
   if (o.launcher) {
     const l = path.join(dirs.binDir, 'membrane-cni');
-    atomicWrite(l, `#!/bin/sh\n# membrane-cni launcher: Node must not start with the runtime's NODE_EXTRA_CA_CERTS / NODE_OPTIONS\nunset NODE_EXTRA_CA_CERTS NODE_OPTIONS\nexec '${exe}' "$@"\n`, 0o755);
+    atomicWrite(
+      l,
+      `#!/bin/sh\n# membrane-cni launcher: Node must not start with the runtime's NODE_EXTRA_CA_CERTS / NODE_OPTIONS\nunset NODE_EXTRA_CA_CERTS NODE_OPTIONS\nexec '${exe}' "$@"\n`,
+      0o755,
+    );
     entries.push({ path: l, kind: 'file' });
     say(`${l} (launcher)`);
   }
@@ -46,7 +50,10 @@ export function installCni(o: CniInstallOptions, say: (s: string) => void): Entr
   for (const plugin of ['loopback', 'portmap']) {
     const p = (found[plugin] = findReferencePlugin(o.root, dirs.binDir, plugin));
     const inBin = path.join(dirs.binDir, plugin);
-    if (!p) say(`${plugin} not found in ${dirs.binDir} or ${['/usr/lib/cni', '/opt/cni/bin', '/usr/libexec/cni'].map((d) => under(o.root, d)).join(', ')} (apt-get install containernetworking-plugins)${plugin === 'portmap' ? ': hostPort mappings will not work' : ''}`);
+    if (!p)
+      say(
+        `${plugin} not found in ${dirs.binDir} or ${['/usr/lib/cni', '/opt/cni/bin', '/usr/libexec/cni'].map((d) => under(o.root, d)).join(', ')} (apt-get install containernetworking-plugins)${plugin === 'portmap' ? ': hostPort mappings will not work' : ''}`,
+      );
     else if (path.dirname(p) !== dirs.binDir && !fs.existsSync(inBin)) {
       fs.symlinkSync(p, inBin);
       entries.push({ path: inBin, kind: 'file' });
@@ -60,10 +67,21 @@ export function installCni(o: CniInstallOptions, say: (s: string) => void): Entr
     say(`${file} exists, left as it is (--force overwrites)`);
     return entries;
   }
-  atomicWrite(file, conflist({ name: o.name, socket: o.socket, logFile: o.logFile ?? under(o.root, '/var/log/membrane/cni.log'), portmap: !!found.portmap }));
+  atomicWrite(
+    file,
+    conflist({
+      name: o.name,
+      socket: o.socket,
+      logFile: o.logFile ?? under(o.root, '/var/log/membrane/cni.log'),
+      portmap: !!found.portmap,
+    }),
+  );
   entries.push({ path: file, kind: 'config', sha256: sha256(file) });
   say(`${file}${found.portmap ? ' (membrane-cni, then portmap)' : ''}`);
   const before = conflistsBefore(dirs.confDir, file);
-  if (before.length) say(`note: ${before.join(', ')} sort${before.length === 1 ? 's' : ''} before it in ${dirs.confDir}; containerd uses only the first network config (max_conf_num 1)`);
+  if (before.length)
+    say(
+      `note: ${before.join(', ')} sort${before.length === 1 ? 's' : ''} before it in ${dirs.confDir}; containerd uses only the first network config (max_conf_num 1)`,
+    );
   return entries;
 }

@@ -40,9 +40,12 @@ function systemctl(args: string[]): void {
 }
 
 function checkBuilt(): void {
-  const missing = [...BUNDLES.map((b) => `bin/${b}`), 'bin/membrane-cni', 'bpf/endpoint.o'].filter((f) => !fs.existsSync(path.join(DIST, f)));
+  const missing = [...BUNDLES.map((b) => `bin/${b}`), 'bin/membrane-cni', 'bpf/endpoint.o'].filter(
+    (f) => !fs.existsSync(path.join(DIST, f)),
+  );
   if (missing.length) throw new Error(`dist/${missing.join(', dist/')} missing: run "npm run build" first`);
-  if (Number(process.versions.node.split('.')[0]) < 20) throw new Error(`Node ${process.version} is too old for the bundles (20.12 or newer)`);
+  if (Number(process.versions.node.split('.')[0]) < 20)
+    throw new Error(`Node ${process.version} is too old for the bundles (20.12 or newer)`);
 }
 
 /** <lib>: bundles, the datapath object, the runtime node_modules; replaced as a whole (a running
@@ -68,7 +71,9 @@ function installLib(l: Layout): void {
   if (fs.existsSync(l.libDir)) fs.renameSync(l.libDir, old);
   fs.renameSync(tmp, l.libDir);
   fs.rmSync(old, { recursive: true, force: true });
-  say(`${l.libDir}: ${BUNDLES.join(', ')}, membrane-cni, bpf/endpoint.o, ${packages.length} runtime packages (${[...externals].join(', ')} and their dependencies)`);
+  say(
+    `${l.libDir}: ${BUNDLES.join(', ')}, membrane-cni, bpf/endpoint.o, ${packages.length} runtime packages (${[...externals].join(', ')} and their dependencies)`,
+  );
 }
 
 function writeFile(file: string, content: string, mode: number): void {
@@ -97,7 +102,9 @@ async function install(o: Options, l: Layout): Promise<void> {
   fs.rmSync(cniOnPath, { force: true });
   fs.symlinkSync(path.join(l.libDir, 'bin/membrane-cni'), cniOnPath);
   entries.push({ path: cniOnPath, kind: 'file' });
-  say(`${l.binDir}: ${[...ON_PATH, 'membrane-cni'].join(', ')} (wrappers running ${node} on the bundles; membrane-cni links to the single executable)`);
+  say(
+    `${l.binDir}: ${[...ON_PATH, 'membrane-cni'].join(', ')} (wrappers running ${node} on the bundles; membrane-cni links to the single executable)`,
+  );
 
   if (fs.existsSync(l.configFile)) {
     say(`${l.configFile} exists, left as it is`);
@@ -112,11 +119,20 @@ async function install(o: Options, l: Layout): Promise<void> {
 
   if (o.cni) {
     const cfg = installedAgentConfig(l);
-    const cniOpts: CniInstallOptions = { root: l.root, binDir: o.cniBinDir, confDir: o.cniConfDir, containerdConfig: l.containerdConfig, socket: cfg.socket, name: 'membrane', source: path.join(DIST, 'bin/membrane-cni'),
-      unchangedSinceInstall: (f) => previous.some((e) => e.path === f && e.kind === 'config' && e.sha256 === sha256(f)) };
+    const cniOpts: CniInstallOptions = {
+      root: l.root,
+      binDir: o.cniBinDir,
+      confDir: o.cniConfDir,
+      containerdConfig: l.containerdConfig,
+      socket: cfg.socket,
+      name: 'membrane',
+      source: path.join(DIST, 'bin/membrane-cni'),
+      unchangedSinceInstall: (f) => previous.some((e) => e.path === f && e.kind === 'config' && e.sha256 === sha256(f)),
+    };
     entries.push(...installCni(cniOpts, say));
   }
-  for (const e of previous) if (e.kind === 'config' && !entries.some((n) => n.path === e.path) && fs.existsSync(e.path)) entries.push(e);
+  for (const e of previous)
+    if (e.kind === 'config' && !entries.some((n) => n.path === e.path) && fs.existsSync(e.path)) entries.push(e);
   writeManifest(l.manifest, entries);
 
   if (systemd(l)) {
@@ -124,7 +140,9 @@ async function install(o: Options, l: Layout): Promise<void> {
     systemctl(o.start ? ['enable', '--now', 'membrane-agent.service'] : ['enable', 'membrane-agent.service']);
     say('membrane-agent runs; try: membrane status');
   } else {
-    say(`systemd is not managing this ${l.root ? 'root' : 'machine'}: run the agent as the unit would: ${path.join(l.binDir, 'membrane-agent')} --config ${l.configFile}`);
+    say(
+      `systemd is not managing this ${l.root ? 'root' : 'machine'}: run the agent as the unit would: ${path.join(l.binDir, 'membrane-agent')} --config ${l.configFile}`,
+    );
   }
 }
 
@@ -154,7 +172,9 @@ async function uninstall(o: Options, l: Layout): Promise<void> {
 
 async function main(): Promise<void> {
   const program = new Command('scripts/install')
-    .description('Install Membrane on this node as a service: the executables on PATH, the agent\'s systemd unit and configuration, membrane-cni for the CNI runtimes.')
+    .description(
+      "Install Membrane on this node as a service: the executables on PATH, the agent's systemd unit and configuration, membrane-cni for the CNI runtimes.",
+    )
     .option('--root <dir>', 'install under DIR (every path prefixed, also in the files written): for tests and images')
     .option('--prefix <dir>', 'executables in PREFIX/bin, the rest in PREFIX/lib/membrane', '/usr/local')
     .option('--no-cni', 'do not install membrane-cni into the CNI bin dir or write a conflist')
@@ -162,7 +182,10 @@ async function main(): Promise<void> {
     .option('--cni-conf-dir <dir>', "CNI config dir (default: containerd's conf_dir, else /etc/cni/net.d)")
     .option('--no-start', 'enable the unit without starting it')
     .option('--uninstall', 'remove what the installation wrote (a changed agent.yaml or conflist stays)')
-    .option('--purge', 'with --uninstall: also the agent\'s endpoints, pinned maps, host device, sockets, state and /var/log/membrane')
+    .option(
+      '--purge',
+      "with --uninstall: also the agent's endpoints, pinned maps, host device, sockets, state and /var/log/membrane",
+    )
     .showHelpAfterError();
   program.parse(process.argv);
   const o = program.opts<Options>();

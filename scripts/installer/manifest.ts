@@ -57,12 +57,20 @@ export function removeEntries(entries: Entry[], purge: boolean): { removed: stri
 }
 
 function isSymlink(p: string): boolean {
-  try { return fs.lstatSync(p).isSymbolicLink(); } catch { return false; }
+  try {
+    return fs.lstatSync(p).isSymbolicLink();
+  } catch {
+    return false;
+  }
 }
 
 /** Removes `dir` and its parents up to (not including) `stop` while they are empty. */
 export function removeEmptyDirs(dir: string, stop: string): void {
   for (let d = dir; d.startsWith(stop + path.sep) && d !== stop; d = path.dirname(d)) {
-    try { fs.rmdirSync(d); } catch { return; }
+    try {
+      fs.rmdirSync(d);
+    } catch {
+      return;
+    }
   }
 }

@@ -32,8 +32,13 @@ export function installedAgentConfig(l: Layout): AgentConfig {
 function pidAlive(file: string): number | undefined {
   try {
     const pid = Number(fs.readFileSync(file, 'utf8').trim());
-    if (pid > 0) { process.kill(pid, 0); return pid; }
-  } catch { /* no pid file, or not running */ }
+    if (pid > 0) {
+      process.kill(pid, 0);
+      return pid;
+    }
+  } catch {
+    /* no pid file, or not running */
+  }
   return undefined;
 }
 
@@ -47,7 +52,11 @@ export async function deleteEndpoints(cfg: AgentConfig): Promise<number> {
   if (!fs.existsSync(cfg.socket)) return 0;
   const client = new AgentClient({ socketPath: cfg.socket, timeoutMs: 30_000 });
   let eps;
-  try { eps = await client.listEndpoints(); } catch { return 0; }
+  try {
+    eps = await client.listEndpoints();
+  } catch {
+    return 0;
+  }
   for (const ep of eps) await client.deleteEndpoint(ep.containerId, ep.ifName);
   return eps.length;
 }
@@ -55,32 +64,61 @@ export async function deleteEndpoints(cfg: AgentConfig): Promise<number> {
 /** Everything the stopped agent left; refuses while it still runs. */
 export function purgeAgentState(cfg: AgentConfig, l: Layout): string[] {
   const pid = pidAlive(path.join(cfg.stateDir, 'agent.pid'));
-  if (pid) throw new Error(`membrane-agent (pid ${pid}) still runs on ${cfg.stateDir}: stop it, then run --uninstall --purge again (its endpoints are deleted already)`);
+  if (pid)
+    throw new Error(
+      `membrane-agent (pid ${pid}) still runs on ${cfg.stateDir}: stop it, then run --uninstall --purge again (its endpoints are deleted already)`,
+    );
   const removed: string[] = [];
   // L7 proxy workers outlive the agent by design; they are the agent's children, named in its state.
   for (const f of listFiles(path.join(cfg.stateDir, 'l7')).filter((f) => f.endsWith('.pid'))) {
     const worker = pidAlive(f);
-    if (worker && cmdline(worker).includes('membrane-proxy')) { process.kill(worker, 'SIGTERM'); removed.push(`proxy worker ${worker}`); }
+    if (worker && cmdline(worker).includes('membrane-proxy')) {
+      process.kill(worker, 'SIGTERM');
+      removed.push(`proxy worker ${worker}`);
+    }
   }
   try {
     execFileSync('ip', ['link', 'del', cfg.hostDevice], { stdio: 'ignore' });
     removed.push(`link ${cfg.hostDevice}`);
-  } catch { /* not there */ }
-  for (const p of [cfg.bpffsDir, cfg.stateDir, cfg.socket, pendingDeletesDir(cfg.socket), cfg.observerSocket, ...(cfg.dockerPlugin ? [path.join(cfg.dockerPluginDir, `${cfg.dockerPlugin}.sock`)] : []), path.join(l.root || '/', 'var/log/membrane')]) {
+  } catch {
+    /* not there */
+  }
+  for (const p of [
+    cfg.bpffsDir,
+    cfg.stateDir,
+    cfg.socket,
+    pendingDeletesDir(cfg.socket),
+    cfg.observerSocket,
+    ...(cfg.dockerPlugin ? [path.join(cfg.dockerPluginDir, `${cfg.dockerPlugin}.sock`)] : []),
+    path.join(l.root || '/', 'var/log/membrane'),
+  ]) {
     if (!fs.existsSync(p)) continue;
     fs.rmSync(p, { recursive: true, force: true });
     removed.push(p);
   }
   for (const dir of new Set([path.dirname(cfg.socket), path.dirname(cfg.observerSocket)])) {
-    try { fs.rmdirSync(dir); removed.push(dir); } catch { /* not empty or gone */ }
+    try {
+      fs.rmdirSync(dir);
+      removed.push(dir);
+    } catch {
+      /* not empty or gone */
+    }
   }
   return removed;
 }
 
 function listFiles(dir: string): string[] {
-  try { return fs.readdirSync(dir).map((n) => path.join(dir, n)); } catch { return []; }
+  try {
+    return fs.readdirSync(dir).map((n) => path.join(dir, n));
+  } catch {
+    return [];
+  }
 }
 
 function cmdline(pid: number): string {
-  try { return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' '); } catch { return ''; }
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').replace(/\0/g, ' ');
+  } catch {
+    return '';
+  }
 }

@@ -35,7 +35,12 @@ function resolvePackage(repo: string, fromDir: string, name: string): string | u
  */
 export function dependencyClosure(repo: string, roots: string[]): string[] {
   const seen = new Set<string>();
-  const queue: { from: string; name: string; by: string; optional: boolean }[] = roots.map((name) => ({ from: repo, name, by: 'the bundles', optional: false }));
+  const queue: { from: string; name: string; by: string; optional: boolean }[] = roots.map((name) => ({
+    from: repo,
+    name,
+    by: 'the bundles',
+    optional: false,
+  }));
   while (queue.length) {
     const { from, name, by, optional } = queue.shift()!;
     const dir = resolvePackage(repo, from, name);
@@ -59,7 +64,8 @@ export function copyPackages(repo: string, rels: string[], dest: string): void {
   for (const rel of rels) {
     const src = path.join(repo, rel);
     fs.cpSync(src, path.join(dest, rel), {
-      recursive: true, dereference: true,
+      recursive: true,
+      dereference: true,
       filter: (s) => s === src || !path.relative(src, s).split(path.sep).includes('node_modules'),
     });
   }

@@ -29,7 +29,11 @@ export interface EndpointService {
 export interface IpamService {
   /** Allocate from a network's pool for an owner. `ip` requests a specific address; family picks the
    *  subnet when the network is dual-stack. A repeated request of the same owner gets the same address. */
-  allocate(network: string, owner: IpamOwner, opts?: { ip?: string; family?: 4 | 6 }): Promise<{ ip: string; subnet: string; gateway: string }>;
+  allocate(
+    network: string,
+    owner: IpamOwner,
+    opts?: { ip?: string; family?: 4 | 6 },
+  ): Promise<{ ip: string; subnet: string; gateway: string }>;
   releaseOwner(owner: IpamOwner): Promise<number>;
   releaseIp(network: string, ip: string): Promise<boolean>;
   pools(): IpamPoolView[];

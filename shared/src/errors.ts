@@ -48,7 +48,12 @@ export const ERROR_KINDS = {
   netns_not_found: { class: 'invalid_argument', http: 400, cni: CniCode.INVALID_ENV },
   /** The netns is the agent's own (or the init process's): configuring it would rewire the node. */
   netns_not_allowed: { class: 'invalid_argument', http: 400, cni: CniCode.INVALID_ENV },
-  address_out_of_range: { class: 'invalid_argument', http: 400, cni: CniCode.INVALID_CONFIG, docker: "--ip must lie inside the network's --subnet" },
+  address_out_of_range: {
+    class: 'invalid_argument',
+    http: 400,
+    cni: CniCode.INVALID_CONFIG,
+    docker: "--ip must lie inside the network's --subnet",
+  },
   payload_too_large: { class: 'invalid_argument', http: 413, cni: CniCode.INVALID_CONFIG },
   // not found: the object the caller named does not exist
   endpoint_not_found: { class: 'not_found', http: 404, cni: CniCode.UNKNOWN_CONTAINER },
@@ -64,13 +69,28 @@ export const ERROR_KINDS = {
   network_exists: { class: 'conflict', http: 409, cni: CniCode.INVALID_CONFIG },
   network_in_use: { class: 'conflict', http: 409, cni: CniCode.TRY_AGAIN_LATER },
   address_in_use: { class: 'conflict', http: 409, cni: CniCode.TRY_AGAIN_LATER, docker: 'pick another --ip' },
-  pool_exhausted: { class: 'conflict', http: 409, cni: CniCode.TRY_AGAIN_LATER, docker: 'remove unused containers or create the network with a larger --subnet' },
+  pool_exhausted: {
+    class: 'conflict',
+    http: 409,
+    cni: CniCode.TRY_AGAIN_LATER,
+    docker: 'remove unused containers or create the network with a larger --subnet',
+  },
   // unavailable: nothing wrong with the request, try again (a full disk, a map at capacity)
   unavailable: { class: 'unavailable', http: 503, cni: CniCode.TRY_AGAIN_LATER },
   /** The agent's state disk is full (ENOSPC, EDQUOT): nothing was changed; retry once there is room. */
-  storage_full: { class: 'unavailable', http: 507, cni: CniCode.TRY_AGAIN_LATER, docker: "free space on the membrane agent's --state-dir disk, then retry" },
+  storage_full: {
+    class: 'unavailable',
+    http: 507,
+    cni: CniCode.TRY_AGAIN_LATER,
+    docker: "free space on the membrane agent's --state-dir disk, then retry",
+  },
   /** Cluster mode: etcd did not answer in time (a new label set needs it for its identity). */
-  kvstore_unavailable: { class: 'unavailable', http: 503, cni: CniCode.TRY_AGAIN_LATER, docker: 'the cluster store (etcd) is not reachable; retry when it is back' },
+  kvstore_unavailable: {
+    class: 'unavailable',
+    http: 503,
+    cni: CniCode.TRY_AGAIN_LATER,
+    docker: 'the cluster store (etcd) is not reachable; retry when it is back',
+  },
   internal: { class: 'internal', http: 500, cni: CniCode.AGENT_INTERNAL },
 } as const satisfies Record<string, KindInfo>;
 
@@ -96,7 +116,11 @@ export interface MembraneErrorOptions {
 export class MembraneError<K extends ErrorKind = ErrorKind> extends Error {
   readonly field?: string;
   readonly details?: unknown;
-  constructor(readonly code: K, message: string, opts: MembraneErrorOptions = {}) {
+  constructor(
+    readonly code: K,
+    message: string,
+    opts: MembraneErrorOptions = {},
+  ) {
     super(message, opts.cause === undefined ? undefined : { cause: opts.cause });
     this.name = 'MembraneError';
     if (opts.field !== undefined) this.field = opts.field;

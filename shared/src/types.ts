@@ -151,8 +151,16 @@ export interface ClusterStatusView {
   podCidrs: { ipv4?: string; ipv6?: string };
   nodeId: number;
   kvstore: {
-    type: string; endpoints: string[]; connected: boolean; leaseId?: string; leaseTtlSeconds: number;
-    revision: number; version?: string; lastContactMs?: number; pendingWrites: number; lastError?: string;
+    type: string;
+    endpoints: string[];
+    connected: boolean;
+    leaseId?: string;
+    leaseTtlSeconds: number;
+    revision: number;
+    version?: string;
+    lastContactMs?: number;
+    pendingWrites: number;
+    lastError?: string;
     watches: { prefix: string; live: boolean; revision: number }[];
   };
   nodes: number;

@@ -5,13 +5,25 @@ import t from 'tap';
 import { ConntrackUpkeep } from '../src/agent/conntrack.ts';
 
 const warnings: string[] = [];
-const log = { warn: (_o: object, msg: string) => { warnings.push(msg); } } as never;
+const log = {
+  warn: (_o: object, msg: string) => {
+    warnings.push(msg);
+  },
+} as never;
 
 t.test('collection runs on its interval and survives a failing walk', async (t) => {
   let calls = 0;
   const ct = new ConntrackUpkeep({
-    datapath: { gcConntrack: () => { calls++; if (calls === 1) throw new Error('map gone'); return 3; }, conntrackFill: () => ({ entries: 0, max: 1 }) },
-    log, intervalSeconds: 0.02,
+    datapath: {
+      gcConntrack: () => {
+        calls++;
+        if (calls === 1) throw new Error('map gone');
+        return 3;
+      },
+      conntrackFill: () => ({ entries: 0, max: 1 }),
+    },
+    log,
+    intervalSeconds: 0.02,
   });
   ct.start();
   await new Promise((r) => setTimeout(r, 150));
@@ -28,7 +40,15 @@ t.test('a table more than half full is collected every second, whatever the inte
   let calls = 0;
   let fill = { entries: 10, max: 100 };
   const ct = new ConntrackUpkeep({
-    datapath: { gcConntrack: () => { calls++; return 0; }, conntrackFill: () => fill }, log, intervalSeconds: 3600,
+    datapath: {
+      gcConntrack: () => {
+        calls++;
+        return 0;
+      },
+      conntrackFill: () => fill,
+    },
+    log,
+    intervalSeconds: 3600,
   });
   ct.start();
   t.teardown(() => ct.close());

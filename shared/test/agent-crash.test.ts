@@ -15,7 +15,11 @@ setTimeout(() => { console.log('still running'); }, 500);
 ${trigger}`;
   const env = { ...process.env };
   delete env.NODE_EXTRA_CA_CERTS;
-  return spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], { encoding: 'utf8', env, timeout: 30_000 });
+  return spawnSync(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script], {
+    encoding: 'utf8',
+    env,
+    timeout: 30_000,
+  });
 }
 
 t.test('an unhandled rejection: logged fatal with its reason, exit 70', async (t) => {
@@ -23,7 +27,12 @@ t.test('an unhandled rejection: logged fatal with its reason, exit 70', async (t
   t.equal(r.status, 70);
   t.notMatch(r.stdout, /still running/, 'the process does not go on');
   const line = r.stderr.split('\n').find((l) => l.startsWith('{'));
-  t.match(JSON.parse(line ?? '{}'), { level: 60, origin: 'unhandledRejection', err: { message: 'boom in a create' }, msg: /exiting so that the agent restarts/ });
+  t.match(JSON.parse(line ?? '{}'), {
+    level: 60,
+    origin: 'unhandledRejection',
+    err: { message: 'boom in a create' },
+    msg: /exiting so that the agent restarts/,
+  });
 });
 
 t.test('an uncaught exception in a callback: the same', async (t) => {

@@ -29,28 +29,62 @@ const dir = fs.mkdtempSync(path.join(os.tmpdir(), `mbt-flows-ext-${id}-`));
 const producer = SyntheticProducer.open(pinDir); // creates the events / events_lost pins the agent reads
 
 const ep = (n: number, ip: string, labels: Record<string, string>): Endpoint => ({
-  id: n, containerId: `ctr-${n}`, ifName: 'eth0', network: 'default', netns: '/x', hostIfName: `mbr${n}`, hostIfIndex: 10 + n,
-  hostMac: '', mac: '', mtu: 1500, ips: [{ address: `${ip}/32`, gateway: '', family: 4, subnet: '' }], routes: [], labels,
-  metadata: {}, identity: 300 + n, externalIpam: false, createdAt: '',
+  id: n,
+  containerId: `ctr-${n}`,
+  ifName: 'eth0',
+  network: 'default',
+  netns: '/x',
+  hostIfName: `mbr${n}`,
+  hostIfIndex: 10 + n,
+  hostMac: '',
+  mac: '',
+  mtu: 1500,
+  ips: [{ address: `${ip}/32`, gateway: '', family: 4, subnet: '' }],
+  routes: [],
+  labels,
+  metadata: {},
+  identity: 300 + n,
+  externalIpam: false,
+  createdAt: '',
 });
 const endpoints = [ep(1, '10.77.0.2', { 'k8s:app': 'client' }), ep(2, '10.77.0.3', { 'k8s:app': 'db' })];
 const hooks: { afterCreate?: (e: Endpoint, ms: number) => void; afterDelete?: (e: Endpoint) => void }[] = [];
 let policyRevision = 1;
-let policyList: { name: string; namespace?: string; kind: string; revision: number; rules: number }[] = [{ name: 'shop/db-deny', namespace: 'shop', kind: 'CiliumNetworkPolicy', revision: 1, rules: 2 }];
+let policyList: { name: string; namespace?: string; kind: string; revision: number; rules: number }[] = [
+  { name: 'shop/db-deny', namespace: 'shop', kind: 'CiliumNetworkPolicy', revision: 1, rules: 2 },
+];
 const deps = {
   startedAt: Date.now(),
-  cfg: { nodeName: 'node-x', observerSocket: path.join(dir, 'observer.sock'), observerAddress: '127.0.0.1:0', metricsAddress: '127.0.0.1:0', flowBufferSize: 50, flowEvents: true },
+  cfg: {
+    nodeName: 'node-x',
+    observerSocket: path.join(dir, 'observer.sock'),
+    observerAddress: '127.0.0.1:0',
+    metricsAddress: '127.0.0.1:0',
+    flowBufferSize: 50,
+    flowEvents: true,
+  },
   log: createLogger({ level: 'silent' }),
   datapath: {
     pinDir,
-    mapPressure: () => ({ conntrack: { entries: 3, max: 65536 }, policy: { entries: 2, max: 16384 }, ipcache: { entries: 5, max: 65536 } }),
+    mapPressure: () => ({
+      conntrack: { entries: 3, max: 65536 },
+      policy: { entries: 2, max: 16384 },
+      ipcache: { entries: 5, max: 65536 },
+    }),
     dropCounters: () => ({ 1: { packets: 4n, bytes: 240n } }),
     globalConfig: () => ({ events: true, audit: false }),
   },
-  endpoints: { list: () => endpoints, addHooks: (h: object) => { hooks.push(h); } },
+  endpoints: {
+    list: () => endpoints,
+    addHooks: (h: object) => {
+      hooks.push(h);
+    },
+  },
   rules: {
-    describeRule: (r: number) => (r === 0x2401 ? { policy: 'db-deny', index: 1, direction: 'ingress' as const, action: 'deny' as const } : undefined),
-    policies: () => policyList, revision: () => policyRevision,
+    describeRule: (r: number) =>
+      r === 0x2401 ? { policy: 'db-deny', index: 1, direction: 'ingress' as const, action: 'deny' as const } : undefined,
+    policies: () => policyList,
+    revision: () => policyRevision,
   },
   identities: { labelsOf: (i: number) => (i === 2 ? { 'reserved:world': '' } : undefined) },
 };
@@ -84,9 +118,40 @@ t.test('publishes where it serves', async (t) => {
 });
 
 t.test('kernel ring buffer events become enriched flows', async (t) => {
-  producer.emit(encodeTraceEvent({ type: EventType.FLOW_NEW, endpointId: 2, ifindex: 12, saddr: '10.77.0.2', daddr: '10.77.0.3', sport: 41000, dport: 5432, tcpFlags: 2, srcIdentity: 301, dstIdentity: 302 }));
-  producer.emit(encodeTraceEvent({ type: EventType.DROP, verdict: 1, reason: 1, endpointId: 2, ifindex: 12, saddr: '198.18.0.7', daddr: '10.77.0.3', sport: 41001, dport: 5432, srcIdentity: 2, dstIdentity: 302, ruleId: 0x2401 }));
-  const flows = await waitFor(async () => { const r = await client.collect({}); return r.length >= 2 ? r : undefined; });
+  producer.emit(
+    encodeTraceEvent({
+      type: EventType.FLOW_NEW,
+      endpointId: 2,
+      ifindex: 12,
+      saddr: '10.77.0.2',
+      daddr: '10.77.0.3',
+      sport: 41000,
+      dport: 5432,
+      tcpFlags: 2,
+      srcIdentity: 301,
+      dstIdentity: 302,
+    }),
+  );
+  producer.emit(
+    encodeTraceEvent({
+      type: EventType.DROP,
+      verdict: 1,
+      reason: 1,
+      endpointId: 2,
+      ifindex: 12,
+      saddr: '198.18.0.7',
+      daddr: '10.77.0.3',
+      sport: 41001,
+      dport: 5432,
+      srcIdentity: 2,
+      dstIdentity: 302,
+      ruleId: 0x2401,
+    }),
+  );
+  const flows = await waitFor(async () => {
+    const r = await client.collect({});
+    return r.length >= 2 ? r : undefined;
+  });
   const [ok, drop] = flows.map((r) => r.flow!);
   t.equal(ok.verdict, 'FORWARDED');
   t.same(ok.source, { ID: 1, identity: 301, labels: ['k8s:app=client'] });
@@ -101,15 +166,29 @@ t.test('kernel ring buffer events become enriched flows', async (t) => {
 });
 
 t.test('the buffer keeps the newest --flow-buffer flows; status counts them all', async (t) => {
-  producer.emit(encodeTraceEvent({ type: EventType.FLOW_END, saddr: '10.77.0.2', daddr: '10.77.0.3', packets: 3, bytes: 300 }), 200);
-  const st = await waitFor(async () => { const s = await client.status(); return s.seenFlows >= 202 ? s : undefined; });
-  t.match(st, { numFlows: 50, maxFlows: 50, seenFlows: 202, membrane: { lostEventsDatapath: 0, flowEventsEnabled: true, nodeName: 'node-x' } });
+  producer.emit(
+    encodeTraceEvent({ type: EventType.FLOW_END, saddr: '10.77.0.2', daddr: '10.77.0.3', packets: 3, bytes: 300 }),
+    200,
+  );
+  const st = await waitFor(async () => {
+    const s = await client.status();
+    return s.seenFlows >= 202 ? s : undefined;
+  });
+  t.match(st, {
+    numFlows: 50,
+    maxFlows: 50,
+    seenFlows: 202,
+    membrane: { lostEventsDatapath: 0, flowEventsEnabled: true, nodeName: 'node-x' },
+  });
 });
 
 t.test('losses in the datapath are reported', async (t) => {
   producer.emit(encodeTraceEvent({ type: EventType.FLOW_NEW, saddr: '10.77.0.2', daddr: '10.77.0.3' }), 30_000); // > 1 MiB ring
   const lost = (s: ServerStatus) => s.membrane?.lostEventsDatapath ?? 0;
-  const st = await waitFor(async () => { const s = await client.status(); return s.seenFlows + lost(s) >= 202 + 30_000 ? s : undefined; });
+  const st = await waitFor(async () => {
+    const s = await client.status();
+    return s.seenFlows + lost(s) >= 202 + 30_000 ? s : undefined;
+  });
   t.ok(lost(st) > 0);
   t.equal(st.seenFlows + lost(st), 202 + 30_000, 'every event either seen or counted lost');
 });
@@ -118,7 +197,15 @@ t.test('metrics: endpoint hooks, drops, map pressure, flows, lost', async (t) =>
   for (const h of hooks) h.afterCreate?.(endpoints[0], 37);
   const address = flows.status().metrics.address;
   const body = await new Promise<string>((resolve, reject) => {
-    http.get(`http://${address}/metrics`, (res) => { let b = ''; res.on('data', (d) => { b += d; }); res.on('end', () => resolve(b)); }).on('error', reject);
+    http
+      .get(`http://${address}/metrics`, (res) => {
+        let b = '';
+        res.on('data', (d) => {
+          b += d;
+        });
+        res.on('end', () => resolve(b));
+      })
+      .on('error', reject);
   });
   const page = parsePrometheusText(body);
   t.equal(sampleValue(page, 'membrane_endpoint_create_duration_seconds_count'), 1);
@@ -139,15 +226,34 @@ t.test('agent events: start, endpoints, policy changes', async (t) => {
     for await (const r of client.agentEvents({}).responses) got.push(r.agentEvent!.type);
     return got.includes('POLICY_DELETED') ? got : undefined;
   }, 5000);
-  t.same(types, ['AGENT_STARTED', 'ENDPOINT_CREATED', 'ENDPOINT_DELETED', 'POLICY_UPDATED', 'POLICY_DELETED'],
-    'no event for the policy that was there when the agent started');
+  t.same(
+    types,
+    ['AGENT_STARTED', 'ENDPOINT_CREATED', 'ENDPOINT_DELETED', 'POLICY_UPDATED', 'POLICY_DELETED'],
+    'no event for the policy that was there when the agent started',
+  );
   const all: unknown[] = [];
   for await (const r of client.agentEvents({}).responses) all.push(r.agentEvent);
   t.same(all[2], { type: 'ENDPOINT_DELETED', endpointUpdate: { id: 2, labels: ['k8s:app=db'] } });
-  t.same(all[3], { type: 'POLICY_UPDATED', policyUpdate: {
-    labels: ['k8s:io.cilium.k8s.policy.derived-from=CiliumClusterwideNetworkPolicy', 'k8s:io.cilium.k8s.policy.name=allow-all'], revision: 2, ruleCount: 1 } });
-  t.same(all[4], { type: 'POLICY_DELETED', policyUpdate: {
-    labels: ['k8s:io.cilium.k8s.policy.derived-from=CiliumNetworkPolicy', 'k8s:io.cilium.k8s.policy.name=db-deny', 'k8s:io.cilium.k8s.policy.namespace=shop'], revision: 2, ruleCount: 2 } });
+  t.same(all[3], {
+    type: 'POLICY_UPDATED',
+    policyUpdate: {
+      labels: ['k8s:io.cilium.k8s.policy.derived-from=CiliumClusterwideNetworkPolicy', 'k8s:io.cilium.k8s.policy.name=allow-all'],
+      revision: 2,
+      ruleCount: 1,
+    },
+  });
+  t.same(all[4], {
+    type: 'POLICY_DELETED',
+    policyUpdate: {
+      labels: [
+        'k8s:io.cilium.k8s.policy.derived-from=CiliumNetworkPolicy',
+        'k8s:io.cilium.k8s.policy.name=db-deny',
+        'k8s:io.cilium.k8s.policy.namespace=shop',
+      ],
+      revision: 2,
+      ruleCount: 2,
+    },
+  });
 });
 
 t.test('close releases the socket and ports', async (t) => {

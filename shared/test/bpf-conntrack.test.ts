@@ -15,24 +15,46 @@ requireBpf();
 const tag = randomBytes(3).toString('hex');
 const devs = [`mbc${tag}b`, `mbc${tag}c`];
 for (const d of devs) execFileSync('ip', ['link', 'add', d, 'type', 'veth', 'peer', 'name', `${d}p`]);
-t.teardown(() => { for (const d of devs) { try { execFileSync('ip', ['link', 'del', d], { stdio: 'ignore' }); } catch { /* gone */ } } });
+t.teardown(() => {
+  for (const d of devs) {
+    try {
+      execFileSync('ip', ['link', 'del', d], { stdio: 'ignore' });
+    } catch {
+      /* gone */
+    }
+  }
+});
 const ifindexOf = (d: string) => Number(fs.readFileSync(`/sys/class/net/${d}/ifindex`, 'utf8'));
 
 const ep = (id: number, ifindex: number, n: number, app: string): TestEndpoint => ({
-  id, ifindex, ip: `10.248.0.${n}`, ip6: `fd00:f8::${n}`, labels: { app }, mac: `02:00:00:00:${n.toString(16).padStart(2, '0')}:02`, hostMac: `02:00:00:00:${n.toString(16).padStart(2, '0')}:01`,
+  id,
+  ifindex,
+  ip: `10.248.0.${n}`,
+  ip6: `fd00:f8::${n}`,
+  labels: { app },
+  mac: `02:00:00:00:${n.toString(16).padStart(2, '0')}:02`,
+  hostMac: `02:00:00:00:${n.toString(16).padStart(2, '0')}:01`,
 });
-const A = ep(61, 1, 1, 'a'), B = ep(62, ifindexOf(devs[0]), 2, 'b'), C = ep(63, ifindexOf(devs[1]), 3, 'c');
+const A = ep(61, 1, 1, 'a'),
+  B = ep(62, ifindexOf(devs[0]), 2, 'b'),
+  C = ep(63, ifindexOf(devs[1]), 3, 'c');
 const GW6 = 'fd00:f8::fe';
-const W = '198.18.11.11', R = '198.18.11.1';
-const POLICY_DENIED = 133, FORBIDDEN_ICMPV6 = 176;
+const W = '198.18.11.11',
+  R = '198.18.11.1';
+const POLICY_DENIED = 133,
+  FORBIDDEN_ICMPV6 = 176;
 
 const h = bpfHarness();
 const p = policyHarness(h, [A, B, C], GW6);
 
-const from4 = (e: TestEndpoint, dst: string, l4: Buffer, proto: number, src = e.ip) => eth(e.hostMac, e.mac, ETH_P.IPV4, ipv4({ src, dst, proto }, l4));
-const to4 = (e: TestEndpoint, src: string, l4: Buffer, proto: number, dst = e.ip) => eth(e.mac, e.hostMac, ETH_P.IPV4, ipv4({ src, dst, proto }, l4));
-const from6 = (e: TestEndpoint, src: string, dst: string, l4: Buffer, hopLimit = 255) => eth(e.hostMac, e.mac, ETH_P.IPV6, ipv6({ src, dst, next: PROTO.ICMPV6, hopLimit }, l4));
-const to6 = (e: TestEndpoint, src: string, dst: string, l4: Buffer, hopLimit = 255) => eth(e.mac, e.hostMac, ETH_P.IPV6, ipv6({ src, dst, next: PROTO.ICMPV6, hopLimit }, l4));
+const from4 = (e: TestEndpoint, dst: string, l4: Buffer, proto: number, src = e.ip) =>
+  eth(e.hostMac, e.mac, ETH_P.IPV4, ipv4({ src, dst, proto }, l4));
+const to4 = (e: TestEndpoint, src: string, l4: Buffer, proto: number, dst = e.ip) =>
+  eth(e.mac, e.hostMac, ETH_P.IPV4, ipv4({ src, dst, proto }, l4));
+const from6 = (e: TestEndpoint, src: string, dst: string, l4: Buffer, hopLimit = 255) =>
+  eth(e.hostMac, e.mac, ETH_P.IPV6, ipv6({ src, dst, next: PROTO.ICMPV6, hopLimit }, l4));
+const to6 = (e: TestEndpoint, src: string, dst: string, l4: Buffer, hopLimit = 255) =>
+  eth(e.mac, e.hostMac, ETH_P.IPV6, ipv6({ src, dst, next: PROTO.ICMPV6, hopLimit }, l4));
 /** The first 28 bytes of an IPv4 packet, as an ICMP error quotes it. */
 const quote = (src: string, dst: string, l4: Buffer, proto: number) => ipv4({ src, dst, proto }, l4).subarray(0, 28);
 const unreachable = (quoted: Buffer) => icmp(3, 3, 0, quoted);
@@ -41,7 +63,9 @@ function run(pkt: Buffer, hook: 'from' | 'to', e: TestEndpoint): { verdict: numb
   const before = h.dp.dropCounters();
   const verdict = hook === 'from' ? h.from(pkt, e.ifindex) : h.to(pkt, e.ifindex);
   const after = h.dp.dropCounters();
-  const moved = Object.keys(after).map(Number).filter((r) => after[r].packets !== (before[r]?.packets ?? 0n));
+  const moved = Object.keys(after)
+    .map(Number)
+    .filter((r) => after[r].packets !== (before[r]?.packets ?? 0n));
   return moved.length ? { verdict, reason: moved[0] } : { verdict };
 }
 
@@ -63,9 +87,17 @@ t.test('a reply is a reply only at the pair that made the entry', async (t) => {
   const sp = next();
   t.same(run(from4(A, W, udp(sp, 53), PROTO.UDP), 'from', A), { verdict: OK }, 'A -> world');
   t.same(run(to4(A, W, udp(53, sp), PROTO.UDP), 'to', A), { verdict: OK }, 'the reply at A passes');
-  t.same(run(to4(B, W, udp(53, sp), PROTO.UDP, A.ip), 'to', B), { verdict: SHOT, reason: POLICY_DENIED }, "the same packet at B's hook is not a reply");
+  t.same(
+    run(to4(B, W, udp(53, sp), PROTO.UDP, A.ip), 'to', B),
+    { verdict: SHOT, reason: POLICY_DENIED },
+    "the same packet at B's hook is not a reply",
+  );
   const lp = next();
-  t.same(run(from4(A, B.ip, tcp(lp, 80, TCP_FLAGS.SYN, 5), PROTO.TCP), 'from', A), { verdict: SHOT, reason: POLICY_DENIED }, 'B is closed to A');
+  t.same(
+    run(from4(A, B.ip, tcp(lp, 80, TCP_FLAGS.SYN, 5), PROTO.TCP), 'from', A),
+    { verdict: SHOT, reason: POLICY_DENIED },
+    'B is closed to A',
+  );
   await p.apply(`${CLOSED}---
 apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -75,14 +107,62 @@ spec:
   ingress: [{fromEndpoints: [{matchLabels: {app: a}}]}]
 `);
   t.same(run(from4(A, B.ip, tcp(lp, 80, TCP_FLAGS.SYN, 6), PROTO.TCP), 'from', A), { verdict: REDIRECT }, 'now A -> B:80');
-  t.same(run(from4(B, A.ip, tcp(80, lp, TCP_FLAGS.SYN | TCP_FLAGS.ACK), PROTO.TCP), 'from', B), { verdict: REDIRECT }, "B's reply reaches A although A is closed");
+  t.same(
+    run(from4(B, A.ip, tcp(80, lp, TCP_FLAGS.SYN | TCP_FLAGS.ACK), PROTO.TCP), 'from', B),
+    { verdict: REDIRECT },
+    "B's reply reaches A although A is closed",
+  );
   // B goes away without its flows being flushed and C takes its address: C is not B's pair.
   h.dp.removeEndpoint(B.ifindex, [B.ip, B.ip6]);
   const C2 = { ...C, ip: B.ip };
-  h.dp.upsertEndpoint({ hostIfindex: C.ifindex, endpointId: C.id, identity: p.identity(C), flags: 0, hostMac: C.hostMac, containerMac: C.mac, ips: [B.ip, C.ip6], gateway6: GW6 });
-  await p.engine.endpointAttached({ id: C.id, containerId: `c${C.id}`, ifName: 'eth0', network: 'n', netns: null, hostIfName: 'x', hostIfIndex: C.ifindex, hostMac: C.hostMac, mac: C.mac, mtu: 1500, routes: [], labels: C.labels, metadata: {}, identity: p.identity(C), externalIpam: false, createdAt: '', ips: [{ address: `${B.ip}/32`, gateway: '10.0.0.254', family: 4, subnet: '10.0.0.0/8' }] });
-  t.same(run(from4(C2, A.ip, tcp(80, lp, TCP_FLAGS.ACK), PROTO.TCP), 'from', C2), { verdict: SHOT, reason: POLICY_DENIED }, "C with B's old address cannot ride B's entry into A");
-  t.teardown(() => { h.dp.removeEndpoint(C.ifindex, [B.ip, C.ip6]); for (const e of [B, C]) h.dp.upsertEndpoint({ hostIfindex: e.ifindex, endpointId: e.id, identity: p.identity(e), flags: 0, hostMac: e.hostMac, containerMac: e.mac, ips: [e.ip, e.ip6], gateway6: GW6 }); });
+  h.dp.upsertEndpoint({
+    hostIfindex: C.ifindex,
+    endpointId: C.id,
+    identity: p.identity(C),
+    flags: 0,
+    hostMac: C.hostMac,
+    containerMac: C.mac,
+    ips: [B.ip, C.ip6],
+    gateway6: GW6,
+  });
+  await p.engine.endpointAttached({
+    id: C.id,
+    containerId: `c${C.id}`,
+    ifName: 'eth0',
+    network: 'n',
+    netns: null,
+    hostIfName: 'x',
+    hostIfIndex: C.ifindex,
+    hostMac: C.hostMac,
+    mac: C.mac,
+    mtu: 1500,
+    routes: [],
+    labels: C.labels,
+    metadata: {},
+    identity: p.identity(C),
+    externalIpam: false,
+    createdAt: '',
+    ips: [{ address: `${B.ip}/32`, gateway: '10.0.0.254', family: 4, subnet: '10.0.0.0/8' }],
+  });
+  t.same(
+    run(from4(C2, A.ip, tcp(80, lp, TCP_FLAGS.ACK), PROTO.TCP), 'from', C2),
+    { verdict: SHOT, reason: POLICY_DENIED },
+    "C with B's old address cannot ride B's entry into A",
+  );
+  t.teardown(() => {
+    h.dp.removeEndpoint(C.ifindex, [B.ip, C.ip6]);
+    for (const e of [B, C])
+      h.dp.upsertEndpoint({
+        hostIfindex: e.ifindex,
+        endpointId: e.id,
+        identity: p.identity(e),
+        flags: 0,
+        hostMac: e.hostMac,
+        containerMac: e.mac,
+        ips: [e.ip, e.ip6],
+        gateway6: GW6,
+      });
+  });
 });
 
 t.test('the forged C:53 -> D:4444 datagram creates nothing D could reply through', async (t) => {
@@ -90,7 +170,11 @@ t.test('the forged C:53 -> D:4444 datagram creates nothing D could reply through
   await p.apply(CLOSED);
   // A sends as C to B: dropped before conntrack sees it.
   t.same(run(from4(A, B.ip, udp(53, 4444), PROTO.UDP, C.ip), 'from', A), { verdict: SHOT, reason: 132 }, 'spoofed as C');
-  t.same(run(from4(B, C.ip, udp(4444, 53), PROTO.UDP), 'from', B), { verdict: SHOT, reason: POLICY_DENIED }, "B's \"reply\" meets C's closed ingress");
+  t.same(
+    run(from4(B, C.ip, udp(4444, 53), PROTO.UDP), 'from', B),
+    { verdict: SHOT, reason: POLICY_DENIED },
+    'B\'s "reply" meets C\'s closed ingress',
+  );
 });
 
 t.test('ICMP errors are related only to flows of the endpoint receiving them', async (t) => {
@@ -104,9 +188,21 @@ t.test('ICMP errors are related only to flows of the endpoint receiving them', a
   const bp = next();
   t.same(run(from4(B, W, tcp(bp, 443, TCP_FLAGS.SYN), PROTO.TCP), 'from', B), { verdict: OK }, "B's own flow to the world");
   const bFlow = quote(B.ip, W, tcp(bp, 443, TCP_FLAGS.SYN), PROTO.TCP);
-  t.same(run(to4(A, R, unreachable(bFlow), PROTO.ICMP), 'to', A), { verdict: SHOT, reason: POLICY_DENIED }, "an error quoting B's packet, sent to A");
-  t.same(run(to4(B, R, unreachable(aFlow), PROTO.ICMP), 'to', B), { verdict: SHOT, reason: POLICY_DENIED }, "an error quoting A's packet, sent to B");
-  t.same(run(to4(A, R, unreachable(quote(A.ip, W, tcp(sp + 1000, 443, TCP_FLAGS.SYN), PROTO.TCP)), PROTO.ICMP), 'to', A), { verdict: SHOT, reason: POLICY_DENIED }, 'quoting a flow nobody has');
+  t.same(
+    run(to4(A, R, unreachable(bFlow), PROTO.ICMP), 'to', A),
+    { verdict: SHOT, reason: POLICY_DENIED },
+    "an error quoting B's packet, sent to A",
+  );
+  t.same(
+    run(to4(B, R, unreachable(aFlow), PROTO.ICMP), 'to', B),
+    { verdict: SHOT, reason: POLICY_DENIED },
+    "an error quoting A's packet, sent to B",
+  );
+  t.same(
+    run(to4(A, R, unreachable(quote(A.ip, W, tcp(sp + 1000, 443, TCP_FLAGS.SYN), PROTO.TCP)), PROTO.ICMP), 'to', A),
+    { verdict: SHOT, reason: POLICY_DENIED },
+    'quoting a flow nobody has',
+  );
   // Pod to pod: B may report on A's packets to B, C may not report on them.
   await p.apply(`${CLOSED}---
 apiVersion: cilium.io/v2
@@ -120,14 +216,23 @@ spec:
   t.same(run(from4(A, B.ip, udp(up, 9999), PROTO.UDP), 'from', A), { verdict: REDIRECT }, 'A -> B:9999');
   const toB = quote(A.ip, B.ip, udp(up, 9999), PROTO.UDP);
   t.same(run(from4(B, A.ip, unreachable(toB), PROTO.ICMP), 'from', B), { verdict: REDIRECT }, 'B: port unreachable back to A');
-  t.same(run(from4(C, A.ip, unreachable(toB), PROTO.ICMP), 'from', C), { verdict: SHOT, reason: POLICY_DENIED }, 'C quoting A -> B: not related');
-  t.same(run(from4(B, C.ip, unreachable(toB), PROTO.ICMP), 'from', B), { verdict: SHOT, reason: POLICY_DENIED }, 'B sending it to C: not related');
+  t.same(
+    run(from4(C, A.ip, unreachable(toB), PROTO.ICMP), 'from', C),
+    { verdict: SHOT, reason: POLICY_DENIED },
+    'C quoting A -> B: not related',
+  );
+  t.same(
+    run(from4(B, C.ip, unreachable(toB), PROTO.ICMP), 'from', B),
+    { verdict: SHOT, reason: POLICY_DENIED },
+    'B sending it to C: not related',
+  );
 });
 
-t.test('NDP and MLD stay on the endpoint\'s own link', async (t) => {
+t.test("NDP and MLD stay on the endpoint's own link", async (t) => {
   t.teardown(() => p.clear());
   await p.apply(CLOSED);
-  const ns = icmp(135, 0, 0, Buffer.alloc(16)), na = icmp(136, 0, 0x60000000, Buffer.alloc(16));
+  const ns = icmp(135, 0, 0, Buffer.alloc(16)),
+    na = icmp(136, 0, 0x60000000, Buffer.alloc(16));
   const cases: [string, Buffer, 'from' | 'to', number][] = [
     ['NS to the solicited-node group', from6(A, A.ip6, 'ff02::1:ff00:fe', ns), 'from', OK],
     ['NS to its gateway (NUD)', from6(A, A.ip6, GW6, ns), 'from', OK],
@@ -148,7 +253,11 @@ t.test('NDP and MLD stay on the endpoint\'s own link', async (t) => {
   for (const [what, pkt, hook, verdict] of cases) {
     t.same(run(pkt, hook, A), verdict === OK ? { verdict } : { verdict, reason: FORBIDDEN_ICMPV6 }, what);
   }
-  t.same(run(from6(A, A.ip6, B.ip6, echo(128, 9)), 'from', A), { verdict: SHOT, reason: POLICY_DENIED }, 'echo to B is policy as usual (B is closed)');
+  t.same(
+    run(from6(A, A.ip6, B.ip6, echo(128, 9)), 'from', A),
+    { verdict: SHOT, reason: POLICY_DENIED },
+    'echo to B is policy as usual (B is closed)',
+  );
 });
 
 t.test('a policy change revokes the established flows it denies; allowing them again lets them resume', async (t) => {
@@ -168,7 +277,8 @@ spec:
   ingress: [{fromEndpoints: [{matchLabels: {app: c}}]}]
 `;
   await p.apply(`${CLOSED}---\n${allowAB}`);
-  const lp = next(), wp = next();
+  const lp = next(),
+    wp = next();
   const ack = (seq: number) => from4(A, B.ip, tcp(lp, 80, TCP_FLAGS.ACK, seq), PROTO.TCP);
   const back = () => from4(B, A.ip, tcp(80, lp, TCP_FLAGS.ACK), PROTO.TCP);
   t.equal(h.from(from4(A, B.ip, tcp(lp, 80, TCP_FLAGS.SYN, 1), PROTO.TCP), A.ifindex), REDIRECT);
@@ -177,10 +287,18 @@ spec:
   t.equal(h.from(from4(B, W, udp(wp, 53), PROTO.UDP), B.ifindex), OK, 'B -> world (egress open)');
 
   await p.apply(`${CLOSED}---\n${denyAB}`);
-  t.same(run(ack(3), 'from', A), { verdict: SHOT, reason: POLICY_DENIED }, "the initiator's next packet is checked again: denied");
-  t.same(run(back(), 'from', B), { verdict: SHOT, reason: POLICY_DENIED }, "the other side's packets are dropped too (no pick-up as a new flow)");
+  t.same(
+    run(ack(3), 'from', A),
+    { verdict: SHOT, reason: POLICY_DENIED },
+    "the initiator's next packet is checked again: denied",
+  );
+  t.same(
+    run(back(), 'from', B),
+    { verdict: SHOT, reason: POLICY_DENIED },
+    "the other side's packets are dropped too (no pick-up as a new flow)",
+  );
   t.same(run(back(), 'from', B), { verdict: SHOT, reason: POLICY_DENIED }, 'and stay dropped');
-  t.equal(h.from(from4(B, W, udp(wp, 53), PROTO.UDP), B.ifindex), OK, "a flow the change does not touch is not revoked");
+  t.equal(h.from(from4(B, W, udp(wp, 53), PROTO.UDP), B.ifindex), OK, 'a flow the change does not touch is not revoked');
 
   await p.apply(`${CLOSED}---\n${allowAB}`);
   t.equal(h.from(ack(4), A.ifindex), REDIRECT, "allowed again: the initiator's next packet passes");

@@ -10,14 +10,32 @@ import { bpfHarness, drops, OK, requireBpf, ROOT, SHOT } from './lib/bpf-harness
 
 requireBpf();
 
-const A = { hostIfindex: 1, endpointId: 71, identity: 7001, flags: 0, hostMac: '02:00:00:00:47:01', containerMac: '02:00:00:00:47:02', ips: ['10.247.0.1'] };
-const B = { hostIfindex: 900072, endpointId: 72, identity: 7002, flags: 0, hostMac: '02:00:00:00:48:01', containerMac: '02:00:00:00:48:02', ips: ['10.247.0.2'] };
+const A = {
+  hostIfindex: 1,
+  endpointId: 71,
+  identity: 7001,
+  flags: 0,
+  hostMac: '02:00:00:00:47:01',
+  containerMac: '02:00:00:00:47:02',
+  ips: ['10.247.0.1'],
+};
+const B = {
+  hostIfindex: 900072,
+  endpointId: 72,
+  identity: 7002,
+  flags: 0,
+  hostMac: '02:00:00:00:48:01',
+  containerMac: '02:00:00:00:48:02',
+  ips: ['10.247.0.2'],
+};
 const CT_MAX = 1024;
 const INSERT_FAILED = 155;
 
 const h = bpfHarness({ ctMax: CT_MAX, endpoints: [A, B] });
-const out = (dst: string, l4: Buffer, proto: number = PROTO.UDP) => eth(A.hostMac, A.containerMac, ETH_P.IPV4, ipv4({ src: A.ips[0], dst, proto }, l4));
-const inbound = (src: string, l4: Buffer, proto: number = PROTO.UDP) => eth(A.containerMac, A.hostMac, ETH_P.IPV4, ipv4({ src, dst: A.ips[0], proto }, l4));
+const out = (dst: string, l4: Buffer, proto: number = PROTO.UDP) =>
+  eth(A.hostMac, A.containerMac, ETH_P.IPV4, ipv4({ src: A.ips[0], dst, proto }, l4));
+const inbound = (src: string, l4: Buffer, proto: number = PROTO.UDP) =>
+  eth(A.containerMac, A.hostMac, ETH_P.IPV4, ipv4({ src, dst: A.ips[0], proto }, l4));
 const world = (i: number) => `198.19.${(i >> 8) & 255}.${i & 255}`;
 const HOUR = 3600n * 1_000_000_000n;
 

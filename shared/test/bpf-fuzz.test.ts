@@ -30,19 +30,71 @@ t.comment(`packet fuzzer seed ${seed} (replay with FUZZ_SEED=${seed}), ${PACKETS
 const tag = randomBytes(3).toString('hex');
 const devs = [`mbz${tag}a`, `mbz${tag}b`];
 for (const d of devs) execFileSync('ip', ['link', 'add', d, 'type', 'veth', 'peer', 'name', `${d}p`]);
-t.teardown(() => { for (const d of devs) { try { execFileSync('ip', ['link', 'del', d], { stdio: 'ignore' }); } catch { /* gone */ } } });
+t.teardown(() => {
+  for (const d of devs) {
+    try {
+      execFileSync('ip', ['link', 'del', d], { stdio: 'ignore' });
+    } catch {
+      /* gone */
+    }
+  }
+});
 const ifindexOf = (d: string) => Number(fs.readFileSync(`/sys/class/net/${d}/ifindex`, 'utf8'));
 
 const EPS: (FuzzEndpoint & { identity: number; gateway6: string })[] = [
-  { ifindex: 1, id: 81, identity: 8101, mac: '02:00:00:00:51:02', hostMac: '02:00:00:00:51:01', ip4: ['10.246.0.1'], ip6: 'fd00:f6::1', sends: true, gateway6: 'fd00:f6::fe' },
-  { ifindex: ifindexOf(devs[0]), id: 82, identity: 8102, mac: '02:00:00:00:52:02', hostMac: '02:00:00:00:52:01', ip4: ['10.246.0.2', '10.246.0.12'], ip6: 'fd00:f6::2', sends: true, gateway6: 'fd00:f6::fe' },
-  { ifindex: ifindexOf(devs[1]), id: 83, identity: 8103, mac: '02:00:00:00:53:02', hostMac: '02:00:00:00:53:01', ip4: ['10.246.0.3'], ip6: 'fd00:f6::3', sends: true, gateway6: 'fd00:f6::fe' },
-  { ifindex: 900084, id: 84, identity: 8104, mac: '02:00:00:00:54:02', hostMac: '02:00:00:00:54:01', ip4: ['10.246.0.4'], ip6: 'fd00:f6::4', sends: false, gateway6: 'fd00:f6::fe' },
+  {
+    ifindex: 1,
+    id: 81,
+    identity: 8101,
+    mac: '02:00:00:00:51:02',
+    hostMac: '02:00:00:00:51:01',
+    ip4: ['10.246.0.1'],
+    ip6: 'fd00:f6::1',
+    sends: true,
+    gateway6: 'fd00:f6::fe',
+  },
+  {
+    ifindex: ifindexOf(devs[0]),
+    id: 82,
+    identity: 8102,
+    mac: '02:00:00:00:52:02',
+    hostMac: '02:00:00:00:52:01',
+    ip4: ['10.246.0.2', '10.246.0.12'],
+    ip6: 'fd00:f6::2',
+    sends: true,
+    gateway6: 'fd00:f6::fe',
+  },
+  {
+    ifindex: ifindexOf(devs[1]),
+    id: 83,
+    identity: 8103,
+    mac: '02:00:00:00:53:02',
+    hostMac: '02:00:00:00:53:01',
+    ip4: ['10.246.0.3'],
+    ip6: 'fd00:f6::3',
+    sends: true,
+    gateway6: 'fd00:f6::fe',
+  },
+  {
+    ifindex: 900084,
+    id: 84,
+    identity: 8104,
+    mac: '02:00:00:00:54:02',
+    hostMac: '02:00:00:00:54:01',
+    ip4: ['10.246.0.4'],
+    ip6: 'fd00:f6::4',
+    sends: false,
+    gateway6: 'fd00:f6::fe',
+  },
 ];
-const WORLD4 = ['198.18.20.5', '198.18.21.7'], WORLD6 = ['2001:db8:20::5', '2001:db8:99::1'], HOST4 = '10.246.0.254';
+const WORLD4 = ['198.18.20.5', '198.18.21.7'],
+  WORLD6 = ['2001:db8:20::5', '2001:db8:99::1'],
+  HOST4 = '10.246.0.254';
 const IPCACHE: [string, number][] = [
   ...EPS.flatMap((e) => [...e.ip4, e.ip6].map((ip): [string, number] => [ip, e.identity])),
-  ['198.18.20.0/24', 16777300], ['2001:db8:20::/48', 16777301], [HOST4, 1],
+  ['198.18.20.0/24', 16777300],
+  ['2001:db8:20::/48', 16777301],
+  [HOST4, 1],
 ];
 const hex = (ip: string) => parseIp(ip).addr.toString('hex');
 
@@ -52,12 +104,34 @@ t.test(`${PACKETS} packets: the program's verdict and drop reason are the model'
   const ops = datapathOps(h.dp);
   const model = new DatapathModel(CT_MAX);
   for (const e of EPS) {
-    h.dp.upsertEndpoint({ hostIfindex: e.ifindex, endpointId: e.id, identity: e.identity, flags: 0, hostMac: e.hostMac, containerMac: e.mac, ips: [...e.ip4, e.ip6], gateway6: e.gateway6 });
+    h.dp.upsertEndpoint({
+      hostIfindex: e.ifindex,
+      endpointId: e.id,
+      identity: e.identity,
+      flags: 0,
+      hostMac: e.hostMac,
+      containerMac: e.mac,
+      ips: [...e.ip4, e.ip6],
+      gateway6: e.gateway6,
+    });
     const flags = EP_ADDR.HAS_IPV4 | EP_ADDR.HAS_IPV6 | (e.ip4.length > 1 ? EP_ADDR.EXTRA : 0);
-    model.endpoints.set(e.ifindex, { ifindex: e.ifindex, id: e.id, identity: e.identity, flags, mac: e.mac.replaceAll(':', ''), ipv4: hex(e.ip4[0]), ipv6: hex(e.ip6), gateway6: hex(e.gateway6) } satisfies ModelEndpoint);
-    for (const ip of [...e.ip4, e.ip6]) model.locals.set(`${ip.includes(':') ? 6 : 4}/${hex(ip)}`, { ifindex: e.ifindex, id: e.id });
+    model.endpoints.set(e.ifindex, {
+      ifindex: e.ifindex,
+      id: e.id,
+      identity: e.identity,
+      flags,
+      mac: e.mac.replaceAll(':', ''),
+      ipv4: hex(e.ip4[0]),
+      ipv6: hex(e.ip6),
+      gateway6: hex(e.gateway6),
+    } satisfies ModelEndpoint);
+    for (const ip of [...e.ip4, e.ip6])
+      model.locals.set(`${ip.includes(':') ? 6 : 4}/${hex(ip)}`, { ifindex: e.ifindex, id: e.id });
   }
-  ops.writeIpcache(IPCACHE.map(([p, id]) => [p.includes('/') ? p : `${p}/${p.includes(':') ? 128 : 32}`, id]), []);
+  ops.writeIpcache(
+    IPCACHE.map(([p, id]) => [p.includes('/') ? p : `${p}/${p.includes(':') ? 128 : 32}`, id]),
+    [],
+  );
   model.ipcache = IPCACHE.map(([p, id]) => {
     const [ip, len] = p.split('/');
     const family = ip.includes(':') ? 6 : 4;
@@ -68,11 +142,20 @@ t.test(`${PACKETS} packets: the program's verdict and drop reason are the model'
   const pick = <T>(xs: readonly T[]): T => xs[Math.floor(r() * xs.length)];
   const peers = [0, 1, 2, 16777300, 16777301, ...EPS.map((e) => e.identity)];
   const randomEntry = (): [string, Entry] => [
-    encodePolicyKey({ endpointId: pick(EPS).id, peer: pick(peers), direction: r() < 0.5 ? 'ingress' : 'egress', proto: pick([0, 6, 17, 1, 58]), dport: pick([0, 22, 53, 80, 443, 0x108, 0x180, 0x187]) }).toString('hex'),
+    encodePolicyKey({
+      endpointId: pick(EPS).id,
+      peer: pick(peers),
+      direction: r() < 0.5 ? 'ingress' : 'egress',
+      proto: pick([0, 6, 17, 1, 58]),
+      dport: pick([0, 22, 53, 80, 443, 0x108, 0x180, 0x187]),
+    }).toString('hex'),
     { action: r() < 0.3 ? 'deny' : 'allow', ruleId: 1 + Math.floor(r() * 1000) },
   ];
   const writePolicy = (next: Map<string, Entry>) => {
-    ops.writePolicy([...next], [...model.policy.keys()].filter((k) => !next.has(k)));
+    ops.writePolicy(
+      [...next],
+      [...model.policy.keys()].filter((k) => !next.has(k)),
+    );
     model.policy = next;
   };
   const fuzzer = new PacketFuzzer(seed, EPS, WORLD4, WORLD6, HOST4);
@@ -80,7 +163,8 @@ t.test(`${PACKETS} packets: the program's verdict and drop reason are the model'
   const stats = new Map<string, number>();
   // Drop counters: all of them read at the start of an episode and after a disagreement, and per
   // packet only the slot of the reason the model expects (one lookup instead of a 256-slot dump).
-  const dropFd = h.dp.mapFd('drop_counters'), slot = perCpuValueSize(16, possibleCpus());
+  const dropFd = h.dp.mapFd('drop_counters'),
+    slot = perCpuValueSize(16, possibleCpus());
   const all = () => bpf.mapDumpPacked(dropFd, 'drop_counters', 4, slot, 256).values;
   const one = (reason: number) => bpf.mapLookup(dropFd, 'drop_counters', encodeU32Key(reason), slot)!;
   let known = all();
@@ -98,7 +182,8 @@ t.test(`${PACKETS} packets: the program's verdict and drop reason are the model'
     if (w.count) bpf.mapDeleteEach(h.dp.mapFd('conntrack'), 'conntrack', w.keys, 40, w.count);
     const fr = bpf.mapDumpPacked(h.dp.mapFd('fragments'), 'fragments', 40, 8);
     if (fr.count) bpf.mapDeleteEach(h.dp.mapFd('fragments'), 'fragments', fr.keys, 40, fr.count);
-    for (const id of [0, ...EPS.map((e) => e.id)]) for (const m of ['ct_owned', 'ct_reclaimed'] as const) bpf.mapUpdate(h.dp.mapFd(m), m, encodeU32Key(id), Buffer.alloc(8));
+    for (const id of [0, ...EPS.map((e) => e.id)])
+      for (const m of ['ct_owned', 'ct_reclaimed'] as const) bpf.mapUpdate(h.dp.mapFd(m), m, encodeU32Key(id), Buffer.alloc(8));
     model.reset();
     writePolicy(new Map(Array.from({ length: 10 + Math.floor(r() * 40) }, randomEntry)));
     for (const e of EPS) {
@@ -113,15 +198,21 @@ t.test(`${PACKETS} packets: the program's verdict and drop reason are the model'
     known = all();
 
     for (let i = 0; i < EPISODE && sent < PACKETS; i++, sent++) {
-      if (i && i % 400 === 0) { // a policy change mid-episode: established flows are revalidated
+      if (i && i % 400 === 0) {
+        // a policy change mid-episode: established flows are revalidated
         const next = new Map(model.policy);
-        for (let k = 0; k < 5; k++) { const [key, e] = randomEntry(); if (r() < 0.5) next.set(key, e); else next.delete(pick([...next.keys()])); }
+        for (let k = 0; k < 5; k++) {
+          const [key, e] = randomEntry();
+          if (r() < 0.5) next.set(key, e);
+          else next.delete(pick([...next.keys()]));
+        }
         writePolicy(next);
         revalidateConntrack(h.dp, { policy: model.policy });
         model.revalidate();
       }
       const shot = fuzzer.next();
-      const want = shot.hook === 'from' ? model.fromContainer(shot.frame, shot.ifindex) : model.toContainer(shot.frame, shot.ifindex);
+      const want =
+        shot.hook === 'from' ? model.fromContainer(shot.frame, shot.ifindex) : model.toContainer(shot.frame, shot.ifindex);
       const verdict = shot.hook === 'from' ? h.from(shot.frame, shot.ifindex) : h.to(shot.frame, shot.ifindex);
       let moved: number[] = [];
       if (verdict === want.verdict && want.reason !== undefined) {
@@ -136,13 +227,20 @@ t.test(`${PACKETS} packets: the program's verdict and drop reason are the model'
       if (got.verdict !== want.verdict || got.reason !== want.reason || moved.length > 1) {
         walls.mismatches++;
         if (walls.shown++ < 5) {
-          t.fail(`packet ${sent} (episode ${episode}, ${shot.what}, ${shot.hook} ifindex ${shot.ifindex}): program ${JSON.stringify(got)}, model ${JSON.stringify(want)}\n  frame ${shot.frame.toString('hex')}\n  replay: FUZZ_SEED=${seed}`);
+          t.fail(
+            `packet ${sent} (episode ${episode}, ${shot.what}, ${shot.hook} ifindex ${shot.ifindex}): program ${JSON.stringify(got)}, model ${JSON.stringify(want)}\n  frame ${shot.frame.toString('hex')}\n  replay: FUZZ_SEED=${seed}`,
+          );
         }
       }
     }
   }
   t.equal(walls.mismatches, 0, `${PACKETS} packets, ${walls.mismatches} disagreements`);
-  t.comment(`outcomes (verdict/reason): ${[...stats].sort((a, b) => b[1] - a[1]).map(([k, n]) => `${k} ${n}`).join(', ')}`);
+  t.comment(
+    `outcomes (verdict/reason): ${[...stats]
+      .sort((a, b) => b[1] - a[1])
+      .map(([k, n]) => `${k} ${n}`)
+      .join(', ')}`,
+  );
   const kinds = [...stats.keys()].map((k) => Number(k.split('/')[1])).filter((x) => x > 0);
   t.ok(new Set(kinds).size >= 8, `the run reached ${new Set(kinds).size} different drop reasons`);
 });

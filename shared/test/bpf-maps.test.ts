@@ -1,9 +1,22 @@
 // Pure encoding of the datapath's map keys/values (no kernel needed).
 import t from 'tap';
 import {
-  decodeEndpointConfig, decodeIpKey, decodeLocalEndpoint, decodeU32Key, encodeEndpointConfig, encodeIpcacheKey,
-  encodeIpKey, encodeLocalEndpoint, encodeU32Key, parseCpuList, parseIp,
-  perCpuValueSize, sumPerCpuCounters, ENDPOINT_CONFIG_SIZE, IP_KEY_SIZE, LOCAL_ENDPOINT_SIZE,
+  decodeEndpointConfig,
+  decodeIpKey,
+  decodeLocalEndpoint,
+  decodeU32Key,
+  encodeEndpointConfig,
+  encodeIpcacheKey,
+  encodeIpKey,
+  encodeLocalEndpoint,
+  encodeU32Key,
+  parseCpuList,
+  parseIp,
+  perCpuValueSize,
+  sumPerCpuCounters,
+  ENDPOINT_CONFIG_SIZE,
+  IP_KEY_SIZE,
+  LOCAL_ENDPOINT_SIZE,
 } from '../src/maps/codec.ts';
 
 t.test('IPv4 key: family 4, address in the first 4 bytes, rest zero', async (t) => {
@@ -54,8 +67,13 @@ t.test('ipcache LPM key counts family+pad bits in prefixlen', async (t) => {
 
 t.test('endpoint_config layout matches struct endpoint_config', async (t) => {
   const v = {
-    endpointId: 7, identity: 0x01020304, flags: 5, hostMac: '02:00:00:00:00:01', containerMac: '02:00:00:00:00:02',
-    ifindex: 42, policyRevision: 9,
+    endpointId: 7,
+    identity: 0x01020304,
+    flags: 5,
+    hostMac: '02:00:00:00:00:01',
+    containerMac: '02:00:00:00:00:02',
+    ifindex: 42,
+    policyRevision: 9,
   };
   const buf = encodeEndpointConfig(v);
   t.equal(buf.length, ENDPOINT_CONFIG_SIZE);
@@ -66,7 +84,10 @@ t.test('endpoint_config layout matches struct endpoint_config', async (t) => {
   t.same([...buf.subarray(18, 24)], [2, 0, 0, 0, 0, 2], 'container_mac at 18');
   t.equal(buf.readUInt32LE(24), 42, 'ifindex at 24');
   t.equal(buf.readUInt32LE(28), 9, 'policy_revision at 28');
-  t.ok(buf.subarray(32).every((b) => b === 0), 'no addresses: address fields and reserved zero');
+  t.ok(
+    buf.subarray(32).every((b) => b === 0),
+    'no addresses: address fields and reserved zero',
+  );
   t.same(decodeEndpointConfig(buf), { ...v, ips: [] });
   t.throws(() => encodeEndpointConfig({ ...v, endpointId: -1 }), /endpointId/);
   t.throws(() => encodeEndpointConfig({ ...v, identity: 2 ** 32 }), /identity/);
@@ -77,9 +98,16 @@ t.test('endpoint_config layout matches struct endpoint_config', async (t) => {
   t.equal(a.subarray(36, 52).toString('hex'), 'fd000000000000000000000000000007', 'ipv6 at 36');
   t.equal(a.subarray(52, 68).toString('hex'), 'fd000000000000000000000000000001', 'gateway6 at 52');
   t.equal(a.readUInt32LE(8), 5 | 0x100 | 0x200 | 0x400, 'flags: policy bits kept, has v4, has v6, extra addresses');
-  t.ok(a.subarray(68).every((b) => b === 0), 'reserved zero');
+  t.ok(
+    a.subarray(68).every((b) => b === 0),
+    'reserved zero',
+  );
   t.same(decodeEndpointConfig(a), { ...v, flags: 0x705, ips: ['10.1.2.3', 'fd00::7'], gateway6: 'fd00::1' });
-  t.equal(encodeEndpointConfig({ ...v, flags: 0x7ff, ips: ['fd00::7'] }).readUInt32LE(8), 0x2ff, 'stale address bits are recomputed');
+  t.equal(
+    encodeEndpointConfig({ ...v, flags: 0x7ff, ips: ['fd00::7'] }).readUInt32LE(8),
+    0x2ff,
+    'stale address bits are recomputed',
+  );
   t.throws(() => encodeEndpointConfig({ ...v, gateway6: '10.0.0.1' }), /gateway6 must be an IPv6 address/);
 });
 

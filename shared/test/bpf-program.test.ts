@@ -16,7 +16,10 @@ const TC_ACT_REDIRECT = 7;
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
 function bpffsMounted(): boolean {
-  return fs.readFileSync('/proc/self/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === '/sys/fs/bpf' && l.split(' ')[2] === 'bpf');
+  return fs
+    .readFileSync('/proc/self/mounts', 'utf8')
+    .split('\n')
+    .some((l) => l.split(' ')[1] === '/sys/fs/bpf' && l.split(' ')[2] === 'bpf');
 }
 if (process.getuid?.() !== 0 || !bpffsMounted()) {
   t.plan(0, 'needs root and bpffs at /sys/fs/bpf');
@@ -25,10 +28,28 @@ if (process.getuid?.() !== 0 || !bpffsMounted()) {
 
 // Source endpoint on lo (ifindex 1: the device BPF_PROG_TEST_RUN uses), destination on an ifindex
 // that only exists in the map (the test run records the redirect but never performs it).
-const SRC = { hostIfindex: 1, endpointId: 11, identity: 1001, flags: 0, hostMac: '02:00:00:00:0a:01', containerMac: '02:00:00:00:0a:02', ips: ['10.251.0.1', 'fd00:fb::1'] };
-const DST = { hostIfindex: 900001, endpointId: 12, identity: 1002, flags: 0, hostMac: '02:00:00:00:0b:01', containerMac: '02:00:00:00:0b:02', ips: ['10.251.0.2', 'fd00:fb::2'] };
+const SRC = {
+  hostIfindex: 1,
+  endpointId: 11,
+  identity: 1001,
+  flags: 0,
+  hostMac: '02:00:00:00:0a:01',
+  containerMac: '02:00:00:00:0a:02',
+  ips: ['10.251.0.1', 'fd00:fb::1'],
+};
+const DST = {
+  hostIfindex: 900001,
+  endpointId: 12,
+  identity: 1002,
+  flags: 0,
+  hostMac: '02:00:00:00:0b:01',
+  containerMac: '02:00:00:00:0b:02',
+  ips: ['10.251.0.2', 'fd00:fb::2'],
+};
 
-function mac(s: string): Buffer { return Buffer.from(s.split(':').map((h) => parseInt(h, 16))); }
+function mac(s: string): Buffer {
+  return Buffer.from(s.split(':').map((h) => parseInt(h, 16)));
+}
 
 function ipv4Checksum(hdr: Buffer): number {
   let sum = 0;
@@ -40,7 +61,11 @@ function ipv4Checksum(hdr: Buffer): number {
 function ipv4Packet(dst: string, ttl: number): Buffer {
   const eth = Buffer.concat([mac(SRC.hostMac), mac(SRC.containerMac), Buffer.from([0x08, 0x00])]);
   const ip = Buffer.alloc(20);
-  ip[0] = 0x45; ip.writeUInt16BE(20 + 8 + 4, 2); ip.writeUInt16BE(0x1234, 4); ip[8] = ttl; ip[9] = 17;
+  ip[0] = 0x45;
+  ip.writeUInt16BE(20 + 8 + 4, 2);
+  ip.writeUInt16BE(0x1234, 4);
+  ip[8] = ttl;
+  ip[9] = 17;
   Buffer.from(SRC.ips[0].split('.').map(Number)).copy(ip, 12);
   Buffer.from(dst.split('.').map(Number)).copy(ip, 16);
   ip.writeUInt16BE(ipv4Checksum(ip), 10);
@@ -51,7 +76,10 @@ function ipv4Packet(dst: string, ttl: number): Buffer {
 function ipv6Packet(dstLast: number, hopLimit: number): Buffer {
   const eth = Buffer.concat([mac(SRC.hostMac), mac(SRC.containerMac), Buffer.from([0x86, 0xdd])]);
   const ip6 = Buffer.alloc(40);
-  ip6[0] = 0x60; ip6.writeUInt16BE(12, 4); ip6[6] = 17; ip6[7] = hopLimit;
+  ip6[0] = 0x60;
+  ip6.writeUInt16BE(12, 4);
+  ip6[6] = 17;
+  ip6[7] = hopLimit;
   Buffer.from([0xfd, 0, 0, 0xfb, ...Array(11).fill(0), 1]).copy(ip6, 8);
   Buffer.from([0xfd, 0, 0, 0xfb, ...Array(11).fill(0), dstLast]).copy(ip6, 24);
   return Buffer.concat([eth, ip6, Buffer.from([0x30, 0x39, 0x00, 0x35, 0x00, 12, 0, 0, 1, 2, 3, 4])]);
@@ -132,9 +160,21 @@ t.test('IPv6 to a local endpoint: hop limit-1, L2 rewritten, redirected', async 
 });
 
 t.test("ARP passes untouched when it speaks for the endpoint's own address", async (t) => {
-  const arp = (sha: string, spa: string) => Buffer.concat([Buffer.alloc(6, 0xff), mac(SRC.containerMac), Buffer.from([0x08, 0x06]),
-    Buffer.from([0, 1, 8, 0, 6, 4, 0, 1]), mac(sha), Buffer.from(spa.split('.').map(Number)), Buffer.alloc(6), Buffer.from([10, 251, 0, 254])]);
-  for (const [what, pkt] of [['own address', arp(SRC.containerMac, SRC.ips[0])], ['probe from 0.0.0.0', arp(SRC.containerMac, '0.0.0.0')]] as const) {
+  const arp = (sha: string, spa: string) =>
+    Buffer.concat([
+      Buffer.alloc(6, 0xff),
+      mac(SRC.containerMac),
+      Buffer.from([0x08, 0x06]),
+      Buffer.from([0, 1, 8, 0, 6, 4, 0, 1]),
+      mac(sha),
+      Buffer.from(spa.split('.').map(Number)),
+      Buffer.alloc(6),
+      Buffer.from([10, 251, 0, 254]),
+    ]);
+  for (const [what, pkt] of [
+    ['own address', arp(SRC.containerMac, SRC.ips[0])],
+    ['probe from 0.0.0.0', arp(SRC.containerMac, '0.0.0.0')],
+  ] as const) {
     const { retval, data } = progTestRun(fromFd, pkt);
     t.equal(retval, TC_ACT_OK, what);
     t.same(data, pkt, `${what}: unchanged`);
@@ -159,7 +199,11 @@ t.test('an unconfigured interface is not counted and forwards nothing (fail clos
   t.equal(dp.counters(SRC.hostIfindex), null);
   const noConfig = () => dp.dropCounters()[165]?.packets ?? 0n;
   const before = noConfig();
-  t.equal(progTestRun(fromFd, ipv4Packet(DST.ips[0], 64)).retval, TC_ACT_SHOT, 'from_container drops: nobody to check the source against');
+  t.equal(
+    progTestRun(fromFd, ipv4Packet(DST.ips[0], 64)).retval,
+    TC_ACT_SHOT,
+    'from_container drops: nobody to check the source against',
+  );
   t.equal(progTestRun(toFd, ipv4Packet(SRC.ips[0], 64)).retval, TC_ACT_SHOT, 'to_container drops too');
   t.equal(noConfig(), before + 2n, 'counted as NO_CONFIGURATION');
   t.equal(dp.counters(SRC.hostIfindex), null, 'no counter entry created by the program');
@@ -170,22 +214,55 @@ t.test('a pinned map with another layout is refused, or replaced on request', as
   const dir = `/sys/fs/bpf/mbt-${randomBytes(4).toString('hex')}`;
   t.teardown(() => removePins(dir));
   fs.mkdirSync(dir);
-  execFileSync('bpftool', ['map', 'create', `${dir}/endpoints_cfg`, 'type', 'hash', 'key', '4', 'value', '8', 'entries', '16', 'name', 'endpoints_cfg']);
+  execFileSync('bpftool', [
+    'map',
+    'create',
+    `${dir}/endpoints_cfg`,
+    'type',
+    'hash',
+    'key',
+    '4',
+    'value',
+    '8',
+    'entries',
+    '16',
+    'name',
+    'endpoints_cfg',
+  ]);
   const objectPath = path.join(root, 'dist/bpf/endpoint.o');
-  t.throws(() => loadDatapath({ objectPath, pinDir: dir }), /pinned map .*endpoints_cfg cannot be reused .*value_size pinned=8 object=80, max_entries pinned=16 object=4096/);
+  t.throws(
+    () => loadDatapath({ objectPath, pinDir: dir }),
+    /pinned map .*endpoints_cfg cannot be reused .*value_size pinned=8 object=80, max_entries pinned=16 object=4096/,
+  );
   const replaced = loadDatapath({ objectPath, pinDir: dir, replaceIncompatiblePins: true });
   t.equal(replaced.mapPressure().endpoints_cfg.max, 4096);
   replaced.close();
 });
 
-t.test('an event ring pinned with another size (an older agent\'s) is replaced: it holds nothing to keep', async (t) => {
+t.test("an event ring pinned with another size (an older agent's) is replaced: it holds nothing to keep", async (t) => {
   const dir = `/sys/fs/bpf/mbt-${randomBytes(4).toString('hex')}`;
   t.teardown(() => removePins(dir));
   fs.mkdirSync(dir);
-  execFileSync('bpftool', ['map', 'create', `${dir}/events`, 'type', 'ringbuf', 'key', '0', 'value', '0', 'entries', String(1 << 20), 'name', 'events']);
+  execFileSync('bpftool', [
+    'map',
+    'create',
+    `${dir}/events`,
+    'type',
+    'ringbuf',
+    'key',
+    '0',
+    'value',
+    '0',
+    'entries',
+    String(1 << 20),
+    'name',
+    'events',
+  ]);
   const loaded = loadDatapath({ objectPath: path.join(root, 'dist/bpf/endpoint.o'), pinDir: dir });
-  const info = JSON.parse(execFileSync('bpftool', ['-j', 'map', 'show', 'pinned', `${dir}/events`], { encoding: 'utf8' })) as { max_entries: number };
-  t.equal(info.max_entries, 1 << 22, 'the pin is the object\'s 4 MiB ring now');
+  const info = JSON.parse(execFileSync('bpftool', ['-j', 'map', 'show', 'pinned', `${dir}/events`], { encoding: 'utf8' })) as {
+    max_entries: number;
+  };
+  t.equal(info.max_entries, 1 << 22, "the pin is the object's 4 MiB ring now");
   loaded.close();
 });
 

@@ -13,15 +13,30 @@ import { bpfHarness, OK, REDIRECT, requireBpf, SHOT } from './lib/bpf-harness.ts
 requireBpf();
 
 const SRC = {
-  hostIfindex: 1, endpointId: 41, identity: 4001, flags: 0, hostMac: '02:00:00:00:29:01', containerMac: '02:00:00:00:29:02',
-  ips: ['10.254.0.1', 'fd00:fe::1'], gateway6: 'fd00:fe::fe',
+  hostIfindex: 1,
+  endpointId: 41,
+  identity: 4001,
+  flags: 0,
+  hostMac: '02:00:00:00:29:01',
+  containerMac: '02:00:00:00:29:02',
+  ips: ['10.254.0.1', 'fd00:fe::1'],
+  gateway6: 'fd00:fe::fe',
 };
 const DST = {
-  hostIfindex: 900041, endpointId: 42, identity: 4002, flags: 0, hostMac: '02:00:00:00:2a:01', containerMac: '02:00:00:00:2a:02',
+  hostIfindex: 900041,
+  endpointId: 42,
+  identity: 4002,
+  flags: 0,
+  hostMac: '02:00:00:00:2a:01',
+  containerMac: '02:00:00:00:2a:02',
   ips: ['10.254.0.2', 'fd00:fe::2'],
 };
-const WORLD4 = '198.18.7.7', WORLD6 = '2001:db8::7';
-const INVALID_SOURCE_MAC = 130, SOURCE_SPOOFED = 132, INVALID_PACKET = 134, UNSUPPORTED_L3 = 139;
+const WORLD4 = '198.18.7.7',
+  WORLD6 = '2001:db8::7';
+const INVALID_SOURCE_MAC = 130,
+  SOURCE_SPOOFED = 132,
+  INVALID_PACKET = 134,
+  UNSUPPORTED_L3 = 139;
 
 const h = bpfHarness({ endpoints: [SRC, DST] });
 let ring: RingBufferReader;
@@ -32,7 +47,9 @@ t.before(() => {
 t.teardown(() => ring?.close());
 const drained = (): TraceEvent[] => {
   const out: TraceEvent[] = [];
-  ring.drain(10000, (data, off) => { out.push(decodeTraceEvent(data, off)); });
+  ring.drain(10000, (data, off) => {
+    out.push(decodeTraceEvent(data, off));
+  });
   return out;
 };
 
@@ -46,7 +63,9 @@ function run(pkt: Buffer): { verdict: number; reason?: number } {
   const before = h.dp.dropCounters();
   const verdict = h.from(pkt);
   const after = h.dp.dropCounters();
-  const moved = Object.keys(after).map(Number).filter((r) => after[r].packets !== (before[r]?.packets ?? 0n));
+  const moved = Object.keys(after)
+    .map(Number)
+    .filter((r) => after[r].packets !== (before[r]?.packets ?? 0n));
   return moved.length ? { verdict, reason: moved[0] } : { verdict };
 }
 
@@ -60,21 +79,37 @@ t.test('its own addresses pass, on the short-cut and towards the host', async (t
 t.test('another source address is dropped as SOURCE_SPOOFED and reported', async (t) => {
   drained();
   for (const [what, pkt] of [
-    ["IPv4 as another pod, to a pod", frame4(DST.ips[0], '10.254.0.3', udp(53, 4444))],
+    ['IPv4 as another pod, to a pod', frame4(DST.ips[0], '10.254.0.3', udp(53, 4444))],
     ['IPv4 as another pod, to the world', frame4(DST.ips[0], WORLD4, tcp(53, 4444, TCP_FLAGS.SYN), PROTO.TCP)],
     ['IPv4 from an address nobody has', frame4('10.254.0.99', DST.ips[0], udp(1, 2))],
     ['IPv4 from 0.0.0.0', frame4('0.0.0.0', DST.ips[0], udp(68, 67))],
     ['IPv6 as another pod', frame6(DST.ips[1], WORLD6, udp(53, 4444))],
     ['IPv6 from an address nobody has', frame6('fd00:fe::99', DST.ips[1], echo(128, 7), PROTO.ICMPV6)],
-  ] as const) t.same(run(pkt), { verdict: SHOT, reason: SOURCE_SPOOFED }, what);
+  ] as const)
+    t.same(run(pkt), { verdict: SHOT, reason: SOURCE_SPOOFED }, what);
   const events = drained();
   t.equal(events.length, 6, 'one DROP event per spoofed packet');
-  t.match(events[0], { type: 2, reason: SOURCE_SPOOFED, verdict: 1, direction: 1, endpointId: SRC.endpointId, srcIdentity: SRC.identity, saddr: DST.ips[0], daddr: '10.254.0.3' });
+  t.match(events[0], {
+    type: 2,
+    reason: SOURCE_SPOOFED,
+    verdict: 1,
+    direction: 1,
+    endpointId: SRC.endpointId,
+    srcIdentity: SRC.identity,
+    saddr: DST.ips[0],
+    daddr: '10.254.0.3',
+  });
 });
 
 t.test("a frame with another source MAC is dropped as INVALID_SOURCE_MAC, even with the endpoint's own address", async (t) => {
-  t.same(run(frame4(SRC.ips[0], DST.ips[0], udp(1, 2), PROTO.UDP, DST.containerMac)), { verdict: SHOT, reason: INVALID_SOURCE_MAC });
-  t.same(run(frame6(SRC.ips[1], WORLD6, udp(1, 2), PROTO.UDP, 64, '02:00:00:00:00:99')), { verdict: SHOT, reason: INVALID_SOURCE_MAC });
+  t.same(run(frame4(SRC.ips[0], DST.ips[0], udp(1, 2), PROTO.UDP, DST.containerMac)), {
+    verdict: SHOT,
+    reason: INVALID_SOURCE_MAC,
+  });
+  t.same(run(frame6(SRC.ips[1], WORLD6, udp(1, 2), PROTO.UDP, 64, '02:00:00:00:00:99')), {
+    verdict: SHOT,
+    reason: INVALID_SOURCE_MAC,
+  });
 });
 
 t.test('IPv6 link-local and unspecified sources only towards its own link', async (t) => {
@@ -84,18 +119,38 @@ t.test('IPv6 link-local and unspecified sources only towards its own link', asyn
   t.same(run(frame6('fe80::1', SRC.gateway6, ns, PROTO.ICMPV6, 255)), { verdict: OK }, 'NDP to its gateway');
   t.same(run(frame6('::', 'ff02::16', icmp(143, 0, 0), PROTO.ICMPV6, 1)), { verdict: OK }, 'MLD report from ::');
   t.same(run(frame6('fe80::1', DST.ips[1], udp(1, 2))), { verdict: SHOT, reason: SOURCE_SPOOFED }, 'link-local to another pod');
-  t.same(run(frame6('fe80::1', WORLD6, tcp(1, 80, TCP_FLAGS.SYN), PROTO.TCP)), { verdict: SHOT, reason: SOURCE_SPOOFED }, 'link-local to the world');
+  t.same(
+    run(frame6('fe80::1', WORLD6, tcp(1, 80, TCP_FLAGS.SYN), PROTO.TCP)),
+    { verdict: SHOT, reason: SOURCE_SPOOFED },
+    'link-local to the world',
+  );
   t.same(run(frame6('::', DST.ips[1], udp(1, 2))), { verdict: SHOT, reason: SOURCE_SPOOFED }, 'unspecified to another pod');
 });
 
 t.test('ARP speaks only for its own address and MAC', async (t) => {
   const frame = (body: Buffer, srcMac = SRC.containerMac) => eth('ff:ff:ff:ff:ff:ff', srcMac, ETH_P.ARP, body);
-  t.same(run(frame(arp(1, SRC.containerMac, SRC.ips[0], '00:00:00:00:00:00', '10.254.0.254'))), { verdict: OK }, 'request for the gateway');
+  t.same(
+    run(frame(arp(1, SRC.containerMac, SRC.ips[0], '00:00:00:00:00:00', '10.254.0.254'))),
+    { verdict: OK },
+    'request for the gateway',
+  );
   t.same(run(frame(arp(2, SRC.containerMac, SRC.ips[0], SRC.hostMac, '10.254.0.254'))), { verdict: OK }, 'reply');
   t.same(run(frame(arp(1, SRC.containerMac, '0.0.0.0', '00:00:00:00:00:00', SRC.ips[0]))), { verdict: OK }, 'probe from 0.0.0.0');
-  t.same(run(frame(arp(2, SRC.containerMac, DST.ips[0], SRC.hostMac, '10.254.0.254'))), { verdict: SHOT, reason: SOURCE_SPOOFED }, "a reply claiming another pod's address");
-  t.same(run(frame(arp(2, DST.containerMac, SRC.ips[0], SRC.hostMac, '10.254.0.254'))), { verdict: SHOT, reason: INVALID_SOURCE_MAC }, 'another sender MAC');
-  t.same(run(frame(arp(1, SRC.containerMac, SRC.ips[0], '00:00:00:00:00:00', '10.254.0.254'), DST.containerMac)), { verdict: SHOT, reason: INVALID_SOURCE_MAC }, 'another frame source MAC');
+  t.same(
+    run(frame(arp(2, SRC.containerMac, DST.ips[0], SRC.hostMac, '10.254.0.254'))),
+    { verdict: SHOT, reason: SOURCE_SPOOFED },
+    "a reply claiming another pod's address",
+  );
+  t.same(
+    run(frame(arp(2, DST.containerMac, SRC.ips[0], SRC.hostMac, '10.254.0.254'))),
+    { verdict: SHOT, reason: INVALID_SOURCE_MAC },
+    'another sender MAC',
+  );
+  t.same(
+    run(frame(arp(1, SRC.containerMac, SRC.ips[0], '00:00:00:00:00:00', '10.254.0.254'), DST.containerMac)),
+    { verdict: SHOT, reason: INVALID_SOURCE_MAC },
+    'another frame source MAC',
+  );
   const ipv6Arp = arp(1, SRC.containerMac, SRC.ips[0], '00:00:00:00:00:00', '10.254.0.254');
   ipv6Arp.writeUInt16BE(ETH_P.IPV6, 2);
   t.same(run(frame(ipv6Arp)), { verdict: SHOT, reason: INVALID_PACKET }, 'not Ethernet/IPv4 ARP');
@@ -103,9 +158,20 @@ t.test('ARP speaks only for its own address and MAC', async (t) => {
 
 t.test('nothing but IPv4, IPv6 and ARP leaves a container', async (t) => {
   t.same(run(eth(SRC.hostMac, SRC.containerMac, 0x88cc, Buffer.alloc(46))), { verdict: SHOT, reason: UNSUPPORTED_L3 }, 'LLDP');
-  const tagged = Buffer.concat([Buffer.from([0, 5, 0x08, 0x00]), ipv4({ src: DST.ips[0], dst: WORLD4, proto: PROTO.UDP }, udp(1, 2))]);
-  t.same(run(eth(SRC.hostMac, SRC.containerMac, 0x8100, tagged)), { verdict: SHOT, reason: UNSUPPORTED_L3 }, 'a VLAN tag around a spoofed packet');
-  t.same(run(eth(SRC.hostMac, SRC.containerMac, 0x0030, Buffer.alloc(46))), { verdict: SHOT, reason: UNSUPPORTED_L3 }, '802.3 length field');
+  const tagged = Buffer.concat([
+    Buffer.from([0, 5, 0x08, 0x00]),
+    ipv4({ src: DST.ips[0], dst: WORLD4, proto: PROTO.UDP }, udp(1, 2)),
+  ]);
+  t.same(
+    run(eth(SRC.hostMac, SRC.containerMac, 0x8100, tagged)),
+    { verdict: SHOT, reason: UNSUPPORTED_L3 },
+    'a VLAN tag around a spoofed packet',
+  );
+  t.same(
+    run(eth(SRC.hostMac, SRC.containerMac, 0x0030, Buffer.alloc(46))),
+    { verdict: SHOT, reason: UNSUPPORTED_L3 },
+    '802.3 length field',
+  );
 });
 
 t.test('an endpoint with several addresses of a family may use each, and only those', async (t) => {
@@ -114,7 +180,11 @@ t.test('an endpoint with several addresses of a family may use each, and only th
   t.same(run(frame4('10.254.0.11', WORLD4, udp(1, 2))), { verdict: OK }, 'its second IPv4 address');
   t.same(run(frame6('fd00:fe::11', WORLD6, udp(1, 2))), { verdict: OK }, 'its second IPv6 address');
   t.same(run(frame4(SRC.ips[0], WORLD4, udp(1, 3))), { verdict: OK }, 'its first still');
-  t.same(run(frame4(DST.ips[0], WORLD4, udp(1, 2))), { verdict: SHOT, reason: SOURCE_SPOOFED }, "another endpoint's address is still spoofed");
+  t.same(
+    run(frame4(DST.ips[0], WORLD4, udp(1, 2))),
+    { verdict: SHOT, reason: SOURCE_SPOOFED },
+    "another endpoint's address is still spoofed",
+  );
   t.same(run(frame4('10.254.0.12', WORLD4, udp(1, 2))), { verdict: SHOT, reason: SOURCE_SPOOFED });
 });
 

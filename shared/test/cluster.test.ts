@@ -11,7 +11,9 @@ import { CniCode, kindInfo } from '../src/errors.ts';
 import { IdentityUnavailableError } from '../src/cluster/identities.ts';
 import { KvUnavailableError } from '../src/kvstore/kv.ts';
 
-const noFile = () => { throw new Error('ENOENT'); };
+const noFile = () => {
+  throw new Error('ENOENT');
+};
 
 t.test('layout: one prefix per cluster, prefixes that never match a longer sibling', async (t) => {
   const L = layout('prod');
@@ -38,11 +40,35 @@ t.test('kvstore flags: etcd only, URLs with ports, TLS files go together', async
   t.throws(() => kvstoreOptions({ kvstore: 'etcd' }), /needs --kvstore-endpoints/);
   t.throws(() => parseEndpoints('a:2379'), /"a:2379" must be http:\/\/ or https:\/\//);
   t.throws(() => parseEndpoints('http://a'), /needs a port/);
-  t.throws(() => kvstoreOptions({ kvstore: 'etcd', kvstoreEndpoints: 'https://a:2379' }), /https:\/\/ endpoints need --kvstore-ca/);
-  t.throws(() => kvstoreOptions({ kvstore: 'etcd', kvstoreEndpoints: 'http://a:2379', kvstoreCert: '/c' }, () => Buffer.from('x')), /go together/);
-  t.throws(() => kvstoreOptions({ kvstore: 'etcd', kvstoreEndpoints: 'https://a:2379', kvstoreCa: '/nope' }, () => { throw new Error('ENOENT'); }), /--kvstore-ca \/nope: ENOENT/);
-  t.throws(() => kvstoreOptions({ kvstore: 'etcd', kvstoreEndpoints: 'http://a:2379', clusterName: 'A B' }), /--cluster-name "A B"/);
-  const ok = kvstoreOptions({ kvstore: 'etcd', kvstoreEndpoints: 'https://a:2379, https://b:2379', kvstoreCa: '/ca', kvstoreCert: '/c', kvstoreKey: '/k' }, (p) => Buffer.from(p));
+  t.throws(
+    () => kvstoreOptions({ kvstore: 'etcd', kvstoreEndpoints: 'https://a:2379' }),
+    /https:\/\/ endpoints need --kvstore-ca/,
+  );
+  t.throws(
+    () => kvstoreOptions({ kvstore: 'etcd', kvstoreEndpoints: 'http://a:2379', kvstoreCert: '/c' }, () => Buffer.from('x')),
+    /go together/,
+  );
+  t.throws(
+    () =>
+      kvstoreOptions({ kvstore: 'etcd', kvstoreEndpoints: 'https://a:2379', kvstoreCa: '/nope' }, () => {
+        throw new Error('ENOENT');
+      }),
+    /--kvstore-ca \/nope: ENOENT/,
+  );
+  t.throws(
+    () => kvstoreOptions({ kvstore: 'etcd', kvstoreEndpoints: 'http://a:2379', clusterName: 'A B' }),
+    /--cluster-name "A B"/,
+  );
+  const ok = kvstoreOptions(
+    {
+      kvstore: 'etcd',
+      kvstoreEndpoints: 'https://a:2379, https://b:2379',
+      kvstoreCa: '/ca',
+      kvstoreCert: '/c',
+      kvstoreKey: '/k',
+    },
+    (p) => Buffer.from(p),
+  );
   t.same(ok?.kv.endpoints, ['https://a:2379', 'https://b:2379']);
   t.equal(ok?.cluster, 'default');
   t.equal(ok?.kv.tls?.cert?.toString(), '/c');
@@ -55,13 +81,28 @@ t.test('agent: cluster flags from flags, env and file; --node-ip required and ch
   t.equal(c.cluster?.leaseTtlSeconds, 7);
   t.equal(c.cluster?.explicitDefaultPool, false);
   t.equal(clusterSettings(c)?.nodeIp, '192.0.2.1');
-  t.equal(resolveConfig([...base, '--pool', '10.9.0.0/16'], {}, noFile).cluster?.explicitDefaultPool, true, 'a --pool for default is noticed (and ignored with a warning)');
+  t.equal(
+    resolveConfig([...base, '--pool', '10.9.0.0/16'], {}, noFile).cluster?.explicitDefaultPool,
+    true,
+    'a --pool for default is noticed (and ignored with a warning)',
+  );
   t.throws(() => clusterSettings(resolveConfig(base, {}, noFile)), /needs --node-ip/);
-  t.throws(() => clusterSettings(resolveConfig([...base, '--node-ip', 'nope'], {}, noFile)), /--node-ip "nope" is not an IP address/);
+  t.throws(
+    () => clusterSettings(resolveConfig([...base, '--node-ip', 'nope'], {}, noFile)),
+    /--node-ip "nope" is not an IP address/,
+  );
   t.throws(() => resolveConfig(['--node-ip', '192.0.2.1'], {}, noFile), /need --kvstore etcd/);
-  const env = resolveConfig([], { MEMBRANE_KVSTORE: 'etcd', MEMBRANE_KVSTORE_ENDPOINTS: 'http://e:2379', MEMBRANE_NODE_IP: '192.0.2.9' }, noFile);
+  const env = resolveConfig(
+    [],
+    { MEMBRANE_KVSTORE: 'etcd', MEMBRANE_KVSTORE_ENDPOINTS: 'http://e:2379', MEMBRANE_NODE_IP: '192.0.2.9' },
+    noFile,
+  );
   t.equal(clusterSettings(env)?.kv.endpoints[0], 'http://e:2379');
-  const file = resolveConfig(['--config', '/m.yaml'], {}, () => 'kvstore: etcd\nkvstoreEndpoints: http://f:2379\nnodeIp: 192.0.2.8\nclusterName: filed\n');
+  const file = resolveConfig(
+    ['--config', '/m.yaml'],
+    {},
+    () => 'kvstore: etcd\nkvstoreEndpoints: http://f:2379\nnodeIp: 192.0.2.8\nclusterName: filed\n',
+  );
   t.equal(clusterSettings(file)?.cluster, 'filed');
   t.equal(resolveConfig([], {}, noFile).cluster, undefined, 'single node by default');
 });
@@ -104,10 +145,22 @@ t.test('an unreachable cluster store is "try again later" at every front door', 
 
 t.test('a large policy record is stored gzipped (etcd refuses requests over 1.5 MiB), a small one as JSON', async (t) => {
   const { encodeRecord, decodeRecord, RECORD_GZIP_ABOVE } = await import('../src/cluster/policies.ts');
-  const rules = Array.from({ length: 10_000 }, (_, i) => ({ fromCIDR: [`198.18.${i >> 8}.${i & 255}/32`], toPorts: [{ ports: [{ port: '443', protocol: 'TCP' }] }] }));
-  const big = { name: 'big', number: 7, revision: 3, policy: { specs: rules }, source: JSON.stringify(rules) } as unknown as Parameters<typeof encodeRecord>[0];
+  const rules = Array.from({ length: 10_000 }, (_, i) => ({
+    fromCIDR: [`198.18.${i >> 8}.${i & 255}/32`],
+    toPorts: [{ ports: [{ port: '443', protocol: 'TCP' }] }],
+  }));
+  const big = {
+    name: 'big',
+    number: 7,
+    revision: 3,
+    policy: { specs: rules },
+    source: JSON.stringify(rules),
+  } as unknown as Parameters<typeof encodeRecord>[0];
   const v = encodeRecord(big);
-  t.ok(JSON.stringify(big).length > 1.5 * 1024 * 1024, `the record is ${(JSON.stringify(big).length / 1e6).toFixed(1)} MB of JSON`);
+  t.ok(
+    JSON.stringify(big).length > 1.5 * 1024 * 1024,
+    `the record is ${(JSON.stringify(big).length / 1e6).toFixed(1)} MB of JSON`,
+  );
   t.ok(v.startsWith('gz:') && v.length < 1024 * 1024, `stored as ${(v.length / 1024).toFixed(0)} KiB`);
   t.same(decodeRecord(v), big, 'and read back as it was');
   const small = { ...big, policy: { specs: rules.slice(0, 3) }, source: '' } as unknown as typeof big;

@@ -1,7 +1,9 @@
 import t from 'tap';
 import { resolveConfig, poolsToNetworks, DEFAULTS, helpText, parseFlags } from '../src/agent/config.ts';
 
-const noFile = () => { throw new Error('ENOENT'); };
+const noFile = () => {
+  throw new Error('ENOENT');
+};
 
 t.test('defaults', async (t) => {
   const c = resolveConfig([], {}, noFile);
@@ -23,7 +25,10 @@ t.test('--pool is repeatable and builds dual-stack and named networks', async (t
   t.same(poolsToNetworks(['10.1.0.0/16', 'fd00::/64']), [{ name: 'default', subnets: ['10.1.0.0/16', 'fd00::/64'] }]);
   t.same(poolsToNetworks(['blue=10.2.0.0/24,fd00:2::/64']), [{ name: 'blue', subnets: ['10.2.0.0/24', 'fd00:2::/64'] }]);
   const c = resolveConfig(['--pool', '10.3.0.0/24', '--pool=red=10.4.0.0/24'], {}, noFile);
-  t.same(c.networks.map((n) => n.name), ['default', 'red']);
+  t.same(
+    c.networks.map((n) => n.name),
+    ['default', 'red'],
+  );
 });
 
 t.test('bad input names what was wrong', async (t) => {
@@ -32,7 +37,10 @@ t.test('bad input names what was wrong', async (t) => {
   t.throws(() => resolveConfig(['--state-dir'], {}, noFile), /option '--state-dir <dir>' argument missing/);
   t.throws(() => resolveConfig(['stray'], {}, noFile), /too many arguments/);
   t.throws(() => resolveConfig(['--mtu', '99'], {}, noFile), /--mtu "99" is not a whole number from 576 to 65535/);
-  t.throws(() => resolveConfig([], { MEMBRANE_FLOW_BUFFER: 'lots' }, noFile), /MEMBRANE_FLOW_BUFFER "lots" is not a whole number/);
+  t.throws(
+    () => resolveConfig([], { MEMBRANE_FLOW_BUFFER: 'lots' }, noFile),
+    /MEMBRANE_FLOW_BUFFER "lots" is not a whole number/,
+  );
   t.throws(() => resolveConfig(['--flow-events', 'maybe'], {}, noFile), /--flow-events "maybe" is not on or off/);
   t.throws(() => resolveConfig(['--config', '/x.yaml'], {}, () => 'stateDir: 5\n'), /config file \/x.yaml: stateDir:/);
   t.throws(() => resolveConfig(['--config', '/x.yaml'], {}, () => 'socketz: /a\n'), /config file \/x.yaml/);
@@ -46,17 +54,35 @@ t.test('--docker-plugin takes an optional name', async (t) => {
   t.equal(resolveConfig(['--docker-plugin', '--state-dir', '/s'], {}, noFile).dockerPlugin, 'membrane');
 });
 
-t.test('the Docker API: --docker-socket wins, then DOCKER_SOCKET, then DOCKER_HOST, then the file, then the default', async (t) => {
-  const file = () => 'dockerSocket: /file.sock\n';
-  t.same(resolveConfig(['--docker-socket', '/flag.sock'], { DOCKER_HOST: 'tcp://h:2375', DOCKER_SOCKET: '/env.sock' }, noFile).dockerApi, { socketPath: '/flag.sock' });
-  t.same(resolveConfig([], { DOCKER_HOST: 'tcp://h:2375', DOCKER_SOCKET: '/env.sock' }, noFile).dockerApi, { socketPath: '/env.sock' });
-  t.same(resolveConfig(['--config', '/c.yaml'], { DOCKER_HOST: 'unix:///run/user/1/docker.sock' }, file).dockerApi, { socketPath: '/run/user/1/docker.sock' });
-  t.same(resolveConfig(['--config', '/c.yaml'], {}, file).dockerApi, { socketPath: '/file.sock' });
-  t.same(resolveConfig([], { DOCKER_HOST: 'tcp://10.0.0.1:2376' }, noFile).dockerApi, { host: '10.0.0.1', port: 2376 });
-  t.same(resolveConfig([], {}, noFile).dockerApi, { socketPath: '/var/run/docker.sock' });
-  t.throws(() => resolveConfig(['--docker-plugin'], { DOCKER_HOST: 'ssh://me@h' }, noFile), /DOCKER_HOST "ssh:\/\/me@h": ssh:\/\/ is not supported/);
-  t.same(resolveConfig([], { DOCKER_HOST: 'ssh://me@h' }, noFile).dockerApi, { socketPath: '/var/run/docker.sock' }, 'an agent without the Docker plugin is not stopped by it');
-});
+t.test(
+  'the Docker API: --docker-socket wins, then DOCKER_SOCKET, then DOCKER_HOST, then the file, then the default',
+  async (t) => {
+    const file = () => 'dockerSocket: /file.sock\n';
+    t.same(
+      resolveConfig(['--docker-socket', '/flag.sock'], { DOCKER_HOST: 'tcp://h:2375', DOCKER_SOCKET: '/env.sock' }, noFile)
+        .dockerApi,
+      { socketPath: '/flag.sock' },
+    );
+    t.same(resolveConfig([], { DOCKER_HOST: 'tcp://h:2375', DOCKER_SOCKET: '/env.sock' }, noFile).dockerApi, {
+      socketPath: '/env.sock',
+    });
+    t.same(resolveConfig(['--config', '/c.yaml'], { DOCKER_HOST: 'unix:///run/user/1/docker.sock' }, file).dockerApi, {
+      socketPath: '/run/user/1/docker.sock',
+    });
+    t.same(resolveConfig(['--config', '/c.yaml'], {}, file).dockerApi, { socketPath: '/file.sock' });
+    t.same(resolveConfig([], { DOCKER_HOST: 'tcp://10.0.0.1:2376' }, noFile).dockerApi, { host: '10.0.0.1', port: 2376 });
+    t.same(resolveConfig([], {}, noFile).dockerApi, { socketPath: '/var/run/docker.sock' });
+    t.throws(
+      () => resolveConfig(['--docker-plugin'], { DOCKER_HOST: 'ssh://me@h' }, noFile),
+      /DOCKER_HOST "ssh:\/\/me@h": ssh:\/\/ is not supported/,
+    );
+    t.same(
+      resolveConfig([], { DOCKER_HOST: 'ssh://me@h' }, noFile).dockerApi,
+      { socketPath: '/var/run/docker.sock' },
+      'an agent without the Docker plugin is not stopped by it',
+    );
+  },
+);
 
 t.test('labels: --label-filter, --label-timeout, --cri-socket', async (t) => {
   const d = resolveConfig([], {}, noFile);
@@ -64,7 +90,10 @@ t.test('labels: --label-filter, --label-timeout, --cri-socket', async (t) => {
   t.match(d.labelFilter, /pod-template-hash/);
   const c = resolveConfig(['--label-filter', 'k8s:app !.*', '--label-timeout', '3', '--cri-socket', '/x.sock'], {}, noFile);
   t.same([c.labelFilter, c.labelTimeoutMs, c.criSocket], ['k8s:app !.*', 3000, '/x.sock']);
-  t.throws(() => resolveConfig(['--label-filter', '!('], {}, noFile), /--label-filter: label filter pattern "!\(" is not a valid regular expression/);
+  t.throws(
+    () => resolveConfig(['--label-filter', '!('], {}, noFile),
+    /--label-filter: label filter pattern "!\(" is not a valid regular expression/,
+  );
 });
 
 t.test('every setting has a flag, and the environment and the file can set it too', async (t) => {
@@ -72,12 +101,29 @@ t.test('every setting has a flag, and the environment and the file can set it to
   t.equal(c.eventsPerSecond, 0, '0 = unlimited');
   t.equal(c.conntrackGcIntervalSeconds, 30);
   t.equal(c.policyAuditMode, true);
-  const e = resolveConfig([], { MEMBRANE_EVENTS_PER_SECOND: '500', MEMBRANE_CONNTRACK_GC_INTERVAL: '5', MEMBRANE_POLICY_AUDIT_MODE: 'on', MEMBRANE_FLOW_EVENTS: 'off' }, noFile);
+  const e = resolveConfig(
+    [],
+    {
+      MEMBRANE_EVENTS_PER_SECOND: '500',
+      MEMBRANE_CONNTRACK_GC_INTERVAL: '5',
+      MEMBRANE_POLICY_AUDIT_MODE: 'on',
+      MEMBRANE_FLOW_EVENTS: 'off',
+    },
+    noFile,
+  );
   t.same([e.eventsPerSecond, e.conntrackGcIntervalSeconds, e.policyAuditMode, e.flowEvents], [500, 5, true, false]);
-  const f = resolveConfig(['--config', '/c.yaml'], {}, () => 'eventsPerSecond: 7\nconntrackGcIntervalSeconds: 60\nflowBufferSize: 9\n');
+  const f = resolveConfig(
+    ['--config', '/c.yaml'],
+    {},
+    () => 'eventsPerSecond: 7\nconntrackGcIntervalSeconds: 60\nflowBufferSize: 9\n',
+  );
   t.same([f.eventsPerSecond, f.conntrackGcIntervalSeconds, f.flowBufferSize], [7, 60, 9]);
   const d = resolveConfig([], {}, noFile);
-  t.same([d.eventsPerSecond, d.conntrackGcIntervalSeconds, d.flowEvents, d.policyAuditMode], [100_000, 15, true, false], 'defaults');
+  t.same(
+    [d.eventsPerSecond, d.conntrackGcIntervalSeconds, d.flowEvents, d.policyAuditMode],
+    [100_000, 15, true, false],
+    'defaults',
+  );
 });
 
 t.test('conntrack size and per-endpoint share: flag, environment, file, defaults, ranges', async (t) => {
@@ -100,12 +146,39 @@ t.test('--help is generated from the same table: every flag with its environment
   t.same(parseFlags(['--help']).help, true);
   t.same(parseFlags(['-h']).help, true);
   const help = helpText();
-  for (const flag of ['--state-dir', '--bpffs-dir', '--socket', '--pool', '--host-device', '--mtu', '--node-name', '--bpf-object',
-    '--docker-plugin', '--docker-plugin-dir', '--docker-socket', '--metrics-address', '--observer-socket', '--observer-address',
-    '--flow-buffer', '--flow-events', '--events-per-second', '--policy-audit-mode', '--conntrack-gc-interval', '--log-level', '--config']) {
+  for (const flag of [
+    '--state-dir',
+    '--bpffs-dir',
+    '--socket',
+    '--pool',
+    '--host-device',
+    '--mtu',
+    '--node-name',
+    '--bpf-object',
+    '--docker-plugin',
+    '--docker-plugin-dir',
+    '--docker-socket',
+    '--metrics-address',
+    '--observer-socket',
+    '--observer-address',
+    '--flow-buffer',
+    '--flow-events',
+    '--events-per-second',
+    '--policy-audit-mode',
+    '--conntrack-gc-interval',
+    '--log-level',
+    '--config',
+  ]) {
     t.match(help, new RegExp(`\\s${flag}\\b`), flag);
   }
-  for (const env of ['MEMBRANE_STATE_DIR', 'MEMBRANE_POOLS', 'MEMBRANE_EVENTS_PER_SECOND', 'MEMBRANE_CONNTRACK_GC_INTERVAL', 'DOCKER_SOCKET', 'MEMBRANE_CONFIG']) {
+  for (const env of [
+    'MEMBRANE_STATE_DIR',
+    'MEMBRANE_POOLS',
+    'MEMBRANE_EVENTS_PER_SECOND',
+    'MEMBRANE_CONNTRACK_GC_INTERVAL',
+    'DOCKER_SOCKET',
+    'MEMBRANE_CONFIG',
+  ]) {
     t.match(help, env, env);
   }
 });

@@ -8,7 +8,12 @@ import { dnsFlow, dnsSummary } from '../src/dns/flows.ts';
 import type { DnsRecord } from '../src/dns/proxy.ts';
 import type { FlowContext } from '../src/flows/enrich.ts';
 
-const query = packet.encode({ type: 'query', id: 4242, flags: packet.RECURSION_DESIRED, questions: [{ type: 'A', name: 'Alias.Test.Internal' }] });
+const query = packet.encode({
+  type: 'query',
+  id: 4242,
+  flags: packet.RECURSION_DESIRED,
+  questions: [{ type: 'A', name: 'Alias.Test.Internal' }],
+});
 
 t.test('queries and refusals', async (t) => {
   t.same(readQuery(query), { id: 4242, name: 'alias.test.internal.', types: ['A'], rd: true });
@@ -21,12 +26,18 @@ t.test('queries and refusals', async (t) => {
   t.equal((r.flags ?? 0) & 0xf, RCODE.REFUSED);
   t.same(r.questions, [{ name: 'Alias.Test.Internal', type: 'A', class: 'IN' }], 'the question is echoed');
   t.ok(r.flag_rd && r.flag_ra);
-  t.equal((packet.decode(refusal(Buffer.from([1, 2, 3]), RCODE.FORMERR)).flags ?? 0) & 0xf, RCODE.FORMERR, 'even for bytes it cannot read');
+  t.equal(
+    (packet.decode(refusal(Buffer.from([1, 2, 3]), RCODE.FORMERR)).flags ?? 0) & 0xf,
+    RCODE.FORMERR,
+    'even for bytes it cannot read',
+  );
 });
 
 t.test('answers: the CNAME chain, addresses and TTLs', async (t) => {
   const buf = packet.encode({
-    type: 'response', id: 9, questions: [{ type: 'A', name: 'alias.test.internal' }],
+    type: 'response',
+    id: 9,
+    questions: [{ type: 'A', name: 'alias.test.internal' }],
     answers: [
       { type: 'CNAME', name: 'alias.test.internal', ttl: 20, data: 'api.test.internal' },
       { type: 'A', name: 'api.test.internal', ttl: 60, data: '198.18.0.10' },
@@ -37,28 +48,55 @@ t.test('answers: the CNAME chain, addresses and TTLs', async (t) => {
   const a = readAnswer(buf)!;
   t.same(a.names, ['alias.test.internal.', 'api.test.internal.']);
   t.same(a.cnames, ['api.test.internal.']);
-  t.same(a.ips, [{ ip: '198.18.0.10', ttl: 20 }, { ip: '198.18.0.11', ttl: 5 }], 'only addresses of the chain; the smallest TTL along it');
+  t.same(
+    a.ips,
+    [
+      { ip: '198.18.0.10', ttl: 20 },
+      { ip: '198.18.0.11', ttl: 5 },
+    ],
+    'only addresses of the chain; the smallest TTL along it',
+  );
   t.equal(a.rcode, 0);
   t.same(a.rrtypes, ['CNAME', 'A']);
   t.equal(readAnswer(Buffer.from('x')), undefined);
   const q = readQuery(query)!;
-  const to = (name: string, type: 'A' | 'AAAA' = 'A') => readAnswer(packet.encode({ type: 'response', id: 4242, questions: [{ type, name }] }))!;
+  const to = (name: string, type: 'A' | 'AAAA' = 'A') =>
+    readAnswer(packet.encode({ type: 'response', id: 4242, questions: [{ type, name }] }))!;
   t.ok(answersQuery(to('ALIAS.test.internal.'), q), 'the same question (case and the final dot aside)');
   t.notOk(answersQuery(to('www.pattern.test'), q), 'another name: not an answer to this query');
   t.notOk(answersQuery(to('alias.test.internal', 'AAAA'), q), 'another type: neither');
-  const nx = readAnswer(packet.encode({ type: 'response', id: 1, flags: RCODE.NXDOMAIN, questions: [{ type: 'A', name: 'no.where' }] }))!;
+  const nx = readAnswer(
+    packet.encode({ type: 'response', id: 1, flags: RCODE.NXDOMAIN, questions: [{ type: 'A', name: 'no.where' }] }),
+  )!;
   t.equal(nx.rcode, RCODE.NXDOMAIN);
 });
 
 t.test('records as Hubble L7 DNS flows', async (t) => {
   const ctx = {
-    nodeName: 'n1', wallOffset: { seconds: 0, nanos: 0 },
-    endpointById: (id: number) => (id === 7 ? { id: 7, identity: 300, labels: { app: 'client' }, containerId: 'c7', podName: 'client', namespace: 'default' } : undefined),
-    endpointByAddress: () => undefined, labelsOfIdentity: () => ({ 'reserved:world': '' }),
+    nodeName: 'n1',
+    wallOffset: { seconds: 0, nanos: 0 },
+    endpointById: (id: number) =>
+      id === 7
+        ? { id: 7, identity: 300, labels: { app: 'client' }, containerId: 'c7', podName: 'client', namespace: 'default' }
+        : undefined,
+    endpointByAddress: () => undefined,
+    labelsOfIdentity: () => ({ 'reserved:world': '' }),
     describeRule: () => ({ policy: 'client-fqdn', index: 0, direction: 'egress', action: 'allow', path: 'spec.egress[0]' }),
   } as unknown as FlowContext;
-  const base = { timeMs: 1_700_000_000_123, proto: 'udp', src: { ip: '10.0.0.7', port: 40000 }, dst: { ip: '198.18.0.53', port: 53 }, query: readQuery(query)! } as const;
-  const refused: DnsRecord = { ...base, kind: 'query', decision: { allowed: false, endpoint: 7, identity: 300, peerIdentity: 2, ruleId: 123 }, verdict: 'refused', reason: 'denied' };
+  const base = {
+    timeMs: 1_700_000_000_123,
+    proto: 'udp',
+    src: { ip: '10.0.0.7', port: 40000 },
+    dst: { ip: '198.18.0.53', port: 53 },
+    query: readQuery(query)!,
+  } as const;
+  const refused: DnsRecord = {
+    ...base,
+    kind: 'query',
+    decision: { allowed: false, endpoint: 7, identity: 300, peerIdentity: 2, ruleId: 123 },
+    verdict: 'refused',
+    reason: 'denied',
+  };
   const f = dnsFlow(refused, ctx);
   t.equal(f.verdict, 'DROPPED');
   t.equal(f.Type, 'L7');
@@ -67,25 +105,65 @@ t.test('records as Hubble L7 DNS flows', async (t) => {
   t.same(f.destinationNames, ['alias.test.internal']);
   t.match(f.Summary, /^DNS Query alias\.test\.internal\. A \(refused\); refused by the DNS rules of client-fqdn$/);
   const answer: DnsRecord = {
-    ...base, kind: 'response', decision: { allowed: true, endpoint: 7, identity: 300, peerIdentity: 2, ruleId: 123, rulePath: 'spec.egress[0].toPorts[0].rules.dns[0]' }, verdict: 'forwarded',
-    answer: readAnswer(packet.encode({ type: 'response', id: 9, questions: [{ type: 'A', name: 'alias.test.internal' }], answers: [{ type: 'CNAME', name: 'alias.test.internal', ttl: 20, data: 'api.test.internal' }, { type: 'A', name: 'api.test.internal', ttl: 60, data: '198.18.0.10' }] }))!,
+    ...base,
+    kind: 'response',
+    decision: {
+      allowed: true,
+      endpoint: 7,
+      identity: 300,
+      peerIdentity: 2,
+      ruleId: 123,
+      rulePath: 'spec.egress[0].toPorts[0].rules.dns[0]',
+    },
+    verdict: 'forwarded',
+    answer: readAnswer(
+      packet.encode({
+        type: 'response',
+        id: 9,
+        questions: [{ type: 'A', name: 'alias.test.internal' }],
+        answers: [
+          { type: 'CNAME', name: 'alias.test.internal', ttl: 20, data: 'api.test.internal' },
+          { type: 'A', name: 'api.test.internal', ttl: 60, data: '198.18.0.10' },
+        ],
+      }),
+    )!,
     latencyNs: 1_500_000,
   };
   const g = dnsFlow(answer, ctx);
-  t.match(g, { verdict: 'FORWARDED', isReply: { value: true }, IP: { source: '198.18.0.53', destination: '10.0.0.7' }, l4: { UDP: { sourcePort: 53, destinationPort: 40000 } } });
-  t.match(g.l7, { type: 'RESPONSE', latencyNs: 1_500_000, dns: { ips: ['198.18.0.10'], ttl: 20, cnames: ['api.test.internal.'], rcode: 0 } });
+  t.match(g, {
+    verdict: 'FORWARDED',
+    isReply: { value: true },
+    IP: { source: '198.18.0.53', destination: '10.0.0.7' },
+    l4: { UDP: { sourcePort: 53, destinationPort: 40000 } },
+  });
+  t.match(g.l7, {
+    type: 'RESPONSE',
+    latencyNs: 1_500_000,
+    dns: { ips: ['198.18.0.10'], ttl: 20, cnames: ['api.test.internal.'], rcode: 0 },
+  });
   t.match(g.egressAllowedBy, [{ name: 'client-fqdn', membraneRulePath: 'spec.egress[0].toPorts[0].rules.dns[0]' }]);
   t.equal(dnsSummary(answer), 'DNS Answer "198.18.0.10" TTL: 20 (Proxy alias.test.internal. A)');
 });
 
 t.test('MessageReader: decoded once per content, every query keeps its own ID', async (t) => {
   const reader = new MessageReader(2);
-  const ask = (id: number, name: string) => packet.encode({ type: 'query', id, flags: packet.RECURSION_DESIRED, questions: [{ type: 'A', name }] });
+  const ask = (id: number, name: string) =>
+    packet.encode({ type: 'query', id, flags: packet.RECURSION_DESIRED, questions: [{ type: 'A', name }] });
   t.same(reader.query(ask(1, 'Api.Test')), { id: 1, name: 'api.test.', types: ['A'], rd: true });
-  t.same(reader.query(ask(2, 'api.test')), { id: 2, name: 'api.test.', types: ['A'], rd: true }, 'the same question under another ID');
+  t.same(
+    reader.query(ask(2, 'api.test')),
+    { id: 2, name: 'api.test.', types: ['A'], rd: true },
+    'the same question under another ID',
+  );
   t.same(reader.query(ask(3, 'other.test')), readQuery(ask(3, 'other.test')), 'another question');
   t.equal(reader.query(Buffer.concat([Buffer.from([0, 9]), Buffer.from('not a query at all')])), undefined, 'unreadable');
-  const ans = (id: number, ip: string) => packet.encode({ type: 'response', id, questions: [{ type: 'A', name: 'api.test' }], answers: [{ type: 'A', name: 'api.test', ttl: 30, data: ip }] });
+  const ans = (id: number, ip: string) =>
+    packet.encode({
+      type: 'response',
+      id,
+      questions: [{ type: 'A', name: 'api.test' }],
+      answers: [{ type: 'A', name: 'api.test', ttl: 30, data: ip }],
+    });
   t.same(reader.answer(ans(7, '198.18.0.1')), readAnswer(ans(7, '198.18.0.1')));
   t.same(reader.answer(ans(8, '198.18.0.1'))?.ips, [{ ip: '198.18.0.1', ttl: 30 }]);
   t.same(reader.answer(ans(9, '198.18.0.2'))?.ips, [{ ip: '198.18.0.2', ttl: 30 }], 'another address: read anew');

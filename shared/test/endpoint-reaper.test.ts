@@ -16,13 +16,27 @@ function kernel(links: Record<number, string>) {
   const flushed: number[][] = [];
   let flushFails = false;
   return {
-    deleted, flushed, links,
-    failFlush: (v: boolean) => { flushFails = v; },
+    deleted,
+    flushed,
+    links,
+    failFlush: (v: boolean) => {
+      flushFails = v;
+    },
     host: {
       linkByIndex: (i: number) => (links[i] ? { index: i, name: links[i] } : null),
-      linkDel: (i: string | number) => { deleted.push(Number(i)); delete links[Number(i)]; return true; },
+      linkDel: (i: string | number) => {
+        deleted.push(Number(i));
+        delete links[Number(i)];
+        return true;
+      },
     } as unknown as ReaperDeps['host'],
-    datapath: { flushConntrackOf: (ids: readonly number[]) => { if (flushFails) throw new Error('map gone'); flushed.push([...ids]); return ids.length; } },
+    datapath: {
+      flushConntrackOf: (ids: readonly number[]) => {
+        if (flushFails) throw new Error('map gone');
+        flushed.push([...ids]);
+        return ids.length;
+      },
+    },
   };
 }
 
@@ -43,7 +57,7 @@ t.test('a deleted endpoint is reaped: interface, flows by id, record; then its i
   t.same(k.flushed.length, 1, 'reaping again does nothing');
 });
 
-t.test('a re-ADD\'s interface and a newer interface at the old index are left alone', async (t) => {
+t.test("a re-ADD's interface and a newer interface at the old index are left alone", async (t) => {
   const store = new MemoryStore();
   const k = kernel({ 10: 'mbr1', 20: 'other' });
   const r = new Reaper({ store, host: k.host, datapath: k.datapath, inUse: (name) => name === 'mbr1', released: () => {} });
@@ -59,15 +73,30 @@ t.test('a re-ADD\'s interface and a newer interface at the old index are left al
 t.test('an agent killed before reaping resumes at its next start; a failing flush keeps the record', async (t) => {
   const store = new MemoryStore();
   const k = kernel({ 10: 'mbr1' });
-  const first = new Reaper({ store, host: k.host, datapath: k.datapath, inUse: () => false, released: () => {}, delayMs: 60_000 });
+  const first = new Reaper({
+    store,
+    host: k.host,
+    datapath: k.datapath,
+    inUse: () => false,
+    released: () => {},
+    delayMs: 60_000,
+  });
   await first.record(ep(1, 10));
   first.kick(); // held: the agent dies before the timer fires
 
   const released: number[] = [];
   const warnings: string[] = [];
   const second = new Reaper({
-    store, host: k.host, datapath: k.datapath, inUse: () => false, released: (id) => released.push(id),
-    log: { warn: (_o, msg) => { warnings.push(msg); } },
+    store,
+    host: k.host,
+    datapath: k.datapath,
+    inUse: () => false,
+    released: (id) => released.push(id),
+    log: {
+      warn: (_o, msg) => {
+        warnings.push(msg);
+      },
+    },
   });
   t.same(await second.resume(), [1], 'the restarted agent learns the id is still taken');
   k.failFlush(true);
@@ -85,7 +114,9 @@ t.test('an agent killed before reaping resumes at its next start; a failing flus
 
 t.test('a record that cannot be written leaves nothing queued', async (t) => {
   const store = new MemoryStore();
-  store.put = async () => { throw new Error('disk full'); };
+  store.put = async () => {
+    throw new Error('disk full');
+  };
   const k = kernel({ 10: 'mbr1' });
   const r = new Reaper({ store, host: k.host, datapath: k.datapath, inUse: () => false, released: () => {} });
   await t.rejects(r.record(ep(1, 10)), /disk full/);

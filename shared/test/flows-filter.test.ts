@@ -5,20 +5,46 @@ import { parseSelector, requirementsMatch, parseLabels } from '../src/flows/sele
 import type { Flow, FlowFilter } from '../src/flows/types.ts';
 
 const base: Flow = {
-  time: { seconds: 1, nanos: 0 }, uuid: 'u-1', verdict: 'FORWARDED', IP: { source: '10.1.0.2', destination: '10.1.0.3', ipVersion: 'IPv4' },
+  time: { seconds: 1, nanos: 0 },
+  uuid: 'u-1',
+  verdict: 'FORWARDED',
+  IP: { source: '10.1.0.2', destination: '10.1.0.3', ipVersion: 'IPv4' },
   l4: { TCP: { sourcePort: 40000, destinationPort: 80, flags: { SYN: true, ACK: true } } },
-  source: { ID: 1, identity: 257, labels: ['k8s:app=client', 'k8s:tier=front', 'k8s:replicas=3'], namespace: 'shop', podName: 'client-7d' },
+  source: {
+    ID: 1,
+    identity: 257,
+    labels: ['k8s:app=client', 'k8s:tier=front', 'k8s:replicas=3'],
+    namespace: 'shop',
+    podName: 'client-7d',
+  },
   destination: { ID: 2, identity: 258, labels: ['docker:app=web'], namespace: 'default', podName: 'web-1' },
-  nodeName: 'n1', eventType: { type: 5, subType: 0 }, trafficDirection: 'INGRESS', isReply: { value: false },
-  interface: { index: 7, name: 'mbr1' }, membrane: { event: 'FLOW_NEW' },
+  nodeName: 'n1',
+  eventType: { type: 5, subType: 0 },
+  trafficDirection: 'INGRESS',
+  isReply: { value: false },
+  interface: { index: 7, name: 'mbr1' },
+  membrane: { event: 'FLOW_NEW' },
   ingressAllowedBy: [{ name: 'allow-web', namespace: 'shop' }],
 };
 const drop: Flow = {
-  ...base, uuid: 'u-2', verdict: 'DROPPED', eventType: { type: 1, subType: 133 }, dropReason: 133, dropReasonDesc: 'POLICY_DENIED', ingressAllowedBy: undefined,
-  l4: { UDP: { sourcePort: 5353, destinationPort: 53 } }, IP: { source: 'fd00::2', destination: 'fd00::3', ipVersion: 'IPv6' }, isReply: undefined,
-  nodeName: 'prod/n2', membrane: { event: 'FLOW_DROP' }, sourceNames: ['api.example.com'],
+  ...base,
+  uuid: 'u-2',
+  verdict: 'DROPPED',
+  eventType: { type: 1, subType: 133 },
+  dropReason: 133,
+  dropReasonDesc: 'POLICY_DENIED',
+  ingressAllowedBy: undefined,
+  l4: { UDP: { sourcePort: 5353, destinationPort: 53 } },
+  IP: { source: 'fd00::2', destination: 'fd00::3', ipVersion: 'IPv6' },
+  isReply: undefined,
+  nodeName: 'prod/n2',
+  membrane: { event: 'FLOW_DROP' },
+  sourceNames: ['api.example.com'],
 };
-const m = (wl: FlowFilter[], bl: FlowFilter[] = [], ctx = {}) => { const p = compileFilters(wl, bl, ctx); return [p(base), p(drop)]; };
+const m = (wl: FlowFilter[], bl: FlowFilter[] = [], ctx = {}) => {
+  const p = compileFilters(wl, bl, ctx);
+  return [p(base), p(drop)];
+};
 
 t.test('fields: AND inside a filter, OR over values and over whitelist filters, blacklist wins', async (t) => {
   t.same(m([]), [true, true]);
@@ -66,8 +92,14 @@ t.test('pods and namespaces, as Hubble reads them', async (t) => {
   t.same(m([{ sourcePod: ['/'] }]), [true, true], 'any namespace (hubble --all-namespaces)');
   t.throws(() => compileFilters([{ sourcePod: [''] }]), /source_pod: a pod name must not be empty/);
   const docker = compileFilters([{ destinationPod: ['web'] }]);
-  t.ok(docker({ ...base, destination: { identity: 300, podName: 'web' } }), 'a bare name also matches a Docker container (no namespace)');
-  t.notOk(compileFilters([{ destinationPod: ['default/web'] }])({ ...base, destination: { identity: 300, podName: 'web' } }), 'but "default/web" names a pod in "default"');
+  t.ok(
+    docker({ ...base, destination: { identity: 300, podName: 'web' } }),
+    'a bare name also matches a Docker container (no namespace)',
+  );
+  t.notOk(
+    compileFilters([{ destinationPod: ['default/web'] }])({ ...base, destination: { identity: 300, podName: 'web' } }),
+    'but "default/web" names a pod in "default"',
+  );
 });
 
 t.test('node names: patterns, cluster prefix, default cluster', async (t) => {
@@ -94,16 +126,32 @@ t.test('label selectors: Kubernetes syntax, any source unless given', async (t) 
   t.same(m([{ sourceLabel: ['replicas>2'] }]), [true, true]);
   t.same(m([{ sourceLabel: ['replicas<2'] }]), [false, false]);
   t.same(m([{ sourceLabel: ['tier in (front),app in (client)'] }]), [true, true], 'commas inside parentheses do not split');
-  t.same(parseSelector('any:app=x, !b').map((r) => [r.source, r.key, r.op]), [[null, 'app', 'eq'], [null, 'b', 'absent']]);
+  t.same(
+    parseSelector('any:app=x, !b').map((r) => [r.source, r.key, r.op]),
+    [
+      [null, 'app', 'eq'],
+      [null, 'b', 'absent'],
+    ],
+  );
   t.ok(requirementsMatch(parseSelector('reserved:world'), parseLabels(['reserved:world'])));
   t.throws(() => compileFilters([{ sourceLabel: ['!a=b'] }]), /whitelist\[0\]\.source_label: .*not a label requirement/);
   t.throws(() => compileFilters([{ sourceLabel: ['a in (b'] }]), /unbalanced/);
 });
 
 t.test('L7 filters read the L7 record; HTTP ones need an L7-compatible event type', async (t) => {
-  const http: Flow = { ...base, eventType: { type: 129 }, l7: { type: 'REQUEST', http: { code: 404, method: 'GET', url: 'http://web/api/v1/items?x=1', headers: [{ key: 'x-a', value: '1' }] } } };
+  const http: Flow = {
+    ...base,
+    eventType: { type: 129 },
+    l7: {
+      type: 'REQUEST',
+      http: { code: 404, method: 'GET', url: 'http://web/api/v1/items?x=1', headers: [{ key: 'x-a', value: '1' }] },
+    },
+  };
   const dns: Flow = { ...base, l7: { type: 'RESPONSE', dns: { query: 'api.example.com.' } } };
-  const p = (f: FlowFilter) => { const c = compileFilters([f]); return [c(base), c(http), c(dns)]; };
+  const p = (f: FlowFilter) => {
+    const c = compileFilters([f]);
+    return [c(base), c(http), c(dns)];
+  };
   t.same(p({ protocol: ['http'] }), [false, true, false]);
   t.same(p({ protocol: ['dns'] }), [false, false, true]);
   t.same(p({ httpStatusCode: ['4+'] }), [false, true, false]);
@@ -114,7 +162,10 @@ t.test('L7 filters read the L7 record; HTTP ones need an L7-compatible event typ
   t.same(p({ httpHeader: [{ key: 'x-a', value: '1' }] }), [false, true, false]);
   t.same(p({ dnsQuery: ['example\\.com'] }), [false, false, true]);
   t.same(p({ httpMethod: ['GET'], eventType: [{ type: 129 }] }), [false, true, false]);
-  t.throws(() => compileFilters([{ httpMethod: ['GET'], eventType: [{ type: 1 }] }]), /http_method: needs the event type filter to select L7 events/);
+  t.throws(
+    () => compileFilters([{ httpMethod: ['GET'], eventType: [{ type: 1 }] }]),
+    /http_method: needs the event type filter to select L7 events/,
+  );
   t.throws(() => compileFilters([{ httpStatusCode: ['99'] }]), /http_status_code: "99"/);
   t.throws(() => compileFilters([{ httpPath: ['('] }]), /http_path: /);
 });

@@ -25,13 +25,21 @@ t.test('selection flags', async (t) => {
 
 t.test('one-side flags fill every filter; either-side flags split into source and destination', async (t) => {
   t.same(f(['verdict', 'dropped'], ['type', 'drop']).whitelist, [{ verdict: ['DROPPED'], eventType: [{ type: 1 }] }]);
-  t.same(f(['from-label', 'app=a'], ['to-label', 'app=b'], ['protocol', 'tcp']).whitelist,
-    [{ sourceLabel: ['app=a'], destinationLabel: ['app=b'], protocol: ['tcp'] }]);
-  t.same(f(['ip', '10.0.0.1'], ['port', '80']).whitelist, [
-    { sourceIp: ['10.0.0.1'], sourcePort: ['80'] }, { destinationIp: ['10.0.0.1'], destinationPort: ['80'] },
-  ], 'as hubble: from A with source port 80, or to A with destination port 80');
+  t.same(f(['from-label', 'app=a'], ['to-label', 'app=b'], ['protocol', 'tcp']).whitelist, [
+    { sourceLabel: ['app=a'], destinationLabel: ['app=b'], protocol: ['tcp'] },
+  ]);
+  t.same(
+    f(['ip', '10.0.0.1'], ['port', '80']).whitelist,
+    [
+      { sourceIp: ['10.0.0.1'], sourcePort: ['80'] },
+      { destinationIp: ['10.0.0.1'], destinationPort: ['80'] },
+    ],
+    'as hubble: from A with source port 80, or to A with destination port 80',
+  );
   t.same(f(['identity', 'world'], ['verdict', 'DROPPED']).whitelist, [
-    { sourceIdentity: [2], verdict: ['DROPPED'] }, { destinationIdentity: [2], verdict: ['DROPPED'] }]);
+    { sourceIdentity: [2], verdict: ['DROPPED'] },
+    { destinationIdentity: [2], verdict: ['DROPPED'] },
+  ]);
   t.same(f(['from-identity', '300']).whitelist, [{ sourceIdentity: [300] }]);
   t.same(f(['endpoint', '7']).whitelist, [{ membrane: { sourceEndpoint: [7] } }, { membrane: { destinationEndpoint: [7] } }]);
   t.same(f(['policy', 'shop/allow']).whitelist, [{ membrane: { policyName: ['shop/allow'] } }]);
@@ -39,8 +47,9 @@ t.test('one-side flags fill every filter; either-side flags split into source an
 
 t.test('types, flags and enums as hubble spells them', async (t) => {
   t.same(f(['type', 'trace:to-endpoint']).whitelist, [{ eventType: [{ type: 4, matchSubType: true, subType: 0 }] }]);
-  t.same(f(['type', 'trace:from-endpoint'], ['type', 'policy-verdict']).whitelist,
-    [{ eventType: [{ type: 4, matchSubType: true, subType: 5 }, { type: 5 }] }]);
+  t.same(f(['type', 'trace:from-endpoint'], ['type', 'policy-verdict']).whitelist, [
+    { eventType: [{ type: 4, matchSubType: true, subType: 5 }, { type: 5 }] },
+  ]);
   t.same(f(['type', 'l7']).whitelist, [{ eventType: [{ type: 129 }] }]);
   t.same(f(['type', '1:133']).whitelist, [{ eventType: [{ type: 1, matchSubType: true, subType: 133 }] }]);
   t.same(f(['type', 'flow-end']).whitelist, [{ membrane: { event: ['FLOW_END'] } }], "Membrane's own event names");
@@ -76,13 +85,18 @@ t.test('--not negates the next flag only', async (t) => {
   const r = f(['not', 'true'], ['ip', '10.0.0.1'], ['verdict', 'DROPPED']);
   t.same(r.whitelist, [{ verdict: ['DROPPED'] }]);
   t.same(r.blacklist, [{ sourceIp: ['10.0.0.1'] }, { destinationIp: ['10.0.0.1'] }]);
-  t.same(f(['not', ''], ['verdict', 'DROPPED'], ['not', ''], ['verdict', 'AUDIT']).blacklist, [{ verdict: ['DROPPED', 'AUDIT'] }]);
+  t.same(f(['not', ''], ['verdict', 'DROPPED'], ['not', ''], ['verdict', 'AUDIT']).blacklist, [
+    { verdict: ['DROPPED', 'AUDIT'] },
+  ]);
   t.throws(() => f(['verdict', 'DROPPED'], ['not', '']), /trailing --not/);
   t.throws(() => f(['not', ''], ['not', '']), /consecutive --not/);
 });
 
 t.test('--allowlist / --denylist take JSON FlowFilters (proto or JSON names)', async (t) => {
-  const r = buildRequest({ allowlist: ['{"source_ip":["10.0.0.1"],"event_type":[{"type":1}]}', '[{"verdict":["DROPPED"]}]'], denylist: ['{"destinationPort":["53"]}'] });
+  const r = buildRequest({
+    allowlist: ['{"source_ip":["10.0.0.1"],"event_type":[{"type":1}]}', '[{"verdict":["DROPPED"]}]'],
+    denylist: ['{"destinationPort":["53"]}'],
+  });
   t.same(r.whitelist, [{ sourceIp: ['10.0.0.1'], eventType: [{ type: 1 }] }, { verdict: ['DROPPED'] }]);
   t.same(r.blacklist, [{ destinationPort: ['53'] }]);
   t.throws(() => buildRequest({ allowlist: ['{"source_ipz":[]}'] }), /--allowlist: source_ipz: unknown field/);
@@ -92,17 +106,27 @@ t.test('--allowlist / --denylist take JSON FlowFilters (proto or JSON names)', a
 
 t.test('the request filters what the server would', async (t) => {
   const base = {
-    time: { seconds: 1, nanos: 0 }, verdict: 'FORWARDED', IP: { source: '10.1.0.2', destination: '10.1.0.3', ipVersion: 'IPv4' },
-    l4: { TCP: { sourcePort: 40000, destinationPort: 80 } }, source: { namespace: 'shop', podName: 'a' }, destination: {},
+    time: { seconds: 1, nanos: 0 },
+    verdict: 'FORWARDED',
+    IP: { source: '10.1.0.2', destination: '10.1.0.3', ipVersion: 'IPv4' },
+    l4: { TCP: { sourcePort: 40000, destinationPort: 80 } },
+    source: { namespace: 'shop', podName: 'a' },
+    destination: {},
   } as Flow;
   const drop = { ...base, verdict: 'DROPPED', IP: { source: 'fd00::2', destination: 'fd00::3', ipVersion: 'IPv6' } } as Flow;
-  const req = buildRequest({}, [['verdict', 'DROPPED'], ['ip', 'fd00::3']]);
+  const req = buildRequest({}, [
+    ['verdict', 'DROPPED'],
+    ['ip', 'fd00::3'],
+  ]);
   const p = compileFilters(req.whitelist, req.blacklist);
   t.same([p(base), p(drop)], [false, true]);
   const ns = buildRequest({}, [['namespace', 'shop']]);
   const q = compileFilters(ns.whitelist, ns.blacklist);
   t.same([q(base), q(drop)], [true, true]);
-  const notNs = buildRequest({}, [['not', ''], ['from-namespace', 'shop']]);
+  const notNs = buildRequest({}, [
+    ['not', ''],
+    ['from-namespace', 'shop'],
+  ]);
   const r = compileFilters(notNs.whitelist, notNs.blacklist);
   t.same([r(base), r({ ...base, source: {} })], [false, true]);
 });

@@ -6,18 +6,46 @@ import { FlowRing } from '../src/flows/ring.ts';
 const OFFSET = { seconds: 1_000_000, nanos: 0 }; // wall = monotonic + 1e6 s
 // Event i happens at wall second 1_000_000 + i.
 const push = (r: FlowRing, i: number, e: Partial<TraceEvent> = {}) =>
-  r.push(encodeTraceEvent({ tsNs: i * 1e9, type: i % 2 ? EventType.DROP : EventType.FLOW_NEW, verdict: i % 2, saddr: `10.0.0.${i % 250}`, daddr: '10.0.1.1', ...e }), 0, emptyRefs(), OFFSET);
+  r.push(
+    encodeTraceEvent({
+      tsNs: i * 1e9,
+      type: i % 2 ? EventType.DROP : EventType.FLOW_NEW,
+      verdict: i % 2,
+      saddr: `10.0.0.${i % 250}`,
+      daddr: '10.0.1.1',
+      ...e,
+    }),
+    0,
+    emptyRefs(),
+    OFFSET,
+  );
 
 t.test('keeps the newest N, counts all seen, builds flows on demand', async (t) => {
   const r = new FlowRing(5, 'node-r');
   for (let i = 1; i <= 12; i++) push(r, i);
   t.equal(r.size, 5);
   t.equal(r.seen, 12);
-  t.same((await r.select()).map((f) => f.IP!.source), ['10.0.0.8', '10.0.0.9', '10.0.0.10', '10.0.0.11', '10.0.0.12']);
-  t.same((await r.select({ number: 2 })).map((f) => f.time.seconds), [1_000_011, 1_000_012], 'last N, oldest first');
-  t.same((await r.select({ number: 2, first: true })).map((f) => f.time.seconds), [1_000_008, 1_000_009]);
-  t.same((await r.select({ match: (f) => f.verdict === 'DROPPED' })).map((f) => f.time.seconds), [1_000_009, 1_000_011]);
-  t.same((await r.select({ sinceMs: 1_000_010_000, untilMs: 1_000_011_000 })).map((f) => f.time.seconds), [1_000_010, 1_000_011]);
+  t.same(
+    (await r.select()).map((f) => f.IP!.source),
+    ['10.0.0.8', '10.0.0.9', '10.0.0.10', '10.0.0.11', '10.0.0.12'],
+  );
+  t.same(
+    (await r.select({ number: 2 })).map((f) => f.time.seconds),
+    [1_000_011, 1_000_012],
+    'last N, oldest first',
+  );
+  t.same(
+    (await r.select({ number: 2, first: true })).map((f) => f.time.seconds),
+    [1_000_008, 1_000_009],
+  );
+  t.same(
+    (await r.select({ match: (f) => f.verdict === 'DROPPED' })).map((f) => f.time.seconds),
+    [1_000_009, 1_000_011],
+  );
+  t.same(
+    (await r.select({ sinceMs: 1_000_010_000, untilMs: 1_000_011_000 })).map((f) => f.time.seconds),
+    [1_000_010, 1_000_011],
+  );
   t.equal((await r.select())[0].nodeName, 'node-r');
   t.throws(() => new FlowRing(0, 'n'));
 });
@@ -38,15 +66,28 @@ t.test('a large ring is searched a chunk per event-loop turn; flows overwritten 
   const r = new FlowRing(100, 'n');
   for (let i = 1; i <= 100; i++) push(r, i);
   let turns = 0;
-  const timer = setInterval(() => { turns++; for (let k = 0; k < 30; k++) push(r, 1000 + k); }, 0);
+  const timer = setInterval(() => {
+    turns++;
+    for (let k = 0; k < 30; k++) push(r, 1000 + k);
+  }, 0);
   const newest = await r.select({ first: false }, 10);
   const oldest = await r.select({ first: true }, 10);
   clearInterval(timer);
   t.ok(turns > 0, 'the event loop ran during the search');
   t.ok(newest.length < 100 && newest.length > 0, `kept what was still held (${newest.length})`);
-  t.same(newest.map((f) => f.time.seconds), [...newest.map((f) => f.time.seconds)].sort((a, b) => a - b), 'oldest first');
-  t.ok(newest.every((f) => f.time.seconds <= 1_000_100), 'nothing pushed after the call');
-  t.ok(oldest.every((f) => f.time.seconds >= 1_000_000), 'first: skipped the overwritten');
+  t.same(
+    newest.map((f) => f.time.seconds),
+    [...newest.map((f) => f.time.seconds)].sort((a, b) => a - b),
+    'oldest first',
+  );
+  t.ok(
+    newest.every((f) => f.time.seconds <= 1_000_100),
+    'nothing pushed after the call',
+  );
+  t.ok(
+    oldest.every((f) => f.time.seconds >= 1_000_000),
+    'first: skipped the overwritten',
+  );
 });
 
 t.test('subscribers see every push; rate counts the last minute', async (t) => {
@@ -54,7 +95,8 @@ t.test('subscribers see every push; rate counts the last minute', async (t) => {
   const r = new FlowRing(3, 'n', () => now);
   const got: number[] = [];
   const off = r.subscribe((f) => got.push(f.time.seconds));
-  push(r, 1); push(r, 2);
+  push(r, 1);
+  push(r, 2);
   t.equal(r.followers, 1);
   off();
   push(r, 3);

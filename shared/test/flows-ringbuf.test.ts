@@ -18,7 +18,10 @@ t.test('walks committed records, rounds to 8 bytes, skips discarded ones', async
   t.equal(pos, 24 + 24 + 16);
   const seen: [number, number][] = [];
   const res = walkRing(r, 0, pos, 100, (d, off, len) => seen.push([d[off], len]));
-  t.same(seen, [[1, 12], [3, 1]]);
+  t.same(seen, [
+    [1, 12],
+    [3, 1],
+  ]);
   t.same(res, { consumer: pos, records: 2, busy: false });
 });
 
@@ -32,7 +35,10 @@ t.test('stops at a busy record and at max', async (t) => {
   const r2 = fakeRing(4096);
   let p2 = 0;
   for (let i = 0; i < 5; i++) p2 = r2.write(p2, rec(i));
-  t.same(walkRing(r2, 0, p2, 3, () => {}), { consumer: 72, records: 3, busy: false });
+  t.same(
+    walkRing(r2, 0, p2, 3, () => {}),
+    { consumer: 72, records: 3, busy: false },
+  );
 });
 
 t.test('a record wrapping the end is contiguous through the double mapping; positions beyond 2^32 work', async (t) => {
@@ -40,7 +46,9 @@ t.test('a record wrapping the end is contiguous through the double mapping; posi
   const start = 2 ** 33 + 4096 - 24; // header near the end, payload wraps
   const end = r.write(start, Buffer.from('abcdefghijklmnopqrstuvwxyz0123456789'));
   let got = '';
-  const res = walkRing(r, start, end, 10, (d, off, len) => { got = d.toString('utf8', off, off + len); });
+  const res = walkRing(r, start, end, 10, (d, off, len) => {
+    got = d.toString('utf8', off, off + len);
+  });
   t.equal(got, 'abcdefghijklmnopqrstuvwxyz0123456789');
   t.equal(res.consumer, end);
 });
@@ -55,7 +63,9 @@ t.test('real ring buffer with the synthetic producer', { skip: root ? false : 'n
   const reader = RingBufferReader.open(`${pinDir}/events`);
   const lost = new PerCpuCounter(`${pinDir}/events_lost`, possibleCpus());
   t.teardown(() => {
-    reader.close(); lost.close(); producer.close();
+    reader.close();
+    lost.close();
+    producer.close();
     fs.rmSync(pinDir, { recursive: true, force: true });
   });
   t.equal(reader.size, 1 << 20);
@@ -64,16 +74,28 @@ t.test('real ring buffer with the synthetic producer', { skip: root ? false : 'n
   producer.emit(ev, 1000);
   const seqs: number[] = [];
   const lens = new Set<number>();
-  t.equal(reader.drain(1e6, (d, off, len) => { lens.add(len); seqs.push(decodeTraceEvent(d, off).len); }), 1000);
+  t.equal(
+    reader.drain(1e6, (d, off, len) => {
+      lens.add(len);
+      seqs.push(decodeTraceEvent(d, off).len);
+    }),
+    1000,
+  );
   t.same([...lens], [96]);
-  t.same(seqs, Array.from({ length: 1000 }, (_, i) => i + 1), 'every event once, in order');
+  t.same(
+    seqs,
+    Array.from({ length: 1000 }, (_, i) => i + 1),
+    'every event once, in order',
+  );
   t.equal(reader.pendingBytes(), 0);
 
   // Many laps around the ring: consumer positions keep growing, records stay intact.
   let read = 0;
   for (let lap = 0; lap < 30; lap++) {
     producer.emit(ev, 5000);
-    read += reader.drain(1e6, (d, off) => { if (decodeTraceEvent(d, off).daddr !== '10.9.0.2') throw new Error('torn record'); });
+    read += reader.drain(1e6, (d, off) => {
+      if (decodeTraceEvent(d, off).daddr !== '10.9.0.2') throw new Error('torn record');
+    });
   }
   t.equal(read, 150_000);
   t.equal(lost.read(), 0);
@@ -85,17 +107,41 @@ t.test('real ring buffer with the synthetic producer', { skip: root ? false : 'n
   t.equal(got + lost.read(), 25_000, 'emitted = read + lost');
 });
 
-t.test('the synthetic producer adopts an existing pin of another ring size', { skip: root ? false : 'needs root and bpffs' }, async (t) => {
-  const { SyntheticProducer } = await import('../src/flows/synthetic/producer.ts');
-  const { RingBufferReader } = await import('../src/flows/ringbuf.ts');
-  const pinDir = `/sys/fs/bpf/mbt-flows-rb2-${randomBytes(4).toString('hex')}`;
-  fs.mkdirSync(pinDir);
-  t.teardown(() => fs.rmSync(pinDir, { recursive: true, force: true }));
-  execFileSync('bpftool', ['map', 'create', `${pinDir}/events`, 'type', 'ringbuf', 'key', '0', 'value', '0', 'entries', String(1 << 21), 'name', 'events']);
-  const producer = SyntheticProducer.open(pinDir);
-  const reader = RingBufferReader.open(`${pinDir}/events`);
-  t.teardown(() => { reader.close(); producer.close(); });
-  t.equal(reader.size, 1 << 21);
-  producer.emit(encodeTraceEvent({ type: EventType.DROP, saddr: '10.9.0.1', daddr: '10.9.0.2' }), 15_000); // > what 1 MiB holds
-  t.equal(reader.drain(1e6, () => {}), 15_000);
-});
+t.test(
+  'the synthetic producer adopts an existing pin of another ring size',
+  { skip: root ? false : 'needs root and bpffs' },
+  async (t) => {
+    const { SyntheticProducer } = await import('../src/flows/synthetic/producer.ts');
+    const { RingBufferReader } = await import('../src/flows/ringbuf.ts');
+    const pinDir = `/sys/fs/bpf/mbt-flows-rb2-${randomBytes(4).toString('hex')}`;
+    fs.mkdirSync(pinDir);
+    t.teardown(() => fs.rmSync(pinDir, { recursive: true, force: true }));
+    execFileSync('bpftool', [
+      'map',
+      'create',
+      `${pinDir}/events`,
+      'type',
+      'ringbuf',
+      'key',
+      '0',
+      'value',
+      '0',
+      'entries',
+      String(1 << 21),
+      'name',
+      'events',
+    ]);
+    const producer = SyntheticProducer.open(pinDir);
+    const reader = RingBufferReader.open(`${pinDir}/events`);
+    t.teardown(() => {
+      reader.close();
+      producer.close();
+    });
+    t.equal(reader.size, 1 << 21);
+    producer.emit(encodeTraceEvent({ type: EventType.DROP, saddr: '10.9.0.1', daddr: '10.9.0.2' }), 15_000); // > what 1 MiB holds
+    t.equal(
+      reader.drain(1e6, () => {}),
+      15_000,
+    );
+  },
+);

@@ -14,15 +14,32 @@ import type { PolicyRecord } from '../src/policy/types.ts';
 
 const FIXTURES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../examples/policies/dns');
 const read = (f: string) => fs.readFileSync(path.join(FIXTURES, f), 'utf8');
-const records = (text: string): PolicyRecord[] => parsePolicies(text).policies.map((policy, i) => ({ name: policy.name, revision: 1, number: i + 1, policy, source: null, updatedAt: '' }));
+const records = (text: string): PolicyRecord[] =>
+  parsePolicies(text).policies.map((policy, i) => ({
+    name: policy.name,
+    revision: 1,
+    number: i + 1,
+    policy,
+    source: null,
+    updatedAt: '',
+  }));
 
 t.test('the DNS/FQDN example policies validate', async (t) => {
   const files = fs.readdirSync(FIXTURES).filter((f) => /\.(ya?ml|json)$/.test(f));
   t.equal(files.length, 10, files.join(', '));
   for (const f of files) {
     const r = parsePolicies(read(f));
-    t.same(r.issues.map((i) => formatIssue(i, f)), [], `${f} validates`);
-    t.ok(r.policies.some((p) => p.specs.some((s) => s.rules.some((rule) => rule.peers !== 'all' && rule.peers.some((p) => p.kind === 'fqdn')))), `${f} has toFQDNs`);
+    t.same(
+      r.issues.map((i) => formatIssue(i, f)),
+      [],
+      `${f} validates`,
+    );
+    t.ok(
+      r.policies.some((p) =>
+        p.specs.some((s) => s.rules.some((rule) => rule.peers !== 'all' && rule.peers.some((p) => p.kind === 'fqdn'))),
+      ),
+      `${f} has toFQDNs`,
+    );
   }
 });
 
@@ -33,10 +50,15 @@ t.test('feed-reader-port: DNS through the proxy, *.feeds.example on 443 only onc
   const bot = { id: 301, labels: { 'k8s:io.kubernetes.pod.namespace': 'default', app: 'feed-reader', team: 'news' } };
   const fqdn = new FqdnState(0);
   fqdn.setPolicy(fqdnSelectorsOf(recs), []);
-  const compile = () => new PolicyCompiler(recs, { identities: [dns, bot], cidrs: new CidrIdentities(), fqdn: fqdn.identities }).forLabels(bot.labels).egress;
+  const compile = () =>
+    new PolicyCompiler(recs, { identities: [dns, bot], cidrs: new CidrIdentities(), fqdn: fqdn.identities }).forLabels(bot.labels)
+      .egress;
   const e53 = probe(compile(), dns.id, 17, 53)?.entry;
   t.equal(e53?.l7?.kind, 'dns', 'UDP 53 to kube-dns goes to the DNS proxy');
-  t.same(e53?.l7?.dns?.map((d) => d.dns.matchPattern), ['*']);
+  t.same(
+    e53?.l7?.dns?.map((d) => d.dns.matchPattern),
+    ['*'],
+  );
   t.equal(probe(compile(), dns.id, 6, 53)?.entry.l7?.kind, 'dns', 'and TCP 53');
   fqdn.learn(1, ['api.feeds.example.'], [{ ip: '198.18.1.1', ttl: 60 }], 0);
   fqdn.learn(1, ['feeds.example.org.'], [{ ip: '198.18.1.2', ttl: 60 }], 0);

@@ -6,7 +6,10 @@ import { WritesInFlight } from '../src/fqdn/writes.ts';
 const deferred = () => {
   let resolve!: () => void;
   let reject!: (e: Error) => void;
-  const promise = new Promise<void>((res, rej) => { resolve = res; reject = rej; });
+  const promise = new Promise<void>((res, rej) => {
+    resolve = res;
+    reject = rej;
+  });
   return { promise, resolve, reject };
 };
 const tick = () => new Promise((r) => setImmediate(r));
@@ -22,7 +25,9 @@ t.test('a later answer is released only after the earlier write completes', asyn
   let released = false;
   const wait = w.settled();
   t.ok(wait, 'a write is under way: the answer waits');
-  void wait!.then(() => { released = true; });
+  void wait!.then(() => {
+    released = true;
+  });
   await tick();
   t.equal(released, false, 'not before the write is done');
   first.resolve();

@@ -3,7 +3,15 @@
 // engine over in-memory maps: a learned address enters the ipcache with an identity the policy
 // entries already allow; expiry and restarts.
 import t from 'tap';
-import { canonicalName, canonicalPattern, dnsRuleMatches, nameProblem, patternProblem, patternRegex, selectorMatcher } from '../src/fqdn/selector.ts';
+import {
+  canonicalName,
+  canonicalPattern,
+  dnsRuleMatches,
+  nameProblem,
+  patternProblem,
+  patternRegex,
+  selectorMatcher,
+} from '../src/fqdn/selector.ts';
 import { MAX_IPS_PER_NAME, NameCache } from '../src/fqdn/cache.ts';
 import { FqdnIdentities, fqdnLabels } from '../src/fqdn/identities.ts';
 import { FqdnState, RESTORED_NAME } from '../src/fqdn/state.ts';
@@ -17,21 +25,37 @@ const pat = (p: string) => selectorMatcher({ matchPattern: canonicalPattern(p) }
 
 t.test('matchPattern: Cilium semantics', async (t) => {
   const cases: [string, string, boolean][] = [
-    ['*.cilium.io', 'www.cilium.io', true], ['*.cilium.io', 'cilium.io', false], ['*.cilium.io', 'a.b.cilium.io', false],
-    ['*cilium.io', 'cilium.io', true], ['*cilium.io', 'www.cilium.io', false], ['*cilium.io', 'xcilium.io', true],
-    ['sub*.cilium.io', 'subway.cilium.io', true], ['sub*.cilium.io', 'sub.cilium.io', true], ['sub*.cilium.io', 'www.cilium.io', false],
+    ['*.cilium.io', 'www.cilium.io', true],
+    ['*.cilium.io', 'cilium.io', false],
+    ['*.cilium.io', 'a.b.cilium.io', false],
+    ['*cilium.io', 'cilium.io', true],
+    ['*cilium.io', 'www.cilium.io', false],
+    ['*cilium.io', 'xcilium.io', true],
+    ['sub*.cilium.io', 'subway.cilium.io', true],
+    ['sub*.cilium.io', 'sub.cilium.io', true],
+    ['sub*.cilium.io', 'www.cilium.io', false],
     ['special*service.api.cilium.io', 'special-x-service.api.cilium.io', true],
-    ['**.cilium.io', 'a.cilium.io', true], ['**.cilium.io', 'a.b.c.cilium.io', true], ['**.cilium.io', 'cilium.io', false],
-    ['*', 'anything.at.all', true], ['*', '.', true], ['**', 'x.y', true],
-    ['*.*.cilium.io', 'a.b.cilium.io', true], ['*.*.cilium.io', 'a.cilium.io', false],
-    ['API.Example.COM', 'api.example.com', true], ['*.example.com', 'x.example.com.evil.org', false],
+    ['**.cilium.io', 'a.cilium.io', true],
+    ['**.cilium.io', 'a.b.c.cilium.io', true],
+    ['**.cilium.io', 'cilium.io', false],
+    ['*', 'anything.at.all', true],
+    ['*', '.', true],
+    ['**', 'x.y', true],
+    ['*.*.cilium.io', 'a.b.cilium.io', true],
+    ['*.*.cilium.io', 'a.cilium.io', false],
+    ['API.Example.COM', 'api.example.com', true],
+    ['*.example.com', 'x.example.com.evil.org', false],
   ];
-  for (const [p, name, want] of cases) t.equal(pat(p)(canonicalName(name)), want, `${p} ${want ? 'matches' : 'does not match'} ${name}`);
+  for (const [p, name, want] of cases)
+    t.equal(pat(p)(canonicalName(name)), want, `${p} ${want ? 'matches' : 'does not match'} ${name}`);
   t.equal(patternRegex('*.a.'), '^[-a-z0-9_]*\\.a\\.$');
 });
 
 t.test('matchName and validation', async (t) => {
-  t.ok(selectorMatcher({ matchName: canonicalName('Api.Example.com') })('api.example.com.'), 'case-insensitive, trailing dot optional');
+  t.ok(
+    selectorMatcher({ matchName: canonicalName('Api.Example.com') })('api.example.com.'),
+    'case-insensitive, trailing dot optional',
+  );
   t.notOk(selectorMatcher({ matchName: 'api.example.com.' })('x.api.example.com.'));
   t.match(nameProblem('a*b.com'), /characters a DNS name cannot have/);
   t.match(nameProblem('a..b'), /empty label/);
@@ -44,7 +68,11 @@ t.test('matchName and validation', async (t) => {
 t.test('name cache: shared entries, TTLs, the minimum TTL, a cap per name', async (t) => {
   const c = new NameCache();
   t.same(c.learn(1, ['api.x.'], [{ ip: '198.18.0.1', ttl: 5 }], 1000, 0), ['198.18.0.1']);
-  t.same(c.learn(2, ['api.x.'], [{ ip: '198.18.0.1', ttl: 60 }], 2000, 0), [], 'the same name and address from another endpoint: no new entry');
+  t.same(
+    c.learn(2, ['api.x.'], [{ ip: '198.18.0.1', ttl: 60 }], 2000, 0),
+    [],
+    'the same name and address from another endpoint: no new entry',
+  );
   const [e] = c.ipsOf('api.x.');
   t.same([...e.endpoints.keys()].sort(), [1, 2], 'both endpoints use the entry');
   t.equal(e.expiresAt, 62_000, 'expiry follows the longest TTL seen');
@@ -54,7 +82,10 @@ t.test('name cache: shared entries, TTLs, the minimum TTL, a cap per name', asyn
   const many = Array.from({ length: MAX_IPS_PER_NAME + 5 }, (_, i) => ({ ip: `198.19.${i >> 8}.${i & 255}`, ttl: 10 + i }));
   c.learn(3, ['big.x.'], many, 0, 0);
   t.equal(c.ipsOf('big.x.').length, MAX_IPS_PER_NAME, 'at most MAX_IPS_PER_NAME addresses per name');
-  t.notOk(c.ipsOf('big.x.').some((x) => x.ip === '198.19.0.0'), 'the earliest expiring went');
+  t.notOk(
+    c.ipsOf('big.x.').some((x) => x.ip === '198.19.0.0'),
+    'the earliest expiring went',
+  );
 });
 
 t.test('FQDN identities: one per selector set and prefix set', async (t) => {
@@ -76,7 +107,15 @@ t.test('FQDN identities: one per selector set and prefix set', async (t) => {
 t.test('FQDN state: selectors decide which addresses get identities', async (t) => {
   const s = new FqdnState(0);
   s.setPolicy([{ matchName: 'api.x.' }, { matchPattern: '*.x.' }], ['198.18.0.0/24']);
-  const r = s.learn(1, ['api.x.'], [{ ip: '198.18.0.5', ttl: 30 }, { ip: '198.19.0.5', ttl: 30 }], 0);
+  const r = s.learn(
+    1,
+    ['api.x.'],
+    [
+      { ip: '198.18.0.5', ttl: 30 },
+      { ip: '198.19.0.5', ttl: 30 },
+    ],
+    0,
+  );
   t.same(r.changed.sort(), ['198.18.0.5/32', '198.19.0.5/32']);
   t.ok(r.newIdentity);
   const in24 = s.entryOf('198.18.0.5/32')!;
@@ -100,7 +139,10 @@ t.test('FQDN state: restart restores entries and addresses learned after the las
   s.learn(1, ['b.x.'], [{ ip: '198.18.0.2', ttl: 300 }], 0);
   const pinned = new Map(s.ipcacheEntries());
   const r = new FqdnState(0);
-  t.same(r.restore(saved, pinned, (id) => id >= FIRST_FQDN_IDENTITY, 1000, 60_000), { entries: 2, orphans: 1 });
+  t.same(
+    r.restore(saved, pinned, (id) => id >= FIRST_FQDN_IDENTITY, 1000, 60_000),
+    { entries: 2, orphans: 1 },
+  );
   r.setPolicy([{ matchPattern: '*.x.' }], []);
   t.same(new Map(r.ipcacheEntries()), pinned, 'the same addresses with the same identities');
   t.same(r.cache.namesOf('198.18.0.2'), [RESTORED_NAME], 'the unsaved one under a placeholder name');
@@ -126,7 +168,13 @@ t.test('engine: a learned address is allowed by the toFQDNs rule before the answ
   const ops = new MemoryPolicyOps();
   const fqdn = new FqdnState(0);
   const store = new MemoryStore();
-  const engine = await PolicyEngine.open({ store, ops, hostAddresses: () => ['192.0.2.1'], fqdn, proxyPorts: () => ({ http: 10001, dns: 10002 }) });
+  const engine = await PolicyEngine.open({
+    store,
+    ops,
+    hostAddresses: () => ['192.0.2.1'],
+    fqdn,
+    proxyPorts: () => ({ http: 10001, dns: 10002 }),
+  });
   await engine.start();
   const labels = { app: 'client' };
   const ep = testEndpoint(1, labels, await engine.identityFor(labels), '10.0.0.2');
@@ -138,7 +186,10 @@ t.test('engine: a learned address is allowed by the toFQDNs rule before the answ
   await engine.endpointAttached(dnsEp);
   await engine.importText(DNS_POLICY);
   const dnsEntries = ops.entriesOf(ep.id).filter((e) => e.peer === dnsEp.identity && e.dport === 53);
-  t.ok(dnsEntries.length >= 2 && dnsEntries.every((e) => e.proxyPort === 10002), 'DNS to the server goes to the DNS proxy (UDP and TCP)');
+  t.ok(
+    dnsEntries.length >= 2 && dnsEntries.every((e) => e.proxyPort === 10002),
+    'DNS to the server goes to the DNS proxy (UDP and TCP)',
+  );
   const tr0 = engine.trace({ src: { labels }, dst: { fqdn: 'api.test.internal' }, ...parsePortArg('80/tcp') });
   t.equal(tr0.verdict, 'allow', 'trace --dst-fqdn: a name not looked up yet is traced by its selectors');
   t.match(tr0.fqdn?.note, /has not been looked up/);
@@ -147,12 +198,22 @@ t.test('engine: a learned address is allowed by the toFQDNs rule before the answ
   await engine.fqdnChanged(r.changed, r.newIdentity);
   const id = ops.ipcache.get('198.18.7.7/32');
   t.ok(id !== undefined && identityKind(id) === 'fqdn', 'the address has an FQDN identity in the ipcache');
-  t.ok(ops.entriesOf(ep.id).some((e) => e.direction === 'egress' && e.peer === id && e.dport === 80 && e.action === 'allow' && !e.proxyPort), 'and an allow entry for port 80');
+  t.ok(
+    ops
+      .entriesOf(ep.id)
+      .some((e) => e.direction === 'egress' && e.peer === id && e.dport === 80 && e.action === 'allow' && !e.proxyPort),
+    'and an allow entry for port 80',
+  );
   const tr = engine.trace({ src: { labels }, dst: { fqdn: 'api.test.internal' }, ...parsePortArg('80/tcp') });
   t.equal(tr.verdict, 'allow');
   t.same(tr.fqdn?.addresses, ['198.18.7.7']);
-  t.equal(engine.trace({ src: { labels }, dst: { ip: '198.18.7.8' }, ...parsePortArg('80/tcp') }).verdict, 'deny', 'another address of the same world: denied');
-  const q = (name: string) => engine.trace({ src: { labels }, dst: { labels: dnsLabels }, ...parsePortArg('53/udp'), dnsQuery: name });
+  t.equal(
+    engine.trace({ src: { labels }, dst: { ip: '198.18.7.8' }, ...parsePortArg('80/tcp') }).verdict,
+    'deny',
+    'another address of the same world: denied',
+  );
+  const q = (name: string) =>
+    engine.trace({ src: { labels }, dst: { labels: dnsLabels }, ...parsePortArg('53/udp'), dnsQuery: name });
   t.equal(q('api.test.internal').verdict, 'allow', 'trace --dns-query: allowed name');
   t.equal(q('evil.example.com').verdict, 'deny', 'trace --dns-query: refused name');
 
@@ -166,13 +227,26 @@ t.test('engine: a learned address is allowed by the toFQDNs rule before the answ
   t.match(engine.labelsOf(id!), { 'fqdn:api.test.internal': '' });
   t.ok(engine.identityList().some((i) => i.id === id && i.kind === 'fqdn'));
   const view = engine.endpointPolicy(ep.containerId, ep.ifName)!;
-  t.ok(view.l7.some((l) => l.kind === 'dns' && l.dns?.some((d) => d.dns.matchPattern === '*.test.internal.')), 'endpoint get shows the DNS rules');
+  t.ok(
+    view.l7.some((l) => l.kind === 'dns' && l.dns?.some((d) => d.dns.matchPattern === '*.test.internal.')),
+    'endpoint get shows the DNS rules',
+  );
 
   // What the increments built equals a full recompute: a restarted engine over the same maps and
   // name cache finds nothing to change.
-  const restarted = await PolicyEngine.open({ store, ops, hostAddresses: () => ['192.0.2.1'], fqdn, proxyPorts: () => ({ http: 10001, dns: 10002 }) });
+  const restarted = await PolicyEngine.open({
+    store,
+    ops,
+    hostAddresses: () => ['192.0.2.1'],
+    fqdn,
+    proxyPorts: () => ({ http: 10001, dns: 10002 }),
+  });
   for (const e of [ep, dnsEp]) await restarted.endpointAttached(e);
-  t.same(await restarted.start(), { policyUpserts: 0, policyRemovals: 0, ipcacheUpserts: 0, ipcacheRemovals: 0, flagChanges: 0 }, 'incremental = from scratch');
+  t.same(
+    await restarted.start(),
+    { policyUpserts: 0, policyRemovals: 0, ipcacheUpserts: 0, ipcacheRemovals: 0, flagChanges: 0 },
+    'incremental = from scratch',
+  );
 
   // Expiry removes the entry.
   const ex = fqdn.expire(Date.now() + 31_000, () => false);
@@ -182,14 +256,32 @@ t.test('engine: a learned address is allowed by the toFQDNs rule before the answ
 
 t.test('policy errors name the field', async (t) => {
   const engine = await PolicyEngine.open({ store: new MemoryStore(), ops: new MemoryPolicyOps(), hostAddresses: () => [] });
-  const bad = (spec: string) => engine.validate(`apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x}\nspec:\n  endpointSelector: {}\n${spec}`).issues.map((i) => i.message).join('\n');
-  t.match(bad('  egress: [{toFQDNs: [{matchName: "a.com", matchPattern: "*.a.com"}]}]'), /one of matchName or matchPattern, not both/);
+  const bad = (spec: string) =>
+    engine
+      .validate(
+        `apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: x}\nspec:\n  endpointSelector: {}\n${spec}`,
+      )
+      .issues.map((i) => i.message)
+      .join('\n');
+  t.match(
+    bad('  egress: [{toFQDNs: [{matchName: "a.com", matchPattern: "*.a.com"}]}]'),
+    /one of matchName or matchPattern, not both/,
+  );
   t.match(bad('  egress: [{toFQDNs: [{matchName: "a b.com"}]}]'), /characters a DNS name cannot have/);
   t.match(bad('  egress: [{toFQDNs: [{matchName: a.com}], toCIDR: [198.18.0.0/16]}]'), /combining toFQDNs and toCIDR/);
-  t.match(bad('  ingress: [{toPorts: [{ports: [{port: "53"}], rules: {dns: [{matchPattern: "*"}]}}]}]'), /DNS rules are not allowed on ingress/);
+  t.match(
+    bad('  ingress: [{toPorts: [{ports: [{port: "53"}], rules: {dns: [{matchPattern: "*"}]}}]}]'),
+    /DNS rules are not allowed on ingress/,
+  );
   t.match(bad('  egress: [{toPorts: [{ports: [{port: "0", protocol: UDP}], rules: {dns: [{matchPattern: "*"}]}}]}]'), /port 0/);
-  t.match(bad('  egress: [{toPorts: [{ports: [{port: "53", endPort: 60, protocol: UDP}], rules: {dns: [{matchPattern: "*"}]}}]}]'), /port ranges/);
-  t.match(bad('  egress: [{toPorts: [{ports: [{port: "53"}], rules: {dns: [{matchPattern: "*"}], http: [{}]}}]}]'), /http or dns, not both/);
+  t.match(
+    bad('  egress: [{toPorts: [{ports: [{port: "53", endPort: 60, protocol: UDP}], rules: {dns: [{matchPattern: "*"}]}}]}]'),
+    /port ranges/,
+  );
+  t.match(
+    bad('  egress: [{toPorts: [{ports: [{port: "53"}], rules: {dns: [{matchPattern: "*"}], http: [{}]}}]}]'),
+    /http or dns, not both/,
+  );
   t.match(bad('  ingress: [{toFQDNs: [{matchName: a.com}]}]'), /toFQDNs/);
   t.equal(bad('  egress: [{toFQDNs: [{matchPattern: "**.a.com"}]}]'), '', 'a valid one has no issue');
 });

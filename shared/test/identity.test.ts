@@ -13,19 +13,60 @@ t.test('labels: sources, relevance, matching', async (t) => {
   t.same(splitKey('example.com/tier:x'), { source: null, key: 'example.com/tier:x' }, 'only known sources split');
   t.same(valuesFor({ 'k8s:app': 'web', 'container:app': 'db' }, 'app'), ['web', 'db'], 'no source: any source');
   t.same(valuesFor({ 'k8s:app': 'web', 'container:app': 'db' }, 'any:app'), ['web', 'db'], 'any: is any source');
-  t.same(valuesFor({ 'k8s:app': 'web', app: 'plain', 'cni:app': 'c' }, 'k8s:app'), ['web'], 'a source matches that source only (Cilium)');
+  t.same(
+    valuesFor({ 'k8s:app': 'web', app: 'plain', 'cni:app': 'c' }, 'k8s:app'),
+    ['web'],
+    'a source matches that source only (Cilium)',
+  );
   t.same(valuesFor({ 'container:app': 'db' }, 'k8s:app'), []);
-  t.same(valuesFor({ 'cni:io.kubernetes.pod.namespace': 'prod', 'container:io.kubernetes.pod.namespace': 'prod', 'k8s:io.kubernetes.pod.namespace': 'dev' }, 'io.kubernetes.pod.namespace'),
-    ['dev'], 'the namespace counts in the k8s source only, whatever other sources claim');
-  t.same(valuesFor({ 'api:io.cilium.k8s.policy.serviceaccount': 'admin' }, 'any:io.cilium.k8s.policy.serviceaccount'), [], "and Cilium's derived labels");
-  t.same(identityRelevant({ 'k8s:app': 'x', 'docker:container-id': 'abc', 'k8s:io.kubernetes.pod.name': 'p', 'k8s:pod-template-hash': '1' }), { 'k8s:app': 'x' });
+  t.same(
+    valuesFor(
+      {
+        'cni:io.kubernetes.pod.namespace': 'prod',
+        'container:io.kubernetes.pod.namespace': 'prod',
+        'k8s:io.kubernetes.pod.namespace': 'dev',
+      },
+      'io.kubernetes.pod.namespace',
+    ),
+    ['dev'],
+    'the namespace counts in the k8s source only, whatever other sources claim',
+  );
+  t.same(
+    valuesFor({ 'api:io.cilium.k8s.policy.serviceaccount': 'admin' }, 'any:io.cilium.k8s.policy.serviceaccount'),
+    [],
+    "and Cilium's derived labels",
+  );
+  t.same(
+    identityRelevant({
+      'k8s:app': 'x',
+      'docker:container-id': 'abc',
+      'k8s:io.kubernetes.pod.name': 'p',
+      'k8s:pod-template-hash': '1',
+    }),
+    { 'k8s:app': 'x' },
+  );
   t.equal(canonicalLabels({ b: '2', a: '1' }), canonicalLabels({ a: '1', b: '2' }));
   t.same(parseLabelArgs(['app=web,tier=front', 'flag']), { app: 'web', tier: 'front', flag: '' });
-  t.ok(matches({ matchLabels: { app: 'web' }, matchExpressions: [{ key: 'env', operator: 'NotIn', values: ['prod'] }] }, { 'k8s:app': 'web' }));
+  t.ok(
+    matches(
+      { matchLabels: { app: 'web' }, matchExpressions: [{ key: 'env', operator: 'NotIn', values: ['prod'] }] },
+      { 'k8s:app': 'web' },
+    ),
+  );
   t.notOk(matches({ matchLabels: {}, matchExpressions: [{ key: 'env', operator: 'Exists', values: [] }] }, { app: 'web' }));
-  t.ok(matches({ matchLabels: { 'k8s:app': 'web' }, matchExpressions: [{ key: 'k8s:tier', operator: 'In', values: ['a'] }] }, { 'k8s:app': 'web', 'k8s:tier': 'a' }));
-  t.notOk(matches({ matchLabels: { 'k8s:app': 'web' }, matchExpressions: [] }, { 'container:app': 'web' }), 'k8s:app does not select a Docker container');
-  t.notOk(matches({ matchLabels: {}, matchExpressions: [{ key: 'k8s:tier', operator: 'Exists', values: [] }] }, { 'cni:tier': 'a' }));
+  t.ok(
+    matches(
+      { matchLabels: { 'k8s:app': 'web' }, matchExpressions: [{ key: 'k8s:tier', operator: 'In', values: ['a'] }] },
+      { 'k8s:app': 'web', 'k8s:tier': 'a' },
+    ),
+  );
+  t.notOk(
+    matches({ matchLabels: { 'k8s:app': 'web' }, matchExpressions: [] }, { 'container:app': 'web' }),
+    'k8s:app does not select a Docker container',
+  );
+  t.notOk(
+    matches({ matchLabels: {}, matchExpressions: [{ key: 'k8s:tier', operator: 'Exists', values: [] }] }, { 'cni:tier': 'a' }),
+  );
 });
 
 t.test('allocator: persisted, coalesced, refcounted, swept', async (t) => {
@@ -61,7 +102,9 @@ t.test('allocator: exhaustion and a failing store leave no trace', async (t) => 
   await a.resolve({ n: '2' });
   await t.rejects(a.resolve({ n: '3' }), /no security identity left/);
   const failing = new MemoryStore();
-  failing.put = async () => { throw new Error('disk full'); };
+  failing.put = async () => {
+    throw new Error('disk full');
+  };
   const f = await IdentityAllocator.open({ store: failing });
   await t.rejects(f.resolve({ app: 'z' }), /disk full/);
   t.equal(f.list().filter((i) => i.kind === 'endpoint').length, 0, 'nothing half-allocated');
@@ -75,17 +118,43 @@ t.test('CIDR identities and the ipcache', async (t) => {
   t.equal(added.length, 3);
   t.equal(c.idOf('198.19.0.1/32'), c.idOf('198.19.0.1'), 'bare addresses are /32');
   t.same(c.within('198.18.0.0/15').sort(), [c.idOf('198.18.0.0/15'), c.idOf('198.18.5.0/24'), c.idOf('198.19.0.1/32')].sort());
-  t.same(c.within('198.18.0.0/15', ['198.18.5.0/24']).sort(), [c.idOf('198.18.0.0/15'), c.idOf('198.19.0.1/32')].sort(), 'except');
+  t.same(
+    c.within('198.18.0.0/15', ['198.18.5.0/24']).sort(),
+    [c.idOf('198.18.0.0/15'), c.idOf('198.19.0.1/32')].sort(),
+    'except',
+  );
   t.same(c.within('198.18.0.0/16'), [c.idOf('198.18.5.0/24')], 'a wider prefix is not inside a narrower one');
   t.same(c.within('fd00::/16'), [c.idOf('fd00:1::/64')]);
   const copy = c.clone();
   copy.sync([]);
   t.equal(c.entries().length, 4, 'a clone is independent');
-  const ipc = desiredIpcache({ endpoints: [{ ips: ['10.1.0.5'], identity: 300 }], hostAddresses: ['192.0.2.2', 'fd00::2'], cidrs: c });
+  const ipc = desiredIpcache({
+    endpoints: [{ ips: ['10.1.0.5'], identity: 300 }],
+    hostAddresses: ['192.0.2.2', 'fd00::2'],
+    cidrs: c,
+  });
   t.equal(ipc.get('0.0.0.0/0'), 2);
   t.equal(ipc.get('::/0'), 2);
   t.equal(ipc.get('10.1.0.5/32'), 300);
   t.equal(ipc.get('192.0.2.2/32'), 1);
   t.equal(ipc.get('fd00::2/128'), 1);
-  t.same(diffMaps(new Map([['a', 1], ['b', 2]]), new Map([['b', 3], ['c', 4]])), { upsert: [['b', 3], ['c', 4]], remove: ['a'] });
+  t.same(
+    diffMaps(
+      new Map([
+        ['a', 1],
+        ['b', 2],
+      ]),
+      new Map([
+        ['b', 3],
+        ['c', 4],
+      ]),
+    ),
+    {
+      upsert: [
+        ['b', 3],
+        ['c', 4],
+      ],
+      remove: ['a'],
+    },
+  );
 });

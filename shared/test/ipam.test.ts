@@ -35,7 +35,10 @@ t.test('requested addresses: in use, out of range, gateway', async (t) => {
   const ipam = await Ipam.open(new MemoryStore());
   await ipam.ensurePool('p', v4);
   t.equal((await ipam.allocate('p', ep('a'), { ip: '10.9.0.50' })).ip, '10.9.0.50');
-  await t.rejects(ipam.allocate('p', ep('b'), { ip: '10.9.0.50' }), { code: 'address_in_use', message: /already allocated to ep:a\/eth0/ });
+  await t.rejects(ipam.allocate('p', ep('b'), { ip: '10.9.0.50' }), {
+    code: 'address_in_use',
+    message: /already allocated to ep:a\/eth0/,
+  });
   await t.rejects(ipam.allocate('p', ep('b'), { ip: '10.8.0.5' }), { code: 'address_out_of_range' });
   await t.rejects(ipam.allocate('p', ep('b'), { ip: '10.9.0.1' }), { code: 'address_in_use', message: /gateway/ });
   await t.rejects(ipam.allocate('p', ep('b'), { ip: '10.9.0.255' }), { code: 'address_out_of_range', message: /broadcast/ });
@@ -53,7 +56,10 @@ t.test('release is idempotent', async (t) => {
 
 t.test('dual-stack pools allocate per family', async (t) => {
   const ipam = await Ipam.open(new MemoryStore());
-  await ipam.ensurePool('ds', [{ cidr: '10.9.0.0/24', gateway: '10.9.0.1' }, { cidr: 'fd00:9::/64', gateway: 'fd00:9::1' }]);
+  await ipam.ensurePool('ds', [
+    { cidr: '10.9.0.0/24', gateway: '10.9.0.1' },
+    { cidr: 'fd00:9::/64', gateway: 'fd00:9::1' },
+  ]);
   t.equal((await ipam.allocate('ds', ep('a'), { family: 4 })).ip, '10.9.0.2');
   t.equal((await ipam.allocate('ds', ep('a'), { family: 6 })).ip, 'fd00:9::2');
   t.equal(await ipam.releaseOwner(ep('a')), 2);
@@ -73,7 +79,10 @@ t.test('200 concurrent allocations get 200 distinct addresses, all durable', asy
   t.equal(reopened.allocations().length, 200);
   for (const r of results) t.ok(reopened.ownerOf('big', r.ip), `${r.ip} persisted`);
   const next = await reopened.allocate('big', ep('after-crash'));
-  t.notOk(results.some((r) => r.ip === next.ip), 'no address handed out twice after a restart');
+  t.notOk(
+    results.some((r) => r.ip === next.ip),
+    'no address handed out twice after a restart',
+  );
 });
 
 t.test('a torn last journal line (crash mid-append) never corrupts the state', async (t) => {
@@ -107,8 +116,6 @@ t.test('compaction keeps every allocation', async (t) => {
   t.equal(fs.statSync(path.join(dir, 'journal.log')).size > 0, true, 'the allocation after compaction is journaled');
 });
 
-
-
 /** A store whose writes fail while `full` is set, as on a full disk. */
 class FullDiskStore extends MemoryStore {
   full = false;
@@ -133,12 +140,23 @@ t.test('a failed write changes nothing in memory: allocate, release, pools', asy
   await t.rejects(ipam.reserveExternal('172.16.0.1', ep('d')), /ENOSPC/);
   await t.rejects(ipam.releaseOwner(ep('a')), /ENOSPC/);
   await t.rejects(ipam.ensurePool('q', [{ cidr: '10.7.0.0/24', gateway: '10.7.0.1' }]), /ENOSPC/);
-  t.same(ipam.allocations().map((x) => x.ip), [a.ip], 'only the durable allocation');
+  t.same(
+    ipam.allocations().map((x) => x.ip),
+    [a.ip],
+    'only the durable allocation',
+  );
   t.notOk(ipam.has('q'), 'no pool that is not on disk');
   store.full = false;
   t.equal((await ipam.allocate('p', ep('b'))).ip, '10.9.0.3', 'the cursor moved back too: the next address is the one after a');
   const reopened = await Ipam.open(store);
-  t.same(reopened.allocations().map((x) => x.ip).sort(), [a.ip, '10.9.0.3'], 'memory and disk agree');
+  t.same(
+    reopened
+      .allocations()
+      .map((x) => x.ip)
+      .sort(),
+    [a.ip, '10.9.0.3'],
+    'memory and disk agree',
+  );
 });
 
 t.test('external reservations: unique, persisted, released with their owner', async (t) => {

@@ -15,22 +15,44 @@ const res = (text: string, method = 'GET') => {
 };
 /** The HttpParseError fn throws (or undefined). */
 const caught = (fn: () => unknown): HttpParseError | undefined => {
-  try { fn(); } catch (e) { if (e instanceof HttpParseError) return e; throw e; }
+  try {
+    fn();
+  } catch (e) {
+    if (e instanceof HttpParseError) return e;
+    throw e;
+  }
   return undefined;
 };
 const refused = (tt: Test, text: string, status: number, why: RegExp) => {
   const e = caught(() => req(text));
-  tt.match({ status: e?.status, message: e?.message }, { status, message: why }, `${JSON.stringify(text.slice(0, 50))} -> ${status}`);
+  tt.match(
+    { status: e?.status, message: e?.message },
+    { status, message: why },
+    `${JSON.stringify(text.slice(0, 50))} -> ${status}`,
+  );
 };
 
 t.test('request heads', async (t) => {
   const h = req('GET /a/b?c=1 HTTP/1.1\r\nHost: example.com:8080\r\nX-My-Header:  true \r\nAccept: */*\r\n\r\n');
-  t.match(h, { method: 'GET', target: '/a/b?c=1', minor: 1, host: 'example.com:8080', body: 'none', keepAlive: true, upgrade: false, expectContinue: false });
+  t.match(h, {
+    method: 'GET',
+    target: '/a/b?c=1',
+    minor: 1,
+    host: 'example.com:8080',
+    body: 'none',
+    keepAlive: true,
+    upgrade: false,
+    expectContinue: false,
+  });
   t.same(h.names, ['host', 'x-my-header', 'accept']);
   t.same(h.values, ['example.com:8080', 'true', '*/*'], 'values lose surrounding whitespace only');
   t.match(req('POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 12\r\n\r\n'), { body: 'length', contentLength: 12 });
   t.match(req('POST /x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n'), { body: 'chunked' });
-  t.match(req('GET / HTTP/1.0\r\n\r\n'), { minor: 0, keepAlive: false, host: undefined }, 'HTTP/1.0 needs no Host and closes by default');
+  t.match(
+    req('GET / HTTP/1.0\r\n\r\n'),
+    { minor: 0, keepAlive: false, host: undefined },
+    'HTTP/1.0 needs no Host and closes by default',
+  );
   t.match(req('GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n'), { keepAlive: true });
   t.match(req('GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n'), { keepAlive: false });
   t.match(req('GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n'), { upgrade: true });
@@ -40,13 +62,23 @@ t.test('request heads', async (t) => {
 });
 
 t.test('requests that could be framed two ways are refused', async (t) => {
-  refused(t, 'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n', 400, /both Transfer-Encoding and Content-Length/);
+  refused(
+    t,
+    'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n',
+    400,
+    /both Transfer-Encoding and Content-Length/,
+  );
   refused(t, 'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n', 400, /more than one Content-Length/);
   refused(t, 'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\n', 400, /more than one Content-Length/);
   refused(t, 'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: +5\r\n\r\n', 400, /not a number/);
   refused(t, 'POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5, 5\r\n\r\n', 400, /not a number/);
   refused(t, 'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, gzip\r\n\r\n', 501, /without a final chunked/);
-  refused(t, 'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n', 400, /more than once/);
+  refused(
+    t,
+    'POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n',
+    400,
+    /more than once/,
+  );
   refused(t, 'POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n', 400, /HTTP\/1\.0/);
   refused(t, 'GET / HTTP/1.1\r\nHost: a\r\nX-A: 1\r\n folded\r\n\r\n', 400, /folding/);
   refused(t, 'GET / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding : chunked\r\n\r\n', 400, /malformed header line/);
@@ -58,14 +90,27 @@ t.test('requests that could be framed two ways are refused', async (t) => {
   refused(t, 'GET  / HTTP/1.1\r\nHost: a\r\n\r\n', 400, /malformed request line/);
   refused(t, 'GET / HTTP/2.0\r\nHost: a\r\n\r\n', 400, /malformed request line/);
   refused(t, 'G<T / HTTP/1.1\r\nHost: a\r\n\r\n', 400, /malformed request line/);
-  t.throws(() => findHeadEnd(Buffer.from('GET / HTTP/1.1\nHost: a\n\n'), 0, 24), /CRLF/, 'LF-only heads are refused before they could grow');
+  t.throws(
+    () => findHeadEnd(Buffer.from('GET / HTTP/1.1\nHost: a\n\n'), 0, 24),
+    /CRLF/,
+    'LF-only heads are refused before they could grow',
+  );
   const big = Buffer.from(`GET / HTTP/1.1\r\nHost: a\r\nX: ${'a'.repeat(70_000)}`);
   t.equal(caught(() => findHeadEnd(big, 0, big.length))?.status, 431, 'an endless head is cut at 64 KiB');
 });
 
 t.test('response framing follows the request', async (t) => {
-  t.match(res('HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n'), { status: 200, body: 'length', contentLength: 3, keepAlive: true });
-  t.match(res('HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n', 'HEAD'), { body: 'none' }, 'HEAD: no body whatever the length says');
+  t.match(res('HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n'), {
+    status: 200,
+    body: 'length',
+    contentLength: 3,
+    keepAlive: true,
+  });
+  t.match(
+    res('HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\n', 'HEAD'),
+    { body: 'none' },
+    'HEAD: no body whatever the length says',
+  );
   t.match(res('HTTP/1.1 204 No Content\r\n\r\n'), { body: 'none' });
   t.match(res('HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n'), { body: 'none' });
   t.match(res('HTTP/1.1 100 Continue\r\n\r\n'), { status: 100, body: 'none' });
@@ -87,7 +132,8 @@ t.test('chunked bodies are delimited without being copied', async (t) => {
   let end = -1;
   for (let i = 0; i < body.length && end < 0; i++) end = s2.scan(body, i, i + 1);
   t.equal(end, body.indexOf('GET'));
-  const bad = (text: string, why: RegExp) => t.match(caught(() => new ChunkedScanner().scan(Buffer.from(text), 0, text.length))?.message, why, JSON.stringify(text));
+  const bad = (text: string, why: RegExp) =>
+    t.match(caught(() => new ChunkedScanner().scan(Buffer.from(text), 0, text.length))?.message, why, JSON.stringify(text));
   bad('5 \r\nhello\r\n0\r\n\r\n', /malformed chunk size/);
   bad('-5\r\nhello\r\n0\r\n\r\n', /malformed chunk size/);
   bad('\r\nhello\r\n', /malformed chunk size/);

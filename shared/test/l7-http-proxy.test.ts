@@ -13,12 +13,14 @@ import type { Exchange } from '../src/l7/http/exchange.ts';
 import { compileHttpRule, matchHttp } from '../src/l7/http/rules.ts';
 import type { HttpRule } from '../src/policy/types.ts';
 
-const rules = ([
-  { method: 'GET|HEAD', path: '/public/.*' },
-  { method: 'POST|PUT', path: '/upload' },
-  { method: 'GET', path: '/ws' },
-  { method: 'GET', path: '/versioned', headerMatches: [{ name: 'X-Version', value: 'v2', mismatch: 'REPLACE' }] },
-] as Partial<HttpRule>[]).map((r) => compileHttpRule({ headers: [], headerMatches: [], ...r }));
+const rules = (
+  [
+    { method: 'GET|HEAD', path: '/public/.*' },
+    { method: 'POST|PUT', path: '/upload' },
+    { method: 'GET', path: '/ws' },
+    { method: 'GET', path: '/versioned', headerMatches: [{ name: 'X-Version', value: 'v2', mismatch: 'REPLACE' }] },
+  ] as Partial<HttpRule>[]
+).map((r) => compileHttpRule({ headers: [], headerMatches: [], ...r }));
 
 const exchanges: Exchange[] = [];
 let backendConnections = 0;
@@ -27,7 +29,10 @@ const received: { method: string; url: string; sha: string; bytes: number; heade
 const backend = http.createServer((req, res) => {
   const h = crypto.createHash('sha256');
   let bytes = 0;
-  req.on('data', (d: Buffer) => { h.update(d); bytes += d.length; });
+  req.on('data', (d: Buffer) => {
+    h.update(d);
+    bytes += d.length;
+  });
   req.on('end', () => {
     received.push({ method: req.method!, url: req.url!, sha: h.digest('hex'), bytes, headers: req.headers });
     const body = `backend: ${req.method} ${req.url} ${bytes}`;
@@ -35,7 +40,9 @@ const backend = http.createServer((req, res) => {
     res.end(body);
   });
 });
-backend.on('connection', () => { backendConnections++; });
+backend.on('connection', () => {
+  backendConnections++;
+});
 backend.on('upgrade', (_req, socket) => {
   socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
   socket.on('data', (d: Buffer) => socket.write(Buffer.concat([Buffer.from('echo:'), d])));
@@ -76,17 +83,28 @@ t.teardown(() => {
   backend.closeAllConnections();
 });
 
-function request(agent: http.Agent, method: string, path: string, body?: Buffer | AsyncIterable<Buffer>, headers: Record<string, string> = {}): Promise<{ status: number; body: string; reused: boolean }> {
+function request(
+  agent: http.Agent,
+  method: string,
+  path: string,
+  body?: Buffer | AsyncIterable<Buffer>,
+  headers: Record<string, string> = {},
+): Promise<{ status: number; body: string; reused: boolean }> {
   return new Promise((resolve, reject) => {
     const req = http.request({ host: '127.0.0.1', port: proxyPort, method, path, agent, headers }, (res) => {
       let text = '';
       res.setEncoding('latin1');
-      res.on('data', (d: string) => { text += d; });
+      res.on('data', (d: string) => {
+        text += d;
+      });
       res.on('end', () => resolve({ status: res.statusCode!, body: text, reused: req.reusedSocket }));
     });
     req.on('error', reject);
     if (body && Symbol.asyncIterator in body) {
-      (async () => { for await (const c of body) if (!req.write(c)) await once(req, 'drain'); req.end(); })().catch(reject);
+      (async () => {
+        for await (const c of body) if (!req.write(c)) await once(req, 'drain');
+        req.end();
+      })().catch(reject);
     } else {
       req.end(body);
     }
@@ -101,8 +119,18 @@ async function raw(bytes: string, done: (text: string) => boolean): Promise<{ te
   s.write(bytes);
   await new Promise<void>((resolve) => {
     const timer = setTimeout(resolve, 5000);
-    s.on('data', (d: Buffer) => { text += d.toString('latin1'); if (done(text)) { clearTimeout(timer); resolve(); } });
-    s.on('close', () => { closed = true; clearTimeout(timer); resolve(); });
+    s.on('data', (d: Buffer) => {
+      text += d.toString('latin1');
+      if (done(text)) {
+        clearTimeout(timer);
+        resolve();
+      }
+    });
+    s.on('close', () => {
+      closed = true;
+      clearTimeout(timer);
+      resolve();
+    });
     s.on('error', () => undefined);
   });
   s.destroy();
@@ -123,18 +151,29 @@ t.test('keep-alive: allowed and denied requests share one connection', async (t)
   const b = await request(agent, 'GET', '/public/b');
   t.same([b.status, b.body, b.reused], [200, 'backend: GET /public/b 0', true], 'and the connection still works');
   t.equal(backendConnections - before, 1, 'one upstream connection for the whole client connection');
-  t.notOk(received.some((r) => r.url === '/private'), 'denied requests never reach the server');
-  t.match(exchanges.find((x) => x.path === '/private'), { method: 'GET', status: 403, verdict: { allowed: false }, localReason: 'denied' });
+  t.notOk(
+    received.some((r) => r.url === '/private'),
+    'denied requests never reach the server',
+  );
+  t.match(
+    exchanges.find((x) => x.path === '/private'),
+    { method: 'GET', status: 403, verdict: { allowed: false }, localReason: 'denied' },
+  );
   t.ok(exchanges.find((x) => x.path === '/public/b')!.latencyNs > 0, 'responses carry a latency');
   agent.destroy();
 });
 
 t.test('pipelining: responses come back in request order, 403s in their place', async (t) => {
-  const r = await raw('GET /public/1 HTTP/1.1\r\nHost: a\r\n\r\nGET /secret HTTP/1.1\r\nHost: a\r\n\r\nHEAD /nope HTTP/1.1\r\nHost: a\r\n\r\nGET /public/3 HTTP/1.1\r\nHost: a\r\n\r\n',
-    (x) => x.includes('GET /public/3 0'));
+  const r = await raw(
+    'GET /public/1 HTTP/1.1\r\nHost: a\r\n\r\nGET /secret HTTP/1.1\r\nHost: a\r\n\r\nHEAD /nope HTTP/1.1\r\nHost: a\r\n\r\nGET /public/3 HTTP/1.1\r\nHost: a\r\n\r\n',
+    (x) => x.includes('GET /public/3 0'),
+  );
   const order = [...r.text.matchAll(/HTTP\/1\.1 (\d+)/g)].map((m) => m[1]);
   t.same(order, ['200', '403', '403', '200']);
-  t.ok(r.text.indexOf('/public/1') < r.text.indexOf('Access denied') && r.text.indexOf('Access denied') < r.text.indexOf('/public/3'));
+  t.ok(
+    r.text.indexOf('/public/1') < r.text.indexOf('Access denied') &&
+      r.text.indexOf('Access denied') < r.text.indexOf('/public/3'),
+  );
   t.equal(count(r.text, 'Access denied'), 1, 'the 403 to HEAD has no body');
 });
 
@@ -144,7 +183,9 @@ t.test('bodies: chunked and large uploads are streamed through intact', async (t
   const sha = crypto.createHash('sha256');
   for (const c of chunks) sha.update(c);
   const size = chunks.reduce((n, c) => n + c.length, 0);
-  async function* gen() { for (const c of chunks) yield c; }
+  async function* gen() {
+    for (const c of chunks) yield c;
+  }
   const r = await request(agent, 'POST', '/upload', gen()); // no length: Node sends it chunked
   t.equal(r.status, 200);
   const got = received.find((x) => x.url === '/upload' && x.bytes === size);
@@ -158,22 +199,43 @@ t.test('bodies: chunked and large uploads are streamed through intact', async (t
 t.test('Expect: 100-continue', async (t) => {
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
   const allowed = await new Promise<number>((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port: proxyPort, method: 'PUT', path: '/upload', agent, headers: { expect: '100-continue', 'content-length': 5 } }, (res) => { res.resume(); res.on('end', () => resolve(res.statusCode!)); });
+    const req = http.request(
+      {
+        host: '127.0.0.1',
+        port: proxyPort,
+        method: 'PUT',
+        path: '/upload',
+        agent,
+        headers: { expect: '100-continue', 'content-length': 5 },
+      },
+      (res) => {
+        res.resume();
+        res.on('end', () => resolve(res.statusCode!));
+      },
+    );
     req.on('continue', () => req.end('hello'));
     req.on('error', reject);
   });
-  t.equal(allowed, 200, 'the server\'s 100 Continue reaches the client, then the body goes through');
+  t.equal(allowed, 200, "the server's 100 Continue reaches the client, then the body goes through");
   const r = await raw('PUT /secret HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n', () => false);
-  t.match(r.text, /^HTTP\/1\.1 403 Forbidden\r\n[\s\S]*connection: close/, 'denied before the body is sent: 403 and the connection closes');
+  t.match(
+    r.text,
+    /^HTTP\/1\.1 403 Forbidden\r\n[\s\S]*connection: close/,
+    'denied before the body is sent: 403 and the connection closes',
+  );
   t.ok(r.closed);
   agent.destroy();
 });
 
 t.test('upgrade: an allowed WebSocket handshake becomes a tunnel', async (t) => {
-  const r = await raw('GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nframe-1', (x) => x.includes('echo:frame-1'));
+  const r = await raw('GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nframe-1', (x) =>
+    x.includes('echo:frame-1'),
+  );
   t.match(r.text, /^HTTP\/1\.1 101 Switching Protocols/);
   t.match(r.text, /echo:frame-1$/, 'bytes after the handshake pass both ways');
-  const d = await raw('GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n', (x) => x.includes('Access denied'));
+  const d = await raw('GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n', (x) =>
+    x.includes('Access denied'),
+  );
   t.match(d.text, /^HTTP\/1\.1 403/, 'a denied upgrade gets 403');
 });
 
@@ -187,10 +249,16 @@ t.test('headerMatches REPLACE rewrites the request; others pass unchanged', asyn
 
 t.test('smuggling attempts get 400 and never reach the server', async (t) => {
   const before = received.length;
-  const r = await raw('POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /secret HTTP/1.1\r\nHost: a\r\n\r\n', () => false);
+  const r = await raw(
+    'POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /secret HTTP/1.1\r\nHost: a\r\n\r\n',
+    () => false,
+  );
   t.match(r.text, /^HTTP\/1\.1 400 Bad Request/);
   t.ok(r.closed, 'and the connection is closed');
-  const r2 = await raw('GET /public/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n', () => false);
+  const r2 = await raw(
+    'GET /public/x HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: identity\r\n\r\n',
+    () => false,
+  );
   t.match(r2.text, /^HTTP\/1\.1 501/);
   t.equal(received.length, before, 'the server saw nothing');
 });
@@ -203,9 +271,19 @@ t.test('bytes that are not HTTP/1.x are refused at once and never reach the serv
   t.ok(hello.closed, 'and the connection is closed');
   const tlsError = await new Promise<string>((resolve) => {
     const s = tls.connect({ host: '127.0.0.1', port: proxyPort, rejectUnauthorized: false });
-    const timer = setTimeout(() => { s.destroy(); resolve('no answer within 5 s'); }, 5000);
-    s.on('error', (e) => { clearTimeout(timer); resolve(`error: ${e.message}`); });
-    s.on('secureConnect', () => { clearTimeout(timer); s.destroy(); resolve('handshake completed'); });
+    const timer = setTimeout(() => {
+      s.destroy();
+      resolve('no answer within 5 s');
+    }, 5000);
+    s.on('error', (e) => {
+      clearTimeout(timer);
+      resolve(`error: ${e.message}`);
+    });
+    s.on('secureConnect', () => {
+      clearTimeout(timer);
+      s.destroy();
+      resolve('handshake completed');
+    });
   });
   t.match(tlsError, /^error: /, `a real TLS client fails at once (${tlsError})`);
   const h2 = await raw('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', () => false);
@@ -221,7 +299,9 @@ t.test('an unreachable destination answers 503', async (t) => {
   upstreamPort = (closed.address() as net.AddressInfo).port;
   closed.close();
   await once(closed, 'close');
-  t.teardown(() => { upstreamPort = backendPort; });
+  t.teardown(() => {
+    upstreamPort = backendPort;
+  });
   const r = await raw('GET /public/x HTTP/1.1\r\nHost: a\r\n\r\n', () => false);
   t.match(r.text, /^HTTP\/1\.1 503 Service Unavailable/);
 });

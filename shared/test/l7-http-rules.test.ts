@@ -7,7 +7,13 @@ import type { HttpRule } from '../src/policy/types.ts';
 const rule = (r: Partial<HttpRule>): HttpRule => ({ headers: [], headerMatches: [], ...r });
 const view = (method: string, target: string, headers: Record<string, string> = {}, host = 'svc'): RequestView => {
   const n = normalizeTarget(target, host);
-  return { method, path: n.path, host: n.host, names: Object.keys(headers).map((k) => k.toLowerCase()), values: Object.values(headers) };
+  return {
+    method,
+    path: n.path,
+    host: n.host,
+    names: Object.keys(headers).map((k) => k.toLowerCase()),
+    values: Object.values(headers),
+  };
 };
 
 t.test('fields are regexes over the whole value; rules are alternatives', async (t) => {
@@ -32,8 +38,15 @@ t.test('path includes the query; dot segments are resolved before matching', asy
   t.ok(matchHttp(pub, view('GET', '/public/a?x=1')).allowed);
   t.notOk(matchHttp(pub, view('GET', '/public/../private')).allowed, '/public/../private is /private');
   t.notOk(matchHttp(pub, view('GET', '/public/%2e%2e/private')).allowed, 'encoded dots are dots');
-  t.ok(matchHttp([compileHttpRule(rule({ path: '/public' }))], view('GET', '/%70ublic')).allowed, 'encoded unreserved characters are decoded');
-  t.same(normalizeTarget('http://api.example.com:8080/a/./b?q', 'other'), { path: '/a/b?q', host: 'api.example.com:8080' }, 'absolute-form: path and authority from the target');
+  t.ok(
+    matchHttp([compileHttpRule(rule({ path: '/public' }))], view('GET', '/%70ublic')).allowed,
+    'encoded unreserved characters are decoded',
+  );
+  t.same(
+    normalizeTarget('http://api.example.com:8080/a/./b?q', 'other'),
+    { path: '/a/b?q', host: 'api.example.com:8080' },
+    'absolute-form: path and authority from the target',
+  );
   t.same(normalizeTarget('/a/b/..', 'h'), { path: '/a/', host: 'h' });
   t.same(normalizeTarget('*', 'h'), { path: '*', host: 'h' });
 });
@@ -48,13 +61,25 @@ t.test('host and headers', async (t) => {
 });
 
 t.test('headerMatches: mismatch actions let the request through and change it', async (t) => {
-  const m = (mismatch?: 'LOG' | 'ADD' | 'DELETE' | 'REPLACE', value = 'v1') => [compileHttpRule(rule({ headerMatches: [{ name: 'X-Ver', value, ...(mismatch ? { mismatch } : {}) }] }))];
+  const m = (mismatch?: 'LOG' | 'ADD' | 'DELETE' | 'REPLACE', value = 'v1') => [
+    compileHttpRule(rule({ headerMatches: [{ name: 'X-Ver', value, ...(mismatch ? { mismatch } : {}) }] })),
+  ];
   t.notOk(matchHttp(m(), view('GET', '/', { 'X-Ver': 'v2' })).allowed, 'no action: a mismatch fails the rule');
   t.ok(matchHttp(m(), view('GET', '/', { 'X-Ver': 'v1' })).allowed);
-  t.match(matchHttp(m('LOG'), view('GET', '/', { 'X-Ver': 'v2' })), { allowed: true, edits: [], mismatches: [/X-Ver: mismatch \(LOG\)/] });
+  t.match(matchHttp(m('LOG'), view('GET', '/', { 'X-Ver': 'v2' })), {
+    allowed: true,
+    edits: [],
+    mismatches: [/X-Ver: mismatch \(LOG\)/],
+  });
   t.match(matchHttp(m('ADD'), view('GET', '/')), { allowed: true, edits: [{ op: 'add', name: 'X-Ver', value: 'v1' }] });
-  t.match(matchHttp(m('DELETE'), view('GET', '/', { 'X-Ver': 'v2' })), { allowed: true, edits: [{ op: 'delete', name: 'x-ver' }] });
-  t.match(matchHttp(m('REPLACE'), view('GET', '/', { 'X-Ver': 'v2' })), { allowed: true, edits: [{ op: 'replace', name: 'X-Ver', value: 'v1' }] });
+  t.match(matchHttp(m('DELETE'), view('GET', '/', { 'X-Ver': 'v2' })), {
+    allowed: true,
+    edits: [{ op: 'delete', name: 'x-ver' }],
+  });
+  t.match(matchHttp(m('REPLACE'), view('GET', '/', { 'X-Ver': 'v2' })), {
+    allowed: true,
+    edits: [{ op: 'replace', name: 'X-Ver', value: 'v1' }],
+  });
   t.match(matchHttp(m('REPLACE'), view('GET', '/', { 'X-Ver': 'v1' })), { allowed: true, edits: [] }, 'a match changes nothing');
 });
 
@@ -70,5 +95,8 @@ t.test('regexes: RE2 spellings, and no input can make matching slow', async (t) 
   const evil = compilePolicyRegex('(a+)+b');
   const t0 = performance.now();
   t.notOk(evil.test(`${'a'.repeat(40)}!`));
-  t.ok(performance.now() - t0 < 2000, `a catastrophic-backtracking pattern returns quickly (${Math.round(performance.now() - t0)} ms)`);
+  t.ok(
+    performance.now() - t0 < 2000,
+    `a catastrophic-backtracking pattern returns quickly (${Math.round(performance.now() - t0)} ms)`,
+  );
 });

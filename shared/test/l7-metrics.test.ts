@@ -8,22 +8,50 @@ import { RecordWriter, readBatch, type RecordContext } from '../src/l7/proxy/rec
 import type { Exchange } from '../src/l7/http/exchange.ts';
 import type { ProxyDecision } from '../src/l7/proxy/view.ts';
 
-const decision: ProxyDecision = { allowed: true, edits: [], mismatches: [], sides: [{ direction: 'ingress', endpoint: 9, allowed: true, ruleId: 1, l7: true }] };
-const ctx: RecordContext = { srcPort: 40000, dstPort: 80, policy: { revision: 1, src: { ip: '10.0.0.3', identity: 2 }, dst: { ip: '10.0.0.2', identity: 3, endpoint: 9 }, dport: 80, sides: [] } };
+const decision: ProxyDecision = {
+  allowed: true,
+  edits: [],
+  mismatches: [],
+  sides: [{ direction: 'ingress', endpoint: 9, allowed: true, ruleId: 1, l7: true }],
+};
+const ctx: RecordContext = {
+  srcPort: 40000,
+  dstPort: 80,
+  policy: {
+    revision: 1,
+    src: { ip: '10.0.0.3', identity: 2 },
+    dst: { ip: '10.0.0.2', identity: 3, endpoint: 9 },
+    dport: 80,
+    sides: [],
+  },
+};
 const exchange = (method: string, status: number, latencyNs: number, denied = false): Exchange => ({
-  method, path: '/', host: 'svc', protocol: 'HTTP/1.1', verdict: { allowed: !denied, edits: [], info: decision },
-  startMs: 0, status, latencyNs, ...(denied ? { localReason: 'denied' as const } : {}),
+  method,
+  path: '/',
+  host: 'svc',
+  protocol: 'HTTP/1.1',
+  verdict: { allowed: !denied, edits: [], info: decision },
+  startMs: 0,
+  status,
+  latencyNs,
+  ...(denied ? { localReason: 'denied' as const } : {}),
 });
 
 t.test('requests by method, status and verdict; latency per endpoint', async (t) => {
   const registry = new Registry();
   const metrics = registerL7Metrics(registry);
   const w = new RecordWriter();
-  const add = (x: Exchange) => { w.add('request', x, ctx, 0); w.add('response', x, ctx, 0); };
+  const add = (x: Exchange) => {
+    w.add('request', x, ctx, 0);
+    w.add('response', x, ctx, 0);
+  };
   add(exchange('GET', 200, 2_000_000));
   add(exchange('GET', 200, 300_000));
   add(exchange('BREW', 403, 7_000_000_000, true));
-  const feed = () => { const b = w.take(0)!; for (const off of readBatch(b).offsets) metrics.observe(b, off, (id) => `pod-${id}`); };
+  const feed = () => {
+    const b = w.take(0)!;
+    for (const off of readBatch(b).offsets) metrics.observe(b, off, (id) => `pod-${id}`);
+  };
   feed();
   let text = await registry.metrics();
   t.match(text, /membrane_l7_requests_total\{method="GET",status="200",verdict="forwarded"\} 2\n/);

@@ -11,12 +11,23 @@ import { MemoryPolicyOps, testEndpoint } from './lib/policy.ts';
 
 const req = (method: string, target: string, headers: Record<string, string> = {}): RequestView => {
   const n = normalizeTarget(target, 'svc');
-  return { method, path: n.path, host: n.host, names: Object.keys(headers).map((k) => k.toLowerCase()), values: Object.values(headers) };
+  return {
+    method,
+    path: n.path,
+    host: n.host,
+    names: Object.keys(headers).map((k) => k.toLowerCase()),
+    values: Object.values(headers),
+  };
 };
 
 async function setup() {
   const ops = new MemoryPolicyOps();
-  const engine = await PolicyEngine.open({ store: new MemoryStore(), ops, hostAddresses: () => ['192.0.2.1'], proxyPorts: () => ({ http: 15001 }) });
+  const engine = await PolicyEngine.open({
+    store: new MemoryStore(),
+    ops,
+    hostAddresses: () => ['192.0.2.1'],
+    proxyPorts: () => ({ http: 15001 }),
+  });
   await engine.start();
   const add = async (id: number, labels: Record<string, string>, ip: string) => {
     const ep = testEndpoint(id, labels, await engine.identityFor(labels), ip);
@@ -59,16 +70,37 @@ t.test('requests are decided on every local end that proxies the traffic', async
   const view = new ProxyView(JSON.parse(JSON.stringify(snap))); // it crosses a socket as JSON
   const c = view.connection('10.0.0.3', '10.0.0.2', 80);
   t.match(c, { src: { identity: client.identity, endpoint: client.id }, dst: { identity: api.identity, endpoint: api.id } });
-  t.same(c.sides.map((s) => s.direction), ['egress', 'ingress'], "the client's egress and the api's ingress");
+  t.same(
+    c.sides.map((s) => s.direction),
+    ['egress', 'ingress'],
+    "the client's egress and the api's ingress",
+  );
   const get = view.decide(c, req('GET', '/public/a'));
-  t.match(get, { allowed: true, sides: [{ direction: 'egress', allowed: true }, { direction: 'ingress', allowed: true, http: { path: 'spec.ingress[0].toPorts[0].rules.http[0]' } }] });
-  t.match(view.decide(c, req('GET', '/private')), { allowed: false, sides: [{ allowed: true }, { allowed: false }] }, 'the ingress rules deny');
+  t.match(get, {
+    allowed: true,
+    sides: [
+      { direction: 'egress', allowed: true },
+      { direction: 'ingress', allowed: true, http: { path: 'spec.ingress[0].toPorts[0].rules.http[0]' } },
+    ],
+  });
+  t.match(
+    view.decide(c, req('GET', '/private')),
+    { allowed: false, sides: [{ allowed: true }, { allowed: false }] },
+    'the ingress rules deny',
+  );
   t.equal(view.decide(c, req('POST', '/submit')).allowed, false, 'POST /submit needs the header');
   t.equal(view.decide(c, req('POST', '/submit', { 'X-Token': 's3cret' })).allowed, true);
-  t.match(view.decide(c, req('DELETE', '/public/a')), { allowed: false, sides: [{ direction: 'egress', allowed: false }] }, "the client's egress rules deny DELETE");
+  t.match(
+    view.decide(c, req('DELETE', '/public/a')),
+    { allowed: false, sides: [{ direction: 'egress', allowed: false }] },
+    "the client's egress rules deny DELETE",
+  );
   // From the world (CIDR identity): only the ingress side.
   const w = view.connection('198.18.0.7', '10.0.0.2', 80);
-  t.same(w.sides.map((s) => s.direction), ['ingress']);
+  t.same(
+    w.sides.map((s) => s.direction),
+    ['ingress'],
+  );
   t.ok(view.decide(w, req('GET', '/status')).allowed);
   t.notOk(view.decide(w, req('GET', '/public/a')).allowed, 'the world gets only its own rule');
 });
@@ -82,17 +114,40 @@ t.test('policy changes reach open connections: plain allow passes, removed allow
   let c = view.connection('10.0.0.3', '10.0.0.2', 80);
   t.notOk(view.decide(c, req('GET', '/private')).allowed);
   // The api's ingress becomes L3/L4 only; the client keeps L7 egress, so the api side is still sent.
-  await engine.importText(POLICY.replace(`toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET, path: "/public/.*"}, {method: POST, path: /submit, headers: ["X-Token: s3cret"]}]}}]`, `toPorts: [{ports: [{port: "80", protocol: TCP}]}]`));
+  await engine.importText(
+    POLICY.replace(
+      `toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET, path: "/public/.*"}, {method: POST, path: /submit, headers: ["X-Token: s3cret"]}]}}]`,
+      `toPorts: [{ports: [{port: "80", protocol: TCP}]}]`,
+    ),
+  );
   const next = new ProxyView(engine.proxySnapshot());
   t.not(next.revision, view.revision, 'each snapshot is a new revision');
   view = next;
   c = view.connection('10.0.0.3', '10.0.0.2', 80);
-  t.match(view.decide(c, req('GET', '/private')), { allowed: true, sides: [{ direction: 'egress', l7: true }, { direction: 'ingress', allowed: true, l7: false }] });
+  t.match(view.decide(c, req('GET', '/private')), {
+    allowed: true,
+    sides: [
+      { direction: 'egress', l7: true },
+      { direction: 'ingress', allowed: true, l7: false },
+    ],
+  });
   // Now the api no longer allows the client at all.
-  await engine.importText(POLICY.replace('- fromEndpoints: [{matchLabels: {app: client}}]', '- fromEndpoints: [{matchLabels: {app: nobody}}]'));
+  await engine.importText(
+    POLICY.replace('- fromEndpoints: [{matchLabels: {app: client}}]', '- fromEndpoints: [{matchLabels: {app: nobody}}]'),
+  );
   view = new ProxyView(engine.proxySnapshot());
   c = view.connection('10.0.0.3', '10.0.0.2', 80);
-  t.match(view.decide(c, req('GET', '/public/a')), { allowed: false, sides: [{ direction: 'egress', allowed: true }, { direction: 'ingress', allowed: false, l7: false }] }, 'default deny on the ingress side');
+  t.match(
+    view.decide(c, req('GET', '/public/a')),
+    {
+      allowed: false,
+      sides: [
+        { direction: 'egress', allowed: true },
+        { direction: 'ingress', allowed: false, l7: false },
+      ],
+    },
+    'default deny on the ingress side',
+  );
 });
 
 t.test('records round-trip without header values', async (t) => {
@@ -104,17 +159,34 @@ t.test('records round-trip without header values', async (t) => {
   const policy = view.connection('10.0.0.3', '10.0.0.2', 80);
   const d = view.decide(policy, req('GET', '/private', { authorization: 'Bearer x' }));
   const x = {
-    method: 'GET', path: '/private', host: 'svc', protocol: 'HTTP/1.1',
-    verdict: { allowed: false, edits: [], info: d }, startMs: 0, status: 403, latencyNs: 1234, localReason: 'denied' as const,
+    method: 'GET',
+    path: '/private',
+    host: 'svc',
+    protocol: 'HTTP/1.1',
+    verdict: { allowed: false, edits: [], info: d },
+    startMs: 0,
+    status: 403,
+    latencyNs: 1234,
+    localReason: 'denied' as const,
   };
   const w = new RecordWriter();
   w.add('response', x, { srcPort: 40000, dstPort: 80, policy }, 1e12);
   const batch = w.take(0)!;
   const r = decodeRecord(batch, readBatch(batch).offsets[0]);
   t.match(r, {
-    kind: 'response', src: { ip: '10.0.0.3', port: 40000, endpoint: 2 }, dst: { ip: '10.0.0.2', port: 80, endpoint: 1 },
-    method: 'GET', path: '/private', status: 403, latencyNs: 1234, verdict: 'denied', reason: 'denied',
-    sides: [{ direction: 'egress', allowed: true }, { direction: 'ingress', allowed: false }],
+    kind: 'response',
+    src: { ip: '10.0.0.3', port: 40000, endpoint: 2 },
+    dst: { ip: '10.0.0.2', port: 80, endpoint: 1 },
+    method: 'GET',
+    path: '/private',
+    status: 403,
+    latencyNs: 1234,
+    verdict: 'denied',
+    reason: 'denied',
+    sides: [
+      { direction: 'egress', allowed: true },
+      { direction: 'ingress', allowed: false },
+    ],
   });
   t.notMatch(JSON.stringify(r), /Bearer/, 'header values are not sent to the agent');
   t.notOk(batch.includes('Bearer'), 'not in the bytes either');

@@ -7,37 +7,82 @@ import type { Exchange } from '../src/l7/http/exchange.ts';
 import type { ConnectionPolicy, ProxyDecision } from '../src/l7/proxy/view.ts';
 
 const policy = (src: string, dst: string): ConnectionPolicy => ({
-  revision: 1, src: { ip: src, identity: 2 }, dst: { ip: dst, identity: 70000, endpoint: 9 }, dport: 80, sides: [],
+  revision: 1,
+  src: { ip: src, identity: 2 },
+  dst: { ip: dst, identity: 70000, endpoint: 9 },
+  dport: 80,
+  sides: [],
 });
 const decision: ProxyDecision = {
-  allowed: true, edits: [], mismatches: [],
+  allowed: true,
+  edits: [],
+  mismatches: [],
   sides: [
     { direction: 'egress', endpoint: 4, allowed: true, ruleId: 0x20001, l7: true },
-    { direction: 'ingress', endpoint: 9, allowed: true, ruleId: 0x10002, l7: true, http: { ruleId: 0x10002, path: 'spec.ingress[0].toPorts[0].rules.http[1]', http: { method: 'GET', headers: [], headerMatches: [] } } },
+    {
+      direction: 'ingress',
+      endpoint: 9,
+      allowed: true,
+      ruleId: 0x10002,
+      l7: true,
+      http: {
+        ruleId: 0x10002,
+        path: 'spec.ingress[0].toPorts[0].rules.http[1]',
+        http: { method: 'GET', headers: [], headerMatches: [] },
+      },
+    },
   ],
 };
 const exchange = (over: Partial<Exchange> = {}): Exchange => ({
-  method: 'GET', path: '/a?b=1', host: 'svc', protocol: 'HTTP/1.1', verdict: { allowed: true, edits: [], info: decision },
-  startMs: 0, status: 200, latencyNs: 1_500_000, ...over,
+  method: 'GET',
+  path: '/a?b=1',
+  host: 'svc',
+  protocol: 'HTTP/1.1',
+  verdict: { allowed: true, edits: [], info: decision },
+  startMs: 0,
+  status: 200,
+  latencyNs: 1_500_000,
+  ...over,
 });
 
 t.test('a response record, IPv4 and IPv6', async (t) => {
-  for (const [src, dst] of [['10.0.0.3', '10.0.0.2'], ['fd00::3', 'fd00:1::2']]) {
+  for (const [src, dst] of [
+    ['10.0.0.3', '10.0.0.2'],
+    ['fd00::3', 'fd00:1::2'],
+  ]) {
     const w = new RecordWriter();
     const ctx: RecordContext = { srcPort: 40000, dstPort: 80, policy: policy(src, dst) };
     w.add('response', exchange(), ctx, 1_700_000_000_123.25);
     const b = w.take(3)!;
     const { lost, offsets } = readBatch(b);
     t.equal(lost, 3);
-    t.same(decodeRecord(b, offsets[0]), {
-      kind: 'response', timeMs: 1_700_000_000_123.25,
-      src: { ip: src, port: 40000, identity: 2 }, dst: { ip: dst, port: 80, identity: 70000, endpoint: 9 },
-      method: 'GET', path: '/a?b=1', host: 'svc', protocol: 'HTTP/1.1', status: 200, latencyNs: 1_500_000, verdict: 'forwarded',
-      sides: [
-        { direction: 'egress', endpoint: 4, allowed: true, ruleId: 0x20001 },
-        { direction: 'ingress', endpoint: 9, allowed: true, ruleId: 0x10002, httpRule: 'spec.ingress[0].toPorts[0].rules.http[1]' },
-      ],
-    }, `${src} -> ${dst}`);
+    t.same(
+      decodeRecord(b, offsets[0]),
+      {
+        kind: 'response',
+        timeMs: 1_700_000_000_123.25,
+        src: { ip: src, port: 40000, identity: 2 },
+        dst: { ip: dst, port: 80, identity: 70000, endpoint: 9 },
+        method: 'GET',
+        path: '/a?b=1',
+        host: 'svc',
+        protocol: 'HTTP/1.1',
+        status: 200,
+        latencyNs: 1_500_000,
+        verdict: 'forwarded',
+        sides: [
+          { direction: 'egress', endpoint: 4, allowed: true, ruleId: 0x20001 },
+          {
+            direction: 'ingress',
+            endpoint: 9,
+            allowed: true,
+            ruleId: 0x10002,
+            httpRule: 'spec.ingress[0].toPorts[0].rules.http[1]',
+          },
+        ],
+      },
+      `${src} -> ${dst}`,
+    );
     t.equal(b.readUInt32LE(offsets[0] + At.METRIC_ENDPOINT), 9, 'the latency metric goes to the ingress side');
   }
 });
@@ -45,11 +90,30 @@ t.test('a response record, IPv4 and IPv6', async (t) => {
 t.test('requests carry no status or latency; other methods, HTTP/1.0 and reasons survive', async (t) => {
   const w = new RecordWriter();
   const ctx: RecordContext = { srcPort: 1, dstPort: 8080, policy: policy('10.0.0.3', '10.0.0.2') };
-  w.add('request', exchange({ method: 'PROPFIND', protocol: 'HTTP/1.0', verdict: { allowed: false, edits: [] }, localReason: 'denied' }), ctx, 5);
-  w.add('response', exchange({ method: '', path: '', host: '', verdict: { allowed: false, edits: [] }, localReason: 'bad-request', status: 400 }), ctx, 6);
+  w.add(
+    'request',
+    exchange({ method: 'PROPFIND', protocol: 'HTTP/1.0', verdict: { allowed: false, edits: [] }, localReason: 'denied' }),
+    ctx,
+    5,
+  );
+  w.add(
+    'response',
+    exchange({ method: '', path: '', host: '', verdict: { allowed: false, edits: [] }, localReason: 'bad-request', status: 400 }),
+    ctx,
+    6,
+  );
   const b = w.take(0)!;
   const [a, c] = readBatch(b).offsets.map((o) => decodeRecord(b, o));
-  t.match(a, { kind: 'request', method: 'PROPFIND', protocol: 'HTTP/1.0', status: 0, latencyNs: 0, verdict: 'denied', reason: 'denied', sides: [] });
+  t.match(a, {
+    kind: 'request',
+    method: 'PROPFIND',
+    protocol: 'HTTP/1.0',
+    status: 0,
+    latencyNs: 0,
+    verdict: 'denied',
+    reason: 'denied',
+    sides: [],
+  });
   t.match(c, { kind: 'response', method: '', path: '', status: 400, verdict: 'error', reason: 'bad-request' });
 });
 
@@ -63,7 +127,10 @@ t.test('long paths are cut; batches grow past their buffer; take() starts over',
   const recs = readBatch(b).offsets.map((o) => decodeRecord(b, o));
   t.equal(recs.length, 50);
   t.equal(recs[7].path, long.slice(0, 8192), 'cut at 8 KiB');
-  t.same(recs.filter((_, i) => i !== 7).map((r) => r.path), Array.from({ length: 50 }, (_, i) => `/r${i}`).filter((_, i) => i !== 7));
+  t.same(
+    recs.filter((_, i) => i !== 7).map((r) => r.path),
+    Array.from({ length: 50 }, (_, i) => `/r${i}`).filter((_, i) => i !== 7),
+  );
   t.equal(w.take(0), undefined, 'nothing left');
   t.equal(w.count, 0);
 });

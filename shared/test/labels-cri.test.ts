@@ -16,7 +16,10 @@ const log = { info: () => undefined, warn: () => undefined, debug: () => undefin
 
 async function until(cond: () => boolean, ms = 5000): Promise<boolean> {
   const end = Date.now() + ms;
-  while (Date.now() < end) { if (cond()) return true; await new Promise((r) => setTimeout(r, 20)); }
+  while (Date.now() < end) {
+    if (cond()) return true;
+    await new Promise((r) => setTimeout(r, 20));
+  }
   return cond();
 }
 
@@ -27,42 +30,79 @@ t.test('a pod sandbox is asked for until it exists; its labels follow the runtim
   const sandboxes = new Map<string, { labels: Record<string, string>; annotations: Record<string, string> }>();
   let statusCalls = 0;
   const def = protoLoader.fromJSON(CRI_PROTO as unknown as Parameters<typeof protoLoader.fromJSON>[0], {});
-  const pkg = grpc.loadPackageDefinition(def) as unknown as { runtime: { v1: { RuntimeService: grpc.ServiceClientConstructor } } };
+  const pkg = grpc.loadPackageDefinition(def) as unknown as {
+    runtime: { v1: { RuntimeService: grpc.ServiceClientConstructor } };
+  };
   const server = new grpc.Server();
   server.addService(pkg.runtime.v1.RuntimeService.service, {
     PodSandboxStatus: (call: grpc.ServerUnaryCall<{ podSandboxId: string }, unknown>, cb: grpc.sendUnaryData<unknown>) => {
       statusCalls++;
       const sb = sandboxes.get(call.request.podSandboxId);
-      if (!sb) { cb({ code: grpc.status.NOT_FOUND, details: `an error occurred when try to find sandbox "${call.request.podSandboxId}": not found` }); return; }
-      cb(null, { status: { id: call.request.podSandboxId, state: 'SANDBOX_READY', labels: sb.labels, annotations: sb.annotations } });
+      if (!sb) {
+        cb({
+          code: grpc.status.NOT_FOUND,
+          details: `an error occurred when try to find sandbox "${call.request.podSandboxId}": not found`,
+        });
+        return;
+      }
+      cb(null, {
+        status: { id: call.request.podSandboxId, state: 'SANDBOX_READY', labels: sb.labels, annotations: sb.annotations },
+      });
     },
     ListPodSandbox: (_call: unknown, cb: grpc.sendUnaryData<unknown>) => {
-      cb(null, { items: [...sandboxes].map(([id, sb]) => ({ id, state: 'SANDBOX_READY', labels: sb.labels, annotations: sb.annotations })) });
+      cb(null, {
+        items: [...sandboxes].map(([id, sb]) => ({ id, state: 'SANDBOX_READY', labels: sb.labels, annotations: sb.annotations })),
+      });
     },
   });
-  await new Promise<void>((resolve, reject) => server.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? reject(e) : resolve())));
+  await new Promise<void>((resolve, reject) =>
+    server.bindAsync(`unix://${socket}`, grpc.ServerCredentials.createInsecure(), (e) => (e ? reject(e) : resolve())),
+  );
   t.teardown(() => server.forceShutdown());
 
   const src = new CriLabels({ socket, log, pollMs: 200 });
   t.teardown(() => src.close());
-  const metadata = { 'k8s:io.kubernetes.pod.namespace': 'shop', 'k8s:io.kubernetes.pod.name': 'web-0', 'k8s:io.kubernetes.pod.infra-container-id': 'sb1' };
+  const metadata = {
+    'k8s:io.kubernetes.pod.namespace': 'shop',
+    'k8s:io.kubernetes.pod.name': 'web-0',
+    'k8s:io.kubernetes.pod.infra-container-id': 'sb1',
+  };
   t.ok(src.owns({ metadata }), 'a kubelet pod, and the runtime socket is there');
   t.notOk(src.owns({ metadata: { 'cni:plugin': 'membrane-cni' } }), 'not a pod: no K8S_POD_* args');
   t.notOk(new CriLabels({ socket: path.join(dir, 'absent.sock'), log }).owns({ metadata }), 'no runtime socket: nothing to ask');
 
   const found: RuntimeLabels[] = [];
-  const sink: LabelSink = { found: async (u) => { found.push(u); }, expired: async () => undefined };
-  const ep = { containerId: 'sb1', ifName: 'eth0', metadata, labels: { 'k8s:io.kubernetes.pod.namespace': 'shop' }, labelsPending: { source: 'cri', since: new Date().toISOString() } } as unknown as Endpoint;
+  const sink: LabelSink = {
+    found: async (u) => {
+      found.push(u);
+    },
+    expired: async () => undefined,
+  };
+  const ep = {
+    containerId: 'sb1',
+    ifName: 'eth0',
+    metadata,
+    labels: { 'k8s:io.kubernetes.pod.namespace': 'shop' },
+    labelsPending: { source: 'cri', since: new Date().toISOString() },
+  } as unknown as Endpoint;
   src.watch(ep, sink);
   t.ok(await until(() => statusCalls >= 2), 'asked while the runtime does not know the sandbox yet');
   t.equal(found.length, 0);
   sandboxes.set('sb1', {
-    labels: { app: 'web', 'io.kubernetes.pod.name': 'web-0', 'io.kubernetes.pod.namespace': 'prod', 'io.cilium.k8s.policy.serviceaccount': 'admin' },
+    labels: {
+      app: 'web',
+      'io.kubernetes.pod.name': 'web-0',
+      'io.kubernetes.pod.namespace': 'prod',
+      'io.cilium.k8s.policy.serviceaccount': 'admin',
+    },
     annotations: {},
   });
   t.ok(await until(() => found.length === 1), 'reported once the sandbox exists');
-  t.same(found[0], { attachment: 'sb1', ifName: 'eth0', source: 'k8s', labels: { 'k8s:app': 'web', 'k8s:io.kubernetes.pod.name': 'web-0' } },
-    'pod labels as k8s: labels; a namespace or service account claimed by a pod label is dropped');
+  t.same(
+    found[0],
+    { attachment: 'sb1', ifName: 'eth0', source: 'k8s', labels: { 'k8s:app': 'web', 'k8s:io.kubernetes.pod.name': 'web-0' } },
+    'pod labels as k8s: labels; a namespace or service account claimed by a pod label is dropped',
+  );
   const calls = statusCalls;
   await new Promise((r) => setTimeout(r, 300));
   t.equal(statusCalls, calls, 'no more status calls once found');

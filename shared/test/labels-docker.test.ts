@@ -10,7 +10,12 @@ import { DockerLabels } from '../src/labels/docker.ts';
 import type { LabelSink, RuntimeLabels } from '../src/labels/resolver.ts';
 import type { Endpoint } from '../src/types.ts';
 
-interface FakeContainer { Id: string; Names: string[]; Labels: Record<string, string>; nets: Record<string, { NetworkID: string; EndpointID: string }> }
+interface FakeContainer {
+  Id: string;
+  Names: string[];
+  Labels: Record<string, string>;
+  nets: Record<string, { NetworkID: string; EndpointID: string }>;
+}
 
 function fakeDocker(socketPath: string) {
   const containers = new Map<string, FakeContainer>();
@@ -19,7 +24,10 @@ function fakeDocker(socketPath: string) {
   const server = http.createServer((req, res) => {
     const url = new URL(req.url ?? '/', 'http://x');
     seen.push(url.pathname);
-    const json = (code: number, body: unknown) => { res.writeHead(code, { 'Content-Type': 'application/json' }); res.end(JSON.stringify(body)); };
+    const json = (code: number, body: unknown) => {
+      res.writeHead(code, { 'Content-Type': 'application/json' });
+      res.end(JSON.stringify(body));
+    };
     if (url.pathname.endsWith('/events')) {
       res.writeHead(200, { 'Content-Type': 'application/json' });
       res.flushHeaders();
@@ -32,24 +40,41 @@ function fakeDocker(socketPath: string) {
       const list = [...containers.values()]
         .filter((c) => !f.network || Object.values(c.nets).some((n) => f.network!.includes(n.NetworkID)))
         .filter((c) => !f.id || f.id.some((id) => c.Id.startsWith(id)));
-      json(200, list.map((c) => ({ Id: c.Id, Names: c.Names, Labels: c.Labels, NetworkSettings: { Networks: c.nets } })));
+      json(
+        200,
+        list.map((c) => ({ Id: c.Id, Names: c.Names, Labels: c.Labels, NetworkSettings: { Networks: c.nets } })),
+      );
       return;
     }
-    if (url.pathname.endsWith('/networks')) { json(200, [{ Id: 'n1', Name: 'blue' }]); return; }
+    if (url.pathname.endsWith('/networks')) {
+      json(200, [{ Id: 'n1', Name: 'blue' }]);
+      return;
+    }
     json(404, { message: `fake docker: ${url.pathname}` });
   });
   return {
-    containers, seen,
+    containers,
+    seen,
     listen: () => new Promise<void>((r) => server.listen(socketPath, () => r())),
-    emit(ev: unknown) { for (const s of streams) s.write(`${JSON.stringify(ev)}\n`); },
+    emit(ev: unknown) {
+      for (const s of streams) s.write(`${JSON.stringify(ev)}\n`);
+    },
     streams: () => streams.size,
-    close: () => new Promise<void>((r) => { for (const s of streams) s.end(); server.close(() => r()); server.closeAllConnections(); }),
+    close: () =>
+      new Promise<void>((r) => {
+        for (const s of streams) s.end();
+        server.close(() => r());
+        server.closeAllConnections();
+      }),
   };
 }
 
 async function until(cond: () => boolean, ms = 5000): Promise<boolean> {
   const end = Date.now() + ms;
-  while (Date.now() < end) { if (cond()) return true; await new Promise((r) => setTimeout(r, 20)); }
+  while (Date.now() < end) {
+    if (cond()) return true;
+    await new Promise((r) => setTimeout(r, 20));
+  }
   return cond();
 }
 
@@ -58,7 +83,13 @@ const log = { info: () => undefined, warn: () => undefined, debug: () => undefin
 
 function dockerEndpoint(networkId: string, containerId = ''): Endpoint {
   const endpointId = hex();
-  return { containerId, docker: { endpointId, networkId }, ifName: `mbd${endpointId.slice(0, 11)}`, labels: {}, metadata: {} } as unknown as Endpoint;
+  return {
+    containerId,
+    docker: { endpointId, networkId },
+    ifName: `mbd${endpointId.slice(0, 11)}`,
+    labels: {},
+    metadata: {},
+  } as unknown as Endpoint;
 }
 
 async function setup(t: { teardown(fn: () => unknown): void }) {
@@ -68,14 +99,24 @@ async function setup(t: { teardown(fn: () => unknown): void }) {
   await docker.listen();
   t.teardown(() => docker.close());
   const names = new Map<string, string>();
-  const src = new DockerLabels({ target: { socketPath: path.join(dir, 'docker.sock') }, log, syncMs: 100, onNetworkName: (id, name) => names.set(id, name) });
+  const src = new DockerLabels({
+    target: { socketPath: path.join(dir, 'docker.sock') },
+    log,
+    syncMs: 100,
+    onNetworkName: (id, name) => names.set(id, name),
+  });
   t.teardown(() => src.close());
   const found: RuntimeLabels[] = [];
-  const sink: LabelSink = { found: async (u) => { found.push(u); }, expired: async () => undefined };
+  const sink: LabelSink = {
+    found: async (u) => {
+      found.push(u);
+    },
+    expired: async () => undefined,
+  };
   return { docker, src, sink, found, names };
 }
 
-t.test('the only waiting endpoint of a network is the connected container\'s', async (t) => {
+t.test("the only waiting endpoint of a network is the connected container's", async (t) => {
   const { docker, src, sink, found, names } = await setup(t);
   const ep = dockerEndpoint('n1');
   src.watch(ep, sink);
@@ -83,12 +124,29 @@ t.test('the only waiting endpoint of a network is the connected container\'s', a
   t.ok(await until(() => names.get('n1') === 'blue'), 'network names from the list');
   const cid = hex();
   // Created, not started: the list knows its labels (image labels merged) but not its endpoint yet.
-  docker.containers.set(cid, { Id: cid, Names: ['/web-1'], Labels: { app: 'web', 'io.kubernetes.pod.namespace': 'prod' }, nets: { blue: { NetworkID: '', EndpointID: '' } } });
+  docker.containers.set(cid, {
+    Id: cid,
+    Names: ['/web-1'],
+    Labels: { app: 'web', 'io.kubernetes.pod.namespace': 'prod' },
+    nets: { blue: { NetworkID: '', EndpointID: '' } },
+  });
   docker.emit({ Type: 'network', Action: 'connect', Actor: { ID: 'n1', Attributes: { container: cid, name: 'blue' } } });
   t.ok(await until(() => found.length === 1), 'labels reported');
-  t.same(found[0], { attachment: ep.docker!.endpointId, ifName: ep.ifName, source: 'container', labels: { 'container:app': 'web' }, container: { id: cid, name: 'web-1' } },
-    'container labels (a namespace claim dropped), id and name');
-  t.notOk(docker.seen.some((p) => /\/containers\/[^/]+\/json$/.test(p)), 'never an inspect (it would wait for the container start)');
+  t.same(
+    found[0],
+    {
+      attachment: ep.docker!.endpointId,
+      ifName: ep.ifName,
+      source: 'container',
+      labels: { 'container:app': 'web' },
+      container: { id: cid, name: 'web-1' },
+    },
+    'container labels (a namespace claim dropped), id and name',
+  );
+  t.notOk(
+    docker.seen.some((p) => /\/containers\/[^/]+\/json$/.test(p)),
+    'never an inspect (it would wait for the container start)',
+  );
 
   docker.containers.get(cid)!.Names = ['/web-renamed'];
   docker.emit({ Type: 'container', Action: 'rename', Actor: { ID: cid, Attributes: { name: 'web-renamed' } } });
@@ -100,7 +158,10 @@ t.test('the only waiting endpoint of a network is the connected container\'s', a
   const before = found.length;
   docker.emit({ Type: 'network', Action: 'connect', Actor: { ID: 'n1', Attributes: { container: cid } } });
   await new Promise((r) => setTimeout(r, 300));
-  t.notOk(found.slice(before).some((u) => u.attachment === ep2.docker!.endpointId), 'the second endpoint stays waiting');
+  t.notOk(
+    found.slice(before).some((u) => u.attachment === ep2.docker!.endpointId),
+    'the second endpoint stays waiting',
+  );
 });
 
 t.test('several containers joining at once: the list names each endpoint once they started', async (t) => {

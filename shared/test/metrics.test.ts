@@ -7,28 +7,56 @@ import { parseListenAddress, serveMetrics } from '../src/metrics/server.ts';
 import type { Flow } from '../src/flows/types.ts';
 
 const flow = (over: Partial<Flow>): Flow => ({
-  time: { seconds: 1, nanos: 0 }, verdict: 'FORWARDED', IP: { source: 'a', destination: 'b', ipVersion: 'IPv4' }, l4: {},
-  source: {}, destination: {}, nodeName: 'n', membrane: { event: 'FLOW_NEW' }, trafficDirection: 'INGRESS', ...over,
+  time: { seconds: 1, nanos: 0 },
+  verdict: 'FORWARDED',
+  IP: { source: 'a', destination: 'b', ipVersion: 'IPv4' },
+  l4: {},
+  source: {},
+  destination: {},
+  nodeName: 'n',
+  membrane: { event: 'FLOW_NEW' },
+  trafficDirection: 'INGRESS',
+  ...over,
 });
 
 function setup() {
   const stats = new FlowStats();
   let lost = { datapath: 0, agent: 0 };
   const m = createAgentMetrics({
-    stats, endpoints: () => 3,
-    mapPressure: () => ({ conntrack: { entries: 100, max: 65536 }, policy: { entries: 10, max: 16384 }, ipcache: { entries: 4, max: 65536 } }),
+    stats,
+    endpoints: () => 3,
+    mapPressure: () => ({
+      conntrack: { entries: 100, max: 65536 },
+      policy: { entries: 10, max: 16384 },
+      ipcache: { entries: 4, max: 65536 },
+    }),
     drops: () => [{ reason: 'POLICY_DENIED', packets: 12, bytes: 720 }],
     lost: () => lost,
     flowRing: () => ({ held: 5, capacity: 4096, seen: 9, followers: 1 }),
   });
-  return { stats, m, setLost: (l: typeof lost) => { lost = l; } };
+  return {
+    stats,
+    m,
+    setLost: (l: typeof lost) => {
+      lost = l;
+    },
+  };
 }
 
 t.test('the page parses as Prometheus text and carries every metric the issue lists', async (t) => {
   const { stats, m, setLost } = setup();
   stats.record(flow({}));
   stats.record(flow({ ingressAllowedBy: [{ name: 'p' }] }));
-  stats.record(flow({ verdict: 'DROPPED', membrane: { event: 'FLOW_DROP' }, dropReason: 133, dropReasonDesc: 'POLICY_DENIED', trafficDirection: 'EGRESS', egressDeniedBy: [{ name: 'd' }] }));
+  stats.record(
+    flow({
+      verdict: 'DROPPED',
+      membrane: { event: 'FLOW_DROP' },
+      dropReason: 133,
+      dropReasonDesc: 'POLICY_DENIED',
+      trafficDirection: 'EGRESS',
+      egressDeniedBy: [{ name: 'd' }],
+    }),
+  );
   stats.record(flow({ verdict: 'AUDIT', membrane: { event: 'FLOW_DROP' }, dropReason: 133, dropReasonDesc: 'POLICY_DENIED' }));
   stats.record(flow({ membrane: { event: 'FLOW_END' } }));
   m.observeEndpointCreate(42);
@@ -71,18 +99,38 @@ t.test('lost counters are there at zero', async (t) => {
   t.equal(sampleValue(page, 'membrane_flow_events_lost_total', { source: 'datapath' }), 0);
 });
 
-t.test('the agent\'s raw-bytes path counts exactly like the flow path', async (t) => {
+t.test("the agent's raw-bytes path counts exactly like the flow path", async (t) => {
   const { encodeTraceEvent, decodeTraceEvent } = await import('../src/flows/event.ts');
   const { buildFlow } = await import('../src/flows/flow.ts');
-  const ctx = { nodeName: 'n', wallOffset: { seconds: 0, nanos: 0 }, endpointById: () => undefined, endpointByAddress: () => undefined,
-    labelsOfIdentity: () => undefined, describeRule: () => undefined };
-  const raw = new FlowStats(), viaFlow = new FlowStats();
-  for (const type of [1, 2, 3, 9]) for (const verdict of [0, 1, 2, 3, 7]) for (const flags of [0, 1]) for (const reason of [0, 1, 2])
-    for (const direction of [0, 1]) for (const ruleId of [0, 0x1401]) {
-      const buf = encodeTraceEvent({ type, verdict, flags, reason, direction, ruleId, saddr: '10.0.0.1', daddr: '10.0.0.2' });
-      raw.recordRaw(buf, 0);
-      viaFlow.record(buildFlow(decodeTraceEvent(buf), ctx));
-    }
+  const ctx = {
+    nodeName: 'n',
+    wallOffset: { seconds: 0, nanos: 0 },
+    endpointById: () => undefined,
+    endpointByAddress: () => undefined,
+    labelsOfIdentity: () => undefined,
+    describeRule: () => undefined,
+  };
+  const raw = new FlowStats(),
+    viaFlow = new FlowStats();
+  for (const type of [1, 2, 3, 9])
+    for (const verdict of [0, 1, 2, 3, 7])
+      for (const flags of [0, 1])
+        for (const reason of [0, 1, 2])
+          for (const direction of [0, 1])
+            for (const ruleId of [0, 0x1401]) {
+              const buf = encodeTraceEvent({
+                type,
+                verdict,
+                flags,
+                reason,
+                direction,
+                ruleId,
+                saddr: '10.0.0.1',
+                daddr: '10.0.0.2',
+              });
+              raw.recordRaw(buf, 0);
+              viaFlow.record(buildFlow(decodeTraceEvent(buf), ctx));
+            }
   t.same(raw.flowTotals(), viaFlow.flowTotals());
   t.same(raw.policyTotals(), viaFlow.policyTotals());
 });
@@ -90,7 +138,12 @@ t.test('the agent\'s raw-bytes path counts exactly like the flow path', async (t
 t.test('policy verdicts come from connection starts and policy drops only', async (t) => {
   t.equal(policyAction(flow({})), 'allowed');
   t.equal(policyAction(flow({ membrane: { event: 'FLOW_END' } })), undefined);
-  t.equal(policyAction(flow({ verdict: 'DROPPED', membrane: { event: 'FLOW_DROP' }, dropReason: 134, dropReasonDesc: 'INVALID_PACKET_DROPPED' })), undefined);
+  t.equal(
+    policyAction(
+      flow({ verdict: 'DROPPED', membrane: { event: 'FLOW_DROP' }, dropReason: 134, dropReasonDesc: 'INVALID_PACKET_DROPPED' }),
+    ),
+    undefined,
+  );
 });
 
 t.test('the parser rejects what Prometheus would', async (t) => {
@@ -116,14 +169,20 @@ t.test('served over HTTP on an ephemeral port', async (t) => {
   t.teardown(() => srv.close());
   t.match(srv.address, /^127\.0\.0\.1:\d+$/);
   t.not(srv.address, '127.0.0.1:0');
-  const get = (p: string, method = 'GET') => new Promise<{ status: number; type: string; body: string }>((resolve, reject) => {
-    const [host, port] = [srv.address.split(':')[0], Number(srv.address.split(':')[1])];
-    http.request({ host, port, path: p, method }, (res) => {
-      let body = '';
-      res.on('data', (d) => { body += d; });
-      res.on('end', () => resolve({ status: res.statusCode!, type: String(res.headers['content-type']), body }));
-    }).on('error', reject).end();
-  });
+  const get = (p: string, method = 'GET') =>
+    new Promise<{ status: number; type: string; body: string }>((resolve, reject) => {
+      const [host, port] = [srv.address.split(':')[0], Number(srv.address.split(':')[1])];
+      http
+        .request({ host, port, path: p, method }, (res) => {
+          let body = '';
+          res.on('data', (d) => {
+            body += d;
+          });
+          res.on('end', () => resolve({ status: res.statusCode!, type: String(res.headers['content-type']), body }));
+        })
+        .on('error', reject)
+        .end();
+    });
   const page = await get('/metrics');
   t.equal(page.status, 200);
   t.match(page.type, /^text\/plain; version=0\.0\.4/);

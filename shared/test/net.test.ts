@@ -1,9 +1,35 @@
 // shared/src/net: address, prefix, MAC and interface-name text; host byte order. Pure.
 import t from 'tap';
 import {
-  AddressError, addressOnly, bigIntToIp, cidrContains, cidrCovers, cidrsOverlap, defaultGateway, familyOf, formatCidr, formatIp,
-  formatMac, hostPrefix, ifNameProblem, interfaceMac, ipBytes, ipToBigInt, isUsable, normalizeCidr, normalizeIfAddr, normalizeIp,
-  normalizeMac, parseCidr, parseIfAddr, parseMac, randomMac, readHostU32, usableRange, validIfName, writeHostU32,
+  AddressError,
+  addressOnly,
+  bigIntToIp,
+  cidrContains,
+  cidrCovers,
+  cidrsOverlap,
+  defaultGateway,
+  familyOf,
+  formatCidr,
+  formatIp,
+  formatMac,
+  hostPrefix,
+  ifNameProblem,
+  interfaceMac,
+  ipBytes,
+  ipToBigInt,
+  isUsable,
+  normalizeCidr,
+  normalizeIfAddr,
+  normalizeIp,
+  normalizeMac,
+  parseCidr,
+  parseIfAddr,
+  parseMac,
+  randomMac,
+  readHostU32,
+  usableRange,
+  validIfName,
+  writeHostU32,
 } from '../src/net/index.ts';
 
 t.test('networks: host bits cleared, prefix required unless bare addresses are allowed', async (t) => {
@@ -28,7 +54,17 @@ t.test('interface addresses keep their host bits', async (t) => {
   t.same(parseIfAddr('10.1.0.5'), { ip: '10.1.0.5', prefix: 32, family: 4 }, 'bare address = host prefix');
   t.same(parseIfAddr('FD00:0:0::0005/128'), { ip: 'fd00::5', prefix: 128, family: 6 }, 'v6 normalised');
   t.same(parseIfAddr('::/0'), { ip: '::', prefix: 0, family: 6 });
-  for (const bad of ['', '10.1.0.5/33', '10.1.0.256/32', 'fd00::/129', '10.1.0.5/', '10.1.0.5/3a', 'x', 'fe80::1%eth0/64', '10.1.0.5/-1'])
+  for (const bad of [
+    '',
+    '10.1.0.5/33',
+    '10.1.0.256/32',
+    'fd00::/129',
+    '10.1.0.5/',
+    '10.1.0.5/3a',
+    'x',
+    'fe80::1%eth0/64',
+    '10.1.0.5/-1',
+  ])
     t.throws(() => parseIfAddr(bad), AddressError, `rejects "${bad}"`);
   t.equal(normalizeIfAddr('2001:DB8:0:0:1:0:0:1/64'), '2001:db8::1:0:0:1/64');
   t.equal(addressOnly('10.1.0.5/24'), '10.1.0.5');
@@ -117,7 +153,8 @@ t.test('interface names follow the kernel (and libcni)', async (t) => {
   t.equal(ifNameProblem('..'), 'may not be "." or ".."');
   t.equal(ifNameProblem('a'.repeat(16)), 'is longer than 15 bytes');
   // found by the API fuzzer: netlink refuses these with EINVAL (an internal error, not the caller's)
-  for (const bad of ['\0', 'eth\0', '%s%s%s', 'eth%d']) t.equal(ifNameProblem(bad), 'may not contain NUL or "%"', JSON.stringify(bad));
+  for (const bad of ['\0', 'eth\0', '%s%s%s', 'eth%d'])
+    t.equal(ifNameProblem(bad), 'may not contain NUL or "%"', JSON.stringify(bad));
 });
 
 t.test('host byte order round trip', async (t) => {

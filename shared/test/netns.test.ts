@@ -4,7 +4,14 @@ import { execFileSync, spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import {
-  currentThreadNetns, NetnsError, netnsInode, openNetns, sameNetns, threadsOutsideHostNetns, warmThreadPool, withNetns,
+  currentThreadNetns,
+  NetnsError,
+  netnsInode,
+  openNetns,
+  sameNetns,
+  threadsOutsideHostNetns,
+  warmThreadPool,
+  withNetns,
 } from '../src/netns/index.ts';
 
 const name = `mbn${randomBytes(4).toString('hex')}`;
@@ -46,10 +53,20 @@ t.test('openNetns', async (t) => {
   self.close();
 
   const missing = `/var/run/netns/${name}-missing`;
-  t.throws(() => openNetns(missing), { name: 'NetnsError', code: 'netns_not_found', message: `network namespace ${missing} does not exist` });
+  t.throws(() => openNetns(missing), {
+    name: 'NetnsError',
+    code: 'netns_not_found',
+    message: `network namespace ${missing} does not exist`,
+  });
   t.throws(() => openNetns('/etc/hostname'), { code: 'netns_not_found' }, 'a regular file is not a netns');
   t.throws(() => openNetns('/proc/self/ns/mnt'), { code: 'netns_not_found' }, 'a mount namespace is not a netns');
-  const e = (() => { try { openNetns(missing); } catch (err) { return err; } })();
+  const e = (() => {
+    try {
+      openNetns(missing);
+    } catch (err) {
+      return err;
+    }
+  })();
   t.ok(e instanceof NetnsError);
 
   currentThreadNetns().close();
@@ -66,8 +83,23 @@ t.test('withNetns switches and always switches back', async (t) => {
 
   // /proc/thread-self/net shows the calling thread's netns: only lo in a fresh one
   const devs = withNetns(ns, () => fs.readFileSync('/proc/thread-self/net/dev', 'utf8'));
-  t.same(devs.split('\n').slice(2).filter(Boolean).map((l) => l.split(':')[0].trim()), ['lo'], 'sees the netns devices');
-  t.throws(() => withNetns(ns, () => { throw new Error('boom'); }), { message: 'boom' }, 'error propagates');
+  t.same(
+    devs
+      .split('\n')
+      .slice(2)
+      .filter(Boolean)
+      .map((l) => l.split(':')[0].trim()),
+    ['lo'],
+    'sees the netns devices',
+  );
+  t.throws(
+    () =>
+      withNetns(ns, () => {
+        throw new Error('boom');
+      }),
+    { message: 'boom' },
+    'error propagates',
+  );
   t.equal(threadNetnsInode(), host, 'restored after a throw');
 
   // nesting restores the outer netns, not the host
@@ -99,7 +131,8 @@ t.test('a failed switch back aborts the process', async (t) => {
     console.log('survived');
   `;
   const r = spawnSync('bash', ['-c', 'ulimit -c 0; exec node --import tsx --input-type=module -e "$0"', script], {
-    encoding: 'utf8', cwd: new URL('../..', import.meta.url).pathname,
+    encoding: 'utf8',
+    cwd: new URL('../..', import.meta.url).pathname,
   });
   t.equal(r.signal, 'SIGABRT', 'aborted');
   t.notMatch(r.stdout, 'survived');

@@ -17,9 +17,16 @@ import { decodeTraceEvent, type TraceEvent } from '../src/flows/event.ts';
 import type { Endpoint } from '../src/types.ts';
 import * as conntrack from '../src/maps/conntrack.ts';
 
-const OK = 0, SHOT = 2, REDIRECT = 7;
+const OK = 0,
+  SHOT = 2,
+  REDIRECT = 7;
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const mounted = fs.existsSync('/proc/self/mounts') && fs.readFileSync('/proc/self/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === '/sys/fs/bpf');
+const mounted =
+  fs.existsSync('/proc/self/mounts') &&
+  fs
+    .readFileSync('/proc/self/mounts', 'utf8')
+    .split('\n')
+    .some((l) => l.split(' ')[1] === '/sys/fs/bpf');
 if (process.getuid?.() !== 0 || !mounted) {
   t.plan(0, 'needs root and bpffs');
   process.exit(0);
@@ -32,10 +39,26 @@ const DST = { id: 22, ifindex: 900002, ip: '10.252.0.2', ip6: 'fd00:fc::2', labe
 
 function endpoint(e: typeof SRC, identity: number): Endpoint {
   return {
-    id: e.id, containerId: `c${e.id}`, ifName: 'eth0', network: 'n', netns: null, hostIfName: 'x', hostIfIndex: e.ifindex,
-    hostMac: '02:00:00:00:00:01', mac: '02:00:00:00:00:02', mtu: 1500, routes: [], labels: e.labels, metadata: {}, identity,
-    externalIpam: false, createdAt: '',
-    ips: [{ address: `${e.ip}/32`, gateway: '10.252.0.254', family: 4, subnet: '10.252.0.0/24' }, { address: `${e.ip6}/128`, gateway: 'fd00:fc::fe', family: 6, subnet: 'fd00:fc::/64' }],
+    id: e.id,
+    containerId: `c${e.id}`,
+    ifName: 'eth0',
+    network: 'n',
+    netns: null,
+    hostIfName: 'x',
+    hostIfIndex: e.ifindex,
+    hostMac: '02:00:00:00:00:01',
+    mac: '02:00:00:00:00:02',
+    mtu: 1500,
+    routes: [],
+    labels: e.labels,
+    metadata: {},
+    identity,
+    externalIpam: false,
+    createdAt: '',
+    ips: [
+      { address: `${e.ip}/32`, gateway: '10.252.0.254', family: 4, subnet: '10.252.0.0/24' },
+      { address: `${e.ip6}/128`, gateway: 'fd00:fc::fe', family: 6, subnet: 'fd00:fc::/64' },
+    ],
   };
 }
 
@@ -43,22 +66,43 @@ const v4 = (ip: string) => Buffer.from(ip.split('.').map(Number));
 function ipv4(src: string, dst: string, proto: number, l4: Buffer, ttl = 64): Buffer {
   const eth = Buffer.concat([mac('02:00:00:00:00:01'), mac('02:00:00:00:00:02'), Buffer.from([0x08, 0x00])]);
   const ip = Buffer.alloc(20);
-  ip[0] = 0x45; ip.writeUInt16BE(20 + l4.length, 2); ip[8] = ttl; ip[9] = proto;
-  v4(src).copy(ip, 12); v4(dst).copy(ip, 16);
+  ip[0] = 0x45;
+  ip.writeUInt16BE(20 + l4.length, 2);
+  ip[8] = ttl;
+  ip[9] = proto;
+  v4(src).copy(ip, 12);
+  v4(dst).copy(ip, 16);
   return Buffer.concat([eth, ip, l4]);
 }
 function tcp(sport: number, dport: number, flags: number, seq = 1000): Buffer {
   const h = Buffer.alloc(20);
-  h.writeUInt16BE(sport, 0); h.writeUInt16BE(dport, 2); h.writeUInt32BE(seq, 4); h[12] = 0x50; h[13] = flags;
+  h.writeUInt16BE(sport, 0);
+  h.writeUInt16BE(dport, 2);
+  h.writeUInt32BE(seq, 4);
+  h[12] = 0x50;
+  h[13] = flags;
   return h;
 }
-const SYN = 0x02, ACK = 0x10, FIN = 0x01, RST = 0x04;
+const SYN = 0x02,
+  ACK = 0x10,
+  FIN = 0x01,
+  RST = 0x04;
 function ipv6(src: string, dst: string, next: number, l4: Buffer, hopLimit = 64): Buffer {
   const eth = Buffer.concat([mac('02:00:00:00:00:01'), mac('02:00:00:00:00:02'), Buffer.from([0x86, 0xdd])]);
   const ip = Buffer.alloc(40);
-  ip[0] = 0x60; ip.writeUInt16BE(l4.length, 4); ip[6] = next; ip[7] = hopLimit;
-  const a = (s: string) => { const b = Buffer.alloc(16); b[0] = 0xfd; b[3] = 0xfc; b[15] = Number(s.split('::')[1]); return b; };
-  a(src).copy(ip, 8); a(dst).copy(ip, 24);
+  ip[0] = 0x60;
+  ip.writeUInt16BE(l4.length, 4);
+  ip[6] = next;
+  ip[7] = hopLimit;
+  const a = (s: string) => {
+    const b = Buffer.alloc(16);
+    b[0] = 0xfd;
+    b[3] = 0xfc;
+    b[15] = Number(s.split('::')[1]);
+    return b;
+  };
+  a(src).copy(ip, 8);
+  a(dst).copy(ip, 24);
   return Buffer.concat([eth, ip, l4]);
 }
 
@@ -66,7 +110,8 @@ execFileSync('bash', [path.join(root, 'scripts/build-bpf.sh')], { stdio: 'inheri
 const pinDir = `/sys/fs/bpf/mbt-${randomBytes(4).toString('hex')}`;
 let dp: Datapath;
 let engine: PolicyEngine;
-let fromFd = -1, toFd = -1;
+let fromFd = -1,
+  toFd = -1;
 let ring: RingBufferReader;
 const ids: Record<string, number> = {};
 
@@ -74,7 +119,9 @@ const from = (pkt: Buffer) => progTestRun(fromFd, pkt).retval;
 const to = (pkt: Buffer) => progTestRun(toFd, pkt).retval;
 const drained = (): TraceEvent[] => {
   const out: TraceEvent[] = [];
-  ring.drain(10000, (data, off) => { out.push(decodeTraceEvent(data, off)); });
+  ring.drain(10000, (data, off) => {
+    out.push(decodeTraceEvent(data, off));
+  });
   return out;
 };
 const policyDrops = () => dp.dropCounters()[133]?.packets ?? 0n; // POLICY_DENIED
@@ -88,7 +135,15 @@ t.before(async () => {
   for (const e of [SRC, DST]) {
     ids[e.id] = await engine.identityFor(e.labels);
     const ep = endpoint(e, ids[e.id]);
-    dp.upsertEndpoint({ hostIfindex: e.ifindex, endpointId: e.id, identity: ids[e.id], flags: 0, hostMac: ep.hostMac, containerMac: ep.mac, ips: [e.ip, e.ip6] });
+    dp.upsertEndpoint({
+      hostIfindex: e.ifindex,
+      endpointId: e.id,
+      identity: ids[e.id],
+      flags: 0,
+      hostMac: ep.hostMac,
+      containerMac: ep.mac,
+      ips: [e.ip, e.ip6],
+    });
     await engine.endpointAttached(ep);
   }
   dp.setGlobalConfig({ events: true, audit: false });
@@ -116,7 +171,24 @@ spec:
   const sp = nextPort();
   t.equal(from(ipv4(SRC.ip, DST.ip, 6, tcp(sp, 80, SYN))), REDIRECT, 'allowed SYN is redirected');
   const [ev] = drained();
-  t.match(ev, { type: 1, verdict: 2, direction: 1, endpointId: SRC.id, srcIdentity: ids[SRC.id], dstIdentity: ids[DST.id], sport: sp, dport: 80, proto: 6, family: 4, saddr: SRC.ip, daddr: DST.ip }, 'FLOW_NEW names both identities');
+  t.match(
+    ev,
+    {
+      type: 1,
+      verdict: 2,
+      direction: 1,
+      endpointId: SRC.id,
+      srcIdentity: ids[SRC.id],
+      dstIdentity: ids[DST.id],
+      sport: sp,
+      dport: 80,
+      proto: 6,
+      family: 4,
+      saddr: SRC.ip,
+      daddr: DST.ip,
+    },
+    'FLOW_NEW names both identities',
+  );
   t.match(engine.describeRule(ev.ruleId), { policy: 'a-out', path: 'spec.egress[0]' }, 'and the rule');
   const d0 = policyDrops();
   t.equal(from(ipv4(SRC.ip, DST.ip, 6, tcp(nextPort(), 81, SYN))), SHOT, 'port 81 is dropped');
@@ -212,7 +284,11 @@ t.test('a finished connection leaves the table (no LRU pressure from churn)', as
 });
 
 t.test('audit mode: per endpoint and agent-wide', async (t) => {
-  t.teardown(async () => { dp.setGlobalConfig({ events: true, audit: false }); await engine.setAudit('c22', 'eth0', null); await engine.delete('all'); });
+  t.teardown(async () => {
+    dp.setGlobalConfig({ events: true, audit: false });
+    await engine.setAudit('c22', 'eth0', null);
+    await engine.delete('all');
+  });
   await engine.importText(`apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: b-closed}
@@ -225,7 +301,11 @@ spec:
   drained();
   const d0 = policyDrops();
   t.equal(from(ipv4(SRC.ip, DST.ip, 6, tcp(nextPort(), 80, SYN))), REDIRECT, 'endpoint audit: passes');
-  t.match(drained().find((e) => e.endpointId === DST.id), { type: 1, verdict: 3, flags: 1 }, 'reported as AUDIT');
+  t.match(
+    drained().find((e) => e.endpointId === DST.id),
+    { type: 1, verdict: 3, flags: 1 },
+    'reported as AUDIT',
+  );
   t.equal(policyDrops(), d0, 'not counted as a drop');
   await engine.setAudit('c22', 'eth0', false);
   t.equal(from(ipv4(SRC.ip, DST.ip, 6, tcp(nextPort(), 80, SYN))), SHOT, 'audit off again');
@@ -298,11 +378,11 @@ t.test('conntrack: flush by endpoint id takes the flows bound to that id and no 
   const toDst = () => flows().filter((e) => e.daddr === DST.ip).length;
   const toWorld = () => flows().filter((e) => e.daddr === '198.51.100.30').length;
   t.ok(toDst() >= 1 && toWorld() >= 1, 'both flows are tracked');
-  t.ok(dp.flushConntrackOf([DST.id]) >= 1, 'the receiver\'s id flushes the pod-to-pod flow');
+  t.ok(dp.flushConntrackOf([DST.id]) >= 1, "the receiver's id flushes the pod-to-pod flow");
   t.equal(toDst(), 0, 'pod-to-pod flow gone');
-  t.equal(toWorld(), 1, 'the sender\'s flow to the world stays');
+  t.equal(toWorld(), 1, "the sender's flow to the world stays");
   t.equal(dp.flushConntrackOf([999]), 0, 'an id nobody has flushes nothing');
-  t.ok(dp.flushConntrackOf([SRC.id]) >= 1, 'the sender\'s id flushes it');
+  t.ok(dp.flushConntrackOf([SRC.id]) >= 1, "the sender's id flushes it");
   t.equal(toWorld(), 0);
 });
 

@@ -6,7 +6,6 @@ import { PolicyCompiler, probe, closeDenies, l4code, type DirectionPolicy, type 
 import { encodeRuleId, decodeRuleId } from '../src/policy/rule-id.ts';
 import { records } from './lib/policy.ts';
 
-
 const cidrs = () => new CidrIdentities();
 const WEB = { id: 300, labels: { app: 'web' } };
 const CLIENT = { id: 301, labels: { app: 'client' } };
@@ -42,7 +41,11 @@ spec:
   t.equal(probe(web.ingress, CLIENT.id, 6, 81), undefined, 'client -> 81/tcp: no entry (default deny)');
   t.equal(probe(web.ingress, OTHER.id, 6, 80), undefined, 'other -> 80 not allowed');
   t.equal(probe(web.ingress, OTHER.id, 17, 443)?.entry.action, 'allow', 'anyone -> 443/udp allowed (ANY protocol)');
-  t.equal(probe(web.ingress, CLIENT.id, 6, 443)?.entry.action, 'deny', 'client -> 443/tcp denied: deny wins over the wildcard allow');
+  t.equal(
+    probe(web.ingress, CLIENT.id, 6, 443)?.entry.action,
+    'deny',
+    'client -> 443/tcp denied: deny wins over the wildcard allow',
+  );
   t.equal(probe(web.ingress, 1, 6, 22)?.entry.ruleId, 0, 'the host may reach its endpoints');
   const client = c.forLabels(CLIENT.labels);
   t.notOk(client.ingress.defaultDeny, 'unselected endpoint allows all');
@@ -77,11 +80,22 @@ spec:
 
 // ---- oracle ----------------------------------------------------------------------------------------
 
-interface R { peer: number; proto: number; dport: number; action: 'allow' | 'deny'; ruleId: number }
+interface R {
+  peer: number;
+  proto: number;
+  dport: number;
+  action: 'allow' | 'deny';
+  ruleId: number;
+}
 
 /** Ground truth: deny if any rule matches, else allow if any matches, else none. */
 function oracle(rules: R[], peer: number, proto: number, dport: number): 'allow' | 'deny' | undefined {
-  const hit = rules.filter((r) => (r.peer === 0 || r.peer === peer) && (r.proto === 0 || r.proto === proto) && (r.dport === 0 || (r.proto !== 0 && r.dport === dport)));
+  const hit = rules.filter(
+    (r) =>
+      (r.peer === 0 || r.peer === peer) &&
+      (r.proto === 0 || r.proto === proto) &&
+      (r.dport === 0 || (r.proto !== 0 && r.dport === dport)),
+  );
   if (hit.some((r) => r.action === 'deny')) return 'deny';
   return hit.length ? 'allow' : undefined;
 }
@@ -101,7 +115,10 @@ function table(rules: R[]): DirectionPolicy {
 
 t.test('deny closure matches the oracle on random rule sets', async (t) => {
   let seed = 12345;
-  const rnd = (n: number) => { seed = (seed * 1103515245 + 12345) & 0x7fffffff; return seed % n; };
+  const rnd = (n: number) => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
   const peers = [0, 300, 301, 302];
   const protos = [0, 6, 17];
   const ports = [0, 80, 443];
@@ -111,18 +128,26 @@ t.test('deny closure matches the oracle on random rule sets', async (t) => {
     const n = 1 + rnd(8);
     for (let i = 0; i < n; i++) {
       const proto = protos[rnd(3)];
-      rules.push({ peer: peers[rnd(4)], proto, dport: proto ? ports[rnd(3)] : 0, action: rnd(3) === 0 ? 'deny' : 'allow', ruleId: i + 1 });
+      rules.push({
+        peer: peers[rnd(4)],
+        proto,
+        dport: proto ? ports[rnd(3)] : 0,
+        action: rnd(3) === 0 ? 'deny' : 'allow',
+        ruleId: i + 1,
+      });
     }
     const dp = table(rules);
-    for (const peer of [300, 301, 302, 999]) for (const proto of [6, 17, 1]) for (const dport of [80, 443, 8080]) {
-      const want = oracle(rules, peer, proto, dport);
-      const got = probe(dp, peer, proto, dport)?.entry.action;
-      checked++;
-      if (want !== got) {
-        t.fail(`rules ${JSON.stringify(rules)} packet ${peer} ${proto}/${dport}: want ${want} got ${got}`);
-        return;
-      }
-    }
+    for (const peer of [300, 301, 302, 999])
+      for (const proto of [6, 17, 1])
+        for (const dport of [80, 443, 8080]) {
+          const want = oracle(rules, peer, proto, dport);
+          const got = probe(dp, peer, proto, dport)?.entry.action;
+          checked++;
+          if (want !== got) {
+            t.fail(`rules ${JSON.stringify(rules)} packet ${peer} ${proto}/${dport}: want ${want} got ${got}`);
+            return;
+          }
+        }
   }
   t.equal(checked, 400 * 36, `${checked} packets agree with the oracle (a mismatch fails above)`);
 });

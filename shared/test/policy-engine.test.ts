@@ -40,11 +40,21 @@ t.test('entries, flags and ipcache follow policies and endpoints', async (t) => 
   t.ok(f & EP_FLAGS.ingressDefaultDeny && f & EP_FLAGS.egressDefaultDeny, 'web is default-deny both ways');
   t.equal(ops.flags.get(client.hostIfIndex), 0, 'client is not selected');
   const entries = ops.entriesOf(web.id);
-  t.ok(entries.some((e) => e.direction === 'ingress' && e.peer === client.identity && e.proto === 6 && e.dport === 80 && e.action === 'allow'));
-  t.ok(entries.some((e) => e.direction === 'ingress' && e.peer === 1 && e.proto === 0), 'host allowance');
+  t.ok(
+    entries.some(
+      (e) => e.direction === 'ingress' && e.peer === client.identity && e.proto === 6 && e.dport === 80 && e.action === 'allow',
+    ),
+  );
+  t.ok(
+    entries.some((e) => e.direction === 'ingress' && e.peer === 1 && e.proto === 0),
+    'host allowance',
+  );
   const cidrId = [...ops.ipcache].find(([p]) => p === '198.18.0.0/24')?.[1];
   t.ok(cidrId && cidrId >= 1 << 24, 'the CIDR got a CIDR identity in the ipcache');
-  t.ok(entries.some((e) => e.direction === 'egress' && e.peer === cidrId), 'egress entry toward it');
+  t.ok(
+    entries.some((e) => e.direction === 'egress' && e.peer === cidrId),
+    'egress entry toward it',
+  );
 
   const unchanged = await engine.importText(WEB_POLICY);
   t.equal(unchanged.revision, 1, 're-importing the same policy changes nothing');
@@ -69,19 +79,38 @@ t.test('entries, flags and ipcache follow policies and endpoints', async (t) => 
   // Labels as a user types them name the live identity they select (CRI pods carry k8s: labels and a namespace).
   const shopper = await add(4, { 'k8s:app': 'shopper', 'k8s:io.kubernetes.pod.namespace': 'shop' }, '10.0.0.5');
   const tr5 = engine.trace({ src: { labels: { app: 'shopper' } }, dst: { labels: { app: 'web' } }, ...parsePortArg('80/tcp') });
-  t.same([tr5.src.identity, tr5.src.unallocated], [shopper.identity, undefined], "--src app=shopper traces the pod's real identity");
+  t.same(
+    [tr5.src.identity, tr5.src.unallocated],
+    [shopper.identity, undefined],
+    "--src app=shopper traces the pod's real identity",
+  );
   t.same(tr5.src.labels, shopper.labels, 'with its labels');
   const other = await add(5, { 'k8s:app': 'shopper', 'k8s:io.kubernetes.pod.namespace': 'other' }, '10.0.0.6');
   const tr6 = engine.trace({ src: { labels: { app: 'shopper' } }, dst: { labels: { app: 'web' } }, ...parsePortArg('80/tcp') });
-  t.same([tr6.src.unallocated, tr6.src.candidates], [true, [shopper.identity, other.identity].sort((a, b) => a - b)], 'two identities match: both named, none picked');
-  t.equal(engine.trace({ src: { labels: { app: 'nobody' } }, dst: { labels: { app: 'web' } }, ...parsePortArg('80/tcp') }).src.unallocated, true, 'labels no endpoint has: said so');
+  t.same(
+    [tr6.src.unallocated, tr6.src.candidates],
+    [true, [shopper.identity, other.identity].sort((a, b) => a - b)],
+    'two identities match: both named, none picked',
+  );
+  t.equal(
+    engine.trace({ src: { labels: { app: 'nobody' } }, dst: { labels: { app: 'web' } }, ...parsePortArg('80/tcp') }).src
+      .unallocated,
+    true,
+    'labels no endpoint has: said so',
+  );
   t.match(engine.describeRule(tr.steps[1].rule!.ruleId), { policy: 'web', path: 'spec.ingress[0]', action: 'allow' });
-  t.match(engine.endpointPolicy('c1', 'eth0'), { enforcement: { ingress: 'default-deny', egress: 'default-deny' }, policies: [{ name: 'web' }] });
+  t.match(engine.endpointPolicy('c1', 'eth0'), {
+    enforcement: { ingress: 'default-deny', egress: 'default-deny' },
+    policies: [{ name: 'web' }],
+  });
 
   // Relabel: client becomes "other"; its old identity's entries go away.
   const relabelled = { ...client, labels: { app: 'other' }, identity: await engine.identityFor({ app: 'other' }) };
   await engine.endpointLabelsChanged(relabelled);
-  t.notOk(ops.entriesOf(web.id).some((e) => e.peer === client.identity), 'entries for the old identity are gone');
+  t.notOk(
+    ops.entriesOf(web.id).some((e) => e.peer === client.identity),
+    'entries for the old identity are gone',
+  );
   t.equal(ops.ipcache.get('10.0.0.3/32'), relabelled.identity);
 
   const del = await engine.delete(['web']);
@@ -100,7 +129,10 @@ t.test('invalid input and failed map writes change nothing', async (t) => {
   await engine.start();
   await add(1, { app: 'web' }, '10.0.0.2');
   const invalid = await engine.importText('kind: NetworkPolicy').catch((e: PolicyError) => e);
-  t.ok(invalid instanceof PolicyError && invalid.code === 'bad_request' && invalid.issues!.length > 0, 'invalid input: bad_request with issues');
+  t.ok(
+    invalid instanceof PolicyError && invalid.code === 'bad_request' && invalid.issues!.length > 0,
+    'invalid input: bad_request with issues',
+  );
   t.equal(engine.revision, 0);
   ops.failNextPolicyWrite = true;
   await t.rejects(engine.importText(WEB_POLICY), /E2BIG/);
@@ -149,9 +181,15 @@ t.test('an endpoint whose labels are still pending (init) is closed while any po
   await engine.importText(WEB_POLICY);
   const f = ops.flags.get(docker.hostIfIndex)!;
   t.ok(f & EP_FLAGS.ingressDefaultDeny && f & EP_FLAGS.egressDefaultDeny, 'some policy exists: closed both ways');
-  t.ok(ops.entriesOf(docker.id).some((e) => e.peer === 1 && e.direction === 'ingress'), 'the node may still reach it');
-  t.match(engine.endpointPolicy(docker.containerId, docker.ifName), { identity: 5, init: true, enforcement: { ingress: 'default-deny', egress: 'default-deny' }, policies: [] },
-    'endpoint get says why: the init policy, not a selecting policy');
+  t.ok(
+    ops.entriesOf(docker.id).some((e) => e.peer === 1 && e.direction === 'ingress'),
+    'the node may still reach it',
+  );
+  t.match(
+    engine.endpointPolicy(docker.containerId, docker.ifName),
+    { identity: 5, init: true, enforcement: { ingress: 'default-deny', egress: 'default-deny' }, policies: [] },
+    'endpoint get says why: the init policy, not a selecting policy',
+  );
   const labelled = { ...docker, labels: { app: 'client' }, identity: await engine.identityFor({ app: 'client' }) };
   await engine.endpointLabelsChanged(labelled);
   t.equal(ops.flags.get(docker.hostIfIndex), 0, 'labels known, not selected: open');
@@ -167,19 +205,30 @@ t.test('an endpoint without labels has a normal identity and is open while no po
   t.equal(bare2.identity, bare.identity, 'label-less workloads share it');
   await engine.importText(WEB_POLICY);
   t.equal(ops.flags.get(bare.hostIfIndex), 0, 'a policy selecting app=web leaves it open');
-  t.match(engine.endpointPolicy(bare.containerId, bare.ifName), { init: false, enforcement: { ingress: 'allow-all', egress: 'allow-all' }, policies: [] });
+  t.match(engine.endpointPolicy(bare.containerId, bare.ifName), {
+    init: false,
+    enforcement: { ingress: 'allow-all', egress: 'allow-all' },
+    policies: [],
+  });
   await engine.delete('all');
 });
 
 t.test('identities: reserved, empty, filtered, refcounted, swept', async (t) => {
   const { engine, add } = await setup();
   await engine.start();
-  t.ok(await engine.identityFor({}) >= 256, 'no labels: the empty set has an identity like any other');
+  t.ok((await engine.identityFor({})) >= 256, 'no labels: the empty set has an identity like any other');
   t.equal(await engine.identityFor({ 'reserved:health': '' }), 4);
   const a = await engine.identityFor({ 'container:app': 'x', 'container:com.docker.compose.container-number': '1' });
-  t.equal(await engine.identityFor({ 'container:app': 'x', 'container:com.docker.compose.container-number': '2' }), a, 'per-replica labels do not split identities');
-  t.equal(await engine.identityFor({ 'k8s:app': 'x', 'k8s:io.kubernetes.pod.name': 'p-1', 'k8s:pod-template-hash': 'abc' }),
-    await engine.identityFor({ 'k8s:app': 'x', 'k8s:io.kubernetes.pod.name': 'p-2', 'k8s:pod-template-hash': 'def' }), 'pod names and template hashes either');
+  t.equal(
+    await engine.identityFor({ 'container:app': 'x', 'container:com.docker.compose.container-number': '2' }),
+    a,
+    'per-replica labels do not split identities',
+  );
+  t.equal(
+    await engine.identityFor({ 'k8s:app': 'x', 'k8s:io.kubernetes.pod.name': 'p-1', 'k8s:pod-template-hash': 'abc' }),
+    await engine.identityFor({ 'k8s:app': 'x', 'k8s:io.kubernetes.pod.name': 'p-2', 'k8s:pod-template-hash': 'def' }),
+    'pod names and template hashes either',
+  );
   t.ok(a >= 256);
   const ep = await add(7, { 'container:app': 'x' }, '10.0.0.9');
   t.equal(engine.identityList().find((i) => i.id === a)?.refs, 1);

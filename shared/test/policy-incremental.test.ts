@@ -55,11 +55,11 @@ t.test('an unrelated policy change writes no entry of the endpoints it does not 
   t.ok(ops.entriesOf(web.id).length > 0, 'web has entries');
   ops.written.clear();
   const r = await engine.importText(policy('db', 'db', 'web', 5432));
-  t.same([...ops.written.keys()], [db.id], 'only db\'s entries were written');
+  t.same([...ops.written.keys()], [db.id], "only db's entries were written");
   t.equal(r.stats.policyUpserts, ops.entriesOf(db.id).length, 'as many upserts as db has entries');
   ops.written.clear();
   const u = await engine.importText(policy('db', 'db', 'web', 5433));
-  t.same([...ops.written.keys()], [db.id], 'changing db\'s policy writes db\'s entries only');
+  t.same([...ops.written.keys()], [db.id], "changing db's policy writes db's entries only");
   t.same([u.stats.policyUpserts, u.stats.policyRemovals], [1, 1], 'the one entry that changed: one upsert, one removal');
   ops.written.clear();
   await engine.delete(['db']);
@@ -69,10 +69,25 @@ t.test('an unrelated policy change writes no entry of the endpoints it does not 
 });
 
 t.test('one policy changed recompiles only the label sets it selects', async (t) => {
-  const labels = new Map([[1001, { app: 'web' }], [1002, { app: 'db' }], [1003, { app: 'client' }]]);
-  const endpoints = [...labels.keys()].map((identity, i) => ({ key: `e${i}`, id: i + 1, hostIfIndex: 100 + i, identity, ips: [`10.0.0.${i + 2}`], audit: false }));
+  const labels = new Map([
+    [1001, { app: 'web' }],
+    [1002, { app: 'db' }],
+    [1003, { app: 'client' }],
+  ]);
+  const endpoints = [...labels.keys()].map((identity, i) => ({
+    key: `e${i}`,
+    id: i + 1,
+    hostIfIndex: 100 + i,
+    identity,
+    ips: [`10.0.0.${i + 2}`],
+    audit: false,
+  }));
   const input = (recs: ReturnType<typeof records>, cidrs: CidrIdentities): DesiredInput => ({
-    records: recs, endpoints, labelsOf: (id) => labels.get(id), hostAddresses: [], cidrs,
+    records: recs,
+    endpoints,
+    labelsOf: (id) => labels.get(id),
+    hostAddresses: [],
+    cidrs,
   });
   const [web, db] = [...records(policy('web', 'web', 'client', 80)), ...records(policy('db', 'db', 'web', 5432))];
   db.number = 2;
@@ -83,17 +98,17 @@ t.test('one policy changed recompiles only the label sets it selects', async (t)
 
   const db2 = { ...records(policy('db', 'db', 'web', 5433))[0], number: 2 };
   const second = buildDesired(input([web, db2], cidrs), cache);
-  t.equal(cache.current!.compiler.compiled, 1, 'db\'s policy changed: only db recompiled');
-  t.equal(second.policy.get('e0'), first.policy.get('e0'), 'web\'s entries are the very same object (the apply skips them)');
-  t.not(second.policy.get('e1'), first.policy.get('e1'), 'db\'s are new');
+  t.equal(cache.current!.compiler.compiled, 1, "db's policy changed: only db recompiled");
+  t.equal(second.policy.get('e0'), first.policy.get('e0'), "web's entries are the very same object (the apply skips them)");
+  t.not(second.policy.get('e1'), first.policy.get('e1'), "db's are new");
 
   // A new CIDR identity changes what CIDR peers stand for: the policies naming CIDRs are recompiled.
   const web3 = { ...records(policy('web', 'web', 'client', 80, '198.18.0.0/16'))[0], number: 1 };
   buildDesired(input([web3, db2], cidrs), cache);
-  t.equal(cache.current!.compiler.compiled, 1, 'web\'s policy changed (it names a CIDR): web recompiled');
+  t.equal(cache.current!.compiler.compiled, 1, "web's policy changed (it names a CIDR): web recompiled");
   const db4 = { ...records(policy('db', 'db', 'web', 5433, '198.18.1.0/24'))[0], number: 2 };
   buildDesired(input([web3, db4], cidrs), cache);
-  t.equal(cache.current!.compiler.compiled, 2, 'db\'s new CIDR is inside web\'s: both recompiled');
+  t.equal(cache.current!.compiler.compiled, 2, "db's new CIDR is inside web's: both recompiled");
 
   // The same result as a build from scratch.
   const fresh = buildDesired(input([web3, db4], new CidrIdentities()));
@@ -107,33 +122,65 @@ t.test('after a random sequence of changes a full recompute finds nothing to cha
   const { engine, eps } = await setup(ops, store);
   const apps = ['web', 'db', 'client', 'cache'];
   let seed = 7;
-  const rnd = (n: number) => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return seed % n; };
+  const rnd = (n: number) => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % n;
+  };
   for (let i = 0; i < 60; i++) {
     const name = `p${rnd(5)}`;
-    if (rnd(4) === 0) { await engine.delete([name]).catch(() => undefined); continue; }
-    await engine.importText(policy(name, apps[rnd(4)], apps[rnd(4)], 80 + rnd(3), rnd(2) ? `198.18.${rnd(4)}.0/${24 + rnd(2) * 8}` : undefined));
+    if (rnd(4) === 0) {
+      await engine.delete([name]).catch(() => undefined);
+      continue;
+    }
+    await engine.importText(
+      policy(name, apps[rnd(4)], apps[rnd(4)], 80 + rnd(3), rnd(2) ? `198.18.${rnd(4)}.0/${24 + rnd(2) * 8}` : undefined),
+    );
   }
   const before = new Map(ops.policy);
   const restarted = await PolicyEngine.open({ store, ops, hostAddresses: () => ['192.0.2.1'] });
   for (const ep of eps) await restarted.endpointAttached(ep);
   const stats = await restarted.start();
-  t.same(stats, { policyUpserts: 0, policyRemovals: 0, ipcacheUpserts: 0, ipcacheRemovals: 0, flagChanges: 0 }, 'nothing to change');
+  t.same(
+    stats,
+    { policyUpserts: 0, policyRemovals: 0, ipcacheUpserts: 0, ipcacheRemovals: 0, flagChanges: 0 },
+    'nothing to change',
+  );
   t.same(ops.policy, before);
 });
 
 t.test('one rule changed among many rebuilds only its columns, to the same table as a compile from scratch', async (t) => {
-  const labels = new Map([[1001, { app: 'web' }], [1002, { app: 'db' }], [1003, { app: 'client' }]]);
-  const endpoints = [...labels.keys()].map((identity, i) => ({ key: `e${i}`, id: i + 1, hostIfIndex: 100 + i, identity, ips: [`10.0.0.${i + 2}`], audit: false }));
+  const labels = new Map([
+    [1001, { app: 'web' }],
+    [1002, { app: 'db' }],
+    [1003, { app: 'client' }],
+  ]);
+  const endpoints = [...labels.keys()].map((identity, i) => ({
+    key: `e${i}`,
+    id: i + 1,
+    hostIfIndex: 100 + i,
+    identity,
+    ips: [`10.0.0.${i + 2}`],
+    audit: false,
+  }));
   let seed = 11;
-  const rnd = (n: number) => { seed = (seed * 1103515245 + 12345) % 2 ** 31; return seed % n; };
+  const rnd = (n: number) => {
+    seed = (seed * 1103515245 + 12345) % 2 ** 31;
+    return seed % n;
+  };
   // Rules of every shape the closure cares about: deny and allow, any port, a port, a protocol,
   // CIDRs (host and wider, so a new prefix can fall inside another rule's), endpoints, entities.
   const randomRule = () => {
     const peer = [
-      () => `fromCIDR: [198.18.${rnd(4)}.${rnd(8)}/32]`, () => `fromCIDR: [198.18.${rnd(4)}.0/24]`,
-      () => `fromEndpoints: [{matchLabels: {app: ${['db', 'client'][rnd(2)]}}}]`, () => `fromEntities: [${['host', 'world', 'cluster'][rnd(3)]}]`,
+      () => `fromCIDR: [198.18.${rnd(4)}.${rnd(8)}/32]`,
+      () => `fromCIDR: [198.18.${rnd(4)}.0/24]`,
+      () => `fromEndpoints: [{matchLabels: {app: ${['db', 'client'][rnd(2)]}}}]`,
+      () => `fromEntities: [${['host', 'world', 'cluster'][rnd(3)]}]`,
     ][rnd(4)]();
-    const ports = [``, `, toPorts: [{ports: [{port: "${80 + rnd(3)}", protocol: TCP}]}]`, `, toPorts: [{ports: [{port: "0", protocol: UDP}]}]`][rnd(3)];
+    const ports = [
+      ``,
+      `, toPorts: [{ports: [{port: "${80 + rnd(3)}", protocol: TCP}]}]`,
+      `, toPorts: [{ports: [{port: "0", protocol: UDP}]}]`,
+    ][rnd(3)];
     return { deny: rnd(5) === 0, text: `{${peer}${ports}}` };
   };
   const doc = (rules: { deny: boolean; text: string }[]) => `apiVersion: cilium.io/v2
@@ -141,12 +188,25 @@ kind: CiliumNetworkPolicy
 metadata: {name: big}
 spec:
   endpointSelector: {matchLabels: {app: web}}
-  ingress: [${rules.filter((r) => !r.deny).map((r) => r.text).join(', ')}]
-  ingressDeny: [${rules.filter((r) => r.deny).map((r) => r.text).join(', ')}]
+  ingress: [${rules
+    .filter((r) => !r.deny)
+    .map((r) => r.text)
+    .join(', ')}]
+  ingressDeny: [${rules
+    .filter((r) => r.deny)
+    .map((r) => r.text)
+    .join(', ')}]
 `;
   const rules = Array.from({ length: 60 }, randomRule);
-  const input = (text: string, cidrs: CidrIdentities): DesiredInput => ({ records: records(text), endpoints, labelsOf: (id) => labels.get(id), hostAddresses: [], cidrs });
-  const flat = (d: ReturnType<typeof buildDesired>) => [...d.policy.values()].flatMap((e) => [...e.entries]).sort(([a], [b]) => a.localeCompare(b));
+  const input = (text: string, cidrs: CidrIdentities): DesiredInput => ({
+    records: records(text),
+    endpoints,
+    labelsOf: (id) => labels.get(id),
+    hostAddresses: [],
+    cidrs,
+  });
+  const flat = (d: ReturnType<typeof buildDesired>) =>
+    [...d.policy.values()].flatMap((e) => [...e.entries]).sort(([a], [b]) => a.localeCompare(b));
   const cache: { current?: CompileCache } = {};
   const cidrs = new CidrIdentities();
   buildDesired(input(doc(rules), cidrs), cache);
@@ -166,22 +226,36 @@ spec:
     // CIDR identity numbers differ between the two tables: compare with prefixes in their place.
     const named = (d: ReturnType<typeof buildDesired>) => {
       const prefixOf = new Map([...d.ipcache].map(([p, id]) => [id, p]));
-      return flat(d).map(([k, e]) => { const key = decodePolicyKey(Buffer.from(k, 'hex')); return { ...key, peer: prefixOf.get(key.peer) ?? key.peer, action: e.action, ruleId: e.ruleId }; })
+      return flat(d)
+        .map(([k, e]) => {
+          const key = decodePolicyKey(Buffer.from(k, 'hex'));
+          return { ...key, peer: prefixOf.get(key.peer) ?? key.peer, action: e.action, ruleId: e.ruleId };
+        })
         .sort((a, b) => JSON.stringify(a).localeCompare(JSON.stringify(b)));
     };
-    if (JSON.stringify(named(inc)) !== JSON.stringify(named(fresh))) { differs = step; t.same(named(inc), named(fresh), `step ${step}: incremental = from scratch`); }
+    if (JSON.stringify(named(inc)) !== JSON.stringify(named(fresh))) {
+      differs = step;
+      t.same(named(inc), named(fresh), `step ${step}: incremental = from scratch`);
+    }
   }
   t.equal(differs, undefined, '40 one-rule changes: every incremental table equals a compile from scratch');
   t.ok(patched > 20, `most changes were patched from the previous compile (${patched} of 40)`);
 
   // One host-prefix rule changed among 1,000: two columns (the old peer's and the new one's).
-  const many = Array.from({ length: 1000 }, (_, i) => ({ deny: false, text: `{fromCIDR: [198.19.${i >> 8}.${i & 255}/32], toPorts: [{ports: [{port: "443", protocol: TCP}]}]}` }));
+  const many = Array.from({ length: 1000 }, (_, i) => ({
+    deny: false,
+    text: `{fromCIDR: [198.19.${i >> 8}.${i & 255}/32], toPorts: [{ports: [{port: "443", protocol: TCP}]}]}`,
+  }));
   const c2: { current?: CompileCache } = {};
   const cidrs2 = new CidrIdentities();
   const before = buildDesired(input(doc(many), cidrs2), c2);
   many[500] = { deny: false, text: `{fromCIDR: [198.19.200.1/32], toPorts: [{ports: [{port: "443", protocol: TCP}]}]}` };
   const after = buildDesired(input(doc(many), cidrs2), c2);
-  t.same([c2.current!.compiler.patched, c2.current!.compiler.columnsRebuilt], [1, 2], 'one label set patched, two columns rebuilt');
+  t.same(
+    [c2.current!.compiler.patched, c2.current!.compiler.columnsRebuilt],
+    [1, 2],
+    'one label set patched, two columns rebuilt',
+  );
   const web = (d: typeof before) => d.policy.get('e0')!.entries;
   t.equal(web(after).size, web(before).size, 'as many entries as before');
   t.equal([...web(after).keys()].filter((k) => !web(before).has(k)).length, 1, 'one new entry');

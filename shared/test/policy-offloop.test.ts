@@ -11,13 +11,26 @@ import { MemoryPolicyOps, testEndpoint } from './lib/policy.ts';
 
 /** A policy with `n` CIDR rules for "app: web" (about 100 bytes a rule). */
 function bigPolicy(name: string, n: number, port = 443, extra = ''): string {
-  const ingress = Array.from({ length: n }, (_, i) => ({ fromCIDR: [`198.18.${(i >> 8) & 255}.${i & 255}/32`], toPorts: [{ ports: [{ port: String(port), protocol: 'TCP' }] }] }));
-  return JSON.stringify({ apiVersion: 'cilium.io/v2', kind: 'CiliumNetworkPolicy', metadata: { name }, spec: { endpointSelector: { matchLabels: { app: 'web' } }, ingress } }).replace('"ingress":[', `"ingress":[${extra}`);
+  const ingress = Array.from({ length: n }, (_, i) => ({
+    fromCIDR: [`198.18.${(i >> 8) & 255}.${i & 255}/32`],
+    toPorts: [{ ports: [{ port: String(port), protocol: 'TCP' }] }],
+  }));
+  return JSON.stringify({
+    apiVersion: 'cilium.io/v2',
+    kind: 'CiliumNetworkPolicy',
+    metadata: { name },
+    spec: { endpointSelector: { matchLabels: { app: 'web' } }, ingress },
+  }).replace('"ingress":[', `"ingress":[${extra}`);
 }
 
 async function setup() {
   const ops = new MemoryPolicyOps(100_000, 100_000);
-  const engine = await PolicyEngine.open({ store: new MemoryStore(), ops, hostAddresses: () => ['192.0.2.1'], parseOffloadBytes: 0 });
+  const engine = await PolicyEngine.open({
+    store: new MemoryStore(),
+    ops,
+    hostAddresses: () => ['192.0.2.1'],
+    parseOffloadBytes: 0,
+  });
   const ep = testEndpoint(1, { app: 'web' }, await engine.identityFor({ app: 'web' }), '10.0.0.2');
   ops.flags.set(ep.hostIfIndex, 0);
   await engine.endpointAttached(ep);
@@ -31,8 +44,13 @@ t.test('a big document is read in the worker, with the loop free meanwhile, to t
   const text = bigPolicy('big', 2000);
   let doneAtFirstTurn: boolean | undefined;
   let done = false;
-  const reading = parser.parse(text, {}).then((r) => { done = true; return r; });
-  setImmediate(() => { doneAtFirstTurn = done; });
+  const reading = parser.parse(text, {}).then((r) => {
+    done = true;
+    return r;
+  });
+  setImmediate(() => {
+    doneAtFirstTurn = done;
+  });
   const r = await reading;
   t.equal(doneAtFirstTurn, false, 'the loop turned while the document was being read');
   const inline = parsePolicies(text, {});
@@ -48,14 +66,25 @@ t.test('a bad document read in the worker is refused naming the field, and chang
   t.teardown(() => engine.close());
   await engine.importText(bigPolicy('web', 500));
   const before = new Map(ops.policy);
-  const bad = bigPolicy('web', 500, 80, '{"fromCIDR":["198.18.0.0/16"],"toPorts":[{"ports":[{"port":"http","protocol":"TCP"}]}]},');
-  const err = await engine.importText(bad).then(() => undefined, (e: unknown) => e);
+  const bad = bigPolicy(
+    'web',
+    500,
+    80,
+    '{"fromCIDR":["198.18.0.0/16"],"toPorts":[{"ports":[{"port":"http","protocol":"TCP"}]}]},',
+  );
+  const err = await engine.importText(bad).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.ok(err instanceof PolicyError && err.code === 'bad_request', 'refused as a bad request');
   t.match((err as PolicyError).message, /spec\.ingress\[0\]\.toPorts\[0\]\.ports\[0\]\.port/, 'naming the field');
   t.equal((err as PolicyError).issues?.[0].line, 1, 'and its line');
   t.same(ops.policy, before, 'the maps are as they were');
   t.equal(engine.revision, 1, 'the revision too');
-  t.ok(ops.entriesOf(ep.id).some((e) => e.dport === 443), 'the old policy is still enforced');
+  t.ok(
+    ops.entriesOf(ep.id).some((e) => e.dport === 443),
+    'the old policy is still enforced',
+  );
 });
 
 t.test('imports in flight apply in the order they arrived', async (t) => {
@@ -68,8 +97,16 @@ t.test('imports in flight apply in the order they arrived', async (t) => {
   const again = engine.importText(bigPolicy('web', 2, 9090));
   const [a, b, c, d] = await Promise.all([first, second, deleted, again]);
   t.same([a.revision, b.revision, c.revision, d.revision], [1, 2, 3, 4], 'revisions in arrival order');
-  t.same([a.changes[0].change, b.changes[0].change, c.changes[0].change, d.changes[0].change], ['created', 'updated', 'deleted', 'created']);
-  const ports = new Set(ops.entriesOf(ep.id).filter((e) => e.proto === 6).map((e) => e.dport));
+  t.same(
+    [a.changes[0].change, b.changes[0].change, c.changes[0].change, d.changes[0].change],
+    ['created', 'updated', 'deleted', 'created'],
+  );
+  const ports = new Set(
+    ops
+      .entriesOf(ep.id)
+      .filter((e) => e.proto === 6)
+      .map((e) => e.dport),
+  );
   t.same([...ports], [9090], 'the maps hold the last import');
   t.equal(engine.get('web')?.policy.specs[0].rules.length, 2);
 });

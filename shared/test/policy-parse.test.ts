@@ -50,11 +50,25 @@ t.test('a CiliumNetworkPolicy is normalized', async (t) => {
   const spec = p.specs[0];
   t.same(spec.subject.matchLabels, { app: 'web', 'io.kubernetes.pod.namespace': 'shop' }, 'subject confined to the namespace');
   t.same(spec.defaultDeny, { ingress: true, egress: true });
-  const [r0, r1, d0, e0] = [spec.rules[0], spec.rules[1], spec.rules.find((r) => r.action === 'deny')!, spec.rules.find((r) => r.direction === 'egress' && r.action === 'allow')!];
-  t.same(r0.ports, [{ proto: 'TCP', port: 80 }, { proto: 'ANY', port: 8000, endPort: 8010 }]);
-  t.same((r0.peers as { selector: { matchLabels: object } }[])[0].selector.matchLabels, { app: 'client', 'io.kubernetes.pod.namespace': 'shop' });
+  const [r0, r1, d0, e0] = [
+    spec.rules[0],
+    spec.rules[1],
+    spec.rules.find((r) => r.action === 'deny')!,
+    spec.rules.find((r) => r.direction === 'egress' && r.action === 'allow')!,
+  ];
+  t.same(r0.ports, [
+    { proto: 'TCP', port: 80 },
+    { proto: 'ANY', port: 8000, endPort: 8010 },
+  ]);
+  t.same((r0.peers as { selector: { matchLabels: object } }[])[0].selector.matchLabels, {
+    app: 'client',
+    'io.kubernetes.pod.namespace': 'shop',
+  });
   t.equal(r1.peers, 'all', 'a rule with only L4 applies to every peer');
-  t.same(r1.ports, [{ proto: 'ICMP', type: 8 }, { proto: 'ICMPv6', type: 128 }]);
+  t.same(r1.ports, [
+    { proto: 'ICMP', type: 8 },
+    { proto: 'ICMPv6', type: 128 },
+  ]);
   t.same(d0.peers, [{ kind: 'cidr', cidr: '198.18.0.0/15', except: ['198.18.5.0/24'] }]);
   t.equal(d0.path, 'spec.egressDeny[0]');
   t.same(e0.peers, [{ kind: 'entity', entity: 'world' }]);
@@ -80,10 +94,20 @@ spec:
   t.same(r.issues, []);
   t.same(r.policies[0].specs[0].rules[0].peers, [], 'empty rule selects nobody');
   t.same(r.policies[1].specs[0].defaultDeny, { ingress: false, egress: false });
-  const json = parsePolicies(JSON.stringify([{ apiVersion: 'cilium.io/v2', kind: 'CiliumNetworkPolicy', metadata: { name: 'a' }, spec: { endpointSelector: {} } }]));
+  const json = parsePolicies(
+    JSON.stringify([
+      { apiVersion: 'cilium.io/v2', kind: 'CiliumNetworkPolicy', metadata: { name: 'a' }, spec: { endpointSelector: {} } },
+    ]),
+  );
   t.same(json.issues, []);
   t.equal(json.policies[0].name, 'a');
-  const list = parsePolicies(stringify({ apiVersion: 'v1', kind: 'List', items: [{ apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { name: 'x' }, spec: { podSelector: {} } }] }));
+  const list = parsePolicies(
+    stringify({
+      apiVersion: 'v1',
+      kind: 'List',
+      items: [{ apiVersion: 'networking.k8s.io/v1', kind: 'NetworkPolicy', metadata: { name: 'x' }, spec: { podSelector: {} } }],
+    }),
+  );
   t.same(list.issues, []);
   t.equal(list.policies[0].name, 'x', 'NetworkPolicy defaults to namespace "default", named without it');
   t.equal(list.policies[0].namespace, 'default');
@@ -107,37 +131,79 @@ spec:
   t.same(r.issues, []);
   const spec = r.policies[0].specs[0];
   t.same(spec.defaultDeny, { ingress: true, egress: true }, 'policyTypes decide enforcement');
-  t.same(spec.rules[0].ports, [{ proto: 'TCP', port: 5432 }, { proto: 'UDP', port: 9000, endPort: 9005 }], 'TCP is the default protocol');
-  t.same((spec.rules[0].peers as { selector: object }[])[0].selector,
-    { matchLabels: { role: 'api' }, matchExpressions: [{ key: 'io.kubernetes.pod.namespace', operator: 'In', values: ['prod'] }] }, 'namespaceSelector by name');
+  t.same(
+    spec.rules[0].ports,
+    [
+      { proto: 'TCP', port: 5432 },
+      { proto: 'UDP', port: 9000, endPort: 9005 },
+    ],
+    'TCP is the default protocol',
+  );
+  t.same(
+    (spec.rules[0].peers as { selector: object }[])[0].selector,
+    {
+      matchLabels: { role: 'api' },
+      matchExpressions: [{ key: 'io.kubernetes.pod.namespace', operator: 'In', values: ['prod'] }],
+    },
+    'namespaceSelector by name',
+  );
   t.equal(spec.rules[1].peers, 'all', '`- {}` allows everything in a NetworkPolicy');
   t.same(spec.rules[1].ports, []);
 });
 
 t.test('errors name the field and the line', async (t) => {
-  const bad = CNP
-    .replace('port: "80"', 'port: http')
+  const bad = CNP.replace('port: "80"', 'port: http')
     .replace('- fromEndpoints:', '- fromEndpoint:')
     .replace('except: [198.18.5.0/24]', 'except: [10.0.0.0/24]')
     .replace('type: 128', 'type: Bogus');
   const r = parsePolicies(bad);
   t.same(r.policies, [], 'nothing is accepted from an invalid input');
   const text = r.issues.map((i) => formatIssue(i, 'p.yaml'));
-  t.match(text.join('\n'), /p\.yaml:11:5: spec\.ingress\[0\]\.fromEndpoint: unknown field "fromEndpoint" \(did you mean "fromEndpoints"\?\)/);
-  t.match(text.join('\n'), /p\.yaml:16:\d+: spec\.ingress\[0\]\.toPorts\[0\]\.ports\[0\]\.port: named port "http" is not supported/);
+  t.match(
+    text.join('\n'),
+    /p\.yaml:11:5: spec\.ingress\[0\]\.fromEndpoint: unknown field "fromEndpoint" \(did you mean "fromEndpoints"\?\)/,
+  );
+  t.match(
+    text.join('\n'),
+    /p\.yaml:16:\d+: spec\.ingress\[0\]\.toPorts\[0\]\.ports\[0\]\.port: named port "http" is not supported/,
+  );
   t.match(text.join('\n'), /p\.yaml:24:\d+: .*fields\[1\]\.type: ICMP type "Bogus"/);
-  t.match(text.join('\n'), /p\.yaml:29:\d+: spec\.egressDeny\[0\]\.toCIDRSet\[0\]\.except\[0\]: except 10\.0\.0\.0\/24 must be a smaller prefix inside 198\.18\.0\.0\/15/);
+  t.match(
+    text.join('\n'),
+    /p\.yaml:29:\d+: spec\.egressDeny\[0\]\.toCIDRSet\[0\]\.except\[0\]: except 10\.0\.0\.0\/24 must be a smaller prefix inside 198\.18\.0\.0\/15/,
+  );
   const more = [
     ['kind: Deployment', /kind "Deployment" is not/],
-    ['kind: CiliumNetworkPolicy\napiVersion: v1\nmetadata: {name: x}\nspec: {endpointSelector: {}}', /apiVersion must be cilium\.io\/v2/],
-    ['kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: X_Y}\nspec: {endpointSelector: {}}', /metadata\.name: a policy name is lower case/],
+    [
+      'kind: CiliumNetworkPolicy\napiVersion: v1\nmetadata: {name: x}\nspec: {endpointSelector: {}}',
+      /apiVersion must be cilium\.io\/v2/,
+    ],
+    [
+      'kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: X_Y}\nspec: {endpointSelector: {}}',
+      /metadata\.name: a policy name is lower case/,
+    ],
     ['kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: x}\nspec: {}', /endpointSelector is required/],
-    ['kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: x}\nspec: {endpointSelector: {}, egress: [{toGroups: [{aws: {}}]}]}', /toGroups is not supported by Membrane/],
-    ['kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: x}\nspec: {endpointSelector: {}, ingress: [{toPorts: [{ports: [{port: "1", endPort: 60000}]}]}]}', /covers 60000 ports; at most 8192/],
-    ['kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: x}\nspec: {endpointSelector: {}, ingress: [{fromEntities: [mars]}]}', /entity "mars" is not one of/],
-    ['kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: x}\nspec: {endpointSelector: {matchExpressions: [{key: a, operator: In}]}}', /operator In needs at least one value/],
+    [
+      'kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: x}\nspec: {endpointSelector: {}, egress: [{toGroups: [{aws: {}}]}]}',
+      /toGroups is not supported by Membrane/,
+    ],
+    [
+      'kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: x}\nspec: {endpointSelector: {}, ingress: [{toPorts: [{ports: [{port: "1", endPort: 60000}]}]}]}',
+      /covers 60000 ports; at most 8192/,
+    ],
+    [
+      'kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: x}\nspec: {endpointSelector: {}, ingress: [{fromEntities: [mars]}]}',
+      /entity "mars" is not one of/,
+    ],
+    [
+      'kind: CiliumNetworkPolicy\napiVersion: cilium.io/v2\nmetadata: {name: x}\nspec: {endpointSelector: {matchExpressions: [{key: a, operator: In}]}}',
+      /operator In needs at least one value/,
+    ],
     ['a: [unclosed', /not valid YAML\/JSON/],
-    ['{"kind": "NetworkPolicy", "apiVersion": "networking.k8s.io/v1", "metadata": {"name": "x"}, "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 70000}]}]}}', /1:\d+: spec\.ingress\[0\]\.ports\[0\]\.port: port 70000 is out of range/],
+    [
+      '{"kind": "NetworkPolicy", "apiVersion": "networking.k8s.io/v1", "metadata": {"name": "x"}, "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 70000}]}]}}',
+      /1:\d+: spec\.ingress\[0\]\.ports\[0\]\.port: port 70000 is out of range/,
+    ],
   ] as const;
   for (const [doc, want] of more) {
     const res = parsePolicies(doc);
@@ -151,16 +217,84 @@ t.test('errors name the field and the line', async (t) => {
 // ---- fuzz ------------------------------------------------------------------------------------------
 
 function rng(seed: number) {
-  return (n: number) => { seed = (seed * 1103515245 + 12345) & 0x7fffffff; return seed % n; };
+  return (n: number) => {
+    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
+    return seed % n;
+  };
 }
 
-const FIELDS = ['apiVersion', 'kind', 'metadata', 'name', 'spec', 'specs', 'endpointSelector', 'matchLabels', 'matchExpressions',
-  'ingress', 'egress', 'ingressDeny', 'egressDeny', 'fromEndpoints', 'toEndpoints', 'fromCIDR', 'toCIDRSet', 'cidr', 'except',
-  'fromEntities', 'toPorts', 'ports', 'port', 'endPort', 'protocol', 'icmps', 'fields', 'type', 'podSelector', 'from', 'ipBlock',
-  'namespaceSelector', 'policyTypes', 'key', 'operator', 'values', '__proto__', 'constructor', 'toString'];
-const SCALARS: unknown[] = [null, true, false, 0, -1, 80, 65536, 1e308, NaN, '', 'TCP', 'ANY', 'In', '80', 'http', 'world', 'all',
-  '198.18.0.0/15', '::/0', '10.0.0.1/33', 'cilium.io/v2', 'networking.k8s.io/v1', 'CiliumNetworkPolicy', 'NetworkPolicy',
-  'List', 'x'.repeat(300), '\u0000', '{{', 'EchoRequest'];
+const FIELDS = [
+  'apiVersion',
+  'kind',
+  'metadata',
+  'name',
+  'spec',
+  'specs',
+  'endpointSelector',
+  'matchLabels',
+  'matchExpressions',
+  'ingress',
+  'egress',
+  'ingressDeny',
+  'egressDeny',
+  'fromEndpoints',
+  'toEndpoints',
+  'fromCIDR',
+  'toCIDRSet',
+  'cidr',
+  'except',
+  'fromEntities',
+  'toPorts',
+  'ports',
+  'port',
+  'endPort',
+  'protocol',
+  'icmps',
+  'fields',
+  'type',
+  'podSelector',
+  'from',
+  'ipBlock',
+  'namespaceSelector',
+  'policyTypes',
+  'key',
+  'operator',
+  'values',
+  '__proto__',
+  'constructor',
+  'toString',
+];
+const SCALARS: unknown[] = [
+  null,
+  true,
+  false,
+  0,
+  -1,
+  80,
+  65536,
+  1e308,
+  NaN,
+  '',
+  'TCP',
+  'ANY',
+  'In',
+  '80',
+  'http',
+  'world',
+  'all',
+  '198.18.0.0/15',
+  '::/0',
+  '10.0.0.1/33',
+  'cilium.io/v2',
+  'networking.k8s.io/v1',
+  'CiliumNetworkPolicy',
+  'NetworkPolicy',
+  'List',
+  'x'.repeat(300),
+  '\u0000',
+  '{{',
+  'EchoRequest',
+];
 
 function randomValue(r: (n: number) => number, depth: number): unknown {
   const k = r(depth > 4 ? 2 : 5);
@@ -206,13 +340,20 @@ function mutateTree(doc: unknown, r: (n: number) => number): unknown {
 t.test('fuzz: random and mutated documents give issues, never a crash', async (t) => {
   const valid = parsePolicies(CNP).issues.length === 0 ? (await import('yaml')).parse(CNP) : null;
   const r = rng(20240607);
-  let accepted = 0, rejected = 0;
+  let accepted = 0,
+    rejected = 0;
   const N = 3000;
   for (let i = 0; i < N; i++) {
     let text: string;
     const mode = r(5);
     if (mode === 4) text = r(2) ? stringify(mutateTree(valid, r)) : JSON.stringify(mutateTree(valid, r));
-    else if (mode === 0) text = stringify({ apiVersion: 'cilium.io/v2', kind: 'CiliumNetworkPolicy', metadata: { name: 'f' }, spec: randomValue(r, 1) });
+    else if (mode === 0)
+      text = stringify({
+        apiVersion: 'cilium.io/v2',
+        kind: 'CiliumNetworkPolicy',
+        metadata: { name: 'f' },
+        spec: randomValue(r, 1),
+      });
     else if (mode === 1) text = JSON.stringify(randomValue(r, 0));
     else text = mutate(CNP, r);
     let res;
@@ -230,7 +371,10 @@ t.test('fuzz: random and mutated documents give issues, never a crash', async (t
           return;
         }
       }
-      if (res.policies.length) { t.fail('policies returned alongside issues'); return; }
+      if (res.policies.length) {
+        t.fail('policies returned alongside issues');
+        return;
+      }
     } else {
       accepted++;
       // Whatever is accepted must also compile.
@@ -262,7 +406,13 @@ t.test('every example in examples/policies is valid', async (t) => {
 });
 
 t.test('hostile inputs stay bounded', async (t) => {
-  const bomb = 'a: &a [x, x, x, x, x, x, x, x, x]\n' + Array.from({ length: 12 }, (_, i) => `${String.fromCharCode(98 + i)}: &${String.fromCharCode(98 + i)} [*${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}]`).join('\n');
+  const bomb =
+    'a: &a [x, x, x, x, x, x, x, x, x]\n' +
+    Array.from(
+      { length: 12 },
+      (_, i) =>
+        `${String.fromCharCode(98 + i)}: &${String.fromCharCode(98 + i)} [*${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}, *${String.fromCharCode(97 + i)}]`,
+    ).join('\n');
   const t0 = Date.now();
   const res = parsePolicies(bomb);
   t.ok(res.issues.length > 0, 'alias bomb is rejected');

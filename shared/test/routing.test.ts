@@ -8,10 +8,18 @@ import { decodeOverlayConfig, decodeTunnelEndpoint, encodeOverlayConfig, encodeT
 import { resolveConfig } from '../src/agent/config.ts';
 import { RESERVED } from '../src/identity/reserved.ts';
 
-const noFile = () => { throw new Error('ENOENT'); };
+const noFile = () => {
+  throw new Error('ENOENT');
+};
 const node = (name: string, ip: string, v4?: string, v6?: string, nodeId = 1): NodeRecord => ({
-  name, cluster: 'c', addresses: [{ type: 'InternalIP', ip }], podCidrs: { ipv4: v4, ipv6: v6 }, nodeId,
-  agentVersion: 'x', registeredAt: '', updatedAt: '',
+  name,
+  cluster: 'c',
+  addresses: [{ type: 'InternalIP', ip }],
+  podCidrs: { ipv4: v4, ipv6: v6 },
+  nodeId,
+  agentVersion: 'x',
+  registeredAt: '',
+  updatedAt: '',
 });
 const self = { name: 'n1', gateways: { 4: '10.1.1.1', 6: 'fd00:1:1::1' } as const };
 const nodes = [
@@ -21,33 +29,54 @@ const nodes = [
   node('n4', '198.18.0.14', undefined, undefined, 0), // no pod CIDR yet: nothing to route to
 ];
 
-t.test('tunnel mode: every other node\'s pod CIDRs and own address go to the tunnel map, routes into the tunnel device', async (t) => {
-  const p = planRouting('tunnel', self, nodes);
-  t.same([...p.tunnel.keys()].sort(), ['10.1.2.0/24', '10.1.3.0/24', '198.18.0.12/32', '198.18.0.13/32', 'fd00:1:2::/64'].sort());
-  t.same(p.tunnel.get('fd00:1:2::/64'), { node: 'n2', nodeId: 2, ip: '198.18.0.12' }, 'IPv6 pods over an IPv4 underlay');
-  t.notOk(p.tunnel.has('10.1.1.0/24'), 'never this node itself');
-  t.same(p.routes.get('10.1.2.0/24'), { dst: '10.1.2.0/24', node: 'n2', prefSrc: '10.1.1.1' }, 'no gateway: the tunnel device, this node\'s gateway as source');
-  t.same(p.routes.get('fd00:1:2::/64'), { dst: 'fd00:1:2::/64', node: 'n2', prefSrc: 'fd00:1:1::1' });
-  t.equal(p.routes.size, 3);
-  t.same(p.unreachable, []);
-});
+t.test(
+  "tunnel mode: every other node's pod CIDRs and own address go to the tunnel map, routes into the tunnel device",
+  async (t) => {
+    const p = planRouting('tunnel', self, nodes);
+    t.same(
+      [...p.tunnel.keys()].sort(),
+      ['10.1.2.0/24', '10.1.3.0/24', '198.18.0.12/32', '198.18.0.13/32', 'fd00:1:2::/64'].sort(),
+    );
+    t.same(p.tunnel.get('fd00:1:2::/64'), { node: 'n2', nodeId: 2, ip: '198.18.0.12' }, 'IPv6 pods over an IPv4 underlay');
+    t.notOk(p.tunnel.has('10.1.1.0/24'), 'never this node itself');
+    t.same(
+      p.routes.get('10.1.2.0/24'),
+      { dst: '10.1.2.0/24', node: 'n2', prefSrc: '10.1.1.1' },
+      "no gateway: the tunnel device, this node's gateway as source",
+    );
+    t.same(p.routes.get('fd00:1:2::/64'), { dst: 'fd00:1:2::/64', node: 'n2', prefSrc: 'fd00:1:1::1' });
+    t.equal(p.routes.size, 3);
+    t.same(p.unreachable, []);
+  },
+);
 
-t.test('native mode: routes via the node addresses, nothing in the tunnel map; pod CIDRs of a family the underlay lacks are reported', async (t) => {
-  const p = planRouting('native', self, nodes);
-  t.equal(p.tunnel.size, 0);
-  t.same(p.routes.get('10.1.3.0/24'), { dst: '10.1.3.0/24', via: '198.18.0.13', node: 'n3', prefSrc: '10.1.1.1' });
-  t.notOk(p.routes.has('fd00:1:2::/64'));
-  t.same(p.unreachable, [{ node: 'n2', cidr: 'fd00:1:2::/64' }], 'an IPv6 pod CIDR behind an IPv4-only node');
-});
+t.test(
+  'native mode: routes via the node addresses, nothing in the tunnel map; pod CIDRs of a family the underlay lacks are reported',
+  async (t) => {
+    const p = planRouting('native', self, nodes);
+    t.equal(p.tunnel.size, 0);
+    t.same(p.routes.get('10.1.3.0/24'), { dst: '10.1.3.0/24', via: '198.18.0.13', node: 'n3', prefSrc: '10.1.1.1' });
+    t.notOk(p.routes.has('fd00:1:2::/64'));
+    t.same(p.unreachable, [{ node: 'n2', cidr: 'fd00:1:2::/64' }], 'an IPv6 pod CIDR behind an IPv4-only node');
+  },
+);
 
-t.test('other nodes\' addresses and pod CIDR gateways are remote-node in the ipcache, in both modes', async (t) => {
+t.test("other nodes' addresses and pod CIDR gateways are remote-node in the ipcache, in both modes", async (t) => {
   for (const mode of ['tunnel', 'native'] as const) {
     const p = planRouting(mode, self, nodes);
-    t.same([...p.nodeAddresses].sort(), [
-      ['10.1.2.1/32', RESERVED['remote-node']], ['10.1.3.1/32', 6], ['198.18.0.12/32', 6], ['198.18.0.13/32', 6], ['fd00:1:2::1/128', 6],
-    ].sort(), mode);
+    t.same(
+      [...p.nodeAddresses].sort(),
+      [
+        ['10.1.2.1/32', RESERVED['remote-node']],
+        ['10.1.3.1/32', 6],
+        ['198.18.0.12/32', 6],
+        ['198.18.0.13/32', 6],
+        ['fd00:1:2::1/128', 6],
+      ].sort(),
+      mode,
+    );
   }
-  t.equal(RESERVED['remote-node'], 6, 'Cilium\'s number');
+  t.equal(RESERVED['remote-node'], 6, "Cilium's number");
 });
 
 t.test('a damaged or incomplete record is skipped, never fatal', async (t) => {
@@ -55,7 +84,10 @@ t.test('a damaged or incomplete record is skipped, never fatal', async (t) => {
   const p = planRouting('tunnel', self, [...nodes, bad, node('n6', '198.18.0.16', '10.1.6.0/24', undefined, 6)]);
   t.ok(p.tunnel.has('10.1.6.0/24'));
   t.notOk([...p.tunnel.values()].some((v) => v.node === 'n5'));
-  t.same(remoteNodes('n1', nodes).map((n) => n.name), ['n2', 'n3']);
+  t.same(
+    remoteNodes('n1', nodes).map((n) => n.name),
+    ['n2', 'n3'],
+  );
 });
 
 t.test('map encodings match bpf/lib/overlay.h', async (t) => {
@@ -77,7 +109,7 @@ t.test('routing flags: tunnel by default in cluster mode, native on request, cle
   const c = (args: string[], env: NodeJS.ProcessEnv = {}) => resolveConfig([...base, ...args], env, noFile).cluster!;
   t.match(c([]), { routingMode: 'tunnel', tunnelPort: 8472, tunnelDevice: 'membrane_vxlan' });
   t.equal(c(['--routing-mode', 'native']).routingMode, 'native');
-  t.equal(c(['--tunnel', 'disabled']).routingMode, 'native', 'Cilium\'s older spelling');
+  t.equal(c(['--tunnel', 'disabled']).routingMode, 'native', "Cilium's older spelling");
   t.equal(c([], { MEMBRANE_ROUTING_MODE: 'native' }).routingMode, 'native');
   t.equal(c(['--tunnel-port', '4789']).tunnelPort, 4789);
   t.throws(() => c(['--routing-mode', 'bgp']), /--routing-mode "bgp" is not tunnel or native/);

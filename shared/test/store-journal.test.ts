@@ -22,7 +22,10 @@ async function dump(s: JournalStore): Promise<Record<string, unknown>> {
 }
 
 /** Replaces fs.writeSync / fs.fdatasyncSync / fs.ftruncateSync for one test. */
-function patchFs(t: { teardown(fn: () => unknown): void }, patch: Partial<Pick<typeof fs, 'writeSync' | 'fdatasyncSync' | 'ftruncateSync'>>) {
+function patchFs(
+  t: { teardown(fn: () => unknown): void },
+  patch: Partial<Pick<typeof fs, 'writeSync' | 'fdatasyncSync' | 'ftruncateSync'>>,
+) {
   const orig = { writeSync: fs.writeSync, fdatasyncSync: fs.fdatasyncSync, ftruncateSync: fs.ftruncateSync };
   Object.assign(fs, patch);
   const restore = () => Object.assign(fs, orig);
@@ -34,11 +37,18 @@ t.test('a torn or corrupt tail at any offset of the last records: the store open
   const dir = tmp(t);
   const s = new JournalStore(dir);
   for (let i = 0; i < 50; i++) await s.put(`k/${i}`, { i });
-  const ops: [string, unknown][] = [['k/50', { i: 50 }], ['big/a', { blob: 'x'.repeat(300) }], ['k/3', null], ['k/51', { i: 51, s: 'é\n"' }], ['k/0', { changed: true }]];
+  const ops: [string, unknown][] = [
+    ['k/50', { i: 50 }],
+    ['big/a', { blob: 'x'.repeat(300) }],
+    ['k/3', null],
+    ['k/51', { i: 51, s: 'é\n"' }],
+    ['k/0', { changed: true }],
+  ];
   const before = await dump(s);
   const states: Record<string, unknown>[] = [];
   for (const [k, v] of ops) {
-    if (v === null) await s.delete(k); else await s.put(k, v);
+    if (v === null) await s.delete(k);
+    else await s.put(k, v);
     states.push(await dump(s));
   }
   s.close();
@@ -62,10 +72,15 @@ t.test('a torn or corrupt tail at any offset of the last records: the store open
       const d = fs.mkdtempSync(path.join(fs.existsSync('/dev/shm') ? '/dev/shm' : os.tmpdir(), 'mbr-journal-case-'));
       try {
         fs.copyFileSync(path.join(dir, 'snapshot.json'), path.join(d, 'snapshot.json'), fs.constants.COPYFILE_FICLONE);
-      } catch { /* no snapshot yet */ }
+      } catch {
+        /* no snapshot yet */
+      }
       const damaged = Buffer.from(journal);
       if (mode === 'corrupt') damaged[off] ^= 0x5a;
-      fs.writeFileSync(path.join(d, 'journal.log'), mode === 'truncate' ? damaged.subarray(0, off) : Buffer.concat([damaged, zeros]));
+      fs.writeFileSync(
+        path.join(d, 'journal.log'),
+        mode === 'truncate' ? damaged.subarray(0, off) : Buffer.concat([damaged, zeros]),
+      );
       try {
         const r = new JournalStore(d);
         // corrupting a byte of record i keeps the records before it; truncating keeps the whole ones
@@ -73,12 +88,14 @@ t.test('a torn or corrupt tail at any offset of the last records: the store open
         const want = expectAt(good);
         const got = await dump(r);
         if (JSON.stringify(got) !== JSON.stringify(want)) failures.push(`${mode} at ${off}: state differs`);
-        if (r.recovery && !zero(fs.readFileSync(path.join(d, 'journal.log')).subarray(r.recovery.offset))) failures.push(`${mode} at ${off}: file not cut back`);
+        if (r.recovery && !zero(fs.readFileSync(path.join(d, 'journal.log')).subarray(r.recovery.offset)))
+          failures.push(`${mode} at ${off}: file not cut back`);
         // and it goes on: a new record after the cut survives a reopen
         await r.put('k/after', { off });
         r.close();
         const again = new JournalStore(d);
-        if (JSON.stringify(await again.get('k/after')) !== JSON.stringify({ off }) || again.recovery) failures.push(`${mode} at ${off}: the record after the cut is lost`);
+        if (JSON.stringify(await again.get('k/after')) !== JSON.stringify({ off }) || again.recovery)
+          failures.push(`${mode} at ${off}: the record after the cut is lost`);
         again.close();
         checked++;
       } catch (e) {
@@ -88,7 +105,11 @@ t.test('a torn or corrupt tail at any offset of the last records: the store open
       }
     }
   }
-  t.same(failures, [], `every offset of the last ${ops.length} records (${journal.length - tailStart} bytes), truncated and corrupted`);
+  t.same(
+    failures,
+    [],
+    `every offset of the last ${ops.length} records (${journal.length - tailStart} bytes), truncated and corrupted`,
+  );
   t.equal(checked, 2 * (journal.length - tailStart), `${checked} damaged journals opened`);
 });
 
@@ -106,7 +127,10 @@ t.test('a damaged tail is cut off and kept aside, and the agent is told', async 
   const r = new JournalStore(dir, { log: { warn: (o) => warnings.push(o) } });
   t.equal(await r.get('k/2'), undefined, 'the damaged record is not applied');
   t.equal(await r.get('k/1'), 1);
-  t.match(r.recovery, { reason: /checksum mismatch/, droppedBytes: Buffer.byteLength(encodeRecord({ op: 'put', key: 'k/2', value: 2 })) });
+  t.match(r.recovery, {
+    reason: /checksum mismatch/,
+    droppedBytes: Buffer.byteLength(encodeRecord({ op: 'put', key: 'k/2', value: 2 })),
+  });
   t.ok(r.recovery?.savedTo && fs.existsSync(r.recovery.savedTo), 'the cut-off bytes are kept aside');
   t.equal(warnings.length, 1, 'and logged');
   r.close();
@@ -117,7 +141,10 @@ t.test('short writes are written in full', async (t) => {
   const orig = fs.writeSync;
   let calls = 0;
   patchFs(t, {
-    writeSync: ((fd: number, buf: Buffer, off: number, len: number, pos: number) => { calls++; return orig(fd, buf, off, Math.min(len, 7), pos); }) as typeof fs.writeSync,
+    writeSync: ((fd: number, buf: Buffer, off: number, len: number, pos: number) => {
+      calls++;
+      return orig(fd, buf, off, Math.min(len, 7), pos);
+    }) as typeof fs.writeSync,
   });
   const s = new JournalStore(dir);
   await Promise.all(Array.from({ length: 20 }, (_, i) => s.put(`k/${i}`, { i, pad: 'p'.repeat(i * 10) })));
@@ -153,7 +180,12 @@ t.test('a full disk: puts fail with storage_full and change nothing; deletes sti
   let n = 0;
   let err: unknown;
   for (; n < 500; n++) {
-    try { await s.put(`big/${n}`, 'x'.repeat(4000)); } catch (e) { err = e; break; }
+    try {
+      await s.put(`big/${n}`, 'x'.repeat(4000));
+    } catch (e) {
+      err = e;
+      break;
+    }
   }
   t.match(err, { code: 'storage_full', message: /state disk is full.*ENOSPC.*nothing was changed/ });
   t.match(s.problem(), /state disk is full/, 'the store reports the refused writes (agent status)');
@@ -162,7 +194,11 @@ t.test('a full disk: puts fail with storage_full and change nothing; deletes sti
   const queued = s.put('k/a', 'x'.repeat(4000));
   t.equal(await s.get('k/a'), undefined, 'a queued write is not visible before it is on disk');
   const mixed = await Promise.allSettled([queued, s.delete('k/keep')]);
-  t.same(mixed.map((r) => r.status), ['rejected', 'fulfilled'], 'in one batch: the put fails, the delete goes through');
+  t.same(
+    mixed.map((r) => r.status),
+    ['rejected', 'fulfilled'],
+    'in one batch: the put fails, the delete goes through',
+  );
   for (let i = 0; i < n; i++) await s.delete(`big/${i}`);
   t.same(await dump(s), {}, 'every delete went through on the full disk');
   t.equal(fs.statSync(file).size, allocated, 'within the room allocated before the disk filled');
@@ -184,7 +220,11 @@ t.test('a write that fails halfway leaves no half record behind', async (t) => {
   let fail = true;
   const restore = patchFs(t, {
     writeSync: ((fd: number, buf: Buffer, off: number, len: number, pos: number) => {
-      if (fail && buf.some((b) => b !== 0)) { fail = false; orig(fd, buf, off, Math.floor(len / 2), pos); throw Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' }); }
+      if (fail && buf.some((b) => b !== 0)) {
+        fail = false;
+        orig(fd, buf, off, Math.floor(len / 2), pos);
+        throw Object.assign(new Error('EIO: i/o error, write'), { code: 'EIO' });
+      }
       return orig(fd, buf, off, len, pos);
     }) as typeof fs.writeSync,
   });
@@ -205,19 +245,30 @@ t.test('a failed sync is unavailable; a failure that cannot be cut off stops all
   const sync = fs.fdatasyncSync;
   let failures = 1;
   const restore = patchFs(t, {
-    fdatasyncSync: ((fd: number) => { if (failures-- > 0) throw Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' }); sync(fd); }) as typeof fs.fdatasyncSync,
+    fdatasyncSync: ((fd: number) => {
+      if (failures-- > 0) throw Object.assign(new Error('EIO: i/o error, fsync'), { code: 'EIO' });
+      sync(fd);
+    }) as typeof fs.fdatasyncSync,
   });
   await t.rejects(s.put('k/2', 2), { code: 'unavailable', message: /EIO/ });
   restore();
   t.equal(await s.get('k/2'), undefined);
   await s.put('k/3', 3);
   patchFs(t, {
-    writeSync: (() => { throw Object.assign(new Error('EIO'), { code: 'EIO' }); }) as typeof fs.writeSync,
-    ftruncateSync: (() => { throw Object.assign(new Error('EIO'), { code: 'EIO' }); }) as typeof fs.ftruncateSync,
+    writeSync: (() => {
+      throw Object.assign(new Error('EIO'), { code: 'EIO' });
+    }) as typeof fs.writeSync,
+    ftruncateSync: (() => {
+      throw Object.assign(new Error('EIO'), { code: 'EIO' });
+    }) as typeof fs.ftruncateSync,
   });
   await t.rejects(s.put('k/4', 4), { code: 'unavailable' });
   restore();
-  await t.rejects(s.put('k/5', 5), { code: 'unavailable', message: /restart the agent/ }, 'refused until a restart reads the file again');
+  await t.rejects(
+    s.put('k/5', 5),
+    { code: 'unavailable', message: /restart the agent/ },
+    'refused until a restart reads the file again',
+  );
   t.match(s.problem(), /restart the agent/, 'and the store reports it');
 });
 
@@ -249,7 +300,10 @@ t.test('a value is taken when put() is called: later changes to the object reach
 
 t.test('journals of the unframed format are read and folded into a snapshot', async (t) => {
   const dir = tmp(t);
-  fs.writeFileSync(path.join(dir, 'journal.log'), '{"op":"put","key":"k/1","value":1}\n{"op":"put","key":"k/2","value":2}\n{"op":"put","key":"k/3","val');
+  fs.writeFileSync(
+    path.join(dir, 'journal.log'),
+    '{"op":"put","key":"k/1","value":1}\n{"op":"put","key":"k/2","value":2}\n{"op":"put","key":"k/3","val',
+  );
   const s = new JournalStore(dir);
   t.same(await dump(s), { 'k/1': 1, 'k/2': 2 });
   t.ok(zero(fs.readFileSync(path.join(dir, 'journal.log'))), 'folded into the snapshot');

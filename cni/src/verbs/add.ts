@@ -13,7 +13,14 @@ export async function cmdAdd(inv: Invocation): Promise<string> {
   const prev = inv.conf.prevResult ? parseResult(inv.conf.prevResult, 'prevResult') : undefined;
   const ipam = ipamType(inv) ? ipamAdd(inv) : undefined;
   try {
-    const ep = await createEndpoint(inv, endpointRequest(inv.conf, inv.env, ipam?.ips.map((ip) => addressOnly(ip.address))));
+    const ep = await createEndpoint(
+      inv,
+      endpointRequest(
+        inv.conf,
+        inv.env,
+        ipam?.ips.map((ip) => addressOnly(ip.address)),
+      ),
+    );
     const ours = endpointToResult(ep, inv.env.netns, mergeDns(inv.conf.dns, ipam?.dns));
     inv.log.info('endpoint created', { ips: ep.ips.map((i) => i.address), hostIf: ep.hostIfName });
     return JSON.stringify(formatResult(appendResult(prev, ours), inv.version));
@@ -35,11 +42,17 @@ function ipamAdd(inv: Invocation): Result {
   const type = ipamType(inv)!;
   const { stdout } = inv.exec({ type, verb: 'ADD', stdin: inv.stdin, cniPath: inv.env.path });
   let json: unknown;
-  try { json = JSON.parse(stdout); } catch {
+  try {
+    json = JSON.parse(stdout);
+  } catch {
     throw new CniError(CniCode.DELEGATE_FAILED, `ipam plugin ${type} ADD printed no JSON result`, stdout.slice(0, 300));
   }
   const r = parseResult(json, `ipam plugin ${type} result`);
-  if (!r.ips.length) throw new CniError(CniCode.DELEGATE_FAILED, `ipam plugin ${type} allocated no address for ${inv.env.containerId}/${inv.env.ifName}`);
+  if (!r.ips.length)
+    throw new CniError(
+      CniCode.DELEGATE_FAILED,
+      `ipam plugin ${type} allocated no address for ${inv.env.containerId}/${inv.env.ifName}`,
+    );
   inv.log.info('ipam allocated', { type, ips: r.ips.map((i) => i.address) });
   return r;
 }

@@ -9,7 +9,12 @@ import { parseResult, type Result } from '../result.ts';
 
 /** The agent's answer to GET /v1/endpoints/:cid/:if?check=1: its own inspection of the container side,
  *  the host veth and the BPF attachment. (`datapath` is the shape first sketched; both are read.) */
-interface CheckAnswer { endpoint: Endpoint; healthy?: boolean; problems?: string[]; datapath?: { attached: boolean; problems?: string[] } }
+interface CheckAnswer {
+  endpoint: Endpoint;
+  healthy?: boolean;
+  problems?: string[];
+  datapath?: { attached: boolean; problems?: string[] };
+}
 
 export async function cmdCheck(inv: Invocation): Promise<string> {
   const prev = parseResult(requirePrevResult(inv), 'prevResult');
@@ -19,7 +24,11 @@ export async function cmdCheck(inv: Invocation): Promise<string> {
     ...(view.agentProblems ?? [...inspectContainerSide(view.endpoint, inv.env.netns), ...inspectHostSide(view.endpoint)]),
   ];
   if (problems.length) {
-    throw new CniError(CniCode.CHECK_FAILED, `CHECK ${inv.env.containerId}/${inv.env.ifName}: ${problems[0]}`, problems.join('; '));
+    throw new CniError(
+      CniCode.CHECK_FAILED,
+      `CHECK ${inv.env.containerId}/${inv.env.ifName}: ${problems[0]}`,
+      problems.join('; '),
+    );
   }
   const type = ipamType(inv);
   if (type) inv.exec({ type, verb: 'CHECK', stdin: inv.stdin, cniPath: inv.env.path });
@@ -36,7 +45,11 @@ async function agentView(inv: Invocation): Promise<{ endpoint: Endpoint; agentPr
     return { endpoint: body as Endpoint };
   } catch (e) {
     if (e instanceof AgentApiError && e.code === 'endpoint_not_found') {
-      throw new CniError(CniCode.CHECK_FAILED, `CHECK ${containerId}/${ifName}: the membrane agent has no such endpoint`, e.message);
+      throw new CniError(
+        CniCode.CHECK_FAILED,
+        `CHECK ${containerId}/${ifName}: the membrane agent has no such endpoint`,
+        e.message,
+      );
     }
     throw fromAgentError(e, `CHECK ${containerId}/${ifName}`);
   }
@@ -44,7 +57,8 @@ async function agentView(inv: Invocation): Promise<{ endpoint: Endpoint; agentPr
 
 function agentProblems(a: CheckAnswer): string[] {
   const problems = [...(a.problems ?? []), ...(a.datapath?.problems ?? [])];
-  if (!problems.length && (a.healthy === false || a.datapath?.attached === false)) problems.push('the agent reports the endpoint unhealthy');
+  if (!problems.length && (a.healthy === false || a.datapath?.attached === false))
+    problems.push('the agent reports the endpoint unhealthy');
   return problems;
 }
 
@@ -55,14 +69,18 @@ export function compareWithPrev(inv: Invocation, ep: Endpoint, prev: Result): st
   const idx = prev.interfaces.findIndex((i) => i.name === ep.ifName && i.sandbox === inv.env.netns);
   if (idx < 0) return [...problems, `prevResult has no interface ${ep.ifName} in ${inv.env.netns}`];
   const iface = prev.interfaces[idx];
-  if (iface.mac && iface.mac.toLowerCase() !== ep.mac.toLowerCase()) problems.push(`${ep.ifName} has MAC ${ep.mac}, prevResult says ${iface.mac}`);
-  if (!prev.interfaces.some((i) => i.name === ep.hostIfName && !i.sandbox)) problems.push(`prevResult lacks host interface ${ep.hostIfName}`);
+  if (iface.mac && iface.mac.toLowerCase() !== ep.mac.toLowerCase())
+    problems.push(`${ep.ifName} has MAC ${ep.mac}, prevResult says ${iface.mac}`);
+  if (!prev.interfaces.some((i) => i.name === ep.hostIfName && !i.sandbox))
+    problems.push(`prevResult lacks host interface ${ep.hostIfName}`);
   const epIps = new Set(ep.ips.map((i) => i.address));
   const prevIps = prev.ips.filter((ip) => ip.interface === idx).map((ip) => ip.address);
-  for (const a of prevIps) if (!epIps.has(a)) problems.push(`prevResult address ${a} is not the endpoint's (${[...epIps].join(', ')})`);
+  for (const a of prevIps)
+    if (!epIps.has(a)) problems.push(`prevResult address ${a} is not the endpoint's (${[...epIps].join(', ')})`);
   for (const a of epIps) if (!prevIps.includes(a)) problems.push(`endpoint address ${a} is missing from prevResult`);
   for (const r of ep.routes) {
-    if (!prev.routes.some((p) => p.dst === r.dst && (p.gw ?? '') === (r.gw ?? ''))) problems.push(`route ${r.dst}${r.gw ? ` via ${r.gw}` : ''} is missing from prevResult`);
+    if (!prev.routes.some((p) => p.dst === r.dst && (p.gw ?? '') === (r.gw ?? '')))
+      problems.push(`route ${r.dst}${r.gw ? ` via ${r.gw}` : ''} is missing from prevResult`);
   }
   return problems;
 }

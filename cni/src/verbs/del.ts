@@ -25,13 +25,20 @@ async function deleteOrQueue(inv: Invocation): Promise<void> {
     const dir = pendingDeletesDir(inv.conf.agentSocket ?? DEFAULT_SOCKET);
     try {
       const file = queuePendingDelete(dir, {
-        containerId, ifName, netns, cniNetwork: inv.conf.name, reason: e.reason,
+        containerId,
+        ifName,
+        netns,
+        cniNetwork: inv.conf.name,
+        reason: e.reason,
         ...(inv.conf.network ? { network: inv.conf.network } : {}),
       });
       inv.log.warn('agent unreachable: deletion queued for the agent to finish', { file, reason: e.reason });
     } catch (qe) {
-      throw new CniError(CniCode.IO, `DEL ${containerId}/${ifName}: agent unreachable and the deletion cannot be queued in ${dir}`,
-        `${e.message}; queue: ${(qe as Error).message}`);
+      throw new CniError(
+        CniCode.IO,
+        `DEL ${containerId}/${ifName}: agent unreachable and the deletion cannot be queued in ${dir}`,
+        `${e.message}; queue: ${(qe as Error).message}`,
+      );
     }
   }
 }

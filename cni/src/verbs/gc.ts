@@ -25,13 +25,22 @@ export async function cmdGc(inv: Invocation): Promise<string> {
     errors.push(`ipam GC: ${(e as Error).message}`);
   }
   inv.log.info('gc done', { valid: valid.size, removed: stale.length - errors.length, errors: errors.length });
-  if (errors.length) throw new CniError(CniCode.TRY_AGAIN_LATER, `GC of network ${inv.conf.name}: ${errors.length} attachment(s) not cleaned`, errors.join('; '));
+  if (errors.length)
+    throw new CniError(
+      CniCode.TRY_AGAIN_LATER,
+      `GC of network ${inv.conf.name}: ${errors.length} attachment(s) not cleaned`,
+      errors.join('; '),
+    );
   return '';
 }
 
 function validAttachments(inv: Invocation): Set<string> {
   const list = inv.conf['cni.dev/valid-attachments'] ?? inv.conf['cni.dev/attachments'];
-  if (!list) throw new CniError(CniCode.INVALID_CONFIG, `GC of network ${inv.conf.name}: no cni.dev/valid-attachments in the configuration`);
+  if (!list)
+    throw new CniError(
+      CniCode.INVALID_CONFIG,
+      `GC of network ${inv.conf.name}: no cni.dev/valid-attachments in the configuration`,
+    );
   return new Set(list.map((a) => key(a.containerID, a.ifname)));
 }
 
@@ -58,10 +67,23 @@ async function removeStale(inv: Invocation, ep: Endpoint): Promise<void> {
 /** The IPAM plugin's DEL for one stale attachment, in a version it speaks (GC requests are 1.1.0). */
 function ipamDelFor(inv: Invocation, type: string, ep: Endpoint): void {
   const versions = delegateVersions(inv.exec, type, inv.env.path);
-  const speak = versions.includes(inv.version) ? inv.version : versions.filter((v) => cmpVersion(v, '0.4.0') >= 0).sort(cmpVersion).pop();
-  if (!speak) throw new CniError(CniCode.INCOMPATIBLE_VERSION, `ipam plugin ${type} speaks none of our versions`, `it supports ${JSON.stringify(versions)}`);
+  const speak = versions.includes(inv.version)
+    ? inv.version
+    : versions
+        .filter((v) => cmpVersion(v, '0.4.0') >= 0)
+        .sort(cmpVersion)
+        .pop();
+  if (!speak)
+    throw new CniError(
+      CniCode.INCOMPATIBLE_VERSION,
+      `ipam plugin ${type} speaks none of our versions`,
+      `it supports ${JSON.stringify(versions)}`,
+    );
   inv.exec({
-    type, verb: 'DEL', stdin: withVersion(inv.stdin, speak), cniPath: inv.env.path,
+    type,
+    verb: 'DEL',
+    stdin: withVersion(inv.stdin, speak),
+    cniPath: inv.env.path,
     env: { CNI_CONTAINERID: ep.containerId, CNI_IFNAME: ep.ifName, CNI_NETNS: '', CNI_ARGS: '' },
   });
 }

@@ -27,11 +27,19 @@ async function requirePoolRoom(inv: Invocation): Promise<void> {
     throw new CniError(CniCode.NOT_AVAILABLE, `cannot read the address pools of the membrane agent`, (e as Error).message);
   }
   const pool = pools.find((p) => p.name === name);
-  if (!pool) throw new CniError(CniCode.NOT_AVAILABLE, `the membrane agent has no network "${name}"`, `networks: ${pools.map((p) => p.name).join(', ') || 'none'}`);
+  if (!pool)
+    throw new CniError(
+      CniCode.NOT_AVAILABLE,
+      `the membrane agent has no network "${name}"`,
+      `networks: ${pools.map((p) => p.name).join(', ') || 'none'}`,
+    );
   const full = pool.subnets.filter((s) => BigInt(s.size) - BigInt(s.allocated) <= 0n);
   if (full.length) {
-    throw new CniError(CniCode.NOT_AVAILABLE, `address pool of network "${name}" is exhausted`,
-      full.map((s) => `${s.cidr}: ${s.allocated} of ${s.size} allocated`).join('; '));
+    throw new CniError(
+      CniCode.NOT_AVAILABLE,
+      `address pool of network "${name}" is exhausted`,
+      full.map((s) => `${s.cidr}: ${s.allocated} of ${s.size} allocated`).join('; '),
+    );
   }
 }
 

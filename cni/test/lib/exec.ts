@@ -19,7 +19,13 @@ export interface Invoke {
   bin?: string;
 }
 
-export interface Outcome { code: number | null; out: any; stdout: string; stderr: string; ms: number }
+export interface Outcome {
+  code: number | null;
+  out: any;
+  stdout: string;
+  stderr: string;
+  ms: number;
+}
 
 /** The environment a runtime would pass: ours, minus what the test runner injected for itself. */
 export function runtimeEnv(extra: Record<string, string | undefined> = {}): NodeJS.ProcessEnv {
@@ -48,12 +54,20 @@ export function invokeCni(verb: string, conf: unknown, o: Invoke = {}): Promise<
     const child = spawn(o.bin ?? CNI_BIN, [], { env, stdio: ['pipe', 'pipe', 'pipe'] });
     let stdout = '';
     let stderr = '';
-    child.stdout.on('data', (c) => { stdout += c; });
-    child.stderr.on('data', (c) => { stderr += c; });
+    child.stdout.on('data', (c) => {
+      stdout += c;
+    });
+    child.stderr.on('data', (c) => {
+      stderr += c;
+    });
     child.on('error', reject);
     child.on('close', (code) => {
       let out: any;
-      try { out = stdout ? JSON.parse(stdout) : undefined; } catch { out = stdout; }
+      try {
+        out = stdout ? JSON.parse(stdout) : undefined;
+      } catch {
+        out = stdout;
+      }
       resolve({ code, out, stdout, stderr, ms: performance.now() - t0 });
     });
     child.stdin.on('error', () => undefined); // a plugin may exit without reading stdin
@@ -69,14 +83,27 @@ export function ensureCniBinary(): string {
   fs.mkdirSync(path.dirname(lock), { recursive: true });
   const deadline = Date.now() + 180_000;
   for (;;) {
-    try { fs.mkdirSync(lock); break; } catch { /* someone else builds */ }
+    try {
+      fs.mkdirSync(lock);
+      break;
+    } catch {
+      /* someone else builds */
+    }
     if (fresh()) return CNI_BIN;
-    try { if (Date.now() - fs.statSync(lock).mtimeMs > 120_000) fs.rmdirSync(lock); } catch { /* gone */ }
+    try {
+      if (Date.now() - fs.statSync(lock).mtimeMs > 120_000) fs.rmdirSync(lock);
+    } catch {
+      /* gone */
+    }
     if (Date.now() > deadline) throw new Error(`timed out waiting for ${lock}`);
     execFileSync('sleep', ['0.2']);
   }
   try {
-    if (!fresh()) execFileSync(process.execPath, [path.join(REPO, 'scripts/build-cni.mjs')], { stdio: ['ignore', 'ignore', 'inherit'], env: runtimeEnv() });
+    if (!fresh())
+      execFileSync(process.execPath, [path.join(REPO, 'scripts/build-cni.mjs')], {
+        stdio: ['ignore', 'ignore', 'inherit'],
+        env: runtimeEnv(),
+      });
   } finally {
     fs.rmdirSync(lock);
   }
@@ -85,12 +112,23 @@ export function ensureCniBinary(): string {
 
 function fresh(): boolean {
   let built: number;
-  try { built = fs.statSync(CNI_BIN).mtimeMs; } catch { return false; }
-  const sources = [...walk(path.join(REPO, 'cni/src')), ...walk(path.join(REPO, 'cni/build')), path.join(REPO, 'scripts/build-cni.mjs'),
-    path.join(REPO, 'shared/src/api/client.ts'), path.join(REPO, 'shared/src/types.ts')];
+  try {
+    built = fs.statSync(CNI_BIN).mtimeMs;
+  } catch {
+    return false;
+  }
+  const sources = [
+    ...walk(path.join(REPO, 'cni/src')),
+    ...walk(path.join(REPO, 'cni/build')),
+    path.join(REPO, 'scripts/build-cni.mjs'),
+    path.join(REPO, 'shared/src/api/client.ts'),
+    path.join(REPO, 'shared/src/types.ts'),
+  ];
   return sources.every((f) => fs.statSync(f).mtimeMs <= built);
 }
 
 function walk(dir: string): string[] {
-  return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(path.join(dir, e.name)) : [path.join(dir, e.name)]));
+  return fs
+    .readdirSync(dir, { withFileTypes: true })
+    .flatMap((e) => (e.isDirectory() ? walk(path.join(dir, e.name)) : [path.join(dir, e.name)]));
 }

@@ -28,15 +28,32 @@ export async function startFakeAgent(opts: { poolSize?: number } = {}): Promise<
   let nextId = 1;
   const used = new Set<number>();
   const fa: FakeAgent = {
-    socket, dir, endpoints: new Map(), requests: [], checkSupport: true, datapathProblems: [],
-    poolSize: opts.poolSize ?? 250, delayMs: 0,
-    close: () => new Promise((resolve) => { server.closeAllConnections(); server.close(() => { fs.rmSync(dir, { recursive: true, force: true }); resolve(); }); }),
+    socket,
+    dir,
+    endpoints: new Map(),
+    requests: [],
+    checkSupport: true,
+    datapathProblems: [],
+    poolSize: opts.poolSize ?? 250,
+    delayMs: 0,
+    close: () =>
+      new Promise((resolve) => {
+        server.closeAllConnections();
+        server.close(() => {
+          fs.rmSync(dir, { recursive: true, force: true });
+          resolve();
+        });
+      }),
   };
   const send = (res: http.ServerResponse, status: number, body: unknown) => {
     const text = JSON.stringify(body);
-    setTimeout(() => { res.writeHead(status, { 'content-type': 'application/json' }); res.end(text); }, fa.delayMs);
+    setTimeout(() => {
+      res.writeHead(status, { 'content-type': 'application/json' });
+      res.end(text);
+    }, fa.delayMs);
   };
-  const err = (res: http.ServerResponse, status: number, code: string, message: string) => send(res, status, { error: { code, message } });
+  const err = (res: http.ServerResponse, status: number, code: string, message: string) =>
+    send(res, status, { error: { code, message } });
 
   const create = (req: EndpointRequest, res: http.ServerResponse) => {
     const key = `${req.containerId}/${req.ifName}`;
@@ -46,7 +63,8 @@ export async function startFakeAgent(opts: { poolSize?: number } = {}): Promise<
       return err(res, 409, 'endpoint_exists', `endpoint ${key} already exists in ${existing.netns}`);
     }
     if (req.netns && !fs.existsSync(req.netns)) return err(res, 400, 'netns_not_found', `netns ${req.netns} does not exist`);
-    if (req.network && req.network !== 'default') return err(res, 404, 'network_not_found', `network "${req.network}" does not exist`);
+    if (req.network && req.network !== 'default')
+      return err(res, 404, 'network_not_found', `network "${req.network}" does not exist`);
     let ips: string[];
     if (req.ips?.length) ips = req.ips;
     else {
@@ -58,12 +76,22 @@ export async function startFakeAgent(opts: { poolSize?: number } = {}): Promise<
     }
     const id = nextId++;
     const ep: Endpoint = {
-      id, containerId: req.containerId, ifName: req.ifName, network: req.network ?? 'default', netns: req.netns ?? null,
-      hostIfName: `mbr${id.toString(16).padStart(11, '0')}`, hostIfIndex: 100 + id, hostMac: '02:00:00:00:00:01',
-      mac: req.mac ?? `02:aa:00:00:00:${id.toString(16).padStart(2, '0')}`, mtu: req.mtu ?? 1500,
+      id,
+      containerId: req.containerId,
+      ifName: req.ifName,
+      network: req.network ?? 'default',
+      netns: req.netns ?? null,
+      hostIfName: `mbr${id.toString(16).padStart(11, '0')}`,
+      hostIfIndex: 100 + id,
+      hostMac: '02:00:00:00:00:01',
+      mac: req.mac ?? `02:aa:00:00:00:${id.toString(16).padStart(2, '0')}`,
+      mtu: req.mtu ?? 1500,
       ips: ips.map((ip) => ({ address: `${ip}/32`, gateway: '10.250.0.1', family: 4 as const, subnet: '10.250.0.0/24' })),
       routes: [{ dst: '10.250.0.1/32' }, { dst: '0.0.0.0/0', gw: '10.250.0.1' }],
-      labels: req.labels ?? {}, metadata: req.metadata ?? {}, identity: 1, externalIpam: Boolean(req.externalIpam),
+      labels: req.labels ?? {},
+      metadata: req.metadata ?? {},
+      identity: 1,
+      externalIpam: Boolean(req.externalIpam),
       createdAt: new Date().toISOString(),
     };
     fa.endpoints.set(key, ep);
@@ -82,10 +110,22 @@ export async function startFakeAgent(opts: { poolSize?: number } = {}): Promise<
       if (req.method === 'GET' && url.pathname === '/v1/healthz') return send(res, 200, { ok: true });
       if (req.method === 'GET' && url.pathname === '/v1/ipam') {
         const allocated = [...fa.endpoints.values()].filter((e) => !e.externalIpam).length;
-        return send(res, 200, { pools: [{ name: 'default', subnets: [{ cidr: '10.250.0.0/24', gateway: '10.250.0.1', size: String(fa.poolSize), allocated }], allocations: [] }] });
+        return send(res, 200, {
+          pools: [
+            {
+              name: 'default',
+              subnets: [{ cidr: '10.250.0.0/24', gateway: '10.250.0.1', size: String(fa.poolSize), allocated }],
+              allocations: [],
+            },
+          ],
+        });
       }
       if (req.method === 'POST' && url.pathname === '/v1/endpoints') {
-        if (fa.failNextCreate) { const f = fa.failNextCreate; fa.failNextCreate = undefined; return err(res, f.status, f.code, f.message); }
+        if (fa.failNextCreate) {
+          const f = fa.failNextCreate;
+          fa.failNextCreate = undefined;
+          return err(res, f.status, f.code, f.message);
+        }
         return create(body as EndpointRequest, res);
       }
       if (req.method === 'GET' && url.pathname === '/v1/endpoints') {

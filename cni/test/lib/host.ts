@@ -17,7 +17,11 @@ export async function hostLock(name: string, timeoutMs = 600_000): Promise<() =>
       if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
     }
     let owner = 0;
-    try { owner = Number(fs.readFileSync(path.join(dir, 'pid'), 'utf8')); } catch { /* being written */ }
+    try {
+      owner = Number(fs.readFileSync(path.join(dir, 'pid'), 'utf8'));
+    } catch {
+      /* being written */
+    }
     if (owner && !alive(owner)) fs.rmSync(dir, { recursive: true, force: true });
     if (Date.now() > deadline) throw new Error(`lock ${dir} still held by pid ${owner}`);
     await new Promise((r) => setTimeout(r, 200));
@@ -25,7 +29,12 @@ export async function hostLock(name: string, timeoutMs = 600_000): Promise<() =>
 }
 
 function alive(pid: number): boolean {
-  try { process.kill(pid, 0); return true; } catch (e) { return (e as NodeJS.ErrnoException).code === 'EPERM'; }
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /** Global dirs runtimes create on first use; remembers which are absent now. */

@@ -15,7 +15,11 @@ export interface Call {
   env?: Record<string, string | undefined>;
 }
 
-export async function cniCall(verb: string, conf: unknown, c: Call = {}): Promise<{ code: number; out: any; stdout: string; stderr: string }> {
+export async function cniCall(
+  verb: string,
+  conf: unknown,
+  c: Call = {},
+): Promise<{ code: number; out: any; stdout: string; stderr: string }> {
   const env: NodeJS.ProcessEnv = {
     PATH: process.env.PATH,
     CNI_COMMAND: verb,
@@ -29,9 +33,20 @@ export async function cniCall(verb: string, conf: unknown, c: Call = {}): Promis
   for (const [k, v] of Object.entries(env)) if (v === undefined) delete env[k];
   let stderr = '';
   const stdin = typeof conf === 'string' ? conf : JSON.stringify(conf);
-  const r = await runCni({ env, readStdin: () => Buffer.from(stdin), exec: c.exec, stderr: (l) => { stderr += l; } });
+  const r = await runCni({
+    env,
+    readStdin: () => Buffer.from(stdin),
+    exec: c.exec,
+    stderr: (l) => {
+      stderr += l;
+    },
+  });
   let out: any;
-  try { out = r.stdout ? JSON.parse(r.stdout) : undefined; } catch { out = r.stdout; }
+  try {
+    out = r.stdout ? JSON.parse(r.stdout) : undefined;
+  } catch {
+    out = r.stdout;
+  }
   return { code: r.exitCode, out, stdout: r.stdout, stderr };
 }
 

@@ -8,11 +8,17 @@ const BINS = ['iptables', 'ip6tables'] as const;
 export type NatSnapshot = Record<(typeof BINS)[number], string[]>;
 
 function rules(bin: string): string[] {
-  try { return execFileSync(bin, ['-w', '-t', 'nat', '-S'], { encoding: 'utf8' }).split('\n').filter(Boolean); } catch { return []; }
+  try {
+    return execFileSync(bin, ['-w', '-t', 'nat', '-S'], { encoding: 'utf8' }).split('\n').filter(Boolean);
+  } catch {
+    return [];
+  }
 }
 
 export function natChains(bin: string): string[] {
-  return rules(bin).filter((l) => l.startsWith('-N ')).map((l) => l.slice(3));
+  return rules(bin)
+    .filter((l) => l.startsWith('-N '))
+    .map((l) => l.slice(3));
 }
 
 export function snapshotNat(): NatSnapshot {
@@ -20,7 +26,11 @@ export function snapshotNat(): NatSnapshot {
 }
 
 export function natRulesMentioning(text: string): string[] {
-  return BINS.flatMap((b) => rules(b).filter((l) => l.includes(text)).map((l) => `${b} ${l}`));
+  return BINS.flatMap((b) =>
+    rules(b)
+      .filter((l) => l.includes(text))
+      .map((l) => `${b} ${l}`),
+  );
 }
 
 /** What portmap puts in its top-level chains itself; anything else means another user of the chain. */

@@ -35,7 +35,10 @@ import { parseLabelFilter } from '../labels/filter.ts';
 import { datapathProblems } from '../health/datapath.ts';
 
 /** Something the agent stops on shutdown, in reverse order of start. */
-interface Closer { name: string; close(): Promise<void> | void }
+interface Closer {
+  name: string;
+  close(): Promise<void> | void;
+}
 
 export class Agent {
   readonly startedAt = Date.now();
@@ -87,7 +90,10 @@ export class Agent {
       const datapath = loadDatapath({ objectPath: resolveBpfObject(cfg.bpfObject), pinDir: cfg.bpffsDir, ctMax: cfg.ctMax });
       closers.push({ name: 'datapath', close: () => datapath.close() });
       datapath.setGlobalConfig({
-        events: cfg.flowEvents, audit: cfg.policyAuditMode, eventsPerSecond: cfg.eventsPerSecond, ctPerEndpoint: cfg.ctMaxPerEndpoint,
+        events: cfg.flowEvents,
+        audit: cfg.policyAuditMode,
+        eventsPerSecond: cfg.eventsPerSecond,
+        ctPerEndpoint: cfg.ctMaxPerEndpoint,
       });
       // Cluster mode: the other nodes' pods through the tunnel device, or native routes.
       cluster?.startRouting(host, datapath);
@@ -99,28 +105,57 @@ export class Agent {
       // The DNS proxy's port and what DNS taught (toFQDNs) before the first sync, like the L7 port.
       const dns = await AgentDns.open({ cfg, log, host, datapath, store, ipv6 });
       if (dns) closers.push({ name: 'dns proxy', close: () => dns.close() });
-      const proxies = l7 || dns ? {
-        proxyPorts: () => ({ ...(l7?.proxyPorts() ?? {}), ...(dns?.proxyPorts() ?? {}) }),
-        ...(l7 ? { onChange: l7.policyChanged } : {}),
-      } : undefined;
+      const proxies =
+        l7 || dns
+          ? {
+              proxyPorts: () => ({ ...(l7?.proxyPorts() ?? {}), ...(dns?.proxyPorts() ?? {}) }),
+              ...(l7 ? { onChange: l7.policyChanged } : {}),
+            }
+          : undefined;
 
       // Policy first among the endpoint's dependencies: endpoints ask it for their identity.
       const policy = await AgentPolicy.open({
-        store, datapath, log, auditMode: cfg.policyAuditMode, cluster, clusterName: cfg.cluster?.clusterName ?? 'default',
+        store,
+        datapath,
+        log,
+        auditMode: cfg.policyAuditMode,
+        cluster,
+        clusterName: cfg.cluster?.clusterName ?? 'default',
         labelFilter: parseLabelFilter(cfg.labelFilter),
-        ...(proxies ? { l7: proxies } : {}), ...(dns ? { fqdn: dns.state } : {}),
+        ...(proxies ? { l7: proxies } : {}),
+        ...(dns ? { fqdn: dns.state } : {}),
       });
       closers.push({ name: 'policy', close: () => policy.close() });
       // Labels: callers', the pod namespace, and what the container runtimes (CRI, Docker) know.
       // Docker's network names by network id, for `membrane network list`.
       const dockerNetworkNames = new Map<string, string>();
-      const labels = labelResolver(cfg, log, (id, name) => { dockerNetworkNames.set(id, name); });
+      const labels = labelResolver(cfg, log, (id, name) => {
+        dockerNetworkNames.set(id, name);
+      });
       closers.push({ name: 'label resolver', close: () => labels.close() });
-      const endpoints = new EndpointManager({ store, ipam, networks, datapath, host, identityFor: policy.identityFor, labels, log, reapDelayMs: cfg.endpointReapDelayMs });
-      const conntrack = new ConntrackUpkeep({ datapath, log: log.child({ component: 'conntrack' }), intervalSeconds: cfg.conntrackGcIntervalSeconds });
+      const endpoints = new EndpointManager({
+        store,
+        ipam,
+        networks,
+        datapath,
+        host,
+        identityFor: policy.identityFor,
+        labels,
+        log,
+        reapDelayMs: cfg.endpointReapDelayMs,
+      });
+      const conntrack = new ConntrackUpkeep({
+        datapath,
+        log: log.child({ component: 'conntrack' }),
+        intervalSeconds: cfg.conntrackGcIntervalSeconds,
+      });
       endpoints.addHooks(policy.hooks);
       if (cluster) endpoints.addHooks(cluster.endpointHooks());
-      const core: Core = { networks: networkService(networks, endpoints, host, cfg.hostDevice, (id) => dockerNetworkNames.get(id)), endpoints, ipam: ipamService(ipam) };
+      const core: Core = {
+        networks: networkService(networks, endpoints, host, cfg.hostDevice, (id) => dockerNetworkNames.get(id)),
+        endpoints,
+        ipam: ipamService(ipam),
+      };
 
       log.info(await endpoints.restore(), 'endpoints restored');
       closers.push({ name: 'endpoint upkeep', close: endpoints.startUpkeep(cfg.endpointUpkeepIntervalSeconds * 1000) });
@@ -145,14 +180,19 @@ export class Agent {
       const problems = { datapath: () => datapathProblems(host, cfg.hostDevice, cfg.bpffsDir), store: () => store.problem() };
       const agent = new Agent(cfg, log, core, endpoints, policy, flows, l7, dns, datapath, problems, closers, cluster);
       const app = createApp({
-        core, log, version: VERSION, status: () => agent.status(),
+        core,
+        log,
+        version: VERSION,
+        status: () => agent.status(),
         check: (cid, ifName) => endpoints.check(cid, ifName),
         routers: [
           ...policy.routers(),
           {
             path: '/v1/bpf',
             router: bpfRouter({
-              datapath, endpoints: () => endpoints.list(), labelsOf: (id) => policy.identities.labelsOf(id),
+              datapath,
+              endpoints: () => endpoints.list(),
+              labelsOf: (id) => policy.identities.labelsOf(id),
               ...(cluster ? { nodeNameOf: (id: number) => cluster.listNodes().find((n) => n.nodeId === id)?.name } : {}),
             }),
           },
@@ -161,7 +201,10 @@ export class Agent {
         ],
       });
       agent.server = await serveApi(app, cfg.socket);
-      log.info({ socket: cfg.socket, stateDir: cfg.stateDir, bpffsDir: cfg.bpffsDir, networks: networks.list().map((n) => n.name) }, 'membrane agent ready');
+      log.info(
+        { socket: cfg.socket, stateDir: cfg.stateDir, bpffsDir: cfg.bpffsDir, networks: networks.list().map((n) => n.name) },
+        'membrane agent ready',
+      );
       return agent;
     } catch (e) {
       await closeAll(closers, log);
@@ -180,7 +223,12 @@ export class Agent {
       networks: this.core.networks.list().length,
       stateDir: this.cfg.stateDir,
       socket: this.cfg.socket,
-      datapath: { pinDir: this.datapath.pinDir, attach: 'tc-clsact', hostDevice: this.cfg.hostDevice, problems: this.problems.datapath() },
+      datapath: {
+        pinDir: this.datapath.pinDir,
+        attach: 'tc-clsact',
+        hostDevice: this.cfg.hostDevice,
+        problems: this.problems.datapath(),
+      },
       store: storeProblem ? { problem: storeProblem } : {},
       nodeName: this.cfg.nodeName,
       observer: f.observer,
@@ -207,7 +255,11 @@ export class Agent {
 
 async function closeAll(closers: Closer[], log: Logger): Promise<void> {
   for (const c of closers.splice(0).reverse()) {
-    try { await c.close(); } catch (err) { log.warn({ err, part: c.name }, 'did not close cleanly'); }
+    try {
+      await c.close();
+    } catch (err) {
+      log.warn({ err, part: c.name }, 'did not close cleanly');
+    }
   }
 }
 

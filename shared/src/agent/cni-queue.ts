@@ -19,7 +19,10 @@ export function cniQueue(o: { socket: string; stateDir: string; core: Core; log:
     // ids once the agent answered) is about the old one: deleting the new one would cut a live pod.
     const now = o.core.endpoints.get(e.containerId, e.ifName);
     if (now && Date.parse(now.createdAt) > Date.parse(e.queuedAt)) {
-      o.log.info({ containerId: e.containerId, ifName: e.ifName, queuedAt: e.queuedAt, createdAt: now.createdAt }, 'queued DEL is older than the endpoint: dropped');
+      o.log.info(
+        { containerId: e.containerId, ifName: e.ifName, queuedAt: e.queuedAt, createdAt: now.createdAt },
+        'queued DEL is older than the endpoint: dropped',
+      );
       return;
     }
     await o.core.endpoints.delete(e.containerId, e.ifName);
@@ -34,7 +37,9 @@ export function cniQueue(o: { socket: string; stateDir: string; core: Core; log:
     }
   };
   const drain = () => {
-    running ??= drainAll().finally(() => { running = null; });
+    running ??= drainAll().finally(() => {
+      running = null;
+    });
     return running;
   };
   return {

@@ -12,7 +12,7 @@ function describe(o: OptionSpec): string {
 /** A fresh commander program over OPTIONS (commander keeps parse state, so one per parse). */
 function program(): { cmd: Command; attr: Map<Key, string> } {
   const cmd = new Command('membrane-agent')
-    .description('Membrane node agent: owns the node\'s networking state, programs the eBPF datapath, serves the API')
+    .description("Membrane node agent: owns the node's networking state, programs the eBPF datapath, serves the API")
     .helpOption('-h, --help', 'show this help')
     .allowExcessArguments(false)
     .exitOverride()
@@ -33,7 +33,11 @@ export function helpText(): string {
   return program().cmd.helpInformation();
 }
 
-export type Flags = Partial<Record<Exclude<Key, 'pools' | 'policyAuditMode'>, string>> & { pools: string[]; policyAuditMode?: boolean; help?: boolean };
+export type Flags = Partial<Record<Exclude<Key, 'pools' | 'policyAuditMode'>, string>> & {
+  pools: string[];
+  policyAuditMode?: boolean;
+  help?: boolean;
+};
 
 export function parseFlags(argv: string[]): Flags {
   const { cmd, attr } = program();
@@ -57,4 +61,3 @@ export function parseFlags(argv: string[]): Flags {
   }
   return flags;
 }
-

@@ -6,7 +6,10 @@ import type { FileConfig } from './config-options.ts';
 import type { ClusterFlags } from './config.ts';
 
 export class ConfigError extends Error {
-  constructor(message: string) { super(message); this.name = 'ConfigError'; }
+  constructor(message: string) {
+    super(message);
+    this.name = 'ConfigError';
+  }
 }
 
 /** A setting's text with where it came from (a flag or an environment variable), for errors. */
@@ -18,17 +21,29 @@ export function poolsToNetworks(pools: string[], mtu?: number): NetworkSpec[] {
   for (const p of pools) {
     const eq = p.indexOf('=');
     const name = eq > 0 ? p.slice(0, eq) : 'default';
-    const cidrs = (eq > 0 ? p.slice(eq + 1) : p).split(',').map((s) => s.trim()).filter(Boolean);
+    const cidrs = (eq > 0 ? p.slice(eq + 1) : p)
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean);
     if (!cidrs.length) throw new ConfigError(`--pool "${p}" names no CIDR`);
     for (const c of cidrs) {
-      try { parseCidr(c); } catch (e) { throw new ConfigError(`--pool "${p}": ${(e as Error).message}`); }
+      try {
+        parseCidr(c);
+      } catch (e) {
+        throw new ConfigError(`--pool "${p}": ${(e as Error).message}`);
+      }
     }
     byName.set(name, [...(byName.get(name) ?? []), ...cidrs]);
   }
   return [...byName].map(([name, subnets]) => ({ name, subnets, ...(mtu ? { mtu } : {}) }));
 }
 
-export function observerTls(certFile?: string, keyFile?: string, clientCaFile?: string, address?: string): { observerTls?: { certFile: string; keyFile: string; clientCaFile?: string } } {
+export function observerTls(
+  certFile?: string,
+  keyFile?: string,
+  clientCaFile?: string,
+  address?: string,
+): { observerTls?: { certFile: string; keyFile: string; clientCaFile?: string } } {
   if (!certFile && !keyFile && !clientCaFile) return {};
   if (!certFile || !keyFile) throw new ConfigError('--observer-tls-cert-file and --observer-tls-key-file go together');
   if (!address) throw new ConfigError('--observer-tls-* secure the TCP listener: give --observer-address HOST:PORT too');
@@ -40,13 +55,17 @@ type TextOf = (key: 'routingMode' | 'tunnel' | 'tunnelPort' | 'tunnelDevice') =>
 /** --routing-mode, --tunnel (Cilium's older spelling: `--tunnel disabled` is native routing), --tunnel-port, --tunnel-device. */
 export function routingFlags(text: TextOf, file: FileConfig): Pick<ClusterFlags, 'routingMode' | 'tunnelPort' | 'tunnelDevice'> {
   const mode = text('routingMode');
-  if (mode && mode.text !== 'tunnel' && mode.text !== 'native') throw new ConfigError(`${mode.from} "${mode.text}" is not tunnel or native`);
+  if (mode && mode.text !== 'tunnel' && mode.text !== 'native')
+    throw new ConfigError(`${mode.from} "${mode.text}" is not tunnel or native`);
   const tunnel = text('tunnel');
-  if (tunnel && tunnel.text !== 'vxlan' && tunnel.text !== 'disabled') throw new ConfigError(`${tunnel.from} "${tunnel.text}" is not vxlan or disabled (the overlay speaks VXLAN)`);
+  if (tunnel && tunnel.text !== 'vxlan' && tunnel.text !== 'disabled')
+    throw new ConfigError(`${tunnel.from} "${tunnel.text}" is not vxlan or disabled (the overlay speaks VXLAN)`);
   const routingMode = (mode?.text ?? file.routingMode) as 'tunnel' | 'native' | undefined;
   const tunnelProto = tunnel?.text ?? file.tunnel;
-  if (routingMode === 'tunnel' && tunnelProto === 'disabled') throw new ConfigError('--routing-mode tunnel needs a tunnel: drop --tunnel disabled (or use --routing-mode native)');
-  if (routingMode === 'native' && tunnelProto === 'vxlan' && tunnel) throw new ConfigError('--routing-mode native uses no tunnel: drop --tunnel vxlan');
+  if (routingMode === 'tunnel' && tunnelProto === 'disabled')
+    throw new ConfigError('--routing-mode tunnel needs a tunnel: drop --tunnel disabled (or use --routing-mode native)');
+  if (routingMode === 'native' && tunnelProto === 'vxlan' && tunnel)
+    throw new ConfigError('--routing-mode native uses no tunnel: drop --tunnel vxlan');
   const device = text('tunnelDevice')?.text ?? file.tunnelDevice ?? 'membrane_vxlan';
   const problem = ifNameProblem(device);
   if (problem) throw new ConfigError(`--tunnel-device "${device}" is not a valid interface name: it ${problem}`);
@@ -57,11 +76,17 @@ export function routingFlags(text: TextOf, file: FileConfig): Pick<ClusterFlags,
   };
 }
 
-export function int(v: Given | undefined, fallback: number | undefined, range: { min: number; max?: number }): number | undefined {
+export function int(
+  v: Given | undefined,
+  fallback: number | undefined,
+  range: { min: number; max?: number },
+): number | undefined {
   if (v === undefined) return fallback;
   const n = Number(v.text);
   if (!/^\d+$/.test(v.text.trim()) || n < range.min || (range.max !== undefined && n > range.max)) {
-    throw new ConfigError(`${v.from} "${v.text}" is not a whole number from ${range.min}${range.max !== undefined ? ` to ${range.max}` : ' up'}`);
+    throw new ConfigError(
+      `${v.from} "${v.text}" is not a whole number from ${range.min}${range.max !== undefined ? ` to ${range.max}` : ' up'}`,
+    );
   }
   return n;
 }

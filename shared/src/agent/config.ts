@@ -102,7 +102,11 @@ export interface ClusterFlags {
 
 function readFileConfig(path: string, readFile: (p: string) => string): FileConfig {
   let text: string;
-  try { text = readFile(path); } catch (e) { throw new ConfigError(`cannot read config file ${path}: ${(e as Error).message}`); }
+  try {
+    text = readFile(path);
+  } catch (e) {
+    throw new ConfigError(`cannot read config file ${path}: ${(e as Error).message}`);
+  }
   const parsed = FileSchema.safeParse(parseYaml(text) ?? {});
   if (!parsed.success) {
     const issue = parsed.error.issues[0];
@@ -129,24 +133,34 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
   };
   const str = (key: Parameters<typeof text>[0]) => text(key)?.text;
 
-  const envPools = envOf('pools')?.split(';').map((s) => s.trim()).filter(Boolean);
-  const pools = flags.pools.length ? flags.pools : envPools?.length ? envPools : file.pools ?? [...DEFAULTS.pools];
+  const envPools = envOf('pools')
+    ?.split(';')
+    .map((s) => s.trim())
+    .filter(Boolean);
+  const pools = flags.pools.length ? flags.pools : envPools?.length ? envPools : (file.pools ?? [...DEFAULTS.pools]);
   const mtu = int(text('mtu'), file.mtu, { min: 576, max: 65535 });
   const hostDevice = str('hostDevice') ?? file.hostDevice ?? DEFAULTS.hostDevice;
   const hostProblem = ifNameProblem(hostDevice);
   if (hostProblem) throw new ConfigError(`--host-device "${hostDevice}" is not a valid interface name: it ${hostProblem}`);
   const logLevel = str('logLevel') ?? file.logLevel ?? DEFAULTS.logLevel;
-  if (!(LOG_LEVELS as readonly string[]).includes(logLevel)) throw new ConfigError(`--log-level "${logLevel}" is not one of trace, debug, info, warn, error`);
+  if (!(LOG_LEVELS as readonly string[]).includes(logLevel))
+    throw new ConfigError(`--log-level "${logLevel}" is not one of trace, debug, info, warn, error`);
   const ctMax = int(text('ctMax'), file.ctMax, { min: 1024, max: 1 << 24 }) ?? DEFAULTS.ctMax;
   const labelFilter = str('labelFilter') ?? file.labelFilter ?? DEFAULT_LABEL_FILTER;
-  try { parseLabelFilter(labelFilter); } catch (e) { throw new ConfigError(`--label-filter: ${(e as Error).message}`); }
+  try {
+    parseLabelFilter(labelFilter);
+  } catch (e) {
+    throw new ConfigError(`--label-filter: ${(e as Error).message}`);
+  }
   // Docker API: --docker-socket (or DOCKER_SOCKET) wins, then DOCKER_HOST as every Docker client
   // reads it, then the config file's dockerSocket, then the default socket.
   const explicitSocket = str('dockerSocket');
   const dockerSocket = explicitSocket ?? file.dockerSocket;
   let dockerApi: DockerApiTarget;
   try {
-    dockerApi = explicitSocket ? { socketPath: explicitSocket } : dockerApiTarget(undefined, { DOCKER_HOST: env.DOCKER_HOST || undefined });
+    dockerApi = explicitSocket
+      ? { socketPath: explicitSocket }
+      : dockerApiTarget(undefined, { DOCKER_HOST: env.DOCKER_HOST || undefined });
     if (!explicitSocket && !env.DOCKER_HOST && file.dockerSocket) dockerApi = { socketPath: file.dockerSocket };
   } catch (e) {
     // Only an agent serving Docker reads it: a DOCKER_HOST meant for something else must not stop others.
@@ -154,21 +168,38 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
     dockerApi = dockerApiTarget(undefined, {});
   }
   const kvstore = str('kvstore') ?? file.kvstore;
-  const cluster: ClusterFlags | undefined = kvstore ? {
-    kvstore,
-    clusterName: str('clusterName') ?? file.clusterName,
-    kvstoreEndpoints: str('kvstoreEndpoints') ?? file.kvstoreEndpoints,
-    kvstoreCa: str('kvstoreCa') ?? file.kvstoreCa, kvstoreCert: str('kvstoreCert') ?? file.kvstoreCert, kvstoreKey: str('kvstoreKey') ?? file.kvstoreKey,
-    nodeIp: str('nodeIp') ?? file.nodeIp,
-    leaseTtlSeconds: int(text('kvstoreLeaseTtl'), file.kvstoreLeaseTtl, { min: 2, max: 3600 }) ?? 15,
-    explicitDefaultPool: (flags.pools.length > 0 || !!envPools?.length || !!file.pools) && poolsToNetworks(pools).some((n) => n.name === 'default'),
-    ...routingFlags(text, file),
-  } : undefined;
-  if (!kvstore && (str('kvstoreEndpoints') || str('nodeIp') || flags.clusterName)) throw new ConfigError('--kvstore-endpoints, --cluster-name and --node-ip need --kvstore etcd');
-  const routingGiven = (['routingMode', 'tunnel', 'tunnelPort', 'tunnelDevice'] as const).find((k) => text(k) || file[k] !== undefined);
-  if (!kvstore && routingGiven) throw new ConfigError(`${OPTIONS.find((o) => o.key === routingGiven)!.flags.split(' ')[0]} is for cluster mode (--kvstore etcd)`);
+  const cluster: ClusterFlags | undefined = kvstore
+    ? {
+        kvstore,
+        clusterName: str('clusterName') ?? file.clusterName,
+        kvstoreEndpoints: str('kvstoreEndpoints') ?? file.kvstoreEndpoints,
+        kvstoreCa: str('kvstoreCa') ?? file.kvstoreCa,
+        kvstoreCert: str('kvstoreCert') ?? file.kvstoreCert,
+        kvstoreKey: str('kvstoreKey') ?? file.kvstoreKey,
+        nodeIp: str('nodeIp') ?? file.nodeIp,
+        leaseTtlSeconds: int(text('kvstoreLeaseTtl'), file.kvstoreLeaseTtl, { min: 2, max: 3600 }) ?? 15,
+        explicitDefaultPool:
+          (flags.pools.length > 0 || !!envPools?.length || !!file.pools) &&
+          poolsToNetworks(pools).some((n) => n.name === 'default'),
+        ...routingFlags(text, file),
+      }
+    : undefined;
+  if (!kvstore && (str('kvstoreEndpoints') || str('nodeIp') || flags.clusterName))
+    throw new ConfigError('--kvstore-endpoints, --cluster-name and --node-ip need --kvstore etcd');
+  const routingGiven = (['routingMode', 'tunnel', 'tunnelPort', 'tunnelDevice'] as const).find(
+    (k) => text(k) || file[k] !== undefined,
+  );
+  if (!kvstore && routingGiven)
+    throw new ConfigError(
+      `${OPTIONS.find((o) => o.key === routingGiven)!.flags.split(' ')[0]} is for cluster mode (--kvstore etcd)`,
+    );
   const auditEnv = envOf('policyAuditMode');
-  const audit = flags.policyAuditMode ?? onOff(auditEnv === undefined ? undefined : { text: auditEnv, from: 'MEMBRANE_POLICY_AUDIT_MODE' }, file.policyAuditMode ?? false);
+  const audit =
+    flags.policyAuditMode ??
+    onOff(
+      auditEnv === undefined ? undefined : { text: auditEnv, from: 'MEMBRANE_POLICY_AUDIT_MODE' },
+      file.policyAuditMode ?? false,
+    );
   return {
     stateDir: str('stateDir') ?? file.stateDir ?? DEFAULTS.stateDir,
     bpffsDir: str('bpffsDir') ?? file.bpffsDir ?? DEFAULTS.bpffsDir,
@@ -184,21 +215,29 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
     dockerApi,
     criSocket: str('criSocket') ?? file.criSocket ?? DEFAULT_CRI_SOCKET,
     labelFilter,
-    labelTimeoutMs: (int(text('labelTimeoutSeconds'), file.labelTimeoutSeconds, { min: 1, max: 600 }) ?? DEFAULT_LABEL_TIMEOUT_MS / 1000) * 1000,
+    labelTimeoutMs:
+      (int(text('labelTimeoutSeconds'), file.labelTimeoutSeconds, { min: 1, max: 600 }) ?? DEFAULT_LABEL_TIMEOUT_MS / 1000) *
+      1000,
     mtu,
     metricsAddress: str('metricsAddress') ?? file.metricsAddress ?? DEFAULTS.metricsAddress,
     observerSocket: str('observerSocket') ?? file.observerSocket ?? DEFAULTS.observerSocket,
     observerAddress: str('observerAddress') ?? file.observerAddress,
-    ...observerTls(str('observerTlsCertFile') ?? file.observerTlsCertFile, str('observerTlsKeyFile') ?? file.observerTlsKeyFile,
-      str('observerTlsClientCaFiles') ?? file.observerTlsClientCaFiles, str('observerAddress') ?? file.observerAddress),
+    ...observerTls(
+      str('observerTlsCertFile') ?? file.observerTlsCertFile,
+      str('observerTlsKeyFile') ?? file.observerTlsKeyFile,
+      str('observerTlsClientCaFiles') ?? file.observerTlsClientCaFiles,
+      str('observerAddress') ?? file.observerAddress,
+    ),
     flowBufferSize: int(text('flowBufferSize'), file.flowBufferSize, { min: 1 }) ?? DEFAULTS.flowBufferSize,
     flowEvents: onOff(text('flowEvents'), file.flowEvents ?? true),
     eventsPerSecond: int(text('eventsPerSecond'), file.eventsPerSecond, { min: 0 }) ?? DEFAULTS.eventsPerSecond,
     policyAuditMode: audit,
-    conntrackGcIntervalSeconds: int(text('conntrackGcIntervalSeconds'), file.conntrackGcIntervalSeconds, { min: 1, max: 86_400 })
-      ?? DEFAULTS.conntrackGcIntervalSeconds,
-    endpointUpkeepIntervalSeconds: int(text('endpointUpkeepIntervalSeconds'), file.endpointUpkeepIntervalSeconds, { min: 1, max: 86_400 })
-      ?? DEFAULTS.endpointUpkeepIntervalSeconds,
+    conntrackGcIntervalSeconds:
+      int(text('conntrackGcIntervalSeconds'), file.conntrackGcIntervalSeconds, { min: 1, max: 86_400 }) ??
+      DEFAULTS.conntrackGcIntervalSeconds,
+    endpointUpkeepIntervalSeconds:
+      int(text('endpointUpkeepIntervalSeconds'), file.endpointUpkeepIntervalSeconds, { min: 1, max: 86_400 }) ??
+      DEFAULTS.endpointUpkeepIntervalSeconds,
     ctMax,
     ctMaxPerEndpoint: int(text('ctMaxPerEndpoint'), file.ctMaxPerEndpoint, { min: 0, max: 1 << 24 }) ?? Math.floor(ctMax / 4),
     endpointReapDelayMs: int(text('endpointReapDelayMs'), file.endpointReapDelayMs, { min: 0, max: 600_000 }) ?? 0,

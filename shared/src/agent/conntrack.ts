@@ -26,10 +26,13 @@ export class ConntrackUpkeep {
   start(): void {
     const interval = this.d.intervalSeconds * 1000;
     this.collect(); // at once: also sets the counts right after a restart or a resize
-    this.timer = setInterval(() => {
-      const since = performance.now() - this.last;
-      if (since >= interval || (since >= PRESSURE_INTERVAL_MS && this.underPressure())) this.collect();
-    }, Math.min(interval, PRESSURE_INTERVAL_MS));
+    this.timer = setInterval(
+      () => {
+        const since = performance.now() - this.last;
+        if (since >= interval || (since >= PRESSURE_INTERVAL_MS && this.underPressure())) this.collect();
+      },
+      Math.min(interval, PRESSURE_INTERVAL_MS),
+    );
     this.timer.unref();
   }
 

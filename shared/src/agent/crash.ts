@@ -15,8 +15,19 @@ export function exitOnUnexpectedErrors(log: Logger): void {
   const die = (err: unknown, origin: string) => {
     if (exiting) return;
     exiting = true;
-    try { log.fatal({ err, origin }, 'unexpected error: exiting so that the agent restarts from its journal; the datapath keeps forwarding'); } catch { /* logging itself failed */ }
-    try { process.stderr.write(`membrane-agent: ${origin}: ${(err as Error)?.stack ?? String(err)}\n`); } catch { /* stderr gone */ }
+    try {
+      log.fatal(
+        { err, origin },
+        'unexpected error: exiting so that the agent restarts from its journal; the datapath keeps forwarding',
+      );
+    } catch {
+      /* logging itself failed */
+    }
+    try {
+      process.stderr.write(`membrane-agent: ${origin}: ${(err as Error)?.stack ?? String(err)}\n`);
+    } catch {
+      /* stderr gone */
+    }
     process.exit(70);
   };
   process.on('uncaughtException', (err, origin) => die(err, origin));

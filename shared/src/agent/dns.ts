@@ -41,7 +41,14 @@ const PROTO = { udp: 17, tcp: 6 } as const;
 const MAX_CACHED_DECISIONS = 10_000;
 
 /** One object shape for every decision (the proxy's hot path stays monomorphic). */
-function decision(allowed: boolean, endpoint: number | undefined, identity: number, peerIdentity: number, ruleId: number, rulePath?: string): DnsDecision {
+function decision(
+  allowed: boolean,
+  endpoint: number | undefined,
+  identity: number,
+  peerIdentity: number,
+  ruleId: number,
+  rulePath?: string,
+): DnsDecision {
   return { allowed, endpoint, identity, peerIdentity, ruleId, rulePath };
 }
 
@@ -76,7 +83,12 @@ export class AgentDns {
   private readonly writes = new WritesInFlight();
   private decisionsGen = -1;
 
-  private constructor(private readonly d: DnsDeps, readonly port: number, readonly state: FqdnState, private readonly log: Logger) {}
+  private constructor(
+    private readonly d: DnsDeps,
+    readonly port: number,
+    readonly state: FqdnState,
+    private readonly log: Logger,
+  ) {}
 
   /** undefined with --dns-proxy off. */
   static async open(d: DnsDeps): Promise<AgentDns | undefined> {
@@ -86,7 +98,13 @@ export class AgentDns {
     const port = choosePort(d.cfg);
     const state = new FqdnState(d.cfg.fqdnMinTtl);
     const saved = await d.store.get<FqdnPersisted>(STORE_KEY);
-    const restored = state.restore(saved, datapathOps(d.datapath).readIpcache(), (id) => identityKind(id) === 'fqdn', Date.now(), RESTORE_GRACE_MS);
+    const restored = state.restore(
+      saved,
+      datapathOps(d.datapath).readIpcache(),
+      (id) => identityKind(id) === 'fqdn',
+      Date.now(),
+      RESTORE_GRACE_MS,
+    );
     log.info({ port, ...restored }, 'DNS proxy port chosen; name cache restored');
     return new AgentDns(d, port, state, log);
   }
@@ -98,14 +116,21 @@ export class AgentDns {
     this.engine = engine;
     const fd = this.d.datapath.mapFd('proxy_udp_dst');
     this.proxy = new DnsProxy({
-      port: this.port, log: this.log,
+      port: this.port,
+      log: this.log,
       decide: (src, dst, proto, q) => this.decide(src, dst, proto, q),
       learn: (endpoint, answer) => this.learn(endpoint, answer),
-      record: (r) => { for (const l of this.listeners) l(r); },
+      record: (r) => {
+        for (const l of this.listeners) l(r);
+      },
       originalDestination: (src) => originalDestination(fd, src),
     });
     await this.proxy.start();
-    this.timers.push(setInterval(() => { this.expire().catch((err) => this.log.warn({ err }, 'FQDN upkeep failed')); }, GC_INTERVAL_MS));
+    this.timers.push(
+      setInterval(() => {
+        this.expire().catch((err) => this.log.warn({ err }, 'FQDN upkeep failed'));
+      }, GC_INTERVAL_MS),
+    );
     for (const t of this.timers) t.unref();
     this.log.info({ port: this.port }, 'DNS proxy listening');
   }
@@ -115,7 +140,10 @@ export class AgentDns {
    *  one lookup. Bounded: names are the client's to choose. */
   decide(src: Peer, dst: Peer, proto: 'udp' | 'tcp', q: Query): DnsDecision {
     const gen = this.engine?.mapsGeneration ?? -1;
-    if (gen !== this.decisionsGen || this.decisions.size >= MAX_CACHED_DECISIONS) { this.decisions.clear(); this.decisionsGen = gen; }
+    if (gen !== this.decisionsGen || this.decisions.size >= MAX_CACHED_DECISIONS) {
+      this.decisions.clear();
+      this.decisionsGen = gen;
+    }
     const key = `${src.ip}|${dst.ip}|${dst.port}|${proto}|${q.name}`;
     let d = this.decisions.get(key);
     if (!d) this.decisions.set(key, (d = this.lookupDecision(src, dst, proto, q)));
@@ -126,7 +154,8 @@ export class AgentDns {
   private lookupDecision(src: Peer, dst: Peer, proto: 'udp' | 'tcp', q: Query): DnsDecision {
     const e = this.engine?.egressEntry(normalizeIp(src.ip), normalizeIp(dst.ip), PROTO[proto], dst.port);
     if (!e) return decision(false, undefined, 0, 0, 0);
-    const verdict = (allowed: boolean, ruleId: number, rulePath?: string) => decision(allowed, e.endpoint, e.identity, e.peer, ruleId, rulePath);
+    const verdict = (allowed: boolean, ruleId: number, rulePath?: string) =>
+      decision(allowed, e.endpoint, e.identity, e.peer, ruleId, rulePath);
     if (!e.lookup) return verdict(true, 0);
     const entry = e.entry;
     if (entry?.l7?.kind === 'dns') {
@@ -161,25 +190,38 @@ export class AgentDns {
     const now = Date.now();
     if (!this.state.cache.expired(now - EXPIRY_GRACE_MS).length) return;
     const inUse = new Set<string>();
-    for (const e of conntrack.list(this.d.datapath.mapFd('conntrack'), process.hrtime.bigint())) { inUse.add(e.daddr); inUse.add(e.saddr); }
+    for (const e of conntrack.list(this.d.datapath.mapFd('conntrack'), process.hrtime.bigint())) {
+      inUse.add(e.daddr);
+      inUse.add(e.saddr);
+    }
     const r = this.state.expire(now - EXPIRY_GRACE_MS, (ip) => inUse.has(ip));
     if (r.changed.length) await this.engine?.fqdnChanged(r.changed, false);
-    if (r.removed) { this.log.debug({ removed: r.removed, changed: r.changed.length }, 'FQDN entries expired'); this.saveSoon(); }
+    if (r.removed) {
+      this.log.debug({ removed: r.removed, changed: r.changed.length }, 'FQDN entries expired');
+      this.saveSoon();
+    }
   }
 
   private saveSoon(): void {
     if (this.saveTimer) return;
-    this.saveTimer = setTimeout(() => { this.saveTimer = undefined; void this.save(); }, SAVE_DELAY_MS);
+    this.saveTimer = setTimeout(() => {
+      this.saveTimer = undefined;
+      void this.save();
+    }, SAVE_DELAY_MS);
     this.saveTimer.unref();
   }
 
   /** One save at a time; callers while one is queued share the next (it snapshots when it starts). */
   private save(): Promise<void> {
     if (this.queuedSave) return this.queuedSave;
-    const next = this.saving.then(() => {
-      this.queuedSave = undefined;
-      return this.d.store.put(STORE_KEY, this.state.persisted());
-    }).catch((err) => { this.log.warn({ err }, 'cannot save the FQDN state'); });
+    const next = this.saving
+      .then(() => {
+        this.queuedSave = undefined;
+        return this.d.store.put(STORE_KEY, this.state.persisted());
+      })
+      .catch((err) => {
+        this.log.warn({ err }, 'cannot save the FQDN state');
+      });
     this.queuedSave = next;
     this.saving = next;
     return next;
@@ -194,18 +236,28 @@ export class AgentDns {
     const metrics = flows.registry ? registerDnsMetrics(flows.registry, () => this.state.cache.size) : undefined;
     const time = (r: unknown) => (r as DnsRecord).timeMs;
     const build = (r: unknown) => dnsFlow(r as DnsRecord, flows.context);
-    this.onRecords((r) => { flows.pushLazy(r, [0], time, build); metrics?.observe(r); });
+    this.onRecords((r) => {
+      flows.pushLazy(r, [0], time, build);
+      metrics?.observe(r);
+    });
   }
 
   cacheList(): FqdnCacheEntryView[] {
-    return this.state.cache.entries().map((e) => {
-      const prefix = e.ip.includes(':') ? `${e.ip}/128` : `${e.ip}/32`;
-      const identity = this.state.entryOf(prefix);
-      return {
-        name: e.name, ip: e.ip, ttl: e.ttl, expiresAt: new Date(e.expiresAt).toISOString(),
-        ...(identity !== undefined ? { identity } : {}), endpoints: [...e.endpoints.keys()].sort((a, b) => a - b),
-      };
-    }).sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.ip < b.ip ? -1 : 1));
+    return this.state.cache
+      .entries()
+      .map((e) => {
+        const prefix = e.ip.includes(':') ? `${e.ip}/128` : `${e.ip}/32`;
+        const identity = this.state.entryOf(prefix);
+        return {
+          name: e.name,
+          ip: e.ip,
+          ttl: e.ttl,
+          expiresAt: new Date(e.expiresAt).toISOString(),
+          ...(identity !== undefined ? { identity } : {}),
+          endpoints: [...e.endpoints.keys()].sort((a, b) => a - b),
+        };
+      })
+      .sort((a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : a.ip < b.ip ? -1 : 1));
   }
 
   router(): express.Router {
@@ -213,19 +265,30 @@ export class AgentDns {
     r.get('/cache', (req, res) => {
       const name = typeof req.query.name === 'string' ? req.query.name.toLowerCase().replace(/\.?$/, '.') : undefined;
       const endpoint = typeof req.query.endpoint === 'string' ? Number(req.query.endpoint) : undefined;
-      res.json(this.cacheList().filter((e) => (!name || e.name === name) && (endpoint === undefined || e.endpoints.includes(endpoint))));
+      res.json(
+        this.cacheList().filter((e) => (!name || e.name === name) && (endpoint === undefined || e.endpoints.includes(endpoint))),
+      );
     });
     return r;
   }
 
   status(): Record<string, unknown> {
-    return { port: this.port, running: !!this.proxy?.running, ...this.state.cache.size, identities: this.state.identities.list().length, ...(this.proxy ? { stats: this.proxy.stats } : {}) };
+    return {
+      port: this.port,
+      running: !!this.proxy?.running,
+      ...this.state.cache.size,
+      identities: this.state.identities.list().length,
+      ...(this.proxy ? { stats: this.proxy.stats } : {}),
+    };
   }
 
   async close(): Promise<void> {
     for (const t of this.timers) clearInterval(t);
     this.timers = [];
-    if (this.saveTimer) { clearTimeout(this.saveTimer); this.saveTimer = undefined; }
+    if (this.saveTimer) {
+      clearTimeout(this.saveTimer);
+      this.saveTimer = undefined;
+    }
     await this.proxy?.close();
     await this.save();
   }
@@ -237,7 +300,10 @@ function choosePort(cfg: AgentConfig): number {
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   const file = path.join(dir, 'port');
   const free = (p: number) => portFree(p) && udpPortFree(p);
-  if (cfg.dnsProxyPort) { fs.writeFileSync(file, `${cfg.dnsProxyPort}\n`); return cfg.dnsProxyPort; }
+  if (cfg.dnsProxyPort) {
+    fs.writeFileSync(file, `${cfg.dnsProxyPort}\n`);
+    return cfg.dnsProxyPort;
+  }
   const kept = Number(fs.existsSync(file) ? fs.readFileSync(file, 'utf8').trim() : 0);
   if (kept && free(kept)) return kept;
   const port = pickProxyPort(free);
@@ -267,7 +333,13 @@ function writeIpv4(ip: string, out: Buffer, at: number): boolean {
   let digits = 0;
   for (let i = 0; i < ip.length; i++) {
     const c = ip.charCodeAt(i);
-    if (c === 46) { if (!digits || part > 2) return false; out[at + part++] = n; n = 0; digits = 0; continue; }
+    if (c === 46) {
+      if (!digits || part > 2) return false;
+      out[at + part++] = n;
+      n = 0;
+      digits = 0;
+      continue;
+    }
     if (c < 48 || c > 57 || ++digits > 3) return false;
     n = n * 10 + (c - 48);
     if (n > 255) return false;

@@ -35,7 +35,10 @@ function endpointEvent(type: 'ENDPOINT_CREATED' | 'ENDPOINT_DELETED', ep: Endpoi
 }
 
 export interface FlowsDeps {
-  cfg: Pick<AgentConfig, 'nodeName' | 'observerSocket' | 'observerAddress' | 'observerTls' | 'metricsAddress' | 'flowBufferSize' | 'flowEvents'>;
+  cfg: Pick<
+    AgentConfig,
+    'nodeName' | 'observerSocket' | 'observerAddress' | 'observerTls' | 'metricsAddress' | 'flowBufferSize' | 'flowEvents'
+  >;
   log: Logger;
   datapath: Pick<Datapath, 'pinDir' | 'mapPressure' | 'dropCounters' | 'globalConfig'>;
   endpoints: Pick<EndpointManager, 'list' | 'addHooks' | 'goneRemoved'>;
@@ -68,7 +71,10 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
   let metrics: AgentMetrics | undefined;
   let refreshedAt = 0;
   const agentEvents = new AgentEventLog();
-  const refresh = () => { table.replace(d.endpoints.list()); refreshedAt = performance.now(); };
+  const refresh = () => {
+    table.replace(d.endpoints.list());
+    refreshedAt = performance.now();
+  };
   // An event can beat the afterCreate hook of a brand-new endpoint: look again, at most every 200 ms
   // (unknown ids must not turn every event into a table rebuild).
   const byId = (id: number) => {
@@ -78,8 +84,15 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
     return table.byEndpointId(id);
   };
   d.endpoints.addHooks({
-    afterCreate: (ep, ms) => { metrics?.observeEndpointCreate(ms); refresh(); agentEvents.record(endpointEvent('ENDPOINT_CREATED', ep)); },
-    afterDelete: (ep) => { refresh(); agentEvents.record(endpointEvent('ENDPOINT_DELETED', ep)); },
+    afterCreate: (ep, ms) => {
+      metrics?.observeEndpointCreate(ms);
+      refresh();
+      agentEvents.record(endpointEvent('ENDPOINT_CREATED', ep));
+    },
+    afterDelete: (ep) => {
+      refresh();
+      agentEvents.record(endpointEvent('ENDPOINT_DELETED', ep));
+    },
     afterLabelsChanged: () => refresh(),
   });
   refresh();
@@ -96,21 +109,33 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
   };
   const ring = new FlowRing(cfg.flowBufferSize, cfg.nodeName);
   const source = new KernelEventSource({
-    pinDir: d.datapath.pinDir, cpus: possibleCpus(),
+    pinDir: d.datapath.pinDir,
+    cpus: possibleCpus(),
     onError: (err) => log.warn({ err }, 'flow event reader'),
   });
   const collector = new FlowCollector({
-    ring, source, context, wallOffset: monotonicToWallOffsetNs,
+    ring,
+    source,
+    context,
+    wallOffset: monotonicToWallOffsetNs,
     onError: (err) => log.warn({ err }, 'could not turn a flow event into a flow (logged once)'),
   });
   const closers: (() => Promise<void> | void)[] = [];
   const closeAll = async () => {
-    for (const c of closers.splice(0).reverse()) { // idempotent: a second close finds nothing
-      try { await c(); } catch (err) { log.warn({ err }, 'flows: close'); }
+    for (const c of closers.splice(0).reverse()) {
+      // idempotent: a second close finds nothing
+      try {
+        await c();
+      } catch (err) {
+        log.warn({ err }, 'flows: close');
+      }
     }
   };
   const startedAt = d.startedAt ?? Date.now();
-  agentEvents.record({ type: 'AGENT_STARTED', agentStart: { time: { seconds: Math.floor(startedAt / 1000), nanos: (startedAt % 1000) * 1e6 } } });
+  agentEvents.record({
+    type: 'AGENT_STARTED',
+    agentStart: { time: { seconds: Math.floor(startedAt / 1000), nanos: (startedAt % 1000) * 1e6 } },
+  });
   closers.push(watchPolicies(d.rules, agentEvents));
   let observerStatus: ReturnType<AgentFlows['status']>['observer'];
   let metricsAddress: string | null = null;
@@ -123,18 +148,38 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
       log.error({ err, pinDir: d.datapath.pinDir }, 'cannot read flow events from the datapath');
     }
 
-    const observer = await ObserverServer.start({
-      ring, nodeName: cfg.nodeName, version: VERSION, startedAtNs: process.hrtime.bigint(),
-      // Report what the datapath really does (datapath_config), not what was asked for.
-      flowEventsEnabled: () => { try { return d.datapath.globalConfig().events; } catch { return cfg.flowEvents; } },
-      lostEvents: () => collector.datapathLost(),
-      lostEventsAgent: () => collector.agentLost,
-      onLost: (fn) => collector.onLost(fn),
-      countAgentLost: (n) => collector.countAgentLost(n),
-      agentEvents,
-    }, { socket: cfg.observerSocket, address: cfg.observerAddress, ...(cfg.observerTls ? { tls: readObserverTls(cfg.observerTls) } : {}) });
+    const observer = await ObserverServer.start(
+      {
+        ring,
+        nodeName: cfg.nodeName,
+        version: VERSION,
+        startedAtNs: process.hrtime.bigint(),
+        // Report what the datapath really does (datapath_config), not what was asked for.
+        flowEventsEnabled: () => {
+          try {
+            return d.datapath.globalConfig().events;
+          } catch {
+            return cfg.flowEvents;
+          }
+        },
+        lostEvents: () => collector.datapathLost(),
+        lostEventsAgent: () => collector.agentLost,
+        onLost: (fn) => collector.onLost(fn),
+        countAgentLost: (n) => collector.countAgentLost(n),
+        agentEvents,
+      },
+      {
+        socket: cfg.observerSocket,
+        address: cfg.observerAddress,
+        ...(cfg.observerTls ? { tls: readObserverTls(cfg.observerTls) } : {}),
+      },
+    );
     closers.push(() => observer.close());
-    observerStatus = { socket: observer.socket, ...(observer.address ? { address: observer.address } : {}), flowBufferSize: ring.capacity };
+    observerStatus = {
+      socket: observer.socket,
+      ...(observer.address ? { address: observer.address } : {}),
+      flowBufferSize: ring.capacity,
+    };
 
     if (cfg.metricsAddress !== 'off') {
       metrics = createAgentMetrics({
@@ -144,9 +189,14 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
         mapPressure: cachedMapPressure(d.datapath),
         drops: () => {
           try {
-            return Object.entries(d.datapath.dropCounters())
-              .map(([reason, c]) => ({ reason: dropReasonName(Number(reason)), packets: Number(c.packets), bytes: Number(c.bytes) }));
-          } catch { return []; } // a scrape must not fail over one unreadable map
+            return Object.entries(d.datapath.dropCounters()).map(([reason, c]) => ({
+              reason: dropReasonName(Number(reason)),
+              packets: Number(c.packets),
+              bytes: Number(c.bytes),
+            }));
+          } catch {
+            return [];
+          } // a scrape must not fail over one unreadable map
         },
         lost: () => ({ datapath: collector.datapathLost(), agent: collector.agentLost }),
         flowRing: () => ({ held: ring.size, capacity: ring.capacity, seen: ring.seen, followers: ring.followers }),
@@ -156,7 +206,10 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
       metricsAddress = server.address;
       log.info({ metrics: server.address }, 'metrics serving');
     }
-    log.info({ observer: observer.socket, address: observer.address, flowBuffer: ring.capacity, flowEvents: cfg.flowEvents }, 'flow observer serving');
+    log.info(
+      { observer: observer.socket, address: observer.address, flowBuffer: ring.capacity, flowEvents: cfg.flowEvents },
+      'flow observer serving',
+    );
   } catch (err) {
     await closeAll();
     throw err;
@@ -164,9 +217,15 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
   return {
     status: () => ({ observer: observerStatus, metrics: { address: metricsAddress } }),
     context,
-    pushLazy: (source, offsets, timeMs, build) => { ring.tick(); for (const o of offsets) ring.pushLazy(source, o, timeMs(source, o), build); },
+    pushLazy: (source, offsets, timeMs, build) => {
+      ring.tick();
+      for (const o of offsets) ring.pushLazy(source, o, timeMs(source, o), build);
+    },
     registry: metrics?.registry,
-    close: async () => { await closeAll(); metrics = undefined; },
+    close: async () => {
+      await closeAll();
+      metrics = undefined;
+    },
   };
 }
 
@@ -195,7 +254,11 @@ function cachedMapPressure(datapath: Pick<Datapath, 'mapPressure'>): () => Recor
   let value: Record<string, { entries: number; max: number }> = {};
   return () => {
     if (performance.now() - at > MAP_PRESSURE_TTL_MS) {
-      try { value = datapath.mapPressure(); } catch { /* keep the last reading */ }
+      try {
+        value = datapath.mapPressure();
+      } catch {
+        /* keep the last reading */
+      }
       at = performance.now();
     }
     return value;
@@ -205,10 +268,15 @@ function cachedMapPressure(datapath: Pick<Datapath, 'mapPressure'>): () => Recor
 /** The observer's TLS files, read once at start (a missing file stops the agent with its name). */
 function readObserverTls(t: NonNullable<AgentConfig['observerTls']>): { cert: Buffer; key: Buffer; clientCa?: Buffer } {
   const read = (flag: string, file: string) => {
-    try { return fs.readFileSync(file); } catch (e) { throw new Error(`${flag} ${file}: ${(e as Error).message}`); }
+    try {
+      return fs.readFileSync(file);
+    } catch (e) {
+      throw new Error(`${flag} ${file}: ${(e as Error).message}`);
+    }
   };
   return {
-    cert: read('--observer-tls-cert-file', t.certFile), key: read('--observer-tls-key-file', t.keyFile),
+    cert: read('--observer-tls-cert-file', t.certFile),
+    key: read('--observer-tls-key-file', t.keyFile),
     ...(t.clientCaFile ? { clientCa: read('--observer-tls-client-ca-files', t.clientCaFile) } : {}),
   };
 }

@@ -29,7 +29,9 @@ export interface L7Deps {
 export function proxyWorkerCommand(): WorkerCommand {
   const main = process.argv[1] ? path.resolve(process.argv[1]) : '';
   if (main.endsWith('.ts')) {
-    const keep = process.execArgv.filter((a, i, all) => a === '--import' || a === '--loader' || all[i - 1] === '--import' || all[i - 1] === '--loader');
+    const keep = process.execArgv.filter(
+      (a, i, all) => a === '--import' || a === '--loader' || all[i - 1] === '--import' || all[i - 1] === '--loader',
+    );
     return { execPath: process.execPath, args: [...keep, path.resolve(path.dirname(main), '../l7/proxy/worker-main.ts')] };
   }
   return { execPath: process.execPath, args: [path.join(path.dirname(main), 'membrane-proxy')] };
@@ -45,7 +47,10 @@ export class AgentL7 {
   private needed = false;
   private socketMark = false;
 
-  private constructor(readonly manager: ProxyManager, private readonly log: Logger) {}
+  private constructor(
+    readonly manager: ProxyManager,
+    private readonly log: Logger,
+  ) {}
 
   /** undefined when --l7-proxy off. */
   static async open(d: L7Deps): Promise<AgentL7 | undefined> {
@@ -57,8 +62,12 @@ export class AgentL7 {
     attachProxyHairpin(d.datapath, hostDevice);
     let self: AgentL7 | undefined;
     const manager = await ProxyManager.open({
-      stateDir: d.cfg.stateDir, workers: d.cfg.l7ProxyWorkers, port: d.cfg.l7ProxyPort, version: VERSION,
-      command: proxyWorkerCommand(), log,
+      stateDir: d.cfg.stateDir,
+      workers: d.cfg.l7ProxyWorkers,
+      port: d.cfg.l7ProxyPort,
+      version: VERSION,
+      command: proxyWorkerCommand(),
+      log,
       onRecords: (batch) => self!.onBatch(batch),
     });
     self = new AgentL7(manager, log);
@@ -82,7 +91,10 @@ export class AgentL7 {
       this.pending = false;
       try {
         const snapshot = this.engine!.proxySnapshot();
-        if (snapshot.policies.length && !this.socketMark) { ensureTransparentSocketMark(); this.socketMark = true; }
+        if (snapshot.policies.length && !this.socketMark) {
+          ensureTransparentSocketMark();
+          this.socketMark = true;
+        }
         this.manager.update(snapshot);
         this.needed = snapshot.policies.length > 0;
       } catch (err) {
@@ -98,7 +110,8 @@ export class AgentL7 {
       this.lostRecords += b.lost;
       offsets = b.offsets;
     } catch (err) {
-      if (!this.badBatchLogged) this.log.warn({ err }, 'unreadable record batch from an L7 proxy worker (of another version?): its records are lost');
+      if (!this.badBatchLogged)
+        this.log.warn({ err }, 'unreadable record batch from an L7 proxy worker (of another version?): its records are lost');
       this.badBatchLogged = true;
       this.lostRecords++;
       return;

@@ -9,11 +9,19 @@ import { DockerLabels } from '../labels/docker.ts';
 
 /** `onDockerNetworkName`: a Docker network's id and name (`docker network create NAME`), as the
  *  Docker API tells them; with the Docker plugin, Docker's networks are followed from the start. */
-export function labelResolver(cfg: AgentConfig, log: Logger, onDockerNetworkName?: (networkId: string, name: string) => void): LabelResolver {
+export function labelResolver(
+  cfg: AgentConfig,
+  log: Logger,
+  onDockerNetworkName?: (networkId: string, name: string) => void,
+): LabelResolver {
   const l = log.child({ component: 'labels' });
   const sources: RuntimeSource[] = [new CriLabels({ socket: cfg.criSocket, log: l })];
   if (cfg.dockerPlugin) {
-    const docker = new DockerLabels({ target: cfg.dockerApi, log: l, ...(onDockerNetworkName ? { onNetworkName: onDockerNetworkName } : {}) });
+    const docker = new DockerLabels({
+      target: cfg.dockerApi,
+      log: l,
+      ...(onDockerNetworkName ? { onNetworkName: onDockerNetworkName } : {}),
+    });
     if (onDockerNetworkName) docker.followNetworks();
     sources.push(docker);
   }

@@ -9,7 +9,10 @@ import { exitOnUnexpectedErrors } from './crash.ts';
 async function main(): Promise<void> {
   let cfg;
   try {
-    if (parseFlags(process.argv.slice(2)).help) { process.stdout.write(helpText()); return; }
+    if (parseFlags(process.argv.slice(2)).help) {
+      process.stdout.write(helpText());
+      return;
+    }
     cfg = resolveConfig(process.argv.slice(2), process.env, (p) => fs.readFileSync(p, 'utf8'));
     clusterSettings(cfg);
   } catch (e) {
@@ -43,7 +46,13 @@ async function main(): Promise<void> {
       process.exit(1);
     }, STOP_DEADLINE_MS);
     deadline.unref();
-    agent.stop().then(() => process.exit(0), (err) => { log.error({ err }, 'unclean shutdown'); process.exit(1); });
+    agent.stop().then(
+      () => process.exit(0),
+      (err) => {
+        log.error({ err }, 'unclean shutdown');
+        process.exit(1);
+      },
+    );
   };
   process.on('SIGTERM', () => shutdown('SIGTERM'));
   process.on('SIGINT', () => shutdown('SIGINT'));

@@ -15,7 +15,9 @@ const LOCK_NB = 4;
 const EWOULDBLOCK = 11;
 const EINTR = 4;
 
-export interface PidLock { release(): void }
+export interface PidLock {
+  release(): void;
+}
 
 export function acquirePidLock(file: string): PidLock {
   // libuv opens with O_CLOEXEC: processes the agent starts (L7 proxy workers) never inherit the lock.
@@ -27,25 +29,37 @@ export function acquirePidLock(file: string): PidLock {
     fs.closeSync(fd);
     if (errno === EWOULDBLOCK) {
       const pid = readPid(file);
-      throw new Error(`another membrane-agent (${pid ? `pid ${pid}` : 'starting'}) already uses this state dir (${file} is locked)`);
+      throw new Error(
+        `another membrane-agent (${pid ? `pid ${pid}` : 'starting'}) already uses this state dir (${file} is locked)`,
+      );
     }
     throw new Error(`cannot lock ${file}: errno ${errno}`);
   }
   try {
     fs.ftruncateSync(fd, 0);
     fs.writeSync(fd, `${process.pid}\n`, 0);
-  } catch { /* a full disk: the lock is the flock, the pid only informs */ }
+  } catch {
+    /* a full disk: the lock is the flock, the pid only informs */
+  }
   let held = true;
   return {
     release: () => {
       if (!held) return;
       held = false;
-      try { fs.ftruncateSync(fd, 0); } catch { /* the lock goes with the fd anyway */ }
+      try {
+        fs.ftruncateSync(fd, 0);
+      } catch {
+        /* the lock goes with the fd anyway */
+      }
       fs.closeSync(fd);
     },
   };
 }
 
 function readPid(file: string): number | null {
-  try { return Number(fs.readFileSync(file, 'utf8').trim()) || null; } catch { return null; }
+  try {
+    return Number(fs.readFileSync(file, 'utf8').trim()) || null;
+  } catch {
+    return null;
+  }
 }

@@ -63,7 +63,10 @@ export class AgentPolicy {
   private timers: NodeJS.Timeout[] = [];
   private readonly log: Logger;
 
-  private constructor(readonly engine: PolicyEngine, private readonly d: PolicyDeps) {
+  private constructor(
+    readonly engine: PolicyEngine,
+    private readonly d: PolicyDeps,
+  ) {
     this.log = d.log.child({ component: 'policy' });
   }
 
@@ -71,7 +74,12 @@ export class AgentPolicy {
   static async open(d: PolicyDeps): Promise<AgentPolicy> {
     const log = d.log.child({ component: 'policy' });
     const engine = await PolicyEngine.open({
-      store: d.store, ops: datapathOps(d.datapath, { log }), hostAddresses, log, cluster: d.clusterName ?? 'default', labelFilter: d.labelFilter,
+      store: d.store,
+      ops: datapathOps(d.datapath, { log }),
+      hostAddresses,
+      log,
+      cluster: d.clusterName ?? 'default',
+      labelFilter: d.labelFilter,
       ...(d.cluster ? { identityBackend: d.cluster.identities, policyBackend: d.cluster.policies } : {}),
       ...(d.l7 ? { proxyPorts: d.l7.proxyPorts, ...(d.l7.onChange ? { onChange: d.l7.onChange } : {}) } : {}),
       ...(d.fqdn ? { fqdn: d.fqdn } : {}),
@@ -96,15 +104,29 @@ export class AgentPolicy {
       const rec = this.engine.get(d.policy);
       const rule = rec?.policy.specs.flatMap((s) => s.rules).find((r) => r.path === d.path);
       return {
-        policy: d.policy, index: decodeRuleId(ruleId)!.index, direction: d.direction, action: d.action, path: d.path,
-        ...(rec ? { kind: rec.policy.kind, revision: rec.revision, ...(rec.policy.namespace ? { namespace: rec.policy.namespace } : {}) } : {}),
+        policy: d.policy,
+        index: decodeRuleId(ruleId)!.index,
+        direction: d.direction,
+        action: d.action,
+        path: d.path,
+        ...(rec
+          ? {
+              kind: rec.policy.kind,
+              revision: rec.revision,
+              ...(rec.policy.namespace ? { namespace: rec.policy.namespace } : {}),
+            }
+          : {}),
         ...(rule ? { matchType: policyMatchType(rule) } : {}),
       };
     },
-    policies: () => this.engine.list().map((p) => ({
-      name: p.name, kind: p.policy.kind, revision: p.revision, rules: p.policy.specs.reduce((n, s) => n + s.rules.length, 0),
-      ...(p.policy.namespace ? { namespace: p.policy.namespace } : {}),
-    })),
+    policies: () =>
+      this.engine.list().map((p) => ({
+        name: p.name,
+        kind: p.policy.kind,
+        revision: p.revision,
+        rules: p.policy.specs.reduce((n, s) => n + s.rules.length, 0),
+        ...(p.policy.namespace ? { namespace: p.policy.namespace } : {}),
+      })),
     revision: () => this.engine.revision,
   };
 
@@ -112,7 +134,10 @@ export class AgentPolicy {
 
   routers(): { path: string; router: express.Router }[] {
     return [
-      { path: '/v1/policy', router: policyRouter(this.engine, { auditMode: () => this.d.auditMode, drops: () => dropsByName(this.d.datapath) }) },
+      {
+        path: '/v1/policy',
+        router: policyRouter(this.engine, { auditMode: () => this.d.auditMode, drops: () => dropsByName(this.d.datapath) }),
+      },
       { path: '/v1/identities', router: identityRouter(this.engine) },
     ];
   }
@@ -123,14 +148,23 @@ export class AgentPolicy {
     const stats = await e.start();
     this.log.info({ ...stats, ...e.mapUsage(), revision: e.revision, auditMode: this.d.auditMode }, 'policy engine started');
     this.timers = [
-      setInterval(() => { e.refreshHostAddresses().catch((err) => this.log.warn({ err }, 'host address refresh failed')); }, HOST_REFRESH_MS),
-      setInterval(() => { e.sweepIdentities().catch((err) => this.log.warn({ err }, 'identity sweep failed')); }, IDENTITY_SWEEP_MS),
+      setInterval(() => {
+        e.refreshHostAddresses().catch((err) => this.log.warn({ err }, 'host address refresh failed'));
+      }, HOST_REFRESH_MS),
+      setInterval(() => {
+        e.sweepIdentities().catch((err) => this.log.warn({ err }, 'identity sweep failed'));
+      }, IDENTITY_SWEEP_MS),
     ];
     for (const t of this.timers) t.unref();
   }
 
   status(): Record<string, unknown> {
-    return { revision: this.engine.revision, policies: this.engine.list().length, auditMode: this.d.auditMode, ...this.engine.mapUsage() };
+    return {
+      revision: this.engine.revision,
+      policies: this.engine.list().length,
+      auditMode: this.d.auditMode,
+      ...this.engine.mapUsage(),
+    };
   }
 
   async close(): Promise<void> {

@@ -21,15 +21,23 @@ export async function ensureConfiguredNetwork(networks: Networks, spec: NetworkS
 }
 
 /** `dockerName`: a Docker network's name by its id (from the Docker API), shown with the network. */
-export function networkService(networks: Networks, endpoints: EndpointManager, host: Netlink, hostDevice: string,
-  dockerName: (networkId: string) => string | undefined = () => undefined): NetworkService {
+export function networkService(
+  networks: Networks,
+  endpoints: EndpointManager,
+  host: Netlink,
+  hostDevice: string,
+  dockerName: (networkId: string) => string | undefined = () => undefined,
+): NetworkService {
   const named = (n: Network): Network => {
     const id = n.options['docker.network-id'];
     const name = id ? dockerName(id) : undefined;
     return name ? { ...n, dockerName: name } : n;
   };
   return {
-    get: (name) => { const n = networks.get(name); return n && named(n); },
+    get: (name) => {
+      const n = networks.get(name);
+      return n && named(n);
+    },
     list: () => networks.list().map(named),
     async create(spec) {
       const n = await networks.create(spec);
@@ -42,7 +50,10 @@ export function networkService(networks: Networks, endpoints: EndpointManager, h
       if (!n) return false;
       const users = endpoints.list().filter((e) => e.network === name);
       if (users.length) {
-        throw new NetworkError('network_in_use', `network "${name}" still has ${users.length} endpoint(s), e.g. ${users[0].containerId}/${users[0].ifName}`);
+        throw new NetworkError(
+          'network_in_use',
+          `network "${name}" still has ${users.length} endpoint(s), e.g. ${users[0].containerId}/${users[0].ifName}`,
+        );
       }
       const deleted = await networks.delete(name);
       removeGateways(host, hostDevice, n);

@@ -72,7 +72,8 @@ export interface BpfMetricsView {
 
 function endpointIdParam(q: unknown): number | undefined {
   if (q === undefined) return undefined;
-  if (typeof q !== 'string' || !/^\d+$/.test(q)) throw new MembraneError('bad_request', `endpoint "${String(q)}" is not an endpoint id`, { field: 'endpoint' });
+  if (typeof q !== 'string' || !/^\d+$/.test(q))
+    throw new MembraneError('bad_request', `endpoint "${String(q)}" is not an endpoint id`, { field: 'endpoint' });
   return Number(q);
 }
 
@@ -85,21 +86,55 @@ export function readPolicyEntries(dp: Datapath, labelsOf: BpfRouterDeps['labelsO
     const v = decodePolicyValue(values[i]);
     const labels = key.peer ? labelsOf(key.peer) : undefined;
     out.push({
-      endpoint: key.endpointId, direction: key.direction, identity: key.peer, ...(labels ? { labels } : {}), proto: key.proto, port: key.dport,
-      action: v.action, ruleId: v.ruleId, ...(v.proxyPort ? { proxyPort: v.proxyPort } : {}), packets: Number(v.packets), bytes: Number(v.bytes),
+      endpoint: key.endpointId,
+      direction: key.direction,
+      identity: key.peer,
+      ...(labels ? { labels } : {}),
+      proto: key.proto,
+      port: key.dport,
+      action: v.action,
+      ruleId: v.ruleId,
+      ...(v.proxyPort ? { proxyPort: v.proxyPort } : {}),
+      packets: Number(v.packets),
+      bytes: Number(v.bytes),
     });
   });
-  return out.sort((a, b) => a.endpoint - b.endpoint || a.direction.localeCompare(b.direction) || a.identity - b.identity || a.proto - b.proto || a.port - b.port);
+  return out.sort(
+    (a, b) =>
+      a.endpoint - b.endpoint ||
+      a.direction.localeCompare(b.direction) ||
+      a.identity - b.identity ||
+      a.proto - b.proto ||
+      a.port - b.port,
+  );
 }
 
 export function readMetrics(dp: Datapath, endpoints: Endpoint[]): BpfMetricsView {
-  const drops = Object.entries(dp.dropCounters()).map(([reason, c]) => ({
-    code: hubbleDropCode(Number(reason)), reason: dropReasonName(Number(reason)), packets: Number(c.packets), bytes: Number(c.bytes),
-  })).sort((a, b) => a.code - b.code);
-  const counters = endpoints.flatMap((ep) => {
-    const c = dp.counters(ep.hostIfIndex);
-    return c ? [{ endpoint: ep.id, ifindex: ep.hostIfIndex, rxPackets: Number(c.rxPackets), rxBytes: Number(c.rxBytes), txPackets: Number(c.txPackets), txBytes: Number(c.txBytes) }] : [];
-  }).sort((a, b) => a.endpoint - b.endpoint);
+  const drops = Object.entries(dp.dropCounters())
+    .map(([reason, c]) => ({
+      code: hubbleDropCode(Number(reason)),
+      reason: dropReasonName(Number(reason)),
+      packets: Number(c.packets),
+      bytes: Number(c.bytes),
+    }))
+    .sort((a, b) => a.code - b.code);
+  const counters = endpoints
+    .flatMap((ep) => {
+      const c = dp.counters(ep.hostIfIndex);
+      return c
+        ? [
+            {
+              endpoint: ep.id,
+              ifindex: ep.hostIfIndex,
+              rxPackets: Number(c.rxPackets),
+              rxBytes: Number(c.rxBytes),
+              txPackets: Number(c.txPackets),
+              txBytes: Number(c.txBytes),
+            },
+          ]
+        : [];
+    })
+    .sort((a, b) => a.endpoint - b.endpoint);
   return { drops, endpoints: counters, eventsLost: Number(dp.eventsLost()) };
 }
 
@@ -107,16 +142,24 @@ export function bpfRouter(d: BpfRouterDeps): express.Router {
   const r = express.Router();
 
   r.get('/ct', (_req, res) => {
-    res.json({ fill: d.datapath.conntrackFill(), entries: conntrack.list(d.datapath.mapFd('conntrack'), process.hrtime.bigint()) });
+    res.json({
+      fill: d.datapath.conntrackFill(),
+      entries: conntrack.list(d.datapath.mapFd('conntrack'), process.hrtime.bigint()),
+    });
   });
 
-  r.get('/ct/fill', (_req, res) => { res.json(d.datapath.conntrackFill()); });
+  r.get('/ct/fill', (_req, res) => {
+    res.json(d.datapath.conntrackFill());
+  });
 
   r.post('/ct/flush', (_req, res) => {
     // Through the datapath's own flush (it keeps the per-endpoint entry counts right): every address
     // the table names. A flow created between the walk and the flush survives, as it would a moment later.
     const ips = new Set<string>();
-    for (const e of conntrack.list(d.datapath.mapFd('conntrack'), process.hrtime.bigint())) { ips.add(e.saddr); ips.add(e.daddr); }
+    for (const e of conntrack.list(d.datapath.mapFd('conntrack'), process.hrtime.bigint())) {
+      ips.add(e.saddr);
+      ips.add(e.daddr);
+    }
     res.json({ deleted: ips.size ? d.datapath.flushConntrack([...ips]) : 0 });
   });
 
@@ -137,7 +180,9 @@ export function bpfRouter(d: BpfRouterDeps): express.Router {
     res.json(readMetrics(d.datapath, d.endpoints()));
   });
 
-  r.get('/tunnel', (_req, res) => { res.json(readTunnel(d.datapath, d.nodeNameOf)); });
+  r.get('/tunnel', (_req, res) => {
+    res.json(readTunnel(d.datapath, d.nodeNameOf));
+  });
 
   return r;
 }

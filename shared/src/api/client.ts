@@ -8,7 +8,13 @@ export const DEFAULT_SOCKET = '/run/membrane/agent.sock';
 
 /** The agent answered with an error body. */
 export class AgentApiError extends Error {
-  constructor(readonly status: number, readonly code: ErrorKind, message: string, readonly details?: unknown, readonly field?: string) {
+  constructor(
+    readonly status: number,
+    readonly code: ErrorKind,
+    message: string,
+    readonly details?: unknown,
+    readonly field?: string,
+  ) {
     super(message);
     this.name = 'AgentApiError';
   }
@@ -20,7 +26,9 @@ export class AgentApiError extends Error {
  */
 export function decodeApiAnswer<T>(status: number, text: string): T {
   let parsed: unknown;
-  try { parsed = text ? JSON.parse(text) : {}; } catch {
+  try {
+    parsed = text ? JSON.parse(text) : {};
+  } catch {
     throw new AgentApiError(status || 500, 'internal', `agent sent a non-JSON answer (HTTP ${status}): ${text.slice(0, 200)}`);
   }
   if (status >= 200 && status < 400) return parsed as T;
@@ -33,16 +41,23 @@ export function decodeApiAnswer<T>(status: number, text: string): T {
 /** What a failed connection to the agent's socket means, in words. */
 export function describeConnectError(e: NodeJS.ErrnoException): string {
   switch (e.code) {
-    case 'ENOENT': return 'no socket there (is membrane-agent running?)';
-    case 'ECONNREFUSED': return 'connection refused (the agent is not listening)';
-    case 'EACCES': return 'permission denied on the socket';
-    default: return e.code ? `${e.code}: ${e.message}` : e.message;
+    case 'ENOENT':
+      return 'no socket there (is membrane-agent running?)';
+    case 'ECONNREFUSED':
+      return 'connection refused (the agent is not listening)';
+    case 'EACCES':
+      return 'permission denied on the socket';
+    default:
+      return e.code ? `${e.code}: ${e.message}` : e.message;
   }
 }
 
 /** The agent could not be reached at all (no socket, refused, timed out). */
 export class AgentUnreachableError extends Error {
-  constructor(readonly socketPath: string, readonly reason: string) {
+  constructor(
+    readonly socketPath: string,
+    readonly reason: string,
+  ) {
     super(`cannot reach the membrane agent at ${socketPath}: ${reason}`);
     this.name = 'AgentUnreachableError';
   }
@@ -68,11 +83,19 @@ export class AgentClient {
     this.timeoutMs = opts.timeoutMs ?? 30_000;
   }
 
-  healthz(): Promise<{ ok: boolean }> { return this.request('GET', '/v1/healthz'); }
-  version(): Promise<{ version: string }> { return this.request('GET', '/v1/version'); }
-  status(): Promise<AgentStatus> { return this.request('GET', '/v1/status'); }
+  healthz(): Promise<{ ok: boolean }> {
+    return this.request('GET', '/v1/healthz');
+  }
+  version(): Promise<{ version: string }> {
+    return this.request('GET', '/v1/version');
+  }
+  status(): Promise<AgentStatus> {
+    return this.request('GET', '/v1/status');
+  }
 
-  createEndpoint(req: EndpointRequest): Promise<Endpoint> { return this.request('POST', '/v1/endpoints', req); }
+  createEndpoint(req: EndpointRequest): Promise<Endpoint> {
+    return this.request('POST', '/v1/endpoints', req);
+  }
   /** All endpoints, those of a container id, or every endpoint a user-facing name fits (`ref`). */
   async listEndpoints(filter: { containerId?: string; ref?: string; ifName?: string } = {}): Promise<Endpoint[]> {
     const q = new URLSearchParams();
@@ -98,7 +121,9 @@ export class AgentClient {
   async listNetworks(): Promise<Network[]> {
     return (await this.request<{ items: Network[] }>('GET', '/v1/networks')).items;
   }
-  createNetwork(spec: NetworkSpec): Promise<Network> { return this.request('POST', '/v1/networks', spec); }
+  createNetwork(spec: NetworkSpec): Promise<Network> {
+    return this.request('POST', '/v1/networks', spec);
+  }
   deleteNetwork(name: string): Promise<{ deleted: boolean }> {
     return this.request('DELETE', `/v1/networks/${encodeURIComponent(name)}`);
   }
@@ -113,7 +138,8 @@ export class AgentClient {
     try {
       return await this.requestOnce<T>(method, path, body, opts);
     } catch (e) {
-      if (e instanceof AgentUnreachableError && /EPIPE|ECONNRESET/.test(e.reason)) return this.requestOnce<T>(method, path, body, opts);
+      if (e instanceof AgentUnreachableError && /EPIPE|ECONNRESET/.test(e.reason))
+        return this.requestOnce<T>(method, path, body, opts);
       throw e;
     }
   }
@@ -122,28 +148,29 @@ export class AgentClient {
     const payload = body === undefined ? undefined : Buffer.from(opts.contentType ? String(body) : JSON.stringify(body));
     const timeoutMs = opts.timeoutMs ?? this.timeoutMs;
     return new Promise<T>((resolve, reject) => {
-      const req = http.request({
-        socketPath: this.socketPath,
-        // A fresh connection per call: no keep-alive socket the agent may be closing as we reuse it.
-        agent: false,
-        method,
-        path,
-        timeout: timeoutMs,
-        headers: payload
-          ? { 'content-type': opts.contentType ?? 'application/json', 'content-length': payload.length }
-          : {},
-      }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          try {
-            resolve(decodeApiAnswer<T>(res.statusCode ?? 500, Buffer.concat(chunks).toString('utf8')));
-          } catch (e) {
-            reject(e);
-          }
-        });
-        res.on('error', (e) => reject(new AgentUnreachableError(this.socketPath, e.message)));
-      });
+      const req = http.request(
+        {
+          socketPath: this.socketPath,
+          // A fresh connection per call: no keep-alive socket the agent may be closing as we reuse it.
+          agent: false,
+          method,
+          path,
+          timeout: timeoutMs,
+          headers: payload ? { 'content-type': opts.contentType ?? 'application/json', 'content-length': payload.length } : {},
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => {
+            try {
+              resolve(decodeApiAnswer<T>(res.statusCode ?? 500, Buffer.concat(chunks).toString('utf8')));
+            } catch (e) {
+              reject(e);
+            }
+          });
+          res.on('error', (e) => reject(new AgentUnreachableError(this.socketPath, e.message)));
+        },
+      );
       req.on('timeout', () => req.destroy(new Error(`no answer within ${timeoutMs} ms`)));
       req.on('error', (e: NodeJS.ErrnoException) => reject(new AgentUnreachableError(this.socketPath, describeConnectError(e))));
       if (payload) req.write(payload);

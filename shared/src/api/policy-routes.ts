@@ -16,15 +16,40 @@ const side = z.union([
   z.object({ labels: z.record(z.string().max(253), z.string().max(1024)) }).strict(),
   z.object({ ip: z.string().min(2).max(64) }).strict(),
 ]);
-const dstSide = z.union([side, z.object({ fqdn: z.string().min(1).max(255).regex(/^[-a-zA-Z0-9_.]+$/, { error: 'a DNS name (letters, digits, "-", "_", ".")' }) }).strict()]);
-const TraceHttpSchema = z.object({
-  method: z.string().max(64).optional(), path: z.string().max(8192).optional(), host: z.string().max(1024).optional(),
-  headers: z.record(z.string().max(256), z.string().max(8192)).optional(),
-}).strict();
-const TraceSchema = z.object({
-  src: side, dst: dstSide, port: z.string().min(1).max(32), http: TraceHttpSchema.optional(),
-  dnsQuery: z.string().min(1).max(255).regex(/^[-a-zA-Z0-9_.]+$/, { error: 'a DNS name (letters, digits, "-", "_", ".")' }).optional(),
-}).strict();
+const dstSide = z.union([
+  side,
+  z
+    .object({
+      fqdn: z
+        .string()
+        .min(1)
+        .max(255)
+        .regex(/^[-a-zA-Z0-9_.]+$/, { error: 'a DNS name (letters, digits, "-", "_", ".")' }),
+    })
+    .strict(),
+]);
+const TraceHttpSchema = z
+  .object({
+    method: z.string().max(64).optional(),
+    path: z.string().max(8192).optional(),
+    host: z.string().max(1024).optional(),
+    headers: z.record(z.string().max(256), z.string().max(8192)).optional(),
+  })
+  .strict();
+const TraceSchema = z
+  .object({
+    src: side,
+    dst: dstSide,
+    port: z.string().min(1).max(32),
+    http: TraceHttpSchema.optional(),
+    dnsQuery: z
+      .string()
+      .min(1)
+      .max(255)
+      .regex(/^[-a-zA-Z0-9_.]+$/, { error: 'a DNS name (letters, digits, "-", "_", ".")' })
+      .optional(),
+  })
+  .strict();
 const AuditSchema = z.object({ audit: z.boolean().nullable() }).strict();
 
 function badRequest(message: string, field?: string): MembraneError {
@@ -34,7 +59,8 @@ function badRequest(message: string, field?: string): MembraneError {
 function bodyText(req: Request): string {
   if (typeof req.body === 'string') return req.body;
   const text = (req.body as { text?: unknown } | undefined)?.text;
-  if (typeof text !== 'string') throw badRequest('send the policy as the request body (content type application/yaml) or as JSON {"text": "..."}', 'body');
+  if (typeof text !== 'string')
+    throw badRequest('send the policy as the request body (content type application/yaml) or as JSON {"text": "..."}', 'body');
   return text;
 }
 
@@ -42,7 +68,8 @@ function bodyText(req: Request): string {
 function importOptions(req: Request): { namespace?: string } {
   const ns = req.query.namespace;
   if (ns === undefined) return {};
-  if (typeof ns !== 'string' || !/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(ns)) throw badRequest(`namespace ${JSON.stringify(ns)} is not a valid namespace name`, 'namespace');
+  if (typeof ns !== 'string' || !/^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/.test(ns))
+    throw badRequest(`namespace ${JSON.stringify(ns)} is not a valid namespace name`, 'namespace');
   return { namespace: ns };
 }
 
@@ -65,7 +92,10 @@ export function policyRouter(engine: PolicyEngine, opts: PolicyRouterOptions): e
     res.json({
       revision: engine.revision,
       items: engine.list().map((p) => ({
-        name: p.name, kind: p.policy.kind, revision: p.revision, updatedAt: p.updatedAt,
+        name: p.name,
+        kind: p.policy.kind,
+        revision: p.revision,
+        updatedAt: p.updatedAt,
         specs: p.policy.specs.length,
         rules: {
           ingress: p.policy.specs.reduce((n, s) => n + s.rules.filter((x) => x.direction === 'ingress').length, 0),
@@ -76,7 +106,13 @@ export function policyRouter(engine: PolicyEngine, opts: PolicyRouterOptions): e
   });
 
   r.get('/status', (_req, res) => {
-    res.json({ revision: engine.revision, policies: engine.list().length, auditMode: opts.auditMode(), ...engine.mapUsage(), drops: opts.drops() });
+    res.json({
+      revision: engine.revision,
+      policies: engine.list().length,
+      auditMode: opts.auditMode(),
+      ...engine.mapUsage(),
+      drops: opts.drops(),
+    });
   });
 
   r.get('/get', (req, res) => {
@@ -108,7 +144,11 @@ export function policyRouter(engine: PolicyEngine, opts: PolicyRouterOptions): e
     const parsed = TraceSchema.safeParse(req.body ?? {});
     if (!parsed.success) throw badRequest(`invalid request: ${describeZodError(parsed.error)}`, zodField(parsed.error));
     let l4;
-    try { l4 = parsePortArg(parsed.data.port); } catch (e) { throw badRequest(`port: ${(e as Error).message}`, 'port'); }
+    try {
+      l4 = parsePortArg(parsed.data.port);
+    } catch (e) {
+      throw badRequest(`port: ${(e as Error).message}`, 'port');
+    }
     const { src, dst, http, dnsQuery } = parsed.data;
     res.json(engine.trace({ src, dst, ...l4, ...(http ? { http } : {}), ...(dnsQuery ? { dnsQuery } : {}) }));
   });
@@ -138,7 +178,9 @@ export function policyRouter(engine: PolicyEngine, opts: PolicyRouterOptions): e
 
 export function identityRouter(engine: PolicyEngine): express.Router {
   const r = express.Router();
-  r.get('/', (_req, res) => { res.json({ items: engine.identityList() }); });
+  r.get('/', (_req, res) => {
+    res.json({ items: engine.identityList() });
+  });
   r.get('/:id', (req, res) => {
     const item = engine.identityList().find((i) => i.id === Number(req.params.id));
     if (!item) throw new PolicyError('identity_not_found', `no identity ${req.params.id}`);

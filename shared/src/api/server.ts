@@ -25,9 +25,15 @@ export function createApp(d: ApiDeps): express.Express {
   app.disable('x-powered-by');
   app.use(express.json({ limit: '1mb' }));
 
-  app.get('/v1/healthz', (_req, res) => { res.json({ ok: true }); });
-  app.get('/v1/version', (_req, res) => { res.json({ version: d.version }); });
-  app.get('/v1/status', (_req, res) => { res.json(d.status()); });
+  app.get('/v1/healthz', (_req, res) => {
+    res.json({ ok: true });
+  });
+  app.get('/v1/version', (_req, res) => {
+    res.json({ version: d.version });
+  });
+  app.get('/v1/status', (_req, res) => {
+    res.json(d.status());
+  });
 
   app.post('/v1/endpoints', async (req, res) => {
     const body = parse(EndpointRequestSchema, req.body);
@@ -39,7 +45,13 @@ export function createApp(d: ApiDeps): express.Express {
     const containerId = typeof req.query.containerId === 'string' ? req.query.containerId : undefined;
     // ref: any name a user sees (endpoint/lookup.ts); every endpoint it fits.
     if (typeof req.query.ref === 'string') {
-      res.json({ items: matchEndpoints(d.core.endpoints.list(), req.query.ref, typeof req.query.ifName === 'string' ? req.query.ifName : undefined) });
+      res.json({
+        items: matchEndpoints(
+          d.core.endpoints.list(),
+          req.query.ref,
+          typeof req.query.ifName === 'string' ? req.query.ifName : undefined,
+        ),
+      });
       return;
     }
     res.json({ items: d.core.endpoints.list({ containerId }) });
@@ -47,14 +59,39 @@ export function createApp(d: ApiDeps): express.Express {
   /** One endpoint by any name a user sees: 404 when none fits, 409 listing the candidates when several do. */
   app.get('/v1/endpoints/find', (req, res) => {
     const ref = typeof req.query.ref === 'string' ? req.query.ref : '';
-    if (!ref) throw new MembraneError('bad_request', 'ref is required: an endpoint id, container id (or prefix), container name, Docker endpoint id or namespace/pod', { field: 'ref' });
+    if (!ref)
+      throw new MembraneError(
+        'bad_request',
+        'ref is required: an endpoint id, container id (or prefix), container name, Docker endpoint id or namespace/pod',
+        { field: 'ref' },
+      );
     const ifName = typeof req.query.ifName === 'string' && req.query.ifName ? req.query.ifName : undefined;
     const r = findEndpoint(d.core.endpoints.list(), ref, ifName);
-    if (r.kind === 'found') { res.json(r.endpoint); return; }
+    if (r.kind === 'found') {
+      res.json(r.endpoint);
+      return;
+    }
     const what = `"${ref}"${ifName ? ` (interface ${ifName})` : ''}`;
-    if (r.kind === 'none') throw new MembraneError('endpoint_not_found', `no endpoint is named ${what}: give an endpoint id, a container id or a unique prefix of one, a container name, a Docker endpoint id or namespace/pod`);
-    throw new MembraneError('endpoint_ambiguous', `${what} fits ${r.candidates.length} endpoints; name one by its id:\n${r.candidates.map((e) => `  ${describeCandidate(e)}`).join('\n')}`,
-      { details: { candidates: r.candidates.map((e) => ({ id: e.id, containerId: e.containerId, ifName: e.ifName, network: e.network, ...(e.docker ? { docker: e.docker } : {}) })) } });
+    if (r.kind === 'none')
+      throw new MembraneError(
+        'endpoint_not_found',
+        `no endpoint is named ${what}: give an endpoint id, a container id or a unique prefix of one, a container name, a Docker endpoint id or namespace/pod`,
+      );
+    throw new MembraneError(
+      'endpoint_ambiguous',
+      `${what} fits ${r.candidates.length} endpoints; name one by its id:\n${r.candidates.map((e) => `  ${describeCandidate(e)}`).join('\n')}`,
+      {
+        details: {
+          candidates: r.candidates.map((e) => ({
+            id: e.id,
+            containerId: e.containerId,
+            ifName: e.ifName,
+            network: e.network,
+            ...(e.docker ? { docker: e.docker } : {}),
+          })),
+        },
+      },
+    );
   });
   app.get('/v1/endpoints/:containerId/:ifName', (req, res) => {
     const { containerId, ifName } = req.params as { containerId: string; ifName: string };
@@ -77,7 +114,9 @@ export function createApp(d: ApiDeps): express.Express {
     res.json({ deleted: await d.core.endpoints.delete(containerId, ifName) });
   });
 
-  app.get('/v1/networks', (_req, res) => { res.json({ items: d.core.networks.list() }); });
+  app.get('/v1/networks', (_req, res) => {
+    res.json({ items: d.core.networks.list() });
+  });
   app.get('/v1/networks/:name', (req, res) => {
     const n = d.core.networks.get(req.params.name);
     if (!n) throw new MembraneError('network_not_found', `network "${req.params.name}" does not exist`);
@@ -92,7 +131,9 @@ export function createApp(d: ApiDeps): express.Express {
     res.json({ deleted: await d.core.networks.delete(req.params.name) });
   });
 
-  app.get('/v1/ipam', (_req, res) => { res.json({ pools: d.core.ipam.pools(), external: d.core.ipam.external?.() ?? [] }); });
+  app.get('/v1/ipam', (_req, res) => {
+    res.json({ pools: d.core.ipam.pools(), external: d.core.ipam.external?.() ?? [] });
+  });
   for (const r of d.routers ?? []) app.use(r.path, r.router);
 
   app.use((req, _res, next) => next(new MembraneError('not_found', `no such API path: ${req.method} ${req.path}`)));
@@ -105,9 +146,13 @@ export function createApp(d: ApiDeps): express.Express {
   return app;
 }
 
-function parse<T>(schema: { safeParse(v: unknown): { success: true; data: T } | { success: false; error: import('zod').ZodError } }, body: unknown): T {
+function parse<T>(
+  schema: { safeParse(v: unknown): { success: true; data: T } | { success: false; error: import('zod').ZodError } },
+  body: unknown,
+): T {
   const r = schema.safeParse(body ?? {});
-  if (!r.success) throw new MembraneError('bad_request', `invalid request: ${describeZodError(r.error)}`, { field: zodField(r.error) });
+  if (!r.success)
+    throw new MembraneError('bad_request', `invalid request: ${describeZodError(r.error)}`, { field: zodField(r.error) });
   return r.data;
 }
 
@@ -126,7 +171,8 @@ export function toApiError(err: unknown): { status: number; body: ApiErrorBody }
 /** express's body parsers fail with typed errors of their own: say what was wrong with the body. */
 function fromBodyParser(err: unknown): MembraneError | undefined {
   const e = err as { type?: unknown; message?: string; limit?: number };
-  if (e?.type === 'entity.parse.failed') return new MembraneError('bad_request', `request body is not valid JSON: ${e.message}`, { field: 'body' });
+  if (e?.type === 'entity.parse.failed')
+    return new MembraneError('bad_request', `request body is not valid JSON: ${e.message}`, { field: 'body' });
   if (e?.type === 'entity.too.large') {
     const limit = typeof e.limit === 'number' ? ` (${Math.round(e.limit / 1024 / 1024)} MiB)` : '';
     return new MembraneError('payload_too_large', `the request body is larger than the API accepts${limit}`, { field: 'body' });

@@ -135,7 +135,13 @@ export function loadDatapath(options: LoadDatapathOptions): Datapath {
 
     const maps = new Map<string, LoadedMap>();
     for (const map of declared) {
-      maps.set(map.name, { fd: bpf.mapFd(map), type: map.type, keySize: map.keySize, valueSize: map.valueSize, maxEntries: map.maxEntries });
+      maps.set(map.name, {
+        fd: bpf.mapFd(map),
+        type: map.type,
+        keySize: map.keySize,
+        valueSize: map.valueSize,
+        maxEntries: map.maxEntries,
+      });
     }
     const fromFd = bpf.programFd(obj, 'from_container');
     const toFd = bpf.programFd(obj, 'to_container');
@@ -154,6 +160,10 @@ export function loadDatapath(options: LoadDatapathOptions): Datapath {
 /** A resized conntrack table replaces the pinned one, with its flows (maps/conntrack.ts migrate). */
 function migrateConntrack(pinPath: string, newFd: number, capacity: number): void {
   const oldFd = bpf.objGet(pinPath);
-  try { conntrack.migrate(oldFd, newFd, capacity); } finally { fs.closeSync(oldFd); }
+  try {
+    conntrack.migrate(oldFd, newFd, capacity);
+  } finally {
+    fs.closeSync(oldFd);
+  }
   replacePin(newFd, pinPath);
 }

@@ -35,9 +35,15 @@ export function upsertEndpoint(d: MapAccess, cfg: EndpointDatapathConfig): void 
   // must not switch enforcement off, not even for a moment.
   const flags = sameEndpoint ? ((cfg.flags & ~codec.EP_POLICY_FLAGS) | (prev!.flags & codec.EP_POLICY_FLAGS)) >>> 0 : cfg.flags;
   const config = codec.encodeEndpointConfig({
-    endpointId: cfg.endpointId, identity: cfg.identity, flags, hostMac: cfg.hostMac,
-    containerMac: cfg.containerMac, ifindex: cfg.hostIfindex, policyRevision: sameEndpoint ? prev!.policyRevision : 0,
-    ips: cfg.ips, gateway6: cfg.gateway6,
+    endpointId: cfg.endpointId,
+    identity: cfg.identity,
+    flags,
+    hostMac: cfg.hostMac,
+    containerMac: cfg.containerMac,
+    ifindex: cfg.hostIfindex,
+    policyRevision: sameEndpoint ? prev!.policyRevision : 0,
+    ips: cfg.ips,
+    gateway6: cfg.gateway6,
   });
 
   // Counters belong to (ifindex, endpoint): a re-sync of the same endpoint keeps them, a reused
@@ -54,7 +60,10 @@ export function upsertEndpoint(d: MapAccess, cfg: EndpointDatapathConfig): void 
 export function publishEndpoint(d: MapAccess, cfg: EndpointDatapathConfig): void {
   const ipKeys = cfg.ips.map((ip) => codec.encodeIpKey(ip));
   const local = codec.encodeLocalEndpoint({
-    hostIfindex: cfg.hostIfindex, endpointId: cfg.endpointId, containerMac: cfg.containerMac, hostMac: cfg.hostMac,
+    hostIfindex: cfg.hostIfindex,
+    endpointId: cfg.endpointId,
+    containerMac: cfg.containerMac,
+    hostMac: cfg.hostMac,
   });
   const locals = d.map('local_endpoints');
   for (const key of ipKeys) bpf.mapUpdate(locals.fd, 'local_endpoints', key, local);

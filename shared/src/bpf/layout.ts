@@ -4,16 +4,33 @@ import { removeKnownPins } from './pins.ts';
 
 /** Every map of bpf/endpoint.o, pinned as `${pinDir}/${name}`. Checked against the object on load. */
 export const MAP_NAMES = [
-  'endpoints_cfg', 'local_endpoints', 'endpoint_counters', 'ipcache', 'policy', 'conntrack', 'ct_owned', 'ct_reclaimed',
-  'fragments', 'events', 'drop_counters', 'events_lost', 'event_bucket', 'datapath_config', 'proxy_config', 'proxy_udp_dst',
-  'tunnel_map', 'overlay_config', // cluster mode's overlay (shared/src/overlay)
+  'endpoints_cfg',
+  'local_endpoints',
+  'endpoint_counters',
+  'ipcache',
+  'policy',
+  'conntrack',
+  'ct_owned',
+  'ct_reclaimed',
+  'fragments',
+  'events',
+  'drop_counters',
+  'events_lost',
+  'event_bucket',
+  'datapath_config',
+  'proxy_config',
+  'proxy_udp_dst',
+  'tunnel_map',
+  'overlay_config', // cluster mode's overlay (shared/src/overlay)
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 
 export const PROGRAM_PINS = {
-  from_container: 'prog_from_container', to_container: 'prog_to_container',
+  from_container: 'prog_from_container',
+  to_container: 'prog_to_container',
   from_host_device: 'prog_from_host_device', // the L7 proxy's hairpin (l7/datapath.ts attaches it)
-  from_tunnel: 'prog_from_tunnel', to_tunnel: 'prog_to_tunnel', // the tunnel device's (overlay/device.ts attaches them)
+  from_tunnel: 'prog_from_tunnel',
+  to_tunnel: 'prog_to_tunnel', // the tunnel device's (overlay/device.ts attaches them)
 } as const;
 
 /** Fixed tc filter identity, so attach is an idempotent replace and query/detach find our filter. */

@@ -6,9 +6,7 @@ import { constants as osConstants } from 'node:os';
 
 export type Pointer = bigint;
 
-const ERRNO_NAMES = new Map<number, string>(
-  Object.entries(osConstants.errno).map(([name, value]) => [value, name]),
-);
+const ERRNO_NAMES = new Map<number, string>(Object.entries(osConstants.errno).map(([name, value]) => [value, name]));
 
 export class BpfError extends Error {
   /** Positive errno (libbpf returns -errno). */
@@ -61,12 +59,29 @@ function bind(): Bindings {
   // layout rules reproduce; the asserts catch a drift.
   const hook = koffi.struct('bpf_tc_hook', { sz: 'size_t', ifindex: 'int', attach_point: 'int', parent: 'uint32_t' });
   const opts = koffi.struct('bpf_tc_opts', {
-    sz: 'size_t', prog_fd: 'int', flags: 'uint32_t', prog_id: 'uint32_t', handle: 'uint32_t', priority: 'uint32_t',
+    sz: 'size_t',
+    prog_fd: 'int',
+    flags: 'uint32_t',
+    prog_id: 'uint32_t',
+    handle: 'uint32_t',
+    priority: 'uint32_t',
   });
   const testRun = koffi.struct('bpf_test_run_opts', {
-    sz: 'size_t', data_in: 'uint64_t', data_out: 'uint64_t', data_size_in: 'uint32_t', data_size_out: 'uint32_t',
-    ctx_in: 'uint64_t', ctx_out: 'uint64_t', ctx_size_in: 'uint32_t', ctx_size_out: 'uint32_t', retval: 'uint32_t',
-    repeat: 'int', duration: 'uint32_t', flags: 'uint32_t', cpu: 'uint32_t', batch_size: 'uint32_t',
+    sz: 'size_t',
+    data_in: 'uint64_t',
+    data_out: 'uint64_t',
+    data_size_in: 'uint32_t',
+    data_size_out: 'uint32_t',
+    ctx_in: 'uint64_t',
+    ctx_out: 'uint64_t',
+    ctx_size_in: 'uint32_t',
+    ctx_size_out: 'uint32_t',
+    retval: 'uint32_t',
+    repeat: 'int',
+    duration: 'uint32_t',
+    flags: 'uint32_t',
+    cpu: 'uint32_t',
+    batch_size: 'uint32_t',
   });
   if (koffi.sizeof(hook) !== 24 || koffi.sizeof(opts) !== 32 || koffi.sizeof(testRun) !== 80) {
     throw new Error('libbpf struct layout mismatch (bpf_tc_hook/bpf_tc_opts/bpf_test_run_opts)');
@@ -101,9 +116,13 @@ function bind(): Bindings {
     map_delete_elem: lib.func('int bpf_map_delete_elem(int fd, const void *key)'),
     map_get_next_key: lib.func('int bpf_map_get_next_key(int fd, const void *key, void *next_key)'),
     // opts may be NULL (libbpf 1.1 validates it with OPTS_VALID, which accepts NULL).
-    map_update_batch: lib.func('int bpf_map_update_batch(int fd, const void *keys, const void *values, _Inout_ uint32_t *count, void *opts)'),
+    map_update_batch: lib.func(
+      'int bpf_map_update_batch(int fd, const void *keys, const void *values, _Inout_ uint32_t *count, void *opts)',
+    ),
     map_delete_batch: lib.func('int bpf_map_delete_batch(int fd, const void *keys, _Inout_ uint32_t *count, void *opts)'),
-    map_lookup_batch: lib.func('int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values, _Inout_ uint32_t *count, void *opts)'),
+    map_lookup_batch: lib.func(
+      'int bpf_map_lookup_batch(int fd, void *in_batch, void *out_batch, void *keys, void *values, _Inout_ uint32_t *count, void *opts)',
+    ),
     prog_test_run_opts: lib.func('int bpf_prog_test_run_opts(int prog_fd, _Inout_ bpf_test_run_opts *opts)'),
     strerror: lib.func('int libbpf_strerror(int err, void *buf, size_t size)'),
   };
@@ -116,7 +135,10 @@ function bind(): Bindings {
     if (level > 1 && !logSink) return 0; // LIBBPF_DEBUG is verbose: only format it when someone listens
     const buf = Buffer.alloc(8192);
     const n = vsnprintf(buf, buf.length, fmt, ap);
-    const text = buf.subarray(0, Math.max(0, Math.min(n, buf.length - 1))).toString().replace(/\n$/, '');
+    const text = buf
+      .subarray(0, Math.max(0, Math.min(n, buf.length - 1)))
+      .toString()
+      .replace(/\n$/, '');
     if (level <= 1) {
       for (const line of text.split('\n')) recentLog.push(line);
       if (recentLog.length > 400) recentLog.splice(0, recentLog.length - 400);
@@ -193,8 +215,14 @@ export function objectMaps(obj: Pointer): MapDescription[] {
   const maps: MapDescription[] = [];
   for (let m: Pointer | null = b.next_map(obj, null); m; m = b.next_map(obj, m)) {
     maps.push({
-      ptr: m, name: b.map_name(m), internal: b.map_is_internal(m), type: b.map_type(m),
-      keySize: b.map_key_size(m), valueSize: b.map_value_size(m), maxEntries: b.map_max_entries(m), flags: b.map_flags(m),
+      ptr: m,
+      name: b.map_name(m),
+      internal: b.map_is_internal(m),
+      type: b.map_type(m),
+      keySize: b.map_key_size(m),
+      valueSize: b.map_value_size(m),
+      maxEntries: b.map_max_entries(m),
+      flags: b.map_flags(m),
     });
   }
   return maps;
@@ -315,7 +343,8 @@ export function mapDeleteBatch(fd: number, mapName: string, keys: Buffer, keySiz
   const n = [count];
   const ret = bind().map_delete_batch(fd, keys, n, null);
   if (ret === 0) return;
-  if (ret !== -osConstants.errno.ENOENT) throw new BpfError('bpf_map_delete_batch', `map ${mapName} (${n[0]} of ${count} deleted)`, -ret);
+  if (ret !== -osConstants.errno.ENOENT)
+    throw new BpfError('bpf_map_delete_batch', `map ${mapName} (${n[0]} of ${count} deleted)`, -ret);
   for (let i = n[0]; i < count; i++) mapDelete(fd, mapName, keys.subarray(i * keySize, (i + 1) * keySize));
 }
 
@@ -323,19 +352,26 @@ export function mapDeleteBatch(fd: number, mapName: string, keys: Buffer, keySiz
  *  kernel stops a batch at the first absent key, so the batch resumes after it. */
 export function mapDeleteEach(fd: number, mapName: string, keys: Buffer, keySize: number, count: number): boolean[] {
   const out = new Array<boolean>(count).fill(false);
-  for (let start = 0; start < count;) {
+  for (let start = 0; start < count; ) {
     const n = [count - start];
     const ret = bind().map_delete_batch(fd, keys.subarray(start * keySize), n, null);
     for (let i = 0; i < n[0]; i++) out[start + i] = true;
     if (ret === 0) break;
-    if (ret !== -osConstants.errno.ENOENT) throw new BpfError('bpf_map_delete_batch', `map ${mapName} (${start + n[0]} of ${count} deleted)`, -ret);
+    if (ret !== -osConstants.errno.ENOENT)
+      throw new BpfError('bpf_map_delete_batch', `map ${mapName} (${start + n[0]} of ${count} deleted)`, -ret);
     start += n[0] + 1; // keys[start + n] was absent
   }
   return out;
 }
 
 /** Every key and value of a hash map in batches of `chunk` (values include per-CPU expansion). */
-export function mapDumpBatch(fd: number, mapName: string, keySize: number, valueSize: number, chunk = 4096): { keys: Buffer[]; values: Buffer[] } {
+export function mapDumpBatch(
+  fd: number,
+  mapName: string,
+  keySize: number,
+  valueSize: number,
+  chunk = 4096,
+): { keys: Buffer[]; values: Buffer[] } {
   const keys: Buffer[] = [];
   const values: Buffer[] = [];
   const token = Buffer.alloc(Math.max(keySize, 8));
@@ -357,7 +393,14 @@ export function mapDumpBatch(fd: number, mapName: string, keySize: number, value
 
 /** Every key and value of a map as two packed buffers (`count` records each): no object per entry,
  *  for walks over large tables. */
-export function mapDumpPacked(fd: number, mapName: string, keySize: number, valueSize: number, chunk = 8192, maxBatches = Infinity): { keys: Buffer; values: Buffer; count: number } {
+export function mapDumpPacked(
+  fd: number,
+  mapName: string,
+  keySize: number,
+  valueSize: number,
+  chunk = 8192,
+  maxBatches = Infinity,
+): { keys: Buffer; values: Buffer; count: number } {
   const keyParts: Buffer[] = [];
   const valueParts: Buffer[] = [];
   let count = 0;
@@ -407,10 +450,21 @@ export function progTestRun(progFd: number, packet: Buffer, opts: { repeat?: num
   const ctx = Buffer.alloc(44);
   ctx.writeUInt32LE(opts.ifindex ?? 0, 40);
   const run = {
-    sz: 80, data_in: koffi.address(packet), data_out: koffi.address(out), data_size_in: packet.length,
-    data_size_out: out.length, ctx_in: opts.ifindex ? koffi.address(ctx) : 0n, ctx_out: 0n,
-    ctx_size_in: opts.ifindex ? ctx.length : 0, ctx_size_out: 0, retval: 0,
-    repeat: opts.repeat ?? 1, duration: 0, flags: 0, cpu: 0, batch_size: 0,
+    sz: 80,
+    data_in: koffi.address(packet),
+    data_out: koffi.address(out),
+    data_size_in: packet.length,
+    data_size_out: out.length,
+    ctx_in: opts.ifindex ? koffi.address(ctx) : 0n,
+    ctx_out: 0n,
+    ctx_size_in: opts.ifindex ? ctx.length : 0,
+    ctx_size_out: 0,
+    retval: 0,
+    repeat: opts.repeat ?? 1,
+    duration: 0,
+    flags: 0,
+    cpu: 0,
+    batch_size: 0,
   };
   check(bind().prog_test_run_opts(progFd, run), 'bpf_prog_test_run_opts', `prog fd ${progFd}`);
   return { retval: run.retval, data: Buffer.from(out.subarray(0, run.data_size_out)), durationNs: run.duration };

@@ -8,7 +8,9 @@ import { publishEndpoint, removeEndpoint, upsertEndpoint, type LoadedMap, type M
 import type { Datapath, EndpointDatapathConfig, GlobalConfig } from './datapath.ts';
 
 // enum bpf_map_type values whose entry count mapPressure() can walk.
-const COUNTABLE_MAP_TYPES = new Set([1 /* HASH */, 5 /* PERCPU_HASH */, 9 /* LRU_HASH */, 10 /* LRU_PERCPU_HASH */, 11 /* LPM_TRIE */]);
+const COUNTABLE_MAP_TYPES = new Set([
+  1 /* HASH */, 5 /* PERCPU_HASH */, 9 /* LRU_HASH */, 10 /* LRU_PERCPU_HASH */, 11 /* LPM_TRIE */,
+]);
 const PERCPU_MAP_TYPES = new Set([5, 6 /* PERCPU_ARRAY */, 10]);
 
 export class LoadedDatapath implements Datapath {
@@ -169,7 +171,9 @@ export class LoadedDatapath implements Datapath {
   }
 
   listEndpointIfindexes(): number[] {
-    return this.keys('endpoints_cfg').map(codec.decodeU32Key).sort((a, b) => a - b);
+    return this.keys('endpoints_cfg')
+      .map(codec.decodeU32Key)
+      .sort((a, b) => a - b);
   }
 
   listLocalEndpointIps(): string[] {
@@ -180,7 +184,8 @@ export class LoadedDatapath implements Datapath {
     const out: Record<string, { entries: number; max: number }> = {};
     for (const name of MAP_NAMES) {
       const m = this.map(name);
-      if (name === 'conntrack') out[name] = this.conntrackFill(); // counted by the datapath: no walk
+      if (name === 'conntrack')
+        out[name] = this.conntrackFill(); // counted by the datapath: no walk
       else if (COUNTABLE_MAP_TYPES.has(m.type)) out[name] = { entries: this.keys(name).length, max: m.maxEntries };
     }
     return out;

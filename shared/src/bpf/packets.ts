@@ -186,7 +186,13 @@ export function withChecksum(family: 4 | 6, src: string, dst: string, proto: num
     const pseudo = family === 4 ? Buffer.alloc(12) : Buffer.alloc(40);
     addr(src).copy(pseudo, 0);
     addr(dst).copy(pseudo, family === 4 ? 4 : 16);
-    if (family === 4) { pseudo[9] = proto; pseudo.writeUInt16BE(out.length, 10); } else { pseudo.writeUInt32BE(out.length, 32); pseudo[39] = proto; }
+    if (family === 4) {
+      pseudo[9] = proto;
+      pseudo.writeUInt16BE(out.length, 10);
+    } else {
+      pseudo.writeUInt32BE(out.length, 32);
+      pseudo[39] = proto;
+    }
     sum = sum16(pseudo);
   }
   const c = fold(sum16(out, sum));

@@ -37,8 +37,11 @@ export function pinnedMapMismatch(map: bpf.MapDescription, pinPath: string): str
     // struct bpf_map_info starts with u32 type, id, key_size, value_size, max_entries, map_flags.
     const info = bpf.objInfo(fd, 6, `map ${pinPath}`);
     const fields: [string, number, number][] = [
-      ['type', info[0], map.type], ['key_size', info[2], map.keySize], ['value_size', info[3], map.valueSize],
-      ['max_entries', info[4], map.maxEntries], ['map_flags', info[5], map.flags],
+      ['type', info[0], map.type],
+      ['key_size', info[2], map.keySize],
+      ['value_size', info[3], map.valueSize],
+      ['max_entries', info[4], map.maxEntries],
+      ['map_flags', info[5], map.flags],
     ];
     return fields.filter(([, pinned, wanted]) => pinned !== wanted).map(([n, p, w]) => `${n} pinned=${p} object=${w}`);
   } finally {

@@ -24,10 +24,16 @@ export function portProto(port: number, p: number): string {
 
 export function ctRows(entries: CtDetail[]): string[][] {
   return entries.map((e) => [
-    proto(e.proto), SCOPES[e.scope] ?? String(e.scope),
-    e.sport || e.dport ? hostPort(e.saddr, e.sport) : e.saddr, e.sport || e.dport ? hostPort(e.daddr, e.dport) : e.daddr,
-    e.proto === 6 ? TCP_STATES[e.state] ?? String(e.state) : '-', `${Math.max(0, Math.round(e.expiresInSeconds))}s`,
-    `${e.packets[0]}/${e.packets[1]}`, `${e.bytes[0]}/${e.bytes[1]}`, String(e.owner), `${e.srcIdentity}->${e.dstIdentity}`,
+    proto(e.proto),
+    SCOPES[e.scope] ?? String(e.scope),
+    e.sport || e.dport ? hostPort(e.saddr, e.sport) : e.saddr,
+    e.sport || e.dport ? hostPort(e.daddr, e.dport) : e.daddr,
+    e.proto === 6 ? (TCP_STATES[e.state] ?? String(e.state)) : '-',
+    `${Math.max(0, Math.round(e.expiresInSeconds))}s`,
+    `${e.packets[0]}/${e.packets[1]}`,
+    `${e.bytes[0]}/${e.bytes[1]}`,
+    String(e.owner),
+    `${e.srcIdentity}->${e.dstIdentity}`,
     [e.flags & 1 ? 'audit' : '', e.flags & 8 ? 'revoked' : '', e.flags & 32 ? 'tunnel' : ''].filter(Boolean).join(',') || '-',
   ]);
 }
@@ -35,9 +41,15 @@ export function ctRows(entries: CtDetail[]): string[][] {
 export function policyRows(entries: PolicyEntryView[], withEndpoint: boolean): string[][] {
   return entries.map((e) => [
     ...(withEndpoint ? [String(e.endpoint)] : []),
-    e.action === 'deny' ? 'Deny' : 'Allow', e.direction === 'egress' ? 'Egress' : 'Ingress', e.identity ? String(e.identity) : 'ANY',
-    e.identity ? (e.labels ? formatLabels(e.labels) : '(unknown)') : 'ANY', portProto(e.port, e.proto), e.proxyPort ? String(e.proxyPort) : '-',
-    String(e.bytes), String(e.packets), String(e.ruleId ? `0x${e.ruleId.toString(16)}` : '-'),
+    e.action === 'deny' ? 'Deny' : 'Allow',
+    e.direction === 'egress' ? 'Egress' : 'Ingress',
+    e.identity ? String(e.identity) : 'ANY',
+    e.identity ? (e.labels ? formatLabels(e.labels) : '(unknown)') : 'ANY',
+    portProto(e.port, e.proto),
+    e.proxyPort ? String(e.proxyPort) : '-',
+    String(e.bytes),
+    String(e.packets),
+    String(e.ruleId ? `0x${e.ruleId.toString(16)}` : '-'),
   ]);
 }
 
@@ -56,47 +68,105 @@ export function registerBpfCommands(program: Command, ctx: CliContext): void {
   const bpfCmd = program.command('bpf').description("the datapath's BPF maps (as cilium-dbg bpf)");
 
   const ct = bpfCmd.command('ct').description('the connection tracking table');
-  ct.command('list').description('every tracked connection: protocol, scope, addresses, state, expiry, totals')
-    .addOption(outputOption()).addOption(headersOption())
+  ct.command('list')
+    .description('every tracked connection: protocol, scope, addresses, state, expiry, totals')
+    .addOption(outputOption())
+    .addOption(headersOption())
     .action(async (o: { output: string; headers: boolean }) => {
       const r = await ctx.client().request<{ entries: CtDetail[] }>('GET', '/v1/bpf/ct');
-      printTable(o.output, r.entries, ['PROTO', 'SCOPE', 'SOURCE', 'DESTINATION', 'STATE', 'EXPIRES', 'PACKETS', 'BYTES', 'ENDPOINT', 'IDENTITIES', 'FLAGS'],
-        ctRows(r.entries), o.headers);
+      printTable(
+        o.output,
+        r.entries,
+        ['PROTO', 'SCOPE', 'SOURCE', 'DESTINATION', 'STATE', 'EXPIRES', 'PACKETS', 'BYTES', 'ENDPOINT', 'IDENTITIES', 'FLAGS'],
+        ctRows(r.entries),
+        o.headers,
+      );
     });
-  ct.command('flush').description('delete every entry: established connections meet policy again as new ones')
+  ct.command('flush')
+    .description('delete every entry: established connections meet policy again as new ones')
     .action(async () => {
       const r = await ctx.client().request<{ deleted: number }>('POST', '/v1/bpf/ct/flush', {});
       print(`Flushed ${r.deleted} entries from the conntrack table\n`);
     });
 
-  bpfCmd.command('policy').description('the policy map').command('get')
+  bpfCmd
+    .command('policy')
+    .description('the policy map')
+    .command('get')
     .description("an endpoint's policy map entries (--all: every endpoint's)")
-    .argument('[endpoint]', 'endpoint id', idArg('endpoint id')).option('--all', 'every endpoint')
-    .addOption(outputOption()).addOption(headersOption())
+    .argument('[endpoint]', 'endpoint id', idArg('endpoint id'))
+    .option('--all', 'every endpoint')
+    .addOption(outputOption())
+    .addOption(headersOption())
     .action(async (endpoint: number | undefined, o: { all?: boolean; output: string; headers: boolean }) => {
       if (endpoint === undefined && !o.all) throw new Error('name an endpoint id, or pass --all');
       if (endpoint !== undefined && o.all) throw new Error('give an endpoint id or --all, not both');
-      const r = await ctx.client().request<{ entries: PolicyEntryView[] }>('GET', `/v1/bpf/policy${o.all ? '' : `?endpoint=${endpoint}`}`);
-      printTable(o.output, r.entries, [...(o.all ? ['ENDPOINT'] : []), 'POLICY', 'DIRECTION', 'IDENTITY', 'LABELS (source:key[=value])', 'PORT/PROTO', 'PROXY PORT', 'BYTES', 'PACKETS', 'RULE'],
-        policyRows(r.entries, !!o.all), o.headers);
+      const r = await ctx
+        .client()
+        .request<{ entries: PolicyEntryView[] }>('GET', `/v1/bpf/policy${o.all ? '' : `?endpoint=${endpoint}`}`);
+      printTable(
+        o.output,
+        r.entries,
+        [
+          ...(o.all ? ['ENDPOINT'] : []),
+          'POLICY',
+          'DIRECTION',
+          'IDENTITY',
+          'LABELS (source:key[=value])',
+          'PORT/PROTO',
+          'PROXY PORT',
+          'BYTES',
+          'PACKETS',
+          'RULE',
+        ],
+        policyRows(r.entries, !!o.all),
+        o.headers,
+      );
     });
 
-  bpfCmd.command('ipcache').description('addresses and prefixes -> security identities').command('list')
-    .description('every prefix in the ipcache and its identity').addOption(outputOption()).addOption(headersOption())
+  bpfCmd
+    .command('ipcache')
+    .description('addresses and prefixes -> security identities')
+    .command('list')
+    .description('every prefix in the ipcache and its identity')
+    .addOption(outputOption())
+    .addOption(headersOption())
     .action(async (o: { output: string; headers: boolean }) => {
       const r = await ctx.client().request<{ entries: { prefix: string; identity: number }[] }>('GET', '/v1/bpf/ipcache');
-      printTable(o.output, r.entries, ['IP PREFIX/ADDRESS', 'IDENTITY'], r.entries.map((e) => [e.prefix, String(e.identity)]), o.headers);
+      printTable(
+        o.output,
+        r.entries,
+        ['IP PREFIX/ADDRESS', 'IDENTITY'],
+        r.entries.map((e) => [e.prefix, String(e.identity)]),
+        o.headers,
+      );
     });
 
-  bpfCmd.command('tunnel').description("cluster mode's overlay: where other nodes' pods are").command('list')
-    .description('every prefix in the tunnel map and the node address it is tunnelled to').addOption(outputOption()).addOption(headersOption())
+  bpfCmd
+    .command('tunnel')
+    .description("cluster mode's overlay: where other nodes' pods are")
+    .command('list')
+    .description('every prefix in the tunnel map and the node address it is tunnelled to')
+    .addOption(outputOption())
+    .addOption(headersOption())
     .action(async (o: { output: string; headers: boolean }) => {
       const r = await ctx.client().request<TunnelView>('GET', '/v1/bpf/tunnel');
-      printTable(o.output, r, ['TUNNEL', 'VALUE', 'NODE', 'NODE ID'], r.entries.map((e) => [e.prefix, e.endpoint, e.node ?? '-', String(e.nodeId)]), o.headers);
+      printTable(
+        o.output,
+        r,
+        ['TUNNEL', 'VALUE', 'NODE', 'NODE ID'],
+        r.entries.map((e) => [e.prefix, e.endpoint, e.node ?? '-', String(e.nodeId)]),
+        o.headers,
+      );
     });
 
-  bpfCmd.command('metrics').description("the datapath's counters").command('list')
-    .description('forwarded packets by direction and drops by reason').addOption(outputOption()).addOption(headersOption())
+  bpfCmd
+    .command('metrics')
+    .description("the datapath's counters")
+    .command('list')
+    .description('forwarded packets by direction and drops by reason')
+    .addOption(outputOption())
+    .addOption(headersOption())
     .action(async (o: { output: string; headers: boolean }) => {
       const m = await ctx.client().request<BpfMetricsView>('GET', '/v1/bpf/metrics');
       printTable(o.output, m, ['REASON', 'DIRECTION', 'PACKETS', 'BYTES'], metricsRows(m), o.headers);

@@ -21,7 +21,9 @@ const many = (v: string, prev: string[] = []) => [...prev, v];
 
 function fail(e: unknown): never {
   if (e instanceof ObserverUnreachableError) {
-    process.stderr.write(`membrane: ${e.message}\n  hint: is the agent running? point --observer-socket / MEMBRANE_OBSERVER_SOCKET (or --server) at its observer\n`);
+    process.stderr.write(
+      `membrane: ${e.message}\n  hint: is the agent running? point --observer-socket / MEMBRANE_OBSERVER_SOCKET (or --server) at its observer\n`,
+    );
   } else if (e instanceof FilterError) {
     process.stderr.write(`membrane observe: ${e.message}\n`);
   } else {
@@ -30,32 +32,61 @@ function fail(e: unknown): never {
   process.exit(1);
 }
 
-const serverOptions = (cmd: Command) => cmd
-  .addOption(new Option('--observer-socket <path>', `observer unix socket (env MEMBRANE_OBSERVER_SOCKET; default: the one the agent at --socket serves, else ${DEFAULT_OBSERVER_SOCKET})`))
-  .addOption(new Option('--server <address>', 'a Hubble-compatible observer over TCP (host:port) instead of the unix socket'))
-  .option('--tls', 'TLS to --server (implied by the other --tls-* flags)')
-  .option('--tls-ca-cert-files <files>', "CA certificates (PEM) the server's certificate must come from (comma-separated or repeated; default: the system's)",
-    (v: string, p: string[] = []) => [...p, ...v.split(',').filter(Boolean)])
-  .option('--tls-client-cert-file <file>', 'client certificate (PEM), for a server that asks for one (membrane-relay, agents with --observer-tls-client-ca-files)')
-  .option('--tls-client-key-file <file>', 'its key')
-  .option('--tls-server-name <name>', "the name the server's certificate must carry, when it is not --server's host");
+const serverOptions = (cmd: Command) =>
+  cmd
+    .addOption(
+      new Option(
+        '--observer-socket <path>',
+        `observer unix socket (env MEMBRANE_OBSERVER_SOCKET; default: the one the agent at --socket serves, else ${DEFAULT_OBSERVER_SOCKET})`,
+      ),
+    )
+    .addOption(new Option('--server <address>', 'a Hubble-compatible observer over TCP (host:port) instead of the unix socket'))
+    .option('--tls', 'TLS to --server (implied by the other --tls-* flags)')
+    .option(
+      '--tls-ca-cert-files <files>',
+      "CA certificates (PEM) the server's certificate must come from (comma-separated or repeated; default: the system's)",
+      (v: string, p: string[] = []) => [...p, ...v.split(',').filter(Boolean)],
+    )
+    .option(
+      '--tls-client-cert-file <file>',
+      'client certificate (PEM), for a server that asks for one (membrane-relay, agents with --observer-tls-client-ca-files)',
+    )
+    .option('--tls-client-key-file <file>', 'its key')
+    .option('--tls-server-name <name>', "the name the server's certificate must carry, when it is not --server's host");
 
 interface ServerOptions {
-  observerSocket?: string; server?: string;
-  tls?: boolean; tlsCaCertFiles?: string[]; tlsClientCertFile?: string; tlsClientKeyFile?: string; tlsServerName?: string;
+  observerSocket?: string;
+  server?: string;
+  tls?: boolean;
+  tlsCaCertFiles?: string[];
+  tlsClientCertFile?: string;
+  tlsClientKeyFile?: string;
+  tlsServerName?: string;
 }
 
 /** --tls and --tls-* (hubble's flags): TLS towards --server, or undefined for plaintext. */
-export function observerTls(o: ServerOptions, read: (file: string) => Buffer = (f) => fs.readFileSync(f)): ObserverTls | undefined {
+export function observerTls(
+  o: ServerOptions,
+  read: (file: string) => Buffer = (f) => fs.readFileSync(f),
+): ObserverTls | undefined {
   if (!o.tls && !o.tlsCaCertFiles?.length && !o.tlsClientCertFile && !o.tlsClientKeyFile && !o.tlsServerName) return undefined;
   if (!o.server) throw new Error('--tls and --tls-* secure --server HOST:PORT: give it too (a unix socket has no TLS)');
-  if (!!o.tlsClientCertFile !== !!o.tlsClientKeyFile) throw new Error('--tls-client-cert-file and --tls-client-key-file go together');
+  if (!!o.tlsClientCertFile !== !!o.tlsClientKeyFile)
+    throw new Error('--tls-client-cert-file and --tls-client-key-file go together');
   const load = (flag: string, file: string) => {
-    try { return read(file); } catch (e) { throw new Error(`${flag} ${file}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`); }
+    try {
+      return read(file);
+    } catch (e) {
+      throw new Error(
+        `${flag} ${file}: ${(e as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (e as Error).message}`,
+      );
+    }
   };
   return {
     ...(o.tlsCaCertFiles?.length ? { ca: Buffer.concat(o.tlsCaCertFiles.map((f) => load('--tls-ca-cert-files', f))) } : {}),
-    ...(o.tlsClientCertFile ? { cert: load('--tls-client-cert-file', o.tlsClientCertFile), key: load('--tls-client-key-file', o.tlsClientKeyFile!) } : {}),
+    ...(o.tlsClientCertFile
+      ? { cert: load('--tls-client-cert-file', o.tlsClientCertFile), key: load('--tls-client-key-file', o.tlsClientKeyFile!) }
+      : {}),
     ...(o.tlsServerName ? { serverName: o.tlsServerName } : {}),
   };
 }
@@ -74,9 +105,19 @@ async function target(o: ServerOptions, ctx: CliContext): Promise<string> {
 
 async function withClient<T>(o: ServerOptions, ctx: CliContext, fn: (c: ObserverClient) => Promise<T>): Promise<T> {
   let tls: ObserverTls | undefined;
-  try { tls = observerTls(o); } catch (e) { fail(e); }
+  try {
+    tls = observerTls(o);
+  } catch (e) {
+    fail(e);
+  }
   const client = new ObserverClient(await target(o, ctx), tls ? { tls } : {});
-  try { return await fn(client); } catch (e) { return fail(e); } finally { client.close(); }
+  try {
+    return await fn(client);
+  } catch (e) {
+    return fail(e);
+  } finally {
+    client.close();
+  }
 }
 
 /** Filter flags, in hubble's words: [flags, description, takes a value]. */
@@ -89,7 +130,11 @@ const FILTERS: [string, string, boolean][] = [
   ['--to-cluster <name>', 'flows to endpoints in this cluster', true],
   ['--protocol <proto>', 'L4 or L7 protocol: tcp, udp, sctp, icmp, icmpv4, icmpv6, http, dns', true],
   ['--tcp-flags <flags>', 'TCP flags that must all be set ("syn", "syn,ack")', true],
-  ['-t, --type <type>', 'event type[:subtype]: drop, trace[:to-endpoint|from-endpoint], policy-verdict, l7; Membrane: flow-new, flow-drop, flow-end', true],
+  [
+    '-t, --type <type>',
+    'event type[:subtype]: drop, trace[:to-endpoint|from-endpoint], policy-verdict, l7; Membrane: flow-new, flow-drop, flow-end',
+    true,
+  ],
   ['--verdict <verdict>', 'FORWARDED, DROPPED, AUDIT, REDIRECTED, ERROR', true],
   ['--drop-reason-desc <reason>', 'drop reason (POLICY_DENIED, POLICY_DENY, INVALID_SOURCE_IP, ...)', true],
   ['--from-ip <addr>', 'source address or CIDR', true],
@@ -144,14 +189,29 @@ const FILTERS: [string, string, boolean][] = [
 ];
 
 interface FlowsOptions {
-  follow?: boolean; last?: number; first?: number; all?: boolean; since?: string; until?: string;
-  allowlist?: string[]; denylist?: string[]; fieldMask?: string[]; printRawFilters?: boolean;
-  output: FlowOutput; utc?: boolean; printNodeName?: boolean; printPolicyNames?: boolean; numeric?: boolean; headers?: boolean;
-  observerSocket?: string; server?: string;
+  follow?: boolean;
+  last?: number;
+  first?: number;
+  all?: boolean;
+  since?: string;
+  until?: string;
+  allowlist?: string[];
+  denylist?: string[];
+  fieldMask?: string[];
+  printRawFilters?: boolean;
+  output: FlowOutput;
+  utc?: boolean;
+  printNodeName?: boolean;
+  printPolicyNames?: boolean;
+  numeric?: boolean;
+  headers?: boolean;
+  observerSocket?: string;
+  server?: string;
 }
 
 export function registerObserveCommands(program: Command, ctx: CliContext): void {
-  const observe = program.command('observe')
+  const observe = program
+    .command('observe')
     .description(`flows and drops, as \`hubble observe\`: the last ${DEFAULT_LAST} by default, -f for live ones`)
     .enablePositionalOptions()
     .option('-f, --follow', 'keep streaming new flows')
@@ -164,14 +224,23 @@ export function registerObserveCommands(program: Command, ctx: CliContext): void
   for (const [spec, desc, takesValue] of FILTERS) {
     observe.option(spec, desc);
     const name = /--([a-z0-9-]+)/.exec(spec)![1];
-    observe.on(`option:${name}`, (v?: string) => { flags.push([name, takesValue ? String(v) : 'true']); });
+    observe.on(`option:${name}`, (v?: string) => {
+      flags.push([name, takesValue ? String(v) : 'true']);
+    });
   }
   observe
     .option('--allowlist <json>', 'a FlowFilter as JSON (repeatable), as hubble --allowlist', many)
     .option('--denylist <json>', 'a FlowFilter as JSON to leave out (repeatable)', many)
-    .option('--field-mask <paths>', 'only these flow fields (comma-separated proto paths)', (v: string, p: string[] = []) => [...p, ...v.split(',').filter(Boolean)])
+    .option('--field-mask <paths>', 'only these flow fields (comma-separated proto paths)', (v: string, p: string[] = []) => [
+      ...p,
+      ...v.split(',').filter(Boolean),
+    ])
     .option('--print-raw-filters', 'print the filters as JSON and exit')
-    .addOption(new Option('-o, --output <format>', 'output format').choices(['compact', 'dict', 'json', 'jsonpb', 'table']).default('compact'))
+    .addOption(
+      new Option('-o, --output <format>', 'output format')
+        .choices(['compact', 'dict', 'json', 'jsonpb', 'table'])
+        .default('compact'),
+    )
     .option('--no-headers', 'table output without the header line')
     .option('--print-node-name', 'print the node name of each flow')
     .option('--print-policy-names', 'name the policies behind ALLOWED/DENIED')
@@ -179,15 +248,27 @@ export function registerObserveCommands(program: Command, ctx: CliContext): void
     .option('--utc', 'times in UTC');
   serverOptions(observe).action(async (o: FlowsOptions) => {
     let req;
-    try { req = buildRequest(o, flags); } catch (e) { fail(e); }
+    try {
+      req = buildRequest(o, flags);
+    } catch (e) {
+      fail(e);
+    }
     if (o.printRawFilters) {
       process.stdout.write(`${JSON.stringify({ allowlist: req.whitelist ?? [], denylist: req.blacklist ?? [] }, null, 2)}\n`);
       return;
     }
-    const print = flowPrinter(o.output, { utc: o.utc, nodeName: o.printNodeName, policyNames: o.printPolicyNames, numeric: o.numeric, headers: o.headers });
+    const print = flowPrinter(o.output, {
+      utc: o.utc,
+      nodeName: o.printNodeName,
+      policyNames: o.printPolicyNames,
+      numeric: o.numeric,
+      headers: o.headers,
+    });
     await withClient(o, ctx, async (client) => {
       const stream = client.flows(req);
-      const stop = () => { stream.cancel(); };
+      const stop = () => {
+        stream.cancel();
+      };
       process.once('SIGINT', stop);
       process.once('SIGTERM', stop);
       try {
@@ -201,60 +282,93 @@ export function registerObserveCommands(program: Command, ctx: CliContext): void
     });
   });
 
-  serverOptions(observe.command('agent-events').description('agent events: start, policy and endpoint changes (hubble observe agent-events)')
-    .option('-f, --follow', 'keep streaming new events')
-    .option('--last <n>', 'the newest N events', count)
-    .option('--first <n>', 'the oldest N events', count)
-    .option('--since <time>', 'events at or after')
-    .option('--until <time>', 'events up to')
-    .addOption(new Option('-o, --output <format>', 'output format').choices(['compact', 'json', 'jsonpb']).default('compact'))
-    .option('--utc', 'times in UTC'))
-    .action(async (o: { follow?: boolean; last?: number; first?: number; since?: string; until?: string; output: string; utc?: boolean; observerSocket?: string; server?: string }) => {
+  serverOptions(
+    observe
+      .command('agent-events')
+      .description('agent events: start, policy and endpoint changes (hubble observe agent-events)')
+      .option('-f, --follow', 'keep streaming new events')
+      .option('--last <n>', 'the newest N events', count)
+      .option('--first <n>', 'the oldest N events', count)
+      .option('--since <time>', 'events at or after')
+      .option('--until <time>', 'events up to')
+      .addOption(new Option('-o, --output <format>', 'output format').choices(['compact', 'json', 'jsonpb']).default('compact'))
+      .option('--utc', 'times in UTC'),
+  ).action(
+    async (o: {
+      follow?: boolean;
+      last?: number;
+      first?: number;
+      since?: string;
+      until?: string;
+      output: string;
+      utc?: boolean;
+      observerSocket?: string;
+      server?: string;
+    }) => {
       let req: GetAgentEventsRequest;
       try {
-        if (o.first !== undefined && (o.last !== undefined || o.follow)) throw new FilterError('--first cannot be combined with --last or --follow');
+        if (o.first !== undefined && (o.last !== undefined || o.follow))
+          throw new FilterError('--first cannot be combined with --last or --follow');
         req = {
-          ...(o.follow ? { follow: true } : {}), ...(o.first !== undefined ? { first: true, number: o.first } : o.last !== undefined ? { number: o.last } : {}),
-          ...(o.since ? { since: parseTime(o.since) } : {}), ...(o.until ? { until: parseTime(o.until) } : {}),
+          ...(o.follow ? { follow: true } : {}),
+          ...(o.first !== undefined ? { first: true, number: o.first } : o.last !== undefined ? { number: o.last } : {}),
+          ...(o.since ? { since: parseTime(o.since) } : {}),
+          ...(o.until ? { until: parseTime(o.until) } : {}),
         };
-      } catch (e) { fail(e); }
+      } catch (e) {
+        fail(e);
+      }
       await withClient(o, ctx, async (client) => {
         const stream = client.agentEvents(req);
         process.once('SIGINT', () => stream.cancel());
         for await (const res of stream.responses) {
-          process.stdout.write((o.output === 'compact' ? agentEventLine(res, o.utc) : jsonLine('observer.GetAgentEventsResponse', res)) + '\n');
+          process.stdout.write(
+            (o.output === 'compact' ? agentEventLine(res, o.utc) : jsonLine('observer.GetAgentEventsResponse', res)) + '\n',
+          );
         }
       });
-    });
+    },
+  );
 
-  serverOptions(observe.command('status').description('flows held, seen and lost by the observer (hubble status)')
-    .addOption(new Option('-o, --output <format>', 'output format').choices(['json', 'yaml', 'table']).default('table')))
-    .action(async (o: { output: string; observerSocket?: string; server?: string }) => {
-      await withClient(o, ctx, async (client) => {
-        const health = await client.healthCheck();
-        const s = await client.status();
-        if (o.output !== 'table') return printTable(o.output, s, [], []);
-        process.stdout.write(`Healthcheck (via ${client.target}): ${health === 'SERVING' ? 'Ok' : health}\n${statusLines(s).join('\n')}\n`);
-      });
+  serverOptions(
+    observe
+      .command('status')
+      .description('flows held, seen and lost by the observer (hubble status)')
+      .addOption(new Option('-o, --output <format>', 'output format').choices(['json', 'yaml', 'table']).default('table')),
+  ).action(async (o: { output: string; observerSocket?: string; server?: string }) => {
+    await withClient(o, ctx, async (client) => {
+      const health = await client.healthCheck();
+      const s = await client.status();
+      if (o.output !== 'table') return printTable(o.output, s, [], []);
+      process.stdout.write(
+        `Healthcheck (via ${client.target}): ${health === 'SERVING' ? 'Ok' : health}\n${statusLines(s).join('\n')}\n`,
+      );
     });
+  });
 
-  serverOptions(observe.command('nodes').description('nodes the observer reports (hubble list nodes)')
-    .addOption(new Option('-o, --output <format>', 'output format').choices(['json', 'yaml', 'table']).default('table'))
-    .option('--no-headers', 'table output without the header line'))
-    .action(async (o: { output: string; headers: boolean; observerSocket?: string; server?: string }) => {
-      await withClient(o, ctx, async (client) => {
-        const nodes = await client.nodes();
-        printTable(o.output, nodes, ['NAME', 'STATUS', 'AGE', 'FLOWS/S', 'CURRENT/MAX-FLOWS'], nodeRows(nodes), o.headers);
-      });
+  serverOptions(
+    observe
+      .command('nodes')
+      .description('nodes the observer reports (hubble list nodes)')
+      .addOption(new Option('-o, --output <format>', 'output format').choices(['json', 'yaml', 'table']).default('table'))
+      .option('--no-headers', 'table output without the header line'),
+  ).action(async (o: { output: string; headers: boolean; observerSocket?: string; server?: string }) => {
+    await withClient(o, ctx, async (client) => {
+      const nodes = await client.nodes();
+      printTable(o.output, nodes, ['NAME', 'STATUS', 'AGE', 'FLOWS/S', 'CURRENT/MAX-FLOWS'], nodeRows(nodes), o.headers);
     });
+  });
 
-  serverOptions(observe.command('namespaces').description('namespaces with flows in the last hour (hubble list namespaces)')
-    .addOption(new Option('-o, --output <format>', 'output format').choices(['json', 'yaml', 'table']).default('table'))
-    .option('--no-headers', 'table output without the header line'))
-    .action(async (o: { output: string; headers: boolean; observerSocket?: string; server?: string }) => {
-      await withClient(o, ctx, async (client) => {
-        const items = await client.namespaces();
-        printTable(o.output, items, ['CLUSTER', 'NAMESPACE'], namespaceRows(items), o.headers);
-      });
+  serverOptions(
+    observe
+      .command('namespaces')
+      .description('namespaces with flows in the last hour (hubble list namespaces)')
+      .addOption(new Option('-o, --output <format>', 'output format').choices(['json', 'yaml', 'table']).default('table'))
+      .option('--no-headers', 'table output without the header line'),
+  ).action(async (o: { output: string; headers: boolean; observerSocket?: string; server?: string }) => {
+    await withClient(o, ctx, async (client) => {
+      const items = await client.namespaces();
+      printTable(o.output, items, ['CLUSTER', 'NAMESPACE'], namespaceRows(items), o.headers);
     });
+  });
 }

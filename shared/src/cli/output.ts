@@ -7,13 +7,18 @@ export type OutputFormat = 'json' | 'yaml' | 'table';
 
 export const outputOption = (extra: string[] = []) =>
   new Option('-o, --output <format>', `output format: json, yaml, table${extra.length ? `, ${extra.join(', ')}` : ''}`)
-    .choices(['json', 'yaml', 'table', ...extra]).default('table');
+    .choices(['json', 'yaml', 'table', ...extra])
+    .default('table');
 
 export function table(headers: string[], rows: string[][], showHeaders = true): string {
   const all = showHeaders ? [headers, ...rows] : rows;
   if (!all.length) return '';
   const widths = headers.map((_, i) => Math.max(...all.map((r) => (r[i] ?? '').length)));
-  const line = (cells: string[]) => cells.map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i]))).join('  ').trimEnd();
+  const line = (cells: string[]) =>
+    cells
+      .map((c, i) => (i === cells.length - 1 ? c : c.padEnd(widths[i])))
+      .join('  ')
+      .trimEnd();
   return all.map(line).join('\n') + '\n';
 }
 

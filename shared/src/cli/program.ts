@@ -17,15 +17,22 @@ import { outputOption } from './output.ts';
 import { registerStatusCommands } from './status.ts';
 
 const GROUPS: ((program: Command, ctx: CliContext) => void)[] = [
-  registerStatusCommands, registerEndpointCommands, registerIdentityCommands, registerNetworkCommands,
-  registerPolicyCommands, registerBpfCommands, registerObserveCommands,
-  (p, ctx) => registerClusterCommands(p, ctx.client, () => outputOption()), registerCompletionCommand, registerFqdnCommands,
+  registerStatusCommands,
+  registerEndpointCommands,
+  registerIdentityCommands,
+  registerNetworkCommands,
+  registerPolicyCommands,
+  registerBpfCommands,
+  registerObserveCommands,
+  (p, ctx) => registerClusterCommands(p, ctx.client, () => outputOption()),
+  registerCompletionCommand,
+  registerFqdnCommands,
 ];
 
 export function buildProgram(): Command {
   const program = new Command('membrane')
     .description('Membrane: eBPF container networking and network security')
-    .version(VERSION, '-V, --version', 'the CLI\'s version (`membrane version` asks the agent too)')
+    .version(VERSION, '-V, --version', "the CLI's version (`membrane version` asks the agent too)")
     .option('--socket <path>', 'agent API socket (env MEMBRANE_SOCKET)', process.env.MEMBRANE_SOCKET ?? DEFAULT_SOCKET)
     // Global options go before the verb; verbs may then reuse option names (observe and its subcommands).
     .enablePositionalOptions()
@@ -36,8 +43,8 @@ export function buildProgram(): Command {
 }
 
 export function explain(e: unknown): string {
-  if (e instanceof AgentUnreachableError) return `membrane: ${e.message}\n  hint: start the agent, or point --socket / MEMBRANE_SOCKET at it\n`;
+  if (e instanceof AgentUnreachableError)
+    return `membrane: ${e.message}\n  hint: start the agent, or point --socket / MEMBRANE_SOCKET at it\n`;
   if (e instanceof AgentApiError) return `membrane: ${e.message} (${e.code})\n`;
   return `membrane: ${(e as Error).message}\n`;
 }
-

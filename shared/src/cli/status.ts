@@ -10,7 +10,9 @@ import type { CliContext } from './context.ts';
 import { keyValues, outputOption, print, render, table } from './output.ts';
 
 function uptime(s: number): string {
-  const d = Math.floor(s / 86400), h = Math.floor((s % 86400) / 3600), m = Math.floor((s % 3600) / 60);
+  const d = Math.floor(s / 86400),
+    h = Math.floor((s % 86400) / 3600),
+    m = Math.floor((s % 3600) / 60);
   return [d && `${d}d`, h && `${h}h`, m && `${m}m`, `${s % 60}s`].filter(Boolean).join('');
 }
 
@@ -22,10 +24,16 @@ export function statusLines(s: AgentStatus): [string, string][] {
     ['Agent', `${problems.length ? 'Degraded' : 'Ok'}   ${s.version} (node ${s.nodeName}, up ${uptime(s.uptimeSeconds)})`],
     ...problems.map((x): [string, string] => [`  ${x.part}`, x.problem]),
     ['Endpoints', `${s.endpoints}${s.unhealthyEndpoints?.length ? `, ${s.unhealthyEndpoints.length} unhealthy` : ''}`],
-    ...(s.unhealthyEndpoints ?? []).map((u): [string, string] => [`  ${u.id} ${u.endpoint}`, `unhealthy since ${u.since}: ${u.problems.join('; ')}`]),
+    ...(s.unhealthyEndpoints ?? []).map((u): [string, string] => [
+      `  ${u.id} ${u.endpoint}`,
+      `unhealthy since ${u.since}: ${u.problems.join('; ')}`,
+    ]),
     ['Networks', String(s.networks)],
     ['Datapath', `${s.datapath.attach}, pinned in ${s.datapath.pinDir}, gateways on ${s.datapath.hostDevice}`],
-    ['Policy', `revision ${p.revision ?? 0}, ${p.policies ?? 0} polic${p.policies === 1 ? 'y' : 'ies'}, audit mode ${p.auditMode ? 'on' : 'off'}`],
+    [
+      'Policy',
+      `revision ${p.revision ?? 0}, ${p.policies ?? 0} polic${p.policies === 1 ? 'y' : 'ies'}, audit mode ${p.auditMode ? 'on' : 'off'}`,
+    ],
     ['Observer', `${obs?.socket ?? '-'}${obs?.address ? `, TCP ${obs.address}` : ''}, ${obs?.flowBufferSize ?? 0} flows kept`],
     ['Metrics', s.metrics?.address ?? 'off'],
     ['State', s.stateDir],
@@ -40,23 +48,37 @@ async function verboseLines(c: AgentClient, s: AgentStatus): Promise<string> {
     c.request<{ entries: number; max: number }>('GET', '/v1/bpf/ct/fill'),
   ]);
   const p = s.policy as Record<string, unknown>;
-  const usage = Object.entries(p).filter(([k]) => !['revision', 'policies', 'auditMode'].includes(k)).map(([k, v]) => `${k} ${v}`).join(', ');
+  const usage = Object.entries(p)
+    .filter(([k]) => !['revision', 'policies', 'auditMode'].includes(k))
+    .map(([k, v]) => `${k} ${v}`)
+    .join(', ');
   const out = [
-    keyValues([...statusLines(s),
+    keyValues([
+      ...statusLines(s),
       ['Policy maps', usage || '-'],
       ['Conntrack', `${fill.entries}/${fill.max} entries (${((fill.entries / Math.max(1, fill.max)) * 100).toFixed(1)}%)`],
       ['Lost events', String(metrics.eventsLost)],
     ]),
     '\nDrops by reason:\n',
-    metrics.drops.length ? table(['REASON', 'CODE', 'PACKETS', 'BYTES'], metrics.drops.map((d) => [d.reason, String(d.code), String(d.packets), String(d.bytes)])) : '  none\n',
+    metrics.drops.length
+      ? table(
+          ['REASON', 'CODE', 'PACKETS', 'BYTES'],
+          metrics.drops.map((d) => [d.reason, String(d.code), String(d.packets), String(d.bytes)]),
+        )
+      : '  none\n',
   ];
   return out.join('');
 }
 
 export function registerStatusCommands(program: Command, ctx: CliContext): void {
-  program.command('status').description('agent status (as cilium-dbg status)')
+  program
+    .command('status')
+    .description('agent status (as cilium-dbg status)')
     .addOption(outputOption())
-    .option('--brief', 'one line: OK when every part is healthy, else what is wrong part by part, or why the agent did not answer (exit code 1)')
+    .option(
+      '--brief',
+      'one line: OK when every part is healthy, else what is wrong part by part, or why the agent did not answer (exit code 1)',
+    )
     .option('--verbose', 'also map usage, conntrack fill and drops by reason')
     .action(async (o: { output: string; brief?: boolean; verbose?: boolean }) => {
       const c = ctx.client();
@@ -71,12 +93,18 @@ export function registerStatusCommands(program: Command, ctx: CliContext): void 
       print(o.verbose ? await verboseLines(c, s) : keyValues(statusLines(s)));
     });
 
-  program.command('version').description('the versions of this CLI and of the agent it talks to')
+  program
+    .command('version')
+    .description('the versions of this CLI and of the agent it talks to')
     .addOption(outputOption())
     .action(async (o: { output: string }) => {
       let daemon: string | undefined;
       let error: unknown;
-      try { daemon = (await ctx.client().version()).version; } catch (e) { error = e; }
+      try {
+        daemon = (await ctx.client().version()).version;
+      } catch (e) {
+        error = e;
+      }
       const data = { client: VERSION, daemon: daemon ?? null };
       print(render(o.output, data, () => `Client: ${VERSION}\n${daemon ? `Daemon: ${daemon}\n` : ''}`));
       if (error) throw error;

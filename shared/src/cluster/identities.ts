@@ -19,7 +19,10 @@ import { PrefixMirror } from '../kvstore/mirror.ts';
 import type { Session, SessionLog } from '../kvstore/session.ts';
 
 export class IdentityUnavailableError extends MembraneError<'kvstore_unavailable'> {
-  constructor(message: string) { super('kvstore_unavailable', message); this.name = 'IdentityUnavailableError'; }
+  constructor(message: string) {
+    super('kvstore_unavailable', message);
+    this.name = 'IdentityUnavailableError';
+  }
 }
 
 export interface ClusterIdentitiesOptions {
@@ -46,7 +49,11 @@ export class ClusterIdentities implements IdentityBackend {
         const r = decode<IdentityRecord>(v);
         return r && Number.isInteger(r.id) && String(r.id) === key && r.labels ? r : undefined;
       },
-      onChange: (c) => this.applyChange(c.upserts.map(([, r]) => r), c.deletes.map(Number)),
+      onChange: (c) =>
+        this.applyChange(
+          c.upserts.map(([, r]) => r),
+          c.deletes.map(Number),
+        ),
       log: o.log,
     });
   }
@@ -59,7 +66,9 @@ export class ClusterIdentities implements IdentityBackend {
   }
 
   /** Called with identity numbers that appeared or changed (policy recompiles for remote peers). */
-  onLearn(fn: (ids: number[]) => void): void { this.learnListeners.push(fn); }
+  onLearn(fn: (ids: number[]) => void): void {
+    this.learnListeners.push(fn);
+  }
 
   private applyChange(upserts: IdentityRecord[], deletes: number[]): void {
     const a = this.allocator;
@@ -84,7 +93,11 @@ export class ClusterIdentities implements IdentityBackend {
     let lastErr: Error | undefined;
     for (let attempt = 0; Date.now() < deadline; attempt++) {
       const lease = this.o.session.leaseId;
-      if (!lease) { lastErr = new Error('this node has no lease while the store does not answer'); await sleep(250); continue; }
+      if (!lease) {
+        lastErr = new Error('this node has no lease while the store does not answer');
+        await sleep(250);
+        continue;
+      }
       const record: IdentityRecord = { id: propose(), labels, createdAt: new Date().toISOString(), createdBy: this.o.node };
       const idKey = this.L.identityId(record.id);
       const labelsKey = this.L.identityLabels(labels);
@@ -92,13 +105,19 @@ export class ClusterIdentities implements IdentityBackend {
       const ref = encode({ since: record.createdAt });
       try {
         const res = await this.o.session.kv.txn(
-          [{ key: labelsKey, target: 'version', result: '=', value: 0 }, { key: idKey, target: 'version', result: '=', value: 0 }],
+          [
+            { key: labelsKey, target: 'version', result: '=', value: 0 },
+            { key: idKey, target: 'version', result: '=', value: 0 },
+          ],
           [
             { type: 'put', key: idKey, value: encode(record) },
             { type: 'put', key: labelsKey, value: String(record.id) },
             { type: 'put', key: refKey, value: ref, lease },
           ],
-          [{ type: 'get', key: labelsKey }, { type: 'get', key: idKey }],
+          [
+            { type: 'get', key: labelsKey },
+            { type: 'get', key: idKey },
+          ],
         );
         this.o.session.contact();
         if (res.succeeded) {
@@ -109,7 +128,10 @@ export class ClusterIdentities implements IdentityBackend {
         const [byLabels, byId] = res.gets;
         if (byLabels[0]) {
           const winner = await this.recordOf(Number(byLabels[0].value));
-          if (winner) { this.use(winner); return winner; }
+          if (winner) {
+            this.use(winner);
+            return winner;
+          }
           continue; // labels key without its id key: a GC in flight; try again
         }
         const taken = byId[0] && decode<IdentityRecord>(byId[0].value);
@@ -123,8 +145,8 @@ export class ClusterIdentities implements IdentityBackend {
     }
     throw new IdentityUnavailableError(
       `cannot allocate a security identity for labels ${formatLabels(labels)}: the cluster store (etcd at ${this.o.session.kv.endpoints.join(', ')}) ` +
-      `did not answer within ${Math.round((this.o.allocateTimeoutMs ?? 10_000) / 1000)} s (last error: ${lastErr?.message ?? 'none'}); ` +
-      'endpoints whose labels already have an identity can still be created; try again when it is back',
+        `did not answer within ${Math.round((this.o.allocateTimeoutMs ?? 10_000) / 1000)} s (last error: ${lastErr?.message ?? 'none'}); ` +
+        'endpoints whose labels already have an identity can still be created; try again when it is back',
     );
   }
 
@@ -140,7 +162,9 @@ export class ClusterIdentities implements IdentityBackend {
   }
 
   /** Identity numbers this node references. */
-  referenced(): number[] { return [...this.refs].sort((a, b) => a - b); }
+  referenced(): number[] {
+    return [...this.refs].sort((a, b) => a - b);
+  }
 
   /** Deletes references an earlier run of this node left for identities it no longer uses. */
   reconcile(): Promise<number> {
@@ -163,17 +187,32 @@ export class ClusterIdentities implements IdentityBackend {
     const labelsKey = this.L.identityLabels(r.labels);
     try {
       const res = await this.o.session.kv.txn(
-        [{ key: idKey, target: 'version', result: '=', value: 0 }, { key: labelsKey, target: 'version', result: '=', value: 0 }],
-        [{ type: 'put', key: idKey, value: encode(r) }, { type: 'put', key: labelsKey, value: String(r.id) }],
+        [
+          { key: idKey, target: 'version', result: '=', value: 0 },
+          { key: labelsKey, target: 'version', result: '=', value: 0 },
+        ],
+        [
+          { type: 'put', key: idKey, value: encode(r) },
+          { type: 'put', key: labelsKey, value: String(r.id) },
+        ],
       );
       if (res.succeeded) this.o.log?.info({ identity: r.id }, 'restored an identity this node uses');
-      else this.o.log?.warn({ identity: r.id, labels: formatLabels(r.labels) }, 'an identity this node uses was deleted and its number or labels taken since; endpoints keep the old number until they are recreated');
+      else
+        this.o.log?.warn(
+          { identity: r.id, labels: formatLabels(r.labels) },
+          'an identity this node uses was deleted and its number or labels taken since; endpoints keep the old number until they are recreated',
+        );
     } catch (e) {
-      this.o.log?.warn({ identity: r.id, err: (e as Error).message }, 'could not restore an identity; trying again on the next change');
+      this.o.log?.warn(
+        { identity: r.id, err: (e as Error).message },
+        'could not restore an identity; trying again on the next change',
+      );
     }
   }
 
-  stop(): Promise<void> { return this.mirror.stop(); }
+  stop(): Promise<void> {
+    return this.mirror.stop();
+  }
 }
 
 function sleep(ms: number): Promise<void> {

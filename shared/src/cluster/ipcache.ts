@@ -47,11 +47,17 @@ export class ClusterIpcache {
     });
   }
 
-  start(): Promise<void> { return this.mirror.start(); }
-  stop(): Promise<void> { return this.mirror.stop(); }
+  start(): Promise<void> {
+    return this.mirror.start();
+  }
+  stop(): Promise<void> {
+    return this.mirror.stop();
+  }
 
   /** Entries of other nodes, by prefix. */
-  remoteEntries(): Map<string, number> { return this.remote; }
+  remoteEntries(): Map<string, number> {
+    return this.remote;
+  }
 
   /** Remote entries with their node, for `membrane` output and part 2's tunnel lookups. */
   remoteRecords(): [string, IpcacheRecord][] {
@@ -61,11 +67,21 @@ export class ClusterIpcache {
   /** Applies one change to the remote map in place (a burst of 10,000 entries must not cost
    *  10,000 rebuilds of the whole map). */
   private async apply(c: MirrorChange<IpcacheRecord>): Promise<void> {
-    const prefix = (addr: string) => { try { return normalizeCidr(addr); } catch { return undefined; } };
+    const prefix = (addr: string) => {
+      try {
+        return normalizeCidr(addr);
+      } catch {
+        return undefined;
+      }
+    };
     for (const [addr, r] of c.upserts) {
       const p = prefix(addr);
       if (!p) continue;
-      if (r.node === this.o.node) this.unsetRemote(p); else { this.remote.set(p, r.identity); this.combined.set(p, r.identity); }
+      if (r.node === this.o.node) this.unsetRemote(p);
+      else {
+        this.remote.set(p, r.identity);
+        this.combined.set(p, r.identity);
+      }
     }
     for (const addr of c.deletes) {
       const p = prefix(addr);
@@ -77,7 +93,8 @@ export class ClusterIpcache {
   private unsetRemote(p: string): void {
     this.remote.delete(p);
     const node = this.nodeAddrs.get(p);
-    if (node === undefined) this.combined.delete(p); else this.combined.set(p, node);
+    if (node === undefined) this.combined.delete(p);
+    else this.combined.set(p, node);
   }
 
   /** The other nodes' addresses (prefix -> remote-node), from cluster routing; applied in place. */
@@ -86,12 +103,18 @@ export class ClusterIpcache {
     for (const p of [...this.nodeAddrs.keys()]) {
       if (addrs.has(p)) continue;
       this.nodeAddrs.delete(p);
-      if (!this.remote.has(p)) { this.combined.delete(p); changed = true; }
+      if (!this.remote.has(p)) {
+        this.combined.delete(p);
+        changed = true;
+      }
     }
     for (const [p, id] of addrs) {
       if (this.nodeAddrs.get(p) === id) continue;
       this.nodeAddrs.set(p, id);
-      if (!this.remote.has(p)) { this.combined.set(p, id); changed = true; }
+      if (!this.remote.has(p)) {
+        this.combined.set(p, id);
+        changed = true;
+      }
     }
     if (changed) await this.o.onRemoteChange(this.combined);
   }
@@ -101,7 +124,12 @@ export class ClusterIpcache {
     const before = this.byEndpoint.get(ep.key) ?? [];
     for (const ip of before) if (!ep.ips.includes(ip)) this.withdrawOne(ip);
     for (const ip of ep.ips) {
-      const value = encode({ identity: ep.identity, node: this.o.node, nodeIp: this.o.nodeIp, endpoint: ep.key } satisfies IpcacheRecord);
+      const value = encode({
+        identity: ep.identity,
+        node: this.o.node,
+        nodeIp: this.o.nodeIp,
+        endpoint: ep.key,
+      } satisfies IpcacheRecord);
       if (this.published.get(ip) === value) continue;
       this.published.set(ip, value);
       this.o.session.set(this.o.layout.ipcacheEntry(ip), value);

@@ -68,14 +68,29 @@ export class ClusterMode {
   private startSyncT0?: number;
   private startSync?: { entries: number; ms: number };
 
-  private constructor(readonly cfg: ClusterModeConfig, readonly session: Session, private readonly log: SessionLog) {
+  private constructor(
+    readonly cfg: ClusterModeConfig,
+    readonly session: Session,
+    private readonly log: SessionLog,
+  ) {
     this.L = layout(cfg.cluster);
     const common = { session, layout: this.L, node: cfg.nodeName, log };
     this.identities = new ClusterIdentities({ ...common, allocateTimeoutMs: cfg.allocateTimeoutMs });
-    this.policies = new ClusterPolicies({ ...common, onRemoteChange: async (s) => { await this.engine?.replacePolicies(s); } });
-    this.ipcache = new ClusterIpcache({ ...common, nodeIp: cfg.nodeIp, onRemoteChange: (m) => this.engine?.setRemoteEndpoints(m) });
+    this.policies = new ClusterPolicies({
+      ...common,
+      onRemoteChange: async (s) => {
+        await this.engine?.replacePolicies(s);
+      },
+    });
+    this.ipcache = new ClusterIpcache({
+      ...common,
+      nodeIp: cfg.nodeIp,
+      onRemoteChange: (m) => this.engine?.setRemoteEndpoints(m),
+    });
     this.nodes = new ClusterNodes(session, this.L, log);
-    this.identities.onLearn((ids) => { void this.engine?.identitiesLearned(ids); });
+    this.identities.onLearn((ids) => {
+      void this.engine?.identitiesLearned(ids);
+    });
   }
 
   /** Connects, registers the node and waits for its pod CIDRs (bounded by startTimeoutMs). */
@@ -86,7 +101,9 @@ export class ClusterMode {
       await session.start(cfg.startTimeoutMs);
     } catch (e) {
       kv.close();
-      throw new Error(`cannot reach the cluster store at ${cfg.kv.endpoints.join(', ')} within ${Math.round(cfg.startTimeoutMs / 1000)} s: ${(e as Error).message}`);
+      throw new Error(
+        `cannot reach the cluster store at ${cfg.kv.endpoints.join(', ')} within ${Math.round(cfg.startTimeoutMs / 1000)} s: ${(e as Error).message}`,
+      );
     }
     const m = new ClusterMode(cfg, session, log);
     try {
@@ -103,22 +120,40 @@ export class ClusterMode {
   private async register(): Promise<void> {
     const file = path.join(this.cfg.stateDir, POD_CIDR_FILE);
     let previous: PodCidrAllocation | undefined;
-    try { previous = JSON.parse(fs.readFileSync(file, 'utf8')); } catch { /* first start */ }
+    try {
+      previous = JSON.parse(fs.readFileSync(file, 'utf8'));
+    } catch {
+      /* first start */
+    }
     const now = new Date().toISOString();
     // A restarted agent whose node kept its allocation publishes it at once: a record without pod CIDRs,
     // even for a moment, would make every other node drop its routes to this node's pods.
     let held: PodCidrAllocation | undefined;
-    try { held = decode<PodCidrAllocation>((await this.session.kv.get(this.L.podCidrNode(this.cfg.nodeName)))?.value ?? ''); } catch { /* asked again below */ }
+    try {
+      held = decode<PodCidrAllocation>((await this.session.kv.get(this.L.podCidrNode(this.cfg.nodeName)))?.value ?? '');
+    } catch {
+      /* asked again below */
+    }
     this.record = {
-      name: this.cfg.nodeName, cluster: this.cfg.cluster, addresses: [{ type: 'InternalIP', ip: this.cfg.nodeIp }],
-      podCidrs: held ? { ipv4: held.ipv4, ipv6: held.ipv6 } : {}, nodeId: held?.nodeId ?? 0, agentVersion: VERSION, registeredAt: now, updatedAt: now,
+      name: this.cfg.nodeName,
+      cluster: this.cfg.cluster,
+      addresses: [{ type: 'InternalIP', ip: this.cfg.nodeIp }],
+      podCidrs: held ? { ipv4: held.ipv4, ipv6: held.ipv6 } : {},
+      nodeId: held?.nodeId ?? 0,
+      agentVersion: VERSION,
+      registeredAt: now,
+      updatedAt: now,
       ...(this.cfg.observer ? { observer: this.cfg.observer } : {}),
       ...(previous ? { requestedPodCidrs: { ipv4: previous.ipv4, ipv6: previous.ipv6 } } : {}),
     };
     this.nodes.publish(this.record);
     this.podCidrs = await waitForPodCidrs(this.session, this.L, this.cfg.nodeName, this.cfg.startTimeoutMs);
     await writeFileAtomic(file, JSON.stringify(this.podCidrs) + '\n');
-    this.record = { ...this.record, podCidrs: { ipv4: this.podCidrs.ipv4, ipv6: this.podCidrs.ipv6 }, nodeId: this.podCidrs.nodeId };
+    this.record = {
+      ...this.record,
+      podCidrs: { ipv4: this.podCidrs.ipv4, ipv6: this.podCidrs.ipv6 },
+      nodeId: this.podCidrs.nodeId,
+    };
     this.nodes.publish(this.record);
     // A refreshed updatedAt is how others see the node is alive ("last seen").
     this.refreshTimer = setInterval(() => {
@@ -134,7 +169,10 @@ export class ClusterMode {
     const others = configured.filter((n) => n.name !== 'default');
     const def = configured.find((n) => n.name === 'default');
     if (explicitDefault && def) {
-      this.log.warn({ pools: def.subnets, podCidrs: subnets }, 'cluster mode: --pool for the default network is ignored; it uses the pod CIDRs the operator allocated');
+      this.log.warn(
+        { pools: def.subnets, podCidrs: subnets },
+        'cluster mode: --pool for the default network is ignored; it uses the pod CIDRs the operator allocated',
+      );
     }
     const mtu = this.podMtu(def?.mtu);
     return [{ name: 'default', subnets, ...(mtu ? { mtu } : {}) }, ...others];
@@ -146,7 +184,10 @@ export class ClusterMode {
     if (r.mode !== 'tunnel') return configured;
     const max = r.underlay.mtu - tunnelOverhead(r.underlay.family);
     if (configured && configured > max) {
-      this.log.warn({ mtu: configured, max, underlay: r.underlay.device }, `cluster mode: --mtu ${configured} does not fit the tunnel over ${r.underlay.device}; pods get ${max}`);
+      this.log.warn(
+        { mtu: configured, max, underlay: r.underlay.device },
+        `cluster mode: --mtu ${configured} does not fit the tunnel over ${r.underlay.device}; pods get ${max}`,
+      );
     }
     return configured && configured < max ? configured : max;
   }
@@ -162,10 +203,18 @@ export class ClusterMode {
       const c = parseCidr(cidr);
       gateways[c.family] = defaultGateway(c);
     }
-    const routing = ClusterRouting.start({
-      mode: r.mode, host, datapath, self: { name: this.cfg.nodeName, gateways }, underlay: r.underlay, log: this.log,
-      tunnel: { device: r.tunnelDevice, port: r.tunnelPort, mtu: r.underlay.mtu - tunnelOverhead(r.underlay.family) },
-    }, this.nodes.mirror.items.values());
+    const routing = ClusterRouting.start(
+      {
+        mode: r.mode,
+        host,
+        datapath,
+        self: { name: this.cfg.nodeName, gateways },
+        underlay: r.underlay,
+        log: this.log,
+        tunnel: { device: r.tunnelDevice, port: r.tunnelPort, mtu: r.underlay.mtu - tunnelOverhead(r.underlay.family) },
+      },
+      this.nodes.mirror.items.values(),
+    );
     this.routing = routing;
     void this.ipcache.setNodeAddresses(routing.nodeAddresses());
     this.nodes.onChange((items) => {
@@ -199,7 +248,10 @@ export class ClusterMode {
       await this.ipcache.reconcile();
       await this.identities.reconcile();
     } catch (e) {
-      this.log.warn({ err: (e as Error).message }, 'could not clean what an earlier run left in the cluster store; the lease of that run expires it');
+      this.log.warn(
+        { err: (e as Error).message },
+        'could not clean what an earlier run left in the cluster store; the lease of that run expires it',
+      );
     }
   }
 
@@ -212,15 +264,24 @@ export class ClusterMode {
   }
 
   private publish(ep: Endpoint): void {
-    this.ipcache.publish({ key: `${ep.containerId}/${ep.ifName}`, ips: ep.ips.map((ip) => ip.address.split('/')[0]), identity: ep.identity });
+    this.ipcache.publish({
+      key: `${ep.containerId}/${ep.ifName}`,
+      ips: ep.ips.map((ip) => ip.address.split('/')[0]),
+      identity: ep.identity,
+    });
   }
 
   status(): ClusterStatus {
     const mirrors = [this.nodes.mirror, this.identities.mirror, this.ipcache.mirror, this.policies.mirror];
     return {
-      name: this.cfg.cluster, node: this.cfg.nodeName, nodeIp: this.cfg.nodeIp, podCidrs: this.record.podCidrs, nodeId: this.record.nodeId,
+      name: this.cfg.cluster,
+      node: this.cfg.nodeName,
+      nodeIp: this.cfg.nodeIp,
+      podCidrs: this.record.podCidrs,
+      nodeId: this.record.nodeId,
       kvstore: {
-        type: 'etcd', ...this.session.status(),
+        type: 'etcd',
+        ...this.session.status(),
         watches: mirrors.map((m) => ({ prefix: m.prefix.slice(this.L.base.length), live: m.live, revision: m.revision })),
       },
       nodes: this.nodes.mirror.items.size,
@@ -231,13 +292,19 @@ export class ClusterMode {
     };
   }
 
-  listNodes(): NodeView[] { return this.nodes.list(); }
+  listNodes(): NodeView[] {
+    return this.nodes.list();
+  }
 
   /** GET /v1/cluster/nodes, GET /v1/cluster/status. */
   router(): Router {
     const r = Router();
-    r.get('/nodes', (_req, res) => { res.json({ items: this.listNodes() }); });
-    r.get('/status', (_req, res) => { res.json(this.status()); });
+    r.get('/nodes', (_req, res) => {
+      res.json({ items: this.listNodes() });
+    });
+    r.get('/status', (_req, res) => {
+      res.json(this.status());
+    });
     return r;
   }
 

@@ -14,19 +14,34 @@ export class ClusterNodes {
   readonly mirror: PrefixMirror<NodeRecord>;
   private readonly listeners: ((nodes: Map<string, NodeRecord>) => void)[] = [];
 
-  constructor(private readonly session: Session, private readonly L: Layout, log?: SessionLog) {
+  constructor(
+    private readonly session: Session,
+    private readonly L: Layout,
+    log?: SessionLog,
+  ) {
     this.mirror = new PrefixMirror<NodeRecord>(session.kv, L.nodes, {
-      decode: (v, key) => { const r = decode<NodeRecord>(v); return r && r.name === key ? r : undefined; },
-      onChange: () => { for (const fn of this.listeners) fn(this.mirror.items); },
+      decode: (v, key) => {
+        const r = decode<NodeRecord>(v);
+        return r && r.name === key ? r : undefined;
+      },
+      onChange: () => {
+        for (const fn of this.listeners) fn(this.mirror.items);
+      },
       log,
     });
   }
 
-  start(): Promise<void> { return this.mirror.start(); }
-  stop(): Promise<void> { return this.mirror.stop(); }
+  start(): Promise<void> {
+    return this.mirror.start();
+  }
+  stop(): Promise<void> {
+    return this.mirror.stop();
+  }
 
   /** Called after every change with all nodes (part 2: routes and tunnel endpoints). */
-  onChange(fn: (nodes: Map<string, NodeRecord>) => void): void { this.listeners.push(fn); }
+  onChange(fn: (nodes: Map<string, NodeRecord>) => void): void {
+    this.listeners.push(fn);
+  }
 
   /** Publishes (or refreshes) this node's record under the session's lease. */
   publish(record: NodeRecord): void {
@@ -35,9 +50,12 @@ export class ClusterNodes {
 
   list(): NodeView[] {
     const now = Date.now();
-    return [...this.mirror.items.values()].sort((a, b) => a.name.localeCompare(b.name)).map((n) => ({
-      ...n, lastSeenMs: Math.max(0, now - Date.parse(n.updatedAt || n.registeredAt)),
-    }));
+    return [...this.mirror.items.values()]
+      .sort((a, b) => a.name.localeCompare(b.name))
+      .map((n) => ({
+        ...n,
+        lastSeenMs: Math.max(0, now - Date.parse(n.updatedAt || n.registeredAt)),
+      }));
   }
 }
 
@@ -62,6 +80,6 @@ export async function waitForPodCidrs(session: Session, L: Layout, node: string,
   }
   throw new Error(
     `no pod CIDR was allocated to node "${node}" within ${Math.round(timeoutMs / 1000)} s ` +
-    `(is membrane-operator running for this cluster with --cluster-pool?)${lastErr ? `; last store error: ${lastErr}` : ''}`,
+      `(is membrane-operator running for this cluster with --cluster-pool?)${lastErr ? `; last store error: ${lastErr}` : ''}`,
   );
 }

@@ -45,15 +45,20 @@ export class ClusterPolicies implements PolicyBackend {
     });
   }
 
-  start(): Promise<void> { return this.mirror.start(); }
-  stop(): Promise<void> { return this.mirror.stop(); }
+  start(): Promise<void> {
+    return this.mirror.start();
+  }
+  stop(): Promise<void> {
+    return this.mirror.stop();
+  }
 
   /** The set as the mirror holds it. */
   current(): PersistedPolicies {
     let meta: PolicyMeta | undefined;
     const records: PolicyRecord[] = [];
     for (const it of this.mirror.items.values()) {
-      if ('meta' in it) meta = it.meta; else records.push(it.record);
+      if ('meta' in it) meta = it.meta;
+      else records.push(it.record);
     }
     records.sort((a, b) => a.number - b.number);
     return { revision: meta?.revision ?? 0, nextNumber: meta?.nextNumber ?? 1, records };
@@ -85,24 +90,34 @@ export class ClusterPolicies implements PolicyBackend {
 
   async save(prev: PersistedPolicies, next: PersistedPolicies): Promise<void> {
     const L = this.o.layout;
-    if (prev.revision !== this.metaRevision) throw new PolicyConflictError(`the cluster's policies are at revision ${this.metaRevision}, this change was planned on ${prev.revision}`);
-    const meta: PolicyMeta = { revision: next.revision, nextNumber: next.nextNumber, updatedAt: new Date().toISOString(), updatedBy: this.o.node };
+    if (prev.revision !== this.metaRevision)
+      throw new PolicyConflictError(
+        `the cluster's policies are at revision ${this.metaRevision}, this change was planned on ${prev.revision}`,
+      );
+    const meta: PolicyMeta = {
+      revision: next.revision,
+      nextNumber: next.nextNumber,
+      updatedAt: new Date().toISOString(),
+      updatedBy: this.o.node,
+    };
     const metaText = encode(meta);
     const before = new Map(prev.records.map((r) => [r.name, r]));
     const ops: Op[] = [];
     for (const r of next.records) {
       const old = before.get(r.name);
-      if (!old || old.revision !== r.revision || old.number !== r.number) ops.push({ type: 'put', key: L.policyRecord(r.name), value: encodeRecord(r) });
+      if (!old || old.revision !== r.revision || old.number !== r.number)
+        ops.push({ type: 'put', key: L.policyRecord(r.name), value: encodeRecord(r) });
       before.delete(r.name);
     }
     for (const name of before.keys()) ops.push({ type: 'delete', key: L.policyRecord(name) });
     ops.push({ type: 'put', key: L.policyMeta, value: metaText });
-    const guard = this.metaText === undefined
-      ? { key: L.policyMeta, target: 'version' as const, result: '=' as const, value: 0 }
-      : { key: L.policyMeta, target: 'value' as const, result: '=' as const, value: this.metaText };
+    const guard =
+      this.metaText === undefined
+        ? { key: L.policyMeta, target: 'version' as const, result: '=' as const, value: 0 }
+        : { key: L.policyMeta, target: 'value' as const, result: '=' as const, value: this.metaText };
     const res = await this.o.session.kv.txn([guard], ops);
     this.o.session.contact();
-    if (!res.succeeded) throw new PolicyConflictError('another node changed the cluster\'s policies first');
+    if (!res.succeeded) throw new PolicyConflictError("another node changed the cluster's policies first");
     this.metaText = metaText;
     this.metaRevision = next.revision;
   }
@@ -116,7 +131,10 @@ export class ClusterPolicies implements PolicyBackend {
     const records: PolicyRecord[] = [];
     for (const it of items) {
       const k = it.key.slice(L.policies.length);
-      if (k === 'meta') { meta = decode<PolicyMeta>(it.value); metaText = it.value; } else {
+      if (k === 'meta') {
+        meta = decode<PolicyMeta>(it.value);
+        metaText = it.value;
+      } else {
         const r = decodeRecord(it.value);
         if (r) records.push(r);
       }
@@ -141,5 +159,9 @@ export function encodeRecord(r: PolicyRecord): string {
 
 export function decodeRecord(v: string): PolicyRecord | undefined {
   if (!v.startsWith(GZIP_PREFIX)) return decode<PolicyRecord>(v);
-  try { return decode<PolicyRecord>(zlib.gunzipSync(Buffer.from(v.slice(GZIP_PREFIX.length), 'base64'))); } catch { return undefined; }
+  try {
+    return decode<PolicyRecord>(zlib.gunzipSync(Buffer.from(v.slice(GZIP_PREFIX.length), 'base64')));
+  } catch {
+    return undefined;
+  }
 }

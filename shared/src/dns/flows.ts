@@ -25,11 +25,15 @@ export function dnsSummary(r: DnsRecord): string {
 
 export function dnsFlow(r: DnsRecord, ctx: FlowContext): Flow {
   const d = r.decision;
-  const client = side(d.endpoint !== undefined ? ctx.endpointById(d.endpoint) : undefined, d.identity, ctx)?.endpoint ?? { identity: d.identity };
+  const client = side(d.endpoint !== undefined ? ctx.endpointById(d.endpoint) : undefined, d.identity, ctx)?.endpoint ?? {
+    identity: d.identity,
+  };
   const server = side(undefined, d.peerIdentity, ctx)?.endpoint ?? { identity: d.peerIdentity };
   const query = r.kind === 'query';
   const ms = Math.floor(r.timeMs);
-  const ports = query ? { sourcePort: r.src.port, destinationPort: r.dst.port } : { sourcePort: r.dst.port, destinationPort: r.src.port };
+  const ports = query
+    ? { sourcePort: r.src.port, destinationPort: r.dst.port }
+    : { sourcePort: r.dst.port, destinationPort: r.src.port };
   const a = r.answer;
   const flow: Flow = {
     time: { seconds: Math.floor(ms / 1000), nanos: (ms % 1000) * 1e6 },
@@ -46,11 +50,18 @@ export function dnsFlow(r: DnsRecord, ctx: FlowContext): Flow {
       type: query ? 'REQUEST' : 'RESPONSE',
       ...(r.latencyNs !== undefined ? { latencyNs: r.latencyNs } : {}),
       dns: {
-        query: r.query.name, qtypes: r.query.types, observationSource: 'proxy',
-        ...(a && !query ? {
-          ips: a.ips.map((x) => x.ip), ...(a.ips.length ? { ttl: Math.min(...a.ips.map((x) => x.ttl)) } : {}),
-          ...(a.cnames.length ? { cnames: a.cnames } : {}), rcode: a.rcode, rrtypes: a.rrtypes,
-        } : {}),
+        query: r.query.name,
+        qtypes: r.query.types,
+        observationSource: 'proxy',
+        ...(a && !query
+          ? {
+              ips: a.ips.map((x) => x.ip),
+              ...(a.ips.length ? { ttl: Math.min(...a.ips.map((x) => x.ttl)) } : {}),
+              ...(a.cnames.length ? { cnames: a.cnames } : {}),
+              rcode: a.rcode,
+              rrtypes: a.rrtypes,
+            }
+          : {}),
       },
     },
     eventType: { type: MessageType.L7 },

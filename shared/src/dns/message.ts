@@ -40,14 +40,23 @@ export function readQuery(buf: Buffer): Query | undefined {
       questions.push(wire.question.decode(buf, at));
       at += wire.question.decode.bytes;
     }
-  } catch { return undefined; }
+  } catch {
+    return undefined;
+  }
   const q = questions[0];
   if (typeof q.name !== 'string') return undefined;
-  return { id: buf.readUInt16BE(0), name: q.name === '' ? '.' : canonicalName(q.name), types: questions.map((x) => String(x.type)), rd: (flags & RD) !== 0 };
+  return {
+    id: buf.readUInt16BE(0),
+    name: q.name === '' ? '.' : canonicalName(q.name),
+    types: questions.map((x) => String(x.type)),
+    rd: (flags & RD) !== 0,
+  };
 }
 
 /** dns-packet's question codec (exported by the package, missing from its type definitions). */
-const wire = packet as unknown as { question: { decode: ((buf: Buffer, offset: number) => { name: string; type: string }) & { bytes: number } } };
+const wire = packet as unknown as {
+  question: { decode: ((buf: Buffer, offset: number) => { name: string; type: string }) & { bytes: number } };
+};
 
 /** An answer the proxy makes itself: the query's ID, its question echoed (when readable), no records. */
 export function refusal(buf: Buffer, rcode: number): Buffer {
@@ -58,7 +67,9 @@ export function refusal(buf: Buffer, rcode: number): Buffer {
     const d = packet.decode(buf);
     questions = d.questions ?? [];
     flags = (d.flags ?? 0) & (RD | (0xf << 11));
-  } catch { /* unreadable: no question to echo */ }
+  } catch {
+    /* unreadable: no question to echo */
+  }
   return packet.encode({ id, type: 'response', flags: flags | RA | QR | (rcode & 0xf), questions });
 }
 
@@ -77,7 +88,11 @@ export interface Answer {
 /** What a server's response says, or undefined when it cannot be read (passed on, nothing learned). */
 export function readAnswer(buf: Buffer): Answer | undefined {
   let d: packet.DecodedPacket;
-  try { d = packet.decode(buf); } catch { return undefined; }
+  try {
+    d = packet.decode(buf);
+  } catch {
+    return undefined;
+  }
   const q = d.questions?.[0];
   const names = q ? [q.name === '' ? '.' : canonicalName(q.name)] : [];
   // Records as plain {type, name, ttl, data} (dns-packet's union types do not narrow on `type`).
@@ -102,8 +117,12 @@ export function readAnswer(buf: Buffer): Answer | undefined {
     }
   }
   return {
-    rcode: (d.flags ?? 0) & 0xf, names, cnames: names.slice(1), ips,
-    qtypes: (d.questions ?? []).map((x) => String(x.type)), rrtypes: [...new Set(answers.map((a) => String(a.type)))],
+    rcode: (d.flags ?? 0) & 0xf,
+    names,
+    cnames: names.slice(1),
+    ips,
+    qtypes: (d.questions ?? []).map((x) => String(x.type)),
+    rrtypes: [...new Set(answers.map((a) => String(a.type)))],
     truncated: ((d.flags ?? 0) & packet.TRUNCATED_RESPONSE) !== 0,
   };
 }

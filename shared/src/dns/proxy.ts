@@ -25,7 +25,10 @@ import net from 'node:net';
 import { closeFd, SocketError, transparentListener, transparentUdpSocket } from '../l7/proxy/sockets.ts';
 import { answersQuery, MessageReader, RCODE, refusal, type Answer, type Query } from './message.ts';
 
-export interface Peer { ip: string; port: number }
+export interface Peer {
+  ip: string;
+  port: number;
+}
 
 export interface DnsDecision {
   allowed: boolean;
@@ -59,8 +62,17 @@ export interface DnsRecord {
 
 /** Every record in one object shape (the proxy's hot path stays monomorphic). */
 function dnsRecord(
-  kind: DnsRecord['kind'], proto: DnsRecord['proto'], src: Peer, dst: Peer, query: Query, decision: DnsDecision, verdict: DnsRecord['verdict'],
-  reason?: string, answer?: Answer, latencyNs?: number, learnNs?: number,
+  kind: DnsRecord['kind'],
+  proto: DnsRecord['proto'],
+  src: Peer,
+  dst: Peer,
+  query: Query,
+  decision: DnsDecision,
+  verdict: DnsRecord['verdict'],
+  reason?: string,
+  answer?: Answer,
+  latencyNs?: number,
+  learnNs?: number,
 ): DnsRecord {
   return { kind, timeMs: Date.now(), proto, src, dst, query, decision, verdict, reason, answer, latencyNs, learnNs };
 }
@@ -115,14 +127,18 @@ const REPLY_SOCKET_IDLE_MS = 60_000;
 const loopback = (ip: string) => ip === '127.0.0.1' || ip === '::1' || ip.startsWith('127.');
 const normalizeAddr = (ip: string) => ip.replace(/^::ffff:/, '').toLowerCase();
 /** Addresses are IP literals: no resolver round trip (and no extra tick) per datagram. */
-const literal = (family: 4 | 6) => (address: string, _o: unknown, cb: (err: null, address: string, family: number) => void) => cb(null, address, family);
+const literal = (family: 4 | 6) => (address: string, _o: unknown, cb: (err: null, address: string, family: number) => void) =>
+  cb(null, address, family);
 
 /** Unpredictable 16-bit message IDs (Math.random's state can be read off its outputs), drawn in bulk. */
 class RandomIds {
   private buf = Buffer.alloc(0);
   private at = 0;
   next(): number {
-    if (this.at + 2 > this.buf.length) { this.buf = crypto.randomBytes(4096); this.at = 0; }
+    if (this.at + 2 > this.buf.length) {
+      this.buf = crypto.randomBytes(4096);
+      this.at = 0;
+    }
     const v = this.buf.readUInt16BE(this.at);
     this.at += 2;
     return v;
@@ -152,7 +168,9 @@ export class DnsProxy {
   async start(): Promise<void> {
     for (const ip of ['127.0.0.1', '::1']) {
       let fd: number;
-      try { fd = transparentUdpSocket(ip, this.d.port, { reusePort: true }); } catch (e) {
+      try {
+        fd = transparentUdpSocket(ip, this.d.port, { reusePort: true });
+      } catch (e) {
         if (ip === '::1' && e instanceof SocketError) continue;
         throw e;
       }
@@ -180,7 +198,11 @@ export class DnsProxy {
     if (!server || loopback(server.ip)) return; // not diverted by the datapath: a local process
     const query = this.reader.query(msg);
     this.stats.queries++;
-    if (!query) { this.replyUdp(server, client, refusal(msg, RCODE.FORMERR)); this.stats.errors++; return; }
+    if (!query) {
+      this.replyUdp(server, client, refusal(msg, RCODE.FORMERR));
+      this.stats.errors++;
+      return;
+    }
     const decision = this.d.decide(client, server, 'udp', query);
     if (!decision.allowed) {
       this.stats.refused++;
@@ -188,7 +210,11 @@ export class DnsProxy {
       this.d.record(dnsRecord('query', 'udp', client, server, query, decision, 'refused', 'denied'));
       return;
     }
-    if (this.pending.size >= MAX_PENDING) { this.replyUdp(server, client, refusal(msg, RCODE.SERVFAIL)); this.stats.errors++; return; }
+    if (this.pending.size >= MAX_PENDING) {
+      this.replyUdp(server, client, refusal(msg, RCODE.SERVFAIL));
+      this.stats.errors++;
+      return;
+    }
     const up = this.upstreamTo(server);
     let id = this.ids.next();
     while (up.byId.has(id)) id = this.ids.next();
@@ -209,13 +235,19 @@ export class DnsProxy {
     const key = `${server.ip}|${server.port}`;
     const now = performance.now();
     let up = this.upstreams.get(key);
-    if (up && (up.uses >= UPSTREAM_QUERIES || now - up.born > UPSTREAM_MS)) { this.retire(up); up = undefined; }
+    if (up && (up.uses >= UPSTREAM_QUERIES || now - up.born > UPSTREAM_MS)) {
+      this.retire(up);
+      up = undefined;
+    }
     if (!up) {
       const v6 = server.ip.includes(':');
       const socket = dgram.createSocket({ type: v6 ? 'udp6' : 'udp4', lookup: literal(v6 ? 6 : 4) as never });
       const u: Upstream = { key, socket, byId: new Map(), uses: 0, born: now, connected: false, queue: [], retired: false };
       socket.on('message', (m, rinfo) => this.onUpstream(u, m, rinfo.address, rinfo.port));
-      socket.on('error', (err) => { this.d.log.warn({ err, server }, 'DNS proxy upstream socket error'); this.failUpstream(u); });
+      socket.on('error', (err) => {
+        this.d.log.warn({ err, server }, 'DNS proxy upstream socket error');
+        this.failUpstream(u);
+      });
       // connect(): the kernel picks a random ephemeral port and delivers only the server's datagrams.
       socket.connect(server.port, server.ip, () => {
         u.connected = true;
@@ -250,14 +282,23 @@ export class DnsProxy {
 
   private onUpstream(up: Upstream, msg: Buffer, fromIp: string, fromPort: number): void {
     const p = msg.length >= 12 ? up.byId.get(msg.readUInt16BE(0)) : undefined;
-    if (!p || fromPort !== p.server.port || normalizeAddr(fromIp) !== normalizeAddr(p.server.ip)) { this.stats.ignored++; return; }
+    if (!p || fromPort !== p.server.port || normalizeAddr(fromIp) !== normalizeAddr(p.server.ip)) {
+      this.stats.ignored++;
+      return;
+    }
     const answer = this.reader.answer(msg);
-    if (answer && !answersQuery(answer, p.query)) { this.stats.ignored++; return; } // not this question: wait for the real one
+    if (answer && !answersQuery(answer, p.query)) {
+      this.stats.ignored++;
+      return;
+    } // not this question: wait for the real one
     if (!this.finish(p)) return;
     if (answer && p.decision.endpoint !== undefined && answer.ips.length) {
       const tAnswer = performance.now();
       const learning = this.d.learn(p.decision.endpoint, answer);
-      if (!learning) { this.releaseUdp(p, msg, answer, performance.now() - tAnswer); return; }
+      if (!learning) {
+        this.releaseUdp(p, msg, answer, performance.now() - tAnswer);
+        return;
+      }
       learning.then(
         () => this.releaseUdp(p, msg, answer, performance.now() - tAnswer),
         (err: unknown) => {
@@ -266,7 +307,9 @@ export class DnsProxy {
           this.d.log.warn({ err, name: p.query.name }, 'cannot enforce a DNS answer: SERVFAIL to the client');
           this.replyUdp(p.server, p.client, refusal(msg, RCODE.SERVFAIL));
           this.stats.errors++;
-          this.d.record(dnsRecord('response', 'udp', p.client, p.server, p.query, p.decision, 'error', 'policy update failed', answer));
+          this.d.record(
+            dnsRecord('response', 'udp', p.client, p.server, p.query, p.decision, 'error', 'policy update failed', answer),
+          );
         },
       );
       return;
@@ -279,7 +322,21 @@ export class DnsProxy {
     msg.writeUInt16BE(p.clientId, 0);
     this.replyUdp(p.server, p.client, msg);
     const latencyNs = Math.round((performance.now() - p.t0) * 1e6);
-    this.d.record(dnsRecord('response', 'udp', p.client, p.server, p.query, p.decision, 'forwarded', undefined, answer, latencyNs, learnMs !== undefined ? Math.round(learnMs * 1e6) : undefined));
+    this.d.record(
+      dnsRecord(
+        'response',
+        'udp',
+        p.client,
+        p.server,
+        p.query,
+        p.decision,
+        'forwarded',
+        undefined,
+        answer,
+        latencyNs,
+        learnMs !== undefined ? Math.round(learnMs * 1e6) : undefined,
+      ),
+    );
   }
 
   /** All queries have the same timeout: the oldest pending ones are the first to expire. Upstream
@@ -309,7 +366,9 @@ export class DnsProxy {
     let r = this.replies.get(key);
     if (!r) {
       let fd: number;
-      try { fd = transparentUdpSocket(server.ip, server.port); } catch (err) {
+      try {
+        fd = transparentUdpSocket(server.ip, server.port);
+      } catch (err) {
         this.d.log.warn({ err, server }, 'DNS proxy: cannot answer as the server');
         return;
       }
@@ -317,7 +376,12 @@ export class DnsProxy {
       const socket = dgram.createSocket({ type: v6 ? 'udp6' : 'udp4', lookup: literal(v6 ? 6 : 4) as never });
       socket.on('error', (err) => this.d.log.warn({ err }, 'DNS proxy reply socket error'));
       socket.on('message', () => undefined); // nothing is routed to it: it only sends
-      try { socket.bind({ fd }); } catch (err) { closeFd(fd); throw err; }
+      try {
+        socket.bind({ fd });
+      } catch (err) {
+        closeFd(fd);
+        throw err;
+      }
       this.replies.set(key, (r = { socket, used: Date.now() }));
     }
     r.used = Date.now();
@@ -326,7 +390,11 @@ export class DnsProxy {
 
   private closeIdleReplySockets(): void {
     const now = Date.now();
-    for (const [k, r] of this.replies) if (now - r.used > REPLY_SOCKET_IDLE_MS) { r.socket.close(); this.replies.delete(k); }
+    for (const [k, r] of this.replies)
+      if (now - r.used > REPLY_SOCKET_IDLE_MS) {
+        r.socket.close();
+        this.replies.delete(k);
+      }
   }
 
   // ---- TCP -----------------------------------------------------------------------------------------
@@ -334,14 +402,22 @@ export class DnsProxy {
   private onTcp(c: net.Socket): void {
     const server: Peer = { ip: c.localAddress ?? '', port: c.localPort ?? 0 };
     const client: Peer = { ip: c.remoteAddress ?? '', port: c.remotePort ?? 0 };
-    if (!server.ip || loopback(server.ip)) { c.destroy(); return; }
+    if (!server.ip || loopback(server.ip)) {
+      c.destroy();
+      return;
+    }
     this.tcpClients.add(c);
     c.setTimeout(30_000, () => c.destroy());
     let buf: Buffer = Buffer.alloc(0);
     let up: net.Socket | undefined;
     let upBuf: Buffer = Buffer.alloc(0);
     const inflight = new Map<number, { query: Query; decision: DnsDecision; t0: bigint }>();
-    const frame = (m: Buffer) => { const b = Buffer.allocUnsafe(2 + m.length); b.writeUInt16BE(m.length, 0); m.copy(b, 2); return b; };
+    const frame = (m: Buffer) => {
+      const b = Buffer.allocUnsafe(2 + m.length);
+      b.writeUInt16BE(m.length, 0);
+      m.copy(b, 2);
+      return b;
+    };
     const onAnswer = async (msg: Buffer) => {
       if (msg.length < 12) return;
       const p = inflight.get(msg.readUInt16BE(0));
@@ -357,14 +433,31 @@ export class DnsProxy {
       const tAnswer = process.hrtime.bigint();
       let learnNs: number | undefined;
       if (answer && p.decision.endpoint !== undefined && answer.ips.length) {
-        try { await this.d.learn(p.decision.endpoint, answer); learnNs = Number(process.hrtime.bigint() - tAnswer); } catch (err) {
+        try {
+          await this.d.learn(p.decision.endpoint, answer);
+          learnNs = Number(process.hrtime.bigint() - tAnswer);
+        } catch (err) {
           this.d.log.warn({ err, name: p.query.name }, 'cannot enforce a DNS answer: SERVFAIL to the client');
           c.write(frame(refusal(msg, RCODE.SERVFAIL)));
           return;
         }
       }
       c.write(frame(msg));
-      this.d.record(dnsRecord('response', 'tcp', client, server, p.query, p.decision, 'forwarded', undefined, answer, Number(process.hrtime.bigint() - p.t0), learnNs));
+      this.d.record(
+        dnsRecord(
+          'response',
+          'tcp',
+          client,
+          server,
+          p.query,
+          p.decision,
+          'forwarded',
+          undefined,
+          answer,
+          Number(process.hrtime.bigint() - p.t0),
+          learnNs,
+        ),
+      );
     };
     const upstream = () => {
       if (up) return up;
@@ -379,7 +472,16 @@ export class DnsProxy {
         }
       });
       up.on('error', () => undefined);
-      up.on('close', () => { up = undefined; for (const [id, p] of inflight) { const q = Buffer.alloc(12); q.writeUInt16BE(id, 0); c.write(frame(refusal(q, RCODE.SERVFAIL))); this.d.record(dnsRecord('response', 'tcp', client, server, p.query, p.decision, 'error', 'upstream closed')); } inflight.clear(); });
+      up.on('close', () => {
+        up = undefined;
+        for (const [id, p] of inflight) {
+          const q = Buffer.alloc(12);
+          q.writeUInt16BE(id, 0);
+          c.write(frame(refusal(q, RCODE.SERVFAIL)));
+          this.d.record(dnsRecord('response', 'tcp', client, server, p.query, p.decision, 'error', 'upstream closed'));
+        }
+        inflight.clear();
+      });
       return up;
     };
     c.on('data', (d: Buffer) => {
@@ -389,7 +491,10 @@ export class DnsProxy {
         buf = buf.subarray(2 + msg.length);
         this.stats.queries++;
         const query = this.reader.query(msg);
-        if (!query) { c.write(frame(refusal(msg, RCODE.FORMERR))); continue; }
+        if (!query) {
+          c.write(frame(refusal(msg, RCODE.FORMERR)));
+          continue;
+        }
         const decision = this.d.decide(client, server, 'tcp', query);
         if (!decision.allowed) {
           this.stats.refused++;
@@ -405,7 +510,10 @@ export class DnsProxy {
       if (buf.length > 70_000) c.destroy();
     });
     c.on('error', () => undefined);
-    c.on('close', () => { this.tcpClients.delete(c); up?.destroy(); });
+    c.on('close', () => {
+      this.tcpClients.delete(c);
+      up?.destroy();
+    });
   }
 
   get running(): boolean {

@@ -22,11 +22,16 @@ export class AddressBook {
   claim(key: string, ips: string[]): () => void {
     for (const ip of ips) {
       const holder = this.byIp.get(ip);
-      if (holder !== undefined && holder !== key) throw new MembraneError('address_in_use', `address ${ip} is already used by endpoint ${holder} on this node`, { field: 'ips' });
+      if (holder !== undefined && holder !== key)
+        throw new MembraneError('address_in_use', `address ${ip} is already used by endpoint ${holder} on this node`, {
+          field: 'ips',
+        });
     }
     const fresh = ips.filter((ip) => !this.byIp.has(ip));
     for (const ip of fresh) this.byIp.set(ip, key);
-    return () => { for (const ip of fresh) if (this.byIp.get(ip) === key) this.byIp.delete(ip); };
+    return () => {
+      for (const ip of fresh) if (this.byIp.get(ip) === key) this.byIp.delete(ip);
+    };
   }
 
   release(key: string, ips: string[]): void {
@@ -45,7 +50,8 @@ export function requestedAddresses(req: EndpointRequest): string[] {
     if (!familyOf(ip)) throw new EndpointError('bad_request', `ips: "${ip}" is not an IP address`, { field: `ips.${i}` });
     return normalizeIp(ip);
   });
-  if (new Set(out).size !== out.length) throw new EndpointError('bad_request', `ips: ${out.join(', ')} names an address twice`, { field: 'ips' });
+  if (new Set(out).size !== out.length)
+    throw new EndpointError('bad_request', `ips: ${out.join(', ')} names an address twice`, { field: 'ips' });
   return out;
 }
 
@@ -57,11 +63,18 @@ export function requestedAddresses(req: EndpointRequest): string[] {
  * RequestAddress already took from this network's pool (the hand-back); outside every pool only a
  * delegated IPAM's address is accepted (a Docker endpoint's must lie in its network).
  */
-export async function assignAddresses(d: AssignDeps, key: string, owner: IpamOwner, req: EndpointRequest, network: Network,
-  undo: (() => unknown)[]): Promise<EndpointIp[]> {
+export async function assignAddresses(
+  d: AssignDeps,
+  key: string,
+  owner: IpamOwner,
+  req: EndpointRequest,
+  network: Network,
+  undo: (() => unknown)[],
+): Promise<EndpointIp[]> {
   const requested = requestedAddresses(req);
   if (req.externalIpam) {
-    if (!requested.length) throw new EndpointError('bad_request', 'externalIpam needs the allocated addresses in "ips"', { field: 'ips' });
+    if (!requested.length)
+      throw new EndpointError('bad_request', 'externalIpam needs the allocated addresses in "ips"', { field: 'ips' });
     undo.push(d.addresses.claim(key, requested));
     undo.push(() => d.ipam.releaseOwner(owner));
     const out: EndpointIp[] = [];
@@ -80,11 +93,18 @@ export async function assignAddresses(d: AssignDeps, key: string, owner: IpamOwn
   }
   for (const ip of requested) {
     if (!out.some((o) => o.address.startsWith(ip + '/'))) {
-      throw new EndpointError('bad_request', `requested address ${ip} has no matching subnet in network "${network.name}"`, { field: 'ips' });
+      throw new EndpointError('bad_request', `requested address ${ip} has no matching subnet in network "${network.name}"`, {
+        field: 'ips',
+      });
     }
   }
   // IPAM keeps pool addresses unique; the book also knows addresses of external endpoints.
-  undo.push(d.addresses.claim(key, out.map((o) => o.address.split('/')[0])));
+  undo.push(
+    d.addresses.claim(
+      key,
+      out.map((o) => o.address.split('/')[0]),
+    ),
+  );
   return out;
 }
 
@@ -92,18 +112,30 @@ async function recordExternal(ipam: Ipam, owner: IpamOwner, ip: string, network:
   const pool = ipam.poolContaining(ip);
   if (!pool) {
     if (docker) {
-      throw new MembraneError('address_out_of_range', `address ${ip} is outside network "${network.name}" (${network.subnets.map((s) => s.cidr).join(', ')})`, { field: 'ips' });
+      throw new MembraneError(
+        'address_out_of_range',
+        `address ${ip} is outside network "${network.name}" (${network.subnets.map((s) => s.cidr).join(', ')})`,
+        { field: 'ips' },
+      );
     }
     await ipam.reserveExternal(ip, owner);
     return;
   }
   if (docker && pool !== network.name) {
-    throw new MembraneError('address_out_of_range', `address ${ip} is outside network "${network.name}": it lies in network "${pool}"`, { field: 'ips' });
+    throw new MembraneError(
+      'address_out_of_range',
+      `address ${ip} is outside network "${network.name}": it lies in network "${pool}"`,
+      { field: 'ips' },
+    );
   }
   const holder = ipam.ownerOf(pool, ip);
   if (docker && holder?.kind === 'docker-address' && holder.network === network.name) return; // Docker's RequestAddress holds it for this endpoint
   if (holder && !sameOwner(holder, owner)) {
-    throw new MembraneError('address_in_use', `address ${ip} is already in use on this node (network "${pool}", held by ${describeOwner(holder)})`, { field: 'ips' });
+    throw new MembraneError(
+      'address_in_use',
+      `address ${ip} is already in use on this node (network "${pool}", held by ${describeOwner(holder)})`,
+      { field: 'ips' },
+    );
   }
   await ipam.allocate(pool, owner, { ip });
 }
@@ -111,8 +143,10 @@ async function recordExternal(ipam: Ipam, owner: IpamOwner, ip: string, network:
 function externalIp(ip: string, network: Network): EndpointIp {
   const fam = familyOf(ip)!;
   // The gateway is the network's; an address from a delegated range outside it still routes through it.
-  const subnet = network.subnets.find((s) => cidrContains(parseCidr(s.cidr), ip)) ?? network.subnets.find((s) => s.family === fam);
-  if (!subnet) throw new EndpointError('bad_request', `network "${network.name}" has no IPv${fam} subnet for ${ip}`, { field: 'ips' });
+  const subnet =
+    network.subnets.find((s) => cidrContains(parseCidr(s.cidr), ip)) ?? network.subnets.find((s) => s.family === fam);
+  if (!subnet)
+    throw new EndpointError('bad_request', `network "${network.name}" has no IPv${fam} subnet for ${ip}`, { field: 'ips' });
   return { address: hostPrefix(ip, fam), gateway: subnet.gateway, family: fam, subnet: subnet.cidr };
 }
 
@@ -122,15 +156,25 @@ function sameOwner(a: IpamOwner, b: IpamOwner): boolean {
 
 function describeOwner(o: IpamOwner): string {
   switch (o.kind) {
-    case 'endpoint': return `endpoint ${o.attachment}/${o.ifName}`;
-    case 'docker-address': return 'a Docker IPAM lease';
-    case 'docker-aux': return 'a Docker --aux-address';
+    case 'endpoint':
+      return `endpoint ${o.attachment}/${o.ifName}`;
+    case 'docker-address':
+      return 'a Docker IPAM lease';
+    case 'docker-aux':
+      return 'a Docker --aux-address';
   }
 }
 
 /** Restore (also after an upgrade from a version that did not record external addresses): the
  *  endpoint's addresses are recorded under it. Returns what could not be (held by someone else). */
-export async function ensureRecorded(d: AssignDeps, key: string, owner: IpamOwner, ips: string[], network: Network, docker: boolean): Promise<string[]> {
+export async function ensureRecorded(
+  d: AssignDeps,
+  key: string,
+  owner: IpamOwner,
+  ips: string[],
+  network: Network,
+  docker: boolean,
+): Promise<string[]> {
   const problems: string[] = [];
   try {
     d.addresses.claim(key, ips);

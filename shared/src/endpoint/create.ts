@@ -54,7 +54,14 @@ export type UndoList = (() => unknown)[];
  */
 export async function createEndpoint(d: CreateDeps, plan: CreatePlan, undo: UndoList): Promise<Endpoint> {
   const { req, key, attachment, id, network, ns, start } = plan;
-  const ips = await assignAddresses({ ipam: d.ipam, addresses: d.addresses }, key, ipamOwner(attachment, req.ifName), req, network, undo);
+  const ips = await assignAddresses(
+    { ipam: d.ipam, addresses: d.addresses },
+    key,
+    ipamOwner(attachment, req.ifName),
+    req,
+    network,
+    undo,
+  );
   const ep: Endpoint = {
     id,
     containerId: req.docker ? '' : req.containerId,

@@ -10,7 +10,10 @@ export class EndpointIds {
   /** The lowest free id, taken at once (before the caller's first await). */
   reserve(): number {
     for (let id = 1; id <= MAX_ENDPOINT_ID; id++) {
-      if (!this.inUse.has(id)) { this.inUse.add(id); return id; }
+      if (!this.inUse.has(id)) {
+        this.inUse.add(id);
+        return id;
+      }
     }
     throw new EndpointError('bad_request', `no endpoint id left (${MAX_ENDPOINT_ID} endpoints on this node)`);
   }

@@ -18,7 +18,8 @@ export type LookupResult =
 /** The names an endpoint answers to, exact. */
 function exactNames(e: Endpoint): string[] {
   const out = [e.containerId, e.docker?.endpointId, e.docker?.containerName];
-  const ns = e.metadata?.[POD_NAMESPACE], pod = e.metadata?.[POD_NAME];
+  const ns = e.metadata?.[POD_NAMESPACE],
+    pod = e.metadata?.[POD_NAME];
   if (ns && pod) out.push(`${ns}/${pod}`);
   return out.filter((x): x is string => !!x);
 }
@@ -53,7 +54,12 @@ export function findEndpoint(endpoints: Endpoint[], ref: string, ifName?: string
 
 /** One line per candidate, for an error that lets the user pick: "12 (container 3f2a9c1e0b7d web, eth0, network blue)". */
 export function describeCandidate(e: Endpoint): string {
-  const container = e.containerId ? e.containerId.slice(0, 12) : e.docker ? `docker endpoint ${e.docker.endpointId.slice(0, 12)}` : '-';
-  const name = e.docker?.containerName ?? (e.metadata?.[POD_NAME] ? `${e.metadata[POD_NAMESPACE] ?? ''}/${e.metadata[POD_NAME]}` : '');
+  const container = e.containerId
+    ? e.containerId.slice(0, 12)
+    : e.docker
+      ? `docker endpoint ${e.docker.endpointId.slice(0, 12)}`
+      : '-';
+  const name =
+    e.docker?.containerName ?? (e.metadata?.[POD_NAME] ? `${e.metadata[POD_NAMESPACE] ?? ''}/${e.metadata[POD_NAME]}` : '');
   return `${e.id} (container ${container}${name ? ` ${name}` : ''}, ${e.ifName}, network ${e.network})`;
 }

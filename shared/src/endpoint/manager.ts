@@ -7,7 +7,16 @@ import type { Ipam } from '../ipam/index.ts';
 import type { Networks } from '../network/index.ts';
 import type { Datapath } from '../bpf/datapath.ts';
 import type { Netlink } from '../netlink/index.ts';
-import { datapathConfig, keyOf, openContainerNetns, plainIps, plumbSpec, STORE_PREFIX, storeKey, validateRequest } from './recipe.ts';
+import {
+  datapathConfig,
+  keyOf,
+  openContainerNetns,
+  plainIps,
+  plumbSpec,
+  STORE_PREFIX,
+  storeKey,
+  validateRequest,
+} from './recipe.ts';
 import { AddressBook } from './addresses.ts';
 import { EndpointError } from './errors.ts';
 import { attachmentId, endpointKey, hostVethName, ipamOwner, withDockerRef } from './naming.ts';
@@ -32,7 +41,12 @@ export interface EndpointManagerDeps {
   /** Where labels come from (callers, the pod namespace, container runtimes: labels/resolver.ts);
    *  none: the request's labels as given (unit tests). */
   labels?: LabelResolver;
-  log?: { info(o: object, msg: string): void; warn(o: object, msg: string): void; error(o: object, msg: string): void; debug?(o: object, msg: string): void };
+  log?: {
+    info(o: object, msg: string): void;
+    warn(o: object, msg: string): void;
+    error(o: object, msg: string): void;
+    debug?(o: object, msg: string): void;
+  };
   /** Deleted endpoints' interfaces and flows are removed this long after their DEL (default 0). */
   reapDelayMs?: number;
 }
@@ -72,9 +86,15 @@ export class EndpointManager {
   constructor(private readonly d: EndpointManagerDeps) {
     d.labels?.bind(this.labelSink);
     this.reaper = new Reaper({
-      store: d.store, host: d.host, datapath: d.datapath, log: d.log, delayMs: d.reapDelayMs,
+      store: d.store,
+      host: d.host,
+      datapath: d.datapath,
+      log: d.log,
+      delayMs: d.reapDelayMs,
       inUse: (hostIfName) => [...this.byKey.values()].some((e) => e.hostIfName === hostIfName),
-      released: (id) => { if (![...this.byKey.values()].some((e) => e.id === id)) this.ids.release(id); },
+      released: (id) => {
+        if (![...this.byKey.values()].some((e) => e.id === id)) this.ids.release(id);
+      },
     });
   }
 
@@ -107,10 +127,12 @@ export class EndpointManager {
 
   /** Endpoints restore could not bring back, with what is wrong. */
   unhealthyEndpoints(): { id: number; endpoint: string; problems: string[]; since: string }[] {
-    return [...this.unhealthy].flatMap(([key, h]) => {
-      const ep = this.byKey.get(key);
-      return ep ? [{ id: ep.id, endpoint: key, ...h }] : [];
-    }).sort((a, b) => a.id - b.id);
+    return [...this.unhealthy]
+      .flatMap(([key, h]) => {
+        const ep = this.byKey.get(key);
+        return ep ? [{ id: ep.id, endpoint: key, ...h }] : [];
+      })
+      .sort((a, b) => a.id - b.id);
   }
 
   private withHealth(ep: Endpoint): Endpoint {
@@ -141,21 +163,24 @@ export class EndpointManager {
   /** What the label resolver reports: a runtime's labels, or a runtime that did not answer in time
    *  (the link comes up, identity still init). */
   private readonly labelSink: LabelSink = {
-    found: (u: RuntimeLabels) => this.lock.run(endpointKey(u.attachment, u.ifName), async () => {
-      const ep = this.byKey.get(endpointKey(u.attachment, u.ifName));
-      if (!ep) return undefined;
-      const change: Partial<Endpoint> & { labels: Record<string, string> } = { labels: this.d.labels!.merge(ep, u) };
-      if (u.container && ep.docker) Object.assign(change, { containerId: u.container.id, docker: { ...ep.docker, containerName: u.container.name } });
-      return this.relabel(ep, change);
-    }),
-    expired: (attachment: string, ifName: string) => this.lock.run(endpointKey(attachment, ifName), async () => {
-      const ep = this.byKey.get(endpointKey(attachment, ifName));
-      if (!ep?.labelsPending || ep.labelsPending.expired) return;
-      const next: Endpoint = { ...ep, labelsPending: { ...ep.labelsPending, expired: true } };
-      await this.d.store.put(storeKey(next), next);
-      this.byKey.set(keyOf(next), next);
-      this.bringUp(next);
-    }),
+    found: (u: RuntimeLabels) =>
+      this.lock.run(endpointKey(u.attachment, u.ifName), async () => {
+        const ep = this.byKey.get(endpointKey(u.attachment, u.ifName));
+        if (!ep) return undefined;
+        const change: Partial<Endpoint> & { labels: Record<string, string> } = { labels: this.d.labels!.merge(ep, u) };
+        if (u.container && ep.docker)
+          Object.assign(change, { containerId: u.container.id, docker: { ...ep.docker, containerName: u.container.name } });
+        return this.relabel(ep, change);
+      }),
+    expired: (attachment: string, ifName: string) =>
+      this.lock.run(endpointKey(attachment, ifName), async () => {
+        const ep = this.byKey.get(endpointKey(attachment, ifName));
+        if (!ep?.labelsPending || ep.labelsPending.expired) return;
+        const next: Endpoint = { ...ep, labelsPending: { ...ep.labelsPending, expired: true } };
+        await this.d.store.put(storeKey(next), next);
+        this.byKey.set(keyOf(next), next);
+        this.bringUp(next);
+      }),
   };
 
   /** New labels: identity, datapath config and policy first; then a pending endpoint's link. */
@@ -171,7 +196,10 @@ export class EndpointManager {
       this.d.labels?.settled(attachmentId(next), next.ifName);
       this.bringUp(next);
       // What waiting for the runtime added to the container's start (bench:docker reports it).
-      this.d.log?.debug?.({ endpoint: keyOf(next), source: ep.labelsPending.source, heldMs: Date.now() - Date.parse(ep.labelsPending.since) }, 'labels arrived: link up');
+      this.d.log?.debug?.(
+        { endpoint: keyOf(next), source: ep.labelsPending.source, heldMs: Date.now() - Date.parse(ep.labelsPending.since) },
+        'labels arrived: link up',
+      );
     }
     return next;
   }
@@ -216,7 +244,11 @@ export class EndpointManager {
       return ep;
     } catch (e) {
       for (const step of undo.reverse()) {
-        try { await step(); } catch (err) { this.d.log?.warn({ err, endpoint: key }, 'rollback step failed'); }
+        try {
+          await step();
+        } catch (err) {
+          this.d.log?.warn({ err, endpoint: key }, 'rollback step failed');
+        }
       }
       throw e;
     } finally {
@@ -251,7 +283,9 @@ export class EndpointManager {
     // The record, its addresses and the reap record go in one write (the same batch). If the
     // deletions fail, the endpoint stays known and a retried delete finishes it.
     const [reap, ...deletions] = await Promise.allSettled([
-      this.reaper.record(ep), this.d.store.delete(storeKey(ep)), this.d.ipam.releaseOwner(ipamOwner(attachmentId(ep), ep.ifName)),
+      this.reaper.record(ep),
+      this.d.store.delete(storeKey(ep)),
+      this.d.ipam.releaseOwner(ipamOwner(attachmentId(ep), ep.ifName)),
     ]);
     const failed = deletions.find((r) => r.status === 'rejected');
     if (failed) {
@@ -317,7 +351,12 @@ export class EndpointManager {
   private recipeDeps(): CreateDeps & RestoreDeps {
     const d = this.d;
     return {
-      store: d.store, ipam: d.ipam, networks: d.networks, datapath: d.datapath, host: d.host, addresses: this.addresses,
+      store: d.store,
+      ipam: d.ipam,
+      networks: d.networks,
+      datapath: d.datapath,
+      host: d.host,
+      addresses: this.addresses,
       identityFor: d.identityFor,
       beforeAttach: (ep) => this.runHooks('beforeAttach', ep),
       afterDelete: (ep) => this.runHooks('afterDelete', ep),
@@ -356,12 +395,14 @@ export class EndpointManager {
     for (const ep of [...this.byKey.values()]) {
       if (!ep.netns || !netnsGone(ep.netns)) continue;
       const key = keyOf(ep);
-      await this.lock.run(key, async () => {
-        const now = this.byKey.get(key);
-        if (!now?.netns || !netnsGone(now.netns)) return; // deleted or re-created meanwhile
-        await this.removeGone(now);
-        removed++;
-      }).catch((err) => this.d.log?.warn({ err, endpoint: key }, 'cannot remove the endpoint of a gone netns yet'));
+      await this.lock
+        .run(key, async () => {
+          const now = this.byKey.get(key);
+          if (!now?.netns || !netnsGone(now.netns)) return; // deleted or re-created meanwhile
+          await this.removeGone(now);
+          removed++;
+        })
+        .catch((err) => this.d.log?.warn({ err, endpoint: key }, 'cannot remove the endpoint of a gone netns yet'));
     }
     return removed;
   }
@@ -386,7 +427,11 @@ export class EndpointManager {
         }
         await this.collectGone();
         await this.releaseOrphans();
-      })().catch((err) => this.d.log?.warn({ err }, 'endpoint upkeep failed')).finally(() => { running = false; });
+      })()
+        .catch((err) => this.d.log?.warn({ err }, 'endpoint upkeep failed'))
+        .finally(() => {
+          running = false;
+        });
     }, intervalMs);
     timer.unref();
     return () => clearInterval(timer);

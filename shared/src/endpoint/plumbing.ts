@@ -27,7 +27,10 @@ export interface PlumbSpec {
  */
 export function createVeth(host: Netlink, spec: PlumbSpec): number {
   host.vethAdd({
-    name: spec.hostIfName, mac: spec.hostMac, mtu: spec.mtu, up: false,
+    name: spec.hostIfName,
+    mac: spec.hostMac,
+    mtu: spec.mtu,
+    up: false,
     peer: { name: spec.ifName, netns: spec.netns ?? undefined, mac: spec.mac, mtu: spec.mtu, up: false },
   });
   const link = host.linkByName(spec.hostIfName);
@@ -94,9 +97,11 @@ export function inspectContainerSide(spec: PlumbSpec): string[] {
     const link = nl.linkByName(spec.ifName);
     if (!link) return [`interface ${spec.ifName} is missing in ${spec.netns.path}`];
     if (!link.up) problems.push(`interface ${spec.ifName} is down`);
-    if (link.mac.toLowerCase() !== spec.mac.toLowerCase()) problems.push(`interface ${spec.ifName} has MAC ${link.mac}, expected ${spec.mac}`);
+    if (link.mac.toLowerCase() !== spec.mac.toLowerCase())
+      problems.push(`interface ${spec.ifName} has MAC ${link.mac}, expected ${spec.mac}`);
     const addrs = new Set(nl.addrList({ index: link.index }).map((a) => normalizeIfAddr(a.cidr)));
-    for (const ip of spec.ips) if (!addrs.has(normalizeIfAddr(ip.address))) problems.push(`address ${ip.address} is missing on ${spec.ifName}`);
+    for (const ip of spec.ips)
+      if (!addrs.has(normalizeIfAddr(ip.address))) problems.push(`address ${ip.address} is missing on ${spec.ifName}`);
     for (const fam of [4, 6] as const) {
       const ips = spec.ips.filter((ip) => ip.family === fam);
       if (!ips.length) continue;

@@ -109,7 +109,9 @@ export class Reaper {
 
   /** Everything queued, now; resolves when done (failures stay queued, retried later). */
   reapAll(): Promise<void> {
-    this.running ??= this.reapBatch().finally(() => { this.running = undefined; });
+    this.running ??= this.reapBatch().finally(() => {
+      this.running = undefined;
+    });
     return this.running;
   }
 
@@ -122,7 +124,10 @@ export class Reaper {
         this.removeLink(rec);
         done.push(rec);
       } catch (err) {
-        this.d.log?.warn({ err, endpoint: rec.endpoint, hostIfName: rec.hostIfName }, 'cannot remove the interface of a deleted endpoint yet');
+        this.d.log?.warn(
+          { err, endpoint: rec.endpoint, hostIfName: rec.hostIfName },
+          'cannot remove the interface of a deleted endpoint yet',
+        );
       }
     }
     let flushed = done;
@@ -133,15 +138,17 @@ export class Reaper {
       this.d.log?.warn({ err, ids: done.map((r) => r.id) }, 'conntrack flush of deleted endpoints failed');
       flushed = [];
     }
-    await Promise.all(flushed.map(async (rec) => {
-      try {
-        await this.d.store.delete(`${REAP_PREFIX}/${rec.id}`);
-        this.queue.delete(rec.id);
-        this.d.released(rec.id);
-      } catch (err) {
-        this.d.log?.warn({ err, endpoint: rec.endpoint }, 'cannot drop the reap record yet');
-      }
-    }));
+    await Promise.all(
+      flushed.map(async (rec) => {
+        try {
+          await this.d.store.delete(`${REAP_PREFIX}/${rec.id}`);
+          this.queue.delete(rec.id);
+          this.d.released(rec.id);
+        } catch (err) {
+          this.d.log?.warn({ err, endpoint: rec.endpoint }, 'cannot drop the reap record yet');
+        }
+      }),
+    );
     // DELs that came in meanwhile go soon; what failed here waits a little.
     const tried = new Set(batch.map((r) => r.id));
     if (!this.closed && this.queue.size) this.kick([...this.queue.keys()].some((id) => !tried.has(id)) ? undefined : RETRY_MS);
@@ -160,5 +167,11 @@ export class Reaper {
 }
 
 function recordOf(ep: Endpoint): ReapRecord {
-  return { id: ep.id, endpoint: keyOf(ep), hostIfName: ep.hostIfName, hostIfIndex: ep.hostIfIndex, deletedAt: new Date().toISOString() };
+  return {
+    id: ep.id,
+    endpoint: keyOf(ep),
+    hostIfName: ep.hostIfName,
+    hostIfIndex: ep.hostIfIndex,
+    deletedAt: new Date().toISOString(),
+  };
 }

@@ -12,9 +12,16 @@ export const STORE_PREFIX = 'endpoints';
 export function validateRequest(req: EndpointRequest): void {
   if (!attachmentId(req)) throw new EndpointError('bad_request', 'containerId is required', { field: 'containerId' });
   const ifProblem = ifNameProblem(req.ifName);
-  if (ifProblem) throw new EndpointError('bad_request', `ifName "${req.ifName}" is not a valid interface name: it ${ifProblem}`, { field: 'ifName' });
+  if (ifProblem)
+    throw new EndpointError('bad_request', `ifName "${req.ifName}" is not a valid interface name: it ${ifProblem}`, {
+      field: 'ifName',
+    });
   if (req.mac !== undefined) {
-    try { interfaceMac(req.mac); } catch (e) { throw new EndpointError('bad_request', `mac: ${(e as Error).message}`, { field: 'mac' }); }
+    try {
+      interfaceMac(req.mac);
+    } catch (e) {
+      throw new EndpointError('bad_request', `mac: ${(e as Error).message}`, { field: 'mac' });
+    }
   }
   if (req.mtu !== undefined && (!Number.isInteger(req.mtu) || req.mtu < 576 || req.mtu > 65535)) {
     throw new EndpointError('bad_request', `mtu ${req.mtu} is out of range (576-65535)`, { field: 'mtu' });
@@ -36,7 +43,11 @@ export function openContainerNetns(path: string): NetNs {
   const why = forbiddenNetnsReason(ns);
   if (why) {
     ns.close();
-    throw new EndpointError('netns_not_allowed', `netns ${path} is ${why}; a container needs a network namespace of its own, so nothing was changed`, { field: 'netns' });
+    throw new EndpointError(
+      'netns_not_allowed',
+      `netns ${path} is ${why}; a container needs a network namespace of its own, so nothing was changed`,
+      { field: 'netns' },
+    );
   }
   return ns;
 }
@@ -48,7 +59,13 @@ export function routesOf(ips: EndpointIp[], inContainer: boolean): Endpoint['rou
 
 export function plumbSpec(ep: Endpoint, ns: NetNs | null): PlumbSpec {
   return {
-    hostIfName: ep.hostIfName, hostMac: ep.hostMac, ifName: ep.ifName, mac: ep.mac, mtu: ep.mtu, ips: ep.ips, netns: ns,
+    hostIfName: ep.hostIfName,
+    hostMac: ep.hostMac,
+    ifName: ep.ifName,
+    mac: ep.mac,
+    mtu: ep.mtu,
+    ips: ep.ips,
+    netns: ns,
     // Labels pending (labels/resolver.ts): the host end stays down and unrouted until they arrive.
     holdDown: !!ep.labelsPending && !ep.labelsPending.expired,
   };
@@ -61,8 +78,14 @@ export function plainIps(ep: Endpoint): string[] {
 export function datapathConfig(ep: Endpoint) {
   const gateway6 = ep.ips.find((ip) => ip.family === 6)?.gateway;
   return {
-    hostIfindex: ep.hostIfIndex, endpointId: ep.id, identity: ep.identity, flags: 0, hostMac: ep.hostMac, containerMac: ep.mac,
-    ips: plainIps(ep), ...(gateway6 ? { gateway6 } : {}),
+    hostIfindex: ep.hostIfIndex,
+    endpointId: ep.id,
+    identity: ep.identity,
+    flags: 0,
+    hostMac: ep.hostMac,
+    containerMac: ep.mac,
+    ips: plainIps(ep),
+    ...(gateway6 ? { gateway6 } : {}),
   };
 }
 

@@ -37,7 +37,9 @@ export async function restoreEndpoint(d: RestoreDeps, ep: Endpoint): Promise<Res
   let ns: NetNs | null = null;
   try {
     if (ep.netns) {
-      try { ns = openNetns(ep.netns); } catch (e) {
+      try {
+        ns = openNetns(ep.netns);
+      } catch (e) {
         if (!(e instanceof NetnsError && e.code === 'netns_not_found')) throw e;
         await d.removeGone(ep);
         return 'dropped';
@@ -47,21 +49,32 @@ export async function restoreEndpoint(d: RestoreDeps, ep: Endpoint): Promise<Res
     }
     const network = d.networks.get(ep.network);
     if (!network) throw new Error(`its network "${ep.network}" is gone`);
-    const unrecorded = await ensureRecorded({ ipam: d.ipam, addresses: d.addresses }, keyOf(ep), ipamOwner(attachmentId(ep), ep.ifName),
-      plainIps(ep), network, ep.docker !== undefined);
+    const unrecorded = await ensureRecorded(
+      { ipam: d.ipam, addresses: d.addresses },
+      keyOf(ep),
+      ipamOwner(attachmentId(ep), ep.ifName),
+      plainIps(ep),
+      network,
+      ep.docker !== undefined,
+    );
     if (unrecorded.length) throw new Error(`its addresses are not its own: ${unrecorded.join('; ')}`);
     const spec = plumbSpec(ep, ns);
     let link = d.host.linkByName(ep.hostIfName);
     let repaired = false;
     if (!link) {
-      if (!ns) { await d.teardown(ep); return 'dropped'; }
+      if (!ns) {
+        await d.teardown(ep);
+        return 'dropped';
+      }
       // Its stale datapath entries point at an interface that is gone: traffic to it must not go there.
       if (!d.host.linkByIndex(ep.hostIfIndex)) d.datapath.removeEndpoint(ep.hostIfIndex, plainIps(ep));
       try {
         createVeth(d.host, spec);
       } catch (e) {
         if (e instanceof NetlinkError && e.code === 'exists') {
-          throw new Error(`host interface ${ep.hostIfName} vanished and cannot be recreated: ${ep.ifName} already exists in ${ep.netns} and is not ours`);
+          throw new Error(
+            `host interface ${ep.hostIfName} vanished and cannot be recreated: ${ep.ifName} already exists in ${ep.netns} and is not ours`,
+          );
         }
         throw e;
       }
@@ -80,7 +93,10 @@ export async function restoreEndpoint(d: RestoreDeps, ep: Endpoint): Promise<Res
     d.datapath.upsertEndpoint(datapathConfig(ep), { publish: false });
     await d.beforeAttach(ep);
     d.datapath.attach(link.index);
-    if (inspectContainerSide(spec).length) { ensureContainerSide(spec); repaired = true; }
+    if (inspectContainerSide(spec).length) {
+      ensureContainerSide(spec);
+      repaired = true;
+    }
     ensureHostSide(d.host, link.index, spec);
     if (!spec.holdDown) d.datapath.publishEndpoint(datapathConfig(ep));
     d.watch(ep);
@@ -91,7 +107,10 @@ export async function restoreEndpoint(d: RestoreDeps, ep: Endpoint): Promise<Res
 }
 
 /** Datapath entries of interfaces no endpoint has (a create that crashed, a record the journal lost). */
-export function pruneDatapath(d: Pick<RestoreDeps, 'datapath'> & { log?: { warn(o: object, msg: string): void } }, liveIfindexes: Set<number>): void {
+export function pruneDatapath(
+  d: Pick<RestoreDeps, 'datapath'> & { log?: { warn(o: object, msg: string): void } },
+  liveIfindexes: Set<number>,
+): void {
   for (const ifindex of d.datapath.listEndpointIfindexes()) {
     if (liveIfindexes.has(ifindex)) continue;
     d.log?.warn({ ifindex }, 'removing datapath entries of an interface no endpoint has');

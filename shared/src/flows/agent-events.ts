@@ -20,7 +20,10 @@ export class AgentEventLog {
   private readonly items: AgentEventRecord[] = [];
   private readonly subscribers = new Set<(r: AgentEventRecord) => void>();
 
-  constructor(readonly capacity = 1024, private readonly now: () => number = Date.now) {}
+  constructor(
+    readonly capacity = 1024,
+    private readonly now: () => number = Date.now,
+  ) {}
 
   record(event: AgentEvent, at = this.now()): AgentEventRecord {
     const r = { time: { seconds: Math.floor(at / 1000), nanos: (at % 1000) * 1_000_000 }, event };
@@ -41,21 +44,34 @@ export class AgentEventLog {
 
   subscribe(fn: (r: AgentEventRecord) => void): () => void {
     this.subscribers.add(fn);
-    return () => { this.subscribers.delete(fn); };
+    return () => {
+      this.subscribers.delete(fn);
+    };
   }
 
-  get size(): number { return this.items.length; }
+  get size(): number {
+    return this.items.length;
+  }
 }
 
 /** Cilium-style labels of a policy (what PolicyUpdateNotification.labels carries). */
 export function policyEventLabels(p: { name: string; namespace?: string; kind?: string }): string[] {
   const short = p.namespace && p.name.startsWith(`${p.namespace}/`) ? p.name.slice(p.namespace.length + 1) : p.name;
-  const out = [`k8s:io.cilium.k8s.policy.derived-from=${p.kind ?? 'CiliumNetworkPolicy'}`, `k8s:io.cilium.k8s.policy.name=${short}`];
+  const out = [
+    `k8s:io.cilium.k8s.policy.derived-from=${p.kind ?? 'CiliumNetworkPolicy'}`,
+    `k8s:io.cilium.k8s.policy.name=${short}`,
+  ];
   if (p.namespace) out.push(`k8s:io.cilium.k8s.policy.namespace=${p.namespace}`);
   return out;
 }
 
-export interface PolicySnapshot { name: string; namespace?: string; kind?: string; revision: number; rules: number }
+export interface PolicySnapshot {
+  name: string;
+  namespace?: string;
+  kind?: string;
+  revision: number;
+  rules: number;
+}
 
 /** Policy events for the difference between two snapshots of the policy list. */
 export function policyChanges(before: PolicySnapshot[], after: PolicySnapshot[], revision: number): AgentEvent[] {
@@ -68,7 +84,8 @@ export function policyChanges(before: PolicySnapshot[], after: PolicySnapshot[],
     out.push({ type: 'POLICY_UPDATED', policyUpdate: { labels: policyEventLabels(p), revision, ruleCount: p.rules } });
   }
   for (const p of before) {
-    if (!now.has(p.name)) out.push({ type: 'POLICY_DELETED', policyUpdate: { labels: policyEventLabels(p), revision, ruleCount: p.rules } });
+    if (!now.has(p.name))
+      out.push({ type: 'POLICY_DELETED', policyUpdate: { labels: policyEventLabels(p), revision, ruleCount: p.rules } });
   }
   return out;
 }

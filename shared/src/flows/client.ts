@@ -1,12 +1,23 @@
 // Observer API client (CLI, tests, benchmark): a unix socket path or a TCP host:port.
 import * as grpc from '@grpc/grpc-js';
 import { healthService, observerService, OBSERVER_SERVICE } from './proto.ts';
-import type { GetAgentEventsRequest, GetAgentEventsResponse, GetFlowsRequest, GetFlowsResponse, Namespace, ObserverNode, ServerStatus } from './types.ts';
+import type {
+  GetAgentEventsRequest,
+  GetAgentEventsResponse,
+  GetFlowsRequest,
+  GetFlowsResponse,
+  Namespace,
+  ObserverNode,
+  ServerStatus,
+} from './types.ts';
 
 export const DEFAULT_OBSERVER_SOCKET = '/run/membrane/observer.sock';
 
 export class ObserverUnreachableError extends Error {
-  constructor(readonly target: string, cause: string) {
+  constructor(
+    readonly target: string,
+    cause: string,
+  ) {
     super(`cannot reach the flow observer at ${target}: ${cause}`);
     this.name = 'ObserverUnreachableError';
   }
@@ -23,7 +34,11 @@ type Unary<Res> = (req: object, opts: grpc.CallOptions, cb: (err: grpc.ServiceEr
 
 interface RawClient extends grpc.Client {
   getFlows(req: GetFlowsRequest, metadata?: grpc.Metadata, opts?: grpc.CallOptions): grpc.ClientReadableStream<GetFlowsResponse>;
-  getAgentEvents(req: GetAgentEventsRequest, metadata?: grpc.Metadata, opts?: grpc.CallOptions): grpc.ClientReadableStream<GetAgentEventsResponse>;
+  getAgentEvents(
+    req: GetAgentEventsRequest,
+    metadata?: grpc.Metadata,
+    opts?: grpc.CallOptions,
+  ): grpc.ClientReadableStream<GetAgentEventsResponse>;
   serverStatus: Unary<Partial<ServerStatus>>;
   getNodes: Unary<{ nodes?: ObserverNode[] }>;
   getNamespaces: Unary<{ namespaces?: Namespace[] }>;
@@ -52,8 +67,11 @@ export class ObserverClient {
     this.target = observerTarget(socketOrAddress);
     const { Client } = observerService();
     const tls = opts.tls;
-    const creds = () => (tls ? grpc.credentials.createSsl(tls.ca ?? null, tls.key ?? null, tls.cert ?? null) : grpc.credentials.createInsecure());
-    const options: grpc.ChannelOptions = tls?.serverName ? { 'grpc.ssl_target_name_override': tls.serverName, 'grpc.default_authority': tls.serverName } : {};
+    const creds = () =>
+      tls ? grpc.credentials.createSsl(tls.ca ?? null, tls.key ?? null, tls.cert ?? null) : grpc.credentials.createInsecure();
+    const options: grpc.ChannelOptions = tls?.serverName
+      ? { 'grpc.ssl_target_name_override': tls.serverName, 'grpc.default_authority': tls.serverName }
+      : {};
     this.raw = new Client(this.target, creds(), options) as unknown as RawClient;
     // Same target, same channel options: grpc-js shares the connection between the two clients.
     this.health = new (healthService().Client)(this.target, creds(), options) as unknown as RawHealth;
@@ -61,7 +79,9 @@ export class ObserverClient {
 
   private unary<Res>(fn: Unary<Res>, req: object, timeoutMs: number): Promise<Res> {
     return new Promise((resolve, reject) => {
-      fn.call(this.raw, req, { deadline: Date.now() + timeoutMs }, (err, res) => (err ? reject(this.explain(err)) : resolve(res)));
+      fn.call(this.raw, req, { deadline: Date.now() + timeoutMs }, (err, res) =>
+        err ? reject(this.explain(err)) : resolve(res),
+      );
     });
   }
 
@@ -69,8 +89,13 @@ export class ObserverClient {
     const res = await this.unary(this.raw.serverStatus, {}, timeoutMs);
     // Unset proto3 scalars arrive absent: fill the zeros in.
     return {
-      ...res, numFlows: res.numFlows ?? 0, maxFlows: res.maxFlows ?? 0, seenFlows: res.seenFlows ?? 0, uptimeNs: res.uptimeNs ?? 0,
-      version: res.version ?? '', flowsRate: res.flowsRate ?? 0,
+      ...res,
+      numFlows: res.numFlows ?? 0,
+      maxFlows: res.maxFlows ?? 0,
+      seenFlows: res.seenFlows ?? 0,
+      uptimeNs: res.uptimeNs ?? 0,
+      version: res.version ?? '',
+      flowsRate: res.flowsRate ?? 0,
       membrane: { nodeName: '', lostEventsDatapath: 0, lostEventsAgent: 0, flowEventsEnabled: false, ...res.membrane },
     };
   }
@@ -87,7 +112,8 @@ export class ObserverClient {
   healthCheck(timeoutMs = 10_000): Promise<string> {
     return new Promise((resolve, reject) => {
       this.health.check({ service: OBSERVER_SERVICE }, { deadline: Date.now() + timeoutMs }, (err, res) =>
-        (err ? reject(this.explain(err)) : resolve(res.status ?? 'UNKNOWN')));
+        err ? reject(this.explain(err)) : resolve(res.status ?? 'UNKNOWN'),
+      );
     });
   }
 
@@ -112,7 +138,13 @@ export class ObserverClient {
         throw explain(e);
       }
     }
-    return { responses: iterate(), cancel: () => { cancelled = true; stream.cancel(); } };
+    return {
+      responses: iterate(),
+      cancel: () => {
+        cancelled = true;
+        stream.cancel();
+      },
+    };
   }
 
   /** All responses of a non-follow request. */
@@ -129,7 +161,8 @@ export class ObserverClient {
 
   private explain(err: grpc.ServiceError): Error {
     // grpc-js appends resolver internals ("Resolution note: ..."): keep the part people can act on.
-    if (err.code === grpc.status.UNAVAILABLE) return new ObserverUnreachableError(this.target, (err.details || err.message).replace(/\s*Resolution note:.*$/s, ''));
+    if (err.code === grpc.status.UNAVAILABLE)
+      return new ObserverUnreachableError(this.target, (err.details || err.message).replace(/\s*Resolution note:.*$/s, ''));
     const e = new Error(err.details || err.message);
     (e as Error & { code?: number }).code = err.code;
     return e;

@@ -41,7 +41,10 @@ export class FlowCollector {
   }
 
   onRecord(data: Buffer, offset: number, len: number): void {
-    if (len < TRACE_EVENT_SIZE) { this.malformed++; return; }
+    if (len < TRACE_EVENT_SIZE) {
+      this.malformed++;
+      return;
+    }
     try {
       enrichRaw(data, offset, this.o.context, this.refs);
       this.stats.recordRaw(data, offset);
@@ -64,12 +67,18 @@ export class FlowCollector {
   }
 
   datapathLost(): number {
-    try { return this.o.source.lost(); } catch { return this.lostReported; }
+    try {
+      return this.o.source.lost();
+    } catch {
+      return this.lostReported;
+    }
   }
 
   onLost(fn: (count: number, source: LostEventSource) => void): () => void {
     this.lostListeners.add(fn);
-    return () => { this.lostListeners.delete(fn); };
+    return () => {
+      this.lostListeners.delete(fn);
+    };
   }
 
   countAgentLost(n: number): void {

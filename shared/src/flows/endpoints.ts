@@ -44,7 +44,11 @@ export class EndpointTable {
     const byV6 = new Map<string, EndpointView>();
     for (const ep of endpoints) {
       const view: EndpointView = {
-        id: ep.id, identity: ep.identity, labels: ep.labels, containerId: ep.containerId, hostIfName: ep.hostIfName,
+        id: ep.id,
+        identity: ep.identity,
+        labels: ep.labels,
+        containerId: ep.containerId,
+        hostIfName: ep.hostIfName,
       };
       Object.assign(view, podOf(ep));
       view.ref = sideRefOf(view, this.clusterName);
@@ -60,7 +64,9 @@ export class EndpointTable {
     this.byV6 = byV6;
   }
 
-  byEndpointId(id: number): EndpointView | undefined { return this.byId.get(id); }
+  byEndpointId(id: number): EndpointView | undefined {
+    return this.byId.get(id);
+  }
 
   /** Address bytes as in the event (IPv4 in the first 4 bytes). */
   byRaw(buf: Buffer, offset: number, family: number): EndpointView | undefined {
@@ -75,5 +81,7 @@ export class EndpointTable {
     return family === 6 ? this.byV6.get(ipBytes(ip).toString('hex')) : undefined;
   }
 
-  get size(): number { return this.byId.size; }
+  get size(): number {
+    return this.byId.size;
+  }
 }

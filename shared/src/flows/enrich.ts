@@ -59,7 +59,9 @@ export function emptyRefs(): FlowRefs {
 }
 
 export function labelList(labels: Record<string, string>): string[] {
-  return Object.entries(labels).map(([k, v]) => (v === '' ? k : `${k}=${v}`)).sort();
+  return Object.entries(labels)
+    .map(([k, v]) => (v === '' ? k : `${k}=${v}`))
+    .sort();
 }
 
 export function sideRefOf(view: EndpointView, clusterName?: string): SideRef {

@@ -2,14 +2,41 @@
 // and an encoder (tests, the synthetic producer). Pure: no native code, no I/O.
 // Integers are host order (the agent runs on the machine that wrote them) except the ports, which
 // stay in network order as the packet had them.
-import { formatIp, HOST_LITTLE_ENDIAN, ipBytes, readHostU64Number, writeHostU16, writeHostU32, writeHostU64 } from '../net/index.ts';
+import {
+  formatIp,
+  HOST_LITTLE_ENDIAN,
+  ipBytes,
+  readHostU64Number,
+  writeHostU16,
+  writeHostU32,
+  writeHostU64,
+} from '../net/index.ts';
 
 export const TRACE_EVENT_SIZE = 96;
 
 /** Byte offsets of struct trace_event's fields, for readers that skip the full decode. */
 export const OFF = {
-  TS: 0, TYPE: 8, REASON: 10, IFINDEX: 12, ENDPOINT: 16, SRC_ID: 20, DST_ID: 24, FAMILY: 28, PROTO: 29, VERDICT: 30,
-  DIRECTION: 31, SPORT: 32, DPORT: 34, LEN: 36, SADDR: 40, DADDR: 56, RULE: 72, TCP_FLAGS: 76, FLAGS: 77, PACKETS: 80, BYTES: 88,
+  TS: 0,
+  TYPE: 8,
+  REASON: 10,
+  IFINDEX: 12,
+  ENDPOINT: 16,
+  SRC_ID: 20,
+  DST_ID: 24,
+  FAMILY: 28,
+  PROTO: 29,
+  VERDICT: 30,
+  DIRECTION: 31,
+  SPORT: 32,
+  DPORT: 34,
+  LEN: 36,
+  SADDR: 40,
+  DADDR: 56,
+  RULE: 72,
+  TCP_FLAGS: 76,
+  FLAGS: 77,
+  PACKETS: 80,
+  BYTES: 88,
 } as const;
 
 export const EventType = { FLOW_NEW: 1, DROP: 2, FLOW_END: 3 } as const;
@@ -81,13 +108,27 @@ function decodeBigEndianHost(buf: Buffer, offset: number): TraceEvent {
   const family = buf[offset + 28];
   const u32 = (o: number) => buf.readUInt32BE(offset + o);
   return {
-    tsNs: readHostU64Number(buf, offset), type: buf.readUInt16BE(offset + 8), reason: buf.readUInt16BE(offset + 10),
-    ifindex: u32(12), endpointId: u32(16), srcIdentity: u32(20), dstIdentity: u32(24), family,
-    proto: buf[offset + 29], verdict: buf[offset + 30], direction: buf[offset + 31],
-    sport: buf.readUInt16BE(offset + 32), dport: buf.readUInt16BE(offset + 34), len: u32(36),
-    saddr: formatAddr(buf, offset + 40, family), daddr: formatAddr(buf, offset + 56, family),
-    ruleId: u32(72), tcpFlags: buf[offset + 76], flags: buf[offset + 77],
-    packets: u32(80) * 0x1_0000_0000 + u32(84), bytes: u32(88) * 0x1_0000_0000 + u32(92),
+    tsNs: readHostU64Number(buf, offset),
+    type: buf.readUInt16BE(offset + 8),
+    reason: buf.readUInt16BE(offset + 10),
+    ifindex: u32(12),
+    endpointId: u32(16),
+    srcIdentity: u32(20),
+    dstIdentity: u32(24),
+    family,
+    proto: buf[offset + 29],
+    verdict: buf[offset + 30],
+    direction: buf[offset + 31],
+    sport: buf.readUInt16BE(offset + 32),
+    dport: buf.readUInt16BE(offset + 34),
+    len: u32(36),
+    saddr: formatAddr(buf, offset + 40, family),
+    daddr: formatAddr(buf, offset + 56, family),
+    ruleId: u32(72),
+    tcpFlags: buf[offset + 76],
+    flags: buf[offset + 77],
+    packets: u32(80) * 0x1_0000_0000 + u32(84),
+    bytes: u32(88) * 0x1_0000_0000 + u32(92),
   };
 }
 

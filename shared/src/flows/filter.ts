@@ -12,7 +12,10 @@ import type { Flow, FlowEndpoint, FlowFilter, FlowPolicy, TcpFlags } from './typ
 import { familyBits, parseIfAddr, type IfAddr } from '../net/index.ts';
 
 export class FilterError extends Error {
-  constructor(message: string) { super(message); this.name = 'FilterError'; }
+  constructor(message: string) {
+    super(message);
+    this.name = 'FilterError';
+  }
 }
 
 type Pred = (f: Flow) => boolean;
@@ -45,17 +48,23 @@ export function compileFilters(whitelist: FlowFilter[] = [], blacklist: FlowFilt
 export function compileFilter(filter: FlowFilter, where = 'filter', ctx: FilterContext = {}): Pred {
   const preds: Pred[] = [];
   const at = (field: string) => `${where}.${field}`;
-  const add = <T>(values: T[] | undefined, make: (values: T[]) => Pred) => { if (values?.length) preds.push(make(values)); };
+  const add = <T>(values: T[] | undefined, make: (values: T[]) => Pred) => {
+    if (values?.length) preds.push(make(values));
+  };
   const guard = <T>(field: string, make: () => T): T => {
-    try { return make(); } catch (e) {
-      if (e instanceof SelectorError || e instanceof PatternError || e instanceof SyntaxError) throw new FilterError(`${at(field)}: ${e.message}`);
+    try {
+      return make();
+    } catch (e) {
+      if (e instanceof SelectorError || e instanceof PatternError || e instanceof SyntaxError)
+        throw new FilterError(`${at(field)}: ${e.message}`);
       throw e;
     }
   };
   for (const [key, name, why] of UNSUPPORTED) {
     if ((filter[key] as unknown[] | undefined)?.length) throw new FilterError(`${at(name)}: cannot be applied: ${why}`);
   }
-  if (filter.experimental?.celExpression?.length) throw new FilterError(`${at('experimental.cel_expression')}: CEL expressions are not supported by Membrane`);
+  if (filter.experimental?.celExpression?.length)
+    throw new FilterError(`${at('experimental.cel_expression')}: CEL expressions are not supported by Membrane`);
 
   add(filter.uuid, (v) => (f) => f.uuid !== undefined && v.includes(f.uuid));
   add(filter.sourceIp, (v) => ipPred(v, at('source_ip'), (f) => f.IP?.source));
@@ -71,40 +80,67 @@ export function compileFilter(filter: FlowFilter, where = 'filter', ctx: FilterC
   add(filter.trafficDirection, (v) => (f) => v.includes(f.trafficDirection ?? 'TRAFFIC_DIRECTION_UNKNOWN'));
   add(filter.verdict, (v) => (f) => v.includes(f.verdict));
   add(filter.dropReasonDesc, (v) => dropReasonPred(v, at('drop_reason_desc')));
-  add(filter.interface, (v) => (f) => !!f.interface && v.some((i) =>
-    (!i.index || i.index === f.interface!.index) && (!i.name || i.name === f.interface!.name)));
-  add(filter.eventType, (v) => (f) => !!f.eventType && v.some((t) =>
-    (!t.type || t.type === f.eventType!.type) && (!t.matchSubType || (t.subType ?? 0) === (f.eventType!.subType ?? 0))));
+  add(
+    filter.interface,
+    (v) => (f) =>
+      !!f.interface && v.some((i) => (!i.index || i.index === f.interface!.index) && (!i.name || i.name === f.interface!.name)),
+  );
+  add(
+    filter.eventType,
+    (v) => (f) =>
+      !!f.eventType &&
+      v.some(
+        (t) => (!t.type || t.type === f.eventType!.type) && (!t.matchSubType || (t.subType ?? 0) === (f.eventType!.subType ?? 0)),
+      ),
+  );
   add(filter.protocol, (v) => protocolPred(v, at('protocol')));
   add(filter.sourcePort, (v) => portPred(v, at('source_port'), 'sourcePort'));
   add(filter.destinationPort, (v) => portPred(v, at('destination_port'), 'destinationPort'));
   add(filter.reply, (v) => (f) => (f.isReply !== undefined || f.verdict === 'DROPPED') && v.includes(f.isReply?.value ?? false));
   add(filter.sourceIdentity, (v) => (f) => !!f.source && v.includes(f.source.identity ?? 0));
   add(filter.destinationIdentity, (v) => (f) => !!f.destination && v.includes(f.destination.identity ?? 0));
-  add(filter.tcpFlags, (v) => (f) => { const have = f.l4?.TCP?.flags; return !!have && v.some((want) => hasFlags(have, want)); });
-  add(filter.nodeName, (v) => guard('node_name', () => { const m = nodeNameMatcher(v, ctx.clusterName ?? 'default'); return (f: Flow) => m(f.nodeName ?? ''); }));
+  add(filter.tcpFlags, (v) => (f) => {
+    const have = f.l4?.TCP?.flags;
+    return !!have && v.some((want) => hasFlags(have, want));
+  });
+  add(filter.nodeName, (v) =>
+    guard('node_name', () => {
+      const m = nodeNameMatcher(v, ctx.clusterName ?? 'default');
+      return (f: Flow) => m(f.nodeName ?? '');
+    }),
+  );
   add(filter.ipVersion, (v) => (f) => v.includes(f.IP?.ipVersion ?? 'IP_NOT_USED'));
   add(filter.encrypted, (v) => (f) => v.includes(f.IP?.encrypted ?? false));
   addL7(filter, at, guard, preds);
   const m = filter.membrane;
   add(m?.sourceEndpoint, (v) => (f) => v.includes(f.source?.ID ?? 0));
   add(m?.destinationEndpoint, (v) => (f) => v.includes(f.destination?.ID ?? 0));
-  add(m?.policyName, (v) => (f) => policiesOf(f).some((p) => v.includes(p.name) || (!!p.namespace && v.includes(`${p.namespace}/${p.name}`))));
+  add(
+    m?.policyName,
+    (v) => (f) => policiesOf(f).some((p) => v.includes(p.name) || (!!p.namespace && v.includes(`${p.namespace}/${p.name}`))),
+  );
   add(m?.event, (v) => (f) => v.includes(f.membrane?.event ?? 'MEMBRANE_EVENT_UNKNOWN'));
   return (f) => preds.every((p) => p(f));
 }
 
 /** HTTP and DNS filters read the flow's L7 record (set by L7 visibility). Like Hubble, the HTTP
  *  ones are refused next to an event type filter that cannot select L7 events. */
-function addL7(filter: FlowFilter, at: (f: string) => string, guard: <T>(field: string, make: () => T) => T, preds: Pred[]): void {
+function addL7(
+  filter: FlowFilter,
+  at: (f: string) => string,
+  guard: <T>(field: string, make: () => T) => T,
+  preds: Pred[],
+): void {
   const http = (f: Flow) => f.l7?.http;
   const l7Compatible = !filter.eventType?.length || filter.eventType.some((t) => t.type === MessageType.L7);
   const need = (field: string) => {
-    if (!l7Compatible) throw new FilterError(`${at(field)}: needs the event type filter to select L7 events (type ${MessageType.L7})`);
+    if (!l7Compatible)
+      throw new FilterError(`${at(field)}: needs the event type filter to select L7 events (type ${MessageType.L7})`);
   };
   if (filter.httpStatusCode?.length) {
     need('http_status_code');
-    const full: string[] = [], prefix: string[] = [];
+    const full: string[] = [],
+      prefix: string[] = [];
     for (const s of filter.httpStatusCode) {
       if (/^[1-5]\d\d$/.test(s)) full.push(s);
       else if (/^[1-5]\d?\+$/.test(s)) prefix.push(s.slice(0, -1));
@@ -129,7 +165,11 @@ function addL7(filter: FlowFilter, at: (f: string) => string, guard: <T>(field: 
       const url = http(f)?.url;
       if (!url) return false;
       let path: string;
-      try { path = new URL(url, 'http://membrane.invalid').pathname; } catch { return false; }
+      try {
+        path = new URL(url, 'http://membrane.invalid').pathname;
+      } catch {
+        return false;
+      }
       return res.some((r) => r.test(path));
     });
   }
@@ -161,7 +201,11 @@ function ipPred(values: string[], what: string, get: (f: Flow) => string | undef
   const list = new net.BlockList();
   for (const raw of values) {
     let a: IfAddr;
-    try { a = parseIfAddr(raw.trim()); } catch (e) { throw new FilterError(`${what}: ${(e as Error).message}`); }
+    try {
+      a = parseIfAddr(raw.trim());
+    } catch (e) {
+      throw new FilterError(`${what}: ${(e as Error).message}`);
+    }
     const type = a.family === 4 ? 'ipv4' : 'ipv6';
     if (a.prefix === familyBits(a.family)) list.addAddress(a.ip, type);
     else list.addSubnet(a.ip, a.prefix, type);
@@ -174,7 +218,12 @@ function ipPred(values: string[], what: string, get: (f: Flow) => string | undef
 }
 
 const L4_PROTOCOLS: Record<string, (keyof NonNullable<Flow['l4']>)[]> = {
-  tcp: ['TCP'], udp: ['UDP'], sctp: ['SCTP'], icmp: ['ICMPv4', 'ICMPv6'], icmpv4: ['ICMPv4'], icmpv6: ['ICMPv6'],
+  tcp: ['TCP'],
+  udp: ['UDP'],
+  sctp: ['SCTP'],
+  icmp: ['ICMPv4', 'ICMPv6'],
+  icmpv4: ['ICMPv4'],
+  icmpv6: ['ICMPv6'],
 };
 // Protocols Hubble's filter knows that Membrane's datapath never reports: matching nothing is the
 // true answer for them, not a refusal.
@@ -182,13 +231,17 @@ const NEVER_SEEN = new Set(['vrrp', 'igmp', 'kafka']);
 
 function protocolPred(values: string[], what: string): Pred {
   const keys = new Set<string>();
-  let dns = false, http = false;
+  let dns = false,
+    http = false;
   for (const raw of values) {
     const v = raw.trim().toLowerCase();
     if (L4_PROTOCOLS[v]) for (const k of L4_PROTOCOLS[v]) keys.add(k);
     else if (v === 'dns') dns = true;
     else if (v === 'http') http = true;
-    else if (!NEVER_SEEN.has(v)) throw new FilterError(`${what}: unknown protocol "${raw}" (tcp, udp, sctp, icmp, icmpv4, icmpv6, vrrp, igmp, dns, http, kafka)`);
+    else if (!NEVER_SEEN.has(v))
+      throw new FilterError(
+        `${what}: unknown protocol "${raw}" (tcp, udp, sctp, icmp, icmpv4, icmpv6, vrrp, igmp, dns, http, kafka)`,
+      );
   }
   return (f) => {
     const l4 = f.l4 ?? {};
@@ -217,11 +270,14 @@ function portPred(values: string[], what: string, side: 'sourcePort' | 'destinat
 
 function dropReasonPred(values: (string | number)[], what: string): Pred {
   const names = dropReasonNames();
-  const wanted = new Set(values.map((v) => {
-    const code = typeof v === 'number' ? v : /^\d+$/.test(v) ? Number(v) : dropReasonCode(v);
-    if (code === undefined || (typeof v === 'number' && !(v in names) && v !== 0)) throw new FilterError(`${what}: "${v}" is not a drop reason (e.g. POLICY_DENIED, POLICY_DENY, INVALID_SOURCE_IP)`);
-    return code;
-  }));
+  const wanted = new Set(
+    values.map((v) => {
+      const code = typeof v === 'number' ? v : /^\d+$/.test(v) ? Number(v) : dropReasonCode(v);
+      if (code === undefined || (typeof v === 'number' && !(v in names) && v !== 0))
+        throw new FilterError(`${what}: "${v}" is not a drop reason (e.g. POLICY_DENIED, POLICY_DENY, INVALID_SOURCE_IP)`);
+      return code;
+    }),
+  );
   return (f) => f.dropReasonDesc !== undefined && wanted.has(dropReasonCode(f.dropReasonDesc) ?? -1);
 }
 
@@ -236,7 +292,8 @@ function podPred(values: string[], what: string, get: (f: Flow) => FlowEndpoint 
   });
   return (f) => {
     const ep = get(f);
-    const ns = ep?.namespace ?? '', pod = ep?.podName ?? '';
+    const ns = ep?.namespace ?? '',
+      pod = ep?.podName ?? '';
     if (!ns && !pod) return false;
     return parsed.some((p) => (!p.prefix || pod.startsWith(p.prefix)) && (!p.ns || p.ns === ns || (p.bare && !ns)));
   };

@@ -13,7 +13,9 @@ import { VERSION } from '../version.ts';
 export type { EndpointView, FlowContext, RuleDescription } from './enrich.ts';
 
 const MEMBRANE_EVENTS: Record<number, MembraneEvent> = {
-  [EventType.FLOW_NEW]: 'FLOW_NEW', [EventType.DROP]: 'FLOW_DROP', [EventType.FLOW_END]: 'FLOW_END',
+  [EventType.FLOW_NEW]: 'FLOW_NEW',
+  [EventType.DROP]: 'FLOW_DROP',
+  [EventType.FLOW_END]: 'FLOW_END',
 };
 const EMITTER = Object.freeze({ name: 'Membrane', version: VERSION });
 // BoolValue(false) as protobuf writes it canonically: an empty message (a zero field is left out).
@@ -32,7 +34,9 @@ const FLAG_NAMES: (keyof TcpFlags)[] = ['FIN', 'SYN', 'RST', 'PSH', 'ACK', 'URG'
 // One shared object per flag byte: flows are never mutated, and this is the hot path.
 const FLAG_TABLE: TcpFlags[] = Array.from({ length: 256 }, (_, bits) => {
   const out: TcpFlags = {};
-  FLAG_NAMES.forEach((n, i) => { if (bits & (1 << i)) out[n] = true; });
+  FLAG_NAMES.forEach((n, i) => {
+    if (bits & (1 << i)) out[n] = true;
+  });
   return Object.freeze(out);
 });
 
@@ -43,14 +47,20 @@ export function tcpFlags(bits: number): TcpFlags {
 /** L4 of the event; undefined for protocols Hubble's Layer4 has no place for (the IP part stays). */
 export function layer4(e: TraceEvent): Layer4 | undefined {
   switch (e.proto) {
-    case 6: return { TCP: { sourcePort: e.sport, destinationPort: e.dport, flags: tcpFlags(e.tcpFlags) } };
-    case 17: return { UDP: { sourcePort: e.sport, destinationPort: e.dport } };
-    case 132: return { SCTP: { sourcePort: e.sport, destinationPort: e.dport } };
+    case 6:
+      return { TCP: { sourcePort: e.sport, destinationPort: e.dport, flags: tcpFlags(e.tcpFlags) } };
+    case 17:
+      return { UDP: { sourcePort: e.sport, destinationPort: e.dport } };
+    case 132:
+      return { SCTP: { sourcePort: e.sport, destinationPort: e.dport } };
     // ICMP has no ports: for echo request/reply the datapath puts the identifier in both (conntrack
     // pairs them by it); other ICMP messages carry 0. The type is not in the event.
-    case 1: return { ICMPv4: e.sport ? { membraneEchoId: e.sport } : {} };
-    case 58: return { ICMPv6: e.sport ? { membraneEchoId: e.sport } : {} };
-    default: return undefined;
+    case 1:
+      return { ICMPv4: e.sport ? { membraneEchoId: e.sport } : {} };
+    case 58:
+      return { ICMPv6: e.sport ? { membraneEchoId: e.sport } : {} };
+    default:
+      return undefined;
   }
 }
 
@@ -59,7 +69,10 @@ export function splitOffset(ns: bigint): Timestamp {
   const sec = ns / 1_000_000_000n;
   let rem = ns % 1_000_000_000n;
   let seconds = Number(sec);
-  if (rem < 0n) { rem += 1_000_000_000n; seconds--; }
+  if (rem < 0n) {
+    rem += 1_000_000_000n;
+    seconds--;
+  }
   return { seconds, nanos: Number(rem) };
 }
 
@@ -68,7 +81,13 @@ export function splitOffset(ns: bigint): Timestamp {
 export function wallTime(tsNs: number, offset: Timestamp): Timestamp {
   let seconds = offset.seconds + Math.floor(tsNs / 1e9);
   let nanos = offset.nanos + (tsNs % 1e9);
-  if (nanos >= 1e9) { seconds++; nanos -= 1e9; } else if (nanos < 0) { seconds--; nanos += 1e9; }
+  if (nanos >= 1e9) {
+    seconds++;
+    nanos -= 1e9;
+  } else if (nanos < 0) {
+    seconds--;
+    nanos += 1e9;
+  }
   return { seconds, nanos };
 }
 
@@ -81,7 +100,10 @@ function endpointOf(ref: FlowEndpoint | undefined, identity: number): FlowEndpoi
 
 /** Cilium's policy labels, so tools that read them (hubble --print-policy-names, UIs) find them. */
 function policyLabels(rule: RuleDescription, name: string): string[] {
-  const out = [`k8s:io.cilium.k8s.policy.derived-from=${rule.kind ?? 'CiliumNetworkPolicy'}`, `k8s:io.cilium.k8s.policy.name=${name}`];
+  const out = [
+    `k8s:io.cilium.k8s.policy.derived-from=${rule.kind ?? 'CiliumNetworkPolicy'}`,
+    `k8s:io.cilium.k8s.policy.name=${name}`,
+  ];
   if (rule.namespace) out.push(`k8s:io.cilium.k8s.policy.namespace=${rule.namespace}`);
   return out;
 }
@@ -91,7 +113,13 @@ export function policyOf(ruleId: number, rule: RuleDescription | undefined): Flo
   if (!rule) return { name: '', membraneRuleId: ruleId };
   const ns = rule.namespace;
   const name = ns && rule.policy.startsWith(`${ns}/`) ? rule.policy.slice(ns.length + 1) : rule.policy;
-  const p: FlowPolicy = { name, labels: policyLabels(rule, name), kind: rule.kind ?? 'CiliumNetworkPolicy', membraneRuleIndex: rule.index, membraneRuleId: ruleId };
+  const p: FlowPolicy = {
+    name,
+    labels: policyLabels(rule, name),
+    kind: rule.kind ?? 'CiliumNetworkPolicy',
+    membraneRuleIndex: rule.index,
+    membraneRuleId: ruleId,
+  };
   if (ns) p.namespace = ns;
   if (rule.revision !== undefined) p.revision = rule.revision;
   if (rule.path) p.membraneRulePath = rule.path;

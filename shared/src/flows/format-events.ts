@@ -7,13 +7,17 @@ export function agentEventDetails(res: GetAgentEventsResponse): string {
   const e = res.agentEvent;
   if (!e) return 'UNKNOWN';
   if (e.agentStart) return `start time: ${formatTime(e.agentStart.time)}`;
-  if (e.policyUpdate) return `labels: [${(e.policyUpdate.labels ?? []).join(',')}], revision: ${e.policyUpdate.revision ?? 0}, count: ${e.policyUpdate.ruleCount ?? 0}`;
+  if (e.policyUpdate)
+    return `labels: [${(e.policyUpdate.labels ?? []).join(',')}], revision: ${e.policyUpdate.revision ?? 0}, count: ${e.policyUpdate.ruleCount ?? 0}`;
   if (e.endpointUpdate) {
     const u = e.endpointUpdate;
-    return [`id: ${u.id ?? 0}`, u.namespace ? `namespace: ${u.namespace}` : '', u.podName ? `pod name: ${u.podName}` : ''].filter(Boolean).join(', ');
+    return [`id: ${u.id ?? 0}`, u.namespace ? `namespace: ${u.namespace}` : '', u.podName ? `pod name: ${u.podName}` : '']
+      .filter(Boolean)
+      .join(', ');
   }
   if (e.ipcacheUpdate) return `cidr: ${e.ipcacheUpdate.cidr}, identity: ${e.ipcacheUpdate.identity ?? 0}`;
-  if (e.endpointRegenerate) return `id: ${e.endpointRegenerate.id ?? 0}, labels: [${(e.endpointRegenerate.labels ?? []).join(',')}]`;
+  if (e.endpointRegenerate)
+    return `id: ${e.endpointRegenerate.id ?? 0}, labels: [${(e.endpointRegenerate.labels ?? []).join(',')}]`;
   return 'UNKNOWN';
 }
 
@@ -29,8 +33,15 @@ export function grouped(n: number): string {
 export function durationText(ns: number): string {
   let s = Math.floor(ns / 1e9);
   const parts: string[] = [];
-  for (const [unit, size] of [['d', 86400], ['h', 3600], ['m', 60]] as const) {
-    if (s >= size) { parts.push(`${Math.floor(s / size)}${unit}`); s %= size; }
+  for (const [unit, size] of [
+    ['d', 86400],
+    ['h', 3600],
+    ['m', 60],
+  ] as const) {
+    if (s >= size) {
+      parts.push(`${Math.floor(s / size)}${unit}`);
+      s %= size;
+    }
   }
   parts.push(`${s}s`);
   return parts.join('');
@@ -45,11 +56,16 @@ export function statusLines(s: ServerStatus): string[] {
     const total = s.numUnavailableNodes ? `/${s.numConnectedNodes.value + s.numUnavailableNodes.value}` : '';
     lines.push(`Connected Nodes: ${s.numConnectedNodes.value}${total}`);
   }
-  if (s.numUnavailableNodes?.value) lines.push(`Unavailable Nodes: ${s.numUnavailableNodes.value}${s.unavailableNodes?.length ? ` (${s.unavailableNodes.join(', ')})` : ''}`);
+  if (s.numUnavailableNodes?.value)
+    lines.push(
+      `Unavailable Nodes: ${s.numUnavailableNodes.value}${s.unavailableNodes?.length ? ` (${s.unavailableNodes.join(', ')})` : ''}`,
+    );
   const m = s.membrane;
   if (m) {
     lines.push(`Node: ${m.nodeName}, version ${s.version}, up ${durationText(s.uptimeNs)}`);
-    lines.push(`Seen flows: ${grouped(s.seenFlows)}; lost events: ${m.lostEventsDatapath ?? 0} in the datapath, ${m.lostEventsAgent ?? 0} in the agent`);
+    lines.push(
+      `Seen flows: ${grouped(s.seenFlows)}; lost events: ${m.lostEventsDatapath ?? 0} in the datapath, ${m.lostEventsAgent ?? 0} in the agent`,
+    );
     lines.push(`Flow events: ${m.flowEventsEnabled ? 'on' : 'off (--flow-events off)'}`);
   }
   return lines;
@@ -57,8 +73,11 @@ export function statusLines(s: ServerStatus): string[] {
 
 export function nodeRows(nodes: ObserverNode[]): string[][] {
   return nodes.map((n) => [
-    n.name, n.state === 'NODE_CONNECTED' ? 'Connected' : (n.state ?? 'UNKNOWN').replace(/^NODE_/, '').toLowerCase(),
-    durationText(n.uptimeNs ?? 0), 'N/A', `${grouped(n.numFlows ?? 0)}/${grouped(n.maxFlows ?? 0)}`,
+    n.name,
+    n.state === 'NODE_CONNECTED' ? 'Connected' : (n.state ?? 'UNKNOWN').replace(/^NODE_/, '').toLowerCase(),
+    durationText(n.uptimeNs ?? 0),
+    'N/A',
+    `${grouped(n.numFlows ?? 0)}/${grouped(n.maxFlows ?? 0)}`,
   ]);
 }
 

@@ -44,7 +44,14 @@ function joinHostPort(host: string, port: string): string {
 }
 
 /** "ns/pod:port" when the pod is known, else DNS names, else the address (hubble's Hostname). */
-export function hostname(ip: string | undefined, port: string, ns: string | undefined, pod: string | undefined, names: string[] | undefined, numeric = false): string {
+export function hostname(
+  ip: string | undefined,
+  port: string,
+  ns: string | undefined,
+  pod: string | undefined,
+  names: string[] | undefined,
+  numeric = false,
+): string {
   let host = ip ?? '';
   if (!numeric) {
     if (pod) host = ns ? `${ns}/${pod}` : pod;
@@ -76,11 +83,14 @@ export function flowType(f: Flow): string {
   }
   const et = f.eventType;
   switch (et?.type) {
-    case MessageType.TRACE: return TRACE_POINTS[et.subType ?? 0] ?? `trace:${et.subType}`;
-    case MessageType.DROP: return dropText(et.subType ?? 0, f.dropReasonDesc);
+    case MessageType.TRACE:
+      return TRACE_POINTS[et.subType ?? 0] ?? `trace:${et.subType}`;
+    case MessageType.DROP:
+      return dropText(et.subType ?? 0, f.dropReasonDesc);
     case MessageType.POLICY_VERDICT:
       return `policy-verdict:${POLICY_MATCH_TEXT[f.policyMatchType ?? 0] ?? 'unknown'} ${f.trafficDirection ?? 'TRAFFIC_DIRECTION_UNKNOWN'}`;
-    default: return 'UNKNOWN';
+    default:
+      return 'UNKNOWN';
   }
 }
 
@@ -94,12 +104,16 @@ export function verdictText(f: Flow, o: FormatOptions = {}): string {
   const pv = f.eventType?.type === MessageType.POLICY_VERDICT;
   const egress = f.trafficDirection === 'EGRESS';
   switch (f.verdict) {
-    case 'FORWARDED': case 'REDIRECTED':
+    case 'FORWARDED':
+    case 'REDIRECTED':
       return pv ? `ALLOWED${o.policyNames ? policyNames(egress ? f.egressAllowedBy : f.ingressAllowedBy) : ''}` : f.verdict;
-    case 'DROPPED': case 'ERROR':
+    case 'DROPPED':
+    case 'ERROR':
       return pv ? `DENIED${o.policyNames ? policyNames(egress ? f.egressDeniedBy : f.ingressDeniedBy) : ''}` : f.verdict;
-    case 'AUDIT': return pv ? 'AUDITED' : 'AUDIT';
-    default: return f.verdict ?? 'VERDICT_UNKNOWN';
+    case 'AUDIT':
+      return pv ? 'AUDITED' : 'AUDIT';
+    default:
+      return f.verdict ?? 'VERDICT_UNKNOWN';
   }
 }
 
@@ -110,13 +124,17 @@ export function lostText(l: LostEvent): string {
 export function compactLine(res: GetFlowsResponse, o: FormatOptions = {}): string {
   const node = o.nodeName ? ` [${res.nodeName}]` : '';
   if (res.lostEvents) return `${formatTime(res.time, o.utc)}${node}: ${lostText(res.lostEvents)}`;
-  if (res.nodeStatus) return `${formatTime(res.time, o.utc)}${node}: ${res.nodeStatus.stateChange} ${(res.nodeStatus.nodeNames ?? []).join(', ')}`;
+  if (res.nodeStatus)
+    return `${formatTime(res.time, o.utc)}${node}: ${res.nodeStatus.stateChange} ${(res.nodeStatus.nodeNames ?? []).join(', ')}`;
   const f = res.flow!;
   let [src, dst] = hosts(f, o);
   let [srcId, dstId] = [identityText(f.source?.identity), identityText(f.destination?.identity)];
   let arrow = '->';
   if (f.isReply === undefined) arrow = '<>';
-  else if (f.isReply.value) { [src, dst, srcId, dstId] = [dst, src, dstId, srcId]; arrow = '<-'; }
+  else if (f.isReply.value) {
+    [src, dst, srcId, dstId] = [dst, src, dstId, srcId];
+    arrow = '<-';
+  }
   const flowNode = o.nodeName ? ` [${f.nodeName ?? res.nodeName}]` : '';
   return `${formatTime(f.time, o.utc)}${flowNode}: ${src} ${srcId} ${arrow} ${dst} ${dstId} ${flowType(f)} ${verdictText(f, o)} (${f.Summary ?? ''})`;
 }
@@ -126,8 +144,15 @@ export function dictBlock(res: GetFlowsResponse, o: FormatOptions = {}, first = 
   if (res.lostEvents) return `${sep}  TIMESTAMP: ${formatTime(res.time, o.utc)}\n       LOST: ${lostText(res.lostEvents)}`;
   const f = res.flow!;
   const [src, dst] = hosts(f, o);
-  const lines = [`  TIMESTAMP: ${formatTime(f.time, o.utc)}`, ...(o.nodeName ? [`       NODE: ${f.nodeName ?? res.nodeName}`] : []),
-    `     SOURCE: ${src}`, `DESTINATION: ${dst}`, `       TYPE: ${flowType(f)}`, `    VERDICT: ${verdictText(f, o)}`, `    SUMMARY: ${f.Summary ?? ''}`];
+  const lines = [
+    `  TIMESTAMP: ${formatTime(f.time, o.utc)}`,
+    ...(o.nodeName ? [`       NODE: ${f.nodeName ?? res.nodeName}`] : []),
+    `     SOURCE: ${src}`,
+    `DESTINATION: ${dst}`,
+    `       TYPE: ${flowType(f)}`,
+    `    VERDICT: ${verdictText(f, o)}`,
+    `    SUMMARY: ${f.Summary ?? ''}`,
+  ];
   return sep + lines.join('\n');
 }
 
@@ -147,7 +172,10 @@ export function tableRow(res: GetFlowsResponse, o: FormatOptions = {}): string[]
 export function tableLine(cells: string[], nodeColumn = false): string {
   // TYPE fits the longest policy verdict ("policy-verdict:Proto-Only INGRESS"); VERDICT fits FORWARDED.
   const widths = nodeColumn ? [19, 20, 30, 30, 33, 9] : [19, 30, 30, 33, 9];
-  return cells.map((c, i) => (i < widths.length ? c.padEnd(widths[i]) : c)).join('  ').trimEnd();
+  return cells
+    .map((c, i) => (i < widths.length ? c.padEnd(widths[i]) : c))
+    .join('  ')
+    .trimEnd();
 }
 
 /** One line of protobuf JSON (proto field names), as `hubble observe -o json`. */
@@ -156,18 +184,25 @@ export function jsonLine(typeName: string, msg: object): string {
 }
 
 /** A streaming printer: remembers whether a header or separator is due. */
-export function flowPrinter(output: FlowOutput, o: FormatOptions & { headers?: boolean } = {}): (res: GetFlowsResponse) => string {
+export function flowPrinter(
+  output: FlowOutput,
+  o: FormatOptions & { headers?: boolean } = {},
+): (res: GetFlowsResponse) => string {
   let count = 0;
   return (res) => {
     const first = count++ === 0;
     switch (output) {
-      case 'json': case 'jsonpb': return jsonLine('observer.GetFlowsResponse', res);
-      case 'dict': return dictBlock(res, o, first);
+      case 'json':
+      case 'jsonpb':
+        return jsonLine('observer.GetFlowsResponse', res);
+      case 'dict':
+        return dictBlock(res, o, first);
       case 'table': {
         const row = tableLine(tableRow(res, o), o.nodeName);
         return first && o.headers !== false ? `${tableLine(tableHeaders(o), o.nodeName)}\n${row}` : row;
       }
-      default: return compactLine(res, o);
+      default:
+        return compactLine(res, o);
     }
   };
 }

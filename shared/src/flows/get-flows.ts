@@ -22,7 +22,10 @@ export interface FlowsBackend {
   countAgentLost(n: number): void;
 }
 
-export type FlowsCall = grpc.ServerWritableStream<GetFlowsRequest & { extensions?: unknown; experimental?: unknown }, GetFlowsResponse>;
+export type FlowsCall = grpc.ServerWritableStream<
+  GetFlowsRequest & { extensions?: unknown; experimental?: unknown },
+  GetFlowsResponse
+>;
 
 export function tsMs(t: Partial<Timestamp> | undefined | null): number | undefined {
   return t ? timestampMs({ seconds: Number(t.seconds ?? 0), nanos: t.nanos ?? 0 }) : undefined;
@@ -44,15 +47,25 @@ export function planRequest(req: GetFlowsRequest & { extensions?: unknown }, ctx
   if (!Number.isInteger(number) || number < 0) throw new FilterError(`number must be a whole number, got ${req.number}`);
   if (req.first && req.follow) throw new FilterError('first and follow cannot be combined');
   if (req.extensions) throw new FilterError('extensions: Membrane does not understand request extensions');
-  const sinceMs = tsMs(req.since), untilMs = tsMs(req.until);
+  const sinceMs = tsMs(req.since),
+    untilMs = tsMs(req.until);
   if (sinceMs !== undefined && untilMs !== undefined && untilMs < sinceMs) throw new FilterError('until is before since');
   const paths = req.fieldMask?.paths ?? [];
   if (paths.length) {
-    try { checkFieldMask('flow.Flow', paths); } catch (e) { throw new FilterError((e as ProtoJsonError).message); }
+    try {
+      checkFieldMask('flow.Flow', paths);
+    } catch (e) {
+      throw new FilterError((e as ProtoJsonError).message);
+    }
   }
   return {
-    number, first: !!req.first, follow: !!req.follow, sinceMs, untilMs,
-    match: compileFilters(req.whitelist ?? [], req.blacklist ?? [], ctx), ...(paths.length ? { mask: paths } : {}),
+    number,
+    first: !!req.first,
+    follow: !!req.follow,
+    sinceMs,
+    untilMs,
+    match: compileFilters(req.whitelist ?? [], req.blacklist ?? [], ctx),
+    ...(paths.length ? { mask: paths } : {}),
   };
 }
 
@@ -71,13 +84,17 @@ export function getFlows(b: FlowsBackend, call: FlowsCall, followers: Set<FlowsC
   }
   const shape = plan.mask ? (f: Flow) => applyFieldMask('flow.Flow', f, plan.mask!) : (f: Flow) => f;
   const wrap = (flow: Flow): GetFlowsResponse => ({ flow: shape(flow), nodeName: b.nodeName, time: flow.time });
-  const lostResponse = (count: number, source: LostEventSource): GetFlowsResponse =>
-    ({ lostEvents: { source, numEventsLost: count }, nodeName: b.nodeName, time: nowTimestamp() });
+  const lostResponse = (count: number, source: LostEventSource): GetFlowsResponse => ({
+    lostEvents: { source, numEventsLost: count },
+    nodeName: b.nodeName,
+    time: nowTimestamp(),
+  });
   // History: with follow and no number/since, only what happens from now on.
   const wantHistory = !(plan.follow && !plan.number && plan.sinceMs === undefined);
-  const history = () => (wantHistory
-    ? b.ring.select({ number: plan.number, first: plan.first, sinceMs: plan.sinceMs, untilMs: plan.untilMs, match: plan.match })
-    : Promise.resolve([]));
+  const history = () =>
+    wantHistory
+      ? b.ring.select({ number: plan.number, first: plan.first, sinceMs: plan.sinceMs, untilMs: plan.untilMs, match: plan.match })
+      : Promise.resolve([]);
   const fail = (err: unknown) => call.emit('error', { code: grpc.status.INTERNAL, details: (err as Error).message });
   if (!plan.follow) {
     history().then((flows) => {
@@ -93,34 +110,59 @@ export function getFlows(b: FlowsBackend, call: FlowsCall, followers: Set<FlowsC
   const owed = new Map<LostEventSource, number>();
   const owe = (source: LostEventSource, count: number) => owed.set(source, (owed.get(source) ?? 0) + count);
   const refuse = (res: GetFlowsResponse) => {
-    if (res.lostEvents) { owe(res.lostEvents.source, Number(res.lostEvents.numEventsLost)); return; }
+    if (res.lostEvents) {
+      owe(res.lostEvents.source, Number(res.lostEvents.numEventsLost));
+      return;
+    }
     owe('OBSERVER_EVENTS_QUEUE', 1);
     b.countAgentLost(1);
   };
   let live = false; // until the history is written, live flows wait in `pending`
   const pending: GetFlowsResponse[] = [];
   const send = (res: GetFlowsResponse) => {
-    if (!live) { if (pending.length < FOLLOW_QUEUE_LIMIT) pending.push(res); else refuse(res); return; }
-    if (call.writableLength >= FOLLOW_QUEUE_LIMIT) { refuse(res); return; }
+    if (!live) {
+      if (pending.length < FOLLOW_QUEUE_LIMIT) pending.push(res);
+      else refuse(res);
+      return;
+    }
+    if (call.writableLength >= FOLLOW_QUEUE_LIMIT) {
+      refuse(res);
+      return;
+    }
     for (const [source, count] of owed) call.write(lostResponse(count, source));
     owed.clear();
     call.write(res);
   };
   // Subscribed before the history is read, so nothing falls between the two.
   const unsubscribe = b.ring.subscribe((f) => {
-    if (plan.untilMs !== undefined && timestampMs(f.time) > plan.untilMs) { done(); call.end(); return; }
+    if (plan.untilMs !== undefined && timestampMs(f.time) > plan.untilMs) {
+      done();
+      call.end();
+      return;
+    }
     if ((plan.sinceMs === undefined || timestampMs(f.time) >= plan.sinceMs) && plan.match(f)) send(wrap(f));
   });
   const unLost = b.onLost((count, source) => send(lostResponse(count, source)));
   let finished = false;
-  const done = () => { finished = true; unsubscribe(); unLost(); followers.delete(call); };
+  const done = () => {
+    finished = true;
+    unsubscribe();
+    unLost();
+    followers.delete(call);
+  };
   call.on('cancelled', done);
   call.on('close', done);
   call.on('error', done);
-  history().then((flows) => {
-    if (finished) return;
-    for (const f of flows) call.write(wrap(f)); // bounded by the ring; queued in memory once
-    live = true;
-    for (const res of pending.splice(0)) send(res);
-  }, (err) => { done(); fail(err); });
+  history().then(
+    (flows) => {
+      if (finished) return;
+      for (const f of flows) call.write(wrap(f)); // bounded by the ring; queued in memory once
+      live = true;
+      for (const res of pending.splice(0)) send(res);
+    },
+    (err) => {
+      done();
+      fail(err);
+    },
+  );
 }

@@ -12,7 +12,10 @@ export class NamespaceTracker {
   private readonly lastSeen = new Map<string, { cluster: string; namespace: string; at: number }>();
   private readSeq = 0;
 
-  constructor(private readonly ring: FlowRing, private readonly now: () => number = Date.now) {}
+  constructor(
+    private readonly ring: FlowRing,
+    private readonly now: () => number = Date.now,
+  ) {}
 
   /** Takes in the flows pushed since the last call. */
   update(): void {
@@ -33,7 +36,10 @@ export class NamespaceTracker {
     const cutoff = this.now() - NAMESPACE_TTL_MS;
     const out: Namespace[] = [];
     for (const [key, v] of this.lastSeen) {
-      if (v.at < cutoff) { this.lastSeen.delete(key); continue; }
+      if (v.at < cutoff) {
+        this.lastSeen.delete(key);
+        continue;
+      }
       out.push(v.cluster ? { cluster: v.cluster, namespace: v.namespace } : { namespace: v.namespace });
     }
     return out.sort((a, b) => (a.cluster ?? '').localeCompare(b.cluster ?? '') || a.namespace.localeCompare(b.namespace));

@@ -2,7 +2,10 @@
 // and a node pattern may name its cluster ("prod/node-*", "prod/" for every node of a cluster). Pure.
 
 export class PatternError extends Error {
-  constructor(message: string) { super(message); this.name = 'PatternError'; }
+  constructor(message: string) {
+    super(message);
+    this.name = 'PatternError';
+  }
 }
 
 const ANY_NAME = '[-0-9_a-z]+(?:\\.[-0-9_a-z]+)*';

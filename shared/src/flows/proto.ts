@@ -10,7 +10,13 @@ export const OBSERVER_SERVICE = 'observer.Observer';
 export const HEALTH_SERVICE = 'grpc.health.v1.Health';
 
 /** lowerCamelCase fields, enums by name, 64-bit numbers as JS numbers, unset fields absent. */
-export const LOADER_OPTIONS: protoLoader.Options = { keepCase: false, longs: Number, enums: String, defaults: false, oneofs: false };
+export const LOADER_OPTIONS: protoLoader.Options = {
+  keepCase: false,
+  longs: Number,
+  enums: String,
+  defaults: false,
+  oneofs: false,
+};
 
 let cachedDef: protoLoader.PackageDefinition | undefined;
 

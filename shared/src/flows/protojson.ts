@@ -7,10 +7,23 @@ import { camelCaseRoot, protoNameRoot } from './schema.ts';
 import type { Timestamp } from './types.ts';
 
 export class ProtoJsonError extends Error {
-  constructor(message: string) { super(message); this.name = 'ProtoJsonError'; }
+  constructor(message: string) {
+    super(message);
+    this.name = 'ProtoJsonError';
+  }
 }
 
-const WRAPPERS = new Set(['DoubleValue', 'FloatValue', 'Int64Value', 'UInt64Value', 'Int32Value', 'UInt32Value', 'BoolValue', 'StringValue', 'BytesValue']);
+const WRAPPERS = new Set([
+  'DoubleValue',
+  'FloatValue',
+  'Int64Value',
+  'UInt64Value',
+  'Int32Value',
+  'UInt32Value',
+  'BoolValue',
+  'StringValue',
+  'BytesValue',
+]);
 const LONG = new Set(['int64', 'uint64', 'sint64', 'fixed64', 'sfixed64']);
 
 /** The same-numbered field of the proto-name root: its name is the JSON key. */
@@ -24,7 +37,8 @@ function isWellKnown(t: protobuf.Type, name: string): boolean {
 
 /** RFC 3339 with 0, 3, 6 or 9 fraction digits, as protojson writes a Timestamp. */
 export function timestampJson(t: Partial<Timestamp>): string {
-  const seconds = Number(t.seconds ?? 0), nanos = Number(t.nanos ?? 0);
+  const seconds = Number(t.seconds ?? 0),
+    nanos = Number(t.nanos ?? 0);
   const base = new Date(seconds * 1000).toISOString().replace(/\.\d{3}Z$/, '');
   if (!nanos) return `${base}Z`;
   let frac = String(nanos).padStart(9, '0');
@@ -47,7 +61,7 @@ function isDefault(field: protobuf.Field, v: unknown): boolean {
 
 function scalarJson(field: protobuf.Field, v: unknown): unknown {
   if (field.resolvedType instanceof protobuf.Enum) {
-    return typeof v === 'number' ? field.resolvedType.valuesById[v] ?? v : v;
+    return typeof v === 'number' ? (field.resolvedType.valuesById[v] ?? v) : v;
   }
   if (LONG.has(field.type)) return String(v);
   if (field.type === 'bytes') return Buffer.from(v as Uint8Array).toString('base64');
@@ -122,17 +136,19 @@ function messageFromJson(type: protobuf.Type, json: unknown, where: string): unk
   if (type.fullName.startsWith('.google.protobuf.') && WRAPPERS.has(type.name)) {
     return { value: scalarFromJson(type.fieldsById[1], json, where) };
   }
-  if (typeof json !== 'object' || json === null || Array.isArray(json)) throw new ProtoJsonError(`${where}: expected a JSON object`);
+  if (typeof json !== 'object' || json === null || Array.isArray(json))
+    throw new ProtoJsonError(`${where}: expected a JSON object`);
   const named = protoNameRoot().lookupType(type.fullName);
   const out: Record<string, unknown> = {};
   for (const [key, v] of Object.entries(json)) {
     // protojson accepts both the proto name and the lowerCamelCase JSON name.
     const byProto = named.fields[key];
     const field = byProto ? type.fieldsById[byProto.id] : type.fields[key];
-    const path = where ? `${where}.${byProto?.name ?? key}` : byProto?.name ?? key;
+    const path = where ? `${where}.${byProto?.name ?? key}` : (byProto?.name ?? key);
     if (!field) throw new ProtoJsonError(`${path}: unknown field`);
     if (v === null) continue;
-    const one = (x: unknown, p: string) => (field.resolvedType instanceof protobuf.Type ? messageFromJson(field.resolvedType, x, p) : scalarFromJson(field, x, p));
+    const one = (x: unknown, p: string) =>
+      field.resolvedType instanceof protobuf.Type ? messageFromJson(field.resolvedType, x, p) : scalarFromJson(field, x, p);
     if (field.repeated) {
       if (!Array.isArray(v)) throw new ProtoJsonError(`${path}: expected a list`);
       out[field.name] = v.map((x, i) => one(x, `${path}[${i}]`));
@@ -151,7 +167,11 @@ export function fromProtoJson<T>(typeName: string, json: unknown): T {
 
 /** Keeps only the fields named by field mask paths ("source.pod_name", "IP", "l4"). */
 export function applyFieldMask<T extends object>(typeName: string, msg: T, paths: string[]): T {
-  return maskMessage(camelCaseRoot().lookupType(typeName), msg as Record<string, unknown>, paths.map((p) => p.split('.'))) as T;
+  return maskMessage(
+    camelCaseRoot().lookupType(typeName),
+    msg as Record<string, unknown>,
+    paths.map((p) => p.split('.')),
+  ) as T;
 }
 
 function maskMessage(type: protobuf.Type, msg: Record<string, unknown>, paths: string[][]): Record<string, unknown> {
@@ -160,7 +180,10 @@ function maskMessage(type: protobuf.Type, msg: Record<string, unknown>, paths: s
   for (const path of paths) {
     const field = type.fieldsById[named.fields[path[0]]?.id];
     if (!field || msg[field.name] === undefined) continue;
-    if (path.length === 1 || !(field.resolvedType instanceof protobuf.Type) || field.repeated) { out[field.name] = msg[field.name]; continue; }
+    if (path.length === 1 || !(field.resolvedType instanceof protobuf.Type) || field.repeated) {
+      out[field.name] = msg[field.name];
+      continue;
+    }
     const sub = maskMessage(field.resolvedType, msg[field.name] as Record<string, unknown>, [path.slice(1)]);
     out[field.name] = { ...(out[field.name] as object | undefined), ...sub };
   }

@@ -31,11 +31,20 @@ export interface ObserveSelection {
 /** The filter flags, in the order given: [flag name without dashes, value]. */
 export type FilterFlag = [string, string];
 
-const EITHER_SIDE: Record<string, [keyof FlowFilter | 'membrane.sourceEndpoint', keyof FlowFilter | 'membrane.destinationEndpoint']> = {
-  ip: ['sourceIp', 'destinationIp'], pod: ['sourcePod', 'destinationPod'], fqdn: ['sourceFqdn', 'destinationFqdn'],
-  label: ['sourceLabel', 'destinationLabel'], service: ['sourceService', 'destinationService'], port: ['sourcePort', 'destinationPort'],
-  identity: ['sourceIdentity', 'destinationIdentity'], workload: ['sourceWorkload', 'destinationWorkload'],
-  cluster: ['sourceClusterName', 'destinationClusterName'], endpoint: ['membrane.sourceEndpoint', 'membrane.destinationEndpoint'],
+const EITHER_SIDE: Record<
+  string,
+  [keyof FlowFilter | 'membrane.sourceEndpoint', keyof FlowFilter | 'membrane.destinationEndpoint']
+> = {
+  ip: ['sourceIp', 'destinationIp'],
+  pod: ['sourcePod', 'destinationPod'],
+  fqdn: ['sourceFqdn', 'destinationFqdn'],
+  label: ['sourceLabel', 'destinationLabel'],
+  service: ['sourceService', 'destinationService'],
+  port: ['sourcePort', 'destinationPort'],
+  identity: ['sourceIdentity', 'destinationIdentity'],
+  workload: ['sourceWorkload', 'destinationWorkload'],
+  cluster: ['sourceClusterName', 'destinationClusterName'],
+  endpoint: ['membrane.sourceEndpoint', 'membrane.destinationEndpoint'],
 };
 
 /** Flags that make no sense together on one side (hubble refuses the same pairs). */
@@ -44,14 +53,28 @@ const CONFLICTS: string[][] = [
   ['from-fqdn', 'from-ip', 'ip', 'fqdn', 'from-pod', 'pod'],
   ['to-fqdn', 'to-ip', 'ip', 'fqdn', 'to-namespace', 'namespace', 'to-all-namespaces', 'all-namespaces'],
   ['to-fqdn', 'to-ip', 'ip', 'fqdn', 'to-pod', 'pod'],
-  ['to-pod', 'namespace', 'all-namespaces'], ['from-pod', 'namespace', 'all-namespaces'],
-  ['label', 'from-label'], ['label', 'to-label'], ['service', 'from-service'], ['service', 'to-service'],
-  ['port', 'to-port'], ['port', 'from-port'], ['identity', 'to-identity'], ['identity', 'from-identity'],
-  ['workload', 'to-workload'], ['workload', 'from-workload'], ['endpoint', 'from-endpoint'], ['endpoint', 'to-endpoint'],
+  ['to-pod', 'namespace', 'all-namespaces'],
+  ['from-pod', 'namespace', 'all-namespaces'],
+  ['label', 'from-label'],
+  ['label', 'to-label'],
+  ['service', 'from-service'],
+  ['service', 'to-service'],
+  ['port', 'to-port'],
+  ['port', 'from-port'],
+  ['identity', 'to-identity'],
+  ['identity', 'from-identity'],
+  ['workload', 'to-workload'],
+  ['workload', 'from-workload'],
+  ['endpoint', 'from-endpoint'],
+  ['endpoint', 'to-endpoint'],
   ['encrypted', 'unencrypted'],
 ];
 
-const MEMBRANE_EVENTS: Record<string, MembraneEvent> = { 'flow-new': 'FLOW_NEW', 'flow-drop': 'FLOW_DROP', 'flow-end': 'FLOW_END' };
+const MEMBRANE_EVENTS: Record<string, MembraneEvent> = {
+  'flow-new': 'FLOW_NEW',
+  'flow-drop': 'FLOW_DROP',
+  'flow-end': 'FLOW_END',
+};
 
 /** "30s", "5m", "1h30m", "2d" ago, or an absolute date/time (RFC 3339 or anything Date parses). */
 export function parseTime(text: string, nowMs = Date.now()): Timestamp {
@@ -85,7 +108,8 @@ function tcpFlags(v: string): TcpFlags {
   const out: TcpFlags = {};
   for (const raw of v.split(',')) {
     const f = raw.trim().toUpperCase() as keyof TcpFlags;
-    if (!['SYN', 'FIN', 'RST', 'PSH', 'ACK', 'URG', 'ECE', 'CWR', 'NS'].includes(f)) throw new FilterError(`--tcp-flags: unknown TCP flag "${raw}"`);
+    if (!['SYN', 'FIN', 'RST', 'PSH', 'ACK', 'URG', 'ECE', 'CWR', 'NS'].includes(f))
+      throw new FilterError(`--tcp-flags: unknown TCP flag "${raw}"`);
     out[f] = true;
   }
   return out;
@@ -93,13 +117,18 @@ function tcpFlags(v: string): TcpFlags {
 
 /** `-t TYPE[:SUBTYPE]` (drop, trace[:to-endpoint], policy-verdict, l7, ...); Membrane's own event
  *  names (flow-new, flow-drop, flow-end) select its datapath events. */
-function typeValue(v: string): { eventType?: { type: number; matchSubType?: boolean; subType?: number }; membrane?: MembraneEvent } {
+function typeValue(v: string): {
+  eventType?: { type: number; matchSubType?: boolean; subType?: number };
+  membrane?: MembraneEvent;
+} {
   const lower = v.toLowerCase();
   if (MEMBRANE_EVENTS[lower]) return { membrane: MEMBRANE_EVENTS[lower] };
   const [t, sub] = lower.split(/:(.*)/s);
   const type = MESSAGE_TYPE_NAMES[t] ?? (/^\d+$/.test(t) ? Number(t) : undefined);
   if (type === undefined) {
-    throw new FilterError(`--type "${v}": not one of ${[...Object.keys(MESSAGE_TYPE_NAMES), ...Object.keys(MEMBRANE_EVENTS)].join(', ')} or a number`);
+    throw new FilterError(
+      `--type "${v}": not one of ${[...Object.keys(MESSAGE_TYPE_NAMES), ...Object.keys(MEMBRANE_EVENTS)].join(', ')} or a number`,
+    );
   }
   if (sub === undefined) return { eventType: { type } };
   const point = type === MessageType.TRACE ? Object.entries(TRACE_POINTS).find(([, n]) => n === sub)?.[0] : undefined;
@@ -149,7 +178,10 @@ class Tracker {
       if (this.srcNs.length) applyNs(f, 'sourcePod', this.srcNs);
       if (this.dstNs.length) applyNs(f, 'destinationPod', this.dstNs);
     }
-    if (this.ns.length) { applyNs(this.left, 'sourcePod', this.ns); applyNs(this.right, 'destinationPod', this.ns); }
+    if (this.ns.length) {
+      applyNs(this.left, 'sourcePod', this.ns);
+      applyNs(this.right, 'destinationPod', this.ns);
+    }
     return JSON.stringify(this.left) === JSON.stringify(this.right) ? [this.left] : [this.left, this.right];
   }
 }
@@ -157,7 +189,8 @@ class Tracker {
 function applyFlag(t: Tracker, name: string, val: string): void {
   t.mark(name);
   const either = EITHER_SIDE[name];
-  const from = /^from-(.*)$/.exec(name)?.[1], to = /^to-(.*)$/.exec(name)?.[1];
+  const from = /^from-(.*)$/.exec(name)?.[1],
+    to = /^to-(.*)$/.exec(name)?.[1];
   const sideFlag = from ?? to;
   const convert = (base: string, v: string): unknown => {
     if (base === 'identity') return identityValue(v);
@@ -171,31 +204,59 @@ function applyFlag(t: Tracker, name: string, val: string): void {
     }
     return v;
   };
-  if (either) { t.push('left', either[0], convert(name, val)); t.push('right', either[1], convert(name, val)); return; }
+  if (either) {
+    t.push('left', either[0], convert(name, val));
+    t.push('right', either[1], convert(name, val));
+    return;
+  }
   if (sideFlag && EITHER_SIDE[sideFlag]) {
     t.push('both', EITHER_SIDE[sideFlag][from ? 0 : 1], convert(sideFlag, val));
     return;
   }
   switch (name) {
-    case 'namespace': t.ns.push(val); return;
-    case 'from-namespace': t.srcNs.push(val); return;
-    case 'to-namespace': t.dstNs.push(val); return;
-    case 'all-namespaces': t.ns.push(''); return;
-    case 'from-all-namespaces': t.srcNs.push(''); return;
-    case 'to-all-namespaces': t.dstNs.push(''); return;
-    case 'uuid': t.push('both', 'uuid', val); return;
-    case 'node-name': t.push('both', 'nodeName', val); return;
-    case 'protocol': t.push('both', 'protocol', val); return;
-    case 'tcp-flags': t.push('both', 'tcpFlags', tcpFlags(val)); return;
+    case 'namespace':
+      t.ns.push(val);
+      return;
+    case 'from-namespace':
+      t.srcNs.push(val);
+      return;
+    case 'to-namespace':
+      t.dstNs.push(val);
+      return;
+    case 'all-namespaces':
+      t.ns.push('');
+      return;
+    case 'from-all-namespaces':
+      t.srcNs.push('');
+      return;
+    case 'to-all-namespaces':
+      t.dstNs.push('');
+      return;
+    case 'uuid':
+      t.push('both', 'uuid', val);
+      return;
+    case 'node-name':
+      t.push('both', 'nodeName', val);
+      return;
+    case 'protocol':
+      t.push('both', 'protocol', val);
+      return;
+    case 'tcp-flags':
+      t.push('both', 'tcpFlags', tcpFlags(val));
+      return;
     case 'verdict': {
       const v = val.toUpperCase();
-      if (!['FORWARDED', 'DROPPED', 'AUDIT', 'REDIRECTED', 'ERROR', 'TRACED', 'TRANSLATED'].includes(v)) throw new FilterError(`--verdict "${val}": expected FORWARDED, DROPPED, AUDIT, REDIRECTED, ERROR, TRACED or TRANSLATED`);
+      if (!['FORWARDED', 'DROPPED', 'AUDIT', 'REDIRECTED', 'ERROR', 'TRACED', 'TRANSLATED'].includes(v))
+        throw new FilterError(`--verdict "${val}": expected FORWARDED, DROPPED, AUDIT, REDIRECTED, ERROR, TRACED or TRANSLATED`);
       t.push('both', 'verdict', v);
       return;
     }
     case 'drop-reason-desc': {
       const v = val.toUpperCase();
-      if (dropReasonCode(v) === undefined) throw new FilterError(`--drop-reason-desc "${val}": not a drop reason (e.g. POLICY_DENIED, POLICY_DENY, INVALID_SOURCE_IP)`);
+      if (dropReasonCode(v) === undefined)
+        throw new FilterError(
+          `--drop-reason-desc "${val}": not a drop reason (e.g. POLICY_DENIED, POLICY_DENY, INVALID_SOURCE_IP)`,
+        );
       t.push('both', 'dropReasonDesc', v);
       return;
     }
@@ -211,33 +272,63 @@ function applyFlag(t: Tracker, name: string, val: string): void {
       t.push('both', 'trafficDirection', v);
       return;
     }
-    case 'ipv4': t.push('both', 'ipVersion', 'IPv4'); return;
-    case 'ipv6': t.push('both', 'ipVersion', 'IPv6'); return;
-    case 'ip-version': t.push('both', 'ipVersion', ipVersion(val)); return;
-    case 'interface': t.push('both', 'interface', /^\d+$/.test(val) ? { index: Number(val) } : { name: val }); return;
-    case 'encrypted': t.push('both', 'encrypted', true); return;
-    case 'unencrypted': t.push('both', 'encrypted', false); return;
-    case 'snat-ip': t.push('both', 'sourceIpXlated', val); return;
-    case 'trace-id': t.push('both', 'traceId', val); return;
-    case 'node-label': t.push('both', 'nodeLabels', val); return;
-    case 'http-status': t.push('both', 'httpStatusCode', val); return;
-    case 'http-method': t.push('both', 'httpMethod', val); return;
-    case 'http-path': t.push('both', 'httpPath', val); return;
-    case 'http-url': t.push('both', 'httpUrl', val); return;
+    case 'ipv4':
+      t.push('both', 'ipVersion', 'IPv4');
+      return;
+    case 'ipv6':
+      t.push('both', 'ipVersion', 'IPv6');
+      return;
+    case 'ip-version':
+      t.push('both', 'ipVersion', ipVersion(val));
+      return;
+    case 'interface':
+      t.push('both', 'interface', /^\d+$/.test(val) ? { index: Number(val) } : { name: val });
+      return;
+    case 'encrypted':
+      t.push('both', 'encrypted', true);
+      return;
+    case 'unencrypted':
+      t.push('both', 'encrypted', false);
+      return;
+    case 'snat-ip':
+      t.push('both', 'sourceIpXlated', val);
+      return;
+    case 'trace-id':
+      t.push('both', 'traceId', val);
+      return;
+    case 'node-label':
+      t.push('both', 'nodeLabels', val);
+      return;
+    case 'http-status':
+      t.push('both', 'httpStatusCode', val);
+      return;
+    case 'http-method':
+      t.push('both', 'httpMethod', val);
+      return;
+    case 'http-path':
+      t.push('both', 'httpPath', val);
+      return;
+    case 'http-url':
+      t.push('both', 'httpUrl', val);
+      return;
     case 'http-header': {
       const i = val.indexOf(':');
       if (i < 0) throw new FilterError(`--http-header "${val}": expected name:value`);
       t.push('both', 'httpHeader', { key: val.slice(0, i), value: val.slice(i + 1) });
       return;
     }
-    case 'policy': t.push('both', 'membrane.policyName', val); return;
-    default: throw new FilterError(`--${name} is not a filter flag`);
+    case 'policy':
+      t.push('both', 'membrane.policyName', val);
+      return;
+    default:
+      throw new FilterError(`--${name} is not a filter flag`);
   }
 }
 
 /** The whitelist and blacklist the filter flags describe, in command-line order. */
 export function buildFilters(flags: FilterFlag[]): { whitelist: FlowFilter[]; blacklist: FlowFilter[] } {
-  const allow = new Tracker(), deny = new Tracker();
+  const allow = new Tracker(),
+    deny = new Tracker();
   let negate = false;
   for (const [name, val] of flags) {
     if (name === 'not') {
@@ -256,9 +347,15 @@ function rawFilters(texts: string[] | undefined, flag: string): FlowFilter[] {
   const out: FlowFilter[] = [];
   for (const text of texts ?? []) {
     let json: unknown;
-    try { json = JSON.parse(text); } catch (e) { throw new FilterError(`--${flag}: not JSON: ${(e as Error).message}`); }
+    try {
+      json = JSON.parse(text);
+    } catch (e) {
+      throw new FilterError(`--${flag}: not JSON: ${(e as Error).message}`);
+    }
     for (const item of Array.isArray(json) ? json : [json]) {
-      try { out.push(fromProtoJson<FlowFilter>('flow.FlowFilter', item)); } catch (e) {
+      try {
+        out.push(fromProtoJson<FlowFilter>('flow.FlowFilter', item));
+      } catch (e) {
         throw new FilterError(`--${flag}: ${(e as ProtoJsonError).message}`);
       }
     }
@@ -280,8 +377,10 @@ export function buildRequest(sel: ObserveSelection, flags: FilterFlag[] = [], no
   if (sel.last !== undefined && sel.all) throw new FilterError('cannot set both --last and --all');
   if (sel.first !== undefined && sel.follow) throw new FilterError('cannot set both --first and --follow');
   if (sel.follow) req.follow = true;
-  if (sel.first !== undefined) { req.first = true; req.number = sel.first; }
-  else if (sel.last !== undefined) req.number = sel.last;
+  if (sel.first !== undefined) {
+    req.first = true;
+    req.number = sel.first;
+  } else if (sel.last !== undefined) req.number = sel.last;
   else if (!sel.all && !sel.follow && !sel.since && !sel.until) req.number = DEFAULT_LAST;
   if (sel.fieldMask?.length) req.fieldMask = { paths: sel.fieldMask };
   return req;

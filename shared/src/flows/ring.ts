@@ -48,8 +48,13 @@ export class FlowRing {
   /** Flow uuids: 10 random bytes per ring (one agent run) and the flow's 48-bit sequence number. */
   private readonly uuidPrefix: string;
 
-  constructor(readonly capacity: number, private readonly nodeName: string, private readonly nowMs: () => number = Date.now) {
-    if (!Number.isInteger(capacity) || capacity < 1) throw new RangeError(`flow ring capacity must be a positive integer, got ${capacity}`);
+  constructor(
+    readonly capacity: number,
+    private readonly nodeName: string,
+    private readonly nowMs: () => number = Date.now,
+  ) {
+    if (!Number.isInteger(capacity) || capacity < 1)
+      throw new RangeError(`flow ring capacity must be a positive integer, got ${capacity}`);
     this.bytes = Buffer.alloc(capacity * TRACE_EVENT_SIZE);
     this.src = new Array(capacity);
     this.dst = new Array(capacity);
@@ -69,9 +74,15 @@ export class FlowRing {
     this.uuidPrefix = `${h.slice(0, 8)}-${h.slice(8, 12)}-${h.slice(12, 16)}-${h.slice(16, 20)}-`;
   }
 
-  get size(): number { return this.held; }
-  get seen(): number { return this.seenCount; }
-  get followers(): number { return this.subscribers.size; }
+  get size(): number {
+    return this.held;
+  }
+  get seen(): number {
+    return this.seenCount;
+  }
+  get followers(): number {
+    return this.subscribers.size;
+  }
 
   /** Re-reads the clock for the rate buckets: once per drained batch, not per event. */
   tick(): void {
@@ -110,7 +121,10 @@ export class FlowRing {
     if (this.held < this.capacity) this.held++;
     this.seenCount++;
     const b = this.nowSec % 60;
-    if (this.secondOf[b] !== this.nowSec) { this.secondOf[b] = this.nowSec; this.perSecond[b] = 0; }
+    if (this.secondOf[b] !== this.nowSec) {
+      this.secondOf[b] = this.nowSec;
+      this.perSecond[b] = 0;
+    }
     this.perSecond[b]++;
     if (this.subscribers.size) {
       const flow = this.flowAt(i, this.seenCount - 1);
@@ -125,7 +139,10 @@ export class FlowRing {
     let oldest = sec;
     for (let i = 0; i < 60; i++) {
       const s = this.secondOf[i];
-      if (s >= 0 && s > sec - 60 && s <= sec) { total += this.perSecond[i]; oldest = Math.min(oldest, s); }
+      if (s >= 0 && s > sec - 60 && s <= sec) {
+        total += this.perSecond[i];
+        oldest = Math.min(oldest, s);
+      }
     }
     return total / Math.max(1, sec - oldest + 1);
   }
@@ -139,7 +156,10 @@ export class FlowRing {
       return f;
     }
     const refs: FlowRefs = { src: this.src[i], dst: this.dst[i], ifName: this.ifName[i], rule: this.rule[i] };
-    const flow = assemble(decodeTraceEvent(this.bytes, i * TRACE_EVENT_SIZE), refs, this.nodeName, { seconds: this.offSec[i], nanos: this.offNs[i] });
+    const flow = assemble(decodeTraceEvent(this.bytes, i * TRACE_EVENT_SIZE), refs, this.nodeName, {
+      seconds: this.offSec[i],
+      nanos: this.offNs[i],
+    });
     flow.uuid = this.uuidPrefix + seq.toString(16).padStart(12, '0');
     return flow;
   }
@@ -150,7 +170,8 @@ export class FlowRing {
     const start = Math.max(from, this.seenCount - this.held);
     for (let s = start; s < this.seenCount; s++) {
       const i = s % this.capacity;
-      const a = this.src[i], b = this.dst[i];
+      const a = this.src[i],
+        b = this.dst[i];
       if (a) fn(a);
       if (b && b !== a) fn(b);
     }
@@ -161,7 +182,7 @@ export class FlowRing {
   private timeMs(i: number): number {
     if (this.lazy[i] !== undefined) return this.lazyTime[i];
     const ts = readHostU64Number(this.bytes, i * TRACE_EVENT_SIZE);
-    return ts ? (this.offSec[i] * 1000 + (this.offNs[i] + ts) / 1e6) : Date.now();
+    return ts ? this.offSec[i] * 1000 + (this.offNs[i] + ts) / 1e6 : Date.now();
   }
 
   /** Matching flows held when called, oldest first. Builds and tests `chunk` flows per event-loop
@@ -176,7 +197,10 @@ export class FlowRing {
     let visited = 0;
     for (let s = o.first ? start : end - 1; s >= start && s < end && out.length < limit; s += step) {
       if (++visited % chunk === 0) await new Promise((r) => setImmediate(r));
-      if (s < this.seenCount - this.held) { if (o.first) continue; break; } // overwritten while we yielded
+      if (s < this.seenCount - this.held) {
+        if (o.first) continue;
+        break;
+      } // overwritten while we yielded
       const i = s % this.capacity;
       if (o.sinceMs !== undefined || o.untilMs !== undefined) {
         const t = this.timeMs(i);
@@ -191,7 +215,8 @@ export class FlowRing {
   /** Called synchronously for every flow pushed from now on. */
   subscribe(fn: (f: Flow) => void): () => void {
     this.subscribers.add(fn);
-    return () => { this.subscribers.delete(fn); };
+    return () => {
+      this.subscribers.delete(fn);
+    };
   }
 }
-

@@ -59,7 +59,9 @@ export function fakeRing(size: number): RingData & { write(pos: number, payload:
   const buf = Buffer.alloc(size * 2);
   const words = new Uint32Array(buf.buffer, buf.byteOffset, buf.length / 4);
   return {
-    data: buf, words, size,
+    data: buf,
+    words,
+    size,
     write(pos, payload, flags = 0) {
       const off = pos % size;
       // Write through both halves the way the double mapping would show it.

@@ -45,7 +45,8 @@ function bindLibc(): LibcBindings {
 /** Wall clock minus CLOCK_MONOTONIC (what bpf_ktime_get_ns counts), in ns, read back to back. */
 export function monotonicToWallOffsetNs(): bigint {
   const l = bindLibc();
-  const real = new BigInt64Array(2), mono = new BigInt64Array(2);
+  const real = new BigInt64Array(2),
+    mono = new BigInt64Array(2);
   l.clockGettime(CLOCK_MONOTONIC, mono);
   l.clockGettime(CLOCK_REALTIME, real);
   return real[0] * 1_000_000_000n + real[1] - (mono[0] * 1_000_000_000n + mono[1]);
@@ -135,11 +136,19 @@ export class RingBufferReader {
  *  pinned after we start (older datapath objects lack it): until then it reads as 0. */
 export class PerCpuCounter {
   private fd = -1;
-  constructor(private readonly pinPath: string, private readonly cpus: number, private readonly key = 0) {}
+  constructor(
+    private readonly pinPath: string,
+    private readonly cpus: number,
+    private readonly key = 0,
+  ) {}
 
   read(): number {
     if (this.fd < 0) {
-      try { this.fd = bpf.objGet(this.pinPath); } catch { return 0; }
+      try {
+        this.fd = bpf.objGet(this.pinPath);
+      } catch {
+        return 0;
+      }
     }
     const k = Buffer.alloc(4);
     k.writeUInt32LE(this.key);

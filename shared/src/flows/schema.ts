@@ -8,7 +8,12 @@
 import protobuf from 'protobufjs';
 import { PROTO_FILES } from './protos.generated.ts';
 
-const WELL_KNOWN = ['google/protobuf/any.proto', 'google/protobuf/field_mask.proto', 'google/protobuf/timestamp.proto', 'google/protobuf/wrappers.proto'];
+const WELL_KNOWN = [
+  'google/protobuf/any.proto',
+  'google/protobuf/field_mask.proto',
+  'google/protobuf/timestamp.proto',
+  'google/protobuf/wrappers.proto',
+];
 /** Dependencies first: protobufjs resolves types across files once all are in the root. */
 const ORDER = ['flow/flow.proto', 'relay/relay.proto', 'observer/observer.proto', 'health/health.proto'];
 

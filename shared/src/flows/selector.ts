@@ -6,7 +6,10 @@
 import { splitKey } from '../identity/labels.ts';
 
 export class SelectorError extends Error {
-  constructor(message: string) { super(message); this.name = 'SelectorError'; }
+  constructor(message: string) {
+    super(message);
+    this.name = 'SelectorError';
+  }
 }
 
 type Op = 'eq' | 'ne' | 'in' | 'notin' | 'exists' | 'absent' | 'gt' | 'lt';
@@ -19,7 +22,11 @@ export interface Requirement {
   values: string[];
 }
 
-export interface ParsedLabel { source: string | null; key: string; value: string }
+export interface ParsedLabel {
+  source: string | null;
+  key: string;
+  value: string;
+}
 
 const KEY = '[A-Za-z0-9][-A-Za-z0-9_./:]*';
 const VALUE = '[^\\s,()!=<>]*';
@@ -34,12 +41,17 @@ const RE = {
 /** Splits on commas outside parentheses. */
 function terms(text: string): string[] {
   const out: string[] = [];
-  let depth = 0, cur = '';
+  let depth = 0,
+    cur = '';
   for (const ch of text) {
     if (ch === '(') depth++;
     if (ch === ')') depth--;
     if (depth < 0) throw new SelectorError(`"${text}": unbalanced ")"`);
-    if (ch === ',' && depth === 0) { out.push(cur); cur = ''; continue; }
+    if (ch === ',' && depth === 0) {
+      out.push(cur);
+      cur = '';
+      continue;
+    }
     cur += ch;
   }
   if (depth) throw new SelectorError(`"${text}": unbalanced "("`);
@@ -93,12 +105,20 @@ export function requirementsMatch(reqs: Requirement[], labels: ParsedLabel[]): b
   return reqs.every((r) => {
     const have = valuesOf(r, labels);
     switch (r.op) {
-      case 'exists': return have.length > 0;
-      case 'absent': return have.length === 0;
-      case 'eq': case 'in': return have.some((v) => r.values.includes(v));
-      case 'ne': case 'notin': return !have.some((v) => r.values.includes(v));
-      case 'gt': return have.some((v) => /^-?\d+$/.test(v) && Number(v) > Number(r.values[0]));
-      case 'lt': return have.some((v) => /^-?\d+$/.test(v) && Number(v) < Number(r.values[0]));
+      case 'exists':
+        return have.length > 0;
+      case 'absent':
+        return have.length === 0;
+      case 'eq':
+      case 'in':
+        return have.some((v) => r.values.includes(v));
+      case 'ne':
+      case 'notin':
+        return !have.some((v) => r.values.includes(v));
+      case 'gt':
+        return have.some((v) => /^-?\d+$/.test(v) && Number(v) > Number(r.values[0]));
+      case 'lt':
+        return have.some((v) => /^-?\d+$/.test(v) && Number(v) < Number(r.values[0]));
     }
     return false;
   });

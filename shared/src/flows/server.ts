@@ -43,7 +43,12 @@ export class ObserverServer {
   private readonly followers = new Set<{ end(): void }>();
   private timer?: NodeJS.Timeout;
 
-  private constructor(private readonly server: grpc.Server, readonly socket: string, readonly address: string | undefined, readonly tls = false) {}
+  private constructor(
+    private readonly server: grpc.Server,
+    readonly socket: string,
+    readonly address: string | undefined,
+    readonly tls = false,
+  ) {}
 
   static async start(backend: ObserverBackend, opts: ObserverServerOptions): Promise<ObserverServer> {
     const server = new grpc.Server({ 'grpc.max_send_message_length': 16 << 20 });
@@ -56,13 +61,17 @@ export class ObserverServer {
       getDebugEvents: (call: grpc.ServerWritableStream<unknown, unknown>) =>
         call.emit('error', { code: grpc.status.UNIMPLEMENTED, details: "Membrane's datapath emits no debug events" }),
       getNodes: (_call: unknown, cb: grpc.sendUnaryData<{ nodes: ObserverNode[] }>) => cb(null, { nodes: [node()] }),
-      getNamespaces: (_call: unknown, cb: grpc.sendUnaryData<{ namespaces: Namespace[] }>) => cb(null, { namespaces: namespaces.list() }),
+      getNamespaces: (_call: unknown, cb: grpc.sendUnaryData<{ namespaces: Namespace[] }>) =>
+        cb(null, { namespaces: namespaces.list() }),
       serverStatus: (_call: unknown, cb: grpc.sendUnaryData<ServerStatus>) => cb(null, status(backend)),
     });
     server.addService(healthService().service, {
       check: (call: grpc.ServerUnaryCall<{ service?: string }, unknown>, cb: grpc.sendUnaryData<{ status: string }>) => {
         const svc = call.request.service ?? '';
-        if (svc && svc !== OBSERVER_SERVICE) { cb({ code: grpc.status.NOT_FOUND, details: `unknown service "${svc}"` }); return; }
+        if (svc && svc !== OBSERVER_SERVICE) {
+          cb({ code: grpc.status.NOT_FOUND, details: `unknown service "${svc}"` });
+          return;
+        }
         cb(null, { status: 'SERVING' });
       },
       watch: (call: grpc.ServerWritableStream<{ service?: string }, { status: string }>) => {
@@ -93,8 +102,14 @@ export class ObserverServer {
     for (const call of this.followers) call.end();
     this.followers.clear();
     await new Promise<void>((resolve) => {
-      const timer = setTimeout(() => { this.server.forceShutdown(); resolve(); }, 2000);
-      this.server.tryShutdown(() => { clearTimeout(timer); resolve(); });
+      const timer = setTimeout(() => {
+        this.server.forceShutdown();
+        resolve();
+      }, 2000);
+      this.server.tryShutdown(() => {
+        clearTimeout(timer);
+        resolve();
+      });
     });
     fs.rmSync(this.socket, { force: true });
   }
@@ -111,24 +126,40 @@ export function bind(server: grpc.Server, target: string, tls?: ObserverServerOp
 
 export function status(b: ObserverBackend): ServerStatus {
   return {
-    numFlows: b.ring.size, maxFlows: b.ring.capacity, seenFlows: b.ring.seen,
-    uptimeNs: Number(process.hrtime.bigint() - b.startedAtNs), version: b.version, flowsRate: b.ring.rate(),
-    membrane: { nodeName: b.nodeName, lostEventsDatapath: b.lostEvents(), lostEventsAgent: b.lostEventsAgent(), flowEventsEnabled: b.flowEventsEnabled() },
+    numFlows: b.ring.size,
+    maxFlows: b.ring.capacity,
+    seenFlows: b.ring.seen,
+    uptimeNs: Number(process.hrtime.bigint() - b.startedAtNs),
+    version: b.version,
+    flowsRate: b.ring.rate(),
+    membrane: {
+      nodeName: b.nodeName,
+      lostEventsDatapath: b.lostEvents(),
+      lostEventsAgent: b.lostEventsAgent(),
+      flowEventsEnabled: b.flowEventsEnabled(),
+    },
   };
 }
 
 function nodeOf(b: ObserverBackend, address: string, tls: boolean): ObserverNode {
   return {
     name: b.filterContext?.clusterName ? `${b.filterContext.clusterName}/${b.nodeName}` : b.nodeName,
-    version: b.version, address, state: 'NODE_CONNECTED', tls: tls ? { enabled: true } : {}, // a false field is left out
-    uptimeNs: Number(process.hrtime.bigint() - b.startedAtNs), numFlows: b.ring.size, maxFlows: b.ring.capacity, seenFlows: b.ring.seen,
+    version: b.version,
+    address,
+    state: 'NODE_CONNECTED',
+    tls: tls ? { enabled: true } : {}, // a false field is left out
+    uptimeNs: Number(process.hrtime.bigint() - b.startedAtNs),
+    numFlows: b.ring.size,
+    maxFlows: b.ring.capacity,
+    seenFlows: b.ring.seen,
   };
 }
 
 function getAgentEvents(b: ObserverBackend, call: AgentEventsCall, followers: Set<AgentEventsCall>): void {
   const req = call.request;
   const number = Number(req.number ?? 0);
-  const sinceMs = tsMs(req.since), untilMs = tsMs(req.until);
+  const sinceMs = tsMs(req.since),
+    untilMs = tsMs(req.until);
   try {
     if (!Number.isInteger(number) || number < 0) throw new FilterError(`number must be a whole number, got ${req.number}`);
     if (req.first && req.follow) throw new FilterError('first and follow cannot be combined');
@@ -141,13 +172,23 @@ function getAgentEvents(b: ObserverBackend, call: AgentEventsCall, followers: Se
   const log = b.agentEvents;
   const wantHistory = !(req.follow && !number && sinceMs === undefined);
   for (const r of wantHistory && log ? log.select({ number, first: !!req.first, sinceMs, untilMs }) : []) call.write(wrap(r));
-  if (!req.follow || !log) { call.end(); return; }
+  if (!req.follow || !log) {
+    call.end();
+    return;
+  }
   followers.add(call);
   const unsubscribe = log.subscribe((r) => {
-    if (untilMs !== undefined && timestampMs(r.time) > untilMs) { done(); call.end(); return; }
+    if (untilMs !== undefined && timestampMs(r.time) > untilMs) {
+      done();
+      call.end();
+      return;
+    }
     if (sinceMs === undefined || timestampMs(r.time) >= sinceMs) call.write(wrap(r));
   });
-  const done = () => { unsubscribe(); followers.delete(call); };
+  const done = () => {
+    unsubscribe();
+    followers.delete(call);
+  };
   call.on('cancelled', done);
   call.on('close', done);
   call.on('error', done);

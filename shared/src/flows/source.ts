@@ -63,7 +63,11 @@ export class KernelEventSource implements EventSource {
     try {
       const batch = this.o.batch ?? 4096;
       const n = this.reader.drain(batch, this.deliver);
-      if (n >= batch) this.immediate = setImmediate(() => { this.immediate = undefined; this.drain(); });
+      if (n >= batch)
+        this.immediate = setImmediate(() => {
+          this.immediate = undefined;
+          this.drain();
+        });
     } catch (err) {
       this.o.onError?.(err as Error);
     }
@@ -87,8 +91,16 @@ export class KernelEventSource implements EventSource {
 export class InjectedEventSource implements EventSource {
   private deliver?: RecordSink;
   lostCount = 0;
-  start(deliver: RecordSink): void { this.deliver = deliver; }
-  push(record: Buffer): void { this.deliver?.(record, 0, record.length); }
-  lost(): number { return this.lostCount; }
-  close(): void { this.deliver = undefined; }
+  start(deliver: RecordSink): void {
+    this.deliver = deliver;
+  }
+  push(record: Buffer): void {
+    this.deliver?.(record, 0, record.length);
+  }
+  lost(): number {
+    return this.lostCount;
+  }
+  close(): void {
+    this.deliver = undefined;
+  }
 }

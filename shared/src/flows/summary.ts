@@ -13,11 +13,16 @@ export function tcpFlagsText(flags: TcpFlags | undefined): string {
 /** "TCP Flags: SYN, ACK", "UDP", "ICMPv4 type 8/0 id 5". */
 export function l4Summary(f: Flow): string {
   const l4 = f.l4 ?? {};
-  if (l4.TCP) { const fl = tcpFlagsText(l4.TCP.flags); return fl ? `TCP Flags: ${fl}` : 'TCP'; }
+  if (l4.TCP) {
+    const fl = tcpFlagsText(l4.TCP.flags);
+    return fl ? `TCP Flags: ${fl}` : 'TCP';
+  }
   if (l4.UDP) return 'UDP';
   if (l4.SCTP) return 'SCTP';
-  const icmp = (name: string, i: Icmp) => [name, i.type !== undefined ? `type ${i.type}/${i.code ?? 0}` : '', i.membraneEchoId ? `id ${i.membraneEchoId}` : '']
-    .filter(Boolean).join(' ');
+  const icmp = (name: string, i: Icmp) =>
+    [name, i.type !== undefined ? `type ${i.type}/${i.code ?? 0}` : '', i.membraneEchoId ? `id ${i.membraneEchoId}` : '']
+      .filter(Boolean)
+      .join(' ');
   if (l4.ICMPv4) return icmp('ICMPv4', l4.ICMPv4);
   if (l4.ICMPv6) return icmp('ICMPv6', l4.ICMPv6);
   return '';
@@ -47,10 +52,14 @@ const isPolicyDrop = (f: Flow) => f.dropReason === DropCode.POLICY_DENIED || f.d
 
 /** Why policy let it through or stopped it; '' when policy had no say. */
 export function verdictReason(f: Flow): string {
-  const denied = [...(f.ingressDeniedBy ?? []).map((p) => policyText(p, 'ingress', 'deny')),
-    ...(f.egressDeniedBy ?? []).map((p) => policyText(p, 'egress', 'deny'))];
-  const allowed = [...(f.ingressAllowedBy ?? []).map((p) => policyText(p, 'ingress', 'allow')),
-    ...(f.egressAllowedBy ?? []).map((p) => policyText(p, 'egress', 'allow'))];
+  const denied = [
+    ...(f.ingressDeniedBy ?? []).map((p) => policyText(p, 'ingress', 'deny')),
+    ...(f.egressDeniedBy ?? []).map((p) => policyText(p, 'egress', 'deny')),
+  ];
+  const allowed = [
+    ...(f.ingressAllowedBy ?? []).map((p) => policyText(p, 'ingress', 'allow')),
+    ...(f.egressAllowedBy ?? []).map((p) => policyText(p, 'egress', 'allow')),
+  ];
   if (f.verdict === 'DROPPED' || f.verdict === 'AUDIT') {
     const would = f.verdict === 'AUDIT' ? 'audit mode, would be ' : '';
     if (denied.length) return `${would}denied by ${denied.join(', ')}`;

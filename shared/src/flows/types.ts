@@ -7,7 +7,11 @@ export type Verdict = 'VERDICT_UNKNOWN' | 'FORWARDED' | 'DROPPED' | 'ERROR' | 'A
 export type TrafficDirection = 'TRAFFIC_DIRECTION_UNKNOWN' | 'INGRESS' | 'EGRESS';
 export type IpVersion = 'IP_NOT_USED' | 'IPv4' | 'IPv6';
 export type FlowType = 'UNKNOWN_TYPE' | 'L3_L4' | 'L7' | 'SOCK';
-export type LostEventSource = 'UNKNOWN_LOST_EVENT_SOURCE' | 'PERF_EVENT_RING_BUFFER' | 'OBSERVER_EVENTS_QUEUE' | 'HUBBLE_RING_BUFFER';
+export type LostEventSource =
+  | 'UNKNOWN_LOST_EVENT_SOURCE'
+  | 'PERF_EVENT_RING_BUFFER'
+  | 'OBSERVER_EVENTS_QUEUE'
+  | 'HUBBLE_RING_BUFFER';
 export type MembraneEvent = 'MEMBRANE_EVENT_UNKNOWN' | 'FLOW_NEW' | 'FLOW_DROP' | 'FLOW_END';
 /** A DropReason enum name (Hubble's full list is in flow.proto), or its number when it has none. */
 export type DropReasonName = string;
@@ -21,7 +25,15 @@ export interface Timestamp {
 }
 
 export interface TcpFlags {
-  FIN?: boolean; SYN?: boolean; RST?: boolean; PSH?: boolean; ACK?: boolean; URG?: boolean; ECE?: boolean; CWR?: boolean; NS?: boolean;
+  FIN?: boolean;
+  SYN?: boolean;
+  RST?: boolean;
+  PSH?: boolean;
+  ACK?: boolean;
+  URG?: boolean;
+  ECE?: boolean;
+  CWR?: boolean;
+  NS?: boolean;
 }
 
 export interface Ports {
@@ -44,7 +56,10 @@ export interface Layer4 {
   ICMPv6?: Icmp;
 }
 
-export interface Workload { name: string; kind: string }
+export interface Workload {
+  name: string;
+  kind: string;
+}
 
 export interface FlowEndpoint {
   ID?: number;
@@ -68,13 +83,25 @@ export interface FlowPolicy {
   membraneRulePath?: string;
 }
 
-export interface HttpHeader { key: string; value: string }
+export interface HttpHeader {
+  key: string;
+  value: string;
+}
 
 export interface Layer7 {
   type?: 'UNKNOWN_L7_TYPE' | 'REQUEST' | 'RESPONSE' | 'SAMPLE';
   latencyNs?: number;
   http?: { code?: number; method?: string; url?: string; protocol?: string; headers?: HttpHeader[] };
-  dns?: { query?: string; ips?: string[]; ttl?: number; cnames?: string[]; observationSource?: string; rcode?: number; qtypes?: string[]; rrtypes?: string[] };
+  dns?: {
+    query?: string;
+    ips?: string[];
+    ttl?: number;
+    cnames?: string[];
+    observationSource?: string;
+    rcode?: number;
+    qtypes?: string[];
+    rrtypes?: string[];
+  };
 }
 
 export interface MembraneFlow {
@@ -145,7 +172,11 @@ export interface GetFlowsResponse {
   time: Timestamp;
 }
 
-export interface EventTypeFilter { type?: number; matchSubType?: boolean; subType?: number }
+export interface EventTypeFilter {
+  type?: number;
+  matchSubType?: boolean;
+  subType?: number;
+}
 
 export interface MembraneFlowFilter {
   sourceEndpoint?: number[];
@@ -236,11 +267,22 @@ export interface ObserverNode {
   seenFlows?: number;
 }
 
-export interface Namespace { cluster?: string; namespace: string }
+export interface Namespace {
+  cluster?: string;
+  namespace: string;
+}
 
 export type AgentEventType =
-  | 'AGENT_EVENT_UNKNOWN' | 'AGENT_STARTED' | 'POLICY_UPDATED' | 'POLICY_DELETED' | 'ENDPOINT_REGENERATE_SUCCESS'
-  | 'ENDPOINT_REGENERATE_FAILURE' | 'ENDPOINT_CREATED' | 'ENDPOINT_DELETED' | 'IPCACHE_UPSERTED' | 'IPCACHE_DELETED';
+  | 'AGENT_EVENT_UNKNOWN'
+  | 'AGENT_STARTED'
+  | 'POLICY_UPDATED'
+  | 'POLICY_DELETED'
+  | 'ENDPOINT_REGENERATE_SUCCESS'
+  | 'ENDPOINT_REGENERATE_FAILURE'
+  | 'ENDPOINT_CREATED'
+  | 'ENDPOINT_DELETED'
+  | 'IPCACHE_UPSERTED'
+  | 'IPCACHE_DELETED';
 
 export interface AgentEvent {
   type: AgentEventType;
@@ -249,7 +291,14 @@ export interface AgentEvent {
   policyUpdate?: { labels?: string[]; revision?: number; ruleCount?: number };
   endpointRegenerate?: { id?: number; labels?: string[]; error?: string };
   endpointUpdate?: { id?: number; labels?: string[]; error?: string; podName?: string; namespace?: string };
-  ipcacheUpdate?: { cidr?: string; identity?: number; oldIdentity?: { value: number }; hostIp?: string; namespace?: string; podName?: string };
+  ipcacheUpdate?: {
+    cidr?: string;
+    identity?: number;
+    oldIdentity?: { value: number };
+    hostIp?: string;
+    namespace?: string;
+    podName?: string;
+  };
 }
 
 export interface GetAgentEventsRequest {

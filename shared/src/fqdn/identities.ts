@@ -52,7 +52,10 @@ export class FqdnIdentities implements FqdnPeers {
   private next = FIRST_FQDN_IDENTITY;
   version = 0;
 
-  constructor(private readonly first = FIRST_FQDN_IDENTITY, private readonly last = LAST_FQDN_IDENTITY) {
+  constructor(
+    private readonly first = FIRST_FQDN_IDENTITY,
+    private readonly last = LAST_FQDN_IDENTITY,
+  ) {
     this.next = first;
   }
 
@@ -62,7 +65,8 @@ export class FqdnIdentities implements FqdnPeers {
     const key = keyOf(selectors, prefixes);
     const known = this.byKey.get(key);
     if (known) return { identity: known, created: false };
-    const id = prefer !== undefined && prefer >= this.first && prefer <= this.last && !this.byId.has(prefer) ? prefer : this.allocate();
+    const id =
+      prefer !== undefined && prefer >= this.first && prefer <= this.last && !this.byId.has(prefer) ? prefer : this.allocate();
     const identity = { id, selectors, prefixes };
     this.add(key, identity);
     return { identity, created: true };

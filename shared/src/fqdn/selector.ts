@@ -39,7 +39,8 @@ export function nameProblem(name: string): string | undefined {
   const n = name.trim();
   if (!n) return 'must not be empty';
   if (n.length > MAX_NAME_LENGTH) return `must be at most ${MAX_NAME_LENGTH} characters`;
-  if (!NAME_CHARS.test(n)) return `${JSON.stringify(name)} has characters a DNS name cannot have: only a-z, A-Z, 0-9, "-", "_" and "." are allowed`;
+  if (!NAME_CHARS.test(n))
+    return `${JSON.stringify(name)} has characters a DNS name cannot have: only a-z, A-Z, 0-9, "-", "_" and "." are allowed`;
   if (/\.\./.test(n) || n.startsWith('.')) return `${JSON.stringify(name)} has an empty label`;
   return undefined;
 }
@@ -49,7 +50,8 @@ export function patternProblem(pattern: string): string | undefined {
   const p = pattern.trim();
   if (!p) return 'must not be empty';
   if (p.length > MAX_NAME_LENGTH) return `must be at most ${MAX_NAME_LENGTH} characters`;
-  if (!PATTERN_CHARS.test(p)) return `${JSON.stringify(pattern)} has characters a pattern cannot have: only a-z, A-Z, 0-9, "-", "_", "." and "*" are allowed`;
+  if (!PATTERN_CHARS.test(p))
+    return `${JSON.stringify(pattern)} has characters a pattern cannot have: only a-z, A-Z, 0-9, "-", "_", "." and "*" are allowed`;
   if (!starsOnly(p) && (/\.\./.test(p) || p.startsWith('.'))) return `${JSON.stringify(pattern)} has an empty label`;
   return undefined;
 }

@@ -60,7 +60,13 @@ export class FqdnState {
   learn(endpoint: number, names: string[], ips: { ip: string; ttl: number }[], now: number): LearnResult {
     const before = this.identities.version;
     const changed: string[] = [];
-    const fresh = this.cache.learn(endpoint, names, ips.map((x) => ({ ip: normalizeIp(x.ip), ttl: x.ttl })), now, this.minTtl);
+    const fresh = this.cache.learn(
+      endpoint,
+      names,
+      ips.map((x) => ({ ip: normalizeIp(x.ip), ttl: x.ttl })),
+      now,
+      this.minTtl,
+    );
     for (const ip of fresh) {
       const p = this.place(ip);
       if (p) changed.push(p);
@@ -74,11 +80,17 @@ export class FqdnState {
     let removed = 0;
     for (const e of this.cache.expired(now)) {
       if (inUse(e.ip)) continue;
-      if (this.cache.remove(e.name, e.ip)) { touched.add(e.ip); removed++; }
+      if (this.cache.remove(e.name, e.ip)) {
+        touched.add(e.ip);
+        removed++;
+      }
       if (e.name === RESTORED_NAME) this.orphanSelectors.delete(e.ip);
     }
     const changed: string[] = [];
-    for (const ip of touched) { const p = this.place(ip); if (p) changed.push(p); }
+    for (const ip of touched) {
+      const p = this.place(ip);
+      if (p) changed.push(p);
+    }
     if (changed.length) this.retainUsed();
     return { changed, removed };
   }
@@ -96,7 +108,10 @@ export class FqdnState {
       return before !== undefined ? prefix : undefined;
     }
     keys.sort();
-    const within = this.prefixes.filter((p) => p.cidr.family === (ip.includes(':') ? 6 : 4) && cidrContains(p.cidr, ip)).map((p) => p.text).sort();
+    const within = this.prefixes
+      .filter((p) => p.cidr.family === (ip.includes(':') ? 6 : 4) && cidrContains(p.cidr, ip))
+      .map((p) => p.text)
+      .sort();
     const { identity } = this.identities.ensure(keys, within, this.pinned.get(prefix));
     this.entries.set(prefix, identity.id);
     return before !== identity.id ? prefix : undefined;
@@ -108,7 +123,10 @@ export class FqdnState {
 
   /** Keys of the current selectors that select a (canonical) name. */
   selectorsMatching(name: string): string[] {
-    return [...this.selectors].filter(([, m]) => m(name)).map(([k]) => k).sort();
+    return [...this.selectors]
+      .filter(([, m]) => m(name))
+      .map(([k]) => k)
+      .sort();
   }
 
   /** prefix -> identity for the ipcache. */
@@ -124,7 +142,13 @@ export class FqdnState {
 
   /** Before the first sync after a start: what was persisted, and the FQDN entries of the pinned ipcache
    *  (addresses learned after the last save keep their identity when it was saved; see restorePinned). */
-  restore(saved: FqdnPersisted | undefined, pinnedIpcache: Map<string, number>, isFqdnId: (id: number) => boolean, now: number, graceMs: number): { entries: number; orphans: number } {
+  restore(
+    saved: FqdnPersisted | undefined,
+    pinnedIpcache: Map<string, number>,
+    isFqdnId: (id: number) => boolean,
+    now: number,
+    graceMs: number,
+  ): { entries: number; orphans: number } {
     for (const i of saved?.identities ?? []) this.identities.adopt(i);
     for (const t of saved?.entries ?? []) this.cache.restore(t);
     let orphans = 0;
@@ -143,7 +167,6 @@ export class FqdnState {
     }
     return { entries: this.cache.size.entries, orphans };
   }
-
 
   persisted(): FqdnPersisted {
     return { entries: this.cache.dump(), identities: this.identities.list() };

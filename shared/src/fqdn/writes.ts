@@ -9,7 +9,9 @@ export class WritesInFlight {
   /** `w` counts until it settles; returned as is. */
   track(w: Promise<void>): Promise<void> {
     this.writing.add(w);
-    const done = () => { this.writing.delete(w); };
+    const done = () => {
+      this.writing.delete(w);
+    };
     w.then(done, done);
     return w;
   }

@@ -8,15 +8,23 @@ export interface StatusProblem {
   problem: string;
 }
 
-interface L7View { needed?: boolean; workers?: { index: number; connected: boolean; restarts: number }[] }
-interface DnsView { running?: boolean }
+interface L7View {
+  needed?: boolean;
+  workers?: { index: number; connected: boolean; restarts: number }[];
+}
+interface DnsView {
+  running?: boolean;
+}
 
 export function statusProblems(s: AgentStatus): StatusProblem[] {
   const out: StatusProblem[] = [];
   const unhealthy = s.unhealthyEndpoints ?? [];
   if (unhealthy.length) {
     const first = unhealthy[0];
-    out.push({ part: 'Endpoints', problem: `${unhealthy.length} unhealthy (${first.id} ${first.endpoint}: ${first.problems.join('; ')})` });
+    out.push({
+      part: 'Endpoints',
+      problem: `${unhealthy.length} unhealthy (${first.id} ${first.endpoint}: ${first.problems.join('; ')})`,
+    });
   }
   for (const p of s.datapath.problems ?? []) out.push({ part: 'Datapath', problem: p });
   if (s.store?.problem) out.push({ part: 'Store', problem: s.store.problem });
@@ -24,17 +32,29 @@ export function statusProblems(s: AgentStatus): StatusProblem[] {
   // Workers run only while a policy has L7 rules: not running otherwise is how it should be.
   if (l7?.needed) {
     for (const w of l7.workers ?? []) {
-      if (!w.connected) out.push({ part: 'L7 proxy', problem: `worker ${w.index} is not connected${w.restarts ? ` (${w.restarts} restarts)` : ''}` });
+      if (!w.connected)
+        out.push({
+          part: 'L7 proxy',
+          problem: `worker ${w.index} is not connected${w.restarts ? ` (${w.restarts} restarts)` : ''}`,
+        });
     }
   }
   const dns = s.dns as DnsView | undefined;
   if (dns && dns.running === false) out.push({ part: 'DNS proxy', problem: 'not running' });
   const kv = s.cluster?.kvstore;
-  if (kv && !kv.connected) out.push({ part: 'KVStore', problem: `not connected to ${kv.endpoints.join(', ') || kv.type}${kv.lastError ? `: ${kv.lastError}` : ''}` });
-  else if (kv) for (const w of kv.watches.filter((x) => !x.live)) out.push({ part: 'KVStore', problem: `watch on ${w.prefix} is not live` });
+  if (kv && !kv.connected)
+    out.push({
+      part: 'KVStore',
+      problem: `not connected to ${kv.endpoints.join(', ') || kv.type}${kv.lastError ? `: ${kv.lastError}` : ''}`,
+    });
+  else if (kv)
+    for (const w of kv.watches.filter((x) => !x.live)) out.push({ part: 'KVStore', problem: `watch on ${w.prefix} is not live` });
   const routing = s.cluster?.routing;
   if (routing?.unreachable.length) {
-    out.push({ part: 'Routing', problem: `pods of ${routing.unreachable.map((u) => `${u.node} (${u.cidr})`).join(', ')} are unreachable` });
+    out.push({
+      part: 'Routing',
+      problem: `pods of ${routing.unreachable.map((u) => `${u.node} (${u.cidr})`).join(', ')} are unreachable`,
+    });
   }
   if (routing?.lastError) out.push({ part: 'Routing', problem: routing.lastError });
   return out;

@@ -13,7 +13,13 @@ import type { Store } from '../store/index.ts';
 import { canonicalLabels, type Labels } from './labels.ts';
 import { defaultLabelFilter, identityLabels, type LabelFilter } from '../labels/filter.ts';
 import {
-  FIRST_LABEL_IDENTITY, LAST_LABEL_IDENTITY, RESERVED, identityKind, reservedLabels, type IdentityKind, type ReservedName,
+  FIRST_LABEL_IDENTITY,
+  LAST_LABEL_IDENTITY,
+  RESERVED,
+  identityKind,
+  reservedLabels,
+  type IdentityKind,
+  type ReservedName,
 } from './reserved.ts';
 
 const STORE_PREFIX = 'identities';
@@ -174,14 +180,17 @@ export class IdentityAllocator {
       proposed.push(id);
       return id;
     };
-    const p = this.backend.create(relevant, propose).then((record) => {
-      this.learn(record);
-      if (!this.holders.has(record.id)) this.unheldSince.set(record.id, this.now());
-      return record.id;
-    }).finally(() => {
-      for (const id of proposed) this.inFlightIds.delete(id);
-      this.pending.delete(key);
-    });
+    const p = this.backend
+      .create(relevant, propose)
+      .then((record) => {
+        this.learn(record);
+        if (!this.holders.has(record.id)) this.unheldSince.set(record.id, this.now());
+        return record.id;
+      })
+      .finally(() => {
+        for (const id of proposed) this.inFlightIds.delete(id);
+        this.pending.delete(key);
+      });
     this.pending.set(key, p);
     return p;
   }
@@ -240,7 +249,10 @@ export class IdentityAllocator {
       if (!force && since > cutoff) continue;
       if (this.holders.has(id)) continue;
       const record = this.byId.get(id);
-      if (!record) { this.unheldSince.delete(id); continue; }
+      if (!record) {
+        this.unheldSince.delete(id);
+        continue;
+      }
       const deleted = await this.backend.unused(record);
       this.unheldSince.delete(id);
       if (!deleted) continue;
@@ -254,7 +266,10 @@ export class IdentityAllocator {
   /** Label identities (held or not yet swept) plus the reserved ones. */
   list(): IdentityView[] {
     const out: IdentityView[] = (Object.keys(RESERVED) as ReservedName[]).map((n) => ({
-      id: RESERVED[n], kind: 'reserved' as const, labels: reservedLabels(n), refs: 0,
+      id: RESERVED[n],
+      kind: 'reserved' as const,
+      labels: reservedLabels(n),
+      refs: 0,
     }));
     for (const r of [...this.byId.values()].sort((a, b) => a.id - b.id)) {
       out.push({ id: r.id, kind: 'endpoint', labels: { ...r.labels }, refs: this.holders.get(r.id)?.size ?? 0 });
@@ -279,10 +294,16 @@ export class IdentityAllocator {
     }
     // Monotonic first, so a freed number is not handed out again soon (flows name identities).
     for (let id = this.nextHint; id <= this.lastId; id++) {
-      if (free(id)) { this.nextHint = id + 1; return id; }
+      if (free(id)) {
+        this.nextHint = id + 1;
+        return id;
+      }
     }
     for (let id = FIRST_LABEL_IDENTITY; id < this.nextHint && id <= this.lastId; id++) {
-      if (free(id)) { this.nextHint = id + 1; return id; }
+      if (free(id)) {
+        this.nextHint = id + 1;
+        return id;
+      }
     }
     throw new Error(`no security identity left (${this.lastId - FIRST_LABEL_IDENTITY + 1} label sets in use)`);
   }

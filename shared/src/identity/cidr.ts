@@ -23,7 +23,10 @@ export class CidrIdentities {
   /** An independent copy (a sync that may be abandoned works on a copy). */
   clone(): CidrIdentities {
     const c = new CidrIdentities();
-    for (const e of this.byText.values()) { c.byText.set(e.text, e); c.byId.set(e.id, e); }
+    for (const e of this.byText.values()) {
+      c.byText.set(e.text, e);
+      c.byId.set(e.id, e);
+    }
     c.next = this.next;
     c.version = this.version;
     return c;
@@ -48,7 +51,11 @@ export class CidrIdentities {
     for (const p of prefixes) want.add(this.byText.has(p) ? p : normalizeCidr(p));
     const removed: CidrEntry[] = [];
     for (const [text, e] of this.byText) {
-      if (!want.has(text)) { this.byText.delete(text); this.byId.delete(e.id); removed.push(e); }
+      if (!want.has(text)) {
+        this.byText.delete(text);
+        this.byId.delete(e.id);
+        removed.push(e);
+      }
     }
     const added: CidrEntry[] = [];
     for (const text of want) {
@@ -58,7 +65,10 @@ export class CidrIdentities {
       this.byId.set(e.id, e);
       added.push(e);
     }
-    if (added.length || removed.length) { this.sorted = null; this.version++; }
+    if (added.length || removed.length) {
+      this.sorted = null;
+      this.version++;
+    }
     return { added, removed };
   }
 
@@ -115,12 +125,14 @@ function compare(a: CidrEntry, b: CidrEntry): number {
 }
 
 function lowerBound(index: CidrEntry[], o: Cidr): number {
-  let lo = 0, hi = index.length;
+  let lo = 0,
+    hi = index.length;
   while (lo < hi) {
     const mid = (lo + hi) >> 1;
     const e = index[mid].cidr;
     const before = e.family < o.family || (e.family === o.family && e.base < o.base);
-    if (before) lo = mid + 1; else hi = mid;
+    if (before) lo = mid + 1;
+    else hi = mid;
   }
   return lo;
 }

@@ -22,7 +22,10 @@ export interface IpcacheSources {
 
 /** prefix text ("10.1.0.5/32") -> identity. Endpoints override host, host overrides FQDN, FQDN overrides CIDR. */
 export function desiredIpcache(src: IpcacheSources): Map<string, number> {
-  const out = new Map<string, number>([['0.0.0.0/0', RESERVED.world], ['::/0', RESERVED.world]]);
+  const out = new Map<string, number>([
+    ['0.0.0.0/0', RESERVED.world],
+    ['::/0', RESERVED.world],
+  ]);
   for (const e of src.cidrs.entries()) out.set(e.text, e.id);
   if (src.fqdn) for (const [prefix, id] of src.fqdn) out.set(prefix, id);
   for (const ip of src.hostAddresses) out.set(normalizeCidr(ip), RESERVED.host);
@@ -37,7 +40,11 @@ export interface MapDiff<V> {
 }
 
 /** What turns `current` into `desired`; values compared with `same`. */
-export function diffMaps<V>(current: Map<string, V>, desired: Map<string, V>, same: (a: V, b: V) => boolean = Object.is): MapDiff<V> {
+export function diffMaps<V>(
+  current: Map<string, V>,
+  desired: Map<string, V>,
+  same: (a: V, b: V) => boolean = Object.is,
+): MapDiff<V> {
   const upsert: [string, V][] = [];
   const remove: string[] = [];
   for (const [k, v] of desired) {

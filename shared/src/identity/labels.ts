@@ -21,7 +21,10 @@ export function identityRelevant(labels: Labels): Labels {
 
 /** A stable text for a label set: sorted "key=value" pairs. Two equal sets give the same text. */
 export function canonicalLabels(labels: Labels): string {
-  return Object.keys(labels).sort().map((k) => `${k}=${labels[k]}`).join('\n');
+  return Object.keys(labels)
+    .sort()
+    .map((k) => `${k}=${labels[k]}`)
+    .join('\n');
 }
 
 export function sameLabels(a: Labels, b: Labels): boolean {
@@ -51,7 +54,10 @@ export function valuesFor(labels: Labels, selectorKey: string): string[] {
 export function parseLabelArgs(args: string[]): Labels {
   const out: Labels = {};
   for (const arg of args) {
-    for (const part of arg.split(',').map((s) => s.trim()).filter(Boolean)) {
+    for (const part of arg
+      .split(',')
+      .map((s) => s.trim())
+      .filter(Boolean)) {
       const eq = part.indexOf('=');
       const key = eq < 0 ? part : part.slice(0, eq);
       if (!key) throw new RangeError(`label "${part}" has no key (expected key=value)`);

@@ -64,22 +64,38 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, o
 /** Makes a directory's entries (creations, renames, unlinks) durable. */
 export function fsyncDirSync(dir: string): void {
   const fd = fs.openSync(dir, 'r');
-  try { fs.fsyncSync(fd); } finally { fs.closeSync(fd); }
+  try {
+    fs.fsyncSync(fd);
+  } finally {
+    fs.closeSync(fd);
+  }
 }
 
 export async function fsyncDir(dir: string): Promise<void> {
   const fh = await fs.promises.open(dir, 'r');
-  try { await fh.sync(); } finally { await fh.close(); }
+  try {
+    await fh.sync();
+  } finally {
+    await fh.close();
+  }
 }
 
 /** Removes temp files older than `maxAgeMs` that a crashed writer left in `dir`. */
 export function removeStaleTemps(dir: string, maxAgeMs = 3600_000): void {
   let names: string[] = [];
-  try { names = fs.readdirSync(dir); } catch { return; }
+  try {
+    names = fs.readdirSync(dir);
+  } catch {
+    return;
+  }
   const before = Date.now() - maxAgeMs;
   for (const n of names) {
     if (!n.startsWith(TEMP_PREFIX)) continue;
     const p = path.join(dir, n);
-    try { if (fs.statSync(p).mtimeMs < before) fs.unlinkSync(p); } catch { /* gone */ }
+    try {
+      if (fs.statSync(p).mtimeMs < before) fs.unlinkSync(p);
+    } catch {
+      /* gone */
+    }
   }
 }

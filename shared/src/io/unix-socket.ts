@@ -8,7 +8,10 @@ import path from 'node:path';
 export function isSocketLive(socketPath: string): Promise<boolean> {
   return new Promise((resolve) => {
     const s = net.connect(socketPath);
-    s.once('connect', () => { s.destroy(); resolve(true); });
+    s.once('connect', () => {
+      s.destroy();
+      resolve(true);
+    });
     s.once('error', () => resolve(false));
   });
 }
@@ -25,11 +28,18 @@ export async function claimUnixSocket(socketPath: string, who = 'another process
 }
 
 /** Claims the path, listens, and sets the socket's mode (default 0660: root and the socket's group). */
-export async function listenUnix<S extends net.Server>(server: S, socketPath: string, opts: { mode?: number; who?: string } = {}): Promise<S> {
+export async function listenUnix<S extends net.Server>(
+  server: S,
+  socketPath: string,
+  opts: { mode?: number; who?: string } = {},
+): Promise<S> {
   await claimUnixSocket(socketPath, opts.who);
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
-    server.listen(socketPath, () => { server.off('error', reject); resolve(); });
+    server.listen(socketPath, () => {
+      server.off('error', reject);
+      resolve();
+    });
   });
   fs.chmodSync(socketPath, opts.mode ?? 0o660);
   return server;

@@ -1,5 +1,15 @@
 // Pure allocation logic over one pool's document. No I/O: the persistent IPAM wraps it.
-import { bigIntToIp, cidrContains, familyOf, ipToBigInt, isUsable, normalizeIp, parseCidr, usableRange, type Family } from '../net/index.ts';
+import {
+  bigIntToIp,
+  cidrContains,
+  familyOf,
+  ipToBigInt,
+  isUsable,
+  normalizeIp,
+  parseCidr,
+  usableRange,
+  type Family,
+} from '../net/index.ts';
 import { MembraneError } from '../errors.ts';
 
 export interface SubnetState {
@@ -72,7 +82,10 @@ export function allocate(doc: PoolDoc, owner: string, req: { family?: Family; ip
     }
     cursor++;
   }
-  throw new IpamError('pool_exhausted', `IP pool "${doc.name}" is exhausted: no free IPv${family} address left in ${subnet.cidr}`);
+  throw new IpamError(
+    'pool_exhausted',
+    `IP pool "${doc.name}" is exhausted: no free IPv${family} address left in ${subnet.cidr}`,
+  );
 }
 
 function allocateRequested(doc: PoolDoc, owner: string, requested: string): Allocation {
@@ -81,10 +94,15 @@ function allocateRequested(doc: PoolDoc, owner: string, requested: string): Allo
   const ip = normalizeIp(requested);
   const subnet = doc.subnets.find((s) => cidrContains(parseCidr(s.cidr), ip));
   if (!subnet) {
-    throw new IpamError('address_out_of_range', `address ${ip} is outside pool "${doc.name}" (${doc.subnets.map((s) => s.cidr).join(', ')})`);
+    throw new IpamError(
+      'address_out_of_range',
+      `address ${ip} is outside pool "${doc.name}" (${doc.subnets.map((s) => s.cidr).join(', ')})`,
+    );
   }
-  if (!isUsable(parseCidr(subnet.cidr), ip)) throw new IpamError('address_out_of_range', `address ${ip} is reserved in ${subnet.cidr} (network or broadcast address)`);
-  if (ip === normalizeIp(subnet.gateway)) throw new IpamError('address_in_use', `address ${ip} is the gateway of pool "${doc.name}"`);
+  if (!isUsable(parseCidr(subnet.cidr), ip))
+    throw new IpamError('address_out_of_range', `address ${ip} is reserved in ${subnet.cidr} (network or broadcast address)`);
+  if (ip === normalizeIp(subnet.gateway))
+    throw new IpamError('address_in_use', `address ${ip} is the gateway of pool "${doc.name}"`);
   const current = doc.allocations[ip];
   if (current !== undefined && current !== owner) {
     throw new IpamError('address_in_use', `address ${ip} in pool "${doc.name}" is already allocated to ${current}`);

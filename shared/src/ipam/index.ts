@@ -35,18 +35,27 @@ export class Ipam {
       }
       ipam.pools.set(value.name, doc);
     }
-    for (const { key, value: owner } of await store.list<string>(EXTERNAL)) ipam.external.set(key.slice(EXTERNAL.length + 1), owner);
+    for (const { key, value: owner } of await store.list<string>(EXTERNAL))
+      ipam.external.set(key.slice(EXTERNAL.length + 1), owner);
     return ipam;
   }
 
-  has(pool: string): boolean { return this.pools.has(pool); }
+  has(pool: string): boolean {
+    return this.pools.has(pool);
+  }
 
   /** Creates the pool, or checks an existing one has the same subnets (idempotent). */
   async ensurePool(name: string, subnets: { cidr: string; gateway: string }[]): Promise<void> {
     const existing = this.pools.get(name);
     if (existing) {
-      const want = subnets.map((s) => s.cidr).sort().join(',');
-      const have = existing.subnets.map((s) => s.cidr).sort().join(',');
+      const want = subnets
+        .map((s) => s.cidr)
+        .sort()
+        .join(',');
+      const have = existing.subnets
+        .map((s) => s.cidr)
+        .sort()
+        .join(',');
       if (want !== have) throw new alloc.IpamError('bad_request', `pool "${name}" already exists with subnets ${have}`);
       return;
     }
@@ -75,7 +84,11 @@ export class Ipam {
     return true;
   }
 
-  async allocate(pool: string, owner: IpamOwner, req: { family?: Family; ip?: string } = {}): Promise<{ ip: string; subnet: string; gateway: string }> {
+  async allocate(
+    pool: string,
+    owner: IpamOwner,
+    req: { family?: Family; ip?: string } = {},
+  ): Promise<{ ip: string; subnet: string; gateway: string }> {
     const doc = this.require(pool);
     const key = ownerKey(owner);
     const a = alloc.allocate(doc, key, req);
@@ -103,10 +116,12 @@ export class Ipam {
   async reserveExternal(ip: string, owner: IpamOwner): Promise<void> {
     const addr = normalizeIp(ip);
     const key = ownerKey(owner);
-    if (this.poolContaining(addr)) throw new alloc.IpamError('bad_request', `address ${addr} lies in pool "${this.poolContaining(addr)}": allocate it there`);
+    if (this.poolContaining(addr))
+      throw new alloc.IpamError('bad_request', `address ${addr} lies in pool "${this.poolContaining(addr)}": allocate it there`);
     const current = this.external.get(addr);
     if (current === key) return;
-    if (current !== undefined) throw new alloc.IpamError('address_in_use', `address ${addr} is already in use on this node (held by ${current})`);
+    if (current !== undefined)
+      throw new alloc.IpamError('address_in_use', `address ${addr} is already in use on this node (held by ${current})`);
     this.external.set(addr, key);
     try {
       await this.store.put(`${EXTERNAL}/${addr}`, key);
@@ -121,13 +136,19 @@ export class Ipam {
     const key = ownerKey(owner);
     const freed: { doc?: alloc.PoolDoc; ip: string }[] = [];
     for (const doc of this.pools.values()) for (const ip of alloc.releaseOwner(doc, key)) freed.push({ doc, ip });
-    for (const [ip, o] of this.external) if (o === key) { this.external.delete(ip); freed.push({ ip }); }
+    for (const [ip, o] of this.external)
+      if (o === key) {
+        this.external.delete(ip);
+        freed.push({ ip });
+      }
     try {
       await Promise.all(freed.map((f) => this.store.delete(f.doc ? allocKey(f.doc.name, f.ip) : `${EXTERNAL}/${f.ip}`)));
     } catch (e) {
       // Not released on disk: not released at all (a later release or the restart's reconciliation frees them).
       for (const f of freed) {
-        if (f.doc) { if (!(f.ip in f.doc.allocations)) f.doc.allocations[f.ip] = key; } else if (!this.external.has(f.ip)) this.external.set(f.ip, key);
+        if (f.doc) {
+          if (!(f.ip in f.doc.allocations)) f.doc.allocations[f.ip] = key;
+        } else if (!this.external.has(f.ip)) this.external.set(f.ip, key);
       }
       throw e;
     }
@@ -184,7 +205,8 @@ export class Ipam {
       return {
         name: doc.name,
         subnets: subnets.map(({ state, cidr }) => ({
-          cidr: state.cidr, gateway: state.gateway,
+          cidr: state.cidr,
+          gateway: state.gateway,
           size: (usableCount(cidr) - 1n).toString(), // minus the gateway
           allocated: allocations.filter((a) => a.subnet === state.cidr).length,
         })),

@@ -13,9 +13,12 @@ export type IpamOwner =
 /** The stored form. */
 export function ownerKey(o: IpamOwner): string {
   switch (o.kind) {
-    case 'endpoint': return `ep:${o.attachment}/${o.ifName}`;
-    case 'docker-address': return `docker-ipam:${o.network}:${o.lease}`;
-    case 'docker-aux': return `docker-aux:${o.network}`;
+    case 'endpoint':
+      return `ep:${o.attachment}/${o.ifName}`;
+    case 'docker-address':
+      return `docker-ipam:${o.network}:${o.lease}`;
+    case 'docker-aux':
+      return `docker-aux:${o.network}`;
   }
 }
 

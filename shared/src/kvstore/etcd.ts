@@ -6,9 +6,19 @@ import * as etcd3 from 'etcd3';
 import type { Etcd3 as Etcd3Type, IOptions, IKeyValue, IRequestOp, ICompare, Watcher } from 'etcd3';
 import * as cockatiel from 'cockatiel';
 import {
-  KvUnavailableError, prefixEnd,
-  type Compare, type Kv, type KvEvent, type KvItem, type KvOptions, type KvStatus, type Lease, type Op, type TxnResult,
-  type WatchHandle, type WatchHandlers,
+  KvUnavailableError,
+  prefixEnd,
+  type Compare,
+  type Kv,
+  type KvEvent,
+  type KvItem,
+  type KvOptions,
+  type KvStatus,
+  type Lease,
+  type Op,
+  type TxnResult,
+  type WatchHandle,
+  type WatchHandlers,
 } from './kv.ts';
 
 const TARGET = { version: 'Version', create: 'Create', mod: 'Mod', value: 'Value', lease: 'Lease' } as const;
@@ -35,14 +45,21 @@ export class EtcdKv implements Kv {
       faultHandling: {
         // A member that failed three times in a row is skipped for a second, then tried again:
         // with one member that second is all a recovered etcd waits for us.
-        host: () => cockatiel.circuitBreaker(cockatiel.handleWhen(etcd3.isRecoverableError), {
-          halfOpenAfter: 1_000, breaker: new cockatiel.ConsecutiveBreaker(3),
-        }),
+        host: () =>
+          cockatiel.circuitBreaker(cockatiel.handleWhen(etcd3.isRecoverableError), {
+            halfOpenAfter: 1_000,
+            breaker: new cockatiel.ConsecutiveBreaker(3),
+          }),
         global: cockatiel.retry(cockatiel.handleWhen(etcd3.isRecoverableError), { maxAttempts: opts.endpoints.length }),
         // etcd3 uses this as a backoff factory (its type says otherwise).
         watchBackoff: new cockatiel.ExponentialBackoff({ initialDelay: 200, maxDelay: 2_000 }) as never,
       },
-      grpcOptions: { 'grpc.keepalive_time_ms': 10_000, 'grpc.keepalive_timeout_ms': 5_000, 'grpc.initial_reconnect_backoff_ms': 200, 'grpc.max_reconnect_backoff_ms': 2_000 },
+      grpcOptions: {
+        'grpc.keepalive_time_ms': 10_000,
+        'grpc.keepalive_timeout_ms': 5_000,
+        'grpc.initial_reconnect_backoff_ms': 200,
+        'grpc.max_reconnect_backoff_ms': 2_000,
+      },
     };
     this.client = new etcd3.Etcd3(o);
   }
@@ -61,34 +78,53 @@ export class EtcdKv implements Kv {
   }
 
   async list(prefix: string, opts: { keysOnly?: boolean } = {}): Promise<{ items: KvItem[]; revision: number }> {
-    const res = await this.call(`list ${prefix}`, () => this.client.kv.range({ key: Buffer.from(prefix), range_end: prefixEnd(prefix), keys_only: opts.keysOnly }));
+    const res = await this.call(`list ${prefix}`, () =>
+      this.client.kv.range({ key: Buffer.from(prefix), range_end: prefixEnd(prefix), keys_only: opts.keysOnly }),
+    );
     return { items: res.kvs.map(item), revision: Number(res.header.revision) };
   }
 
   async put(key: string, value: string, opts: { lease?: string } = {}): Promise<number> {
-    const res = await this.call(`put ${key}`, () => this.client.kv.put({ key: Buffer.from(key), value: Buffer.from(value), lease: opts.lease }));
+    const res = await this.call(`put ${key}`, () =>
+      this.client.kv.put({ key: Buffer.from(key), value: Buffer.from(value), lease: opts.lease }),
+    );
     return Number(res.header.revision);
   }
 
   async delete(key: string, opts: { prefix?: boolean } = {}): Promise<number> {
-    const res = await this.call(`delete ${key}`, () => this.client.kv.deleteRange({ key: Buffer.from(key), ...(opts.prefix ? { range_end: prefixEnd(key) } : {}) }));
+    const res = await this.call(`delete ${key}`, () =>
+      this.client.kv.deleteRange({ key: Buffer.from(key), ...(opts.prefix ? { range_end: prefixEnd(key) } : {}) }),
+    );
     return Number(res.deleted);
   }
 
   async txn(compare: Compare[], success: Op[], failure: Op[] = []): Promise<TxnResult> {
-    const res = await this.call(`transaction on ${compare[0]?.key ?? success[0]?.key}`, () => this.client.kv.txn({
-      compare: compare.map(toCompare), success: success.map(toRequestOp), failure: failure.map(toRequestOp),
-    }));
+    const res = await this.call(`transaction on ${compare[0]?.key ?? success[0]?.key}`, () =>
+      this.client.kv.txn({
+        compare: compare.map(toCompare),
+        success: success.map(toRequestOp),
+        failure: failure.map(toRequestOp),
+      }),
+    );
     const ops = res.succeeded ? success : failure;
     const gets: KvItem[][] = [];
-    res.responses.forEach((r, i) => { if (ops[i]?.type === 'get') gets.push((r.response_range?.kvs ?? []).map(item)); });
+    res.responses.forEach((r, i) => {
+      if (ops[i]?.type === 'get') gets.push((r.response_range?.kvs ?? []).map(item));
+    });
     return { succeeded: res.succeeded, revision: Number(res.header.revision), gets };
   }
 
   watch(prefix: string, fromRevision: number, h: WatchHandlers): WatchHandle {
     const w: Watcher = this.client.watch().prefix(prefix).startRevision(String(fromRevision)).watcher();
     let done = false;
-    const cancel = async () => { if (!done) { done = true; } w.removeAllListeners(); w.on('error', () => undefined); await w.cancel().catch(() => undefined); };
+    const cancel = async () => {
+      if (!done) {
+        done = true;
+      }
+      w.removeAllListeners();
+      w.on('error', () => undefined);
+      await w.cancel().catch(() => undefined);
+    };
     const broken = (err: Error) => {
       if (done) return;
       done = true;
@@ -101,7 +137,9 @@ export class EtcdKv implements Kv {
       if (done || !res.events?.length) return;
       const events: KvEvent[] = res.events.map((e) => ({
         type: e.type === 'Delete' || (e.type as unknown) === 1 ? 'delete' : 'put',
-        key: e.kv.key.toString(), value: e.kv.value?.toString() ?? '', modRevision: Number(e.kv.mod_revision),
+        key: e.kv.key.toString(),
+        value: e.kv.value?.toString() ?? '',
+        modRevision: Number(e.kv.mod_revision),
       }));
       h.events(events, Number(res.header.revision));
     });
@@ -116,7 +154,11 @@ export class EtcdKv implements Kv {
     this.leases.add(l);
     let lostFns: ((e: Error) => void)[] = [];
     let lostErr: Error | undefined;
-    l.on('lost', (err) => { lostErr = err; for (const fn of lostFns) fn(err); lostFns = []; });
+    l.on('lost', (err) => {
+      lostErr = err;
+      for (const fn of lostFns) fn(err);
+      lostFns = [];
+    });
     let id: string;
     try {
       id = await withTimeout(l.grant(), this.timeoutMs, 'lease grant');
@@ -126,7 +168,10 @@ export class EtcdKv implements Kv {
     }
     return {
       id,
-      onLost: (fn) => { if (lostErr) fn(lostErr); else lostFns.push(fn); },
+      onLost: (fn) => {
+        if (lostErr) fn(lostErr);
+        else lostFns.push(fn);
+      },
       release: () => l.release(),
       revoke: () => this.call('lease revoke', () => withTimeout(l.revoke(), this.timeoutMs, 'lease revoke')),
     };
@@ -146,8 +191,11 @@ export class EtcdKv implements Kv {
 
 function item(kv: IKeyValue): KvItem {
   return {
-    key: kv.key.toString(), value: kv.value?.toString() ?? '',
-    createRevision: Number(kv.create_revision), modRevision: Number(kv.mod_revision), lease: String(kv.lease ?? '0'),
+    key: kv.key.toString(),
+    value: kv.value?.toString() ?? '',
+    createRevision: Number(kv.create_revision),
+    modRevision: Number(kv.mod_revision),
+    lease: String(kv.lease ?? '0'),
   };
 }
 
@@ -161,9 +209,12 @@ function toCompare(c: Compare): ICompare {
 function toRequestOp(op: Op): IRequestOp {
   const key = Buffer.from(op.key);
   switch (op.type) {
-    case 'put': return { request_put: { key, value: Buffer.from(op.value), lease: op.lease } };
-    case 'delete': return { request_delete_range: { key, ...(op.prefix ? { range_end: prefixEnd(op.key) } : {}) } };
-    case 'get': return { request_range: { key, ...(op.prefix ? { range_end: prefixEnd(op.key) } : {}) } };
+    case 'put':
+      return { request_put: { key, value: Buffer.from(op.value), lease: op.lease } };
+    case 'delete':
+      return { request_delete_range: { key, ...(op.prefix ? { range_end: prefixEnd(op.key) } : {}) } };
+    case 'get':
+      return { request_range: { key, ...(op.prefix ? { range_end: prefixEnd(op.key) } : {}) } };
   }
 }
 
@@ -171,16 +222,24 @@ function unavailable(what: string, e: unknown, endpoints: string[]): Error {
   if (e instanceof KvUnavailableError) return e;
   const err = e as Error;
   // Answers of a reachable etcd that say no (bad lease, compacted, ...) are not outages.
-  const outage = err instanceof cockatiel.BrokenCircuitError || err instanceof etcd3.GRPCDeadlineExceededError || etcd3.isRecoverableError(err)
-    || /deadline|timed out|UNAVAILABLE|ECONNREFUSED|circuit breaker/i.test(`${err?.name} ${err?.message}`);
+  const outage =
+    err instanceof cockatiel.BrokenCircuitError ||
+    err instanceof etcd3.GRPCDeadlineExceededError ||
+    etcd3.isRecoverableError(err) ||
+    /deadline|timed out|UNAVAILABLE|ECONNREFUSED|circuit breaker/i.test(`${err?.name} ${err?.message}`);
   if (err && !outage) return err;
-  return new KvUnavailableError(`the cluster store (etcd at ${endpoints.join(', ')}) did not answer: ${what}: ${err?.message ?? err}`, e);
+  return new KvUnavailableError(
+    `the cluster store (etcd at ${endpoints.join(', ')}) did not answer: ${what}: ${err?.message ?? err}`,
+    e,
+  );
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   return Promise.race([
     p.finally(() => clearTimeout(timer)),
-    new Promise<never>((_, reject) => { timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms); }),
+    new Promise<never>((_, reject) => {
+      timer = setTimeout(() => reject(new Error(`${what} timed out after ${ms} ms`)), ms);
+    }),
   ]);
 }

@@ -113,7 +113,11 @@ export async function connectEtcd(opts: KvOptions): Promise<Kv> {
 export function prefixEnd(prefix: string): Buffer {
   const b = Buffer.from(prefix);
   for (let i = b.length - 1; i >= 0; i--) {
-    if (b[i] < 0xff) { const out = b.subarray(0, i + 1); out[i]++; return out; }
+    if (b[i] < 0xff) {
+      const out = b.subarray(0, i + 1);
+      out[i]++;
+      return out;
+    }
   }
   return Buffer.from([0]); // every key
 }

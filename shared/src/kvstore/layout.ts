@@ -21,12 +21,17 @@ export const ROOT = 'membrane/v1';
 const CLUSTER_NAME = /^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$/;
 const NODE_NAME = /^[A-Za-z0-9]([A-Za-z0-9._-]{0,251}[A-Za-z0-9])?$/;
 
-export function validClusterName(name: string): boolean { return CLUSTER_NAME.test(name); }
-export function validNodeName(name: string): boolean { return NODE_NAME.test(name); }
+export function validClusterName(name: string): boolean {
+  return CLUSTER_NAME.test(name);
+}
+export function validNodeName(name: string): boolean {
+  return NODE_NAME.test(name);
+}
 
 /** Key builders for one cluster. Prefixes end with '/' so "n1" never matches "n10". */
 export function layout(cluster: string) {
-  if (!validClusterName(cluster)) throw new RangeError(`cluster name "${cluster}" must be 1-32 of a-z 0-9 - (starting and ending with a letter or digit)`);
+  if (!validClusterName(cluster))
+    throw new RangeError(`cluster name "${cluster}" must be 1-32 of a-z 0-9 - (starting and ending with a letter or digit)`);
   const base = `${ROOT}/${cluster}/`;
   return {
     base,
@@ -138,5 +143,9 @@ export function encode(value: unknown): string {
 
 /** JSON value or undefined (a foreign or damaged value is skipped, never fatal). */
 export function decode<T>(text: string | Buffer): T | undefined {
-  try { return JSON.parse(text.toString()) as T; } catch { return undefined; }
+  try {
+    return JSON.parse(text.toString()) as T;
+  } catch {
+    return undefined;
+  }
 }

@@ -44,8 +44,14 @@ export class PrefixMirror<T> {
   private resolveFirst!: () => void;
   private wake?: () => void;
 
-  constructor(private readonly kv: Kv, readonly prefix: string, private readonly o: MirrorOptions<T>) {
-    this.firstSync = new Promise((r) => { this.resolveFirst = r; });
+  constructor(
+    private readonly kv: Kv,
+    readonly prefix: string,
+    private readonly o: MirrorOptions<T>,
+  ) {
+    this.firstSync = new Promise((r) => {
+      this.resolveFirst = r;
+    });
   }
 
   /** Starts the list/watch loop; resolves after the first list was applied. */
@@ -55,7 +61,9 @@ export class PrefixMirror<T> {
   }
 
   /** Resolves once the copy has been listed at least once. */
-  synced(): Promise<void> { return this.firstSync; }
+  synced(): Promise<void> {
+    return this.firstSync;
+  }
 
   async stop(): Promise<void> {
     this.stopped = true;
@@ -65,7 +73,9 @@ export class PrefixMirror<T> {
   }
 
   /** List again now (e.g. the session knows the store came back). */
-  kick(): void { this.wake?.(); }
+  kick(): void {
+    this.wake?.();
+  }
 
   private async loop(): Promise<void> {
     let delay = this.o.retryMinMs ?? 200;
@@ -75,10 +85,17 @@ export class PrefixMirror<T> {
         const t0 = performance.now();
         const { items, revision } = await this.kv.list(this.prefix);
         if (this.stopped) return;
-        this.applyList(items.map((i) => [i.key.slice(this.prefix.length), i.value]), revision);
-        void this.queue.then(() => { this.lastResync = { entries: items.length, ms: performance.now() - t0 }; });
+        this.applyList(
+          items.map((i) => [i.key.slice(this.prefix.length), i.value]),
+          revision,
+        );
+        void this.queue.then(() => {
+          this.lastResync = { entries: items.length, ms: performance.now() - t0 };
+        });
         let onBroken!: (e: Error) => void;
-        brokenP = new Promise<Error>((r) => { onBroken = r; });
+        brokenP = new Promise<Error>((r) => {
+          onBroken = r;
+        });
         this.watch = this.kv.watch(this.prefix, revision + 1, {
           events: (events, rev) => this.applyEvents(events, rev),
           broken: onBroken,
@@ -94,7 +111,12 @@ export class PrefixMirror<T> {
         delay = Math.min(delay * 2, this.o.retryMaxMs ?? 2_000);
         continue;
       }
-      const err = await Promise.race([brokenP, new Promise<Error>((r) => { this.wake = () => r(new Error('stopped')); })]);
+      const err = await Promise.race([
+        brokenP,
+        new Promise<Error>((r) => {
+          this.wake = () => r(new Error('stopped'));
+        }),
+      ]);
       this.live = false;
       if (this.stopped) return;
       this.lastError = err.message;
@@ -107,7 +129,10 @@ export class PrefixMirror<T> {
   private sleep(ms: number): Promise<void> {
     return new Promise((r) => {
       const t = setTimeout(r, ms);
-      this.wake = () => { clearTimeout(t); r(); };
+      this.wake = () => {
+        clearTimeout(t);
+        r();
+      };
     });
   }
 
@@ -120,7 +145,9 @@ export class PrefixMirror<T> {
       this.setOne(k, text, change);
     }
     for (const k of [...this.raw.keys()]) {
-      if (!seen.has(k)) { this.deleteOne(k, change); }
+      if (!seen.has(k)) {
+        this.deleteOne(k, change);
+      }
     }
     this.revision = revision;
     this.resyncs++;
@@ -156,11 +183,15 @@ export class PrefixMirror<T> {
   }
 
   private deliver(change: MirrorChange<T>): void {
-    this.queue = this.queue.then(() => this.o.onChange(change)).catch((err) => {
-      this.o.log?.warn({ prefix: this.prefix, err: (err as Error).message }, 'applying a cluster store change failed');
-    });
+    this.queue = this.queue
+      .then(() => this.o.onChange(change))
+      .catch((err) => {
+        this.o.log?.warn({ prefix: this.prefix, err: (err as Error).message }, 'applying a cluster store change failed');
+      });
   }
 
   /** Resolves when every change delivered so far has been applied. */
-  settled(): Promise<void> { return this.queue; }
+  settled(): Promise<void> {
+    return this.queue;
+  }
 }

@@ -70,27 +70,41 @@ export class Session {
       }
     }
     const every = this.o.statusIntervalMs ?? 5_000;
-    this.statusTimer = setInterval(() => { void this.probe(); }, every);
+    this.statusTimer = setInterval(() => {
+      void this.probe();
+    }, every);
     this.statusTimer.unref();
     void this.probe();
   }
 
-  get leaseId(): string | undefined { return this.lease?.id; }
+  get leaseId(): string | undefined {
+    return this.lease?.id;
+  }
 
   /** Called with the new lease id whenever a lease replaces a lost one. */
-  onNewLease(fn: (leaseId: string) => void): void { this.leaseListeners.push(fn); }
+  onNewLease(fn: (leaseId: string) => void): void {
+    this.leaseListeners.push(fn);
+  }
   /** Called when the store answers again after it did not. */
-  onReconnect(fn: () => void): void { this.reconnectListeners.push(fn); }
+  onReconnect(fn: () => void): void {
+    this.reconnectListeners.push(fn);
+  }
 
   private async newLease(): Promise<void> {
     const gen = ++this.leaseGen;
     const lease = await this.kv.grantLease(this.o.leaseTtlSeconds);
-    if (this.closed) { lease.release(); return; }
+    if (this.closed) {
+      lease.release();
+      return;
+    }
     this.lease = lease;
     this.contact();
     lease.onLost((err) => {
       if (this.closed || gen !== this.leaseGen) return;
-      this.o.log?.warn({ lease: lease.id, err: err.message }, 'cluster store lease lost; granting a new one and writing every owned key again');
+      this.o.log?.warn(
+        { lease: lease.id, err: err.message },
+        'cluster store lease lost; granting a new one and writing every owned key again',
+      );
       this.lease = undefined;
       this.noContact(err);
       void this.regrant();
@@ -138,7 +152,9 @@ export class Session {
     this.kickWriter();
   }
 
-  owns(key: string): boolean { return this.desired.has(key); }
+  owns(key: string): boolean {
+    return this.desired.has(key);
+  }
 
   /** Deletes keys under `prefix` that `mine` claims and this run does not want (left by an earlier run). */
   async reconcile(prefix: string, mine: (key: string, value: string) => boolean): Promise<number> {
@@ -180,7 +196,9 @@ export class Session {
           // Chunks of independent writes in one transaction: one round trip, one fsync.
           const ops = batch.map((k) => {
             const v = this.desired.get(k);
-            return v === undefined ? { type: 'delete' as const, key: k } : { type: 'put' as const, key: k, value: v, lease: lease.id };
+            return v === undefined
+              ? { type: 'delete' as const, key: k }
+              : { type: 'put' as const, key: k, value: v, lease: lease.id };
           });
           await this.kv.txn([], ops);
           this.contact();
@@ -200,7 +218,10 @@ export class Session {
 
   private scheduleRetry(): void {
     if (this.retryTimer || this.closed) return;
-    this.retryTimer = setTimeout(() => { this.retryTimer = undefined; this.kickWriter(); }, 500);
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.kickWriter();
+    }, 500);
     this.retryTimer.unref();
   }
 
@@ -232,15 +253,21 @@ export class Session {
     this.wasConnected = false;
   }
 
-  get connected(): boolean { return this.wasConnected; }
+  get connected(): boolean {
+    return this.wasConnected;
+  }
 
   status(): SessionStatus {
     return {
-      endpoints: this.kv.endpoints, connected: this.wasConnected,
-      leaseId: this.lease ? BigInt(this.lease.id).toString(16) : undefined, leaseTtlSeconds: this.o.leaseTtlSeconds,
-      revision: this.storeRevision, version: this.storeVersion,
+      endpoints: this.kv.endpoints,
+      connected: this.wasConnected,
+      leaseId: this.lease ? BigInt(this.lease.id).toString(16) : undefined,
+      leaseTtlSeconds: this.o.leaseTtlSeconds,
+      revision: this.storeRevision,
+      version: this.storeVersion,
       lastContactMs: this.lastContact === undefined ? undefined : Date.now() - this.lastContact,
-      pendingWrites: this.dirty.size, lastError: this.lastError,
+      pendingWrites: this.dirty.size,
+      lastError: this.lastError,
     };
   }
 

@@ -29,8 +29,12 @@ export function l7Summary(r: L7Record): string {
 }
 
 export function l7Flow(r: L7Record, ctx: FlowContext): Flow {
-  const client = side(r.src.endpoint ? ctx.endpointById(r.src.endpoint) : undefined, r.src.identity, ctx)?.endpoint ?? { identity: r.src.identity };
-  const server = side(r.dst.endpoint ? ctx.endpointById(r.dst.endpoint) : undefined, r.dst.identity, ctx)?.endpoint ?? { identity: r.dst.identity };
+  const client = side(r.src.endpoint ? ctx.endpointById(r.src.endpoint) : undefined, r.src.identity, ctx)?.endpoint ?? {
+    identity: r.src.identity,
+  };
+  const server = side(r.dst.endpoint ? ctx.endpointById(r.dst.endpoint) : undefined, r.dst.identity, ctx)?.endpoint ?? {
+    identity: r.dst.identity,
+  };
   const request = r.kind === 'request';
   const ms = Math.floor(r.timeMs);
   const flow: Flow = {
@@ -40,7 +44,11 @@ export function l7Flow(r: L7Record, ctx: FlowContext): Flow {
     IP: request
       ? { source: r.src.ip, destination: r.dst.ip, ipVersion: r.src.ip.includes(':') ? 'IPv6' : 'IPv4' }
       : { source: r.dst.ip, destination: r.src.ip, ipVersion: r.src.ip.includes(':') ? 'IPv6' : 'IPv4' },
-    l4: { TCP: request ? { sourcePort: r.src.port, destinationPort: r.dst.port } : { sourcePort: r.dst.port, destinationPort: r.src.port } },
+    l4: {
+      TCP: request
+        ? { sourcePort: r.src.port, destinationPort: r.dst.port }
+        : { sourcePort: r.dst.port, destinationPort: r.src.port },
+    },
     source: request ? client : server,
     destination: request ? server : client,
     Type: 'L7',
@@ -52,19 +60,36 @@ export function l7Flow(r: L7Record, ctx: FlowContext): Flow {
     },
     eventType: { type: MessageType.L7 },
     // The end whose policy sent the connection to the proxy (the server's when both did).
-    trafficDirection: r.sides.some((s) => s.direction === 'ingress') ? 'INGRESS' : r.sides.length ? 'EGRESS' : 'TRAFFIC_DIRECTION_UNKNOWN',
+    trafficDirection: r.sides.some((s) => s.direction === 'ingress')
+      ? 'INGRESS'
+      : r.sides.length
+        ? 'EGRESS'
+        : 'TRAFFIC_DIRECTION_UNKNOWN',
     isReply: request ? {} : { value: true },
   };
   for (const s of r.sides) {
     if (!s.ruleId) continue;
     const p: FlowPolicy = policyOf(s.ruleId, ruleOf(s.ruleId, ctx));
     if (s.httpRule) p.membraneRulePath = s.httpRule;
-    const key = s.direction === 'egress' ? (s.allowed ? 'egressAllowedBy' : 'egressDeniedBy') : (s.allowed ? 'ingressAllowedBy' : 'ingressDeniedBy');
+    const key =
+      s.direction === 'egress'
+        ? s.allowed
+          ? 'egressAllowedBy'
+          : 'egressDeniedBy'
+        : s.allowed
+          ? 'ingressAllowedBy'
+          : 'ingressDeniedBy';
     (flow[key] ??= []).push(p);
   }
-  const why = r.verdict === 'denied'
-    ? `; denied by ${r.sides.filter((s) => !s.allowed).map((s) => `${s.direction} HTTP rules${s.ruleId ? ` of ${ruleOf(s.ruleId, ctx)?.policy ?? `rule ${s.ruleId}`}` : ''}`).join(', ')}`
-    : r.verdict === 'error' ? `; ${r.reason ?? 'error'}` : '';
+  const why =
+    r.verdict === 'denied'
+      ? `; denied by ${r.sides
+          .filter((s) => !s.allowed)
+          .map((s) => `${s.direction} HTTP rules${s.ruleId ? ` of ${ruleOf(s.ruleId, ctx)?.policy ?? `rule ${s.ruleId}`}` : ''}`)
+          .join(', ')}`
+      : r.verdict === 'error'
+        ? `; ${r.reason ?? 'error'}`
+        : '';
   flow.Summary = l7Summary(r) + why;
   return flow;
 }

@@ -20,7 +20,10 @@ import { encodeFrame, FrameReader, type AgentMessage, type WorkerMessage } from 
 import type { ProxySnapshot } from './proxy/snapshot.ts';
 import { pickProxyPort, portFree } from './proxy/sockets.ts';
 
-export interface WorkerCommand { execPath: string; args: string[] }
+export interface WorkerCommand {
+  execPath: string;
+  args: string[];
+}
 
 export interface ProxyManagerOptions {
   stateDir: string;
@@ -63,7 +66,10 @@ export class ProxyManager {
   private timer?: NodeJS.Timeout;
   private idleSince?: number;
 
-  private constructor(private readonly o: ProxyManagerOptions, readonly port: number) {
+  private constructor(
+    private readonly o: ProxyManagerOptions,
+    readonly port: number,
+  ) {
     this.dir = path.join(o.stateDir, 'l7');
     this.workers = Array.from({ length: o.workers }, (_, index) => ({ index, restarts: 0 }));
   }
@@ -72,7 +78,11 @@ export class ProxyManager {
     const dir = path.join(o.stateDir, 'l7');
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     const m = new ProxyManager(o, ProxyManager.choosePort(o, dir));
-    m.server = await listenUnix(net.createServer((s) => m.onWorker(s)), path.join(dir, 'control.sock'), { mode: 0o600, who: 'another agent' });
+    m.server = await listenUnix(
+      net.createServer((s) => m.onWorker(s)),
+      path.join(dir, 'control.sock'),
+      { mode: 0o600, who: 'another agent' },
+    );
     // Supervision: spawn what is missing (after giving running workers a moment to reconnect).
     m.timer = setInterval(() => m.reconcile(), 500);
     m.timer.unref();
@@ -82,9 +92,14 @@ export class ProxyManager {
   /** The kept port, unless another process holds it while none of our workers runs. */
   private static choosePort(o: ProxyManagerOptions, dir: string): number {
     const file = path.join(dir, 'port');
-    if (o.port) { fs.writeFileSync(file, `${o.port}\n`); return o.port; }
+    if (o.port) {
+      fs.writeFileSync(file, `${o.port}\n`);
+      return o.port;
+    }
     const kept = Number(fs.existsSync(file) ? fs.readFileSync(file, 'utf8').trim() : 0);
-    const ours = Array.from({ length: o.workers }, (_, i) => pidFromFile(path.join(dir, `worker-${i}.pid`))).some((pid) => pid && alive(pid));
+    const ours = Array.from({ length: o.workers }, (_, i) => pidFromFile(path.join(dir, `worker-${i}.pid`))).some(
+      (pid) => pid && alive(pid),
+    );
     if (kept && (ours || portFree(kept))) return kept;
     const port = pickProxyPort(portFree);
     fs.writeFileSync(file, `${port}\n`);
@@ -95,7 +110,11 @@ export class ProxyManager {
   update(snapshot: ProxySnapshot): void {
     this.snapshot = snapshot;
     const wanted = snapshot.policies.length > 0;
-    if (wanted !== this.wanted) this.o.log.info({ port: this.port, workers: this.o.workers }, wanted ? 'L7 proxy needed: starting workers' : 'no L7 rules left: stopping the L7 proxy workers');
+    if (wanted !== this.wanted)
+      this.o.log.info(
+        { port: this.port, workers: this.o.workers },
+        wanted ? 'L7 proxy needed: starting workers' : 'no L7 rules left: stopping the L7 proxy workers',
+      );
     this.wanted = wanted;
     this.idleSince = wanted ? undefined : (this.idleSince ?? Date.now());
     const frame = encodeFrame({ t: 'policy', snapshot });
@@ -105,28 +124,53 @@ export class ProxyManager {
 
   private onWorker(s: net.Socket): void {
     let w: WorkerState | undefined;
-    const reader = new FrameReader<WorkerMessage>((m) => {
-      if (m.t === 'hello') {
-        w = this.workers[m.index];
-        if (!w || m.port !== this.port) { this.send(s, { t: 'stop', drainMs: STOP_DRAIN_MS }); s.end(); return; }
-        if (w.conn && w.conn !== s) { w.conn.destroy(); }
-        w.conn = s;
-        w.pid = m.pid;
-        w.spawnedAt ??= Date.now(); // adopted: its age counts from now
-        w.version = m.version;
-        fs.writeFileSync(this.pidFile(w.index), `${m.pid}\n`);
-        this.o.log.info({ worker: m.index, pid: m.pid, version: m.version }, 'L7 proxy worker connected');
-        if (this.snapshot) this.send(s, { t: 'policy', snapshot: this.snapshot });
-        if (m.version !== this.o.version) this.o.log.warn({ worker: m.index, version: m.version }, 'L7 proxy worker of another version adopted; it is replaced when it restarts');
-      } else if (m.t === 'stats' && w) {
-        w.stats = m;
-      }
-    }, (batch) => { if (w) this.o.onRecords(batch); });
+    const reader = new FrameReader<WorkerMessage>(
+      (m) => {
+        if (m.t === 'hello') {
+          w = this.workers[m.index];
+          if (!w || m.port !== this.port) {
+            this.send(s, { t: 'stop', drainMs: STOP_DRAIN_MS });
+            s.end();
+            return;
+          }
+          if (w.conn && w.conn !== s) {
+            w.conn.destroy();
+          }
+          w.conn = s;
+          w.pid = m.pid;
+          w.spawnedAt ??= Date.now(); // adopted: its age counts from now
+          w.version = m.version;
+          fs.writeFileSync(this.pidFile(w.index), `${m.pid}\n`);
+          this.o.log.info({ worker: m.index, pid: m.pid, version: m.version }, 'L7 proxy worker connected');
+          if (this.snapshot) this.send(s, { t: 'policy', snapshot: this.snapshot });
+          if (m.version !== this.o.version)
+            this.o.log.warn(
+              { worker: m.index, version: m.version },
+              'L7 proxy worker of another version adopted; it is replaced when it restarts',
+            );
+        } else if (m.t === 'stats' && w) {
+          w.stats = m;
+        }
+      },
+      (batch) => {
+        if (w) this.o.onRecords(batch);
+      },
+    );
     s.on('data', (d: Buffer) => {
-      try { reader.push(d); } catch (err) { this.o.log.warn({ err }, 'bad frame from an L7 proxy worker'); s.destroy(); }
+      try {
+        reader.push(d);
+      } catch (err) {
+        this.o.log.warn({ err }, 'bad frame from an L7 proxy worker');
+        s.destroy();
+      }
     });
     s.on('error', () => undefined);
-    s.on('close', () => { if (w?.conn === s) { w.conn = undefined; w.stats = undefined; } });
+    s.on('close', () => {
+      if (w?.conn === s) {
+        w.conn = undefined;
+        w.stats = undefined;
+      }
+    });
   }
 
   private send(s: net.Socket, m: AgentMessage): void {
@@ -154,15 +198,32 @@ export class ProxyManager {
   }
 
   private spawnWorker(w: WorkerState): void {
-    if (w.pid && alive(w.pid)) { try { process.kill(w.pid, 'SIGKILL'); } catch { /* gone */ } } // hung: never connected
+    if (w.pid && alive(w.pid)) {
+      try {
+        process.kill(w.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    } // hung: never connected
     const log = fs.openSync(path.join(this.dir, `worker-${w.index}.log`), 'a');
     const env = { ...process.env };
     delete env.NODE_EXTRA_CA_CERTS;
-    const child = spawn(this.o.command.execPath, [
-      '--enable-experimental-regexp-engine-on-excessive-backtracks',
-      ...this.o.command.args,
-      '--control', path.join(this.dir, 'control.sock'), '--port', String(this.port), '--index', String(w.index), '--watch', this.dir,
-    ], { detached: true, stdio: ['ignore', log, log], env });
+    const child = spawn(
+      this.o.command.execPath,
+      [
+        '--enable-experimental-regexp-engine-on-excessive-backtracks',
+        ...this.o.command.args,
+        '--control',
+        path.join(this.dir, 'control.sock'),
+        '--port',
+        String(this.port),
+        '--index',
+        String(w.index),
+        '--watch',
+        this.dir,
+      ],
+      { detached: true, stdio: ['ignore', log, log], env },
+    );
     fs.closeSync(log);
     child.unref();
     if (w.spawnedAt) w.restarts++;
@@ -185,11 +246,27 @@ export class ProxyManager {
     return path.join(this.dir, `worker-${index}.pid`);
   }
 
-  status(): { port: number; running: boolean; workers: { index: number; pid?: number; connected: boolean; restarts: number; connections?: number; requests?: number; rssBytes?: number }[] } {
+  status(): {
+    port: number;
+    running: boolean;
+    workers: {
+      index: number;
+      pid?: number;
+      connected: boolean;
+      restarts: number;
+      connections?: number;
+      requests?: number;
+      rssBytes?: number;
+    }[];
+  } {
     return {
-      port: this.port, running: this.workers.some((w) => w.conn),
+      port: this.port,
+      running: this.workers.some((w) => w.conn),
       workers: this.workers.map((w) => ({
-        index: w.index, ...(w.pid ? { pid: w.pid } : {}), connected: !!w.conn, restarts: w.restarts,
+        index: w.index,
+        ...(w.pid ? { pid: w.pid } : {}),
+        connected: !!w.conn,
+        restarts: w.restarts,
         ...(w.stats ? { connections: w.stats.connections, requests: w.stats.requests, rssBytes: w.stats.rssBytes } : {}),
       })),
     };
@@ -206,9 +283,19 @@ export class ProxyManager {
 }
 
 function pidFromFile(file: string): number | undefined {
-  try { const n = Number(fs.readFileSync(file, 'utf8').trim()); return n > 0 ? n : undefined; } catch { return undefined; }
+  try {
+    const n = Number(fs.readFileSync(file, 'utf8').trim());
+    return n > 0 ? n : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 function alive(pid: number): boolean {
-  try { process.kill(pid, 0); return true; } catch { return false; }
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
 }

@@ -18,7 +18,12 @@ export interface L7Metrics {
   observe(batch: Buffer, off: number, endpointName: (id: number) => string): void;
 }
 
-interface LatencySeries { endpoint: string; buckets: number[]; sum: number; count: number }
+interface LatencySeries {
+  endpoint: string;
+  buckets: number[];
+  sum: number;
+  count: number;
+}
 
 /** A histogram by endpoint in the shape the registry reads from its metrics (name, help, type and
  *  the sample values, as prom-client's own Histogram hands them over). */
@@ -33,7 +38,10 @@ class LatencyHistogram {
     let s = this.series.get(endpoint);
     if (!s) {
       if (this.series.size >= MAX_ENDPOINT_SERIES) this.series.clear();
-      this.series.set(endpoint, (s = { endpoint: endpointName(endpoint), buckets: new Array(L7_LATENCY_BUCKETS.length).fill(0), sum: 0, count: 0 }));
+      this.series.set(
+        endpoint,
+        (s = { endpoint: endpointName(endpoint), buckets: new Array(L7_LATENCY_BUCKETS.length).fill(0), sum: 0, count: 0 }),
+      );
     }
     let i = 0;
     while (i < L7_LATENCY_BUCKETS.length && seconds > L7_LATENCY_BUCKETS[i]) i++;
@@ -42,7 +50,13 @@ class LatencyHistogram {
     s.count++;
   }
 
-  get(): { name: string; help: string; type: string; aggregator: string; values: { metricName: string; labels: Record<string, string | number>; value: number }[] } {
+  get(): {
+    name: string;
+    help: string;
+    type: string;
+    aggregator: string;
+    values: { metricName: string; labels: Record<string, string | number>; value: number }[];
+  } {
     const values: { metricName: string; labels: Record<string, string | number>; value: number }[] = [];
     for (const s of this.series.values()) {
       let cumulative = 0;
@@ -68,15 +82,20 @@ export function registerL7Metrics(registry: Registry): L7Metrics {
   const pending = new Map<number, number>();
   const children = new Map<number, Counter.Internal>();
   new Counter({
-    name: 'membrane_l7_requests_total', help: 'HTTP requests through the L7 proxy, by method, response status and verdict (forwarded, denied, error)',
-    labelNames: ['method', 'status', 'verdict'] as const, registers: [registry],
+    name: 'membrane_l7_requests_total',
+    help: 'HTTP requests through the L7 proxy, by method, response status and verdict (forwarded, denied, error)',
+    labelNames: ['method', 'status', 'verdict'] as const,
+    registers: [registry],
     collect() {
       for (const [key, n] of pending) {
         let c = children.get(key);
         if (!c) {
           const mcode = Math.floor(key / 4000);
           const status = Math.floor(key / 4) % 1000;
-          children.set(key, (c = this.labels({ method: methodOfCode(mcode) || 'other', status: String(status), verdict: verdictName(key % 4) })));
+          children.set(
+            key,
+            (c = this.labels({ method: methodOfCode(mcode) || 'other', status: String(status), verdict: verdictName(key % 4) })),
+          );
         }
         c.inc(n);
       }

@@ -21,7 +21,13 @@ export function ensureProxyRouting(host: Netlink, hostDevice: string, ipv6: bool
   const lo = host.linkByName('lo');
   if (!lo) throw new Error('no loopback device: cannot route diverted packets to the L7 proxy');
   for (const family of ipv6 ? ([4, 6] as const) : ([4] as const)) {
-    host.ruleEnsure({ family, priority: PROXY_RULE_PRIORITY, mark: MARK_TO_PROXY, mask: MARK_MAGIC_MASK, table: PROXY_ROUTE_TABLE });
+    host.ruleEnsure({
+      family,
+      priority: PROXY_RULE_PRIORITY,
+      mark: MARK_TO_PROXY,
+      mask: MARK_MAGIC_MASK,
+      table: PROXY_ROUTE_TABLE,
+    });
     host.routeAdd({ dst: 'default', family, index: lo.index, table: PROXY_ROUTE_TABLE, type: RTN_LOCAL, scope: 'host' });
   }
   // Connections from outside the node to a pod's L7 port come back to the stack through the host
@@ -70,7 +76,8 @@ export function ensureTransparentSocketMark(): void {
   if (!ctx) throw new Error('nftables: cannot create a context');
   try {
     nft.bufferError(ctx);
-    if (nft.runCmd(ctx, cmds) !== 0) throw new Error(`nftables: cannot install the L7 proxy's socket mark rule: ${String(nft.getError(ctx)).trim()}`);
+    if (nft.runCmd(ctx, cmds) !== 0)
+      throw new Error(`nftables: cannot install the L7 proxy's socket mark rule: ${String(nft.getError(ctx)).trim()}`);
   } finally {
     nft.free(ctx);
   }

@@ -18,24 +18,37 @@ export const CRI_PROTO = {
               },
             },
             PodSandboxMetadata: {
-              fields: { name: { type: 'string', id: 1 }, uid: { type: 'string', id: 2 }, namespace: { type: 'string', id: 3 }, attempt: { type: 'uint32', id: 4 } },
+              fields: {
+                name: { type: 'string', id: 1 },
+                uid: { type: 'string', id: 2 },
+                namespace: { type: 'string', id: 3 },
+                attempt: { type: 'uint32', id: 4 },
+              },
             },
             PodSandboxState: { values: { SANDBOX_READY: 0, SANDBOX_NOTREADY: 1 } },
             PodSandboxStatusRequest: { fields: { podSandboxId: { type: 'string', id: 1 }, verbose: { type: 'bool', id: 2 } } },
             PodSandboxStatus: {
               fields: {
-                id: { type: 'string', id: 1 }, metadata: { type: 'PodSandboxMetadata', id: 2 }, state: { type: 'PodSandboxState', id: 3 },
-                labels: map(7), annotations: map(8),
+                id: { type: 'string', id: 1 },
+                metadata: { type: 'PodSandboxMetadata', id: 2 },
+                state: { type: 'PodSandboxState', id: 3 },
+                labels: map(7),
+                annotations: map(8),
               },
             },
             PodSandboxStatusResponse: { fields: { status: { type: 'PodSandboxStatus', id: 1 } } },
             PodSandboxStateValue: { fields: { state: { type: 'PodSandboxState', id: 1 } } },
-            PodSandboxFilter: { fields: { id: { type: 'string', id: 1 }, state: { type: 'PodSandboxStateValue', id: 2 }, labelSelector: map(3) } },
+            PodSandboxFilter: {
+              fields: { id: { type: 'string', id: 1 }, state: { type: 'PodSandboxStateValue', id: 2 }, labelSelector: map(3) },
+            },
             ListPodSandboxRequest: { fields: { filter: { type: 'PodSandboxFilter', id: 1 } } },
             PodSandbox: {
               fields: {
-                id: { type: 'string', id: 1 }, metadata: { type: 'PodSandboxMetadata', id: 2 }, state: { type: 'PodSandboxState', id: 3 },
-                labels: map(5), annotations: map(6),
+                id: { type: 'string', id: 1 },
+                metadata: { type: 'PodSandboxMetadata', id: 2 },
+                state: { type: 'PodSandboxState', id: 3 },
+                labels: map(5),
+                annotations: map(6),
               },
             },
             ListPodSandboxResponse: { fields: { items: { rule: 'repeated', type: 'PodSandbox', id: 1 } } },

@@ -61,10 +61,15 @@ export class CriLabels implements RuntimeSource {
     if (!ep.metadata?.[POD_NAMESPACE_METADATA] || !ep.metadata[POD_NAME_METADATA]) return false;
     try {
       if (fs.statSync(this.o.socket).isSocket()) return true;
-    } catch { /* absent */ }
+    } catch {
+      /* absent */
+    }
     if (!this.warned) {
       this.warned = true;
-      this.o.log.warn({ socket: this.o.socket }, 'no CRI runtime socket: pods get their namespace as their only k8s: label (set --cri-socket)');
+      this.o.log.warn(
+        { socket: this.o.socket },
+        'no CRI runtime socket: pods get their namespace as their only k8s: label (set --cri-socket)',
+      );
     }
     return false;
   }
@@ -84,7 +89,12 @@ export class CriLabels implements RuntimeSource {
   }
 
   status(): Record<string, unknown> {
-    return { socket: this.o.socket, pods: this.watched.size, waiting: [...this.watched.values()].filter((w) => w.reported === undefined).length, ...this.counters };
+    return {
+      socket: this.o.socket,
+      pods: this.watched.size,
+      waiting: [...this.watched.values()].filter((w) => w.reported === undefined).length,
+      ...this.counters,
+    };
   }
 
   async close(): Promise<void> {
@@ -97,21 +107,31 @@ export class CriLabels implements RuntimeSource {
 
   /** Asks for one sandbox until it answers: 25 ms apart, doubling up to 1 s. */
   private waitFor(key: string, w: Watched, attempt: number, delayMs: number): void {
-    const t = setTimeout(async () => {
-      this.waiters.delete(t);
-      if (this.closed || this.watched.get(key) !== w) return;
-      const sb = await this.sandbox(w.sandboxId);
-      if (this.closed || this.watched.get(key) !== w) return;
-      if (sb) { await this.report(w, sb); return; }
-      this.waitFor(key, w, attempt + 1, Math.min(delayMs * 2, 1000));
-    }, attempt === 0 ? 0 : delayMs);
+    const t = setTimeout(
+      async () => {
+        this.waiters.delete(t);
+        if (this.closed || this.watched.get(key) !== w) return;
+        const sb = await this.sandbox(w.sandboxId);
+        if (this.closed || this.watched.get(key) !== w) return;
+        if (sb) {
+          await this.report(w, sb);
+          return;
+        }
+        this.waitFor(key, w, attempt + 1, Math.min(delayMs * 2, 1000));
+      },
+      attempt === 0 ? 0 : delayMs,
+    );
     t.unref?.();
     this.waiters.add(t);
   }
 
   private async report(w: Watched, sb: Sandbox): Promise<void> {
     const { labels, dropped } = runtimeLabels(sb.labels, 'k8s');
-    if (dropped.length && w.reported === undefined) this.o.log.warn({ sandbox: w.sandboxId, dropped }, 'pod labels that may not set security identity were dropped (namespace, reserved and Cilium-derived keys)');
+    if (dropped.length && w.reported === undefined)
+      this.o.log.warn(
+        { sandbox: w.sandboxId, dropped },
+        'pod labels that may not set security identity were dropped (namespace, reserved and Cilium-derived keys)',
+      );
     const text = canonical(labels);
     if (w.reported === text) return;
     if (w.reported !== undefined) this.counters.changes++;
@@ -158,20 +178,36 @@ export class CriLabels implements RuntimeSource {
   private call<T>(rpc: string, req: object): Promise<T> {
     const c = this.connect();
     return new Promise((resolve, reject) => {
-      c[rpc].call(c, req, { deadline: new Date(Date.now() + (this.o.callTimeoutMs ?? 2000)) }, (err, res) => (err ? reject(err) : resolve(res as T)));
+      c[rpc].call(c, req, { deadline: new Date(Date.now() + (this.o.callTimeoutMs ?? 2000)) }, (err, res) =>
+        err ? reject(err) : resolve(res as T),
+      );
     });
   }
 
   private connect(): grpc.Client & Record<string, Rpc> {
     if (this.client) return this.client;
-    const def = protoLoader.fromJSON(CRI_PROTO as unknown as Parameters<typeof protoLoader.fromJSON>[0], { keepCase: false, longs: String, enums: String, defaults: false });
-    const pkg = grpc.loadPackageDefinition(def) as unknown as { runtime: { v1: { RuntimeService: grpc.ServiceClientConstructor } } };
-    this.client = new pkg.runtime.v1.RuntimeService(`unix://${this.o.socket}`, grpc.credentials.createInsecure()) as unknown as grpc.Client & Record<string, Rpc>;
+    const def = protoLoader.fromJSON(CRI_PROTO as unknown as Parameters<typeof protoLoader.fromJSON>[0], {
+      keepCase: false,
+      longs: String,
+      enums: String,
+      defaults: false,
+    });
+    const pkg = grpc.loadPackageDefinition(def) as unknown as {
+      runtime: { v1: { RuntimeService: grpc.ServiceClientConstructor } };
+    };
+    this.client = new pkg.runtime.v1.RuntimeService(
+      `unix://${this.o.socket}`,
+      grpc.credentials.createInsecure(),
+    ) as unknown as grpc.Client & Record<string, Rpc>;
     return this.client;
   }
 }
 
 /** The pod labels of a set (k8s: without the namespace, which comes from CNI_ARGS), as text. */
 function canonical(labels: Labels): string {
-  return Object.keys(labels).filter((k) => k.startsWith('k8s:') && k !== POD_NAMESPACE_METADATA).sort().map((k) => `${k}=${labels[k]}`).join('\n');
+  return Object.keys(labels)
+    .filter((k) => k.startsWith('k8s:') && k !== POD_NAMESPACE_METADATA)
+    .sort()
+    .map((k) => `${k}=${labels[k]}`)
+    .join('\n');
 }

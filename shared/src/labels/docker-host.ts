@@ -18,7 +18,8 @@ export function parseDockerHost(value: string): DockerApiTarget {
   if (!m) throw new RangeError(`DOCKER_HOST "${value}" is not unix:///path or tcp://host:port`);
   const [, scheme, rest] = m;
   if (scheme === 'unix') {
-    if (!rest.startsWith('/')) throw new RangeError(`DOCKER_HOST "${value}": a unix socket needs an absolute path (unix:///run/docker.sock)`);
+    if (!rest.startsWith('/'))
+      throw new RangeError(`DOCKER_HOST "${value}": a unix socket needs an absolute path (unix:///run/docker.sock)`);
     return { socketPath: rest };
   }
   if (scheme === 'tcp' || scheme === 'http') {
@@ -28,7 +29,9 @@ export function parseDockerHost(value: string): DockerApiTarget {
     if (port < 1 || port > 65535) throw new RangeError(`DOCKER_HOST "${value}": port ${port} is out of range`);
     return { host: hp[1], port };
   }
-  throw new RangeError(`DOCKER_HOST "${value}": ${scheme}:// is not supported by the agent (use unix:// or tcp://, or --docker-socket)`);
+  throw new RangeError(
+    `DOCKER_HOST "${value}": ${scheme}:// is not supported by the agent (use unix:// or tcp://, or --docker-socket)`,
+  );
 }
 
 /** The agent's Docker API: an explicit socket wins, then DOCKER_HOST, then the default socket. */

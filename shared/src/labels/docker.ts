@@ -70,7 +70,8 @@ export class DockerLabels implements RuntimeSource {
     if (!ep.docker) return;
     this.watched.set(keyOf(ep.docker.endpointId, ep.ifName), {
       ep: { endpointId: ep.docker.endpointId, networkId: ep.docker.networkId, ifName: ep.ifName },
-      ...(ep.containerId ? { containerId: ep.containerId } : {}), sink,
+      ...(ep.containerId ? { containerId: ep.containerId } : {}),
+      sink,
     });
     void this.start();
     // Restored with its container known: its labels and name may have changed while we were away.
@@ -84,7 +85,13 @@ export class DockerLabels implements RuntimeSource {
 
   status(): Record<string, unknown> {
     const waiting = [...this.watched.values()].filter((w) => !w.containerId).length;
-    return { target: describeTarget(this.o.target), connected: this.connected, endpoints: this.watched.size, waiting, ...this.counters };
+    return {
+      target: describeTarget(this.o.target),
+      connected: this.connected,
+      endpoints: this.watched.size,
+      waiting,
+      ...this.counters,
+    };
   }
 
   async close(): Promise<void> {
@@ -122,14 +129,26 @@ export class DockerLabels implements RuntimeSource {
       if (!c) return; // removed meanwhile
       const name = (c.Names?.[0] ?? '').replace(/^\//, '');
       const { labels, dropped } = runtimeLabels(c.Labels, 'container');
-      if (dropped.length) this.o.log.warn({ container: name, dropped }, 'container labels that may not set security identity were dropped (namespace, reserved and Cilium-derived keys)');
+      if (dropped.length)
+        this.o.log.warn(
+          { container: name, dropped },
+          'container labels that may not set security identity were dropped (namespace, reserved and Cilium-derived keys)',
+        );
       for (const w of [...this.watched.values()].filter((x) => x.containerId === c.Id)) {
-        await w.sink.found({ attachment: w.ep.endpointId, ifName: w.ep.ifName, source: 'container', labels, container: { id: c.Id, name } });
+        await w.sink.found({
+          attachment: w.ep.endpointId,
+          ifName: w.ep.ifName,
+          source: 'container',
+          labels,
+          container: { id: c.Id, name },
+        });
       }
-    })().catch((err) => {
-      this.counters.errors++;
-      this.o.log.debug({ err: (err as Error).message, container: containerId }, 'cannot read a container from the Docker API');
-    }).finally(() => this.inflight.delete(containerId));
+    })()
+      .catch((err) => {
+        this.counters.errors++;
+        this.o.log.debug({ err: (err as Error).message, container: containerId }, 'cannot read a container from the Docker API');
+      })
+      .finally(() => this.inflight.delete(containerId));
     this.inflight.set(containerId, job);
     return job;
   }
@@ -143,7 +162,10 @@ export class DockerLabels implements RuntimeSource {
   /** dockerd connected container X to network N (right after Join). */
   private connectedTo(networkId: string, containerId: string): void {
     const onNet = [...this.watched.values()].filter((w) => w.ep.networkId === networkId);
-    if (onNet.some((w) => w.containerId === containerId)) { void this.resolve(containerId); return; }
+    if (onNet.some((w) => w.containerId === containerId)) {
+      void this.resolve(containerId);
+      return;
+    }
     const waiting = onNet.filter((w) => !w.containerId);
     if (waiting.length === 1) this.claim(waiting[0], containerId);
     else this.scheduleSync(0);
@@ -173,7 +195,10 @@ export class DockerLabels implements RuntimeSource {
       const nets = new Set([...this.watched.values()].filter((w) => !w.containerId).map((w) => w.ep.networkId));
       if (!nets.size || !this.api) return;
       void (async () => {
-        for (const n of nets) await this.syncNetwork(n).catch(() => { this.counters.errors++; });
+        for (const n of nets)
+          await this.syncNetwork(n).catch(() => {
+            this.counters.errors++;
+          });
         if ([...this.watched.values()].some((w) => !w.containerId)) this.scheduleSync();
       })();
     }, delayMs);
@@ -193,7 +218,10 @@ export class DockerLabels implements RuntimeSource {
         const stream = await this.events!.getEvents({
           filters: { type: ['network', 'container'], event: ['connect', 'create', 'rename', 'start'] },
         });
-        if (this.stopped) { (stream as unknown as { destroy(): void }).destroy(); break; }
+        if (this.stopped) {
+          (stream as unknown as { destroy(): void }).destroy();
+          break;
+        }
         this.stream = stream;
         this.connected = true;
         if (warned) this.o.log.info({ docker: describeTarget(this.o.target) }, 'connected to the Docker API');
@@ -204,7 +232,11 @@ export class DockerLabels implements RuntimeSource {
         await ended;
       } catch (err) {
         if (this.stopped) break;
-        if (!warned) this.o.log.warn({ docker: describeTarget(this.o.target), err: (err as Error).message }, 'Docker API unreachable: Docker endpoints keep identity init until it answers');
+        if (!warned)
+          this.o.log.warn(
+            { docker: describeTarget(this.o.target), err: (err as Error).message },
+            'Docker API unreachable: Docker endpoints keep identity init until it answers',
+          );
         warned = true;
       } finally {
         this.stream = null;
@@ -212,8 +244,14 @@ export class DockerLabels implements RuntimeSource {
       }
       if (this.stopped) break;
       await new Promise<void>((resolve) => {
-        const t = setTimeout(() => { this.wake = null; resolve(); }, delay);
-        this.wake = () => { clearTimeout(t); resolve(); };
+        const t = setTimeout(() => {
+          this.wake = null;
+          resolve();
+        }, delay);
+        this.wake = () => {
+          clearTimeout(t);
+          resolve();
+        };
       });
       delay = Math.min(delay * 2, 10_000);
     }
@@ -239,7 +277,11 @@ export class DockerLabels implements RuntimeSource {
 
   private onEvent(line: string): void {
     let ev: { Type?: string; Action?: string; Actor?: { ID?: string; Attributes?: Record<string, string> } };
-    try { ev = JSON.parse(line); } catch { return; }
+    try {
+      ev = JSON.parse(line);
+    } catch {
+      return;
+    }
     this.counters.events++;
     const actor = ev.Actor?.ID ?? '';
     const attrs = ev.Actor?.Attributes ?? {};

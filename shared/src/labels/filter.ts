@@ -31,13 +31,24 @@ export const DEFAULT_LABEL_FILTER = [
   // kubernetes.io exclusion below would catch them.
   'app\\.kubernetes\\.io',
   // Kubernetes' per-pod bookkeeping: pod name and uid, hashes of the pod template, indexes.
-  '!io\\.kubernetes\\.', '!kubernetes\\.io/', '!statefulset\\.kubernetes\\.io/pod-name', '!apps\\.kubernetes\\.io/pod-index',
-  '!batch\\.kubernetes\\.io/', '!controller-uid', '!job-name', '!.*beta\\.kubernetes\\.io', '!k8s\\.io/',
-  '!pod-template-generation$', '!pod-template-hash$', '!controller-revision-hash$', '!annotation\\.',
+  '!io\\.kubernetes\\.',
+  '!kubernetes\\.io/',
+  '!statefulset\\.kubernetes\\.io/pod-name',
+  '!apps\\.kubernetes\\.io/pod-index',
+  '!batch\\.kubernetes\\.io/',
+  '!controller-uid',
+  '!job-name',
+  '!.*beta\\.kubernetes\\.io',
+  '!k8s\\.io/',
+  '!pod-template-generation$',
+  '!pod-template-hash$',
+  '!controller-revision-hash$',
+  '!annotation\\.',
   // Docker Compose's per-container labels (the replica number, hashes of the configuration and image).
   '!com\\.docker\\.compose\\.(container-number|config-hash|image|replace)$',
   // Per-container labels older Membrane versions wrote for Docker endpoints.
-  '!docker:container-(id|name)$', '!docker:network-name$',
+  '!docker:container-(id|name)$',
+  '!docker:network-name$',
 ].join(' ');
 
 /** Parses a filter: patterns separated by spaces or commas. Throws RangeError naming a bad pattern. */
@@ -49,7 +60,11 @@ export function parseLabelFilter(text: string): LabelFilter {
     const { source, key } = splitKey(body);
     if (!key) throw new RangeError(`label filter pattern "${raw}" has no key pattern`);
     let regex: RegExp;
-    try { regex = new RegExp(`^(?:${key})`); } catch (e) { throw new RangeError(`label filter pattern "${raw}" is not a valid regular expression: ${(e as Error).message}`); }
+    try {
+      regex = new RegExp(`^(?:${key})`);
+    } catch (e) {
+      throw new RangeError(`label filter pattern "${raw}" is not a valid regular expression: ${(e as Error).message}`);
+    }
     patterns.push({ exclude, source, regex, text: raw });
   }
   return { patterns, text };

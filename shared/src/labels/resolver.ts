@@ -79,14 +79,23 @@ export class LabelResolver {
 
   /** The labels an endpoint starts with, and the runtime that still owes the rest. Throws bad_request
    *  naming the first label a caller may not set (nothing has been done yet). */
-  initial(req: EndpointRequest, caller: 'cni' | 'api' = req.metadata?.['cni:plugin'] ? 'cni' : 'api'): { labels: Labels; pending?: PendingSource } {
+  initial(
+    req: EndpointRequest,
+    caller: 'cni' | 'api' = req.metadata?.['cni:plugin'] ? 'cni' : 'api',
+  ): { labels: Labels; pending?: PendingSource } {
     const own = callerLabels(req.labels, caller);
     if (own.problems.length) {
       const p = own.problems[0];
-      throw new MembraneError('bad_request', `label ${p.message}${own.problems.length > 1 ? ` (and ${own.problems.length - 1} more)` : ''}`, { field: `labels.${p.key}` });
+      throw new MembraneError(
+        'bad_request',
+        `label ${p.message}${own.problems.length > 1 ? ` (and ${own.problems.length - 1} more)` : ''}`,
+        { field: `labels.${p.key}` },
+      );
     }
     const labels = { ...own.labels, ...podLabels(req.metadata) };
-    const source = this.o.sources.find((s) => s.owns({ docker: req.docker, metadata: req.metadata ?? {}, containerId: req.containerId }));
+    const source = this.o.sources.find((s) =>
+      s.owns({ docker: req.docker, metadata: req.metadata ?? {}, containerId: req.containerId }),
+    );
     return source ? { labels, pending: source.name } : { labels };
   }
 
@@ -127,7 +136,9 @@ export class LabelResolver {
 
   status(): Record<string, unknown> {
     return {
-      timeoutMs: this.timeoutMs, pending: this.timers.size, ...this.counters,
+      timeoutMs: this.timeoutMs,
+      pending: this.timers.size,
+      ...this.counters,
       sources: Object.fromEntries(this.o.sources.map((s) => [s.name, s.status?.() ?? {}])),
     };
   }
@@ -141,7 +152,11 @@ export class LabelResolver {
   private countingSink(): LabelSink {
     const sink = this.sink!;
     return {
-      found: async (u) => { this.disarm(keyOf(u.attachment, u.ifName)); this.counters.resolved++; return sink.found(u); },
+      found: async (u) => {
+        this.disarm(keyOf(u.attachment, u.ifName));
+        this.counters.resolved++;
+        return sink.found(u);
+      },
       expired: (a, i) => sink.expired(a, i),
     };
   }
@@ -155,9 +170,13 @@ export class LabelResolver {
     const t = setTimeout(() => {
       this.timers.delete(key);
       this.counters.expired++;
-      this.o.log?.warn({ endpoint: key, source: ep.labelsPending!.source, timeoutMs: this.timeoutMs },
-        'the runtime did not tell the endpoint\'s labels in time: it goes on with identity init (closed while any policy exists)');
-      this.sink?.expired(attachment, ep.ifName).catch((err) => this.o.log?.warn({ err, endpoint: key }, 'cannot bring up an endpoint whose labels expired'));
+      this.o.log?.warn(
+        { endpoint: key, source: ep.labelsPending!.source, timeoutMs: this.timeoutMs },
+        "the runtime did not tell the endpoint's labels in time: it goes on with identity init (closed while any policy exists)",
+      );
+      this.sink
+        ?.expired(attachment, ep.ifName)
+        .catch((err) => this.o.log?.warn({ err, endpoint: key }, 'cannot bring up an endpoint whose labels expired'));
     }, left);
     t.unref?.();
     this.timers.set(key, t);
@@ -165,7 +184,10 @@ export class LabelResolver {
 
   private disarm(key: string): void {
     const t = this.timers.get(key);
-    if (t) { clearTimeout(t); this.timers.delete(key); }
+    if (t) {
+      clearTimeout(t);
+      this.timers.delete(key);
+    }
   }
 }
 

@@ -17,7 +17,14 @@
 export type Labels = Record<string, string>;
 
 export const SOURCE = {
-  k8s: 'k8s', container: 'container', cni: 'cni', api: 'api', reserved: 'reserved', cidr: 'cidr', any: 'any', unspec: 'unspec',
+  k8s: 'k8s',
+  container: 'container',
+  cni: 'cni',
+  api: 'api',
+  reserved: 'reserved',
+  cidr: 'cidr',
+  any: 'any',
+  unspec: 'unspec',
 } as const;
 export type LabelSource = (typeof SOURCE)[keyof typeof SOURCE];
 
@@ -60,7 +67,8 @@ export function protectedLabelProblem(raw: string): string | undefined {
   const { source, key } = splitKey(raw);
   if (source === SOURCE.reserved) return `"${raw}": reserved labels are set by the agent only`;
   if (key === NAMESPACE_KEY) return `"${raw}": the namespace comes only from the runtime (CNI_ARGS K8S_POD_NAMESPACE)`;
-  if (isProtectedKey(key)) return `"${raw}": ${key.startsWith(NAMESPACE_LABELS_PREFIX) ? 'namespace labels' : "Cilium's derived policy labels"} are set by the agent only`;
+  if (isProtectedKey(key))
+    return `"${raw}": ${key.startsWith(NAMESPACE_LABELS_PREFIX) ? 'namespace labels' : "Cilium's derived policy labels"} are set by the agent only`;
   return undefined;
 }
 
@@ -78,10 +86,16 @@ export function callerLabels(labels: Labels | undefined, source: CallerSource): 
   const out: SourcedLabels = { labels: {}, problems: [] };
   for (const [raw, value] of Object.entries(labels ?? {})) {
     const problem = protectedLabelProblem(raw);
-    if (problem) { out.problems.push({ key: raw, message: problem }); continue; }
+    if (problem) {
+      out.problems.push({ key: raw, message: problem });
+      continue;
+    }
     const { source: s, key } = splitKey(raw);
     if (s !== null && s !== source) {
-      out.problems.push({ key: raw, message: `"${raw}": a ${source === 'cni' ? 'CNI' : 'API'} caller sets ${source}: labels only (${s}: labels come from ${originOf(s)})` });
+      out.problems.push({
+        key: raw,
+        message: `"${raw}": a ${source === 'cni' ? 'CNI' : 'API'} caller sets ${source}: labels only (${s}: labels come from ${originOf(s)})`,
+      });
       continue;
     }
     out.labels[`${source}:${key}`] = value;
@@ -91,12 +105,18 @@ export function callerLabels(labels: Labels | undefined, source: CallerSource): 
 
 /** A runtime's free-form labels (Docker container labels, a pod's labels) in `source`; protected
  *  keys are dropped and reported. */
-export function runtimeLabels(labels: Labels | null | undefined, source: 'k8s' | 'container'): { labels: Labels; dropped: string[] } {
+export function runtimeLabels(
+  labels: Labels | null | undefined,
+  source: 'k8s' | 'container',
+): { labels: Labels; dropped: string[] } {
   const out: Labels = {};
   const dropped: string[] = [];
   for (const [key, value] of Object.entries(labels ?? {})) {
     if (typeof value !== 'string' || !key) continue;
-    if (isProtectedKey(key) || key.startsWith('reserved:')) { dropped.push(key); continue; }
+    if (isProtectedKey(key) || key.startsWith('reserved:')) {
+      dropped.push(key);
+      continue;
+    }
     out[`${source}:${key}`] = value;
   }
   return { labels: out, dropped };
@@ -104,10 +124,15 @@ export function runtimeLabels(labels: Labels | null | undefined, source: 'k8s' |
 
 function originOf(source: string): string {
   switch (source) {
-    case SOURCE.k8s: return "the runtime's pod (K8S_POD_NAMESPACE, the CRI sandbox)";
-    case SOURCE.container: case 'docker': return 'the Docker container';
-    case SOURCE.reserved: return 'the agent';
-    default: return 'their own caller';
+    case SOURCE.k8s:
+      return "the runtime's pod (K8S_POD_NAMESPACE, the CRI sandbox)";
+    case SOURCE.container:
+    case 'docker':
+      return 'the Docker container';
+    case SOURCE.reserved:
+      return 'the agent';
+    default:
+      return 'their own caller';
   }
 }
 

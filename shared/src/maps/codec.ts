@@ -1,6 +1,16 @@
 // Pure encoders/decoders for the datapath's map keys and values. The layouts mirror the C structs in
 // bpf/lib/*.h (guarded there by _Static_assert); keep both sides in step. No native code, no I/O.
-import { AddressError, familyOf, formatIp, formatMac, ipBytes, parseMac, readHostU32, readHostU64, writeHostU32 } from '../net/index.ts';
+import {
+  AddressError,
+  familyOf,
+  formatIp,
+  formatMac,
+  ipBytes,
+  parseMac,
+  readHostU32,
+  readHostU64,
+  writeHostU32,
+} from '../net/index.ts';
 
 // BPF maps store host-endian integers (shared/src/net/byteorder.ts).
 
@@ -72,7 +82,6 @@ function writeU32(buf: Buffer, offset: number, value: number, what: string): voi
   writeHostU32(buf, offset, value);
 }
 
-
 /** Address -> { family, 16 address bytes with IPv4 in the first 4 }. Rejects CIDRs and zones. */
 export function parseIp(ip: string): { family: 4 | 6; addr: Buffer } {
   const family = familyOf(ip);
@@ -133,8 +142,14 @@ export function encodeEndpointConfig(v: EndpointConfigValue): Buffer {
   const v4 = parsed.filter((a) => a.family === FAMILY_IPV4);
   const v6 = parsed.filter((a) => a.family === FAMILY_IPV6);
   let flags = v.flags & ~EP_ADDRESS_MASK;
-  if (v4.length) { flags |= EP_ADDRESS_FLAGS.hasIpv4; v4[0].addr.copy(buf, CFG_IPV4, 0, 4); }
-  if (v6.length) { flags |= EP_ADDRESS_FLAGS.hasIpv6; v6[0].addr.copy(buf, CFG_IPV6); }
+  if (v4.length) {
+    flags |= EP_ADDRESS_FLAGS.hasIpv4;
+    v4[0].addr.copy(buf, CFG_IPV4, 0, 4);
+  }
+  if (v6.length) {
+    flags |= EP_ADDRESS_FLAGS.hasIpv6;
+    v6[0].addr.copy(buf, CFG_IPV6);
+  }
   if (v4.length > 1 || v6.length > 1) flags |= EP_ADDRESS_FLAGS.extraAddrs;
   if (v.gateway6) {
     const gw = parseIp(v.gateway6);
@@ -200,7 +215,10 @@ export function encodeGlobalConfig(v: GlobalConfigValue): Buffer {
 export function decodeGlobalConfig(buf: Buffer): Required<GlobalConfigValue> {
   const flags = readHostU32(buf, 0);
   return {
-    events: (flags & CFG_F_EVENTS) !== 0, audit: (flags & CFG_F_AUDIT) !== 0, eventsPerSecond: readHostU32(buf, 4), eventsBurst: readHostU32(buf, 8),
+    events: (flags & CFG_F_EVENTS) !== 0,
+    audit: (flags & CFG_F_AUDIT) !== 0,
+    eventsPerSecond: readHostU32(buf, 4),
+    eventsBurst: readHostU32(buf, 8),
     ctPerEndpoint: readHostU32(buf, 12),
   };
 }
@@ -214,7 +232,8 @@ export function sumPerCpuU64(buf: Buffer, possibleCpus: number): bigint {
 
 /** Sum of a per-CPU {u64 a; u64 b} value (drop counters: packets, bytes). */
 export function sumPerCpuPairs(buf: Buffer, possibleCpus: number): { a: bigint; b: bigint } {
-  let a = 0n, b = 0n;
+  let a = 0n,
+    b = 0n;
   for (let cpu = 0; cpu < possibleCpus; cpu++) {
     a += readHostU64(buf, cpu * 16);
     b += readHostU64(buf, cpu * 16 + 8);

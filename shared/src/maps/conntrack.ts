@@ -14,7 +14,16 @@ export const CT_KEY_SIZE = 40;
 // endpoint_id @68, ifindex @72, rule_id_ingress @76, peer_ifindex @80, peer_endpoint_id @84,
 // policy_port @88 (network order).
 export const CT_ENTRY_SIZE = 96;
-const OFF = { lastSeen: 8, srcIdentity: 48, dstIdentity: 52, state: 62, flags: 63, endpointId: 68, peerEndpointId: 84, policyPort: 88 } as const;
+const OFF = {
+  lastSeen: 8,
+  srcIdentity: 48,
+  dstIdentity: 52,
+  state: 62,
+  flags: 63,
+  endpointId: 68,
+  peerEndpointId: 84,
+  policyPort: 88,
+} as const;
 
 export const CT_SCOPE = { INGRESS: 0, EGRESS: 1, LOCAL: 2 } as const;
 export const CT_F_AUDIT = 1 << 0;
@@ -53,15 +62,28 @@ export interface CtEntryView {
 export function viewOf(key: Buffer, value: Buffer): CtEntryView {
   const family = key[0] === 6 ? 6 : 4;
   return {
-    family, proto: key[1], scope: key[2], saddr: key.subarray(8, 24), daddr: key.subarray(24, 40),
-    sport: key.readUInt16BE(4), dport: key.readUInt16BE(6),
-    owner: u32(value, OFF.endpointId), peer: u32(value, OFF.peerEndpointId), policyPort: value.readUInt16BE(OFF.policyPort),
-    flags: value[OFF.flags], srcIdentity: u32(value, OFF.srcIdentity), dstIdentity: u32(value, OFF.dstIdentity),
+    family,
+    proto: key[1],
+    scope: key[2],
+    saddr: key.subarray(8, 24),
+    daddr: key.subarray(24, 40),
+    sport: key.readUInt16BE(4),
+    dport: key.readUInt16BE(6),
+    owner: u32(value, OFF.endpointId),
+    peer: u32(value, OFF.peerEndpointId),
+    policyPort: value.readUInt16BE(OFF.policyPort),
+    flags: value[OFF.flags],
+    srcIdentity: u32(value, OFF.srcIdentity),
+    dstIdentity: u32(value, OFF.dstIdentity),
   };
 }
 
 /** A walk of the table: packed keys and values (bpf.mapDumpPacked), read in place. */
-interface Walk { keys: Buffer; values: Buffer; count: number }
+interface Walk {
+  keys: Buffer;
+  values: Buffer;
+  count: number;
+}
 
 const keyAt = (w: Walk, i: number) => w.keys.subarray(i * CT_KEY_SIZE, (i + 1) * CT_KEY_SIZE);
 const valueAt = (w: Walk, i: number) => w.values.subarray(i * CT_ENTRY_SIZE, (i + 1) * CT_ENTRY_SIZE);
@@ -73,7 +95,13 @@ function walk(fd: number): Walk {
 }
 
 function lifetimeOf(proto: number, state: number): number {
-  return proto !== 6 ? CT_LIFETIME_NS.other : state === 0 ? CT_LIFETIME_NS.tcpSyn : state === 1 ? CT_LIFETIME_NS.tcp : CT_LIFETIME_NS.tcpClosing;
+  return proto !== 6
+    ? CT_LIFETIME_NS.other
+    : state === 0
+      ? CT_LIFETIME_NS.tcpSyn
+      : state === 1
+        ? CT_LIFETIME_NS.tcp
+        : CT_LIFETIME_NS.tcpClosing;
 }
 
 /** Has the entry outlived its lifetime (the datapath treats it as absent then)? */
@@ -109,13 +137,22 @@ export function list(fd: number, nowNs: bigint): CtDetail[] {
   const now = Number(nowNs);
   const out: CtDetail[] = [];
   for (let i = 0; i < w.count; i++) {
-    const k = keyAt(w, i), v = valueAt(w, i);
-    const lastSeen = u64(v, OFF.lastSeen), created = u64(v, 0);
+    const k = keyAt(w, i),
+      v = valueAt(w, i);
+    const lastSeen = u64(v, OFF.lastSeen),
+      created = u64(v, 0);
     const view = viewOf(k, v);
     const text = (a: Buffer) => formatIp(view.family === 4 ? a.subarray(0, 4) : a);
     out.push({
-      ...view, saddr: text(view.saddr), daddr: text(view.daddr), state: v[OFF.state], ruleId: u32(v, 64), ifindex: u32(v, 72),
-      packets: [u64(v, 16), u64(v, 24)], bytes: [u64(v, 32), u64(v, 40)], tcpFlags: [v[60], v[61]],
+      ...view,
+      saddr: text(view.saddr),
+      daddr: text(view.daddr),
+      state: v[OFF.state],
+      ruleId: u32(v, 64),
+      ifindex: u32(v, 72),
+      packets: [u64(v, 16), u64(v, 24)],
+      bytes: [u64(v, 32), u64(v, 40)],
+      tcpFlags: [v[60], v[61]],
       expiresInSeconds: (lifetimeOf(k[1], v[OFF.state]) - (now - lastSeen)) / 1e9,
       ageSeconds: (now - created) / 1e9,
     });
@@ -139,7 +176,8 @@ export interface ConntrackFill {
 
 function readCounter(fd: number, map: string, id: number): bigint {
   const key = Buffer.alloc(4);
-  if (LE) key.writeUInt32LE(id); else key.writeUInt32BE(id);
+  if (LE) key.writeUInt32LE(id);
+  else key.writeUInt32BE(id);
   const v = bpf.mapLookup(fd, map, key, 8);
   return v ? s64(v, 0) : 0n;
 }
@@ -152,7 +190,10 @@ export function fill(fds: ConntrackFds): ConntrackFill {
 
 /** Entries one endpoint owns. */
 export function owned(fds: ConntrackFds, endpointId: number): number {
-  return Math.max(0, Number(readCounter(fds.owned, 'ct_owned', endpointId) - readCounter(fds.reclaimed, 'ct_reclaimed', endpointId)));
+  return Math.max(
+    0,
+    Number(readCounter(fds.owned, 'ct_owned', endpointId) - readCounter(fds.reclaimed, 'ct_reclaimed', endpointId)),
+  );
 }
 
 /**
@@ -178,7 +219,13 @@ function deleteWhere(fds: ConntrackFds, select: (w: Walk, i: number) => boolean)
   highestOwner.set(fds.owned, highest);
   let deleted = 0;
   if (doomed.length) {
-    const gone = bpf.mapDeleteEach(fds.conntrack, 'conntrack', Buffer.concat(doomed.map((i) => keyAt(w, i))), CT_KEY_SIZE, doomed.length);
+    const gone = bpf.mapDeleteEach(
+      fds.conntrack,
+      'conntrack',
+      Buffer.concat(doomed.map((i) => keyAt(w, i))),
+      CT_KEY_SIZE,
+      doomed.length,
+    );
     gone.forEach((g, j) => {
       if (!g) return;
       deleted++;
@@ -190,7 +237,9 @@ function deleteWhere(fds: ConntrackFds, select: (w: Walk, i: number) => boolean)
   for (const n of live.values()) total += n;
   live.set(0, total);
   const ids = new Set([...ownedBefore.keys(), ...live.keys()]);
-  const reclaimed = [...ids].filter((id) => id < 65536).map((id) => [id, (ownedBefore.get(id) ?? 0n) - BigInt(live.get(id) ?? 0)] as const);
+  const reclaimed = [...ids]
+    .filter((id) => id < 65536)
+    .map((id) => [id, (ownedBefore.get(id) ?? 0n) - BigInt(live.get(id) ?? 0)] as const);
   writeCounters(fds.reclaimed, 'ct_reclaimed', reclaimed);
   return deleted;
 }
@@ -214,7 +263,13 @@ function writeCounters(fd: number, map: string, entries: (readonly [number, bigi
   const keys = Buffer.alloc(entries.length * 4);
   const values = Buffer.alloc(entries.length * 8);
   entries.forEach(([id, v], i) => {
-    if (LE) { keys.writeUInt32LE(id, i * 4); values.writeBigInt64LE(v, i * 8); } else { keys.writeUInt32BE(id, i * 4); values.writeBigInt64BE(v, i * 8); }
+    if (LE) {
+      keys.writeUInt32LE(id, i * 4);
+      values.writeBigInt64LE(v, i * 8);
+    } else {
+      keys.writeUInt32BE(id, i * 4);
+      values.writeBigInt64BE(v, i * 8);
+    }
   });
   bpf.mapUpdateBatch(fd, map, keys, values, entries.length);
 }
@@ -253,7 +308,8 @@ export interface RevokeFilter {
 }
 
 function addressIn(keys: Buffer, off: number, p: { addr: Buffer; bits: number }): boolean {
-  const whole = p.bits >> 3, rest = p.bits & 7;
+  const whole = p.bits >> 3,
+    rest = p.bits & 7;
   if (keys.compare(p.addr, 0, whole, off, off + whole) !== 0) return false;
   if (!rest) return true;
   const mask = (0xff << (8 - rest)) & 0xff;
@@ -261,7 +317,8 @@ function addressIn(keys: Buffer, off: number, p: { addr: Buffer; bits: number })
 }
 
 function touched(w: Walk, i: number, f: RevokeFilter): boolean {
-  const v = i * CT_ENTRY_SIZE, k = i * CT_KEY_SIZE;
+  const v = i * CT_ENTRY_SIZE,
+    k = i * CT_KEY_SIZE;
   if (f.endpoints.has(u32(w.values, v + OFF.endpointId)) || f.endpoints.has(u32(w.values, v + OFF.peerEndpointId))) return true;
   for (const p of f.prefixes) {
     if (p.family === w.keys[k] && (addressIn(w.keys, k + 8, p) || addressIn(w.keys, k + 24, p))) return true;
@@ -279,8 +336,10 @@ export function revoke(fds: ConntrackFds, allowed: (e: CtEntryView) => boolean, 
   const now = Number(nowNs);
   let revoked = 0;
   for (let i = 0; i < w.count; i++) {
-    if (w.values[i * CT_ENTRY_SIZE + OFF.flags] & CT_F_REVOKED || (filter && !touched(w, i, filter)) || expiredAt(w, i, now)) continue;
-    const k = keyAt(w, i), v = valueAt(w, i);
+    if (w.values[i * CT_ENTRY_SIZE + OFF.flags] & CT_F_REVOKED || (filter && !touched(w, i, filter)) || expiredAt(w, i, now))
+      continue;
+    const k = keyAt(w, i),
+      v = valueAt(w, i);
     if (allowed(viewOf(k, v))) continue;
     // The datapath may have updated the entry since the walk: mark its current value.
     const cur = bpf.mapLookup(fds.conntrack, 'conntrack', k, CT_ENTRY_SIZE);
@@ -302,10 +361,18 @@ export function revoke(fds: ConntrackFds, allowed: (e: CtEntryView) => boolean, 
 export function migrate(fromFd: number, toFd: number, capacity: number): number {
   const w = walk(fromFd);
   const lastSeen = (i: number) => u64(w.values, i * CT_ENTRY_SIZE + OFF.lastSeen);
-  const order = Array.from({ length: w.count }, (_, i) => i).sort((a, b) => lastSeen(b) - lastSeen(a)).slice(0, capacity);
+  const order = Array.from({ length: w.count }, (_, i) => i)
+    .sort((a, b) => lastSeen(b) - lastSeen(a))
+    .slice(0, capacity);
   for (let i = 0; i < order.length; i += 4096) {
     const chunk = order.slice(i, i + 4096);
-    bpf.mapUpdateBatch(toFd, 'conntrack', Buffer.concat(chunk.map((j) => keyAt(w, j))), Buffer.concat(chunk.map((j) => valueAt(w, j))), chunk.length);
+    bpf.mapUpdateBatch(
+      toFd,
+      'conntrack',
+      Buffer.concat(chunk.map((j) => keyAt(w, j))),
+      Buffer.concat(chunk.map((j) => valueAt(w, j))),
+      chunk.length,
+    );
   }
   return order.length;
 }

@@ -9,7 +9,10 @@ import type { Flow, MembraneEvent, Verdict } from '../flows/types.ts';
 /** The datapath event kinds the metrics count (label `type`). */
 type FlowEventType = 'FLOW_NEW' | 'DROP' | 'FLOW_END' | 'EVENT_TYPE_UNKNOWN';
 const FROM_FLOW: Record<MembraneEvent, FlowEventType> = {
-  FLOW_NEW: 'FLOW_NEW', FLOW_DROP: 'DROP', FLOW_END: 'FLOW_END', MEMBRANE_EVENT_UNKNOWN: 'EVENT_TYPE_UNKNOWN',
+  FLOW_NEW: 'FLOW_NEW',
+  FLOW_DROP: 'DROP',
+  FLOW_END: 'FLOW_END',
+  MEMBRANE_EVENT_UNKNOWN: 'EVENT_TYPE_UNKNOWN',
 };
 const isPolicyDrop = (code: number) => code === DropCode.POLICY_DENIED || code === DropCode.POLICY_DENY;
 
@@ -21,7 +24,11 @@ function bump(c: Counts, a: string, b: string): void {
   inner[b] = (inner[b] ?? 0) + 1;
 }
 
-const TYPE_NAMES: Record<number, FlowEventType> = { [EventType.FLOW_NEW]: 'FLOW_NEW', [EventType.DROP]: 'DROP', [EventType.FLOW_END]: 'FLOW_END' };
+const TYPE_NAMES: Record<number, FlowEventType> = {
+  [EventType.FLOW_NEW]: 'FLOW_NEW',
+  [EventType.DROP]: 'DROP',
+  [EventType.FLOW_END]: 'FLOW_END',
+};
 // "direction action" keys, prebuilt so the hot path concatenates nothing.
 const POLICY_KEYS: Record<'ingress' | 'egress', Record<PolicyAction, string>> = {
   ingress: { allowed: 'ingress allowed', denied: 'ingress denied', audit: 'ingress audit' },
@@ -39,9 +46,13 @@ export class FlowStats {
     const type = buf[offset + OFF.TYPE] | (buf[offset + OFF.TYPE + 1] << 8);
     const v = buf[offset + OFF.VERDICT];
     const audit = (buf[offset + OFF.FLAGS] & EVENT_FLAG_AUDIT) !== 0 || v === DatapathVerdict.AUDIT;
-    const verdict: Verdict = audit ? 'AUDIT'
-      : v === DatapathVerdict.DROPPED || type === EventType.DROP ? 'DROPPED'
-        : v === DatapathVerdict.FORWARDED || v === DatapathVerdict.REDIRECTED ? 'FORWARDED' : 'VERDICT_UNKNOWN';
+    const verdict: Verdict = audit
+      ? 'AUDIT'
+      : v === DatapathVerdict.DROPPED || type === EventType.DROP
+        ? 'DROPPED'
+        : v === DatapathVerdict.FORWARDED || v === DatapathVerdict.REDIRECTED
+          ? 'FORWARDED'
+          : 'VERDICT_UNKNOWN';
     const eventType = TYPE_NAMES[type] ?? 'EVENT_TYPE_UNKNOWN';
     bump(this.flows, verdict, eventType);
     const reason = buf[offset + OFF.REASON] | (buf[offset + OFF.REASON + 1] << 8);
@@ -49,7 +60,11 @@ export class FlowStats {
     const action = actionOf(verdict, eventType, isPolicyDrop(hubbleDropCode(reason)));
     if (action) {
       const egress = buf[offset + OFF.DIRECTION] === Direction.EGRESS;
-      bump(this.policy, POLICY_KEYS[egress ? 'egress' : 'ingress'][action], readHostU32(buf, offset + OFF.RULE) ? 'rule' : 'none');
+      bump(
+        this.policy,
+        POLICY_KEYS[egress ? 'egress' : 'ingress'][action],
+        readHostU32(buf, offset + OFF.RULE) ? 'rule' : 'none',
+      );
     }
   }
 
@@ -58,13 +73,19 @@ export class FlowStats {
     const action = policyAction(f);
     if (action) {
       const rule = f.egressAllowedBy ?? f.ingressAllowedBy ?? f.egressDeniedBy ?? f.ingressDeniedBy;
-      bump(this.policy, POLICY_KEYS[f.trafficDirection === 'EGRESS' ? 'egress' : 'ingress'][action], rule?.length ? 'rule' : 'none');
+      bump(
+        this.policy,
+        POLICY_KEYS[f.trafficDirection === 'EGRESS' ? 'egress' : 'ingress'][action],
+        rule?.length ? 'rule' : 'none',
+      );
     }
   }
 
   /** [verdict, type, count] */
   flowTotals(): [string, string, number][] {
-    return Object.entries(this.flows).flatMap(([v, byType]) => Object.entries(byType).map(([ty, n]) => [v, ty, n] as [string, string, number]));
+    return Object.entries(this.flows).flatMap(([v, byType]) =>
+      Object.entries(byType).map(([ty, n]) => [v, ty, n] as [string, string, number]),
+    );
   }
 
   /** [direction, action, match, count] */

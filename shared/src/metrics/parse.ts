@@ -15,7 +15,10 @@ export interface MetricFamily {
 }
 
 export class PromParseError extends Error {
-  constructor(line: number, message: string) { super(`line ${line}: ${message}`); this.name = 'PromParseError'; }
+  constructor(line: number, message: string) {
+    super(`line ${line}: ${message}`);
+    this.name = 'PromParseError';
+  }
 }
 
 const NAME = /^[a-zA-Z_:][a-zA-Z0-9_:]*$/;
@@ -54,11 +57,13 @@ function parseLabels(text: string, line: number): Record<string, string> {
     const key = text.slice(i, eq).trim();
     if (!LABEL.test(key)) throw new PromParseError(line, `bad label name "${key}"`);
     if (text[eq + 1] !== '"') throw new PromParseError(line, `label ${key} value is not quoted`);
-    let j = eq + 2, value = '';
+    let j = eq + 2,
+      value = '';
     for (; j < text.length && text[j] !== '"'; j++) {
       if (text[j] === '\\') {
         const n = text[++j];
-        if (n === 'n') value += '\n'; else if (n === '\\' || n === '"') value += n;
+        if (n === 'n') value += '\n';
+        else if (n === '\\' || n === '"') value += n;
         else throw new PromParseError(line, `bad escape \\${n} in label ${key}`);
       } else value += text[j];
     }
@@ -98,7 +103,10 @@ export function parsePrometheusText(text: string): Map<string, MetricFamily> {
     const [, name, labelText, valueText] = m;
     const sample = { name, labels: labelText ? parseLabels(labelText, n) : {}, value: parseValue(valueText, n) };
     let fam = familyOf(name, families);
-    if (!fam) { fam = { name, type: 'untyped', samples: [] }; families.set(name, fam); }
+    if (!fam) {
+      fam = { name, type: 'untyped', samples: [] };
+      families.set(name, fam);
+    }
     fam.samples.push(sample);
   });
   for (const fam of families.values()) if (fam.type === 'histogram') checkHistogram(fam);
@@ -119,15 +127,21 @@ function checkHistogram(fam: MetricFamily): void {
     const count = samples.find((s) => s.name === `${fam.name}_count`);
     if (!buckets.length || !count) throw new PromParseError(0, `histogram ${fam.name}${key} lacks buckets or _count`);
     for (let i = 1; i < buckets.length; i++) {
-      if (buckets[i].value < buckets[i - 1].value) throw new PromParseError(0, `histogram ${fam.name} buckets are not cumulative`);
+      if (buckets[i].value < buckets[i - 1].value)
+        throw new PromParseError(0, `histogram ${fam.name} buckets are not cumulative`);
     }
     const last = buckets[buckets.length - 1];
-    if (last.labels.le !== '+Inf' || last.value !== count.value) throw new PromParseError(0, `histogram ${fam.name}: +Inf bucket must equal _count`);
+    if (last.labels.le !== '+Inf' || last.value !== count.value)
+      throw new PromParseError(0, `histogram ${fam.name}: +Inf bucket must equal _count`);
   }
 }
 
 /** Value of the first sample named `name` whose labels include the given ones, or undefined. */
-export function sampleValue(families: Map<string, MetricFamily>, name: string, labels: Record<string, string> = {}): number | undefined {
+export function sampleValue(
+  families: Map<string, MetricFamily>,
+  name: string,
+  labels: Record<string, string> = {},
+): number | undefined {
   for (const fam of families.values()) {
     for (const s of fam.samples) {
       if (s.name !== name) continue;

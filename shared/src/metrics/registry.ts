@@ -35,33 +35,58 @@ export function createAgentMetrics(src: MetricsSources, opts: { defaultMetrics?:
   if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'membrane_agent_' });
 
   new Counter({
-    name: 'membrane_flows_processed_total', help: 'Flow events turned into flow records, by verdict and event type',
-    labelNames: ['verdict', 'type'] as const, registers,
+    name: 'membrane_flows_processed_total',
+    help: 'Flow events turned into flow records, by verdict and event type',
+    labelNames: ['verdict', 'type'] as const,
+    registers,
     collect() {
-      setTotals(this, src.stats.flowTotals().map(([verdict, type, v]) => [{ verdict, type }, v]));
+      setTotals(
+        this,
+        src.stats.flowTotals().map(([verdict, type, v]) => [{ verdict, type }, v]),
+      );
     },
   });
   new Counter({
-    name: 'membrane_policy_verdict_total', help: 'Policy decisions reported by the datapath (new connections and policy drops)',
-    labelNames: ['direction', 'action', 'match'] as const, registers,
+    name: 'membrane_policy_verdict_total',
+    help: 'Policy decisions reported by the datapath (new connections and policy drops)',
+    labelNames: ['direction', 'action', 'match'] as const,
+    registers,
     collect() {
-      setTotals(this, src.stats.policyTotals().map(([direction, action, match, v]) => [{ direction, action, match }, v]));
+      setTotals(
+        this,
+        src.stats.policyTotals().map(([direction, action, match, v]) => [{ direction, action, match }, v]),
+      );
     },
   });
   new Counter({
-    name: 'membrane_drop_count_total', help: 'Packets dropped by the datapath, by reason (drop_counters map)',
-    labelNames: ['reason'] as const, registers,
-    collect() { setTotals(this, src.drops().map((d) => [{ reason: d.reason }, d.packets])); },
+    name: 'membrane_drop_count_total',
+    help: 'Packets dropped by the datapath, by reason (drop_counters map)',
+    labelNames: ['reason'] as const,
+    registers,
+    collect() {
+      setTotals(
+        this,
+        src.drops().map((d) => [{ reason: d.reason }, d.packets]),
+      );
+    },
   });
   new Counter({
-    name: 'membrane_drop_bytes_total', help: 'Bytes dropped by the datapath, by reason (drop_counters map)',
-    labelNames: ['reason'] as const, registers,
-    collect() { setTotals(this, src.drops().map((d) => [{ reason: d.reason }, d.bytes])); },
+    name: 'membrane_drop_bytes_total',
+    help: 'Bytes dropped by the datapath, by reason (drop_counters map)',
+    labelNames: ['reason'] as const,
+    registers,
+    collect() {
+      setTotals(
+        this,
+        src.drops().map((d) => [{ reason: d.reason }, d.bytes]),
+      );
+    },
   });
   new Counter({
     name: 'membrane_flow_events_lost_total',
     help: 'Flow events lost: source="datapath" ring buffer full or rate limited, source="agent" reader backlog or slow observers',
-    labelNames: ['source'] as const, registers,
+    labelNames: ['source'] as const,
+    registers,
     collect() {
       const l = src.lost();
       this.reset();
@@ -71,29 +96,51 @@ export function createAgentMetrics(src: MetricsSources, opts: { defaultMetrics?:
     },
   });
   new Gauge({
-    name: 'membrane_endpoints', help: 'Endpoints managed by this agent', registers,
-    collect() { this.set(src.endpoints()); },
-  });
-  new Counter({
-    name: 'membrane_endpoints_gone_total', help: 'Endpoints removed because their network namespace was gone (the runtime never sent DEL)', registers,
-    collect() { this.reset(); this.inc(src.endpointsGone?.() ?? 0); },
-  });
-  const create = new Histogram({
-    name: 'membrane_endpoint_create_duration_seconds', help: 'Time to create an endpoint (veth, addresses, routes, BPF attach, state)',
-    buckets: ENDPOINT_CREATE_BUCKETS, registers,
-  });
-  const mapGauge = (name: string, help: string, pick: (p: { entries: number; max: number }) => number) => new Gauge({
-    name, help, labelNames: ['map'] as const, registers,
+    name: 'membrane_endpoints',
+    help: 'Endpoints managed by this agent',
+    registers,
     collect() {
-      this.reset();
-      for (const [map, p] of Object.entries(src.mapPressure())) this.set({ map }, pick(p));
+      this.set(src.endpoints());
     },
   });
+  new Counter({
+    name: 'membrane_endpoints_gone_total',
+    help: 'Endpoints removed because their network namespace was gone (the runtime never sent DEL)',
+    registers,
+    collect() {
+      this.reset();
+      this.inc(src.endpointsGone?.() ?? 0);
+    },
+  });
+  const create = new Histogram({
+    name: 'membrane_endpoint_create_duration_seconds',
+    help: 'Time to create an endpoint (veth, addresses, routes, BPF attach, state)',
+    buckets: ENDPOINT_CREATE_BUCKETS,
+    registers,
+  });
+  const mapGauge = (name: string, help: string, pick: (p: { entries: number; max: number }) => number) =>
+    new Gauge({
+      name,
+      help,
+      labelNames: ['map'] as const,
+      registers,
+      collect() {
+        this.reset();
+        for (const [map, p] of Object.entries(src.mapPressure())) this.set({ map }, pick(p));
+      },
+    });
   mapGauge('membrane_bpf_map_entries', 'Entries in a BPF map', (p) => p.entries);
   mapGauge('membrane_bpf_map_capacity', 'Maximum entries of a BPF map', (p) => p.max);
   mapGauge('membrane_bpf_map_pressure', 'Fill ratio of a BPF map (entries / capacity)', (p) => (p.max ? p.entries / p.max : 0));
   const ring = (name: string, help: string, pick: (r: ReturnType<MetricsSources['flowRing']>) => number) =>
-    new Gauge({ name, help, registers, collect() { this.set(pick(src.flowRing())); } });
+    new Gauge({
+      name,
+      help,
+      registers,
+      collect() {
+        this.set(pick(src.flowRing()));
+      },
+    });
   ring('membrane_flow_buffer_flows', 'Flows held in the in-memory flow buffer', (r) => r.held);
   ring('membrane_flow_buffer_capacity', 'Capacity of the in-memory flow buffer', (r) => r.capacity);
   ring('membrane_observer_followers', 'Observer clients following flows', (r) => r.followers);

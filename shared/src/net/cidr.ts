@@ -25,7 +25,10 @@ function split(text: string, bare: boolean): IfAddr {
   if (slash < 0 && !bare) throw new AddressError(`"${text}" is not a CIDR (expected ADDRESS/PREFIX, e.g. 10.1.0.0/16)`);
   const ip = slash < 0 ? text : text.slice(0, slash);
   const family = familyOf(ip);
-  if (family === null) throw new AddressError(slash < 0 ? `"${text}" is not an IP address` : `"${text}" is not a CIDR: "${ip}" is not an IP address`);
+  if (family === null)
+    throw new AddressError(
+      slash < 0 ? `"${text}" is not an IP address` : `"${text}" is not a CIDR: "${ip}" is not an IP address`,
+    );
   const bits = familyBits(family);
   if (slash < 0) return { ip: normalizeIp(ip), prefix: bits, family };
   const p = text.slice(slash + 1);
@@ -109,7 +112,9 @@ export function cidrContains(c: Cidr, ip: string): boolean {
 
 /** Is `inner` the network `outer` or a sub-network of it? */
 export function cidrCovers(outer: Cidr, inner: Cidr): boolean {
-  return outer.family === inner.family && inner.prefix >= outer.prefix && inner.base >= outer.base && inner.base <= cidrLast(outer);
+  return (
+    outer.family === inner.family && inner.prefix >= outer.prefix && inner.base >= outer.base && inner.base <= cidrLast(outer)
+  );
 }
 
 export function cidrsOverlap(a: Cidr, b: Cidr): boolean {

@@ -59,10 +59,16 @@ export function formatIp(b: Uint8Array): string {
   let best = -1;
   let bestLen = 1;
   for (let i = 0; i < 8; ) {
-    if (g[i] !== 0) { i++; continue; }
+    if (g[i] !== 0) {
+      i++;
+      continue;
+    }
     let j = i;
     while (j < 8 && g[j] === 0) j++;
-    if (j - i > bestLen) { best = i; bestLen = j - i; }
+    if (j - i > bestLen) {
+      best = i;
+      bestLen = j - i;
+    }
     i = j;
   }
   const hex = (a: number[]) => a.map((x) => x.toString(16)).join(':');
@@ -85,6 +91,9 @@ export function ipToBigInt(ip: string): bigint {
 export function bigIntToIp(n: bigint, family: Family): string {
   const len = family === 4 ? 4 : 16;
   const b = new Uint8Array(len);
-  for (let i = len - 1; i >= 0; i--) { b[i] = Number(n & 0xffn); n >>= 8n; }
+  for (let i = len - 1; i >= 0; i--) {
+    b[i] = Number(n & 0xffn);
+    n >>= 8n;
+  }
   return formatIp(b);
 }

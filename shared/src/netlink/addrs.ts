@@ -117,7 +117,11 @@ function withProxyNeigh<T>(op: string, c: Conn, index: number, ip: string, fn: (
 export function neighProxyAdd(c: Conn, index: number, ip: string): void {
   const l = lib();
   withProxyNeigh('neigh proxy add', c, index, ip, (n) =>
-    c.exec('neigh proxy add', () => `${ip} ${c.dev(index)}`, (sk) => l.rtnl_neigh_add(sk, n, 0)),
+    c.exec(
+      'neigh proxy add',
+      () => `${ip} ${c.dev(index)}`,
+      (sk) => l.rtnl_neigh_add(sk, n, 0),
+    ),
   );
 }
 
@@ -125,7 +129,11 @@ export function neighProxyDel(c: Conn, index: number, ip: string): boolean {
   const l = lib();
   try {
     withProxyNeigh('neigh proxy del', c, index, ip, (n) =>
-      c.exec('neigh proxy del', () => `${ip} ${c.dev(index)}`, (sk) => l.rtnl_neigh_delete(sk, n, 0)),
+      c.exec(
+        'neigh proxy del',
+        () => `${ip} ${c.dev(index)}`,
+        (sk) => l.rtnl_neigh_delete(sk, n, 0),
+      ),
     );
     return true;
   } catch (e) {

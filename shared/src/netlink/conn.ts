@@ -5,8 +5,14 @@ import type { NetNs } from '../netns/index.ts';
 import { withNetns } from '../netns/index.ts';
 import { NetlinkError } from './errors.ts';
 import {
-  enableExtAck, lastKernelError, lib, NETLINK_ROUTE, prepareSocket, resetKernelError,
-  type KernelError, type Ptr,
+  enableExtAck,
+  lastKernelError,
+  lib,
+  NETLINK_ROUTE,
+  prepareSocket,
+  resetKernelError,
+  type KernelError,
+  type Ptr,
 } from './lib.ts';
 import { afOf } from './parse.ts';
 import { ipBytes, parseIfAddr, type IfAddr } from '../net/index.ts';
@@ -40,8 +46,7 @@ export class Conn {
       resetKernelError();
       // nl_connect() is where socket(2) happens, so that is the only call that must run inside ns.
       const rc = ns ? withNetns(ns, () => l.nl_connect(sk, NETLINK_ROUTE)) : l.nl_connect(sk, NETLINK_ROUTE);
-      if (rc < 0)
-        throw new NetlinkError({ op: 'netlink connect', object: where(ns), reason: l.nl_geterror(rc), nle: -rc });
+      if (rc < 0) throw new NetlinkError({ op: 'netlink connect', object: where(ns), reason: l.nl_geterror(rc), nle: -rc });
       enableExtAck(sk);
     } catch (e) {
       l.nl_socket_free(sk);

@@ -29,8 +29,19 @@ function bind() {
   const nl = koffi.load('libnl-3.so.200');
   const rt = koffi.load('libnl-route-3.so.200');
   const c = koffi.load('libc.so.6');
-  for (const t of ['nl_sock', 'nl_addr', 'nl_cache', 'nl_object', 'rtnl_link', 'rtnl_addr', 'rtnl_route',
-    'rtnl_nexthop', 'rtnl_neigh', 'rtnl_rule']) koffi.opaque(t);
+  for (const t of [
+    'nl_sock',
+    'nl_addr',
+    'nl_cache',
+    'nl_object',
+    'rtnl_link',
+    'rtnl_addr',
+    'rtnl_route',
+    'rtnl_nexthop',
+    'rtnl_neigh',
+    'rtnl_rule',
+  ])
+    koffi.opaque(t);
   const f = (lib: LibraryHandle, decl: string): Fn => lib.func(decl);
   const ErrCb = koffi.proto('int membrane_nl_err_cb(void *nla, void *nlerr, void *arg)');
   return {

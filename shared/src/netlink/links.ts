@@ -3,9 +3,7 @@
 import type { NetNs } from '../netns/index.ts';
 import { type Conn, drainCache, invalid } from './conn.ts';
 import { codeFromNle, NetlinkError } from './errors.ts';
-import {
-  addrBytes, AF_LLC, IFF_UP, lib, NLM_F_CREATE, NLM_F_EXCL, resetKernelError, type Ptr,
-} from './lib.ts';
+import { addrBytes, AF_LLC, IFF_UP, lib, NLM_F_CREATE, NLM_F_EXCL, resetKernelError, type Ptr } from './lib.ts';
 import { formatMac, parseMac, validIfName } from '../net/index.ts';
 
 export interface Link {
@@ -183,7 +181,7 @@ export function linkDel(c: Conn, nameOrIndex: string | number): boolean {
  */
 export function linkSetUp(c: Conn, index: number, name?: string): void {
   const l = lib();
-  const object = () => (name ?? c.dev(index));
+  const object = () => name ?? c.dev(index);
   const link = l.rtnl_link_alloc() as Ptr | null;
   if (link === null) throw new Error('rtnl_link_alloc: out of memory');
   try {

@@ -125,7 +125,11 @@ function withRoute<T>(op: string, c: Conn, r: RouteSpec, forDelete: boolean, fn:
 export function routeAdd(c: Conn, r: RouteSpec): void {
   const l = lib();
   withRoute('route add', c, r, false, (route) =>
-    c.exec('route add', () => routeObject(c, r), (sk) => l.rtnl_route_add(sk, route, NLM_F_REPLACE)),
+    c.exec(
+      'route add',
+      () => routeObject(c, r),
+      (sk) => l.rtnl_route_add(sk, route, NLM_F_REPLACE),
+    ),
   );
 }
 
@@ -134,7 +138,11 @@ export function routeDel(c: Conn, r: RouteSpec): boolean {
   const l = lib();
   try {
     withRoute('route del', c, r, true, (route) =>
-      c.exec('route del', () => routeObject(c, r), (sk) => l.rtnl_route_delete(sk, route, 0)),
+      c.exec(
+        'route del',
+        () => routeObject(c, r),
+        (sk) => l.rtnl_route_delete(sk, route, 0),
+      ),
     );
     return true;
   } catch (e) {

@@ -28,15 +28,21 @@ export function ruleList(c: Conn, family: Family): RuleSpec[] {
     const af = l.rtnl_rule_get_family(p) as number;
     if (af !== afOf(family)) return undefined; // the cache holds every family whatever was asked
     return {
-      family: af === AF_INET ? 4 : 6, priority: l.rtnl_rule_get_prio(p), mark: l.rtnl_rule_get_mark(p) >>> 0,
-      mask: l.rtnl_rule_get_mask(p) >>> 0, table: l.rtnl_rule_get_table(p),
+      family: af === AF_INET ? 4 : 6,
+      priority: l.rtnl_rule_get_prio(p),
+      mark: l.rtnl_rule_get_mark(p) >>> 0,
+      mask: l.rtnl_rule_get_mask(p) >>> 0,
+      table: l.rtnl_rule_get_table(p),
     } as RuleSpec;
   });
 }
 
 /** Adds the rule unless an identical one exists. */
 export function ruleEnsure(c: Conn, r: RuleSpec): void {
-  if (ruleList(c, r.family).some((x) => x.priority === r.priority && x.mark === r.mark && x.mask === r.mask && x.table === r.table)) return;
+  if (
+    ruleList(c, r.family).some((x) => x.priority === r.priority && x.mark === r.mark && x.mask === r.mask && x.table === r.table)
+  )
+    return;
   const l = lib();
   const rule = l.rtnl_rule_alloc() as Ptr | null;
   if (rule === null) throw new Error('rtnl_rule_alloc: out of memory');

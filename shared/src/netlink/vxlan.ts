@@ -30,7 +30,8 @@ export function vxlanAdd(c: Conn, o: VxlanOptions): void {
   const op = 'vxlan add';
   if (!validIfName(o.name)) throw invalid(op, o.name, `invalid interface name "${o.name}"`);
   if (!Number.isInteger(o.port) || o.port < 1 || o.port > 65535) throw invalid(op, o.name, `invalid UDP port ${o.port}`);
-  if (o.mtu !== undefined && (!Number.isInteger(o.mtu) || o.mtu < 68 || o.mtu > 65535)) throw invalid(op, o.name, `invalid mtu ${o.mtu}`);
+  if (o.mtu !== undefined && (!Number.isInteger(o.mtu) || o.mtu < 68 || o.mtu > 65535))
+    throw invalid(op, o.name, `invalid mtu ${o.mtu}`);
   const link = l.rtnl_link_vxlan_alloc() as Ptr | null;
   if (link === null) throw new Error('rtnl_link_vxlan_alloc: out of memory');
   try {

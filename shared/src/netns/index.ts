@@ -90,11 +90,7 @@ export function openNetns(path: string): NetNs {
 
 // Opened at module load, on the main thread, before anyone can switch it: the agent's own netns.
 // (libuv opens everything O_CLOEXEC, so these fds never leak into child processes.)
-const hostNs: NetNs = new NetnsHandle(
-  '/proc/thread-self/ns/net',
-  fs.openSync('/proc/thread-self/ns/net', 'r'),
-  true,
-);
+const hostNs: NetNs = new NetnsHandle('/proc/thread-self/ns/net', fs.openSync('/proc/thread-self/ns/net', 'r'), true);
 const { ino: hostInode, dev: hostDev } = fs.fstatSync(hostNs.fd, { bigint: true });
 
 /** The netns the agent (main thread) lives in. Never closed; close() is a no-op. */
@@ -166,8 +162,13 @@ export function forbiddenNetnsReason(ns: NetNs): string | null {
   const st = fs.fstatSync(ns.fd, { bigint: true });
   if (st.ino === hostInode && st.dev === hostDev) return `the membrane agent's own network namespace (net:[${st.ino}])`;
   let init: fs.BigIntStats | undefined;
-  try { init = fs.statSync('/proc/1/ns/net', { bigint: true }); } catch { /* another pid namespace without /proc/1, or no permission */ }
-  if (init && st.ino === init.ino && st.dev === init.dev) return `the node's own network namespace (the init process's, net:[${st.ino}])`;
+  try {
+    init = fs.statSync('/proc/1/ns/net', { bigint: true });
+  } catch {
+    /* another pid namespace without /proc/1, or no permission */
+  }
+  if (init && st.ino === init.ino && st.dev === init.dev)
+    return `the node's own network namespace (the init process's, net:[${st.ino}])`;
   return null;
 }
 

@@ -39,8 +39,13 @@ export class Election {
         const lease = await this.o.kv.grantLease(this.o.ttlSeconds);
         this.lease = lease;
         let onLost!: (e: Error) => void;
-        const lost = new Promise<Error>((r) => { onLost = r; });
-        lease.onLost((e) => { onLost(e); this.wake?.(); });
+        const lost = new Promise<Error>((r) => {
+          onLost = r;
+        });
+        lease.onLost((e) => {
+          onLost(e);
+          this.wake?.();
+        });
         const key = `${this.o.prefix}${BigInt(lease.id).toString(16)}`;
         await this.o.kv.put(key, this.o.id, { lease: lease.id });
         delay = 200;
@@ -56,10 +61,18 @@ export class Election {
           // Wait for a delete under the prefix (the leader or someone ahead of us went), then look again.
           await new Promise<void>((resolve) => {
             const w = this.o.kv.watch(this.o.prefix, revision + 1, {
-              events: (evs) => { if (evs.some((e) => e.type === 'delete')) { void w.cancel(); resolve(); } },
+              events: (evs) => {
+                if (evs.some((e) => e.type === 'delete')) {
+                  void w.cancel();
+                  resolve();
+                }
+              },
               broken: () => resolve(),
             });
-            this.wake = () => { void w.cancel(); resolve(); };
+            this.wake = () => {
+              void w.cancel();
+              resolve();
+            };
             void lost.then(() => this.wake?.());
           });
         }

@@ -9,7 +9,13 @@
 // Every write carries the leader guard, so only the current leader changes anything.
 import type { Compare, Kv, Op } from '../kvstore/kv.ts';
 import {
-  blockCidr, decode, encode, type IpcacheRecord, type Layout, type NodeRecord, type PodCidrAllocation,
+  blockCidr,
+  decode,
+  encode,
+  type IpcacheRecord,
+  type Layout,
+  type NodeRecord,
+  type PodCidrAllocation,
 } from '../kvstore/layout.ts';
 import { PrefixMirror } from '../kvstore/mirror.ts';
 import type { SessionLog } from '../kvstore/session.ts';
@@ -37,7 +43,10 @@ export class OperatorTasks {
   constructor(private readonly o: OperatorTasksOptions) {
     const L = o.layout;
     this.nodes = new PrefixMirror<NodeRecord>(o.kv, L.nodes, {
-      decode: (v, k) => { const r = decode<NodeRecord>(v); return r?.name === k ? r : undefined; },
+      decode: (v, k) => {
+        const r = decode<NodeRecord>(v);
+        return r?.name === k ? r : undefined;
+      },
       onChange: () => this.schedule(),
       log: o.log,
     });
@@ -53,7 +62,9 @@ export class OperatorTasks {
     await this.nodes.start();
     await this.allocations.start();
     this.schedule();
-    this.timer = setInterval(() => { this.schedule(true); }, this.o.identityGcIntervalMs);
+    this.timer = setInterval(() => {
+      this.schedule(true);
+    }, this.o.identityGcIntervalMs);
     this.timer.unref();
   }
 
@@ -108,7 +119,10 @@ export class OperatorTasks {
         const pool = this.o.pools[fam];
         if (!pool) continue;
         const cidr = pool.propose(node.requestedPodCidrs?.[fam]);
-        if (!cidr) { this.o.log.warn({ node: name, pool: pool.text }, 'pod CIDR pool exhausted: the node gets no pod CIDR'); return; }
+        if (!cidr) {
+          this.o.log.warn({ node: name, pool: pool.text }, 'pod CIDR pool exhausted: the node gets no pod CIDR');
+          return;
+        }
         alloc[fam] = cidr;
         if (fam === 'ipv4' || !alloc.nodeId) alloc.nodeId = Number(pool.indexOf(cidr)!) + 1;
         compare.push({ key: L.podCidrBlock(cidr), target: 'version', result: '=', value: 0 });
@@ -161,13 +175,23 @@ export class OperatorTasks {
     const { items } = await this.o.kv.list(L.ipcache);
     for (const it of items) {
       if (decode<IpcacheRecord>(it.value)?.node !== name) continue;
-      const r = await this.o.kv.txn([this.o.guard, { key: L.node(name), target: 'version', result: '=', value: 0 }, { key: it.key, target: 'mod', result: '=', value: it.modRevision }], [{ type: 'delete', key: it.key }]);
+      const r = await this.o.kv.txn(
+        [
+          this.o.guard,
+          { key: L.node(name), target: 'version', result: '=', value: 0 },
+          { key: it.key, target: 'mod', result: '=', value: it.modRevision },
+        ],
+        [{ type: 'delete', key: it.key }],
+      );
       if (r.succeeded) this.stats.ipcacheCollected++;
     }
     const refs = await this.o.kv.list(L.identityRefs, { keysOnly: true });
     for (const it of refs.items) {
       if (!it.key.endsWith(`/${name}`)) continue;
-      const r = await this.o.kv.txn([this.o.guard, { key: L.node(name), target: 'version', result: '=', value: 0 }], [{ type: 'delete', key: it.key }]);
+      const r = await this.o.kv.txn(
+        [this.o.guard, { key: L.node(name), target: 'version', result: '=', value: 0 }],
+        [{ type: 'delete', key: it.key }],
+      );
       if (r.succeeded) this.stats.refsCollected++;
     }
   }
@@ -182,9 +206,15 @@ export class OperatorTasks {
     for (const it of ids.items) {
       const id = Number(it.key.slice(L.identityIds.length));
       present.add(id);
-      if (referenced.has(id)) { this.unreferencedSince.delete(id); continue; }
+      if (referenced.has(id)) {
+        this.unreferencedSince.delete(id);
+        continue;
+      }
       const since = this.unreferencedSince.get(id);
-      if (since === undefined) { this.unreferencedSince.set(id, now); continue; }
+      if (since === undefined) {
+        this.unreferencedSince.set(id, now);
+        continue;
+      }
       if (now - since < this.o.identityGcGraceMs) continue;
       const rec = decode<{ labels: Record<string, string> }>(it.value);
       const ops: Op[] = [{ type: 'delete', key: it.key }];

@@ -16,14 +16,19 @@ export class PodCidrPool {
     this.pool = parseCidr(pool);
     this.family = this.pool.family;
     if (!Number.isInteger(maskSize) || maskSize < this.pool.prefix || maskSize > this.pool.bits) {
-      throw new RangeError(`--node-cidr-mask-size ${maskSize} must be between the pool's prefix length (${this.pool.prefix}) and ${this.pool.bits}`);
+      throw new RangeError(
+        `--node-cidr-mask-size ${maskSize} must be between the pool's prefix length (${this.pool.prefix}) and ${this.pool.bits}`,
+      );
     }
-    if (this.family === 4 && maskSize > 30) throw new RangeError(`--node-cidr-mask-size ${maskSize} leaves no room for pods (at most 30 for IPv4)`);
+    if (this.family === 4 && maskSize > 30)
+      throw new RangeError(`--node-cidr-mask-size ${maskSize} leaves no room for pods (at most 30 for IPv4)`);
     this.maskSize = maskSize;
     this.blocks = 1n << BigInt(maskSize - this.pool.prefix);
   }
 
-  get text(): string { return `${bigIntToIp(this.pool.base, this.family)}/${this.pool.prefix}`; }
+  get text(): string {
+    return `${bigIntToIp(this.pool.base, this.family)}/${this.pool.prefix}`;
+  }
 
   /** Block number n as text ("10.0.3.0/24"). */
   block(n: bigint): string {
@@ -34,7 +39,11 @@ export class PodCidrPool {
   /** Position of a block in the pool, or undefined when `cidr` is not one of its blocks. */
   indexOf(cidr: string): bigint | undefined {
     let c: Cidr;
-    try { c = parseCidr(cidr); } catch { return undefined; }
+    try {
+      c = parseCidr(cidr);
+    } catch {
+      return undefined;
+    }
     if (c.family !== this.family || c.prefix !== this.maskSize) return undefined;
     if (ipToBigInt(cidr.slice(0, cidr.indexOf('/'))) !== c.base) return undefined; // host bits set: not a block
     const size = 1n << BigInt(this.pool.bits - this.maskSize);
@@ -43,13 +52,23 @@ export class PodCidrPool {
     return off / size;
   }
 
-  contains(cidr: string): boolean { return this.indexOf(cidr) !== undefined; }
+  contains(cidr: string): boolean {
+    return this.indexOf(cidr) !== undefined;
+  }
 
   /** What the store says is taken. */
-  markTaken(cidr: string, node: string): void { this.taken.set(cidr, node); }
-  markFree(cidr: string): void { this.taken.delete(cidr); }
-  ownerOf(cidr: string): string | undefined { return this.taken.get(cidr); }
-  get used(): number { return this.taken.size; }
+  markTaken(cidr: string, node: string): void {
+    this.taken.set(cidr, node);
+  }
+  markFree(cidr: string): void {
+    this.taken.delete(cidr);
+  }
+  ownerOf(cidr: string): string | undefined {
+    return this.taken.get(cidr);
+  }
+  get used(): number {
+    return this.taken.size;
+  }
 
   /** A free block to try: the requested one when it is a free block of this pool, else the next
    *  free one after the last handed out (freed blocks are reused last). undefined: pool full. */
@@ -60,7 +79,10 @@ export class PodCidrPool {
     for (let i = 0n; i < this.blocks; i++) {
       const n = (this.hint + i) % this.blocks;
       const b = this.block(n);
-      if (!this.taken.has(b)) { this.hint = n + 1n; return b; }
+      if (!this.taken.has(b)) {
+        this.hint = n + 1n;
+        return b;
+      }
     }
     return undefined;
   }

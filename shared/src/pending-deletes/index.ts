@@ -72,10 +72,18 @@ export function listPendingDeletes(dir: string): { file: string; entry?: Pending
   const out = names.map((n) => {
     const file = path.join(dir, n);
     let mtimeNs = 0n;
-    try { mtimeNs = fs.statSync(file, { bigint: true }).mtimeNs; } catch { /* drained meanwhile */ }
+    try {
+      mtimeNs = fs.statSync(file, { bigint: true }).mtimeNs;
+    } catch {
+      /* drained meanwhile */
+    }
     return { file, entry: readEntry(file), mtimeNs };
   });
-  out.sort((a, b) => (a.entry?.queuedAt ?? '').localeCompare(b.entry?.queuedAt ?? '') || (a.mtimeNs < b.mtimeNs ? -1 : a.mtimeNs > b.mtimeNs ? 1 : 0));
+  out.sort(
+    (a, b) =>
+      (a.entry?.queuedAt ?? '').localeCompare(b.entry?.queuedAt ?? '') ||
+      (a.mtimeNs < b.mtimeNs ? -1 : a.mtimeNs > b.mtimeNs ? 1 : 0),
+  );
   return out.map(({ file, entry }) => ({ file, entry }));
 }
 
@@ -84,12 +92,19 @@ export function listPendingDeletes(dir: string): { file: string; entry?: Pending
  * resolved; a failure keeps it for the next drain and the drain goes on. `deleteFn` must be idempotent
  * (an unknown endpoint is success). Leftover temp files of crashed writers are removed.
  */
-export async function drainPendingDeletes(dir: string, deleteFn: (entry: PendingDelete) => Promise<unknown>): Promise<DrainReport> {
+export async function drainPendingDeletes(
+  dir: string,
+  deleteFn: (entry: PendingDelete) => Promise<unknown>,
+): Promise<DrainReport> {
   const report: DrainReport = { deleted: [], failed: [], invalid: [] };
   removeStaleTemps(dir);
   for (const { file, entry } of listPendingDeletes(dir)) {
     if (!entry) {
-      try { fs.renameSync(file, `${file}.bad`); } catch { /* raced with another drain */ }
+      try {
+        fs.renameSync(file, `${file}.bad`);
+      } catch {
+        /* raced with another drain */
+      }
       report.invalid.push(file);
       continue;
     }
@@ -102,7 +117,11 @@ export async function drainPendingDeletes(dir: string, deleteFn: (entry: Pending
     // a DEL queued again while we were deleting has a newer queuedAt: keep that one
     const now = readEntry(file);
     if (now && now.queuedAt !== entry.queuedAt) continue;
-    try { fs.unlinkSync(file); } catch (e) { if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e; }
+    try {
+      fs.unlinkSync(file);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
     report.deleted.push(entry);
   }
   if (report.deleted.length) fsyncDirSync(dir);
@@ -114,7 +133,10 @@ const crypto = () => process.getBuiltinModule('node:crypto');
 function readEntry(file: string): PendingDelete | undefined {
   try {
     const v = JSON.parse(fs.readFileSync(file, 'utf8')) as PendingDelete;
-    if (v && v.version === 1 && typeof v.containerId === 'string' && v.containerId && typeof v.ifName === 'string' && v.ifName) return v;
-  } catch { /* fall through */ }
+    if (v && v.version === 1 && typeof v.containerId === 'string' && v.containerId && typeof v.ifName === 'string' && v.ifName)
+      return v;
+  } catch {
+    /* fall through */
+  }
   return undefined;
 }

@@ -53,11 +53,14 @@ export interface ApplyStats {
 /** The policies need more map entries than the pinned maps hold: the import is refused as too big. */
 export class CapacityError extends MembraneError<'bad_request'> {
   override readonly name = 'CapacityError';
-  constructor(message: string) { super('bad_request', message); }
+  constructor(message: string) {
+    super('bad_request', message);
+  }
 }
 
 /** What the datapath stores of an entry (the L7 rules themselves live in the proxy). */
-const sameEntry = (a: Entry, b: Entry) => a.action === b.action && a.ruleId === b.ruleId && (a.proxyPort ?? 0) === (b.proxyPort ?? 0);
+const sameEntry = (a: Entry, b: Entry) =>
+  a.action === b.action && a.ruleId === b.ruleId && (a.proxyPort ?? 0) === (b.proxyPort ?? 0);
 
 /** What the maps should hold: policy entries by endpoint (desired.ts), ipcache, flags. */
 export interface DesiredMaps {
@@ -71,7 +74,11 @@ export interface DesiredMaps {
  * endpoint) only endpoints whose entries object changed are looked at, so the work follows the
  * change, not the total; without it (first sync, after a failure) the whole mirror is compared.
  */
-function policyDiff(mirror: Map<string, Entry>, desired: DesiredMaps['policy'], applied?: DesiredMaps['policy']): { upsert: [string, Entry][]; remove: string[] } {
+function policyDiff(
+  mirror: Map<string, Entry>,
+  desired: DesiredMaps['policy'],
+  applied?: DesiredMaps['policy'],
+): { upsert: [string, Entry][]; remove: string[] } {
   if (!applied) {
     const flat = new Map<string, Entry>();
     for (const e of desired.values()) for (const [k, v] of e.entries) flat.set(k, v);
@@ -96,14 +103,23 @@ function policyDiff(mirror: Map<string, Entry>, desired: DesiredMaps['policy'], 
 }
 
 /** Applies `desired` over `mirror` (which it updates on success only); `applied`: see policyDiff. */
-export function applyDesired(ops: PolicyDatapathOps, mirror: Mirror, desired: DesiredMaps, applied?: DesiredMaps['policy']): ApplyStats {
+export function applyDesired(
+  ops: PolicyDatapathOps,
+  mirror: Mirror,
+  desired: DesiredMaps,
+  applied?: DesiredMaps['policy'],
+): ApplyStats {
   let entries = 0;
   for (const e of desired.policy.values()) entries += e.entries.size;
   if (entries > ops.policyCapacity) {
-    throw new CapacityError(`the policies need ${entries} policy map entries; the map holds ${ops.policyCapacity} (fewer rules, peers or port ranges, or fewer selected endpoints)`);
+    throw new CapacityError(
+      `the policies need ${entries} policy map entries; the map holds ${ops.policyCapacity} (fewer rules, peers or port ranges, or fewer selected endpoints)`,
+    );
   }
   if (desired.ipcache.size > ops.ipcacheCapacity) {
-    throw new CapacityError(`the policies and endpoints need ${desired.ipcache.size} ipcache prefixes; the ipcache holds ${ops.ipcacheCapacity}`);
+    throw new CapacityError(
+      `the policies and endpoints need ${desired.ipcache.size} ipcache prefixes; the ipcache holds ${ops.ipcacheCapacity}`,
+    );
   }
   const pol = policyDiff(mirror.policy, desired.policy, applied);
   const ipc = diffMaps(mirror.ipcache, desired.ipcache);
@@ -114,14 +130,16 @@ export function applyDesired(ops: PolicyDatapathOps, mirror: Mirror, desired: De
   });
 
   const undo: (() => void)[] = [];
-  const restorePolicy = (keys: string[]) => () => ops.writePolicy(
-    keys.filter((k) => mirror.policy.has(k)).map((k) => [k, mirror.policy.get(k)!]),
-    keys.filter((k) => !mirror.policy.has(k)),
-  );
-  const restoreIpcache = (keys: string[]) => () => ops.writeIpcache(
-    keys.filter((k) => mirror.ipcache.has(k)).map((k) => [k, mirror.ipcache.get(k)!]),
-    keys.filter((k) => !mirror.ipcache.has(k)),
-  );
+  const restorePolicy = (keys: string[]) => () =>
+    ops.writePolicy(
+      keys.filter((k) => mirror.policy.has(k)).map((k) => [k, mirror.policy.get(k)!]),
+      keys.filter((k) => !mirror.policy.has(k)),
+    );
+  const restoreIpcache = (keys: string[]) => () =>
+    ops.writeIpcache(
+      keys.filter((k) => mirror.ipcache.has(k)).map((k) => [k, mirror.ipcache.get(k)!]),
+      keys.filter((k) => !mirror.ipcache.has(k)),
+    );
   try {
     if (pol.upsert.length) {
       undo.push(restorePolicy(pol.upsert.map(([k]) => k)));
@@ -146,7 +164,11 @@ export function applyDesired(ops: PolicyDatapathOps, mirror: Mirror, desired: De
     }
   } catch (e) {
     for (const step of undo.reverse()) {
-      try { step(); } catch { /* best effort: the next sync diffs against a re-read of the maps */ }
+      try {
+        step();
+      } catch {
+        /* best effort: the next sync diffs against a re-read of the maps */
+      }
     }
     throw e;
   }
@@ -157,13 +179,17 @@ export function applyDesired(ops: PolicyDatapathOps, mirror: Mirror, desired: De
   for (const [ifindex, f] of flagChanges) mirror.flags.set(ifindex, f);
   if (pol.upsert.length || pol.remove.length || ipc.upsert.length || ipc.remove.length || flagChanges.length) {
     ops.changed?.(mirror, {
-      policyKeys: [...pol.upsert.map(([k]) => k), ...pol.remove], flagIfindexes: flagChanges.map(([i]) => i),
+      policyKeys: [...pol.upsert.map(([k]) => k), ...pol.remove],
+      flagIfindexes: flagChanges.map(([i]) => i),
       ipcachePrefixes: [...ipc.upsert.map(([k]) => k), ...ipc.remove],
     });
   }
   return {
-    policyUpserts: pol.upsert.length, policyRemovals: pol.remove.length,
-    ipcacheUpserts: ipc.upsert.length, ipcacheRemovals: ipc.remove.length, flagChanges: flagChanges.length,
+    policyUpserts: pol.upsert.length,
+    policyRemovals: pol.remove.length,
+    ipcacheUpserts: ipc.upsert.length,
+    ipcacheRemovals: ipc.remove.length,
+    flagChanges: flagChanges.length,
   };
 }
 

@@ -23,14 +23,31 @@ function nsQuery(opts: { namespace?: string }): string {
 export class PolicyClient {
   constructor(private readonly c: AgentClient) {}
 
-  list(): Promise<{ revision: number; items: PolicySummary[] }> { return this.c.request('GET', '/v1/policy'); }
-  get(name: string): Promise<PolicyRecord> { return this.c.request('GET', `/v1/policy/get?name=${encodeURIComponent(name)}`); }
-  status(): Promise<{ revision: number; policies: number; auditMode: boolean; policyEntries: number; ipcachePrefixes: number; endpoints: number; drops: Record<string, number> }> {
+  list(): Promise<{ revision: number; items: PolicySummary[] }> {
+    return this.c.request('GET', '/v1/policy');
+  }
+  get(name: string): Promise<PolicyRecord> {
+    return this.c.request('GET', `/v1/policy/get?name=${encodeURIComponent(name)}`);
+  }
+  status(): Promise<{
+    revision: number;
+    policies: number;
+    auditMode: boolean;
+    policyEntries: number;
+    ipcachePrefixes: number;
+    endpoints: number;
+    drops: Record<string, number>;
+  }> {
     return this.c.request('GET', '/v1/policy/status');
   }
   /** `namespace`: for documents that name none (membrane policy import -n). */
-  import(text: string, opts: { namespace?: string } = {}): Promise<ChangeResult> { return this.postText(`/v1/policy${nsQuery(opts)}`, text); }
-  validate(text: string, opts: { namespace?: string } = {}): Promise<{ valid: boolean; policies: string[]; issues: PolicyIssue[] }> {
+  import(text: string, opts: { namespace?: string } = {}): Promise<ChangeResult> {
+    return this.postText(`/v1/policy${nsQuery(opts)}`, text);
+  }
+  validate(
+    text: string,
+    opts: { namespace?: string } = {},
+  ): Promise<{ valid: boolean; policies: string[]; issues: PolicyIssue[] }> {
     return this.postText(`/v1/policy/validate${nsQuery(opts)}`, text);
   }
   delete(names: string[] | 'all'): Promise<ChangeResult & { unknown: string[] }> {
@@ -38,14 +55,24 @@ export class PolicyClient {
     return this.c.request('DELETE', `/v1/policy?${q}`);
   }
   trace(src: TraceSide, dst: TraceSide, port: string, http?: TraceHttp, dnsQuery?: string): Promise<TraceResult> {
-    return this.c.request('POST', '/v1/policy/trace', { src, dst, port, ...(http ? { http } : {}), ...(dnsQuery ? { dnsQuery } : {}) });
+    return this.c.request('POST', '/v1/policy/trace', {
+      src,
+      dst,
+      port,
+      ...(http ? { http } : {}),
+      ...(dnsQuery ? { dnsQuery } : {}),
+    });
   }
-  describeRule(ruleId: number): Promise<RuleDescription> { return this.c.request('GET', `/v1/policy/rules/${ruleId}`); }
+  describeRule(ruleId: number): Promise<RuleDescription> {
+    return this.c.request('GET', `/v1/policy/rules/${ruleId}`);
+  }
   endpoint(containerId: string, ifName: string): Promise<EndpointPolicyView> {
     return this.c.request('GET', `/v1/policy/endpoints/${encodeURIComponent(containerId)}/${encodeURIComponent(ifName)}`);
   }
   setAudit(containerId: string, ifName: string, audit: boolean | null): Promise<{ audit: boolean }> {
-    return this.c.request('PUT', `/v1/policy/endpoints/${encodeURIComponent(containerId)}/${encodeURIComponent(ifName)}/audit`, { audit });
+    return this.c.request('PUT', `/v1/policy/endpoints/${encodeURIComponent(containerId)}/${encodeURIComponent(ifName)}/audit`, {
+      audit,
+    });
   }
   async identities(): Promise<(IdentityView & { endpoints: number })[]> {
     return (await this.c.request<{ items: (IdentityView & { endpoints: number })[] }>('GET', '/v1/identities')).items;

@@ -44,7 +44,7 @@ export function merge(col: Column, code: number, e: Entry): void {
 
 function combine(cur: Entry, e: Entry): Entry {
   if (e.action !== cur.action) return e.action === 'deny' ? e : cur;
-  if (e.action === 'allow' && (!!e.l7 !== !!cur.l7)) return e.l7 ? cur : e;
+  if (e.action === 'allow' && !!e.l7 !== !!cur.l7) return e.l7 ? cur : e;
   // Two kinds of L7 rules for the same traffic (HTTP and DNS on one port): no proxy can enforce both.
   if (e.l7 && cur.l7 && e.l7.kind !== cur.l7.kind) return { action: 'deny', ruleId: Math.min(e.ruleId, cur.ruleId) };
   if (e.l7 && cur.l7) return { ...(e.ruleId < cur.ruleId ? e : cur), l7: unionL7(cur.l7, e.l7) };
@@ -64,7 +64,12 @@ export function probeOrder(peer: number, proto: number, dport: number): [number,
 }
 
 /** What the datapath finds for a new flow: the first entry in probe order, if any. */
-export function probe(dp: DirectionPolicy, peer: number, proto: number, dport: number): { peer: number; code: number; entry: Entry } | undefined {
+export function probe(
+  dp: DirectionPolicy,
+  peer: number,
+  proto: number,
+  dport: number,
+): { peer: number; code: number; entry: Entry } | undefined {
   for (const [p, code] of probeOrder(peer, proto, dport)) {
     const entry = dp.columns.get(p)?.get(code);
     if (entry) return { peer: p, code, entry };
@@ -86,8 +91,15 @@ function generalizations(dp: DirectionPolicy, peer: number, code: number): Entry
   const out: Entry[] = [];
   const col = dp.columns.get(peer);
   const any = dp.columns.get(ANY_IDENTITY);
-  for (const w of wider(code)) { const e = col?.get(w); if (e) out.push(e); }
-  if (peer !== ANY_IDENTITY && any) for (const c of [code, ...wider(code)]) { const e = any.get(c); if (e) out.push(e); }
+  for (const w of wider(code)) {
+    const e = col?.get(w);
+    if (e) out.push(e);
+  }
+  if (peer !== ANY_IDENTITY && any)
+    for (const c of [code, ...wider(code)]) {
+      const e = any.get(c);
+      if (e) out.push(e);
+    }
   return out;
 }
 
@@ -139,7 +151,10 @@ export function closeColumn(dp: DirectionPolicy, peer: number, col: Column): voi
     if (peer !== ANY_IDENTITY) gens.push([any, code], ...wider(code).map((c): [Column | undefined, number] => [any, c]));
     for (const [gc, gcode] of gens) {
       const d = denyAt(gc, gcode);
-      if (d) { col.set(code, d); break; }
+      if (d) {
+        col.set(code, d);
+        break;
+      }
     }
   }
   if (!any || peer === ANY_IDENTITY) return;

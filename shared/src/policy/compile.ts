@@ -18,7 +18,17 @@ import { l7ByCode } from './l7.ts';
 import { encodeRuleId } from './rule-id.ts';
 import { initDefaultDeny } from './selection.ts';
 import { isEmptySelector, matches, selectorKey, type Selector } from './selector.ts';
-import { closeColumn, closeDenies, closeL7, closeL7Column, l4code, merge, type Column, type DirectionPolicy, type Entry } from './closure.ts';
+import {
+  closeColumn,
+  closeDenies,
+  closeL7,
+  closeL7Column,
+  l4code,
+  merge,
+  type Column,
+  type DirectionPolicy,
+  type Entry,
+} from './closure.ts';
 import type { Direction, Peer, PolicyRecord, Rule } from './types.ts';
 
 export * from './closure.ts';
@@ -43,7 +53,12 @@ export const HOST_ALLOW_RULE_ID = 0;
 
 /** One rule as a label set's compile used it: the peers it resolved to, and (worked out once) the
  *  entries it puts in each of their columns. */
-interface RuleUse { rec: PolicyRecord; rule: Rule; peers: number[]; entries?: [number, Entry][] }
+interface RuleUse {
+  rec: PolicyRecord;
+  rule: Rule;
+  peers: number[];
+  entries?: [number, Entry][];
+}
 
 /** A compiled label set and what recompiling it from here needs. */
 interface Compiled {
@@ -71,7 +86,10 @@ export class PolicyCompiler {
   patched = 0;
   columnsRebuilt = 0;
 
-  constructor(private readonly records: PolicyRecord[], private readonly universe: Universe) {}
+  constructor(
+    private readonly records: PolicyRecord[],
+    private readonly universe: Universe,
+  ) {}
 
   forLabels(labels: Labels): LabelPolicy {
     const key = canonicalLabels(labels);
@@ -107,7 +125,9 @@ export class PolicyCompiler {
     const selectedBy: LabelPolicy['selectedBy'] = [];
     const uses = new Map<string, RuleUse>();
     for (const rec of this.records) {
-      let ingress = false, egress = false, selected = false;
+      let ingress = false,
+        egress = false,
+        selected = false;
       for (const spec of rec.policy.specs) {
         if (!matches(spec.subject, labels)) continue;
         selected = true;
@@ -128,7 +148,11 @@ export class PolicyCompiler {
   }
 
   /** The whole table from the rules. */
-  private build(uses: Map<string, RuleUse>, defaultDeny: { ingress: boolean; egress: boolean }, selectedBy: LabelPolicy['selectedBy']): LabelPolicy {
+  private build(
+    uses: Map<string, RuleUse>,
+    defaultDeny: { ingress: boolean; egress: boolean },
+    selectedBy: LabelPolicy['selectedBy'],
+  ): LabelPolicy {
     const out: LabelPolicy = {
       ingress: { defaultDeny: defaultDeny.ingress, columns: new Map() },
       egress: { defaultDeny: defaultDeny.egress, columns: new Map() },
@@ -150,12 +174,20 @@ export class PolicyCompiler {
    *  undefined when a changed rule fills the any-peer column (every column is closed against it). */
   private patch(base: Compiled, uses: Map<string, RuleUse>): LabelPolicy | undefined {
     const changed: Record<Direction, Set<number>> = { ingress: new Set(), egress: new Set() };
-    const mark = (u: RuleUse) => { for (const p of u.peers) changed[u.rule.direction].add(p); };
+    const mark = (u: RuleUse) => {
+      for (const p of u.peers) changed[u.rule.direction].add(p);
+    };
     for (const [key, u] of uses) {
       const before = base.uses.get(key);
-      if (!before) { mark(u); continue; }
+      if (!before) {
+        mark(u);
+        continue;
+      }
       u.entries = before.entries; // same policy number and rule: the same entries
-      if (before.peers.length !== u.peers.length || before.peers.some((p, i) => p !== u.peers[i])) { mark(before); mark(u); }
+      if (before.peers.length !== u.peers.length || before.peers.some((p, i) => p !== u.peers[i])) {
+        mark(before);
+        mark(u);
+      }
     }
     for (const [key, before] of base.uses) if (!uses.has(key)) mark(before);
     if (changed.ingress.has(ANY_IDENTITY) || changed.egress.has(ANY_IDENTITY)) return undefined;
@@ -165,7 +197,8 @@ export class PolicyCompiler {
         if (!changed[u.rule.direction].has(p)) continue;
         const k = `${u.rule.direction}:${p}`;
         const list = fills.get(k);
-        if (list) list.push(u); else fills.set(k, [u]);
+        if (list) list.push(u);
+        else fills.set(k, [u]);
       }
     }
     const prev = base.policy;
@@ -182,7 +215,10 @@ export class PolicyCompiler {
         const col: Column = new Map();
         for (const u of fills.get(`${direction}:${peer}`) ?? []) fill(col, u);
         if (direction === 'ingress' && peer === RESERVED.host && dp.defaultDeny) hostAllowance(col);
-        if (!col.size) { dp.columns.delete(peer); continue; }
+        if (!col.size) {
+          dp.columns.delete(peer);
+          continue;
+        }
         dp.columns.set(peer, col);
         closeColumn(dp, peer, col);
         closeL7Column(dp, peer, col);
@@ -203,23 +239,39 @@ export class PolicyCompiler {
 
   private resolvePeer(p: Peer): number[] {
     switch (p.kind) {
-      case 'endpoints': return this.selectEndpoints(p.selector);
+      case 'endpoints':
+        return this.selectEndpoints(p.selector);
       case 'cidr': {
         const fqdn = this.universe.fqdn?.within(p.cidr, p.except) ?? [];
         const ids = this.universe.cidrs.within(p.cidr, p.except);
         return fqdn.length ? [...ids, ...fqdn] : ids;
       }
-      case 'fqdn': return this.universe.fqdn?.select(fqdnKey(p.selector)) ?? [];
+      case 'fqdn':
+        return this.universe.fqdn?.select(fqdnKey(p.selector)) ?? [];
       case 'entity':
         switch (p.entity) {
-          case 'host': return [RESERVED.host];
-          case 'remote-node': return [RESERVED['remote-node']];
-          case 'world': return [RESERVED.world, ...this.universe.cidrs.entries().map((e) => e.id), ...(this.universe.fqdn?.all() ?? [])];
-          case 'init': return [RESERVED.init];
-          case 'health': return [RESERVED.health];
-          case 'unmanaged': return [RESERVED.unmanaged];
-          case 'cluster': return [RESERVED.host, RESERVED['remote-node'], RESERVED.init, RESERVED.health, ...this.universe.identities.map((i) => i.id)];
-          case 'all': return [ANY_IDENTITY];
+          case 'host':
+            return [RESERVED.host];
+          case 'remote-node':
+            return [RESERVED['remote-node']];
+          case 'world':
+            return [RESERVED.world, ...this.universe.cidrs.entries().map((e) => e.id), ...(this.universe.fqdn?.all() ?? [])];
+          case 'init':
+            return [RESERVED.init];
+          case 'health':
+            return [RESERVED.health];
+          case 'unmanaged':
+            return [RESERVED.unmanaged];
+          case 'cluster':
+            return [
+              RESERVED.host,
+              RESERVED['remote-node'],
+              RESERVED.init,
+              RESERVED.health,
+              ...this.universe.identities.map((i) => i.id),
+            ];
+          case 'all':
+            return [ANY_IDENTITY];
         }
     }
   }
@@ -229,12 +281,16 @@ export class PolicyCompiler {
     const key = selectorKey(s);
     const cached = this.selectorCache.get(key);
     if (cached) return cached;
-    const namesReserved = [...Object.keys(s.matchLabels), ...s.matchExpressions.map((r) => r.key)].some((k) => k.startsWith('reserved:'));
+    const namesReserved = [...Object.keys(s.matchLabels), ...s.matchExpressions.map((r) => r.key)].some((k) =>
+      k.startsWith('reserved:'),
+    );
     const candidates = [...this.universe.identities];
     if (namesReserved) {
       for (const [name, id] of Object.entries(RESERVED)) candidates.push({ id, labels: { [`reserved:${name}`]: '' } });
     }
-    const ids = isEmptySelector(s) ? candidates.map((c) => c.id) : candidates.filter((c) => matches(s, c.labels)).map((c) => c.id);
+    const ids = isEmptySelector(s)
+      ? candidates.map((c) => c.id)
+      : candidates.filter((c) => matches(s, c.labels)).map((c) => c.id);
     const out = [...new Set(ids)];
     this.selectorCache.set(key, out);
     return out;

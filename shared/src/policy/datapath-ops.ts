@@ -11,8 +11,16 @@ import type { MapChanges, Mirror, PolicyDatapathOps } from './apply.ts';
 import { revalidateConntrack } from './revalidate.ts';
 import type { Entry } from './compile.ts';
 import {
-  EP_POLICY_MASK, IPCACHE_VALUE_SIZE, POLICY_KEY_SIZE, POLICY_VALUE_SIZE,
-  decodeIpcacheKey, decodeIpcacheValue, decodePolicyValue, encodeIpcacheKey, encodeIpcacheValue, encodePolicyValue,
+  EP_POLICY_MASK,
+  IPCACHE_VALUE_SIZE,
+  POLICY_KEY_SIZE,
+  POLICY_VALUE_SIZE,
+  decodeIpcacheKey,
+  decodeIpcacheValue,
+  decodePolicyValue,
+  encodeIpcacheKey,
+  encodeIpcacheValue,
+  encodePolicyValue,
 } from './map-codec.ts';
 
 const FLAGS_OFFSET = 8; // struct endpoint_config: endpoint_id, identity, flags
@@ -30,21 +38,26 @@ export function datapathOps(dp: Datapath, opts: { log?: { warn(o: object, msg: s
   return {
     changed(mirror: Mirror, changes: MapChanges) {
       // Several changes in one turn share one walk; it reads the mirror as it is when it runs.
-      what = what ? {
-        policyKeys: [...what.policyKeys, ...changes.policyKeys], flagIfindexes: [...what.flagIfindexes, ...changes.flagIfindexes],
-        ipcachePrefixes: [...what.ipcachePrefixes, ...changes.ipcachePrefixes],
-      } : changes;
-      pending ??= new Promise<number>((resolve) => setImmediate(() => {
-        const touched = what!;
-        pending = undefined;
-        what = undefined;
-        try {
-          resolve(revalidateConntrack(dp, mirror, touched));
-        } catch (err) {
-          opts.log?.warn({ err }, 'conntrack revalidation failed');
-          resolve(0);
-        }
-      }));
+      what = what
+        ? {
+            policyKeys: [...what.policyKeys, ...changes.policyKeys],
+            flagIfindexes: [...what.flagIfindexes, ...changes.flagIfindexes],
+            ipcachePrefixes: [...what.ipcachePrefixes, ...changes.ipcachePrefixes],
+          }
+        : changes;
+      pending ??= new Promise<number>((resolve) =>
+        setImmediate(() => {
+          const touched = what!;
+          pending = undefined;
+          what = undefined;
+          try {
+            resolve(revalidateConntrack(dp, mirror, touched));
+          } catch (err) {
+            opts.log?.warn({ err }, 'conntrack revalidation failed');
+            resolve(0);
+          }
+        }),
+      );
     },
 
     revalidated: () => pending ?? Promise.resolve(0),
@@ -81,7 +94,8 @@ export function datapathOps(dp: Datapath, opts: { log?: { warn(o: object, msg: s
       return out;
     },
     writeIpcache(upsert, remove) {
-      for (const [prefix, id] of upsert) bpf.mapUpdate(fd('ipcache'), 'ipcache', encodeIpcacheKey(prefix), encodeIpcacheValue(id));
+      for (const [prefix, id] of upsert)
+        bpf.mapUpdate(fd('ipcache'), 'ipcache', encodeIpcacheKey(prefix), encodeIpcacheValue(id));
       for (const prefix of remove) bpf.mapDelete(fd('ipcache'), 'ipcache', encodeIpcacheKey(prefix));
     },
 

@@ -39,7 +39,10 @@ export interface DesiredInput {
 }
 
 /** One endpoint's policy entries (encoded key in hex -> entry). */
-export interface EndpointEntries { id: number; entries: Map<string, Entry> }
+export interface EndpointEntries {
+  id: number;
+  entries: Map<string, Entry>;
+}
 
 export interface Desired {
   /** By endpoint key. The same object as in the previous build when nothing about the endpoint's
@@ -59,20 +62,32 @@ export function prefixesOf(records: PolicyRecord[]): Set<string> {
     out.add(p.cidr);
     for (const e of p.except) out.add(e);
   };
-  for (const r of records) for (const s of r.policy.specs) for (const rule of s.rules) if (rule.peers !== 'all') rule.peers.forEach(visit);
+  for (const r of records)
+    for (const s of r.policy.specs) for (const rule of s.rules) if (rule.peers !== 'all') rule.peers.forEach(visit);
   return out;
 }
 
 /** Every toFQDNs selector of the records. */
 export function fqdnSelectorsOf(records: PolicyRecord[]): FqdnSelector[] {
   const out: FqdnSelector[] = [];
-  for (const r of records) for (const s of r.policy.specs) for (const rule of s.rules) if (rule.peers !== 'all') for (const p of rule.peers) if (p.kind === 'fqdn') out.push(p.selector);
+  for (const r of records)
+    for (const s of r.policy.specs)
+      for (const rule of s.rules)
+        if (rule.peers !== 'all') for (const p of rule.peers) if (p.kind === 'fqdn') out.push(p.selector);
   return out;
 }
 
 /** The identities endpoint selectors choose from: those of live endpoints, plus init and health. */
-export function universeOf(endpoints: { identity: number }[], labelsOf: (id: number) => Labels | undefined, cidrs: CidrIdentities, fqdn?: Universe['fqdn']): Universe {
-  const ids = new Map<number, Labels>([[RESERVED.init, reservedLabels('init')], [RESERVED.health, reservedLabels('health')]]);
+export function universeOf(
+  endpoints: { identity: number }[],
+  labelsOf: (id: number) => Labels | undefined,
+  cidrs: CidrIdentities,
+  fqdn?: Universe['fqdn'],
+): Universe {
+  const ids = new Map<number, Labels>([
+    [RESERVED.init, reservedLabels('init')],
+    [RESERVED.health, reservedLabels('health')],
+  ]);
   for (const ep of endpoints) {
     if (ids.has(ep.identity)) continue;
     const labels = labelsOf(ep.identity);
@@ -91,7 +106,8 @@ function withProxy(entry: Entry, ports: DesiredInput['proxyPorts']): Entry {
 /** The L7 proxy kinds a set of policies needs. */
 export function l7KindsOf(records: { policy: PolicyRecord['policy'] }[]): Set<L7Set['kind']> {
   const out = new Set<L7Set['kind']>();
-  for (const r of records) for (const s of r.policy.specs) for (const rule of s.rules) for (const g of rule.l7 ?? []) out.add(g.dns ? 'dns' : 'http');
+  for (const r of records)
+    for (const s of r.policy.specs) for (const rule of s.rules) for (const g of rule.l7 ?? []) out.add(g.dns ? 'dns' : 'http');
   return out;
 }
 
@@ -114,14 +130,20 @@ export interface CompileCache {
  *  identity)? FQDN identities carry the policy prefixes that contain their addresses, so both kinds
  *  of rule select them. */
 function namesCidrs(r: PolicyRecord): boolean {
-  return r.policy.specs.some((s) => s.rules.some((rule) => rule.peers !== 'all' &&
-    rule.peers.some((p) => p.kind === 'cidr' || p.kind === 'fqdn' || (p.kind === 'entity' && p.entity === 'world'))));
+  return r.policy.specs.some((s) =>
+    s.rules.some(
+      (rule) =>
+        rule.peers !== 'all' &&
+        rule.peers.some((p) => p.kind === 'cidr' || p.kind === 'fqdn' || (p.kind === 'entity' && p.entity === 'world')),
+    ),
+  );
 }
 
 /** The label sets a change from `before` to `after` can touch: those a changed record's subject
  *  selects, and, when the CIDR or FQDN identities changed, those selected by records naming such peers. */
 function touchedBy(before: PolicyRecord[], after: PolicyRecord[], cidrsChanged: boolean): (labels: Labels) => boolean {
-  const was = new Set(before), is = new Set(after);
+  const was = new Set(before),
+    is = new Set(after);
   const changed = [...before.filter((r) => !is.has(r)), ...after.filter((r) => !was.has(r))];
   if (cidrsChanged) changed.push(...after.filter(namesCidrs));
   const subjects = changed.flatMap((r) => r.policy.specs.map((s) => s.subject));
@@ -129,17 +151,30 @@ function touchedBy(before: PolicyRecord[], after: PolicyRecord[], cidrsChanged: 
 }
 
 function compilerFor(input: DesiredInput, universe: Universe, cache?: { current?: CompileCache }): PolicyCompiler {
-  const identities = universe.identities.map((i) => i.id).sort((a, b) => a - b).join(',');
+  const identities = universe.identities
+    .map((i) => i.id)
+    .sort((a, b) => a - b)
+    .join(',');
   const cidrVersion = input.cidrs.version;
   const fqdnVersion = input.fqdn?.identities.version ?? 0;
   const cur = cache?.current;
-  if (cur && cur.records === input.records && cur.identities === identities && cur.cidrVersion === cidrVersion && cur.fqdnVersion === fqdnVersion) {
+  if (
+    cur &&
+    cur.records === input.records &&
+    cur.identities === identities &&
+    cur.cidrVersion === cidrVersion &&
+    cur.fqdnVersion === fqdnVersion
+  ) {
     return cur.compiler; // e.g. a new endpoint with an identity we know: no recompile
   }
   // "Any policy at all" closes the init identity (selection.ts): that flips with the first and last one.
-  const derive = cur && cur.identities === identities && (cur.records.length > 0) === (input.records.length > 0);
+  const derive = cur && cur.identities === identities && cur.records.length > 0 === input.records.length > 0;
   const compiler = derive
-    ? cur.compiler.derive(input.records, universe, touchedBy(cur.records, input.records, cur.cidrVersion !== cidrVersion || cur.fqdnVersion !== fqdnVersion))
+    ? cur.compiler.derive(
+        input.records,
+        universe,
+        touchedBy(cur.records, input.records, cur.cidrVersion !== cidrVersion || cur.fqdnVersion !== fqdnVersion),
+      )
     : new PolicyCompiler(input.records, universe);
   if (cache) {
     const selections = cur?.records === input.records ? cur.selections : undefined;
@@ -157,7 +192,8 @@ function entriesOf(ep: EngineEndpoint, lp: LabelPolicy, ports: DesiredInput['pro
   const entries = new Map<string, Entry>();
   for (const direction of ['ingress', 'egress'] as const) {
     for (const [peer, col] of lp[direction].columns) {
-      for (const [code, entry] of col) entries.set(entryKey(ep, peer, direction, code), entry.l7 ? withProxy(entry, ports) : entry);
+      for (const [code, entry] of col)
+        entries.set(entryKey(ep, peer, direction, code), entry.l7 ? withProxy(entry, ports) : entry);
     }
   }
   return { id: ep.id, entries };
@@ -165,16 +201,23 @@ function entriesOf(ep: EngineEndpoint, lp: LabelPolicy, ports: DesiredInput['pro
 
 /** The entries of `lp` from those built for `before` (same endpoint id and proxy ports): compiles
  *  share the columns that did not change (compile.ts), so only the others are encoded again. */
-function entriesFrom(before: { policy: LabelPolicy; built: EndpointEntries }, ep: EngineEndpoint, lp: LabelPolicy, ports: DesiredInput['proxyPorts']): EndpointEntries {
+function entriesFrom(
+  before: { policy: LabelPolicy; built: EndpointEntries },
+  ep: EngineEndpoint,
+  lp: LabelPolicy,
+  ports: DesiredInput['proxyPorts'],
+): EndpointEntries {
   const entries = new Map(before.built.entries);
   for (const direction of ['ingress', 'egress'] as const) {
-    const was = before.policy[direction].columns, is = lp[direction].columns;
+    const was = before.policy[direction].columns,
+      is = lp[direction].columns;
     for (const [peer, col] of was) {
       if (is.get(peer) !== col) for (const code of col.keys()) entries.delete(entryKey(ep, peer, direction, code));
     }
     for (const [peer, col] of is) {
       if (was.get(peer) === col) continue;
-      for (const [code, entry] of col) entries.set(entryKey(ep, peer, direction, code), entry.l7 ? withProxy(entry, ports) : entry);
+      for (const [code, entry] of col)
+        entries.set(entryKey(ep, peer, direction, code), entry.l7 ? withProxy(entry, ports) : entry);
     }
   }
   return { id: ep.id, entries };
@@ -182,13 +225,20 @@ function entriesFrom(before: { policy: LabelPolicy; built: EndpointEntries }, ep
 
 export function buildDesired(input: DesiredInput, cache?: { current?: CompileCache }): Desired {
   input.cidrs.sync(prefixesOf(input.records));
-  input.fqdn?.setPolicy(fqdnSelectorsOf(input.records), input.cidrs.entries().map((e) => e.text));
+  input.fqdn?.setPolicy(
+    fqdnSelectorsOf(input.records),
+    input.cidrs.entries().map((e) => e.text),
+  );
   // Peers selectors choose from: local endpoints, plus other nodes' endpoints in cluster mode.
   let peers: { identity: number }[] = input.endpoints;
   if (input.remote?.size) {
     const seen = new Set(input.endpoints.map((e) => e.identity));
     peers = [...input.endpoints];
-    for (const id of input.remote.values()) if (!seen.has(id)) { seen.add(id); peers.push({ identity: id }); }
+    for (const id of input.remote.values())
+      if (!seen.has(id)) {
+        seen.add(id);
+        peers.push({ identity: id });
+      }
   }
   const universe = universeOf(peers, input.labelsOf, input.cidrs, input.fqdn?.identities);
   const compiler = compilerFor(input, universe, cache);
@@ -210,11 +260,21 @@ export function buildDesired(input: DesiredInput, cache?: { current?: CompileCac
     const lp = compiler.forLabels(labels);
     const prev = prevEntries?.get(ep.key);
     const reusable = prev && prev.ports === ports && prev.built.id === ep.id;
-    const built = !reusable ? entriesOf(ep, lp, input.proxyPorts) : prev.policy === lp ? prev.built : entriesFrom(prev, ep, lp, input.proxyPorts);
+    const built = !reusable
+      ? entriesOf(ep, lp, input.proxyPorts)
+      : prev.policy === lp
+        ? prev.built
+        : entriesFrom(prev, ep, lp, input.proxyPorts);
     nextEntries.set(ep.key, { policy: lp, ports, built });
     policy.set(ep.key, built);
   }
   if (cache?.current) cache.current.entries = nextEntries;
-  const ipcache = desiredIpcache({ endpoints: input.endpoints, hostAddresses: input.hostAddresses, cidrs: input.cidrs, remote: input.remote, fqdn: input.fqdn?.ipcacheEntries() });
+  const ipcache = desiredIpcache({
+    endpoints: input.endpoints,
+    hostAddresses: input.hostAddresses,
+    cidrs: input.cidrs,
+    remote: input.remote,
+    fqdn: input.fqdn?.ipcacheEntries(),
+  });
   return { policy, ipcache, flags, compiler };
 }

@@ -22,8 +22,16 @@ export type PolicyErrorCode = 'bad_request' | 'policy_not_found' | 'endpoint_not
 /** A policy error; invalid input carries its issues (file:line:column, field) in the message and as details. */
 export class PolicyError extends MembraneError<PolicyErrorCode> {
   override readonly name = 'PolicyError';
-  constructor(code: PolicyErrorCode, message: string, readonly issues?: PolicyIssue[]) {
-    super(code, issues?.length ? `${message}:\n${issues.map((i) => `  ${formatIssue(i)}`).join('\n')}` : message, issues ? { details: { issues } } : {});
+  constructor(
+    code: PolicyErrorCode,
+    message: string,
+    readonly issues?: PolicyIssue[],
+  ) {
+    super(
+      code,
+      issues?.length ? `${message}:\n${issues.map((i) => `  ${formatIssue(i)}`).join('\n')}` : message,
+      issues ? { details: { issues } } : {},
+    );
   }
 }
 

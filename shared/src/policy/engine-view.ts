@@ -33,16 +33,26 @@ export class PolicyView {
   private readonly byIp = new Map<string, EngineEndpoint>();
   private readonly peerOf = new Map<string, number>();
 
-  protected constructor(protected readonly d: PolicyEngineDeps, readonly identities: IdentityAllocator, readonly repo: PolicyRepository) {
+  protected constructor(
+    protected readonly d: PolicyEngineDeps,
+    readonly identities: IdentityAllocator,
+    readonly repo: PolicyRepository,
+  ) {
     // Start from what is pinned: a restarted agent changes only what differs.
     this.mirror = { policy: d.ops.readPolicy(), ipcache: d.ops.readIpcache(), flags: new Map() };
     this.cidrs = new CidrIdentities();
     for (const [prefix, id] of this.mirror.ipcache) if (id >= FIRST_CIDR_IDENTITY) this.cidrs.seed(prefix, id);
   }
 
-  list(): PolicyRecord[] { return this.repo.list(); }
-  get(name: string): PolicyRecord | undefined { return this.repo.get(name); }
-  get revision(): number { return this.repo.revision; }
+  list(): PolicyRecord[] {
+    return this.repo.list();
+  }
+  get(name: string): PolicyRecord | undefined {
+    return this.repo.get(name);
+  }
+  get revision(): number {
+    return this.repo.revision;
+  }
 
   describeRule(ruleId: number): RuleDescription | undefined {
     return describeRule(this.repo.list(), ruleId);
@@ -59,10 +69,22 @@ export class PolicyView {
 
   trace(q: TraceQuery): TraceResult {
     const labelsOf = (id: number) => this.identities.labelsOf(id);
-    return trace({
-      records: this.repo.list(), universe: universeOf([...this.endpoints.values(), ...remotePeers(this.remote)], labelsOf, this.cidrs, this.d.fqdn?.identities),
-      cidrs: this.cidrs, ipcache: this.mirror.ipcache, labelsOf, ...(this.d.fqdn ? { fqdn: this.d.fqdn } : {}),
-    }, q);
+    return trace(
+      {
+        records: this.repo.list(),
+        universe: universeOf(
+          [...this.endpoints.values(), ...remotePeers(this.remote)],
+          labelsOf,
+          this.cidrs,
+          this.d.fqdn?.identities,
+        ),
+        cidrs: this.cidrs,
+        ipcache: this.mirror.ipcache,
+        labelsOf,
+        ...(this.d.fqdn ? { fqdn: this.d.fqdn } : {}),
+      },
+      q,
+    );
   }
 
   /** The policies selecting an endpoint, its identity and enforcement (for `endpoint get`). */
@@ -71,8 +93,14 @@ export class PolicyView {
     if (!e) return undefined;
     const sel = this.selection(e);
     return {
-      identity: e.identity, labels: this.identities.labelsOf(e.identity) ?? {}, audit: e.audit, init: sel.init,
-      enforcement: { ingress: sel.ingress.defaultDeny ? 'default-deny' : sel.ingress.hasRules ? 'rules-only' : 'allow-all', egress: sel.egress.defaultDeny ? 'default-deny' : sel.egress.hasRules ? 'rules-only' : 'allow-all' },
+      identity: e.identity,
+      labels: this.identities.labelsOf(e.identity) ?? {},
+      audit: e.audit,
+      init: sel.init,
+      enforcement: {
+        ingress: sel.ingress.defaultDeny ? 'default-deny' : sel.ingress.hasRules ? 'rules-only' : 'allow-all',
+        egress: sel.egress.defaultDeny ? 'default-deny' : sel.egress.hasRules ? 'rules-only' : 'allow-all',
+      },
       policies: sel.policies,
       entries: [...this.mirror.policy.keys()].filter((k) => decodePolicyKey(Buffer.from(k, 'hex')).endpointId === e.id).length,
       l7: this.l7Of(e),
@@ -87,17 +115,32 @@ export class PolicyView {
   /** For the DNS proxy: the sending endpoint and the entry its egress policy has for dst:dport (probed
    *  as the datapath probes). undefined when src is no endpoint of this node. */
   egressEntry(srcIp: string, dstIp: string, proto: number, dport: number): EgressEntry | undefined {
-    if (this.lookupGen !== this.generation) { this.lookupGen = this.generation; this.byIp.clear(); this.peerOf.clear(); }
+    if (this.lookupGen !== this.generation) {
+      this.lookupGen = this.generation;
+      this.byIp.clear();
+      this.peerOf.clear();
+    }
     if (!this.byIp.size) for (const e of this.endpoints.values()) for (const ip of e.ips) this.byIp.set(ip, e);
     const ep = this.byIp.get(srcIp);
     if (!ep) return undefined;
     let peer = this.peerOf.get(dstIp);
-    if (peer === undefined) { peer = lookupIp(this.mirror.ipcache, dstIp); if (this.peerOf.size > 50_000) this.peerOf.clear(); this.peerOf.set(dstIp, peer); }
+    if (peer === undefined) {
+      peer = lookupIp(this.mirror.ipcache, dstIp);
+      if (this.peerOf.size > 50_000) this.peerOf.clear();
+      this.peerOf.set(dstIp, peer);
+    }
     const labels = this.identities.labelsOf(ep.identity) ?? { 'reserved:init': '' };
     const dp = this.compileCache.current?.compiler.forLabels(labels).egress;
     const sel = this.selection(ep).egress;
     const hit = dp ? probe(dp, peer, proto, dport) : undefined;
-    return { endpoint: ep.id, identity: ep.identity, peer, ...(hit ? { entry: hit.entry } : {}), defaultDeny: sel.defaultDeny, lookup: sel.defaultDeny || sel.hasRules };
+    return {
+      endpoint: ep.id,
+      identity: ep.identity,
+      peer,
+      ...(hit ? { entry: hit.entry } : {}),
+      defaultDeny: sel.defaultDeny,
+      lookup: sel.defaultDeny || sel.hasRules,
+    };
   }
 
   /** What the L7 proxy workers need: endpoints, ipcache, the tables of directions with L7 entries. */
@@ -105,8 +148,15 @@ export class PolicyView {
     const compiler = this.compileCache.current?.compiler;
     const labelsOf = (id: number) => this.identities.labelsOf(id);
     return buildSnapshot({
-      revision: this.repo.revision, endpoints: [...this.endpoints.values()], labelsOf,
-      policyFor: (labels) => compiler?.forLabels(labels) ?? { ingress: { defaultDeny: false, columns: new Map() }, egress: { defaultDeny: false, columns: new Map() }, selectedBy: [] },
+      revision: this.repo.revision,
+      endpoints: [...this.endpoints.values()],
+      labelsOf,
+      policyFor: (labels) =>
+        compiler?.forLabels(labels) ?? {
+          ingress: { defaultDeny: false, columns: new Map() },
+          egress: { defaultDeny: false, columns: new Map() },
+          selectedBy: [],
+        },
       ipcache: this.mirror.ipcache,
     });
   }
@@ -115,10 +165,23 @@ export class PolicyView {
     const counts = new Map<number, number>();
     for (const e of this.endpoints.values()) counts.set(e.identity, (counts.get(e.identity) ?? 0) + 1);
     const label = this.identities.list().map((i) => ({ ...i, endpoints: counts.get(i.id) ?? 0 }));
-    const cidr = this.cidrs.entries().sort((a, b) => a.id - b.id).map((c) => ({
-      id: c.id, kind: 'cidr' as IdentityKind, labels: { [`cidr:${c.text}`]: '', 'reserved:world': '' }, refs: 0, endpoints: 0,
+    const cidr = this.cidrs
+      .entries()
+      .sort((a, b) => a.id - b.id)
+      .map((c) => ({
+        id: c.id,
+        kind: 'cidr' as IdentityKind,
+        labels: { [`cidr:${c.text}`]: '', 'reserved:world': '' },
+        refs: 0,
+        endpoints: 0,
+      }));
+    const fqdn = (this.d.fqdn?.identities.list() ?? []).map((i) => ({
+      id: i.id,
+      kind: 'fqdn' as IdentityKind,
+      labels: fqdnLabels(i),
+      refs: 0,
+      endpoints: 0,
     }));
-    const fqdn = (this.d.fqdn?.identities.list() ?? []).map((i) => ({ id: i.id, kind: 'fqdn' as IdentityKind, labels: fqdnLabels(i), refs: 0, endpoints: 0 }));
     return [...label, ...cidr, ...fqdn];
   }
 
@@ -132,7 +195,9 @@ export class PolicyView {
 
   private l7Of(e: EngineEndpoint): L7Summary[] {
     const compiler = this.compileCache.current?.compiler;
-    return compiler ? l7Summary(compiler.forLabels(this.identities.labelsOf(e.identity) ?? { 'reserved:init': '' }), l4decode) : [];
+    return compiler
+      ? l7Summary(compiler.forLabels(this.identities.labelsOf(e.identity) ?? { 'reserved:init': '' }), l4decode)
+      : [];
   }
 }
 

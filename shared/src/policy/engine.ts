@@ -43,7 +43,12 @@ export class PolicyEngine extends PolicyView {
   private readonly parser: PolicyParser;
   private remoteSyncQueued = false;
 
-  private constructor(d: PolicyEngineDeps, identities: IdentityAllocator, repo: PolicyRepository, audit: Record<string, boolean>) {
+  private constructor(
+    d: PolicyEngineDeps,
+    identities: IdentityAllocator,
+    repo: PolicyRepository,
+    audit: Record<string, boolean>,
+  ) {
     super(d, identities, repo);
     this.auditOverrides = audit;
     this.hostAddrs = d.hostAddresses();
@@ -52,7 +57,11 @@ export class PolicyEngine extends PolicyView {
 
   static async open(d: PolicyEngineDeps): Promise<PolicyEngine> {
     const identities = await IdentityAllocator.open({
-      store: d.store, backend: d.identityBackend, graceMs: d.identityGraceMs, randomIds: !!d.identityBackend, labelFilter: d.labelFilter,
+      store: d.store,
+      backend: d.identityBackend,
+      graceMs: d.identityGraceMs,
+      randomIds: !!d.identityBackend,
+      labelFilter: d.labelFilter,
     });
     const repo = await PolicyRepository.open(d.policyBackend ?? d.store);
     const audit = (await d.store.get<Record<string, boolean>>(AUDIT_STORE_KEY)) ?? {};
@@ -91,13 +100,18 @@ export class PolicyEngine extends PolicyView {
       this.endpoints.set(e.key, e);
       this.identities.hold(e.key, e.identity);
       this.mirror.flags.delete(e.hostIfIndex); // a fresh config: read it again
-      if (this.started) { this.sync(); return; }
+      if (this.started) {
+        this.sync();
+        return;
+      }
       // Restoring: the pinned maps hold the entries already; only this endpoint's flags and
       // addresses may be new (a recreated veth). One full sync follows in start().
       const flags = endpointFlags(this.selection(e), e.audit);
       this.d.ops.writeEndpointFlags(e.hostIfIndex, flags);
       this.mirror.flags.set(e.hostIfIndex, flags);
-      const upsert = e.ips.map((ip) => [normalizeCidr(ip), e.identity] as [string, number]).filter(([p, id]) => this.mirror.ipcache.get(p) !== id);
+      const upsert = e.ips
+        .map((ip) => [normalizeCidr(ip), e.identity] as [string, number])
+        .filter(([p, id]) => this.mirror.ipcache.get(p) !== id);
       if (upsert.length) {
         this.d.ops.writeIpcache(upsert, []);
         for (const [p, id] of upsert) this.mirror.ipcache.set(p, id);
@@ -153,7 +167,8 @@ export class PolicyEngine extends PolicyView {
       const e = this.endpoints.get(key);
       if (!e) throw new PolicyError('endpoint_not_found', `endpoint ${key} does not exist`);
       const next = { ...this.auditOverrides };
-      if (on === null) delete next[key]; else next[key] = on;
+      if (on === null) delete next[key];
+      else next[key] = on;
       const before = e.audit;
       e.audit = next[key] ?? this.metaAudit.get(key) ?? false;
       try {
@@ -187,24 +202,36 @@ export class PolicyEngine extends PolicyView {
   importText(text: string, opts: { namespace?: string } = {}): Promise<ChangeResult> {
     const t0 = performance.now();
     let parseMs = 0;
-    const reading = this.parse(text, opts).then((r) => { parseMs = performance.now() - t0; return r; });
+    const reading = this.parse(text, opts).then((r) => {
+      parseMs = performance.now() - t0;
+      return r;
+    });
     return this.inOrder(async () => {
       const parsed = await reading;
       await nextTurn(); // taking in the result was one stretch of the loop; computing the maps is another
       this.refuseUnusable(parsed);
-      return this.serial(() => this.retryOnConflict(() => this.change(this.repo.planImport(parsed.policies, parsed.sources), t0, parseMs)));
+      return this.serial(() =>
+        this.retryOnConflict(() => this.change(this.repo.planImport(parsed.policies, parsed.sources), t0, parseMs)),
+      );
     });
   }
 
   private refuseUnusable(parsed: ParseResult): void {
     if (parsed.issues.length) {
-      throw new PolicyError('bad_request', `the policy is not valid (${parsed.issues.length} problem${parsed.issues.length > 1 ? 's' : ''})`, parsed.issues);
+      throw new PolicyError(
+        'bad_request',
+        `the policy is not valid (${parsed.issues.length} problem${parsed.issues.length > 1 ? 's' : ''})`,
+        parsed.issues,
+      );
     }
     if (!parsed.policies.length) throw new PolicyError('bad_request', 'no policy in the input');
     const missing = [...l7KindsOf(parsed.policies.map((policy) => ({ policy })))].filter((k) => !this.d.proxyPorts?.()?.[k]);
     if (missing.length) {
       const k = missing[0];
-      const proxy = k === 'dns' ? 'the DNS proxy is not enabled on this node (agent --dns-proxy)' : 'the L7 proxy is not enabled on this node (agent --l7-proxy)';
+      const proxy =
+        k === 'dns'
+          ? 'the DNS proxy is not enabled on this node (agent --dns-proxy)'
+          : 'the L7 proxy is not enabled on this node (agent --l7-proxy)';
       throw new MembraneError('unavailable', `the policy has ${k.toUpperCase()} rules but ${proxy}`);
     }
   }
@@ -223,15 +250,17 @@ export class PolicyEngine extends PolicyView {
 
   delete(names: string[] | 'all'): Promise<ChangeResult & { unknown: string[] }> {
     const t0 = performance.now();
-    return this.inOrder(() => this.serial(async () => {
-      return this.retryOnConflict(async () => {
-        const plan = this.repo.planDelete(names);
-        if (names !== 'all' && plan.unknown.length === names.length) {
-          throw new PolicyError('policy_not_found', `no policy named ${plan.unknown.map((n) => `"${n}"`).join(', ')}`);
-        }
-        return { ...(await this.change(plan, t0, 0)), unknown: plan.unknown };
-      });
-    }));
+    return this.inOrder(() =>
+      this.serial(async () => {
+        return this.retryOnConflict(async () => {
+          const plan = this.repo.planDelete(names);
+          if (names !== 'all' && plan.unknown.length === names.length) {
+            throw new PolicyError('policy_not_found', `no policy named ${plan.unknown.map((n) => `"${n}"`).join(', ')}`);
+          }
+          return { ...(await this.change(plan, t0, 0)), unknown: plan.unknown };
+        });
+      }),
+    );
   }
 
   /** Maps first, then the store; if the store write fails the maps go back (no partial state). */
@@ -249,17 +278,29 @@ export class PolicyEngine extends PolicyView {
       throw e;
     }
     const timings = { parseMs, syncMs, storeMs: performance.now() - t0 - enforcedMs };
-    this.d.log?.info({ revision: this.repo.revision, changes: plan.changes, ...stats, enforcedMs: Math.round(enforcedMs), timings }, 'policy changed');
+    this.d.log?.info(
+      { revision: this.repo.revision, changes: plan.changes, ...stats, enforcedMs: Math.round(enforcedMs), timings },
+      'policy changed',
+    );
     return { revision: this.repo.revision, changes: plan.changes, stats, enforcedMs, totalMs: performance.now() - t0, timings };
   }
 
   /** Computes the desired maps for `records` and applies the difference. Throws with nothing changed. */
   private sync(records: PolicyRecord[] = this.repo.list()): ApplyStats {
     const cidrs = this.cidrs.clone();
-    const desired = buildDesired({
-      records, endpoints: [...this.endpoints.values()], labelsOf: (id) => this.identities.labelsOf(id),
-      hostAddresses: this.hostAddrs, cidrs, proxyPorts: this.d.proxyPorts?.(), remote: this.remote, fqdn: this.d.fqdn,
-    }, this.compileCache);
+    const desired = buildDesired(
+      {
+        records,
+        endpoints: [...this.endpoints.values()],
+        labelsOf: (id) => this.identities.labelsOf(id),
+        hostAddresses: this.hostAddrs,
+        cidrs,
+        proxyPorts: this.d.proxyPorts?.(),
+        remote: this.remote,
+        fqdn: this.d.fqdn,
+      },
+      this.compileCache,
+    );
     let stats: ApplyStats;
     try {
       stats = applyDesired(this.d.ops, this.mirror, desired, this.applied);
@@ -282,8 +323,14 @@ export class PolicyEngine extends PolicyView {
   fqdnChanged(prefixes: string[], newIdentity: boolean): Promise<void> {
     return this.serial(() => {
       if (!this.started || !this.d.fqdn) return;
-      if (newIdentity) { this.sync(); return; }
-      const owned = (p: string) => this.hostAddrs.some((h) => normalizeCidr(h) === p) || this.remote.has(p) || [...this.endpoints.values()].some((e) => e.ips.some((ip) => normalizeCidr(ip) === p));
+      if (newIdentity) {
+        this.sync();
+        return;
+      }
+      const owned = (p: string) =>
+        this.hostAddrs.some((h) => normalizeCidr(h) === p) ||
+        this.remote.has(p) ||
+        [...this.endpoints.values()].some((e) => e.ips.some((ip) => normalizeCidr(ip) === p));
       const diff = fqdnIpcacheDiff(prefixes, { fqdn: this.d.fqdn, cidrs: this.cidrs, current: this.mirror.ipcache, owned });
       if (!diff.upsert.length && !diff.remove.length) return;
       // Entries for these identities exist: only the addresses change (established flows to a
@@ -292,7 +339,11 @@ export class PolicyEngine extends PolicyView {
       for (const [p, id] of diff.upsert) this.mirror.ipcache.set(p, id);
       for (const p of diff.remove) this.mirror.ipcache.delete(p);
       this.generation++;
-      this.d.ops.changed?.(this.mirror, { policyKeys: [], flagIfindexes: [], ipcachePrefixes: [...diff.upsert.map(([p]) => p), ...diff.remove] });
+      this.d.ops.changed?.(this.mirror, {
+        policyKeys: [],
+        flagIfindexes: [],
+        ipcachePrefixes: [...diff.upsert.map(([p]) => p), ...diff.remove],
+      });
       this.d.onChange?.();
     });
   }
@@ -344,8 +395,12 @@ export class PolicyEngine extends PolicyView {
     const metaAudit = ep.metadata?.[AUDIT_METADATA_KEY] === 'true';
     this.metaAudit.set(key, metaAudit);
     return {
-      key, id: ep.id, hostIfIndex: ep.hostIfIndex, identity: ep.identity || RESERVED.init,
-      ips: ep.ips.map((ip) => addressOnly(ip.address)), audit: this.auditOverrides[key] ?? metaAudit,
+      key,
+      id: ep.id,
+      hostIfIndex: ep.hostIfIndex,
+      identity: ep.identity || RESERVED.init,
+      ips: ep.ips.map((ip) => addressOnly(ip.address)),
+      audit: this.auditOverrides[key] ?? metaAudit,
     };
   }
 }

@@ -26,7 +26,9 @@ export function fqdnIpcacheDiff(prefixes: string[], i: FqdnIpcacheInput): FqdnIp
     if (i.owned(p)) continue;
     const want = i.fqdn.entryOf(p) ?? i.cidrs.idOf(p);
     const cur = i.current.get(p);
-    if (want === undefined) { if (cur !== undefined) remove.push(p); } else if (cur !== want) upsert.push([p, want]);
+    if (want === undefined) {
+      if (cur !== undefined) remove.push(p);
+    } else if (cur !== want) upsert.push([p, want]);
   }
   return { upsert, remove };
 }

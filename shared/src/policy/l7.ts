@@ -42,7 +42,8 @@ export function l7ByCode(rule: Rule, code: (proto: number, dport: number) => num
   // A port listed both with and without L7 rules in the same rule is plain: count where each code
   // comes from (the stored rule keeps no object identity between ports and L7 groups).
   const total = new Map<number, number>();
-  for (const p of rule.ports) for (const k of expandPorts([p])) total.set(code(k.proto, k.dport), (total.get(code(k.proto, k.dport)) ?? 0) + 1);
+  for (const p of rule.ports)
+    for (const k of expandPorts([p])) total.set(code(k.proto, k.dport), (total.get(code(k.proto, k.dport)) ?? 0) + 1);
   const fromL7 = new Map<number, number>();
   for (const g of rule.l7) {
     const set: L7Set = g.dns
@@ -101,7 +102,8 @@ export function l7Summary(
         if (!s) out.set(key, (s = { direction, port: describeL4(decode(code)), peers: [], kind: e.l7.kind, rules: [] }));
         s.peers.push(peer);
         for (const r of e.l7.rules) if (!s.rules.some((x) => x.ruleId === r.ruleId && x.path === r.path)) s.rules.push(r);
-        for (const r of e.l7.dns ?? []) if (!(s.dns ??= []).some((x) => x.ruleId === r.ruleId && x.path === r.path)) s.dns.push(r);
+        for (const r of e.l7.dns ?? [])
+          if (!(s.dns ??= []).some((x) => x.ruleId === r.ruleId && x.path === r.path)) s.dns.push(r);
       }
     }
   }

@@ -47,7 +47,13 @@ export function encodePolicyKey(k: PolicyKey): Buffer {
 }
 
 export function decodePolicyKey(b: Buffer): PolicyKey {
-  return { endpointId: r32(b, 0), peer: r32(b, 4), direction: b[8] === DIR_EGRESS ? 'egress' : 'ingress', proto: b[9], dport: b.readUInt16BE(10) };
+  return {
+    endpointId: r32(b, 0),
+    peer: r32(b, 4),
+    direction: b[8] === DIR_EGRESS ? 'egress' : 'ingress',
+    proto: b[9],
+    dport: b.readUInt16BE(10),
+  };
 }
 
 /** Counters start at zero; they are the datapath's to update. An allow entry with a proxy port

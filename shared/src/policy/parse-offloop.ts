@@ -26,7 +26,11 @@ function workerEntry(): { file: string | URL; eval?: boolean } | undefined {
   if (url?.startsWith('file:') && url.endsWith('.ts')) {
     const source = new URL('./parse-worker.ts', url);
     let tsx: string;
-    try { tsx = import.meta.resolve('tsx/esm/api'); } catch { return undefined; }
+    try {
+      tsx = import.meta.resolve('tsx/esm/api');
+    } catch {
+      return undefined;
+    }
     if (!fs.existsSync(fileURLToPath(source))) return undefined;
     const code = `import(${JSON.stringify(tsx)}).then((m) => { m.register(); return import(${JSON.stringify(source.href)}); })`;
     return { file: code, eval: true };
@@ -34,7 +38,10 @@ function workerEntry(): { file: string | URL; eval?: boolean } | undefined {
   return undefined;
 }
 
-interface Pending { resolve: (r: ParseResult) => void; reject: (e: Error) => void }
+interface Pending {
+  resolve: (r: ParseResult) => void;
+  reject: (e: Error) => void;
+}
 
 export interface PolicyParserOptions {
   /** Texts this big or bigger go to the worker (default OFFLOAD_MIN_BYTES; 0: all of them). */
@@ -82,13 +89,23 @@ export class PolicyParser {
   private ensureWorker(): Worker | undefined {
     if (this.worker || this.unavailable) return this.worker;
     const entry = workerEntry();
-    if (!entry) { this.unavailable = true; return undefined; }
+    if (!entry) {
+      this.unavailable = true;
+      return undefined;
+    }
     let w: Worker;
     try {
-      w = new Worker(entry.file, { name: 'membrane-policy-parser', eval: !!entry.eval, resourceLimits: { maxYoungGenerationSizeMb: 64 } });
+      w = new Worker(entry.file, {
+        name: 'membrane-policy-parser',
+        eval: !!entry.eval,
+        resourceLimits: { maxYoungGenerationSizeMb: 64 },
+      });
     } catch (e) {
       this.unavailable = true;
-      this.opts.log?.warn({ err: (e as Error).message }, 'cannot start the policy parser worker; policies are read on the event loop');
+      this.opts.log?.warn(
+        { err: (e as Error).message },
+        'cannot start the policy parser worker; policies are read on the event loop',
+      );
       return undefined;
     }
     w.unref();
@@ -116,7 +133,9 @@ export class PolicyParser {
   private quiesce(w: Worker): void {
     w.unref();
     clearTimeout(this.idle);
-    this.idle = setTimeout(() => { if (this.worker === w && !this.pending.size) void this.close(); }, IDLE_MS);
+    this.idle = setTimeout(() => {
+      if (this.worker === w && !this.pending.size) void this.close();
+    }, IDLE_MS);
     this.idle.unref();
   }
 }

@@ -7,7 +7,11 @@ import { parentPort } from 'node:worker_threads';
 import { fingerprint, ruleFingerprints } from './fingerprint.ts';
 import { parsePolicies, type ParseOptions } from './parse.ts';
 
-export interface ParseRequest { id: number; text: string; opts: ParseOptions }
+export interface ParseRequest {
+  id: number;
+  text: string;
+  opts: ParseOptions;
+}
 
 /** Reading an import is background work next to pod creation: on a busy node the CNI plugin, the
  *  runtime and the agent's event loop get the CPU first. Linux gives each thread its own nice value
@@ -18,7 +22,9 @@ function lowerPriority(): void {
   try {
     const tid = Number(fs.readlinkSync('/proc/thread-self').split('/').pop());
     if (tid > 0) os.setPriority(tid, WORKER_NICE);
-  } catch { /* not Linux, or not allowed: same result, only less polite */ }
+  } catch {
+    /* not Linux, or not allowed: same result, only less polite */
+  }
 }
 
 if (parentPort) {

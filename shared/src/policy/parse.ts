@@ -40,9 +40,19 @@ export interface ParseResult {
 
 type PathSeg = string | number;
 /** One policy document: `doc` numbers it for users, `yamlDoc` is the YAML document holding it. */
-interface RawDoc { value: unknown; doc: number; yamlDoc: number; base: PathSeg[] }
+interface RawDoc {
+  value: unknown;
+  doc: number;
+  yamlDoc: number;
+  base: PathSeg[];
+}
 /** An issue plus what locating it needs (stripped before it is returned). */
-interface RawIssue { issue: PolicyIssue; yamlDoc: number; segments: PathSeg[]; isKey?: boolean }
+interface RawIssue {
+  issue: PolicyIssue;
+  yamlDoc: number;
+  segments: PathSeg[];
+  isKey?: boolean;
+}
 
 export function formatIssue(i: PolicyIssue, file = '<input>'): string {
   const where = i.line ? `${file}:${i.line}:${i.column ?? 1}` : file;
@@ -54,11 +64,16 @@ export type ParseOptions = ParseContext;
 
 export function parsePolicies(text: string, opts: ParseOptions = {}): ParseResult {
   try {
-    if (opts.namespace !== undefined && !NAMESPACE_NAME.test(opts.namespace)) return fatal(`namespace "${opts.namespace}" is not a valid namespace name`);
+    if (opts.namespace !== undefined && !NAMESPACE_NAME.test(opts.namespace))
+      return fatal(`namespace "${opts.namespace}" is not a valid namespace name`);
     return withParseContext(opts, () => parseUnsafe(text));
   } catch (e) {
     // A bug in a schema must still come out as an issue, not crash the agent or the CLI.
-    return { policies: [], sources: [], issues: [{ doc: 0, path: '', message: `internal error while reading the policy: ${(e as Error).message}` }] };
+    return {
+      policies: [],
+      sources: [],
+      issues: [{ doc: 0, path: '', message: `internal error while reading the policy: ${(e as Error).message}` }],
+    };
   }
 }
 
@@ -68,7 +83,11 @@ function parseUnsafe(text: string): ParseResult {
   const trimmed = text.trimStart();
   let raws: RawDoc[] | null = null;
   if (trimmed.startsWith('{') || trimmed.startsWith('[')) {
-    try { raws = splitDocs([JSON.parse(text)], true); } catch { raws = null; } // not JSON after all: YAML reports it
+    try {
+      raws = splitDocs([JSON.parse(text)], true);
+    } catch {
+      raws = null;
+    } // not JSON after all: YAML reports it
   }
   let yamlDocs: Document.Parsed[] | null = null;
   let lines: LineCounter | null = null;
@@ -77,7 +96,9 @@ function parseUnsafe(text: string): ParseResult {
     try {
       const values = fast(text);
       raws = splitDocs(values, values.length === 1 && Array.isArray(values[0]));
-    } catch { raws = null; } // a syntax error: the YAML parser below reports it with its position
+    } catch {
+      raws = null;
+    } // a syntax error: the YAML parser below reports it with its position
   }
   if (!raws) {
     ({ docs: yamlDocs, lines } = readYaml(text));
@@ -85,8 +106,14 @@ function parseUnsafe(text: string): ParseResult {
     if (syntax.length) return { policies: [], sources: [], issues: syntax };
     const values: unknown[] = [];
     for (const [i, d] of yamlDocs.entries()) {
-      try { values.push(d.toJS({ maxAliasCount: 1000 })); } catch (e) {
-        return { policies: [], sources: [], issues: [{ doc: i, path: '', message: `cannot read the document: ${(e as Error).message}` }] };
+      try {
+        values.push(d.toJS({ maxAliasCount: 1000 }));
+      } catch (e) {
+        return {
+          policies: [],
+          sources: [],
+          issues: [{ doc: i, path: '', message: `cannot read the document: ${(e as Error).message}` }],
+        };
       }
     }
     raws = splitDocs(values, yamlDocs.length === 1 && values[0] !== null && Array.isArray(values[0]));
@@ -99,10 +126,19 @@ function parseUnsafe(text: string): ParseResult {
   const seen = new Map<string, number>();
   for (const raw of raws) {
     const r = validateOne(raw);
-    if ('issues' in r) { issues.push(...r.issues); continue; }
+    if ('issues' in r) {
+      issues.push(...r.issues);
+      continue;
+    }
     const before = seen.get(r.policy.name);
     if (before !== undefined) {
-      issues.push(rawIssue(raw, ['metadata', 'name'], `policy "${r.policy.name}" appears twice in this input (also document ${before + 1})`));
+      issues.push(
+        rawIssue(
+          raw,
+          ['metadata', 'name'],
+          `policy "${r.policy.name}" appears twice in this input (also document ${before + 1})`,
+        ),
+      );
       continue;
     }
     seen.set(r.policy.name, raw.doc);
@@ -135,7 +171,13 @@ function yamlSyntaxIssues(docs: Document.Parsed[], lines: LineCounter): PolicyIs
   for (const [i, d] of docs.entries()) {
     for (const e of d.errors) {
       const pos = lines.linePos(e.pos[0]);
-      out.push({ doc: i, line: pos.line, column: pos.col, path: '', message: `not valid YAML/JSON: ${e.message.split('\n')[0]}` });
+      out.push({
+        doc: i,
+        line: pos.line,
+        column: pos.col,
+        path: '',
+        message: `not valid YAML/JSON: ${e.message.split('\n')[0]}`,
+      });
     }
   }
   return out;
@@ -147,12 +189,16 @@ function splitDocs(values: unknown[], topArray: boolean): RawDoc[] {
   values.forEach((v, yamlDoc) => {
     if (v === null || v === undefined) return; // empty YAML document (e.g. a trailing ---)
     if (topArray && Array.isArray(v)) {
-      v.forEach((item, i) => { out.push({ value: item, doc: i, yamlDoc, base: [i] }); });
+      v.forEach((item, i) => {
+        out.push({ value: item, doc: i, yamlDoc, base: [i] });
+      });
       return;
     }
     const kind = (v as { kind?: unknown })?.kind;
     if (typeof kind === 'string' && kind.endsWith('List') && Array.isArray((v as { items?: unknown }).items)) {
-      ((v as { items: unknown[] }).items).forEach((item, i) => { out.push({ value: item, doc: yamlDoc, yamlDoc, base: ['items', i] }); });
+      (v as { items: unknown[] }).items.forEach((item, i) => {
+        out.push({ value: item, doc: yamlDoc, yamlDoc, base: ['items', i] });
+      });
       return;
     }
     out.push({ value: v, doc: yamlDoc, yamlDoc, base: [] });
@@ -163,13 +209,23 @@ function splitDocs(values: unknown[], topArray: boolean): RawDoc[] {
 function validateOne(raw: RawDoc): { policy: Policy } | { issues: RawIssue[] } {
   const v = raw.value as { apiVersion?: unknown; kind?: unknown } | null;
   const at = (path: PathSeg[], message: string) => ({ issues: [rawIssue(raw, path, message)] });
-  if (typeof v !== 'object' || v === null || Array.isArray(v)) return at([], 'a policy document must be a mapping with apiVersion, kind, metadata and spec');
+  if (typeof v !== 'object' || v === null || Array.isArray(v))
+    return at([], 'a policy document must be a mapping with apiVersion, kind, metadata and spec');
   let schema: z.ZodType<Policy>;
   if (v.kind === 'CiliumNetworkPolicy' || v.kind === 'CiliumClusterwideNetworkPolicy') schema = ciliumPolicySchema;
   else if (v.kind === 'NetworkPolicy') schema = networkPolicySchema;
-  else if (v.kind === undefined && v.apiVersion === undefined && RULE_FIELDS.some((f) => f in v)) schema = ciliumRuleSchema; // cilium-dbg's rule arrays
-  else if (v.kind === undefined) return at(['kind'], 'kind is required: CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy (or a Cilium rule with endpointSelector)');
-  else return at(['kind'], `kind ${JSON.stringify(v.kind)} is not CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy`);
+  else if (v.kind === undefined && v.apiVersion === undefined && RULE_FIELDS.some((f) => f in v))
+    schema = ciliumRuleSchema; // cilium-dbg's rule arrays
+  else if (v.kind === undefined)
+    return at(
+      ['kind'],
+      'kind is required: CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy (or a Cilium rule with endpointSelector)',
+    );
+  else
+    return at(
+      ['kind'],
+      `kind ${JSON.stringify(v.kind)} is not CiliumNetworkPolicy, CiliumClusterwideNetworkPolicy or NetworkPolicy`,
+    );
   const r = schema.safeParse(v);
   if (r.success) return { policy: r.data };
   const issues: RawIssue[] = [];
@@ -178,10 +234,12 @@ function validateOne(raw: RawDoc): { policy: Policy } | { issues: RawIssue[] } {
     if (i.code === 'unrecognized_keys') {
       for (const key of i.keys) {
         const hint = closestField(key);
-        const message = key in UNSUPPORTED
-          ? `${UNSUPPORTED[key]} is not supported by Membrane`
-          : isField(key) ? `field "${key}" is not allowed here${placeOf(key) ? ` (it belongs ${placeOf(key)})` : ''}`
-            : `unknown field "${key}"${hint ? ` (did you mean "${hint}"?)` : ''}`;
+        const message =
+          key in UNSUPPORTED
+            ? `${UNSUPPORTED[key]} is not supported by Membrane`
+            : isField(key)
+              ? `field "${key}" is not allowed here${placeOf(key) ? ` (it belongs ${placeOf(key)})` : ''}`
+              : `unknown field "${key}"${hint ? ` (did you mean "${hint}"?)` : ''}`;
         issues.push(rawIssue(raw, [...path, key], message, true));
       }
       continue;

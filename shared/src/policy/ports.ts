@@ -13,13 +13,32 @@ export const ICMP_TYPE_FLAG = 0x100;
 
 export const ICMP_TYPE_NAMES: Record<'ICMP' | 'ICMPv6', Record<string, number>> = {
   ICMP: {
-    EchoReply: 0, DestinationUnreachable: 3, Redirect: 5, Echo: 8, EchoRequest: 8, RouterAdvertisement: 9,
-    RouterSelection: 10, TimeExceeded: 11, ParameterProblem: 12, Timestamp: 13, TimestampReply: 14,
+    EchoReply: 0,
+    DestinationUnreachable: 3,
+    Redirect: 5,
+    Echo: 8,
+    EchoRequest: 8,
+    RouterAdvertisement: 9,
+    RouterSelection: 10,
+    TimeExceeded: 11,
+    ParameterProblem: 12,
+    Timestamp: 13,
+    TimestampReply: 14,
   },
   ICMPv6: {
-    DestinationUnreachable: 1, PacketTooBig: 2, TimeExceeded: 3, ParameterProblem: 4, EchoRequest: 128,
-    EchoReply: 129, MulticastListenerQuery: 130, MulticastListenerReport: 131, MulticastListenerDone: 132,
-    RouterSolicitation: 133, RouterAdvertisement: 134, NeighborSolicitation: 135, NeighborAdvertisement: 136,
+    DestinationUnreachable: 1,
+    PacketTooBig: 2,
+    TimeExceeded: 3,
+    ParameterProblem: 4,
+    EchoRequest: 128,
+    EchoReply: 129,
+    MulticastListenerQuery: 130,
+    MulticastListenerReport: 131,
+    MulticastListenerDone: 132,
+    RouterSolicitation: 133,
+    RouterAdvertisement: 134,
+    NeighborSolicitation: 135,
+    NeighborAdvertisement: 136,
     RedirectMessage: 137,
   },
 };
@@ -36,7 +55,10 @@ export function expandPorts(ports: PortMatch[]): L4Key[] {
   const seen = new Set<number>();
   const push = (proto: number, dport: number) => {
     const k = proto * 0x10000 + dport;
-    if (!seen.has(k)) { seen.add(k); out.push({ proto, dport }); }
+    if (!seen.has(k)) {
+      seen.add(k);
+      out.push({ proto, dport });
+    }
   };
   for (const m of ports) {
     if ('type' in m || m.proto === 'ICMP' || m.proto === 'ICMPv6') {
@@ -47,7 +69,8 @@ export function expandPorts(ports: PortMatch[]): L4Key[] {
     const p = m as Extract<PortMatch, { port: number }>;
     const protos = p.proto === 'ANY' ? [IPPROTO.TCP, IPPROTO.UDP, IPPROTO.SCTP] : [IPPROTO[p.proto]];
     if (p.port === 0) {
-      if (p.proto === 'ANY') push(0, 0); // every protocol, every port
+      if (p.proto === 'ANY')
+        push(0, 0); // every protocol, every port
       else push(protos[0], 0);
       continue;
     }

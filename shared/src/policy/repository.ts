@@ -25,7 +25,10 @@ export interface PolicyBackend {
 
 /** Another writer changed the set since it was read: read again, plan again. */
 export class PolicyConflictError extends Error {
-  constructor(message: string) { super(message); this.name = 'PolicyConflictError'; }
+  constructor(message: string) {
+    super(message);
+    this.name = 'PolicyConflictError';
+  }
 }
 
 export function storePolicyBackend(store: Store): PolicyBackend {
@@ -47,7 +50,10 @@ export interface Plan {
 export class PolicyRepository {
   private state: Persisted;
 
-  private constructor(private readonly backend: PolicyBackend, state: Persisted) {
+  private constructor(
+    private readonly backend: PolicyBackend,
+    state: Persisted,
+  ) {
     this.state = state;
   }
 
@@ -64,10 +70,18 @@ export class PolicyRepository {
     return true;
   }
 
-  get revision(): number { return this.state.revision; }
-  list(): PolicyRecord[] { return this.state.records; }
-  get(name: string): PolicyRecord | undefined { return this.state.records.find((r) => r.name === name); }
-  byNumber(n: number): PolicyRecord | undefined { return this.state.records.find((r) => r.number === n); }
+  get revision(): number {
+    return this.state.revision;
+  }
+  list(): PolicyRecord[] {
+    return this.state.records;
+  }
+  get(name: string): PolicyRecord | undefined {
+    return this.state.records.find((r) => r.name === name);
+  }
+  byNumber(n: number): PolicyRecord | undefined {
+    return this.state.records.find((r) => r.number === n);
+  }
 
   /** Add or replace policies by name. `sources[i]` is the document policies[i] came from. */
   planImport(policies: Policy[], sources: unknown[], now = new Date()): Plan {
@@ -90,9 +104,15 @@ export class PolicyRepository {
         used.add(number);
       }
       const rec: PolicyRecord = {
-        name: policy.name, revision: (prev?.revision ?? 0) + 1, number, policy, source: sources[i] ?? null, updatedAt: now.toISOString(),
+        name: policy.name,
+        revision: (prev?.revision ?? 0) + 1,
+        number,
+        policy,
+        source: sources[i] ?? null,
+        updatedAt: now.toISOString(),
       };
-      if (prev) records[idx] = rec; else records.push(rec);
+      if (prev) records[idx] = rec;
+      else records.push(rec);
       changes.push({ name: policy.name, change: prev ? 'updated' : 'created', revision: rec.revision });
     });
     return { records, changes, nextNumber, revision: this.state.revision + (changed ? 1 : 0) };
@@ -104,7 +124,9 @@ export class PolicyRepository {
     const unknown = names === 'all' ? [] : names.filter((n) => !this.get(n));
     const records = this.state.records.filter((r) => !gone.includes(r.name));
     return {
-      records, unknown, nextNumber: this.state.nextNumber,
+      records,
+      unknown,
+      nextNumber: this.state.nextNumber,
       revision: this.state.revision + (gone.length ? 1 : 0),
       changes: gone.map((name) => ({ name, change: 'deleted' as const, revision: this.get(name)!.revision })),
     };

@@ -65,20 +65,30 @@ export function revalidateConntrack(dp: Datapath, maps: PolicyMaps, changes?: Ma
     const key = `${endpointId}/${direction}/${peer}/${e.proto}/${e.policyPort}`;
     let pass = verdicts.get(key);
     if (pass === undefined) {
-      pass = policyVerdict(maps, { endpointId, flags: ep.flags, direction, peer, proto: e.proto, port: e.policyPort, globalAudit }).pass;
+      pass = policyVerdict(maps, {
+        endpointId,
+        flags: ep.flags,
+        direction,
+        peer,
+        proto: e.proto,
+        port: e.policyPort,
+        globalAudit,
+      }).pass;
       verdicts.set(key, pass);
     }
     return pass;
   };
   return dp.revokeConntrack((e) => {
     if (e.scope === CT_SCOPE.LOCAL) {
-      const src = endpoints.get(e.owner), dst = endpoints.get(e.peer);
+      const src = endpoints.get(e.owner),
+        dst = endpoints.get(e.peer);
       if (!src || !dst) return true;
       return passes(e.owner, 'egress', dst.identity, e) && passes(e.peer, 'ingress', src.identity, e);
     }
     const egress = e.scope === CT_SCOPE.EGRESS;
     // A flow that came through the tunnel is its sender's (the VNI), whatever its inner source address says.
-    const peer = e.flags & CT_F_TUNNEL ? (egress ? e.dstIdentity : e.srcIdentity) : identityOf(e.family, egress ? e.daddr : e.saddr);
+    const peer =
+      e.flags & CT_F_TUNNEL ? (egress ? e.dstIdentity : e.srcIdentity) : identityOf(e.family, egress ? e.daddr : e.saddr);
     return passes(e.owner, egress ? 'egress' : 'ingress', peer, e);
   }, filter);
 }

@@ -20,10 +20,17 @@ export function encodeRuleId(policyNumber: number, direction: Direction, action:
   return ((policyNumber << 16) | (kind << 14) | index) >>> 0;
 }
 
-export function decodeRuleId(ruleId: number): { policyNumber: number; direction: Direction; action: Action; index: number } | undefined {
+export function decodeRuleId(
+  ruleId: number,
+): { policyNumber: number; direction: Direction; action: Action; index: number } | undefined {
   if (!Number.isInteger(ruleId) || ruleId <= 0 || ruleId > 0xffffffff) return undefined;
   const policyNumber = ruleId >>> 16;
   if (policyNumber === 0) return undefined;
   const kind = (ruleId >>> 14) & 3;
-  return { policyNumber, direction: kind >= 2 ? 'egress' : 'ingress', action: kind & 1 ? 'deny' : 'allow', index: ruleId & 0x3fff };
+  return {
+    policyNumber,
+    direction: kind >= 2 ? 'egress' : 'ingress',
+    action: kind & 1 ? 'deny' : 'allow',
+    index: ruleId & 0x3fff,
+  };
 }

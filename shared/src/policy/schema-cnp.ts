@@ -17,56 +17,115 @@ import { ICMP_TYPE_NAMES } from './ports.ts';
 import { MAX_RULES_PER_LIST } from './rule-id.ts';
 import type { Selector } from './selector.ts';
 import {
-  checkRange, cidr, endPort, fail, inNamespace, metadata, namespaceOf, parseContext, POLICY_NAME, policyName, port, protocol, selector,
+  checkRange,
+  cidr,
+  endPort,
+  fail,
+  inNamespace,
+  metadata,
+  namespaceOf,
+  parseContext,
+  POLICY_NAME,
+  policyName,
+  port,
+  protocol,
+  selector,
 } from './schema-common.ts';
 import { checkL7Ports, l7Rules, type RawL7Rules } from './schema-l7.ts';
 import { checkDnsPorts, fqdnSelector } from './schema-fqdn.ts';
 import type { FqdnSelector } from '../fqdn/selector.ts';
-import { ENTITIES, type Direction, type Entity, type L7PortRule, type Peer, type Policy, type PolicySpec, type PortMatch, type Rule } from './types.ts';
+import {
+  ENTITIES,
+  type Direction,
+  type Entity,
+  type L7PortRule,
+  type Peer,
+  type Policy,
+  type PolicySpec,
+  type PortMatch,
+  type Rule,
+} from './types.ts';
 
 const TOO_MANY = { error: `at most ${MAX_RULES_PER_LIST} rules per list; split the policy` };
 
-const icmpField = z.object({
-  type: z.unknown(),
-  family: z.enum(['IPv4', 'IPv6'], { error: 'family must be IPv4 or IPv6' }).optional(),
-}).strict().transform((f, ctx): PortMatch => {
-  const fam = f.family === 'IPv6' ? 'ICMPv6' : 'ICMP';
-  if (typeof f.type === 'number' && Number.isInteger(f.type) && f.type >= 0 && f.type <= 255) return { proto: fam, type: f.type };
-  if (typeof f.type === 'string' && /^\d{1,3}$/.test(f.type) && Number(f.type) <= 255) return { proto: fam, type: Number(f.type) };
-  if (typeof f.type === 'string' && f.type in ICMP_TYPE_NAMES[fam]) return { proto: fam, type: ICMP_TYPE_NAMES[fam][f.type] };
-  return fail(ctx, `ICMP type ${JSON.stringify(f.type)} is not a number 0-255 or a known ${fam} type name (e.g. ${Object.keys(ICMP_TYPE_NAMES[fam]).slice(0, 3).join(', ')})`, ['type']);
-});
+const icmpField = z
+  .object({
+    type: z.unknown(),
+    family: z.enum(['IPv4', 'IPv6'], { error: 'family must be IPv4 or IPv6' }).optional(),
+  })
+  .strict()
+  .transform((f, ctx): PortMatch => {
+    const fam = f.family === 'IPv6' ? 'ICMPv6' : 'ICMP';
+    if (typeof f.type === 'number' && Number.isInteger(f.type) && f.type >= 0 && f.type <= 255)
+      return { proto: fam, type: f.type };
+    if (typeof f.type === 'string' && /^\d{1,3}$/.test(f.type) && Number(f.type) <= 255)
+      return { proto: fam, type: Number(f.type) };
+    if (typeof f.type === 'string' && f.type in ICMP_TYPE_NAMES[fam]) return { proto: fam, type: ICMP_TYPE_NAMES[fam][f.type] };
+    return fail(
+      ctx,
+      `ICMP type ${JSON.stringify(f.type)} is not a number 0-255 or a known ${fam} type name (e.g. ${Object.keys(ICMP_TYPE_NAMES[fam]).slice(0, 3).join(', ')})`,
+      ['type'],
+    );
+  });
 
 const icmps = z.array(z.object({ fields: z.array(icmpField).min(1, { error: 'fields needs at least one ICMP type' }) }).strict());
 
 // No port: every port of the protocol (Cilium's reading of a port-less entry).
-const portProtocol = z.object({ port: port.optional(), endPort: endPort.optional(), protocol: protocol.optional() }).strict()
+const portProtocol = z
+  .object({ port: port.optional(), endPort: endPort.optional(), protocol: protocol.optional() })
+  .strict()
   .superRefine((p, ctx) => checkRange({ port: p.port ?? 0, endPort: p.endPort }, ctx))
-  .transform((p): PortMatch => ({ proto: p.protocol ?? 'ANY', port: p.port ?? 0, ...(p.endPort !== undefined ? { endPort: p.endPort } : {}) }));
+  .transform(
+    (p): PortMatch => ({
+      proto: p.protocol ?? 'ANY',
+      port: p.port ?? 0,
+      ...(p.endPort !== undefined ? { endPort: p.endPort } : {}),
+    }),
+  );
 
 // Cilium fields Membrane does not implement (FQDN, groups, TLS, ...) are left out of the schemas:
 // they come back as unknown keys, which parse.ts words as "not supported" (fields.ts UNSUPPORTED).
 // DNS rules are egress only (which names a pod may look up), as in Cilium.
-const portRule = (dir: Direction) => z.object({ ports: z.array(portProtocol).nullish(), rules: l7Rules.nullish() }).strict().superRefine((r, ctx) => {
-  if (r.rules?.http?.length) checkL7Ports(r.ports, ctx, ['ports']);
-  if (r.rules?.dns) {
-    if (dir === 'ingress') fail(ctx, 'DNS rules are not allowed on ingress: they say which names an endpoint may look up (egress)', ['rules', 'dns']);
-    else checkDnsPorts(r.ports, ctx, ['ports']);
-  }
-});
+const portRule = (dir: Direction) =>
+  z
+    .object({ ports: z.array(portProtocol).nullish(), rules: l7Rules.nullish() })
+    .strict()
+    .superRefine((r, ctx) => {
+      if (r.rules?.http?.length) checkL7Ports(r.ports, ctx, ['ports']);
+      if (r.rules?.dns) {
+        if (dir === 'ingress')
+          fail(ctx, 'DNS rules are not allowed on ingress: they say which names an endpoint may look up (egress)', [
+            'rules',
+            'dns',
+          ]);
+        else checkDnsPorts(r.ports, ctx, ['ports']);
+      }
+    });
 
 // Deny rules are L3/L4 only (as in Cilium, whose deny port rules have no `rules` field).
-const portDenyRule = z.object({ ports: z.array(portProtocol).nullish(), rules: z.unknown().optional() }).strict().superRefine((r, ctx) => {
-  if (r.rules !== undefined && r.rules !== null) fail(ctx, 'L7 rules cannot deny: ingressDeny/egressDeny are L3/L4 only (an L7 allow rule denies every request it does not match)', ['rules']);
-});
+const portDenyRule = z
+  .object({ ports: z.array(portProtocol).nullish(), rules: z.unknown().optional() })
+  .strict()
+  .superRefine((r, ctx) => {
+    if (r.rules !== undefined && r.rules !== null)
+      fail(
+        ctx,
+        'L7 rules cannot deny: ingressDeny/egressDeny are L3/L4 only (an L7 allow rule denies every request it does not match)',
+        ['rules'],
+      );
+  });
 
-const cidrRule = z.object({ cidr, except: z.array(cidr).optional() }).strict().superRefine((r, ctx) => {
-  const outer = parseCidr(r.cidr);
-  for (const [i, e] of (r.except ?? []).entries()) {
-    const inner = parseCidr(e);
-    if (inner.prefix <= outer.prefix || !cidrCovers(outer, inner)) fail(ctx, `except ${e} must be a smaller prefix inside ${r.cidr}`, ['except', i]);
-  }
-});
+const cidrRule = z
+  .object({ cidr, except: z.array(cidr).optional() })
+  .strict()
+  .superRefine((r, ctx) => {
+    const outer = parseCidr(r.cidr);
+    for (const [i, e] of (r.except ?? []).entries()) {
+      const inner = parseCidr(e);
+      if (inner.prefix <= outer.prefix || !cidrCovers(outer, inner))
+        fail(ctx, `except ${e} must be a smaller prefix inside ${r.cidr}`, ['except', i]);
+    }
+  });
 
 const entity = z.string().transform((e, ctx): Entity => {
   if ((ENTITIES as readonly string[]).includes(e)) return e as Entity;
@@ -84,7 +143,10 @@ function l3Fields(dir: Direction) {
   };
 }
 
-const L3_FIELDS = { ingress: ['fromEndpoints', 'fromCIDR', 'fromCIDRSet', 'fromEntities'], egress: ['toEndpoints', 'toCIDR', 'toCIDRSet', 'toEntities', 'toFQDNs'] };
+const L3_FIELDS = {
+  ingress: ['fromEndpoints', 'fromCIDR', 'fromCIDRSet', 'fromEntities'],
+  egress: ['toEndpoints', 'toCIDR', 'toCIDRSet', 'toEntities', 'toFQDNs'],
+};
 
 /** As in Cilium, toFQDNs stands alone among a rule's L3 fields (its peers are addresses DNS taught). */
 function checkFqdnAlone(r: Record<string, unknown>, ctx: z.RefinementCtx): void {
@@ -93,10 +155,15 @@ function checkFqdnAlone(r: Record<string, unknown>, ctx: z.RefinementCtx): void 
   if (other) fail(ctx, `combining toFQDNs and ${other} in one rule is not supported: write two rules`, ['toFQDNs']);
 }
 
-type RawRule = Record<string, unknown> & { toPorts?: { ports?: PortMatch[] | null; rules?: RawL7Rules | null }[] | null; icmps?: { fields: PortMatch[] }[] };
+type RawRule = Record<string, unknown> & {
+  toPorts?: { ports?: PortMatch[] | null; rules?: RawL7Rules | null }[] | null;
+  icmps?: { fields: PortMatch[] }[];
+};
 
 function ruleSchema(dir: Direction, deny = false) {
-  return z.object({ ...l3Fields(dir), toPorts: z.array(deny ? portDenyRule : portRule(dir)).nullish(), icmps: icmps.nullish() }).strict()
+  return z
+    .object({ ...l3Fields(dir), toPorts: z.array(deny ? portDenyRule : portRule(dir)).nullish(), icmps: icmps.nullish() })
+    .strict()
     .superRefine((r, ctx) => checkFqdnAlone(r, ctx));
 }
 
@@ -120,7 +187,7 @@ function toRule(raw: RawRule, dir: Direction, deny: boolean, index: number, path
   const cidrs = raw[`${p}CIDR`] as string[] | null | undefined;
   const sets = raw[`${p}CIDRSet`] as { cidr: string; except?: string[] }[] | null | undefined;
   const entities = raw[`${p}Entities`] as Entity[] | null | undefined;
-  const fqdns = dir === 'egress' ? raw.toFQDNs as FqdnSelector[] | null | undefined : undefined;
+  const fqdns = dir === 'egress' ? (raw.toFQDNs as FqdnSelector[] | null | undefined) : undefined;
   const hasL3 = [selectors, cidrs, sets, entities, fqdns].some((x) => x !== undefined && x !== null);
   const ports: PortMatch[] = [
     ...(raw.toPorts ?? []).flatMap((tp) => tp.ports ?? []),
@@ -144,31 +211,44 @@ function toRule(raw: RawRule, dir: Direction, deny: boolean, index: number, path
 }
 
 /** A rule label: {key, value, source} as Cilium writes them, or "source:key=value". */
-const ruleLabel = z.union([
-  z.object({ key: z.string().min(1), value: z.string().optional(), source: z.string().optional() }).strict(),
-  z.string().min(1),
-], { error: 'a rule label is {key, value, source} or "source:key=value"' }).transform((l) => {
-  if (typeof l !== 'string') return { key: l.key.replace(/^(k8s|unspec|any):/, ''), value: l.value ?? '' };
-  const eq = l.indexOf('=');
-  const key = (eq >= 0 ? l.slice(0, eq) : l).replace(/^(k8s|unspec|any):/, '');
-  return { key, value: eq >= 0 ? l.slice(eq + 1) : '' };
-});
+const ruleLabel = z
+  .union(
+    [
+      z.object({ key: z.string().min(1), value: z.string().optional(), source: z.string().optional() }).strict(),
+      z.string().min(1),
+    ],
+    { error: 'a rule label is {key, value, source} or "source:key=value"' },
+  )
+  .transform((l) => {
+    if (typeof l !== 'string') return { key: l.key.replace(/^(k8s|unspec|any):/, ''), value: l.value ?? '' };
+    const eq = l.indexOf('=');
+    const key = (eq >= 0 ? l.slice(0, eq) : l).replace(/^(k8s|unspec|any):/, '');
+    return { key, value: eq >= 0 ? l.slice(eq + 1) : '' };
+  });
 
-const specSchema = z.object({
-  endpointSelector: selector.optional(),
-  ingress: z.array(ruleSchema('ingress')).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
-  ingressDeny: z.array(ruleSchema('ingress', true)).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
-  egress: z.array(ruleSchema('egress')).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
-  egressDeny: z.array(ruleSchema('egress', true)).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
-  enableDefaultDeny: z.object({ ingress: z.boolean().optional(), egress: z.boolean().optional() }).strict().optional(),
-  labels: z.array(ruleLabel).optional(),
-  description: z.string().optional(),
-}).strict().superRefine((s, ctx) => {
-  if (!s.endpointSelector) fail(ctx, 'endpointSelector is required (use {} to select every endpoint)', ['endpointSelector']);
-});
+const specSchema = z
+  .object({
+    endpointSelector: selector.optional(),
+    ingress: z.array(ruleSchema('ingress')).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
+    ingressDeny: z.array(ruleSchema('ingress', true)).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
+    egress: z.array(ruleSchema('egress')).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
+    egressDeny: z.array(ruleSchema('egress', true)).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
+    enableDefaultDeny: z.object({ ingress: z.boolean().optional(), egress: z.boolean().optional() }).strict().optional(),
+    labels: z.array(ruleLabel).optional(),
+    description: z.string().optional(),
+  })
+  .strict()
+  .superRefine((s, ctx) => {
+    if (!s.endpointSelector) fail(ctx, 'endpointSelector is required (use {} to select every endpoint)', ['endpointSelector']);
+  });
 
 type RawSpec = z.infer<typeof specSchema>;
-const LISTS = [['ingress', 'ingress', false], ['ingressDeny', 'ingress', true], ['egress', 'egress', false], ['egressDeny', 'egress', true]] as const;
+const LISTS = [
+  ['ingress', 'ingress', false],
+  ['ingressDeny', 'ingress', true],
+  ['egress', 'egress', false],
+  ['egressDeny', 'egress', true],
+] as const;
 
 /** `bare`: a rule of a rule array, whose rules' paths start at the rule ("ingress[0]"). */
 function toSpecs(raw: { spec?: RawSpec; specs?: RawSpec[] }, ns: string | undefined, bare = false): PolicySpec[] {
@@ -198,27 +278,34 @@ function toSpecs(raw: { spec?: RawSpec; specs?: RawSpec[] }, ns: string | undefi
   });
 }
 
-export const ciliumPolicySchema = z.object({
-  apiVersion: z.literal('cilium.io/v2', { error: 'apiVersion must be cilium.io/v2 for this kind' }),
-  kind: z.enum(['CiliumNetworkPolicy', 'CiliumClusterwideNetworkPolicy']),
-  metadata,
-  spec: specSchema.optional(),
-  specs: z.array(specSchema).optional(),
-  status: z.unknown().optional(),
-  // Outside spec, as in Cilium's own example l7/http/simple/l7.yaml; Cilium's reader ignores it.
-  description: z.string().optional(),
-}).strict().superRefine((d, ctx) => {
-  if (!d.spec && !d.specs?.length) fail(ctx, 'a policy needs "spec" or "specs"', ['spec']);
-  if (d.kind === 'CiliumClusterwideNetworkPolicy' && d.metadata.namespace) fail(ctx, 'a clusterwide policy has no namespace', ['metadata', 'namespace']);
-}).transform((d): Policy => {
-  const ns = d.kind === 'CiliumNetworkPolicy' ? namespaceOf(d.metadata.namespace) : undefined;
-  const description = d.spec?.description ?? d.specs?.find((s) => s.description)?.description ?? d.description;
-  return {
-    name: policyName(ns, d.metadata.name),
-    kind: d.kind, ...(ns ? { namespace: ns } : {}), ...(description ? { description } : {}),
-    specs: toSpecs(d, ns),
-  };
-});
+export const ciliumPolicySchema = z
+  .object({
+    apiVersion: z.literal('cilium.io/v2', { error: 'apiVersion must be cilium.io/v2 for this kind' }),
+    kind: z.enum(['CiliumNetworkPolicy', 'CiliumClusterwideNetworkPolicy']),
+    metadata,
+    spec: specSchema.optional(),
+    specs: z.array(specSchema).optional(),
+    status: z.unknown().optional(),
+    // Outside spec, as in Cilium's own example l7/http/simple/l7.yaml; Cilium's reader ignores it.
+    description: z.string().optional(),
+  })
+  .strict()
+  .superRefine((d, ctx) => {
+    if (!d.spec && !d.specs?.length) fail(ctx, 'a policy needs "spec" or "specs"', ['spec']);
+    if (d.kind === 'CiliumClusterwideNetworkPolicy' && d.metadata.namespace)
+      fail(ctx, 'a clusterwide policy has no namespace', ['metadata', 'namespace']);
+  })
+  .transform((d): Policy => {
+    const ns = d.kind === 'CiliumNetworkPolicy' ? namespaceOf(d.metadata.namespace) : undefined;
+    const description = d.spec?.description ?? d.specs?.find((s) => s.description)?.description ?? d.description;
+    return {
+      name: policyName(ns, d.metadata.name),
+      kind: d.kind,
+      ...(ns ? { namespace: ns } : {}),
+      ...(description ? { description } : {}),
+      specs: toSpecs(d, ns),
+    };
+  });
 
 const NAME_KEYS = ['name', 'io.cilium.k8s.policy.name'];
 const NAMESPACE_LABEL = 'io.cilium.k8s.policy.namespace';
@@ -228,15 +315,22 @@ export const ciliumRuleSchema = specSchema.transform((r, ctx): Policy => {
   const labels = r.labels ?? [];
   const named = labels.find((l) => NAME_KEYS.includes(l.key));
   if (!named?.value) {
-    return fail(ctx, 'a rule needs a name: add labels: [{key: name, value: NAME}] (Membrane names every policy it keeps)', ['labels']);
+    return fail(ctx, 'a rule needs a name: add labels: [{key: name, value: NAME}] (Membrane names every policy it keeps)', [
+      'labels',
+    ]);
   }
   if (!POLICY_NAME.test(named.value)) {
-    return fail(ctx, `the name label "${named.value}" is not a policy name (lower case letters, digits, "-" and ".", starting and ending alphanumeric)`, ['labels']);
+    return fail(
+      ctx,
+      `the name label "${named.value}" is not a policy name (lower case letters, digits, "-" and ".", starting and ending alphanumeric)`,
+      ['labels'],
+    );
   }
   const ns = labels.find((l) => l.key === NAMESPACE_LABEL)?.value || parseContext().namespace;
   return {
     name: policyName(ns, named.value),
-    kind: ns ? 'CiliumNetworkPolicy' : 'CiliumClusterwideNetworkPolicy', ...(ns ? { namespace: ns } : {}),
+    kind: ns ? 'CiliumNetworkPolicy' : 'CiliumClusterwideNetworkPolicy',
+    ...(ns ? { namespace: ns } : {}),
     ...(r.description ? { description: r.description } : {}),
     specs: toSpecs({ spec: r }, ns, true),
   };

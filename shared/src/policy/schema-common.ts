@@ -27,7 +27,11 @@ let current: ParseContext = {};
 export function withParseContext<T>(c: ParseContext, fn: () => T): T {
   const prev = current;
   current = c;
-  try { return fn(); } finally { current = prev; }
+  try {
+    return fn();
+  } finally {
+    current = prev;
+  }
 }
 
 export function parseContext(): ParseContext {
@@ -49,7 +53,10 @@ export function policyName(ns: string | undefined, name: string): string {
 export function inNamespace(s: Selector, ns: string): Selector {
   if (mentionsKey(s, NAMESPACE_KEY)) return s;
   if (ns !== DEFAULT_NAMESPACE) return withRequirement(s, NAMESPACE_KEY, ns);
-  return { matchLabels: s.matchLabels, matchExpressions: [...s.matchExpressions, { key: NAMESPACE_KEY, operator: 'InOrAbsent', values: [DEFAULT_NAMESPACE] }] };
+  return {
+    matchLabels: s.matchLabels,
+    matchExpressions: [...s.matchExpressions, { key: NAMESPACE_KEY, operator: 'InOrAbsent', values: [DEFAULT_NAMESPACE] }],
+  };
 }
 
 export function fail(ctx: Ctx, message: string, path: (string | number)[] = []): typeof z.NEVER {
@@ -58,7 +65,8 @@ export function fail(ctx: Ctx, message: string, path: (string | number)[] = []):
 }
 
 // Kubernetes label syntax: optional DNS prefix "/" name of [A-Za-z0-9_.-], plus our source prefix.
-const LABEL_KEY = /^(?:[a-z][a-z0-9-]*:)?(?:[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
+const LABEL_KEY =
+  /^(?:[a-z][a-z0-9-]*:)?(?:[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?\/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$/;
 
 export const labelKey = z.string().superRefine((k, ctx) => {
   if (!LABEL_KEY.test(k)) ctx.addIssue({ code: 'custom', message: `"${k}" is not a valid label key` });
@@ -69,20 +77,26 @@ const labelValue = z.unknown().transform((v, ctx) => {
   if (v === null) v = '';
   if (typeof v !== 'string') return fail(ctx, 'a label value must be a string');
   // Not Kubernetes' 63-character syntax: Docker and image labels (which selectors may name) are freer.
-  if (v.length > 1024 || /[\u0000-\u001f]/.test(v)) return fail(ctx, 'a label value is at most 1024 characters without control characters');
+  if (v.length > 1024 || /[\u0000-\u001f]/.test(v))
+    return fail(ctx, 'a label value is at most 1024 characters without control characters');
   return v;
 });
 
-const requirement = z.object({
-  key: labelKey,
-  operator: z.enum(['In', 'NotIn', 'Exists', 'DoesNotExist'], { error: 'operator must be In, NotIn, Exists or DoesNotExist' }),
-  values: z.array(labelValue).optional(),
-}).strict().transform((r, ctx): SelectorRequirement => {
-  const values = r.values ?? [];
-  if ((r.operator === 'In' || r.operator === 'NotIn') && !values.length) fail(ctx, `operator ${r.operator} needs at least one value`, ['values']);
-  if ((r.operator === 'Exists' || r.operator === 'DoesNotExist') && values.length) fail(ctx, `operator ${r.operator} takes no values`, ['values']);
-  return { key: r.key, operator: r.operator, values };
-});
+const requirement = z
+  .object({
+    key: labelKey,
+    operator: z.enum(['In', 'NotIn', 'Exists', 'DoesNotExist'], { error: 'operator must be In, NotIn, Exists or DoesNotExist' }),
+    values: z.array(labelValue).optional(),
+  })
+  .strict()
+  .transform((r, ctx): SelectorRequirement => {
+    const values = r.values ?? [];
+    if ((r.operator === 'In' || r.operator === 'NotIn') && !values.length)
+      fail(ctx, `operator ${r.operator} needs at least one value`, ['values']);
+    if ((r.operator === 'Exists' || r.operator === 'DoesNotExist') && values.length)
+      fail(ctx, `operator ${r.operator} takes no values`, ['values']);
+    return { key: r.key, operator: r.operator, values };
+  });
 
 const CLUSTER_KEY = 'io.cilium.k8s.policy.cluster';
 const METADATA_NAME = 'kubernetes.io/metadata.name';
@@ -102,10 +116,20 @@ const bareKey = (k: string) => k.replace(/^(k8s|any):/, '');
 export function namespaceNameRequirements(op: SelectorRequirement['operator'], values: string[]): SelectorRequirement[] | null {
   const hasDefault = values.includes(DEFAULT_NAMESPACE);
   switch (op) {
-    case 'In': case 'InOrAbsent': return [{ key: NAMESPACE_KEY, operator: hasDefault ? 'InOrAbsent' : 'In', values }];
-    case 'NotIn': return hasDefault ? [{ key: NAMESPACE_KEY, operator: 'NotIn', values }, { key: NAMESPACE_KEY, operator: 'Exists', values: [] }] : [{ key: NAMESPACE_KEY, operator: 'NotIn', values }];
-    case 'Exists': return [];
-    case 'DoesNotExist': return null;
+    case 'In':
+    case 'InOrAbsent':
+      return [{ key: NAMESPACE_KEY, operator: hasDefault ? 'InOrAbsent' : 'In', values }];
+    case 'NotIn':
+      return hasDefault
+        ? [
+            { key: NAMESPACE_KEY, operator: 'NotIn', values },
+            { key: NAMESPACE_KEY, operator: 'Exists', values: [] },
+          ]
+        : [{ key: NAMESPACE_KEY, operator: 'NotIn', values }];
+    case 'Exists':
+      return [];
+    case 'DoesNotExist':
+      return null;
   }
 }
 
@@ -118,7 +142,12 @@ function derived(s: Selector, ctx: Ctx): Selector {
     if (op === 'DoesNotExist') return false;
     return (op === 'NotIn') !== values.includes(cluster!);
   };
-  const check = (key: string, op: SelectorRequirement['operator'], values: string[], path: (string | number)[]): string | null => {
+  const check = (
+    key: string,
+    op: SelectorRequirement['operator'],
+    values: string[],
+    path: (string | number)[],
+  ): string | null => {
     const bare = bareKey(key);
     if (bare === `${NAMESPACE_LABELS_PREFIX}${METADATA_NAME}`) {
       const reqs = namespaceNameRequirements(op, values);
@@ -127,12 +156,20 @@ function derived(s: Selector, ctx: Ctx): Selector {
       return null;
     }
     if (bare.startsWith(NAMESPACE_LABELS_PREFIX)) {
-      fail(ctx, `"${key}": Membrane cannot know the labels of namespaces (there is no Kubernetes API server); select namespaces by name (${NAMESPACE_KEY})`, path);
+      fail(
+        ctx,
+        `"${key}": Membrane cannot know the labels of namespaces (there is no Kubernetes API server); select namespaces by name (${NAMESPACE_KEY})`,
+        path,
+      );
       return null;
     }
     if (bare === CLUSTER_KEY && cluster !== undefined) {
       if (clusterSatisfies(op, values)) return null; // every endpoint of this node is in this cluster
-      fail(ctx, `"${key}": this node is in cluster "${cluster}" and Membrane connects no other clusters, so this would match nothing`, path);
+      fail(
+        ctx,
+        `"${key}": this node is in cluster "${cluster}" and Membrane connects no other clusters, so this would match nothing`,
+        path,
+      );
       return null;
     }
     return key;
@@ -148,14 +185,23 @@ function derived(s: Selector, ctx: Ctx): Selector {
   return { matchLabels, matchExpressions };
 }
 
-export const selector = z.object({
-  matchLabels: z.record(labelKey, labelValue).nullish(),
-  matchExpressions: z.array(requirement).nullish(),
-}).strict().transform((s, ctx): Selector => derived({ matchLabels: s.matchLabels ?? {}, matchExpressions: s.matchExpressions ?? [] }, ctx));
+export const selector = z
+  .object({
+    matchLabels: z.record(labelKey, labelValue).nullish(),
+    matchExpressions: z.array(requirement).nullish(),
+  })
+  .strict()
+  .transform(
+    (s, ctx): Selector => derived({ matchLabels: s.matchLabels ?? {}, matchExpressions: s.matchExpressions ?? [] }, ctx),
+  );
 
 export const cidr = z.unknown().transform((v, ctx) => {
   if (typeof v !== 'string') return fail(ctx, 'a CIDR must be a string like 198.18.0.0/15');
-  try { return normalizeCidr(v); } catch (e) { return fail(ctx, e instanceof AddressError ? e.message : `"${v}" is not a CIDR`); }
+  try {
+    return normalizeCidr(v);
+  } catch (e) {
+    return fail(ctx, e instanceof AddressError ? e.message : `"${v}" is not a CIDR`);
+  }
 });
 
 /** port: number or numeric string; 0 means every port. Named ports need a pod spec we do not have. */
@@ -163,7 +209,10 @@ export const port = z.unknown().transform((v, ctx) => {
   const text = typeof v === 'number' ? String(v) : v;
   if (typeof text !== 'string') return fail(ctx, 'a port must be a number or a numeric string');
   if (!/^\d{1,5}$/.test(text.trim())) {
-    return fail(ctx, /^[a-z]/i.test(text) ? `named port "${text}" is not supported (use the port number)` : `"${text}" is not a port number`);
+    return fail(
+      ctx,
+      /^[a-z]/i.test(text) ? `named port "${text}" is not supported (use the port number)` : `"${text}" is not a port number`,
+    );
   }
   const n = Number(text);
   if (n > 65535) return fail(ctx, `port ${n} is out of range (0-65535)`);
@@ -178,7 +227,11 @@ export function checkRange(p: { port: number; endPort?: number }, ctx: Ctx): voi
   if (p.port === 0) fail(ctx, 'endPort needs a non-zero port', ['endPort']);
   else if (p.endPort < p.port) fail(ctx, `endPort ${p.endPort} is below port ${p.port}`, ['endPort']);
   else if (p.endPort - p.port + 1 > MAX_RANGE_PORTS) {
-    fail(ctx, `port range ${p.port}-${p.endPort} covers ${p.endPort - p.port + 1} ports; at most ${MAX_RANGE_PORTS} per range (use port 0 for all ports)`, ['endPort']);
+    fail(
+      ctx,
+      `port range ${p.port}-${p.endPort} covers ${p.endPort - p.port + 1} ports; at most ${MAX_RANGE_PORTS} per range (use port 0 for all ports)`,
+      ['endPort'],
+    );
   }
 }
 
@@ -193,11 +246,13 @@ export const protocol = z.unknown().transform((v, ctx) => {
 export const POLICY_NAME = /^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$/;
 export const NAMESPACE_NAME = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 
-export const metadata = z.object({
-  name: z.string({ error: 'metadata.name is required' }).regex(POLICY_NAME, {
-    error: 'a policy name is lower case letters, digits, "-" and "." (at most 253), starting and ending alphanumeric',
-  }),
-  namespace: z.string().regex(NAMESPACE_NAME, { error: 'not a valid namespace name' }).optional(),
-  labels: z.record(z.string(), z.unknown()).optional(),
-  annotations: z.record(z.string(), z.unknown()).optional(),
-}).passthrough(); // uid, resourceVersion, creationTimestamp... from `kubectl get -o yaml` are harmless
+export const metadata = z
+  .object({
+    name: z.string({ error: 'metadata.name is required' }).regex(POLICY_NAME, {
+      error: 'a policy name is lower case letters, digits, "-" and "." (at most 253), starting and ending alphanumeric',
+    }),
+    namespace: z.string().regex(NAMESPACE_NAME, { error: 'not a valid namespace name' }).optional(),
+    labels: z.record(z.string(), z.unknown()).optional(),
+    annotations: z.record(z.string(), z.unknown()).optional(),
+  })
+  .passthrough(); // uid, resourceVersion, creationTimestamp... from `kubectl get -o yaml` are harmless

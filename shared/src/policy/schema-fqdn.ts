@@ -26,22 +26,32 @@ const patternField = z.string({ error: 'must be a string (a DNS name pattern)' }
   return problem ? fail(ctx, `matchPattern ${problem}`) : canonicalPattern(s);
 });
 
-const selectorObject = z.preprocess(lowerKeys(['matchName', 'matchPattern']), z.object({
-  matchName: nameField.optional(),
-  matchPattern: patternField.optional(),
-}).strict());
+const selectorObject = z.preprocess(
+  lowerKeys(['matchName', 'matchPattern']),
+  z
+    .object({
+      matchName: nameField.optional(),
+      matchPattern: patternField.optional(),
+    })
+    .strict(),
+);
 
 /** One `toFQDNs` element: exactly one of matchName, matchPattern. */
 export const fqdnSelector = selectorObject.transform((s, ctx): FqdnSelector => {
-  if (s.matchName !== undefined && s.matchPattern !== undefined) return fail(ctx, 'a toFQDNs selector has one of matchName or matchPattern, not both');
-  if (s.matchName === undefined && s.matchPattern === undefined) return fail(ctx, 'a toFQDNs selector needs matchName or matchPattern');
+  if (s.matchName !== undefined && s.matchPattern !== undefined)
+    return fail(ctx, 'a toFQDNs selector has one of matchName or matchPattern, not both');
+  if (s.matchName === undefined && s.matchPattern === undefined)
+    return fail(ctx, 'a toFQDNs selector needs matchName or matchPattern');
   return s.matchName !== undefined ? { matchName: s.matchName } : { matchPattern: s.matchPattern };
 });
 
 /** One `rules.dns` element: matchName, matchPattern or both (a name matching either is allowed). */
 export const dnsRule = selectorObject.transform((s, ctx): FqdnSelector => {
   if (s.matchName === undefined && s.matchPattern === undefined) return fail(ctx, 'a DNS rule needs matchName or matchPattern');
-  return { ...(s.matchName !== undefined ? { matchName: s.matchName } : {}), ...(s.matchPattern !== undefined ? { matchPattern: s.matchPattern } : {}) };
+  return {
+    ...(s.matchName !== undefined ? { matchName: s.matchName } : {}),
+    ...(s.matchPattern !== undefined ? { matchPattern: s.matchPattern } : {}),
+  };
 });
 
 export const MAX_DNS_RULES = 1000;
@@ -56,7 +66,8 @@ export function checkDnsPorts(ports: PortMatch[] | null | undefined, ctx: z.Refi
   for (const [i, p] of ports.entries()) {
     if (!('port' in p)) continue;
     if (p.port === 0) fail(ctx, 'DNS rules cannot be used on port 0 (every port): name the DNS port', [...at, i, 'port']);
-    else if (p.endPort !== undefined && p.endPort > p.port) fail(ctx, 'DNS rules do not support port ranges', [...at, i, 'endPort']);
+    else if (p.endPort !== undefined && p.endPort > p.port)
+      fail(ctx, 'DNS rules do not support port ranges', [...at, i, 'endPort']);
     if (p.proto === 'SCTP') fail(ctx, 'DNS rules apply to UDP and TCP (or ANY), not SCTP', [...at, i, 'protocol']);
   }
 }

@@ -10,7 +10,17 @@
 import { z } from 'zod';
 import { cidrCovers, parseCidr } from '../net/index.ts';
 import {
-  checkRange, cidr, endPort, fail, inNamespace, metadata, namespaceNameRequirements, namespaceOf, policyName, port, selector,
+  checkRange,
+  cidr,
+  endPort,
+  fail,
+  inNamespace,
+  metadata,
+  namespaceNameRequirements,
+  namespaceOf,
+  policyName,
+  port,
+  selector,
 } from './schema-common.ts';
 import type { Selector, SelectorRequirement } from './selector.ts';
 import { MAX_RULES_PER_LIST } from './rule-id.ts';
@@ -24,20 +34,32 @@ const k8sProtocol = z.unknown().transform((v, ctx) => {
   return fail(ctx, `protocol ${JSON.stringify(v)} is not one of TCP, UDP, SCTP`);
 });
 
-const k8sPort = z.object({ protocol: k8sProtocol.optional(), port: port.optional(), endPort: endPort.optional() }).strict()
+const k8sPort = z
+  .object({ protocol: k8sProtocol.optional(), port: port.optional(), endPort: endPort.optional() })
+  .strict()
   .superRefine((p, ctx) => {
     if (p.endPort !== undefined && p.port === undefined) fail(ctx, 'endPort needs port', ['endPort']);
     else checkRange({ port: p.port ?? 0, endPort: p.endPort }, ctx);
   })
-  .transform((p): PortMatch => ({ proto: p.protocol ?? 'TCP', port: p.port ?? 0, ...(p.endPort !== undefined ? { endPort: p.endPort } : {}) }));
+  .transform(
+    (p): PortMatch => ({
+      proto: p.protocol ?? 'TCP',
+      port: p.port ?? 0,
+      ...(p.endPort !== undefined ? { endPort: p.endPort } : {}),
+    }),
+  );
 
-const ipBlock = z.object({ cidr, except: z.array(cidr).optional() }).strict().superRefine((b, ctx) => {
-  const outer = parseCidr(b.cidr);
-  for (const [i, e] of (b.except ?? []).entries()) {
-    const inner = parseCidr(e);
-    if (inner.prefix <= outer.prefix || !cidrCovers(outer, inner)) fail(ctx, `except ${e} must be a smaller prefix inside ${b.cidr}`, ['except', i]);
-  }
-});
+const ipBlock = z
+  .object({ cidr, except: z.array(cidr).optional() })
+  .strict()
+  .superRefine((b, ctx) => {
+    const outer = parseCidr(b.cidr);
+    for (const [i, e] of (b.except ?? []).entries()) {
+      const inner = parseCidr(e);
+      if (inner.prefix <= outer.prefix || !cidrCovers(outer, inner))
+        fail(ctx, `except ${e} must be a smaller prefix inside ${b.cidr}`, ['except', i]);
+    }
+  });
 
 const METADATA_NAME = 'kubernetes.io/metadata.name';
 
@@ -47,7 +69,11 @@ const namespaceSelector = selector.transform((ns, ctx): Selector => {
   const matchExpressions: SelectorRequirement[] = [];
   const add = (key: string, op: SelectorRequirement['operator'], values: string[], path: (string | number)[]) => {
     if (key !== METADATA_NAME) {
-      fail(ctx, `namespace label "${key}": Membrane cannot know the labels of namespaces (there is no Kubernetes API server); select namespaces by name (${METADATA_NAME})`, path);
+      fail(
+        ctx,
+        `namespace label "${key}": Membrane cannot know the labels of namespaces (there is no Kubernetes API server); select namespaces by name (${METADATA_NAME})`,
+        path,
+      );
       return;
     }
     const reqs = namespaceNameRequirements(op, values);
@@ -59,19 +85,26 @@ const namespaceSelector = selector.transform((ns, ctx): Selector => {
   return { matchLabels: {}, matchExpressions };
 });
 
-const peer = z.object({
-  podSelector: selector.optional(),
-  namespaceSelector: namespaceSelector.optional(),
-  ipBlock: ipBlock.optional(),
-}).strict().superRefine((p, ctx) => {
-  if (p.ipBlock && (p.podSelector || p.namespaceSelector)) fail(ctx, 'ipBlock cannot be combined with podSelector or namespaceSelector', ['ipBlock']);
-  if (!p.ipBlock && !p.podSelector && !p.namespaceSelector) fail(ctx, 'a peer needs podSelector, namespaceSelector or ipBlock');
-});
+const peer = z
+  .object({
+    podSelector: selector.optional(),
+    namespaceSelector: namespaceSelector.optional(),
+    ipBlock: ipBlock.optional(),
+  })
+  .strict()
+  .superRefine((p, ctx) => {
+    if (p.ipBlock && (p.podSelector || p.namespaceSelector))
+      fail(ctx, 'ipBlock cannot be combined with podSelector or namespaceSelector', ['ipBlock']);
+    if (!p.ipBlock && !p.podSelector && !p.namespaceSelector) fail(ctx, 'a peer needs podSelector, namespaceSelector or ipBlock');
+  });
 
-const rule = (dir: Direction) => z.object({
-  [dir === 'ingress' ? 'from' : 'to']: z.array(peer).nullish(),
-  ports: z.array(k8sPort).nullish(),
-}).strict();
+const rule = (dir: Direction) =>
+  z
+    .object({
+      [dir === 'ingress' ? 'from' : 'to']: z.array(peer).nullish(),
+      ports: z.array(k8sPort).nullish(),
+    })
+    .strict();
 
 type RawPeer = z.infer<typeof peer>;
 
@@ -79,45 +112,61 @@ function toPeer(p: RawPeer, ns: string): Peer {
   if (p.ipBlock) return { kind: 'cidr', cidr: p.ipBlock.cidr, except: p.ipBlock.except ?? [] };
   const pods = p.podSelector ?? { matchLabels: {}, matchExpressions: [] };
   if (!p.namespaceSelector) return { kind: 'endpoints', selector: inNamespace(pods, ns) };
-  return { kind: 'endpoints', selector: { matchLabels: pods.matchLabels, matchExpressions: [...pods.matchExpressions, ...p.namespaceSelector.matchExpressions] } };
+  return {
+    kind: 'endpoints',
+    selector: {
+      matchLabels: pods.matchLabels,
+      matchExpressions: [...pods.matchExpressions, ...p.namespaceSelector.matchExpressions],
+    },
+  };
 }
 
-const specSchema = z.object({
-  podSelector: selector,
-  policyTypes: z.array(z.enum(['Ingress', 'Egress'], { error: 'policyTypes entries are Ingress or Egress' })).optional(),
-  ingress: z.array(rule('ingress')).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
-  egress: z.array(rule('egress')).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
-}).strict();
+const specSchema = z
+  .object({
+    podSelector: selector,
+    policyTypes: z.array(z.enum(['Ingress', 'Egress'], { error: 'policyTypes entries are Ingress or Egress' })).optional(),
+    ingress: z.array(rule('ingress')).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
+    egress: z.array(rule('egress')).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
+  })
+  .strict();
 
-export const networkPolicySchema = z.object({
-  apiVersion: z.literal('networking.k8s.io/v1', { error: 'apiVersion must be networking.k8s.io/v1 for NetworkPolicy' }),
-  kind: z.literal('NetworkPolicy'),
-  metadata,
-  spec: specSchema,
-  status: z.unknown().optional(),
-}).strict().transform((d): Policy => {
-  const ns = namespaceOf(d.metadata.namespace);
-  const types = d.spec.policyTypes ?? ['Ingress', ...(d.spec.egress ? ['Egress' as const] : [])];
-  const rules: Rule[] = [];
-  for (const dir of ['ingress', 'egress'] as const) {
-    if (!types.includes(dir === 'ingress' ? 'Ingress' : 'Egress')) continue;
-    for (const [i, r] of (d.spec[dir] ?? []).entries()) {
-      const peers = (r[dir === 'ingress' ? 'from' : 'to'] ?? []) as RawPeer[];
-      rules.push({
-        direction: dir, action: 'allow', index: i, path: `spec.${dir}[${i}]`,
-        peers: peers.length ? peers.map((p) => toPeer(p, ns)) : 'all',
-        ports: (r.ports ?? []) as PortMatch[],
-      });
+export const networkPolicySchema = z
+  .object({
+    apiVersion: z.literal('networking.k8s.io/v1', { error: 'apiVersion must be networking.k8s.io/v1 for NetworkPolicy' }),
+    kind: z.literal('NetworkPolicy'),
+    metadata,
+    spec: specSchema,
+    status: z.unknown().optional(),
+  })
+  .strict()
+  .transform((d): Policy => {
+    const ns = namespaceOf(d.metadata.namespace);
+    const types = d.spec.policyTypes ?? ['Ingress', ...(d.spec.egress ? ['Egress' as const] : [])];
+    const rules: Rule[] = [];
+    for (const dir of ['ingress', 'egress'] as const) {
+      if (!types.includes(dir === 'ingress' ? 'Ingress' : 'Egress')) continue;
+      for (const [i, r] of (d.spec[dir] ?? []).entries()) {
+        const peers = (r[dir === 'ingress' ? 'from' : 'to'] ?? []) as RawPeer[];
+        rules.push({
+          direction: dir,
+          action: 'allow',
+          index: i,
+          path: `spec.${dir}[${i}]`,
+          peers: peers.length ? peers.map((p) => toPeer(p, ns)) : 'all',
+          ports: (r.ports ?? []) as PortMatch[],
+        });
+      }
     }
-  }
-  return {
-    name: policyName(ns, d.metadata.name),
-    kind: 'NetworkPolicy',
-    namespace: ns,
-    specs: [{
-      subject: inNamespace(d.spec.podSelector, ns),
-      defaultDeny: { ingress: types.includes('Ingress'), egress: types.includes('Egress') },
-      rules,
-    }],
-  };
-});
+    return {
+      name: policyName(ns, d.metadata.name),
+      kind: 'NetworkPolicy',
+      namespace: ns,
+      specs: [
+        {
+          subject: inNamespace(d.spec.podSelector, ns),
+          defaultDeny: { ingress: types.includes('Ingress'), egress: types.includes('Egress') },
+          rules,
+        },
+      ],
+    };
+  });

@@ -46,41 +46,81 @@ const headerString = z.string({ error: 'a header is a string "Name: value" or "N
 
 const MISMATCH = ['LOG', 'ADD', 'DELETE', 'REPLACE'] as const;
 
-const headerMatch = z.preprocess(caseInsensitiveKeys(['name', 'value', 'mismatch', 'secret']), z.object({
-  name: z.string({ error: 'name (the header) is required' }),
-  value: z.string().optional(),
-  mismatch: z.union([z.enum(MISMATCH), z.literal('')], { error: `mismatch must be one of ${MISMATCH.join(', ')} (or empty)` }).optional(),
-  secret: z.unknown().optional(),
-}).strict()).transform((m, ctx): HeaderMatch => {
-  if (!isToken(m.name)) return fail(ctx, `"${m.name}" is not a valid header name`, ['name']);
-  if (m.secret !== undefined) return fail(ctx, 'secret: header values from Kubernetes secrets are not supported (no Kubernetes API on the node); use value', ['secret']);
-  if (m.value !== undefined && !NO_CRLF.test(m.value)) return fail(ctx, 'the value may not contain line breaks', ['value']);
-  if (m.mismatch && m.mismatch !== 'LOG' && m.mismatch !== 'DELETE' && m.value === undefined) {
-    return fail(ctx, `mismatch ${m.mismatch} needs a value to ${m.mismatch === 'ADD' ? 'add' : 'replace with'}`, ['value']);
-  }
-  return { name: m.name, ...(m.value !== undefined ? { value: m.value } : {}), ...(m.mismatch ? { mismatch: m.mismatch as MismatchAction } : {}) };
-});
+const headerMatch = z
+  .preprocess(
+    caseInsensitiveKeys(['name', 'value', 'mismatch', 'secret']),
+    z
+      .object({
+        name: z.string({ error: 'name (the header) is required' }),
+        value: z.string().optional(),
+        mismatch: z
+          .union([z.enum(MISMATCH), z.literal('')], { error: `mismatch must be one of ${MISMATCH.join(', ')} (or empty)` })
+          .optional(),
+        secret: z.unknown().optional(),
+      })
+      .strict(),
+  )
+  .transform((m, ctx): HeaderMatch => {
+    if (!isToken(m.name)) return fail(ctx, `"${m.name}" is not a valid header name`, ['name']);
+    if (m.secret !== undefined)
+      return fail(
+        ctx,
+        'secret: header values from Kubernetes secrets are not supported (no Kubernetes API on the node); use value',
+        ['secret'],
+      );
+    if (m.value !== undefined && !NO_CRLF.test(m.value)) return fail(ctx, 'the value may not contain line breaks', ['value']);
+    if (m.mismatch && m.mismatch !== 'LOG' && m.mismatch !== 'DELETE' && m.value === undefined) {
+      return fail(ctx, `mismatch ${m.mismatch} needs a value to ${m.mismatch === 'ADD' ? 'add' : 'replace with'}`, ['value']);
+    }
+    return {
+      name: m.name,
+      ...(m.value !== undefined ? { value: m.value } : {}),
+      ...(m.mismatch ? { mismatch: m.mismatch as MismatchAction } : {}),
+    };
+  });
 
-const httpRule = z.preprocess(caseInsensitiveKeys(['method', 'path', 'host', 'headers', 'headerMatches']), z.object({
-  method: regexField.optional(),
-  path: regexField.optional(),
-  host: regexField.optional(),
-  headers: z.array(headerString).nullish(),
-  headerMatches: z.array(headerMatch).nullish(),
-}).strict()).transform((r): HttpRule => ({
-  ...(r.method ? { method: r.method } : {}), ...(r.path ? { path: r.path } : {}), ...(r.host ? { host: r.host } : {}),
-  headers: r.headers ?? [], headerMatches: r.headerMatches ?? [],
-}));
+const httpRule = z
+  .preprocess(
+    caseInsensitiveKeys(['method', 'path', 'host', 'headers', 'headerMatches']),
+    z
+      .object({
+        method: regexField.optional(),
+        path: regexField.optional(),
+        host: regexField.optional(),
+        headers: z.array(headerString).nullish(),
+        headerMatches: z.array(headerMatch).nullish(),
+      })
+      .strict(),
+  )
+  .transform(
+    (r): HttpRule => ({
+      ...(r.method ? { method: r.method } : {}),
+      ...(r.path ? { path: r.path } : {}),
+      ...(r.host ? { host: r.host } : {}),
+      headers: r.headers ?? [],
+      headerMatches: r.headerMatches ?? [],
+    }),
+  );
 
 export const MAX_HTTP_RULES = 1000;
 
 /** `rules:` of one toPorts element. kafka and l7proto/l7 are named as unsupported. One L7 kind per element. */
-export const l7Rules = z.preprocess(caseInsensitiveKeys(['http', 'kafka', 'dns', 'l7proto', 'l7']), z.object({
-  http: z.array(httpRule).max(MAX_HTTP_RULES, { error: `at most ${MAX_HTTP_RULES} HTTP rules per port` }).nullish(),
-  dns: dnsRules.nullish(),
-}).strict()).superRefine((r, ctx) => {
-  if (r.http && r.dns) fail(ctx, 'one kind of L7 rules per toPorts element: http or dns, not both', ['dns']);
-});
+export const l7Rules = z
+  .preprocess(
+    caseInsensitiveKeys(['http', 'kafka', 'dns', 'l7proto', 'l7']),
+    z
+      .object({
+        http: z
+          .array(httpRule)
+          .max(MAX_HTTP_RULES, { error: `at most ${MAX_HTTP_RULES} HTTP rules per port` })
+          .nullish(),
+        dns: dnsRules.nullish(),
+      })
+      .strict(),
+  )
+  .superRefine((r, ctx) => {
+    if (r.http && r.dns) fail(ctx, 'one kind of L7 rules per toPorts element: http or dns, not both', ['dns']);
+  });
 
 export type RawL7Rules = z.infer<typeof l7Rules>;
 

@@ -27,7 +27,12 @@ export function initDefaultDeny(records: PolicyRecord[], labels: Labels): boolea
 
 export function selectionFor(records: PolicyRecord[], labels: Labels): Selection {
   const init = initDefaultDeny(records, labels);
-  const out: Selection = { init, policies: [], ingress: { defaultDeny: init, hasRules: false }, egress: { defaultDeny: init, hasRules: false } };
+  const out: Selection = {
+    init,
+    policies: [],
+    ingress: { defaultDeny: init, hasRules: false },
+    egress: { defaultDeny: init, hasRules: false },
+  };
   for (const rec of records) {
     const hit = { name: rec.name, revision: rec.revision, ingress: false, egress: false, rules: { ingress: 0, egress: 0 } };
     let selected = false;

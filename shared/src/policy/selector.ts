@@ -29,11 +29,21 @@ export function matches(s: Selector, labels: Labels): boolean {
   for (const r of s.matchExpressions) {
     const have = valuesFor(labels, r.key);
     switch (r.operator) {
-      case 'In': if (!have.some((v) => r.values.includes(v))) return false; break;
-      case 'NotIn': if (have.some((v) => r.values.includes(v))) return false; break;
-      case 'Exists': if (!have.length) return false; break;
-      case 'DoesNotExist': if (have.length) return false; break;
-      case 'InOrAbsent': if (have.length && !have.some((v) => r.values.includes(v))) return false; break;
+      case 'In':
+        if (!have.some((v) => r.values.includes(v))) return false;
+        break;
+      case 'NotIn':
+        if (have.some((v) => r.values.includes(v))) return false;
+        break;
+      case 'Exists':
+        if (!have.length) return false;
+        break;
+      case 'DoesNotExist':
+        if (have.length) return false;
+        break;
+      case 'InOrAbsent':
+        if (have.length && !have.some((v) => r.values.includes(v))) return false;
+        break;
     }
   }
   return true;

@@ -40,7 +40,11 @@ export type MismatchAction = 'LOG' | 'ADD' | 'DELETE' | 'REPLACE';
 
 /** Without `mismatch` the header must be present (with `value` when given) or the rule fails; with
  *  one the rule still matches and the action is applied to the request on a mismatch. */
-export interface HeaderMatch { name: string; value?: string; mismatch?: MismatchAction }
+export interface HeaderMatch {
+  name: string;
+  value?: string;
+  mismatch?: MismatchAction;
+}
 
 /** `toPorts[].rules.dns` element: the names a pod may look up (matchName or matchPattern, either matches). */
 export type DnsRule = FqdnSelector;
@@ -101,4 +105,3 @@ export interface PolicyRecord {
   source: unknown;
   updatedAt: string;
 }
-

@@ -51,7 +51,9 @@ export function policyVerdict(maps: PolicyMaps, q: VerdictQuery): Verdict {
   let deny = false;
   let ruleId = 0;
   if (q.flags & lookup) {
-    const hit = probeKeys(q.endpointId, q.peer, q.direction, q.proto, q.port).map((k) => maps.policy.get(k)).find((e) => e !== undefined);
+    const hit = probeKeys(q.endpointId, q.peer, q.direction, q.proto, q.port)
+      .map((k) => maps.policy.get(k))
+      .find((e) => e !== undefined);
     if (hit) {
       deny = hit.action === 'deny';
       ruleId = hit.ruleId;

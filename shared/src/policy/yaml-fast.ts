@@ -23,7 +23,13 @@ export function fastLoadAll(): LoadAll | null {
     const m = req(name) as JsYaml;
     loader = (text) => {
       const out: unknown[] = [];
-      m.loadAll(text, (d) => { out.push(d); }, { schema: m.CORE_SCHEMA });
+      m.loadAll(
+        text,
+        (d) => {
+          out.push(d);
+        },
+        { schema: m.CORE_SCHEMA },
+      );
       return out;
     };
   } catch {

@@ -16,10 +16,24 @@ import { PeerSet } from './peers.ts';
 import { RelayServer } from './server.ts';
 
 interface Opts {
-  clusterName: string; kvstore?: string; kvstoreEndpoints?: string; kvstoreCa?: string; kvstoreCert?: string; kvstoreKey?: string;
-  listenSocket?: string; listenAddress?: string; tlsCaFile?: string; tlsClientCertFile?: string; tlsClientKeyFile?: string;
-  tlsServerCertFile?: string; tlsServerKeyFile?: string; tlsServerClientCaFile?: string;
-  sortBufferDrainTimeout: number; sortBufferLenMax: number; peerTimeout: number; logLevel: string;
+  clusterName: string;
+  kvstore?: string;
+  kvstoreEndpoints?: string;
+  kvstoreCa?: string;
+  kvstoreCert?: string;
+  kvstoreKey?: string;
+  listenSocket?: string;
+  listenAddress?: string;
+  tlsCaFile?: string;
+  tlsClientCertFile?: string;
+  tlsClientKeyFile?: string;
+  tlsServerCertFile?: string;
+  tlsServerKeyFile?: string;
+  tlsServerClientCaFile?: string;
+  sortBufferDrainTimeout: number;
+  sortBufferLenMax: number;
+  peerTimeout: number;
+  logLevel: string;
 }
 
 const ms = (flag: string) => (v: string) => {
@@ -29,36 +43,55 @@ const ms = (flag: string) => (v: string) => {
 };
 const int = (flag: string, min: number, max: number) => (v: string) => {
   const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > max) throw new InvalidArgumentError(`${flag} "${v}" must be a whole number from ${min} to ${max}`);
+  if (!Number.isInteger(n) || n < min || n > max)
+    throw new InvalidArgumentError(`${flag} "${v}" must be a whole number from ${min} to ${max}`);
   return n;
 };
 
 const program = new Command('membrane-relay')
-  .description('Membrane relay: the flows of every node of a cluster through one observer API (Hubble Relay\'s job)')
+  .description("Membrane relay: the flows of every node of a cluster through one observer API (Hubble Relay's job)")
   .version(VERSION)
   .option('--cluster-name <name>', 'cluster name (env MEMBRANE_CLUSTER_NAME)', process.env.MEMBRANE_CLUSTER_NAME ?? 'default')
   .addOption(new Option('--kvstore <type>', 'cluster store').choices(['etcd']).default('etcd'))
-  .option('--kvstore-endpoints <urls>', 'etcd client URLs, comma-separated (env MEMBRANE_KVSTORE_ENDPOINTS)', process.env.MEMBRANE_KVSTORE_ENDPOINTS)
+  .option(
+    '--kvstore-endpoints <urls>',
+    'etcd client URLs, comma-separated (env MEMBRANE_KVSTORE_ENDPOINTS)',
+    process.env.MEMBRANE_KVSTORE_ENDPOINTS,
+  )
   .option('--kvstore-ca <file>', 'CA bundle for https endpoints')
   .option('--kvstore-cert <file>', 'client certificate')
   .option('--kvstore-key <file>', 'client key')
   .option('--listen-socket <path>', 'serve the observer API on this unix socket', '/run/membrane/relay.sock')
   .option('--listen-address <host:port>', 'also serve it on TCP (Hubble Relay uses :4245)')
-  .option('--tls-ca-file <file>', 'the cluster CA the nodes\' observer certificates come from (scripts/cluster-certs.sh)')
-  .option('--tls-client-cert-file <file>', 'the relay\'s client certificate for the nodes\' observers')
+  .option('--tls-ca-file <file>', "the cluster CA the nodes' observer certificates come from (scripts/cluster-certs.sh)")
+  .option('--tls-client-cert-file <file>', "the relay's client certificate for the nodes' observers")
   .option('--tls-client-key-file <file>', 'its key')
-  .option('--tls-server-cert-file <file>', 'TLS on --listen-address: the relay\'s server certificate')
+  .option('--tls-server-cert-file <file>', "TLS on --listen-address: the relay's server certificate")
   .option('--tls-server-key-file <file>', 'its key')
   .option('--tls-server-client-ca-file <file>', 'with TLS on --listen-address: clients must show a certificate this CA signed')
-  .option('--sort-buffer-drain-timeout <duration>', 'follow: how long a flow waits for older ones from other nodes', ms('--sort-buffer-drain-timeout'), 250)
-  .option('--sort-buffer-len-max <n>', 'follow: flows held for ordering at most', int('--sort-buffer-len-max', 1, 1_000_000), 4096)
+  .option(
+    '--sort-buffer-drain-timeout <duration>',
+    'follow: how long a flow waits for older ones from other nodes',
+    ms('--sort-buffer-drain-timeout'),
+    250,
+  )
+  .option(
+    '--sort-buffer-len-max <n>',
+    'follow: flows held for ordering at most',
+    int('--sort-buffer-len-max', 1, 1_000_000),
+    4096,
+  )
   .option('--peer-timeout <duration>', 'how long a node may take to answer a request that ends', ms('--peer-timeout'), 10_000)
   .option('--log-level <level>', 'trace|debug|info|warn|error', process.env.MEMBRANE_LOG_LEVEL ?? 'info')
   .showHelpAfterError();
 
 function read(flag: string, file: string | undefined): Buffer | undefined {
   if (!file) return undefined;
-  try { return fs.readFileSync(file); } catch (e) { throw new KvstoreConfigError(`${flag} ${file}: ${(e as Error).message}`); }
+  try {
+    return fs.readFileSync(file);
+  } catch (e) {
+    throw new KvstoreConfigError(`${flag} ${file}: ${(e as Error).message}`);
+  }
 }
 
 async function main(): Promise<void> {
@@ -69,12 +102,14 @@ async function main(): Promise<void> {
   let serverTls: { cert: Buffer; key: Buffer; clientCa?: Buffer } | undefined;
   try {
     cfg = kvstoreOptions({ ...o, kvstore: o.kvstore ?? 'etcd' });
-    if (!o.listenSocket && !o.listenAddress) throw new KvstoreConfigError('give --listen-socket PATH or --listen-address HOST:PORT');
+    if (!o.listenSocket && !o.listenAddress)
+      throw new KvstoreConfigError('give --listen-socket PATH or --listen-address HOST:PORT');
     const ca = read('--tls-ca-file', o.tlsCaFile);
     const cert = read('--tls-client-cert-file', o.tlsClientCertFile);
     const key = read('--tls-client-key-file', o.tlsClientKeyFile);
     if (!!cert !== !!key) throw new KvstoreConfigError('--tls-client-cert-file and --tls-client-key-file go together');
-    if (cert && !ca) throw new KvstoreConfigError('--tls-client-cert-file needs --tls-ca-file (the CA the nodes\' certificates come from)');
+    if (cert && !ca)
+      throw new KvstoreConfigError("--tls-client-cert-file needs --tls-ca-file (the CA the nodes' certificates come from)");
     if (ca) peerTls = { ca, ...(cert ? { cert, key } : {}) };
     const sCert = read('--tls-server-cert-file', o.tlsServerCertFile);
     const sKey = read('--tls-server-key-file', o.tlsServerKeyFile);
@@ -88,13 +123,34 @@ async function main(): Promise<void> {
   }
   const log = createLogger({ level: o.logLevel, name: 'membrane-relay' });
   const kv = await connectEtcd(cfg!.kv);
-  const peers = new PeerSet({ kv, layout: layout(cfg!.cluster), cluster: cfg!.cluster, ...(peerTls ? { tls: peerTls } : {}), log });
+  const peers = new PeerSet({
+    kv,
+    layout: layout(cfg!.cluster),
+    cluster: cfg!.cluster,
+    ...(peerTls ? { tls: peerTls } : {}),
+    log,
+  });
   await peers.start();
   const server = await RelayServer.start({
-    peers, cluster: cfg!.cluster, version: VERSION, socket: o.listenSocket, address: o.listenAddress, ...(serverTls ? { tls: serverTls } : {}),
-    sortWindowMs: o.sortBufferDrainTimeout, sortMaxLen: o.sortBufferLenMax, peerTimeoutMs: o.peerTimeout,
+    peers,
+    cluster: cfg!.cluster,
+    version: VERSION,
+    socket: o.listenSocket,
+    address: o.listenAddress,
+    ...(serverTls ? { tls: serverTls } : {}),
+    sortWindowMs: o.sortBufferDrainTimeout,
+    sortMaxLen: o.sortBufferLenMax,
+    peerTimeoutMs: o.peerTimeout,
   });
-  log.info({ cluster: cfg!.cluster, socket: server.socket, address: server.address, nodes: peers.list().map((p) => `${p.name}=${p.address}`) }, 'membrane relay ready');
+  log.info(
+    {
+      cluster: cfg!.cluster,
+      socket: server.socket,
+      address: server.address,
+      nodes: peers.list().map((p) => `${p.name}=${p.address}`),
+    },
+    'membrane relay ready',
+  );
   let stopping = false;
   const shutdown = async (signal: string) => {
     if (stopping) return;

@@ -16,7 +16,8 @@ export function timeNs(t: Timestamp | undefined): bigint {
 }
 
 export function byTime(a: Timed, b: Timed): number {
-  const x = timeNs(a.time), y = timeNs(b.time);
+  const x = timeNs(a.time),
+    y = timeNs(b.time);
   return x < y ? -1 : x > y ? 1 : 0;
 }
 
@@ -53,7 +54,10 @@ export function selectHistory<T extends Timed & { flow?: unknown }>(merged: T[],
   // From the Nth flow counted from the end (everything, when there are fewer).
   let start = 0;
   for (let i = merged.length - 1; i >= 0; i--) {
-    if (merged[i].flow && ++flows === number) { start = i; break; }
+    if (merged[i].flow && ++flows === number) {
+      start = i;
+      break;
+    }
   }
   return merged.slice(start);
 }
@@ -62,9 +66,14 @@ export function selectHistory<T extends Timed & { flow?: unknown }>(merged: T[],
 export class SortBuffer<T extends Timed> {
   private items: T[] = [];
 
-  constructor(private readonly windowMs: number, private readonly maxLen: number) {}
+  constructor(
+    private readonly windowMs: number,
+    private readonly maxLen: number,
+  ) {}
 
-  get size(): number { return this.items.length; }
+  get size(): number {
+    return this.items.length;
+  }
 
   push(r: T): void {
     // Mostly in order already: search from the end.

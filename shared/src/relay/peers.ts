@@ -43,7 +43,10 @@ export class PeerSet {
 
   constructor(private readonly o: PeerSetOptions) {
     this.mirror = new PrefixMirror<NodeRecord>(o.kv, o.layout.nodes, {
-      decode: (v, key) => { const r = decode<NodeRecord>(v); return r && r.name === key ? r : undefined; },
+      decode: (v, key) => {
+        const r = decode<NodeRecord>(v);
+        return r && r.name === key ? r : undefined;
+      },
       onChange: () => this.reconcile(),
       log: o.log,
     });
@@ -93,10 +96,16 @@ export class PeerSet {
       if (this.peers.has(name)) continue;
       const { address, tls } = n.observer!;
       if (tls && !this.o.tls) {
-        this.o.log?.warn({ node: name, address }, 'node serves its observer over TLS and the relay has no --tls-ca-file: skipped');
+        this.o.log?.warn(
+          { node: name, address },
+          'node serves its observer over TLS and the relay has no --tls-ca-file: skipped',
+        );
         continue;
       }
-      const client = new ObserverClient(address, tls ? { tls: { ...this.o.tls!, serverName: observerServerName(this.o.cluster, name) } } : {});
+      const client = new ObserverClient(
+        address,
+        tls ? { tls: { ...this.o.tls!, serverName: observerServerName(this.o.cluster, name) } } : {},
+      );
       const peer: Peer = { name, address, tls, client, state: 'NODE_UNAVAILABLE' };
       this.peers.set(name, peer);
       this.emit({ type: 'added', peer });
@@ -121,13 +130,20 @@ export class PeerSet {
     if (peer.state === state || peer.state === 'NODE_GONE') return;
     peer.state = state;
     if (state === 'NODE_CONNECTED') peer.lastError = undefined;
-    this.o.log?.info({ node: peer.name, address: peer.address, state, ...(peer.lastError ? { err: peer.lastError } : {}) }, 'relay peer state');
+    this.o.log?.info(
+      { node: peer.name, address: peer.address, state, ...(peer.lastError ? { err: peer.lastError } : {}) },
+      'relay peer state',
+    );
     this.emit({ type: state === 'NODE_CONNECTED' ? 'connected' : 'unavailable', peer });
   }
 
   private emit(e: PeerEvent): void {
     for (const fn of this.listeners) {
-      try { fn(e); } catch { /* a listener's failure is its own */ }
+      try {
+        fn(e);
+      } catch {
+        /* a listener's failure is its own */
+      }
     }
   }
 

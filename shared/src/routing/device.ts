@@ -22,7 +22,9 @@ export interface TunnelDeviceSpec {
 export function ensureTunnelDevice(host: Netlink, dp: Datapath, spec: TunnelDeviceSpec): number {
   let cur = host.vxlanGet(spec.name);
   if (!cur && host.linkByName(spec.name)) {
-    throw new Error(`cannot create the tunnel device ${spec.name}: a link of that name exists and is no VXLAN device (choose another --tunnel-device)`);
+    throw new Error(
+      `cannot create the tunnel device ${spec.name}: a link of that name exists and is no VXLAN device (choose another --tunnel-device)`,
+    );
   }
   if (cur && !(cur.collectMetadata && cur.port === spec.port && cur.mtu === spec.mtu && cur.noArp)) {
     host.linkDel(cur.index);

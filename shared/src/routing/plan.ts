@@ -56,7 +56,8 @@ const hostPrefix = (ip: string) => normalizeCidr(ip);
 
 /** The other nodes that can be reached: those with an underlay address and a pod CIDR. */
 export function remoteNodes(self: string, nodes: Iterable<NodeRecord>): NodeRecord[] {
-  return [...nodes].filter((n) => n.name !== self && n.addresses?.length && (n.podCidrs?.ipv4 || n.podCidrs?.ipv6))
+  return [...nodes]
+    .filter((n) => n.name !== self && n.addresses?.length && (n.podCidrs?.ipv4 || n.podCidrs?.ipv6))
     .sort((a, b) => a.name.localeCompare(b.name));
 }
 
@@ -73,7 +74,11 @@ export function planRouting(mode: RoutingMode, self: SelfNode, nodes: Iterable<N
     for (const cidr of [n.podCidrs.ipv4, n.podCidrs.ipv6]) {
       if (!cidr) continue;
       let c;
-      try { c = parseCidr(cidr); } catch { continue; } // a damaged record: skipped, never fatal
+      try {
+        c = parseCidr(cidr);
+      } catch {
+        continue;
+      } // a damaged record: skipped, never fatal
       const dst = normalizeCidr(cidr);
       plan.nodeAddresses.set(hostPrefix(defaultGateway(c)), RESERVED['remote-node']);
       const prefSrc = self.gateways[c.family];
@@ -83,7 +88,10 @@ export function planRouting(mode: RoutingMode, self: SelfNode, nodes: Iterable<N
         continue;
       }
       const via = ips.find((ip) => familyOf(ip) === c.family);
-      if (!via) { plan.unreachable.push({ node: n.name, cidr: dst }); continue; }
+      if (!via) {
+        plan.unreachable.push({ node: n.name, cidr: dst });
+        continue;
+      }
       plan.routes.set(dst, { dst, via, node: n.name, ...(prefSrc ? { prefSrc } : {}) });
     }
   }

@@ -10,7 +10,16 @@ import type { Netlink } from '../netlink/index.ts';
 import type { Family } from '../net/index.ts';
 import { ensureTunnelDevice, removeTunnelDevice } from './device.ts';
 import { TunnelMaps } from './maps.ts';
-import { planRouting, sameRoute, sameTarget, type RouteWant, type RoutingMode, type RoutingPlan, type SelfNode, type TunnelTarget } from './plan.ts';
+import {
+  planRouting,
+  sameRoute,
+  sameTarget,
+  type RouteWant,
+  type RoutingMode,
+  type RoutingPlan,
+  type SelfNode,
+  type TunnelTarget,
+} from './plan.ts';
 
 /** rtm_protocol of the routes to other nodes' pod CIDRs (an unassigned number: ours alone). */
 export const RTPROT_MEMBRANE_CLUSTER = 196;
@@ -69,7 +78,13 @@ export class ClusterRouting {
     for (const [prefix, t] of r.maps.read()) r.tunnel.set(prefix, { node: '?', ...t });
     for (const fam of [4, 6] as const) {
       for (const rt of o.host.routeList({ family: fam })) {
-        if (rt.protocol === RTPROT_MEMBRANE_CLUSTER) r.routes.set(rt.dst, { dst: rt.dst, node: '?', ...(rt.gateway ? { via: rt.gateway } : {}), ...(rt.prefSrc ? { prefSrc: rt.prefSrc } : {}) });
+        if (rt.protocol === RTPROT_MEMBRANE_CLUSTER)
+          r.routes.set(rt.dst, {
+            dst: rt.dst,
+            node: '?',
+            ...(rt.gateway ? { via: rt.gateway } : {}),
+            ...(rt.prefSrc ? { prefSrc: rt.prefSrc } : {}),
+          });
       }
     }
     // The device's ifindex (or 0: overlay off) before any entry can send traffic to it.
@@ -84,14 +99,27 @@ export class ClusterRouting {
     this.plan = plan;
     const errors: string[] = [];
     const attempt = (what: string, fn: () => void) => {
-      try { fn(); } catch (e) { errors.push(`${what}: ${(e as Error).message}`); }
+      try {
+        fn();
+      } catch (e) {
+        errors.push(`${what}: ${(e as Error).message}`);
+      }
     };
-    const upserts = [...plan.tunnel].filter(([p, t]) => { const cur = this.tunnel.get(p); return !cur || !sameTarget(cur, t); });
-    attempt('tunnel map', () => { this.maps.write(upserts, []); for (const [p, t] of upserts) this.tunnel.set(p, t); });
+    const upserts = [...plan.tunnel].filter(([p, t]) => {
+      const cur = this.tunnel.get(p);
+      return !cur || !sameTarget(cur, t);
+    });
+    attempt('tunnel map', () => {
+      this.maps.write(upserts, []);
+      for (const [p, t] of upserts) this.tunnel.set(p, t);
+    });
     for (const [dst, want] of plan.routes) {
       const cur = this.routes.get(dst);
       if (cur && sameRoute(cur, want)) continue;
-      attempt(`route ${dst}`, () => { this.o.host.routeAdd(this.routeSpec(want)); this.routes.set(dst, want); });
+      attempt(`route ${dst}`, () => {
+        this.o.host.routeAdd(this.routeSpec(want));
+        this.routes.set(dst, want);
+      });
     }
     for (const dst of [...this.routes.keys()]) {
       if (plan.routes.has(dst)) continue;
@@ -101,30 +129,44 @@ export class ClusterRouting {
       });
     }
     const stale = [...this.tunnel.keys()].filter((p) => !plan.tunnel.has(p));
-    attempt('tunnel map', () => { this.maps.write([], stale); for (const p of stale) this.tunnel.delete(p); });
+    attempt('tunnel map', () => {
+      this.maps.write([], stale);
+      for (const p of stale) this.tunnel.delete(p);
+    });
     this.lastError = errors.length ? errors.join('; ') : undefined;
     if (errors.length) this.o.log?.warn({ errors }, 'cluster routing: some changes failed; retrying on the next node change');
     for (const u of plan.unreachable) {
       const key = `${u.node} ${u.cidr}`;
       if (this.reported.has(key)) continue;
       this.reported.add(key);
-      this.o.log?.warn(u, `native routing: node ${u.node} has no underlay address of ${u.cidr}'s family; its pods there are unreachable`);
+      this.o.log?.warn(
+        u,
+        `native routing: node ${u.node} has no underlay address of ${u.cidr}'s family; its pods there are unreachable`,
+      );
     }
     return plan;
   }
 
   private routeSpec(want: RouteWant) {
     const common = { dst: want.dst, protocol: RTPROT_MEMBRANE_CLUSTER, ...(want.prefSrc ? { prefSrc: want.prefSrc } : {}) };
-    return want.via ? { ...common, gateway: want.via, index: 0 } : { ...common, index: this.tunnelIfindex, scope: 'link' as const };
+    return want.via
+      ? { ...common, gateway: want.via, index: 0 }
+      : { ...common, index: this.tunnelIfindex, scope: 'link' as const };
   }
 
   /** Other nodes' addresses and pod CIDR gateways: the ipcache's remote-node entries. */
-  nodeAddresses(): Map<string, number> { return this.plan.nodeAddresses; }
+  nodeAddresses(): Map<string, number> {
+    return this.plan.nodeAddresses;
+  }
 
   status(): RoutingStatus {
     return {
       mode: this.o.mode,
-      ...(this.o.mode === 'tunnel' ? { device: { name: this.o.tunnel.device, port: this.o.tunnel.port, mtu: this.o.tunnel.mtu, ifindex: this.tunnelIfindex } } : {}),
+      ...(this.o.mode === 'tunnel'
+        ? {
+            device: { name: this.o.tunnel.device, port: this.o.tunnel.port, mtu: this.o.tunnel.mtu, ifindex: this.tunnelIfindex },
+          }
+        : {}),
       underlay: { device: this.o.underlay.device, mtu: this.o.underlay.mtu },
       nodes: new Set([...this.plan.routes.values()].map((r) => r.node)).size,
       routes: this.routes.size,

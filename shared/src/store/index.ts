@@ -58,7 +58,9 @@ export class FileStore implements Store {
   async list<T>(prefix: string): Promise<{ key: string; value: T }[]> {
     const dir = path.join(this.dir, ...prefix.split('/'));
     let names: string[];
-    try { names = await fs.promises.readdir(dir); } catch (e) {
+    try {
+      names = await fs.promises.readdir(dir);
+    } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return [];
       throw e;
     }
@@ -80,10 +82,16 @@ export class MemoryStore implements Store {
     const v = this.docs.get(key);
     return v === undefined ? undefined : (JSON.parse(v) as T);
   }
-  async put(key: string, value: unknown): Promise<void> { this.docs.set(key, JSON.stringify(value)); }
-  async delete(key: string): Promise<boolean> { return this.docs.delete(key); }
+  async put(key: string, value: unknown): Promise<void> {
+    this.docs.set(key, JSON.stringify(value));
+  }
+  async delete(key: string): Promise<boolean> {
+    return this.docs.delete(key);
+  }
   async list<T>(prefix: string): Promise<{ key: string; value: T }[]> {
-    return [...this.docs.keys()].filter((k) => k.startsWith(prefix + '/')).sort()
+    return [...this.docs.keys()]
+      .filter((k) => k.startsWith(prefix + '/'))
+      .sort()
       .map((key) => ({ key, value: JSON.parse(this.docs.get(key)!) as T }));
   }
 }

@@ -58,7 +58,11 @@ export function encodeRecord(op: Op): string {
 }
 
 /** A queued change: its record bytes, and for a put the value's JSON (what memory will hold). */
-interface Encoded { op: Op; rec: Buffer; valueJson?: string }
+interface Encoded {
+  op: Op;
+  rec: Buffer;
+  valueJson?: string;
+}
 
 /**
  * Serialises a change once: the same JSON goes to disk and into memory (a caller that changes the
@@ -83,14 +87,22 @@ function encode(op: Op): Encoded {
 export function decodeRecord(line: Buffer): { op: Op } | { error: string } {
   if (line.length > 0 && line[0] === 0x7b) {
     // A record written before framing existed: plain JSON, trusted as far as it parses.
-    try { return checkOp(JSON.parse(line.toString('utf8'))); } catch { return { error: 'unreadable JSON' }; }
+    try {
+      return checkOp(JSON.parse(line.toString('utf8')));
+    } catch {
+      return { error: 'unreadable JSON' };
+    }
   }
   if (line.length < 10 || line[8] !== 0x20) return { error: 'no record frame' };
   const want = line.subarray(0, 8).toString('latin1');
   if (!/^[0-9a-f]{8}$/.test(want)) return { error: 'no record frame' };
   const json = line.subarray(9);
   if (zlib.crc32(json).toString(16).padStart(8, '0') !== want) return { error: 'checksum mismatch' };
-  try { return checkOp(JSON.parse(json.toString('utf8'))); } catch { return { error: 'unreadable JSON' }; }
+  try {
+    return checkOp(JSON.parse(json.toString('utf8')));
+  } catch {
+    return { error: 'unreadable JSON' };
+  }
 }
 
 function checkOp(v: unknown): { op: Op } | { error: string } {
@@ -103,10 +115,18 @@ function checkOp(v: unknown): { op: Op } | { error: string } {
 function writeError(file: string, e: unknown): MembraneError {
   const code = (e as NodeJS.ErrnoException)?.code;
   if (code === 'ENOSPC' || code === 'EDQUOT') {
-    return new MembraneError('storage_full', `the agent's state disk is full: cannot write ${file} (${code}); nothing was changed, retry once there is room`, { cause: e });
+    return new MembraneError(
+      'storage_full',
+      `the agent's state disk is full: cannot write ${file} (${code}); nothing was changed, retry once there is room`,
+      { cause: e },
+    );
   }
   // Nothing wrong with the request (an I/O error): the caller may try again.
-  return new MembraneError('unavailable', `store: cannot write ${file}: ${(e as Error)?.message ?? String(e)}; nothing was changed`, { cause: e });
+  return new MembraneError(
+    'unavailable',
+    `store: cannot write ${file}: ${(e as Error)?.message ?? String(e)}; nothing was changed`,
+    { cause: e },
+  );
 }
 
 function allZero(b: Buffer): boolean {
@@ -141,7 +161,10 @@ export class JournalStore implements Store {
   /** What load() cut off the journal, if anything. */
   readonly recovery: JournalRecovery | null = null;
 
-  constructor(readonly dir: string, private readonly opts: JournalStoreOptions = {}) {
+  constructor(
+    readonly dir: string,
+    private readonly opts: JournalStoreOptions = {},
+  ) {
     fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
     this.file = path.join(dir, JOURNAL);
     this.fd = fs.openSync(this.file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
@@ -155,24 +178,38 @@ export class JournalStore implements Store {
       fs.closeSync(this.fd);
       throw e;
     }
-    if (this.recovery) opts.log?.warn({ ...this.recovery, file: this.file }, 'journal: cut off a torn or corrupt tail; starting from the records before it');
+    if (this.recovery)
+      opts.log?.warn(
+        { ...this.recovery, file: this.file },
+        'journal: cut off a torn or corrupt tail; starting from the records before it',
+      );
     // Unframed records of an older version: fold them into a snapshot so every record is framed
     // (mixed journals read fine too, so a full disk only postpones it).
     if (legacy) {
-      try { this.compact(); } catch (e) { opts.log?.warn({ err: e, file: this.file }, 'journal: cannot fold the old records into a snapshot yet'); }
+      try {
+        this.compact();
+      } catch (e) {
+        opts.log?.warn({ err: e, file: this.file }, 'journal: cannot fold the old records into a snapshot yet');
+      }
     }
   }
 
   private loadSnapshot(): void {
     const file = path.join(this.dir, SNAPSHOT);
     let text: string;
-    try { text = fs.readFileSync(file, 'utf8'); } catch (e) {
+    try {
+      text = fs.readFileSync(file, 'utf8');
+    } catch (e) {
       if ((e as NodeJS.ErrnoException).code === 'ENOENT') return;
       throw new Error(`store: cannot read ${file}: ${(e as Error).message}`);
     }
     let snap: Record<string, unknown>;
-    try { snap = JSON.parse(text) as Record<string, unknown>; } catch (e) {
-      throw new Error(`store: ${file} is corrupt (${(e as Error).message}); it is replaced atomically, so the disk or someone else damaged it`);
+    try {
+      snap = JSON.parse(text) as Record<string, unknown>;
+    } catch (e) {
+      throw new Error(
+        `store: ${file} is corrupt (${(e as Error).message}); it is replaced atomically, so the disk or someone else damaged it`,
+      );
     }
     for (const [k, v] of Object.entries(snap)) this.docs.set(k, JSON.stringify(v));
   }
@@ -185,9 +222,15 @@ export class JournalStore implements Store {
     while (off < buf.length) {
       if (buf[off] === 0 && allZero(buf.subarray(off))) break; // the preallocated room
       const nl = buf.indexOf(NEWLINE, off);
-      if (nl < 0) { reason = 'a record without its end (torn write)'; break; }
+      if (nl < 0) {
+        reason = 'a record without its end (torn write)';
+        break;
+      }
       const r = decodeRecord(buf.subarray(off, nl));
-      if ('error' in r) { reason = `${r.error} in the record at byte ${off}`; break; }
+      if ('error' in r) {
+        reason = `${r.error} in the record at byte ${off}`;
+        break;
+      }
       if (buf[off] === 0x7b) legacy = true;
       this.apply(r.op);
       this.records++;
@@ -203,11 +246,17 @@ export class JournalStore implements Store {
     try {
       fs.writeFileSync(aside, buf.subarray(off, end), { mode: 0o600 });
       recovery.savedTo = aside;
-    } catch { /* no room for it: the tail is lost, the start is not */ }
+    } catch {
+      /* no room for it: the tail is lost, the start is not */
+    }
     fs.ftruncateSync(this.fd, off);
     fs.fdatasyncSync(this.fd);
     this.allocated = off;
-    try { this.grow(GROW); } catch { /* a full disk: the reserve comes back once there is room */ }
+    try {
+      this.grow(GROW);
+    } catch {
+      /* a full disk: the reserve comes back once there is room */
+    }
     return { legacy, recovery };
   }
 
@@ -233,7 +282,9 @@ export class JournalStore implements Store {
 
   async list<T>(prefix: string): Promise<{ key: string; value: T }[]> {
     const p = prefix + '/';
-    return [...this.docs.keys()].filter((k) => k.startsWith(p)).sort()
+    return [...this.docs.keys()]
+      .filter((k) => k.startsWith(p))
+      .sort()
       .map((key) => ({ key, value: JSON.parse(this.docs.get(key)!) as T }));
   }
 
@@ -248,7 +299,11 @@ export class JournalStore implements Store {
   private enqueue(op: Op): Promise<void> {
     // Encode now: a value that cannot be serialised fails its caller alone, not the whole batch.
     let e: Encoded;
-    try { e = encode(op); } catch (err) { return Promise.reject(err); }
+    try {
+      e = encode(op);
+    } catch (err) {
+      return Promise.reject(err);
+    }
     if (!this.pending) {
       this.pending = { ops: [], waiters: [] };
       setImmediate(() => this.flush());
@@ -296,7 +351,10 @@ export class JournalStore implements Store {
       this.records += ops.length;
       for (const o of ops) this.apply(o.op, o.valueJson);
     }
-    batch.ops.forEach((op, i) => { if (done.has(op)) waiters[i].resolve(); else waiters[i].reject(refused); });
+    batch.ops.forEach((op, i) => {
+      if (done.has(op)) waiters[i].resolve();
+      else waiters[i].reject(refused);
+    });
     this.lastFailure = done.size < batch.ops.length ? refused : null;
     if (this.records >= this.compactAt) {
       try {
@@ -349,8 +407,15 @@ export class JournalStore implements Store {
       writeFully(this.fd, Buffer.alloc(Math.min(len, Math.max(0, this.allocated - this.size))), this.size);
       fs.fdatasyncSync(this.fd);
     } catch (e) {
-      this.broken = new MembraneError('unavailable', `store: ${this.file} could not be repaired after a failed write (${(e as Error).message}); restart the agent`, { cause });
-      this.opts.log?.warn({ err: e, file: this.file }, 'journal: a failed write could not be undone; refusing writes until restart');
+      this.broken = new MembraneError(
+        'unavailable',
+        `store: ${this.file} could not be repaired after a failed write (${(e as Error).message}); restart the agent`,
+        { cause },
+      );
+      this.opts.log?.warn(
+        { err: e, file: this.file },
+        'journal: a failed write could not be undone; refusing writes until restart',
+      );
     }
   }
 
@@ -366,7 +431,11 @@ export class JournalStore implements Store {
     this.allocated = 0;
     this.records = 0;
     this.compactAt = COMPACT_AFTER;
-    try { this.grow(GROW); } catch { /* no room: puts wait for it, see ensureRoom */ }
+    try {
+      this.grow(GROW);
+    } catch {
+      /* no room: puts wait for it, see ensureRoom */
+    }
   }
 
   /** What is wrong with the store now, for the agent's status: writes refused until a restart, or

@@ -50,10 +50,13 @@ function normalizePath(path: string): string {
 function wrap(key: string, display: string, e: unknown): SysctlError {
   const err = e as NodeJS.ErrnoException;
   const code =
-    err.code === 'ENOENT' ? 'not_found'
-    : err.code === 'EINVAL' ? 'invalid'
-    : err.code === 'EACCES' || err.code === 'EPERM' ? 'permission'
-    : 'other';
+    err.code === 'ENOENT'
+      ? 'not_found'
+      : err.code === 'EINVAL'
+        ? 'invalid'
+        : err.code === 'EACCES' || err.code === 'EPERM'
+          ? 'permission'
+          : 'other';
   const why = code === 'not_found' ? 'no such key' : code === 'invalid' ? 'invalid argument' : err.message;
   return new SysctlError(key, code, `sysctl ${display}: ${why}`);
 }

@@ -10,11 +10,16 @@ import { loadDatapath, removePins, type Datapath, type EndpointDatapathConfig } 
 import { objGet, progTestRun } from '../../src/bpf/libbpf.ts';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
-export const OK = 0, SHOT = 2, REDIRECT = 7;
+export const OK = 0,
+  SHOT = 2,
+  REDIRECT = 7;
 
 /** Ends the test file (plan 0) unless it runs as root with bpffs mounted. */
 export function requireBpf(): void {
-  const mounted = fs.readFileSync('/proc/self/mounts', 'utf8').split('\n').some((l) => l.split(' ')[1] === '/sys/fs/bpf' && l.split(' ')[2] === 'bpf');
+  const mounted = fs
+    .readFileSync('/proc/self/mounts', 'utf8')
+    .split('\n')
+    .some((l) => l.split(' ')[1] === '/sys/fs/bpf' && l.split(' ')[2] === 'bpf');
   if (process.getuid?.() !== 0 || !mounted) {
     t.plan(0, 'needs root and bpffs at /sys/fs/bpf');
     process.exit(0);
@@ -36,7 +41,9 @@ export function bpfHarness(opts: { ctMax?: number; endpoints?: EndpointDatapathC
   execFileSync('bash', [path.join(ROOT, 'scripts/build-bpf.sh')], { stdio: 'inherit' });
   const pinDir = `/sys/fs/bpf/mbt-${randomBytes(4).toString('hex')}`;
   const h = {
-    pinDir, fromFd: -1, toFd: -1,
+    pinDir,
+    fromFd: -1,
+    toFd: -1,
     from: (pkt: Buffer, ifindex?: number) => progTestRun(h.fromFd, pkt, { ifindex }).retval,
     to: (pkt: Buffer, ifindex?: number) => progTestRun(h.toFd, pkt, { ifindex }).retval,
   } as Harness;

@@ -4,11 +4,33 @@
 // (sent by it) or to_container (delivered to it). Seeded: a failure is replayed with FUZZ_SEED.
 import { arp, echo, eth, ETH_P, EXT, ah6, ext6, frag6, icmp, ipv4, ipv6, tcp, udp } from '../../src/bpf/packets.ts';
 
-export interface FuzzEndpoint { ifindex: number; id: number; mac: string; hostMac: string; ip4: string[]; ip6: string; sends: boolean }
+export interface FuzzEndpoint {
+  ifindex: number;
+  id: number;
+  mac: string;
+  hostMac: string;
+  ip4: string[];
+  ip6: string;
+  sends: boolean;
+}
 
-export interface Shot { hook: 'from' | 'to'; ifindex: number; frame: Buffer; what: string }
+export interface Shot {
+  hook: 'from' | 'to';
+  ifindex: number;
+  frame: Buffer;
+  what: string;
+}
 
-interface Sent { family: 4 | 6; proto: number; src: string; dst: string; sport: number; dport: number; seq: number; id: number }
+interface Sent {
+  family: 4 | 6;
+  proto: number;
+  src: string;
+  dst: string;
+  sport: number;
+  dport: number;
+  seq: number;
+  id: number;
+}
 
 /** mulberry32: small, fast, good enough to pick packets. */
 export function rng(seed: number): () => number {
@@ -37,13 +59,25 @@ export class PacketFuzzer {
   private readonly r: () => number;
   private readonly recent: Sent[] = [];
 
-  constructor(seed: number, private readonly eps: FuzzEndpoint[], private readonly world4: string[], private readonly world6: string[], private readonly host4: string) {
+  constructor(
+    seed: number,
+    private readonly eps: FuzzEndpoint[],
+    private readonly world4: string[],
+    private readonly world6: string[],
+    private readonly host4: string,
+  ) {
     this.r = rng(seed);
   }
 
-  private pick<T>(xs: readonly T[]): T { return xs[Math.floor(this.r() * xs.length)]; }
-  private chance(p: number): boolean { return this.r() < p; }
-  private int(n: number): number { return Math.floor(this.r() * n); }
+  private pick<T>(xs: readonly T[]): T {
+    return xs[Math.floor(this.r() * xs.length)];
+  }
+  private chance(p: number): boolean {
+    return this.r() < p;
+  }
+  private int(n: number): number {
+    return Math.floor(this.r() * n);
+  }
 
   private remember(s: Sent): void {
     this.recent.push(s);
@@ -52,22 +86,55 @@ export class PacketFuzzer {
 
   private l4(family: 4 | 6, proto: number, sport: number, dport: number, flags: number, seq: number): Buffer {
     switch (proto) {
-      case 6: return tcp(sport, dport, flags, seq);
-      case 17: return udp(sport, dport, Buffer.alloc(this.int(24)));
-      case 132: return Buffer.concat([udp(sport, dport).subarray(0, 4), Buffer.alloc(8 + this.int(8))]);
-      case 1: case 58: {
+      case 6:
+        return tcp(sport, dport, flags, seq);
+      case 17:
+        return udp(sport, dport, Buffer.alloc(this.int(24)));
+      case 132:
+        return Buffer.concat([udp(sport, dport).subarray(0, 4), Buffer.alloc(8 + this.int(8))]);
+      case 1:
+      case 58: {
         const types = family === 4 ? [8, 0, 13, 3, 11] : [128, 129, 135, 136, 133, 134, 137, 143, 130, 1];
         const type = this.pick(types);
-        return type === 8 || type === 0 || type === 128 || type === 129 ? echo(type, sport) : icmp(type, this.int(4), 0, Buffer.alloc(this.int(32)));
+        return type === 8 || type === 0 || type === 128 || type === 129
+          ? echo(type, sport)
+          : icmp(type, this.int(4), 0, Buffer.alloc(this.int(32)));
       }
-      default: return Buffer.alloc(this.int(20));
+      default:
+        return Buffer.alloc(this.int(20));
     }
   }
 
-  private ip(family: 4 | 6, src: string, dst: string, proto: number, payload: Buffer, o: { ttl?: number; id?: number; mf?: boolean; offset?: number } = {}): Buffer {
+  private ip(
+    family: 4 | 6,
+    src: string,
+    dst: string,
+    proto: number,
+    payload: Buffer,
+    o: { ttl?: number; id?: number; mf?: boolean; offset?: number } = {},
+  ): Buffer {
     return family === 4
-      ? ipv4({ src, dst, proto: family === 4 && proto === 58 && this.chance(0.7) ? 1 : proto, ttl: o.ttl ?? this.pick([64, 64, 64, 2, 1, 0, 255]), id: o.id, mf: o.mf, offset: o.offset }, payload)
-      : ipv6({ src, dst, next: proto === 1 && this.chance(0.7) ? 58 : proto, hopLimit: o.ttl ?? this.pick([64, 64, 255, 255, 1, 2, 0]) }, payload);
+      ? ipv4(
+          {
+            src,
+            dst,
+            proto: family === 4 && proto === 58 && this.chance(0.7) ? 1 : proto,
+            ttl: o.ttl ?? this.pick([64, 64, 64, 2, 1, 0, 255]),
+            id: o.id,
+            mf: o.mf,
+            offset: o.offset,
+          },
+          payload,
+        )
+      : ipv6(
+          {
+            src,
+            dst,
+            next: proto === 1 && this.chance(0.7) ? 58 : proto,
+            hopLimit: o.ttl ?? this.pick([64, 64, 255, 255, 1, 2, 0]),
+          },
+          payload,
+        );
   }
 
   private destination(family: 4 | 6, self: FuzzEndpoint): string {
@@ -114,10 +181,31 @@ export class PacketFuzzer {
 
   private fresh(e: FuzzEndpoint): Shot {
     const family: 4 | 6 = this.chance(0.6) ? 4 : 6;
-    const proto = this.pick(PROTOS), src = this.source(family, e), dst = this.destination(family, e);
-    const s: Sent = { family, proto, src, dst, sport: this.pick(PORTS) + this.int(3), dport: this.pick(PORTS), seq: this.int(4), id: this.int(65536) };
+    const proto = this.pick(PROTOS),
+      src = this.source(family, e),
+      dst = this.destination(family, e);
+    const s: Sent = {
+      family,
+      proto,
+      src,
+      dst,
+      sport: this.pick(PORTS) + this.int(3),
+      dport: this.pick(PORTS),
+      seq: this.int(4),
+      id: this.int(65536),
+    };
     this.remember(s);
-    return { hook: 'from', ifindex: e.ifindex, frame: this.frameOf(e, 'from', this.ip(family, src, dst, proto, this.l4(family, proto, s.sport, s.dport, this.pick(FLAGS), s.seq)), family), what: 'fresh' };
+    return {
+      hook: 'from',
+      ifindex: e.ifindex,
+      frame: this.frameOf(
+        e,
+        'from',
+        this.ip(family, src, dst, proto, this.l4(family, proto, s.sport, s.dport, this.pick(FLAGS), s.seq)),
+        family,
+      ),
+      what: 'fresh',
+    };
   }
 
   /** The hook a packet from `src` to `dst` meets first: the sender's from_container, else the receiver's to_container. */
@@ -131,42 +219,103 @@ export class PacketFuzzer {
   private reply(s: Sent, senders: FuzzEndpoint[]): Shot {
     const at = this.hookFor(s.dst, s.src, senders) ?? { hook: 'to' as const, e: this.pick(senders) };
     const l4 = this.l4(s.family, s.proto, s.dport, s.sport, this.pick([0x12, 0x10, 0x11, 0x14, 0x04, 0x18, 0x02]), s.seq + 7);
-    return { hook: at.hook, ifindex: at.e.ifindex, frame: this.frameOf(at.e, at.hook, this.ip(s.family, s.dst, s.src, s.proto, l4, { ttl: 64 }), s.family), what: 'reply' };
+    return {
+      hook: at.hook,
+      ifindex: at.e.ifindex,
+      frame: this.frameOf(at.e, at.hook, this.ip(s.family, s.dst, s.src, s.proto, l4, { ttl: 64 }), s.family),
+      what: 'reply',
+    };
   }
 
   private again(s: Sent, senders: FuzzEndpoint[]): Shot {
     const at = this.hookFor(s.src, s.dst, senders) ?? { hook: 'from' as const, e: this.pick(senders) };
-    const l4 = this.l4(s.family, s.proto, s.sport, s.dport, this.pick([0x10, 0x18, 0x11, 0x02, 0x04]), this.chance(0.5) ? s.seq : s.seq + 1);
-    return { hook: at.hook, ifindex: at.e.ifindex, frame: this.frameOf(at.e, at.hook, this.ip(s.family, s.src, s.dst, s.proto, l4, { ttl: 64 }), s.family), what: 'again' };
+    const l4 = this.l4(
+      s.family,
+      s.proto,
+      s.sport,
+      s.dport,
+      this.pick([0x10, 0x18, 0x11, 0x02, 0x04]),
+      this.chance(0.5) ? s.seq : s.seq + 1,
+    );
+    return {
+      hook: at.hook,
+      ifindex: at.e.ifindex,
+      frame: this.frameOf(at.e, at.hook, this.ip(s.family, s.src, s.dst, s.proto, l4, { ttl: 64 }), s.family),
+      what: 'again',
+    };
   }
 
   private inbound(e: FuzzEndpoint): Shot {
     const family: 4 | 6 = this.chance(0.6) ? 4 : 6;
-    const src = family === 4 ? this.pick([...this.world4, this.host4, ...this.pick(this.eps).ip4]) : this.pick([...this.world6, 'fe80::ff', 'fd00:f6::fe', this.pick(this.eps).ip6]);
+    const src =
+      family === 4
+        ? this.pick([...this.world4, this.host4, ...this.pick(this.eps).ip4])
+        : this.pick([...this.world6, 'fe80::ff', 'fd00:f6::fe', this.pick(this.eps).ip6]);
     const dst = family === 4 ? this.pick(e.ip4) : this.pick([e.ip6, e.ip6, 'ff02::1']);
     const proto = this.pick(PROTOS);
-    const s: Sent = { family, proto, src, dst, sport: this.pick(PORTS), dport: this.pick(PORTS), seq: this.int(4), id: this.int(65536) };
+    const s: Sent = {
+      family,
+      proto,
+      src,
+      dst,
+      sport: this.pick(PORTS),
+      dport: this.pick(PORTS),
+      seq: this.int(4),
+      id: this.int(65536),
+    };
     this.remember(s);
-    return { hook: 'to', ifindex: e.ifindex, frame: this.frameOf(e, 'to', this.ip(family, src, dst, proto, this.l4(family, proto, s.sport, s.dport, this.pick(FLAGS), s.seq)), family), what: 'inbound' };
+    return {
+      hook: 'to',
+      ifindex: e.ifindex,
+      frame: this.frameOf(
+        e,
+        'to',
+        this.ip(family, src, dst, proto, this.l4(family, proto, s.sport, s.dport, this.pick(FLAGS), s.seq)),
+        family,
+      ),
+      what: 'inbound',
+    };
   }
 
   private icmpError(senders: FuzzEndpoint[]): Shot {
     const s = this.pick(this.recent);
-    const quoted = this.ip(s.family, s.src, s.dst, s.proto, this.l4(s.family, s.proto, s.sport, s.dport, 0x10, s.seq), { ttl: 64 }).subarray(0, s.family === 4 ? 28 : 48);
+    const quoted = this.ip(s.family, s.src, s.dst, s.proto, this.l4(s.family, s.proto, s.sport, s.dport, 0x10, s.seq), {
+      ttl: 64,
+    }).subarray(0, s.family === 4 ? 28 : 48);
     const type = s.family === 4 ? this.pick([3, 11, 12]) : this.pick([1, 2, 3, 4]);
     const body = icmp(type, this.int(4), 0, quoted);
     // From the quoted packet's destination (or a router) back to its source, or from somewhere else.
-    const from = this.chance(0.7) ? s.dst : this.pick(s.family === 4 ? [...this.world4, this.host4, ...this.pick(this.eps).ip4] : [...this.world6, this.pick(this.eps).ip6]);
+    const from = this.chance(0.7)
+      ? s.dst
+      : this.pick(
+          s.family === 4 ? [...this.world4, this.host4, ...this.pick(this.eps).ip4] : [...this.world6, this.pick(this.eps).ip6],
+        );
     const to = this.chance(0.85) ? s.src : this.pick(s.family === 4 ? this.pick(this.eps).ip4 : [this.pick(this.eps).ip6]);
     const at = this.hookFor(from, to, senders) ?? { hook: 'to' as const, e: this.pick(senders) };
-    return { hook: at.hook, ifindex: at.e.ifindex, frame: this.frameOf(at.e, at.hook, this.ip(s.family, from, to, s.family === 4 ? 1 : 58, body, { ttl: 64 }), s.family), what: 'icmp error' };
+    return {
+      hook: at.hook,
+      ifindex: at.e.ifindex,
+      frame: this.frameOf(at.e, at.hook, this.ip(s.family, from, to, s.family === 4 ? 1 : 58, body, { ttl: 64 }), s.family),
+      what: 'icmp error',
+    };
   }
 
   private fragment(e: FuzzEndpoint): Shot {
     const family: 4 | 6 = this.chance(0.6) ? 4 : 6;
     const recent = this.recent.filter((s) => s.family === family && (e.ip4.includes(s.src) || e.ip6 === s.src));
-    const s: Sent = recent.length && this.chance(0.6) ? this.pick(recent)
-      : { family, proto: this.pick([6, 17, 17, 1, 58]), src: this.source(family, e), dst: this.destination(family, e), sport: this.pick(PORTS), dport: this.pick(PORTS), seq: 0, id: this.int(65536) };
+    const s: Sent =
+      recent.length && this.chance(0.6)
+        ? this.pick(recent)
+        : {
+            family,
+            proto: this.pick([6, 17, 17, 1, 58]),
+            src: this.source(family, e),
+            dst: this.destination(family, e),
+            sport: this.pick(PORTS),
+            dport: this.pick(PORTS),
+            seq: 0,
+            id: this.int(65536),
+          };
     this.remember(s);
     const whole = Buffer.concat([this.l4(family, s.proto, s.sport, s.dport, this.pick(FLAGS), s.seq), Buffer.alloc(64)]);
     const firstOne = this.chance(0.5);
@@ -175,11 +324,26 @@ export class PacketFuzzer {
     const part = firstOne ? whole.subarray(0, cut) : whole.subarray(offset * 8);
     const id = this.chance(0.8) ? s.id : this.int(65536);
     if (family === 4) {
-      return { hook: 'from', ifindex: e.ifindex, frame: this.frameOf(e, 'from', this.ip(4, s.src, s.dst, s.proto, part, { ttl: 64, id, mf: firstOne || this.chance(0.5), offset }), 4), what: 'fragment' };
+      return {
+        hook: 'from',
+        ifindex: e.ifindex,
+        frame: this.frameOf(
+          e,
+          'from',
+          this.ip(4, s.src, s.dst, s.proto, part, { ttl: 64, id, mf: firstOne || this.chance(0.5), offset }),
+          4,
+        ),
+        what: 'fragment',
+      };
     }
     const next = s.proto;
     const payload = Buffer.concat([frag6(next, offset, firstOne || this.chance(0.5), id), part]);
-    return { hook: 'from', ifindex: e.ifindex, frame: this.frameOf(e, 'from', ipv6({ src: s.src, dst: s.dst, next: EXT.FRAGMENT, hopLimit: 64 }, payload), 6), what: 'fragment6' };
+    return {
+      hook: 'from',
+      ifindex: e.ifindex,
+      frame: this.frameOf(e, 'from', ipv6({ src: s.src, dst: s.dst, next: EXT.FRAGMENT, hopLimit: 64 }, payload), 6),
+      what: 'fragment6',
+    };
   }
 
   private chain(e: FuzzEndpoint): Shot {
@@ -189,31 +353,64 @@ export class PacketFuzzer {
     let next = proto;
     for (let i = 0; i < n; i++) {
       const type = this.pick([EXT.DSTOPTS, EXT.HOP, EXT.ROUTING, EXT.AH, EXT.FRAGMENT]);
-      const h = type === EXT.AH ? ah6(next, 1 + this.int(3)) : type === EXT.FRAGMENT ? frag6(next, 0, false, this.int(1000)) : ext6(next, this.int(2));
+      const h =
+        type === EXT.AH
+          ? ah6(next, 1 + this.int(3))
+          : type === EXT.FRAGMENT
+            ? frag6(next, 0, false, this.int(1000))
+            : ext6(next, this.int(2));
       payload = Buffer.concat([h, payload]);
       next = type;
     }
     const hook = this.chance(0.7) ? 'from' : 'to';
-    const src = hook === 'from' ? e.ip6 : this.pick(this.world6), dst = hook === 'from' ? this.destination(6, e) : e.ip6;
-    return { hook, ifindex: e.ifindex, frame: this.frameOf(e, hook, ipv6({ src, dst, next, hopLimit: 64 }, payload), 6), what: 'ext chain' };
+    const src = hook === 'from' ? e.ip6 : this.pick(this.world6),
+      dst = hook === 'from' ? this.destination(6, e) : e.ip6;
+    return {
+      hook,
+      ifindex: e.ifindex,
+      frame: this.frameOf(e, hook, ipv6({ src, dst, next, hopLimit: 64 }, payload), 6),
+      what: 'ext chain',
+    };
   }
 
   private odd(e: FuzzEndpoint): Shot {
     const r = this.r();
     const other = this.pick(this.eps);
     if (r < 0.35) {
-      const sha = this.chance(0.8) ? e.mac : other.mac, spa = this.pick([e.ip4[0], other.ip4[0], '0.0.0.0']);
+      const sha = this.chance(0.8) ? e.mac : other.mac,
+        spa = this.pick([e.ip4[0], other.ip4[0], '0.0.0.0']);
       const body = arp(this.pick([1, 2]), sha, spa, '00:00:00:00:00:00', this.pick(other.ip4));
       if (this.chance(0.1)) body[3] = 0xdd;
-      return { hook: this.chance(0.8) ? 'from' : 'to', ifindex: e.ifindex, frame: eth('ff:ff:ff:ff:ff:ff', this.chance(0.9) ? e.mac : other.mac, ETH_P.ARP, body), what: 'arp' };
+      return {
+        hook: this.chance(0.8) ? 'from' : 'to',
+        ifindex: e.ifindex,
+        frame: eth('ff:ff:ff:ff:ff:ff', this.chance(0.9) ? e.mac : other.mac, ETH_P.ARP, body),
+        what: 'arp',
+      };
     }
     if (r < 0.5) {
       const frame = eth(e.hostMac, e.mac, this.pick([0x8100, 0x88cc, 0x0030, 0x86dd, 0x0800]), Buffer.alloc(this.int(60)));
-      return { hook: 'from', ifindex: e.ifindex, frame: frame.length >= minFrame(frame) ? frame : Buffer.concat([frame, Buffer.alloc(minFrame(frame) - frame.length)]), what: 'ethertype' };
+      return {
+        hook: 'from',
+        ifindex: e.ifindex,
+        frame: frame.length >= minFrame(frame) ? frame : Buffer.concat([frame, Buffer.alloc(minFrame(frame) - frame.length)]),
+        what: 'ethertype',
+      };
     }
     const family: 4 | 6 = this.chance(0.5) ? 4 : 6;
-    const l3 = this.ip(family, this.source(family, e), this.destination(family, e), this.pick(PROTOS), this.l4(family, 6, 80, 80, 2, 0));
-    return { hook: 'from', ifindex: e.ifindex, frame: eth(e.hostMac, this.chance(0.5) ? other.mac : e.mac, family === 4 ? ETH_P.IPV4 : ETH_P.IPV6, l3), what: 'mac' };
+    const l3 = this.ip(
+      family,
+      this.source(family, e),
+      this.destination(family, e),
+      this.pick(PROTOS),
+      this.l4(family, 6, 80, 80, 2, 0),
+    );
+    return {
+      hook: 'from',
+      ifindex: e.ifindex,
+      frame: eth(e.hostMac, this.chance(0.5) ? other.mac : e.mac, family === 4 ? ETH_P.IPV4 : ETH_P.IPV6, l3),
+      what: 'mac',
+    };
   }
 
   private mutate(s: Shot): Shot {

@@ -5,16 +5,46 @@
 // out: a fuzz episode is far shorter than the shortest conntrack lifetime (10 s).
 import type { Entry } from '../../src/policy/compile.ts';
 import { policyVerdict } from '../../src/policy/verdict.ts';
-import { addrOf, checkSource, linkScoped, parse, R, sourceOnLink, type Addr, type FragValue, type ModelEndpoint, type Pkt } from './model-parse.ts';
+import {
+  addrOf,
+  checkSource,
+  linkScoped,
+  parse,
+  R,
+  sourceOnLink,
+  type Addr,
+  type FragValue,
+  type ModelEndpoint,
+  type Pkt,
+} from './model-parse.ts';
 
-export const OK = 0, SHOT = 2, REDIRECT = 7;
-const INGRESS = 0, EGRESS = 1, LOCAL = 2;
-const SYN = 0x02, ACK = 0x10, FIN = 0x01, RST = 0x04;
+export const OK = 0,
+  SHOT = 2,
+  REDIRECT = 7;
+const INGRESS = 0,
+  EGRESS = 1,
+  LOCAL = 2;
+const SYN = 0x02,
+  ACK = 0x10,
+  FIN = 0x01,
+  RST = 0x04;
 const ST = { NEW: 0, EST: 1, CLOSING: 2, CLOSED: 3 } as const;
 
-interface CtEntry { owner: number; peer: number; state: number; isn: number; seen: [number, number]; revoked: boolean; proto: number; port: number }
+interface CtEntry {
+  owner: number;
+  peer: number;
+  state: number;
+  isn: number;
+  seen: [number, number];
+  revoked: boolean;
+  proto: number;
+  port: number;
+}
 
-export interface Outcome { verdict: number; reason?: number }
+export interface Outcome {
+  verdict: number;
+  reason?: number;
+}
 
 export class DatapathModel {
   readonly endpoints = new Map<number, ModelEndpoint>(); // by host ifindex
@@ -30,19 +60,31 @@ export class DatapathModel {
   readonly owned = new Map<number, number>();
   readonly frags = new Map<string, FragValue>();
 
-  constructor(capacity: number) { this.capacity = capacity; }
+  constructor(capacity: number) {
+    this.capacity = capacity;
+  }
 
-  reset(): void { this.ct.clear(); this.owned.clear(); this.frags.clear(); }
+  reset(): void {
+    this.ct.clear();
+    this.owned.clear();
+    this.frags.clear();
+  }
 
-  private count(owner: number, d: number): void { this.owned.set(owner, (this.owned.get(owner) ?? 0) + d); }
+  private count(owner: number, d: number): void {
+    this.owned.set(owner, (this.owned.get(owner) ?? 0) + d);
+  }
 
   identityOf(family: number, a: Addr): number {
-    let best = -1, id = 2; // world
+    let best = -1,
+      id = 2; // world
     const bits = BigInt(`0x${a}`);
     for (const [f, pfx, len, ident] of this.ipcache) {
       if (f !== family || len <= best) continue;
       const mask = len === 0 ? 0n : ((1n << BigInt(len)) - 1n) << BigInt(128 - len);
-      if ((bits & mask) === (BigInt(`0x${pfx}`) & mask)) { best = len; id = ident; }
+      if ((bits & mask) === (BigInt(`0x${pfx}`) & mask)) {
+        best = len;
+        id = ident;
+      }
     }
     return id;
   }
@@ -59,9 +101,12 @@ export class DatapathModel {
   private update(e: CtEntry, p: Pkt, dir: 0 | 1): boolean {
     e.seen[dir] |= p.tcpFlags;
     if (p.proto !== 6) return false;
-    if (p.tcpFlags & RST) { e.state = ST.CLOSED; return true; }
-    if ((p.tcpFlags & FIN) && e.state < ST.CLOSING) e.state = ST.CLOSING;
-    else if (dir === 1 && e.state === ST.NEW && (p.tcpFlags & ACK)) e.state = ST.EST;
+    if (p.tcpFlags & RST) {
+      e.state = ST.CLOSED;
+      return true;
+    }
+    if (p.tcpFlags & FIN && e.state < ST.CLOSING) e.state = ST.CLOSING;
+    else if (dir === 1 && e.state === ST.NEW && p.tcpFlags & ACK) e.state = ST.EST;
     return (e.seen[0] & FIN) !== 0 && (e.seen[1] & FIN) !== 0 && (p.tcpFlags & (ACK | FIN)) === ACK;
   }
 
@@ -71,22 +116,38 @@ export class DatapathModel {
     let proto: number, s: Addr, d: Addr, l4: number;
     if (p.family === 4) {
       if (off + 20 > f.length) return false;
-      proto = f[off + 9]; s = addrOf(f, off + 12, 4); d = addrOf(f, off + 16, 4); l4 = off + (f[off] & 0xf) * 4;
+      proto = f[off + 9];
+      s = addrOf(f, off + 12, 4);
+      d = addrOf(f, off + 16, 4);
+      l4 = off + (f[off] & 0xf) * 4;
     } else {
       if (off + 40 > f.length) return false;
-      proto = f[off + 6]; s = addrOf(f, off + 8, 16); d = addrOf(f, off + 24, 16); l4 = off + 40;
+      proto = f[off + 6];
+      s = addrOf(f, off + 8, 16);
+      d = addrOf(f, off + 24, 16);
+      l4 = off + 40;
     }
     if (s !== p.daddr || (scope !== INGRESS && d !== p.saddr) || l4 + 8 > f.length) return false;
     const icmp = proto === 1 || proto === 58;
-    const sp = icmp ? f.readUInt16BE(l4 + 4) : f.readUInt16BE(l4), dp = icmp ? f.readUInt16BE(l4 + 4) : f.readUInt16BE(l4 + 2);
+    const sp = icmp ? f.readUInt16BE(l4 + 4) : f.readUInt16BE(l4),
+      dp = icmp ? f.readUInt16BE(l4 + 4) : f.readUInt16BE(l4 + 2);
     const live = (e: CtEntry | undefined, owner: number, pr: number) => !!e && e.owner === owner && e.peer === pr && !e.revoked;
     const local = scope === LOCAL;
-    if (live(this.ct.get(this.key(p.family, proto, local ? LOCAL : scope ^ 1, sp, dp, s, d)), local ? peer : self, local ? self : 0)) return true;
+    if (
+      live(this.ct.get(this.key(p.family, proto, local ? LOCAL : scope ^ 1, sp, dp, s, d)), local ? peer : self, local ? self : 0)
+    )
+      return true;
     return live(this.ct.get(this.key(p.family, proto, scope, dp, sp, d, s)), self, peer);
   }
 
   /** ct_lookup: [result, key of the entry found]. */
-  private lookup(f: Buffer, p: Pkt, scope: number, self: number, peer: number): ['new' | 'est' | 'reply' | 'related' | 'rfwd' | 'rrep', string?, CtEntry?] {
+  private lookup(
+    f: Buffer,
+    p: Pkt,
+    scope: number,
+    self: number,
+    peer: number,
+  ): ['new' | 'est' | 'reply' | 'related' | 'rfwd' | 'rrep', string?, CtEntry?] {
     const syn = p.proto === 6 && p.hasL4 && (p.tcpFlags & (SYN | ACK)) === SYN;
     const fk = this.key(p.family, p.proto, scope, p.sport, p.dport, p.saddr, p.daddr);
     const e = this.ct.get(fk);
@@ -96,7 +157,12 @@ export class DatapathModel {
     }
     const rk = this.key(p.family, p.proto, scope === LOCAL ? LOCAL : scope ^ 1, p.dport, p.sport, p.daddr, p.saddr);
     const r = this.ct.get(rk);
-    if (r && r.owner === (scope === LOCAL ? peer : self) && r.peer === (scope === LOCAL ? self : 0) && !(syn && r.state >= ST.CLOSING)) {
+    if (
+      r &&
+      r.owner === (scope === LOCAL ? peer : self) &&
+      r.peer === (scope === LOCAL ? self : 0) &&
+      !(syn && r.state >= ST.CLOSING)
+    ) {
       if (r.revoked) return ['rrep', rk, r];
       return ['reply', rk, r];
     }
@@ -110,9 +176,18 @@ export class DatapathModel {
   }
 
   private decide(p: Pkt, ep: ModelEndpoint, dir: number, peer: number): boolean {
-    return policyVerdict({ policy: this.policy }, {
-      endpointId: ep.id, flags: ep.flags & 0x1f, direction: dir === INGRESS ? 'ingress' : 'egress', peer, proto: p.proto, port: this.port(p), globalAudit: this.globalAudit,
-    }).pass;
+    return policyVerdict(
+      { policy: this.policy },
+      {
+        endpointId: ep.id,
+        flags: ep.flags & 0x1f,
+        direction: dir === INGRESS ? 'ingress' : 'egress',
+        peer,
+        proto: p.proto,
+        port: this.port(p),
+        globalAudit: this.globalAudit,
+      },
+    ).pass;
   }
 
   private create(p: Pkt, scope: number, ep: ModelEndpoint, peerEp?: ModelEndpoint): boolean {
@@ -125,34 +200,60 @@ export class DatapathModel {
     const syn = p.proto === 6 && p.hasL4 && (p.tcpFlags & (SYN | ACK)) === SYN;
     if (syn) state = ST.NEW;
     else if (p.proto === 6 && !(p.tcpFlags & (RST | FIN))) state = ST.NEW;
-    else if (p.proto === 6 && (p.tcpFlags & RST)) state = ST.CLOSED;
-    else if (p.proto === 6 && (p.tcpFlags & FIN)) state = ST.CLOSING;
-    this.ct.set(k, { owner, peer: peerEp?.id ?? 0, state, isn: syn ? p.seq : 0, seen: [p.tcpFlags, 0], revoked: false, proto: p.proto, port: this.port(p) });
+    else if (p.proto === 6 && p.tcpFlags & RST) state = ST.CLOSED;
+    else if (p.proto === 6 && p.tcpFlags & FIN) state = ST.CLOSING;
+    this.ct.set(k, {
+      owner,
+      peer: peerEp?.id ?? 0,
+      state,
+      isn: syn ? p.seq : 0,
+      seen: [p.tcpFlags, 0],
+      revoked: false,
+      proto: p.proto,
+      port: this.port(p),
+    });
     if (!old) this.count(owner, 1);
-    else if (old.owner !== owner) { this.count(old.owner, -1); this.count(owner, 1); }
+    else if (old.owner !== owner) {
+      this.count(old.owner, -1);
+      this.count(owner, 1);
+    }
     return true;
   }
 
-  private ndp(p: Pkt): boolean { return p.family === 6 && p.proto === 58 && p.hasL4 && !p.later && p.icmpType >= 133 && p.icmpType <= 137; }
-  private mld(p: Pkt): boolean { return p.family === 6 && p.proto === 58 && p.hasL4 && !p.later && ((p.icmpType >= 130 && p.icmpType <= 132) || p.icmpType === 143); }
+  private ndp(p: Pkt): boolean {
+    return p.family === 6 && p.proto === 58 && p.hasL4 && !p.later && p.icmpType >= 133 && p.icmpType <= 137;
+  }
+  private mld(p: Pkt): boolean {
+    return (
+      p.family === 6 && p.proto === 58 && p.hasL4 && !p.later && ((p.icmpType >= 130 && p.icmpType <= 132) || p.icmpType === 143)
+    );
+  }
 
   private onLink(p: Pkt, ep: ModelEndpoint, dir: number): boolean {
     const ndp = this.ndp(p);
     if (dir === INGRESS) return ndp ? p.hopLimit === 255 : sourceOnLink(p.saddr);
-    if (ndp) return p.icmpType !== 134 && p.icmpType !== 137 && p.hopLimit === 255 && (linkScoped(p.daddr) || p.daddr === ep.gateway6);
+    if (ndp)
+      return p.icmpType !== 134 && p.icmpType !== 137 && p.hopLimit === 255 && (linkScoped(p.daddr) || p.daddr === ep.gateway6);
     return sourceOnLink(p.saddr) && linkScoped(p.daddr);
   }
 
   /** The TCP bookkeeping of an established or reply packet: a finished connection's entry goes. */
   private touch(p: Pkt, key: string, e: CtEntry, dir: 0 | 1): void {
-    if (this.update(e, p, dir)) { this.ct.delete(key); this.count(e.owner, -1); }
+    if (this.update(e, p, dir)) {
+      this.ct.delete(key);
+      this.count(e.owner, -1);
+    }
   }
 
   private enforce(f: Buffer, p: Pkt, ep: ModelEndpoint, dir: number): Outcome {
-    if (this.ndp(p) || this.mld(p)) return this.onLink(p, ep, dir) ? { verdict: OK } : { verdict: SHOT, reason: R.FORBIDDEN_ICMPV6 };
+    if (this.ndp(p) || this.mld(p))
+      return this.onLink(p, ep, dir) ? { verdict: OK } : { verdict: SHOT, reason: R.FORBIDDEN_ICMPV6 };
     const [r, k, e] = this.lookup(f, p, dir, ep.id, 0);
     if (r === 'rrep') return { verdict: SHOT, reason: R.POLICY_DENIED };
-    if (r === 'est' || r === 'reply') { this.touch(p, k!, e!, r === 'est' ? 0 : 1); return { verdict: OK }; }
+    if (r === 'est' || r === 'reply') {
+      this.touch(p, k!, e!, r === 'est' ? 0 : 1);
+      return { verdict: OK };
+    }
     if (r === 'related') return { verdict: OK };
     const peer = this.identityOf(p.family, dir === EGRESS ? p.daddr : p.saddr);
     if (!this.decide(p, ep, dir, peer)) return { verdict: SHOT, reason: R.POLICY_DENIED };
@@ -163,7 +264,10 @@ export class DatapathModel {
     if (this.ndp(p) || this.mld(p)) return { verdict: SHOT, reason: R.FORBIDDEN_ICMPV6 };
     const [r, k, e] = this.lookup(f, p, LOCAL, src.id, dst.id);
     if (r === 'rrep') return { verdict: SHOT, reason: R.POLICY_DENIED };
-    if (r === 'est' || r === 'reply') { this.touch(p, k!, e!, r === 'est' ? 0 : 1); return { verdict: REDIRECT }; }
+    if (r === 'est' || r === 'reply') {
+      this.touch(p, k!, e!, r === 'est' ? 0 : 1);
+      return { verdict: REDIRECT };
+    }
     if (r === 'related') return { verdict: REDIRECT };
     if (!this.decide(p, src, EGRESS, dst.identity)) return { verdict: SHOT, reason: R.POLICY_DENIED };
     if (!this.decide(p, dst, INGRESS, src.identity)) return { verdict: SHOT, reason: R.POLICY_DENIED };
@@ -203,9 +307,19 @@ export class DatapathModel {
       const fam = Number(family);
       const ep = this.byId(e.owner);
       if (!ep) continue;
-      const q = (x: ModelEndpoint, dir: number, peer: number) => policyVerdict({ policy: this.policy }, {
-        endpointId: x.id, flags: x.flags & 0x1f, direction: dir === INGRESS ? 'ingress' : 'egress', peer, proto: e.proto, port: e.port, globalAudit: this.globalAudit,
-      }).pass;
+      const q = (x: ModelEndpoint, dir: number, peer: number) =>
+        policyVerdict(
+          { policy: this.policy },
+          {
+            endpointId: x.id,
+            flags: x.flags & 0x1f,
+            direction: dir === INGRESS ? 'ingress' : 'egress',
+            peer,
+            proto: e.proto,
+            port: e.port,
+            globalAudit: this.globalAudit,
+          },
+        ).pass;
       let pass: boolean;
       if (Number(scope) === LOCAL) {
         const dst = this.byId(e.peer);

@@ -4,15 +4,25 @@
 // sees them: linear, skb->len = the frame's length, skb->protocol = the ethertype (>= 0x600).
 
 export const R = {
-  INVALID_SOURCE_MAC: 130, SOURCE_SPOOFED: 132, POLICY_DENIED: 133, INVALID_PACKET: 134, TRUNCATED: 135,
-  UNSUPPORTED_L3: 139, INSERT_FAILED: 155, BAD_EXTHDR: 156, NO_CONFIG: 165, FRAG_NOT_FOUND: 175, FORBIDDEN_ICMPV6: 176,
+  INVALID_SOURCE_MAC: 130,
+  SOURCE_SPOOFED: 132,
+  POLICY_DENIED: 133,
+  INVALID_PACKET: 134,
+  TRUNCATED: 135,
+  UNSUPPORTED_L3: 139,
+  INSERT_FAILED: 155,
+  BAD_EXTHDR: 156,
+  NO_CONFIG: 165,
+  FRAG_NOT_FOUND: 175,
+  FORBIDDEN_ICMPV6: 176,
 } as const;
 
 export const EP_ADDR = { HAS_IPV4: 1 << 8, HAS_IPV6: 1 << 9, EXTRA: 1 << 10 } as const;
 
 /** An address as the maps hold it: 16 bytes, IPv4 in the first 4, in hex. */
 export type Addr = string;
-export const addrOf = (b: Buffer, off: number, n: 4 | 16): Addr => Buffer.concat([b.subarray(off, off + n), Buffer.alloc(16 - n)]).toString('hex');
+export const addrOf = (b: Buffer, off: number, n: 4 | 16): Addr =>
+  Buffer.concat([b.subarray(off, off + n), Buffer.alloc(16 - n)]).toString('hex');
 export const ZERO: Addr = '0'.repeat(32);
 
 export interface ModelEndpoint {
@@ -46,12 +56,21 @@ export interface Pkt {
 
 export type Parsed = { kind: 'ip'; p: Pkt } | { kind: 'other' } | { kind: 'drop'; reason: number };
 
-export interface FragValue { proto: number; sport: number; dport: number; icmpType: number; icmpEcho: boolean }
+export interface FragValue {
+  proto: number;
+  sport: number;
+  dport: number;
+  icmpType: number;
+  icmpEcho: boolean;
+}
 
 const be16 = (b: Buffer, o: number) => (b[o] << 8) | b[o + 1];
 const be32 = (b: Buffer, o: number) => ((b[o] << 24) | (b[o + 1] << 16) | (b[o + 2] << 8) | b[o + 3]) >>> 0;
 /** skb->protocol after eth_type_trans: the ethertype, or "not IP" for an 802.3 length field. */
-export const protocolOf = (f: Buffer) => { const t = be16(f, 12); return t >= 0x600 ? t : 0x0004; };
+export const protocolOf = (f: Buffer) => {
+  const t = be16(f, 12);
+  return t >= 0x600 ? t : 0x0004;
+};
 const can = (f: Buffer, off: number, len: number) => off + len <= f.length;
 
 function l4Min(proto: number): number {
@@ -70,16 +89,27 @@ function parseL4(f: Buffer, p: Pkt): void {
   switch (p.proto) {
     case 6:
       if (!can(f, o, 20)) return;
-      p.sport = be16(f, o); p.dport = be16(f, o + 2); p.seq = be32(f, o + 4); p.tcpFlags = f[o + 13]; p.hasL4 = true;
+      p.sport = be16(f, o);
+      p.dport = be16(f, o + 2);
+      p.seq = be32(f, o + 4);
+      p.tcpFlags = f[o + 13];
+      p.hasL4 = true;
       return;
-    case 17: case 132:
+    case 17:
+    case 132:
       if (!can(f, o, p.proto === 17 ? 8 : 12)) return;
-      p.sport = be16(f, o); p.dport = be16(f, o + 2); p.hasL4 = true;
+      p.sport = be16(f, o);
+      p.dport = be16(f, o + 2);
+      p.hasL4 = true;
       return;
-    case 1: case 58:
+    case 1:
+    case 58:
       if (!can(f, o, 8)) return;
-      p.icmpType = f[o]; p.hasL4 = true;
-      if (icmpIsEcho(p.family, f[o])) { p.sport = p.dport = be16(f, o + 4); } else if (icmpIsError(p.family, f[o])) p.icmpError = true;
+      p.icmpType = f[o];
+      p.hasL4 = true;
+      if (icmpIsEcho(p.family, f[o])) {
+        p.sport = p.dport = be16(f, o + 4);
+      } else if (icmpIsError(p.family, f[o])) p.icmpError = true;
   }
 }
 
@@ -95,7 +125,14 @@ const fragKey = (p: Pkt, proto: number, id: number) => `${p.family}/${proto}/${i
 
 function first(f: Buffer, p: Pkt, avail: number, proto: number, id: number, frags: Map<string, FragValue>): Parsed {
   const r = required(f, p, avail);
-  if (r.kind === 'ip') frags.set(fragKey(p, proto, id), { proto: p.proto, sport: p.sport, dport: p.dport, icmpType: p.icmpType, icmpEcho: icmpIsEcho(p.family, p.icmpType) && (p.proto === 1 || p.proto === 58) });
+  if (r.kind === 'ip')
+    frags.set(fragKey(p, proto, id), {
+      proto: p.proto,
+      sport: p.sport,
+      dport: p.dport,
+      icmpType: p.icmpType,
+      icmpEcho: icmpIsEcho(p.family, p.icmpType) && (p.proto === 1 || p.proto === 58),
+    });
   return r;
 }
 
@@ -108,7 +145,22 @@ function later(p: Pkt, proto: number, id: number, offsetBytes: number, frags: Ma
 }
 
 function blank(): Pkt {
-  return { family: 0, proto: 0, tcpFlags: 0, icmpType: 0, hasL4: false, icmpError: false, hopLimit: 0, sport: 0, dport: 0, seq: 0, l4Off: 0, later: false, saddr: ZERO, daddr: ZERO };
+  return {
+    family: 0,
+    proto: 0,
+    tcpFlags: 0,
+    icmpType: 0,
+    hasL4: false,
+    icmpError: false,
+    hopLimit: 0,
+    sport: 0,
+    dport: 0,
+    seq: 0,
+    l4Off: 0,
+    later: false,
+    saddr: ZERO,
+    daddr: ZERO,
+  };
 }
 
 const isExt = (n: number) => n === 0 || n === 43 || n === 44 || n === 51 || n === 60;
@@ -119,7 +171,8 @@ export function parse(f: Buffer, frags: Map<string, FragValue>): Parsed {
   const p = blank();
   if (proto === 0x0800) {
     if (!can(f, 14, 20)) return { kind: 'drop', reason: R.INVALID_PACKET };
-    const ihl = f[14] & 0xf, version = f[14] >> 4;
+    const ihl = f[14] & 0xf,
+      version = f[14] >> 4;
     Object.assign(p, { family: 4, proto: f[23], hopLimit: f[22], saddr: addrOf(f, 26, 4), daddr: addrOf(f, 30, 4) });
     if (ihl < 5 || version !== 4) return { kind: 'drop', reason: R.INVALID_PACKET };
     p.l4Off = 14 + ihl * 4;
@@ -134,18 +187,30 @@ export function parse(f: Buffer, frags: Map<string, FragValue>): Parsed {
     if (!can(f, 14, 40)) return { kind: 'drop', reason: R.INVALID_PACKET };
     Object.assign(p, { family: 6, hopLimit: f[21], saddr: addrOf(f, 22, 16), daddr: addrOf(f, 38, 16) });
     if (f[14] >> 4 !== 6) return { kind: 'drop', reason: R.INVALID_PACKET };
-    let next = f[20], off = 54, fragOff = 0, fragProto = 0, id = 0, seen = false, more = false;
+    let next = f[20],
+      off = 54,
+      fragOff = 0,
+      fragProto = 0,
+      id = 0,
+      seen = false,
+      more = false;
     const end = 54 + be16(f, 18);
     for (let i = 0; i < 8; i++) {
       if (!isExt(next) || fragOff) break;
       if (next === 44) {
         if (!can(f, off, 8)) return { kind: 'drop', reason: R.INVALID_PACKET };
-        seen = true; fragProto = f[off]; fragOff = be16(f, off + 2) & 0xfff8; more = (f[off + 3] & 1) === 1; id = be32(f, off + 4);
-        next = f[off]; off += 8;
+        seen = true;
+        fragProto = f[off];
+        fragOff = be16(f, off + 2) & 0xfff8;
+        more = (f[off + 3] & 1) === 1;
+        id = be32(f, off + 4);
+        next = f[off];
+        off += 8;
         continue;
       }
       if (!can(f, off, 2)) return { kind: 'drop', reason: R.INVALID_PACKET };
-      const hdrNext = f[off], hdrLen = f[off + 1];
+      const hdrNext = f[off],
+        hdrLen = f[off + 1];
       off += next === 51 ? (hdrLen + 2) * 4 : (hdrLen + 1) * 8;
       next = hdrNext;
     }
@@ -177,7 +242,8 @@ export function checkSource(f: Buffer, ep: ModelEndpoint, ownerOf: (family: numb
   if (proto === 0x86dd) {
     if (!can(f, 14, 40)) return R.INVALID_PACKET;
     if (mac !== ep.mac) return R.INVALID_SOURCE_MAC;
-    const src = addrOf(f, 22, 16), dst = addrOf(f, 38, 16);
+    const src = addrOf(f, 22, 16),
+      dst = addrOf(f, 38, 16);
     if ((ep.flags & EP_ADDR.HAS_IPV6) !== 0 && src === ep.ipv6) return 0;
     if (sourceOnLink(src) && (linkScoped(dst) || dst === ep.gateway6)) return 0;
     return extra(6, src) ? 0 : R.SOURCE_SPOOFED;

@@ -37,15 +37,47 @@ export function policyHarness(h: Harness, endpoints: TestEndpoint[], gateway6 = 
       const identity = await p.engine.identityFor(e.labels);
       ids.set(e.id, identity);
       const ep: Endpoint = {
-        id: e.id, containerId: `c${e.id}`, ifName: 'eth0', network: 'n', netns: null, hostIfName: 'x', hostIfIndex: e.ifindex,
-        hostMac: e.hostMac, mac: e.mac, mtu: 1500, routes: [], labels: e.labels, metadata: {}, identity, externalIpam: false, createdAt: '',
-        ips: [{ address: `${e.ip}/32`, gateway: '10.0.0.254', family: 4, subnet: '10.0.0.0/8' }, { address: `${e.ip6}/128`, gateway: gateway6, family: 6, subnet: 'fd00::/8' }],
+        id: e.id,
+        containerId: `c${e.id}`,
+        ifName: 'eth0',
+        network: 'n',
+        netns: null,
+        hostIfName: 'x',
+        hostIfIndex: e.ifindex,
+        hostMac: e.hostMac,
+        mac: e.mac,
+        mtu: 1500,
+        routes: [],
+        labels: e.labels,
+        metadata: {},
+        identity,
+        externalIpam: false,
+        createdAt: '',
+        ips: [
+          { address: `${e.ip}/32`, gateway: '10.0.0.254', family: 4, subnet: '10.0.0.0/8' },
+          { address: `${e.ip6}/128`, gateway: gateway6, family: 6, subnet: 'fd00::/8' },
+        ],
       };
-      h.dp.upsertEndpoint({ hostIfindex: e.ifindex, endpointId: e.id, identity, flags: 0, hostMac: e.hostMac, containerMac: e.mac, ips: [e.ip, e.ip6], gateway6 });
+      h.dp.upsertEndpoint({
+        hostIfindex: e.ifindex,
+        endpointId: e.id,
+        identity,
+        flags: 0,
+        hostMac: e.hostMac,
+        containerMac: e.mac,
+        ips: [e.ip, e.ip6],
+        gateway6,
+      });
       await p.engine.endpointAttached(ep);
     }
   });
-  p.apply = async (yaml) => { await p.engine.importText(yaml); await p.ops.revalidated(); };
-  p.clear = async () => { await p.engine.delete('all').catch(() => undefined); await p.ops.revalidated(); };
+  p.apply = async (yaml) => {
+    await p.engine.importText(yaml);
+    await p.ops.revalidated();
+  };
+  p.clear = async () => {
+    await p.engine.delete('all').catch(() => undefined);
+    await p.ops.revalidated();
+  };
   return p;
 }

@@ -15,36 +15,68 @@ export class MemoryPolicyOps implements PolicyDatapathOps {
   failNextPolicyWrite = false;
   writes = 0;
 
-  constructor(public policyCapacity = 1000, public ipcacheCapacity = 1000, endpointIfindexes: number[] = []) {
+  constructor(
+    public policyCapacity = 1000,
+    public ipcacheCapacity = 1000,
+    endpointIfindexes: number[] = [],
+  ) {
     this.flags = new Map(endpointIfindexes.map((i) => [i, 0]));
   }
 
-  readPolicy() { return new Map(this.policy); }
+  readPolicy() {
+    return new Map(this.policy);
+  }
   writePolicy(upsert: [string, Entry][], remove: string[]) {
     this.writes++;
-    if (this.failNextPolicyWrite) { this.failNextPolicyWrite = false; for (const [k, v] of upsert.slice(0, 1)) this.policy.set(k, v); throw new Error('E2BIG'); }
+    if (this.failNextPolicyWrite) {
+      this.failNextPolicyWrite = false;
+      for (const [k, v] of upsert.slice(0, 1)) this.policy.set(k, v);
+      throw new Error('E2BIG');
+    }
     for (const [k, v] of upsert) this.policy.set(k, v);
     for (const k of remove) this.policy.delete(k);
   }
-  readIpcache() { return new Map(this.ipcache); }
+  readIpcache() {
+    return new Map(this.ipcache);
+  }
   writeIpcache(upsert: [string, number][], remove: string[]) {
     for (const [k, v] of upsert) this.ipcache.set(k, v);
     for (const k of remove) this.ipcache.delete(k);
   }
-  readEndpointFlags(ifindex: number) { return this.flags.get(ifindex); }
-  writeEndpointFlags(ifindex: number, f: number) { if (this.flags.has(ifindex)) this.flags.set(ifindex, f); }
+  readEndpointFlags(ifindex: number) {
+    return this.flags.get(ifindex);
+  }
+  writeEndpointFlags(ifindex: number, f: number) {
+    if (this.flags.has(ifindex)) this.flags.set(ifindex, f);
+  }
   /** The decoded policy entries of one endpoint. */
   entriesOf(endpointId: number) {
-    return [...this.policy].map(([k, v]) => ({ ...decodePolicyKey(Buffer.from(k, 'hex')), ...v })).filter((e) => e.endpointId === endpointId);
+    return [...this.policy]
+      .map(([k, v]) => ({ ...decodePolicyKey(Buffer.from(k, 'hex')), ...v }))
+      .filter((e) => e.endpointId === endpointId);
   }
 }
 
 /** An endpoint as the endpoint manager would hand it to the engine (host ifindex 100 + id). */
 export function testEndpoint(id: number, labels: Record<string, string>, identity: number, ip: string): Endpoint {
   return {
-    id, containerId: `c${id}`, ifName: 'eth0', network: 'default', netns: null, hostIfName: `h${id}`, hostIfIndex: 100 + id,
-    hostMac: '02:00:00:00:00:01', mac: '02:00:00:00:00:02', mtu: 1500, ips: [{ address: `${ip}/32`, gateway: '10.0.0.1', family: 4, subnet: '10.0.0.0/24' }],
-    routes: [], labels, metadata: {}, identity, externalIpam: false, createdAt: '',
+    id,
+    containerId: `c${id}`,
+    ifName: 'eth0',
+    network: 'default',
+    netns: null,
+    hostIfName: `h${id}`,
+    hostIfIndex: 100 + id,
+    hostMac: '02:00:00:00:00:01',
+    mac: '02:00:00:00:00:02',
+    mtu: 1500,
+    ips: [{ address: `${ip}/32`, gateway: '10.0.0.1', family: 4, subnet: '10.0.0.0/24' }],
+    routes: [],
+    labels,
+    metadata: {},
+    identity,
+    externalIpam: false,
+    createdAt: '',
   };
 }
 

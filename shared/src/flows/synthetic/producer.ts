@@ -20,7 +20,19 @@ export function compileProducer(): string {
   const out = path.join(os.tmpdir(), `membrane-synthetic-producer-${hash}.o`);
   if (fs.existsSync(out)) return out;
   const tmp = `${out}.${process.pid}`;
-  execFileSync('clang', ['-O2', '-g', '-target', 'bpf', '-Wall', '-I', `/usr/include/${os.arch() === 'arm64' ? 'aarch64' : 'x86_64'}-linux-gnu`, '-c', SOURCE, '-o', tmp]);
+  execFileSync('clang', [
+    '-O2',
+    '-g',
+    '-target',
+    'bpf',
+    '-Wall',
+    '-I',
+    `/usr/include/${os.arch() === 'arm64' ? 'aarch64' : 'x86_64'}-linux-gnu`,
+    '-c',
+    SOURCE,
+    '-o',
+    tmp,
+  ]);
   fs.renameSync(tmp, out);
   return out;
 }
@@ -31,11 +43,18 @@ let setMaxEntries: ((map: bpf.Pointer, max: number) => number) | undefined;
  *  reuses the pin instead of refusing it. */
 function matchPinnedSize(map: bpf.MapDescription, pinPath: string): void {
   let fd: number;
-  try { fd = bpf.objGet(pinPath); } catch { return; } // not pinned yet: ours gets created
+  try {
+    fd = bpf.objGet(pinPath);
+  } catch {
+    return;
+  } // not pinned yet: ours gets created
   try {
     const maxEntries = bpf.objInfo(fd, 5, pinPath)[4]; // bpf_map_info: type, id, key_size, value_size, max_entries
     if (maxEntries === map.maxEntries) return;
-    setMaxEntries ??= koffi.load('libbpf.so.1').func('int bpf_map__set_max_entries(void *map, uint32_t max)') as (m: bpf.Pointer, n: number) => number;
+    setMaxEntries ??= koffi.load('libbpf.so.1').func('int bpf_map__set_max_entries(void *map, uint32_t max)') as (
+      m: bpf.Pointer,
+      n: number,
+    ) => number;
     const ret = setMaxEntries(map.ptr, maxEntries);
     if (ret < 0) throw new bpf.BpfError('bpf_map__set_max_entries', `${map.name} -> ${maxEntries}`, -ret);
   } finally {
@@ -44,7 +63,10 @@ function matchPinnedSize(map: bpf.MapDescription, pinPath: string): void {
 }
 
 export class SyntheticProducer {
-  private constructor(private obj: bpf.Pointer | null, private readonly progFd: number) {}
+  private constructor(
+    private obj: bpf.Pointer | null,
+    private readonly progFd: number,
+  ) {}
 
   /** `pinDir` holds (or receives) the `events` and `events_lost` pins. Existing pins are reused,
    *  missing ones are created and pinned there; `seq` stays private to this producer. */
@@ -70,7 +92,8 @@ export class SyntheticProducer {
   /** Runs the program `count` times on one encoded trace_event: `count` events (or lost counts). */
   emit(event: Buffer, count = 1): void {
     if (!this.obj) throw new Error('producer is closed');
-    if (event.length !== TRACE_EVENT_SIZE) throw new RangeError(`a trace_event has ${TRACE_EVENT_SIZE} bytes, got ${event.length}`);
+    if (event.length !== TRACE_EVENT_SIZE)
+      throw new RangeError(`a trace_event has ${TRACE_EVENT_SIZE} bytes, got ${event.length}`);
     bpf.progTestRun(this.progFd, event, { repeat: count });
   }
 

@@ -7,7 +7,16 @@
 // the sockets' buffers, and pipelining stops reading at MAX_PIPELINE outstanding requests. The two
 // sockets themselves (flow control, ending) are pair.ts's.
 import type net from 'node:net';
-import { ChunkedScanner, checkRequestStart, HttpParseError, findHeadEnd, parseRequestHead, parseResponseHead, skipEmptyLines, type RequestHead } from './parse.ts';
+import {
+  ChunkedScanner,
+  checkRequestStart,
+  HttpParseError,
+  findHeadEnd,
+  parseRequestHead,
+  parseResponseHead,
+  skipEmptyLines,
+  type RequestHead,
+} from './parse.ts';
 import { normalizeTarget, type RequestView } from './rules.ts';
 import { deniedResponse, errorResponse, rewriteHead, type Decide, type Exchange, type ExchangeSink } from './exchange.ts';
 import { Hold, SocketPair } from './pair.ts';
@@ -15,14 +24,37 @@ import { Hold, SocketPair } from './pair.ts';
 const MAX_PIPELINE = 128;
 /** What rules see of a request; header names and values only when a rule asks (they cost strings). */
 class HeadView implements RequestView {
-  constructor(private readonly head: RequestHead, readonly path: string, readonly host: string) {}
-  get method(): string { return this.head.method; }
-  get names(): string[] { return this.head.names; }
-  get values(): string[] { return this.head.values; }
+  constructor(
+    private readonly head: RequestHead,
+    readonly path: string,
+    readonly host: string,
+  ) {}
+  get method(): string {
+    return this.head.method;
+  }
+  get names(): string[] {
+    return this.head.names;
+  }
+  get values(): string[] {
+    return this.head.values;
+  }
 }
 
-const enum Rq { HEAD, BODY_LEN, BODY_CHUNKED, WAIT_SWITCH, TUNNEL, CLOSED }
-const enum Rs { HEAD, BODY_LEN, BODY_CHUNKED, BODY_CLOSE, TUNNEL }
+const enum Rq {
+  HEAD,
+  BODY_LEN,
+  BODY_CHUNKED,
+  WAIT_SWITCH,
+  TUNNEL,
+  CLOSED,
+}
+const enum Rs {
+  HEAD,
+  BODY_LEN,
+  BODY_CHUNKED,
+  BODY_CLOSE,
+  TUNNEL,
+}
 
 interface Pending {
   x: Exchange;
@@ -77,9 +109,15 @@ export class HttpProxyConnection {
 
   private onClientData(chunk: Buffer): void {
     if (this.rq === Rq.CLOSED) return;
-    if (this.rq === Rq.TUNNEL) { this.io.toUpstream(chunk); return; }
+    if (this.rq === Rq.TUNNEL) {
+      this.io.toUpstream(chunk);
+      return;
+    }
     let buf = chunk;
-    if (this.carryIn) { buf = Buffer.concat([this.carryIn, chunk]); this.carryIn = undefined; }
+    if (this.carryIn) {
+      buf = Buffer.concat([this.carryIn, chunk]);
+      this.carryIn = undefined;
+    }
     try {
       this.consumeRequests(buf);
     } catch (e) {
@@ -98,17 +136,32 @@ export class HttpProxyConnection {
           i = skipEmptyLines(buf, i, len);
           if (i >= len) break;
           const end = findHeadEnd(buf, i, len);
-          if (end < 0) { checkRequestStart(buf, i, len); this.cutIn(buf, i); this.carryIn = buf.subarray(i); return; }
+          if (end < 0) {
+            checkRequestStart(buf, i, len);
+            this.cutIn(buf, i);
+            this.carryIn = buf.subarray(i);
+            return;
+          }
           const head = parseRequestHead(buf, i, end);
           const p = this.admit(head);
           if (p.x.verdict.allowed) {
-            if (p.x.verdict.edits.length) { this.cutIn(buf, i); this.io.toUpstream(rewriteHead(buf, i, end, p.x.verdict.edits)); this.fwdIn = end; } else if (this.fwdIn < 0) this.fwdIn = i;
+            if (p.x.verdict.edits.length) {
+              this.cutIn(buf, i);
+              this.io.toUpstream(rewriteHead(buf, i, end, p.x.verdict.edits));
+              this.fwdIn = end;
+            } else if (this.fwdIn < 0) this.fwdIn = i;
           } else {
             this.cutIn(buf, i);
           }
           this.forwardBody = p.x.verdict.allowed;
           i = end;
-          if (head.body === 'length') { this.rq = Rq.BODY_LEN; this.reqLeft = head.contentLength; } else if (head.body === 'chunked') { this.rq = Rq.BODY_CHUNKED; this.reqChunks = new ChunkedScanner(); } else this.requestDone(p);
+          if (head.body === 'length') {
+            this.rq = Rq.BODY_LEN;
+            this.reqLeft = head.contentLength;
+          } else if (head.body === 'chunked') {
+            this.rq = Rq.BODY_CHUNKED;
+            this.reqChunks = new ChunkedScanner();
+          } else this.requestDone(p);
           if (p.closeAfter && !p.x.verdict.allowed && head.body !== 'none' && head.expectContinue) {
             // The client waits for 100 Continue before sending the body; it will not get one.
             this.rq = Rq.CLOSED;
@@ -126,7 +179,10 @@ export class HttpProxyConnection {
         case Rq.BODY_CHUNKED: {
           if (this.forwardBody && this.fwdIn < 0) this.fwdIn = i;
           const end = this.reqChunks!.scan(buf, i, len);
-          if (end < 0) { i = len; break; }
+          if (end < 0) {
+            i = len;
+            break;
+          }
           i = end;
           this.reqChunks = undefined;
           this.requestDone(this.lastPending());
@@ -170,7 +226,14 @@ export class HttpProxyConnection {
     const { path, host } = normalizeTarget(head.target, head.host);
     const verdict = this.o.decide(head, new HeadView(head, path, host));
     const x: Exchange = {
-      method: head.method, path, host, protocol: head.minor === 1 ? 'HTTP/1.1' : 'HTTP/1.0', verdict, startMs: performance.now(), status: 0, latencyNs: 0,
+      method: head.method,
+      path,
+      host,
+      protocol: head.minor === 1 ? 'HTTP/1.1' : 'HTTP/1.0',
+      verdict,
+      startMs: performance.now(),
+      status: 0,
+      latencyNs: 0,
     };
     const switching = verdict.allowed && (head.upgrade || head.method === 'CONNECT');
     let closeAfter = !head.keepAlive;
@@ -191,7 +254,10 @@ export class HttpProxyConnection {
   }
 
   private requestDone(p: Pending): void {
-    if (!p.complete) { p.complete = true; this.flushLocals(); }
+    if (!p.complete) {
+      p.complete = true;
+      this.flushLocals();
+    }
     if (p.switching) {
       this.rq = Rq.WAIT_SWITCH;
       this.io.hold(Hold.SWITCH);
@@ -205,10 +271,23 @@ export class HttpProxyConnection {
     const err = e instanceof HttpParseError ? e : new HttpParseError(400, 'malformed request');
     this.rq = Rq.CLOSED;
     const x: Exchange = {
-      method: '', path: '', host: '', protocol: 'HTTP/1.1',
-      verdict: { allowed: false, edits: [] }, startMs: performance.now(), status: 0, latencyNs: 0, localReason: 'bad-request',
+      method: '',
+      path: '',
+      host: '',
+      protocol: 'HTTP/1.1',
+      verdict: { allowed: false, edits: [] },
+      startMs: performance.now(),
+      status: 0,
+      latencyNs: 0,
+      localReason: 'bad-request',
     };
-    this.pending.push({ x, local: errorResponse(err.status === 502 ? 400 : err.status, err.message), switching: false, closeAfter: true, complete: true });
+    this.pending.push({
+      x,
+      local: errorResponse(err.status === 502 ? 400 : err.status, err.message),
+      switching: false,
+      closeAfter: true,
+      complete: true,
+    });
     this.o.sink.request(x);
     this.flushLocals();
   }
@@ -219,14 +298,19 @@ export class HttpProxyConnection {
     this.maybeFinish();
   }
 
-
   // ---- upstream -> client ------------------------------------------------------------------------
 
   private onUpstreamData(chunk: Buffer): void {
     if (this.io.closed) return;
-    if (this.rs === Rs.TUNNEL) { this.io.toClient(chunk); return; }
+    if (this.rs === Rs.TUNNEL) {
+      this.io.toClient(chunk);
+      return;
+    }
     let buf = chunk;
-    if (this.carryUp) { buf = Buffer.concat([this.carryUp, chunk]); this.carryUp = undefined; }
+    if (this.carryUp) {
+      buf = Buffer.concat([this.carryUp, chunk]);
+      this.carryUp = undefined;
+    }
     try {
       this.consumeResponses(buf);
     } catch {
@@ -246,11 +330,20 @@ export class HttpProxyConnection {
       }
       // Locals at the head are written the moment they get there: the head answers this data.
       const p = this.pending[0]?.local ? this.pending.find((q) => !q.local) : this.pending[0];
-      if (!p) { if (this.fwdOut < 0) this.fwdOut = i; i = len; this.rq = Rq.CLOSED; break; } // unsolicited (e.g. 408): pass on, then close
+      if (!p) {
+        if (this.fwdOut < 0) this.fwdOut = i;
+        i = len;
+        this.rq = Rq.CLOSED;
+        break;
+      } // unsolicited (e.g. 408): pass on, then close
       switch (this.rs) {
         case Rs.HEAD: {
           const end = findHeadEnd(buf, i, len);
-          if (end < 0) { this.cutOut(buf, i); this.carryUp = buf.subarray(i); return; }
+          if (end < 0) {
+            this.cutOut(buf, i);
+            this.carryUp = buf.subarray(i);
+            return;
+          }
           const head = parseResponseHead(buf, i, end, p.x.method);
           if (this.fwdOut < 0) this.fwdOut = i;
           i = end;
@@ -264,7 +357,19 @@ export class HttpProxyConnection {
           }
           if (head.status === 101) throw new HttpParseError(502, 'switching protocols without an upgrade request');
           if (!head.keepAlive) p.closeAfter = true;
-          if (head.body === 'length') { this.rs = Rs.BODY_LEN; this.resLeft = head.contentLength; } else if (head.body === 'chunked') { this.rs = Rs.BODY_CHUNKED; this.resChunks = new ChunkedScanner(); } else if (head.body === 'close') { this.rs = Rs.BODY_CLOSE; p.closeAfter = true; } else { this.cutOut(buf, i); this.responseDone(); }
+          if (head.body === 'length') {
+            this.rs = Rs.BODY_LEN;
+            this.resLeft = head.contentLength;
+          } else if (head.body === 'chunked') {
+            this.rs = Rs.BODY_CHUNKED;
+            this.resChunks = new ChunkedScanner();
+          } else if (head.body === 'close') {
+            this.rs = Rs.BODY_CLOSE;
+            p.closeAfter = true;
+          } else {
+            this.cutOut(buf, i);
+            this.responseDone();
+          }
           break;
         }
         case Rs.BODY_LEN: {
@@ -272,13 +377,19 @@ export class HttpProxyConnection {
           if (this.fwdOut < 0) this.fwdOut = i;
           i += n;
           this.resLeft -= n;
-          if (this.resLeft === 0) { this.cutOut(buf, i); this.responseDone(); }
+          if (this.resLeft === 0) {
+            this.cutOut(buf, i);
+            this.responseDone();
+          }
           break;
         }
         case Rs.BODY_CHUNKED: {
           if (this.fwdOut < 0) this.fwdOut = i;
           const end = this.resChunks!.scan(buf, i, len);
-          if (end < 0) { i = len; break; }
+          if (end < 0) {
+            i = len;
+            break;
+          }
           i = end;
           this.cutOut(buf, i);
           this.resChunks = undefined;
@@ -332,7 +443,10 @@ export class HttpProxyConnection {
       p.x.status = Number(p.local!.toString('latin1', 9, 12));
       p.x.latencyNs = Math.round((performance.now() - p.x.startMs) * 1e6);
       this.o.sink.response(p.x);
-      if (p.closeAfter) { this.finishAfterFlush(p.x.localReason === 'denied'); return; }
+      if (p.closeAfter) {
+        this.finishAfterFlush(p.x.localReason === 'denied');
+        return;
+      }
     }
     this.unpausePipeline();
     this.maybeFinish();
@@ -345,7 +459,10 @@ export class HttpProxyConnection {
   private onUpstreamEnd(): void {
     if (this.io.closed || this.upstreamDone) return;
     this.upstreamDone = true;
-    if (this.rs === Rs.TUNNEL) { this.io.endClient(); return; } // the client may still send (half-close)
+    if (this.rs === Rs.TUNNEL) {
+      this.io.endClient();
+      return;
+    } // the client may still send (half-close)
     if (this.rs === Rs.BODY_CLOSE) this.responseDone();
     // Requests the server will never answer: the connection ends like the server's did.
     this.rq = Rq.CLOSED;
@@ -356,7 +473,10 @@ export class HttpProxyConnection {
 
   private onUpstreamError(): void {
     if (this.io.closed) return;
-    if (this.io.upstreamConnected) { this.io.destroy(); return; }
+    if (this.io.upstreamConnected) {
+      this.io.destroy();
+      return;
+    }
     this.upstreamDone = true;
     // Never reached the destination: each request still owed an answer gets 503, in order.
     this.rq = Rq.CLOSED;

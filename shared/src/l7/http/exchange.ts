@@ -56,8 +56,12 @@ export function deniedResponse(method: string, close: boolean): Buffer {
 
 export function errorResponse(status: 400 | 413 | 431 | 501 | 502 | 503, message: string): Buffer {
   const reasons: Record<number, string> = {
-    400: 'Bad Request', 413: 'Content Too Large', 431: 'Request Header Fields Too Large', 501: 'Not Implemented',
-    502: 'Bad Gateway', 503: 'Service Unavailable',
+    400: 'Bad Request',
+    413: 'Content Too Large',
+    431: 'Request Header Fields Too Large',
+    501: 'Not Implemented',
+    502: 'Bad Gateway',
+    503: 'Service Unavailable',
   };
   return canned(status, reasons[status], `${message}\n`, true, false);
 }

@@ -11,7 +11,15 @@ import { HttpParseError, type RequestHead, type ResponseHead } from './parse.ts'
 export const TCHAR = new Uint8Array(256);
 for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") TCHAR[c.charCodeAt(0)] = 1;
 
-const enum H { OTHER, HOST, CONTENT_LENGTH, TRANSFER_ENCODING, CONNECTION, EXPECT, UPGRADE }
+const enum H {
+  OTHER,
+  HOST,
+  CONTENT_LENGTH,
+  TRANSFER_ENCODING,
+  CONNECTION,
+  EXPECT,
+  UPGRADE,
+}
 
 const lower = (b: number) => (b >= 65 && b <= 90 ? b | 32 : b);
 
@@ -24,13 +32,20 @@ function is(buf: Buffer, at: number, len: number, name: string): boolean {
 /** Which framing header a name is (by length first: almost every header is none of them). */
 function kind(buf: Buffer, at: number, len: number): H {
   switch (len) {
-    case 4: return is(buf, at, len, 'host') ? H.HOST : H.OTHER;
-    case 6: return is(buf, at, len, 'expect') ? H.EXPECT : H.OTHER;
-    case 7: return is(buf, at, len, 'upgrade') ? H.UPGRADE : H.OTHER;
-    case 10: return is(buf, at, len, 'connection') ? H.CONNECTION : H.OTHER;
-    case 14: return is(buf, at, len, 'content-length') ? H.CONTENT_LENGTH : H.OTHER;
-    case 17: return is(buf, at, len, 'transfer-encoding') ? H.TRANSFER_ENCODING : H.OTHER;
-    default: return H.OTHER;
+    case 4:
+      return is(buf, at, len, 'host') ? H.HOST : H.OTHER;
+    case 6:
+      return is(buf, at, len, 'expect') ? H.EXPECT : H.OTHER;
+    case 7:
+      return is(buf, at, len, 'upgrade') ? H.UPGRADE : H.OTHER;
+    case 10:
+      return is(buf, at, len, 'connection') ? H.CONNECTION : H.OTHER;
+    case 14:
+      return is(buf, at, len, 'content-length') ? H.CONTENT_LENGTH : H.OTHER;
+    case 17:
+      return is(buf, at, len, 'transfer-encoding') ? H.TRANSFER_ENCODING : H.OTHER;
+    default:
+      return H.OTHER;
   }
 }
 
@@ -59,12 +74,17 @@ function scanHeaders(buf: Buffer, at: number, end: number, status: 400 | 502): S
     if (first === 32 || first === 9) throw new HttpParseError(status, 'obsolete header line folding is not accepted');
     let j = line;
     while (TCHAR[buf[j]]) j++;
-    if (j === line || buf[j] !== 58 /* : */) throw new HttpParseError(status, `malformed header line ${JSON.stringify(buf.toString('latin1', line, Math.min(line + 60, end)))}`);
+    if (j === line || buf[j] !== 58 /* : */)
+      throw new HttpParseError(
+        status,
+        `malformed header line ${JSON.stringify(buf.toString('latin1', line, Math.min(line + 60, end)))}`,
+      );
     const colon = j++;
     for (;;) {
       const c = buf[j];
       if (c === 13) break;
-      if ((c < 32 && c !== 9) || c === 127) throw new HttpParseError(status, 'control characters or a bare CR/LF in the message head');
+      if ((c < 32 && c !== 9) || c === 127)
+        throw new HttpParseError(status, 'control characters or a bare CR/LF in the message head');
       j++;
     }
     if (buf[j + 1] !== 10) throw new HttpParseError(status, 'control characters or a bare CR/LF in the message head');
@@ -74,13 +94,28 @@ function scanHeaders(buf: Buffer, at: number, end: number, status: 400 | 502): S
     while (ve > vs && (buf[ve - 1] === 32 || buf[ve - 1] === 9)) ve--;
     s.offs.push(line, colon, vs, ve);
     switch (kind(buf, line, colon - line)) {
-      case H.OTHER: break;
-      case H.HOST: s.host = buf.toString('latin1', vs, ve); s.hostCount++; break;
-      case H.CONTENT_LENGTH: s.cl = buf.toString('latin1', vs, ve); s.clCount++; break;
-      case H.TRANSFER_ENCODING: s.te = join(s.te, buf.toString('latin1', vs, ve)); break;
-      case H.CONNECTION: s.conn = join(s.conn, buf.toString('latin1', vs, ve)); break;
-      case H.EXPECT: s.expect = join(s.expect, buf.toString('latin1', vs, ve)); break;
-      case H.UPGRADE: s.upgrade = true; break;
+      case H.OTHER:
+        break;
+      case H.HOST:
+        s.host = buf.toString('latin1', vs, ve);
+        s.hostCount++;
+        break;
+      case H.CONTENT_LENGTH:
+        s.cl = buf.toString('latin1', vs, ve);
+        s.clCount++;
+        break;
+      case H.TRANSFER_ENCODING:
+        s.te = join(s.te, buf.toString('latin1', vs, ve));
+        break;
+      case H.CONNECTION:
+        s.conn = join(s.conn, buf.toString('latin1', vs, ve));
+        break;
+      case H.EXPECT:
+        s.expect = join(s.expect, buf.toString('latin1', vs, ve));
+        break;
+      case H.UPGRADE:
+        s.upgrade = true;
+        break;
     }
     line = j + 2;
   }
@@ -88,11 +123,17 @@ function scanHeaders(buf: Buffer, at: number, end: number, status: 400 | 502): S
 }
 
 function badRequestLine(buf: Buffer, start: number, end: number): HttpParseError {
-  return new HttpParseError(400, `malformed request line ${JSON.stringify(buf.toString('latin1', start, Math.min(start + 80, end)))}`);
+  return new HttpParseError(
+    400,
+    `malformed request line ${JSON.stringify(buf.toString('latin1', start, Math.min(start + 80, end)))}`,
+  );
 }
 
 function badStatusLine(buf: Buffer, start: number, end: number): HttpParseError {
-  return new HttpParseError(502, `malformed status line ${JSON.stringify(buf.toString('latin1', start, Math.min(start + 80, end)))}`);
+  return new HttpParseError(
+    502,
+    `malformed status line ${JSON.stringify(buf.toString('latin1', start, Math.min(start + 80, end)))}`,
+  );
 }
 
 /** A keep-alive decision from Connection tokens without building a list (the common case is one token). */
@@ -115,7 +156,10 @@ function tokens(v: string | undefined): string[] {
 
 const DIGITS = /^\d{1,15}$/;
 
-interface Framing { body: 'none' | 'length' | 'chunked' | 'close'; contentLength: number }
+interface Framing {
+  body: 'none' | 'length' | 'chunked' | 'close';
+  contentLength: number;
+}
 
 function framingError(request: boolean, status: 400 | 501, msg: string): HttpParseError {
   return new HttpParseError(request ? status : 502, msg);
@@ -143,7 +187,8 @@ function framing(s: Scan, minor: number, request: boolean): Framing {
     return UNTIL_CLOSE;
   }
   if (s.cl !== undefined) {
-    if (!DIGITS.test(s.cl)) throw framingError(request, 400, `Content-Length ${JSON.stringify(s.cl.slice(0, 30))} is not a number`);
+    if (!DIGITS.test(s.cl))
+      throw framingError(request, 400, `Content-Length ${JSON.stringify(s.cl.slice(0, 30))} is not a number`);
     const n = Number(s.cl);
     return n === 0 ? NO_BODY : { body: 'length', contentLength: n };
   }
@@ -159,16 +204,24 @@ class ParsedRequest implements RequestHead {
   constructor(
     private readonly buf: Buffer,
     private readonly offs: number[],
-    readonly method: string, readonly target: string, readonly minor: 0 | 1,
-    readonly body: 'none' | 'length' | 'chunked', readonly contentLength: number, readonly host: string | undefined,
-    readonly keepAlive: boolean, readonly upgrade: boolean, readonly expectContinue: boolean, readonly headLength: number,
+    readonly method: string,
+    readonly target: string,
+    readonly minor: 0 | 1,
+    readonly body: 'none' | 'length' | 'chunked',
+    readonly contentLength: number,
+    readonly host: string | undefined,
+    readonly keepAlive: boolean,
+    readonly upgrade: boolean,
+    readonly expectContinue: boolean,
+    readonly headLength: number,
   ) {}
 
   /** Built on first use, from the chunk the head came in: ask while that chunk is being processed. */
   get names(): string[] {
     if (!this.n) {
       this.n = [];
-      for (let i = 0; i < this.offs.length; i += 4) this.n.push(this.buf.toString('latin1', this.offs[i], this.offs[i + 1]).toLowerCase());
+      for (let i = 0; i < this.offs.length; i += 4)
+        this.n.push(this.buf.toString('latin1', this.offs[i], this.offs[i + 1]).toLowerCase());
     }
     return this.n;
   }
@@ -202,8 +255,19 @@ export function parseRequestHead(buf: Buffer, start: number, headEnd: number): R
   const target = buf.toString('latin1', ts, i);
   i++;
   // "HTTP/1." then 0 or 1, then CRLF
-  if (buf[i] !== 72 || buf[i + 1] !== 84 || buf[i + 2] !== 84 || buf[i + 3] !== 80 || buf[i + 4] !== 47 || buf[i + 5] !== 49 || buf[i + 6] !== 46 ||
-      (buf[i + 7] !== 48 && buf[i + 7] !== 49) || buf[i + 8] !== 13 || buf[i + 9] !== 10) throw badRequestLine(buf, start, end);
+  if (
+    buf[i] !== 72 ||
+    buf[i + 1] !== 84 ||
+    buf[i + 2] !== 84 ||
+    buf[i + 3] !== 80 ||
+    buf[i + 4] !== 47 ||
+    buf[i + 5] !== 49 ||
+    buf[i + 6] !== 46 ||
+    (buf[i + 7] !== 48 && buf[i + 7] !== 49) ||
+    buf[i + 8] !== 13 ||
+    buf[i + 9] !== 10
+  )
+    throw badRequestLine(buf, start, end);
   const minor = buf[i + 7] === 49 ? 1 : 0;
   const s = scanHeaders(buf, i + 10, end, 400);
   if (s.hostCount > 1) throw new HttpParseError(400, 'more than one Host header');
@@ -211,10 +275,18 @@ export function parseRequestHead(buf: Buffer, start: number, headEnd: number): R
   // Request framing never runs until close (framing() refuses that for requests).
   const f = framing(s, minor, true) as { body: RequestHead['body']; contentLength: number };
   return new ParsedRequest(
-    buf, s.offs, method, target, minor, f.body, f.contentLength, s.host,
+    buf,
+    s.offs,
+    method,
+    target,
+    minor,
+    f.body,
+    f.contentLength,
+    s.host,
     minor === 1 ? !hasToken(s.conn, 'close') : hasToken(s.conn, 'keep-alive'),
     s.upgrade && hasToken(s.conn, 'upgrade'),
-    s.expect !== undefined && tokens(s.expect).includes('100-continue'), headEnd - start,
+    s.expect !== undefined && tokens(s.expect).includes('100-continue'),
+    headEnd - start,
   );
 }
 
@@ -223,9 +295,21 @@ export function parseResponseHead(buf: Buffer, start: number, headEnd: number, r
   const end = headEnd - 2;
   const i = start;
   // "HTTP/1.x DDD" then " reason" or nothing, then CRLF
-  if (buf[i] !== 72 || buf[i + 1] !== 84 || buf[i + 2] !== 84 || buf[i + 3] !== 80 || buf[i + 4] !== 47 || buf[i + 5] !== 49 || buf[i + 6] !== 46 ||
-      (buf[i + 7] !== 48 && buf[i + 7] !== 49) || buf[i + 8] !== 32) throw badStatusLine(buf, start, end);
-  const d0 = buf[i + 9] - 48, d1 = buf[i + 10] - 48, d2 = buf[i + 11] - 48;
+  if (
+    buf[i] !== 72 ||
+    buf[i + 1] !== 84 ||
+    buf[i + 2] !== 84 ||
+    buf[i + 3] !== 80 ||
+    buf[i + 4] !== 47 ||
+    buf[i + 5] !== 49 ||
+    buf[i + 6] !== 46 ||
+    (buf[i + 7] !== 48 && buf[i + 7] !== 49) ||
+    buf[i + 8] !== 32
+  )
+    throw badStatusLine(buf, start, end);
+  const d0 = buf[i + 9] - 48,
+    d1 = buf[i + 10] - 48,
+    d2 = buf[i + 11] - 48;
   if (!(d0 >= 1 && d0 <= 9 && d1 >= 0 && d1 <= 9 && d2 >= 0 && d2 <= 9)) throw badStatusLine(buf, start, end);
   let j = i + 12;
   if (buf[j] === 32) {
@@ -241,7 +325,8 @@ export function parseResponseHead(buf: Buffer, start: number, headEnd: number, r
   const status = d0 * 100 + d1 * 10 + d2;
   const s = scanHeaders(buf, j + 2, end, 502);
   const keepAlive = minor === 1 ? !hasToken(s.conn, 'close') : hasToken(s.conn, 'keep-alive');
-  const noBody = requestMethod === 'HEAD' || status < 200 || status === 204 || status === 304 || (requestMethod === 'CONNECT' && status < 300);
+  const noBody =
+    requestMethod === 'HEAD' || status < 200 || status === 204 || status === 304 || (requestMethod === 'CONNECT' && status < 300);
   const f = noBody ? NO_BODY : framing(s, minor, false);
   return { status, minor: minor as 0 | 1, keepAlive, headLength: headEnd - start, body: f.body, contentLength: f.contentLength };
 }

@@ -16,7 +16,11 @@ import type net from 'node:net';
 const CLIENT_CLOSES_FIRST_MS = 1000;
 
 /** Why the client is not being read (several can hold at once). */
-export const enum Hold { UPSTREAM_FULL = 1, PIPELINE = 2, SWITCH = 4 }
+export const enum Hold {
+  UPSTREAM_FULL = 1,
+  PIPELINE = 2,
+  SWITCH = 4,
+}
 
 export interface PairEvents {
   clientData(chunk: Buffer): void;
@@ -45,23 +49,35 @@ export class SocketPair {
   /** Waiting for the client to close first (CLIENT_CLOSES_FIRST_MS). */
   private lingerTimer?: NodeJS.Timeout;
 
-  constructor(readonly client: net.Socket, private readonly connect: () => net.Socket, private readonly ev: PairEvents) {
+  constructor(
+    readonly client: net.Socket,
+    private readonly connect: () => net.Socket,
+    private readonly ev: PairEvents,
+  ) {
     client.setNoDelay(true);
     client.on('data', ev.clientData);
     client.on('end', () => {
       this.clientEnded = true;
-      if (this.lingerTimer) { this.stopLingering(); end(client); }
+      if (this.lingerTimer) {
+        this.stopLingering();
+        end(client);
+      }
       ev.clientEnd();
     });
     client.on('error', () => this.destroy());
     client.on('close', () => this.destroy());
     client.on('drain', () => {
-      if (this.pausedForClient) { this.pausedForClient = false; this.upstream?.resume(); }
+      if (this.pausedForClient) {
+        this.pausedForClient = false;
+        this.upstream?.resume();
+      }
     });
   }
 
   /** The last response was complete and the client was given the chance to close first. */
-  get lingering(): boolean { return this.lingerTimer !== undefined; }
+  get lingering(): boolean {
+    return this.lingerTimer !== undefined;
+  }
 
   /** Opens the upstream connection unless it is open. */
   ensureUpstream(): void {
@@ -69,7 +85,9 @@ export class SocketPair {
     const u = this.connect();
     this.upstream = u;
     u.setNoDelay(true);
-    u.on('connect', () => { this.upstreamConnected = true; });
+    u.on('connect', () => {
+      this.upstreamConnected = true;
+    });
     u.on('data', this.ev.upstreamData);
     u.on('end', this.ev.upstreamEnd);
     u.on('error', this.ev.upstreamError);
@@ -89,7 +107,10 @@ export class SocketPair {
 
   toClient(b: Buffer): void {
     if (this.client.destroyed) return;
-    if (!this.client.write(b) && !this.pausedForClient) { this.pausedForClient = true; this.upstream?.pause(); }
+    if (!this.client.write(b) && !this.pausedForClient) {
+      this.pausedForClient = true;
+      this.upstream?.pause();
+    }
   }
 
   hold(why: Hold): void {
@@ -124,7 +145,10 @@ export class SocketPair {
     if (this.closed) return;
     end(this.upstream);
     if (letClientClose && !this.clientEnded) {
-      this.lingerTimer ??= setTimeout(() => { this.lingerTimer = undefined; end(this.client); }, CLIENT_CLOSES_FIRST_MS);
+      this.lingerTimer ??= setTimeout(() => {
+        this.lingerTimer = undefined;
+        end(this.client);
+      }, CLIENT_CLOSES_FIRST_MS);
       return;
     }
     this.stopLingering();
@@ -132,7 +156,10 @@ export class SocketPair {
   }
 
   private stopLingering(): void {
-    if (this.lingerTimer) { clearTimeout(this.lingerTimer); this.lingerTimer = undefined; }
+    if (this.lingerTimer) {
+      clearTimeout(this.lingerTimer);
+      this.lingerTimer = undefined;
+    }
   }
 
   destroy(): void {

@@ -48,7 +48,10 @@ export interface ResponseHead {
 }
 
 export class HttpParseError extends Error {
-  constructor(readonly status: 400 | 413 | 431 | 501 | 502, message: string) {
+  constructor(
+    readonly status: 400 | 413 | 431 | 501 | 502,
+    message: string,
+  ) {
     super(message);
     this.name = 'HttpParseError';
   }
@@ -105,7 +108,19 @@ export function isToken(s: string): boolean {
   return TOKEN.test(s);
 }
 
-const enum Chunk { SIZE, EXT, SIZE_LF, DATA, DATA_CR, DATA_LF, TRAILER_START, TRAILER, TRAILER_LF, END_LF, DONE }
+const enum Chunk {
+  SIZE,
+  EXT,
+  SIZE_LF,
+  DATA,
+  DATA_CR,
+  DATA_LF,
+  TRAILER_START,
+  TRAILER,
+  TRAILER_LF,
+  END_LF,
+  DONE,
+}
 
 /**
  * Finds the end of a chunked body without copying it: feed it bytes, it says how many belong to the
@@ -118,7 +133,9 @@ export class ChunkedScanner {
   private lineBytes = 0;
   private trailerBytes = 0;
 
-  get done(): boolean { return this.state === Chunk.DONE; }
+  get done(): boolean {
+    return this.state === Chunk.DONE;
+  }
 
   /** Consumes buf[start, end): the offset where the body ended, or -1 when all of it is body. */
   scan(buf: Buffer, start: number, end: number): number {
@@ -138,7 +155,8 @@ export class ChunkedScanner {
           if (v >= 0) {
             if (++this.digits > 12) throw new HttpParseError(413, 'chunk size too large');
             this.size = this.size * 16 + v;
-          } else if (this.digits && c === 59) { // ';' chunk extension
+          } else if (this.digits && c === 59) {
+            // ';' chunk extension
             this.state = Chunk.EXT;
           } else if (this.digits && c === 13) {
             this.state = Chunk.SIZE_LF;

@@ -24,9 +24,20 @@ export class PolicyRegexError extends Error {
 }
 
 const POSIX_CLASSES: Record<string, string> = {
-  alnum: 'a-zA-Z0-9', alpha: 'a-zA-Z', ascii: '\\x00-\\x7f', blank: ' \\t', cntrl: '\\x00-\\x1f\\x7f',
-  digit: '0-9', graph: '!-~', lower: 'a-z', print: ' -~', punct: '!-\\/:-@\\[-`{-~', space: '\\t\\n\\v\\f\\r ',
-  upper: 'A-Z', word: '\\w', xdigit: '0-9A-Fa-f',
+  alnum: 'a-zA-Z0-9',
+  alpha: 'a-zA-Z',
+  ascii: '\\x00-\\x7f',
+  blank: ' \\t',
+  cntrl: '\\x00-\\x1f\\x7f',
+  digit: '0-9',
+  graph: '!-~',
+  lower: 'a-z',
+  print: ' -~',
+  punct: '!-\\/:-@\\[-`{-~',
+  space: '\\t\\n\\v\\f\\r ',
+  upper: 'A-Z',
+  word: '\\w',
+  xdigit: '0-9A-Fa-f',
 };
 
 /** RE2 spellings JavaScript reads differently: leading (?flags), \A, \z, [[:class:]]. */
@@ -39,7 +50,8 @@ export function translateRe2(src: string): { source: string; flags: string } {
     flags = [...new Set(lead[1])].join('');
     body = body.slice(lead[0].length);
   }
-  if (/\(\?[imsU-]+[):]/.test(body)) throw new PolicyRegexError('inline flags like (?i) are only supported at the start of the expression');
+  if (/\(\?[imsU-]+[):]/.test(body))
+    throw new PolicyRegexError('inline flags like (?i) are only supported at the start of the expression');
   body = body.replace(/\[:(\^?)([a-z]+):\]/g, (_m, neg: string, name: string) => {
     const cls = POSIX_CLASSES[name];
     if (!cls) throw new PolicyRegexError(`unknown character class [:${name}:]`);
@@ -59,11 +71,16 @@ export function compilePolicyRegex(src: string): RegExp {
   const { source, flags } = translateRe2(src);
   const anchored = `^(?:${source})$`;
   try {
-    new RegExp(anchored, `${flags.replace("i", "")}l`); // the linear engine has no i flag; case does not change the structure
+    new RegExp(anchored, `${flags.replace('i', '')}l`); // the linear engine has no i flag; case does not change the structure
   } catch (e) {
     const msg = (e as Error).message;
-    if (/linear time/.test(msg)) throw new PolicyRegexError(`${JSON.stringify(src)} needs backtracking (backreferences or lookaround), which RE2 syntax does not have`);
-    throw new PolicyRegexError(`${JSON.stringify(src)} is not a valid regular expression: ${msg.replace(/^Invalid regular expression: \/.*\/[a-z]*: /, '')}`);
+    if (/linear time/.test(msg))
+      throw new PolicyRegexError(
+        `${JSON.stringify(src)} needs backtracking (backreferences or lookaround), which RE2 syntax does not have`,
+      );
+    throw new PolicyRegexError(
+      `${JSON.stringify(src)} is not a valid regular expression: ${msg.replace(/^Invalid regular expression: \/.*\/[a-z]*: /, '')}`,
+    );
   }
   return new RegExp(anchored, flags);
 }

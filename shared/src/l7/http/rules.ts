@@ -52,7 +52,9 @@ function regex(src: string | undefined): RegExp | undefined {
 
 export function compileHttpRule(r: HttpRule): CompiledHttpRule {
   return {
-    method: regex(r.method), path: regex(r.path), host: regex(r.host),
+    method: regex(r.method),
+    path: regex(r.path),
+    host: regex(r.host),
     headers: r.headers.map((h) => ({ name: h.name.toLowerCase(), ...(h.value !== undefined ? { value: h.value } : {}) })),
     matches: r.headerMatches.map((m) => ({ ...m, lname: m.name.toLowerCase() })),
   };
@@ -66,7 +68,10 @@ export function headerValue(names: string[], values: string[], lname: string): s
 }
 
 /** Edits and mismatches of one rule, made only when a header match misses (the rare case). */
-interface Effects { edits: HeaderEdit[]; mismatches: string[] }
+interface Effects {
+  edits: HeaderEdit[];
+  mismatches: string[];
+}
 
 function ruleMatches(r: CompiledHttpRule, req: RequestView, fx: { v?: Effects }): boolean {
   if (r.method && !r.method.test(req.method)) return false;
@@ -99,7 +104,8 @@ const NO_MISMATCHES = Object.freeze([]) as unknown as string[];
 export function matchHttp(rules: CompiledHttpRule[], req: RequestView): HttpMatch {
   for (let i = 0; i < rules.length; i++) {
     const fx: { v?: Effects } = {};
-    if (ruleMatches(rules[i], req, fx)) return { allowed: true, rule: i, edits: fx.v?.edits ?? NO_EDITS, mismatches: fx.v?.mismatches ?? NO_MISMATCHES };
+    if (ruleMatches(rules[i], req, fx))
+      return { allowed: true, rule: i, edits: fx.v?.edits ?? NO_EDITS, mismatches: fx.v?.mismatches ?? NO_MISMATCHES };
   }
   return { allowed: false, rule: -1, edits: NO_EDITS, mismatches: NO_MISMATCHES };
 }
@@ -113,7 +119,12 @@ function removeDotSegments(path: string): string {
   const segs = path.split('/');
   for (let i = 1; i < segs.length; i++) {
     const s = segs[i];
-    if (s === '..') { if (out.length) out.pop(); if (i === segs.length - 1) out.push(''); } else if (s === '.') { if (i === segs.length - 1) out.push(''); } else out.push(s);
+    if (s === '..') {
+      if (out.length) out.pop();
+      if (i === segs.length - 1) out.push('');
+    } else if (s === '.') {
+      if (i === segs.length - 1) out.push('');
+    } else out.push(s);
   }
   return `/${out.join('/')}`;
 }

@@ -44,7 +44,10 @@ export class FrameReader<T> {
   private have = 0;
   private want = 0;
 
-  constructor(private readonly onMessage: (m: T) => void, private readonly onBinary?: (body: Buffer) => void) {}
+  constructor(
+    private readonly onMessage: (m: T) => void,
+    private readonly onBinary?: (body: Buffer) => void,
+  ) {}
 
   push(chunk: Buffer): void {
     if (this.want) {

@@ -99,8 +99,12 @@ export class RecordWriter {
     this.buf = Buffer.allocUnsafe(size);
   }
 
-  get count(): number { return this.n; }
-  get bytes(): number { return this.at; }
+  get count(): number {
+    return this.n;
+  }
+  get bytes(): number {
+    return this.at;
+  }
 
   add(kind: RecordKind, x: Exchange, ctx: RecordContext, timeMs: number): void {
     const fixed = fixedBytes(ctx.policy);
@@ -125,7 +129,11 @@ export class RecordWriter {
     b.writeDoubleLE(kind === 'response' ? x.latencyNs : 0, start + 16);
     b.writeUInt16LE(kind === 'response' ? x.status : 0, start + 24);
     let metricEndpoint = 0;
-    for (const s of sides) if (s.direction === 'ingress') { metricEndpoint = s.endpoint; break; }
+    for (const s of sides)
+      if (s.direction === 'ingress') {
+        metricEndpoint = s.endpoint;
+        break;
+      }
     if (!metricEndpoint && sides.length) metricEndpoint = sides[0].endpoint;
     b.writeUInt32LE(metricEndpoint, start + 48);
     let i = start + fixed.length;
@@ -195,8 +203,18 @@ export function readBatch(batch: Buffer): { lost: number; offsets: number[] } {
 export function decodeRecord(b: Buffer, off: number): L7Record {
   const alen = b[off + 7] === 6 ? 16 : 4;
   let i = off + FIXED + 2 * alen;
-  const str8 = () => { const n = b[i]; const s = b.toString('latin1', i + 1, i + 1 + n); i += 1 + n; return s; };
-  const str16 = () => { const n = b.readUInt16LE(i); const s = b.toString('latin1', i + 2, i + 2 + n); i += 2 + n; return s; };
+  const str8 = () => {
+    const n = b[i];
+    const s = b.toString('latin1', i + 1, i + 1 + n);
+    i += 1 + n;
+    return s;
+  };
+  const str16 = () => {
+    const n = b.readUInt16LE(i);
+    const s = b.toString('latin1', i + 2, i + 2 + n);
+    i += 2 + n;
+    return s;
+  };
   const mcode = b[off + 4];
   const method = mcode ? methodOfCode(mcode) : str8();
   const path = str16();
@@ -218,9 +236,21 @@ export function decodeRecord(b: Buffer, off: number): L7Record {
   return {
     kind: b[off + 2] === 0 ? 'request' : 'response',
     timeMs: b.readDoubleLE(off + 8),
-    src: { ip: formatIp(b.subarray(off + FIXED, off + FIXED + alen)), port: b.readUInt16LE(off + 26), identity: b.readUInt32LE(off + 32), ...(srcEp ? { endpoint: srcEp } : {}) },
-    dst: { ip: formatIp(b.subarray(off + FIXED + alen, off + FIXED + 2 * alen)), port: b.readUInt16LE(off + 28), identity: b.readUInt32LE(off + 36), ...(dstEp ? { endpoint: dstEp } : {}) },
-    method, path, host,
+    src: {
+      ip: formatIp(b.subarray(off + FIXED, off + FIXED + alen)),
+      port: b.readUInt16LE(off + 26),
+      identity: b.readUInt32LE(off + 32),
+      ...(srcEp ? { endpoint: srcEp } : {}),
+    },
+    dst: {
+      ip: formatIp(b.subarray(off + FIXED + alen, off + FIXED + 2 * alen)),
+      port: b.readUInt16LE(off + 28),
+      identity: b.readUInt32LE(off + 36),
+      ...(dstEp ? { endpoint: dstEp } : {}),
+    },
+    method,
+    path,
+    host,
     protocol: b[off + 5] === 0 ? 'HTTP/1.0' : 'HTTP/1.1',
     status: b.readUInt16LE(off + 24),
     latencyNs: b.readDoubleLE(off + 16),

@@ -64,7 +64,10 @@ export function buildSnapshot(input: SnapshotInput): ProxySnapshot {
         let l7 = -1;
         if (e.l7?.kind === 'http') {
           let i = setIndex.get(e.l7);
-          if (i === undefined) { i = l7Sets.push(e.l7.rules) - 1; setIndex.set(e.l7, i); }
+          if (i === undefined) {
+            i = l7Sets.push(e.l7.rules) - 1;
+            setIndex.set(e.l7, i);
+          }
           l7 = i;
         }
         entries.push([peer, code, e.action === 'deny' ? 1 : 0, e.ruleId, l7]);

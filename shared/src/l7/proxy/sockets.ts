@@ -42,7 +42,11 @@ function lib() {
 const ERRNO_NAMES = new Map(Object.entries(osConstants.errno).map(([k, v]) => [v, k]));
 
 export class SocketError extends Error {
-  constructor(readonly op: string, readonly errno: number, readonly target: string) {
+  constructor(
+    readonly op: string,
+    readonly errno: number,
+    readonly target: string,
+  ) {
     super(`${op} ${target}: ${ERRNO_NAMES.get(errno) ?? `errno ${errno}`}`);
     this.name = 'SocketError';
   }
@@ -74,7 +78,11 @@ export function transparentListener(family: 4 | 6, port: number, opts: { backlog
   const fd = c.socket(family === 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) throw new SocketError('socket', koffi.errno(), target);
   const opt = (level: number, name: number, what: string) => {
-    if (c.setsockopt(fd, level, name, [1], 4) < 0) { const e = koffi.errno(); c.close(fd); throw new SocketError(`setsockopt ${what}`, e, target); }
+    if (c.setsockopt(fd, level, name, [1], 4) < 0) {
+      const e = koffi.errno();
+      c.close(fd);
+      throw new SocketError(`setsockopt ${what}`, e, target);
+    }
   };
   opt(SOL_SOCKET, SO_REUSEADDR, 'SO_REUSEADDR');
   if (opts.reusePort ?? true) opt(SOL_SOCKET, SO_REUSEPORT, 'SO_REUSEPORT');
@@ -85,8 +93,16 @@ export function transparentListener(family: 4 | 6, port: number, opts: { backlog
     opt(SOL_IPV6, IPV6_TRANSPARENT, 'IPV6_TRANSPARENT');
   }
   const sa = sockaddr(family, port);
-  if (c.bind(fd, sa, sa.length) < 0) { const e = koffi.errno(); c.close(fd); throw new SocketError('bind', e, target); }
-  if (c.listen(fd, backlog) < 0) { const e = koffi.errno(); c.close(fd); throw new SocketError('listen', e, target); }
+  if (c.bind(fd, sa, sa.length) < 0) {
+    const e = koffi.errno();
+    c.close(fd);
+    throw new SocketError('bind', e, target);
+  }
+  if (c.listen(fd, backlog) < 0) {
+    const e = koffi.errno();
+    c.close(fd);
+    throw new SocketError('listen', e, target);
+  }
   return fd;
 }
 
@@ -114,13 +130,24 @@ export function transparentUdpSocket(ip: string, port: number, opts: { reusePort
   const fd = c.socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) throw new SocketError('socket', koffi.errno(), target);
   const opt = (level: number, name: number, what: string) => {
-    if (c.setsockopt(fd, level, name, [1], 4) < 0) { const e = koffi.errno(); c.close(fd); throw new SocketError(`setsockopt ${what}`, e, target); }
+    if (c.setsockopt(fd, level, name, [1], 4) < 0) {
+      const e = koffi.errno();
+      c.close(fd);
+      throw new SocketError(`setsockopt ${what}`, e, target);
+    }
   };
   opt(SOL_SOCKET, SO_REUSEADDR, 'SO_REUSEADDR');
   if (opts.reusePort) opt(SOL_SOCKET, SO_REUSEPORT, 'SO_REUSEPORT');
-  if (v6) { opt(SOL_IPV6, IPV6_V6ONLY, 'IPV6_V6ONLY'); opt(SOL_IPV6, IPV6_TRANSPARENT, 'IPV6_TRANSPARENT'); } else opt(SOL_IP, IP_TRANSPARENT, 'IP_TRANSPARENT');
+  if (v6) {
+    opt(SOL_IPV6, IPV6_V6ONLY, 'IPV6_V6ONLY');
+    opt(SOL_IPV6, IPV6_TRANSPARENT, 'IPV6_TRANSPARENT');
+  } else opt(SOL_IP, IP_TRANSPARENT, 'IP_TRANSPARENT');
   const sa = sockaddrOf(ip, port);
-  if (c.bind(fd, sa, sa.length) < 0) { const e = koffi.errno(); c.close(fd); throw new SocketError('bind', e, target); }
+  if (c.bind(fd, sa, sa.length) < 0) {
+    const e = koffi.errno();
+    c.close(fd);
+    throw new SocketError('bind', e, target);
+  }
   return fd;
 }
 

@@ -40,13 +40,24 @@ export interface ConnectionPolicy {
   src: { ip: string; identity: number; endpoint?: number };
   dst: { ip: string; identity: number; endpoint?: number };
   dport: number;
-  sides: { direction: 'ingress' | 'egress'; endpoint: number; entry: Entry | undefined; defaultDeny: boolean; rules?: CompiledHttpRule[] }[];
+  sides: {
+    direction: 'ingress' | 'egress';
+    endpoint: number;
+    entry: Entry | undefined;
+    defaultDeny: boolean;
+    rules?: CompiledHttpRule[];
+  }[];
 }
 
-interface CompiledSet { refs: HttpRuleRef[]; compiled: CompiledHttpRule[] }
+interface CompiledSet {
+  refs: HttpRuleRef[];
+  compiled: CompiledHttpRule[];
+}
 
 /** A table entry that remembers which compiled rule set (index into sets, -1 none) it proxies to. */
-interface ViewEntry extends Entry { set: number }
+interface ViewEntry extends Entry {
+  set: number;
+}
 
 let views = 0;
 
@@ -63,7 +74,8 @@ export class ProxyView {
   private readonly sets: CompiledSet[];
 
   constructor(private readonly s: ProxySnapshot) {
-    for (const ep of s.endpoints) for (const ip of ep.ips) this.byIp.set(normalizeIp(ip), { id: ep.id, identity: ep.identity, policy: ep.policy });
+    for (const ep of s.endpoints)
+      for (const ip of ep.ips) this.byIp.set(normalizeIp(ip), { id: ep.id, identity: ep.identity, policy: ep.policy });
     for (const [prefix, identity] of s.ipcache) {
       const c = parseCidr(prefix);
       if (c.prefix === c.bits) this.exact.set(bigIntToIp(c.base, c.family), identity);
@@ -71,7 +83,10 @@ export class ProxyView {
     }
     this.prefixes.sort((a, b) => b.cidr.prefix - a.cidr.prefix);
     this.sets = s.l7Sets.map((refs) => ({ refs, compiled: refs.map((r) => compileHttpRule(r.http)) }));
-    this.dirs = s.policies.map((p) => ({ ingress: p.ingress && this.table(p.ingress), egress: p.egress && this.table(p.egress) }));
+    this.dirs = s.policies.map((p) => ({
+      ingress: p.ingress && this.table(p.ingress),
+      egress: p.egress && this.table(p.egress),
+    }));
   }
 
   private table(d: SnapshotDirection): DirectionPolicy {
@@ -119,7 +134,13 @@ export class ProxyView {
       const dp = ep && ep.policy >= 0 ? this.dirs[ep.policy][direction] : undefined;
       if (!ep || !dp) return;
       const hit = probe(dp, peer, 6, dport)?.entry as ViewEntry | undefined;
-      sides.push({ direction, endpoint: ep.id, entry: hit, defaultDeny: dp.defaultDeny, ...(hit && hit.set >= 0 ? { rules: this.sets[hit.set].compiled } : {}) });
+      sides.push({
+        direction,
+        endpoint: ep.id,
+        entry: hit,
+        defaultDeny: dp.defaultDeny,
+        ...(hit && hit.set >= 0 ? { rules: this.sets[hit.set].compiled } : {}),
+      });
     };
     add('egress', srcEp, dst.identity);
     add('ingress', dstEp, src.identity);
@@ -134,9 +155,17 @@ export class ProxyView {
       if (e && side.rules) {
         const m = matchHttp(side.rules, req);
         const ref = m.allowed ? e.l7!.rules[m.rule] : undefined;
-        v = { direction: side.direction, endpoint: side.endpoint, allowed: m.allowed, ruleId: ref?.ruleId ?? e.ruleId, l7: true, ...(ref ? { http: ref } : {}) };
+        v = {
+          direction: side.direction,
+          endpoint: side.endpoint,
+          allowed: m.allowed,
+          ruleId: ref?.ruleId ?? e.ruleId,
+          l7: true,
+          ...(ref ? { http: ref } : {}),
+        };
         if (m.allowed && m.edits.length) out.edits = out.edits.length ? [...out.edits, ...m.edits] : m.edits;
-      if (m.allowed && m.mismatches.length) out.mismatches = out.mismatches.length ? [...out.mismatches, ...m.mismatches] : m.mismatches;
+        if (m.allowed && m.mismatches.length)
+          out.mismatches = out.mismatches.length ? [...out.mismatches, ...m.mismatches] : m.mismatches;
       } else if (e) {
         v = { direction: side.direction, endpoint: side.endpoint, allowed: e.action === 'allow', ruleId: e.ruleId, l7: false };
       } else {

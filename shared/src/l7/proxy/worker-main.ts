@@ -8,7 +8,10 @@ import { ProxyWorker } from './worker.ts';
 function arg(name: string): string {
   const i = process.argv.indexOf(`--${name}`);
   const v = i >= 0 ? process.argv[i + 1] : undefined;
-  if (!v) { process.stderr.write(`membrane-proxy: --${name} is required (the agent starts this process)\n`); process.exit(2); }
+  if (!v) {
+    process.stderr.write(`membrane-proxy: --${name} is required (the agent starts this process)\n`);
+    process.exit(2);
+  }
   return v;
 }
 
@@ -17,8 +20,15 @@ const log = createLogger({ name: `membrane-proxy-${index}`, level: process.env.M
 process.title = `membrane-proxy ${index}`;
 enableLinearRegexps();
 new ProxyWorker({
-  control: arg('control'), port: Number(arg('port')), index, version: VERSION, watchPath: arg('watch'),
+  control: arg('control'),
+  port: Number(arg('port')),
+  index,
+  version: VERSION,
+  watchPath: arg('watch'),
   log: (msg, extra) => log.info(extra ?? {}, msg),
 }).start();
 process.on('SIGTERM', () => process.exit(0));
-process.on('uncaughtException', (err) => { log.fatal({ err }, 'proxy worker crashed'); process.exit(1); });
+process.on('uncaughtException', (err) => {
+  log.fatal({ err }, 'proxy worker crashed');
+  process.exit(1);
+});

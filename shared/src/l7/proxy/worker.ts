@@ -55,7 +55,9 @@ export class ProxyWorker {
     this.connectControl();
     setInterval(() => this.sendStats(), 5000).unref();
     setInterval(() => this.closeIdle(), IDLE_SWEEP_MS).unref();
-    setInterval(() => { if (!fs.existsSync(this.o.watchPath)) this.exit('the agent state directory is gone'); }, 2000).unref();
+    setInterval(() => {
+      if (!fs.existsSync(this.o.watchPath)) this.exit('the agent state directory is gone');
+    }, 2000).unref();
   }
 
   // ---- control channel ---------------------------------------------------------------------------
@@ -69,7 +71,12 @@ export class ProxyWorker {
       this.send({ t: 'hello', pid: process.pid, index: this.o.index, port: this.o.port, version: this.o.version, kind: 'http' });
     });
     s.on('data', (d: Buffer) => {
-      try { reader.push(d); } catch (err) { this.o.log('bad control frame', { err: String(err) }); s.destroy(); }
+      try {
+        reader.push(d);
+      } catch (err) {
+        this.o.log('bad control frame', { err: String(err) });
+        s.destroy();
+      }
     });
     s.on('error', () => undefined);
     s.on('close', () => {
@@ -118,7 +125,15 @@ export class ProxyWorker {
     const srcIp = client.remoteAddress;
     const srcPort = client.remotePort;
     // Only the datapath's diverted connections: one to the listener's own address is a local process.
-    if (!this.view || !dstIp || !srcIp || dstPort === undefined || srcPort === undefined || dstIp === '127.0.0.1' || dstIp === '::1') {
+    if (
+      !this.view ||
+      !dstIp ||
+      !srcIp ||
+      dstPort === undefined ||
+      srcPort === undefined ||
+      dstIp === '127.0.0.1' ||
+      dstIp === '::1'
+    ) {
       client.destroy();
       return;
     }
@@ -139,7 +154,10 @@ export class ProxyWorker {
       },
       decide: (_head, req) => {
         const view = this.view!;
-        if (policy.revision !== view.revision) { policy = view.connection(srcIp, dstIp, dstPort); ctx.policy = policy; }
+        if (policy.revision !== view.revision) {
+          policy = view.connection(srcIp, dstIp, dstPort);
+          ctx.policy = policy;
+        }
         const d = view.decide(policy, req);
         return { allowed: d.allowed, edits: d.edits, info: d };
       },
@@ -147,7 +165,9 @@ export class ProxyWorker {
         request: (x) => this.record('request', x, ctx),
         response: (x) => this.record('response', x, ctx),
       },
-      onClose: () => { this.clients.delete(client); },
+      onClose: () => {
+        this.clients.delete(client);
+      },
     });
   }
 
@@ -155,7 +175,10 @@ export class ProxyWorker {
     const now = Date.now();
     for (const [c, seen] of this.clients) {
       const bytes = c.bytesRead + c.bytesWritten;
-      if (bytes !== seen.bytes) { seen.bytes = bytes; seen.since = now; } else if (now - seen.since >= IDLE_TIMEOUT_MS) c.destroy();
+      if (bytes !== seen.bytes) {
+        seen.bytes = bytes;
+        seen.since = now;
+      } else if (now - seen.since >= IDLE_TIMEOUT_MS) c.destroy();
     }
   }
 
@@ -166,21 +189,33 @@ export class ProxyWorker {
       this.stats.requests++;
       if (x.localReason === 'denied') this.stats.denied++;
     }
-    if (!this.control) { this.lost++; return; }
-    if (this.records.count >= MAX_BUFFERED_RECORDS) { this.lost++; return; }
+    if (!this.control) {
+      this.lost++;
+      return;
+    }
+    if (this.records.count >= MAX_BUFFERED_RECORDS) {
+      this.lost++;
+      return;
+    }
     this.records.add(kind, x, ctx, this.timeOrigin + performance.now());
     if (this.records.bytes >= FLUSH_BYTES) this.flush();
     else if (!this.flushTimer) this.flushTimer = setTimeout(() => this.flush(), FLUSH_MS);
   }
 
   private flush(): void {
-    if (this.flushTimer) { clearTimeout(this.flushTimer); this.flushTimer = undefined; }
+    if (this.flushTimer) {
+      clearTimeout(this.flushTimer);
+      this.flushTimer = undefined;
+    }
     if (!this.control) return;
     const n = this.records.count;
     const batch = this.records.take(this.lost);
     if (!batch) return;
     // An agent that does not keep up: drop the batch rather than buffer without bound.
-    if (this.control.writableLength > MAX_UNSENT_BYTES) { this.lost += n; return; }
+    if (this.control.writableLength > MAX_UNSENT_BYTES) {
+      this.lost += n;
+      return;
+    }
     this.lost = 0;
     this.control.cork();
     this.control.write(frameHeader(batch.length));
@@ -199,9 +234,18 @@ export class ProxyWorker {
     this.stopping = true;
     for (const s of this.servers) s.close();
     this.flush();
-    if (!this.clients.size) { this.exit('stopped'); return; }
+    if (!this.clients.size) {
+      this.exit('stopped');
+      return;
+    }
     const timer = setTimeout(() => this.exit('stopped (drain time over)'), drainMs);
-    const check = setInterval(() => { if (!this.clients.size) { clearTimeout(timer); clearInterval(check); this.exit('stopped'); } }, 50);
+    const check = setInterval(() => {
+      if (!this.clients.size) {
+        clearTimeout(timer);
+        clearInterval(check);
+        this.exit('stopped');
+      }
+    }, 50);
   }
 
   private exit(why: string): void {
