@@ -134,6 +134,22 @@ t.test('the error kind, not a look-alike code, picks the answer; invalid fields 
     field: 'extra',
     message: /extra/,
   });
+  // A name no URL can carry could be created but never named again (read, deleted): refused.
+  await t.rejects(c.request('POST', '/v1/endpoints', { containerId: 'a\ud800', ifName: 'eth0' }), {
+    status: 400,
+    field: 'containerId',
+    message: /containerId: must not contain control characters or unpaired surrogates/,
+  });
+  await t.rejects(c.request('POST', '/v1/endpoints', { containerId: 'a\u0001', ifName: 'eth0' }), {
+    status: 400,
+    field: 'containerId',
+    message: /containerId: must not contain control characters/,
+  });
+  await t.rejects(c.request('POST', '/v1/networks', { name: 'n\udfff', subnets: ['10.9.0.0/24'] }), {
+    status: 400,
+    field: 'name',
+    message: /name: must not contain/,
+  });
 });
 
 t.test('malformed JSON gets a 400', async (t) => {

@@ -3,12 +3,24 @@ import { z } from 'zod';
 
 const labels = z.record(z.string().max(253), z.string().max(1024));
 
+/** A name that is part of the API's URLs (/v1/endpoints/<containerId>/…): text a URL can carry, so
+ *  that what was created can be named again to be read or deleted. No control characters and no
+ *  lone UTF-16 surrogates (JSON's "\ud800" escape), which encodeURIComponent cannot encode. */
+const urlName = (max: number) =>
+  z
+    .string()
+    .min(1)
+    .max(max)
+    .refine((s) => !/[\u0000-\u001f\u007f]|\p{Cs}/u.test(s), {
+      message: 'must not contain control characters or unpaired surrogates',
+    });
+
 export const EndpointRequestSchema = z
   .object({
-    containerId: z.string().min(1).max(256),
+    containerId: urlName(256),
     netns: z.string().min(1).max(4096).optional(),
     ifName: z.string().min(1).max(15),
-    network: z.string().min(1).max(63).optional(),
+    network: urlName(63).optional(),
     labels: labels.optional(),
     metadata: labels.optional(),
     mac: z.string().optional(),
@@ -20,7 +32,7 @@ export const EndpointRequestSchema = z
 
 export const NetworkSpecSchema = z
   .object({
-    name: z.string().min(1).max(63),
+    name: urlName(63),
     subnets: z.array(z.string()).min(1).max(2),
     gateways: z.array(z.string()).max(2).optional(),
     mtu: z.number().int().optional(),
