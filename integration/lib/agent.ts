@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AgentClient } from '../../shared/src/api/client.ts';
+import { ownChild, ownDir, ownLink, type Release } from './cleanup.ts';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const AGENT_MAIN = path.join(REPO, 'shared/src/agent/main.ts');
@@ -107,6 +108,10 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
     ...(opts.extraArgs?.includes('--cri-socket') ? [] : ['--cri-socket', path.join(stateDir, 'no-cri.sock')]),
     ...(opts.extraArgs ?? []),
   ];
+  // Removed at exit even when cleanup() never runs (tap's timeout SIGTERM, a crash); cleanup()
+  // releases them after removing them itself. A caller's state dir stays theirs.
+  const owned: Release[] = [ownDir(bpffsDir), ownLink(hostDevice, netnsPath)];
+  if (ownStateDir) owned.push(ownDir(stateDir));
   const env = { ...process.env, ...opts.env };
   delete env.NODE_EXTRA_CA_CERTS;
   let child: ChildProcess | undefined;
@@ -118,6 +123,7 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
     const [cmd, argv] = inNetns([process.execPath, ...args]);
     child = spawn(cmd, argv, { cwd: REPO, env, stdio: ['ignore', log, log] });
     fs.closeSync(log);
+    ownChild(child);
     const c = child;
     const exited = new Promise<number | null>((resolve) => c.once('exit', (code) => resolve(code)));
     const deadline = Date.now() + 30_000;
@@ -179,6 +185,7 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
         }
         fs.rmSync(bpffsDir, { recursive: true, force: true });
         if (ownStateDir) fs.rmSync(stateDir, { recursive: true, force: true });
+        for (const release of owned) release();
       }
     },
   };

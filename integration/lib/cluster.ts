@@ -17,6 +17,7 @@ import type { Endpoint } from '../../shared/src/types.ts';
 import { connectEtcd, type Kv } from '../../shared/src/kvstore/kv.ts';
 import { layout, type Layout } from '../../shared/src/kvstore/layout.ts';
 import { REPO, randomId, sleep } from './agent.ts';
+import { ownChild, ownDir } from './cleanup.ts';
 import { startEtcd, type TestEtcd } from './etcd.ts';
 import { createNetns, type TestNetns } from './netns.ts';
 
@@ -117,13 +118,16 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
   const id = randomId(3);
   const name = `c${id}`;
   const root = fs.mkdtempSync(path.join(os.tmpdir(), `mbr-cluster-${id}-`));
+  // The shared exit registry (cleanup.ts) removes what we create when cleanup() never runs (tap's
+  // timeout SIGTERM, a crash): processes by PID, netns by name (createNetns), pins and root here.
+  const releaseRoot = ownDir(root);
   const { prefix, subnet } = randomUnderlay();
   const clusterPool = opts.clusterPool ?? `10.${crypto.randomInt(64, 192)}.0.0/16`;
   const leaseTtl = opts.leaseTtl ?? 5;
   const procs: Proc[] = [];
   const netnss: TestNetns[] = [];
   const pods: TestPod[] = [];
-  const pins: string[] = [];
+  const pins: { dir: string; release: () => void }[] = [];
   let kv: Kv | undefined;
   let etcd: TestEtcd | undefined;
   let cleaned = false;
@@ -198,6 +202,7 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
           stdio: ['ignore', fd, fd],
         });
         fs.closeSync(fd);
+        ownChild(child);
       },
       stop: () => signal('SIGTERM'),
       kill9: () => signal('SIGKILL'),
@@ -209,9 +214,6 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
   const cleanup = async () => {
     if (cleaned) return;
     cleaned = true;
-    process.off('exit', onExit);
-    process.off('SIGTERM', onSignal);
-    process.off('SIGINT', onSignal);
     for (const pod of pods) {
       try {
         await pod.node.client.deleteEndpoint(pod.endpoint.containerId, pod.endpoint.ifName);
@@ -222,45 +224,13 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
     await Promise.all(procs.map((p) => p.stop().catch(() => undefined)));
     kv?.close();
     await etcd?.kill9();
-    syncCleanup();
-  };
-  const syncCleanup = () => {
-    for (const p of procs) {
-      const pid = p.pid();
-      if (pid && p.running()) {
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          /* gone */
-        }
-      }
-    }
-    if (etcd?.running()) {
-      try {
-        process.kill(etcd.pid()!, 'SIGKILL');
-      } catch {
-        /* gone */
-      }
-    }
     for (const pod of pods) pod.ns.remove();
     for (const ns of netnss) ns.remove();
-    for (const pin of pins) fs.rmSync(pin, { recursive: true, force: true });
+    for (const pin of pins) fs.rmSync(pin.dir, { recursive: true, force: true });
+    for (const pin of pins) pin.release();
     fs.rmSync(root, { recursive: true, force: true });
+    releaseRoot();
   };
-  const onExit = () => {
-    if (!cleaned) {
-      cleaned = true;
-      syncCleanup();
-    }
-  };
-  process.on('exit', onExit);
-  // A runner that times out sends SIGTERM: our agents, etcd and namespaces must not outlive us.
-  const onSignal = (sig: NodeJS.Signals) => {
-    onExit();
-    process.exit(sig === 'SIGINT' ? 130 : 143);
-  };
-  process.once('SIGTERM', onSignal);
-  process.once('SIGINT', onSignal);
 
   try {
     const control = createNetns('mbcp');
@@ -316,7 +286,7 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
       const stateDir = path.join(root, nodeName);
       fs.mkdirSync(stateDir, { recursive: true });
       const bpffsDir = `/sys/fs/bpf/mbc-${id}-${nodeName}`;
-      pins.push(bpffsDir);
+      pins.push({ dir: bpffsDir, release: ownDir(bpffsDir) });
       const socket = path.join(stateDir, 'agent.sock');
       const client = new AgentClient({ socketPath: socket, timeoutMs: 30_000 });
       const agent = proc(

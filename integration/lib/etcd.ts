@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import https from 'node:https';
 import net from 'node:net';
 import path from 'node:path';
+import { ownChild } from './cleanup.ts';
 
 export interface EtcdOptions {
   /** Directory of our own: data dir, log and socket go here (the caller removes it). */
@@ -103,6 +104,7 @@ export async function startEtcd(opts: EtcdOptions): Promise<TestEtcd> {
     const [cmd, argv] = opts.netns ? ['nsenter', [`--net=${opts.netns}`, 'etcd', ...args]] : ['etcd', args];
     child = spawn(cmd, argv, { cwd: opts.dir, stdio: ['ignore', log, log] });
     fs.closeSync(log);
+    ownChild(child);
     const c = child;
     const deadline = Date.now() + 20_000;
     while (Date.now() < deadline) {

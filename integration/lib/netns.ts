@@ -3,6 +3,7 @@
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
 import { randomId } from './agent.ts';
+import { ownChild, ownNetns } from './cleanup.ts';
 
 const execFileP = promisify(execFile);
 
@@ -19,6 +20,8 @@ export interface TestNetns {
 export function createNetns(prefix = 'mbt'): TestNetns {
   const name = `${prefix}-${randomId()}`;
   execFileSync('ip', ['netns', 'add', name]);
+  // Deleted at exit even when the test's teardown never runs (tap's timeout SIGTERM, a crash).
+  const release = ownNetns(name);
   const path = `/var/run/netns/${name}`;
   execFileSync('nsenter', [`--net=${path}`, 'ip', 'link', 'set', 'lo', 'up']);
   return {
@@ -29,7 +32,9 @@ export function createNetns(prefix = 'mbt'): TestNetns {
       return stdout;
     },
     spawn(cmd, args) {
-      return spawn('nsenter', [`--net=${path}`, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      const child = spawn('nsenter', [`--net=${path}`, cmd, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+      ownChild(child);
+      return child;
     },
     remove() {
       try {
@@ -37,6 +42,7 @@ export function createNetns(prefix = 'mbt'): TestNetns {
       } catch {
         /* already gone */
       }
+      release();
     },
   };
 }
