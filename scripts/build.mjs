@@ -35,7 +35,7 @@ await Promise.all(
       // time; esbuild cannot bundle .node files. etcd3 reads its .proto files next to its own code.
       external: ['koffi', 'dockerode', 'etcd3', 'cockatiel'],
       banner: { js: '#!/usr/bin/env node' },
-      sourcemap: 'inline',
+      sourcemap: 'linked',
       logLevel: 'warning',
     }),
   ),
