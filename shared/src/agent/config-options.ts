@@ -1,114 +1,13 @@
-// What the agent can be told: every setting once, with its flag, environment variable, config-file
-// key (FileSchema), default and help text. config-flags.ts builds the command line from OPTIONS;
-// config.ts resolves them into an AgentConfig.
-import os from 'node:os';
-import { z } from 'zod';
-import { ifNameProblem } from '../net/index.ts';
+// What the agent can be told: every setting once, with its flag, environment variable and help
+// text (its config-file key, type and default live in config-schema.ts). config-flags.ts builds the
+// command line from OPTIONS; config.ts resolves them into an AgentConfig.
+import { DEFAULT_CRI_SOCKET } from '../labels/cri.ts';
 import { DEFAULT_LABEL_FILTER } from '../labels/filter.ts';
 import { DEFAULT_LABEL_TIMEOUT_MS } from '../labels/resolver.ts';
-import { DEFAULT_CRI_SOCKET } from '../labels/cri.ts';
+import { DEFAULTS, type Key } from './config-schema.ts';
 
-export const DEFAULTS = {
-  stateDir: '/var/lib/membrane',
-  bpffsDir: '/sys/fs/bpf/membrane',
-  socket: '/run/membrane/agent.sock',
-  hostDevice: 'membrane0',
-  pools: ['10.200.0.0/16'],
-  logLevel: 'info',
-  dockerPluginDir: '/run/docker/plugins',
-  metricsAddress: '127.0.0.1:9962',
-  observerSocket: '/run/membrane/observer.sock',
-  flowBufferSize: 4096,
-  /** Per-CPU flow/drop event rate limit: a flood of dropped packets must not flood the agent. Sized
-   *  above the datapath's full connection rate (~15k conn/s x 4 events, possibly all on one CPU) and
-   *  below what the agent ingests without loss (500k/s, bench:flows ingest). */
-  eventsPerSecond: 100_000,
-  /** Expired conntrack entries are collected this often. */
-  conntrackGcIntervalSeconds: 15,
-  /** Unhealthy endpoints are tried again, orphaned addresses released, queued CNI DELs drained, this often. */
-  endpointUpkeepIntervalSeconds: 30,
-  /** Conntrack entries (a preallocated hash, ~200 B each: 25 MiB). */
-  ctMax: 131072,
-  /** L7 proxy workers: one per CPU, at most two (the proxy shares the node with the pods it serves). */
-  l7ProxyWorkers: Math.max(1, Math.min(2, os.availableParallelism?.() ?? os.cpus().length)),
-} as const;
-
-export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
-const IFNAME = z.string().refine((s) => !ifNameProblem(s), 'not a valid interface name');
-
-export const FileSchema = z
-  .object({
-    stateDir: z.string().min(1).optional(),
-    bpffsDir: z.string().min(1).optional(),
-    socket: z.string().min(1).optional(),
-    hostDevice: IFNAME.optional(),
-    pools: z.array(z.string()).optional(),
-    logLevel: z.enum(LOG_LEVELS).optional(),
-    nodeName: z.string().min(1).optional(),
-    bpfObject: z.string().optional(),
-    dockerPlugin: z
-      .string()
-      .regex(/^[A-Za-z0-9][A-Za-z0-9_.-]*$/)
-      .optional(),
-    dockerPluginDir: z.string().optional(),
-    dockerSocket: z.string().optional(),
-    criSocket: z.string().optional(),
-    labelFilter: z.string().optional(),
-    labelTimeoutSeconds: z.number().int().min(1).max(600).optional(),
-    mtu: z.number().int().min(576).max(65535).optional(),
-    metricsAddress: z.string().optional(),
-    observerSocket: z.string().optional(),
-    observerAddress: z.string().optional(),
-    observerTlsCertFile: z.string().optional(),
-    observerTlsKeyFile: z.string().optional(),
-    observerTlsClientCaFiles: z.string().optional(),
-    flowBufferSize: z.number().int().min(1).max(10_000_000).optional(),
-    flowEvents: z.boolean().optional(),
-    eventsPerSecond: z.number().int().min(0).optional(),
-    policyAuditMode: z.boolean().optional(),
-    conntrackGcIntervalSeconds: z.number().int().min(1).max(86_400).optional(),
-    endpointUpkeepIntervalSeconds: z.number().int().min(1).max(86_400).optional(),
-    ctMax: z
-      .number()
-      .int()
-      .min(1024)
-      .max(1 << 24)
-      .optional(),
-    ctMaxPerEndpoint: z
-      .number()
-      .int()
-      .min(0)
-      .max(1 << 24)
-      .optional(),
-    endpointReapDelayMs: z.number().int().min(0).max(600_000).optional(),
-    l7Proxy: z.boolean().optional(),
-    l7ProxyPort: z.number().int().min(0).max(65535).optional(),
-    l7ProxyWorkers: z.number().int().min(1).max(64).optional(),
-    dnsProxy: z.boolean().optional(),
-    dnsProxyPort: z.number().int().min(0).max(65535).optional(),
-    fqdnMinTtl: z
-      .number()
-      .int()
-      .min(0)
-      .max(86_400 * 7)
-      .optional(),
-    clusterName: z.string().optional(),
-    kvstore: z.string().optional(),
-    kvstoreEndpoints: z.string().optional(),
-    kvstoreCa: z.string().optional(),
-    kvstoreCert: z.string().optional(),
-    kvstoreKey: z.string().optional(),
-    kvstoreLeaseTtl: z.number().int().min(2).max(3600).optional(),
-    nodeIp: z.string().optional(),
-    routingMode: z.enum(['tunnel', 'native']).optional(),
-    tunnel: z.enum(['vxlan', 'disabled']).optional(),
-    tunnelPort: z.number().int().min(1).max(65535).optional(),
-    tunnelDevice: IFNAME.optional(),
-  })
-  .strict();
-
-export type FileConfig = z.infer<typeof FileSchema>;
-export type Key = keyof FileConfig | 'config';
+// Importers of the settings' schema through this module keep working.
+export { DEFAULTS, type FileConfig, FileSchema, type Key, LOG_LEVELS } from './config-schema.ts';
 
 /** One setting: its flag (commander syntax), environment variable, help text and default shown in --help. */
 export interface OptionSpec {
