@@ -5,7 +5,7 @@ import t from 'tap';
 import * as packet from 'dns-packet';
 import { answersQuery, MessageReader, RCODE, readAnswer, readQuery, refusal } from '../src/dns/message.ts';
 import { dnsFlow, dnsSummary } from '../src/dns/flows.ts';
-import type { DnsRecord } from '../src/dns/proxy.ts';
+import type { DnsRecord } from '../src/dns/types.ts';
 import type { FlowContext } from '../src/flows/enrich.ts';
 
 const query = packet.encode({

@@ -8,7 +8,7 @@ import { policyOf } from '../flows/flow.ts';
 import type { Flow, FlowPolicy } from '../flows/types.ts';
 import { VERSION } from '../version.ts';
 import { rcodeName } from './message.ts';
-import type { DnsRecord } from './proxy.ts';
+import type { DnsRecord } from './types.ts';
 
 const EMITTER = Object.freeze({ name: 'Membrane', version: VERSION });
 

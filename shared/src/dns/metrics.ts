@@ -3,7 +3,7 @@
 // and the cache's size (names, addresses).
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client';
 import { rcodeName } from './message.ts';
-import type { DnsRecord } from './proxy.ts';
+import type { DnsRecord } from './types.ts';
 
 export interface DnsMetrics {
   observe(r: DnsRecord): void;

@@ -1,0 +1,133 @@
+// The DNS proxy's TCP relay: one connection from a client, its length-framed queries checked like UDP
+// ones (refused ones answered here, pipelined behind allowed ones), the allowed ones sent over one
+// connection to the server the client asked, and each answer passed back only once its addresses are
+// in the datapath. An answer to another question than the one in flight under its ID becomes SERVFAIL.
+import net from 'node:net';
+import { answersQuery, type MessageReader, RCODE, refusal, type Query } from './message.ts';
+import { dnsRecord, loopback, type DnsDecision, type DnsProxyDeps, type DnsStats, type Peer } from './types.ts';
+
+export interface TcpRelayContext {
+  d: Pick<DnsProxyDeps, 'decide' | 'learn' | 'record' | 'log'>;
+  reader: MessageReader;
+  stats: DnsStats;
+  timeoutMs: number;
+  clients: Set<net.Socket>;
+}
+
+const frame = (m: Buffer) => {
+  const b = Buffer.allocUnsafe(2 + m.length);
+  b.writeUInt16BE(m.length, 0);
+  m.copy(b, 2);
+  return b;
+};
+
+export function relayTcp(c: net.Socket, x: TcpRelayContext): void {
+  const server: Peer = { ip: c.localAddress ?? '', port: c.localPort ?? 0 };
+  const client: Peer = { ip: c.remoteAddress ?? '', port: c.remotePort ?? 0 };
+  if (!server.ip || loopback(server.ip)) {
+    c.destroy();
+    return;
+  }
+  x.clients.add(c);
+  c.setTimeout(30_000, () => c.destroy());
+  let buf: Buffer = Buffer.alloc(0);
+  let up: net.Socket | undefined;
+  let upBuf: Buffer = Buffer.alloc(0);
+  const inflight = new Map<number, { query: Query; decision: DnsDecision; t0: bigint }>();
+  const onAnswer = async (msg: Buffer) => {
+    if (msg.length < 12) return;
+    const p = inflight.get(msg.readUInt16BE(0));
+    if (!p) return;
+    inflight.delete(msg.readUInt16BE(0));
+    const answer = x.reader.answer(msg);
+    if (answer && !answersQuery(answer, p.query)) {
+      c.write(frame(refusal(msg, RCODE.SERVFAIL)));
+      x.stats.errors++;
+      x.d.record(dnsRecord('response', 'tcp', client, server, p.query, p.decision, 'error', 'answer to another question'));
+      return;
+    }
+    const tAnswer = process.hrtime.bigint();
+    let learnNs: number | undefined;
+    if (answer && p.decision.endpoint !== undefined && answer.ips.length) {
+      try {
+        await x.d.learn(p.decision.endpoint, answer);
+        learnNs = Number(process.hrtime.bigint() - tAnswer);
+      } catch (err) {
+        x.d.log.warn({ err, name: p.query.name }, 'cannot enforce a DNS answer: SERVFAIL to the client');
+        c.write(frame(refusal(msg, RCODE.SERVFAIL)));
+        return;
+      }
+    }
+    c.write(frame(msg));
+    x.d.record(
+      dnsRecord(
+        'response',
+        'tcp',
+        client,
+        server,
+        p.query,
+        p.decision,
+        'forwarded',
+        undefined,
+        answer,
+        Number(process.hrtime.bigint() - p.t0),
+        learnNs,
+      ),
+    );
+  };
+  const upstream = () => {
+    if (up) return up;
+    up = net.connect({ host: server.ip, port: server.port });
+    up.setTimeout(x.timeoutMs, () => up?.destroy());
+    up.on('data', (d: Buffer) => {
+      upBuf = upBuf.length ? Buffer.concat([upBuf, d]) : d;
+      while (upBuf.length >= 2 && upBuf.length >= 2 + upBuf.readUInt16BE(0)) {
+        const m = upBuf.subarray(2, 2 + upBuf.readUInt16BE(0));
+        upBuf = upBuf.subarray(2 + m.length);
+        void onAnswer(Buffer.from(m));
+      }
+    });
+    up.on('error', () => undefined);
+    up.on('close', () => {
+      up = undefined;
+      for (const [id, p] of inflight) {
+        const q = Buffer.alloc(12);
+        q.writeUInt16BE(id, 0);
+        c.write(frame(refusal(q, RCODE.SERVFAIL)));
+        x.d.record(dnsRecord('response', 'tcp', client, server, p.query, p.decision, 'error', 'upstream closed'));
+      }
+      inflight.clear();
+    });
+    return up;
+  };
+  c.on('data', (d: Buffer) => {
+    buf = buf.length ? Buffer.concat([buf, d]) : d;
+    while (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
+      const msg = Buffer.from(buf.subarray(2, 2 + buf.readUInt16BE(0)));
+      buf = buf.subarray(2 + msg.length);
+      x.stats.queries++;
+      const query = x.reader.query(msg);
+      if (!query) {
+        c.write(frame(refusal(msg, RCODE.FORMERR)));
+        continue;
+      }
+      const decision = x.d.decide(client, server, 'tcp', query);
+      if (!decision.allowed) {
+        x.stats.refused++;
+        c.write(frame(refusal(msg, RCODE.REFUSED)));
+        x.d.record(dnsRecord('query', 'tcp', client, server, query, decision, 'refused', 'denied'));
+        continue;
+      }
+      x.stats.forwarded++;
+      inflight.set(query.id, { query, decision, t0: process.hrtime.bigint() });
+      x.d.record(dnsRecord('query', 'tcp', client, server, query, decision, 'forwarded'));
+      upstream().write(frame(msg));
+    }
+    if (buf.length > 70_000) c.destroy();
+  });
+  c.on('error', () => undefined);
+  c.on('close', () => {
+    x.clients.delete(c);
+    up?.destroy();
+  });
+}

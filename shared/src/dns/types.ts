@@ -1,0 +1,81 @@
+// The DNS proxy's vocabulary, shared by its UDP and TCP relays, the agent, flows and metrics: who
+// talks to whom (Peer), the policy's verdict on a query (DnsDecision), what a query or response looked
+// like (DnsRecord), and what the proxy needs from the agent (DnsProxyDeps). Pure.
+import type { Answer, Query } from './message.ts';
+
+export interface Peer {
+  ip: string;
+  port: number;
+}
+
+export interface DnsDecision {
+  allowed: boolean;
+  /** The sending endpoint (undefined: not an endpoint of this node). */
+  endpoint?: number | undefined;
+  identity: number;
+  peerIdentity: number;
+  /** The policy rule behind the verdict (0: none, e.g. default deny). */
+  ruleId: number;
+  /** The DNS rule that allowed the name ("spec.egress[0].toPorts[0].rules.dns[1]"). */
+  rulePath?: string | undefined;
+}
+
+/** One query or response as flows and metrics see it. */
+export interface DnsRecord {
+  kind: 'query' | 'response';
+  timeMs: number;
+  proto: 'udp' | 'tcp';
+  src: Peer;
+  dst: Peer;
+  query: Query;
+  decision: DnsDecision;
+  verdict: 'forwarded' | 'refused' | 'error';
+  /** Why the proxy answered itself: refused by policy, upstream timeout, malformed. */
+  reason?: string | undefined;
+  answer?: Answer | undefined;
+  latencyNs?: number | undefined;
+  /** Time from the answer's arrival to the datapath holding its addresses. */
+  learnNs?: number | undefined;
+}
+
+/** Every record in one object shape (the proxy's hot path stays monomorphic). */
+export function dnsRecord(
+  kind: DnsRecord['kind'],
+  proto: DnsRecord['proto'],
+  src: Peer,
+  dst: Peer,
+  query: Query,
+  decision: DnsDecision,
+  verdict: DnsRecord['verdict'],
+  reason?: string,
+  answer?: Answer,
+  latencyNs?: number,
+  learnNs?: number,
+): DnsRecord {
+  return { kind, timeMs: Date.now(), proto, src, dst, query, decision, verdict, reason, answer, latencyNs, learnNs };
+}
+
+export interface DnsProxyDeps {
+  port: number;
+  decide(src: Peer, dst: Peer, proto: 'udp' | 'tcp', query: Query): DnsDecision;
+  /** Resolves once the answer's addresses are in the datapath; undefined: they already are. */
+  learn(endpoint: number, answer: Answer): Promise<void> | undefined;
+  record(r: DnsRecord): void;
+  /** Where a diverted datagram from `src` was going (the datapath's proxy_udp_dst). */
+  originalDestination(src: Peer): Peer | undefined;
+  log: { warn(o: object, msg: string): void; debug?(o: object, msg: string): void };
+  upstreamTimeoutMs?: number;
+}
+
+/** Counters the relays share (agent status). */
+export interface DnsStats {
+  queries: number;
+  refused: number;
+  forwarded: number;
+  errors: number;
+  ignored: number;
+}
+
+export const newStats = (): DnsStats => ({ queries: 0, refused: 0, forwarded: 0, errors: 0, ignored: 0 });
+
+export const loopback = (ip: string): boolean => ip === '127.0.0.1' || ip === '::1' || ip.startsWith('127.');
