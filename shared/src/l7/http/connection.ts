@@ -5,10 +5,10 @@
 // response order, so keep-alive and pipelining keep working. Upgrade (WebSocket) and CONNECT become
 // a plain byte tunnel once the server agrees. Memory per connection is bounded: one message head,
 // the sockets' buffers, and pipelining stops reading at MAX_PIPELINE outstanding requests. The two
-// sockets themselves (flow control, ending) are pair.ts's.
+// sockets themselves (flow control, ending) are pair.ts's, the order of responses queue.ts's.
 import type net from 'node:net';
 import {
-  ChunkedScanner,
+  BodyScanner,
   checkRequestStart,
   HttpParseError,
   findHeadEnd,
@@ -17,55 +17,23 @@ import {
   skipEmptyLines,
   type RequestHead,
 } from './parse.ts';
-import { normalizeTarget, type RequestView } from './rules.ts';
-import { deniedResponse, errorResponse, rewriteHead, type Decide, type Exchange, type ExchangeSink } from './exchange.ts';
+import { answered, errorResponse, rewriteHead, type Decide, type ExchangeSink } from './exchange.ts';
 import { Hold, SocketPair } from './pair.ts';
+import { badRequestSlot, type Pending, ResponseQueue, requestSlot } from './queue.ts';
 
 const MAX_PIPELINE = 128;
-/** What rules see of a request; header names and values only when a rule asks (they cost strings). */
-class HeadView implements RequestView {
-  constructor(
-    private readonly head: RequestHead,
-    readonly path: string,
-    readonly host: string,
-  ) {}
-  get method(): string {
-    return this.head.method;
-  }
-  get names(): string[] {
-    return this.head.names;
-  }
-  get values(): string[] {
-    return this.head.values;
-  }
-}
-
 const enum Rq {
   HEAD,
-  BODY_LEN,
-  BODY_CHUNKED,
+  BODY,
   WAIT_SWITCH,
   TUNNEL,
   CLOSED,
 }
 const enum Rs {
   HEAD,
-  BODY_LEN,
-  BODY_CHUNKED,
+  BODY,
   BODY_CLOSE,
   TUNNEL,
-}
-
-interface Pending {
-  x: Exchange;
-  /** Answered by the proxy (403 or error), not by the upstream. */
-  local?: Buffer;
-  /** Upgrade or CONNECT that was forwarded: a 101 / 2xx turns the connection into a tunnel. */
-  switching: boolean;
-  closeAfter: boolean;
-  /** The request (its body included) has been read; a local answer waits for this, so a client
-   *  still sending a denied body is not answered mid-send (HTTP clients then drop the connection). */
-  complete: boolean;
 }
 
 export interface ConnectionOptions {
@@ -82,14 +50,12 @@ export class HttpProxyConnection {
   private upstreamDone = false;
   private rq = Rq.HEAD;
   private rs = Rs.HEAD;
-  private reqLeft = 0;
-  private resLeft = 0;
-  private reqChunks?: ChunkedScanner;
-  private resChunks?: ChunkedScanner;
+  private readonly reqBody = new BodyScanner();
+  private readonly resBody = new BodyScanner();
   private forwardBody = false;
   private carryIn?: Buffer;
   private carryUp?: Buffer;
-  private readonly pending: Pending[] = [];
+  private readonly pending = new ResponseQueue();
   /** Start of the byte range of the chunk being walked that is to be forwarded (-1: none). */
   private fwdIn = -1;
   private fwdOut = -1;
@@ -155,37 +121,26 @@ export class HttpProxyConnection {
           }
           this.forwardBody = p.x.verdict.allowed;
           i = end;
-          if (head.body === 'length') {
-            this.rq = Rq.BODY_LEN;
-            this.reqLeft = head.contentLength;
-          } else if (head.body === 'chunked') {
-            this.rq = Rq.BODY_CHUNKED;
-            this.reqChunks = new ChunkedScanner();
-          } else this.requestDone(p);
+          if (head.body === 'none') this.requestDone(p);
+          else {
+            this.rq = Rq.BODY;
+            this.reqBody.start(head.body, head.contentLength);
+          }
           if (p.closeAfter && !p.x.verdict.allowed && head.body !== 'none' && head.expectContinue) {
             // The client waits for 100 Continue before sending the body; it will not get one.
             this.rq = Rq.CLOSED;
           }
           break;
         }
-        case Rq.BODY_LEN: {
-          const n = Math.min(this.reqLeft, len - i);
+        case Rq.BODY: {
           if (this.forwardBody && this.fwdIn < 0) this.fwdIn = i;
-          i += n;
-          this.reqLeft -= n;
-          if (this.reqLeft === 0) this.requestDone(this.lastPending());
-          break;
-        }
-        case Rq.BODY_CHUNKED: {
-          if (this.forwardBody && this.fwdIn < 0) this.fwdIn = i;
-          const end = this.reqChunks!.scan(buf, i, len);
+          const end = this.reqBody.scan(buf, i, len);
           if (end < 0) {
             i = len;
             break;
           }
           i = end;
-          this.reqChunks = undefined;
-          this.requestDone(this.lastPending());
+          this.requestDone(this.pending.last());
           break;
         }
         case Rq.WAIT_SWITCH:
@@ -217,37 +172,12 @@ export class HttpProxyConnection {
     this.fwdOut = -1;
   }
 
-  private lastPending(): Pending {
-    return this.pending[this.pending.length - 1];
-  }
-
   /** A complete request head: decide, queue its response slot, answer now if it is the proxy's turn. */
   private admit(head: RequestHead): Pending {
-    const { path, host } = normalizeTarget(head.target, head.host);
-    const verdict = this.o.decide(head, new HeadView(head, path, host));
-    const x: Exchange = {
-      method: head.method,
-      path,
-      host,
-      protocol: head.minor === 1 ? 'HTTP/1.1' : 'HTTP/1.0',
-      verdict,
-      startMs: performance.now(),
-      status: 0,
-      latencyNs: 0,
-    };
-    const switching = verdict.allowed && (head.upgrade || head.method === 'CONNECT');
-    let closeAfter = !head.keepAlive;
-    let local: Buffer | undefined;
-    if (!verdict.allowed) {
-      closeAfter ||= head.expectContinue && head.body !== 'none';
-      local = deniedResponse(head.method, closeAfter);
-      x.localReason = 'denied';
-    } else {
-      this.io.ensureUpstream();
-    }
-    const p: Pending = { x, local, switching, closeAfter, complete: head.body === 'none' || (closeAfter && head.expectContinue) };
+    const p = requestSlot(head, this.o.decide);
+    if (p.x.verdict.allowed) this.io.ensureUpstream();
     this.pending.push(p);
-    this.o.sink.request(x);
+    this.o.sink.request(p.x);
     if (this.pending.length >= MAX_PIPELINE) this.io.hold(Hold.PIPELINE);
     this.flushLocals();
     return p;
@@ -268,33 +198,16 @@ export class HttpProxyConnection {
 
   private failRequest(e: unknown): void {
     // A request the proxy cannot read safely: answer it in order, then close.
-    const err = e instanceof HttpParseError ? e : new HttpParseError(400, 'malformed request');
     this.rq = Rq.CLOSED;
-    const x: Exchange = {
-      method: '',
-      path: '',
-      host: '',
-      protocol: 'HTTP/1.1',
-      verdict: { allowed: false, edits: [] },
-      startMs: performance.now(),
-      status: 0,
-      latencyNs: 0,
-      localReason: 'bad-request',
-    };
-    this.pending.push({
-      x,
-      local: errorResponse(err.status === 502 ? 400 : err.status, err.message),
-      switching: false,
-      closeAfter: true,
-      complete: true,
-    });
-    this.o.sink.request(x);
+    const p = badRequestSlot(e);
+    this.pending.push(p);
+    this.o.sink.request(p.x);
     this.flushLocals();
   }
 
   private onClientEnd(): void {
     // Half-close: in a tunnel, or with responses still owed, the server gets the FIN and answers.
-    if (this.rq === Rq.TUNNEL || this.pending.some((p) => !p.local)) this.io.endUpstream();
+    if (this.rq === Rq.TUNNEL || this.pending.owesUpstream()) this.io.endUpstream();
     this.maybeFinish();
   }
 
@@ -329,7 +242,7 @@ export class HttpProxyConnection {
         break;
       }
       // Locals at the head are written the moment they get there: the head answers this data.
-      const p = this.pending[0]?.local ? this.pending.find((q) => !q.local) : this.pending[0];
+      const p = this.pending.nextUpstream();
       if (!p) {
         if (this.fwdOut < 0) this.fwdOut = i;
         i = len;
@@ -348,8 +261,7 @@ export class HttpProxyConnection {
           if (this.fwdOut < 0) this.fwdOut = i;
           i = end;
           if (head.status < 200 && head.status !== 101) break; // interim (100 Continue...): the final one follows
-          p.x.status = head.status;
-          p.x.latencyNs = Math.round((performance.now() - p.x.startMs) * 1e6);
+          answered(p.x, head.status);
           if (p.switching && (head.status === 101 || (p.x.method === 'CONNECT' && head.status < 300))) {
             this.cutOut(buf, i);
             this.startTunnel(p, buf.subarray(i));
@@ -357,12 +269,9 @@ export class HttpProxyConnection {
           }
           if (head.status === 101) throw new HttpParseError(502, 'switching protocols without an upgrade request');
           if (!head.keepAlive) p.closeAfter = true;
-          if (head.body === 'length') {
-            this.rs = Rs.BODY_LEN;
-            this.resLeft = head.contentLength;
-          } else if (head.body === 'chunked') {
-            this.rs = Rs.BODY_CHUNKED;
-            this.resChunks = new ChunkedScanner();
+          if (head.body === 'length' || head.body === 'chunked') {
+            this.rs = Rs.BODY;
+            this.resBody.start(head.body, head.contentLength);
           } else if (head.body === 'close') {
             this.rs = Rs.BODY_CLOSE;
             p.closeAfter = true;
@@ -372,27 +281,15 @@ export class HttpProxyConnection {
           }
           break;
         }
-        case Rs.BODY_LEN: {
-          const n = Math.min(this.resLeft, len - i);
+        case Rs.BODY: {
           if (this.fwdOut < 0) this.fwdOut = i;
-          i += n;
-          this.resLeft -= n;
-          if (this.resLeft === 0) {
-            this.cutOut(buf, i);
-            this.responseDone();
-          }
-          break;
-        }
-        case Rs.BODY_CHUNKED: {
-          if (this.fwdOut < 0) this.fwdOut = i;
-          const end = this.resChunks!.scan(buf, i, len);
+          const end = this.resBody.scan(buf, i, len);
           if (end < 0) {
             i = len;
             break;
           }
           i = end;
           this.cutOut(buf, i);
-          this.resChunks = undefined;
           this.responseDone();
           break;
         }
@@ -405,8 +302,9 @@ export class HttpProxyConnection {
   private responseDone(): void {
     const delimitedByClose = this.rs === Rs.BODY_CLOSE;
     this.rs = Rs.HEAD;
-    const idx = this.pending.findIndex((q) => !q.local);
-    const [p] = this.pending.splice(idx, 1);
+    const p = this.pending.nextUpstream();
+    if (!p) return;
+    this.pending.remove(p);
     this.o.sink.response(p.x);
     if (p.switching && this.rq === Rq.WAIT_SWITCH) this.resumeAfterRefusedSwitch();
     if (p.closeAfter) this.finishAfterFlush(!delimitedByClose);
@@ -415,8 +313,7 @@ export class HttpProxyConnection {
   }
 
   private startTunnel(p: Pending, rest: Buffer): void {
-    const idx = this.pending.indexOf(p);
-    this.pending.splice(idx, 1);
+    this.pending.remove(p);
     this.o.sink.response(p.x);
     this.rs = Rs.TUNNEL;
     this.rq = Rq.TUNNEL;
@@ -437,11 +334,9 @@ export class HttpProxyConnection {
 
   /** Writes the proxy's own responses that are next in order. */
   private flushLocals(): void {
-    while (this.pending.length && this.pending[0].local && this.pending[0].complete) {
-      const p = this.pending.shift()!;
+    for (let p = this.pending.takeReadyLocal(); p; p = this.pending.takeReadyLocal()) {
       this.io.toClient(p.local!);
-      p.x.status = Number(p.local!.toString('latin1', 9, 12));
-      p.x.latencyNs = Math.round((performance.now() - p.x.startMs) * 1e6);
+      answered(p.x, Number(p.local!.toString('latin1', 9, 12)));
       this.o.sink.response(p.x);
       if (p.closeAfter) {
         this.finishAfterFlush(p.x.localReason === 'denied');
@@ -466,7 +361,7 @@ export class HttpProxyConnection {
     if (this.rs === Rs.BODY_CLOSE) this.responseDone();
     // Requests the server will never answer: the connection ends like the server's did.
     this.rq = Rq.CLOSED;
-    this.pending.length = 0;
+    this.pending.clear();
     if (this.io.lingering) return; // the last response was complete: the client closes first
     this.finishAfterFlush();
   }
@@ -480,13 +375,7 @@ export class HttpProxyConnection {
     this.upstreamDone = true;
     // Never reached the destination: each request still owed an answer gets 503, in order.
     this.rq = Rq.CLOSED;
-    for (const p of this.pending) {
-      if (p.local) continue;
-      p.local = errorResponse(503, 'upstream connect error');
-      p.x.localReason = 'upstream-unreachable';
-      p.closeAfter = true;
-      p.complete = true;
-    }
+    this.pending.answerUnanswered(errorResponse(503, 'upstream connect error'), 'upstream-unreachable');
     this.io.dropUpstream();
     this.flushLocals();
     this.finishAfterFlush();

@@ -37,6 +37,44 @@ export interface ExchangeSink {
 
 export type Decide = (head: RequestHead, view: RequestView) => Verdict;
 
+/** What rules see of a request; header names and values only when a rule asks (they cost strings). */
+export class HeadView implements RequestView {
+  constructor(
+    private readonly head: RequestHead,
+    readonly path: string,
+    readonly host: string,
+  ) {}
+  get method(): string {
+    return this.head.method;
+  }
+  get names(): string[] {
+    return this.head.names;
+  }
+  get values(): string[] {
+    return this.head.values;
+  }
+}
+
+/** The exchange of a request whose head is complete now (HTTP/1.`minor`). */
+export function startExchange(method: string, path: string, host: string, minor: number, verdict: Verdict): Exchange {
+  return {
+    method,
+    path,
+    host,
+    protocol: minor === 1 ? 'HTTP/1.1' : 'HTTP/1.0',
+    verdict,
+    startMs: performance.now(),
+    status: 0,
+    latencyNs: 0,
+  };
+}
+
+/** The response head with `status` went out now. */
+export function answered(x: Exchange, status: number): void {
+  x.status = status;
+  x.latencyNs = Math.round((performance.now() - x.startMs) * 1e6);
+}
+
 const DENIED_BODY = 'Access denied';
 
 function canned(status: number, reason: string, body: string, close: boolean, noBody: boolean): Buffer {

@@ -255,19 +255,7 @@ export function parseRequestHead(buf: Buffer, start: number, headEnd: number): R
   const target = buf.toString('latin1', ts, i);
   i++;
   // "HTTP/1." then 0 or 1, then CRLF
-  if (
-    buf[i] !== 72 ||
-    buf[i + 1] !== 84 ||
-    buf[i + 2] !== 84 ||
-    buf[i + 3] !== 80 ||
-    buf[i + 4] !== 47 ||
-    buf[i + 5] !== 49 ||
-    buf[i + 6] !== 46 ||
-    (buf[i + 7] !== 48 && buf[i + 7] !== 49) ||
-    buf[i + 8] !== 13 ||
-    buf[i + 9] !== 10
-  )
-    throw badRequestLine(buf, start, end);
+  if (!isVersion(buf, i) || buf[i + 8] !== 13 || buf[i + 9] !== 10) throw badRequestLine(buf, start, end);
   const minor = buf[i + 7] === 49 ? 1 : 0;
   const s = scanHeaders(buf, i + 10, end, 400);
   if (s.hostCount > 1) throw new HttpParseError(400, 'more than one Host header');
@@ -290,23 +278,26 @@ export function parseRequestHead(buf: Buffer, start: number, headEnd: number): R
   );
 }
 
+/** "HTTP/1.0" or "HTTP/1.1" at buf[i..i+8) (the version of a request line's end and a status line's start). */
+function isVersion(buf: Buffer, i: number): boolean {
+  return (
+    buf[i] === 72 && // H
+    buf[i + 1] === 84 && // T
+    buf[i + 2] === 84 && // T
+    buf[i + 3] === 80 && // P
+    buf[i + 4] === 47 && // /
+    buf[i + 5] === 49 && // 1
+    buf[i + 6] === 46 && // .
+    (buf[i + 7] === 48 || buf[i + 7] === 49)
+  );
+}
+
 /** A response head; the request it answers decides whether a body can follow (RFC 9112 6.3). */
 export function parseResponseHead(buf: Buffer, start: number, headEnd: number, requestMethod: string): ResponseHead {
   const end = headEnd - 2;
   const i = start;
   // "HTTP/1.x DDD" then " reason" or nothing, then CRLF
-  if (
-    buf[i] !== 72 ||
-    buf[i + 1] !== 84 ||
-    buf[i + 2] !== 84 ||
-    buf[i + 3] !== 80 ||
-    buf[i + 4] !== 47 ||
-    buf[i + 5] !== 49 ||
-    buf[i + 6] !== 46 ||
-    (buf[i + 7] !== 48 && buf[i + 7] !== 49) ||
-    buf[i + 8] !== 32
-  )
-    throw badStatusLine(buf, start, end);
+  if (!isVersion(buf, i) || buf[i + 8] !== 32) throw badStatusLine(buf, start, end);
   const d0 = buf[i + 9] - 48,
     d1 = buf[i + 10] - 48,
     d2 = buf[i + 11] - 48;

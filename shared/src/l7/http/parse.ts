@@ -213,3 +213,23 @@ export class ChunkedScanner {
     return -1;
   }
 }
+
+/** Where a message body ends, fed chunk by chunk: a Content-Length count or chunked framing. One per
+ *  direction of a connection, restarted for each message that has a body. */
+export class BodyScanner {
+  private left = 0;
+  private chunks?: ChunkedScanner;
+
+  start(body: 'length' | 'chunked', contentLength: number): void {
+    this.chunks = body === 'chunked' ? new ChunkedScanner() : undefined;
+    this.left = contentLength;
+  }
+
+  /** Consumes buf[start, end): the offset where the body ended, or -1 when all of it is body. */
+  scan(buf: Buffer, start: number, end: number): number {
+    if (this.chunks) return this.chunks.scan(buf, start, end);
+    const n = Math.min(this.left, end - start);
+    this.left -= n;
+    return this.left === 0 ? start + n : -1;
+  }
+}

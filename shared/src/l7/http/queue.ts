@@ -1,0 +1,98 @@
+// The responses one connection owes its client, in request order (HTTP/1.1 answers in order, pipelined
+// or not). Each slot is answered by the upstream or by the proxy itself (a 403, an error): the proxy's
+// own answers wait in their place until every response before them went out. Pure.
+import { type Decide, deniedResponse, errorResponse, type Exchange, HeadView, startExchange } from './exchange.ts';
+import { HttpParseError, type RequestHead } from './parse.ts';
+import { normalizeTarget } from './rules.ts';
+
+export interface Pending {
+  x: Exchange;
+  /** Answered by the proxy (403 or error), not by the upstream. */
+  local?: Buffer;
+  /** Upgrade or CONNECT that was forwarded: a 101 / 2xx turns the connection into a tunnel. */
+  switching: boolean;
+  closeAfter: boolean;
+  /** The request (its body included) has been read; a local answer waits for this, so a client
+   *  still sending a denied body is not answered mid-send (HTTP clients then drop the connection). */
+  complete: boolean;
+}
+
+/** The slot of a complete request head: the verdict, and the proxy's own answer when it is denied. */
+export function requestSlot(head: RequestHead, decide: Decide): Pending {
+  const { path, host } = normalizeTarget(head.target, head.host);
+  const verdict = decide(head, new HeadView(head, path, host));
+  const x = startExchange(head.method, path, host, head.minor, verdict);
+  const switching = verdict.allowed && (head.upgrade || head.method === 'CONNECT');
+  let closeAfter = !head.keepAlive;
+  let local: Buffer | undefined;
+  if (!verdict.allowed) {
+    // A client waiting for 100 Continue gets none: the connection ends after the 403.
+    closeAfter ||= head.expectContinue && head.body !== 'none';
+    local = deniedResponse(head.method, closeAfter);
+    x.localReason = 'denied';
+  }
+  return { x, local, switching, closeAfter, complete: head.body === 'none' || (closeAfter && head.expectContinue) };
+}
+
+/** The slot of a request the proxy cannot read safely: answered with the error, then the connection ends. */
+export function badRequestSlot(e: unknown): Pending {
+  const err = e instanceof HttpParseError ? e : new HttpParseError(400, 'malformed request');
+  const x = startExchange('', '', '', 1, { allowed: false, edits: [] });
+  x.localReason = 'bad-request';
+  const local = errorResponse(err.status === 502 ? 400 : err.status, err.message);
+  return { x, local, switching: false, closeAfter: true, complete: true };
+}
+
+export class ResponseQueue {
+  private readonly q: Pending[] = [];
+
+  get length(): number {
+    return this.q.length;
+  }
+
+  push(p: Pending): void {
+    this.q.push(p);
+  }
+
+  last(): Pending {
+    return this.q[this.q.length - 1];
+  }
+
+  /** The oldest slot the upstream answers (undefined: the upstream owes nothing). */
+  nextUpstream(): Pending | undefined {
+    const q = this.q;
+    return q[0]?.local ? q.find((p) => !p.local) : q[0];
+  }
+
+  remove(p: Pending): void {
+    const i = this.q.indexOf(p);
+    if (i >= 0) this.q.splice(i, 1);
+  }
+
+  /** The proxy's own answer at the head once its request has been read (undefined: none is due). */
+  takeReadyLocal(): Pending | undefined {
+    const p = this.q[0];
+    if (!p?.local || !p.complete) return undefined;
+    this.q.shift();
+    return p;
+  }
+
+  owesUpstream(): boolean {
+    return this.q.some((p) => !p.local);
+  }
+
+  clear(): void {
+    this.q.length = 0;
+  }
+
+  /** Every slot the upstream still owed is answered with `local` instead, and the connection ends after. */
+  answerUnanswered(local: Buffer, reason: Exchange['localReason']): void {
+    for (const p of this.q) {
+      if (p.local) continue;
+      p.local = local;
+      p.x.localReason = reason;
+      p.closeAfter = true;
+      p.complete = true;
+    }
+  }
+}
