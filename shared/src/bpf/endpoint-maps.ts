@@ -74,13 +74,17 @@ export function publishEndpoint(d: MapAccess, cfg: EndpointDatapathConfig): void
 /** Delete local_endpoints entries owned by hostIfindex that `select` picks. */
 function removeLocalAddresses(d: MapAccess, hostIfindex: number, select: (key: Buffer) => boolean): void {
   const locals = d.map('local_endpoints');
-  // One batched read of the whole map (a syscall per entry made every create O(endpoints)).
-  const { keys, values } = bpf.mapDumpBatch(locals.fd, 'local_endpoints', locals.keySize, d.valueSize(locals));
-  keys.forEach((key, i) => {
-    if (codec.decodeLocalEndpoint(values[i]).hostIfindex === hostIfindex && select(key)) {
-      bpf.mapDelete(locals.fd, 'local_endpoints', key);
-    }
-  });
+  // One batched read of the whole map into two packed buffers, read in place: every publish walks
+  // the map, so an object (and two formatted MACs) per entry made a restore of N endpoints O(N^2)
+  // in allocations (a syscall per entry before that made every create O(endpoints) in syscalls).
+  const vs = d.valueSize(locals);
+  const chunk = Math.min(locals.maxEntries, 4096);
+  const { keys, values, count } = bpf.mapDumpPacked(locals.fd, 'local_endpoints', locals.keySize, vs, chunk);
+  for (let i = 0; i < count; i++) {
+    if (codec.localEndpointIfindex(values, i * vs) !== hostIfindex) continue;
+    const key = Buffer.from(keys.subarray(i * locals.keySize, (i + 1) * locals.keySize));
+    if (select(key)) bpf.mapDelete(locals.fd, 'local_endpoints', key);
+  }
 }
 
 /** See Datapath.removeEndpoint: idempotent; hostIfindex 0 removes only the given addresses. */

@@ -194,6 +194,11 @@ export function encodeLocalEndpoint(v: LocalEndpointValue): Buffer {
   return buf;
 }
 
+/** The host ifindex of a local_endpoints value read in place (a walk over packed values decodes no MAC). */
+export function localEndpointIfindex(values: Buffer, offset = 0): number {
+  return readHostU32(values, offset);
+}
+
 export function decodeLocalEndpoint(buf: Buffer): LocalEndpointValue {
   return {
     hostIfindex: readHostU32(buf, 0),
