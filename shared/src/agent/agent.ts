@@ -33,6 +33,7 @@ import { cniQueue } from './cni-queue.ts';
 import { labelResolver } from './labels.ts';
 import { parseLabelFilter } from '../labels/filter.ts';
 import { datapathProblems } from '../health/datapath.ts';
+import { StartClock } from './start-clock.ts';
 
 /** Something the agent stops on shutdown, in reverse order of start. */
 interface Closer {
@@ -62,12 +63,14 @@ export class Agent {
 
   static async start(cfg: AgentConfig, log: Logger): Promise<Agent> {
     fs.mkdirSync(cfg.stateDir, { recursive: true, mode: 0o700 });
+    const clock = new StartClock();
     const closers: Closer[] = [];
     const pidLock = acquirePidLock(path.join(cfg.stateDir, 'agent.pid'));
     closers.push({ name: 'pid lock', close: () => pidLock.release() });
     try {
       // Worker threads inherit the netns of the thread that starts them: start them while we are home.
       await warmThreadPool();
+      clock.mark('threadPool');
 
       // Cluster mode: the node registers and gets its pod CIDRs before the networks are opened.
       const cluster = await connectCluster(cfg, log);
@@ -80,6 +83,7 @@ export class Agent {
       const ipam = await Ipam.open(store);
       const networks = await Networks.open(store, ipam);
       for (const spec of networkSpecs) await ensureConfiguredNetwork(networks, spec);
+      clock.mark('state');
 
       // Kernel: the host device with every gateway, forwarding, the pinned datapath and its switches.
       const host = openNetlink();
@@ -97,6 +101,7 @@ export class Agent {
       });
       // Cluster mode: the other nodes' pods through the tunnel device, or native routes.
       cluster?.startRouting(host, datapath);
+      clock.mark('datapath');
 
       // The L7 proxy's port must be known before policy writes L7 entries; its workers start later.
       const ipv6 = networks.list().some((n) => n.subnets.some((s) => s.family === 6));
@@ -126,6 +131,7 @@ export class Agent {
         ...(dns ? { fqdn: dns.state } : {}),
       });
       closers.push({ name: 'policy', close: () => policy.close() });
+      clock.mark('proxiesAndPolicy');
       // Labels: callers', the pod namespace, and what the container runtimes (CRI, Docker) know.
       // Docker's network names by network id, for `membrane network list`.
       const dockerNetworkNames = new Map<string, string>();
@@ -158,6 +164,7 @@ export class Agent {
       };
 
       log.info(await endpoints.restore(), 'endpoints restored');
+      clock.mark('endpoints');
       closers.push({ name: 'endpoint upkeep', close: endpoints.startUpkeep(cfg.endpointUpkeepIntervalSeconds * 1000) });
       closers.push({ name: 'endpoint reaper', close: () => endpoints.closeReaper() });
       await policy.start();
@@ -165,12 +172,14 @@ export class Agent {
       await dns?.bind(policy.engine);
       // Cluster mode: publish the restored endpoints, then mirror the other nodes' ones.
       await cluster?.afterRestore(endpoints.list());
+      clock.mark('policyStart');
       conntrack.start();
       closers.push({ name: 'conntrack GC', close: () => conntrack.close() });
       const flows = await startFlows({ cfg, log, datapath, endpoints, rules: policy.rules, identities: policy.identities });
       closers.push({ name: 'flows', close: () => flows.close() });
       l7?.attachFlows(flows);
       dns?.attachFlows(flows);
+      clock.mark('flows');
 
       // Front doors: DELs membrane-cni queued while we were down, the Docker plugin, then the API.
       const queue = cniQueue({ socket: cfg.socket, stateDir: cfg.stateDir, core, log });
@@ -201,8 +210,15 @@ export class Agent {
         ],
       });
       agent.server = await serveApi(app, cfg.socket);
+      clock.mark('api');
       log.info(
-        { socket: cfg.socket, stateDir: cfg.stateDir, bpffsDir: cfg.bpffsDir, networks: networks.list().map((n) => n.name) },
+        {
+          startMs: clock.summary(),
+          socket: cfg.socket,
+          stateDir: cfg.stateDir,
+          bpffsDir: cfg.bpffsDir,
+          networks: networks.list().map((n) => n.name),
+        },
         'membrane agent ready',
       );
       return agent;
