@@ -2,6 +2,10 @@
 // the loop goes on; the result, the errors for a bad document and the order of imports in flight are
 // those of reading inline.
 import t from 'tap';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { JournalStore } from '../src/store/journal.ts';
 import { MemoryStore } from '../src/store/index.ts';
 import { PolicyEngine, PolicyError } from '../src/policy/engine.ts';
 import { PolicyParser } from '../src/policy/parse-offloop.ts';
@@ -109,4 +113,30 @@ t.test('imports in flight apply in the order they arrived', async (t) => {
   );
   t.same([...ports], [9090], 'the maps hold the last import');
   t.equal(engine.get('web')?.policy.specs[0].rules.length, 2);
+});
+
+t.test('a set read in the worker is stored from the text the worker sent: a restarted engine reads the same set', async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-offloop-'));
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const open = (store: JournalStore) =>
+    PolicyEngine.open({ store, ops: new MemoryPolicyOps(100_000, 100_000), hostAddresses: () => [], parseOffloadBytes: 0 });
+  const store = new JournalStore(dir);
+  const engine = await open(store);
+  await engine.importText(bigPolicy('big', 500));
+  await engine.importText(bigPolicy('other', 300, 80));
+  await engine.importText(bigPolicy('big', 500, 8443)); // one of two changed: the other's stored text is reused
+  const before = engine.list();
+  await engine.close();
+  store.close();
+  const again = new JournalStore(dir);
+  t.teardown(() => again.close());
+  const restarted = await open(again);
+  t.teardown(() => restarted.close());
+  t.same(restarted.list(), before, 'the same records, policies and sources after a restart');
+  t.same(
+    restarted.get('big')?.policy,
+    parsePolicies(bigPolicy('big', 500, 8443), {}).policies[0],
+    'the changed policy as read inline',
+  );
+  t.equal(restarted.get('big')?.revision, 2);
 });

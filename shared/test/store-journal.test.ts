@@ -5,6 +5,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { JournalStore, encodeRecord } from '../src/store/journal.ts';
+import { rawJson } from '../src/store/index.ts';
 
 const tmp = (t: { teardown(fn: () => unknown): void }) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-journal-'));
@@ -310,4 +311,32 @@ t.test('journals of the unframed format are read and folded into a snapshot', as
   await s.put('k/4', 4);
   s.close();
   t.same(await dump(new JournalStore(dir)), { 'k/1': 1, 'k/2': 2, 'k/4': 4 });
+});
+
+t.test('a value given as JSON text is stored as that value, through a restart and a compaction', async (t) => {
+  const dir = tmp(t);
+  const s = new JournalStore(dir);
+  const set = {
+    revision: 3,
+    records: [
+      { name: 'a', policy: { rules: [1, 2] } },
+      { name: 'b', source: null },
+    ],
+  };
+  await s.put('k/set', rawJson(`{"revision":3,"records":[${set.records.map((r) => JSON.stringify(r)).join(',')}]}`));
+  await s.put('k/plain', { n: 1 });
+  t.same(await s.get('k/set'), set, 'read back as the value');
+  s.close();
+  const reopened = new JournalStore(dir);
+  t.same(await dump(reopened), { 'k/set': set, 'k/plain': { n: 1 } }, 'after a restart');
+  reopened.compact();
+  reopened.close();
+  t.ok(fs.existsSync(path.join(dir, 'snapshot.json')), 'folded into a snapshot');
+  const fromSnapshot = new JournalStore(dir);
+  t.same(
+    await dump(fromSnapshot),
+    { 'k/set': set, 'k/plain': { n: 1 } },
+    'the snapshot written from the stored text holds the same',
+  );
+  fromSnapshot.close();
 });

@@ -5,7 +5,12 @@ import crypto from 'node:crypto';
 import type { Policy, Rule } from './types.ts';
 
 export function fingerprint(value: Policy | Rule): string {
-  return crypto.createHash('sha256').update(JSON.stringify(value)).digest('base64');
+  return fingerprintText(JSON.stringify(value));
+}
+
+/** The fingerprint of a value given as its JSON text. */
+export function fingerprintText(json: string): string {
+  return crypto.createHash('sha256').update(json).digest('base64');
 }
 
 /** Fingerprints by object: parsed policies and rules are never changed in place. */

@@ -10,6 +10,8 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { adoptFingerprints } from './fingerprint.ts';
 import { parsePolicies, type ParseOptions, type ParseResult } from './parse.ts';
+import type { ParseAnswer } from './parse-worker.ts';
+import { adoptJson } from './record-json.ts';
 
 /** Below this many bytes (about 100 rules) reading inline blocks the loop for a few ms at most. */
 export const OFFLOAD_MIN_BYTES = 32 * 1024;
@@ -36,6 +38,15 @@ function workerEntry(): { file: string | URL; eval?: boolean } | undefined {
     return { file: code, eval: true };
   }
   return undefined;
+}
+
+/** Parses each text, remembering it as the object's JSON (the store writes it as it is). */
+function parseEach(texts: string[]): unknown[] {
+  return texts.map((j) => {
+    const v: unknown = JSON.parse(j);
+    adoptJson(v, j);
+    return v;
+  });
 }
 
 interface Pending {
@@ -109,10 +120,14 @@ export class PolicyParser {
       return undefined;
     }
     w.unref();
-    w.on('message', (m: { id: number; json: string }) => {
+    w.on('message', (m: ParseAnswer) => {
       const p = this.pending.get(m.id);
       this.pending.delete(m.id);
-      const result = JSON.parse(m.json) as ParseResult;
+      const result = {
+        ...JSON.parse(m.json),
+        policies: parseEach(m.policyJson),
+        sources: parseEach(m.sourceJson),
+      } as ParseResult;
       adoptFingerprints(result.policies, result.fingerprints?.policies, result.fingerprints?.rules);
       p?.resolve(result);
       if (!this.pending.size) this.quiesce(w);

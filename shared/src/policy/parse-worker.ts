@@ -4,8 +4,16 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import { parentPort } from 'node:worker_threads';
-import { fingerprint, ruleFingerprints } from './fingerprint.ts';
+import { fingerprintText, ruleFingerprints } from './fingerprint.ts';
 import { parsePolicies, type ParseOptions } from './parse.ts';
+
+/** The worker's answer: the result without policies and sources as JSON, and those as JSON each. */
+export interface ParseAnswer {
+  id: number;
+  json: string;
+  policyJson: string[];
+  sourceJson: string[];
+}
 
 export interface ParseRequest {
   id: number;
@@ -31,10 +39,14 @@ if (parentPort) {
   const port = parentPort;
   lowerPriority();
   port.on('message', (m: ParseRequest) => {
-    const result = parsePolicies(m.text, m.opts);
-    const fingerprints = { policies: result.policies.map(fingerprint), rules: ruleFingerprints(result.policies) };
-    // As JSON text: the agent's JSON.parse is faster than a structured clone of 10,000 rules, and
-    // gives objects V8 handles as fast as any it parsed itself.
-    port.postMessage({ id: m.id, json: JSON.stringify({ ...result, fingerprints }) });
+    const { policies, sources, ...rest } = parsePolicies(m.text, m.opts);
+    // Each policy and source as its own JSON text: the agent's JSON.parse is faster than a structured
+    // clone of 10,000 rules (and gives objects V8 handles as fast as any it parsed itself), and the
+    // agent keeps the text for the store (record-json.ts) instead of serialising the policy again.
+    const policyJson = policies.map((p) => JSON.stringify(p));
+    const sourceJson = sources.map((s) => JSON.stringify(s) ?? 'null');
+    const fingerprints = { policies: policyJson.map(fingerprintText), rules: ruleFingerprints(policies) };
+    const answer: ParseAnswer = { id: m.id, json: JSON.stringify({ ...rest, fingerprints }), policyJson, sourceJson };
+    port.postMessage(answer);
   });
 }

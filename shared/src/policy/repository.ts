@@ -5,6 +5,7 @@
 // that fails with PolicyConflictError when another node changed the set first.
 import type { Store } from '../store/index.ts';
 import { fingerprintOf } from './fingerprint.ts';
+import { policySetJson } from './record-json.ts';
 import { MAX_POLICY_NUMBER } from './rule-id.ts';
 import type { Policy, PolicyRecord } from './types.ts';
 
@@ -34,7 +35,8 @@ export class PolicyConflictError extends Error {
 export function storePolicyBackend(store: Store): PolicyBackend {
   return {
     load: () => store.get<Persisted>(STORE_KEY),
-    save: (_prev, next) => store.put(STORE_KEY, next),
+    // As text joined from each record's: one changed policy does not re-serialise the others.
+    save: (_prev, next) => store.put(STORE_KEY, policySetJson(next)),
   };
 }
 

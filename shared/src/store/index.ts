@@ -4,9 +4,27 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fsyncDir, writeFileAtomic } from '../io/atomic-write.ts';
 
+/** A value given as its JSON text (a caller that has it already: no second stringify). */
+export interface RawJson {
+  readonly rawJson: true;
+  readonly json: string;
+}
+
+/** `json` must be valid JSON text; the stores write it as it is. */
+export function rawJson(json: string): RawJson {
+  return { rawJson: true, json };
+}
+
+export function isRawJson(v: unknown): v is RawJson {
+  return typeof v === 'object' && v !== null && (v as RawJson).rawJson === true && typeof (v as RawJson).json === 'string';
+}
+
+const jsonOf = (v: unknown, indent?: number): string => (isRawJson(v) ? v.json : JSON.stringify(v, null, indent));
+
 export interface Store {
   get<T>(key: string): Promise<T | undefined>;
-  /** Durable when it resolves: a crash afterwards never loses the value, a crash before leaves the old one. */
+  /** Durable when it resolves: a crash afterwards never loses the value, a crash before leaves the old
+   *  one. `value` may be given as JSON text (rawJson). */
   put(key: string, value: unknown): Promise<void>;
   delete(key: string): Promise<boolean>;
   /** Every document whose key starts with `prefix/`. */
@@ -40,7 +58,7 @@ export class FileStore implements Store {
 
   async put(key: string, value: unknown): Promise<void> {
     const file = this.fileOf(key);
-    await writeFileAtomic(file, JSON.stringify(value, null, 1) + '\n');
+    await writeFileAtomic(file, jsonOf(value, 1) + '\n');
   }
 
   async delete(key: string): Promise<boolean> {
@@ -83,7 +101,7 @@ export class MemoryStore implements Store {
     return v === undefined ? undefined : (JSON.parse(v) as T);
   }
   async put(key: string, value: unknown): Promise<void> {
-    this.docs.set(key, JSON.stringify(value));
+    this.docs.set(key, jsonOf(value));
   }
   async delete(key: string): Promise<boolean> {
     return this.docs.delete(key);

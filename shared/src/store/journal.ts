@@ -4,9 +4,8 @@
 // ~0.2 ms here where a write-temp/fsync/rename/fsync-dir file update costs ~1-10 ms.
 //
 // What a full disk, a crash or a bad sector can do, and what the store does about it:
-// - Every record is framed and checksummed: `<crc32 of the JSON, 8 hex> <JSON>\n` (JSON never holds a
-//   raw newline). A record without its newline, with a wrong checksum or unreadable JSON ends the
-//   journal: at open everything from there on is cut off (kept aside as journal.log.tail-<time> when
+// - Every record is framed and checksummed (journal-record.ts). A record without its newline, with a
+//   wrong checksum or unreadable JSON ends the journal: at open everything from there on is cut off (kept aside as journal.log.tail-<time> when
 //   there is room) and the agent starts from the records before it. A crash tears only the batch that
 //   was being written, which nobody was told had succeeded.
 // - Writes loop until every byte is written (a short write is not success), at the offset after the
@@ -22,18 +21,17 @@
 //   (Copy-on-write filesystems such as btrfs allocate on every overwrite; there the reserve is moot.)
 import fs from 'node:fs';
 import path from 'node:path';
-import zlib from 'node:zlib';
 import type { Store } from './index.ts';
 import { writeFileAtomicSync } from '../io/atomic-write.ts';
 import { MembraneError } from '../errors.ts';
+import { allZero, decodeRecord, encode, NEWLINE, writeError, writeFully, type Encoded, type Op } from './journal-record.ts';
 
-type Op = { op: 'put'; key: string; value: unknown } | { op: 'del'; key: string };
+export { decodeRecord, encodeRecord } from './journal-record.ts';
 
 const SNAPSHOT = 'snapshot.json';
 const JOURNAL = 'journal.log';
 /** Journal records before the state is folded into a new snapshot. */
 const COMPACT_AFTER = 2000;
-const NEWLINE = 0x0a;
 /** Preallocated room only deletions may use (~600 endpoint deletions). */
 const RESERVE = 64 * 1024;
 /** Preallocation grows by at least this much at a time. */
@@ -50,97 +48,6 @@ export interface JournalRecovery {
 
 export interface JournalStoreOptions {
   log?: { warn(o: object, msg: string): void };
-}
-
-/** One framed record. */
-export function encodeRecord(op: Op): string {
-  return encode(op).rec.toString('utf8');
-}
-
-/** A queued change: its record bytes, and for a put the value's JSON (what memory will hold). */
-interface Encoded {
-  op: Op;
-  rec: Buffer;
-  valueJson?: string;
-}
-
-/**
- * Serialises a change once: the same JSON goes to disk and into memory (a caller that changes the
- * object after put() changes neither), and a 10,000-rule policy (megabytes of JSON) is not
- * stringified three times on the event loop. The line equals JSON.stringify(op) for {op, key, value}.
- */
-function encode(op: Op): Encoded {
-  let line: string;
-  let valueJson: string | undefined;
-  if (op.op === 'put') {
-    valueJson = JSON.stringify(op.value) as string | undefined;
-    if (valueJson === undefined) throw new TypeError(`store: the value of ${op.key} cannot be stored (${typeof op.value})`);
-    line = `{"op":"put","key":${JSON.stringify(op.key)},"value":${valueJson}}`;
-  } else {
-    line = JSON.stringify(op);
-  }
-  const text = `${zlib.crc32(line).toString(16).padStart(8, '0')} ${line}\n`;
-  return { op, rec: Buffer.from(text), valueJson };
-}
-
-/** The operation in one record line (without its newline), or why it is not one. */
-export function decodeRecord(line: Buffer): { op: Op } | { error: string } {
-  if (line.length > 0 && line[0] === 0x7b) {
-    // A record written before framing existed: plain JSON, trusted as far as it parses.
-    try {
-      return checkOp(JSON.parse(line.toString('utf8')));
-    } catch {
-      return { error: 'unreadable JSON' };
-    }
-  }
-  if (line.length < 10 || line[8] !== 0x20) return { error: 'no record frame' };
-  const want = line.subarray(0, 8).toString('latin1');
-  if (!/^[0-9a-f]{8}$/.test(want)) return { error: 'no record frame' };
-  const json = line.subarray(9);
-  if (zlib.crc32(json).toString(16).padStart(8, '0') !== want) return { error: 'checksum mismatch' };
-  try {
-    return checkOp(JSON.parse(json.toString('utf8')));
-  } catch {
-    return { error: 'unreadable JSON' };
-  }
-}
-
-function checkOp(v: unknown): { op: Op } | { error: string } {
-  const o = v as Op;
-  if (o && typeof o.key === 'string' && (o.op === 'del' || (o.op === 'put' && 'value' in o))) return { op: o };
-  return { error: 'not a store operation' };
-}
-
-/** The error a failed journal write gives its callers. */
-function writeError(file: string, e: unknown): MembraneError {
-  const code = (e as NodeJS.ErrnoException)?.code;
-  if (code === 'ENOSPC' || code === 'EDQUOT') {
-    return new MembraneError(
-      'storage_full',
-      `the agent's state disk is full: cannot write ${file} (${code}); nothing was changed, retry once there is room`,
-      { cause: e },
-    );
-  }
-  // Nothing wrong with the request (an I/O error): the caller may try again.
-  return new MembraneError(
-    'unavailable',
-    `store: cannot write ${file}: ${(e as Error)?.message ?? String(e)}; nothing was changed`,
-    { cause: e },
-  );
-}
-
-function allZero(b: Buffer): boolean {
-  return b.equals(Buffer.alloc(b.length));
-}
-
-/** Writes all of `buf` at `position`, however many calls it takes. */
-function writeFully(fd: number, buf: Buffer, position: number): void {
-  let off = 0;
-  while (off < buf.length) {
-    const n = fs.writeSync(fd, buf, off, buf.length - off, position + off);
-    if (n <= 0) throw Object.assign(new Error(`short write: ${off} of ${buf.length} bytes written`), { code: 'EIO' });
-    off += n;
-  }
 }
 
 export class JournalStore implements Store {
@@ -422,9 +329,10 @@ export class JournalStore implements Store {
   /** Folds the journal into a new snapshot. A crash at any point leaves snapshot + journal replaying
    *  to the same state: journal ops are whole-value puts and deletes, so replaying them twice is harmless. */
   compact(): void {
-    const snap: Record<string, unknown> = {};
-    for (const [k, v] of this.docs) snap[k] = JSON.parse(v);
-    writeFileAtomicSync(path.join(this.dir, SNAPSHOT), JSON.stringify(snap));
+    // From the JSON memory holds: no parse and stringify of megabytes of policy on the event loop.
+    const parts: string[] = [];
+    for (const [k, v] of this.docs) parts.push(`${JSON.stringify(k)}:${v}`);
+    writeFileAtomicSync(path.join(this.dir, SNAPSHOT), `{${parts.join(',')}}`);
     fs.ftruncateSync(this.fd, 0);
     fs.fdatasyncSync(this.fd);
     this.size = 0;
