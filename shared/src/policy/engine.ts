@@ -1,7 +1,8 @@
 // The policy engine: identities, named policies and the endpoints they apply to, kept in the
 // datapath maps. Every change (import, delete, endpoint create/delete/relabel, host address change)
 // recomputes the desired map content and applies the difference (apply.ts), one change at a time.
-// Imports are read off the event loop (parse-offloop.ts) and applied in the order they arrived.
+// Imports are read off the event loop (parse-offloop.ts), checked (admission.ts) and applied in the
+// order they arrived.
 // Nothing here touches a syscall directly: the maps are behind PolicyDatapathOps. The queries on
 // this state live in engine-view.ts.
 import type { Endpoint } from '../types.ts';
@@ -10,10 +11,10 @@ import { addressOnly, normalizeCidr } from '../net/index.ts';
 import { RESERVED } from '../identity/reserved.ts';
 import type { Labels } from '../identity/labels.ts';
 import { applyDesired, type ApplyStats } from './apply.ts';
-import { buildDesired, l7KindsOf, type Desired, type EngineEndpoint } from './desired.ts';
+import { buildDesired, type Desired, type EngineEndpoint } from './desired.ts';
+import { refuseUnusable } from './admission.ts';
 import { parsePolicies, type ParseResult } from './parse.ts';
 import { PolicyParser } from './parse-offloop.ts';
-import { MembraneError } from '../errors.ts';
 import { PolicyConflictError, PolicyRepository, type PersistedPolicies, type Plan } from './repository.ts';
 import { endpointFlags } from './selection.ts';
 import type { PolicyRecord } from './types.ts';
@@ -209,31 +210,11 @@ export class PolicyEngine extends PolicyView {
     return this.inOrder(async () => {
       const parsed = await reading;
       await nextTurn(); // taking in the result was one stretch of the loop; computing the maps is another
-      this.refuseUnusable(parsed);
+      refuseUnusable(parsed, this.d.proxyPorts?.());
       return this.serial(() =>
         this.retryOnConflict(() => this.change(this.repo.planImport(parsed.policies, parsed.sources), t0, parseMs)),
       );
     });
-  }
-
-  private refuseUnusable(parsed: ParseResult): void {
-    if (parsed.issues.length) {
-      throw new PolicyError(
-        'bad_request',
-        `the policy is not valid (${parsed.issues.length} problem${parsed.issues.length > 1 ? 's' : ''})`,
-        parsed.issues,
-      );
-    }
-    if (!parsed.policies.length) throw new PolicyError('bad_request', 'no policy in the input');
-    const missing = [...l7KindsOf(parsed.policies.map((policy) => ({ policy })))].filter((k) => !this.d.proxyPorts?.()?.[k]);
-    if (missing.length) {
-      const k = missing[0];
-      const proxy =
-        k === 'dns'
-          ? 'the DNS proxy is not enabled on this node (agent --dns-proxy)'
-          : 'the L7 proxy is not enabled on this node (agent --l7-proxy)';
-      throw new MembraneError('unavailable', `the policy has ${k.toUpperCase()} rules but ${proxy}`);
-    }
   }
 
   /** Cluster mode: another node committed first; read the set again and plan again. */
