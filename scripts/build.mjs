@@ -21,6 +21,8 @@ const executables = [
   { name: 'membrane-proxy', entry: 'shared/src/l7/proxy/worker-main.ts' },
   // Not a command: the agent's policy-reading worker thread (policy/parse-offloop.ts).
   { name: 'membrane-policy-worker', entry: 'shared/src/policy/parse-worker.ts' },
+  // Not a command: the DNS proxy's UDP worker threads (dns/workers.ts).
+  { name: 'membrane-dns-worker', entry: 'shared/src/dns/worker.ts' },
 ];
 await Promise.all(
   executables.map(({ name, entry }) =>

@@ -14,7 +14,15 @@ import { installCni, type CniInstallOptions } from './install-cni.ts';
 const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const DIST = path.join(REPO, 'dist');
 /** Bundles installed under <lib>/bin; all but the proxy and policy workers (the agent starts them) get a wrapper on PATH. */
-const BUNDLES = ['membrane-agent', 'membrane', 'membrane-operator', 'membrane-relay', 'membrane-proxy', 'membrane-policy-worker'];
+const BUNDLES = [
+  'membrane-agent',
+  'membrane',
+  'membrane-operator',
+  'membrane-relay',
+  'membrane-proxy',
+  'membrane-policy-worker',
+  'membrane-dns-worker',
+];
 const ON_PATH = ['membrane-agent', 'membrane', 'membrane-operator', 'membrane-relay'];
 const say = (s: string) => process.stdout.write(`install: ${s}\n`);
 

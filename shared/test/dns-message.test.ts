@@ -3,7 +3,7 @@
 // an answer teaches through a CNAME chain (the smallest TTL along it), and the flow fields.
 import t from 'tap';
 import * as packet from 'dns-packet';
-import { answersQuery, MessageReader, RCODE, readAnswer, readQuery, refusal } from '../src/dns/message.ts';
+import { answersQuery, failure, MessageReader, RCODE, readAnswer, readQuery, refusal } from '../src/dns/message.ts';
 import { dnsFlow, dnsSummary } from '../src/dns/flows.ts';
 import type { DnsRecord } from '../src/dns/types.ts';
 import type { FlowContext } from '../src/flows/enrich.ts';
@@ -30,6 +30,19 @@ t.test('queries and refusals', async (t) => {
     (packet.decode(refusal(Buffer.from([1, 2, 3]), RCODE.FORMERR)).flags ?? 0) & 0xf,
     RCODE.FORMERR,
     'even for bytes it cannot read',
+  );
+  // A SERVFAIL for a query whose bytes are gone (timeout, upstream error) still carries its question:
+  // resolvers reject an answer without it (c-ares: EBADRESP) instead of taking the rcode.
+  const f = packet.decode(failure({ id: 77, name: 'api.test.', types: ['A', 'AAAA'], rd: true }, RCODE.SERVFAIL));
+  t.equal(f.id, 77);
+  t.equal((f.flags ?? 0) & 0xf, RCODE.SERVFAIL);
+  t.same(
+    f.questions?.map((q) => [q.name, q.type]),
+    [
+      ['api.test', 'A'],
+      ['api.test', 'AAAA'],
+    ],
+    'SERVFAIL with the question asked',
   );
 });
 

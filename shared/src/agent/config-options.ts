@@ -240,6 +240,13 @@ export const OPTIONS: OptionSpec[] = [
     default: '0',
   },
   {
+    key: 'dnsProxyWorkers',
+    flags: '--dns-proxy-workers <n>',
+    env: 'MEMBRANE_DNS_PROXY_WORKERS',
+    help: "worker threads relaying its UDP (0 = on the agent's thread)",
+    default: `${DEFAULTS.dnsProxyWorkers} (CPUs, at most 2)`,
+  },
+  {
     key: 'fqdnMinTtl',
     flags: '--fqdn-min-ttl <seconds>',
     env: 'MEMBRANE_FQDN_MIN_TTL',

@@ -27,6 +27,8 @@ export const DEFAULTS = {
   ctMax: 131072,
   /** L7 proxy workers: one per CPU, at most two (the proxy shares the node with the pods it serves). */
   l7ProxyWorkers: Math.max(1, Math.min(2, os.availableParallelism?.() ?? os.cpus().length)),
+  /** DNS proxy worker threads for UDP: as many as CPUs, at most two; 0 = on the agent's thread. */
+  dnsProxyWorkers: Math.max(1, Math.min(2, os.availableParallelism?.() ?? os.cpus().length)),
 } as const;
 
 export const LOG_LEVELS = ['trace', 'debug', 'info', 'warn', 'error', 'fatal', 'silent'] as const;
@@ -82,6 +84,7 @@ export const FileSchema = z
     l7ProxyWorkers: z.number().int().min(1).max(64).optional(),
     dnsProxy: z.boolean().optional(),
     dnsProxyPort: z.number().int().min(0).max(65535).optional(),
+    dnsProxyWorkers: z.number().int().min(0).max(64).optional(),
     fqdnMinTtl: z
       .number()
       .int()

@@ -76,6 +76,8 @@ export interface AgentConfig {
   dnsProxy: boolean;
   /** Its port (UDP and TCP) on 127.0.0.1 and ::1; 0 = picked once and kept in the state dir. */
   dnsProxyPort: number;
+  /** Worker threads relaying the DNS proxy's UDP (0: the agent's thread does). */
+  dnsProxyWorkers: number;
   /** Addresses learned from DNS stay at least this many seconds (when the answer's TTL is shorter). */
   fqdnMinTtl: number;
   /** Cluster mode (shared/src/cluster): set when --kvstore is given. */
@@ -246,6 +248,7 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
     l7ProxyWorkers: int(text('l7ProxyWorkers'), file.l7ProxyWorkers, { min: 1, max: 64 }) ?? DEFAULTS.l7ProxyWorkers,
     dnsProxy: onOff(text('dnsProxy'), file.dnsProxy ?? true),
     dnsProxyPort: int(text('dnsProxyPort'), file.dnsProxyPort, { min: 0, max: 65535 }) ?? 0,
+    dnsProxyWorkers: int(text('dnsProxyWorkers'), file.dnsProxyWorkers, { min: 0, max: 64 }) ?? DEFAULTS.dnsProxyWorkers,
     fqdnMinTtl: int(text('fqdnMinTtl'), file.fqdnMinTtl, { min: 0, max: 86_400 * 7 }) ?? 0,
     ...(cluster ? { cluster } : {}),
   };

@@ -12,7 +12,6 @@ import type { AgentConfig } from './config.ts';
 import type { Netlink } from '../netlink/index.ts';
 import type { Store } from '../store/index.ts';
 import type { Datapath } from '../bpf/datapath.ts';
-import * as bpf from '../bpf/libbpf.ts';
 import * as conntrack from '../maps/conntrack.ts';
 import { datapathOps } from '../policy/datapath-ops.ts';
 import type { PolicyEngine } from '../policy/engine.ts';
@@ -22,10 +21,11 @@ import { dnsRuleMatches } from '../fqdn/selector.ts';
 import { WritesInFlight } from '../fqdn/writes.ts';
 import { ensureProxyRouting } from '../l7/routing.ts';
 import { pickProxyPort, portFree, udpPortFree } from '../l7/proxy/sockets.ts';
-import { ipBytes, normalizeIp, formatIp } from '../net/index.ts';
+import { normalizeIp } from '../net/index.ts';
 import { DnsProxy, type DnsDecision, type DnsRecord, type Peer } from '../dns/proxy.ts';
 import type { Answer, Query } from '../dns/message.ts';
 import { dnsFlow } from '../dns/flows.ts';
+import { originalDestination } from '../dns/original-destination.ts';
 import { registerDnsMetrics } from '../dns/metrics.ts';
 import type { AgentFlows } from './flows.ts';
 
@@ -124,6 +124,14 @@ export class AgentDns {
         for (const l of this.listeners) l(r);
       },
       originalDestination: (src) => originalDestination(fd, src),
+      workers: this.d.cfg.dnsProxyWorkers
+        ? {
+            count: this.d.cfg.dnsProxyWorkers,
+            mapFd: fd,
+            generation: () => this.engine?.mapsGeneration ?? -1,
+            keptUntil: (answer, now) => now + Math.max(this.d.cfg.fqdnMinTtl, Math.min(...answer.ips.map((x) => x.ttl))) * 1000,
+          }
+        : undefined,
     });
     await this.proxy.start();
     this.timers.push(
@@ -132,7 +140,7 @@ export class AgentDns {
       }, GC_INTERVAL_MS),
     );
     for (const t of this.timers) t.unref();
-    this.log.info({ port: this.port }, 'DNS proxy listening');
+    this.log.info({ port: this.port, workers: this.d.cfg.dnsProxyWorkers }, 'DNS proxy listening');
   }
 
   /** The policy's verdict on a query, the same for every query of one sender, server and name until
@@ -309,42 +317,4 @@ function choosePort(cfg: AgentConfig): number {
   const port = pickProxyPort(free);
   fs.writeFileSync(file, `${port}\n`);
   return port;
-}
-
-/** The datapath's record of where a diverted datagram from `src` was going (bpf/lib/proxy.h). */
-function originalDestination(fd: number, src: Peer): Peer | undefined {
-  const key = odKey.fill(0);
-  const v6 = src.ip.includes(':');
-  key[0] = v6 ? 6 : 4;
-  key.writeUInt16BE(src.port, 2);
-  if (v6 || !writeIpv4(src.ip, key, 4)) ipBytes(normalizeIp(src.ip.replace(/^::ffff:/, ''))).copy(key, 4);
-  const v = bpf.mapLookup(fd, 'proxy_udp_dst', key, 20);
-  if (!v) return undefined;
-  return { ip: formatIp(v6 ? v.subarray(0, 16) : v.subarray(0, 4)), port: v.readUInt16BE(16) };
-}
-
-/** Reused by every lookup (they are synchronous). */
-const odKey = Buffer.alloc(20);
-
-/** Writes a dotted-quad address's 4 bytes at `at`; false when `ip` is not one (per datagram: no split). */
-function writeIpv4(ip: string, out: Buffer, at: number): boolean {
-  let part = 0;
-  let n = 0;
-  let digits = 0;
-  for (let i = 0; i < ip.length; i++) {
-    const c = ip.charCodeAt(i);
-    if (c === 46) {
-      if (!digits || part > 2) return false;
-      out[at + part++] = n;
-      n = 0;
-      digits = 0;
-      continue;
-    }
-    if (c < 48 || c > 57 || ++digits > 3) return false;
-    n = n * 10 + (c - 48);
-    if (n > 255) return false;
-  }
-  if (!digits || part !== 3) return false;
-  out[at + 3] = n;
-  return true;
 }

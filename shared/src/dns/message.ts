@@ -73,6 +73,18 @@ export function refusal(buf: Buffer, rcode: number): Buffer {
   return packet.encode({ id, type: 'response', flags: flags | RA | QR | (rcode & 0xf), questions });
 }
 
+/** An answer the proxy makes for a query whose bytes it no longer has (the server timed out or
+ *  failed): the query's ID and question, no records. A resolver rejects an answer without the question
+ *  it asked (c-ares: EBADRESP) instead of taking its rcode. */
+export function failure(q: Query, rcode: number): Buffer {
+  return packet.encode({
+    id: q.id,
+    type: 'response',
+    flags: (q.rd ? RD : 0) | RA | QR | (rcode & 0xf),
+    questions: q.types.map((type) => ({ type: type as packet.RecordType, name: q.name })),
+  });
+}
+
 export interface Answer {
   rcode: number;
   /** The query name and the CNAME targets after it, canonical, in chain order. */

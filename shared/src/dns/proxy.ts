@@ -4,17 +4,19 @@
 // it to the server the client asked (udp.ts, tcp.ts) and passes the answer on only once its addresses
 // are in the datapath (learn): the first connection to an answered address is never dropped.
 //
-// Runs in the agent, not in the HTTP proxy's worker processes: every answer needs the agent's ipcache
-// write before it may be released, a DNS exchange lasts milliseconds (an agent restart cuts nothing a
-// client does not retry), and with the agent down the datapath finds no socket and drops DNS from the
-// selected endpoints (fail closed).
+// Runs in the agent process, not in the HTTP proxy's worker processes: every answer needs the agent's
+// ipcache write before it may be released, a DNS exchange lasts milliseconds (an agent restart cuts
+// nothing a client does not retry), and with the agent down the datapath finds no socket and drops DNS
+// from the selected endpoints (fail closed). UDP is relayed on the agent's thread, or with
+// `workers` on worker threads that ask the agent's thread only what they have not seen (workers.ts).
 import dgram from 'node:dgram';
 import net from 'node:net';
-import { SocketError, transparentListener, transparentUdpSocket } from '../l7/proxy/sockets.ts';
+import { closeFd, SocketError, transparentListener, transparentUdpSocket } from '../l7/proxy/sockets.ts';
 import { MessageReader } from './message.ts';
 import { relayTcp } from './tcp.ts';
-import { newStats, type DnsProxyDeps } from './types.ts';
+import { newStats, type DnsProxyDeps, type DnsStats } from './types.ts';
 import { UdpRelay } from './udp.ts';
+import { DnsWorkers } from './workers.ts';
 
 export type { DnsDecision, DnsProxyDeps, DnsRecord, Peer } from './types.ts';
 
@@ -24,8 +26,9 @@ export class DnsProxy {
   private readonly tcpClients = new Set<net.Socket>();
   private readonly reader = new MessageReader();
   private udp?: UdpRelay;
+  private workers?: DnsWorkers;
   private readonly timeoutMs: number;
-  readonly stats = newStats();
+  private readonly ownStats = newStats();
 
   constructor(private readonly d: DnsProxyDeps) {
     this.timeoutMs = d.upstreamTimeoutMs ?? 5000;
@@ -33,8 +36,12 @@ export class DnsProxy {
 
   /** Listens on both loopback addresses (IPv6 when the node has it), UDP and TCP. */
   async start(): Promise<void> {
-    const udp = (this.udp = new UdpRelay(this.d, this.timeoutMs, this.stats));
-    const tcp = { d: this.d, reader: this.reader, stats: this.stats, timeoutMs: this.timeoutMs, clients: this.tcpClients };
+    const tcp = { d: this.d, reader: this.reader, stats: this.ownStats, timeoutMs: this.timeoutMs, clients: this.tcpClients };
+    if (this.d.workers?.count) {
+      this.workers = new DnsWorkers(this.d, this.d.workers);
+      await this.workers.start();
+    } else this.udp = new UdpRelay(this.d, this.timeoutMs, this.ownStats);
+    const udp = this.udp;
     for (const ip of ['127.0.0.1', '::1']) {
       let fd: number;
       try {
@@ -43,11 +50,13 @@ export class DnsProxy {
         if (ip === '::1' && e instanceof SocketError) continue;
         throw e;
       }
-      const s = dgram.createSocket({ type: ip === '::1' ? 'udp6' : 'udp4', recvBufferSize: 4 << 20 });
-      s.on('message', (msg, rinfo) => udp.onDatagram(msg, { ip: rinfo.address, port: rinfo.port }));
-      s.on('error', (err) => this.d.log.warn({ err }, 'DNS proxy socket error'));
-      await new Promise<void>((resolve) => s.bind({ fd }, resolve));
-      this.listeners.push(s);
+      if (udp) {
+        const s = dgram.createSocket({ type: ip === '::1' ? 'udp6' : 'udp4', recvBufferSize: 4 << 20 });
+        s.on('message', (msg, rinfo) => udp.onDatagram(msg, { ip: rinfo.address, port: rinfo.port }));
+        s.on('error', (err) => this.d.log.warn({ err }, 'DNS proxy socket error'));
+        await new Promise<void>((resolve) => s.bind({ fd }, resolve));
+        this.listeners.push(s);
+      } else closeFd(fd); // the workers listen (this only told whether ::1 exists)
       const tfd = transparentListener(ip === '::1' ? 6 : 4, this.d.port);
       const server = net.createServer((c) => relayTcp(c, tcp));
       server.on('error', (err) => this.d.log.warn({ err }, 'DNS proxy listener error'));
@@ -57,11 +66,18 @@ export class DnsProxy {
   }
 
   get running(): boolean {
-    return this.listeners.length > 0;
+    return this.listeners.length > 0 || !!this.workers?.running;
+  }
+
+  /** Counters of the agent's thread and the workers'. */
+  get stats(): DnsStats {
+    const s = { ...this.ownStats };
+    return this.workers ? this.workers.addStats(s) : s;
   }
 
   async close(): Promise<void> {
     this.udp?.close();
+    await this.workers?.close();
     for (const s of this.listeners) s.close();
     this.listeners.length = 0;
     for (const c of this.tcpClients) c.destroy();

@@ -3,7 +3,7 @@
 // connection to the server the client asked, and each answer passed back only once its addresses are
 // in the datapath. An answer to another question than the one in flight under its ID becomes SERVFAIL.
 import net from 'node:net';
-import { answersQuery, type MessageReader, RCODE, refusal, type Query } from './message.ts';
+import { answersQuery, failure, type MessageReader, RCODE, refusal, type Query } from './message.ts';
 import { dnsRecord, loopback, type DnsDecision, type DnsProxyDeps, type DnsStats, type Peer } from './types.ts';
 
 export interface TcpRelayContext {
@@ -90,10 +90,8 @@ export function relayTcp(c: net.Socket, x: TcpRelayContext): void {
     up.on('error', () => undefined);
     up.on('close', () => {
       up = undefined;
-      for (const [id, p] of inflight) {
-        const q = Buffer.alloc(12);
-        q.writeUInt16BE(id, 0);
-        c.write(frame(refusal(q, RCODE.SERVFAIL)));
+      for (const p of inflight.values()) {
+        c.write(frame(failure(p.query, RCODE.SERVFAIL)));
         x.d.record(dnsRecord('response', 'tcp', client, server, p.query, p.decision, 'error', 'upstream closed'));
       }
       inflight.clear();

@@ -65,6 +65,18 @@ export interface DnsProxyDeps {
   originalDestination(src: Peer): Peer | undefined;
   log: { warn(o: object, msg: string): void; debug?(o: object, msg: string): void };
   upstreamTimeoutMs?: number;
+  /** UDP relayed on worker threads (workers.ts) instead of the agent's thread. */
+  workers?: DnsWorkersOptions | undefined;
+}
+
+export interface DnsWorkersOptions {
+  count: number;
+  /** The proxy_udp_dst map's fd (fds belong to the process: valid in every thread). */
+  mapFd: number;
+  /** Changes whenever a verdict may change (the policy maps' generation). */
+  generation(): number;
+  /** How long the agent keeps an answer's addresses at least once learned (its TTL or the minimum). */
+  keptUntil(answer: Answer, now: number): number;
 }
 
 /** Counters the relays share (agent status). */

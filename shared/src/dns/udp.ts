@@ -18,10 +18,13 @@
 import crypto from 'node:crypto';
 import dgram from 'node:dgram';
 import { closeFd, transparentUdpSocket } from '../l7/proxy/sockets.ts';
-import { answersQuery, MessageReader, RCODE, refusal, type Answer, type Query } from './message.ts';
+import { answersQuery, failure, MessageReader, RCODE, refusal, type Answer, type Query } from './message.ts';
 import { dnsRecord, loopback, type DnsDecision, type DnsProxyDeps, type DnsStats, type Peer } from './types.ts';
 
-export type UdpRelayDeps = Pick<DnsProxyDeps, 'decide' | 'learn' | 'record' | 'originalDestination' | 'log'>;
+export interface UdpRelayDeps extends Pick<DnsProxyDeps, 'learn' | 'record' | 'originalDestination' | 'log'> {
+  /** A worker thread's verdict may have to come from the agent's thread (a promise). */
+  decide(src: Peer, dst: Peer, proto: 'udp', query: Query): DnsDecision | Promise<DnsDecision>;
+}
 interface Pending {
   client: Peer;
   server: Peer;
@@ -91,6 +94,8 @@ export class UdpRelay {
     private readonly d: UdpRelayDeps,
     private readonly timeoutMs: number,
     private readonly stats: DnsStats,
+    /** Worker threads each bind reply sockets to the same server addresses (SO_REUSEPORT). */
+    private readonly sharedReplyAddresses = false,
   ) {
     this.sweep = setInterval(() => this.expirePending(), SWEEP_MS);
     this.sweep.unref();
@@ -109,6 +114,23 @@ export class UdpRelay {
       return;
     }
     const decision = this.d.decide(client, server, 'udp', query);
+    if (decision instanceof Promise) {
+      // A worker thread asks the agent's thread about a sender, server and name it has not seen; when
+      // that fails nothing is forwarded (the client gets SERVFAIL and asks again).
+      decision.then(
+        (v) => this.forward(msg, client, server, query, v),
+        (err: unknown) => {
+          this.d.log.warn({ err, name: query.name }, 'no verdict on a DNS query: SERVFAIL to the client');
+          this.replyUdp(server, client, refusal(msg, RCODE.SERVFAIL));
+          this.stats.errors++;
+        },
+      );
+      return;
+    }
+    this.forward(msg, client, server, query, decision);
+  }
+
+  private forward(msg: Buffer, client: Peer, server: Peer, query: Query, decision: DnsDecision): void {
     if (!decision.allowed) {
       this.stats.refused++;
       this.replyUdp(server, client, refusal(msg, RCODE.REFUSED));
@@ -173,7 +195,7 @@ export class UdpRelay {
   }
 
   private failUpstream(up: Upstream): void {
-    for (const p of [...up.byId.values()]) this.onTimeout(p);
+    for (const p of [...up.byId.values()]) this.onTimeout(p, 'upstream error');
     if (!up.retired) this.retire(up);
   }
 
@@ -256,13 +278,11 @@ export class UdpRelay {
     for (const up of this.upstreams.values()) if (now - up.born > UPSTREAM_MS) this.retire(up);
   }
 
-  private onTimeout(p: Pending): void {
+  private onTimeout(p: Pending, reason = 'upstream timeout'): void {
     if (!this.finish(p)) return;
     this.stats.errors++;
-    const q = Buffer.alloc(12);
-    q.writeUInt16BE(p.clientId, 0);
-    this.replyUdp(p.server, p.client, refusal(q, RCODE.SERVFAIL));
-    this.d.record(dnsRecord('response', 'udp', p.client, p.server, p.query, p.decision, 'error', 'upstream timeout'));
+    this.replyUdp(p.server, p.client, failure(p.query, RCODE.SERVFAIL));
+    this.d.record(dnsRecord('response', 'udp', p.client, p.server, p.query, p.decision, 'error', reason));
   }
 
   /** Sends to the client from the server's address and port, as if the server answered. */
@@ -272,7 +292,7 @@ export class UdpRelay {
     if (!r) {
       let fd: number;
       try {
-        fd = transparentUdpSocket(server.ip, server.port);
+        fd = transparentUdpSocket(server.ip, server.port, { reusePort: this.sharedReplyAddresses });
       } catch (err) {
         this.d.log.warn({ err, server }, 'DNS proxy: cannot answer as the server');
         return;
