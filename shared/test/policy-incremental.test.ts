@@ -260,3 +260,40 @@ spec:
   t.equal(web(after).size, web(before).size, 'as many entries as before');
   t.equal([...web(after).keys()].filter((k) => !web(before).has(k)).length, 1, 'one new entry');
 });
+
+t.test(
+  'one rule changed among many, back and forth: only its entries are diffed and written, and the maps stay whole',
+  async (t) => {
+    const ops = new CountingOps(100_000, 100_000);
+    const store = new MemoryStore();
+    const { engine, eps } = await setup(ops, store);
+    const web = eps[0];
+    const big = (first: string) => `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: big}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+${[first, ...Array.from({ length: 300 }, (_, i) => `198.18.${i >> 8}.${i & 255}/32`)].map((c) => `  - {fromCIDR: [${c}], toPorts: [{ports: [{port: "443", protocol: TCP}]}]}`).join('\n')}
+`;
+    await engine.importText(big('198.19.0.1/32'));
+    const entries = ops.entriesOf(web.id).length;
+    for (const [i, cidr] of ['198.19.0.2/32', '198.19.0.1/32', '198.19.0.3/32'].entries()) {
+      ops.written.clear();
+      const r = await engine.importText(big(cidr));
+      t.same([r.stats.policyUpserts, r.stats.policyRemovals], [1, 1], `change ${i + 1}: one entry in, one out`);
+      t.same([...ops.written.keys()], [web.id], "only web's entries were written");
+      t.equal(ops.entriesOf(web.id).length, entries, 'as many entries as before');
+    }
+    const before = new Map(ops.policy);
+    const restarted = await PolicyEngine.open({ store, ops, hostAddresses: () => ['192.0.2.1'] });
+    for (const ep of eps) await restarted.endpointAttached(ep);
+    const stats = await restarted.start();
+    t.same(
+      stats,
+      { policyUpserts: 0, policyRemovals: 0, ipcacheUpserts: 0, ipcacheRemovals: 0, flagChanges: 0 },
+      'a full recompute finds nothing to change',
+    );
+    t.same(ops.policy, before);
+  },
+);

@@ -71,8 +71,10 @@ export interface DesiredMaps {
 
 /**
  * The policy map difference. With `applied` (the entries the previous successful apply wrote, by
- * endpoint) only endpoints whose entries object changed are looked at, so the work follows the
- * change, not the total; without it (first sync, after a failure) the whole mirror is compared.
+ * endpoint) only endpoints whose entries object changed are looked at, and of an endpoint whose
+ * entries were derived from the applied ones (a delta) only the keys that changed, so the work
+ * follows the change, not the total; without it (first sync, after a failure) the whole mirror is
+ * compared.
  */
 function policyDiff(
   mirror: Map<string, Entry>,
@@ -89,6 +91,19 @@ function policyDiff(
   for (const [ep, e] of desired) {
     const prev = applied.get(ep);
     if (prev === e) continue;
+    if (prev && e.delta?.from === prev) {
+      // Every other key holds the same entry as in `prev`, which the maps hold since it was applied.
+      for (const k of e.delta.keys) {
+        const v = e.entries.get(k);
+        if (v === undefined) {
+          if (prev.entries.has(k)) gone.push({ id: prev.id, key: k });
+          continue;
+        }
+        const cur = mirror.get(k);
+        if (!cur || !sameEntry(cur, v)) upsert.push([k, v]);
+      }
+      continue;
+    }
     for (const [k, v] of e.entries) {
       const cur = mirror.get(k);
       if (!cur || !sameEntry(cur, v)) upsert.push([k, v]);
@@ -177,6 +192,7 @@ export function applyDesired(
   for (const [k, v] of ipc.upsert) mirror.ipcache.set(k, v);
   for (const k of ipc.remove) mirror.ipcache.delete(k);
   for (const [ifindex, f] of flagChanges) mirror.flags.set(ifindex, f);
+  for (const e of desired.policy.values()) e.delta = undefined; // applied: the next diff starts here
   if (pol.upsert.length || pol.remove.length || ipc.upsert.length || ipc.remove.length || flagChanges.length) {
     ops.changed?.(mirror, {
       policyKeys: [...pol.upsert.map(([k]) => k), ...pol.remove],

@@ -42,6 +42,9 @@ export interface DesiredInput {
 export interface EndpointEntries {
   id: number;
   entries: Map<string, Entry>;
+  /** Built from `from` by setting or deleting only `keys`: a diff against `from` looks at those
+   *  alone (apply.ts). Dropped once applied, so no chain of old tables stays reachable. */
+  delta?: { from: EndpointEntries; keys: Set<string> };
 }
 
 export interface Desired {
@@ -208,19 +211,29 @@ function entriesFrom(
   ports: DesiredInput['proxyPorts'],
 ): EndpointEntries {
   const entries = new Map(before.built.entries);
+  const keys = new Set<string>();
+  before.built.delta = undefined; // only one step back is ever diffed against
   for (const direction of ['ingress', 'egress'] as const) {
     const was = before.policy[direction].columns,
       is = lp[direction].columns;
     for (const [peer, col] of was) {
-      if (is.get(peer) !== col) for (const code of col.keys()) entries.delete(entryKey(ep, peer, direction, code));
+      if (is.get(peer) === col) continue;
+      for (const code of col.keys()) {
+        const k = entryKey(ep, peer, direction, code);
+        entries.delete(k);
+        keys.add(k);
+      }
     }
     for (const [peer, col] of is) {
       if (was.get(peer) === col) continue;
-      for (const [code, entry] of col)
-        entries.set(entryKey(ep, peer, direction, code), entry.l7 ? withProxy(entry, ports) : entry);
+      for (const [code, entry] of col) {
+        const k = entryKey(ep, peer, direction, code);
+        entries.set(k, entry.l7 ? withProxy(entry, ports) : entry);
+        keys.add(k);
+      }
     }
   }
-  return { id: ep.id, entries };
+  return { id: ep.id, entries, delta: { from: before.built, keys } };
 }
 
 export function buildDesired(input: DesiredInput, cache?: { current?: CompileCache }): Desired {
