@@ -10,6 +10,7 @@ import {
   decodePolicyValue,
   type PolicyKey,
 } from '../../shared/src/policy/map-codec.ts';
+import type { TestCluster, TestPod } from './cluster.ts';
 
 interface DumpEntry {
   key: string[];
@@ -22,6 +23,13 @@ function dump(file: string): { key: Buffer; value: Buffer }[] {
     key: Buffer.from(e.key.map((x) => parseInt(x, 16))),
     value: Buffer.from(e.value.map((x) => parseInt(x, 16))),
   }));
+}
+
+/** Every other node's ipcache maps the pod's address to its identity (the pod is known cluster-wide). */
+export function knownOnOtherNodes(c: TestCluster, pod: TestPod): boolean {
+  return c.nodes
+    .filter((n) => n !== pod.node)
+    .every((n) => readIpcache(n.bpffsDir).get(`${pod.ip4}/32`) === pod.endpoint.identity);
 }
 
 /** prefix ("10.1.0.5/32") -> identity */
