@@ -1,33 +1,25 @@
-// Endpoint manager: the endpoints of this node, one at a time per endpoint (create, delete, relabel,
-// restore, upkeep). The recipes themselves are in create.ts and restore.ts. Every failure path rolls
-// back what it did; delete succeeds whatever is already gone.
+// Endpoint manager: the endpoints of this node, one at a time per endpoint (create, delete, relabel).
+// The recipes themselves are in create.ts and restore.ts; restoring them all after a restart and
+// their upkeep in recovery.ts. Every failure path rolls back what it did; delete succeeds whatever
+// is already gone.
 import type { Endpoint, EndpointRequest, Network } from '../types.ts';
 import type { Store } from '../store/index.ts';
 import type { Ipam } from '../ipam/index.ts';
 import type { Networks } from '../network/index.ts';
 import type { Datapath } from '../bpf/datapath.ts';
 import type { Netlink } from '../netlink/index.ts';
-import {
-  datapathConfig,
-  keyOf,
-  openContainerNetns,
-  plainIps,
-  plumbSpec,
-  STORE_PREFIX,
-  storeKey,
-  validateRequest,
-} from './recipe.ts';
+import { datapathConfig, keyOf, openContainerNetns, plainIps, plumbSpec, storeKey, validateRequest } from './recipe.ts';
 import { AddressBook } from './addresses.ts';
 import { EndpointError } from './errors.ts';
-import { attachmentId, endpointKey, hostVethName, ipamOwner, withDockerRef } from './naming.ts';
+import { attachmentId, endpointKey, hostVethName, ipamOwner } from './naming.ts';
 import { ensureHostSide } from './plumbing.ts';
 import { KeyedLock } from './lock.ts';
 import { EndpointIds } from './ids.ts';
 import { endpointProblems } from './health.ts';
-import { netnsGone } from './gone.ts';
 import { Reaper } from './reaper.ts';
 import { createEndpoint, type CreateDeps, type UndoList } from './create.ts';
-import { pruneDatapath, restoreEndpoint, type RestoreDeps, type RestoreOutcome } from './restore.ts';
+import type { RestoreDeps } from './restore.ts';
+import { EndpointRecovery, type RestoreSummary } from './recovery.ts';
 import type { LabelResolver, LabelSink, RuntimeLabels } from '../labels/resolver.ts';
 
 export interface EndpointManagerDeps {
@@ -75,13 +67,13 @@ export class EndpointManager {
   private readonly addresses = new AddressBook();
   /** Keys of creates in flight (their IPAM allocations are not orphans). */
   private readonly creating = new Set<string>();
+  /** Restore, the unhealthy endpoints and the upkeep (recovery.ts). */
+  private readonly recovery: EndpointRecovery;
   /** Endpoints restore could not bring back (kept, reported, retried by the upkeep). */
-  private readonly unhealthy = new Map<string, { problems: string[]; since: string }>();
+  private readonly unhealthy: Map<string, { problems: string[]; since: string }>;
 
   /** Removes deleted endpoints' interfaces and flows after their DEL answered (reaper.ts). */
   private readonly reaper: Reaper;
-  /** Endpoints removed because their netns was gone (a runtime that never sent DEL): a metric. */
-  goneRemoved = 0;
 
   constructor(private readonly d: EndpointManagerDeps) {
     d.labels?.bind(this.labelSink);
@@ -96,6 +88,17 @@ export class EndpointManager {
         if (![...this.byKey.values()].some((e) => e.id === id)) this.ids.release(id);
       },
     });
+    this.recovery = new EndpointRecovery({
+      node: d,
+      byKey: this.byKey,
+      creating: this.creating,
+      lock: this.lock,
+      ids: this.ids,
+      reaper: this.reaper,
+      recipeDeps: () => this.recipeDeps(),
+      teardown: (ep) => this.teardown(ep),
+    });
+    this.unhealthy = this.recovery.unhealthy;
   }
 
   /** Reaps what is pending and stops reaping (agent shutdown). */
@@ -305,46 +308,29 @@ export class EndpointManager {
     this.reaper.kick();
   }
 
-  /**
-   * After an agent restart: keep what works, repair what is missing, drop what is gone. One broken
-   * endpoint never stops the others (nor the agent): it is kept, reported unhealthy (endpoint list,
-   * status) and repaired later when it can be. Addresses owned by an endpoint that never finished
-   * creating are released, and its link removed.
-   */
-  async restore(): Promise<{ kept: number; repaired: number; dropped: number; unhealthy: number }> {
-    const result = { kept: 0, repaired: 0, dropped: 0, unhealthy: 0 };
-    // Endpoints deleted before a crash and not reaped yet: their ids stay taken until they are.
-    for (const id of await this.reaper.resume()) this.ids.take(id);
-    for (const { key, value } of await this.d.store.list<Endpoint>(STORE_PREFIX)) {
-      try {
-        const ep = withDockerRef(value);
-        this.byKey.set(keyOf(ep), ep);
-        this.ids.take(ep.id);
-      } catch (err) {
-        this.d.log?.error({ err, key }, 'unreadable endpoint record: skipped');
-      }
-    }
-    for (const ep of [...this.byKey.values()]) result[await this.restoreIsolated(ep)]++;
-    await this.releaseOrphans();
-    pruneDatapath({ datapath: this.d.datapath, log: this.d.log }, new Set([...this.byKey.values()].map((e) => e.hostIfIndex)));
-    this.reaper.kick();
-    return result;
+  /** After an agent restart: every endpoint kept, repaired, dropped or reported unhealthy (recovery.ts). */
+  restore(): Promise<RestoreSummary> {
+    return this.recovery.restoreAll();
   }
 
-  /** Restores one endpoint; any failure marks it unhealthy instead of escaping. */
-  private async restoreIsolated(ep: Endpoint): Promise<RestoreOutcome | 'unhealthy'> {
-    const key = keyOf(ep);
-    try {
-      const outcome = await this.lock.run(key, () => restoreEndpoint(this.recipeDeps(), ep));
-      if (outcome !== 'dropped' && this.unhealthy.delete(key)) this.d.log?.info({ endpoint: key }, 'endpoint repaired');
-      return outcome;
-    } catch (err) {
-      const problems = [(err as Error)?.message ?? String(err)];
-      const first = !this.unhealthy.has(key);
-      this.unhealthy.set(key, { problems, since: this.unhealthy.get(key)?.since ?? new Date().toISOString() });
-      if (first) this.d.log?.error({ err, endpoint: key, id: ep.id }, 'endpoint is unhealthy: kept, will retry the repair');
-      return 'unhealthy';
-    }
+  /** Addresses of creates that never finished, released (recovery.ts). */
+  releaseOrphans(): Promise<number> {
+    return this.recovery.releaseOrphans();
+  }
+
+  /** Endpoints of netns that are gone, removed as a DEL would (recovery.ts). */
+  collectGone(): Promise<number> {
+    return this.recovery.collectGone();
+  }
+
+  /** Endpoints removed because their netns was gone: a metric. */
+  get goneRemoved(): number {
+    return this.recovery.goneRemoved;
+  }
+
+  /** Periodic upkeep: unhealthy endpoints retried, gone ones removed, orphaned addresses released. */
+  startUpkeep(intervalMs = 30_000): () => void {
+    return this.recovery.startUpkeep(intervalMs);
   }
 
   /** The node's parts and the manager's own steps, as the create and restore recipes use them. */
@@ -361,80 +347,9 @@ export class EndpointManager {
       beforeAttach: (ep) => this.runHooks('beforeAttach', ep),
       afterDelete: (ep) => this.runHooks('afterDelete', ep),
       teardown: (ep) => this.teardown(ep),
-      removeGone: (ep) => this.removeGone(ep),
+      removeGone: (ep) => this.recovery.removeGone(ep),
       watch: (ep) => d.labels?.watch(ep),
     };
-  }
-
-  /** Addresses held for endpoints that neither exist nor are being created (a create that crashed,
-   *  a rollback that could not write): released, with the link a crashed create may have left. */
-  async releaseOrphans(): Promise<number> {
-    let released = 0;
-    for (const { ip, owner: o } of this.d.ipam.allocations()) {
-      if (o?.kind !== 'endpoint') continue;
-      const key = endpointKey(o.attachment, o.ifName);
-      if (this.byKey.has(key) || this.creating.has(key)) continue;
-      this.d.log?.warn({ ip, owner: o }, 'releasing address of an endpoint that never finished');
-      try {
-        await this.lock.run(key, async () => {
-          if (this.byKey.has(key) || this.creating.has(key)) return;
-          this.d.host.linkDel(hostVethName(o.attachment, o.ifName));
-          released += await this.d.ipam.releaseOwner(o);
-        });
-      } catch (err) {
-        this.d.log?.warn({ err, ip, owner: o }, 'cannot release it yet');
-      }
-    }
-    return released;
-  }
-
-  /** Endpoints whose netns no longer exists (`ctr run -d --cni` never sends DEL; a runtime that
-   *  crashed): removed with everything they hold, as a DEL would. Returns how many. */
-  async collectGone(): Promise<number> {
-    let removed = 0;
-    for (const ep of [...this.byKey.values()]) {
-      if (!ep.netns || !netnsGone(ep.netns)) continue;
-      const key = keyOf(ep);
-      await this.lock
-        .run(key, async () => {
-          const now = this.byKey.get(key);
-          if (!now?.netns || !netnsGone(now.netns)) return; // deleted or re-created meanwhile
-          await this.removeGone(now);
-          removed++;
-        })
-        .catch((err) => this.d.log?.warn({ err, endpoint: key }, 'cannot remove the endpoint of a gone netns yet'));
-    }
-    return removed;
-  }
-
-  private async removeGone(ep: Endpoint): Promise<void> {
-    this.d.log?.info({ endpoint: keyOf(ep), id: ep.id, netns: ep.netns }, 'netns is gone: endpoint removed');
-    await this.teardown(ep);
-    this.goneRemoved++;
-  }
-
-  /** Periodic upkeep: unhealthy endpoints are tried again, endpoints of gone netns removed, orphaned addresses released. */
-  startUpkeep(intervalMs = 30_000): () => void {
-    let running = false;
-    const timer = setInterval(() => {
-      if (running) return;
-      running = true;
-      void (async () => {
-        for (const key of [...this.unhealthy.keys()]) {
-          const ep = this.byKey.get(key);
-          if (ep) await this.restoreIsolated(ep);
-          else this.unhealthy.delete(key);
-        }
-        await this.collectGone();
-        await this.releaseOrphans();
-      })()
-        .catch((err) => this.d.log?.warn({ err }, 'endpoint upkeep failed'))
-        .finally(() => {
-          running = false;
-        });
-    }, intervalMs);
-    timer.unref();
-    return () => clearInterval(timer);
   }
 
   private requireNetwork(name: string): Network {
