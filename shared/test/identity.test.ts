@@ -158,3 +158,26 @@ t.test('CIDR identities and the ipcache', async (t) => {
     },
   );
 });
+
+t.test('CIDR identities: the same prefix set again is no change; a seeded prefix is still dropped by it', async (t) => {
+  const c = new CidrIdentities();
+  const want = new Set(['198.18.0.0/24', '198.18.1.1/32']);
+  t.equal(c.sync(want).added.length, 2);
+  const version = c.version;
+  t.same(c.sync(want), { added: [], removed: [] }, 'the same set: nothing to do');
+  t.equal(c.version, version, 'and no new version (compiled policy is kept)');
+  c.seed('198.18.9.0/24', c.idOf('198.18.0.0/24')! + 100);
+  const r = c.sync(want);
+  t.same(
+    r.removed.map((e) => e.text),
+    ['198.18.9.0/24'],
+    'after a seed the same set is synced again: the seeded prefix nobody names goes',
+  );
+  t.same(
+    c
+      .entries()
+      .map((e) => e.text)
+      .sort(),
+    [...want].sort(),
+  );
+});

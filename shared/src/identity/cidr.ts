@@ -19,6 +19,8 @@ export class CidrIdentities {
   private sorted: CidrEntry[] | null = null;
   /** Bumped on every change (compiled policy is reused while it stays the same). */
   version = 0;
+  /** The set the table was last synced to: syncing to the very same set again changes nothing. */
+  private syncedTo?: Set<string>;
 
   /** An independent copy (a sync that may be abandoned works on a copy). */
   clone(): CidrIdentities {
@@ -29,6 +31,7 @@ export class CidrIdentities {
     }
     c.next = this.next;
     c.version = this.version;
+    c.syncedTo = this.syncedTo;
     return c;
   }
 
@@ -41,11 +44,15 @@ export class CidrIdentities {
     this.byId.set(id, e);
     this.next = Math.max(this.next, id + 1);
     this.sorted = null;
+    this.syncedTo = undefined;
     this.version++;
   }
 
-  /** Make the table hold exactly `prefixes`: keep known numbers, allocate new ones, drop the rest. */
+  /** Make the table hold exactly `prefixes`: keep known numbers, allocate new ones, drop the rest.
+   *  A Set passed here must not change afterwards (the same Set again is taken as no change: an
+   *  endpoint's sync does not walk 10,000 prefixes that the policies did not change). */
   sync(prefixes: Iterable<string>): { added: CidrEntry[]; removed: CidrEntry[] } {
+    if (prefixes === this.syncedTo) return { added: [], removed: [] };
     const want = new Set<string>();
     // Policies hold normalized text already: only unknown prefixes pay for normalization.
     for (const p of prefixes) want.add(this.byText.has(p) ? p : normalizeCidr(p));
@@ -69,6 +76,7 @@ export class CidrIdentities {
       this.sorted = null;
       this.version++;
     }
+    this.syncedTo = prefixes instanceof Set ? prefixes : undefined;
     return { added, removed };
   }
 

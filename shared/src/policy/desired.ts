@@ -57,9 +57,16 @@ export interface Desired {
   compiler: PolicyCompiler;
 }
 
-/** Every prefix a policy names, including `except` ones (they need their own ipcache entry). */
+/** prefixesOf by record set (a set is never changed in place: a change makes a new array). */
+const prefixSets = new WeakMap<PolicyRecord[], Set<string>>();
+
+/** Every prefix a policy names, including `except` ones (they need their own ipcache entry). The
+ *  same Set for the same records array (do not change it). */
 export function prefixesOf(records: PolicyRecord[]): Set<string> {
+  const known = prefixSets.get(records);
+  if (known) return known;
   const out = new Set<string>();
+  prefixSets.set(records, out);
   const visit = (p: Peer) => {
     if (p.kind !== 'cidr') return;
     out.add(p.cidr);

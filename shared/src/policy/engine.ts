@@ -43,6 +43,8 @@ export class PolicyEngine extends PolicyView {
   private policyOrder: Promise<unknown> = Promise.resolve();
   private readonly parser: PolicyParser;
   private remoteSyncQueued = false;
+  /** The records the CIDR table was last synced to. */
+  private cidrsRecords?: PolicyRecord[];
 
   private constructor(
     d: PolicyEngineDeps,
@@ -268,7 +270,8 @@ export class PolicyEngine extends PolicyView {
 
   /** Computes the desired maps for `records` and applies the difference. Throws with nothing changed. */
   private sync(records: PolicyRecord[] = this.repo.list()): ApplyStats {
-    const cidrs = this.cidrs.clone();
+    // The CIDR table changes only with the records; a sync that may be abandoned works on a copy.
+    const cidrs = records === this.cidrsRecords ? this.cidrs : this.cidrs.clone();
     const desired = buildDesired(
       {
         records,
@@ -291,6 +294,7 @@ export class PolicyEngine extends PolicyView {
     }
     this.applied = desired.policy;
     this.cidrs = cidrs;
+    this.cidrsRecords = records;
     this.generation++;
     this.d.onChange?.();
     return stats;
