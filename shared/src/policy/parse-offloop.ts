@@ -11,7 +11,7 @@ import { Worker } from 'node:worker_threads';
 import { adoptFingerprints } from './fingerprint.ts';
 import { parsePolicies, type ParseOptions, type ParseResult } from './parse.ts';
 import type { ParseAnswer } from './parse-worker.ts';
-import { adoptJson } from './record-json.ts';
+import { adoptJson, SourceText } from './record-json.ts';
 
 /** Below this many bytes (about 100 rules) reading inline blocks the loop for a few ms at most. */
 export const OFFLOAD_MIN_BYTES = 32 * 1024;
@@ -126,7 +126,7 @@ export class PolicyParser {
       const result = {
         ...JSON.parse(m.json),
         policies: parseEach(m.policyJson),
-        sources: parseEach(m.sourceJson),
+        sources: m.sourceJson.map((j) => new SourceText(j)),
       } as ParseResult;
       adoptFingerprints(result.policies, result.fingerprints?.policies, result.fingerprints?.rules);
       p?.resolve(result);

@@ -30,7 +30,8 @@ export interface PolicyIssue {
 
 export interface ParseResult {
   policies: Policy[];
-  /** The document each policy came from, as plain data (kept for `policy get`). */
+  /** The document each policy came from, as plain data or (read in the worker) its JSON text, parsed
+   *  when serialised (record-json.ts): kept for `policy get`. */
   sources: unknown[];
   issues: PolicyIssue[];
   /** Fingerprints (fingerprint.ts) of each policy and of each rule by policy, spec and rule, when

@@ -5,6 +5,17 @@
 import { rawJson, type RawJson } from '../store/index.ts';
 import type { PolicyRecord } from './types.ts';
 
+/** A policy's source document kept as the JSON text the parser's worker sent: the agent never reads
+ *  it, only hands it out (`policy get`) and stores it, so it is parsed only when serialised. */
+export class SourceText {
+  private value?: unknown;
+  constructor(readonly json: string) {}
+  toJSON(): unknown {
+    if (this.value === undefined) this.value = JSON.parse(this.json);
+    return this.value;
+  }
+}
+
 /** JSON text by object: parsed policies, their sources and records are never changed in place. */
 const known = new WeakMap<object, string>();
 
@@ -16,6 +27,7 @@ export function adoptJson(value: unknown, json: string): void {
 /** The JSON text of `value`, worked out once per object. */
 export function jsonOf(value: unknown): string {
   if (typeof value !== 'object' || value === null) return JSON.stringify(value) ?? 'null';
+  if (value instanceof SourceText) return value.json;
   let j = known.get(value);
   if (j === undefined) known.set(value, (j = JSON.stringify(value)));
   return j;
