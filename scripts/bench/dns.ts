@@ -7,7 +7,9 @@
 // Queries/s and p50/p99 latency (dnsperf -v: every query's latency), medians over BENCH_ROUNDS rounds of
 // BENCH_SECONDS each at BENCH_OUTSTANDING queries in flight, after BENCH_WARMUP seconds of each; and
 // the CPU the agent and the server spent per query (from /proc: the ratio of queries/s follows the
-// CPU share the proxy gets on a loaded machine, its CPU per query does not). Then the first connection after an answer:
+// CPU share the proxy gets on a loaded machine, its CPU per query does not; the agent's main thread is
+// shown apart from its DNS proxy worker threads). The agent runs with its default --dns-proxy-workers;
+// MEMBRANE_DNS_PROXY_WORKERS=0 measures the relay on the agent's thread. Then the first connection after an answer:
 // BENCH_FRESH names never seen before, each resolved through the proxy and connected to at once (a
 // drop would show as a timeout), and the time from an answer reaching the proxy to its address being
 // in the ipcache (the agent's membrane_fqdn_answer_to_datapath_seconds histogram).
@@ -58,14 +60,16 @@ interface Sample {
   lost: number;
   completed: number;
   agentCpuUs: number;
+  /** Of agentCpuUs, the agent's main thread (the rest: DNS proxy workers, GC and libuv threads). */
+  agentMainCpuUs: number;
   serverCpuUs: number;
 }
 
 /** CPU time (user + system, µs) a process has used so far (/proc/PID/stat, clock ticks). */
-function cpuUs(pid: number | undefined): number {
+function cpuUs(pid: number | undefined, thread?: number): number {
   if (!pid) return 0;
   try {
-    const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = fs.readFileSync(thread ? `/proc/${pid}/task/${thread}/stat` : `/proc/${pid}/stat`, 'utf8');
     const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
     return ((Number(rest[11]) + Number(rest[12])) * 1e6) / 100;
   } catch {
@@ -82,13 +86,23 @@ async function measure(
   serverPid: number | undefined,
 ): Promise<Sample> {
   const a0 = cpuUs(agentPid);
+  const m0 = cpuUs(agentPid, agentPid);
   const s0 = cpuUs(serverPid);
   const r = await dnsperf(ns, queryFile);
   const n = Math.max(1, r.completed);
-  return { ...r, agentCpuUs: (cpuUs(agentPid) - a0) / n, serverCpuUs: (cpuUs(serverPid) - s0) / n };
+  return {
+    ...r,
+    agentCpuUs: (cpuUs(agentPid) - a0) / n,
+    agentMainCpuUs: (cpuUs(agentPid, agentPid) - m0) / n,
+    serverCpuUs: (cpuUs(serverPid) - s0) / n,
+  };
 }
 
-function dnsperf(ns: TestNetns, queryFile: string, seconds = SECONDS): Promise<Omit<Sample, 'agentCpuUs' | 'serverCpuUs'>> {
+function dnsperf(
+  ns: TestNetns,
+  queryFile: string,
+  seconds = SECONDS,
+): Promise<Omit<Sample, 'agentCpuUs' | 'agentMainCpuUs' | 'serverCpuUs'>> {
   const child = spawn(
     'nsenter',
     [
@@ -243,7 +257,7 @@ async function main(): Promise<void> {
         samples[v].push(await measure(pods[v], queries, agent.pid(), dnsmasq.child.pid));
         const last = samples[v].at(-1)!;
         process.stderr.write(
-          `round ${round + 1} ${v}: ${last.qps.toFixed(0)} q/s, CPU per query: agent ${last.agentCpuUs.toFixed(1)} µs, server ${last.serverCpuUs.toFixed(1)} µs\n`,
+          `round ${round + 1} ${v}: ${last.qps.toFixed(0)} q/s, CPU per query: agent ${last.agentCpuUs.toFixed(1)} µs (main thread ${last.agentMainCpuUs.toFixed(1)}), server ${last.serverCpuUs.toFixed(1)} µs\n`,
         );
       }
     }
@@ -263,6 +277,7 @@ async function main(): Promise<void> {
         median(s.map((x) => x.p99)).toFixed(0),
         String(s.reduce((n, x) => n + x.lost, 0)),
         median(s.map((x) => x.agentCpuUs)).toFixed(1),
+        median(s.map((x) => x.agentMainCpuUs)).toFixed(1),
         median(s.map((x) => x.serverCpuUs)).toFixed(1),
       ];
     };
@@ -272,7 +287,7 @@ async function main(): Promise<void> {
     );
     console.log(
       markdownTable(
-        ['variant', 'queries/s', 'p50 µs', 'p99 µs', 'lost', 'agent CPU µs/query', 'server CPU µs/query'],
+        ['variant', 'queries/s', 'p50 µs', 'p99 µs', 'lost', 'agent CPU µs/query', 'of which main thread', 'server CPU µs/query'],
         [row('direct'), row('proxy')],
       ),
     );

@@ -286,7 +286,7 @@ export class AgentDns {
       running: !!this.proxy?.running,
       ...this.state.cache.size,
       identities: this.state.identities.list().length,
-      ...(this.proxy ? { stats: this.proxy.stats } : {}),
+      ...(this.proxy ? { udpWorkers: this.proxy.udpWorkers, stats: this.proxy.stats } : {}),
     };
   }
 

@@ -11,7 +11,7 @@
 // `workers` on worker threads that ask the agent's thread only what they have not seen (workers.ts).
 import dgram from 'node:dgram';
 import net from 'node:net';
-import { closeFd, SocketError, transparentListener, transparentUdpSocket } from '../l7/proxy/sockets.ts';
+import { SocketError, transparentListener, transparentUdpSocket } from '../l7/proxy/sockets.ts';
 import { MessageReader } from './message.ts';
 import { relayTcp } from './tcp.ts';
 import { newStats, type DnsProxyDeps, type DnsStats } from './types.ts';
@@ -29,6 +29,7 @@ export class DnsProxy {
   private workers?: DnsWorkers;
   private readonly timeoutMs: number;
   private readonly ownStats = newStats();
+  private workersWanted = false;
 
   constructor(private readonly d: DnsProxyDeps) {
     this.timeoutMs = d.upstreamTimeoutMs ?? 5000;
@@ -37,11 +38,7 @@ export class DnsProxy {
   /** Listens on both loopback addresses (IPv6 when the node has it), UDP and TCP. */
   async start(): Promise<void> {
     const tcp = { d: this.d, reader: this.reader, stats: this.ownStats, timeoutMs: this.timeoutMs, clients: this.tcpClients };
-    if (this.d.workers?.count) {
-      this.workers = new DnsWorkers(this.d, this.d.workers);
-      await this.workers.start();
-    } else this.udp = new UdpRelay(this.d, this.timeoutMs, this.ownStats);
-    const udp = this.udp;
+    const udp = (this.udp = new UdpRelay(this.d, this.timeoutMs, this.ownStats));
     for (const ip of ['127.0.0.1', '::1']) {
       let fd: number;
       try {
@@ -50,19 +47,51 @@ export class DnsProxy {
         if (ip === '::1' && e instanceof SocketError) continue;
         throw e;
       }
-      if (udp) {
-        const s = dgram.createSocket({ type: ip === '::1' ? 'udp6' : 'udp4', recvBufferSize: 4 << 20 });
-        s.on('message', (msg, rinfo) => udp.onDatagram(msg, { ip: rinfo.address, port: rinfo.port }));
-        s.on('error', (err) => this.d.log.warn({ err }, 'DNS proxy socket error'));
-        await new Promise<void>((resolve) => s.bind({ fd }, resolve));
-        this.listeners.push(s);
-      } else closeFd(fd); // the workers listen (this only told whether ::1 exists)
+      const s = dgram.createSocket({ type: ip === '::1' ? 'udp6' : 'udp4', recvBufferSize: 4 << 20 });
+      s.on('message', (msg, rinfo) => {
+        if (this.workersWanted) this.startWorkers();
+        udp.onDatagram(msg, { ip: rinfo.address, port: rinfo.port });
+      });
+      s.on('error', (err) => this.d.log.warn({ err }, 'DNS proxy socket error'));
+      await new Promise<void>((resolve) => s.bind({ fd }, resolve));
+      this.listeners.push(s);
       const tfd = transparentListener(ip === '::1' ? 6 : 4, this.d.port);
       const server = net.createServer((c) => relayTcp(c, tcp));
       server.on('error', (err) => this.d.log.warn({ err }, 'DNS proxy listener error'));
       server.listen({ fd: tfd });
       this.tcpServers.push(server);
     }
+    this.workersWanted = !!this.d.workers?.count;
+  }
+
+  /** Workers start with the first diverted datagram (an agent whose policies have no DNS rules runs
+   *  none) and take UDP over once they all listen: until then (a worker thread loads its code in
+   *  milliseconds from the bundle, in seconds from source on a busy machine) the agent's thread relays,
+   *  so neither readiness nor a query waits for them; if they cannot start, it goes on relaying.
+   *  Datagrams queued on the agent's listeners when they close are lost (the clients ask again). */
+  private startWorkers(): void {
+    this.workersWanted = false;
+    const o = this.d.workers;
+    if (!o?.count) return;
+    const workers = (this.workers = new DnsWorkers(this.d, o));
+    workers.start().then(
+      () => {
+        if (this.workers !== workers) return; // closed meanwhile
+        for (const s of this.listeners) s.close();
+        this.listeners.length = 0;
+        this.d.log.debug?.({ workers: o.count }, 'DNS proxy: UDP relayed by worker threads');
+      },
+      (err: unknown) => {
+        this.d.log.warn({ err }, "DNS proxy workers did not start: UDP stays on the agent's thread");
+        void workers.close();
+        if (this.workers === workers) this.workers = undefined;
+      },
+    );
+  }
+
+  /** Worker threads relaying UDP now (0: the agent's thread does). */
+  get udpWorkers(): number {
+    return this.listeners.length ? 0 : (this.workers?.listening ?? 0);
   }
 
   get running(): boolean {
@@ -77,7 +106,9 @@ export class DnsProxy {
 
   async close(): Promise<void> {
     this.udp?.close();
-    await this.workers?.close();
+    const workers = this.workers;
+    this.workers = undefined;
+    await workers?.close();
     for (const s of this.listeners) s.close();
     this.listeners.length = 0;
     for (const c of this.tcpClients) c.destroy();

@@ -72,6 +72,7 @@ export class DnsWorkers {
   private readonly generation = new Int32Array(new SharedArrayBuffer(4));
   private poll?: NodeJS.Timeout;
   private closing = false;
+  private readonly ready = new Set<Worker>();
 
   constructor(
     private readonly d: DnsProxyDeps,
@@ -108,6 +109,7 @@ export class DnsWorkers {
       w.on('message', (m: FromWorker) => {
         if (m.t === 'ready') {
           ready = true;
+          this.ready.add(w);
           resolve();
         } else if (m.t === 'failed') reject(new Error(`DNS proxy worker ${i}: ${m.err}`));
         else this.onMessage(w, i, m);
@@ -117,6 +119,7 @@ export class DnsWorkers {
         if (!ready) reject(err);
       });
       w.on('exit', (code) => {
+        this.ready.delete(w);
         if (this.workers[i] === w) this.workers[i] = undefined;
         if (this.closing || !ready) return;
         this.d.log.warn({ worker: i, code }, 'DNS proxy worker exited; starting it again');
@@ -141,8 +144,10 @@ export class DnsWorkers {
         return;
       }
       case 'learn': {
+        // Kept from when it was learned (the agent's grace after expiry covers the refresh's way back).
+        const learnedAt = Date.now();
         const done = (ok: boolean, err?: unknown) => {
-          const reply: ToWorker = { t: 'learned', id: m.id, ok, knownUntil: ok ? this.o.keptUntil(m.answer, Date.now()) : 0 };
+          const reply: ToWorker = { t: 'learned', id: m.id, ok, knownUntil: ok ? this.o.keptUntil(m.answer, learnedAt) : 0 };
           if (err) reply.err = String(err);
           w.postMessage(reply);
         };
@@ -185,6 +190,11 @@ export class DnsWorkers {
 
   get running(): boolean {
     return this.workers.some((w) => w);
+  }
+
+  /** Workers started and listening. */
+  get listening(): number {
+    return this.ready.size;
   }
 
   async close(): Promise<void> {
