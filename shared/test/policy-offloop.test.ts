@@ -140,3 +140,22 @@ t.test('a set read in the worker is stored from the text the worker sent: a rest
   );
   t.equal(restarted.get('big')?.revision, 2);
 });
+
+t.test('rules the last answer carried come back as references: the same objects, the same result as read inline', async (t) => {
+  const parser = new PolicyParser({ minBytes: 0 });
+  t.teardown(() => parser.close());
+  const first = await parser.parse(bigPolicy('big', 300), {});
+  const changedText = bigPolicy('big', 300, 443, '{"fromCIDR":["198.19.0.1/32"]},');
+  const second = await parser.parse(changedText, {});
+  const inline = parsePolicies(changedText, {});
+  t.same(second.policies, inline.policies, 'the same policies as read inline');
+  const [a, b] = [first.policies[0].specs[0].rules, second.policies[0].specs[0].rules];
+  // The new rule went in first: every old rule moved one index on, so none is the same rule.
+  t.not(b[1], a[0], 'a rule at another index is another rule');
+  const third = await parser.parse(changedText.replace('198.19.0.1/32', '198.19.0.2/32'), {});
+  const c = third.policies[0].specs[0].rules;
+  t.equal(c[5], b[5], 'an unchanged rule is the very object the agent holds already');
+  t.not(c[0], b[0], 'the changed rule is new');
+  t.same(third.policies, parsePolicies(changedText.replace('198.19.0.1/32', '198.19.0.2/32'), {}).policies);
+  t.equal(fingerprintOf(c[0]), fingerprint(c[0]), 'fingerprints still those of the content');
+});

@@ -12,6 +12,8 @@ import { adoptFingerprints } from './fingerprint.ts';
 import { parsePolicies, type ParseOptions, type ParseResult } from './parse.ts';
 import type { ParseAnswer } from './parse-worker.ts';
 import { adoptJson, SourceText } from './record-json.ts';
+import { resolveRuleRefs, rulesByPrint } from './rule-refs.ts';
+import type { Policy, Rule } from './types.ts';
 
 /** Below this many bytes (about 100 rules) reading inline blocks the loop for a few ms at most. */
 export const OFFLOAD_MIN_BYTES = 32 * 1024;
@@ -38,15 +40,6 @@ function workerEntry(): { file: string | URL; eval?: boolean } | undefined {
     return { file: code, eval: true };
   }
   return undefined;
-}
-
-/** Parses each text, remembering it as the object's JSON (the store writes it as it is). */
-function parseEach(texts: string[]): unknown[] {
-  return texts.map((j) => {
-    const v: unknown = JSON.parse(j);
-    adoptJson(v, j);
-    return v;
-  });
 }
 
 interface Pending {
@@ -120,15 +113,30 @@ export class PolicyParser {
       return undefined;
     }
     w.unref();
+    /** The rules of this worker's last answer: its next answer may refer to them (rule-refs.ts). */
+    let recent = new Map<string, Rule>();
     w.on('message', (m: ParseAnswer) => {
       const p = this.pending.get(m.id);
       this.pending.delete(m.id);
       const result = {
         ...JSON.parse(m.json),
-        policies: parseEach(m.policyJson),
+        policies: m.policyJson.map((whole, i) => {
+          const policy = JSON.parse(m.parseJson[i] ?? whole) as Policy;
+          adoptJson(policy, whole);
+          return policy;
+        }),
         sources: m.sourceJson.map((j) => new SourceText(j)),
       } as ParseResult;
-      adoptFingerprints(result.policies, result.fingerprints?.policies, result.fingerprints?.rules);
+      const prints = result.fingerprints?.rules ?? [];
+      if (!resolveRuleRefs(result.policies, recent)) {
+        // Cannot happen while both sides keep to the protocol; should it, read the text here and
+        // start the next worker afresh.
+        p?.reject(new Error('the policy parser worker referred to a rule the agent does not hold'));
+        void this.close();
+        return;
+      }
+      recent = rulesByPrint(result.policies, prints);
+      adoptFingerprints(result.policies, result.fingerprints?.policies, prints);
       p?.resolve(result);
       if (!this.pending.size) this.quiesce(w);
     });

@@ -6,13 +6,17 @@ import os from 'node:os';
 import { parentPort } from 'node:worker_threads';
 import { fingerprintText, ruleFingerprints } from './fingerprint.ts';
 import { parsePolicies, type ParseOptions } from './parse.ts';
+import { withRuleRefs } from './rule-refs.ts';
 
 /** The worker's answer: the result without policies and sources as JSON, and those as JSON each. */
 export interface ParseAnswer {
   id: number;
   json: string;
+  /** Each policy whole (what the store keeps). */
   policyJson: string[];
   sourceJson: string[];
+  /** Each policy to parse, with the rules of the last answer as references; null: parse it whole. */
+  parseJson: (string | null)[];
 }
 
 export interface ParseRequest {
@@ -38,6 +42,8 @@ function lowerPriority(): void {
 if (parentPort) {
   const port = parentPort;
   lowerPriority();
+  /** Fingerprints of the rules in the last answer: the agent holds those. */
+  let sent = new Set<string>();
   port.on('message', (m: ParseRequest) => {
     const { policies, sources, ...rest } = parsePolicies(m.text, m.opts);
     // Each policy and source as its own JSON text: the agent's JSON.parse is faster than a structured
@@ -46,7 +52,11 @@ if (parentPort) {
     const policyJson = policies.map((p) => JSON.stringify(p));
     const sourceJson = sources.map((s) => JSON.stringify(s) ?? 'null');
     const fingerprints = { policies: policyJson.map(fingerprintText), rules: ruleFingerprints(policies) };
-    const answer: ParseAnswer = { id: m.id, json: JSON.stringify({ ...rest, fingerprints }), policyJson, sourceJson };
+    // What the agent parses: rules of the last answer as references (rule-refs.ts).
+    const parseJson = withRuleRefs(policies, fingerprints.rules, sent).map((p) => (p ? JSON.stringify(p) : null));
+    sent = new Set(fingerprints.rules.flat(2));
+    const json = JSON.stringify({ ...rest, fingerprints });
+    const answer: ParseAnswer = { id: m.id, json, policyJson, sourceJson, parseJson };
     port.postMessage(answer);
   });
 }
