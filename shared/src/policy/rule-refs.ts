@@ -52,13 +52,13 @@ export function resolveRuleRefs(policies: Policy[], known: Map<string, Rule>): b
 /** The rules of `policies` by fingerprint (what the next answer may refer to). */
 export function rulesByPrint(policies: Policy[], prints: string[][][]): Map<string, Rule> {
   const out = new Map<string, Rule>();
-  policies.forEach((p, i) =>
-    p.specs.forEach((s, j) =>
-      s.rules.forEach((r, k) => {
+  for (const [i, p] of policies.entries()) {
+    for (const [j, s] of p.specs.entries()) {
+      for (const [k, r] of s.rules.entries()) {
         const f = prints[i]?.[j]?.[k];
         if (f !== undefined) out.set(f, r);
-      }),
-    ),
-  );
+      }
+    }
+  }
   return out;
 }
