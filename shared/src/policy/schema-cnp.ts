@@ -12,13 +12,13 @@
 //    io.cilium.k8s.policy.name) label and, like cilium-dbg's, applies cluster-wide unless it carries
 //    io.cilium.k8s.policy.namespace or the import names a namespace.
 import { z } from 'zod';
-import { cidrCovers, parseCidr } from '../net/index.ts';
 import { ICMP_TYPE_NAMES } from './ports.ts';
 import { MAX_RULES_PER_LIST } from './rule-id.ts';
 import type { Selector } from './selector.ts';
 import {
   checkRange,
   cidr,
+  cidrWithExcept,
   endPort,
   fail,
   inNamespace,
@@ -115,18 +115,6 @@ const portDenyRule = z
       );
   });
 
-const cidrRule = z
-  .object({ cidr, except: z.array(cidr).optional() })
-  .strict()
-  .superRefine((r, ctx) => {
-    const outer = parseCidr(r.cidr);
-    for (const [i, e] of (r.except ?? []).entries()) {
-      const inner = parseCidr(e);
-      if (inner.prefix <= outer.prefix || !cidrCovers(outer, inner))
-        fail(ctx, `except ${e} must be a smaller prefix inside ${r.cidr}`, ['except', i]);
-    }
-  });
-
 const entity = z.string().transform((e, ctx): Entity => {
   if ((ENTITIES as readonly string[]).includes(e)) return e as Entity;
   return fail(ctx, `entity "${e}" is not one of ${ENTITIES.join(', ')}`);
@@ -137,7 +125,7 @@ function l3Fields(dir: Direction) {
   return {
     [`${p}Endpoints`]: z.array(selector).nullish(),
     [`${p}CIDR`]: z.array(cidr).nullish(),
-    [`${p}CIDRSet`]: z.array(cidrRule).nullish(),
+    [`${p}CIDRSet`]: z.array(cidrWithExcept).nullish(),
     [`${p}Entities`]: z.array(entity).nullish(),
     ...(dir === 'egress' ? { toFQDNs: z.array(fqdnSelector).nullish() } : {}),
   };

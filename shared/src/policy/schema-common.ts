@@ -3,7 +3,7 @@
 // the field it is about; the parser turns that path into a line number.
 import { z } from 'zod';
 import { NAMESPACE_KEY, NAMESPACE_LABELS_PREFIX } from '../identity/labels.ts';
-import { AddressError, normalizeCidr } from '../net/index.ts';
+import { AddressError, cidrCovers, normalizeCidr, parseCidr } from '../net/index.ts';
 import { MAX_RANGE_PORTS } from './ports.ts';
 import { mentionsKey, withRequirement, type Selector, type SelectorRequirement } from './selector.ts';
 
@@ -205,6 +205,20 @@ export const cidr = z.unknown().transform((v, ctx) => {
 });
 
 /** port: number or numeric string; 0 means every port. Named ports need a pod spec we do not have. */
+/** A CIDR with exceptions (Cilium's fromCIDRSet/toCIDRSet entry, Kubernetes' ipBlock): every
+ *  exception a smaller prefix inside it. */
+export const cidrWithExcept = z
+  .object({ cidr, except: z.array(cidr).optional() })
+  .strict()
+  .superRefine((r, ctx) => {
+    const outer = parseCidr(r.cidr);
+    for (const [i, e] of (r.except ?? []).entries()) {
+      const inner = parseCidr(e);
+      if (inner.prefix <= outer.prefix || !cidrCovers(outer, inner))
+        fail(ctx, `except ${e} must be a smaller prefix inside ${r.cidr}`, ['except', i]);
+    }
+  });
+
 export const port = z.unknown().transform((v, ctx) => {
   const text = typeof v === 'number' ? String(v) : v;
   if (typeof text !== 'string') return fail(ctx, 'a port must be a number or a numeric string');

@@ -8,10 +8,9 @@
 //    Other namespace labels would need the Kubernetes API server: they are an error, not a selector
 //    that silently matches nothing.
 import { z } from 'zod';
-import { cidrCovers, parseCidr } from '../net/index.ts';
 import {
   checkRange,
-  cidr,
+  cidrWithExcept,
   endPort,
   fail,
   inNamespace,
@@ -49,18 +48,6 @@ const k8sPort = z
     }),
   );
 
-const ipBlock = z
-  .object({ cidr, except: z.array(cidr).optional() })
-  .strict()
-  .superRefine((b, ctx) => {
-    const outer = parseCidr(b.cidr);
-    for (const [i, e] of (b.except ?? []).entries()) {
-      const inner = parseCidr(e);
-      if (inner.prefix <= outer.prefix || !cidrCovers(outer, inner))
-        fail(ctx, `except ${e} must be a smaller prefix inside ${b.cidr}`, ['except', i]);
-    }
-  });
-
 const METADATA_NAME = 'kubernetes.io/metadata.name';
 
 /** namespaceSelector -> requirements on the endpoint's namespace label. An empty one is every
@@ -89,7 +76,7 @@ const peer = z
   .object({
     podSelector: selector.optional(),
     namespaceSelector: namespaceSelector.optional(),
-    ipBlock: ipBlock.optional(),
+    ipBlock: cidrWithExcept.optional(),
   })
   .strict()
   .superRefine((p, ctx) => {
