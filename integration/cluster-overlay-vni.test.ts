@@ -1,0 +1,171 @@
+// The VNI decides, never the inner source address (see cluster-overlay.test.ts): hand-made VXLAN
+// datagrams with a forged inner source address get the VNI's identity on the receiving node; a VNI
+// claiming "host" is remote-node; an outer source that is no node of the cluster is dropped
+// (UNKNOWN_SENDER), a pod crafting VXLAN included.
+import t from 'tap';
+import crypto from 'node:crypto';
+import { startCluster, eventually, type TestCluster, type TestPod } from './lib/cluster.ts';
+import { knownOnOtherNodes, webFromClient } from './lib/cluster-maps.ts';
+import { startEchoServer, killAll } from './lib/tcp.ts';
+import { probe } from './lib/probe.ts';
+import { sniff, frameInfo } from './lib/raw.ts';
+import { flowsOf, sendUdp, vxlanPayload } from './lib/vxlan.ts';
+import { PolicyClient } from '../shared/src/policy/client.ts';
+import { eth, ETH_P, ipv4, PROTO, tcp, TCP_FLAGS, withChecksum } from '../shared/src/bpf/packets.ts';
+import type { ChildProcess } from 'node:child_process';
+
+if (process.getuid?.() !== 0) {
+  t.plan(0, 'needs root');
+  process.exit(0);
+}
+
+let c: TestCluster;
+const servers: ChildProcess[] = [];
+t.before(async () => {
+  c = await startCluster({ nodes: 3, clusterPoolIpv6: `fd00:${crypto.randomInt(1, 0xffff).toString(16)}::/104` });
+});
+t.teardown(async () => {
+  killAll(servers);
+  await c?.cleanup();
+});
+
+const known = (pod: TestPod) => knownOnOtherNodes(c, pod);
+const serve = async (pod: { ns: TestPod['ns'] }, port: number) => {
+  servers.push(await startEchoServer(pod.ns, port, '::'));
+};
+const importPolicy = (text: string) => new PolicyClient(c.nodes[2].client).import(text);
+const metricsDrops = async (n: TestCluster['nodes'][number], reason: string) =>
+  (await n.client.request<{ drops: { reason: string; packets: number }[] }>('GET', '/v1/bpf/metrics')).drops.find(
+    (d) => d.reason === reason,
+  )?.packets ?? 0;
+
+t.test(
+  'the VNI decides, never the inner source address: forged VXLAN from a node, a host claim, a stranger, a pod',
+  async (t) => {
+    const [n1, n2] = c.nodes;
+    const web = await n2.pod({ app: 'web-vni' });
+    const client = await n1.pod({ app: 'client-vni' });
+    const other = await n1.pod({ app: 'other-vni' });
+    await serve(web, 8083);
+    await eventually('pods known', () => known(web) && known(client) && known(other), 20_000);
+    await importPolicy(
+      webFromClient('web-vni', 8083)
+        .replace(/app: web$/m, 'app: web-vni')
+        .replace(/app: client$/m, 'app: client-vni'),
+    );
+    await eventually(
+      'enforced',
+      async () => (await probe(other.ns, web.ip4, 8083)) === 'timeout' && (await probe(client.ns, web.ip4, 8083)) === 'ok',
+      20_000,
+      200,
+    );
+
+    let sport = 40000 + crypto.randomInt(0, 20000);
+    const syn = (src: string) => {
+      const l4 = withChecksum(4, src, web.ip4, PROTO.TCP, tcp(++sport, 8083, TCP_FLAGS.SYN, crypto.randomInt(1, 2 ** 31)));
+      return {
+        sport,
+        frame: eth('02:00:00:00:00:01', '02:00:00:00:00:02', ETH_P.IPV4, ipv4({ src, dst: web.ip4, proto: PROTO.TCP }, l4)),
+      };
+    };
+    const at = (port: number) => (f: { l4?: { TCP?: { sourcePort: number } }; IP?: { destination: string } }) =>
+      f.l4?.TCP?.sourcePort === port && f.IP?.destination === web.ip4;
+
+    // 1. VNI of a denied identity, inner source of the allowed one: dropped, with the VNI's identity.
+    const s1 = syn(client.ip4);
+    await sendUdp(n1.netns, n2.ip, 8472, vxlanPayload(other.endpoint.identity, s1.frame));
+    await eventually(
+      'n2 reports the forged packet',
+      async () => (await flowsOf(n2.observerSocket, at(s1.sport))).length > 0,
+      10_000,
+      200,
+    );
+    const [f1] = await flowsOf(n2.observerSocket, at(s1.sport));
+    t.equal(f1.verdict, 'DROPPED', `inner source ${client.ip4} (client) under VNI ${other.endpoint.identity} (other): dropped`);
+    t.equal(f1.source?.identity, other.endpoint.identity, "the flow names the VNI's identity, not the inner address's");
+
+    // 2. VNI of the allowed identity, inner source of the denied one: admitted as the VNI's identity.
+    const cap = await sniff(web.ns, 15);
+    const s2 = syn(other.ip4);
+    await sendUdp(n1.netns, n2.ip, 8472, vxlanPayload(client.endpoint.identity, s2.frame));
+    await eventually(
+      'n2 reports the second packet',
+      async () => (await flowsOf(n2.observerSocket, at(s2.sport))).length > 0,
+      10_000,
+      200,
+    );
+    const [f2] = await flowsOf(n2.observerSocket, at(s2.sport));
+    t.not(f2.verdict, 'DROPPED', `inner source ${other.ip4} (other) under VNI ${client.endpoint.identity} (client): admitted`);
+    t.equal(f2.source?.identity, client.endpoint.identity, 'as client, the identity the VNI carries');
+    const synSeen = () =>
+      cap.frames().some((x) => {
+        const i = frameInfo(x.frame);
+        return x.dir === 'in' && i?.src === other.ip4 && i.sport === s2.sport && (i.flags & TCP_FLAGS.SYN) !== 0;
+      });
+    await eventually('the SYN reached web', synSeen, 10_000, 100).catch(() => undefined);
+    await cap.stop();
+    t.ok(synSeen(), "and web's eth0 received the SYN");
+
+    // 3. A VNI claiming "host" is another node's host: remote-node, which this policy does not allow.
+    const s3 = syn(client.ip4);
+    await sendUdp(n1.netns, n2.ip, 8472, vxlanPayload(1, s3.frame));
+    await eventually(
+      'n2 reports the host claim',
+      async () => (await flowsOf(n2.observerSocket, at(s3.sport))).length > 0,
+      10_000,
+      200,
+    );
+    const [f3] = await flowsOf(n2.observerSocket, at(s3.sport));
+    t.equal(f3.verdict, 'DROPPED', 'VNI 1 (host) from another node: dropped');
+    t.equal(f3.source?.identity, 6, "as remote-node: a tunnel never speaks for this node's host");
+    t.equal(await probe(n2.netns, web.ip4, 8083, 3000), 'ok', "while n2's own host still reaches web");
+
+    // 4. The same datagram from an address that is no node (the control-plane netns): dropped unseen.
+    const before = await metricsDrops(n2, 'UNKNOWN_SENDER');
+    const s4 = syn(client.ip4);
+    for (let i = 0; i < 3; i++) await sendUdp(c.control, n2.ip, 8472, vxlanPayload(client.endpoint.identity, s4.frame));
+    await eventually(
+      'UNKNOWN_SENDER counted on n2',
+      async () => (await metricsDrops(n2, 'UNKNOWN_SENDER')) >= before + 3,
+      10_000,
+      200,
+    );
+    t.equal(
+      await metricsDrops(n2, 'UNKNOWN_SENDER'),
+      before + 3,
+      "a stranger's VXLAN is dropped as UNKNOWN_SENDER, whatever VNI it claims",
+    );
+    t.same(await flowsOf(n2.observerSocket, at(s4.sport)), [], 'and never reaches policy or a pod');
+
+    // 5. A pod crafting VXLAN itself: to another node's tunnel port (the datagram travels through the
+    //    tunnel as the pod's own traffic, then meets the device again) and to its own node's. The VXLAN
+    //    comes from a pod address, which lies in a pod CIDR's tunnel entry but is no node: dropped.
+    const [before1, before2] = [await metricsDrops(n1, 'UNKNOWN_SENDER'), await metricsDrops(n2, 'UNKNOWN_SENDER')];
+    const s5 = syn(client.ip4);
+    const s6 = syn(client.ip4);
+    for (let i = 0; i < 3; i++) {
+      await sendUdp(other.ns, n2.ip, 8472, vxlanPayload(client.endpoint.identity, s5.frame));
+      await sendUdp(other.ns, n1.ip, 8472, vxlanPayload(client.endpoint.identity, s6.frame));
+    }
+    await eventually(
+      'UNKNOWN_SENDER counted on n1 and n2',
+      async () =>
+        (await metricsDrops(n2, 'UNKNOWN_SENDER')) >= before2 + 3 && (await metricsDrops(n1, 'UNKNOWN_SENDER')) >= before1 + 3,
+      10_000,
+      200,
+    );
+    t.equal(await metricsDrops(n2, 'UNKNOWN_SENDER'), before2 + 3, "a pod's VXLAN to n2's tunnel port: UNKNOWN_SENDER on n2");
+    t.equal(
+      await metricsDrops(n1, 'UNKNOWN_SENDER'),
+      before1 + 3,
+      "a pod's VXLAN to its own node's tunnel port: UNKNOWN_SENDER on n1",
+    );
+    for (const n of [n1, n2])
+      t.same(
+        await flowsOf(n.observerSocket, (f) => [s5.sport, s6.sport].includes(f.l4?.TCP?.sourcePort ?? 0)),
+        [],
+        `the forged SYNs reach no policy on ${n.name}`,
+      );
+    await new PolicyClient(n1.client).delete(['web-vni']);
+  },
+);
