@@ -6,6 +6,7 @@ import t from 'tap';
 import { execFileSync, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes, randomInt } from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadDatapath, removePins, type Datapath, type EndpointDatapathConfig } from '../shared/src/bpf/datapath.ts';
@@ -255,7 +256,16 @@ t.test('agent restart: pinned maps and attachments survive, re-attach swaps prog
   old.close();
   dp = null;
   t.equal(udpEchoes(A, B.ip4, 5), 5, 'traffic flows with no agent running');
-  dp = loadDatapath({ objectPath: path.join(root, 'dist/bpf/endpoint.o'), pinDir });
+  // The same object again: its pinned programs are reused (no verifier run), attachments stay current.
+  const same = loadDatapath({ objectPath: path.join(root, 'dist/bpf/endpoint.o'), pinDir });
+  t.same(same.programIds, oldIds, 'same object: the pinned programs are reused');
+  t.ok(same.isCurrent(A.cfg!.hostIfindex), 'and the endpoints run them already');
+  same.close();
+  // Another object (an upgrade; here the same bytes plus one): loaded anew, swapped in by re-attach.
+  const upgraded = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'mbt-obj-')), 'endpoint.o');
+  fs.writeFileSync(upgraded, Buffer.concat([fs.readFileSync(path.join(root, 'dist/bpf/endpoint.o')), Buffer.alloc(1)]));
+  t.teardown(() => fs.rmSync(path.dirname(upgraded), { recursive: true, force: true }));
+  dp = loadDatapath({ objectPath: upgraded, pinDir });
   t.same(dp.listLocalEndpointIps(), [A.ip4, B.ip4, A.ip6, B.ip6].sort(), 'local endpoints kept');
   t.same(
     dp.listEndpointIfindexes(),
@@ -296,31 +306,38 @@ t.test('detach is best effort and reversible', async (t) => {
 });
 
 t.test('pins: one per map and program, removed by removePins', async (t) => {
-  t.same(fs.readdirSync(pinDir).sort(), [
-    'conntrack',
-    'ct_owned',
-    'ct_reclaimed',
-    'datapath_config',
-    'drop_counters',
-    'endpoint_counters',
-    'endpoints_cfg',
-    'event_bucket',
-    'events',
-    'events_lost',
-    'fragments',
-    'ipcache',
-    'local_endpoints',
-    'overlay_config',
-    'policy',
-    'prog_from_container',
-    'prog_from_host_device',
-    'prog_from_tunnel',
-    'prog_to_container',
-    'prog_to_tunnel',
-    'proxy_config',
-    'proxy_udp_dst',
-    'tunnel_map',
-  ]);
+  t.same(
+    fs
+      .readdirSync(pinDir)
+      .map((n) => n.replace(/^prog_stamp_[0-9a-f]+$/, 'prog_stamp_'))
+      .sort(),
+    [
+      'conntrack',
+      'ct_owned',
+      'ct_reclaimed',
+      'datapath_config',
+      'drop_counters',
+      'endpoint_counters',
+      'endpoints_cfg',
+      'event_bucket',
+      'events',
+      'events_lost',
+      'fragments',
+      'ipcache',
+      'local_endpoints',
+      'overlay_config',
+      'policy',
+      'prog_from_container',
+      'prog_from_host_device',
+      'prog_from_tunnel',
+      'prog_stamp_',
+      'prog_to_container',
+      'prog_to_tunnel',
+      'proxy_config',
+      'proxy_udp_dst',
+      'tunnel_map',
+    ],
+  );
   t.throws(
     () => loadDatapath({ objectPath: path.join(root, 'dist/bpf/endpoint.o'), pinDir: '/tmp/mbt-not-bpffs' }),
     /not on a bpffs mount/,

@@ -3,13 +3,14 @@
 // endpoint's map entries in endpoint-maps.ts). Maps are pinned by name and reused on the next load,
 // so forwarding state and tc attachments survive agent restarts and upgrades with the same map
 // layouts. See bpf/README.md for the attach-mode choice (classic tc over tcx).
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import * as bpf from './libbpf.ts';
 import type * as codec from '../maps/codec.ts';
 import * as conntrack from '../maps/conntrack.ts';
 import { assertOnBpffs, pinnedMapMismatch, possibleCpus, replacePin } from './pins.ts';
-import { MAP_NAMES, PROGRAM_PINS, type MapName } from './layout.ts';
+import { MAP_NAMES, PROGRAM_PINS, PROGRAM_STAMP_PREFIX, removeProgramStamps, type MapName } from './layout.ts';
 import type { LoadedMap } from './endpoint-maps.ts';
 import { LoadedDatapath } from './loaded.ts';
 
@@ -105,6 +106,16 @@ export function loadDatapath(options: LoadDatapathOptions): Datapath {
   }
 
   const obj = bpf.openObject(objectPath);
+  // The programs pinned by an earlier start of the same object on the same maps are the programs this
+  // load would produce: reusing them skips the verifier (most of an agent restart) and leaves every
+  // endpoint's attachment current. The stamp names the object they came from.
+  // The stamp names the object they came from (bpffs holds no regular files: it is a directory).
+  const stampPath = path.join(
+    pinDir,
+    `${PROGRAM_STAMP_PREFIX}${crypto.createHash('sha256').update(fs.readFileSync(objectPath)).digest('hex').slice(0, 32)}`,
+  );
+  let reusePrograms = fs.existsSync(stampPath) && Object.values(PROGRAM_PINS).every((p) => fs.existsSync(path.join(pinDir, p)));
+  const programFds: number[] = [];
   try {
     const declared = bpf.objectMaps(obj).filter((m) => !m.internal);
     const names = declared.map((m) => m.name).sort();
@@ -127,9 +138,13 @@ export function loadDatapath(options: LoadDatapathOptions): Datapath {
         throw new Error(`pinned map ${pinPath} cannot be reused by ${objectPath}: ${mismatch.join(', ')}`);
       }
       if (mismatch.length) fs.rmSync(pinPath, { force: true });
+      // A map created by this load is not the one the pinned programs use.
+      if (mismatch.length || !fs.existsSync(pinPath)) reusePrograms = false;
       // Before load: libbpf then reuses the pinned map if present, or creates and pins it.
       bpf.setMapPinPath(map, pinPath);
     }
+    if (reusePrograms) for (const name of Object.keys(PROGRAM_PINS)) bpf.setProgramAutoload(obj, name, false);
+    else removeProgramStamps(pinDir); // the pins are about to change: no start may trust them meanwhile
     bpf.loadObject(obj, objectPath);
     if (resized) migrateConntrack(resized.pinPath, bpf.mapFd(resized.map), resized.map.maxEntries);
 
@@ -143,15 +158,23 @@ export function loadDatapath(options: LoadDatapathOptions): Datapath {
         maxEntries: map.maxEntries,
       });
     }
-    const fromFd = bpf.programFd(obj, 'from_container');
-    const toFd = bpf.programFd(obj, 'to_container');
-    replacePin(fromFd, path.join(pinDir, PROGRAM_PINS.from_container));
-    replacePin(toFd, path.join(pinDir, PROGRAM_PINS.to_container));
-    replacePin(bpf.programFd(obj, 'from_host_device'), path.join(pinDir, PROGRAM_PINS.from_host_device));
-    replacePin(bpf.programFd(obj, 'from_tunnel'), path.join(pinDir, PROGRAM_PINS.from_tunnel));
-    replacePin(bpf.programFd(obj, 'to_tunnel'), path.join(pinDir, PROGRAM_PINS.to_tunnel));
-    return new LoadedDatapath(obj, pinDir, maps, { from: fromFd, to: toFd }, possibleCpus());
+    let fromFd: number;
+    let toFd: number;
+    if (reusePrograms) {
+      // Ours to close (the object's close does not know them).
+      fromFd = bpf.objGet(path.join(pinDir, PROGRAM_PINS.from_container));
+      programFds.push(fromFd);
+      toFd = bpf.objGet(path.join(pinDir, PROGRAM_PINS.to_container));
+      programFds.push(toFd);
+    } else {
+      fromFd = bpf.programFd(obj, 'from_container');
+      toFd = bpf.programFd(obj, 'to_container');
+      for (const [name, pin] of Object.entries(PROGRAM_PINS)) replacePin(bpf.programFd(obj, name), path.join(pinDir, pin));
+      fs.mkdirSync(stampPath);
+    }
+    return new LoadedDatapath(obj, pinDir, maps, { from: fromFd, to: toFd }, possibleCpus(), programFds);
   } catch (err) {
+    for (const fd of programFds) fs.closeSync(fd);
     bpf.closeObject(obj);
     throw err;
   }

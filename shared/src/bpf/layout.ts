@@ -1,5 +1,7 @@
 // What bpf/endpoint.o holds, by name: its maps (each pinned as `${pinDir}/${name}`), its programs'
 // pin names, and the tc filter identity our attachments use.
+import fs from 'node:fs';
+import path from 'node:path';
 import { removeKnownPins } from './pins.ts';
 
 /** Every map of bpf/endpoint.o, pinned as `${pinDir}/${name}`. Checked against the object on load. */
@@ -37,7 +39,18 @@ export const PROGRAM_PINS = {
 export const TC_HANDLE = 0x4d42; // "MB"
 export const TC_PRIORITY = 1;
 
+/** `${pinDir}/${PROGRAM_STAMP_PREFIX}<sha256 of the object>`: an empty directory saying which object the
+ *  pinned programs were loaded from, so a restart of the same object reuses them (datapath.ts). */
+export const PROGRAM_STAMP_PREFIX = 'prog_stamp_';
+
+export function removeProgramStamps(pinDir: string): void {
+  for (const name of fs.readdirSync(pinDir)) {
+    if (name.startsWith(PROGRAM_STAMP_PREFIX)) fs.rmdirSync(path.join(pinDir, name));
+  }
+}
+
 /** Unlink our pins and the directory (uninstall, tests); refuses to delete pins it does not know. */
 export function removePins(pinDir: string): void {
+  if (fs.existsSync(pinDir)) removeProgramStamps(pinDir);
   removeKnownPins(pinDir, [...MAP_NAMES, ...Object.values(PROGRAM_PINS)]);
 }

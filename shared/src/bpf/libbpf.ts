@@ -15,6 +15,7 @@ export {
   progId,
   setMapMaxEntries,
   setMapPinPath,
+  setProgramAutoload,
 } from './libbpf/objects.ts';
 export { BPF_TC_EGRESS, BPF_TC_F_REPLACE, BPF_TC_INGRESS, tcAttach, tcDetach, tcHookCreate, tcQuery } from './libbpf/tc.ts';
 export {

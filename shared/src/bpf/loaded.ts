@@ -1,5 +1,6 @@
 // The loaded datapath: one object's map and program fds, and the Datapath operations on them
 // (tc attachments, endpoint state, agent-wide switches, counters, conntrack upkeep, map pressure).
+import fs from 'node:fs';
 import * as bpf from './libbpf.ts';
 import * as codec from '../maps/codec.ts';
 import * as conntrack from '../maps/conntrack.ts';
@@ -23,6 +24,8 @@ export class LoadedDatapath implements Datapath {
     private readonly maps: Map<string, LoadedMap>,
     private readonly progFds: { from: number; to: number },
     private readonly cpus: number,
+    /** Program fds opened from pins (reused programs): the object's close does not close them. */
+    private readonly ownFds: number[] = [],
   ) {
     this.obj = obj;
     this.programIds = {
@@ -194,6 +197,7 @@ export class LoadedDatapath implements Datapath {
   close(): void {
     if (!this.obj) return;
     bpf.closeObject(this.obj); // closes map and program fds; pins and tc attachments keep them alive
+    for (const fd of this.ownFds.splice(0)) fs.closeSync(fd);
     this.obj = null;
   }
 }

@@ -92,7 +92,8 @@ export async function restoreEndpoint(d: RestoreDeps, ep: Endpoint): Promise<Res
     // The create recipe's order: config, policy, program, links, then redirects to it.
     d.datapath.upsertEndpoint(datapathConfig(ep), { publish: false });
     await d.beforeAttach(ep);
-    d.datapath.attach(link.index);
+    // Programs reused across the restart (bpf/datapath.ts) are attached already: no netlink round trip.
+    if (!wasCurrent) d.datapath.attach(link.index);
     if (inspectContainerSide(spec).length) {
       ensureContainerSide(spec);
       repaired = true;

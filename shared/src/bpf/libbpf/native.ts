@@ -84,6 +84,7 @@ export function bind(): Bindings {
     close: lib.func('void bpf_object__close(bpf_object *obj)'),
     find_program: lib.func('bpf_program *bpf_object__find_program_by_name(bpf_object *obj, const char *name)'),
     program_fd: lib.func('int bpf_program__fd(bpf_program *prog)'),
+    program_set_autoload: lib.func('int bpf_program__set_autoload(bpf_program *prog, bool autoload)'),
     find_map: lib.func('bpf_map *bpf_object__find_map_by_name(bpf_object *obj, const char *name)'),
     next_map: lib.func('bpf_map *bpf_object__next_map(bpf_object *obj, bpf_map *prev)'),
     map_name: lib.func('const char *bpf_map__name(bpf_map *map)'),

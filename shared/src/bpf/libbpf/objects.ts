@@ -24,6 +24,13 @@ export function programFd(obj: Pointer, name: string): number {
   return check(bind().program_fd(prog), 'bpf_program__fd', name);
 }
 
+/** false: bpf_object__load leaves the program alone (its pinned copy from an earlier load is used). */
+export function setProgramAutoload(obj: Pointer, name: string, autoload: boolean): void {
+  const prog = bind().find_program(obj, name);
+  if (!prog) throw new BpfError('bpf_object__find_program_by_name', name, 2);
+  check(bind().program_set_autoload(prog, autoload), 'bpf_program__set_autoload', name);
+}
+
 export interface MapDescription {
   ptr: Pointer;
   name: string;
