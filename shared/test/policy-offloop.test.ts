@@ -122,9 +122,9 @@ t.test('a set read in the worker is stored from the text the worker sent: a rest
     PolicyEngine.open({ store, ops: new MemoryPolicyOps(100_000, 100_000), hostAddresses: () => [], parseOffloadBytes: 0 });
   const store = new JournalStore(dir);
   const engine = await open(store);
-  await engine.importText(bigPolicy('big', 500));
-  await engine.importText(bigPolicy('other', 300, 80));
-  await engine.importText(bigPolicy('big', 500, 8443)); // one of two changed: the other's stored text is reused
+  await engine.importText(bigPolicy('big', 200));
+  await engine.importText(bigPolicy('other', 100, 80));
+  await engine.importText(bigPolicy('big', 200, 8443)); // one of two changed: the other's stored text is reused
   const before = engine.list();
   await engine.close();
   store.close();
@@ -135,7 +135,7 @@ t.test('a set read in the worker is stored from the text the worker sent: a rest
   t.same(restarted.list(), JSON.parse(JSON.stringify(before)), 'the same records, policies and sources after a restart');
   t.same(
     restarted.get('big')?.policy,
-    parsePolicies(bigPolicy('big', 500, 8443), {}).policies[0],
+    parsePolicies(bigPolicy('big', 200, 8443), {}).policies[0],
     'the changed policy as read inline',
   );
   t.equal(restarted.get('big')?.revision, 2);
