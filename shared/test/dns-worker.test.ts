@@ -5,7 +5,8 @@
 // the agent is told afterwards (its entries refreshed).
 import t from 'tap';
 import type { Answer, Query } from '../src/dns/message.ts';
-import type { DnsDecision, Peer } from '../src/dns/types.ts';
+import { readBatch, RecordBatcher } from '../src/dns/record-batch.ts';
+import { dnsRecord, type DnsDecision, type DnsRecord, type Peer } from '../src/dns/types.ts';
 import { DnsWorker } from '../src/dns/worker.ts';
 import type { FromWorker, ToWorker } from '../src/dns/workers.ts';
 
@@ -112,4 +113,27 @@ t.test('answers: past the time the agent keeps them, asked again; a failure is n
     x.learn(7, answer(['198.18.0.20']))?.catch(() => undefined),
     'and it is not taken as known',
   );
+});
+
+t.test('records cross to the agent flat and come back the same', async (t) => {
+  const decision = allow;
+  const a = answer(['198.18.0.10']);
+  // As MessageReader gives them: queries for the same bytes share their type list.
+  const types = ['A'];
+  const q = (name: string): Query => ({ id: 9, name, types, rd: true });
+  const records: DnsRecord[] = [
+    dnsRecord('query', 'udp', src, dst, q('api.test.'), decision, 'forwarded'),
+    dnsRecord('response', 'udp', src, dst, q('api.test.'), decision, 'forwarded', undefined, a, 1500, 40),
+    dnsRecord('query', 'udp', src, dst, q('evil.test.'), { ...decision, allowed: false }, 'refused', 'denied'),
+    dnsRecord('response', 'udp', src, dst, q('api.test.'), decision, 'error', 'upstream timeout'),
+  ];
+  const b = new RecordBatcher();
+  for (const r of records) b.add(r);
+  t.equal(b.size, 4);
+  const batch = structuredClone(b.take());
+  t.equal(b.size, 0, 'the batcher starts again empty');
+  t.equal(batch.shared.length, 4, 'shared objects once each: two verdicts, the answer, the type list');
+  const back: DnsRecord[] = [];
+  readBatch(batch, (r) => back.push(r));
+  t.same(back, records);
 });

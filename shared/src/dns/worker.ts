@@ -16,6 +16,7 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { SocketError, transparentUdpSocket } from '../l7/proxy/sockets.ts';
 import type { Answer, Query } from './message.ts';
 import { originalDestination } from './original-destination.ts';
+import { RecordBatcher } from './record-batch.ts';
 import { newStats, type DnsDecision, type DnsRecord, type Peer } from './types.ts';
 import { UdpRelay } from './udp.ts';
 import type { FromWorker, ToWorker, WorkerInit } from './workers.ts';
@@ -39,7 +40,7 @@ export class DnsWorker {
   private readonly known = new Map<string, number>();
   private readonly waiting = new Map<number, Waiting<DnsDecision> | Waiting<number>>();
   private nextId = 1;
-  private records: DnsRecord[] = [];
+  private readonly records = new RecordBatcher();
   /** Answers released at once since the last flush, one per key: the agent refreshes their entries. */
   private refresh = new Map<string, [number, Answer]>();
   private flushTimer?: NodeJS.Timeout;
@@ -142,8 +143,8 @@ export class DnsWorker {
   }
 
   private record(r: DnsRecord): void {
-    this.records.push(r);
-    if (this.records.length >= FLUSH_RECORDS) this.flush();
+    this.records.add(r);
+    if (this.records.size >= FLUSH_RECORDS) this.flush();
     else this.flushSoon();
   }
 
@@ -155,8 +156,7 @@ export class DnsWorker {
   private flush(): void {
     if (this.flushTimer) clearTimeout(this.flushTimer);
     this.flushTimer = undefined;
-    this.send({ t: 'batch', records: this.records, refresh: [...this.refresh.values()], stats: { ...this.stats } });
-    this.records = [];
+    this.send({ t: 'batch', records: this.records.take(), refresh: [...this.refresh.values()], stats: { ...this.stats } });
     this.refresh.clear();
   }
 

@@ -16,15 +16,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import type { Answer, Query } from './message.ts';
-import {
-  newStats,
-  type DnsDecision,
-  type DnsProxyDeps,
-  type DnsRecord,
-  type DnsStats,
-  type DnsWorkersOptions,
-  type Peer,
-} from './types.ts';
+import { readBatch, type RecordBatch } from './record-batch.ts';
+import { newStats, type DnsDecision, type DnsProxyDeps, type DnsStats, type DnsWorkersOptions, type Peer } from './types.ts';
 
 export interface WorkerInit {
   dnsProxyWorker: true;
@@ -42,7 +35,7 @@ export type FromWorker =
   | { t: 'log'; msg: string; detail: string }
   | { t: 'decide'; id: number; src: Peer; dst: Peer; query: Query }
   | { t: 'learn'; id: number; endpoint: number; answer: Answer }
-  | { t: 'batch'; records: DnsRecord[]; refresh: [number, Answer][]; stats: DnsStats };
+  | { t: 'batch'; records: RecordBatch; refresh: [number, Answer][]; stats: DnsStats };
 
 export type ToWorker =
   | { t: 'decided'; id: number; decision: DnsDecision }
@@ -167,7 +160,7 @@ export class DnsWorkers {
         return;
       }
       case 'batch':
-        for (const r of m.records) this.d.record(r);
+        readBatch(m.records, (r) => this.d.record(r));
         for (const [endpoint, answer] of m.refresh) {
           // Released already (its addresses were in the datapath): only the entries' lifetime moves.
           this.d
