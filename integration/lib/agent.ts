@@ -12,6 +12,7 @@ import { ownChild, ownDir, ownLink, type Release } from './cleanup.ts';
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const AGENT_MAIN = path.join(REPO, 'shared/src/agent/main.ts');
 const AGENT_BUNDLE = path.join(REPO, 'dist/bin/membrane-agent');
+const START_TIMEOUT_MS = 120_000;
 
 export interface StartAgentOptions {
   /** --pool values; default: one random 10.x.y.0/24 (plus an IPv6 /112 when ipv6 is true). */
@@ -126,7 +127,8 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
     ownChild(child);
     const c = child;
     const exited = new Promise<number | null>((resolve) => c.once('exit', (code) => resolve(code)));
-    const deadline = Date.now() + 30_000;
+    // A shared 2-vCPU machine under other suites starts an agent slowly (as cluster.ts allows).
+    const deadline = Date.now() + START_TIMEOUT_MS;
     for (;;) {
       const done = await Promise.race([exited.then((code) => ({ code })), sleep(50).then(() => null)]);
       if (done) throw new Error(`agent exited with ${done.code} during start:\n${tail(logFile)}`);
@@ -136,7 +138,8 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
       } catch {
         /* not up yet */
       }
-      if (Date.now() > deadline) throw new Error(`agent did not become healthy within 30 s:\n${tail(logFile)}`);
+      if (Date.now() > deadline)
+        throw new Error(`agent did not become healthy within ${START_TIMEOUT_MS / 1000} s:\n${tail(logFile)}`);
     }
   };
 
