@@ -1,0 +1,137 @@
+// The flows-observe*.test.ts setup: a real agent (from source) with three pods of our own (client,
+// server, other; unique names and labels per run) and two echo servers on the server pod, plus the
+// ways the tests read flows: GetFlows polled, the metrics page, and the `membrane` CLI.
+import { spawn, type ChildProcess } from 'node:child_process';
+import http from 'node:http';
+import path from 'node:path';
+import { ObserverClient } from '../../shared/src/flows/client.ts';
+import type { Flow, GetFlowsRequest } from '../../shared/src/flows/types.ts';
+import { parsePrometheusText, sampleValue } from '../../shared/src/metrics/parse.ts';
+import { PolicyClient } from '../../shared/src/policy/client.ts';
+import type { Endpoint } from '../../shared/src/types.ts';
+import { randomId, REPO, startAgent, type TestAgent } from './agent.ts';
+import { createNetns, type TestNetns } from './netns.ts';
+import { killAll, startEchoServer } from './tcp.ts';
+
+export type PodName = 'client' | 'server' | 'other';
+
+export interface FlowPods {
+  agent: TestAgent;
+  observer: ObserverClient;
+  policies: PolicyClient;
+  eps: Record<PodName, Endpoint>;
+  ns: Record<PodName, TestNetns>;
+  /** Echo servers on the server pod. */
+  portA: number;
+  portB: number;
+  /** The run's label value (`run`) on every pod. */
+  run: string;
+  /** Polls GetFlows until `pick` finds what it wants (flows arrive within a drain period). */
+  flowsUntil(req: GetFlowsRequest, pick: (flows: Flow[]) => boolean, ms?: number): Promise<Flow[]>;
+  /** The metrics page, parsed. */
+  scrape(): Promise<ReturnType<typeof parsePrometheusText>>;
+  /** Until a `membrane observe -f` has connected (the CLI starts slowly on a busy machine). */
+  waitForFollower(ms?: number): Promise<void>;
+  /** The `membrane` CLI against this agent's observer. */
+  cli(args: string[]): Promise<{ code: number | null; out: string; err: string }>;
+  cleanup(): Promise<void>;
+}
+
+export const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
+
+export async function startFlowPods(): Promise<FlowPods> {
+  const portA = 7000 + Math.floor(Math.random() * 500);
+  const portB = portA + 1;
+  const run = randomId(3);
+  const nss: TestNetns[] = [];
+  const servers: ChildProcess[] = [];
+  const eps = {} as Record<PodName, Endpoint>;
+  const ns = {} as Record<PodName, TestNetns>;
+  const agent = await startAgent();
+  const observer = new ObserverClient(agent.observerSocket);
+  const cleanup = async () => {
+    killAll(servers);
+    observer.close();
+    await agent.cleanup();
+    for (const n of nss) n.remove();
+  };
+  try {
+    for (const name of ['client', 'server', 'other'] as const) {
+      const n = createNetns('mbf');
+      nss.push(n);
+      ns[name] = n;
+      eps[name] = await agent.client.createEndpoint({
+        containerId: `flows-${name}-${run}`,
+        netns: n.path,
+        ifName: 'eth0',
+        labels: { app: name, run },
+      });
+    }
+    servers.push(await startEchoServer(ns.server, portA, '0.0.0.0'), await startEchoServer(ns.server, portB, '0.0.0.0'));
+  } catch (e) {
+    await cleanup();
+    throw e;
+  }
+
+  const scrape = async () => {
+    const st = (await agent.client.status()) as unknown as { metrics: { address: string } };
+    const text = await new Promise<string>((resolve, reject) => {
+      http
+        .get(`http://${st.metrics.address}/metrics`, (res) => {
+          let b = '';
+          res.on('data', (d) => {
+            b += d;
+          });
+          res.on('end', () => resolve(b));
+        })
+        .on('error', reject);
+    });
+    return parsePrometheusText(text);
+  };
+
+  return {
+    agent,
+    observer,
+    policies: new PolicyClient(agent.client),
+    eps,
+    ns,
+    portA,
+    portB,
+    run,
+    async flowsUntil(req, pick, ms = 10_000) {
+      const end = Date.now() + ms;
+      for (;;) {
+        const flows = (await observer.collect(req)).flatMap((r) => (r.flow ? [r.flow] : []));
+        if (pick(flows)) return flows;
+        if (Date.now() > end) throw new Error(`flows never matched; got ${JSON.stringify(flows.slice(-5), null, 1)}`);
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    },
+    scrape,
+    async waitForFollower(ms = 30_000) {
+      const end = Date.now() + ms;
+      while ((sampleValue(await scrape(), 'membrane_observer_followers') ?? 0) < 1) {
+        if (Date.now() > end) throw new Error('membrane observe -f never connected');
+        await new Promise((r) => setTimeout(r, 100));
+      }
+    },
+    cli(args) {
+      const env: NodeJS.ProcessEnv = { ...process.env, MEMBRANE_OBSERVER_SOCKET: agent.observerSocket };
+      delete env.NODE_EXTRA_CA_CERTS;
+      const child = spawn(process.execPath, ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), ...args], {
+        cwd: REPO,
+        env,
+      });
+      let out = '',
+        err = '';
+      child.stdout.on('data', (d) => {
+        out += d;
+      });
+      child.stderr.on('data', (d) => {
+        err += d;
+      });
+      return new Promise((resolve) => child.once('close', (code) => resolve({ code, out, err })));
+    },
+    cleanup,
+  };
+}
