@@ -2,14 +2,14 @@
 // labels (allowed, default deny), an egress deny, entities (remote-node, host), CIDR rules; a drop is
 // reported by the node that dropped, naming the sender's identity.
 import t from 'tap';
+import { clusterForFile } from './lib/cluster-file.ts';
 import crypto from 'node:crypto';
-import { startCluster, eventually, type TestCluster, type TestPod } from './lib/cluster.ts';
-import { knownOnOtherNodes, webFromClient } from './lib/cluster-maps.ts';
-import { startEchoServer, killAll } from './lib/tcp.ts';
+import { eventually } from './lib/cluster.ts';
+import { webFromClient } from './lib/cluster-maps.ts';
+import { startEchoServer } from './lib/tcp.ts';
 import { probe } from './lib/probe.ts';
 import { flowsOf, tcpDport } from './lib/vxlan.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
-import type { ChildProcess } from 'node:child_process';
 import type { Flow } from '../shared/src/flows/types.ts';
 
 if (process.getuid?.() !== 0) {
@@ -17,20 +17,11 @@ if (process.getuid?.() !== 0) {
   process.exit(0);
 }
 
-let c: TestCluster;
-const servers: ChildProcess[] = [];
-t.before(async () => {
-  c = await startCluster({ nodes: 3, clusterPoolIpv6: `fd00:${crypto.randomInt(1, 0xffff).toString(16)}::/104` });
-});
-t.teardown(async () => {
-  killAll(servers);
-  await c?.cleanup();
+const { c, servers, known, serve } = clusterForFile(t, {
+  nodes: 3,
+  clusterPoolIpv6: `fd00:${crypto.randomInt(1, 0xffff).toString(16)}::/104`,
 });
 
-const known = (pod: TestPod) => knownOnOtherNodes(c, pod);
-const serve = async (pod: { ns: TestPod['ns'] }, port: number) => {
-  servers.push(await startEchoServer(pod.ns, port, '::'));
-};
 const importPolicy = (text: string) => new PolicyClient(c.nodes[2].client).import(text);
 
 t.test(

@@ -3,36 +3,26 @@
 // claiming "host" is remote-node; an outer source that is no node of the cluster is dropped
 // (UNKNOWN_SENDER), a pod crafting VXLAN included.
 import t from 'tap';
+import { clusterForFile } from './lib/cluster-file.ts';
 import crypto from 'node:crypto';
-import { startCluster, eventually, type TestCluster, type TestPod } from './lib/cluster.ts';
-import { knownOnOtherNodes, webFromClient } from './lib/cluster-maps.ts';
-import { startEchoServer, killAll } from './lib/tcp.ts';
+import { eventually, type TestCluster } from './lib/cluster.ts';
+import { webFromClient } from './lib/cluster-maps.ts';
 import { probe } from './lib/probe.ts';
 import { sniff, frameInfo } from './lib/raw.ts';
 import { flowsOf, sendUdp, vxlanPayload } from './lib/vxlan.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { eth, ETH_P, ipv4, PROTO, tcp, TCP_FLAGS, withChecksum } from '../shared/src/bpf/packets.ts';
-import type { ChildProcess } from 'node:child_process';
 
 if (process.getuid?.() !== 0) {
   t.plan(0, 'needs root');
   process.exit(0);
 }
 
-let c: TestCluster;
-const servers: ChildProcess[] = [];
-t.before(async () => {
-  c = await startCluster({ nodes: 3, clusterPoolIpv6: `fd00:${crypto.randomInt(1, 0xffff).toString(16)}::/104` });
-});
-t.teardown(async () => {
-  killAll(servers);
-  await c?.cleanup();
+const { c, known, serve } = clusterForFile(t, {
+  nodes: 3,
+  clusterPoolIpv6: `fd00:${crypto.randomInt(1, 0xffff).toString(16)}::/104`,
 });
 
-const known = (pod: TestPod) => knownOnOtherNodes(c, pod);
-const serve = async (pod: { ns: TestPod['ns'] }, port: number) => {
-  servers.push(await startEchoServer(pod.ns, port, '::'));
-};
 const importPolicy = (text: string) => new PolicyClient(c.nodes[2].client).import(text);
 const metricsDrops = async (n: TestCluster['nodes'][number], reason: string) =>
   (await n.client.request<{ drops: { reason: string; packets: number }[] }>('GET', '/v1/bpf/metrics')).drops.find(

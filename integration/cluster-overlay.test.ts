@@ -12,15 +12,15 @@
 //     remote-node; an outer source that is no node of the cluster is dropped (UNKNOWN_SENDER), a pod
 //     crafting VXLAN included.
 import t from 'tap';
+import { clusterForFile } from './lib/cluster-file.ts';
 import crypto from 'node:crypto';
-import { startCluster, eventually, type TestCluster, type TestPod } from './lib/cluster.ts';
-import { knownOnOtherNodes } from './lib/cluster-maps.ts';
+import { eventually } from './lib/cluster.ts';
 import { ping } from './lib/netns.ts';
-import { startEchoServer, killAll } from './lib/tcp.ts';
+import { startEchoServer } from './lib/tcp.ts';
 import { probe } from './lib/probe.ts';
 import { sniff, frameInfo } from './lib/raw.ts';
 import { vxlanOf } from './lib/vxlan.ts';
-import { execFileSync, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { REPO } from './lib/agent.ts';
@@ -30,20 +30,10 @@ if (process.getuid?.() !== 0) {
   process.exit(0);
 }
 
-let c: TestCluster;
-const servers: ChildProcess[] = [];
-t.before(async () => {
-  c = await startCluster({ nodes: 3, clusterPoolIpv6: `fd00:${crypto.randomInt(1, 0xffff).toString(16)}::/104` });
+const { c, servers, known, serve } = clusterForFile(t, {
+  nodes: 3,
+  clusterPoolIpv6: `fd00:${crypto.randomInt(1, 0xffff).toString(16)}::/104`,
 });
-t.teardown(async () => {
-  killAll(servers);
-  await c?.cleanup();
-});
-
-const known = (pod: TestPod) => knownOnOtherNodes(c, pod);
-const serve = async (pod: { ns: TestPod['ns'] }, port: number) => {
-  servers.push(await startEchoServer(pod.ns, port, '::'));
-};
 
 t.test(
   'pods on two nodes talk through the overlay: ping and TCP over IPv4 and IPv6, MTU 1450, only VXLAN on the underlay, VNI = identity',
