@@ -196,6 +196,13 @@ int from_host_device(struct __sk_buff *skb)
 	return reason ? drop_unknown(skb, reason) : TC_ACT_OK;
 }
 
+/* The L7 proxy's netns socket lookup (proxy.h; shared/src/l7/datapath.ts attaches it). */
+SEC("sk_lookup")
+int proxy_steer(struct bpf_sk_lookup *ctx)
+{
+	return proxy_steer_lookup(ctx);
+}
+
 /* The tunnel device's programs (overlay mode) share the helpers above. */
 #include "tunnel.c"
 

@@ -13,11 +13,10 @@
 // issue's goals are met (Membrane L7 >= 0.8x nginx's req/s, p99 <= 1.25x nginx's) and what the
 // proxying costs in CPU per request (Membrane's workers plus its agent, the agent's part apart, nginx's
 // workers): on a loaded machine the ratios move with the load, the CPU cost much less.
-// The client pod runs with net.ipv4.tcp_tw_reuse=BENCH_CLIENT_TW_REUSE (default 1, the usual setting
-// of a load generator): the proxy lets the client close first, so each one-request connection leaves
-// a TIME_WAIT in the client, and without reuse wrk's port search starves within seconds (README:
-// bench:l7, where the time goes). Direct and nginx leave no TIME_WAIT in the client (the server
-// closes first), so for them it changes nothing.
+// The client pod runs with net.ipv4.tcp_tw_reuse=BENCH_CLIENT_TW_REUSE (default 0, the kernel's own
+// default, the same for every column): the proxy, like the server and nginx, closes a one-request
+// connection first, so no column leaves a TIME_WAIT in the client. 1 shows what a client that keeps
+// its TIME_WAITs would meet with a proxy that lets it close first (README: bench:l7).
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -33,7 +32,7 @@ const WARMUP = Number(process.env.BENCH_WARMUP ?? 5);
 const CONNS = (process.env.BENCH_CONNS ?? '1,10,50,100').split(',').map(Number);
 // All three by default; a subset (BENCH_VARIANTS=l7) is for looking at one of them, not for the table.
 const VARIANTS = (process.env.BENCH_VARIANTS ?? 'direct,l7,nginx').split(',');
-const CLIENT_TW_REUSE = process.env.BENCH_CLIENT_TW_REUSE ?? '1';
+const CLIENT_TW_REUSE = process.env.BENCH_CLIENT_TW_REUSE ?? '0';
 const NGINX_PORT = 18000 + Math.floor(Math.random() * 2000); // nginx on the node: random, so runs never clash
 delete process.env.NODE_EXTRA_CA_CERTS;
 

@@ -13,7 +13,7 @@ import { l7Flow } from '../l7/flows.ts';
 import { registerL7Metrics } from '../l7/metrics.ts';
 import type { AgentFlows } from './flows.ts';
 import { ensureProxyRouting, ensureTransparentSocketMark } from '../l7/routing.ts';
-import { attachProxyHairpin } from '../l7/datapath.ts';
+import { attachProxyHairpin, attachProxySteering } from '../l7/datapath.ts';
 import type { Datapath } from '../bpf/datapath.ts';
 import { VERSION } from '../version.ts';
 
@@ -60,11 +60,13 @@ export class AgentL7 {
     const hostDevice = d.host.linkByName(d.cfg.hostDevice);
     if (!hostDevice) throw new Error(`host device ${d.cfg.hostDevice} is missing`);
     attachProxyHairpin(d.datapath, hostDevice);
+    attachProxySteering(d.datapath);
     let self: AgentL7 | undefined;
     const manager = await ProxyManager.open({
       stateDir: d.cfg.stateDir,
       workers: d.cfg.l7ProxyWorkers,
       port: d.cfg.l7ProxyPort,
+      listenersMap: path.join(d.datapath.pinDir, 'proxy_listeners'),
       version: VERSION,
       command: proxyWorkerCommand(),
       log,

@@ -15,7 +15,7 @@ import type { LoadedMap } from './endpoint-maps.ts';
 import { LoadedDatapath } from './loaded.ts';
 
 export { assertOnBpffs, possibleCpus } from './pins.ts';
-export { MAP_NAMES, PROGRAM_PINS, removePins, TC_HANDLE, TC_PRIORITY, type MapName } from './layout.ts';
+export { LINK_PINS, MAP_NAMES, PROGRAM_PINS, removePins, TC_HANDLE, TC_PRIORITY, type MapName } from './layout.ts';
 
 export interface EndpointDatapathConfig {
   hostIfindex: number;

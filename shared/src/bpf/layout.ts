@@ -22,6 +22,8 @@ export const MAP_NAMES = [
   'datapath_config',
   'proxy_config',
   'proxy_udp_dst',
+  'proxy_tcp_divert',
+  'proxy_listeners',
   'tunnel_map',
   'overlay_config', // cluster mode's overlay (shared/src/overlay)
 ] as const;
@@ -33,7 +35,11 @@ export const PROGRAM_PINS = {
   from_host_device: 'prog_from_host_device', // the L7 proxy's hairpin (l7/datapath.ts attaches it)
   from_tunnel: 'prog_from_tunnel',
   to_tunnel: 'prog_to_tunnel', // the tunnel device's (overlay/device.ts attaches them)
+  proxy_steer: 'prog_proxy_steer', // the L7 proxy's sk_lookup (l7/datapath.ts attaches it)
 } as const;
+
+/** Links pinned so an attachment outlives the agent: the L7 proxy's sk_lookup on the agent's netns. */
+export const LINK_PINS = { proxy_steer: 'link_proxy_steer' } as const;
 
 /** Fixed tc filter identity, so attach is an idempotent replace and query/detach find our filter. */
 export const TC_HANDLE = 0x4d42; // "MB"
@@ -52,5 +58,5 @@ export function removeProgramStamps(pinDir: string): void {
 /** Unlink our pins and the directory (uninstall, tests); refuses to delete pins it does not know. */
 export function removePins(pinDir: string): void {
   if (fs.existsSync(pinDir)) removeProgramStamps(pinDir);
-  removeKnownPins(pinDir, [...MAP_NAMES, ...Object.values(PROGRAM_PINS)]);
+  removeKnownPins(pinDir, [...MAP_NAMES, ...Object.values(PROGRAM_PINS), ...Object.values(LINK_PINS)]);
 }

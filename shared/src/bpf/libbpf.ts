@@ -32,3 +32,4 @@ export {
   mapUpdateBatch,
 } from './libbpf/maps.ts';
 export { progTestRun, type TestRunResult } from './libbpf/test-run.ts';
+export { BPF_SK_LOOKUP, linkCreate, linkUpdate } from './libbpf/links.ts';

@@ -28,6 +28,8 @@ export interface WorkerCommand {
 export interface ProxyManagerOptions {
   stateDir: string;
   workers: number;
+  /** The datapath's pinned proxy_listeners map, where workers register their listeners. */
+  listenersMap?: string;
   /** Fixed port (--l7-proxy-port); 0 = pick one and keep it. */
   port: number;
   version: string;
@@ -221,6 +223,7 @@ export class ProxyManager {
         String(w.index),
         '--watch',
         this.dir,
+        ...(this.o.listenersMap ? ['--listeners', this.o.listenersMap] : []),
       ],
       { detached: true, stdio: ['ignore', log, log], env },
     );

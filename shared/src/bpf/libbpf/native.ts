@@ -99,6 +99,9 @@ export function bind(): Bindings {
     map_set_max_entries: lib.func('int bpf_map__set_max_entries(bpf_map *map, uint32_t max_entries)'),
     obj_pin: lib.func('int bpf_obj_pin(int fd, const char *path)'),
     obj_get: lib.func('int bpf_obj_get(const char *path)'),
+    // opts may be NULL (OPTS_VALID accepts NULL)
+    link_create: lib.func('int bpf_link_create(int prog_fd, int target_fd, int attach_type, void *opts)'),
+    link_update: lib.func('int bpf_link_update(int link_fd, int new_prog_fd, void *opts)'),
     obj_get_info_by_fd: lib.func('int bpf_obj_get_info_by_fd(int fd, void *info, _Inout_ uint32_t *len)'),
     tc_hook_create: lib.func('int bpf_tc_hook_create(bpf_tc_hook *hook)'),
     tc_attach: lib.func('int bpf_tc_attach(const bpf_tc_hook *hook, _Inout_ bpf_tc_opts *opts)'),

@@ -43,6 +43,8 @@ export interface ConnectionOptions {
   decide: Decide;
   sink: ExchangeSink;
   onClose?: () => void;
+  /** The listener gets its SYNs past the kernel's TIME_WAIT check (pair.ts): let the client close first. */
+  clientClosesFirst?: boolean;
 }
 
 export class HttpProxyConnection {
@@ -386,7 +388,7 @@ export class HttpProxyConnection {
   private finishAfterFlush(letClientClose = false): void {
     if (this.io.closed) return;
     this.rq = Rq.CLOSED;
-    this.io.finish(letClientClose);
+    this.io.finish(letClientClose && this.o.clientClosesFirst === true);
   }
 
   /** The client is gone and nothing is owed to it: close both sides. */

@@ -6,12 +6,12 @@
 import type net from 'node:net';
 
 /**
- * After the last response of a connection (Connection: close), framed so the client knows it is
- * complete, the proxy lets the client close first for this long. The side that closes first keeps
- * the connection's TIME_WAIT, and on the proxy's side that entry is in the node's stack, where the
- * datapath hands a new SYN with the same addresses and ports straight to the listener, past the
- * TIME_WAIT check: the kernel drops it until TIME_WAIT ends (60 s). A client that reuses its port at
- * once (wrk, busy clients) would stall. Clients close as soon as they have read such a response.
+ * When asked (finish(true)): after the last response of a connection (Connection: close), framed so
+ * the client knows it is complete, the proxy lets the client close first for this long. Only for a
+ * listener the datapath hands SYNs with bpf_sk_assign at tc (ConnectionOptions.clientClosesFirst):
+ * that skips the kernel's TIME_WAIT check, so a TIME_WAIT on the proxy's side would make the kernel
+ * drop a new SYN from the same client port for 60 s. Through the socket lookup program (the normal
+ * case) the proxy closes first, as nginx does, and the TIME_WAIT stays on the node.
  */
 const CLIENT_CLOSES_FIRST_MS = 1000;
 

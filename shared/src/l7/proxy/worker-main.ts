@@ -1,5 +1,5 @@
 // membrane-proxy: one L7 proxy worker, started by the agent (see l7/manager.ts), never by hand.
-//   membrane-proxy --control SOCKET --port PORT --index N --watch DIR
+//   membrane-proxy --control SOCKET --port PORT --index N --watch DIR [--listeners MAP_PIN]
 import { createLogger } from '../../log.ts';
 import { VERSION } from '../../version.ts';
 import { enableLinearRegexps } from '../http/regex.ts';
@@ -15,6 +15,11 @@ function arg(name: string): string {
   return v;
 }
 
+function optionalArg(name: string): string | undefined {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1] : undefined;
+}
+
 const index = Number(arg('index'));
 const log = createLogger({ name: `membrane-proxy-${index}`, level: process.env.MEMBRANE_LOG_LEVEL ?? 'info' });
 process.title = `membrane-proxy ${index}`;
@@ -25,6 +30,7 @@ new ProxyWorker({
   index,
   version: VERSION,
   watchPath: arg('watch'),
+  listenersMap: optionalArg('listeners'),
   log: (msg, extra) => log.info(extra ?? {}, msg),
 }).start();
 process.on('SIGTERM', () => process.exit(0));

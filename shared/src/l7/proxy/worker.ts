@@ -13,6 +13,7 @@ import type { Exchange } from '../http/exchange.ts';
 import { encodeFrame, FrameReader, frameHeader, type AgentMessage, type WorkerMessage } from './frames.ts';
 import { RecordWriter, type RecordContext } from './records.ts';
 import { SocketError, transparentListener } from './sockets.ts';
+import { registerListener } from './steering.ts';
 import { ProxyView, type ConnectionPolicy } from './view.ts';
 
 export interface WorkerOptions {
@@ -20,6 +21,8 @@ export interface WorkerOptions {
   port: number;
   index: number;
   version: string;
+  /** The datapath's proxy_listeners map (steering.ts); without it the datapath assigns SYNs at tc. */
+  listenersMap?: string;
   /** The worker exits when this path disappears (the agent's state was removed). */
   watchPath: string;
   log: (msg: string, extra?: Record<string, unknown>) => void;
@@ -39,6 +42,8 @@ const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
 export class ProxyWorker {
   private view?: ProxyView;
   private readonly servers: net.Server[] = [];
+  /** Families whose listener is registered for the socket lookup (steering.ts): the proxy may close first. */
+  private readonly steered = new Set<string>();
   private control?: net.Socket;
   private readonly records = new RecordWriter();
   private lost = 0;
@@ -111,6 +116,14 @@ export class ProxyWorker {
         this.exit('cannot listen');
         return;
       }
+      if (this.o.listenersMap) {
+        try {
+          registerListener(this.o.listenersMap, family, this.o.index, this.o.port, fd);
+          this.steered.add(family === 4 ? 'IPv4' : 'IPv6');
+        } catch (e) {
+          this.o.log('cannot register the listener for the socket lookup (SYNs are assigned at tc instead)', { err: String(e) });
+        }
+      }
       const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (c) => this.accept(c));
       server.on('error', (err) => this.o.log('listener error', { err: String(err) }));
       server.listen({ fd });
@@ -144,6 +157,7 @@ export class ProxyWorker {
     this.stats.connections++;
     new HttpProxyConnection({
       client,
+      clientClosesFirst: !this.steered.has(client.remoteFamily ?? ''),
       connect: () => {
         const u = net.connect({ host: dstIp, port: dstPort, allowHalfOpen: true, noDelay: true });
         const timer = setTimeout(() => u.destroy(new Error('upstream connect timeout')), UPSTREAM_CONNECT_TIMEOUT_MS);
