@@ -4,6 +4,7 @@
 // upgrade waiting for the server's answer; the upstream is read only while the client's buffer
 // drains) and how they end (each side ended once, the client given the chance to close first).
 import type net from 'node:net';
+import { shutdownWriteNow } from '../proxy/sockets.ts';
 
 /**
  * When asked (finish(true)): after the last response of a connection (Connection: close), framed so
@@ -152,6 +153,7 @@ export class SocketPair {
       return;
     }
     this.stopLingering();
+    if (!this.clientEnded && !this.client.writableEnded) shutdownWriteNow(this.client as never);
     end(this.client);
   }
 

@@ -24,7 +24,7 @@ const IPV6_V6ONLY = 26;
 const IPV6_TRANSPARENT = 75;
 
 type Fn = (...args: unknown[]) => number;
-let libc: { socket: Fn; setsockopt: Fn; bind: Fn; listen: Fn; close: Fn } | undefined;
+let libc: { socket: Fn; setsockopt: Fn; bind: Fn; listen: Fn; close: Fn; shutdown: Fn } | undefined;
 
 function lib() {
   if (libc) return libc;
@@ -35,6 +35,7 @@ function lib() {
     bind: c.func('int bind(int fd, _In_ uint8_t *addr, uint32_t len)') as Fn,
     listen: c.func('int listen(int fd, int backlog)') as Fn,
     close: c.func('int close(int fd)') as Fn,
+    shutdown: c.func('int shutdown(int fd, int how)') as Fn,
   };
   return libc;
 }
@@ -149,6 +150,18 @@ export function transparentUdpSocket(ip: string, port: number, opts: { reusePort
     throw new SocketError('bind', e, target);
   }
   return fd;
+}
+
+/**
+ * Sends the FIN of a connected socket whose written bytes are all with the kernel, now: Node's end()
+ * sends it a turn of the event loop later, and a client that closes as soon as it has read the last
+ * response (wrk, curl) then often closes first and keeps the TIME_WAIT. Node's own end() still
+ * follows (a second shutdown is harmless). False when Node has no fd or bytes are still queued.
+ */
+export function shutdownWriteNow(s: { _handle?: { fd?: number } | null; writableLength: number }): boolean {
+  const fd = s._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0 || s.writableLength > 0) return false;
+  return lib().shutdown(fd, 1 /* SHUT_WR */) === 0;
 }
 
 export function closeFd(fd: number): void {
