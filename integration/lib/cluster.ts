@@ -7,7 +7,7 @@
 //
 // Reusable by part 2 (pod-to-pod across nodes: pods carry their node, nodes their underlay address
 // and pod CIDRs) and by the benchmarks.
-import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -17,9 +17,13 @@ import type { Endpoint } from '../../shared/src/types.ts';
 import { connectEtcd, type Kv } from '../../shared/src/kvstore/kv.ts';
 import { layout, type Layout } from '../../shared/src/kvstore/layout.ts';
 import { REPO, randomId, sleep } from './agent.ts';
-import { ownChild, ownDir } from './cleanup.ts';
+import { ownDir } from './cleanup.ts';
 import { startEtcd, type TestEtcd } from './etcd.ts';
 import { createNetns, type TestNetns } from './netns.ts';
+import { type Proc, supervisedProc, tail } from './proc.ts';
+
+// Their home was this module: importers keep working.
+export { eventually, type Proc, tail } from './proc.ts';
 
 const AGENT_MAIN = path.join(REPO, 'shared/src/agent/main.ts');
 const OPERATOR_MAIN = path.join(REPO, 'shared/src/operator/main.ts');
@@ -40,17 +44,6 @@ export interface ClusterOptions {
   clusterPoolIpv6?: string;
   /** MTU of every link on the underlay (default: the kernel's 1500). */
   underlayMtu?: number;
-}
-
-/** A supervised process of ours (agent, operator) started under nsenter. */
-export interface Proc {
-  pid(): number | undefined;
-  running(): boolean;
-  logFile: string;
-  start(): Promise<void>;
-  /** SIGTERM and wait. */
-  stop(): Promise<void>;
-  kill9(): Promise<void>;
 }
 
 export interface TestPod {
@@ -162,51 +155,7 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
   };
 
   const proc = (ns: TestNetns, args: string[], logFile: string, env: NodeJS.ProcessEnv = {}): Proc => {
-    let child: ChildProcess | undefined;
-    const e: NodeJS.ProcessEnv = { ...process.env, ...env };
-    delete e.NODE_EXTRA_CA_CERTS;
-    const signal = (sig: NodeJS.Signals) =>
-      new Promise<void>((resolve) => {
-        const c = child;
-        if (!c || c.exitCode !== null || c.signalCode !== null) {
-          resolve();
-          return;
-        }
-        c.once('exit', () => {
-          clearTimeout(hard);
-          resolve();
-        });
-        c.kill(sig);
-        // A process that does not stop within 10 s of SIGTERM is killed: cleanup never hangs.
-        const hard = setTimeout(
-          () => {
-            try {
-              c.kill('SIGKILL');
-            } catch {
-              /* gone */
-            }
-          },
-          sig === 'SIGKILL' ? 0 : 10_000,
-        );
-      });
-    const p: Proc = {
-      logFile,
-      pid: () => child?.pid,
-      running: () => !!child && child.exitCode === null && child.signalCode === null,
-      async start() {
-        const fd = fs.openSync(logFile, 'a');
-        // nsenter execs the command: the PID we hold is the agent's / operator's own.
-        child = spawn('nsenter', [`--net=${ns.path}`, process.execPath, '--import', 'tsx', ...args], {
-          cwd: REPO,
-          env: e,
-          stdio: ['ignore', fd, fd],
-        });
-        fs.closeSync(fd);
-        ownChild(child);
-      },
-      stop: () => signal('SIGTERM'),
-      kill9: () => signal('SIGKILL'),
-    };
+    const p = supervisedProc(ns, args, logFile, env);
     procs.push(p);
     return p;
   };
@@ -432,29 +381,5 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
   } catch (e) {
     await cleanup();
     throw e;
-  }
-}
-
-export function tail(file: string, lines = 40): string {
-  try {
-    return fs.readFileSync(file, 'utf8').split('\n').slice(-lines).join('\n');
-  } catch {
-    return '(no log)';
-  }
-}
-
-/** Polls until `fn` is true (or throws naming `what` after `ms`). */
-export async function eventually(what: string, fn: () => boolean | Promise<boolean>, ms = 15_000, every = 50): Promise<number> {
-  const t0 = Date.now();
-  for (;;) {
-    let ok = false;
-    try {
-      ok = await fn();
-    } catch {
-      ok = false;
-    }
-    if (ok) return Date.now() - t0;
-    if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(every);
   }
 }

@@ -1,0 +1,93 @@
+// A process of ours (agent, operator, relay, etcd's helpers) started in a netns of ours under
+// nsenter, stopped by its PID only, and registered with the exit registry (cleanup.ts) so that it
+// never outlives a killed test file; and the polling helpers the harness's tests use.
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import { REPO, sleep } from './agent.ts';
+import { ownChild } from './cleanup.ts';
+import type { TestNetns } from './netns.ts';
+
+/** A supervised process of ours (agent, operator) started under nsenter. */
+export interface Proc {
+  pid(): number | undefined;
+  running(): boolean;
+  logFile: string;
+  start(): Promise<void>;
+  /** SIGTERM and wait. */
+  stop(): Promise<void>;
+  kill9(): Promise<void>;
+}
+
+/** `node --import tsx ARGS` in `ns` (not started until start()). */
+export function supervisedProc(ns: TestNetns, args: string[], logFile: string, env: NodeJS.ProcessEnv = {}): Proc {
+  let child: ChildProcess | undefined;
+  const e: NodeJS.ProcessEnv = { ...process.env, ...env };
+  delete e.NODE_EXTRA_CA_CERTS;
+  const signal = (sig: NodeJS.Signals) =>
+    new Promise<void>((resolve) => {
+      const c = child;
+      if (!c || c.exitCode !== null || c.signalCode !== null) {
+        resolve();
+        return;
+      }
+      c.once('exit', () => {
+        clearTimeout(hard);
+        resolve();
+      });
+      c.kill(sig);
+      // A process that does not stop within 10 s of SIGTERM is killed: cleanup never hangs.
+      const hard = setTimeout(
+        () => {
+          try {
+            c.kill('SIGKILL');
+          } catch {
+            /* gone */
+          }
+        },
+        sig === 'SIGKILL' ? 0 : 10_000,
+      );
+    });
+  const p: Proc = {
+    logFile,
+    pid: () => child?.pid,
+    running: () => !!child && child.exitCode === null && child.signalCode === null,
+    async start() {
+      const fd = fs.openSync(logFile, 'a');
+      // nsenter execs the command: the PID we hold is the agent's / operator's own.
+      child = spawn('nsenter', [`--net=${ns.path}`, process.execPath, '--import', 'tsx', ...args], {
+        cwd: REPO,
+        env: e,
+        stdio: ['ignore', fd, fd],
+      });
+      fs.closeSync(fd);
+      ownChild(child);
+    },
+    stop: () => signal('SIGTERM'),
+    kill9: () => signal('SIGKILL'),
+  };
+  return p;
+}
+
+export function tail(file: string, lines = 40): string {
+  try {
+    return fs.readFileSync(file, 'utf8').split('\n').slice(-lines).join('\n');
+  } catch {
+    return '(no log)';
+  }
+}
+
+/** Polls until `fn` is true (or throws naming `what` after `ms`). */
+export async function eventually(what: string, fn: () => boolean | Promise<boolean>, ms = 15_000, every = 50): Promise<number> {
+  const t0 = Date.now();
+  for (;;) {
+    let ok = false;
+    try {
+      ok = await fn();
+    } catch {
+      ok = false;
+    }
+    if (ok) return Date.now() - t0;
+    if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+    await sleep(every);
+  }
+}
