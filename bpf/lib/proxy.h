@@ -73,6 +73,25 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } proxy_udp_dst SEC(".maps");
 
+/* The tuple that finds the proxy's socket on 127.0.0.1:port / [::1]:port for a packet from p's
+ * source; its size for bpf_sk_lookup_*. */
+static __always_inline __u32 proxy_local_tuple(struct bpf_sock_tuple *t, const struct pkt *p, __u16 port)
+{
+	__builtin_memset(t, 0, sizeof(*t));
+	if (p->family == MBR_FAMILY_IPV4) {
+		__builtin_memcpy(&t->ipv4.saddr, p->saddr, 4);
+		t->ipv4.daddr = bpf_htonl(0x7f000001);
+		t->ipv4.sport = p->sport;
+		t->ipv4.dport = bpf_htons(port);
+		return sizeof(t->ipv4);
+	}
+	__builtin_memcpy(t->ipv6.saddr, p->saddr, 16);
+	t->ipv6.daddr[3] = bpf_htonl(1);
+	t->ipv6.sport = p->sport;
+	t->ipv6.dport = bpf_htons(port);
+	return sizeof(t->ipv6);
+}
+
 /* A diverted UDP datagram: its destination recorded, then it goes to the proxy's socket. */
 static __always_inline __u16 proxy_assign_udp(struct __sk_buff *skb, const struct pkt *p, __u16 port)
 {
@@ -85,25 +104,12 @@ static __always_inline __u16 proxy_assign_udp(struct __sk_buff *skb, const struc
 
 	__builtin_memset(&k, 0, sizeof(k));
 	__builtin_memset(&v, 0, sizeof(v));
-	__builtin_memset(&t, 0, sizeof(t));
 	k.family = p->family;
 	k.sport = p->sport;
 	__builtin_memcpy(k.saddr, p->saddr, 16);
 	__builtin_memcpy(v.daddr, p->daddr, 16);
 	v.dport = p->dport;
-	if (p->family == MBR_FAMILY_IPV4) {
-		__builtin_memcpy(&t.ipv4.saddr, p->saddr, 4);
-		t.ipv4.daddr = bpf_htonl(0x7f000001);
-		t.ipv4.sport = p->sport;
-		t.ipv4.dport = bpf_htons(port);
-		size = sizeof(t.ipv4);
-	} else {
-		__builtin_memcpy(t.ipv6.saddr, p->saddr, 16);
-		t.ipv6.daddr[3] = bpf_htonl(1);
-		t.ipv6.sport = p->sport;
-		t.ipv6.dport = bpf_htons(port);
-		size = sizeof(t.ipv6);
-	}
+	size = proxy_local_tuple(&t, p, port);
 	sk = bpf_sk_lookup_udp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return DROP_PROXY_LOOKUP_FAILED;
@@ -206,20 +212,7 @@ static __always_inline __u16 proxy_assign(struct __sk_buff *skb, const struct pk
 	}
 	/* A listener that is not registered (the DNS proxy's TCP socket, a worker of an older version):
 	 * assigned here, with the TIME_WAIT caveat above. No listener at all fails closed. */
-	__builtin_memset(&t, 0, sizeof(t));
-	if (p->family == MBR_FAMILY_IPV4) {
-		__builtin_memcpy(&t.ipv4.saddr, p->saddr, 4);
-		t.ipv4.daddr = bpf_htonl(0x7f000001);
-		t.ipv4.sport = p->sport;
-		t.ipv4.dport = bpf_htons(port);
-		size = sizeof(t.ipv4);
-	} else {
-		__builtin_memcpy(t.ipv6.saddr, p->saddr, 16);
-		t.ipv6.daddr[3] = bpf_htonl(1);
-		t.ipv6.sport = p->sport;
-		t.ipv6.dport = bpf_htons(port);
-		size = sizeof(t.ipv6);
-	}
+	size = proxy_local_tuple(&t, p, port);
 	sk = bpf_sk_lookup_tcp(skb, &t, size, BPF_F_CURRENT_NETNS, 0);
 	if (!sk)
 		return DROP_PROXY_LOOKUP_FAILED;
@@ -284,16 +277,7 @@ static __always_inline int proxy_hairpin(struct __sk_buff *skb, const struct pkt
 	}
 	/* A SYN without a listener fails closed here, where the drop can name the endpoint. */
 	if (p->proto == IPPROTO_TCP && p->has_l4 && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN) {
-		__builtin_memset(&t, 0, sizeof(t));
-		if (p->family == MBR_FAMILY_IPV4) {
-			t.ipv4.daddr = bpf_htonl(0x7f000001);
-			t.ipv4.dport = bpf_htons(port);
-			sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv4), BPF_F_CURRENT_NETNS, 0);
-		} else {
-			t.ipv6.daddr[3] = bpf_htonl(1);
-			t.ipv6.dport = bpf_htons(port);
-			sk = bpf_sk_lookup_tcp(skb, &t, sizeof(t.ipv6), BPF_F_CURRENT_NETNS, 0);
-		}
+		sk = bpf_sk_lookup_tcp(skb, &t, proxy_local_tuple(&t, p, port), BPF_F_CURRENT_NETNS, 0);
 		if (!sk) {
 			*reason = DROP_PROXY_LOOKUP_FAILED;
 			return TC_ACT_SHOT;
