@@ -84,6 +84,21 @@ function cni(verb: 'ADD' | 'DEL', conf: object, cid: string, ns: string, app: st
   });
 }
 
+/** Where the last start went, by phase (the agent's "membrane agent ready" line, startMs). */
+function startPhases(logFile: string): string {
+  const ready = fs
+    .readFileSync(logFile, 'utf8')
+    .split('\n')
+    .filter((l) => l.includes('"startMs"'))
+    .at(-1);
+  const phases = ready ? (JSON.parse(ready) as { startMs?: Record<string, number> }).startMs : undefined;
+  return phases
+    ? Object.entries(phases)
+        .map(([k, v]) => `${k} ${v}`)
+        .join(', ')
+    : 'not logged';
+}
+
 const rssKiB = (pid: number) => Number(/VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'))?.[1] ?? 0);
 
 async function timed<T>(fn: () => Promise<T>): Promise<[number, T]> {
@@ -166,7 +181,7 @@ async function main(): Promise<void> {
     const [restoreMs] = await timed(() => agent.restart());
     await sleep(1000);
     const flowOk = beforeKill > 0 && flowProcs.echoed() > beforeKill && !flowProcs.failed();
-    Object.assign(out, { restoreMs, flowSurvivedRestore: flowOk });
+    Object.assign(out, { restoreMs, flowSurvivedRestore: flowOk, restorePhases: startPhases(agent.logFile) });
     if ((await agent.client.listEndpoints()).length !== PODS) throw new Error('the restarted agent lost endpoints');
     flowProcs.stop();
     killAll([server]);
@@ -218,6 +233,7 @@ async function main(): Promise<void> {
           '',
         ],
         ['restore after SIGKILL until the API answers (ms)', f(out.restoreMs, 0), '< 2000 ms'],
+        ['  where the restarted agent spent it (ms, its startMs log)', String(out.restorePhases), ''],
         ['TCP flow between two pods kept flowing through it', String(out.flowSurvivedRestore), 'true'],
         ['DEL, median (ms)', f(out.delMedianMs), ''],
         ['nothing left after DEL of all (endpoints, addresses, links, routes, maps, records)', String(out.nothingLeft), 'true'],
