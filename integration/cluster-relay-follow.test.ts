@@ -2,13 +2,10 @@
 // happen; a node that dies is reported (NODE_UNAVAILABLE, then NODE_CONNECTED when it is back), never
 // fatal; a node removed from the cluster is reported (NODE_GONE) and no longer asked.
 import t from 'tap';
-import type { ChildProcess } from 'node:child_process';
-import { eventually, type TestCluster, type TestPod } from './lib/cluster.ts';
-import { knownOnOtherNodes } from './lib/cluster-maps.ts';
-import { startEchoServer, killAll } from './lib/tcp.ts';
+import { eventually, type TestPod } from './lib/cluster.ts';
+import { startEchoServer } from './lib/tcp.ts';
 import { probe } from './lib/probe.ts';
-import { cli, type RelayCluster, startRelayCluster } from './lib/relay-cluster.ts';
-import { ObserverClient } from '../shared/src/flows/client.ts';
+import { cli, relayClusterForFile } from './lib/relay-cluster.ts';
 import type { GetFlowsResponse } from '../shared/src/flows/types.ts';
 import { timeNs } from '../shared/src/relay/merge.ts';
 
@@ -17,21 +14,7 @@ if (process.getuid?.() !== 0) {
   process.exit(0);
 }
 
-let rc: RelayCluster;
-let c: TestCluster;
-let relaySocket: string;
-const servers: ChildProcess[] = [];
-t.before(async () => {
-  rc = await startRelayCluster();
-  ({ c, relaySocket } = rc);
-});
-t.teardown(async () => {
-  killAll(servers);
-  await rc?.cleanup();
-});
-
-const known = (pod: TestPod) => knownOnOtherNodes(c, pod);
-const relayClient = () => new ObserverClient(relaySocket);
+const { c, relaySocket, servers, known, relayClient } = relayClusterForFile(t);
 
 t.test(
   'follow through the relay: flows of every node as they happen; a node that dies is reported, the others go on',

@@ -5,15 +5,14 @@
 // in time order, each drop once, by the node that dropped it. Following and nodes that die or leave:
 // cluster-relay-follow.test.ts.
 import t from 'tap';
-import { spawnSync, type ChildProcess } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import path from 'node:path';
-import { eventually, type TestCluster, type TestPod } from './lib/cluster.ts';
-import { knownOnOtherNodes, webFromClient } from './lib/cluster-maps.ts';
-import { startEchoServer, killAll } from './lib/tcp.ts';
+import { eventually } from './lib/cluster.ts';
+import { webFromClient } from './lib/cluster-maps.ts';
+import { startEchoServer } from './lib/tcp.ts';
 import { probe } from './lib/probe.ts';
 import { REPO } from './lib/agent.ts';
-import { cli, isSyn, RELAY_PORT, type RelayCluster, startRelayCluster } from './lib/relay-cluster.ts';
-import { ObserverClient } from '../shared/src/flows/client.ts';
+import { cli, isSyn, RELAY_PORT, relayClusterForFile } from './lib/relay-cluster.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import type { Flow, GetFlowsResponse } from '../shared/src/flows/types.ts';
 import { timeNs } from '../shared/src/relay/merge.ts';
@@ -23,22 +22,7 @@ if (process.getuid?.() !== 0) {
   process.exit(0);
 }
 
-let rc: RelayCluster;
-let c: TestCluster;
-let relaySocket: string;
-let certs: string;
-const servers: ChildProcess[] = [];
-t.before(async () => {
-  rc = await startRelayCluster();
-  ({ c, relaySocket, certs } = rc);
-});
-t.teardown(async () => {
-  killAll(servers);
-  await rc?.cleanup();
-});
-
-const known = (pod: TestPod) => knownOnOtherNodes(c, pod);
-const relayClient = () => new ObserverClient(relaySocket);
+const { c, relaySocket, certs, servers, known, relayClient } = relayClusterForFile(t);
 
 t.test('the relay finds every node in etcd and reaches each: two over mutual TLS, one over its unix socket', async (t) => {
   await eventually(

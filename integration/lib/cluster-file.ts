@@ -27,14 +27,7 @@ export function clusterForFile(t: Test, opts: ClusterOptions): FileCluster {
     killAll(servers);
     await cluster?.cleanup();
   });
-  // The tests are declared before t.before runs: they hold this stand-in, which answers for the
-  // started cluster.
-  const c = new Proxy({} as TestCluster, {
-    get(_, key) {
-      if (!cluster) throw new Error('the cluster is not started yet (clusterForFile starts it in t.before)');
-      return Reflect.get(cluster, key);
-    },
-  });
+  const c = standIn(() => cluster, 'the cluster');
   return {
     c,
     servers,
@@ -43,4 +36,16 @@ export function clusterForFile(t: Test, opts: ClusterOptions): FileCluster {
       servers.push(await startEchoServer(pod.ns, port, '::'));
     },
   };
+}
+
+/** What t.before starts, for tests declared before it runs: a stand-in that answers for the object
+ *  once it exists (reading it earlier throws, naming `what`). */
+export function standIn<T extends object>(get: () => T | undefined, what: string): T {
+  return new Proxy({} as T, {
+    get(_, key) {
+      const real = get();
+      if (!real) throw new Error(`${what} is not started yet (t.before starts it)`);
+      return Reflect.get(real, key);
+    },
+  });
 }

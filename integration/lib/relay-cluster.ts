@@ -3,7 +3,7 @@
 // cluster CA made by scripts/cluster-certs.sh, n3 over its unix socket only; membrane-relay runs in
 // the control-plane netns, finds the nodes in etcd and serves on a unix socket and on TCP with
 // mutual TLS from the same CA.
-import { execFileSync } from 'node:child_process';
+import { execFileSync, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -11,7 +11,11 @@ import { ObserverClient } from '../../shared/src/flows/client.ts';
 import type { Flow } from '../../shared/src/flows/types.ts';
 import { REPO, randomId } from './agent.ts';
 import { ownDir } from './cleanup.ts';
-import { eventually, RELAY_MAIN, startCluster, type Proc, type TestCluster } from './cluster.ts';
+import type { Test } from 'tap';
+import { eventually, RELAY_MAIN, startCluster, type Proc, type TestCluster, type TestPod } from './cluster.ts';
+import { standIn } from './cluster-file.ts';
+import { knownOnOtherNodes } from './cluster-maps.ts';
+import { killAll } from './tcp.ts';
 
 const CERTS = path.join(REPO, 'scripts/cluster-certs.sh');
 /** The relay's TCP port in the control-plane netns (a netns of the test's own: no clash). */
@@ -27,9 +31,14 @@ export interface RelayCluster {
   cleanup(): Promise<void>;
 }
 
-export async function startRelayCluster(): Promise<RelayCluster> {
+/** A directory of our own for the cluster's certificates (and the relay's socket). */
+function certsDir(): { certs: string; releaseCerts: () => void } {
   const certs = fs.mkdtempSync(path.join(os.tmpdir(), `mbr-certs-${randomId(2)}-`));
-  const releaseCerts = ownDir(certs);
+  return { certs, releaseCerts: ownDir(certs) };
+}
+
+export async function startRelayCluster(dir = certsDir()): Promise<RelayCluster> {
+  const { certs, releaseCerts } = dir;
   const c = await startCluster({
     nodes: 3,
     // A killed agent's node stays in the cluster (unavailable, not gone) while the tests look at it.
@@ -115,3 +124,43 @@ export const cli = (...args: string[]) =>
   });
 
 export const isSyn = (f: Flow) => !!f.l4?.TCP?.flags?.SYN && !f.l4.TCP.flags.ACK;
+
+export interface FileRelayCluster {
+  /** The cluster, once t.before has started it. */
+  c: TestCluster;
+  relaySocket: string;
+  certs: string;
+  /** Processes the file's tests start (echo servers): killed at teardown. */
+  servers: ChildProcess[];
+  /** Every other node's ipcache has the pod. */
+  known(pod: TestPod): boolean;
+  relayClient(): ObserverClient;
+}
+
+/** A test file's own relay cluster: started in t.before, removed in t.teardown with its servers. */
+export function relayClusterForFile(t: Test): FileRelayCluster {
+  const dir = certsDir();
+  const relaySocket = path.join(dir.certs, 'relay.sock');
+  let rc: RelayCluster | undefined;
+  const servers: ChildProcess[] = [];
+  t.before(async () => {
+    rc = await startRelayCluster(dir);
+  });
+  t.teardown(async () => {
+    killAll(servers);
+    if (rc) await rc.cleanup();
+    else {
+      fs.rmSync(dir.certs, { recursive: true, force: true });
+      dir.releaseCerts();
+    }
+  });
+  const c = standIn(() => rc?.c, 'the relay cluster');
+  return {
+    c,
+    relaySocket,
+    certs: dir.certs,
+    servers,
+    known: (pod) => knownOnOtherNodes(c, pod),
+    relayClient: () => new ObserverClient(relaySocket),
+  };
+}
