@@ -153,6 +153,9 @@ t.test('--restart always container across an agent restart', async (t) => {
   );
   t.ok(await e.pingEventually(cli, (await e.addressOf(svc, net)).ip, 10_000), 'reachable through its new endpoint');
   t.equal((await e.agent.client.listEndpoints()).length, 2, 'old endpoint deleted, new one created');
+  // Told by the Docker API, not let up by the label timeout (a read of the old endpoint's labels in
+  // flight across the restart once swallowed the new endpoint's: down 10 s, never named).
+  t.ok(await eventually(async () => (await byContainer(e)).has(svc)), 'its new endpoint labelled');
 });
 
 t.test('dockerd restart: restart-always containers come back, others release their endpoints', async (t) => {

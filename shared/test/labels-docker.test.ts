@@ -193,3 +193,41 @@ t.test('a restored endpoint with its container is read again at once', async (t)
   t.ok(await until(() => found.length === 1 && found[0].labels['container:app'] === 'db'));
   t.match(src.status(), { endpoints: 1, waiting: 0, connected: true });
 });
+
+t.test("a container's new endpoint claimed while its old one's labels are being read is told too", async (t) => {
+  // dockerd restarts a `--restart always` container right after an agent restart: the restored
+  // endpoint's read is still in flight when the new endpoint is claimed for the same container.
+  const { docker, src, found } = await setup(t);
+  let release: () => void = () => undefined;
+  const gate = new Promise<void>((r) => {
+    release = r;
+  });
+  const cid = hex();
+  const old = dockerEndpoint('n4', cid);
+  const sink: LabelSink = {
+    found: async (u) => {
+      found.push(u);
+      if (u.attachment === old.docker!.endpointId) await gate;
+    },
+    expired: async () => undefined,
+  };
+  docker.containers.set(cid, {
+    Id: cid,
+    Names: ['/svc'],
+    Labels: { app: 'svc' },
+    nets: { n: { NetworkID: 'n4', EndpointID: old.docker!.endpointId } },
+  });
+  src.watch(old, sink);
+  t.ok(await until(() => found.length === 1 && docker.streams() > 0), "the restored endpoint's read is under way");
+  src.forget(old);
+  const next = dockerEndpoint('n4');
+  src.watch(next, sink);
+  docker.containers.get(cid)!.nets.n.EndpointID = next.docker!.endpointId;
+  docker.emit({ Type: 'network', Action: 'connect', Actor: { ID: 'n4', Attributes: { container: cid } } });
+  await new Promise((r) => setTimeout(r, 200));
+  release();
+  t.ok(
+    await until(() => found.some((u) => u.attachment === next.docker!.endpointId && u.container?.id === cid), 3000),
+    'the new endpoint gets its labels (it would stay down until the label timeout)',
+  );
+});

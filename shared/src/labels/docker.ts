@@ -57,6 +57,8 @@ export class DockerLabels implements RuntimeSource {
   private wake: (() => void) | null = null;
   private syncTimer?: NodeJS.Timeout;
   private readonly inflight = new Map<string, Promise<void>>();
+  /** Containers asked for again while their read was in flight: read once more when it ends. */
+  private readonly readAgain = new Set<string>();
   private connected = false;
   private readonly counters = { events: 0, matched: 0, syncs: 0, errors: 0 };
 
@@ -122,7 +124,13 @@ export class DockerLabels implements RuntimeSource {
   /** Reads one container from the lock-free list and reports it for each endpoint it owns. */
   private resolve(containerId: string): Promise<void> {
     const running = this.inflight.get(containerId);
-    if (running) return running;
+    if (running) {
+      // That read may have picked its endpoints already: an endpoint claimed since (the container's
+      // new endpoint when dockerd restarts it while its old one's labels are being read) would never
+      // be told and would stay down until the label timeout.
+      this.readAgain.add(containerId);
+      return running;
+    }
     const job = (async () => {
       await this.start();
       const [c] = await this.api!.listContainers({ all: true, filters: { id: [containerId] } });
@@ -148,7 +156,10 @@ export class DockerLabels implements RuntimeSource {
         this.counters.errors++;
         this.o.log.debug({ err: (err as Error).message, container: containerId }, 'cannot read a container from the Docker API');
       })
-      .finally(() => this.inflight.delete(containerId));
+      .finally(() => {
+        this.inflight.delete(containerId);
+        if (this.readAgain.delete(containerId) && !this.stopped) void this.resolve(containerId);
+      });
     this.inflight.set(containerId, job);
     return job;
   }
