@@ -244,7 +244,7 @@ export const OPTIONS: OptionSpec[] = [
     flags: '--dns-proxy-workers <n>',
     env: 'MEMBRANE_DNS_PROXY_WORKERS',
     help: "worker threads relaying its UDP (0 = on the agent's thread)",
-    default: `${DEFAULTS.dnsProxyWorkers} (CPUs, at most 2)`,
+    default: `${DEFAULTS.dnsProxyWorkers}`,
   },
   {
     key: 'fqdnMinTtl',
