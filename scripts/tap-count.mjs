@@ -8,7 +8,8 @@ let passed = 0,
   fileFailures = 0;
 for await (const line of createInterface({ input: process.stdin })) {
   if (/^ {4}ok \d+/.test(line)) passed++;
-  else if (/^ {4}not ok \d+/.test(line)) {
+  // A subtest marked TODO (a known, documented bug) that fails is reported, not counted as failed.
+  else if (/^ {4}not ok \d+/.test(line) && !/ # TODO\b/.test(line)) {
     failed++;
     fileFailures++;
   } else if (/^# Subtest: /.test(line)) fileFailures = 0;
