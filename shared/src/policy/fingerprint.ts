@@ -22,9 +22,10 @@ export function fingerprintOf(value: Policy | Rule, given?: string): string {
   return f;
 }
 
-/** Every rule's fingerprint, by policy, spec and rule (what the worker sends along). */
+/** Every rule's fingerprint, by policy, spec and rule (what the worker sends along; a rule object the
+ *  worker's memo gave again keeps the one worked out before). */
 export function ruleFingerprints(policies: Policy[]): string[][][] {
-  return policies.map((p) => p.specs.map((s) => s.rules.map((r) => fingerprint(r))));
+  return policies.map((p) => p.specs.map((s) => s.rules.map((r) => fingerprintOf(r))));
 }
 
 /** Adopts fingerprints the worker worked out for these (cloned) policies. */

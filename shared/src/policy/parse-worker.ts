@@ -6,6 +6,7 @@ import os from 'node:os';
 import { parentPort } from 'node:worker_threads';
 import { fingerprintText, ruleFingerprints } from './fingerprint.ts';
 import { parsePolicies, type ParseOptions } from './parse.ts';
+import { RuleMemo } from './rule-memo.ts';
 import { withRuleRefs } from './rule-refs.ts';
 
 /** The worker's answer: the result without policies and sources as JSON, and those as JSON each. */
@@ -44,8 +45,11 @@ if (parentPort) {
   lowerPriority();
   /** Fingerprints of the rules in the last answer: the agent holds those. */
   let sent = new Set<string>();
+  /** Rules of the last parse: a one-rule change validates one rule (rule-memo.ts). */
+  const memo = new RuleMemo();
   port.on('message', (m: ParseRequest) => {
-    const { policies, sources, ...rest } = parsePolicies(m.text, m.opts);
+    const { policies, sources, ...rest } = parsePolicies(m.text, { ...m.opts, memo });
+    memo.turn();
     // Each policy and source as its own JSON text: the agent's JSON.parse is faster than a structured
     // clone of 10,000 rules (and gives objects V8 handles as fast as any it parsed itself), and the
     // agent keeps the text for the store (record-json.ts) instead of serialising the policy again.

@@ -4,8 +4,8 @@
 // errors to report, by re-reading the text with the YAML parser (JSON is YAML).
 import { LineCounter, parseAllDocuments, isMap, isPair, isScalar, type Document } from 'yaml';
 import type { z } from 'zod';
-import { ciliumPolicySchema, ciliumRuleSchema } from './schema-cnp.ts';
-import { NAMESPACE_NAME, withParseContext, type ParseContext } from './schema-common.ts';
+import { ciliumPolicyMemoSchema, ciliumPolicySchema, ciliumRuleSchema } from './schema-cnp.ts';
+import { NAMESPACE_NAME, parseContext, withParseContext, type ParseContext } from './schema-common.ts';
 import { networkPolicySchema } from './schema-k8s.ts';
 import { closestField, isField, placeOf, UNSUPPORTED } from './fields.ts';
 import { fastLoadAll, mayUseAliases } from './yaml-fast.ts';
@@ -67,7 +67,10 @@ export function parsePolicies(text: string, opts: ParseOptions = {}): ParseResul
   try {
     if (opts.namespace !== undefined && !NAMESPACE_NAME.test(opts.namespace))
       return fatal(`namespace "${opts.namespace}" is not a valid namespace name`);
-    return withParseContext(opts, () => parseUnsafe(text));
+    const r = withParseContext(opts, () => parseUnsafe(text));
+    // A refused document is read again without the memo: its issues are the plain schema's.
+    if (r.issues.length && opts.memo) return parsePolicies(text, { ...opts, memo: undefined });
+    return r;
   } catch (e) {
     // A bug in a schema must still come out as an issue, not crash the agent or the CLI.
     return {
@@ -213,7 +216,8 @@ function validateOne(raw: RawDoc): { policy: Policy } | { issues: RawIssue[] } {
   if (typeof v !== 'object' || v === null || Array.isArray(v))
     return at([], 'a policy document must be a mapping with apiVersion, kind, metadata and spec');
   let schema: z.ZodType<Policy>;
-  if (v.kind === 'CiliumNetworkPolicy' || v.kind === 'CiliumClusterwideNetworkPolicy') schema = ciliumPolicySchema;
+  if (v.kind === 'CiliumNetworkPolicy' || v.kind === 'CiliumClusterwideNetworkPolicy')
+    schema = parseContext().memo ? ciliumPolicyMemoSchema : ciliumPolicySchema;
   else if (v.kind === 'NetworkPolicy') schema = networkPolicySchema;
   else if (v.kind === undefined && v.apiVersion === undefined && RULE_FIELDS.some((f) => f in v))
     schema = ciliumRuleSchema; // cilium-dbg's rule arrays

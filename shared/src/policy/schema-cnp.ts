@@ -14,6 +14,7 @@
 import { z } from 'zod';
 import { ICMP_TYPE_NAMES } from './ports.ts';
 import { MAX_RULES_PER_LIST } from './rule-id.ts';
+import { ruleKey as memoKey } from './rule-memo.ts';
 import type { Selector } from './selector.ts';
 import {
   checkRange,
@@ -155,6 +156,37 @@ function ruleSchema(dir: Direction, deny = false) {
     .superRefine((r, ctx) => checkFqdnAlone(r, ctx));
 }
 
+/** A rule list, each element checked by ruleSchema. */
+function plainRuleList(_list: string, dir: Direction, deny = false) {
+  return z.array(ruleSchema(dir, deny)).max(MAX_RULES_PER_LIST, TOO_MANY);
+}
+
+/** The same for the parser's worker: an element whose text the parse's memo (rule-memo.ts) validated
+ *  before is not checked again. On a bad element its issues are added roughly as zod would; parse.ts
+ *  reads a refused document again without the memo, so users see exactly the plain schema's issues. */
+function memoRuleList(list: string, dir: Direction, deny = false) {
+  const one = ruleSchema(dir, deny);
+  return z
+    .array(z.unknown())
+    .max(MAX_RULES_PER_LIST, TOO_MANY)
+    .transform((items, ctx) => {
+      const { memo, namespace, cluster } = parseContext();
+      return items.map((item, i) => {
+        const key = memo ? memoKey(list, namespace, cluster, item) : '';
+        const known = memo?.validated(key);
+        if (known) return known;
+        const r = one.safeParse(item);
+        if (!r.success) {
+          for (const issue of r.error.issues)
+            ctx.addIssue({ ...issue, path: [i, ...issue.path] } as Parameters<typeof ctx.addIssue>[0]);
+          return {}; // a harmless rule for the document's transform, should it still run
+        }
+        memo?.remember(key, r.data);
+        return r.data;
+      });
+    });
+}
+
 /** The toPorts elements with HTTP or DNS rules. `http: []` (or no rules) is plain L4; `dns: []` too
  *  (Cilium: an empty DNS rule list is no DNS rule). */
 function l7Of(raw: RawRule, path: string): L7PortRule[] {
@@ -214,21 +246,27 @@ const ruleLabel = z
     return { key, value: eq >= 0 ? l.slice(eq + 1) : '' };
   });
 
-const specSchema = z
-  .object({
-    endpointSelector: selector.optional(),
-    ingress: z.array(ruleSchema('ingress')).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
-    ingressDeny: z.array(ruleSchema('ingress', true)).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
-    egress: z.array(ruleSchema('egress')).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
-    egressDeny: z.array(ruleSchema('egress', true)).max(MAX_RULES_PER_LIST, TOO_MANY).nullish(),
-    enableDefaultDeny: z.object({ ingress: z.boolean().optional(), egress: z.boolean().optional() }).strict().optional(),
-    labels: z.array(ruleLabel).optional(),
-    description: z.string().optional(),
-  })
-  .strict()
-  .superRefine((s, ctx) => {
-    if (!s.endpointSelector) fail(ctx, 'endpointSelector is required (use {} to select every endpoint)', ['endpointSelector']);
-  });
+function specSchemaOf(ruleList: typeof plainRuleList) {
+  return z
+    .object({
+      endpointSelector: selector.optional(),
+      ingress: ruleList('ingress', 'ingress').nullish(),
+      ingressDeny: ruleList('ingressDeny', 'ingress', true).nullish(),
+      egress: ruleList('egress', 'egress').nullish(),
+      egressDeny: ruleList('egressDeny', 'egress', true).nullish(),
+      enableDefaultDeny: z.object({ ingress: z.boolean().optional(), egress: z.boolean().optional() }).strict().optional(),
+      labels: z.array(ruleLabel).optional(),
+      description: z.string().optional(),
+    })
+    .strict()
+    .superRefine((s, ctx) => {
+      if (!s.endpointSelector) fail(ctx, 'endpointSelector is required (use {} to select every endpoint)', ['endpointSelector']);
+    });
+}
+
+const specSchema = specSchemaOf(plainRuleList);
+/** The worker's (parse.ts picks it when the parse has a memo). */
+const memoSpecSchema = specSchemaOf(memoRuleList as unknown as typeof plainRuleList);
 
 type RawSpec = z.infer<typeof specSchema>;
 const LISTS = [
@@ -245,12 +283,15 @@ function toSpecs(raw: { spec?: RawSpec; specs?: RawSpec[] }, ns: string | undefi
     ...(raw.specs ?? []).map((s, i) => [s, `specs[${i}]`] as [RawSpec, string]),
   ];
   const ordinal: Record<string, number> = {};
+  const { memo } = parseContext();
   return entries.map(([s, where]) => {
     const rules: Rule[] = [];
     for (const [field, dir, deny] of LISTS) {
       for (const [i, r] of (s[field] ?? []).entries()) {
         const index = (ordinal[field] = (ordinal[field] ?? -1) + 1);
-        rules.push(toRule(r as RawRule, dir, deny, index, `${where ? `${where}.` : ''}${field}[${i}]`, ns));
+        const path = `${where ? `${where}.` : ''}${field}[${i}]`;
+        const make = () => toRule(r as RawRule, dir, deny, index, path, ns);
+        rules.push(memo ? memo.rule(r as object, `${field}\u0000${index}\u0000${path}\u0000${ns ?? ''}`, make) : make());
       }
     }
     const has = (a?: unknown[] | null, b?: unknown[] | null) => (a?.length ?? 0) + (b?.length ?? 0) > 0;
@@ -266,34 +307,40 @@ function toSpecs(raw: { spec?: RawSpec; specs?: RawSpec[] }, ns: string | undefi
   });
 }
 
-export const ciliumPolicySchema = z
-  .object({
-    apiVersion: z.literal('cilium.io/v2', { error: 'apiVersion must be cilium.io/v2 for this kind' }),
-    kind: z.enum(['CiliumNetworkPolicy', 'CiliumClusterwideNetworkPolicy']),
-    metadata,
-    spec: specSchema.optional(),
-    specs: z.array(specSchema).optional(),
-    status: z.unknown().optional(),
-    // Outside spec, as in Cilium's own example l7/http/simple/l7.yaml; Cilium's reader ignores it.
-    description: z.string().optional(),
-  })
-  .strict()
-  .superRefine((d, ctx) => {
-    if (!d.spec && !d.specs?.length) fail(ctx, 'a policy needs "spec" or "specs"', ['spec']);
-    if (d.kind === 'CiliumClusterwideNetworkPolicy' && d.metadata.namespace)
-      fail(ctx, 'a clusterwide policy has no namespace', ['metadata', 'namespace']);
-  })
-  .transform((d): Policy => {
-    const ns = d.kind === 'CiliumNetworkPolicy' ? namespaceOf(d.metadata.namespace) : undefined;
-    const description = d.spec?.description ?? d.specs?.find((s) => s.description)?.description ?? d.description;
-    return {
-      name: policyName(ns, d.metadata.name),
-      kind: d.kind,
-      ...(ns ? { namespace: ns } : {}),
-      ...(description ? { description } : {}),
-      specs: toSpecs(d, ns),
-    };
-  });
+function policySchemaOf(spec: typeof specSchema) {
+  return z
+    .object({
+      apiVersion: z.literal('cilium.io/v2', { error: 'apiVersion must be cilium.io/v2 for this kind' }),
+      kind: z.enum(['CiliumNetworkPolicy', 'CiliumClusterwideNetworkPolicy']),
+      metadata,
+      spec: spec.optional(),
+      specs: z.array(spec).optional(),
+      status: z.unknown().optional(),
+      // Outside spec, as in Cilium's own example l7/http/simple/l7.yaml; Cilium's reader ignores it.
+      description: z.string().optional(),
+    })
+    .strict()
+    .superRefine((d, ctx) => {
+      if (!d.spec && !d.specs?.length) fail(ctx, 'a policy needs "spec" or "specs"', ['spec']);
+      if (d.kind === 'CiliumClusterwideNetworkPolicy' && d.metadata.namespace)
+        fail(ctx, 'a clusterwide policy has no namespace', ['metadata', 'namespace']);
+    })
+    .transform((d): Policy => {
+      const ns = d.kind === 'CiliumNetworkPolicy' ? namespaceOf(d.metadata.namespace) : undefined;
+      const description = d.spec?.description ?? d.specs?.find((s) => s.description)?.description ?? d.description;
+      return {
+        name: policyName(ns, d.metadata.name),
+        kind: d.kind,
+        ...(ns ? { namespace: ns } : {}),
+        ...(description ? { description } : {}),
+        specs: toSpecs(d, ns),
+      };
+    });
+}
+
+export const ciliumPolicySchema = policySchemaOf(specSchema);
+/** The same, with rules an earlier parse validated taken as they are (the parse's memo). */
+export const ciliumPolicyMemoSchema = policySchemaOf(memoSpecSchema);
 
 const NAME_KEYS = ['name', 'io.cilium.k8s.policy.name'];
 const NAMESPACE_LABEL = 'io.cilium.k8s.policy.namespace';

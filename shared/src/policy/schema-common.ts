@@ -6,6 +6,7 @@ import { NAMESPACE_KEY, NAMESPACE_LABELS_PREFIX } from '../identity/labels.ts';
 import { AddressError, cidrCovers, normalizeCidr, parseCidr } from '../net/index.ts';
 import { MAX_RANGE_PORTS } from './ports.ts';
 import { mentionsKey, withRequirement, type Selector, type SelectorRequirement } from './selector.ts';
+import type { RuleMemo } from './rule-memo.ts';
 
 type Ctx = z.RefinementCtx;
 
@@ -19,6 +20,8 @@ export interface ParseContext {
   namespace?: string;
   /** This node's cluster ("default" on a single node); undefined when not known (policy validate). */
   cluster?: string;
+  /** Rules an earlier parse validated (the parser's worker keeps one: rule-memo.ts). */
+  memo?: RuleMemo;
 }
 
 let current: ParseContext = {};

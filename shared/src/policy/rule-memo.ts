@@ -1,0 +1,49 @@
+// Rules the parser's worker read in its last parse are not validated again: a 10,000-rule policy with
+// one rule changed costs one rule's schema check and normalisation, plus a JSON.stringify of each
+// rule element to recognise it (issue 17: the API answers in proportion to the change). A rule is
+// known by its list (ingress, egressDeny, ...), the parse's namespace and cluster, and its text as
+// JSON.stringify writes it; the normalized Rule also by its place (index and path, which rule ids and
+// messages use). Only what the last parse used is kept, so memory follows the last document.
+// Without a memo (inline parses: the CLI, small imports) every rule is checked as before.
+import type { Rule } from './types.ts';
+
+export class RuleMemo {
+  private previous = new Map<string, object>();
+  private current = new Map<string, object>();
+  /** Normalized rules by the validated element they came from, then by place. */
+  private readonly rules = new WeakMap<object, Map<string, Rule>>();
+
+  /** The schema's output for this rule element, if an earlier parse validated the same text. */
+  validated(key: string): object | undefined {
+    let v = this.current.get(key);
+    if (v === undefined) {
+      v = this.previous.get(key);
+      if (v !== undefined) this.current.set(key, v);
+    }
+    return v;
+  }
+
+  remember(key: string, value: object): void {
+    this.current.set(key, value);
+  }
+
+  /** The rule `make` builds from `validated` at `place`, built once per element and place. */
+  rule(validated: object, place: string, make: () => Rule): Rule {
+    let byPlace = this.rules.get(validated);
+    if (!byPlace) this.rules.set(validated, (byPlace = new Map()));
+    let r = byPlace.get(place);
+    if (!r) byPlace.set(place, (r = make()));
+    return r;
+  }
+
+  /** After each parse: what it did not use is forgotten. */
+  turn(): void {
+    this.previous = this.current;
+    this.current = new Map();
+  }
+}
+
+/** The key of a rule element of list `list` (e.g. "ingressDeny") under the parse's context. */
+export function ruleKey(list: string, namespace: string | undefined, cluster: string | undefined, element: unknown): string {
+  return `${list}\u0000${namespace ?? ''}\u0000${cluster ?? ''}\u0000${JSON.stringify(element)}`;
+}
