@@ -3,10 +3,10 @@
 // connection to D keeps flowing throughout, B still opens new connections, A's new flows fail closed
 // once it owns its share (a quarter of the table), and the fill level shows in the metrics.
 import t from 'tap';
-import http from 'node:http';
 import { castOf, reasonName } from './lib/attack-pods.ts';
 import { killAll, startEchoServer, startFlow, tcpRequest } from './lib/tcp.ts';
 import { probe } from './lib/probe.ts';
+import { metricsText } from './lib/metrics.ts';
 
 if (process.getuid?.() !== 0) {
   t.plan(0, 'needs root');
@@ -17,18 +17,7 @@ const CT_MAX = 65536;
 const cast = castOf(['a', 'b', 'd'], { extraArgs: ['--ct-max', String(CT_MAX)] });
 
 async function metric(name: string, labels: string): Promise<number | undefined> {
-  const st = (await cast.agent.client.status()) as unknown as { metrics: { address: string } };
-  const text = await new Promise<string>((resolve, reject) => {
-    http
-      .get(`http://${st.metrics.address}/metrics`, (res) => {
-        let b = '';
-        res.on('data', (d) => {
-          b += d;
-        });
-        res.on('end', () => resolve(b));
-      })
-      .on('error', reject);
-  });
+  const text = await metricsText(cast.agent.client);
   const line = text.split('\n').find((l) => l.startsWith(`${name}{${labels}}`));
   return line === undefined ? undefined : Number(line.split(' ').pop());
 }

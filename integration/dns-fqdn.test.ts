@@ -12,6 +12,7 @@ import { probe } from './lib/probe.ts';
 import { startFlow, type LiveFlow } from './lib/tcp.ts';
 import { resolveAndConnect } from './lib/dns.ts';
 import { dnsFqdnForFile, until } from './lib/dns-fqdn-file.ts';
+import { metricsText } from './lib/metrics.ts';
 import { ObserverClient } from '../shared/src/flows/client.ts';
 
 if (process.getuid?.() !== 0) {
@@ -148,7 +149,7 @@ t.test('a name the DNS rule does not allow: REFUSED, a DROPPED flow naming the p
   );
   const cliText = await cli(['observe', '--type', 'l7', '--last', '1000']);
   t.match(cliText.out, /DNS Query evil\.example\. A/, 'the text form names the query');
-  const metrics = await fetch(`http://${(await agent.client.status()).metrics.address}/metrics`).then((x) => x.text());
+  const metrics = await metricsText(agent.client);
   t.match(metrics, /membrane_dns_queries_total\{verdict="refused"\} [1-9]/, 'queries by verdict');
   t.match(metrics, /membrane_fqdn_cache_names [1-9]/, 'cache size');
 });

@@ -5,7 +5,8 @@
 import t from 'tap';
 import { startAgent, randomId } from './lib/agent.ts';
 import { createNetns, linkExists, type TestNetns } from './lib/netns.ts';
-import { parsePrometheusText, sampleValue } from '../shared/src/metrics/parse.ts';
+import { sampleValue } from '../shared/src/metrics/parse.ts';
+import { scrapeMetrics } from './lib/metrics.ts';
 import type { Endpoint } from '../shared/src/types.ts';
 
 if (process.getuid?.() !== 0) {
@@ -41,9 +42,7 @@ t.test('endpoints of a gone netns are removed, at upkeep and at start, and count
     });
   };
   const goneMetric = async () => {
-    const address = ((await agent.client.status()) as unknown as { metrics: { address: string } }).metrics.address;
-    const text = await (await fetch(`http://${address}/metrics`)).text();
-    return sampleValue(parsePrometheusText(text), 'membrane_endpoints_gone_total') ?? -1;
+    return sampleValue(await scrapeMetrics(agent.client), 'membrane_endpoints_gone_total') ?? -1;
   };
   const ipOf = (e: Endpoint) => e.ips[0].address.split('/')[0];
   const allocated = async () => (await agent.client.ipam()).flatMap((p) => p.allocations.map((a) => a.ip));

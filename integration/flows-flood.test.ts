@@ -6,12 +6,12 @@
 // answering meanwhile. Every wait is on a count (floods run until the counters show what they are for),
 // none on a duration. Traffic stays between our netns; everything is removed.
 import t from 'tap';
-import http from 'node:http';
 import os from 'node:os';
 import { randomId, startAgent, type TestAgent } from './lib/agent.ts';
 import { createNetns, type TestNetns } from './lib/netns.ts';
 import { ObserverClient } from '../shared/src/flows/client.ts';
-import { parsePrometheusText, sampleValue } from '../shared/src/metrics/parse.ts';
+import { sampleValue } from '../shared/src/metrics/parse.ts';
+import { scrapeMetrics } from './lib/metrics.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import type { Endpoint } from '../shared/src/types.ts';
 
@@ -96,23 +96,6 @@ t.teardown(async () => {
   for (const n of nss) n.remove();
 });
 
-async function metrics(
-  address: string,
-): Promise<Map<string, ReturnType<typeof parsePrometheusText> extends Map<string, infer F> ? F : never>> {
-  const text = await new Promise<string>((resolve, reject) => {
-    http
-      .get(`http://${address}/metrics`, (res) => {
-        let b = '';
-        res.on('data', (d) => {
-          b += d;
-        });
-        res.on('end', () => resolve(b));
-      })
-      .on('error', reject);
-  });
-  return parsePrometheusText(text);
-}
-
 t.test('a drop flood: every dropped packet is either a flow or a counted loss', async (t) => {
   agent = await startAgent({ env: { MEMBRANE_EVENTS_PER_SECOND: String(EVENTS_PER_SECOND) } });
   observer = new ObserverClient(agent.observerSocket);
@@ -138,8 +121,7 @@ spec:
   ingress:
   - toPorts: [{ports: [{port: "1", protocol: TCP}]}]
 `);
-  const address = ((await agent.client.status()) as unknown as { metrics: { address: string } }).metrics.address;
-  const before = await metrics(address);
+  const before = await scrapeMetrics(agent.client);
   const v = (page: typeof before, name: string, labels: Record<string, string>) => sampleValue(page, name, labels) ?? 0;
 
   // Flood until the rate limit has visibly cut events; meanwhile the agent keeps serving.
@@ -177,7 +159,7 @@ spec:
   });
   const after = await until(
     'every drop is a flow or a counted loss',
-    () => metrics(address),
+    () => scrapeMetrics(agent.client),
     (page) => {
       const c = sum(page);
       return c.drops > 0 && c.seen + c.lost >= c.drops;
@@ -209,7 +191,7 @@ spec:
   const it = stream.responses[Symbol.asyncIterator]();
   await until(
     'the follower is subscribed',
-    () => metrics(address),
+    () => scrapeMetrics(agent.client),
     (page) => (sampleValue(page, 'membrane_observer_followers') ?? 0) >= 1,
   );
   const lostBefore = (await observer.status()).membrane?.lostEventsDatapath ?? 0;

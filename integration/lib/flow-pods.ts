@@ -2,14 +2,14 @@
 // server, other; unique names and labels per run) and two echo servers on the server pod, plus the
 // ways the tests read flows: GetFlows polled, the metrics page, and the `membrane` CLI.
 import { spawn, type ChildProcess } from 'node:child_process';
-import http from 'node:http';
 import path from 'node:path';
 import { ObserverClient } from '../../shared/src/flows/client.ts';
 import type { Flow, GetFlowsRequest } from '../../shared/src/flows/types.ts';
-import { parsePrometheusText, sampleValue } from '../../shared/src/metrics/parse.ts';
+import { type MetricFamily, sampleValue } from '../../shared/src/metrics/parse.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
 import type { Endpoint } from '../../shared/src/types.ts';
 import { randomId, REPO, startAgent, type TestAgent } from './agent.ts';
+import { scrapeMetrics } from './metrics.ts';
 import { createNetns, type TestNetns } from './netns.ts';
 import { killAll, startEchoServer } from './tcp.ts';
 
@@ -29,7 +29,7 @@ export interface FlowPods {
   /** Polls GetFlows until `pick` finds what it wants (flows arrive within a drain period). */
   flowsUntil(req: GetFlowsRequest, pick: (flows: Flow[]) => boolean, ms?: number): Promise<Flow[]>;
   /** The metrics page, parsed. */
-  scrape(): Promise<ReturnType<typeof parsePrometheusText>>;
+  scrape(): Promise<Map<string, MetricFamily>>;
   /** Until a `membrane observe -f` has connected (the CLI starts slowly on a busy machine). */
   waitForFollower(ms?: number): Promise<void>;
   /** The `membrane` CLI against this agent's observer. */
@@ -73,21 +73,7 @@ export async function startFlowPods(): Promise<FlowPods> {
     throw e;
   }
 
-  const scrape = async () => {
-    const st = (await agent.client.status()) as unknown as { metrics: { address: string } };
-    const text = await new Promise<string>((resolve, reject) => {
-      http
-        .get(`http://${st.metrics.address}/metrics`, (res) => {
-          let b = '';
-          res.on('data', (d) => {
-            b += d;
-          });
-          res.on('end', () => resolve(b));
-        })
-        .on('error', reject);
-    });
-    return parsePrometheusText(text);
-  };
+  const scrape = () => scrapeMetrics(agent.client);
 
   return {
     agent,
