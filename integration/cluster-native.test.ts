@@ -4,33 +4,22 @@
 // ipcache (the sender's address is known cluster-wide), policy and drops as in tunnel mode.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
-import { startCluster, eventually, type TestCluster, type TestPod } from './lib/cluster.ts';
-import { readIpcache, webFromClient } from './lib/cluster-maps.ts';
+import { eventually } from './lib/cluster.ts';
+import { clusterForFile } from './lib/cluster-file.ts';
+import { untilDropped, webFromClient } from './lib/cluster-maps.ts';
 import { ping } from './lib/netns.ts';
-import { startEchoServer, killAll } from './lib/tcp.ts';
+import { startEchoServer } from './lib/tcp.ts';
 import { probe } from './lib/probe.ts';
 import { sniff, frameInfo } from './lib/raw.ts';
 import { flowsOf } from './lib/vxlan.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
-import type { ChildProcess } from 'node:child_process';
 
 if (process.getuid?.() !== 0) {
   t.plan(0, 'needs root');
   process.exit(0);
 }
 
-let c: TestCluster;
-const servers: ChildProcess[] = [];
-t.before(async () => {
-  c = await startCluster({ nodes: 2, agentArgs: ['--routing-mode', 'native'] });
-});
-t.teardown(async () => {
-  killAll(servers);
-  await c?.cleanup();
-});
-
-const known = (pod: TestPod) =>
-  c.nodes.filter((n) => n !== pod.node).every((n) => readIpcache(n.bpffsDir).get(`${pod.ip4}/32`) === pod.endpoint.identity);
+const { c, servers, known } = clusterForFile(t, { nodes: 2, agentArgs: ['--routing-mode', 'native'] });
 
 t.test('native routing: routes via the node addresses, no tunnel device, pod addresses on the underlay', async (t) => {
   const [n1, n2] = c.nodes;
@@ -84,7 +73,7 @@ t.test(
     servers.push(await startEchoServer(web.ns, 8080, '::'));
     await eventually('pods known', () => known(web) && known(client) && known(other), 20_000);
     await new PolicyClient(n1.client).import(webFromClient('web-from-client', 8080));
-    await eventually('enforced on n2', async () => (await probe(other.ns, web.ip4, 8080)) === 'timeout', 20_000, 200);
+    await untilDropped('enforced on n2', other.ns, web.ip4, 8080);
     t.equal(await probe(client.ns, web.ip4, 8080, 3000), 'ok', 'client (n1) -> web (n2) allowed');
     t.equal(await probe(other.ns, web.ip4, 8080), 'timeout', 'other (n1) -> web (n2) dropped');
     await eventually(
@@ -106,7 +95,7 @@ spec:
   ingress:
   - fromEntities: [remote-node]
 `);
-    await eventually('enforced', async () => (await probe(web.ns, rn.ip4, 8081)) === 'timeout', 20_000, 200);
+    await untilDropped('enforced', web.ns, rn.ip4, 8081);
     t.equal(await probe(n2.netns, rn.ip4, 8081, 3000), 'ok', 'node n2 -> pod on n1: remote-node');
     t.equal(await probe(web.ns, rn.ip4, 8081), 'timeout', 'a pod on n2 is not');
   },

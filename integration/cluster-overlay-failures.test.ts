@@ -8,34 +8,28 @@
 // IANA's VXLAN port) over a jumbo-frame underlay (MTU 9000: pods get 8950).
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
-import { startCluster, eventually, type TestCluster, type TestNode, type TestPod } from './lib/cluster.ts';
+import { eventually, type TestNode, type TestPod } from './lib/cluster.ts';
+import { clusterForFile } from './lib/cluster-file.ts';
 import { readIpcache } from './lib/cluster-maps.ts';
 import { ping } from './lib/netns.ts';
-import { startEchoServer, startFlow, killAll } from './lib/tcp.ts';
+import { startEchoServer, startFlow } from './lib/tcp.ts';
 import { probe } from './lib/probe.ts';
 import { sniff, frameInfo } from './lib/raw.ts';
 import { decodeIpcacheKey } from '../shared/src/policy/map-codec.ts';
-import type { ChildProcess } from 'node:child_process';
 
 if (process.getuid?.() !== 0) {
   t.plan(0, 'needs root');
   process.exit(0);
 }
 
-let c: TestCluster;
-const servers: ChildProcess[] = [];
 // A lease long enough that a killed agent is restarted well within it (the node stays in the cluster),
 // even on a loaded machine (with 20 s, a restart at load 20 once left a gap on n1).
-t.before(async () => {
-  c = await startCluster({ nodes: 3, leaseTtl: 30, agentArgs: ['--tunnel-port', '4789'], underlayMtu: 9000 });
+const { c, servers, known } = clusterForFile(t, {
+  nodes: 3,
+  leaseTtl: 30,
+  agentArgs: ['--tunnel-port', '4789'],
+  underlayMtu: 9000,
 });
-t.teardown(async () => {
-  killAll(servers);
-  await c?.cleanup();
-});
-
-const known = (pod: TestPod) =>
-  c.nodes.filter((n) => n !== pod.node).every((n) => readIpcache(n.bpffsDir).get(`${pod.ip4}/32`) === pod.endpoint.identity);
 
 /** Destinations of a node's routes to other nodes' pod CIDRs (protocol 196). */
 function clusterRoutes(n: TestNode): string[] {

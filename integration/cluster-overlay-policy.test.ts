@@ -5,7 +5,7 @@ import t from 'tap';
 import { clusterForFile } from './lib/cluster-file.ts';
 import crypto from 'node:crypto';
 import { eventually } from './lib/cluster.ts';
-import { webFromClient } from './lib/cluster-maps.ts';
+import { untilDropped, webFromClient } from './lib/cluster-maps.ts';
 import { startEchoServer } from './lib/tcp.ts';
 import { probe } from './lib/probe.ts';
 import { flowsOf, tcpDport } from './lib/vxlan.ts';
@@ -98,7 +98,7 @@ spec:
   ingress:
   - fromEndpoints: [{matchLabels: {app: nobody}}]
 `);
-    await eventually('client closed on n1', async () => (await probe(web.ns, client.ip4, 8085)) === 'timeout', 20_000, 200);
+    await untilDropped('client closed on n1', web.ns, client.ip4, 8085);
     t.equal(
       await probe(client.ns, web.ip4, 8080, 3000),
       'ok',
@@ -117,7 +117,7 @@ spec:
   - toEndpoints: [{matchLabels: {app: web}}]
     toPorts: [{ports: [{port: "8080", protocol: TCP}]}]
 `);
-    await eventually('client denied on n1', async () => (await probe(client.ns, web.ip4, 8080)) === 'timeout', 20_000, 200);
+    await untilDropped('client denied on n1', client.ns, web.ip4, 8080);
     const egressDrop = (f: Flow) =>
       f.verdict === 'DROPPED' &&
       f.IP?.source === client.ip4 &&
@@ -152,7 +152,7 @@ spec:
   - fromEntities: [remote-node]
     toPorts: [{ports: [{port: "8081", protocol: TCP}]}]
 `);
-  await eventually('enforced', async () => (await probe(peer.ns, web.ip4, 8081)) === 'timeout', 20_000, 200);
+  await untilDropped('enforced', peer.ns, web.ip4, 8081);
   t.equal(await probe(n2.netns, web.ip4, 8081, 3000), 'ok', 'node n2 -> pod on n1: allowed as remote-node');
   t.equal(
     await probe(n1.netns, web.ip4, 8081, 3000),
@@ -168,12 +168,7 @@ spec:
   ingress:
   - fromEndpoints: [{matchLabels: {app: nobody}}]
 `);
-  await eventually(
-    'remote-node no longer allowed',
-    async () => (await probe(n2.netns, web.ip4, 8081)) === 'timeout',
-    20_000,
-    200,
-  );
+  await untilDropped('remote-node no longer allowed', n2.netns, web.ip4, 8081);
   t.equal(await probe(n2.netns, web.ip4, 8081), 'timeout', 'without the rule node n2 is dropped (remote-node is no host)');
   t.equal(await probe(n1.netns, web.ip4, 8081, 3000), 'ok', 'node n1 still reaches its own pod');
   const [rn] = await flowsOf(
@@ -197,7 +192,7 @@ spec:
   egress:
   - toEntities: [remote-node]
 `);
-  await eventually('egress enforced', async () => (await probe(prober.ns, world.ip, 8092)) === 'timeout', 20_000, 200);
+  await untilDropped('egress enforced', prober.ns, world.ip, 8092);
   t.equal(await probe(prober.ns, n2.ip, 8092, 3000), 'ok', 'toEntities remote-node: the pod reaches node n2');
   t.equal(await probe(prober.ns, world.ip, 8092), 'timeout', 'and not the world');
   await new PolicyClient(n1.client).delete(['web-rn', 'to-nodes']);
@@ -224,7 +219,7 @@ spec:
   - fromCIDR: ["${w1.ip}/32", "${podCidr1}"]
     toPorts: [{ports: [{port: "8082", protocol: TCP}]}]
 `);
-  await eventually('enforced', async () => (await probe(w2.ns, web.ip4, 8082)) === 'timeout', 20_000, 200);
+  await untilDropped('enforced', w2.ns, web.ip4, 8082);
   t.equal(await probe(w1.ns, web.ip4, 8082, 3000), 'ok', `the world address ${w1.ip} is allowed by fromCIDR`);
   t.equal(await probe(w2.ns, web.ip4, 8082), 'timeout', `${w2.ip} is not`);
   t.equal(

@@ -1,6 +1,6 @@
 // What a node's pinned BPF maps hold, read with bpftool (not through the agent): the ipcache
 // (prefix -> identity) and the policy map (endpoint, peer identity, direction, port -> verdict); and
-// the policy the cluster tests and benchmark import.
+// the policy the cluster tests and benchmark import, and the wait for a policy to reach the datapath.
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import {
@@ -11,6 +11,9 @@ import {
   type PolicyKey,
 } from '../../shared/src/policy/map-codec.ts';
 import type { TestCluster, TestPod } from './cluster.ts';
+import { eventually } from './proc.ts';
+import type { TestNetns } from './netns.ts';
+import { probe } from './probe.ts';
 
 interface DumpEntry {
   key: string[];
@@ -63,4 +66,10 @@ spec:
       - port: "${port}"
         protocol: TCP
 `;
+}
+
+/** Until a TCP connection from `from` to ip:port times out: the policy just imported that denies it
+ *  has reached the datapath (20 s at most; returns the ms it took). */
+export function untilDropped(what: string, from: TestNetns, ip: string, port: number): Promise<number> {
+  return eventually(what, async () => (await probe(from, ip, port)) === 'timeout', 20_000, 200);
 }
