@@ -1,11 +1,12 @@
 // membrane-operator: the cluster-wide chores (pod CIDRs, garbage collection), one active instance
 // per cluster chosen by leader election over an etcd lease; run two or more for takeover.
 import os from 'node:os';
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command } from 'commander';
 import { createLogger } from '../log.ts';
 import { VERSION } from '../version.ts';
 import { connectEtcd } from '../kvstore/kv.ts';
 import { kvstoreOptions, KvstoreConfigError } from '../kvstore/config.ts';
+import { addKvstoreFlags, duration, runMain, stopOnSignal, wholeNumber } from '../kvstore/command.ts';
 import { layout } from '../kvstore/layout.ts';
 import { Election } from './leader.ts';
 import { OperatorTasks } from './operator.ts';
@@ -29,57 +30,41 @@ interface Opts {
   logLevel: string;
 }
 
-const seconds = (flag: string) => (v: string) => {
-  const m = /^(\d+(?:\.\d+)?)(ms|s|m)?$/.exec(v);
-  if (!m) throw new InvalidArgumentError(`${flag} "${v}" is not a duration (e.g. 500ms, 30s, 5m)`);
-  const n = Number(m[1]);
-  return m[2] === 'ms' ? n / 1000 : m[2] === 'm' ? n * 60 : n;
-};
-const int = (flag: string, min: number, max: number) => (v: string) => {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > max)
-    throw new InvalidArgumentError(`${flag} "${v}" must be a whole number from ${min} to ${max}`);
-  return n;
-};
-
-const program = new Command('membrane-operator')
-  .description('Membrane operator: pod CIDRs per node and garbage collection for a cluster (leader-elected)')
-  .version(VERSION)
-  .option('--cluster-name <name>', 'cluster name (env MEMBRANE_CLUSTER_NAME)', process.env.MEMBRANE_CLUSTER_NAME ?? 'default')
-  .addOption(new Option('--kvstore <type>', 'cluster store').choices(['etcd']).default('etcd'))
-  .option(
-    '--kvstore-endpoints <urls>',
-    'etcd client URLs, comma-separated (env MEMBRANE_KVSTORE_ENDPOINTS)',
-    process.env.MEMBRANE_KVSTORE_ENDPOINTS,
-  )
-  .option('--kvstore-ca <file>', 'CA bundle for https endpoints')
-  .option('--kvstore-cert <file>', 'client certificate')
-  .option('--kvstore-key <file>', 'client key')
+const program = addKvstoreFlags(
+  new Command('membrane-operator')
+    .description('Membrane operator: pod CIDRs per node and garbage collection for a cluster (leader-elected)')
+    .version(VERSION),
+)
   .option('--cluster-pool <cidr>', 'IPv4 pool cut into per-node pod CIDRs')
-  .option('--node-cidr-mask-size <n>', "prefix length of each node's IPv4 pod CIDR", int('--node-cidr-mask-size', 1, 30), 24)
+  .option(
+    '--node-cidr-mask-size <n>',
+    "prefix length of each node's IPv4 pod CIDR",
+    wholeNumber('--node-cidr-mask-size', 1, 30),
+    24,
+  )
   .option('--cluster-pool-ipv6 <cidr>', 'IPv6 pool cut into per-node pod CIDRs')
   .option(
     '--node-cidr-mask-size-ipv6 <n>',
     "prefix length of each node's IPv6 pod CIDR",
-    int('--node-cidr-mask-size-ipv6', 1, 120),
+    wholeNumber('--node-cidr-mask-size-ipv6', 1, 120),
     112,
   )
   .option(
     '--identity-gc-interval <duration>',
     'how often unreferenced identities are looked for',
-    seconds('--identity-gc-interval'),
+    duration('--identity-gc-interval', 's'),
     60,
   )
   .option(
     '--identity-gc-grace <duration>',
     'how long an identity must be unreferenced before it is deleted',
-    seconds('--identity-gc-grace'),
+    duration('--identity-gc-grace', 's'),
     300,
   )
   .option(
     '--leader-lease-ttl <seconds>',
     'leader lease TTL: a dead leader is replaced within about this long',
-    int('--leader-lease-ttl', 2, 60),
+    wholeNumber('--leader-lease-ttl', 2, 60),
     5,
   )
   .option('--id <name>', "this instance's name in the election", `${os.hostname()}-${process.pid}`)
@@ -110,20 +95,12 @@ async function main(): Promise<void> {
   const kv = await connectEtcd(cfg!.kv);
   const election = new Election({ kv, prefix: L.operatorLeader, id: o.id, ttlSeconds: o.leaderLeaseTtl, log });
   let tasks: OperatorTasks | undefined;
-  let stopping = false;
-  const shutdown = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal }, 'stepping down');
-    // Stepping down is a courtesy (the next leader takes over at once); never hang on it.
-    setTimeout(() => process.exit(0), 3_000).unref();
+  // Stepping down is a courtesy: the next leader takes over at once.
+  const stopping = stopOnSignal(log, 'stepping down', async () => {
     await tasks?.stop().catch(() => undefined);
     await election.stop().catch(() => undefined);
     kv.close();
-    process.exit(0);
-  };
-  process.on('SIGTERM', () => void shutdown('SIGTERM'));
-  process.on('SIGINT', () => void shutdown('SIGINT'));
+  });
   log.info(
     {
       cluster: cfg!.cluster,
@@ -133,7 +110,7 @@ async function main(): Promise<void> {
     },
     'membrane operator campaigning for leadership',
   );
-  while (!stopping) {
+  while (!stopping()) {
     let lead;
     try {
       lead = await election.campaign();
@@ -165,7 +142,4 @@ async function main(): Promise<void> {
   }
 }
 
-main().catch((err) => {
-  process.stderr.write(`membrane-operator: ${(err as Error).message}\n`);
-  process.exit(1);
-});
+runMain('membrane-operator', main);

@@ -5,12 +5,13 @@
 // --server` see the flows of all nodes. A separate executable, not an operator mode: any number of
 // relays may serve at once (the operator is one leader), it only reads the cluster store, and it
 // holds the client certificate the nodes' observers trust, which the operator has no use for.
-import { Command, InvalidArgumentError, Option } from 'commander';
+import { Command } from 'commander';
 import fs from 'node:fs';
 import { createLogger } from '../log.ts';
 import { VERSION } from '../version.ts';
 import { connectEtcd } from '../kvstore/kv.ts';
 import { kvstoreOptions, KvstoreConfigError } from '../kvstore/config.ts';
+import { addKvstoreFlags, duration, runMain, stopOnSignal, wholeNumber } from '../kvstore/command.ts';
 import { layout } from '../kvstore/layout.ts';
 import { PeerSet } from './peers.ts';
 import { RelayServer } from './server.ts';
@@ -36,31 +37,11 @@ interface Opts {
   logLevel: string;
 }
 
-const ms = (flag: string) => (v: string) => {
-  const m = /^(\d+(?:\.\d+)?)(ms|s)?$/.exec(v);
-  if (!m) throw new InvalidArgumentError(`${flag} "${v}" is not a duration (e.g. 250ms, 2s)`);
-  return m[2] === 's' ? Number(m[1]) * 1000 : Number(m[1]);
-};
-const int = (flag: string, min: number, max: number) => (v: string) => {
-  const n = Number(v);
-  if (!Number.isInteger(n) || n < min || n > max)
-    throw new InvalidArgumentError(`${flag} "${v}" must be a whole number from ${min} to ${max}`);
-  return n;
-};
-
-const program = new Command('membrane-relay')
-  .description("Membrane relay: the flows of every node of a cluster through one observer API (Hubble Relay's job)")
-  .version(VERSION)
-  .option('--cluster-name <name>', 'cluster name (env MEMBRANE_CLUSTER_NAME)', process.env.MEMBRANE_CLUSTER_NAME ?? 'default')
-  .addOption(new Option('--kvstore <type>', 'cluster store').choices(['etcd']).default('etcd'))
-  .option(
-    '--kvstore-endpoints <urls>',
-    'etcd client URLs, comma-separated (env MEMBRANE_KVSTORE_ENDPOINTS)',
-    process.env.MEMBRANE_KVSTORE_ENDPOINTS,
-  )
-  .option('--kvstore-ca <file>', 'CA bundle for https endpoints')
-  .option('--kvstore-cert <file>', 'client certificate')
-  .option('--kvstore-key <file>', 'client key')
+const program = addKvstoreFlags(
+  new Command('membrane-relay')
+    .description("Membrane relay: the flows of every node of a cluster through one observer API (Hubble Relay's job)")
+    .version(VERSION),
+)
   .option('--listen-socket <path>', 'serve the observer API on this unix socket', '/run/membrane/relay.sock')
   .option('--listen-address <host:port>', 'also serve it on TCP (Hubble Relay uses :4245)')
   .option('--tls-ca-file <file>', "the cluster CA the nodes' observer certificates come from (scripts/cluster-certs.sh)")
@@ -72,16 +53,21 @@ const program = new Command('membrane-relay')
   .option(
     '--sort-buffer-drain-timeout <duration>',
     'follow: how long a flow waits for older ones from other nodes',
-    ms('--sort-buffer-drain-timeout'),
+    duration('--sort-buffer-drain-timeout', 'ms'),
     250,
   )
   .option(
     '--sort-buffer-len-max <n>',
     'follow: flows held for ordering at most',
-    int('--sort-buffer-len-max', 1, 1_000_000),
+    wholeNumber('--sort-buffer-len-max', 1, 1_000_000),
     4096,
   )
-  .option('--peer-timeout <duration>', 'how long a node may take to answer a request that ends', ms('--peer-timeout'), 10_000)
+  .option(
+    '--peer-timeout <duration>',
+    'how long a node may take to answer a request that ends',
+    duration('--peer-timeout', 'ms'),
+    10_000,
+  )
   .option('--log-level <level>', 'trace|debug|info|warn|error', process.env.MEMBRANE_LOG_LEVEL ?? 'info')
   .showHelpAfterError();
 
@@ -151,22 +137,11 @@ async function main(): Promise<void> {
     },
     'membrane relay ready',
   );
-  let stopping = false;
-  const shutdown = async (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal }, 'shutting down');
-    setTimeout(() => process.exit(0), 3_000).unref();
+  stopOnSignal(log, 'shutting down', async () => {
     await server.close().catch(() => undefined);
     await peers.stop().catch(() => undefined);
     kv.close();
-    process.exit(0);
-  };
-  process.on('SIGTERM', () => void shutdown('SIGTERM'));
-  process.on('SIGINT', () => void shutdown('SIGINT'));
+  });
 }
 
-main().catch((err) => {
-  process.stderr.write(`membrane-relay: ${(err as Error).message}\n`);
-  process.exit(1);
-});
+runMain('membrane-relay', main);
