@@ -3,7 +3,10 @@
 //   plain veth + host routes (no filter), Membrane with 0, 10 and 10,000 rules,
 //   iptables FORWARD chains with 10 and 10,000 rules (linear, as the firewall plugin and iptables-based
 //   NetworkPolicy do), the same with an ESTABLISHED-first conntrack rule, nftables with a set lookup;
-// then the time to import 10,000 rules until they are enforced, and a one-rule update among them.
+// then the time to import 10,000 rules until they are enforced, and a one-rule update among them: as a
+// re-import of the whole 10,000-rule policy, and as the replacement by name of the one policy (of 100
+// rules) that holds the changed rule among 100 such policies (`kubectl apply` of one CNP).
+// BENCH_ONLY=updates measures the imports and updates alone (no traffic, no peers): a smoke run.
 // The rule that admits the benchmark traffic is always the last one (worst case for linear chains).
 // Peers use a unique chain / table per run, removed by exact name even when a step fails.
 import { execFileSync } from 'node:child_process';
@@ -16,11 +19,14 @@ import { randomId, startAgent } from '../../integration/lib/agent.ts';
 import type { AgentClient } from '../../shared/src/api/client.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
 import { connectionRate, markdownTable, median, rrLatency, throughput } from './lib.ts';
-import { fake, membranePolicy, plainVeth, type Pods } from './topologies.ts';
+import { fake, membranePolicy, membranePolicyParts, plainVeth, type Pods } from './topologies.ts';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 4);
 const BIG = Number(process.env.BENCH_RULES ?? 10_000);
+/** The per-policy update: BIG rules as this many policies. */
+const PARTS = Number(process.env.BENCH_POLICY_PARTS ?? 100);
+const UPDATES_ONLY = process.env.BENCH_ONLY === 'updates';
 delete process.env.NODE_EXTRA_CA_CERTS;
 
 type Metric = 'tput' | 'rr' | 'crr';
@@ -178,6 +184,7 @@ const importTimes: { total: number; enforced: number; entries: number }[] = [];
 const yamlImportTimes: { total: number; enforced: number }[] = [];
 const updateTimes: { total: number; enforced: number; upserts: number }[] = [];
 const unrelatedTimes: { total: number; enforced: number; upserts: number }[] = [];
+const partTimes: { total: number; enforced: number; upserts: number }[] = [];
 
 /** A one-rule policy for other endpoints than the big one's: the work must follow it, not the 10,000. */
 const unrelatedPolicy = (port: number) =>
@@ -219,6 +226,19 @@ async function membraneRun(m: MembraneAgent, n: number): Promise<void> {
           upserts: o.stats.policyUpserts + o.stats.policyRemovals,
         });
         await m.pc.delete(['bench-unrelated']);
+        // The same rules as PARTS policies; one rule changed by replacing the one policy holding it.
+        await m.pc.delete('all');
+        await m.pc.import(membranePolicyParts(n, PARTS).all);
+        for (const change of [fake(BIG + 1), fake(1)]) {
+          const text = membranePolicyParts(n, PARTS, change).part(0);
+          const t4 = performance.now();
+          const r = await m.pc.import(text);
+          partTimes.push({
+            total: performance.now() - t4,
+            enforced: r.enforcedMs,
+            upserts: r.stats.policyUpserts + r.stats.policyRemovals,
+          });
+        }
         // The same policy as YAML, from scratch.
         await m.pc.delete('all');
         const t2 = performance.now();
@@ -226,7 +246,7 @@ async function membraneRun(m: MembraneAgent, n: number): Promise<void> {
         yamlImportTimes.push({ total: performance.now() - t2, enforced: y.enforcedMs });
       }
     }
-    record(`Membrane ${n} rules`, await measure(pods));
+    if (!UPDATES_ONLY) record(`Membrane ${n} rules`, await measure(pods));
   } finally {
     await pods.cleanup();
     await m.pc.delete('all');
@@ -252,7 +272,46 @@ async function peerRun(f: Filter | null): Promise<void> {
   }
 }
 
+const ms = (xs: number[], digits = 0) => median(xs).toFixed(digits);
+
+/** The import and update rows (all a BENCH_ONLY=updates run has). */
+function updateRows(): string[][] {
+  return [
+    [
+      `import ${BIG} rules: API round trip / until enforced (median)`,
+      `${ms(importTimes.map((x) => x.total))} ms / ${ms(importTimes.map((x) => x.enforced))} ms (${importTimes[0]?.entries} map entries)`,
+    ],
+    [
+      `import ${BIG} rules as YAML: API round trip / until enforced`,
+      `${ms(yamlImportTimes.map((x) => x.total))} ms / ${ms(yamlImportTimes.map((x) => x.enforced))} ms`,
+    ],
+    [
+      `change 1 rule among ${BIG}, whole policy re-imported: API round trip / until enforced`,
+      `${ms(updateTimes.map((x) => x.total))} ms / ${ms(
+        updateTimes.map((x) => x.enforced),
+        1,
+      )} ms (${updateTimes[0]?.upserts} entries written)`,
+    ],
+    [
+      `change 1 rule among ${BIG} in ${PARTS} policies, its policy replaced by name: API round trip / until enforced`,
+      `${ms(partTimes.map((x) => x.total))} ms / ${ms(
+        partTimes.map((x) => x.enforced),
+        1,
+      )} ms (${partTimes[0]?.upserts} entries written)`,
+    ],
+    [
+      `change a 1-rule policy of another pod next to ${BIG} rules: API round trip / until enforced`,
+      `${ms(unrelatedTimes.map((x) => x.total))} ms / ${ms(
+        unrelatedTimes.map((x) => x.enforced),
+        1,
+      )} ms (${unrelatedTimes[0]?.upserts} entries written)`,
+    ],
+  ];
+}
+
 function report(): string {
+  if (UPDATES_ONLY)
+    return `Medians of ${importTimes.length} imports, ${updateTimes.length} and ${partTimes.length} updates (BENCH_ONLY=updates: no traffic)\n\n${markdownTable(['update', 'result'], updateRows())}\n`;
   const base = samples.get('Membrane 0 rules')!;
   const veth = samples.get('plain veth (no filter)')!;
   const rows = [...samples].map(([name, s]) => [
@@ -277,22 +336,7 @@ function report(): string {
     ],
     ['CRR: Membrane 10k / iptables 10k', (crr(`Membrane ${BIG} rules`) / crr(`iptables ${BIG} rules`)).toFixed(1) + '×'],
     ['CRR: Membrane 10k / nftables set 10k', (crr(`Membrane ${BIG} rules`) / crr(`nftables set ${BIG} rules`)).toFixed(2) + '×'],
-    [
-      `import ${BIG} rules: API round trip / until enforced (median)`,
-      `${median(importTimes.map((x) => x.total)).toFixed(0)} ms / ${median(importTimes.map((x) => x.enforced)).toFixed(0)} ms (${importTimes[0]?.entries} map entries)`,
-    ],
-    [
-      `import ${BIG} rules as YAML: API round trip / until enforced`,
-      `${median(yamlImportTimes.map((x) => x.total)).toFixed(0)} ms / ${median(yamlImportTimes.map((x) => x.enforced)).toFixed(0)} ms`,
-    ],
-    [
-      `change 1 rule among ${BIG}: API round trip / until enforced`,
-      `${median(updateTimes.map((x) => x.total)).toFixed(0)} ms / ${median(updateTimes.map((x) => x.enforced)).toFixed(1)} ms (${updateTimes[0]?.upserts} entries written)`,
-    ],
-    [
-      `change a 1-rule policy of another pod next to ${BIG} rules: API round trip / until enforced`,
-      `${median(unrelatedTimes.map((x) => x.total)).toFixed(0)} ms / ${median(unrelatedTimes.map((x) => x.enforced)).toFixed(1)} ms (${unrelatedTimes[0]?.upserts} entries written)`,
-    ],
+    ...updateRows(),
   ];
   return `${head}\n\n${markdownTable(['topology', ...METRICS.map((m) => m.label)], rows)}\n\n${markdownTable(['goal check', 'result'], goals)}\n`;
 }
@@ -306,11 +350,9 @@ async function main(): Promise<void> {
   try {
     for (let round = 1; round <= ROUNDS; round++) {
       process.stderr.write(`-- round ${round}\n`);
-      const steps: (() => Promise<void>)[] = [
-        () => peerRun(null),
-        ...[0, 10, BIG].map((n) => () => membraneRun(m, n)),
-        ...filters.map((f) => () => peerRun(f)),
-      ];
+      const steps: (() => Promise<void>)[] = UPDATES_ONLY
+        ? [() => membraneRun(m, BIG)]
+        : [() => peerRun(null), ...[0, 10, BIG].map((n) => () => membraneRun(m, n)), ...filters.map((f) => () => peerRun(f))];
       // A different order each round, so drift over the run does not favour one topology.
       const shift = (round - 1) * 3;
       for (const step of [...steps.slice(shift % steps.length), ...steps.slice(0, shift % steps.length)]) await step();

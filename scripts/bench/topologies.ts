@@ -167,3 +167,30 @@ export function membranePolicy(n: number): string {
     spec: { endpointSelector: { matchLabels: { bench: 'server' } }, ingress },
   });
 }
+
+/** The same N rules as `parts` policies (bench-part-0 ...), one JSON array: how a cluster with many
+ *  CiliumNetworkPolicies holds them. The last rule (in the last part) admits the client. `change`:
+ *  part 0's first rule names this address instead (a one-rule change). */
+export function membranePolicyParts(n: number, parts: number, change?: string): { all: string; part: (i: number) => string } {
+  const per = Math.ceil(n / parts);
+  const part = (p: number) => {
+    const ingress: object[] = [];
+    for (let i = p * per + 1; i <= Math.min(n, (p + 1) * per); i++) {
+      if (i === n) ingress.push({ fromEndpoints: [{ matchLabels: { bench: 'client' } }] });
+      else {
+        const cidr = p === 0 && i === 1 && change ? change : fake(i);
+        ingress.push({ fromCIDR: [`${cidr}/32`], toPorts: [{ ports: [{ port: '443', protocol: 'TCP' }] }] });
+      }
+    }
+    return {
+      apiVersion: 'cilium.io/v2',
+      kind: 'CiliumNetworkPolicy',
+      metadata: { name: `bench-part-${p}` },
+      spec: { endpointSelector: { matchLabels: { bench: 'server' } }, ingress },
+    };
+  };
+  return {
+    all: JSON.stringify(Array.from({ length: parts }, (_, p) => part(p))),
+    part: (p) => JSON.stringify(part(p)),
+  };
+}

@@ -30,6 +30,9 @@ import {
   type Entry,
 } from './closure.ts';
 import type { Direction, Peer, PolicyRecord, Rule } from './types.ts';
+import { dependsOnCidrs, namesAnyCidr, type UniverseChange } from './peer-deps.ts';
+
+export type { UniverseChange } from './peer-deps.ts';
 
 export * from './closure.ts';
 
@@ -57,18 +60,36 @@ interface RuleUse {
   rec: PolicyRecord;
   rule: Rule;
   peers: number[];
+  /** Its place in the policy (spec, then rule): columns fill in policy order, then this order. */
+  order: number;
   entries?: [number, Entry][];
+}
+
+/** What one policy gives a label set: whether it selects it, the directions it makes default-deny,
+ *  and the rules it uses there (by rule key). Kept while the record is the same object and its
+ *  peers cannot have changed meaning, so a change to one policy among many looks at that one. */
+interface RecordUse {
+  rec: PolicyRecord;
+  selected: boolean;
+  ingress: boolean;
+  egress: boolean;
+  uses: Map<string, RuleUse>;
 }
 
 /** A compiled label set and what recompiling it from here needs. */
 interface Compiled {
   labels: Labels;
   policy: LabelPolicy;
-  /** By rule key (policy number and rule content). */
-  uses: Map<string, RuleUse>;
+  /** By policy number. */
+  records: Map<number, RecordUse>;
+  /** The rules filling each column ("ingress:peer"): a changed column is rebuilt from its own
+   *  rules, not by walking every rule. Never changed in place (a patch copies what it edits). */
+  fills: Map<string, Set<RuleUse>>;
   /** Default deny and the selecting policies: when they change, the next compile starts over. */
   head: string;
 }
+
+const fillKey = (direction: Direction, peer: number) => `${direction}:${peer}`;
 
 /** A rule by its policy's number (its rule ids) and content. */
 function ruleKey(rec: PolicyRecord, rule: Rule): string {
@@ -82,6 +103,10 @@ export class PolicyCompiler {
   private readonly selectorCache = new Map<string, number[]>();
   /** Label sets this compiler compiled itself (not inherited through derive). */
   compiled = 0;
+  /** Policy number -> place in `records` (worked out when a patch needs it). */
+  private positions?: Map<number, number>;
+  /** Set by derive: what changed in the universe since the bases were compiled. */
+  private moved: UniverseChange = { cidrs: true, fqdn: true };
   /** Of those, compiled from their previous compile; and the columns that took rebuilding. */
   patched = 0;
   columnsRebuilt = 0;
@@ -109,8 +134,14 @@ export class PolicyCompiler {
    * to one policy recompiles only what it can change. `touched` must pick every label set that a
    * changed record's subject selects, and those whose CIDR peers changed meaning.
    */
-  derive(records: PolicyRecord[], universe: Universe, touched: (labels: Labels) => boolean): PolicyCompiler {
+  derive(
+    records: PolicyRecord[],
+    universe: Universe,
+    touched: (labels: Labels) => boolean,
+    moved: UniverseChange = { cidrs: true, fqdn: true },
+  ): PolicyCompiler {
     const next = new PolicyCompiler(records, universe);
+    next.moved = moved;
     for (const [key, c] of this.cache) {
       if (!touched(c.labels)) next.cache.set(key, c);
       else next.bases.set(key, c);
@@ -123,84 +154,126 @@ export class PolicyCompiler {
     const init = initDefaultDeny(this.records, labels);
     const defaultDeny = { ingress: init, egress: init };
     const selectedBy: LabelPolicy['selectedBy'] = [];
-    const uses = new Map<string, RuleUse>();
+    const records = new Map<number, RecordUse>();
     for (const rec of this.records) {
-      let ingress = false,
-        egress = false,
-        selected = false;
-      for (const spec of rec.policy.specs) {
-        if (!matches(spec.subject, labels)) continue;
-        selected = true;
-        ingress ||= spec.defaultDeny.ingress;
-        egress ||= spec.defaultDeny.egress;
-        for (const rule of spec.rules) {
-          const peers = rule.peers === 'all' ? [ANY_IDENTITY] : this.peerIdentities(rule.peers);
-          if (peers.length) uses.set(ruleKey(rec, rule), { rec, rule, peers });
-        }
-      }
-      if (selected) selectedBy.push({ policy: rec.name, ingress, egress });
-      defaultDeny.ingress ||= ingress;
-      defaultDeny.egress ||= egress;
+      const before = base?.records.get(rec.number);
+      const ru = before && before.rec === rec && !this.peersMoved(rec) ? before : this.recordUse(rec, labels, before);
+      records.set(rec.number, ru);
+      if (!ru.selected) continue;
+      selectedBy.push({ policy: rec.name, ingress: ru.ingress, egress: ru.egress });
+      defaultDeny.ingress ||= ru.ingress;
+      defaultDeny.egress ||= ru.egress;
     }
     const head = JSON.stringify([defaultDeny, selectedBy]);
-    const patched = base?.head === head ? this.patch(base, uses) : undefined;
-    return { labels, policy: patched ?? this.build(uses, defaultDeny, selectedBy), uses, head };
+    const patched = base?.head === head ? this.patch(base, records) : undefined;
+    return { labels, ...(patched ?? this.build(records, defaultDeny, selectedBy)), records, head };
+  }
+
+  /** Could `rec`'s peers stand for other identities than when the base was compiled? */
+  private peersMoved(rec: PolicyRecord): boolean {
+    const { cidrs, fqdn } = this.moved;
+    return ((cidrs || fqdn) && dependsOnCidrs(rec)) || (fqdn && namesAnyCidr(rec));
+  }
+
+  /** What `rec` gives `labels`; rules whose use is unchanged from `before` keep that very object. */
+  private recordUse(rec: PolicyRecord, labels: Labels, before?: RecordUse): RecordUse {
+    const ru: RecordUse = { rec, selected: false, ingress: false, egress: false, uses: new Map() };
+    for (const [i, spec] of rec.policy.specs.entries()) {
+      if (!matches(spec.subject, labels)) continue;
+      ru.selected = true;
+      ru.ingress ||= spec.defaultDeny.ingress;
+      ru.egress ||= spec.defaultDeny.egress;
+      for (const [j, rule] of spec.rules.entries()) {
+        const peers = rule.peers === 'all' ? [ANY_IDENTITY] : this.peerIdentities(rule.peers);
+        if (!peers.length) continue;
+        const key = ruleKey(rec, rule);
+        const order = i * 65536 + j;
+        const was = before?.uses.get(key);
+        const same = was && was.order === order && samePeers(was.peers, peers);
+        ru.uses.set(key, same ? was : { rec, rule, peers, order, entries: was?.entries });
+      }
+    }
+    return ru;
   }
 
   /** The whole table from the rules. */
   private build(
-    uses: Map<string, RuleUse>,
+    records: Map<number, RecordUse>,
     defaultDeny: { ingress: boolean; egress: boolean },
     selectedBy: LabelPolicy['selectedBy'],
-  ): LabelPolicy {
+  ): { policy: LabelPolicy; fills: Compiled['fills'] } {
     const out: LabelPolicy = {
       ingress: { defaultDeny: defaultDeny.ingress, columns: new Map() },
       egress: { defaultDeny: defaultDeny.egress, columns: new Map() },
       selectedBy,
     };
-    for (const u of uses.values()) {
-      const dp = out[u.rule.direction];
-      for (const peer of u.peers) fill(column(dp, peer), u);
+    const fills: Compiled['fills'] = new Map();
+    for (const ru of records.values()) {
+      for (const u of ru.uses.values()) {
+        const dp = out[u.rule.direction];
+        for (const peer of u.peers) {
+          fill(column(dp, peer), u);
+          const k = fillKey(u.rule.direction, peer);
+          const set = fills.get(k);
+          if (set) set.add(u);
+          else fills.set(k, new Set([u]));
+        }
+      }
     }
     if (out.ingress.defaultDeny) hostAllowance(column(out.ingress, RESERVED.host));
     closeDenies(out.ingress);
     closeDenies(out.egress);
     closeL7(out.ingress);
     closeL7(out.egress);
-    return out;
+    return { policy: out, fills };
   }
 
   /** The table from the previous one: only the columns of changed rules are rebuilt and closed.
    *  undefined when a changed rule fills the any-peer column (every column is closed against it). */
-  private patch(base: Compiled, uses: Map<string, RuleUse>): LabelPolicy | undefined {
+  private patch(base: Compiled, records: Map<number, RecordUse>): { policy: LabelPolicy; fills: Compiled['fills'] } | undefined {
     const changed: Record<Direction, Set<number>> = { ingress: new Set(), egress: new Set() };
+    const added: RuleUse[] = [],
+      removed: RuleUse[] = [];
     const mark = (u: RuleUse) => {
       for (const p of u.peers) changed[u.rule.direction].add(p);
     };
-    for (const [key, u] of uses) {
-      const before = base.uses.get(key);
-      if (!before) {
+    const gone = (u: RuleUse) => {
+      mark(u);
+      removed.push(u);
+    };
+    for (const [n, ru] of records) {
+      const before = base.records.get(n);
+      if (before === ru) continue;
+      for (const [key, u] of ru.uses) {
+        const was = before?.uses.get(key);
+        if (was === u) continue;
+        if (was) gone(was);
         mark(u);
-        continue;
+        added.push(u);
       }
-      u.entries = before.entries; // same policy number and rule: the same entries
-      if (before.peers.length !== u.peers.length || before.peers.some((p, i) => p !== u.peers[i])) {
-        mark(before);
-        mark(u);
-      }
+      for (const [key, was] of before?.uses ?? []) if (!ru.uses.has(key)) gone(was);
     }
-    for (const [key, before] of base.uses) if (!uses.has(key)) mark(before);
+    for (const [n, before] of base.records) if (!records.has(n)) for (const u of before.uses.values()) gone(u);
     if (changed.ingress.has(ANY_IDENTITY) || changed.egress.has(ANY_IDENTITY)) return undefined;
-    const fills = new Map<string, RuleUse[]>();
-    for (const u of uses.values()) {
+    // The fills of the changed columns, copied before they are edited (the base stays as it was).
+    const fills = new Map(base.fills);
+    const copied = new Set<string>();
+    const edit = (u: RuleUse, add: boolean) => {
       for (const p of u.peers) {
-        if (!changed[u.rule.direction].has(p)) continue;
-        const k = `${u.rule.direction}:${p}`;
-        const list = fills.get(k);
-        if (list) list.push(u);
-        else fills.set(k, [u]);
+        const k = fillKey(u.rule.direction, p);
+        let set = fills.get(k);
+        if (!copied.has(k)) {
+          copied.add(k);
+          set = new Set(set);
+          fills.set(k, set);
+        }
+        if (add) set!.add(u);
+        else set!.delete(u);
       }
-    }
+    };
+    for (const u of removed) edit(u, false);
+    for (const u of added) edit(u, true);
+    for (const k of copied) if (!fills.get(k)!.size) fills.delete(k);
     const prev = base.policy;
     const out: LabelPolicy = {
       ingress: { defaultDeny: prev.ingress.defaultDeny, columns: new Map(prev.ingress.columns) },
@@ -213,7 +286,7 @@ export class PolicyCompiler {
       for (const peer of changed[direction]) {
         this.columnsRebuilt++;
         const col: Column = new Map();
-        for (const u of fills.get(`${direction}:${peer}`) ?? []) fill(col, u);
+        for (const u of this.inPolicyOrder(fills.get(fillKey(direction, peer)))) fill(col, u);
         if (direction === 'ingress' && peer === RESERVED.host && dp.defaultDeny) hostAllowance(col);
         if (!col.size) {
           dp.columns.delete(peer);
@@ -224,7 +297,15 @@ export class PolicyCompiler {
         closeL7Column(dp, peer, col);
       }
     }
-    return out;
+    return { policy: out, fills };
+  }
+
+  /** A column's rules in the order a full build fills them (merging L7 rules keeps that order). */
+  private inPolicyOrder(uses: Set<RuleUse> | undefined): Iterable<RuleUse> {
+    if (!uses || uses.size < 2) return uses ?? [];
+    if (!this.positions) this.positions = new Map(this.records.map((r, i) => [r.number, i]));
+    const pos = this.positions;
+    return [...uses].sort((a, b) => pos.get(a.rec.number)! - pos.get(b.rec.number)! || a.order - b.order);
   }
 
   /** Identities a rule's peers stand for; [ANY_IDENTITY] when one of them is "all". */
@@ -295,6 +376,10 @@ export class PolicyCompiler {
     this.selectorCache.set(key, out);
     return out;
   }
+}
+
+function samePeers(a: number[], b: number[]): boolean {
+  return a.length === b.length && a.every((p, i) => p === b[i]);
 }
 
 /** What a rule puts in each column of its peers: its ports, as plain or L7 allow or deny. */

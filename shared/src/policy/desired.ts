@@ -8,6 +8,7 @@ import { PolicyCompiler, l4decode, type Entry, type LabelPolicy, type Universe }
 import { matches } from './selector.ts';
 import { encodePolicyKey, EP_FLAGS } from './map-codec.ts';
 import { endpointFlags, selectionFor } from './selection.ts';
+import { namesCidrs } from './peer-deps.ts';
 import type { Peer, PolicyRecord } from './types.ts';
 import type { L7Set } from './l7.ts';
 import type { FqdnState } from '../fqdn/state.ts';
@@ -136,19 +137,6 @@ export interface CompileCache {
   selections?: Map<number, number>;
 }
 
-/** Does a record name CIDR or FQDN peers (directly or as world, which includes every CIDR and FQDN
- *  identity)? FQDN identities carry the policy prefixes that contain their addresses, so both kinds
- *  of rule select them. */
-function namesCidrs(r: PolicyRecord): boolean {
-  return r.policy.specs.some((s) =>
-    s.rules.some(
-      (rule) =>
-        rule.peers !== 'all' &&
-        rule.peers.some((p) => p.kind === 'cidr' || p.kind === 'fqdn' || (p.kind === 'entity' && p.entity === 'world')),
-    ),
-  );
-}
-
 /** The label sets a change from `before` to `after` can touch: those a changed record's subject
  *  selects, and, when the CIDR or FQDN identities changed, those selected by records naming such peers. */
 function touchedBy(before: PolicyRecord[], after: PolicyRecord[], cidrsChanged: boolean): (labels: Labels) => boolean {
@@ -184,6 +172,7 @@ function compilerFor(input: DesiredInput, universe: Universe, cache?: { current?
         input.records,
         universe,
         touchedBy(cur.records, input.records, cur.cidrVersion !== cidrVersion || cur.fqdnVersion !== fqdnVersion),
+        { cidrs: cur.cidrVersion !== cidrVersion, fqdn: cur.fqdnVersion !== fqdnVersion },
       )
     : new PolicyCompiler(input.records, universe);
   if (cache) {
