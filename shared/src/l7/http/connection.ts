@@ -18,7 +18,7 @@ import {
   type RequestHead,
 } from './parse.ts';
 import { answered, errorResponse, rewriteHead, type Decide, type ExchangeSink } from './exchange.ts';
-import { Hold, SocketPair } from './pair.ts';
+import { Hold, SocketPair, type UpstreamReuse } from './pair.ts';
 import { badRequestSlot, type Pending, ResponseQueue, requestSlot } from './queue.ts';
 
 const MAX_PIPELINE = 128;
@@ -45,7 +45,14 @@ export interface ConnectionOptions {
   onClose?: () => void;
   /** The listener gets its SYNs past the kernel's TIME_WAIT check (pair.ts): let the client close first. */
   clientClosesFirst?: boolean;
+  /** Idle upstream connections to reuse (proxy/upstream-pool.ts): a client's `Connection: close` is
+   *  then not passed on, and the upstream is handed back when this connection ends with it idle. */
+  reuse?: UpstreamReuse;
 }
+
+/** Requests that may be sent again when a reused upstream closed before answering (RFC 9110 9.2.2). */
+const REPLAYABLE = new Set(['GET', 'HEAD', 'OPTIONS']);
+const CLOSE_LINE = Buffer.from('connection: close\r\n', 'latin1');
 
 export class HttpProxyConnection {
   private readonly io: SocketPair;
@@ -61,16 +68,27 @@ export class HttpProxyConnection {
   /** Start of the byte range of the chunk being walked that is to be forwarded (-1: none). */
   private fwdIn = -1;
   private fwdOut = -1;
+  /** The server keeps the upstream open after what it answered so far (keep-alive both ways). */
+  private upKeep = true;
+  /** An allowed request's body is being forwarded. */
+  private upBody = false;
+  /** A response head with "connection: close" added, written together with the bytes after it. */
+  private headOut?: Buffer;
 
   constructor(private readonly o: ConnectionOptions) {
-    this.io = new SocketPair(o.client, o.connect, {
-      clientData: (d) => this.onClientData(d),
-      clientEnd: () => this.onClientEnd(),
-      upstreamData: (d) => this.onUpstreamData(d),
-      upstreamEnd: () => this.onUpstreamEnd(),
-      upstreamError: () => this.onUpstreamError(),
-      closed: () => this.o.onClose?.(),
-    });
+    this.io = new SocketPair(
+      o.client,
+      o.connect,
+      {
+        clientData: (d) => this.onClientData(d),
+        clientEnd: () => this.onClientEnd(),
+        upstreamData: (d) => this.onUpstreamData(d),
+        upstreamEnd: () => this.onUpstreamEnd(),
+        upstreamError: () => this.onUpstreamError(),
+        closed: () => this.o.onClose?.(),
+      },
+      o.reuse,
+    );
   }
 
   // ---- client -> upstream ------------------------------------------------------------------------
@@ -113,10 +131,20 @@ export class HttpProxyConnection {
           const head = parseRequestHead(buf, i, end);
           const p = this.admit(head);
           if (p.x.verdict.allowed) {
+            // "Connection: close" is for the client's connection, which still ends after the
+            // response; the upstream one is kept for the next client (hop-by-hop, RFC 9110 7.6.1).
+            const dropClose = this.o.reuse !== undefined && head.closeLine >= 0 && !p.switching && !p.x.verdict.edits.length;
+            if (!head.keepAlive && !dropClose) this.upKeep = false;
+            if (head.body !== 'none') this.upBody = true;
             if (p.x.verdict.edits.length) {
               this.cutIn(buf, i);
               this.io.toUpstream(rewriteHead(buf, i, end, p.x.verdict.edits));
               this.fwdIn = end;
+            } else if (dropClose) {
+              p.closeDropped = true;
+              if (this.fwdIn < 0) this.fwdIn = i;
+              this.cutIn(buf, head.closeLine);
+              this.fwdIn = head.closeLineEnd;
             } else if (this.fwdIn < 0) this.fwdIn = i;
           } else {
             this.cutIn(buf, i);
@@ -170,14 +198,21 @@ export class HttpProxyConnection {
   }
 
   private cutOut(buf: Buffer, at: number): void {
-    if (this.fwdOut >= 0 && at > this.fwdOut) this.io.toClient(buf.subarray(this.fwdOut, at));
+    const part = this.fwdOut >= 0 && at > this.fwdOut ? buf.subarray(this.fwdOut, at) : undefined;
+    if (this.headOut) {
+      this.io.toClient(part ? Buffer.concat([this.headOut, part]) : this.headOut);
+      this.headOut = undefined;
+    } else if (part) this.io.toClient(part);
     this.fwdOut = -1;
   }
 
   /** A complete request head: decide, queue its response slot, answer now if it is the proxy's turn. */
   private admit(head: RequestHead): Pending {
     const p = requestSlot(head, this.o.decide);
-    if (p.x.verdict.allowed) this.io.ensureUpstream();
+    if (p.x.verdict.allowed) {
+      this.io.ensureUpstream();
+      if (!REPLAYABLE.has(head.method) || head.body !== 'none' || p.switching) this.io.stopReplay();
+    }
     this.pending.push(p);
     this.o.sink.request(p.x);
     if (this.pending.length >= MAX_PIPELINE) this.io.hold(Hold.PIPELINE);
@@ -186,6 +221,7 @@ export class HttpProxyConnection {
   }
 
   private requestDone(p: Pending): void {
+    this.upBody = false;
     if (!p.complete) {
       p.complete = true;
       this.flushLocals();
@@ -209,7 +245,10 @@ export class HttpProxyConnection {
 
   private onClientEnd(): void {
     // Half-close: in a tunnel, or with responses still owed, the server gets the FIN and answers.
-    if (this.rq === Rq.TUNNEL || this.pending.owesUpstream()) this.io.endUpstream();
+    if (this.rq === Rq.TUNNEL || this.pending.owesUpstream()) {
+      this.upKeep = false;
+      this.io.endUpstream();
+    }
     this.maybeFinish();
   }
 
@@ -270,13 +309,22 @@ export class HttpProxyConnection {
             return;
           }
           if (head.status === 101) throw new HttpParseError(502, 'switching protocols without an upgrade request');
-          if (!head.keepAlive) p.closeAfter = true;
+          if (p.closeDropped && head.keepAlive) {
+            // The client asked for close and the connection ends after this response: say so.
+            this.headOut = Buffer.concat([buf.subarray(this.fwdOut, i - 2), CLOSE_LINE]);
+            this.fwdOut = i - 2;
+          }
+          if (!head.keepAlive) {
+            p.closeAfter = true;
+            this.upKeep = false;
+          }
           if (head.body === 'length' || head.body === 'chunked') {
             this.rs = Rs.BODY;
             this.resBody.start(head.body, head.contentLength);
           } else if (head.body === 'close') {
             this.rs = Rs.BODY_CLOSE;
             p.closeAfter = true;
+            this.upKeep = false;
           } else {
             this.cutOut(buf, i);
             this.responseDone();
@@ -355,6 +403,7 @@ export class HttpProxyConnection {
 
   private onUpstreamEnd(): void {
     if (this.io.closed || this.upstreamDone) return;
+    if (this.replayOnFresh()) return;
     this.upstreamDone = true;
     if (this.rs === Rs.TUNNEL) {
       this.io.endClient();
@@ -370,6 +419,7 @@ export class HttpProxyConnection {
 
   private onUpstreamError(): void {
     if (this.io.closed) return;
+    if (this.replayOnFresh()) return;
     if (this.io.upstreamConnected) {
       this.io.destroy();
       return;
@@ -383,17 +433,40 @@ export class HttpProxyConnection {
     this.finishAfterFlush();
   }
 
+  /** A reused upstream the server had closed before it answered (it closes idle connections when it
+   *  likes): its requests, all replayable and kept, go again on a fresh connection. */
+  private replayOnFresh(): boolean {
+    if (!this.io.replayable || !this.pending.owesUpstream()) return false;
+    this.io.replayOnFreshUpstream();
+    return true;
+  }
+
+  /** Nothing is under way on the upstream and the server keeps it open: it can serve another client. */
+  private upstreamIdle(): boolean {
+    return (
+      this.upKeep &&
+      this.io.upstreamConnected &&
+      !this.upstreamDone &&
+      !this.upBody &&
+      this.rs === Rs.HEAD &&
+      !this.carryUp &&
+      !this.pending.owesUpstream()
+    );
+  }
+
   /** Ends the connection once what is queued is written; `letClientClose`: the client can tell the
    *  last response is complete, so it gets the chance to close first (pair.ts). */
   private finishAfterFlush(letClientClose = false): void {
     if (this.io.closed) return;
     this.rq = Rq.CLOSED;
+    if (this.upstreamIdle()) this.io.releaseUpstream();
     this.io.finish(letClientClose && this.o.clientClosesFirst === true);
   }
 
   /** The client is gone and nothing is owed to it: close both sides. */
   private maybeFinish(): void {
     if (!this.io.clientEnded || this.rq === Rq.TUNNEL || this.pending.length) return;
+    if (this.upstreamIdle()) this.io.releaseUpstream();
     this.io.endUpstream();
     this.io.endClient();
   }

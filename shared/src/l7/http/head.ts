@@ -57,6 +57,10 @@ class Scan {
   cl: string | undefined;
   clCount = 0;
   conn: string | undefined;
+  /** The (last) Connection line: its start and the offset after its CRLF; how many there were. */
+  connLine = -1;
+  connLineEnd = -1;
+  connCount = 0;
   host: string | undefined;
   hostCount = 0;
   expect: string | undefined;
@@ -109,6 +113,9 @@ function scanHeaders(buf: Buffer, at: number, end: number, status: 400 | 502): S
         break;
       case H.CONNECTION:
         s.conn = join(s.conn, buf.toString('latin1', vs, ve));
+        s.connLine = line;
+        s.connLineEnd = j + 2;
+        s.connCount++;
         break;
       case H.EXPECT:
         s.expect = join(s.expect, buf.toString('latin1', vs, ve));
@@ -214,6 +221,8 @@ class ParsedRequest implements RequestHead {
     readonly upgrade: boolean,
     readonly expectContinue: boolean,
     readonly headLength: number,
+    readonly closeLine: number,
+    readonly closeLineEnd: number,
   ) {}
 
   /** Built on first use, from the chunk the head came in: ask while that chunk is being processed. */
@@ -262,6 +271,7 @@ export function parseRequestHead(buf: Buffer, start: number, headEnd: number): R
   if (minor === 1 && s.host === undefined) throw new HttpParseError(400, 'an HTTP/1.1 request needs a Host header');
   // Request framing never runs until close (framing() refuses that for requests).
   const f = framing(s, minor, true) as { body: RequestHead['body']; contentLength: number };
+  const closeOnly = minor === 1 && s.connCount === 1 && s.conn!.length === 5 && s.conn!.toLowerCase() === 'close';
   return new ParsedRequest(
     buf,
     s.offs,
@@ -275,6 +285,8 @@ export function parseRequestHead(buf: Buffer, start: number, headEnd: number): R
     s.upgrade && hasToken(s.conn, 'upgrade'),
     s.expect !== undefined && tokens(s.expect).includes('100-continue'),
     headEnd - start,
+    closeOnly ? s.connLine : -1,
+    closeOnly ? s.connLineEnd : -1,
   );
 }
 

@@ -40,9 +40,30 @@ function end(s: net.Socket | undefined): void {
   if (s && !s.writableEnded && !s.destroyed) s.end();
 }
 
+/** Idle upstream connections to take one from and give one back to (proxy/upstream-pool.ts). */
+export interface UpstreamReuse {
+  take(): net.Socket | undefined;
+  /** False: not kept (the pair ends it). */
+  give(s: net.Socket): boolean;
+}
+
+/** Bytes sent on a reused upstream connection kept for a replay (REPLAY_MAX: no replay). */
+const REPLAY_MAX = 16 * 1024;
+
 export class SocketPair {
   upstream?: net.Socket;
   upstreamConnected = false;
+  /** The upstream came from the pool and has not answered yet: what was sent on it, for a replay
+   *  on a fresh connection if it turns out the server had closed it (undefined: no replay possible). */
+  private replay?: Buffer[];
+  private replayBytes = 0;
+  private readonly upData: (d: Buffer) => void;
+  private readonly upEnd: () => void;
+  private readonly upError: () => void;
+  private readonly upDrain = () => this.release(Hold.UPSTREAM_FULL);
+  private readonly upConnect = () => {
+    this.upstreamConnected = true;
+  };
   clientEnded = false;
   closed = false;
   private holds = 0;
@@ -54,7 +75,14 @@ export class SocketPair {
     readonly client: net.Socket,
     private readonly connect: () => net.Socket,
     private readonly ev: PairEvents,
+    private readonly reuse?: UpstreamReuse,
   ) {
+    this.upData = (d) => {
+      if (this.replay) this.stopReplay();
+      ev.upstreamData(d);
+    };
+    this.upEnd = ev.upstreamEnd;
+    this.upError = ev.upstreamError;
     client.setNoDelay(true);
     client.on('data', ev.clientData);
     client.on('end', () => {
@@ -83,17 +111,76 @@ export class SocketPair {
   /** Opens the upstream connection unless it is open. */
   ensureUpstream(): void {
     if (this.upstream) return;
-    const u = this.connect();
-    this.upstream = u;
-    u.setNoDelay(true);
-    u.on('connect', () => {
+    const idle = this.reuse?.take();
+    if (idle) {
+      this.attach(idle);
       this.upstreamConnected = true;
-    });
-    u.on('data', this.ev.upstreamData);
-    u.on('end', this.ev.upstreamEnd);
-    u.on('error', this.ev.upstreamError);
-    u.on('close', this.ev.upstreamEnd);
-    u.on('drain', () => this.release(Hold.UPSTREAM_FULL));
+      this.replay = [];
+      this.replayBytes = 0;
+    } else {
+      this.attach(this.connect());
+      this.upstream!.setNoDelay(true);
+    }
+  }
+
+  /** The upstream came from the pool and nothing was heard from it yet, with what was sent on it kept. */
+  get replayable(): boolean {
+    return this.replay !== undefined;
+  }
+
+  /** What was sent on the reused upstream may not be sent twice (e.g. a request with a body). */
+  stopReplay(): void {
+    this.replay = undefined;
+  }
+
+  /** The reused upstream was closed by the server before it answered: the same bytes on a fresh one. */
+  replayOnFreshUpstream(): void {
+    const bytes = this.replay ?? [];
+    this.replay = undefined;
+    const old = this.detach();
+    old?.on('error', () => undefined);
+    old?.destroy();
+    this.attach(this.connect());
+    this.upstream!.setNoDelay(true);
+    for (const b of bytes) this.toUpstream(b);
+  }
+
+  /** Hands the idle upstream to the pool (or ends it when the pool does not keep it). */
+  releaseUpstream(): void {
+    const u = this.detach();
+    if (!u) return;
+    if (!this.reuse?.give(u)) {
+      u.on('error', () => undefined);
+      end(u);
+    }
+  }
+
+  private attach(u: net.Socket): void {
+    this.upstream = u;
+    this.upstreamConnected = false;
+    u.on('connect', this.upConnect);
+    u.on('data', this.upData);
+    u.on('end', this.upEnd);
+    u.on('error', this.upError);
+    u.on('close', this.upEnd);
+    u.on('drain', this.upDrain);
+    if (this.pausedForClient) u.pause();
+  }
+
+  private detach(): net.Socket | undefined {
+    const u = this.upstream;
+    if (!u) return undefined;
+    this.upstream = undefined;
+    this.upstreamConnected = false;
+    this.replay = undefined;
+    u.off('connect', this.upConnect);
+    u.off('data', this.upData);
+    u.off('end', this.upEnd);
+    u.off('error', this.upError);
+    u.off('close', this.upEnd);
+    u.off('drain', this.upDrain);
+    this.release(Hold.UPSTREAM_FULL);
+    return u;
   }
 
   /** The upstream never connected: forget it (its close still comes, as upstreamEnd). */
@@ -103,6 +190,11 @@ export class SocketPair {
 
   toUpstream(b: Buffer): void {
     if (!this.upstream || this.upstream.destroyed) return;
+    if (this.replay) {
+      this.replayBytes += b.length;
+      if (this.replayBytes > REPLAY_MAX) this.replay = undefined;
+      else this.replay.push(b);
+    }
     if (!this.upstream.write(b)) this.hold(Hold.UPSTREAM_FULL);
   }
 

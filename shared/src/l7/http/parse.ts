@@ -36,6 +36,10 @@ export interface RequestHead {
   expectContinue: boolean;
   /** Bytes of the head, CRLFCRLF included. */
   headLength: number;
+  /** When the one Connection header of an HTTP/1.1 request is exactly "close": that line's start
+   *  and the offset after its CRLF in the chunk the head came in (-1: otherwise). */
+  closeLine: number;
+  closeLineEnd: number;
 }
 
 export interface ResponseHead {

@@ -12,6 +12,8 @@ export interface Pending {
   /** Upgrade or CONNECT that was forwarded: a 101 / 2xx turns the connection into a tunnel. */
   switching: boolean;
   closeAfter: boolean;
+  /** The client's "Connection: close" was not passed on (upstream reuse): its response gets one. */
+  closeDropped?: boolean;
   /** The request (its body included) has been read; a local answer waits for this, so a client
    *  still sending a denied body is not answered mid-send (HTTP clients then drop the connection). */
   complete: boolean;

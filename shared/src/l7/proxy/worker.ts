@@ -13,6 +13,7 @@ import type { Exchange } from '../http/exchange.ts';
 import { encodeFrame, FrameReader, frameHeader, type AgentMessage, type WorkerMessage } from './frames.ts';
 import { RecordWriter, type RecordContext } from './records.ts';
 import { SocketError, transparentListener } from './sockets.ts';
+import { UpstreamPool } from './upstream-pool.ts';
 import { registerListener } from './steering.ts';
 import { ProxyView, type ConnectionPolicy } from './view.ts';
 
@@ -53,6 +54,8 @@ export class ProxyWorker {
   private stats = { connections: 0, requests: 0, denied: 0 };
   private stopping = false;
   private readonly timeOrigin = performance.timeOrigin;
+  /** Idle upstream connections by source identity and original destination (upstream-pool.ts). */
+  private readonly upstreams = new UpstreamPool();
 
   constructor(private readonly o: WorkerOptions) {}
 
@@ -97,6 +100,8 @@ export class ProxyWorker {
   private onMessage(m: AgentMessage): void {
     if (m.t === 'policy') {
       this.view = new ProxyView(m.snapshot);
+      // Endpoints or identities may have changed: no connection made before carries on.
+      this.upstreams.clear();
       if (!this.servers.length) this.listen();
     } else if (m.t === 'stop') {
       this.drainAndExit(m.drainMs);
@@ -153,6 +158,9 @@ export class ProxyWorker {
     const view0 = this.view;
     let policy: ConnectionPolicy = view0.connection(srcIp, dstIp, dstPort);
     const ctx: RecordContext = { srcPort, dstPort, policy };
+    // The pool's key: only connections that carried this identity's requests to this destination.
+    const dst = `|${dstIp}|${dstPort}`;
+    let taken: string | undefined;
     this.clients.set(client, { bytes: 0, since: Date.now() });
     this.stats.connections++;
     new HttpProxyConnection({
@@ -165,6 +173,10 @@ export class ProxyWorker {
         u.once('connect', stop);
         u.once('close', stop);
         return u;
+      },
+      reuse: {
+        take: () => this.upstreams.take((taken = policy.src.identity + dst)),
+        give: (u) => !this.stopping && taken === policy.src.identity + dst && this.upstreams.give(taken, u),
       },
       decide: (_head, req) => {
         const view = this.view!;
@@ -247,6 +259,7 @@ export class ProxyWorker {
     if (this.stopping) return;
     this.stopping = true;
     for (const s of this.servers) s.close();
+    this.upstreams.clear();
     this.flush();
     if (!this.clients.size) {
       this.exit('stopped');

@@ -1,0 +1,133 @@
+// Idle upstream connections of a proxy worker, kept for the next client connection with the same
+// key: the source's identity and the original destination (address and port). One request per client
+// connection then costs one TCP handshake, not two (nginx's `keepalive` upstreams do the same).
+// What makes a connection idle (every request it carried fully sent, every response fully read, the
+// server said keep-alive) is the HTTP connection's call (connection.ts); the pool only keeps it:
+// never for another key, so one identity's request never rides a connection another identity's
+// requests used; never longer than IDLE_MS (shorter than servers' keep-alive timeouts, e.g. Node's
+// 5 s, so a server rarely closes one just as it is taken — and when it does, connection.ts replays
+// an idempotent request on a fresh connection); and not at all once it said anything or closed.
+import type net from 'node:net';
+
+const IDLE_MS = 2000;
+const SWEEP_MS = 1000;
+const MAX_PER_KEY = 64;
+const MAX_TOTAL = 1024;
+
+interface Idle {
+  s: net.Socket;
+  since: number;
+}
+
+export interface PoolLimits {
+  idleMs: number;
+  maxPerKey: number;
+  maxTotal: number;
+}
+
+export class UpstreamPool {
+  private readonly idle = new Map<string, Idle[]>();
+  private total = 0;
+  private sweeper?: NodeJS.Timeout;
+  /** Upstream connections taken from the pool (for stats). */
+  reused = 0;
+  private readonly limits: PoolLimits;
+  /** One handler for every idle socket's events: anything at all from an idle connection ends it. */
+  private readonly onIdleEvent: (this: net.Socket) => void;
+
+  constructor(limits: Partial<PoolLimits> = {}) {
+    this.limits = { idleMs: IDLE_MS, maxPerKey: MAX_PER_KEY, maxTotal: MAX_TOTAL, ...limits };
+    const pool = this;
+    this.onIdleEvent = function (this: net.Socket) {
+      pool.forget(this);
+      this.destroy();
+    };
+  }
+
+  get size(): number {
+    return this.total;
+  }
+
+  /** The most recently idle open connection for `key`, no longer in the pool (undefined: none). */
+  take(key: string): net.Socket | undefined {
+    const list = this.idle.get(key);
+    while (list?.length) {
+      const { s } = list.pop()!;
+      this.total--;
+      this.unwatch(s);
+      if (usable(s)) {
+        this.reused++;
+        return s;
+      }
+      s.destroy();
+    }
+    return undefined;
+  }
+
+  /** Keeps an idle connection for `key`; false when it is not kept (the caller ends it). */
+  give(key: string, s: net.Socket): boolean {
+    if (!usable(s) || this.total >= this.limits.maxTotal) return false;
+    let list = this.idle.get(key);
+    if (!list) this.idle.set(key, (list = []));
+    if (list.length >= this.limits.maxPerKey) return false;
+    list.push({ s, since: Date.now() });
+    this.total++;
+    s.on('data', this.onIdleEvent);
+    s.on('end', this.onIdleEvent);
+    s.on('error', this.onIdleEvent);
+    s.on('close', this.onIdleEvent);
+    s.resume(); // read, so that a server's FIN (or anything it says) is seen while it sits here
+    this.sweeper ??= setInterval(() => this.sweep(), Math.min(SWEEP_MS, this.limits.idleMs)).unref();
+    return true;
+  }
+
+  /** Closes every idle connection (a new policy, the worker stopping). */
+  clear(): void {
+    for (const list of this.idle.values())
+      for (const { s } of list) {
+        this.unwatch(s);
+        s.destroy();
+      }
+    this.idle.clear();
+    this.total = 0;
+  }
+
+  private sweep(): void {
+    const old = Date.now() - this.limits.idleMs;
+    for (const [key, list] of this.idle) {
+      // Oldest first: take() pops the newest, so the old ones sit at the front.
+      let n = 0;
+      while (n < list.length && list[n].since <= old) n++;
+      for (const { s } of list.splice(0, n)) {
+        this.unwatch(s);
+        s.on('error', () => undefined);
+        s.end(); // a FIN, not a reset: the server closes its side in its own time
+      }
+      this.total -= n;
+      if (!list.length) this.idle.delete(key);
+    }
+  }
+
+  private forget(s: net.Socket): void {
+    this.unwatch(s);
+    for (const [key, list] of this.idle) {
+      const i = list.findIndex((e) => e.s === s);
+      if (i < 0) continue;
+      list.splice(i, 1);
+      this.total--;
+      if (!list.length) this.idle.delete(key);
+      return;
+    }
+  }
+
+  private unwatch(s: net.Socket): void {
+    s.off('data', this.onIdleEvent);
+    s.off('end', this.onIdleEvent);
+    s.off('error', this.onIdleEvent);
+    s.off('close', this.onIdleEvent);
+  }
+}
+
+function usable(s: net.Socket): boolean {
+  return !s.destroyed && !s.readableEnded && !s.writableEnded && s.writableLength === 0 && s.readyState === 'open';
+}
