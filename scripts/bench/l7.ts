@@ -32,6 +32,8 @@ const WARMUP = Number(process.env.BENCH_WARMUP ?? 5);
 const CONNS = (process.env.BENCH_CONNS ?? '1,10,50,100').split(',').map(Number);
 // All three by default; a subset (BENCH_VARIANTS=l7) is for looking at one of them, not for the table.
 const VARIANTS = (process.env.BENCH_VARIANTS ?? 'direct,l7,nginx').split(',');
+// Both by default; BENCH_MODES=close runs one request per connection only (e.g. to profile that path).
+const MODES = (process.env.BENCH_MODES ?? 'keep-alive,close').split(',') as Mode[];
 const CLIENT_TW_REUSE = process.env.BENCH_CLIENT_TW_REUSE ?? '0';
 const NGINX_PORT = 18000 + Math.floor(Math.random() * 2000); // nginx on the node: random, so runs never clash
 delete process.env.NODE_EXTRA_CA_CERTS;
@@ -290,10 +292,10 @@ async function main(): Promise<void> {
     // (JIT) cost several times what they cost afterwards, in each mode (one request per connection runs
     // code keep-alive never does: accepting, connecting, closing); nginx gets the same.
     for (const v of ['direct', 'l7', 'nginx'].filter((x) => VARIANTS.includes(x)) as Variant[]) {
-      for (const mode of ['keep-alive', 'close'] as Mode[]) await wrk(client, urls[v], 10, mode, [], undefined, WARMUP);
+      for (const mode of MODES) await wrk(client, urls[v], 10, mode, [], undefined, WARMUP);
     }
     for (let round = 0; round < ROUNDS; round++) {
-      for (const mode of ['keep-alive', 'close'] as Mode[]) {
+      for (const mode of MODES) {
         for (const conns of CONNS) {
           for (const v of (round % 2 ? ['nginx', 'l7', 'direct'] : ['direct', 'l7', 'nginx']).filter((x) =>
             VARIANTS.includes(x),
@@ -316,7 +318,7 @@ async function main(): Promise<void> {
 
     const med = (key: string, f: keyof Sample) => median((samples.get(key) ?? []).map((x) => x[f] ?? NaN));
     const rows: string[][] = [];
-    for (const mode of ['keep-alive', 'close'] as Mode[]) {
+    for (const mode of MODES) {
       for (const conns of CONNS) {
         const k = (v: Variant) => `${v}|${mode}|${conns}`;
         const cell = (v: Variant) =>

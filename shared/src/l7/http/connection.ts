@@ -141,10 +141,11 @@ export class HttpProxyConnection {
               this.io.toUpstream(rewriteHead(buf, i, end, p.x.verdict.edits));
               this.fwdIn = end;
             } else if (dropClose) {
+              // One write (one segment to the server), as the unchanged head would be.
               p.closeDropped = true;
-              if (this.fwdIn < 0) this.fwdIn = i;
-              this.cutIn(buf, head.closeLine);
-              this.fwdIn = head.closeLineEnd;
+              this.cutIn(buf, i);
+              this.io.toUpstream(Buffer.concat([buf.subarray(i, head.closeLine), buf.subarray(head.closeLineEnd, end)]));
+              this.fwdIn = end;
             } else if (this.fwdIn < 0) this.fwdIn = i;
           } else {
             this.cutIn(buf, i);
