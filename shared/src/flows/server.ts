@@ -8,7 +8,8 @@ import { FilterError } from './filter.ts';
 import { timestampMs } from './flow.ts';
 import { getFlows, invalidArgument, tsMs, type FlowsBackend, type FlowsCall } from './get-flows.ts';
 import { NamespaceTracker } from './namespaces.ts';
-import { healthService, observerService, OBSERVER_SERVICE } from './proto.ts';
+import { observerHealth } from './health.ts';
+import { healthService, observerService } from './proto.ts';
 import type { GetAgentEventsRequest, GetAgentEventsResponse, Namespace, ObserverNode, ServerStatus } from './types.ts';
 import { claimUnixSocket } from '../io/unix-socket.ts';
 
@@ -65,23 +66,10 @@ export class ObserverServer {
         cb(null, { namespaces: namespaces.list() }),
       serverStatus: (_call: unknown, cb: grpc.sendUnaryData<ServerStatus>) => cb(null, status(backend)),
     });
-    server.addService(healthService().service, {
-      check: (call: grpc.ServerUnaryCall<{ service?: string }, unknown>, cb: grpc.sendUnaryData<{ status: string }>) => {
-        const svc = call.request.service ?? '';
-        if (svc && svc !== OBSERVER_SERVICE) {
-          cb({ code: grpc.status.NOT_FOUND, details: `unknown service "${svc}"` });
-          return;
-        }
-        cb(null, { status: 'SERVING' });
-      },
-      watch: (call: grpc.ServerWritableStream<{ service?: string }, { status: string }>) => {
-        const svc = call.request.service ?? '';
-        call.write({ status: !svc || svc === OBSERVER_SERVICE ? 'SERVING' : 'SERVICE_UNKNOWN' });
-        // Stays open: the status never changes while we serve.
-        self!.followers.add(call);
-        call.on('cancelled', () => self!.followers.delete(call));
-      },
-    });
+    server.addService(
+      healthService().service,
+      observerHealth(() => self!.followers),
+    );
     await claimUnixSocket(opts.socket, 'another flow observer'); // never over a live one; a stale one goes
     await bind(server, `unix:${opts.socket}`);
     fs.chmodSync(opts.socket, 0o660);

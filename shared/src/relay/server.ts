@@ -6,7 +6,8 @@ import fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { planRequest, invalidArgument } from '../flows/get-flows.ts';
 import { bind } from '../flows/server.ts';
-import { healthService, observerService, OBSERVER_SERVICE } from '../flows/proto.ts';
+import { observerHealth } from '../flows/health.ts';
+import { healthService, observerService } from '../flows/proto.ts';
 import { claimUnixSocket } from '../io/unix-socket.ts';
 import type { GetFlowsRequest, GetFlowsResponse, Namespace, ObserverNode, ServerStatus } from '../flows/types.ts';
 import type { Timed } from './merge.ts';
@@ -71,21 +72,10 @@ export class RelayServer {
         );
       },
     });
-    server.addService(healthService().service, {
-      check: (call: grpc.ServerUnaryCall<{ service?: string }, unknown>, cb: grpc.sendUnaryData<{ status: string }>) => {
-        const svc = call.request.service ?? '';
-        if (svc && svc !== OBSERVER_SERVICE) {
-          cb({ code: grpc.status.NOT_FOUND, details: `unknown service "${svc}"` });
-          return;
-        }
-        cb(null, { status: 'SERVING' });
-      },
-      watch: (call: grpc.ServerWritableStream<{ service?: string }, { status: string }>) => {
-        call.write({ status: 'SERVING' });
-        self!.followers.add(call);
-        call.on('cancelled', () => self!.followers.delete(call));
-      },
-    });
+    server.addService(
+      healthService().service,
+      observerHealth(() => self!.followers),
+    );
     let address: string | undefined;
     if (o.socket) {
       await claimUnixSocket(o.socket, 'another relay');
