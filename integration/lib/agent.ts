@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AgentClient } from '../../shared/src/api/client.ts';
-import { ownChild, ownDir, ownLink, type Release } from './cleanup.ts';
+import { ownChild, ownDir, ownLink, type Release, signalAndWait } from './cleanup.ts';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const AGENT_MAIN = path.join(REPO, 'shared/src/agent/main.ts');
@@ -143,16 +143,7 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
     }
   };
 
-  const waitExit = (signal: NodeJS.Signals) =>
-    new Promise<void>((resolve) => {
-      const c = child;
-      if (!c || c.exitCode !== null || c.signalCode !== null) {
-        resolve();
-        return;
-      }
-      c.once('exit', () => resolve());
-      c.kill(signal);
-    });
+  const waitExit = (signal: NodeJS.Signals) => signalAndWait(child, signal);
 
   const agent: TestAgent = {
     id,

@@ -47,6 +47,32 @@ export function ownChild(child: ChildProcess): Release {
   return release;
 }
 
+/** Sends `sig` to a child of ours and resolves once it has exited (at once if it is not running).
+ *  With `killAfterMs`, a child still running that long after the signal is SIGKILLed: the caller's
+ *  cleanup never hangs. */
+export function signalAndWait(child: ChildProcess | undefined, sig: NodeJS.Signals, killAfterMs?: number): Promise<void> {
+  return new Promise<void>((resolve) => {
+    if (!child || child.exitCode !== null || child.signalCode !== null) {
+      resolve();
+      return;
+    }
+    let hard: NodeJS.Timeout | undefined;
+    child.once('exit', () => {
+      clearTimeout(hard);
+      resolve();
+    });
+    child.kill(sig);
+    if (killAfterMs === undefined) return;
+    hard = setTimeout(() => {
+      try {
+        child.kill('SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }, killAfterMs);
+  });
+}
+
 /** A netns we added (`ip netns add NAME`). */
 export function ownNetns(name: string): Release {
   return register('netns', () => quiet('ip', ['netns', 'del', name]));

@@ -7,7 +7,7 @@ import fs from 'node:fs';
 import https from 'node:https';
 import net from 'node:net';
 import path from 'node:path';
-import { ownChild } from './cleanup.ts';
+import { ownChild, signalAndWait } from './cleanup.ts';
 
 export interface EtcdOptions {
   /** Directory of our own: data dir, log and socket go here (the caller removes it). */
@@ -114,16 +114,7 @@ export async function startEtcd(opts: EtcdOptions): Promise<TestEtcd> {
     }
     throw new Error(`etcd did not answer within 20 s:\n${tail(logFile)}`);
   };
-  const signal = (sig: NodeJS.Signals) =>
-    new Promise<void>((resolve) => {
-      const c = child;
-      if (!c || c.exitCode !== null || c.signalCode !== null) {
-        resolve();
-        return;
-      }
-      c.once('exit', () => resolve());
-      c.kill(sig);
-    });
+  const signal = (sig: NodeJS.Signals) => signalAndWait(child, sig);
   const etcd: TestEtcd = {
     clientUrl,
     localUrl,

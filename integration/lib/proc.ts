@@ -4,7 +4,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import { REPO, sleep } from './agent.ts';
-import { ownChild } from './cleanup.ts';
+import { ownChild, signalAndWait } from './cleanup.ts';
 import type { TestNetns } from './netns.ts';
 
 /** A supervised process of ours (agent, operator) started under nsenter. */
@@ -23,30 +23,8 @@ export function supervisedProc(ns: TestNetns, args: string[], logFile: string, e
   let child: ChildProcess | undefined;
   const e: NodeJS.ProcessEnv = { ...process.env, ...env };
   delete e.NODE_EXTRA_CA_CERTS;
-  const signal = (sig: NodeJS.Signals) =>
-    new Promise<void>((resolve) => {
-      const c = child;
-      if (!c || c.exitCode !== null || c.signalCode !== null) {
-        resolve();
-        return;
-      }
-      c.once('exit', () => {
-        clearTimeout(hard);
-        resolve();
-      });
-      c.kill(sig);
-      // A process that does not stop within 10 s of SIGTERM is killed: cleanup never hangs.
-      const hard = setTimeout(
-        () => {
-          try {
-            c.kill('SIGKILL');
-          } catch {
-            /* gone */
-          }
-        },
-        sig === 'SIGKILL' ? 0 : 10_000,
-      );
-    });
+  // A process that does not stop within 10 s of SIGTERM is killed: cleanup never hangs.
+  const signal = (sig: NodeJS.Signals) => signalAndWait(child, sig, sig === 'SIGKILL' ? 0 : 10_000);
   const p: Proc = {
     logFile,
     pid: () => child?.pid,
