@@ -29,6 +29,18 @@ async function byContainer(e: DockerTestEnv): Promise<Map<string, { hostIfName: 
   return out;
 }
 
+async function restartCount(e: DockerTestEnv, container: string): Promise<number> {
+  return Number((await e.docker(['inspect', '-f', '{{.RestartCount}}', container])).trim());
+}
+
+/** Waits until dockerd has `container` running again. Not `.State.Running`: dockerd sets it (and counts
+ *  the restart) as soon as the restart policy schedules a restart, while the container still waits out
+ *  its back-off with its network released and no address ("restarting"). An address read then is
+ *  empty, and a ping to it fails however long it is tried. */
+async function runningAgain(e: DockerTestEnv, container: string, ms: number): Promise<boolean> {
+  return eventually(async () => (await e.docker(['inspect', '-f', '{{.State.Status}}', container])).trim() === 'running', ms);
+}
+
 /** Runs a ping train inside `container` and returns the loss in percent. */
 async function pingTrain(e: DockerTestEnv, container: string, ip: string, count: number): Promise<number> {
   const r = await e.exec(container, ['ping', '-q', '-c', String(count), '-i', '0.1', '-W', '1', ip], 60_000);
@@ -129,44 +141,35 @@ t.test('agent restart (SIGTERM, then kill -9): containers keep talking; endpoint
   t.equal((await e.agent.client.listEndpoints()).length, 3, 'no stale endpoint');
 });
 
-// Known bug, open (stop 21): in full-suite runs (3 of 3 today, never alone) the restarted container's
-// new endpoint stays unreachable from the restored client endpoint (labelled, counted, 30 s of ping).
-// Marked TODO (tap reports it, does not run it) until the cause is found; see the issue notes (issue 17).
-t.test(
-  '--restart always container across an agent restart',
-  { todo: 'in full-suite runs the new endpoint is unreachable; cause open' },
-  async (t) => {
-    const e = await env(t);
-    const s = dockerSubnet();
-    const net = await e.network(['--subnet', s.cidr]);
-    // Exits (status 1) when /tmp/stop appears, so dockerd's restart policy starts it again.
-    const svc = await e.run(
-      ['--network', net, '--restart', 'always'],
-      ['sh', '-c', 'rm -f /tmp/stop; while [ ! -f /tmp/stop ]; do usleep 100000; done; exit 1'],
-    );
-    const cli = await e.run(['--network', net]);
-    t.ok(await e.pingEventually(cli, (await e.addressOf(svc, net)).ip));
-    await e.agent.restart();
-    t.ok(await e.ping(cli, (await e.addressOf(svc, net)).ip), 'still reachable after the agent restart');
-    const count = async () => Number((await e.docker(['inspect', '-f', '{{.RestartCount}}', svc])).trim());
-    const restartsBefore = await count();
-    const stop = await e.exec(svc, ['sh', '-c', ': > /tmp/stop']);
-    t.equal(stop.code, 0, `asked it to exit (${stop.stderr.trim()})`);
-    t.ok(await eventually(async () => (await count()) > restartsBefore, 15_000), 'dockerd restarted it (restart policy)');
-    t.ok(
-      await eventually(async () => (await e.docker(['inspect', '-f', '{{.State.Running}}', svc])).trim() === 'true', 15_000),
-      'running again',
-    );
-    // The new endpoint stays down until the Docker API has told its labels (fail closed); right after an
-    // agent restart, with the whole suite running beside it, that read has taken longer than 10 s (twice
-    // in full-suite runs, never alone): give it the label timeout and then some.
-    t.ok(await e.pingEventually(cli, (await e.addressOf(svc, net)).ip, 30_000), 'reachable through its new endpoint');
-    t.equal((await e.agent.client.listEndpoints()).length, 2, 'old endpoint deleted, new one created');
-    // Told by the Docker API, not let up by the label timeout (a read of the old endpoint's labels in
-    // flight across the restart once swallowed the new endpoint's: down 10 s, never named).
-    t.ok(await eventually(async () => (await byContainer(e)).has(svc)), 'its new endpoint labelled');
-  },
-);
+t.test('--restart always container across an agent restart', async (t) => {
+  const e = await env(t);
+  const s = dockerSubnet();
+  const net = await e.network(['--subnet', s.cidr]);
+  // Exits (status 1) when /tmp/stop appears, so dockerd's restart policy starts it again.
+  const svc = await e.run(
+    ['--network', net, '--restart', 'always'],
+    ['sh', '-c', 'rm -f /tmp/stop; while [ ! -f /tmp/stop ]; do usleep 100000; done; exit 1'],
+  );
+  const cli = await e.run(['--network', net]);
+  t.ok(await e.pingEventually(cli, (await e.addressOf(svc, net)).ip));
+  await e.agent.restart();
+  t.ok(await e.ping(cli, (await e.addressOf(svc, net)).ip), 'still reachable after the agent restart');
+  const restartsBefore = await restartCount(e, svc);
+  const stop = await e.exec(svc, ['sh', '-c', ': > /tmp/stop']);
+  t.equal(stop.code, 0, `asked it to exit (${stop.stderr.trim()})`);
+  t.ok(
+    await eventually(async () => (await restartCount(e, svc)) > restartsBefore, 15_000),
+    'dockerd restarted it (restart policy)',
+  );
+  t.ok(await runningAgain(e, svc, 15_000), 'running again');
+  const ip = (await e.addressOf(svc, net)).ip;
+  t.ok(ip, `its new address is known (${ip})`);
+  t.ok(await e.pingEventually(cli, ip, 10_000), 'reachable through its new endpoint');
+  t.equal((await e.agent.client.listEndpoints()).length, 2, 'old endpoint deleted, new one created');
+  // Told by the Docker API, not let up by the label timeout (a read of the old endpoint's labels in
+  // flight across the restart once swallowed the new endpoint's: down 10 s, never named).
+  t.ok(await eventually(async () => (await byContainer(e)).has(svc)), 'its new endpoint labelled');
+});
 
 t.test('dockerd restart: restart-always containers come back, others release their endpoints', async (t) => {
   const own = await startDockerd();
@@ -180,10 +183,7 @@ t.test('dockerd restart: restart-always containers come back, others release the
   const old = await e.agent.client.listEndpoints();
   t.equal(old.length, 2);
   await own.restart();
-  t.ok(
-    await eventually(async () => (await e.docker(['inspect', '-f', '{{.State.Running}}', always])).trim() === 'true', 30_000),
-    'restart-always container running again',
-  );
+  t.ok(await runningAgain(e, always, 30_000), 'restart-always container running again');
   t.equal((await e.docker(['inspect', '-f', '{{.State.Running}}', plain])).trim(), 'false', 'the plain one stays stopped');
   t.ok(await e.pingEventually(always, s.gateway, 10_000), 'it reaches its gateway through a new endpoint');
   const now = await e.agent.client.listEndpoints();
