@@ -10,7 +10,7 @@ import path from 'node:path';
 import { startAgent, randomId } from './lib/agent.ts';
 import { ping, linkGone, type TestNetns } from './lib/netns.ts';
 import { startContainerd, waitNetworkReady } from './lib/cri-containerd.ts';
-import { absentNow, hostLock, removeIfOnly } from '../cni/test/lib/host.ts';
+import { cniInvocations, holdRuntimeHost } from './lib/runtimes.ts';
 import { ensureCniBinary } from '../cni/test/lib/exec.ts';
 
 const cniBin = ensureCniBinary();
@@ -29,13 +29,7 @@ function podNetns(p: string): TestNetns {
 }
 
 t.test('containerd CRI: RunPodSandbox networks pods through membrane-cni, Stop/Remove free everything', async (t) => {
-  // one runtime test at a time on this host: they share libcni's cache dir and runtime-global dirs
-  const unlock = await hostLock('cni-runtimes');
-  const created = absentNow(['/var/lib/cni']);
-  t.teardown(() => {
-    removeIfOnly(created, /^blob-info-cache-v1\.boltdb$/);
-    unlock();
-  });
+  await holdRuntimeHost(t, ['/var/lib/cni'], /^blob-info-cache-v1\.boltdb$/);
   const subnet = `10.${200 + Math.floor(Math.random() * 50)}.${Math.floor(Math.random() * 250)}.0/29`; // 5 pod addresses
   const agent = await startAgent({ pools: [subnet] });
   t.teardown(() => agent.cleanup());
@@ -143,12 +137,7 @@ t.test('containerd CRI: RunPodSandbox networks pods through membrane-cni, Stop/R
     'no address left',
   );
 
-  const calls = fs
-    .readFileSync(cniLog, 'utf8')
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l))
-    .filter((l) => l.msg === 'invoked');
+  const calls = cniInvocations(cniLog);
   const dels = calls.filter((c) => c.verb === 'DEL' && c.containerId === ids[1]);
   t.same(
     dels.map((d) => d.netns === ''),

@@ -10,18 +10,13 @@ import path from 'node:path';
 import { startAgent, randomId, sleep } from './lib/agent.ts';
 import { startContainerd } from './lib/cri-containerd.ts';
 import { BB_REF } from './lib/images.ts';
-import { absentNow, hostLock, removeIfOnly } from '../cni/test/lib/host.ts';
+import { cniInvocations, holdRuntimeHost } from './lib/runtimes.ts';
 import { ensureCniBinary, runtimeEnv } from '../cni/test/lib/exec.ts';
 
 const cniBin = ensureCniBinary();
 
 t.test('ctr run --cni networks tasks through membrane-cni', async (t) => {
-  const unlock = await hostLock('cni-runtimes');
-  const created = absentNow(['/var/lib/cni', '/etc/cni/net.d', '/etc/cni', '/opt/cni/bin', '/opt/cni']);
-  t.teardown(() => {
-    removeIfOnly(created);
-    unlock();
-  });
+  await holdRuntimeHost(t, ['/var/lib/cni', '/etc/cni/net.d', '/etc/cni', '/opt/cni/bin', '/opt/cni']);
   const agent = await startAgent();
   t.teardown(() => agent.cleanup());
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-ctr-'));
@@ -83,11 +78,6 @@ t.test('ctr run --cni networks tasks through membrane-cni', async (t) => {
   await ctrd.ctr(['task', 'kill', '-s', 'KILL', name], { namespace: 'default' });
   await serverExit;
   t.same(await agent.client.listEndpoints(), [], 'both endpoints gone once the tasks ended');
-  const dels = fs
-    .readFileSync(cniLog, 'utf8')
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l))
-    .filter((l) => l.msg === 'invoked' && l.verb === 'DEL');
+  const dels = cniInvocations(cniLog).filter((l) => l.verb === 'DEL');
   t.ok(dels.length >= 3 && dels.every((d) => d.netns === ''), 'ctr DELs without a netns, and they succeed');
 });

@@ -9,29 +9,20 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { startAgent, randomId } from './lib/agent.ts';
 import { buildImageTarball, BB_TAG } from './lib/images.ts';
-import { absentNow, hostLock, removeIfOnly } from '../cni/test/lib/host.ts';
+import { cniInvocations, holdRuntimeHost, podmanConfig } from './lib/runtimes.ts';
 import { ensureCniBinary, runtimeEnv } from '../cni/test/lib/exec.ts';
 
 const execFileP = promisify(execFile);
 const cniBin = ensureCniBinary();
 
 t.test('podman (CNI backend) networks containers through membrane-cni', async (t) => {
-  // one runtime test at a time on this host: they share libcni's cache dir and runtime-global dirs
-  const unlock = await hostLock('cni-runtimes');
-  const created = absentNow(['/var/lib/cni', '/var/lib/containers']);
-  t.teardown(() => {
-    removeIfOnly(created, /^blob-info-cache-v1\.boltdb$/);
-    unlock();
-  });
+  await holdRuntimeHost(t, ['/var/lib/cni', '/var/lib/containers'], /^blob-info-cache-v1\.boltdb$/);
   const agent = await startAgent();
   t.teardown(() => agent.cleanup());
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-podman-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const net = `pod-${agent.id}`;
-  const binDir = path.join(dir, 'bin');
-  const confDir = path.join(dir, 'net.d');
-  for (const d of [binDir, confDir, path.join(dir, 'tmp')]) fs.mkdirSync(d, { recursive: true });
-  fs.symlinkSync(cniBin, path.join(binDir, 'membrane-cni'));
+  const { conf, confDir } = podmanConfig(dir, cniBin, net);
   const cniLog = path.join(dir, 'cni.log');
   fs.writeFileSync(
     path.join(confDir, `20-${net}.conflist`),
@@ -42,26 +33,6 @@ t.test('podman (CNI backend) networks containers through membrane-cni', async (t
         { type: 'membrane-cni', agentSocket: agent.socket, stateDir: agent.stateDir, logFile: cniLog, logLevel: 'debug' },
       ],
     }),
-  );
-  const conf = path.join(dir, 'containers.conf');
-  fs.writeFileSync(
-    conf,
-    `[containers]
-netns = "bridge"
-default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
-[engine]
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-events_logfile_path = "${dir}/events.log"
-runtime = "runc"
-tmp_dir = "${dir}/tmp"
-volume_path = "${dir}/volumes"
-[network]
-network_backend = "cni"
-cni_plugin_dirs = ["${binDir}", "/usr/lib/cni"]
-network_config_dir = "${confDir}"
-default_network = "${net}"
-`,
   );
   const env = runtimeEnv({ CONTAINERS_CONF: conf });
   const podman = async (args: string[]) =>
@@ -116,11 +87,6 @@ default_network = "${net}"
     [],
     'and released the addresses',
   );
-  const calls = fs
-    .readFileSync(cniLog, 'utf8')
-    .trim()
-    .split('\n')
-    .map((l) => JSON.parse(l))
-    .filter((l) => l.msg === 'invoked');
+  const calls = cniInvocations(cniLog);
   t.same([...new Set(calls.map((c) => c.verb))].sort(), ['ADD', 'DEL'], 'podman sent ADD and DEL (and VERSION before each)');
 });

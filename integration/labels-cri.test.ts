@@ -17,7 +17,7 @@ import { startContainerd, waitNetworkReady } from './lib/cri-containerd.ts';
 import { startEchoServer, killAll } from './lib/tcp.ts';
 import { probe } from './lib/probe.ts';
 import type { TestNetns } from './lib/netns.ts';
-import { hostLock, absentNow, removeIfOnly } from '../cni/test/lib/host.ts';
+import { holdRuntimeHost } from './lib/runtimes.ts';
 import { ensureCniBinary } from '../cni/test/lib/exec.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { ObserverClient } from '../shared/src/flows/client.ts';
@@ -49,12 +49,7 @@ function linkUp(name: string): boolean {
 }
 
 t.test("pod labels from containerd's CRI select pods; policies with k8s: keys are enforced", async (t) => {
-  const unlock = await hostLock('cni-runtimes');
-  const created = absentNow(['/var/lib/cni']);
-  t.teardown(() => {
-    removeIfOnly(created, /^blob-info-cache-v1\.boltdb$/);
-    unlock();
-  });
+  await holdRuntimeHost(t, ['/var/lib/cni'], /^blob-info-cache-v1\.boltdb$/);
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-labels-cri-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   const criSocket = path.join(dir, 'containerd', 'containerd.sock');

@@ -25,6 +25,7 @@ import { ensureBusyboxImage } from './lib/bbimage.ts';
 import { startContainerd, waitNetworkReady } from './lib/cri-containerd.ts';
 import { BB_REF, buildImageTarball } from './lib/images.ts';
 import { absentNow, hostLock, removeIfOnly } from '../cni/test/lib/host.ts';
+import { holdRuntimeHost, podmanConfig } from './lib/runtimes.ts';
 import { ensureCniBinary, runtimeEnv } from '../cni/test/lib/exec.ts';
 
 const cniBin = ensureCniBinary();
@@ -206,45 +207,18 @@ t.test(
 );
 
 t.test('README how-to: podman', async (t) => {
-  const unlock = await hostLock('cni-runtimes');
-  const created = absentNow(['/var/lib/cni', '/var/lib/containers']);
-  t.teardown(() => {
-    removeIfOnly(created, /^blob-info-cache-v1\.boltdb$/);
-    unlock();
-  });
+  await holdRuntimeHost(t, ['/var/lib/cni', '/var/lib/containers'], /^blob-info-cache-v1\.boltdb$/);
   const agent = await startAgent({ bundle: true });
   t.teardown(() => agent.cleanup());
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-readme-podman-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
-  const binDir = path.join(dir, 'bin'),
-    confDir = path.join(dir, 'net.d');
-  for (const d of [binDir, confDir, path.join(dir, 'tmp')]) fs.mkdirSync(d, { recursive: true });
-  fs.symlinkSync(cniBin, path.join(binDir, 'membrane-cni'));
+  // The README's ulimit workaround, and private dirs.
+  const { conf, binDir, confDir } = podmanConfig(dir, cniBin);
   // What scripts/install-cni writes, in a conf dir of its own ("membrane" is the network's name).
   spawnSync(
     path.join(REPO, 'scripts/install-cni'),
     ['--bin-dir', binDir, '--conf-dir', confDir, '--socket', agent.socket, '--log-file', path.join(dir, 'cni.log')],
     { env: runtimeEnv() },
-  );
-  const conf = path.join(dir, 'containers.conf');
-  // The README's ulimit workaround, and private dirs.
-  fs.writeFileSync(
-    conf,
-    `[containers]
-netns = "bridge"
-default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]
-[engine]
-cgroup_manager = "cgroupfs"
-events_logger = "file"
-events_logfile_path = "${dir}/events.log"
-runtime = "runc"
-tmp_dir = "${dir}/tmp"
-volume_path = "${dir}/volumes"
-[network]
-network_backend = "cni"
-cni_plugin_dirs = ["${binDir}", "/usr/lib/cni"]
-network_config_dir = "${confDir}"
-`,
   );
   const readme = fs.readFileSync(path.join(REPO, 'README.md'), 'utf8');
   t.match(readme, 'default_ulimits = ["nofile=1024:1024", "nproc=1024:1024"]', 'the README gives the same workaround');
