@@ -86,21 +86,26 @@ export class ObserverServer {
 
   async close(): Promise<void> {
     if (this.timer) clearInterval(this.timer);
-    // Followers never end on their own: end them so the graceful shutdown can finish.
-    for (const call of this.followers) call.end();
-    this.followers.clear();
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(() => {
-        this.server.forceShutdown();
-        resolve();
-      }, 2000);
-      this.server.tryShutdown(() => {
-        clearTimeout(timer);
-        resolve();
-      });
-    });
+    await closeGracefully(this.server, this.followers);
     fs.rmSync(this.socket, { force: true });
   }
+}
+
+/** Ends the open streams (followers never end on their own), then shuts the server down gracefully,
+ *  forcibly after 2 s. The agent's observer and the relay close this way. */
+export function closeGracefully(server: grpc.Server, followers: Set<{ end(): void }>): Promise<void> {
+  for (const call of followers) call.end();
+  followers.clear();
+  return new Promise<void>((resolve) => {
+    const timer = setTimeout(() => {
+      server.forceShutdown();
+      resolve();
+    }, 2000);
+    server.tryShutdown(() => {
+      clearTimeout(timer);
+      resolve();
+    });
+  });
 }
 
 export function bind(server: grpc.Server, target: string, tls?: ObserverServerOptions['tls']): Promise<number> {

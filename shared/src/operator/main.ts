@@ -5,20 +5,15 @@ import { Command } from 'commander';
 import { createLogger } from '../log.ts';
 import { VERSION } from '../version.ts';
 import { connectEtcd } from '../kvstore/kv.ts';
-import { kvstoreOptions, KvstoreConfigError } from '../kvstore/config.ts';
+import { kvstoreOptions, KvstoreConfigError, type KvstoreFlags } from '../kvstore/config.ts';
 import { addKvstoreFlags, duration, runMain, stopOnSignal, wholeNumber } from '../kvstore/command.ts';
 import { layout } from '../kvstore/layout.ts';
 import { Election } from './leader.ts';
 import { OperatorTasks } from './operator.ts';
 import { PodCidrPool } from './podcidr.ts';
 
-interface Opts {
+interface Opts extends KvstoreFlags {
   clusterName: string;
-  kvstore?: string;
-  kvstoreEndpoints?: string;
-  kvstoreCa?: string;
-  kvstoreCert?: string;
-  kvstoreKey?: string;
   clusterPool?: string;
   nodeCidrMaskSize: number;
   clusterPoolIpv6?: string;

@@ -10,19 +10,14 @@ import fs from 'node:fs';
 import { createLogger } from '../log.ts';
 import { VERSION } from '../version.ts';
 import { connectEtcd } from '../kvstore/kv.ts';
-import { kvstoreOptions, KvstoreConfigError } from '../kvstore/config.ts';
+import { kvstoreOptions, KvstoreConfigError, type KvstoreFlags } from '../kvstore/config.ts';
 import { addKvstoreFlags, duration, runMain, stopOnSignal, wholeNumber } from '../kvstore/command.ts';
 import { layout } from '../kvstore/layout.ts';
 import { PeerSet } from './peers.ts';
 import { RelayServer } from './server.ts';
 
-interface Opts {
+interface Opts extends KvstoreFlags {
   clusterName: string;
-  kvstore?: string;
-  kvstoreEndpoints?: string;
-  kvstoreCa?: string;
-  kvstoreCert?: string;
-  kvstoreKey?: string;
   listenSocket?: string;
   listenAddress?: string;
   tlsCaFile?: string;

@@ -5,7 +5,7 @@
 import fs from 'node:fs';
 import * as grpc from '@grpc/grpc-js';
 import { planRequest, invalidArgument } from '../flows/get-flows.ts';
-import { bind } from '../flows/server.ts';
+import { bind, closeGracefully } from '../flows/server.ts';
 import { observerHealth } from '../flows/health.ts';
 import { healthService, observerService } from '../flows/proto.ts';
 import { claimUnixSocket } from '../io/unix-socket.ts';
@@ -88,18 +88,7 @@ export class RelayServer {
   }
 
   async close(): Promise<void> {
-    for (const call of this.followers) call.end();
-    this.followers.clear();
-    await new Promise<void>((resolve) => {
-      const timer = setTimeout(() => {
-        this.server.forceShutdown();
-        resolve();
-      }, 2000);
-      this.server.tryShutdown(() => {
-        clearTimeout(timer);
-        resolve();
-      });
-    });
+    await closeGracefully(this.server, this.followers);
     if (this.socket) fs.rmSync(this.socket, { force: true });
   }
 }
