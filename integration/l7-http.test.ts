@@ -316,6 +316,40 @@ t.test('keep-alive: allowed and denied requests share one connection', async (t)
   t.match(b.got, /^HTTP\/1\.1 200 OK/, 'the same connection still works after a denial');
 });
 
+t.test("one-request connections share the proxy's upstream connections, never across identities", async (t) => {
+  t.teardown(reset);
+  await importL7(API());
+  // Same rights, another identity (its own labels).
+  if (!eps.good2) await pod('good2', { app: 'checkout-canary', stage: 'live' });
+  const once = async (name: string) => {
+    const r = await curl(nsOf[name], url('web', 80, '/public/p'), ['-H', 'Connection: close']);
+    t.equal(r.status, 200, `${name}: answered`);
+    return JSON.parse(r.body) as { peerPort: number; headers: Record<string, string> };
+  };
+  const ports = async (name: string, n: number) => {
+    const seen = new Set<number>();
+    for (let i = 0; i < n; i++) {
+      const b = await once(name);
+      t.equal(b.headers.connection, undefined, `${name}: the server does not see the client's "Connection: close"`);
+      seen.add(b.peerPort);
+    }
+    return seen;
+  };
+  const good = await ports('good', 6);
+  // Each worker keeps its own idle connections; the kernel spreads client connections over the workers.
+  const workers = ((await agent.client.status()).l7 as { workers: unknown[] }).workers.length;
+  t.ok(
+    good.size <= workers,
+    `6 one-request connections of checkout rode ${good.size} upstream connection(s) (${workers} workers)`,
+  );
+  const other = await ports('good2', 4);
+  t.same(
+    [...other].filter((p) => good.has(p)),
+    [],
+    "the other identity's requests never ride an upstream connection checkout's requests used",
+  );
+});
+
 // One request with Connection: close from a fixed local port; the client closes only after the
 // server's FIN (as clients that read to the end do). Prints {status, serverClosedFirst} or {error}.
 const CLOSE_CLIENT = `

@@ -14,7 +14,7 @@ const srv = http.createServer((req, res) => {
   let bytes = 0;
   req.on('data', (d) => { h.update(d); bytes += d.length; });
   req.on('end', () => {
-    const body = JSON.stringify({ server: name, method: req.method, url: req.url, headers: req.headers, bytes, sha256: h.digest('hex'), peer: req.socket.remoteAddress });
+    const body = JSON.stringify({ server: name, method: req.method, url: req.url, headers: req.headers, bytes, sha256: h.digest('hex'), peer: req.socket.remoteAddress, peerPort: req.socket.remotePort });
     res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
     res.end(body);
   });
