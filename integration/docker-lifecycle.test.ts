@@ -171,6 +171,33 @@ t.test('--restart always container across an agent restart', async (t) => {
   t.ok(await eventually(async () => (await byContainer(e)).has(svc)), 'its new endpoint labelled');
 });
 
+t.test('a crash-looping --restart always container: reachable through each new endpoint, none left over', async (t) => {
+  const e = await env(t);
+  const s = dockerSubnet();
+  const net = await e.network(['--subnet', s.cidr]);
+  const svc = await e.run(
+    ['--network', net, '--restart', 'always'],
+    ['sh', '-c', 'rm -f /tmp/stop; while [ ! -f /tmp/stop ]; do usleep 100000; done; exit 1'],
+  );
+  const cli = await e.run(['--network', net]);
+  t.ok(await e.pingEventually(cli, (await e.addressOf(svc, net)).ip));
+  // Quick exits grow dockerd's back-off (100, 200, 400 ms ...): each restart spends longer "restarting"
+  // with its network released; the endpoint goes with it and a new one comes with the next start.
+  for (let round = 1; round <= 4; round++) {
+    const before = await restartCount(e, svc);
+    const old = (await byContainer(e)).get(svc);
+    await e.exec(svc, ['sh', '-c', ': > /tmp/stop']);
+    const back =
+      (await eventually(async () => (await restartCount(e, svc)) > before, 15_000)) && (await runningAgain(e, svc, 15_000));
+    const ip = (await e.addressOf(svc, net)).ip;
+    t.ok(back && ip, `round ${round}: running again with an address (${ip})`);
+    t.ok(await e.pingEventually(cli, ip, 10_000), `round ${round}: reachable through its new endpoint`);
+    t.equal((await e.agent.client.listEndpoints()).length, 2, `round ${round}: its old endpoint deleted`);
+    if (old) t.notOk(hostLinkExists(old.hostIfName), `round ${round}: the old host veth is gone`);
+    t.ok(await eventually(async () => (await byContainer(e)).has(svc)), `round ${round}: the new endpoint labelled`);
+  }
+});
+
 t.test('dockerd restart: restart-always containers come back, others release their endpoints', async (t) => {
   const own = await startDockerd();
   t.teardown(() => own.destroy());
