@@ -300,6 +300,49 @@ spec:
   },
 );
 
+t.test('one policy replaced by name among 60: its change takes effect, the others stay, a bad one changes nothing', async (t) => {
+  t.teardown(reset);
+  // 58 policies of CIDR rules that match nobody here (TEST-NET-3), one admitting the client, one the world.
+  const cnp = (name: string, ingress: object[]) => ({
+    apiVersion: 'cilium.io/v2',
+    kind: 'CiliumNetworkPolicy',
+    metadata: { name },
+    spec: { endpointSelector: { matchLabels: { app: 'web' } }, ingress },
+  });
+  const filler = Array.from({ length: 58 }, (_, i) =>
+    cnp(`filler-${i}`, [{ fromCIDR: [`203.0.113.${i}/32`], toPorts: [{ ports: [{ port: String(TCP_A), protocol: 'TCP' }] }] }]),
+  );
+  const from = (app: string) => cnp('admit', [{ fromEndpoints: [{ matchLabels: { app } }] }]);
+  const worldPolicy = cnp('world', [
+    { fromCIDR: [`${W1}/32`], toPorts: [{ ports: [{ port: String(TCP_A), protocol: 'TCP' }] }] },
+  ]);
+  await importPolicy(JSON.stringify([...filler, from('client'), worldPolicy]));
+  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'ok', 'client admitted');
+  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A), 'timeout', 'other not');
+  t.equal(await probe(world, ip4(eps.web), TCP_A), 'ok', 'the world address admitted');
+  const revisions = async () => Object.fromEntries((await pc.list()).items.map((p) => [p.name, p.revision]));
+  const before = await revisions();
+
+  const r = await importPolicy(JSON.stringify(from('other')));
+  t.same(r.changes, [{ name: 'admit', change: 'updated', revision: 2 }], 'only the named policy changed');
+  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A), 'ok', 'other admitted at once');
+  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'timeout', 'client no longer');
+  t.equal(await probe(world, ip4(eps.web), TCP_A), 'ok', 'the untouched policy still admits the world address');
+  const after = await revisions();
+  t.equal(Object.keys(after).length, 60, 'all 60 policies kept');
+  t.same({ ...after, admit: before.admit }, before, 'no other policy was touched');
+
+  const bad = from('client') as { spec: { ingress: object[] } };
+  bad.spec.ingress.push({ toPorts: [{ ports: [{ port: '99999', protocol: 'TCP' }] }] });
+  await t.rejects(importPolicy(JSON.stringify(bad)), {
+    status: 400,
+    message: /spec\.ingress\[1\]\.toPorts\[0\]\.ports\[0\]\.port/,
+  });
+  t.same(await revisions(), after, 'a refused replacement changes nothing');
+  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A), 'ok', 'and the datapath still holds the last good one');
+  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'timeout');
+});
+
 t.test('audit mode per endpoint: would-be drops pass', async (t) => {
   t.teardown(async () => {
     await pc.setAudit(eps.web.containerId, 'eth0', null);

@@ -10,11 +10,12 @@ import type { Rule } from './types.ts';
 export class RuleMemo {
   private previous = new Map<string, object>();
   private current = new Map<string, object>();
-  /** Normalized rules by the validated element they came from, then by place. */
-  private readonly rules = new WeakMap<object, Map<string, Rule>>();
+  /** The normalized rule last built from a validated element, and at which place. */
+  private readonly rules = new WeakMap<object, { place: string; rule: Rule }>();
 
   /** The schema's output for this rule element, if an earlier parse validated the same text. */
   validated(key: string): object | undefined {
+    if (!this.previous.size) return undefined; // a first parse: nothing to find
     let v = this.current.get(key);
     if (v === undefined) {
       v = this.previous.get(key);
@@ -27,13 +28,13 @@ export class RuleMemo {
     this.current.set(key, value);
   }
 
-  /** The rule `make` builds from `validated` at `place`, built once per element and place. */
+  /** The rule `make` builds from `validated` at `place`; built again only when the place changed. */
   rule(validated: object, place: string, make: () => Rule): Rule {
-    let byPlace = this.rules.get(validated);
-    if (!byPlace) this.rules.set(validated, (byPlace = new Map()));
-    let r = byPlace.get(place);
-    if (!r) byPlace.set(place, (r = make()));
-    return r;
+    const known = this.rules.get(validated);
+    if (known?.place === place) return known.rule;
+    const rule = make();
+    this.rules.set(validated, { place, rule });
+    return rule;
   }
 
   /** After each parse: what it did not use is forgotten. */
