@@ -4,13 +4,11 @@
 // world's genuine errors about C's traffic do. Neighbour discovery and MLD aimed at another pod are
 // dropped; the pods' own neighbour discovery keeps working.
 import t from 'tap';
-import { execFileSync } from 'node:child_process';
-import crypto from 'node:crypto';
 import { icmp, ipv4, PROTO, TCP_FLAGS, tcp } from '../shared/src/bpf/packets.ts';
 import { ipBytes, parseMac } from '../shared/src/net/index.ts';
 import { castOf, frame4, frame6, reasonName } from './lib/attack-pods.ts';
-import { createNetns, ping, type TestNetns } from './lib/netns.ts';
-import { randomId } from './lib/agent.ts';
+import { ping, type TestNetns } from './lib/netns.ts';
+import { createWorld, type TestWorld } from './lib/world.ts';
 import { frameInfo, sendFrames, sniff } from './lib/raw.ts';
 import { killAll, startEchoServer, startFlow } from './lib/tcp.ts';
 
@@ -20,21 +18,16 @@ if (process.getuid?.() !== 0) {
 }
 
 const cast = castOf(['a', 'b', 'c', 'd']);
-const R = crypto.randomInt(0, 512);
-const W = `198.${18 + (R >> 8)}.${R & 255}.10`;
-const wHost = `mbw${randomId(3)}`;
+let worldNet: TestWorld | undefined;
 let world: TestNetns;
+/** The world's address (198.18.0.0/15). */
+let W = '';
 const children: { stop(): void }[] = [];
 
 t.before(async () => {
-  world = createNetns('mbw');
-  execFileSync('ip', ['link', 'add', wHost, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', world.path]);
-  execFileSync('ip', ['link', 'set', wHost, 'up']);
-  execFileSync('sysctl', ['-qw', `net.ipv4.conf.${wHost}.proxy_arp=1`, `net.ipv4.neigh.${wHost}.proxy_delay=0`]);
-  await world.exec('ip', ['addr', 'add', `${W}/32`, 'dev', 'eth0']);
-  await world.exec('ip', ['link', 'set', 'eth0', 'up']);
-  await world.exec('ip', ['route', 'add', '10.0.0.0/8', 'dev', 'eth0']);
-  execFileSync('ip', ['route', 'add', `${W}/32`, 'dev', wHost]);
+  worldNet = await createWorld([10], '10.0.0.0/8');
+  world = worldNet.ns;
+  [W] = worldNet.ips;
   await cast.pc.import(`apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: c-closed}
@@ -45,17 +38,7 @@ spec:
 });
 t.teardown(() => {
   for (const c of children) c.stop();
-  try {
-    execFileSync('ip', ['route', 'del', `${W}/32`], { stdio: 'ignore' });
-  } catch {
-    /* gone */
-  }
-  try {
-    execFileSync('ip', ['link', 'del', wHost], { stdio: 'ignore' });
-  } catch {
-    /* gone with the netns */
-  }
-  world?.remove();
+  worldNet?.remove();
 });
 
 /** The first 28 bytes of the IPv4 packet an ICMP error quotes, with a marker in its IP id. */

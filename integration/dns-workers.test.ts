@@ -6,11 +6,10 @@
 // fails the queries in flight on that upstream socket with SERVFAIL at once and teaches nothing. The
 // tests start once the agent's status says both workers relay UDP.
 import t from 'tap';
-import { execFileSync } from 'node:child_process';
-import crypto from 'node:crypto';
 import fs from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
 import { createNetns, type TestNetns } from './lib/netns.ts';
+import { createWorld, type TestWorld } from './lib/world.ts';
 import { randomId, startAgent, type TestAgent } from './lib/agent.ts';
 import { killAll, startEchoServer } from './lib/tcp.ts';
 import { resolveAndConnect, startDnsmasq } from './lib/dns.ts';
@@ -22,14 +21,14 @@ if (process.getuid?.() !== 0) {
   process.exit(0);
 }
 
-const R = crypto.randomInt(0, 512);
-const NET = `198.${18 + (R >> 8)}.${R & 255}`;
-const DNS = `${NET}.53`;
+/** The world's /24 (198.18.0.0/15), once t.before has made it. */
+let NET = '';
+let DNS = '';
 /** An address of the world where nothing listens on 53: its kernel answers ICMP port unreachable. */
-const DEAD = `${NET}.54`;
+let DEAD = '';
 const N = 8;
 const hostIp = (i: number) => `${NET}.${100 + i}`;
-const wHost = `mbw${randomId(3)}`;
+let worldNet: TestWorld | undefined;
 const tmp = fs.mkdtempSync('/tmp/mbr-dnsw-');
 const policy = (dnsPattern: string) => `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -64,18 +63,11 @@ t.before(async () => {
     ifName: 'eth0',
     labels: { app: 'client' },
   });
-  const world = createNetns('mbw');
-  nss.push(world);
-  execFileSync('ip', ['link', 'add', wHost, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', world.path]);
-  execFileSync('ip', ['link', 'set', wHost, 'up']);
-  execFileSync('sysctl', ['-qw', `net.ipv4.conf.${wHost}.proxy_arp=1`, `net.ipv4.neigh.${wHost}.proxy_delay=0`]);
-  const ips = [DNS, DEAD, ...Array.from({ length: N }, (_x, i) => hostIp(i))];
-  for (const ip of ips) {
-    await world.exec('ip', ['addr', 'add', `${ip}/32`, 'dev', 'eth0']);
-    execFileSync('ip', ['route', 'add', `${ip}/32`, 'dev', wHost]);
-  }
-  await world.exec('ip', ['link', 'set', 'eth0', 'up']);
-  await world.exec('ip', ['route', 'add', 'default', 'dev', 'eth0']);
+  worldNet = await createWorld([53, 54, ...Array.from({ length: N }, (_x, i) => 100 + i)]);
+  const world = worldNet.ns;
+  NET = worldNet.net;
+  DNS = `${NET}.53`;
+  DEAD = `${NET}.54`;
   children.push(await startEchoServer(world, 80, '0.0.0.0'));
   const dnsmasq = await startDnsmasq(world, tmp, DNS, {
     hosts: Array.from({ length: N }, (_x, i): [string, string] => [hostIp(i), `n${i}.workers.test`]),
@@ -98,18 +90,7 @@ t.before(async () => {
 
 t.teardown(async () => {
   killAll(children);
-  for (const ip of [DNS, DEAD, ...Array.from({ length: N }, (_x, i) => hostIp(i))]) {
-    try {
-      execFileSync('ip', ['route', 'del', `${ip}/32`], { stdio: 'ignore' });
-    } catch {
-      /* gone */
-    }
-  }
-  try {
-    execFileSync('ip', ['link', 'del', wHost], { stdio: 'ignore' });
-  } catch {
-    /* gone with the netns */
-  }
+  worldNet?.remove();
   await agent?.cleanup();
   for (const ns of nss) ns.remove();
   fs.rmSync(tmp, { recursive: true, force: true });

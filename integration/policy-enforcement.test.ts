@@ -3,9 +3,8 @@
 // deny precedence, replies, audit mode, updates, new endpoints enforced before their first packet.
 // Every name and address is unique to this run; everything is removed even when a step fails.
 import t from 'tap';
-import { execFileSync } from 'node:child_process';
-import crypto from 'node:crypto';
 import { createNetns, ping, type TestNetns } from './lib/netns.ts';
+import { createWorld, type TestWorld } from './lib/world.ts';
 import { startEchoServer, startFlow, killAll } from './lib/tcp.ts';
 import { randomId, startAgent } from './lib/agent.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
@@ -30,14 +29,11 @@ const children: ReturnType<typeof startFlow>[] = [];
 const servers: Awaited<ReturnType<typeof startEchoServer>>[] = [];
 const eps: Record<string, Endpoint> = {};
 const nsOf: Record<string, TestNetns> = {};
-// The "world": a netns with two addresses from 198.18.0.0/15, routed through the node.
-const R = crypto.randomInt(0, 512);
-const WORLD_NET = `198.${18 + (R >> 8)}.${R & 255}`;
-const W1 = `${WORLD_NET}.10`,
-  W2 = `${WORLD_NET}.20`;
-const wId = randomId(3);
-const wHost = `mbw${wId}`;
+// The "world": a netns with two addresses from 198.18.0.0/15 (.10 and .20), routed through the node.
+let worldNet: TestWorld | undefined;
 let world: TestNetns;
+let W1 = '';
+let W2 = '';
 
 async function pod(name: string, labels: Record<string, string>, metadata: Record<string, string> = {}): Promise<Endpoint> {
   const ns = createNetns('mbp');
@@ -76,35 +72,16 @@ t.before(async () => {
   await servePorts(nsOf.web);
   await servePorts(nsOf.other);
   // World netns: proxy ARP on the host side answers for every address, a host route per address.
-  world = createNetns('mbw');
-  nss.push(world);
-  execFileSync('ip', ['link', 'add', wHost, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', world.path]);
-  execFileSync('ip', ['link', 'set', wHost, 'up']);
-  execFileSync('sysctl', ['-qw', `net.ipv4.conf.${wHost}.proxy_arp=1`, `net.ipv4.neigh.${wHost}.proxy_delay=0`]);
-  for (const a of [W1, W2]) {
-    await world.exec('ip', ['addr', 'add', `${a}/32`, 'dev', 'eth0']);
-    execFileSync('ip', ['route', 'add', `${a}/32`, 'dev', wHost]);
-  }
-  await world.exec('ip', ['link', 'set', 'eth0', 'up']);
-  await world.exec('ip', ['route', 'add', '10.0.0.0/8', 'dev', 'eth0']);
+  worldNet = await createWorld([10, 20], '10.0.0.0/8');
+  world = worldNet.ns;
+  [W1, W2] = worldNet.ips;
   servers.push(await startEchoServer(world, TCP_A, '0.0.0.0'));
 });
 
 t.teardown(async () => {
   killAll(servers);
   for (const c of children) c.stop();
-  try {
-    execFileSync('ip', ['link', 'del', wHost], { stdio: 'ignore' });
-  } catch {
-    /* gone with the netns */
-  }
-  for (const a of [W1, W2]) {
-    try {
-      execFileSync('ip', ['route', 'del', `${a}/32`], { stdio: 'ignore' });
-    } catch {
-      /* gone */
-    }
-  }
+  worldNet?.remove();
   await agent?.cleanup();
   for (const ns of nss) ns.remove();
 });

@@ -24,8 +24,9 @@ export interface TestWorld {
   remove(): void;
 }
 
-/** A world with the addresses `${net}.${h}` for each of `hosts`, up, with a default route back. */
-export async function createWorld(hosts: number[]): Promise<TestWorld> {
+/** A world with the addresses `${net}.${h}` for each of `hosts`, up, with a route back to the node
+ *  for `back` (default: a default route). */
+export async function createWorld(hosts: number[], back = 'default'): Promise<TestWorld> {
   const link = `mbw${randomId(3)}`;
   const ns = createNetns('mbw');
   const releaseLink = ownLink(link);
@@ -37,7 +38,7 @@ export async function createWorld(hosts: number[]): Promise<TestWorld> {
     const ips = hosts.map((h) => `${net}.${h}`);
     for (const ip of ips) await ns.exec('ip', ['addr', 'add', `${ip}/32`, 'dev', 'eth0']);
     await ns.exec('ip', ['link', 'set', 'eth0', 'up']);
-    await ns.exec('ip', ['route', 'add', 'default', 'dev', 'eth0']);
+    await ns.exec('ip', ['route', 'add', back, 'dev', 'eth0']);
     return {
       ns,
       link,
