@@ -11,7 +11,7 @@ import { ping } from './lib/netns.ts';
 import { startEchoServer } from './lib/tcp.ts';
 import { probe } from './lib/probe.ts';
 import { sniff, frameInfo } from './lib/raw.ts';
-import { flowsOf } from './lib/vxlan.ts';
+import { flowsUntil } from './lib/vxlan.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 
 if (process.getuid?.() !== 0) {
@@ -76,13 +76,11 @@ t.test(
     await untilDropped('enforced on n2', other.ns, web.ip4, 8080);
     t.equal(await probe(client.ns, web.ip4, 8080, 3000), 'ok', 'client (n1) -> web (n2) allowed');
     t.equal(await probe(other.ns, web.ip4, 8080), 'timeout', 'other (n1) -> web (n2) dropped');
-    await eventually(
+    const [drop] = await flowsUntil(
       'n2 reports it',
-      async () => (await flowsOf(n2.observerSocket, (f) => f.verdict === 'DROPPED' && f.IP?.source === other.ip4)).length > 0,
-      10_000,
-      200,
+      n2.observerSocket,
+      (f) => f.verdict === 'DROPPED' && f.IP?.source === other.ip4,
     );
-    const [drop] = await flowsOf(n2.observerSocket, (f) => f.verdict === 'DROPPED' && f.IP?.source === other.ip4);
     t.equal(drop.source?.identity, other.endpoint.identity, "n2 names other's identity (its ipcache knows n1's pods)");
 
     const rn = await n1.pod({ app: 'web-rn' });

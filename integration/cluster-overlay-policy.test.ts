@@ -8,7 +8,7 @@ import { eventually } from './lib/cluster.ts';
 import { untilDropped, webFromClient } from './lib/cluster-maps.ts';
 import { startEchoServer } from './lib/tcp.ts';
 import { probe } from './lib/probe.ts';
-import { flowsOf, tcpDport } from './lib/vxlan.ts';
+import { flowsOf, flowsUntil, tcpDport } from './lib/vxlan.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import type { Flow } from '../shared/src/flows/types.ts';
 
@@ -123,12 +123,7 @@ spec:
       f.IP?.source === client.ip4 &&
       f.trafficDirection === 'EGRESS' &&
       f.dropReasonDesc === 'POLICY_DENY';
-    await eventually(
-      'n1 reports the egress drop',
-      async () => (await flowsOf(n1.observerSocket, egressDrop)).length > 0,
-      10_000,
-      200,
-    );
+    await flowsUntil('n1 reports the egress drop', n1.observerSocket, egressDrop);
     t.ok(
       (await flowsOf(n1.observerSocket, egressDrop)).every((f) => f.nodeName === 'n1'),
       "the sender's node drops what its egress policy denies, and says so (POLICY_DENY, egress, on n1)",

@@ -9,7 +9,7 @@ import { eventually, type TestCluster } from './lib/cluster.ts';
 import { webFromClient } from './lib/cluster-maps.ts';
 import { probe } from './lib/probe.ts';
 import { sniff, frameInfo } from './lib/raw.ts';
-import { flowsOf, sendUdp, vxlanPayload } from './lib/vxlan.ts';
+import { flowsOf, flowsUntil, sendUdp, vxlanPayload } from './lib/vxlan.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { eth, ETH_P, ipv4, PROTO, tcp, TCP_FLAGS, withChecksum } from '../shared/src/bpf/packets.ts';
 
@@ -64,13 +64,7 @@ t.test(
     // 1. VNI of a denied identity, inner source of the allowed one: dropped, with the VNI's identity.
     const s1 = syn(client.ip4);
     await sendUdp(n1.netns, n2.ip, 8472, vxlanPayload(other.endpoint.identity, s1.frame));
-    await eventually(
-      'n2 reports the forged packet',
-      async () => (await flowsOf(n2.observerSocket, at(s1.sport))).length > 0,
-      10_000,
-      200,
-    );
-    const [f1] = await flowsOf(n2.observerSocket, at(s1.sport));
+    const [f1] = await flowsUntil('n2 reports the forged packet', n2.observerSocket, at(s1.sport));
     t.equal(f1.verdict, 'DROPPED', `inner source ${client.ip4} (client) under VNI ${other.endpoint.identity} (other): dropped`);
     t.equal(f1.source?.identity, other.endpoint.identity, "the flow names the VNI's identity, not the inner address's");
 
@@ -78,13 +72,7 @@ t.test(
     const cap = await sniff(web.ns, 15);
     const s2 = syn(other.ip4);
     await sendUdp(n1.netns, n2.ip, 8472, vxlanPayload(client.endpoint.identity, s2.frame));
-    await eventually(
-      'n2 reports the second packet',
-      async () => (await flowsOf(n2.observerSocket, at(s2.sport))).length > 0,
-      10_000,
-      200,
-    );
-    const [f2] = await flowsOf(n2.observerSocket, at(s2.sport));
+    const [f2] = await flowsUntil('n2 reports the second packet', n2.observerSocket, at(s2.sport));
     t.not(f2.verdict, 'DROPPED', `inner source ${other.ip4} (other) under VNI ${client.endpoint.identity} (client): admitted`);
     t.equal(f2.source?.identity, client.endpoint.identity, 'as client, the identity the VNI carries');
     const synSeen = () =>
@@ -99,13 +87,7 @@ t.test(
     // 3. A VNI claiming "host" is another node's host: remote-node, which this policy does not allow.
     const s3 = syn(client.ip4);
     await sendUdp(n1.netns, n2.ip, 8472, vxlanPayload(1, s3.frame));
-    await eventually(
-      'n2 reports the host claim',
-      async () => (await flowsOf(n2.observerSocket, at(s3.sport))).length > 0,
-      10_000,
-      200,
-    );
-    const [f3] = await flowsOf(n2.observerSocket, at(s3.sport));
+    const [f3] = await flowsUntil('n2 reports the host claim', n2.observerSocket, at(s3.sport));
     t.equal(f3.verdict, 'DROPPED', 'VNI 1 (host) from another node: dropped');
     t.equal(f3.source?.identity, 6, "as remote-node: a tunnel never speaks for this node's host");
     t.equal(await probe(n2.netns, web.ip4, 8083, 3000), 'ok', "while n2's own host still reaches web");

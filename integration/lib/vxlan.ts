@@ -2,6 +2,7 @@
 // VNI, the inner frame), hand-made VXLAN datagrams sent from a netns of ours with a plain UDP socket
 // (so nothing but the receiving node's datapath decides), and the flows a node's observer holds.
 import type { TestNetns } from './netns.ts';
+import { eventually } from './proc.ts';
 import { frameInfo, type FrameInfo } from './raw.ts';
 import { ObserverClient } from '../../shared/src/flows/client.ts';
 import type { Flow } from '../../shared/src/flows/types.ts';
@@ -45,6 +46,13 @@ export async function flowsOf(observerSocket: string, pick: (f: Flow) => boolean
   } finally {
     c.close();
   }
+}
+
+/** Polls a node's observer until it holds a flow `pick` matches (`ms` at most); those flows. */
+export async function flowsUntil(what: string, observerSocket: string, pick: (f: Flow) => boolean, ms = 10_000): Promise<Flow[]> {
+  let got: Flow[] = [];
+  await eventually(what, async () => (got = await flowsOf(observerSocket, pick)).length > 0, ms, 200);
+  return got;
 }
 
 export const tcpDport = (f: Flow): number | undefined => f.l4?.TCP?.destinationPort;
