@@ -51,8 +51,15 @@ export class CidrIdentities {
   /** Make the table hold exactly `prefixes`: keep known numbers, allocate new ones, drop the rest.
    *  A Set passed here must not change afterwards (the same Set again is taken as no change: an
    *  endpoint's sync does not walk 10,000 prefixes that the policies did not change). */
-  sync(prefixes: Iterable<string>): { added: CidrEntry[]; removed: CidrEntry[] } {
+  sync(
+    prefixes: Iterable<string>,
+    delta?: { from: Set<string>; added: string[]; removed: string[] },
+  ): { added: CidrEntry[]; removed: CidrEntry[] } {
     if (prefixes === this.syncedTo) return { added: [], removed: [] };
+    if (delta && prefixes instanceof Set && delta.from === this.syncedTo) {
+      const r = this.syncDelta(prefixes, delta);
+      if (r) return r;
+    }
     const want = new Set<string>();
     // Policies hold normalized text already: only unknown prefixes pay for normalization.
     for (const p of prefixes) want.add(this.byText.has(p) ? p : normalizeCidr(p));
@@ -77,6 +84,37 @@ export class CidrIdentities {
       this.version++;
     }
     this.syncedTo = prefixes instanceof Set ? prefixes : undefined;
+    return { added, removed };
+  }
+
+  /** The same from the set synced last and what changed since (policy text holds normalized
+   *  prefixes; anything else takes the full sync). undefined: not applicable. */
+  private syncDelta(
+    prefixes: Set<string>,
+    delta: { added: string[]; removed: string[] },
+  ): { added: CidrEntry[]; removed: CidrEntry[] } | undefined {
+    if ([...delta.added, ...delta.removed].some((p) => normalizeCidr(p) !== p)) return undefined;
+    const removed: CidrEntry[] = [];
+    for (const text of delta.removed) {
+      const e = this.byText.get(text);
+      if (!e || prefixes.has(text)) continue;
+      this.byText.delete(text);
+      this.byId.delete(e.id);
+      removed.push(e);
+    }
+    const added: CidrEntry[] = [];
+    for (const text of delta.added) {
+      if (this.byText.has(text)) continue;
+      const e = { cidr: parseCidr(text), text, id: this.allocate() };
+      this.byText.set(text, e);
+      this.byId.set(e.id, e);
+      added.push(e);
+    }
+    if (added.length || removed.length) {
+      this.sorted = null;
+      this.version++;
+    }
+    this.syncedTo = prefixes;
     return { added, removed };
   }
 

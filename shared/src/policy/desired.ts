@@ -9,7 +9,10 @@ import { matches } from './selector.ts';
 import { encodePolicyKey, EP_FLAGS } from './map-codec.ts';
 import { endpointFlags, selectionFor } from './selection.ts';
 import { namesCidrs } from './peer-deps.ts';
-import type { Peer, PolicyRecord } from './types.ts';
+import { prefixesFrom } from './prefixes.ts';
+
+export { prefixesOf } from './prefixes.ts';
+import type { PolicyRecord } from './types.ts';
 import type { L7Set } from './l7.ts';
 import type { FqdnState } from '../fqdn/state.ts';
 import type { FqdnSelector } from '../fqdn/selector.ts';
@@ -56,26 +59,6 @@ export interface Desired {
   /** host ifindex -> policy flag bits */
   flags: Map<number, number>;
   compiler: PolicyCompiler;
-}
-
-/** prefixesOf by record set (a set is never changed in place: a change makes a new array). */
-const prefixSets = new WeakMap<PolicyRecord[], Set<string>>();
-
-/** Every prefix a policy names, including `except` ones (they need their own ipcache entry). The
- *  same Set for the same records array (do not change it). */
-export function prefixesOf(records: PolicyRecord[]): Set<string> {
-  const known = prefixSets.get(records);
-  if (known) return known;
-  const out = new Set<string>();
-  prefixSets.set(records, out);
-  const visit = (p: Peer) => {
-    if (p.kind !== 'cidr') return;
-    out.add(p.cidr);
-    for (const e of p.except) out.add(e);
-  };
-  for (const r of records)
-    for (const s of r.policy.specs) for (const rule of s.rules) if (rule.peers !== 'all') rule.peers.forEach(visit);
-  return out;
 }
 
 /** Every toFQDNs selector of the records. */
@@ -233,7 +216,8 @@ function entriesFrom(
 }
 
 export function buildDesired(input: DesiredInput, cache?: { current?: CompileCache }): Desired {
-  input.cidrs.sync(prefixesOf(input.records));
+  const prefixes = prefixesFrom(input.records, cache?.current?.records);
+  input.cidrs.sync(prefixes.set, prefixes.delta);
   input.fqdn?.setPolicy(
     fqdnSelectorsOf(input.records),
     input.cidrs.entries().map((e) => e.text),
