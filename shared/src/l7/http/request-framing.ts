@@ -1,0 +1,180 @@
+// The client's half of one proxied HTTP/1.1 connection: requests framed as they stream in (heads
+// parsed, bodies scanned, never buffered whole), each head handed to the connection for a verdict,
+// the allowed bytes forwarded in as few writes as possible, the denied ones dropped. Bytes after an
+// upgrade request are held until the server answers. Deciding, queueing and ending are the
+// connection's (connection.ts).
+import { rewriteHead } from './exchange.ts';
+import { BodyScanner, checkRequestStart, findHeadEnd, parseRequestHead, skipEmptyLines, type RequestHead } from './parse.ts';
+import type { Pending } from './queue.ts';
+
+export const enum Rq {
+  HEAD,
+  BODY,
+  WAIT_SWITCH,
+  TUNNEL,
+  CLOSED,
+}
+
+/** What the request side asks of its connection. */
+export interface RequestHost {
+  /** Idle upstream connections are reused: a client's `Connection: close` need not reach the server. */
+  readonly reusesUpstream: boolean;
+  /** Bytes for the server (allowed requests in order, tunnel bytes). */
+  toUpstream(b: Buffer): void;
+  /** A complete request head: decide, queue its response slot (the proxy may answer at once). */
+  admit(head: RequestHead): Pending;
+  /** The slot queued last (the request whose body is being read). */
+  lastPending(): Pending;
+  /** The server will close the upstream after this request (the client asked for it). */
+  upstreamWillClose(): void;
+  /** A request was read to its end: the proxy's own answer to it may go out now. */
+  requestComplete(): void;
+  /** An upgrade request was read: stop reading the client until the server answers. */
+  holdForSwitch(): void;
+  /** A request the proxy cannot read safely (`e` says why): answer it in order, then close. */
+  badRequest(e: unknown): void;
+}
+
+export class RequestFramer {
+  state = Rq.HEAD;
+  /** An allowed request's body is being forwarded (the upstream is busy). */
+  forwardingBody = false;
+  private readonly body = new BodyScanner();
+  /** The body being read belongs to an allowed request. */
+  private forwardBody = false;
+  /** The start of a head not complete yet, or bytes held while an upgrade waits. */
+  private carry?: Buffer;
+  /** Start of the byte range of the chunk being walked that is to be forwarded (-1: none). */
+  private fwd = -1;
+
+  constructor(private readonly host: RequestHost) {}
+
+  /** Bytes from the client. */
+  feed(chunk: Buffer): void {
+    if (this.state === Rq.CLOSED) return;
+    if (this.state === Rq.TUNNEL) {
+      this.host.toUpstream(chunk);
+      return;
+    }
+    let buf = chunk;
+    if (this.carry) {
+      buf = Buffer.concat([this.carry, chunk]);
+      this.carry = undefined;
+    }
+    try {
+      this.consume(buf);
+    } catch (e) {
+      this.state = Rq.CLOSED;
+      this.host.badRequest(e);
+    }
+  }
+
+  /** Ends the wait for a switch: the bytes held since the upgrade request. */
+  takeHeld(): Buffer | undefined {
+    const held = this.carry;
+    this.carry = undefined;
+    return held;
+  }
+
+  /** Walks buf; forwards allowed bytes in as few writes as possible (a range is flushed at each cut). */
+  private consume(buf: Buffer): void {
+    const len = buf.length;
+    let i = 0;
+    this.fwd = -1;
+    while (i < len) {
+      switch (this.state) {
+        case Rq.HEAD: {
+          i = skipEmptyLines(buf, i, len);
+          if (i >= len) break;
+          const end = findHeadEnd(buf, i, len);
+          if (end < 0) {
+            checkRequestStart(buf, i, len);
+            this.cut(buf, i);
+            this.carry = buf.subarray(i);
+            return;
+          }
+          const head = parseRequestHead(buf, i, end);
+          const p = this.host.admit(head);
+          if (p.x.verdict.allowed) {
+            // "Connection: close" is for the client's connection, which still ends after the
+            // response; the upstream one is kept for the next client (hop-by-hop, RFC 9110 7.6.1).
+            const dropClose = this.host.reusesUpstream && head.closeLine >= 0 && !p.switching && !p.x.verdict.edits.length;
+            if (!head.keepAlive && !dropClose) this.host.upstreamWillClose();
+            if (head.body !== 'none') this.forwardingBody = true;
+            if (p.x.verdict.edits.length) {
+              this.cut(buf, i);
+              this.host.toUpstream(rewriteHead(buf, i, end, p.x.verdict.edits));
+              this.fwd = end;
+            } else if (dropClose) {
+              // One write (one segment to the server), as the unchanged head would be.
+              p.closeDropped = true;
+              this.cut(buf, i);
+              this.host.toUpstream(Buffer.concat([buf.subarray(i, head.closeLine), buf.subarray(head.closeLineEnd, end)]));
+              this.fwd = end;
+            } else if (this.fwd < 0) this.fwd = i;
+          } else {
+            this.cut(buf, i);
+          }
+          this.forwardBody = p.x.verdict.allowed;
+          i = end;
+          if (head.body === 'none') this.done(p);
+          else {
+            this.state = Rq.BODY;
+            this.body.start(head.body, head.contentLength);
+          }
+          if (p.closeAfter && !p.x.verdict.allowed && head.body !== 'none' && head.expectContinue) {
+            // The client waits for 100 Continue before sending the body; it will not get one.
+            this.state = Rq.CLOSED;
+          }
+          break;
+        }
+        case Rq.BODY: {
+          if (this.forwardBody && this.fwd < 0) this.fwd = i;
+          const end = this.body.scan(buf, i, len);
+          if (end < 0) {
+            i = len;
+            break;
+          }
+          i = end;
+          this.done(this.host.lastPending());
+          break;
+        }
+        case Rq.WAIT_SWITCH:
+          // Bytes after an upgrade request belong to the new protocol if the server switches, or
+          // are the next request if it does not: hold them (the socket is paused) until it answers.
+          this.cut(buf, i);
+          this.carry = this.carry ? Buffer.concat([this.carry, buf.subarray(i)]) : buf.subarray(i);
+          return;
+        case Rq.TUNNEL:
+          if (this.fwd < 0) this.fwd = i;
+          i = len;
+          break;
+        case Rq.CLOSED:
+          this.cut(buf, i);
+          return;
+      }
+    }
+    this.cut(buf, len);
+  }
+
+  /** Forwards the allowed range of the current client chunk that ends at `at`. */
+  private cut(buf: Buffer, at: number): void {
+    if (this.fwd >= 0 && at > this.fwd) this.host.toUpstream(buf.subarray(this.fwd, at));
+    this.fwd = -1;
+  }
+
+  /** The request of slot `p` has been read to its end. */
+  private done(p: Pending): void {
+    this.forwardingBody = false;
+    if (!p.complete) {
+      p.complete = true;
+      this.host.requestComplete();
+    }
+    if (p.switching) {
+      this.state = Rq.WAIT_SWITCH;
+      this.host.holdForSwitch();
+    } else {
+      this.state = p.closeAfter ? Rq.CLOSED : Rq.HEAD;
+    }
+  }
+}

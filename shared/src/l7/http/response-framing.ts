@@ -1,0 +1,157 @@
+// The server's half of one proxied HTTP/1.1 connection: responses framed as they stream in (heads
+// parsed, bodies scanned, never buffered whole) and passed on byte for byte, each one matched to the
+// oldest request the server owes an answer. A client's dropped `Connection: close` (upstream reuse)
+// is put back into the head of its response. Queueing and ending are the connection's (connection.ts).
+import { answered } from './exchange.ts';
+import { BodyScanner, HttpParseError, findHeadEnd, parseResponseHead } from './parse.ts';
+import type { Pending } from './queue.ts';
+
+export const enum Rs {
+  HEAD,
+  BODY,
+  BODY_CLOSE,
+  TUNNEL,
+}
+
+const CLOSE_LINE = Buffer.from('connection: close\r\n', 'latin1');
+
+/** What the response side asks of its connection. */
+export interface ResponseHost {
+  /** Bytes for the client. */
+  toClient(b: Buffer): void;
+  /** The slot the next response answers (undefined: the server owes nothing). */
+  nextUpstream(): Pending | undefined;
+  /** A response nobody asked for (e.g. 408): it is passed on, then the connection closes. */
+  unsolicited(): void;
+  /** The server closes the upstream after this response. */
+  upstreamWillClose(): void;
+  /** The server agreed to switch protocols for `p`: `rest` are the tunnel's first bytes. */
+  switched(p: Pending, rest: Buffer): void;
+  /** The response at the head of the queue is complete (`delimitedByClose`: by the server's FIN). */
+  responseComplete(delimitedByClose: boolean): void;
+}
+
+export class ResponseFramer {
+  state = Rs.HEAD;
+  private readonly body = new BodyScanner();
+  /** The start of a head not complete yet. */
+  private carry?: Buffer;
+  /** Start of the byte range of the chunk being walked that is to be forwarded (-1: none). */
+  private fwd = -1;
+  /** A response head with "connection: close" added, written together with the bytes after it. */
+  private headOut?: Buffer;
+
+  constructor(private readonly host: ResponseHost) {}
+
+  /** Between responses, with no part of the next one read. */
+  get idle(): boolean {
+    return this.state === Rs.HEAD && !this.carry;
+  }
+
+  /** Bytes from the server; throws when they cannot be framed. */
+  feed(chunk: Buffer): void {
+    if (this.state === Rs.TUNNEL) {
+      this.host.toClient(chunk);
+      return;
+    }
+    let buf = chunk;
+    if (this.carry) {
+      buf = Buffer.concat([this.carry, chunk]);
+      this.carry = undefined;
+    }
+    this.consume(buf);
+  }
+
+  /** The response being read is complete (also when the server's FIN ends a close-delimited body). */
+  complete(): void {
+    const delimitedByClose = this.state === Rs.BODY_CLOSE;
+    this.state = Rs.HEAD;
+    this.host.responseComplete(delimitedByClose);
+  }
+
+  private consume(buf: Buffer): void {
+    const len = buf.length;
+    let i = 0;
+    this.fwd = -1;
+    while (i < len) {
+      if (this.state === Rs.TUNNEL || this.state === Rs.BODY_CLOSE) {
+        if (this.fwd < 0) this.fwd = i;
+        i = len;
+        break;
+      }
+      // Locals at the head are written the moment they get there: the head answers this data.
+      const p = this.host.nextUpstream();
+      if (!p) {
+        if (this.fwd < 0) this.fwd = i;
+        i = len;
+        this.host.unsolicited();
+        break;
+      } // unsolicited (e.g. 408): pass on, then close
+      switch (this.state) {
+        case Rs.HEAD: {
+          const end = findHeadEnd(buf, i, len);
+          if (end < 0) {
+            this.cut(buf, i);
+            this.carry = buf.subarray(i);
+            return;
+          }
+          const head = parseResponseHead(buf, i, end, p.x.method);
+          if (this.fwd < 0) this.fwd = i;
+          i = end;
+          if (head.status < 200 && head.status !== 101) break; // interim (100 Continue...): the final one follows
+          answered(p.x, head.status);
+          if (p.switching && (head.status === 101 || (p.x.method === 'CONNECT' && head.status < 300))) {
+            this.cut(buf, i);
+            this.host.switched(p, buf.subarray(i));
+            return;
+          }
+          if (head.status === 101) throw new HttpParseError(502, 'switching protocols without an upgrade request');
+          if (p.closeDropped && head.keepAlive) {
+            // The client asked for close and the connection ends after this response: say so.
+            this.headOut = Buffer.concat([buf.subarray(this.fwd, i - 2), CLOSE_LINE]);
+            this.fwd = i - 2;
+          }
+          if (!head.keepAlive) {
+            p.closeAfter = true;
+            this.host.upstreamWillClose();
+          }
+          if (head.body === 'length' || head.body === 'chunked') {
+            this.state = Rs.BODY;
+            this.body.start(head.body, head.contentLength);
+          } else if (head.body === 'close') {
+            this.state = Rs.BODY_CLOSE;
+            p.closeAfter = true;
+            this.host.upstreamWillClose();
+          } else {
+            this.cut(buf, i);
+            this.complete();
+          }
+          break;
+        }
+        case Rs.BODY: {
+          if (this.fwd < 0) this.fwd = i;
+          const end = this.body.scan(buf, i, len);
+          if (end < 0) {
+            i = len;
+            break;
+          }
+          i = end;
+          this.cut(buf, i);
+          this.complete();
+          break;
+        }
+      }
+    }
+    this.cut(buf, len);
+  }
+
+  /** Writes the range of the current server chunk that ends at `at` (after a rewritten head). */
+  private cut(buf: Buffer, at: number): void {
+    const part = this.fwd >= 0 && at > this.fwd ? buf.subarray(this.fwd, at) : undefined;
+    if (this.headOut) {
+      this.host.toClient(part ? Buffer.concat([this.headOut, part]) : this.headOut);
+      this.headOut = undefined;
+    } else if (part) this.host.toClient(part);
+    this.fwd = -1;
+  }
+}
