@@ -4,7 +4,6 @@
 // pod no policy selects. Every name and address is unique per file.
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import path from 'node:path';
 import type { Test } from 'tap';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
 import type { Endpoint } from '../../shared/src/types.ts';
@@ -15,6 +14,7 @@ import { startDnsmasq, type Dnsmasq } from './dns.ts';
 import { createNetns, type TestNetns } from './netns.ts';
 import { killAll, startEchoServer } from './tcp.ts';
 import { createWorld, type TestWorld } from './world.ts';
+import { membrane } from './cli.ts';
 
 /** The last octet of each world address. */
 const HOSTS = {
@@ -139,7 +139,7 @@ export function dnsFqdnForFile(t: Test): DnsFqdnFile {
       tmp,
       pod,
       hosts,
-      cli: (args) => cli(a.socket, args),
+      cli: (args) => membrane(args, { MEMBRANE_SOCKET: a.socket }),
       cacheList: (name) => a.client.request('GET', `/v1/fqdn/cache${name ? `?name=${name}` : ''}`),
     };
   });
@@ -151,25 +151,6 @@ export function dnsFqdnForFile(t: Test): DnsFqdnFile {
     fs.rmSync(tmp, { recursive: true, force: true });
   });
   return standIn(() => file, 'the DNS test world');
-}
-
-/** The membrane CLI against the file's agent. */
-function cli(socket: string, args: string[]): Promise<{ code: number | null; out: string; err: string }> {
-  const env: NodeJS.ProcessEnv = { ...process.env, MEMBRANE_SOCKET: socket };
-  delete env.NODE_EXTRA_CA_CERTS;
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), ...args], {
-    cwd: REPO,
-    env,
-  });
-  let out = '',
-    err = '';
-  child.stdout.on('data', (d) => {
-    out += d;
-  });
-  child.stderr.on('data', (d) => {
-    err += d;
-  });
-  return new Promise((resolve) => child.once('close', (code) => resolve({ code, out, err })));
 }
 
 /** Polls `fn` every 250 ms until it returns a value (throws naming `what` after `ms`). */

@@ -1,15 +1,15 @@
 // The flows-observe*.test.ts setup: a real agent (from source) with three pods of our own (client,
 // server, other; unique names and labels per run) and two echo servers on the server pod, plus the
 // ways the tests read flows: GetFlows polled, the metrics page, and the `membrane` CLI.
-import { spawn, type ChildProcess } from 'node:child_process';
-import path from 'node:path';
+import type { ChildProcess } from 'node:child_process';
 import { ObserverClient } from '../../shared/src/flows/client.ts';
 import type { Flow, GetFlowsRequest } from '../../shared/src/flows/types.ts';
 import { type MetricFamily, sampleValue } from '../../shared/src/metrics/parse.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
 import type { Endpoint } from '../../shared/src/types.ts';
-import { randomId, REPO, startAgent, type TestAgent } from './agent.ts';
+import { randomId, startAgent, type TestAgent } from './agent.ts';
 import { scrapeMetrics } from './metrics.ts';
+import { membrane } from './cli.ts';
 import { createNetns, type TestNetns } from './netns.ts';
 import { killAll, startEchoServer } from './tcp.ts';
 
@@ -101,23 +101,7 @@ export async function startFlowPods(): Promise<FlowPods> {
         await new Promise((r) => setTimeout(r, 100));
       }
     },
-    cli(args) {
-      const env: NodeJS.ProcessEnv = { ...process.env, MEMBRANE_OBSERVER_SOCKET: agent.observerSocket };
-      delete env.NODE_EXTRA_CA_CERTS;
-      const child = spawn(process.execPath, ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), ...args], {
-        cwd: REPO,
-        env,
-      });
-      let out = '',
-        err = '';
-      child.stdout.on('data', (d) => {
-        out += d;
-      });
-      child.stderr.on('data', (d) => {
-        err += d;
-      });
-      return new Promise((resolve) => child.once('close', (code) => resolve({ code, out, err })));
-    },
+    cli: (args) => membrane(args, { MEMBRANE_OBSERVER_SOCKET: agent.observerSocket }),
     cleanup,
   };
 }
