@@ -61,6 +61,9 @@ export interface Desired {
   compiler: PolicyCompiler;
 }
 
+/** The record set each FQDN state was last given (setPolicy). */
+const fqdnSyncedTo = new WeakMap<FqdnState, PolicyRecord[]>();
+
 /** Every toFQDNs selector of the records. */
 export function fqdnSelectorsOf(records: PolicyRecord[]): FqdnSelector[] {
   const out: FqdnSelector[] = [];
@@ -218,10 +221,16 @@ function entriesFrom(
 export function buildDesired(input: DesiredInput, cache?: { current?: CompileCache }): Desired {
   const prefixes = prefixesFrom(input.records, cache?.current?.records);
   input.cidrs.sync(prefixes.set, prefixes.delta);
-  input.fqdn?.setPolicy(
-    fqdnSelectorsOf(input.records),
-    input.cidrs.entries().map((e) => e.text),
-  );
+  // The selectors and prefixes follow the records alone (the table holds exactly their prefixes once
+  // synced): a sync with the same records (an endpoint's ADD or DEL) does not list, sort and compare
+  // every prefix again.
+  if (input.fqdn && fqdnSyncedTo.get(input.fqdn) !== input.records) {
+    input.fqdn.setPolicy(
+      fqdnSelectorsOf(input.records),
+      input.cidrs.entries().map((e) => e.text),
+    );
+    fqdnSyncedTo.set(input.fqdn, input.records);
+  }
   // Peers selectors choose from: local endpoints, plus other nodes' endpoints in cluster mode.
   let peers: { identity: number }[] = input.endpoints;
   if (input.remote?.size) {
