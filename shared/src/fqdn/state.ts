@@ -31,7 +31,8 @@ export class FqdnState {
   private selectors = new Map<string, NameMatcher>();
   private selectorsKey = '';
   private prefixes: { text: string; cidr: Cidr }[] = [];
-  private prefixesKey = '';
+  /** The prefixes as given last (compared as a set: no sort of 10,000 texts per change). */
+  private prefixSet = new Set<string>();
   /** ipcache prefix -> FQDN identity, for addresses some selector selects. */
   private readonly entries = new Map<string, number>();
   /** Numbers found in the pinned ipcache at start: reused for the same addresses. */
@@ -45,12 +46,15 @@ export class FqdnState {
   setPolicy(selectors: FqdnSelector[], prefixes: string[]): void {
     const keys = [...new Set(selectors.map(selectorKey))].sort();
     const sk = keys.join('\n');
-    const pk = [...prefixes].sort().join('\n');
-    if (sk === this.selectorsKey && pk === this.prefixesKey) return;
+    const unique = new Set(prefixes);
+    const samePrefixes = unique.size === this.prefixSet.size && [...unique].every((p) => this.prefixSet.has(p));
+    if (sk === this.selectorsKey && samePrefixes) return;
     this.selectorsKey = sk;
-    this.prefixesKey = pk;
+    this.prefixSet = unique;
     this.selectors = new Map(selectors.map((s) => [selectorKey(s), selectorMatcher(s)]));
-    this.prefixes = [...new Set(prefixes)].map((text) => ({ text, cidr: parseCidr(text) }));
+    // Prefixes parsed before are taken as they are: a change to one policy parses its own.
+    const parsed = new Map(this.prefixes.map((p) => [p.text, p]));
+    this.prefixes = [...unique].map((text) => parsed.get(text) ?? { text, cidr: parseCidr(text) });
     this.entries.clear();
     for (const ip of this.cache.ips()) this.place(ip);
     this.retainUsed();
