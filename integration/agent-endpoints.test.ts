@@ -3,7 +3,8 @@
 import t from 'tap';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { startAgent, REPO, randomId } from './lib/agent.ts';
+import { startAgent, randomId } from './lib/agent.ts';
+import { membrane } from './lib/cli.ts';
 import { createNetns, linkGone, ping, type TestNetns } from './lib/netns.ts';
 import { startEchoServer, tcpRequest, killAll } from './lib/tcp.ts';
 import { hostRouteTo, mapEntries, tcFilters } from './lib/inspect.ts';
@@ -52,29 +53,11 @@ t.test('two pods talk to each other and to the node, then leave nothing behind',
   const counters = await agent.client.request<{ items: Endpoint[] }>('GET', '/v1/endpoints');
   t.equal(counters.items.length, 2, 'the agent lists both endpoints');
 
-  const cli = await execFileP(process.execPath, [
-    '--import',
-    'tsx',
-    `${REPO}/shared/src/cli/main.ts`,
-    '--socket',
-    agent.socket,
-    'endpoint',
-    'list',
-    '-o',
-    'json',
-  ]);
-  const listed = JSON.parse(cli.stdout) as Endpoint[];
+  const cli = await membrane(['--socket', agent.socket, 'endpoint', 'list', '-o', 'json']);
+  const listed = JSON.parse(cli.out) as Endpoint[];
   t.same(listed.map((e) => e.containerId).sort(), [a.containerId, b.containerId].sort(), 'the CLI lists them');
-  const table = await execFileP(process.execPath, [
-    '--import',
-    'tsx',
-    `${REPO}/shared/src/cli/main.ts`,
-    '--socket',
-    agent.socket,
-    'endpoint',
-    'list',
-  ]);
-  t.match(table.stdout, /app=a/, 'labels shown in the table');
+  const table = await membrane(['--socket', agent.socket, 'endpoint', 'list']);
+  t.match(table.out, /app=a/, 'labels shown in the table');
 
   t.match(tcFilters(b.hostIfName, 'ingress'), /bpf/, 'BPF program on the host veth ingress');
   t.match(tcFilters(b.hostIfName, 'egress'), /bpf/, 'and egress');

@@ -12,6 +12,7 @@ import { promisify } from 'node:util';
 import { parse as parseYaml } from 'yaml';
 import { randomId, REPO, startAgent, type TestAgent } from './lib/agent.ts';
 import { createNetns, type TestNetns } from './lib/netns.ts';
+import { type CliResult, membrane } from './lib/cli.ts';
 import { probe } from './lib/probe.ts';
 import { killAll, startEchoServer } from './lib/tcp.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
@@ -35,20 +36,8 @@ let client: Endpoint, server: Endpoint;
 let nsClient: TestNetns;
 const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
 
-async function cli(...args: string[]): Promise<{ code: number; out: string; err: string }> {
-  const env = { ...process.env };
-  delete env.NODE_EXTRA_CA_CERTS;
-  try {
-    const { stdout, stderr } = await execFileP(
-      process.execPath,
-      ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), '--socket', agent.socket, ...args],
-      { cwd: REPO, env },
-    );
-    return { code: 0, out: stdout, err: stderr };
-  } catch (e) {
-    const x = e as { code: number; stdout: string; stderr: string };
-    return { code: x.code, out: x.stdout, err: x.stderr };
-  }
+function cli(...args: string[]): Promise<CliResult> {
+  return membrane(['--socket', agent.socket, ...args]);
 }
 
 t.before(async () => {
