@@ -13,9 +13,11 @@ import { eth, ETH_P, ipv4, PROTO, TCP_FLAGS, tcp, withChecksum } from '../shared
 import { castOf, frame4, frame6, reasonName, waitFor } from './lib/attack-pods.ts';
 import { randomId } from './lib/agent.ts';
 import { curl, startHttpServer } from './lib/http.ts';
-import { createNetns, type TestNetns } from './lib/netns.ts';
+import type { TestNetns } from './lib/netns.ts';
 import { sendFrames, sniff, frameInfo } from './lib/raw.ts';
 import { killAll } from './lib/tcp.ts';
+import { l7WorkersConnected } from './lib/l7-workers.ts';
+import { createWorld, type TestWorld } from './lib/world.ts';
 import type { ChildProcess } from 'node:child_process';
 
 if (process.getuid?.() !== 0) {
@@ -25,10 +27,11 @@ if (process.getuid?.() !== 0) {
 
 const cast = castOf(['web', 'client', 'other']);
 const servers: ChildProcess[] = [];
-const R = crypto.randomInt(0, 512);
-const W1 = `198.${18 + (R >> 8)}.${R & 255}.10`;
-const wHost = `mbw${randomId(3)}`;
+/** The world (lib/world.ts): its netns, its one address, the host side of its veth. */
+let worldNet: TestWorld | undefined;
 let world: TestNetns;
+let W1 = '';
+let wHost = '';
 let proxyPort = 0;
 /** The node's address the proxy's upstream connections come from (what the server sees as peer). */
 let proxySource = '';
@@ -45,47 +48,22 @@ spec:
     toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET, path: "/public/.*"}]}}]
 `;
 
-async function workersConnected(): Promise<void> {
-  const end = Date.now() + 60_000;
-  for (;;) {
-    const l7 = (await cast.agent.client.status()).l7 as { port: number; workers: { connected: boolean }[] };
-    proxyPort = l7.port;
-    if (l7.workers.every((w) => w.connected)) return;
-    if (Date.now() > end) throw new Error(`L7 proxy workers did not connect: ${JSON.stringify(l7)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
-
 t.before(async () => {
   const { web } = cast.pods;
   servers.push(await startHttpServer(web.ns, 80, 'web'));
-  world = createNetns('mbw');
-  execFileSync('ip', ['link', 'add', wHost, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', world.path]);
-  execFileSync('ip', ['link', 'set', wHost, 'up']);
-  execFileSync('sysctl', ['-qw', `net.ipv4.conf.${wHost}.proxy_arp=1`, `net.ipv4.neigh.${wHost}.proxy_delay=0`]);
-  await world.exec('ip', ['addr', 'add', `${W1}/32`, 'dev', 'eth0']);
-  execFileSync('ip', ['route', 'add', `${W1}/32`, 'dev', wHost]);
-  await world.exec('ip', ['link', 'set', 'eth0', 'up']);
-  await world.exec('ip', ['route', 'add', 'default', 'dev', 'eth0']);
+  worldNet = await createWorld([10]);
+  world = worldNet.ns;
+  W1 = worldNet.ips[0];
+  wHost = worldNet.link;
   await cast.pc.import(POLICY);
-  await workersConnected();
+  proxyPort = (await l7WorkersConnected(cast.agent.client)).port;
   const r = await curl(cast.pods.client.ns, `http://${web.ip4}/public/who`);
   proxySource = (JSON.parse(r.body) as { peer: string }).peer.replace(/^::ffff:/, '');
 });
 
 t.teardown(() => {
   killAll(servers);
-  try {
-    execFileSync('ip', ['link', 'del', wHost], { stdio: 'ignore' });
-  } catch {
-    /* gone with the netns */
-  }
-  try {
-    execFileSync('ip', ['route', 'del', `${W1}/32`], { stdio: 'ignore' });
-  } catch {
-    /* gone */
-  }
-  world?.remove();
+  worldNet?.remove();
 });
 
 /** A UDP listener on 0.0.0.0:port in ns (undefined: the node's own netns) that collects what arrives. */

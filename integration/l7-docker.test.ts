@@ -7,6 +7,7 @@ import { dockerFixture, dockerSubnet, eventually, type DockerTestEnv } from './l
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { ObserverClient } from '../shared/src/flows/client.ts';
 import { randomId } from './lib/agent.ts';
+import { l7WorkersConnected } from './lib/l7-workers.ts';
 
 if (process.getuid?.() !== 0) {
   t.plan(0, 'needs root');
@@ -21,16 +22,6 @@ const { env } = dockerFixture(t);
 async function httpGet(e: DockerTestEnv, from: string, ip: string, path: string): Promise<string> {
   const r = await e.exec(from, ['sh', '-c', `printf 'GET ${path} HTTP/1.0\\r\\nHost: web\\r\\n\\r\\n' | nc -w 3 ${ip} 80`]);
   return r.stdout || `no answer (exit ${r.code}) ${r.stderr.trim()}`;
-}
-
-async function workersConnected(e: DockerTestEnv): Promise<void> {
-  const end = Date.now() + 60_000;
-  for (;;) {
-    const l7 = (await e.agent.client.status()).l7 as { workers: { connected: boolean }[] };
-    if (l7.workers.every((w) => w.connected)) return;
-    if (Date.now() > end) throw new Error(`L7 proxy workers did not connect: ${JSON.stringify(l7)}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
 }
 
 t.test('Docker containers: HTTP rules on container traffic, L7 flows name the containers', async (t) => {
@@ -67,7 +58,7 @@ spec:
   - fromEndpoints: [{matchLabels: {app: client}}]
     toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET, path: "/public/.*"}]}}]
 `);
-  await workersConnected(e);
+  await l7WorkersConnected(e.agent.client);
   const marker = `/public/index.html?m=${randomId()}`;
   t.match(await httpGet(e, client, ip, `${marker}`), /^HTTP\/1\.[01] 200 [\s\S]*hello-public/, 'client GET /public/...: served');
   t.match(

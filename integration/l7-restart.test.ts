@@ -10,6 +10,7 @@ import { createNetns, type TestNetns } from './lib/netns.ts';
 import { randomId, startAgent, type TestAgent } from './lib/agent.ts';
 import { curl, RawHttp, request, startHttpServer } from './lib/http.ts';
 import { probe } from './lib/probe.ts';
+import { l7WorkersConnected } from './lib/l7-workers.ts';
 import { killAll, startEchoServer } from './lib/tcp.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { PROXY_ROUTE_TABLE } from '../shared/src/l7/routing.ts';
@@ -44,24 +45,7 @@ spec:
     - ports: [{port: "${ECHO}", protocol: TCP}]
 `;
 
-interface L7Status {
-  port: number;
-  workers: { pid?: number; connected: boolean; restarts: number }[];
-}
-const l7 = async () => (await agent.client.status()).l7 as unknown as L7Status;
-async function workersConnected(ms = 60_000): Promise<L7Status> {
-  const end = Date.now() + ms;
-  for (;;) {
-    try {
-      const s = await l7();
-      if (s.workers.every((w) => w.connected)) return s;
-    } catch {
-      /* the agent is starting */
-    }
-    if (Date.now() > end) throw new Error('L7 proxy workers did not connect');
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+const workersConnected = () => l7WorkersConnected(agent.client);
 const drops = async () => ((await agent.client.request('GET', '/v1/policy/status')) as { drops: Record<string, number> }).drops;
 const alive = (pid: number) => {
   try {

@@ -3,15 +3,16 @@
 // (app=crawler) and inv (app=inventory; HTTP on 80), and a "world" netns (198.18.0.0/15) with an HTTP
 // server on W1:80. Every name and address is unique per file; each test removes its policies.
 import type { ChildProcess } from 'node:child_process';
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import type { Test } from 'tap';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
 import type { Endpoint } from '../../shared/src/types.ts';
 import { randomId, REPO, startAgent, type TestAgent } from './agent.ts';
+import { type CliResult, membrane } from './cli.ts';
 import { standIn } from './cluster-file.ts';
 import { startHttpServer } from './http.ts';
+import { l7WorkersConnected } from './l7-workers.ts';
 import { createNetns, type TestNetns } from './netns.ts';
 import { killAll } from './tcp.ts';
 import { createWorld, type TestWorld } from './world.ts';
@@ -54,7 +55,8 @@ export interface L7HttpFile {
   reset(): Promise<unknown>;
   /** http://<pod's IPv4>:port<p> */
   url(name: string, port: number, p: string): string;
-  cli(args: string[]): Promise<{ code: number | null; out: string; err: string }>;
+  /** The membrane CLI against the file's agent (API and observer sockets). */
+  cli(args: string[]): Promise<CliResult>;
 }
 
 export function l7HttpForFile(t: Test): L7HttpFile {
@@ -92,13 +94,7 @@ export function l7HttpForFile(t: Test): L7HttpFile {
     servers.push(await startHttpServer(world.ns, 80, 'world'));
     const importL7 = async (yaml: string) => {
       await pc.import(yaml);
-      const end = Date.now() + 60_000;
-      for (;;) {
-        const l7 = (await a.client.status()).l7 as { workers: { connected: boolean }[] };
-        if (l7.workers.every((w) => w.connected)) return;
-        if (Date.now() > end) throw new Error(`L7 proxy workers did not connect: ${JSON.stringify(l7)}`);
-        await new Promise((r) => setTimeout(r, 100));
-      }
+      await l7WorkersConnected(a.client);
     };
     file = {
       agent: a,
@@ -111,7 +107,7 @@ export function l7HttpForFile(t: Test): L7HttpFile {
       importL7,
       reset: () => pc.delete('all'),
       url: (name, port, p) => `http://${ip4(eps[name])}:${port}${p}`,
-      cli: (args) => cli(a, args),
+      cli: (args) => membrane(args, { MEMBRANE_SOCKET: a.socket, MEMBRANE_OBSERVER_SOCKET: a.observerSocket }),
     };
   });
   t.teardown(async () => {
@@ -121,27 +117,4 @@ export function l7HttpForFile(t: Test): L7HttpFile {
     for (const ns of nss) ns.remove();
   });
   return standIn(() => file, 'the L7 HTTP test world');
-}
-
-/** The membrane CLI against the file's agent (API and observer sockets). */
-function cli(agent: TestAgent, args: string[]): Promise<{ code: number | null; out: string; err: string }> {
-  const env: NodeJS.ProcessEnv = {
-    ...process.env,
-    MEMBRANE_SOCKET: agent.socket,
-    MEMBRANE_OBSERVER_SOCKET: agent.observerSocket,
-  };
-  delete env.NODE_EXTRA_CA_CERTS;
-  const child = spawn(process.execPath, ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), ...args], {
-    cwd: REPO,
-    env,
-  });
-  let out = '',
-    err = '';
-  child.stdout.on('data', (d) => {
-    out += d;
-  });
-  child.stderr.on('data', (d) => {
-    err += d;
-  });
-  return new Promise((resolve) => child.once('close', (code) => resolve({ code, out, err })));
 }

@@ -1,0 +1,33 @@
+// The agent's L7 proxy workers as a test waits for them: they start with the first L7 rule and each
+// connects to the agent for the policy; a request diverted before that is not answered by the rules
+// the test just imported.
+import type { AgentClient } from '../../shared/src/api/client.ts';
+
+export interface L7Status {
+  /** The proxy's loopback port. */
+  port: number;
+  workers: { pid?: number; connected: boolean; restarts: number }[];
+}
+
+/** The agent's status of its L7 proxy. */
+export async function l7Status(client: AgentClient): Promise<L7Status> {
+  return (await client.status()).l7 as unknown as L7Status;
+}
+
+/** Polls until every proxy worker is connected (an agent still starting is waited for too); throws
+ *  with the last status after `ms`. */
+export async function l7WorkersConnected(client: AgentClient, ms = 60_000): Promise<L7Status> {
+  const end = Date.now() + ms;
+  let last: unknown;
+  for (;;) {
+    try {
+      const s = await l7Status(client);
+      if (s.workers.every((w) => w.connected)) return s;
+      last = s;
+    } catch (e) {
+      last = String(e); // the agent is starting
+    }
+    if (Date.now() > end) throw new Error(`L7 proxy workers did not connect: ${JSON.stringify(last)}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
