@@ -53,57 +53,14 @@ export class SocketError extends Error {
   }
 }
 
-function sockaddr(family: 4 | 6, port: number): Buffer {
-  if (family === 4) {
-    const sa = Buffer.alloc(16);
-    sa.writeUInt16LE(AF_INET, 0);
-    sa.writeUInt16BE(port, 2);
-    sa.set([127, 0, 0, 1], 4);
-    return sa;
-  }
-  const sa = Buffer.alloc(28);
-  sa.writeUInt16LE(AF_INET6, 0);
-  sa.writeUInt16BE(port, 2);
-  sa[8 + 15] = 1; // ::1
-  return sa;
-}
-
 /**
  * A listening transparent TCP socket on 127.0.0.1:port or [::1]:port, as a file descriptor for
  * net.Server.listen({ fd }). Throws SocketError (e.g. EADDRINUSE, EADDRNOTAVAIL without IPv6).
  */
 export function transparentListener(family: 4 | 6, port: number, opts: { backlog?: number; reusePort?: boolean } = {}): number {
-  const backlog = opts.backlog ?? 4096;
-  const c = lib();
-  const target = family === 4 ? `127.0.0.1:${port}` : `[::1]:${port}`;
-  const fd = c.socket(family === 4 ? AF_INET : AF_INET6, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw new SocketError('socket', koffi.errno(), target);
-  const opt = (level: number, name: number, what: string) => {
-    if (c.setsockopt(fd, level, name, [1], 4) < 0) {
-      const e = koffi.errno();
-      c.close(fd);
-      throw new SocketError(`setsockopt ${what}`, e, target);
-    }
-  };
-  opt(SOL_SOCKET, SO_REUSEADDR, 'SO_REUSEADDR');
-  if (opts.reusePort ?? true) opt(SOL_SOCKET, SO_REUSEPORT, 'SO_REUSEPORT');
-  if (family === 4) {
-    opt(SOL_IP, IP_TRANSPARENT, 'IP_TRANSPARENT');
-  } else {
-    opt(SOL_IPV6, IPV6_V6ONLY, 'IPV6_V6ONLY');
-    opt(SOL_IPV6, IPV6_TRANSPARENT, 'IPV6_TRANSPARENT');
-  }
-  const sa = sockaddr(family, port);
-  if (c.bind(fd, sa, sa.length) < 0) {
-    const e = koffi.errno();
-    c.close(fd);
-    throw new SocketError('bind', e, target);
-  }
-  if (c.listen(fd, backlog) < 0) {
-    const e = koffi.errno();
-    c.close(fd);
-    throw new SocketError('listen', e, target);
-  }
+  const ip = family === 4 ? '127.0.0.1' : '::1';
+  const fd = boundTransparentSocket(SOCK_STREAM, ip, port, opts.reusePort ?? true);
+  if (lib().listen(fd, opts.backlog ?? 4096) < 0) throw closeAfterError(fd, 'listen', ip, port);
   return fd;
 }
 
@@ -125,32 +82,38 @@ function sockaddrOf(ip: string, port: number): Buffer {
  * dgram cannot set IP_TRANSPARENT itself. Throws SocketError.
  */
 export function transparentUdpSocket(ip: string, port: number, opts: { reusePort?: boolean } = {}): number {
+  return boundTransparentSocket(SOCK_DGRAM, ip, port, opts.reusePort === true);
+}
+
+/** A transparent socket of `type` bound to `ip:port` (IPv6: v6 only), SO_REUSEADDR and, when asked,
+ *  SO_REUSEPORT set; closed again when any step fails (SocketError naming the step and address). */
+function boundTransparentSocket(type: number, ip: string, port: number, reusePort: boolean): number {
   const c = lib();
   const v6 = ip.includes(':');
-  const target = v6 ? `[${ip}]:${port}` : `${ip}:${port}`;
-  const fd = c.socket(v6 ? AF_INET6 : AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  if (fd < 0) throw new SocketError('socket', koffi.errno(), target);
+  const fd = c.socket(v6 ? AF_INET6 : AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) throw new SocketError('socket', koffi.errno(), where(ip, port));
   const opt = (level: number, name: number, what: string) => {
-    if (c.setsockopt(fd, level, name, [1], 4) < 0) {
-      const e = koffi.errno();
-      c.close(fd);
-      throw new SocketError(`setsockopt ${what}`, e, target);
-    }
+    if (c.setsockopt(fd, level, name, [1], 4) < 0) throw closeAfterError(fd, `setsockopt ${what}`, ip, port);
   };
   opt(SOL_SOCKET, SO_REUSEADDR, 'SO_REUSEADDR');
-  if (opts.reusePort) opt(SOL_SOCKET, SO_REUSEPORT, 'SO_REUSEPORT');
+  if (reusePort) opt(SOL_SOCKET, SO_REUSEPORT, 'SO_REUSEPORT');
   if (v6) {
     opt(SOL_IPV6, IPV6_V6ONLY, 'IPV6_V6ONLY');
     opt(SOL_IPV6, IPV6_TRANSPARENT, 'IPV6_TRANSPARENT');
   } else opt(SOL_IP, IP_TRANSPARENT, 'IP_TRANSPARENT');
   const sa = sockaddrOf(ip, port);
-  if (c.bind(fd, sa, sa.length) < 0) {
-    const e = koffi.errno();
-    c.close(fd);
-    throw new SocketError('bind', e, target);
-  }
+  if (c.bind(fd, sa, sa.length) < 0) throw closeAfterError(fd, 'bind', ip, port);
   return fd;
 }
+
+/** The error of a failed `step` on fd (errno read first), with fd closed. */
+function closeAfterError(fd: number, step: string, ip: string, port: number): SocketError {
+  const e = koffi.errno();
+  lib().close(fd);
+  return new SocketError(step, e, where(ip, port));
+}
+
+const where = (ip: string, port: number) => (ip.includes(':') ? `[${ip}]:${port}` : `${ip}:${port}`);
 
 /**
  * Sends the FIN of a connected socket whose written bytes are all with the kernel, now: Node's end()
