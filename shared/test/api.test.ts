@@ -1,5 +1,5 @@
 // The API validates every body before the core sees it, and maps core errors to clear 4xx answers.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -54,10 +54,10 @@ function fakeCore(calls: EndpointRequest[]): Core {
   };
 }
 
-t.test('requests are validated and errors are clear', async (t) => {
+/** The API (its app and unix socket) over `fakeCore(calls)`, closed and removed when `t` ends. */
+async function servedApi(t: Test, calls: EndpointRequest[]): Promise<{ socket: string; app: ReturnType<typeof createApp> }> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-api-'));
   const socket = path.join(dir, 'api.sock');
-  const calls: EndpointRequest[] = [];
   const app = createApp({
     core: fakeCore(calls),
     log: createLogger({ level: 'silent' }),
@@ -70,6 +70,12 @@ t.test('requests are validated and errors are clear', async (t) => {
     server.close();
     fs.rmSync(dir, { recursive: true, force: true });
   });
+  return { socket, app };
+}
+
+t.test('requests are validated and errors are clear', async (t) => {
+  const calls: EndpointRequest[] = [];
+  const { socket, app } = await servedApi(t, calls);
   t.equal((fs.statSync(socket).mode & 0o777).toString(8), '660', 'socket mode 0660');
   const c = new AgentClient({ socketPath: socket });
 
@@ -100,20 +106,7 @@ t.test('requests are validated and errors are clear', async (t) => {
 });
 
 t.test('the error kind, not a look-alike code, picks the answer; invalid fields are named', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-api-'));
-  const socket = path.join(dir, 'api.sock');
-  const app = createApp({
-    core: fakeCore([]),
-    log: createLogger({ level: 'silent' }),
-    version: 'test',
-    check: () => [],
-    status: () => ({}) as never,
-  });
-  const server = await serveApi(app, socket);
-  t.teardown(() => {
-    server.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const { socket } = await servedApi(t, []);
   const c = new AgentClient({ socketPath: socket });
   await t.rejects(
     c.request('PUT', '/v1/endpoints/sysctl/eth0/labels', { labels: {} }),
@@ -153,20 +146,7 @@ t.test('the error kind, not a look-alike code, picks the answer; invalid fields 
 });
 
 t.test('malformed JSON gets a 400', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-api-'));
-  const socket = path.join(dir, 'api.sock');
-  const app = createApp({
-    core: fakeCore([]),
-    log: createLogger({ level: 'silent' }),
-    version: 'test',
-    check: () => [],
-    status: () => ({}) as never,
-  });
-  const server = await serveApi(app, socket);
-  t.teardown(() => {
-    server.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const { socket } = await servedApi(t, []);
   const http = await import('node:http');
   const res = await new Promise<{ status: number; body: string }>((resolve) => {
     const req = http.request(
@@ -192,21 +172,8 @@ t.test('an unreachable agent is reported as such', async (t) => {
 });
 
 t.test('a full state disk is 507 storage_full; an oversized body 413 before it is parsed', async (t) => {
-  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-api-'));
-  const socket = path.join(dir, 'api.sock');
   const calls: EndpointRequest[] = [];
-  const app = createApp({
-    core: fakeCore(calls),
-    log: createLogger({ level: 'silent' }),
-    version: 'test',
-    check: () => [],
-    status: () => ({}) as never,
-  });
-  const server = await serveApi(app, socket);
-  t.teardown(() => {
-    server.close();
-    fs.rmSync(dir, { recursive: true, force: true });
-  });
+  const { socket } = await servedApi(t, calls);
   const c = new AgentClient({ socketPath: socket });
   await t.rejects(c.createEndpoint({ containerId: 'a', ifName: 'eth0', network: 'disk-full' }), {
     status: 507,
