@@ -58,6 +58,27 @@ export interface TestAgent {
   cleanup(): Promise<void>;
 }
 
+/** Where a test's agent keeps everything, every name its own (several agents run side by side: no
+ *  fixed ports or sockets), and debug logs: the flags every harness starts an agent with. */
+export function agentPlaces(p: { stateDir: string; socket: string; bpffsDir: string; hostDevice: string }): string[] {
+  return [
+    '--state-dir',
+    p.stateDir,
+    '--socket',
+    p.socket,
+    '--bpffs-dir',
+    p.bpffsDir,
+    '--host-device',
+    p.hostDevice,
+    '--log-level',
+    'debug',
+    '--metrics-address',
+    '127.0.0.1:0',
+    '--observer-socket',
+    path.join(p.stateDir, 'observer.sock'),
+  ];
+}
+
 export function randomId(bytes = 4): string {
   return crypto.randomBytes(bytes).toString('hex');
 }
@@ -88,21 +109,7 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
   const args = [
     // Benchmarks run the built agent (what a node runs: no TypeScript loader in the hot paths).
     ...(opts.bundle ? [AGENT_BUNDLE] : ['--import', 'tsx', AGENT_MAIN]),
-    '--state-dir',
-    stateDir,
-    '--socket',
-    socket,
-    '--bpffs-dir',
-    bpffsDir,
-    '--host-device',
-    hostDevice,
-    '--log-level',
-    'debug',
-    // Several agents run side by side: no fixed ports or sockets.
-    '--metrics-address',
-    '127.0.0.1:0',
-    '--observer-socket',
-    path.join(stateDir, 'observer.sock'),
+    ...agentPlaces({ stateDir, socket, bpffsDir, hostDevice }),
     ...pools.flatMap((p) => ['--pool', p]),
     // A containerd on the machine must not be taken for the runtime of a test's pods (a test that
     // drives a private containerd passes its socket).

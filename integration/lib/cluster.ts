@@ -16,7 +16,7 @@ import { AgentClient } from '../../shared/src/api/client.ts';
 import type { Endpoint } from '../../shared/src/types.ts';
 import { connectEtcd, type Kv } from '../../shared/src/kvstore/kv.ts';
 import { layout, type Layout } from '../../shared/src/kvstore/layout.ts';
-import { REPO, randomId, sleep } from './agent.ts';
+import { agentPlaces, REPO, randomId, sleep } from './agent.ts';
 import { ownDir } from './cleanup.ts';
 import { startEtcd, type TestEtcd } from './etcd.ts';
 import { createNetns, type TestNetns } from './netns.ts';
@@ -242,22 +242,9 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
         ns,
         [
           AGENT_MAIN,
-          '--state-dir',
-          stateDir,
-          '--socket',
-          socket,
-          '--bpffs-dir',
-          bpffsDir,
-          '--host-device',
-          'membrane0',
+          ...agentPlaces({ stateDir, socket, bpffsDir, hostDevice: 'membrane0' }),
           '--node-name',
           nodeName,
-          '--log-level',
-          'debug',
-          '--metrics-address',
-          '127.0.0.1:0',
-          '--observer-socket',
-          path.join(stateDir, 'observer.sock'),
           '--cluster-name',
           name,
           '--kvstore',
