@@ -6,7 +6,7 @@
 import t from 'tap';
 import { icmp, ipv4, PROTO, TCP_FLAGS, tcp } from '../shared/src/bpf/packets.ts';
 import { ipBytes, parseMac } from '../shared/src/net/index.ts';
-import { castOf, frame4, frame6, reasonName } from './lib/attack-pods.ts';
+import { castOf, closedIngress, frame4, frame6, reasonName } from './lib/attack-pods.ts';
 import { ping, type TestNetns } from './lib/netns.ts';
 import { createWorld, type TestWorld } from './lib/world.ts';
 import { frameInfo, sendFrames, sniff } from './lib/raw.ts';
@@ -28,13 +28,7 @@ t.before(async () => {
   worldNet = await createWorld([10], '10.0.0.0/8');
   world = worldNet.ns;
   [W] = worldNet.ips;
-  await cast.pc.import(`apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: c-closed}
-spec:
-  endpointSelector: {matchLabels: {app: c}}
-  ingress: [{}]
-`);
+  await cast.pc.import(closedIngress('c'));
 });
 t.teardown(() => {
   for (const c of children) c.stop();

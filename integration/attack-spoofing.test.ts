@@ -6,7 +6,7 @@
 import t from 'tap';
 import { ObserverClient } from '../shared/src/flows/client.ts';
 import { arp, eth, ETH_P, PROTO, TCP_FLAGS, tcp, udp } from '../shared/src/bpf/packets.ts';
-import { castOf, frame4, frame6, reasonName, waitFor } from './lib/attack-pods.ts';
+import { castOf, closedIngress, frame4, frame6, reasonName, waitFor } from './lib/attack-pods.ts';
 import { sendFrames, sniff } from './lib/raw.ts';
 import { tcpRequest, startEchoServer, killAll } from './lib/tcp.ts';
 
@@ -85,13 +85,7 @@ t.test('ARP: A cannot answer for C, a proper ARP still works', async (t) => {
 t.test('a forged C:53 -> D:4444 datagram opens no way into C; real replies do pass', async (t) => {
   const { a, c, d } = cast.pods;
   t.teardown(() => cast.pc.delete('all'));
-  await cast.pc.import(`apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: c-closed}
-spec:
-  endpointSelector: {matchLabels: {app: c}}
-  ingress: [{}]
-`);
+  await cast.pc.import(closedIngress('c'));
   const cap = await sniff(c.ns, 8);
   await sendFrames(a.ns, [frame4(a, { src: c.ip4, dst: d.ip4, proto: PROTO.UDP }, udp(53, 4444, marker('FORGED')))]);
   const answer = marker('ANSWER');
@@ -123,13 +117,7 @@ spec:
 t.test('replies nobody asked for do not pass: a raw SYN-ACK and an ACK from D to C', async (t) => {
   const { c, d } = cast.pods;
   t.teardown(() => cast.pc.delete('all'));
-  await cast.pc.import(`apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: c-closed}
-spec:
-  endpointSelector: {matchLabels: {app: c}}
-  ingress: [{}]
-`);
+  await cast.pc.import(closedIngress('c'));
   const m = marker('UNASKED');
   const cap = await sniff(c.ns, 5);
   await sendFrames(d.ns, [

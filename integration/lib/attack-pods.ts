@@ -96,6 +96,18 @@ export function frame6(
   );
 }
 
+/** The policy "<app>-closed": the pods labelled app=<app> accept no new connection (an empty ingress
+ *  rule allows nothing); replies to their own flows still pass. */
+export function closedIngress(app: string): string {
+  return `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: ${app}-closed}
+spec:
+  endpointSelector: {matchLabels: {app: ${app}}}
+  ingress: [{}]
+`;
+}
+
 /** Waits until the observer holds a flow `pick` accepts (flows arrive within a drain period). */
 export async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, ms = 10_000): Promise<T> {
   const end = Date.now() + ms;
