@@ -27,6 +27,13 @@ let backendConnections = 0;
 const received: { method: string; url: string; sha: string; bytes: number; headers: http.IncomingHttpHeaders }[] = [];
 
 const backend = http.createServer((req, res) => {
+  if (req.headers['x-early']) {
+    // Answers before reading the body (as a server refusing an upload does); Node reads the rest.
+    res.writeHead(200, { 'content-type': 'text/plain', 'content-length': 5 });
+    res.end('early');
+    req.resume();
+    return;
+  }
   const h = crypto.createHash('sha256');
   let bytes = 0;
   req.on('data', (d: Buffer) => {
@@ -194,6 +201,34 @@ t.test('bodies: chunked and large uploads are streamed through intact', async (t
   t.same([denied.status, denied.reused], [403, true], 'a denied chunked upload is discarded, the connection kept');
   t.equal((await request(agent, 'GET', '/public/after')).status, 200);
   agent.destroy();
+});
+
+t.test('a response that comes before its request body is all sent: the connection goes on', async (t) => {
+  const s = net.connect(proxyPort, '127.0.0.1');
+  let text = '';
+  let closed = false;
+  s.on('data', (d: Buffer) => {
+    text += d.toString('latin1');
+  });
+  s.on('close', () => {
+    closed = true;
+  });
+  s.on('error', () => undefined);
+  const until = async (what: string, ok: () => boolean) => {
+    for (const t0 = Date.now(); !ok() && !closed; ) {
+      if (Date.now() - t0 > 5000) throw new Error(`no ${what} within 5 s; got ${JSON.stringify(text)}`);
+      await new Promise((r) => setTimeout(r, 10));
+    }
+  };
+  s.write('POST /upload HTTP/1.1\r\nHost: a\r\nX-Early: 1\r\nContent-Length: 10\r\n\r\n12345');
+  await until('early response', () => text.includes('early'));
+  t.match(text, /^HTTP\/1\.1 200 [^]*early$/, "the server's early answer reaches the client");
+  s.write('67890GET /public/after-early HTTP/1.1\r\nHost: a\r\n\r\n');
+  await until('second response', () => text.includes('/public/after-early'));
+  t.notOk(closed, 'the connection is still open');
+  t.notMatch(text, / 400 /, 'the rest of the body is not taken for a bad request');
+  t.match(text, /backend: GET \/public\/after-early 0/, 'the next request on it is answered');
+  s.destroy();
 });
 
 t.test('Expect: 100-continue', async (t) => {

@@ -66,7 +66,6 @@ export class HttpProxyConnection {
       reusesUpstream: o.reuse !== undefined,
       toUpstream: (b) => io.toUpstream(b),
       admit: (head) => this.admit(head),
-      lastPending: () => this.pending.last(),
       upstreamWillClose,
       requestComplete: () => this.flushLocals(),
       holdForSwitch: () => io.hold(Hold.SWITCH),

@@ -56,10 +56,6 @@ export class ResponseQueue {
     this.q.push(p);
   }
 
-  last(): Pending {
-    return this.q[this.q.length - 1];
-  }
-
   /** The oldest slot the upstream answers (undefined: the upstream owes nothing). */
   nextUpstream(): Pending | undefined {
     const q = this.q;

@@ -23,8 +23,6 @@ export interface RequestHost {
   toUpstream(b: Buffer): void;
   /** A complete request head: decide, queue its response slot (the proxy may answer at once). */
   admit(head: RequestHead): Pending;
-  /** The slot queued last (the request whose body is being read). */
-  lastPending(): Pending;
   /** The server will close the upstream after this request (the client asked for it). */
   upstreamWillClose(): void;
   /** A request was read to its end: the proxy's own answer to it may go out now. */
@@ -42,6 +40,9 @@ export class RequestFramer {
   private readonly body = new BodyScanner();
   /** The body being read belongs to an allowed request. */
   private forwardBody = false;
+  /** The slot of the request whose body is being read. Not "the last slot queued": the server may
+   *  answer before the body is all sent (a refused upload), and that slot leaves the queue then. */
+  private bodyOf?: Pending;
   /** The start of a head not complete yet, or bytes held while an upgrade waits. */
   private carry?: Buffer;
   /** Start of the byte range of the chunk being walked that is to be forwarded (-1: none). */
@@ -120,6 +121,7 @@ export class RequestFramer {
           if (head.body === 'none') this.done(p);
           else {
             this.state = Rq.BODY;
+            this.bodyOf = p;
             this.body.start(head.body, head.contentLength);
           }
           if (p.closeAfter && !p.x.verdict.allowed && head.body !== 'none' && head.expectContinue) {
@@ -136,7 +138,9 @@ export class RequestFramer {
             break;
           }
           i = end;
-          this.done(this.host.lastPending());
+          const p = this.bodyOf!;
+          this.bodyOf = undefined;
+          this.done(p);
           break;
         }
         case Rq.WAIT_SWITCH:
