@@ -3,6 +3,7 @@
 // list`, the membrane IPAM driver, two networks per container, MTU, nothing left after network rm,
 // and clear docker errors for bad options.
 import t from 'tap';
+import { linkExists } from './lib/netns.ts';
 import { execFileSync } from 'node:child_process';
 import path from 'node:path';
 import { dockerFixture, dockerSubnet, dockerSubnet6, eventually, type DockerTestEnv } from './lib/docker-env.ts';
@@ -22,15 +23,6 @@ function membraneCli(e: DockerTestEnv, args: string[]): string {
     ['--import', 'tsx', path.join(REPO, 'shared/src/cli/main.ts'), '--socket', e.agent.socket, ...args],
     { encoding: 'utf8', cwd: REPO },
   );
-}
-
-function hostLinkExists(name: string): boolean {
-  try {
-    execFileSync('ip', ['link', 'show', 'dev', name], { stdio: 'ignore' });
-    return true;
-  } catch {
-    return false;
-  }
 }
 
 t.test('two containers ping and TCP each other and the gateway, v4 and v6; labels reach membrane', async (t) => {
@@ -107,7 +99,7 @@ t.test('docker network rm leaves no link, route, address or map entry behind', a
   const eps: Endpoint[] = await e.agent.client.listEndpoints();
   t.equal(eps.length, 2);
   t.ok(
-    eps.every((x) => hostLinkExists(x.hostIfName)),
+    eps.every((x) => linkExists(x.hostIfName)),
     'host veths exist while running',
   );
   t.not(hostRouteTo(a1.ip), '', 'host route to the container while running');
@@ -134,8 +126,8 @@ t.test('docker network rm leaves no link, route, address or map entry behind', a
     'no allocation left',
   );
   for (const ep of eps) {
-    t.ok(await eventually(() => !hostLinkExists(ep.hostIfName)), `host veth ${ep.hostIfName} gone`);
-    t.notOk(hostLinkExists(ep.ifName), `temp interface ${ep.ifName} gone`);
+    t.ok(await eventually(() => !linkExists(ep.hostIfName)), `host veth ${ep.hostIfName} gone`);
+    t.notOk(linkExists(ep.ifName), `temp interface ${ep.ifName} gone`);
   }
   for (const ip of [a1.ip, a2.ip, a1.ip6, a2.ip6]) t.equal(hostRouteTo(ip), '', `no host route to ${ip}`);
   t.notMatch(hostAddrs(), new RegExp(s4.gateway.replace(/\./g, '\\.') + '/'), 'IPv4 gateway address removed');
