@@ -3,28 +3,13 @@
 // NDP/MLD only on the endpoint's own link, and the forged C:53 -> D:4444 "reply" channel closed.
 // Two veth pairs of our own give endpoints B and C real interfaces to send from.
 import t from 'tap';
-import { execFileSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import fs from 'node:fs';
 import { echo, eth, ETH_P, icmp, ipv4, ipv6, PROTO, TCP_FLAGS, tcp, udp } from '../src/bpf/packets.ts';
-import { bpfHarness, OK, REDIRECT, requireBpf, SHOT } from './lib/bpf-harness.ts';
+import { bpfHarness, OK, REDIRECT, requireBpf, SHOT, vethIfindexes } from './lib/bpf-harness.ts';
 import { policyHarness, type TestEndpoint } from './lib/policy-harness.ts';
 
 requireBpf();
 
-const tag = randomBytes(3).toString('hex');
-const devs = [`mbc${tag}b`, `mbc${tag}c`];
-for (const d of devs) execFileSync('ip', ['link', 'add', d, 'type', 'veth', 'peer', 'name', `${d}p`]);
-t.teardown(() => {
-  for (const d of devs) {
-    try {
-      execFileSync('ip', ['link', 'del', d], { stdio: 'ignore' });
-    } catch {
-      /* gone */
-    }
-  }
-});
-const ifindexOf = (d: string) => Number(fs.readFileSync(`/sys/class/net/${d}/ifindex`, 'utf8'));
+const [ifB, ifC] = vethIfindexes('mbc', ['b', 'c']);
 
 const ep = (id: number, ifindex: number, n: number, app: string): TestEndpoint => ({
   id,
@@ -36,8 +21,8 @@ const ep = (id: number, ifindex: number, n: number, app: string): TestEndpoint =
   hostMac: `02:00:00:00:${n.toString(16).padStart(2, '0')}:01`,
 });
 const A = ep(61, 1, 1, 'a'),
-  B = ep(62, ifindexOf(devs[0]), 2, 'b'),
-  C = ep(63, ifindexOf(devs[1]), 3, 'c');
+  B = ep(62, ifB, 2, 'b'),
+  C = ep(63, ifC, 3, 'c');
 const GW6 = 'fd00:f8::fe';
 const W = '198.18.11.11',
   R = '198.18.11.1';

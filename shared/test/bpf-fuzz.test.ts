@@ -4,9 +4,7 @@
 // and per-endpoint state the model keeps. Random policies, endpoint flags, shares, audit modes and
 // mid-episode policy changes with revalidation. The seed is printed: FUZZ_SEED=<n> replays a run.
 import t from 'tap';
-import { execFileSync } from 'node:child_process';
-import { randomBytes, randomInt } from 'node:crypto';
-import fs from 'node:fs';
+import { randomInt } from 'node:crypto';
 import * as bpf from '../src/bpf/libbpf.ts';
 import { encodeU32Key, parseIp, perCpuValueSize } from '../src/maps/codec.ts';
 import { possibleCpus } from '../src/bpf/datapath.ts';
@@ -14,7 +12,7 @@ import { datapathOps } from '../src/policy/datapath-ops.ts';
 import { encodePolicyKey } from '../src/policy/map-codec.ts';
 import { revalidateConntrack } from '../src/policy/revalidate.ts';
 import type { Entry } from '../src/policy/compile.ts';
-import { bpfHarness, requireBpf } from './lib/bpf-harness.ts';
+import { bpfHarness, requireBpf, vethIfindexes } from './lib/bpf-harness.ts';
 import { DatapathModel } from './lib/model-datapath.ts';
 import { EP_ADDR, type ModelEndpoint } from './lib/model-parse.ts';
 import { PacketFuzzer, rng, type FuzzEndpoint } from './lib/fuzz-packets.ts';
@@ -27,19 +25,7 @@ const CT_MAX = 1024;
 const seed = Number(process.env.FUZZ_SEED ?? randomInt(2 ** 31));
 t.comment(`packet fuzzer seed ${seed} (replay with FUZZ_SEED=${seed}), ${PACKETS} packets`);
 
-const tag = randomBytes(3).toString('hex');
-const devs = [`mbz${tag}a`, `mbz${tag}b`];
-for (const d of devs) execFileSync('ip', ['link', 'add', d, 'type', 'veth', 'peer', 'name', `${d}p`]);
-t.teardown(() => {
-  for (const d of devs) {
-    try {
-      execFileSync('ip', ['link', 'del', d], { stdio: 'ignore' });
-    } catch {
-      /* gone */
-    }
-  }
-});
-const ifindexOf = (d: string) => Number(fs.readFileSync(`/sys/class/net/${d}/ifindex`, 'utf8'));
+const ifindexes = vethIfindexes('mbz', ['a', 'b']);
 
 const EPS: (FuzzEndpoint & { identity: number; gateway6: string })[] = [
   {
@@ -54,7 +40,7 @@ const EPS: (FuzzEndpoint & { identity: number; gateway6: string })[] = [
     gateway6: 'fd00:f6::fe',
   },
   {
-    ifindex: ifindexOf(devs[0]),
+    ifindex: ifindexes[0],
     id: 82,
     identity: 8102,
     mac: '02:00:00:00:52:02',
@@ -65,7 +51,7 @@ const EPS: (FuzzEndpoint & { identity: number; gateway6: string })[] = [
     gateway6: 'fd00:f6::fe',
   },
   {
-    ifindex: ifindexOf(devs[1]),
+    ifindex: ifindexes[1],
     id: 83,
     identity: 8103,
     mac: '02:00:00:00:53:02',

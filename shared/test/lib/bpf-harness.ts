@@ -15,6 +15,24 @@ export const OK = 0,
   REDIRECT = 7;
 
 /** Ends the test file (plan 0) unless it runs as root with bpffs mounted. */
+/** Veth pairs of our own (`<prefix><tag><suffix>`, each with a `p` peer) for endpoints that need a
+ *  real ifindex; deleted at teardown. Returns the ifindexes of the named ends, in order. */
+export function vethIfindexes(prefix: string, suffixes: string[]): number[] {
+  const tag = randomBytes(3).toString('hex');
+  const devs = suffixes.map((s) => `${prefix}${tag}${s}`);
+  t.teardown(() => {
+    for (const d of devs) {
+      try {
+        execFileSync('ip', ['link', 'del', d], { stdio: 'ignore' });
+      } catch {
+        /* gone */
+      }
+    }
+  });
+  for (const d of devs) execFileSync('ip', ['link', 'add', d, 'type', 'veth', 'peer', 'name', `${d}p`]);
+  return devs.map((d) => Number(fs.readFileSync(`/sys/class/net/${d}/ifindex`, 'utf8')));
+}
+
 export function requireBpf(): void {
   const mounted = fs
     .readFileSync('/proc/self/mounts', 'utf8')
