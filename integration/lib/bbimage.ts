@@ -1,11 +1,11 @@
 // A busybox-static image imported offline (no registry here): one layer with /bin/busybox and applet
 // symlinks, `docker import`ed with a CMD and a label so image labels can be tested.
-import fs from 'node:fs';
 import fsp from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import type { Dockerd } from './dockerd.ts';
+import { staticBusybox } from './images.ts';
 
 export const BB_IMAGE = 'membrane-test/bb:1';
 /** Label baked into the image (to check that image labels reach the endpoint). */
@@ -43,16 +43,6 @@ const APPLETS = [
   'env',
 ];
 
-function findBusybox(): string {
-  for (const p of ['/bin/busybox', '/usr/bin/busybox']) {
-    if (!fs.existsSync(p)) continue;
-    // A dynamically linked busybox would not run inside the image.
-    const r = spawnSync('file', ['-L', p], { encoding: 'utf8' });
-    if (r.status !== 0 || /statically linked|static-pie/.test(r.stdout)) return p;
-  }
-  throw new Error('busybox-static is not installed (apt-get install busybox-static): no /bin/busybox');
-}
-
 /** Import the image into `d` unless it is there already. Returns the image reference. */
 export async function ensureBusyboxImage(d: Dockerd): Promise<string> {
   const have = await d.dockerTry(['image', 'inspect', '--format', '{{.Id}}', BB_IMAGE]);
@@ -61,7 +51,7 @@ export async function ensureBusyboxImage(d: Dockerd): Promise<string> {
   try {
     const bin = path.join(dir, 'rootfs', 'bin');
     await fsp.mkdir(bin, { recursive: true });
-    await fsp.copyFile(findBusybox(), path.join(bin, 'busybox'));
+    await fsp.copyFile(staticBusybox(), path.join(bin, 'busybox'));
     await fsp.chmod(path.join(bin, 'busybox'), 0o755);
     for (const a of APPLETS) await fsp.symlink('busybox', path.join(bin, a));
     for (const sub of ['tmp', 'etc', 'proc', 'sys', 'dev']) await fsp.mkdir(path.join(dir, 'rootfs', sub));
