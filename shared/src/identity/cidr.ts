@@ -71,20 +71,7 @@ export class CidrIdentities {
         removed.push(e);
       }
     }
-    const added: CidrEntry[] = [];
-    for (const text of want) {
-      if (this.byText.has(text)) continue;
-      const e = { cidr: parseCidr(text), text, id: this.allocate() };
-      this.byText.set(text, e);
-      this.byId.set(e.id, e);
-      added.push(e);
-    }
-    if (added.length || removed.length) {
-      this.sorted = null;
-      this.version++;
-    }
-    this.syncedTo = prefixes instanceof Set ? prefixes : undefined;
-    return { added, removed };
+    return this.settle(this.addNew(want), removed, prefixes instanceof Set ? prefixes : undefined);
   }
 
   /** The same from the set synced last and what changed since (policy text holds normalized
@@ -102,19 +89,33 @@ export class CidrIdentities {
       this.byId.delete(e.id);
       removed.push(e);
     }
+    return this.settle(this.addNew(delta.added), removed, prefixes);
+  }
+
+  /** Numbers for the normalized prefixes not in the table yet. */
+  private addNew(texts: Iterable<string>): CidrEntry[] {
     const added: CidrEntry[] = [];
-    for (const text of delta.added) {
+    for (const text of texts) {
       if (this.byText.has(text)) continue;
       const e = { cidr: parseCidr(text), text, id: this.allocate() };
       this.byText.set(text, e);
       this.byId.set(e.id, e);
       added.push(e);
     }
+    return added;
+  }
+
+  /** Ends a sync: a changed table gets a new version (and its sorted view is rebuilt when asked). */
+  private settle(
+    added: CidrEntry[],
+    removed: CidrEntry[],
+    syncedTo: Set<string> | undefined,
+  ): { added: CidrEntry[]; removed: CidrEntry[] } {
     if (added.length || removed.length) {
       this.sorted = null;
       this.version++;
     }
-    this.syncedTo = prefixes;
+    this.syncedTo = syncedTo;
     return { added, removed };
   }
 
