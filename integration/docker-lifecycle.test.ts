@@ -132,15 +132,19 @@ t.test('agent restart (SIGTERM, then kill -9): containers keep talking; endpoint
   t.equal((await e.agent.client.listEndpoints()).length, 3, 'no stale endpoint');
 });
 
+/** A --restart always container that exits (status 1) when /tmp/stop appears, so dockerd's restart
+ *  policy starts it again. */
+const restartAlwaysService = (e: DockerTestEnv, net: string) =>
+  e.run(
+    ['--network', net, '--restart', 'always'],
+    ['sh', '-c', 'rm -f /tmp/stop; while [ ! -f /tmp/stop ]; do usleep 100000; done; exit 1'],
+  );
+
 t.test('--restart always container across an agent restart', async (t) => {
   const e = await env(t);
   const s = dockerSubnet();
   const net = await e.network(['--subnet', s.cidr]);
-  // Exits (status 1) when /tmp/stop appears, so dockerd's restart policy starts it again.
-  const svc = await e.run(
-    ['--network', net, '--restart', 'always'],
-    ['sh', '-c', 'rm -f /tmp/stop; while [ ! -f /tmp/stop ]; do usleep 100000; done; exit 1'],
-  );
+  const svc = await restartAlwaysService(e, net);
   const cli = await e.run(['--network', net]);
   t.ok(await e.pingEventually(cli, (await e.addressOf(svc, net)).ip));
   await e.agent.restart();
@@ -166,10 +170,7 @@ t.test('a crash-looping --restart always container: reachable through each new e
   const e = await env(t);
   const s = dockerSubnet();
   const net = await e.network(['--subnet', s.cidr]);
-  const svc = await e.run(
-    ['--network', net, '--restart', 'always'],
-    ['sh', '-c', 'rm -f /tmp/stop; while [ ! -f /tmp/stop ]; do usleep 100000; done; exit 1'],
-  );
+  const svc = await restartAlwaysService(e, net);
   const cli = await e.run(['--network', net]);
   t.ok(await e.pingEventually(cli, (await e.addressOf(svc, net)).ip));
   // Quick exits grow dockerd's back-off (100, 200, 400 ms ...): each restart spends longer "restarting"
