@@ -5,22 +5,10 @@ import t from 'tap';
 import { buildDesired, type CompileCache, type DesiredInput } from '../src/policy/desired.ts';
 import { CidrIdentities } from '../src/identity/cidr.ts';
 import { decodePolicyKey } from '../src/policy/map-codec.ts';
-import { records } from './lib/policy.ts';
+import { records, webDbClient } from './lib/policy.ts';
 import type { PolicyRecord } from '../src/policy/types.ts';
 
-const labels = new Map([
-  [1001, { app: 'web' }],
-  [1002, { app: 'db' }],
-  [1003, { app: 'client' }],
-]);
-const endpoints = [...labels.keys()].map((identity, i) => ({
-  key: `e${i}`,
-  id: i + 1,
-  hostIfIndex: 100 + i,
-  identity,
-  ips: [`10.0.0.${i + 2}`],
-  audit: false,
-}));
+const { labels, endpoints } = webDbClient();
 
 const input = (recs: PolicyRecord[], cidrs: CidrIdentities): DesiredInput => ({
   records: recs,

@@ -9,7 +9,7 @@ import { buildDesired, type CompileCache, type DesiredInput } from '../src/polic
 import { CidrIdentities } from '../src/identity/cidr.ts';
 import { decodePolicyKey } from '../src/policy/map-codec.ts';
 import type { Entry } from '../src/policy/compile.ts';
-import { MemoryPolicyOps, records, testEndpoint } from './lib/policy.ts';
+import { MemoryPolicyOps, records, testEndpoint, webDbClient } from './lib/policy.ts';
 
 const policy = (name: string, subject: string, from: string, port: number, cidr?: string) => `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -69,19 +69,7 @@ t.test('an unrelated policy change writes no entry of the endpoints it does not 
 });
 
 t.test('one policy changed recompiles only the label sets it selects', async (t) => {
-  const labels = new Map([
-    [1001, { app: 'web' }],
-    [1002, { app: 'db' }],
-    [1003, { app: 'client' }],
-  ]);
-  const endpoints = [...labels.keys()].map((identity, i) => ({
-    key: `e${i}`,
-    id: i + 1,
-    hostIfIndex: 100 + i,
-    identity,
-    ips: [`10.0.0.${i + 2}`],
-    audit: false,
-  }));
+  const { labels, endpoints } = webDbClient();
   const input = (recs: ReturnType<typeof records>, cidrs: CidrIdentities): DesiredInput => ({
     records: recs,
     endpoints,
@@ -149,19 +137,7 @@ t.test('after a random sequence of changes a full recompute finds nothing to cha
 });
 
 t.test('one rule changed among many rebuilds only its columns, to the same table as a compile from scratch', async (t) => {
-  const labels = new Map([
-    [1001, { app: 'web' }],
-    [1002, { app: 'db' }],
-    [1003, { app: 'client' }],
-  ]);
-  const endpoints = [...labels.keys()].map((identity, i) => ({
-    key: `e${i}`,
-    id: i + 1,
-    hostIfIndex: 100 + i,
-    identity,
-    ips: [`10.0.0.${i + 2}`],
-    audit: false,
-  }));
+  const { labels, endpoints } = webDbClient();
   let seed = 11;
   const rnd = (n: number) => {
     seed = (seed * 1103515245 + 12345) % 2 ** 31;

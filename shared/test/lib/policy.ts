@@ -80,6 +80,24 @@ export function testEndpoint(id: number, labels: Record<string, string>, identit
   };
 }
 
+/** Three pods as the compile takes them: web (1001), db (1002) and client (1003), one address each. */
+export function webDbClient() {
+  const labels = new Map([
+    [1001, { app: 'web' }],
+    [1002, { app: 'db' }],
+    [1003, { app: 'client' }],
+  ]);
+  const endpoints = [...labels.keys()].map((identity, i) => ({
+    key: `e${i}`,
+    id: i + 1,
+    hostIfIndex: 100 + i,
+    identity,
+    ips: [`10.0.0.${i + 2}`],
+    audit: false,
+  }));
+  return { labels, endpoints };
+}
+
 /** "app: web" pods accept "app: client" on 80/TCP. */
 export const WEB_FROM_CLIENT = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
