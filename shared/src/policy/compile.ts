@@ -11,13 +11,13 @@ import { canonicalLabels, type Labels } from '../identity/labels.ts';
 import { ANY_IDENTITY, RESERVED } from '../identity/reserved.ts';
 import type { CidrIdentities } from '../identity/cidr.ts';
 import type { FqdnPeers } from '../fqdn/identities.ts';
-import { selectorKey as fqdnKey } from '../fqdn/selector.ts';
 import { fingerprintOf } from './fingerprint.ts';
 import { expandPorts } from './ports.ts';
 import { l7ByCode } from './l7.ts';
 import { encodeRuleId } from './rule-id.ts';
 import { initDefaultDeny } from './selection.ts';
-import { isEmptySelector, matches, selectorKey, type Selector } from './selector.ts';
+import { matches } from './selector.ts';
+import { PeerResolver } from './peers.ts';
 import {
   closeColumn,
   closeDenies,
@@ -29,7 +29,7 @@ import {
   type DirectionPolicy,
   type Entry,
 } from './closure.ts';
-import type { Direction, Peer, PolicyRecord, Rule } from './types.ts';
+import type { Direction, PolicyRecord, Rule } from './types.ts';
 import { dependsOnCidrs, namesAnyCidr, type UniverseChange } from './peer-deps.ts';
 
 export type { UniverseChange } from './peer-deps.ts';
@@ -100,7 +100,7 @@ export class PolicyCompiler {
   private readonly cache = new Map<string, Compiled>();
   /** Label sets a change touched, as last compiled: their next compile starts from there. */
   private readonly bases = new Map<string, Compiled>();
-  private readonly selectorCache = new Map<string, number[]>();
+  private peers: PeerResolver;
   /** Label sets this compiler compiled itself (not inherited through derive). */
   compiled = 0;
   /** Policy number -> place in `records` (worked out when a patch needs it). */
@@ -113,8 +113,10 @@ export class PolicyCompiler {
 
   constructor(
     private readonly records: PolicyRecord[],
-    private readonly universe: Universe,
-  ) {}
+    universe: Universe,
+  ) {
+    this.peers = new PeerResolver(universe);
+  }
 
   forLabels(labels: Labels): LabelPolicy {
     const key = canonicalLabels(labels);
@@ -146,7 +148,7 @@ export class PolicyCompiler {
       if (!touched(c.labels)) next.cache.set(key, c);
       else next.bases.set(key, c);
     }
-    for (const [key, ids] of this.selectorCache) next.selectorCache.set(key, ids); // endpoint selectors: same identities
+    next.peers = this.peers.withIdentities(universe); // endpoint selectors: same identities
     return next;
   }
 
@@ -184,7 +186,7 @@ export class PolicyCompiler {
       ru.ingress ||= spec.defaultDeny.ingress;
       ru.egress ||= spec.defaultDeny.egress;
       for (const [j, rule] of spec.rules.entries()) {
-        const peers = rule.peers === 'all' ? [ANY_IDENTITY] : this.peerIdentities(rule.peers);
+        const peers = rule.peers === 'all' ? [ANY_IDENTITY] : this.peers.identities(rule.peers);
         if (!peers.length) continue;
         const key = ruleKey(rec, rule);
         const order = i * 65536 + j;
@@ -306,75 +308,6 @@ export class PolicyCompiler {
     if (!this.positions) this.positions = new Map(this.records.map((r, i) => [r.number, i]));
     const pos = this.positions;
     return [...uses].sort((a, b) => pos.get(a.rec.number)! - pos.get(b.rec.number)! || a.order - b.order);
-  }
-
-  /** Identities a rule's peers stand for; [ANY_IDENTITY] when one of them is "all". */
-  peerIdentities(peers: Peer[]): number[] {
-    const out = new Set<number>();
-    for (const p of peers) {
-      if (p.kind === 'entity' && p.entity === 'all') return [ANY_IDENTITY];
-      for (const id of this.resolvePeer(p)) out.add(id);
-    }
-    return [...out];
-  }
-
-  private resolvePeer(p: Peer): number[] {
-    switch (p.kind) {
-      case 'endpoints':
-        return this.selectEndpoints(p.selector);
-      case 'cidr': {
-        const fqdn = this.universe.fqdn?.within(p.cidr, p.except) ?? [];
-        const ids = this.universe.cidrs.within(p.cidr, p.except);
-        return fqdn.length ? [...ids, ...fqdn] : ids;
-      }
-      case 'fqdn':
-        return this.universe.fqdn?.select(fqdnKey(p.selector)) ?? [];
-      case 'entity':
-        switch (p.entity) {
-          case 'host':
-            return [RESERVED.host];
-          case 'remote-node':
-            return [RESERVED['remote-node']];
-          case 'world':
-            return [RESERVED.world, ...this.universe.cidrs.entries().map((e) => e.id), ...(this.universe.fqdn?.all() ?? [])];
-          case 'init':
-            return [RESERVED.init];
-          case 'health':
-            return [RESERVED.health];
-          case 'unmanaged':
-            return [RESERVED.unmanaged];
-          case 'cluster':
-            return [
-              RESERVED.host,
-              RESERVED['remote-node'],
-              RESERVED.init,
-              RESERVED.health,
-              ...this.universe.identities.map((i) => i.id),
-            ];
-          case 'all':
-            return [ANY_IDENTITY];
-        }
-    }
-  }
-
-  /** Endpoint identities a selector matches. Reserved identities only when it names a reserved label. */
-  private selectEndpoints(s: Selector): number[] {
-    const key = selectorKey(s);
-    const cached = this.selectorCache.get(key);
-    if (cached) return cached;
-    const namesReserved = [...Object.keys(s.matchLabels), ...s.matchExpressions.map((r) => r.key)].some((k) =>
-      k.startsWith('reserved:'),
-    );
-    const candidates = [...this.universe.identities];
-    if (namesReserved) {
-      for (const [name, id] of Object.entries(RESERVED)) candidates.push({ id, labels: { [`reserved:${name}`]: '' } });
-    }
-    const ids = isEmptySelector(s)
-      ? candidates.map((c) => c.id)
-      : candidates.filter((c) => matches(s, c.labels)).map((c) => c.id);
-    const out = [...new Set(ids)];
-    this.selectorCache.set(key, out);
-    return out;
   }
 }
 
