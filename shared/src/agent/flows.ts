@@ -84,16 +84,17 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
     return table.byEndpointId(id);
   };
   d.endpoints.addHooks({
+    // One endpoint at a time: a full rebuild on every ADD grew with the node.
     afterCreate: (ep, ms) => {
       metrics?.observeEndpointCreate(ms);
-      refresh();
+      table.put(ep);
       agentEvents.record(endpointEvent('ENDPOINT_CREATED', ep));
     },
     afterDelete: (ep) => {
-      refresh();
+      table.remove(ep);
       agentEvents.record(endpointEvent('ENDPOINT_DELETED', ep));
     },
-    afterLabelsChanged: () => refresh(),
+    afterLabelsChanged: (ep) => table.put(ep),
   });
   refresh();
 

@@ -119,8 +119,12 @@ export class ProxyManager {
       );
     this.wanted = wanted;
     this.idleSince = wanted ? undefined : (this.idleSince ?? Date.now());
-    const frame = encodeFrame({ t: 'policy', snapshot });
-    for (const w of this.workers) w.conn?.write(frame);
+    // Encoded only for connected workers (one that connects later is sent the snapshot then): with
+    // no L7 rules every endpoint change would encode the whole node for nobody.
+    if (this.workers.some((w) => w.conn)) {
+      const frame = encodeFrame({ t: 'policy', snapshot });
+      for (const w of this.workers) w.conn?.write(frame);
+    }
     this.reconcile();
   }
 

@@ -6,7 +6,7 @@
 // changed, and those with an address in a prefix whose identity changed.
 import type { Datapath } from '../bpf/datapath.ts';
 import * as bpf from '../bpf/libbpf.ts';
-import { decodeEndpointConfig, ENDPOINT_CONFIG_SIZE } from '../maps/codec.ts';
+import { decodeEndpointIdentity, ENDPOINT_CONFIG_SIZE, encodeU32Key } from '../maps/codec.ts';
 import { CT_F_TUNNEL, CT_SCOPE, type CtEntryView, type RevokeFilter } from '../maps/conntrack.ts';
 import type { MapChanges } from './apply.ts';
 import { RESERVED } from '../identity/reserved.ts';
@@ -18,21 +18,31 @@ import type { Direction } from './types.ts';
 /** Revokes the conntrack entries `maps` (with the pinned flags, identities and audit mode) denies;
  *  with `changes`, only among those the change can have touched. */
 export function revalidateConntrack(dp: Datapath, maps: PolicyMaps, changes?: MapChanges): number {
-  const endpoints = new Map<number, { identity: number; flags: number }>();
-  const byIfindex = new Map<number, number>();
   const cfgFd = dp.mapFd('endpoints_cfg');
-  for (const key of bpf.mapKeys(cfgFd, 'endpoints_cfg', 4, dp.mapCapacity('endpoints_cfg') + 1)) {
-    const v = bpf.mapLookup(cfgFd, 'endpoints_cfg', key, ENDPOINT_CONFIG_SIZE);
-    if (v) {
-      const c = decodeEndpointConfig(v);
-      endpoints.set(c.endpointId, { identity: c.identity, flags: c.flags });
-      byIfindex.set(c.ifindex, c.endpointId);
+  // Every endpoint's identity and flags, read once the first entry needs them: most changes (an
+  // endpoint's ADD) touch no established flow, and reading every config each time grows with the node.
+  let configs: Map<number, { identity: number; flags: number }> | undefined;
+  const endpointConfigs = () => {
+    if (configs) return configs;
+    configs = new Map();
+    for (const key of bpf.mapKeys(cfgFd, 'endpoints_cfg', 4, dp.mapCapacity('endpoints_cfg') + 1)) {
+      const v = bpf.mapLookup(cfgFd, 'endpoints_cfg', key, ENDPOINT_CONFIG_SIZE);
+      if (v) {
+        const c = decodeEndpointIdentity(v);
+        configs.set(c.endpointId, { identity: c.identity, flags: c.flags });
+      }
     }
-  }
+    return configs;
+  };
+  /** The endpoint id behind a host ifindex, from its config alone. */
+  const endpointIdOf = (ifindex: number): number[] => {
+    const v = bpf.mapLookup(cfgFd, 'endpoints_cfg', encodeU32Key(ifindex), ENDPOINT_CONFIG_SIZE);
+    return v ? [decodeEndpointIdentity(v).endpointId] : [];
+  };
   const filter: RevokeFilter | undefined = changes && {
     endpoints: new Set([
       ...changes.policyKeys.map((k) => decodePolicyKey(Buffer.from(k, 'hex')).endpointId),
-      ...changes.flagIfindexes.flatMap((i) => (byIfindex.has(i) ? [byIfindex.get(i)!] : [])),
+      ...changes.flagIfindexes.flatMap(endpointIdOf),
     ]),
     prefixes: changes.ipcachePrefixes.map((p) => {
       const [ip, bits] = p.split('/');
@@ -60,7 +70,7 @@ export function revalidateConntrack(dp: Datapath, maps: PolicyMaps, changes?: Ma
   };
   const verdicts = new Map<string, boolean>();
   const passes = (endpointId: number, direction: Direction, peer: number, e: CtEntryView): boolean => {
-    const ep = endpoints.get(endpointId);
+    const ep = endpointConfigs().get(endpointId);
     if (!ep) return true; // the endpoint is going away: its flows are flushed with it
     const key = `${endpointId}/${direction}/${peer}/${e.proto}/${e.policyPort}`;
     let pass = verdicts.get(key);
@@ -80,8 +90,8 @@ export function revalidateConntrack(dp: Datapath, maps: PolicyMaps, changes?: Ma
   };
   return dp.revokeConntrack((e) => {
     if (e.scope === CT_SCOPE.LOCAL) {
-      const src = endpoints.get(e.owner),
-        dst = endpoints.get(e.peer);
+      const src = endpointConfigs().get(e.owner),
+        dst = endpointConfigs().get(e.peer);
       if (!src || !dst) return true;
       return passes(e.owner, 'egress', dst.identity, e) && passes(e.peer, 'ingress', src.identity, e);
     }

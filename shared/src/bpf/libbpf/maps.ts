@@ -91,7 +91,9 @@ export function mapDumpBatch(
 }
 
 /** Every key and value of a map as two packed buffers (`count` records each): no object per entry,
- *  for walks over large tables. */
+ *  for walks over large tables. Batches start at `firstChunk` records and grow fourfold up to `chunk`:
+ *  a mostly empty table costs a small buffer, not one of `chunk` records every walk (they are
+ *  malloc'd outside the V8 heap and linger until a GC). */
 export function mapDumpPacked(
   fd: number,
   mapName: string,
@@ -99,16 +101,17 @@ export function mapDumpPacked(
   valueSize: number,
   chunk = 8192,
   maxBatches = Infinity,
+  firstChunk = chunk,
 ): { keys: Buffer; values: Buffer; count: number } {
   const keyParts: Buffer[] = [];
   const valueParts: Buffer[] = [];
   let count = 0;
   const token = Buffer.alloc(Math.max(keySize, 8));
   let first = true;
-  for (;;) {
-    const kb = Buffer.alloc(keySize * chunk);
-    const vb = Buffer.alloc(valueSize * chunk);
-    const n = [chunk];
+  for (let size = Math.min(firstChunk, chunk); ; size = Math.min(size * 4, chunk)) {
+    const kb = Buffer.allocUnsafe(keySize * size);
+    const vb = Buffer.allocUnsafe(valueSize * size);
+    const n = [size];
     const ret = bind().map_lookup_batch(fd, first ? null : token, token, kb, vb, n, null);
     if (ret < 0 && ret !== -osConstants.errno.ENOENT) throw new BpfError('bpf_map_lookup_batch', `map ${mapName}`, -ret);
     keyParts.push(kb.subarray(0, n[0] * keySize));
