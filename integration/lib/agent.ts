@@ -24,6 +24,8 @@ export interface StartAgentOptions {
   env?: NodeJS.ProcessEnv;
   /** Run dist/bin/membrane-agent (npm run build) instead of the sources. */
   bundle?: boolean;
+  /** Node's own flags (e.g. --cpu-prof, which NODE_OPTIONS does not take). */
+  nodeArgs?: string[];
   /** Run the agent inside this netns (`nsenter --net`), as a node of its own: its host device,
    *  forwarding and routes are that netns', never the machine's. */
   netnsPath?: string;
@@ -107,6 +109,7 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
   const inNetns = (cmd: string[]) =>
     (netnsPath ? ['nsenter', [`--net=${netnsPath}`, ...cmd]] : [cmd[0], cmd.slice(1)]) as [string, string[]];
   const args = [
+    ...(opts.nodeArgs ?? []),
     // Benchmarks run the built agent (what a node runs: no TypeScript loader in the hot paths).
     ...(opts.bundle ? [AGENT_BUNDLE] : ['--import', 'tsx', AGENT_MAIN]),
     ...agentPlaces({ stateDir, socket, bpffsDir, hostDevice }),

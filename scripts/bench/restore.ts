@@ -1,0 +1,149 @@
+// npm run bench:restore (node --import tsx scripts/bench/restore.ts [--pods 200] [--policies 20]
+// [--restarts 5] [--cpu-prof DIR] [--json FILE]) — not a test. Where an agent restart after SIGKILL
+// spends its time with many endpoints, without the minutes bench:scale spends creating pods through
+// membrane-cni: the endpoints are created through the API (the same recipe), then the built agent
+// (dist/bin/membrane-agent) is SIGKILLed and restarted --restarts times, a TCP flow between two pods
+// checked across every restart. Reports the median time until the API answers and the median of
+// each phase of the agent's startMs log. --cpu-prof DIR: one more restart runs under node
+// --cpu-prof, its profile written to DIR.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { startAgent } from '../../integration/lib/agent.ts';
+import { createNetns, type TestNetns } from '../../integration/lib/netns.ts';
+import { killAll, startEchoServer, startFlow } from '../../integration/lib/tcp.ts';
+import { PolicyClient } from '../../shared/src/policy/client.ts';
+import { markdownTable, median, sleep } from './lib.ts';
+
+delete process.env.NODE_EXTRA_CA_CERTS;
+delete process.env.NODE_OPTIONS;
+const argOf = (name: string) => {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1] : undefined;
+};
+const PODS = Number(argOf('pods') ?? 200);
+const POLICIES = Number(argOf('policies') ?? 20);
+const RESTARTS = Number(argOf('restarts') ?? 5);
+const CPU_PROF = argOf('cpu-prof');
+const JSON_OUT = argOf('json');
+const log = (s: string) => process.stderr.write(`bench-restore: ${s}\n`);
+
+function policies(): string {
+  return Array.from({ length: POLICIES }, (_, i) =>
+    JSON.stringify({
+      apiVersion: 'cilium.io/v2',
+      kind: 'CiliumNetworkPolicy',
+      metadata: { name: `restore-${i}` },
+      spec: {
+        endpointSelector: { matchLabels: { app: `s${i}` } },
+        ingress: [
+          {
+            fromEndpoints: [{ matchLabels: { app: `s${(i + 1) % POLICIES}` } }],
+            toPorts: [{ ports: [{ port: '8080', protocol: 'TCP' }] }],
+          },
+        ],
+      },
+    }),
+  ).join('\n---\n');
+}
+
+/** The phases of the last "membrane agent ready" line (startMs). */
+function lastPhases(logFile: string): Record<string, number> {
+  const ready = fs
+    .readFileSync(logFile, 'utf8')
+    .split('\n')
+    .filter((l) => l.includes('"startMs"'))
+    .at(-1);
+  return ready ? ((JSON.parse(ready) as { startMs?: Record<string, number> }).startMs ?? {}) : {};
+}
+
+async function main(): Promise<void> {
+  const load0 = os.loadavg()[0];
+  const b = crypto.getRandomValues(new Uint8Array(2));
+  const pool = `10.${64 + (b[0] % 64)}.${(b[1] % 16) * 16}.0/20`;
+  const agent = await startAgent({ pools: [pool], bundle: true, extraArgs: ['--log-level', 'info'] });
+  const nss: TestNetns[] = [];
+  let server: Awaited<ReturnType<typeof startEchoServer>> | undefined;
+  let flow: ReturnType<typeof startFlow> | undefined;
+  const restores: number[] = [];
+  const phases: Record<string, number[]> = {};
+  let flowOk = true;
+  try {
+    await new PolicyClient(agent.client).import(policies());
+    log(`creating ${PODS} endpoints through the API`);
+    const ips: string[] = [];
+    for (let i = 0; i < PODS; i++) {
+      const ns = createNetns('mbrs');
+      nss.push(ns);
+      const ep = await agent.client.createEndpoint({
+        containerId: `restore-${i}-${agent.id}`,
+        netns: ns.path,
+        ifName: 'eth0',
+        labels: { app: `s${i % POLICIES}` },
+      });
+      ips.push(ep.ips[0].address.split('/')[0]);
+    }
+    // s1 -> s0 on 8080 is admitted by policy 0.
+    server = await startEchoServer(nss[0], 8080);
+    flow = startFlow(nss[1], ips[0], 8080);
+    await sleep(1000);
+    for (let r = 0; r < RESTARTS; r++) {
+      const before = flow.echoed();
+      await agent.kill9();
+      const t0 = performance.now();
+      await agent.restart();
+      restores.push(performance.now() - t0);
+      for (const [k, v] of Object.entries(lastPhases(agent.logFile))) (phases[k] ??= []).push(v);
+      if ((await agent.client.listEndpoints()).length !== PODS) throw new Error('the restarted agent lost endpoints');
+      await sleep(500);
+      if (!(before > 0 && flow.echoed() > before && !flow.failed())) flowOk = false;
+      log(`restart ${r + 1}: ${restores[r].toFixed(0)} ms (${JSON.stringify(lastPhases(agent.logFile))})`);
+    }
+    if (CPU_PROF) {
+      // One more restart under --cpu-prof (not counted), on the same dirs; the profile is written
+      // when it stops cleanly. Not the first start: the profiler's signals interrupt the BPF
+      // verifier (EAGAIN), and a restart reuses the pinned programs.
+      fs.mkdirSync(CPU_PROF, { recursive: true });
+      await agent.kill9();
+      const nodeArgs = ['--cpu-prof', `--cpu-prof-dir=${path.resolve(CPU_PROF)}`];
+      const profiled = await startAgent({ reuse: agent, bundle: true, nodeArgs, extraArgs: ['--log-level', 'info'] });
+      log(`profiled restart: ${JSON.stringify(lastPhases(agent.logFile))}`);
+      await profiled.stop();
+      await agent.restart();
+    }
+  } finally {
+    flow?.stop();
+    killAll([server]);
+
+    await agent.cleanup();
+    for (const ns of nss) ns.remove();
+  }
+  const out = {
+    pods: PODS,
+    policies: POLICIES,
+    restarts: RESTARTS,
+    restoreMedianMs: median(restores),
+    restoreMs: restores,
+    phasesMedianMs: Object.fromEntries(Object.entries(phases).map(([k, v]) => [k, median(v)])),
+    flowKeptThroughout: flowOk,
+  };
+  process.stdout.write(
+    `\n${markdownTable(
+      ['what', `${PODS} endpoints, ${POLICIES} policies, ${RESTARTS} restarts`],
+      [
+        ['restore after SIGKILL until the API answers, median (ms)', out.restoreMedianMs.toFixed(0)],
+        ['every restart (ms)', restores.map((x) => x.toFixed(0)).join(', ')],
+        [
+          'phases, median (ms, startMs log)',
+          Object.entries(out.phasesMedianMs)
+            .map(([k, v]) => `${k} ${v}`)
+            .join(', '),
+        ],
+        ['TCP flow between two pods kept flowing through every restart', String(flowOk)],
+      ],
+    )}\n\nLoad average at the start: ${load0.toFixed(1)}, at the end: ${os.loadavg()[0].toFixed(1)} (${os.cpus().length} CPUs).\n`,
+  );
+  if (JSON_OUT) fs.writeFileSync(JSON_OUT, JSON.stringify(out, null, 1));
+}
+
+await main();
