@@ -274,3 +274,21 @@ t.test('removeEndpoint(0, ips) drops only those addresses (shared host interface
   t.not(dp.counters(DST.hostIfindex), null, 'counters kept');
   dp.upsertEndpoint(DST);
 });
+
+t.test('publishing through a local_endpoints index (restore) drops lost addresses, never another endpoint’s', async (t) => {
+  t.teardown(() => {
+    dp.removeEndpoint(OTHER.hostIfindex, OTHER.ips);
+    dp.upsertEndpoint(DST);
+  });
+  const OTHER = { ...DST, hostIfindex: 900002, endpointId: 13, ips: [DST.ips[1]] };
+  const index = dp.indexLocalEndpoints();
+  dp.publishEndpoint({ ...DST, ips: [DST.ips[0]] }, index);
+  t.notOk(dp.listLocalEndpointIps().includes(DST.ips[1]), 'the address it no longer has is gone');
+  t.ok(dp.listLocalEndpointIps().includes(DST.ips[0]), 'the address it has stays');
+  t.ok(dp.listLocalEndpointIps().includes(SRC.ips[0]), "another interface's address stays");
+  // The index still says DST had both; the map changed under it: DST.ips[1] belongs to OTHER now.
+  dp.publishEndpoint(DST, index);
+  dp.upsertEndpoint(OTHER);
+  dp.publishEndpoint({ ...DST, ips: [DST.ips[0]] }, index);
+  t.ok(dp.listLocalEndpointIps().includes(DST.ips[1]), 'an address that points at another interface by now is left alone');
+});

@@ -11,10 +11,11 @@ import type * as codec from '../maps/codec.ts';
 import * as conntrack from '../maps/conntrack.ts';
 import { assertOnBpffs, pinnedMapMismatch, possibleCpus, replacePin } from './pins.ts';
 import { MAP_NAMES, PROGRAM_PINS, PROGRAM_STAMP_PREFIX, removeProgramStamps, type MapName } from './layout.ts';
-import type { LoadedMap } from './endpoint-maps.ts';
+import type { LoadedMap, LocalEndpointsIndex } from './endpoint-maps.ts';
 import { LoadedDatapath } from './loaded.ts';
 
 export { assertOnBpffs, possibleCpus } from './pins.ts';
+export type { LocalEndpointsIndex } from './endpoint-maps.ts';
 export { LINK_PINS, MAP_NAMES, PROGRAM_PINS, removePins, TC_HANDLE, TC_PRIORITY, type MapName } from './layout.ts';
 
 export interface EndpointDatapathConfig {
@@ -44,8 +45,11 @@ export interface Datapath {
   /** endpoints_cfg and counters, then (unless `publish: false`) publishEndpoint. A new endpoint is
    *  published last, once its program and policy are in place (the redirect short-cut skips its hooks). */
   upsertEndpoint(cfg: EndpointDatapathConfig, opts?: { publish?: boolean }): void;
-  /** local_endpoints: other endpoints' packets to its addresses go straight to it (bpf_redirect_peer). */
-  publishEndpoint(cfg: EndpointDatapathConfig): void;
+  /** local_endpoints: other endpoints' packets to its addresses go straight to it (bpf_redirect_peer).
+   *  With an index (indexLocalEndpoints), the addresses it lost are found there, not by a map walk. */
+  publishEndpoint(cfg: EndpointDatapathConfig, index?: LocalEndpointsIndex): void;
+  /** One walk of local_endpoints, for publishing many endpoints in a row (restore). */
+  indexLocalEndpoints(): LocalEndpointsIndex;
   /** Idempotent. Addresses are removed only while they still point at hostIfindex (a reassigned
    *  address is left alone). hostIfindex 0 (no interface) removes just the given addresses, whatever
    *  they point at, and keeps every per-interface entry: for endpoints sharing a host interface. */

@@ -56,8 +56,59 @@ export function upsertEndpoint(d: MapAccess, cfg: EndpointDatapathConfig): void 
   bpf.mapUpdate(d.map('endpoints_cfg').fd, 'endpoints_cfg', ifKey, config);
 }
 
-/** local_endpoints: its addresses point at it; addresses it no longer has stop doing so. */
-export function publishEndpoint(d: MapAccess, cfg: EndpointDatapathConfig): void {
+/**
+ * Which local_endpoints keys point at which host interface, read with one dump: a restore publishes
+ * every endpoint against it instead of walking the whole map once per endpoint (N endpoints: N
+ * walks of N entries). The publishes made through it keep it current; an entry it lists that the
+ * map no longer has, or that points elsewhere by now, is left alone (each stale one is looked up
+ * before it is deleted).
+ */
+export class LocalEndpointsIndex {
+  private readonly byIfindex = new Map<number, Set<string>>();
+  private readonly owner = new Map<string, number>();
+
+  constructor(d: MapAccess) {
+    const locals = d.map('local_endpoints');
+    const vs = d.valueSize(locals);
+    const chunk = Math.min(locals.maxEntries, 4096);
+    const { keys, values, count } = bpf.mapDumpPacked(locals.fd, 'local_endpoints', locals.keySize, vs, chunk);
+    for (let i = 0; i < count; i++) {
+      this.set(keys.toString('hex', i * locals.keySize, (i + 1) * locals.keySize), codec.localEndpointIfindex(values, i * vs));
+    }
+  }
+
+  /** Keys (hex) that pointed at hostIfindex. */
+  keysOf(hostIfindex: number): string[] {
+    return [...(this.byIfindex.get(hostIfindex) ?? [])];
+  }
+
+  /** hostIfindex now has exactly these keys (hex). */
+  record(hostIfindex: number, keys: Set<string>): void {
+    for (const hex of this.keysOf(hostIfindex)) if (!keys.has(hex)) this.delete(hex);
+    for (const hex of keys) this.set(hex, hostIfindex);
+  }
+
+  private set(hex: string, ifindex: number): void {
+    const was = this.owner.get(hex);
+    if (was === ifindex) return;
+    if (was !== undefined) this.delete(hex);
+    this.owner.set(hex, ifindex);
+    let set = this.byIfindex.get(ifindex);
+    if (!set) this.byIfindex.set(ifindex, (set = new Set()));
+    set.add(hex);
+  }
+
+  private delete(hex: string): void {
+    const ifindex = this.owner.get(hex);
+    if (ifindex === undefined) return;
+    this.owner.delete(hex);
+    this.byIfindex.get(ifindex)?.delete(hex);
+  }
+}
+
+/** local_endpoints: its addresses point at it; addresses it no longer has stop doing so. With an
+ *  index (restore), the addresses it no longer has are found there instead of by a walk of the map. */
+export function publishEndpoint(d: MapAccess, cfg: EndpointDatapathConfig, index?: LocalEndpointsIndex): void {
   const ipKeys = cfg.ips.map((ip) => codec.encodeIpKey(ip));
   const local = codec.encodeLocalEndpoint({
     hostIfindex: cfg.hostIfindex,
@@ -68,7 +119,17 @@ export function publishEndpoint(d: MapAccess, cfg: EndpointDatapathConfig): void
   const locals = d.map('local_endpoints');
   for (const key of ipKeys) bpf.mapUpdate(locals.fd, 'local_endpoints', key, local);
   const wanted = new Set(ipKeys.map((k) => k.toString('hex')));
-  removeLocalAddresses(d, cfg.hostIfindex, (key) => !wanted.has(key.toString('hex')));
+  if (!index) {
+    removeLocalAddresses(d, cfg.hostIfindex, (key) => !wanted.has(key.toString('hex')));
+    return;
+  }
+  for (const hex of index.keysOf(cfg.hostIfindex)) {
+    if (wanted.has(hex)) continue;
+    const key = Buffer.from(hex, 'hex');
+    const value = d.lookup('local_endpoints', key);
+    if (value && codec.localEndpointIfindex(value, 0) === cfg.hostIfindex) bpf.mapDelete(locals.fd, 'local_endpoints', key);
+  }
+  index.record(cfg.hostIfindex, wanted);
 }
 
 /** Delete local_endpoints entries owned by hostIfindex that `select` picks. */

@@ -5,7 +5,14 @@ import * as bpf from './libbpf.ts';
 import * as codec from '../maps/codec.ts';
 import * as conntrack from '../maps/conntrack.ts';
 import { MAP_NAMES, TC_HANDLE, TC_PRIORITY, type MapName } from './layout.ts';
-import { publishEndpoint, removeEndpoint, upsertEndpoint, type LoadedMap, type MapAccess } from './endpoint-maps.ts';
+import {
+  LocalEndpointsIndex,
+  publishEndpoint,
+  removeEndpoint,
+  upsertEndpoint,
+  type LoadedMap,
+  type MapAccess,
+} from './endpoint-maps.ts';
 import type { Datapath, EndpointDatapathConfig, GlobalConfig } from './datapath.ts';
 
 // enum bpf_map_type values whose entry count mapPressure() can walk.
@@ -89,8 +96,12 @@ export class LoadedDatapath implements Datapath {
     if (opts.publish !== false) this.publishEndpoint(cfg);
   }
 
-  publishEndpoint(cfg: EndpointDatapathConfig): void {
-    publishEndpoint(this.access(), cfg);
+  publishEndpoint(cfg: EndpointDatapathConfig, index?: LocalEndpointsIndex): void {
+    publishEndpoint(this.access(), cfg, index);
+  }
+
+  indexLocalEndpoints(): LocalEndpointsIndex {
+    return new LocalEndpointsIndex(this.access());
   }
 
   removeEndpoint(hostIfindex: number, ips: string[]): void {

@@ -2,7 +2,7 @@
 // netns), addresses, routes, proxy ARP/NDP. Every step is an idempotent "ensure" so restore can re-run it.
 import type { EndpointIp } from '../types.ts';
 import type { NetNs } from '../netns/index.ts';
-import { openNetlink, type Netlink } from '../netlink/index.ts';
+import { openNetlink, type Link, type Netlink } from '../netlink/index.ts';
 import { addressOnly, hostPrefix, normalizeIfAddr } from '../net/index.ts';
 import { setSysctlPath } from '../sysctl/index.ts';
 
@@ -52,13 +52,15 @@ function prepareHostSide(spec: PlumbSpec): void {
 }
 
 /** Host side: prepared, up, the IPv6 gateway's proxy entry, and the /32 + /128 routes to the endpoint.
- *  Only once the endpoint's program and policy are in place: up is when packets can pass. */
-export function ensureHostSide(host: Netlink, hostIfIndex: number, spec: PlumbSpec): void {
-  prepareHostSide(spec);
+ *  Only once the endpoint's program and policy are in place: up is when packets can pass. `known`:
+ *  the link as a dump just showed it (restore); up means it was prepared already (this is the only
+ *  place that brings a host end up, and it prepares it first), so its sysctls are not written again. */
+export function ensureHostSide(host: Netlink, hostIfIndex: number, spec: PlumbSpec, known?: Link): void {
+  if (!(known?.up && known.index === hostIfIndex && !spec.holdDown)) prepareHostSide(spec);
   // Labels pending: no link, no routes (the kernel refuses routes through a down device) until they
   // arrive; the container's first packets wait in its neighbour queue meanwhile.
   if (spec.holdDown) return;
-  const link = host.linkByIndex(hostIfIndex);
+  const link = known?.index === hostIfIndex ? known : host.linkByIndex(hostIfIndex);
   if (link && !link.up) host.linkSetUp(hostIfIndex);
   for (const ip of spec.ips) if (ip.family === 6) host.neighProxyAdd(hostIfIndex, ip.gateway);
   for (const ip of spec.ips) {

@@ -6,7 +6,7 @@ import type { Endpoint } from '../types.ts';
 import { keyOf, STORE_PREFIX } from './recipe.ts';
 import { endpointKey, hostVethName, withDockerRef } from './naming.ts';
 import { netnsGone } from './gone.ts';
-import { pruneDatapath, restoreEndpoint, type RestoreDeps, type RestoreOutcome } from './restore.ts';
+import { pruneDatapath, restoreEndpoint, RestoreView, type RestoreDeps, type RestoreOutcome } from './restore.ts';
 import type { KeyedLock } from './lock.ts';
 import type { EndpointIds } from './ids.ts';
 import type { Reaper } from './reaper.ts';
@@ -61,7 +61,9 @@ export class EndpointRecovery {
         node.log?.error({ err, key }, 'unreadable endpoint record: skipped');
       }
     }
-    for (const ep of [...byKey.values()]) result[await this.restoreIsolated(ep)]++;
+    // The host's links and local_endpoints read once for all of them, not once per endpoint.
+    const view = new RestoreView(this.d.recipeDeps());
+    for (const ep of [...byKey.values()]) result[await this.restoreIsolated(ep, view)]++;
     await this.releaseOrphans();
     pruneDatapath({ datapath: node.datapath, log: node.log }, new Set([...byKey.values()].map((e) => e.hostIfIndex)));
     this.d.reaper.kick();
@@ -69,10 +71,10 @@ export class EndpointRecovery {
   }
 
   /** Restores one endpoint; any failure marks it unhealthy instead of escaping. */
-  private async restoreIsolated(ep: Endpoint): Promise<RestoreOutcome | 'unhealthy'> {
+  private async restoreIsolated(ep: Endpoint, view?: RestoreView): Promise<RestoreOutcome | 'unhealthy'> {
     const key = keyOf(ep);
     try {
-      const outcome = await this.d.lock.run(key, () => restoreEndpoint(this.d.recipeDeps(), ep));
+      const outcome = await this.d.lock.run(key, () => restoreEndpoint(this.d.recipeDeps(), ep, view));
       if (outcome !== 'dropped' && this.unhealthy.delete(key)) this.d.node.log?.info({ endpoint: key }, 'endpoint repaired');
       return outcome;
     } catch (err) {

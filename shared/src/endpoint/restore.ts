@@ -6,8 +6,8 @@ import type { Endpoint } from '../types.ts';
 import type { Store } from '../store/index.ts';
 import type { Ipam } from '../ipam/index.ts';
 import type { Networks } from '../network/index.ts';
-import type { Datapath } from '../bpf/datapath.ts';
-import { NetlinkError, type Netlink } from '../netlink/index.ts';
+import type { Datapath, LocalEndpointsIndex } from '../bpf/datapath.ts';
+import { NetlinkError, type Link, type Netlink } from '../netlink/index.ts';
 import { forbiddenNetnsReason, NetnsError, openNetns, type NetNs } from '../netns/index.ts';
 import { datapathConfig, keyOf, plainIps, plumbSpec, storeKey } from './recipe.ts';
 import { ensureRecorded, type AddressBook } from './addresses.ts';
@@ -33,7 +33,46 @@ export interface RestoreDeps {
   watch: (ep: Endpoint) => void;
 }
 
-export async function restoreEndpoint(d: RestoreDeps, ep: Endpoint): Promise<RestoreOutcome> {
+/**
+ * What restoring every endpoint in a row reads once instead of once per endpoint: the host's links
+ * (one dump, not a lookup or two per endpoint) and where local_endpoints points (one walk of the map,
+ * not one per endpoint). Links the restore itself creates are added; nothing else changes the host's
+ * endpoint links while the agent restores (the API is not serving yet).
+ */
+export class RestoreView {
+  private readonly byName = new Map<string, Link>();
+  private readonly indexes = new Set<number>();
+  readonly locals: LocalEndpointsIndex;
+
+  constructor(d: Pick<RestoreDeps, 'host' | 'datapath'>) {
+    for (const link of d.host.linkList()) this.add(link);
+    this.locals = d.datapath.indexLocalEndpoints();
+  }
+
+  linkByName(name: string): Link | null {
+    return this.byName.get(name) ?? null;
+  }
+
+  hasIndex(index: number): boolean {
+    return this.indexes.has(index);
+  }
+
+  add(link: Link): void {
+    this.byName.set(link.name, link);
+    this.indexes.add(link.index);
+  }
+}
+
+/** Live lookups for one endpoint at a time (the upkeep's retries), the view's for a whole restore. */
+function links(d: RestoreDeps, view?: RestoreView) {
+  return {
+    byName: (name: string) => (view ? view.linkByName(name) : d.host.linkByName(name)),
+    exists: (index: number) => (view ? view.hasIndex(index) : d.host.linkByIndex(index) !== null),
+  };
+}
+
+export async function restoreEndpoint(d: RestoreDeps, ep: Endpoint, view?: RestoreView): Promise<RestoreOutcome> {
+  const host = links(d, view);
   let ns: NetNs | null = null;
   try {
     if (ep.netns) {
@@ -59,7 +98,7 @@ export async function restoreEndpoint(d: RestoreDeps, ep: Endpoint): Promise<Res
     );
     if (unrecorded.length) throw new Error(`its addresses are not its own: ${unrecorded.join('; ')}`);
     const spec = plumbSpec(ep, ns);
-    let link = d.host.linkByName(ep.hostIfName);
+    let link = host.byName(ep.hostIfName);
     let repaired = false;
     if (!link) {
       if (!ns) {
@@ -67,7 +106,7 @@ export async function restoreEndpoint(d: RestoreDeps, ep: Endpoint): Promise<Res
         return 'dropped';
       }
       // Its stale datapath entries point at an interface that is gone: traffic to it must not go there.
-      if (!d.host.linkByIndex(ep.hostIfIndex)) d.datapath.removeEndpoint(ep.hostIfIndex, plainIps(ep));
+      if (!host.exists(ep.hostIfIndex)) d.datapath.removeEndpoint(ep.hostIfIndex, plainIps(ep));
       try {
         createVeth(d.host, spec);
       } catch (e) {
@@ -79,13 +118,14 @@ export async function restoreEndpoint(d: RestoreDeps, ep: Endpoint): Promise<Res
         throw e;
       }
       link = d.host.linkByName(ep.hostIfName);
+      if (link) view?.add(link);
       repaired = true;
     }
     if (!link) throw new Error(`cannot recreate ${ep.hostIfName}`);
     const wasCurrent = d.datapath.isCurrent(link.index);
     if (link.index !== ep.hostIfIndex) {
       // The old index may belong to another interface by now: only forget it when nothing has it.
-      if (!d.host.linkByIndex(ep.hostIfIndex)) d.datapath.removeEndpoint(ep.hostIfIndex, []);
+      if (!host.exists(ep.hostIfIndex)) d.datapath.removeEndpoint(ep.hostIfIndex, []);
       await d.store.put(storeKey(ep), { ...ep, hostIfIndex: link.index });
       ep.hostIfIndex = link.index;
     }
@@ -98,8 +138,8 @@ export async function restoreEndpoint(d: RestoreDeps, ep: Endpoint): Promise<Res
       ensureContainerSide(spec);
       repaired = true;
     }
-    ensureHostSide(d.host, link.index, spec);
-    if (!spec.holdDown) d.datapath.publishEndpoint(datapathConfig(ep));
+    ensureHostSide(d.host, link.index, spec, link);
+    if (!spec.holdDown) d.datapath.publishEndpoint(datapathConfig(ep), view?.locals);
     d.watch(ep);
     return repaired || !wasCurrent ? 'repaired' : 'kept';
   } finally {

@@ -79,7 +79,11 @@ export function addrDel(c: Conn, index: number, cidr: string): boolean {
 export function addrList(c: Conn, o: { index?: number; family?: Family } = {}): Addr[] {
   const l = lib();
   const out: (Ptr | null)[] = [null];
-  c.exec('addr list', o.index ? c.dev(o.index) : 'all', (sk) => l.rtnl_addr_alloc_cache(sk, out));
+  c.exec(
+    'addr list',
+    () => (o.index ? c.dev(o.index) : 'all'),
+    (sk) => l.rtnl_addr_alloc_cache(sk, out),
+  );
   return drainCache(out[0] as Ptr, (p): Addr | undefined => {
     const index = l.rtnl_addr_get_ifindex(p) as number;
     if (o.index !== undefined && index !== o.index) return undefined;

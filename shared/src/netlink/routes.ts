@@ -199,7 +199,11 @@ export function routeList(c: Conn, o: { index?: number; family?: Family; table?:
   const l = lib();
   const out: (Ptr | null)[] = [null];
   const af = o.family ? afOf(o.family) : 0;
-  c.exec('route list', o.index ? c.dev(o.index) : 'all', (sk) => l.rtnl_route_alloc_cache(sk, af, 0, out));
+  c.exec(
+    'route list',
+    () => (o.index ? c.dev(o.index) : 'all'),
+    (sk) => l.rtnl_route_alloc_cache(sk, af, 0, out),
+  );
   const table = o.table ?? RT_TABLE_MAIN;
   return drainCache(out[0] as Ptr, (p) => {
     const r = readRoute(p);
