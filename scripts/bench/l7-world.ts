@@ -1,0 +1,206 @@
+// bench:l7's world: the built agent, a client pod (wrk) and a server pod (nginx serving a small
+// static response on 80 and 8080), one policy with HTTP rules on 80 (none on 8080), and the peer,
+// nginx (Debian) as a reverse proxy on the node in front of the same server (upstream keep-alive,
+// access log off, as many workers as the L7 proxy). Everything it starts it also removes.
+import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { randomId, startAgent, type TestAgent } from '../../integration/lib/agent.ts';
+import { createNetns, type TestNetns } from '../../integration/lib/netns.ts';
+import { PolicyClient } from '../../shared/src/policy/client.ts';
+import { childrenOf } from './l7-wrk.ts';
+import { sleep } from './lib.ts';
+
+export type Variant = 'direct' | 'l7' | 'nginx';
+
+export interface L7World {
+  client: TestNetns;
+  /** The server pod's address. */
+  ip: string;
+  /** direct: the server's port 8080 (no HTTP rules); l7: its port 80 (HTTP rules); nginx: the peer. */
+  urls: Record<Variant, string>;
+  /** The processes that do the proxying for a variant: Membrane's workers and its agent (it turns
+   *  their records into flows and metrics), or nginx's workers; none for direct. */
+  proxyPids(v: Variant): Promise<number[]>;
+  agentPid(): number | undefined;
+  /** Imports the policy with or without the HTTP rules on port 80 and waits until it is in force. */
+  setL7(on: boolean): Promise<void>;
+  close(): Promise<void>;
+}
+
+const policy = (l7: boolean) => `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: bench-web}
+spec:
+  endpointSelector: {matchLabels: {bench: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {bench: client}}]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]${
+      l7
+        ? `
+      rules: {http: [{method: "GET", path: "/.*"}]}`
+        : ''
+    }
+    - ports: [{port: "8080", protocol: TCP}]
+  - fromEntities: [host]
+`;
+
+function nginxConf(dir: string, server: string, listen: string[], workers: number, body: string): string {
+  return `daemon off;
+worker_processes ${workers};
+pid ${dir}/nginx.pid;
+error_log ${dir}/error.log;
+events { worker_connections 8192; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+${server}
+  server {
+${listen.map((l) => `    listen ${l} backlog=8192 reuseport;`).join('\n')}
+${body}
+  }
+}
+`;
+}
+
+function startNginx(ns: TestNetns | null, conf: string): { child: ChildProcess; dir: string } {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbb-nginx-'));
+  fs.writeFileSync(path.join(dir, 'nginx.conf'), conf.replaceAll('DIR', dir));
+  const args = ['-c', path.join(dir, 'nginx.conf'), '-p', dir, '-e', path.join(dir, 'error.log')];
+  const child = ns
+    ? spawn('nsenter', [`--net=${ns.path}`, 'nginx', ...args], { stdio: 'ignore' })
+    : spawn('nginx', args, { stdio: 'ignore' });
+  return { child, dir };
+}
+
+async function waitHttp(client: TestNetns, url: string): Promise<void> {
+  for (let i = 0; i < 100; i++) {
+    try {
+      await client.exec('curl', ['-sf', '--max-time', '2', '-o', '/dev/null', url]);
+      return;
+    } catch {
+      await sleep(200);
+    }
+  }
+  throw new Error(`${url} does not answer`);
+}
+
+export function checkTools(): void {
+  for (const bin of ['wrk', 'nginx']) {
+    try {
+      execFileSync('which', [bin], { stdio: 'ignore' });
+    } catch {
+      throw new Error(`${bin} is missing: run scripts/setup (it installs wrk and nginx)`);
+    }
+  }
+}
+
+/** The world with the L7 policy in force; `clientTwReuse` is the client pod's net.ipv4.tcp_tw_reuse. */
+export async function startL7World(clientTwReuse: string): Promise<L7World> {
+  const nginxPort = 18000 + Math.floor(Math.random() * 2000); // nginx on the node: random, so runs never clash
+  // The built agent and proxy (npm run bench:l7 builds first): what a node runs.
+  const agent: TestAgent = await startAgent({ bundle: true });
+  const pc = new PolicyClient(agent.client);
+  const client = createNetns('mbb'),
+    server = createNetns('mbb');
+  const procs: ChildProcess[] = [];
+  const dirs: string[] = [];
+  const close = async () => {
+    // nginx's workers outlive a killed master: note them, ask politely, then make sure.
+    const workers = procs.flatMap((c) => (c.pid ? childrenOf(c.pid) : []));
+    for (const c of procs) c.kill('SIGTERM');
+    for (let i = 0; i < 50 && procs.some((c) => c.exitCode === null && c.signalCode === null); i++) await sleep(100);
+    for (const c of procs) if (c.exitCode === null && c.signalCode === null) c.kill('SIGKILL');
+    for (const pid of workers) {
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+    await pc.delete('all').catch(() => undefined);
+    await agent.cleanup();
+    client.remove();
+    server.remove();
+    for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+  };
+  try {
+    await client.exec('sysctl', ['-qw', `net.ipv4.tcp_tw_reuse=${clientTwReuse}`]);
+    await agent.client.createEndpoint({
+      containerId: `bench-l7-c-${randomId()}`,
+      netns: client.path,
+      ifName: 'eth0',
+      labels: { bench: 'client' },
+    });
+    const srv = await agent.client.createEndpoint({
+      containerId: `bench-l7-s-${randomId()}`,
+      netns: server.path,
+      ifName: 'eth0',
+      labels: { bench: 'server' },
+    });
+    const ip = srv.ips[0].address.split('/')[0];
+    const gateway = srv.ips[0].gateway;
+    // The server: nginx, one worker, a small static answer on 80 and 8080.
+    const s = startNginx(
+      server,
+      nginxConf('DIR', '', ['0.0.0.0:80', '0.0.0.0:8080'], 1, '    location / { return 200 "hello from the server\\n"; }'),
+    );
+    procs.push(s.child);
+    dirs.push(s.dir);
+    // The peer: nginx on the node in front of the same server (as many workers as the L7 proxy).
+    const workers = ((await agent.client.status()).l7 as { workers: unknown[] } | undefined)?.workers.length ?? 2;
+    const p = startNginx(
+      null,
+      nginxConf(
+        'DIR',
+        `  upstream server { server ${ip}:80; keepalive 512; }`,
+        [`${gateway}:${nginxPort}`],
+        workers,
+        '    location / { proxy_pass http://server; proxy_http_version 1.1; proxy_set_header Connection ""; }',
+      ),
+    );
+    procs.push(p.child);
+    dirs.push(p.dir);
+    // One policy for the whole matrix (HTTP rules on 80, none on 8080): no policy change, and none of
+    // the agent's work that follows one, lands inside a measurement. nginx reaches the server from the
+    // node (host identity), which is never diverted.
+    const urls: Record<Variant, string> = {
+      direct: `http://${ip}:8080/`,
+      l7: `http://${ip}/`,
+      nginx: `http://${gateway}:${nginxPort}/`,
+    };
+    await pc.import(policy(false));
+    await waitHttp(client, urls.direct);
+    await waitHttp(client, urls.nginx);
+    const setL7 = async (on: boolean) => {
+      await pc.import(policy(on));
+      if (on) {
+        for (let i = 0; i < 300; i++) {
+          const st = (await agent.client.status()).l7 as { workers: { connected: boolean }[] };
+          if (st.workers.every((w) => w.connected)) break;
+          await sleep(100);
+        }
+        await waitHttp(client, urls.l7);
+      }
+      await sleep(2000); // the agent's work after a policy change (maps, snapshot, revalidation) is done before wrk starts
+    };
+    await setL7(true);
+    const proxyPids = async (v: Variant): Promise<number[]> =>
+      v === 'l7'
+        ? [
+            ...((await agent.client.status()).l7 as { workers: { pid?: number }[] }).workers
+              .map((w) => w.pid ?? 0)
+              .filter(Boolean),
+            agent.pid()!,
+          ]
+        : v === 'nginx'
+          ? childrenOf(p.child.pid!)
+          : [];
+    return { client, ip, urls, proxyPids, agentPid: () => agent.pid(), setL7, close };
+  } catch (e) {
+    await close();
+    throw e;
+  }
+}

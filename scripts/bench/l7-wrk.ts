@@ -1,0 +1,95 @@
+// bench:l7's measuring: one wrk run in the client pod, parsed, with the CPU time the proxying
+// processes spent on it per request (Membrane's workers plus its agent, or nginx's workers).
+import fs from 'node:fs';
+import type { TestNetns } from '../../integration/lib/netns.ts';
+
+export type Mode = 'keep-alive' | 'close';
+
+export interface Sample {
+  rps: number;
+  p50: number;
+  p99: number;
+  errors: number;
+  requests: number;
+  cpuUsPerReq?: number;
+  agentUsPerReq?: number;
+}
+
+const TICK_US = 1e6 / 100; // /proc/<pid>/stat times are in USER_HZ (100 on Linux)
+
+/** CPU time (user + system, µs) the processes have used so far; a process that is gone counts 0. */
+export function cpuUs(pids: number[]): number {
+  let ticks = 0;
+  for (const pid of pids) {
+    try {
+      const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += Number(f[11]) + Number(f[12]); // fields 14 and 15 (utime, stime), counted after "pid (comm) "
+    } catch {
+      /* gone */
+    }
+  }
+  return ticks * TICK_US;
+}
+
+export function childrenOf(pid: number): number[] {
+  try {
+    return fs.readFileSync(`/proc/${pid}/task/${pid}/children`, 'utf8').trim().split(/\s+/).filter(Boolean).map(Number);
+  } catch {
+    return [];
+  }
+}
+
+export function parseWrk(out: string): Sample {
+  const num = (re: RegExp) => {
+    const m = re.exec(out);
+    return m ? Number(m[1]) : NaN;
+  };
+  const dur = (re: RegExp) => {
+    const m = re.exec(out);
+    if (!m) return NaN;
+    const v = Number(m[1]);
+    return m[2] === 'us' ? v / 1000 : m[2] === 's' ? v * 1000 : v; // ms
+  };
+  const errors =
+    [...out.matchAll(/(connect|read|write|timeout) (\d+)/g)].reduce((n, m) => n + Number(m[2]), 0) +
+    (num(/Non-2xx or 3xx responses: (\d+)/) || 0);
+  return {
+    requests: num(/(\d+) requests in /),
+    rps: num(/Requests\/sec:\s+([\d.]+)/),
+    p50: dur(/ 50%\s+([\d.]+)(us|ms|s)/),
+    p99: dur(/ 99%\s+([\d.]+)(us|ms|s)/),
+    errors,
+  };
+}
+
+/** wrk's numbers, and the CPU time `proxy` (the processes between client and server) spent per
+ *  request, with the part of it that is the agent's (`agent`, one of them) apart. */
+export async function wrk(
+  client: TestNetns,
+  url: string,
+  conns: number,
+  mode: Mode,
+  seconds: number,
+  proxy: number[] = [],
+  agent?: number,
+): Promise<Sample> {
+  const args = [
+    '-t',
+    String(Math.min(2, conns)),
+    '-c',
+    String(conns),
+    '-d',
+    `${seconds}s`,
+    '--latency',
+    ...(mode === 'close' ? ['-H', 'Connection: close'] : []),
+    url,
+  ];
+  const cpu0 = cpuUs(proxy);
+  const agent0 = agent ? cpuUs([agent]) : 0;
+  const out = await client.exec('wrk', args, { timeoutMs: (seconds + 30) * 1000 });
+  const sample = parseWrk(out);
+  if (proxy.length && sample.requests > 0) sample.cpuUsPerReq = (cpuUs(proxy) - cpu0) / sample.requests;
+  if (agent && sample.requests > 0) sample.agentUsPerReq = (cpuUs([agent]) - agent0) / sample.requests;
+  return sample;
+}
