@@ -9,9 +9,9 @@
 // framing of each direction is request-framing.ts's and response-framing.ts's, the two sockets
 // themselves (flow control, ending) pair.ts's, the order of responses queue.ts's.
 import type net from 'node:net';
-import { answered, errorResponse, type Decide, type ExchangeSink } from './exchange.ts';
-import type { RequestHead } from './parse.ts';
+import { answered, type Decide, type ExchangeSink, errorResponse } from './exchange.ts';
 import { Hold, SocketPair, type UpstreamReuse } from './pair.ts';
+import type { RequestHead } from './parse.ts';
 import { badRequestSlot, type Pending, ResponseQueue, requestSlot } from './queue.ts';
 import { RequestFramer, Rq } from './request-framing.ts';
 import { ResponseFramer, Rs } from './response-framing.ts';
@@ -27,6 +27,8 @@ export interface ConnectionOptions {
   onClose?: () => void;
   /** The listener gets its SYNs past the kernel's TIME_WAIT check (pair.ts): let the client close first. */
   clientClosesFirst?: boolean;
+  /** The client socket has TCP_NODELAY already (inherited from the listener). */
+  clientNoDelay?: boolean;
   /** Idle upstream connections to reuse (proxy/upstream-pool.ts): a client's `Connection: close` is
    *  then not passed on, and the upstream is handed back when this connection ends with it idle. */
   reuse?: UpstreamReuse;
@@ -47,7 +49,7 @@ export class HttpProxyConnection {
   constructor(private readonly o: ConnectionOptions) {
     const io = new SocketPair(
       o.client,
-      o.connect,
+      o,
       {
         clientData: (d) => this.req.feed(d),
         clientEnd: () => this.onClientEnd(),
@@ -57,6 +59,7 @@ export class HttpProxyConnection {
         closed: () => this.o.onClose?.(),
       },
       o.reuse,
+      o.clientNoDelay,
     );
     this.io = io;
     const upstreamWillClose = () => {
@@ -85,7 +88,7 @@ export class HttpProxyConnection {
 
   /** A complete request head: decide, queue its response slot, answer now if it is the proxy's turn. */
   private admit(head: RequestHead): Pending {
-    const p = requestSlot(head, this.o.decide);
+    const p = requestSlot(head, this.o);
     if (p.x.verdict.allowed) {
       this.io.ensureUpstream();
       if (!REPLAYABLE.has(head.method) || head.body !== 'none' || p.switching) this.io.stopReplay();

@@ -70,12 +70,18 @@ export class SocketPair {
   private pausedForClient = false;
   /** Waiting for the client to close first (CLIENT_CLOSES_FIRST_MS). */
   private lingerTimer?: NodeJS.Timeout;
+  /** Our FIN went out by shutdownWriteNow with every byte written: the client's FIN closes the socket
+   *  (no end(), whose second shutdown, write watch and 'finish' would change nothing). */
+  private finSent = false;
 
   constructor(
     readonly client: net.Socket,
-    private readonly connect: () => net.Socket,
+    /** Opens a fresh upstream connection (called as a method of this object). */
+    private readonly opener: { connect(): net.Socket },
     private readonly ev: PairEvents,
     private readonly reuse?: UpstreamReuse,
+    /** The client socket has TCP_NODELAY already (accepted sockets inherit it from the listener). */
+    clientNoDelay = false,
   ) {
     this.upData = (d) => {
       if (this.replay) this.stopReplay();
@@ -83,10 +89,14 @@ export class SocketPair {
     };
     this.upEnd = ev.upstreamEnd;
     this.upError = ev.upstreamError;
-    client.setNoDelay(true);
+    if (!clientNoDelay) client.setNoDelay(true);
     client.on('data', ev.clientData);
     client.on('end', () => {
       this.clientEnded = true;
+      if (this.finSent) {
+        this.destroy(); // both FINs are through and every byte was read: nothing is left to end
+        return;
+      }
       if (this.lingerTimer) {
         this.stopLingering();
         end(client);
@@ -118,7 +128,7 @@ export class SocketPair {
       this.replay = [];
       this.replayBytes = 0;
     } else {
-      this.attach(this.connect());
+      this.attach(this.opener.connect());
       this.upstream!.setNoDelay(true);
     }
   }
@@ -140,7 +150,7 @@ export class SocketPair {
     const old = this.detach();
     old?.on('error', () => undefined);
     old?.destroy();
-    this.attach(this.connect());
+    this.attach(this.opener.connect());
     this.upstream!.setNoDelay(true);
     for (const b of bytes) this.toUpstream(b);
   }
@@ -245,7 +255,10 @@ export class SocketPair {
       return;
     }
     this.stopLingering();
-    if (!this.clientEnded && !this.client.writableEnded) shutdownWriteNow(this.client as never);
+    if (!this.clientEnded && !this.client.writableEnded && shutdownWriteNow(this.client as never)) {
+      this.finSent = true;
+      return;
+    }
     end(this.client);
   }
 

@@ -1,7 +1,7 @@
 // The responses one connection owes its client, in request order (HTTP/1.1 answers in order, pipelined
 // or not). Each slot is answered by the upstream or by the proxy itself (a 403, an error): the proxy's
 // own answers wait in their place until every response before them went out. Pure.
-import { type Decide, deniedResponse, errorResponse, type Exchange, HeadView, startExchange } from './exchange.ts';
+import { type Decide, deniedResponse, type Exchange, errorResponse, HeadView, startExchange } from './exchange.ts';
 import { HttpParseError, type RequestHead } from './parse.ts';
 import { normalizeTarget } from './rules.ts';
 
@@ -19,10 +19,11 @@ export interface Pending {
   complete: boolean;
 }
 
-/** The slot of a complete request head: the verdict, and the proxy's own answer when it is denied. */
-export function requestSlot(head: RequestHead, decide: Decide): Pending {
+/** The slot of a complete request head: the verdict (`o.decide`, called as a method), and the proxy's
+ *  own answer when it is denied. */
+export function requestSlot(head: RequestHead, o: { decide: Decide }): Pending {
   const { path, host } = normalizeTarget(head.target, head.host);
-  const verdict = decide(head, new HeadView(head, path, host));
+  const verdict = o.decide(head, new HeadView(head, path, host));
   const x = startExchange(head.method, path, host, head.minor, verdict);
   const switching = verdict.allowed && (head.upgrade || head.method === 'CONNECT');
   let closeAfter = !head.keepAlive;

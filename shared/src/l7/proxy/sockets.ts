@@ -4,8 +4,9 @@
 // original destination. Bound to loopback, so nothing reaches it except what the datapath assigns
 // (and the node's own processes, which the worker refuses). SO_REUSEPORT lets several workers share
 // one port (the kernel spreads connections over them) and a new worker start before an old one leaves.
-import koffi from 'koffi';
+
 import { constants as osConstants } from 'node:os';
+import koffi from 'koffi';
 import { ipBytes } from '../../net/index.ts';
 
 const AF_INET = 2;
@@ -18,6 +19,8 @@ const SOL_SOCKET = 1;
 const SO_REUSEADDR = 2;
 const SO_REUSEPORT = 15;
 const SOL_IP = 0;
+const SOL_TCP = 6;
+const TCP_NODELAY = 1;
 const IP_TRANSPARENT = 19;
 const SOL_IPV6 = 41;
 const IPV6_V6ONLY = 26;
@@ -54,12 +57,14 @@ export class SocketError extends Error {
 }
 
 /**
- * A listening transparent TCP socket on 127.0.0.1:port or [::1]:port, as a file descriptor for
- * net.Server.listen({ fd }). Throws SocketError (e.g. EADDRINUSE, EADDRNOTAVAIL without IPv6).
+ * A listening transparent TCP socket on 127.0.0.1:port or [::1]:port, with TCP_NODELAY (which
+ * accepted sockets inherit), as a file descriptor for net.Server.listen({ fd }). Throws SocketError (e.g. EADDRINUSE, EADDRNOTAVAIL without IPv6).
  */
 export function transparentListener(family: 4 | 6, port: number, opts: { backlog?: number; reusePort?: boolean } = {}): number {
   const ip = family === 4 ? '127.0.0.1' : '::1';
   const fd = boundTransparentSocket(SOCK_STREAM, ip, port, opts.reusePort ?? true);
+  // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per connection.
+  if (lib().setsockopt(fd, SOL_TCP, TCP_NODELAY, [1], 4) < 0) throw closeAfterError(fd, 'setsockopt TCP_NODELAY', ip, port);
   if (lib().listen(fd, opts.backlog ?? 4096) < 0) throw closeAfterError(fd, 'listen', ip, port);
   return fd;
 }

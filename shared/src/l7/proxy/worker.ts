@@ -8,14 +8,17 @@
 // or when the agent's state directory is gone.
 import fs from 'node:fs';
 import net from 'node:net';
-import { HttpProxyConnection } from '../http/connection.ts';
-import type { Exchange } from '../http/exchange.ts';
-import { encodeFrame, FrameReader, frameHeader, type AgentMessage, type WorkerMessage } from './frames.ts';
-import { RecordWriter, type RecordContext } from './records.ts';
+import { type ConnectionOptions, HttpProxyConnection } from '../http/connection.ts';
+import type { Exchange, ExchangeSink, Verdict } from '../http/exchange.ts';
+import type { UpstreamReuse } from '../http/pair.ts';
+import type { RequestHead } from '../http/parse.ts';
+import type { RequestView } from '../http/rules.ts';
+import { type AgentMessage, encodeFrame, FrameReader, frameHeader, type WorkerMessage } from './frames.ts';
+import { type RecordContext, RecordWriter } from './records.ts';
 import { SocketError, transparentListener } from './sockets.ts';
-import { UpstreamPool } from './upstream-pool.ts';
 import { registerListener } from './steering.ts';
-import { ProxyView, type ConnectionPolicy } from './view.ts';
+import { UpstreamPool } from './upstream-pool.ts';
+import { type ConnectionPolicy, ProxyView } from './view.ts';
 
 export interface WorkerOptions {
   control: string;
@@ -41,7 +44,7 @@ const IDLE_SWEEP_MS = 60_000;
 const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
 
 export class ProxyWorker {
-  private view?: ProxyView;
+  view?: ProxyView;
   private readonly servers: net.Server[] = [];
   /** Families whose listener is registered for the socket lookup (steering.ts): the proxy may close first. */
   private readonly steered = new Set<string>();
@@ -49,13 +52,14 @@ export class ProxyWorker {
   private readonly records = new RecordWriter();
   private lost = 0;
   private flushTimer?: NodeJS.Timeout;
-  /** Open client connections, with their byte count at the last idle sweep and since when it is that. */
-  private readonly clients = new Map<net.Socket, { bytes: number; since: number }>();
+  /** Open client connections (Diverted is theirs, below; `clients`, `view`, `upstreams`, `stopping`
+   *  and `record` are what it uses of the worker). */
+  readonly clients = new Set<Diverted>();
   private stats = { connections: 0, requests: 0, denied: 0 };
-  private stopping = false;
+  stopping = false;
   private readonly timeOrigin = performance.timeOrigin;
   /** Idle upstream connections by source identity and original destination (upstream-pool.ts). */
-  private readonly upstreams = new UpstreamPool();
+  readonly upstreams = new UpstreamPool();
 
   constructor(private readonly o: WorkerOptions) {}
 
@@ -155,62 +159,28 @@ export class ProxyWorker {
       client.destroy();
       return;
     }
-    const view0 = this.view;
-    let policy: ConnectionPolicy = view0.connection(srcIp, dstIp, dstPort);
-    const ctx: RecordContext = { srcPort, dstPort, policy };
-    // The pool's key: only connections that carried this identity's requests to this destination.
-    const dst = `|${dstIp}|${dstPort}`;
-    let taken: string | undefined;
-    this.clients.set(client, { bytes: 0, since: Date.now() });
+    const d = new Diverted(this, client, dstIp, dstPort, srcIp, srcPort, this.view.connection(srcIp, dstIp, dstPort));
+    d.clientClosesFirst = !this.steered.has(client.remoteFamily ?? '');
+    this.clients.add(d);
     this.stats.connections++;
-    new HttpProxyConnection({
-      client,
-      clientClosesFirst: !this.steered.has(client.remoteFamily ?? ''),
-      connect: () => {
-        const u = net.connect({ host: dstIp, port: dstPort, allowHalfOpen: true, noDelay: true });
-        const timer = setTimeout(() => u.destroy(new Error('upstream connect timeout')), UPSTREAM_CONNECT_TIMEOUT_MS);
-        const stop = () => clearTimeout(timer);
-        u.once('connect', stop);
-        u.once('close', stop);
-        return u;
-      },
-      reuse: {
-        take: () => this.upstreams.take((taken = policy.src.identity + dst)),
-        give: (u) => !this.stopping && taken === policy.src.identity + dst && this.upstreams.give(taken, u),
-      },
-      decide: (_head, req) => {
-        const view = this.view!;
-        if (policy.revision !== view.revision) {
-          policy = view.connection(srcIp, dstIp, dstPort);
-          ctx.policy = policy;
-        }
-        const d = view.decide(policy, req);
-        return { allowed: d.allowed, edits: d.edits, info: d };
-      },
-      sink: {
-        request: (x) => this.record('request', x, ctx),
-        response: (x) => this.record('response', x, ctx),
-      },
-      onClose: () => {
-        this.clients.delete(client);
-      },
-    });
+    new HttpProxyConnection(d);
   }
 
   private closeIdle(): void {
     const now = Date.now();
-    for (const [c, seen] of this.clients) {
+    for (const d of this.clients) {
+      const c = d.client;
       const bytes = c.bytesRead + c.bytesWritten;
-      if (bytes !== seen.bytes) {
-        seen.bytes = bytes;
-        seen.since = now;
-      } else if (now - seen.since >= IDLE_TIMEOUT_MS) c.destroy();
+      if (bytes !== d.idleBytes) {
+        d.idleBytes = bytes;
+        d.idleSince = now;
+      } else if (now - d.idleSince >= IDLE_TIMEOUT_MS) c.destroy();
     }
   }
 
   // ---- records -----------------------------------------------------------------------------------
 
-  private record(kind: 'request' | 'response', x: Exchange, ctx: RecordContext): void {
+  record(kind: 'request' | 'response', x: Exchange, ctx: RecordContext): void {
     if (kind === 'request') {
       this.stats.requests++;
       if (x.localReason === 'denied') this.stats.denied++;
@@ -278,7 +248,76 @@ export class ProxyWorker {
   private exit(why: string): void {
     this.o.log('exiting', { why });
     this.flush();
-    for (const c of this.clients.keys()) c.destroy();
+    for (const d of this.clients) d.client.destroy();
     process.exit(0);
+  }
+}
+
+/**
+ * One diverted client connection as its HttpProxyConnection sees it (upstream connections, their
+ * reuse, a verdict per request, a record per request and response) and as its records see it (ports
+ * and the connection's policy): one object with methods, not a closure each, per connection.
+ */
+class Diverted implements ConnectionOptions, UpstreamReuse, ExchangeSink, RecordContext {
+  readonly reuse: UpstreamReuse = this;
+  readonly sink: ExchangeSink = this;
+  readonly clientNoDelay = true; // the listener has TCP_NODELAY (sockets.ts)
+  clientClosesFirst = false;
+  /** The upstream pool key of the connection taken from the pool (undefined: none taken). */
+  private taken?: string;
+  /** Byte count at the last idle sweep, and since when it is that (ProxyWorker.closeIdle). */
+  idleBytes = 0;
+  idleSince = Date.now();
+
+  constructor(
+    private readonly w: ProxyWorker,
+    readonly client: net.Socket,
+    private readonly dstIp: string,
+    readonly dstPort: number,
+    private readonly srcIp: string,
+    readonly srcPort: number,
+    public policy: ConnectionPolicy,
+  ) {}
+
+  /** Only connections that carried this identity's requests to this destination share a key. */
+  private key(): string {
+    return `${this.policy.src.identity}|${this.dstIp}|${this.dstPort}`;
+  }
+
+  connect(): net.Socket {
+    const u = net.connect({ host: this.dstIp, port: this.dstPort, allowHalfOpen: true, noDelay: true });
+    const timer = setTimeout(() => u.destroy(new Error('upstream connect timeout')), UPSTREAM_CONNECT_TIMEOUT_MS);
+    const stop = () => clearTimeout(timer);
+    u.once('connect', stop);
+    u.once('close', stop);
+    return u;
+  }
+
+  take(): net.Socket | undefined {
+    this.taken = this.key();
+    return this.w.upstreams.take(this.taken);
+  }
+
+  give(u: net.Socket): boolean {
+    return !this.w.stopping && this.taken === this.key() && this.w.upstreams.give(this.taken, u);
+  }
+
+  decide(_head: RequestHead, req: RequestView): Verdict {
+    const view = this.w.view!;
+    if (this.policy.revision !== view.revision) this.policy = view.connection(this.srcIp, this.dstIp, this.dstPort);
+    const d = view.decide(this.policy, req);
+    return { allowed: d.allowed, edits: d.edits, info: d };
+  }
+
+  request(x: Exchange): void {
+    this.w.record('request', x, this);
+  }
+
+  response(x: Exchange): void {
+    this.w.record('response', x, this);
+  }
+
+  onClose(): void {
+    this.w.clients.delete(this);
   }
 }
