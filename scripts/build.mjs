@@ -14,7 +14,9 @@ fs.writeFileSync(path.join(dist, 'package.json'), '{ "type": "commonjs" }\n');
 execFileSync('bash', [path.join(root, 'scripts/build-bpf.sh')], { stdio: 'inherit' });
 
 const executables = [
-  { name: 'membrane-agent', entry: 'shared/src/agent/main.ts' },
+  // The agent's bundle is membrane-agent.js; membrane-agent runs it with a V8 code cache
+  // (scripts/compile-cache-launcher.cjs): a restart compiles nothing it compiled before.
+  { name: 'membrane-agent.js', entry: 'shared/src/agent/main.ts', launcher: 'membrane-agent' },
   { name: 'membrane', entry: 'shared/src/cli/main.ts' },
   { name: 'membrane-operator', entry: 'shared/src/operator/main.ts' },
   { name: 'membrane-relay', entry: 'shared/src/relay/main.ts' },
@@ -52,11 +54,21 @@ for (const { name } of executables) {
   if (ascii !== code) fs.writeFileSync(file, ascii);
   fs.chmodSync(file, 0o755);
 }
+for (const { launcher } of executables.filter((e) => e.launcher)) {
+  const file = path.join(dist, 'bin', launcher);
+  fs.copyFileSync(path.join(root, 'scripts/compile-cache-launcher.cjs'), file);
+  fs.chmodSync(file, 0o755);
+}
 
 const cniBuild = path.join(root, 'scripts/build-cni.mjs');
 if (fs.existsSync(cniBuild)) execFileSync(process.execPath, [cniBuild], { stdio: 'inherit' });
 console.log(
   'build: dist/bpf/endpoint.o, dist/bin/{' +
-    [...executables.map((e) => e.name), fs.existsSync(cniBuild) ? 'membrane-cni' : null].filter(Boolean).join(',') +
+    [
+      ...executables.flatMap((e) => (e.launcher ? [e.launcher, e.name] : [e.name])),
+      fs.existsSync(cniBuild) ? 'membrane-cni' : null,
+    ]
+      .filter(Boolean)
+      .join(',') +
     '}',
 );

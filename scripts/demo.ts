@@ -43,7 +43,7 @@ function startAgent(): ChildProcess {
   const dir = path.dirname(agentSocket);
   fs.mkdirSync(dir, { recursive: true });
   const log = fs.openSync(path.join(dir, 'agent.log'), 'a');
-  const supportsCri = fs.readFileSync(path.join(BIN, 'membrane-agent'), 'utf8').includes('--cri-socket <');
+  const supportsCri = fs.readFileSync(path.join(BIN, 'membrane-agent.js'), 'utf8').includes('--cri-socket <');
   const agent = spawn(
     path.join(BIN, 'membrane-agent'),
     [

@@ -1,15 +1,16 @@
 // npm run bench:restore (node --import tsx scripts/bench/restore.ts [--pods 200] [--policies 20]
-// [--restarts 5] [--cpu-prof DIR] [--json FILE]) — not a test. Where an agent restart after SIGKILL
+// [--restarts 5] [--cpu-prof DIR] [--compile-cache-ab] [--json FILE]) — not a test. Where an agent restart after SIGKILL
 // spends its time with many endpoints, without the minutes bench:scale spends creating pods through
 // membrane-cni: the endpoints are created through the API (the same recipe), then the built agent
 // (dist/bin/membrane-agent) is SIGKILLed and restarted --restarts times, a TCP flow between two pods
 // checked across every restart. Reports the median time until the API answers and the median of
 // each phase of the agent's startMs log. --cpu-prof DIR: one more restart runs under node
-// --cpu-prof, its profile written to DIR.
+// --cpu-prof, its profile written to DIR. --compile-cache-ab: every other restart without the agent's
+// V8 code cache (interleaved), reported apart.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startAgent } from '../../integration/lib/agent.ts';
+import { REPO, startAgent } from '../../integration/lib/agent.ts';
 import { createNetns, type TestNetns } from '../../integration/lib/netns.ts';
 import { killAll, startEchoServer, startFlow } from '../../integration/lib/tcp.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
@@ -26,6 +27,8 @@ const POLICIES = Number(argOf('policies') ?? 20);
 const RESTARTS = Number(argOf('restarts') ?? 5);
 const CPU_PROF = argOf('cpu-prof');
 const JSON_OUT = argOf('json');
+/** Every other restart without the agent's V8 code cache (scripts/compile-cache-launcher.cjs). */
+const CACHE_AB = process.argv.includes('--compile-cache-ab');
 const log = (s: string) => process.stderr.write(`bench-restore: ${s}\n`);
 
 function policies(): string {
@@ -45,6 +48,17 @@ function policies(): string {
       },
     }),
   ).join('\n---\n');
+}
+
+function phaseText(p: Record<string, number[]>): string {
+  return Object.entries(p)
+    .map(([k, v]) => `${k} ${median(v)}`)
+    .join(', ');
+}
+
+function dropCompileCache(): void {
+  const bin = path.join(REPO, 'dist/bin');
+  for (const f of fs.readdirSync(bin)) if (f.endsWith('.v8cache')) fs.rmSync(path.join(bin, f));
 }
 
 /** The phases of the last "membrane agent ready" line (startMs). */
@@ -67,6 +81,7 @@ async function main(): Promise<void> {
   let flow: ReturnType<typeof startFlow> | undefined;
   const restores: number[] = [];
   const phases: Record<string, number[]> = {};
+  const uncached: { ms: number[]; phases: Record<string, number[]> } = { ms: [], phases: {} };
   let flowOk = true;
   try {
     await new PolicyClient(agent.client).import(policies());
@@ -90,14 +105,19 @@ async function main(): Promise<void> {
     for (let r = 0; r < RESTARTS; r++) {
       const before = flow.echoed();
       await agent.kill9();
+      const cold = CACHE_AB && r % 2 === 1;
+      if (cold) dropCompileCache(); // the agent writes a new one once it is ready
       const t0 = performance.now();
       await agent.restart();
-      restores.push(performance.now() - t0);
-      for (const [k, v] of Object.entries(lastPhases(agent.logFile))) (phases[k] ??= []).push(v);
+      const ms = performance.now() - t0;
+      (cold ? uncached.ms : restores).push(ms);
+      for (const [k, v] of Object.entries(lastPhases(agent.logFile))) ((cold ? uncached.phases : phases)[k] ??= []).push(v);
       if ((await agent.client.listEndpoints()).length !== PODS) throw new Error('the restarted agent lost endpoints');
       await sleep(500);
       if (!(before > 0 && flow.echoed() > before && !flow.failed())) flowOk = false;
-      log(`restart ${r + 1}: ${restores[r].toFixed(0)} ms (${JSON.stringify(lastPhases(agent.logFile))})`);
+      log(
+        `restart ${r + 1}${cold ? ' (no code cache)' : ''}: ${ms.toFixed(0)} ms (${JSON.stringify(lastPhases(agent.logFile))})`,
+      );
     }
     if (CPU_PROF) {
       // One more restart under --cpu-prof (not counted), on the same dirs; the profile is written
@@ -125,6 +145,7 @@ async function main(): Promise<void> {
     restoreMedianMs: median(restores),
     restoreMs: restores,
     phasesMedianMs: Object.fromEntries(Object.entries(phases).map(([k, v]) => [k, median(v)])),
+    ...(CACHE_AB ? { uncachedRestoreMs: uncached.ms, uncachedPhasesMedianMs: phaseText(uncached.phases) } : {}),
     flowKeptThroughout: flowOk,
   };
   process.stdout.write(
@@ -133,12 +154,13 @@ async function main(): Promise<void> {
       [
         ['restore after SIGKILL until the API answers, median (ms)', out.restoreMedianMs.toFixed(0)],
         ['every restart (ms)', restores.map((x) => x.toFixed(0)).join(', ')],
-        [
-          'phases, median (ms, startMs log)',
-          Object.entries(out.phasesMedianMs)
-            .map(([k, v]) => `${k} ${v}`)
-            .join(', '),
-        ],
+        ['phases, median (ms, startMs log)', phaseText(phases)],
+        ...(CACHE_AB
+          ? [
+              ['without the code cache: restore, median (ms)', median(uncached.ms).toFixed(0)],
+              ['without the code cache: phases, median (ms)', phaseText(uncached.phases)],
+            ]
+          : []),
         ['TCP flow between two pods kept flowing through every restart', String(flowOk)],
       ],
     )}\n\nLoad average at the start: ${load0.toFixed(1)}, at the end: ${os.loadavg()[0].toFixed(1)} (${os.cpus().length} CPUs).\n`,

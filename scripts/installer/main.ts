@@ -15,7 +15,8 @@ const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 const DIST = path.join(REPO, 'dist');
 /** Bundles installed under <lib>/bin; all but the proxy and policy workers (the agent starts them) get a wrapper on PATH. */
 const BUNDLES = [
-  'membrane-agent',
+  'membrane-agent', // runs membrane-agent.js with a code cache (scripts/compile-cache-launcher.cjs)
+  'membrane-agent.js',
   'membrane',
   'membrane-operator',
   'membrane-relay',

@@ -29,6 +29,8 @@ async function main(): Promise<void> {
     process.stderr.write(`membrane-agent: ${(err as Error).message}\n`);
     process.exit(1);
   }
+  // The launcher (scripts/compile-cache-launcher.cjs) keeps what the start compiled for the next one.
+  (process as NodeJS.EventEmitter).emit('membrane:ready');
   let stopping = false;
   const shutdown = (signal: string) => {
     if (stopping) {
