@@ -36,12 +36,56 @@ export function subnetFor(doc: PoolDoc, family: Family): SubnetState | undefined
   return doc.subnets.find((s) => parseCidr(s.cidr).family === family);
 }
 
+/** owner -> its addresses, per pool document: built from `allocations` on first use, then kept by
+ *  every write (setAllocation, deleteAllocation), so finding what an owner holds does not walk every
+ *  allocation of the pool on each ADD. */
+const owners = new WeakMap<PoolDoc, Map<string, Set<string>>>();
+
+function ownerIndex(doc: PoolDoc): Map<string, Set<string>> {
+  let index = owners.get(doc);
+  if (!index) {
+    index = new Map();
+    for (const [ip, owner] of Object.entries(doc.allocations)) {
+      let ips = index.get(owner);
+      if (!ips) index.set(owner, (ips = new Set()));
+      ips.add(ip);
+    }
+    owners.set(doc, index);
+  }
+  return index;
+}
+
+/** Records ip -> owner (every write of `allocations` goes through here or deleteAllocation). */
+export function setAllocation(doc: PoolDoc, ip: string, owner: string): void {
+  const prev = doc.allocations[ip];
+  if (prev === owner) return;
+  if (prev !== undefined) deleteAllocation(doc, ip);
+  doc.allocations[ip] = owner;
+  const index = owners.get(doc);
+  if (!index) return; // built from `allocations` when first needed
+  let ips = index.get(owner);
+  if (!ips) index.set(owner, (ips = new Set()));
+  ips.add(ip);
+}
+
+export function deleteAllocation(doc: PoolDoc, ip: string): void {
+  const owner = doc.allocations[ip];
+  if (owner === undefined) return;
+  delete doc.allocations[ip];
+  const ips = owners.get(doc)?.get(owner);
+  if (!ips) return;
+  ips.delete(ip);
+  if (!ips.size) owners.get(doc)!.delete(owner);
+}
+
+/** The addresses an owner holds in this pool. */
+export function ownedBy(doc: PoolDoc, owner: string): string[] {
+  return [...(ownerIndex(doc).get(owner) ?? [])].filter((ip) => doc.allocations[ip] === owner);
+}
+
 /** Address the owner already holds in this family, so a retried request gets the same answer. */
 export function heldBy(doc: PoolDoc, owner: string, family: Family): string | undefined {
-  for (const [ip, o] of Object.entries(doc.allocations)) {
-    if (o === owner && familyOf(ip) === family) return ip;
-  }
-  return undefined;
+  return ownedBy(doc, owner).find((ip) => familyOf(ip) === family);
 }
 
 /** What an allocation changed in `doc`, so a failed write can undo it (`fresh`: newly recorded). */
@@ -75,7 +119,7 @@ export function allocate(doc: PoolDoc, owner: string, req: { family?: Family; ip
       const ip = bigIntToIp(cursor, c.family);
       if (!(ip in doc.allocations)) {
         const lastBefore = subnet.last;
-        doc.allocations[ip] = owner;
+        setAllocation(doc, ip, owner);
         subnet.last = ip;
         return { ip, subnet, fresh: true, ...(lastBefore ? { lastBefore } : {}) };
       }
@@ -108,14 +152,14 @@ function allocateRequested(doc: PoolDoc, owner: string, requested: string): Allo
     throw new IpamError('address_in_use', `address ${ip} in pool "${doc.name}" is already allocated to ${current}`);
   }
   if (current === owner) return { ip, subnet, fresh: false };
-  doc.allocations[ip] = owner;
+  setAllocation(doc, ip, owner);
   return { ip, subnet, fresh: true };
 }
 
 /** Undoes an allocation whose write failed. */
 export function undoAllocation(doc: PoolDoc, a: Allocation): void {
   if (!a.fresh) return;
-  delete doc.allocations[a.ip];
+  deleteAllocation(doc, a.ip);
   if (a.subnet.last === a.ip) {
     if (a.lastBefore === undefined) delete a.subnet.last;
     else a.subnet.last = a.lastBefore;
@@ -123,14 +167,14 @@ export function undoAllocation(doc: PoolDoc, a: Allocation): void {
 }
 
 export function releaseOwner(doc: PoolDoc, owner: string): string[] {
-  const freed = Object.keys(doc.allocations).filter((ip) => doc.allocations[ip] === owner);
-  for (const ip of freed) delete doc.allocations[ip];
+  const freed = ownedBy(doc, owner);
+  for (const ip of freed) deleteAllocation(doc, ip);
   return freed;
 }
 
 export function releaseIp(doc: PoolDoc, ip: string): boolean {
   const key = familyOf(ip) ? normalizeIp(ip) : ip;
   if (!(key in doc.allocations)) return false;
-  delete doc.allocations[key];
+  deleteAllocation(doc, key);
   return true;
 }

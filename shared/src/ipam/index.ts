@@ -31,7 +31,7 @@ export class Ipam {
     for (const { value } of await store.list<{ name: string; subnets: alloc.SubnetState[] }>(POOLS)) {
       const doc: alloc.PoolDoc = { name: value.name, subnets: value.subnets, allocations: {} };
       for (const { key, value: owner } of await store.list<string>(`${ALLOCS}/${value.name}`)) {
-        doc.allocations[key.slice(ALLOCS.length + value.name.length + 2)] = owner;
+        alloc.setAllocation(doc, key.slice(ALLOCS.length + value.name.length + 2), owner);
       }
       ipam.pools.set(value.name, doc);
     }
@@ -147,7 +147,7 @@ export class Ipam {
       // Not released on disk: not released at all (a later release or the restart's reconciliation frees them).
       for (const f of freed) {
         if (f.doc) {
-          if (!(f.ip in f.doc.allocations)) f.doc.allocations[f.ip] = key;
+          if (!(f.ip in f.doc.allocations)) alloc.setAllocation(f.doc, f.ip, key);
         } else if (!this.external.has(f.ip)) this.external.set(f.ip, key);
       }
       throw e;
@@ -163,7 +163,7 @@ export class Ipam {
     try {
       await this.store.delete(allocKey(pool, addr));
     } catch (e) {
-      if (!(addr in doc.allocations)) doc.allocations[addr] = owner;
+      if (!(addr in doc.allocations)) alloc.setAllocation(doc, addr, owner);
       throw e;
     }
     return true;
