@@ -92,7 +92,14 @@ export class AgentL7 {
     setImmediate(() => {
       this.pending = false;
       try {
-        const snapshot = this.engine!.proxySnapshot();
+        const e = this.engine!;
+        // No HTTP rule and no worker listening: an empty snapshot says the same (workers are not
+        // wanted) without walking every endpoint on each ADD. A worker that connects later is sent
+        // the full one built when the rules arrive.
+        const snapshot =
+          e.hasHttpRules() || this.manager.status().running
+            ? e.proxySnapshot()
+            : { revision: e.revision, endpoints: [], policies: [], l7Sets: [], ipcache: [] };
         if (snapshot.policies.length && !this.socketMark) {
           ensureTransparentSocketMark();
           this.socketMark = true;

@@ -9,6 +9,7 @@ import { matches } from './selector.ts';
 import { encodePolicyKey, EP_FLAGS } from './map-codec.ts';
 import { endpointFlags, selectionFor } from './selection.ts';
 import { namesCidrs } from './peer-deps.ts';
+import { normalizeCidr } from '../net/index.ts';
 import { prefixesFrom } from './prefixes.ts';
 
 export { prefixesOf } from './prefixes.ts';
@@ -59,6 +60,8 @@ export interface Desired {
   /** host ifindex -> policy flag bits */
   flags: Map<number, number>;
   compiler: PolicyCompiler;
+  /** The proxy ports the entries were built with (JSON). */
+  ports?: string;
 }
 
 /** The record set each FQDN state was last given (setPolicy). */
@@ -251,24 +254,10 @@ export function buildDesired(input: DesiredInput, cache?: { current?: CompileCac
   const flags = new Map<number, number>();
   const selections = cache?.current ? (cache.current.selections ??= new Map()) : new Map<number, number>();
   for (const ep of input.endpoints) {
-    const known = input.labelsOf(ep.identity);
-    const labels = known ?? reservedLabels('init');
-    let base = known ? selections.get(ep.identity) : undefined;
-    if (base === undefined) {
-      base = endpointFlags(selectionFor(input.records, labels), false);
-      if (known) selections.set(ep.identity, base);
-    }
-    flags.set(ep.hostIfIndex, ep.audit ? base | EP_FLAGS.audit : base);
-    const lp = compiler.forLabels(labels);
-    const prev = prevEntries?.get(ep.key);
-    const reusable = prev && prev.ports === ports && prev.built.id === ep.id;
-    const built = !reusable
-      ? entriesOf(ep, lp, input.proxyPorts)
-      : prev.policy === lp
-        ? prev.built
-        : entriesFrom(prev, ep, lp, input.proxyPorts);
-    nextEntries.set(ep.key, { policy: lp, ports, built });
-    policy.set(ep.key, built);
+    const part = endpointPart(ep, input, compiler, selections, prevEntries?.get(ep.key), ports);
+    flags.set(ep.hostIfIndex, part.flags);
+    nextEntries.set(ep.key, part.cached);
+    policy.set(ep.key, part.cached.built);
   }
   if (cache?.current) cache.current.entries = nextEntries;
   const ipcache = desiredIpcache({
@@ -278,5 +267,75 @@ export function buildDesired(input: DesiredInput, cache?: { current?: CompileCac
     remote: input.remote,
     fqdn: input.fqdn?.ipcacheEntries(),
   });
-  return { policy, ipcache, flags, compiler };
+  return { policy, ipcache, flags, compiler, ports };
+}
+
+type CachedEntries = NonNullable<CompileCache['entries']> extends Map<string, infer V> ? V : never;
+
+/** One endpoint's flags and policy entries (reusing what was built for it while its compiled policy,
+ *  id and proxy ports stay). */
+function endpointPart(
+  ep: EngineEndpoint,
+  input: Pick<DesiredInput, 'records' | 'labelsOf' | 'proxyPorts'>,
+  compiler: PolicyCompiler,
+  selections: Map<number, number>,
+  prev: CachedEntries | undefined,
+  ports: string,
+): { flags: number; cached: CachedEntries } {
+  const known = input.labelsOf(ep.identity);
+  const labels = known ?? reservedLabels('init');
+  let base = known ? selections.get(ep.identity) : undefined;
+  if (base === undefined) {
+    base = endpointFlags(selectionFor(input.records, labels), false);
+    if (known) selections.set(ep.identity, base);
+  }
+  const lp = compiler.forLabels(labels);
+  const reusable = prev && prev.ports === ports && prev.built.id === ep.id;
+  const built = !reusable
+    ? entriesOf(ep, lp, input.proxyPorts)
+    : prev.policy === lp
+      ? prev.built
+      : entriesFrom(prev, ep, lp, input.proxyPorts);
+  return { flags: ep.audit ? base | EP_FLAGS.audit : base, cached: { policy: lp, ports, built } };
+}
+
+/** The identities of each compile's universe, as a set (compilerFor keys them as text). */
+const universeIds = new WeakMap<CompileCache, Set<number>>();
+
+/**
+ * `last` (built for the same records) plus one new endpoint, when nothing else can change: its
+ * identity is already in the universe selectors choose from (a replica of a pod the node has), the
+ * CIDR and FQDN identities and the proxy ports are the same. Then the compiler, every other
+ * endpoint's entries and flags stay, and only its own flags, entries and addresses are worked out:
+ * an ADD costs the same with 10 endpoints as with 1,000. undefined: build everything (buildDesired).
+ */
+export function desiredWithEndpoint(
+  last: Desired,
+  ep: EngineEndpoint,
+  input: Pick<DesiredInput, 'records' | 'labelsOf' | 'proxyPorts' | 'cidrs' | 'fqdn'>,
+  cache: { current?: CompileCache },
+): Desired | undefined {
+  const cur = cache.current;
+  const ports = JSON.stringify(input.proxyPorts ?? {});
+  if (
+    !cur?.entries ||
+    cur.compiler !== last.compiler ||
+    cur.records !== input.records ||
+    cur.cidrVersion !== input.cidrs.version ||
+    cur.fqdnVersion !== (input.fqdn?.identities.version ?? 0) ||
+    last.ports !== ports ||
+    !input.labelsOf(ep.identity)
+  )
+    return undefined;
+  let ids = universeIds.get(cur);
+  if (!ids) universeIds.set(cur, (ids = new Set(cur.identities.split(',').map(Number))));
+  if (!ids.has(ep.identity)) return undefined;
+  const part = endpointPart(ep, input, cur.compiler, (cur.selections ??= new Map()), cur.entries.get(ep.key), ports);
+  cur.entries.set(ep.key, part.cached);
+  const policy = new Map(last.policy).set(ep.key, part.cached.built);
+  const flags = new Map(last.flags).set(ep.hostIfIndex, part.flags);
+  const ipcache = new Map(last.ipcache);
+  // Endpoint addresses override every other source (desiredIpcache).
+  for (const ip of ep.ips) ipcache.set(normalizeCidr(ip), ep.identity);
+  return { policy, ipcache, flags, compiler: cur.compiler, ports };
 }

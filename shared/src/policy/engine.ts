@@ -11,7 +11,7 @@ import { addressOnly, normalizeCidr } from '../net/index.ts';
 import { RESERVED } from '../identity/reserved.ts';
 import type { Labels } from '../identity/labels.ts';
 import { applyDesired, type ApplyStats } from './apply.ts';
-import { buildDesired, type Desired, type EngineEndpoint } from './desired.ts';
+import { buildDesired, desiredWithEndpoint, type Desired, type EngineEndpoint } from './desired.ts';
 import { refuseUnusable } from './admission.ts';
 import { parsePolicies, type ParseResult } from './parse.ts';
 import { PolicyParser } from './parse-offloop.ts';
@@ -38,6 +38,8 @@ export class PolicyEngine extends PolicyView {
   private started = false;
   /** The policy entries the last successful apply wrote, by endpoint (none: the next apply compares all). */
   private applied?: Desired['policy'];
+  /** What the last successful apply was built from (an ADD derives the next one: desiredWithEndpoint). */
+  private last?: Desired;
   private chain: Promise<unknown> = Promise.resolve();
   /** Imports and deletes, in the order they arrived (an import waits here after its reading). */
   private policyOrder: Promise<unknown> = Promise.resolve();
@@ -100,11 +102,30 @@ export class PolicyEngine extends PolicyView {
   endpointAttached(ep: Endpoint): Promise<void> {
     return this.serial(async () => {
       const e = this.toEngineEndpoint(ep);
+      const known = this.endpoints.has(e.key);
       this.endpoints.set(e.key, e);
       this.identities.hold(e.key, e.identity);
       this.mirror.flags.delete(e.hostIfIndex); // a fresh config: read it again
       if (this.started) {
-        this.sync();
+        // A new endpoint whose identity the node already has changes nothing but its own entries.
+        const records = this.repo.list();
+        const desired =
+          !known && this.last && this.applied && records === this.cidrsRecords
+            ? desiredWithEndpoint(
+                this.last,
+                e,
+                {
+                  records,
+                  labelsOf: (id) => this.identities.labelsOf(id),
+                  proxyPorts: this.d.proxyPorts?.(),
+                  cidrs: this.cidrs,
+                  fqdn: this.d.fqdn,
+                },
+                this.compileCache,
+              )
+            : undefined;
+        if (desired) this.apply(desired);
+        else this.sync();
         return;
       }
       // Restoring: the pinned maps hold the entries already; only this endpoint's flags and
@@ -285,16 +306,24 @@ export class PolicyEngine extends PolicyView {
       },
       this.compileCache,
     );
+    const stats = this.apply(desired);
+    this.cidrs = cidrs;
+    this.cidrsRecords = records;
+    return stats;
+  }
+
+  /** Applies the difference to `desired`; throws with nothing changed (the next sync compares all). */
+  private apply(desired: Desired): ApplyStats {
     let stats: ApplyStats;
     try {
       stats = applyDesired(this.d.ops, this.mirror, desired, this.applied);
     } catch (e) {
       this.applied = undefined;
+      this.last = undefined;
       throw e;
     }
     this.applied = desired.policy;
-    this.cidrs = cidrs;
-    this.cidrsRecords = records;
+    this.last = desired;
     this.generation++;
     this.d.onChange?.();
     return stats;
@@ -321,8 +350,11 @@ export class PolicyEngine extends PolicyView {
       // Entries for these identities exist: only the addresses change (established flows to a
       // removed one are revalidated like after any ipcache change).
       this.d.ops.writeIpcache(diff.upsert, diff.remove);
-      for (const [p, id] of diff.upsert) this.mirror.ipcache.set(p, id);
-      for (const p of diff.remove) this.mirror.ipcache.delete(p);
+      // The desired state an ADD derives from holds them too (buildDesired would).
+      for (const m of [this.mirror.ipcache, this.last?.ipcache]) {
+        for (const [p, id] of diff.upsert) m?.set(p, id);
+        for (const p of diff.remove) m?.delete(p);
+      }
       this.generation++;
       this.d.ops.changed?.(this.mirror, {
         policyKeys: [],
