@@ -1,7 +1,7 @@
 // The agent can die at any time: forwarding goes on, and the restarted agent picks up where it was.
 // Many pods at once get distinct working endpoints; bad requests fail cleanly and leave nothing.
 import t from 'tap';
-import { startAgent, randomId, sleep } from './lib/agent.ts';
+import { startAgent, randomId, restoreVerified, sleep } from './lib/agent.ts';
 import { createNetns, linkGone, ping, type TestNetns } from './lib/netns.ts';
 import { startEchoServer, startFlow, killAll } from './lib/tcp.ts';
 import { mapEntries } from './lib/inspect.ts';
@@ -72,6 +72,10 @@ t.test('restore repairs what is missing and drops what is gone', async (t) => {
     'the endpoint whose netns is gone was dropped',
   );
   t.ok(await linkGone(g.hostIfName), 'its host veth is gone');
+  // Its host side is whole: the container side is verified while the API serves, and says so until then.
+  t.match(items[0].health?.state ?? 'verified already', /^(verifying|verified already)$/);
+  await restoreVerified(agent.client);
+  t.notOk((await agent.client.listEndpoints())[0].health, 'verified: ready');
   t.match(await keep.exec('ip', ['route', 'show', 'default']), /default via/, 'the missing default route was repaired');
   const allocated = (await agent.client.ipam()).flatMap((p) => p.allocations).map((a) => a.ip);
   t.same(allocated, [ip4(k)], 'the dropped endpoint released its address');

@@ -221,7 +221,7 @@ t.test(
       'the agent started and keeps all three',
     );
     const bad = listed
-      .filter((e) => e.health)
+      .filter((e) => e.health?.state === 'unhealthy')
       .map((e) => e.containerId)
       .sort();
     t.same(bad, [b.containerId, d.containerId].sort(), 'two are unhealthy');

@@ -81,6 +81,15 @@ export function agentPlaces(p: { stateDir: string; socket: string; bpffsDir: str
   ];
 }
 
+/** After a restart: until the agent verified the container side of every restored endpoint (they
+ *  read `verifying` until then); throws after timeoutMs. */
+export async function restoreVerified(client: AgentClient, timeoutMs = 30_000): Promise<void> {
+  for (const deadline = Date.now() + timeoutMs; ; await sleep(50)) {
+    if (!(await client.status()).verifyingEndpoints) return;
+    if (Date.now() > deadline) throw new Error(`restored endpoints still not verified after ${timeoutMs} ms`);
+  }
+}
+
 export function randomId(bytes = 4): string {
   return crypto.randomBytes(bytes).toString('hex');
 }

@@ -73,12 +73,13 @@ export interface Endpoint {
   labelsPending?: { source: 'docker' | 'cri'; since: string; expired?: boolean };
   externalIpam: boolean;
   createdAt: string;
-  /** Only on an endpoint the agent could not restore (never stored): what is wrong, since when. */
+  /** Only on an endpoint the agent could not restore (never stored): what is wrong, since when; or on
+   *  one whose container side the restarted agent has not verified yet (`verifying`). */
   health?: EndpointHealth;
 }
 
 export interface EndpointHealth {
-  state: 'unhealthy';
+  state: 'unhealthy' | 'verifying';
   problems: string[];
   since: string;
 }
@@ -121,6 +122,9 @@ export interface AgentStatus {
   endpoints: number;
   /** Endpoints the agent keeps but could not restore, with what is wrong (retried every 30 s). */
   unhealthyEndpoints?: { id: number; endpoint: string; problems: string[]; since: string }[];
+  /** Endpoints whose container side the agent has not verified yet since it restarted (their host
+   *  side and datapath are restored; the verification runs while the API serves). */
+  verifyingEndpoints?: number;
   networks: number;
   stateDir: string;
   socket: string;

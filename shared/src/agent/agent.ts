@@ -211,6 +211,14 @@ export class Agent {
       });
       agent.server = await serveApi(app, cfg.socket);
       clock.mark('api');
+      // Restore left the container sides for now (endpoint/restore.ts): checked while the API serves,
+      // the endpoints reported verifying until then. The datapath forwards and enforces meanwhile.
+      closers.push({ name: 'restore verification', close: () => endpoints.stopVerifying() });
+      const verifyStart = performance.now();
+      void endpoints.verifyRestored().then(
+        (done) => log.info({ ...done, ms: Math.round(performance.now() - verifyStart) }, 'restored endpoints verified'),
+        (err) => log.warn({ err }, 'verifying the restored endpoints failed'),
+      );
       log.info(
         {
           startMs: clock.summary(),
@@ -236,6 +244,7 @@ export class Agent {
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),
       endpoints: this.endpoints.list().length,
       unhealthyEndpoints: this.endpoints.unhealthyEndpoints(),
+      verifyingEndpoints: this.endpoints.verifyingEndpoints(),
       networks: this.core.networks.list().length,
       stateDir: this.cfg.stateDir,
       socket: this.cfg.socket,

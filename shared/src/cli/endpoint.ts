@@ -39,10 +39,11 @@ export function findEndpoint(c: AgentClient, ref: string, ifName?: string): Prom
   return c.findEndpoint(ref, ifName);
 }
 
-/** ready, unhealthy (restore could not bring it back), labels-pending (down until its runtime tells
+/** ready, unhealthy (restore could not bring it back), verifying (its container side is not checked
+ *  yet since the agent restarted), labels-pending (down until its runtime tells
  *  its labels) or init (the runtime did not answer in time: up, closed while any policy exists). */
 function statusText(e: Endpoint): string {
-  if (e.health) return 'unhealthy';
+  if (e.health) return e.health.state;
   if (e.labelsPending) return e.labelsPending.expired ? 'init' : 'labels-pending';
   return 'ready';
 }
@@ -111,7 +112,7 @@ export function registerEndpointCommands(program: Command, ctx: CliContext): voi
           ['Labels', labelsText(e.labels)],
           ['Created', e.createdAt],
           ...(e.health
-            ? [['Status', `unhealthy since ${e.health.since}: ${e.health.problems.join('; ')}`] as [string, string]]
+            ? [['Status', `${e.health.state} since ${e.health.since}: ${e.health.problems.join('; ')}`] as [string, string]]
             : []),
         ]),
       );

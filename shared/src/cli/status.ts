@@ -23,7 +23,10 @@ export function statusLines(s: AgentStatus): [string, string][] {
   return [
     ['Agent', `${problems.length ? 'Degraded' : 'Ok'}   ${s.version} (node ${s.nodeName}, up ${uptime(s.uptimeSeconds)})`],
     ...problems.map((x): [string, string] => [`  ${x.part}`, x.problem]),
-    ['Endpoints', `${s.endpoints}${s.unhealthyEndpoints?.length ? `, ${s.unhealthyEndpoints.length} unhealthy` : ''}`],
+    [
+      'Endpoints',
+      `${s.endpoints}${s.unhealthyEndpoints?.length ? `, ${s.unhealthyEndpoints.length} unhealthy` : ''}${s.verifyingEndpoints ? `, ${s.verifyingEndpoints} verifying` : ''}`,
+    ],
     ...(s.unhealthyEndpoints ?? []).map((u): [string, string] => [
       `  ${u.id} ${u.endpoint}`,
       `unhealthy since ${u.since}: ${u.problems.join('; ')}`,

@@ -140,7 +140,16 @@ export class EndpointManager {
 
   private withHealth(ep: Endpoint): Endpoint {
     const h = this.unhealthy.get(keyOf(ep));
-    return h ? { ...ep, health: { state: 'unhealthy', problems: h.problems, since: h.since } } : ep;
+    if (h) return { ...ep, health: { state: 'unhealthy', problems: h.problems, since: h.since } };
+    const since = this.recovery.verifying.get(keyOf(ep));
+    if (since === undefined) return ep;
+    const problems = ['its container side is not verified yet since the agent restarted'];
+    return { ...ep, health: { state: 'verifying', problems, since } };
+  }
+
+  /** How many endpoints' container sides are still to be verified since the restore. */
+  verifyingEndpoints(): number {
+    return this.recovery.verifying.size;
   }
 
   async create(req: EndpointRequest): Promise<Endpoint> {
@@ -297,6 +306,7 @@ export class EndpointManager {
     }
     this.byKey.delete(key);
     this.unhealthy.delete(key);
+    this.recovery.verifying.delete(key);
     this.addresses.release(key, plainIps(ep));
     this.d.labels?.forget(ep);
     if (reap.status === 'rejected') {
@@ -311,6 +321,15 @@ export class EndpointManager {
   /** After an agent restart: every endpoint kept, repaired, dropped or reported unhealthy (recovery.ts). */
   restore(): Promise<RestoreSummary> {
     return this.recovery.restoreAll();
+  }
+
+  /** The container sides restore left for later, verified while the API serves (recovery.ts). */
+  verifyRestored(): ReturnType<EndpointRecovery['verifyRestored']> {
+    return this.recovery.verifyRestored();
+  }
+
+  stopVerifying(): Promise<void> {
+    return this.recovery.stopVerifying();
   }
 
   /** Addresses of creates that never finished, released (recovery.ts). */

@@ -6,7 +6,14 @@ import type { Endpoint } from '../types.ts';
 import { keyOf, STORE_PREFIX } from './recipe.ts';
 import { endpointKey, hostVethName, withDockerRef } from './naming.ts';
 import { netnsGone } from './gone.ts';
-import { pruneDatapath, restoreEndpoint, RestoreView, type RestoreDeps, type RestoreOutcome } from './restore.ts';
+import {
+  pruneDatapath,
+  restoreEndpoint,
+  RestoreView,
+  verifyContainerSide,
+  type RestoreDeps,
+  type RestoreOutcome,
+} from './restore.ts';
 import type { KeyedLock } from './lock.ts';
 import type { EndpointIds } from './ids.ts';
 import type { Reaper } from './reaper.ts';
@@ -31,13 +38,18 @@ export interface RestoreSummary {
   repaired: number;
   dropped: number;
   unhealthy: number;
+  /** Kept or repaired, their container side verified after the API is up (verifyRestored). */
+  verifying: number;
 }
 
 export class EndpointRecovery {
   /** Endpoints restore could not bring back (kept, reported, retried by the upkeep). */
   readonly unhealthy = new Map<string, { problems: string[]; since: string }>();
+  /** Endpoints whose container side is not verified yet since the restore (key: since when). */
+  readonly verifying = new Map<string, string>();
   /** Endpoints removed because their netns was gone (a runtime that never sent DEL): a metric. */
   goneRemoved = 0;
+  private verification?: { stop: boolean; done: Promise<void> };
 
   constructor(private readonly d: RecoveryDeps) {}
 
@@ -48,7 +60,7 @@ export class EndpointRecovery {
    * creating are released, and its link removed.
    */
   async restoreAll(): Promise<RestoreSummary> {
-    const result = { kept: 0, repaired: 0, dropped: 0, unhealthy: 0 };
+    const result = { kept: 0, repaired: 0, dropped: 0, unhealthy: 0, verifying: 0 };
     const { byKey, node } = this.d;
     // Endpoints deleted before a crash and not reaped yet: their ids stay taken until they are.
     for (const id of await this.d.reaper.resume()) this.d.ids.take(id);
@@ -63,7 +75,15 @@ export class EndpointRecovery {
     }
     // The host's links and local_endpoints read once for all of them, not once per endpoint.
     const view = new RestoreView(this.d.recipeDeps());
-    for (const ep of [...byKey.values()]) result[await this.restoreIsolated(ep, view)]++;
+    const since = new Date().toISOString();
+    for (const ep of [...byKey.values()]) {
+      const r = await this.restoreIsolated(ep, view);
+      result[r.outcome]++;
+      if (r.verify) {
+        this.verifying.set(keyOf(ep), since);
+        result.verifying++;
+      }
+    }
     await this.releaseOrphans();
     pruneDatapath({ datapath: node.datapath, log: node.log }, new Set([...byKey.values()].map((e) => e.hostIfIndex)));
     this.d.reaper.kick();
@@ -71,19 +91,65 @@ export class EndpointRecovery {
   }
 
   /** Restores one endpoint; any failure marks it unhealthy instead of escaping. */
-  private async restoreIsolated(ep: Endpoint, view?: RestoreView): Promise<RestoreOutcome | 'unhealthy'> {
+  private async restoreIsolated(
+    ep: Endpoint,
+    view?: RestoreView,
+  ): Promise<{ outcome: RestoreOutcome | 'unhealthy'; verify?: boolean }> {
     const key = keyOf(ep);
     try {
-      const outcome = await this.d.lock.run(key, () => restoreEndpoint(this.d.recipeDeps(), ep, view));
-      if (outcome !== 'dropped' && this.unhealthy.delete(key)) this.d.node.log?.info({ endpoint: key }, 'endpoint repaired');
-      return outcome;
+      const r = await this.d.lock.run(key, () => restoreEndpoint(this.d.recipeDeps(), ep, view));
+      if (r.outcome !== 'dropped' && this.unhealthy.delete(key)) this.d.node.log?.info({ endpoint: key }, 'endpoint repaired');
+      return r;
     } catch (err) {
-      const problems = [(err as Error)?.message ?? String(err)];
-      const first = !this.unhealthy.has(key);
-      this.unhealthy.set(key, { problems, since: this.unhealthy.get(key)?.since ?? new Date().toISOString() });
-      if (first) this.d.node.log?.error({ err, endpoint: key, id: ep.id }, 'endpoint is unhealthy: kept, will retry the repair');
-      return 'unhealthy';
+      this.markUnhealthy(ep, err);
+      return { outcome: 'unhealthy' };
     }
+  }
+
+  private markUnhealthy(ep: Endpoint, err: unknown): void {
+    const key = keyOf(ep);
+    const problems = [(err as Error)?.message ?? String(err)];
+    const first = !this.unhealthy.has(key);
+    this.unhealthy.set(key, { problems, since: this.unhealthy.get(key)?.since ?? new Date().toISOString() });
+    if (first) this.d.node.log?.error({ err, endpoint: key, id: ep.id }, 'endpoint is unhealthy: kept, will retry the repair');
+  }
+
+  /**
+   * The container sides restoreAll left for later, one endpoint at a time under its lock (the API
+   * serves in between): checked and repaired, the endpoint dropped when its netns is gone, reported
+   * unhealthy when it cannot be. Resolves with what it did; stopVerifying() ends it early.
+   */
+  verifyRestored(): Promise<Record<RestoreOutcome | 'unhealthy', number>> {
+    const counts = { kept: 0, repaired: 0, dropped: 0, unhealthy: 0 };
+    const run = { stop: false, done: Promise.resolve() };
+    const work = (async () => {
+      for (const key of [...this.verifying.keys()]) {
+        if (run.stop) break;
+        await this.d.lock.run(key, async () => {
+          const ep = this.d.byKey.get(key);
+          if (!ep || !this.verifying.has(key)) return; // deleted meanwhile
+          try {
+            counts[await verifyContainerSide(this.d.recipeDeps(), ep)]++;
+          } catch (err) {
+            this.markUnhealthy(ep, err);
+            counts.unhealthy++;
+          } finally {
+            this.verifying.delete(key);
+          }
+        });
+      }
+      return counts;
+    })();
+    run.done = work.then(() => undefined);
+    this.verification = run;
+    return work;
+  }
+
+  /** Agent shutdown: no further endpoint is verified; waits for the one in progress. */
+  async stopVerifying(): Promise<void> {
+    if (!this.verification) return;
+    this.verification.stop = true;
+    await this.verification.done.catch(() => undefined);
   }
 
   /** Addresses held for endpoints that neither exist nor are being created (a create that crashed,
@@ -143,7 +209,8 @@ export class EndpointRecovery {
       void (async () => {
         for (const key of [...this.unhealthy.keys()]) {
           const ep = this.d.byKey.get(key);
-          if (ep) await this.restoreIsolated(ep);
+          if (ep)
+            await this.restoreIsolated(ep); // no view: everything checked, the container side too
           else this.unhealthy.delete(key);
         }
         await this.collectGone();

@@ -16,6 +16,13 @@ import { createVeth, ensureContainerSide, ensureHostSide, inspectContainerSide }
 
 export type RestoreOutcome = 'kept' | 'repaired' | 'dropped';
 
+/** What a restore did with one endpoint; `verify`: its container side is still to be checked
+ *  (verifyContainerSide), after the API is up. */
+export interface Restored {
+  outcome: RestoreOutcome;
+  verify?: boolean;
+}
+
 /** What a restore uses: the node's parts, and the manager's own ways to remove an endpoint. */
 export interface RestoreDeps {
   store: Store;
@@ -71,11 +78,54 @@ function links(d: RestoreDeps, view?: RestoreView) {
   };
 }
 
-export async function restoreEndpoint(d: RestoreDeps, ep: Endpoint, view?: RestoreView): Promise<RestoreOutcome> {
+/**
+ * Brings one endpoint back. In a whole restore (a view), an endpoint whose host end is still there
+ * with its recorded index gets its host side and datapath now and its container side later
+ * (verifyContainerSide, while the API serves, the endpoint reported `verifying` until then): a veth
+ * pair dies with either end, so its container end, and the netns it lives in, are still there. The
+ * container side is what a restore checks with a netlink socket opened in each container's netns,
+ * most of its time per endpoint; the datapath keeps forwarding and enforcing meanwhile.
+ */
+export async function restoreEndpoint(d: RestoreDeps, ep: Endpoint, view?: RestoreView): Promise<Restored> {
+  if (view && ep.netns && view.linkByName(ep.hostIfName)?.index === ep.hostIfIndex) {
+    return { outcome: await restoreLocked(d, ep, view, false), verify: true };
+  }
+  return { outcome: await restoreLocked(d, ep, view, true) };
+}
+
+/** The container side of an endpoint restored without it: its netns gone (removed as a DEL would),
+ *  not a container's any more (thrown: unhealthy), or checked and repaired. */
+export async function verifyContainerSide(d: RestoreDeps, ep: Endpoint): Promise<RestoreOutcome> {
+  let ns: NetNs;
+  try {
+    ns = openNetns(ep.netns!);
+  } catch (e) {
+    if (!(e instanceof NetnsError && e.code === 'netns_not_found')) throw e;
+    await d.removeGone(ep);
+    return 'dropped';
+  }
+  try {
+    const why = forbiddenNetnsReason(ns);
+    if (why) throw new Error(`its netns ${ep.netns} is now ${why}: left alone`);
+    const spec = plumbSpec(ep, ns);
+    if (!inspectContainerSide(spec).length) return 'kept';
+    ensureContainerSide(spec);
+    return 'repaired';
+  } finally {
+    ns.close();
+  }
+}
+
+async function restoreLocked(
+  d: RestoreDeps,
+  ep: Endpoint,
+  view: RestoreView | undefined,
+  withContainer: boolean,
+): Promise<RestoreOutcome> {
   const host = links(d, view);
   let ns: NetNs | null = null;
   try {
-    if (ep.netns) {
+    if (ep.netns && withContainer) {
       try {
         ns = openNetns(ep.netns);
       } catch (e) {
@@ -97,6 +147,7 @@ export async function restoreEndpoint(d: RestoreDeps, ep: Endpoint, view?: Resto
       ep.docker !== undefined,
     );
     if (unrecorded.length) throw new Error(`its addresses are not its own: ${unrecorded.join('; ')}`);
+    // Without the container side (verified later) ns is null here: nothing below enters the netns.
     const spec = plumbSpec(ep, ns);
     let link = host.byName(ep.hostIfName);
     let repaired = false;
@@ -134,7 +185,7 @@ export async function restoreEndpoint(d: RestoreDeps, ep: Endpoint, view?: Resto
     await d.beforeAttach(ep);
     // Programs reused across the restart (bpf/datapath.ts) are attached already: no netlink round trip.
     if (!wasCurrent) d.datapath.attach(link.index);
-    if (inspectContainerSide(spec).length) {
+    if (withContainer && inspectContainerSide(spec).length) {
       ensureContainerSide(spec);
       repaired = true;
     }
