@@ -117,7 +117,7 @@ export class RecordWriter {
     if (this.at + need > this.buf.length) this.grow(need);
     const b = this.buf;
     const start = this.at;
-    fixed.copy(b, start);
+    b.set(fixed, start); // a typed-array copy: Buffer#copy makes a view of the source per call
     b.writeUInt16LE(ctx.srcPort, start + 26);
     b.writeUInt16LE(ctx.dstPort, start + 28);
     b[start + 2] = kind === 'request' ? 0 : 1;
@@ -173,15 +173,27 @@ export class RecordWriter {
   }
 }
 
+/** Most texts are short (a path, a host): copied byte by byte, below this, instead of a call into
+ *  Node's C++ string writer. Latin1 either way (a char code's low byte). */
+const SHORT_TEXT = 64;
+
+function latin1(b: Buffer, at: number, s: string, n: number): void {
+  if (n <= SHORT_TEXT) for (let k = 0; k < n; k++) b[at + k] = s.charCodeAt(k);
+  else b.write(s.length > n ? s.slice(0, n) : s, at, 'latin1');
+}
+
 function text8(b: Buffer, i: number, s: string): number {
-  const n = b.write(s.length > 255 ? s.slice(0, 255) : s, i + 1, 'latin1');
+  const n = Math.min(s.length, 255);
+  latin1(b, i + 1, s, n);
   b[i] = n;
   return i + 1 + n;
 }
 
 function text16(b: Buffer, i: number, s: string): number {
-  const n = s.length ? b.write(s.length > MAX_TEXT ? s.slice(0, MAX_TEXT) : s, i + 2, 'latin1') : 0;
-  b.writeUInt16LE(n, i);
+  const n = Math.min(s.length, MAX_TEXT);
+  latin1(b, i + 2, s, n);
+  b[i] = n & 0xff;
+  b[i + 1] = n >>> 8;
   return i + 2 + n;
 }
 
