@@ -5,6 +5,7 @@
 // drains) and how they end (each side ended once, the client given the chance to close first).
 import type net from 'node:net';
 import { shutdownWriteNow } from '../proxy/sockets.ts';
+import { holdUpstream, type UpstreamHolder } from './upstream-events.ts';
 
 /**
  * When asked (finish(true)): after the last response of a connection (Connection: close), framed so
@@ -50,20 +51,13 @@ export interface UpstreamReuse {
 /** Bytes sent on a reused upstream connection kept for a replay (REPLAY_MAX: no replay). */
 const REPLAY_MAX = 16 * 1024;
 
-export class SocketPair {
+export class SocketPair implements UpstreamHolder {
   upstream?: net.Socket;
   upstreamConnected = false;
   /** The upstream came from the pool and has not answered yet: what was sent on it, for a replay
    *  on a fresh connection if it turns out the server had closed it (undefined: no replay possible). */
   private replay?: Buffer[];
   private replayBytes = 0;
-  private readonly upData: (d: Buffer) => void;
-  private readonly upEnd: () => void;
-  private readonly upError: () => void;
-  private readonly upDrain = () => this.release(Hold.UPSTREAM_FULL);
-  private readonly upConnect = () => {
-    this.upstreamConnected = true;
-  };
   clientEnded = false;
   closed = false;
   private holds = 0;
@@ -83,12 +77,6 @@ export class SocketPair {
     /** The client socket has TCP_NODELAY already (accepted sockets inherit it from the listener). */
     clientNoDelay = false,
   ) {
-    this.upData = (d) => {
-      if (this.replay) this.stopReplay();
-      ev.upstreamData(d);
-    };
-    this.upEnd = ev.upstreamEnd;
-    this.upError = ev.upstreamError;
     if (!clientNoDelay) client.setNoDelay(true);
     client.on('data', ev.clientData);
     client.on('end', () => {
@@ -147,9 +135,7 @@ export class SocketPair {
   replayOnFreshUpstream(): void {
     const bytes = this.replay ?? [];
     this.replay = undefined;
-    const old = this.detach();
-    old?.on('error', () => undefined);
-    old?.destroy();
+    this.detach()?.destroy();
     this.attach(this.opener.connect());
     this.upstream!.setNoDelay(true);
     for (const b of bytes) this.toUpstream(b);
@@ -159,21 +145,31 @@ export class SocketPair {
   releaseUpstream(): void {
     const u = this.detach();
     if (!u) return;
-    if (!this.reuse?.give(u)) {
-      u.on('error', () => undefined);
-      end(u);
-    }
+    if (!this.reuse?.give(u)) end(u);
+  }
+
+  // The upstream's events (upstream-events.ts), while this pair holds it.
+  upstreamData(_s: net.Socket, d: Buffer): void {
+    if (this.replay) this.stopReplay();
+    this.ev.upstreamData(d);
+  }
+  upstreamEnd(): void {
+    this.ev.upstreamEnd();
+  }
+  upstreamError(): void {
+    this.ev.upstreamError();
+  }
+  upstreamDrain(): void {
+    this.release(Hold.UPSTREAM_FULL);
+  }
+  upstreamConnect(): void {
+    this.upstreamConnected = true;
   }
 
   private attach(u: net.Socket): void {
     this.upstream = u;
     this.upstreamConnected = false;
-    u.on('connect', this.upConnect);
-    u.on('data', this.upData);
-    u.on('end', this.upEnd);
-    u.on('error', this.upError);
-    u.on('close', this.upEnd);
-    u.on('drain', this.upDrain);
+    holdUpstream(u, this);
     if (this.pausedForClient) u.pause();
   }
 
@@ -183,12 +179,7 @@ export class SocketPair {
     this.upstream = undefined;
     this.upstreamConnected = false;
     this.replay = undefined;
-    u.off('connect', this.upConnect);
-    u.off('data', this.upData);
-    u.off('end', this.upEnd);
-    u.off('error', this.upError);
-    u.off('close', this.upEnd);
-    u.off('drain', this.upDrain);
+    holdUpstream(u, undefined); // its events (an error included) go nowhere from now on
     this.release(Hold.UPSTREAM_FULL);
     return u;
   }

@@ -8,6 +8,7 @@
 // 5 s, so a server rarely closes one just as it is taken — and when it does, connection.ts replays
 // an idempotent request on a fresh connection); and not at all once it said anything or closed.
 import type net from 'node:net';
+import { holdUpstream, type UpstreamHolder, upstreamHolder } from '../http/upstream-events.ts';
 
 const IDLE_MS = 2000;
 const SWEEP_MS = 1000;
@@ -25,23 +26,38 @@ export interface PoolLimits {
   maxTotal: number;
 }
 
-export class UpstreamPool {
+export class UpstreamPool implements UpstreamHolder {
   private readonly idle = new Map<string, Idle[]>();
   private total = 0;
   private sweeper?: NodeJS.Timeout;
   /** Upstream connections taken from the pool (for stats). */
   reused = 0;
   private readonly limits: PoolLimits;
-  /** One handler for every idle socket's events: anything at all from an idle connection ends it. */
-  private readonly onIdleEvent: (this: net.Socket) => void;
 
   constructor(limits: Partial<PoolLimits> = {}) {
     this.limits = { idleMs: IDLE_MS, maxPerKey: MAX_PER_KEY, maxTotal: MAX_TOTAL, ...limits };
-    const pool = this;
-    this.onIdleEvent = function (this: net.Socket) {
-      pool.forget(this);
-      this.destroy();
-    };
+  }
+
+  // Anything at all from an idle connection (upstream-events.ts: the pool holds it) ends it.
+  upstreamData(s: net.Socket): void {
+    this.drop(s);
+  }
+  upstreamEnd(s: net.Socket): void {
+    this.drop(s);
+  }
+  upstreamError(s: net.Socket): void {
+    this.drop(s);
+  }
+  upstreamDrain(s: net.Socket): void {
+    this.drop(s);
+  }
+  upstreamConnect(s: net.Socket): void {
+    this.drop(s);
+  }
+
+  private drop(s: net.Socket): void {
+    this.forget(s);
+    s.destroy();
   }
 
   get size(): number {
@@ -72,10 +88,7 @@ export class UpstreamPool {
     if (list.length >= this.limits.maxPerKey) return false;
     list.push({ s, since: Date.now() });
     this.total++;
-    s.on('data', this.onIdleEvent);
-    s.on('end', this.onIdleEvent);
-    s.on('error', this.onIdleEvent);
-    s.on('close', this.onIdleEvent);
+    holdUpstream(s, this);
     s.resume(); // read, so that a server's FIN (or anything it says) is seen while it sits here
     this.sweeper ??= setInterval(() => this.sweep(), Math.min(SWEEP_MS, this.limits.idleMs)).unref();
     return true;
@@ -99,8 +112,7 @@ export class UpstreamPool {
       let n = 0;
       while (n < list.length && list[n].since <= old) n++;
       for (const { s } of list.splice(0, n)) {
-        this.unwatch(s);
-        s.on('error', () => undefined);
+        this.unwatch(s); // its events (an error included) go nowhere now
         s.end(); // a FIN, not a reset: the server closes its side in its own time
       }
       this.total -= n;
@@ -121,10 +133,7 @@ export class UpstreamPool {
   }
 
   private unwatch(s: net.Socket): void {
-    s.off('data', this.onIdleEvent);
-    s.off('end', this.onIdleEvent);
-    s.off('error', this.onIdleEvent);
-    s.off('close', this.onIdleEvent);
+    if (upstreamHolder(s) === this) holdUpstream(s, undefined);
   }
 }
 
