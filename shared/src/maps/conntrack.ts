@@ -91,8 +91,9 @@ const ownerAt = (w: Walk, i: number) => u32(w.values, i * CT_ENTRY_SIZE + OFF.en
 
 /** Large batches: a full table of 131,072 entries is two syscalls. */
 function walk(fd: number): Walk {
-  // 64k-entry batches for a full table; a walk after an endpoint's ADD usually finds a few hundred.
-  return bpf.mapDumpPacked(fd, 'conntrack', CT_KEY_SIZE, CT_ENTRY_SIZE, 65536, Infinity, 4096);
+  // 64k-entry batches for a full table; a walk after an endpoint's ADD usually finds a few hundred
+  // (the first batch's buffers are reused from walk to walk: bpf.mapDumpPacked).
+  return bpf.mapDumpPacked(fd, 'conntrack', CT_KEY_SIZE, CT_ENTRY_SIZE, 65536, Infinity, 512);
 }
 
 function lifetimeOf(proto: number, state: number): number {

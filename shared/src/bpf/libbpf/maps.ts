@@ -90,6 +90,15 @@ export function mapDumpBatch(
   }
 }
 
+/** A first batch this small is read into two buffers kept from dump to dump (what a dump returns is
+ *  a copy): a walk of a mostly empty table after every ADD then allocates only what it finds. */
+const SCRATCH_BYTES = 128 * 1024;
+const scratchBuffers: Buffer[] = [];
+function scratch(i: 0 | 1, bytes: number): Buffer {
+  if (!scratchBuffers[i] || scratchBuffers[i].length < bytes) scratchBuffers[i] = Buffer.allocUnsafe(bytes);
+  return scratchBuffers[i].subarray(0, bytes);
+}
+
 /** Every key and value of a map as two packed buffers (`count` records each): no object per entry,
  *  for walks over large tables. Batches start at `firstChunk` records and grow fourfold up to `chunk`:
  *  a mostly empty table costs a small buffer, not one of `chunk` records every walk (they are
@@ -109,8 +118,10 @@ export function mapDumpPacked(
   const token = Buffer.alloc(Math.max(keySize, 8));
   let first = true;
   for (let size = Math.min(firstChunk, chunk); ; size = Math.min(size * 4, chunk)) {
-    const kb = Buffer.allocUnsafe(keySize * size);
-    const vb = Buffer.allocUnsafe(valueSize * size);
+    // Only the first batch: the parts are copied out together at the end.
+    const small = first && (keySize + valueSize) * size <= SCRATCH_BYTES;
+    const kb = small ? scratch(0, keySize * size) : Buffer.allocUnsafe(keySize * size);
+    const vb = small ? scratch(1, valueSize * size) : Buffer.allocUnsafe(valueSize * size);
     const n = [size];
     const ret = bind().map_lookup_batch(fd, first ? null : token, token, kb, vb, n, null);
     if (ret < 0 && ret !== -osConstants.errno.ENOENT) throw new BpfError('bpf_map_lookup_batch', `map ${mapName}`, -ret);
