@@ -19,20 +19,42 @@ export class CidrIdentities {
   private sorted: CidrEntry[] | null = null;
   /** Bumped on every change (compiled policy is reused while it stays the same). */
   version = 0;
-  /** The set the table was last synced to: syncing to the very same set again changes nothing. */
-  private syncedTo?: Set<string>;
+  /** What the table was last synced to (a Set, or the token naming a version of one): syncing to the
+   *  very same again changes nothing. */
+  private syncedTo?: unknown;
 
-  /** An independent copy (a sync that may be abandoned works on a copy). */
-  clone(): CidrIdentities {
-    const c = new CidrIdentities();
-    for (const e of this.byText.values()) {
-      c.byText.set(e.text, e);
-      c.byId.set(e.id, e);
+  /** What the syncs since checkpoint() changed, to take back (a sync whose result is abandoned). */
+  private journal?: { added: CidrEntry[]; removed: CidrEntry[]; next: number; syncedTo?: unknown };
+
+  /** From here on, syncs can be taken back with undo() until keep(): a sync that may be abandoned
+   *  works on the table itself, not on a copy of 10,000 prefixes. */
+  checkpoint(): void {
+    this.journal = { added: [], removed: [], next: this.next, syncedTo: this.syncedTo };
+  }
+
+  keep(): void {
+    this.journal = undefined;
+  }
+
+  /** The table as it was at checkpoint(), under a new version (compiles against the abandoned
+   *  content are not taken for compiles against this one). */
+  undo(): void {
+    const j = this.journal;
+    if (!j) return;
+    this.journal = undefined;
+    for (const e of j.added) {
+      if (this.byText.get(e.text) !== e) continue;
+      this.byText.delete(e.text);
+      this.byId.delete(e.id);
     }
-    c.next = this.next;
-    c.version = this.version;
-    c.syncedTo = this.syncedTo;
-    return c;
+    for (const e of j.removed) {
+      this.byText.set(e.text, e);
+      this.byId.set(e.id, e);
+    }
+    this.next = j.next;
+    this.syncedTo = j.syncedTo;
+    this.sorted = null;
+    this.version++;
   }
 
   /** Adopt a number found in the pinned ipcache. Ignores conflicts (the table wins over the pin). */
@@ -49,15 +71,17 @@ export class CidrIdentities {
   }
 
   /** Make the table hold exactly `prefixes`: keep known numbers, allocate new ones, drop the rest.
-   *  A Set passed here must not change afterwards (the same Set again is taken as no change: an
-   *  endpoint's sync does not walk 10,000 prefixes that the policies did not change). */
+   *  `token` names this content (default: a Set passed names itself, and must not change afterwards):
+   *  the same token again is taken as no change (an endpoint's sync does not walk 10,000 prefixes
+   *  that the policies did not change); `delta.from` is the token of the content it starts from. */
   sync(
     prefixes: Iterable<string>,
-    delta?: { from: Set<string>; added: string[]; removed: string[] },
+    delta?: { from: unknown; added: string[]; removed: string[] },
+    token: unknown = prefixes instanceof Set ? prefixes : undefined,
   ): { added: CidrEntry[]; removed: CidrEntry[] } {
-    if (prefixes === this.syncedTo) return { added: [], removed: [] };
+    if (token !== undefined && token === this.syncedTo) return { added: [], removed: [] };
     if (delta && prefixes instanceof Set && delta.from === this.syncedTo) {
-      const r = this.syncDelta(prefixes, delta);
+      const r = this.syncDelta(prefixes, delta, token);
       if (r) return r;
     }
     const want = new Set<string>();
@@ -71,7 +95,7 @@ export class CidrIdentities {
         removed.push(e);
       }
     }
-    return this.settle(this.addNew(want), removed, prefixes instanceof Set ? prefixes : undefined);
+    return this.settle(this.addNew(want), removed, token);
   }
 
   /** The same from the set synced last and what changed since (policy text holds normalized
@@ -79,6 +103,7 @@ export class CidrIdentities {
   private syncDelta(
     prefixes: Set<string>,
     delta: { added: string[]; removed: string[] },
+    token: unknown,
   ): { added: CidrEntry[]; removed: CidrEntry[] } | undefined {
     if ([...delta.added, ...delta.removed].some((p) => normalizeCidr(p) !== p)) return undefined;
     const removed: CidrEntry[] = [];
@@ -89,7 +114,7 @@ export class CidrIdentities {
       this.byId.delete(e.id);
       removed.push(e);
     }
-    return this.settle(this.addNew(delta.added), removed, prefixes);
+    return this.settle(this.addNew(delta.added), removed, token);
   }
 
   /** Numbers for the normalized prefixes not in the table yet. */
@@ -106,11 +131,11 @@ export class CidrIdentities {
   }
 
   /** Ends a sync: a changed table gets a new version (and its sorted view is rebuilt when asked). */
-  private settle(
-    added: CidrEntry[],
-    removed: CidrEntry[],
-    syncedTo: Set<string> | undefined,
-  ): { added: CidrEntry[]; removed: CidrEntry[] } {
+  private settle(added: CidrEntry[], removed: CidrEntry[], syncedTo: unknown): { added: CidrEntry[]; removed: CidrEntry[] } {
+    if (this.journal) {
+      this.journal.added.push(...added);
+      this.journal.removed.push(...removed);
+    }
     if (added.length || removed.length) {
       this.sorted = null;
       this.version++;

@@ -223,7 +223,7 @@ function entriesFrom(
 
 export function buildDesired(input: DesiredInput, cache?: { current?: CompileCache }): Desired {
   const prefixes = prefixesFrom(input.records, cache?.current?.records);
-  input.cidrs.sync(prefixes.set, prefixes.delta);
+  input.cidrs.sync(prefixes.set, prefixes.delta, prefixes.token);
   // The selectors and prefixes follow the records alone (the table holds exactly their prefixes once
   // synced): a sync with the same records (an endpoint's ADD or DEL) does not list, sort and compare
   // every prefix again.

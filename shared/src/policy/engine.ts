@@ -40,13 +40,13 @@ export class PolicyEngine extends PolicyView {
   private applied?: Desired['policy'];
   /** What the last successful apply was built from (an ADD derives the next one: desiredWithEndpoint). */
   private last?: Desired;
+  /** The records the CIDR table was last synced to (by a sync that was applied). */
+  private cidrsRecords?: PolicyRecord[];
   private chain: Promise<unknown> = Promise.resolve();
   /** Imports and deletes, in the order they arrived (an import waits here after its reading). */
   private policyOrder: Promise<unknown> = Promise.resolve();
   private readonly parser: PolicyParser;
   private remoteSyncQueued = false;
-  /** The records the CIDR table was last synced to. */
-  private cidrsRecords?: PolicyRecord[];
 
   private constructor(
     d: PolicyEngineDeps,
@@ -291,23 +291,41 @@ export class PolicyEngine extends PolicyView {
 
   /** Computes the desired maps for `records` and applies the difference. Throws with nothing changed. */
   private sync(records: PolicyRecord[] = this.repo.list()): ApplyStats {
-    // The CIDR table changes only with the records; a sync that may be abandoned works on a copy.
-    const cidrs = records === this.cidrsRecords ? this.cidrs : this.cidrs.clone();
-    const desired = buildDesired(
-      {
-        records,
-        endpoints: [...this.endpoints.values()],
-        labelsOf: (id) => this.identities.labelsOf(id),
-        hostAddresses: this.hostAddrs,
-        cidrs,
-        proxyPorts: this.d.proxyPorts?.(),
-        remote: this.remote,
-        fqdn: this.d.fqdn,
-      },
-      this.compileCache,
-    );
-    const stats = this.apply(desired);
-    this.cidrs = cidrs;
+    // The CIDR table follows the records; a sync that is abandoned takes its changes back.
+    this.cidrs.checkpoint();
+    let desired: Desired;
+    try {
+      desired = buildDesired(
+        {
+          records,
+          endpoints: [...this.endpoints.values()],
+          labelsOf: (id) => this.identities.labelsOf(id),
+          hostAddresses: this.hostAddrs,
+          cidrs: this.cidrs,
+          proxyPorts: this.d.proxyPorts?.(),
+          remote: this.remote,
+          fqdn: this.d.fqdn,
+        },
+        this.compileCache,
+      );
+    } catch (e) {
+      // A build that stopped half way may have edited what the cache describes: start over next time.
+      this.compileCache.current = undefined;
+      this.applied = undefined;
+      this.last = undefined;
+      this.cidrsRecords = undefined;
+      this.cidrs.undo();
+      throw e;
+    }
+    let stats: ApplyStats;
+    try {
+      stats = this.apply(desired);
+    } catch (e) {
+      this.cidrsRecords = undefined;
+      this.cidrs.undo();
+      throw e;
+    }
+    this.cidrs.keep();
     this.cidrsRecords = records;
     return stats;
   }

@@ -1,18 +1,23 @@
 // The prefixes the policies name (CIDR identities and their ipcache entries follow them). Worked out
 // once per record set and, for the set after a change, from the set before it: only the records that
 // changed are walked (one policy replaced among 100 does not walk 10,000 rules), and the prefixes that
-// came and went are handed to the CIDR table (identity/cidr.ts sync) as a delta. Pure.
+// came and went are handed to the CIDR table (identity/cidr.ts sync) as a delta. The set after a
+// change takes over the set before it and edits it in place (no copy of 10,000 prefixes per change):
+// asked for again, the set before is worked out from scratch. Each version of a set has its own
+// token, which is what the CIDR table compares. Pure.
 import type { PolicyRecord } from './types.ts';
 
 interface PrefixSet {
   set: Set<string>;
   /** How many records name each prefix. */
   counts: Map<string, number>;
+  /** Names this version of `set` (the object itself is edited by the next change). */
+  token: object;
 }
 
 export interface PrefixDelta {
-  /** The set these changes apply to. */
-  from: Set<string>;
+  /** The token of the set these changes apply to. */
+  from: object;
   added: string[];
   removed: string[];
 }
@@ -42,56 +47,68 @@ function prefixesOfRecord(r: PolicyRecord): string[] {
 function whole(records: PolicyRecord[]): PrefixSet {
   const counts = new Map<string, number>();
   for (const r of records) for (const p of prefixesOfRecord(r)) counts.set(p, (counts.get(p) ?? 0) + 1);
-  return { set: new Set(counts.keys()), counts };
+  return { set: new Set(counts.keys()), counts, token: {} };
 }
 
-/** Every prefix a policy names, including `except` ones (they need their own ipcache entry). The
- *  same Set for the same records array (do not change it). */
+/** Every prefix a policy names, including `except` ones (they need their own ipcache entry). A copy. */
 export function prefixesOf(records: PolicyRecord[]): Set<string> {
-  return prefixesFrom(records).set;
+  return new Set(prefixesFrom(records).set);
 }
 
-/** The prefixes of `records`, from those of `prev` when they are known: then also what changed. */
-export function prefixesFrom(records: PolicyRecord[], prev?: PolicyRecord[]): { set: Set<string>; delta?: PrefixDelta } {
+/** The prefixes of `records` (the set: do not change it; it is valid until the next call), from
+ *  those of `prev` when they are known: then also what changed. */
+export function prefixesFrom(
+  records: PolicyRecord[],
+  prev?: PolicyRecord[],
+): { set: Set<string>; token: object; delta?: PrefixDelta } {
   const known = bySet.get(records);
-  if (known) return { set: known.set };
+  if (known) return { set: known.set, token: known.token };
   const base = prev && bySet.get(prev);
   if (!base) {
     const w = whole(records);
     bySet.set(records, w);
-    return { set: w.set };
+    return { set: w.set, token: w.token };
   }
   const was = new Set(prev),
     is = new Set(records);
-  const counts = new Map(base.counts);
+  // Taken over: `prev` gives up its set (asked for again, it is worked out afresh).
+  bySet.delete(prev);
+  const { counts, set } = base;
+  const before = new Map<string, number>();
+  const countBefore = (p: string) => {
+    if (!before.has(p)) before.set(p, counts.get(p) ?? 0);
+  };
   const touched = new Set<string>();
   // Additions first: a prefix that moves from one record to another never drops to zero.
   for (const r of records)
     if (!was.has(r))
       for (const p of prefixesOfRecord(r)) {
+        countBefore(p);
         counts.set(p, (counts.get(p) ?? 0) + 1);
         touched.add(p);
       }
   for (const r of prev)
     if (!is.has(r))
       for (const p of prefixesOfRecord(r)) {
+        countBefore(p);
         const n = counts.get(p)! - 1;
         if (n) counts.set(p, n);
         else counts.delete(p);
         touched.add(p);
       }
-  const set = new Set(base.set);
   const added: string[] = [],
     removed: string[] = [];
   for (const p of touched) {
-    if (counts.has(p) && !base.counts.has(p)) {
+    const had = before.get(p)! > 0;
+    if (counts.has(p) && !had) {
       set.add(p);
       added.push(p);
-    } else if (!counts.has(p) && base.counts.has(p)) {
+    } else if (!counts.has(p) && had) {
       set.delete(p);
       removed.push(p);
     }
   }
-  bySet.set(records, { set, counts });
-  return { set, delta: { from: base.set, added, removed } };
+  const token = {};
+  bySet.set(records, { set, counts, token });
+  return { set, token, delta: { from: base.token, added, removed } };
 }
