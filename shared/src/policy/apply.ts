@@ -92,11 +92,12 @@ function policyDiff(
     const prev = applied.get(ep);
     if (prev === e) continue;
     if (prev && e.delta?.from === prev) {
-      // Every other key holds the same entry as in `prev`, which the maps hold since it was applied.
+      // Every other key holds the same entry as in `prev`, which the maps hold since it was applied
+      // (`prev`'s map is this one now: what it held is in `had`).
       for (const k of e.delta.keys) {
         const v = e.entries.get(k);
         if (v === undefined) {
-          if (prev.entries.has(k)) gone.push({ id: prev.id, key: k });
+          if (e.delta.had.has(k)) gone.push({ id: prev.id, key: k });
           continue;
         }
         const cur = mirror.get(k);
