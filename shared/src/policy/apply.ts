@@ -6,7 +6,7 @@
 //   4. ipcache removals
 //   5. policy removals        (nothing classifies traffic with a removed identity any more)
 // Then established flows are held to the new state: the ops revoke those it no longer admits.
-import { diffMaps } from '../identity/ipcache.ts';
+import { diffMaps, type MapDiff } from '../identity/ipcache.ts';
 import type { Entry } from './compile.ts';
 import type { EndpointEntries } from './desired.ts';
 import { MembraneError } from '../errors.ts';
@@ -66,6 +66,8 @@ const sameEntry = (a: Entry, b: Entry) =>
 export interface DesiredMaps {
   policy: Map<string, EndpointEntries>;
   ipcache: Map<string, number>;
+  /** The entries of `ipcache` that can differ from the maps (none: compare all of them). */
+  ipcacheDelta?: MapDiff<number>;
   flags: Map<number, number>;
 }
 
@@ -138,7 +140,9 @@ export function applyDesired(
     );
   }
   const pol = policyDiff(mirror.policy, desired.policy, applied);
-  const ipc = diffMaps(mirror.ipcache, desired.ipcache);
+  const ipc = desired.ipcacheDelta
+    ? againstMirror(mirror.ipcache, desired.ipcacheDelta)
+    : diffMaps(mirror.ipcache, desired.ipcache);
   // An endpoint without a config (being torn down, or not written yet) has no flags to set.
   const flagChanges = [...desired.flags].filter(([ifindex, f]) => {
     const cur = currentFlags(ops, mirror, ifindex);
@@ -217,4 +221,12 @@ function currentFlags(ops: PolicyDatapathOps, mirror: Mirror, ifindex: number): 
     mirror.flags.set(ifindex, f);
   }
   return mirror.flags.get(ifindex);
+}
+
+/** Of a delta, what the maps do not hold yet. */
+function againstMirror(mirror: Map<string, number>, delta: MapDiff<number>): MapDiff<number> {
+  return {
+    upsert: delta.upsert.filter(([k, v]) => mirror.get(k) !== v),
+    remove: delta.remove.filter((k) => mirror.has(k)),
+  };
 }

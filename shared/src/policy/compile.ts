@@ -97,9 +97,17 @@ export type ColumnChanges = Record<Direction, Map<number, Column | undefined>>;
 
 /** Tables made by a patch: the table they came from and the columns that differ from it. */
 const patches = new WeakMap<LabelPolicy, { from: LabelPolicy; was: ColumnChanges }>();
+/** Tables whose content a patch took over: they no longer hold what they held. */
+const givenUp = new WeakSet<LabelPolicy>();
 
-/** The columns of `lp` that differ from `from`, when `lp` was patched from it; undefined: unknown
- *  (compare every column). Any other column is the very same object in both. */
+/** Did a patch take over `lp`'s tables (then only columnChanges tells what they held)? */
+export function tablesGivenUp(lp: LabelPolicy): boolean {
+  return givenUp.has(lp);
+}
+
+/** The columns of `lp` that differ from `from`, when `lp` was patched from it (then `from`'s tables
+ *  are `lp`'s, edited: what they held before is here); undefined: unknown (compare every column).
+ *  Any other column is the very same object in both. */
 export function columnChanges(lp: LabelPolicy, from: LabelPolicy): ColumnChanges | undefined {
   const p = patches.get(lp);
   return p?.from === from ? p.was : undefined;
@@ -246,7 +254,7 @@ export class PolicyCompiler {
 
   /** The table from the previous one: only the columns of changed rules are rebuilt and closed.
    *  undefined when a changed rule fills the any-peer column (every column is closed against it).
-   *  Takes over `fills` from the base; the base's policy stays as it was (others hold it). */
+   *  Takes over `fills` and the tables from the base (the base is not compiled from again). */
   private patch(
     base: Compiled,
     fills: Map<string, Set<RuleUse>>,
@@ -289,21 +297,16 @@ export class PolicyCompiler {
     for (const u of removed) edit(u, false);
     for (const u of added) edit(u, true);
     const prev = base.policy;
-    // A direction without changes keeps its table object; the other copies its column index once.
-    const out: LabelPolicy = {
-      ingress: changed.ingress.size
-        ? { defaultDeny: prev.ingress.defaultDeny, columns: new Map(prev.ingress.columns) }
-        : prev.ingress,
-      egress: changed.egress.size ? { defaultDeny: prev.egress.defaultDeny, columns: new Map(prev.egress.columns) } : prev.egress,
-      selectedBy: prev.selectedBy,
-    };
+    // The tables are taken over too and their changed columns replaced in place (no copy of 10,000
+    // columns): what the previous table had there is kept in `was` for whoever diffs against it.
+    const out: LabelPolicy = { ingress: prev.ingress, egress: prev.egress, selectedBy: prev.selectedBy };
     const was: ColumnChanges = { ingress: new Map(), egress: new Map() };
     this.patched++;
     for (const direction of ['ingress', 'egress'] as const) {
       const dp = out[direction];
       for (const peer of changed[direction]) {
         this.columnsRebuilt++;
-        was[direction].set(peer, prev[direction].columns.get(peer));
+        was[direction].set(peer, dp.columns.get(peer));
         const k = fillKey(direction, peer);
         const uses = fills.get(k);
         if (uses && !uses.size) fills.delete(k);
@@ -320,6 +323,7 @@ export class PolicyCompiler {
       }
     }
     patches.set(out, { from: prev, was });
+    givenUp.add(prev);
     return { policy: out, fills };
   }
 

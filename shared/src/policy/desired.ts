@@ -3,8 +3,18 @@
 import type { Labels } from '../identity/labels.ts';
 import { RESERVED, reservedLabels } from '../identity/reserved.ts';
 import type { CidrIdentities } from '../identity/cidr.ts';
-import { desiredIpcache } from '../identity/ipcache.ts';
-import { columnChanges, PolicyCompiler, l4decode, type Column, type Entry, type LabelPolicy, type Universe } from './compile.ts';
+import type { MapDiff } from '../identity/ipcache.ts';
+import { ipcacheFrom, type IpcacheState } from './ipcache-delta.ts';
+import {
+  columnChanges,
+  tablesGivenUp,
+  PolicyCompiler,
+  l4decode,
+  type Column,
+  type Entry,
+  type LabelPolicy,
+  type Universe,
+} from './compile.ts';
 import { matches } from './selector.ts';
 import { encodePolicyKey, EP_FLAGS } from './map-codec.ts';
 import { endpointFlags, selectionFor } from './selection.ts';
@@ -58,6 +68,9 @@ export interface Desired {
    *  policy changed: the apply skips it (apply.ts). */
   policy: Map<string, EndpointEntries>;
   ipcache: Map<string, number>;
+  /** What differs in `ipcache` from the one the previous build made (the maps hold that one unless
+   *  its apply failed: then the engine drops the cache's ipcache and the next build is whole). */
+  ipcacheDelta?: MapDiff<number>;
   /** host ifindex -> policy flag bits */
   flags: Map<number, number>;
   compiler: PolicyCompiler;
@@ -125,6 +138,8 @@ export interface CompileCache {
   /** Endpoint flags without audit, by identity, for these records (an ADD must not ask every policy
    *  about every endpoint again). */
   selections?: Map<number, number>;
+  /** The last build's ipcache (the next build edits it in place). */
+  ipcache?: IpcacheState;
 }
 
 /** The label sets a change from `before` to `after` can touch: those a changed record's subject
@@ -203,12 +218,14 @@ function entriesFrom(
     had = new Set<string>();
   before.built.delta = undefined; // only one step back is ever diffed against
   const known = columnChanges(lp, before.policy);
+  // A table another patch took over (an endpoint whose labels changed) cannot be diffed against.
+  if (!known && tablesGivenUp(before.policy)) return entriesOf(ep, lp, ports);
   for (const direction of ['ingress', 'egress'] as const) {
-    const was = before.policy[direction].columns,
-      is = lp[direction].columns;
-    // Of a patched table only the rebuilt columns; otherwise every column is compared.
-    const olds: Iterable<[number, Column | undefined]> = known ? known[direction] : was;
-    for (const [peer, col] of olds) {
+    const is = lp[direction].columns;
+    // Of a patched table only the rebuilt columns (its tables are the previous ones, edited: the
+    // columns they held are in `known`); otherwise every column of both is compared.
+    const was: Map<number, Column | undefined> = known ? known[direction] : before.policy[direction].columns;
+    for (const [peer, col] of was) {
       if (!col || is.get(peer) === col) continue;
       for (const code of col.keys()) {
         const k = entryKey(ep, peer, direction, code);
@@ -234,7 +251,10 @@ function entriesFrom(
 
 export function buildDesired(input: DesiredInput, cache?: { current?: CompileCache }): Desired {
   const prefixes = prefixesFrom(input.records, cache?.current?.records);
-  input.cidrs.sync(prefixes.set, prefixes.delta, prefixes.token);
+  const cidrsBefore = input.cidrs.version;
+  const cidrChange = { before: cidrsBefore, ...input.cidrs.sync(prefixes.set, prefixes.delta, prefixes.token) };
+  const ipcachePrev = cache?.current?.ipcache;
+  if (cache?.current) cache.current.ipcache = undefined; // taken over below (or stale)
   // The selectors and prefixes follow the records alone (the table holds exactly their prefixes once
   // synced): a sync with the same records (an endpoint's ADD or DEL) does not list, sort and compare
   // every prefix again.
@@ -271,14 +291,19 @@ export function buildDesired(input: DesiredInput, cache?: { current?: CompileCac
     policy.set(ep.key, part.cached.built);
   }
   if (cache?.current) cache.current.entries = nextEntries;
-  const ipcache = desiredIpcache({
-    endpoints: input.endpoints,
-    hostAddresses: input.hostAddresses,
-    cidrs: input.cidrs,
-    remote: input.remote,
-    fqdn: input.fqdn?.ipcacheEntries(),
-  });
-  return { policy, ipcache, flags, compiler, ports };
+  const ipcache = ipcacheFrom(
+    {
+      endpoints: input.endpoints,
+      hostAddresses: input.hostAddresses,
+      cidrs: input.cidrs,
+      remote: input.remote,
+      fqdn: input.fqdn?.ipcacheEntries(),
+    },
+    ipcachePrev,
+    cidrChange,
+  );
+  if (cache?.current) cache.current.ipcache = ipcache;
+  return { policy, ipcache: ipcache.map, ipcacheDelta: ipcache.delta, flags, compiler, ports };
 }
 
 type CachedEntries = NonNullable<CompileCache['entries']> extends Map<string, infer V> ? V : never;

@@ -322,6 +322,8 @@ export class PolicyEngine extends PolicyView {
       stats = this.apply(desired);
     } catch (e) {
       this.cidrsRecords = undefined;
+      // The maps hold neither this build's ipcache nor (edited in place) the one before: whole next time.
+      if (this.compileCache.current) this.compileCache.current.ipcache = undefined;
       this.cidrs.undo();
       throw e;
     }

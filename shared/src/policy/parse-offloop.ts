@@ -12,6 +12,7 @@ import { adoptFingerprints } from './fingerprint.ts';
 import { parsePolicies, type ParseOptions, type ParseResult } from './parse.ts';
 import type { ParseAnswer } from './parse-worker.ts';
 import { adoptJson, SourceText } from './record-json.ts';
+import { RuleMemo } from './rule-memo.ts';
 import { resolveRuleRefs, rulesByPrint } from './rule-refs.ts';
 import type { Policy, Rule } from './types.ts';
 
@@ -60,6 +61,9 @@ export class PolicyParser {
   private readonly pending = new Map<number, Pending>();
   private idle?: NodeJS.Timeout;
   private readonly minBytes: number;
+  /** Rules of the last inline parse: replacing one policy by name again (kubectl apply of one CNP)
+   *  validates the rules that changed, not all of them (rule-memo.ts; the worker keeps its own). */
+  private readonly inlineMemo = new RuleMemo();
 
   constructor(private readonly opts: PolicyParserOptions = {}) {
     this.minBytes = opts.minBytes ?? OFFLOAD_MIN_BYTES;
@@ -68,7 +72,11 @@ export class PolicyParser {
   /** Same result as parsePolicies (bad input is issues, never a rejection). */
   parse(text: string, opts: ParseOptions): Promise<ParseResult> {
     const worker = typeof text === 'string' && Buffer.byteLength(text) >= this.minBytes ? this.ensureWorker() : undefined;
-    if (!worker) return Promise.resolve(parsePolicies(text, opts));
+    if (!worker) {
+      const r = parsePolicies(text, { ...opts, memo: this.inlineMemo });
+      this.inlineMemo.turn();
+      return Promise.resolve(r);
+    }
     clearTimeout(this.idle);
     const id = this.nextId++;
     worker.ref(); // an answer is owed: keep the process alive for it
