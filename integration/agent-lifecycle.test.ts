@@ -1,13 +1,10 @@
 // The agent can die at any time: forwarding goes on, and the restarted agent picks up where it was.
 // Many pods at once get distinct working endpoints; bad requests fail cleanly and leave nothing.
 import t from 'tap';
-import { startAgent, randomId, restoreVerified, sleep } from './lib/agent.ts';
+import { ip4, startAgent, randomId, restoreVerified, sleep } from './lib/agent.ts';
 import { createNetns, linkGone, ping, type TestNetns } from './lib/netns.ts';
 import { startEchoServer, startFlow, killAll } from './lib/tcp.ts';
 import { mapEntries } from './lib/inspect.ts';
-import type { Endpoint } from '../shared/src/types.ts';
-
-const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
 
 t.test('kill -9 the agent while TCP flows: the flow goes on; the restarted agent restores and deletes', async (t) => {
   const agent = await startAgent();

@@ -10,7 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { parse as parseYaml } from 'yaml';
-import { randomId, REPO, startAgent, type TestAgent } from './lib/agent.ts';
+import { ip4, randomId, REPO, startAgent, type TestAgent } from './lib/agent.ts';
 import { createNetns, type TestNetns } from './lib/netns.ts';
 import { type CliResult, membrane } from './lib/cli.ts';
 import { probe } from './lib/probe.ts';
@@ -34,7 +34,6 @@ const nss: TestNetns[] = [];
 const servers: Awaited<ReturnType<typeof startEchoServer>>[] = [];
 let client: Endpoint, server: Endpoint;
 let nsClient: TestNetns;
-const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
 
 function cli(...args: string[]): Promise<CliResult> {
   return membrane(['--socket', agent.socket, ...args]);

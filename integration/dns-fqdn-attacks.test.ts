@@ -7,10 +7,10 @@ import { spawn } from 'node:child_process';
 import * as packet from 'dns-packet';
 import fs from 'node:fs';
 import path from 'node:path';
-import { REPO } from './lib/agent.ts';
+import { ip4, REPO } from './lib/agent.ts';
 import { probe } from './lib/probe.ts';
 import { resolveAndConnect, startDnsmasq } from './lib/dns.ts';
-import { dnsFqdnForFile, ip4, nodeIn, until } from './lib/dns-fqdn-file.ts';
+import { dnsFqdnForFile, nodeIn, until } from './lib/dns-fqdn-file.ts';
 
 if (process.getuid?.() !== 0) {
   t.plan(0, 'needs root');

@@ -3,12 +3,9 @@
 // with the old pod's address works at once, while the old pod's netns (still held here, as a
 // runtime may) can no longer send anything through Membrane.
 import t from 'tap';
-import { startAgent, randomId, sleep, type TestAgent } from './lib/agent.ts';
+import { ip4, startAgent, randomId, sleep, type TestAgent } from './lib/agent.ts';
 import { createNetns, linkExists, ping } from './lib/netns.ts';
 import { killAll, startEchoServer, startFlow, tcpRequest } from './lib/tcp.ts';
-import type { Endpoint } from '../shared/src/types.ts';
-
-const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
 
 async function until(what: () => boolean, timeoutMs = 5000): Promise<boolean> {
   for (const deadline = Date.now() + timeoutMs; Date.now() < deadline; await sleep(50)) if (what()) return true;

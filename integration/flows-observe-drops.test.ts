@@ -3,8 +3,8 @@
 // numbers reads the real agent; the metrics page parses as Prometheus text and agrees with the
 // observer. Traffic stays between our netns and the node; every name is unique; everything is removed.
 import t from 'tap';
-import type { TestAgent } from './lib/agent.ts';
-import { type FlowPods, ip4, startFlowPods } from './lib/flow-pods.ts';
+import { ip4, type TestAgent } from './lib/agent.ts';
+import { type FlowPods, startFlowPods } from './lib/flow-pods.ts';
 import { tcpRequest } from './lib/tcp.ts';
 import type { ObserverClient } from '../shared/src/flows/client.ts';
 import { sampleValue } from '../shared/src/metrics/parse.ts';

@@ -4,14 +4,13 @@
 // and the metrics page: flows-observe-drops.test.ts (its own agent, in parallel).
 // Traffic stays between our netns and the node; every name is unique; everything is removed.
 import t from 'tap';
-import type { TestAgent } from './lib/agent.ts';
-import { type FlowPods, ip4, startFlowPods } from './lib/flow-pods.ts';
+import { type FlowPods, startFlowPods } from './lib/flow-pods.ts';
 import { tcpRequest } from './lib/tcp.ts';
 import type { ObserverClient } from '../shared/src/flows/client.ts';
 import type { GetFlowsRequest } from '../shared/src/flows/types.ts';
 import { spawn } from 'node:child_process';
 import path from 'node:path';
-import { REPO } from './lib/agent.ts';
+import { ip4, REPO, type TestAgent } from './lib/agent.ts';
 
 if (process.getuid?.() !== 0) {
   t.plan(0, 'needs root');

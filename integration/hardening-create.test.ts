@@ -6,15 +6,13 @@ import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { randomId, sleep } from './lib/agent.ts';
+import { ip4, randomId, sleep } from './lib/agent.ts';
 import { startNode, type TestNode } from './lib/node-netns.ts';
 import { createNetns, ping, type TestNetns } from './lib/netns.ts';
 import { ensureCniBinary, invokeCni } from '../cni/test/lib/exec.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
-import type { Endpoint } from '../shared/src/types.ts';
 
 ensureCniBinary();
-const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
 const cniConf = (node: TestNode, extra: object = {}) => ({
   cniVersion: '1.0.0',
   name: `hard-${node.agent.id}`,

@@ -5,7 +5,7 @@ import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { randomId, REPO, sleep } from './lib/agent.ts';
+import { ip4, randomId, REPO, sleep } from './lib/agent.ts';
 import { startNode, type TestNode } from './lib/node-netns.ts';
 import { createNetns, ping, type TestNetns } from './lib/netns.ts';
 import { nodeState } from './lib/leaks.ts';
@@ -19,7 +19,6 @@ const conf = (node: TestNode) => ({
   type: 'membrane-cni',
   agentSocket: node.agent.socket,
 });
-const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
 
 /** A tmpfs of `size` mounted under a unique /tmp path; unmounted and removed at teardown. */
 function smallDisk(t: { teardown(fn: () => unknown): void }, size: string): string {

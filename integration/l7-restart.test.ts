@@ -7,7 +7,7 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { createNetns, type TestNetns } from './lib/netns.ts';
-import { randomId, startAgent, type TestAgent } from './lib/agent.ts';
+import { ip4, randomId, startAgent, type TestAgent } from './lib/agent.ts';
 import { curl, RawHttp, request, startHttpServer } from './lib/http.ts';
 import { probe } from './lib/probe.ts';
 import { l7WorkersConnected } from './lib/l7-workers.ts';
@@ -23,7 +23,6 @@ if (process.getuid?.() !== 0) {
 }
 
 const ECHO = 8080;
-const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
 let agent: TestAgent;
 let pc: PolicyClient;
 const nss: TestNetns[] = [];

@@ -6,10 +6,9 @@ import t from 'tap';
 import { createNetns, ping, type TestNetns } from './lib/netns.ts';
 import { createWorld, type TestWorld } from './lib/world.ts';
 import { startEchoServer, startFlow, killAll } from './lib/tcp.ts';
-import { randomId, startAgent } from './lib/agent.ts';
+import { ip4, randomId, startAgent, type TestAgent } from './lib/agent.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { probe, udpProbe } from './lib/probe.ts';
-import type { TestAgent } from './lib/agent.ts';
 import type { Endpoint } from '../shared/src/types.ts';
 
 if (process.getuid?.() !== 0) {
@@ -20,7 +19,6 @@ if (process.getuid?.() !== 0) {
 const TCP_A = 8080,
   TCP_B = 8081,
   UDP_PORT = 9090;
-const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
 
 let agent: TestAgent;
 let pc: PolicyClient;

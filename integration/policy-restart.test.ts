@@ -3,7 +3,7 @@
 // nothing in the maps changed and identities kept their numbers. Agent-wide audit mode
 // (--policy-audit-mode) lets would-be drops pass, and turning it off enforces again.
 import t from 'tap';
-import { randomId, startAgent, type TestAgent } from './lib/agent.ts';
+import { ip4, randomId, startAgent, type TestAgent } from './lib/agent.ts';
 import { createNetns, type TestNetns } from './lib/netns.ts';
 import { startEchoServer, startFlow, killAll } from './lib/tcp.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
@@ -17,7 +17,6 @@ if (process.getuid?.() !== 0) {
 }
 
 const PORT = 8080;
-const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
 const POLICY = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: web-from-client}

@@ -7,6 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { AgentClient } from '../../shared/src/api/client.ts';
+import type { Endpoint } from '../../shared/src/types.ts';
 import { ownChild, ownDir, ownLink, type Release, signalAndWait } from './cleanup.ts';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -89,6 +90,9 @@ export async function restoreVerified(client: AgentClient, timeoutMs = 30_000): 
     if (Date.now() > deadline) throw new Error(`restored endpoints still not verified after ${timeoutMs} ms`);
   }
 }
+
+/** An endpoint's IPv4 address, without its prefix length (the endpoint has one). */
+export const ip4 = (e: Endpoint): string => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
 
 export function randomId(bytes = 4): string {
   return crypto.randomBytes(bytes).toString('hex');

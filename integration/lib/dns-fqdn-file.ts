@@ -55,8 +55,6 @@ export interface DnsFqdnFile {
   cacheList(name?: string): Promise<FqdnCacheEntryView[]>;
 }
 
-export const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
-
 const policy = (W: WorldAddrs) => `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: client-fqdn}

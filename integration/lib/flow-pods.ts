@@ -37,8 +37,6 @@ export interface FlowPods {
   cleanup(): Promise<void>;
 }
 
-export const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
-
 export async function startFlowPods(): Promise<FlowPods> {
   const portA = 7000 + Math.floor(Math.random() * 500);
   const portB = portA + 1;

@@ -8,7 +8,7 @@ import path from 'node:path';
 import type { Test } from 'tap';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
 import type { Endpoint } from '../../shared/src/types.ts';
-import { randomId, REPO, startAgent, type TestAgent } from './agent.ts';
+import { ip4, randomId, REPO, startAgent, type TestAgent } from './agent.ts';
 import { type CliResult, membrane } from './cli.ts';
 import { standIn } from './cluster-file.ts';
 import { startHttpServer } from './http.ts';
@@ -19,7 +19,8 @@ import { createWorld, type TestWorld } from './world.ts';
 
 export const FIXTURES = path.join(REPO, 'examples/policies/l7-http');
 export const fixture = (f: string) => fs.readFileSync(path.join(FIXTURES, f), 'utf8');
-export const ip4 = (e: Endpoint) => e.ips.find((x) => x.family === 4)!.address.split('/')[0];
+// The l7 tests import ip4 from here with the rest of this harness.
+export { ip4 };
 
 /** A policy on tier=web port 80 for stage=live: GET|HEAD /public/.*, POST|PUT /upload, GET /ws (+ `extra` YAML). */
 export const API = (extra = '') => `apiVersion: cilium.io/v2
