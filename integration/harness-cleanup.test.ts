@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import t, { type Test } from 'tap';
 import { REPO, sleep } from './lib/agent.ts';
+import { alive } from './lib/cleanup.ts';
 
 interface Created {
   netns: string[];
@@ -16,16 +17,6 @@ interface Created {
 }
 
 const FIXTURE = path.join(REPO, 'integration/lib/killed-harness.ts');
-
-/** Alive and not a zombie (a killed child reparented to init is reaped a moment later). */
-function alive(pid: number): boolean {
-  try {
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    return !/^\d+ \(.*\) Z/.test(stat);
-  } catch {
-    return false;
-  }
-}
 
 async function runAndKill(mode: 'wait' | 'crash', signal?: NodeJS.Signals) {
   const env = { ...process.env };

@@ -12,6 +12,7 @@ import { curl, RawHttp, request, startHttpServer } from './lib/http.ts';
 import { probe } from './lib/probe.ts';
 import { l7WorkersConnected } from './lib/l7-workers.ts';
 import { killAll, startEchoServer } from './lib/tcp.ts';
+import { alive } from './lib/cleanup.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { PROXY_ROUTE_TABLE } from '../shared/src/l7/routing.ts';
 import type { Endpoint } from '../shared/src/types.ts';
@@ -46,14 +47,6 @@ spec:
 
 const workersConnected = () => l7WorkersConnected(agent.client);
 const drops = async () => ((await agent.client.request('GET', '/v1/policy/status')) as { drops: Record<string, number> }).drops;
-const alive = (pid: number) => {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-};
 // The host's own way out. An early L7 prototype once replaced the node's default route: the proxy's
 // "every destination is local" route must only ever exist in its own table.
 const ip = (...args: string[]) => execFileSync('ip', args, { encoding: 'utf8' });

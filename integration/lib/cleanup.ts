@@ -73,6 +73,17 @@ export function signalAndWait(child: ChildProcess | undefined, sig: NodeJS.Signa
   });
 }
 
+/** Whether process `pid` is running: it exists and is not a zombie (a killed process stays one until
+ *  its parent reaps it, which for a child reparented to init is a moment later). Any user's process
+ *  counts (read from /proc, not probed with a signal). */
+export function alive(pid: number): boolean {
+  try {
+    return !/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
+  } catch {
+    return false;
+  }
+}
+
 /** A netns we added (`ip netns add NAME`). */
 export function ownNetns(name: string): Release {
   return register('netns', () => quiet('ip', ['netns', 'del', name]));

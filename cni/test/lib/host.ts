@@ -2,6 +2,7 @@
 // dirs): a cross-process lock so those tests run one at a time, and removal of exactly what they created.
 import fs from 'node:fs';
 import path from 'node:path';
+import { alive } from '../../../integration/lib/cleanup.ts';
 
 /** Waits for and takes a host-wide lock (a dir holding the owner's pid; a dead owner's lock is taken over). */
 export async function hostLock(name: string, timeoutMs = 600_000): Promise<() => void> {
@@ -25,15 +26,6 @@ export async function hostLock(name: string, timeoutMs = 600_000): Promise<() =>
     if (owner && !alive(owner)) fs.rmSync(dir, { recursive: true, force: true });
     if (Date.now() > deadline) throw new Error(`lock ${dir} still held by pid ${owner}`);
     await new Promise((r) => setTimeout(r, 200));
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
   }
 }
 
