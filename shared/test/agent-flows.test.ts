@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Endpoint } from '../src/types.ts';
+import { endpointRecord } from './lib/endpoint-record.ts';
 import type { ServerStatus } from '../src/flows/types.ts';
 
 const root = process.getuid?.() === 0 && fs.existsSync('/sys/fs/bpf');
@@ -28,25 +29,19 @@ const pinDir = `/sys/fs/bpf/mbt-flows-ext-${id}`;
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), `mbt-flows-ext-${id}-`));
 const producer = SyntheticProducer.open(pinDir); // creates the events / events_lost pins the agent reads
 
-const ep = (n: number, ip: string, labels: Record<string, string>): Endpoint => ({
-  id: n,
-  containerId: `ctr-${n}`,
-  ifName: 'eth0',
-  network: 'default',
-  netns: '/x',
-  hostIfName: `mbr${n}`,
-  hostIfIndex: 10 + n,
-  hostMac: '',
-  mac: '',
-  mtu: 1500,
-  ips: [{ address: `${ip}/32`, gateway: '', family: 4, subnet: '' }],
-  routes: [],
-  labels,
-  metadata: {},
-  identity: 300 + n,
-  externalIpam: false,
-  createdAt: '',
-});
+const ep = (n: number, ip: string, labels: Record<string, string>): Endpoint =>
+  endpointRecord(n, {
+    containerId: `ctr-${n}`,
+    network: 'default',
+    netns: '/x',
+    hostIfName: `mbr${n}`,
+    hostIfIndex: 10 + n,
+    hostMac: '',
+    mac: '',
+    ips: [{ address: `${ip}/32`, gateway: '', family: 4, subnet: '' }],
+    labels,
+    identity: 300 + n,
+  });
 const endpoints = [ep(1, '10.77.0.2', { 'k8s:app': 'client' }), ep(2, '10.77.0.3', { 'k8s:app': 'db' })];
 const hooks: { afterCreate?: (e: Endpoint, ms: number) => void; afterDelete?: (e: Endpoint) => void }[] = [];
 let policyRevision = 1;

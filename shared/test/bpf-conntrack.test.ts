@@ -6,6 +6,7 @@ import t from 'tap';
 import { echo, eth, ETH_P, icmp, ipv4, ipv6, PROTO, TCP_FLAGS, tcp, udp } from '../src/bpf/packets.ts';
 import { bpfHarness, OK, REDIRECT, requireBpf, SHOT, vethIfindexes } from './lib/bpf-harness.ts';
 import { policyHarness, type TestEndpoint } from './lib/policy-harness.ts';
+import { endpointRecord } from './lib/endpoint-record.ts';
 
 requireBpf();
 
@@ -110,25 +111,16 @@ spec:
     ips: [B.ip, C.ip6],
     gateway6: GW6,
   });
-  await p.engine.endpointAttached({
-    id: C.id,
-    containerId: `c${C.id}`,
-    ifName: 'eth0',
-    network: 'n',
-    netns: null,
-    hostIfName: 'x',
-    hostIfIndex: C.ifindex,
-    hostMac: C.hostMac,
-    mac: C.mac,
-    mtu: 1500,
-    routes: [],
-    labels: C.labels,
-    metadata: {},
-    identity: p.identity(C),
-    externalIpam: false,
-    createdAt: '',
-    ips: [{ address: `${B.ip}/32`, gateway: '10.0.0.254', family: 4, subnet: '10.0.0.0/8' }],
-  });
+  await p.engine.endpointAttached(
+    endpointRecord(C.id, {
+      hostIfIndex: C.ifindex,
+      hostMac: C.hostMac,
+      mac: C.mac,
+      labels: C.labels,
+      identity: p.identity(C),
+      ips: [{ address: `${B.ip}/32`, gateway: '10.0.0.254', family: 4, subnet: '10.0.0.0/8' }],
+    }),
+  );
   t.same(
     run(from4(C2, A.ip, tcp(80, lp, TCP_FLAGS.ACK), PROTO.TCP), 'from', C2),
     { verdict: SHOT, reason: POLICY_DENIED },

@@ -4,27 +4,20 @@ import { buildFlow, layer4, splitOffset, verdictOf, wallTime, type FlowContext, 
 import { EndpointTable } from '../src/flows/endpoints.ts';
 import { VERSION } from '../src/version.ts';
 import type { Endpoint } from '../src/types.ts';
+import { endpointRecord } from './lib/endpoint-record.ts';
 
-const ep = (id: number, ip: string, labels: Record<string, string>, extra: Partial<Endpoint> = {}): Endpoint => ({
-  id,
-  containerId: `c${id}`,
-  ifName: 'eth0',
-  network: 'default',
-  netns: '/x',
-  hostIfName: `mbr${id}`,
-  hostIfIndex: 100 + id,
-  hostMac: '',
-  mac: '',
-  mtu: 1500,
-  ips: [{ address: `${ip}/32`, gateway: '', family: 4, subnet: '' }],
-  routes: [],
-  labels,
-  metadata: {},
-  identity: 256 + id,
-  externalIpam: false,
-  createdAt: '',
-  ...extra,
-});
+const ep = (id: number, ip: string, labels: Record<string, string>, extra: Partial<Endpoint> = {}): Endpoint =>
+  endpointRecord(id, {
+    network: 'default',
+    netns: '/x',
+    hostIfName: `mbr${id}`,
+    hostMac: '',
+    mac: '',
+    ips: [{ address: `${ip}/32`, gateway: '', family: 4, subnet: '' }],
+    labels,
+    identity: 256 + id,
+    ...extra,
+  });
 
 const table = EndpointTable.from([
   ep(

@@ -2,6 +2,7 @@
 // BPF_PROG_TEST_RUN runs) and DST only in the maps, and IPv4/IPv6 TCP frames between them built
 // byte by byte (checksum fields left zero).
 import type { Endpoint } from '../../src/types.ts';
+import { endpointRecord } from './endpoint-record.ts';
 
 const mac = (s: string) => Buffer.from(s.split(':').map((h) => parseInt(h, 16)));
 // Redirects to DST are recorded, not done.
@@ -9,28 +10,15 @@ export const SRC = { id: 21, ifindex: 1, ip: '10.252.0.1', ip6: 'fd00:fc::1', la
 export const DST = { id: 22, ifindex: 900002, ip: '10.252.0.2', ip6: 'fd00:fc::2', labels: { app: 'b' } };
 
 export function endpoint(e: typeof SRC, identity: number): Endpoint {
-  return {
-    id: e.id,
-    containerId: `c${e.id}`,
-    ifName: 'eth0',
-    network: 'n',
-    netns: null,
-    hostIfName: 'x',
+  return endpointRecord(e.id, {
     hostIfIndex: e.ifindex,
-    hostMac: '02:00:00:00:00:01',
-    mac: '02:00:00:00:00:02',
-    mtu: 1500,
-    routes: [],
     labels: e.labels,
-    metadata: {},
     identity,
-    externalIpam: false,
-    createdAt: '',
     ips: [
       { address: `${e.ip}/32`, gateway: '10.252.0.254', family: 4, subnet: '10.252.0.0/24' },
       { address: `${e.ip6}/128`, gateway: 'fd00:fc::fe', family: 6, subnet: 'fd00:fc::/64' },
     ],
-  };
+  });
 }
 
 const v4 = (ip: string) => Buffer.from(ip.split('.').map(Number));

@@ -4,7 +4,7 @@ import t from 'tap';
 import { MemoryStore } from '../../src/store/index.ts';
 import { PolicyEngine } from '../../src/policy/engine.ts';
 import { datapathOps, type DatapathPolicyOps } from '../../src/policy/datapath-ops.ts';
-import type { Endpoint } from '../../src/types.ts';
+import { endpointRecord } from './endpoint-record.ts';
 import type { Harness } from './bpf-harness.ts';
 
 export interface TestEndpoint {
@@ -36,28 +36,17 @@ export function policyHarness(h: Harness, endpoints: TestEndpoint[], gateway6 = 
     for (const e of endpoints) {
       const identity = await p.engine.identityFor(e.labels);
       ids.set(e.id, identity);
-      const ep: Endpoint = {
-        id: e.id,
-        containerId: `c${e.id}`,
-        ifName: 'eth0',
-        network: 'n',
-        netns: null,
-        hostIfName: 'x',
+      const ep = endpointRecord(e.id, {
         hostIfIndex: e.ifindex,
         hostMac: e.hostMac,
         mac: e.mac,
-        mtu: 1500,
-        routes: [],
         labels: e.labels,
-        metadata: {},
         identity,
-        externalIpam: false,
-        createdAt: '',
         ips: [
           { address: `${e.ip}/32`, gateway: '10.0.0.254', family: 4, subnet: '10.0.0.0/8' },
           { address: `${e.ip6}/128`, gateway: gateway6, family: 6, subnet: 'fd00::/8' },
         ],
-      };
+      });
       h.dp.upsertEndpoint({
         hostIfindex: e.ifindex,
         endpointId: e.id,

@@ -5,6 +5,7 @@ import { decodePolicyKey } from '../../src/policy/map-codec.ts';
 import { parsePolicies } from '../../src/policy/parse.ts';
 import type { PolicyRecord } from '../../src/policy/types.ts';
 import type { Endpoint } from '../../src/types.ts';
+import { endpointRecord } from './endpoint-record.ts';
 
 /** The pinned maps as Maps; a policy write can be made to fail half-way (an E2BIG from the kernel). */
 export class MemoryPolicyOps implements PolicyDatapathOps {
@@ -59,25 +60,13 @@ export class MemoryPolicyOps implements PolicyDatapathOps {
 
 /** An endpoint as the endpoint manager would hand it to the engine (host ifindex 100 + id). */
 export function testEndpoint(id: number, labels: Record<string, string>, identity: number, ip: string): Endpoint {
-  return {
-    id,
-    containerId: `c${id}`,
-    ifName: 'eth0',
+  return endpointRecord(id, {
     network: 'default',
-    netns: null,
     hostIfName: `h${id}`,
-    hostIfIndex: 100 + id,
-    hostMac: '02:00:00:00:00:01',
-    mac: '02:00:00:00:00:02',
-    mtu: 1500,
     ips: [{ address: `${ip}/32`, gateway: '10.0.0.1', family: 4, subnet: '10.0.0.0/24' }],
-    routes: [],
     labels,
-    metadata: {},
     identity,
-    externalIpam: false,
-    createdAt: '',
-  };
+  });
 }
 
 /** Three pods as the compile takes them: web (1001), db (1002) and client (1003), one address each. */
