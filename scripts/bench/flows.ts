@@ -9,7 +9,6 @@
 //           on/off pairs in one run (the switch is the datapath_config map, flipped in place: same
 //           pods, same agent, same programs).
 import fs from 'node:fs';
-import http from 'node:http';
 import path from 'node:path';
 import { startAgent, type TestAgent } from '../../integration/lib/agent.ts';
 import * as bpf from '../../shared/src/bpf/libbpf.ts';
@@ -17,7 +16,8 @@ import { ObserverClient } from '../../shared/src/flows/client.ts';
 import { encodeTraceEvent, EventType } from '../../shared/src/flows/event.ts';
 import { SyntheticProducer } from '../../shared/src/flows/synthetic/producer.ts';
 import { decodeGlobalConfig, encodeGlobalConfig, encodeU32Key, GLOBAL_CONFIG_SIZE } from '../../shared/src/maps/codec.ts';
-import { parsePrometheusText, sampleValue } from '../../shared/src/metrics/parse.ts';
+import { sampleValue } from '../../shared/src/metrics/parse.ts';
+import { scrapeMetrics } from '../../integration/lib/metrics.ts';
 import { connectionRate, markdownTable, median, rrLatency, sleep, throughput } from './lib.ts';
 import { membrane, type Pods } from './topologies.ts';
 
@@ -33,22 +33,6 @@ const fmtRate = (n: number) => (n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : `${Math.
 function cpuSeconds(pid: number): number {
   const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
   return (Number(fields[11]) + Number(fields[12])) / 100; // USER_HZ
-}
-
-async function scrape(agent: TestAgent): Promise<ReturnType<typeof parsePrometheusText>> {
-  const address = ((await agent.client.status()) as unknown as { metrics: { address: string } }).metrics.address;
-  const text = await new Promise<string>((resolve, reject) => {
-    http
-      .get(`http://${address}/metrics`, (res) => {
-        let b = '';
-        res.on('data', (d) => {
-          b += d;
-        });
-        res.on('end', () => resolve(b));
-      })
-      .on('error', reject);
-  });
-  return parsePrometheusText(text);
 }
 
 /** Emits `rate` events/s for `seconds`, paced every 2 ms (bursts stay far below the ring's ~10k). */
@@ -98,7 +82,7 @@ async function ingest(): Promise<string> {
     await sleep(300);
     let failures = 0;
     for (const rate of RATES) {
-      await scrape(agent); // resets the event-loop delay histogram
+      await scrapeMetrics(agent.client); // resets the event-loop delay histogram
       const before = await observer.status();
       const cpu0 = cpuSeconds(pid);
       const t0 = performance.now();
@@ -106,7 +90,7 @@ async function ingest(): Promise<string> {
       await sleep(300); // the reader's last drain
       const secs = (performance.now() - t0) / 1000;
       const cpu = (cpuSeconds(pid) - cpu0) / secs;
-      const page = await scrape(agent);
+      const page = await scrapeMetrics(agent.client);
       const after = await observer.status();
       const seen = after.seenFlows - before.seenFlows;
       const lost = (after.membrane?.lostEventsDatapath ?? 0) - (before.membrane?.lostEventsDatapath ?? 0);

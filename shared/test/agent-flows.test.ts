@@ -3,12 +3,12 @@
 // ring buffer -> flows (enriched from endpoints, identities, policy) -> gRPC + metrics is real.
 import t from 'tap';
 import fs from 'node:fs';
-import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { randomBytes } from 'node:crypto';
 import type { Endpoint } from '../src/types.ts';
 import { endpointRecord } from './lib/endpoint-record.ts';
+import { metricsPageAt } from './lib/metrics-page.ts';
 import type { ServerStatus } from '../src/flows/types.ts';
 
 const root = process.getuid?.() === 0 && fs.existsSync('/sys/fs/bpf');
@@ -191,18 +191,7 @@ t.test('losses in the datapath are reported', async (t) => {
 t.test('metrics: endpoint hooks, drops, map pressure, flows, lost', async (t) => {
   for (const h of hooks) h.afterCreate?.(endpoints[0], 37);
   const address = flows.status().metrics.address;
-  const body = await new Promise<string>((resolve, reject) => {
-    http
-      .get(`http://${address}/metrics`, (res) => {
-        let b = '';
-        res.on('data', (d) => {
-          b += d;
-        });
-        res.on('end', () => resolve(b));
-      })
-      .on('error', reject);
-  });
-  const page = parsePrometheusText(body);
+  const page = parsePrometheusText(await metricsPageAt(address));
   t.equal(sampleValue(page, 'membrane_endpoint_create_duration_seconds_count'), 1);
   t.equal(sampleValue(page, 'membrane_endpoints'), 2);
   t.equal(sampleValue(page, 'membrane_drop_count_total', { reason: 'POLICY_DENIED' }), 4);
