@@ -4,7 +4,7 @@
 // Two veth pairs of our own give endpoints B and C real interfaces to send from.
 import t from 'tap';
 import { echo, eth, ETH_P, icmp, ipv4, ipv6, PROTO, TCP_FLAGS, tcp, udp } from '../src/bpf/packets.ts';
-import { bpfHarness, OK, REDIRECT, requireBpf, SHOT, vethIfindexes } from './lib/bpf-harness.ts';
+import { bpfHarness, OK, REDIRECT, requireBpf, runCounted, SHOT, vethIfindexes } from './lib/bpf-harness.ts';
 import { policyHarness, type TestEndpoint } from './lib/policy-harness.ts';
 import { endpointRecord } from './lib/endpoint-record.ts';
 
@@ -45,15 +45,7 @@ const to6 = (e: TestEndpoint, src: string, dst: string, l4: Buffer, hopLimit = 2
 const quote = (src: string, dst: string, l4: Buffer, proto: number) => ipv4({ src, dst, proto }, l4).subarray(0, 28);
 const unreachable = (quoted: Buffer) => icmp(3, 3, 0, quoted);
 
-function run(pkt: Buffer, hook: 'from' | 'to', e: TestEndpoint): { verdict: number; reason?: number } {
-  const before = h.dp.dropCounters();
-  const verdict = hook === 'from' ? h.from(pkt, e.ifindex) : h.to(pkt, e.ifindex);
-  const after = h.dp.dropCounters();
-  const moved = Object.keys(after)
-    .map(Number)
-    .filter((r) => after[r].packets !== (before[r]?.packets ?? 0n));
-  return moved.length ? { verdict, reason: moved[0] } : { verdict };
-}
+const run = (pkt: Buffer, hook: 'from' | 'to', e: TestEndpoint) => runCounted(h, hook, pkt, e.ifindex);
 
 // Every endpoint closed for ingress but to what a rule admits; egress open.
 const CLOSED = `apiVersion: cilium.io/v2

@@ -5,7 +5,7 @@
 // than the parser walks is dropped.
 import t from 'tap';
 import { eth, ETH_P, EXT, ah6, ext6, frag6, ipv4, ipv6, PROTO, TCP_FLAGS, tcp, udp } from '../src/bpf/packets.ts';
-import { bpfHarness, drops, OK, REDIRECT, requireBpf, SHOT } from './lib/bpf-harness.ts';
+import { bpfHarness, drops, OK, REDIRECT, requireBpf, runCounted, SHOT } from './lib/bpf-harness.ts';
 import { policyHarness, type TestEndpoint } from './lib/policy-harness.ts';
 
 requireBpf();
@@ -43,15 +43,7 @@ const out4 = (dst: string, o: Partial<Parameters<typeof ipv4>[0]>, l4: Buffer, p
 const out6 = (dst: string, next: number, payload: Buffer) =>
   eth(A.hostMac, A.mac, ETH_P.IPV6, ipv6({ src: A.ip6, dst, next }, payload));
 
-function run(pkt: Buffer, hook: 'from' | 'to' = 'from'): { verdict: number; reason?: number } {
-  const before = h.dp.dropCounters();
-  const verdict = hook === 'from' ? h.from(pkt) : h.to(pkt);
-  const after = h.dp.dropCounters();
-  const moved = Object.keys(after)
-    .map(Number)
-    .filter((r) => after[r].packets !== (before[r]?.packets ?? 0n));
-  return moved.length ? { verdict, reason: moved[0] } : { verdict };
-}
+const run = (pkt: Buffer, hook: 'from' | 'to' = 'from') => runCounted(h, hook, pkt);
 
 /** An L4 datagram cut into IPv4 fragments at the given byte offsets (multiples of 8). */
 function fragments4(dst: string, proto: number, l4: Buffer, cuts: number[], id: number): Buffer[] {

@@ -8,7 +8,7 @@ import { RingBufferReader } from '../src/flows/ringbuf.ts';
 import { progTestRun } from '../src/bpf/libbpf.ts';
 import { decodeTraceEvent, type TraceEvent } from '../src/flows/event.ts';
 import { arp, echo, eth, ETH_P, icmp, ipv4, ipv6, PROTO, TCP_FLAGS, tcp, udp } from '../src/bpf/packets.ts';
-import { bpfHarness, OK, REDIRECT, requireBpf, SHOT } from './lib/bpf-harness.ts';
+import { bpfHarness, OK, REDIRECT, requireBpf, runCounted, SHOT } from './lib/bpf-harness.ts';
 
 requireBpf();
 
@@ -58,16 +58,7 @@ const frame4 = (src: string, dst: string, l4: Buffer, proto: number = PROTO.UDP,
 const frame6 = (src: string, dst: string, l4: Buffer, next: number = PROTO.UDP, hopLimit = 64, srcMac = SRC.containerMac) =>
   eth(SRC.hostMac, srcMac, ETH_P.IPV6, ipv6({ src, dst, next, hopLimit }, l4));
 
-/** The verdict and which drop counter moved. */
-function run(pkt: Buffer): { verdict: number; reason?: number } {
-  const before = h.dp.dropCounters();
-  const verdict = h.from(pkt);
-  const after = h.dp.dropCounters();
-  const moved = Object.keys(after)
-    .map(Number)
-    .filter((r) => after[r].packets !== (before[r]?.packets ?? 0n));
-  return moved.length ? { verdict, reason: moved[0] } : { verdict };
-}
+const run = (pkt: Buffer) => runCounted(h, 'from', pkt);
 
 t.test('its own addresses pass, on the short-cut and towards the host', async (t) => {
   t.same(run(frame4(SRC.ips[0], DST.ips[0], udp(5000, 53))), { verdict: REDIRECT });

@@ -79,6 +79,18 @@ export function bpfHarness(opts: { ctMax?: number; endpoints?: EndpointDatapathC
   return h;
 }
 
+/** The verdict of from_container / to_container on a packet and the reason whose drop counter it
+ *  moved (none: no counter moved). */
+export function runCounted(h: Harness, hook: 'from' | 'to', pkt: Buffer, ifindex?: number): { verdict: number; reason?: number } {
+  const before = h.dp.dropCounters();
+  const verdict = hook === 'from' ? h.from(pkt, ifindex) : h.to(pkt, ifindex);
+  const after = h.dp.dropCounters();
+  const moved = Object.keys(after)
+    .map(Number)
+    .filter((r) => after[r].packets !== (before[r]?.packets ?? 0n));
+  return moved.length ? { verdict, reason: moved[0] } : { verdict };
+}
+
 /** Drop counter of one reason (bpf/lib/drop.h). */
 export function drops(dp: Datapath, reason: number): bigint {
   return dp.dropCounters()[reason]?.packets ?? 0n;
