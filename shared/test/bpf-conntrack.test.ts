@@ -56,6 +56,15 @@ spec:
   ingress: [{}]
 `;
 
+// B open to A (on top of CLOSED).
+const B_FROM_A = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: b-from-a}
+spec:
+  endpointSelector: {matchLabels: {app: b}}
+  ingress: [{fromEndpoints: [{matchLabels: {app: a}}]}]
+`;
+
 let port = 41000;
 const next = () => ++port;
 
@@ -76,14 +85,7 @@ t.test('a reply is a reply only at the pair that made the entry', async (t) => {
     { verdict: SHOT, reason: POLICY_DENIED },
     'B is closed to A',
   );
-  await p.apply(`${CLOSED}---
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: b-from-a}
-spec:
-  endpointSelector: {matchLabels: {app: b}}
-  ingress: [{fromEndpoints: [{matchLabels: {app: a}}]}]
-`);
+  await p.apply(`${CLOSED}---\n${B_FROM_A}`);
   t.same(run(from4(A, B.ip, tcp(lp, 80, TCP_FLAGS.SYN, 6), PROTO.TCP), 'from', A), { verdict: REDIRECT }, 'now A -> B:80');
   t.same(
     run(from4(B, A.ip, tcp(80, lp, TCP_FLAGS.SYN | TCP_FLAGS.ACK), PROTO.TCP), 'from', B),
@@ -173,14 +175,7 @@ t.test('ICMP errors are related only to flows of the endpoint receiving them', a
     'quoting a flow nobody has',
   );
   // Pod to pod: B may report on A's packets to B, C may not report on them.
-  await p.apply(`${CLOSED}---
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: b-from-a}
-spec:
-  endpointSelector: {matchLabels: {app: b}}
-  ingress: [{fromEndpoints: [{matchLabels: {app: a}}]}]
-`);
+  await p.apply(`${CLOSED}---\n${B_FROM_A}`);
   const up = next();
   t.same(run(from4(A, B.ip, udp(up, 9999), PROTO.UDP), 'from', A), { verdict: REDIRECT }, 'A -> B:9999');
   const toB = quote(A.ip, B.ip, udp(up, 9999), PROTO.UDP);
@@ -231,13 +226,6 @@ t.test("NDP and MLD stay on the endpoint's own link", async (t) => {
 
 t.test('a policy change revokes the established flows it denies; allowing them again lets them resume', async (t) => {
   t.teardown(() => p.clear());
-  const allowAB = `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: b-from-a}
-spec:
-  endpointSelector: {matchLabels: {app: b}}
-  ingress: [{fromEndpoints: [{matchLabels: {app: a}}]}]
-`;
   const denyAB = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: b-from-a}
@@ -245,7 +233,7 @@ spec:
   endpointSelector: {matchLabels: {app: b}}
   ingress: [{fromEndpoints: [{matchLabels: {app: c}}]}]
 `;
-  await p.apply(`${CLOSED}---\n${allowAB}`);
+  await p.apply(`${CLOSED}---\n${B_FROM_A}`);
   const lp = next(),
     wp = next();
   const ack = (seq: number) => from4(A, B.ip, tcp(lp, 80, TCP_FLAGS.ACK, seq), PROTO.TCP);
@@ -269,7 +257,7 @@ spec:
   t.same(run(back(), 'from', B), { verdict: SHOT, reason: POLICY_DENIED }, 'and stay dropped');
   t.equal(h.from(from4(B, W, udp(wp, 53), PROTO.UDP), B.ifindex), OK, 'a flow the change does not touch is not revoked');
 
-  await p.apply(`${CLOSED}---\n${allowAB}`);
+  await p.apply(`${CLOSED}---\n${B_FROM_A}`);
   t.equal(h.from(ack(4), A.ifindex), REDIRECT, "allowed again: the initiator's next packet passes");
   t.equal(h.from(back(), B.ifindex), REDIRECT, 'and the replies with it');
 

@@ -51,6 +51,14 @@ const drained = (): TraceEvent[] => {
   return out;
 };
 const policyDrops = () => dp.dropCounters()[133]?.packets ?? 0n; // POLICY_DENIED
+/** B closed for ingress: an ingress section that admits nothing. */
+const B_CLOSED = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: b-closed}
+spec:
+  endpointSelector: {matchLabels: {app: b}}
+  ingress: [{}]
+`;
 let port = 30000;
 const nextPort = () => ++port;
 
@@ -168,25 +176,13 @@ t.test('a SYN on a closed flow is a new flow; FLOW_END carries totals', async (t
   const ends = drained().filter((e) => e.type === 3);
   t.equal(ends.length, 2, 'one FLOW_END per enforcement point (a egress, b ingress)');
   t.match(ends[0], { packets: 3, sport: sp, dport: 80 });
-  await engine.importText(`apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: b-closed}
-spec:
-  endpointSelector: {matchLabels: {app: b}}
-  ingress: [{}]
-`);
+  await engine.importText(B_CLOSED);
   t.equal(from(ipv4(SRC.ip, DST.ip, 6, tcp(sp, 80, SYN, 222))), SHOT, 'same tuple, new SYN: the new policy applies');
   const rst = nextPort();
   await engine.delete('all');
   t.equal(from(ipv4(SRC.ip, DST.ip, 6, tcp(rst, 80, SYN, 5))), REDIRECT);
   t.equal(from(ipv4(SRC.ip, DST.ip, 6, tcp(rst, 80, RST))), REDIRECT);
-  await engine.importText(`apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: b-closed}
-spec:
-  endpointSelector: {matchLabels: {app: b}}
-  ingress: [{}]
-`);
+  await engine.importText(B_CLOSED);
   t.equal(from(ipv4(SRC.ip, DST.ip, 6, tcp(rst, 80, SYN, 5))), SHOT, 'after RST even the same ISN starts over');
 });
 
@@ -215,13 +211,7 @@ t.test('audit mode: per endpoint and agent-wide', async (t) => {
     await engine.setAudit('c22', 'eth0', null);
     await engine.delete('all');
   });
-  await engine.importText(`apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: b-closed}
-spec:
-  endpointSelector: {matchLabels: {app: b}}
-  ingress: [{}]
-`);
+  await engine.importText(B_CLOSED);
   t.equal(from(ipv4(SRC.ip, DST.ip, 6, tcp(nextPort(), 80, SYN))), SHOT);
   await engine.setAudit('c22', 'eth0', true);
   drained();
@@ -280,13 +270,7 @@ t.test('conntrack: flush by address, GC of expired entries', async (t) => {
   t.equal(from(ipv4(SRC.ip, DST.ip, 6, tcp(sp, 80, SYN))), REDIRECT);
   t.equal(dp.gcConntrack(), 0, 'nothing has expired yet');
   t.ok(dp.flushConntrack([DST.ip]) >= 1, 'the flow is flushed');
-  await engine.importText(`apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: b-closed}
-spec:
-  endpointSelector: {matchLabels: {app: b}}
-  ingress: [{}]
-`);
+  await engine.importText(B_CLOSED);
   t.equal(from(ipv4(SRC.ip, DST.ip, 6, tcp(sp, 80, ACK))), SHOT, 'after the flush, the flow meets the policy again');
   await engine.delete('all');
   from(ipv4(SRC.ip, DST.ip, 17, Buffer.from([0, 99, 0, 53, 0, 8, 0, 0])));
@@ -317,13 +301,7 @@ t.test('in-kernel cost (BPF_PROG_TEST_RUN, warm)', async (t) => {
   const sp = nextPort();
   from(ipv4(SRC.ip, DST.ip, 6, tcp(sp, 80, SYN)));
   const est = progTestRun(fromFd, ipv4(SRC.ip, DST.ip, 6, tcp(sp, 80, ACK)), { repeat: 100000 }).durationNs;
-  await engine.importText(`apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: b-closed}
-spec:
-  endpointSelector: {matchLabels: {app: b}}
-  ingress: [{}]
-`);
+  await engine.importText(B_CLOSED);
   const denied = progTestRun(fromFd, ipv4(SRC.ip, DST.ip, 6, tcp(nextPort(), 80, SYN)), { repeat: 100000 }).durationNs;
   await engine.delete('all');
   t.comment(`established pod-to-pod packet (both enforcement points): ${est} ns; denied new flow: ${denied} ns`);
