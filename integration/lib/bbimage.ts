@@ -5,43 +5,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { spawnSync } from 'node:child_process';
 import type { Dockerd } from './dockerd.ts';
-import { staticBusybox } from './images.ts';
+import { BUSYBOX_APPLETS, staticBusybox } from './images.ts';
 
 export const BB_IMAGE = 'membrane-test/bb:1';
 /** Label baked into the image (to check that image labels reach the endpoint). */
 export const BB_IMAGE_LABEL = { key: 'org.membrane.test.image', value: 'busybox' };
-
-const APPLETS = [
-  'sh',
-  'cat',
-  'echo',
-  'ip',
-  'ifconfig',
-  'ping',
-  'ping6',
-  'nc',
-  'sleep',
-  'usleep',
-  'wget',
-  'true',
-  'false',
-  'hostname',
-  'grep',
-  'touch',
-  'rm',
-  'mkdir',
-  'ls',
-  'route',
-  'arp',
-  'wc',
-  'head',
-  'date',
-  'seq',
-  'timeout',
-  'kill',
-  'ps',
-  'env',
-];
 
 /** Import the image into `d` unless it is there already. Returns the image reference. */
 export async function ensureBusyboxImage(d: Dockerd): Promise<string> {
@@ -53,7 +21,7 @@ export async function ensureBusyboxImage(d: Dockerd): Promise<string> {
     await fsp.mkdir(bin, { recursive: true });
     await fsp.copyFile(staticBusybox(), path.join(bin, 'busybox'));
     await fsp.chmod(path.join(bin, 'busybox'), 0o755);
-    for (const a of APPLETS) await fsp.symlink('busybox', path.join(bin, a));
+    for (const a of BUSYBOX_APPLETS) await fsp.symlink('busybox', path.join(bin, a));
     for (const sub of ['tmp', 'etc', 'proc', 'sys', 'dev']) await fsp.mkdir(path.join(dir, 'rootfs', sub));
     const tar = spawnSync('tar', ['-C', path.join(dir, 'rootfs'), '-cf', '-', '.'], { maxBuffer: 64 << 20 });
     if (tar.status !== 0) throw new Error(`tar of the busybox rootfs failed: ${tar.stderr}`);

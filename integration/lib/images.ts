@@ -13,23 +13,37 @@ export const PAUSE_TAG = 'membrane-test/pause:1';
 export const BB_REF = `docker.io/${BB_TAG}`;
 export const PAUSE_REF = `docker.io/${PAUSE_TAG}`;
 
-const APPLETS = [
+/** The applets linked to /bin/busybox in every test image (docker's, containerd's, podman's). */
+export const BUSYBOX_APPLETS = [
   'sh',
   'cat',
   'echo',
   'ip',
   'ifconfig',
   'ping',
+  'ping6',
   'nc',
   'sleep',
+  'usleep',
   'wget',
   'true',
   'false',
   'hostname',
-  'ls',
   'grep',
+  'touch',
+  'rm',
+  'mkdir',
+  'ls',
+  'route',
+  'arp',
+  'wc',
+  'head',
+  'date',
+  'seq',
   'timeout',
   'kill',
+  'ps',
+  'env',
 ];
 
 export function staticBusybox(): string {
@@ -59,7 +73,7 @@ export function buildImageTarball(dir: string): string {
     for (const d of ['proc', 'sys', 'dev', 'etc', 'tmp', 'run']) fs.mkdirSync(path.join(rootfs, d));
     fs.copyFileSync(staticBusybox(), path.join(rootfs, 'bin/busybox'));
     fs.chmodSync(path.join(rootfs, 'bin/busybox'), 0o755);
-    for (const a of APPLETS) fs.symlinkSync('busybox', path.join(rootfs, 'bin', a));
+    for (const a of BUSYBOX_APPLETS) fs.symlinkSync('busybox', path.join(rootfs, 'bin', a));
     fs.writeFileSync(path.join(rootfs, 'etc/passwd'), 'root:x:0:0:root:/:/bin/sh\n');
     fs.writeFileSync(path.join(rootfs, 'etc/group'), 'root:x:0:\n');
 
