@@ -4,6 +4,7 @@
 // socket for pipelining and keep-alive checks across policy changes).
 import { spawn, type ChildProcess } from 'node:child_process';
 import type { TestNetns } from './netns.ts';
+import { nodeIn, untilListening } from './tcp.ts';
 
 const SERVER = `
 const http = require('http');
@@ -61,31 +62,10 @@ srv.on('upgrade', (req, socket) => {
 srv.listen(port, host, () => process.stdout.write('listening\\n'));
 `;
 
-function nodeIn(ns: TestNetns, script: string, args: string[]): ChildProcess {
-  const env: NodeJS.ProcessEnv = { ...process.env, NODE_OPTIONS: '' };
-  delete env.NODE_EXTRA_CA_CERTS;
-  return spawn('nsenter', [`--net=${ns.path}`, process.execPath, '-e', script, ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env,
-  });
-}
-
 /** An HTTP server on port (every address of the netns); resolves once it listens. */
 export async function startHttpServer(ns: TestNetns, port: number, name: string, host = '0.0.0.0'): Promise<ChildProcess> {
   const child = nodeIn(ns, SERVER, [String(port), host, name]);
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`HTTP server ${name} did not start`)), 15_000);
-    child.stdout!.on('data', (d: Buffer) => {
-      if (d.toString().includes('listening')) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`HTTP server ${name} exited ${code}`));
-    });
-  });
+  await untilListening(child, `HTTP server ${name}`, 15_000);
   return child;
 }
 
@@ -173,12 +153,7 @@ export class RawHttp {
   private waiter?: () => void;
 
   constructor(ns: TestNetns, ip: string, port: number) {
-    const env: NodeJS.ProcessEnv = { ...process.env, NODE_OPTIONS: '' };
-    delete env.NODE_EXTRA_CA_CERTS;
-    this.child = spawn('nsenter', [`--net=${ns.path}`, process.execPath, '-e', RAW, ip, String(port)], {
-      stdio: ['pipe', 'pipe', 'pipe'],
-      env,
-    });
+    this.child = nodeIn(ns, RAW, [ip, String(port)], { stdin: true });
     let buf = '';
     this.child.stdout!.on('data', (d: Buffer) => {
       buf += d.toString();
@@ -251,13 +226,7 @@ export interface WsResult {
  * of N bytes), waits for as many answers, closes. Answers are text, or "bytes:N:<first 5 bytes>".
  */
 export function webSocket(ns: TestNetns, url: string, messages: string[]): Promise<WsResult> {
-  const env: NodeJS.ProcessEnv = { ...process.env, NODE_OPTIONS: '' };
-  delete env.NODE_EXTRA_CA_CERTS;
-  const child = spawn(
-    'nsenter',
-    [`--net=${ns.path}`, process.execPath, '--no-warnings', '--experimental-websocket', '-e', WS_CLIENT, url, ...messages],
-    { stdio: ['ignore', 'pipe', 'pipe'], env },
-  );
+  const child = nodeIn(ns, WS_CLIENT, [url, ...messages], { flags: ['--no-warnings', '--experimental-websocket'] });
   let out = '',
     err = '';
   child.stdout!.on('data', (d: Buffer) => {

@@ -31,19 +31,26 @@ s.on('data', (d) => { process.stdout.write(d.toString()); clearTimeout(timer); s
 s.on('error', (e) => { process.stdout.write('error ' + e.code); process.exit(1); });
 `;
 
-function nodeIn(ns: TestNetns, script: string, args: string[]): ChildProcess {
-  const env = { ...process.env };
+/** `node FLAGS -e SCRIPT ARGS` in the netns (no CA bundle, no NODE_OPTIONS: each start stays cheap);
+ *  stdout and stderr piped, stdin too with `stdin`. */
+export function nodeIn(
+  ns: TestNetns,
+  script: string,
+  args: string[],
+  o: { stdin?: boolean; flags?: string[] } = {},
+): ChildProcess {
+  const env: NodeJS.ProcessEnv = { ...process.env, NODE_OPTIONS: '' };
   delete env.NODE_EXTRA_CA_CERTS;
-  return spawn('nsenter', [`--net=${ns.path}`, process.execPath, '-e', script, ...args], {
-    stdio: ['ignore', 'pipe', 'pipe'],
+  return spawn('nsenter', [`--net=${ns.path}`, process.execPath, ...(o.flags ?? []), '-e', script, ...args], {
+    stdio: [o.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
     env,
   });
 }
 
-export async function startEchoServer(ns: TestNetns, port: number, host = '::'): Promise<ChildProcess> {
-  const child = nodeIn(ns, SERVER, [String(port), host]);
-  await new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error('echo server did not start')), 10_000);
+/** Resolves once a server child prints `listening`; rejects when it exits first or after `ms`. */
+export function untilListening(child: ChildProcess, what: string, ms: number): Promise<void> {
+  return new Promise<void>((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`${what} did not start`)), ms);
     child.stdout!.on('data', (d: Buffer) => {
       if (d.toString().includes('listening')) {
         clearTimeout(timer);
@@ -52,9 +59,14 @@ export async function startEchoServer(ns: TestNetns, port: number, host = '::'):
     });
     child.once('exit', (code) => {
       clearTimeout(timer);
-      reject(new Error(`echo server exited ${code}`));
+      reject(new Error(`${what} exited ${code}`));
     });
   });
+}
+
+export async function startEchoServer(ns: TestNetns, port: number, host = '::'): Promise<ChildProcess> {
+  const child = nodeIn(ns, SERVER, [String(port), host]);
+  await untilListening(child, 'echo server', 10_000);
   return child;
 }
 
