@@ -3,14 +3,10 @@
 // with the old pod's address works at once, while the old pod's netns (still held here, as a
 // runtime may) can no longer send anything through Membrane.
 import t from 'tap';
-import { ip4, startAgent, randomId, sleep, type TestAgent } from './lib/agent.ts';
+import { ip4, startAgent, randomId, type TestAgent } from './lib/agent.ts';
 import { createNetns, linkExists, ping } from './lib/netns.ts';
 import { killAll, startEchoServer, startFlow, tcpRequest } from './lib/tcp.ts';
-
-async function until(what: () => boolean, timeoutMs = 5000): Promise<boolean> {
-  for (const deadline = Date.now() + timeoutMs; Date.now() < deadline; await sleep(50)) if (what()) return true;
-  return what();
-}
+import { pollUntil } from '../shared/test/lib/poll.ts';
 
 interface CtEntry {
   owner: number;
@@ -45,7 +41,7 @@ t.test(
     t.ok(await ping(nsA, ip4(c)), 'pod A reaches pod C before the DEL');
     const flow = startFlow(nsA, ip4(c), 7070);
     t.teardown(() => flow.stop());
-    t.ok(await until(() => flow.echoed() > 0), 'a live flow A -> C');
+    t.ok(await pollUntil(() => flow.echoed() > 0), 'a live flow A -> C');
     t.ok((await flowsOf(agent, a.id)) > 0, 'A has conntrack entries');
 
     t.same(await agent.client.deleteEndpoint(a.containerId, 'eth0'), { deleted: true }, 'DEL A');
@@ -76,7 +72,7 @@ t.test(
     // Killed before reaping: the record is on disk, the next start (no delay) finishes it.
     await agent.kill9();
     restarted = await startAgent({ reuse: agent });
-    t.ok(await until(() => !linkExists(a.hostIfName)), "the restarted agent removed A's veth");
+    t.ok(await pollUntil(() => !linkExists(a.hostIfName)), "the restarted agent removed A's veth");
     t.notMatch(await nsA.exec('ip', ['link']), /eth0/, "eth0 is gone from A's netns");
     t.equal(await flowsOf(restarted, a.id), 0, "no conntrack entry bound to A's id is left");
     t.equal(await tcpRequest(nsB, ip4(c), 7070), 'ping', 'B still works');
@@ -97,7 +93,7 @@ t.test("by default a deleted pod's veth and flows go right after the DEL answere
   const c = await agent.client.createEndpoint({ containerId: `c-${randomId()}`, netns: nsC.path, ifName: 'eth0' });
   t.ok(await ping(nsA, ip4(c)), 'A reaches C');
   t.same(await agent.client.deleteEndpoint(a.containerId, 'eth0'), { deleted: true });
-  t.ok(await until(() => !linkExists(a.hostIfName), 2000), "A's veth is removed");
+  t.ok(await pollUntil(() => !linkExists(a.hostIfName), 2000), "A's veth is removed");
   t.equal(await flowsOf(agent, a.id), 0, "A's flows are gone with it");
   t.notOk(await ping(nsA, ip4(c), 1), "A's netns has no way out");
   t.same(await agent.client.deleteEndpoint(a.containerId, 'eth0'), { deleted: false }, 'a second DEL succeeds');

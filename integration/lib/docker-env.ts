@@ -9,6 +9,7 @@ import type { Test } from 'tap';
 import { startAgent, randomId, sleep, type TestAgent } from './agent.ts';
 import { startDockerd, type Dockerd } from './dockerd.ts';
 import { ensureBusyboxImage } from './bbimage.ts';
+import { pollUntil } from '../../shared/test/lib/poll.ts';
 
 export const PLUGIN_DIR = '/run/docker/plugins';
 
@@ -166,14 +167,8 @@ export function dockerFixture(file: Test): {
   };
 }
 
-/** Polls until `cond` holds or the time is up; returns the last value of `cond`. */
-export async function eventually(cond: () => boolean | Promise<boolean>, ms = 5000, stepMs = 100): Promise<boolean> {
-  const end = Date.now() + ms;
-  for (;;) {
-    if (await cond()) return true;
-    if (Date.now() > end) return false;
-    await sleep(stepMs);
-  }
-}
+/** Polls until `cond` holds or the time is up (every 100 ms: each look asks dockerd); whether it held. */
+export const eventually = (cond: () => boolean | Promise<boolean>, ms = 5000, stepMs = 100): Promise<boolean> =>
+  pollUntil(cond, ms, stepMs);
 
 export { startDockerd, randomId, sleep };

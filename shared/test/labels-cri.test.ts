@@ -11,17 +11,9 @@ import { CRI_PROTO } from '../src/labels/cri-proto.ts';
 import { CriLabels } from '../src/labels/cri.ts';
 import type { LabelSink, RuntimeLabels } from '../src/labels/resolver.ts';
 import type { Endpoint } from '../src/types.ts';
+import { pollUntil } from './lib/poll.ts';
 
 const log = { info: () => undefined, warn: () => undefined, debug: () => undefined };
-
-async function until(cond: () => boolean, ms = 5000): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (cond()) return true;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return cond();
-}
 
 t.test('a pod sandbox is asked for until it exists; its labels follow the runtime', async (t) => {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-labels-cri-'));
@@ -86,7 +78,7 @@ t.test('a pod sandbox is asked for until it exists; its labels follow the runtim
     labelsPending: { source: 'cri', since: new Date().toISOString() },
   } as unknown as Endpoint;
   src.watch(ep, sink);
-  t.ok(await until(() => statusCalls >= 2), 'asked while the runtime does not know the sandbox yet');
+  t.ok(await pollUntil(() => statusCalls >= 2), 'asked while the runtime does not know the sandbox yet');
   t.equal(found.length, 0);
   sandboxes.set('sb1', {
     labels: {
@@ -97,7 +89,7 @@ t.test('a pod sandbox is asked for until it exists; its labels follow the runtim
     },
     annotations: {},
   });
-  t.ok(await until(() => found.length === 1), 'reported once the sandbox exists');
+  t.ok(await pollUntil(() => found.length === 1), 'reported once the sandbox exists');
   t.same(
     found[0],
     { attachment: 'sb1', ifName: 'eth0', source: 'k8s', labels: { 'k8s:app': 'web', 'k8s:io.kubernetes.pod.name': 'web-0' } },
@@ -109,7 +101,7 @@ t.test('a pod sandbox is asked for until it exists; its labels follow the runtim
   t.equal(found.length, 1, 'an unchanged pod is not reported again');
 
   sandboxes.get('sb1')!.labels.app = 'web2';
-  t.ok(await until(() => found.length === 2), 'a label change the runtime reports is noticed by the poll');
+  t.ok(await pollUntil(() => found.length === 2), 'a label change the runtime reports is noticed by the poll');
   t.equal(found[1].labels['k8s:app'], 'web2');
   src.forget(ep);
   sandboxes.get('sb1')!.labels.app = 'web3';

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { DockerLabels } from '../src/labels/docker.ts';
 import type { LabelSink, RuntimeLabels } from '../src/labels/resolver.ts';
 import type { Endpoint } from '../src/types.ts';
+import { pollUntil } from './lib/poll.ts';
 
 interface FakeContainer {
   Id: string;
@@ -69,15 +70,6 @@ function fakeDocker(socketPath: string) {
   };
 }
 
-async function until(cond: () => boolean, ms = 5000): Promise<boolean> {
-  const end = Date.now() + ms;
-  while (Date.now() < end) {
-    if (cond()) return true;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-  return cond();
-}
-
 const hex = () => [...crypto.getRandomValues(new Uint8Array(32))].map((b) => b.toString(16).padStart(2, '0')).join('');
 const log = { info: () => undefined, warn: () => undefined, debug: () => undefined };
 
@@ -120,8 +112,8 @@ t.test("the only waiting endpoint of a network is the connected container's", as
   const { docker, src, sink, found, names } = await setup(t);
   const ep = dockerEndpoint('n1');
   src.watch(ep, sink);
-  t.ok(await until(() => docker.streams() > 0), 'subscribed to events');
-  t.ok(await until(() => names.get('n1') === 'blue'), 'network names from the list');
+  t.ok(await pollUntil(() => docker.streams() > 0), 'subscribed to events');
+  t.ok(await pollUntil(() => names.get('n1') === 'blue'), 'network names from the list');
   const cid = hex();
   // Created, not started: the list knows its labels (image labels merged) but not its endpoint yet.
   docker.containers.set(cid, {
@@ -131,7 +123,7 @@ t.test("the only waiting endpoint of a network is the connected container's", as
     nets: { blue: { NetworkID: '', EndpointID: '' } },
   });
   docker.emit({ Type: 'network', Action: 'connect', Actor: { ID: 'n1', Attributes: { container: cid, name: 'blue' } } });
-  t.ok(await until(() => found.length === 1), 'labels reported');
+  t.ok(await pollUntil(() => found.length === 1), 'labels reported');
   t.same(
     found[0],
     {
@@ -150,7 +142,7 @@ t.test("the only waiting endpoint of a network is the connected container's", as
 
   docker.containers.get(cid)!.Names = ['/web-renamed'];
   docker.emit({ Type: 'container', Action: 'rename', Actor: { ID: cid, Attributes: { name: 'web-renamed' } } });
-  t.ok(await until(() => found.at(-1)?.container?.name === 'web-renamed'), 'a rename is reported');
+  t.ok(await pollUntil(() => found.at(-1)?.container?.name === 'web-renamed'), 'a rename is reported');
 
   // A late connect event for the known container must not claim a new waiting endpoint.
   const ep2 = dockerEndpoint('n1');
@@ -169,7 +161,7 @@ t.test('several containers joining at once: the list names each endpoint once th
   const [a, b] = [dockerEndpoint('n2'), dockerEndpoint('n2')];
   src.watch(a, sink);
   src.watch(b, sink);
-  t.ok(await until(() => docker.streams() > 0));
+  t.ok(await pollUntil(() => docker.streams() > 0));
   const [ca, cb] = [hex(), hex()];
   docker.containers.set(ca, { Id: ca, Names: ['/a'], Labels: { app: 'a' }, nets: { n: { NetworkID: 'n2', EndpointID: '' } } });
   docker.containers.set(cb, { Id: cb, Names: ['/b'], Labels: { app: 'b' }, nets: { n: { NetworkID: 'n2', EndpointID: '' } } });
@@ -180,7 +172,7 @@ t.test('several containers joining at once: the list names each endpoint once th
   docker.containers.get(ca)!.nets.n.EndpointID = a.docker!.endpointId;
   docker.containers.get(cb)!.nets.n.EndpointID = b.docker!.endpointId;
   docker.emit({ Type: 'container', Action: 'start', Actor: { ID: ca, Attributes: {} } });
-  t.ok(await until(() => found.length === 2), 'both reported after the start');
+  t.ok(await pollUntil(() => found.length === 2), 'both reported after the start');
   const by = new Map(found.map((u) => [u.attachment, u.container?.id]));
   t.same([by.get(a.docker!.endpointId), by.get(b.docker!.endpointId)], [ca, cb], 'each endpoint got its own container');
 });
@@ -190,7 +182,7 @@ t.test('a restored endpoint with its container is read again at once', async (t)
   const cid = hex();
   docker.containers.set(cid, { Id: cid, Names: ['/db'], Labels: { app: 'db' }, nets: {} });
   src.watch(dockerEndpoint('n3', cid), sink);
-  t.ok(await until(() => found.length === 1 && found[0].labels['container:app'] === 'db'));
+  t.ok(await pollUntil(() => found.length === 1 && found[0].labels['container:app'] === 'db'));
   t.match(src.status(), { endpoints: 1, waiting: 0, connected: true });
 });
 
@@ -218,7 +210,7 @@ t.test("a container's new endpoint claimed while its old one's labels are being 
     nets: { n: { NetworkID: 'n4', EndpointID: old.docker!.endpointId } },
   });
   src.watch(old, sink);
-  t.ok(await until(() => found.length === 1 && docker.streams() > 0), "the restored endpoint's read is under way");
+  t.ok(await pollUntil(() => found.length === 1 && docker.streams() > 0), "the restored endpoint's read is under way");
   src.forget(old);
   const next = dockerEndpoint('n4');
   src.watch(next, sink);
@@ -227,7 +219,7 @@ t.test("a container's new endpoint claimed while its old one's labels are being 
   await new Promise((r) => setTimeout(r, 200));
   release();
   t.ok(
-    await until(() => found.some((u) => u.attachment === next.docker!.endpointId && u.container?.id === cid), 3000),
+    await pollUntil(() => found.some((u) => u.attachment === next.docker!.endpointId && u.container?.id === cid), 3000),
     'the new endpoint gets its labels (it would stay down until the label timeout)',
   );
 });
