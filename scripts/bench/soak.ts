@@ -14,7 +14,7 @@ import { createNetns, ping, type TestNetns } from '../../integration/lib/netns.t
 import { nodeState, type NodeState } from '../../integration/lib/leaks.ts';
 import { CNI_BIN, ensureCniBinary, runtimeEnv } from '../../cni/test/lib/exec.ts';
 import { listPendingDeletes, pendingDeletesDir } from '../../shared/src/pending-deletes/index.ts';
-import { percentile } from './lib.ts';
+import { percentile, sleep } from './lib.ts';
 
 delete process.env.NODE_EXTRA_CA_CERTS;
 delete process.env.NODE_OPTIONS;
@@ -84,7 +84,6 @@ const stats = {
   delMs: [] as number[],
   errors: {} as Record<string, number>,
 };
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 async function main(): Promise<void> {
   ensureCniBinary();
