@@ -30,7 +30,7 @@ import {
   type Entry,
 } from './closure.ts';
 import type { Direction, PolicyRecord, Rule } from './types.ts';
-import { dependsOnCidrs, namesAnyCidr, type UniverseChange } from './peer-deps.ts';
+import { dependsOnCidrs, namesAnyCidr, rulePeersMoved, type UniverseChange } from './peer-deps.ts';
 
 export type { UniverseChange } from './peer-deps.ts';
 
@@ -113,9 +113,16 @@ export function columnChanges(lp: LabelPolicy, from: LabelPolicy): ColumnChanges
   return p?.from === from ? p.was : undefined;
 }
 
+/** Each rule object's key, once (the same string again: a re-import keeps 10,000 rule objects). */
+const ruleKeys = new WeakMap<Rule, { n: number; key: string }>();
+
 /** A rule by its policy's number (its rule ids) and content. */
 function ruleKey(rec: PolicyRecord, rule: Rule): string {
-  return `${rec.number}:${fingerprintOf(rule)}`;
+  const known = ruleKeys.get(rule);
+  if (known?.n === rec.number) return known.key;
+  const key = `${rec.number}:${fingerprintOf(rule)}`;
+  ruleKeys.set(rule, { n: rec.number, key });
+  return key;
 }
 
 export class PolicyCompiler {
@@ -208,11 +215,17 @@ export class PolicyCompiler {
       ru.ingress ||= spec.defaultDeny.ingress;
       ru.egress ||= spec.defaultDeny.egress;
       for (const [j, rule] of spec.rules.entries()) {
-        const peers = rule.peers === 'all' ? [ANY_IDENTITY] : this.peers.identities(rule.peers);
-        if (!peers.length) continue;
         const key = ruleKey(rec, rule);
         const order = i * 65536 + j;
         const was = before?.uses.get(key);
+        // The same rule object in the same place whose peers cannot mean other identities now (a
+        // re-imported 10,000-rule policy keeps its unchanged rules' objects): not resolved again.
+        if (was && was.rule === rule && was.order === order && !rulePeersMoved(rule, this.moved)) {
+          ru.uses.set(key, was);
+          continue;
+        }
+        const peers = rule.peers === 'all' ? [ANY_IDENTITY] : this.peers.identities(rule.peers);
+        if (!peers.length) continue;
         const same = was && was.order === order && samePeers(was.peers, peers);
         ru.uses.set(key, same ? was : { rec, rule, peers, order, entries: was?.entries });
       }

@@ -1,7 +1,7 @@
 // Which policies' peers depend on the CIDR and FQDN identities: after those change, these records are
 // compiled again (their peers may stand for other identities), the others keep what they gave. Each
 // answer is worked out once per record object (records are never changed in place). Pure.
-import type { PolicyRecord } from './types.ts';
+import type { PolicyRecord, Rule } from './types.ts';
 
 /** Does a record name CIDR or FQDN peers (directly or as world, which includes every CIDR and FQDN
  *  identity)? FQDN identities carry the policy prefixes that contain their addresses, so both kinds
@@ -55,6 +55,30 @@ export function namesAnyCidr(rec: PolicyRecord): boolean {
     namesCidr.set(rec, d);
   }
   return d;
+}
+
+/** The same questions for one rule: [its peers depend on the CIDR identities, on the FQDN ones]. */
+const ruleDeps = new WeakMap<Rule, [boolean, boolean]>();
+function depsOf(rule: Rule): [boolean, boolean] {
+  let d = ruleDeps.get(rule);
+  if (d === undefined) {
+    const peers = rule.peers === 'all' ? [] : rule.peers;
+    const wide = peers.some(
+      (p) =>
+        (p.kind === 'cidr' && (p.except.length > 0 || !isHostPrefix(p.cidr))) ||
+        p.kind === 'fqdn' ||
+        (p.kind === 'entity' && p.entity === 'world'),
+    );
+    ruleDeps.set(rule, (d = [wide, wide || peers.some((p) => p.kind === 'cidr')]));
+  }
+  return d;
+}
+
+/** Could this rule's peers stand for other identities after `moved` (as recordPeersMoved, per rule)? */
+export function rulePeersMoved(rule: Rule, moved: UniverseChange): boolean {
+  if (!moved.cidrs && !moved.fqdn) return false;
+  const [cidrs, fqdn] = depsOf(rule);
+  return cidrs || (moved.fqdn && fqdn);
 }
 
 function isHostPrefix(cidr: string): boolean {

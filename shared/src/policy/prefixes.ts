@@ -25,22 +25,22 @@ export interface PrefixDelta {
 /** By record set (a set is never changed in place: a change makes a new array). */
 const bySet = new WeakMap<PolicyRecord[], PrefixSet>();
 /** Each record's prefixes, once. */
-const byRecord = new WeakMap<PolicyRecord, string[]>();
+const byRecord = new WeakMap<PolicyRecord, Set<string>>();
 
-function prefixesOfRecord(r: PolicyRecord): string[] {
+function prefixesOfRecord(r: PolicyRecord): Set<string> {
   let out = byRecord.get(r);
   if (out) return out;
-  const set = new Set<string>();
+  out = new Set<string>();
   for (const s of r.policy.specs)
     for (const rule of s.rules) {
       if (rule.peers === 'all') continue;
       for (const p of rule.peers) {
         if (p.kind !== 'cidr') continue;
-        set.add(p.cidr);
-        for (const e of p.except) set.add(e);
+        out.add(p.cidr);
+        for (const e of p.except) out.add(e);
       }
     }
-  byRecord.set(r, (out = [...set]));
+  byRecord.set(r, out);
   return out;
 }
 
@@ -79,23 +79,39 @@ export function prefixesFrom(
     if (!before.has(p)) before.set(p, counts.get(p) ?? 0);
   };
   const touched = new Set<string>();
+  const add = (p: string) => {
+    countBefore(p);
+    counts.set(p, (counts.get(p) ?? 0) + 1);
+    touched.add(p);
+  };
+  const drop = (p: string) => {
+    countBefore(p);
+    const n = counts.get(p)! - 1;
+    if (n) counts.set(p, n);
+    else counts.delete(p);
+    touched.add(p);
+  };
+  // A policy replaced (same number) counts only the prefixes that differ between its two versions:
+  // one rule changed in a 10,000-rule policy touches one or two prefixes, not 20,000.
+  const gone = new Map<number, PolicyRecord>();
+  for (const r of prev) if (!is.has(r)) gone.set(r.number, r);
+  const pairs: [Set<string>, Set<string>][] = [];
   // Additions first: a prefix that moves from one record to another never drops to zero.
-  for (const r of records)
-    if (!was.has(r))
-      for (const p of prefixesOfRecord(r)) {
-        countBefore(p);
-        counts.set(p, (counts.get(p) ?? 0) + 1);
-        touched.add(p);
-      }
-  for (const r of prev)
-    if (!is.has(r))
-      for (const p of prefixesOfRecord(r)) {
-        countBefore(p);
-        const n = counts.get(p)! - 1;
-        if (n) counts.set(p, n);
-        else counts.delete(p);
-        touched.add(p);
-      }
+  for (const r of records) {
+    if (was.has(r)) continue;
+    const old = gone.get(r.number);
+    const now = prefixesOfRecord(r);
+    if (!old) {
+      for (const p of now) add(p);
+      continue;
+    }
+    gone.delete(r.number);
+    const then = prefixesOfRecord(old);
+    pairs.push([then, now]);
+    for (const p of now) if (!then.has(p)) add(p);
+  }
+  for (const [then, now] of pairs) for (const p of then) if (!now.has(p)) drop(p);
+  for (const r of gone.values()) for (const p of prefixesOfRecord(r)) drop(p);
   const added: string[] = [],
     removed: string[] = [];
   for (const p of touched) {
