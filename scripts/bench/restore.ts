@@ -1,5 +1,5 @@
 // npm run bench:restore (node --import tsx scripts/bench/restore.ts [--pods 200] [--policies 20]
-// [--restarts 5] [--cpu-prof DIR] [--compile-cache-ab] [--json FILE]) — not a test. Where an agent restart after SIGKILL
+// [--restarts 5] [--cpu-prof DIR] [--compile-cache-ab] [--keep-log FILE] [--json FILE]) — not a test. Where an agent restart after SIGKILL
 // spends its time with many endpoints, without the minutes bench:scale spends creating pods through
 // membrane-cni: the endpoints are created through the API (the same recipe), then the built agent
 // (dist/bin/membrane-agent) is SIGKILLed and restarted --restarts times, a TCP flow between two pods
@@ -27,6 +27,8 @@ const POLICIES = Number(argOf('policies') ?? 20);
 const RESTARTS = Number(argOf('restarts') ?? 5);
 const CPU_PROF = argOf('cpu-prof');
 const JSON_OUT = argOf('json');
+/** Where to keep the agent's log (its state dir goes at the end). */
+const KEEP_LOG = argOf('keep-log');
 /** Every other restart without the agent's V8 code cache (scripts/compile-cache-launcher.cjs). */
 const CACHE_AB = process.argv.includes('--compile-cache-ab');
 const log = (s: string) => process.stderr.write(`bench-restore: ${s}\n`);
@@ -138,7 +140,7 @@ async function main(): Promise<void> {
   } finally {
     flow?.stop();
     killAll([server]);
-
+    if (KEEP_LOG) fs.copyFileSync(agent.logFile, KEEP_LOG);
     await agent.cleanup();
     for (const ns of nss) ns.remove();
   }

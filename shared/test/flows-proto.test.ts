@@ -6,9 +6,10 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import protobuf from 'protobufjs';
+import type * as grpc from '@grpc/grpc-js';
 import type { MessageTypeDefinition } from '@grpc/proto-loader';
 import { PROTO_FILES } from '../src/flows/protos.generated.ts';
-import { observerPackageDefinition } from '../src/flows/proto.ts';
+import { healthService, observerPackageDefinition, observerService } from '../src/flows/proto.ts';
 import { camelCaseRoot } from '../src/flows/schema.ts';
 import type { Flow, GetAgentEventsResponse, GetFlowsRequest, GetFlowsResponse, ServerStatus } from '../src/flows/types.ts';
 
@@ -46,6 +47,23 @@ t.test("Hubble's package and service names: the paths the hubble CLI calls", asy
   });
   const health = def['grpc.health.v1.Health'] as Record<string, { path: string }>;
   t.equal(health.Check.path, '/grpc.health.v1.Health/Check');
+});
+
+t.test('the services grpc-js serves and clients call are the full definitions, their reflection built lazily', async (t) => {
+  for (const [name, lazy] of [
+    ['observer.Observer', observerService().service],
+    ['grpc.health.v1.Health', healthService().service],
+  ] as const) {
+    const full = def[name] as unknown as grpc.ServiceDefinition;
+    const shape = (s: grpc.ServiceDefinition) =>
+      Object.fromEntries(Object.entries(s).map(([k, v]) => [k, [v.path, v.requestStream, v.responseStream, v.originalName]]));
+    t.same(shape(lazy), shape(full), `${name}: the same methods, paths, stream flags and names`);
+  }
+  const req = { number: 3, follow: true, whitelist: [{ sourcePod: ['default/web'] }] };
+  const lazyFlows = observerService().service.GetFlows;
+  const fullFlows = (def['observer.Observer'] as unknown as grpc.ServiceDefinition).GetFlows;
+  t.same(lazyFlows.requestSerialize(req), fullFlows.requestSerialize(req), 'the same bytes on the wire');
+  t.same(lazyFlows.requestDeserialize(fullFlows.requestSerialize(req)), req, 'and back');
 });
 
 t.test("Membrane's fields are numbered 30001 and up, never on a number Hubble uses", async (t) => {

@@ -34,6 +34,7 @@ import { labelResolver } from './labels.ts';
 import { parseLabelFilter } from '../labels/filter.ts';
 import { datapathProblems } from '../health/datapath.ts';
 import { StartClock } from './start-clock.ts';
+import { warmObserverProto } from '../flows/proto.ts';
 
 /** Something the agent stops on shutdown, in reverse order of start. */
 interface Closer {
@@ -215,6 +216,8 @@ export class Agent {
       // the endpoints reported verifying until then. The datapath forwards and enforces meanwhile.
       closers.push({ name: 'restore verification', close: () => endpoints.stopVerifying() });
       const verifyStart = performance.now();
+      // The observer's protobuf reflection too: its services serve without it until a client calls.
+      setImmediate(warmObserverProto);
       void endpoints.verifyRestored().then(
         (done) => log.info({ ...done, ms: Math.round(performance.now() - verifyStart) }, 'restored endpoints verified'),
         (err) => log.warn({ err }, 'verifying the restored endpoints failed'),

@@ -30,10 +30,44 @@ export function observerPackageDefinition(files = PROTO_FILES): protoLoader.Pack
 
 export type ServiceClientConstructor = grpc.ServiceClientConstructor;
 
+/**
+ * A service's methods read off its .proto text: their paths, stream flags and names are all grpc-js
+ * needs to route calls and a client to name them. The messages' (de)serializers come from the
+ * protobufjs reflection, built on their first use (or by warmObserverProto) rather than when the
+ * service is registered: building it is the biggest single part of an agent start (bench:restore
+ * --cpu-prof), and nothing needs it before a flows client calls.
+ */
+function lazyService(name: string): grpc.ServiceDefinition {
+  const dot = name.lastIndexOf('.');
+  const [pkg, svc] = [name.slice(0, dot), name.slice(dot + 1)];
+  const text = Object.values(PROTO_FILES).find((f) => f.includes(`package ${pkg};`) && f.includes(`service ${svc} {`));
+  if (!text) throw new Error(`no .proto declares service ${name}`);
+  const body = text.slice(text.indexOf(`service ${svc} {`)).split('\n}')[0];
+  const service: Record<string, grpc.MethodDefinition<unknown, unknown>> = {};
+  const full = () => observerPackageDefinition()[name] as unknown as grpc.ServiceDefinition;
+  for (const m of body.matchAll(/^\s*rpc\s+(\w+)\s*\(\s*(stream\s+)?[\w.]+\s*\)\s*returns\s*\(\s*(stream\s+)?[\w.]+\s*\)/gm)) {
+    const method = m[1];
+    const real = () => full()[method];
+    service[method] = {
+      path: `/${name}/${method}`,
+      requestStream: !!m[2],
+      responseStream: !!m[3],
+      originalName: method[0].toLowerCase() + method.slice(1),
+      requestSerialize: (v: unknown) => real().requestSerialize(v),
+      requestDeserialize: (b: Buffer) => real().requestDeserialize(b),
+      responseSerialize: (v: unknown) => real().responseSerialize(v),
+      responseDeserialize: (b: Buffer) => real().responseDeserialize(b),
+    };
+  }
+  return service;
+}
+
+const clients = new Map<string, ServiceClientConstructor>();
+
 function lookupService(name: string): ServiceClientConstructor {
-  let node: unknown = grpc.loadPackageDefinition(observerPackageDefinition());
-  for (const part of name.split('.')) node = (node as Record<string, unknown>)[part];
-  return node as ServiceClientConstructor;
+  let Client = clients.get(name);
+  if (!Client) clients.set(name, (Client = grpc.makeClientConstructor(lazyService(name), name)));
+  return Client;
 }
 
 export function observerService(): { service: grpc.ServiceDefinition; Client: ServiceClientConstructor } {
@@ -44,4 +78,9 @@ export function observerService(): { service: grpc.ServiceDefinition; Client: Se
 export function healthService(): { service: grpc.ServiceDefinition; Client: ServiceClientConstructor } {
   const Client = lookupService(HEALTH_SERVICE);
   return { service: Client.service, Client };
+}
+
+/** Builds the reflection the services' (de)serializers use now (the agent: once its API serves). */
+export function warmObserverProto(): void {
+  observerPackageDefinition();
 }
