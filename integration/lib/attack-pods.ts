@@ -108,13 +108,5 @@ spec:
 `;
 }
 
-/** Waits until the observer holds a flow `pick` accepts (flows arrive within a drain period). */
-export async function waitFor<T>(what: string, probe: () => Promise<T | undefined>, ms = 10_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await probe();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 100));
-  }
-}
+/** Waits until `probe` finds what it looks for (a flow in the observer arrives within a drain period). */
+export { pollFor as waitFor } from '../../shared/test/lib/poll.ts';

@@ -15,6 +15,7 @@ import { createNetns, type TestNetns } from './netns.ts';
 import { killAll, startEchoServer } from './tcp.ts';
 import { createWorld, type TestWorld } from './world.ts';
 import { membrane } from './cli.ts';
+import { pollFor } from '../../shared/test/lib/poll.ts';
 
 /** The last octet of each world address. */
 const HOSTS = {
@@ -151,16 +152,9 @@ export function dnsFqdnForFile(t: Test): DnsFqdnFile {
   return standIn(() => file, 'the DNS test world');
 }
 
-/** Polls `fn` every 250 ms until it returns a value (throws naming `what` after `ms`). */
-export async function until<T>(what: string, fn: () => Promise<T | undefined>, ms = 30_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await fn();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 250));
-  }
-}
+/** Polls `fn` every 250 ms until it returns a value (throws naming `what` after `ms`: 30 s, DNS answers
+ *  and FQDN identities take a resolver round trip and a policy sync). */
+export const until = <T>(what: string, fn: () => Promise<T | undefined>, ms = 30_000): Promise<T> => pollFor(what, fn, ms, 250);
 
 /** Runs a node script inside a netns (dns-packet resolvable from the repository). */
 export function nodeIn(ns: { path: string }, script: string, args: string[] = []): Promise<string> {

@@ -9,6 +9,7 @@ import { randomBytes } from 'node:crypto';
 import type { Endpoint } from '../src/types.ts';
 import { endpointRecord } from './lib/endpoint-record.ts';
 import { metricsPageAt } from './lib/metrics-page.ts';
+import { pollFor } from './lib/poll.ts';
 import type { ServerStatus } from '../src/flows/types.ts';
 
 const root = process.getuid?.() === 0 && fs.existsSync('/sys/fs/bpf');
@@ -94,16 +95,6 @@ t.teardown(async () => {
 const client = new ObserverClient(deps.cfg.observerSocket);
 t.teardown(() => client.close());
 
-async function waitFor<T>(f: () => Promise<T | undefined>, ms = 10_000): Promise<T> {
-  const end = Date.now() + ms;
-  for (;;) {
-    const v = await f();
-    if (v !== undefined) return v;
-    if (Date.now() > end) throw new Error('timed out');
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
-
 t.test('publishes where it serves', async (t) => {
   const ob = flows.status().observer;
   t.equal(ob.socket, deps.cfg.observerSocket);
@@ -143,7 +134,7 @@ t.test('kernel ring buffer events become enriched flows', async (t) => {
       ruleId: 0x2401,
     }),
   );
-  const flows = await waitFor(async () => {
+  const flows = await pollFor('both flows in the buffer', async () => {
     const r = await client.collect({});
     return r.length >= 2 ? r : undefined;
   });
@@ -165,7 +156,7 @@ t.test('the buffer keeps the newest --flow-buffer flows; status counts them all'
     encodeTraceEvent({ type: EventType.FLOW_END, saddr: '10.77.0.2', daddr: '10.77.0.3', packets: 3, bytes: 300 }),
     200,
   );
-  const st = await waitFor(async () => {
+  const st = await pollFor('202 flows seen', async () => {
     const s = await client.status();
     return s.seenFlows >= 202 ? s : undefined;
   });
@@ -180,7 +171,7 @@ t.test('the buffer keeps the newest --flow-buffer flows; status counts them all'
 t.test('losses in the datapath are reported', async (t) => {
   producer.emit(encodeTraceEvent({ type: EventType.FLOW_NEW, saddr: '10.77.0.2', daddr: '10.77.0.3' }), 30_000); // > 1 MiB ring
   const lost = (s: ServerStatus) => s.membrane?.lostEventsDatapath ?? 0;
-  const st = await waitFor(async () => {
+  const st = await pollFor('every event seen or counted lost', async () => {
     const s = await client.status();
     return s.seenFlows + lost(s) >= 202 + 30_000 ? s : undefined;
   });
@@ -205,11 +196,15 @@ t.test('agent events: start, endpoints, policy changes', async (t) => {
   for (const h of hooks) h.afterDelete?.(endpoints[1]);
   policyRevision = 2;
   policyList = [{ name: 'allow-all', kind: 'CiliumClusterwideNetworkPolicy', revision: 2, rules: 1 }];
-  const types = await waitFor(async () => {
-    const got: string[] = [];
-    for await (const r of client.agentEvents({}).responses) got.push(r.agentEvent!.type);
-    return got.includes('POLICY_DELETED') ? got : undefined;
-  }, 5000);
+  const types = await pollFor(
+    'the POLICY_DELETED agent event',
+    async () => {
+      const got: string[] = [];
+      for await (const r of client.agentEvents({}).responses) got.push(r.agentEvent!.type);
+      return got.includes('POLICY_DELETED') ? got : undefined;
+    },
+    5000,
+  );
   t.same(
     types,
     ['AGENT_STARTED', 'ENDPOINT_CREATED', 'ENDPOINT_DELETED', 'POLICY_UPDATED', 'POLICY_DELETED'],

@@ -1,9 +1,22 @@
-// Waiting for something a test cannot be told about: poll a condition until it holds or the time is
-// up. The answer is whether it held, for the test to assert with its own message.
+// Waiting for something a test cannot be told about: poll until it holds or the time is up. pollUntil
+// answers whether a condition held, for the test to assert with its own message; pollFor waits for a
+// value and throws, naming what it waited for, when none came.
 
 /** Polls `cond` every `every` ms for up to `ms` ms (and once more at the end): whether it held. */
 export async function pollUntil(cond: () => boolean | Promise<boolean>, ms = 5000, every = 50): Promise<boolean> {
   for (const end = Date.now() + ms; Date.now() < end; await new Promise((r) => setTimeout(r, every)))
     if (await cond()) return true;
   return cond();
+}
+
+/** Polls `get` every `every` ms until it returns a value (anything but undefined), which it resolves
+ *  with; throws naming `what` after `ms` ms. */
+export async function pollFor<T>(what: string, get: () => Promise<T | undefined>, ms = 10_000, every = 100): Promise<T> {
+  const end = Date.now() + ms;
+  for (;;) {
+    const v = await get();
+    if (v !== undefined) return v;
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, every));
+  }
 }
