@@ -15,6 +15,7 @@ import { Session } from '../shared/src/kvstore/session.ts';
 import { ClusterIdentities } from '../shared/src/cluster/identities.ts';
 import { IdentityAllocator } from '../shared/src/identity/allocator.ts';
 import { randomId } from './lib/agent.ts';
+import { eventually } from './lib/proc.ts';
 import { makeTestPki } from './lib/tls.ts';
 import { kvstoreOptions } from '../shared/src/kvstore/config.ts';
 
@@ -72,13 +73,7 @@ async function kv(url = etcd.clientUrl): Promise<Kv> {
   return k;
 }
 
-async function until(what: string, fn: () => boolean | Promise<boolean>, ms = 10_000): Promise<void> {
-  const deadline = Date.now() + ms;
-  while (!(await fn())) {
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 25));
-  }
-}
+const until = (what: string, fn: () => boolean | Promise<boolean>, ms = 10_000) => eventually(what, fn, ms, 25);
 
 t.before(async () => {
   etcd = await startEtcd({ dir });

@@ -4,6 +4,7 @@
 // membrane_endpoints_gone_total. An endpoint whose netns still exists is never touched.
 import t from 'tap';
 import { startAgent, randomId } from './lib/agent.ts';
+import { eventually } from './lib/proc.ts';
 import { createNetns, linkExists, type TestNetns } from './lib/netns.ts';
 import { sampleValue } from '../shared/src/metrics/parse.ts';
 import { scrapeMetrics } from './lib/metrics.ts';
@@ -12,15 +13,6 @@ import type { Endpoint } from '../shared/src/types.ts';
 if (process.getuid?.() !== 0) {
   t.plan(0, 'needs root');
   process.exit(0);
-}
-
-/** Polls until cond() holds; the deadline only ends a failing test. */
-async function until(what: string, cond: () => Promise<boolean>): Promise<void> {
-  const end = Date.now() + 60_000;
-  while (!(await cond())) {
-    if (Date.now() > end) throw new Error(`never happened: ${what}`);
-    await new Promise((r) => setTimeout(r, 200));
-  }
 }
 
 t.test('endpoints of a gone netns are removed, at upkeep and at start, and counted', async (t) => {
@@ -54,7 +46,8 @@ t.test('endpoints of a gone netns are removed, at upkeep and at start, and count
 
   // The container goes away without a DEL: its netns is deleted under the agent.
   nss[1].remove();
-  await until('the endpoint of the deleted netns is removed', async () => !(await ids()).includes(leak.id));
+  // The 60 s deadline only ends a failing test.
+  await eventually('the endpoint of the deleted netns is removed', async () => !(await ids()).includes(leak.id), 60_000, 200);
   t.same(await ids(), [keep.id], 'only the live endpoint is left');
   t.notOk((await allocated()).includes(ipOf(leak)), `its address ${ipOf(leak)} is free`);
   t.ok((await allocated()).includes(ipOf(keep)), 'the live endpoint keeps its address');

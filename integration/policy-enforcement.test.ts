@@ -7,6 +7,7 @@ import { createNetns, ping, type TestNetns } from './lib/netns.ts';
 import { createWorld, type TestWorld } from './lib/world.ts';
 import { startEchoServer, startFlow, killAll } from './lib/tcp.ts';
 import { ip4, randomId, startAgent, type TestAgent } from './lib/agent.ts';
+import { eventually } from './lib/proc.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { probe, udpProbe } from './lib/probe.ts';
 import type { Endpoint } from '../shared/src/types.ts';
@@ -238,7 +239,7 @@ t.test(
     const flow = startFlow(nsOf.other, ip4(eps.web), TCP_A);
     const kept = startFlow(nsOf.client, ip4(eps.web), TCP_A);
     children.push(flow, kept);
-    await waitFor(() => flow.echoed() > 0 && kept.echoed() > 0, 'both long-lived flows run');
+    await eventually('both long-lived flows run', () => flow.echoed() > 0 && kept.echoed() > 0, 5000);
     await importPolicy(`apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: only-client}
@@ -339,11 +340,3 @@ spec:
   t.equal(await drops(), d0, 'and nothing was dropped');
   t.match(await pc.endpoint(eps.web.containerId, 'eth0'), { audit: true, enforcement: { ingress: 'default-deny' } });
 });
-
-async function waitFor(cond: () => boolean, what: string, ms = 5000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error(`timed out waiting: ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
-}
