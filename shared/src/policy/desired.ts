@@ -371,7 +371,13 @@ export function desiredWithEndpoint(
   const policy = new Map(last.policy).set(ep.key, part.cached.built);
   const flags = new Map(last.flags).set(ep.hostIfIndex, part.flags);
   const ipcache = new Map(last.ipcache);
-  // Endpoint addresses override every other source (desiredIpcache).
-  for (const ip of ep.ips) ipcache.set(normalizeCidr(ip), ep.identity);
-  return { policy, ipcache, flags, compiler: cur.compiler, ports };
+  // Endpoint addresses override every other source (desiredIpcache). The maps hold `last` (a
+  // failed apply drops it), so these are all that can differ: the apply diffs them alone.
+  const upsert: [string, number][] = [];
+  for (const ip of ep.ips) {
+    const prefix = normalizeCidr(ip);
+    ipcache.set(prefix, ep.identity);
+    upsert.push([prefix, ep.identity]);
+  }
+  return { policy, ipcache, ipcacheDelta: { upsert, remove: [] }, flags, compiler: cur.compiler, ports };
 }
