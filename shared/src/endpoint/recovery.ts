@@ -124,6 +124,9 @@ export class EndpointRecovery {
     const run = { stop: false, done: Promise.resolve() };
     const work = (async () => {
       for (const key of [...this.verifying.keys()]) {
+        // Back to the event loop between endpoints: the API's requests are served in between (an
+        // await on the lock alone only runs microtasks).
+        await new Promise((resolve) => setImmediate(resolve));
         if (run.stop) break;
         await this.d.lock.run(key, async () => {
           const ep = this.d.byKey.get(key);
