@@ -1,27 +1,24 @@
 // The policy engine: identities, named policies and the endpoints they apply to, kept in the
 // datapath maps. Every change (import, delete, endpoint create/delete/relabel, host address change)
-// recomputes the desired map content and applies the difference (apply.ts), one change at a time.
-// Imports are read off the event loop (parse-offloop.ts), checked (admission.ts) and applied in the
-// order they arrived.
+// is taken here one at a time and synced to the maps (engine-sync.ts: desired state, difference,
+// rollback). Imports are read off the event loop (parse-offloop.ts), checked (admission.ts) and
+// applied in the order they arrived.
 // Nothing here touches a syscall directly: the maps are behind PolicyDatapathOps. The queries on
 // this state live in engine-view.ts.
 import type { Endpoint } from '../types.ts';
 import { IdentityAllocator } from '../identity/allocator.ts';
-import { addressOnly, normalizeCidr } from '../net/index.ts';
+import { addressOnly } from '../net/index.ts';
 import { RESERVED } from '../identity/reserved.ts';
 import type { Labels } from '../identity/labels.ts';
-import { applyDesired, type ApplyStats } from './apply.ts';
-import { buildDesired, desiredWithEndpoint, type Desired, type EngineEndpoint } from './desired.ts';
+import type { ApplyStats } from './apply.ts';
+import type { EngineEndpoint } from './desired.ts';
 import { refuseUnusable } from './admission.ts';
 import { parsePolicies, type ParseResult } from './parse.ts';
 import { PolicyParser } from './parse-offloop.ts';
 import { PolicyConflictError, PolicyRepository, type PersistedPolicies, type Plan } from './repository.ts';
-import { endpointFlags } from './selection.ts';
-import type { PolicyRecord } from './types.ts';
 import { attachmentId, endpointKey } from '../endpoint/naming.ts';
-import { fqdnIpcacheDiff } from './fqdn-ipcache.ts';
 import { AUDIT_METADATA_KEY, PolicyError, type ChangeResult, type PolicyEngineDeps } from './engine-types.ts';
-import { PolicyView } from './engine-view.ts';
+import { PolicyMapSync } from './engine-sync.ts';
 
 export * from './engine-types.ts';
 
@@ -30,18 +27,11 @@ const AUDIT_STORE_KEY = 'policy/audit';
 /** Lets the I/O that arrived meanwhile (a CNI ADD's request) run before the next stretch of work. */
 const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 
-export class PolicyEngine extends PolicyView {
+export class PolicyEngine extends PolicyMapSync {
   /** Audit as the endpoint's metadata asked for at creation (an API override wins). */
   private readonly metaAudit = new Map<string, boolean>();
-  private hostAddrs: string[];
   private auditOverrides: Record<string, boolean>;
   private started = false;
-  /** The policy entries the last successful apply wrote, by endpoint (none: the next apply compares all). */
-  private applied?: Desired['policy'];
-  /** What the last successful apply was built from (an ADD derives the next one: desiredWithEndpoint). */
-  private last?: Desired;
-  /** The records the CIDR table was last synced to (by a sync that was applied). */
-  private cidrsRecords?: PolicyRecord[];
   private chain: Promise<unknown> = Promise.resolve();
   /** Imports and deletes, in the order they arrived (an import waits here after its reading). */
   private policyOrder: Promise<unknown> = Promise.resolve();
@@ -56,7 +46,6 @@ export class PolicyEngine extends PolicyView {
   ) {
     super(d, identities, repo);
     this.auditOverrides = audit;
-    this.hostAddrs = d.hostAddresses();
     this.parser = new PolicyParser({ minBytes: d.parseOffloadBytes, log: d.log });
   }
 
@@ -106,40 +95,8 @@ export class PolicyEngine extends PolicyView {
       this.endpoints.set(e.key, e);
       this.identities.hold(e.key, e.identity);
       this.mirror.flags.delete(e.hostIfIndex); // a fresh config: read it again
-      if (this.started) {
-        // A new endpoint whose identity the node already has changes nothing but its own entries.
-        const records = this.repo.list();
-        const desired =
-          !known && this.last && this.applied && records === this.cidrsRecords
-            ? desiredWithEndpoint(
-                this.last,
-                e,
-                {
-                  records,
-                  labelsOf: (id) => this.identities.labelsOf(id),
-                  proxyPorts: this.d.proxyPorts?.(),
-                  cidrs: this.cidrs,
-                  fqdn: this.d.fqdn,
-                },
-                this.compileCache,
-              )
-            : undefined;
-        if (desired) this.apply(desired);
-        else this.sync();
-        return;
-      }
-      // Restoring: the pinned maps hold the entries already; only this endpoint's flags and
-      // addresses may be new (a recreated veth). One full sync follows in start().
-      const flags = endpointFlags(this.selection(e), e.audit);
-      this.d.ops.writeEndpointFlags(e.hostIfIndex, flags);
-      this.mirror.flags.set(e.hostIfIndex, flags);
-      const upsert = e.ips
-        .map((ip) => [normalizeCidr(ip), e.identity] as [string, number])
-        .filter(([p, id]) => this.mirror.ipcache.get(p) !== id);
-      if (upsert.length) {
-        this.d.ops.writeIpcache(upsert, []);
-        for (const [p, id] of upsert) this.mirror.ipcache.set(p, id);
-      }
+      if (this.started) this.syncEndpointAdded(e, known);
+      else this.writeRestoredEndpoint(e);
     });
   }
 
@@ -289,66 +246,6 @@ export class PolicyEngine extends PolicyView {
     return { revision: this.repo.revision, changes: plan.changes, stats, enforcedMs, totalMs: performance.now() - t0, timings };
   }
 
-  /** Computes the desired maps for `records` and applies the difference. Throws with nothing changed. */
-  private sync(records: PolicyRecord[] = this.repo.list()): ApplyStats {
-    // The CIDR table follows the records; a sync that is abandoned takes its changes back.
-    this.cidrs.checkpoint();
-    let desired: Desired;
-    try {
-      desired = buildDesired(
-        {
-          records,
-          endpoints: [...this.endpoints.values()],
-          labelsOf: (id) => this.identities.labelsOf(id),
-          hostAddresses: this.hostAddrs,
-          cidrs: this.cidrs,
-          proxyPorts: this.d.proxyPorts?.(),
-          remote: this.remote,
-          fqdn: this.d.fqdn,
-        },
-        this.compileCache,
-      );
-    } catch (e) {
-      // A build that stopped half way may have edited what the cache describes: start over next time.
-      this.compileCache.current = undefined;
-      this.applied = undefined;
-      this.last = undefined;
-      this.cidrsRecords = undefined;
-      this.cidrs.undo();
-      throw e;
-    }
-    let stats: ApplyStats;
-    try {
-      stats = this.apply(desired);
-    } catch (e) {
-      this.cidrsRecords = undefined;
-      // The maps hold neither this build's ipcache nor (edited in place) the one before: whole next time.
-      if (this.compileCache.current) this.compileCache.current.ipcache = undefined;
-      this.cidrs.undo();
-      throw e;
-    }
-    this.cidrs.keep();
-    this.cidrsRecords = records;
-    return stats;
-  }
-
-  /** Applies the difference to `desired`; throws with nothing changed (the next sync compares all). */
-  private apply(desired: Desired): ApplyStats {
-    let stats: ApplyStats;
-    try {
-      stats = applyDesired(this.d.ops, this.mirror, desired, this.applied);
-    } catch (e) {
-      this.applied = undefined;
-      this.last = undefined;
-      throw e;
-    }
-    this.applied = desired.policy;
-    this.last = desired;
-    this.generation++;
-    this.d.onChange?.();
-    return stats;
-  }
-
   // ---- toFQDNs ---------------------------------------------------------------------------------
 
   /** The FQDN entries of these ipcache prefixes changed (a DNS answer, an expiry). Resolves once the
@@ -361,27 +258,7 @@ export class PolicyEngine extends PolicyView {
         this.sync();
         return;
       }
-      const owned = (p: string) =>
-        this.hostAddrs.some((h) => normalizeCidr(h) === p) ||
-        this.remote.has(p) ||
-        [...this.endpoints.values()].some((e) => e.ips.some((ip) => normalizeCidr(ip) === p));
-      const diff = fqdnIpcacheDiff(prefixes, { fqdn: this.d.fqdn, cidrs: this.cidrs, current: this.mirror.ipcache, owned });
-      if (!diff.upsert.length && !diff.remove.length) return;
-      // Entries for these identities exist: only the addresses change (established flows to a
-      // removed one are revalidated like after any ipcache change).
-      this.d.ops.writeIpcache(diff.upsert, diff.remove);
-      // The desired state an ADD derives from holds them too (buildDesired would).
-      for (const m of [this.mirror.ipcache, this.last?.ipcache]) {
-        for (const [p, id] of diff.upsert) m?.set(p, id);
-        for (const p of diff.remove) m?.delete(p);
-      }
-      this.generation++;
-      this.d.ops.changed?.(this.mirror, {
-        policyKeys: [],
-        flagIfindexes: [],
-        ipcachePrefixes: [...diff.upsert.map(([p]) => p), ...diff.remove],
-      });
-      this.d.onChange?.();
+      this.writeFqdnIpcache(prefixes);
     });
   }
 

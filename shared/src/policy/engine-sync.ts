@@ -1,0 +1,155 @@
+// How the engine's state reaches the datapath maps: a full sync (build the desired content, apply
+// the difference), the shortcut for a replica's ADD, the touch-up of a restored endpoint, and the
+// patch of FQDN ipcache entries. It keeps what the last successful apply wrote and rolls the CIDR
+// table and the caches back when a build or an apply fails, so a failed change leaves the maps as
+// they were and the next sync compares all. engine.ts decides when (one change at a time);
+// this decides how.
+import { normalizeCidr } from '../net/index.ts';
+import type { IdentityAllocator } from '../identity/allocator.ts';
+import { applyDesired, type ApplyStats } from './apply.ts';
+import { buildDesired, desiredWithEndpoint, type Desired, type EngineEndpoint } from './desired.ts';
+import type { PolicyEngineDeps } from './engine-types.ts';
+import { PolicyView } from './engine-view.ts';
+import { fqdnIpcacheDiff } from './fqdn-ipcache.ts';
+import type { PolicyRepository } from './repository.ts';
+import { endpointFlags } from './selection.ts';
+import type { PolicyRecord } from './types.ts';
+
+export class PolicyMapSync extends PolicyView {
+  protected hostAddrs: string[];
+  /** The policy entries the last successful apply wrote, by endpoint (none: the next apply compares all). */
+  private applied?: Desired['policy'];
+  /** What the last successful apply was built from (an ADD derives the next one: desiredWithEndpoint). */
+  private last?: Desired;
+  /** The records the CIDR table was last synced to (by a sync that was applied). */
+  private cidrsRecords?: PolicyRecord[];
+
+  protected constructor(d: PolicyEngineDeps, identities: IdentityAllocator, repo: PolicyRepository) {
+    super(d, identities, repo);
+    this.hostAddrs = d.hostAddresses();
+  }
+
+  /** Computes the desired maps for `records` and applies the difference. Throws with nothing changed. */
+  protected sync(records: PolicyRecord[] = this.repo.list()): ApplyStats {
+    // The CIDR table follows the records; a sync that is abandoned takes its changes back.
+    this.cidrs.checkpoint();
+    let desired: Desired;
+    try {
+      desired = buildDesired(
+        {
+          records,
+          endpoints: [...this.endpoints.values()],
+          labelsOf: (id) => this.identities.labelsOf(id),
+          hostAddresses: this.hostAddrs,
+          cidrs: this.cidrs,
+          proxyPorts: this.d.proxyPorts?.(),
+          remote: this.remote,
+          fqdn: this.d.fqdn,
+        },
+        this.compileCache,
+      );
+    } catch (e) {
+      // A build that stopped half way may have edited what the cache describes: start over next time.
+      this.compileCache.current = undefined;
+      this.applied = undefined;
+      this.last = undefined;
+      this.cidrsRecords = undefined;
+      this.cidrs.undo();
+      throw e;
+    }
+    let stats: ApplyStats;
+    try {
+      stats = this.apply(desired);
+    } catch (e) {
+      this.cidrsRecords = undefined;
+      // The maps hold neither this build's ipcache nor (edited in place) the one before: whole next time.
+      if (this.compileCache.current) this.compileCache.current.ipcache = undefined;
+      this.cidrs.undo();
+      throw e;
+    }
+    this.cidrs.keep();
+    this.cidrsRecords = records;
+    return stats;
+  }
+
+  /** A new endpoint whose identity the node already has changes nothing but its own entries: the
+   *  next desired state is derived from the last one instead of built whole, when it can be. */
+  protected syncEndpointAdded(e: EngineEndpoint, known: boolean): void {
+    const records = this.repo.list();
+    const desired =
+      !known && this.last && this.applied && records === this.cidrsRecords
+        ? desiredWithEndpoint(
+            this.last,
+            e,
+            {
+              records,
+              labelsOf: (id) => this.identities.labelsOf(id),
+              proxyPorts: this.d.proxyPorts?.(),
+              cidrs: this.cidrs,
+              fqdn: this.d.fqdn,
+            },
+            this.compileCache,
+          )
+        : undefined;
+    if (desired) this.apply(desired);
+    else this.sync();
+  }
+
+  /** Restoring: the pinned maps hold the entries already; only this endpoint's flags and addresses
+   *  may be new (a recreated veth). One full sync follows when the engine starts. */
+  protected writeRestoredEndpoint(e: EngineEndpoint): void {
+    const flags = endpointFlags(this.selection(e), e.audit);
+    this.d.ops.writeEndpointFlags(e.hostIfIndex, flags);
+    this.mirror.flags.set(e.hostIfIndex, flags);
+    const upsert = e.ips
+      .map((ip) => [normalizeCidr(ip), e.identity] as [string, number])
+      .filter(([p, id]) => this.mirror.ipcache.get(p) !== id);
+    if (upsert.length) {
+      this.d.ops.writeIpcache(upsert, []);
+      for (const [p, id] of upsert) this.mirror.ipcache.set(p, id);
+    }
+  }
+
+  /** Writes the FQDN ipcache entries of these prefixes when their identities already have policy
+   *  entries: only the addresses change. */
+  protected writeFqdnIpcache(prefixes: string[]): void {
+    if (!this.d.fqdn) return;
+    const owned = (p: string) =>
+      this.hostAddrs.some((h) => normalizeCidr(h) === p) ||
+      this.remote.has(p) ||
+      [...this.endpoints.values()].some((e) => e.ips.some((ip) => normalizeCidr(ip) === p));
+    const diff = fqdnIpcacheDiff(prefixes, { fqdn: this.d.fqdn, cidrs: this.cidrs, current: this.mirror.ipcache, owned });
+    if (!diff.upsert.length && !diff.remove.length) return;
+    // Established flows to a removed address are revalidated like after any ipcache change.
+    this.d.ops.writeIpcache(diff.upsert, diff.remove);
+    // The desired state an ADD derives from holds them too (buildDesired would).
+    for (const m of [this.mirror.ipcache, this.last?.ipcache]) {
+      for (const [p, id] of diff.upsert) m?.set(p, id);
+      for (const p of diff.remove) m?.delete(p);
+    }
+    this.generation++;
+    this.d.ops.changed?.(this.mirror, {
+      policyKeys: [],
+      flagIfindexes: [],
+      ipcachePrefixes: [...diff.upsert.map(([p]) => p), ...diff.remove],
+    });
+    this.d.onChange?.();
+  }
+
+  /** Applies the difference to `desired`; throws with nothing changed (the next sync compares all). */
+  private apply(desired: Desired): ApplyStats {
+    let stats: ApplyStats;
+    try {
+      stats = applyDesired(this.d.ops, this.mirror, desired, this.applied);
+    } catch (e) {
+      this.applied = undefined;
+      this.last = undefined;
+      throw e;
+    }
+    this.applied = desired.policy;
+    this.last = desired;
+    this.generation++;
+    this.d.onChange?.();
+    return stats;
+  }
+}
