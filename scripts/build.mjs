@@ -35,6 +35,10 @@ await Promise.all(
       platform: 'node',
       target: 'node20',
       format: 'cjs',
+      // import() becomes a require: the launcher runs the agent's bundle from a V8 code cache, and Node 20
+      // loses a cached script's dynamic-import callback (ERR_VM_DYNAMIC_IMPORT_CALLBACK_MISSING on the
+      // second start, e.g. loading dockerode). Every external here is CommonJS, so nothing is lost.
+      supported: { 'dynamic-import': false },
       // Native modules (koffi; dockerode pulls in ssh2 and cpu-features) load from node_modules at run
       // time; esbuild cannot bundle .node files. etcd3 reads its .proto files next to its own code.
       external: ['koffi', 'dockerode', 'etcd3', 'cockatiel'],
