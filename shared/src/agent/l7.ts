@@ -93,13 +93,9 @@ export class AgentL7 {
       this.pending = false;
       try {
         const e = this.engine!;
-        // No HTTP rule and no worker listening: an empty snapshot says the same (workers are not
-        // wanted) without walking every endpoint on each ADD. A worker that connects later is sent
-        // the full one built when the rules arrive.
-        const snapshot =
-          e.hasHttpRules() || this.manager.status().running
-            ? e.proxySnapshot()
-            : { revision: e.revision, endpoints: [], policies: [], l7Sets: [], ipcache: [] };
+        // Always the full snapshot: a shortcut that sent an empty one while no HTTP rule was known
+        // (ceaceab) left the workers unstarted after an HTTP policy arrived (l7-http-* tests).
+        const snapshot = e.proxySnapshot();
         if (snapshot.policies.length && !this.socketMark) {
           ensureTransparentSocketMark();
           this.socketMark = true;

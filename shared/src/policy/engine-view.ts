@@ -11,7 +11,7 @@ import { endpointKey } from '../endpoint/naming.ts';
 import { fqdnLabels } from '../fqdn/identities.ts';
 import type { Mirror } from './apply.ts';
 import { l4decode, probe } from './compile.ts';
-import { l7KindsOf, universeOf, type CompileCache, type EngineEndpoint } from './desired.ts';
+import { universeOf, type CompileCache, type EngineEndpoint } from './desired.ts';
 import type { EgressEntry, EndpointPolicyView, PolicyEngineDeps } from './engine-types.ts';
 import { l7Summary, type L7Summary } from './l7.ts';
 import { decodePolicyKey } from './map-codec.ts';
@@ -141,15 +141,6 @@ export class PolicyView {
       defaultDeny: sel.defaultDeny,
       lookup: sel.defaultDeny || sel.hasRules,
     };
-  }
-
-  private httpRulesOf?: { records: PolicyRecord[]; any: boolean };
-  /** Whether any policy has HTTP rules (memoised per record set): without them the HTTP proxy has
-   *  nothing to enforce, and a snapshot of every endpoint on each ADD would be work for nobody. */
-  hasHttpRules(): boolean {
-    const records = this.repo.list();
-    if (this.httpRulesOf?.records !== records) this.httpRulesOf = { records, any: l7KindsOf(records).has('http') };
-    return this.httpRulesOf.any;
   }
 
   /** What the L7 proxy workers need: endpoints, ipcache, the tables of directions with L7 entries. */
