@@ -86,9 +86,15 @@ export async function wrk(
     url,
   ];
   const cpu0 = cpuUs(proxy);
+  const each0 = proxy.map((pid) => cpuUs([pid]));
   const agent0 = agent ? cpuUs([agent]) : 0;
   const out = await client.exec('wrk', args, { timeoutMs: (seconds + 30) * 1000 });
   const sample = parseWrk(out);
+  // BENCH_PER_PROCESS=1: each process's CPU per request apart (e.g. an A/B of two proxy workers).
+  if (process.env.BENCH_PER_PROCESS === '1' && sample.requests > 0)
+    process.stderr.write(
+      `  CPU µs/request by process: ${proxy.map((pid, i) => `${pid} ${((cpuUs([pid]) - each0[i]) / sample.requests).toFixed(1)}`).join(', ')}\n`,
+    );
   if (proxy.length && sample.requests > 0) sample.cpuUsPerReq = (cpuUs(proxy) - cpu0) / sample.requests;
   if (agent && sample.requests > 0) sample.agentUsPerReq = (cpuUs([agent]) - agent0) / sample.requests;
   return sample;
