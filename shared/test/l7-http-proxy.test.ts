@@ -11,6 +11,7 @@ import { once } from 'node:events';
 import { HttpProxyConnection } from '../src/l7/http/connection.ts';
 import type { Exchange } from '../src/l7/http/exchange.ts';
 import { compileHttpRule, matchHttp } from '../src/l7/http/rules.ts';
+import { RawListener, type RawSocket } from '../src/l7/proxy/raw-socket.ts';
 import type { HttpRule } from '../src/policy/types.ts';
 
 const rules = (
@@ -58,10 +59,12 @@ backend.on('upgrade', (_req, socket) => {
 
 let backendPort = 0;
 let upstreamPort = 0; // where the proxy connects (backendPort, or a closed port in one test)
-const proxied = new Set<net.Socket>();
-const proxy = net.createServer({ allowHalfOpen: true }, (client) => {
+// The client side as the proxy workers accept it: RawSockets (the upstream-pool test runs the same
+// connection over net.Sockets).
+const proxied = new Set<RawSocket>();
+let proxy: RawListener | undefined;
+const accept = (client: RawSocket) => {
   proxied.add(client);
-  client.on('close', () => proxied.delete(client));
   new HttpProxyConnection({
     client,
     connect: () => net.connect({ port: upstreamPort, host: '127.0.0.1', allowHalfOpen: true }),
@@ -70,8 +73,10 @@ const proxy = net.createServer({ allowHalfOpen: true }, (client) => {
       return { allowed: m.allowed, edits: m.edits };
     },
     sink: { request: () => undefined, response: (x) => exchanges.push(x) },
+    onClose: () => proxied.delete(client),
   });
-});
+  client.start();
+};
 let proxyPort = 0;
 
 t.before(async () => {
@@ -79,12 +84,11 @@ t.before(async () => {
   await once(backend, 'listening');
   backendPort = (backend.address() as net.AddressInfo).port;
   upstreamPort = backendPort;
-  proxy.listen(0, '127.0.0.1');
-  await once(proxy, 'listening');
-  proxyPort = (proxy.address() as net.AddressInfo).port;
+  proxy = RawListener.bind('127.0.0.1', 0, accept);
+  proxyPort = proxy.port;
 });
 t.teardown(() => {
-  proxy.close();
+  proxy?.close();
   for (const c of proxied) c.destroy();
   backend.close();
   backend.closeAllConnections();

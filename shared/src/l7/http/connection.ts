@@ -10,7 +10,7 @@
 // themselves (flow control, ending) pair.ts's, the order of responses queue.ts's.
 import type net from 'node:net';
 import { answered, type Decide, type ExchangeSink, errorResponse } from './exchange.ts';
-import { Hold, SocketPair, type UpstreamReuse } from './pair.ts';
+import { type ClientSocket, Hold, SocketPair, type UpstreamReuse } from './pair.ts';
 import type { RequestHead } from './parse.ts';
 import { badRequestSlot, type Pending, ResponseQueue, requestSlot } from './queue.ts';
 import { RequestFramer, Rq } from './request-framing.ts';
@@ -19,7 +19,7 @@ import { ResponseFramer, Rs } from './response-framing.ts';
 const MAX_PIPELINE = 128;
 
 export interface ConnectionOptions {
-  client: net.Socket;
+  client: ClientSocket;
   /** Opens the upstream connection to the original destination. */
   connect: () => net.Socket;
   decide: Decide;

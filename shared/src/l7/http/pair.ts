@@ -36,8 +36,25 @@ export interface PairEvents {
   closed(): void;
 }
 
+/**
+ * What the pair needs of the client's socket: a net.Socket, or the worker's lighter RawSocket
+ * (proxy/raw-socket.ts) for connections it accepts itself.
+ */
+export interface ClientSocket {
+  on(event: 'data' | 'end' | 'error' | 'close' | 'drain', listener: (...args: never[]) => void): unknown;
+  write(b: Buffer): boolean;
+  pause(): unknown;
+  resume(): unknown;
+  end(): unknown;
+  destroy(): unknown;
+  setNoDelay(noDelay: boolean): unknown;
+  readonly destroyed: boolean;
+  readonly writableEnded: boolean;
+  readonly writableLength: number;
+}
+
 /** Ends a socket's sending side once: a second end() costs an error object with a stack trace. */
-function end(s: net.Socket | undefined): void {
+function end(s: ClientSocket | undefined): void {
   if (s && !s.writableEnded && !s.destroyed) s.end();
 }
 
@@ -69,7 +86,7 @@ export class SocketPair implements UpstreamHolder {
   private finSent = false;
 
   constructor(
-    readonly client: net.Socket,
+    readonly client: ClientSocket,
     /** Opens a fresh upstream connection (called as a method of this object). */
     private readonly opener: { connect(): net.Socket },
     private readonly ev: PairEvents,

@@ -15,6 +15,7 @@ import type { RequestHead } from '../http/parse.ts';
 import type { RequestView } from '../http/rules.ts';
 import { type AgentMessage, encodeFrame, FrameReader, frameHeader, type WorkerMessage } from './frames.ts';
 import { type RecordContext, RecordWriter } from './records.ts';
+import { RawListener, type RawSocket } from './raw-socket.ts';
 import { SocketError, transparentListener } from './sockets.ts';
 import { registerListener } from './steering.ts';
 import { UpstreamPool } from './upstream-pool.ts';
@@ -45,7 +46,7 @@ const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
 
 export class ProxyWorker {
   view?: ProxyView;
-  private readonly servers: net.Server[] = [];
+  private readonly servers: { close(): void }[] = [];
   /** Families whose listener is registered for the socket lookup (steering.ts): the proxy may close first. */
   private readonly steered = new Set<string>();
   private control?: net.Socket;
@@ -133,15 +134,20 @@ export class ProxyWorker {
           this.o.log('cannot register the listener for the socket lookup (SYNs are assigned at tc instead)', { err: String(e) });
         }
       }
-      const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false }, (c) => this.accept(c));
-      server.on('error', (err) => this.o.log('listener error', { err: String(err) }));
-      server.listen({ fd });
-      this.servers.push(server);
+      // Accepted connections are RawSockets, not net.Sockets (raw-socket.ts says why).
+      this.servers.push(
+        RawListener.fromFd(
+          fd,
+          4096,
+          (c) => this.accept(c),
+          (errno) => this.o.log('accept error', { errno }),
+        ),
+      );
     }
     this.o.log('listening', { port: this.o.port, families: this.servers.length });
   }
 
-  private accept(client: net.Socket): void {
+  private accept(client: RawSocket): void {
     const dstIp = client.localAddress;
     const dstPort = client.localPort;
     const srcIp = client.remoteAddress;
@@ -164,6 +170,7 @@ export class ProxyWorker {
     this.clients.add(d);
     this.stats.connections++;
     new HttpProxyConnection(d);
+    client.start(); // reading starts once the connection has its listeners
   }
 
   private closeIdle(): void {
@@ -271,7 +278,7 @@ class Diverted implements ConnectionOptions, UpstreamReuse, ExchangeSink, Record
 
   constructor(
     private readonly w: ProxyWorker,
-    readonly client: net.Socket,
+    readonly client: RawSocket,
     private readonly dstIp: string,
     readonly dstPort: number,
     private readonly srcIp: string,
