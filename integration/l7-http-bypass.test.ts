@@ -3,6 +3,7 @@
 import t from 'tap';
 import { curl } from './lib/http.ts';
 import { probe } from './lib/probe.ts';
+import { l7WorkersConnected } from './lib/l7-workers.ts';
 import { API, ip4, l7HttpForFile } from './lib/l7-http-file.ts';
 
 if (process.getuid?.() !== 0) {
@@ -11,6 +12,29 @@ if (process.getuid?.() !== 0) {
 }
 
 const f = l7HttpForFile(t);
+
+// First in the file, while no worker runs: with 41d113d's bug the import's own change found no HTTP
+// rule (the store had not committed it yet), the workers were never wanted ("needed": false) and only
+// a later ADD would have brought them.
+t.test('an HTTP policy after the pods: the workers start; pods added after it are enforced too', async (t) => {
+  const { agent, nsOf, pc, pod, reset, url } = f;
+  t.teardown(reset);
+  await pc.import(API());
+  // The snapshot the import's change handed over already had the HTTP rules (not a later change's).
+  t.match((await agent.client.status()).l7, { needed: true }, 'the agent wants its workers once the import answers');
+  await l7WorkersConnected(agent.client);
+  t.equal((await curl(nsOf.good, url('web', 80, '/public/a'))).status, 200, 'good -> web GET /public/a: allowed');
+  t.equal((await curl(nsOf.good, url('web', 80, '/private'))).body, 'Access denied', 'good -> web GET /private: 403');
+  // A server and a client created under the policy: each ADD's snapshot names them.
+  await pod('web2', { app: 'storefront-2', tier: 'web' }, [80]);
+  await pod('late', { app: 'checkout-late', stage: 'live' });
+  const ok = await curl(nsOf.late, url('web2', 80, '/public/b'));
+  t.equal(ok.status, 200, 'late -> web2 GET /public/b: allowed');
+  t.match(JSON.parse(ok.body), { server: 'web2' });
+  t.equal((await curl(nsOf.late, url('web2', 80, '/private'))).body, 'Access denied', 'late -> web2 GET /private: 403');
+  t.equal((await curl(nsOf.good, url('web2', 80, '/secret'))).body, 'Access denied', 'good -> web2 GET /secret: 403');
+  t.equal((await curl(nsOf.bad, url('web2', 80, '/public/c'), [], { timeoutS: 2 })).status, 0, 'crawler -> web2: dropped at L3');
+});
 
 t.test('deny precedence and L3/L4 first: the proxy is no way around them', async (t) => {
   const { agent, eps, nsOf, importL7, reset, url } = f;

@@ -307,3 +307,43 @@ t.test('with the proxy: L7 entries carry its port; endpoint view and trace expla
   );
   t.equal(engine.trace({ ...q, src: { labels: { app: 'crawler' } } }).verdict, 'deny', 'L3 still applies first');
 });
+
+t.test('the L7 side, reacting to each map change, sees HTTP rules as soon as their entries are written', async (t) => {
+  // As agent/l7.ts does: onChange schedules the snapshot for the next turn of the loop, which runs
+  // before the import's records are committed to the store.
+  const seen: { http: boolean; policies: number }[] = [];
+  let engine: PolicyEngine | undefined;
+  const ops = new MemoryPolicyOps();
+  engine = await PolicyEngine.open({
+    store: new MemoryStore(),
+    ops,
+    hostAddresses: () => ['192.0.2.1'],
+    proxyPorts: () => ({ http: 15001 }),
+    onChange: () =>
+      setImmediate(() => seen.push({ http: engine!.hasHttpRules(), policies: engine!.proxySnapshot().policies.length })),
+  });
+  await engine.start();
+  const add = async (id: number, labels: Record<string, string>, ip: string) => {
+    const ep = testEndpoint(id, labels, await engine!.identityFor(labels), ip);
+    ops.flags.set(ep.hostIfIndex, 0);
+    await engine!.endpointAttached(ep);
+  };
+  const settle = () => new Promise((r) => setImmediate(r));
+  await add(1, { app: 'storefront' }, '10.0.0.2');
+  await add(2, { app: 'checkout' }, '10.0.0.3');
+  await settle();
+  t.same(seen.at(-1), { http: false, policies: 0 }, 'no policy: nothing for the proxy');
+  await engine.importText(STOREFRONT_READS());
+  await settle();
+  t.same(seen.at(-1), { http: true, policies: 1 }, 'the import: HTTP rules known at the change that wrote them');
+  await add(3, { app: 'storefront' }, '10.0.0.4');
+  await settle();
+  t.same(seen.at(-1), { http: true, policies: 1 }, 'an ADD after the HTTP policy: still proxied');
+  await engine.delete('all');
+  await settle();
+  t.same(seen.at(-1), { http: false, policies: 0 }, 'deleted: no HTTP rules');
+  t.ok(
+    seen.every((s) => s.http || s.policies === 0),
+    'whenever no HTTP rule is known, the full snapshot has no policy either (the empty one says the same)',
+  );
+});

@@ -93,9 +93,14 @@ export class AgentL7 {
       this.pending = false;
       try {
         const e = this.engine!;
-        // Always the full snapshot: a shortcut that sent an empty one while no HTTP rule was known
-        // (ceaceab) left the workers unstarted after an HTTP policy arrived (l7-http-* tests).
-        const snapshot = e.proxySnapshot();
+        // Without HTTP rules in the applied policy no endpoint has a proxied table: an empty snapshot
+        // says the same (workers not wanted) without walking every endpoint and the ipcache on each
+        // ADD. Workers still running (stopping once idle) get the full one: their open connections'
+        // flows keep naming endpoints and identities.
+        const snapshot =
+          e.hasHttpRules() || this.manager.status().running
+            ? e.proxySnapshot()
+            : { revision: e.revision, endpoints: [], policies: [], l7Sets: [], ipcache: [] };
         if (snapshot.policies.length && !this.socketMark) {
           ensureTransparentSocketMark();
           this.socketMark = true;

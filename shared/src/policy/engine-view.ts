@@ -11,7 +11,7 @@ import { endpointKey } from '../endpoint/naming.ts';
 import { fqdnLabels } from '../fqdn/identities.ts';
 import type { Mirror } from './apply.ts';
 import { l4decode, probe } from './compile.ts';
-import { universeOf, type CompileCache, type EngineEndpoint } from './desired.ts';
+import { l7KindsOf, universeOf, type CompileCache, type EngineEndpoint } from './desired.ts';
 import type { EgressEntry, EndpointPolicyView, PolicyEngineDeps } from './engine-types.ts';
 import { l7Summary, type L7Summary } from './l7.ts';
 import { decodePolicyKey } from './map-codec.ts';
@@ -19,6 +19,8 @@ import type { PolicyRepository } from './repository.ts';
 import { selectionFor, type Selection } from './selection.ts';
 import { describeRule, lookupIp, trace, type RuleDescription, type TraceQuery, type TraceResult } from './trace.ts';
 import type { PolicyRecord } from './types.ts';
+
+const NO_RECORDS: PolicyRecord[] = [];
 
 export class PolicyView {
   protected readonly endpoints = new Map<string, EngineEndpoint>();
@@ -141,6 +143,19 @@ export class PolicyView {
       defaultDeny: sel.defaultDeny,
       lookup: sel.defaultDeny || sel.hasRules,
     };
+  }
+
+  private httpRulesOf?: { records: PolicyRecord[]; any: boolean };
+  /** Whether the policy the maps were last built from has HTTP rules (memoised per record set). Without
+   *  them no endpoint's table has an HTTP entry, proxySnapshot() has no policies and the workers are not
+   *  wanted: building it (every endpoint, the whole ipcache) on each ADD would be work for nobody.
+   *  Asked of the compiled records, not the repository's: an import's maps are written and announced
+   *  (onChange) before its records are committed to the store, so the repository still holds the old
+   *  set when the L7 side reacts (the bug of 41d113d: the workers never started after an import). */
+  hasHttpRules(): boolean {
+    const records = this.compileCache.current?.records ?? NO_RECORDS;
+    if (this.httpRulesOf?.records !== records) this.httpRulesOf = { records, any: l7KindsOf(records).has('http') };
+    return this.httpRulesOf.any;
   }
 
   /** What the L7 proxy workers need: endpoints, ipcache, the tables of directions with L7 entries. */
