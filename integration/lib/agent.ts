@@ -204,6 +204,13 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
         if (ownStateDir) fs.rmSync(stateDir, { recursive: true, force: true });
         for (const release of owned) release();
       }
+      // A leak fails the test that made it, not a later reader of `ip link` (the machine is shared).
+      const left = [
+        ...(linkIn(inNetns, hostDevice) ? [`host device ${hostDevice}`] : []),
+        ...(fs.existsSync(bpffsDir) ? [`pin dir ${bpffsDir}`] : []),
+        ...(ownStateDir && fs.existsSync(stateDir) ? [`state dir ${stateDir}`] : []),
+      ];
+      if (left.length) throw new Error(`agent cleanup left ${left.join(', ')}`);
     },
   };
   try {
@@ -213,6 +220,15 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
     throw e;
   }
   return agent;
+}
+
+function linkIn(inNetns: (cmd: string[]) => [string, string[]], name: string): boolean {
+  try {
+    execFileSync(...inNetns(['ip', 'link', 'show', 'dev', name]), { stdio: 'ignore' });
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 function tail(file: string): string {
