@@ -3,6 +3,7 @@
 import t from 'tap';
 import fs from 'node:fs';
 import http from 'node:http';
+import net from 'node:net';
 import path from 'node:path';
 import { AgentApiError, AgentUnreachableError } from '../../shared/src/api/client.ts';
 import { CniAgentClient } from '../src/transport.ts';
@@ -77,4 +78,29 @@ t.test('unreachable and silent agents', async (t) => {
   const silent = await new CniAgentClient({ socketPath: s.socket, timeoutMs: 150 }).healthz().catch((e) => e);
   t.ok(silent instanceof AgentUnreachableError);
   t.match(silent.reason, /no answer within 150 ms/);
+});
+
+t.test('an answer with a Content-Length is complete without the connection closing', async (t) => {
+  // An agent busy right after answering (removing a deleted endpoint's veth) sends its FIN late:
+  // this server never sends one. The client must take the answer once its body is in.
+  const socket = path.join(dir, `raw${Math.random().toString(16).slice(2)}.sock`);
+  const held: net.Socket[] = [];
+  const srv = net.createServer((c) => {
+    held.push(c);
+    c.once('data', () => {
+      const body = '{"deleted":true}';
+      // head and body in two writes: the client must put them together
+      c.write(`HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: ${body.length}\r\n\r\n`);
+      setTimeout(() => c.write(body), 20);
+    });
+  });
+  await new Promise<void>((r) => srv.listen(socket, r));
+  t.teardown(() => {
+    for (const c of held) c.destroy();
+    srv.close();
+  });
+  const got = await new CniAgentClient({ socketPath: socket, timeoutMs: 2_000 })
+    .deleteEndpoint('c1', 'eth0')
+    .catch((e: Error) => e);
+  t.same(got, { deleted: true }, 'the answer, not a timeout');
 });
