@@ -19,7 +19,6 @@ import { matches } from './selector.ts';
 import { encodePolicyKey, EP_FLAGS } from './map-codec.ts';
 import { endpointFlags, selectionFor } from './selection.ts';
 import { namesCidrs } from './peer-deps.ts';
-import { normalizeCidr } from '../net/index.ts';
 import { prefixesFrom } from './prefixes.ts';
 
 export { prefixesOf } from './prefixes.ts';
@@ -306,11 +305,11 @@ export function buildDesired(input: DesiredInput, cache?: { current?: CompileCac
   return { policy, ipcache: ipcache.map, ipcacheDelta: ipcache.delta, flags, compiler, ports };
 }
 
-type CachedEntries = NonNullable<CompileCache['entries']> extends Map<string, infer V> ? V : never;
+export type CachedEntries = NonNullable<CompileCache['entries']> extends Map<string, infer V> ? V : never;
 
 /** One endpoint's flags and policy entries (reusing what was built for it while its compiled policy,
  *  id and proxy ports stay). */
-function endpointPart(
+export function endpointPart(
   ep: EngineEndpoint,
   input: Pick<DesiredInput, 'records' | 'labelsOf' | 'proxyPorts'>,
   compiler: PolicyCompiler,
@@ -333,51 +332,4 @@ function endpointPart(
       ? prev.built
       : entriesFrom(prev, ep, lp, input.proxyPorts);
   return { flags: ep.audit ? base | EP_FLAGS.audit : base, cached: { policy: lp, ports, built } };
-}
-
-/** The identities of each compile's universe, as a set (compilerFor keys them as text). */
-const universeIds = new WeakMap<CompileCache, Set<number>>();
-
-/**
- * `last` (built for the same records) plus one new endpoint, when nothing else can change: its
- * identity is already in the universe selectors choose from (a replica of a pod the node has), the
- * CIDR and FQDN identities and the proxy ports are the same. Then the compiler, every other
- * endpoint's entries and flags stay, and only its own flags, entries and addresses are worked out:
- * an ADD costs the same with 10 endpoints as with 1,000. undefined: build everything (buildDesired).
- */
-export function desiredWithEndpoint(
-  last: Desired,
-  ep: EngineEndpoint,
-  input: Pick<DesiredInput, 'records' | 'labelsOf' | 'proxyPorts' | 'cidrs' | 'fqdn'>,
-  cache: { current?: CompileCache },
-): Desired | undefined {
-  const cur = cache.current;
-  const ports = JSON.stringify(input.proxyPorts ?? {});
-  if (
-    !cur?.entries ||
-    cur.compiler !== last.compiler ||
-    cur.records !== input.records ||
-    cur.cidrVersion !== input.cidrs.version ||
-    cur.fqdnVersion !== (input.fqdn?.identities.version ?? 0) ||
-    last.ports !== ports ||
-    !input.labelsOf(ep.identity)
-  )
-    return undefined;
-  let ids = universeIds.get(cur);
-  if (!ids) universeIds.set(cur, (ids = new Set(cur.identities.split(',').map(Number))));
-  if (!ids.has(ep.identity)) return undefined;
-  const part = endpointPart(ep, input, cur.compiler, (cur.selections ??= new Map()), cur.entries.get(ep.key), ports);
-  cur.entries.set(ep.key, part.cached);
-  const policy = new Map(last.policy).set(ep.key, part.cached.built);
-  const flags = new Map(last.flags).set(ep.hostIfIndex, part.flags);
-  const ipcache = new Map(last.ipcache);
-  // Endpoint addresses override every other source (desiredIpcache). The maps hold `last` (a
-  // failed apply drops it), so these are all that can differ: the apply diffs them alone.
-  const upsert: [string, number][] = [];
-  for (const ip of ep.ips) {
-    const prefix = normalizeCidr(ip);
-    ipcache.set(prefix, ep.identity);
-    upsert.push([prefix, ep.identity]);
-  }
-  return { policy, ipcache, ipcacheDelta: { upsert, remove: [] }, flags, compiler: cur.compiler, ports };
 }

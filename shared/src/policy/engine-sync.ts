@@ -1,5 +1,5 @@
 // How the engine's state reaches the datapath maps: a full sync (build the desired content, apply
-// the difference), the shortcut for a replica's ADD, the touch-up of a restored endpoint, and the
+// the difference), the shortcuts for a replica's ADD and an endpoint's DEL, the touch-up of a restored endpoint, and the
 // patch of FQDN ipcache entries. It keeps what the last successful apply wrote and rolls the CIDR
 // table and the caches back when a build or an apply fails, so a failed change leaves the maps as
 // they were and the next sync compares all. engine.ts decides when (one change at a time);
@@ -7,7 +7,8 @@
 import { normalizeCidr } from '../net/index.ts';
 import type { IdentityAllocator } from '../identity/allocator.ts';
 import { applyDesired, type ApplyStats } from './apply.ts';
-import { buildDesired, desiredWithEndpoint, type Desired, type EngineEndpoint } from './desired.ts';
+import { buildDesired, type Desired, type EngineEndpoint } from './desired.ts';
+import { desiredWithEndpoint, desiredWithoutEndpoint } from './desired-endpoint.ts';
 import type { PolicyEngineDeps } from './engine-types.ts';
 import { PolicyView } from './engine-view.ts';
 import { fqdnIpcacheDiff } from './fqdn-ipcache.ts';
@@ -87,6 +88,31 @@ export class PolicyMapSync extends PolicyView {
               proxyPorts: this.d.proxyPorts?.(),
               cidrs: this.cidrs,
               fqdn: this.d.fqdn,
+            },
+            this.compileCache,
+          )
+        : undefined;
+    if (desired) this.apply(desired);
+    else this.sync();
+  }
+
+  /** An endpoint gone (already out of `endpoints`) whose identity stays in the universe changes
+   *  nothing but its own entries, flags and addresses: derived from the last state when it can be. */
+  protected syncEndpointRemoved(gone: EngineEndpoint): void {
+    const records = this.repo.list();
+    const desired =
+      this.last && this.applied && records === this.cidrsRecords
+        ? desiredWithoutEndpoint(
+            this.last,
+            gone,
+            this.endpoints.values(),
+            {
+              records,
+              proxyPorts: this.d.proxyPorts?.(),
+              cidrs: this.cidrs,
+              fqdn: this.d.fqdn,
+              hostAddresses: this.hostAddrs,
+              remote: this.remote,
             },
             this.compileCache,
           )

@@ -103,11 +103,12 @@ export class PolicyEngine extends PolicyMapSync {
   endpointDeleted(ep: Endpoint): Promise<void> {
     return this.serial(() => {
       const key = endpointKey(attachmentId(ep), ep.ifName);
-      if (!this.endpoints.delete(key)) return;
+      const gone = this.endpoints.get(key);
+      if (!gone || !this.endpoints.delete(key)) return;
       this.metaAudit.delete(key);
       this.identities.release(key);
       this.mirror.flags.delete(ep.hostIfIndex);
-      if (this.started) this.sync();
+      if (this.started) this.syncEndpointRemoved(gone);
     });
   }
 
