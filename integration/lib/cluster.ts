@@ -33,8 +33,9 @@ export interface ClusterOptions {
   nodes: number;
   /** Operators to start (0 = none; tests of the operator start their own). Default 1. */
   operators?: number;
-  /** Node lease TTL (seconds); short so a killed agent leaves quickly. Default 5. */
-  leaseTtl?: number;
+  /** Node lease TTL (seconds); short so a killed agent leaves quickly. Default 5. Per node (by name)
+   *  when a file needs both: a node restarted within its lease and another that leaves quickly. */
+  leaseTtl?: number | ((node: string) => number);
   /** Extra agent / operator flags (agent: the same for every node, or per node). */
   agentArgs?: string[] | ((node: { name: string; ip: string; stateDir: string; cluster: string }) => string[]);
   operatorArgs?: string[];
@@ -116,7 +117,7 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
   const releaseRoot = ownDir(root);
   const { prefix, subnet } = randomUnderlay();
   const clusterPool = opts.clusterPool ?? `10.${crypto.randomInt(64, 192)}.0.0/16`;
-  const leaseTtl = opts.leaseTtl ?? 5;
+  const leaseTtl = (node: string) => (typeof opts.leaseTtl === 'function' ? opts.leaseTtl(node) : (opts.leaseTtl ?? 5));
   const procs: Proc[] = [];
   const netnss: TestNetns[] = [];
   const pods: TestPod[] = [];
@@ -254,7 +255,7 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
           '--node-ip',
           ip,
           '--kvstore-lease-ttl',
-          String(leaseTtl),
+          String(leaseTtl(nodeName)),
           ...(typeof opts.agentArgs === 'function'
             ? opts.agentArgs({ name: nodeName, ip, stateDir, cluster: name })
             : (opts.agentArgs ?? [])),
