@@ -8,7 +8,7 @@ import { ObserverClient } from '../shared/src/flows/client.ts';
 import { arp, eth, ETH_P, PROTO, TCP_FLAGS, tcp, udp } from '../shared/src/bpf/packets.ts';
 import { castOf, closedIngress, frame4, frame6, reasonName, waitFor } from './lib/attack-pods.ts';
 import { sendFrames, sniff } from './lib/raw.ts';
-import { tcpRequest, startEchoServer, killAll } from './lib/tcp.ts';
+import { tcpRequest, startEchoServer, killAll, untilListening } from './lib/tcp.ts';
 
 if (process.getuid?.() !== 0) {
   t.plan(0, 'needs root');
@@ -21,12 +21,13 @@ const seen = (frames: { frame: Buffer }[], m: Buffer) => frames.some((f) => f.fr
 const SPOOFED = reasonName(132),
   BAD_MAC = reasonName(130);
 
-/** Runs `python3 -c script args` in a pod; resolves with its stdout. */
+/** Runs `python3 -c script args` in a pod; resolves with its stdout (30 s: a python start at load 12
+ *  alone takes seconds). */
 const py = (
   pod: { ns: { exec(c: string, a: string[], o?: { timeoutMs?: number }): Promise<string> } },
   script: string,
   ...args: string[]
-) => pod.ns.exec('python3', ['-c', script, ...args], { timeoutMs: 15_000 });
+) => pod.ns.exec('python3', ['-c', script, ...args], { timeoutMs: 30_000 });
 
 t.test('A cannot send as C: IPv4 and IPv6 sources, another MAC; its own packets pass', async (t) => {
   const { a, c, d } = cast.pods;
@@ -86,7 +87,9 @@ t.test('a forged C:53 -> D:4444 datagram opens no way into C; real replies do pa
   const { a, c, d } = cast.pods;
   t.teardown(() => cast.pc.delete('all'));
   await cast.pc.import(closedIngress('c'));
-  const cap = await sniff(c.ns, 8);
+  // Captures until stop() (60 s at most): under load the steps below take seconds, and a capture that
+  // ended early would miss the "answer" it must not see.
+  const cap = await sniff(c.ns, 60);
   await sendFrames(a.ns, [frame4(a, { src: c.ip4, dst: d.ip4, proto: PROTO.UDP }, udp(53, 4444, marker('FORGED')))]);
   const answer = marker('ANSWER');
   await py(
@@ -95,18 +98,20 @@ t.test('a forged C:53 -> D:4444 datagram opens no way into C; real replies do pa
     c.ip4,
     answer.toString(),
   );
-  // C asks D for real (from port 53), D answers from 4444: a reply, which passes C's closed ingress.
+  // C asks D for real (from port 53), D answers from 4445: a reply, which passes C's closed ingress.
+  // D says when it is bound (a fixed pause lost the ASK when python started slowly under load), and
+  // C waits up to 10 s for the reply (D has to be scheduled to answer).
   const server = d.ns.spawn('python3', [
     '-c',
-    'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("0.0.0.0",4445));d,a=s.recvfrom(100);s.sendto(b"REAL-"+d,a)',
+    'import socket;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("0.0.0.0",4445));print("listening",flush=True);d,a=s.recvfrom(100);s.sendto(b"REAL-"+d,a)',
   ]);
   t.teardown(() => {
     if (server.exitCode === null) server.kill('SIGKILL');
   });
-  await new Promise((r) => setTimeout(r, 300));
+  await untilListening(server, "D's UDP server", 30_000);
   const got = await py(
     c,
-    'import socket,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("0.0.0.0",53));s.settimeout(3);s.sendto(b"ASK",(sys.argv[1],4445));print(s.recvfrom(100)[0].decode())',
+    'import socket,sys;s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(("0.0.0.0",53));s.settimeout(10);s.sendto(b"ASK",(sys.argv[1],4445));print(s.recvfrom(100)[0].decode())',
     d.ip4,
   );
   t.equal(got.trim(), 'REAL-ASK', "C's own request gets D's reply through C's closed ingress");
