@@ -18,6 +18,7 @@
 #include "lib/enforce.h"
 #include "lib/spoof.h"
 #include "lib/overlay.h"
+#include "lib/dns_cache.h"
 
 /* The TTL and protocol bytes form one 16-bit word of the IPv4 header checksum. */
 union ttl_proto_word {
@@ -81,7 +82,13 @@ static __always_inline int forward_ipv6(struct __sk_buff *skb, const struct loca
 /* A flow for the L7 proxy, from the pod (tc ingress): handed to it here (proxy.h). */
 static __always_inline int to_proxy(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_config *src, __u16 port)
 {
-	__u16 reason = proxy_assign(skb, p, port);
+	__u16 reason;
+	int verdict;
+
+	/* A DNS query the proxy has answered before (dns_cache.h): answered here. */
+	if (dns_cache_answer(skb, p, src, &verdict))
+		return verdict;
+	reason = proxy_assign(skb, p, port);
 
 	if (!reason)
 		return TC_ACT_OK;

@@ -75,7 +75,7 @@ spec:
     toPorts: [{ports: [{port: "80", protocol: TCP}]}]
 `;
 
-export function dnsFqdnForFile(t: Test): DnsFqdnFile {
+export function dnsFqdnForFile(t: Test, opts: { agentArgs?: string[] } = {}): DnsFqdnFile {
   let file: DnsFqdnFile | undefined;
   let world: TestWorld | undefined;
   let agent: TestAgent | undefined;
@@ -83,7 +83,7 @@ export function dnsFqdnForFile(t: Test): DnsFqdnFile {
   const children: ChildProcess[] = [];
   const tmp = fs.mkdtempSync('/tmp/mbr-dns-');
   t.before(async () => {
-    const a = await startAgent({ extraArgs: ['--fqdn-min-ttl', '0'] });
+    const a = await startAgent({ extraArgs: ['--fqdn-min-ttl', '0', ...(opts.agentArgs ?? [])] });
     agent = a;
     const pc = new PolicyClient(a.client);
     world = await createWorld(Object.values(HOSTS));

@@ -13,6 +13,8 @@
 // BENCH_FRESH names never seen before, each resolved through the proxy and connected to at once (a
 // drop would show as a timeout), and the time from an answer reaching the proxy to its address being
 // in the ipcache (the agent's membrane_fqdn_answer_to_datapath_seconds histogram).
+// MEMBRANE_DNS_CACHE=on|off: the datapath answers the proxy pod's repeated queries from the answers the
+// proxy relayed (--dns-cache; the agent's default otherwise).
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -292,6 +294,10 @@ async function main(): Promise<void> {
       ),
     );
     console.log(`\nproxy / direct queries/s: ${ratio.toFixed(2)}x (goal >= 0.8x)`);
+    const cache = ((await agent.client.status()) as { dns?: { cache?: { enabled: boolean; hits: number } } }).dns?.cache;
+    console.log(
+      `datapath answer cache (MEMBRANE_DNS_CACHE): ${cache?.enabled ? `on, ${cache.hits} queries answered by it` : 'off'}`,
+    );
     console.log(
       `first connection right after a fresh answer: ${first.ok}/${FRESH} connected${first.failed.length ? `; failed: ${first.failed.join(', ')}` : ''} (goal: never dropped)`,
     );

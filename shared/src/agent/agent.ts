@@ -115,7 +115,11 @@ export class Agent {
         l7 || dns
           ? {
               proxyPorts: () => ({ ...(l7?.proxyPorts() ?? {}), ...(dns?.proxyPorts() ?? {}) }),
-              ...(l7 ? { onChange: l7.policyChanged } : {}),
+              // Both hear about every change of the maps: the HTTP proxy's snapshot, the DNS answer cache's generation.
+              onChange: () => {
+                l7?.policyChanged();
+                dns?.policyChanged();
+              },
             }
           : undefined;
 

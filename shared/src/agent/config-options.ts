@@ -247,6 +247,13 @@ export const OPTIONS: OptionSpec[] = [
     default: `${DEFAULTS.dnsProxyWorkers}`,
   },
   {
+    key: 'dnsCache',
+    flags: '--dns-cache <on|off>',
+    env: 'MEMBRANE_DNS_CACHE',
+    help: "the datapath answers a pod's repeated UDP DNS queries from the answers the proxy relayed, until their TTL",
+    default: 'off',
+  },
+  {
     key: 'fqdnMinTtl',
     flags: '--fqdn-min-ttl <seconds>',
     env: 'MEMBRANE_FQDN_MIN_TTL',

@@ -89,6 +89,7 @@ export const FileSchema = z
     dnsProxy: z.boolean().optional(),
     dnsProxyPort: z.number().int().min(0).max(65535).optional(),
     dnsProxyWorkers: z.number().int().min(0).max(64).optional(),
+    dnsCache: z.boolean().optional(),
     fqdnMinTtl: z
       .number()
       .int()

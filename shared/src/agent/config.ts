@@ -78,6 +78,9 @@ export interface AgentConfig {
   dnsProxyPort: number;
   /** Worker threads relaying the DNS proxy's UDP (0: the agent's thread does). */
   dnsProxyWorkers: number;
+  /** The datapath answers a pod's repeated UDP DNS query from the answers the proxy relayed, until
+   *  their TTL (shared/src/dns/answer-cache.ts). */
+  dnsCache: boolean;
   /** Addresses learned from DNS stay at least this many seconds (when the answer's TTL is shorter). */
   fqdnMinTtl: number;
   /** Cluster mode (shared/src/cluster): set when --kvstore is given. */
@@ -249,6 +252,7 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
     dnsProxy: onOff(text('dnsProxy'), file.dnsProxy ?? true),
     dnsProxyPort: int(text('dnsProxyPort'), file.dnsProxyPort, { min: 0, max: 65535 }) ?? 0,
     dnsProxyWorkers: int(text('dnsProxyWorkers'), file.dnsProxyWorkers, { min: 0, max: 64 }) ?? DEFAULTS.dnsProxyWorkers,
+    dnsCache: onOff(text('dnsCache'), file.dnsCache ?? false),
     fqdnMinTtl: int(text('fqdnMinTtl'), file.fqdnMinTtl, { min: 0, max: 86_400 * 7 }) ?? 0,
     ...(cluster ? { cluster } : {}),
   };

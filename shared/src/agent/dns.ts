@@ -23,6 +23,8 @@ import { ensureProxyRouting } from '../l7/routing.ts';
 import { pickProxyPort, portFree, udpPortFree } from '../l7/proxy/sockets.ts';
 import { normalizeIp } from '../net/index.ts';
 import { DnsProxy, type DnsDecision, type DnsRecord, type Peer } from '../dns/proxy.ts';
+import { DnsAnswerCache } from '../dns/answer-cache.ts';
+import { possibleCpus } from '../bpf/datapath.ts';
 import type { Answer, Query } from '../dns/message.ts';
 import { dnsFlow } from '../dns/flows.ts';
 import { originalDestination } from '../dns/original-destination.ts';
@@ -49,7 +51,7 @@ function decision(
   ruleId: number,
   rulePath?: string,
 ): DnsDecision {
-  return { allowed, endpoint, identity, peerIdentity, ruleId, rulePath };
+  return { allowed, endpoint, identity, peerIdentity, ruleId, rulePath, cacheGeneration: undefined };
 }
 
 export interface DnsDeps {
@@ -74,6 +76,7 @@ export interface FqdnCacheEntryView {
 export class AgentDns {
   private engine?: PolicyEngine;
   private proxy?: DnsProxy;
+  private answers?: DnsAnswerCache;
   private timers: NodeJS.Timeout[] = [];
   private saveTimer?: NodeJS.Timeout;
   private saving: Promise<void> = Promise.resolve();
@@ -115,6 +118,15 @@ export class AgentDns {
   async bind(engine: PolicyEngine): Promise<void> {
     this.engine = engine;
     const fd = this.d.datapath.mapFd('proxy_udp_dst');
+    const answers = (this.answers = new DnsAnswerCache(
+      {
+        cache: this.d.datapath.mapFd('dns_cache'),
+        config: this.d.datapath.mapFd('dns_cache_config'),
+        hits: this.d.datapath.mapFd('dns_cache_hits'),
+      },
+      this.d.cfg.dnsCache,
+      possibleCpus(),
+    ));
     this.proxy = new DnsProxy({
       port: this.port,
       log: this.log,
@@ -124,6 +136,18 @@ export class AgentDns {
         for (const l of this.listeners) l(r);
       },
       originalDestination: (src) => originalDestination(fd, src),
+      ...(answers.enabled
+        ? {
+            cacheAnswer: (client, server, dec, query, answer, arrivedNs) => {
+              if (dec.endpoint === undefined || dec.cacheGeneration === undefined) return;
+              try {
+                answers.store(dec.endpoint, server, query, answer, dec.cacheGeneration, arrivedNs);
+              } catch (err) {
+                this.log.warn({ err, client }, 'cannot cache a DNS answer in the datapath');
+              }
+            },
+          }
+        : {}),
       workers: this.d.cfg.dnsProxyWorkers
         ? {
             count: this.d.cfg.dnsProxyWorkers,
@@ -154,8 +178,21 @@ export class AgentDns {
     }
     const key = `${src.ip}|${dst.ip}|${dst.port}|${proto}|${q.name}`;
     let d = this.decisions.get(key);
-    if (!d) this.decisions.set(key, (d = this.lookupDecision(src, dst, proto, q)));
+    if (!d) {
+      d = this.lookupDecision(src, dst, proto, q);
+      d.cacheGeneration = this.answers?.generation;
+      this.decisions.set(key, d);
+    }
     return d;
+  }
+
+  /** The policy maps or the ipcache changed: answers cached in the datapath under earlier verdicts go. */
+  policyChanged(): void {
+    try {
+      this.answers?.bump();
+    } catch (err) {
+      this.log.error({ err }, 'cannot invalidate the DNS answer cache');
+    }
   }
 
   /** The sender's egress entry towards the server, then its DNS rules. */
@@ -287,6 +324,7 @@ export class AgentDns {
       ...this.state.cache.size,
       identities: this.state.identities.list().length,
       ...(this.proxy ? { udpWorkers: this.proxy.udpWorkers, stats: this.proxy.stats } : {}),
+      ...(this.answers ? { cache: { enabled: this.answers.enabled, hits: this.answers.hits() } } : {}),
     };
   }
 

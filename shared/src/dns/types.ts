@@ -18,6 +18,9 @@ export interface DnsDecision {
   ruleId: number;
   /** The DNS rule that allowed the name ("spec.egress[0].toPorts[0].rules.dns[1]"). */
   rulePath?: string | undefined;
+  /** The datapath answer cache's generation when decided (answer-cache.ts): an answer is cached only
+   *  under the generation its verdict was made in. */
+  cacheGeneration?: number | undefined;
 }
 
 /** One query or response as flows and metrics see it. */
@@ -61,6 +64,9 @@ export interface DnsProxyDeps {
   /** Resolves once the answer's addresses are in the datapath; undefined: they already are. */
   learn(endpoint: number, answer: Answer): Promise<void> | undefined;
   record(r: DnsRecord): void;
+  /** A UDP answer just relayed to `client` (its addresses in the datapath), for the datapath's answer
+   *  cache (answer-cache.ts); absent: nothing is cached. */
+  cacheAnswer?(client: Peer, server: Peer, decision: DnsDecision, query: Buffer, answer: Buffer, arrivedNs: bigint): void;
   /** Where a diverted datagram from `src` was going (the datapath's proxy_udp_dst). */
   originalDestination(src: Peer): Peer | undefined;
   log: { warn(o: object, msg: string): void; debug?(o: object, msg: string): void };

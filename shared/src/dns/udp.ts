@@ -21,7 +21,7 @@ import { closeFd, transparentUdpSocket } from '../l7/proxy/sockets.ts';
 import { answersQuery, failure, MessageReader, RCODE, refusal, type Answer, type Query } from './message.ts';
 import { dnsRecord, loopback, type DnsDecision, type DnsProxyDeps, type DnsStats, type Peer } from './types.ts';
 
-export interface UdpRelayDeps extends Pick<DnsProxyDeps, 'learn' | 'record' | 'originalDestination' | 'log'> {
+export interface UdpRelayDeps extends Pick<DnsProxyDeps, 'learn' | 'record' | 'originalDestination' | 'log' | 'cacheAnswer'> {
   /** A worker thread's verdict may have to come from the agent's thread (a promise). */
   decide(src: Peer, dst: Peer, proto: 'udp', query: Query): DnsDecision | Promise<DnsDecision>;
 }
@@ -33,6 +33,8 @@ interface Pending {
   id: number;
   clientId: number;
   query: Query;
+  /** The client's datagram (its ID overwritten): the datapath's answer cache is keyed by its question. */
+  raw: Buffer;
   decision: DnsDecision;
   /** performance.now() when forwarded. */
   t0: number;
@@ -146,7 +148,18 @@ export class UdpRelay {
     let id = this.ids.next();
     while (up.byId.has(id)) id = this.ids.next();
     const t0 = performance.now();
-    const p: Pending = { client, server, up, id, clientId: query.id, query, decision, t0, deadline: t0 + this.timeoutMs };
+    const p: Pending = {
+      client,
+      server,
+      up,
+      id,
+      clientId: query.id,
+      query,
+      raw: msg,
+      decision,
+      t0,
+      deadline: t0 + this.timeoutMs,
+    };
     this.pending.add(p);
     up.byId.set(id, p);
     this.stats.forwarded++;
@@ -219,15 +232,17 @@ export class UdpRelay {
       return;
     } // not this question: wait for the real one
     if (!this.finish(p)) return;
+    // Before learning: an answer cached in the datapath expires before the addresses it taught.
+    const arrivedNs = this.d.cacheAnswer ? process.hrtime.bigint() : 0n;
     if (answer && p.decision.endpoint !== undefined && answer.ips.length) {
       const tAnswer = performance.now();
       const learning = this.d.learn(p.decision.endpoint, answer);
       if (!learning) {
-        this.releaseUdp(p, msg, answer, performance.now() - tAnswer);
+        this.releaseUdp(p, msg, answer, arrivedNs, performance.now() - tAnswer);
         return;
       }
       learning.then(
-        () => this.releaseUdp(p, msg, answer, performance.now() - tAnswer),
+        () => this.releaseUdp(p, msg, answer, arrivedNs, performance.now() - tAnswer),
         (err: unknown) => {
           // Not in the datapath: the client would be refused its first connection. It gets SERVFAIL
           // and asks again.
@@ -241,13 +256,14 @@ export class UdpRelay {
       );
       return;
     }
-    this.releaseUdp(p, msg, answer);
+    this.releaseUdp(p, msg, answer, arrivedNs);
   }
 
   /** The server's bytes to the client, its ID restored (msg is this datagram's own buffer). */
-  private releaseUdp(p: Pending, msg: Buffer, answer: Answer | undefined, learnMs?: number): void {
+  private releaseUdp(p: Pending, msg: Buffer, answer: Answer | undefined, arrivedNs: bigint, learnMs?: number): void {
     msg.writeUInt16BE(p.clientId, 0);
     this.replyUdp(p.server, p.client, msg);
+    if (answer && !answer.rcode && this.d.cacheAnswer) this.d.cacheAnswer(p.client, p.server, p.decision, p.raw, msg, arrivedNs);
     const latencyNs = Math.round((performance.now() - p.t0) * 1e6);
     this.d.record(
       dnsRecord(

@@ -1,0 +1,232 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* The DNS answer cache (shared/src/dns/answer-cache.ts writes it): a pod's UDP DNS query that the
+ * policy sends to the DNS proxy is answered here, at tc ingress of its host veth, when the proxy has
+ * already relayed an answer to that very question for that very endpoint and server and the answer's
+ * TTL has not run out (the question byte for byte: a name in other case goes to the proxy). The query
+ * is rewritten into the answer in place (the query's ID, TTLs lowered by the time the entry has been
+ * stored, addresses and ports swapped, UDP checksum 0 as IPv4 allows) and handed back to the pod's
+ * eth0 (bpf_redirect_peer). Like a node-local DNS cache: answers are served from the node until their
+ * TTL. No flow event is emitted for a cached answer yet (dns_cache_hits counts them).
+ *
+ * Why it cannot answer what the proxy would refuse: an entry exists only for a query the proxy
+ * allowed from that endpoint (the key holds the endpoint id, the server's address and port, the
+ * question); it is valid only under the generation it was stored in, which the agent bumps on every
+ * policy or ipcache change (dns_cache_config), so a changed DNS rule is asked of the proxy again; it
+ * expires no later than the addresses the answer taught (stored with the TTL counted from before
+ * they were learned). Anything else - IPv6, IP options, fragments, EDNS or other extra records, names
+ * over DNS_CACHE_NAME_MAX, a stale or absent entry, a disabled cache - goes to the proxy as before. */
+#pragma once
+
+#include <linux/udp.h>
+#include "maps.h"
+#include "parse.h"
+
+#define DNS_CACHE_NAME_MAX 128	  /* wire-format name bytes, the root label included */
+#define DNS_CACHE_ANSWER_MAX 512  /* payload of a cached answer */
+#define DNS_CACHE_TTLS 16	  /* records whose TTL is lowered on the way out */
+#define DNS_CACHE_ENTRIES 8192
+
+struct dns_cache_key {
+	__u32 endpoint_id;
+	__u8 family;
+	__u8 name_len;
+	__be16 server_port;
+	__u8 server[16];
+	__u8 type_class[4]; /* QTYPE, QCLASS as on the wire */
+	__u8 name[DNS_CACHE_NAME_MAX]; /* as sent, zero-padded */
+};
+_Static_assert(sizeof(struct dns_cache_key) == 156, "dns_cache_key layout is shared with userspace");
+
+struct dns_cache_value {
+	__u64 stored_ns;  /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the answer's arrival */
+	__u64 expires_ns; /* stored_ns + the smallest TTL of its records */
+	__u32 generation; /* dns_cache_config.generation when the proxy decided */
+	__u32 entry_id;   /* the agent's handle (flows) */
+	__u16 len;
+	__u8 ttl_count;
+	__u8 pad;
+	__u16 ttl_off[DNS_CACHE_TTLS]; /* offsets of TTL fields in payload */
+	__u32 ttl[DNS_CACHE_TTLS];     /* their values as answered (host order) */
+	__u8 payload[DNS_CACHE_ANSWER_MAX];
+};
+_Static_assert(sizeof(struct dns_cache_value) == 640, "dns_cache_value layout is shared with userspace");
+
+struct dns_cache_config {
+	__u32 enabled;
+	__u32 generation;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, DNS_CACHE_ENTRIES);
+	__type(key, struct dns_cache_key);
+	__type(value, struct dns_cache_value);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dns_cache SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dns_cache_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dns_cache_config SEC(".maps");
+
+/* Queries answered here (per CPU): the agent's metrics. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dns_cache_hits SEC(".maps");
+
+/* Per-CPU room for the key (too large for the stack next to the caller's). */
+struct dns_cache_scratch {
+	struct dns_cache_key key;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct dns_cache_scratch);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} dns_cache_scratch SEC(".maps");
+
+#define DNS_OFF (ETH_HLEN + 20 + 8) /* IPv4 without options, UDP */
+
+struct dns_reply_headers {
+	__u8 eth[ETH_HLEN];
+	__u8 pad[2];
+	struct iphdr ip;
+	struct udphdr udp;
+};
+
+static __always_inline __u16 csum_fold32(__u64 sum)
+{
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return (__u16)~sum;
+}
+
+/* True when the query in skb was answered from the cache (then the caller returns TC_ACT_REDIRECT
+ * via *verdict); false: it goes to the proxy. */
+static __always_inline bool dns_cache_answer(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_config *ep,
+					     int *verdict)
+{
+	__u32 zero = 0, ifindex = skb->ifindex, dns_len, qlen, name_len, len, i, elapsed;
+	struct dns_reply_headers h;
+	struct dns_cache_config *cfg;
+	struct dns_cache_scratch *s;
+	struct dns_cache_value *v;
+	__u8 hdr[12];
+	__u16 id;
+	__u64 now, *hits;
+	void *data, *data_end;
+	struct iphdr *ip;
+	struct udphdr *udp;
+
+	if (p->family != MBR_FAMILY_IPV4 || p->proto != IPPROTO_UDP || !p->has_l4 || p->later_fragment)
+		return false;
+	cfg = bpf_map_lookup_elem(&dns_cache_config, &zero);
+	if (!cfg || !cfg->enabled || p->l4_off != ETH_HLEN + 20)
+		return false;
+	if (!linear_headers(skb, DNS_OFF, &data, &data_end))
+		return false;
+	ip = data + ETH_HLEN;
+	udp = data + ETH_HLEN + 20;
+	if (ip->frag_off & bpf_htons(0x3fff)) /* MF or an offset: a fragment */
+		return false;
+	dns_len = bpf_ntohs(udp->len);
+	if (dns_len < 8 || skb->len != ETH_HLEN + 20 + dns_len)
+		return false;
+	dns_len -= 8;
+	if (dns_len < 12 + 1 + 4 || dns_len > 12 + DNS_CACHE_NAME_MAX + 4)
+		return false;
+	if (bpf_skb_load_bytes(skb, DNS_OFF, hdr, sizeof(hdr)) < 0)
+		return false;
+	/* A standard query (QR 0, opcode 0, TC 0) with one question and nothing else. */
+	if ((hdr[2] & 0xfa) || hdr[4] || hdr[5] != 1 || hdr[6] || hdr[7] || hdr[8] || hdr[9] || hdr[10] || hdr[11])
+		return false;
+	s = bpf_map_lookup_elem(&dns_cache_scratch, &zero);
+	if (!s)
+		return false;
+	qlen = dns_len - 12;
+	if (qlen < 5 || qlen > DNS_CACHE_NAME_MAX + 4)
+		return false;
+	name_len = qlen - 4;
+	/* The name as sent (no case folding: a query in other case is the proxy's), zero-padded. */
+	__builtin_memset(s->key.name, 0, sizeof(s->key.name));
+	if (bpf_skb_load_bytes(skb, DNS_OFF + 12, s->key.name, name_len) < 0 ||
+	    bpf_skb_load_bytes(skb, DNS_OFF + 12 + name_len, s->key.type_class, 4) < 0)
+		return false;
+	s->key.endpoint_id = ep->endpoint_id;
+	s->key.family = p->family;
+	s->key.name_len = name_len;
+	s->key.server_port = p->dport;
+	__builtin_memset(s->key.server, 0, sizeof(s->key.server));
+	__builtin_memcpy(s->key.server, p->daddr, 4);
+	v = bpf_map_lookup_elem(&dns_cache, &s->key);
+	if (!v)
+		return false;
+	now = bpf_ktime_get_ns();
+	if (v->generation != cfg->generation || now >= v->expires_ns || now < v->stored_ns)
+		return false;
+	len = v->len;
+	if (len < dns_len || len > DNS_CACHE_ANSWER_MAX)
+		return false;
+	elapsed = (now - v->stored_ns) / 1000000000ULL;
+	id = *(__u16 *)hdr;
+
+	/* The reply's headers, from the query's. */
+	__builtin_memset(&h, 0, sizeof(h));
+	if (bpf_skb_load_bytes(skb, 0, h.eth, ETH_HLEN) < 0)
+		return false;
+	for (i = 0; i < ETH_ALEN; i++) {
+		__u8 t = h.eth[i];
+
+		h.eth[i] = h.eth[ETH_ALEN + i];
+		h.eth[ETH_ALEN + i] = t;
+	}
+	h.ip.version = 4;
+	h.ip.ihl = 5;
+	h.ip.tot_len = bpf_htons(20 + 8 + len);
+	h.ip.frag_off = bpf_htons(0x4000); /* DF */
+	h.ip.ttl = 64;
+	h.ip.protocol = IPPROTO_UDP;
+	__builtin_memcpy(&h.ip.saddr, p->daddr, 4);
+	__builtin_memcpy(&h.ip.daddr, p->saddr, 4);
+	h.ip.check = csum_fold32(bpf_csum_diff(0, 0, (__be32 *)&h.ip, sizeof(h.ip), 0));
+	h.udp.source = p->dport;
+	h.udp.dest = p->sport;
+	h.udp.len = bpf_htons(8 + len);
+	h.udp.check = 0; /* none: IPv4 allows it, and the reply never leaves the node */
+
+	if (bpf_skb_change_tail(skb, DNS_OFF + len, 0) < 0)
+		return false;
+	/* From here the query is gone: a failure drops it (the client asks again). */
+	*verdict = TC_ACT_SHOT;
+	if (bpf_skb_store_bytes(skb, 0, h.eth, ETH_HLEN, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, ETH_HLEN, &h.ip, sizeof(h.ip) + sizeof(h.udp), 0) < 0 ||
+	    bpf_skb_store_bytes(skb, DNS_OFF, v->payload, len, 0) < 0 ||
+	    bpf_skb_store_bytes(skb, DNS_OFF, &id, sizeof(id), 0) < 0)
+		return true;
+	for (i = 0; i < DNS_CACHE_TTLS; i++) {
+		__u32 ttl;
+
+		if (i >= v->ttl_count)
+			break;
+		ttl = v->ttl[i] > elapsed ? v->ttl[i] - elapsed : 0;
+		ttl = bpf_htonl(ttl);
+		if (bpf_skb_store_bytes(skb, DNS_OFF + v->ttl_off[i], &ttl, sizeof(ttl), 0) < 0)
+			return true;
+	}
+	hits = bpf_map_lookup_elem(&dns_cache_hits, &zero);
+	if (hits)
+		*hits += 1;
+	count_endpoint_rx(ifindex, skb->len);
+	*verdict = bpf_redirect_peer(ifindex, 0);
+	return true;
+}
