@@ -2,7 +2,9 @@
 // and Node's bare start, then RunPodSandbox/Stop/Remove through a private containerd with each plugin.
 // One run, one environment (NODE_EXTRA_CA_CERTS and NODE_OPTIONS unset), samples interleaved so load
 // drift hits every series alike. Prints markdown tables with ratios to stdout; progress on stderr.
-//   node --import tsx scripts/bench/cni.ts [--n 100] [--pods 30] [--skip-cri] [--json FILE]
+//   node --import tsx scripts/bench/cni.ts [--n 100] [--pods 30] [--skip-cri] [--json FILE] [--ab OTHER_BIN]
+// --ab: a second membrane-cni executable (e.g. one built from an older commit) takes its own ADD and
+// DEL in the same interleaved rounds, against the same agent: an A/B that load drift cannot tilt.
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -22,7 +24,10 @@ const arg = (name: string, dflt: number) => {
 };
 const N = arg('n', 100);
 const PODS = arg('pods', 30);
-const JSON_OUT = process.argv.includes('--json') ? process.argv[process.argv.indexOf('--json') + 1] : undefined;
+const argText = (name: string) =>
+  process.argv.includes(`--${name}`) ? process.argv[process.argv.indexOf(`--${name}`) + 1] : undefined;
+const JSON_OUT = argText('json');
+const AB_BIN = argText('ab');
 const log = (s: string) => process.stderr.write(`bench-cni: ${s}\n`);
 
 type Series = Record<string, number[]>;
@@ -71,7 +76,7 @@ async function directBench(): Promise<Series> {
   const agent = await startAgent({ pools: [randomSubnet24()] });
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-bench-cni-'));
   const bridge = `bnb${randomId(3)}`;
-  const nss: { m: TestNetns; b: TestNetns }[] = [];
+  const nss: { m: TestNetns; b: TestNetns; ab?: TestNetns }[] = [];
   try {
     const membrane = {
       cniVersion: '1.0.0',
@@ -94,7 +99,8 @@ async function directBench(): Promise<Series> {
         dataDir: path.join(tmp, 'ipam'),
       },
     };
-    for (let i = 0; i < N; i++) nss.push({ m: createNetns('mbbm'), b: createNetns('mbbb') });
+    for (let i = 0; i < N; i++)
+      nss.push({ m: createNetns('mbbm'), b: createNetns('mbbb'), ...(AB_BIN ? { ab: createNetns('mbba') } : {}) });
     const env = runtimeEnv();
     // warm the page cache for both executables and node
     for (let i = 0; i < 3; i++) {
@@ -109,11 +115,15 @@ async function directBench(): Promise<Series> {
       add(s, 'membrane-cni VERSION', (await timed(CNI_BIN, [], { ...env, CNI_COMMAND: 'VERSION' }, '{"cniVersion":"1.0.0"}')).ms);
       add(s, 'membrane ADD', await cniOp(CNI_BIN, 'ADD', membrane, `bm-${i}`, ns.m.path, '/usr/lib/cni'));
       add(s, 'bridge ADD', await cniOp('/usr/lib/cni/bridge', 'ADD', ref, `bb-${i}`, ns.b.path, '/usr/lib/cni'));
+      if (AB_BIN && ns.ab)
+        add(s, 'membrane ADD (--ab)', await cniOp(AB_BIN, 'ADD', membrane, `ba-${i}`, ns.ab.path, '/usr/lib/cni'));
     }
     log(`DEL x${N}, then a second DEL each`);
     for (const [i, ns] of nss.entries()) {
       add(s, 'membrane DEL', await cniOp(CNI_BIN, 'DEL', membrane, `bm-${i}`, ns.m.path, '/usr/lib/cni'));
       add(s, 'bridge DEL', await cniOp('/usr/lib/cni/bridge', 'DEL', ref, `bb-${i}`, ns.b.path, '/usr/lib/cni'));
+      if (AB_BIN && ns.ab)
+        add(s, 'membrane DEL (--ab)', await cniOp(AB_BIN, 'DEL', membrane, `ba-${i}`, ns.ab.path, '/usr/lib/cni'));
     }
     for (const [i, ns] of nss.entries()) {
       add(s, 'membrane DEL (again)', await cniOp(CNI_BIN, 'DEL', membrane, `bm-${i}`, ns.m.path, '/usr/lib/cni'));
@@ -151,6 +161,7 @@ async function directBench(): Promise<Series> {
     for (const ns of nss) {
       ns.m.remove();
       ns.b.remove();
+      ns.ab?.remove();
     }
     await agent.cleanup();
     try {
@@ -257,6 +268,12 @@ function report(direct: Series, cri: Series | undefined): string {
   const goals = [
     ['membrane ADD / node -e 0', m('membrane ADD') / m('node -e 0'), 1.3],
     ['membrane DEL / bridge DEL', m('membrane DEL') / m('bridge DEL'), 1.0],
+    ...(direct['membrane ADD (--ab)']
+      ? [
+          ['membrane ADD / --ab ADD', m('membrane ADD') / m('membrane ADD (--ab)'), NaN],
+          ['membrane DEL / --ab DEL', m('membrane DEL') / m('membrane DEL (--ab)'), NaN],
+        ]
+      : []),
     ['membrane-cni VERSION / node -e 0 (start-up cost of the executable)', m('membrane-cni VERSION') / m('node -e 0'), NaN],
   ];
   goals.push([
