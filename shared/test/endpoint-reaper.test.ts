@@ -138,3 +138,21 @@ t.test('reaping at once (no room for a record) and cancelling a reap', async (t)
   await r.reapAll();
   t.same(k.deleted, [10], 'and removes nothing');
 });
+
+t.test('a batch of removals lets requests that arrive meanwhile in between (each one holds the loop)', async (t) => {
+  const store = new MemoryStore();
+  const k = kernel({ 10: 'mbr1', 11: 'mbr2', 12: 'mbr3' });
+  const order: string[] = [];
+  const linkDel = k.host.linkDel.bind(k.host);
+  k.host.linkDel = (i: string | number) => {
+    order.push(`del ${i}`);
+    // A request comes in while the kernel tears the first veth down.
+    if (order.length === 1) setImmediate(() => order.push('request'));
+    return linkDel(i);
+  };
+  const r = new Reaper({ store, host: k.host, datapath: k.datapath, inUse: () => false, released: () => undefined });
+  await Promise.all([r.record(ep(1, 10)), r.record(ep(2, 11)), r.record(ep(3, 12))]);
+  await r.reapAll();
+  t.same(order, ['del 10', 'request', 'del 11', 'del 12'], 'the request ran after the first removal, not after all three');
+  t.same(k.flushed, [[1, 2, 3]], 'still one conntrack walk for the batch');
+});

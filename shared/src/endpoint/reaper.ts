@@ -38,6 +38,8 @@ export interface ReaperDeps {
   delayMs?: number;
 }
 
+const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
+
 /** How long a failed reap waits before it is tried again. */
 const RETRY_MS = 5_000;
 
@@ -119,7 +121,10 @@ export class Reaper {
     const batch = [...this.queue.values()];
     if (!batch.length) return;
     const done: ReapRecord[] = [];
-    for (const rec of batch) {
+    for (const [i, rec] of batch.entries()) {
+      // Each removal holds the event loop while the kernel tears the veth down (~20 ms): requests
+      // that came in meanwhile (the next ADD or DEL) go first.
+      if (i > 0) await nextTurn();
       try {
         this.removeLink(rec);
         done.push(rec);
