@@ -5,13 +5,18 @@
 // random sequence of such steps a restarted engine (a full recompute against the same maps) finds
 // nothing to change, in the policy map and in the ipcache.
 import t from 'tap';
-import { MemoryStore } from '../src/store/index.ts';
-import { PolicyEngine } from '../src/policy/engine.ts';
 import { buildDesired, type CompileCache, type DesiredInput } from '../src/policy/desired.ts';
 import { CidrIdentities } from '../src/identity/cidr.ts';
 import type { PolicyRecord } from '../src/policy/types.ts';
-import { decodePolicyKey } from '../src/policy/map-codec.ts';
-import { MemoryPolicyOps, records, testEndpoint, webDbClient } from './lib/policy.ts';
+import {
+  engineWithEndpoints,
+  entriesByPrefix,
+  MemoryPolicyOps,
+  NO_CHANGES,
+  records,
+  restartChanges,
+  webDbClient,
+} from './lib/policy.ts';
 
 /** Maps whose next ipcache write can be refused too. */
 class FailingOps extends MemoryPolicyOps {
@@ -39,17 +44,7 @@ ${cidrs.map((c) => `  - {fromCIDR: [${c}], toPorts: [{ports: [{port: "443", prot
 
 t.test('failed changes and relabels between incremental changes: a full recompute finds nothing to change', async (t) => {
   const ops = new FailingOps(100_000, 100_000);
-  const store = new MemoryStore();
-  const engine = await PolicyEngine.open({ store, ops, hostAddresses: () => ['192.0.2.1'] });
-  const eps = [];
-  for (const [i, app] of ['web', 'db', 'client', 'web'].entries()) {
-    const labels = { app };
-    const ep = testEndpoint(i + 1, labels, await engine.identityFor(labels), `10.0.0.${i + 2}`);
-    ops.flags.set(ep.hostIfIndex, 0);
-    await engine.endpointAttached(ep);
-    eps.push(ep);
-  }
-  await engine.start();
+  const { engine, eps, store } = await engineWithEndpoints(ops, ['web', 'db', 'client', 'web']);
   let seed = 31;
   const rnd = (n: number) => {
     seed = (seed * 1103515245 + 12345) % 2 ** 31;
@@ -91,26 +86,17 @@ t.test('failed changes and relabels between incremental changes: a full recomput
   await engine.importText(policy('p0', 'web', 'client', cidrs()));
   const policyBefore = new Map(ops.policy),
     ipcacheBefore = new Map(ops.ipcache);
-  const restarted = await PolicyEngine.open({ store, ops, hostAddresses: () => ['192.0.2.1'] });
-  for (const ep of eps) await restarted.endpointAttached(ep);
-  const stats = await restarted.start();
-  t.same(
-    stats,
-    { policyUpserts: 0, policyRemovals: 0, ipcacheUpserts: 0, ipcacheRemovals: 0, flagChanges: 0 },
-    'the increments added up to what a full recompute wants',
-  );
+  t.same(await restartChanges(store, ops, eps), NO_CHANGES, 'the increments added up to what a full recompute wants');
   t.same(ops.policy, policyBefore, 'policy map unchanged');
   t.same(ops.ipcache, ipcacheBefore, 'ipcache unchanged');
 });
 
 t.test('an import whose ipcache write failed, retried: its prefixes reach the ipcache', async (t) => {
   const ops = new FailingOps(100_000, 100_000);
-  const engine = await PolicyEngine.open({ store: new MemoryStore(), ops, hostAddresses: () => ['192.0.2.1'] });
-  const labels = { app: 'web' };
-  const ep = testEndpoint(1, labels, await engine.identityFor(labels), '10.0.0.2');
-  ops.flags.set(ep.hostIfIndex, 0);
-  await engine.endpointAttached(ep);
-  await engine.start();
+  const {
+    engine,
+    eps: [ep],
+  } = await engineWithEndpoints(ops, ['web']);
   await engine.importText(policy('a', 'web', 'db', ['198.18.0.1/32']));
   const doc = policy('a', 'web', 'db', ['198.18.0.1/32', '198.18.0.2/32']);
   ops.failNextIpcacheWrite = true;
@@ -138,17 +124,6 @@ t.test('an endpoint whose label set changes while its old set is patched gets th
     cidrs,
   });
   const web = (cidr: string) => records(policy('w', 'web', 'client', [cidr]))[0];
-  // CIDR identity numbers differ between two tables: the peer as its prefix.
-  const flat = (d: ReturnType<typeof buildDesired>) => {
-    const prefixOf = new Map([...d.ipcache].map(([p, id]) => [id, p]));
-    return [...d.policy.values()]
-      .flatMap((e) => [...e.entries])
-      .map(([k, v]) => {
-        const key = decodePolicyKey(Buffer.from(k, 'hex'));
-        return JSON.stringify({ ...key, peer: prefixOf.get(key.peer) ?? key.peer, action: v.action, ruleId: v.ruleId });
-      })
-      .sort();
-  };
   // A second web endpoint keeps the {app: web} label set compiled, so the next build patches it; a
   // third has the other identity already (the same identities: the next compiler is derived).
   const eps = [
@@ -164,5 +139,5 @@ t.test('an endpoint whose label set changes while its old set is patched gets th
   const inc = buildDesired(input(recs, moved), cache);
   t.ok(cache.current!.compiler.patched >= 1, 'the old label set was patched');
   const fresh = buildDesired({ ...input(recs, moved), cidrs: new CidrIdentities() });
-  t.same(flat(inc), flat(fresh), 'the same entries as a compile from scratch');
+  t.same(entriesByPrefix(inc), entriesByPrefix(fresh), 'the same entries as a compile from scratch');
 });

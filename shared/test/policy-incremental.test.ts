@@ -4,12 +4,19 @@
 // nothing to change: the increments add up to the whole.
 import t from 'tap';
 import { MemoryStore } from '../src/store/index.ts';
-import { PolicyEngine } from '../src/policy/engine.ts';
 import { buildDesired, type CompileCache, type DesiredInput } from '../src/policy/desired.ts';
 import { CidrIdentities } from '../src/identity/cidr.ts';
 import { decodePolicyKey } from '../src/policy/map-codec.ts';
 import type { Entry } from '../src/policy/compile.ts';
-import { MemoryPolicyOps, records, testEndpoint, webDbClient } from './lib/policy.ts';
+import {
+  engineWithEndpoints,
+  entriesByPrefix,
+  MemoryPolicyOps,
+  NO_CHANGES,
+  records,
+  restartChanges,
+  webDbClient,
+} from './lib/policy.ts';
 
 const policy = (name: string, subject: string, from: string, port: number, cidr?: string) => `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -33,19 +40,7 @@ class CountingOps extends MemoryPolicyOps {
   }
 }
 
-async function setup(ops: MemoryPolicyOps, store = new MemoryStore()) {
-  const engine = await PolicyEngine.open({ store, ops, hostAddresses: () => ['192.0.2.1'] });
-  const eps = [];
-  for (const [i, app] of ['web', 'db', 'client', 'cache'].entries()) {
-    const labels = { app };
-    const ep = testEndpoint(i + 1, labels, await engine.identityFor(labels), `10.0.0.${i + 2}`);
-    ops.flags.set(ep.hostIfIndex, 0);
-    await engine.endpointAttached(ep);
-    eps.push(ep);
-  }
-  await engine.start();
-  return { engine, eps, store };
-}
+const setup = (ops: MemoryPolicyOps, store?: MemoryStore) => engineWithEndpoints(ops, ['web', 'db', 'client', 'cache'], store);
 
 t.test('an unrelated policy change writes no entry of the endpoints it does not select', async (t) => {
   const ops = new CountingOps(100_000, 100_000);
@@ -125,14 +120,7 @@ t.test('after a random sequence of changes a full recompute finds nothing to cha
     );
   }
   const before = new Map(ops.policy);
-  const restarted = await PolicyEngine.open({ store, ops, hostAddresses: () => ['192.0.2.1'] });
-  for (const ep of eps) await restarted.endpointAttached(ep);
-  const stats = await restarted.start();
-  t.same(
-    stats,
-    { policyUpserts: 0, policyRemovals: 0, ipcacheUpserts: 0, ipcacheRemovals: 0, flagChanges: 0 },
-    'nothing to change',
-  );
+  t.same(await restartChanges(store, ops, eps), NO_CHANGES, 'nothing to change');
   t.same(ops.policy, before);
 });
 
@@ -181,8 +169,6 @@ spec:
     hostAddresses: [],
     cidrs,
   });
-  const flat = (d: ReturnType<typeof buildDesired>) =>
-    [...d.policy.values()].flatMap((e) => [...e.entries]).sort(([a], [b]) => a.localeCompare(b));
   const cache: { current?: CompileCache } = {};
   const cidrs = new CidrIdentities();
   buildDesired(input(doc(rules), cidrs), cache);
@@ -199,19 +185,9 @@ spec:
     const compiler = cache.current!.compiler;
     patched += compiler.patched;
     const fresh = buildDesired(input(text, new CidrIdentities()));
-    // CIDR identity numbers differ between the two tables: compare with prefixes in their place.
-    const named = (d: ReturnType<typeof buildDesired>) => {
-      const prefixOf = new Map([...d.ipcache].map(([p, id]) => [id, p]));
-      return flat(d)
-        .map(([k, e]) => {
-          const key = decodePolicyKey(Buffer.from(k, 'hex'));
-          return { ...key, peer: prefixOf.get(key.peer) ?? key.peer, action: e.action, ruleId: e.ruleId };
-        })
-        .sort((a, b) => JSON.stringify(a).localeCompare(JSON.stringify(b)));
-    };
-    if (JSON.stringify(named(inc)) !== JSON.stringify(named(fresh))) {
+    if (JSON.stringify(entriesByPrefix(inc)) !== JSON.stringify(entriesByPrefix(fresh))) {
       differs = step;
-      t.same(named(inc), named(fresh), `step ${step}: incremental = from scratch`);
+      t.same(entriesByPrefix(inc), entriesByPrefix(fresh), `step ${step}: incremental = from scratch`);
     }
   }
   t.equal(differs, undefined, '40 one-rule changes: every incremental table equals a compile from scratch');
@@ -264,14 +240,7 @@ ${[first, ...Array.from({ length: 300 }, (_, i) => `198.18.${i >> 8}.${i & 255}/
       t.equal(ops.entriesOf(web.id).length, entries, 'as many entries as before');
     }
     const before = new Map(ops.policy);
-    const restarted = await PolicyEngine.open({ store, ops, hostAddresses: () => ['192.0.2.1'] });
-    for (const ep of eps) await restarted.endpointAttached(ep);
-    const stats = await restarted.start();
-    t.same(
-      stats,
-      { policyUpserts: 0, policyRemovals: 0, ipcacheUpserts: 0, ipcacheRemovals: 0, flagChanges: 0 },
-      'a full recompute finds nothing to change',
-    );
+    t.same(await restartChanges(store, ops, eps), NO_CHANGES, 'a full recompute finds nothing to change');
     t.same(ops.policy, before);
   },
 );

@@ -1,9 +1,12 @@
 // Fixtures the policy unit tests share: in-memory datapath maps, endpoints, policy records.
 import type { PolicyDatapathOps } from '../../src/policy/apply.ts';
 import type { Entry } from '../../src/policy/compile.ts';
+import type { buildDesired } from '../../src/policy/desired.ts';
+import { PolicyEngine } from '../../src/policy/engine.ts';
 import { decodePolicyKey } from '../../src/policy/map-codec.ts';
 import { parsePolicies } from '../../src/policy/parse.ts';
 import type { PolicyRecord } from '../../src/policy/types.ts';
+import { MemoryStore } from '../../src/store/index.ts';
 import type { Endpoint } from '../../src/types.ts';
 import { endpointRecord } from './endpoint-record.ts';
 
@@ -107,4 +110,44 @@ export function records(yaml: string): PolicyRecord[] {
   const r = parsePolicies(yaml);
   if (r.issues.length) throw new Error(JSON.stringify(r.issues));
   return toRecords(r.policies);
+}
+
+const HOST = () => ['192.0.2.1'];
+
+/** A started engine over `ops` with one endpoint per app (ids 1, 2, ...; addresses 10.0.0.2, ...). */
+export async function engineWithEndpoints(ops: MemoryPolicyOps, apps: string[], store = new MemoryStore()) {
+  const engine = await PolicyEngine.open({ store, ops, hostAddresses: HOST });
+  const eps: Endpoint[] = [];
+  for (const [i, app] of apps.entries()) {
+    const labels = { app };
+    const ep = testEndpoint(i + 1, labels, await engine.identityFor(labels), `10.0.0.${i + 2}`);
+    ops.flags.set(ep.hostIfIndex, 0);
+    await engine.endpointAttached(ep);
+    eps.push(ep);
+  }
+  await engine.start();
+  return { engine, eps, store };
+}
+
+/** What an engine restarted on the same store and maps (a full recompute) changes in them. */
+export async function restartChanges(store: MemoryStore, ops: MemoryPolicyOps, eps: Endpoint[]) {
+  const restarted = await PolicyEngine.open({ store, ops, hostAddresses: HOST });
+  for (const ep of eps) await restarted.endpointAttached(ep);
+  return restarted.start();
+}
+
+/** restartChanges() when the increments added up to the whole. */
+export const NO_CHANGES = { policyUpserts: 0, policyRemovals: 0, ipcacheUpserts: 0, ipcacheRemovals: 0, flagChanges: 0 };
+
+/** A desired state's policy entries, decoded, with CIDR peers as their prefixes (two tables number
+ *  CIDR identities differently), in a stable order: comparable between two builds. */
+export function entriesByPrefix(d: ReturnType<typeof buildDesired>) {
+  const prefixOf = new Map([...d.ipcache].map(([p, id]) => [id, p]));
+  return [...d.policy.values()]
+    .flatMap((e) => [...e.entries])
+    .map(([k, v]) => {
+      const key = decodePolicyKey(Buffer.from(k, 'hex'));
+      return { ...key, peer: prefixOf.get(key.peer) ?? key.peer, action: v.action, ruleId: v.ruleId };
+    })
+    .sort((a, b) => JSON.stringify(a).localeCompare(JSON.stringify(b)));
 }
