@@ -5,9 +5,10 @@
 // (push, 'data', the Writable's buffering and callbacks). The proxy needs none of that: it reads a
 // chunk, frames it, writes it on. This is what net.Socket does underneath (Node's stream_base
 // commons), kept to what SocketPair (http/pair.ts) and the worker use: events data/end/error/close/
-// drain, write() with the same backpressure answer, pause/resume, end (FIN after queued bytes),
-// destroy, and the byte counters of the idle sweep. The upstream side stays net.Socket (pooled, and
-// net.connect's connecting and timeouts are worth keeping).
+// drain/connect, write() with the same backpressure answer, pause/resume, end (FIN after queued
+// bytes), destroy, closed by itself once both directions ended (as net.Socket with allowHalfOpen),
+// and the byte counters of the idle sweep. Upstream connections are RawSockets too (connect()):
+// each request and response of a keep-alive connection crosses one of each.
 //
 // Node's process.binding('tcp_wrap'/'stream_wrap') is the documented-deprecated path to these
 // handles (DEP0111, a warning only with --pending-deprecation); the worker's tests use it as the
@@ -34,8 +35,17 @@ interface Address {
   family?: string;
   port?: number;
 }
+interface ConnectReq {
+  oncomplete: (this: ConnectReq, status: number) => void;
+  owner?: RawSocket;
+  address?: string;
+  port?: number;
+}
 interface TcpHandle {
   fd: number;
+  setNoDelay(on: boolean): number;
+  connect(req: ConnectReq, ip: string, port: number): number;
+  connect6(req: ConnectReq, ip: string, port: number): number;
   onread: (this: TcpHandle) => void;
   onconnection: (err: number, client: TcpHandle | undefined) => void;
   owner?: RawSocket;
@@ -54,10 +64,15 @@ interface TcpHandle {
 
 // biome-ignore lint/suspicious/noExplicitAny: process.binding is untyped
 const bindings = process as unknown as { binding(name: string): any };
-const tcpWrap = bindings.binding('tcp_wrap') as { TCP: new (type: number) => TcpHandle; constants: { SERVER: number } };
+const tcpWrap = bindings.binding('tcp_wrap') as {
+  TCP: new (type: number) => TcpHandle;
+  TCPConnectWrap: new () => ConnectReq;
+  constants: { SERVER: number; SOCKET: number };
+};
 const sw = bindings.binding('stream_wrap') as StreamWrapBinding;
 const state = sw.streamBaseState;
 const UV_EOF = -4095;
+const UV_ETIMEDOUT = -110;
 /** write() answers false (wait for 'drain') once this much is queued in the kernel's stead. */
 const HIGH_WATER = 16 * 1024;
 
@@ -86,6 +101,7 @@ function onRead(this: TcpHandle): void {
   if (n === UV_EOF) {
     s.readableEnded = true;
     s.onend?.();
+    s.closeIfDone();
     return;
   }
   s.fail(n);
@@ -105,8 +121,17 @@ function afterWrite(this: Req, status: number): void {
   }
 }
 
-function afterShutdown(this: Req): void {
-  // Nothing to do: the client's FIN (or an error) is what ends the connection from here.
+function afterShutdown(this: Req, status: number): void {
+  const s = this.owner!;
+  if (status < 0) s.fail(status);
+  else {
+    s.shutdownDone = true;
+    s.closeIfDone();
+  }
+}
+
+function afterConnect(this: ConnectReq, status: number): void {
+  this.owner?.connected(status);
 }
 
 /** An accepted TCP connection (see the top of this file). */
@@ -118,6 +143,14 @@ export class RawSocket implements ClientSocket {
   bytesRead = 0;
   bytesWritten = 0;
   needDrain = false;
+  /** Our FIN is through (end()'s shutdown completed). */
+  shutdownDone = false;
+  /** connect(): not connected yet; writes, end() and reading wait. */
+  private connecting = false;
+  private queued?: Buffer[];
+  private connectTimer?: NodeJS.Timeout;
+  private noDelay = false;
+  onconnect?: () => void;
   ondata?: (d: Buffer) => void;
   onend?: () => void;
   onerror?: (e: Error) => void;
@@ -130,7 +163,14 @@ export class RawSocket implements ClientSocket {
   readonly remotePort?: number;
   readonly remoteFamily?: string;
 
-  constructor(readonly _handle: TcpHandle) {
+  constructor(
+    readonly _handle: TcpHandle,
+    accepted = true,
+  ) {
+    _handle.owner = this;
+    _handle.onread = onRead;
+    _handle.useUserBuffer(readBuffer);
+    if (!accepted) return;
     const local: Address = {};
     const remote: Address = {};
     _handle.getsockname(local);
@@ -140,9 +180,55 @@ export class RawSocket implements ClientSocket {
     this.remoteAddress = remote.address;
     this.remotePort = remote.port;
     this.remoteFamily = remote.family;
-    _handle.owner = this;
-    _handle.onread = onRead;
-    _handle.useUserBuffer(readBuffer);
+  }
+
+  /** A connection to ip:port; 'connect' when it is up, 'error' (then 'close') when it fails or takes
+   *  longer than timeoutMs. Writes and end() before that are queued. */
+  static connect(ip: string, port: number, timeoutMs: number): RawSocket {
+    const s = new RawSocket(new tcpWrap.TCP(tcpWrap.constants.SOCKET), false);
+    s.connecting = true;
+    const req = new tcpWrap.TCPConnectWrap();
+    req.oncomplete = afterConnect;
+    req.owner = s;
+    req.address = ip;
+    req.port = port;
+    const err = ip.includes(':') ? s._handle.connect6(req, ip, port) : s._handle.connect(req, ip, port);
+    if (err)
+      process.nextTick(() => s.fail(err)); // the caller adds its listeners first
+    else s.connectTimer = setTimeout(() => s.fail(UV_ETIMEDOUT), timeoutMs);
+    return s;
+  }
+
+  /** The connect request completed (status < 0: failed). */
+  connected(status: number): void {
+    clearTimeout(this.connectTimer);
+    if (this.destroyed) return;
+    if (status < 0) {
+      this.fail(status);
+      return;
+    }
+    this.connecting = false;
+    if (this.noDelay) this._handle.setNoDelay(true);
+    this.onconnect?.();
+    const queued = this.queued;
+    this.queued = undefined;
+    if (queued) {
+      for (const b of queued) {
+        this.writableLength -= b.length;
+        this.send(b);
+      }
+      if (this.writableLength === 0 && this.needDrain && !this.destroyed) {
+        this.needDrain = false;
+        this.ondrain?.();
+      }
+    }
+    if (this.destroyed) return;
+    if (this.writableEnded) this.shutdown();
+    if (this.reading) this.readStart();
+  }
+
+  get readyState(): string {
+    return this.connecting ? 'opening' : this.destroyed ? 'closed' : 'open';
   }
 
   /** Starts reading (call once the listeners are on). */
@@ -153,23 +239,46 @@ export class RawSocket implements ClientSocket {
   /** One listener per event (the pair's): a second one would silently replace it, so it throws. */
   on(event: string, fn: Listener): this {
     const f = fn as never;
-    const had = { data: this.ondata, end: this.onend, error: this.onerror, close: this.onclose, drain: this.ondrain }[event];
+    const had = {
+      data: this.ondata,
+      end: this.onend,
+      error: this.onerror,
+      close: this.onclose,
+      drain: this.ondrain,
+      connect: this.onconnect,
+    }[event];
     if (had) throw new Error(`RawSocket has a '${event}' listener already`);
     if (event === 'data') this.ondata = f;
     else if (event === 'end') this.onend = f;
     else if (event === 'error') this.onerror = f;
     else if (event === 'close') this.onclose = f;
     else if (event === 'drain') this.ondrain = f;
+    else if (event === 'connect') this.onconnect = f;
     else throw new Error(`RawSocket has no '${event}' event`);
     return this;
   }
 
-  setNoDelay(): this {
-    return this; // accepted sockets inherit TCP_NODELAY from the listener (sockets.ts)
+  /** Accepted sockets inherit TCP_NODELAY from the listener (sockets.ts); connect()'s set it once up. */
+  setNoDelay(on = true): this {
+    this.noDelay = on;
+    if (on && !this.connecting && !this.destroyed) this._handle.setNoDelay(true);
+    return this;
   }
 
   write(b: Buffer): boolean {
     if (this.destroyed || this.writableEnded) return false;
+    if (this.connecting) {
+      (this.queued ??= []).push(b);
+      this.writableLength += b.length;
+      if (this.writableLength < HIGH_WATER) return true;
+      this.needDrain = true;
+      return false;
+    }
+    return this.send(b);
+  }
+
+  private send(b: Buffer): boolean {
+    if (this.destroyed) return false;
     const req = new sw.WriteWrap();
     req.handle = this._handle;
     req.oncomplete = afterWrite;
@@ -204,28 +313,43 @@ export class RawSocket implements ClientSocket {
   resume(): this {
     if (!this.reading && !this.destroyed && !this.readableEnded) {
       this.reading = true;
-      const err = this._handle.readStart();
-      if (err) this.fail(err);
+      if (!this.connecting) this.readStart();
     }
     return this;
+  }
+
+  private readStart(): void {
+    const err = this._handle.readStart();
+    if (err) this.fail(err);
   }
 
   /** Our FIN, after whatever is queued. */
   end(): this {
     if (this.writableEnded || this.destroyed) return this;
     this.writableEnded = true;
+    if (!this.connecting) this.shutdown();
+    return this;
+  }
+
+  private shutdown(): void {
     const req = new sw.ShutdownWrap();
     req.handle = this._handle;
     req.oncomplete = afterShutdown;
+    req.owner = this;
     const err = this._handle.shutdown(req);
     if (err < 0) this.fail(err);
-    return this;
+  }
+
+  /** Both directions ended (the peer's FIN read, ours through): closed, as net.Socket closes itself. */
+  closeIfDone(): void {
+    if (this.readableEnded && this.shutdownDone) this.destroy();
   }
 
   destroy(): this {
     if (this.destroyed) return this;
     this.destroyed = true;
     this.reading = false;
+    clearTimeout(this.connectTimer);
     this._handle.close(() => this.onclose?.());
     return this;
   }
