@@ -1,5 +1,6 @@
 // "Did you mean ...?" for unknown fields: the field names of both document kinds. Pure.
-const FIELDS = [
+/** Every field name of both document kinds (the parser's tests draw their random documents from it). */
+export const FIELDS: readonly string[] = [
   'apiVersion',
   'kind',
   'metadata',

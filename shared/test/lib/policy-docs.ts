@@ -1,6 +1,7 @@
 // Policy documents for the parser's tests: a CiliumNetworkPolicy that uses most of what we accept,
 // and the fuzzer's generators (a seeded rng, random values over the fields we know, text and tree
 // mutations; the caller seeds the rng, so every run sees the same documents).
+import { FIELDS as POLICY_FIELDS } from '../../src/policy/fields.ts';
 
 export const CNP = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -42,47 +43,8 @@ export function rng(seed: number) {
   };
 }
 
-const FIELDS = [
-  'apiVersion',
-  'kind',
-  'metadata',
-  'name',
-  'spec',
-  'specs',
-  'endpointSelector',
-  'matchLabels',
-  'matchExpressions',
-  'ingress',
-  'egress',
-  'ingressDeny',
-  'egressDeny',
-  'fromEndpoints',
-  'toEndpoints',
-  'fromCIDR',
-  'toCIDRSet',
-  'cidr',
-  'except',
-  'fromEntities',
-  'toPorts',
-  'ports',
-  'port',
-  'endPort',
-  'protocol',
-  'icmps',
-  'fields',
-  'type',
-  'podSelector',
-  'from',
-  'ipBlock',
-  'namespaceSelector',
-  'policyTypes',
-  'key',
-  'operator',
-  'values',
-  '__proto__',
-  'constructor',
-  'toString',
-];
+// Every field the parser knows, and names that would reach Object.prototype if they were used as keys.
+const FIELDS = [...POLICY_FIELDS, '__proto__', 'constructor', 'toString'];
 const SCALARS: unknown[] = [
   null,
   true,
