@@ -21,15 +21,11 @@ import { encode, type IpcacheRecord, type NodeRecord } from '../../shared/src/kv
 import { ClusterIdentities } from '../../shared/src/cluster/identities.ts';
 import { IdentityAllocator } from '../../shared/src/identity/allocator.ts';
 import { JournalStore } from '../../shared/src/store/journal.ts';
-import { markdownTable, percentile, sleep } from './lib.ts';
+import { markdownTable, numberArg, percentile, sleep } from './lib.ts';
 
-const arg = (name: string, def: number) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : def;
-};
-const REMOTE = arg('remote', 10_000);
-const ROUNDS = arg('rounds', 30);
-const LABELS = arg('labels', 150);
+const REMOTE = numberArg('remote', 10_000);
+const ROUNDS = numberArg('rounds', 30);
+const LABELS = numberArg('labels', 150);
 
 const policyYaml = (port: number) => webFromClient('bench-propagation', port);
 

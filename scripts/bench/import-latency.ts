@@ -12,19 +12,15 @@ import { startNode } from '../../integration/lib/node-netns.ts';
 import { createNetns } from '../../integration/lib/netns.ts';
 import { CNI_BIN, ensureCniBinary, runtimeEnv } from '../../cni/test/lib/exec.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
-import { markdownTable, percentile } from './lib.ts';
+import { markdownTable, numberArg, percentile, stringArg } from './lib.ts';
 import { fake, membranePolicy } from './topologies.ts';
 
 delete process.env.NODE_EXTRA_CA_CERTS;
 delete process.env.NODE_OPTIONS;
-const arg = (name: string, dflt: number) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : dflt;
-};
-const ADDS = arg('adds', 30);
-const BLOCKS = arg('blocks', 4);
-const RULES = arg('rules', 10_000);
-const CHANGE = process.argv[process.argv.indexOf('--change') + 1] === 'all' ? 'all' : 'one';
+const ADDS = numberArg('adds', 30);
+const BLOCKS = numberArg('blocks', 4);
+const RULES = numberArg('rules', 10_000);
+const CHANGE = stringArg('change') === 'all' ? 'all' : 'one';
 const log = (s: string) => process.stderr.write(`bench-import-latency: ${s}\n`);
 
 function cni(

@@ -1,4 +1,5 @@
-// Shared pieces of the benchmarks: medians, tables, peers run inside netns.
+// Shared pieces of the benchmarks: command-line flags, medians, tables, the policy set of the
+// many-pod benchmarks, peers run inside netns.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -7,6 +8,46 @@ import { fileURLToPath } from 'node:url';
 import type { TestNetns } from '../../integration/lib/netns.ts';
 
 export const BENCH_DIR = path.dirname(fileURLToPath(import.meta.url));
+
+/** `--name VALUE` on the command line; undefined when the flag is absent. */
+export function stringArg(name: string): string | undefined {
+  const i = process.argv.indexOf(`--${name}`);
+  return i > 0 ? process.argv[i + 1] : undefined;
+}
+
+/** `--name N` as a number, `dflt` when absent; anything but a number stops the benchmark naming the flag. */
+export function numberArg(name: string, dflt: number): number {
+  const v = stringArg(name);
+  if (v === undefined) return dflt;
+  const n = Number(v);
+  if (v.trim() === '' || !Number.isFinite(n)) throw new Error(`--${name} takes a number, not ${JSON.stringify(v)}`);
+  return n;
+}
+
+/** Whether `--name` (a switch without a value) is on the command line. */
+export const flagArg = (name: string): boolean => process.argv.includes(`--${name}`);
+
+/** `count` policies in a ring, as JSON documents: policy i (named `${prefix}-${i}`) selects app=s<i>
+ *  and admits app=s<i+1> on `port`/TCP. Pods labelled app=s<k % count> are all selected, and share
+ *  identities the way replicas do. */
+export function ringPolicies(count: number, prefix: string, port: number): string {
+  return Array.from({ length: count }, (_, i) =>
+    JSON.stringify({
+      apiVersion: 'cilium.io/v2',
+      kind: 'CiliumNetworkPolicy',
+      metadata: { name: `${prefix}-${i}` },
+      spec: {
+        endpointSelector: { matchLabels: { app: `s${i}` } },
+        ingress: [
+          {
+            fromEndpoints: [{ matchLabels: { app: `s${(i + 1) % count}` } }],
+            toPorts: [{ ports: [{ port: String(port), protocol: 'TCP' }] }],
+          },
+        ],
+      },
+    }),
+  ).join('\n---\n');
+}
 
 export function median(xs: number[]): number {
   const s = [...xs].sort((a, b) => a - b);

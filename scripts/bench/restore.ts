@@ -14,43 +14,20 @@ import { REPO, startAgent } from '../../integration/lib/agent.ts';
 import { createNetns, type TestNetns } from '../../integration/lib/netns.ts';
 import { killAll, startEchoServer, startFlow } from '../../integration/lib/tcp.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
-import { markdownTable, median, sleep } from './lib.ts';
+import { flagArg, markdownTable, median, numberArg, ringPolicies, sleep, stringArg } from './lib.ts';
 
 delete process.env.NODE_EXTRA_CA_CERTS;
 delete process.env.NODE_OPTIONS;
-const argOf = (name: string) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? process.argv[i + 1] : undefined;
-};
-const PODS = Number(argOf('pods') ?? 200);
-const POLICIES = Number(argOf('policies') ?? 20);
-const RESTARTS = Number(argOf('restarts') ?? 5);
-const CPU_PROF = argOf('cpu-prof');
-const JSON_OUT = argOf('json');
+const PODS = numberArg('pods', 200);
+const POLICIES = numberArg('policies', 20);
+const RESTARTS = numberArg('restarts', 5);
+const CPU_PROF = stringArg('cpu-prof');
+const JSON_OUT = stringArg('json');
 /** Where to keep the agent's log (its state dir goes at the end). */
-const KEEP_LOG = argOf('keep-log');
+const KEEP_LOG = stringArg('keep-log');
 /** Every other restart without the agent's V8 code cache (scripts/compile-cache-launcher.cjs). */
-const CACHE_AB = process.argv.includes('--compile-cache-ab');
+const CACHE_AB = flagArg('compile-cache-ab');
 const log = (s: string) => process.stderr.write(`bench-restore: ${s}\n`);
-
-function policies(): string {
-  return Array.from({ length: POLICIES }, (_, i) =>
-    JSON.stringify({
-      apiVersion: 'cilium.io/v2',
-      kind: 'CiliumNetworkPolicy',
-      metadata: { name: `restore-${i}` },
-      spec: {
-        endpointSelector: { matchLabels: { app: `s${i}` } },
-        ingress: [
-          {
-            fromEndpoints: [{ matchLabels: { app: `s${(i + 1) % POLICIES}` } }],
-            toPorts: [{ ports: [{ port: '8080', protocol: 'TCP' }] }],
-          },
-        ],
-      },
-    }),
-  ).join('\n---\n');
-}
 
 function phaseText(p: Record<string, number[]>): string {
   return Object.entries(p)
@@ -87,7 +64,7 @@ async function main(): Promise<void> {
   const uncached: { ms: number[]; phases: Record<string, number[]> } = { ms: [], phases: {} };
   let flowOk = true;
   try {
-    await new PolicyClient(agent.client).import(policies());
+    await new PolicyClient(agent.client).import(ringPolicies(POLICIES, 'restore', 8080));
     log(`creating ${PODS} endpoints through the API`);
     const ips: string[] = [];
     for (let i = 0; i < PODS; i++) {

@@ -19,42 +19,19 @@ import { nodeState, type NodeState } from '../../integration/lib/leaks.ts';
 import { killAll, startEchoServer, startFlow } from '../../integration/lib/tcp.ts';
 import { CNI_BIN, ensureCniBinary, runtimeEnv } from '../../cni/test/lib/exec.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
-import { markdownTable, median, sleep } from './lib.ts';
+import { markdownTable, median, numberArg, ringPolicies, sleep, stringArg } from './lib.ts';
 
 delete process.env.NODE_EXTRA_CA_CERTS;
 delete process.env.NODE_OPTIONS;
-const arg = (name: string, dflt: number) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : dflt;
-};
-const PODS = arg('pods', 1000);
-const POLICIES = arg('policies', 100);
-const JSON_OUT = process.argv.includes('--json') ? process.argv[process.argv.indexOf('--json') + 1] : undefined;
+const PODS = numberArg('pods', 1000);
+const POLICIES = numberArg('policies', 100);
+const JSON_OUT = stringArg('json');
 const log = (s: string) => process.stderr.write(`bench-scale: ${s}\n`);
 
 /** A random /20 under 10.64.0.0/10 (4,094 addresses: room for the pods). */
 function randomSubnet20(): string {
   const b = crypto.randomBytes(2);
   return `10.${64 + (b[0] % 64)}.${(b[1] % 16) * 16}.0/20`;
-}
-
-function policies(port: number): string {
-  return Array.from({ length: POLICIES }, (_, i) =>
-    JSON.stringify({
-      apiVersion: 'cilium.io/v2',
-      kind: 'CiliumNetworkPolicy',
-      metadata: { name: `scale-${i}` },
-      spec: {
-        endpointSelector: { matchLabels: { app: `s${i}` } },
-        ingress: [
-          {
-            fromEndpoints: [{ matchLabels: { app: `s${(i + 1) % POLICIES}` } }],
-            toPorts: [{ ports: [{ port: String(port), protocol: 'TCP' }] }],
-          },
-        ],
-      },
-    }),
-  ).join('\n---\n');
 }
 
 function cni(verb: 'ADD' | 'DEL', conf: object, cid: string, ns: string, app: string): Promise<number> {
@@ -134,7 +111,7 @@ async function main(): Promise<void> {
   let flowProcs: ReturnType<typeof startFlow> | undefined;
   let server: Awaited<ReturnType<typeof startEchoServer>> | undefined;
   try {
-    await pc.import(policies(80));
+    await pc.import(ringPolicies(POLICIES, 'scale', 80));
     const empty: NodeState = await nodeState(agent);
     await sleep(500);
     const rss0 = rssKiB(agent.pid()!);
@@ -176,7 +153,7 @@ async function main(): Promise<void> {
     const [listApiMs, listed] = await timed(() => agent.client.listEndpoints());
     if (listed.length !== PODS) throw new Error(`the agent lists ${listed.length} endpoints, expected ${PODS}`);
     const [listCliMs] = await timed(async () => cliList(agent));
-    const [importMs, imported] = await timed(() => pc.import(policies(8080)));
+    const [importMs, imported] = await timed(() => pc.import(ringPolicies(POLICIES, 'scale', 8080)));
     Object.assign(out, {
       endpointListApiMs: listApiMs,
       endpointListCliMs: listCliMs,

@@ -14,19 +14,15 @@ import { createNetns, ping, type TestNetns } from '../../integration/lib/netns.t
 import { nodeState, type NodeState } from '../../integration/lib/leaks.ts';
 import { CNI_BIN, ensureCniBinary, runtimeEnv } from '../../cni/test/lib/exec.ts';
 import { listPendingDeletes, pendingDeletesDir } from '../../shared/src/pending-deletes/index.ts';
-import { percentile, sleep } from './lib.ts';
+import { numberArg, percentile, sleep, stringArg } from './lib.ts';
 
 delete process.env.NODE_EXTRA_CA_CERTS;
 delete process.env.NODE_OPTIONS;
-const arg = (name: string, dflt: number) => {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 ? Number(process.argv[i + 1]) : dflt;
-};
-const CYCLES = arg('cycles', 10_000);
-const CONCURRENCY = arg('concurrency', 4);
-const KILL_AGENT_EVERY = arg('kill-agent-every', 500);
-const KILL_PLUGIN = arg('kill-plugin', 0.03);
-const JSON_OUT = process.argv.includes('--json') ? process.argv[process.argv.indexOf('--json') + 1] : undefined;
+const CYCLES = numberArg('cycles', 10_000);
+const CONCURRENCY = numberArg('concurrency', 4);
+const KILL_AGENT_EVERY = numberArg('kill-agent-every', 500);
+const KILL_PLUGIN = numberArg('kill-plugin', 0.03);
+const JSON_OUT = stringArg('json');
 const log = (s: string) => process.stderr.write(`soak: ${s}\n`);
 
 interface Run {
