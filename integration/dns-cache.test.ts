@@ -9,7 +9,8 @@ import * as packet from 'dns-packet';
 import fs from 'node:fs';
 import path from 'node:path';
 import { startDnsmasq } from './lib/dns.ts';
-import { dnsFqdnForFile, nodeIn } from './lib/dns-fqdn-file.ts';
+import { dnsFqdnForFile, nodeIn, until } from './lib/dns-fqdn-file.ts';
+import { ObserverClient } from '../shared/src/flows/client.ts';
 import { probe } from './lib/probe.ts';
 
 if (process.getuid?.() !== 0) {
@@ -122,6 +123,20 @@ spec:
   t.equal(a3?.qname, 'api.test.internal', 'its question is the query’s');
   const ttl = a3?.ttls[0] ?? -1;
   t.ok(ttl >= 25 && ttl < 30, `its TTL counts down from 30 (${ttl})`);
+
+  // Every answered query is still an L7 DNS flow, the cached ones marked as such.
+  const observer = new ObserverClient(f.agent.observerSocket);
+  t.teardown(() => observer.close());
+  const cachedFlows = await until('DNS flows of cached answers', async () => {
+    const got = (await observer.collect({ number: 1000, whitelist: [{ eventType: [{ type: 129 }] }] }))
+      .map((x) => x.flow!)
+      .filter((fl) => fl.l7?.dns?.observationSource === 'membrane-dns-cache');
+    return got.some((fl) => fl.l7?.type === 'RESPONSE') && got.some((fl) => fl.l7?.type === 'REQUEST') ? got : undefined;
+  });
+  const cachedAnswer = cachedFlows.find((fl) => fl.l7?.type === 'RESPONSE')!;
+  t.equal(cachedAnswer.l7?.dns?.query, 'api.test.internal.', 'a cached answer as an L7 flow: the query');
+  t.same(cachedAnswer.l7?.dns?.ips, [W.api], 'its addresses');
+  t.equal(cachedAnswer.destination?.ID, f.eps.client.id, 'to the client endpoint');
 
   // Another pod's rules refuse the name: it is REFUSED though the client's answer is cached.
   const [narrow] = await exchange(nsOf.narrow, W.evilDns, [query(0x4444, 'api.test.internal')]);

@@ -6,7 +6,8 @@
  * is rewritten into the answer in place (the query's ID, TTLs lowered by the time the entry has been
  * stored, addresses and ports swapped, UDP checksum 0 as IPv4 allows) and handed back to the pod's
  * eth0 (bpf_redirect_peer). Like a node-local DNS cache: answers are served from the node until their
- * TTL. No flow event is emitted for a cached answer yet (dns_cache_hits counts them).
+ * TTL. Each answer is reported (TRACE_DNS_CACHED, the entry's id in rule_id): the agent turns it into
+ * the query and answer L7 flows the proxy would have recorded (subject to the event rate limit).
  *
  * Why it cannot answer what the proxy would refuse: an entry exists only for a query the proxy
  * allowed from that endpoint (the key holds the endpoint id, the server's address and port, the
@@ -20,6 +21,7 @@
 #include <linux/udp.h>
 #include "maps.h"
 #include "parse.h"
+#include "events.h"
 
 #define DNS_CACHE_NAME_MAX 128	  /* wire-format name bytes, the root label included */
 #define DNS_CACHE_ANSWER_MAX 512  /* payload of a cached answer */
@@ -118,6 +120,7 @@ static __always_inline bool dns_cache_answer(struct __sk_buff *skb, const struct
 {
 	__u32 zero = 0, ifindex = skb->ifindex, dns_len, qlen, name_len, len, i, elapsed;
 	struct dns_reply_headers h;
+	struct event_meta m;
 	struct dns_cache_config *cfg;
 	struct dns_cache_scratch *s;
 	struct dns_cache_value *v;
@@ -223,6 +226,14 @@ static __always_inline bool dns_cache_answer(struct __sk_buff *skb, const struct
 		if (bpf_skb_store_bytes(skb, DNS_OFF + v->ttl_off[i], &ttl, sizeof(ttl), 0) < 0)
 			return true;
 	}
+	__builtin_memset(&m, 0, sizeof(m));
+	m.type = TRACE_DNS_CACHED;
+	m.verdict = TRACE_VERDICT_FORWARDED;
+	m.direction = POLICY_DIR_EGRESS;
+	m.flags = TRACE_F_PROXY;
+	m.src_identity = ep->identity;
+	m.rule_id = v->entry_id;
+	emit_event(p, &m, ep, NULL);
 	hits = bpf_map_lookup_elem(&dns_cache_hits, &zero);
 	if (hits)
 		*hits += 1;

@@ -10,6 +10,7 @@ enum trace_event_type {
 	TRACE_FLOW_NEW = 1, /* conntrack created an entry */
 	TRACE_DROP = 2,
 	TRACE_FLOW_END = 3, /* FIN/RST, with the flow's totals */
+	TRACE_DNS_CACHED = 4, /* a DNS query answered by dns_cache.h; rule_id = the entry's id */
 };
 
 #define TRACE_VERDICT_FORWARDED 0

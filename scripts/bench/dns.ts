@@ -14,7 +14,7 @@
 // drop would show as a timeout), and the time from an answer reaching the proxy to its address being
 // in the ipcache (the agent's membrane_fqdn_answer_to_datapath_seconds histogram).
 // MEMBRANE_DNS_CACHE=on|off: the datapath answers the proxy pod's repeated queries from the answers the
-// proxy relayed (--dns-cache; the agent's default otherwise).
+// proxy relayed (--dns-cache, on by default); off measures the relay itself.
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';

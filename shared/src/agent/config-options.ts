@@ -251,7 +251,7 @@ export const OPTIONS: OptionSpec[] = [
     flags: '--dns-cache <on|off>',
     env: 'MEMBRANE_DNS_CACHE',
     help: "the datapath answers a pod's repeated UDP DNS queries from the answers the proxy relayed, until their TTL",
-    default: 'off',
+    default: 'on',
   },
   {
     key: 'fqdnMinTtl',

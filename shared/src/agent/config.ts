@@ -252,7 +252,7 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
     dnsProxy: onOff(text('dnsProxy'), file.dnsProxy ?? true),
     dnsProxyPort: int(text('dnsProxyPort'), file.dnsProxyPort, { min: 0, max: 65535 }) ?? 0,
     dnsProxyWorkers: int(text('dnsProxyWorkers'), file.dnsProxyWorkers, { min: 0, max: 64 }) ?? DEFAULTS.dnsProxyWorkers,
-    dnsCache: onOff(text('dnsCache'), file.dnsCache ?? false),
+    dnsCache: onOff(text('dnsCache'), file.dnsCache ?? true),
     fqdnMinTtl: int(text('fqdnMinTtl'), file.fqdnMinTtl, { min: 0, max: 86_400 * 7 }) ?? 0,
     ...(cluster ? { cluster } : {}),
   };

@@ -24,6 +24,9 @@ import { pickProxyPort, portFree, udpPortFree } from '../l7/proxy/sockets.ts';
 import { normalizeIp } from '../net/index.ts';
 import { DnsProxy, type DnsDecision, type DnsRecord, type Peer } from '../dns/proxy.ts';
 import { DnsAnswerCache } from '../dns/answer-cache.ts';
+import { readAnswer, readQuery } from '../dns/message.ts';
+import { dnsRecord } from '../dns/types.ts';
+import { decodeTraceEvent } from '../flows/event.ts';
 import { possibleCpus } from '../bpf/datapath.ts';
 import type { Answer, Query } from '../dns/message.ts';
 import { dnsFlow } from '../dns/flows.ts';
@@ -41,6 +44,8 @@ const EXPIRY_GRACE_MS = 5_000;
 const RESTORE_GRACE_MS = 10 * 60_000;
 const PROTO = { udp: 17, tcp: 6 } as const;
 const MAX_CACHED_DECISIONS = 10_000;
+/** DNS_CACHE_ENTRIES in bpf/lib/dns_cache.h. */
+const MAX_CACHED_ENTRIES = 8192;
 
 /** One object shape for every decision (the proxy's hot path stays monomorphic). */
 function decision(
@@ -77,6 +82,8 @@ export class AgentDns {
   private engine?: PolicyEngine;
   private proxy?: DnsProxy;
   private answers?: DnsAnswerCache;
+  /** Entry id -> what it answers (bounded like the datapath's map). */
+  private readonly cached = new Map<number, { server: Peer; decision: DnsDecision; query: Query; answer: Answer }>();
   private timers: NodeJS.Timeout[] = [];
   private saveTimer?: NodeJS.Timeout;
   private saving: Promise<void> = Promise.resolve();
@@ -141,7 +148,8 @@ export class AgentDns {
             cacheAnswer: (client, server, dec, query, answer, arrivedNs) => {
               if (dec.endpoint === undefined || dec.cacheGeneration === undefined) return;
               try {
-                answers.store(dec.endpoint, server, query, answer, dec.cacheGeneration, arrivedNs);
+                const id = answers.store(dec.endpoint, server, query, answer, dec.cacheGeneration, arrivedNs);
+                if (id) this.rememberCached(id, server, dec, query, answer);
               } catch (err) {
                 this.log.warn({ err, client }, 'cannot cache a DNS answer in the datapath');
               }
@@ -184,6 +192,31 @@ export class AgentDns {
       this.decisions.set(key, d);
     }
     return d;
+  }
+
+  /** What a cached entry answers, for the flows of the queries the datapath answers with it. */
+  private rememberCached(id: number, server: Peer, decision: DnsDecision, query: Buffer, answer: Buffer): void {
+    const q = readQuery(query);
+    const a = readAnswer(answer);
+    if (!q || !a) return;
+    this.cached.set(id, { server, decision, query: q, answer: a });
+    if (this.cached.size > MAX_CACHED_ENTRIES) this.cached.delete(this.cached.keys().next().value as number);
+  }
+
+  /** A query the datapath answered (a DNS_CACHED event): the query and answer records the proxy
+   *  would have made, marked as answered from the cache. */
+  private cachedAnswerSeen(data: Buffer, offset: number): void {
+    const e = decodeTraceEvent(data, offset);
+    const c = this.cached.get(e.ruleId);
+    if (!c) return;
+    const client = { ip: e.saddr, port: e.sport };
+    const query = { ...c.query, id: 0 };
+    this.emit(dnsRecord('query', 'udp', client, c.server, query, c.decision, 'forwarded', 'cached'));
+    this.emit(dnsRecord('response', 'udp', client, c.server, query, c.decision, 'forwarded', 'cached', c.answer, 0));
+  }
+
+  private emit(r: DnsRecord): void {
+    for (const l of this.listeners) l(r);
   }
 
   /** The policy maps or the ipcache changed: answers cached in the datapath under earlier verdicts go. */
@@ -285,6 +318,7 @@ export class AgentDns {
       flows.pushLazy(r, [0], time, build);
       metrics?.observe(r);
     });
+    flows.onDnsCached((data, offset) => this.cachedAnswerSeen(data, offset));
   }
 
   cacheList(): FqdnCacheEntryView[] {

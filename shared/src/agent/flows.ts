@@ -58,6 +58,8 @@ export interface AgentFlows {
   /** Records of another source (the L7 proxy's): each at one of `offsets` in `source`, built into a
    *  flow by `build` when read. */
   pushLazy(source: unknown, offsets: number[], timeMs: (source: unknown, offset: number) => number, build: LazyBuild): void;
+  /** Who reports the datapath's DNS_CACHED events (the DNS proxy's part). */
+  onDnsCached(fn: (data: Buffer, offset: number) => void): void;
   /** The metrics registry (undefined with --metrics-address off). */
   readonly registry?: Registry;
   close(): Promise<void>;
@@ -114,10 +116,12 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
     cpus: possibleCpus(),
     onError: (err) => log.warn({ err }, 'flow event reader'),
   });
+  let onDnsCached: ((data: Buffer, offset: number) => void) | undefined;
   const collector = new FlowCollector({
     ring,
     source,
     context,
+    onDnsCached: (data, offset) => onDnsCached?.(data, offset),
     wallOffset: monotonicToWallOffsetNs,
     onError: (err) => log.warn({ err }, 'could not turn a flow event into a flow (logged once)'),
   });
@@ -218,6 +222,9 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
   return {
     status: () => ({ observer: observerStatus, metrics: { address: metricsAddress } }),
     context,
+    onDnsCached: (fn) => {
+      onDnsCached = fn;
+    },
     pushLazy: (source, offsets, timeMs, build) => {
       ring.tick();
       for (const o of offsets) ring.pushLazy(source, o, timeMs(source, o), build);

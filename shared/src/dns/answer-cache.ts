@@ -175,7 +175,8 @@ export class DnsAnswerCache {
     bpf.mapUpdate(this.fds.config, 'dns_cache_config', Buffer.alloc(4), this.config);
   }
 
-  /** Stores the answer the proxy just relayed; false when the datapath could not answer it exactly.
+  /** Stores the answer the proxy just relayed: the entry's id (in the datapath's DNS_CACHED events),
+   *  or 0 when the datapath could not answer it exactly.
    *  `storedNs`: CLOCK_MONOTONIC (process.hrtime) when the answer arrived, before it was learned. */
   store(
     endpointId: number,
@@ -184,19 +185,20 @@ export class DnsAnswerCache {
     answer: Buffer,
     generation: number,
     storedNs: bigint,
-  ): boolean {
-    if (!this.enabled || generation !== this.gen) return false;
+  ): number {
+    if (!this.enabled || generation !== this.gen) return 0;
     const ip = ipv4Bytes(server.ip);
-    if (!ip) return false;
+    if (!ip) return 0;
     const c = cacheableAnswer(query, answer);
-    if (!c) return false;
-    const id = this.nextId++;
+    if (!c) return 0;
+    const id = this.nextId;
+    this.nextId = (this.nextId % 0xffffffff) + 1;
     bpf.mapUpdate(
       this.fds.cache,
       'dns_cache',
       encodeKey(endpointId, ip, server.port, c),
       encodeValue(storedNs, generation, id, answer, c),
     );
-    return true;
+    return id;
   }
 }

@@ -52,7 +52,8 @@ export function dnsFlow(r: DnsRecord, ctx: FlowContext): Flow {
       dns: {
         query: r.query.name,
         qtypes: r.query.types,
-        observationSource: 'proxy',
+        // Answered by the datapath's answer cache (dns/answer-cache.ts) rather than relayed.
+        observationSource: r.reason === 'cached' ? 'membrane-dns-cache' : 'proxy',
         ...(a && !query
           ? {
               ips: a.ips.map((x) => x.ip),

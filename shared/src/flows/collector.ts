@@ -1,6 +1,7 @@
 // From raw ring-buffer records to flow records: decode, enrich, keep in the ring, count for metrics,
 // and tell followers about losses. The glue between an EventSource and the observer/metrics.
-import { TRACE_EVENT_SIZE } from './event.ts';
+import { EventType, OFF, TRACE_EVENT_SIZE } from './event.ts';
+import { HOST_LITTLE_ENDIAN } from '../net/index.ts';
 import { emptyRefs, enrichRaw, type FlowContext } from './enrich.ts';
 import { splitOffset } from './flow.ts';
 import type { FlowRing } from './ring.ts';
@@ -15,6 +16,8 @@ export interface CollectorOptions {
   /** Wall clock minus CLOCK_MONOTONIC in ns; re-read every second (NTP may step the wall clock). */
   wallOffset?: () => bigint;
   onError?: (err: Error) => void;
+  /** DNS_CACHED records (not flows themselves): the DNS proxy's part reports them. */
+  onDnsCached?: (data: Buffer, offset: number) => void;
 }
 
 export class FlowCollector {
@@ -43,6 +46,11 @@ export class FlowCollector {
   onRecord(data: Buffer, offset: number, len: number): void {
     if (len < TRACE_EVENT_SIZE) {
       this.malformed++;
+      return;
+    }
+    const type = HOST_LITTLE_ENDIAN ? data.readUInt16LE(offset + OFF.TYPE) : data.readUInt16BE(offset + OFF.TYPE);
+    if (type === EventType.DNS_CACHED) {
+      this.o.onDnsCached?.(data, offset);
       return;
     }
     try {

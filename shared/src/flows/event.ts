@@ -39,7 +39,9 @@ export const OFF = {
   BYTES: 88,
 } as const;
 
-export const EventType = { FLOW_NEW: 1, DROP: 2, FLOW_END: 3 } as const;
+/** DNS_CACHED: a DNS query the datapath answered from its cache (bpf/lib/dns_cache.h): no flow of its
+ *  own; the DNS proxy's part turns it into L7 flows (shared/src/agent/dns.ts). */
+export const EventType = { FLOW_NEW: 1, DROP: 2, FLOW_END: 3, DNS_CACHED: 4 } as const;
 export const DatapathVerdict = { FORWARDED: 0, DROPPED: 1, REDIRECTED: 2, AUDIT: 3 } as const;
 export const Direction = { INGRESS: 0, EGRESS: 1 } as const;
 /** flags bit 0: policy audit mode turned a would-be drop into a pass. */
