@@ -5,12 +5,11 @@
 // one policy: one rule of the 10,000 (--change one, the common update) or every rule (--change all:
 // every entry rewritten, the worst case).
 //   node --import tsx scripts/bench/import-latency.ts [--adds 30] [--blocks 4] [--rules 10000] [--change one|all]
-import { spawn } from 'node:child_process';
 import os from 'node:os';
 import { randomId } from '../../integration/lib/agent.ts';
 import { startNode } from '../../integration/lib/node-netns.ts';
 import { createNetns } from '../../integration/lib/netns.ts';
-import { CNI_BIN, ensureCniBinary, runtimeEnv } from '../../cni/test/lib/exec.ts';
+import { ensureCniBinary, invokeCni } from '../../cni/test/lib/exec.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
 import { markdownTable, numberArg, percentile, stringArg } from './lib.ts';
 import { fake, membranePolicy } from './topologies.ts';
@@ -22,33 +21,6 @@ const BLOCKS = numberArg('blocks', 4);
 const RULES = numberArg('rules', 10_000);
 const CHANGE = stringArg('change') === 'all' ? 'all' : 'one';
 const log = (s: string) => process.stderr.write(`bench-import-latency: ${s}\n`);
-
-function cni(
-  verb: string,
-  conf: object,
-  containerId: string,
-  netns: string,
-): Promise<{ code: number | null; ms: number; out: string }> {
-  const env = runtimeEnv({
-    CNI_COMMAND: verb,
-    CNI_CONTAINERID: containerId,
-    CNI_NETNS: netns,
-    CNI_IFNAME: 'eth0',
-    CNI_ARGS: '',
-    CNI_PATH: '/usr/lib/cni',
-  });
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const child = spawn(CNI_BIN, [], { env, stdio: ['pipe', 'pipe', 'ignore'] });
-    let out = '';
-    child.stdout.on('data', (c) => {
-      out += c;
-    });
-    child.on('error', reject);
-    child.on('close', (code) => resolve({ code, ms: performance.now() - t0, out }));
-    child.stdin.end(JSON.stringify(conf));
-  });
-}
 
 async function main(): Promise<void> {
   ensureCniBinary();
@@ -68,10 +40,10 @@ async function main(): Promise<void> {
     await pc.import(docs[1]);
     const addDel = async (into: number[]) => {
       const id = `il-${randomId(5)}`;
-      const add = await cni('ADD', conf, id, ns.path);
-      if (add.code !== 0) throw new Error(`ADD failed: ${add.out}`);
+      const add = await invokeCni('ADD', conf, { containerId: id, netns: ns.path });
+      if (add.code !== 0) throw new Error(`ADD failed: ${add.stdout}`);
       into.push(add.ms);
-      await cni('DEL', conf, id, ns.path);
+      await invokeCni('DEL', conf, { containerId: id, netns: ns.path });
     };
     for (let b = 0; b < BLOCKS; b++) {
       for (let i = 0; i < ADDS; i++) await addDel(series.idle);

@@ -8,7 +8,7 @@
 //   entries, store records) once the reaper is done.
 // Pods get app=s<i % policies>; policy i selects app=s<i> and admits app=s<i+1> on 80/TCP, so every
 // pod is selected and the identities are shared the way replicas share them.
-import { execFileSync, spawn } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -17,7 +17,7 @@ import { REPO, startAgent, type TestAgent } from '../../integration/lib/agent.ts
 import { createNetns, type TestNetns } from '../../integration/lib/netns.ts';
 import { nodeState, type NodeState } from '../../integration/lib/leaks.ts';
 import { killAll, startEchoServer, startFlow } from '../../integration/lib/tcp.ts';
-import { CNI_BIN, ensureCniBinary, runtimeEnv } from '../../cni/test/lib/exec.ts';
+import { CNI_BIN, ensureCniBinary, invokeCni } from '../../cni/test/lib/exec.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
 import { markdownTable, median, numberArg, ringPolicies, sleep, stringArg } from './lib.ts';
 
@@ -34,31 +34,15 @@ function randomSubnet20(): string {
   return `10.${64 + (b[0] % 64)}.${(b[1] % 16) * 16}.0/20`;
 }
 
-function cni(verb: 'ADD' | 'DEL', conf: object, cid: string, ns: string, app: string): Promise<number> {
-  const env = runtimeEnv({
-    CNI_COMMAND: verb,
-    CNI_CONTAINERID: cid,
-    CNI_NETNS: ns,
-    CNI_IFNAME: 'eth0',
-    CNI_PATH: '/usr/lib/cni',
-    CNI_ARGS: `IgnoreUnknown=1;K8S_POD_NAMESPACE=scale;K8S_POD_NAME=${cid}`,
-  });
-  const stdin = JSON.stringify({ ...conf, args: { cni: { labels: [{ key: 'app', value: app }] } } });
-  return new Promise((resolve, reject) => {
-    const t0 = performance.now();
-    const child = spawn(CNI_BIN, [], { env, stdio: ['pipe', 'pipe', 'pipe'] });
-    let out = '';
-    child.stdout.on('data', (c) => {
-      out += c;
-    });
-    child.stderr.on('data', () => undefined);
-    child.on('error', reject);
-    child.on('close', (code) =>
-      code === 0 ? resolve(performance.now() - t0) : reject(new Error(`membrane-cni ${verb} ${cid}: ${out}`)),
-    );
-    child.stdin.on('error', () => undefined);
-    child.stdin.end(stdin);
-  });
+/** One membrane-cni call as a runtime makes it, the pod labelled app=`app`; resolves with its ms. */
+async function cni(verb: 'ADD' | 'DEL', conf: object, cid: string, ns: string, app: string): Promise<number> {
+  const r = await invokeCni(
+    verb,
+    { ...conf, args: { cni: { labels: [{ key: 'app', value: app }] } } },
+    { containerId: cid, netns: ns, args: `IgnoreUnknown=1;K8S_POD_NAMESPACE=scale;K8S_POD_NAME=${cid}` },
+  );
+  if (r.code !== 0) throw new Error(`membrane-cni ${verb} ${cid}: ${r.stdout}`);
+  return r.ms;
 }
 
 /** Where the last start went, by phase (the agent's "membrane agent ready" line, startMs). */
