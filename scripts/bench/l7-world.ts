@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { randomId, startAgent, type TestAgent } from '../../integration/lib/agent.ts';
+import { ownDir } from '../../integration/lib/cleanup.ts';
 import { createNetns, type TestNetns } from '../../integration/lib/netns.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
 import { childrenOf } from './l7-wrk.ts';
@@ -67,6 +68,7 @@ ${body}
 
 function startNginx(ns: TestNetns | null, conf: string): { child: ChildProcess; dir: string } {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbb-nginx-'));
+  ownDir(dir); // removed at exit even when close() never runs or fails half-way
   fs.writeFileSync(path.join(dir, 'nginx.conf'), conf.replaceAll('DIR', dir));
   const args = ['-c', path.join(dir, 'nginx.conf'), '-p', dir, '-e', path.join(dir, 'error.log')];
   const child = ns
