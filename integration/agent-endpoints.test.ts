@@ -3,9 +3,9 @@
 import t from 'tap';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
-import { startAgent, randomId } from './lib/agent.ts';
+import { agentFor, randomId } from './lib/agent.ts';
 import { membrane } from './lib/cli.ts';
-import { createNetns, linkGone, ping, type TestNetns } from './lib/netns.ts';
+import { linkGone, netnsFor, ping } from './lib/netns.ts';
 import { startEchoServer, tcpRequest, killAll } from './lib/tcp.ts';
 import { hostRouteTo, mapEntries, tcFilters } from './lib/inspect.ts';
 import type { Endpoint } from '../shared/src/types.ts';
@@ -13,14 +13,8 @@ import type { Endpoint } from '../shared/src/types.ts';
 const execFileP = promisify(execFile);
 
 t.test('two pods talk to each other and to the node, then leave nothing behind', async (t) => {
-  const agent = await startAgent({ ipv6: true });
-  t.teardown(() => agent.cleanup());
-  const nsA = createNetns(),
-    nsB = createNetns();
-  t.teardown(() => {
-    nsA.remove();
-    nsB.remove();
-  });
+  const agent = await agentFor(t, { ipv6: true });
+  const [nsA, nsB] = netnsFor(t, 2);
   const cid = () => `pod-${randomId(8)}`;
 
   const a = await agent.client.createEndpoint({ containerId: cid(), netns: nsA.path, ifName: 'eth0', labels: { app: 'a' } });
@@ -78,10 +72,8 @@ t.test('two pods talk to each other and to the node, then leave nothing behind',
 });
 
 t.test('deleting succeeds when the netns is already gone', async (t) => {
-  const agent = await startAgent();
-  t.teardown(() => agent.cleanup());
-  const ns = createNetns();
-  t.teardown(() => ns.remove());
+  const agent = await agentFor(t);
+  const [ns] = netnsFor(t, 1);
   const ep = await agent.client.createEndpoint({ containerId: `gone-${randomId()}`, netns: ns.path, ifName: 'eth0' });
   ns.remove();
   t.same(await agent.client.deleteEndpoint(ep.containerId, 'eth0'), { deleted: true });
@@ -90,19 +82,11 @@ t.test('deleting succeeds when the netns is already gone', async (t) => {
 });
 
 t.test('a retried create returns the same endpoint; a conflicting one is refused', async (t) => {
-  const agent = await startAgent();
-  t.teardown(() => agent.cleanup());
-  const ns = createNetns(),
-    other = createNetns();
-  t.teardown(() => {
-    ns.remove();
-    other.remove();
-  });
+  const agent = await agentFor(t);
+  const [ns, other] = netnsFor(t, 2);
   const req = { containerId: `retry-${randomId()}`, netns: ns.path, ifName: 'eth0' };
   const first = await agent.client.createEndpoint(req);
   const again = await agent.client.createEndpoint(req);
   t.same(again, first);
   await t.rejects(agent.client.createEndpoint({ ...req, netns: other.path }), { status: 409, code: 'endpoint_exists' });
 });
-
-export type { TestNetns };

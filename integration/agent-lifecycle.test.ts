@@ -1,20 +1,14 @@
 // The agent can die at any time: forwarding goes on, and the restarted agent picks up where it was.
 // Many pods at once get distinct working endpoints; bad requests fail cleanly and leave nothing.
 import t from 'tap';
-import { ip4, startAgent, randomId, restoreVerified, sleep } from './lib/agent.ts';
-import { createNetns, linkGone, ping, type TestNetns } from './lib/netns.ts';
+import { agentFor, ip4, randomId, restoreVerified, sleep } from './lib/agent.ts';
+import { linkGone, netnsFor, ping } from './lib/netns.ts';
 import { startEchoServer, startFlow, killAll } from './lib/tcp.ts';
 import { mapEntries } from './lib/inspect.ts';
 
 t.test('kill -9 the agent while TCP flows: the flow goes on; the restarted agent restores and deletes', async (t) => {
-  const agent = await startAgent();
-  t.teardown(() => agent.cleanup());
-  const nsA = createNetns(),
-    nsB = createNetns();
-  t.teardown(() => {
-    nsA.remove();
-    nsB.remove();
-  });
+  const agent = await agentFor(t);
+  const [nsA, nsB] = netnsFor(t, 2);
   const a = await agent.client.createEndpoint({ containerId: `rs-${randomId()}`, netns: nsA.path, ifName: 'eth0' });
   const b = await agent.client.createEndpoint({ containerId: `rs-${randomId()}`, netns: nsB.path, ifName: 'eth0' });
   const srv = await startEchoServer(nsB, 7171);
@@ -48,14 +42,8 @@ t.test('kill -9 the agent while TCP flows: the flow goes on; the restarted agent
 });
 
 t.test('restore repairs what is missing and drops what is gone', async (t) => {
-  const agent = await startAgent();
-  t.teardown(() => agent.cleanup());
-  const keep = createNetns(),
-    gone = createNetns();
-  t.teardown(() => {
-    keep.remove();
-    gone.remove();
-  });
+  const agent = await agentFor(t);
+  const [keep, gone] = netnsFor(t, 2);
   const k = await agent.client.createEndpoint({ containerId: `keep-${randomId()}`, netns: keep.path, ifName: 'eth0' });
   const g = await agent.client.createEndpoint({ containerId: `gone-${randomId()}`, netns: gone.path, ifName: 'eth0' });
   await agent.stop();
@@ -79,13 +67,8 @@ t.test('restore repairs what is missing and drops what is gone', async (t) => {
 });
 
 t.test('50 parallel creates give 50 distinct working endpoints', async (t) => {
-  const agent = await startAgent();
-  t.teardown(() => agent.cleanup());
-  const nss: TestNetns[] = [];
-  t.teardown(() => {
-    for (const ns of nss) ns.remove();
-  });
-  for (let i = 0; i < 50; i++) nss.push(createNetns());
+  const agent = await agentFor(t);
+  const nss = netnsFor(t, 50);
   const eps = await Promise.all(
     nss.map((ns, i) => agent.client.createEndpoint({ containerId: `par-${i}-${randomId()}`, netns: ns.path, ifName: 'eth0' })),
   );
@@ -100,8 +83,7 @@ t.test('50 parallel creates give 50 distinct working endpoints', async (t) => {
 });
 
 t.test('bad requests get clear errors and leave nothing behind', async (t) => {
-  const agent = await startAgent();
-  t.teardown(() => agent.cleanup());
+  const agent = await agentFor(t);
   const c = agent.client;
   const leftovers = async () => (await c.ipam()).flatMap((p) => p.allocations).length + (await c.listEndpoints()).length;
 
@@ -115,8 +97,7 @@ t.test('bad requests get clear errors and leave nothing behind', async (t) => {
     { status: 400, code: 'bad_request', message: /10.300.0.0\/24/ },
     'bad CIDR',
   );
-  const ns = createNetns();
-  t.teardown(() => ns.remove());
+  const [ns] = netnsFor(t, 1);
   await t.rejects(
     c.createEndpoint({ containerId: 'x2', netns: ns.path, ifName: 'eth0', network: 'no-such-net' }),
     { status: 404, code: 'network_not_found', message: /"no-such-net"/ },
@@ -137,8 +118,7 @@ t.test('bad requests get clear errors and leave nothing behind', async (t) => {
   const b = 64 + Math.floor(Math.random() * 128);
   await c.createNetwork({ name: tiny, subnets: [`10.${b}.${Math.floor(Math.random() * 256)}.0/30`] });
   const ok = await c.createEndpoint({ containerId: 'x4', netns: ns.path, ifName: 'eth0', network: tiny });
-  const ns2 = createNetns();
-  t.teardown(() => ns2.remove());
+  const [ns2] = netnsFor(t, 1);
   await t.rejects(
     c.createEndpoint({ containerId: 'x5', netns: ns2.path, ifName: 'eth0', network: tiny }),
     { status: 409, code: 'pool_exhausted', message: new RegExp(`"${tiny}" is exhausted`) },

@@ -6,6 +6,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { Test } from 'tap';
 import { AgentClient } from '../../shared/src/api/client.ts';
 import type { Endpoint } from '../../shared/src/types.ts';
 import { ownChild, ownDir, ownLink, type Release, signalAndWait } from './cleanup.ts';
@@ -229,6 +230,13 @@ function linkIn(inNetns: (cmd: string[]) => [string, string[]], name: string): b
   } catch {
     return false;
   }
+}
+
+/** An agent for one test, cleaned up when the test ends. */
+export async function agentFor(t: Test, opts?: StartAgentOptions): Promise<TestAgent> {
+  const agent = await startAgent(opts);
+  t.teardown(() => agent.cleanup());
+  return agent;
 }
 
 function tail(file: string): string {

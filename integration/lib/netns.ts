@@ -2,6 +2,7 @@
 // (`ip netns exec` remounts /sys and hides bpffs).
 import { execFile, execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { promisify } from 'node:util';
+import type { Test } from 'tap';
 import { randomId } from './agent.ts';
 import { ownChild, ownNetns } from './cleanup.ts';
 
@@ -45,6 +46,16 @@ export function createNetns(prefix = 'mbt'): TestNetns {
       release();
     },
   };
+}
+
+/** `count` netns for one test, removed when it ends (after the teardowns registered before). */
+export function netnsFor(t: Test, count: number, prefix?: string): TestNetns[] {
+  const nss: TestNetns[] = [];
+  t.teardown(() => {
+    for (const ns of nss) ns.remove();
+  });
+  for (let i = 0; i < count; i++) nss.push(createNetns(prefix));
+  return nss;
 }
 
 export async function ping(from: TestNetns, ip: string, count = 2): Promise<boolean> {
