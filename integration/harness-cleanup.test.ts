@@ -70,7 +70,7 @@ async function assertNothingLeft(t: Test, c: Created, waitMs = 0) {
   );
 }
 
-t.test('a file killed by SIGTERM (tap timeout) removes what it created and exits 143', async (t) => {
+t.test('a file killed by SIGTERM removes what it created and exits 143', async (t) => {
   const { created, code } = await runAndKill('wait', 'SIGTERM');
   t.ok(created.netns.length === 2 && created.pids.every((p) => p > 0), 'the fixture created netns and processes');
   t.equal(code, 143, 'exit code 143 (128 + SIGTERM)');

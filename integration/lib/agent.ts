@@ -133,7 +133,7 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
     ...(opts.extraArgs?.includes('--cri-socket') ? [] : ['--cri-socket', path.join(stateDir, 'no-cri.sock')]),
     ...(opts.extraArgs ?? []),
   ];
-  // Removed at exit even when cleanup() never runs (tap's timeout SIGTERM, a crash); cleanup()
+  // Removed at exit even when cleanup() never runs (tap's timeout, a crash, a SIGKILL: lib/cleanup.ts); cleanup()
   // releases them after removing them itself. A caller's state dir stays theirs.
   const owned: Release[] = [ownDir(bpffsDir), ownLink(hostDevice, netnsPath)];
   if (ownStateDir) owned.push(ownDir(stateDir));

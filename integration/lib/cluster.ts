@@ -113,7 +113,7 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
   const name = `c${id}`;
   const root = fs.mkdtempSync(path.join(os.tmpdir(), `mbr-cluster-${id}-`));
   // The shared exit registry (cleanup.ts) removes what we create when cleanup() never runs (tap's
-  // timeout SIGTERM, a crash): processes by PID, netns by name (createNetns), pins and root here.
+  // timeout, a crash, a SIGKILL): processes by PID, netns by name (createNetns), pins and root here.
   const releaseRoot = ownDir(root);
   const { prefix, subnet } = randomUnderlay();
   const clusterPool = opts.clusterPool ?? `10.${crypto.randomInt(64, 192)}.0.0/16`;

@@ -21,7 +21,7 @@ export interface TestNetns {
 export function createNetns(prefix = 'mbt'): TestNetns {
   const name = `${prefix}-${randomId()}`;
   execFileSync('ip', ['netns', 'add', name]);
-  // Deleted at exit even when the test's teardown never runs (tap's timeout SIGTERM, a crash).
+  // Deleted at exit even when the test's teardown never runs (tap's timeout, a crash, a SIGKILL).
   const release = ownNetns(name);
   const path = `/var/run/netns/${name}`;
   execFileSync('nsenter', [`--net=${path}`, 'ip', 'link', 'set', 'lo', 'up']);
