@@ -11,7 +11,7 @@ import { once } from 'node:events';
 import { HttpProxyConnection } from '../src/l7/http/connection.ts';
 import type { Exchange } from '../src/l7/http/exchange.ts';
 import { compileHttpRule, matchHttp } from '../src/l7/http/rules.ts';
-import { RawListener, type RawSocket } from '../src/l7/proxy/raw-socket.ts';
+import { RawListener, RawSocket } from '../src/l7/proxy/raw-socket.ts';
 import type { HttpRule } from '../src/policy/types.ts';
 
 const rules = (
@@ -59,7 +59,7 @@ backend.on('upgrade', (_req, socket) => {
 
 let backendPort = 0;
 let upstreamPort = 0; // where the proxy connects (backendPort, or a closed port in one test)
-// The client side as the proxy workers accept it: RawSockets (the upstream-pool test runs the same
+// Both sockets as the proxy workers have them: RawSockets (the upstream-pool test runs the same
 // connection over net.Sockets).
 const proxied = new Set<RawSocket>();
 let proxy: RawListener | undefined;
@@ -67,7 +67,7 @@ const accept = (client: RawSocket) => {
   proxied.add(client);
   new HttpProxyConnection({
     client,
-    connect: () => net.connect({ port: upstreamPort, host: '127.0.0.1', allowHalfOpen: true }),
+    connect: () => RawSocket.connect('127.0.0.1', upstreamPort, 10_000),
     decide: (_head, view) => {
       const m = matchHttp(rules, view);
       return { allowed: m.allowed, edits: m.edits };

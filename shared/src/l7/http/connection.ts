@@ -8,10 +8,10 @@
 // This module ties the parts together and owns the upstream's life (reuse, replay, ending); the
 // framing of each direction is request-framing.ts's and response-framing.ts's, the two sockets
 // themselves (flow control, ending) pair.ts's, the order of responses queue.ts's.
-import type net from 'node:net';
 import { answered, type Decide, type ExchangeSink, errorResponse } from './exchange.ts';
-import { type ClientSocket, Hold, SocketPair, type UpstreamReuse } from './pair.ts';
+import { Hold, SocketPair, type UpstreamReuse } from './pair.ts';
 import type { RequestHead } from './parse.ts';
+import type { ClientSocket, UpstreamSocket } from './socket.ts';
 import { badRequestSlot, type Pending, ResponseQueue, requestSlot } from './queue.ts';
 import { RequestFramer, Rq } from './request-framing.ts';
 import { ResponseFramer, Rs } from './response-framing.ts';
@@ -21,7 +21,7 @@ const MAX_PIPELINE = 128;
 export interface ConnectionOptions {
   client: ClientSocket;
   /** Opens the upstream connection to the original destination. */
-  connect: () => net.Socket;
+  connect: () => UpstreamSocket;
   decide: Decide;
   sink: ExchangeSink;
   onClose?: () => void;

@@ -3,8 +3,8 @@
 // (the client is read only while nothing holds it: a full upstream buffer, a full pipeline, an
 // upgrade waiting for the server's answer; the upstream is read only while the client's buffer
 // drains) and how they end (each side ended once, the client given the chance to close first).
-import type net from 'node:net';
 import { shutdownWriteNow } from '../proxy/sockets.ts';
+import type { ClientSocket, UpstreamSocket } from './socket.ts';
 import { holdUpstream, type UpstreamHolder } from './upstream-events.ts';
 
 /**
@@ -36,23 +36,6 @@ export interface PairEvents {
   closed(): void;
 }
 
-/**
- * What the pair needs of the client's socket: a net.Socket, or the worker's lighter RawSocket
- * (proxy/raw-socket.ts) for connections it accepts itself.
- */
-export interface ClientSocket {
-  on(event: 'data' | 'end' | 'error' | 'close' | 'drain', listener: (...args: never[]) => void): unknown;
-  write(b: Buffer): boolean;
-  pause(): unknown;
-  resume(): unknown;
-  end(): unknown;
-  destroy(): unknown;
-  setNoDelay(noDelay: boolean): unknown;
-  readonly destroyed: boolean;
-  readonly writableEnded: boolean;
-  readonly writableLength: number;
-}
-
 /** Ends a socket's sending side once: a second end() costs an error object with a stack trace. */
 function end(s: ClientSocket | undefined): void {
   if (s && !s.writableEnded && !s.destroyed) s.end();
@@ -60,16 +43,16 @@ function end(s: ClientSocket | undefined): void {
 
 /** Idle upstream connections to take one from and give one back to (proxy/upstream-pool.ts). */
 export interface UpstreamReuse {
-  take(): net.Socket | undefined;
+  take(): UpstreamSocket | undefined;
   /** False: not kept (the pair ends it). */
-  give(s: net.Socket): boolean;
+  give(s: UpstreamSocket): boolean;
 }
 
 /** Bytes sent on a reused upstream connection kept for a replay (REPLAY_MAX: no replay). */
 const REPLAY_MAX = 16 * 1024;
 
 export class SocketPair implements UpstreamHolder {
-  upstream?: net.Socket;
+  upstream?: UpstreamSocket;
   upstreamConnected = false;
   /** The upstream came from the pool and has not answered yet: what was sent on it, for a replay
    *  on a fresh connection if it turns out the server had closed it (undefined: no replay possible). */
@@ -88,7 +71,7 @@ export class SocketPair implements UpstreamHolder {
   constructor(
     readonly client: ClientSocket,
     /** Opens a fresh upstream connection (called as a method of this object). */
-    private readonly opener: { connect(): net.Socket },
+    private readonly opener: { connect(): UpstreamSocket },
     private readonly ev: PairEvents,
     private readonly reuse?: UpstreamReuse,
     /** The client socket has TCP_NODELAY already (accepted sockets inherit it from the listener). */
@@ -166,7 +149,7 @@ export class SocketPair implements UpstreamHolder {
   }
 
   // The upstream's events (upstream-events.ts), while this pair holds it.
-  upstreamData(_s: net.Socket, d: Buffer): void {
+  upstreamData(_s: UpstreamSocket, d: Buffer): void {
     if (this.replay) this.stopReplay();
     this.ev.upstreamData(d);
   }
@@ -183,14 +166,14 @@ export class SocketPair implements UpstreamHolder {
     this.upstreamConnected = true;
   }
 
-  private attach(u: net.Socket): void {
+  private attach(u: UpstreamSocket): void {
     this.upstream = u;
     this.upstreamConnected = false;
     holdUpstream(u, this);
     if (this.pausedForClient) u.pause();
   }
 
-  private detach(): net.Socket | undefined {
+  private detach(): UpstreamSocket | undefined {
     const u = this.upstream;
     if (!u) return undefined;
     this.upstream = undefined;

@@ -3,19 +3,19 @@
 // its events are dropped, errors included). The listeners are added once per socket, as plain
 // functions, and a hand-over only changes the holder: an upstream reused for one request per client
 // connection went through twenty listener additions and removals per connection otherwise.
-import type net from 'node:net';
+import type { UpstreamSocket } from './socket.ts';
 
 export interface UpstreamHolder {
-  upstreamData(s: net.Socket, d: Buffer): void;
+  upstreamData(s: UpstreamSocket, d: Buffer): void;
   /** 'end' or 'close' (may come twice: end, then close). */
-  upstreamEnd(s: net.Socket): void;
-  upstreamError(s: net.Socket): void;
-  upstreamDrain(s: net.Socket): void;
-  upstreamConnect(s: net.Socket): void;
+  upstreamEnd(s: UpstreamSocket): void;
+  upstreamError(s: UpstreamSocket): void;
+  upstreamDrain(s: UpstreamSocket): void;
+  upstreamConnect(s: UpstreamSocket): void;
 }
 
 const HOLDER = Symbol('membrane.upstreamHolder');
-type Held = net.Socket & { [HOLDER]?: UpstreamHolder | null };
+type Held = UpstreamSocket & { [HOLDER]?: UpstreamHolder | null };
 
 function onData(this: Held, d: Buffer): void {
   this[HOLDER]?.upstreamData(this, d);
@@ -34,7 +34,7 @@ function onConnect(this: Held): void {
 }
 
 /** From now on `s`'s events go to `holder` (undefined: nobody). The first call adds the listeners. */
-export function holdUpstream(s: net.Socket, holder: UpstreamHolder | undefined): void {
+export function holdUpstream(s: UpstreamSocket, holder: UpstreamHolder | undefined): void {
   const h = s as Held;
   if (h[HOLDER] === undefined) {
     s.on('connect', onConnect);
@@ -48,6 +48,6 @@ export function holdUpstream(s: net.Socket, holder: UpstreamHolder | undefined):
 }
 
 /** Who holds `s` now (undefined: nobody). */
-export function upstreamHolder(s: net.Socket): UpstreamHolder | undefined {
+export function upstreamHolder(s: UpstreamSocket): UpstreamHolder | undefined {
   return (s as Held)[HOLDER] ?? undefined;
 }

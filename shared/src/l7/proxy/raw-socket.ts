@@ -13,7 +13,7 @@
 // Node's process.binding('tcp_wrap'/'stream_wrap') is the documented-deprecated path to these
 // handles (DEP0111, a warning only with --pending-deprecation); the worker's tests use it as the
 // proxy does (shared/test/l7-raw-socket.test.ts, l7-http-proxy.test.ts over raw sockets).
-import type { ClientSocket } from '../http/pair.ts';
+import type { UpstreamSocket } from '../http/socket.ts';
 
 interface StreamWrapBinding {
   WriteWrap: new () => Req;
@@ -135,7 +135,7 @@ function afterConnect(this: ConnectReq, status: number): void {
 }
 
 /** An accepted TCP connection (see the top of this file). */
-export class RawSocket implements ClientSocket {
+export class RawSocket implements UpstreamSocket {
   destroyed = false;
   writableEnded = false;
   readableEnded = false;
@@ -183,10 +183,12 @@ export class RawSocket implements ClientSocket {
   }
 
   /** A connection to ip:port; 'connect' when it is up, 'error' (then 'close') when it fails or takes
-   *  longer than timeoutMs. Writes and end() before that are queued. */
+   *  longer than timeoutMs. Writes and end() before that are queued; reading starts once it is up
+   *  (unless paused). */
   static connect(ip: string, port: number, timeoutMs: number): RawSocket {
     const s = new RawSocket(new tcpWrap.TCP(tcpWrap.constants.SOCKET), false);
     s.connecting = true;
+    s.reading = true; // read once connected, as a net.Socket with a 'data' listener does
     const req = new tcpWrap.TCPConnectWrap();
     req.oncomplete = afterConnect;
     req.owner = s;

@@ -7,7 +7,7 @@
 // requests used; never longer than IDLE_MS (shorter than servers' keep-alive timeouts, e.g. Node's
 // 5 s, so a server rarely closes one just as it is taken — and when it does, connection.ts replays
 // an idempotent request on a fresh connection); and not at all once it said anything or closed.
-import type net from 'node:net';
+import type { UpstreamSocket } from '../http/socket.ts';
 import { holdUpstream, type UpstreamHolder, upstreamHolder } from '../http/upstream-events.ts';
 
 const IDLE_MS = 2000;
@@ -16,7 +16,7 @@ const MAX_PER_KEY = 64;
 const MAX_TOTAL = 1024;
 
 interface Idle {
-  s: net.Socket;
+  s: UpstreamSocket;
   since: number;
 }
 
@@ -39,23 +39,23 @@ export class UpstreamPool implements UpstreamHolder {
   }
 
   // Anything at all from an idle connection (upstream-events.ts: the pool holds it) ends it.
-  upstreamData(s: net.Socket): void {
+  upstreamData(s: UpstreamSocket): void {
     this.drop(s);
   }
-  upstreamEnd(s: net.Socket): void {
+  upstreamEnd(s: UpstreamSocket): void {
     this.drop(s);
   }
-  upstreamError(s: net.Socket): void {
+  upstreamError(s: UpstreamSocket): void {
     this.drop(s);
   }
-  upstreamDrain(s: net.Socket): void {
+  upstreamDrain(s: UpstreamSocket): void {
     this.drop(s);
   }
-  upstreamConnect(s: net.Socket): void {
+  upstreamConnect(s: UpstreamSocket): void {
     this.drop(s);
   }
 
-  private drop(s: net.Socket): void {
+  private drop(s: UpstreamSocket): void {
     this.forget(s);
     s.destroy();
   }
@@ -65,7 +65,7 @@ export class UpstreamPool implements UpstreamHolder {
   }
 
   /** The most recently idle open connection for `key`, no longer in the pool (undefined: none). */
-  take(key: string): net.Socket | undefined {
+  take(key: string): UpstreamSocket | undefined {
     const list = this.idle.get(key);
     while (list?.length) {
       const { s } = list.pop()!;
@@ -81,7 +81,7 @@ export class UpstreamPool implements UpstreamHolder {
   }
 
   /** Keeps an idle connection for `key`; false when it is not kept (the caller ends it). */
-  give(key: string, s: net.Socket): boolean {
+  give(key: string, s: UpstreamSocket): boolean {
     if (!usable(s) || this.total >= this.limits.maxTotal) return false;
     let list = this.idle.get(key);
     if (!list) this.idle.set(key, (list = []));
@@ -120,7 +120,7 @@ export class UpstreamPool implements UpstreamHolder {
     }
   }
 
-  private forget(s: net.Socket): void {
+  private forget(s: UpstreamSocket): void {
     this.unwatch(s);
     for (const [key, list] of this.idle) {
       const i = list.findIndex((e) => e.s === s);
@@ -132,11 +132,11 @@ export class UpstreamPool implements UpstreamHolder {
     }
   }
 
-  private unwatch(s: net.Socket): void {
+  private unwatch(s: UpstreamSocket): void {
     if (upstreamHolder(s) === this) holdUpstream(s, undefined);
   }
 }
 
-function usable(s: net.Socket): boolean {
+function usable(s: UpstreamSocket): boolean {
   return !s.destroyed && !s.readableEnded && !s.writableEnded && s.writableLength === 0 && s.readyState === 'open';
 }

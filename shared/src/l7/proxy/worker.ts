@@ -13,9 +13,10 @@ import type { Exchange, ExchangeSink, Verdict } from '../http/exchange.ts';
 import type { UpstreamReuse } from '../http/pair.ts';
 import type { RequestHead } from '../http/parse.ts';
 import type { RequestView } from '../http/rules.ts';
+import type { UpstreamSocket } from '../http/socket.ts';
 import { type AgentMessage, encodeFrame, FrameReader, frameHeader, type WorkerMessage } from './frames.ts';
 import { type RecordContext, RecordWriter } from './records.ts';
-import { RawListener, type RawSocket } from './raw-socket.ts';
+import { RawListener, RawSocket } from './raw-socket.ts';
 import { SocketError, transparentListener } from './sockets.ts';
 import { registerListener } from './steering.ts';
 import { UpstreamPool } from './upstream-pool.ts';
@@ -291,21 +292,16 @@ class Diverted implements ConnectionOptions, UpstreamReuse, ExchangeSink, Record
     return `${this.policy.src.identity}|${this.dstIp}|${this.dstPort}`;
   }
 
-  connect(): net.Socket {
-    const u = net.connect({ host: this.dstIp, port: this.dstPort, allowHalfOpen: true, noDelay: true });
-    const timer = setTimeout(() => u.destroy(new Error('upstream connect timeout')), UPSTREAM_CONNECT_TIMEOUT_MS);
-    const stop = () => clearTimeout(timer);
-    u.once('connect', stop);
-    u.once('close', stop);
-    return u;
+  connect(): UpstreamSocket {
+    return RawSocket.connect(this.dstIp, this.dstPort, UPSTREAM_CONNECT_TIMEOUT_MS);
   }
 
-  take(): net.Socket | undefined {
+  take(): UpstreamSocket | undefined {
     this.taken = this.key();
     return this.w.upstreams.take(this.taken);
   }
 
-  give(u: net.Socket): boolean {
+  give(u: UpstreamSocket): boolean {
     return !this.w.stopping && this.taken === this.key() && this.w.upstreams.give(this.taken, u);
   }
 
