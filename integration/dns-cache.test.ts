@@ -114,6 +114,31 @@ spec:
   t.equal(afterFour.queries - before.queries + afterFour.hits - before.hits, 4, 'the rest by the proxy');
   t.equal(await probe(nsOf.client, W.api, 80), 'ok', 'the address it names is reachable (learned before it was cached)');
 
+  // EDNS (an OPT record, as many stub resolvers send): cached too, under its own OPT record; a query that differs in
+  // a header flag (CD: checking disabled) is another query, the proxy's.
+  const edns = (id: number, flags = packet.RECURSION_DESIRED) =>
+    packet.encode({
+      type: 'query',
+      id,
+      flags,
+      questions: [{ type: 'A', name: 'api.test.internal' }],
+      additionals: [{ type: 'OPT', name: '.', udpPayloadSize: 1232 }] as never,
+    });
+  const beforeEdns = await dnsStatus();
+  const ednsReplies = await exchange(nsOf.client, W.evilDns, [edns(0x2001), edns(0x2002), edns(0x2003)]);
+  t.same(
+    ednsReplies.map((r) => decode(r)?.ips),
+    [[W.api], [W.api], [W.api]],
+    'EDNS queries answered',
+  );
+  const afterEdns = await dnsStatus();
+  t.ok(afterEdns.hits - beforeEdns.hits >= 1, `EDNS queries answered by the datapath too (${afterEdns.hits - beforeEdns.hits})`);
+  const [cd] = await exchange(nsOf.client, W.evilDns, [edns(0x2004, packet.RECURSION_DESIRED | packet.CHECKING_DISABLED)]);
+  t.same(decode(cd)?.ips, [W.api], 'a query with CD set is answered');
+  const afterCd = await dnsStatus();
+  t.equal(afterCd.hits, afterEdns.hits, 'by the proxy, not from the entry of a query without CD');
+  t.equal(afterCd.queries - afterEdns.queries, 1, 'the proxy saw it');
+
   // The server gone: still answered, the TTL counted down.
   server.child.kill('SIGKILL');
   await new Promise((r) => setTimeout(r, 1200));

@@ -11,11 +11,13 @@
  *
  * Why it cannot answer what the proxy would refuse: an entry exists only for a query the proxy
  * allowed from that endpoint (the key holds the endpoint id, the server's address and port, the
- * question); it is valid only under the generation it was stored in, which the agent bumps on every
+ * header flags - RD, AD, CD - and every byte after the header as sent: the question and an EDNS record);
+ * it is valid only under the generation it was stored in, which the agent bumps on every
  * policy or ipcache change (dns_cache_config), so a changed DNS rule is asked of the proxy again; it
  * expires no later than the addresses the answer taught (stored with the TTL counted from before
- * they were learned). Anything else - IPv6, IP options, fragments, EDNS or other extra records, names
- * over DNS_CACHE_NAME_MAX, a stale or absent entry, a disabled cache - goes to the proxy as before. */
+ * they were learned). Anything else - IPv6, IP options, fragments, answer or authority records or more
+ * than one additional record in the query, a query over DNS_CACHE_QUERY_MAX bytes after the header, a
+ * stale or absent entry, a disabled cache - goes to the proxy as before. */
 #pragma once
 
 #include <linux/udp.h>
@@ -23,7 +25,7 @@
 #include "parse.h"
 #include "events.h"
 
-#define DNS_CACHE_NAME_MAX 128	  /* wire-format name bytes, the root label included */
+#define DNS_CACHE_QUERY_MAX 144	  /* a query's bytes after the header: a 128-byte name, type, class, OPT */
 #define DNS_CACHE_ANSWER_MAX 512  /* payload of a cached answer */
 #define DNS_CACHE_TTLS 16	  /* records whose TTL is lowered on the way out */
 #define DNS_CACHE_ENTRIES 8192
@@ -31,13 +33,14 @@
 struct dns_cache_key {
 	__u32 endpoint_id;
 	__u8 family;
-	__u8 name_len;
+	__u8 qlen; /* bytes of q */
 	__be16 server_port;
 	__u8 server[16];
-	__u8 type_class[4]; /* QTYPE, QCLASS as on the wire */
-	__u8 name[DNS_CACHE_NAME_MAX]; /* as sent, zero-padded */
+	__u8 flags[2]; /* header bytes 2-3 as sent: RD, AD, CD change what an answer may say */
+	__u8 pad[2];
+	__u8 q[DNS_CACHE_QUERY_MAX]; /* the bytes after the header as sent (question, EDNS), zero-padded */
 };
-_Static_assert(sizeof(struct dns_cache_key) == 156, "dns_cache_key layout is shared with userspace");
+_Static_assert(sizeof(struct dns_cache_key) == 172, "dns_cache_key layout is shared with userspace");
 
 struct dns_cache_value {
 	__u64 stored_ns;  /* bpf_ktime_get_ns() (CLOCK_MONOTONIC) of the answer's arrival */
@@ -64,7 +67,7 @@ struct {
 	__type(key, struct dns_cache_key);
 	__type(value, struct dns_cache_value);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} dns_cache SEC(".maps");
+} dns_answers SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_ARRAY);
@@ -94,7 +97,7 @@ struct {
 	__type(key, __u32);
 	__type(value, struct dns_cache_scratch);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
-} dns_cache_scratch SEC(".maps");
+} dns_answers_scratch SEC(".maps");
 
 #define DNS_OFF (ETH_HLEN + 20 + 8) /* IPv4 without options, UDP */
 
@@ -118,7 +121,7 @@ static __always_inline __u16 csum_fold32(__u64 sum)
 static __always_inline bool dns_cache_answer(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_config *ep,
 					     int *verdict)
 {
-	__u32 zero = 0, ifindex = skb->ifindex, dns_len, qlen, name_len, len, i, elapsed;
+	__u32 zero = 0, ifindex = skb->ifindex, dns_len, qlen, len, i, elapsed;
 	struct dns_reply_headers h;
 	struct event_meta m;
 	struct dns_cache_config *cfg;
@@ -146,32 +149,34 @@ static __always_inline bool dns_cache_answer(struct __sk_buff *skb, const struct
 	if (dns_len < 8 || skb->len != ETH_HLEN + 20 + dns_len)
 		return false;
 	dns_len -= 8;
-	if (dns_len < 12 + 1 + 4 || dns_len > 12 + DNS_CACHE_NAME_MAX + 4)
+	if (dns_len < 12 + 1 + 4 || dns_len > 12 + DNS_CACHE_QUERY_MAX)
 		return false;
 	if (bpf_skb_load_bytes(skb, DNS_OFF, hdr, sizeof(hdr)) < 0)
 		return false;
-	/* A standard query (QR 0, opcode 0, TC 0) with one question and nothing else. */
-	if ((hdr[2] & 0xfa) || hdr[4] || hdr[5] != 1 || hdr[6] || hdr[7] || hdr[8] || hdr[9] || hdr[10] || hdr[11])
+	/* A standard query (QR 0, opcode 0, TC 0): one question, at most one additional record (EDNS). */
+	if ((hdr[2] & 0xfa) || hdr[4] || hdr[5] != 1 || hdr[6] || hdr[7] || hdr[8] || hdr[9] || hdr[10] || hdr[11] > 1)
 		return false;
-	s = bpf_map_lookup_elem(&dns_cache_scratch, &zero);
+	s = bpf_map_lookup_elem(&dns_answers_scratch, &zero);
 	if (!s)
 		return false;
 	qlen = dns_len - 12;
-	if (qlen < 5 || qlen > DNS_CACHE_NAME_MAX + 4)
+	if (qlen < 5 || qlen > DNS_CACHE_QUERY_MAX)
 		return false;
-	name_len = qlen - 4;
-	/* The name as sent (no case folding: a query in other case is the proxy's), zero-padded. */
-	__builtin_memset(s->key.name, 0, sizeof(s->key.name));
-	if (bpf_skb_load_bytes(skb, DNS_OFF + 12, s->key.name, name_len) < 0 ||
-	    bpf_skb_load_bytes(skb, DNS_OFF + 12 + name_len, s->key.type_class, 4) < 0)
+	/* As sent (no case folding: a query in other case is the proxy's), zero-padded. */
+	__builtin_memset(s->key.q, 0, sizeof(s->key.q));
+	if (bpf_skb_load_bytes(skb, DNS_OFF + 12, s->key.q, qlen) < 0)
 		return false;
 	s->key.endpoint_id = ep->endpoint_id;
 	s->key.family = p->family;
-	s->key.name_len = name_len;
+	s->key.qlen = qlen;
+	s->key.flags[0] = hdr[2];
+	s->key.flags[1] = hdr[3];
+	s->key.pad[0] = 0;
+	s->key.pad[1] = 0;
 	s->key.server_port = p->dport;
 	__builtin_memset(s->key.server, 0, sizeof(s->key.server));
 	__builtin_memcpy(s->key.server, p->daddr, 4);
-	v = bpf_map_lookup_elem(&dns_cache, &s->key);
+	v = bpf_map_lookup_elem(&dns_answers, &s->key);
 	if (!v)
 		return false;
 	now = bpf_ktime_get_ns();

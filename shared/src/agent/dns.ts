@@ -127,7 +127,7 @@ export class AgentDns {
     const fd = this.d.datapath.mapFd('proxy_udp_dst');
     const answers = (this.answers = new DnsAnswerCache(
       {
-        cache: this.d.datapath.mapFd('dns_cache'),
+        cache: this.d.datapath.mapFd('dns_answers'),
         config: this.d.datapath.mapFd('dns_cache_config'),
         hits: this.d.datapath.mapFd('dns_cache_hits'),
       },

@@ -26,10 +26,10 @@ export const MAP_NAMES = [
   'proxy_listeners',
   'tunnel_map',
   'overlay_config', // cluster mode's overlay (shared/src/overlay)
-  'dns_cache', // the DNS answer cache (bpf/lib/dns_cache.h, shared/src/dns/answer-cache.ts)
+  'dns_answers', // the DNS answer cache (bpf/lib/dns_cache.h, shared/src/dns/answer-cache.ts)
+  'dns_answers_scratch',
   'dns_cache_config',
   'dns_cache_hits',
-  'dns_cache_scratch',
 ] as const;
 export type MapName = (typeof MAP_NAMES)[number];
 

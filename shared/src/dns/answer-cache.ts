@@ -1,7 +1,7 @@
 // The DNS answer cache in the datapath (bpf/lib/dns_cache.h): after the proxy has relayed an allowed
-// UDP answer to a pod (its addresses already in the ipcache), the answer is stored in the dns_cache
-// map under the question, the endpoint and the server asked; the pod's next identical query is then
-// answered by its tc program without reaching the proxy, until the answer's smallest TTL runs out.
+// UDP answer to a pod (its addresses already in the ipcache), the answer is stored in the dns_answers
+// map under the query as sent, the endpoint and the server asked; the pod's next identical query is
+// then answered by its tc program without reaching the proxy, until the answer's smallest TTL runs out.
 // Like a node-local DNS cache: answers are served from the node until their TTL (the TTLs the pod
 // sees count down). `--dns-cache off` turns it off.
 //
@@ -10,26 +10,30 @@
 // every change of the policy maps or the ipcache (policyChanged), so an entry stored before a change
 // is never served after it (the query goes to the proxy, which decides anew). Its expiry counts from
 // the answer's arrival, before its addresses were learned, so it ends before they may expire. Only
-// what the datapath can answer exactly is stored: a plain query (one question, no EDNS or other
-// records, a name of at most 128 bytes, IPv4) and a NOERROR answer of at most 512 bytes with at least
-// one record, no OPT record, at most 16 records. The name is matched byte for byte (a query in other
-// case goes to the proxy). Pure parsing here; the map writes in DnsAnswerCache.
+// what the datapath can answer exactly is stored: a plain query (one question, a name of at most 128
+// bytes, nothing else but an optional EDNS OPT record, IPv4) and a NOERROR answer of at most 512 bytes
+// with 1-16 records besides OPT. The key holds the header flags (RD, AD, CD) and every byte after the
+// header as sent: a query in other case, with other EDNS bits or flags goes to the proxy. Pure
+// parsing here; the map writes in DnsAnswerCache.
 import crypto from 'node:crypto';
 import * as bpf from '../bpf/libbpf.ts';
 import { sumPerCpuU64 } from '../maps/codec.ts';
 
-export const KEY_SIZE = 156;
+export const KEY_SIZE = 172;
 export const VALUE_SIZE = 640;
 const NAME_MAX = 128;
+const QUERY_MAX = 144;
 const ANSWER_MAX = 512;
 const TTLS = 16;
 const OPT = 41;
 
 export interface CacheableAnswer {
-  /** The question's name in wire format as the client sent it (root label included). */
-  name: Buffer;
-  /** QTYPE and QCLASS as on the wire. */
-  typeClass: Buffer;
+  /** The query's header bytes 2-3 (flags) as sent. */
+  flags: Buffer;
+  /** The query's bytes after the header as sent: the question, then an OPT record if any. */
+  rest: Buffer;
+  /** The length of the question's name (its bytes start the answer's question too). */
+  nameLen: number;
   ttlOffsets: number[];
   ttls: number[];
   minTtl: number;
@@ -60,45 +64,63 @@ function skipName(buf: Buffer, at: number): number {
   return -1;
 }
 
+/** The end of an OPT record (root owner) at `at` that ends the message, or -1. */
+function optRecordEnd(buf: Buffer, at: number): number {
+  if (at + 11 > buf.length || buf[at] !== 0 || buf.readUInt16BE(at + 1) !== OPT) return -1;
+  const end = at + 11 + buf.readUInt16BE(at + 9);
+  return end === buf.length ? end : -1;
+}
+
 /** What the datapath needs to answer `query` with `answer`, or undefined when it cannot answer it
  *  exactly (then every such query goes on to the proxy). */
 export function cacheableAnswer(query: Buffer, answer: Buffer): CacheableAnswer | undefined {
-  if (query.length < 17 || answer.length < 17 || answer.length > ANSWER_MAX) return undefined;
-  // A standard query (QR 0, opcode 0, TC 0), one question, no other records: what dns_cache.h accepts.
-  if (query[2] & 0xfa || query.readUInt16BE(4) !== 1 || query.readUInt16BE(6) || query.readUInt32BE(8)) return undefined;
+  if (query.length < 17 || query.length > 12 + QUERY_MAX || answer.length < 17 || answer.length > ANSWER_MAX) return undefined;
+  // A standard query (QR 0, opcode 0, TC 0), one question, at most an OPT record: what dns_cache.h accepts.
+  const ar = query.readUInt16BE(10);
+  if (query[2] & 0xfa || query.readUInt16BE(4) !== 1 || query.readUInt16BE(6) || query.readUInt16BE(8) || ar > 1)
+    return undefined;
   const nameLen = plainNameLength(query, 12);
-  if (nameLen < 1 || nameLen > NAME_MAX || query.length !== 12 + nameLen + 4) return undefined;
+  if (nameLen < 1 || nameLen > NAME_MAX) return undefined;
+  const qEnd = 12 + nameLen + 4;
+  if (ar ? optRecordEnd(query, qEnd) < 0 : query.length !== qEnd) return undefined;
   // A response (QR 1, opcode 0, TC 0), NOERROR, the same single question, at least one answer record.
   if ((answer[2] & 0xfa) !== 0x80 || (answer[3] & 0x0f) !== 0 || answer.readUInt16BE(4) !== 1) return undefined;
   const an = answer.readUInt16BE(6);
   const records = an + answer.readUInt16BE(8) + answer.readUInt16BE(10);
-  if (!an || records > TTLS) return undefined;
-  const qlen = nameLen + 4;
-  if (answer.length < 12 + qlen) return undefined;
-  const name = Buffer.from(query.subarray(12, 12 + nameLen));
+  if (!an || records > TTLS + 1 || answer.length < qEnd) return undefined;
   const lower = (b: Buffer) => Buffer.from(b.toString('latin1').toLowerCase(), 'latin1');
   // The same question (a server may change the name's case: the stored answer gets the client's bytes).
   if (
-    !lower(name).equals(lower(answer.subarray(12, 12 + nameLen))) ||
-    !query.subarray(12 + nameLen, 12 + qlen).equals(answer.subarray(12 + nameLen, 12 + qlen))
+    !lower(query.subarray(12, 12 + nameLen)).equals(lower(answer.subarray(12, 12 + nameLen))) ||
+    !query.subarray(12 + nameLen, qEnd).equals(answer.subarray(12 + nameLen, qEnd))
   )
     return undefined;
   const ttlOffsets: number[] = [];
   const ttls: number[] = [];
-  let at = 12 + qlen;
+  let at = qEnd;
   for (let r = 0; r < records; r++) {
     at = skipName(answer, at);
     if (at < 0 || at + 10 > answer.length) return undefined;
-    if (answer.readUInt16BE(at) === OPT) return undefined;
-    const ttl = answer.readUInt32BE(at + 4);
-    ttlOffsets.push(at + 4);
-    ttls.push(ttl >= 0x80000000 ? 0 : ttl); // RFC 2181: the top bit set means zero
+    if (answer.readUInt16BE(at) === OPT) {
+      if (answer[at + 4]) return undefined; // an extended rcode: not NOERROR
+    } else {
+      const ttl = answer.readUInt32BE(at + 4);
+      ttlOffsets.push(at + 4);
+      ttls.push(ttl >= 0x80000000 ? 0 : ttl); // RFC 2181: the top bit set means zero
+    }
     at += 10 + answer.readUInt16BE(at + 8);
   }
-  if (at !== answer.length) return undefined;
+  if (at !== answer.length || !ttls.length || ttls.length > TTLS) return undefined;
   const minTtl = Math.min(...ttls);
   if (minTtl < 1) return undefined;
-  return { name, typeClass: Buffer.from(query.subarray(12 + nameLen, 12 + qlen)), ttlOffsets, ttls, minTtl };
+  return {
+    flags: Buffer.from(query.subarray(2, 4)),
+    rest: Buffer.from(query.subarray(12)),
+    nameLen,
+    ttlOffsets,
+    ttls,
+    minTtl,
+  };
 }
 
 /** struct dns_cache_key (bpf/lib/dns_cache.h). IPv4 servers only. */
@@ -106,11 +128,11 @@ export function encodeKey(endpointId: number, serverIp: Buffer, serverPort: numb
   const k = Buffer.alloc(KEY_SIZE);
   k.writeUInt32LE(endpointId, 0);
   k[4] = serverIp.length === 4 ? 4 : 6;
-  k[5] = c.name.length;
+  k[5] = c.rest.length;
   k.writeUInt16BE(serverPort, 6);
   serverIp.copy(k, 8);
-  c.typeClass.copy(k, 24);
-  c.name.copy(k, 28);
+  c.flags.copy(k, 24);
+  c.rest.copy(k, 28);
   return k;
 }
 
@@ -128,7 +150,7 @@ export function encodeValue(storedNs: bigint, generation: number, entryId: numbe
     v.writeUInt32LE(c.ttls[i], 60 + 4 * i);
   }
   answer.copy(v, 124);
-  c.name.copy(v, 124 + 12); // the question as the client asked it
+  c.rest.copy(v, 124 + 12, 0, c.nameLen); // the question's name as the client asked it
   return v;
 }
 
@@ -195,7 +217,7 @@ export class DnsAnswerCache {
     this.nextId = (this.nextId % 0xffffffff) + 1;
     bpf.mapUpdate(
       this.fds.cache,
-      'dns_cache',
+      'dns_answers',
       encodeKey(endpointId, ip, server.port, c),
       encodeValue(storedNs, generation, id, answer, c),
     );
