@@ -39,6 +39,24 @@ const stubHttp = {
   },
 };
 
+/** node:net (with the node:stream under it) costs ~6 ms of a plugin start; the plugin talks to the
+ *  agent over libuv's pipe handle (cni/src/pipe.ts), and the shared code it bundles imports node:net
+ *  only for isIPv4/isIPv6 (shared/src/net/ip.ts): those load it on first use instead. Only these
+ *  three are there: the plugin's own code must not import node:net (pipe.ts falls back to it through
+ *  process.getBuiltinModule). */
+const lazyNet = {
+  name: 'lazy-node-net',
+  setup(b) {
+    b.onResolve({ filter: /^(node:)?net$/ }, () => ({ path: 'node:net', namespace: 'lazy-net' }));
+    b.onLoad({ filter: /.*/, namespace: 'lazy-net' }, () => ({
+      contents:
+        "let net; const load = () => (net ??= process.getBuiltinModule('node:net'));\n" +
+        'module.exports = { isIP: (s) => load().isIP(s), isIPv4: (s) => load().isIPv4(s), isIPv6: (s) => load().isIPv6(s) };',
+      loader: 'js',
+    }));
+  },
+};
+
 const work = fs.mkdtempSync(path.join(os.tmpdir(), 'membrane-cni-build-'));
 try {
   const bundle = path.join(work, 'membrane-cni.cjs');
@@ -51,7 +69,7 @@ try {
     format: 'cjs',
     minify: true,
     legalComments: 'none',
-    plugins: [noNative, stubHttp],
+    plugins: [noNative, stubHttp, lazyNet],
     logLevel: 'warning',
     metafile: true,
   });

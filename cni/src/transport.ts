@@ -1,11 +1,11 @@
-// AgentClient with its transport swapped for plain HTTP/1.1 over node:net. Same methods, paths, bodies
-// and errors as shared/src/api/client.ts; the difference is start-up cost: node:http (with its agent,
-// parser and outgoing-message machinery) costs ~10 ms per plugin start here, node:net ~1 ms.
+// AgentClient with its transport swapped for plain HTTP/1.1 over the unix socket, on libuv's pipe
+// handle (pipe.ts; node:net where that is missing). Same methods, paths, bodies and errors as
+// shared/src/api/client.ts; the difference is start-up cost: node:http (with its agent, parser and
+// outgoing-message machinery) costs ~10 ms per plugin start here, node:net with node:stream ~6 ms.
 // The CNI bundle replaces node:http with an empty stub (scripts/build-cni.mjs), so only this path runs.
 // An answer with a Content-Length is complete when that many body bytes arrived: the plugin does not
 // wait for the agent's FIN, which the agent's event loop sends only after the work it does right after
 // answering (the reaper removing a deleted endpoint's veth took 20-40 ms of a DEL that way).
-import net from 'node:net';
 import {
   AgentClient,
   AgentUnreachableError,
@@ -14,13 +14,17 @@ import {
   type ClientOptions,
   type RequestOptions,
 } from '../../shared/src/api/client.ts';
+import { pipeExchange, type Exchange } from './pipe.ts';
 
 export class CniAgentClient extends AgentClient {
   private readonly deadlineMs: number;
+  private readonly useNet: boolean;
 
-  constructor(opts: ClientOptions = {}) {
+  /** `transport: 'net'`: node:net even where the pipe bindings exist (tests run both). */
+  constructor(opts: ClientOptions & { transport?: 'pipe' | 'net' } = {}) {
     super(opts);
     this.deadlineMs = opts.timeoutMs ?? 30_000;
+    this.useNet = opts.transport === 'net';
   }
 
   override request<T>(method: string, path: string, body?: unknown, opts: RequestOptions = {}): Promise<T> {
@@ -32,42 +36,49 @@ export class CniAgentClient extends AgentClient {
         ? `Content-Type: ${opts.contentType ?? 'application/json'}\r\nContent-Length: ${Buffer.byteLength(payload)}\r\n`
         : '') +
       '\r\n';
-    return new Promise<T>((resolve, reject) => {
-      const chunks: Buffer[] = [];
-      let settled = false;
-      const fail = (e: Error) => {
-        if (!settled) {
-          settled = true;
-          sock.destroy();
-          reject(e);
-        }
-      };
-      // no half-close: node:http servers drop a request whose sender already sent FIN; "Connection: close" ends it
-      const sock = net.connect(this.socketPath, () => sock.write(head + payload));
-      sock.setTimeout(deadlineMs, () => fail(new AgentUnreachableError(this.socketPath, `no answer within ${deadlineMs} ms`)));
-      let got = 0;
-      let need = -1; // bytes of a complete answer, once its head says (Content-Length)
-      const finish = () => {
-        if (settled) return;
-        settled = true;
-        sock.destroy();
-        try {
-          resolve(parseResponse<T>(Buffer.concat(chunks), this.socketPath));
-        } catch (e) {
-          reject(e);
-        }
-      };
-      sock.on('data', (c: Buffer) => {
-        chunks.push(c);
-        got += c.length;
-        if (need < 0) need = completeLength(chunks.length === 1 ? c : Buffer.concat(chunks));
-        if (need >= 0 && got >= need) finish();
-      });
-      sock.on('error', (e: NodeJS.ErrnoException) => fail(new AgentUnreachableError(this.socketPath, describeConnectError(e))));
-      sock.on('end', finish);
-    });
+    const chunks: Buffer[] = [];
+    let got = 0;
+    let need = -1; // bytes of a complete answer, once its head says (Content-Length)
+    const onData = (c: Buffer): boolean => {
+      chunks.push(c);
+      got += c.length;
+      if (need < 0) need = completeLength(chunks.length === 1 ? c : Buffer.concat(chunks));
+      return need >= 0 && got >= need;
+    };
+    const exchange = this.useNet ? netExchange : (pipeExchange ?? netExchange);
+    return exchange(this.socketPath, head + payload, onData, deadlineMs).then(
+      () => parseResponse<T>(Buffer.concat(chunks), this.socketPath),
+      (e: NodeJS.ErrnoException) => {
+        throw new AgentUnreachableError(
+          this.socketPath,
+          e.code === 'ETIMEDOUT' ? `no answer within ${deadlineMs} ms` : describeConnectError(e),
+        );
+      },
+    );
   }
 }
+
+/** The same exchange over node:net (a Node without the pipe bindings). */
+const netExchange: Exchange = (socketPath, request, onData, deadlineMs) =>
+  new Promise((resolve, reject) => {
+    let settled = false;
+    const settle = (e?: Error, how: 'complete' | 'eof' = 'eof') => {
+      if (settled) return;
+      settled = true;
+      sock.destroy();
+      if (e) reject(e);
+      else resolve(how);
+    };
+    const net = process.getBuiltinModule('node:net');
+    // no half-close: node:http servers drop a request whose sender already sent FIN; "Connection: close" ends it
+    const sock = net.connect(socketPath, () => sock.write(request));
+    sock.setTimeout(deadlineMs, () => settle(Object.assign(new Error('timeout'), { code: 'ETIMEDOUT' })));
+    sock.on('data', (c: Buffer) => {
+      if (onData(c)) settle(undefined, 'complete');
+    });
+    sock.on('error', (e) => settle(e));
+    sock.on('end', () => settle());
+  });
 
 /** The length of the whole answer once its head is in and names a Content-Length; -1 otherwise
  *  (no head yet, or a chunked answer: that one ends with the connection). */
