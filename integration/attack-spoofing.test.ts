@@ -33,7 +33,7 @@ t.test('A cannot send as C: IPv4 and IPv6 sources, another MAC; its own packets 
   const { a, c, d } = cast.pods;
   const before = await cast.drops();
   const m = { v4: marker('SPOOF4'), v6: marker('SPOOF6'), mac: marker('SPOOFMAC'), own4: marker('OWN4'), own6: marker('OWN6') };
-  const cap = await sniff(d.ns, 6);
+  const cap = await sniff(d.ns, 60); // until stop(): a slow run must not end it before the spoofed frames
   await sendFrames(a.ns, [
     frame4(a, { src: c.ip4, dst: d.ip4, proto: PROTO.UDP }, udp(53, 4444, m.v4)),
     frame6(a, { src: c.ip6, dst: d.ip6, next: PROTO.UDP }, udp(53, 4444, m.v6)),
@@ -124,7 +124,7 @@ t.test('replies nobody asked for do not pass: a raw SYN-ACK and an ACK from D to
   t.teardown(() => cast.pc.delete('all'));
   await cast.pc.import(closedIngress('c'));
   const m = marker('UNASKED');
-  const cap = await sniff(c.ns, 5);
+  const cap = await sniff(c.ns, 60); // until stop(), as above
   await sendFrames(d.ns, [
     frame4(d, { dst: c.ip4, proto: PROTO.TCP }, Buffer.concat([tcp(80, 41000, TCP_FLAGS.SYN | TCP_FLAGS.ACK, 1, 1), m])),
     frame4(d, { dst: c.ip4, proto: PROTO.TCP }, Buffer.concat([tcp(80, 41001, TCP_FLAGS.ACK, 1, 1), m])),
