@@ -103,7 +103,10 @@ export function checkTools(): void {
 export async function startL7World(clientTwReuse: string): Promise<L7World> {
   const nginxPort = 18000 + Math.floor(Math.random() * 2000); // nginx on the node: random, so runs never clash
   // The built agent and proxy (npm run bench:l7 builds first): what a node runs.
-  const agent: TestAgent = await startAgent({ bundle: true });
+  // BENCH_L7_WORKERS: the proxy's worker count (default: the agent's, one per CPU, at most two); nginx
+  // gets as many (below).
+  const workers = process.env.BENCH_L7_WORKERS;
+  const agent: TestAgent = await startAgent({ bundle: true, extraArgs: workers ? ['--l7-proxy-workers', workers] : [] });
   const pc = new PolicyClient(agent.client);
   const client = createNetns('mbb'),
     server = createNetns('mbb');
