@@ -54,6 +54,8 @@ export type UndoList = (() => unknown)[];
  */
 export async function createEndpoint(d: CreateDeps, plan: CreatePlan, undo: UndoList): Promise<Endpoint> {
   const { req, key, attachment, id, network, ns, start } = plan;
+  // The pool addresses' records go to disk with the endpoint's own at the end (one store batch).
+  const allocations: Promise<void>[] = [];
   const ips = await assignAddresses(
     { ipam: d.ipam, addresses: d.addresses },
     key,
@@ -61,6 +63,7 @@ export async function createEndpoint(d: CreateDeps, plan: CreatePlan, undo: Undo
     req,
     network,
     undo,
+    allocations,
   );
   const ep: Endpoint = {
     id,
@@ -104,8 +107,9 @@ export async function createEndpoint(d: CreateDeps, plan: CreatePlan, undo: Undo
   d.datapath.attach(ep.hostIfIndex);
   ensureContainerSide(spec);
   ensureHostSide(d.host, ep.hostIfIndex, spec);
-  await d.store.put(storeKey(ep), ep);
-  undo.push(() => d.store.delete(storeKey(ep)));
+  const [record, ...addressRecords] = await Promise.allSettled([d.store.put(storeKey(ep), ep), ...allocations]);
+  if (record.status === 'fulfilled') undo.push(() => d.store.delete(storeKey(ep)));
+  for (const r of [record, ...addressRecords]) if (r.status === 'rejected') throw r.reason;
   if (!ep.labelsPending) d.datapath.publishEndpoint(datapathConfig(ep));
   return ep;
 }
