@@ -1,4 +1,4 @@
-// npm run bench:flows (node --import tsx scripts/bench/flows.ts [ingest|cost|all]) — not a test.
+// npm run bench:flows (node --import tsx scripts/bench/flows.ts [ingest|cost|full-rate|all]) — not a test.
 //   ingest: the flow-event rate a real agent sustains without loss. The synthetic producer
 //           (shared/src/flows/synthetic) writes trace events into the agent's own pinned ring
 //           buffer at a paced rate through BPF_PROG_TEST_RUN (real traffic on 2 cores cannot
@@ -8,6 +8,11 @@
 //           connection rate between two Membrane pods with flow events on vs off, as adjacent
 //           on/off pairs in one run (the switch is the datapath_config map, flipped in place: same
 //           pods, same agent, same programs).
+//   full-rate: whether every connection's events reach the agent with the default settings at the
+//           datapath's full connection rate, held long enough (BENCH_FULL_SECONDS, default 10 s) to
+//           outlast the rate limit's burst: connections/s, events/s seen, events lost in the
+//           datapath and in the agent; once across both CPUs, once with client and server pinned to
+//           one CPU (every event on one CPU's token bucket).
 import fs from 'node:fs';
 import path from 'node:path';
 import { startAgent, type TestAgent } from '../../integration/lib/agent.ts';
@@ -23,6 +28,7 @@ import { membrane, type Pods } from './topologies.ts';
 
 const PAIRS = Number(process.env.BENCH_PAIRS ?? 8);
 const SAMPLE_SECONDS = Number(process.env.BENCH_SECONDS ?? 2);
+const FULL_SECONDS = Number(process.env.BENCH_FULL_SECONDS ?? 10);
 const INGEST_SECONDS = Number(process.env.BENCH_INGEST_SECONDS ?? 5);
 const RATES = (process.env.BENCH_RATES ?? '100000,200000,300000,400000,500000,600000,800000,1000000').split(',').map(Number);
 delete process.env.NODE_EXTRA_CA_CERTS;
@@ -239,6 +245,57 @@ async function cost(): Promise<string> {
   );
 }
 
+async function fullRate(): Promise<string> {
+  const limit = process.env.BENCH_EVENTS_PER_SECOND;
+  const agent = await startAgent({
+    extraArgs: ['--log-level', 'info'],
+    env: limit !== undefined ? { MEMBRANE_EVENTS_PER_SECOND: limit } : {},
+  });
+  let pods: Pods | undefined;
+  const rows: string[][] = [];
+  try {
+    pods = await membrane(agent);
+    const observer = new ObserverClient(agent.observerSocket);
+    for (const cpu of [undefined, 0]) {
+      const before = await observer.status();
+      const t0 = performance.now();
+      const rate = await connectionRate(pods.a, pods.b, pods.ipB, FULL_SECONDS, cpu);
+      await sleep(300); // the reader's last drain
+      const secs = (performance.now() - t0) / 1000;
+      const after = await observer.status();
+      const seen = after.seenFlows - before.seenFlows;
+      const lost = (after.membrane?.lostEventsDatapath ?? 0) - (before.membrane?.lostEventsDatapath ?? 0);
+      const lostAgent = (after.membrane?.lostEventsAgent ?? 0) - (before.membrane?.lostEventsAgent ?? 0);
+      const where = cpu === undefined ? 'both CPUs' : `pinned to CPU ${cpu}`;
+      rows.push([
+        where,
+        rate.toFixed(0),
+        String(seen),
+        (seen / secs).toFixed(0),
+        (seen / (rate * FULL_SECONDS)).toFixed(2),
+        String(lost),
+        String(lostAgent),
+      ]);
+      process.stderr.write(
+        `full-rate ${where}: ${rate.toFixed(0)} conn/s, seen ${seen}, lost ${lost} datapath ${lostAgent} agent\n`,
+      );
+    }
+    observer.close();
+  } finally {
+    await pods?.cleanup();
+    await agent.cleanup();
+  }
+  return (
+    `Connection rate for ${FULL_SECONDS} s with flow events on, per-CPU rate limit ` +
+    `${limit === undefined ? 'the agent default' : limit === '0' ? 'off' : `${limit}/s`}:\n\n` +
+    markdownTable(
+      ['client and server', 'conn/s', 'events seen', 'events/s', 'events per connection', 'lost (datapath)', 'lost (agent)'],
+      rows,
+    )
+  );
+}
+
 const which = process.argv[2] ?? 'all';
 if (which === 'all' || which === 'ingest') process.stdout.write(`\n${await ingest()}\n`);
 if (which === 'all' || which === 'cost') process.stdout.write(`\n${await cost()}\n`);
+if (which === 'all' || which === 'full-rate') process.stdout.write(`\n${await fullRate()}\n`);

@@ -126,15 +126,25 @@ export async function rrLatency(client: TestNetns, server: TestNetns, ip: string
   }
 }
 
-/** New TCP connections per second (connect, 1 byte each way, close). */
-export async function connectionRate(client: TestNetns, server: TestNetns, ip: string, seconds: number): Promise<number> {
+/** New TCP connections per second (connect, 1 byte each way, close). cpu: run client and server on
+ * that one CPU (taskset), so every per-packet cost lands on it. */
+export async function connectionRate(
+  client: TestNetns,
+  server: TestNetns,
+  ip: string,
+  seconds: number,
+  cpu?: number,
+): Promise<number> {
   const port = 20000 + Math.floor(Math.random() * 20000);
   const bin = crr();
+  const pin = (argv: string[]) => (cpu === undefined ? argv : ['taskset', '-c', String(cpu), ...argv]);
   await client.exec('sysctl', ['-q', '-w', 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=1024 65000']);
-  const srv = daemon(server, bin, ['server', String(port)]);
+  const [srvCmd, ...srvArgs] = pin([bin, 'server', String(port)]);
+  const srv = daemon(server, srvCmd, srvArgs);
   try {
     await sleep(300);
-    const out = await client.exec(bin, ['client', ip, String(port), String(seconds)], { timeoutMs: (seconds + 20) * 1000 });
+    const [cliCmd, ...cliArgs] = pin([bin, 'client', ip, String(port), String(seconds)]);
+    const out = await client.exec(cliCmd, cliArgs, { timeoutMs: (seconds + 20) * 1000 });
     return Number(out.trim().split(' ')[0]);
   } finally {
     srv.kill('SIGKILL');

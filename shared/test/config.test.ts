@@ -121,7 +121,7 @@ t.test('every setting has a flag, and the environment and the file can set it to
   const d = resolveConfig([], {}, noFile);
   t.same(
     [d.eventsPerSecond, d.conntrackGcIntervalSeconds, d.flowEvents, d.policyAuditMode],
-    [100_000, 15, true, false],
+    [250_000, 15, true, false],
     'defaults',
   );
 });

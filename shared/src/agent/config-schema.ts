@@ -16,9 +16,10 @@ export const DEFAULTS = {
   observerSocket: '/run/membrane/observer.sock',
   flowBufferSize: 4096,
   /** Per-CPU flow/drop event rate limit: a flood of dropped packets must not flood the agent. Sized
-   *  above the datapath's full connection rate (~15k conn/s x 4 events, possibly all on one CPU) and
-   *  below what the agent ingests without loss (500k/s, bench:flows ingest). */
-  eventsPerSecond: 100_000,
+   *  by bench:flows full-rate: a client and server on one CPU reach ~30k conn/s x 4 events = ~120k
+   *  events/s on that CPU (100k lost a tenth of them), so 250k leaves 2x headroom; 2 CPUs x 250k is
+   *  what the agent ingests without loss (500k/s, bench:flows ingest). */
+  eventsPerSecond: 250_000,
   /** Expired conntrack entries are collected this often. */
   conntrackGcIntervalSeconds: 15,
   /** Unhealthy endpoints are tried again, orphaned addresses released, queued CNI DELs drained, this often. */
