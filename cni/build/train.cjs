@@ -64,14 +64,23 @@ const agent = http.createServer((req, res) => {
 
 /** One plugin invocation: the bundle's main() with this env and stdin; output swallowed. */
 function invoke(env, stdin) {
-  const saved = { env: process.env, exit: process.exit, read: fs.readFileSync, write: fs.writeSync };
+  const saved = { env: process.env, exit: process.exit, read: fs.readFileSync, readSync: fs.readSync, write: fs.writeSync };
   process.env = { PATH: saved.env.PATH, ...env };
   fs.readFileSync = (f, ...rest) => (f === 0 ? Buffer.from(stdin) : saved.read(f, ...rest));
+  // stdin as main.ts reads it: chunks from fd 0 until a complete document or EOF
+  let stdinAt = 0;
+  const input = Buffer.from(stdin);
+  fs.readSync = (fd, buf, off, len, ...rest) => {
+    if (fd !== 0) return saved.readSync(fd, buf, off, len, ...rest);
+    const n = input.copy(buf, off, stdinAt, Math.min(input.length, stdinAt + len));
+    stdinAt += n;
+    return n;
+  };
   fs.writeSync = (fd, ...rest) => (fd === 1 || fd === 2 ? 0 : saved.write(fd, ...rest));
   return new Promise((resolve) => {
     process.exit = (code) => {
       Object.assign(process, { env: saved.env, exit: saved.exit });
-      Object.assign(fs, { readFileSync: saved.read, writeSync: saved.write });
+      Object.assign(fs, { readFileSync: saved.read, readSync: saved.readSync, writeSync: saved.write });
       resolve(code ?? 0);
     };
     const module = { exports: {} };
