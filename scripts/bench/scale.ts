@@ -1,4 +1,4 @@
-// npm run bench:scale (node --import tsx scripts/bench/scale.ts [--pods 1000] [--policies 100] [--json FILE])
+// npm run bench:scale (node --import tsx scripts/bench/scale.ts [--pods 1000] [--policies 100] [--quiet-ms 6000] [--json FILE])
 // — not a test. Many pods on one agent (the built one, dist/bin/membrane-agent), through membrane-cni
 // (the SEA, as a runtime runs it), with --policies policies selecting them:
 //   ADD latency of the first 10 pods against the last 10; agent RSS per pod beyond the base;
@@ -26,6 +26,8 @@ delete process.env.NODE_OPTIONS;
 const PODS = numberArg('pods', 1000);
 const POLICIES = numberArg('policies', 100);
 const JSON_OUT = stringArg('json');
+// RSS is read once the agent has been quiet this long: it gives memory back when idle (idle-memory.ts).
+const QUIET_MS = numberArg('quiet-ms', 6000);
 const log = (s: string) => process.stderr.write(`bench-scale: ${s}\n`);
 
 /** A random /20 under 10.64.0.0/10 (4,094 addresses: room for the pods). */
@@ -97,8 +99,9 @@ async function main(): Promise<void> {
   try {
     await pc.import(ringPolicies(POLICIES, 'scale', 80));
     const empty: NodeState = await nodeState(agent);
-    await sleep(500);
+    await sleep(QUIET_MS);
     const rss0 = rssKiB(agent.pid()!);
+    const mem0 = (await agent.client.status()).memory;
     log(`creating ${PODS} netns`);
     for (let i = 0; i < PODS; i++) nss.push(createNetns('mbsc'));
     log(`ADD x${PODS} through ${CNI_BIN}`);
@@ -119,8 +122,9 @@ async function main(): Promise<void> {
       added.push({ cid, ns, app });
       if ((i + 1) % 100 === 0) log(`${i + 1} pods, last ADD ${adds[i].toFixed(0)} ms`);
     }
-    await sleep(500);
+    await sleep(QUIET_MS);
     const rss1 = rssKiB(agent.pid()!);
+    const mem1 = (await agent.client.status()).memory;
     const first = median(adds.slice(0, 10)),
       last = median(adds.slice(-10));
     Object.assign(out, {
@@ -132,6 +136,10 @@ async function main(): Promise<void> {
       rssBaseMiB: rss0 / 1024,
       rssMiB: rss1 / 1024,
       rssPerPodKiB: (rss1 - rss0) / PODS,
+      heapUsedBaseMiB: (mem0?.heapUsedBytes ?? 0) / 2 ** 20,
+      heapUsedMiB: (mem1?.heapUsedBytes ?? 0) / 2 ** 20,
+      heapUsedPerPodKiB: ((mem1?.heapUsedBytes ?? 0) - (mem0?.heapUsedBytes ?? 0)) / 1024 / PODS,
+      idleTrims: mem1?.idleTrims ?? 0,
     });
 
     const [listApiMs, listed] = await timed(() => agent.client.listEndpoints());
@@ -215,6 +223,11 @@ async function main(): Promise<void> {
         ],
         ['agent RSS: base / with all pods (MiB)', `${f(out.rssBaseMiB)} / ${f(out.rssMiB)}`, '≤ 150 MiB at 1,000 pods'],
         ['agent RSS per pod beyond the base (KiB)', f(out.rssPerPodKiB), '≤ 5 KiB'],
+        [
+          'agent V8 heap in use: base / with all pods (MiB; after its idle GC), per pod (KiB)',
+          `${f(out.heapUsedBaseMiB)} / ${f(out.heapUsedMiB)}, ${f(out.heapUsedPerPodKiB)}`,
+          '',
+        ],
         ['endpoint list: API / CLI (ms)', `${f(out.endpointListApiMs)} / ${f(out.endpointListCliMs)}`, ''],
         [
           `policy import (${POLICIES} policies changed): API round trip / until enforced (ms)`,

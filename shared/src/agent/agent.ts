@@ -35,6 +35,7 @@ import { parseLabelFilter } from '../labels/filter.ts';
 import { datapathProblems } from '../health/datapath.ts';
 import { StartClock } from './start-clock.ts';
 import { warmObserverProto } from '../flows/proto.ts';
+import { idleMemory, type IdleMemory } from './idle-memory.ts';
 
 /** Something the agent stops on shutdown, in reverse order of start. */
 interface Closer {
@@ -45,6 +46,7 @@ interface Closer {
 export class Agent {
   readonly startedAt = Date.now();
   private server?: http.Server;
+  private idle?: IdleMemory;
 
   private constructor(
     readonly cfg: AgentConfig,
@@ -216,6 +218,14 @@ export class Agent {
       });
       agent.server = await serveApi(app, cfg.socket);
       clock.mark('api');
+      // Memory back to the node after each burst of requests (idle-memory.ts).
+      const idle = idleMemory({ idleMs: 500, minIntervalMs: 5000, log });
+      agent.idle = idle;
+      closers.push({ name: 'idle memory', close: () => idle.stop() });
+      agent.server.on('request', (_req: http.IncomingMessage, res: http.ServerResponse) => {
+        idle.touch();
+        res.once('finish', idle.touch);
+      });
       // Restore left the container sides for now (endpoint/restore.ts): checked while the API serves,
       // the endpoints reported verifying until then. The datapath forwards and enforces meanwhile.
       closers.push({ name: 'restore verification', close: () => endpoints.stopVerifying() });
@@ -275,6 +285,7 @@ export class Agent {
       ...(this.cluster ? { cluster: this.cluster.status() } : {}),
       ...(this.l7 ? { l7: this.l7.status() } : {}),
       ...(this.dns ? { dns: this.dns.status() } : {}),
+      memory: memoryStatus(this.idle),
     };
   }
 
@@ -289,6 +300,17 @@ export class Agent {
     }
     await closeAll(this.closers, this.log);
   }
+}
+
+function memoryStatus(idle?: IdleMemory): NonNullable<AgentStatus['memory']> {
+  const m = process.memoryUsage();
+  return {
+    rssBytes: m.rss,
+    heapUsedBytes: m.heapUsed,
+    heapTotalBytes: m.heapTotal,
+    externalBytes: m.external,
+    idleTrims: idle?.status().trims ?? 0,
+  };
 }
 
 async function closeAll(closers: Closer[], log: Logger): Promise<void> {

@@ -5,8 +5,10 @@ import { clusterSettings } from './cluster.ts';
 import { createLogger } from '../log.ts';
 import { Agent } from './agent.ts';
 import { exitOnUnexpectedErrors } from './crash.ts';
+import { limitMallocArenas } from './idle-memory.ts';
 
 async function main(): Promise<void> {
+  limitMallocArenas();
   let cfg;
   try {
     if (parseFlags(process.argv.slice(2)).help) {

@@ -1,0 +1,45 @@
+// The agent's idle memory give-back (agent/idle-memory.ts): after requests stop, never while they
+// keep coming, at most once per interval, and not at all without requests since the last time.
+import t from 'tap';
+import { idleMemory } from '../src/agent/idle-memory.ts';
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+t.test('one give-back after a burst, once the requests have stopped for idleMs', async (t) => {
+  const idle = idleMemory({ idleMs: 500, minIntervalMs: 0 });
+  t.teardown(() => idle.stop());
+  // A burst: a request every 10 ms (never 500 ms quiet, even on a loaded machine).
+  for (let i = 0; i < 20; i++) {
+    idle.touch();
+    await sleep(10);
+  }
+  t.equal(idle.status().trims, 0, 'nothing while requests keep coming');
+  await sleep(1500);
+  t.equal(idle.status().trims, 1, 'once after the burst');
+  await sleep(700);
+  t.equal(idle.status().trims, 1, 'and not again without new requests');
+});
+
+t.test('at most once per minIntervalMs, however the requests are spaced', async (t) => {
+  const idle = idleMemory({ idleMs: 10, minIntervalMs: 2000 });
+  t.teardown(() => idle.stop());
+  idle.touch();
+  await sleep(300);
+  t.equal(idle.status().trims, 1);
+  // Requests just over idleMs apart: each would earn a GC without the interval.
+  for (let i = 0; i < 5; i++) {
+    idle.touch();
+    await sleep(30);
+  }
+  t.equal(idle.status().trims, 1, 'the interval holds the next one back');
+  await sleep(2500);
+  t.equal(idle.status().trims, 2, 'which comes once the interval has passed');
+});
+
+t.test('stop() cancels a pending give-back', async (t) => {
+  const idle = idleMemory({ idleMs: 30, minIntervalMs: 0 });
+  idle.touch();
+  idle.stop();
+  await sleep(100);
+  t.equal(idle.status().trims, 0);
+});
