@@ -11,9 +11,10 @@
 //   full-rate: whether every connection's events reach the agent with the default settings at the
 //           datapath's full connection rate, held long enough (BENCH_FULL_SECONDS, default 10 s) to
 //           outlast the rate limit's burst: connections/s, events/s seen, events lost in the
-//           datapath and in the agent; once across both CPUs, once with client and server pinned to
-//           one CPU (every event on one CPU's token bucket).
+//           datapath and in the agent; one client on any CPU, one with client and server pinned to
+//           one CPU (every event on one CPU's token bucket), one pinned pair per CPU at once.
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { startAgent, type TestAgent } from '../../integration/lib/agent.ts';
 import * as bpf from '../../shared/src/bpf/libbpf.ts';
@@ -256,17 +257,31 @@ async function fullRate(): Promise<string> {
   try {
     pods = await membrane(agent);
     const observer = new ObserverClient(agent.observerSocket);
-    for (const cpu of [undefined, 0]) {
+    // One client across both CPUs, one pinned to CPU 0, and one pinned client per CPU at once (the
+    // most connections the node makes: both CPUs' buckets full).
+    const cpuCount = os.availableParallelism();
+    for (const cpu of [undefined, 0, 'each'] as const) {
+      const p = pods;
       const before = await observer.status();
       const t0 = performance.now();
-      const rate = await connectionRate(pods.a, pods.b, pods.ipB, FULL_SECONDS, cpu);
+      const rate =
+        cpu === 'each'
+          ? (
+              await Promise.all(Array.from({ length: cpuCount }, (_, i) => connectionRate(p.a, p.b, p.ipB, FULL_SECONDS, i)))
+            ).reduce((a, b) => a + b, 0)
+          : await connectionRate(p.a, p.b, p.ipB, FULL_SECONDS, cpu);
       await sleep(300); // the reader's last drain
       const secs = (performance.now() - t0) / 1000;
       const after = await observer.status();
       const seen = after.seenFlows - before.seenFlows;
       const lost = (after.membrane?.lostEventsDatapath ?? 0) - (before.membrane?.lostEventsDatapath ?? 0);
       const lostAgent = (after.membrane?.lostEventsAgent ?? 0) - (before.membrane?.lostEventsAgent ?? 0);
-      const where = cpu === undefined ? 'both CPUs' : `pinned to CPU ${cpu}`;
+      const where =
+        cpu === undefined
+          ? 'one client, any CPU'
+          : cpu === 'each'
+            ? `${cpuCount} clients, one per CPU`
+            : `one client, pinned to CPU ${cpu}`;
       rows.push([
         where,
         rate.toFixed(0),

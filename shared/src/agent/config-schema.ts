@@ -16,9 +16,9 @@ export const DEFAULTS = {
   observerSocket: '/run/membrane/observer.sock',
   flowBufferSize: 4096,
   /** Per-CPU flow/drop event rate limit: a flood of dropped packets must not flood the agent. Sized
-   *  by bench:flows full-rate: a client and server on one CPU reach ~30k conn/s x 4 events = ~120k
-   *  events/s on that CPU (100k lost a tenth of them), so 250k leaves 2x headroom; 2 CPUs x 250k is
-   *  what the agent ingests without loss (500k/s, bench:flows ingest). */
+   *  by bench:flows full-rate: a client and server on one CPU reach ~30-34k conn/s x 4 events =
+   *  ~120-133k events/s on that CPU (100k lost a tenth of them), so 250k leaves ~2x headroom; 2 CPUs
+   *  x 250k is what the agent ingests without loss (500k/s, bench:flows ingest). */
   eventsPerSecond: 250_000,
   /** Expired conntrack entries are collected this often. */
   conntrackGcIntervalSeconds: 15,
