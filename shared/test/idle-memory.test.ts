@@ -1,12 +1,13 @@
 // The agent's idle memory give-back (agent/idle-memory.ts): after requests stop, never while they
-// keep coming, at most once per interval, and not at all without requests since the last time.
+// keep coming, at most once per interval, and not at all without requests since the last time; a
+// second one when the quiet lasts (the young generation), which a new request puts off.
 import t from 'tap';
 import { idleMemory } from '../src/agent/idle-memory.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
 
 t.test('one give-back after a burst, once the requests have stopped for idleMs', async (t) => {
-  const idle = idleMemory({ idleMs: 500, minIntervalMs: 0 });
+  const idle = idleMemory({ idleMs: 500, minIntervalMs: 0, deepIdleMs: 60_000 });
   t.teardown(() => idle.stop());
   // A burst: a request every 10 ms (never 500 ms quiet, even on a loaded machine).
   for (let i = 0; i < 20; i++) {
@@ -21,7 +22,7 @@ t.test('one give-back after a burst, once the requests have stopped for idleMs',
 });
 
 t.test('at most once per minIntervalMs, however the requests are spaced', async (t) => {
-  const idle = idleMemory({ idleMs: 10, minIntervalMs: 2000 });
+  const idle = idleMemory({ idleMs: 10, minIntervalMs: 2000, deepIdleMs: 60_000 });
   t.teardown(() => idle.stop());
   idle.touch();
   await sleep(300);
@@ -37,9 +38,24 @@ t.test('at most once per minIntervalMs, however the requests are spaced', async 
 });
 
 t.test('stop() cancels a pending give-back', async (t) => {
-  const idle = idleMemory({ idleMs: 30, minIntervalMs: 0 });
+  const idle = idleMemory({ idleMs: 30, minIntervalMs: 0, deepIdleMs: 60 });
   idle.touch();
   idle.stop();
   await sleep(100);
   t.equal(idle.status().trims, 0);
+});
+
+t.test('a second give-back when the quiet lasts deepIdleMs; a request in between starts over', async (t) => {
+  const idle = idleMemory({ idleMs: 50, minIntervalMs: 0, deepIdleMs: 800 });
+  t.teardown(() => idle.stop());
+  idle.touch();
+  await sleep(400);
+  t.equal(idle.status().trims, 1, 'the quick one');
+  idle.touch(); // before the deep one was due
+  await sleep(400);
+  t.equal(idle.status().trims, 2, 'the request brought a quick one again, not the deep one');
+  await sleep(1200);
+  t.equal(idle.status().trims, 3, 'then the deep one, 800 ms after the last request');
+  await sleep(1000);
+  t.equal(idle.status().trims, 3, 'and nothing more without requests');
 });

@@ -219,7 +219,7 @@ export class Agent {
       agent.server = await serveApi(app, cfg.socket);
       clock.mark('api');
       // Memory back to the node after each burst of requests (idle-memory.ts).
-      const idle = idleMemory({ idleMs: 500, minIntervalMs: 5000, log });
+      const idle = idleMemory({ idleMs: 500, minIntervalMs: 5000, deepIdleMs: 5500, log });
       agent.idle = idle;
       closers.push({ name: 'idle memory', close: () => idle.stop() });
       agent.server.on('request', (_req: http.IncomingMessage, res: http.ServerResponse) => {
