@@ -4,7 +4,11 @@
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
-import { curl, RawHttp, request } from './lib/http.ts';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { curl, RawHttp, request, startHttpServer } from './lib/http.ts';
+import { killAll } from './lib/tcp.ts';
 import type { TestNetns } from './lib/netns.ts';
 import { API, ip4, l7HttpForFile } from './lib/l7-http-file.ts';
 
@@ -192,3 +196,68 @@ t.test('a policy change takes effect on the next request of an open connection',
   await importL7(API());
   t.match((await raw.exchange(request('GET', '/admin'), 'Access denied')).got, /^HTTP\/1\.1 403/, 'and denied again');
 });
+
+// The attack: a client keeps the keep-alive connection the proxy accepted while the policy allowed it,
+// and goes on sending after L3/L4 stopped allowing it at all. With no HTTP rule left on the server's
+// ingress, a snapshot without that direction would read as "unrestricted" and forward the request.
+// What counts is what reached the server (its access log), not only what the client was told.
+type L7Pc = (typeof f)['pc'];
+/** The logged server's access log (the pod and server are made by the first test that needs them). */
+let logOf = (): string => '';
+const cleanups: (() => void)[] = [];
+t.teardown(() => {
+  for (const c of cleanups) c();
+});
+const ONLY_INVENTORY = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: NAME}
+spec:
+  endpointSelector: {matchLabels: {app: storefront-logged}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: inventory}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+`;
+
+for (const [change, before, apply] of [
+  [
+    'the HTTP policy is deleted (another policy still selects the server, not the client)',
+    `${API()}---\n${ONLY_INVENTORY.replace('NAME', 'base')}`,
+    (pc: L7Pc) => pc.delete(['api']),
+  ],
+  [
+    'the HTTP policy is replaced by one that does not select the client',
+    API(),
+    (pc: L7Pc) => pc.import(ONLY_INVENTORY.replace('NAME', 'api')),
+  ],
+] as const) {
+  t.test(`an open keep-alive connection after ${change}: the next request does not reach the server`, async (t) => {
+    const { eps, nsOf, pod, pc, importL7, reset, url } = f;
+    t.teardown(reset);
+    const name = 'logged';
+    if (!eps[name]) {
+      await pod(name, { app: 'storefront-logged', tier: 'web' });
+      const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbl7log-'));
+      const log = path.join(dir, 'access.log');
+      const server = await startHttpServer(nsOf[name], 80, name, '0.0.0.0', log);
+      logOf = () => (fs.existsSync(log) ? fs.readFileSync(log, 'utf8') : '');
+      cleanups.push(() => {
+        killAll([server]);
+        fs.rmSync(dir, { recursive: true, force: true });
+      });
+    }
+    await importL7(before);
+    const tag = crypto.randomBytes(4).toString('hex');
+    const raw = new RawHttp(nsOf.good, ip4(eps[name]), 80);
+    t.teardown(() => raw.close());
+    const first = await raw.exchange(request('GET', `/public/before-${tag}`), `"url":"/public/before-${tag}"`);
+    t.match(first.got, /^HTTP\/1\.1 200/, 'allowed before the change');
+    t.match(logOf(), `GET /public/before-${tag}`, 'and the server logged it');
+    await apply(pc);
+    // The change is in force at L3/L4 (this also gives the proxy time for its new snapshot).
+    t.equal((await curl(nsOf.good, url(name, 80, '/public/new'), [], { timeoutS: 2 })).status, 0, 'a new connection is dropped');
+    const after = await raw.exchange(request('GET', `/public/after-${tag}`), 'HTTP/1.1', 1, 4000);
+    t.notMatch(after.got, /^HTTP\/1\.1 200/, `the open connection got no answer from the server: ${JSON.stringify(after)}`);
+    t.ok(/^HTTP\/1\.1 403/.test(after.got) || after.closed || after.error, 'it was refused (403), closed or left unanswered');
+    t.notMatch(logOf(), `/public/after-${tag}`, 'the server never received the request');
+  });
+}

@@ -9,8 +9,10 @@ import { nodeIn, untilListening } from './tcp.ts';
 const SERVER = `
 const http = require('http');
 const crypto = require('crypto');
-const [port, host, name] = [Number(process.argv[1]), process.argv[2], process.argv[3]];
+const [port, host, name, log] = [Number(process.argv[1]), process.argv[2], process.argv[3], process.argv[4]];
 const srv = http.createServer((req, res) => {
+  // The access log: what reached the server, whatever the client was told.
+  if (log) require('fs').appendFileSync(log, req.method + ' ' + req.url + '\\n');
   const h = crypto.createHash('sha256');
   let bytes = 0;
   req.on('data', (d) => { h.update(d); bytes += d.length; });
@@ -62,9 +64,16 @@ srv.on('upgrade', (req, socket) => {
 srv.listen(port, host, () => process.stdout.write('listening\\n'));
 `;
 
-/** An HTTP server on port (every address of the netns); resolves once it listens. */
-export async function startHttpServer(ns: TestNetns, port: number, name: string, host = '0.0.0.0'): Promise<ChildProcess> {
-  const child = nodeIn(ns, SERVER, [String(port), host, name]);
+/** An HTTP server on port (every address of the netns); resolves once it listens. With `log`, it appends
+ *  "METHOD URL" to that file for every request it receives (an access log a test can read). */
+export async function startHttpServer(
+  ns: TestNetns,
+  port: number,
+  name: string,
+  host = '0.0.0.0',
+  log?: string,
+): Promise<ChildProcess> {
+  const child = nodeIn(ns, SERVER, [String(port), host, name, ...(log ? [log] : [])]);
   await untilListening(child, `HTTP server ${name}`, 15_000);
   return child;
 }

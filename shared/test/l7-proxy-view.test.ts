@@ -66,7 +66,7 @@ t.test('requests are decided on every local end that proxies the traffic', async
   await add(3, { app: 'other' }, '10.0.0.4');
   await engine.importText(POLICY);
   const snap = engine.proxySnapshot();
-  t.equal(snap.endpoints.find((e) => e.id === 3)?.policy, -1, 'an endpoint without L7 entries sends no table');
+  t.equal(snap.endpoints.find((e) => e.id === 3)?.policy, -1, 'an endpoint no policy selects sends no table');
   const view = new ProxyView(JSON.parse(JSON.stringify(snap))); // it crosses a socket as JSON
   const c = view.connection('10.0.0.3', '10.0.0.2', 80);
   t.match(c, { src: { identity: client.identity, endpoint: client.id }, dst: { identity: api.identity, endpoint: api.id } });
@@ -148,6 +148,34 @@ t.test('policy changes reach open connections: plain allow passes, removed allow
     },
     'default deny on the ingress side',
   );
+});
+
+t.test('the last HTTP rule of a direction goes: the table is still sent, so held connections are denied', async (t) => {
+  const { engine, add } = await setup();
+  await add(1, { app: 'api' }, '10.0.0.2');
+  await add(2, { app: 'client' }, '10.0.0.3');
+  const apiOnly = POLICY.slice(0, POLICY.indexOf('---'));
+  await engine.importText(apiOnly);
+  const decide = (target: string) => {
+    const view = new ProxyView(JSON.parse(JSON.stringify(engine.proxySnapshot())));
+    return view.decide(view.connection('10.0.0.3', '10.0.0.2', 80), req('GET', target));
+  };
+  t.match(decide('/public/a'), { allowed: true, sides: [{ direction: 'ingress', l7: true }] });
+  // The api's ingress is L3/L4 only and no longer selects the client: no HTTP rule is left anywhere.
+  await engine.importText(
+    apiOnly
+      .replace('- fromEndpoints: [{matchLabels: {app: client}}]', '- fromEndpoints: [{matchLabels: {app: nobody}}]')
+      .replace(/, rules: \{http: \[[^\n]*\]\}\}\]/g, '}]'),
+  );
+  t.notOk(engine.hasHttpRules(), 'no HTTP rule left');
+  t.match(
+    decide('/public/a'),
+    { allowed: false, sides: [{ direction: 'ingress', allowed: false, l7: false }] },
+    'a connection the proxy still holds is denied (it was forwarded as unrestricted)',
+  );
+  // No policy selects the api any more: the datapath allows everything, and so does the proxy.
+  await engine.delete(['api']);
+  t.match(decide('/public/a'), { allowed: true, sides: [] }, 'with no policy at all the api is unrestricted');
 });
 
 t.test('records round-trip without header values', async (t) => {

@@ -14,6 +14,7 @@ import { registerL7Metrics } from '../l7/metrics.ts';
 import type { AgentFlows } from './flows.ts';
 import { ensureProxyRouting, ensureTransparentSocketMark } from '../l7/routing.ts';
 import { attachProxyHairpin, attachProxySteering } from '../l7/datapath.ts';
+import { hasHttpEntries } from '../l7/proxy/snapshot.ts';
 import type { Datapath } from '../bpf/datapath.ts';
 import { VERSION } from '../version.ts';
 
@@ -101,12 +102,12 @@ export class AgentL7 {
           e.hasHttpRules() || this.manager.status().running
             ? e.proxySnapshot()
             : { revision: e.revision, endpoints: [], policies: [], l7Sets: [], ipcache: [] };
-        if (snapshot.policies.length && !this.socketMark) {
+        if (hasHttpEntries(snapshot) && !this.socketMark) {
           ensureTransparentSocketMark();
           this.socketMark = true;
         }
         this.manager.update(snapshot);
-        this.needed = snapshot.policies.length > 0;
+        this.needed = hasHttpEntries(snapshot);
       } catch (err) {
         this.log.error({ err }, 'cannot hand the policy to the L7 proxy');
       }

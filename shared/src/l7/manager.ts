@@ -17,7 +17,7 @@ import path from 'node:path';
 import type { Logger } from '../log.ts';
 import { listenUnix } from '../io/unix-socket.ts';
 import { encodeFrame, FrameReader, type AgentMessage, type WorkerMessage } from './proxy/frames.ts';
-import type { ProxySnapshot } from './proxy/snapshot.ts';
+import { hasHttpEntries, type ProxySnapshot } from './proxy/snapshot.ts';
 import { pickProxyPort, portFree } from './proxy/sockets.ts';
 
 export interface WorkerCommand {
@@ -111,7 +111,7 @@ export class ProxyManager {
   /** The policy the workers enforce; workers run while it has L7 entries. */
   update(snapshot: ProxySnapshot): void {
     this.snapshot = snapshot;
-    const wanted = snapshot.policies.length > 0;
+    const wanted = hasHttpEntries(snapshot);
     if (wanted !== this.wanted)
       this.o.log.info(
         { port: this.port, workers: this.o.workers },

@@ -158,7 +158,7 @@ export class PolicyView {
     return this.httpRulesOf.any;
   }
 
-  /** What the L7 proxy workers need: endpoints, ipcache, the tables of directions with L7 entries. */
+  /** What the L7 proxy workers need: endpoints, ipcache, the table of every direction a policy selects. */
   proxySnapshot(): ProxySnapshot {
     const compiler = this.compileCache.current?.compiler;
     const labelsOf = (id: number) => this.identities.labelsOf(id);

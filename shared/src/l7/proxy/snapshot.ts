@@ -1,6 +1,9 @@
 // What a proxy worker knows of the policy: the local endpoints (addresses, identity), the ipcache, and
-// for each endpoint direction that has L7 entries, the whole compiled table of that direction (so
-// after a policy change the proxy can tell "still allowed, now without L7 rules" from "now denied").
+// for each endpoint direction a policy selects (default deny or any entry), the whole compiled table of
+// that direction, L7 entries or not: after a policy change the proxy must tell "still allowed, now
+// without L7 rules" from "now denied" on connections it already holds. Leaving out the directions that
+// lost their last HTTP rule made them read as unrestricted, and a keep-alive connection accepted under
+// the old policy went on reaching a server that L3/L4 now denied to its client (fail open).
 // Built by the agent from the policy engine's compiled state; plain JSON so it crosses the control
 // socket. Pure.
 import type { DirectionPolicy, LabelPolicy } from '../../policy/compile.ts';
@@ -24,7 +27,7 @@ export interface SnapshotEndpoint {
   id: number;
   identity: number;
   ips: string[];
-  /** Index into policies; -1 when no direction of this endpoint has L7 entries. */
+  /** Index into policies; -1 when no policy selects this endpoint in either direction (unrestricted). */
   policy: number;
 }
 
@@ -46,10 +49,14 @@ export interface SnapshotInput {
   ipcache: Map<string, number>;
 }
 
-// DNS entries are the agent's DNS proxy's (agent/dns.ts): to the HTTP workers they are plain allows.
-function hasL7(dp: DirectionPolicy): boolean {
-  for (const col of dp.columns.values()) for (const e of col.values()) if (e.l7?.kind === 'http') return true;
-  return false;
+/** Whether a direction restricts anything: without a table the proxy lets a side's traffic through. */
+function enforced(dp: DirectionPolicy): boolean {
+  return dp.defaultDeny || dp.columns.size > 0;
+}
+
+/** Whether the snapshot has HTTP rules on some endpoint (the workers are wanted). */
+export function hasHttpEntries(s: ProxySnapshot): boolean {
+  return s.l7Sets.length > 0;
 }
 
 export function buildSnapshot(input: SnapshotInput): ProxySnapshot {
@@ -62,6 +69,7 @@ export function buildSnapshot(input: SnapshotInput): ProxySnapshot {
     for (const [peer, col] of dp.columns) {
       for (const [code, e] of col) {
         let l7 = -1;
+        // DNS entries are the agent's DNS proxy's (agent/dns.ts): to the HTTP workers they are plain allows.
         if (e.l7?.kind === 'http') {
           let i = setIndex.get(e.l7);
           if (i === undefined) {
@@ -82,8 +90,8 @@ export function buildSnapshot(input: SnapshotInput): ProxySnapshot {
     if (idx === undefined) {
       const lp = input.policyFor(labels);
       const p: SnapshotPolicy = {};
-      if (hasL7(lp.ingress)) p.ingress = direction(lp.ingress);
-      if (hasL7(lp.egress)) p.egress = direction(lp.egress);
+      if (enforced(lp.ingress)) p.ingress = direction(lp.ingress);
+      if (enforced(lp.egress)) p.egress = direction(lp.egress);
       idx = p.ingress || p.egress ? policies.push(p) - 1 : -1;
       policyIndex.set(key, idx);
     }
