@@ -8,7 +8,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { startAgent, randomId } from './lib/agent.ts';
-import { createNetns } from './lib/netns.ts';
+import { createNetns, linkGone } from './lib/netns.ts';
 import { startEchoServer, killAll } from './lib/tcp.ts';
 import { ensureCniBinary } from '../cni/test/lib/exec.ts';
 import { makeRuntime, type ConfList } from '../cni/test/lib/libcni.ts';
@@ -151,10 +151,8 @@ for (const [style, egress] of [
 
       await runtime.del(list, att, result);
       t.same(natRulesMentioning(ip), [], 'portmap DEL removed its per-pod rules');
-      t.notOk(
-        links().some((l) => ifb.includes(l) || l === ep.hostIfName),
-        'ifb device and host veth gone',
-      );
+      // The host veth goes right after DEL answered (the agent's reaper), so it is polled for.
+      t.ok(await linkGone([...ifb, ep.hostIfName]), 'ifb device and host veth gone');
       t.same(await agent.client.listEndpoints(), []);
       await t.resolves(
         runtime.del(list, { ...att, netns: '' }, result),
