@@ -70,9 +70,6 @@ export async function assignAddresses(
   req: EndpointRequest,
   network: Network,
   undo: (() => unknown)[],
-  /** Given: the pool allocations' records, still on their way to disk, go here for the caller to
-   *  await before it answers (with its own record: one store batch). Not given: awaited here. */
-  durable?: Promise<void>[],
 ): Promise<EndpointIp[]> {
   const requested = requestedAddresses(req);
   if (req.externalIpam) {
@@ -91,9 +88,7 @@ export async function assignAddresses(
   const out: EndpointIp[] = [];
   for (const s of network.subnets) {
     const want = requested.find((ip) => familyOf(ip) === s.family);
-    const a = d.ipam.allocateNow(network.name, owner, want ? { ip: want } : { family: s.family });
-    if (durable) durable.push(a.durable);
-    else await a.durable;
+    const a = await d.ipam.allocate(network.name, owner, want ? { ip: want } : { family: s.family });
     out.push({ address: hostPrefix(a.ip, s.family), gateway: a.gateway, family: s.family, subnet: a.subnet });
   }
   for (const ip of requested) {

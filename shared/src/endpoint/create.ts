@@ -54,8 +54,6 @@ export type UndoList = (() => unknown)[];
  */
 export async function createEndpoint(d: CreateDeps, plan: CreatePlan, undo: UndoList): Promise<Endpoint> {
   const { req, key, attachment, id, network, ns, start } = plan;
-  // The pool addresses' records go to disk with the endpoint's own at the end (one store batch).
-  const allocations: Promise<void>[] = [];
   const ips = await assignAddresses(
     { ipam: d.ipam, addresses: d.addresses },
     key,
@@ -63,7 +61,6 @@ export async function createEndpoint(d: CreateDeps, plan: CreatePlan, undo: Undo
     req,
     network,
     undo,
-    allocations,
   );
   const ep: Endpoint = {
     id,
@@ -107,9 +104,8 @@ export async function createEndpoint(d: CreateDeps, plan: CreatePlan, undo: Undo
   d.datapath.attach(ep.hostIfIndex);
   ensureContainerSide(spec);
   ensureHostSide(d.host, ep.hostIfIndex, spec);
-  const [record, ...addressRecords] = await Promise.allSettled([d.store.put(storeKey(ep), ep), ...allocations]);
-  if (record.status === 'fulfilled') undo.push(() => d.store.delete(storeKey(ep)));
-  for (const r of [record, ...addressRecords]) if (r.status === 'rejected') throw r.reason;
+  await d.store.put(storeKey(ep), ep);
+  undo.push(() => d.store.delete(storeKey(ep)));
   if (!ep.labelsPending) d.datapath.publishEndpoint(datapathConfig(ep));
   return ep;
 }

@@ -89,31 +89,18 @@ export class Ipam {
     owner: IpamOwner,
     req: { family?: Family; ip?: string } = {},
   ): Promise<{ ip: string; subnet: string; gateway: string }> {
-    const { durable, ...a } = this.allocateNow(pool, owner, req);
-    await durable;
-    return a;
-  }
-
-  /** The address at once, taken in memory; `durable` resolves once its record is on disk (a write
-   *  the caller may let share a store batch with its own: an endpoint's create awaits it with its
-   *  record, one sync instead of two). A failed write takes the address back and rejects `durable`;
-   *  the caller must await it before it answers. */
-  allocateNow(
-    pool: string,
-    owner: IpamOwner,
-    req: { family?: Family; ip?: string } = {},
-  ): { ip: string; subnet: string; gateway: string; durable: Promise<void> } {
     const doc = this.require(pool);
     const key = ownerKey(owner);
     const a = alloc.allocate(doc, key, req);
-    const durable = a.fresh
-      ? this.store.put(allocKey(pool, a.ip), key).catch((e: unknown) => {
-          alloc.undoAllocation(doc, a);
-          throw e;
-        })
-      : Promise.resolve();
-    durable.catch(() => undefined); // awaited later by the caller: not an unhandled rejection meanwhile
-    return { ip: a.ip, subnet: a.subnet.cidr, gateway: a.subnet.gateway, durable };
+    if (a.fresh) {
+      try {
+        await this.store.put(allocKey(pool, a.ip), key);
+      } catch (e) {
+        alloc.undoAllocation(doc, a);
+        throw e;
+      }
+    }
+    return { ip: a.ip, subnet: a.subnet.cidr, gateway: a.subnet.gateway };
   }
 
   /** The pool whose subnets contain `ip`, if any (pools never overlap). */
