@@ -50,9 +50,11 @@ async function runAndKill(mode: 'wait' | 'crash', signal?: NodeJS.Signals) {
   return { created, code };
 }
 
-async function assertNothingLeft(t: Test, c: Created, waitMs = 0) {
+async function assertNothingLeft(t: Test, c: Created, waitMs = 3000) {
   // After a SIGKILL the guardian does the removing, a moment after the fixture died.
-  const gone = () => !c.netns.some((n) => fs.existsSync(`/var/run/netns/${n}`)) && !fs.existsSync(c.stateDir);
+  // The kernel removes a deleted netns's veths asynchronously (its cleanup workqueue): poll for them too.
+  const gone = () =>
+    !c.netns.some((n) => fs.existsSync(`/var/run/netns/${n}`)) && !fs.existsSync(c.stateDir) && !linkExists(c.hostVeth);
   for (const deadline = Date.now() + waitMs; !gone() && Date.now() < deadline; ) await sleep(100);
   for (const n of c.netns) t.notOk(fs.existsSync(`/var/run/netns/${n}`), `netns ${n} deleted`);
   t.notOk(linkExists(c.hostDevice), `host device ${c.hostDevice} deleted`);

@@ -335,7 +335,14 @@ spec:
   t.same(await pc.setAudit(eps.web.containerId, 'eth0', true), { audit: true });
   const drops = async () =>
     (await agent.client.request<{ drops: Record<string, number> }>('GET', '/v1/policy/status')).drops.POLICY_DENIED ?? 0;
-  const d0 = await drops();
+  // The denied probe's drop events reach the counter through the ring reader, a moment later under
+  // load: take the baseline once two reads 300 ms apart agree.
+  let d0 = await drops();
+  for (let prev = -1; prev !== d0; ) {
+    prev = d0;
+    await new Promise((r) => setTimeout(r, 300));
+    d0 = await drops();
+  }
   t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'ok', 'audit: passes');
   t.equal(await drops(), d0, 'and nothing was dropped');
   t.match(await pc.endpoint(eps.web.containerId, 'eth0'), { audit: true, enforcement: { ingress: 'default-deny' } });
