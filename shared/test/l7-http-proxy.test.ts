@@ -11,7 +11,8 @@ import { once } from 'node:events';
 import { HttpProxyConnection } from '../src/l7/http/connection.ts';
 import type { Exchange } from '../src/l7/http/exchange.ts';
 import { compileHttpRule, matchHttp } from '../src/l7/http/rules.ts';
-import { RawListener, RawSocket } from '../src/l7/proxy/raw-socket.ts';
+import { RawListener } from '../src/l7/proxy/raw-listener.ts';
+import { RawSocket } from '../src/l7/proxy/raw-socket.ts';
 import type { HttpRule } from '../src/policy/types.ts';
 
 const rules = (

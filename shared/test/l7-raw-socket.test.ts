@@ -5,7 +5,8 @@
 import t from 'tap';
 import { once } from 'node:events';
 import net from 'node:net';
-import { RawListener, RawSocket } from '../src/l7/proxy/raw-socket.ts';
+import { RawListener } from '../src/l7/proxy/raw-listener.ts';
+import { RawSocket } from '../src/l7/proxy/raw-socket.ts';
 
 t.test('an accepted connection: bytes both ways, the client half-closes first, then it closes by itself', async (t) => {
   const events: string[] = [];

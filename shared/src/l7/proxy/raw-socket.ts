@@ -9,70 +9,11 @@
 // bytes), destroy, closed by itself once both directions ended (as net.Socket with allowHalfOpen),
 // and the byte counters of the idle sweep. Upstream connections are RawSockets too (connect()):
 // each request and response of a keep-alive connection crosses one of each.
-//
-// Node's process.binding('tcp_wrap'/'stream_wrap') is the documented-deprecated path to these
-// handles (DEP0111, a warning only with --pending-deprecation); the worker's tests use it as the
-// proxy does (shared/test/l7-raw-socket.test.ts, l7-http-proxy.test.ts over raw sockets).
+// The bindings are uv.ts's, listeners raw-listener.ts's; the worker's tests use these as the proxy
+// does (shared/test/l7-raw-socket.test.ts, l7-http-proxy.test.ts over raw sockets).
 import type { UpstreamSocket } from '../http/socket.ts';
+import { type Address, type ConnectReq, type Req, state, sw, type TcpHandle, tcpWrap, UV_EOF, UV_ETIMEDOUT } from './uv.ts';
 
-interface StreamWrapBinding {
-  WriteWrap: new () => Req;
-  ShutdownWrap: new () => Req;
-  streamBaseState: Int32Array;
-  kReadBytesOrError: number;
-  kBytesWritten: number;
-  kLastWriteWasAsync: number;
-}
-interface Req {
-  handle: TcpHandle;
-  oncomplete: (this: Req, status: number) => void;
-  owner?: RawSocket;
-  buffer?: Buffer;
-  bytes?: number;
-}
-interface Address {
-  address?: string;
-  family?: string;
-  port?: number;
-}
-interface ConnectReq {
-  oncomplete: (this: ConnectReq, status: number) => void;
-  owner?: RawSocket;
-  address?: string;
-  port?: number;
-}
-interface TcpHandle {
-  fd: number;
-  setNoDelay(on: boolean): number;
-  connect(req: ConnectReq, ip: string, port: number): number;
-  connect6(req: ConnectReq, ip: string, port: number): number;
-  onread: (this: TcpHandle) => void;
-  onconnection: (err: number, client: TcpHandle | undefined) => void;
-  owner?: RawSocket;
-  useUserBuffer(b: Buffer): void;
-  readStart(): number;
-  readStop(): number;
-  writeBuffer(req: Req, b: Buffer): number;
-  shutdown(req: Req): number;
-  close(cb?: () => void): void;
-  getsockname(out: Address): number;
-  getpeername(out: Address): number;
-  open(fd: number): number;
-  bind(ip: string, port: number): number;
-  listen(backlog: number): number;
-}
-
-// biome-ignore lint/suspicious/noExplicitAny: process.binding is untyped
-const bindings = process as unknown as { binding(name: string): any };
-const tcpWrap = bindings.binding('tcp_wrap') as {
-  TCP: new (type: number) => TcpHandle;
-  TCPConnectWrap: new () => ConnectReq;
-  constants: { SERVER: number; SOCKET: number };
-};
-const sw = bindings.binding('stream_wrap') as StreamWrapBinding;
-const state = sw.streamBaseState;
-const UV_EOF = -4095;
-const UV_ETIMEDOUT = -110;
 /** write() answers false (wait for 'drain') once this much is queued in the kernel's stead. */
 const HIGH_WATER = 16 * 1024;
 
@@ -362,50 +303,5 @@ export class RawSocket implements UpstreamSocket {
     const e = new Error(`client socket error ${err}`);
     this.destroy();
     this.onerror?.(e);
-  }
-}
-
-/** A listening socket (its fd, e.g. sockets.ts's transparentListener) whose connections come as RawSockets. */
-export class RawListener {
-  private readonly h: TcpHandle;
-
-  constructor(h: TcpHandle, onConnection: (s: RawSocket) => void, onError: (errno: number) => void) {
-    this.h = h;
-    h.onconnection = (err, client) => {
-      if (err || !client) onError(err);
-      else onConnection(new RawSocket(client));
-    };
-  }
-
-  static fromFd(
-    fd: number,
-    backlog: number,
-    onConnection: (s: RawSocket) => void,
-    onError: (errno: number) => void,
-  ): RawListener {
-    const h = new tcpWrap.TCP(tcpWrap.constants.SERVER);
-    let err = h.open(fd);
-    if (!err) err = h.listen(backlog);
-    if (err) throw new Error(`cannot listen on fd ${fd}: errno ${err}`);
-    return new RawListener(h, onConnection, onError);
-  }
-
-  /** A plain listener on ip:port (port 0: any), for tests. */
-  static bind(ip: string, port: number, onConnection: (s: RawSocket) => void): RawListener {
-    const h = new tcpWrap.TCP(tcpWrap.constants.SERVER);
-    let err = h.bind(ip, port);
-    if (!err) err = h.listen(511);
-    if (err) throw new Error(`cannot listen on ${ip}:${port}: errno ${err}`);
-    return new RawListener(h, onConnection, () => undefined);
-  }
-
-  get port(): number {
-    const a: Address = {};
-    this.h.getsockname(a);
-    return a.port ?? 0;
-  }
-
-  close(): void {
-    this.h.close();
   }
 }

@@ -58,7 +58,7 @@ export class SocketError extends Error {
 
 /**
  * A listening transparent TCP socket on 127.0.0.1:port or [::1]:port, with TCP_NODELAY (which
- * accepted sockets inherit), as a file descriptor (the worker accepts on it with raw-socket.ts's RawListener). Throws SocketError (e.g. EADDRINUSE, EADDRNOTAVAIL without IPv6).
+ * accepted sockets inherit), as a file descriptor (the worker accepts on it with raw-listener.ts's RawListener). Throws SocketError (e.g. EADDRINUSE, EADDRNOTAVAIL without IPv6).
  */
 export function transparentListener(family: 4 | 6, port: number, opts: { backlog?: number; reusePort?: boolean } = {}): number {
   const ip = family === 4 ? '127.0.0.1' : '::1';

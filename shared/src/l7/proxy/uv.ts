@@ -1,0 +1,64 @@
+// Node's libuv TCP handles without net.Socket: the bindings (process.binding('tcp_wrap' /
+// 'stream_wrap'), the documented-deprecated path to them, DEP0111, a warning only with
+// --pending-deprecation) and the shapes of what they hand out, as the proxy workers use them
+// (raw-socket.ts for connections, raw-listener.ts for listeners). Nothing here runs per request.
+import type { RawSocket } from './raw-socket.ts';
+
+export interface StreamWrapBinding {
+  WriteWrap: new () => Req;
+  ShutdownWrap: new () => Req;
+  streamBaseState: Int32Array;
+  kReadBytesOrError: number;
+  kBytesWritten: number;
+  kLastWriteWasAsync: number;
+}
+export interface Req {
+  handle: TcpHandle;
+  oncomplete: (this: Req, status: number) => void;
+  owner?: RawSocket;
+  buffer?: Buffer;
+  bytes?: number;
+}
+export interface Address {
+  address?: string;
+  family?: string;
+  port?: number;
+}
+export interface ConnectReq {
+  oncomplete: (this: ConnectReq, status: number) => void;
+  owner?: RawSocket;
+  address?: string;
+  port?: number;
+}
+export interface TcpHandle {
+  fd: number;
+  setNoDelay(on: boolean): number;
+  connect(req: ConnectReq, ip: string, port: number): number;
+  connect6(req: ConnectReq, ip: string, port: number): number;
+  onread: (this: TcpHandle) => void;
+  onconnection: (err: number, client: TcpHandle | undefined) => void;
+  owner?: RawSocket;
+  useUserBuffer(b: Buffer): void;
+  readStart(): number;
+  readStop(): number;
+  writeBuffer(req: Req, b: Buffer): number;
+  shutdown(req: Req): number;
+  close(cb?: () => void): void;
+  getsockname(out: Address): number;
+  getpeername(out: Address): number;
+  open(fd: number): number;
+  bind(ip: string, port: number): number;
+  listen(backlog: number): number;
+}
+
+// biome-ignore lint/suspicious/noExplicitAny: process.binding is untyped
+const bindings = process as unknown as { binding(name: string): any };
+export const tcpWrap = bindings.binding('tcp_wrap') as {
+  TCP: new (type: number) => TcpHandle;
+  TCPConnectWrap: new () => ConnectReq;
+  constants: { SERVER: number; SOCKET: number };
+};
+export const sw = bindings.binding('stream_wrap') as StreamWrapBinding;
+export const state = sw.streamBaseState;
+export const UV_EOF = -4095;
+export const UV_ETIMEDOUT = -110;
