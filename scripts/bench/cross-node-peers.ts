@@ -15,6 +15,8 @@ export interface PodPair {
   a: TestNetns;
   b: TestNetns;
   ipB: string;
+  /** Membrane's: the tc programs attached on both nodes (their run time is reported, bpf-stats.ts). */
+  programs?: number[];
   cleanup(): Promise<void>;
 }
 export interface Topology {

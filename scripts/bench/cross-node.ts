@@ -13,21 +13,24 @@
 // The peers (a), (b), (e) are built in cross-node-peers.ts.
 // Goals: (c) with 10,000 rules >= 0.95x (a) on every metric; (d) >= 0.95x (e). Fresh pods for every
 // measurement (a connection-rate run leaves TIME_WAIT sockets), a different order each round.
-// BENCH_ROUNDS (3), BENCH_SECONDS (4), BENCH_RULES (10000), BENCH_FLOW_EVENTS (on).
+// BENCH_ROUNDS (3), BENCH_SECONDS (4), BENCH_RULES (10000), BENCH_FLOW_EVENTS (on), BENCH_BPF_STATS
+// (on: kernel.bpf_stats_enabled for the run, and a table of what Membrane's programs cost).
 import os from 'node:os';
 import { createNetns } from '../../integration/lib/netns.ts';
 import { eventually, startCluster, type TestCluster, type TestNode } from '../../integration/lib/cluster.ts';
 import { flannel, plainRouting, plainVxlan, type PodPair, type Topology } from './cross-node-peers.ts';
 import { readIpcache } from '../../integration/lib/cluster-maps.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
-import { connectionRate, markdownTable, median, rrLatency, throughput } from './lib.ts';
+import { connectionRate, markdownTable, median, rrLatency, settled, throughput } from './lib.ts';
 import { membranePolicy } from './topologies.ts';
+import { attachedPrograms, bpfDelta, bpfTotals, enableBpfStats, type BpfTotals } from './bpf-stats.ts';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 4);
 const BIG = Number(process.env.BENCH_RULES ?? 10_000);
 /** The agents' flow events (on, as deployed; off shows what the agents' event processing costs). */
 const FLOW_EVENTS = process.env.BENCH_FLOW_EVENTS ?? 'on';
+const BPF_STATS = (process.env.BENCH_BPF_STATS ?? 'on') === 'on';
 delete process.env.NODE_EXTRA_CA_CERTS;
 
 type Metric = 'tput1' | 'tput4' | 'rr' | 'crr';
@@ -73,10 +76,15 @@ async function membraneCluster(mode: 'tunnel' | 'native'): Promise<{ c: TestClus
           readIpcache(n2.bpffsDir).get(`${a.ip}/32`) === a.identity && readIpcache(n1.bpffsDir).get(`${b.ip}/32`) === b.identity,
         30_000,
       );
+      // Measured once both agents are done with the change (a 10,000-rule import keeps them busy for
+      // seconds after it returns; that work is no per-packet cost and would land on the first metric).
+      const ms = await settled([n1.agent.pid()!, n2.agent.pid()!]);
+      process.stderr.write(`  agents idle ${ms} ms after the pods were ready\n`);
       return {
         a: a.ns,
         b: b.ns,
         ipB: b.ip,
+        programs: attachedPrograms([n1.netns.path, n2.netns.path]),
         cleanup: async () => {
           await a.del();
           await b.del();
@@ -122,20 +130,37 @@ async function membraneNative(): Promise<Topology> {
 // ---- the run ----------------------------------------------------------------------------------------
 
 const samples = new Map<string, Record<Metric, number[]>>();
+/** Membrane's programs per measurement: ns per run, and for the connection rate µs per connection. */
+const bpfSamples = new Map<string, Record<Metric, number[]>>();
 
 async function measure(t: Topology): Promise<void> {
   const p = await t.pods();
   try {
+    const bpf: Partial<Record<Metric, BpfTotals>> = {};
+    const run = async (m: Metric, fn: () => Promise<number>) => {
+      const before = p.programs && BPF_STATS ? bpfTotals(p.programs) : undefined;
+      const v = await fn();
+      if (before) bpf[m] = bpfDelta(before, bpfTotals(p.programs!));
+      return v;
+    };
     const r: Record<Metric, number> = {
-      tput1: await throughput(p.a, p.b, p.ipB, 1, SECONDS),
-      tput4: await throughput(p.a, p.b, p.ipB, 4, SECONDS),
-      rr: await rrLatency(p.a, p.b, p.ipB, SECONDS),
-      crr: await connectionRate(p.a, p.b, p.ipB, SECONDS),
+      tput1: await run('tput1', () => throughput(p.a, p.b, p.ipB, 1, SECONDS)),
+      tput4: await run('tput4', () => throughput(p.a, p.b, p.ipB, 4, SECONDS)),
+      rr: await run('rr', () => rrLatency(p.a, p.b, p.ipB, SECONDS)),
+      crr: await run('crr', () => connectionRate(p.a, p.b, p.ipB, SECONDS)),
     };
     const s = samples.get(t.name) ?? { tput1: [], tput4: [], rr: [], crr: [] };
     for (const m of METRICS) s[m.key].push(r[m.key]);
     samples.set(t.name, s);
-    process.stderr.write(`${t.name}: ${JSON.stringify(r)}\n`);
+    if (bpf.crr) {
+      const b = bpfSamples.get(t.name) ?? { tput1: [], tput4: [], rr: [], crr: [] };
+      for (const m of METRICS) {
+        const d = bpf[m.key]!;
+        b[m.key].push(m.key === 'crr' ? d.ns / 1000 / Math.max(1, r.crr * SECONDS) : d.ns / Math.max(1, d.runs));
+      }
+      bpfSamples.set(t.name, b);
+    }
+    process.stderr.write(`${t.name}: ${JSON.stringify(r)}${bpf.crr ? ` bpf ${JSON.stringify(bpf)}` : ''}\n`);
   } finally {
     await p.cleanup();
   }
@@ -179,6 +204,21 @@ function report(names: string[], load: string): string {
       ],
     ),
     '',
+    ...(bpfSamples.size
+      ? [
+          "Membrane's programs (kernel.bpf_stats_enabled; medians; every tc program on both nodes): time per program",
+          "run in ns while each metric ran, and for the connection rate the programs' time per connection in µs.",
+          '',
+          markdownTable(
+            [
+              'topology',
+              ...METRICS.map((m) => (m.key === 'crr' ? 'µs per connection' : `ns per run (${m.label.split(' (')[0]})`)),
+            ],
+            [...bpfSamples].map(([name, b]) => [name, ...METRICS.map((m) => median(b[m.key]).toFixed(m.key === 'crr' ? 1 : 0))]),
+          ),
+          '',
+        ]
+      : []),
   ].join('\n');
 }
 
@@ -188,6 +228,7 @@ async function main(): Promise<void> {
     `cross-node benchmark: ${ROUNDS} rounds x ${SECONDS} s, ${BIG} rules; ${os.cpus().length} CPUs, kernel ${os.release()}, load ${load0}\n`,
   );
   const topologies: Topology[] = [];
+  const restoreStats = BPF_STATS ? enableBpfStats() : () => undefined;
   try {
     topologies.push(
       await plainVxlan(),
@@ -204,6 +245,7 @@ async function main(): Promise<void> {
     }
     process.stdout.write(report(names, `${load0} -> ${os.loadavg()[0].toFixed(1)}`));
   } finally {
+    restoreStats();
     for (const t of topologies.reverse())
       await t.close().catch((e) => process.stderr.write(`cleanup: ${(e as Error).message}\n`));
   }

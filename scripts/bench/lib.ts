@@ -150,3 +150,27 @@ export async function connectionRate(
     srv.kill('SIGKILL');
   }
 }
+
+/** CPU time (user + system, ms) a process has used so far (/proc/PID/stat, 100 clock ticks a second). */
+export function processCpuMs(pid: number): number {
+  const f = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const rest = f.slice(f.lastIndexOf(')') + 2).split(' ');
+  return (Number(rest[11]) + Number(rest[12])) * 10;
+}
+
+/** Waits until the processes are idle again: each under `busyPct` of a CPU over two 1 s windows in a
+ *  row (bounded by `timeoutMs`). A control plane still digesting a change (10,000 rules take an agent
+ *  seconds of CPU after the import returns) competes with the measured datapath for the same CPUs,
+ *  which is not what a steady-state measurement is about. Returns how long it took (ms). */
+export async function settled(pids: number[], busyPct = 5, timeoutMs = 60_000): Promise<number> {
+  const t0 = Date.now();
+  let quiet = 0;
+  while (quiet < 2) {
+    if (Date.now() - t0 > timeoutMs) throw new Error(`processes ${pids.join(', ')} still busy after ${timeoutMs / 1000} s`);
+    const a = pids.map(processCpuMs);
+    await sleep(1000);
+    const busy = pids.some((pid, i) => processCpuMs(pid) - a[i] > busyPct * 10);
+    quiet = busy ? 0 : quiet + 1;
+  }
+  return Date.now() - t0;
+}
