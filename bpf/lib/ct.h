@@ -257,9 +257,11 @@ struct ct_new {
 	__u8 flags;
 };
 
+#define CT_UNTRACKED 1 /* ct_create: admitted, nothing tracked (a bare segment of no known flow) */
+
 /* Tracks a flow that policy admitted, owned by `ep` (LOCAL: the sender; `peer_ep` the receiver).
- * 0, or < 0 when it cannot be tracked (table full, owner over its share): the caller drops the
- * packet rather than admit a flow whose replies would then meet policy as new flows. */
+ * 0, CT_UNTRACKED, or < 0 when it cannot be tracked (table full, owner over its share): the caller
+ * drops the packet rather than admit a flow whose replies would then meet policy as new flows. */
 static __always_inline int ct_create(const struct pkt *p, __u8 scope, const struct ct_new *n, const struct endpoint_config *ep,
 				     const struct endpoint_config *peer_ep)
 {
@@ -303,23 +305,41 @@ static __always_inline int ct_create(const struct pkt *p, __u8 scope, const stru
 	} else if (p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_FIN)) {
 		e.state = CT_STATE_CLOSING;
 	}
+	/* A dead, unbound or revoked entry of the same tuple is replaced in place: the owner's own (tuple
+	 * reuse: a client's next connection from a port whose last one is still closing) costs its share
+	 * nothing, so it is not asked about. */
+	old = bpf_map_lookup_elem(&conntrack, &k);
+	if (old) {
+		old_owner = old->endpoint_id;
+		if (old_owner != owner && ct_over_share(owner))
+			return -1;
+		err = bpf_map_update_elem(&conntrack, &k, &e, BPF_EXIST);
+		if (err == 0) {
+			if (old_owner != owner) {
+				ct_count(old_owner, -1);
+				ct_count(owner, 1);
+			}
+			return 0;
+		}
+		if (err != -2 /* ENOENT: deleted since the lookup (the agent's GC, a RST): insert */)
+			return err;
+	}
+	/* A TCP segment that cannot open a connection and carries no data (a bare ACK, FIN or RST), or any
+	 * RST, of a flow with no entry is passed as the policy admitted it, but not tracked: it is the
+	 * straggler of a connection whose entry its end already deleted (the second ACK of a simultaneous
+	 * close, a retransmitted FIN, the RST answering it), and an entry made for it would hold a share
+	 * slot for CT_LIFETIME_TCP_SYN (60 s) with nothing to follow. At thousands of connections per
+	 * second those filled a client's share within seconds and starved its new connections. Nothing
+	 * passes that did not before: every such segment meets the policy on its own, and its answer (if
+	 * any) meets the policy as a new flow. A connection that resumes with data is tracked again. */
+	if (p->proto == IPPROTO_TCP && p->has_l4 && !p->later_fragment && !(p->tcp_flags & TCP_SYN) &&
+	    (p->tcp_bare || (p->tcp_flags & TCP_RST)))
+		return CT_UNTRACKED;
 	if (ct_over_share(owner))
 		return -1;
 	err = bpf_map_update_elem(&conntrack, &k, &e, BPF_NOEXIST);
-	if (!err) {
-		ct_count(owner, 1);
-		return 0;
-	}
-	if (err != -17 /* EEXIST: a dead, unbound or revoked entry of the same tuple */)
-		return err;
-	old = bpf_map_lookup_elem(&conntrack, &k);
-	old_owner = old ? old->endpoint_id : owner;
-	err = bpf_map_update_elem(&conntrack, &k, &e, BPF_EXIST);
 	if (err)
 		return err;
-	if (old_owner != owner) {
-		ct_count(old_owner, -1);
-		ct_count(owner, 1);
-	}
+	ct_count(owner, 1);
 	return 0;
 }

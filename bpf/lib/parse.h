@@ -53,6 +53,7 @@ struct pkt {
 	__u16 l4_off;
 	__u8 later_fragment; /* a non-first fragment: no L4 header, ports from the fragments map */
 	__u8 drop_reason;    /* PARSE_DROP: enum drop_reason */
+	__u8 tcp_bare;       /* TCP: nothing after the header (len <= l4_off + data offset): ACK/FIN/RST only */
 	__u32 len;
 	__u8 saddr[16];
 	__u8 daddr[16];
@@ -99,6 +100,7 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct pkt *p)
 		__builtin_memcpy(&p->dport, hdr + 2, 2);
 		p->seq = ((__u32)hdr[4] << 24) | ((__u32)hdr[5] << 16) | ((__u32)hdr[6] << 8) | hdr[7];
 		p->tcp_flags = hdr[13];
+		p->tcp_bare = p->len <= (__u32)p->l4_off + (hdr[12] >> 4) * 4;
 		p->has_l4 = 1;
 		return;
 	case IPPROTO_UDP:

@@ -192,9 +192,12 @@ export class DatapathModel {
 
   private create(p: Pkt, scope: number, ep: ModelEndpoint, peerEp?: ModelEndpoint): boolean {
     const owner = ep.id;
-    if (this.share && (this.owned.get(owner) ?? 0) >= this.share) return false;
     const k = this.key(p.family, p.proto, scope, p.sport, p.dport, p.saddr, p.daddr);
     const old = this.ct.get(k);
+    // ct_create: replacing the owner's own entry costs no share; a bare TCP segment (or RST) of no
+    // known flow passes untracked.
+    if (!old && p.proto === 6 && p.hasL4 && !p.later && !(p.tcpFlags & SYN) && (p.tcpBare || p.tcpFlags & RST)) return true;
+    if ((!old || old.owner !== owner) && this.share && (this.owned.get(owner) ?? 0) >= this.share) return false;
     if (!old && this.ct.size >= this.capacity) return false;
     let state: number = ST.EST;
     const syn = p.proto === 6 && p.hasL4 && (p.tcpFlags & (SYN | ACK)) === SYN;

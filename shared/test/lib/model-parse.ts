@@ -41,6 +41,8 @@ export interface Pkt {
   family: number;
   proto: number;
   tcpFlags: number;
+  /** TCP: nothing after the header (parse.h tcp_bare). */
+  tcpBare: boolean;
   icmpType: number;
   hasL4: boolean;
   icmpError: boolean;
@@ -93,6 +95,7 @@ function parseL4(f: Buffer, p: Pkt): void {
       p.dport = be16(f, o + 2);
       p.seq = be32(f, o + 4);
       p.tcpFlags = f[o + 13];
+      p.tcpBare = f.length <= o + (f[o + 12] >> 4) * 4;
       p.hasL4 = true;
       return;
     case 17:
@@ -149,6 +152,7 @@ function blank(): Pkt {
     family: 0,
     proto: 0,
     tcpFlags: 0,
+    tcpBare: false,
     icmpType: 0,
     hasL4: false,
     icmpError: false,
