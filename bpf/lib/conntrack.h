@@ -49,6 +49,8 @@ enum ct_state {
 #define CT_LIFETIME_TCP (21600ULL * 1000000000ULL) /* 6 h, like Cilium */
 #define CT_LIFETIME_TCP_CLOSING (10ULL * 1000000000ULL)
 #define CT_LIFETIME_OTHER (60ULL * 1000000000ULL)
+/* last_seen_ns is written when it is older than this (ct_update): expiry is exact to a second. */
+#define CT_LAST_SEEN_STEP_NS 1000000000ULL
 
 struct ct_key {
 	__u8 family; /* MBR_FAMILY_IPV4 / MBR_FAMILY_IPV6 */

@@ -104,15 +104,21 @@ static __always_inline void ct_delete(struct ct_key *k, __u32 owner)
  * fill the table. */
 static __always_inline bool ct_update(struct ct_entry *e, const struct pkt *p, int dir, __u64 now)
 {
-	e->last_seen_ns = now;
+	__u8 *seen = &e->tcp_flags_seen[dir == CT_DIR_FORWARD ? 0 : 1];
+
+	/* Stores that change nothing are skipped: both directions' CPUs touch the entry, and every
+	 * store pulls its cache line over from the other CPU. last_seen_ns moves once a second (as in
+	 * Cilium): the lifetimes it serves are seconds to hours. */
+	if (now - e->last_seen_ns > CT_LAST_SEEN_STEP_NS)
+		e->last_seen_ns = now;
+	if ((*seen | p->tcp_flags) != *seen)
+		*seen |= p->tcp_flags;
 	if (dir == CT_DIR_FORWARD) {
 		e->packets[0]++;
 		e->bytes[0] += p->len;
-		e->tcp_flags_seen[0] |= p->tcp_flags;
 	} else {
 		e->packets[1]++;
 		e->bytes[1] += p->len;
-		e->tcp_flags_seen[1] |= p->tcp_flags;
 	}
 	if (p->proto != IPPROTO_TCP)
 		return false;

@@ -1,0 +1,136 @@
+// npm run bench:datapath-cpu — not a test. TCP throughput with 1, 2, 4 and 8 parallel streams
+// (iperf3 -P) and the connection rate between two pods: plain veth + host routes against Membrane, in
+// one interleaved run (ratios against plain veth). For each Membrane peer it also reports what the
+// datapath's programs themselves cost under that traffic (kernel.bpf_stats_enabled: run_time_ns and
+// run_cnt of from_container and to_container): ns per run, share of a CPU, µs per connection. tc
+// programs run with preemption off, so the machine's load does not enter those times; cache misses
+// do (cold lines, or lines other CPUs write).
+// BENCH_OBJECTS="name=value,…" adds Membrane agents: value = a path ending in .o runs that datapath
+// object (a build of bpf/ with other BPF_CFLAGS: BPF_OUT=… BPF_CFLAGS=-DMBR_NO_ENFORCE
+// scripts/build-bpf.sh), anything else is agent flags ("--flow-events off").
+// BENCH_STREAMS (1,2,4,8), BENCH_ROUNDS (3), BENCH_SECONDS (4).
+import { execFileSync } from 'node:child_process';
+import os from 'node:os';
+import { startAgent, type TestAgent } from '../../integration/lib/agent.ts';
+import { connectionRate, markdownTable, median, throughput } from './lib.ts';
+import { membrane, plainVeth, type Pods } from './topologies.ts';
+
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 4);
+const STREAMS = (process.env.BENCH_STREAMS ?? '1,2,4,8').split(',').map(Number);
+const CRR = 0; // the connection-rate row's key among the stream counts
+delete process.env.NODE_EXTRA_CA_CERTS;
+
+interface Peer {
+  name: string;
+  pods(): Promise<Pods>;
+  pinDir?: string;
+}
+
+/** Sum of run_time_ns and run_cnt over the datapath's two per-packet programs. */
+function progStats(pinDir: string): { ns: number; cnt: number } {
+  let ns = 0,
+    cnt = 0;
+  for (const prog of ['prog_from_container', 'prog_to_container']) {
+    const j = JSON.parse(execFileSync('bpftool', ['prog', 'show', 'pinned', `${pinDir}/${prog}`, '-j'], { encoding: 'utf8' }));
+    ns += j.run_time_ns ?? 0;
+    cnt += j.run_cnt ?? 0;
+  }
+  return { ns, cnt };
+}
+
+const sysctl = (v?: string) =>
+  execFileSync('sysctl', v === undefined ? ['-n', 'kernel.bpf_stats_enabled'] : ['-q', '-w', `kernel.bpf_stats_enabled=${v}`], {
+    encoding: 'utf8',
+  }).trim();
+
+async function main(): Promise<void> {
+  const agents: TestAgent[] = [];
+  const peers: Peer[] = [{ name: 'plain veth', pods: plainVeth }];
+  // Statistics cost a little per run: on for the whole run (every peer pays it), as it was afterwards.
+  const statsBefore = sysctl();
+  if (statsBefore !== '1') sysctl('1');
+  try {
+    const variants: [string, string[]][] = [['Membrane', []]];
+    for (const spec of (process.env.BENCH_OBJECTS ?? '').split(',').filter(Boolean)) {
+      const [name, file] = spec.split('=');
+      // name=path.o runs that datapath object; name=anything else: those agent flags (e.g. "--flow-events off").
+      variants.push([name, file.endsWith('.o') ? ['--bpf-object', file] : file.split(' ')]);
+    }
+    for (const [name, args] of variants) {
+      // The L7 proxy is off: what is compared is the datapath, not what runs beside it.
+      const agent = await startAgent({ bundle: true, extraArgs: ['--l7-proxy', 'off', ...args] });
+      agents.push(agent);
+      peers.push({ name, pods: () => membrane(agent), pinDir: agent.bpffsDir });
+    }
+    const samples = new Map<string, number[]>();
+    const nsPerRun = new Map<string, number[]>();
+    const nsPerConn = new Map<string, number[]>();
+    const cpuShare = new Map<string, number[]>();
+    for (let round = 1; round <= ROUNDS; round++) {
+      // Alternate the order, so drift over the run favours no peer.
+      for (const peer of round % 2 ? peers : [...peers].reverse()) {
+        const p = await peer.pods();
+        try {
+          for (const n of [...STREAMS, CRR]) {
+            const before = peer.pinDir ? progStats(peer.pinDir) : undefined;
+            const g = n === CRR ? await connectionRate(p.a, p.b, p.ipB, SECONDS) : await throughput(p.a, p.b, p.ipB, n, SECONDS);
+            const key = `${peer.name}/${n}`;
+            samples.set(key, [...(samples.get(key) ?? []), g]);
+            let ns = '';
+            if (peer.pinDir && before) {
+              const after = progStats(peer.pinDir);
+              const runs = after.cnt - before.cnt;
+              const per = (after.ns - before.ns) / Math.max(1, runs);
+              nsPerRun.set(key, [...(nsPerRun.get(key) ?? []), per]);
+              const share = (after.ns - before.ns) / (SECONDS * 1e9);
+              cpuShare.set(key, [...(cpuShare.get(key) ?? []), share]);
+              ns = `, ${per.toFixed(0)} ns per program run, ${(runs / SECONDS / 1000).toFixed(1)}k runs/s, ${(share * 100).toFixed(1)} % of a CPU`;
+              if (n === CRR) {
+                const conns = g * SECONDS;
+                nsPerConn.set(key, [...(nsPerConn.get(key) ?? []), (after.ns - before.ns) / conns]);
+                ns += `, ${(runs / conns).toFixed(1)} runs and ${((after.ns - before.ns) / conns).toFixed(0)} ns per connection`;
+              }
+            }
+            process.stderr.write(`round ${round} ${key}: ${g.toFixed(2)}${n === CRR ? ' conn/s' : ' Gbit/s'}${ns}\n`);
+          }
+        } finally {
+          await p.cleanup();
+        }
+      }
+    }
+    const rows = [...STREAMS, CRR].map((n) => {
+      const base = median(samples.get(`plain veth/${n}`)!);
+      return [
+        n === CRR ? 'connections/s' : `Gbit/s, ${n} stream${n > 1 ? 's' : ''}`,
+        ...peers.map((peer) => {
+          const v = median(samples.get(`${peer.name}/${n}`)!);
+          const ns = nsPerRun.get(`${peer.name}/${n}`);
+          const conn = nsPerConn.get(`${peer.name}/${n}`);
+          const share = cpuShare.get(`${peer.name}/${n}`);
+          return `${v.toFixed(n === CRR ? 0 : 2)} (${(v / base).toFixed(2)}×)${ns ? `, ${median(ns).toFixed(0)} ns/run` : ''}${
+            share ? `, ${(median(share) * 100).toFixed(1)} % CPU` : ''
+          }${conn ? `, ${(median(conn) / 1000).toFixed(1)} µs/conn` : ''}`;
+        }),
+      ];
+    });
+    const load = os
+      .loadavg()
+      .map((x) => x.toFixed(2))
+      .join(' ');
+    process.stdout.write(
+      `\nMedian of ${ROUNDS} rounds, ${SECONDS} s each; load average ${load} at the end\n\n${markdownTable(
+        ['metric', ...peers.map((p) => p.name)],
+        rows,
+      )}\n`,
+    );
+  } finally {
+    for (const a of agents) await a.cleanup().catch(() => undefined);
+    if (statsBefore !== '1') sysctl(statsBefore);
+  }
+}
+
+main().catch((e) => {
+  process.stderr.write(`bench failed: ${(e as Error).stack}\n`);
+  process.exit(1);
+});
