@@ -178,6 +178,42 @@ t.test('the last HTTP rule of a direction goes: the table is still sent, so held
   t.match(decide('/public/a'), { allowed: true, sides: [] }, 'with no policy at all the api is unrestricted');
 });
 
+t.test('cached decisions: only where method, path and host decide, and never past a policy change', async (t) => {
+  const { engine, add } = await setup();
+  await add(1, { app: 'api' }, '10.0.0.2');
+  await add(2, { app: 'client' }, '10.0.0.3');
+  await add(3, { app: 'other' }, '10.0.0.4');
+  await engine.importText(POLICY);
+  const view = new ProxyView(engine.proxySnapshot());
+  // The api's ingress has a rule that needs a header: nothing is cached, each request is matched.
+  const c = view.connection('10.0.0.3', '10.0.0.2', 80);
+  t.equal(c.verdicts, undefined, 'a side with header rules is not cached');
+  t.notOk(view.decide(c, req('POST', '/submit')).allowed);
+  t.ok(view.decide(c, req('POST', '/submit', { 'X-Token': 's3cret' })).allowed, 'the header counts on every request');
+  t.notOk(view.decide(c, req('POST', '/submit', { 'X-Token': 'wrong' })).allowed);
+  // From the world: method and path rules only, cached per method, path and host.
+  const w = view.connection('198.18.0.7', '10.0.0.2', 80);
+  t.ok(w.verdicts, 'method/path rules are cached');
+  t.ok(view.decide(w, req('GET', '/status')).allowed);
+  t.ok(view.decide(w, req('GET', '/status')).allowed, 'the cached allow');
+  t.notOk(view.decide(w, req('GET', '/status/x')).allowed, 'another path is decided on its own');
+  t.notOk(view.decide(w, req('POST', '/status')).allowed, 'another method too');
+  t.notOk(view.decide(w, req('GET', '/public/../status/x')).allowed, 'normalized paths are the keys');
+  // Ever new paths: the cache stays bounded and answers stay right.
+  const wrong: number[] = [];
+  for (let i = 0; i < 3000; i++)
+    if (view.decide(w, req('GET', i % 2 ? '/status' : `/x${i}`)).allowed !== (i % 2 === 1)) wrong.push(i);
+  t.same(wrong, [], 'every answer right while the cache fills and starts over');
+  t.ok(w.verdicts!.size <= 1024, `bounded (${w.verdicts!.size})`);
+  // The policy changes: a new view, new connection policies, no decision carried over.
+  await engine.importText(POLICY.replace('path: /status', 'path: /health'));
+  const next = new ProxyView(engine.proxySnapshot());
+  const w2 = next.connection('198.18.0.7', '10.0.0.2', 80);
+  t.not(w2, w);
+  t.notOk(next.decide(w2, req('GET', '/status')).allowed, 'the old cached allow is gone');
+  t.ok(next.decide(w2, req('GET', '/health')).allowed);
+});
+
 t.test('records round-trip without header values', async (t) => {
   const { engine, add } = await setup();
   await add(1, { app: 'api' }, '10.0.0.2');

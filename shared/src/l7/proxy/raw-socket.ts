@@ -19,6 +19,11 @@ const HIGH_WATER = 16 * 1024;
 
 type Listener = (...args: never[]) => void;
 
+/** Filled by getsockname/getpeername for each accepted connection and read at once: the same two
+ *  objects every time (a fresh one gets its three properties added one by one, a map transition each). */
+const LOCAL: Address = { address: undefined, family: undefined, port: undefined };
+const REMOTE: Address = { address: undefined, family: undefined, port: undefined };
+
 /**
  * Every read lands in this one buffer (libuv reads into it; the callback copies the bytes out before
  * the next read can happen): otherwise Node allocates 64 KiB with malloc per read and shrinks it to
@@ -112,8 +117,9 @@ export class RawSocket implements UpstreamSocket {
     _handle.onread = onRead;
     _handle.useUserBuffer(readBuffer);
     if (!accepted) return;
-    const local: Address = {};
-    const remote: Address = {};
+    const local = LOCAL;
+    const remote = REMOTE;
+    local.address = remote.address = undefined;
     _handle.getsockname(local);
     _handle.getpeername(remote);
     this.localAddress = local.address;
@@ -182,14 +188,20 @@ export class RawSocket implements UpstreamSocket {
   /** One listener per event (the pair's): a second one would silently replace it, so it throws. */
   on(event: string, fn: Listener): this {
     const f = fn as never;
-    const had = {
-      data: this.ondata,
-      end: this.onend,
-      error: this.onerror,
-      close: this.onclose,
-      drain: this.ondrain,
-      connect: this.onconnect,
-    }[event];
+    const had =
+      event === 'data'
+        ? this.ondata
+        : event === 'end'
+          ? this.onend
+          : event === 'error'
+            ? this.onerror
+            : event === 'close'
+              ? this.onclose
+              : event === 'drain'
+                ? this.ondrain
+                : event === 'connect'
+                  ? this.onconnect
+                  : undefined;
     if (had) throw new Error(`RawSocket has a '${event}' listener already`);
     if (event === 'data') this.ondata = f;
     else if (event === 'end') this.onend = f;

@@ -47,7 +47,15 @@ export interface ConnectionPolicy {
     defaultDeny: boolean;
     rules?: CompiledHttpRule[];
   }[];
+  /** Decisions by method, path and host (decide()), when no rule of any side looks at headers: the
+   *  verdict then depends on nothing else, and this object is replaced when the policy changes. */
+  verdicts?: Map<string, ProxyDecision>;
 }
+
+/** Decisions kept per connection policy (then the cache starts over): a bound on what a client that
+ *  sends ever new paths can make a worker hold. Longer method + path + host are not cached. */
+const MAX_CACHED_DECISIONS = 1024;
+const MAX_CACHED_KEY = 512;
 
 interface CompiledSet {
   refs: HttpRuleRef[];
@@ -144,10 +152,29 @@ export class ProxyView {
     };
     add('egress', srcEp, dst.identity);
     add('ingress', dstEp, src.identity);
-    return { revision: this.revision, src, dst, dport, sides };
+    const headerFree = sides.every((x) => !x.rules || x.rules.every((r) => !r.headers.length && !r.matches.length));
+    return { revision: this.revision, src, dst, dport, sides, ...(headerFree ? { verdicts: new Map() } : {}) };
   }
 
+  /** The decision for one request: cached per connection policy when only method, path and host
+   *  matter (ConnectionPolicy.verdicts), else worked out each time. Decisions are shared: read-only. */
   decide(c: ConnectionPolicy, req: RequestView): ProxyDecision {
+    const cache = c.verdicts;
+    if (!cache) return this.work(c, req);
+    const { method, path, host } = req;
+    if (method.length + path.length + host.length > MAX_CACHED_KEY) return this.work(c, req);
+    // A method is a token and a path has no spaces (the request line is split at them): unambiguous.
+    const key = `${method} ${path} ${host}`;
+    let d = cache.get(key);
+    if (!d) {
+      d = this.work(c, req);
+      if (cache.size >= MAX_CACHED_DECISIONS) cache.clear();
+      cache.set(key, d);
+    }
+    return d;
+  }
+
+  private work(c: ConnectionPolicy, req: RequestView): ProxyDecision {
     const out: ProxyDecision = { allowed: true, edits: NO_EDITS, sides: [], mismatches: NO_EDITS as unknown as string[] };
     for (const side of c.sides) {
       const e = side.entry;
