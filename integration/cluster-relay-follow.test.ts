@@ -82,9 +82,21 @@ t.test(
       t.equal(await probe(a.ns, b.ip4, 8081, 3000), 'ok', 'a (n3) -> b (n1) again');
       await eventually('n3 flows again', () => seen.slice(before).some(fromTo(a, 'n3')), 15_000, 100);
       t.ok(seen.slice(before).some(fromTo(a, 'n3')), 'and its flows come through the same follow again');
-      const followTimes = seen.filter((x) => x.flow).map((x) => timeNs(x.time));
-      const outOfOrder = followTimes.filter((v, i) => i > 0 && v < followTimes[i - 1]).length;
-      t.equal(outOfOrder, 0, `${followTimes.length} followed flows, in time order`);
+      const followed = seen.filter((x) => x.flow);
+      const followTimes = followed.map((x) => timeNs(x.time));
+      const outOfOrder = followTimes.flatMap((v, i) => (i > 0 && v < followTimes[i - 1] ? [i] : []));
+      // Each pair says which node's flow came late and by how much: a node slower than the relay's
+      // sort window, or flows a reconnected node replayed.
+      const show = (i: number) =>
+        `#${i} ${followed[i].flow!.nodeName} ${followed[i].flow!.IP?.source}->${followed[i].flow!.IP?.destination} at ${followTimes[i]}`;
+      const pairs = outOfOrder.map(
+        (i) => `${show(i - 1)} then ${show(i)} (${(followTimes[i - 1] - followTimes[i]) / 1_000_000n} ms older)`,
+      );
+      t.equal(
+        outOfOrder.length,
+        0,
+        `${followTimes.length} followed flows, in time order${pairs.length ? `: ${pairs.join('; ')}` : ''}`,
+      );
     } finally {
       stream.cancel();
       await reading;

@@ -82,6 +82,11 @@ export async function startRelayCluster(dir = certsDir()): Promise<RelayCluster>
       path.join(certs, 'relay.key'),
       '--tls-server-client-ca-file',
       path.join(certs, 'ca.pem'),
+      // A follow orders flows that reach the relay within this window (default 250 ms, as Hubble
+      // Relay). On a loaded CI machine a node's flow can take longer to arrive (its ring reader, TLS),
+      // which the follow's order check then saw as one flow out of order: 3 s covers that.
+      '--sort-buffer-drain-timeout',
+      '3s',
       '--log-level',
       'debug',
     ],
