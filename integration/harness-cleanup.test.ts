@@ -50,11 +50,16 @@ async function runAndKill(mode: 'wait' | 'crash', signal?: NodeJS.Signals) {
   return { created, code };
 }
 
-async function assertNothingLeft(t: Test, c: Created, waitMs = 3000) {
+async function assertNothingLeft(t: Test, c: Created, waitMs = 15_000) {
   // After a SIGKILL the guardian does the removing, a moment after the fixture died.
   // The kernel removes a deleted netns's veths asynchronously (its cleanup workqueue): poll for them too.
+  // Every item below is polled (a loaded CI machine can take seconds); each is then asserted on its own.
   const gone = () =>
-    !c.netns.some((n) => fs.existsSync(`/var/run/netns/${n}`)) && !fs.existsSync(c.stateDir) && !linkExists(c.hostVeth);
+    !c.netns.some((n) => fs.existsSync(`/var/run/netns/${n}`)) &&
+    !fs.existsSync(c.stateDir) &&
+    !fs.existsSync(c.bpffsDir) &&
+    !linkExists(c.hostDevice) &&
+    !linkExists(c.hostVeth);
   for (const deadline = Date.now() + waitMs; !gone() && Date.now() < deadline; ) await sleep(100);
   for (const n of c.netns) t.notOk(fs.existsSync(`/var/run/netns/${n}`), `netns ${n} deleted`);
   t.notOk(linkExists(c.hostDevice), `host device ${c.hostDevice} deleted`);
@@ -62,7 +67,7 @@ async function assertNothingLeft(t: Test, c: Created, waitMs = 3000) {
   t.notOk(fs.existsSync(c.bpffsDir), `pin dir ${c.bpffsDir} removed`);
   t.notOk(fs.existsSync(c.stateDir), `state dir ${c.stateDir} removed`);
   // Killed processes go once init reaped them.
-  const deadline = Date.now() + 5000;
+  const deadline = Date.now() + 15_000;
   while (c.pids.some(alive) && Date.now() < deadline) await sleep(50);
   for (const pid of c.pids) t.notOk(alive(pid), `process ${pid} killed`);
   const ledgers = fs.existsSync(LEDGER_DIR) ? fs.readdirSync(LEDGER_DIR) : [];

@@ -90,8 +90,10 @@ export function routeExists(dst: string): boolean {
 }
 
 /** A deleted endpoint's veth (and the routes on it) goes right after its DEL answered (the agent's
- *  reaper): true once none of `names` exists (polled every 50 ms), false after timeoutMs. */
-export async function linkGone(names: string | string[], timeoutMs = 3000): Promise<boolean> {
+ *  reaper, and for a deleted netns the kernel's cleanup workqueue): true once none of `names` exists
+ *  (polled every 50 ms), false after timeoutMs. The deadline is generous because a loaded 2-vCPU CI
+ *  machine can take seconds; it costs nothing when the link goes at once. */
+export async function linkGone(names: string | string[], timeoutMs = 15_000): Promise<boolean> {
   const all = [names].flat();
   for (const deadline = Date.now() + timeoutMs; Date.now() < deadline; await new Promise((r) => setTimeout(r, 50))) {
     if (!all.some(linkExists)) return true;
