@@ -2,6 +2,7 @@
 // closed; established connections and what was learned survive the restart.
 import t from 'tap';
 import { probe } from './lib/probe.ts';
+import { pollUntil } from '../shared/test/lib/poll.ts';
 import { startFlow } from './lib/tcp.ts';
 import { resolveAndConnect } from './lib/dns.ts';
 import { dnsFqdnForFile, until } from './lib/dns-fqdn-file.ts';
@@ -25,7 +26,7 @@ t.test('agent restart: established connections and learned names survive; the pr
   t.ok(down.error, `with the agent (and its DNS proxy) down, DNS fails closed (${down.error})`);
   await agent.restart();
   const before = flow.echoed();
-  await new Promise((res) => setTimeout(res, 1000));
+  await pollUntil(() => flow.echoed() > before || flow.failed() !== null, 20_000, 100);
   t.ok(flow.echoed() > before && !flow.failed(), 'the established connection kept working through the restart');
   t.ok(
     (await cacheList('www.pattern.test')).some((e) => e.ip === W.www),

@@ -239,7 +239,7 @@ t.test(
     const flow = startFlow(nsOf.other, ip4(eps.web), TCP_A);
     const kept = startFlow(nsOf.client, ip4(eps.web), TCP_A);
     children.push(flow, kept);
-    await eventually('both long-lived flows run', () => flow.echoed() > 0 && kept.echoed() > 0, 5000);
+    await eventually('both long-lived flows run', () => flow.echoed() > 0 && kept.echoed() > 0, 30_000);
     await importPolicy(`apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: only-client}

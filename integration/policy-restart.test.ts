@@ -8,6 +8,7 @@ import { createNetns, type TestNetns } from './lib/netns.ts';
 import { startEchoServer, startFlow, killAll } from './lib/tcp.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { probe } from './lib/probe.ts';
+import { pollUntil } from '../shared/test/lib/poll.ts';
 import type { AgentClient } from '../shared/src/api/client.ts';
 import type { Endpoint } from '../shared/src/types.ts';
 
@@ -121,7 +122,7 @@ t.test('restart keeps enforcing throughout; agent-wide audit mode', async (t) =>
   );
   t.equal(flow.failed(), null, 'the live flow survived');
   const echoed = flow.echoed();
-  await new Promise((r) => setTimeout(r, 300));
+  await pollUntil(() => flow.echoed() > echoed || flow.failed() !== null, 20_000, 100);
   t.ok(flow.echoed() > echoed, 'and still flows');
   flow.stop();
 
