@@ -27,6 +27,10 @@ export interface Cast {
   pods: Record<string, Pod>;
   /** Packets the datapath dropped so far, by Hubble's reason name (INVALID_SOURCE_IP, ...). */
   drops(): Promise<Record<string, number>>;
+  /** The counters once every reason in `least` grew by at least that much over `before`, or as they
+   *  are after `ms` (the caller asserts): a sent frame reaches the datapath from the kernel's backlog,
+   *  which a loaded machine runs late, so one read right after sending can miss it. */
+  dropsReaching(before: Record<string, number>, least: Record<string, number>, ms?: number): Promise<Record<string, number>>;
 }
 
 export const reasonName = dropReasonName;
@@ -56,6 +60,13 @@ export function castOf(names: string[], opts: StartAgentOptions = {}): Cast {
     for (const ns of nss) ns.remove();
   });
   cast.drops = async () => (await cast.agent.client.request<{ drops: Record<string, number> }>('GET', '/v1/policy/status')).drops;
+  cast.dropsReaching = async (before, least, ms = 15_000) => {
+    let now = await cast.drops();
+    const met = () => Object.entries(least).every(([r, n]) => (now[r] ?? 0) - (before[r] ?? 0) >= n);
+    for (const end = Date.now() + ms; !met() && Date.now() < end; now = await cast.drops())
+      await new Promise((r) => setTimeout(r, 100));
+    return now;
+  };
   return cast;
 }
 
