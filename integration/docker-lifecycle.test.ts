@@ -159,7 +159,7 @@ t.test('--restart always container across an agent restart', async (t) => {
   t.ok(await runningAgain(e, svc, 15_000), 'running again');
   const ip = (await e.addressOf(svc, net)).ip;
   t.ok(ip, `its new address is known (${ip})`);
-  t.ok(await e.pingEventually(cli, ip, 10_000), 'reachable through its new endpoint');
+  t.ok(await e.pingEventually(cli, ip), 'reachable through its new endpoint');
   t.equal((await e.agent.client.listEndpoints()).length, 2, 'old endpoint deleted, new one created');
   // Told by the Docker API, not let up by the label timeout (a read of the old endpoint's labels in
   // flight across the restart once swallowed the new endpoint's: down 10 s, never named).
@@ -183,7 +183,7 @@ t.test('a crash-looping --restart always container: reachable through each new e
       (await eventually(async () => (await restartCount(e, svc)) > before, 15_000)) && (await runningAgain(e, svc, 15_000));
     const ip = (await e.addressOf(svc, net)).ip;
     t.ok(back && ip, `round ${round}: running again with an address (${ip})`);
-    t.ok(await e.pingEventually(cli, ip, 10_000), `round ${round}: reachable through its new endpoint`);
+    t.ok(await e.pingEventually(cli, ip), `round ${round}: reachable through its new endpoint`);
     t.equal((await e.agent.client.listEndpoints()).length, 2, `round ${round}: its old endpoint deleted`);
     if (old) t.ok(await linkGone(old.hostIfName), `round ${round}: the old host veth is gone`);
     t.ok(await eventually(async () => (await byContainer(e)).has(svc)), `round ${round}: the new endpoint labelled`);
@@ -204,12 +204,12 @@ t.test('dockerd restart: restart-always containers come back, others release the
   await own.restart();
   t.ok(await runningAgain(e, always, 30_000), 'restart-always container running again');
   t.equal((await e.docker(['inspect', '-f', '{{.State.Running}}', plain])).trim(), 'false', 'the plain one stays stopped');
-  t.ok(await e.pingEventually(always, s.gateway, 10_000), 'it reaches its gateway through a new endpoint');
+  t.ok(await e.pingEventually(always, s.gateway), 'it reaches its gateway through a new endpoint');
   const now = await e.agent.client.listEndpoints();
   t.equal(now.length, 1, 'one endpoint: the restarted container');
   for (const ep of old) t.ok(await linkGone(ep.hostIfName), `old host veth ${ep.hostIfName} gone`);
   t.ok(
-    await eventually(async () => (await e.agent.client.listEndpoints())[0]?.docker?.containerName === always, 10_000),
+    await eventually(async () => (await e.agent.client.listEndpoints())[0]?.docker?.containerName === always, 30_000),
     'labelled after the dockerd restart (event stream reconnected)',
   );
   await e.docker(['start', plain]);

@@ -41,11 +41,11 @@ t.test('Docker containers: HTTP rules on container traffic, L7 flows name the co
   const ip = (await e.addressOf(web, net)).ip;
   let last = '';
   t.ok(
-    await eventually(async () => (last = await httpGet(e, client, ip, `/private.html`)).includes('the-secret'), 10_000),
+    await eventually(async () => (last = await httpGet(e, client, ip, `/private.html`)).includes('the-secret'), 30_000),
     `no policy: everything is served (${last})`,
   );
   t.ok(
-    await eventually(async () => (await e.agent.client.listEndpoints()).every((x) => x.labels['container:app']), 10_000),
+    await eventually(async () => (await e.agent.client.listEndpoints()).every((x) => x.labels['container:app']), 30_000),
     'labels learnt from Docker',
   );
 
@@ -79,7 +79,7 @@ spec:
   const flows = async () =>
     (await observer.collect({ number: 100, whitelist: [{ eventType: [{ type: 129 }] }] })).map((r) => r.flow!);
   t.ok(
-    await eventually(async () => (await flows()).some((f) => f.l7?.http?.url?.endsWith(marker)), 10_000),
+    await eventually(async () => (await flows()).some((f) => f.l7?.http?.url?.endsWith(marker)), 30_000),
     'the request is an L7 flow',
   );
   const all = await flows();
@@ -91,7 +91,7 @@ spec:
   t.match(denied, { verdict: 'DROPPED', ingressDeniedBy: [{ name: 'docker-web-l7' }] }, 'the denied request too');
   await pc.delete('all');
   t.ok(
-    await eventually(async () => (await httpGet(e, client, ip, `/private.html`)).includes('the-secret'), 10_000),
+    await eventually(async () => (await httpGet(e, client, ip, `/private.html`)).includes('the-secret'), 30_000),
     'policy deleted: served again',
   );
 });

@@ -29,7 +29,7 @@ t.test('Docker containers: selected by their labels, closed until the labels are
   const webIp = (await e.addressOf(web, net)).ip;
   t.ok(await e.pingEventually(cli, webIp), 'no policy: connectivity');
   t.ok(
-    await eventually(async () => (await e.agent.client.listEndpoints()).every((x) => x.labels['container:app']), 10_000),
+    await eventually(async () => (await e.agent.client.listEndpoints()).every((x) => x.labels['container:app']), 30_000),
     'labels learnt from Docker',
   );
 
@@ -51,7 +51,7 @@ spec:
   // A second web container: open to the client, closed to the others, from the start.
   const web2 = await e.run(['--network', net, '--label', 'app=web'], ['nc', '-ll', '-p', '7000', '-e', 'cat']);
   const web2Ip = (await e.addressOf(web2, net)).ip;
-  t.ok(await eventually(() => tcp(e, cli, web2Ip), 10_000), 'client -> new web container, once labelled');
+  t.ok(await eventually(() => tcp(e, cli, web2Ip), 30_000), 'client -> new web container, once labelled');
   t.notOk(await tcp(e, other, web2Ip), 'other -> new web container denied');
   const eps = await e.agent.client.listEndpoints();
   const web2Ep = eps.find((x) => x.docker?.containerName === web2)!;

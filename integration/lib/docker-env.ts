@@ -114,7 +114,7 @@ export class DockerTestEnv {
   }
 
   /** Retries until the ping works (a just-started container) or the time is up. */
-  async pingEventually(container: string, ip: string, ms = 5000): Promise<boolean> {
+  async pingEventually(container: string, ip: string, ms = 30_000): Promise<boolean> {
     const end = Date.now() + ms;
     do {
       if (await this.ping(container, ip)) return true;
@@ -167,8 +167,9 @@ export function dockerFixture(file: Test): {
   };
 }
 
-/** Polls until `cond` holds or the time is up (every 100 ms: each look asks dockerd); whether it held. */
-export const eventually = (cond: () => boolean | Promise<boolean>, ms = 5000, stepMs = 100): Promise<boolean> =>
+/** Polls until `cond` holds or the time is up (every 100 ms: each look asks dockerd); whether it held.
+ *  The default deadline is generous: a loaded 2-vCPU CI machine can take seconds per docker call. */
+export const eventually = (cond: () => boolean | Promise<boolean>, ms = 30_000, stepMs = 100): Promise<boolean> =>
   pollUntil(cond, ms, stepMs);
 
 export { startDockerd, randomId, sleep };
