@@ -188,10 +188,18 @@ t.test("a client built from Hubble's published field numbers reads the real agen
 });
 
 t.test('the metrics page parses as Prometheus text and agrees with the observer', async (t) => {
-  await new Promise((r) => setTimeout(r, 300)); // traffic is over: let the last events drain
-  const page = await scrape();
-  const status = await observer.status();
-  const processed = page.get('membrane_flows_processed_total')!.samples.reduce((n, s) => n + s.value, 0);
+  // Traffic is over, but its last events (and late ones such as a closing connection's) reach the
+  // counters through the ring reader a moment later, and an event between the scrape and the status
+  // read makes them differ for that pair of reads: read both until one pair agrees (15 s at most).
+  let page = await scrape();
+  let status = await observer.status();
+  const processedOf = (p: typeof page) => p.get('membrane_flows_processed_total')!.samples.reduce((n, s) => n + s.value, 0);
+  for (const end = Date.now() + 15_000; processedOf(page) !== status.seenFlows && Date.now() < end; ) {
+    await new Promise((r) => setTimeout(r, 200));
+    page = await scrape();
+    status = await observer.status();
+  }
+  const processed = processedOf(page);
   t.equal(processed, status.seenFlows, 'flows counted = flows seen by the observer');
   t.equal(sampleValue(page, 'membrane_flow_events_lost_total', { source: 'datapath' }), status.membrane?.lostEventsDatapath);
   t.ok((sampleValue(page, 'membrane_drop_count_total', { reason: 'POLICY_DENIED' }) ?? 0) >= 2);

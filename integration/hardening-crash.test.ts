@@ -145,7 +145,7 @@ t.test('DELs the agent could not take are queued next to its socket and drained 
     }),
   );
   let left: string[] = [];
-  for (let i = 0; i < 40; i++) {
+  for (let i = 0; i < 120; i++) {
     left = (await node.agent.client.listEndpoints()).map((e) => e.containerId);
     if (!left.includes(ids[1]) && listPendingDeletes(queue).length === 0) break;
     await sleep(250);

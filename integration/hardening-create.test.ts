@@ -11,6 +11,7 @@ import { startNode, type TestNode } from './lib/node-netns.ts';
 import { createNetns, ping, type TestNetns } from './lib/netns.ts';
 import { ensureCniBinary, invokeCni } from '../cni/test/lib/exec.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
+import { pollUntil } from '../shared/test/lib/poll.ts';
 
 ensureCniBinary();
 const cniConf = (node: TestNode, extra: object = {}) => ({
@@ -261,7 +262,10 @@ spec:
         '-c',
         `import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM); [s.sendto(b'hi', ('${addr}', 9999)) for _ in range(3)]`,
       ]);
-      await sleep(200);
+      // The sniffer first works through the flood queued on its socket: on a loaded machine that takes
+      // a while, so wait (15 s at most) for the friend's datagram to show up before stopping it.
+      const friendHit = new RegExp(`^hit ${ip4(friend.ep).replace(/\./g, '\\.')} `, 'm');
+      await pollUntil(() => friendHit.test(sniffer.out()), 15_000, 50);
       await sniffer.stop();
       const lines = sniffer
         .out()

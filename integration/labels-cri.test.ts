@@ -117,7 +117,7 @@ spec:
   }
 
   const ready = async (id: string): Promise<Endpoint> => {
-    for (let i = 0; i < 100; i++) {
+    for (const end = Date.now() + 30_000; Date.now() < end; ) {
       const ep = await agent.client.getEndpoint(id, 'eth0');
       if (!ep.labelsPending) return ep;
       await new Promise((r) => setTimeout(r, 50));
