@@ -10,6 +10,7 @@ import type { Test } from 'tap';
 import { AgentClient } from '../../shared/src/api/client.ts';
 import type { Endpoint } from '../../shared/src/types.ts';
 import { ownChild, ownDir, ownLink, type Release, signalAndWait } from './cleanup.ts';
+import { claimSubnet } from './subnets.ts';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 const AGENT_MAIN = path.join(REPO, 'shared/src/agent/main.ts');
@@ -99,10 +100,14 @@ export function randomId(bytes = 4): string {
   return crypto.randomBytes(bytes).toString('hex');
 }
 
-/** A random /24 under 10.64.0.0/10 (clear of the agent's default 10.200.0.0/16). */
+/** A random /24 under 10.64.0.0/10 (clear of the agent's default 10.200.0.0/16), claimed for this
+ *  process so that a test file running at the same time never gets the same one. */
 export function randomSubnet24(): string {
-  const b = crypto.randomBytes(2);
-  return `10.${64 + (b[0] % 128)}.${b[1]}.0/24`;
+  const prefix = claimSubnet(() => {
+    const b = crypto.randomBytes(2);
+    return `10.${64 + (b[0] % 128)}.${b[1]}`;
+  });
+  return `${prefix}.0/24`;
 }
 
 export function randomSubnet6(): string {

@@ -10,13 +10,17 @@ import { startAgent, randomId, sleep, type TestAgent } from './agent.ts';
 import { startDockerd, type Dockerd } from './dockerd.ts';
 import { ensureBusyboxImage } from './bbimage.ts';
 import { pollUntil } from '../../shared/test/lib/poll.ts';
+import { claimSubnet } from './subnets.ts';
 
 export const PLUGIN_DIR = '/run/docker/plugins';
 
-/** A random 10.2xx.y.0/24 for Docker networks (clear of the agent's 10.64-191 test pools and 10.200/16). */
+/** A random 10.2xx.y.0/24 for Docker networks (clear of the agent's 10.64-191 test pools and 10.200/16),
+ *  claimed for this process: a test file running at the same time never gets the same one. */
 export function dockerSubnet(): { cidr: string; prefix: string; gateway: string } {
-  const b = crypto.randomBytes(2);
-  const prefix = `10.${210 + (b[0] % 40)}.${b[1]}`;
+  const prefix = claimSubnet(() => {
+    const b = crypto.randomBytes(2);
+    return `10.${210 + (b[0] % 40)}.${b[1]}`;
+  });
   return { cidr: `${prefix}.0/24`, prefix, gateway: `${prefix}.1` };
 }
 
