@@ -11,7 +11,8 @@ const execFileP = promisify(execFile);
 export interface TestNetns {
   name: string;
   path: string;
-  /** Run a command inside; rejects with stderr on a non-zero exit. */
+  /** Run a command inside; rejects with stderr on a non-zero exit, or when it is still running after
+   *  timeoutMs (default 60 s: only a hung command meets it; at load 30 a python3 start took over 20 s). */
   exec(cmd: string, args: string[], opts?: { timeoutMs?: number }): Promise<string>;
   /** Start a long-running command inside. */
   spawn(cmd: string, args: string[]): ChildProcess;
@@ -29,7 +30,7 @@ export function createNetns(prefix = 'mbt'): TestNetns {
     name,
     path,
     async exec(cmd, args, opts = {}) {
-      const { stdout } = await execFileP('nsenter', [`--net=${path}`, cmd, ...args], { timeout: opts.timeoutMs ?? 20_000 });
+      const { stdout } = await execFileP('nsenter', [`--net=${path}`, cmd, ...args], { timeout: opts.timeoutMs ?? 60_000 });
       return stdout;
     },
     spawn(cmd, args) {
