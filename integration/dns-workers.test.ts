@@ -132,10 +132,11 @@ t.test('a policy change reaches the workers: a name allowed a moment ago is refu
 });
 
 t.test('ICMP port unreachable on an upstream socket: SERVFAIL at once, nothing learned', async (t) => {
-  const t0 = Date.now();
   const r = await resolveAndConnect(client, DEAD, 'n7.workers.test', 0);
   t.equal(r.error, 'ESERVFAIL', 'the query in flight is failed (not left to time out)');
-  t.ok(Date.now() - t0 < 2000, `answered before the client's 2 s timeout (${Date.now() - t0} ms)`);
+  // Timed in the client from its query: the wall clock here also counts starting a node process in
+  // the pod, seconds on a loaded machine (the full suite saw 3279 ms).
+  t.ok((r.ms ?? Infinity) < 2000, `answered before the client's 2 s timeout (${r.ms} ms)`);
   t.notOk(
     (await cacheList()).some((e) => e.ip === hostIp(7)),
     'and nothing was learned',

@@ -73,7 +73,8 @@ export async function startDnsmasq(
 const RESOLVE_CONNECT = `
 const dns = require('dns'), net = require('net');
 const [server, name, port, ms, proto] = process.argv.slice(1);
-const out = (o) => { process.stdout.write(JSON.stringify(o)); process.exit(0); };
+const t0 = Date.now();
+const out = (o) => { process.stdout.write(JSON.stringify({ ...o, ms: Date.now() - t0 })); process.exit(0); };
 const connect = (ips, ttl) => {
   if (!Number(port)) out({ ips, ttl });
   const s = net.connect({ host: ips[0], port: Number(port) });
@@ -110,6 +111,8 @@ export interface ResolveResult {
   ttl?: number;
   connect?: string;
   error?: string;
+  /** From the query to this result, timed in the client (its process start excluded). */
+  ms?: number;
 }
 
 /** Resolves `name` at `server` from inside `ns` (UDP by default), then connects to the first address on
