@@ -182,7 +182,7 @@ except socket.timeout: print("timeout")`,
           ip,
           String(port),
         ],
-        { timeoutMs: 10_000 },
+        { timeoutMs: 60_000 }, // only a hung run meets it: a python3 start alone took 5-10 s at load 20+
       )
       .then((o) => o.trim());
   const cap = await sniff(d.ns, 120); // until stop()
