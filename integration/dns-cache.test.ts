@@ -81,24 +81,28 @@ function cacheGeneration(): number {
 
 /** Asks `q` with the server paused (SIGSTOP), so that only the datapath can answer it. A change of
  *  the maps drops every entry (another test file's host device address is one: the host identity's
- *  addresses), which a loaded run can meet between storing an answer and asking again: then the
- *  answer is stored again (the server resumed, the proxy asked) and `q` asked again, 5 times at most.
- *  Each try without such a change counts as it is. Leaves the server paused. */
+ *  addresses), which a loaded run can meet between storing an answer and asking again. `storedGen` is
+ *  the generation read before the answer was stored: when it is no longer current and nothing
+ *  answered, the answer is stored again (the server resumed, the proxy asked) and `q` asked again,
+ *  5 times at most. A try with the generation unchanged counts as it is. Leaves the server paused;
+ *  returns the generation to pass to the next call. */
 async function askCached(
   server: { child: { kill(s: NodeJS.Signals): boolean } },
   ns: { path: string },
   dnsIp: string,
   q: Buffer,
   prime: Buffer,
+  storedGen: number,
   pauseMs = 0,
-): Promise<{ reply: string; tries: number }> {
+): Promise<{ reply: string; tries: number; gen: number }> {
+  let gen = storedGen;
   for (let tries = 1; ; tries++) {
-    const gen = cacheGeneration();
     server.child.kill('SIGSTOP');
     if (pauseMs) await new Promise((r) => setTimeout(r, pauseMs));
     const [reply] = await exchange(ns, dnsIp, [q]);
-    if (decode(reply)?.ips.length || cacheGeneration() === gen || tries === 5) return { reply, tries };
+    if (decode(reply)?.ips.length || cacheGeneration() === gen || tries === 5) return { reply, tries, gen };
     server.child.kill('SIGCONT');
+    gen = cacheGeneration(); // read before storing: a change after it shows in the next try
     await exchange(ns, dnsIp, [prime]);
   }
 }
@@ -131,6 +135,7 @@ spec:
 
   const before = await dnsStatus();
   const firstAsked = Date.now(); // no entry is older than this
+  const firstGen = cacheGeneration(); // nor stored under an older generation
   // The first answer teaches a new address (the maps change: nothing is cached under the verdict made
   // before); once an answer teaches nothing new it is cached, and the next query is answered by the
   // datapath.
@@ -180,12 +185,17 @@ spec:
   t.equal(afterCd.queries - afterEdns.queries, 1, 'the proxy saw it');
 
   // The server down (paused; killed below): still answered, the TTL counted down.
-  const { reply: down, tries } = await askCached(
+  const {
+    reply: down,
+    tries,
+    gen,
+  } = await askCached(
     server,
     nsOf.client,
     W.evilDns,
     query(0x3333, 'api.test.internal'),
     query(0x3330, 'api.test.internal'),
+    firstGen,
     1200,
   );
   const a3 = decode(down);
@@ -244,6 +254,7 @@ spec:
     W.evilDns,
     query(0x6666, 'api.test.internal'),
     query(0x6660, 'api.test.internal'),
+    gen,
   );
   server.child.kill('SIGKILL');
   t.same(decode(still)?.ips, [W.api], `the program still answers the real query afterwards (try ${stillTries})`);
