@@ -74,7 +74,7 @@ export async function startHttpServer(
   log?: string,
 ): Promise<ChildProcess> {
   const child = nodeIn(ns, SERVER, [String(port), host, name, ...(log ? [log] : [])]);
-  await untilListening(child, `HTTP server ${name}`, 15_000);
+  await untilListening(child, `HTTP server ${name}`, 60_000);
   return child;
 }
 

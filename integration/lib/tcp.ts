@@ -66,7 +66,7 @@ export function untilListening(child: ChildProcess, what: string, ms: number): P
 
 export async function startEchoServer(ns: TestNetns, port: number, host = '::'): Promise<ChildProcess> {
   const child = nodeIn(ns, SERVER, [String(port), host]);
-  await untilListening(child, 'echo server', 10_000);
+  await untilListening(child, 'echo server', 60_000); // a node start under nsenter took over 10 s at load 12-20
   return child;
 }
 
