@@ -47,10 +47,14 @@ export function nodeIn(
   });
 }
 
-/** Resolves once a server child prints `listening`; rejects when it exits first or after `ms`. */
+/** Resolves once a server child prints `listening`; rejects when it exits first or after `ms` (then
+ *  kills it: nobody holds it to stop it, and a live child keeps the test file from ever ending). */
 export function untilListening(child: ChildProcess, what: string, ms: number): Promise<void> {
   return new Promise<void>((resolve, reject) => {
-    const timer = setTimeout(() => reject(new Error(`${what} did not start`)), ms);
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(new Error(`${what} did not start`));
+    }, ms);
     child.stdout!.on('data', (d: Buffer) => {
       if (d.toString().includes('listening')) {
         clearTimeout(timer);
