@@ -3,6 +3,8 @@
 import { z } from 'zod';
 
 const id = z.string().regex(/^[0-9a-f]{64}$/, 'expected a 64-hex Docker id');
+/** The address space names a pool's stored record: bounded so that record's file name stays legal. */
+const addressSpace = z.string().max(64, 'AddressSpace must be at most 64 characters').default('');
 /** Generic option maps carry lists and objects as well as strings (portmap, exposedports, ...). */
 const anyOptions = z
   .record(z.string(), z.unknown())
@@ -10,7 +12,7 @@ const anyOptions = z
   .transform((o) => o ?? {});
 
 export const IpamDataSchema = z.object({
-  AddressSpace: z.string().default(''),
+  AddressSpace: addressSpace,
   Pool: z.string().min(1, 'Pool must not be empty'),
   Gateway: z.string().optional().default(''),
   AuxAddresses: z
@@ -74,7 +76,7 @@ export const ProgramExternalSchema = z.object({ NetworkID: id, EndpointID: id, O
 export const DiscoverySchema = z.object({ DiscoveryType: z.number().int(), DiscoveryData: z.unknown() });
 
 export const RequestPoolSchema = z.object({
-  AddressSpace: z.string().default(''),
+  AddressSpace: addressSpace,
   Pool: z.string().default(''),
   SubPool: z.string().default(''),
   Options: z

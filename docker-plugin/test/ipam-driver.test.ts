@@ -147,6 +147,9 @@ t.test('RequestPool refuses what a docker user would get wrong, in their words',
     [{ Pool: '10.1.0.0/31' }, /too small/],
     [{ Pool: '10.1.0.0/24', SubPool: '10.2.0.0/25' }, /--ip-range 10.2.0.0\/25 is not inside --subnet 10.1.0.0\/24/],
     [{ Pool: '10.1.0.0/24', Options: { 'membrane.x': '1' } }, /unknown IPAM option --ipam-opt membrane.x/],
+    // Found by hardening-fuzz-libnetwork: a 300-character address space made the pool record's
+    // file name too long, and the answer was the store's ENAMETOOLONG.
+    [{ Pool: '10.1.0.0/24', AddressSpace: 'x'.repeat(300) }, /AddressSpace must be at most 64 characters/],
   ];
   for (const [body, re] of cases) {
     const r = await req(body);
