@@ -276,6 +276,7 @@ static __always_inline int ct_create(const struct pkt *p, __u8 scope, const stru
 	struct ct_entry *old;
 	__u64 now = bpf_ktime_get_ns();
 	__u32 owner = ep->endpoint_id, old_owner;
+	bool straggler;
 	int err;
 
 	ct_key_of(&k, p, scope, false);
@@ -311,6 +312,20 @@ static __always_inline int ct_create(const struct pkt *p, __u8 scope, const stru
 	} else if (p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_FIN)) {
 		e.state = CT_STATE_CLOSING;
 	}
+	/* A TCP segment that cannot open a connection and carries no data (a bare ACK, FIN or RST), or any
+	 * RST: see below; it never makes an entry. */
+	straggler = p->proto == IPPROTO_TCP && p->has_l4 && !p->later_fragment && !(p->tcp_flags & TCP_SYN) &&
+		    (p->tcp_bare || (p->tcp_flags & TCP_RST));
+	/* The common case first: a new tuple, inserted without looking for an old entry. */
+	if (!straggler && !ct_over_share(owner)) {
+		err = bpf_map_update_elem(&conntrack, &k, &e, BPF_NOEXIST);
+		if (!err) {
+			ct_count(owner, 1);
+			return 0;
+		}
+		if (err != -17 /* EEXIST: an old entry of the tuple, below */)
+			return err;
+	}
 	/* A dead, unbound or revoked entry of the same tuple is replaced in place: the owner's own (tuple
 	 * reuse: a client's next connection from a port whose last one is still closing) costs its share
 	 * nothing, so it is not asked about. */
@@ -338,8 +353,7 @@ static __always_inline int ct_create(const struct pkt *p, __u8 scope, const stru
 	 * second those filled a client's share within seconds and starved its new connections. Nothing
 	 * passes that did not before: every such segment meets the policy on its own, and its answer (if
 	 * any) meets the policy as a new flow. A connection that resumes with data is tracked again. */
-	if (p->proto == IPPROTO_TCP && p->has_l4 && !p->later_fragment && !(p->tcp_flags & TCP_SYN) &&
-	    (p->tcp_bare || (p->tcp_flags & TCP_RST)))
+	if (straggler)
 		return CT_UNTRACKED;
 	if (ct_over_share(owner))
 		return -1;
