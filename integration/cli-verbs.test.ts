@@ -283,7 +283,7 @@ t.test('policy import: a JSON rule array as cilium-dbg takes it, and -n for docu
   t.equal(imported.code, 0, imported.err);
   t.match(imported.out, new RegExp(`^revision \\d+: created rules-${run}\\n`));
   t.match((await cli('policy', 'get')).out, new RegExp(`rules-${run} +CiliumClusterwideNetworkPolicy`));
-  t.equal(await probe(nsClient, ip4(server), PORT), 'ok', 'client -> server on any TCP port (a port-less toPorts entry)');
+  t.equal(await probe(nsClient, ip4(server), PORT, 5000), 'ok', 'client -> server on any TCP port (a port-less toPorts entry)');
   const cnp = path.join(dir, 'cnp.yaml');
   fs.writeFileSync(
     cnp,

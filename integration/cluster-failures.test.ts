@@ -58,7 +58,7 @@ t.test(
     await eventually('doomed known everywhere', () => known(doomed));
 
     await c.etcd.kill9();
-    t.equal(await probe(client.ns, web.ip4, PORT), 'ok', 'etcd down: client -> web still connects');
+    t.equal(await probe(client.ns, web.ip4, PORT, 5000), 'ok', 'etcd down: client -> web still connects');
     t.equal(await probe(other.ns, web.ip4, PORT), 'timeout', 'etcd down: other -> web still dropped');
 
     const t0 = Date.now();
@@ -132,7 +132,7 @@ t.test(
     );
     const fresh = await n2.pod({ app: 'brand-new' });
     t.ok(fresh.endpoint.identity >= 256, `the new label set gets an identity now (${fresh.endpoint.identity})`);
-    t.equal(await probe(client.ns, web.ip4, PORT), 'ok', 'and traffic still flows');
+    t.equal(await probe(client.ns, web.ip4, PORT, 5000), 'ok', 'and traffic still flows');
   },
 );
 

@@ -46,7 +46,7 @@ t.test('native routing: routes via the node addresses, no tunnel device, pod add
 
   const cap = await sniff(c.underlay, 20, 'n1');
   t.ok(await ping(a.ns, b.ip4, 3), 'ping n1 -> n2');
-  t.equal(await probe(a.ns, b.ip4, 8080, 3000), 'ok', 'TCP n1 -> n2');
+  t.equal(await probe(a.ns, b.ip4, 8080, 5000), 'ok', 'TCP n1 -> n2');
   const frames = await cap.stop();
   const direct = frames.map((f) => frameInfo(f.frame)).filter((i) => i && i.src === a.ip4 && i.dst === b.ip4);
   t.ok(direct.length >= 3, `${direct.length} packets with pod addresses straight on the underlay`);
@@ -59,8 +59,8 @@ t.test('native routing: routes via the node addresses, no tunnel device, pod add
   );
 
   servers.push(await startEchoServer(a.ns, 8090, '::'), await startEchoServer(n2.netns, 8091, '0.0.0.0'));
-  t.equal(await probe(n2.netns, a.ip4, 8090, 3000), 'ok', 'node n2 -> the pod on n1');
-  t.equal(await probe(a.ns, n2.ip, 8091, 3000), 'ok', "the pod on n1 -> node n2's address");
+  t.equal(await probe(n2.netns, a.ip4, 8090, 5000), 'ok', 'node n2 -> the pod on n1');
+  t.equal(await probe(a.ns, n2.ip, 8091, 5000), 'ok', "the pod on n1 -> node n2's address");
 });
 
 t.test(
@@ -74,7 +74,7 @@ t.test(
     await eventually('pods known', () => known(web) && known(client) && known(other), 20_000);
     await new PolicyClient(n1.client).import(webFromClient('web-from-client', 8080));
     await untilDropped('enforced on n2', other.ns, web.ip4, 8080);
-    t.equal(await probe(client.ns, web.ip4, 8080, 3000), 'ok', 'client (n1) -> web (n2) allowed');
+    t.equal(await probe(client.ns, web.ip4, 8080, 5000), 'ok', 'client (n1) -> web (n2) allowed');
     t.equal(await probe(other.ns, web.ip4, 8080), 'timeout', 'other (n1) -> web (n2) dropped');
     const [drop] = await flowsUntil(
       'n2 reports it',
@@ -94,7 +94,7 @@ spec:
   - fromEntities: [remote-node]
 `);
     await untilDropped('enforced', web.ns, rn.ip4, 8081);
-    t.equal(await probe(n2.netns, rn.ip4, 8081, 3000), 'ok', 'node n2 -> pod on n1: remote-node');
+    t.equal(await probe(n2.netns, rn.ip4, 8081, 5000), 'ok', 'node n2 -> pod on n1: remote-node');
     t.equal(await probe(web.ns, rn.ip4, 8081), 'timeout', 'a pod on n2 is not');
   },
 );

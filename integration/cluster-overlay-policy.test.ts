@@ -40,8 +40,8 @@ t.test(
       20_000,
       200,
     );
-    t.equal(await probe(client.ns, web.ip4, 8080, 3000), 'ok', 'client (n1) -> web (n2): allowed by labels');
-    t.equal(await probe(client.ns, web.ip6, 8080, 3000), 'ok', 'and over IPv6');
+    t.equal(await probe(client.ns, web.ip4, 8080, 5000), 'ok', 'client (n1) -> web (n2): allowed by labels');
+    t.equal(await probe(client.ns, web.ip6, 8080, 5000), 'ok', 'and over IPv6');
     t.equal(await probe(other.ns, web.ip4, 8080), 'timeout', 'other (n1) -> web (n2): default deny');
     const drops = await eventually(
       'n2 reports the drop',
@@ -100,7 +100,7 @@ spec:
 `);
     await untilDropped('client closed on n1', web.ns, client.ip4, 8085);
     t.equal(
-      await probe(client.ns, web.ip4, 8080, 3000),
+      await probe(client.ns, web.ip4, 8080, 5000),
       'ok',
       'client (default-deny ingress) -> web: the replies pass conntrack on both nodes',
     );
@@ -148,9 +148,9 @@ spec:
     toPorts: [{ports: [{port: "8081", protocol: TCP}]}]
 `);
   await untilDropped('enforced', peer.ns, web.ip4, 8081);
-  t.equal(await probe(n2.netns, web.ip4, 8081, 3000), 'ok', 'node n2 -> pod on n1: allowed as remote-node');
+  t.equal(await probe(n2.netns, web.ip4, 8081, 5000), 'ok', 'node n2 -> pod on n1: allowed as remote-node');
   t.equal(
-    await probe(n1.netns, web.ip4, 8081, 3000),
+    await probe(n1.netns, web.ip4, 8081, 5000),
     'ok',
     'node n1 (its own host) -> its pod: the host may always reach its endpoints',
   );
@@ -165,7 +165,7 @@ spec:
 `);
   await untilDropped('remote-node no longer allowed', n2.netns, web.ip4, 8081);
   t.equal(await probe(n2.netns, web.ip4, 8081), 'timeout', 'without the rule node n2 is dropped (remote-node is no host)');
-  t.equal(await probe(n1.netns, web.ip4, 8081, 3000), 'ok', 'node n1 still reaches its own pod');
+  t.equal(await probe(n1.netns, web.ip4, 8081, 5000), 'ok', 'node n1 still reaches its own pod');
   const [rn] = await flowsOf(
     n1.observerSocket,
     (f) => f.verdict === 'DROPPED' && f.IP?.destination === web.ip4 && tcpDport(f) === 8081 && f.IP?.source !== peer.ip4,
@@ -178,7 +178,7 @@ spec:
   const world = c.addExternal();
   servers.push(await startEchoServer(world.ns, 8092, '0.0.0.0'));
   await world.ns.exec('ip', ['route', 'add', (await n1.client.status()).cluster!.podCidrs.ipv4!, 'via', n1.ip]); // no SNAT: the world routes back
-  t.equal(await probe(prober.ns, world.ip, 8092, 3000), 'ok', 'before any policy the pod reaches the world netns');
+  t.equal(await probe(prober.ns, world.ip, 8092, 5000), 'ok', 'before any policy the pod reaches the world netns');
   await importPolicy(`apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
 metadata: {name: to-nodes}
@@ -188,7 +188,7 @@ spec:
   - toEntities: [remote-node]
 `);
   await untilDropped('egress enforced', prober.ns, world.ip, 8092);
-  t.equal(await probe(prober.ns, n2.ip, 8092, 3000), 'ok', 'toEntities remote-node: the pod reaches node n2');
+  t.equal(await probe(prober.ns, n2.ip, 8092, 5000), 'ok', 'toEntities remote-node: the pod reaches node n2');
   t.equal(await probe(prober.ns, world.ip, 8092), 'timeout', 'and not the world');
   await new PolicyClient(n1.client).delete(['web-rn', 'to-nodes']);
 });
@@ -215,7 +215,7 @@ spec:
     toPorts: [{ports: [{port: "8082", protocol: TCP}]}]
 `);
   await untilDropped('enforced', w2.ns, web.ip4, 8082);
-  t.equal(await probe(w1.ns, web.ip4, 8082, 3000), 'ok', `the world address ${w1.ip} is allowed by fromCIDR`);
+  t.equal(await probe(w1.ns, web.ip4, 8082, 5000), 'ok', `the world address ${w1.ip} is allowed by fromCIDR`);
   t.equal(await probe(w2.ns, web.ip4, 8082), 'timeout', `${w2.ip} is not`);
   t.equal(
     await probe(client.ns, web.ip4, 8082),

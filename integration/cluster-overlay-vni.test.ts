@@ -90,7 +90,7 @@ t.test(
     const [f3] = await flowsUntil('n2 reports the host claim', n2.observerSocket, at(s3.sport));
     t.equal(f3.verdict, 'DROPPED', 'VNI 1 (host) from another node: dropped');
     t.equal(f3.source?.identity, 6, "as remote-node: a tunnel never speaks for this node's host");
-    t.equal(await probe(n2.netns, web.ip4, 8083, 3000), 'ok', "while n2's own host still reaches web");
+    t.equal(await probe(n2.netns, web.ip4, 8083, 5000), 'ok', "while n2's own host still reaches web");
 
     // 4. The same datagram from an address that is no node (the control-plane netns): dropped unseen.
     const before = await metricsDrops(n2, 'UNKNOWN_SENDER');

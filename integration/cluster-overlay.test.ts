@@ -51,8 +51,8 @@ t.test(
     t.ok(await ping(a.ns, b.ip4, 3), 'ping IPv4 n1 -> n2');
     t.ok(await ping(b.ns, a.ip4, 3), 'ping IPv4 n2 -> n1');
     t.ok(await ping(a.ns, b.ip6, 3), 'ping IPv6 n1 -> n2');
-    t.equal(await probe(a.ns, b.ip4, 8080, 3000), 'ok', 'TCP IPv4 n1 -> n2');
-    t.equal(await probe(a.ns, b.ip6, 8080, 3000), 'ok', 'TCP IPv6 n1 -> n2');
+    t.equal(await probe(a.ns, b.ip4, 8080, 5000), 'ok', 'TCP IPv4 n1 -> n2');
+    t.equal(await probe(a.ns, b.ip6, 8080, 5000), 'ok', 'TCP IPv6 n1 -> n2');
     const big = await a.ns.exec('ping', ['-4', '-c', '1', '-W', '3', '-M', 'do', '-s', String(1450 - 28), b.ip4]).then(
       () => true,
       () => false,
@@ -152,6 +152,6 @@ t.test('nodes and remote pods: node -> remote pod and pod -> remote node both wo
   await serve(p, 8090);
   servers.push(await startEchoServer(n2.netns, 8091, '0.0.0.0'));
   t.ok(await ping(n2.netns, p.ip4, 2), 'node n2 pings a pod on n1');
-  t.equal(await probe(n2.netns, p.ip4, 8090, 3000), 'ok', 'node n2 connects to a pod on n1');
-  t.equal(await probe(p.ns, n2.ip, 8091, 3000), 'ok', "the pod on n1 connects to node n2's address");
+  t.equal(await probe(n2.netns, p.ip4, 8090, 5000), 'ok', 'node n2 connects to a pod on n1');
+  t.equal(await probe(p.ns, n2.ip, 8091, 5000), 'ok', "the pod on n1 connects to node n2's address");
 });

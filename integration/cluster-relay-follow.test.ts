@@ -38,7 +38,7 @@ t.test(
     try {
       const fromTo = (src: TestPod, node: string) => (x: GetFlowsResponse) =>
         x.flow?.IP?.source === src.ip4 && x.flow.nodeName === node && x.flow.l4?.TCP?.destinationPort === 8081;
-      t.equal(await probe(a.ns, b.ip4, 8081, 3000), 'ok', 'a (n3) -> b (n1)');
+      t.equal(await probe(a.ns, b.ip4, 8081, 5000), 'ok', 'a (n3) -> b (n1)');
       await eventually('n3 and n1 flows followed', () => seen.some(fromTo(a, 'n3')) && seen.some(fromTo(a, 'n1')), 15_000, 100);
       t.ok(
         seen.some(fromTo(a, 'n3')) && seen.some(fromTo(a, 'n1')),
@@ -50,7 +50,7 @@ t.test(
         seen.some((x) => x.nodeStatus?.stateChange === state && x.nodeStatus.nodeNames?.includes('n3'));
       await eventually('NODE_UNAVAILABLE for n3', status('NODE_UNAVAILABLE'), 20_000, 100).catch(() => undefined);
       t.ok(status('NODE_UNAVAILABLE')(), "n3's agent died: the follow says NODE_UNAVAILABLE n3");
-      t.equal(await probe(d.ns, b.ip4, 8081, 3000), 'ok', 'd (n2) -> b (n1) meanwhile');
+      t.equal(await probe(d.ns, b.ip4, 8081, 5000), 'ok', 'd (n2) -> b (n1) meanwhile');
       await eventually('n2 flows still followed', () => seen.some(fromTo(d, 'n2')) && seen.some(fromTo(d, 'n1')), 15_000, 100);
       t.ok(seen.some(fromTo(d, 'n2')), "and the same stream goes on with the other nodes' flows");
       const once = relayClient();
@@ -79,7 +79,7 @@ t.test(
       await eventually('NODE_CONNECTED for n3', status('NODE_CONNECTED'), 30_000, 200).catch(() => undefined);
       t.ok(status('NODE_CONNECTED')(), 'n3 is back: NODE_CONNECTED n3');
       const before = seen.length;
-      t.equal(await probe(a.ns, b.ip4, 8081, 3000), 'ok', 'a (n3) -> b (n1) again');
+      t.equal(await probe(a.ns, b.ip4, 8081, 5000), 'ok', 'a (n3) -> b (n1) again');
       await eventually('n3 flows again', () => seen.slice(before).some(fromTo(a, 'n3')), 15_000, 100);
       t.ok(seen.slice(before).some(fromTo(a, 'n3')), 'and its flows come through the same follow again');
       const followed = seen.filter((x) => x.flow);
@@ -128,7 +128,7 @@ t.test('a node removed from the cluster: the relay says NODE_GONE, stops asking 
     await eventually('NODE_GONE for n3', () => gone().length > 0, 60_000, 200).catch(() => undefined);
     t.ok(gone().length > 0, 'the follow says NODE_GONE n3 once its node record is gone');
     const after = seen.length;
-    t.equal(await probe(d.ns, b.ip4, 8082, 3000), 'ok', 'd (n2) -> b (n1)');
+    t.equal(await probe(d.ns, b.ip4, 8082, 5000), 'ok', 'd (n2) -> b (n1)');
     const fromD = (node: string) =>
       seen
         .slice(after)

@@ -110,7 +110,7 @@ t.test('a cross-node connection: once per observing node, with node names, in ti
   const client = await n1.pod({ app: 'client' });
   servers.push(await startEchoServer(web.ns, 8080, '::'));
   await eventually('pods known', () => known(web) && known(client), 20_000);
-  t.equal(await probe(client.ns, web.ip4, 8080, 3000), 'ok', 'client (n1) connects to web (n2)');
+  t.equal(await probe(client.ns, web.ip4, 8080, 5000), 'ok', 'client (n1) connects to web (n2)');
   const match = (f: Flow) => f.IP?.source === client.ip4 && f.IP?.destination === web.ip4 && f.l4?.TCP?.destinationPort === 8080;
   let flows: GetFlowsResponse[] = [];
   await eventually(
@@ -185,7 +185,7 @@ spec:
     30_000,
     200,
   );
-  t.equal(await probe(client.ns, web.ip4, 8080, 3000), 'ok', 'client (n1) -> web (n2) still allowed');
+  t.equal(await probe(client.ns, web.ip4, 8080, 5000), 'ok', 'client (n1) -> web (n2) still allowed');
   const esc = (ip: string) => ip.replace(/\./g, '\\.');
   const dropLines = (from: string) =>
     cli(

@@ -139,7 +139,7 @@ t.test("a flood of half-open SYNs is capped at the pod's share; another pod's co
   t.ok(refused >= n - SHARE, `SYNs beyond A's share were refused (${refused} ${insertFailed})`);
   const owned = (await ctEntries()).filter((e) => e.owner === a.ep.id).length;
   t.ok(owned <= SHARE, `A owns ${owned} entries, no more than its share`);
-  t.equal(await probe(c.ns, b.ip4, 7200, 3000), 'ok', "C's new connection to B works");
+  t.equal(await probe(c.ns, b.ip4, 7200, 5000), 'ok', "C's new connection to B works");
 });
 
 t.test("a forged RST that does not match a live connection's tuple leaves it alone", async (t) => {

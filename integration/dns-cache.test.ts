@@ -157,7 +157,7 @@ spec:
   const afterFour = await dnsStatus();
   t.ok(afterFour.hits - before.hits >= 1, `some by the datapath (${afterFour.hits - before.hits})`);
   t.equal(afterFour.queries - before.queries + afterFour.hits - before.hits, 4, 'the rest by the proxy');
-  t.equal(await probe(nsOf.client, W.api, 80), 'ok', 'the address it names is reachable (learned before it was cached)');
+  t.equal(await probe(nsOf.client, W.api, 80, 5000), 'ok', 'the address it names is reachable (learned before it was cached)');
 
   // EDNS (an OPT record, as many stub resolvers send): cached too, under its own OPT record; a query that differs in
   // a header flag (CD: checking disabled) is another query, the proxy's.

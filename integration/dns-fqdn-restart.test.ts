@@ -32,7 +32,7 @@ t.test('agent restart: established connections and learned names survive; the pr
     (await cacheList('www.pattern.test')).some((e) => e.ip === W.www),
     'the learned name is still known',
   );
-  t.equal(await probe(nsOf.client, W.www, 80), 'ok', 'a new connection to a cached answer still works');
+  t.equal(await probe(nsOf.client, W.www, 80, 5000), 'ok', 'a new connection to a cached answer still works');
   const again = await resolveAndConnect(nsOf.client, W.dns, 'api.test.internal', 80);
   t.equal(again.connect, 'ok', 'and the proxy is back');
 });

@@ -58,7 +58,7 @@ t.test('deny precedence and L3/L4 first: the proxy is no way around them', async
   // The proxy's port is on loopback only: a pod cannot reach it directly.
   const port = (await agent.client.status()).l7!.port as number;
   const gw = eps.good.ips.find((x) => x.family === 4)!.gateway;
-  t.not(await probe(nsOf.good, gw, port), 'ok', `pod -> node ${gw}:${port} (the proxy port) is not served`);
+  t.not(await probe(nsOf.good, gw, port, 5000), 'ok', `pod -> node ${gw}:${port} (the proxy port) is not served`);
 });
 
 t.test('from the world to a pod: diverted on the way in (the hairpin through the host device)', async (t) => {

@@ -134,7 +134,7 @@ t.test('proxy down: new connections to L7 ports fail closed and are counted; oth
     0,
     'a new connection to the L7 port gets nowhere',
   );
-  t.equal(await probe(clientNs, ip4(web), ECHO), 'ok', 'the L4-only port works');
+  t.equal(await probe(clientNs, ip4(web), ECHO, 5000), 'ok', 'the L4-only port works');
   await agent.restart();
   const back = await workersConnected();
   t.ok(

@@ -144,7 +144,7 @@ spec:
   for (const p of [client, other]) await ready(p.id);
 
   children.push(await startEchoServer(web.ns, PORT, '0.0.0.0'));
-  t.equal(await probe(client.ns, web.ip, PORT, 3000), 'ok', 'NetworkPolicy: client -> web allowed');
+  t.equal(await probe(client.ns, web.ip, PORT, 5000), 'ok', 'NetworkPolicy: client -> web allowed');
   t.equal(await probe(other.ns, web.ip, PORT), 'timeout', 'other -> web dropped');
   t.equal(
     await probe(intruder.ns, web.ip, PORT),
@@ -163,7 +163,7 @@ spec:
   t.equal(await dropsFrom(client.ip), 0, 'no drop from client: identity before its first packet');
   t.ok((await dropsFrom(other.ip)) > 0, 'the drops of other -> web are seen (the check above can fail)');
   await pc.delete('all');
-  t.equal(await probe(other.ns, web.ip, PORT, 3000), 'ok', 'no policy: other -> web open');
+  t.equal(await probe(other.ns, web.ip, PORT, 5000), 'ok', 'no policy: other -> web open');
 
   await pc.import(`apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -177,7 +177,7 @@ spec:
     - matchExpressions: [{key: k8s:app, operator: In, values: [client]}]
     toPorts: [{ports: [{port: "${PORT}", protocol: TCP}]}]
 `);
-  t.equal(await probe(client.ns, web.ip, PORT, 3000), 'ok', 'CiliumNetworkPolicy with k8s: keys: client -> web allowed');
+  t.equal(await probe(client.ns, web.ip, PORT, 5000), 'ok', 'CiliumNetworkPolicy with k8s: keys: client -> web allowed');
   t.equal(await probe(other.ns, web.ip, PORT), 'timeout', 'other -> web dropped');
   t.match(await pc.endpoint(web.id, 'eth0'), { policies: [{ name: 'shop/web-k8s-keys' }] }, 'k8s:app selects the pod');
   await pc.delete('all');

@@ -86,10 +86,10 @@ t.teardown(async () => {
 });
 
 t.test('no policy: everything flows', async (t) => {
-  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'ok');
-  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_B), 'ok');
-  t.equal(await probe(nsOf.client, W1, TCP_A), 'ok', 'to the world netns');
-  t.equal(await probe(world, ip4(eps.web), TCP_A), 'ok', 'from the world netns');
+  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A, 5000), 'ok');
+  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_B, 5000), 'ok');
+  t.equal(await probe(nsOf.client, W1, TCP_A, 5000), 'ok', 'to the world netns');
+  t.equal(await probe(world, ip4(eps.web), TCP_A, 5000), 'ok', 'from the world netns');
 });
 
 t.test('allow by labels, default deny once selected, port rules', async (t) => {
@@ -103,12 +103,12 @@ spec:
   - fromEndpoints: [{matchLabels: {app: client}}]
     toPorts: [{ports: [{port: "${TCP_A}", protocol: TCP}]}]
 `);
-  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'ok', 'client -> web:A allowed');
+  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A, 5000), 'ok', 'client -> web:A allowed');
   t.equal(await probe(nsOf.client, ip4(eps.web), TCP_B), 'timeout', 'client -> web:B: port not allowed');
   t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A), 'timeout', 'other -> web: default deny');
   t.equal(await probe(world, ip4(eps.web), TCP_A), 'timeout', 'world -> web: default deny');
-  t.equal(await probe(nsOf.client, ip4(eps.other), TCP_A), 'ok', 'unselected endpoints stay open');
-  t.equal(await probe(nsOf.web, ip4(eps.other), TCP_A), 'ok', 'web egress is not selected');
+  t.equal(await probe(nsOf.client, ip4(eps.other), TCP_A, 5000), 'ok', 'unselected endpoints stay open');
+  t.equal(await probe(nsOf.web, ip4(eps.other), TCP_A, 5000), 'ok', 'web egress is not selected');
   t.notOk(await ping(nsOf.client, ip4(eps.web), 1), 'ICMP is not allowed either');
   const st = await agent.client.request<{ drops: Record<string, number> }>('GET', '/v1/policy/status');
   t.ok((st.drops.POLICY_DENIED ?? 0) > 0, `drops are counted by reason: ${JSON.stringify(st.drops)}`);
@@ -136,7 +136,7 @@ spec:
   ingress:
   - toPorts: [{ports: [{port: "${TCP_B}", protocol: ANY}]}]
 `);
-  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_B), 'ok', 'ANY covers TCP');
+  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_B, 5000), 'ok', 'ANY covers TCP');
   t.equal(await udpProbe(nsOf.client, ip4(eps.web), UDP_PORT), 'timeout', 'the updated policy no longer allows UDP 9090');
   t.notOk(await ping(nsOf.client, ip4(eps.web), 1), 'nor ICMP');
 });
@@ -155,10 +155,14 @@ spec:
     toPorts: [{ports: [{port: "${TCP_A}"}]}]
   egress: [{}]
 `);
-  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'ok', 'client -> web: the replies of web pass its egress default deny');
+  t.equal(
+    await probe(nsOf.client, ip4(eps.web), TCP_A, 5000),
+    'ok',
+    'client -> web: the replies of web pass its egress default deny',
+  );
   t.equal(await probe(nsOf.web, ip4(eps.other), TCP_A), 'timeout', 'web cannot open connections (egress: [{}] allows nothing)');
   t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A), 'timeout', 'other -> web:A denied: deny wins over the allow-all');
-  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_B), 'ok', 'other -> web:B allowed');
+  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_B, 5000), 'ok', 'other -> web:B allowed');
   const tr = await pc.trace({ labels: { app: 'other' } }, { labels: { app: 'web', tier: 'front' } }, `${TCP_A}/tcp`);
   t.equal(tr.verdict, 'deny');
   t.match(
@@ -188,10 +192,10 @@ spec:
   - fromCIDR: ["${W1}/32"]
 `);
   await world.exec('ip', ['route', 'replace', '10.0.0.0/8', 'dev', 'eth0', 'src', W1]);
-  t.equal(await probe(nsOf.client, W1, TCP_A), 'ok', 'client -> world .10 allowed');
+  t.equal(await probe(nsOf.client, W1, TCP_A, 5000), 'ok', 'client -> world .10 allowed');
   t.equal(await probe(nsOf.client, W2, TCP_A), 'timeout', 'client -> world .20: the except prefix');
   t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'timeout', 'client -> web: not a CIDR peer');
-  t.equal(await probe(world, ip4(eps.web), TCP_A), 'ok', 'world .10 -> web allowed by fromCIDR');
+  t.equal(await probe(world, ip4(eps.web), TCP_A, 5000), 'ok', 'world .10 -> web allowed by fromCIDR');
   await world.exec('ip', ['route', 'replace', '10.0.0.0/8', 'dev', 'eth0', 'src', W2]);
   t.equal(await probe(world, ip4(eps.web), TCP_A), 'timeout', 'world .20 -> web denied');
   await importPolicy(`apiVersion: cilium.io/v2
@@ -202,7 +206,7 @@ spec:
   ingress:
   - fromEntities: [world]
 `);
-  t.equal(await probe(world, ip4(eps.web), TCP_A), 'ok', 'fromEntities world covers every outside address');
+  t.equal(await probe(world, ip4(eps.web), TCP_A, 5000), 'ok', 'fromEntities world covers every outside address');
   await world.exec('ip', ['route', 'replace', '10.0.0.0/8', 'dev', 'eth0']);
 });
 
@@ -218,7 +222,7 @@ spec:
     ports: [{port: ${TCP_A}}]
 `);
   // Our first pods carry no namespace label: they are in "default", where the policy is.
-  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'ok', 'a namespace-less client -> a namespace-less web:A');
+  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A, 5000), 'ok', 'a namespace-less client -> a namespace-less web:A');
   t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A), 'timeout', 'the namespace-less web is selected: other is not a peer');
   // The namespace comes as membrane-cni sends it (CNI_ARGS K8S_POD_NAMESPACE in the request's metadata).
   const inNs = (n: string) => ({ 'k8s:io.kubernetes.pod.namespace': n });
@@ -226,7 +230,7 @@ spec:
   const k8sClient = await pod('k8sclient', { app: 'client' }, inNs('default'));
   const shopClient = await pod('shopclient', { app: 'client' }, inNs('shop'));
   await servePorts(nsOf.k8sweb);
-  t.equal(await probe(nsOf.k8sclient, ip4(ns), TCP_A), 'ok', 'client in the namespace -> web:A');
+  t.equal(await probe(nsOf.k8sclient, ip4(ns), TCP_A, 5000), 'ok', 'client in the namespace -> web:A');
   t.equal(await probe(nsOf.k8sclient, ip4(ns), TCP_B), 'timeout', 'port B not listed');
   t.equal(await probe(nsOf.shopclient, ip4(ns), TCP_A), 'timeout', 'a client of another namespace is not a peer');
   for (const e of [ns, k8sClient, shopClient]) await agent.client.deleteEndpoint(e.containerId, 'eth0');
@@ -269,9 +273,9 @@ spec:
     const web2 = await pod('web2', { app: 'web' });
     await servePorts(nsOf.web2);
     t.equal(await probe(nsOf.other, ip4(web2), TCP_A), 'timeout', 'new web endpoint is closed to other');
-    t.equal(await probe(nsOf.client, ip4(web2), TCP_A), 'ok', 'and open to client');
+    t.equal(await probe(nsOf.client, ip4(web2), TCP_A, 5000), 'ok', 'and open to client');
     await pc.delete(['only-client']);
-    t.equal(await probe(nsOf.other, ip4(web2), TCP_A), 'ok', 'deleting the policy opens it again');
+    t.equal(await probe(nsOf.other, ip4(web2), TCP_A, 5000), 'ok', 'deleting the policy opens it again');
     await agent.client.deleteEndpoint(web2.containerId, 'eth0');
   },
 );
@@ -293,17 +297,17 @@ t.test('one policy replaced by name among 60: its change takes effect, the other
     { fromCIDR: [`${W1}/32`], toPorts: [{ ports: [{ port: String(TCP_A), protocol: 'TCP' }] }] },
   ]);
   await importPolicy(JSON.stringify([...filler, from('client'), worldPolicy]));
-  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'ok', 'client admitted');
+  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A, 5000), 'ok', 'client admitted');
   t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A), 'timeout', 'other not');
-  t.equal(await probe(world, ip4(eps.web), TCP_A), 'ok', 'the world address admitted');
+  t.equal(await probe(world, ip4(eps.web), TCP_A, 5000), 'ok', 'the world address admitted');
   const revisions = async () => Object.fromEntries((await pc.list()).items.map((p) => [p.name, p.revision]));
   const before = await revisions();
 
   const r = await importPolicy(JSON.stringify(from('other')));
   t.same(r.changes, [{ name: 'admit', change: 'updated', revision: 2 }], 'only the named policy changed');
-  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A), 'ok', 'other admitted at once');
+  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A, 5000), 'ok', 'other admitted at once');
   t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'timeout', 'client no longer');
-  t.equal(await probe(world, ip4(eps.web), TCP_A), 'ok', 'the untouched policy still admits the world address');
+  t.equal(await probe(world, ip4(eps.web), TCP_A, 5000), 'ok', 'the untouched policy still admits the world address');
   const after = await revisions();
   t.equal(Object.keys(after).length, 60, 'all 60 policies kept');
   t.same({ ...after, admit: before.admit }, before, 'no other policy was touched');
@@ -315,7 +319,7 @@ t.test('one policy replaced by name among 60: its change takes effect, the other
     message: /spec\.ingress\[1\]\.toPorts\[0\]\.ports\[0\]\.port/,
   });
   t.same(await revisions(), after, 'a refused replacement changes nothing');
-  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A), 'ok', 'and the datapath still holds the last good one');
+  t.equal(await probe(nsOf.other, ip4(eps.web), TCP_A, 5000), 'ok', 'and the datapath still holds the last good one');
   t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'timeout');
 });
 
@@ -343,7 +347,7 @@ spec:
     await new Promise((r) => setTimeout(r, 300));
     d0 = await drops();
   }
-  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A), 'ok', 'audit: passes');
+  t.equal(await probe(nsOf.client, ip4(eps.web), TCP_A, 5000), 'ok', 'audit: passes');
   t.equal(await drops(), d0, 'and nothing was dropped');
   t.match(await pc.endpoint(eps.web.containerId, 'eth0'), { audit: true, enforcement: { ingress: 'default-deny' } });
 });

@@ -83,14 +83,14 @@ t.test('restart keeps enforcing throughout; agent-wide audit mode', async (t) =>
   children.push(await startEchoServer(pods.web.ns, PORT, '0.0.0.0'));
   await pc.import(POLICY);
   const web = ip4(pods.web.ep);
-  t.equal(await probe(pods.client.ns, web, PORT), 'ok');
+  t.equal(await probe(pods.client.ns, web, PORT, 5000), 'ok');
   t.equal(await probe(pods.other.ns, web, PORT), 'timeout');
   const before = await pc.status();
   const idsBefore = await pc.identities();
 
   const flow = startFlow(pods.client.ns, web, PORT);
   const check = async (what: string) => {
-    t.equal(await probe(pods.client.ns, web, PORT), 'ok', `${what}: allowed stays allowed`);
+    t.equal(await probe(pods.client.ns, web, PORT, 5000), 'ok', `${what}: allowed stays allowed`);
     t.equal(await probe(pods.other.ns, web, PORT, 700), 'timeout', `${what}: denied stays denied`);
   };
   await agent.stop();
@@ -137,13 +137,13 @@ t.test('restart keeps enforcing throughout; agent-wide audit mode', async (t) =>
   });
   children.push(await startEchoServer(ns, PORT, '0.0.0.0'));
   t.equal(await probe(pods.other.ns, ip4(web2), PORT), 'timeout', 'new web pod: other denied');
-  t.equal(await probe(pods.client.ns, ip4(web2), PORT), 'ok', 'new web pod: client allowed');
+  t.equal(await probe(pods.client.ns, ip4(web2), PORT, 5000), 'ok', 'new web pod: client allowed');
 
   // Agent-wide audit mode.
   await agent.stop();
   await agent.start(['--policy-audit-mode']);
   t.equal((await pc.status()).auditMode, true);
-  t.equal(await probe(pods.other.ns, web, PORT), 'ok', 'audit mode: the would-be drop passes');
+  t.equal(await probe(pods.other.ns, web, PORT, 5000), 'ok', 'audit mode: the would-be drop passes');
   await agent.stop();
   await agent.start();
   t.equal(await probe(pods.other.ns, web, PORT), 'timeout', 'audit mode off: enforced again');
