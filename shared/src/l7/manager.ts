@@ -74,6 +74,18 @@ export class ProxyManager {
   ) {
     this.dir = path.join(o.stateDir, 'l7');
     this.workers = Array.from({ length: o.workers }, (_, index) => ({ index, restarts: 0 }));
+    // Workers of an earlier agent still running are ours before they reconnect: reconcile() waits
+    // for them (CONNECT_DEADLINE_MS) instead of starting a second worker for their index once
+    // ADOPT_GRACE_MS is over, which a loaded node (a slow agent start, a worker not scheduled in time)
+    // easily outlasts. Two workers for one index then took the index's connection from each other in
+    // turn, and the one the agent did not name lived on unsupervised.
+    for (const w of this.workers) {
+      const pid = pidFromFile(this.pidFile(w.index));
+      if (pid && isWorker(pid, path.join(this.dir, `worker-${w.index}.log`))) {
+        w.pid = pid;
+        w.spawnedAt = Date.now(); // adopted: its age counts from now
+      }
+    }
   }
 
   static async open(o: ProxyManagerOptions): Promise<ProxyManager> {
@@ -302,6 +314,17 @@ function alive(pid: number): boolean {
   try {
     process.kill(pid, 0);
     return true;
+  } catch {
+    return false;
+  }
+}
+
+/** Whether pid runs the worker of that index: its output goes to that worker's log (a pid file can
+ *  outlive its process, and the pid be another process's by now; a worker's command line is its
+ *  title, `membrane-proxy N`, the same for every agent's). */
+function isWorker(pid: number, log: string): boolean {
+  try {
+    return fs.readlinkSync(`/proc/${pid}/fd/1`) === log;
   } catch {
     return false;
   }
