@@ -13,7 +13,7 @@ import {
 import type { TestCluster, TestPod } from './cluster.ts';
 import { eventually } from './proc.ts';
 import type { TestNetns } from './netns.ts';
-import { probe } from './probe.ts';
+import { handshake } from './probe.ts';
 
 interface DumpEntry {
   key: string[];
@@ -68,8 +68,9 @@ spec:
 `;
 }
 
-/** Until a TCP connection from `from` to ip:port times out: the policy just imported that denies it
- *  has reached the datapath (20 s at most; returns the ms it took). */
+/** Until a TCP handshake from `from` to ip:port times out: the policy just imported that denies it
+ *  has reached the datapath (20 s at most; returns the ms it took). Not a probe's timeout: on a
+ *  loaded machine that can be an echo server not yet scheduled while the connection still passes. */
 export function untilDropped(what: string, from: TestNetns, ip: string, port: number): Promise<number> {
-  return eventually(what, async () => (await probe(from, ip, port)) === 'timeout', 20_000, 200);
+  return eventually(what, async () => (await handshake(from, ip, port)) === 'timeout', 20_000, 200);
 }
