@@ -13,6 +13,7 @@ import { AgentClient } from '../shared/src/api/client.ts';
 import { startContainerd, waitNetworkReady, type Containerd } from '../integration/lib/cri-containerd.ts';
 import { startDockerd, type Dockerd } from '../integration/lib/dockerd.ts';
 import { ensureBusyboxImage } from '../integration/lib/bbimage.ts';
+import { claimSubnet } from '../integration/lib/subnets.ts';
 import { absentNow, hostLock, removeIfOnly } from '../cni/test/lib/host.ts';
 import { elapsed, note, run, step } from './demo/narrate.ts';
 import { leftovers, nothingLeft } from './demo/leftovers.ts';
@@ -29,9 +30,17 @@ const agentSocket = path.join(work, 'agent/agent.sock');
 const hostDevice = tag.slice(0, 15);
 const bpffsDir = `/sys/fs/bpf/${tag}`;
 const plugin = tag;
-const b = crypto.randomBytes(3);
-const podPool = `10.${64 + (b[0] % 128)}.${b[1]}.0/24`;
-const dockerSubnet = `10.${210 + (b[2] % 40)}.${b[1]}.0/24`;
+// Claimed like the tests' subnets (integration/lib/subnets.ts), from the same ranges: the suite runs
+// the demo (integration/demo.test.ts) next to another test file, whose agent or Docker network must
+// not get the same /24 (both would route it on this host).
+const podPool = `${claimSubnet(() => {
+  const b = crypto.randomBytes(2);
+  return `10.${64 + (b[0] % 128)}.${b[1]}`;
+})}.0/24`;
+const dockerSubnet = `${claimSubnet(() => {
+  const b = crypto.randomBytes(2);
+  return `10.${210 + (b[0] % 40)}.${b[1]}`;
+})}.0/24`;
 
 const env: NodeJS.ProcessEnv = { ...process.env, MEMBRANE_SOCKET: agentSocket, PATH: `${BIN}:${process.env.PATH}` };
 delete env.NODE_EXTRA_CA_CERTS; // runtimes hand it to every plugin start: +35-65 ms each
