@@ -20,6 +20,8 @@
 #include "lib/overlay.h"
 #include "lib/dns_cache.h"
 
+#define MBR_MARK_LOCAL_REDIRECT 0x0d00 /* MBR_REDIRECT_EGRESS measurement builds only */
+
 /* The TTL and protocol bytes form one 16-bit word of the IPv4 header checksum. */
 union ttl_proto_word {
 	__u16 word;
@@ -42,6 +44,10 @@ static __always_inline int deliver_to_local(struct __sk_buff *skb, const struct 
 	if (rewrite_l2(skb, dst) < 0)
 		return TC_ACT_OK; /* let the stack route it rather than drop */
 	count_endpoint_rx(dst->host_ifindex, skb->len);
+#ifdef MBR_REDIRECT_EGRESS /* measurement builds only: through the host veth's egress and the peer's backlog */
+	skb->mark = MBR_MARK_LOCAL_REDIRECT;
+	return bpf_redirect(dst->host_ifindex, 0);
+#endif
 	/* Only valid from tc ingress, which is where from_container runs. */
 	return bpf_redirect_peer(dst->host_ifindex, 0);
 }
@@ -168,6 +174,12 @@ int to_container(struct __sk_buff *skb)
 	ep = bpf_map_lookup_elem(&endpoints_cfg, &ifindex);
 	if (!ep)
 		return drop_unknown(skb, DROP_NO_CONFIG);
+#ifdef MBR_REDIRECT_EGRESS
+	if (skb->mark == MBR_MARK_LOCAL_REDIRECT) { /* decided in from_container */
+		skb->mark = 0;
+		return TC_ACT_OK;
+	}
+#endif
 	r = parse_packet(skb, &p);
 	if (r == PARSE_DROP) {
 		drop_at(&p, ep, POLICY_DIR_INGRESS, p.drop_reason);

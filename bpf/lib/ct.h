@@ -69,6 +69,9 @@ static __always_inline void ct_count(__u32 owner, __s64 delta)
 	__u32 node = 0;
 	__s64 *n;
 
+#ifdef MBR_NO_CT_COUNT /* measurement builds only: no share accounting */
+	return;
+#endif
 	n = bpf_map_lookup_elem(&ct_owned, &owner);
 	if (n)
 		__sync_fetch_and_add(n, delta);
@@ -83,6 +86,9 @@ static __always_inline bool ct_over_share(__u32 owner)
 	const struct datapath_config *cfg = global_config();
 	__s64 *owned, *reclaimed;
 
+#ifdef MBR_NO_CT_COUNT
+	return false;
+#endif
 	if (!cfg || !cfg->ct_endpoint_max)
 		return false;
 	owned = bpf_map_lookup_elem(&ct_owned, &owner);

@@ -93,8 +93,10 @@ static __always_inline int decide(const struct pkt *p, const struct endpoint_con
 			m->proxy_port = proxy_port_of(pe, dir, peer);
 			if (m->proxy_port)
 				m->flags |= TRACE_F_PROXY;
+#ifndef MBR_NO_POLICY_STATS /* measurement builds only */
 			__sync_fetch_and_add(&pe->packets, 1);
 			__sync_fetch_and_add(&pe->bytes, p->len);
+#endif
 		} else if (ep->flags & deny_bit) {
 			action = POLICY_ACTION_DENY;
 		}

@@ -8,16 +8,19 @@
 // BENCH_OBJECTS="name=value,…" adds Membrane agents: value = a path ending in .o runs that datapath
 // object (a build of bpf/ with other BPF_CFLAGS: BPF_OUT=… BPF_CFLAGS=-DMBR_NO_ENFORCE
 // scripts/build-bpf.sh), anything else is agent flags ("--flow-events off").
-// BENCH_STREAMS (1,2,4,8), BENCH_ROUNDS (3), BENCH_SECONDS (4).
+// BENCH_STREAMS (1,2,4,8; empty: the connection rate only), BENCH_ROUNDS (3), BENCH_SECONDS (4),
+// BENCH_RULES (0): every Membrane agent holds that many rules on the server pod's ingress, as bench:policy.
 import { execFileSync } from 'node:child_process';
 import os from 'node:os';
 import { startAgent, type TestAgent } from '../../integration/lib/agent.ts';
 import { connectionRate, markdownTable, median, throughput } from './lib.ts';
-import { membrane, plainVeth, type Pods } from './topologies.ts';
+import { membrane, membranePolicy, plainVeth, type Pods } from './topologies.ts';
+import { PolicyClient } from '../../shared/src/policy/client.ts';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 4);
-const STREAMS = (process.env.BENCH_STREAMS ?? '1,2,4,8').split(',').map(Number);
+const STREAMS = (process.env.BENCH_STREAMS ?? '1,2,4,8').split(',').filter(Boolean).map(Number);
+const RULES = Number(process.env.BENCH_RULES ?? 0);
 const CRR = 0; // the connection-rate row's key among the stream counts
 delete process.env.NODE_EXTRA_CA_CERTS;
 
@@ -61,7 +64,8 @@ async function main(): Promise<void> {
       // The L7 proxy is off: what is compared is the datapath, not what runs beside it.
       const agent = await startAgent({ bundle: true, extraArgs: ['--l7-proxy', 'off', ...args] });
       agents.push(agent);
-      peers.push({ name, pods: () => membrane(agent), pinDir: agent.bpffsDir });
+      if (RULES) await new PolicyClient(agent.client).import(membranePolicy(RULES));
+      peers.push({ name, pods: () => membrane(agent, RULES > 0), pinDir: agent.bpffsDir });
     }
     const samples = new Map<string, number[]>();
     const nsPerRun = new Map<string, number[]>();
@@ -119,7 +123,7 @@ async function main(): Promise<void> {
       .map((x) => x.toFixed(2))
       .join(' ');
     process.stdout.write(
-      `\nMedian of ${ROUNDS} rounds, ${SECONDS} s each; load average ${load} at the end\n\n${markdownTable(
+      `\nMedian of ${ROUNDS} rounds, ${SECONDS} s each, ${RULES} rules; load average ${load} at the end\n\n${markdownTable(
         ['metric', ...peers.map((p) => p.name)],
         rows,
       )}\n`,

@@ -125,14 +125,26 @@ export async function referenceBridge(): Promise<Pods> {
   };
 }
 
-/** (c) Membrane endpoints created through the agent's API. */
-export async function membrane(agent?: TestAgent): Promise<Pods> {
+/** (c) Membrane endpoints created through the agent's API. `labeled`: the client pod gets bench=client
+ *  and the server bench=server (what membranePolicy selects). */
+export async function membrane(agent?: TestAgent, labeled = false): Promise<Pods> {
   const own = !agent;
   const ag = agent ?? (await startAgent());
   const a = createNetns('mbb'),
     b = createNetns('mbb');
-  const ea = await ag.client.createEndpoint({ containerId: `bench-${a.name}`, netns: a.path, ifName: 'eth0' });
-  const eb = await ag.client.createEndpoint({ containerId: `bench-${b.name}`, netns: b.path, ifName: 'eth0' });
+  const labels = (role: string) => (labeled ? { labels: { bench: role } } : {});
+  const ea = await ag.client.createEndpoint({
+    containerId: `bench-${a.name}`,
+    netns: a.path,
+    ifName: 'eth0',
+    ...labels('client'),
+  });
+  const eb = await ag.client.createEndpoint({
+    containerId: `bench-${b.name}`,
+    netns: b.path,
+    ifName: 'eth0',
+    ...labels('server'),
+  });
   return {
     name: 'Membrane',
     a,
