@@ -345,3 +345,48 @@ t.test('an unreachable destination answers 503', async (t) => {
   const r = await raw('GET /public/x HTTP/1.1\r\nHost: a\r\n\r\n', () => false);
   t.match(r.text, /^HTTP\/1\.1 503 Service Unavailable/);
 });
+
+/** Sends `bytes` on a new connection; how it ended: the text, whether the proxy's FIN came ('end')
+ *  and the socket error, if any (a reset would lose a response still on its way). */
+async function closing(bytes: string): Promise<{ text: string; fin: boolean; error?: string }> {
+  const s = net.connect(proxyPort, '127.0.0.1');
+  let text = '';
+  let fin = false;
+  let error: string | undefined;
+  s.write(bytes);
+  s.on('data', (d: Buffer) => {
+    text += d.toString('latin1');
+  });
+  s.on('end', () => {
+    fin = true;
+    s.end();
+  });
+  s.on('error', (e: NodeJS.ErrnoException) => {
+    error = e.code;
+  });
+  const timer = setTimeout(() => s.destroy(), 10_000);
+  await once(s, 'close');
+  clearTimeout(timer);
+  return { text, fin, error };
+}
+
+t.test('Connection: close: the whole response, then the FIN (never a reset), also with bytes after the request', async (t) => {
+  const cases = [
+    ['GET /public/c HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n', '200', 'backend: GET /public/c 0'],
+    ['GET /secret HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n', '403', 'Access denied'],
+    ['POST /secret HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nConnection: close\r\n\r\nabc', '403', 'Access denied'],
+    // A client that pipelines past its close request: the proxy lingers for its bytes (no reset).
+    [
+      'GET /secret HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET /public/d HTTP/1.1\r\nHost: a\r\n\r\n',
+      '403',
+      'Access denied',
+    ],
+  ] as const;
+  for (const [bytes, status, body] of cases) {
+    const r = await closing(bytes);
+    t.match(r.text, new RegExp(`^HTTP/1\\.1 ${status} `), `${JSON.stringify(bytes.slice(0, 12))}: status`);
+    t.ok(r.text.endsWith(body), `the response is complete: ${JSON.stringify(r.text.slice(-30))}`);
+    t.same({ fin: r.fin, error: r.error }, { fin: true, error: undefined }, 'then the FIN, no reset');
+    t.equal(count(r.text, 'HTTP/1.1 '), 1, 'nothing after the close request is answered');
+  }
+});

@@ -9,12 +9,12 @@
 // framing of each direction is request-framing.ts's and response-framing.ts's, the two sockets
 // themselves (flow control, ending) pair.ts's, the order of responses queue.ts's.
 import { answered, type Decide, type ExchangeSink, errorResponse } from './exchange.ts';
-import { Hold, SocketPair, type UpstreamReuse } from './pair.ts';
+import { Hold, type PairEvents, SocketPair, type UpstreamReuse } from './pair.ts';
 import type { RequestHead } from './parse.ts';
 import type { ClientSocket, UpstreamSocket } from './socket.ts';
 import { badRequestSlot, type Pending, ResponseQueue, requestSlot } from './queue.ts';
-import { RequestFramer, Rq } from './request-framing.ts';
-import { ResponseFramer, Rs } from './response-framing.ts';
+import { RequestFramer, type RequestHost, Rq } from './request-framing.ts';
+import { ResponseFramer, type ResponseHost, Rs } from './response-framing.ts';
 
 const MAX_PIPELINE = 128;
 
@@ -37,7 +37,12 @@ export interface ConnectionOptions {
 /** Requests that may be sent again when a reused upstream closed before answering (RFC 9110 9.2.2). */
 const REPLAYABLE = new Set(['GET', 'HEAD', 'OPTIONS']);
 
-export class HttpProxyConnection {
+/**
+ * One proxied connection. It is the host of its two framers and of its socket pair itself (their
+ * callbacks are its methods): one object per connection instead of some twenty closures, and one
+ * request per connection is a common way to use HTTP.
+ */
+export class HttpProxyConnection implements RequestHost, ResponseHost, PairEvents {
   private readonly io: SocketPair;
   private readonly req: RequestFramer;
   private readonly res: ResponseFramer;
@@ -45,49 +50,55 @@ export class HttpProxyConnection {
   private upstreamDone = false;
   /** The server keeps the upstream open after what it answered so far (keep-alive both ways). */
   private upKeep = true;
+  readonly reusesUpstream: boolean;
 
   constructor(private readonly o: ConnectionOptions) {
-    const io = new SocketPair(
-      o.client,
-      o,
-      {
-        clientData: (d) => this.req.feed(d),
-        clientEnd: () => this.onClientEnd(),
-        upstreamData: (d) => this.onUpstreamData(d),
-        upstreamEnd: () => this.onUpstreamEnd(),
-        upstreamError: () => this.onUpstreamError(),
-        closed: () => this.o.onClose?.(),
-      },
-      o.reuse,
-      o.clientNoDelay,
-    );
-    this.io = io;
-    const upstreamWillClose = () => {
-      this.upKeep = false;
-    };
-    this.req = new RequestFramer({
-      reusesUpstream: o.reuse !== undefined,
-      toUpstream: (b) => io.toUpstream(b),
-      admit: (head) => this.admit(head),
-      upstreamWillClose,
-      requestComplete: () => this.flushLocals(),
-      holdForSwitch: () => io.hold(Hold.SWITCH),
-      badRequest: (e) => this.badRequest(e),
-    });
-    this.res = new ResponseFramer({
-      toClient: (b) => io.toClient(b),
-      nextUpstream: () => this.pending.nextUpstream(),
-      unsolicited: () => {
-        this.req.state = Rq.CLOSED;
-      },
-      upstreamWillClose,
-      switched: (p, rest) => this.startTunnel(p, rest),
-      responseComplete: (delimitedByClose) => this.responseComplete(delimitedByClose),
-    });
+    this.reusesUpstream = o.reuse !== undefined;
+    this.io = new SocketPair(o.client, o, this, o.reuse, o.clientNoDelay);
+    this.req = new RequestFramer(this);
+    this.res = new ResponseFramer(this);
+  }
+
+  // ---- the framers' and the pair's callbacks (RequestHost, ResponseHost, PairEvents) ---------------
+
+  clientData(d: Buffer): void {
+    this.req.feed(d);
+  }
+
+  toUpstream(b: Buffer): void {
+    this.io.toUpstream(b);
+  }
+
+  toClient(b: Buffer): void {
+    this.io.toClient(b);
+  }
+
+  upstreamWillClose(): void {
+    this.upKeep = false;
+  }
+
+  requestComplete(): void {
+    this.flushLocals();
+  }
+
+  holdForSwitch(): void {
+    this.io.hold(Hold.SWITCH);
+  }
+
+  nextUpstream(): Pending | undefined {
+    return this.pending.nextUpstream();
+  }
+
+  unsolicited(): void {
+    this.req.state = Rq.CLOSED;
+  }
+
+  closed(): void {
+    this.o.onClose?.();
   }
 
   /** A complete request head: decide, queue its response slot, answer now if it is the proxy's turn. */
-  private admit(head: RequestHead): Pending {
+  admit(head: RequestHead): Pending {
     const p = requestSlot(head, this.o);
     if (p.x.verdict.allowed) {
       this.io.ensureUpstream();
@@ -100,7 +111,7 @@ export class HttpProxyConnection {
     return p;
   }
 
-  private badRequest(e: unknown): void {
+  badRequest(e: unknown): void {
     // A request the proxy cannot read safely: answer it in order, then close.
     const p = badRequestSlot(e);
     this.pending.push(p);
@@ -108,7 +119,7 @@ export class HttpProxyConnection {
     this.flushLocals();
   }
 
-  private onClientEnd(): void {
+  clientEnd(): void {
     // Half-close: in a tunnel, or with responses still owed, the server gets the FIN and answers.
     if (this.req.state === Rq.TUNNEL || this.pending.owesUpstream()) {
       this.upKeep = false;
@@ -117,7 +128,7 @@ export class HttpProxyConnection {
     this.maybeFinish();
   }
 
-  private onUpstreamData(chunk: Buffer): void {
+  upstreamData(chunk: Buffer): void {
     if (this.io.closed) return;
     try {
       this.res.feed(chunk);
@@ -127,7 +138,7 @@ export class HttpProxyConnection {
   }
 
   /** The response at the head of the queue is complete. */
-  private responseComplete(delimitedByClose: boolean): void {
+  responseComplete(delimitedByClose: boolean): void {
     const p = this.pending.nextUpstream();
     if (!p) return;
     this.pending.remove(p);
@@ -138,7 +149,8 @@ export class HttpProxyConnection {
     this.unpausePipeline();
   }
 
-  private startTunnel(p: Pending, rest: Buffer): void {
+  /** The server agreed to switch protocols for `p`: a byte tunnel from now on. */
+  switched(p: Pending, rest: Buffer): void {
     this.pending.remove(p);
     this.o.sink.response(p.x);
     this.res.state = Rs.TUNNEL;
@@ -175,7 +187,7 @@ export class HttpProxyConnection {
     if (this.pending.length < MAX_PIPELINE / 2) this.io.release(Hold.PIPELINE);
   }
 
-  private onUpstreamEnd(): void {
+  upstreamEnd(): void {
     if (this.io.closed || this.upstreamDone) return;
     if (this.replayOnFresh()) return;
     this.upstreamDone = true;
@@ -191,7 +203,7 @@ export class HttpProxyConnection {
     this.finishAfterFlush();
   }
 
-  private onUpstreamError(): void {
+  upstreamError(): void {
     if (this.io.closed) return;
     if (this.replayOnFresh()) return;
     if (this.io.upstreamConnected) {
@@ -233,7 +245,7 @@ export class HttpProxyConnection {
     if (this.io.closed) return;
     this.req.state = Rq.CLOSED;
     if (this.upstreamIdle()) this.io.releaseUpstream();
-    this.io.finish(letClientClose && this.o.clientClosesFirst === true);
+    this.io.finish(letClientClose && this.o.clientClosesFirst === true, this.req.readToEnd);
   }
 
   /** The client is gone and nothing is owed to it: close both sides. */

@@ -51,6 +51,24 @@ export interface UpstreamReuse {
 /** Bytes sent on a reused upstream connection kept for a replay (REPLAY_MAX: no replay). */
 const REPLAY_MAX = 16 * 1024;
 
+/** The pair a client socket belongs to: its listeners are the same five functions for every socket
+ *  (no closures per connection), each calling on the socket's pair. */
+const PAIR = Symbol('membrane.pair');
+type Owned = ClientSocket & { [PAIR]: SocketPair };
+
+function onClientData(this: Owned, d: Buffer): void {
+  this[PAIR].clientData(d);
+}
+function onClientEnd(this: Owned): void {
+  this[PAIR].clientEnd();
+}
+function onClientGone(this: Owned): void {
+  this[PAIR].destroy();
+}
+function onClientDrain(this: Owned): void {
+  this[PAIR].clientDrain();
+}
+
 export class SocketPair implements UpstreamHolder {
   upstream?: UpstreamSocket;
   upstreamConnected = false;
@@ -78,27 +96,37 @@ export class SocketPair implements UpstreamHolder {
     clientNoDelay = false,
   ) {
     if (!clientNoDelay) client.setNoDelay(true);
-    client.on('data', ev.clientData);
-    client.on('end', () => {
-      this.clientEnded = true;
-      if (this.finSent) {
-        this.destroy(); // both FINs are through and every byte was read: nothing is left to end
-        return;
-      }
-      if (this.lingerTimer) {
-        this.stopLingering();
-        end(client);
-      }
-      ev.clientEnd();
-    });
-    client.on('error', () => this.destroy());
-    client.on('close', () => this.destroy());
-    client.on('drain', () => {
-      if (this.pausedForClient) {
-        this.pausedForClient = false;
-        this.upstream?.resume();
-      }
-    });
+    (client as Owned)[PAIR] = this;
+    client.on('data', onClientData);
+    client.on('end', onClientEnd);
+    client.on('error', onClientGone);
+    client.on('close', onClientGone);
+    client.on('drain', onClientDrain);
+  }
+
+  /** The client socket's events (through the module's listeners above). */
+  clientData(d: Buffer): void {
+    this.ev.clientData(d);
+  }
+
+  clientEnd(): void {
+    this.clientEnded = true;
+    if (this.finSent) {
+      this.destroy(); // both FINs are through and every byte was read: nothing is left to end
+      return;
+    }
+    if (this.lingerTimer) {
+      this.stopLingering();
+      end(this.client);
+    }
+    this.ev.clientEnd();
+  }
+
+  clientDrain(): void {
+    if (this.pausedForClient) {
+      this.pausedForClient = false;
+      this.upstream?.resume();
+    }
   }
 
   /** The last response was complete and the client was given the chance to close first. */
@@ -234,8 +262,9 @@ export class SocketPair implements UpstreamHolder {
   }
 
   /** Ends both sides once what is queued is written; `letClientClose`: the client can tell the last
-   *  response is complete, so it gets CLIENT_CLOSES_FIRST_MS to close first. */
-  finish(letClientClose: boolean): void {
+   *  response is complete, so it gets CLIENT_CLOSES_FIRST_MS to close first. `readToEnd`: nothing
+   *  came from the client after its last request, which was read to its end. */
+  finish(letClientClose: boolean, readToEnd = false): void {
     if (this.closed) return;
     end(this.upstream);
     if (letClientClose && !this.clientEnded) {
@@ -246,6 +275,16 @@ export class SocketPair implements UpstreamHolder {
       return;
     }
     this.stopLingering();
+    if (readToEnd && !this.upstream && !this.client.writableEnded && this.client.writableLength === 0) {
+      // Every byte of the response is with the kernel and the client sent nothing after the request
+      // it was for: close() now. The kernel sends what is queued, then the FIN, as shutdown() would,
+      // and the closed socket takes the client's FIN itself: no shutdown, no read of the client's
+      // FIN, no wake-up for it (three system calls per connection). nginx closes the same way
+      // (lingering_close on: it lingers only when more bytes came). Bytes the client sends after a
+      // `Connection: close` request would get a reset: nginx's answer too, and no client does.
+      this.destroy();
+      return;
+    }
     if (!this.clientEnded && !this.client.writableEnded && shutdownWriteNow(this.client as never)) {
       this.finSent = true;
       return;

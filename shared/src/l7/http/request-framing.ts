@@ -47,11 +47,15 @@ export class RequestFramer {
   private carry?: Buffer;
   /** Start of the byte range of the chunk being walked that is to be forwarded (-1: none). */
   private fwd = -1;
+  /** Every byte the client sent so far ended a complete request: nothing came after the last one
+   *  (the connection can close at once after its response without resetting unread bytes). */
+  readToEnd = false;
 
   constructor(private readonly host: RequestHost) {}
 
   /** Bytes from the client. */
   feed(chunk: Buffer): void {
+    this.readToEnd = false;
     if (this.state === Rq.CLOSED) return;
     if (this.state === Rq.TUNNEL) {
       this.host.toUpstream(chunk);
@@ -118,8 +122,10 @@ export class RequestFramer {
           }
           this.forwardBody = p.x.verdict.allowed;
           i = end;
-          if (head.body === 'none') this.done(p);
-          else {
+          if (head.body === 'none') {
+            this.done(p);
+            this.readToEnd = i === len;
+          } else {
             this.state = Rq.BODY;
             this.bodyOf = p;
             this.body.start(head.body, head.contentLength);
@@ -141,6 +147,7 @@ export class RequestFramer {
           const p = this.bodyOf!;
           this.bodyOf = undefined;
           this.done(p);
+          this.readToEnd = i === len;
           break;
         }
         case Rq.WAIT_SWITCH:

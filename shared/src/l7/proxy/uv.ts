@@ -43,7 +43,7 @@ export interface TcpHandle {
   readStop(): number;
   writeBuffer(req: Req, b: Buffer): number;
   shutdown(req: Req): number;
-  close(cb?: () => void): void;
+  close(cb?: (this: TcpHandle) => void): void;
   getsockname(out: Address): number;
   getpeername(out: Address): number;
   open(fd: number): number;
