@@ -33,10 +33,13 @@ async function runningAgain(e: DockerTestEnv, container: string, ms: number): Pr
 }
 
 /** Runs a ping train inside `container` and returns the loss in percent. */
-async function pingTrain(e: DockerTestEnv, container: string, ip: string, count: number): Promise<number> {
-  const r = await e.exec(container, ['ping', '-q', '-c', String(count), '-i', '0.1', '-W', '1', ip], 60_000);
+/** A ping every 100 ms; the percentage lost. After the last one busybox ping waits -W seconds for
+ *  the replies still out: generous (5 s), so that a ping process not scheduled for a while on a
+ *  loaded machine reads replies that came; a dropped packet stays lost however long it waits. */
+async function pingTrain(e: DockerTestEnv, container: string, ip: string, count: number): Promise<{ loss: number; out: string }> {
+  const r = await e.exec(container, ['ping', '-q', '-c', String(count), '-i', '0.1', '-W', '5', ip], 60_000);
   const m = /(\d+)% packet loss/.exec(r.stdout);
-  return m ? Number(m[1]) : 100;
+  return { loss: m ? Number(m[1]) : 100, out: r.stdout.trim().split('\n').slice(-2).join('; ') };
 }
 
 t.test('docker stop / start / restart / rm keep membrane in step', async (t) => {
@@ -109,14 +112,15 @@ t.test('agent restart (SIGTERM, then kill -9): containers keep talking; endpoint
   const before = (await e.agent.client.listEndpoints()).map((x) => x.containerId).sort();
 
   for (const how of ['stop', 'kill9'] as const) {
-    const train = pingTrain(e, a, ipB, 30);
+    // 5 s of pings: across the restart even when docker exec starts the train late (a loaded runner).
+    const train = pingTrain(e, a, ipB, 50);
     await sleep(500);
     if (how === 'stop') await e.agent.stop();
     else await e.agent.kill9();
     await sleep(1000);
     await e.agent.restart();
-    const loss = await train;
-    t.ok(loss <= 10, `${how}: a ping train across the agent restart lost ${loss}%`);
+    const { loss, out } = await train;
+    t.ok(loss <= 10, `${how}: a ping train across the agent restart lost ${loss}% (${out})`);
     const after = await e.agent.client.listEndpoints();
     t.same(after.map((x) => x.containerId).sort(), before, `${how}: the same endpoints after the restart`);
     t.ok(
