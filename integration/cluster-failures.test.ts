@@ -9,7 +9,7 @@ import t from 'tap';
 import { startCluster, eventually, type TestCluster, type TestPod } from './lib/cluster.ts';
 import { readIpcache, webFromClient } from './lib/cluster-maps.ts';
 import { startEchoServer, killAll } from './lib/tcp.ts';
-import { probe } from './lib/probe.ts';
+import { handshake, probe } from './lib/probe.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { AgentApiError } from '../shared/src/api/client.ts';
 import { ensureCniBinary, invokeCni } from '../cni/test/lib/exec.ts';
@@ -51,7 +51,7 @@ t.test(
     await new PolicyClient(n2.client).import(POLICY);
     await eventually(
       'policy enforced on n1',
-      async () => (await probe(other.ns, web.ip4, PORT)) === 'timeout' && (await probe(client.ns, web.ip4, PORT)) === 'ok',
+      async () => (await handshake(other.ns, web.ip4, PORT)) === 'timeout' && (await probe(client.ns, web.ip4, PORT)) === 'ok',
       20_000,
       200,
     );

@@ -7,7 +7,7 @@ import crypto from 'node:crypto';
 import { eventually } from './lib/cluster.ts';
 import { untilDropped, webFromClient } from './lib/cluster-maps.ts';
 import { startEchoServer } from './lib/tcp.ts';
-import { probe } from './lib/probe.ts';
+import { handshake, probe } from './lib/probe.ts';
 import { flowsOf, flowsUntil, tcpDport } from './lib/vxlan.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import type { Flow } from '../shared/src/flows/types.ts';
@@ -36,7 +36,7 @@ t.test(
     await importPolicy(webFromClient('web-from-client', 8080));
     await eventually(
       'enforced on n2',
-      async () => (await probe(other.ns, web.ip4, 8080)) === 'timeout' && (await probe(client.ns, web.ip4, 8080)) === 'ok',
+      async () => (await handshake(other.ns, web.ip4, 8080)) === 'timeout' && (await probe(client.ns, web.ip4, 8080)) === 'ok',
       20_000,
       200,
     );

@@ -7,7 +7,7 @@ import { clusterForFile } from './lib/cluster-file.ts';
 import crypto from 'node:crypto';
 import { eventually, type TestCluster } from './lib/cluster.ts';
 import { webFromClient } from './lib/cluster-maps.ts';
-import { probe } from './lib/probe.ts';
+import { handshake, probe } from './lib/probe.ts';
 import { sniff, frameInfo } from './lib/raw.ts';
 import { flowsOf, flowsUntil, sendUdp, vxlanPayload } from './lib/vxlan.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
@@ -45,7 +45,7 @@ t.test(
     );
     await eventually(
       'enforced',
-      async () => (await probe(other.ns, web.ip4, 8083)) === 'timeout' && (await probe(client.ns, web.ip4, 8083)) === 'ok',
+      async () => (await handshake(other.ns, web.ip4, 8083)) === 'timeout' && (await probe(client.ns, web.ip4, 8083)) === 'ok',
       20_000,
       200,
     );

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { eventually } from './lib/cluster.ts';
 import { webFromClient } from './lib/cluster-maps.ts';
 import { startEchoServer } from './lib/tcp.ts';
-import { probe } from './lib/probe.ts';
+import { handshake, probe } from './lib/probe.ts';
 import { REPO } from './lib/agent.ts';
 import { cli, isSyn, RELAY_PORT, relayClusterForFile } from './lib/relay-cluster.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
@@ -181,7 +181,8 @@ spec:
 `);
   await eventually(
     'enforced on n1 and n2',
-    async () => (await probe(stranger.ns, web.ip4, 8080)) === 'timeout' && (await probe(other.ns, web.ip4, 8080)) === 'timeout',
+    async () =>
+      (await handshake(stranger.ns, web.ip4, 8080)) === 'timeout' && (await handshake(other.ns, web.ip4, 8080)) === 'timeout',
     30_000,
     200,
   );
