@@ -2,9 +2,10 @@
 // stream_wrap bindings, what net.Socket is made of), without node:net: loading node:net and the
 // node:stream it pulls in is ~6 ms of every plugin start here (an SEA that only requires node:net
 // starts 6 ms later than an empty one; membrane-cni VERSION takes ~52 ms in all). The bindings are
-// reached through process.binding, documented-deprecated (DEP0111, a warning only with
+// reached through process.binding (typed in shared/src/io/process-binding.ts), documented-deprecated (DEP0111, a warning only with
 // --pending-deprecation) and used by the L7 proxy's raw sockets too; when they are not there
 // (another Node), `pipeExchange` is undefined and the caller uses node:net.
+import { type PipeWrapBinding, processBinding, type StreamWrapBinding } from '../../shared/src/io/process-binding.ts';
 
 interface Req {
   oncomplete?: (status: number) => void;
@@ -42,10 +43,8 @@ export class PipeError extends Error {
 
 function load(): Bindings | undefined {
   try {
-    // biome-ignore lint/suspicious/noExplicitAny: process.binding is untyped
-    const b = (process as unknown as { binding(name: string): any }).binding;
-    const pw = b('pipe_wrap');
-    const sw = b('stream_wrap');
+    const pw = processBinding('pipe_wrap') as Partial<PipeWrapBinding<PipeHandle, Req>> | undefined;
+    const sw = processBinding('stream_wrap') as Partial<StreamWrapBinding<Req>> | undefined;
     if (
       typeof pw?.Pipe !== 'function' ||
       typeof pw.PipeConnectWrap !== 'function' ||
@@ -55,11 +54,11 @@ function load(): Bindings | undefined {
     return {
       Pipe: pw.Pipe,
       PipeConnectWrap: pw.PipeConnectWrap,
-      SOCKET: pw.constants.SOCKET,
-      WriteWrap: sw.WriteWrap,
+      SOCKET: pw.constants!.SOCKET,
+      WriteWrap: sw.WriteWrap!,
       state: sw.streamBaseState,
-      kReadBytesOrError: sw.kReadBytesOrError,
-      kArrayBufferOffset: sw.kArrayBufferOffset,
+      kReadBytesOrError: sw.kReadBytesOrError!,
+      kArrayBufferOffset: sw.kArrayBufferOffset!,
     };
   } catch {
     return undefined;

@@ -1,17 +1,10 @@
-// Node's libuv TCP handles without net.Socket: the bindings (process.binding('tcp_wrap' /
-// 'stream_wrap'), the documented-deprecated path to them, DEP0111, a warning only with
-// --pending-deprecation) and the shapes of what they hand out, as the proxy workers use them
+// Node's libuv TCP handles without net.Socket: the bindings (tcp_wrap, stream_wrap: io/process-binding.ts)
+// and the shapes of what they hand out, as the proxy workers use them
 // (raw-socket.ts for connections, raw-listener.ts for listeners). Nothing here runs per request.
 import type { RawSocket } from './raw-socket.ts';
+import { processBinding, type StreamWrapBinding as BaseStreamWrap, type TcpWrapBinding } from '../../io/process-binding.ts';
 
-export interface StreamWrapBinding {
-  WriteWrap: new () => Req;
-  ShutdownWrap: new () => Req;
-  streamBaseState: Int32Array;
-  kReadBytesOrError: number;
-  kBytesWritten: number;
-  kLastWriteWasAsync: number;
-}
+export type StreamWrapBinding = BaseStreamWrap<Req>;
 export interface Req {
   handle: TcpHandle;
   oncomplete: (this: Req, status: number) => void;
@@ -51,14 +44,8 @@ export interface TcpHandle {
   listen(backlog: number): number;
 }
 
-// biome-ignore lint/suspicious/noExplicitAny: process.binding is untyped
-const bindings = process as unknown as { binding(name: string): any };
-export const tcpWrap = bindings.binding('tcp_wrap') as {
-  TCP: new (type: number) => TcpHandle;
-  TCPConnectWrap: new () => ConnectReq;
-  constants: { SERVER: number; SOCKET: number };
-};
-export const sw = bindings.binding('stream_wrap') as StreamWrapBinding;
+export const tcpWrap = processBinding('tcp_wrap') as TcpWrapBinding<TcpHandle, ConnectReq>;
+export const sw = processBinding('stream_wrap') as StreamWrapBinding;
 export const state = sw.streamBaseState;
 export const UV_EOF = -4095;
 export const UV_ETIMEDOUT = -110;
