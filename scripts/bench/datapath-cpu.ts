@@ -2,7 +2,8 @@
 // (iperf3 -P) and the connection rate between two pods: plain veth + host routes against Membrane, in
 // one interleaved run (ratios against plain veth). For each Membrane peer it also reports what the
 // datapath's programs themselves cost under that traffic (kernel.bpf_stats_enabled: run_time_ns and
-// run_cnt of from_container and to_container): ns per run, share of a CPU, µs per connection. tc
+// run_cnt of from_container and to_container): ns per run, share of a CPU, µs per connection (and the
+// agent's own CPU time per connection: it reads and stores the flow events, on the same CPUs). tc
 // programs run with preemption off, so the machine's load does not enter those times; cache misses
 // do (cold lines, or lines other CPUs write).
 // BENCH_OBJECTS="name=value,…" adds Membrane agents: value = a path ending in .o runs that datapath
@@ -13,7 +14,7 @@
 import { execFileSync } from 'node:child_process';
 import os from 'node:os';
 import { startAgent, type TestAgent } from '../../integration/lib/agent.ts';
-import { connectionRate, markdownTable, median, throughput } from './lib.ts';
+import { connectionRate, markdownTable, median, processCpuMs, throughput } from './lib.ts';
 import { membrane, membranePolicy, plainVeth, type Pods } from './topologies.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
 
@@ -28,6 +29,8 @@ interface Peer {
   name: string;
   pods(): Promise<Pods>;
   pinDir?: string;
+  /** The agent's pid: its CPU time (reading and storing flow events) is reported per connection. */
+  agentPid?: () => number | undefined;
 }
 
 /** Sum of run_time_ns and run_cnt over the datapath's two per-packet programs. */
@@ -65,12 +68,13 @@ async function main(): Promise<void> {
       const agent = await startAgent({ bundle: true, extraArgs: ['--l7-proxy', 'off', ...args] });
       agents.push(agent);
       if (RULES) await new PolicyClient(agent.client).import(membranePolicy(RULES));
-      peers.push({ name, pods: () => membrane(agent, RULES > 0), pinDir: agent.bpffsDir });
+      peers.push({ name, pods: () => membrane(agent, RULES > 0), pinDir: agent.bpffsDir, agentPid: () => agent.pid() });
     }
     const samples = new Map<string, number[]>();
     const nsPerRun = new Map<string, number[]>();
     const nsPerConn = new Map<string, number[]>();
     const cpuShare = new Map<string, number[]>();
+    const agentPerConn = new Map<string, number[]>();
     for (let round = 1; round <= ROUNDS; round++) {
       // Alternate the order, so drift over the run favours no peer.
       for (const peer of round % 2 ? peers : [...peers].reverse()) {
@@ -78,6 +82,8 @@ async function main(): Promise<void> {
         try {
           for (const n of [...STREAMS, CRR]) {
             const before = peer.pinDir ? progStats(peer.pinDir) : undefined;
+            const pid = peer.agentPid?.();
+            const agentBefore = pid ? processCpuMs(pid) : 0;
             const g = n === CRR ? await connectionRate(p.a, p.b, p.ipB, SECONDS) : await throughput(p.a, p.b, p.ipB, n, SECONDS);
             const key = `${peer.name}/${n}`;
             samples.set(key, [...(samples.get(key) ?? []), g]);
@@ -94,6 +100,11 @@ async function main(): Promise<void> {
                 const conns = g * SECONDS;
                 nsPerConn.set(key, [...(nsPerConn.get(key) ?? []), (after.ns - before.ns) / conns]);
                 ns += `, ${(runs / conns).toFixed(1)} runs and ${((after.ns - before.ns) / conns).toFixed(0)} ns per connection`;
+                if (pid) {
+                  const us = ((processCpuMs(pid) - agentBefore) * 1000) / conns;
+                  agentPerConn.set(key, [...(agentPerConn.get(key) ?? []), us]);
+                  ns += `, agent ${us.toFixed(1)} µs CPU per connection`;
+                }
               }
             }
             process.stderr.write(`round ${round} ${key}: ${g.toFixed(2)}${n === CRR ? ' conn/s' : ' Gbit/s'}${ns}\n`);
@@ -112,9 +123,10 @@ async function main(): Promise<void> {
           const ns = nsPerRun.get(`${peer.name}/${n}`);
           const conn = nsPerConn.get(`${peer.name}/${n}`);
           const share = cpuShare.get(`${peer.name}/${n}`);
+          const agent = agentPerConn.get(`${peer.name}/${n}`);
           return `${v.toFixed(n === CRR ? 0 : 2)} (${(v / base).toFixed(2)}×)${ns ? `, ${median(ns).toFixed(0)} ns/run` : ''}${
             share ? `, ${(median(share) * 100).toFixed(1)} % CPU` : ''
-          }${conn ? `, ${(median(conn) / 1000).toFixed(1)} µs/conn` : ''}`;
+          }${conn ? `, ${(median(conn) / 1000).toFixed(1)} µs/conn` : ''}${agent ? `, agent ${median(agent).toFixed(1)} µs CPU/conn` : ''}`;
         }),
       ];
     });
