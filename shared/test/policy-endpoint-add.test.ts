@@ -3,51 +3,18 @@
 // a full sync over the same endpoints leaves them, and the ADD must not touch another endpoint.
 import t from 'tap';
 import { MemoryStore } from '../src/store/index.ts';
-import { AUDIT_METADATA_KEY, PolicyEngine } from '../src/policy/engine.ts';
+import { AUDIT_METADATA_KEY } from '../src/policy/engine.ts';
 import { EP_FLAGS } from '../src/policy/map-codec.ts';
 import { MemoryPolicyOps, testEndpoint } from './lib/policy.ts';
 import type { Endpoint } from '../src/types.ts';
-
-const POLICIES = `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: web}
-spec:
-  endpointSelector: {matchLabels: {app: web}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: client}}]
-    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-  egress:
-  - toEndpoints: [{matchLabels: {app: db}}]
-    toPorts: [{ports: [{port: "5432", protocol: TCP}]}]
-  - toCIDR: [198.18.0.0/24]
----
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: db}
-spec:
-  endpointSelector: {matchLabels: {app: db}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: web}}]
-`;
-
-const APPS = ['web', 'client', 'db', 'other'];
-
-async function open(ops: MemoryPolicyOps, store: MemoryStore) {
-  return PolicyEngine.open({ store, ops, hostAddresses: () => ['192.0.2.1'] });
-}
-
-const snapshot = (ops: MemoryPolicyOps) => ({
-  policy: new Map(ops.policy),
-  ipcache: new Map(ops.ipcache),
-  flags: new Map(ops.flags),
-});
+import { APPS, fullSyncOf, openEngine, REPLICA_POLICIES, snapshot } from './lib/policy-replicas.ts';
 
 t.test('replicas added one at a time leave the maps a full sync leaves', async (t) => {
   const ops = new MemoryPolicyOps(10_000, 10_000);
   const store = new MemoryStore();
-  const engine = await open(ops, store);
+  const engine = await openEngine(ops, store);
   await engine.start();
-  await engine.importText(POLICIES);
+  await engine.importText(REPLICA_POLICIES);
   const eps: Endpoint[] = [];
   for (let i = 1; i <= 40; i++) {
     const labels = { app: APPS[i % APPS.length] };
@@ -78,12 +45,8 @@ t.test('replicas added one at a time leave the maps a full sync leaves', async (
   t.equal(ops.ipcache.get(`${client.ips[0].address}`), client.identity, 'a replica address has its identity');
 
   // The same endpoints and policies from scratch: one full sync over fresh maps.
-  const fresh = new MemoryPolicyOps(10_000, 10_000);
-  for (const ep of eps) fresh.flags.set(ep.hostIfIndex, 0);
-  const again = await open(fresh, store);
-  for (const ep of eps) await again.endpointAttached(ep);
-  await again.start();
-  t.same(snapshot(ops).policy, snapshot(fresh).policy, 'policy entries');
-  t.same(snapshot(ops).ipcache, snapshot(fresh).ipcache, 'ipcache');
-  t.same(snapshot(ops).flags, snapshot(fresh).flags, 'endpoint flags');
+  const fresh = await fullSyncOf(eps, store);
+  t.same(snapshot(ops).policy, fresh.policy, 'policy entries');
+  t.same(snapshot(ops).ipcache, fresh.ipcache, 'ipcache');
+  t.same(snapshot(ops).flags, fresh.flags, 'endpoint flags');
 });

@@ -4,45 +4,12 @@
 // over the remaining endpoints leaves. The last endpoint of an identity takes the full sync.
 import t from 'tap';
 import { MemoryStore } from '../src/store/index.ts';
-import { AUDIT_METADATA_KEY, PolicyEngine } from '../src/policy/engine.ts';
+import { AUDIT_METADATA_KEY, type PolicyEngine } from '../src/policy/engine.ts';
 import { RESERVED } from '../src/identity/reserved.ts';
 import { decodePolicyKey } from '../src/policy/map-codec.ts';
 import { MemoryPolicyOps, testEndpoint } from './lib/policy.ts';
 import type { Endpoint } from '../src/types.ts';
-
-const POLICIES = `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: web}
-spec:
-  endpointSelector: {matchLabels: {app: web}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: client}}]
-    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
-  - fromEndpoints: [{matchLabels: {app: solo}}]
-  egress:
-  - toEndpoints: [{matchLabels: {app: db}}]
-    toPorts: [{ports: [{port: "5432", protocol: TCP}]}]
-  - toCIDR: [198.18.0.0/24, 198.18.1.7/32]
----
-apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: db}
-spec:
-  endpointSelector: {matchLabels: {app: db}}
-  ingress:
-  - fromEndpoints: [{matchLabels: {app: web}}]
-`;
-
-const APPS = ['web', 'client', 'db', 'other'];
-const HOST = '192.0.2.1';
-
-const open = (ops: MemoryPolicyOps, store: MemoryStore) => PolicyEngine.open({ store, ops, hostAddresses: () => [HOST] });
-
-const snapshot = (ops: MemoryPolicyOps) => ({
-  policy: new Map(ops.policy),
-  ipcache: new Map(ops.ipcache),
-  flags: new Map(ops.flags),
-});
+import { APPS, fullSyncOf, HOST, openEngine, REPLICA_POLICIES, snapshot } from './lib/policy-replicas.ts';
 
 /** Counts the engine's full syncs (the shortcut is what a DEL should take). */
 function countFullSyncs(engine: PolicyEngine): () => number {
@@ -59,9 +26,9 @@ function countFullSyncs(engine: PolicyEngine): () => number {
 t.test('DELs one at a time leave the maps a full sync leaves, and touch no other endpoint', async (t) => {
   const ops = new MemoryPolicyOps(10_000, 10_000);
   const store = new MemoryStore();
-  const engine = await open(ops, store);
+  const engine = await openEngine(ops, store);
   await engine.start();
-  await engine.importText(POLICIES);
+  await engine.importText(REPLICA_POLICIES);
   const eps: Endpoint[] = [];
   const add = async (i: number, labels: Record<string, string>, ip: string) => {
     const ep = testEndpoint(i, labels, await engine.identityFor(labels), ip);
@@ -117,16 +84,6 @@ t.test('DELs one at a time leave the maps a full sync leaves, and touch no other
   await add(44, { app: 'db' }, '10.0.0.5');
   t.same(snapshot(ops), await fullSyncOf(eps, store), 'after a re-ADD of a freed address: what a full sync leaves');
 });
-
-/** The maps one full sync over fresh maps leaves for these endpoints and the stored policies. */
-async function fullSyncOf(eps: Endpoint[], store: MemoryStore) {
-  const fresh = new MemoryPolicyOps(10_000, 10_000);
-  for (const ep of eps) fresh.flags.set(ep.hostIfIndex, 0);
-  const engine = await open(fresh, store);
-  for (const ep of eps) await engine.endpointAttached(ep);
-  await engine.start();
-  return snapshot(fresh);
-}
 
 /** One endpoint's entries of a policy map snapshot. */
 function entriesOf(policy: Map<string, unknown>, id: number): [string, unknown][] {
