@@ -8,7 +8,9 @@
 // do (cold lines, or lines other CPUs write).
 // BENCH_OBJECTS="name=value,…" adds Membrane agents: value = a path ending in .o runs that datapath
 // object (a build of bpf/ with other BPF_CFLAGS: BPF_OUT=… BPF_CFLAGS=-DMBR_NO_ENFORCE
-// scripts/build-bpf.sh), anything else is agent flags ("--flow-events off").
+// scripts/build-bpf.sh), anything else is agent flags ("--flow-events off"); a trailing "+rps" turns on
+// RPS over every CPU on both pods' eth0 (receive work that goes through a backlog may then move to
+// another CPU: plain veth's and bpf_redirect's path, not bpf_redirect_peer's).
 // BENCH_STREAMS (1,2,4,8; empty: the connection rate only), BENCH_ROUNDS (3), BENCH_SECONDS (4),
 // BENCH_RULES (0): every Membrane agent holds that many rules on the server pod's ingress, as bench:policy.
 import { execFileSync } from 'node:child_process';
@@ -31,6 +33,13 @@ interface Peer {
   pinDir?: string;
   /** The agent's pid: its CPU time (reading and storing flow events) is reported per connection. */
   agentPid?: () => number | undefined;
+  rps?: boolean;
+}
+
+/** RPS over every CPU on the pod's eth0 (`ip netns exec` mounts the netns's own /sys). */
+function enableRps(netns: string): void {
+  const mask = ((1 << os.cpus().length) - 1).toString(16);
+  execFileSync('ip', ['netns', 'exec', netns, 'sh', '-c', `echo ${mask} > /sys/class/net/eth0/queues/rx-0/rps_cpus`]);
 }
 
 /** Sum of run_time_ns and run_cnt over the datapath's two per-packet programs. */
@@ -57,18 +66,20 @@ async function main(): Promise<void> {
   const statsBefore = sysctl();
   if (statsBefore !== '1') sysctl('1');
   try {
-    const variants: [string, string[]][] = [['Membrane', []]];
+    const variants: [string, string[], boolean][] = [['Membrane', [], false]];
     for (const spec of (process.env.BENCH_OBJECTS ?? '').split(',').filter(Boolean)) {
-      const [name, file] = spec.split('=');
+      const [name, value] = spec.split('=');
+      const rps = value.endsWith('+rps');
+      const file = rps ? value.slice(0, -4) : value;
       // name=path.o runs that datapath object; name=anything else: those agent flags (e.g. "--flow-events off").
-      variants.push([name, file.endsWith('.o') ? ['--bpf-object', file] : file.split(' ')]);
+      variants.push([name, file.endsWith('.o') ? ['--bpf-object', file] : file.split(' '), rps]);
     }
-    for (const [name, args] of variants) {
+    for (const [name, args, rps] of variants) {
       // The L7 proxy is off: what is compared is the datapath, not what runs beside it.
       const agent = await startAgent({ bundle: true, extraArgs: ['--l7-proxy', 'off', ...args] });
       agents.push(agent);
       if (RULES) await new PolicyClient(agent.client).import(membranePolicy(RULES));
-      peers.push({ name, pods: () => membrane(agent, RULES > 0), pinDir: agent.bpffsDir, agentPid: () => agent.pid() });
+      peers.push({ name, pods: () => membrane(agent, RULES > 0), pinDir: agent.bpffsDir, agentPid: () => agent.pid(), rps });
     }
     const samples = new Map<string, number[]>();
     const nsPerRun = new Map<string, number[]>();
@@ -80,6 +91,7 @@ async function main(): Promise<void> {
       for (const peer of round % 2 ? peers : [...peers].reverse()) {
         const p = await peer.pods();
         try {
+          if (peer.rps) for (const ns of [p.a, p.b]) enableRps(ns.name);
           for (const n of [...STREAMS, CRR]) {
             const before = peer.pinDir ? progStats(peer.pinDir) : undefined;
             const pid = peer.agentPid?.();
