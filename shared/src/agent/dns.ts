@@ -219,8 +219,10 @@ export class AgentDns {
     for (const l of this.listeners) l(r);
   }
 
-  /** The policy maps or the ipcache changed: answers cached in the datapath under earlier verdicts go. */
+  /** The policy maps or the ipcache changed: the workers' cached verdicts and the answers cached in the
+   *  datapath under earlier verdicts go. */
   policyChanged(): void {
+    this.proxy?.generationChanged();
     try {
       this.answers?.bump();
     } catch (err) {

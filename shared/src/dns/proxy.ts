@@ -64,6 +64,11 @@ export class DnsProxy {
     this.workersWanted = !!this.d.workers?.count;
   }
 
+  /** The policy maps changed: the worker threads' verdict caches go now (workers.ts). */
+  generationChanged(): void {
+    this.workers?.publishGeneration();
+  }
+
   /** Workers start with the first diverted datagram (an agent whose policies have no DNS rules runs
    *  none) and take UDP over once they all listen: until then (a worker thread loads its code in
    *  milliseconds from the bundle, in seconds from source on a busy machine) the agent's thread relays,

@@ -9,8 +9,8 @@
 // Fail closed: until every worker listens, start() has not resolved; a worker that dies takes its
 // listeners with it (the kernel sends their share to the others; with none left the datapath finds no
 // socket and drops DNS) and is started again. A policy change reaches the workers' verdict caches
-// through a generation number in shared memory, written by the agent's thread every GENERATION_POLL_MS:
-// a query may get the verdict of the policy before for that long.
+// through a generation number in shared memory, written by the agent's thread when the maps change
+// (publishGeneration) and every GENERATION_POLL_MS besides.
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -83,6 +83,12 @@ export class DnsWorkers {
     this.poll = setInterval(() => Atomics.store(this.generation, 0, this.o.generation()), GENERATION_POLL_MS);
     this.poll.unref();
     await Promise.all(this.workers.map((_w, i) => this.spawn(i)));
+  }
+
+  /** The policy maps just changed: the workers see the new generation now, not at the next poll (a
+   *  query sent right after a policy import returned must meet the new verdicts). */
+  publishGeneration(): void {
+    Atomics.store(this.generation, 0, this.o.generation());
   }
 
   private spawn(i: number): Promise<void> {
