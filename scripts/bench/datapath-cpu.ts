@@ -5,7 +5,8 @@
 // run_cnt of from_container and to_container): ns per run, share of a CPU, µs per connection (and the
 // agent's own CPU time per connection: it reads and stores the flow events, on the same CPUs). tc
 // programs run with preemption off, so the machine's load does not enter those times; cache misses
-// do (cold lines, or lines other CPUs write).
+// do (cold lines, or lines other CPUs write). Each sample also logs the softirq time each CPU spent
+// meanwhile (/proc/stat; the whole machine's, so other work shows too): which CPU the receive work ran on.
 // BENCH_OBJECTS="name=value,…" adds Membrane agents: value = a path ending in .o runs that datapath
 // object (a build of bpf/ with other BPF_CFLAGS: BPF_OUT=… BPF_CFLAGS=-DMBR_NO_ENFORCE
 // scripts/build-bpf.sh), anything else is agent flags ("--flow-events off"); a trailing "+rps" turns on
@@ -14,6 +15,7 @@
 // BENCH_STREAMS (1,2,4,8; empty: the connection rate only), BENCH_ROUNDS (3), BENCH_SECONDS (4),
 // BENCH_RULES (0): every Membrane agent holds that many rules on the server pod's ingress, as bench:policy.
 import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
 import os from 'node:os';
 import { startAgent, type TestAgent } from '../../integration/lib/agent.ts';
 import { connectionRate, markdownTable, median, processCpuMs, throughput } from './lib.ts';
@@ -34,6 +36,15 @@ interface Peer {
   /** The agent's pid: its CPU time (reading and storing flow events) is reported per connection. */
   agentPid?: () => number | undefined;
   rps?: boolean;
+}
+
+/** Softirq time per CPU so far (ms; /proc/stat's 7th field, 100 ticks a second): where receive work runs. */
+function softirqMs(): number[] {
+  return fs
+    .readFileSync('/proc/stat', 'utf8')
+    .split('\n')
+    .filter((l) => /^cpu\d+ /.test(l))
+    .map((l) => Number(l.split(/\s+/)[7]) * 10);
 }
 
 /** RPS over every CPU on the pod's eth0 (`ip netns exec` mounts the netns's own /sys). */
@@ -96,10 +107,12 @@ async function main(): Promise<void> {
             const before = peer.pinDir ? progStats(peer.pinDir) : undefined;
             const pid = peer.agentPid?.();
             const agentBefore = pid ? processCpuMs(pid) : 0;
+            const siBefore = softirqMs();
             const g = n === CRR ? await connectionRate(p.a, p.b, p.ipB, SECONDS) : await throughput(p.a, p.b, p.ipB, n, SECONDS);
             const key = `${peer.name}/${n}`;
             samples.set(key, [...(samples.get(key) ?? []), g]);
-            let ns = '';
+            const si = softirqMs().map((v, i) => v - siBefore[i]);
+            let ns = `, softirq ms per CPU ${si.join('/')}`;
             if (peer.pinDir && before) {
               const after = progStats(peer.pinDir);
               const runs = after.cnt - before.cnt;
@@ -107,7 +120,7 @@ async function main(): Promise<void> {
               nsPerRun.set(key, [...(nsPerRun.get(key) ?? []), per]);
               const share = (after.ns - before.ns) / (SECONDS * 1e9);
               cpuShare.set(key, [...(cpuShare.get(key) ?? []), share]);
-              ns = `, ${per.toFixed(0)} ns per program run, ${(runs / SECONDS / 1000).toFixed(1)}k runs/s, ${(share * 100).toFixed(1)} % of a CPU`;
+              ns += `, ${per.toFixed(0)} ns per program run, ${(runs / SECONDS / 1000).toFixed(1)}k runs/s, ${(share * 100).toFixed(1)} % of a CPU`;
               if (n === CRR) {
                 const conns = g * SECONDS;
                 nsPerConn.set(key, [...(nsPerConn.get(key) ?? []), (after.ns - before.ns) / conns]);
