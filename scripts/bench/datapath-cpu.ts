@@ -13,7 +13,7 @@
 // RPS over every CPU on both pods' eth0 (receive work that goes through a backlog may then move to
 // another CPU: plain veth's and bpf_redirect's path, not bpf_redirect_peer's).
 // BENCH_STREAMS (1,2,4,8; empty: the connection rate only), BENCH_ROUNDS (3), BENCH_SECONDS (4),
-// BENCH_RULES (0): every Membrane agent holds that many rules on the server pod's ingress, as bench:policy.
+// BENCH_PIN (unpinned), BENCH_RULES (0): every Membrane agent holds that many rules on the server pod's ingress, as bench:policy.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -26,6 +26,10 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 4);
 const STREAMS = (process.env.BENCH_STREAMS ?? '1,2,4,8').split(',').filter(Boolean).map(Number);
 const RULES = Number(process.env.BENCH_RULES ?? 0);
+// BENCH_PIN="c,s": iperf3's client on CPU c and its server on CPU s (e.g. 0,1 apart or 0,0 together).
+const PIN = process.env.BENCH_PIN
+  ? (([client, server]) => ({ client, server }))(process.env.BENCH_PIN.split(',').map(Number))
+  : undefined;
 const CRR = 0; // the connection-rate row's key among the stream counts
 delete process.env.NODE_EXTRA_CA_CERTS;
 
@@ -108,7 +112,8 @@ async function main(): Promise<void> {
             const pid = peer.agentPid?.();
             const agentBefore = pid ? processCpuMs(pid) : 0;
             const siBefore = softirqMs();
-            const g = n === CRR ? await connectionRate(p.a, p.b, p.ipB, SECONDS) : await throughput(p.a, p.b, p.ipB, n, SECONDS);
+            const g =
+              n === CRR ? await connectionRate(p.a, p.b, p.ipB, SECONDS) : await throughput(p.a, p.b, p.ipB, n, SECONDS, PIN);
             const key = `${peer.name}/${n}`;
             samples.set(key, [...(samples.get(key) ?? []), g]);
             const si = softirqMs().map((v, i) => v - siBefore[i]);

@@ -95,12 +95,28 @@ export async function throughput(
   ip: string,
   streams: number,
   seconds: number,
+  pin?: { client: number; server: number },
 ): Promise<number> {
   const port = 20000 + Math.floor(Math.random() * 20000);
-  const srv = daemon(server, 'iperf3', ['-s', '-1', '-B', ip, '-p', String(port)]);
+  // pin: iperf3's client and server each on that CPU (taskset), e.g. both on one or one on each.
+  const on = (cpu: number | undefined, argv: string[]) => (cpu === undefined ? argv : ['taskset', '-c', String(cpu), ...argv]);
+  const [srvCmd, ...srvArgs] = on(pin?.server, ['iperf3', '-s', '-1', '-B', ip, '-p', String(port)]);
+  const srv = daemon(server, srvCmd, srvArgs);
   try {
     await sleep(300);
-    const out = await client.exec('iperf3', ['-c', ip, '-p', String(port), '-t', String(seconds), '-P', String(streams), '-J'], {
+    const [cliCmd, ...cliArgs] = on(pin?.client, [
+      'iperf3',
+      '-c',
+      ip,
+      '-p',
+      String(port),
+      '-t',
+      String(seconds),
+      '-P',
+      String(streams),
+      '-J',
+    ]);
+    const out = await client.exec(cliCmd, cliArgs, {
       timeoutMs: (seconds + 20) * 1000,
     });
     return JSON.parse(out).end.sum_received.bits_per_second / 1e9;
