@@ -267,3 +267,37 @@ spec:
   await p.apply(`${CLOSED}---\n${denyAB}`);
   t.equal(h.from(back(), B.ifindex), REDIRECT, 'audit mode: not revoked');
 });
+
+// Replies are looked up reverse key first when they look like replies (a SYN-ACK, a source port below
+// the destination port): the order must never change a verdict, whichever way the ports point.
+t.test('a flow is found both ways whatever its ports suggest (reply-first lookup order)', async (t) => {
+  t.teardown(() => p.clear());
+  await p.apply(CLOSED);
+  const lo = 1000 + (next() % 1000),
+    hi = 50000 + (next() % 10000);
+  // A's flows from a low port to a high one: its own packets look like replies, the answers do not.
+  t.same(run(from4(A, W, udp(lo, hi), PROTO.UDP), 'from', A), { verdict: OK }, 'UDP A:lo -> world:hi');
+  t.same(run(to4(A, W, udp(hi, lo), PROTO.UDP), 'to', A), { verdict: OK }, "its answer passes A's closed ingress");
+  t.same(run(from4(A, W, udp(lo, hi), PROTO.UDP), 'from', A), { verdict: OK }, "A's next datagram");
+  t.same(run(to4(A, W, udp(hi, lo), PROTO.UDP), 'to', A), { verdict: OK }, 'and the next answer');
+  t.same(run(from4(A, W, tcp(lo, hi, TCP_FLAGS.SYN, 7), PROTO.TCP), 'from', A), { verdict: OK }, 'TCP SYN A:lo -> world:hi');
+  t.same(run(to4(A, W, tcp(hi, lo, TCP_FLAGS.SYN | TCP_FLAGS.ACK), PROTO.TCP), 'to', A), { verdict: OK }, 'the SYN-ACK passes');
+  t.same(run(from4(A, W, tcp(lo, hi, TCP_FLAGS.ACK, 8), PROTO.TCP), 'from', A), { verdict: OK }, "A's ACK");
+  t.same(run(to4(A, W, tcp(hi, lo, TCP_FLAGS.ACK), PROTO.TCP), 'to', A), { verdict: OK }, 'data from the world');
+  // The world's packets that look like replies but belong to no flow of A's are new flows: denied.
+  t.same(
+    run(to4(A, W, tcp(lo, hi, TCP_FLAGS.ACK), PROTO.TCP), 'to', A),
+    { verdict: SHOT, reason: POLICY_DENIED },
+    "A's own tuple turned around is no reply",
+  );
+  t.same(
+    run(to4(A, W, udp(lo - 1, hi), PROTO.UDP), 'to', A),
+    { verdict: SHOT, reason: POLICY_DENIED },
+    'a low-port datagram of no flow',
+  );
+  t.same(
+    run(to4(A, W, tcp(80, hi, TCP_FLAGS.SYN | TCP_FLAGS.ACK), PROTO.TCP), 'to', A),
+    { verdict: SHOT, reason: POLICY_DENIED },
+    'a SYN-ACK of no flow',
+  );
+});
