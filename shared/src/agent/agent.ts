@@ -28,6 +28,7 @@ import { startFlows, type AgentFlows } from './flows.ts';
 import { connectCluster } from './cluster.ts';
 import type { ClusterMode } from '../cluster/mode.ts';
 import { AgentL7 } from './l7.ts';
+import { ProxyDatapath } from '../l7/activation.ts';
 import { AgentDns } from './dns.ts';
 import { cniQueue } from './cni-queue.ts';
 import { labelResolver } from './labels.ts';
@@ -113,10 +114,23 @@ export class Agent {
       // The DNS proxy's port and what DNS taught (toFQDNs) before the first sync, like the L7 port.
       const dns = await AgentDns.open({ cfg, log, host, datapath, store, ipv6 });
       if (dns) closers.push({ name: 'dns proxy', close: () => dns.close() });
+      // Their routing rule and socket lookup only once a policy needs them (before its entries).
+      const proxyDatapath =
+        l7 || dns
+          ? new ProxyDatapath({
+              host,
+              hostDevice: cfg.hostDevice,
+              ipv6,
+              datapath,
+              http: !!l7,
+              log: log.child({ component: 'l7' }),
+            })
+          : undefined;
       const proxies =
         l7 || dns
           ? {
               proxyPorts: () => ({ ...(l7?.proxyPorts() ?? {}), ...(dns?.proxyPorts() ?? {}) }),
+              activate: proxyDatapath!.activate,
               // Both hear about every change of the maps: the HTTP proxy's snapshot, the DNS answer cache's generation.
               onChange: () => {
                 l7?.policyChanged();

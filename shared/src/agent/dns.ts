@@ -19,7 +19,6 @@ import { identityKind } from '../identity/reserved.ts';
 import { FqdnState, type FqdnPersisted } from '../fqdn/state.ts';
 import { dnsRuleMatches } from '../fqdn/selector.ts';
 import { WritesInFlight } from '../fqdn/writes.ts';
-import { ensureProxyRouting } from '../l7/routing.ts';
 import { pickProxyPort, portFree, udpPortFree } from '../l7/proxy/sockets.ts';
 import { normalizeIp } from '../net/index.ts';
 import { DnsProxy, type DnsDecision, type DnsRecord, type Peer } from '../dns/proxy.ts';
@@ -104,7 +103,7 @@ export class AgentDns {
   static async open(d: DnsDeps): Promise<AgentDns | undefined> {
     if (!d.cfg.dnsProxy) return undefined;
     const log = d.log.child({ component: 'dns' });
-    ensureProxyRouting(d.host, d.cfg.hostDevice, d.ipv6);
+    // The routing rule comes with the first policy that needs the proxy (l7/activation.ts).
     const port = choosePort(d.cfg);
     const state = new FqdnState(d.cfg.fqdnMinTtl);
     const saved = await d.store.get<FqdnPersisted>(STORE_KEY);

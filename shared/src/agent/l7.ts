@@ -12,8 +12,7 @@ import { At, decodeRecord, readBatch } from '../l7/proxy/records.ts';
 import { l7Flow } from '../l7/flows.ts';
 import { registerL7Metrics } from '../l7/metrics.ts';
 import type { AgentFlows } from './flows.ts';
-import { ensureProxyRouting, ensureTransparentSocketMark } from '../l7/routing.ts';
-import { attachProxyHairpin, attachProxySteering } from '../l7/datapath.ts';
+import { ensureTransparentSocketMark } from '../l7/routing.ts';
 import { hasHttpEntries } from '../l7/proxy/snapshot.ts';
 import type { Datapath } from '../bpf/datapath.ts';
 import { VERSION } from '../version.ts';
@@ -57,11 +56,8 @@ export class AgentL7 {
   static async open(d: L7Deps): Promise<AgentL7 | undefined> {
     if (!d.cfg.l7Proxy) return undefined;
     const log = d.log.child({ component: 'l7' });
-    ensureProxyRouting(d.host, d.cfg.hostDevice, d.ipv6);
-    const hostDevice = d.host.linkByName(d.cfg.hostDevice);
-    if (!hostDevice) throw new Error(`host device ${d.cfg.hostDevice} is missing`);
-    attachProxyHairpin(d.datapath, hostDevice);
-    attachProxySteering(d.datapath);
+    // The routing rule, hairpin and socket lookup come with the first policy that needs the proxy
+    // (l7/activation.ts, before its entries are written).
     let self: AgentL7 | undefined;
     const manager = await ProxyManager.open({
       stateDir: d.cfg.stateDir,

@@ -30,7 +30,7 @@ export interface PolicyDeps {
   /** Cluster mode: identities and policies live in the cluster store. */
   cluster?: ClusterMode;
   /** The L7 proxies: their ports go into L7 entries (HTTP, DNS); the HTTP one hears about every change. */
-  l7?: { proxyPorts: () => { http?: number; dns?: number }; onChange?: () => void };
+  l7?: { proxyPorts: () => { http?: number; dns?: number }; activate?: () => void; onChange?: () => void };
   /** What DNS taught (toFQDNs), from the DNS proxy's part. */
   fqdn?: FqdnState;
   /** The cluster this node is in ("default" on a single node): what Cilium's derived cluster label holds. */
@@ -81,7 +81,13 @@ export class AgentPolicy {
       cluster: d.clusterName ?? 'default',
       labelFilter: d.labelFilter,
       ...(d.cluster ? { identityBackend: d.cluster.identities, policyBackend: d.cluster.policies } : {}),
-      ...(d.l7 ? { proxyPorts: d.l7.proxyPorts, ...(d.l7.onChange ? { onChange: d.l7.onChange } : {}) } : {}),
+      ...(d.l7
+        ? {
+            proxyPorts: d.l7.proxyPorts,
+            ...(d.l7.activate ? { activateProxies: d.l7.activate } : {}),
+            ...(d.l7.onChange ? { onChange: d.l7.onChange } : {}),
+          }
+        : {}),
       ...(d.fqdn ? { fqdn: d.fqdn } : {}),
     });
     await d.cluster?.attachEngine(engine);

@@ -7,7 +7,7 @@
 import { normalizeCidr } from '../net/index.ts';
 import type { IdentityAllocator } from '../identity/allocator.ts';
 import { applyDesired, type ApplyStats } from './apply.ts';
-import { buildDesired, type Desired, type EngineEndpoint } from './desired.ts';
+import { buildDesired, l7KindsOf, type Desired, type EngineEndpoint } from './desired.ts';
 import { desiredWithEndpoint, desiredWithoutEndpoint } from './desired-endpoint.ts';
 import type { PolicyEngineDeps } from './engine-types.ts';
 import { PolicyView } from './engine-view.ts';
@@ -24,6 +24,9 @@ export class PolicyMapSync extends PolicyView {
   private last?: Desired;
   /** The records the CIDR table was last synced to (by a sync that was applied). */
   private cidrsRecords?: PolicyRecord[];
+  /** Set once activateProxies succeeded; else the last records found to need no proxy. */
+  private proxiesActive = false;
+  private proxiesNotNeededFor?: PolicyRecord[];
 
   protected constructor(d: PolicyEngineDeps, identities: IdentityAllocator, repo: PolicyRepository) {
     super(d, identities, repo);
@@ -32,6 +35,7 @@ export class PolicyMapSync extends PolicyView {
 
   /** Computes the desired maps for `records` and applies the difference. Throws with nothing changed. */
   protected sync(records: PolicyRecord[] = this.repo.list()): ApplyStats {
+    this.proxiesFor(records);
     // The CIDR table follows the records; a sync that is abandoned takes its changes back.
     this.cidrs.checkpoint();
     let desired: Desired;
@@ -77,6 +81,7 @@ export class PolicyMapSync extends PolicyView {
    *  next desired state is derived from the last one instead of built whole, when it can be. */
   protected syncEndpointAdded(e: EngineEndpoint, known: boolean): void {
     const records = this.repo.list();
+    this.proxiesFor(records);
     const desired =
       !known && this.last && this.applied && records === this.cidrsRecords
         ? desiredWithEndpoint(
@@ -100,6 +105,7 @@ export class PolicyMapSync extends PolicyView {
    *  nothing but its own entries, flags and addresses: derived from the last state when it can be. */
   protected syncEndpointRemoved(gone: EngineEndpoint): void {
     const records = this.repo.list();
+    this.proxiesFor(records);
     const desired =
       this.last && this.applied && records === this.cidrsRecords
         ? desiredWithoutEndpoint(
@@ -160,6 +166,18 @@ export class PolicyMapSync extends PolicyView {
       ipcachePrefixes: [...diff.upsert.map(([p]) => p), ...diff.remove],
     });
     this.d.onChange?.();
+  }
+
+  /** Before anything built from `records` is written: a proxy entry (only L7 and DNS rules make one)
+   *  must find the proxies' routing and socket lookup in place. Throws with nothing changed. */
+  private proxiesFor(records: PolicyRecord[]): void {
+    if (this.proxiesActive || !this.d.activateProxies || records === this.proxiesNotNeededFor) return;
+    if (!l7KindsOf(records).size) {
+      this.proxiesNotNeededFor = records;
+      return;
+    }
+    this.d.activateProxies();
+    this.proxiesActive = true;
   }
 
   /** Applies the difference to `desired`; throws with nothing changed (the next sync compares all). */

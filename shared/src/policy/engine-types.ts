@@ -48,6 +48,10 @@ export interface PolicyEngineDeps {
   identityGraceMs?: number;
   /** Where the L7 proxies listen (ports go into the datapath with L7 entries); none: L7 policies are refused. */
   proxyPorts?: () => DesiredInput['proxyPorts'];
+  /** Sets up what diverts flows to the proxies (l7/activation.ts). Called before the first change
+   *  whose policies have L7 or DNS rules is written, so no entry sends a flow to a proxy the node
+   *  cannot deliver it to; idempotent; a throw fails that change with nothing written. */
+  activateProxies?: () => void;
   /** Cluster mode: identities and policies live in the cluster store (default: the node's store). */
   identityBackend?: IdentityBackend;
   policyBackend?: PolicyBackend & { reload?(): Promise<PersistedPolicies> };
