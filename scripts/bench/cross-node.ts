@@ -15,6 +15,10 @@
 // measurement (a connection-rate run leaves TIME_WAIT sockets), a different order each round.
 // BENCH_ROUNDS (3), BENCH_SECONDS (4), BENCH_RULES (10000), BENCH_FLOW_EVENTS (on), BENCH_BPF_STATS
 // (off; on: kernel.bpf_stats_enabled for the run, and a table of what Membrane's programs cost).
+// BENCH_BEFORE=<datapath .o> adds an A/B in the same run: "(c) … rules, before" and "(d) …, before",
+// whose agents run that datapath object (e.g. one built from an older commit: BPF_OUT=/tmp/x.o
+// scripts/build-bpf.sh in its checkout) with the L7 proxy's routing rule and sk_lookup set up (an L7
+// policy that selects no pod), as agents before 40f4f10 had them from the start.
 import os from 'node:os';
 import { createNetns } from '../../integration/lib/netns.ts';
 import { eventually, startCluster, type TestCluster, type TestNode } from '../../integration/lib/cluster.ts';
@@ -33,6 +37,19 @@ const FLOW_EVENTS = process.env.BENCH_FLOW_EVENTS ?? 'on';
 /** Off by default: the kernel's statistics read the clock twice per program run (~0.15 µs a run
  *  here), a cost the plain peers would not pay. */
 const BPF_STATS = (process.env.BENCH_BPF_STATS ?? 'off') === 'on';
+const BEFORE = process.env.BENCH_BEFORE;
+/** Selects no pod: only sets up the proxies' routing rule and sk_lookup (l7/activation.ts). */
+const L7_NOBODY = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: bench-l7-nobody}
+spec:
+  endpointSelector: {matchLabels: {bench: nobody}}
+  ingress:
+  - toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http: [{method: GET}]
+`;
 delete process.env.NODE_EXTRA_CA_CERTS;
 
 type Metric = 'tput1' | 'tput4' | 'rr' | 'crr';
@@ -45,10 +62,21 @@ const METRICS: { key: Metric; label: string; higher: boolean; digits: number }[]
 
 // ---- Membrane: two nodes of the harness -------------------------------------------------------------
 
-async function membraneCluster(mode: 'tunnel' | 'native'): Promise<{ c: TestCluster; pods(): Promise<PodPair> }> {
+async function membraneCluster(
+  mode: 'tunnel' | 'native',
+  object?: string,
+): Promise<{ c: TestCluster; pods(): Promise<PodPair> }> {
   const c = await startCluster({
     nodes: 2,
-    agentArgs: ['--routing-mode', mode, '--log-level', 'info', '--flow-events', FLOW_EVENTS],
+    agentArgs: [
+      '--routing-mode',
+      mode,
+      '--log-level',
+      'info',
+      '--flow-events',
+      FLOW_EVENTS,
+      ...(object ? ['--bpf-object', object] : []),
+    ],
   });
   const [n1, n2] = c.nodes;
   const pod = async (n: TestNode, labels: Record<string, string>) => {
@@ -129,6 +157,27 @@ async function membraneNative(): Promise<Topology> {
   return { name: '(d) Membrane native routing', pods: m.pods, close: () => m.c.cleanup() };
 }
 
+/** BENCH_BEFORE: the overlay with BIG rules and native routing on that object, proxy routing set up. */
+async function membraneBefore(object: string): Promise<Topology[]> {
+  const o = await membraneCluster('tunnel', object);
+  const n = await membraneCluster('native', object);
+  const po = new PolicyClient(o.c.nodes[1].client);
+  const pn = new PolicyClient(n.c.nodes[1].client);
+  await pn.import(L7_NOBODY);
+  return [
+    {
+      name: `(c) Membrane overlay, ${BIG.toLocaleString('en-US')} rules, before`,
+      async pods() {
+        await po.delete('all');
+        await po.import(`${membranePolicy(BIG)}\n---\n${L7_NOBODY}`);
+        return o.pods();
+      },
+      close: () => o.c.cleanup(),
+    },
+    { name: '(d) Membrane native routing, before', pods: n.pods, close: () => n.c.cleanup() },
+  ];
+}
+
 // ---- the run ----------------------------------------------------------------------------------------
 
 const samples = new Map<string, Record<Metric, number[]>>();
@@ -181,7 +230,7 @@ function report(names: string[], load: string): string {
     name,
     ...METRICS.map((m) => {
       const v = median(samples.get(name)![m.key]);
-      const peer = name === d || name === e ? e : a;
+      const peer = name.startsWith('(d)') || name.startsWith('(e)') ? e : a;
       return `${v.toFixed(m.digits)} (${perf(name, peer, m).toFixed(2)}×)`;
     }),
   ]);
@@ -203,6 +252,12 @@ function report(names: string[], load: string): string {
           `${met(big, a)}: ${goal(big, a)}`,
         ],
         ['native routing >= 0.95x plain routing on every metric', `${met(d, e)}: ${goal(d, e)}`],
+        ...(names.length > 6
+          ? [
+              [`overlay with ${BIG.toLocaleString('en-US')} rules, now / before`, goal(big, names[6])],
+              ['native routing, now / before', goal(d, names[7])],
+            ]
+          : []),
       ],
     ),
     '',
@@ -238,6 +293,7 @@ async function main(): Promise<void> {
       ...(await membraneOverlay()),
       await membraneNative(),
       await plainRouting(),
+      ...(BEFORE ? await membraneBefore(BEFORE) : []),
     );
     const names = topologies.map((t) => t.name);
     for (let round = 1; round <= ROUNDS; round++) {
