@@ -18,7 +18,7 @@
 // BENCH_BEFORE=<datapath .o> adds an A/B in the same run: "(c) … rules, before" and "(d) …, before",
 // whose agents run that datapath object (e.g. one built from an older commit: BPF_OUT=/tmp/x.o
 // scripts/build-bpf.sh in its checkout) with the L7 proxy's routing rule and sk_lookup set up (an L7
-// policy that selects no pod), as agents before 40f4f10 had them from the start.
+// policy that selects no pod), as agents had them from the start before shared/src/l7/activation.ts.
 import os from 'node:os';
 import { createNetns } from '../../integration/lib/netns.ts';
 import { eventually, startCluster, type TestCluster, type TestNode } from '../../integration/lib/cluster.ts';
