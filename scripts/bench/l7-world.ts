@@ -126,6 +126,13 @@ export async function startL7World(clientTwReuse: string): Promise<L7World> {
       }
     }
     await pc.delete('all').catch(() => undefined);
+    // BENCH_WORKER_LOGS=DIR keeps the workers' logs (e.g. --trace-gc through MEMBRANE_L7_WORKER_NODE_FLAGS).
+    const keep = process.env.BENCH_WORKER_LOGS;
+    if (keep) {
+      fs.mkdirSync(keep, { recursive: true });
+      const l7 = path.join(agent.stateDir, 'l7');
+      for (const f of fs.readdirSync(l7).filter((x) => x.endsWith('.log'))) fs.copyFileSync(path.join(l7, f), path.join(keep, f));
+    }
     await agent.cleanup();
     client.remove();
     server.remove();
@@ -155,7 +162,10 @@ export async function startL7World(clientTwReuse: string): Promise<L7World> {
     procs.push(s.child);
     dirs.push(s.dir);
     // The peer: nginx on the node in front of the same server (as many workers as the L7 proxy).
-    const workers = ((await agent.client.status()).l7 as { workers: unknown[] } | undefined)?.workers.length ?? 2;
+    // BENCH_NGINX_WORKERS sets it apart (e.g. the L7 proxy's worker count varied against one nginx).
+    const workers =
+      Number(process.env.BENCH_NGINX_WORKERS) ||
+      (((await agent.client.status()).l7 as { workers: unknown[] } | undefined)?.workers.length ?? 2);
     const p = startNginx(
       null,
       nginxConf(

@@ -13,6 +13,9 @@ export interface Sample {
   requests: number;
   cpuUsPerReq?: number;
   agentUsPerReq?: number;
+  /** Time the proxying processes' threads spent runnable but waiting for a CPU, µs per request
+   *  (schedstat run_delay): what a loaded machine's scheduler adds to a request's latency. */
+  waitUsPerReq?: number;
 }
 
 const TICK_US = 1e6 / 100; // /proc/<pid>/stat times are in USER_HZ (100 on Linux)
@@ -30,6 +33,28 @@ export function cpuUs(pids: number[]): number {
     }
   }
   return ticks * TICK_US;
+}
+
+/** Time (µs) every thread of the processes has waited on a run queue so far (/proc/<pid>/task/<tid>/schedstat,
+ *  second field, ns); a process or thread that is gone counts 0. */
+export function runDelayUs(pids: number[]): number {
+  let ns = 0;
+  for (const pid of pids) {
+    let tids: string[] = [];
+    try {
+      tids = fs.readdirSync(`/proc/${pid}/task`);
+    } catch {
+      continue;
+    }
+    for (const tid of tids) {
+      try {
+        ns += Number(fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, 'utf8').split(' ')[1]);
+      } catch {
+        /* gone */
+      }
+    }
+  }
+  return ns / 1000;
 }
 
 export function childrenOf(pid: number): number[] {
@@ -88,6 +113,7 @@ export async function wrk(
   const cpu0 = cpuUs(proxy);
   const each0 = proxy.map((pid) => cpuUs([pid]));
   const agent0 = agent ? cpuUs([agent]) : 0;
+  const wait0 = runDelayUs(proxy);
   const out = await client.exec('wrk', args, { timeoutMs: (seconds + 30) * 1000 });
   const sample = parseWrk(out);
   // BENCH_PER_PROCESS=1: each process's CPU per request apart (e.g. an A/B of two proxy workers).
@@ -96,6 +122,7 @@ export async function wrk(
       `  CPU µs/request by process: ${proxy.map((pid, i) => `${pid} ${((cpuUs([pid]) - each0[i]) / sample.requests).toFixed(1)}`).join(', ')}\n`,
     );
   if (proxy.length && sample.requests > 0) sample.cpuUsPerReq = (cpuUs(proxy) - cpu0) / sample.requests;
+  if (proxy.length && sample.requests > 0) sample.waitUsPerReq = (runDelayUs(proxy) - wait0) / sample.requests;
   if (agent && sample.requests > 0) sample.agentUsPerReq = (cpuUs([agent]) - agent0) / sample.requests;
   return sample;
 }

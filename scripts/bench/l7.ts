@@ -13,7 +13,9 @@
 // rounds of BENCH_SECONDS each; BENCH_CONNS picks the connection counts. Each row says whether the
 // issue's goals are met (Membrane L7 >= 0.8x nginx's req/s, p99 <= 1.25x nginx's) and what the
 // proxying costs in CPU per request (Membrane's workers plus its agent, the agent's part apart, nginx's
-// workers): on a loaded machine the ratios move with the load, the CPU cost much less.
+// workers): on a loaded machine the ratios move with the load, the CPU cost much less; and how long
+// the proxying processes' threads waited for a CPU per request (schedstat run_delay), the scheduler's
+// share of the latency.
 // The client pod runs with net.ipv4.tcp_tw_reuse=BENCH_CLIENT_TW_REUSE (default 0, the kernel's own
 // default, the same for every column): the proxy, like the server and nginx, closes a one-request
 // connection first, so no column leaves a TIME_WAIT in the client. 1 shows what a client that keeps
@@ -31,6 +33,7 @@ const CONNS = (process.env.BENCH_CONNS ?? '1,10,50,100').split(',').map(Number);
 const VARIANTS = (process.env.BENCH_VARIANTS ?? 'direct,l7,nginx').split(',');
 // Both by default; BENCH_MODES=close runs one request per connection only (e.g. to profile that path).
 const MODES = (process.env.BENCH_MODES ?? 'keep-alive,close').split(',') as Mode[];
+const NON_L7 = process.env.BENCH_NON_L7 !== '0';
 const CLIENT_TW_REUSE = process.env.BENCH_CLIENT_TW_REUSE ?? '0';
 delete process.env.NODE_EXTRA_CA_CERTS;
 
@@ -71,12 +74,12 @@ async function main(): Promise<void> {
           }
         }
       }
-      // Non-L7 port, A/B: without and with the L7 policy on port 80.
-      for (const on of round % 2 ? [true, false] : [false, true]) {
+      // Non-L7 port, A/B: without and with the L7 policy on port 80 (BENCH_NON_L7=0 skips it).
+      for (const on of NON_L7 ? (round % 2 ? [true, false] : [false, true]) : []) {
         await setL7(on);
         rec(`8080|${on ? 'l7-on' : 'l7-off'}`, await wrk(client, `http://${ip}:8080/`, 50, 'keep-alive', SECONDS));
       }
-      await setL7(true);
+      if (NON_L7) await setL7(true);
     }
 
     const med = (key: string, f: keyof Sample) => median((samples.get(key) ?? []).map((x) => x[f] ?? NaN));
@@ -104,6 +107,7 @@ async function main(): Promise<void> {
           `${p99.toFixed(2)}×`,
           goal,
           `${cpu('l7')} (agent ${agentCpu}) / ${cpu('nginx')}`,
+          `${med(k('l7'), 'waitUsPerReq').toFixed(0)} / ${med(k('nginx'), 'waitUsPerReq').toFixed(0)}`,
         ]);
       }
     }
@@ -123,15 +127,17 @@ async function main(): Promise<void> {
           'L7/nginx p99',
           `goal (≥ ${GOAL_RPS}× req/s, ≤ ${GOAL_P99}× p99)`,
           'proxy CPU µs/request L7 workers + agent (agent) / nginx',
+          'proxy run-queue wait µs/request L7 / nginx',
         ],
         rows,
       ),
     );
     const off = med('8080|l7-off', 'rps'),
       on = med('8080|l7-on', 'rps');
-    console.log(
-      `\nPort 8080 (no L7 rules), 50 connections keep-alive: ${off.toFixed(0)} req/s without the L7 policy on port 80, ${on.toFixed(0)} req/s with it (${(on / off).toFixed(2)}×).`,
-    );
+    if (NON_L7)
+      console.log(
+        `\nPort 8080 (no L7 rules), 50 connections keep-alive: ${off.toFixed(0)} req/s without the L7 policy on port 80, ${on.toFixed(0)} req/s with it (${(on / off).toFixed(2)}×).`,
+      );
     if (errors.length) console.log(`\nwrk reported errors (socket errors or non-2xx) in: ${errors.join(', ')}`);
     console.log(
       `Load average at the end: ${os

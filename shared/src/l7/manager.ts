@@ -57,6 +57,13 @@ const STOP_DRAIN_MS = 10_000;
  *  from the bundle; from source, under load, several.) */
 const CONNECT_DEADLINE_MS = 30_000;
 
+/** MEMBRANE_L7_WORKER_NODE_FLAGS: extra Node/V8 flags for the workers only (space-separated, read at
+ *  each spawn), for benchmarks and profiles (e.g. --trace-gc, a GC setting to A/B); the agent's own
+ *  NODE_OPTIONS reach the workers too but also the agent, and take few V8 flags. */
+function workerNodeFlags(): string[] {
+  return (process.env.MEMBRANE_L7_WORKER_NODE_FLAGS ?? '').split(/\s+/).filter(Boolean);
+}
+
 export class ProxyManager {
   private readonly dir: string;
   private readonly workers: WorkerState[];
@@ -230,6 +237,7 @@ export class ProxyManager {
       this.o.command.execPath,
       [
         '--enable-experimental-regexp-engine-on-excessive-backtracks',
+        ...workerNodeFlags(),
         ...this.o.command.args,
         '--control',
         path.join(this.dir, 'control.sock'),
