@@ -13,6 +13,7 @@
 // RPS over every CPU on both pods' eth0 (receive work that goes through a backlog may then move to
 // another CPU: plain veth's and bpf_redirect's path, not bpf_redirect_peer's).
 // BENCH_STREAMS (1,2,4,8; empty: the connection rate only), BENCH_ROUNDS (3), BENCH_SECONDS (4),
+// BENCH_TRACE=s: a scheduler trace of s seconds in the middle of each throughput sample (sched-trace.ts).
 // BENCH_PIN (unpinned), BENCH_RULES (0): every Membrane agent holds that many rules on the server pod's ingress, as bench:policy.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -21,6 +22,7 @@ import { startAgent, type TestAgent } from '../../integration/lib/agent.ts';
 import { connectionRate, markdownTable, median, processCpuMs, throughput } from './lib.ts';
 import { membrane, membranePolicy, plainVeth, type Pods } from './topologies.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
+import { formatSummary, traceSched } from './sched-trace.ts';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 4);
@@ -30,6 +32,7 @@ const RULES = Number(process.env.BENCH_RULES ?? 0);
 const PIN = process.env.BENCH_PIN
   ? (([client, server]) => ({ client, server }))(process.env.BENCH_PIN.split(',').map(Number))
   : undefined;
+const TRACE = Number(process.env.BENCH_TRACE ?? 0);
 const CRR = 0; // the connection-rate row's key among the stream counts
 delete process.env.NODE_EXTRA_CA_CERTS;
 
@@ -112,8 +115,16 @@ async function main(): Promise<void> {
             const pid = peer.agentPid?.();
             const agentBefore = pid ? processCpuMs(pid) : 0;
             const siBefore = softirqMs();
+            let trace = '';
+            const watch = TRACE
+              ? async (pid: number) => {
+                  trace = `\n${formatSummary(await traceSched(pid, TRACE, ((SECONDS - TRACE) / 2) * 1000))}`;
+                }
+              : undefined;
             const g =
-              n === CRR ? await connectionRate(p.a, p.b, p.ipB, SECONDS) : await throughput(p.a, p.b, p.ipB, n, SECONDS, PIN);
+              n === CRR
+                ? await connectionRate(p.a, p.b, p.ipB, SECONDS)
+                : await throughput(p.a, p.b, p.ipB, n, SECONDS, PIN, watch);
             const key = `${peer.name}/${n}`;
             samples.set(key, [...(samples.get(key) ?? []), g]);
             const si = softirqMs().map((v, i) => v - siBefore[i]);
@@ -137,7 +148,7 @@ async function main(): Promise<void> {
                 }
               }
             }
-            process.stderr.write(`round ${round} ${key}: ${g.toFixed(2)}${n === CRR ? ' conn/s' : ' Gbit/s'}${ns}\n`);
+            process.stderr.write(`round ${round} ${key}: ${g.toFixed(2)}${n === CRR ? ' conn/s' : ' Gbit/s'}${ns}${trace}\n`);
           }
         } finally {
           await p.cleanup();

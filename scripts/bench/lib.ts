@@ -96,6 +96,7 @@ export async function throughput(
   streams: number,
   seconds: number,
   pin?: { client: number; server: number },
+  watch?: (serverPid: number) => Promise<void>,
 ): Promise<number> {
   const port = 20000 + Math.floor(Math.random() * 20000);
   // pin: iperf3's client and server each on that CPU (taskset), e.g. both on one or one on each.
@@ -116,9 +117,11 @@ export async function throughput(
       String(streams),
       '-J',
     ]);
-    const out = await client.exec(cliCmd, cliArgs, {
-      timeoutMs: (seconds + 20) * 1000,
-    });
+    // watch: runs beside the client (e.g. a scheduler trace), given the server's pid (nsenter execs it).
+    const [out] = await Promise.all([
+      client.exec(cliCmd, cliArgs, { timeoutMs: (seconds + 20) * 1000 }),
+      watch && srv.pid ? watch(srv.pid) : undefined,
+    ]);
     return JSON.parse(out).end.sum_received.bits_per_second / 1e9;
   } finally {
     srv.kill('SIGKILL');
