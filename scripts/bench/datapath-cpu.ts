@@ -34,6 +34,8 @@ const PIN = process.env.BENCH_PIN
   : undefined;
 const TRACE = Number(process.env.BENCH_TRACE ?? 0);
 const CRR = 0; // the connection-rate row's key among the stream counts
+// BENCH_CRR=0 leaves the connection-rate row out (throughput only).
+const RUNS = process.env.BENCH_CRR === '0' ? STREAMS : [...STREAMS, CRR];
 delete process.env.NODE_EXTRA_CA_CERTS;
 
 interface Peer {
@@ -110,7 +112,7 @@ async function main(): Promise<void> {
         const p = await peer.pods();
         try {
           if (peer.rps) for (const ns of [p.a, p.b]) enableRps(ns.name);
-          for (const n of [...STREAMS, CRR]) {
+          for (const n of RUNS) {
             const before = peer.pinDir ? progStats(peer.pinDir) : undefined;
             const pid = peer.agentPid?.();
             const agentBefore = pid ? processCpuMs(pid) : 0;
@@ -155,7 +157,7 @@ async function main(): Promise<void> {
         }
       }
     }
-    const rows = [...STREAMS, CRR].map((n) => {
+    const rows = RUNS.map((n) => {
       const base = median(samples.get(`plain veth/${n}`)!);
       return [
         n === CRR ? 'connections/s' : `Gbit/s, ${n} stream${n > 1 ? 's' : ''}`,
