@@ -218,7 +218,7 @@ static __always_inline int enforce(struct __sk_buff *skb, const struct pkt *p, c
  * later packets miss the LOCAL lookup and find it here. */
 static __always_inline bool proxied_local_flow(const struct pkt *p, const struct endpoint_config *src, __u16 *proxy_port)
 {
-	__u64 now = bpf_ktime_get_ns();
+	__u64 now = ct_now();
 	struct ct_entry *ct;
 	struct ct_key key;
 	bool done;
