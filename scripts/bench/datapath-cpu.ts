@@ -22,7 +22,7 @@ import { startAgent, type TestAgent } from '../../integration/lib/agent.ts';
 import { connectionRate, markdownTable, median, processCpuMs, throughput } from './lib.ts';
 import { membrane, membranePolicy, plainVeth, type Pods } from './topologies.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
-import { formatSummary, traceSched } from './sched-trace.ts';
+import { formatSummary, sampleSched, traceSched } from './sched-trace.ts';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 4);
@@ -33,6 +33,8 @@ const PIN = process.env.BENCH_PIN
   ? (([client, server]) => ({ client, server }))(process.env.BENCH_PIN.split(',').map(Number))
   : undefined;
 const TRACE = Number(process.env.BENCH_TRACE ?? 0);
+// BENCH_SCHED=s: the same window with counters only (migrations, switches, CPU shares; no records).
+const SCHED = Number(process.env.BENCH_SCHED ?? 0);
 const CRR = 0; // the connection-rate row's key among the stream counts
 // BENCH_CRR=0 leaves the connection-rate row out (throughput only).
 const RUNS = process.env.BENCH_CRR === '0' ? STREAMS : [...STREAMS, CRR];
@@ -122,7 +124,11 @@ async function main(): Promise<void> {
               ? async (pid: number) => {
                   trace = `\n${formatSummary(await traceSched(pid, TRACE, ((SECONDS - TRACE) / 2) * 1000))}`;
                 }
-              : undefined;
+              : SCHED
+                ? async (pid: number) => {
+                    trace = `\n${await sampleSched(pid, SCHED, ((SECONDS - SCHED) / 2) * 1000)}`;
+                  }
+                : undefined;
             const g =
               n === CRR
                 ? await connectionRate(p.a, p.b, p.ipB, SECONDS)

@@ -248,3 +248,64 @@ export function formatSummary(s: SchedSummary): string {
     `  client woken by: ${counts(s.clientWakeups)}; onto the waker's CPU ${s.clientWakeupsToWakerCpu}`,
   ].join('\n');
 }
+
+/** /proc/PID/sched's counters: migrations and switches so far. */
+function schedCounters(pid: number): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const l of fs.readFileSync(`/proc/${pid}/sched`, 'utf8').split('\n')) {
+    const m = /^(se\.nr_migrations|nr_switches|nr_voluntary_switches|nr_involuntary_switches)\s+:\s+(\d+)/.exec(l);
+    if (m) out[m[1].replace('se.', '')] = Number(m[2]);
+  }
+  return out;
+}
+
+/** Per-CPU time so far (ms): user, system, idle, softirq (/proc/stat, 100 ticks a second). */
+function cpuTimes(): number[][] {
+  return fs
+    .readFileSync('/proc/stat', 'utf8')
+    .split('\n')
+    .filter((l) => /^cpu\d+ /.test(l))
+    .map((l) => [1, 3, 4, 7].map((i) => Number(l.split(/\s+/)[i]) * 10));
+}
+
+const onCpu = (pid: number) => Number(fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ')[36]);
+
+/** The trace's counterpart that writes no records (BENCH_SCHED=s): over `seconds` after `delayMs`,
+ *  each thread's migrations and switches (/proc/PID/sched), each CPU's user/system/idle/softirq share
+ *  (/proc/stat), and how often both threads were last on the same CPU (their /proc/PID/stat CPU,
+ *  polled every 10 ms). The client is the other iperf3 process. */
+export async function sampleSched(serverPid: number, seconds: number, delayMs: number): Promise<string> {
+  await new Promise((r) => setTimeout(r, delayMs));
+  const client = fs
+    .readdirSync('/proc')
+    .filter((d) => /^\d+$/.test(d) && Number(d) !== serverPid)
+    .find((d) => {
+      try {
+        return fs.readFileSync(`/proc/${d}/comm`, 'utf8').trim() === 'iperf3';
+      } catch {
+        return false;
+      }
+    });
+  if (!client) return '  no iperf3 client found';
+  const pids = [serverPid, Number(client)];
+  const c0 = pids.map(schedCounters),
+    t0 = cpuTimes();
+  let polls = 0,
+    same = 0;
+  const end = Date.now() + seconds * 1000;
+  while (Date.now() < end) {
+    const [s, c] = pids.map(onCpu);
+    polls++;
+    if (s === c) same++;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  const c1 = pids.map(schedCounters),
+    t1 = cpuTimes();
+  const d = (i: number, k: string) => c1[i][k] - c0[i][k];
+  const per = (i: number) =>
+    `migrations ${d(i, 'nr_migrations')}, switches ${d(i, 'nr_voluntary_switches')} voluntary / ${d(i, 'nr_involuntary_switches')} involuntary`;
+  const cpus = t1
+    .map((t, c) => t.map((v, j) => `${(((v - t0[c][j]) / (seconds * 1000)) * 100).toFixed(0)}`).join('/'))
+    .join(', ');
+  return `  server ${per(0)}; client ${per(1)}; on one CPU ${((same / polls) * 100).toFixed(0)} % of ${polls} polls; per CPU user/system/idle/softirq % ${cpus}`;
+}
