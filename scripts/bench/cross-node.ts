@@ -15,6 +15,7 @@
 // measurement (a connection-rate run leaves TIME_WAIT sockets), a different order each round.
 // BENCH_ROUNDS (3), BENCH_SECONDS (4), BENCH_RULES (10000), BENCH_FLOW_EVENTS (on), BENCH_BPF_STATS
 // (off; on: kernel.bpf_stats_enabled for the run, and a table of what Membrane's programs cost).
+// BENCH_AGENT_SETTLE_S (30): the wait for the fresh agents before round 1 (below).
 // BENCH_BEFORE=<datapath .o> adds an A/B in the same run: "(c) … rules, before" and "(d) …, before",
 // whose agents run that datapath object (e.g. one built from an older commit: BPF_OUT=/tmp/x.o
 // scripts/build-bpf.sh in its checkout) with the L7 proxy's routing rule and sk_lookup set up (an L7
@@ -38,6 +39,12 @@ const FLOW_EVENTS = process.env.BENCH_FLOW_EVENTS ?? 'on';
  *  here), a cost the plain peers would not pay. */
 const BPF_STATS = (process.env.BENCH_BPF_STATS ?? 'off') === 'on';
 const BEFORE = process.env.BENCH_BEFORE;
+/** A node's agent runs long before its pods' traffic: the first round starts once every agent and
+ *  operator of the Membrane clusters has settled (each under 2 % of a CPU over a second, at most
+ *  BENCH_AGENT_SETTLE_S seconds; 0 = at once), as in bench:datapath. Just started, they take 3-6 % of
+ *  the two CPUs for ~15 s (JIT, GC; README issue 17), which fell on the first cells of round 1, the
+ *  plain peers' as much as Membrane's. */
+const SETTLE_S = Number(process.env.BENCH_AGENT_SETTLE_S ?? 30);
 /** Selects no pod: only sets up the proxies' routing rule and sk_lookup (l7/activation.ts). */
 const L7_NOBODY = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -62,6 +69,13 @@ const METRICS: { key: Metric; label: string; higher: boolean; digits: number }[]
 
 // ---- Membrane: two nodes of the harness -------------------------------------------------------------
 
+/** Every Membrane cluster's agents and operators (the wait before round 1). */
+const clusters: TestCluster[] = [];
+const controlPlanePids = () =>
+  clusters
+    .flatMap((c) => [...c.nodes.map((n) => n.agent.pid()), ...c.operators.map((o) => o.pid())])
+    .filter((p) => p !== undefined);
+
 async function membraneCluster(
   mode: 'tunnel' | 'native',
   object?: string,
@@ -78,6 +92,7 @@ async function membraneCluster(
       ...(object ? ['--bpf-object', object] : []),
     ],
   });
+  clusters.push(c);
   const [n1, n2] = c.nodes;
   const pod = async (n: TestNode, labels: Record<string, string>) => {
     const ns = createNetns('mbbp');
@@ -107,9 +122,10 @@ async function membraneCluster(
         30_000,
       );
       // Measured once both agents are done with the change (a 10,000-rule import keeps them busy for
-      // seconds after it returns; that work is no per-packet cost and would land on the first metric).
-      const ms = await settled([n1.agent.pid()!, n2.agent.pid()!]);
-      process.stderr.write(`  agents idle ${ms} ms after the pods were ready\n`);
+      // seconds after it returns; that work is no per-packet cost and would land on the first metric):
+      // each under 2 % of a CPU, the level of an idle agent, for two 1 s windows in a row.
+      const s = await settled([n1.agent.pid()!, n2.agent.pid()!], { busyPct: 2, timeoutMs: 60_000, throwOnTimeout: false });
+      process.stderr.write(`  agents ${s.quiet ? 'idle' : 'still busy'} ${s.ms} ms after the pods were ready\n`);
       return {
         a: a.ns,
         b: b.ns,
@@ -296,6 +312,10 @@ async function main(): Promise<void> {
       ...(BEFORE ? await membraneBefore(BEFORE) : []),
     );
     const names = topologies.map((t) => t.name);
+    if (SETTLE_S) {
+      const s = await settled(controlPlanePids(), { busyPct: 2, windows: 1, timeoutMs: SETTLE_S * 1000, throwOnTimeout: false });
+      process.stderr.write(`agents and operators ${s.quiet ? 'settled' : 'not settled'} after ${(s.ms / 1000).toFixed(1)} s\n`);
+    }
     for (let round = 1; round <= ROUNDS; round++) {
       process.stderr.write(`-- round ${round}\n`);
       const shift = ((round - 1) * 2) % topologies.length; // a different order each round

@@ -3,7 +3,7 @@
 // interleaved run (ratios against plain veth); then endpoint create/delete latency through the API.
 import { createNetns, type TestNetns } from '../../integration/lib/netns.ts';
 import { startAgent, randomId } from '../../integration/lib/agent.ts';
-import { connectionRate, markdownTable, median, percentile, processCpuMs, rrLatency, throughput } from './lib.ts';
+import { connectionRate, markdownTable, median, percentile, rrLatency, settled, throughput } from './lib.ts';
 import { membrane, plainVeth, referenceBridge, type Pods } from './topologies.ts';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
@@ -32,18 +32,6 @@ async function measure(p: Pods): Promise<Record<Metric, number>> {
   };
 }
 
-/** Seconds until the process used under 2 % of a CPU over one second (at most SETTLE_S). */
-async function settle(pid: number): Promise<number | undefined> {
-  if (!SETTLE_S) return undefined;
-  const t0 = performance.now();
-  while ((performance.now() - t0) / 1000 < SETTLE_S) {
-    const c0 = processCpuMs(pid);
-    await new Promise((r) => setTimeout(r, 1000));
-    if (processCpuMs(pid) - c0 < 20) break;
-  }
-  return (performance.now() - t0) / 1000;
-}
-
 async function datapath(): Promise<string> {
   const builders = [plainVeth, referenceBridge, membrane];
   const samples = new Map<string, Record<Metric, number[]>>();
@@ -52,9 +40,10 @@ async function datapath(): Promise<string> {
       const pods = await build();
       try {
         const pid = pods.agent?.pid();
-        const settled = pid ? await settle(pid) : undefined;
-        if (settled !== undefined)
-          process.stderr.write(`round ${round} ${pods.name}: agent settled after ${settled.toFixed(1)} s\n`);
+        if (pid && SETTLE_S) {
+          const s = await settled([pid], { busyPct: 2, windows: 1, timeoutMs: SETTLE_S * 1000, throwOnTimeout: false });
+          process.stderr.write(`round ${round} ${pods.name}: agent settled after ${(s.ms / 1000).toFixed(1)} s\n`);
+        }
         const r = await measure(pods);
         const s = samples.get(pods.name) ?? { tput1: [], tput4: [], rr: [], crr: [] };
         for (const m of METRICS) s[m.key].push(r[m.key]);
