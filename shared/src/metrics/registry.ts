@@ -32,7 +32,12 @@ function setTotals<T extends string>(c: Counter<T>, totals: [Record<T, string>, 
 export function createAgentMetrics(src: MetricsSources, opts: { defaultMetrics?: boolean } = {}): AgentMetrics {
   const registry = new Registry();
   const registers = [registry];
-  if (opts.defaultMetrics !== false) collectDefaultMetrics({ register: registry, prefix: 'membrane_agent_' });
+  // The event-loop delay histogram samples on a libuv timer of this period (prom-client's default
+  // is 10 ms: 100 wake-ups a second, most of an idle agent's, on CPUs its node's pods are using;
+  // README, issue 17). Sampled once a second it still records any stall of over a second; the
+  // nodejs_eventloop_lag_seconds gauge is measured at each scrape either way.
+  if (opts.defaultMetrics !== false)
+    collectDefaultMetrics({ register: registry, prefix: 'membrane_agent_', eventLoopMonitoringPrecision: 1000 });
 
   new Counter({
     name: 'membrane_flows_processed_total',
