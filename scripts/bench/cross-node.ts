@@ -18,8 +18,9 @@
 // BENCH_AGENT_SETTLE_S (30): the wait for the fresh agents before round 1 (below).
 // BENCH_BEFORE=<datapath .o> adds an A/B in the same run: "(c) … rules, before" and "(d) …, before",
 // whose agents run that datapath object (e.g. one built from an older commit: BPF_OUT=/tmp/x.o
-// scripts/build-bpf.sh in its checkout) with the L7 proxy's routing rule and sk_lookup set up (an L7
-// policy that selects no pod), as agents had them from the start before shared/src/l7/activation.ts.
+// scripts/build-bpf.sh in its checkout). BENCH_BEFORE_L7=on also sets the L7 proxy's routing rule and
+// sk_lookup up on them (an L7 policy that selects no pod), as agents had them from the start before
+// shared/src/l7/activation.ts; off by default (an object from after it needs nothing of the kind).
 import os from 'node:os';
 import { createNetns } from '../../integration/lib/netns.ts';
 import { eventually, startCluster, type TestCluster, type TestNode } from '../../integration/lib/cluster.ts';
@@ -39,6 +40,7 @@ const FLOW_EVENTS = process.env.BENCH_FLOW_EVENTS ?? 'on';
  *  here), a cost the plain peers would not pay. */
 const BPF_STATS = (process.env.BENCH_BPF_STATS ?? 'off') === 'on';
 const BEFORE = process.env.BENCH_BEFORE;
+const BEFORE_L7 = (process.env.BENCH_BEFORE_L7 ?? 'off') === 'on';
 /** A node's agent runs long before its pods' traffic: the first round starts once every agent and
  *  operator of the Membrane clusters has settled (each under 2 % of a CPU over a second, at most
  *  BENCH_AGENT_SETTLE_S seconds; 0 = at once), as in bench:datapath. Just started, they take 3-6 % of
@@ -173,19 +175,20 @@ async function membraneNative(): Promise<Topology> {
   return { name: '(d) Membrane native routing', pods: m.pods, close: () => m.c.cleanup() };
 }
 
-/** BENCH_BEFORE: the overlay with BIG rules and native routing on that object, proxy routing set up. */
+/** BENCH_BEFORE: the overlay with BIG rules and native routing on that object (BENCH_BEFORE_L7: with
+ *  the proxy's routing set up). */
 async function membraneBefore(object: string): Promise<Topology[]> {
   const o = await membraneCluster('tunnel', object);
   const n = await membraneCluster('native', object);
   const po = new PolicyClient(o.c.nodes[1].client);
   const pn = new PolicyClient(n.c.nodes[1].client);
-  await pn.import(L7_NOBODY);
+  if (BEFORE_L7) await pn.import(L7_NOBODY);
   return [
     {
       name: `(c) Membrane overlay, ${BIG.toLocaleString('en-US')} rules, before`,
       async pods() {
         await po.delete('all');
-        await po.import(`${membranePolicy(BIG)}\n---\n${L7_NOBODY}`);
+        await po.import(BEFORE_L7 ? `${membranePolicy(BIG)}\n---\n${L7_NOBODY}` : membranePolicy(BIG));
         return o.pods();
       },
       close: () => o.c.cleanup(),
