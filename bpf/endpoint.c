@@ -22,12 +22,6 @@
 
 #define MBR_MARK_LOCAL_REDIRECT 0x0d00 /* MBR_REDIRECT_EGRESS measurement builds only */
 
-/* The TTL and protocol bytes form one 16-bit word of the IPv4 header checksum. */
-union ttl_proto_word {
-	__u16 word;
-	__u8 bytes[2];
-};
-
 /* Rewrite L2 like a router would: from the destination's host veth to the destination container.
  * Needed for pkt_type on kernels before 6.15 and so the container sees sane MACs. */
 static __always_inline int rewrite_l2(struct __sk_buff *skb, const struct local_endpoint *dst)
@@ -52,36 +46,15 @@ static __always_inline int deliver_to_local(struct __sk_buff *skb, const struct 
 	return bpf_redirect_peer(dst->host_ifindex, 0);
 }
 
-static __always_inline int forward_ipv4(struct __sk_buff *skb, const struct local_endpoint *dst)
+/* A router's hop (TTL / hop limit, fib.h), then into the local destination. */
+static __always_inline int forward_local(struct __sk_buff *skb, const struct pkt *p, const struct local_endpoint *dst)
 {
-	union ttl_proto_word old_word, new_word;
-	void *data, *data_end;
-	struct iphdr *ip;
+	int hop = route_hop(skb, p->family);
 
-	if (!linear_headers(skb, ETH_HLEN + sizeof(*ip), &data, &data_end))
+	if (hop < 0)
 		return TC_ACT_OK;
-	ip = data + ETH_HLEN;
-	old_word.bytes[0] = ip->ttl;
-	old_word.bytes[1] = ip->protocol;
-	new_word.bytes[0] = ip->ttl - 1;
-	new_word.bytes[1] = ip->protocol;
-	ip->ttl = new_word.bytes[0];
-	/* Incremental checksum update over the word as it sits in memory: byte-order agnostic. */
-	if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old_word.word,
-				new_word.word, sizeof(__u16)) < 0)
+	if (hop > 0)
 		return TC_ACT_SHOT; /* TTL already rewritten: a packet with a bad checksum must not leave */
-	return deliver_to_local(skb, dst);
-}
-
-static __always_inline int forward_ipv6(struct __sk_buff *skb, const struct local_endpoint *dst)
-{
-	void *data, *data_end;
-	struct ipv6hdr *ip6;
-
-	if (!linear_headers(skb, ETH_HLEN + sizeof(*ip6), &data, &data_end))
-		return TC_ACT_OK;
-	ip6 = data + ETH_HLEN;
-	ip6->hop_limit--; /* IPv6 has no header checksum */
 	return deliver_to_local(skb, dst);
 }
 
@@ -159,7 +132,7 @@ int from_container(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	if (proxy)
 		return to_proxy(skb, &p, src, proxy);
-	return p.family == MBR_FAMILY_IPV4 ? forward_ipv4(skb, dst) : forward_ipv6(skb, dst);
+	return forward_local(skb, &p, dst);
 }
 
 SEC("tc")

@@ -99,7 +99,7 @@ int from_tunnel(struct __sk_buff *skb)
 		bpf_skb_change_type(skb, PACKET_HOST);
 		return TC_ACT_OK;
 	}
-	return p.family == MBR_FAMILY_IPV4 ? forward_ipv4(skb, dst) : forward_ipv6(skb, dst);
+	return forward_local(skb, &p, dst);
 }
 
 SEC("tc")

@@ -8,6 +8,9 @@
  *               node's own addresses (/32, /128) -> that node: pods reach other nodes through the
  *               tunnel too, so the underlay never sees a pod address.
  *   overlay_config: the tunnel device's ifindex (0: overlay off, e.g. native routing) and flags.
+ * In native routing (OVERLAY_F_NATIVE, no tunnel device) tunnel_map holds only the other nodes' pod
+ * CIDRs: a pod's packet to one of them leaves through the underlay device (fib.h) rather than up the
+ * host stack's forwarding path.
  *
  * Sending (from_container, after the sender's egress policy): a destination in tunnel_map is handed to
  * the tunnel device with the tunnel key set (remote = the node's underlay address, VNI = the sending
@@ -19,6 +22,7 @@
 #pragma once
 
 #include "counters.h"
+#include "fib.h"
 #include "maps.h"
 #include "parse.h"
 
@@ -26,11 +30,13 @@
 #define VNI_MAX ((1U << 24) - 1)
 
 #define OVERLAY_F_UNDERLAY_IPV6 (1U << 0) /* the underlay (node addresses) is IPv6 */
+#define OVERLAY_F_NATIVE (1U << 1)        /* native routing: tunnel_map holds the other nodes' pod CIDRs, fib.h sends */
 
 struct overlay_config {
-	__u32 tunnel_ifindex; /* 0: no overlay */
-	__u32 flags;          /* OVERLAY_F_* */
-	__u32 reserved[6];
+	__u32 tunnel_ifindex;   /* 0: no overlay */
+	__u32 flags;            /* OVERLAY_F_* */
+	__u32 underlay_ifindex; /* OVERLAY_F_NATIVE: where pods' packets to other nodes' pods leave */
+	__u32 reserved[5];
 };
 _Static_assert(sizeof(struct overlay_config) == 32, "overlay_config layout is shared with userspace");
 
@@ -103,19 +109,23 @@ static __always_inline long set_tunnel(struct __sk_buff *skb, const struct tunne
 }
 
 /* The sender's side, from tc ingress of its host veth after its egress policy passed: a destination
- * on another node goes into the tunnel (TC_ACT_REDIRECT); anything else stays with the caller's
- * TC_ACT_OK (the host stack). A packet about to expire stays with the stack, which answers with
- * ICMP time exceeded. */
+ * on another node goes into the tunnel (TC_ACT_REDIRECT), or in native routing out of the underlay
+ * device (fib.h); anything else stays with the caller's TC_ACT_OK (the host stack). A packet about to
+ * expire stays with the stack, which answers with ICMP time exceeded. */
 static __always_inline int to_overlay(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_config *src)
 {
 	const struct overlay_config *cfg = overlay_cfg();
 	const struct tunnel_endpoint *te;
 
-	if (!cfg || !cfg->tunnel_ifindex || p->hop_limit <= 1)
+	if (!cfg || p->hop_limit <= 1)
+		return TC_ACT_OK;
+	if (!cfg->tunnel_ifindex && !(cfg->flags & OVERLAY_F_NATIVE))
 		return TC_ACT_OK;
 	te = tunnel_lookup(p->family, p->daddr);
 	if (!te)
 		return TC_ACT_OK;
+	if (!cfg->tunnel_ifindex)
+		return native_forward(skb, p->family, cfg->underlay_ifindex);
 	if (set_tunnel(skb, te, src->identity) < 0) {
 		count_drop(DROP_NO_TUNNEL_ENDPOINT, p->len);
 		return TC_ACT_SHOT;

@@ -51,10 +51,10 @@ t.test(
 );
 
 t.test(
-  'native mode: routes via the node addresses, nothing in the tunnel map; pod CIDRs of a family the underlay lacks are reported',
+  "native mode: routes via the node addresses, the tunnel map holds the reachable pod CIDRs only (the datapath's send path, fib.h); pod CIDRs of a family the underlay lacks are reported",
   async (t) => {
     const p = planRouting('native', self, nodes);
-    t.equal(p.tunnel.size, 0);
+    t.same([...p.tunnel.keys()].sort(), ['10.1.2.0/24', '10.1.3.0/24'], 'no node address, no unreachable CIDR');
     t.same(p.routes.get('10.1.3.0/24'), { dst: '10.1.3.0/24', via: '198.18.0.13', node: 'n3', prefSrc: '10.1.1.1' });
     t.notOk(p.routes.has('fd00:1:2::/64'));
     t.same(p.unreachable, [{ node: 'n2', cidr: 'fd00:1:2::/64' }], 'an IPv6 pod CIDR behind an IPv4-only node');
@@ -100,6 +100,10 @@ t.test('map encodings match bpf/lib/overlay.h', async (t) => {
   const c = encodeOverlayConfig({ tunnelIfindex: 42, underlay: 6 });
   t.equal(c.length, 32);
   t.same(decodeOverlayConfig(c), { tunnelIfindex: 42, underlay: 6 });
+  const n = encodeOverlayConfig({ tunnelIfindex: 0, underlay: 4, native: { underlayIfindex: 7 } });
+  t.equal(n.readUInt32LE(4), 2, 'OVERLAY_F_NATIVE');
+  t.equal(n.readUInt32LE(8), 7, 'underlay_ifindex');
+  t.same(decodeOverlayConfig(n), { tunnelIfindex: 0, underlay: 4, native: { underlayIfindex: 7 } });
   t.equal(tunnelOverhead(4), 50, 'pods get the underlay MTU minus 50 over IPv4');
   t.equal(tunnelOverhead(6), 70);
 });

@@ -1,5 +1,5 @@
-// The overlay's BPF maps (bpf/lib/overlay.h): tunnel_map (LPM trie, prefix -> the node owning it) and
-// overlay_config (the tunnel device). The encoders are pure; TunnelMaps reads and writes the pinned maps.
+// The overlay's BPF maps (bpf/lib/overlay.h): tunnel_map (LPM trie, prefix -> the node owning it; in
+// native routing the other nodes' pod CIDRs only) and overlay_config (the tunnel device, flags). The encoders are pure; TunnelMaps reads and writes the pinned maps.
 import * as bpf from '../bpf/libbpf.ts';
 import type { Datapath } from '../bpf/datapath.ts';
 import { encodeIpcacheKey, encodeU32Key } from '../maps/codec.ts';
@@ -11,6 +11,16 @@ export const TUNNEL_KEY_SIZE = 24; // struct ipcache_key
 export const TUNNEL_VALUE_SIZE = 24; // struct tunnel_endpoint
 export const OVERLAY_CONFIG_SIZE = 32;
 export const OVERLAY_F_UNDERLAY_IPV6 = 1;
+/** Native routing: tunnel_map holds the other nodes' pod CIDRs, and pods' packets to them leave through
+ *  the underlay device (bpf/lib/fib.h) instead of up the host stack's forwarding path. */
+export const OVERLAY_F_NATIVE = 2;
+
+export interface OverlayConfig {
+  tunnelIfindex: number;
+  underlay: 4 | 6;
+  /** Native routing's send path (OVERLAY_F_NATIVE) out of this device (the node address's interface). */
+  native?: { underlayIfindex: number };
+}
 
 /** struct tunnel_endpoint: family, pad[3], node_id (host order), addr[16]. */
 export function encodeTunnelEndpoint(t: { nodeId: number; ip: string }): Buffer {
@@ -25,15 +35,21 @@ export function decodeTunnelEndpoint(b: Buffer): { nodeId: number; ip: string } 
   return { nodeId: readHostU32(b, 4), ip: formatIp(b.subarray(8, b[0] === 4 ? 12 : 24)) };
 }
 
-export function encodeOverlayConfig(c: { tunnelIfindex: number; underlay: 4 | 6 }): Buffer {
+export function encodeOverlayConfig(c: OverlayConfig): Buffer {
   const b = Buffer.alloc(OVERLAY_CONFIG_SIZE);
   writeHostU32(b, 0, c.tunnelIfindex >>> 0);
-  writeHostU32(b, 4, c.underlay === 6 ? OVERLAY_F_UNDERLAY_IPV6 : 0);
+  writeHostU32(b, 4, (c.underlay === 6 ? OVERLAY_F_UNDERLAY_IPV6 : 0) | (c.native ? OVERLAY_F_NATIVE : 0));
+  writeHostU32(b, 8, (c.native?.underlayIfindex ?? 0) >>> 0);
   return b;
 }
 
-export function decodeOverlayConfig(b: Buffer): { tunnelIfindex: number; underlay: 4 | 6 } {
-  return { tunnelIfindex: readHostU32(b, 0), underlay: readHostU32(b, 4) & OVERLAY_F_UNDERLAY_IPV6 ? 6 : 4 };
+export function decodeOverlayConfig(b: Buffer): OverlayConfig {
+  const flags = readHostU32(b, 4);
+  return {
+    tunnelIfindex: readHostU32(b, 0),
+    underlay: flags & OVERLAY_F_UNDERLAY_IPV6 ? 6 : 4,
+    ...(flags & OVERLAY_F_NATIVE ? { native: { underlayIfindex: readHostU32(b, 8) } } : {}),
+  };
 }
 
 /** The pinned overlay maps of one node. */
@@ -57,11 +73,11 @@ export class TunnelMaps {
     for (const prefix of remove) bpf.mapDelete(fd, 'tunnel_map', encodeIpcacheKey(prefix));
   }
 
-  setConfig(c: { tunnelIfindex: number; underlay: 4 | 6 }): void {
+  setConfig(c: OverlayConfig): void {
     bpf.mapUpdate(this.dp.mapFd('overlay_config'), 'overlay_config', encodeU32Key(0), encodeOverlayConfig(c));
   }
 
-  config(): { tunnelIfindex: number; underlay: 4 | 6 } {
+  config(): OverlayConfig {
     const v = bpf.mapLookup(this.dp.mapFd('overlay_config'), 'overlay_config', encodeU32Key(0), OVERLAY_CONFIG_SIZE);
     return v ? decodeOverlayConfig(v) : { tunnelIfindex: 0, underlay: 4 };
   }

@@ -4,7 +4,8 @@
 //     tunnel map (-> its underlay address); the kernel routes the pod CIDRs into the tunnel device,
 //     so the node's own traffic to remote pods is tunnelled as well.
 //   native mode: a kernel route per other node's pod CIDR via its underlay address; the underlay
-//     carries pod addresses itself.
+//     carries pod addresses itself. The tunnel map then holds those pod CIDRs only (no node addresses):
+//     it tells the datapath which destinations it sends out of the underlay itself (bpf/lib/fib.h).
 // Either way every other node's addresses and the gateways of its pod CIDRs are "remote-node" in
 // the ipcache: traffic from another node is told apart from this node's own (host) and the world.
 import { defaultGateway, familyOf, normalizeCidr, parseCidr, type Family } from '../net/index.ts';
@@ -36,7 +37,7 @@ export interface RouteWant {
 }
 
 export interface RoutingPlan {
-  /** tunnel map: prefix -> node (tunnel mode only). */
+  /** tunnel map: prefix -> node (native mode: reachable pod CIDRs only). */
   tunnel: Map<string, TunnelTarget>;
   /** kernel routes, by destination. */
   routes: Map<string, RouteWant>;
@@ -93,6 +94,8 @@ export function planRouting(mode: RoutingMode, self: SelfNode, nodes: Iterable<N
         continue;
       }
       plan.routes.set(dst, { dst, via, node: n.name, ...(prefSrc ? { prefSrc } : {}) });
+      // Where the datapath sends pods' packets out of the underlay itself (bpf/lib/fib.h): reachable pod CIDRs only.
+      plan.tunnel.set(dst, target);
     }
   }
   return plan;

@@ -88,7 +88,14 @@ export class ClusterRouting {
       }
     }
     // The device's ifindex (or 0: overlay off) before any entry can send traffic to it.
-    r.maps.setConfig({ tunnelIfindex: r.tunnelIfindex, underlay: o.underlay.family });
+    // Native: the datapath sends pods' packets to the pod CIDRs in tunnel_map out of the underlay device
+    // (bpf/lib/fib.h); without its ifindex (no such link) they take the host stack's forwarding path.
+    const underlayIfindex = o.mode === 'native' ? (o.host.linkByName(o.underlay.device)?.index ?? 0) : 0;
+    r.maps.setConfig({
+      tunnelIfindex: r.tunnelIfindex,
+      underlay: o.underlay.family,
+      ...(o.mode === 'native' ? { native: { underlayIfindex } } : {}),
+    });
     r.apply(nodes);
     return r;
   }
