@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* Flow and drop events into the `events` ring buffer (record in trace.h): only when enabled in
- * datapath_config, at most events_per_sec per CPU (token bucket), never waking the reader (it drains
- * on its own schedule). What cannot be delivered is counted in events_lost. */
+ * datapath_config, at most events_per_sec per CPU (token bucket). Submitted with adaptive wake-up
+ * (flags 0): the kernel wakes a reader only for a record written into an empty ring, so an idle agent
+ * sleeps in epoll until the first event, and a busy one, draining on its own timer with the fd not
+ * watched, costs at most one irq_work per drain. What cannot be delivered is counted in events_lost. */
 #pragma once
 
 #include "maps.h"
@@ -103,5 +105,5 @@ static __always_inline void emit_event(const struct pkt *p, const struct event_m
 	ev->pad = 0;
 	ev->packets = ct ? ct->packets[0] + ct->packets[1] : 0;
 	ev->bytes = ct ? ct->bytes[0] + ct->bytes[1] : 0;
-	bpf_ringbuf_submit(ev, BPF_RB_NO_WAKEUP);
+	bpf_ringbuf_submit(ev, 0);
 }

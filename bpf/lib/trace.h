@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* Flow/drop event record written to the `events` ring buffer (producer in events.h, consumer in
- * shared/src/flows). Lesson from the measurements: submit with BPF_RB_NO_WAKEUP and let userspace
- * drain on a timer or threshold; a wakeup per new flow costs ~2 us CPU. */
+ * shared/src/flows). Lesson from the measurements: a wakeup per new flow costs ~2 us CPU, so the
+ * reader drains on a timer while busy and watches the fd only while asleep (adaptive wake-up, events.h). */
 #pragma once
 
 #include "common.h"

@@ -2,8 +2,8 @@
 // ring_buffer__* make) and walking the records in JS. Why not ring_buffer__consume with a koffi
 // callback: that is a C->JS transition plus a copy per event, measured at 2.5-7 µs per event on the
 // 2-core test machine, against ~17 ns per record for the mapped walk (before decoding). Nothing here
-// blocks: drain() takes what is committed and returns; the caller schedules it (a timer, plus epoll
-// readiness through koffi's libuv poll), because the datapath submits with BPF_RB_NO_WAKEUP.
+// blocks: drain() takes what is committed and returns; the caller schedules it (a timer while
+// records come, epoll readiness through koffi's libuv poll while asleep: source.ts).
 import fs from 'node:fs';
 import koffi from 'koffi';
 import * as bpf from '../bpf/libbpf.ts';

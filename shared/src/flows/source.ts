@@ -18,16 +18,21 @@ export interface KernelEventSourceOptions {
   /** Holds the `events` ring buffer and the `events_lost` per-CPU counter. */
   pinDir: string;
   cpus: number;
-  /** Drain period while events arrive (default 5 ms): the datapath submits without wakeups, so this
-   *  bounds the delivery delay. The 1 MiB ring holds ~10k events, so at 300k events/s it leaves ~28 ms
-   *  for the agent's worst scheduling or GC delay. */
+  /** Drain period while events arrive (default 5 ms): the datapath does not wake a reader that is
+   *  behind (see below), so this bounds the delivery delay. The 1 MiB ring holds ~10k events, so at
+   *  300k events/s it leaves ~28 ms for the agent's worst scheduling or GC delay. */
   intervalMs?: number;
-  /** The longest period once the ring stays empty (default 40 ms): each empty drain doubles the
-   *  period up to it, the first record found brings it back to `intervalMs`. An idle agent polling
-   *  every 5 ms woke 260 times a second and took ~6 % of a CPU with its V8 threads, which cost a
-   *  busy node's pods 18 % of their 4-stream TCP throughput (README, issue 17); 40 ms is ~1.3k events
-   *  at the node's highest connection rate, far from the ring's ~10k. */
+  /** The longest period while the ring stays empty (default 40 ms): each empty drain doubles the
+   *  period up to it, the first record found brings it back to `intervalMs`. One more empty drain at
+   *  this period and the reader goes to sleep (below). */
   idleIntervalMs?: number;
+  /** Asleep, the reader waits in epoll on the ring's fd: the datapath submits with adaptive wake-up,
+   *  which wakes a reader only for a record written into an empty ring, so the first event after a
+   *  quiet spell is read at once and a busy ring wakes nobody. An idle agent polling every 5 ms woke
+   *  260 times a second, every 40 ms 25 (README, issue 17: its wake-ups cost a busy node's pods
+   *  4-stream TCP throughput). This slow timer (default 1000 ms) still drains a ring whose producer
+   *  never wakes (programs of an older build submit with BPF_RB_NO_WAKEUP). */
+  sleepIntervalMs?: number;
   /** Records per event-loop turn; more are drained on the next turn, so the loop never stalls. */
   batch?: number;
   onError?: (err: Error) => void;
@@ -37,7 +42,8 @@ export class KernelEventSource implements EventSource {
   private reader?: RingBufferReader;
   private timer?: NodeJS.Timeout;
   private period = 5;
-  private poller?: { stop(): void; close(): void };
+  private poller?: { start(o: { readable: boolean }, cb: () => void): void; stop(): void; close(): void };
+  private asleep = false;
   private immediate?: NodeJS.Immediate;
   private readonly lostCounter: PerCpuCounter;
   private deliver?: RecordSink;
@@ -49,14 +55,15 @@ export class KernelEventSource implements EventSource {
   start(deliver: RecordSink): void {
     this.deliver = deliver;
     this.reader = RingBufferReader.open(path.join(this.o.pinDir, 'events'));
-    this.schedule(this.o.intervalMs ?? 5);
-    // A producer that does wake us (BPF_RB_FORCE_WAKEUP when the ring fills up) is served at once:
-    // libuv watches the ring's fd alongside everything else.
     try {
-      this.poller = koffi.node.poll(this.reader.fd, { readable: true }, () => this.drain());
+      // Stopped at once: epoll watches the ring only while the reader sleeps (awake, the timer
+      // drains, and a readable ring would wake us for every record the timer would have taken).
+      this.poller = koffi.node.poll(this.reader.fd, { readable: true }, () => this.wake());
+      this.poller.stop();
     } catch (err) {
-      this.o.onError?.(err as Error); // the timer alone still drains
+      this.o.onError?.(err as Error); // the timer alone still drains, never sleeping longer than sleepIntervalMs
     }
+    this.schedule(this.base);
     this.drain();
   }
 
@@ -65,16 +72,55 @@ export class KernelEventSource implements EventSource {
     return this.reader?.pendingBytes() ?? 0;
   }
 
-  /** The next timed drain: sooner while records come, later (up to idleIntervalMs) while none do. */
+  /** Whether the reader waits on the ring's fd (tests). */
+  sleeping(): boolean {
+    return this.asleep;
+  }
+
+  private get base(): number {
+    return this.o.intervalMs ?? 5;
+  }
+
+  /** The next timed drain: sooner while records come, later (up to idleIntervalMs) while none do,
+   *  then asleep. */
   private schedule(ms: number): void {
     this.period = ms;
     this.timer = setTimeout(() => {
       this.timer = undefined;
       const n = this.drain();
       if (!this.reader) return;
-      const base = this.o.intervalMs ?? 5;
-      this.schedule(n > 0 || this.immediate ? base : Math.min(this.period * 2, Math.max(base, this.o.idleIntervalMs ?? 40)));
+      const idle = Math.max(this.base, this.o.idleIntervalMs ?? 40);
+      if (n > 0 || this.immediate) {
+        this.awake(); // the slow timer found records: a producer that does not wake us
+        this.schedule(this.base);
+      } else if (this.asleep) this.schedule(this.o.sleepIntervalMs ?? 1000);
+      else if (this.period >= idle && this.poller) this.sleep();
+      else this.schedule(Math.min(this.period * 2, idle));
     }, ms);
+  }
+
+  /** Waits in epoll: level-triggered, so a record committed before the watch starts wakes us too. */
+  private sleep(): void {
+    this.asleep = true;
+    this.poller?.start({ readable: true }, () => this.wake());
+    this.schedule(this.o.sleepIntervalMs ?? 1000);
+  }
+
+  /** The ring's fd is readable: awake again, the timer drains from now on. */
+  private wake(): void {
+    if (!this.reader) return;
+    if (this.asleep) {
+      this.awake();
+      if (this.timer) clearTimeout(this.timer);
+      this.schedule(this.base);
+    }
+    this.drain();
+  }
+
+  private awake(): void {
+    if (!this.asleep) return;
+    this.asleep = false;
+    this.poller?.stop();
   }
 
   /** Records delivered (0: the ring was empty, or a drain is already queued). */
