@@ -29,6 +29,8 @@ export class FlowCollector {
   private lostReported = 0;
   private timer?: NodeJS.Timeout;
   private clock?: NodeJS.Timeout;
+  /** A record arrived since the clock's last reading. */
+  private recent = false;
   private readonly refs = emptyRefs(); // reused for every event: the hot path allocates nothing
   private readonly lostListeners = new Set<(count: number, source: LostEventSource) => void>();
 
@@ -39,7 +41,22 @@ export class FlowCollector {
     this.o.source.start((data, offset, len) => this.onRecord(data, offset, len));
     this.timer = setInterval(() => this.tick(), 1000);
     this.timer.unref();
-    this.clock = setInterval(() => this.o.ring.tick(), 250); // the flow rate's clock, not read per event
+  }
+
+  /** The flow rate's clock (not read per event): re-read every 250 ms while records come, stopped
+   *  after a quarter second without any (an idle agent's wake-ups cost its node's pods: README,
+   *  issue 17), read again by the first record after. */
+  private runClock(): void {
+    this.o.ring.tick();
+    this.clock = setInterval(() => {
+      if (!this.recent) {
+        clearInterval(this.clock);
+        this.clock = undefined;
+        return;
+      }
+      this.recent = false;
+      this.o.ring.tick();
+    }, 250);
     this.clock.unref();
   }
 
@@ -53,6 +70,8 @@ export class FlowCollector {
       this.o.onDnsCached?.(data, offset);
       return;
     }
+    this.recent = true;
+    if (!this.clock) this.runClock();
     try {
       enrichRaw(data, offset, this.o.context, this.refs);
       this.stats.recordRaw(data, offset);
