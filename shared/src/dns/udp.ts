@@ -89,7 +89,9 @@ export class UdpRelay {
   private readonly replies = new Map<string, { socket: dgram.Socket; used: number }>();
   private readonly ids = new RandomIds();
   private readonly reader = new MessageReader();
-  private readonly sweep: NodeJS.Timeout;
+  /** Runs only while a query waits or an upstream socket is open: an idle agent's wake-ups cost its
+   *  node's pods (README, issue 17). */
+  private sweep?: NodeJS.Timeout;
   private readonly idleSweep: NodeJS.Timeout;
 
   constructor(
@@ -99,8 +101,6 @@ export class UdpRelay {
     /** Worker threads each bind reply sockets to the same server addresses (SO_REUSEPORT). */
     private readonly sharedReplyAddresses = false,
   ) {
-    this.sweep = setInterval(() => this.expirePending(), SWEEP_MS);
-    this.sweep.unref();
     this.idleSweep = setInterval(() => this.closeIdleReplySockets(), 10_000);
     this.idleSweep.unref();
   }
@@ -161,6 +161,10 @@ export class UdpRelay {
       deadline: t0 + this.timeoutMs,
     };
     this.pending.add(p);
+    if (!this.sweep) {
+      this.sweep = setInterval(() => this.expirePending(), SWEEP_MS);
+      this.sweep.unref();
+    }
     up.byId.set(id, p);
     this.stats.forwarded++;
     this.d.record(dnsRecord('query', 'udp', client, server, query, decision, 'forwarded'));
@@ -292,6 +296,10 @@ export class UdpRelay {
       this.onTimeout(p);
     }
     for (const up of this.upstreams.values()) if (now - up.born > UPSTREAM_MS) this.retire(up);
+    if (!this.pending.size && !this.upstreams.size) {
+      clearInterval(this.sweep);
+      this.sweep = undefined;
+    }
   }
 
   private onTimeout(p: Pending, reason = 'upstream timeout'): void {
