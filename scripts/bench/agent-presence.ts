@@ -1,0 +1,95 @@
+// What an idle agent costs pods it does not even carry: a plain veth pod pair (no BPF), 4-stream
+// iperf3, with cells interleaved per round: no agent, an idle agent running beside the pods (no
+// endpoints, `--l7-proxy off`, settled first as on a node), and that agent SIGSTOPped (a process
+// that never runs: what is left is memory, not CPU). README, issue 17: the 4-stream row's gap.
+//   node --import tsx scripts/bench/agent-presence.ts   (BENCH_ROUNDS, BENCH_SECONDS, BENCH_STREAMS)
+import os from 'node:os';
+import { startAgent } from '../../integration/lib/agent.ts';
+import { markdownTable, median, processCpuMs, settled, throughput } from './lib.ts';
+import { plainVeth } from './topologies.ts';
+import { wakeupRates } from './agent-wakeups.ts';
+
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 4);
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 4);
+const STREAMS = Number(process.env.BENCH_STREAMS ?? 4);
+delete process.env.NODE_EXTRA_CA_CERTS;
+
+type Cell = 'no agent' | 'idle agent' | 'agent stopped';
+const CELLS: Cell[] = ['no agent', 'idle agent', 'agent stopped'];
+
+/** One cell on a fresh plain-veth pair; `agent`: its pid is running (idle cell) or stopped. */
+async function cell(agentPid?: number): Promise<{ gbits: number; agentCpuMs: number }> {
+  const pods = await plainVeth();
+  try {
+    const cpu0 = agentPid ? processCpuMs(agentPid) : 0;
+    const gbits = await throughput(pods.a, pods.b, pods.ipB, STREAMS, SECONDS);
+    return { gbits, agentCpuMs: agentPid ? processCpuMs(agentPid) - cpu0 : 0 };
+  } finally {
+    await pods.cleanup();
+  }
+}
+
+async function main(): Promise<void> {
+  const load0 = os.loadavg();
+  const samples = new Map<Cell, { gbits: number[]; cpu: number[] }>(CELLS.map((c) => [c, { gbits: [], cpu: [] }]));
+  const wakeups: number[] = [];
+  const record = (round: number, which: Cell, r: { gbits: number; agentCpuMs: number }) => {
+    samples.get(which)!.gbits.push(r.gbits);
+    samples.get(which)!.cpu.push(r.agentCpuMs);
+    process.stderr.write(`round ${round} ${which}: ${r.gbits.toFixed(2)} Gbit/s, agent ${r.agentCpuMs} ms CPU\n`);
+  };
+  for (let round = 1; round <= ROUNDS; round++) {
+    // No agent at all before the agent's cells in odd rounds, after them in even ones; the two agent
+    // cells swap places every round too.
+    if (round % 2) record(round, 'no agent', await cell());
+    const agent = await startAgent({ bundle: true, extraArgs: ['--l7-proxy', 'off'] });
+    try {
+      const pid = agent.pid()!;
+      const s = await settled([pid], { busyPct: 2, windows: 3, timeoutMs: 60_000, throwOnTimeout: false });
+      wakeups.push((await wakeupRates(pid, 5)).reduce((sum, r) => sum + r.perS, 0));
+      process.stderr.write(
+        `round ${round}: agent settled after ${(s.ms / 1000).toFixed(1)} s, ${wakeups.at(-1)!.toFixed(1)} wake-ups/s\n`,
+      );
+      const idle = async () => record(round, 'idle agent', await cell(pid));
+      const stopped = async () => {
+        process.kill(pid, 'SIGSTOP');
+        try {
+          record(round, 'agent stopped', await cell(pid));
+        } finally {
+          process.kill(pid, 'SIGCONT');
+        }
+      };
+      if (round % 2) {
+        await idle();
+        await stopped();
+      } else {
+        await stopped();
+        await idle();
+      }
+    } finally {
+      await agent.cleanup();
+    }
+    if (!(round % 2)) record(round, 'no agent', await cell());
+  }
+  const base = median(samples.get('no agent')!.gbits);
+  const rows = CELLS.map((c) => {
+    const s = samples.get(c)!;
+    const m = median(s.gbits);
+    return [c, m.toFixed(2), `${(m / base).toFixed(2)}×`, s.gbits.map((x) => x.toFixed(1)).join(', '), median(s.cpu).toFixed(0)];
+  });
+  const load1 = os.loadavg();
+  process.stdout.write(
+    `\n${markdownTable(
+      [
+        `plain veth, ${STREAMS} streams (${ROUNDS} rounds × ${SECONDS} s)`,
+        'Gbit/s (median)',
+        '× no agent',
+        'rounds',
+        'agent CPU ms/cell',
+      ],
+      rows,
+    )}\n\nidle agent: ${median(wakeups).toFixed(1)} wake-ups/s (median of rounds); load average ${load0[0].toFixed(2)} -> ${load1[0].toFixed(2)}\n`,
+  );
+}
+
+await main();
