@@ -27,6 +27,8 @@ export interface StartAgentOptions {
   env?: NodeJS.ProcessEnv;
   /** Run dist/bin/membrane-agent (npm run build) instead of the sources. */
   bundle?: boolean;
+  /** Run this membrane-agent bundle instead (e.g. another build's, for a benchmark's A/B). */
+  agentBin?: string;
   /** Node's own flags (e.g. --cpu-prof, which NODE_OPTIONS does not take). */
   nodeArgs?: string[];
   /** Run the agent inside this netns (`nsenter --net`), as a node of its own: its host device,
@@ -130,7 +132,7 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
   const args = [
     ...(opts.nodeArgs ?? []),
     // Benchmarks run the built agent (what a node runs: no TypeScript loader in the hot paths).
-    ...(opts.bundle ? [AGENT_BUNDLE] : ['--import', 'tsx', AGENT_MAIN]),
+    ...(opts.agentBin ? [opts.agentBin] : opts.bundle ? [AGENT_BUNDLE] : ['--import', 'tsx', AGENT_MAIN]),
     ...agentPlaces({ stateDir, socket, bpffsDir, hostDevice }),
     ...pools.flatMap((p) => ['--pool', p]),
     // A containerd on the machine must not be taken for the runtime of a test's pods (a test that

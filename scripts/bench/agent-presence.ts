@@ -3,6 +3,8 @@
 // endpoints, `--l7-proxy off`, settled first as on a node), and that agent SIGSTOPped (a process
 // that never runs: what is left is memory, not CPU). README, issue 17: the 4-stream row's gap.
 //   node --import tsx scripts/bench/agent-presence.ts   (BENCH_ROUNDS, BENCH_SECONDS, BENCH_STREAMS)
+// BENCH_AGENT_BEFORE=<another build's dist/bin/membrane-agent> adds a cell: that agent, idle, beside
+// the pods (a before/after of the agent in the same interleaved run).
 import os from 'node:os';
 import { startAgent } from '../../integration/lib/agent.ts';
 import { markdownTable, median, processCpuMs, settled, throughput } from './lib.ts';
@@ -14,8 +16,10 @@ const SECONDS = Number(process.env.BENCH_SECONDS ?? 4);
 const STREAMS = Number(process.env.BENCH_STREAMS ?? 4);
 delete process.env.NODE_EXTRA_CA_CERTS;
 
-type Cell = 'no agent' | 'idle agent' | 'agent stopped';
-const CELLS: Cell[] = ['no agent', 'idle agent', 'agent stopped'];
+const BEFORE = process.env.BENCH_AGENT_BEFORE;
+
+type Cell = 'no agent' | 'idle agent' | 'agent stopped' | 'idle agent (before)';
+const CELLS: Cell[] = ['no agent', 'idle agent', 'agent stopped', ...(BEFORE ? (['idle agent (before)'] as const) : [])];
 
 /** One cell on a fresh plain-veth pair; `agent`: its pid is running (idle cell) or stopped. */
 async function cell(agentPid?: number): Promise<{ gbits: number; agentCpuMs: number }> {
@@ -32,7 +36,7 @@ async function cell(agentPid?: number): Promise<{ gbits: number; agentCpuMs: num
 async function main(): Promise<void> {
   const load0 = os.loadavg();
   const samples = new Map<Cell, { gbits: number[]; cpu: number[] }>(CELLS.map((c) => [c, { gbits: [], cpu: [] }]));
-  const wakeups: number[] = [];
+  const wakeups = new Map<string, number[]>();
   const record = (round: number, which: Cell, r: { gbits: number; agentCpuMs: number }) => {
     samples.get(which)!.gbits.push(r.gbits);
     samples.get(which)!.cpu.push(r.agentCpuMs);
@@ -42,32 +46,43 @@ async function main(): Promise<void> {
     // No agent at all before the agent's cells in odd rounds, after them in even ones; the two agent
     // cells swap places every round too.
     if (round % 2) record(round, 'no agent', await cell());
-    const agent = await startAgent({ bundle: true, extraArgs: ['--l7-proxy', 'off'] });
-    try {
-      const pid = agent.pid()!;
-      const s = await settled([pid], { busyPct: 2, windows: 3, timeoutMs: 60_000, throwOnTimeout: false });
-      wakeups.push((await wakeupRates(pid, 5)).reduce((sum, r) => sum + r.perS, 0));
-      process.stderr.write(
-        `round ${round}: agent settled after ${(s.ms / 1000).toFixed(1)} s, ${wakeups.at(-1)!.toFixed(1)} wake-ups/s\n`,
-      );
-      const idle = async () => record(round, 'idle agent', await cell(pid));
-      const stopped = async () => {
-        process.kill(pid, 'SIGSTOP');
-        try {
-          record(round, 'agent stopped', await cell(pid));
-        } finally {
-          process.kill(pid, 'SIGCONT');
+    const agents = [
+      { label: 'now', bin: undefined as string | undefined },
+      ...(BEFORE ? [{ label: 'before', bin: BEFORE }] : []),
+    ];
+    for (const a of round % 2 ? agents : [...agents].reverse()) {
+      const agent = await startAgent({ bundle: true, agentBin: a.bin, extraArgs: ['--l7-proxy', 'off'] });
+      try {
+        const pid = agent.pid()!;
+        const s = await settled([pid], { busyPct: 2, windows: 3, timeoutMs: 60_000, throwOnTimeout: false });
+        const w = (await wakeupRates(pid, 5)).reduce((sum, r) => sum + r.perS, 0);
+        wakeups.set(a.label, [...(wakeups.get(a.label) ?? []), w]);
+        process.stderr.write(
+          `round ${round} agent ${a.label}: settled after ${(s.ms / 1000).toFixed(1)} s, ${w.toFixed(1)} wake-ups/s\n`,
+        );
+        if (a.bin) {
+          record(round, 'idle agent (before)', await cell(pid));
+          continue;
         }
-      };
-      if (round % 2) {
-        await idle();
-        await stopped();
-      } else {
-        await stopped();
-        await idle();
+        const idle = async () => record(round, 'idle agent', await cell(pid));
+        const stopped = async () => {
+          process.kill(pid, 'SIGSTOP');
+          try {
+            record(round, 'agent stopped', await cell(pid));
+          } finally {
+            process.kill(pid, 'SIGCONT');
+          }
+        };
+        if (round % 2) {
+          await idle();
+          await stopped();
+        } else {
+          await stopped();
+          await idle();
+        }
+      } finally {
+        await agent.cleanup();
       }
-    } finally {
-      await agent.cleanup();
     }
     if (!(round % 2)) record(round, 'no agent', await cell());
   }
@@ -88,7 +103,7 @@ async function main(): Promise<void> {
         'agent CPU ms/cell',
       ],
       rows,
-    )}\n\nidle agent: ${median(wakeups).toFixed(1)} wake-ups/s (median of rounds); load average ${load0[0].toFixed(2)} -> ${load1[0].toFixed(2)}\n`,
+    )}\n\nidle agent wake-ups/s (median of rounds): ${[...wakeups].map(([k, v]) => `${k} ${median(v).toFixed(1)}`).join(', ')}; load average ${load0[0].toFixed(2)} -> ${load1[0].toFixed(2)}\n`,
   );
 }
 

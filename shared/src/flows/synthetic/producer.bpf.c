@@ -2,7 +2,7 @@
 /* Synthetic flow-event producer for tests and the flows benchmark (never attached to an interface).
  * BPF_PROG_TEST_RUN feeds it a 96-byte struct trace_event as the "packet"; each run copies it into
  * the `events` ring buffer, stamped with bpf_ktime_get_ns and a running sequence number in `len`,
- * exactly as the datapath would: BPF_RB_NO_WAKEUP, and a reserve failure counts in `events_lost`.
+ * exactly as the datapath would: adaptive wake-up (flags 0), and a reserve failure counts in `events_lost`.
  * With test_run's repeat count one syscall emits thousands of events, which lets the agent's reader
  * be driven far beyond what real traffic on a 2-core machine can produce. The maps are reused from
  * the agent's pins (bpf_map__reuse_fd) or created fresh for unit tests. */
@@ -56,7 +56,7 @@ int produce(struct __sk_buff *skb)
 		*n += 1;
 		*(__u32 *)(e + 36) = (__u32)*n; /* the len field carries the sequence */
 	}
-	bpf_ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+	bpf_ringbuf_submit(e, 0);
 	return TC_ACT_OK;
 }
 
