@@ -142,9 +142,15 @@ export class HttpProxyConnection implements RequestHost, ResponseHost, PairEvent
     const p = this.pending.nextUpstream();
     if (!p) return;
     this.pending.remove(p);
+    // The connection's last response: it is ended before the record is made, so the FIN follows the
+    // response's last byte as closely as it can and the proxy, not a client that closes as soon as it
+    // has read the response (wrk, curl), closes first and keeps the TIME_WAIT. (A refused upgrade
+    // resumes reading first, as before.)
+    const endNow = p.closeAfter && !p.switching;
+    if (endNow) this.finishAfterFlush(!delimitedByClose);
     this.o.sink.response(p.x);
     if (p.switching && this.req.state === Rq.WAIT_SWITCH) this.resumeAfterRefusedSwitch();
-    if (p.closeAfter) this.finishAfterFlush(!delimitedByClose);
+    if (p.closeAfter && !endNow) this.finishAfterFlush(!delimitedByClose);
     this.flushLocals();
     this.unpausePipeline();
   }
@@ -173,11 +179,12 @@ export class HttpProxyConnection implements RequestHost, ResponseHost, PairEvent
     for (let p = this.pending.takeReadyLocal(); p; p = this.pending.takeReadyLocal()) {
       this.io.toClient(p.local!);
       answered(p.x, Number(p.local!.toString('latin1', 9, 12)));
-      this.o.sink.response(p.x);
       if (p.closeAfter) {
-        this.finishAfterFlush(p.x.localReason === 'denied');
+        this.finishAfterFlush(p.x.localReason === 'denied'); // closed first, recorded after (above)
+        this.o.sink.response(p.x);
         return;
       }
+      this.o.sink.response(p.x);
     }
     this.unpausePipeline();
     this.maybeFinish();
@@ -244,8 +251,11 @@ export class HttpProxyConnection implements RequestHost, ResponseHost, PairEvent
   private finishAfterFlush(letClientClose = false): void {
     if (this.io.closed) return;
     this.req.state = Rq.CLOSED;
-    if (this.upstreamIdle()) this.io.releaseUpstream();
+    // An idle upstream is taken off the pair first and handed to the pool only once the client side
+    // is ended: the pool's work is not between the response's last write and the client's FIN.
+    const idle = this.upstreamIdle() ? this.io.detachUpstream() : undefined;
     this.io.finish(letClientClose && this.o.clientClosesFirst === true, this.req.readToEnd);
+    if (idle) this.io.giveUpstream(idle);
   }
 
   /** The client is gone and nothing is owed to it: close both sides. */

@@ -172,7 +172,16 @@ export class SocketPair implements UpstreamHolder {
   /** Hands the idle upstream to the pool (or ends it when the pool does not keep it). */
   releaseUpstream(): void {
     const u = this.detach();
-    if (!u) return;
+    if (u) this.giveUpstream(u);
+  }
+
+  /** Takes the idle upstream off this pair (for giveUpstream once the client side is ended). */
+  detachUpstream(): UpstreamSocket | undefined {
+    return this.detach();
+  }
+
+  /** Hands an idle upstream this pair held to the pool (or ends it when the pool does not keep it). */
+  giveUpstream(u: UpstreamSocket): void {
     if (!this.reuse?.give(u)) end(u);
   }
 
