@@ -13,6 +13,9 @@ export interface Sample {
   requests: number;
   cpuUsPerReq?: number;
   agentUsPerReq?: number;
+  /** One request per connection: the client's TIME_WAITs made during the run (to the URL's address
+   *  and port), per 100 connections: how often the client, not the proxy, closed first. */
+  clientTwPct?: number;
   /** Time the proxying processes' threads spent runnable but waiting for a CPU, µs per request
    *  (schedstat run_delay): what a loaded machine's scheduler adds to a request's latency. */
   waitUsPerReq?: number;
@@ -123,6 +126,20 @@ export async function wrk(
     );
   if (proxy.length && sample.requests > 0) sample.cpuUsPerReq = (cpuUs(proxy) - cpu0) / sample.requests;
   if (proxy.length && sample.requests > 0) sample.waitUsPerReq = (runDelayUs(proxy) - wait0) / sample.requests;
+  if (mode === 'close' && sample.requests > 0)
+    sample.clientTwPct = (100 * (await timeWaitsSince(client, url, seconds))) / sample.requests;
   if (agent && sample.requests > 0) sample.agentUsPerReq = (cpuUs([agent]) - agent0) / sample.requests;
   return sample;
+}
+
+/** The client's TIME_WAIT sockets to `url`'s address and port made in the last `seconds` s: their
+ *  timer (60 s when made) still has at least 60 - seconds - 1 s to run. Counted in the pod (awk), as
+ *  tens of thousands of lines would overflow exec's buffer. */
+async function timeWaitsSince(client: TestNetns, url: string, seconds: number): Promise<number> {
+  const u = new URL(url);
+  const host = u.hostname.replace(/^\[|\]$/g, '');
+  const filter = `dst ${host.includes(':') ? `[${host}]` : host} dport = :${u.port || '80'}`;
+  const awk = `awk -v t=${60 - seconds - 1} 'match($0, /timewait,[0-9]+sec/) { if (substr($0, RSTART + 9, RLENGTH - 12) + 0 >= t) n++ } END { print n + 0 }'`;
+  const out = await client.exec('sh', ['-c', `ss -Htano state time-wait ${filter} | ${awk}`]);
+  return Number(out.trim()) || 0;
 }

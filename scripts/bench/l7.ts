@@ -108,6 +108,7 @@ async function main(): Promise<void> {
           goal,
           `${cpu('l7')} (agent ${agentCpu}) / ${cpu('nginx')}`,
           `${med(k('l7'), 'waitUsPerReq').toFixed(0)} / ${med(k('nginx'), 'waitUsPerReq').toFixed(0)}`,
+          mode === 'close' ? `${med(k('l7'), 'clientTwPct').toFixed(1)} / ${med(k('nginx'), 'clientTwPct').toFixed(1)}` : '',
         ]);
       }
     }
@@ -128,6 +129,7 @@ async function main(): Promise<void> {
           `goal (≥ ${GOAL_RPS}× req/s, ≤ ${GOAL_P99}× p99)`,
           'proxy CPU µs/request L7 workers + agent (agent) / nginx',
           'proxy run-queue wait µs/request L7 / nginx',
+          'client TIME_WAITs per 100 connections L7 / nginx',
         ],
         rows,
       ),
