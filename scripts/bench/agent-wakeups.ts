@@ -2,11 +2,12 @@
 // every wake-up is a context switch on a CPU that 4 TCP streams keep busy (README, issue 17). Starts
 // the built agent with no endpoints (`--l7-proxy off`), lets it settle, then counts voluntary and
 // involuntary context switches of every thread (and of every child process) over a window.
-//   node --import tsx scripts/bench/agent-wakeups.ts [--settle S] [--window S] [--hold S]
+//   node --import tsx scripts/bench/agent-wakeups.ts [--settle S] [--window S] [--hold S] [--agent-args '...']
+// --agent-args: the agent's flags instead of `--l7-proxy off` (e.g. '' for the defaults).
 // --hold keeps the agent running that long after the count (for strace/perf by hand; its pid is printed).
 import fs from 'node:fs';
 import { startAgent } from '../../integration/lib/agent.ts';
-import { markdownTable, numberArg, sleep } from './lib.ts';
+import { markdownTable, numberArg, sleep, stringArg } from './lib.ts';
 
 interface Sample {
   name: string;
@@ -58,7 +59,8 @@ async function main(): Promise<void> {
   const settle = numberArg('settle', 30);
   const window = numberArg('window', 10);
   const hold = numberArg('hold', 0);
-  const agent = await startAgent({ bundle: true, extraArgs: ['--l7-proxy', 'off'] });
+  const extraArgs = (stringArg('agent-args') ?? '--l7-proxy off').split(' ').filter(Boolean);
+  const agent = await startAgent({ bundle: true, extraArgs });
   try {
     const pid = agent.pid()!;
     console.log(`agent pid ${pid}; settling ${settle} s`);
