@@ -4,9 +4,11 @@
 // involuntary context switches of every thread (and of every child process) over a window.
 //   node --import tsx scripts/bench/agent-wakeups.ts [--settle S] [--window S] [--hold S] [--agent-args '...']
 // --agent-args: the agent's flags instead of `--l7-proxy off` (e.g. '' for the defaults).
+// --endpoints N: N pods (netns with an endpoint each) on the agent first, idle too.
 // --hold keeps the agent running that long after the count (for strace/perf by hand; its pid is printed).
 import fs from 'node:fs';
-import { startAgent } from '../../integration/lib/agent.ts';
+import { randomId, startAgent } from '../../integration/lib/agent.ts';
+import { createNetns, type TestNetns } from '../../integration/lib/netns.ts';
 import { markdownTable, numberArg, sleep, stringArg } from './lib.ts';
 
 interface Sample {
@@ -61,7 +63,13 @@ async function main(): Promise<void> {
   const hold = numberArg('hold', 0);
   const extraArgs = (stringArg('agent-args') ?? '--l7-proxy off').split(' ').filter(Boolean);
   const agent = await startAgent({ bundle: true, extraArgs });
+  const pods: TestNetns[] = [];
   try {
+    for (let i = 0; i < numberArg('endpoints', 0); i++) {
+      const ns = createNetns('mbw');
+      pods.push(ns);
+      await agent.client.createEndpoint({ containerId: `wk-${i}-${randomId()}`, netns: ns.path, ifName: 'eth0' });
+    }
     const pid = agent.pid()!;
     console.log(`agent pid ${pid}; settling ${settle} s`);
     await sleep(settle * 1000);
@@ -79,6 +87,7 @@ async function main(): Promise<void> {
     }
   } finally {
     await agent.cleanup();
+    for (const ns of pods) ns.remove();
   }
 }
 
