@@ -3,7 +3,7 @@
 // (the client is read only while nothing holds it: a full upstream buffer, a full pipeline, an
 // upgrade waiting for the server's answer; the upstream is read only while the client's buffer
 // drains) and how they end (each side ended once, the client given the chance to close first).
-import { shutdownWriteNow } from '../proxy/sockets.ts';
+import { corkNow, shutdownWriteNow } from '../proxy/sockets.ts';
 import type { ClientSocket, UpstreamSocket } from './socket.ts';
 import { holdUpstream, type UpstreamHolder } from './upstream-events.ts';
 
@@ -85,6 +85,8 @@ export class SocketPair implements UpstreamHolder {
   /** Our FIN went out by shutdownWriteNow with every byte written: the client's FIN closes the socket
    *  (no end(), whose second shutdown, write watch and 'finish' would change nothing). */
   private finSent = false;
+  /** corkClient() held the client's last segment: the FIN releases it. */
+  private corked = false;
 
   constructor(
     readonly client: ClientSocket,
@@ -260,6 +262,12 @@ export class SocketPair implements UpstreamHolder {
     return (this.holds & why) !== 0;
   }
 
+  /** The connection's last response is about to be written and the connection ends right after it
+   *  (not lingering): its last segment is held (TCP_CORK) for the FIN to go out with it. */
+  corkClient(): void {
+    if (!this.client.destroyed && !this.client.writableEnded && corkNow(this.client as never)) this.corked = true;
+  }
+
   /** Half-close towards the server (it gets the FIN and still answers). */
   endUpstream(): void {
     end(this.upstream);
@@ -291,6 +299,9 @@ export class SocketPair implements UpstreamHolder {
       // FIN, no wake-up for it (three system calls per connection). nginx closes the same way
       // (lingering_close on: it lingers only when more bytes came). Bytes the client sends after a
       // `Connection: close` request would get a reset: nginx's answer too, and no client does.
+      // A corked response is sent with its FIN by shutdown first: a reset from close() would
+      // otherwise drop it with any such bytes.
+      if (this.corked) shutdownWriteNow(this.client as never);
       this.destroy();
       return;
     }

@@ -27,6 +27,9 @@ export interface ResponseHost {
   upstreamWillClose(): void;
   /** The server agreed to switch protocols for `p`: `rest` are the tunnel's first bytes. */
   switched(p: Pending, rest: Buffer): void;
+  /** The response at the head of the queue, after which the connection ends, ends within the bytes
+   *  written next (its completion follows at once). */
+  lastResponseEnds(): void;
   /** The response at the head of the queue is complete (`delimitedByClose`: by the server's FIN). */
   responseComplete(delimitedByClose: boolean): void;
 }
@@ -123,6 +126,7 @@ export class ResponseFramer {
             p.closeAfter = true;
             this.host.upstreamWillClose();
           } else {
+            if (p.closeAfter) this.host.lastResponseEnds();
             this.cut(buf, i);
             this.complete();
           }
@@ -136,6 +140,7 @@ export class ResponseFramer {
             break;
           }
           i = end;
+          if (p.closeAfter) this.host.lastResponseEnds();
           this.cut(buf, i);
           this.complete();
           break;

@@ -21,6 +21,7 @@ const SO_REUSEPORT = 15;
 const SOL_IP = 0;
 const SOL_TCP = 6;
 const TCP_NODELAY = 1;
+const TCP_CORK = 3;
 const IP_TRANSPARENT = 19;
 const SOL_IPV6 = 41;
 const IPV6_V6ONLY = 26;
@@ -130,6 +131,18 @@ export function shutdownWriteNow(s: { _handle?: { fd?: number } | null; writable
   const fd = s._handle?.fd;
   if (typeof fd !== 'number' || fd < 0 || s.writableLength > 0) return false;
   return lib().shutdown(fd, 1 /* SHUT_WR */) === 0;
+}
+
+/**
+ * Sets TCP_CORK on a connected socket with nothing queued in Node: what is written next waits in the
+ * kernel (at most 200 ms, or until a full segment) and the FIN of the shutdown or close that follows
+ * goes out in the same segment. For a connection's last response: the client then has the FIN with
+ * the response's last byte and cannot close first. False when Node has no fd or bytes are queued.
+ */
+export function corkNow(s: { _handle?: { fd?: number } | null; writableLength: number }): boolean {
+  const fd = s._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0 || s.writableLength > 0) return false;
+  return lib().setsockopt(fd, SOL_TCP, TCP_CORK, [1], 4) === 0;
 }
 
 export function closeFd(fd: number): void {
