@@ -15,7 +15,8 @@
 // measurement (a connection-rate run leaves TIME_WAIT sockets), a different order each round.
 // BENCH_ROUNDS (3), BENCH_SECONDS (4), BENCH_RULES (10000), BENCH_FLOW_EVENTS (on), BENCH_BPF_STATS
 // (off; on: kernel.bpf_stats_enabled for the run, and a table of what Membrane's programs cost).
-// BENCH_AGENT_SETTLE_S (30): the wait for the fresh agents before round 1 (below).
+// BENCH_AGENT_SETTLE_S (30): the wait for the fresh agents before round 1 (below). BENCH_ONLY="(d),(e)":
+// measure only the topologies whose names start so (all are still set up, their agents running).
 // BENCH_BEFORE=<datapath .o> adds an A/B in the same run: "(c) … rules, before" and "(d) …, before",
 // whose agents run that datapath object (e.g. one built from an older commit: BPF_OUT=/tmp/x.o
 // scripts/build-bpf.sh in its checkout). BENCH_BEFORE_L7=on also sets the L7 proxy's routing rule and
@@ -41,6 +42,7 @@ const FLOW_EVENTS = process.env.BENCH_FLOW_EVENTS ?? 'on';
 const BPF_STATS = (process.env.BENCH_BPF_STATS ?? 'off') === 'on';
 const BEFORE = process.env.BENCH_BEFORE;
 const BEFORE_L7 = (process.env.BENCH_BEFORE_L7 ?? 'off') === 'on';
+const ONLY = process.env.BENCH_ONLY?.split(',').map((x) => x.trim());
 /** A node's agent runs long before its pods' traffic: the first round starts once every agent and
  *  operator of the Membrane clusters has settled (each under 2 % of a CPU over a second, at most
  *  BENCH_AGENT_SETTLE_S seconds; 0 = at once), as in bench:datapath. Just started, they take 3-6 % of
@@ -245,17 +247,20 @@ function perf(name: string, peer: string, m: (typeof METRICS)[number]): number {
 
 function report(names: string[], load: string): string {
   const [a, , , big, d, e] = names;
-  const rows = names.map((name) => [
-    name,
-    ...METRICS.map((m) => {
-      const v = median(samples.get(name)![m.key]);
-      const peer = name.startsWith('(d)') || name.startsWith('(e)') ? e : a;
-      return `${v.toFixed(m.digits)} (${perf(name, peer, m).toFixed(2)}×)`;
-    }),
-  ]);
+  const rows = names
+    .filter((name) => samples.has(name)) // BENCH_ONLY
+    .map((name) => [
+      name,
+      ...METRICS.map((m) => {
+        const v = median(samples.get(name)![m.key]);
+        const peer = name.startsWith('(d)') || name.startsWith('(e)') ? e : a;
+        return samples.has(peer) ? `${v.toFixed(m.digits)} (${perf(name, peer, m).toFixed(2)}×)` : v.toFixed(m.digits);
+      }),
+    ]);
   const goal = (x: string, peer: string) =>
     METRICS.map((m) => `${m.label.split(' (')[0]} ${perf(x, peer, m).toFixed(2)}×`).join(', ');
   const met = (x: string, peer: string) => (METRICS.every((m) => perf(x, peer, m) >= 0.95) ? 'met' : 'not met');
+  const both = (x: string, y: string) => samples.has(x) && samples.has(y);
   return [
     `Medians of ${ROUNDS} rounds x ${SECONDS} s, one interleaved run; in brackets: performance relative to (a) for the tunnels and`,
     `to (e) for the routed rows (>1 is better; latency inverted). ${os.cpus().length} CPUs, kernel ${os.release()}, load ${load};`,
@@ -266,17 +271,19 @@ function report(names: string[], load: string): string {
     markdownTable(
       ['goal', 'result'],
       [
-        [
-          `overlay with ${BIG.toLocaleString('en-US')} rules >= 0.95x plain kernel VXLAN on every metric`,
-          `${met(big, a)}: ${goal(big, a)}`,
-        ],
-        ['native routing >= 0.95x plain routing on every metric', `${met(d, e)}: ${goal(d, e)}`],
-        ...(names.length > 6
+        ...(both(big, a)
           ? [
-              [`overlay with ${BIG.toLocaleString('en-US')} rules, now / before`, goal(big, names[6])],
-              ['native routing, now / before', goal(d, names[7])],
+              [
+                `overlay with ${BIG.toLocaleString('en-US')} rules >= 0.95x plain kernel VXLAN on every metric`,
+                `${met(big, a)}: ${goal(big, a)}`,
+              ],
             ]
           : []),
+        ...(both(d, e) ? [['native routing >= 0.95x plain routing on every metric', `${met(d, e)}: ${goal(d, e)}`]] : []),
+        ...(names.length > 6 && both(big, names[6])
+          ? [[`overlay with ${BIG.toLocaleString('en-US')} rules, now / before`, goal(big, names[6])]]
+          : []),
+        ...(names.length > 7 && both(d, names[7]) ? [['native routing, now / before', goal(d, names[7])]] : []),
       ],
     ),
     '',
@@ -319,10 +326,11 @@ async function main(): Promise<void> {
       const s = await settled(controlPlanePids(), { busyPct: 2, windows: 1, timeoutMs: SETTLE_S * 1000, throwOnTimeout: false });
       process.stderr.write(`agents and operators ${s.quiet ? 'settled' : 'not settled'} after ${(s.ms / 1000).toFixed(1)} s\n`);
     }
+    const measured = topologies.filter((t) => !ONLY || ONLY.some((o) => t.name.startsWith(o)));
     for (let round = 1; round <= ROUNDS; round++) {
       process.stderr.write(`-- round ${round}\n`);
-      const shift = ((round - 1) * 2) % topologies.length; // a different order each round
-      for (const t of [...topologies.slice(shift), ...topologies.slice(0, shift)]) await measure(t);
+      const shift = ((round - 1) * 2) % measured.length; // a different order each round
+      for (const t of [...measured.slice(shift), ...measured.slice(0, shift)]) await measure(t);
     }
     process.stdout.write(report(names, `${load0} -> ${os.loadavg()[0].toFixed(1)}`));
   } finally {
