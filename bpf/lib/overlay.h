@@ -22,7 +22,6 @@
 #pragma once
 
 #include "counters.h"
-#include "fib.h"
 #include "maps.h"
 #include "parse.h"
 
@@ -67,6 +66,8 @@ struct {
 	__type(value, struct overlay_config);
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } overlay_config SEC(".maps");
+
+#include "fib.h" /* native routing's send path: needs struct tunnel_endpoint */
 
 static __always_inline const struct overlay_config *overlay_cfg(void)
 {
@@ -125,7 +126,7 @@ static __always_inline int to_overlay(struct __sk_buff *skb, const struct pkt *p
 	if (!te)
 		return TC_ACT_OK;
 	if (!cfg->tunnel_ifindex)
-		return native_forward(skb, p->family, cfg->underlay_ifindex);
+		return native_forward(skb, p->family, cfg->underlay_ifindex, te);
 	if (set_tunnel(skb, te, src->identity) < 0) {
 		count_drop(DROP_NO_TUNNEL_ENDPOINT, p->len);
 		return TC_ACT_SHOT;

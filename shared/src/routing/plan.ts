@@ -94,8 +94,9 @@ export function planRouting(mode: RoutingMode, self: SelfNode, nodes: Iterable<N
         continue;
       }
       plan.routes.set(dst, { dst, via, node: n.name, ...(prefSrc ? { prefSrc } : {}) });
-      // Where the datapath sends pods' packets out of the underlay itself (bpf/lib/fib.h): reachable pod CIDRs only.
-      plan.tunnel.set(dst, target);
+      // Where the datapath sends pods' packets out of the underlay itself (bpf/lib/fib.h), to the
+      // route's gateway: reachable pod CIDRs only.
+      plan.tunnel.set(dst, { ...target, ip: via });
     }
   }
   return plan;
