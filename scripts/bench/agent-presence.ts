@@ -7,13 +7,16 @@
 // the pods (a before/after of the agent in the same interleaved run).
 import os from 'node:os';
 import { startAgent } from '../../integration/lib/agent.ts';
-import { markdownTable, median, processCpuMs, settled, throughput } from './lib.ts';
+import { markdownTable, median, processCpuMs, settled, sleep, throughput } from './lib.ts';
 import { plainVeth } from './topologies.ts';
 import { wakeupRates } from './agent-wakeups.ts';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 4);
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 4);
 const STREAMS = Number(process.env.BENCH_STREAMS ?? 4);
+// A fresh agent runs at least this long before its cells (then until it is under 2 % of a CPU for
+// 3 s): a node's agent runs long before its pods, and one just started still compiles and collects.
+const SETTLE_S = Number(process.env.BENCH_AGENT_SETTLE_S ?? 20);
 delete process.env.NODE_EXTRA_CA_CERTS;
 
 const BEFORE = process.env.BENCH_AGENT_BEFORE;
@@ -54,11 +57,12 @@ async function main(): Promise<void> {
       const agent = await startAgent({ bundle: true, agentBin: a.bin, extraArgs: ['--l7-proxy', 'off'] });
       try {
         const pid = agent.pid()!;
+        await sleep(SETTLE_S * 1000);
         const s = await settled([pid], { busyPct: 2, windows: 3, timeoutMs: 60_000, throwOnTimeout: false });
         const w = (await wakeupRates(pid, 5)).reduce((sum, r) => sum + r.perS, 0);
         wakeups.set(a.label, [...(wakeups.get(a.label) ?? []), w]);
         process.stderr.write(
-          `round ${round} agent ${a.label}: settled after ${(s.ms / 1000).toFixed(1)} s, ${w.toFixed(1)} wake-ups/s\n`,
+          `round ${round} agent ${a.label}: settled after ${(SETTLE_S + s.ms / 1000).toFixed(1)} s, ${w.toFixed(1)} wake-ups/s\n`,
         );
         if (a.bin) {
           record(round, 'idle agent (before)', await cell(pid));
