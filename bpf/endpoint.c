@@ -195,7 +195,9 @@ int proxy_steer(struct bpf_sk_lookup *ctx)
 	return proxy_steer_lookup(ctx);
 }
 
-/* The tunnel device's programs (overlay mode) share the helpers above. */
+/* The tunnel device's programs (overlay mode) and the underlay device's (native routing) share the
+ * helpers above. */
 #include "tunnel.c"
+#include "underlay.c"
 
 char LICENSE[] SEC("license") = "GPL";

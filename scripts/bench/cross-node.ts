@@ -22,6 +22,11 @@
 // scripts/build-bpf.sh in its checkout). BENCH_BEFORE_L7=on also sets the L7 proxy's routing rule and
 // sk_lookup up on them (an L7 policy that selects no pod), as agents had them from the start before
 // shared/src/l7/activation.ts; off by default (an object from after it needs nothing of the kind).
+// An object from before bpf/underlay.c has no from_underlay program, which this agent loads: for the
+// native receive path's A/B use BENCH_NATIVE_RX_AB=on instead, which adds "(d) Membrane native routing,
+// stack receive": the same build with from_underlay detached from both nodes' underlay device, so
+// other nodes' packets reach the pods through the stack and to_container as before it.
+import { execFileSync } from 'node:child_process';
 import os from 'node:os';
 import { createNetns } from '../../integration/lib/netns.ts';
 import { eventually, startCluster, type TestCluster, type TestNode } from '../../integration/lib/cluster.ts';
@@ -42,6 +47,7 @@ const FLOW_EVENTS = process.env.BENCH_FLOW_EVENTS ?? 'on';
 const BPF_STATS = (process.env.BENCH_BPF_STATS ?? 'off') === 'on';
 const BEFORE = process.env.BENCH_BEFORE;
 const BEFORE_L7 = (process.env.BENCH_BEFORE_L7 ?? 'off') === 'on';
+const NATIVE_RX_AB = (process.env.BENCH_NATIVE_RX_AB ?? 'off') === 'on';
 const ONLY = process.env.BENCH_ONLY?.split(',').map((x) => x.trim());
 /** A node's agent runs long before its pods' traffic: the first round starts once every agent and
  *  operator of the Membrane clusters has settled (each under 2 % of a CPU over a second, at most
@@ -177,6 +183,28 @@ async function membraneNative(): Promise<Topology> {
   return { name: '(d) Membrane native routing', pods: m.pods, close: () => m.c.cleanup() };
 }
 
+/** BENCH_NATIVE_RX_AB: native routing with the receive path through the stack (tc filter of
+ *  from_underlay removed from each node's eth0: TC_HANDLE 0x4d42, priority 1). */
+async function membraneNativeStackRx(): Promise<Topology> {
+  const m = await membraneCluster('native');
+  for (const n of m.c.nodes)
+    execFileSync('nsenter', [
+      `--net=${n.netns.path}`,
+      'tc',
+      'filter',
+      'del',
+      'dev',
+      'eth0',
+      'ingress',
+      'pref',
+      '1',
+      'handle',
+      '0x4d42',
+      'bpf',
+    ]);
+  return { name: '(d) Membrane native routing, stack receive', pods: m.pods, close: () => m.c.cleanup() };
+}
+
 /** BENCH_BEFORE: the overlay with BIG rules and native routing on that object (BENCH_BEFORE_L7: with
  *  the proxy's routing set up). */
 async function membraneBefore(object: string): Promise<Topology[]> {
@@ -283,7 +311,12 @@ function report(names: string[], load: string): string {
         ...(names.length > 6 && both(big, names[6])
           ? [[`overlay with ${BIG.toLocaleString('en-US')} rules, now / before`, goal(big, names[6])]]
           : []),
-        ...(names.length > 7 && both(d, names[7]) ? [['native routing, now / before', goal(d, names[7])]] : []),
+        ...(names.length > 7 && both(d, names[7]) && names[7].endsWith('before')
+          ? [['native routing, now / before', goal(d, names[7])]]
+          : []),
+        ...names
+          .filter((x) => x.endsWith('stack receive') && both(d, x))
+          .map((x) => ['native routing, receive by from_underlay / through the stack', goal(d, x)]),
       ],
     ),
     '',
@@ -320,6 +353,7 @@ async function main(): Promise<void> {
       await membraneNative(),
       await plainRouting(),
       ...(BEFORE ? await membraneBefore(BEFORE) : []),
+      ...(NATIVE_RX_AB ? [await membraneNativeStackRx()] : []),
     );
     const names = topologies.map((t) => t.name);
     if (SETTLE_S) {

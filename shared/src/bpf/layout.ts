@@ -38,7 +38,8 @@ export const PROGRAM_PINS = {
   to_container: 'prog_to_container',
   from_host_device: 'prog_from_host_device', // the L7 proxy's hairpin (l7/datapath.ts attaches it)
   from_tunnel: 'prog_from_tunnel',
-  to_tunnel: 'prog_to_tunnel', // the tunnel device's (overlay/device.ts attaches them)
+  to_tunnel: 'prog_to_tunnel', // the tunnel device's (routing/device.ts attaches them)
+  from_underlay: 'prog_from_underlay', // native routing's receive path (routing/device.ts attaches it)
   proxy_steer: 'prog_proxy_steer', // the L7 proxy's sk_lookup (l7/datapath.ts attaches it)
 } as const;
 

@@ -1,6 +1,7 @@
 // The node's tunnel device: one collect-metadata VXLAN device (no ARP: routes into it need no
 // neighbour answers), with from_tunnel on its tc ingress and to_tunnel on its egress (the pinned
-// programs, so the attachment outlives the agent like every endpoint's does).
+// programs, so the attachment outlives the agent like every endpoint's does). Native routing has none;
+// its receive program sits on the underlay device's tc ingress instead.
 import fs from 'node:fs';
 import path from 'node:path';
 import * as bpf from '../bpf/libbpf.ts';
@@ -37,6 +38,19 @@ export function ensureTunnelDevice(host: Netlink, dp: Datapath, spec: TunnelDevi
   attachPinned(dp, link.index, bpf.BPF_TC_INGRESS, PROGRAM_PINS.from_tunnel);
   attachPinned(dp, link.index, bpf.BPF_TC_EGRESS, PROGRAM_PINS.to_tunnel);
   return link.index;
+}
+
+/** Native routing's receive path: from_underlay on the underlay device's tc ingress hands other nodes'
+ *  packets for this node's pods straight to them (bpf/underlay.c); everything else passes untouched. */
+export function attachUnderlay(dp: Datapath, ifindex: number): void {
+  attachPinned(dp, ifindex, bpf.BPF_TC_INGRESS, PROGRAM_PINS.from_underlay);
+}
+
+/** Tunnel mode: a from_underlay an earlier native run left (our handle and priority) is removed. It
+ *  would pass everything anyway (it acts only with native routing configured); this keeps the device
+ *  as we found it. The clsact qdisc stays: other filters may share it. */
+export function detachUnderlay(ifindex: number): boolean {
+  return bpf.tcDetach(ifindex, bpf.BPF_TC_INGRESS, TC_HANDLE, TC_PRIORITY);
 }
 
 /** Native routing has no tunnel device: one an earlier run in tunnel mode left is deleted. */

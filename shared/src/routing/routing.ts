@@ -8,7 +8,7 @@ import type { Datapath } from '../bpf/datapath.ts';
 import type { NodeRecord } from '../kvstore/layout.ts';
 import type { Netlink } from '../netlink/index.ts';
 import type { Family } from '../net/index.ts';
-import { ensureTunnelDevice, removeTunnelDevice } from './device.ts';
+import { attachUnderlay, detachUnderlay, ensureTunnelDevice, removeTunnelDevice } from './device.ts';
 import { TunnelMaps } from './maps.ts';
 import {
   planRouting,
@@ -97,6 +97,12 @@ export class ClusterRouting {
       ...(o.mode === 'native' ? { native: { underlayIfindex } } : {}),
     });
     r.apply(nodes);
+    // Native: other nodes' packets for this node's pods enter them from the underlay device's tc ingress
+    // (bpf/underlay.c) instead of through the stack's forwarding path. Tunnel: none of that.
+    const underlayLink = o.host.linkByName(o.underlay.device);
+    if (underlayLink && o.mode === 'native') attachUnderlay(o.datapath, underlayLink.index);
+    else if (underlayLink && detachUnderlay(underlayLink.index))
+      o.log?.info({ device: o.underlay.device }, 'tunnel mode: removed the native receive program an earlier run left');
     return r;
   }
 
