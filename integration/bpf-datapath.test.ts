@@ -334,6 +334,7 @@ t.test('pins: one per map and program, removed by removePins', async (t) => {
       'prog_from_container',
       'prog_from_host_device',
       'prog_from_tunnel',
+      'prog_from_underlay',
       'prog_proxy_steer',
       'prog_stamp_',
       'prog_to_container',
