@@ -8,10 +8,11 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { adoptFingerprints } from './fingerprint.ts';
+import { adoptFingerprints, fingerprintOf } from './fingerprint.ts';
 import { parsePolicies, type ParseOptions, type ParseResult } from './parse.ts';
 import type { ParseAnswer } from './parse-worker.ts';
 import { adoptJson, SourceText } from './record-json.ts';
+import { applyEdit, type Reread } from './reparse.ts';
 import { RuleMemo } from './rule-memo.ts';
 import { resolveRuleRefs, rulesByPrint } from './rule-refs.ts';
 import type { Policy, Rule } from './types.ts';
@@ -123,9 +124,30 @@ export class PolicyParser {
     w.unref();
     /** The rules of this worker's last answer: its next answer may refer to them (rule-refs.ts). */
     let recent = new Map<string, Rule>();
+    /** The last clean answer's one policy and texts: an edit answer (reparse.ts) applies to it. */
+    let last: (Omit<Reread, 'edit'> & { id: number }) | undefined;
     w.on('message', (m: ParseAnswer) => {
       const p = this.pending.get(m.id);
       this.pending.delete(m.id);
+      if (m.edit) {
+        if (last?.id !== m.edit.base) {
+          // Cannot happen while both sides keep to the protocol (as for references below).
+          p?.reject(new Error('the policy parser worker edited a policy the agent does not hold'));
+          void this.close();
+          return;
+        }
+        const { rule, ...now } = applyEdit(last, m.edit);
+        if (rule) {
+          fingerprintOf(rule, m.edit.rulePrint);
+          recent.set(m.edit.rulePrint, rule);
+        }
+        fingerprintOf(now.policy, m.edit.policyPrint);
+        adoptJson(now.policy, now.policyJson);
+        last = { ...now, id: m.id };
+        p?.resolve({ policies: [now.policy], sources: [new SourceText(now.sourceJson)], issues: [] });
+        if (!this.pending.size) this.quiesce(w);
+        return;
+      }
       const result = {
         ...JSON.parse(m.json),
         policies: m.policyJson.map((whole, i) => {
@@ -145,6 +167,12 @@ export class PolicyParser {
       }
       recent = rulesByPrint(result.policies, prints);
       adoptFingerprints(result.policies, result.fingerprints?.policies, prints);
+      // The worker edits only a one-policy answer it read clean (a refused one changes nothing).
+      if (!result.issues.length)
+        last =
+          result.policies.length === 1
+            ? { id: m.id, policy: result.policies[0], policyJson: m.policyJson[0], sourceJson: m.sourceJson[0] }
+            : undefined;
       p?.resolve(result);
       if (!this.pending.size) this.quiesce(w);
     });

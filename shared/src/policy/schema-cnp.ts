@@ -269,7 +269,7 @@ const specSchema = specSchemaOf(plainRuleList);
 const memoSpecSchema = specSchemaOf(memoRuleList as unknown as typeof plainRuleList);
 
 type RawSpec = z.infer<typeof specSchema>;
-const LISTS = [
+export const LISTS = [
   ['ingress', 'ingress', false],
   ['ingressDeny', 'ingress', true],
   ['egress', 'egress', false],
@@ -305,6 +305,21 @@ function toSpecs(raw: { spec?: RawSpec; specs?: RawSpec[] }, ns: string | undefi
       rules,
     };
   });
+}
+
+/** The schema of one element of each rule list, built when first asked for (reparse.ts). */
+const elementSchemas = new Map<string, ReturnType<typeof ruleSchema>>();
+
+/** One element of `list` read alone, as a parse of the whole document reads spec.<list>[i] of a policy
+ *  with one spec (reparse.ts); undefined when the schema refuses it (the caller then reads it all). */
+export function specRuleOf(list: string, item: unknown, i: number, ns: string | undefined): Rule | undefined {
+  const entry = LISTS.find(([field]) => field === list);
+  if (!entry) return undefined;
+  const [, dir, deny] = entry;
+  let schema = elementSchemas.get(list);
+  if (!schema) elementSchemas.set(list, (schema = ruleSchema(dir, deny)));
+  const r = schema.safeParse(item);
+  return r.success ? toRule(r.data as RawRule, dir, deny, i, `spec.${list}[${i}]`, ns) : undefined;
 }
 
 function policySchemaOf(spec: typeof specSchema) {

@@ -1,0 +1,214 @@
+// A re-import that differs from the parser worker's last accepted text inside one rule reads that
+// rule only (issue 17: a one-rule change among 10,000 enforced in proportion to the change). The
+// worker keeps the last text that parsed clean as one CiliumNetworkPolicy (or clusterwide) with one
+// `spec`, written as JSON, with where each rule element sits in it, in the source's JSON and in the
+// policy's JSON (json-spans.ts). A new text is compared with it byte by byte from both ends; when
+// what differs lies inside one rule element, that element alone is parsed and validated, and the
+// policy, its JSON and the source's JSON are the last ones with that rule replaced. Anything else
+// (another shape, YAML, a rule added or removed, a change across rules or outside the rule lists, a
+// rule the schema refuses, other options) is left to the full parse. Why the result is the full
+// parse's: the rest of the text is the same bytes and the new element is one JSON value, so the
+// document reads as the old one with that array element replaced; nothing else in a policy depends on
+// a rule's content (list lengths, the only cross-rule input, did not change); the rule's index and
+// path follow from its place. policy-reparse.test.ts checks this against full parses of random edits.
+import { type ListSpans, listSpans } from './json-spans.ts';
+import { MAX_TEXT_BYTES, type ParseOptions } from './parse.ts';
+import { LISTS, specRuleOf } from './schema-cnp.ts';
+import { withParseContext } from './schema-common.ts';
+import type { Policy, Rule } from './types.ts';
+
+const LIST_NAMES = LISTS.map(([field]) => field);
+
+/** What changed from the last answer, for the agent to apply to the policy it took from it (so the
+ *  answer carries one rule, not 10,000 and the texts of the whole policy and document). */
+export interface Edit {
+  /** The rule's place in the policy's rules; -1: the text is the same as the last one. */
+  rule: number;
+  ruleJson: string;
+  /** Replace [from, to) of the last policy JSON (source JSON) with the new rule's (element's) JSON. */
+  policyAt: [number, number];
+  sourceAt: [number, number];
+  sourceText: string;
+}
+
+export interface Reread {
+  edit: Edit;
+  policy: Policy;
+  /** JSON.stringify(policy), as the full path writes it. */
+  policyJson: string;
+  /** JSON.stringify of the source document. */
+  sourceJson: string;
+}
+
+const SAME: Edit = { rule: -1, ruleJson: '', policyAt: [0, 0], sourceAt: [0, 0], sourceText: '' };
+
+interface Last extends Omit<Reread, 'edit'> {
+  text: string;
+  optsKey: string;
+  /** Rule elements in `text` and in `sourceJson`, by list; the policy's rules in `policyJson`. */
+  textSpans: ListSpans;
+  sourceSpans: ListSpans;
+  ruleSpans: number[];
+  /** Where each list's rules start in the policy's rule array (lists in LISTS order). */
+  firstRule: Map<string, number>;
+}
+
+/** The index of the span (flat pairs) holding [from, to), or -1. */
+function holding(spans: number[], from: number, to: number): number {
+  let lo = 0,
+    hi = spans.length / 2 - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >> 1;
+    if (spans[2 * mid + 1] < to) lo = mid + 1;
+    else if (spans[2 * mid] > from) hi = mid - 1;
+    else return mid;
+  }
+  return -1;
+}
+
+/** Spans from `after` on move by `delta` (the text before them changed length). */
+function shift(spans: number[], after: number, delta: number): void {
+  if (!delta) return;
+  for (let j = 0; j < spans.length; j++) if (spans[j] >= after) spans[j] += delta;
+}
+
+/** Compared a block at a time: comparing equal strings is a memcmp in V8, a char loop is not (a
+ *  1 MB text: well under a millisecond against several). */
+const BLOCK = 16 * 1024;
+
+function commonPrefix(a: string, b: string): number {
+  const n = Math.min(a.length, b.length);
+  let p = 0;
+  while (p + BLOCK <= n && a.slice(p, p + BLOCK) === b.slice(p, p + BLOCK)) p += BLOCK;
+  while (p < n && a.charCodeAt(p) === b.charCodeAt(p)) p++;
+  return p;
+}
+
+/** The common suffix, at most `max` long (so that it does not overlap the common prefix). */
+function commonSuffix(a: string, b: string, max: number): number {
+  let s = 0;
+  while (s + BLOCK <= max && a.slice(a.length - s - BLOCK, a.length - s) === b.slice(b.length - s - BLOCK, b.length - s))
+    s += BLOCK;
+  while (s < max && a.charCodeAt(a.length - 1 - s) === b.charCodeAt(b.length - 1 - s)) s++;
+  return s;
+}
+
+export class Reparser {
+  private last?: Last;
+
+  /** The result of reading `text`, when it is the last text with one rule element changed. */
+  reread(text: string, opts: ParseOptions): Reread | undefined {
+    const last = this.last;
+    if (!last || typeof text !== 'string' || JSON.stringify(opts) !== last.optsKey) return undefined;
+    if (text.length * 3 > MAX_TEXT_BYTES) return undefined; // the full parse decides on the size
+    const old = last.text;
+    const p = commonPrefix(old, text);
+    if (p === old.length && p === text.length) return { ...last, edit: SAME }; // the same text
+    const s = commonSuffix(old, text, Math.min(old.length, text.length) - p);
+    const oldTo = old.length - s;
+    for (const list of LIST_NAMES) {
+      const spans = last.textSpans.get(list);
+      const i = spans ? holding(spans, p, oldTo) : -1;
+      if (spans && i >= 0) return this.replace(last, text, list, i, spans[2 * i], spans[2 * i + 1], opts);
+    }
+    return undefined;
+  }
+
+  private replace(last: Last, text: string, list: string, i: number, from: number, to: number, opts: ParseOptions) {
+    const delta = text.length - last.text.length;
+    let item: unknown;
+    try {
+      item = JSON.parse(text.slice(from, to + delta));
+    } catch {
+      return undefined; // not one JSON value: the edit reaches beyond the rule
+    }
+    const ns = last.policy.kind === 'CiliumNetworkPolicy' ? last.policy.namespace : undefined;
+    const rule = withParseContext(opts, () => specRuleOf(list, item, i, ns));
+    if (!rule) return undefined; // refused: the full parse words the issues
+    const k = (last.firstRule.get(list) ?? 0) + i;
+    const [spec] = last.policy.specs;
+    const rules = spec.rules.slice();
+    rules[k] = rule;
+    const policy: Policy = { ...last.policy, specs: [{ ...spec, rules }] };
+    // The JSON texts spliced (V8 keeps the pieces and joins them when the text is read).
+    const ruleJson = JSON.stringify(rule);
+    const [ra, rb] = [last.ruleSpans[2 * k], last.ruleSpans[2 * k + 1]];
+    const policyJson = last.policyJson.slice(0, ra) + ruleJson + last.policyJson.slice(rb);
+    shift(last.ruleSpans, rb, ruleJson.length - (rb - ra));
+    last.ruleSpans[2 * k + 1] = ra + ruleJson.length;
+    const sourceSpans = last.sourceSpans.get(list)!;
+    const itemJson = JSON.stringify(item);
+    const [sa, sb] = [sourceSpans[2 * i], sourceSpans[2 * i + 1]];
+    const sourceJson = last.sourceJson.slice(0, sa) + itemJson + last.sourceJson.slice(sb);
+    for (const spans of last.sourceSpans.values()) shift(spans, sb, itemJson.length - (sb - sa));
+    sourceSpans[2 * i + 1] = sa + itemJson.length;
+    for (const spans of last.textSpans.values()) shift(spans, to, delta);
+    last.textSpans.get(list)![2 * i + 1] = to + delta;
+    Object.assign(last, { text, policy, policyJson, sourceJson });
+    const edit: Edit = { rule: k, ruleJson, policyAt: [ra, rb], sourceAt: [sa, sb], sourceText: itemJson };
+    return { ...last, edit };
+  }
+
+  /** After a full parse: keeps what a next reread needs, when the text has the shape it handles
+   *  (worked out after the answer went out, so it costs the next import, not this one). */
+  remember(text: string, opts: ParseOptions, policies: Policy[], policyJson: string[], sourceJson: string[]): boolean {
+    this.last = undefined;
+    const [policy] = policies;
+    if (policies.length !== 1 || policy.specs.length !== 1 || !text.trimStart().startsWith('{')) return false;
+    if (policy.kind !== 'CiliumNetworkPolicy' && policy.kind !== 'CiliumClusterwideNetworkPolicy') return false;
+    let doc: { kind?: unknown; spec?: Record<string, unknown>; specs?: unknown };
+    try {
+      doc = JSON.parse(text); // read as JSON (not as YAML that starts with "{")
+    } catch {
+      return false;
+    }
+    if (doc?.kind !== policy.kind || !doc.spec || doc.specs !== undefined) return false;
+    const textSpans = listSpans(text, ['spec'], LIST_NAMES);
+    const sourceSpans = listSpans(sourceJson[0], ['spec'], LIST_NAMES);
+    const ruleSpans = listSpans(policyJson[0], ['specs', 0], ['rules'])?.get('rules');
+    if (!textSpans || !sourceSpans || !ruleSpans) return false;
+    const firstRule = new Map<string, number>();
+    let count = 0;
+    for (const list of LIST_NAMES) {
+      const items = doc.spec[list];
+      const length = Array.isArray(items) ? items.length : 0;
+      const spans = (textSpans.get(list)?.length ?? 0) / 2;
+      if (spans !== length || (sourceSpans.get(list)?.length ?? 0) / 2 !== length) return false;
+      if (!Array.isArray(items)) textSpans.delete(list);
+      firstRule.set(list, count);
+      count += length;
+    }
+    if (count !== policy.specs[0].rules.length || ruleSpans.length / 2 !== count) return false;
+    const optsKey = JSON.stringify(opts);
+    this.last = {
+      text,
+      optsKey,
+      policy,
+      policyJson: policyJson[0],
+      sourceJson: sourceJson[0],
+      textSpans,
+      sourceSpans,
+      ruleSpans,
+      firstRule,
+    };
+    return true;
+  }
+}
+
+/** The agent's half: the policy and texts of the last answer with the edit applied (the same result
+ *  the worker holds; the texts are spliced, so nothing here is in proportion to the policy but the
+ *  copy of its rule array). */
+export function applyEdit(last: Omit<Reread, 'edit'>, edit: Edit): Omit<Reread, 'edit'> & { rule?: Rule } {
+  if (edit.rule < 0) return last;
+  const [spec] = last.policy.specs;
+  const rule = JSON.parse(edit.ruleJson) as Rule;
+  const rules = spec.rules.slice();
+  rules[edit.rule] = rule;
+  const splice = (text: string, [from, to]: [number, number], insert: string) => text.slice(0, from) + insert + text.slice(to);
+  return {
+    policy: { ...last.policy, specs: [{ ...spec, rules }] },
+    policyJson: splice(last.policyJson, edit.policyAt, edit.ruleJson),
+    sourceJson: splice(last.sourceJson, edit.sourceAt, edit.sourceText),
+    rule,
+  };
+}
