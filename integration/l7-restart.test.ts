@@ -73,7 +73,9 @@ const hostDefaultsBefore = hostDefaults();
 
 t.before(async () => {
   if (!hostDefaultsBefore.trim()) throw new Error('the host has no default route before the test: not ours to judge');
-  agent = await startAgent();
+  // Two workers whatever the machine's default (one on 2 CPUs): adoption and restarts by worker index,
+  // and a second listener in the socket lookup's map, stay covered.
+  agent = await startAgent({ extraArgs: ['--l7-proxy-workers', '2'] });
   pc = new PolicyClient(agent.client);
   webNs = createNetns('mbl');
   clientNs = createNetns('mbl');

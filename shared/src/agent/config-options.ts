@@ -223,7 +223,7 @@ export const OPTIONS: OptionSpec[] = [
     flags: '--l7-proxy-workers <n>',
     env: 'MEMBRANE_L7_PROXY_WORKERS',
     help: 'proxy worker processes',
-    default: `${DEFAULTS.l7ProxyWorkers} (CPUs, at most 2)`,
+    default: `${DEFAULTS.l7ProxyWorkers} (one per two CPUs, 1-2)`,
   },
   {
     key: 'dnsProxy',
