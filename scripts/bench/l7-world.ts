@@ -1,7 +1,7 @@
 // bench:l7's world: the built agent, a client pod (wrk) and a server pod (nginx serving a small
 // static response on 80 and 8080), one policy with HTTP rules on 80 (none on 8080), and the peer,
 // nginx (Debian) as a reverse proxy on the node in front of the same server (upstream keep-alive,
-// access log off, as many workers as the L7 proxy). Everything it starts it also removes.
+// access log off, one worker per CPU as Debian configures it). Everything it starts it also removes.
 import { type ChildProcess, execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -25,6 +25,8 @@ export interface L7World {
    *  their records into flows and metrics), or nginx's workers; none for direct. */
   proxyPids(v: Variant): Promise<number[]>;
   agentPid(): number | undefined;
+  /** Worker counts: Membrane's L7 proxy, the nginx peer. */
+  workers: { l7: number; nginx: number };
   /** Imports the policy with or without the HTTP rules on port 80 and waits until it is in force. */
   setL7(on: boolean): Promise<void>;
   close(): Promise<void>;
@@ -103,8 +105,8 @@ export function checkTools(): void {
 export async function startL7World(clientTwReuse: string): Promise<L7World> {
   const nginxPort = 18000 + Math.floor(Math.random() * 2000); // nginx on the node: random, so runs never clash
   // The built agent and proxy (npm run bench:l7 builds first): what a node runs.
-  // BENCH_L7_WORKERS: the proxy's worker count (default: the agent's, one per CPU, at most two); nginx
-  // gets as many (below).
+  // BENCH_L7_WORKERS: the proxy's worker count (default: the agent's, one per two CPUs, 1-2); nginx's
+  // is its own (below).
   const workers = process.env.BENCH_L7_WORKERS;
   const agent: TestAgent = await startAgent({ bundle: true, extraArgs: workers ? ['--l7-proxy-workers', workers] : [] });
   const pc = new PolicyClient(agent.client);
@@ -161,18 +163,19 @@ export async function startL7World(clientTwReuse: string): Promise<L7World> {
     );
     procs.push(s.child);
     dirs.push(s.dir);
-    // The peer: nginx on the node in front of the same server (as many workers as the L7 proxy).
-    // BENCH_NGINX_WORKERS sets it apart (e.g. the L7 proxy's worker count varied against one nginx).
-    const workers =
-      Number(process.env.BENCH_NGINX_WORKERS) ||
-      (((await agent.client.status()).l7 as { workers: unknown[] } | undefined)?.workers.length ?? 2);
+    // The peer: nginx on the node in front of the same server, with the worker count of Debian's
+    // nginx.conf (`worker_processes auto`: one per CPU), as a user would run it; each proxy at its own
+    // default. (With one worker on 2 CPUs nginx lets the client close first often enough to run its
+    // ports out of TIME_WAIT in one-request-per-connection runs: README bench:l7.) BENCH_NGINX_WORKERS
+    // sets it apart (e.g. as many as BENCH_L7_WORKERS, to compare worker counts).
+    const nginxWorkers = Number(process.env.BENCH_NGINX_WORKERS) || os.availableParallelism();
     const p = startNginx(
       null,
       nginxConf(
         'DIR',
         `  upstream server { server ${ip}:80; keepalive 512; }`,
         [`${gateway}:${nginxPort}`],
-        workers,
+        nginxWorkers,
         '    location / { proxy_pass http://server; proxy_http_version 1.1; proxy_set_header Connection ""; }',
       ),
     );
@@ -213,7 +216,17 @@ export async function startL7World(clientTwReuse: string): Promise<L7World> {
         : v === 'nginx'
           ? childrenOf(p.child.pid!)
           : [];
-    return { client, ip, urls, proxyPids, agentPid: () => agent.pid(), setL7, close };
+    const l7Workers = ((await agent.client.status()).l7 as { workers: unknown[] }).workers.length;
+    return {
+      client,
+      ip,
+      urls,
+      proxyPids,
+      agentPid: () => agent.pid(),
+      workers: { l7: l7Workers, nginx: nginxWorkers },
+      setL7,
+      close,
+    };
   } catch (e) {
     await close();
     throw e;
