@@ -58,8 +58,22 @@ async function offer(producer: SyntheticProducer, event: Buffer, rate: number, s
   }
 }
 
+/** BENCH_CPU_PROF=DIR: the ingest agent runs under node --cpu-prof, its profile written to DIR when it
+ *  stops (where the agent's time per event goes). The profiler's SIGPROF interrupts the verifier
+ *  (program load fails with EAGAIN), so an agent without it loads and pins the programs first and the
+ *  profiled one reuses them. */
+const CPU_PROF = process.env.BENCH_CPU_PROF;
+
 async function ingest(): Promise<string> {
-  const agent = await startAgent({ extraArgs: ['--log-level', 'info'] });
+  let agent = await startAgent({ extraArgs: ['--log-level', 'info'] });
+  if (CPU_PROF) {
+    await agent.stop();
+    agent = await startAgent({
+      reuse: agent,
+      extraArgs: ['--log-level', 'info'],
+      nodeArgs: ['--cpu-prof', `--cpu-prof-dir=${path.resolve(CPU_PROF)}`],
+    });
+  }
   const pods = await membrane(agent);
   const observer = new ObserverClient(agent.observerSocket);
   const producer = SyntheticProducer.open(agent.bpffsDir); // reuses the agent's events / events_lost pins
