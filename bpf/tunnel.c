@@ -88,7 +88,7 @@ int from_tunnel(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	/* The destination's ingress policy, with the VNI as the peer (to_container never sees it). */
-	if (enforce_peer(skb, &p, ep, POLICY_DIR_INGRESS, true, identity, &proxy) != ENFORCE_PASS)
+	if (enforce_peer(skb, &p, ep, POLICY_DIR_INGRESS, true, identity, false, &proxy) != ENFORCE_PASS)
 		return TC_ACT_SHOT;
 	if (proxy) {
 		reason = proxy_assign(skb, &p, proxy);

@@ -13,8 +13,10 @@
  * The sender's identity is the ipcache's for its address, exactly what to_container gave it: native
  * routing carries no identity, so a forged source gets its address's identity and never more. A source
  * this node itself vouches for (one of its own addresses: host; one of its pods: that pod) never
- * legitimately arrives from the underlay, so it is dropped as SOURCE_SPOOFED: the stack dropped the
- * former as a martian, but forwarded the latter to to_container, which gave it the pod's identity.
+ * legitimately arrives from the underlay, so it is dropped as SOURCE_SPOOFED (enforce.h
+ * underlay_spoofed, checked when a flow begins; a tracked flow with the host is recognised by its
+ * entry): the stack dropped the former as a martian, but forwarded the latter to to_container, which
+ * gave it the pod's identity.
  * The stack keeps, as before, every packet that is for no local pod (the node's own traffic: this
  * program then costs one hash lookup), that expires here (the stack answers with ICMP time exceeded),
  * that the parser refuses (to_container drops it with its reason and a DROP event), and NDP/MLD
@@ -50,19 +52,6 @@ static __always_inline bool underlay_dst(struct __sk_buff *skb, struct ip_key *k
 	return false;
 }
 
-/* A source this node vouches for (its own address, or one of its pods): never from the underlay. */
-static __always_inline bool underlay_source_is_ours(const struct pkt *p)
-{
-	struct ip_key src;
-
-	__builtin_memset(&src, 0, sizeof(src));
-	src.family = p->family;
-	__builtin_memcpy(src.addr, p->saddr, 16);
-	if (bpf_map_lookup_elem(&local_endpoints, &src))
-		return true;
-	return ipcache_identity(p->family, p->saddr) == IDENTITY_HOST;
-}
-
 SEC("tc")
 int from_underlay(struct __sk_buff *skb)
 {
@@ -86,12 +75,15 @@ int from_underlay(struct __sk_buff *skb)
 	ep = bpf_map_lookup_elem(&endpoints_cfg, &dst->host_ifindex);
 	if (!ep)
 		return TC_ACT_OK; /* being set up or torn down: to_container fails closed on its own */
-	if (underlay_source_is_ours(&p)) {
+	/* An ICMP error can pass as related to a flow without its entry at hand: checked here (rare). */
+	if (p.icmp_error && underlay_spoofed(&p, ipcache_identity(p.family, p.saddr))) {
 		drop_at(&p, ep, POLICY_DIR_INGRESS, DROP_SOURCE_SPOOFED);
 		return TC_ACT_SHOT;
 	}
-	/* The pod's ingress, with the ipcache's identity of the source (peer 0), as to_container does. */
-	if (enforce(skb, &p, ep, POLICY_DIR_INGRESS, true, &proxy) != ENFORCE_PASS)
+	/* The pod's ingress, with the ipcache's identity of the source (peer 0), as to_container does, and
+	 * the underlay's own check (underlay_spoofed): a new flow's source as its identity is looked up,
+	 * a tracked flow's by the peer identity its entry recorded, so established packets pay nothing. */
+	if (enforce_peer(skb, &p, ep, POLICY_DIR_INGRESS, true, 0, true, &proxy) != ENFORCE_PASS)
 		return TC_ACT_SHOT;
 	if (proxy) {
 		/* The L7 proxy listens in this netns: handed to it here, as from_tunnel does. */

@@ -5,6 +5,7 @@
 // own pods or n1's own address (what n1 itself vouches for) is dropped as spoofed, not admitted as that
 // pod or as "host", though the policy admits both.
 import t from 'tap';
+import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import { clusterForFile } from './lib/cluster-file.ts';
 import { eventually } from './lib/cluster.ts';
@@ -75,6 +76,26 @@ t.test('native routing, forged sources from the underlay: the ipcache identity, 
 
   const f4 = await forge(n1.ip);
   t.match(f4, { verdict: 'DROPPED', dropReasonDesc: 'INVALID_SOURCE_IP' }, "claiming n1's own address: dropped, never host");
+
+  // 5. Into a live connection of n1's host with web (tracked by web's ingress entry, peer host): a forged
+  //    segment of it from the underlay is recognised by the entry, without a lookup per packet.
+  const hostPort = 30000 + crypto.randomInt(0, 9000);
+  const py = `import socket,time\ns=socket.socket()\ns.bind(('${n1.ip}',${hostPort}))\ns.connect(('${web.ip4}',8084))\ntime.sleep(15)`;
+  const held = spawn('nsenter', [`--net=${n1.netns.path}`, 'python3', '-c', py], { stdio: 'ignore' });
+  try {
+    await flowsUntil("n1's host connection", n1.observerSocket, (x) => x.l4?.TCP?.sourcePort === hostPort);
+    const l4 = withChecksum(4, n1.ip, web.ip4, PROTO.TCP, tcp(hostPort, 8084, TCP_FLAGS.ACK, crypto.randomInt(1, 2 ** 31)));
+    const frame = eth(n1Mac, '02:00:00:00:00:01', ETH_P.IPV4, ipv4({ src: n1.ip, dst: web.ip4, proto: PROTO.TCP }, l4));
+    await sendFrames(w.ns, [frame]);
+    const [f5] = await flowsUntil(
+      'n1 reports the forged segment',
+      n1.observerSocket,
+      (x) => x.l4?.TCP?.sourcePort === hostPort && x.verdict === 'DROPPED',
+    );
+    t.match(f5, { dropReasonDesc: 'INVALID_SOURCE_IP' }, "a segment of n1's own connection, forged from the underlay: dropped");
+  } finally {
+    held.kill('SIGKILL');
+  }
 
   t.equal(await probe(client.ns, web.ip4, 8084, 5000), 'ok', 'the real client still gets through');
   await new PolicyClient(n1.client).delete(['web-nf']);

@@ -112,18 +112,36 @@ static __always_inline int decide(const struct pkt *p, const struct endpoint_con
 	return ENFORCE_PASS;
 }
 
+/* A source the node itself vouches for, arriving from the underlay (native routing, underlay.c): one
+ * of its own addresses (identity host) or of its pods. Neither ever legitimately comes from there. */
+static __always_inline bool underlay_spoofed(const struct pkt *p, __u32 peer)
+{
+	struct ip_key src;
+
+	if (peer == IDENTITY_HOST)
+		return true;
+	__builtin_memset(&src, 0, sizeof(src));
+	src.family = p->family;
+	__builtin_memcpy(src.addr, p->saddr, 16);
+	return bpf_map_lookup_elem(&local_endpoints, &src) != NULL;
+}
+
 /* *proxy_port: set when the flow goes to the L7 proxy (its first packet included). peer: the other
  * side's identity when the caller knows it better than the packet's address does (a tunnel packet's
- * VNI), recorded with CT_F_TUNNEL; 0 = the ipcache's identity of the address. */
+ * VNI), recorded with CT_F_TUNNEL; 0 = the ipcache's identity of the address. underlay: the packet
+ * came in from the underlay (underlay_spoofed). */
 static __always_inline int new_flow(const struct pkt *p, const struct endpoint_config *ep, __u8 dir, bool redirect, __u32 peer,
-				    __u16 *proxy_port)
+				    bool underlay, __u16 *proxy_port)
 {
 	struct event_meta m;
 	struct ct_new n;
 	__u8 tunnel = peer ? CT_F_TUNNEL : 0;
 
-	if (!peer)
+	if (!peer) {
 		peer = ipcache_identity(p->family, dir == POLICY_DIR_EGRESS ? p->daddr : p->saddr);
+		if (underlay && underlay_spoofed(p, peer))
+			return drop_packet(p, ep, dir, DROP_SOURCE_SPOOFED, peer, ep->identity, 0);
+	}
 
 	if (decide(p, ep, dir, peer, redirect, &m) != ENFORCE_PASS)
 		return ENFORCE_DROP;
@@ -173,10 +191,10 @@ static __always_inline int drop_revoked(const struct pkt *p, const struct ct_ent
 	return drop_packet(p, ep, dir, DROP_POLICY_DENIED, ct->dst_identity, ct->src_identity, 0);
 }
 
-/* *proxy_port: set when the packet is a forward packet of a flow that goes to the L7 proxy. peer: see
- * new_flow (0 = the ipcache decides). */
+/* *proxy_port: set when the packet is a forward packet of a flow that goes to the L7 proxy. peer and
+ * underlay: see new_flow (peer 0 = the ipcache decides). */
 static __always_inline int enforce_peer(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_config *ep, __u8 dir,
-					bool redirect, __u32 peer, __u16 *proxy_port)
+					bool redirect, __u32 peer, bool underlay, __u16 *proxy_port)
 {
 	struct ct_entry *ct = NULL;
 	struct ct_key key;
@@ -190,9 +208,13 @@ static __always_inline int enforce_peer(struct __sk_buff *skb, const struct pkt 
 		return icmp6_on_own_link(p, ep, dir) ? ENFORCE_PASS : drop_at(p, ep, dir, DROP_FORBIDDEN_ICMPV6);
 	r = ct_lookup(skb, p, dir, ep->endpoint_id, 0, &ct, &key, &done);
 	if (r == CT_NEW || r == CT_REVOKED_FORWARD)
-		return new_flow(p, ep, dir, redirect, peer, proxy_port);
+		return new_flow(p, ep, dir, redirect, peer, underlay, proxy_port);
 	if (r == CT_REVOKED_REPLY && ct)
 		return drop_revoked(p, ct, ep, dir);
+	/* From the underlay, a packet of a flow with this node's host (as the entry recorded the peer when
+	 * the flow began) is forged: no lookup per packet, the entry is at hand. */
+	if (underlay && ct && (r == CT_ESTABLISHED ? ct->src_identity : ct->dst_identity) == IDENTITY_HOST)
+		return drop_packet(p, ep, dir, DROP_SOURCE_SPOOFED, IDENTITY_HOST, ep->identity, 0);
 	/* The proxy answers the client as the destination: replies come from it, only forward packets go to it. */
 	if (r == CT_ESTABLISHED && ct && (ct->flags & CT_F_PROXY))
 		*proxy_port = ct->proxy_port;
@@ -209,7 +231,7 @@ static __always_inline int enforce_peer(struct __sk_buff *skb, const struct pkt 
 static __always_inline int enforce(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_config *ep, __u8 dir, bool redirect,
 				   __u16 *proxy_port)
 {
-	return enforce_peer(skb, p, ep, dir, redirect, 0, proxy_port);
+	return enforce_peer(skb, p, ep, dir, redirect, 0, false, proxy_port);
 }
 
 /* A pod-to-pod flow that goes to the L7 proxy is no redirect_peer flow: the sender talks to the
