@@ -11,8 +11,8 @@ import { Worker } from 'node:worker_threads';
 import { adoptFingerprints, fingerprintOf } from './fingerprint.ts';
 import { parsePolicies, type ParseOptions, type ParseResult } from './parse.ts';
 import type { ParseAnswer } from './parse-worker.ts';
-import { adoptJson, SourceText } from './record-json.ts';
-import { applyEdit, type Reread } from './reparse.ts';
+import { adoptJson, adoptLazyJson, SourceText } from './record-json.ts';
+import { applyEdit, spliced } from './reparse.ts';
 import { RuleMemo } from './rule-memo.ts';
 import { resolveRuleRefs, rulesByPrint } from './rule-refs.ts';
 import type { Policy, Rule } from './types.ts';
@@ -125,7 +125,7 @@ export class PolicyParser {
     /** The rules of this worker's last answer: its next answer may refer to them (rule-refs.ts). */
     let recent = new Map<string, Rule>();
     /** The last clean answer's one policy and texts: an edit answer (reparse.ts) applies to it. */
-    let last: (Omit<Reread, 'edit'> & { id: number }) | undefined;
+    let last: { id: number; policy: Policy; policyJson: () => string; sourceJson: () => string } | undefined;
     w.on('message', (m: ParseAnswer) => {
       const p = this.pending.get(m.id);
       this.pending.delete(m.id);
@@ -136,15 +136,20 @@ export class PolicyParser {
           void this.close();
           return;
         }
-        const { rule, ...now } = applyEdit(last, m.edit);
+        const { policy, rule } = applyEdit(last.policy, m.edit);
         if (rule) {
           fingerprintOf(rule, m.edit.rulePrint);
           recent.set(m.edit.rulePrint, rule);
-        }
-        fingerprintOf(now.policy, m.edit.policyPrint);
-        adoptJson(now.policy, now.policyJson);
-        last = { ...now, id: m.id };
-        p?.resolve({ policies: [now.policy], sources: [new SourceText(now.sourceJson)], issues: [] });
+          last = {
+            id: m.id,
+            policy,
+            policyJson: spliced(last.policyJson, m.edit.policyAt, m.edit.ruleJson),
+            sourceJson: spliced(last.sourceJson, m.edit.sourceAt, m.edit.sourceText),
+          };
+          fingerprintOf(policy, m.edit.policyPrint);
+          adoptLazyJson(policy, last.policyJson);
+        } else last = { ...last, id: m.id };
+        p?.resolve({ policies: [policy], sources: [new SourceText(last.sourceJson)], issues: [] });
         if (!this.pending.size) this.quiesce(w);
         return;
       }
@@ -171,7 +176,7 @@ export class PolicyParser {
       if (!result.issues.length)
         last =
           result.policies.length === 1
-            ? { id: m.id, policy: result.policies[0], policyJson: m.policyJson[0], sourceJson: m.sourceJson[0] }
+            ? { id: m.id, policy: result.policies[0], policyJson: () => m.policyJson[0], sourceJson: () => m.sourceJson[0] }
             : undefined;
       p?.resolve(result);
       if (!this.pending.size) this.quiesce(w);

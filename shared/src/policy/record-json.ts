@@ -9,7 +9,14 @@ import type { PolicyRecord } from './types.ts';
  *  it, only hands it out (`policy get`) and stores it, so it is parsed only when serialised. */
 export class SourceText {
   private value?: unknown;
-  constructor(readonly json: string) {}
+  private text?: string;
+  /** `json` as a function: worked out when first needed (an edit answer's splice, reparse.ts, is
+   *  then paid by the store write, after the maps hold the change). */
+  constructor(private readonly make: string | (() => string)) {}
+  get json(): string {
+    if (this.text === undefined) this.text = typeof this.make === 'string' ? this.make : this.make();
+    return this.text;
+  }
   toJSON(): unknown {
     if (this.value === undefined) this.value = JSON.parse(this.json);
     return this.value;
@@ -24,12 +31,18 @@ export function adoptJson(value: unknown, json: string): void {
   if (typeof value === 'object' && value !== null) known.set(value, json);
 }
 
+/** The same, the text worked out when first needed (see SourceText). */
+export function adoptLazyJson(value: object, json: () => string): void {
+  lazy.set(value, json);
+}
+const lazy = new WeakMap<object, () => string>();
+
 /** The JSON text of `value`, worked out once per object. */
 export function jsonOf(value: unknown): string {
   if (typeof value !== 'object' || value === null) return JSON.stringify(value) ?? 'null';
   if (value instanceof SourceText) return value.json;
   let j = known.get(value);
-  if (j === undefined) known.set(value, (j = JSON.stringify(value)));
+  if (j === undefined) known.set(value, (j = lazy.get(value)?.() ?? JSON.stringify(value)));
   return j;
 }
 

@@ -195,20 +195,27 @@ export class Reparser {
   }
 }
 
-/** The agent's half: the policy and texts of the last answer with the edit applied (the same result
- *  the worker holds; the texts are spliced, so nothing here is in proportion to the policy but the
- *  copy of its rule array). */
-export function applyEdit(last: Omit<Reread, 'edit'>, edit: Edit): Omit<Reread, 'edit'> & { rule?: Rule } {
-  if (edit.rule < 0) return last;
-  const [spec] = last.policy.specs;
+/** The agent's half: the policy of the last answer with the edit applied (the worker's result; the
+ *  rule array is copied, nothing else in proportion to the policy). */
+export function applyEdit(policy: Policy, edit: Edit): { policy: Policy; rule?: Rule } {
+  if (edit.rule < 0) return { policy };
+  const [spec] = policy.specs;
   const rule = JSON.parse(edit.ruleJson) as Rule;
   const rules = spec.rules.slice();
   rules[edit.rule] = rule;
-  const splice = (text: string, [from, to]: [number, number], insert: string) => text.slice(0, from) + insert + text.slice(to);
-  return {
-    policy: { ...last.policy, specs: [{ ...spec, rules }] },
-    policyJson: splice(last.policyJson, edit.policyAt, edit.ruleJson),
-    sourceJson: splice(last.sourceJson, edit.sourceAt, edit.sourceText),
-    rule,
+  return { policy: { ...policy, specs: [{ ...spec, rules }] }, rule };
+}
+
+/** `text` with [from, to) replaced: the agent's copy of the worker's policy or source JSON. A function,
+ *  called when the text is first needed (the store write, after the maps hold the change): slicing a
+ *  spliced text flattens it, a copy of megabytes. */
+export function spliced(text: () => string, [from, to]: [number, number], insert: string): () => string {
+  let out: string | undefined;
+  return () => {
+    if (out === undefined) {
+      const t = text();
+      out = t.slice(0, from) + insert + t.slice(to);
+    }
+    return out;
   };
 }
