@@ -8,7 +8,8 @@ import { PolicyParser } from '../src/policy/parse-offloop.ts';
 import { jsonOf } from '../src/policy/record-json.ts';
 import { fingerprint, fingerprintOf } from '../src/policy/fingerprint.ts';
 import { parsePolicies } from '../src/policy/parse.ts';
-import { Reparser } from '../src/policy/reparse.ts';
+import { engineWithEndpoints, MemoryPolicyOps } from './lib/policy.ts';
+import { Reparser, spliced } from '../src/policy/reparse.ts';
 
 const seed = Number(process.env.FUZZ_SEED ?? Date.now() % 100000);
 let state = seed;
@@ -90,6 +91,7 @@ t.test(`rereads equal full parses (FUZZ_SEED=${seed})`, async (t) => {
       for (const opts of [{ cluster: 'default' }, { cluster: 'default', namespace: 'other' }]) {
         const re = new Reparser();
         let base = doc(kind, pretty);
+        let texts = { policy: () => '', source: () => '' };
         for (let step = 0; step < 120; step++) {
           const text = step === 0 ? base : edit(base);
           const full = parsePolicies(text, opts);
@@ -100,17 +102,17 @@ t.test(`rereads equal full parses (FUZZ_SEED=${seed})`, async (t) => {
             // Counted, not asserted one by one: a run makes over a thousand comparisons.
             if (full.issues.length) bad.push(`step ${step}: reread a text the full parse refuses`);
             else if (JSON.stringify(again.policy) !== JSON.stringify(full.policies[0])) bad.push(`step ${step}: policy differs`);
-            else if (again.policyJson !== JSON.stringify(full.policies[0])) bad.push(`step ${step}: policy JSON differs`);
-            else if (again.sourceJson !== JSON.stringify(full.sources[0])) bad.push(`step ${step}: source JSON differs`);
+            // The texts as the agent keeps them: the last ones with the edit's splices applied.
+            const e = again.edit;
+            if (e.rule >= 0) texts.policy = spliced(texts.policy, e.policyAt, e.ruleJson);
+            if (e.sourceAt) texts.source = spliced(texts.source, e.sourceAt, e.sourceText);
+            if (texts.policy() !== JSON.stringify(full.policies[0])) bad.push(`step ${step}: policy JSON differs`);
+            else if (texts.source() !== JSON.stringify(full.sources[0])) bad.push(`step ${step}: source JSON differs`);
             if (step === 119) t.same(again.policy, full.policies[0], 'deep-equal at the last step');
           } else if (!full.issues.length) {
-            re.remember(
-              text,
-              opts,
-              full.policies,
-              full.policies.map((p) => JSON.stringify(p)),
-              full.sources.map((s) => JSON.stringify(s)),
-            );
+            const [policy, source] = [JSON.stringify(full.policies[0]), JSON.stringify(full.sources[0])];
+            re.remember(text, opts, full.policies, [policy], [source]);
+            texts = { policy: () => policy, source: () => source };
           }
           if (!full.issues.length) base = text;
         }
@@ -169,4 +171,23 @@ t.test('through the worker: edit answers give the agent what a full parse gives'
     if (full.issues.length) text = doc('CiliumNetworkPolicy', false);
   }
   t.same(bad, [], 'every answer equals the full parse');
+});
+
+t.test('the agent tells an edited policy from its base, and a rule written otherwise from a change', async (t) => {
+  const ops = new MemoryPolicyOps(100_000, 100_000);
+  const { engine } = await engineWithEndpoints(ops, ['web']);
+  t.teardown(() => engine.close());
+  const big = (port: string, space = '') =>
+    JSON.stringify({
+      apiVersion: 'cilium.io/v2',
+      kind: 'CiliumNetworkPolicy',
+      metadata: { name: 'big' },
+      spec: { endpointSelector: { matchLabels: { app: 'web' } }, ingress: Array.from({ length: 600 }, (_, i) => cidrRule(i)) },
+    }).replace('"443"', `${space}"${port}"`); // the first rule (over 32 KiB: read in the worker)
+  const change = async (text: string) => (await engine.importText(text)).changes.map((c) => c.change).join();
+  t.equal(await change(big('443')), 'created');
+  t.equal(await change(big('443', ' ')), 'unchanged', 'the same rule written with a space');
+  t.equal(await change(big('444')), 'updated');
+  t.equal(await change(big('444')), 'unchanged', 'the same text');
+  t.equal(await change(big('443')), 'updated', 'back');
 });

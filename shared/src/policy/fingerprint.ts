@@ -18,8 +18,25 @@ const known = new WeakMap<object, string>();
 
 export function fingerprintOf(value: Policy | Rule, given?: string): string {
   let f = known.get(value);
-  if (f === undefined) known.set(value, (f = given ?? fingerprint(value)));
+  if (f === undefined) known.set(value, (f = given ?? later.get(value)?.() ?? fingerprint(value)));
   return f;
+}
+
+/** Policies an edit answer made (reparse.ts): their fingerprint worked out only if asked for (a
+ *  SHA-256 of megabytes), and the policy each was edited from, which it is known to differ from. */
+const later = new WeakMap<object, () => string>();
+const editedFrom = new WeakMap<Policy, Policy>();
+
+export function adoptEdited(policy: Policy, from: Policy, print: () => string): void {
+  later.set(policy, print);
+  editedFrom.set(policy, from);
+}
+
+/** Whether `a` and `b` have the same content: known without hashing for an edit and its base. */
+export function samePolicy(a: Policy, b: Policy): boolean {
+  if (a === b) return true;
+  if (editedFrom.get(a) === b || editedFrom.get(b) === a) return false;
+  return fingerprintOf(a) === fingerprintOf(b);
 }
 
 /** Every rule's fingerprint, by policy, spec and rule (what the worker sends along; a rule object the

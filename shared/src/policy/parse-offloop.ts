@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
-import { adoptFingerprints, fingerprintOf } from './fingerprint.ts';
+import { adoptEdited, adoptFingerprints, fingerprintOf, fingerprintText } from './fingerprint.ts';
 import { parsePolicies, type ParseOptions, type ParseResult } from './parse.ts';
 import type { ParseAnswer } from './parse-worker.ts';
 import { adoptJson, adoptLazyJson, SourceText } from './record-json.ts';
@@ -136,19 +136,22 @@ export class PolicyParser {
           void this.close();
           return;
         }
-        const { policy, rule } = applyEdit(last.policy, m.edit);
+        const base = last.policy;
+        const { policy, rule } = applyEdit(base, m.edit);
+        const { sourceAt, sourceText } = m.edit;
+        last = {
+          id: m.id,
+          policy,
+          policyJson: rule ? spliced(last.policyJson, m.edit.policyAt, m.edit.ruleJson) : last.policyJson,
+          sourceJson: sourceAt ? spliced(last.sourceJson, sourceAt, sourceText) : last.sourceJson,
+        };
         if (rule) {
           fingerprintOf(rule, m.edit.rulePrint);
           recent.set(m.edit.rulePrint, rule);
-          last = {
-            id: m.id,
-            policy,
-            policyJson: spliced(last.policyJson, m.edit.policyAt, m.edit.ruleJson),
-            sourceJson: spliced(last.sourceJson, m.edit.sourceAt, m.edit.sourceText),
-          };
-          fingerprintOf(policy, m.edit.policyPrint);
-          adoptLazyJson(policy, last.policyJson);
-        } else last = { ...last, id: m.id };
+          const json = last.policyJson;
+          adoptLazyJson(policy, json);
+          adoptEdited(policy, base, () => fingerprintText(json()));
+        }
         p?.resolve({ policies: [policy], sources: [new SourceText(last.sourceJson)], issues: [] });
         if (!this.pending.size) this.quiesce(w);
         return;

@@ -20,7 +20,7 @@ export interface ParseAnswer {
   /** Each policy to parse, with the rules of the last answer as references; null: parse it whole. */
   parseJson: (string | null)[];
   /** Instead of the above: the policy of answer `base` with one rule replaced (reparse.ts). */
-  edit?: Edit & { base: number; rulePrint: string; policyPrint: string };
+  edit?: Edit & { base: number; rulePrint: string };
 }
 
 export interface ParseRequest {
@@ -57,7 +57,7 @@ if (parentPort) {
   port.on('message', (m: ParseRequest) => {
     const again = base === undefined ? undefined : reparser.reread(m.text, m.opts);
     if (again && base !== undefined) {
-      const { edit, policy, policyJson } = again;
+      const { edit, policy } = again;
       const rule = policy.specs[0].rules[edit.rule];
       const rulePrint = rule ? fingerprintOf(rule, fingerprintText(edit.ruleJson)) : '';
       if (rulePrint) sent.add(rulePrint); // the agent adds it to what it holds too
@@ -67,7 +67,7 @@ if (parentPort) {
         policyJson: [],
         sourceJson: [],
         parseJson: [],
-        edit: { ...edit, base, rulePrint, policyPrint: fingerprintOf(policy, fingerprintText(policyJson)) },
+        edit: { ...edit, base, rulePrint },
       };
       base = m.id;
       port.postMessage(answer);

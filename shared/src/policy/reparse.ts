@@ -19,32 +19,32 @@ import type { Policy, Rule } from './types.ts';
 
 const LIST_NAMES = LISTS.map(([field]) => field);
 
-/** What changed from the last answer, for the agent to apply to the policy it took from it (so the
- *  answer carries one rule, not 10,000 and the texts of the whole policy and document). */
+/** What changed from the last answer, for the agent to apply to the policy and texts it took from it
+ *  (so the answer carries one rule, not 10,000 and the texts of the whole policy and document). */
 export interface Edit {
-  /** The rule's place in the policy's rules; -1: the text is the same as the last one. */
+  /** The replaced rule's place in the policy's rules; -1: the policy is the last one (the same text,
+   *  or an element that reads as the same rule: only the source changed). */
   rule: number;
   ruleJson: string;
-  /** Replace [from, to) of the last policy JSON (source JSON) with the new rule's (element's) JSON. */
+  /** Replace [from, to) of the last policy JSON with ruleJson. */
   policyAt: [number, number];
-  sourceAt: [number, number];
+  /** Replace [from, to) of the last source JSON with sourceText; absent: the same source. */
+  sourceAt?: [number, number];
   sourceText: string;
 }
 
 export interface Reread {
   edit: Edit;
+  /** The policy a full parse gives (equal content; unchanged rules are the last parse's objects). */
   policy: Policy;
-  /** JSON.stringify(policy), as the full path writes it. */
-  policyJson: string;
-  /** JSON.stringify of the source document. */
-  sourceJson: string;
 }
 
-const SAME: Edit = { rule: -1, ruleJson: '', policyAt: [0, 0], sourceAt: [0, 0], sourceText: '' };
+const SAME: Edit = { rule: -1, ruleJson: '', policyAt: [0, 0], sourceText: '' };
 
-interface Last extends Omit<Reread, 'edit'> {
+interface Last {
   text: string;
   optsKey: string;
+  policy: Policy;
   /** Rule elements in `text` and in `sourceJson`, by list; the policy's rules in `policyJson`. */
   textSpans: ListSpans;
   sourceSpans: ListSpans;
@@ -103,7 +103,7 @@ export class Reparser {
     if (text.length * 3 > MAX_TEXT_BYTES) return undefined; // the full parse decides on the size
     const old = last.text;
     const p = commonPrefix(old, text);
-    if (p === old.length && p === text.length) return { ...last, edit: SAME }; // the same text
+    if (p === old.length && p === text.length) return { policy: last.policy, edit: SAME }; // the same text
     const s = commonSuffix(old, text, Math.min(old.length, text.length) - p);
     const oldTo = old.length - s;
     for (const list of LIST_NAMES) {
@@ -127,26 +127,28 @@ export class Reparser {
     if (!rule) return undefined; // refused: the full parse words the issues
     const k = (last.firstRule.get(list) ?? 0) + i;
     const [spec] = last.policy.specs;
-    const rules = spec.rules.slice();
-    rules[k] = rule;
-    const policy: Policy = { ...last.policy, specs: [{ ...spec, rules }] };
-    // The JSON texts spliced (V8 keeps the pieces and joins them when the text is read).
     const ruleJson = JSON.stringify(rule);
     const [ra, rb] = [last.ruleSpans[2 * k], last.ruleSpans[2 * k + 1]];
-    const policyJson = last.policyJson.slice(0, ra) + ruleJson + last.policyJson.slice(rb);
-    shift(last.ruleSpans, rb, ruleJson.length - (rb - ra));
-    last.ruleSpans[2 * k + 1] = ra + ruleJson.length;
+    // The same rule written otherwise (spacing, a null field): the same policy, as the full parse's
+    // fingerprint would say; only the source document changed.
+    const samePolicy = ruleJson === JSON.stringify(spec.rules[k]);
+    if (!samePolicy) {
+      const rules = spec.rules.slice();
+      rules[k] = rule;
+      last.policy = { ...last.policy, specs: [{ ...spec, rules }] };
+      shift(last.ruleSpans, rb, ruleJson.length - (rb - ra));
+      last.ruleSpans[2 * k + 1] = ra + ruleJson.length;
+    }
     const sourceSpans = last.sourceSpans.get(list)!;
     const itemJson = JSON.stringify(item);
     const [sa, sb] = [sourceSpans[2 * i], sourceSpans[2 * i + 1]];
-    const sourceJson = last.sourceJson.slice(0, sa) + itemJson + last.sourceJson.slice(sb);
     for (const spans of last.sourceSpans.values()) shift(spans, sb, itemJson.length - (sb - sa));
     sourceSpans[2 * i + 1] = sa + itemJson.length;
     for (const spans of last.textSpans.values()) shift(spans, to, delta);
     last.textSpans.get(list)![2 * i + 1] = to + delta;
-    Object.assign(last, { text, policy, policyJson, sourceJson });
-    const edit: Edit = { rule: k, ruleJson, policyAt: [ra, rb], sourceAt: [sa, sb], sourceText: itemJson };
-    return { ...last, edit };
+    last.text = text;
+    const edit: Edit = { rule: samePolicy ? -1 : k, ruleJson, policyAt: [ra, rb], sourceAt: [sa, sb], sourceText: itemJson };
+    return { policy: last.policy, edit };
   }
 
   /** After a full parse: keeps what a next reread needs, when the text has the shape it handles
@@ -184,8 +186,6 @@ export class Reparser {
       text,
       optsKey,
       policy,
-      policyJson: policyJson[0],
-      sourceJson: sourceJson[0],
       textSpans,
       sourceSpans,
       ruleSpans,

@@ -4,7 +4,7 @@
 // set, never half), or the cluster store (cluster/policies.ts), where a commit is one transaction
 // that fails with PolicyConflictError when another node changed the set first.
 import type { Store } from '../store/index.ts';
-import { fingerprintOf } from './fingerprint.ts';
+import { samePolicy } from './fingerprint.ts';
 import { policySetJson } from './record-json.ts';
 import { MAX_POLICY_NUMBER } from './rule-id.ts';
 import type { Policy, PolicyRecord } from './types.ts';
@@ -95,7 +95,7 @@ export class PolicyRepository {
     policies.forEach((policy, i) => {
       const idx = records.findIndex((r) => r.name === policy.name);
       const prev = idx >= 0 ? records[idx] : undefined;
-      if (prev && fingerprintOf(prev.policy) === fingerprintOf(policy)) {
+      if (prev && samePolicy(prev.policy, policy)) {
         changes.push({ name: policy.name, change: 'unchanged', revision: prev.revision });
         return;
       }
