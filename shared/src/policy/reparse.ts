@@ -210,12 +210,16 @@ export function applyEdit(policy: Policy, edit: Edit): { policy: Policy; rule?: 
  *  called when the text is first needed (the store write, after the maps hold the change): slicing a
  *  spliced text flattens it, a copy of megabytes. */
 export function spliced(text: () => string, [from, to]: [number, number], insert: string): () => string {
+  let before: (() => string) | undefined = text;
   let out: string | undefined;
   return () => {
-    if (out === undefined) {
-      const t = text();
+    if (before) {
+      const t = before();
       out = t.slice(0, from) + insert + t.slice(to);
+      // Let the text it came from go: each edit's text would otherwise hold all earlier ones (a few
+      // MB per edit). Its slices keep only that one text, flattened when the next edit slices this.
+      before = undefined;
     }
-    return out;
+    return out!;
   };
 }
