@@ -150,6 +150,9 @@ t.test('YAML, several policies and other options are left to the full parse', as
     y.sources.map((s) => JSON.stringify(s)),
   );
   t.notOk(yaml.reread(yamlText.replace('0.1/32', '0.2/32'), opts), 'YAML: full parse');
+  let answered = 1; // the edit above
+  while (re.reread(answered % 2 ? text : edited, opts)) answered++;
+  t.equal(answered, 1000, 'a full read after 1,000 edits in a row (what both sides hold starts afresh)');
 });
 
 t.test('through the worker: edit answers give the agent what a full parse gives', async (t) => {

@@ -41,7 +41,12 @@ export interface Reread {
 
 const SAME: Edit = { rule: -1, ruleJson: '', policyAt: [0, 0], sourceText: '' };
 
+/** Edits answered in a row before a full read. */
+const MAX_EDITS = 1000;
+
 interface Last {
+  /** Edits answered since the full read. */
+  edits: number;
   text: string;
   optsKey: string;
   policy: Policy;
@@ -100,10 +105,16 @@ export class Reparser {
   reread(text: string, opts: ParseOptions): Reread | undefined {
     const last = this.last;
     if (!last || typeof text !== 'string' || JSON.stringify(opts) !== last.optsKey) return undefined;
+    // Every so often a full read: what both sides hold by fingerprint (rule-refs.ts) grows by one rule
+    // per edit and starts afresh with a full answer.
+    if (last.edits >= MAX_EDITS) return undefined;
     if (text.length * 3 > MAX_TEXT_BYTES) return undefined; // the full parse decides on the size
     const old = last.text;
     const p = commonPrefix(old, text);
-    if (p === old.length && p === text.length) return { policy: last.policy, edit: SAME }; // the same text
+    if (p === old.length && p === text.length) {
+      last.edits++;
+      return { policy: last.policy, edit: SAME }; // the same text
+    }
     const s = commonSuffix(old, text, Math.min(old.length, text.length) - p);
     const oldTo = old.length - s;
     for (const list of LIST_NAMES) {
@@ -147,6 +158,7 @@ export class Reparser {
     for (const spans of last.textSpans.values()) shift(spans, to, delta);
     last.textSpans.get(list)![2 * i + 1] = to + delta;
     last.text = text;
+    last.edits++;
     const edit: Edit = { rule: samePolicy ? -1 : k, ruleJson, policyAt: [ra, rb], sourceAt: [sa, sb], sourceText: itemJson };
     return { policy: last.policy, edit };
   }
@@ -183,6 +195,7 @@ export class Reparser {
     if (count !== policy.specs[0].rules.length || ruleSpans.length / 2 !== count) return false;
     const optsKey = JSON.stringify(opts);
     this.last = {
+      edits: 0,
       text,
       optsKey,
       policy,
