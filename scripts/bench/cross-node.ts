@@ -26,7 +26,6 @@
 // native receive path's A/B use BENCH_NATIVE_RX_AB=on instead, which adds "(d) Membrane native routing,
 // stack receive": the same build with from_underlay detached from both nodes' underlay device, so
 // other nodes' packets reach the pods through the stack and to_container as before it.
-import { execFileSync } from 'node:child_process';
 import os from 'node:os';
 import { createNetns } from '../../integration/lib/netns.ts';
 import { eventually, startCluster, type TestCluster, type TestNode } from '../../integration/lib/cluster.ts';
@@ -35,6 +34,7 @@ import { readIpcache } from '../../integration/lib/cluster-maps.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
 import { connectionRate, markdownTable, median, rrLatency, settled, throughput } from './lib.ts';
 import { membranePolicy } from './topologies.ts';
+import { setUnderlayRx } from './switches.ts';
 import { attachedPrograms, bpfDelta, bpfTotals, enableBpfStats, type BpfTotals } from './bpf-stats.ts';
 
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3);
@@ -187,21 +187,7 @@ async function membraneNative(): Promise<Topology> {
  *  from_underlay removed from each node's eth0: TC_HANDLE 0x4d42, priority 1). */
 async function membraneNativeStackRx(): Promise<Topology> {
   const m = await membraneCluster('native');
-  for (const n of m.c.nodes)
-    execFileSync('nsenter', [
-      `--net=${n.netns.path}`,
-      'tc',
-      'filter',
-      'del',
-      'dev',
-      'eth0',
-      'ingress',
-      'pref',
-      '1',
-      'handle',
-      '0x4d42',
-      'bpf',
-    ]);
+  for (const n of m.c.nodes) setUnderlayRx(n.netns.path, n.bpffsDir, false);
   return { name: '(d) Membrane native routing, stack receive', pods: m.pods, close: () => m.c.cleanup() };
 }
 

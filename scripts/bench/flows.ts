@@ -16,16 +16,15 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startAgent, type TestAgent } from '../../integration/lib/agent.ts';
-import * as bpf from '../../shared/src/bpf/libbpf.ts';
+import { startAgent } from '../../integration/lib/agent.ts';
 import { ObserverClient } from '../../shared/src/flows/client.ts';
 import { encodeTraceEvent, EventType } from '../../shared/src/flows/event.ts';
 import { SyntheticProducer } from '../../shared/src/flows/synthetic/producer.ts';
-import { decodeGlobalConfig, encodeGlobalConfig, encodeU32Key, GLOBAL_CONFIG_SIZE } from '../../shared/src/maps/codec.ts';
 import { sampleValue } from '../../shared/src/metrics/parse.ts';
 import { scrapeMetrics } from '../../integration/lib/metrics.ts';
 import { connectionRate, markdownTable, median, rrLatency, sleep, throughput } from './lib.ts';
 import { membrane, type Pods } from './topologies.ts';
+import { setFlowEvents } from './switches.ts';
 
 const PAIRS = Number(process.env.BENCH_PAIRS ?? 8);
 const SAMPLE_SECONDS = Number(process.env.BENCH_SECONDS ?? 2);
@@ -149,19 +148,6 @@ async function ingest(): Promise<string> {
   );
 }
 
-/** Flips the flow-event switch in the agent's pinned datapath_config, keeping the other settings. */
-function setEvents(agent: TestAgent, on: boolean): void {
-  const pin = path.join(agent.bpffsDir, 'datapath_config');
-  const fd = bpf.objGet(pin);
-  try {
-    const key = encodeU32Key(0);
-    const cur = decodeGlobalConfig(bpf.mapLookup(fd, pin, key, GLOBAL_CONFIG_SIZE) ?? Buffer.alloc(GLOBAL_CONFIG_SIZE));
-    bpf.mapUpdate(fd, pin, key, encodeGlobalConfig({ ...cur, events: on }));
-  } finally {
-    fs.closeSync(fd);
-  }
-}
-
 type Metric = 'tput1' | 'tput4' | 'rr' | 'crr';
 const METRICS: { key: Metric; label: string; unit: string; higherIsBetter: boolean; digits: number }[] = [
   { key: 'tput1', label: 'TCP throughput, 1 stream', unit: 'Gbit/s', higherIsBetter: true, digits: 2 },
@@ -210,7 +196,7 @@ async function cost(): Promise<string> {
       for (let pair = 0; pair < PAIRS; pair++) {
         const got: Partial<Record<'on' | 'off', number>> = {};
         for (const mode of (pair % 2 ? ['off', 'on'] : ['on', 'off']) as ('on' | 'off')[]) {
-          setEvents(agent, mode === 'on');
+          setFlowEvents(agent.bpffsDir, mode === 'on');
           const before = await observer.status();
           const t0 = performance.now();
           got[mode] = await measureOnce(pods, m.key, SAMPLE_SECONDS);
@@ -227,7 +213,7 @@ async function cost(): Promise<string> {
     }
     observer.close();
   } finally {
-    if (pods) setEvents(agent, true);
+    if (pods) setFlowEvents(agent.bpffsDir, true);
     await pods?.cleanup();
     await agent.cleanup();
   }

@@ -6,16 +6,12 @@
 // events). AB=events instead alternates the datapath's flow events on and off (the datapath_config
 // switch, flipped in place as bench:flows cost does), from_underlay attached: what the events and the
 // agents' work on them cost a native connection. Run under the bench lock.
-import { execFileSync } from 'node:child_process';
-import fs from 'node:fs';
 import os from 'node:os';
-import path from 'node:path';
-import * as bpf from '../../shared/src/bpf/libbpf.ts';
-import { decodeGlobalConfig, encodeGlobalConfig, encodeU32Key, GLOBAL_CONFIG_SIZE } from '../../shared/src/maps/codec.ts';
 import { createNetns } from '../../integration/lib/netns.ts';
 import { eventually, startCluster } from '../../integration/lib/cluster.ts';
 import { readIpcache } from '../../integration/lib/cluster-maps.ts';
 import { connectionRate, median, rrLatency, settled } from './lib.ts';
+import { setFlowEvents, setUnderlayRx } from './switches.ts';
 
 delete process.env.NODE_EXTRA_CA_CERTS;
 const EVENTS_AB = process.env.AB === 'events';
@@ -42,42 +38,10 @@ try {
   );
   await settled([n1.agent.pid()!, n2.agent.pid()!], { busyPct: 2, timeoutMs: 60_000, throwOnTimeout: false });
   const setRx = (on: boolean) => {
-    for (const n of c.nodes) {
-      const tc = [
-        '--net=' + n.netns.path,
-        'tc',
-        'filter',
-        on ? 'replace' : 'del',
-        'dev',
-        'eth0',
-        'ingress',
-        'pref',
-        '1',
-        'handle',
-        '0x4d42',
-        'bpf',
-      ];
-      if (on) tc.push('direct-action', 'object-pinned', `${n.bpffsDir}/prog_from_underlay`);
-      try {
-        execFileSync('nsenter', tc, { stdio: 'ignore' });
-      } catch {
-        if (on) throw new Error('attach failed');
-      }
-    }
+    for (const n of c.nodes) setUnderlayRx(n.netns.path, n.bpffsDir, on);
   };
-  // The flow-event switch in each node's pinned datapath_config, the other settings kept.
   const setEvents = (on: boolean) => {
-    for (const n of c.nodes) {
-      const pin = path.join(n.bpffsDir, 'datapath_config');
-      const fd = bpf.objGet(pin);
-      try {
-        const key = encodeU32Key(0);
-        const cur = decodeGlobalConfig(bpf.mapLookup(fd, pin, key, GLOBAL_CONFIG_SIZE) ?? Buffer.alloc(GLOBAL_CONFIG_SIZE));
-        bpf.mapUpdate(fd, pin, key, encodeGlobalConfig({ ...cur, events: on }));
-      } finally {
-        fs.closeSync(fd);
-      }
-    }
+    for (const n of c.nodes) setFlowEvents(n.bpffsDir, on);
   };
   const set = EVENTS_AB ? setEvents : setRx;
   const label = (m: string) =>
