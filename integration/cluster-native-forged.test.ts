@@ -97,6 +97,52 @@ t.test('native routing, forged sources from the underlay: the ipcache identity, 
     held.kill('SIGKILL');
   }
 
+  // 6. Into a live connection between two of n1's own pods (local -> web): the entry records local's
+  //    identity, which a remote pod with the same labels shares, so only the source address tells that
+  //    a segment claiming local's side came from the underlay: dropped, never part of their flow.
+  const podPort = 30000 + crypto.randomInt(0, 9000);
+  const pyPod = `import socket,time\ns=socket.socket()\ns.bind(('${local.ip4}',${podPort}))\ns.connect(('${web.ip4}',8084))\ntime.sleep(15)`;
+  const heldPod = spawn('nsenter', [`--net=${local.ns.path}`, 'python3', '-c', pyPod], { stdio: 'ignore' });
+  try {
+    await flowsUntil('the local connection', n1.observerSocket, (x) => x.l4?.TCP?.sourcePort === podPort);
+    const l4 = withChecksum(4, local.ip4, web.ip4, PROTO.TCP, tcp(podPort, 8084, TCP_FLAGS.ACK, crypto.randomInt(1, 2 ** 31)));
+    const frame = eth(n1Mac, '02:00:00:00:00:01', ETH_P.IPV4, ipv4({ src: local.ip4, dst: web.ip4, proto: PROTO.TCP }, l4));
+    await sendFrames(w.ns, [frame]);
+    const [f6] = await flowsUntil(
+      'n1 reports the forged segment of the pods',
+      n1.observerSocket,
+      (x) => x.l4?.TCP?.sourcePort === podPort && x.verdict === 'DROPPED',
+    );
+    t.match(
+      f6,
+      { dropReasonDesc: 'INVALID_SOURCE_IP' },
+      "a segment of two local pods' connection, forged from the underlay: dropped",
+    );
+  } finally {
+    heldPod.kill('SIGKILL');
+  }
+
+  // 7. The same from the other end: web's own connection to local, a forged reply claiming local's side
+  //    (the entry web's egress made names local's identity as the reply's sender).
+  await serve(local, 8085);
+  const webPort = 30000 + crypto.randomInt(0, 9000);
+  const pyWeb = `import socket,time\ns=socket.socket()\ns.bind(('${web.ip4}',${webPort}))\ns.connect(('${local.ip4}',8085))\ntime.sleep(15)`;
+  const heldWeb = spawn('nsenter', [`--net=${web.ns.path}`, 'python3', '-c', pyWeb], { stdio: 'ignore' });
+  try {
+    await flowsUntil("web's connection to local", n1.observerSocket, (x) => x.l4?.TCP?.sourcePort === webPort);
+    const l4 = withChecksum(4, local.ip4, web.ip4, PROTO.TCP, tcp(8085, webPort, TCP_FLAGS.ACK, crypto.randomInt(1, 2 ** 31)));
+    const frame = eth(n1Mac, '02:00:00:00:00:01', ETH_P.IPV4, ipv4({ src: local.ip4, dst: web.ip4, proto: PROTO.TCP }, l4));
+    await sendFrames(w.ns, [frame]);
+    const [f7] = await flowsUntil(
+      'n1 reports the forged reply',
+      n1.observerSocket,
+      (x) => x.l4?.TCP?.destinationPort === webPort && x.verdict === 'DROPPED',
+    );
+    t.match(f7, { dropReasonDesc: 'INVALID_SOURCE_IP' }, 'a reply of a local pod, forged from the underlay: dropped');
+  } finally {
+    heldWeb.kill('SIGKILL');
+  }
+
   t.equal(await probe(client.ns, web.ip4, 8084, 5000), 'ok', 'the real client still gets through');
   await new PolicyClient(n1.client).delete(['web-nf']);
 });
