@@ -77,71 +77,72 @@ t.test('native routing, forged sources from the underlay: the ipcache identity, 
   const f4 = await forge(n1.ip);
   t.match(f4, { verdict: 'DROPPED', dropReasonDesc: 'INVALID_SOURCE_IP' }, "claiming n1's own address: dropped, never host");
 
+  // A live TCP connection from (nsPath, from:fromPort) to (to:toPort), then one ACK forged from the
+  // underlay as `src:sport -> web:dport`, a segment of that connection: n1's verdict on it.
+  const forgeIntoConnection = async (
+    what: string,
+    conn: { nsPath: string; from: string; fromPort: number; to: string; toPort: number },
+    seg: { src: string; sport: number; dport: number },
+  ) => {
+    const py = `import socket,time\ns=socket.socket()\ns.bind(('${conn.from}',${conn.fromPort}))\ns.connect(('${conn.to}',${conn.toPort}))\ntime.sleep(15)`;
+    const held = spawn('nsenter', [`--net=${conn.nsPath}`, 'python3', '-c', py], { stdio: 'ignore' });
+    try {
+      await flowsUntil(what, n1.observerSocket, (x) => x.l4?.TCP?.sourcePort === conn.fromPort);
+      const l4 = withChecksum(
+        4,
+        seg.src,
+        web.ip4,
+        PROTO.TCP,
+        tcp(seg.sport, seg.dport, TCP_FLAGS.ACK, crypto.randomInt(1, 2 ** 31)),
+      );
+      const frame = eth(n1Mac, '02:00:00:00:00:01', ETH_P.IPV4, ipv4({ src: seg.src, dst: web.ip4, proto: PROTO.TCP }, l4));
+      await sendFrames(w.ns, [frame]);
+      const [f] = await flowsUntil(
+        `n1 reports the segment forged into ${what}`,
+        n1.observerSocket,
+        (x) => x.l4?.TCP?.sourcePort === seg.sport && x.l4?.TCP?.destinationPort === seg.dport && x.verdict === 'DROPPED',
+      );
+      return f;
+    } finally {
+      held.kill('SIGKILL');
+    }
+  };
+  const freePort = () => 30000 + crypto.randomInt(0, 9000);
+
   // 5. Into a live connection of n1's host with web (tracked by web's ingress entry, peer host): a forged
   //    segment of it from the underlay is recognised by the entry, without a lookup per packet.
-  const hostPort = 30000 + crypto.randomInt(0, 9000);
-  const py = `import socket,time\ns=socket.socket()\ns.bind(('${n1.ip}',${hostPort}))\ns.connect(('${web.ip4}',8084))\ntime.sleep(15)`;
-  const held = spawn('nsenter', [`--net=${n1.netns.path}`, 'python3', '-c', py], { stdio: 'ignore' });
-  try {
-    await flowsUntil("n1's host connection", n1.observerSocket, (x) => x.l4?.TCP?.sourcePort === hostPort);
-    const l4 = withChecksum(4, n1.ip, web.ip4, PROTO.TCP, tcp(hostPort, 8084, TCP_FLAGS.ACK, crypto.randomInt(1, 2 ** 31)));
-    const frame = eth(n1Mac, '02:00:00:00:00:01', ETH_P.IPV4, ipv4({ src: n1.ip, dst: web.ip4, proto: PROTO.TCP }, l4));
-    await sendFrames(w.ns, [frame]);
-    const [f5] = await flowsUntil(
-      'n1 reports the forged segment',
-      n1.observerSocket,
-      (x) => x.l4?.TCP?.sourcePort === hostPort && x.verdict === 'DROPPED',
-    );
-    t.match(f5, { dropReasonDesc: 'INVALID_SOURCE_IP' }, "a segment of n1's own connection, forged from the underlay: dropped");
-  } finally {
-    held.kill('SIGKILL');
-  }
+  const hostPort = freePort();
+  const f5 = await forgeIntoConnection(
+    "n1's host connection",
+    { nsPath: n1.netns.path, from: n1.ip, fromPort: hostPort, to: web.ip4, toPort: 8084 },
+    { src: n1.ip, sport: hostPort, dport: 8084 },
+  );
+  t.match(f5, { dropReasonDesc: 'INVALID_SOURCE_IP' }, "a segment of n1's own connection, forged from the underlay: dropped");
 
-  // 6. Into a live connection between two of n1's own pods (local -> web): the entry records local's
-  //    identity, which a remote pod with the same labels shares, so only the source address tells that
-  //    a segment claiming local's side came from the underlay: dropped, never part of their flow.
-  const podPort = 30000 + crypto.randomInt(0, 9000);
-  const pyPod = `import socket,time\ns=socket.socket()\ns.bind(('${local.ip4}',${podPort}))\ns.connect(('${web.ip4}',8084))\ntime.sleep(15)`;
-  const heldPod = spawn('nsenter', [`--net=${local.ns.path}`, 'python3', '-c', pyPod], { stdio: 'ignore' });
-  try {
-    await flowsUntil('the local connection', n1.observerSocket, (x) => x.l4?.TCP?.sourcePort === podPort);
-    const l4 = withChecksum(4, local.ip4, web.ip4, PROTO.TCP, tcp(podPort, 8084, TCP_FLAGS.ACK, crypto.randomInt(1, 2 ** 31)));
-    const frame = eth(n1Mac, '02:00:00:00:00:01', ETH_P.IPV4, ipv4({ src: local.ip4, dst: web.ip4, proto: PROTO.TCP }, l4));
-    await sendFrames(w.ns, [frame]);
-    const [f6] = await flowsUntil(
-      'n1 reports the forged segment of the pods',
-      n1.observerSocket,
-      (x) => x.l4?.TCP?.sourcePort === podPort && x.verdict === 'DROPPED',
-    );
-    t.match(
-      f6,
-      { dropReasonDesc: 'INVALID_SOURCE_IP' },
-      "a segment of two local pods' connection, forged from the underlay: dropped",
-    );
-  } finally {
-    heldPod.kill('SIGKILL');
-  }
+  // 6. Into a live connection between two of n1's own pods (local -> web): local's identity is one a
+  //    remote pod with the same labels shares, so only the source address can tell that a segment
+  //    claiming local's side came from the underlay: dropped, never part of their flow.
+  const podPort = freePort();
+  const f6 = await forgeIntoConnection(
+    'the local connection',
+    { nsPath: local.ns.path, from: local.ip4, fromPort: podPort, to: web.ip4, toPort: 8084 },
+    { src: local.ip4, sport: podPort, dport: 8084 },
+  );
+  t.match(
+    f6,
+    { dropReasonDesc: 'INVALID_SOURCE_IP' },
+    "a segment of two local pods' connection, forged from the underlay: dropped",
+  );
 
-  // 7. The same from the other end: web's own connection to local, a forged reply claiming local's side
-  //    (the entry web's egress made names local's identity as the reply's sender).
+  // 7. The same from the other end: web's own connection to local, a forged reply claiming local's side.
   await serve(local, 8085);
-  const webPort = 30000 + crypto.randomInt(0, 9000);
-  const pyWeb = `import socket,time\ns=socket.socket()\ns.bind(('${web.ip4}',${webPort}))\ns.connect(('${local.ip4}',8085))\ntime.sleep(15)`;
-  const heldWeb = spawn('nsenter', [`--net=${web.ns.path}`, 'python3', '-c', pyWeb], { stdio: 'ignore' });
-  try {
-    await flowsUntil("web's connection to local", n1.observerSocket, (x) => x.l4?.TCP?.sourcePort === webPort);
-    const l4 = withChecksum(4, local.ip4, web.ip4, PROTO.TCP, tcp(8085, webPort, TCP_FLAGS.ACK, crypto.randomInt(1, 2 ** 31)));
-    const frame = eth(n1Mac, '02:00:00:00:00:01', ETH_P.IPV4, ipv4({ src: local.ip4, dst: web.ip4, proto: PROTO.TCP }, l4));
-    await sendFrames(w.ns, [frame]);
-    const [f7] = await flowsUntil(
-      'n1 reports the forged reply',
-      n1.observerSocket,
-      (x) => x.l4?.TCP?.destinationPort === webPort && x.verdict === 'DROPPED',
-    );
-    t.match(f7, { dropReasonDesc: 'INVALID_SOURCE_IP' }, 'a reply of a local pod, forged from the underlay: dropped');
-  } finally {
-    heldWeb.kill('SIGKILL');
-  }
+  const webPort = freePort();
+  const f7 = await forgeIntoConnection(
+    "web's connection to local",
+    { nsPath: web.ns.path, from: web.ip4, fromPort: webPort, to: local.ip4, toPort: 8085 },
+    { src: local.ip4, sport: 8085, dport: webPort },
+  );
+  t.match(f7, { dropReasonDesc: 'INVALID_SOURCE_IP' }, 'a reply of a local pod, forged from the underlay: dropped');
 
   t.equal(await probe(client.ns, web.ip4, 8084, 5000), 'ok', 'the real client still gets through');
   await new PolicyClient(n1.client).delete(['web-nf']);
