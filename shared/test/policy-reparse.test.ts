@@ -126,29 +126,21 @@ t.test(`rereads equal full parses (FUZZ_SEED=${seed})`, async (t) => {
 t.test('YAML, several policies and other options are left to the full parse', async (t) => {
   const opts = { cluster: 'default' };
   const text = doc('CiliumNetworkPolicy', false);
-  const re = new Reparser();
-  const full = parsePolicies(text, opts);
-  re.remember(
-    text,
-    opts,
-    full.policies,
-    full.policies.map((p) => JSON.stringify(p)),
-    full.sources.map((s) => JSON.stringify(s)),
-  );
+  // A reparser holding `text` as its last clean full parse, as the worker leaves it.
+  const rememberedBy = (text: string) => {
+    const r = new Reparser();
+    const full = parsePolicies(text, opts);
+    const json = (xs: unknown[]) => xs.map((x) => JSON.stringify(x));
+    r.remember(text, opts, full.policies, json(full.policies), json(full.sources));
+    return r;
+  };
+  const re = rememberedBy(text);
   const edited = text.replace('"443"', '"444"');
   t.ok(re.reread(edited, opts), 'a one-rule edit is reread');
   t.notOk(re.reread(edited, { cluster: 'other' }), 'another cluster: full parse');
   t.notOk(re.reread(`[${edited}]`, opts), 'a list: full parse');
-  const yaml = new Reparser();
   const yamlText = `apiVersion: cilium.io/v2\nkind: CiliumNetworkPolicy\nmetadata: {name: y}\nspec:\n  endpointSelector: {}\n  ingress: [{fromCIDR: [198.18.0.1/32]}]\n`;
-  const y = parsePolicies(yamlText, opts);
-  yaml.remember(
-    yamlText,
-    opts,
-    y.policies,
-    y.policies.map((p) => JSON.stringify(p)),
-    y.sources.map((s) => JSON.stringify(s)),
-  );
+  const yaml = rememberedBy(yamlText);
   t.notOk(yaml.reread(yamlText.replace('0.1/32', '0.2/32'), opts), 'YAML: full parse');
   let answered = 1; // the edit above
   while (re.reread(answered % 2 ? text : edited, opts)) answered++;
