@@ -4,6 +4,8 @@
 // ipcache (the sender's address is known cluster-wide), policy and drops as in tunnel mode.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
+import fs from 'node:fs';
+import { clusterRoutes, inNode, purgeNode } from './lib/purge-node.ts';
 import { eventually } from './lib/cluster.ts';
 import { clusterForFile } from './lib/cluster-file.ts';
 import { untilDropped, webFromClient } from './lib/cluster-maps.ts';
@@ -109,3 +111,30 @@ spec:
     t.equal(await probe(web.ns, rn.ip4, 8081), 'timeout', 'a pod on n2 is not');
   },
 );
+
+t.test('native routing: --uninstall --purge removes the routes and the underlay program, nothing else', async (t) => {
+  const n3 = await c.addNode();
+  t.teardown(() => (c.nodes.includes(n3) ? c.removeNode(n3) : undefined));
+  const ingress = () => inNode(n3, 'tc', ['filter', 'show', 'dev', 'eth0', 'ingress']).stdout;
+  await eventually(
+    'n3 routes to n1 and n2, from_underlay on eth0',
+    () => clusterRoutes(n3).split('\n').length === 2 && /from_underlay/.test(ingress()),
+    30_000,
+  );
+  // The admin's own filter and route on the same device: purge must leave them.
+  const foreign = ['filter', 'add', 'dev', 'eth0', 'ingress', 'prio', '7', 'bpf', 'bytecode', '1,6 0 0 0,'];
+  t.equal(inNode(n3, 'tc', foreign).status, 0, 'a foreign filter');
+  t.equal(inNode(n3, 'ip', ['route', 'add', '198.19.77.0/24', 'dev', 'eth0', 'proto', 'static']).status, 0, 'a foreign route');
+  await n3.agent.stop();
+  t.match(ingress(), /from_underlay/, 'the stopped agent leaves the receive path in place (pods keep working)');
+
+  const purge = purgeNode(c, n3, { routingMode: 'native' });
+  t.equal(purge.status, 0, `purge exits 0: ${purge.stderr}`);
+  t.match(purge.stdout, /purged from_underlay on eth0 ingress/, `it says what it removed: ${purge.stdout}`);
+  t.equal(clusterRoutes(n3), '', "no route of ours to the other nodes' pods is left");
+  t.notMatch(ingress(), /from_underlay/, 'from_underlay is off the underlay device');
+  t.match(ingress(), /pref 7 bpf .*bytecode/, "the admin's filter (classic BPF, priority 7) stays");
+  t.match(inNode(n3, 'ip', ['-4', 'route', 'show', '198.19.77.0/24']).stdout, /dev eth0/, "the admin's route stays");
+  t.match(inNode(n3, 'ip', ['-4', '-o', 'addr', 'show', 'dev', 'eth0']).stdout, n3.ip, 'the underlay device keeps its address');
+  t.notOk(fs.existsSync(n3.bpffsDir), 'the pins are gone');
+});

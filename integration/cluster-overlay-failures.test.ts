@@ -11,6 +11,7 @@ import { execFileSync } from 'node:child_process';
 import { eventually, type TestNode, type TestPod } from './lib/cluster.ts';
 import { clusterForFile } from './lib/cluster-file.ts';
 import { readIpcache } from './lib/cluster-maps.ts';
+import { inNode, purgeNode } from './lib/purge-node.ts';
 import { ping } from './lib/netns.ts';
 import { startEchoServer, startFlow } from './lib/tcp.ts';
 import { probe } from './lib/probe.ts';
@@ -195,3 +196,26 @@ t.test(
     t.ok(await ping(p1.ns, p4.ip4, 3), 'a pod on the new node is reachable from n1');
   },
 );
+
+t.test('tunnel mode: --uninstall --purge removes the tunnel device and the routes into it, nothing else', async (t) => {
+  const n = await c.addNode();
+  t.teardown(() => (c.nodes.includes(n) ? c.removeNode(n) : undefined));
+  const vxlan = () => inNode(n, 'ip', ['-d', 'link', 'show', 'membrane_vxlan']);
+  await eventually('routes into membrane_vxlan', () => clusterRoutes(n).length >= 2 && vxlan().status === 0, 30_000, 200);
+  t.match(vxlan().stdout, /vxlan external/, 'a collect-metadata VXLAN device');
+  // The admin's own VXLAN device on the same node: purge must leave it.
+  t.equal(
+    inNode(n, 'ip', ['link', 'add', 'vx-admin', 'type', 'vxlan', 'id', '42', 'dstport', '4790']).status,
+    0,
+    "the admin's VXLAN",
+  );
+  await n.agent.stop();
+  t.equal(vxlan().status, 0, 'the stopped agent leaves the overlay in place (pods keep working)');
+
+  const purge = purgeNode(c, n, { tunnelPort: 4789 });
+  t.equal(purge.status, 0, `purge exits 0: ${purge.stderr}`);
+  t.match(purge.stdout, /purged link membrane_vxlan/, `it says what it removed: ${purge.stdout}`);
+  t.not(vxlan().status, 0, 'the tunnel device is gone');
+  t.same(clusterRoutes(n), [], "no route of ours to the other nodes' pods is left");
+  t.equal(inNode(n, 'ip', ['link', 'show', 'vx-admin']).status, 0, "the admin's VXLAN device stays");
+});

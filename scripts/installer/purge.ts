@@ -1,5 +1,6 @@
 // What the agent leaves on a node after it stopped (it keeps the datapath forwarding on purpose): its
-// endpoints, host device, pinned maps and programs, sockets and state. Found through the agent's own
+// endpoints, host device, pinned maps and programs, sockets and state, and in cluster mode its routing
+// (shared/src/routing/teardown.ts). Found through the agent's own
 // configuration resolution (the unit's config file and environment file), so purge removes what the
 // installed agent used and nothing else.
 import { execFileSync } from 'node:child_process';
@@ -9,6 +10,8 @@ import { AgentClient } from '../../shared/src/api/client.ts';
 import { resolveConfig, type AgentConfig } from '../../shared/src/agent/config.ts';
 import type { Layout } from './layout.ts';
 import { pendingDeletesDir } from '../../shared/src/pending-deletes/index.ts';
+import { openNetlink } from '../../shared/src/netlink/index.ts';
+import { removeClusterRouting } from '../../shared/src/routing/teardown.ts';
 
 /** KEY=VALUE lines (systemd EnvironmentFile syntax, the simple part of it). */
 export function parseEnvFile(text: string): Record<string, string> {
@@ -77,6 +80,9 @@ export function purgeAgentState(cfg: AgentConfig, l: Layout): string[] {
       removed.push(`proxy worker ${worker}`);
     }
   }
+  // Cluster mode: routes, tunnel device and native routing's underlay program, before the pins that
+  // identify the program go.
+  if (cfg.cluster) removed.push(...clusterRoutingLeftovers(cfg));
   try {
     execFileSync('ip', ['link', 'del', cfg.hostDevice], { stdio: 'ignore' });
     removed.push(`link ${cfg.hostDevice}`);
@@ -105,6 +111,19 @@ export function purgeAgentState(cfg: AgentConfig, l: Layout): string[] {
     }
   }
   return removed;
+}
+
+function clusterRoutingLeftovers(cfg: AgentConfig): string[] {
+  const host = openNetlink();
+  try {
+    return removeClusterRouting(host, {
+      pinDir: cfg.bpffsDir,
+      tunnelDevice: cfg.cluster!.tunnelDevice,
+      nodeIp: cfg.cluster!.nodeIp,
+    });
+  } finally {
+    host.close();
+  }
 }
 
 function listFiles(dir: string): string[] {
