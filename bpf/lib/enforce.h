@@ -9,6 +9,7 @@
 
 #include "counters.h"
 #include "ct.h"
+#include "ct_create.h"
 #include "events.h"
 #include "lookup.h"
 #include "proxy.h"
