@@ -109,3 +109,30 @@ t.test('subscribers see every push; rate counts the last minute', async (t) => {
   now += 120_000;
   t.equal(r.rate(), 0);
 });
+
+t.test('copies a record from any place in a shared buffer, aligned or not', async (t) => {
+  // The reader hands records at 8-byte-aligned offsets of one mapped buffer (copied word by word);
+  // others may hand any view (copied bytewise).
+  const events = [3, 4, 5].map((i) =>
+    encodeTraceEvent({ tsNs: i * 1e9, saddr: `10.0.0.${i}`, daddr: '10.0.1.1', sport: 1000 + i }),
+  );
+  const shared = Buffer.alloc(8 + 3 * 104);
+  events.forEach((e, k) => e.copy(shared, 8 + k * 104));
+  const odd = Buffer.alloc(1 + 96);
+  events[2].copy(odd, 1);
+  const r = new FlowRing(4, 'node-r');
+  r.push(shared, 8, emptyRefs(), OFFSET);
+  r.push(shared, 8 + 104, emptyRefs(), OFFSET);
+  r.push(odd.subarray(1), 0, emptyRefs(), OFFSET);
+  r.push(odd, 1, emptyRefs(), OFFSET);
+  const flows = await r.select();
+  t.same(
+    flows.map((f) => [f.IP!.source, f.l4?.TCP?.sourcePort, f.time.seconds]),
+    [
+      ['10.0.0.3', 1003, 1_000_003],
+      ['10.0.0.4', 1004, 1_000_004],
+      ['10.0.0.5', 1005, 1_000_005],
+      ['10.0.0.5', 1005, 1_000_005],
+    ],
+  );
+});
