@@ -7,11 +7,16 @@
 // Without a memo (inline parses: the CLI, small imports) every rule is checked as before.
 import type { Rule } from './types.ts';
 
+/** Places kept per rule text. */
+const MAX_PLACES = 64;
+
 export class RuleMemo {
   private previous = new Map<string, object>();
   private current = new Map<string, object>();
-  /** The normalized rule last built from a validated element, and at which place. */
-  private readonly rules = new WeakMap<object, { place: string; rule: Rule }>();
+  /** The normalized rules built from a validated element, by place: the same element text in several
+   *  places (a rule repeated, in another spec) keeps each place's rule object, which is how the sync
+   *  tells the rules that changed from those that did not (rule-edits.ts). */
+  private readonly rules = new WeakMap<object, Map<string, Rule>>();
 
   /** The schema's output for this rule element, if an earlier parse validated the same text. */
   validated(key: string): object | undefined {
@@ -30,11 +35,14 @@ export class RuleMemo {
 
   /** The rule `make` builds from `validated` at `place`; built again only when the place changed. */
   rule(validated: object, place: string, make: () => Rule): Rule {
-    const known = this.rules.get(validated);
-    if (known?.place === place) return known.rule;
-    const rule = make();
-    this.rules.set(validated, { place, rule });
-    return rule;
+    let known = this.rules.get(validated);
+    const rule = known?.get(place);
+    if (rule) return rule;
+    // Places a moved element held before are dropped now and then (rules inserted above it).
+    if (!known || known.size >= MAX_PLACES) this.rules.set(validated, (known = new Map()));
+    const made = make();
+    known.set(place, made);
+    return made;
   }
 
   /** After each parse: what it did not use is forgotten. */
