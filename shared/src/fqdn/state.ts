@@ -30,9 +30,8 @@ export class FqdnState {
   readonly identities = new FqdnIdentities();
   private selectors = new Map<string, NameMatcher>();
   private selectorsKey = '';
-  private prefixes: { text: string; cidr: Cidr }[] = [];
-  /** The prefixes as given last (compared as a set: no sort of 10,000 texts per change). */
-  private prefixSet = new Set<string>();
+  /** The policy prefixes as given last, parsed (compared as a set: no sort of 10,000 texts). */
+  private prefixes = new Map<string, Cidr>();
   /** ipcache prefix -> FQDN identity, for addresses some selector selects. */
   private readonly entries = new Map<string, number>();
   /** Numbers found in the pinned ipcache at start: reused for the same addresses. */
@@ -44,17 +43,30 @@ export class FqdnState {
 
   /** The selectors and policy prefixes of the current policies. Recomputes every address when they changed. */
   setPolicy(selectors: FqdnSelector[], prefixes: string[]): void {
+    const unique = new Set(prefixes);
+    const removed = [...this.prefixes.keys()].filter((p) => !unique.has(p));
+    this.changePolicy(
+      selectors,
+      [...unique].filter((p) => !this.prefixes.has(p)),
+      removed,
+    );
+  }
+
+  /** The same, given the prefixes that came and went since the last call (a change to one policy
+   *  among 10,000 rules hands over one or two, not the 10,000). */
+  changePolicy(selectors: FqdnSelector[], added: string[], removed: string[]): void {
     const keys = [...new Set(selectors.map(selectorKey))].sort();
     const sk = keys.join('\n');
-    const unique = new Set(prefixes);
-    const samePrefixes = unique.size === this.prefixSet.size && [...unique].every((p) => this.prefixSet.has(p));
+    let samePrefixes = true;
+    for (const p of removed) samePrefixes = !this.prefixes.delete(p) && samePrefixes;
+    for (const p of added)
+      if (!this.prefixes.has(p)) {
+        this.prefixes.set(p, parseCidr(p));
+        samePrefixes = false;
+      }
     if (sk === this.selectorsKey && samePrefixes) return;
+    if (sk !== this.selectorsKey) this.selectors = new Map(selectors.map((s) => [selectorKey(s), selectorMatcher(s)]));
     this.selectorsKey = sk;
-    this.prefixSet = unique;
-    this.selectors = new Map(selectors.map((s) => [selectorKey(s), selectorMatcher(s)]));
-    // Prefixes parsed before are taken as they are: a change to one policy parses its own.
-    const parsed = new Map(this.prefixes.map((p) => [p.text, p]));
-    this.prefixes = [...unique].map((text) => parsed.get(text) ?? { text, cidr: parseCidr(text) });
     this.entries.clear();
     for (const ip of this.cache.ips()) this.place(ip);
     this.retainUsed();
@@ -112,9 +124,10 @@ export class FqdnState {
       return before !== undefined ? prefix : undefined;
     }
     keys.sort();
-    const within = this.prefixes
-      .filter((p) => p.cidr.family === (ip.includes(':') ? 6 : 4) && cidrContains(p.cidr, ip))
-      .map((p) => p.text)
+    const family = ip.includes(':') ? 6 : 4;
+    const within = [...this.prefixes]
+      .filter(([, cidr]) => cidr.family === family && cidrContains(cidr, ip))
+      .map(([text]) => text)
       .sort();
     const { identity } = this.identities.ensure(keys, within, this.pinned.get(prefix));
     this.entries.set(prefix, identity.id);

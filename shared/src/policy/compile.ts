@@ -6,17 +6,16 @@
 // their subjects select (derive), and such a label set is recompiled from its previous compile: rules
 // are known by their policy number and content, so only the columns of the rules that were added,
 // removed or whose peers now stand for other identities are rebuilt and closed again (one rule changed
-// among 10,000 rebuilds two columns, not 10,000).
+// among 10,000 rebuilds two columns, not 10,000). What each policy gives a label set is record-use.ts's
+// (for a policy that changed a few rules, worked out from those rules alone).
 import { canonicalLabels, type Labels } from '../identity/labels.ts';
 import { ANY_IDENTITY, RESERVED } from '../identity/reserved.ts';
 import type { CidrIdentities } from '../identity/cidr.ts';
 import type { FqdnPeers } from '../fqdn/identities.ts';
-import { fingerprintOf } from './fingerprint.ts';
 import { expandPorts } from './ports.ts';
 import { l7ByCode } from './l7.ts';
 import { encodeRuleId } from './rule-id.ts';
 import { initDefaultDeny } from './selection.ts';
-import { matches } from './selector.ts';
 import { PeerResolver } from './peers.ts';
 import {
   closeColumn,
@@ -29,8 +28,9 @@ import {
   type DirectionPolicy,
   type Entry,
 } from './closure.ts';
-import type { Direction, PolicyRecord, Rule } from './types.ts';
-import { dependsOnCidrs, namesAnyCidr, rulePeersMoved, type UniverseChange } from './peer-deps.ts';
+import type { Direction, PolicyRecord, } from './types.ts';
+import type { UniverseChange } from './peer-deps.ts';
+import { editedUse, peersMoved, recordUse, type RecordUse, type RuleUse } from './record-use.ts';
 
 export type { UniverseChange } from './peer-deps.ts';
 
@@ -53,28 +53,6 @@ export interface Universe {
 
 /** Cilium's default: the node may always reach its endpoints (health checks, kubelet probes). */
 export const HOST_ALLOW_RULE_ID = 0;
-
-/** One rule as a label set's compile used it: the peers it resolved to, and (worked out once) the
- *  entries it puts in each of their columns. */
-interface RuleUse {
-  rec: PolicyRecord;
-  rule: Rule;
-  peers: number[];
-  /** Its place in the policy (spec, then rule): columns fill in policy order, then this order. */
-  order: number;
-  entries?: [number, Entry][];
-}
-
-/** What one policy gives a label set: whether it selects it, the directions it makes default-deny,
- *  and the rules it uses there (by rule key). Kept while the record is the same object and its
- *  peers cannot have changed meaning, so a change to one policy among many looks at that one. */
-interface RecordUse {
-  rec: PolicyRecord;
-  selected: boolean;
-  ingress: boolean;
-  egress: boolean;
-  uses: Map<string, RuleUse>;
-}
 
 /** A compiled label set and what recompiling it from here needs. */
 interface Compiled {
@@ -113,18 +91,6 @@ export function columnChanges(lp: LabelPolicy, from: LabelPolicy): ColumnChanges
   return p?.from === from ? p.was : undefined;
 }
 
-/** Each rule object's key, once (the same string again: a re-import keeps 10,000 rule objects). */
-const ruleKeys = new WeakMap<Rule, { n: number; key: string }>();
-
-/** A rule by its policy's number (its rule ids) and content. */
-function ruleKey(rec: PolicyRecord, rule: Rule): string {
-  const known = ruleKeys.get(rule);
-  if (known?.n === rec.number) return known.key;
-  const key = `${rec.number}:${fingerprintOf(rule)}`;
-  ruleKeys.set(rule, { n: rec.number, key });
-  return key;
-}
-
 export class PolicyCompiler {
   private readonly cache = new Map<string, Compiled>();
   /** Label sets a change touched, as last compiled: their next compile starts from there. */
@@ -139,6 +105,8 @@ export class PolicyCompiler {
   /** Of those, compiled from their previous compile; and the columns that took rebuilding. */
   patched = 0;
   columnsRebuilt = 0;
+  /** Of the records' uses, those updated from a few changed rules (editedUse). */
+  edited = 0;
 
   constructor(
     private readonly records: PolicyRecord[],
@@ -188,7 +156,13 @@ export class PolicyCompiler {
     const records = new Map<number, RecordUse>();
     for (const rec of this.records) {
       const before = base?.records.get(rec.number);
-      const ru = before && before.rec === rec && !this.peersMoved(rec) ? before : this.recordUse(rec, labels, before);
+      if (before?.givenUp) return this.compile(labels); // cannot happen: a base is compiled from once
+      let ru = before && before.rec === rec && !peersMoved(rec, this.moved) ? before : undefined;
+      if (!ru && before) {
+        ru = editedUse(rec, labels, this.peers, this.moved, before);
+        if (ru) this.edited++;
+      }
+      ru ??= recordUse(rec, labels, this.peers, this.moved, before);
       records.set(rec.number, ru);
       if (!ru.selected) continue;
       selectedBy.push({ policy: rec.name, ingress: ru.ingress, egress: ru.egress });
@@ -198,39 +172,6 @@ export class PolicyCompiler {
     const head = JSON.stringify([defaultDeny, selectedBy]);
     const patched = base?.head === head && base.fills ? this.patch(base, base.fills, records) : undefined;
     return { labels, ...(patched ?? this.build(records, defaultDeny, selectedBy)), records, head };
-  }
-
-  /** Could `rec`'s peers stand for other identities than when the base was compiled? */
-  private peersMoved(rec: PolicyRecord): boolean {
-    const { cidrs, fqdn } = this.moved;
-    return ((cidrs || fqdn) && dependsOnCidrs(rec)) || (fqdn && namesAnyCidr(rec));
-  }
-
-  /** What `rec` gives `labels`; rules whose use is unchanged from `before` keep that very object. */
-  private recordUse(rec: PolicyRecord, labels: Labels, before?: RecordUse): RecordUse {
-    const ru: RecordUse = { rec, selected: false, ingress: false, egress: false, uses: new Map() };
-    for (const [i, spec] of rec.policy.specs.entries()) {
-      if (!matches(spec.subject, labels)) continue;
-      ru.selected = true;
-      ru.ingress ||= spec.defaultDeny.ingress;
-      ru.egress ||= spec.defaultDeny.egress;
-      for (const [j, rule] of spec.rules.entries()) {
-        const key = ruleKey(rec, rule);
-        const order = i * 65536 + j;
-        const was = before?.uses.get(key);
-        // The same rule object in the same place whose peers cannot mean other identities now (a
-        // re-imported 10,000-rule policy keeps its unchanged rules' objects): not resolved again.
-        if (was && was.rule === rule && was.order === order && !rulePeersMoved(rule, this.moved)) {
-          ru.uses.set(key, was);
-          continue;
-        }
-        const peers = rule.peers === 'all' ? [ANY_IDENTITY] : this.peers.identities(rule.peers);
-        if (!peers.length) continue;
-        const same = was && was.order === order && samePeers(was.peers, peers);
-        ru.uses.set(key, same ? was : { rec, rule, peers, order, entries: was?.entries });
-      }
-    }
-    return ru;
   }
 
   /** The whole table from the rules. */
@@ -246,7 +187,8 @@ export class PolicyCompiler {
     };
     const fills: Compiled['fills'] = new Map();
     for (const ru of records.values()) {
-      for (const u of ru.uses.values()) {
+      const uses = ru.unordered ? [...ru.uses.values()].sort((a, b) => a.order - b.order) : ru.uses.values();
+      for (const u of uses) {
         const dp = out[u.rule.direction];
         for (const peer of u.peers) {
           fill(column(dp, peer), u);
@@ -286,6 +228,14 @@ export class PolicyCompiler {
     for (const [n, ru] of records) {
       const before = base.records.get(n);
       if (before === ru) continue;
+      if (ru.delta && ru.delta.from === before) {
+        for (const u of ru.delta.removed) gone(u);
+        for (const u of ru.delta.added) {
+          mark(u);
+          added.push(u);
+        }
+        continue;
+      }
       for (const [key, u] of ru.uses) {
         const was = before?.uses.get(key);
         if (was === u) continue;
@@ -347,10 +297,6 @@ export class PolicyCompiler {
     const pos = this.positions;
     return [...uses].sort((a, b) => pos.get(a.rec.number)! - pos.get(b.rec.number)! || a.order - b.order);
   }
-}
-
-function samePeers(a: number[], b: number[]): boolean {
-  return a.length === b.length && a.every((p, i) => p === b[i]);
 }
 
 /** What a rule puts in each column of its peers: its ports, as plain or L7 allow or deny. */

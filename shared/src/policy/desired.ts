@@ -1,6 +1,7 @@
 // What the datapath maps should hold for a set of policies and endpoints: policy entries (by encoded
 // key), ipcache prefixes and endpoint flags. Pure; the engine diffs it against the maps.
 import type { Labels } from '../identity/labels.ts';
+import { normalizeCidr } from '../net/index.ts';
 import { RESERVED, reservedLabels } from '../identity/reserved.ts';
 import type { CidrIdentities } from '../identity/cidr.ts';
 import type { MapDiff } from '../identity/ipcache.ts';
@@ -22,7 +23,8 @@ import { namesCidrs } from './peer-deps.ts';
 import { prefixesFrom } from './prefixes.ts';
 
 export { prefixesOf } from './prefixes.ts';
-import type { PolicyRecord } from './types.ts';
+import { RuleTally } from './rule-edits.ts';
+import type { Policy, PolicyRecord, Rule } from './types.ts';
 import type { L7Set } from './l7.ts';
 import type { FqdnState } from '../fqdn/state.ts';
 import type { FqdnSelector } from '../fqdn/selector.ts';
@@ -83,10 +85,21 @@ const fqdnSyncedTo = new WeakMap<FqdnState, PolicyRecord[]>();
 /** Every toFQDNs selector of the records. */
 export function fqdnSelectorsOf(records: PolicyRecord[]): FqdnSelector[] {
   const out: FqdnSelector[] = [];
-  for (const r of records)
-    for (const s of r.policy.specs)
-      for (const rule of s.rules)
-        if (rule.peers !== 'all') for (const p of rule.peers) if (p.kind === 'fqdn') out.push(p.selector);
+  for (const r of records) if (fqdnPeers.get(r.policy)) out.push(...fqdnSelectorsOfPolicy(r.policy));
+  return out;
+}
+
+const ruleFqdnPeers = (rule: Rule) => (rule.peers === 'all' ? 0 : rule.peers.filter((p) => p.kind === 'fqdn').length);
+/** How many toFQDNs peers each policy names (mostly none: then its rules are not walked again). */
+const fqdnPeers = new RuleTally(ruleFqdnPeers);
+const fqdnSelectorsByPolicy = new WeakMap<Policy, FqdnSelector[]>();
+function fqdnSelectorsOfPolicy(policy: Policy): FqdnSelector[] {
+  let out = fqdnSelectorsByPolicy.get(policy);
+  if (out) return out;
+  out = [];
+  for (const s of policy.specs)
+    for (const rule of s.rules) if (rule.peers !== 'all') for (const p of rule.peers) if (p.kind === 'fqdn') out.push(p.selector);
+  fqdnSelectorsByPolicy.set(policy, out);
   return out;
 }
 
@@ -258,10 +271,15 @@ export function buildDesired(input: DesiredInput, cache?: { current?: CompileCac
   // synced): a sync with the same records (an endpoint's ADD or DEL) does not list, sort and compare
   // every prefix again.
   if (input.fqdn && fqdnSyncedTo.get(input.fqdn) !== input.records) {
-    input.fqdn.setPolicy(
-      fqdnSelectorsOf(input.records),
-      input.cidrs.entries().map((e) => e.text),
-    );
+    const selectors = fqdnSelectorsOf(input.records);
+    // From the records it was given last: the prefixes that came and went (their delta is from there).
+    const delta = prefixes.delta && fqdnSyncedTo.get(input.fqdn) === cache?.current?.records ? prefixes.delta : undefined;
+    if (delta) input.fqdn.changePolicy(selectors, delta.added.map(normalizeCidr), delta.removed.map(normalizeCidr));
+    else
+      input.fqdn.setPolicy(
+        selectors,
+        input.cidrs.entries().map((e) => e.text),
+      );
     fqdnSyncedTo.set(input.fqdn, input.records);
   }
   // Peers selectors choose from: local endpoints, plus other nodes' endpoints in cluster mode.

@@ -1,15 +1,17 @@
 // The prefixes the policies name (CIDR identities and their ipcache entries follow them). Worked out
 // once per record set and, for the set after a change, from the set before it: only the records that
-// changed are walked (one policy replaced among 100 does not walk 10,000 rules), and the prefixes that
+// changed are walked (one policy replaced among 100 does not walk 10,000 rules; one that changed one
+// rule of 10,000 looks at that rule: rule-edits.ts), and the prefixes that
 // came and went are handed to the CIDR table (identity/cidr.ts sync) as a delta. The set after a
 // change takes over the set before it and edits it in place (no copy of 10,000 prefixes per change):
 // asked for again, the set before is worked out from scratch. Each version of a set has its own
 // token, which is what the CIDR table compares. Pure.
-import type { PolicyRecord } from './types.ts';
+import { editsOf } from './rule-edits.ts';
+import type { Policy, PolicyRecord, Rule } from './types.ts';
 
 interface PrefixSet {
   set: Set<string>;
-  /** How many records name each prefix. */
+  /** How many times the records' rules name each prefix. */
   counts: Map<string, number>;
   /** Names this version of `set` (the object itself is edited by the next change). */
   token: object;
@@ -24,29 +26,50 @@ export interface PrefixDelta {
 
 /** By record set (a set is never changed in place: a change makes a new array). */
 const bySet = new WeakMap<PolicyRecord[], PrefixSet>();
-/** Each record's prefixes, once. */
-const byRecord = new WeakMap<PolicyRecord, Set<string>>();
+/** Each policy's prefixes with how many times its rules name them, once. */
+const byPolicy = new WeakMap<Policy, Map<string, number>>();
 
-function prefixesOfRecord(r: PolicyRecord): Set<string> {
-  let out = byRecord.get(r);
+function prefixesOfRule(rule: Rule, out: Map<string, number>, by: number): void {
+  if (rule.peers === 'all') return;
+  for (const p of rule.peers) {
+    if (p.kind !== 'cidr') continue;
+    out.set(p.cidr, (out.get(p.cidr) ?? 0) + by);
+    for (const e of p.except) out.set(e, (out.get(e) ?? 0) + by);
+  }
+}
+
+function prefixesOfPolicy(policy: Policy): Map<string, number> {
+  let out = byPolicy.get(policy);
   if (out) return out;
-  out = new Set<string>();
-  for (const s of r.policy.specs)
-    for (const rule of s.rules) {
-      if (rule.peers === 'all') continue;
-      for (const p of rule.peers) {
-        if (p.kind !== 'cidr') continue;
-        out.add(p.cidr);
-        for (const e of p.except) out.add(e);
-      }
+  out = new Map();
+  for (const s of policy.specs) for (const rule of s.rules) prefixesOfRule(rule, out, 1);
+  byPolicy.set(policy, out);
+  return out;
+}
+
+/** How the prefix counts change from `then` to `now`: for a policy that changed a few rules of the
+ *  one it replaced (rule-edits.ts), from those rules alone (one rule changed among 10,000 touches one
+ *  or two prefixes and walks no other rule); otherwise the prefixes that differ between the two. */
+function countChange(then: Policy, now: Policy): Map<string, number> {
+  const out = new Map<string, number>();
+  const edits = editsOf(now);
+  if (edits?.from === then) {
+    for (const { spec, rule } of edits.changed) {
+      prefixesOfRule(then.specs[spec].rules[rule], out, -1);
+      prefixesOfRule(now.specs[spec].rules[rule], out, 1);
     }
-  byRecord.set(r, out);
+    return out;
+  }
+  const a = prefixesOfPolicy(then),
+    b = prefixesOfPolicy(now);
+  for (const [p, n] of b) if (a.get(p) !== n) out.set(p, n - (a.get(p) ?? 0));
+  for (const [p, n] of a) if (!b.has(p)) out.set(p, -n);
   return out;
 }
 
 function whole(records: PolicyRecord[]): PrefixSet {
   const counts = new Map<string, number>();
-  for (const r of records) for (const p of prefixesOfRecord(r)) counts.set(p, (counts.get(p) ?? 0) + 1);
+  for (const r of records) for (const [p, n] of prefixesOfPolicy(r.policy)) counts.set(p, (counts.get(p) ?? 0) + n);
   return { set: new Set(counts.keys()), counts, token: {} };
 }
 
@@ -75,47 +98,41 @@ export function prefixesFrom(
   bySet.delete(prev);
   const { counts, set } = base;
   const before = new Map<string, number>();
-  const countBefore = (p: string) => {
+  /** Additions first: a prefix that moves from one record to another never drops to zero. */
+  const drops: [string, number][] = [];
+  const change = (p: string, by: number) => {
+    if (!by) return;
+    if (by < 0) {
+      drops.push([p, by]);
+      return;
+    }
     if (!before.has(p)) before.set(p, counts.get(p) ?? 0);
+    counts.set(p, (counts.get(p) ?? 0) + by);
   };
-  const touched = new Set<string>();
-  const add = (p: string) => {
-    countBefore(p);
-    counts.set(p, (counts.get(p) ?? 0) + 1);
-    touched.add(p);
-  };
-  const drop = (p: string) => {
-    countBefore(p);
-    const n = counts.get(p)! - 1;
-    if (n) counts.set(p, n);
-    else counts.delete(p);
-    touched.add(p);
-  };
-  // A policy replaced (same number) counts only the prefixes that differ between its two versions:
-  // one rule changed in a 10,000-rule policy touches one or two prefixes, not 20,000.
+  // A policy replaced (same number) counts only the prefixes that differ between its two versions.
   const gone = new Map<number, PolicyRecord>();
   for (const r of prev) if (!is.has(r)) gone.set(r.number, r);
-  const pairs: [Set<string>, Set<string>][] = [];
-  // Additions first: a prefix that moves from one record to another never drops to zero.
   for (const r of records) {
     if (was.has(r)) continue;
     const old = gone.get(r.number);
-    const now = prefixesOfRecord(r);
     if (!old) {
-      for (const p of now) add(p);
+      for (const [p, n] of prefixesOfPolicy(r.policy)) change(p, n);
       continue;
     }
     gone.delete(r.number);
-    const then = prefixesOfRecord(old);
-    pairs.push([then, now]);
-    for (const p of now) if (!then.has(p)) add(p);
+    for (const [p, n] of countChange(old.policy, r.policy)) change(p, n);
   }
-  for (const [then, now] of pairs) for (const p of then) if (!now.has(p)) drop(p);
-  for (const r of gone.values()) for (const p of prefixesOfRecord(r)) drop(p);
+  for (const r of gone.values()) for (const [p, n] of prefixesOfPolicy(r.policy)) change(p, -n);
+  for (const [p, by] of drops) {
+    if (!before.has(p)) before.set(p, counts.get(p) ?? 0);
+    const n = counts.get(p)! + by;
+    if (n) counts.set(p, n);
+    else counts.delete(p);
+  }
   const added: string[] = [],
     removed: string[] = [];
-  for (const p of touched) {
-    const had = before.get(p)! > 0;
+  for (const [p, n] of before) {
+    const had = n > 0;
     if (counts.has(p) && !had) {
       set.add(p);
       added.push(p);

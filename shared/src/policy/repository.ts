@@ -6,6 +6,7 @@
 import type { Store } from '../store/index.ts';
 import { samePolicy } from './fingerprint.ts';
 import { policySetJson } from './record-json.ts';
+import { noteReplaced } from './rule-edits.ts';
 import { MAX_POLICY_NUMBER } from './rule-id.ts';
 import type { Policy, PolicyRecord } from './types.ts';
 
@@ -100,6 +101,8 @@ export class PolicyRepository {
         return;
       }
       changed = true;
+      // What is worked out per policy follows from the replaced one's and the rules that changed.
+      if (prev) noteReplaced(policy, prev.policy);
       let number = prev?.number;
       if (number === undefined) {
         ({ number, next: nextNumber } = freeNumber(used, nextNumber));
