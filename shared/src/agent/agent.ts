@@ -242,6 +242,10 @@ export class Agent {
         idle.touch();
         res.once('finish', idle.touch);
       });
+      // The proxy's record batches (every ~15 ms under load) are work too: no give-back, whose two
+      // full GCs hold the loop 50-80 ms, while they stream in (bench:l7 met one 1 s into each run,
+      // after its status request).
+      l7?.onRecords(idle.touch);
       // Restore left the container sides for now (endpoint/restore.ts): checked while the API serves,
       // the endpoints reported verifying until then. The datapath forwards and enforces meanwhile.
       closers.push({ name: 'restore verification', close: () => endpoints.stopVerifying() });
