@@ -36,7 +36,10 @@ export interface WorkerOptions {
 }
 
 const FLUSH_MS = 20;
-const FLUSH_BYTES = 64 * 1024;
+/** A batch goes out before its frame outgrows one 64 KiB read of the agent's (Node reads a socket in
+ *  64 KiB pieces): a frame in two pieces is joined there, a copy and a fresh buffer each time. Only a
+ *  last record over the 512 bytes left makes it larger. */
+const FLUSH_BYTES = 64 * 1024 - 4 - 512;
 const MAX_BUFFERED_RECORDS = 50_000;
 const MAX_UNSENT_BYTES = 16 * 1024 * 1024;
 const RECONNECT_MS = 500;
