@@ -2,7 +2,7 @@
 // address families, any method, long paths (cut, never overflowing), many records and lost counts;
 // a cut or foreign batch is refused instead of misread.
 import t from 'tap';
-import { At, decodeRecord, readBatch, RecordWriter, type RecordContext } from '../src/l7/proxy/records.ts';
+import { decodeRecord, metricEndpoint, readBatch, RecordWriter, type RecordContext } from '../src/l7/proxy/records.ts';
 import type { Exchange } from '../src/l7/http/exchange.ts';
 import type { ConnectionPolicy, ProxyDecision } from '../src/l7/proxy/view.ts';
 
@@ -83,8 +83,53 @@ t.test('a response record, IPv4 and IPv6', async (t) => {
       },
       `${src} -> ${dst}`,
     );
-    t.equal(b.readUInt32LE(offsets[0] + At.METRIC_ENDPOINT), 9, 'the latency metric goes to the ingress side');
+    t.equal(metricEndpoint(b, offsets[0]), 9, 'the latency metric goes to the ingress side');
   }
+});
+
+t.test("a response in its request record's batch is a short reply naming it, read back the same", async (t) => {
+  const w = new RecordWriter();
+  const ctx: RecordContext = { srcPort: 40000, dstPort: 80, policy: policy('fd00::3', 'fd00:1::2') };
+  const x = exchange({ status: 0, latencyNs: 0 });
+  w.add('request', x, ctx, 10);
+  const other = exchange({ method: 'PROPFIND', path: '/other' });
+  w.add('request', other, ctx, 11);
+  Object.assign(x, { status: 503, latencyNs: 2_000_000, localReason: 'upstream-unreachable' });
+  w.add('response', x, ctx, 12);
+  const bytesBefore = w.bytes;
+  w.add('response', other, ctx, 13);
+  t.equal(w.bytes - bytesBefore, 36, 'a reply is 36 bytes');
+  const late = exchange();
+  w.add('request', late, ctx, 14);
+  const b = w.take(0)!;
+  w.add('response', late, ctx, 15); // its request went out in the batch before: a full record
+  const b2 = w.take(0)!;
+  const [req, , res, res2] = readBatch(b).offsets.map((o) => decodeRecord(b, o));
+  const { kind: _k, timeMs: _t, status: _s, latencyNs: _l, verdict: _v, ...same } = req;
+  t.same(
+    res,
+    {
+      ...same,
+      kind: 'response',
+      timeMs: 12,
+      status: 503,
+      latencyNs: 2_000_000,
+      verdict: 'error',
+      reason: 'upstream-unreachable',
+    },
+    'the reply: its request record with the response fields',
+  );
+  t.match(res2, { kind: 'response', method: 'PROPFIND', path: '/other', timeMs: 13, status: 200, verdict: 'forwarded' });
+  t.notOk('reason' in res2, 'no reason on a forwarded response');
+  const offs = readBatch(b).offsets;
+  t.equal(metricEndpoint(b, offs[2]), 9, 'a reply carries the latency metric endpoint');
+  t.match(decodeRecord(b2, readBatch(b2).offsets[0]), { kind: 'response', path: '/a?b=1', timeMs: 15, status: 200 });
+  // A reply must name a request record of its batch: not itself, not a byte inside a record.
+  const bad = Buffer.from(b);
+  bad.writeUInt32LE(offs[0] + 1, offs[2] + 32);
+  t.throws(() => readBatch(bad), /names no request record/);
+  bad.writeUInt32LE(offs[2], offs[2] + 32);
+  t.throws(() => readBatch(bad), /names no request record/);
 });
 
 t.test('requests carry no status or latency; other methods, HTTP/1.0 and reasons survive', async (t) => {

@@ -28,6 +28,10 @@ export interface Exchange {
   latencyNs: number;
   /** Why the proxy answered itself (denied, malformed, upstream unreachable). */
   localReason?: 'denied' | 'bad-request' | 'upstream-unreachable';
+  /** Where the sink wrote the request's record (its batch and offset), so the response's record can
+   *  refer to it instead of repeating it (proxy/records.ts); opaque to the connection. */
+  recordBatch?: number;
+  recordAt?: number;
 }
 
 export interface ExchangeSink {
@@ -66,6 +70,8 @@ export function startExchange(method: string, path: string, host: string, minor:
     startMs: performance.now(),
     status: 0,
     latencyNs: 0,
+    recordBatch: -1, // set here, not later, so every exchange has one shape
+    recordAt: 0,
   };
 }
 

@@ -16,6 +16,10 @@
 //         u8 side count, per side: u8 direction (0 ingress, 1 egress), u8 allowed, u32 endpoint, u32 rule id,
 //         HTTP rule path: u16 len + bytes.
 // Strings are latin1, as the proxy read them from the wire; path and host are cut at MAX_TEXT bytes.
+// A response whose request's record is in the same batch (most: a batch spans ~15 ms) is a short
+// reply record instead, which names that record rather than repeating its addresses, texts and sides
+// (~100 bytes) — kind 2, REPLY bytes: the same fields at 0-26 (method code and protocol copied),
+//   28 u32 endpoint for the latency metric   32 u32 offset of the request's record in the batch.
 import { formatIp, ipBytes } from '../../net/index.ts';
 import type { Exchange } from '../http/exchange.ts';
 import type { ConnectionPolicy, ProxyDecision } from './view.ts';
@@ -26,6 +30,10 @@ export type RecordVerdict = 'forwarded' | 'denied' | 'error';
 export const BATCH_FORMAT = 1;
 const BATCH_HEADER = 5;
 const FIXED = 52;
+const REPLY = 36;
+const KIND_REQUEST = 0;
+const KIND_RESPONSE = 1;
+const KIND_REPLY = 2;
 const MAX_TEXT = 8192;
 const METHODS = ['', 'GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH'];
 const METHOD_CODE = new Map(METHODS.map((m, i) => [m, i]));
@@ -64,8 +72,15 @@ export interface RecordContext {
   policy: ConnectionPolicy;
 }
 
-/** Offsets of the fields the agent reads in place. */
-export const At = { KIND: 2, VERDICT: 3, METHOD: 4, TIME: 8, LATENCY: 16, STATUS: 24, METRIC_ENDPOINT: 48 } as const;
+/** Offsets of the fields the agent reads in place (the same in every kind of record). */
+export const At = { KIND: 2, VERDICT: 3, METHOD: 4, TIME: 8, LATENCY: 16, STATUS: 24 } as const;
+
+/** Whether the record at b[off] is a response (a full one or a reply). */
+export const isResponse = (b: Buffer, off: number): boolean => b[off + At.KIND] !== KIND_REQUEST;
+
+/** The endpoint for the latency metric of the record at b[off] (0: none). */
+export const metricEndpoint = (b: Buffer, off: number): number =>
+  b.readUInt32LE(off + (b[off + At.KIND] === KIND_REPLY ? 28 : 48));
 
 /** The record bytes that are the same for every exchange between the policy's two ends (ports aside),
  *  made once per policy: connections between the same addresses share it, and one request per
@@ -94,6 +109,8 @@ export class RecordWriter {
   private buf: Buffer;
   private at = BATCH_HEADER;
   private n = 0;
+  /** Counts batches taken: an exchange's request record is in this batch when its recordBatch is this. */
+  private batch = 0;
 
   constructor(private readonly size = 256 * 1024) {
     this.buf = Buffer.allocUnsafe(size);
@@ -107,6 +124,10 @@ export class RecordWriter {
   }
 
   add(kind: RecordKind, x: Exchange, ctx: RecordContext, timeMs: number): void {
+    if (kind === 'response' && x.recordBatch === this.batch) {
+      this.reply(x, timeMs, x.recordAt ?? 0);
+      return;
+    }
     const fixed = fixedBytes(ctx.policy);
     const d = x.verdict.info as ProxyDecision | undefined;
     const sides = d?.sides ?? [];
@@ -151,6 +172,33 @@ export class RecordWriter {
     b.writeUInt16LE(i - start, start);
     this.at = i;
     this.n++;
+    if (kind === 'request') {
+      x.recordBatch = this.batch;
+      x.recordAt = start;
+    }
+  }
+
+  /** The response of the exchange whose request record is at `req` in this batch. */
+  private reply(x: Exchange, timeMs: number, req: number): void {
+    if (this.at + REPLY > this.buf.length) this.grow(REPLY);
+    const b = this.buf;
+    const start = this.at;
+    b[start] = REPLY;
+    b[start + 1] = 0;
+    b[start + 2] = KIND_REPLY;
+    b[start + 3] = x.localReason === 'denied' ? 1 : x.localReason ? 2 : 0;
+    b[start + 4] = b[req + 4];
+    b[start + 5] = b[req + 5];
+    b[start + 6] = REASON_CODE.get(x.localReason ?? '') ?? 0;
+    b[start + 7] = 0;
+    b.writeDoubleLE(timeMs, start + 8);
+    b.writeDoubleLE(x.latencyNs, start + 16);
+    b.writeUInt16LE(x.status, start + 24);
+    b.writeUInt16LE(0, start + 26);
+    b.writeUInt32LE(b.readUInt32LE(req + 48), start + 28);
+    b.writeUInt32LE(req, start + 32);
+    this.at = start + REPLY;
+    this.n++;
   }
 
   /** The batch so far (header filled in, `lost` records counted), or undefined when empty. */
@@ -163,6 +211,7 @@ export class RecordWriter {
     this.buf = Buffer.allocUnsafe(this.size);
     this.at = BATCH_HEADER;
     this.n = 0;
+    this.batch++;
     return out;
   }
 
@@ -204,15 +253,47 @@ export function readBatch(batch: Buffer): { lost: number; offsets: number[] } {
   let i = BATCH_HEADER;
   while (i < batch.length) {
     const len = batch.length - i >= 2 ? batch.readUInt16LE(i) : 0;
-    if (len < FIXED + 8 || i + len > batch.length) throw new Error(`L7 record batch cut at byte ${i}`);
+    const kind = batch[i + 2];
+    const badLength = kind === KIND_REPLY ? len !== REPLY : len < FIXED + 8 || kind > KIND_RESPONSE;
+    if (badLength || i + len > batch.length) throw new Error(`L7 record batch cut at byte ${i}`);
+    // A reply names an earlier request record of this batch (decodeRecord reads that one too).
+    if (kind === KIND_REPLY && !isRequestAt(batch, offsets, batch.readUInt32LE(i + 32)))
+      throw new Error(`L7 reply record at byte ${i} names no request record`);
     offsets.push(i);
     i += len;
   }
   return { lost: batch.readUInt32LE(1), offsets };
 }
 
+/** Whether a request record starts at `at` (offsets: the batch's records so far, ascending). */
+function isRequestAt(b: Buffer, offsets: number[], at: number): boolean {
+  let lo = 0;
+  let hi = offsets.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    if (offsets[mid] === at) return b[at + 2] === KIND_REQUEST;
+    if (offsets[mid] < at) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return false;
+}
+
 /** The record at batch[off] as an object (a flow is being built from it). */
 export function decodeRecord(b: Buffer, off: number): L7Record {
+  if (b[off + 2] === KIND_REPLY) {
+    const r = decodeRecord(b, b.readUInt32LE(off + 32));
+    const reason = REASONS[b[off + 6]] ?? '';
+    const { reason: _, ...rest } = r;
+    return {
+      ...rest,
+      kind: 'response',
+      timeMs: b.readDoubleLE(off + 8),
+      status: b.readUInt16LE(off + 24),
+      latencyNs: b.readDoubleLE(off + 16),
+      verdict: verdictName(b[off + 3]),
+      ...(reason ? { reason } : {}),
+    };
+  }
   const alen = b[off + 7] === 6 ? 16 : 4;
   let i = off + FIXED + 2 * alen;
   const str8 = () => {
