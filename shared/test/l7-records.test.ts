@@ -98,7 +98,7 @@ t.test("a response in its request record's batch is a short reply naming it, rea
   w.add('response', x, ctx, 12);
   const bytesBefore = w.bytes;
   w.add('response', other, ctx, 13);
-  t.equal(w.bytes - bytesBefore, 36, 'a reply is 36 bytes');
+  t.equal(w.bytes - bytesBefore, 40, 'a reply is 40 bytes');
   const late = exchange();
   w.add('request', late, ctx, 14);
   const b = w.take(0)!;
@@ -129,6 +129,43 @@ t.test("a response in its request record's batch is a short reply naming it, rea
   bad.writeUInt32LE(offs[0] + 1, offs[2] + 32);
   t.throws(() => readBatch(bad), /names no request record/);
   bad.writeUInt32LE(offs[2], offs[2] + 32);
+  t.throws(() => readBatch(bad), /names no request record/);
+});
+
+t.test('a request like an earlier one of the batch but for ports and time is a short repeat naming it', async (t) => {
+  const w = new RecordWriter();
+  const p = policy('10.0.0.3', '10.0.0.2');
+  const a = exchange({ status: 0, latencyNs: 0 });
+  w.add('request', a, { srcPort: 40001, dstPort: 80, policy: p }, 1);
+  let at = w.bytes;
+  const b1 = exchange({ status: 0, latencyNs: 0 });
+  w.add('request', b1, { srcPort: 40002, dstPort: 8080, policy: p }, 2);
+  t.equal(w.bytes - at, 40, 'a repeat is 40 bytes');
+  Object.assign(b1, { status: 204, latencyNs: 7 });
+  w.add('response', b1, { srcPort: 40002, dstPort: 8080, policy: p }, 3);
+  at = w.bytes;
+  w.add('request', exchange({ path: '/other' }), { srcPort: 40003, dstPort: 80, policy: p }, 4);
+  t.ok(w.bytes - at > 40, 'another path: a full record');
+  at = w.bytes;
+  w.add(
+    'request',
+    exchange({ verdict: { allowed: true, edits: [], info: { ...decision } } }),
+    { srcPort: 1, dstPort: 80, policy: p },
+    5,
+  );
+  t.ok(w.bytes - at > 40, 'another decision: a full record');
+  const b = w.take(0)!;
+  const offs = readBatch(b).offsets;
+  const [full, repeat, reply] = offs.map((o) => decodeRecord(b, o));
+  t.same(repeat, { ...full, timeMs: 2, src: { ...full.src, port: 40002 }, dst: { ...full.dst, port: 8080 } });
+  t.match(reply, { kind: 'response', timeMs: 3, status: 204, latencyNs: 7, src: { port: 40002 }, dst: { port: 8080 } });
+  t.equal(metricEndpoint(b, offs[2]), 9);
+  const next = exchange();
+  w.add('request', next, { srcPort: 9, dstPort: 80, policy: p }, 6);
+  t.ok(w.bytes > 40 + 5, 'the next batch starts with a full record');
+  // A repeat names a full request record, not another repeat.
+  const bad = Buffer.from(b);
+  bad[offs[2] + 2] = 3; // the reply, made a repeat of the repeat
   t.throws(() => readBatch(bad), /names no request record/);
 });
 

@@ -18,8 +18,13 @@
 // Strings are latin1, as the proxy read them from the wire; path and host are cut at MAX_TEXT bytes.
 // A response whose request's record is in the same batch (most: a batch spans ~15 ms) is a short
 // reply record instead, which names that record rather than repeating its addresses, texts and sides
-// (~100 bytes) — kind 2, REPLY bytes: the same fields at 0-26 (method code and protocol copied),
-//   28 u32 endpoint for the latency metric   32 u32 offset of the request's record in the batch.
+// (~100 bytes) — kind 2, SHORT bytes: the same fields at 0-26 (method code and protocol copied),
+//   28 u32 endpoint for the latency metric   32 u32 offset of the request's record in the batch
+//   36 u16 destination port   38 u16 pad.
+// Likewise a request that repeats an earlier full request record of the batch but for its ports and
+// time (same two ends, method, path, host, protocol and decision: a keep-alive client asking for the
+// same thing, or new connections from one client to one server) is a short repeat record, kind 3,
+// naming that record; its source port is at 26 and its destination port at 36.
 import { formatIp, ipBytes } from '../../net/index.ts';
 import type { Exchange } from '../http/exchange.ts';
 import type { ConnectionPolicy, ProxyDecision } from './view.ts';
@@ -30,10 +35,11 @@ export type RecordVerdict = 'forwarded' | 'denied' | 'error';
 export const BATCH_FORMAT = 1;
 const BATCH_HEADER = 5;
 const FIXED = 52;
-const REPLY = 36;
+const SHORT = 40;
 const KIND_REQUEST = 0;
 const KIND_RESPONSE = 1;
 const KIND_REPLY = 2;
+const KIND_REPEAT = 3;
 const MAX_TEXT = 8192;
 const METHODS = ['', 'GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH'];
 const METHOD_CODE = new Map(METHODS.map((m, i) => [m, i]));
@@ -76,11 +82,24 @@ export interface RecordContext {
 export const At = { KIND: 2, VERDICT: 3, METHOD: 4, TIME: 8, LATENCY: 16, STATUS: 24 } as const;
 
 /** Whether the record at b[off] is a response (a full one or a reply). */
-export const isResponse = (b: Buffer, off: number): boolean => b[off + At.KIND] !== KIND_REQUEST;
+export const isResponse = (b: Buffer, off: number): boolean =>
+  b[off + At.KIND] === KIND_RESPONSE || b[off + At.KIND] === KIND_REPLY;
 
 /** The endpoint for the latency metric of the record at b[off] (0: none). */
 export const metricEndpoint = (b: Buffer, off: number): number =>
-  b.readUInt32LE(off + (b[off + At.KIND] === KIND_REPLY ? 28 : 48));
+  b.readUInt32LE(off + (b[off + At.KIND] >= KIND_REPLY ? 28 : 48));
+
+/** What a full request record was written from (RecordWriter's repeat check), one per policy. */
+interface LastRequest {
+  batch: number;
+  at: number;
+  method: string;
+  path: string;
+  host: string;
+  protocol: string;
+  reason: string | undefined;
+  info: unknown;
+}
 
 /** The record bytes that are the same for every exchange between the policy's two ends (ports aside),
  *  made once per policy: connections between the same addresses share it, and one request per
@@ -111,6 +130,8 @@ export class RecordWriter {
   private n = 0;
   /** Counts batches taken: an exchange's request record is in this batch when its recordBatch is this. */
   private batch = 0;
+  /** The last full request record per connection policy (ports aside, the same for its connections). */
+  private readonly last = new WeakMap<ConnectionPolicy, LastRequest>();
 
   constructor(private readonly size = 256 * 1024) {
     this.buf = Buffer.allocUnsafe(size);
@@ -125,7 +146,23 @@ export class RecordWriter {
 
   add(kind: RecordKind, x: Exchange, ctx: RecordContext, timeMs: number): void {
     if (kind === 'response' && x.recordBatch === this.batch) {
-      this.reply(x, timeMs, x.recordAt ?? 0);
+      this.short(KIND_REPLY, x, timeMs, x.recordAt ?? 0, 0, 0);
+      return;
+    }
+    const last = kind === 'request' ? this.last.get(ctx.policy) : undefined;
+    if (
+      last &&
+      last.batch === this.batch &&
+      last.info === x.verdict.info &&
+      last.method === x.method &&
+      last.path === x.path &&
+      last.host === x.host &&
+      last.protocol === x.protocol &&
+      last.reason === x.localReason
+    ) {
+      x.recordBatch = this.batch;
+      x.recordAt = this.at;
+      this.short(KIND_REPEAT, x, timeMs, last.at, ctx.srcPort, ctx.dstPort);
       return;
     }
     const fixed = fixedBytes(ctx.policy);
@@ -175,29 +212,50 @@ export class RecordWriter {
     if (kind === 'request') {
       x.recordBatch = this.batch;
       x.recordAt = start;
+      this.remember(ctx.policy, x, start);
     }
   }
 
-  /** The response of the exchange whose request record is at `req` in this batch. */
-  private reply(x: Exchange, timeMs: number, req: number): void {
-    if (this.at + REPLY > this.buf.length) this.grow(REPLY);
+  private remember(p: ConnectionPolicy, x: Exchange, at: number): void {
+    let m = this.last.get(p);
+    if (!m) {
+      m = { batch: 0, at: 0, method: '', path: '', host: '', protocol: '', reason: undefined, info: undefined };
+      this.last.set(p, m);
+    }
+    m.batch = this.batch;
+    m.at = at;
+    m.method = x.method;
+    m.path = x.path;
+    m.host = x.host;
+    m.protocol = x.protocol;
+    m.reason = x.localReason;
+    m.info = x.verdict.info;
+  }
+
+  /** A reply (the response of the exchange whose request record is at `req` in this batch) or a
+   *  repeat (a request whose record would be the one at `req` but for its ports and time). */
+  private short(kind: number, x: Exchange, timeMs: number, req: number, srcPort: number, dstPort: number): void {
+    if (this.at + SHORT > this.buf.length) this.grow(SHORT);
     const b = this.buf;
     const start = this.at;
-    b[start] = REPLY;
+    b[start] = SHORT;
     b[start + 1] = 0;
-    b[start + 2] = KIND_REPLY;
+    b[start + 2] = kind;
     b[start + 3] = x.localReason === 'denied' ? 1 : x.localReason ? 2 : 0;
     b[start + 4] = b[req + 4];
     b[start + 5] = b[req + 5];
     b[start + 6] = REASON_CODE.get(x.localReason ?? '') ?? 0;
     b[start + 7] = 0;
     b.writeDoubleLE(timeMs, start + 8);
-    b.writeDoubleLE(x.latencyNs, start + 16);
-    b.writeUInt16LE(x.status, start + 24);
-    b.writeUInt16LE(0, start + 26);
-    b.writeUInt32LE(b.readUInt32LE(req + 48), start + 28);
+    const reply = kind === KIND_REPLY;
+    b.writeDoubleLE(reply ? x.latencyNs : 0, start + 16);
+    b.writeUInt16LE(reply ? x.status : 0, start + 24);
+    b.writeUInt16LE(srcPort, start + 26);
+    b.writeUInt32LE(metricEndpoint(b, req), start + 28);
     b.writeUInt32LE(req, start + 32);
-    this.at = start + REPLY;
+    b.writeUInt16LE(dstPort, start + 36);
+    b.writeUInt16LE(0, start + 38);
+    this.at = start + SHORT;
     this.n++;
   }
 
@@ -254,24 +312,27 @@ export function readBatch(batch: Buffer): { lost: number; offsets: number[] } {
   while (i < batch.length) {
     const len = batch.length - i >= 2 ? batch.readUInt16LE(i) : 0;
     const kind = batch[i + 2];
-    const badLength = kind === KIND_REPLY ? len !== REPLY : len < FIXED + 8 || kind > KIND_RESPONSE;
+    const short = kind === KIND_REPLY || kind === KIND_REPEAT;
+    const badLength = short ? len !== SHORT : len < FIXED + 8 || kind > KIND_RESPONSE;
     if (badLength || i + len > batch.length) throw new Error(`L7 record batch cut at byte ${i}`);
-    // A reply names an earlier request record of this batch (decodeRecord reads that one too).
-    if (kind === KIND_REPLY && !isRequestAt(batch, offsets, batch.readUInt32LE(i + 32)))
-      throw new Error(`L7 reply record at byte ${i} names no request record`);
+    // A reply names an earlier request record of this batch, full or repeat; a repeat a full one
+    // (decodeRecord reads that one too).
+    if (short && !isRequestAt(batch, offsets, batch.readUInt32LE(i + 32), kind === KIND_REPLY))
+      throw new Error(`L7 short record at byte ${i} names no request record`);
     offsets.push(i);
     i += len;
   }
   return { lost: batch.readUInt32LE(1), offsets };
 }
 
-/** Whether a request record starts at `at` (offsets: the batch's records so far, ascending). */
-function isRequestAt(b: Buffer, offsets: number[], at: number): boolean {
+/** Whether a full (or, `repeatToo`, a repeat) request record starts at `at` (offsets: the batch's
+ *  records so far, ascending). */
+function isRequestAt(b: Buffer, offsets: number[], at: number, repeatToo: boolean): boolean {
   let lo = 0;
   let hi = offsets.length - 1;
   while (lo <= hi) {
     const mid = (lo + hi) >>> 1;
-    if (offsets[mid] === at) return b[at + 2] === KIND_REQUEST;
+    if (offsets[mid] === at) return b[at + 2] === KIND_REQUEST || (repeatToo && b[at + 2] === KIND_REPEAT);
     if (offsets[mid] < at) lo = mid + 1;
     else hi = mid - 1;
   }
@@ -280,6 +341,13 @@ function isRequestAt(b: Buffer, offsets: number[], at: number): boolean {
 
 /** The record at batch[off] as an object (a flow is being built from it). */
 export function decodeRecord(b: Buffer, off: number): L7Record {
+  if (b[off + 2] === KIND_REPEAT) {
+    const r = decodeRecord(b, b.readUInt32LE(off + 32));
+    r.timeMs = b.readDoubleLE(off + 8);
+    r.src.port = b.readUInt16LE(off + 26);
+    r.dst.port = b.readUInt16LE(off + 36);
+    return r;
+  }
   if (b[off + 2] === KIND_REPLY) {
     const r = decodeRecord(b, b.readUInt32LE(off + 32));
     const reason = REASONS[b[off + 6]] ?? '';
