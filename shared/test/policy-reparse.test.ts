@@ -147,7 +147,7 @@ t.test('YAML, several policies and other options are left to the full parse', as
   t.equal(answered, 1000, 'a full read after 1,000 edits in a row (what both sides hold starts afresh)');
 });
 
-t.test('through the worker: edit answers give the agent what a full parse gives', async (t) => {
+t.test('through the worker: the edits the agent rereads itself give what a full parse gives', async (t) => {
   const parser = new PolicyParser({ minBytes: 0 });
   t.teardown(() => parser.close());
   const opts = { cluster: 'default' };
@@ -166,6 +166,7 @@ t.test('through the worker: edit answers give the agent what a full parse gives'
     if (full.issues.length) text = doc('CiliumNetworkPolicy', false);
   }
   t.same(bad, [], 'every answer equals the full parse');
+  t.ok(parser.rereads > 10, `edits reread by the agent, not sent to the worker: ${parser.rereads} of 40`);
 });
 
 t.test('the agent tells an edited policy from its base, and a rule written otherwise from a change', async (t) => {

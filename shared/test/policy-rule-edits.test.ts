@@ -69,7 +69,10 @@ function named(d: ReturnType<typeof buildDesired>, fqdn: FqdnState, cidrs: CidrI
 
 const rules = {
   ingress: [
-    () => ({ fromCIDR: [`198.18.${rnd(3)}.${rnd(64)}/32`], toPorts: [{ ports: [{ port: String(400 + rnd(60)), protocol: 'TCP' }] }] }),
+    () => ({
+      fromCIDR: [`198.18.${rnd(3)}.${rnd(64)}/32`],
+      toPorts: [{ ports: [{ port: String(400 + rnd(60)), protocol: 'TCP' }] }],
+    }),
     () => ({ fromCIDR: [`198.18.${rnd(3)}.0/24`] }),
     () => ({ fromCIDRSet: [{ cidr: '198.18.0.0/16', except: [`198.18.${rnd(3)}.0/24`] }] }),
     () => ({ fromEntities: [['world', 'cluster', 'host', 'all'][rnd(4)]] }),
@@ -88,7 +91,12 @@ const rules = {
     () => ({ toFQDNs: [{ matchName: ['api.example.com', 'db.example.com'][rnd(2)] }] }),
     () => ({ toEntities: ['world'] }),
   ],
-  ingressDeny: [() => ({ fromCIDR: [`198.18.${rnd(3)}.${rnd(64)}/32`], toPorts: [{ ports: [{ port: String(400 + rnd(60)), protocol: 'TCP' }] }] })],
+  ingressDeny: [
+    () => ({
+      fromCIDR: [`198.18.${rnd(3)}.${rnd(64)}/32`],
+      toPorts: [{ ports: [{ port: String(400 + rnd(60)), protocol: 'TCP' }] }],
+    }),
+  ],
 };
 type List = keyof typeof rules;
 type Spec = { endpointSelector: object } & Record<List, object[]>;
@@ -163,8 +171,10 @@ t.test('a few rules changed at a time: the incremental sync equals a build from 
       const list = (['ingress', 'ingress', 'egress', 'ingressDeny'] as const)[rnd(4)];
       const i = rnd(spec[list].length);
       const kind = rnd(20);
-      if (kind === 0) spec[list].push(randomRule(list)); // another shape: walked whole
-      else if (kind === 1) spec[list][i] = spec[list][rnd(spec[list].length)]; // a copy of another rule
+      if (kind === 0)
+        spec[list].push(randomRule(list)); // another shape: walked whole
+      else if (kind === 1)
+        spec[list][i] = spec[list][rnd(spec[list].length)]; // a copy of another rule
       else spec[list][i] = randomRule(list);
     }
     if (!rnd(5)) await otherOf(['web', 'client'][rnd(2)]);
@@ -182,7 +192,15 @@ t.test('a few rules changed at a time: the incremental sync equals a build from 
       differs = step;
       t.same(a, b, `step ${step}: incremental = from scratch`);
     }
-    if (JSON.stringify(walked(records)) !== JSON.stringify(cidrs.entries().map((e) => e.text).sort())) {
+    if (
+      JSON.stringify(walked(records)) !==
+      JSON.stringify(
+        cidrs
+          .entries()
+          .map((e) => e.text)
+          .sort(),
+      )
+    ) {
       differs = step;
       t.fail(`step ${step}: the CIDR table holds the records' prefixes`);
     }

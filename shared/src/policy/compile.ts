@@ -28,7 +28,7 @@ import {
   type DirectionPolicy,
   type Entry,
 } from './closure.ts';
-import type { Direction, PolicyRecord, } from './types.ts';
+import type { Direction, PolicyRecord } from './types.ts';
 import type { UniverseChange } from './peer-deps.ts';
 import { editedUse, peersMoved, recordUse, type RecordUse, type RuleUse } from './record-use.ts';
 

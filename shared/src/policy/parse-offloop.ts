@@ -10,9 +10,9 @@ import { fileURLToPath } from 'node:url';
 import { Worker } from 'node:worker_threads';
 import { adoptEdited, adoptFingerprints, fingerprintOf, fingerprintText } from './fingerprint.ts';
 import { parsePolicies, type ParseOptions, type ParseResult } from './parse.ts';
-import type { ParseAnswer } from './parse-worker.ts';
+import type { ParseAnswer, StateAnswer } from './parse-worker.ts';
 import { adoptJson, adoptLazyJson, SourceText } from './record-json.ts';
-import { applyEdit, spliced } from './reparse.ts';
+import { Reparser, spliced } from './reparse.ts';
 import { RuleMemo } from './rule-memo.ts';
 import { resolveRuleRefs, rulesByPrint } from './rule-refs.ts';
 import type { Policy, Rule } from './types.ts';
@@ -47,6 +47,20 @@ function workerEntry(): { file: string | URL; eval?: boolean } | undefined {
 interface Pending {
   resolve: (r: ParseResult) => void;
   reject: (e: Error) => void;
+  text: string;
+}
+
+/** The worker's last clean one-policy answer as the agent holds it; an edit of its text inside one
+ *  rule is reread here (reparse.ts): one rule parsed and validated on the event loop, well under a
+ *  millisecond, instead of the whole text's trip to a worker that runs at a lower priority. */
+interface Last {
+  id: number;
+  text: string;
+  policy: Policy;
+  policyJson: () => string;
+  sourceJson: () => string;
+  /** From the worker's state message (undefined until then, or when the text cannot be reread). */
+  reparser?: Reparser;
 }
 
 export interface PolicyParserOptions {
@@ -65,6 +79,14 @@ export class PolicyParser {
   /** Rules of the last inline parse: replacing one policy by name again (kubectl apply of one CNP)
    *  validates the rules that changed, not all of them (rule-memo.ts; the worker keeps its own). */
   private readonly inlineMemo = new RuleMemo();
+  /** The rules of the worker's last answer: its next answer may refer to them (rule-refs.ts). */
+  private recent = new Map<string, Rule>();
+  private last?: Last;
+  /** Until the worker's state message for its last clean answer arrives (remember() takes it tens of
+   *  ms after a 10,000-rule answer): an import meanwhile waits for it rather than going to the worker. */
+  private stateFor?: { id: number; arrived: Promise<void>; arrive: () => void };
+  /** Texts reread here (rereadHere), for tests and logs. */
+  rereads = 0;
 
   constructor(private readonly opts: PolicyParserOptions = {}) {
     this.minBytes = opts.minBytes ?? OFFLOAD_MIN_BYTES;
@@ -72,6 +94,16 @@ export class PolicyParser {
 
   /** Same result as parsePolicies (bad input is issues, never a rejection). */
   parse(text: string, opts: ParseOptions): Promise<ParseResult> {
+    if (this.stateFor && !this.pending.size && typeof text === 'string') {
+      const w = this.worker;
+      w?.ref(); // the state is owed to an import now
+      return this.stateFor.arrived.then(() => {
+        if (w && !this.pending.size) w.unref();
+        return this.parse(text, opts);
+      });
+    }
+    const again = this.rereadHere(text, opts);
+    if (again) return Promise.resolve(again);
     const worker = typeof text === 'string' && Buffer.byteLength(text) >= this.minBytes ? this.ensureWorker() : undefined;
     if (!worker) {
       const r = parsePolicies(text, { ...opts, memo: this.inlineMemo });
@@ -82,7 +114,7 @@ export class PolicyParser {
     const id = this.nextId++;
     worker.ref(); // an answer is owed: keep the process alive for it
     return new Promise<ParseResult>((resolve, reject) => {
-      this.pending.set(id, { resolve, reject });
+      this.pending.set(id, { resolve, reject, text });
       worker.postMessage({ id, text, opts });
     }).catch((e: Error) => {
       // The worker died under this request (out of memory, a crash): read it here instead.
@@ -122,40 +154,13 @@ export class PolicyParser {
       return undefined;
     }
     w.unref();
-    /** The rules of this worker's last answer: its next answer may refer to them (rule-refs.ts). */
-    let recent = new Map<string, Rule>();
-    /** The last clean answer's one policy and texts: an edit answer (reparse.ts) applies to it. */
-    let last: { id: number; policy: Policy; policyJson: () => string; sourceJson: () => string } | undefined;
-    w.on('message', (m: ParseAnswer) => {
-      const p = this.pending.get(m.id);
-      this.pending.delete(m.id);
-      if (m.edit) {
-        if (last?.id !== m.edit.base) {
-          // Cannot happen while both sides keep to the protocol (as for references below).
-          p?.reject(new Error('the policy parser worker edited a policy the agent does not hold'));
-          void this.close();
-          return;
-        }
-        const base = last.policy;
-        const { policy, rule } = applyEdit(base, m.edit);
-        const { sourceAt, sourceText } = m.edit;
-        last = {
-          id: m.id,
-          policy,
-          policyJson: rule ? spliced(last.policyJson, m.edit.policyAt, m.edit.ruleJson) : last.policyJson,
-          sourceJson: sourceAt ? spliced(last.sourceJson, sourceAt, sourceText) : last.sourceJson,
-        };
-        if (rule) {
-          fingerprintOf(rule, m.edit.rulePrint);
-          recent.set(m.edit.rulePrint, rule);
-          const json = last.policyJson;
-          adoptLazyJson(policy, json);
-          adoptEdited(policy, base, () => fingerprintText(json()));
-        }
-        p?.resolve({ policies: [policy], sources: [new SourceText(last.sourceJson)], issues: [] });
-        if (!this.pending.size) this.quiesce(w);
+    w.on('message', (m: ParseAnswer | StateAnswer) => {
+      if ('state' in m) {
+        this.adoptState(m);
         return;
       }
+      const p = this.pending.get(m.id);
+      this.pending.delete(m.id);
       const result = {
         ...JSON.parse(m.json),
         policies: m.policyJson.map((whole, i) => {
@@ -166,26 +171,35 @@ export class PolicyParser {
         sources: m.sourceJson.map((j) => new SourceText(j)),
       } as ParseResult;
       const prints = result.fingerprints?.rules ?? [];
-      if (!resolveRuleRefs(result.policies, recent)) {
+      if (!resolveRuleRefs(result.policies, this.recent)) {
         // Cannot happen while both sides keep to the protocol; should it, read the text here and
         // start the next worker afresh.
         p?.reject(new Error('the policy parser worker referred to a rule the agent does not hold'));
         void this.close();
         return;
       }
-      recent = rulesByPrint(result.policies, prints);
+      this.recent = rulesByPrint(result.policies, prints);
       adoptFingerprints(result.policies, result.fingerprints?.policies, prints);
-      // The worker edits only a one-policy answer it read clean (a refused one changes nothing).
-      if (!result.issues.length)
-        last =
-          result.policies.length === 1
-            ? { id: m.id, policy: result.policies[0], policyJson: () => m.policyJson[0], sourceJson: () => m.sourceJson[0] }
+      // A refused text changes nothing: edits are still reread from the last clean answer.
+      if (!result.issues.length) {
+        this.last =
+          p && result.policies.length === 1
+            ? {
+                id: m.id,
+                text: p.text,
+                policy: result.policies[0],
+                policyJson: () => m.policyJson[0],
+                sourceJson: () => m.sourceJson[0],
+              }
             : undefined;
+        this.expectState(m.id);
+      }
       p?.resolve(result);
       if (!this.pending.size) this.quiesce(w);
     });
     const fail = (err: Error) => {
       if (this.worker === w) this.worker = undefined;
+      this.stateFor?.arrive(); // none is coming
       const waiting = [...this.pending.values()];
       this.pending.clear();
       for (const p of waiting) p.reject(err);
@@ -194,6 +208,55 @@ export class PolicyParser {
     w.on('exit', (code) => fail(new Error(`the policy parser worker exited (code ${code})`)));
     this.worker = w;
     return w;
+  }
+
+  private expectState(id: number): void {
+    this.stateFor?.arrive();
+    let arrive = () => {};
+    const arrived = new Promise<void>((resolve) => {
+      arrive = resolve;
+    });
+    this.stateFor = {
+      id,
+      arrived,
+      arrive: () => {
+        if (this.stateFor?.id === id) this.stateFor = undefined;
+        arrive();
+      },
+    };
+  }
+
+  private adoptState(m: StateAnswer): void {
+    const last = this.last;
+    if (m.state && last?.id === m.id && !last.reparser) {
+      last.reparser = Reparser.adopt(m.state, last.text, last.policy);
+      last.text = ''; // the reparser holds the latest
+    }
+    if (this.stateFor?.id === m.id) this.stateFor.arrive();
+  }
+
+  /** `text` read from the last clean answer's when it changed inside one rule (or not at all). */
+  private rereadHere(text: string, opts: ParseOptions): ParseResult | undefined {
+    const last = this.last;
+    if (!last?.reparser || this.pending.size || typeof text !== 'string') return undefined;
+    const again = last.reparser.reread(text, opts);
+    if (!again) return undefined;
+    this.rereads++;
+    const { edit, policy } = again;
+    const base = last.policy;
+    if (edit.rule >= 0) last.policyJson = spliced(last.policyJson, edit.policyAt, edit.ruleJson);
+    if (edit.sourceAt) last.sourceJson = spliced(last.sourceJson, edit.sourceAt, edit.sourceText);
+    last.policy = policy;
+    if (policy !== base) {
+      const rule = policy.specs[0].rules[edit.rule];
+      const print = fingerprintText(edit.ruleJson);
+      fingerprintOf(rule, print);
+      this.recent.set(print, rule);
+      const json = last.policyJson;
+      adoptLazyJson(policy, json);
+      adoptEdited(policy, base, () => fingerprintText(json()));
+    }
+    return { policies: [policy], sources: [new SourceText(last.sourceJson)], issues: [] };
   }
 
   /** No answer owed: the worker may not keep the process alive, and goes after IDLE_MS. */

@@ -1,12 +1,13 @@
 // The policy parser's worker thread (parse-offloop.ts starts it): reads and validates documents away
 // from the agent's event loop and answers with plain data (structured clone). Also fingerprints each
-// policy, so the agent can tell an unchanged policy without serialising 10,000 rules itself.
+// policy, so the agent can tell an unchanged policy without serialising 10,000 rules itself, and after
+// a clean answer works out what the agent needs to reread edits of that text itself (reparse.ts).
 import fs from 'node:fs';
 import os from 'node:os';
 import { parentPort } from 'node:worker_threads';
-import { fingerprintOf, fingerprintText, ruleFingerprints } from './fingerprint.ts';
+import { fingerprintText, ruleFingerprints } from './fingerprint.ts';
 import { parsePolicies, type ParseOptions } from './parse.ts';
-import { type Edit, Reparser } from './reparse.ts';
+import { type ReparseState, Reparser } from './reparse.ts';
 import { RuleMemo } from './rule-memo.ts';
 import { withRuleRefs } from './rule-refs.ts';
 
@@ -19,8 +20,14 @@ export interface ParseAnswer {
   sourceJson: string[];
   /** Each policy to parse, with the rules of the last answer as references; null: parse it whole. */
   parseJson: (string | null)[];
-  /** Instead of the above: the policy of answer `base` with one rule replaced (reparse.ts). */
-  edit?: Edit & { base: number; rulePrint: string };
+}
+
+/** After each clean answer, once worked out: what rereading an edit of its text needs (reparse.ts;
+ *  the agent rereads such edits on its own thread: one rule's work, no trip here); null: the text
+ *  does not have the shape a reread handles. */
+export interface StateAnswer {
+  id: number;
+  state: ReparseState | null;
 }
 
 export interface ParseRequest {
@@ -50,29 +57,7 @@ if (parentPort) {
   let sent = new Set<string>();
   /** Rules of the last parse: a one-rule change validates one rule (rule-memo.ts). */
   const memo = new RuleMemo();
-  /** The last clean text: a one-rule edit of it reads that rule only (reparse.ts). */
-  const reparser = new Reparser();
-  /** The answer the reparser's last text was read for: the agent holds its policy. */
-  let base: number | undefined;
   port.on('message', (m: ParseRequest) => {
-    const again = base === undefined ? undefined : reparser.reread(m.text, m.opts);
-    if (again && base !== undefined) {
-      const { edit, policy } = again;
-      const rule = policy.specs[0].rules[edit.rule];
-      const rulePrint = rule ? fingerprintOf(rule, fingerprintText(edit.ruleJson)) : '';
-      if (rulePrint) sent.add(rulePrint); // the agent adds it to what it holds too
-      const answer: ParseAnswer = {
-        id: m.id,
-        json: JSON.stringify({ issues: [] }),
-        policyJson: [],
-        sourceJson: [],
-        parseJson: [],
-        edit: { ...edit, base, rulePrint },
-      };
-      base = m.id;
-      port.postMessage(answer);
-      return;
-    }
     const { policies, sources, ...rest } = parsePolicies(m.text, { ...m.opts, memo });
     memo.turn();
     // Each policy and source as its own JSON text: the agent's JSON.parse is faster than a structured
@@ -87,7 +72,12 @@ if (parentPort) {
     const json = JSON.stringify({ ...rest, fingerprints });
     const answer: ParseAnswer = { id: m.id, json, policyJson, sourceJson, parseJson };
     port.postMessage(answer);
-    // A refused text changes nothing the agent holds: the base stays the last clean answer's.
-    if (!rest.issues.length) base = reparser.remember(m.text, m.opts, policies, policyJson, sourceJson) ? m.id : undefined;
+    // A refused text changes nothing the agent holds: it keeps rereading from the last clean answer.
+    if (!rest.issues.length) {
+      const reparser = new Reparser();
+      const ok = reparser.remember(m.text, m.opts, policies, policyJson, sourceJson);
+      const state: StateAnswer = { id: m.id, state: (ok && reparser.handOver()) || null };
+      port.postMessage(state);
+    }
   });
 }

@@ -1,8 +1,9 @@
 // A re-import that differs from the parser worker's last accepted text inside one rule reads that
-// rule only (issue 17: a one-rule change among 10,000 enforced in proportion to the change). The
-// worker keeps the last text that parsed clean as one CiliumNetworkPolicy (or clusterwide) with one
-// `spec`, written as JSON, with where each rule element sits in it, in the source's JSON and in the
-// policy's JSON (json-spans.ts). A new text is compared with it byte by byte from both ends; when
+// rule only (issue 17: a one-rule change among 10,000 enforced in proportion to the change). After
+// a text parsed clean as one CiliumNetworkPolicy (or clusterwide) with one `spec`, written as JSON,
+// the worker works out where each rule element sits in it, in the source's JSON and in the policy's
+// JSON (json-spans.ts), and hands that to the agent, which rereads edits on its own thread
+// (parse-offloop.ts). A new text is compared with it byte by byte from both ends; when
 // what differs lies inside one rule element, that element alone is parsed and validated, and the
 // policy, its JSON and the source's JSON are the last ones with that rule replaced. Anything else
 // (another shape, YAML, a rule added or removed, a change across rules or outside the rule lists, a
@@ -43,6 +44,10 @@ const SAME: Edit = { rule: -1, ruleJson: '', policyAt: [0, 0], sourceText: '' };
 
 /** Edits answered in a row before a full read. */
 const MAX_EDITS = 1000;
+
+/** What a reparser keeps besides the text and the policy: handed from the worker, which works it out
+ *  after a full read, to the agent, which rereads edits on its own thread (parse-offloop.ts). */
+export type ReparseState = Omit<Last, 'text' | 'policy'>;
 
 interface Last {
   /** Edits answered since the full read. */
@@ -134,11 +139,13 @@ export class Reparser {
       return undefined; // not one JSON value: the edit reaches beyond the rule
     }
     const ns = last.policy.kind === 'CiliumNetworkPolicy' ? last.policy.namespace : undefined;
-    const rule = withParseContext(opts, () => specRuleOf(list, item, i, ns));
-    if (!rule) return undefined; // refused: the full parse words the issues
+    const read = withParseContext(opts, () => specRuleOf(list, item, i, ns));
+    if (!read) return undefined; // refused: the full parse words the issues
     const k = (last.firstRule.get(list) ?? 0) + i;
     const [spec] = last.policy.specs;
-    const ruleJson = JSON.stringify(rule);
+    const ruleJson = JSON.stringify(read);
+    // As the policy's JSON reads back (no undefined fields): what a full read gives the agent.
+    const rule = JSON.parse(ruleJson) as Rule;
     const [ra, rb] = [last.ruleSpans[2 * k], last.ruleSpans[2 * k + 1]];
     // The same rule written otherwise (spacing, a null field): the same policy, as the full parse's
     // fingerprint would say; only the source document changed.
@@ -161,6 +168,22 @@ export class Reparser {
     last.edits++;
     const edit: Edit = { rule: samePolicy ? -1 : k, ruleJson, policyAt: [ra, rb], sourceAt: [sa, sb], sourceText: itemJson };
     return { policy: last.policy, edit };
+  }
+
+  /** What a reread needs besides the text and the policy, given away (this reparser forgets it). */
+  handOver(): ReparseState | undefined {
+    const last = this.last;
+    this.last = undefined;
+    if (!last) return undefined;
+    const { text: _t, policy: _p, ...state } = last;
+    return state;
+  }
+
+  /** A reparser holding `text`, read as `policy`, with the state another one handed over. */
+  static adopt(state: ReparseState, text: string, policy: Policy): Reparser {
+    const r = new Reparser();
+    r.last = { ...state, text, policy };
+    return r;
   }
 
   /** After a full parse: keeps what a next reread needs, when the text has the shape it handles
@@ -206,17 +229,6 @@ export class Reparser {
     };
     return true;
   }
-}
-
-/** The agent's half: the policy of the last answer with the edit applied (the worker's result; the
- *  rule array is copied, nothing else in proportion to the policy). */
-export function applyEdit(policy: Policy, edit: Edit): { policy: Policy; rule?: Rule } {
-  if (edit.rule < 0) return { policy };
-  const [spec] = policy.specs;
-  const rule = JSON.parse(edit.ruleJson) as Rule;
-  const rules = spec.rules.slice();
-  rules[edit.rule] = rule;
-  return { policy: { ...policy, specs: [{ ...spec, rules }] }, rule };
 }
 
 /** `text` with [from, to) replaced: the agent's copy of the worker's policy or source JSON. A function,
