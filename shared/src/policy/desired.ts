@@ -24,7 +24,7 @@ import { prefixesFrom } from './prefixes.ts';
 
 export { prefixesOf } from './prefixes.ts';
 import { RuleTally } from './rule-edits.ts';
-import type { Policy, PolicyRecord, Rule } from './types.ts';
+import type { Policy, PolicyRecord } from './types.ts';
 import type { L7Set } from './l7.ts';
 import type { FqdnState } from '../fqdn/state.ts';
 import type { FqdnSelector } from '../fqdn/selector.ts';
@@ -85,13 +85,14 @@ const fqdnSyncedTo = new WeakMap<FqdnState, PolicyRecord[]>();
 /** Every toFQDNs selector of the records. */
 export function fqdnSelectorsOf(records: PolicyRecord[]): FqdnSelector[] {
   const out: FqdnSelector[] = [];
-  for (const r of records) if (fqdnPeers.get(r.policy)) out.push(...fqdnSelectorsOfPolicy(r.policy));
+  for (const r of records) if (fqdnPeers.get(r.policy)[0]) out.push(...fqdnSelectorsOfPolicy(r.policy));
   return out;
 }
 
-const ruleFqdnPeers = (rule: Rule) => (rule.peers === 'all' ? 0 : rule.peers.filter((p) => p.kind === 'fqdn').length);
 /** How many toFQDNs peers each policy names (mostly none: then its rules are not walked again). */
-const fqdnPeers = new RuleTally(ruleFqdnPeers);
+const fqdnPeers = new RuleTally(1, (rule, into, by) => {
+  if (rule.peers !== 'all') for (const p of rule.peers) if (p.kind === 'fqdn') into[0] += by;
+});
 const fqdnSelectorsByPolicy = new WeakMap<Policy, FqdnSelector[]>();
 function fqdnSelectorsOfPolicy(policy: Policy): FqdnSelector[] {
   let out = fqdnSelectorsByPolicy.get(policy);

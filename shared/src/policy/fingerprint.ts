@@ -5,7 +5,18 @@ import crypto from 'node:crypto';
 import type { Policy, Rule } from './types.ts';
 
 export function fingerprint(value: Policy | Rule): string {
-  return fingerprintText(JSON.stringify(value));
+  const json = JSON.stringify(value);
+  jsonLengths.set(value, json.length);
+  return fingerprintText(json);
+}
+
+/** The length of each value's JSON text, as fingerprint() wrote it. */
+const jsonLengths = new WeakMap<object, number>();
+
+/** How long `value`'s JSON is, when fingerprint() wrote it (reparse.ts places rules in the policy's
+ *  JSON by these lengths instead of scanning megabytes). */
+export function jsonLength(value: Policy | Rule): number | undefined {
+  return jsonLengths.get(value);
 }
 
 /** The fingerprint of a value given as its JSON text. */

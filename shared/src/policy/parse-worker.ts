@@ -75,7 +75,7 @@ if (parentPort) {
     // A refused text changes nothing the agent holds: it keeps rereading from the last clean answer.
     if (!rest.issues.length) {
       const reparser = new Reparser();
-      const ok = reparser.remember(m.text, m.opts, policies, policyJson, sourceJson);
+      const ok = reparser.remember(m.text, m.opts, policies, policyJson, sourceJson, sources);
       const state: StateAnswer = { id: m.id, state: (ok && reparser.handOver()) || null };
       port.postMessage(state);
     }

@@ -81,6 +81,13 @@ export function parsePolicies(text: string, opts: ParseOptions = {}): ParseResul
   }
 }
 
+/** Top-level values of texts read whole as JSON (a policy's source is one when the text was one
+ *  JSON object): reparse.ts takes it instead of reading the text again. */
+const readAsJson = new WeakSet<object>();
+export function wholeJsonDocument(source: unknown): boolean {
+  return typeof source === 'object' && source !== null && readAsJson.has(source);
+}
+
 function parseUnsafe(text: string): ParseResult {
   if (typeof text !== 'string') return fatal('the policy text must be a string');
   if (Buffer.byteLength(text) > MAX_TEXT_BYTES) return fatal(`the policy text is larger than ${MAX_TEXT_BYTES / 1048576} MiB`);
@@ -88,7 +95,9 @@ function parseUnsafe(text: string): ParseResult {
   let raws: RawDoc[] | null = null;
   if (trimmed.startsWith('{') || trimmed.startsWith('[')) {
     try {
-      raws = splitDocs([JSON.parse(text)], true);
+      const value: unknown = JSON.parse(text);
+      if (value && typeof value === 'object') readAsJson.add(value);
+      raws = splitDocs([value], true);
     } catch {
       raws = null;
     } // not JSON after all: YAML reports it

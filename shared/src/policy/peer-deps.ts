@@ -9,19 +9,19 @@ import type { PolicyRecord, Rule } from './types.ts';
  *  identity)? FQDN identities carry the policy prefixes that contain their addresses, so both kinds
  *  of rule select them. */
 export function namesCidrs(r: PolicyRecord): boolean {
-  return naming.get(r.policy) > 0;
+  return deps.get(r.policy)[NAMING] > 0;
 }
 
 /** Records whose peers may stand for other identities once the CIDR identities changed: a CIDR
  *  wider than one address (a new prefix may fall inside it), one with exceptions, toFQDNs, world.
  *  A host prefix stands for its own identity only, which a sync never renumbers. */
 export function dependsOnCidrs(rec: PolicyRecord): boolean {
-  return wide.get(rec.policy) > 0;
+  return deps.get(rec.policy)[WIDE] > 0;
 }
 
 /** Records naming any CIDR (an address DNS taught may fall inside even a host prefix). */
 export function namesAnyCidr(rec: PolicyRecord): boolean {
-  return anyCidr.get(rec.policy) > 0;
+  return deps.get(rec.policy)[CIDR] > 0;
 }
 
 /** The same questions for one rule: [its peers depend on the CIDR identities, on the FQDN ones,
@@ -29,21 +29,39 @@ export function namesAnyCidr(rec: PolicyRecord): boolean {
 const ruleDeps = new WeakMap<Rule, [boolean, boolean, boolean, boolean]>();
 function depsOf(rule: Rule): [boolean, boolean, boolean, boolean] {
   let d = ruleDeps.get(rule);
-  if (d === undefined) {
-    const peers = rule.peers === 'all' ? [] : rule.peers;
-    const world = peers.some((p) => p.kind === 'entity' && p.entity === 'world');
-    const fqdn = peers.some((p) => p.kind === 'fqdn');
-    const cidr = peers.some((p) => p.kind === 'cidr');
-    const wide = world || fqdn || peers.some((p) => p.kind === 'cidr' && (p.except.length > 0 || !isHostPrefix(p.cidr)));
-    ruleDeps.set(rule, (d = [wide, wide || cidr, world || fqdn || cidr, cidr]));
-  }
+  if (d === undefined) ruleDeps.set(rule, (d = depsNow(rule)));
   return d;
 }
 
-// Counted per policy (rule-edits.ts): a policy that changed one rule of 10,000 looks at that rule.
-const wide = new RuleTally((r) => +depsOf(r)[0]);
-const naming = new RuleTally((r) => +depsOf(r)[2]);
-const anyCidr = new RuleTally((r) => +depsOf(r)[3]);
+function depsNow(rule: Rule): [boolean, boolean, boolean, boolean] {
+  let world = false,
+    fqdn = false,
+    cidr = false,
+    wideCidr = false;
+  if (rule.peers !== 'all')
+    for (const p of rule.peers) {
+      if (p.kind === 'cidr') {
+        cidr = true;
+        wideCidr ||= p.except.length > 0 || !isHostPrefix(p.cidr);
+      } else if (p.kind === 'fqdn') fqdn = true;
+      else if (p.kind === 'entity' && p.entity === 'world') world = true;
+    }
+  const wide = world || fqdn || wideCidr;
+  return [wide, wide || cidr, world || fqdn || cidr, cidr];
+}
+
+// Counted per policy in one walk (rule-edits.ts): a policy that changed one rule of 10,000 looks at
+// that rule. Not through depsOf: a first count walks every rule, and a cache entry per rule costs
+// more than the answer (only rulePeersMoved asks per rule again).
+const WIDE = 0,
+  NAMING = 1,
+  CIDR = 2;
+const deps = new RuleTally(3, (rule, into, by) => {
+  const [wide, , naming, cidr] = depsNow(rule);
+  if (wide) into[WIDE] += by;
+  if (naming) into[NAMING] += by;
+  if (cidr) into[CIDR] += by;
+});
 
 /** Could this rule's peers stand for other identities after `moved` (as recordPeersMoved, per rule)? */
 export function rulePeersMoved(rule: Rule, moved: UniverseChange): boolean {

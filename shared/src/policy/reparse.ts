@@ -13,7 +13,8 @@
 // a rule's content (list lengths, the only cross-rule input, did not change); the rule's index and
 // path follow from its place. policy-reparse.test.ts checks this against full parses of random edits.
 import { type ListSpans, listSpans } from './json-spans.ts';
-import { MAX_TEXT_BYTES, type ParseOptions } from './parse.ts';
+import { jsonLength } from './fingerprint.ts';
+import { MAX_TEXT_BYTES, type ParseOptions, wholeJsonDocument } from './parse.ts';
 import { LISTS, specRuleOf } from './schema-cnp.ts';
 import { withParseContext } from './schema-common.ts';
 import type { Policy, Rule } from './types.ts';
@@ -188,21 +189,30 @@ export class Reparser {
 
   /** After a full parse: keeps what a next reread needs, when the text has the shape it handles
    *  (worked out after the answer went out, so it costs the next import, not this one). */
-  remember(text: string, opts: ParseOptions, policies: Policy[], policyJson: string[], sourceJson: string[]): boolean {
+  remember(
+    text: string,
+    opts: ParseOptions,
+    policies: Policy[],
+    policyJson: string[],
+    sourceJson: string[],
+    sources?: unknown[],
+  ): boolean {
     this.last = undefined;
     const [policy] = policies;
     if (policies.length !== 1 || policy.specs.length !== 1 || !text.trimStart().startsWith('{')) return false;
     if (policy.kind !== 'CiliumNetworkPolicy' && policy.kind !== 'CiliumClusterwideNetworkPolicy') return false;
     let doc: { kind?: unknown; spec?: Record<string, unknown>; specs?: unknown };
     try {
-      doc = JSON.parse(text); // read as JSON (not as YAML that starts with "{")
+      // Read as JSON (not as YAML that starts with "{"): the parse's own value when it was.
+      doc = wholeJsonDocument(sources?.[0]) ? (sources![0] as typeof doc) : JSON.parse(text);
     } catch {
       return false;
     }
     if (doc?.kind !== policy.kind || !doc.spec || doc.specs !== undefined) return false;
     const textSpans = listSpans(text, ['spec'], LIST_NAMES);
     const sourceSpans = listSpans(sourceJson[0], ['spec'], LIST_NAMES);
-    const ruleSpans = listSpans(policyJson[0], ['specs', 0], ['rules'])?.get('rules');
+    const ruleSpans =
+      placeRules(policyJson[0], policy.specs[0].rules) ?? listSpans(policyJson[0], ['specs', 0], ['rules'])?.get('rules');
     if (!textSpans || !sourceSpans || !ruleSpans) return false;
     const firstRule = new Map<string, number>();
     let count = 0;
@@ -229,6 +239,28 @@ export class Reparser {
     };
     return true;
   }
+}
+
+/** The rules' spans in the JSON of a one-spec policy, from the lengths of their JSON texts (as the
+ *  worker's fingerprints wrote them): a 1.8 MB policy text is not scanned. undefined: a length is
+ *  not known, or the text does not read as expected there (then it is scanned). */
+function placeRules(json: string, rules: Rule[]): number[] | undefined {
+  const key = '"rules":[';
+  // The first such key is the spec's: no value before it holds one (strings escape their quotes,
+  // and a selector's keys hold strings or objects, not arrays).
+  let at = json.indexOf(key);
+  if (at < 0) return undefined;
+  at += key.length;
+  const out: number[] = [];
+  for (const [i, rule] of rules.entries()) {
+    const n = jsonLength(rule);
+    if (n === undefined || json.charCodeAt(at) !== 123 || json.charCodeAt(at + n - 1) !== 125) return undefined;
+    out.push(at, at + n);
+    at += n;
+    if (json.charCodeAt(at) !== (i === rules.length - 1 ? 93 : 44)) return undefined; // ] or ,
+    at++;
+  }
+  return json.slice(at) === '}]}' ? out : undefined;
 }
 
 /** `text` with [from, to) replaced: the agent's copy of the worker's policy or source JSON. A function,

@@ -53,26 +53,31 @@ function ruleEdits(from: Policy, to: Policy): RuleEdits | null {
   return changed.length <= Math.max(16, total >> 3) ? { from, changed } : null;
 }
 
-/** A sum over a policy's rules, worked out once per policy object; for a policy that changed a few
- *  rules of one whose sum is known, from that sum and those rules. `of` must depend on the rule's
- *  content alone. */
+/** Sums over a policy's rules (`size` of them, counted by `add` in one walk), worked out once per
+ *  policy object; for a policy that changed a few rules of one whose sums are known, from those sums
+ *  and those rules. `add` must depend on the rule's content alone. */
 export class RuleTally {
-  private readonly sums = new WeakMap<Policy, number>();
+  private readonly sums = new WeakMap<Policy, number[]>();
 
-  constructor(private readonly of: (rule: Rule) => number) {}
+  constructor(
+    private readonly size: number,
+    private readonly add: (rule: Rule, into: number[], by: 1 | -1) => void,
+  ) {}
 
-  get(policy: Policy): number {
+  get(policy: Policy): number[] {
     let n = this.sums.get(policy);
     if (n !== undefined) return n;
     const e = editsOf(policy);
     const base = e && this.sums.get(e.from);
     if (e && base !== undefined) {
-      n = base;
-      for (const { spec, rule } of e.changed)
-        n += this.of(policy.specs[spec].rules[rule]) - this.of(e.from.specs[spec].rules[rule]);
+      n = base.slice();
+      for (const { spec, rule } of e.changed) {
+        this.add(policy.specs[spec].rules[rule], n, 1);
+        this.add(e.from.specs[spec].rules[rule], n, -1);
+      }
     } else {
-      n = 0;
-      for (const s of policy.specs) for (const r of s.rules) n += this.of(r);
+      n = new Array<number>(this.size).fill(0);
+      for (const s of policy.specs) for (const r of s.rules) this.add(r, n, 1);
     }
     this.sums.set(policy, n);
     return n;
