@@ -210,7 +210,11 @@ export class Reparser {
     }
     if (doc?.kind !== policy.kind || !doc.spec || doc.specs !== undefined) return false;
     const textSpans = listSpans(text, ['spec'], LIST_NAMES);
-    const sourceSpans = listSpans(sourceJson[0], ['spec'], LIST_NAMES);
+    // A compact JSON text is its source's JSON: the same spans (copied: each is moved on its own).
+    const sourceSpans =
+      textSpans && sourceJson[0] === text
+        ? new Map([...textSpans].map(([list, spans]) => [list, spans.slice()]))
+        : listSpans(sourceJson[0], ['spec'], LIST_NAMES);
     const ruleSpans =
       placeRules(policyJson[0], policy.specs[0].rules) ?? listSpans(policyJson[0], ['specs', 0], ['rules'])?.get('rules');
     if (!textSpans || !sourceSpans || !ruleSpans) return false;
