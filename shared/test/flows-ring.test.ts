@@ -117,7 +117,7 @@ t.test('copies a record from any place in a shared buffer, aligned or not', asyn
     encodeTraceEvent({ tsNs: i * 1e9, saddr: `10.0.0.${i}`, daddr: '10.0.1.1', sport: 1000 + i }),
   );
   const shared = Buffer.alloc(8 + 3 * 104);
-  events.forEach((e, k) => e.copy(shared, 8 + k * 104));
+  for (const [k, e] of events.entries()) e.copy(shared, 8 + k * 104);
   const odd = Buffer.alloc(1 + 96);
   events[2].copy(odd, 1);
   const r = new FlowRing(4, 'node-r');

@@ -29,6 +29,9 @@ function setTotals<T extends string>(c: Counter<T>, totals: [Record<T, string>, 
   for (const [labels, v] of totals) if (v > 0) c.inc(labels, v);
 }
 
+/** The event-loop delay histogram's sampling period, ms (below). */
+export const EVENT_LOOP_SAMPLE_MS = 1000;
+
 export function createAgentMetrics(src: MetricsSources, opts: { defaultMetrics?: boolean } = {}): AgentMetrics {
   const registry = new Registry();
   const registers = [registry];
@@ -37,7 +40,7 @@ export function createAgentMetrics(src: MetricsSources, opts: { defaultMetrics?:
   // README, issue 17). Sampled once a second it still records any stall of over a second; the
   // nodejs_eventloop_lag_seconds gauge is measured at each scrape either way.
   if (opts.defaultMetrics !== false)
-    collectDefaultMetrics({ register: registry, prefix: 'membrane_agent_', eventLoopMonitoringPrecision: 1000 });
+    collectDefaultMetrics({ register: registry, prefix: 'membrane_agent_', eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
 
   new Counter({
     name: 'membrane_flows_processed_total',
