@@ -4,7 +4,8 @@
 import t from 'tap';
 import { Registry } from 'prom-client';
 import { registerL7Metrics } from '../src/l7/metrics.ts';
-import { RecordWriter, readBatch, type RecordContext } from '../src/l7/proxy/records.ts';
+import { readBatch } from '../src/l7/proxy/record-reader.ts';
+import { RecordWriter, type RecordContext } from '../src/l7/proxy/records.ts';
 import type { Exchange } from '../src/l7/http/exchange.ts';
 import type { ProxyDecision } from '../src/l7/proxy/view.ts';
 

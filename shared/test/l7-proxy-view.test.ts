@@ -6,7 +6,8 @@ import { MemoryStore } from '../src/store/index.ts';
 import { PolicyEngine } from '../src/policy/engine.ts';
 import { ProxyView } from '../src/l7/proxy/view.ts';
 import { normalizeTarget, type RequestView } from '../src/l7/http/rules.ts';
-import { decodeRecord, readBatch, RecordWriter } from '../src/l7/proxy/records.ts';
+import { decodeRecord, readBatch } from '../src/l7/proxy/record-reader.ts';
+import { RecordWriter } from '../src/l7/proxy/records.ts';
 import { MemoryPolicyOps, testEndpoint } from './lib/policy.ts';
 
 const req = (method: string, target: string, headers: Record<string, string> = {}): RequestView => {

@@ -2,7 +2,8 @@
 // address families, any method, long paths (cut, never overflowing), many records and lost counts;
 // a cut or foreign batch is refused instead of misread.
 import t from 'tap';
-import { decodeRecord, metricEndpoint, readBatch, RecordWriter, type RecordContext } from '../src/l7/proxy/records.ts';
+import { decodeRecord, readBatch } from '../src/l7/proxy/record-reader.ts';
+import { metricEndpoint, RecordWriter, type RecordContext } from '../src/l7/proxy/records.ts';
 import type { Exchange } from '../src/l7/http/exchange.ts';
 import type { ConnectionPolicy, ProxyDecision } from '../src/l7/proxy/view.ts';
 

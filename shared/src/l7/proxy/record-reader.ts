@@ -1,0 +1,136 @@
+// The agent's side of the L7 record batches (the format and the worker's writer are in records.ts):
+// a batch checked and split into its records, and one record decoded into an L7Record when a flow is
+// read. Pure.
+
+import { formatIp } from '../../net/index.ts';
+import {
+  BATCH_FORMAT,
+  BATCH_HEADER,
+  FIXED,
+  KIND_REPEAT,
+  KIND_REPLY,
+  KIND_REQUEST,
+  KIND_RESPONSE,
+  type L7Record,
+  methodOfCode,
+  REASONS,
+  SHORT,
+  verdictName,
+} from './records.ts';
+
+/** A batch's lost-record count and the offset of each record (agent side). Throws on a malformed batch. */
+export function readBatch(batch: Buffer): { lost: number; offsets: number[] } {
+  if (batch.length < BATCH_HEADER || batch[0] !== BATCH_FORMAT) throw new Error(`not an L7 record batch (format ${batch[0]})`);
+  const offsets: number[] = [];
+  let i = BATCH_HEADER;
+  while (i < batch.length) {
+    const len = batch.length - i >= 2 ? batch.readUInt16LE(i) : 0;
+    const kind = batch[i + 2];
+    const short = kind === KIND_REPLY || kind === KIND_REPEAT;
+    const badLength = short ? len !== SHORT : len < FIXED + 8 || kind > KIND_RESPONSE;
+    if (badLength || i + len > batch.length) throw new Error(`L7 record batch cut at byte ${i}`);
+    // A reply names an earlier request record of this batch, full or repeat; a repeat a full one
+    // (decodeRecord reads that one too).
+    if (short && !isRequestAt(batch, offsets, batch.readUInt32LE(i + 32), kind === KIND_REPLY))
+      throw new Error(`L7 short record at byte ${i} names no request record`);
+    offsets.push(i);
+    i += len;
+  }
+  return { lost: batch.readUInt32LE(1), offsets };
+}
+
+/** Whether a full (or, `repeatToo`, a repeat) request record starts at `at` (offsets: the batch's
+ *  records so far, ascending). */
+function isRequestAt(b: Buffer, offsets: number[], at: number, repeatToo: boolean): boolean {
+  let lo = 0;
+  let hi = offsets.length - 1;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    if (offsets[mid] === at) return b[at + 2] === KIND_REQUEST || (repeatToo && b[at + 2] === KIND_REPEAT);
+    if (offsets[mid] < at) lo = mid + 1;
+    else hi = mid - 1;
+  }
+  return false;
+}
+
+/** The record at batch[off] as an object (a flow is being built from it). */
+export function decodeRecord(b: Buffer, off: number): L7Record {
+  if (b[off + 2] === KIND_REPEAT) {
+    const r = decodeRecord(b, b.readUInt32LE(off + 32));
+    r.timeMs = b.readDoubleLE(off + 8);
+    r.src.port = b.readUInt16LE(off + 26);
+    r.dst.port = b.readUInt16LE(off + 36);
+    return r;
+  }
+  if (b[off + 2] === KIND_REPLY) {
+    const r = decodeRecord(b, b.readUInt32LE(off + 32));
+    const reason = REASONS[b[off + 6]] ?? '';
+    const { reason: _, ...rest } = r;
+    return {
+      ...rest,
+      kind: 'response',
+      timeMs: b.readDoubleLE(off + 8),
+      status: b.readUInt16LE(off + 24),
+      latencyNs: b.readDoubleLE(off + 16),
+      verdict: verdictName(b[off + 3]),
+      ...(reason ? { reason } : {}),
+    };
+  }
+  const alen = b[off + 7] === 6 ? 16 : 4;
+  let i = off + FIXED + 2 * alen;
+  const str8 = () => {
+    const n = b[i];
+    const s = b.toString('latin1', i + 1, i + 1 + n);
+    i += 1 + n;
+    return s;
+  };
+  const str16 = () => {
+    const n = b.readUInt16LE(i);
+    const s = b.toString('latin1', i + 2, i + 2 + n);
+    i += 2 + n;
+    return s;
+  };
+  const mcode = b[off + 4];
+  const method = mcode ? methodOfCode(mcode) : str8();
+  const path = str16();
+  const host = str16();
+  const count = b[i++];
+  const sides: L7Record['sides'] = [];
+  for (let k = 0; k < count; k++) {
+    const direction = b[i] ? 'egress' : 'ingress';
+    const allowed = b[i + 1] === 1;
+    const endpoint = b.readUInt32LE(i + 2);
+    const ruleId = b.readUInt32LE(i + 6);
+    i += 10;
+    const httpRule = str16();
+    sides.push({ direction, endpoint, allowed, ruleId, ...(httpRule ? { httpRule } : {}) });
+  }
+  const srcEp = b.readUInt32LE(off + 40);
+  const dstEp = b.readUInt32LE(off + 44);
+  const reason = REASONS[b[off + 6]] ?? '';
+  return {
+    kind: b[off + 2] === 0 ? 'request' : 'response',
+    timeMs: b.readDoubleLE(off + 8),
+    src: {
+      ip: formatIp(b.subarray(off + FIXED, off + FIXED + alen)),
+      port: b.readUInt16LE(off + 26),
+      identity: b.readUInt32LE(off + 32),
+      ...(srcEp ? { endpoint: srcEp } : {}),
+    },
+    dst: {
+      ip: formatIp(b.subarray(off + FIXED + alen, off + FIXED + 2 * alen)),
+      port: b.readUInt16LE(off + 28),
+      identity: b.readUInt32LE(off + 36),
+      ...(dstEp ? { endpoint: dstEp } : {}),
+    },
+    method,
+    path,
+    host,
+    protocol: b[off + 5] === 0 ? 'HTTP/1.0' : 'HTTP/1.1',
+    status: b.readUInt16LE(off + 24),
+    latencyNs: b.readDoubleLE(off + 16),
+    verdict: verdictName(b[off + 3]),
+    ...(reason ? { reason } : {}),
+    sides,
+  };
+}
