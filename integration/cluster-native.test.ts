@@ -5,7 +5,7 @@
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
-import { clusterRoutes, inNode, purgeNode } from './lib/purge-node.ts';
+import { clusterRoutes, inNode, purgeNode, startSingleNode } from './lib/purge-node.ts';
 import { eventually } from './lib/cluster.ts';
 import { clusterForFile } from './lib/cluster-file.ts';
 import { untilDropped, webFromClient } from './lib/cluster-maps.ts';
@@ -137,4 +137,31 @@ t.test('native routing: --uninstall --purge removes the routes and the underlay 
   t.match(inNode(n3, 'ip', ['-4', 'route', 'show', '198.19.77.0/24']).stdout, /dev eth0/, "the admin's route stays");
   t.match(inNode(n3, 'ip', ['-4', '-o', 'addr', 'show', 'dev', 'eth0']).stdout, n3.ip, 'the underlay device keeps its address');
   t.notOk(fs.existsSync(n3.bpffsDir), 'the pins are gone');
+});
+
+t.test('native routing: the agent restarted in single-node mode removes the routing it left, nothing else', async (t) => {
+  const n3 = await c.addNode();
+  t.teardown(() => (c.nodes.includes(n3) ? c.removeNode(n3) : undefined));
+  const ingress = () => inNode(n3, 'tc', ['filter', 'show', 'dev', 'eth0', 'ingress']).stdout;
+  await eventually(
+    'n3 routes to n1 and n2, from_underlay on eth0',
+    () => clusterRoutes(n3).split('\n').length === 2 && /from_underlay/.test(ingress()),
+    30_000,
+  );
+  const foreign = ['filter', 'add', 'dev', 'eth0', 'ingress', 'prio', '7', 'bpf', 'bytecode', '1,6 0 0 0,'];
+  t.equal(inNode(n3, 'tc', foreign).status, 0, 'a foreign filter');
+  t.equal(inNode(n3, 'ip', ['route', 'add', '198.19.78.0/24', 'dev', 'eth0', 'proto', 'static']).status, 0, 'a foreign route');
+  const podCidr = (await n3.client.status()).cluster!.podCidrs.ipv4!;
+  await n3.agent.stop();
+  t.match(ingress(), /from_underlay/, 'the stopped agent leaves the receive path in place');
+
+  // The state dir keeps the default network the cluster gave it: the same pool, as a user would give.
+  const single = await startSingleNode(n3, ['--pool', podCidr]);
+  t.teardown(() => single.stop());
+  t.equal(clusterRoutes(n3), '', "no route of ours to the other nodes' pods is left");
+  t.notMatch(ingress(), /from_underlay/, 'from_underlay is off the underlay device');
+  t.match(fs.readFileSync(single.logFile, 'utf8'), /removed the routing an earlier cluster-mode agent left/, 'the log says so');
+  t.match(ingress(), /pref 7 bpf .*bytecode/, "the admin's filter stays");
+  t.match(inNode(n3, 'ip', ['-4', 'route', 'show', '198.19.78.0/24']).stdout, /dev eth0/, "the admin's route stays");
+  t.equal((await n3.client.status()).cluster, undefined, 'the agent runs in single-node mode');
 });

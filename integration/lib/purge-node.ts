@@ -6,7 +6,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import YAML from 'yaml';
-import { REPO } from './agent.ts';
+import { agentPlaces, REPO, sleep } from './agent.ts';
+import { supervisedProc, tail, type Proc } from './proc.ts';
 import type { TestCluster, TestNode } from './cluster.ts';
 
 const cleanEnv = { ...process.env };
@@ -44,5 +45,33 @@ export function purgeNode(c: TestCluster, node: TestNode, cluster: Record<string
     return inNode(node, 'bash', [path.join(REPO, 'scripts/install'), '--root', root, '--uninstall', '--purge']);
   } finally {
     fs.rmSync(root, { recursive: true, force: true });
+  }
+}
+
+/** The node's agent started again on the same dirs without cluster mode (stop it when done). */
+export async function startSingleNode(node: TestNode, args: string[] = []): Promise<Proc> {
+  const agent = supervisedProc(
+    node.netns,
+    [
+      path.join(REPO, 'shared/src/agent/main.ts'),
+      ...agentPlaces({ stateDir: node.stateDir, socket: node.socket, bpffsDir: node.bpffsDir, hostDevice: 'membrane0' }),
+      '--node-name',
+      node.name,
+      ...args,
+    ],
+    path.join(node.stateDir, 'agent-single.log'),
+  );
+  await agent.start();
+  for (const deadline = Date.now() + 60_000; ; await sleep(100)) {
+    if (!agent.running()) throw new Error(`single-node agent on ${node.name} exited:\n${tail(agent.logFile)}`);
+    try {
+      await node.client.healthz();
+      return agent;
+    } catch {
+      if (Date.now() > deadline) {
+        await agent.stop();
+        throw new Error(`single-node agent on ${node.name} not healthy in 60 s:\n${tail(agent.logFile)}`);
+      }
+    }
   }
 }

@@ -26,6 +26,7 @@ import { AgentPolicy } from './policy.ts';
 import { ConntrackUpkeep } from './conntrack.ts';
 import { startFlows, type AgentFlows } from './flows.ts';
 import { connectCluster } from './cluster.ts';
+import { rememberClusterRouting, removeLeftClusterRouting } from '../routing/record.ts';
 import type { ClusterMode } from '../cluster/mode.ts';
 import { AgentL7 } from './l7.ts';
 import { ProxyDatapath } from '../l7/activation.ts';
@@ -95,6 +96,12 @@ export class Agent {
       ensureHostDevice(host, cfg.hostDevice);
       for (const n of networks.list()) ensureGateways(host, cfg.hostDevice, n);
       enableForwarding(networks.list().some((n) => n.subnets.some((s) => s.family === 6)));
+      if (cluster)
+        rememberClusterRouting(cfg.stateDir, { tunnelDevice: cfg.cluster!.tunnelDevice, nodeIp: cfg.cluster!.nodeIp! });
+      else {
+        const removed = removeLeftClusterRouting(host, cfg.stateDir, cfg.bpffsDir);
+        if (removed.length) log.info({ removed }, 'single-node mode: removed the routing an earlier cluster-mode agent left');
+      }
       const datapath = loadDatapath({ objectPath: resolveBpfObject(cfg.bpfObject), pinDir: cfg.bpffsDir, ctMax: cfg.ctMax });
       closers.push({ name: 'datapath', close: () => datapath.close() });
       datapath.setGlobalConfig({
