@@ -340,3 +340,49 @@ t.test('a value given as JSON text is stored as that value, through a restart an
   );
   fromSnapshot.close();
 });
+
+t.test(
+  'a batch is one record: all of it or none; on a full disk a freeing batch goes through, a growing one does not',
+  async (t) => {
+    const dir = tmp(t);
+    const s = new JournalStore(dir);
+    await s.put('k/a', 1);
+    await s.batch([
+      { op: 'put', key: 'k/b', value: rawJson('{"x":2}') },
+      { op: 'del', key: 'k/a' },
+      { op: 'put', key: 'k/c', value: 3 },
+    ]);
+    t.same(await dump(s), { 'k/b': { x: 2 }, 'k/c': 3 }, 'memory');
+    const restore = fullDisk(t);
+    for (let n = 0; n < 500; n++) {
+      try {
+        await s.put(`big/${n}`, 'x'.repeat(4000));
+      } catch {
+        break;
+      }
+    }
+    const before = await dump(s);
+    await t.rejects(
+      s.batch([
+        { op: 'del', key: 'k/b' },
+        { op: 'put', key: 'k/d', value: 'x'.repeat(4000) },
+      ]),
+      { code: 'storage_full' },
+      'a growing batch is refused, its deletion too',
+    );
+    await s.batch(
+      [
+        { op: 'del', key: 'k/b' },
+        { op: 'put', key: 'k/c', value: 5 },
+      ],
+      { freeing: true },
+    );
+    const { 'k/b': _b, ...rest } = before;
+    t.same(await dump(s), { ...rest, 'k/c': 5 }, 'the freeing batch went through the reserve');
+    restore();
+    s.close();
+    const r = new JournalStore(dir);
+    t.same(await dump(r), { ...rest, 'k/c': 5 }, 'disk and memory agree');
+    r.close();
+  },
+);

@@ -288,7 +288,7 @@ export class Agent {
 
   status(): AgentStatus {
     const f = this.flows.status();
-    const storeProblem = this.problems.store();
+    const storeProblem = this.problems.store() ?? this.policy.storeProblem();
     return {
       version: VERSION,
       uptimeSeconds: Math.round((Date.now() - this.startedAt) / 1000),

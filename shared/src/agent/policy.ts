@@ -173,6 +173,13 @@ export class AgentPolicy {
     };
   }
 
+  /** Stored policies the agent could not load at start, for the status' store part. */
+  storeProblem(): string | undefined {
+    const p = this.engine.storedPolicyProblems;
+    if (!p.length) return undefined;
+    return `${p.length} stored ${p.length === 1 ? 'policy' : 'policies'} not loaded (import again to replace): ${p.map((x) => `${x.key} (${x.reason})`).join('; ')}`;
+  }
+
   async close(): Promise<void> {
     for (const t of this.timers) clearInterval(t);
     this.timers = [];

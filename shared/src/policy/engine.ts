@@ -16,6 +16,7 @@ import { refuseUnusable } from './admission.ts';
 import { parsePolicies, type ParseResult } from './parse.ts';
 import { PolicyParser } from './parse-offloop.ts';
 import { PolicyConflictError, PolicyRepository, type PersistedPolicies, type Plan } from './repository.ts';
+import { storePolicyBackend, type StoredPolicyProblem } from './store-backend.ts';
 import { attachmentId, endpointKey } from '../endpoint/naming.ts';
 import { AUDIT_METADATA_KEY, PolicyError, type ChangeResult, type PolicyEngineDeps } from './engine-types.ts';
 import { PolicyMapSync } from './engine-sync.ts';
@@ -57,10 +58,16 @@ export class PolicyEngine extends PolicyMapSync {
       randomIds: !!d.identityBackend,
       labelFilter: d.labelFilter,
     });
-    const repo = await PolicyRepository.open(d.policyBackend ?? d.store);
+    const local = d.policyBackend ? undefined : storePolicyBackend(d.store, d.log);
+    const repo = await PolicyRepository.open(d.policyBackend ?? local!);
     const audit = (await d.store.get<Record<string, boolean>>(AUDIT_STORE_KEY)) ?? {};
-    return new PolicyEngine(d, identities, repo, audit);
+    const engine = new PolicyEngine(d, identities, repo, audit);
+    engine.storedPolicyProblems = local?.problems ?? [];
+    return engine;
   }
+
+  /** Stored policies that could not be loaded at start (left in the store; the others were). */
+  storedPolicyProblems: readonly StoredPolicyProblem[] = [];
 
   /** Stops the parser's worker thread, if one runs. */
   close(): Promise<void> {

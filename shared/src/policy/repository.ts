@@ -1,16 +1,14 @@
 // Named policies with revisions. Changes are planned (pure) and committed separately, so the caller
 // can apply a plan to the datapath first and throw it away if that fails. Where the set is kept is
-// the backend's business: one document in the node's store (a crash leaves the old set or the new
-// set, never half), or the cluster store (cluster/policies.ts), where a commit is one transaction
+// the backend's business: one key per policy in the node's store, a change written as one batch (a
+// crash leaves the old set or the new set, never half; store-backend.ts), or the cluster store (cluster/policies.ts), where a commit is one transaction
 // that fails with PolicyConflictError when another node changed the set first.
 import type { Store } from '../store/index.ts';
 import { samePolicy } from './fingerprint.ts';
-import { policySetJson } from './record-json.ts';
 import { noteReplaced } from './rule-edits.ts';
 import { MAX_POLICY_NUMBER } from './rule-id.ts';
+import { storePolicyBackend } from './store-backend.ts';
 import type { Policy, PolicyRecord } from './types.ts';
-
-const STORE_KEY = 'policy/repository';
 
 export interface PersistedPolicies {
   revision: number;
@@ -31,14 +29,6 @@ export class PolicyConflictError extends Error {
     super(message);
     this.name = 'PolicyConflictError';
   }
-}
-
-export function storePolicyBackend(store: Store): PolicyBackend {
-  return {
-    load: () => store.get<Persisted>(STORE_KEY),
-    // As text joined from each record's: one changed policy does not re-serialise the others.
-    save: (_prev, next) => store.put(STORE_KEY, policySetJson(next)),
-  };
 }
 
 export type ChangeKind = 'created' | 'updated' | 'unchanged' | 'deleted';

@@ -29,7 +29,12 @@ export interface Store {
   delete(key: string): Promise<boolean>;
   /** Every document whose key starts with `prefix/`. */
   list<T>(prefix: string): Promise<{ key: string; value: T }[]>;
+  /** Several changes at once, durable when it resolves; atomic (all or none after a crash) where the
+   *  store can do it (the journal, memory). `freeing`: see JournalStore.batch. */
+  batch?(changes: StoreChange[], opts?: { freeing?: boolean }): Promise<void>;
 }
+
+export type StoreChange = { op: 'put'; key: string; value: unknown } | { op: 'del'; key: string };
 
 const SEGMENT = /^[A-Za-z0-9][A-Za-z0-9._:@=+-]*$/;
 
@@ -105,6 +110,13 @@ export class MemoryStore implements Store {
   }
   async delete(key: string): Promise<boolean> {
     return this.docs.delete(key);
+  }
+  async batch(changes: StoreChange[]): Promise<void> {
+    const json = changes.map((c) => (c.op === 'put' ? jsonOf(c.value) : undefined)); // all or nothing
+    for (const [i, c] of changes.entries()) {
+      if (c.op === 'put') this.docs.set(c.key, json[i]!);
+      else this.docs.delete(c.key);
+    }
   }
   async list<T>(prefix: string): Promise<{ key: string; value: T }[]> {
     return [...this.docs.keys()]

@@ -7,15 +7,20 @@ import zlib from 'node:zlib';
 import { MembraneError } from '../errors.ts';
 import { isRawJson } from './index.ts';
 
-export type Op = { op: 'put'; key: string; value: unknown } | { op: 'del'; key: string };
+export type Change = { op: 'put'; key: string; value: unknown } | { op: 'del'; key: string };
+/** A batch is one record: a crash or a damaged tail keeps all of its changes or none. */
+export type Op = Change | { op: 'batch'; ops: Change[]; freeing?: boolean };
 
 export const NEWLINE = 0x0a;
 
-/** A queued change: its record bytes, and for a put the value's JSON (what memory will hold). */
+/** A queued change: its record bytes, and for a put the value's JSON (what memory will hold; for a
+ *  batch, each put's, in order). `grows`: it adds state, so it may not use the room kept for deletions. */
 export interface Encoded {
   op: Op;
   rec: Buffer;
   valueJson?: string;
+  batchJson?: (string | undefined)[];
+  grows: boolean;
 }
 
 /** One framed record. */
@@ -32,15 +37,30 @@ export function encodeRecord(op: Op): string {
 export function encode(op: Op): Encoded {
   let line: string;
   let valueJson: string | undefined;
+  let batchJson: (string | undefined)[] | undefined;
   if (op.op === 'put') {
-    valueJson = isRawJson(op.value) ? op.value.json : (JSON.stringify(op.value) as string | undefined);
-    if (valueJson === undefined) throw new TypeError(`store: the value of ${op.key} cannot be stored (${typeof op.value})`);
-    line = `{"op":"put","key":${JSON.stringify(op.key)},"value":${valueJson}}`;
+    valueJson = valueText(op);
+    line = changeLine(op, valueJson);
+  } else if (op.op === 'batch') {
+    batchJson = op.ops.map((c) => (c.op === 'put' ? valueText(c) : undefined));
+    const lines = op.ops.map((c, i) => changeLine(c, batchJson![i]));
+    line = `{"op":"batch",${op.freeing ? '"freeing":true,' : ''}"ops":[${lines.join(',')}]}`;
   } else {
     line = JSON.stringify(op);
   }
   const text = `${zlib.crc32(line).toString(16).padStart(8, '0')} ${line}\n`;
-  return { op, rec: Buffer.from(text), valueJson };
+  const grows = op.op === 'put' || (op.op === 'batch' && !op.freeing && op.ops.some((c) => c.op === 'put'));
+  return { op, rec: Buffer.from(text), valueJson, batchJson, grows };
+}
+
+function valueText(op: { key: string; value: unknown }): string {
+  const json = isRawJson(op.value) ? op.value.json : (JSON.stringify(op.value) as string | undefined);
+  if (json === undefined) throw new TypeError(`store: the value of ${op.key} cannot be stored (${typeof op.value})`);
+  return json;
+}
+
+function changeLine(c: Change, valueJson: string | undefined): string {
+  return c.op === 'put' ? `{"op":"put","key":${JSON.stringify(c.key)},"value":${valueJson}}` : JSON.stringify(c);
 }
 
 /** The operation in one record line (without its newline), or why it is not one. */
@@ -67,8 +87,14 @@ export function decodeRecord(line: Buffer): { op: Op } | { error: string } {
 
 function checkOp(v: unknown): { op: Op } | { error: string } {
   const o = v as Op;
-  if (o && typeof o.key === 'string' && (o.op === 'del' || (o.op === 'put' && 'value' in o))) return { op: o };
+  if (o?.op === 'batch' && Array.isArray(o.ops) && o.ops.every(isChange)) return { op: o };
+  if (isChange(o)) return { op: o };
   return { error: 'not a store operation' };
+}
+
+function isChange(v: unknown): v is Change {
+  const o = v as Change;
+  return !!o && typeof o.key === 'string' && (o.op === 'del' || (o.op === 'put' && 'value' in o));
 }
 
 /** The error a failed journal write gives its callers. */

@@ -3,6 +3,9 @@
 // (group commit), so 50 concurrent endpoint creations cost a handful of syncs, and an append costs
 // ~0.2 ms here where a write-temp/fsync/rename/fsync-dir file update costs ~1-10 ms.
 //
+// A batch (batch()) is one record: several keys changed together survive a crash all or none (the
+// policies: one key each, a change to several written at once, policy/store-backend.ts).
+//
 // What a full disk, a crash or a bad sector can do, and what the store does about it:
 // - Every record is framed and checksummed (journal-record.ts). A record without its newline, with a
 //   wrong checksum or unreadable JSON ends the journal: at open everything from there on is cut off (kept aside as journal.log.tail-<time> when
@@ -21,7 +24,7 @@
 //   (Copy-on-write filesystems such as btrfs allocate on every overwrite; there the reserve is moot.)
 import fs from 'node:fs';
 import path from 'node:path';
-import type { Store } from './index.ts';
+import type { Store, StoreChange } from './index.ts';
 import { writeFileAtomicSync } from '../io/atomic-write.ts';
 import { MembraneError } from '../errors.ts';
 import { allZero, decodeRecord, encode, NEWLINE, writeError, writeFully, type Encoded, type Op } from './journal-record.ts';
@@ -167,8 +170,10 @@ export class JournalStore implements Store {
     return { legacy, recovery };
   }
 
-  private apply(op: Op, valueJson?: string): void {
-    if (op.op === 'put') this.docs.set(op.key, valueJson ?? JSON.stringify(op.value));
+  private apply(op: Op, valueJson?: string, batchJson?: (string | undefined)[]): void {
+    if (op.op === 'batch') {
+      for (const [i, c] of op.ops.entries()) this.apply(c, batchJson?.[i]);
+    } else if (op.op === 'put') this.docs.set(op.key, valueJson ?? JSON.stringify(op.value));
     else this.docs.delete(op.key);
   }
 
@@ -187,6 +192,13 @@ export class JournalStore implements Store {
     return true;
   }
 
+  /** All of `changes` in one record: after a crash either all of them are there or none.
+   *  `freeing`: the batch removes state (its puts are bookkeeping), so a full disk lets it through. */
+  batch(changes: StoreChange[], opts: { freeing?: boolean } = {}): Promise<void> {
+    if (!changes.length) return Promise.resolve();
+    return this.enqueue({ op: 'batch', ops: changes, freeing: opts.freeing || undefined });
+  }
+
   async list<T>(prefix: string): Promise<{ key: string; value: T }[]> {
     const p = prefix + '/';
     return [...this.docs.keys()]
@@ -197,8 +209,8 @@ export class JournalStore implements Store {
 
   /** Whether the key exists once the writes queued so far are done. */
   private willExist(key: string): boolean {
-    const ops = this.pending?.ops ?? [];
-    for (let i = ops.length - 1; i >= 0; i--) if (ops[i].op.key === key) return ops[i].op.op === 'put';
+    const ops = (this.pending?.ops ?? []).flatMap((o) => (o.op.op === 'batch' ? o.op.ops : [o.op]));
+    for (let i = ops.length - 1; i >= 0; i--) if (ops[i].key === key) return ops[i].op === 'put';
     return this.docs.has(key);
   }
 
@@ -231,11 +243,11 @@ export class JournalStore implements Store {
       ops = [];
     } else {
       const bytes = (list: Encoded[]) => list.reduce((n, o) => n + o.rec.length, 0);
-      const hasPut = ops.some((o) => o.op.op === 'put');
+      const hasPut = ops.some((o) => o.grows);
       const room = (hasPut && this.diskFull()) || this.ensureRoom(bytes(ops) + (hasPut ? RESERVE : 0));
       if (room) {
         // No room for new data: deletions go on in the reserve, puts fail (their callers change nothing).
-        const dels = ops.filter((o) => o.op.op === 'del');
+        const dels = ops.filter((o) => !o.grows);
         refused = room;
         if (!dels.length || this.allocated - this.size < bytes(dels)) ops = [];
         else ops = dels;
@@ -256,7 +268,7 @@ export class JournalStore implements Store {
       }
       this.size += buf.length;
       this.records += ops.length;
-      for (const o of ops) this.apply(o.op, o.valueJson);
+      for (const o of ops) this.apply(o.op, o.valueJson, o.batchJson);
     }
     batch.ops.forEach((op, i) => {
       if (done.has(op)) waiters[i].resolve();
