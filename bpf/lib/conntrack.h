@@ -43,6 +43,10 @@ enum ct_state {
 #define CT_F_REVOKED (1 << 3)      /* set by the agent: the policy no longer admits the flow */
 #define CT_F_PROXY (1 << 4)        /* diverted to the L7 proxy at proxy_port (proxy.h) */
 #define CT_F_TUNNEL (1 << 5)       /* the peer's identity came with the packet (a tunnel's VNI), not from its address */
+/* The FIN of the flow's forward (reply) direction has been acknowledged by the other side (ct_update):
+ * the connection is done when both are. */
+#define CT_F_FIN_ACKED_FWD (1 << 6)
+#define CT_F_FIN_ACKED_REPLY (1 << 7)
 
 /* Lifetimes since the last packet: an expired entry counts as absent. */
 #define CT_LIFETIME_TCP_SYN (60ULL * 1000000000ULL)
@@ -83,6 +87,6 @@ struct ct_entry {
 	__u32 peer_endpoint_id; /* LOCAL: the receiver; else 0 */
 	__be16 policy_port;     /* the port the policy was asked about (ICMP: 0x100 | type), for revalidation */
 	__u16 proxy_port;       /* CT_F_PROXY: the L7 proxy's port (host order) */
-	__u32 pad2;
+	__u32 fin_seq;          /* TCP: sequence number of the segment that carried the flow's first FIN */
 };
 _Static_assert(sizeof(struct ct_entry) == 96, "ct_entry layout is shared with userspace");

@@ -50,6 +50,7 @@ struct pkt {
 	__be16 sport;
 	__be16 dport;
 	__u32 seq; /* TCP sequence number, host order */
+	__u32 ack; /* TCP acknowledgment number, host order */
 	__u16 l4_off;
 	__u8 later_fragment; /* a non-first fragment: no L4 header, ports from the fragments map */
 	__u8 drop_reason;    /* PARSE_DROP: enum drop_reason */
@@ -99,6 +100,7 @@ static __always_inline void parse_l4(struct __sk_buff *skb, struct pkt *p)
 		__builtin_memcpy(&p->sport, hdr, 2);
 		__builtin_memcpy(&p->dport, hdr + 2, 2);
 		p->seq = ((__u32)hdr[4] << 24) | ((__u32)hdr[5] << 16) | ((__u32)hdr[6] << 8) | hdr[7];
+		p->ack = ((__u32)hdr[8] << 24) | ((__u32)hdr[9] << 16) | ((__u32)hdr[10] << 8) | hdr[11];
 		p->tcp_flags = hdr[13];
 		p->tcp_bare = p->len <= (__u32)p->l4_off + (hdr[12] >> 4) * 4;
 		p->has_l4 = 1;

@@ -194,11 +194,28 @@ t.test('a finished connection leaves the table (no LRU pressure from churn)', as
   t.equal(from(ipv4(SRC.ip, W, 6, tcp(sp, 80, SYN))), OK);
   t.equal(to(ipv4(W, SRC.ip, 6, tcp(80, sp, SYN | ACK))), OK);
   t.equal(ctEntries(), before + 1, 'one entry: a egress');
-  t.equal(from(ipv4(SRC.ip, W, 6, tcp(sp, 80, FIN | ACK))), OK);
-  t.equal(to(ipv4(W, SRC.ip, 6, tcp(80, sp, FIN | ACK))), OK);
+  t.equal(from(ipv4(SRC.ip, W, 6, tcp(sp, 80, FIN | ACK, 1000, 2000))), OK);
+  t.equal(to(ipv4(W, SRC.ip, 6, tcp(80, sp, FIN | ACK, 2000, 1001))), OK, "W's FIN acknowledges a's");
   t.equal(ctEntries(), before + 1, 'still there until the last ACK');
-  t.equal(from(ipv4(SRC.ip, W, 6, tcp(sp, 80, ACK))), OK);
+  t.equal(from(ipv4(SRC.ip, W, 6, tcp(sp, 80, ACK, 1001, 2001))), OK);
   t.equal(ctEntries(), before, 'gone after the last ACK');
+  // Both ends close at once: the FINs cross, then each side ACKs the other's. The entry stays for the
+  // second ACK, which is the connection's last packet, not a new flow (no FLOW_NEW for it).
+  const x = nextPort();
+  from(ipv4(SRC.ip, W, 6, tcp(x, 80, SYN, 999)));
+  to(ipv4(W, SRC.ip, 6, tcp(80, x, SYN | ACK, 1999, 1000)));
+  t.equal(from(ipv4(SRC.ip, W, 6, tcp(x, 80, FIN | ACK, 1000, 2000))), OK);
+  t.equal(to(ipv4(W, SRC.ip, 6, tcp(80, x, FIN | ACK, 2000, 1000))), OK, "W's FIN crosses a's");
+  t.equal(from(ipv4(SRC.ip, W, 6, tcp(x, 80, ACK, 1001, 2001))), OK, "a ACKs W's FIN");
+  t.equal(ctEntries(), before + 1, "kept for W's ACK of a's FIN");
+  drained();
+  t.equal(to(ipv4(W, SRC.ip, 6, tcp(80, x, ACK, 2001, 1001))), OK, "W ACKs a's FIN");
+  t.equal(ctEntries(), before, 'gone after it');
+  t.same(
+    drained().filter((e) => e.type === 1),
+    [],
+    'and it was no new flow',
+  );
   const rs = nextPort();
   from(ipv4(SRC.ip, W, 6, tcp(rs, 80, SYN)));
   to(ipv4(W, SRC.ip, 6, tcp(80, rs, RST | ACK)));

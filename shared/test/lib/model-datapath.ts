@@ -36,6 +36,9 @@ interface CtEntry {
   state: number;
   isn: number;
   seen: [number, number];
+  /** The sequence number of the first FIN's segment, and which direction's FIN is acknowledged. */
+  finSeq: number;
+  finAcked: [boolean, boolean];
   revoked: boolean;
   proto: number;
   port: number;
@@ -99,15 +102,22 @@ export class DatapathModel {
   }
 
   private update(e: CtEntry, p: Pkt, dir: 0 | 1): boolean {
+    const other = e.seen[dir ^ 1];
+    const finBefore = ((e.seen[dir] | other) & FIN) !== 0;
     e.seen[dir] |= p.tcpFlags;
     if (p.proto !== 6) return false;
     if (p.tcpFlags & RST) {
       e.state = ST.CLOSED;
       return true;
     }
+    // The FINs' acknowledgments (bpf/lib/ct.h ct_update): done once both FINs are acknowledged.
+    if (p.tcpFlags & FIN) {
+      if (!finBefore) e.finSeq = p.seq;
+      else if (other & FIN && p.tcpFlags & ACK && ((p.ack - e.finSeq) | 0) > 0) e.finAcked[dir ^ 1] = true;
+    } else if (other & FIN && p.tcpFlags & ACK) e.finAcked[dir ^ 1] = true;
     if (p.tcpFlags & FIN && e.state < ST.CLOSING) e.state = ST.CLOSING;
     else if (dir === 1 && e.state === ST.NEW && p.tcpFlags & ACK) e.state = ST.EST;
-    return (e.seen[0] & FIN) !== 0 && (e.seen[1] & FIN) !== 0 && (p.tcpFlags & (ACK | FIN)) === ACK;
+    return e.finAcked[0] && e.finAcked[1];
   }
 
   private related(f: Buffer, p: Pkt, scope: number, self: number, peer: number): boolean {
@@ -211,6 +221,8 @@ export class DatapathModel {
       state,
       isn: syn ? p.seq : 0,
       seen: [p.tcpFlags, 0],
+      finSeq: state === ST.CLOSING ? p.seq : 0, // ct_create: a flow picked up at its FIN
+      finAcked: [false, false],
       revoked: false,
       proto: p.proto,
       port: this.port(p),

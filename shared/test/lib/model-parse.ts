@@ -50,6 +50,7 @@ export interface Pkt {
   sport: number;
   dport: number;
   seq: number;
+  ack: number;
   l4Off: number;
   later: boolean;
   saddr: Addr;
@@ -94,6 +95,7 @@ function parseL4(f: Buffer, p: Pkt): void {
       p.sport = be16(f, o);
       p.dport = be16(f, o + 2);
       p.seq = be32(f, o + 4);
+      p.ack = be32(f, o + 8);
       p.tcpFlags = f[o + 13];
       p.tcpBare = f.length <= o + (f[o + 12] >> 4) * 4;
       p.hasL4 = true;
@@ -160,6 +162,7 @@ function blank(): Pkt {
     sport: 0,
     dport: 0,
     seq: 0,
+    ack: 0,
     l4Off: 0,
     later: false,
     saddr: ZERO,

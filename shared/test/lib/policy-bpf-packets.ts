@@ -33,11 +33,12 @@ export function ipv4(src: string, dst: string, proto: number, l4: Buffer, ttl = 
   v4(dst).copy(ip, 16);
   return Buffer.concat([eth, ip, l4]);
 }
-export function tcp(sport: number, dport: number, flags: number, seq = 1000): Buffer {
+export function tcp(sport: number, dport: number, flags: number, seq = 1000, ack = 0): Buffer {
   const h = Buffer.alloc(20);
   h.writeUInt16BE(sport, 0);
   h.writeUInt16BE(dport, 2);
   h.writeUInt32BE(seq, 4);
+  h.writeUInt32BE(ack, 8);
   h[12] = 0x50;
   h[13] = flags;
   return h;
