@@ -146,6 +146,14 @@ export class PolicyMapSync extends PolicyView {
    *  entries: only the addresses change. */
   protected writeFqdnIpcache(prefixes: string[]): void {
     if (!this.d.fqdn) return;
+    // A sync that failed since the last one applied (a refused import) gave the FQDN state its
+    // records' selectors and prefixes, which are not taken back: its identities may be ones the maps
+    // have no entries for (an address written with one skips the deny rules in force). A full sync
+    // brings the state and the maps together again.
+    if (!this.cidrsRecords) {
+      this.sync();
+      return;
+    }
     const owned = (p: string) =>
       this.hostAddrs.some((h) => normalizeCidr(h) === p) ||
       this.remote.has(p) ||
