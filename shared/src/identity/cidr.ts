@@ -19,6 +19,10 @@ export class CidrIdentities {
   private sorted: CidrEntry[] | null = null;
   /** Bumped on every change (compiled policy is reused while it stays the same). */
   version = 0;
+  /** The prefixes the last sync added or removed, and the versions it went from and to (a compile
+   *  against `from` re-resolves only the rules these can move: policy/cidr-moves.ts). Any other
+   *  change (a seed, an undo) leaves it naming older versions. */
+  lastChange?: { from: number; to: number; cidrs: Cidr[] };
   /** What the table was last synced to (a Set, or the token naming a version of one): syncing to the
    *  very same again changes nothing. */
   private syncedTo?: unknown;
@@ -138,7 +142,8 @@ export class CidrIdentities {
     }
     if (added.length || removed.length) {
       this.sorted = null;
-      this.version++;
+      const from = this.version++;
+      this.lastChange = { from, to: this.version, cidrs: [...added, ...removed].map((e) => e.cidr) };
     }
     this.syncedTo = syncedTo;
     return { added, removed };

@@ -90,7 +90,7 @@ export function hostPrefix(ip: string, family: Family = ip.includes(':') ? 6 : 4
   return `${ip}/${familyBits(family)}`;
 }
 
-function prefixMask(prefix: number, bits: number): bigint {
+export function prefixMask(prefix: number, bits: number): bigint {
   const all = (1n << BigInt(bits)) - 1n;
   return all ^ ((1n << BigInt(bits - prefix)) - 1n);
 }

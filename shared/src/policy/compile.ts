@@ -30,7 +30,7 @@ import {
 } from './closure.ts';
 import type { Direction, PolicyRecord } from './types.ts';
 import type { UniverseChange } from './peer-deps.ts';
-import { editedUse, peersMoved, recordUse, type RecordUse, type RuleUse } from './record-use.ts';
+import { editedUse, movedUse, peersMoved, recordUse, type RecordUse, type RuleUse } from './record-use.ts';
 
 export type { UniverseChange } from './peer-deps.ts';
 
@@ -105,8 +105,10 @@ export class PolicyCompiler {
   /** Of those, compiled from their previous compile; and the columns that took rebuilding. */
   patched = 0;
   columnsRebuilt = 0;
-  /** Of the records' uses, those updated from a few changed rules (editedUse). */
+  /** Of the records' uses, those updated from a few changed rules (editedUse), and those updated
+   *  from the rules a change of CIDR identities moved (movedUse). */
   edited = 0;
+  cidrMoved = 0;
 
   constructor(
     private readonly records: PolicyRecord[],
@@ -158,6 +160,10 @@ export class PolicyCompiler {
       const before = base?.records.get(rec.number);
       if (before?.givenUp) return this.compile(labels); // cannot happen: a base is compiled from once
       let ru = before && before.rec === rec && !peersMoved(rec, this.moved) ? before : undefined;
+      if (!ru && before?.rec === rec) {
+        ru = movedUse(rec, labels, this.peers, this.moved, before);
+        if (ru) this.cidrMoved++;
+      }
       if (!ru && before) {
         ru = editedUse(rec, labels, this.peers, this.moved, before);
         if (ru) this.edited++;

@@ -19,7 +19,7 @@ import {
 import { matches } from './selector.ts';
 import { encodePolicyKey, EP_FLAGS } from './map-codec.ts';
 import { endpointFlags, selectionFor } from './selection.ts';
-import { namesCidrs } from './peer-deps.ts';
+import { namesCidrs, type UniverseChange } from './peer-deps.ts';
 import { prefixesFrom } from './prefixes.ts';
 
 export { prefixesOf } from './prefixes.ts';
@@ -166,6 +166,15 @@ function touchedBy(before: PolicyRecord[], after: PolicyRecord[], cidrsChanged: 
   return (labels) => subjects.some((s) => matches(s, labels));
 }
 
+/** What changed in the peer universe since `cur` was compiled; with the CIDR prefixes that came or
+ *  went when one sync separates the two (then only the rules they can move resolve again). */
+function movedSince(cur: CompileCache, cidrs: DesiredInput['cidrs'], cidrVersion: number, fqdnVersion: number): UniverseChange {
+  const moved: UniverseChange = { cidrs: cur.cidrVersion !== cidrVersion, fqdn: cur.fqdnVersion !== fqdnVersion };
+  const last = cidrs.lastChange;
+  if (moved.cidrs && last?.from === cur.cidrVersion && last.to === cidrVersion) moved.cidrChanges = last.cidrs;
+  return moved;
+}
+
 function compilerFor(input: DesiredInput, universe: Universe, cache?: { current?: CompileCache }): PolicyCompiler {
   const identities = universe.identities
     .map((i) => i.id)
@@ -190,7 +199,7 @@ function compilerFor(input: DesiredInput, universe: Universe, cache?: { current?
         input.records,
         universe,
         touchedBy(cur.records, input.records, cur.cidrVersion !== cidrVersion || cur.fqdnVersion !== fqdnVersion),
-        { cidrs: cur.cidrVersion !== cidrVersion, fqdn: cur.fqdnVersion !== fqdnVersion },
+        movedSince(cur, input.cidrs, cidrVersion, fqdnVersion),
       )
     : new PolicyCompiler(input.records, universe);
   if (cache) {

@@ -6,6 +6,7 @@ import { ANY_IDENTITY } from '../identity/reserved.ts';
 import type { Labels } from '../identity/labels.ts';
 import type { Entry } from './closure.ts';
 import { fingerprintOf } from './fingerprint.ts';
+import { rulesMovedBy } from './cidr-moves.ts';
 import { dependsOnCidrs, namesAnyCidr, rulePeersMoved, type UniverseChange } from './peer-deps.ts';
 import type { PeerResolver } from './peers.ts';
 import { editsOf } from './rule-edits.ts';
@@ -139,6 +140,51 @@ export function editedUse(
   const { selected, ingress, egress } = before;
   const delta = { from: before, removed, added: added.map(([, u]) => u) };
   return { rec, selected, ingress, egress, uses, delta, unordered: true };
+}
+
+/** What the same record gives `labels` after CIDR identities came or went (`moved.cidrChanges`):
+ *  `before`'s uses with those of the rules the change can move resolved again (cidr-moves.ts; a
+ *  prefix added next to 10,000 wide rules re-resolves the ones holding it, not 10,000), taken over
+ *  and edited in place; `before` itself when none resolved to other peers. undefined: not such a
+ *  change (then recordUse walks the record). */
+export function movedUse(
+  rec: PolicyRecord,
+  labels: Labels,
+  resolver: PeerResolver,
+  moved: UniverseChange,
+  before: RecordUse,
+): RecordUse | undefined {
+  if (!moved.cidrChanges || moved.fqdn || before.rec !== rec || before.dup) return undefined;
+  const removed: RuleUse[] = [],
+    added: [string, RuleUse][] = [];
+  for (const [i, j] of rulesMovedBy(rec.policy, moved.cidrChanges)) {
+    if (!matches(rec.policy.specs[i].subject, labels)) continue;
+    const rule = rec.policy.specs[i].rules[j];
+    const key = ruleKey(rec, rule);
+    const order = i * 65536 + j;
+    const was = before.uses.get(key);
+    if (was && (was.rule !== rule || was.order !== order)) return undefined;
+    const peers = rule.peers === 'all' ? [ANY_IDENTITY] : resolver.identities(rule.peers);
+    if (was && samePeers(was.peers, peers)) continue;
+    if (was) removed.push(was);
+    if (peers.length) added.push([key, { rec, rule, peers, order, entries: was?.entries }]);
+  }
+  if (!removed.length && !added.length) return before;
+  const uses = before.uses;
+  before.givenUp = true;
+  before.delta = undefined;
+  for (const u of removed) uses.delete(ruleKey(rec, u.rule));
+  for (const [key, u] of added) uses.set(key, u);
+  const { selected, ingress, egress } = before;
+  return {
+    rec,
+    selected,
+    ingress,
+    egress,
+    uses,
+    delta: { from: before, removed, added: added.map(([, u]) => u) },
+    unordered: true,
+  };
 }
 
 function samePeers(a: number[], b: number[]): boolean {
