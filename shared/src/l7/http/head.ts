@@ -51,7 +51,7 @@ function kind(buf: Buffer, at: number, len: number): H {
 
 /** What one pass over the header lines collects. */
 class Scan {
-  /** [nameStart, nameEnd, valueStart, valueEnd] per header line. */
+  /** [nameStart, nameEnd, valueStart, valueEnd] per header line (requests only). */
   readonly offs: number[] = [];
   te: string | undefined;
   cl: string | undefined;
@@ -96,7 +96,8 @@ function scanHeaders(buf: Buffer, at: number, end: number, status: 400 | 502): S
     let ve = j;
     while (vs < ve && (buf[vs] === 32 || buf[vs] === 9)) vs++;
     while (ve > vs && (buf[ve - 1] === 32 || buf[ve - 1] === 9)) ve--;
-    s.offs.push(line, colon, vs, ve);
+    // Only a request's header offsets are read (HeadView, for rules that look at headers).
+    if (status === 400) s.offs.push(line, colon, vs, ve);
     switch (kind(buf, line, colon - line)) {
       case H.OTHER:
         break;

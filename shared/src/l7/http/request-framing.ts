@@ -170,7 +170,9 @@ export class RequestFramer {
 
   /** Forwards the allowed range of the current client chunk that ends at `at`. */
   private cut(buf: Buffer, at: number): void {
-    if (this.fwd >= 0 && at > this.fwd) this.host.toUpstream(buf.subarray(this.fwd, at));
+    // The whole chunk (a request in one read): itself, not a new view of it.
+    if (this.fwd >= 0 && at > this.fwd)
+      this.host.toUpstream(this.fwd === 0 && at === buf.length ? buf : buf.subarray(this.fwd, at));
     this.fwd = -1;
   }
 

@@ -152,7 +152,9 @@ export class ResponseFramer {
 
   /** Writes the range of the current server chunk that ends at `at` (after a rewritten head). */
   private cut(buf: Buffer, at: number): void {
-    const part = this.fwd >= 0 && at > this.fwd ? buf.subarray(this.fwd, at) : undefined;
+    // The whole chunk (a keep-alive response in one read): itself, not a new view of it.
+    const part =
+      this.fwd >= 0 && at > this.fwd ? (this.fwd === 0 && at === buf.length ? buf : buf.subarray(this.fwd, at)) : undefined;
     if (this.headOut) {
       this.host.toClient(part ? Buffer.concat([this.headOut, part]) : this.headOut);
       this.headOut = undefined;
