@@ -1,0 +1,109 @@
+// node --import tsx scripts/bench/cross-node-events.ts — not a test. What one cross-node connection costs
+// beyond the forwarding, counted rather than timed (counts do not move with the machine's load): on one
+// 2-node cluster (MODE=native|tunnel, default native) with a pod on each, the bench's connection-rate
+// client (crr) for S seconds (3), R times (3), and per connection: the flow events each node's agent
+// processed, by type (membrane_flows_processed_total; a connection should be one FLOW_NEW and one
+// FLOW_END per node), runs and time of each tc program on both nodes (kernel.bpf_stats_enabled, on for
+// the run, ~0.15 µs a run of its own), the two agents' CPU time, and the conntrack entries left after
+// the sample. OBJ=<datapath .o> runs the agents on another object (an A/B: run once per object).
+// Run under the bench lock: flock /work/wt/.bench.lock node --import tsx scripts/bench/cross-node-events.ts
+import { execFileSync } from 'node:child_process';
+import os from 'node:os';
+import { createNetns } from '../../integration/lib/netns.ts';
+import { eventually, startCluster, type TestNode } from '../../integration/lib/cluster.ts';
+import { readIpcache } from '../../integration/lib/cluster-maps.ts';
+import { connectionRate, processCpuMs, settled, sleep } from './lib.ts';
+import { attachedPrograms, enableBpfStats } from './bpf-stats.ts';
+
+delete process.env.NODE_EXTRA_CA_CERTS;
+const MODE = process.env.MODE ?? 'native';
+const S = Number(process.env.S ?? 3);
+const R = Number(process.env.R ?? 3);
+const load0 = os.loadavg()[0].toFixed(2);
+const c = await startCluster({
+  nodes: 2,
+  agentArgs: ['--routing-mode', MODE, '--log-level', 'info', ...(process.env.OBJ ? ['--bpf-object', process.env.OBJ] : [])],
+});
+const restoreStats = enableBpfStats();
+
+/** membrane_flows_processed_total by type, from the agent's metrics page (inside the node's netns). */
+async function flowEvents(n: TestNode): Promise<Record<string, number>> {
+  const addr = (await n.client.status()).metrics.address;
+  const page = execFileSync('nsenter', [`--net=${n.netns.path}`, 'curl', '-s', `http://${addr}/metrics`], { encoding: 'utf8' });
+  const by: Record<string, number> = {};
+  for (const m of page.matchAll(/^membrane_flows_processed_total\{([^}]*)\} (\S+)$/gm)) {
+    const type = /type="([^"]+)"/.exec(m[1])?.[1] ?? '?';
+    by[type] = (by[type] ?? 0) + Number(m[2]);
+  }
+  return by;
+}
+
+/** run_cnt and run_time_ns of each program, keyed by name and id. */
+function programStats(ids: number[]): Map<string, { runs: number; ns: number }> {
+  const out = new Map<string, { runs: number; ns: number }>();
+  for (const id of ids) {
+    const p = JSON.parse(execFileSync('bpftool', ['prog', 'show', 'id', String(id), '-j'], { encoding: 'utf8' }));
+    out.set(`${p.name}#${id}`, { runs: p.run_cnt ?? 0, ns: p.run_time_ns ?? 0 });
+  }
+  return out;
+}
+
+const ctEntries = (n: TestNode) =>
+  JSON.parse(
+    execFileSync('bpftool', ['map', 'dump', 'pinned', `${n.bpffsDir}/conntrack`, '-j'], { encoding: 'utf8', maxBuffer: 1 << 28 }),
+  ).length as number;
+
+try {
+  const [n1, n2] = c.nodes;
+  const pod = async (n: TestNode, labels: Record<string, string>) => {
+    const ns = createNetns('mbev');
+    const ep = await n.client.createEndpoint({ containerId: `ev-${ns.name}`, netns: ns.path, ifName: 'eth0', labels });
+    return { ns, ip: ep.ips[0].address.split('/')[0], identity: ep.identity };
+  };
+  const a = await pod(n1, { bench: 'client' });
+  const b = await pod(n2, { bench: 'server' });
+  await eventually(
+    'pods known on both nodes',
+    () => readIpcache(n2.bpffsDir).get(`${a.ip}/32`) === a.identity && readIpcache(n1.bpffsDir).get(`${b.ip}/32`) === b.identity,
+    30_000,
+  );
+  const agents = [n1.agent.pid()!, n2.agent.pid()!];
+  await settled(agents, { busyPct: 2, timeoutMs: 60_000, throwOnTimeout: false });
+  const ids = attachedPrograms([n1.netns.path, n2.netns.path]);
+  console.log(`${MODE} cluster, ${R} samples of ${S} s, object ${process.env.OBJ ?? 'dist'}`);
+  for (let r = 0; r < R; r++) {
+    const p0 = programStats(ids);
+    const e0 = await Promise.all([flowEvents(n1), flowEvents(n2)]);
+    const cpu0 = agents.map(processCpuMs);
+    const rate = await connectionRate(a.ns, b.ns, b.ip, S);
+    const cpu1 = agents.map(processCpuMs);
+    await sleep(1500); // the agents' last drain (their period is at most 40 ms busy, then epoll)
+    const e1 = await Promise.all([flowEvents(n1), flowEvents(n2)]);
+    const p1 = programStats(ids);
+    const conns = rate * S;
+    const perConn = (x: number) => (x / conns).toFixed(2);
+    const events = e1.map((e, i) =>
+      Object.entries(e)
+        .map(([k, v]) => `${k} ${perConn(v - (e0[i][k] ?? 0))}`)
+        .join(', '),
+    );
+    const agentUs = (cpu1[0] - cpu0[0] + cpu1[1] - cpu0[1]) * 1000;
+    let bpfNs = 0;
+    const lines: string[] = [];
+    for (const [k, v] of p1) {
+      const runs = v.runs - p0.get(k)!.runs,
+        ns = v.ns - p0.get(k)!.ns;
+      if (!runs) continue;
+      bpfNs += ns;
+      lines.push(`  ${k}: ${perConn(runs)} runs, ${(ns / runs).toFixed(0)} ns a run, ${perConn(ns / 1000)} µs`);
+    }
+    console.log(
+      `sample ${r + 1}: ${Math.round(rate)} conn/s; events per connection node 1: ${events[0]}; node 2: ${events[1]}; agents ${perConn(agentUs)} µs CPU, programs ${perConn(bpfNs / 1000)} µs per connection; conntrack entries left ${ctEntries(n1)} / ${ctEntries(n2)}`,
+    );
+    for (const l of lines) console.log(l);
+  }
+  console.log(`load ${load0} -> ${os.loadavg()[0].toFixed(2)}`);
+} finally {
+  restoreStats();
+  await c.cleanup();
+}
