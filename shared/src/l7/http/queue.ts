@@ -64,6 +64,11 @@ export class ResponseQueue {
   }
 
   remove(p: Pending): void {
+    // Almost always the head (responses come in order): shift, not splice.
+    if (this.q[0] === p) {
+      this.q.shift();
+      return;
+    }
     const i = this.q.indexOf(p);
     if (i >= 0) this.q.splice(i, 1);
   }

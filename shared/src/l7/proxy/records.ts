@@ -182,7 +182,7 @@ export class RecordWriter {
     b[start + 3] = x.localReason === 'denied' ? 1 : x.localReason ? 2 : 0;
     b[start + 4] = mcode;
     b[start + 5] = x.protocol === 'HTTP/1.0' ? 0 : 1;
-    b[start + 6] = REASON_CODE.get(x.localReason ?? '') ?? 0;
+    b[start + 6] = x.localReason ? (REASON_CODE.get(x.localReason) ?? 0) : 0;
     b.writeDoubleLE(timeMs, start + 8);
     b.writeDoubleLE(kind === 'response' ? x.latencyNs : 0, start + 16);
     b.writeUInt16LE(kind === 'response' ? x.status : 0, start + 24);
@@ -244,7 +244,7 @@ export class RecordWriter {
     b[start + 3] = x.localReason === 'denied' ? 1 : x.localReason ? 2 : 0;
     b[start + 4] = b[req + 4];
     b[start + 5] = b[req + 5];
-    b[start + 6] = REASON_CODE.get(x.localReason ?? '') ?? 0;
+    b[start + 6] = x.localReason ? (REASON_CODE.get(x.localReason) ?? 0) : 0;
     b[start + 7] = 0;
     b.writeDoubleLE(timeMs, start + 8);
     const reply = kind === KIND_REPLY;
