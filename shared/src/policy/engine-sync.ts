@@ -163,9 +163,18 @@ export class PolicyMapSync extends PolicyView {
     // Established flows to a removed address are revalidated like after any ipcache change.
     this.d.ops.writeIpcache(diff.upsert, diff.remove);
     // The desired state an ADD derives from holds them too (buildDesired would).
-    for (const m of [this.mirror.ipcache, this.last?.ipcache]) {
+    const next = this.compileCache.current?.ipcache;
+    for (const m of [this.mirror.ipcache, this.last?.ipcache, next?.map]) {
       for (const [p, id] of diff.upsert) m?.set(p, id);
       for (const p of diff.remove) m?.delete(p);
+    }
+    // The next build edits that ipcache at the prefixes whose sources changed (ipcache-delta.ts):
+    // its record of the DNS entries must hold these, or an address written here whose FQDN identity
+    // goes later (a policy change) keeps that dead identity in the ipcache.
+    for (const p of [...diff.upsert.map(([p]) => p), ...diff.remove]) {
+      const id = this.d.fqdn.entryOf(p);
+      if (id === undefined) next?.others.delete(p);
+      else next?.others.set(p, id);
     }
     this.generation++;
     this.d.ops.changed?.(this.mirror, {
