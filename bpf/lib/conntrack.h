@@ -43,10 +43,10 @@ enum ct_state {
 #define CT_F_REVOKED (1 << 3)      /* set by the agent: the policy no longer admits the flow */
 #define CT_F_PROXY (1 << 4)        /* diverted to the L7 proxy at proxy_port (proxy.h) */
 #define CT_F_TUNNEL (1 << 5)       /* the peer's identity came with the packet (a tunnel's VNI), not from its address */
-/* The FIN of the flow's forward (reply) direction has been acknowledged by the other side (ct_update):
- * the connection is done when both are. */
-#define CT_F_FIN_ACKED_FWD (1 << 6)
-#define CT_F_FIN_ACKED_REPLY (1 << 7)
+/* ct_entry.fin_acked bits: the FIN of the flow's forward (reply) direction has been acknowledged by
+ * the other side (ct_update); the connection is done when both are. */
+#define CT_FIN_ACKED_FWD (1U << 0)
+#define CT_FIN_ACKED_REPLY (1U << 1)
 
 /* Lifetimes since the last packet: an expired entry counts as absent. */
 #define CT_LIFETIME_TCP_SYN (60ULL * 1000000000ULL)
@@ -75,7 +75,7 @@ struct ct_entry {
 	__u64 bytes[2];
 	__u32 src_identity;
 	__u32 dst_identity;
-	__u32 tcp_isn;
+	__u32 tcp_isn; /* TCP while NEW; from the flow's first FIN on: that FIN's segment's sequence number */
 	__u8 tcp_flags_seen[2];
 	__u8 state; /* enum ct_state */
 	__u8 flags; /* CT_F_* */
@@ -87,6 +87,9 @@ struct ct_entry {
 	__u32 peer_endpoint_id; /* LOCAL: the receiver; else 0 */
 	__be16 policy_port;     /* the port the policy was asked about (ICMP: 0x100 | type), for revalidation */
 	__u16 proxy_port;       /* CT_F_PROXY: the L7 proxy's port (host order) */
-	__u32 fin_seq;          /* TCP: sequence number of the segment that carried the flow's first FIN */
+	__u32 fin_acked;        /* CT_FIN_ACKED_*, set with atomic ORs: both ends' last ACKs may run at once */
 };
 _Static_assert(sizeof(struct ct_entry) == 96, "ct_entry layout is shared with userspace");
+_Static_assert(__builtin_offsetof(struct ct_entry, policy_port) % 8 == 0 &&
+		       __builtin_offsetof(struct ct_entry, fin_acked) == __builtin_offsetof(struct ct_entry, policy_port) + 4,
+	       "ct_fin_acked ORs fin_acked through the 64-bit word it shares with policy_port and proxy_port");

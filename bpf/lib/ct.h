@@ -117,31 +117,47 @@ static __always_inline void ct_delete(struct ct_key *k, __u32 owner)
 		ct_count(owner, -1);
 }
 
-/* Sets a CT_F_* bit unless it is set (a store pulls the entry's line over from the other CPU). */
-static __always_inline void ct_set_flag(struct ct_entry *e, __u8 bit)
+/* Marks the FIN of one direction acknowledged; true when this made both so. An atomic OR: in a
+ * simultaneous close both ends' last ACKs run at once on two CPUs, and plain read-modify-writes of one
+ * byte lost one of the two marks (the entry then stayed CLOSING until it expired). */
+static __always_inline bool ct_fin_acked(struct ct_entry *e, __u32 bit)
 {
-	if (!(e->flags & bit))
-		e->flags |= bit;
+	/* A 32-bit atomic with a result needs BPF v3 (-mcpu=v3): the OR goes to the aligned 64-bit word
+	 * policy_port, proxy_port, fin_acked and leaves the first two alone. */
+	__u64 *word = (__u64 *)&e->policy_port;
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+	const int shift = 32;
+#else
+	const int shift = 0;
+#endif
+	__u32 old;
+
+	if (e->fin_acked & bit)
+		return false;
+	old = __sync_fetch_and_or(word, (__u64)bit << shift) >> shift;
+	return !(old & bit) && ((old | bit) == (CT_FIN_ACKED_FWD | CT_FIN_ACKED_REPLY));
 }
 
 /* Updates counters and TCP state; true when the packet finished the connection (RST, or the packet
  * that acknowledged the second of the two FINs): the caller reports and deletes the entry, so
  * connection churn does not fill the table.
  *
- * Each FIN's acknowledgment is tracked (CT_F_FIN_ACKED_*): when both ends close at once, their FINs
+ * Each FIN's acknowledgment is tracked (fin_acked): when both ends close at once, their FINs
  * cross, and each side then ACKs the other's FIN. Deleting on the first of those ACKs (as "an ACK
  * after FINs both ways" did) left the second one without an entry: a straggler that met policy as a
  * new flow and was reported as one (FLOW_NEW), 0.3-0.9 times per connection per node in the
  * cross-node connection-rate bench. A FIN is acknowledged by a packet of the other direction that
  * carries ACK and no FIN after it (that direction's own FIN goes after the acknowledgment, or crosses
  * it), or by the other direction's FIN whose acknowledgment number is past the first FIN's segment
- * (fin_seq; only the second FIN can acknowledge the first). A pure ACK that was in flight before the
- * FIN reached its sender can mark it early: the entry then goes one packet sooner, as before. */
+ * (kept in tcp_isn; only the second FIN can acknowledge the first). A pure ACK that was in flight before the
+ * FIN reached its sender can mark it early: the entry then goes one packet sooner, as before. Only the
+packet that completes both marks reports the end (ct_fin_acked). */
 static __always_inline bool ct_update(struct ct_entry *e, const struct pkt *p, int dir, __u64 now)
 {
 	__u8 *seen = &e->tcp_flags_seen[dir == CT_DIR_FORWARD ? 0 : 1];
 	__u8 other = e->tcp_flags_seen[dir == CT_DIR_FORWARD ? 1 : 0];
-	__u8 acks_other = dir == CT_DIR_FORWARD ? CT_F_FIN_ACKED_REPLY : CT_F_FIN_ACKED_FWD;
+	__u32 acks_other = dir == CT_DIR_FORWARD ? CT_FIN_ACKED_REPLY : CT_FIN_ACKED_FWD;
+	bool done = false;
 	bool fin_before = (*seen | other) & TCP_FIN;
 
 	/* Stores that change nothing are skipped: both directions' CPUs touch the entry, and every
@@ -164,19 +180,20 @@ static __always_inline bool ct_update(struct ct_entry *e, const struct pkt *p, i
 		e->state = CT_STATE_CLOSED;
 		return true;
 	}
+	/* tcp_isn is only read while the entry is NEW, which it never is again once a FIN was seen. */
 	if (p->tcp_flags & TCP_FIN) {
 		if (!fin_before)
-			e->fin_seq = p->seq;
-		else if ((other & TCP_FIN) && (p->tcp_flags & TCP_ACK) && (__s32)(p->ack - e->fin_seq) > 0)
-			ct_set_flag(e, acks_other);
+			e->tcp_isn = p->seq;
+		else if ((other & TCP_FIN) && (p->tcp_flags & TCP_ACK) && (__s32)(p->ack - e->tcp_isn) > 0)
+			done = ct_fin_acked(e, acks_other);
 	} else if ((other & TCP_FIN) && (p->tcp_flags & TCP_ACK)) {
-		ct_set_flag(e, acks_other);
+		done = ct_fin_acked(e, acks_other);
 	}
 	if ((p->tcp_flags & TCP_FIN) && e->state < CT_STATE_CLOSING)
 		e->state = CT_STATE_CLOSING;
 	else if (dir == CT_DIR_REPLY && e->state == CT_STATE_NEW && (p->tcp_flags & TCP_ACK))
 		e->state = CT_STATE_ESTABLISHED;
-	return (e->flags & (CT_F_FIN_ACKED_FWD | CT_F_FIN_ACKED_REPLY)) == (CT_F_FIN_ACKED_FWD | CT_F_FIN_ACKED_REPLY);
+	return done;
 }
 
 static __always_inline bool ct_live_for(const struct ct_entry *e, __u32 owner, __u32 peer, __u8 proto, __u64 now)

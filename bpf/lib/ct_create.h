@@ -64,7 +64,7 @@ static __always_inline int ct_create(const struct pkt *p, __u8 scope, const stru
 		e.state = CT_STATE_CLOSED;
 	} else if (p->proto == IPPROTO_TCP && (p->tcp_flags & TCP_FIN)) {
 		e.state = CT_STATE_CLOSING;
-		e.fin_seq = p->seq; /* the flow's first FIN (ct_update) */
+		e.tcp_isn = p->seq; /* from the first FIN on: its sequence number (ct_update) */
 	}
 	/* A TCP segment that cannot open a connection and carries no data (a bare ACK, FIN or RST), or any
 	 * RST: see below; it never makes an entry. */
