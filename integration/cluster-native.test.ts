@@ -2,7 +2,7 @@
 // addresses itself (the nodes share it, so a route via the other node's address reaches its pods);
 // no tunnel device, pods keep the underlay's MTU, the receiving node classifies the sender by its
 // ipcache (the sender's address is known cluster-wide), policy and drops as in tunnel mode.
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import { clusterRoutes, inNode, purgeNode, startSingleNode } from './lib/purge-node.ts';
@@ -113,18 +113,8 @@ spec:
 );
 
 t.test('native routing: --uninstall --purge removes the routes and the underlay program, nothing else', async (t) => {
-  const n3 = await c.addNode();
-  t.teardown(() => (c.nodes.includes(n3) ? c.removeNode(n3) : undefined));
-  const ingress = () => inNode(n3, 'tc', ['filter', 'show', 'dev', 'eth0', 'ingress']).stdout;
-  await eventually(
-    'n3 routes to n1 and n2, from_underlay on eth0',
-    () => clusterRoutes(n3).split('\n').length === 2 && /from_underlay/.test(ingress()),
-    30_000,
-  );
   // The admin's own filter and route on the same device: purge must leave them.
-  const foreign = ['filter', 'add', 'dev', 'eth0', 'ingress', 'prio', '7', 'bpf', 'bytecode', '1,6 0 0 0,'];
-  t.equal(inNode(n3, 'tc', foreign).status, 0, 'a foreign filter');
-  t.equal(inNode(n3, 'ip', ['route', 'add', '198.19.77.0/24', 'dev', 'eth0', 'proto', 'static']).status, 0, 'a foreign route');
+  const { n3, ingress } = await thirdNodeWithAdminState(t, '198.19.77.0/24');
   await n3.agent.stop();
   t.match(ingress(), /from_underlay/, 'the stopped agent leaves the receive path in place (pods keep working)');
 
@@ -140,17 +130,7 @@ t.test('native routing: --uninstall --purge removes the routes and the underlay 
 });
 
 t.test('native routing: the agent restarted in single-node mode removes the routing it left, nothing else', async (t) => {
-  const n3 = await c.addNode();
-  t.teardown(() => (c.nodes.includes(n3) ? c.removeNode(n3) : undefined));
-  const ingress = () => inNode(n3, 'tc', ['filter', 'show', 'dev', 'eth0', 'ingress']).stdout;
-  await eventually(
-    'n3 routes to n1 and n2, from_underlay on eth0',
-    () => clusterRoutes(n3).split('\n').length === 2 && /from_underlay/.test(ingress()),
-    30_000,
-  );
-  const foreign = ['filter', 'add', 'dev', 'eth0', 'ingress', 'prio', '7', 'bpf', 'bytecode', '1,6 0 0 0,'];
-  t.equal(inNode(n3, 'tc', foreign).status, 0, 'a foreign filter');
-  t.equal(inNode(n3, 'ip', ['route', 'add', '198.19.78.0/24', 'dev', 'eth0', 'proto', 'static']).status, 0, 'a foreign route');
+  const { n3, ingress } = await thirdNodeWithAdminState(t, '198.19.78.0/24');
   const podCidr = (await n3.client.status()).cluster!.podCidrs.ipv4!;
   await n3.agent.stop();
   t.match(ingress(), /from_underlay/, 'the stopped agent leaves the receive path in place');
@@ -165,3 +145,20 @@ t.test('native routing: the agent restarted in single-node mode removes the rout
   t.match(inNode(n3, 'ip', ['-4', 'route', 'show', '198.19.78.0/24']).stdout, /dev eth0/, "the admin's route stays");
   t.equal((await n3.client.status()).cluster, undefined, 'the agent runs in single-node mode');
 });
+
+/** A third node once its routes to n1 and n2 and from_underlay on eth0 are in place, with the admin's
+ *  own classic-BPF filter (priority 7) and route (`adminRoute`) on the same device. */
+async function thirdNodeWithAdminState(t: Test, adminRoute: string) {
+  const n3 = await c.addNode();
+  t.teardown(() => (c.nodes.includes(n3) ? c.removeNode(n3) : undefined));
+  const ingress = () => inNode(n3, 'tc', ['filter', 'show', 'dev', 'eth0', 'ingress']).stdout;
+  await eventually(
+    'n3 routes to n1 and n2, from_underlay on eth0',
+    () => clusterRoutes(n3).split('\n').length === 2 && /from_underlay/.test(ingress()),
+    30_000,
+  );
+  const foreign = ['filter', 'add', 'dev', 'eth0', 'ingress', 'prio', '7', 'bpf', 'bytecode', '1,6 0 0 0,'];
+  t.equal(inNode(n3, 'tc', foreign).status, 0, 'a foreign filter');
+  t.equal(inNode(n3, 'ip', ['route', 'add', adminRoute, 'dev', 'eth0', 'proto', 'static']).status, 0, 'a foreign route');
+  return { n3, ingress };
+}

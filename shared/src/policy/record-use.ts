@@ -132,14 +132,7 @@ export function editedUse(
     if ((before.uses.has(key) && !gone.has(key)) || keys.has(key)) return undefined;
     keys.add(key);
   }
-  const uses = before.uses;
-  before.givenUp = true;
-  before.delta = undefined; // no chain of earlier versions stays reachable
-  for (const key of gone) uses.delete(key);
-  for (const [key, u] of added) uses.set(key, u);
-  const { selected, ingress, egress } = before;
-  const delta = { from: before, removed, added: added.map(([, u]) => u) };
-  return { rec, selected, ingress, egress, uses, delta, unordered: true };
+  return takeOver(rec, before, gone, removed, added);
 }
 
 /** What the same record gives `labels` after CIDR identities came or went (`moved.cidrChanges`):
@@ -170,21 +163,33 @@ export function movedUse(
     if (peers.length) added.push([key, { rec, rule, peers, order, entries: was?.entries }]);
   }
   if (!removed.length && !added.length) return before;
+  return takeOver(
+    rec,
+    before,
+    removed.map((u) => ruleKey(rec, u.rule)),
+    removed,
+    added,
+  );
+}
+
+/** `rec`'s use made from `before`'s, edited in place: the `gone` keys removed and `added` set, the
+ *  change kept as the delta the apply writes. `before` is given up, so it can no longer be read as
+ *  the earlier version, and no chain of earlier versions stays reachable. */
+function takeOver(
+  rec: PolicyRecord,
+  before: RecordUse,
+  gone: Iterable<string>,
+  removed: RuleUse[],
+  added: [string, RuleUse][],
+): RecordUse {
   const uses = before.uses;
   before.givenUp = true;
   before.delta = undefined;
-  for (const u of removed) uses.delete(ruleKey(rec, u.rule));
+  for (const key of gone) uses.delete(key);
   for (const [key, u] of added) uses.set(key, u);
   const { selected, ingress, egress } = before;
-  return {
-    rec,
-    selected,
-    ingress,
-    egress,
-    uses,
-    delta: { from: before, removed, added: added.map(([, u]) => u) },
-    unordered: true,
-  };
+  const delta = { from: before, removed, added: added.map(([, u]) => u) };
+  return { rec, selected, ingress, egress, uses, delta, unordered: true };
 }
 
 function samePeers(a: number[], b: number[]): boolean {
