@@ -86,7 +86,7 @@ export function recordUse(
         ru.uses.set(key, was);
         continue;
       }
-      const peers = rule.peers === 'all' ? [ANY_IDENTITY] : resolver.identities(rule.peers);
+      const peers = peersOf(rule, resolver);
       if (!peers.length) continue;
       const same = was && was.order === order && samePeers(was.peers, peers);
       if (ru.uses.has(key)) ru.dup = true;
@@ -123,7 +123,7 @@ export function editedUse(
       gone.add(oldKey);
     }
     const rule = rec.policy.specs[i].rules[j];
-    const peers = rule.peers === 'all' ? [ANY_IDENTITY] : resolver.identities(rule.peers);
+    const peers = peersOf(rule, resolver);
     if (peers.length) added.push([ruleKey(rec, rule), { rec, rule, peers, order }]);
   }
   const keys = new Set<string>();
@@ -157,7 +157,7 @@ export function movedUse(
     const order = i * 65536 + j;
     const was = before.uses.get(key);
     if (was && (was.rule !== rule || was.order !== order)) return undefined;
-    const peers = rule.peers === 'all' ? [ANY_IDENTITY] : resolver.identities(rule.peers);
+    const peers = peersOf(rule, resolver);
     if (was && samePeers(was.peers, peers)) continue;
     if (was) removed.push(was);
     if (peers.length) added.push([key, { rec, rule, peers, order, entries: was?.entries }]);
@@ -190,6 +190,11 @@ function takeOver(
   const { selected, ingress, egress } = before;
   const delta = { from: before, removed, added: added.map(([, u]) => u) };
   return { rec, selected, ingress, egress, uses, delta, unordered: true };
+}
+
+/** The identities a rule allows or denies now ('all': any identity). */
+function peersOf(rule: RuleUse['rule'], resolver: PeerResolver): number[] {
+  return rule.peers === 'all' ? [ANY_IDENTITY] : resolver.identities(rule.peers);
 }
 
 function samePeers(a: number[], b: number[]): boolean {
