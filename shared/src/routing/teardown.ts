@@ -1,8 +1,8 @@
 // What cluster routing leaves on a node after its agent stopped (it keeps pods reaching other nodes on
 // purpose, like every endpoint's datapath): our routes to the other nodes' pod CIDRs, the tunnel device
 // and native routing's receive program on the underlay device. `--uninstall --purge` removes them; each
-// only where it is provably ours (our route protocol, a collect-metadata VXLAN device of the configured
-// name, the program pinned in our own bpffs dir), so another agent's or the admin's state stays.
+// only where it is provably ours (our route protocol; the tunnel device and the underlay's program only
+// with the program pinned in our own bpffs dir attached), so another agent's or the admin's state stays.
 import fs from 'node:fs';
 import path from 'node:path';
 import * as bpf from '../bpf/libbpf.ts';
@@ -28,7 +28,12 @@ export function removeClusterRouting(host: Netlink, o: ClusterRoutingLeftovers):
       if (host.routeDel({ dst: rt.dst, index: 0, protocol: RTPROT_MEMBRANE_CLUSTER })) removed.push(`route ${rt.dst}`);
     }
   }
-  if (removeTunnelDevice(host, o.tunnelDevice)) removed.push(`link ${o.tunnelDevice}`);
+  // Only a device with our from_tunnel on it: the name alone (a record someone edited, or a device of
+  // that name someone else made since) is no proof, and deleting another overlay's device cuts its node.
+  const tunnel = host.vxlanGet(o.tunnelDevice);
+  if (tunnel && attachedIsOurs(tunnel.index, path.join(o.pinDir, PROGRAM_PINS.from_tunnel))) {
+    if (removeTunnelDevice(host, o.tunnelDevice)) removed.push(`link ${o.tunnelDevice}`);
+  }
   const device = o.nodeIp ? underlayDevice(host, o.nodeIp) : undefined;
   const link = device ? host.linkByName(device) : null;
   if (link && attachedIsOurs(link.index, path.join(o.pinDir, PROGRAM_PINS.from_underlay))) {

@@ -1,0 +1,29 @@
+// Run inside a test's netns (nsenter): the steps of integration/routing-record.test.ts that must see
+// that netns' links and tc hooks (libbpf's tc calls use the process's own netns).
+//   attach PINDIR DEVICE            our pinned from_tunnel on DEVICE's tc ingress, as ensureTunnelDevice does
+//   single STATEDIR PINDIR          the single-node start's cleanup; prints what it removed as JSON
+import fs from 'node:fs';
+import path from 'node:path';
+import * as bpf from '../../shared/src/bpf/libbpf.ts';
+import { PROGRAM_PINS, TC_HANDLE, TC_PRIORITY } from '../../shared/src/bpf/datapath.ts';
+import { openNetlink } from '../../shared/src/netlink/index.ts';
+import { removeLeftClusterRouting } from '../../shared/src/routing/record.ts';
+
+const [cmd, a, b] = process.argv.slice(2);
+const host = openNetlink();
+if (cmd === 'attach') {
+  const link = host.linkByName(b);
+  if (!link) throw new Error(`no link ${b}`);
+  const prog = bpf.objGet(path.join(a, PROGRAM_PINS.from_tunnel));
+  try {
+    bpf.tcHookCreate(link.index);
+    bpf.tcAttach(link.index, bpf.BPF_TC_INGRESS, prog, TC_HANDLE, TC_PRIORITY);
+  } finally {
+    fs.closeSync(prog);
+  }
+} else if (cmd === 'single') {
+  process.stdout.write(JSON.stringify(removeLeftClusterRouting(host, a, b)));
+} else {
+  throw new Error(`unknown step ${cmd}`);
+}
+host.close();
