@@ -9,7 +9,7 @@ import * as bpf from '../bpf/libbpf.ts';
 import { decodeEndpointIdentity, ENDPOINT_CONFIG_SIZE, encodeU32Key } from '../maps/codec.ts';
 import { CT_F_TUNNEL, CT_SCOPE, type CtEntryView, type RevokeFilter } from '../maps/conntrack.ts';
 import type { MapChanges } from './apply.ts';
-import { RESERVED } from '../identity/reserved.ts';
+import { identityKind, RESERVED } from '../identity/reserved.ts';
 import { decodeIpcacheValue, decodePolicyKey, IPCACHE_VALUE_SIZE } from './map-codec.ts';
 import { ipBytes, writeHostU32 } from '../net/index.ts';
 import { policyVerdict, type PolicyMaps } from './verdict.ts';
@@ -96,9 +96,16 @@ export function revalidateConntrack(dp: Datapath, maps: PolicyMaps, changes?: Ma
       return passes(e.owner, 'egress', dst.identity, e) && passes(e.peer, 'ingress', src.identity, e);
     }
     const egress = e.scope === CT_SCOPE.EGRESS;
-    // A flow that came through the tunnel is its sender's (the VNI), whatever its inner source address says.
-    const peer =
-      e.flags & CT_F_TUNNEL ? (egress ? e.dstIdentity : e.srcIdentity) : identityOf(e.family, egress ? e.daddr : e.saddr);
-    return passes(e.owner, egress ? 'egress' : 'ingress', peer, e);
+    const direction = egress ? 'egress' : 'ingress';
+    const current = identityOf(e.family, egress ? e.daddr : e.saddr);
+    if (!(e.flags & CT_F_TUNNEL)) return passes(e.owner, direction, current, e);
+    // A flow that came through the tunnel is its sender's (the VNI), whatever its inner source address
+    // says; but that identity is the one it had when the flow began. When the cluster now knows the
+    // address as another endpoint identity (the pod was relabeled), that one must pass too: else a pod
+    // relabeled out of a policy (quarantined) kept its connections while a replica held the old identity.
+    // (A revoked flow whose sender is still admitted resumes: its next packet is checked as a new flow.)
+    const recorded = egress ? e.dstIdentity : e.srcIdentity;
+    if (!passes(e.owner, direction, recorded, e)) return false;
+    return current === recorded || identityKind(current) !== 'endpoint' || passes(e.owner, direction, current, e);
   }, filter);
 }
