@@ -1,7 +1,8 @@
 // The single-node start's cleanup of an earlier cluster run (shared/src/routing/record.ts) removes only
 // what is provably that run's, in a netns of our own: a VXLAN device named by the record but without
 // our from_tunnel on it (a record someone edited, a device of that name someone else made) stays, as do
-// an admin's route and another program on the underlay; our own device and routes go, and a second start
+// an admin's route and another program at our tc handle on the device holding the recorded address;
+// our own device, routes and from_underlay go, and a second start
 // (the record gone, or the cleanup repeated after a crash) removes nothing more.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
@@ -46,21 +47,30 @@ function setup(t: Test) {
 t.test('a tunnel device the record names but our programs are not on stays', async (t) => {
   const s = setup(t);
   inNs(s.ns, ['ip', 'route', 'add', '198.18.78.0/24', 'dev', s.device, 'proto', 'static']);
+  // Another program at our handle on the device holding the recorded address: not our from_underlay.
+  child(s.ns, 'attach', h.pinDir, 'ul0', 'prog_to_container');
   const removed = JSON.parse(child(s.ns, 'single', s.stateDir, h.pinDir)) as string[];
   t.same(removed, [], 'nothing removed');
   t.ok(s.linkThere(), `the collect-metadata VXLAN device ${s.device} stays`);
   t.match(s.routes(), /198\.18\.78\.0\/24/, "the admin's route through it stays");
+  t.match(inNs(s.ns, ['tc', 'filter', 'show', 'dev', 'ul0', 'ingress']), /to_container/, 'the other program on ul0 stays');
   t.notOk(fs.existsSync(path.join(s.stateDir, 'cluster-routing.json')), 'the record is gone');
 });
 
 t.test('our own device (our from_tunnel on it) and routes go; a repeated start removes nothing more', async (t) => {
   const s = setup(t);
   child(s.ns, 'attach', h.pinDir, s.device);
+  child(s.ns, 'attach', h.pinDir, 'ul0', 'prog_from_underlay');
   inNs(s.ns, ['ip', 'route', 'add', '10.203.7.0/24', 'dev', s.device, 'proto', RTPROT_MEMBRANE_CLUSTER]);
   inNs(s.ns, ['ip', 'route', 'add', '198.18.79.0/24', 'dev', 'ul0', 'proto', 'static']);
   const record = fs.readFileSync(path.join(s.stateDir, 'cluster-routing.json'));
   const removed = JSON.parse(child(s.ns, 'single', s.stateDir, h.pinDir)) as string[];
-  t.same(removed.sort(), [`link ${s.device}`, 'route 10.203.7.0/24'].sort(), 'the device and our route');
+  t.same(
+    removed.sort(),
+    [`link ${s.device}`, 'route 10.203.7.0/24', 'from_underlay on ul0 ingress'].sort(),
+    'the device, our route and from_underlay',
+  );
+  t.notMatch(inNs(s.ns, ['tc', 'filter', 'show', 'dev', 'ul0', 'ingress']), /from_underlay/, 'from_underlay is off ul0');
   t.notOk(s.linkThere(), 'the device is gone');
   t.match(s.routes(), /198\.18\.79\.0\/24/, "the admin's route stays");
   // A crash after the removal but before the record went: the next start does it again, harmlessly.

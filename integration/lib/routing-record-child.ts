@@ -1,6 +1,7 @@
 // Run inside a test's netns (nsenter): the steps of integration/routing-record.test.ts that must see
 // that netns' links and tc hooks (libbpf's tc calls use the process's own netns).
-//   attach PINDIR DEVICE            our pinned from_tunnel on DEVICE's tc ingress, as ensureTunnelDevice does
+//   attach PINDIR DEVICE [PIN]      our pinned from_tunnel (or the program pinned as PIN) on DEVICE's tc
+//                                   ingress at our handle and priority, as ensureTunnelDevice does
 //   single STATEDIR PINDIR          the single-node start's cleanup; prints what it removed as JSON
 import fs from 'node:fs';
 import path from 'node:path';
@@ -9,12 +10,12 @@ import { PROGRAM_PINS, TC_HANDLE, TC_PRIORITY } from '../../shared/src/bpf/datap
 import { openNetlink } from '../../shared/src/netlink/index.ts';
 import { removeLeftClusterRouting } from '../../shared/src/routing/record.ts';
 
-const [cmd, a, b] = process.argv.slice(2);
+const [cmd, a, b, pin] = process.argv.slice(2);
 const host = openNetlink();
 if (cmd === 'attach') {
   const link = host.linkByName(b);
   if (!link) throw new Error(`no link ${b}`);
-  const prog = bpf.objGet(path.join(a, PROGRAM_PINS.from_tunnel));
+  const prog = bpf.objGet(path.join(a, pin ?? PROGRAM_PINS.from_tunnel));
   try {
     bpf.tcHookCreate(link.index);
     bpf.tcAttach(link.index, bpf.BPF_TC_INGRESS, prog, TC_HANDLE, TC_PRIORITY);
