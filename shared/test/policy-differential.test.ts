@@ -82,20 +82,17 @@ const internals = (e: PolicyEngine) =>
     cidrsRecords?: unknown;
   };
 
-/** The maps with CIDR and FQDN identities named by what they stand for; `noFqdn`: without the
- *  entries of FQDN identities. An ipcache entry of an identity the FQDN state does not know stays
- *  a number (then it differs from a full sync). */
-function named(s: Side, noFqdn = false) {
+/** The maps with CIDR and FQDN identities named by what they stand for. An ipcache entry of an
+ *  identity the FQDN state does not know stays a number (then it differs from a full sync). */
+function named(s: Side) {
   const { cidrs } = internals(s.engine);
   const name = (id: number): string | number => {
     const f = s.fqdn.identities.get(id);
     return f ? keyOf(f.selectors, f.prefixes) : (cidrs.prefixOf(id) ?? id);
   };
-  const fqdnId = (id: number) => noFqdn && identityKind(id) === 'fqdn';
   const policy = [...s.ops.policy]
     .map(([k, e]) => {
       const key = decodePolicyKey(Buffer.from(k, 'hex'));
-      if (fqdnId(key.peer)) return '';
       // Entries of an FQDN identity that expired stay until the next full sync (only the ipcache is
       // written then): unreachable, as no address has the identity and a new one takes a full sync.
       if (identityKind(key.peer) === 'fqdn' && !s.fqdn.identities.get(key.peer)) return '';
@@ -103,16 +100,20 @@ function named(s: Side, noFqdn = false) {
     })
     .filter((e) => e)
     .sort();
-  const ipcache = [...s.ops.ipcache]
-    .filter(([, id]) => !fqdnId(id))
-    .map(([p, id]) => `${p} ${name(id)}`)
-    .sort();
+  const ipcache = [...s.ops.ipcache].map(([p, id]) => `${p} ${name(id)}`).sort();
   const flags = [...s.ops.flags].sort((a, b) => a[0] - b[0]).map(([i, f]) => `${i}:${f}`);
-  return { policy, ipcache, flags };
+  // The FQDN state's own view (what `identity list` and `policy trace` show): every address's identity
+  // by what it stands for, and the identities named (a full sync holds only those some address has;
+  // the incremental state may still hold one a DNS answer just moved an address off, until its next
+  // policy change or expiry, so only addresses' identities must all be listed).
+  const fqdn = [...s.fqdn.ipcacheEntries()].map(([p, id]) => `${p} ${name(id)}`).sort();
+  const listed = new Set(s.fqdn.identities.list().map((i) => i.id));
+  const fqdnListed = [...s.fqdn.ipcacheEntries().values()].filter((id) => !listed.has(id)).map((id) => `unlisted ${id}`);
+  return { policy, ipcache, flags, fqdn: [...fqdn, ...fqdnListed] };
 }
 
 /** What one full sync of a fresh engine writes for the same store, endpoints and DNS answers. */
-async function fromScratch(store: MemoryStore, eps: Endpoint[], answers: Answer[], noFqdn: boolean) {
+async function fromScratch(store: MemoryStore, eps: Endpoint[], answers: Answer[]) {
   const side = await openSide(copyStore(store));
   for (const [names, ip] of answers) side.fqdn.learn(1, names, [{ ip, ttl: 3600 }], 0);
   for (const ep of eps) {
@@ -121,12 +122,12 @@ async function fromScratch(store: MemoryStore, eps: Endpoint[], answers: Answer[
   }
   await side.engine.start();
   await side.engine.close();
-  return named(side, noFqdn);
+  return named(side);
 }
 
 /** The first difference between two named snapshots, readable. */
 function firstDifference(a: ReturnType<typeof named>, b: ReturnType<typeof named>): string {
-  for (const part of ['policy', 'ipcache', 'flags'] as const) {
+  for (const part of ['policy', 'ipcache', 'flags', 'fqdn'] as const) {
     const x = new Set(a[part]),
       y = new Set(b[part]);
     const extra = a[part].filter((e) => !y.has(e));
@@ -278,12 +279,10 @@ async function run(t: Test, parseOffloadBytes: number | undefined, label: string
       edited += compiler.edited;
       patched += compiler.patched;
     }
-    // After a refused import until the next sync the maps are the old ones, but the FQDN state was
-    // given the refused policies (the FQDN identities they hold are numbered anew by that sync, which
-    // the next DNS answer takes: policy-fqdn-failed-import): compared without FQDN identities.
-    const noFqdn = !internals(engine).cidrsRecords;
-    const got = named(side, noFqdn);
-    const want = await fromScratch(store, eps, answers, noFqdn);
+    // A refused import takes its changes to the FQDN state back with the maps' (FqdnState.undo): the
+    // state and the maps are compared with a full sync's after every step, refused imports included.
+    const got = named(side);
+    const want = await fromScratch(store, eps, answers);
     const diff = firstDifference(got, want);
     if (diff) {
       failed = true;

@@ -74,7 +74,13 @@ t.test('a refused import leaves no FQDN identity without policy entries behind',
 
   // An import that names a wider prefix (the FQDN identity of 198.18.0.2 would change), refused:
   // the policy map is too small for it.
-  const before = { policy: new Map(ops.policy), ipcache: new Map(ops.ipcache) };
+  const before = {
+    policy: new Map(ops.policy),
+    ipcache: new Map(ops.ipcache),
+    fqdnIdentities: fqdn.identities.list(),
+    fqdnEntries: new Map(fqdn.ipcacheEntries()),
+    identities: engine.identityList(),
+  };
   ops.policyCapacity = ops.policy.size;
   const wide = doc('wide', {
     endpointSelector: { matchLabels: { app: 'client' } },
@@ -84,6 +90,11 @@ t.test('a refused import leaves no FQDN identity without policy entries behind',
   ops.policyCapacity = 100_000;
   t.same(ops.policy, before.policy, 'the policy map is as it was');
   t.same(ops.ipcache, before.ipcache, 'the ipcache is as it was');
+  // The FQDN state too, at once, not at the next successful sync: `identity list` and `policy trace`
+  // show no identity of the refused policy.
+  t.same(fqdn.identities.list(), before.fqdnIdentities, 'the FQDN identities are as they were');
+  t.same(fqdn.ipcacheEntries(), before.fqdnEntries, "the FQDN state's ipcache entries are as they were");
+  t.same(engine.identityList(), before.identities, 'the identity listing is as it was');
 
   // db.example.com gets another address inside the denied /24.
   await dns('198.18.0.3');

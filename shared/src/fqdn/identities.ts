@@ -45,10 +45,18 @@ export function fqdnLabels(i: Pick<FqdnIdentity, 'selectors' | 'prefixes'>): Lab
   return out;
 }
 
+/** The table as it was (FqdnState's checkpoint). */
+export interface FqdnIdentitiesSnapshot {
+  byKey: Map<string, FqdnIdentity>;
+  byId: Map<number, FqdnIdentity>;
+  bySelector: Map<string, Set<number>>;
+  next: number;
+}
+
 export class FqdnIdentities implements FqdnPeers {
-  private readonly byKey = new Map<string, FqdnIdentity>();
-  private readonly byId = new Map<number, FqdnIdentity>();
-  private readonly bySelector = new Map<string, Set<number>>();
+  private byKey = new Map<string, FqdnIdentity>();
+  private byId = new Map<number, FqdnIdentity>();
+  private bySelector = new Map<string, Set<number>>();
   private next = FIRST_FQDN_IDENTITY;
   version = 0;
 
@@ -104,6 +112,23 @@ export class FqdnIdentities implements FqdnPeers {
     }
     if (gone.length) this.version++;
     return gone;
+  }
+
+  /** A copy of the table (identities are never mutated, so they are shared). */
+  snapshot(): FqdnIdentitiesSnapshot {
+    const bySelector = new Map<string, Set<number>>();
+    for (const [k, ids] of this.bySelector) bySelector.set(k, new Set(ids));
+    return { byKey: new Map(this.byKey), byId: new Map(this.byId), bySelector, next: this.next };
+  }
+
+  /** Back to a snapshot, under a new version: what was compiled against the abandoned content (its
+   *  versions) is never taken for this one. */
+  restore(s: FqdnIdentitiesSnapshot): void {
+    this.byKey = s.byKey;
+    this.byId = s.byId;
+    this.bySelector = s.bySelector;
+    this.next = s.next;
+    this.version++;
   }
 
   get(id: number): FqdnIdentity | undefined {

@@ -5,7 +5,7 @@
 // the agent's upkeep what expired (expire). Pure: persistence and timers live in agent/dns.ts.
 import { cidrContains, hostPrefix, normalizeIp, parseCidr, type Cidr } from '../net/index.ts';
 import { NameCache, type EntryTuple } from './cache.ts';
-import { FqdnIdentities, type FqdnIdentity } from './identities.ts';
+import { FqdnIdentities, type FqdnIdentitiesSnapshot, type FqdnIdentity } from './identities.ts';
 import { selectorKey, selectorMatcher, type FqdnSelector, type NameMatcher } from './selector.ts';
 
 /** The name an address restored without its names is listed under (`fqdn cache list`). */
@@ -25,6 +25,15 @@ export interface LearnResult {
   newEntries: number;
 }
 
+/** What a policy change replaces: kept at its first change after checkpoint(). */
+interface PolicySide {
+  selectors: Map<string, NameMatcher>;
+  selectorsKey: string;
+  prefixes: Map<string, Cidr>;
+  entries: Map<string, number>;
+  identities: FqdnIdentitiesSnapshot;
+}
+
 export class FqdnState {
   readonly cache = new NameCache();
   readonly identities = new FqdnIdentities();
@@ -38,6 +47,11 @@ export class FqdnState {
   private readonly pinned = new Map<string, number>();
   /** Addresses restored without their names (see restore): the selectors their identity had. */
   private readonly orphanSelectors = new Map<string, string[]>();
+  /** The records the policy side was last given (policy/desired.ts: an unchanged set is not walked
+   *  again); taken back with it by undo(). */
+  syncedTo: unknown;
+  /** Since checkpoint(): the policy side before its first change, and syncedTo then. */
+  private journal?: { saved?: PolicySide; syncedTo: unknown };
 
   constructor(readonly minTtl: number) {}
 
@@ -57,19 +71,55 @@ export class FqdnState {
   changePolicy(selectors: FqdnSelector[], added: string[], removed: string[]): void {
     const keys = [...new Set(selectors.map(selectorKey))].sort();
     const sk = keys.join('\n');
-    let samePrefixes = true;
-    for (const p of removed) samePrefixes = !this.prefixes.delete(p) && samePrefixes;
-    for (const p of added)
-      if (!this.prefixes.has(p)) {
-        this.prefixes.set(p, parseCidr(p));
-        samePrefixes = false;
-      }
+    const samePrefixes = !removed.some((p) => this.prefixes.has(p)) && !added.some((p) => !this.prefixes.has(p));
     if (sk === this.selectorsKey && samePrefixes) return;
+    this.save();
+    for (const p of removed) this.prefixes.delete(p);
+    for (const p of added) if (!this.prefixes.has(p)) this.prefixes.set(p, parseCidr(p));
     if (sk !== this.selectorsKey) this.selectors = new Map(selectors.map((s) => [selectorKey(s), selectorMatcher(s)]));
     this.selectorsKey = sk;
     this.entries.clear();
     for (const ip of this.cache.ips()) this.place(ip);
     this.retainUsed();
+  }
+
+  /** From here on, policy changes (setPolicy, changePolicy) can be taken back with undo() until
+   *  keep(): a sync whose maps are refused must leave no identity of the refused policies behind
+   *  (`identity list`, `policy trace`, the next DNS answer's ipcache entry). Spans one synchronous
+   *  sync: learn and expire never run in between. Nothing is copied until the first change. */
+  checkpoint(): void {
+    this.journal = { syncedTo: this.syncedTo };
+  }
+
+  keep(): void {
+    this.journal = undefined;
+  }
+
+  /** The policy side as it was at checkpoint(); the identity table under a new version. */
+  undo(): void {
+    const j = this.journal;
+    if (!j) return;
+    this.journal = undefined;
+    this.syncedTo = j.syncedTo;
+    const s = j.saved;
+    if (!s) return;
+    this.selectors = s.selectors;
+    this.selectorsKey = s.selectorsKey;
+    this.prefixes = s.prefixes;
+    this.entries.clear();
+    for (const [p, id] of s.entries) this.entries.set(p, id);
+    this.identities.restore(s.identities);
+  }
+
+  private save(): void {
+    if (!this.journal || this.journal.saved) return;
+    this.journal.saved = {
+      selectors: this.selectors, // replaced by a change, never edited
+      selectorsKey: this.selectorsKey,
+      prefixes: new Map(this.prefixes),
+      entries: new Map(this.entries),
+      identities: this.identities.snapshot(),
+    };
   }
 
   /** What an answer taught: `names` are the query name and its CNAME chain, all for these addresses. */

@@ -79,9 +79,6 @@ export interface Desired {
   ports?: string;
 }
 
-/** The record set each FQDN state was last given (setPolicy). */
-const fqdnSyncedTo = new WeakMap<FqdnState, PolicyRecord[]>();
-
 /** Every toFQDNs selector of the records. */
 export function fqdnSelectorsOf(records: PolicyRecord[]): FqdnSelector[] {
   const out: FqdnSelector[] = [];
@@ -280,17 +277,17 @@ export function buildDesired(input: DesiredInput, cache?: { current?: CompileCac
   // The selectors and prefixes follow the records alone (the table holds exactly their prefixes once
   // synced): a sync with the same records (an endpoint's ADD or DEL) does not list, sort and compare
   // every prefix again.
-  if (input.fqdn && fqdnSyncedTo.get(input.fqdn) !== input.records) {
+  if (input.fqdn && input.fqdn.syncedTo !== input.records) {
     const selectors = fqdnSelectorsOf(input.records);
     // From the records it was given last: the prefixes that came and went (their delta is from there).
-    const delta = prefixes.delta && fqdnSyncedTo.get(input.fqdn) === cache?.current?.records ? prefixes.delta : undefined;
+    const delta = prefixes.delta && input.fqdn.syncedTo === cache?.current?.records ? prefixes.delta : undefined;
     if (delta) input.fqdn.changePolicy(selectors, delta.added.map(normalizeCidr), delta.removed.map(normalizeCidr));
     else
       input.fqdn.setPolicy(
         selectors,
         input.cidrs.entries().map((e) => e.text),
       );
-    fqdnSyncedTo.set(input.fqdn, input.records);
+    input.fqdn.syncedTo = input.records;
   }
   // Peers selectors choose from: local endpoints, plus other nodes' endpoints in cluster mode.
   let peers: { identity: number }[] = input.endpoints;

@@ -36,8 +36,10 @@ export class PolicyMapSync extends PolicyView {
   /** Computes the desired maps for `records` and applies the difference. Throws with nothing changed. */
   protected sync(records: PolicyRecord[] = this.repo.list()): ApplyStats {
     this.proxiesFor(records);
-    // The CIDR table follows the records; a sync that is abandoned takes its changes back.
+    // The CIDR table and the FQDN state follow the records; a sync that is abandoned takes their
+    // changes back.
     this.cidrs.checkpoint();
+    this.d.fqdn?.checkpoint();
     let desired: Desired;
     try {
       desired = buildDesired(
@@ -60,6 +62,7 @@ export class PolicyMapSync extends PolicyView {
       this.last = undefined;
       this.cidrsRecords = undefined;
       this.cidrs.undo();
+      this.d.fqdn?.undo();
       throw e;
     }
     let stats: ApplyStats;
@@ -70,9 +73,11 @@ export class PolicyMapSync extends PolicyView {
       // The maps hold neither this build's ipcache nor (edited in place) the one before: whole next time.
       if (this.compileCache.current) this.compileCache.current.ipcache = undefined;
       this.cidrs.undo();
+      this.d.fqdn?.undo();
       throw e;
     }
     this.cidrs.keep();
+    this.d.fqdn?.keep();
     this.cidrsRecords = records;
     return stats;
   }
@@ -146,10 +151,9 @@ export class PolicyMapSync extends PolicyView {
    *  entries: only the addresses change. */
   protected writeFqdnIpcache(prefixes: string[]): void {
     if (!this.d.fqdn) return;
-    // A sync that failed since the last one applied (a refused import) gave the FQDN state its
-    // records' selectors and prefixes, which are not taken back: its identities may be ones the maps
-    // have no entries for (an address written with one skips the deny rules in force). A full sync
-    // brings the state and the maps together again.
+    // A sync failed since the last one applied (a refused import): the FQDN state and the CIDR table
+    // were taken back with the maps, but the desired state the diff edits was not kept (the maps hold
+    // the one before it). A full sync rebuilds it.
     if (!this.cidrsRecords) {
       this.sync();
       return;
