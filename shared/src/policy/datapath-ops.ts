@@ -2,7 +2,8 @@
 // and the policy bits of endpoints_cfg. Policy map changes are batched (bpf_map_update_batch and
 // delete_batch: one syscall each per change); the LPM trie has no batch op in the kernel. After a
 // change, established flows are revalidated (revalidate.ts) on the next turn of the event loop: off the
-// change's own latency, well within the second a denied flow may live on.
+// change's own latency, well within the second a denied flow may live on; a walk that fails is done
+// again over every entry a second later, until one succeeds.
 import type { Datapath } from '../bpf/datapath.ts';
 import * as bpf from '../bpf/libbpf.ts';
 import { ENDPOINT_CONFIG_SIZE, encodeU32Key } from '../maps/codec.ts';
@@ -23,6 +24,8 @@ import {
   encodePolicyValue,
 } from './map-codec.ts';
 
+/** After a failed revalidation, the delay before every flow is asked again. */
+export const REVALIDATE_RETRY_MS = 1000;
 const FLAGS_OFFSET = 8; // struct endpoint_config: endpoint_id, identity, flags
 
 export interface DatapathPolicyOps extends PolicyDatapathOps {
@@ -34,6 +37,22 @@ export function datapathOps(dp: Datapath, opts: { log?: { warn(o: object, msg: s
   const fd = (name: 'policy' | 'ipcache' | 'endpoints_cfg') => dp.mapFd(name);
   let pending: Promise<number> | undefined;
   let what: MapChanges | undefined;
+  let retry: ReturnType<typeof setTimeout> | undefined;
+  // A walk that failed left alive the flows the change denies (fail open, and no later change asks
+  // about them again): every entry is asked (its filter is gone with it) a second later, and again
+  // until a walk succeeds.
+  const retryFull = (mirror: Mirror) => {
+    retry ??= setTimeout(() => {
+      retry = undefined;
+      try {
+        revalidateConntrack(dp, mirror);
+      } catch (err) {
+        opts.log?.warn({ err }, 'conntrack revalidation failed again; retrying');
+        retryFull(mirror);
+      }
+    }, REVALIDATE_RETRY_MS);
+    retry.unref?.();
+  };
 
   return {
     changed(mirror: Mirror, changes: MapChanges) {
@@ -53,7 +72,8 @@ export function datapathOps(dp: Datapath, opts: { log?: { warn(o: object, msg: s
           try {
             resolve(revalidateConntrack(dp, mirror, touched));
           } catch (err) {
-            opts.log?.warn({ err }, 'conntrack revalidation failed');
+            opts.log?.warn({ err }, 'conntrack revalidation failed; every flow is asked again in a second');
+            retryFull(mirror);
             resolve(0);
           }
         }),
