@@ -53,12 +53,19 @@ export interface FqdnIdentitiesSnapshot {
   next: number;
 }
 
+const LOG_LIMIT = 4096;
+
 export class FqdnIdentities implements FqdnPeers {
   private byKey = new Map<string, FqdnIdentity>();
   private byId = new Map<number, FqdnIdentity>();
   private bySelector = new Map<string, Set<number>>();
   private next = FIRST_FQDN_IDENTITY;
   version = 0;
+  /** Identities that came or went, with the version each change made (a compile against an older
+   *  version re-resolves only the rules they can move: policy/fqdn-moves.ts). Complete from version
+   *  `logFrom` on; bounded (trimmed from the front). */
+  private log: { version: number; identity: FqdnIdentity }[] = [];
+  private logFrom = 0;
 
   constructor(
     private readonly first = FIRST_FQDN_IDENTITY,
@@ -98,6 +105,25 @@ export class FqdnIdentities implements FqdnPeers {
       set.add(i.id);
     }
     this.version++;
+    this.logged(i);
+  }
+
+  private logged(i: FqdnIdentity): void {
+    this.log.push({ version: this.version, identity: i });
+    if (this.log.length > LOG_LIMIT) {
+      const cut = this.log.length - LOG_LIMIT / 2;
+      this.logFrom = this.log[cut - 1].version;
+      this.log = this.log.slice(cut);
+    }
+  }
+
+  /** The identities that came or went after version `from` up to `to`; undefined when the log does
+   *  not reach back that far (or an undo came in between): then everything may have moved. */
+  changesBetween(from: number, to: number): FqdnIdentity[] | undefined {
+    if (from < this.logFrom || to > this.version || from > to) return undefined;
+    const out: FqdnIdentity[] = [];
+    for (const e of this.log) if (e.version > from && e.version <= to) out.push(e.identity);
+    return out;
   }
 
   /** Drops every identity not in `used`; returns the dropped ones. */
@@ -110,7 +136,10 @@ export class FqdnIdentities implements FqdnPeers {
       for (const s of i.selectors) this.bySelector.get(s)?.delete(i.id);
       gone.push(i);
     }
-    if (gone.length) this.version++;
+    if (gone.length) {
+      this.version++;
+      for (const i of gone) this.logged(i);
+    }
     return gone;
   }
 
@@ -129,6 +158,8 @@ export class FqdnIdentities implements FqdnPeers {
     this.bySelector = s.bySelector;
     this.next = s.next;
     this.version++;
+    this.log = [];
+    this.logFrom = this.version;
   }
 
   get(id: number): FqdnIdentity | undefined {

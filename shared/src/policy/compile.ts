@@ -106,7 +106,7 @@ export class PolicyCompiler {
   patched = 0;
   columnsRebuilt = 0;
   /** Of the records' uses, those updated from a few changed rules (editedUse), and those updated
-   *  from the rules a change of CIDR identities moved (movedUse). */
+   *  from the rules a change of CIDR or FQDN identities moved (movedUse). */
   edited = 0;
   cidrMoved = 0;
 

@@ -164,11 +164,13 @@ function touchedBy(before: PolicyRecord[], after: PolicyRecord[], cidrsChanged: 
 }
 
 /** What changed in the peer universe since `cur` was compiled; with the CIDR prefixes that came or
- *  went when one sync separates the two (then only the rules they can move resolve again). */
-function movedSince(cur: CompileCache, cidrs: DesiredInput['cidrs'], cidrVersion: number, fqdnVersion: number): UniverseChange {
+ *  went when one sync separates the two, and the FQDN identities that came or went since (then only
+ *  the rules they can move resolve again). */
+function movedSince(cur: CompileCache, input: DesiredInput, cidrVersion: number, fqdnVersion: number): UniverseChange {
   const moved: UniverseChange = { cidrs: cur.cidrVersion !== cidrVersion, fqdn: cur.fqdnVersion !== fqdnVersion };
-  const last = cidrs.lastChange;
+  const last = input.cidrs.lastChange;
   if (moved.cidrs && last?.from === cur.cidrVersion && last.to === cidrVersion) moved.cidrChanges = last.cidrs;
+  if (moved.fqdn) moved.fqdnChanges = input.fqdn?.identities.changesBetween(cur.fqdnVersion, fqdnVersion);
   return moved;
 }
 
@@ -196,7 +198,7 @@ function compilerFor(input: DesiredInput, universe: Universe, cache?: { current?
         input.records,
         universe,
         touchedBy(cur.records, input.records, cur.cidrVersion !== cidrVersion || cur.fqdnVersion !== fqdnVersion),
-        movedSince(cur, input.cidrs, cidrVersion, fqdnVersion),
+        movedSince(cur, input, cidrVersion, fqdnVersion),
       )
     : new PolicyCompiler(input.records, universe);
   if (cache) {

@@ -2,6 +2,7 @@
 // compiled again (their peers may stand for other identities), the others keep what they gave. Each
 // answer is worked out once per policy object (policies are never changed in place), and for a policy
 // that changed a few rules, from the one it replaced and those rules. Pure.
+import type { FqdnIdentity } from '../fqdn/identities.ts';
 import type { Cidr } from '../net/index.ts';
 import { RuleTally } from './rule-edits.ts';
 import type { PolicyRecord, Rule } from './types.ts';
@@ -81,4 +82,6 @@ export interface UniverseChange {
   fqdn: boolean;
   /** With cidrs: the prefixes whose identities came or went, when known (cidr-moves.ts). */
   cidrChanges?: readonly Cidr[];
+  /** With fqdn: the FQDN identities that came or went, when known (fqdn-moves.ts). */
+  fqdnChanges?: readonly FqdnIdentity[];
 }

@@ -6,7 +6,8 @@ import { ANY_IDENTITY } from '../identity/reserved.ts';
 import type { Labels } from '../identity/labels.ts';
 import type { Entry } from './closure.ts';
 import { fingerprintOf } from './fingerprint.ts';
-import { rulesMovedBy } from './cidr-moves.ts';
+import { rulesMovedBy, type RulePlace } from './cidr-moves.ts';
+import { rulesMovedByFqdn } from './fqdn-moves.ts';
 import { dependsOnCidrs, namesAnyCidr, rulePeersMoved, type UniverseChange } from './peer-deps.ts';
 import type { PeerResolver } from './peers.ts';
 import { editsOf } from './rule-edits.ts';
@@ -135,11 +136,12 @@ export function editedUse(
   return takeOver(rec, before, gone, removed, added);
 }
 
-/** What the same record gives `labels` after CIDR identities came or went (`moved.cidrChanges`):
- *  `before`'s uses with those of the rules the change can move resolved again (cidr-moves.ts; a
- *  prefix added next to 10,000 wide rules re-resolves the ones holding it, not 10,000), taken over
- *  and edited in place; `before` itself when none resolved to other peers. undefined: not such a
- *  change (then recordUse walks the record). */
+/** What the same record gives `labels` after CIDR or FQDN identities came or went
+ *  (`moved.cidrChanges`, `moved.fqdnChanges`): `before`'s uses with those of the rules the change can
+ *  move resolved again (cidr-moves.ts, fqdn-moves.ts; a prefix added next to 10,000 wide rules, or a
+ *  DNS answer's new identity, re-resolves the rules that can select it, not 10,000), taken over and
+ *  edited in place; `before` itself when none resolved to other peers. undefined: a change whose
+ *  identities are not known (then recordUse walks the record). */
 export function movedUse(
   rec: PolicyRecord,
   labels: Labels,
@@ -147,10 +149,17 @@ export function movedUse(
   moved: UniverseChange,
   before: RecordUse,
 ): RecordUse | undefined {
-  if (!moved.cidrChanges || moved.fqdn || before.rec !== rec || before.dup) return undefined;
+  if (before.rec !== rec || before.dup) return undefined;
+  if ((moved.cidrs && !moved.cidrChanges) || (moved.fqdn && !moved.fqdnChanges)) return undefined;
+  const places: RulePlace[] = moved.cidrs && moved.cidrChanges ? rulesMovedBy(rec.policy, moved.cidrChanges) : [];
+  if (moved.fqdn && moved.fqdnChanges) {
+    const seen = new Set(places.map(([i, j]) => i * 65536 + j));
+    for (const place of rulesMovedByFqdn(rec.policy, moved.fqdnChanges))
+      if (!seen.has(place[0] * 65536 + place[1])) places.push(place);
+  }
   const removed: RuleUse[] = [],
     added: [string, RuleUse][] = [];
-  for (const [i, j] of rulesMovedBy(rec.policy, moved.cidrChanges)) {
+  for (const [i, j] of places) {
     if (!matches(rec.policy.specs[i].subject, labels)) continue;
     const rule = rec.policy.specs[i].rules[j];
     const key = ruleKey(rec, rule);
