@@ -386,3 +386,23 @@ t.test(
     r.close();
   },
 );
+
+t.test('a compaction waits until the journal has grown to the snapshot size (writing stays proportional)', async (t) => {
+  const dir = tmp(t);
+  const s = new JournalStore(dir);
+  // A large state (a 10,000-rule policy is ~0.9 MB), folded into a snapshot.
+  await s.put('big/policy', { rules: Array.from({ length: 4000 }, (_, i) => ({ toCIDR: [`10.0.${i % 256}.0/24`], n: i })) });
+  s.compact();
+  const snapshot = fs.statSync(path.join(dir, 'snapshot.json'));
+  // 2,500 small changes: more records than the count alone waits for, fewer bytes than the snapshot.
+  for (let i = 0; i < 2500; i++) await s.put(`k/${i % 50}`, i);
+  t.equal(fs.statSync(path.join(dir, 'snapshot.json')).ino, snapshot.ino, 'no compaction yet: the snapshot is the same file');
+  // Enough bytes of changes: folded.
+  const big = 'x'.repeat(4096);
+  for (let i = 0; i * 4096 < snapshot.size; i++) await s.put(`k/${i % 50}`, big);
+  t.not(fs.statSync(path.join(dir, 'snapshot.json')).ino, snapshot.ino, 'compacted once the journal is as large');
+  s.close();
+  const reopened = new JournalStore(dir);
+  t.equal(((await reopened.get('big/policy')) as { rules: unknown[] }).rules.length, 4000, 'the state survives');
+  reopened.close();
+});

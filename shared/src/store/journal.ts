@@ -33,7 +33,11 @@ export { decodeRecord, encodeRecord } from './journal-record.ts';
 
 const SNAPSHOT = 'snapshot.json';
 const JOURNAL = 'journal.log';
-/** Journal records before the state is folded into a new snapshot. */
+/** Journal records before the state is folded into a new snapshot, once the journal has also grown to
+ *  the snapshot's size: a compaction rewrites the whole state (~14 ms and 0.9 MB for a 10,000-rule
+ *  policy), so it waits until the records since the last one are as many bytes. Writing is then at most
+ *  twice what the changes are, however large the state and small the changes (2,000 IPAM records are
+ *  ~0.2 MB), and a restart replays at most the snapshot's size again. */
 const COMPACT_AFTER = 2000;
 /** Preallocated room only deletions may use (~600 endpoint deletions). */
 const RESERVE = 64 * 1024;
@@ -63,6 +67,8 @@ export class JournalStore implements Store {
   private allocated = 0;
   private records = 0;
   private compactAt = COMPACT_AFTER;
+  /** Bytes of the snapshot last read or written. */
+  private snapshotBytes = 0;
   private pending: { ops: Encoded[]; waiters: { resolve(): void; reject(e: unknown): void }[] } | null = null;
   /** Set when a failed write could not be cut off: every later write is refused. */
   private broken: MembraneError | null = null;
@@ -122,6 +128,7 @@ export class JournalStore implements Store {
       );
     }
     for (const [k, v] of Object.entries(snap)) this.docs.set(k, JSON.stringify(v));
+    this.snapshotBytes = text.length;
   }
 
   private loadJournal(): { legacy: boolean; recovery: JournalRecovery | null } {
@@ -275,7 +282,7 @@ export class JournalStore implements Store {
       else waiters[i].reject(refused);
     });
     this.lastFailure = done.size < batch.ops.length ? refused : null;
-    if (this.records >= this.compactAt) {
+    if (this.records >= this.compactAt && this.size >= this.snapshotBytes) {
       try {
         this.compact();
       } catch (e) {
@@ -344,7 +351,9 @@ export class JournalStore implements Store {
     // From the JSON memory holds: no parse and stringify of megabytes of policy on the event loop.
     const parts: string[] = [];
     for (const [k, v] of this.docs) parts.push(`${JSON.stringify(k)}:${v}`);
-    writeFileAtomicSync(path.join(this.dir, SNAPSHOT), `{${parts.join(',')}}`);
+    const text = `{${parts.join(',')}}`;
+    writeFileAtomicSync(path.join(this.dir, SNAPSHOT), text);
+    this.snapshotBytes = text.length;
     fs.ftruncateSync(this.fd, 0);
     fs.fdatasyncSync(this.fd);
     this.size = 0;
