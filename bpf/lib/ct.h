@@ -17,7 +17,17 @@ enum ct_result {
 	CT_RELATED = 3,         /* an ICMP error about a flow of this endpoint */
 	CT_REVOKED_FORWARD = 4, /* the initiator of a revoked flow: check it as a new flow */
 	CT_REVOKED_REPLY = 5,   /* the other side of a revoked flow: drop */
+	/* A tunnel packet of a tracked flow whose VNI is not the peer identity the entry was admitted
+	 * with (ct_lookup's peer_id): the flow is asked again before the entry is touched (enforce.h). */
+	CT_PEER_CHANGED = 6,       /* a forward packet */
+	CT_PEER_CHANGED_REPLY = 7, /* a reply */
 };
+
+/* The identity of the other side, as an entry made at `scope` recorded it. */
+static __always_inline __u32 ct_peer_identity(const struct ct_entry *e, __u8 scope)
+{
+	return scope == CT_SCOPE_INGRESS ? e->src_identity : e->dst_identity;
+}
 
 static __always_inline __u8 ct_reverse_scope(__u8 scope)
 {
@@ -317,8 +327,12 @@ static __noinline struct ct_entry *ct_reply_probe(const struct pkt *p, __u8 scop
 	return e;
 }
 
-/* Established, reply, related, revoked or new. *out is the entry found (established, reply,
- * revoked), *k its key; *done says the connection just finished (see ct_update).
+/* Established, reply, related, revoked, peer changed or new. *out is the entry found (established,
+ * reply, revoked, peer changed), *k its key; *done says the connection just finished (see ct_update).
+ * peer_id: the identity the packet itself carries (a tunnel's VNI), 0 = none. An entry that recorded
+ * another peer identity is not this packet's flow as it was admitted (a pod on another node took a
+ * deleted pod's address and sends on its tuples; a relabeled pod): CT_PEER_CHANGED(_REPLY), and the
+ * entry is left as it was (no counters, no TCP state: a forged RST closes nothing). One compare.
  *
  * The forward key decides before the reverse one. Half of all packets are replies, though, and
  * looking their forward key up first costs a hash-bucket walk that misses (on a line no cache holds:
@@ -332,15 +346,16 @@ static __noinline struct ct_entry *ct_reply_probe(const struct pkt *p, __u8 scop
  * would have made the reverse entry's first packet a reply: the order does not matter. Anything else
  * (a miss, a closing or revoked entry) goes through the full order below. */
 static __always_inline int ct_lookup(struct __sk_buff *skb, const struct pkt *p, __u8 scope, __u32 self, __u32 peer,
-				     struct ct_entry **out, struct ct_key *k, bool *done)
+				     __u32 peer_id, struct ct_entry **out, struct ct_key *k, bool *done)
 {
 	struct ct_entry *e;
 	__u64 now = ct_now();
 	bool syn = tcp_syn_only(p);
 
+	/* Another peer identity takes the full order below (a forward entry may hold this sender's). */
 	if (ct_reply_likely(p)) {
 		e = ct_reply_probe(p, scope, self, peer, k);
-		if (e && !ct_expired(e, p->proto, now))
+		if (e && !ct_expired(e, p->proto, now) && (!peer_id || ct_peer_identity(e, ct_reverse_scope(scope)) == peer_id))
 			goto reply;
 	}
 	ct_key_of(k, p, scope, false);
@@ -353,6 +368,8 @@ static __always_inline int ct_lookup(struct __sk_buff *skb, const struct pkt *p,
 			e->last_seen_ns = now; /* the revocation lasts while the flow keeps trying */
 			return CT_REVOKED_FORWARD;
 		}
+		if (peer_id && ct_peer_identity(e, scope) != peer_id)
+			return CT_PEER_CHANGED;
 		*done = ct_update(e, p, CT_DIR_FORWARD, now);
 		return CT_ESTABLISHED;
 	}
@@ -365,6 +382,8 @@ reply:
 			e->last_seen_ns = now;
 			return CT_REVOKED_REPLY;
 		}
+		if (peer_id && ct_peer_identity(e, ct_reverse_scope(scope)) != peer_id)
+			return CT_PEER_CHANGED_REPLY;
 		*done = ct_update(e, p, CT_DIR_REPLY, now);
 		return CT_REPLY;
 	}

@@ -70,10 +70,11 @@ static __always_inline bool icmp6_on_own_link(const struct pkt *p, const struct 
 	return (ipv6_link_local(p->saddr) || ipv6_unspecified(p->saddr)) && ipv6_link_scoped(p->daddr);
 }
 
-/* The policy decision for a flow's first packet at one enforcement point. Fills *m for the FLOW_NEW
- * event; a drop is counted and reported here. Audit mode turns a would-be drop into a pass. */
-static __always_inline int decide(const struct pkt *p, const struct endpoint_config *ep, __u8 dir, __u32 peer, bool redirect,
-				  struct event_meta *m)
+/* The policy's answer for a flow at one enforcement point, asked about `port` (policy_dport of its
+ * first packet). Fills *m for the FLOW_NEW event; a drop is neither counted nor reported here. Audit
+ * mode turns a would-be drop into a pass. */
+static __always_inline int policy_verdict(const struct pkt *p, const struct endpoint_config *ep, __u8 dir, __u32 peer,
+					  __be16 port, bool redirect, struct event_meta *m)
 {
 	__u32 lookup_bit = dir == POLICY_DIR_INGRESS ? EP_F_INGRESS_LOOKUP : EP_F_EGRESS_LOOKUP;
 	__u32 deny_bit = dir == POLICY_DIR_INGRESS ? EP_F_INGRESS_DEFAULT_DENY : EP_F_EGRESS_DEFAULT_DENY;
@@ -87,7 +88,7 @@ static __always_inline int decide(const struct pkt *p, const struct endpoint_con
 	m->src_identity = dir == POLICY_DIR_EGRESS ? ep->identity : peer;
 	m->dst_identity = dir == POLICY_DIR_EGRESS ? peer : ep->identity;
 	if (ep->flags & lookup_bit) {
-		pe = policy_lookup(ep->endpoint_id, peer, dir, p->proto, policy_dport(p));
+		pe = policy_lookup(ep->endpoint_id, peer, dir, p->proto, port);
 		if (pe) {
 			action = pe->action;
 			m->rule_id = pe->rule_id;
@@ -107,10 +108,20 @@ static __always_inline int decide(const struct pkt *p, const struct endpoint_con
 		return ENFORCE_PASS;
 	cfg = global_config();
 	if (!(ep->flags & EP_F_AUDIT) && !(cfg && (cfg->flags & CFG_F_AUDIT)))
-		return drop_packet(p, ep, dir, DROP_POLICY_DENIED, m->src_identity, m->dst_identity, m->rule_id);
+		return ENFORCE_DROP;
 	m->verdict = TRACE_VERDICT_AUDIT;
 	m->flags = TRACE_F_AUDIT;
 	return ENFORCE_PASS;
+}
+
+/* The policy decision for a flow's first packet at one enforcement point. Fills *m for the FLOW_NEW
+ * event; a drop is counted and reported here. */
+static __always_inline int decide(const struct pkt *p, const struct endpoint_config *ep, __u8 dir, __u32 peer, bool redirect,
+				  struct event_meta *m)
+{
+	if (policy_verdict(p, ep, dir, peer, policy_dport(p), redirect, m) == ENFORCE_PASS)
+		return ENFORCE_PASS;
+	return drop_packet(p, ep, dir, DROP_POLICY_DENIED, m->src_identity, m->dst_identity, m->rule_id);
 }
 
 /* A source the node itself vouches for, arriving from the underlay (native routing, underlay.c): one
@@ -192,8 +203,39 @@ static __always_inline int drop_revoked(const struct pkt *p, const struct ct_ent
 	return drop_packet(p, ep, dir, DROP_POLICY_DENIED, ct->dst_identity, ct->src_identity, 0);
 }
 
+/* A tunnel packet of a tracked flow whose VNI is another identity than the one the entry recorded
+ * (CT_PEER_CHANGED: a pod on another node holds a deleted pod's address and sends on its tuples
+ * before this node learns the new ipcache entry, or the sender was relabeled). The flow is asked again
+ * where it was admitted (this endpoint, in the flow's direction, about the entry's policy port) with
+ * the identity the packet carries, as if it began now. Denied: dropped (POLICY_DENIED, naming that
+ * identity), the entry untouched, so the old sender's packets still pass. Admitted (as a new flow of
+ * that sender would be, and through the same proxy or none): the entry takes the new identity and
+ * rule (a FLOW_NEW says so), and the flow goes on. `reply`: the packet is a reply of the entry. */
+static __always_inline int readmit(const struct pkt *p, struct ct_entry *ct, const struct endpoint_config *ep, __u8 dir,
+				   __u32 peer, bool reply)
+{
+	__u8 fdir = reply ? dir ^ 1 : dir;
+	struct event_meta m;
+
+	if (policy_verdict(p, ep, fdir, peer, ct->policy_port, false, &m) != ENFORCE_PASS ||
+	    m.proxy_port != (ct->flags & CT_F_PROXY ? ct->proxy_port : 0))
+		return drop_packet(p, ep, dir, DROP_POLICY_DENIED, dir == POLICY_DIR_INGRESS ? peer : ep->identity,
+				   dir == POLICY_DIR_INGRESS ? ep->identity : peer, m.rule_id);
+	if (fdir == POLICY_DIR_INGRESS)
+		ct->src_identity = peer;
+	else
+		ct->dst_identity = peer;
+	ct->rule_id = m.rule_id;
+	m.reversed = reply;
+	if (ct->flags & CT_F_REDIRECTED)
+		m.verdict = TRACE_VERDICT_REDIRECTED;
+	emit_event(p, &m, ep, NULL);
+	return ENFORCE_PASS;
+}
+
 /* *proxy_port: set when the packet is a forward packet of a flow that goes to the L7 proxy. peer and
- * underlay: see new_flow (peer 0 = the ipcache decides). */
+ * underlay: see new_flow (peer 0 = the ipcache decides); a peer is also held to the identity each
+ * conntrack entry recorded (readmit). */
 static __always_inline int enforce_peer(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_config *ep, __u8 dir,
 					bool redirect, __u32 peer, bool underlay, __u16 *proxy_port)
 {
@@ -207,11 +249,17 @@ static __always_inline int enforce_peer(struct __sk_buff *skb, const struct pkt 
 #endif
 	if (is_icmp6_ndp(p) || is_icmp6_mld(p))
 		return icmp6_on_own_link(p, ep, dir) ? ENFORCE_PASS : drop_at(p, ep, dir, DROP_FORBIDDEN_ICMPV6);
-	r = ct_lookup(skb, p, dir, ep->endpoint_id, 0, &ct, &key, &done);
+	r = ct_lookup(skb, p, dir, ep->endpoint_id, 0, peer, &ct, &key, &done);
 	if (r == CT_NEW || r == CT_REVOKED_FORWARD)
 		return new_flow(p, ep, dir, redirect, peer, underlay, proxy_port);
 	if (r == CT_REVOKED_REPLY && ct)
 		return drop_revoked(p, ct, ep, dir);
+	if (peer && (r == CT_PEER_CHANGED || r == CT_PEER_CHANGED_REPLY)) { /* peer: compiled out elsewhere */
+		if (!ct || readmit(p, ct, ep, dir, peer, r == CT_PEER_CHANGED_REPLY) != ENFORCE_PASS)
+			return ENFORCE_DROP;
+		r = r == CT_PEER_CHANGED ? CT_ESTABLISHED : CT_REPLY;
+		done = ct_update(ct, p, r == CT_REPLY ? CT_DIR_REPLY : CT_DIR_FORWARD, ct_now());
+	}
 	/* From the underlay, a packet of a flow with this node's host (as the entry recorded the peer when
 	 * the flow began) is forged: no lookup per packet, the entry is at hand. */
 	if (underlay && ct && (r == CT_ESTABLISHED ? ct->src_identity : ct->dst_identity) == IDENTITY_HOST)
@@ -283,7 +331,7 @@ static __always_inline int enforce_local(struct __sk_buff *skb, const struct pkt
 #endif
 	if (is_icmp6_ndp(p) || is_icmp6_mld(p)) /* never between pods */
 		return drop_at(p, src, POLICY_DIR_EGRESS, DROP_FORBIDDEN_ICMPV6);
-	r = ct_lookup(skb, p, CT_SCOPE_LOCAL, src->endpoint_id, dst->endpoint_id, &ct, &key, &done);
+	r = ct_lookup(skb, p, CT_SCOPE_LOCAL, src->endpoint_id, dst->endpoint_id, 0, &ct, &key, &done);
 	if (r == CT_REVOKED_REPLY && ct)
 		return drop_revoked(p, ct, src, POLICY_DIR_EGRESS);
 	if (r != CT_NEW && r != CT_REVOKED_FORWARD) {
