@@ -16,6 +16,7 @@ import type { RequestView } from '../http/rules.ts';
 import type { UpstreamSocket } from '../http/socket.ts';
 import { type AgentMessage, encodeFrame, FrameReader, frameHeader, type WorkerMessage } from './frames.ts';
 import { type RecordContext, RecordWriter } from './records.ts';
+import { type Linked, LinkList } from './link-list.ts';
 import { RawListener } from './raw-listener.ts';
 import { RawSocket } from './raw-socket.ts';
 import { SocketError, transparentListener } from './sockets.ts';
@@ -62,8 +63,8 @@ export class ProxyWorker {
   private lost = 0;
   private flushTimer?: NodeJS.Timeout;
   /** Open client connections (Diverted is theirs, below; `clients`, `view`, `upstreams`, `stopping`
-   *  and `record` are what it uses of the worker). */
-  readonly clients = new Set<Diverted>();
+   *  and `record` are what it uses of the worker). A linked list, not a Set: link-list.ts says why. */
+  readonly clients = new LinkList<Diverted>();
   private stats = { connections: 0, requests: 0, denied: 0 };
   stopping = false;
   private readonly timeOrigin = performance.timeOrigin;
@@ -183,14 +184,14 @@ export class ProxyWorker {
 
   private closeIdle(): void {
     const now = Date.now();
-    for (const d of this.clients) {
+    this.clients.forEach((d) => {
       const c = d.client;
       const bytes = c.bytesRead + c.bytesWritten;
       if (bytes !== d.idleBytes) {
         d.idleBytes = bytes;
         d.idleSince = now;
       } else if (now - d.idleSince >= IDLE_TIMEOUT_MS) c.destroy();
-    }
+    });
   }
 
   // ---- records -----------------------------------------------------------------------------------
@@ -263,7 +264,9 @@ export class ProxyWorker {
   private exit(why: string): void {
     this.o.log('exiting', { why });
     this.flush();
-    for (const d of this.clients) d.client.destroy();
+    this.clients.forEach((d) => {
+      d.client.destroy();
+    });
     process.exit(0);
   }
 }
@@ -273,7 +276,7 @@ export class ProxyWorker {
  * reuse, a verdict per request, a record per request and response) and as its records see it (ports
  * and the connection's policy): one object with methods, not a closure each, per connection.
  */
-class Diverted implements ConnectionOptions, UpstreamReuse, ExchangeSink, RecordContext {
+class Diverted implements ConnectionOptions, UpstreamReuse, ExchangeSink, RecordContext, Linked<Diverted> {
   readonly reuse: UpstreamReuse = this;
   readonly sink: ExchangeSink = this;
   readonly clientNoDelay = true; // the listener has TCP_NODELAY (sockets.ts)
@@ -283,6 +286,9 @@ class Diverted implements ConnectionOptions, UpstreamReuse, ExchangeSink, Record
   /** Byte count at the last idle sweep, and since when it is that (ProxyWorker.closeIdle). */
   idleBytes = 0;
   idleSince = Date.now();
+  /** ProxyWorker.clients' links. */
+  prevLink?: Diverted = undefined;
+  nextLink?: Diverted = undefined;
 
   constructor(
     private readonly w: ProxyWorker,
