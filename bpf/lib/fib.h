@@ -24,9 +24,22 @@ union ttl_proto_word {
 	__u8 bytes[2];
 };
 
-/* Decrements the TTL (IPv4, checksum updated) or hop limit (IPv6). 0; <0: the header could not be
- * read (nothing changed, the caller leaves the packet to the stack); >0: the checksum update failed
- * after the TTL was rewritten (the caller must drop: a packet with a bad checksum must not leave). */
+/* RFC 1624's incremental update of a one's complement checksum for one 16-bit word changed from old to
+ * new, as the words sit in memory (the sum is byte-order agnostic). Done here rather than with
+ * bpf_l3_csum_replace: the program writes the packet directly anyway, and a helper call per forwarded
+ * packet (its writability check included) is what a router's hop should not cost. */
+static __always_inline __u16 csum_replace16(__u16 check, __u16 old, __u16 new)
+{
+	__u32 sum = (__u16)~check + (__u32)(__u16)~old + new;
+
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
+/* Decrements the TTL (IPv4, checksum updated) or hop limit (IPv6) in place. 0, or <0 when the header
+ * could not be read (nothing changed, the caller leaves the packet to the stack). Only the header
+ * checksum changes, by the inverse of the TTL's change: a CHECKSUM_COMPLETE sum stays valid. */
 static __always_inline int route_hop(struct __sk_buff *skb, __u8 family)
 {
 	void *data, *data_end;
@@ -43,10 +56,7 @@ static __always_inline int route_hop(struct __sk_buff *skb, __u8 family)
 		new_word.bytes[0] = ip->ttl - 1;
 		new_word.bytes[1] = ip->protocol;
 		ip->ttl = new_word.bytes[0];
-		/* Incremental checksum update over the word as it sits in memory: byte-order agnostic. */
-		if (bpf_l3_csum_replace(skb, ETH_HLEN + offsetof(struct iphdr, check), old_word.word,
-					new_word.word, sizeof(__u16)) < 0)
-			return 1;
+		ip->check = csum_replace16(ip->check, old_word.word, new_word.word);
 		return 0;
 	} else {
 		struct ipv6hdr *ip6;
@@ -76,8 +86,6 @@ static __always_inline int native_forward(struct __sk_buff *skb, __u8 family, __
 	hop = route_hop(skb, family);
 	if (hop < 0)
 		return TC_ACT_OK;
-	if (hop > 0)
-		return TC_ACT_SHOT; /* TTL already rewritten: a packet with a bad checksum must not leave */
 	__builtin_memset(&nh, 0, sizeof(nh));
 	if (te->family == MBR_FAMILY_IPV4) {
 		nh.nh_family = AF_INET;

@@ -6,19 +6,22 @@
 // FLOW_END per node), runs and time of each tc program on both nodes (kernel.bpf_stats_enabled, on for
 // the run, ~0.15 µs a run of its own), the two agents' CPU time, and the conntrack entries left after
 // the sample. OBJ=<datapath .o> runs the agents on another object (an A/B: run once per object).
+// WORK=tput1|tput4 runs iperf3 (1 or 4 streams) instead of crr: the costs are then per MB received.
 // Run under the bench lock: flock /work/wt/.bench.lock node --import tsx scripts/bench/cross-node-events.ts
 import { execFileSync } from 'node:child_process';
 import os from 'node:os';
 import { createNetns } from '../../integration/lib/netns.ts';
 import { eventually, startCluster, type TestNode } from '../../integration/lib/cluster.ts';
 import { readIpcache } from '../../integration/lib/cluster-maps.ts';
-import { connectionRate, processCpuMs, settled, sleep } from './lib.ts';
+import { connectionRate, processCpuMs, settled, sleep, throughput } from './lib.ts';
 import { attachedPrograms, enableBpfStats } from './bpf-stats.ts';
 
 delete process.env.NODE_EXTRA_CA_CERTS;
 const MODE = process.env.MODE ?? 'native';
 const S = Number(process.env.S ?? 3);
 const R = Number(process.env.R ?? 3);
+/** WORK=tput1|tput4: iperf3 with 1 or 4 streams instead of crr; costs are then per MB received, not per connection. */
+const WORK = process.env.WORK ?? 'crr'; // with tput*, "per connection" below reads per MB
 const load0 = os.loadavg()[0].toFixed(2);
 const c = await startCluster({
   nodes: 2,
@@ -70,12 +73,17 @@ try {
   const agents = [n1.agent.pid()!, n2.agent.pid()!];
   await settled(agents, { busyPct: 2, timeoutMs: 60_000, throwOnTimeout: false });
   const ids = attachedPrograms([n1.netns.path, n2.netns.path]);
-  console.log(`${MODE} cluster, ${R} samples of ${S} s, object ${process.env.OBJ ?? 'dist'}`);
+  console.log(
+    `${MODE} cluster, ${WORK}, ${R} samples of ${S} s, object ${process.env.OBJ ?? 'dist'}${WORK === 'crr' ? '' : ' (per MB, not per connection)'}`,
+  );
   for (let r = 0; r < R; r++) {
     const p0 = programStats(ids);
     const e0 = await Promise.all([flowEvents(n1), flowEvents(n2)]);
     const cpu0 = agents.map(processCpuMs);
-    const rate = await connectionRate(a.ns, b.ns, b.ip, S);
+    const rate =
+      WORK === 'crr'
+        ? await connectionRate(a.ns, b.ns, b.ip, S)
+        : ((await throughput(a.ns, b.ns, b.ip, WORK === 'tput4' ? 4 : 1, S)) * 1e3) / 8; // MB/s
     const cpu1 = agents.map(processCpuMs);
     await sleep(1500); // the agents' last drain (their period is at most 40 ms busy, then epoll)
     const e1 = await Promise.all([flowEvents(n1), flowEvents(n2)]);
@@ -98,7 +106,7 @@ try {
       lines.push(`  ${k}: ${perConn(runs)} runs, ${(ns / runs).toFixed(0)} ns a run, ${perConn(ns / 1000)} µs`);
     }
     console.log(
-      `sample ${r + 1}: ${Math.round(rate)} conn/s; events per connection node 1: ${events[0]}; node 2: ${events[1]}; agents ${perConn(agentUs)} µs CPU, programs ${perConn(bpfNs / 1000)} µs per connection; conntrack entries left ${ctEntries(n1)} / ${ctEntries(n2)}`,
+      `sample ${r + 1}: ${Math.round(rate)} ${WORK === 'crr' ? 'conn/s' : 'MB/s'}; events per connection node 1: ${events[0]}; node 2: ${events[1]}; agents ${perConn(agentUs)} µs CPU, programs ${perConn(bpfNs / 1000)} µs per connection; conntrack entries left ${ctEntries(n1)} / ${ctEntries(n2)}`,
     );
     for (const l of lines) console.log(l);
   }
