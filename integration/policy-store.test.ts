@@ -1,6 +1,7 @@
 // The agent's policies survive what a node does to it (policy/store-backend.ts: one store key per
 // policy): SIGKILL right after an acknowledged import and delete, and a stored policy the agent
-// cannot use, which `membrane status` reports while every other policy loads.
+// cannot use, which `membrane status` reports while every other policy loads (the maps held at their
+// last enforced state and other changes refused until it is imported again or deleted).
 import t from 'tap';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -79,6 +80,15 @@ t.test('a stored policy the agent cannot use is reported; the others load', asyn
     /1 stored policy not loaded.*policy\/records\/broken \(no valid policy number\)/,
     'status says which and why',
   );
+  t.match(status.store?.problem ?? '', /policy maps held at the last enforced state/, 'and that the maps are held');
+  // Fail closed: the set without "broken" is not enforced; changes other than "broken" are refused.
+  const refused = await pc.import(policy('d', 85)).then(
+    () => undefined,
+    (e: unknown) => e as { status?: number; message?: string },
+  );
+  t.equal(refused?.status, 503, 'another import while a stored policy is unreadable: 503');
+  t.match(refused?.message ?? '', /policy\/records\/broken.*import "broken" again/, 'naming the key and what to do');
+  t.equal((await pc.list()).items.length, 3, 'nothing imported');
   await pc.import(policy('broken', 84));
   t.same(
     (await pc.list()).items.map((p) => p.name).sort(),

@@ -91,6 +91,9 @@ export const ERROR_KINDS = {
     cni: CniCode.TRY_AGAIN_LATER,
     docker: 'the cluster store (etcd) is not reachable; retry when it is back',
   },
+  /** A stored policy could not be read: the policy maps are held at their last enforced state and
+   *  only re-importing or deleting that policy is taken (details in `membrane status`). */
+  policy_store_damaged: { class: 'unavailable', http: 503, cni: CniCode.TRY_AGAIN_LATER },
   internal: { class: 'internal', http: 500, cni: CniCode.AGENT_INTERNAL },
 } as const satisfies Record<string, KindInfo>;
 

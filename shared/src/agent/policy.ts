@@ -177,7 +177,11 @@ export class AgentPolicy {
   storeProblem(): string | undefined {
     const p = this.engine.storedPolicyProblems;
     if (!p.length) return undefined;
-    return `${p.length} stored ${p.length === 1 ? 'policy' : 'policies'} not loaded (import again to replace): ${p.map((x) => `${x.key} (${x.reason})`).join('; ')}`;
+    const names = this.engine
+      .damagedPolicyNames()
+      .map((n) => `"${n}"`)
+      .join(', ');
+    return `${p.length} stored ${p.length === 1 ? 'policy' : 'policies'} not loaded: ${p.map((x) => `${x.key} (${x.reason})`).join('; ')}; policy maps held at the last enforced state (new endpoints: default deny), other policy changes refused until ${names} ${p.length === 1 ? 'is' : 'are'} imported again or deleted`;
   }
 
   async close(): Promise<void> {

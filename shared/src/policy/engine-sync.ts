@@ -13,6 +13,7 @@ import type { PolicyEngineDeps } from './engine-types.ts';
 import { PolicyView } from './engine-view.ts';
 import { fqdnIpcacheDiff } from './fqdn-ipcache.ts';
 import type { PolicyRepository } from './repository.ts';
+import { EP_FLAGS } from './map-codec.ts';
 import { endpointFlags } from './selection.ts';
 import type { PolicyRecord } from './types.ts';
 
@@ -33,8 +34,16 @@ export class PolicyMapSync extends PolicyView {
     this.hostAddrs = d.hostAddresses();
   }
 
+  /** True while a stored policy could not be read (engine.ts): the set in memory lacks it, so nothing
+   *  is built from it. The maps keep their last enforced state (which had that policy); endpoints
+   *  that come or change meanwhile get default deny (heldEndpoint). */
+  protected held(): boolean {
+    return false;
+  }
+
   /** Computes the desired maps for `records` and applies the difference. Throws with nothing changed. */
   protected sync(records: PolicyRecord[] = this.repo.list()): ApplyStats {
+    if (this.held()) return HELD;
     this.proxiesFor(records);
     // The CIDR table and the FQDN state follow the records; a sync that is abandoned takes their
     // changes back.
@@ -85,6 +94,10 @@ export class PolicyMapSync extends PolicyView {
   /** A new endpoint whose identity the node already has changes nothing but its own entries: the
    *  next desired state is derived from the last one instead of built whole, when it can be. */
   protected syncEndpointAdded(e: EngineEndpoint, known: boolean): void {
+    if (this.held()) {
+      this.heldEndpoint(e);
+      return;
+    }
     const records = this.repo.list();
     this.proxiesFor(records);
     const desired =
@@ -109,6 +122,7 @@ export class PolicyMapSync extends PolicyView {
   /** An endpoint gone (already out of `endpoints`) whose identity stays in the universe changes
    *  nothing but its own entries, flags and addresses: derived from the last state when it can be. */
   protected syncEndpointRemoved(gone: EngineEndpoint): void {
+    if (this.held()) return; // its config goes with it; entries of others stay as last enforced
     const records = this.repo.list();
     this.proxiesFor(records);
     const desired =
@@ -135,6 +149,11 @@ export class PolicyMapSync extends PolicyView {
   /** Restoring: the pinned maps hold the entries already; only this endpoint's flags and addresses
    *  may be new (a recreated veth). One full sync follows when the engine starts. */
   protected writeRestoredEndpoint(e: EngineEndpoint): void {
+    if (this.held()) {
+      // Its pinned flags are the last enforced state; without any (a new config), default deny.
+      if (this.d.ops.readEndpointFlags(e.hostIfIndex) === undefined) this.heldEndpoint(e);
+      return;
+    }
     const flags = endpointFlags(this.selection(e), e.audit);
     this.d.ops.writeEndpointFlags(e.hostIfIndex, flags);
     this.mirror.flags.set(e.hostIfIndex, flags);
@@ -147,10 +166,29 @@ export class PolicyMapSync extends PolicyView {
     }
   }
 
+  /** While held: an endpoint that comes (or changes labels) may be one the unreadable policy selects,
+   *  so it gets default deny both ways, and its address its identity. */
+  protected heldEndpoint(e: EngineEndpoint): void {
+    const flags = EP_FLAGS.ingressLookup | EP_FLAGS.egressLookup | EP_FLAGS.ingressDefaultDeny | EP_FLAGS.egressDefaultDeny;
+    this.d.ops.writeEndpointFlags(e.hostIfIndex, flags);
+    this.mirror.flags.set(e.hostIfIndex, flags);
+    const upsert = e.ips.map((ip) => [normalizeCidr(ip), e.identity] as [string, number]);
+    this.d.ops.writeIpcache(upsert, []);
+    for (const [p, id] of upsert) this.mirror.ipcache.set(p, id);
+    this.generation++;
+    // A relabeled endpoint's established flows are asked again under default deny.
+    this.d.ops.changed?.(this.mirror, {
+      policyKeys: [],
+      flagIfindexes: [e.hostIfIndex],
+      ipcachePrefixes: upsert.map(([p]) => p),
+    });
+    this.d.onChange?.();
+  }
+
   /** Writes the FQDN ipcache entries of these prefixes when their identities already have policy
    *  entries: only the addresses change. */
   protected writeFqdnIpcache(prefixes: string[]): void {
-    if (!this.d.fqdn) return;
+    if (!this.d.fqdn || this.held()) return;
     // A sync failed since the last one applied (a refused import): the FQDN state and the CIDR table
     // were taken back with the maps, but the desired state the diff edits was not kept (the maps hold
     // the one before it). A full sync rebuilds it.
@@ -218,3 +256,5 @@ export class PolicyMapSync extends PolicyView {
     return stats;
   }
 }
+
+const HELD: ApplyStats = { policyUpserts: 0, policyRemovals: 0, ipcacheUpserts: 0, ipcacheRemovals: 0, flagChanges: 0 };

@@ -17,7 +17,12 @@ import type { Selection } from './selection.ts';
 /** Endpoint metadata that turns audit mode on for one endpoint at creation (CNI args, API). */
 export const AUDIT_METADATA_KEY = 'membrane.io/policy-audit';
 
-export type PolicyErrorCode = 'bad_request' | 'policy_not_found' | 'endpoint_not_found' | 'identity_not_found';
+export type PolicyErrorCode =
+  | 'bad_request'
+  | 'policy_not_found'
+  | 'endpoint_not_found'
+  | 'identity_not_found'
+  | 'policy_store_damaged';
 
 /** A policy error; invalid input carries its issues (file:line:column, field) in the message and as details. */
 export class PolicyError extends MembraneError<PolicyErrorCode> {

@@ -16,7 +16,7 @@ import { refuseUnusable } from './admission.ts';
 import { parsePolicies, type ParseResult } from './parse.ts';
 import { PolicyParser } from './parse-offloop.ts';
 import { PolicyConflictError, PolicyRepository, type PersistedPolicies, type Plan } from './repository.ts';
-import { storePolicyBackend, type StoredPolicyProblem } from './store-backend.ts';
+import { policyNameOfKey, storePolicyBackend, type StorePolicyBackend, type StoredPolicyProblem } from './store-backend.ts';
 import { attachmentId, endpointKey } from '../endpoint/naming.ts';
 import { AUDIT_METADATA_KEY, PolicyError, type ChangeResult, type PolicyEngineDeps } from './engine-types.ts';
 import { PolicyMapSync } from './engine-sync.ts';
@@ -63,11 +63,37 @@ export class PolicyEngine extends PolicyMapSync {
     const audit = (await d.store.get<Record<string, boolean>>(AUDIT_STORE_KEY)) ?? {};
     const engine = new PolicyEngine(d, identities, repo, audit);
     engine.storedPolicyProblems = local?.problems ?? [];
+    engine.local = local;
     return engine;
   }
 
-  /** Stored policies that could not be loaded at start (left in the store; the others were). */
+  /** Stored policies that could not be loaded at start (left in the store; the others were). Live:
+   *  re-importing or deleting one takes it off. */
   storedPolicyProblems: readonly StoredPolicyProblem[] = [];
+  private local?: StorePolicyBackend;
+
+  /** Fail closed while a stored policy is unreadable (it may have been a deny, or the only policy
+   *  selecting a pod): the maps are not rebuilt from the others (engine-sync.ts). */
+  protected override held(): boolean {
+    return this.storedPolicyProblems.length > 0;
+  }
+
+  /** The policy names whose stored records are unreadable. */
+  damagedPolicyNames(): string[] {
+    return this.storedPolicyProblems.map((p) => policyNameOfKey(p.key));
+  }
+
+  /** While held, a change must be about the damaged policies only. */
+  private refuseWhileHeld(names: string[], what: string): void {
+    if (!this.held()) return;
+    const damaged = this.damagedPolicyNames();
+    if (names.length && names.every((n) => damaged.includes(n))) return;
+    const keys = this.storedPolicyProblems.map((p) => `${p.key} (${p.reason})`).join('; ');
+    throw new PolicyError(
+      'policy_store_damaged',
+      `${what} refused: stored ${damaged.length === 1 ? 'policy' : 'policies'} ${keys} could not be read, so the policy maps are held at their last enforced state; import ${damaged.map((n) => `"${n}"`).join(', ')} again (membrane policy import) or delete ${damaged.length === 1 ? 'it' : 'them'} (membrane policy delete) first`,
+    );
+  }
 
   /** Stops the parser's worker thread, if one runs. */
   close(): Promise<void> {
@@ -125,7 +151,8 @@ export class PolicyEngine extends PolicyMapSync {
       if (!this.endpoints.has(e.key)) return;
       this.endpoints.set(e.key, e);
       this.identities.hold(e.key, e.identity);
-      if (this.started) this.sync();
+      if (this.started && this.held()) this.heldEndpoint(e);
+      else if (this.started) this.sync();
     });
   }
 
@@ -155,6 +182,7 @@ export class PolicyEngine extends PolicyMapSync {
       const key = endpointKey(attachment, ifName);
       const e = this.endpoints.get(key);
       if (!e) throw new PolicyError('endpoint_not_found', `endpoint ${key} does not exist`);
+      this.refuseWhileHeld([], 'audit mode change');
       const next = { ...this.auditOverrides };
       if (on === null) delete next[key];
       else next[key] = on;
@@ -199,6 +227,10 @@ export class PolicyEngine extends PolicyMapSync {
       const parsed = await reading;
       await nextTurn(); // taking in the result was one stretch of the loop; computing the maps is another
       refuseUnusable(parsed, this.d.proxyPorts?.());
+      this.refuseWhileHeld(
+        parsed.policies.map((p) => p.name),
+        'policy import',
+      );
       return this.serial(() =>
         this.retryOnConflict(() => this.change(this.repo.planImport(parsed.policies, parsed.sources), t0, parseMs)),
       );
@@ -221,6 +253,11 @@ export class PolicyEngine extends PolicyMapSync {
     const t0 = performance.now();
     return this.inOrder(() =>
       this.serial(async () => {
+        if (this.held() && names !== 'all') {
+          this.refuseWhileHeld(names, 'policy delete');
+          return this.forgetDamaged(names, t0);
+        }
+        this.refuseWhileHeld([], 'policy delete');
         return this.retryOnConflict(async () => {
           const plan = this.repo.planDelete(names);
           if (names !== 'all' && plan.unknown.length === names.length) {
@@ -232,8 +269,41 @@ export class PolicyEngine extends PolicyMapSync {
     );
   }
 
-  /** Maps first, then the store; if the store write fails the maps go back (no partial state). */
+  /** Deleting unreadable stored policies (held: every name is one); once none is left, the maps are
+   *  built from the set again. */
+  private async forgetDamaged(names: string[], t0: number): Promise<ChangeResult & { unknown: string[] }> {
+    for (const p of [...this.storedPolicyProblems]) if (names.includes(policyNameOfKey(p.key))) await this.local!.forget(p.key);
+    const stats = this.sync();
+    this.d.log?.info({ deleted: names, held: this.held(), ...stats }, 'unreadable stored policy deleted');
+    const enforcedMs = performance.now() - t0;
+    return {
+      revision: this.repo.revision,
+      changes: names.map((name) => ({ name, change: 'deleted' as const, revision: this.repo.revision })),
+      stats,
+      enforcedMs,
+      totalMs: enforcedMs,
+      timings: { parseMs: 0, syncMs: 0, storeMs: enforcedMs },
+      unknown: [],
+    };
+  }
+
+  /** Maps first, then the store; if the store write fails the maps go back (no partial state). Held
+   *  (re-importing an unreadable policy): the store first, then the maps once nothing is unreadable. */
   private async change(plan: Plan, t0: number, parseMs: number): Promise<ChangeResult> {
+    if (this.held()) {
+      await this.repo.commit(plan);
+      const stats = this.sync();
+      const ms = performance.now() - t0;
+      this.d.log?.info({ revision: this.repo.revision, changes: plan.changes, held: this.held(), ...stats }, 'policy changed');
+      return {
+        revision: this.repo.revision,
+        changes: plan.changes,
+        stats,
+        enforcedMs: ms,
+        totalMs: ms,
+        timings: { parseMs, syncMs: 0, storeMs: ms },
+      };
+    }
     const before = this.repo.list();
     const t1 = performance.now();
     const stats = this.sync(plan.records);

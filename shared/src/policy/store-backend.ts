@@ -33,9 +33,14 @@ export interface StoredPolicyProblem {
   reason: string;
 }
 
+/** The policy name a record key stands for. */
+export const policyNameOfKey = (key: string) => decodeURIComponent(key.slice(POLICY_RECORDS.length + 1));
+
 export interface StorePolicyBackend extends PolicyBackend {
   /** Stored records load() could not use (reported in the log too) and no change has replaced yet. */
   readonly problems: StoredPolicyProblem[];
+  /** Deletes an unusable stored record (the operator's "delete it" instead of importing it again). */
+  forget(key: string): Promise<void>;
 }
 
 export function storePolicyBackend(store: Store, log?: EngineLog): StorePolicyBackend {
@@ -101,7 +106,12 @@ export function storePolicyBackend(store: Store, log?: EngineLog): StorePolicyBa
     for (let i = problems.length - 1; i >= 0; i--) if (changes.some((c) => c.key === problems[i].key)) problems.splice(i, 1);
   }
 
-  return { load, save, problems };
+  async function forget(key: string): Promise<void> {
+    await store.delete(key);
+    for (let i = problems.length - 1; i >= 0; i--) if (problems[i].key === key) problems.splice(i, 1);
+  }
+
+  return { load, save, problems, forget };
 }
 
 /** Why a stored value is not a policy record under this key, or undefined when it is one. */
