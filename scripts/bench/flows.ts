@@ -23,11 +23,17 @@ import { SyntheticProducer } from '../../shared/src/flows/synthetic/producer.ts'
 import { sampleValue } from '../../shared/src/metrics/parse.ts';
 import { EVENT_LOOP_SAMPLE_MS } from '../../shared/src/metrics/registry.ts';
 import { scrapeMetrics } from '../../integration/lib/metrics.ts';
-import { connectionRate, markdownTable, median, rrLatency, sleep, throughput } from './lib.ts';
+import { connectionRate, markdownTable, median, processCpuMs, rrLatency, sleep, throughput } from './lib.ts';
+import { execFileSync } from 'node:child_process';
 import { membrane, type Pods } from './topologies.ts';
 import { setFlowEvents } from './switches.ts';
 
 const PAIRS = Number(process.env.BENCH_PAIRS ?? 8);
+// The connection rate's cost is the noisiest (pairs ranged 0.69-1.36x) and the one with a goal: twice
+// the pairs, so the median of the per-pair ratios moves less from run to run (+32 s).
+const CRR_PAIRS = Number(process.env.BENCH_CRR_PAIRS ?? PAIRS * 2);
+// BENCH_METRICS=crr,... : only these (the cost of one row without the others' minutes).
+const ONLY = process.env.BENCH_METRICS?.split(',');
 const SAMPLE_SECONDS = Number(process.env.BENCH_SECONDS ?? 2);
 const FULL_SECONDS = Number(process.env.BENCH_FULL_SECONDS ?? 10);
 const INGEST_SECONDS = Number(process.env.BENCH_INGEST_SECONDS ?? 5);
@@ -153,6 +159,21 @@ async function ingest(): Promise<string> {
   );
 }
 
+/** run_time_ns and run_cnt summed over the two per-packet programs (kernel.bpf_stats_enabled on). */
+function progNs(pinDir: string): number {
+  let ns = 0;
+  for (const prog of ['prog_from_container', 'prog_to_container']) {
+    const j = JSON.parse(execFileSync('bpftool', ['prog', 'show', 'pinned', `${pinDir}/${prog}`, '-j'], { encoding: 'utf8' }));
+    ns += j.run_time_ns ?? 0;
+  }
+  return ns;
+}
+
+const statsSysctl = (v?: string) =>
+  execFileSync('sysctl', v === undefined ? ['-n', 'kernel.bpf_stats_enabled'] : ['-q', '-w', `kernel.bpf_stats_enabled=${v}`], {
+    encoding: 'utf8',
+  }).trim();
+
 type Metric = 'tput1' | 'tput4' | 'rr' | 'crr';
 const METRICS: { key: Metric; label: string; unit: string; higherIsBetter: boolean; digits: number }[] = [
   { key: 'tput1', label: 'TCP throughput, 1 stream', unit: 'Gbit/s', higherIsBetter: true, digits: 2 },
@@ -182,10 +203,21 @@ async function cost(): Promise<string> {
   // BENCH_EVENTS_PER_SECOND: the datapath's per-CPU event rate limit for this run (the agent's
   // MEMBRANE_EVENTS_PER_SECOND; 0 = unlimited, i.e. the cost of seeing every flow).
   const limit = process.env.BENCH_EVENTS_PER_SECOND;
+  // BENCH_OBJ: the agent runs another datapath object (an A/B of two builds, one run each: the
+  // counted columns below barely move with the machine's load, unlike the rates).
+  const obj = process.env.BENCH_OBJ;
   const agent = await startAgent({
-    extraArgs: ['--log-level', 'info'],
+    extraArgs: ['--log-level', 'info', ...(obj ? ['--bpf-object', obj] : [])],
     env: limit !== undefined ? { MEMBRANE_EVENTS_PER_SECOND: limit } : {},
   });
+  // Counted per connection during the connection-rate samples: the datapath programs' time
+  // (kernel.bpf_stats_enabled, on for the run: both modes pay its ~0.15 µs a run) and the agent's CPU.
+  const statsBefore = statsSysctl();
+  if (statsBefore !== '1') statsSysctl('1');
+  const perConn: Record<'on' | 'off', { bpfUs: number[]; agentUs: number[] }> = {
+    on: { bpfUs: [], agentUs: [] },
+    off: { bpfUs: [], agentUs: [] },
+  };
   let pods: Pods | undefined;
   const values: Record<'on' | 'off', Record<Metric, number[]>> = {
     on: { tput1: [], tput4: [], rr: [], crr: [] },
@@ -197,14 +229,23 @@ async function cost(): Promise<string> {
   try {
     pods = await membrane(agent);
     const observer = new ObserverClient(agent.observerSocket);
-    for (const m of METRICS) {
-      for (let pair = 0; pair < PAIRS; pair++) {
+    for (const m of METRICS.filter((x) => !ONLY || ONLY.includes(x.key))) {
+      const pairs = m.key === 'crr' ? CRR_PAIRS : PAIRS;
+      for (let pair = 0; pair < pairs; pair++) {
         const got: Partial<Record<'on' | 'off', number>> = {};
         for (const mode of (pair % 2 ? ['off', 'on'] : ['on', 'off']) as ('on' | 'off')[]) {
           setFlowEvents(agent.bpffsDir, mode === 'on');
           const before = await observer.status();
+          const ns0 = m.key === 'crr' ? progNs(agent.bpffsDir) : 0;
+          const cpu0 = processCpuMs(agent.pid()!);
           const t0 = performance.now();
           got[mode] = await measureOnce(pods, m.key, SAMPLE_SECONDS);
+          if (m.key === 'crr') {
+            await sleep(100); // the reader's last drain of this sample
+            const conns = got[mode]! * SAMPLE_SECONDS;
+            perConn[mode].bpfUs.push((progNs(agent.bpffsDir) - ns0) / 1000 / conns);
+            perConn[mode].agentUs.push(((processCpuMs(agent.pid()!) - cpu0) * 1000) / conns);
+          }
           if (mode === 'on' && m.key === 'crr') {
             const after = await observer.status();
             eventsDuringCrr = Math.max(eventsDuringCrr, (after.seenFlows - before.seenFlows) / ((performance.now() - t0) / 1000));
@@ -218,11 +259,12 @@ async function cost(): Promise<string> {
     }
     observer.close();
   } finally {
+    if (statsBefore !== '1') statsSysctl(statsBefore);
     if (pods) setFlowEvents(agent.bpffsDir, true);
     await pods?.cleanup();
     await agent.cleanup();
   }
-  const rows = METRICS.map((m) => {
+  const rows = METRICS.filter((m) => ratios[m.key].length).map((m) => {
     const ratio = median(ratios[m.key]);
     const costPct = (m.higherIsBetter ? 1 - ratio : ratio - 1) * 100;
     const spread = `${Math.min(...ratios[m.key]).toFixed(2)}–${Math.max(...ratios[m.key]).toFixed(2)}`;
@@ -237,7 +279,7 @@ async function cost(): Promise<string> {
   return (
     markdownTable(
       [
-        `metric (${PAIRS} on/off pairs of ${SAMPLE_SECONDS} s)`,
+        `metric (${PAIRS} on/off pairs of ${SAMPLE_SECONDS} s; connection rate ${CRR_PAIRS})`,
         'events off (median)',
         'events on (median)',
         'on / off (median of pairs; range)',
@@ -245,6 +287,11 @@ async function cost(): Promise<string> {
       ],
       rows,
     ) +
+    (perConn.on.bpfUs.length
+      ? `\n\nPer connection (medians over the connection-rate samples${obj ? `; datapath object ${obj}` : ''}): ` +
+        `datapath programs ${median(perConn.off.bpfUs).toFixed(2)} µs with events off, ${median(perConn.on.bpfUs).toFixed(2)} µs on; ` +
+        `agent CPU ${median(perConn.off.agentUs).toFixed(2)} µs off, ${median(perConn.on.agentUs).toFixed(2)} µs on (10 ms ticks).`
+      : '') +
     `\n\nWith events on, the connection-rate test fed the agent up to ${Math.round(eventsDuringCrr)} events/s ` +
     `(${lostDuringCrr} counted lost in the datapath over all samples: rate limit or full ring; ` +
     `per-CPU rate limit ${limit === undefined ? 'the agent default' : limit === '0' ? 'off' : `${limit}/s`}).`
