@@ -171,21 +171,27 @@ static __always_inline int new_flow(const struct pkt *p, const struct endpoint_c
 	return ENFORCE_PASS;
 }
 
+/* The FLOW_END event of a tracked flow that a FIN or RST closed, at enforcement point dir. */
+static __always_inline void end_meta(struct event_meta *m, const struct ct_entry *ct, __u8 dir, bool reply, __u32 rule_id)
+{
+	__builtin_memset(m, 0, sizeof(*m));
+	m->type = TRACE_FLOW_END;
+	m->direction = dir;
+	m->reversed = reply;
+	m->src_identity = ct->src_identity;
+	m->dst_identity = ct->dst_identity;
+	m->rule_id = rule_id;
+	m->verdict = ct->flags & CT_F_AUDIT ? TRACE_VERDICT_AUDIT : ct->flags & CT_F_REDIRECTED ? TRACE_VERDICT_REDIRECTED : TRACE_VERDICT_FORWARDED;
+	m->flags = ct->flags & CT_F_AUDIT ? TRACE_F_AUDIT : 0;
+}
+
 /* A FIN or RST closed a tracked flow: report it at enforcement point (ep, dir), with its totals. */
 static __always_inline void report_end(const struct pkt *p, const struct ct_entry *ct, const struct endpoint_config *ep, __u8 dir,
 				       bool reply, __u32 rule_id)
 {
 	struct event_meta m;
 
-	__builtin_memset(&m, 0, sizeof(m));
-	m.type = TRACE_FLOW_END;
-	m.direction = dir;
-	m.reversed = reply;
-	m.src_identity = ct->src_identity;
-	m.dst_identity = ct->dst_identity;
-	m.rule_id = rule_id;
-	m.verdict = ct->flags & CT_F_AUDIT ? TRACE_VERDICT_AUDIT : ct->flags & CT_F_REDIRECTED ? TRACE_VERDICT_REDIRECTED : TRACE_VERDICT_FORWARDED;
-	m.flags = ct->flags & CT_F_AUDIT ? TRACE_F_AUDIT : 0;
+	end_meta(&m, ct, dir, reply, rule_id);
 	emit_event(p, &m, ep, ct);
 }
 
@@ -314,7 +320,8 @@ static __always_inline bool proxied_local_flow(const struct pkt *p, const struct
 }
 
 /* Pod-to-pod through redirect_peer: the sender's egress and the receiver's ingress, decided together
- * and tracked by one CT_SCOPE_LOCAL entry. Both points still report their own FLOW_NEW / FLOW_END.
+ * and tracked by one CT_SCOPE_LOCAL entry. Both points still report their own FLOW_NEW / FLOW_END, in
+ * one ring record (emit_event_pair).
  * *proxy_port: set when either side sends the flow to the L7 proxy (no redirect then). */
 static __always_inline int enforce_local(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_config *src,
 					 const struct endpoint_config *dst, __u16 *proxy_port)
@@ -339,8 +346,11 @@ static __always_inline int enforce_local(struct __sk_buff *skb, const struct pkt
 			if (end_due(ct)) {
 				/* Reported from the flow's own sender and receiver, whichever way this packet goes. */
 				bool reply = r == CT_REPLY;
-				report_end(p, ct, reply ? dst : src, POLICY_DIR_EGRESS, reply, ct->rule_id);
-				report_end(p, ct, reply ? src : dst, POLICY_DIR_INGRESS, reply, ct->rule_id_ingress);
+				struct event_meta eout, ein;
+
+				end_meta(&eout, ct, POLICY_DIR_EGRESS, reply, ct->rule_id);
+				end_meta(&ein, ct, POLICY_DIR_INGRESS, reply, ct->rule_id_ingress);
+				emit_event_pair(p, &eout, reply ? dst : src, &ein, reply ? src : dst, ct);
 			}
 			if (done)
 				ct_delete(&key, ct->endpoint_id);
@@ -365,15 +375,13 @@ static __always_inline int enforce_local(struct __sk_buff *skb, const struct pkt
 		out.verdict = in.verdict = TRACE_VERDICT_FORWARDED; /* through the proxy, not redirect_peer */
 		if (ct_create(p, CT_SCOPE_EGRESS, &n, src, NULL) < 0)
 			return drop_packet(p, src, POLICY_DIR_EGRESS, DROP_CT_INSERT_FAILED, src->identity, dst->identity, out.rule_id);
-		emit_event(p, &out, src, NULL);
-		emit_event(p, &in, dst, NULL);
+		emit_event_pair(p, &out, src, &in, dst, NULL);
 		*proxy_port = n.proxy_port;
 		return ENFORCE_PASS;
 	}
 	n.flags |= CT_F_REDIRECTED;
 	if (ct_create(p, CT_SCOPE_LOCAL, &n, src, dst) < 0)
 		return drop_packet(p, src, POLICY_DIR_EGRESS, DROP_CT_INSERT_FAILED, src->identity, dst->identity, out.rule_id);
-	emit_event(p, &out, src, NULL);
-	emit_event(p, &in, dst, NULL);
+	emit_event_pair(p, &out, src, &in, dst, NULL);
 	return ENFORCE_PASS;
 }

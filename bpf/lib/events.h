@@ -9,17 +9,18 @@
 #include "maps.h"
 #include "parse.h"
 
-static __always_inline void count_event_lost(void)
+static __always_inline void count_event_lost(__u64 n)
 {
 	__u32 zero = 0;
 	__u64 *lost = bpf_map_lookup_elem(&events_lost, &zero);
 
 	if (lost)
-		*lost += 1;
+		*lost += n;
 }
 
-/* Token bucket in nanoseconds of credit: one event costs 1e9 / rate ns; the bucket holds `burst`. */
-static __always_inline bool event_rate_ok(const struct datapath_config *cfg, __u64 now)
+/* Token bucket in nanoseconds of credit: one event costs 1e9 / rate ns; the bucket holds `burst`.
+ * n events are taken together or not at all. */
+static __always_inline bool event_rate_ok(const struct datapath_config *cfg, __u64 now, __u32 n)
 {
 	__u32 zero = 0;
 	struct event_bucket *b;
@@ -37,11 +38,11 @@ static __always_inline bool event_rate_ok(const struct datapath_config *cfg, __u
 	if (credit > cap)
 		credit = cap;
 	b->last_ns = now;
-	if (credit < interval) {
+	if (credit < interval * n) {
 		b->credit_ns = credit;
 		return false;
 	}
-	b->credit_ns = credit - interval;
+	b->credit_ns = credit - interval * n;
 	return true;
 }
 
@@ -58,27 +59,9 @@ struct event_meta {
 	__u16 proxy_port; /* decide(): the flow goes to the L7 proxy on this port */
 };
 
-static __always_inline void emit_event(const struct pkt *p, const struct event_meta *m, const struct endpoint_config *ep,
-				       const struct ct_entry *ct)
+static __always_inline void fill_event(struct trace_event *ev, __u64 now, const struct pkt *p, const struct event_meta *m,
+				       const struct endpoint_config *ep, const struct ct_entry *ct)
 {
-	const struct datapath_config *cfg = global_config();
-	struct trace_event *ev;
-	__u64 now;
-
-	if (!cfg || !(cfg->flags & CFG_F_EVENTS))
-		return;
-	/* One clock read per event, for the rate limit and the record's stamp: bpf_ktime_get_ns is the
-	 * clocksource (pvclock in a VM), and a connection's four events read it four times instead of 8. */
-	now = bpf_ktime_get_ns();
-	if (!event_rate_ok(cfg, now)) {
-		count_event_lost();
-		return;
-	}
-	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
-	if (!ev) {
-		count_event_lost();
-		return;
-	}
 	ev->ts_ns = now;
 	ev->type = m->type;
 	ev->reason = m->reason;
@@ -108,5 +91,60 @@ static __always_inline void emit_event(const struct pkt *p, const struct event_m
 	ev->pad = 0;
 	ev->packets = ct ? ct->packets[0] + ct->packets[1] : 0;
 	ev->bytes = ct ? ct->bytes[0] + ct->bytes[1] : 0;
+}
+
+/* Whether events are on and `n` of them are within the rate limit; *now: the stamp for them. One clock
+ * read per record, for the rate limit and the stamp: bpf_ktime_get_ns is the clocksource (pvclock in
+ * a VM). */
+static __always_inline bool event_admit(__u64 *now, __u32 n)
+{
+	const struct datapath_config *cfg = global_config();
+
+	if (!cfg || !(cfg->flags & CFG_F_EVENTS))
+		return false;
+	*now = bpf_ktime_get_ns();
+	if (!event_rate_ok(cfg, *now, n)) {
+		count_event_lost(n);
+		return false;
+	}
+	return true;
+}
+
+static __always_inline void emit_event(const struct pkt *p, const struct event_meta *m, const struct endpoint_config *ep,
+				       const struct ct_entry *ct)
+{
+	struct trace_event *ev;
+	__u64 now;
+
+	if (!event_admit(&now, 1))
+		return;
+	ev = bpf_ringbuf_reserve(&events, sizeof(*ev), 0);
+	if (!ev) {
+		count_event_lost(1);
+		return;
+	}
+	fill_event(ev, now, p, m, ep, ct);
+	bpf_ringbuf_submit(ev, 0);
+}
+
+/* Both observation points of one pod-to-pod packet (the sender's egress, the receiver's ingress) in one
+ * ring record of two trace_events: one reservation, commit, clock read and rate-limit check instead of
+ * two (a local connection's four events are two records). The reader takes a record as consecutive
+ * trace_events (shared/src/flows/collector.ts), so each point is still its own flow. */
+static __always_inline void emit_event_pair(const struct pkt *p, const struct event_meta *m1, const struct endpoint_config *ep1,
+					    const struct event_meta *m2, const struct endpoint_config *ep2, const struct ct_entry *ct)
+{
+	struct trace_event *ev;
+	__u64 now;
+
+	if (!event_admit(&now, 2))
+		return;
+	ev = bpf_ringbuf_reserve(&events, 2 * sizeof(*ev), 0);
+	if (!ev) {
+		count_event_lost(2);
+		return;
+	}
+	fill_event(&ev[0], now, p, m1, ep1, ct);
+	fill_event(&ev[1], now, p, m2, ep2, ct);
 	bpf_ringbuf_submit(ev, 0);
 }

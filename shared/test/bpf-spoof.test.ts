@@ -6,7 +6,7 @@ import t from 'tap';
 import path from 'node:path';
 import { RingBufferReader } from '../src/flows/ringbuf.ts';
 import { progTestRun } from '../src/bpf/libbpf.ts';
-import { decodeTraceEvent, type TraceEvent } from '../src/flows/event.ts';
+import { decodeTraceEvent, TRACE_EVENT_SIZE, type TraceEvent } from '../src/flows/event.ts';
 import { arp, echo, eth, ETH_P, icmp, ipv4, ipv6, PROTO, TCP_FLAGS, tcp, udp } from '../src/bpf/packets.ts';
 import { bpfHarness, OK, REDIRECT, requireBpf, runCounted, SHOT } from './lib/bpf-harness.ts';
 
@@ -47,8 +47,9 @@ t.before(() => {
 t.teardown(() => ring?.close());
 const drained = (): TraceEvent[] => {
   const out: TraceEvent[] = [];
-  ring.drain(10000, (data, off) => {
-    out.push(decodeTraceEvent(data, off));
+  ring.drain(10000, (data, off, len) => {
+    // A pod-to-pod packet's two observation points come as one record (events.h emit_event_pair).
+    for (let o = off; o < off + len; o += TRACE_EVENT_SIZE) out.push(decodeTraceEvent(data, o));
   });
   return out;
 };

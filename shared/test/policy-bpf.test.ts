@@ -13,7 +13,7 @@ import { MemoryStore } from '../src/store/index.ts';
 import { PolicyEngine } from '../src/policy/engine.ts';
 import { datapathOps } from '../src/policy/datapath-ops.ts';
 import { RingBufferReader } from '../src/flows/ringbuf.ts';
-import { decodeTraceEvent, type TraceEvent } from '../src/flows/event.ts';
+import { decodeTraceEvent, TRACE_EVENT_SIZE, type TraceEvent } from '../src/flows/event.ts';
 import * as conntrack from '../src/maps/conntrack.ts';
 import { ACK, DST, endpoint, FIN, ipv4, ipv6, RST, SRC, SYN, tcp } from './lib/policy-bpf-packets.ts';
 
@@ -45,8 +45,9 @@ const from = (pkt: Buffer) => progTestRun(fromFd, pkt).retval;
 const to = (pkt: Buffer) => progTestRun(toFd, pkt).retval;
 const drained = (): TraceEvent[] => {
   const out: TraceEvent[] = [];
-  ring.drain(10000, (data, off) => {
-    out.push(decodeTraceEvent(data, off));
+  ring.drain(10000, (data, off, len) => {
+    // A pod-to-pod packet's two observation points come as one record (events.h emit_event_pair).
+    for (let o = off; o < off + len; o += TRACE_EVENT_SIZE) out.push(decodeTraceEvent(data, o));
   });
   return out;
 };

@@ -22,7 +22,7 @@ export interface CollectorOptions {
 
 export class FlowCollector {
   readonly stats = new FlowStats();
-  /** Records that were not a trace_event (size mismatch) or could not be turned into a flow. */
+  /** Records that were not whole trace_events (size mismatch), or events that could not be turned into a flow. */
   malformed = 0;
   /** Events the agent dropped itself (slow followers). */
   agentLost = 0;
@@ -60,11 +60,17 @@ export class FlowCollector {
     this.clock.unref();
   }
 
+  /** A ring record holds one trace_event, or several back to back (the datapath writes both
+   *  observation points of a pod-to-pod packet as one record: bpf/lib/events.h emit_event_pair). */
   onRecord(data: Buffer, offset: number, len: number): void {
-    if (len < TRACE_EVENT_SIZE) {
+    if (len < TRACE_EVENT_SIZE || len % TRACE_EVENT_SIZE !== 0) {
       this.malformed++;
       return;
     }
+    for (let o = offset; o < offset + len; o += TRACE_EVENT_SIZE) this.onEvent(data, o);
+  }
+
+  private onEvent(data: Buffer, offset: number): void {
     const type = HOST_LITTLE_ENDIAN ? data.readUInt16LE(offset + OFF.TYPE) : data.readUInt16BE(offset + OFF.TYPE);
     if (type === EventType.DNS_CACHED) {
       this.o.onDnsCached?.(data, offset);

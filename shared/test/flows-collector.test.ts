@@ -1,0 +1,83 @@
+// The collector's record framing: the datapath writes both observation points of a pod-to-pod packet
+// as one ring record of two trace_events (bpf/lib/events.h emit_event_pair); each must become its own
+// flow, exactly as two one-event records would.
+import t from 'tap';
+import { FlowCollector } from '../src/flows/collector.ts';
+import { Direction, encodeTraceEvent, EventType } from '../src/flows/event.ts';
+import type { FlowContext } from '../src/flows/flow.ts';
+import { FlowRing } from '../src/flows/ring.ts';
+import { InjectedEventSource } from '../src/flows/source.ts';
+
+const views = {
+  3: { id: 3, identity: 1001, labels: { app: 'client' }, containerId: 'c3', hostIfName: 'mbr3' },
+  4: { id: 4, identity: 1002, labels: { app: 'db' }, containerId: 'c4', hostIfName: 'mbr4' },
+};
+const ctx: FlowContext = {
+  nodeName: 'n',
+  wallOffset: { seconds: 0, nanos: 0 },
+  endpointById: (id) => views[id as 3 | 4],
+  endpointByAddress: (buf, off) => (buf[off + 3] === 3 ? views[3] : buf[off + 3] === 4 ? views[4] : undefined),
+  labelsOfIdentity: () => undefined,
+  describeRule: () => undefined,
+};
+
+function collect(records: Buffer[]) {
+  const ring = new FlowRing(16, 'n');
+  const source = new InjectedEventSource();
+  const collector = new FlowCollector({ ring, source, context: ctx });
+  collector.start();
+  for (const r of records) source.push(r);
+  collector.close();
+  return { ring, collector };
+}
+
+const common = {
+  tsNs: 1e9,
+  saddr: '10.0.0.3',
+  daddr: '10.0.0.4',
+  sport: 40000,
+  dport: 80,
+  proto: 6,
+  srcIdentity: 1001,
+  dstIdentity: 1002,
+};
+const egress = encodeTraceEvent({
+  ...common,
+  type: EventType.FLOW_NEW,
+  endpointId: 3,
+  ifindex: 30,
+  direction: Direction.EGRESS,
+  ruleId: 0,
+});
+const ingress = encodeTraceEvent({
+  ...common,
+  type: EventType.FLOW_NEW,
+  endpointId: 4,
+  ifindex: 40,
+  direction: Direction.INGRESS,
+  ruleId: 0,
+});
+
+t.test('a two-event record gives the same two flows as two one-event records', async (t) => {
+  const pair = collect([Buffer.concat([egress, ingress])]);
+  const single = collect([egress, ingress]);
+  t.equal(pair.ring.seen, 2);
+  t.equal(pair.collector.malformed, 0);
+  const strip = (fs: { uuid?: string }[]) => fs.map(({ uuid: _u, ...rest }) => rest);
+  const a = await pair.ring.select();
+  const b = await single.ring.select();
+  t.same(strip(a), strip(b));
+  t.same(
+    a.map((f) => [f.trafficDirection, f.interface?.name]),
+    [
+      ['EGRESS', 'mbr3'],
+      ['INGRESS', 'mbr4'],
+    ],
+  );
+});
+
+t.test('a record that is not whole trace_events is malformed, not half read', async (t) => {
+  const { ring, collector } = collect([Buffer.concat([egress, Buffer.alloc(8)]), egress.subarray(0, 90)]);
+  t.equal(ring.seen, 0);
+  t.equal(collector.malformed, 2);
+});
