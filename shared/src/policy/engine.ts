@@ -5,21 +5,22 @@
 // applied in the order they arrived.
 // Nothing here touches a syscall directly: the maps are behind PolicyDatapathOps. The queries on
 // this state live in engine-view.ts.
-import type { Endpoint } from '../types.ts';
+
+import { attachmentId, endpointKey } from '../endpoint/naming.ts';
 import { IdentityAllocator } from '../identity/allocator.ts';
-import { addressOnly } from '../net/index.ts';
-import { RESERVED } from '../identity/reserved.ts';
 import type { Labels } from '../identity/labels.ts';
+import { RESERVED } from '../identity/reserved.ts';
+import { addressOnly } from '../net/index.ts';
+import type { Endpoint } from '../types.ts';
+import { refuseUnusable } from './admission.ts';
 import type { ApplyStats } from './apply.ts';
 import type { EngineEndpoint } from './desired.ts';
-import { refuseUnusable } from './admission.ts';
-import { parsePolicies, type ParseResult } from './parse.ts';
-import { PolicyParser } from './parse-offloop.ts';
-import { PolicyConflictError, PolicyRepository, type PersistedPolicies, type Plan } from './repository.ts';
-import { policyNameOfKey, storePolicyBackend, type StorePolicyBackend, type StoredPolicyProblem } from './store-backend.ts';
-import { attachmentId, endpointKey } from '../endpoint/naming.ts';
-import { AUDIT_METADATA_KEY, PolicyError, type ChangeResult, type PolicyEngineDeps } from './engine-types.ts';
 import { PolicyMapSync } from './engine-sync.ts';
+import { AUDIT_METADATA_KEY, type ChangeResult, type PolicyEngineDeps, PolicyError } from './engine-types.ts';
+import { type ParseResult, parsePolicies } from './parse.ts';
+import { PolicyParser } from './parse-offloop.ts';
+import { type PersistedPolicies, type Plan, PolicyConflictError, PolicyRepository } from './repository.ts';
+import { policyNameOfKey, type StoredPolicyProblem, type StorePolicyBackend, storePolicyBackend } from './store-backend.ts';
 
 export * from './engine-types.ts';
 
@@ -273,17 +274,23 @@ export class PolicyEngine extends PolicyMapSync {
    *  built from the set again. */
   private async forgetDamaged(names: string[], t0: number): Promise<ChangeResult & { unknown: string[] }> {
     for (const p of [...this.storedPolicyProblems]) if (names.includes(policyNameOfKey(p.key))) await this.local!.forget(p.key);
+    const changes = names.map((name) => ({ name, change: 'deleted' as const, revision: this.repo.revision }));
+    return { ...this.heldResult(changes, 'unreadable stored policy deleted', t0, 0), unknown: [] };
+  }
+
+  /** A change made while held: the store took it; the maps are synced from the whole set once nothing
+   *  is unreadable any more (sync() does nothing before). */
+  private heldResult(changes: ChangeResult['changes'], msg: string, t0: number, parseMs: number): ChangeResult {
     const stats = this.sync();
-    this.d.log?.info({ deleted: names, held: this.held(), ...stats }, 'unreadable stored policy deleted');
-    const enforcedMs = performance.now() - t0;
+    const ms = performance.now() - t0;
+    this.d.log?.info({ revision: this.repo.revision, changes, held: this.held(), ...stats }, msg);
     return {
       revision: this.repo.revision,
-      changes: names.map((name) => ({ name, change: 'deleted' as const, revision: this.repo.revision })),
+      changes,
       stats,
-      enforcedMs,
-      totalMs: enforcedMs,
-      timings: { parseMs: 0, syncMs: 0, storeMs: enforcedMs },
-      unknown: [],
+      enforcedMs: ms,
+      totalMs: ms,
+      timings: { parseMs, syncMs: 0, storeMs: ms },
     };
   }
 
@@ -292,17 +299,7 @@ export class PolicyEngine extends PolicyMapSync {
   private async change(plan: Plan, t0: number, parseMs: number): Promise<ChangeResult> {
     if (this.held()) {
       await this.repo.commit(plan);
-      const stats = this.sync();
-      const ms = performance.now() - t0;
-      this.d.log?.info({ revision: this.repo.revision, changes: plan.changes, held: this.held(), ...stats }, 'policy changed');
-      return {
-        revision: this.repo.revision,
-        changes: plan.changes,
-        stats,
-        enforcedMs: ms,
-        totalMs: ms,
-        timings: { parseMs, syncMs: 0, storeMs: ms },
-      };
+      return this.heldResult(plan.changes, 'policy changed', t0, parseMs);
     }
     const before = this.repo.list();
     const t1 = performance.now();
