@@ -70,8 +70,8 @@ export interface TestNode {
   observerSocket: string;
   client: AgentClient;
   agent: Proc;
-  /** Creates a pod (netns + endpoint through this node's agent). */
-  pod(labels: Record<string, string>, name?: string): Promise<TestPod>;
+  /** Creates a pod (netns + endpoint through this node's agent; `ips`: the addresses it asks for). */
+  pod(labels: Record<string, string>, name?: string, opts?: { ips?: string[] }): Promise<TestPod>;
   deletePod(pod: TestPod): Promise<void>;
 }
 
@@ -289,16 +289,23 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
         client,
         observerSocket: path.join(stateDir, 'observer.sock'),
         agent: { ...agent, start: startAndWait },
-        async pod(labels, podName = `p${randomId(2)}`) {
+        async pod(labels, podName = `p${randomId(2)}`, opts = {}) {
           const pns = createNetns('mbp');
           const pod: TestPod = { name: podName, node, ns: pns, endpoint: undefined as unknown as Endpoint, ip4: '', ip6: '' };
           pods.push(pod);
-          pod.endpoint = await client.createEndpoint({
-            containerId: `${name}-${nodeName}-${podName}-${randomId()}`,
-            netns: pns.path,
-            ifName: 'eth0',
-            labels,
-          });
+          try {
+            pod.endpoint = await client.createEndpoint({
+              containerId: `${name}-${nodeName}-${podName}-${randomId()}`,
+              netns: pns.path,
+              ifName: 'eth0',
+              labels,
+              ...(opts.ips ? { ips: opts.ips } : {}),
+            });
+          } catch (e) {
+            pns.remove();
+            pods.splice(pods.indexOf(pod), 1);
+            throw e;
+          }
           pod.ip4 = pod.endpoint.ips.find((x) => x.family === 4)?.address.split('/')[0] ?? '';
           pod.ip6 = pod.endpoint.ips.find((x) => x.family === 6)?.address.split('/')[0] ?? '';
           return pod;

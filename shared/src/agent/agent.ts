@@ -86,6 +86,7 @@ export class Agent {
       const store = new JournalStore(path.join(cfg.stateDir, 'store'), { log: log.child({ component: 'store' }) });
       closers.push({ name: 'store', close: () => store.close() });
       const ipam = await Ipam.open(store);
+      if (cluster) ipam.holdReleased((ip) => cluster.ipcache.quarantined(ip));
       const networks = await Networks.open(store, ipam);
       for (const spec of networkSpecs) await ensureConfiguredNetwork(networks, spec);
       clock.mark('state');

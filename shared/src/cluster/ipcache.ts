@@ -14,6 +14,11 @@ export interface LocalEndpointAddresses {
   identity: number;
 }
 
+/** How long an address this node withdrew stays out of its IPAM after the cluster store took the
+ *  withdrawal: the time the other nodes' watches have to deliver it (milliseconds there, unless a node
+ *  is cut off from the store). */
+export const RELEASE_QUARANTINE_MS = 5_000;
+
 export interface ClusterIpcacheOptions {
   session: Session;
   layout: Layout;
@@ -22,6 +27,8 @@ export interface ClusterIpcacheOptions {
   /** The remote entries changed: prefix ("10.1.2.3/32") -> identity. */
   onRemoteChange(remote: Map<string, number>): void | Promise<void>;
   log?: SessionLog;
+  /** Default RELEASE_QUARANTINE_MS. */
+  quarantineMs?: number;
 }
 
 export class ClusterIpcache {
@@ -35,8 +42,21 @@ export class ClusterIpcache {
   private readonly nodeAddrs = new Map<string, number>();
   /** What the datapath's ipcache gets: endpoints, and node addresses where no endpoint has them. */
   private readonly combined = new Map<string, number>();
+  /** Addresses this node withdrew -> when the store took the withdrawal (0: not yet). Native routing
+   *  classifies a remote packet by its source address alone, so until every node has dropped the old
+   *  entry, a new pod given the address would be taken for the deleted one: see quarantined(). */
+  private readonly released = new Map<string, number>();
+  private pruneAt = 256;
 
   constructor(private readonly o: ClusterIpcacheOptions) {
+    o.session.onWritten((keys) => {
+      const now = Date.now();
+      for (const k of keys) {
+        if (!k.startsWith(o.layout.ipcache)) continue;
+        const ip = k.slice(o.layout.ipcache.length);
+        if (this.released.get(ip) === 0 && !o.session.owns(k)) this.released.set(ip, now);
+      }
+    });
     this.mirror = new PrefixMirror<IpcacheRecord>(o.session.kv, o.layout.ipcache, {
       decode: (v) => {
         const r = decode<IpcacheRecord>(v);
@@ -132,6 +152,7 @@ export class ClusterIpcache {
       } satisfies IpcacheRecord);
       if (this.published.get(ip) === value) continue;
       this.published.set(ip, value);
+      this.released.delete(ip);
       this.o.session.set(this.o.layout.ipcacheEntry(ip), value);
     }
     this.byEndpoint.set(ep.key, [...ep.ips]);
@@ -144,11 +165,46 @@ export class ClusterIpcache {
 
   private withdrawOne(ip: string): void {
     if (!this.published.delete(ip)) return;
+    this.release(ip);
     this.o.session.delete(this.o.layout.ipcacheEntry(ip));
   }
 
-  /** Deletes entries an earlier run of this node left for endpoints that are gone. */
+  private release(ip: string): void {
+    this.released.set(ip, 0);
+    if (this.released.size < this.pruneAt) return;
+    // Amortized: the quarantines that ended go once the map has doubled.
+    const now = Date.now();
+    for (const [a, at] of this.released) if (at && now - at >= this.quarantineMs) this.released.delete(a);
+    this.pruneAt = Math.max(256, 2 * this.released.size);
+  }
+
+  private get quarantineMs(): number {
+    return this.o.quarantineMs ?? RELEASE_QUARANTINE_MS;
+  }
+
+  /** Why `ip` may not be given to an endpoint yet, or undefined: this node withdrew it and the store
+   *  has not taken the withdrawal, or took it less than the quarantine ago (the other nodes may still
+   *  map it to the endpoint that had it). */
+  quarantined(ip: string): string | undefined {
+    const at = this.released.get(ip);
+    if (at === undefined) return undefined;
+    if (at === 0 || this.o.session.pending(this.o.layout.ipcacheEntry(ip)))
+      return `address ${ip} was released and its withdrawal has not reached the cluster store yet (the other nodes still take it for the endpoint that had it); try again later`;
+    const left = this.quarantineMs - (Date.now() - at);
+    if (left > 0)
+      return `address ${ip} was released ${Date.now() - at} ms ago: the other nodes may still take it for the endpoint that had it; try again in ${left} ms`;
+    this.released.delete(ip);
+    return undefined;
+  }
+
+  /** Deletes entries an earlier run of this node left for endpoints that are gone (their addresses
+   *  are quarantined as withdrawn ones). */
   reconcile(): Promise<number> {
-    return this.o.session.reconcile(this.o.layout.ipcache, (_key, value) => decode<IpcacheRecord>(value)?.node === this.o.node);
+    return this.o.session.reconcile(this.o.layout.ipcache, (key, value) => {
+      const mine = decode<IpcacheRecord>(value)?.node === this.o.node;
+      const ip = key.slice(this.o.layout.ipcache.length);
+      if (mine && !this.o.session.owns(key) && !this.released.has(ip)) this.release(ip);
+      return mine;
+    });
   }
 }

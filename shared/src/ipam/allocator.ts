@@ -97,9 +97,13 @@ export interface Allocation {
   lastBefore?: string;
 }
 
+/** Why a free address may not be handed out yet (undefined: it may). Cluster mode's: an address whose
+ *  withdrawal the other nodes may not have seen (cluster/ipcache.ts quarantined). */
+export type HoldCheck = (ip: string) => string | undefined;
+
 /** Picks an address and records it in `doc`. Throws IpamError naming the pool. */
-export function allocate(doc: PoolDoc, owner: string, req: { family?: Family; ip?: string }): Allocation {
-  if (req.ip !== undefined) return allocateRequested(doc, owner, req.ip);
+export function allocate(doc: PoolDoc, owner: string, req: { family?: Family; ip?: string }, hold?: HoldCheck): Allocation {
+  if (req.ip !== undefined) return allocateRequested(doc, owner, req.ip, hold);
   const family = req.family ?? 4;
   const subnet = subnetFor(doc, family);
   if (!subnet) throw new IpamError('bad_request', `pool "${doc.name}" has no IPv${family} subnet`);
@@ -113,26 +117,33 @@ export function allocate(doc: PoolDoc, owner: string, req: { family?: Family; ip
   let cursor = subnet.last && cidrContains(c, subnet.last) ? ipToBigInt(subnet.last) + 1n : first;
   // One pass over the range starting after the cursor; bounded by span so a full pool ends the loop.
   const limit = span < 1_000_000n ? span : 1_000_000n;
+  let heldReason: string | undefined;
   for (let i = 0n; i < limit; i++) {
     if (cursor > last || cursor < first) cursor = first;
     if (cursor !== gateway) {
       const ip = bigIntToIp(cursor, c.family);
       if (!(ip in doc.allocations)) {
-        const lastBefore = subnet.last;
-        setAllocation(doc, ip, owner);
-        subnet.last = ip;
-        return { ip, subnet, fresh: true, ...(lastBefore ? { lastBefore } : {}) };
+        const why = hold?.(ip);
+        if (why) heldReason ??= why;
+        else {
+          const lastBefore = subnet.last;
+          setAllocation(doc, ip, owner);
+          subnet.last = ip;
+          return { ip, subnet, fresh: true, ...(lastBefore ? { lastBefore } : {}) };
+        }
       }
     }
     cursor++;
   }
+  // The only free addresses are held: a retry succeeds once their hold ends (CNI: try again later).
+  if (heldReason) throw new IpamError('address_in_use', `IP pool "${doc.name}": no free address that is not held: ${heldReason}`);
   throw new IpamError(
     'pool_exhausted',
     `IP pool "${doc.name}" is exhausted: no free IPv${family} address left in ${subnet.cidr}`,
   );
 }
 
-function allocateRequested(doc: PoolDoc, owner: string, requested: string): Allocation {
+function allocateRequested(doc: PoolDoc, owner: string, requested: string, hold?: HoldCheck): Allocation {
   const family = familyOf(requested);
   if (!family) throw new IpamError('bad_request', `requested address "${requested}" is not an IP address`);
   const ip = normalizeIp(requested);
@@ -152,6 +163,8 @@ function allocateRequested(doc: PoolDoc, owner: string, requested: string): Allo
     throw new IpamError('address_in_use', `address ${ip} in pool "${doc.name}" is already allocated to ${current}`);
   }
   if (current === owner) return { ip, subnet, fresh: false };
+  const why = hold?.(ip);
+  if (why) throw new IpamError('address_in_use', why);
   setAllocation(doc, ip, owner);
   return { ip, subnet, fresh: true };
 }

@@ -23,8 +23,17 @@ export class Ipam {
   private readonly pools = new Map<string, alloc.PoolDoc>();
   /** ip -> owner key of addresses outside every pool (delegated IPAM). */
   private readonly external = new Map<string, string>();
+  /** Cluster mode: released addresses the other nodes may still take for their old endpoint. */
+  private held?: alloc.HoldCheck;
 
   private constructor(private readonly store: Store) {}
+
+  /** Cluster mode: free addresses `check` names a reason for are not handed out (a requested one is
+   *  refused with address_in_use and that reason). Single-node mode has none: a released address
+   *  may be reused at once. */
+  holdReleased(check: alloc.HoldCheck): void {
+    this.held = check;
+  }
 
   static async open(store: Store): Promise<Ipam> {
     const ipam = new Ipam(store);
@@ -91,7 +100,7 @@ export class Ipam {
   ): Promise<{ ip: string; subnet: string; gateway: string }> {
     const doc = this.require(pool);
     const key = ownerKey(owner);
-    const a = alloc.allocate(doc, key, req);
+    const a = alloc.allocate(doc, key, req, this.held);
     if (a.fresh) {
       try {
         await this.store.put(allocKey(pool, a.ip), key);
@@ -122,6 +131,8 @@ export class Ipam {
     if (current === key) return;
     if (current !== undefined)
       throw new alloc.IpamError('address_in_use', `address ${addr} is already in use on this node (held by ${current})`);
+    const why = this.held?.(addr);
+    if (why) throw new alloc.IpamError('address_in_use', why);
     this.external.set(addr, key);
     try {
       await this.store.put(`${EXTERNAL}/${addr}`, key);

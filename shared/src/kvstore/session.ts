@@ -40,6 +40,9 @@ export class Session {
   private readonly desired = new Map<string, string>();
   /** Keys whose store content may differ from `desired` (value or absence). */
   private readonly dirty = new Set<string>();
+  /** Keys of the transaction on its way to the store. */
+  private readonly inflight = new Set<string>();
+  private readonly writtenListeners: ((keys: string[]) => void)[] = [];
   private writing = false;
   private closed = false;
   private retryTimer?: NodeJS.Timeout;
@@ -156,6 +159,16 @@ export class Session {
     return this.desired.has(key);
   }
 
+  /** The store may not hold what this node wants for `key` yet (a write waits or is on its way). */
+  pending(key: string): boolean {
+    return this.dirty.has(key) || this.inflight.has(key);
+  }
+
+  /** Calls `fn` with the keys of each transaction the store took (their desired value or absence). */
+  onWritten(fn: (keys: string[]) => void): void {
+    this.writtenListeners.push(fn);
+  }
+
   /** Deletes keys under `prefix` that `mine` claims and this run does not want (left by an earlier run). */
   async reconcile(prefix: string, mine: (key: string, value: string) => boolean): Promise<number> {
     const { items } = await this.kv.list(prefix);
@@ -191,7 +204,10 @@ export class Session {
         const lease = this.lease;
         if (!lease) return; // regrant() kicks us again
         const batch = [...this.dirty].slice(0, 128);
-        for (const k of batch) this.dirty.delete(k);
+        for (const k of batch) {
+          this.dirty.delete(k);
+          this.inflight.add(k);
+        }
         try {
           // Chunks of independent writes in one transaction: one round trip, one fsync.
           const ops = batch.map((k) => {
@@ -202,8 +218,13 @@ export class Session {
           });
           await this.kv.txn([], ops);
           this.contact();
+          for (const k of batch) this.inflight.delete(k);
+          for (const fn of this.writtenListeners) fn(batch);
         } catch (e) {
-          for (const k of batch) this.dirty.add(k);
+          for (const k of batch) {
+            this.inflight.delete(k);
+            this.dirty.add(k);
+          }
           this.noContact(e as Error);
           this.o.log?.warn({ err: (e as Error).message, pending: this.dirty.size }, 'cluster store writes failed; retrying');
           this.scheduleRetry();

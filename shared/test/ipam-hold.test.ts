@@ -1,0 +1,102 @@
+// Cluster mode's release quarantine (cluster/ipcache.ts quarantined, ipam holdReleased): an address
+// this node withdrew is not handed out again until the cluster store took the withdrawal and the
+// other nodes had the quarantine to see it; single-node IPAM (no hold) reuses an address at once.
+// The real-packet test is integration/cluster-native-reuse.test.ts.
+import t from 'tap';
+import { Ipam } from '../src/ipam/index.ts';
+import { MemoryStore } from '../src/store/index.ts';
+import { ClusterIpcache } from '../src/cluster/ipcache.ts';
+import { layout } from '../src/kvstore/layout.ts';
+import type { Session } from '../src/kvstore/session.ts';
+
+const ep = (attachment: string) => ({ kind: 'endpoint', attachment, ifName: 'eth0' }) as const;
+const tiny = [{ cidr: '10.9.0.0/29', gateway: '10.9.0.1' }]; // .2-.6
+
+t.test('single-node (no hold): a released address may be requested again at once', async (t) => {
+  const ipam = await Ipam.open(new MemoryStore());
+  await ipam.ensurePool('p', tiny);
+  const a = await ipam.allocate('p', ep('a'));
+  await ipam.releaseOwner(ep('a'));
+  t.equal((await ipam.allocate('p', ep('b'), { ip: a.ip })).ip, a.ip);
+});
+
+/** A session of which the test decides what the store took. */
+function fakeSession() {
+  const written: ((keys: string[]) => void)[] = [];
+  const desired = new Map<string, string>();
+  const dirty = new Set<string>();
+  const session = {
+    kv: {},
+    set: (k: string, v: string) => {
+      desired.set(k, v);
+      dirty.add(k);
+    },
+    delete: (k: string) => {
+      desired.delete(k);
+      dirty.add(k);
+    },
+    owns: (k: string) => desired.has(k),
+    pending: (k: string) => dirty.has(k),
+    onWritten: (fn: (keys: string[]) => void) => written.push(fn),
+  };
+  const flush = () => {
+    const keys = [...dirty];
+    dirty.clear();
+    for (const fn of written) fn(keys);
+  };
+  return { session: session as unknown as Session, flush };
+}
+
+t.test('cluster mode: held until the store took the withdrawal, then for the quarantine', async (t) => {
+  const { session, flush } = fakeSession();
+  const L = layout('c');
+  const ipc = new ClusterIpcache({
+    session,
+    layout: L,
+    node: 'n1',
+    nodeIp: '198.18.0.1',
+    onRemoteChange: () => {},
+    quarantineMs: 300,
+  });
+  const ipam = await Ipam.open(new MemoryStore());
+  ipam.holdReleased((ip) => ipc.quarantined(ip));
+  await ipam.ensurePool('p', tiny);
+
+  const a = await ipam.allocate('p', ep('a'));
+  ipc.publish({ key: 'a/eth0', ips: [a.ip], identity: 1000 });
+  flush();
+  t.equal(ipc.quarantined(a.ip), undefined, 'a published address is not held');
+  await ipam.releaseOwner(ep('a'));
+  ipc.withdraw('a/eth0');
+
+  await t.rejects(ipam.allocate('p', ep('b'), { ip: a.ip }), {
+    code: 'address_in_use',
+    message: /withdrawal has not reached the cluster store/,
+  });
+  // Next-fit over the whole range: every other address is taken, so the picked one would be the held one.
+  for (const o of ['c', 'd', 'e', 'f']) await ipam.allocate('p', ep(o));
+  await t.rejects(ipam.allocate('p', ep('g')), { code: 'address_in_use', message: /no free address that is not held/ });
+
+  flush(); // the store took the delete
+  await t.rejects(ipam.allocate('p', ep('b'), { ip: a.ip }), { code: 'address_in_use', message: /released \d+ ms ago/ });
+  await new Promise((r) => setTimeout(r, 350));
+  t.equal((await ipam.allocate('p', ep('b'), { ip: a.ip })).ip, a.ip, 'handed out once the quarantine ended');
+  ipc.publish({ key: 'b/eth0', ips: [a.ip], identity: 2000 });
+  t.equal(ipc.quarantined(a.ip), undefined, 'published again: not held');
+});
+
+t.test('cluster mode: a withdrawal the store failed to take keeps the address held', async (t) => {
+  const { session } = fakeSession();
+  const ipc = new ClusterIpcache({
+    session,
+    layout: layout('c'),
+    node: 'n1',
+    nodeIp: '198.18.0.1',
+    onRemoteChange: () => {},
+    quarantineMs: 1,
+  });
+  ipc.publish({ key: 'a/eth0', ips: ['10.9.0.2'], identity: 1000 });
+  ipc.withdraw('a/eth0');
+  await new Promise((r) => setTimeout(r, 20));
+  t.match(ipc.quarantined('10.9.0.2'), /not reached the cluster store/, 'held for as long as the store has not taken it');
+});
