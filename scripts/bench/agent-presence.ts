@@ -1,7 +1,7 @@
 // What an idle agent costs pods it does not even carry: a plain veth pod pair (no BPF), 4-stream
 // iperf3, with cells interleaved per round: no agent, an idle agent running beside the pods (no
 // endpoints, `--l7-proxy off`, settled first as on a node), and that agent SIGSTOPped (a process
-// that never runs: what is left is memory, not CPU). README, issue 17: the 4-stream row's gap.
+// that never runs: what is left is memory, not CPU). docs/performance-history.md, issue 17: the 4-stream row's gap.
 //   node --import tsx scripts/bench/agent-presence.ts   (BENCH_ROUNDS, BENCH_SECONDS, BENCH_STREAMS)
 // BENCH_AGENT_BEFORE=<another build's dist/bin/membrane-agent> adds a cell: that agent, idle, beside
 // the pods (a before/after of the agent in the same interleaved run).

@@ -1,5 +1,5 @@
 // How often an idle agent wakes up, per thread: an agent beside a node's pods shares their CPUs, and
-// every wake-up is a context switch on a CPU that 4 TCP streams keep busy (README, issue 17). Starts
+// every wake-up is a context switch on a CPU that 4 TCP streams keep busy (docs/performance-history.md, issue 17). Starts
 // the built agent with no endpoints (`--l7-proxy off`), lets it settle, then counts voluntary and
 // involuntary context switches of every thread (and of every child process) over a window.
 //   node --import tsx scripts/bench/agent-wakeups.ts [--settle S] [--window S] [--hold S] [--agent-args '...']

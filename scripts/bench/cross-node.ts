@@ -52,7 +52,7 @@ const ONLY = process.env.BENCH_ONLY?.split(',').map((x) => x.trim());
 /** A node's agent runs long before its pods' traffic: the first round starts once every agent and
  *  operator of the Membrane clusters has settled (each under 2 % of a CPU over a second, at most
  *  BENCH_AGENT_SETTLE_S seconds; 0 = at once), as in bench:datapath. Just started, they take 3-6 % of
- *  the two CPUs for ~15 s (JIT, GC; README issue 17), which fell on the first cells of round 1, the
+ *  the two CPUs for ~15 s (JIT, GC; docs/performance-history.md, issue 17), which fell on the first cells of round 1, the
  *  plain peers' as much as Membrane's. */
 const SETTLE_S = Number(process.env.BENCH_AGENT_SETTLE_S ?? 30);
 /** Selects no pod: only sets up the proxies' routing rule and sk_lookup (l7/activation.ts). */

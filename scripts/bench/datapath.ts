@@ -11,7 +11,7 @@ const SECONDS = Number(process.env.BENCH_SECONDS ?? 4);
 // A node's agent runs long before its pods' traffic: Membrane's cells start once the fresh agent has
 // settled (under 2 % of a CPU over a second, at most BENCH_AGENT_SETTLE_S seconds; 0 = measure at once).
 // A just-started agent takes 3-6 % of the two CPUs for ~15 s (its JIT and GC), which 4 streams pay
-// (README, issue 17).
+// (docs/performance-history.md, issue 17).
 const SETTLE_S = Number(process.env.BENCH_AGENT_SETTLE_S ?? 30);
 delete process.env.NODE_EXTRA_CA_CERTS;
 

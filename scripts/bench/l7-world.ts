@@ -166,7 +166,7 @@ export async function startL7World(clientTwReuse: string): Promise<L7World> {
     // The peer: nginx on the node in front of the same server, with the worker count of Debian's
     // nginx.conf (`worker_processes auto`: one per CPU), as a user would run it; each proxy at its own
     // default. (With one worker on 2 CPUs nginx lets the client close first often enough to run its
-    // ports out of TIME_WAIT in one-request-per-connection runs: README bench:l7.) BENCH_NGINX_WORKERS
+    // ports out of TIME_WAIT in one-request-per-connection runs: docs/performance-history.md, L7 HTTP.) BENCH_NGINX_WORKERS
     // sets it apart (e.g. as many as BENCH_L7_WORKERS, to compare worker counts).
     const nginxWorkers = Number(process.env.BENCH_NGINX_WORKERS) || os.availableParallelism();
     const p = startNginx(

@@ -19,7 +19,7 @@
 // The client pod runs with net.ipv4.tcp_tw_reuse=BENCH_CLIENT_TW_REUSE (default 0, the kernel's own
 // default, the same for every column): the proxy, like the server and nginx, closes a one-request
 // connection first, so no column leaves a TIME_WAIT in the client. 1 shows what a client that keeps
-// its TIME_WAITs would meet with a proxy that lets it close first (README: bench:l7).
+// its TIME_WAITs would meet with a proxy that lets it close first (docs/performance-history.md, L7 HTTP).
 import os from 'node:os';
 import { checkTools, startL7World, type Variant } from './l7-world.ts';
 import { type Mode, type Sample, wrk } from './l7-wrk.ts';

@@ -180,7 +180,7 @@ export function processCpuMs(pid: number): number {
 /** Waits until the processes are idle again: each under `busyPct` of a CPU over `windows` 1 s windows
  *  in a row (bounded by `timeoutMs`). A control plane still digesting a change (10,000 rules take an
  *  agent seconds of CPU after the import returns), or a just-started agent (its JIT and GC take 3-6 %
- *  of two CPUs for ~15 s, README issue 17), competes with the measured datapath for the same CPUs,
+ *  of two CPUs for ~15 s, docs/performance-history.md, issue 17), competes with the measured datapath for the same CPUs,
  *  which is not what a steady-state measurement is about; a node's agent runs long before its pods'
  *  traffic. Returns how long it took (ms) and whether they got quiet (`false` only with
  *  `throwOnTimeout: false`, after `timeoutMs`). A process that is gone counts as quiet. */

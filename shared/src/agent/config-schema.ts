@@ -29,7 +29,7 @@ export const DEFAULTS = {
   /** L7 proxy workers: one per two CPUs, at least one, at most two. The proxy shares the node with the
    *  pods it serves: on 2 vCPUs (bench:l7, wrk, server and proxy on the same two) one worker took 20-45 %
    *  less CPU per request than two, waited 2-10x less for a CPU, and served more requests/s in every
-   *  column (README: bench:l7). Larger nodes are unmeasured: two there, as before. */
+   *  column (docs/performance-history.md, L7 HTTP). Larger nodes are unmeasured: two there, as before. */
   l7ProxyWorkers: Math.max(1, Math.min(2, Math.floor((os.availableParallelism?.() ?? os.cpus().length) / 2))),
   /**
    * DNS proxy worker threads for UDP; 0 = on the agent's thread. Off by default: on a 2-vCPU node the

@@ -90,7 +90,7 @@ export class UdpRelay {
   private readonly ids = new RandomIds();
   private readonly reader = new MessageReader();
   /** Runs only while a query waits or an upstream socket is open: an idle agent's wake-ups cost its
-   *  node's pods (README, issue 17). */
+   *  node's pods (docs/performance-history.md, issue 17). */
   private sweep?: NodeJS.Timeout;
   private readonly idleSweep: NodeJS.Timeout;
 

@@ -44,8 +44,8 @@ export class FlowCollector {
   }
 
   /** The flow rate's clock (not read per event): re-read every 250 ms while records come, stopped
-   *  after a quarter second without any (an idle agent's wake-ups cost its node's pods: README,
-   *  issue 17), read again by the first record after. */
+   *  after a quarter second without any (an idle agent's wake-ups cost its node's pods:
+   *  docs/performance-history.md, issue 17), read again by the first record after. */
   private runClock(): void {
     this.o.ring.tick();
     this.clock = setInterval(() => {

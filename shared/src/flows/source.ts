@@ -26,13 +26,13 @@ export interface KernelEventSourceOptions {
    *  1/32 full doubles the period up to it, one that found it over 1/8 full halves it down to
    *  `intervalMs`: a node's connection rate (~20k events/s) is read in batches of ~800 every 40 ms
    *  instead of ~100 every 5 ms, an eighth of the wake-ups, each a syscall and a context switch on
-   *  CPUs the pods use (README, issue 17). While the ring stays empty, each empty drain doubles the
+   *  CPUs the pods use (docs/performance-history.md, issue 17). While the ring stays empty, each empty drain doubles the
    *  period up to it; one more empty drain at this period and the reader goes to sleep (below). */
   idleIntervalMs?: number;
   /** Asleep, the reader waits in epoll on the ring's fd: the datapath submits with adaptive wake-up,
    *  which wakes a reader only for a record written into an empty ring, so the first event after a
    *  quiet spell is read at once and a busy ring wakes nobody. An idle agent polling every 5 ms woke
-   *  260 times a second, every 40 ms 25 (README, issue 17: its wake-ups cost a busy node's pods
+   *  260 times a second, every 40 ms 25 (docs/performance-history.md, issue 17: its wake-ups cost a busy node's pods
    *  4-stream TCP throughput). This slow timer (default 1000 ms) still drains a ring whose producer
    *  never wakes (programs of an older build submit with BPF_RB_NO_WAKEUP). */
   sleepIntervalMs?: number;

@@ -60,7 +60,7 @@ const CONNECT_DEADLINE_MS = 30_000;
 /** A young generation of 16-32 MiB per semi-space instead of V8's adaptive default (which stays near
  *  1-6 MiB at the worker's allocation rate): almost everything a request allocates dies young, so a
  *  scavenge costs about the same whatever the space's size, and a larger space means several times
- *  fewer of them. Same-run A/B against nginx (README, L7 benchmark): proxy CPU per one-request
+ *  fewer of them. Same-run A/B against nginx (docs/performance-history.md, L7 HTTP): proxy CPU per one-request
  *  connection 101-110 -> 76-81 µs, and every req/s and p99 goal met in one of two runs. */
 const WORKER_GC_FLAGS = ['--min-semi-space-size=16', '--max-semi-space-size=32'];
 

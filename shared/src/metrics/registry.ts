@@ -37,7 +37,7 @@ export function createAgentMetrics(src: MetricsSources, opts: { defaultMetrics?:
   const registers = [registry];
   // The event-loop delay histogram samples on a libuv timer of this period (prom-client's default
   // is 10 ms: 100 wake-ups a second, most of an idle agent's, on CPUs its node's pods are using;
-  // README, issue 17). Sampled once a second it still records any stall of over a second; the
+  // docs/performance-history.md, issue 17). Sampled once a second it still records any stall of over a second; the
   // nodejs_eventloop_lag_seconds gauge is measured at each scrape either way.
   if (opts.defaultMetrics !== false)
     collectDefaultMetrics({ register: registry, prefix: 'membrane_agent_', eventLoopMonitoringPrecision: EVENT_LOOP_SAMPLE_MS });
