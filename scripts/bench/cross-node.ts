@@ -350,7 +350,15 @@ async function main(): Promise<void> {
     for (let round = 1; round <= ROUNDS; round++) {
       process.stderr.write(`-- round ${round}\n`);
       const shift = ((round - 1) * 2) % measured.length; // a different order each round
-      for (const t of [...measured.slice(shift), ...measured.slice(0, shift)]) await measure(t);
+      for (const t of [...measured.slice(shift), ...measured.slice(0, shift)]) {
+        // Every cell, a plain peer's too, starts with every agent and operator idle: the previous
+        // Membrane cell's endpoint deletions (and the overlay's policy swaps) leave them busy for a
+        // second or two, which fell on the plain cell after it but never on a Membrane cell (those
+        // wait for their own two agents after creating the pods).
+        await settled(controlPlanePids(), { busyPct: 2, windows: 1, timeoutMs: 15_000, throwOnTimeout: false });
+        await measure(t);
+      }
+      process.stderr.write(`   load after round ${round}: ${os.loadavg()[0].toFixed(1)}\n`);
     }
     process.stdout.write(report(names, `${load0} -> ${os.loadavg()[0].toFixed(1)}`));
   } finally {
