@@ -3,12 +3,9 @@
 // identity. A pod relabeled out of a policy (quarantined) must not keep reaching, as its old identity,
 // pods on other nodes that admit only the old one.
 //
-// OPEN HOLE (todo): it does. Its node enforces the new identity's egress, but nothing holds its traffic
-// to other nodes until the cluster store has the new identity, so n2 admits it as the old one for as
-// long as the outage lasts (milliseconds without one: the watch's delay). The overlay is not affected
-// (the VNI carries the identity per packet: cluster-overlay-relabel.test.ts). The fix this test waits
-// for: in native mode, an endpoint whose ipcache record the store has not taken gets egress default
-// deny with no allow entries (policy/desired.ts endpointPart) until it has.
+// Its node holds the pod's egress (default deny, no allow entries) until the cluster store has taken
+// its new ipcache record (cluster/mode.ts holdUntilPublished), then releases it. The overlay needs no
+// hold: the VNI carries the identity per packet (cluster-overlay-relabel.test.ts).
 import t from 'tap';
 import { clusterForFile } from './lib/cluster-file.ts';
 import { eventually } from './lib/cluster.ts';
@@ -40,12 +37,17 @@ t.test('native routing: a pod relabeled during a store outage does not speak as 
   const web = await n2.pod({ app: 'web-rl' });
   const pod = await n1.pod({ app: 'trusted-rl' });
   const jailed = await n1.pod({ app: 'quarantined-rl' }); // the label set has a cluster identity
+  const local = await n1.pod({ app: 'local-rl' });
   await serve(web, PORT);
+  await serve(local, PORT);
   await eventually('pods known', () => known(web) && known(pod) && known(jailed), 20_000);
   await new PolicyClient(n1.client).import(POLICY);
   await eventually(
     'enforced',
-    async () => (await handshake(jailed.ns, web.ip4, PORT)) === 'timeout' && (await probe(pod.ns, web.ip4, PORT)) === 'ok',
+    async () =>
+      (await handshake(jailed.ns, web.ip4, PORT)) === 'timeout' &&
+      (await probe(pod.ns, web.ip4, PORT)) === 'ok' &&
+      (await probe(pod.ns, local.ip4, PORT)) === 'ok',
     20_000,
     200,
   );
@@ -58,9 +60,9 @@ t.test('native routing: a pod relabeled during a store outage does not speak as 
   );
   t.equal(relabeled.identity, jailed.endpoint.identity, 'relabeled to the quarantined identity');
   t.equal(readIpcache(n2.bpffsDir).get(`${pod.ip4}/32`), pod.endpoint.identity, 'n2 still maps the pod to its old identity');
-  t.equal(await handshake(pod.ns, web.ip4, PORT, 2000), 'timeout', 'the relabeled pod cannot reach web as its old identity', {
-    todo: 'open: native routing holds nothing while the store cannot take a relabeled endpoint',
-  });
+  t.equal(await handshake(pod.ns, web.ip4, PORT, 2000), 'timeout', 'the relabeled pod cannot reach web as its old identity');
+  t.equal(await handshake(pod.ns, local.ip4, PORT, 1000), 'timeout', 'its egress is held (a local pod too: default deny)');
+  t.equal(await probe(local.ns, pod.ip4, PORT, 1000), 'refused', 'its ingress is not (nothing listens: refused, not dropped)');
 
   await c.etcd.start();
   await eventually(
@@ -70,5 +72,7 @@ t.test('native routing: a pod relabeled during a store outage does not speak as 
     100,
   );
   t.equal(await handshake(pod.ns, web.ip4, PORT, 2000), 'timeout', 'and after: denied as the new identity');
+  await eventually('its egress is released', async () => (await probe(pod.ns, local.ip4, PORT, 1000)) === 'ok', 20_000, 200);
+  t.pass('released once the store has its new identity: it reaches the local pod again');
   await new PolicyClient(n1.client).delete(['web-rl']);
 });

@@ -67,6 +67,8 @@ export class ClusterMode {
    *  full sync done (the local endpoints' restore runs in between). */
   private startSyncT0?: number;
   private startSync?: { entries: number; ms: number };
+  /** Relabeled pods whose new ipcache record the store has not taken (native routing). */
+  private readonly unpublished = new Map<string, Endpoint>();
 
   private constructor(
     readonly cfg: ClusterModeConfig,
@@ -88,6 +90,9 @@ export class ClusterMode {
       onRemoteChange: (m) => this.engine?.setRemoteEndpoints(m),
     });
     this.nodes = new ClusterNodes(session, this.L, log);
+    session.onWritten(() => {
+      if (this.unpublished.size) this.releasePublished();
+    });
     this.identities.onLearn((ids) => {
       void this.engine?.identitiesLearned(ids);
     });
@@ -258,9 +263,39 @@ export class ClusterMode {
   endpointHooks(): EndpointHooks {
     return {
       afterCreate: (ep) => this.publish(ep),
-      afterLabelsChanged: (ep) => this.publish(ep),
-      afterDelete: (ep) => this.ipcache.withdraw(`${ep.containerId}/${ep.ifName}`),
+      afterLabelsChanged: (ep) => {
+        this.publish(ep);
+        this.holdUntilPublished(ep);
+      },
+      afterDelete: (ep) => {
+        this.unpublished.delete(`${ep.containerId}/${ep.ifName}`);
+        this.ipcache.withdraw(`${ep.containerId}/${ep.ifName}`);
+      },
     };
+  }
+
+  /** Native routing: the other nodes take a pod's identity from its address's ipcache entry, so a
+   *  relabeled pod (quarantined, say) would speak to them as its old identity until the store has
+   *  the new one (for as long as the store is out of reach). Its egress is held (default deny, no
+   *  allow entries) until then: fail closed. Created pods need none: their address is unknown to the
+   *  others (world) until published, and no other pod's (cluster/ipcache.ts quarantined). */
+  private holdUntilPublished(ep: Endpoint): void {
+    if (this.cfg.routing.mode !== 'native' || !this.engine || !this.unpublishedIps(ep)) return;
+    this.unpublished.set(`${ep.containerId}/${ep.ifName}`, ep);
+    void this.engine.holdEgress(ep, true);
+  }
+
+  private unpublishedIps(ep: Endpoint): boolean {
+    return ep.ips.some((ip) => this.session.pending(this.L.ipcacheEntry(ip.address.split('/')[0])));
+  }
+
+  /** After each write the store took: the held pods whose records it has now are released. */
+  private releasePublished(): void {
+    for (const [key, ep] of this.unpublished) {
+      if (this.unpublishedIps(ep)) continue;
+      this.unpublished.delete(key);
+      void this.engine?.holdEgress(ep, false);
+    }
   }
 
   private publish(ep: Endpoint): void {

@@ -37,6 +37,9 @@ export interface EngineEndpoint {
   identity: number;
   ips: string[];
   audit: boolean;
+  /** Egress default deny with no allow entries, audit off (native routing: the other nodes do not
+   *  know its identity yet; cluster/mode.ts). */
+  egressHeld?: boolean;
 }
 
 export interface DesiredInput {
@@ -352,6 +355,12 @@ export function endpointPart(
     if (known) selections.set(ep.identity, base);
   }
   const lp = compiler.forLabels(labels);
+  if (ep.egressHeld) {
+    // Built apart (its own ports key), so the entries after the hold are built whole again.
+    const built = entriesOf(ep, { ...lp, egress: { ...lp.egress, columns: new Map() } }, input.proxyPorts);
+    const flags = base | EP_FLAGS.egressLookup | EP_FLAGS.egressDefaultDeny;
+    return { flags, cached: { policy: lp, ports: `${ports}\0egress-held`, built } };
+  }
   const reusable = prev && prev.ports === ports && prev.built.id === ep.id;
   const built = !reusable
     ? entriesOf(ep, lp, input.proxyPorts)

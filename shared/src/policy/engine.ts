@@ -32,6 +32,8 @@ const nextTurn = () => new Promise<void>((resolve) => setImmediate(resolve));
 export class PolicyEngine extends PolicyMapSync {
   /** Audit as the endpoint's metadata asked for at creation (an API override wins). */
   private readonly metaAudit = new Map<string, boolean>();
+  /** Endpoints whose egress is held (holdEgress). */
+  private readonly egressHeld = new Set<string>();
   private auditOverrides: Record<string, boolean>;
   private started = false;
   private chain: Promise<unknown> = Promise.resolve();
@@ -140,9 +142,25 @@ export class PolicyEngine extends PolicyMapSync {
       const gone = this.endpoints.get(key);
       if (!gone || !this.endpoints.delete(key)) return;
       this.metaAudit.delete(key);
+      this.egressHeld.delete(key);
       this.identities.release(key);
       this.mirror.flags.delete(ep.hostIfIndex);
       if (this.started) this.syncEndpointRemoved(gone);
+    });
+  }
+
+  /** Holds (or releases) an endpoint's egress: default deny, no allow entries (desired.ts). Cluster
+   *  mode's, native routing: other nodes classify its packets by the identity they last learned. */
+  holdEgress(ep: Endpoint, held: boolean): Promise<void> {
+    const key = endpointKey(attachmentId(ep), ep.ifName);
+    if (held === this.egressHeld.has(key)) return Promise.resolve();
+    if (held) this.egressHeld.add(key);
+    else this.egressHeld.delete(key);
+    return this.serial(() => {
+      const e = this.endpoints.get(key);
+      if (!e || !!e.egressHeld === this.egressHeld.has(key)) return;
+      this.endpoints.set(key, { ...e, egressHeld: this.egressHeld.has(key) });
+      if (this.started && !this.held()) this.sync();
     });
   }
 
@@ -390,6 +408,7 @@ export class PolicyEngine extends PolicyMapSync {
       identity: ep.identity || RESERVED.init,
       ips: ep.ips.map((ip) => addressOnly(ip.address)),
       audit: this.auditOverrides[key] ?? metaAudit,
+      ...(this.egressHeld.has(key) ? { egressHeld: true } : {}),
     };
   }
 }
