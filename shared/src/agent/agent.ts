@@ -184,8 +184,10 @@ export class Agent {
         log: log.child({ component: 'conntrack' }),
         intervalSeconds: cfg.conntrackGcIntervalSeconds,
       });
-      endpoints.addHooks(policy.hooks);
+      // Cluster first: a relabeled pod's egress hold (native routing) is then in the relabel's own
+      // policy sync, not one sync after it.
       if (cluster) endpoints.addHooks(cluster.endpointHooks());
+      endpoints.addHooks(policy.hooks);
       const core: Core = {
         networks: networkService(networks, endpoints, host, cfg.hostDevice, (id) => dockerNetworkNames.get(id)),
         endpoints,
