@@ -7,6 +7,8 @@
 // the run, ~0.15 µs a run of its own), the two agents' CPU time, and the conntrack entries left after
 // the sample. OBJ=<datapath .o> runs the agents on another object (an A/B: run once per object).
 // WORK=tput1|tput4 runs iperf3 (1 or 4 streams) instead of crr: the costs are then per MB received.
+// RULES=N (0) imports bench:cross-node's policy of N rules on the server pod (topologies.ts
+// membranePolicy: N-1 CIDR rules that never match, the last admits the client) before the samples.
 // Run under the bench lock: flock /work/wt/.bench.lock node --import tsx scripts/bench/cross-node-events.ts
 import { execFileSync } from 'node:child_process';
 import os from 'node:os';
@@ -15,6 +17,8 @@ import { eventually, startCluster, type TestNode } from '../../integration/lib/c
 import { readIpcache } from '../../integration/lib/cluster-maps.ts';
 import { connectionRate, processCpuMs, settled, sleep, throughput } from './lib.ts';
 import { attachedPrograms, enableBpfStats } from './bpf-stats.ts';
+import { PolicyClient } from '../../shared/src/policy/client.ts';
+import { membranePolicy } from './topologies.ts';
 
 delete process.env.NODE_EXTRA_CA_CERTS;
 const MODE = process.env.MODE ?? 'native';
@@ -28,6 +32,7 @@ const c = await startCluster({
   agentArgs: ['--routing-mode', MODE, '--log-level', 'info', ...(process.env.OBJ ? ['--bpf-object', process.env.OBJ] : [])],
 });
 const restoreStats = enableBpfStats();
+const RULES = Number(process.env.RULES ?? 0);
 
 /** membrane_flows_processed_total by type, from the agent's metrics page (inside the node's netns). */
 async function flowEvents(n: TestNode): Promise<Record<string, number>> {
@@ -70,11 +75,12 @@ try {
     () => readIpcache(n2.bpffsDir).get(`${a.ip}/32`) === a.identity && readIpcache(n1.bpffsDir).get(`${b.ip}/32`) === b.identity,
     30_000,
   );
+  if (RULES) await new PolicyClient(n2.client).import(membranePolicy(RULES));
   const agents = [n1.agent.pid()!, n2.agent.pid()!];
   await settled(agents, { busyPct: 2, timeoutMs: 60_000, throwOnTimeout: false });
   const ids = attachedPrograms([n1.netns.path, n2.netns.path]);
   console.log(
-    `${MODE} cluster, ${WORK}, ${R} samples of ${S} s, object ${process.env.OBJ ?? 'dist'}${WORK === 'crr' ? '' : ' (per MB, not per connection)'}`,
+    `${MODE} cluster, ${WORK}, ${R} samples of ${S} s, ${RULES} rules, object ${process.env.OBJ ?? 'dist'}${WORK === 'crr' ? '' : ' (per MB, not per connection)'}`,
   );
   for (let r = 0; r < R; r++) {
     const p0 = programStats(ids);
