@@ -140,7 +140,7 @@ export class HttpProxyConnection implements RequestHost, ResponseHost, PairEvent
   lastResponseEnds(): void {
     // The FIN rides with the response's last bytes, so the proxy closes first for certain (not a
     // client that closes as soon as it has read them). Not when the client is to close first.
-    if (!this.o.clientClosesFirst) this.io.corkClient();
+    if (!this.o.clientClosesFirst) this.io.holdLastWrite();
   }
 
   /** The response at the head of the queue is complete. */

@@ -3,7 +3,7 @@
 // (the client is read only while nothing holds it: a full upstream buffer, a full pipeline, an
 // upgrade waiting for the server's answer; the upstream is read only while the client's buffer
 // drains) and how they end (each side ended once, the client given the chance to close first).
-import { corkNow, shutdownWriteNow } from '../proxy/sockets.ts';
+import { sendHeld, shutdownWriteNow } from '../proxy/sockets.ts';
 import type { ClientSocket, UpstreamSocket } from './socket.ts';
 import { holdUpstream, type UpstreamHolder } from './upstream-events.ts';
 
@@ -85,7 +85,9 @@ export class SocketPair implements UpstreamHolder {
   /** Our FIN went out by shutdownWriteNow with every byte written: the client's FIN closes the socket
    *  (no end(), whose second shutdown, write watch and 'finish' would change nothing). */
   private finSent = false;
-  /** corkClient() held the client's last segment: the FIN releases it. */
+  /** holdLastWrite(): the next write to the client goes out held (sendHeld) for the FIN to join it. */
+  private holdNext = false;
+  /** The client's last segment is held in the kernel (sendHeld): the FIN releases it. */
   private corked = false;
 
   constructor(
@@ -240,6 +242,15 @@ export class SocketPair implements UpstreamHolder {
 
   toClient(b: Buffer): void {
     if (this.client.destroyed) return;
+    if (this.holdNext) {
+      this.holdNext = false;
+      const n = sendHeld(this.client as never, b);
+      if (n === b.length) {
+        this.corked = true;
+        return;
+      }
+      if (n > 0) b = b.subarray(n); // the rest after it, through Node (the kernel pushes both then)
+    }
     if (!this.client.write(b) && !this.pausedForClient) {
       this.pausedForClient = true;
       this.upstream?.pause();
@@ -262,10 +273,10 @@ export class SocketPair implements UpstreamHolder {
     return (this.holds & why) !== 0;
   }
 
-  /** The connection's last response is about to be written and the connection ends right after it
-   *  (not lingering): its last segment is held (TCP_CORK) for the FIN to go out with it. */
-  corkClient(): void {
-    if (!this.client.destroyed && !this.client.writableEnded && corkNow(this.client as never)) this.corked = true;
+  /** The connection's last response is about to be written (in one write) and the connection ends
+   *  right after it (not lingering): that write's last segment is held for the FIN to go out with it. */
+  holdLastWrite(): void {
+    if (!this.client.destroyed && !this.client.writableEnded) this.holdNext = true;
   }
 
   /** Half-close towards the server (it gets the FIN and still answers). */
@@ -323,7 +334,9 @@ export class SocketPair implements UpstreamHolder {
     if (this.closed) return;
     this.closed = true;
     this.stopLingering();
-    this.client.destroy();
+    // The client's 'close' would only call this again (closed: nothing to do).
+    if (this.client.destroyQuietly) this.client.destroyQuietly();
+    else this.client.destroy();
     this.upstream?.destroy();
     this.ev.closed();
   }

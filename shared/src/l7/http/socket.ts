@@ -12,6 +12,9 @@ export interface ClientSocket {
   resume(): unknown;
   end(): unknown;
   destroy(): unknown;
+  /** Destroys it without the 'close' event, when the caller does what that event would have done
+   *  (RawSocket: one call into JavaScript fewer per connection). */
+  destroyQuietly?(): void;
   setNoDelay(noDelay: boolean): unknown;
   readonly destroyed: boolean;
   readonly writableEnded: boolean;

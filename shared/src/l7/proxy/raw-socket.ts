@@ -326,8 +326,15 @@ export class RawSocket implements UpstreamSocket {
     this.destroyed = true;
     this.reading = false;
     clearTimeout(this.connectTimer);
-    this._handle.close(afterClose);
+    // No 'close' listener: no close callback either (Node then calls no JavaScript when the handle is closed).
+    this._handle.close(this.onclose ? afterClose : undefined);
     return this;
+  }
+
+  /** Destroys it without the 'close' event: for the owner that destroys it and knows (SocketPair). */
+  destroyQuietly(): void {
+    this.onclose = undefined;
+    this.destroy();
   }
 
   /** A read, write or shutdown failed with errno `err` (negative): 'error', then closed. */

@@ -21,14 +21,13 @@ const SO_REUSEPORT = 15;
 const SOL_IP = 0;
 const SOL_TCP = 6;
 const TCP_NODELAY = 1;
-const TCP_CORK = 3;
 const IP_TRANSPARENT = 19;
 const SOL_IPV6 = 41;
 const IPV6_V6ONLY = 26;
 const IPV6_TRANSPARENT = 75;
 
 type Fn = (...args: unknown[]) => number;
-let libc: { socket: Fn; setsockopt: Fn; bind: Fn; listen: Fn; close: Fn; shutdown: Fn } | undefined;
+let libc: { socket: Fn; setsockopt: Fn; bind: Fn; listen: Fn; close: Fn; shutdown: Fn; send: Fn } | undefined;
 
 function lib() {
   if (libc) return libc;
@@ -40,6 +39,7 @@ function lib() {
     listen: c.func('int listen(int fd, int backlog)') as Fn,
     close: c.func('int close(int fd)') as Fn,
     shutdown: c.func('int shutdown(int fd, int how)') as Fn,
+    send: c.func('long send(int fd, _In_ uint8_t *buf, size_t len, int flags)') as Fn,
   };
   return libc;
 }
@@ -133,16 +133,25 @@ export function shutdownWriteNow(s: { _handle?: { fd?: number } | null; writable
   return lib().shutdown(fd, 1 /* SHUT_WR */) === 0;
 }
 
+/** send() flags of sendHeld: never block, no SIGPIPE (an error comes back as -1), more to come. */
+const MSG_HELD = 0x40 /* MSG_DONTWAIT */ | 0x4000 /* MSG_NOSIGNAL */ | 0x8000; /* MSG_MORE */
+
 /**
- * Sets TCP_CORK on a connected socket with nothing queued in Node: what is written next waits in the
- * kernel (at most 200 ms, or until a full segment) and the FIN of the shutdown or close that follows
- * goes out in the same segment. For a connection's last response: the client then has the FIN with
- * the response's last byte and cannot close first. False when Node has no fd or bytes are queued.
+ * Writes a connection's last bytes with MSG_MORE, on a connected socket with nothing queued in Node:
+ * the kernel holds a partial segment (as TCP_CORK does, for this write only, at most 200 ms) and the
+ * FIN of the shutdown or close that follows goes out in the same segment, so the client has the FIN
+ * with the response's last byte and cannot close first. One system call where a TCP_CORK setsockopt
+ * and Node's write took two (one request per connection: one of the worker's twelve per connection).
+ * Returns the bytes the kernel took (the caller writes the rest through Node, after them), or -1 when
+ * it took none or Node has no fd or bytes are still queued there (nothing was written: write it all
+ * through Node, which also reports an error the socket has). The bytes do not count in the socket's
+ * bytesWritten (the idle sweep's counter; the connection ends right after them).
  */
-export function corkNow(s: { _handle?: { fd?: number } | null; writableLength: number }): boolean {
+export function sendHeld(s: { _handle?: { fd?: number } | null; writableLength: number }, b: Buffer): number {
   const fd = s._handle?.fd;
-  if (typeof fd !== 'number' || fd < 0 || s.writableLength > 0) return false;
-  return lib().setsockopt(fd, SOL_TCP, TCP_CORK, [1], 4) === 0;
+  if (typeof fd !== 'number' || fd < 0 || s.writableLength > 0) return -1;
+  const n = lib().send(fd, b, b.length, MSG_HELD);
+  return n > 0 ? n : -1;
 }
 
 export function closeFd(fd: number): void {
