@@ -80,7 +80,7 @@ export interface Datapath {
   gcConntrack(nowNs?: bigint): number;
   conntrackFill(): conntrack.ConntrackFill;
   conntrackOwned(endpointId: number): number;
-  revokeConntrack(allowed: (e: conntrack.CtEntryView) => boolean, filter?: conntrack.RevokeFilter): number;
+  revokeConntrack(allowed: (e: conntrack.CtEntryView) => conntrack.CtVerdict, filter?: conntrack.RevokeFilter): number;
   close(): void;
 }
 

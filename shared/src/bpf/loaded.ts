@@ -175,7 +175,7 @@ export class LoadedDatapath implements Datapath {
     return conntrack.owned(this.ctFds(), endpointId);
   }
 
-  revokeConntrack(allowed: (e: conntrack.CtEntryView) => boolean, filter?: conntrack.RevokeFilter): number {
+  revokeConntrack(allowed: (e: conntrack.CtEntryView) => conntrack.CtVerdict, filter?: conntrack.RevokeFilter): number {
     return conntrack.revoke(this.ctFds(), allowed, process.hrtime.bigint(), filter);
   }
 

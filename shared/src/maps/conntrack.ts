@@ -28,6 +28,7 @@ const OFF = {
 export const CT_SCOPE = { INGRESS: 0, EGRESS: 1, LOCAL: 2 } as const;
 export const CT_F_AUDIT = 1 << 0;
 export const CT_F_REVOKED = 1 << 3;
+export const CT_F_PROXY = 1 << 4;
 /** The peer's identity came with the packet (a tunnel's VNI): revalidation keeps it, never asks the ipcache. */
 export const CT_F_TUNNEL = 1 << 5;
 
@@ -328,24 +329,36 @@ function touched(w: Walk, i: number, f: RevokeFilter): boolean {
   return false;
 }
 
+/** A revalidation's answer for one entry: admitted (true), revoked (false), or forgotten: the policy
+ *  denies its flow both ways as a new flow, so the entry stops nothing the policy would not, and it is
+ *  deleted (its owner's share back at once, rather than held for the flow's 6 h lifetime). */
+export type CtVerdict = boolean | 'forget';
+
 /**
  * Marks revoked the live entries whose flow `allowed` no longer admits (bpf/lib/ct.h: the initiator's
  * next packet is checked as a new flow, the other side's are dropped). Entries stay so that the
- * reverse direction cannot pass itself off as a new flow; they expire as usual.
+ * reverse direction cannot pass itself off as a new flow; they expire as usual. Entries `allowed`
+ * forgets are deleted, and the owners' counts taken again.
  */
-export function revoke(fds: ConntrackFds, allowed: (e: CtEntryView) => boolean, nowNs: bigint, filter?: RevokeFilter): number {
+export function revoke(fds: ConntrackFds, allowed: (e: CtEntryView) => CtVerdict, nowNs: bigint, filter?: RevokeFilter): number {
   const w = walk(fds.conntrack);
   const now = Number(nowNs);
-  let revoked = 0;
+  let revoked = 0,
+    forgotten = 0;
   for (let i = 0; i < w.count; i++) {
     if (w.values[i * CT_ENTRY_SIZE + OFF.flags] & CT_F_REVOKED || (filter && !touched(w, i, filter)) || expiredAt(w, i, now))
       continue;
     const k = keyAt(w, i),
       v = valueAt(w, i);
-    if (allowed(viewOf(k, v))) continue;
+    const verdict = allowed(viewOf(k, v));
+    if (verdict === true) continue;
     // The datapath may have updated the entry since the walk: mark its current value.
     const cur = bpf.mapLookup(fds.conntrack, 'conntrack', k, CT_ENTRY_SIZE);
     if (!cur || u32(cur, OFF.endpointId) !== u32(v, OFF.endpointId)) continue;
+    if (verdict === 'forget') {
+      if (bpf.mapDelete(fds.conntrack, 'conntrack', k)) forgotten++;
+      continue;
+    }
     cur[OFF.flags] |= CT_F_REVOKED;
     try {
       bpf.mapUpdate(fds.conntrack, 'conntrack', k, cur, 2 /* BPF_EXIST: never re-create a closed flow */);
@@ -354,7 +367,8 @@ export function revoke(fds: ConntrackFds, allowed: (e: CtEntryView) => boolean, 
       if (!(err instanceof bpf.BpfError && err.code === 'ENOENT')) throw err;
     }
   }
-  return revoked;
+  if (forgotten) deleteWhere(fds, () => false); // the owners' counts (ct_reclaimed), as a GC pass does
+  return revoked + forgotten;
 }
 
 /** Copies a table's flows into another of `capacity` entries, the most recently seen first (when it

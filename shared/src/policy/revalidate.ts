@@ -7,7 +7,7 @@
 import type { Datapath } from '../bpf/datapath.ts';
 import * as bpf from '../bpf/libbpf.ts';
 import { decodeEndpointIdentity, ENDPOINT_CONFIG_SIZE, encodeU32Key } from '../maps/codec.ts';
-import { CT_F_TUNNEL, CT_SCOPE, type CtEntryView, type RevokeFilter } from '../maps/conntrack.ts';
+import { CT_F_AUDIT, CT_F_PROXY, CT_F_TUNNEL, CT_SCOPE, type CtEntryView, type RevokeFilter } from '../maps/conntrack.ts';
 import type { MapChanges } from './apply.ts';
 import { identityKind, RESERVED } from '../identity/reserved.ts';
 import { decodeIpcacheValue, decodePolicyKey, IPCACHE_VALUE_SIZE } from './map-codec.ts';
@@ -88,7 +88,7 @@ export function revalidateConntrack(dp: Datapath, maps: PolicyMaps, changes?: Ma
     }
     return pass;
   };
-  return dp.revokeConntrack((e) => {
+  const admitted = (e: CtEntryView): boolean => {
     if (e.scope === CT_SCOPE.LOCAL) {
       const src = endpointConfigs().get(e.owner),
         dst = endpointConfigs().get(e.peer);
@@ -107,5 +107,23 @@ export function revalidateConntrack(dp: Datapath, maps: PolicyMaps, changes?: Ma
     const recorded = egress ? e.dstIdentity : e.srcIdentity;
     if (!passes(e.owner, direction, recorded, e)) return false;
     return current === recorded || identityKind(current) !== 'endpoint' || passes(e.owner, direction, current, e);
-  }, filter);
+  };
+  // A TCP flow the policy now denies both ways as a new flow (its answer opening one too) needs no
+  // revoked entry to keep its packets out: forgotten, its slot of the owner's share back at once
+  // instead of after the flow's 6 h lifetime (its sockets' retransmits keep a revoked entry alive).
+  // The reverse of the flow is asked where it would start: its answer's port is the flow's source
+  // port. Tunnel, proxied and audited flows are only revoked.
+  const reverseDenied = (e: CtEntryView): boolean => {
+    if (e.proto !== 6 || e.flags & (CT_F_TUNNEL | CT_F_PROXY | CT_F_AUDIT)) return false;
+    const rev = { ...e, policyPort: e.sport };
+    if (e.scope === CT_SCOPE.LOCAL) {
+      const src = endpointConfigs().get(e.owner),
+        dst = endpointConfigs().get(e.peer);
+      return !!src && !!dst && !(passes(e.peer, 'egress', src.identity, rev) && passes(e.owner, 'ingress', dst.identity, rev));
+    }
+    if (!endpointConfigs().has(e.owner)) return false;
+    const egress = e.scope === CT_SCOPE.EGRESS;
+    return !passes(e.owner, egress ? 'ingress' : 'egress', identityOf(e.family, egress ? e.daddr : e.saddr), rev);
+  };
+  return dp.revokeConntrack((e) => admitted(e) || (reverseDenied(e) ? 'forget' : false), filter);
 }
