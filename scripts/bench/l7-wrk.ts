@@ -113,6 +113,12 @@ export async function wrk(
     ...(mode === 'close' ? ['-H', 'Connection: close'] : []),
     url,
   ];
+  // Each run starts without the client's TIME_WAITs of earlier runs (ss -K destroys them): a proxy
+  // that let the client close first in one cell (nginx at one connection leaves one for about every
+  // other connection) otherwise leaves the client short of ports towards its address in the next
+  // cell, and that cell measures the previous one's leftovers (nginx fell to 1,000 req/s at close 10
+  // and 50 that way). A run's own TIME_WAITs still count (clientTwPct) and still cost it.
+  await client.exec('sh', ['-c', 'ss -K -Htan state time-wait > /dev/null']);
   const cpu0 = cpuUs(proxy);
   const each0 = proxy.map((pid) => cpuUs([pid]));
   const agent0 = agent ? cpuUs([agent]) : 0;
