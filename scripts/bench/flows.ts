@@ -23,7 +23,7 @@ import { SyntheticProducer } from '../../shared/src/flows/synthetic/producer.ts'
 import { sampleValue } from '../../shared/src/metrics/parse.ts';
 import { EVENT_LOOP_SAMPLE_MS } from '../../shared/src/metrics/registry.ts';
 import { scrapeMetrics } from '../../integration/lib/metrics.ts';
-import { connectionRate, markdownTable, median, processCpuMs, rrLatency, sleep, throughput } from './lib.ts';
+import { connectionRate, markdownTable, median, rrLatency, sleep, throughput } from './lib.ts';
 import { execFileSync } from 'node:child_process';
 import { membrane, type Pods } from './topologies.ts';
 import { setFlowEvents } from './switches.ts';
@@ -46,6 +46,20 @@ const fmtRate = (n: number) => (n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : `${Math.
 function cpuSeconds(pid: number): number {
   const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
   return (Number(fields[11]) + Number(fields[12])) / 100; // USER_HZ
+}
+
+/** CPU time of every thread of a process, in ns (the schedstat of every /proc/PID/task entry: exact, where
+ *  /proc/PID/stat counts 10 ms ticks, as coarse as the ~50 ms an agent spends in a 2 s sample). */
+function threadsCpuNs(pid: number): number {
+  let ns = 0;
+  for (const t of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      ns += Number(fs.readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      // the thread exited meanwhile
+    }
+  }
+  return ns;
 }
 
 /** Emits `rate` events/s for `seconds`, paced every 2 ms (bursts stay far below the ring's ~10k). */
@@ -206,7 +220,10 @@ async function cost(): Promise<string> {
   // BENCH_OBJ: the agent runs another datapath object (an A/B of two builds, one run each: the
   // counted columns below barely move with the machine's load, unlike the rates).
   const obj = process.env.BENCH_OBJ;
+  // BENCH_AGENT_BIN: run this membrane-agent bundle (another build's agent, for an A/B of the reader).
+  const agentBin = process.env.BENCH_AGENT_BIN;
   const agent = await startAgent({
+    ...(agentBin ? { bundle: true, agentBin } : {}),
     extraArgs: ['--log-level', 'info', ...(obj ? ['--bpf-object', obj] : [])],
     env: limit !== undefined ? { MEMBRANE_EVENTS_PER_SECOND: limit } : {},
   });
@@ -237,14 +254,14 @@ async function cost(): Promise<string> {
           setFlowEvents(agent.bpffsDir, mode === 'on');
           const before = await observer.status();
           const ns0 = m.key === 'crr' ? progNs(agent.bpffsDir) : 0;
-          const cpu0 = processCpuMs(agent.pid()!);
+          const cpu0 = threadsCpuNs(agent.pid()!);
           const t0 = performance.now();
           got[mode] = await measureOnce(pods, m.key, SAMPLE_SECONDS);
           if (m.key === 'crr') {
             await sleep(100); // the reader's last drain of this sample
             const conns = got[mode]! * SAMPLE_SECONDS;
             perConn[mode].bpfUs.push((progNs(agent.bpffsDir) - ns0) / 1000 / conns);
-            perConn[mode].agentUs.push(((processCpuMs(agent.pid()!) - cpu0) * 1000) / conns);
+            perConn[mode].agentUs.push((threadsCpuNs(agent.pid()!) - cpu0) / 1000 / conns);
           }
           if (mode === 'on' && m.key === 'crr') {
             const after = await observer.status();
@@ -290,7 +307,7 @@ async function cost(): Promise<string> {
     (perConn.on.bpfUs.length
       ? `\n\nPer connection (medians over the connection-rate samples${obj ? `; datapath object ${obj}` : ''}): ` +
         `datapath programs ${median(perConn.off.bpfUs).toFixed(2)} µs with events off, ${median(perConn.on.bpfUs).toFixed(2)} µs on; ` +
-        `agent CPU ${median(perConn.off.agentUs).toFixed(2)} µs off, ${median(perConn.on.agentUs).toFixed(2)} µs on (10 ms ticks).`
+        `agent CPU ${median(perConn.off.agentUs).toFixed(2)} µs off, ${median(perConn.on.agentUs).toFixed(2)} µs on (all its threads, schedstat ns)${agentBin ? `; agent ${agentBin}` : ''}.`
       : '') +
     `\n\nWith events on, the connection-rate test fed the agent up to ${Math.round(eventsDuringCrr)} events/s ` +
     `(${lostDuringCrr} counted lost in the datapath over all samples: rate limit or full ring; ` +
