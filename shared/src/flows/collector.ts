@@ -71,7 +71,8 @@ export class FlowCollector {
   }
 
   private onEvent(data: Buffer, offset: number): void {
-    const type = HOST_LITTLE_ENDIAN ? data.readUInt16LE(offset + OFF.TYPE) : data.readUInt16BE(offset + OFF.TYPE);
+    const t = offset + OFF.TYPE; // host order, read as bytes (inlined; the record is whole)
+    const type = HOST_LITTLE_ENDIAN ? data[t] | (data[t + 1] << 8) : (data[t] << 8) | data[t + 1];
     if (type === EventType.DNS_CACHED) {
       this.o.onDnsCached?.(data, offset);
       return;

@@ -16,9 +16,15 @@ export function podOf(ep: Endpoint): { namespace?: string; podName?: string } {
   return { ...(ns ? { namespace: ns } : {}), ...(pod ? { podName: pod } : {}) };
 }
 
-/** IPv4 keys are the address as a number, IPv6 keys the hex of its 16 bytes (as the event holds them). */
+/** IPv4 keys are the address as a signed 32-bit number (a small integer to V8 whatever the address:
+ *  an unsigned one of 128.0.0.0 and up is a heap number, allocated per lookup), IPv6 keys the hex of
+ *  its 16 bytes (as the event holds them). */
 function v4Key(ip: string): number {
-  return ipBytes(ip).readUInt32BE(0);
+  return ipBytes(ip).readInt32BE(0);
+}
+
+function v4KeyRaw(buf: Buffer, o: number): number {
+  return (buf[o] << 24) | (buf[o + 1] << 16) | (buf[o + 2] << 8) | buf[o + 3];
 }
 
 function v6Key(buf: Buffer, offset: number): string {
@@ -93,7 +99,7 @@ export class EndpointTable {
 
   /** Address bytes as in the event (IPv4 in the first 4 bytes). */
   byRaw(buf: Buffer, offset: number, family: number): EndpointView | undefined {
-    if (family === 4) return this.byV4.get(buf.readUInt32BE(offset));
+    if (family === 4) return this.byV4.get(v4KeyRaw(buf, offset));
     if (family === 6) return this.byV6.get(v6Key(buf, offset));
     return undefined;
   }

@@ -1,9 +1,10 @@
-// Per-flow metric bookkeeping on the hot path: plain counters in nested objects keyed by constant
-// strings (nothing built per event), folded into prom-client only when Prometheus scrapes (an inc()
-// through prom-client per event would cost more than handling the event). Pure.
+// Per-flow metric bookkeeping on the hot path: counters in a typed array at fixed indices (verdict x
+// event type, direction x action x match), nothing looked up by name or built per event; turned into
+// label values only when Prometheus scrapes (an inc() through prom-client per event would cost more
+// than handling the event; string-keyed counters were ~20 % of the agent's per-event time, issue 17).
+// Pure.
 import { DropCode, hubbleDropCode } from '../flows/codes.ts';
 import { DatapathVerdict, Direction, EVENT_FLAG_AUDIT, EventType, OFF } from '../flows/event.ts';
-import { readHostU32 } from '../net/index.ts';
 import type { Flow, MembraneEvent, Verdict } from '../flows/types.ts';
 
 /** The datapath event kinds the metrics count (label `type`). */
@@ -16,84 +17,108 @@ const FROM_FLOW: Record<MembraneEvent, FlowEventType> = {
 };
 const isPolicyDrop = (code: number) => code === DropCode.POLICY_DENIED || code === DropCode.POLICY_DENY;
 
-type Counts = Record<string, Record<string, number>>;
 export type PolicyAction = 'allowed' | 'denied' | 'audit';
 
-function bump(c: Counts, a: string, b: string): void {
-  const inner = c[a] ?? (c[a] = {});
-  inner[b] = (inner[b] ?? 0) + 1;
+// Index orders (also the order the totals come out in).
+// (The datapath's events give the first four; record() takes any.)
+const VERDICTS: Verdict[] = ['FORWARDED', 'DROPPED', 'AUDIT', 'VERDICT_UNKNOWN', 'ERROR', 'REDIRECTED', 'TRACED', 'TRANSLATED'];
+const V_FORWARDED = 0,
+  V_DROPPED = 1,
+  V_AUDIT = 2,
+  V_UNKNOWN = 3;
+const TYPES: FlowEventType[] = ['FLOW_NEW', 'DROP', 'FLOW_END', 'EVENT_TYPE_UNKNOWN'];
+const T_NEW = 0,
+  T_DROP = 1,
+  T_UNKNOWN = 3;
+const ACTIONS: PolicyAction[] = ['allowed', 'denied', 'audit'];
+const A_ALLOWED = 0,
+  A_DENIED = 1,
+  A_AUDIT = 2;
+const DIRECTIONS = ['ingress', 'egress'] as const;
+const MATCHES = ['rule', 'none'] as const;
+
+const verdictIndex = (v: Verdict): number => {
+  const i = VERDICTS.indexOf(v);
+  return i < 0 ? V_UNKNOWN : i;
+};
+const typeIndex = (t: FlowEventType): number => TYPES.indexOf(t);
+/** The datapath's event type number -> TYPES index. */
+const rawTypeIndex = (type: number): number =>
+  type === EventType.FLOW_NEW ? 0 : type === EventType.DROP ? T_DROP : type === EventType.FLOW_END ? 2 : T_UNKNOWN;
+
+function actionIndex(verdict: number, type: number, policyDrop: boolean): number {
+  if (verdict === V_AUDIT) return A_AUDIT;
+  if (type === T_NEW && verdict === V_FORWARDED) return A_ALLOWED;
+  if (verdict === V_DROPPED && policyDrop) return A_DENIED;
+  return -1;
 }
 
-const TYPE_NAMES: Record<number, FlowEventType> = {
-  [EventType.FLOW_NEW]: 'FLOW_NEW',
-  [EventType.DROP]: 'DROP',
-  [EventType.FLOW_END]: 'FLOW_END',
-};
-// "direction action" keys, prebuilt so the hot path concatenates nothing.
-const POLICY_KEYS: Record<'ingress' | 'egress', Record<PolicyAction, string>> = {
-  ingress: { allowed: 'ingress allowed', denied: 'ingress denied', audit: 'ingress audit' },
-  egress: { allowed: 'egress allowed', denied: 'egress denied', audit: 'egress audit' },
-};
-
 export class FlowStats {
-  /** verdict -> event type -> flows */
-  readonly flows: Counts = {};
-  /** "direction action" -> match -> verdicts */
-  readonly policy: Counts = {};
+  /** [verdict * 4 + type]: flows */
+  private readonly flows = new Float64Array(VERDICTS.length * TYPES.length);
+  /** [(direction * 3 + action) * 2 + match]: verdicts (match 0: a rule decided, 1: none) */
+  private readonly policy = new Float64Array(DIRECTIONS.length * ACTIONS.length * MATCHES.length);
 
   /** One event straight from its bytes (the agent's path; mirrors record()). */
   recordRaw(buf: Buffer, offset: number): void {
-    const type = buf[offset + OFF.TYPE] | (buf[offset + OFF.TYPE + 1] << 8);
+    const type = rawTypeIndex(buf[offset + OFF.TYPE] | (buf[offset + OFF.TYPE + 1] << 8));
     const v = buf[offset + OFF.VERDICT];
-    const audit = (buf[offset + OFF.FLAGS] & EVENT_FLAG_AUDIT) !== 0 || v === DatapathVerdict.AUDIT;
-    const verdict: Verdict = audit
-      ? 'AUDIT'
-      : v === DatapathVerdict.DROPPED || type === EventType.DROP
-        ? 'DROPPED'
-        : v === DatapathVerdict.FORWARDED || v === DatapathVerdict.REDIRECTED
-          ? 'FORWARDED'
-          : 'VERDICT_UNKNOWN';
-    const eventType = TYPE_NAMES[type] ?? 'EVENT_TYPE_UNKNOWN';
-    bump(this.flows, verdict, eventType);
-    const reason = buf[offset + OFF.REASON] | (buf[offset + OFF.REASON + 1] << 8);
+    const verdict =
+      (buf[offset + OFF.FLAGS] & EVENT_FLAG_AUDIT) !== 0 || v === DatapathVerdict.AUDIT
+        ? V_AUDIT
+        : v === DatapathVerdict.DROPPED || type === T_DROP
+          ? V_DROPPED
+          : v === DatapathVerdict.FORWARDED || v === DatapathVerdict.REDIRECTED
+            ? V_FORWARDED
+            : V_UNKNOWN;
+    this.flows[verdict * TYPES.length + type]++;
     // 133 POLICY_DENIED (181 POLICY_DENY) in Hubble's codes; 1 the same from a wave-1 datapath.
-    const action = actionOf(verdict, eventType, isPolicyDrop(hubbleDropCode(reason)));
-    if (action) {
-      const egress = buf[offset + OFF.DIRECTION] === Direction.EGRESS;
-      bump(
-        this.policy,
-        POLICY_KEYS[egress ? 'egress' : 'ingress'][action],
-        readHostU32(buf, offset + OFF.RULE) ? 'rule' : 'none',
-      );
+    const policyDrop =
+      verdict === V_DROPPED && isPolicyDrop(hubbleDropCode(buf[offset + OFF.REASON] | (buf[offset + OFF.REASON + 1] << 8)));
+    const action = actionIndex(verdict, type, policyDrop);
+    if (action >= 0) {
+      const o = offset + OFF.RULE;
+      const hasRule = (buf[o] | buf[o + 1] | buf[o + 2] | buf[o + 3]) !== 0;
+      this.bumpPolicy(buf[offset + OFF.DIRECTION] === Direction.EGRESS ? 1 : 0, action, hasRule);
     }
   }
 
   record(f: Flow): void {
-    bump(this.flows, f.verdict, FROM_FLOW[f.membrane?.event ?? 'MEMBRANE_EVENT_UNKNOWN']);
-    const action = policyAction(f);
-    if (action) {
+    const verdict = verdictIndex(f.verdict);
+    const type = typeIndex(FROM_FLOW[f.membrane?.event ?? 'MEMBRANE_EVENT_UNKNOWN']);
+    this.flows[verdict * TYPES.length + type]++;
+    const action = actionIndex(verdict, type, isPolicyDrop(f.dropReason ?? 0));
+    if (action >= 0) {
       const rule = f.egressAllowedBy ?? f.ingressAllowedBy ?? f.egressDeniedBy ?? f.ingressDeniedBy;
-      bump(
-        this.policy,
-        POLICY_KEYS[f.trafficDirection === 'EGRESS' ? 'egress' : 'ingress'][action],
-        rule?.length ? 'rule' : 'none',
-      );
+      this.bumpPolicy(f.trafficDirection === 'EGRESS' ? 1 : 0, action, !!rule?.length);
     }
   }
 
-  /** [verdict, type, count] */
-  flowTotals(): [string, string, number][] {
-    return Object.entries(this.flows).flatMap(([v, byType]) =>
-      Object.entries(byType).map(([ty, n]) => [v, ty, n] as [string, string, number]),
-    );
+  private bumpPolicy(direction: number, action: number, hasRule: boolean): void {
+    this.policy[(direction * ACTIONS.length + action) * MATCHES.length + (hasRule ? 0 : 1)]++;
   }
 
-  /** [direction, action, match, count] */
+  /** [verdict, type, count], the counted ones only */
+  flowTotals(): [string, string, number][] {
+    const out: [string, string, number][] = [];
+    for (let v = 0; v < VERDICTS.length; v++)
+      for (let t = 0; t < TYPES.length; t++) {
+        const n = this.flows[v * TYPES.length + t];
+        if (n) out.push([VERDICTS[v], TYPES[t], n]);
+      }
+    return out;
+  }
+
+  /** [direction, action, match, count], the counted ones only */
   policyTotals(): [string, string, string, number][] {
-    return Object.entries(this.policy).flatMap(([da, byMatch]) => {
-      const [direction, action] = da.split(' ');
-      return Object.entries(byMatch).map(([match, n]) => [direction, action, match, n] as [string, string, string, number]);
-    });
+    const out: [string, string, string, number][] = [];
+    for (let d = 0; d < DIRECTIONS.length; d++)
+      for (let a = 0; a < ACTIONS.length; a++)
+        for (let m = 0; m < MATCHES.length; m++) {
+          const n = this.policy[(d * ACTIONS.length + a) * MATCHES.length + m];
+          if (n) out.push([DIRECTIONS[d], ACTIONS[a], MATCHES[m], n]);
+        }
+    return out;
   }
 }
 
