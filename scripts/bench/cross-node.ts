@@ -275,6 +275,15 @@ function report(names: string[], load: string): string {
     METRICS.map((m) => `${m.label.split(' (')[0]} ${perf(x, peer, m).toFixed(2)}×`).join(', ');
   const met = (x: string, peer: string) => (METRICS.every((m) => perf(x, peer, m) >= 0.95) ? 'met' : 'not met');
   const both = (x: string, y: string) => samples.has(x) && samples.has(y);
+  /** Each round's ratio (rounds run both cells once, so index i is round i of both). */
+  const rounds = (x: string, peer: string) =>
+    METRICS.map((m) => {
+      const r = samples.get(x)![m.key].map((v, i) => {
+        const p = samples.get(peer)![m.key][i];
+        return (m.higher ? v / p : p / v).toFixed(2);
+      });
+      return `${m.label.split(' (')[0]} ${r.join(' / ')}`;
+    }).join('; ');
   return [
     `Medians of ${ROUNDS} rounds x ${SECONDS} s, one interleaved run; in brackets: performance relative to (a) for the tunnels and`,
     `to (e) for the routed rows (>1 is better; latency inverted). ${os.cpus().length} CPUs, kernel ${os.release()}, load ${load};`,
@@ -293,7 +302,9 @@ function report(names: string[], load: string): string {
               ],
             ]
           : []),
+        ...(both(big, a) ? [['the same, round by round', rounds(big, a)]] : []),
         ...(both(d, e) ? [['native routing >= 0.95x plain routing on every metric', `${met(d, e)}: ${goal(d, e)}`]] : []),
+        ...(both(d, e) ? [['the same, round by round', rounds(d, e)]] : []),
         ...(names.length > 6 && both(big, names[6])
           ? [[`overlay with ${BIG.toLocaleString('en-US')} rules, now / before`, goal(big, names[6])]]
           : []),
