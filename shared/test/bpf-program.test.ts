@@ -8,7 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadDatapath, removePins, type Datapath } from '../src/bpf/datapath.ts';
-import { objGet, progTestRun } from '../src/bpf/libbpf.ts';
+import { mapCount, mapKeys, mapUpdate, objGet, progTestRun } from '../src/bpf/libbpf.ts';
 
 const TC_ACT_OK = 0;
 const TC_ACT_SHOT = 2;
@@ -299,4 +299,48 @@ t.test('publishing through a local_endpoints index (restore) drops lost addresse
   dp.upsertEndpoint(OTHER);
   dp.publishEndpoint({ ...DST, ips: [DST.ips[0]] }, index);
   t.ok(dp.listLocalEndpointIps().includes(DST.ips[1]), 'an address that points at another interface by now is left alone');
+});
+
+t.test('mapCount counts what mapKeys lists (hash and LPM trie), bounded by its limit', async (t) => {
+  const dir = `/sys/fs/bpf/mbt-${randomBytes(4).toString('hex')}`;
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true })); // two plain maps, not a datapath's pins
+  fs.mkdirSync(dir);
+  const create = (name: string, type: string, key: number, flags: string[]) =>
+    execFileSync('bpftool', [
+      'map',
+      'create',
+      `${dir}/${name}`,
+      'type',
+      type,
+      'key',
+      String(key),
+      'value',
+      '4',
+      'entries',
+      '512',
+      'name',
+      name,
+      ...flags,
+    ]);
+  create('h', 'hash', 4, []);
+  create('lpm', 'lpm_trie', 8, ['flags', '1']); // BPF_F_NO_PREALLOC, which LPM tries require
+  const h = objGet(`${dir}/h`),
+    lpm = objGet(`${dir}/lpm`);
+  t.teardown(() => {
+    for (const fd of [h, lpm]) fs.closeSync(fd);
+  });
+  t.equal(mapCount(h, 'h', 4, 513), 0, 'empty');
+  for (let i = 0; i < 300; i++) {
+    const k = Buffer.alloc(4);
+    k.writeUInt32LE(i * 7919);
+    mapUpdate(h, 'h', k, Buffer.alloc(4));
+    const p = Buffer.alloc(8);
+    p.writeUInt32LE(32, 0); // prefix length, then the address
+    p.writeUInt32BE(0x0a000000 + i, 4);
+    mapUpdate(lpm, 'lpm', p, Buffer.alloc(4));
+  }
+  t.equal(mapCount(h, 'h', 4, 513), 300);
+  t.equal(mapCount(h, 'h', 4, 513), mapKeys(h, 'h', 4, 513).length);
+  t.equal(mapCount(lpm, 'lpm', 8, 513), 300);
+  t.equal(mapCount(h, 'h', 4, 10), 10, 'stops at the limit');
 });

@@ -26,6 +26,7 @@ export {
   mapDeleteEach,
   mapDumpBatch,
   mapDumpPacked,
+  mapCount,
   mapKeys,
   mapLookup,
   mapUpdate,

@@ -200,7 +200,8 @@ export class LoadedDatapath implements Datapath {
       const m = this.map(name);
       if (name === 'conntrack')
         out[name] = this.conntrackFill(); // counted by the datapath: no walk
-      else if (COUNTABLE_MAP_TYPES.has(m.type)) out[name] = { entries: this.keys(name).length, max: m.maxEntries };
+      else if (COUNTABLE_MAP_TYPES.has(m.type))
+        out[name] = { entries: bpf.mapCount(m.fd, name, m.keySize, m.maxEntries + 1), max: m.maxEntries };
     }
     return out;
   }
