@@ -9,6 +9,8 @@
 // WORK=tput1|tput4 runs iperf3 (1 or 4 streams) instead of crr: the costs are then per MB received.
 // RULES=N (0) imports bench:cross-node's policy of N rules on the server pod (topologies.ts
 // membranePolicy: N-1 CIDR rules that never match, the last admits the client) before the samples.
+// IDLE=1 also takes each agent's CPU over S idle seconds before each sample (time-driven work, e.g. a
+// periodic scan, which the per-connection figure would otherwise charge to the connections).
 // Run under the bench lock: flock /work/wt/.bench.lock node --import tsx scripts/bench/cross-node-events.ts
 import { execFileSync } from 'node:child_process';
 import os from 'node:os';
@@ -34,9 +36,17 @@ const c = await startCluster({
 const restoreStats = enableBpfStats();
 const RULES = Number(process.env.RULES ?? 0);
 
-/** membrane_flows_processed_total by type, from the agent's metrics page (inside the node's netns). */
-async function flowEvents(n: TestNode): Promise<Record<string, number>> {
-  const addr = (await n.client.status()).metrics.address;
+/** Each agent's idle give-backs so far (idle-memory.ts: two full GCs and malloc_trim, 1 s after an API
+ *  request and again 5.5 s after it; with 10,000 rules in the heap ~150-200 ms of an agent's CPU each).
+ *  Read only before and after all samples: a status request per sample set one off inside each sample,
+ *  and its cost, which grows with the heap, was charged to the connections. */
+async function giveBacks(n: TestNode): Promise<number> {
+  return (await n.client.status()).memory?.idleTrims ?? 0;
+}
+
+/** membrane_flows_processed_total by type, from the agent's metrics page (inside the node's netns; the
+ *  metrics server is not the agent's API: a scrape is no request that sets off a give-back). */
+function flowEvents(n: TestNode, addr: string): Record<string, number> {
   const page = execFileSync('nsenter', [`--net=${n.netns.path}`, 'curl', '-s', `http://${addr}/metrics`], { encoding: 'utf8' });
   const by: Record<string, number> = {};
   for (const m of page.matchAll(/^membrane_flows_processed_total\{([^}]*)\} (\S+)$/gm)) {
@@ -77,14 +87,25 @@ try {
   );
   if (RULES) await new PolicyClient(n2.client).import(membranePolicy(RULES));
   const agents = [n1.agent.pid()!, n2.agent.pid()!];
+  const addrs = [(await n1.client.status()).metrics.address!, (await n2.client.status()).metrics.address!];
+  const gb0 = [await giveBacks(n1), await giveBacks(n2)];
+  const lastRequest = Date.now();
   await settled(agents, { busyPct: 2, timeoutMs: 60_000, throwOnTimeout: false });
+  await sleep(Math.max(0, lastRequest + 6500 - Date.now())); // past the deep give-back (5.5 s)
   const ids = attachedPrograms([n1.netns.path, n2.netns.path]);
   console.log(
-    `${MODE} cluster, ${WORK}, ${R} samples of ${S} s, ${RULES} rules, object ${process.env.OBJ ?? 'dist'}${WORK === 'crr' ? '' : ' (per MB, not per connection)'}`,
+    `${MODE} cluster, ${WORK}, ${R} samples of ${S} s, ${RULES} rules, object ${process.env.OBJ ?? 'dist'}${WORK === 'crr' ? '' : ' (per MB, not per connection)'}; agent pids ${agents.join(' / ')}`,
   );
   for (let r = 0; r < R; r++) {
+    let idle = '';
+    if (process.env.IDLE) {
+      const i0 = agents.map(processCpuMs);
+      await sleep(S * 1000);
+      const i1 = agents.map(processCpuMs);
+      idle = `; idle agents ${((i1[0] - i0[0]) / S).toFixed(1)} / ${((i1[1] - i0[1]) / S).toFixed(1)} ms CPU a second`;
+    }
     const p0 = programStats(ids);
-    const e0 = await Promise.all([flowEvents(n1), flowEvents(n2)]);
+    const e0 = [flowEvents(n1, addrs[0]), flowEvents(n2, addrs[1])];
     const cpu0 = agents.map(processCpuMs);
     const rate =
       WORK === 'crr'
@@ -92,7 +113,7 @@ try {
         : ((await throughput(a.ns, b.ns, b.ip, WORK === 'tput4' ? 4 : 1, S)) * 1e3) / 8; // MB/s
     const cpu1 = agents.map(processCpuMs);
     await sleep(1500); // the agents' last drain (their period is at most 40 ms busy, then epoll)
-    const e1 = await Promise.all([flowEvents(n1), flowEvents(n2)]);
+    const e1 = [flowEvents(n1, addrs[0]), flowEvents(n2, addrs[1])];
     const p1 = programStats(ids);
     const conns = rate * S;
     const perConn = (x: number) => (x / conns).toFixed(2);
@@ -112,10 +133,12 @@ try {
       lines.push(`  ${k}: ${perConn(runs)} runs, ${(ns / runs).toFixed(0)} ns a run, ${perConn(ns / 1000)} µs`);
     }
     console.log(
-      `sample ${r + 1}: ${Math.round(rate)} ${WORK === 'crr' ? 'conn/s' : 'MB/s'}; events per connection node 1: ${events[0]}; node 2: ${events[1]}; agents ${perConn(agentUs)} µs CPU, programs ${perConn(bpfNs / 1000)} µs per connection; conntrack entries left ${ctEntries(n1)} / ${ctEntries(n2)}`,
+      `sample ${r + 1}: ${Math.round(rate)} ${WORK === 'crr' ? 'conn/s' : 'MB/s'}; events per connection node 1: ${events[0]}; node 2: ${events[1]}; agents ${perConn(agentUs)} µs CPU, programs ${perConn(bpfNs / 1000)} µs per connection; conntrack entries left ${ctEntries(n1)} / ${ctEntries(n2)}; agents ${((cpu1[0] - cpu0[0]) / S).toFixed(1)} / ${((cpu1[1] - cpu0[1]) / S).toFixed(1)} ms CPU a second${idle}`,
     );
     for (const l of lines) console.log(l);
   }
+  const gb1 = [await giveBacks(n1), await giveBacks(n2)];
+  console.log(`idle give-backs from before the settling to the end: ${gb1[0] - gb0[0]} / ${gb1[1] - gb0[1]}`);
   console.log(`load ${load0} -> ${os.loadavg()[0].toFixed(2)}`);
 } finally {
   restoreStats();
