@@ -91,7 +91,10 @@ try {
   const gb0 = [await giveBacks(n1), await giveBacks(n2)];
   const lastRequest = Date.now();
   await settled(agents, { busyPct: 2, timeoutMs: 60_000, throwOnTimeout: false });
-  await sleep(Math.max(0, lastRequest + 6500 - Date.now())); // past the deep give-back (5.5 s)
+  // Past both give-backs the last requests set off: the deep one 5.5 s after them, the quick one 1 s
+  // after them but no sooner than 10 s after the previous give-back (the import's); profiled at 10,000
+  // rules, one give-back held the server agent's loop ~600 ms (two full GCs 348 ms, malloc_trim 259 ms).
+  await sleep(Math.max(0, lastRequest + 12_000 - Date.now()));
   const ids = attachedPrograms([n1.netns.path, n2.netns.path]);
   console.log(
     `${MODE} cluster, ${WORK}, ${R} samples of ${S} s, ${RULES} rules, object ${process.env.OBJ ?? 'dist'}${WORK === 'crr' ? '' : ' (per MB, not per connection)'}; agent pids ${agents.join(' / ')}`,
