@@ -2,7 +2,7 @@
 // the difference), the shortcuts for a replica's ADD and an endpoint's DEL, the touch-up of a restored endpoint, and the
 // patch of FQDN ipcache entries. It keeps what the last successful apply wrote and rolls the CIDR
 // table and the caches back when a build or an apply fails, so a failed change leaves the maps as
-// they were and the next sync compares all. engine.ts decides when (one change at a time);
+// they were and the next sync compares all. engine.ts and engine-events.ts decide when (one change at a time);
 // this decides how.
 import { normalizeCidr } from '../net/index.ts';
 import type { IdentityAllocator } from '../identity/allocator.ts';
