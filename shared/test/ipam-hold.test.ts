@@ -100,3 +100,63 @@ t.test('cluster mode: a withdrawal the store failed to take keeps the address he
   await new Promise((r) => setTimeout(r, 20));
   t.match(ipc.quarantined('10.9.0.2'), /not reached the cluster store/, 'held for as long as the store has not taken it');
 });
+
+t.test('cluster mode: a hold survives an agent restart (durable in the IPAM store)', async (t) => {
+  const store = new MemoryStore();
+  const make = (quarantineMs: number) => {
+    const { session, flush } = fakeSession();
+    const ipc = new ClusterIpcache({
+      session,
+      layout: layout('c'),
+      node: 'n1',
+      nodeIp: '198.18.0.1',
+      onRemoteChange: () => {},
+      quarantineMs,
+    });
+    return { ipc, flush };
+  };
+  const run1 = make(60_000);
+  const ipam1 = await Ipam.open(store);
+  ipam1.holdReleased((ip) => run1.ipc.quarantined(ip));
+  await ipam1.ensurePool('p', tiny);
+  const a = await ipam1.allocate('p', ep('a'));
+  run1.ipc.publish({ key: 'a/eth0', ips: [a.ip], identity: 1000 });
+  run1.flush();
+  await ipam1.releaseOwner(ep('a'));
+  run1.ipc.withdraw('a/eth0');
+  run1.flush(); // the store took the withdrawal; the run dies inside the quarantine
+
+  // Without a hold: the restarted IPAM hands the address out at once.
+  const bare = await Ipam.open(store);
+  t.equal((await bare.allocate('p', ep('x'), { ip: a.ip })).ip, a.ip, 'a restarted IPAM without holds reuses it (the hole)');
+  await bare.releaseOwner(ep('x'));
+
+  const run2 = make(300);
+  const ipam2 = await Ipam.open(store);
+  ipam2.holdReleased((ip) => run2.ipc.quarantined(ip));
+  t.same(ipam2.restoredHolds(), [a.ip], 'the release left a record on disk');
+  t.equal(run2.ipc.restoreHolds(ipam2.restoredHolds()), 1);
+  await t.rejects(
+    ipam2.allocate('p', ep('b'), { ip: a.ip }),
+    { code: 'address_in_use', message: /not reached the cluster store/ },
+    'held before the store was seen',
+  );
+  // The mirror lists the store: this node's entry is gone (or still there: still held).
+  const mirror = run2.ipc.mirror as unknown as { resyncs: number; items: Map<string, { node: string; identity: number }> };
+  mirror.resyncs = 1;
+  mirror.items.set(a.ip, { node: 'n1', identity: 1000 });
+  await t.rejects(
+    ipam2.allocate('p', ep('b'), { ip: a.ip }),
+    { code: 'address_in_use' },
+    'held while the store has the earlier run entry',
+  );
+  mirror.items.delete(a.ip);
+  await t.rejects(
+    ipam2.allocate('p', ep('b'), { ip: a.ip }),
+    { code: 'address_in_use', message: /released \d+ ms ago/ },
+    'then for the quarantine',
+  );
+  await new Promise((r) => setTimeout(r, 350));
+  t.equal((await ipam2.allocate('p', ep('b'), { ip: a.ip })).ip, a.ip, 'handed out once the quarantine ended');
+  t.same((await Ipam.open(store)).restoredHolds(), [], 'and its record is gone');
+});

@@ -86,7 +86,11 @@ export class Agent {
       const store = new JournalStore(path.join(cfg.stateDir, 'store'), { log: log.child({ component: 'store' }) });
       closers.push({ name: 'store', close: () => store.close() });
       const ipam = await Ipam.open(store);
-      if (cluster) ipam.holdReleased((ip) => cluster.ipcache.quarantined(ip));
+      if (cluster) {
+        ipam.holdReleased((ip) => cluster.ipcache.quarantined(ip));
+        const restored = cluster.ipcache.restoreHolds(ipam.restoredHolds());
+        if (restored) log.info({ addresses: restored }, 'released addresses an earlier run held are held again');
+      }
       const networks = await Networks.open(store, ipam);
       for (const spec of networkSpecs) await ensureConfiguredNetwork(networks, spec);
       clock.mark('state');

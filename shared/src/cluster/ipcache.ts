@@ -47,6 +47,8 @@ export class ClusterIpcache {
    *  entry, a new pod given the address would be taken for the deleted one: see quarantined(). */
   private readonly released = new Map<string, number>();
   private pruneAt = 256;
+  /** Held addresses an earlier run of this agent released (the IPAM's durable holds, restoreHolds). */
+  private readonly restored = new Set<string>();
 
   constructor(private readonly o: ClusterIpcacheOptions) {
     o.session.onWritten((keys) => {
@@ -55,6 +57,7 @@ export class ClusterIpcache {
         if (!k.startsWith(o.layout.ipcache)) continue;
         const ip = k.slice(o.layout.ipcache.length);
         if (this.released.get(ip) === 0 && !o.session.owns(k)) this.released.set(ip, now);
+        this.restored.delete(ip);
       }
     });
     this.mirror = new PrefixMirror<IpcacheRecord>(o.session.kv, o.layout.ipcache, {
@@ -186,8 +189,12 @@ export class ClusterIpcache {
    *  has not taken the withdrawal, or took it less than the quarantine ago (the other nodes may still
    *  map it to the endpoint that had it). */
   quarantined(ip: string): string | undefined {
-    const at = this.released.get(ip);
+    let at = this.released.get(ip);
     if (at === undefined) return undefined;
+    if (at === 0 && this.withdrawnEarlier(ip)) {
+      at = Date.now();
+      this.released.set(ip, at);
+    }
     if (at === 0 || this.o.session.pending(this.o.layout.ipcacheEntry(ip)))
       return `address ${ip} was released and its withdrawal has not reached the cluster store yet (the other nodes still take it for the endpoint that had it); try again later`;
     const left = this.quarantineMs - (Date.now() - at);
@@ -195,6 +202,31 @@ export class ClusterIpcache {
       return `address ${ip} was released ${Date.now() - at} ms ago: the other nodes may still take it for the endpoint that had it; try again in ${left} ms`;
     this.released.delete(ip);
     return undefined;
+  }
+
+  /** Addresses an earlier run of this agent released (the IPAM keeps them on disk, so a crash does
+   *  not end their hold): held like withdrawn ones until this run sees the store without this node's
+   *  entry for them, then for the quarantine (counted from then: when the earlier run's withdrawal
+   *  reached the store is not known). */
+  restoreHolds(ips: Iterable<string>): number {
+    let n = 0;
+    for (const ip of ips) {
+      if (this.released.has(ip) || this.published.has(ip)) continue;
+      this.released.set(ip, 0);
+      this.restored.add(ip);
+      n++;
+    }
+    return n;
+  }
+
+  /** A restored hold's withdrawal is confirmed: no write of it waits in this run's session and the
+   *  store, as listed and watched, has no entry of this node for the address (reconcile deletes the
+   *  earlier run's leftovers, which the watch then reports). */
+  private withdrawnEarlier(ip: string): boolean {
+    if (!this.restored.has(ip) || this.mirror.resyncs === 0) return false;
+    if (this.o.session.pending(this.o.layout.ipcacheEntry(ip)) || this.mirror.items.get(ip)?.node === this.o.node) return false;
+    this.restored.delete(ip);
+    return true;
   }
 
   /** Deletes entries an earlier run of this node left for endpoints that are gone (their addresses

@@ -18,6 +18,8 @@ export type { PoolDoc, SubnetState } from './allocator.ts';
 const POOLS = 'ipam-pools';
 const ALLOCS = 'ipam';
 const EXTERNAL = 'ipam-external';
+/** Cluster mode: addresses released while held (value: when), so a crash does not end their hold. */
+const HELD = 'ipam-held';
 
 export class Ipam {
   private readonly pools = new Map<string, alloc.PoolDoc>();
@@ -25,6 +27,8 @@ export class Ipam {
   private readonly external = new Map<string, string>();
   /** Cluster mode: released addresses the other nodes may still take for their old endpoint. */
   private held?: alloc.HoldCheck;
+  /** Addresses with a record under HELD. */
+  private readonly heldOnDisk = new Set<string>();
 
   private constructor(private readonly store: Store) {}
 
@@ -32,7 +36,19 @@ export class Ipam {
    *  refused with address_in_use and that reason). Single-node mode has none: a released address
    *  may be reused at once. */
   holdReleased(check: alloc.HoldCheck): void {
-    this.held = check;
+    // Each release also leaves a record on disk (releaseOwner), dropped once the address is free of
+    // its hold: an agent killed before the hold ended restores it (restoredHolds) instead of handing
+    // the address out at once while the other nodes may still map it to the endpoint that had it.
+    this.held = (ip) => {
+      const why = check(ip);
+      if (!why && this.heldOnDisk.delete(ip)) void this.store.delete(`${HELD}/${ip}`).catch(() => undefined);
+      return why;
+    };
+  }
+
+  /** Addresses an earlier run released in cluster mode whose hold may not have ended. */
+  restoredHolds(): string[] {
+    return [...this.heldOnDisk];
   }
 
   static async open(store: Store): Promise<Ipam> {
@@ -46,6 +62,7 @@ export class Ipam {
     }
     for (const { key, value: owner } of await store.list<string>(EXTERNAL))
       ipam.external.set(key.slice(EXTERNAL.length + 1), owner);
+    for (const { key } of await store.list(HELD)) ipam.heldOnDisk.add(key.slice(HELD.length + 1));
     return ipam;
   }
 
@@ -153,7 +170,10 @@ export class Ipam {
         freed.push({ ip });
       }
     try {
-      await Promise.all(freed.map((f) => this.store.delete(f.doc ? allocKey(f.doc.name, f.ip) : `${EXTERNAL}/${f.ip}`)));
+      await this.writeRelease(
+        freed.map((f) => (f.doc ? allocKey(f.doc.name, f.ip) : `${EXTERNAL}/${f.ip}`)),
+        freed.map((f) => f.ip),
+      );
     } catch (e) {
       // Not released on disk: not released at all (a later release or the restart's reconciliation frees them).
       for (const f of freed) {
@@ -172,12 +192,30 @@ export class Ipam {
     const owner = doc?.allocations[addr];
     if (!doc || owner === undefined || !alloc.releaseIp(doc, ip)) return false;
     try {
-      await this.store.delete(allocKey(pool, addr));
+      await this.writeRelease([allocKey(pool, addr)], [addr]);
     } catch (e) {
       if (!(addr in doc.allocations)) alloc.setAllocation(doc, addr, owner);
       throw e;
     }
     return true;
+  }
+
+  /** Deletes the allocation keys; while releases are held, records the addresses under HELD in the
+   *  same journal record (both or neither after a crash). A freeing batch: a full disk lets it in. */
+  private async writeRelease(keys: string[], ips: string[]): Promise<void> {
+    if (!this.held || !this.store.batch) {
+      await Promise.all(keys.map((k) => this.store.delete(k)));
+      return;
+    }
+    const at = Date.now();
+    await this.store.batch(
+      [
+        ...keys.map((key) => ({ op: 'del' as const, key })),
+        ...ips.map((ip) => ({ op: 'put' as const, key: `${HELD}/${ip}`, value: at })),
+      ],
+      { freeing: true },
+    );
+    for (const ip of ips) this.heldOnDisk.add(ip);
   }
 
   /** Who holds the address (undefined: free; null: a key this version does not know). */
