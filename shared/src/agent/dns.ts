@@ -358,7 +358,7 @@ export class AgentDns {
       running: !!this.proxy?.running,
       ...this.state.cache.size,
       identities: this.state.identities.list().length,
-      ...(this.proxy ? { udpWorkers: this.proxy.udpWorkers, stats: this.proxy.stats } : {}),
+      ...this.proxy?.status(),
       ...(this.answers ? { cache: { enabled: this.answers.enabled, hits: this.answers.hits() } } : {}),
     };
   }

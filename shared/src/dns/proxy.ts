@@ -14,6 +14,7 @@ import net from 'node:net';
 import { SocketError, transparentListener, transparentUdpSocket } from '../l7/proxy/sockets.ts';
 import { MessageReader } from './message.ts';
 import { relayTcp } from './tcp.ts';
+import { TcpClients } from './tcp-clients.ts';
 import { newStats, type DnsProxyDeps, type DnsStats } from './types.ts';
 import { UdpRelay } from './udp.ts';
 import { DnsWorkers } from './workers.ts';
@@ -23,7 +24,7 @@ export type { DnsDecision, DnsProxyDeps, DnsRecord, Peer } from './types.ts';
 export class DnsProxy {
   private readonly listeners: dgram.Socket[] = [];
   private readonly tcpServers: net.Server[] = [];
-  private readonly tcpClients = new Set<net.Socket>();
+  private readonly tcpClients: TcpClients;
   private readonly reader = new MessageReader();
   private udp?: UdpRelay;
   private workers?: DnsWorkers;
@@ -33,6 +34,7 @@ export class DnsProxy {
 
   constructor(private readonly d: DnsProxyDeps) {
     this.timeoutMs = d.upstreamTimeoutMs ?? 5000;
+    this.tcpClients = new TcpClients(d.tcpLimits, d.log);
   }
 
   /** Listens on both loopback addresses (IPv6 when the node has it), UDP and TCP. */
@@ -103,6 +105,16 @@ export class DnsProxy {
     return this.listeners.length > 0 || !!this.workers?.running;
   }
 
+  /** For the agent's status: who relays UDP, the counters, and the TCP client connections open now
+   *  and closed so far to stay within the limits (tcp-clients.ts). */
+  status(): { udpWorkers: number; stats: DnsStats; tcpConnections: { open: number; evicted: number } } {
+    return {
+      udpWorkers: this.udpWorkers,
+      stats: this.stats,
+      tcpConnections: { open: this.tcpClients.size, evicted: this.tcpClients.evicted },
+    };
+  }
+
   /** Counters of the agent's thread and the workers'. */
   get stats(): DnsStats {
     const s = { ...this.ownStats };
@@ -116,7 +128,7 @@ export class DnsProxy {
     await workers?.close();
     for (const s of this.listeners) s.close();
     this.listeners.length = 0;
-    for (const c of this.tcpClients) c.destroy();
+    this.tcpClients.closeAll();
     await Promise.all(this.tcpServers.map((s) => new Promise<void>((resolve) => s.close(() => resolve()))));
     this.tcpServers.length = 0;
   }

@@ -4,6 +4,7 @@
 // in the datapath. An answer to another question than the one in flight under its ID becomes SERVFAIL.
 import net from 'node:net';
 import { answersQuery, failure, type MessageReader, RCODE, refusal, type Query } from './message.ts';
+import type { TcpClients } from './tcp-clients.ts';
 import { dnsRecord, loopback, type DnsDecision, type DnsProxyDeps, type DnsStats, type Peer } from './types.ts';
 
 export interface TcpRelayContext {
@@ -11,7 +12,8 @@ export interface TcpRelayContext {
   reader: MessageReader;
   stats: DnsStats;
   timeoutMs: number;
-  clients: Set<net.Socket>;
+  /** Open client connections, bounded (tcp-clients.ts: idle timeout, per-client and total limits). */
+  clients: TcpClients;
 }
 
 const frame = (m: Buffer) => {
@@ -28,8 +30,7 @@ export function relayTcp(c: net.Socket, x: TcpRelayContext): void {
     c.destroy();
     return;
   }
-  x.clients.add(c);
-  c.setTimeout(30_000, () => c.destroy());
+  x.clients.admit(c, client.ip);
   let buf: Buffer = Buffer.alloc(0);
   let up: net.Socket | undefined;
   let upBuf: Buffer = Buffer.alloc(0);
@@ -99,6 +100,7 @@ export function relayTcp(c: net.Socket, x: TcpRelayContext): void {
     return up;
   };
   c.on('data', (d: Buffer) => {
+    x.clients.touch(c);
     buf = buf.length ? Buffer.concat([buf, d]) : d;
     while (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
       const msg = Buffer.from(buf.subarray(2, 2 + buf.readUInt16BE(0)));
@@ -124,8 +126,5 @@ export function relayTcp(c: net.Socket, x: TcpRelayContext): void {
     if (buf.length > 70_000) c.destroy();
   });
   c.on('error', () => undefined);
-  c.on('close', () => {
-    x.clients.delete(c);
-    up?.destroy();
-  });
+  c.on('close', () => up?.destroy()); // x.clients forgets it on its own 'close'
 }

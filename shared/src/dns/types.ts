@@ -2,6 +2,7 @@
 // talks to whom (Peer), the policy's verdict on a query (DnsDecision), what a query or response looked
 // like (DnsRecord), and what the proxy needs from the agent (DnsProxyDeps). Pure.
 import type { Answer, Query } from './message.ts';
+import type { TcpClientLimits } from './tcp-clients.ts';
 
 export interface Peer {
   ip: string;
@@ -71,6 +72,8 @@ export interface DnsProxyDeps {
   originalDestination(src: Peer): Peer | undefined;
   log: { warn(o: object, msg: string): void; debug?(o: object, msg: string): void };
   upstreamTimeoutMs?: number;
+  /** Bounds on TCP client connections (default tcp-clients.ts's TCP_CLIENT_LIMITS). */
+  tcpLimits?: Partial<TcpClientLimits> | undefined;
   /** UDP relayed on worker threads (workers.ts) instead of the agent's thread. */
   workers?: DnsWorkersOptions | undefined;
 }
