@@ -6,13 +6,10 @@ import { parseCidr } from '../src/net/index.ts';
 import { rulesMovedBy } from '../src/policy/cidr-moves.ts';
 import { parsePolicies } from '../src/policy/parse.ts';
 import { engineWithEndpoints, MemoryPolicyOps, NO_CHANGES, restartChanges } from './lib/policy.ts';
+import { seeded } from './lib/seeded.ts';
 
 const seed = Number(process.env.FUZZ_SEED ?? Date.now() % 100000);
-let state = seed;
-const rnd = (n: number) => {
-  state = (state * 1103515245 + 12345) % 2 ** 31;
-  return Math.floor((state / 2 ** 31) * n);
-};
+const rnd = seeded(seed);
 
 /** "web" from `n` /24s (10.1.<i>.0/24), a /16 with an exception, world on 8443, and host prefixes. */
 const wide = (n: number) =>

@@ -5,6 +5,7 @@ import { CidrIdentities } from '../src/identity/cidr.ts';
 import { PolicyCompiler, probe, closeDenies, l4code, type DirectionPolicy, type Entry } from '../src/policy/compile.ts';
 import { encodeRuleId, decodeRuleId } from '../src/policy/rule-id.ts';
 import { records } from './lib/policy.ts';
+import { seeded } from './lib/seeded.ts';
 
 const cidrs = () => new CidrIdentities();
 const WEB = { id: 300, labels: { app: 'web' } };
@@ -114,11 +115,7 @@ function table(rules: R[]): DirectionPolicy {
 }
 
 t.test('deny closure matches the oracle on random rule sets', async (t) => {
-  let seed = 12345;
-  const rnd = (n: number) => {
-    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
-    return seed % n;
-  };
+  const rnd = seeded(12345);
   const peers = [0, 300, 301, 302];
   const protos = [0, 6, 17];
   const ports = [0, 80, 443];

@@ -27,7 +27,8 @@ import { decodePolicyKey } from '../src/policy/map-codec.ts';
 import { MemoryStore } from '../src/store/index.ts';
 import type { Endpoint } from '../src/types.ts';
 import { MemoryPolicyOps, testEndpoint } from './lib/policy.ts';
-import { APPS, docText, editDoc, prng, randomDoc, type Doc } from './lib/policy-diff-gen.ts';
+import { APPS, docText, editDoc, randomDoc, type Doc } from './lib/policy-diff-gen.ts';
+import { seeded } from './lib/seeded.ts';
 
 const seed = Number(process.env.DIFF_SEED ?? Date.now() % 1_000_000);
 const STEPS = Number(process.env.DIFF_STEPS ?? 150);
@@ -139,7 +140,7 @@ function firstDifference(a: ReturnType<typeof named>, b: ReturnType<typeof named
 }
 
 async function run(t: Test, parseOffloadBytes: number | undefined, label: string) {
-  const rnd = prng(seed);
+  const rnd = seeded(seed);
   host[0] = '192.0.2.1';
   const store = new MemoryStore();
   const side = await openSide(store, parseOffloadBytes);

@@ -17,6 +17,7 @@ import {
   restartChanges,
   webDbClient,
 } from './lib/policy.ts';
+import { seeded } from './lib/seeded.ts';
 
 /** Maps whose next ipcache write can be refused too. */
 class FailingOps extends MemoryPolicyOps {
@@ -45,11 +46,7 @@ ${cidrs.map((c) => `  - {fromCIDR: [${c}], toPorts: [{ports: [{port: "443", prot
 t.test('failed changes and relabels between incremental changes: a full recompute finds nothing to change', async (t) => {
   const ops = new FailingOps(100_000, 100_000);
   const { engine, eps, store } = await engineWithEndpoints(ops, ['web', 'db', 'client', 'web']);
-  let seed = 31;
-  const rnd = (n: number) => {
-    seed = (seed * 1103515245 + 12345) % 2 ** 31;
-    return (seed >> 12) % n; // the high bits: the low ones of this generator repeat quickly
-  };
+  const rnd = seeded(31);
   const cidrs = () => Array.from({ length: 1 + rnd(40) }, () => `198.18.${rnd(3)}.${rnd(20)}/32`);
   let failed = 0,
     relabels = 0,

@@ -7,6 +7,7 @@ import { CidrIdentities } from '../src/identity/cidr.ts';
 import { decodePolicyKey } from '../src/policy/map-codec.ts';
 import { records, webDbClient } from './lib/policy.ts';
 import type { PolicyRecord } from '../src/policy/types.ts';
+import { seeded } from './lib/seeded.ts';
 
 const { labels, endpoints } = webDbClient();
 
@@ -30,11 +31,7 @@ function named(d: ReturnType<typeof buildDesired>) {
     .sort();
 }
 
-let seed = 23;
-const rnd = (n: number) => {
-  seed = (seed * 1103515245 + 12345) % 2 ** 31;
-  return seed % n;
-};
+const rnd = seeded(23);
 
 function randomPolicy(name: string): string {
   const rule = () =>

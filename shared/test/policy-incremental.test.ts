@@ -17,6 +17,7 @@ import {
   restartChanges,
   webDbClient,
 } from './lib/policy.ts';
+import { seeded } from './lib/seeded.ts';
 
 const policy = (name: string, subject: string, from: string, port: number, cidr?: string) => `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -104,11 +105,7 @@ t.test('after a random sequence of changes a full recompute finds nothing to cha
   const store = new MemoryStore();
   const { engine, eps } = await setup(ops, store);
   const apps = ['web', 'db', 'client', 'cache'];
-  let seed = 7;
-  const rnd = (n: number) => {
-    seed = (seed * 1103515245 + 12345) % 2 ** 31;
-    return seed % n;
-  };
+  const rnd = seeded(7);
   for (let i = 0; i < 60; i++) {
     const name = `p${rnd(5)}`;
     if (rnd(4) === 0) {
@@ -126,11 +123,7 @@ t.test('after a random sequence of changes a full recompute finds nothing to cha
 
 t.test('one rule changed among many rebuilds only its columns, to the same table as a compile from scratch', async (t) => {
   const { labels, endpoints } = webDbClient();
-  let seed = 11;
-  const rnd = (n: number) => {
-    seed = (seed * 1103515245 + 12345) % 2 ** 31;
-    return seed % n;
-  };
+  const rnd = seeded(11);
   // Rules of every shape the closure cares about: deny and allow, any port, a port, a protocol,
   // CIDRs (host and wider, so a new prefix can fall inside another rule's), endpoints, entities.
   const randomRule = () => {

@@ -20,6 +20,7 @@ import { decodePolicyValue, encodePolicyValue } from '../src/policy/map-codec.ts
 import { formatIssue, parsePolicies } from '../src/policy/parse.ts';
 import { RESERVED } from '../src/identity/reserved.ts';
 import { MemoryPolicyOps, records, testEndpoint } from './lib/policy.ts';
+import { seeded } from './lib/seeded.ts';
 
 const FIXTURES = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../examples/policies/l7-http');
 
@@ -127,11 +128,7 @@ function verdict(e: Entry | undefined): string | undefined {
 }
 
 t.test('L7 closure matches the oracle on random rule sets', async (t) => {
-  let seed = 4242;
-  const rnd = (n: number) => {
-    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
-    return seed % n;
-  };
+  const rnd = seeded(4242);
   const peers = [0, 300, 301];
   let checked = 0;
   for (let round = 0; round < 600; round++) {

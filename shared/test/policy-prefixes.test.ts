@@ -6,6 +6,7 @@ import { prefixesFrom, prefixesOf } from '../src/policy/prefixes.ts';
 import { CidrIdentities } from '../src/identity/cidr.ts';
 import { records } from './lib/policy.ts';
 import type { PolicyRecord } from '../src/policy/types.ts';
+import { seeded } from './lib/seeded.ts';
 
 const cnp = (name: string, cidrs: string[]) =>
   records(`apiVersion: cilium.io/v2
@@ -16,11 +17,7 @@ spec:
   ingress: [${cidrs.map((c) => `{fromCIDRSet: [{cidr: ${c}${c.endsWith('/16') ? ', except: [198.18.7.0/24]' : ''}}]}`).join(', ')}]
 `)[0];
 
-let seed = 5;
-const rnd = (n: number) => {
-  seed = (seed * 1103515245 + 12345) % 2 ** 31;
-  return seed % n;
-};
+const rnd = seeded(5);
 const randomCidrs = () =>
   Array.from({ length: 1 + rnd(4) }, () => [`198.18.${rnd(6)}.${rnd(4)}/32`, `198.18.${rnd(6)}.0/24`, '198.18.0.0/16'][rnd(3)]);
 

@@ -10,13 +10,10 @@ import { fingerprint, fingerprintOf, ruleFingerprints } from '../src/policy/fing
 import { parsePolicies } from '../src/policy/parse.ts';
 import { engineWithEndpoints, MemoryPolicyOps } from './lib/policy.ts';
 import { Reparser, spliced } from '../src/policy/reparse.ts';
+import { seededFloat } from './lib/seeded.ts';
 
 const seed = Number(process.env.FUZZ_SEED ?? Date.now() % 100000);
-let state = seed;
-const rand = () => {
-  state = (state * 1103515245 + 12345) % 2147483648;
-  return state / 2147483648;
-};
+const rand = seededFloat(seed);
 const pick = <T>(a: readonly T[]): T => a[Math.floor(rand() * a.length)];
 
 const cidrRule = (i: number) => ({

@@ -20,14 +20,10 @@ import { RuleMemo } from '../src/policy/rule-memo.ts';
 import { MemoryStore } from '../src/store/index.ts';
 import type { PolicyRecord } from '../src/policy/types.ts';
 import { webDbClient } from './lib/policy.ts';
+import { seeded } from './lib/seeded.ts';
 
 const seed = Number(process.env.FUZZ_SEED ?? Date.now() % 100000);
-let state = seed;
-/** Uses the high bits (the low bits of this generator repeat with a short period). */
-const rnd = (n: number) => {
-  state = (state * 1103515245 + 12345) % 2147483648;
-  return Math.floor((state / 2147483648) * n);
-};
+const rnd = seeded(seed);
 
 const { labels, endpoints } = webDbClient();
 const PORTS = { http: 15001, dns: 15053 };

@@ -3,6 +3,7 @@
 // forge, the Ethernet frame for a hook, and the hook a packet meets first. The kinds of frames are in
 // fuzz-packets.ts. Every draw order matters: a seed replays a run only if the sequence is unchanged.
 import { echo, eth, ETH_P, icmp, ipv4, ipv6, tcp, udp } from '../../src/bpf/packets.ts';
+import { seededFloat } from './seeded.ts';
 
 export interface FuzzEndpoint {
   ifindex: number;
@@ -32,17 +33,8 @@ export interface Sent {
   id: number;
 }
 
-/** mulberry32: small, fast, good enough to pick packets. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** mulberry32 (seeded.ts): small, fast, good enough to pick packets. */
+export const rng = seededFloat;
 
 /** BPF_PROG_TEST_RUN refuses an IPv4 frame without a whole IPv4 header, an IPv6 one without its fixed
  *  header (EINVAL): the datapath's own checks for those (INVALID_PACKET) are unreachable from here. */

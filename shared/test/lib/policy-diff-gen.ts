@@ -2,16 +2,7 @@
 // (policy-differential.test.ts). Small value ranges on purpose: rules of different policies and of
 // one policy keep landing on the same map keys (one allow among several for a key, an allow and a
 // deny for one key), which is where an incremental path can drop or keep the wrong entry.
-export type Rnd = (n: number) => number;
-
-/** A seeded generator (the high bits: the low ones of an LCG repeat quickly). */
-export function prng(seed: number): Rnd {
-  let s = seed >>> 0;
-  return (n) => {
-    s = (Math.imul(s, 1103515245) + 12345) >>> 0;
-    return Math.floor(((s >>> 8) / 2 ** 24) * n);
-  };
-}
+import type { Rnd } from './seeded.ts';
 
 export const APPS = ['web', 'db', 'client', 'other'];
 export const LISTS = ['ingress', 'ingressDeny', 'egress', 'egressDeny'] as const;

@@ -36,13 +36,6 @@ spec:
   - toEntities: [world]
 `;
 
-export function rng(seed: number) {
-  return (n: number) => {
-    seed = (seed * 1103515245 + 12345) & 0x7fffffff;
-    return seed % n;
-  };
-}
-
 // Every field the parser knows, and names that would reach Object.prototype if they were used as keys.
 const FIELDS = [...POLICY_FIELDS, '__proto__', 'constructor', 'toString'];
 const SCALARS: unknown[] = [
