@@ -11,6 +11,7 @@
 //   membrane/v1/<cluster>/policies/records/<name>            PolicyRecord        none
 //   membrane/v1/<cluster>/podcidrs/nodes/<node>              PodCidrAllocation   none (operator)
 //   membrane/v1/<cluster>/podcidrs/blocks/<v4|v6>/<cidr>     "<node>"            none (operator)
+//   membrane/v1/<cluster>/podcidrs/quarantine/<v4|v6>/<cidr> "<node>" (gone)    none (operator)
 //   membrane/v1/<cluster>/operator/leader/<lease hex>        operator id         candidate's lease
 import crypto from 'node:crypto';
 import type { Labels } from '../identity/labels.ts';
@@ -53,6 +54,9 @@ export function layout(cluster: string) {
     podCidrNode: (node: string) => `${base}podcidrs/nodes/${node}`,
     podCidrBlocks: `${base}podcidrs/blocks/`,
     podCidrBlock: (cidr: string) => `${base}podcidrs/blocks/${cidr.includes(':') ? 'v6' : 'v4'}/${cidr.replace('/', '_')}`,
+    podCidrQuarantines: `${base}podcidrs/quarantine/`,
+    podCidrQuarantine: (cidr: string) =>
+      `${base}podcidrs/quarantine/${cidr.includes(':') ? 'v6' : 'v4'}/${cidr.replace('/', '_')}`,
     operatorLeader: `${base}operator/leader/`,
   };
 }

@@ -20,6 +20,7 @@ interface Opts extends KvstoreFlags {
   nodeCidrMaskSizeIpv6: number;
   identityGcInterval: number;
   identityGcGrace: number;
+  podCidrQuarantine: number;
   leaderLeaseTtl: number;
   id: string;
   logLevel: string;
@@ -55,6 +56,12 @@ const program = addKvstoreFlags(
     'how long an identity must be unreferenced before it is deleted',
     duration('--identity-gc-grace', 's'),
     300,
+  )
+  .option(
+    '--pod-cidr-quarantine <duration>',
+    "how long a gone node's pod CIDR stays unused once the store has no endpoint in it (other nodes may still map its addresses)",
+    duration('--pod-cidr-quarantine', 's'),
+    60,
   )
   .option(
     '--leader-lease-ttl <seconds>',
@@ -120,6 +127,7 @@ async function main(): Promise<void> {
       pools: { ...pools },
       identityGcIntervalMs: o.identityGcInterval * 1000,
       identityGcGraceMs: o.identityGcGrace * 1000,
+      podCidrQuarantineMs: o.podCidrQuarantine * 1000,
       log,
     });
     try {

@@ -1,7 +1,8 @@
 // What the leading operator does for the cluster:
 //   * pod CIDRs: every node gets a block of --cluster-pool (and of the IPv6 pool when given), the one
 //     it asks for back when that is free; blocks are never shared (taken by a transaction that
-//     creates the block key) and are released when the node is gone;
+//     creates the block key) and are released when the node is gone, after a quarantine
+//     (quarantine.ts: no ipcache entry of the block left, then --pod-cidr-quarantine);
 //   * nodes whose lease expired: their pod CIDRs released, any ipcache entry or identity reference
 //     still naming them deleted;
 //   * identities no node references, once unreferenced for the grace period (deleted in a
@@ -20,6 +21,7 @@ import {
 import { PrefixMirror } from '../kvstore/mirror.ts';
 import type { SessionLog } from '../kvstore/session.ts';
 import type { PodCidrPool } from './podcidr.ts';
+import { BlockQuarantine } from './quarantine.ts';
 
 export interface OperatorTasksOptions {
   kv: Kv;
@@ -28,6 +30,8 @@ export interface OperatorTasksOptions {
   pools: { ipv4?: PodCidrPool; ipv6?: PodCidrPool };
   identityGcIntervalMs: number;
   identityGcGraceMs: number;
+  /** How long a gone node's block stays quarantined once no ipcache entry in it is left. */
+  podCidrQuarantineMs: number;
   log: SessionLog;
 }
 
@@ -36,12 +40,15 @@ export class OperatorTasks {
   private readonly allocations: PrefixMirror<PodCidrAllocation>;
   private readonly unreferencedSince = new Map<number, number>();
   private timer?: NodeJS.Timeout;
+  private quarantineTimer?: NodeJS.Timeout;
+  readonly quarantine: BlockQuarantine;
   private busy: Promise<void> = Promise.resolve();
   private stopped = false;
   readonly stats = { allocated: 0, released: 0, identitiesCollected: 0, ipcacheCollected: 0, refsCollected: 0 };
 
   constructor(private readonly o: OperatorTasksOptions) {
     const L = o.layout;
+    this.quarantine = new BlockQuarantine({ ...o, graceMs: o.podCidrQuarantineMs });
     this.nodes = new PrefixMirror<NodeRecord>(o.kv, L.nodes, {
       decode: (v, k) => {
         const r = decode<NodeRecord>(v);
@@ -59,6 +66,7 @@ export class OperatorTasks {
 
   async start(): Promise<void> {
     await this.loadBlocks();
+    await this.quarantine.load();
     await this.nodes.start();
     await this.allocations.start();
     this.schedule();
@@ -66,11 +74,20 @@ export class OperatorTasks {
       this.schedule(true);
     }, this.o.identityGcIntervalMs);
     this.timer.unref();
+    // Quarantines end on a clock, not on a change: looked at about 4 times per grace period.
+    this.quarantineTimer = setInterval(
+      () => {
+        if (this.quarantine.size) this.schedule();
+      },
+      Math.min(1000, Math.max(100, this.o.podCidrQuarantineMs / 4)),
+    );
+    this.quarantineTimer.unref();
   }
 
   async stop(): Promise<void> {
     this.stopped = true;
     clearInterval(this.timer);
+    clearInterval(this.quarantineTimer);
     await this.nodes.stop();
     await this.allocations.stop();
     await this.busy;
@@ -82,6 +99,8 @@ export class OperatorTasks {
       if (this.stopped) return;
       try {
         await this.reconcileNodes();
+        // A block out of quarantine may be what a waiting node needs.
+        if (await this.quarantine.check()) await this.reconcileNodes();
         if (withGc) await this.collectIdentities();
       } catch (e) {
         this.o.log.warn({ err: (e as Error).message }, 'operator reconcile failed; retrying on the next change or tick');
@@ -118,7 +137,9 @@ export class OperatorTasks {
       for (const fam of ['ipv4', 'ipv6'] as const) {
         const pool = this.o.pools[fam];
         if (!pool) continue;
-        const cidr = pool.propose(node.requestedPodCidrs?.[fam]);
+        const requested = node.requestedPodCidrs?.[fam];
+        // Its own quarantined block back to a returning node; other nodes never get one (propose).
+        const cidr = requested && this.quarantine.nodeOf(requested) === name ? requested : pool.propose(requested);
         if (!cidr) {
           this.o.log.warn({ node: name, pool: pool.text }, 'pod CIDR pool exhausted: the node gets no pod CIDR');
           return;
@@ -127,6 +148,9 @@ export class OperatorTasks {
         if (fam === 'ipv4' || !alloc.nodeId) alloc.nodeId = Number(pool.indexOf(cidr)!) + 1;
         compare.push({ key: L.podCidrBlock(cidr), target: 'version', result: '=', value: 0 });
         ops.push({ type: 'put', key: L.podCidrBlock(cidr), value: name });
+        const q = this.quarantine.allocation(name, cidr);
+        compare.push(...q.compare);
+        ops.push(...q.ops);
       }
       if (!ops.length) return;
       ops.push({ type: 'put', key: L.podCidrNode(name), value: encode(alloc) });
@@ -136,8 +160,12 @@ export class OperatorTasks {
         ...(alloc.ipv6 ? [{ type: 'get' as const, key: L.podCidrBlock(alloc.ipv6) }] : []),
       ]);
       if (res.succeeded) {
-        if (alloc.ipv4) this.o.pools.ipv4!.markTaken(alloc.ipv4, name);
-        if (alloc.ipv6) this.o.pools.ipv6!.markTaken(alloc.ipv6, name);
+        for (const fam of ['ipv4', 'ipv6'] as const) {
+          const cidr = alloc[fam];
+          if (!cidr) continue;
+          this.o.pools[fam]!.markTaken(cidr, name);
+          this.quarantine.reclaimed(cidr);
+        }
         this.stats.allocated++;
         this.o.log.info({ node: name, ...alloc }, 'pod CIDR allocated');
         return;
@@ -159,11 +187,13 @@ export class OperatorTasks {
   private async removeNode(name: string, a: PodCidrAllocation): Promise<void> {
     const L = this.o.layout;
     const ops: Op[] = [{ type: 'delete', key: L.podCidrNode(name) }];
-    for (const cidr of [a.ipv4, a.ipv6]) if (cidr) ops.push({ type: 'delete', key: L.podCidrBlock(cidr) });
+    const blocks = [a.ipv4, a.ipv6].filter((c): c is string => !!c);
+    for (const cidr of blocks) ops.push({ type: 'delete', key: L.podCidrBlock(cidr) });
+    // The blocks go into quarantine in the same transaction (no moment in which they are free).
+    ops.push(...this.quarantine.ops(name, blocks));
     const res = await this.o.kv.txn([this.o.guard, { key: L.node(name), target: 'version', result: '=', value: 0 }], ops);
     if (!res.succeeded) return; // came back, or we are not the leader any more
-    if (a.ipv4) this.o.pools.ipv4?.markFree(a.ipv4);
-    if (a.ipv6) this.o.pools.ipv6?.markFree(a.ipv6);
+    this.quarantine.added(name, blocks);
     this.stats.released++;
     this.o.log.info({ node: name, ...a }, 'node gone: pod CIDR released');
     await this.collectNodeLeftovers(name);
