@@ -168,3 +168,40 @@ t.test('a hostile server: an answer to another question, an address of another n
   );
   hostile.kill('SIGKILL');
 });
+
+// A pod opening many TCP connections to its resolver and never sending: the proxy keeps at most 64
+// of one client's open (dns/tcp-clients.ts), closing the oldest, and frees them all when it goes.
+t.test('a pod opening 80 idle TCP connections to the DNS proxy: 64 stay open, 16 are closed', async (t) => {
+  const { W, nsOf, agent } = f;
+  type Conns = { open: number; evicted: number };
+  const conns = async () => ((await agent.client.status()) as { dns?: { tcpConnections?: Conns } }).dns?.tcpConnections;
+  const before = await until('the DNS proxy status', conns);
+  const held = nodeIn(
+    nsOf.client,
+    `
+    const net = require('net');
+    let connected = 0, closed = 0;
+    for (let i = 0; i < 80; i++) {
+      const s = net.connect(53, '${W.dns}');
+      s.on('connect', () => connected++);
+      s.on('close', () => closed++);
+      s.on('error', () => {});
+    }
+    setTimeout(() => { process.stdout.write(JSON.stringify({ connected, closed })); process.exit(0); }, 6000);`,
+  );
+  const during = await until('the proxy to have closed 16 connections', async () => {
+    const c = await conns();
+    return c && c.evicted - before.evicted >= 16 ? c : undefined;
+  });
+  t.ok(during.open <= 64, `at most 64 open in the proxy (${during.open})`);
+  t.same(
+    JSON.parse(await held),
+    { connected: 80, closed: 16 },
+    'all 80 were accepted; 16 were closed by the proxy (the oldest: dns-tcp-clients.test.ts)',
+  );
+  t.equal((await conns())!.evicted - before.evicted, 16, 'exactly 16 closed to stay within the limit');
+  await until('every connection gone from the proxy once the pod closed them', async () =>
+    (await conns())?.open === 0 ? true : undefined,
+  );
+  t.pass('all freed');
+});
