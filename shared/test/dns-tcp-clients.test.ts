@@ -8,6 +8,7 @@ import net from 'node:net';
 import { once } from 'node:events';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { TcpClients, type TcpClientLimits } from '../src/dns/tcp-clients.ts';
+import { pollUntil } from './lib/poll.ts';
 
 type Warn = { o: Record<string, unknown>; msg: string };
 
@@ -43,10 +44,7 @@ async function harness(t: Test, limits: Partial<TcpClientLimits>) {
     return s;
   };
   /** Until `cond` holds (sockets close a few event-loop turns after the server's destroy). */
-  const until = async (cond: () => boolean, what: string) => {
-    for (let i = 0; i < 200 && !cond(); i++) await sleep(5);
-    t.ok(cond(), what);
-  };
+  const until = async (cond: () => boolean, what: string) => t.ok(await pollUntil(cond, 2000, 5), what);
   return { clients, warns, open, until };
 }
 
