@@ -3,9 +3,10 @@
 // never outlives a killed test file; and the polling helpers the harness's tests use.
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
-import { REPO, sleep } from './agent.ts';
+import { REPO } from './agent.ts';
 import { ownChild, signalAndWait } from './cleanup.ts';
 import type { TestNetns } from './netns.ts';
+import { pollUntil } from '../../shared/test/lib/poll.ts';
 
 /** A supervised process of ours (agent, operator) started under nsenter. */
 export interface Proc {
@@ -54,18 +55,18 @@ export function tail(file: string, lines = 40): string {
   }
 }
 
-/** Polls until `fn` is true (or throws naming `what` after `ms`). */
+/** Polls until `fn` is true, a throw counting as not yet (pollUntil's loop); resolves with the ms it
+ *  took, or throws naming `what` after `ms`. */
 export async function eventually(what: string, fn: () => boolean | Promise<boolean>, ms = 15_000, every = 50): Promise<number> {
   const t0 = Date.now();
-  for (;;) {
-    let ok = false;
-    try {
-      ok = await fn();
-    } catch {
-      ok = false;
-    }
-    if (ok) return Date.now() - t0;
-    if (Date.now() - t0 > ms) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
-    await sleep(every);
-  }
+  const held = await pollUntil(
+    async () =>
+      !!(await Promise.resolve()
+        .then(fn)
+        .catch(() => false)),
+    ms,
+    every,
+  );
+  if (!held) throw new Error(`timed out after ${ms} ms waiting for ${what}`);
+  return Date.now() - t0;
 }
