@@ -16,12 +16,25 @@ export interface TcpRelayContext {
   clients: TcpClients;
 }
 
-const frame = (m: Buffer) => {
+/** DNS over TCP: each message behind its length, two bytes big-endian (RFC 1035 4.2.2). */
+export const frame = (m: Buffer): Buffer => {
   const b = Buffer.allocUnsafe(2 + m.length);
   b.writeUInt16BE(m.length, 0);
   m.copy(b, 2);
   return b;
 };
+
+/** Hands each whole message in `pending` + `chunk` to `each` (a copy: the chunk's memory is not kept
+ *  alive by a message held in flight) and returns the bytes of the message not yet whole. */
+export function unframe(pending: Buffer, chunk: Buffer, each: (m: Buffer) => void): Buffer {
+  let buf = pending.length ? Buffer.concat([pending, chunk]) : chunk;
+  while (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
+    const m = Buffer.from(buf.subarray(2, 2 + buf.readUInt16BE(0)));
+    buf = buf.subarray(2 + m.length);
+    each(m);
+  }
+  return buf;
+}
 
 export function relayTcp(c: net.Socket, x: TcpRelayContext): void {
   const server: Peer = { ip: c.localAddress ?? '', port: c.localPort ?? 0 };
@@ -81,12 +94,7 @@ export function relayTcp(c: net.Socket, x: TcpRelayContext): void {
     up = net.connect({ host: server.ip, port: server.port });
     up.setTimeout(x.timeoutMs, () => up?.destroy());
     up.on('data', (d: Buffer) => {
-      upBuf = upBuf.length ? Buffer.concat([upBuf, d]) : d;
-      while (upBuf.length >= 2 && upBuf.length >= 2 + upBuf.readUInt16BE(0)) {
-        const m = upBuf.subarray(2, 2 + upBuf.readUInt16BE(0));
-        upBuf = upBuf.subarray(2 + m.length);
-        void onAnswer(Buffer.from(m));
-      }
+      upBuf = unframe(upBuf, d, (m) => void onAnswer(m));
     });
     up.on('error', () => undefined);
     up.on('close', () => {
@@ -99,30 +107,28 @@ export function relayTcp(c: net.Socket, x: TcpRelayContext): void {
     });
     return up;
   };
+  const onQuery = (msg: Buffer) => {
+    x.stats.queries++;
+    const query = x.reader.query(msg);
+    if (!query) {
+      c.write(frame(refusal(msg, RCODE.FORMERR)));
+      return;
+    }
+    const decision = x.d.decide(client, server, 'tcp', query);
+    if (!decision.allowed) {
+      x.stats.refused++;
+      c.write(frame(refusal(msg, RCODE.REFUSED)));
+      x.d.record(dnsRecord('query', 'tcp', client, server, query, decision, 'refused', 'denied'));
+      return;
+    }
+    x.stats.forwarded++;
+    inflight.set(query.id, { query, decision, t0: process.hrtime.bigint() });
+    x.d.record(dnsRecord('query', 'tcp', client, server, query, decision, 'forwarded'));
+    upstream().write(frame(msg));
+  };
   c.on('data', (d: Buffer) => {
     x.clients.touch(c);
-    buf = buf.length ? Buffer.concat([buf, d]) : d;
-    while (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
-      const msg = Buffer.from(buf.subarray(2, 2 + buf.readUInt16BE(0)));
-      buf = buf.subarray(2 + msg.length);
-      x.stats.queries++;
-      const query = x.reader.query(msg);
-      if (!query) {
-        c.write(frame(refusal(msg, RCODE.FORMERR)));
-        continue;
-      }
-      const decision = x.d.decide(client, server, 'tcp', query);
-      if (!decision.allowed) {
-        x.stats.refused++;
-        c.write(frame(refusal(msg, RCODE.REFUSED)));
-        x.d.record(dnsRecord('query', 'tcp', client, server, query, decision, 'refused', 'denied'));
-        continue;
-      }
-      x.stats.forwarded++;
-      inflight.set(query.id, { query, decision, t0: process.hrtime.bigint() });
-      x.d.record(dnsRecord('query', 'tcp', client, server, query, decision, 'forwarded'));
-      upstream().write(frame(msg));
-    }
+    buf = unframe(buf, d, onQuery);
     if (buf.length > 70_000) c.destroy();
   });
   c.on('error', () => undefined);
