@@ -210,7 +210,15 @@ export class Agent {
       clock.mark('policyStart');
       conntrack.start();
       closers.push({ name: 'conntrack GC', close: () => conntrack.close() });
-      const flows = await startFlows({ cfg, log, datapath, endpoints, rules: policy.rules, identities: policy.identities });
+      const flows = await startFlows({
+        cfg,
+        log,
+        datapath,
+        endpoints,
+        rules: policy.rules,
+        identities: policy.identities,
+        ...(cluster ? { cluster: () => cluster.metricsView() } : {}),
+      });
       closers.push({ name: 'flows', close: () => flows.close() });
       l7?.attachFlows(flows);
       dns?.attachFlows(flows);

@@ -15,7 +15,7 @@ import { monotonicToWallOffsetNs } from '../flows/ringbuf.ts';
 import { FlowRing, type LazyBuild } from '../flows/ring.ts';
 import { ObserverServer } from '../flows/server.ts';
 import { KernelEventSource } from '../flows/source.ts';
-import { createAgentMetrics, type AgentMetrics } from '../metrics/registry.ts';
+import { createAgentMetrics, type AgentMetrics, type MetricsSources } from '../metrics/registry.ts';
 import { serveMetrics, type MetricsServer } from '../metrics/server.ts';
 import { VERSION } from '../version.ts';
 import type { Datapath } from '../bpf/datapath.ts';
@@ -46,6 +46,8 @@ export interface FlowsDeps {
   rules: PolicyLookup;
   /** Labels behind a peer's numeric identity. */
   identities: IdentityLookup;
+  /** Cluster mode's store reachability for the metrics page. */
+  cluster?: MetricsSources['cluster'];
   /** When the agent started (the AGENT_STARTED event); default: now. */
   startedAt?: number;
 }
@@ -205,6 +207,7 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
         },
         lost: () => ({ datapath: collector.datapathLost(), agent: collector.agentLost }),
         flowRing: () => ({ held: ring.size, capacity: ring.capacity, seen: ring.seen, followers: ring.followers }),
+        ...(d.cluster ? { cluster: d.cluster } : {}),
       });
       const server: MetricsServer = await serveMetrics(metrics.registry, cfg.metricsAddress);
       closers.push(() => server.close());

@@ -110,6 +110,12 @@ export class ClusterIpcache {
       const p = prefix(addr);
       if (p) this.unsetRemote(p);
     }
+    // A list after the first one follows an outage: what changed meanwhile is corrected only now.
+    if (c.resync && this.mirror.resyncs > 1 && (c.upserts.length || c.deletes.length))
+      this.o.log?.info(
+        { upserts: c.upserts.length, deletes: c.deletes.length },
+        'ipcache listed again after the store was out of reach: entries changed meanwhile corrected',
+      );
     await this.o.onRemoteChange(this.combined);
   }
 

@@ -69,6 +69,8 @@ export class ClusterMode {
   private startSync?: { entries: number; ms: number };
   /** Relabeled pods whose new ipcache record the store has not taken (native routing). */
   private readonly unpublished = new Map<string, Endpoint>();
+  /** When the store stopped answering (undefined: it answers). */
+  private cutOffAt?: number;
 
   private constructor(
     readonly cfg: ClusterModeConfig,
@@ -93,9 +95,31 @@ export class ClusterMode {
     session.onWritten(() => {
       if (this.unpublished.size) this.releasePublished();
     });
+    session.onDisconnect((err) => this.cutOff(err));
+    session.onReconnect(() => this.reconnected());
     this.identities.onLearn((ids) => {
       void this.engine?.identitiesLearned(ids);
     });
+  }
+
+  /** The store stopped answering. The other nodes' endpoints keep their last known identities (as
+   *  Cilium's agents keep theirs while the kvstore is unreachable): dropping them would cut every
+   *  cross-node flow for as long as the store is out, and this node cannot tell which of them changed.
+   *  Said loudly instead (log, `membrane status` KVStore problem, membrane_kvstore_* metrics). */
+  private cutOff(err: Error): void {
+    this.cutOffAt = Date.now();
+    this.log.warn(
+      { err: err.message, remoteEndpoints: this.ipcache.remoteEntries().size, routing: this.cfg.routing.mode },
+      "cut off from the cluster store: the other nodes' endpoints keep their last known identities until it answers (changes made meanwhile are not seen here)",
+    );
+  }
+
+  /** The store answers again: mirrors that are waiting to list again do it now, not after their back-off. */
+  private reconnected(): void {
+    const outageMs = this.cutOffAt === undefined ? undefined : Date.now() - this.cutOffAt;
+    this.cutOffAt = undefined;
+    this.log.info({ outageMs }, "cluster store answers again: listing the other nodes' endpoints again");
+    for (const m of [this.nodes.mirror, this.identities.mirror, this.ipcache.mirror, this.policies.mirror]) if (!m.live) m.kick();
   }
 
   /** Connects, registers the node and waits for its pod CIDRs (bounded by startTimeoutMs). */
@@ -324,6 +348,17 @@ export class ClusterMode {
       ipcacheResync: this.ipcache.mirror.resyncs > 1 ? this.ipcache.mirror.lastResync : this.startSync,
       identitiesReferenced: this.identities.referenced().length,
       ...(this.routing ? { routing: this.routing.status() } : {}),
+    };
+  }
+
+  /** What the metrics page reports about the store and the last known remote entries. */
+  metricsView(): { connected: boolean; lastContactMs?: number; remoteEndpoints: number; ipcacheLive: boolean } {
+    const s = this.session.status();
+    return {
+      connected: s.connected,
+      lastContactMs: s.lastContactMs,
+      remoteEndpoints: this.ipcache.remoteEntries().size,
+      ipcacheLive: this.ipcache.mirror.live,
     };
   }
 

@@ -42,13 +42,22 @@ export function statusProblems(s: AgentStatus): StatusProblem[] {
   const dns = s.dns as DnsView | undefined;
   if (dns && dns.running === false) out.push({ part: 'DNS proxy', problem: 'not running' });
   const kv = s.cluster?.kvstore;
+  // What being cut off means here: the other nodes' endpoints keep their last known identities.
+  const lastKnown = (since?: number) =>
+    s.cluster?.remoteEndpoints
+      ? `; ${s.cluster.remoteEndpoints} remote endpoint addresses keep their last known identities${since === undefined ? '' : ` (no answer for ${Math.round(since / 1000)} s)`}`
+      : '';
   if (kv && !kv.connected)
     out.push({
       part: 'KVStore',
-      problem: `not connected to ${kv.endpoints.join(', ') || kv.type}${kv.lastError ? `: ${kv.lastError}` : ''}`,
+      problem: `not connected to ${kv.endpoints.join(', ') || kv.type}${kv.lastError ? `: ${kv.lastError}` : ''}${lastKnown(kv.lastContactMs)}`,
     });
   else if (kv)
-    for (const w of kv.watches.filter((x) => !x.live)) out.push({ part: 'KVStore', problem: `watch on ${w.prefix} is not live` });
+    for (const w of kv.watches.filter((x) => !x.live))
+      out.push({
+        part: 'KVStore',
+        problem: `watch on ${w.prefix} is not live${w.prefix.startsWith('ipcache') ? lastKnown() : ''}`,
+      });
   const routing = s.cluster?.routing;
   if (routing?.unreachable.length) {
     out.push({

@@ -53,6 +53,7 @@ export class Session {
   private lastError?: string;
   private readonly leaseListeners: ((leaseId: string) => void)[] = [];
   private readonly reconnectListeners: (() => void)[] = [];
+  private readonly disconnectListeners: ((err: Error) => void)[] = [];
   private wasConnected = false;
   private everConnected = false;
 
@@ -91,6 +92,11 @@ export class Session {
   /** Called when the store answers again after it did not. */
   onReconnect(fn: () => void): void {
     this.reconnectListeners.push(fn);
+  }
+
+  /** Called when the store stops answering after it had answered (once per outage). */
+  onDisconnect(fn: (err: Error) => void): void {
+    this.disconnectListeners.push(fn);
   }
 
   private async newLease(): Promise<void> {
@@ -271,7 +277,9 @@ export class Session {
 
   noContact(err: Error): void {
     this.lastError = err.message;
+    if (!this.wasConnected) return;
     this.wasConnected = false;
+    for (const fn of this.disconnectListeners) fn(err);
   }
 
   get connected(): boolean {

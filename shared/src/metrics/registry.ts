@@ -14,6 +14,15 @@ export interface MetricsSources {
   drops(): { reason: string; packets: number; bytes: number }[];
   lost(): { datapath: number; agent: number };
   flowRing(): { held: number; capacity: number; seen: number; followers: number };
+  /** Cluster mode: the store's reachability and the other nodes' endpoints known here. */
+  cluster?(): ClusterMetricsView;
+}
+
+export interface ClusterMetricsView {
+  connected: boolean;
+  lastContactMs?: number;
+  remoteEndpoints: number;
+  ipcacheLive: boolean;
 }
 
 export const ENDPOINT_CREATE_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -152,6 +161,33 @@ export function createAgentMetrics(src: MetricsSources, opts: { defaultMetrics?:
   ring('membrane_flow_buffer_flows', 'Flows held in the in-memory flow buffer', (r) => r.held);
   ring('membrane_flow_buffer_capacity', 'Capacity of the in-memory flow buffer', (r) => r.capacity);
   ring('membrane_observer_followers', 'Observer clients following flows', (r) => r.followers);
+
+  const cluster = src.cluster;
+  if (cluster) {
+    const gauge = (name: string, help: string, pick: (c: ClusterMetricsView) => number) =>
+      new Gauge({
+        name,
+        help,
+        registers,
+        collect() {
+          this.set(pick(cluster()));
+        },
+      });
+    gauge('membrane_kvstore_connected', 'Whether the cluster store answers (1) or not (0)', (c) => (c.connected ? 1 : 0));
+    gauge('membrane_kvstore_last_contact_seconds', 'Seconds since the cluster store last answered (-1: never)', (c) =>
+      c.lastContactMs === undefined ? -1 : c.lastContactMs / 1000,
+    );
+    gauge(
+      'membrane_cluster_remote_endpoints',
+      "Other nodes' endpoint addresses in this node's ipcache",
+      (c) => c.remoteEndpoints,
+    );
+    gauge(
+      'membrane_cluster_ipcache_stale',
+      "1 while the other nodes' endpoints are last known ones (the store's ipcache watch is down: changes are not seen)",
+      (c) => (c.ipcacheLive ? 0 : 1),
+    );
+  }
 
   return { registry, observeEndpointCreate: (ms) => create.observe(ms / 1000) };
 }
