@@ -143,8 +143,16 @@ export interface AgentStatus {
   l7?: Record<string, unknown>;
   /** The DNS proxy: port, running, name cache (absent with --dns-proxy off). */
   dns?: Record<string, unknown>;
-  /** The agent process's memory now (bytes), and how often it gave memory back when idle (agent/idle-memory.ts). */
-  memory?: { rssBytes: number; heapUsedBytes: number; heapTotalBytes: number; externalBytes: number; idleTrims: number };
+  /** The agent process's memory now (bytes), and how often it gave memory back when idle (agent/idle-memory.ts)
+   *  or found too little to give back. */
+  memory?: {
+    rssBytes: number;
+    heapUsedBytes: number;
+    heapTotalBytes: number;
+    externalBytes: number;
+    idleTrims: number;
+    idleSkips: number;
+  };
   /** Cluster mode only: cluster and node, the kvstore connection, counts (shared/src/cluster/mode.ts). */
   cluster?: ClusterStatusView;
 }

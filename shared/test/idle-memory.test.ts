@@ -5,9 +5,11 @@ import t from 'tap';
 import { idleMemory } from '../src/agent/idle-memory.ts';
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+/** No threshold: every give-back that is due runs. */
+const ALWAYS = { minGrowthBytes: 0, minYoungBytes: 0 };
 
 t.test('one give-back after a burst, once the requests have stopped for idleMs', async (t) => {
-  const idle = idleMemory({ idleMs: 500, minIntervalMs: 0, deepIdleMs: 60_000 });
+  const idle = idleMemory({ idleMs: 500, minIntervalMs: 0, deepIdleMs: 60_000, ...ALWAYS });
   t.teardown(() => idle.stop());
   // A burst: a request every 10 ms (never 500 ms quiet, even on a loaded machine).
   for (let i = 0; i < 20; i++) {
@@ -22,7 +24,7 @@ t.test('one give-back after a burst, once the requests have stopped for idleMs',
 });
 
 t.test('at most once per minIntervalMs, however the requests are spaced', async (t) => {
-  const idle = idleMemory({ idleMs: 10, minIntervalMs: 2000, deepIdleMs: 60_000 });
+  const idle = idleMemory({ idleMs: 10, minIntervalMs: 2000, deepIdleMs: 60_000, ...ALWAYS });
   t.teardown(() => idle.stop());
   idle.touch();
   await sleep(300);
@@ -38,7 +40,7 @@ t.test('at most once per minIntervalMs, however the requests are spaced', async 
 });
 
 t.test('stop() cancels a pending give-back', async (t) => {
-  const idle = idleMemory({ idleMs: 30, minIntervalMs: 0, deepIdleMs: 60 });
+  const idle = idleMemory({ idleMs: 30, minIntervalMs: 0, deepIdleMs: 60, ...ALWAYS });
   idle.touch();
   idle.stop();
   await sleep(100);
@@ -46,7 +48,7 @@ t.test('stop() cancels a pending give-back', async (t) => {
 });
 
 t.test('a second give-back when the quiet lasts deepIdleMs; a request in between starts over', async (t) => {
-  const idle = idleMemory({ idleMs: 50, minIntervalMs: 0, deepIdleMs: 800 });
+  const idle = idleMemory({ idleMs: 50, minIntervalMs: 0, deepIdleMs: 800, ...ALWAYS });
   t.teardown(() => idle.stop());
   idle.touch();
   await sleep(400);
@@ -58,4 +60,20 @@ t.test('a second give-back when the quiet lasts deepIdleMs; a request in between
   t.equal(idle.status().trims, 3, 'then the deep one, 800 ms after the last request');
   await sleep(1000);
   t.equal(idle.status().trims, 3, 'and nothing more without requests');
+});
+
+t.test('skipped while the process has not grown since the last one; run again once it has', async (t) => {
+  const idle = idleMemory({ idleMs: 20, minIntervalMs: 0, deepIdleMs: 60_000, minGrowthBytes: 32 << 20, minYoungBytes: 2 ** 40 });
+  t.teardown(() => idle.stop());
+  idle.touch();
+  await sleep(300);
+  t.same([idle.status().trims, idle.status().skips], [1, 0], 'the first one always runs');
+  idle.touch(); // a request that left next to nothing behind
+  await sleep(300);
+  t.same([idle.status().trims, idle.status().skips], [1, 1], 'nothing worth its GCs: skipped');
+  const held = Buffer.alloc(64 << 20, 1); // 64 MiB resident
+  idle.touch();
+  await sleep(300);
+  t.same([idle.status().trims, idle.status().skips], [2, 1], 'grown past the threshold: given back');
+  t.equal(held.length, 64 << 20);
 });

@@ -7,7 +7,10 @@
 // generation (up to 2 x 16 MiB, resident as far as the last burst used it) only at a GC that finds
 // the allocation rate low over its 5 s window (Node 20: new space 32 -> 1 MiB physical when the GC
 // runs 5.2 s after a burst, unchanged at 4 s). Never on a request's path: timers after the last one,
-// at most once per `minIntervalMs`, and only when there was work since the last time.
+// at most once per `minIntervalMs`, and only when there was work since the last time and something to
+// gain: the give-back's cost grows with the heap, not with what it frees (with 10,000 rules one held
+// the loop ~600 ms, for one pod's ADD), so the quick one is skipped while the RSS has grown less than
+// `minGrowthBytes` since the last one, and the deep one while the young generation is small.
 import v8 from 'node:v8';
 import vm from 'node:vm';
 import koffi from 'koffi';
@@ -20,14 +23,18 @@ export interface IdleMemoryOptions {
   minIntervalMs: number;
   /** Quiet time after which a second give-back lets V8 shrink its young generation (> 5 s). */
   deepIdleMs: number;
+  /** The quick give-back only once the RSS has grown this much since the last give-back ended. */
+  minGrowthBytes: number;
+  /** The deep give-back only while the young generation holds this much physical memory. */
+  minYoungBytes: number;
   log?: Logger;
 }
 
 export interface IdleMemory {
   /** A request arrived (cheap: a timestamp, and a timer when none is set). */
   touch(): void;
-  /** How often memory was given back, and what the last time gained. */
-  status(): { trims: number; lastFreedBytes: number; lastMs: number };
+  /** How often memory was given back (and skipped as not worth it), and what the last time gained. */
+  status(): { trims: number; skips: number; lastFreedBytes: number; lastMs: number };
   stop(): void;
 }
 
@@ -69,6 +76,11 @@ export function limitMallocArenas(): void {
   (lib.func('int mallopt(int param, int value)') as (p: number, v: number) => number)(M_ARENA_MAX, 1);
 }
 
+/** Physical memory of V8's young generation (the deep give-back's target). */
+function youngBytes(): number {
+  return v8.getHeapSpaceStatistics().find((s) => s.space_name === 'new_space')?.physical_space_size ?? 0;
+}
+
 export function idleMemory(o: IdleMemoryOptions): IdleMemory {
   const gc = fullGc();
   let lastRequest = 0;
@@ -79,7 +91,9 @@ export function idleMemory(o: IdleMemoryOptions): IdleMemory {
   let timer: NodeJS.Timeout | undefined;
   let timerAt = 0;
   let stopped = false;
-  const stats = { trims: 0, lastFreedBytes: 0, lastMs: 0 };
+  const stats = { trims: 0, skips: 0, lastFreedBytes: 0, lastMs: 0 };
+  /** The RSS when the last give-back ended (0: none yet, the first one always runs). */
+  let rssAfter = 0;
 
   const giveBack = () => {
     const rss0 = process.memoryUsage.rss();
@@ -91,8 +105,14 @@ export function idleMemory(o: IdleMemoryOptions): IdleMemory {
     trimMalloc();
     stats.trims++;
     stats.lastMs = performance.now() - t0;
-    stats.lastFreedBytes = rss0 - process.memoryUsage.rss();
+    rssAfter = process.memoryUsage.rss();
+    stats.lastFreedBytes = rss0 - rssAfter;
     o.log?.debug({ freedBytes: stats.lastFreedBytes, ms: Math.round(stats.lastMs) }, 'idle: memory given back');
+  };
+
+  const skip = (grown: number) => {
+    stats.skips++;
+    o.log?.debug({ grownBytes: grown, youngBytes: youngBytes() }, 'idle: nothing worth giving back');
   };
 
   const arm = (ms: number) => {
@@ -109,8 +129,11 @@ export function idleMemory(o: IdleMemoryOptions): IdleMemory {
       const wait = Math.max(lastRequest + o.idleMs, lastTrim + o.minIntervalMs) - now;
       if (wait > 0) return arm(wait);
       dirty = false;
-      lastTrim = now;
-      giveBack();
+      const grown = process.memoryUsage.rss() - rssAfter;
+      if (grown >= o.minGrowthBytes || youngBytes() >= o.minYoungBytes) {
+        lastTrim = now;
+        giveBack();
+      } else skip(grown);
       deep = true;
       return arm(lastRequest + o.deepIdleMs - now);
     }
@@ -118,6 +141,7 @@ export function idleMemory(o: IdleMemoryOptions): IdleMemory {
     const wait = lastRequest + o.deepIdleMs - now;
     if (wait > 0) return arm(wait);
     deep = false;
+    if (youngBytes() < o.minYoungBytes) return skip(process.memoryUsage.rss() - rssAfter);
     lastTrim = now;
     giveBack();
   };
