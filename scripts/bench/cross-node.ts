@@ -32,7 +32,16 @@ import { eventually, startCluster, type TestCluster, type TestNode } from '../..
 import { flannel, plainRouting, plainVxlan, type PodPair, type Topology } from './cross-node-peers.ts';
 import { readIpcache } from '../../integration/lib/cluster-maps.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
-import { connectionRate, markdownTable, median, rrLatency, settled, throughput } from './lib.ts';
+import {
+  agentRequestsMade,
+  connectionRate,
+  markdownTable,
+  median,
+  pastGiveBacks,
+  rrLatency,
+  settled,
+  throughput,
+} from './lib.ts';
 import { membranePolicy } from './topologies.ts';
 import { setUnderlayRx } from './switches.ts';
 import { attachedPrograms, bpfDelta, bpfTotals, enableBpfStats, type BpfTotals } from './bpf-stats.ts';
@@ -124,6 +133,7 @@ async function membraneCluster(
     async pods() {
       const a = await pod(n1, { bench: 'client' });
       const b = await pod(n2, { bench: 'server' });
+      agentRequestsMade();
       // The server's node must know the client before the first packet (its policy names the label).
       await eventually(
         "peers known on each other's node",
@@ -144,6 +154,7 @@ async function membraneCluster(
         cleanup: async () => {
           await a.del();
           await b.del();
+          agentRequestsMade();
           a.ns.remove();
           b.ns.remove();
         },
@@ -221,6 +232,10 @@ const bpfSamples = new Map<string, Record<Metric, number[]>>();
 
 async function measure(t: Topology): Promise<void> {
   const p = await t.pods();
+  // Every cell, a plain peer's too, only past the give-backs of the agents' last API requests (its
+  // own pods' or the previous Membrane cell's deletions), then with the control plane idle.
+  await pastGiveBacks();
+  await settled(controlPlanePids(), { busyPct: 2, windows: 1, timeoutMs: 15_000, throwOnTimeout: false });
   try {
     const bpf: Partial<Record<Metric, BpfTotals>> = {};
     const run = async (m: Metric, fn: () => Promise<number>) => {

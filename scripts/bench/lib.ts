@@ -209,3 +209,19 @@ export async function settled(
   }
   return { ms: Date.now() - t0, quiet: true };
 }
+
+/** How long after an agent's last API request its idle give-backs (agent/idle-memory.ts) can still
+ *  come: the deep one 5.5 s after it, the quick one 1 s after it but no sooner than 10 s after the
+ *  previous give-back (and the deep one then at once), each up to ~600 ms of the agent's CPU with
+ *  10,000 rules. `settled()` cannot see a timer still pending: a cell measured ~3 s after its pods'
+ *  requests met the deep one inside its first metric. */
+export const GIVE_BACK_WINDOW_MS = 12_000;
+let lastAgentRequest = 0;
+/** The bench made requests to an agent's API (an endpoint, a policy) just now. */
+export function agentRequestsMade(): void {
+  lastAgentRequest = Date.now();
+}
+/** Waits until the give-backs the bench's last agent requests set off are over. */
+export async function pastGiveBacks(): Promise<void> {
+  await sleep(Math.max(0, lastAgentRequest + GIVE_BACK_WINDOW_MS - Date.now()));
+}
