@@ -169,6 +169,38 @@ t.test('a hostile server: an answer to another question, an address of another n
   hostile.kill('SIGKILL');
 });
 
+// A client that sends its queries and closes its side (a TCP half-close) still gets its answers,
+// then the proxy closes the connection.
+t.test('TCP: queries sent before a half-close are answered', async (t) => {
+  const { W, nsOf } = f;
+  const got = JSON.parse(
+    await nodeIn(
+      nsOf.client,
+      `
+    const p = require('dns-packet'), net = require('net');
+    const s = net.connect(53, '${W.dns}');
+    const q = (id, name) => p.streamEncode({ type: 'query', id, flags: p.RECURSION_DESIRED, questions: [{ type: 'A', name }] });
+    s.on('connect', () => s.end(Buffer.concat([q(1, 'api.test.internal'), q(2, 'evil.example')])));
+    let buf = Buffer.alloc(0); const got = {};
+    s.on('data', (d) => {
+      buf = Buffer.concat([buf, d]);
+      while (buf.length >= 2 && buf.length >= 2 + buf.readUInt16BE(0)) {
+        const r = p.decode(buf.subarray(2, 2 + buf.readUInt16BE(0))); buf = buf.subarray(2 + buf.readUInt16BE(0));
+        got[r.id] = { rcode: r.flags & 15, ips: r.answers.map((a) => a.data) };
+      }
+    });
+    s.on('error', (e) => { got.error = e.code; });
+    s.on('close', () => { process.stdout.write(JSON.stringify(got)); process.exit(0); });
+    setTimeout(() => { got.open = true; process.stdout.write(JSON.stringify(got)); process.exit(0); }, 8000);`,
+    ),
+  ) as Record<string, unknown>;
+  t.same(
+    got,
+    { 1: { rcode: 0, ips: [W.api] }, 2: { rcode: 5, ips: [] } },
+    'the allowed name answered, the refused one REFUSED, then the proxy closed',
+  );
+});
+
 // A pod opening many TCP connections to its resolver and never sending: the proxy keeps at most 64
 // of one client's open (dns/tcp-clients.ts), closing the oldest, and frees them all when it goes.
 t.test('a pod opening 80 idle TCP connections to the DNS proxy: 64 stay open, 16 are closed', async (t) => {

@@ -58,7 +58,7 @@ export class DnsProxy {
       await new Promise<void>((resolve) => s.bind({ fd }, resolve));
       this.listeners.push(s);
       const tfd = transparentListener(ip === '::1' ? 6 : 4, this.d.port);
-      const server = net.createServer((c) => relayTcp(c, tcp));
+      const server = net.createServer({ allowHalfOpen: true }, (c) => relayTcp(c, tcp)); // tcp.ts ends our side
       server.on('error', (err) => this.d.log.warn({ err }, 'DNS proxy listener error'));
       server.listen({ fd: tfd });
       this.tcpServers.push(server);

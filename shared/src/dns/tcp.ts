@@ -48,7 +48,14 @@ export function relayTcp(c: net.Socket, x: TcpRelayContext): void {
   let up: net.Socket | undefined;
   let upBuf: Buffer = Buffer.alloc(0);
   const inflight = new Map<number, { query: Query; decision: DnsDecision; t0: bigint }>();
-  const onAnswer = async (msg: Buffer) => {
+  // A client may send its queries and then close its side (a half-close): its answers still go back
+  // (the listener allows half-open connections), and ours closes once none is pending.
+  let clientDone = false;
+  let answering = 0;
+  const endIfDone = () => {
+    if (clientDone && !inflight.size && !answering) c.end();
+  };
+  const relayAnswer = async (msg: Buffer) => {
     if (msg.length < 12) return;
     const p = inflight.get(msg.readUInt16BE(0));
     if (!p) return;
@@ -89,6 +96,15 @@ export function relayTcp(c: net.Socket, x: TcpRelayContext): void {
       ),
     );
   };
+  const onAnswer = async (msg: Buffer) => {
+    answering++;
+    try {
+      await relayAnswer(msg);
+    } finally {
+      answering--;
+      endIfDone();
+    }
+  };
   const upstream = () => {
     if (up) return up;
     up = net.connect({ host: server.ip, port: server.port });
@@ -104,6 +120,7 @@ export function relayTcp(c: net.Socket, x: TcpRelayContext): void {
         x.d.record(dnsRecord('response', 'tcp', client, server, p.query, p.decision, 'error', 'upstream closed'));
       }
       inflight.clear();
+      endIfDone();
     });
     return up;
   };
@@ -130,6 +147,10 @@ export function relayTcp(c: net.Socket, x: TcpRelayContext): void {
     x.clients.touch(c);
     buf = unframe(buf, d, onQuery);
     if (buf.length > 70_000) c.destroy();
+  });
+  c.on('end', () => {
+    clientDone = true;
+    endIfDone();
   });
   c.on('error', () => undefined);
   c.on('close', () => up?.destroy()); // x.clients forgets it on its own 'close'
