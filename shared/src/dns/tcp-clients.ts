@@ -50,7 +50,7 @@ export class TcpClients {
 
   /** Takes a new connection from `client` in, closing the least recently active one first if a
    *  limit is reached. The connection leaves the set however it ends ('close' follows every end:
-   *  error, idle timeout, the peer's FIN or RST, destroy). */
+   *  error, idle timeout, the peer's RST, its FIN once our answers are out (tcp.ts), destroy). */
   admit(c: net.Socket, client: string): void {
     let mine = this.byClient.get(client);
     if (!mine) this.byClient.set(client, (mine = new Set()));
