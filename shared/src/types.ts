@@ -179,6 +179,8 @@ export interface ClusterStatusView {
   };
   nodes: number;
   remoteEndpoints: number;
+  /** Cut off from the store longer than --kvstore-max-stale: the remote endpoints are out of the datapath. */
+  remoteEndpointsWithheld?: boolean;
   /** The last full resync of other nodes' endpoints: at start, from listing the cluster store to the
    *  engine's first sync done (local restore included); after a reconnect, relist to maps updated. */
   ipcacheResync?: { entries: number; ms: number };

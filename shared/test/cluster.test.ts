@@ -79,6 +79,9 @@ t.test('agent: cluster flags from flags, env and file; --node-ip required and ch
   const c = resolveConfig([...base, '--node-ip', '192.0.2.1', '--kvstore-lease-ttl', '7'], {}, noFile);
   t.equal(c.cluster?.clusterName, 'prod');
   t.equal(c.cluster?.leaseTtlSeconds, 7);
+  t.equal(c.cluster?.maxStaleSeconds, 0, '--kvstore-max-stale: off unless given');
+  t.equal(resolveConfig([...base, '--kvstore-max-stale', '30'], {}, noFile).cluster?.maxStaleSeconds, 30);
+  t.throws(() => resolveConfig([...base, '--kvstore-max-stale', '-1'], {}, noFile), /kvstore-max-stale/);
   t.equal(c.cluster?.explicitDefaultPool, false);
   t.equal(clusterSettings(c)?.nodeIp, '192.0.2.1');
   t.equal(

@@ -53,6 +53,7 @@ export async function connectCluster(cfg: AgentConfig, log: Logger): Promise<Clu
       nodeIp: s.nodeIp,
       stateDir: cfg.stateDir,
       leaseTtlSeconds: flags.leaseTtlSeconds,
+      maxStaleMs: flags.maxStaleSeconds * 1000,
       startTimeoutMs: 60_000,
       allocateTimeoutMs: 10_000,
       routing: { mode: flags.routingMode, tunnelDevice: flags.tunnelDevice, tunnelPort: flags.tunnelPort, underlay },

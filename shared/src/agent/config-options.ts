@@ -289,6 +289,12 @@ export const OPTIONS: OptionSpec[] = [
     default: '15',
   },
   {
+    key: 'kvstoreMaxStale',
+    flags: '--kvstore-max-stale <seconds>',
+    help: "native routing: cut off from the store this long, the other nodes' endpoints leave the datapath (their packets count as world) until it answers; 0 keeps them (default)",
+    default: '0',
+  },
+  {
     key: 'nodeIp',
     flags: '--node-ip <addr>',
     env: 'MEMBRANE_NODE_IP',

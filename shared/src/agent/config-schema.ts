@@ -107,6 +107,7 @@ export const FileSchema = z
     kvstoreCert: z.string().optional(),
     kvstoreKey: z.string().optional(),
     kvstoreLeaseTtl: z.number().int().min(2).max(3600).optional(),
+    kvstoreMaxStale: z.number().int().min(0).max(86_400).optional(),
     nodeIp: z.string().optional(),
     routingMode: z.enum(['tunnel', 'native']).optional(),
     tunnel: z.enum(['vxlan', 'disabled']).optional(),

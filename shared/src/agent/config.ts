@@ -97,6 +97,8 @@ export interface ClusterFlags {
   kvstoreKey?: string;
   nodeIp?: string;
   leaseTtlSeconds: number;
+  /** Cut off from the store this long, remote endpoints leave the datapath (0: never). */
+  maxStaleSeconds: number;
   /** --pool named the default network (cluster mode ignores it: the operator allocates). */
   explicitDefaultPool: boolean;
   /** How pods reach other nodes' pods: the VXLAN overlay (default) or routes the underlay carries. */
@@ -183,6 +185,7 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
         kvstoreKey: str('kvstoreKey') ?? file.kvstoreKey,
         nodeIp: str('nodeIp') ?? file.nodeIp,
         leaseTtlSeconds: int(text('kvstoreLeaseTtl'), file.kvstoreLeaseTtl, { min: 2, max: 3600 }) ?? 15,
+        maxStaleSeconds: int(text('kvstoreMaxStale'), file.kvstoreMaxStale, { min: 0, max: 86_400 }) ?? 0,
         explicitDefaultPool:
           (flags.pools.length > 0 || !!envPools?.length || !!file.pools) &&
           poolsToNetworks(pools).some((n) => n.name === 'default'),

@@ -49,6 +49,8 @@ export class ClusterIpcache {
   private pruneAt = 256;
   /** Held addresses an earlier run of this agent released (the IPAM's durable holds, restoreHolds). */
   private readonly restored = new Set<string>();
+  /** Remote endpoints kept out of the datapath: cut off from the store too long (--kvstore-max-stale). */
+  withheld = false;
 
   constructor(private readonly o: ClusterIpcacheOptions) {
     o.session.onWritten((keys) => {
@@ -116,7 +118,30 @@ export class ClusterIpcache {
         { upserts: c.upserts.length, deletes: c.deletes.length },
         'ipcache listed again after the store was out of reach: entries changed meanwhile corrected',
       );
-    await this.o.onRemoteChange(this.combined);
+    if (c.resync && this.withheld) return this.restoreRemote();
+    await this.deliver();
+  }
+
+  /** What the datapath gets: every entry, or only the other nodes' own addresses while withheld. */
+  private deliver(): void | Promise<void> {
+    return this.o.onRemoteChange(this.withheld ? this.nodeAddrs : this.combined);
+  }
+
+  /** Cut off from the store too long: the other nodes' endpoints leave the datapath (their packets
+   *  get no identity but world) until restoreRemote. Returns how many left. */
+  withholdRemote(): number {
+    if (this.withheld) return 0;
+    this.withheld = true;
+    void this.deliver();
+    return this.remote.size;
+  }
+
+  /** The ipcache was listed again (or its watch never broke): every entry back. */
+  async restoreRemote(): Promise<void> {
+    if (!this.withheld) return;
+    this.withheld = false;
+    this.o.log?.info({ remoteEndpoints: this.remote.size }, "the other nodes' endpoints are back in the datapath");
+    await this.deliver();
   }
 
   private unsetRemote(p: string): void {
@@ -145,7 +170,7 @@ export class ClusterIpcache {
         changed = true;
       }
     }
-    if (changed) await this.o.onRemoteChange(this.combined);
+    if (changed) await this.deliver();
   }
 
   /** Publishes (or republishes with a new identity) one local endpoint's addresses. */

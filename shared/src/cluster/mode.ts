@@ -15,6 +15,7 @@ import { writeFileAtomic } from '../io/atomic-write.ts';
 import { VERSION } from '../version.ts';
 import { ClusterIdentities } from './identities.ts';
 import { ClusterIpcache } from './ipcache.ts';
+import { StoreCutoff } from './cutoff.ts';
 import { ClusterNodes, waitForPodCidrs, type NodeView } from './nodes.ts';
 import { ClusterPolicies } from './policies.ts';
 import type { Datapath } from '../bpf/datapath.ts';
@@ -30,6 +31,9 @@ export interface ClusterModeConfig {
   nodeIp: string;
   stateDir: string;
   leaseTtlSeconds: number;
+  /** Native routing: cut off from the store this long, the other nodes' endpoints leave the datapath
+   *  until the ipcache is listed again (0 or absent: kept as last known). */
+  maxStaleMs?: number;
   /** How long the agent waits for the store and for its pod CIDR at start. */
   startTimeoutMs: number;
   /** How long an endpoint with a new label set waits for the store before it fails. */
@@ -69,8 +73,8 @@ export class ClusterMode {
   private startSync?: { entries: number; ms: number };
   /** Relabeled pods whose new ipcache record the store has not taken (native routing). */
   private readonly unpublished = new Map<string, Endpoint>();
-  /** When the store stopped answering (undefined: it answers). */
-  private cutOffAt?: number;
+  /** What a node cut off from the store does (cutoff.ts). */
+  private readonly cutoff: StoreCutoff;
 
   private constructor(
     readonly cfg: ClusterModeConfig,
@@ -95,31 +99,17 @@ export class ClusterMode {
     session.onWritten(() => {
       if (this.unpublished.size) this.releasePublished();
     });
-    session.onDisconnect((err) => this.cutOff(err));
-    session.onReconnect(() => this.reconnected());
+    this.cutoff = new StoreCutoff({
+      session,
+      ipcache: this.ipcache,
+      mirrors: [this.nodes.mirror, this.identities.mirror, this.ipcache.mirror, this.policies.mirror],
+      routingMode: cfg.routing.mode,
+      maxStaleMs: cfg.maxStaleMs ?? 0,
+      log,
+    });
     this.identities.onLearn((ids) => {
       void this.engine?.identitiesLearned(ids);
     });
-  }
-
-  /** The store stopped answering. The other nodes' endpoints keep their last known identities (as
-   *  Cilium's agents keep theirs while the kvstore is unreachable): dropping them would cut every
-   *  cross-node flow for as long as the store is out, and this node cannot tell which of them changed.
-   *  Said loudly instead (log, `membrane status` KVStore problem, membrane_kvstore_* metrics). */
-  private cutOff(err: Error): void {
-    this.cutOffAt = Date.now();
-    this.log.warn(
-      { err: err.message, remoteEndpoints: this.ipcache.remoteEntries().size, routing: this.cfg.routing.mode },
-      "cut off from the cluster store: the other nodes' endpoints keep their last known identities until it answers (changes made meanwhile are not seen here)",
-    );
-  }
-
-  /** The store answers again: mirrors that are waiting to list again do it now, not after their back-off. */
-  private reconnected(): void {
-    const outageMs = this.cutOffAt === undefined ? undefined : Date.now() - this.cutOffAt;
-    this.cutOffAt = undefined;
-    this.log.info({ outageMs }, "cluster store answers again: listing the other nodes' endpoints again");
-    for (const m of [this.nodes.mirror, this.identities.mirror, this.ipcache.mirror, this.policies.mirror]) if (!m.live) m.kick();
   }
 
   /** Connects, registers the node and waits for its pod CIDRs (bounded by startTimeoutMs). */
@@ -345,6 +335,7 @@ export class ClusterMode {
       },
       nodes: this.nodes.mirror.items.size,
       remoteEndpoints: this.ipcache.remoteEntries().size,
+      ...(this.ipcache.withheld ? { remoteEndpointsWithheld: true } : {}),
       ipcacheResync: this.ipcache.mirror.resyncs > 1 ? this.ipcache.mirror.lastResync : this.startSync,
       identitiesReferenced: this.identities.referenced().length,
       ...(this.routing ? { routing: this.routing.status() } : {}),
@@ -382,6 +373,7 @@ export class ClusterMode {
    *  entries go at once). */
   async close(opts: { leave?: boolean } = {}): Promise<void> {
     clearInterval(this.refreshTimer);
+    this.cutoff.close();
     await Promise.allSettled([this.nodes.stop(), this.identities.stop(), this.ipcache.stop(), this.policies.stop()]);
     await this.session.close({ revoke: opts.leave });
     this.session.kv.close();

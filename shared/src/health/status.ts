@@ -43,10 +43,14 @@ export function statusProblems(s: AgentStatus): StatusProblem[] {
   if (dns && dns.running === false) out.push({ part: 'DNS proxy', problem: 'not running' });
   const kv = s.cluster?.kvstore;
   // What being cut off means here: the other nodes' endpoints keep their last known identities.
-  const lastKnown = (since?: number) =>
-    s.cluster?.remoteEndpoints
-      ? `; ${s.cluster.remoteEndpoints} remote endpoint addresses keep their last known identities${since === undefined ? '' : ` (no answer for ${Math.round(since / 1000)} s)`}`
-      : '';
+  const lastKnown = (since?: number) => {
+    const n = s.cluster?.remoteEndpoints;
+    if (!n) return '';
+    const ago = since === undefined ? '' : ` (no answer for ${Math.round(since / 1000)} s)`;
+    return s.cluster?.remoteEndpointsWithheld
+      ? `; ${n} remote endpoint addresses withdrawn from the datapath (--kvstore-max-stale: their packets count as world)${ago}`
+      : `; ${n} remote endpoint addresses keep their last known identities${ago}`;
+  };
   if (kv && !kv.connected)
     out.push({
       part: 'KVStore',
