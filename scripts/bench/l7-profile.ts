@@ -29,17 +29,21 @@ async function main(): Promise<void> {
         stdio: 'inherit',
       },
     );
+    // Listened for now: perf (SECONDS - 1) usually ends while wrk still runs, and an 'exit' listener
+    // added after that would wait forever (holding the bench lock).
+    const perfDone = new Promise((r) => perf.once('exit', r));
     const agent = VARIANT === 'l7' ? world.agentPid() : undefined;
     const s = await wrk(world.client, world.urls[VARIANT], CONNS, MODE, SECONDS, all, agent);
-    await new Promise((r) => perf.once('exit', r));
+    await perfDone;
     console.log(JSON.stringify({ variant: VARIANT, mode: MODE, conns: CONNS, pids, out: OUT, ...s }));
     if (process.env.PROF_STRACE === '1') {
       const st = spawn('strace', ['-c', '-f', '-o', `${OUT}.strace`, ...pids.flatMap((p) => ['-p', String(p)])], {
         stdio: 'ignore',
       });
       const s2 = await wrk(world.client, world.urls[VARIANT], CONNS, MODE, 5);
+      const stDone = new Promise((r) => st.once('exit', r));
       st.kill('SIGINT');
-      await new Promise((r) => st.once('exit', r));
+      await stDone;
       console.log(JSON.stringify({ strace: `${OUT}.strace`, requests: s2.requests }));
     }
   } finally {
