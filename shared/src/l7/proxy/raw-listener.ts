@@ -7,11 +7,13 @@ import { type Address, type TcpHandle, tcpWrap } from './uv.ts';
 export class RawListener {
   private readonly h: TcpHandle;
 
-  constructor(h: TcpHandle, onConnection: (s: RawSocket) => void, onError: (errno: number) => void) {
+  /** `savedSyn`: the listener keeps SYNs (sockets.ts's transparentListener with saveSyn), so a
+   *  connection's two ends are read from its SYN (saved-syn.ts). */
+  constructor(h: TcpHandle, onConnection: (s: RawSocket) => void, onError: (errno: number) => void, savedSyn = false) {
     this.h = h;
     h.onconnection = (err, client) => {
       if (err || !client) onError(err);
-      else onConnection(new RawSocket(client));
+      else onConnection(new RawSocket(client, true, savedSyn));
     };
   }
 
@@ -20,12 +22,13 @@ export class RawListener {
     backlog: number,
     onConnection: (s: RawSocket) => void,
     onError: (errno: number) => void,
+    savedSyn = false,
   ): RawListener {
     const h = new tcpWrap.TCP(tcpWrap.constants.SERVER);
     let err = h.open(fd);
     if (!err) err = h.listen(backlog);
     if (err) throw new Error(`cannot listen on fd ${fd}: errno ${err}`);
-    return new RawListener(h, onConnection, onError);
+    return new RawListener(h, onConnection, onError, savedSyn);
   }
 
   /** A plain listener on ip:port (port 0: any), for tests. */
