@@ -153,10 +153,59 @@ t.test('cluster mode: a hold survives an agent restart (durable in the IPAM stor
   mirror.items.delete(a.ip);
   await t.rejects(
     ipam2.allocate('p', ep('b'), { ip: a.ip }),
-    { code: 'address_in_use', message: /released \d+ ms ago/ },
+    { code: 'address_in_use', message: /released before this agent restarted/ },
     'then for the quarantine',
   );
   await new Promise((r) => setTimeout(r, 350));
   t.equal((await ipam2.allocate('p', ep('b'), { ip: a.ip })).ip, a.ip, 'handed out once the quarantine ended');
   t.same((await Ipam.open(store)).restoredHolds(), [], 'and its record is gone');
+});
+
+t.test('cluster mode: held from the moment the IPAM frees it, before the endpoint withdrew it', async (t) => {
+  const { session, flush } = fakeSession();
+  const ipc = new ClusterIpcache({
+    session,
+    layout: layout('c'),
+    node: 'n1',
+    nodeIp: '198.18.0.1',
+    onRemoteChange: () => {},
+    quarantineMs: 200,
+  });
+  const ipam = await Ipam.open(new MemoryStore());
+  ipam.holdReleased(
+    (ip) => ipc.quarantined(ip),
+    (ip) => ipc.hold(ip),
+  );
+  await ipam.ensurePool('p', tiny);
+  const a = await ipam.allocate('p', ep('a'));
+  ipc.publish({ key: 'a/eth0', ips: [a.ip], identity: 1000 });
+  flush();
+  const mirror = ipc.mirror as unknown as { resyncs: number; items: Map<string, { node: string; identity: number }> };
+  mirror.resyncs = 1;
+  mirror.items.set(a.ip, { node: 'n1', identity: 1000 });
+
+  // The IPAM's release is written; the endpoint's delete hooks (withdraw) have not run yet.
+  await ipam.releaseOwner(ep('a'));
+  await t.rejects(
+    ipam.allocate('p', ep('b'), { ip: a.ip }),
+    { code: 'address_in_use' },
+    'held before the withdrawal even started',
+  );
+  ipc.withdraw('a/eth0');
+  await t.rejects(ipam.allocate('p', ep('b'), { ip: a.ip }), {
+    code: 'address_in_use',
+    message: /not reached the cluster store/,
+  });
+  flush();
+  mirror.items.delete(a.ip);
+  await t.rejects(ipam.allocate('p', ep('b'), { ip: a.ip }), { code: 'address_in_use', message: /released \d+ ms ago/ });
+  await new Promise((r) => setTimeout(r, 250));
+  t.equal((await ipam.allocate('p', ep('b'), { ip: a.ip })).ip, a.ip, 'handed out once the quarantine ended');
+
+  // An address never published (a create rolled back): held for the quarantine, not for ever.
+  const c = await ipam.allocate('p', ep('c'));
+  await ipam.releaseOwner(ep('c'));
+  await t.rejects(ipam.allocate('p', ep('d'), { ip: c.ip }), { code: 'address_in_use', message: /released \d+ ms ago/ });
+  await new Promise((r) => setTimeout(r, 250));
+  t.equal((await ipam.allocate('p', ep('d'), { ip: c.ip })).ip, c.ip, 'then handed out');
 });

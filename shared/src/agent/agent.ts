@@ -87,7 +87,10 @@ export class Agent {
       closers.push({ name: 'store', close: () => store.close() });
       const ipam = await Ipam.open(store);
       if (cluster) {
-        ipam.holdReleased((ip) => cluster.ipcache.quarantined(ip));
+        ipam.holdReleased(
+          (ip) => cluster.ipcache.quarantined(ip),
+          (ip) => cluster.ipcache.hold(ip),
+        );
         const restored = cluster.ipcache.restoreHolds(ipam.restoredHolds());
         if (restored) log.info({ addresses: restored }, 'released addresses an earlier run held are held again');
       }

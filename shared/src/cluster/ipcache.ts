@@ -59,7 +59,6 @@ export class ClusterIpcache {
         if (!k.startsWith(o.layout.ipcache)) continue;
         const ip = k.slice(o.layout.ipcache.length);
         if (this.released.get(ip) === 0 && !o.session.owns(k)) this.released.set(ip, now);
-        this.restored.delete(ip);
       }
     });
     this.mirror = new PrefixMirror<IpcacheRecord>(o.session.kv, o.layout.ipcache, {
@@ -222,7 +221,7 @@ export class ClusterIpcache {
   quarantined(ip: string): string | undefined {
     let at = this.released.get(ip);
     if (at === undefined) return undefined;
-    if (at === 0 && this.withdrawnEarlier(ip)) {
+    if (at === 0 && this.withdrawalSeen(ip)) {
       at = Date.now();
       this.released.set(ip, at);
     }
@@ -230,8 +229,11 @@ export class ClusterIpcache {
       return `address ${ip} was released and its withdrawal has not reached the cluster store yet (the other nodes still take it for the endpoint that had it); try again later`;
     const left = this.quarantineMs - (Date.now() - at);
     if (left > 0)
-      return `address ${ip} was released ${Date.now() - at} ms ago: the other nodes may still take it for the endpoint that had it; try again in ${left} ms`;
+      return this.restored.has(ip)
+        ? `address ${ip} was released before this agent restarted: the other nodes may still take it for the endpoint that had it; try again in ${left} ms`
+        : `address ${ip} was released ${Date.now() - at} ms ago: the other nodes may still take it for the endpoint that had it; try again in ${left} ms`;
     this.released.delete(ip);
+    this.restored.delete(ip);
     return undefined;
   }
 
@@ -250,14 +252,21 @@ export class ClusterIpcache {
     return n;
   }
 
-  /** A restored hold's withdrawal is confirmed: no write of it waits in this run's session and the
-   *  store, as listed and watched, has no entry of this node for the address (reconcile deletes the
-   *  earlier run's leftovers, which the watch then reports). */
-  private withdrawnEarlier(ip: string): boolean {
-    if (!this.restored.has(ip) || this.mirror.resyncs === 0) return false;
-    if (this.o.session.pending(this.o.layout.ipcacheEntry(ip)) || this.mirror.items.get(ip)?.node === this.o.node) return false;
+  /** The IPAM freed `ip` (in memory, before its write and before the endpoint's delete hooks withdraw
+   *  it): held from now, so no allocation in between takes it. */
+  hold(ip: string): void {
     this.restored.delete(ip);
-    return true;
+    this.release(ip);
+  }
+
+  /** A hold with no withdrawal of this run to wait for (an earlier run's, restoreHolds; an address
+   *  never published; or one still published while the IPAM frees it) is confirmed once no endpoint
+   *  here publishes it, no write of it waits in this run's session and the store, as listed and
+   *  watched, has no entry of this node for it (reconcile deletes an earlier run's leftovers, which
+   *  the watch then reports). */
+  private withdrawalSeen(ip: string): boolean {
+    if (this.published.has(ip) || this.mirror.resyncs === 0) return false;
+    return !this.o.session.pending(this.o.layout.ipcacheEntry(ip)) && this.mirror.items.get(ip)?.node !== this.o.node;
   }
 
   /** Deletes entries an earlier run of this node left for endpoints that are gone (their addresses

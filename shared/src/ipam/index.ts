@@ -27,6 +27,8 @@ export class Ipam {
   private readonly external = new Map<string, string>();
   /** Cluster mode: released addresses the other nodes may still take for their old endpoint. */
   private held?: alloc.HoldCheck;
+  /** Told of each address as it is freed in memory (before its write): the hold starts there. */
+  private onRelease?: (ip: string) => void;
   /** Addresses with a record under HELD. */
   private readonly heldOnDisk = new Set<string>();
 
@@ -35,7 +37,8 @@ export class Ipam {
   /** Cluster mode: free addresses `check` names a reason for are not handed out (a requested one is
    *  refused with address_in_use and that reason). Single-node mode has none: a released address
    *  may be reused at once. */
-  holdReleased(check: alloc.HoldCheck): void {
+  holdReleased(check: alloc.HoldCheck, onRelease?: (ip: string) => void): void {
+    this.onRelease = onRelease;
     // Each release also leaves a record on disk (releaseOwner), dropped once the address is free of
     // its hold: an agent killed before the hold ended restores it (restoredHolds) instead of handing
     // the address out at once while the other nodes may still map it to the endpoint that had it.
@@ -169,6 +172,7 @@ export class Ipam {
         this.external.delete(ip);
         freed.push({ ip });
       }
+    if (this.onRelease) for (const f of freed) this.onRelease(f.ip);
     try {
       await this.writeRelease(
         freed.map((f) => (f.doc ? allocKey(f.doc.name, f.ip) : `${EXTERNAL}/${f.ip}`)),
@@ -191,6 +195,7 @@ export class Ipam {
     const addr = familyOf(ip) ? normalizeIp(ip) : ip;
     const owner = doc?.allocations[addr];
     if (!doc || owner === undefined || !alloc.releaseIp(doc, ip)) return false;
+    this.onRelease?.(addr);
     try {
       await this.writeRelease([allocKey(pool, addr)], [addr]);
     } catch (e) {
