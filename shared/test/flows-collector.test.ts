@@ -81,3 +81,25 @@ t.test('a record that is not whole trace_events is malformed, not half read', as
   t.equal(ring.seen, 0);
   t.equal(collector.malformed, 2);
 });
+
+// The pair's second event reuses the first's endpoint lookups only when both addresses were local
+// endpoints and are the same (enrich.ts); otherwise it must come out as if it were a record of its own.
+t.test('a pair with an address that is no local endpoint, or with other addresses, is looked up again', async (t) => {
+  const remote = { ...common, saddr: '10.0.0.9' };
+  const cases = [
+    [
+      encodeTraceEvent({ ...remote, type: EventType.FLOW_NEW, endpointId: 3, direction: Direction.EGRESS }),
+      encodeTraceEvent({ ...remote, type: EventType.FLOW_NEW, endpointId: 4, direction: Direction.INGRESS }),
+    ],
+    [egress, encodeTraceEvent({ ...common, saddr: '10.0.0.4', daddr: '10.0.0.3', type: EventType.FLOW_NEW, endpointId: 4 })],
+  ];
+  const strip = (fs: { uuid?: string }[]) => fs.map(({ uuid: _u, ...rest }) => rest);
+  for (const [a, b] of cases) {
+    const pair = await collect([Buffer.concat([a, b])]).ring.select();
+    const single = await collect([a, b]).ring.select();
+    t.same(strip(pair), strip(single));
+  }
+  const [e, i] = await collect([Buffer.concat(cases[0])]).ring.select();
+  t.equal(e.source?.ID, 3, 'the sender observes its own packet: its endpoint is the source');
+  t.equal(i.source?.ID, undefined, 'at the receiver the unknown source stays unknown');
+});

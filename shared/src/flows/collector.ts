@@ -67,23 +67,27 @@ export class FlowCollector {
       this.malformed++;
       return;
     }
-    for (let o = offset; o < offset + len; o += TRACE_EVENT_SIZE) this.onEvent(data, o);
+    this.onEvent(data, offset, -1);
+    for (let o = offset + TRACE_EVENT_SIZE; o < offset + len; o += TRACE_EVENT_SIZE) this.onEvent(data, o, o - TRACE_EVENT_SIZE);
   }
 
-  private onEvent(data: Buffer, offset: number): void {
+  /** prev: the offset of the event before this one in the same record (-1: the record's first). */
+  private onEvent(data: Buffer, offset: number, prev: number): void {
     const t = offset + OFF.TYPE; // host order, read as bytes (inlined; the record is whole)
     const type = HOST_LITTLE_ENDIAN ? data[t] | (data[t + 1] << 8) : (data[t] << 8) | data[t + 1];
     if (type === EventType.DNS_CACHED) {
+      this.refs.addrHits = false; // the next event in this record must not reuse older lookups
       this.o.onDnsCached?.(data, offset);
       return;
     }
     this.recent = true;
     if (!this.clock) this.runClock();
     try {
-      enrichRaw(data, offset, this.o.context, this.refs);
+      enrichRaw(data, offset, this.o.context, this.refs, prev);
       this.stats.recordRaw(data, offset);
       this.o.ring.push(data, offset, this.refs, this.o.context.wallOffset);
     } catch (err) {
+      this.refs.addrHits = false;
       this.malformed++;
       if (this.malformed === 1) this.o.onError?.(err as Error);
     }

@@ -52,10 +52,12 @@ export interface FlowRefs {
   dst: SideRef | undefined;
   ifName: string | undefined;
   rule: RuleDescription | undefined;
+  /** Both ends were local endpoints found by address (src and dst do not depend on the observer). */
+  addrHits: boolean;
 }
 
 export function emptyRefs(): FlowRefs {
-  return { src: undefined, dst: undefined, ifName: undefined, rule: undefined };
+  return { src: undefined, dst: undefined, ifName: undefined, rule: undefined, addrHits: false };
 }
 
 export function labelList(labels: Record<string, string>): string[] {
@@ -115,17 +117,33 @@ function u32(buf: Buffer, o: number): number {
     : ((buf[o] << 24) | (buf[o + 1] << 16) | (buf[o + 2] << 8) | buf[o + 3]) >>> 0;
 }
 
-/** Fills `out` for the record at buf[offset..]. */
-export function enrichRaw(buf: Buffer, offset: number, ctx: FlowContext, out: FlowRefs): FlowRefs {
+/** Whether the records at buf[a..] and buf[b..] carry the same family and addresses. */
+function sameAddresses(buf: Buffer, a: number, b: number, family: number): boolean {
+  if (buf[a + OFF.FAMILY] !== family) return false;
+  const n = family === 4 ? 4 : 16;
+  for (let i = 0; i < n; i++)
+    if (buf[a + OFF.SADDR + i] !== buf[b + OFF.SADDR + i] || buf[a + OFF.DADDR + i] !== buf[b + OFF.DADDR + i]) return false;
+  return true;
+}
+
+/** Fills `out` for the record at buf[offset..]. prev: the offset of the event `out` was last filled
+ *  for when it is the other observation point of the same packet (a pod-to-pod pair record), else -1.
+ *  When both of that event's addresses were local endpoints, this one's ends are the same records
+ *  (found by address, whoever observes): only the observer and the rule are looked up again, which
+ *  saves the pair's second event two address lookups. */
+export function enrichRaw(buf: Buffer, offset: number, ctx: FlowContext, out: FlowRefs, prev = -1): FlowRefs {
   const endpointId = u32(buf, offset + OFF.ENDPOINT);
   const observer = endpointId ? ctx.endpointById(endpointId) : undefined;
-  const egress = buf[offset + OFF.DIRECTION] === Direction.EGRESS;
   const family = buf[offset + OFF.FAMILY];
-  // The addresses are the packet's; the observing endpoint is its source when it sent the packet.
-  const srcView = ctx.endpointByAddress(buf, offset + OFF.SADDR, family) ?? (egress ? observer : undefined);
-  const dstView = ctx.endpointByAddress(buf, offset + OFF.DADDR, family) ?? (!egress ? observer : undefined);
-  out.src = side(srcView, u32(buf, offset + OFF.SRC_ID), ctx);
-  out.dst = side(dstView, u32(buf, offset + OFF.DST_ID), ctx);
+  if (prev < 0 || !out.addrHits || !sameAddresses(buf, prev, offset, family)) {
+    const egress = buf[offset + OFF.DIRECTION] === Direction.EGRESS;
+    // The addresses are the packet's; the observing endpoint is its source when it sent the packet.
+    const srcHit = ctx.endpointByAddress(buf, offset + OFF.SADDR, family);
+    const dstHit = ctx.endpointByAddress(buf, offset + OFF.DADDR, family);
+    out.addrHits = srcHit !== undefined && dstHit !== undefined;
+    out.src = side(srcHit ?? (egress ? observer : undefined), u32(buf, offset + OFF.SRC_ID), ctx);
+    out.dst = side(dstHit ?? (!egress ? observer : undefined), u32(buf, offset + OFF.DST_ID), ctx);
+  }
   out.ifName = observer?.hostIfName;
   out.rule = rule(u32(buf, offset + OFF.RULE), ctx);
   return out;

@@ -173,7 +173,7 @@ export class FlowRing {
       f.uuid = this.uuidPrefix + seq.toString(16).padStart(12, '0');
       return f;
     }
-    const refs: FlowRefs = { src: this.src[i], dst: this.dst[i], ifName: this.ifName[i], rule: this.rule[i] };
+    const refs: FlowRefs = { src: this.src[i], dst: this.dst[i], ifName: this.ifName[i], rule: this.rule[i], addrHits: false };
     const flow = assemble(decodeTraceEvent(this.bytes, i * TRACE_EVENT_SIZE), refs, this.nodeName, {
       seconds: this.offSec[i],
       nanos: this.offNs[i],
