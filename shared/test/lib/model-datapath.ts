@@ -40,6 +40,8 @@ interface CtEntry {
   finSeq: number;
   finAcked: [boolean, boolean];
   revoked: boolean;
+  /** Admitted by audit mode (CT_F_AUDIT): revalidation only ever revokes it. */
+  audit: boolean;
   proto: number;
   port: number;
 }
@@ -185,8 +187,9 @@ export class DatapathModel {
     return p.proto === 1 || p.proto === 58 ? 0x100 | p.icmpType : p.dport;
   }
 
-  private decide(p: Pkt, ep: ModelEndpoint, dir: number, peer: number): boolean {
-    return policyVerdict(
+  /** The policy's answer for a new flow: [passes, admitted only by audit mode]. */
+  private decide(p: Pkt, ep: ModelEndpoint, dir: number, peer: number): [boolean, boolean] {
+    const v = policyVerdict(
       { policy: this.policy },
       {
         endpointId: ep.id,
@@ -197,10 +200,11 @@ export class DatapathModel {
         port: this.port(p),
         globalAudit: this.globalAudit,
       },
-    ).pass;
+    );
+    return [v.pass, v.audit];
   }
 
-  private create(p: Pkt, scope: number, ep: ModelEndpoint, peerEp?: ModelEndpoint): boolean {
+  private create(p: Pkt, scope: number, ep: ModelEndpoint, audit: boolean, peerEp?: ModelEndpoint): boolean {
     const owner = ep.id;
     const k = this.key(p.family, p.proto, scope, p.sport, p.dport, p.saddr, p.daddr);
     const old = this.ct.get(k);
@@ -224,6 +228,7 @@ export class DatapathModel {
       finSeq: state === ST.CLOSING ? p.seq : 0, // ct_create: a flow picked up at its FIN
       finAcked: [false, false],
       revoked: false,
+      audit,
       proto: p.proto,
       port: this.port(p),
     });
@@ -271,8 +276,9 @@ export class DatapathModel {
     }
     if (r === 'related') return { verdict: OK };
     const peer = this.identityOf(p.family, dir === EGRESS ? p.daddr : p.saddr);
-    if (!this.decide(p, ep, dir, peer)) return { verdict: SHOT, reason: R.POLICY_DENIED };
-    return this.create(p, dir, ep) ? { verdict: OK } : { verdict: SHOT, reason: R.INSERT_FAILED };
+    const [pass, audit] = this.decide(p, ep, dir, peer);
+    if (!pass) return { verdict: SHOT, reason: R.POLICY_DENIED };
+    return this.create(p, dir, ep, audit) ? { verdict: OK } : { verdict: SHOT, reason: R.INSERT_FAILED };
   }
 
   private enforceLocal(f: Buffer, p: Pkt, src: ModelEndpoint, dst: ModelEndpoint): Outcome {
@@ -284,9 +290,13 @@ export class DatapathModel {
       return { verdict: REDIRECT };
     }
     if (r === 'related') return { verdict: REDIRECT };
-    if (!this.decide(p, src, EGRESS, dst.identity)) return { verdict: SHOT, reason: R.POLICY_DENIED };
-    if (!this.decide(p, dst, INGRESS, src.identity)) return { verdict: SHOT, reason: R.POLICY_DENIED };
-    return this.create(p, LOCAL, src, dst) ? { verdict: REDIRECT } : { verdict: SHOT, reason: R.INSERT_FAILED };
+    const [out, outAudit] = this.decide(p, src, EGRESS, dst.identity);
+    if (!out) return { verdict: SHOT, reason: R.POLICY_DENIED };
+    const [inn, inAudit] = this.decide(p, dst, INGRESS, src.identity);
+    if (!inn) return { verdict: SHOT, reason: R.POLICY_DENIED };
+    return this.create(p, LOCAL, src, outAudit || inAudit, dst)
+      ? { verdict: REDIRECT }
+      : { verdict: SHOT, reason: R.INSERT_FAILED };
   }
 
   fromContainer(f: Buffer, ifindex: number): Outcome {
@@ -314,15 +324,19 @@ export class DatapathModel {
     return this.enforce(f, parsed.p, ep, INGRESS);
   }
 
-  /** revalidateConntrack: entries the policy no longer admits are revoked. */
+  /** revalidateConntrack: entries the policy no longer admits are revoked; a TCP entry whose flow the
+   *  policy also denies the other way round (its answer asked as a new flow, on the flow's source port)
+   *  is forgotten instead: deleted, its owner's share slot back at once (policy/revalidate.ts
+   *  reverseDenied, 85987ab). Without this the model kept that slot taken and predicted a share
+   *  overflow (INSERT_FAILED) for the endpoint's next new flow, which the kernel admitted. */
   revalidate(): void {
     for (const [k, e] of this.ct) {
       if (e.revoked) continue;
-      const [family, , scope, , , s, d] = k.split('/');
+      const [family, , scope, sport, , s, d] = k.split('/');
       const fam = Number(family);
       const ep = this.byId(e.owner);
       if (!ep) continue;
-      const q = (x: ModelEndpoint, dir: number, peer: number) =>
+      const q = (x: ModelEndpoint, dir: number, peer: number, port = e.port) =>
         policyVerdict(
           { policy: this.policy },
           {
@@ -331,19 +345,27 @@ export class DatapathModel {
             direction: dir === INGRESS ? 'ingress' : 'egress',
             peer,
             proto: e.proto,
-            port: e.port,
+            port,
             globalAudit: this.globalAudit,
           },
         ).pass;
-      let pass: boolean;
+      const rport = Number(sport);
+      let pass: boolean, reverseDenied: boolean;
       if (Number(scope) === LOCAL) {
         const dst = this.byId(e.peer);
         pass = !dst || (q(ep, EGRESS, dst.identity) && q(dst, INGRESS, ep.identity));
+        reverseDenied = !!dst && !(q(dst, EGRESS, ep.identity, rport) && q(ep, INGRESS, dst.identity, rport));
       } else {
         const egress = Number(scope) === EGRESS;
-        pass = q(ep, egress ? EGRESS : INGRESS, this.identityOf(fam, egress ? d : s));
+        const peer = this.identityOf(fam, egress ? d : s);
+        pass = q(ep, egress ? EGRESS : INGRESS, peer);
+        reverseDenied = !q(ep, egress ? INGRESS : EGRESS, peer, rport);
       }
-      if (!pass) e.revoked = true;
+      if (pass) continue;
+      if (e.proto === 6 && !e.audit && reverseDenied) {
+        this.ct.delete(k); // deleting the current entry while iterating a Map is safe
+        this.count(e.owner, -1);
+      } else e.revoked = true;
     }
   }
 }
