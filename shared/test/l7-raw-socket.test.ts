@@ -7,9 +7,6 @@ import { once } from 'node:events';
 import net from 'node:net';
 import { RawListener } from '../src/l7/proxy/raw-listener.ts';
 import { RawSocket } from '../src/l7/proxy/raw-socket.ts';
-import { readSavedSyn } from '../src/l7/proxy/saved-syn.ts';
-import { pickProxyPort, portFree, transparentListener } from '../src/l7/proxy/sockets.ts';
-import type { Address } from '../src/l7/proxy/uv.ts';
 
 t.test('an accepted connection: bytes both ways, the client half-closes first, then it closes by itself', async (t) => {
   const events: string[] = [];
@@ -91,68 +88,4 @@ t.test('connect() to a port nobody listens on: an error, then close', async (t) 
   await new Promise<void>((r) => u.on('close', () => r()));
   t.same(events, ['error:ECONNREFUSED']);
   t.equal(u.destroyed, true);
-});
-
-t.test('a listener that keeps SYNs: both ends read from the SYN are what getsockname and getpeername say', async (t) => {
-  const port = pickProxyPort(portFree);
-  const fd = transparentListener(4, port, { saveSyn: true, reusePort: false });
-  const ends: unknown[][] = [];
-  let accepted!: () => void;
-  const acceptedP = new Promise<void>((r) => {
-    accepted = r;
-  });
-  // Accepted without reading the SYN (the names are asked), then the SYN read and compared.
-  const listener = RawListener.fromFd(
-    fd,
-    16,
-    (s) => {
-      const local: Address = {};
-      const remote: Address = {};
-      const read = readSavedSyn(s._handle.fd, local, remote);
-      ends.push([read, s.remoteAddress === remote.address, s.remotePort === remote.port, s.localAddress === local.address]);
-      ends.push([s.localPort === local.port, s.remoteFamily === remote.family, local.family]);
-      t.notOk(readSavedSyn(s._handle.fd, local, remote), 'the kernel hands the SYN over once');
-      s.destroy();
-      if (ends.length === 4) accepted();
-    },
-    () => undefined,
-  );
-  t.teardown(() => listener.close());
-  const clients = [net.connect({ port, host: '127.0.0.1' }), net.connect({ port, host: '127.0.0.1', localAddress: '127.0.0.2' })];
-  for (const c of clients) c.on('error', () => undefined);
-  await Promise.all(clients.map((c) => once(c, 'connect')));
-  await acceptedP;
-  const each = [
-    [true, true, true, true],
-    [true, true, 'IPv4'],
-  ];
-  t.same(ends, [...each, ...each], 'client address and port, original destination and port, family');
-  for (const c of clients) c.destroy();
-});
-
-t.test('RawListener with savedSyn: accepted connections carry both ends', async (t) => {
-  const port = pickProxyPort(portFree);
-  const fd = transparentListener(4, port, { saveSyn: true, reusePort: false });
-  let got!: (s: RawSocket) => void;
-  const gotP = new Promise<RawSocket>((r) => {
-    got = r;
-  });
-  const listener = RawListener.fromFd(
-    fd,
-    16,
-    (s) => got(s),
-    () => undefined,
-    true,
-  );
-  t.teardown(() => listener.close());
-  const c = net.connect({ port, host: '127.0.0.1', localAddress: '127.0.0.3' });
-  c.on('error', () => undefined);
-  await once(c, 'connect');
-  const s = await gotP;
-  t.same(
-    [s.remoteAddress, s.remotePort, s.localAddress, s.localPort, s.remoteFamily],
-    ['127.0.0.3', c.localPort, '127.0.0.1', port, 'IPv4'],
-  );
-  s.destroy();
-  c.destroy();
 });

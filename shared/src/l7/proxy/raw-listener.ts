@@ -7,13 +7,11 @@ import { type Address, type TcpHandle, tcpWrap } from './uv.ts';
 export class RawListener {
   private readonly h: TcpHandle;
 
-  /** `savedSyn`: the listener keeps SYNs (sockets.ts's transparentListener with saveSyn), so a
-   *  connection's two ends are read from its SYN (saved-syn.ts). */
-  constructor(h: TcpHandle, onConnection: (s: RawSocket) => void, onError: (errno: number) => void, savedSyn = false) {
+  constructor(h: TcpHandle, onConnection: (s: RawSocket) => void, onError: (errno: number) => void) {
     this.h = h;
     h.onconnection = (err, client) => {
       if (err || !client) onError(err);
-      else onConnection(new RawSocket(client, true, savedSyn));
+      else onConnection(new RawSocket(client));
     };
   }
 
@@ -22,13 +20,12 @@ export class RawListener {
     backlog: number,
     onConnection: (s: RawSocket) => void,
     onError: (errno: number) => void,
-    savedSyn = false,
   ): RawListener {
     const h = new tcpWrap.TCP(tcpWrap.constants.SERVER);
     let err = h.open(fd);
     if (!err) err = h.listen(backlog);
     if (err) throw new Error(`cannot listen on fd ${fd}: errno ${err}`);
-    return new RawListener(h, onConnection, onError, savedSyn);
+    return new RawListener(h, onConnection, onError);
   }
 
   /** A plain listener on ip:port (port 0: any), for tests. */

@@ -12,7 +12,6 @@
 // The bindings are uv.ts's, listeners raw-listener.ts's; the worker's tests use these as the proxy
 // does (shared/test/l7-raw-socket.test.ts, l7-http-proxy.test.ts over raw sockets).
 import type { UpstreamSocket } from '../http/socket.ts';
-import { readSavedSyn } from './saved-syn.ts';
 import { type Address, type ConnectReq, type Req, state, sw, type TcpHandle, tcpWrap, UV_EOF, UV_ETIMEDOUT } from './uv.ts';
 
 /** write() answers false (wait for 'drain') once this much is queued in the kernel's stead. */
@@ -129,12 +128,9 @@ export class RawSocket implements UpstreamSocket {
   readonly remotePort?: number;
   readonly remoteFamily?: string;
 
-  /** `savedSyn`: an accepted connection whose listener keeps SYNs: its two ends come from the SYN
-   *  (saved-syn.ts; one system call, not two), or from getsockname and getpeername without one. */
   constructor(
     readonly _handle: TcpHandle,
     accepted = true,
-    savedSyn = false,
   ) {
     _handle.owner = this;
     _handle.onread = onRead;
@@ -143,10 +139,8 @@ export class RawSocket implements UpstreamSocket {
     const local = LOCAL;
     const remote = REMOTE;
     local.address = remote.address = undefined;
-    if (!savedSyn || !readSavedSyn(_handle.fd, local, remote)) {
-      _handle.getsockname(local);
-      _handle.getpeername(remote);
-    }
+    _handle.getsockname(local);
+    _handle.getpeername(remote);
     this.localAddress = local.address;
     this.localPort = local.port;
     this.remoteAddress = remote.address;

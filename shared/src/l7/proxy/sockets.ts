@@ -21,7 +21,6 @@ const SO_REUSEPORT = 15;
 const SOL_IP = 0;
 const SOL_TCP = 6;
 const TCP_NODELAY = 1;
-const TCP_SAVE_SYN = 27;
 const IP_TRANSPARENT = 19;
 const SOL_IPV6 = 41;
 const IPV6_V6ONLY = 26;
@@ -61,20 +60,12 @@ export class SocketError extends Error {
 /**
  * A listening transparent TCP socket on 127.0.0.1:port or [::1]:port, with TCP_NODELAY (which
  * accepted sockets inherit), as a file descriptor (the worker accepts on it with raw-listener.ts's RawListener). Throws SocketError (e.g. EADDRINUSE, EADDRNOTAVAIL without IPv6).
- * `saveSyn`: the kernel keeps each connection's SYN until it is read (saved-syn.ts: both ends of a
- * connection in one system call instead of getsockname and getpeername).
  */
-export function transparentListener(
-  family: 4 | 6,
-  port: number,
-  opts: { backlog?: number; reusePort?: boolean; saveSyn?: boolean } = {},
-): number {
+export function transparentListener(family: 4 | 6, port: number, opts: { backlog?: number; reusePort?: boolean } = {}): number {
   const ip = family === 4 ? '127.0.0.1' : '::1';
   const fd = boundTransparentSocket(SOCK_STREAM, ip, port, opts.reusePort ?? true);
   // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per connection.
   if (lib().setsockopt(fd, SOL_TCP, TCP_NODELAY, [1], 4) < 0) throw closeAfterError(fd, 'setsockopt TCP_NODELAY', ip, port);
-  if (opts.saveSyn && lib().setsockopt(fd, SOL_TCP, TCP_SAVE_SYN, [1], 4) < 0)
-    throw closeAfterError(fd, 'setsockopt TCP_SAVE_SYN', ip, port);
   if (lib().listen(fd, opts.backlog ?? 4096) < 0) throw closeAfterError(fd, 'listen', ip, port);
   return fd;
 }

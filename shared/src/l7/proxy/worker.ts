@@ -128,7 +128,7 @@ export class ProxyWorker {
     for (const family of [4, 6] as const) {
       let fd: number;
       try {
-        fd = transparentListener(family, this.o.port, { saveSyn: true });
+        fd = transparentListener(family, this.o.port);
       } catch (e) {
         if (family === 6 && e instanceof SocketError) continue; // a node without IPv6
         this.o.log('cannot listen', { err: String(e) });
@@ -150,7 +150,6 @@ export class ProxyWorker {
           4096,
           (c) => this.accept(c),
           (errno) => this.o.log('accept error', { errno }),
-          true, // the listener keeps SYNs: each connection's two ends in one system call (saved-syn.ts)
         ),
       );
     }
