@@ -161,25 +161,45 @@ export class DatapathModel {
     peer: number,
   ): ['new' | 'est' | 'reply' | 'related' | 'rfwd' | 'rrep', string?, CtEntry?] {
     const syn = p.proto === 6 && p.hasL4 && (p.tcpFlags & (SYN | ACK)) === SYN;
+    const rk = this.key(p.family, p.proto, scope === LOCAL ? LOCAL : scope ^ 1, p.dport, p.sport, p.daddr, p.saddr);
+    const mine = (x: CtEntry | undefined): x is CtEntry =>
+      !!x && x.owner === (scope === LOCAL ? peer : self) && x.peer === (scope === LOCAL ? self : 0);
+    // ct_lookup's reply-first probe (ct_reply_likely: a SYN-ACK, or a TCP/UDP source port below the
+    // destination port) takes a live, unrevoked reverse entry that is not closing before the forward
+    // key is asked. It is not only an order: when one endpoint's closing flow and the other endpoint's
+    // newer flow on the reversed tuple both exist (the second opened by a SYN while the first was
+    // closing), such a packet is the newer flow's reply, not the old flow's straggler. Modelled as the
+    // kernel does it since FUZZ_SEED=248404394: forward-first here updated (and on a RST deleted) the
+    // old flow's entry where the program deleted the newer one, and each endpoint's share then held
+    // the other's slot (INSERT_FAILED predicted for the wrong endpoint). Each entry stays charged to
+    // the endpoint that opened it and was admitted by policy at this point: nothing passes unasked.
+    if (this.replyLikely(p)) {
+      const r = this.ct.get(rk);
+      if (mine(r) && !r.revoked && r.state < ST.CLOSING) return ['reply', rk, r];
+    }
     const fk = this.key(p.family, p.proto, scope, p.sport, p.dport, p.saddr, p.daddr);
     const e = this.ct.get(fk);
     if (e && e.owner === self && e.peer === peer && !(syn && (e.state !== ST.NEW || e.isn !== p.seq))) {
       if (e.revoked) return ['rfwd', fk, e];
       return ['est', fk, e];
     }
-    const rk = this.key(p.family, p.proto, scope === LOCAL ? LOCAL : scope ^ 1, p.dport, p.sport, p.daddr, p.saddr);
     const r = this.ct.get(rk);
-    if (
-      r &&
-      r.owner === (scope === LOCAL ? peer : self) &&
-      r.peer === (scope === LOCAL ? self : 0) &&
-      !(syn && r.state >= ST.CLOSING)
-    ) {
+    if (mine(r) && !(syn && r.state >= ST.CLOSING)) {
       if (r.revoked) return ['rrep', rk, r];
       return ['reply', rk, r];
     }
     if (p.icmpError && this.related(f, p, scope, self, peer)) return ['related'];
     return ['new'];
+  }
+
+  /** ct_reply_likely. */
+  private replyLikely(p: Pkt): boolean {
+    if (!p.hasL4) return false;
+    if (p.proto === 6) {
+      if ((p.tcpFlags & (SYN | ACK)) === (SYN | ACK)) return true;
+      if (p.tcpFlags & SYN) return false;
+    } else if (p.proto !== 17) return false;
+    return p.sport < p.dport;
   }
 
   private port(p: Pkt): number {
