@@ -337,14 +337,17 @@ static __noinline struct ct_entry *ct_reply_probe(const struct pkt *p, __u8 scop
  * The forward key decides before the reverse one. Half of all packets are replies, though, and
  * looking their forward key up first costs a hash-bucket walk that misses (on a line no cache holds:
  * ~a fifth of the datapath's extra CPU per connection in the overlay's profile). So a packet that
- * looks like a reply (ct_reply_likely) tries the reverse key first, and takes that entry only when
- * the answer cannot differ from the forward-first order's: a live, unrevoked entry that is not
- * closing. Entries of both directions of one tuple at one point arise only from tuple reuse past a
- * closing (or expired, or another endpoint's) entry: a new flow's first packet is checked against the
- * reverse entry, and a live one that is not closing makes it a reply instead of a new flow. So a live
- * reverse entry that is not closing has no forward companion made after it, and one made before it
- * would have made the reverse entry's first packet a reply: the order does not matter. Anything else
- * (a miss, a closing or revoked entry) goes through the full order below. */
+ * looks like a reply (ct_reply_likely) tries the reverse key first, and takes that entry when it is
+ * live, unrevoked and not closing. Entries of both directions of one tuple at one point arise only
+ * from tuple reuse past a closing (or expired, or another endpoint's) entry: a new flow's first packet
+ * is checked against the reverse entry, and a live one that is not closing makes it a reply instead
+ * of a new flow. So a live reverse entry that is not closing has no forward companion made after it.
+ * One made before it can exist: the reverse flow was opened by a SYN while the forward one was
+ * closing (a SYN is no reply of a closing entry). A reply-likely packet then counts as the newer,
+ * open flow's reply, where the forward-first order would give it to the closing flow: both entries
+ * were admitted at this point and stay charged to their openers, so only which one the packet updates
+ * (or a RST deletes) differs, and the open flow is the likelier one (the bpf-fuzz model does the same,
+ * FUZZ_SEED=248404394). Anything else (a miss, a closing or revoked entry) takes the full order below. */
 static __always_inline int ct_lookup(struct __sk_buff *skb, const struct pkt *p, __u8 scope, __u32 self, __u32 peer,
 				     __u32 peer_id, struct ct_entry **out, struct ct_key *k, bool *done)
 {
