@@ -8,13 +8,19 @@ export interface TestRunResult {
   durationNs: number;
 }
 
+/** The buffers whose bare addresses the kernel is reading right now: a GC root for the call. */
+const inKernel: Buffer[] = [];
+
 /** BPF_PROG_TEST_RUN with a packet; returns the program's verdict and the (possibly rewritten) packet.
  *  `ifindex` sets skb->ifindex through the __sk_buff context (the device must exist; default lo). */
 export function progTestRun(progFd: number, packet: Buffer, opts: { repeat?: number; ifindex?: number } = {}): TestRunResult {
   // Every buffer whose address goes to the kernel is backed by its own ArrayBuffer: V8 keeps a small
   // typed array (<= 64 bytes, as Buffer.alloc(44) and most fuzz frames are) on the JS heap, where a GC
-  // between koffi.address and the call can move it. Suspected cause of a rare EINVAL (a garbage ctx)
-  // in bpf-fuzz (about 1 run in 20 of 5 seeds); not yet confirmed by repeated runs.
+  // between koffi.address and the call can move it. And the kernel gets bare addresses, which are no
+  // reference: once `input` and `ctx` are last used, optimized code lets a GC (koffi allocates while it
+  // marshals `run`) free their memory before the kernel reads it: `inKernel` holds them through the
+  // call. Both showed in bpf-fuzz under load as a rare EINVAL (a garbage ctx) or a verdict on a frame
+  // the fuzzer never sent (reasons 130/139, decided from L2 alone), about 1 run in 14.
   const offHeap = (n: number) => Buffer.from(new ArrayBuffer(n));
   const input = offHeap(packet.length);
   packet.copy(input);
@@ -39,6 +45,11 @@ export function progTestRun(progFd: number, packet: Buffer, opts: { repeat?: num
     cpu: 0,
     batch_size: 0,
   };
-  check(bind().prog_test_run_opts(progFd, run), 'bpf_prog_test_run_opts', `prog fd ${progFd}`);
+  inKernel.push(input, out, ctx);
+  try {
+    check(bind().prog_test_run_opts(progFd, run), 'bpf_prog_test_run_opts', `prog fd ${progFd}`);
+  } finally {
+    inKernel.length = 0;
+  }
   return { retval: run.retval, data: Buffer.from(out.subarray(0, run.data_size_out)), durationNs: run.duration };
 }
