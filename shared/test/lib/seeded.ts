@@ -6,6 +6,8 @@
 // point (the product passes 2^53, so its low bits are rounded away) and returned `state % n`, the
 // low bits. From seed 7, rnd(2) and rnd(4) were 0 every time, and from seed 5 two rnd(4) draws made
 // 4 of the 16 pairs: the "random" cases were a handful of fixed ones.
+import { randomInt } from 'node:crypto';
+
 export type Rnd = (n: number) => number;
 
 /** Uniform in [0, 1). */
@@ -24,4 +26,18 @@ export function seededFloat(seed: number): () => number {
 export function seeded(seed: number): Rnd {
   const next = seededFloat(seed);
   return (n) => Math.floor(next() * n);
+}
+
+/**
+ * The seed a randomized test draws its inputs from: `fixed` by default, so a CI run sees the same
+ * inputs every time and a failure there is a regression, not a new draw; `<env>=<n>` replays n and
+ * `<env>=random` draws a new one (the test prints it) to explore.
+ */
+export function testSeed(env: string, fixed: number): number {
+  const v = process.env[env];
+  if (v === undefined || v === '') return fixed;
+  if (v === 'random') return randomInt(1, 2 ** 31);
+  const n = Number(v);
+  if (!Number.isSafeInteger(n) || n < 0) throw new Error(`${env}=${v}: a seed is a non-negative integer or "random"`);
+  return n;
 }
