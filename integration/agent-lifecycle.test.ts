@@ -5,6 +5,7 @@ import { agentFor, ip4, randomId, restoreVerified } from './lib/agent.ts';
 import { linkGone, netnsFor, ping } from './lib/netns.ts';
 import { startEchoServer, startFlow, killAll } from './lib/tcp.ts';
 import { mapEntries } from './lib/inspect.ts';
+import { claimPrefix24 } from './lib/subnets.ts';
 import { pollUntil } from '../shared/test/lib/poll.ts';
 
 t.test('kill -9 the agent while TCP flows: the flow goes on; the restarted agent restores and deletes', async (t) => {
@@ -118,8 +119,7 @@ t.test('bad requests get clear errors and leave nothing behind', async (t) => {
   );
 
   const tiny = `tiny${randomId()}`;
-  const b = 64 + Math.floor(Math.random() * 128);
-  await c.createNetwork({ name: tiny, subnets: [`10.${b}.${Math.floor(Math.random() * 256)}.0/30`] });
+  await c.createNetwork({ name: tiny, subnets: [`${claimPrefix24(64, 192)}.0/30`] });
   const ok = await c.createEndpoint({ containerId: 'x4', netns: ns.path, ifName: 'eth0', network: tiny });
   const [ns2] = netnsFor(t, 1);
   await t.rejects(

@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadDatapath, removePins, type Datapath, type EndpointDatapathConfig } from '../shared/src/bpf/datapath.ts';
+import { claimPrefix24 } from './lib/subnets.ts';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 if (process.getuid?.() !== 0) {
@@ -37,7 +38,7 @@ const id = randomBytes(3).toString('hex');
 let net4 = '';
 let net6 = '';
 for (let i = 0; i < 20 && !net4; i++) {
-  const candidate4 = `10.${randomInt(200, 251)}.${randomInt(0, 256)}`;
+  const candidate4 = claimPrefix24(200, 251); // held until exit even if another process routes it
   // Hextets without leading zeros, so our text matches the canonical form the datapath lists.
   const hextet = () => randomInt(0x1000, 0x10000).toString(16);
   const candidate6 = `fd${randomInt(1, 256).toString(16).padStart(2, '0')}:${hextet()}:${hextet()}:`;

@@ -11,6 +11,7 @@ import { startAgent, randomId } from './lib/agent.ts';
 import { ping, linkGone, type TestNetns } from './lib/netns.ts';
 import { startContainerd, waitNetworkReady } from './lib/cri-containerd.ts';
 import { cniInvocations, holdRuntimeHost } from './lib/runtimes.ts';
+import { claimPrefix24 } from './lib/subnets.ts';
 import { ensureCniBinary } from '../cni/test/lib/exec.ts';
 
 const cniBin = ensureCniBinary();
@@ -30,7 +31,7 @@ function podNetns(p: string): TestNetns {
 
 t.test('containerd CRI: RunPodSandbox networks pods through membrane-cni, Stop/Remove free everything', async (t) => {
   await holdRuntimeHost(t, ['/var/lib/cni'], /^blob-info-cache-v1\.boltdb$/);
-  const subnet = `10.${200 + Math.floor(Math.random() * 50)}.${Math.floor(Math.random() * 250)}.0/29`; // 5 pod addresses
+  const subnet = `${claimPrefix24(200, 250)}.0/29`; // 5 pod addresses
   const agent = await startAgent({ pools: [subnet] });
   t.teardown(() => agent.cleanup());
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-cri-'));

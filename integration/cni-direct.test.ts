@@ -6,6 +6,7 @@ import path from 'node:path';
 import { startAgent, randomId, type TestAgent } from './lib/agent.ts';
 import { createNetns, ping, linkGone } from './lib/netns.ts';
 import { ensureCniBinary, invokeCni } from '../cni/test/lib/exec.ts';
+import { claimPrefix24 } from './lib/subnets.ts';
 import { listPendingDeletes, pendingDeletesDir } from '../shared/src/pending-deletes/index.ts';
 
 ensureCniBinary();
@@ -145,7 +146,7 @@ t.test('CHECK catches a broken attachment; GC removes what the runtime no longer
 
 t.test('bad inputs get the right error code on stdout, and a failed ADD leaves nothing behind', async (t) => {
   const agent = await startAgent({
-    pools: [`10.${200 + Math.floor(Math.random() * 50)}.${Math.floor(Math.random() * 250)}.0/30`],
+    pools: [`${claimPrefix24(200, 250)}.0/30`],
   });
   t.teardown(() => agent.cleanup());
   const ns = createNetns('mbc'),
@@ -229,7 +230,7 @@ t.test('agent down: ADD fails fast, DEL is queued durably, the agent drains the 
 t.test('delegated IPAM: host-local from CNI_PATH allocates, the agent plumbs, DEL/GC/failed ADD release', async (t) => {
   const agent = await startAgent();
   t.teardown(() => agent.cleanup());
-  const subnet = `10.${200 + Math.floor(Math.random() * 50)}.${Math.floor(Math.random() * 250)}.0/28`;
+  const subnet = `${claimPrefix24(200, 250)}.0/28`;
   const dataDir = path.join(agent.stateDir, 'host-local');
   const c = conf(agent, { ipam: { type: 'host-local', ranges: [[{ subnet }]], dataDir } });
   const held = () => {

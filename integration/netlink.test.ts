@@ -21,6 +21,7 @@ import {
 import { NetlinkError, openNetlink, type Netlink } from '../shared/src/netlink/index.ts';
 import { getSysctl, setSysctl, setSysctlPath, sysctlIfPath, SysctlError } from '../shared/src/sysctl/index.ts';
 import fs from 'node:fs';
+import { claimPrefix24 } from './lib/subnets.ts';
 
 const tag = randomBytes(3).toString('hex');
 const nsName = { r: `mbn${tag}r`, a: `mbn${tag}a`, b: `mbn${tag}b` };
@@ -29,7 +30,7 @@ const gwDev = `mbh${tag}`;
 const innerIf = `mbz${tag}.1`; // a dot in the name: sysctl key quoting
 const innerPeer = `mbz${tag}p`;
 
-const net = `10.${randomInt(100, 250)}.${randomInt(0, 255)}`;
+const net = claimPrefix24(100, 250);
 const gw = `${net}.1`;
 const ip = { a: `${net}.5`, b: `${net}.6` };
 const net6 = `fd5a:${randomInt(1, 0xffff).toString(16)}:${randomInt(1, 0xffff).toString(16)}`; // canonical text

@@ -3,6 +3,7 @@
 // two agents with one pool both hand out .2 and route it on the host, and one of them fails. A
 // subnet is claimed by creating a file named after it (O_EXCL) holding the claiming process's pid;
 // a claim whose process is gone (SIGKILL) is taken over. Claims last until the process exits.
+import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 
@@ -58,4 +59,10 @@ export function claimSubnet(pick: () => string): string {
     }
   }
   throw new Error(`no free test subnet after 64 tries (claims in ${CLAIM_DIR})`);
+}
+
+/** Claims a random 10.<a>.<b> with lo <= a < hi for this process; the caller carves its subnets
+ *  (a /24 or smaller) from it, so two files running at once never hand out the same addresses. */
+export function claimPrefix24(lo: number, hi: number): string {
+  return claimSubnet(() => `10.${lo + crypto.randomInt(0, hi - lo)}.${crypto.randomInt(0, 256)}`);
 }
