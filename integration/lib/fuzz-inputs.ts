@@ -29,9 +29,22 @@ export class Rng {
   }
 }
 
-export function fuzzSeed(): number {
-  const env = Number(process.env.FUZZ_SEED);
-  return Number.isInteger(env) && env > 0 ? env : crypto.randomInt(1, 2 ** 31);
+/**
+ * The seed of a run: by default the caller's fixed one (known to pass), so the CI gate is
+ * deterministic; FUZZ_SEED=random draws one (printed) as a search for new failures; FUZZ_SEED=<n>
+ * replays one.
+ */
+export function fuzzSeed(fixed: number): number {
+  const env = process.env.FUZZ_SEED;
+  if (env === 'random') return crypto.randomInt(1, 2 ** 31);
+  const n = Number(env);
+  return env && Number.isInteger(n) && n > 0 ? n : fixed;
+}
+
+/** A random value as an environment variable's text (which cannot hold NUL: execve stops there). */
+export function asText(v: unknown): string {
+  const text = typeof v === 'string' ? v : (JSON.stringify(v) ?? '');
+  return text.replaceAll('\0', '');
 }
 
 /** Strings that have broken parsers: empty, huge, control characters, paths, numbers as text, injection. */
@@ -100,7 +113,15 @@ export function randomValue(r: Rng, depth = 0): unknown {
       return Array.from({ length: r.int(4) }, () => randomValue(r, depth + 1));
     default: {
       const o: Record<string, unknown> = {};
-      for (let i = r.int(4); i > 0; i--) o[r.pick(NASTY_STRINGS).slice(0, 40) || 'k'] = randomValue(r, depth + 1);
+      // An own property even for "__proto__" (plain assignment would replace the prototype instead,
+      // and JSON would lose the key a prototype-pollution attempt needs).
+      for (let i = r.int(4); i > 0; i--)
+        Object.defineProperty(o, r.pick(NASTY_STRINGS).slice(0, 40) || 'k', {
+          value: randomValue(r, depth + 1),
+          enumerable: true,
+          writable: true,
+          configurable: true,
+        });
       return o;
     }
   }
@@ -133,7 +154,13 @@ export function mutateDoc(r: Rng, doc: unknown): unknown {
     const key = p[p.length - 1];
     const op = r.int(4);
     if (op === 0 && !Array.isArray(parent)) delete parent[key];
-    else if (op === 1 && !Array.isArray(parent)) parent[r.pick(NASTY_STRINGS).slice(0, 30) || 'extra'] = randomValue(r);
+    else if (op === 1 && !Array.isArray(parent))
+      Object.defineProperty(parent, r.pick(NASTY_STRINGS).slice(0, 30) || 'extra', {
+        value: randomValue(r),
+        enumerable: true,
+        writable: true,
+        configurable: true,
+      });
     else parent[key] = randomValue(r);
   }
   return d;

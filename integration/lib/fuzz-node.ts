@@ -1,7 +1,8 @@
 // The hardening-fuzz*.test.ts setup: a real agent in a node netns of ours (lib/node-netns.ts) that
 // also hosts a libnetwork plugin, two pod netns, an anchor endpoint (the label route needs one), the
 // state a refused request must not change, and the checks every fuzzer ends with (nothing leaked, the
-// agent alive, no internal error in its log). Seeded: FUZZ_SEED repeats a run.
+// agent alive, no internal error in its log). Seeded: each file passes a fixed seed, so that CI is
+// deterministic; FUZZ_SEED=random searches, FUZZ_SEED=<n> repeats a run.
 import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
@@ -79,9 +80,9 @@ export interface FuzzNode {
   finish(t: Test): Promise<void>;
 }
 
-/** Starts the node (removed at the test's teardown) and prints the seed. */
-export async function startFuzzNode(t: Test): Promise<FuzzNode> {
-  const seed = fuzzSeed();
+/** Starts the node (removed at the test's teardown) and prints the seed (`fixedSeed` unless FUZZ_SEED says). */
+export async function startFuzzNode(t: Test, fixedSeed: number): Promise<FuzzNode> {
+  const seed = fuzzSeed(fixedSeed);
   t.comment(`seed ${seed} (FUZZ_SEED=${seed} repeats this run)`);
   const plugin = `mbrfz${randomId(3)}`;
   const pluginDir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-fzplug-'));
