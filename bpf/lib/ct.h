@@ -177,6 +177,7 @@ static __always_inline bool ct_update(struct ct_entry *e, const struct pkt *p, i
 		e->last_seen_ns = now;
 	if ((*seen | p->tcp_flags) != *seen)
 		*seen |= p->tcp_flags;
+#ifndef MBR_CT_NO_PKT_COUNT /* measurement variant: no per-packet counter stores */
 	if (dir == CT_DIR_FORWARD) {
 		e->packets[0]++;
 		e->bytes[0] += p->len;
@@ -184,6 +185,7 @@ static __always_inline bool ct_update(struct ct_entry *e, const struct pkt *p, i
 		e->packets[1]++;
 		e->bytes[1] += p->len;
 	}
+#endif
 	if (p->proto != IPPROTO_TCP)
 		return false;
 	if (p->tcp_flags & TCP_RST) {

@@ -6,7 +6,9 @@
 // agent's own CPU time per connection: it reads and stores the flow events, on the same CPUs). tc
 // programs run with preemption off, so the machine's load does not enter those times; cache misses
 // do (cold lines, or lines other CPUs write). Each sample also logs the softirq time each CPU spent
-// meanwhile (/proc/stat; the whole machine's, so other work shows too): which CPU the receive work ran on.
+// meanwhile (/proc/stat; the whole machine's, so other work shows too): which CPU the receive work ran on,
+// and for throughput samples the agent's CPU time and the flow events it processed (its metrics page):
+// events are per connection, so a throughput sample has a handful against ~100k program runs.
 // BENCH_OBJECTS="name=value,…" adds Membrane agents: value = a path ending in .o runs that datapath
 // object (a build of bpf/ with other BPF_CFLAGS: BPF_OUT=… BPF_CFLAGS=-DMBR_NO_ENFORCE
 // scripts/build-bpf.sh), anything else is agent flags ("--flow-events off"); a trailing "+rps" turns on
@@ -47,6 +49,19 @@ interface Peer {
   /** The agent's pid: its CPU time (reading and storing flow events) is reported per connection. */
   agentPid?: () => number | undefined;
   rps?: boolean;
+  /** Flow events the agent has turned into flows so far (its metrics page). */
+  flowEvents?: () => Promise<number>;
+}
+
+/** The sum of membrane_flows_processed_total on the agent's metrics page. */
+async function flowsProcessed(agent: TestAgent): Promise<number> {
+  const address = (await agent.client.status()).metrics.address;
+  if (!address) return 0;
+  const text = await (await fetch(`http://${address}/metrics`)).text();
+  return text
+    .split('\n')
+    .filter((l) => l.startsWith('membrane_flows_processed_total{'))
+    .reduce((sum, l) => sum + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
 }
 
 /** Softirq time per CPU so far (ms; /proc/stat's 7th field, 100 ticks a second): where receive work runs. */
@@ -101,13 +116,21 @@ async function main(): Promise<void> {
       const agent = await startAgent({ bundle: true, extraArgs: ['--l7-proxy', 'off', ...args] });
       agents.push(agent);
       if (RULES) await new PolicyClient(agent.client).import(membranePolicy(RULES));
-      peers.push({ name, pods: () => membrane(agent, RULES > 0), pinDir: agent.bpffsDir, agentPid: () => agent.pid(), rps });
+      peers.push({
+        name,
+        pods: () => membrane(agent, RULES > 0),
+        pinDir: agent.bpffsDir,
+        agentPid: () => agent.pid(),
+        rps,
+        flowEvents: () => flowsProcessed(agent),
+      });
     }
     const samples = new Map<string, number[]>();
     const nsPerRun = new Map<string, number[]>();
     const nsPerConn = new Map<string, number[]>();
     const cpuShare = new Map<string, number[]>();
     const agentPerConn = new Map<string, number[]>();
+    const agentMs = new Map<string, number[]>();
     for (let round = 1; round <= ROUNDS; round++) {
       // Alternate the order, so drift over the run favours no peer.
       for (const peer of round % 2 ? peers : [...peers].reverse()) {
@@ -118,6 +141,7 @@ async function main(): Promise<void> {
             const before = peer.pinDir ? progStats(peer.pinDir) : undefined;
             const pid = peer.agentPid?.();
             const agentBefore = pid ? processCpuMs(pid) : 0;
+            const eventsBefore = (await peer.flowEvents?.()) ?? 0;
             const siBefore = softirqMs();
             let trace = '';
             const watch = TRACE
@@ -145,6 +169,16 @@ async function main(): Promise<void> {
               const share = (after.ns - before.ns) / (SECONDS * 1e9);
               cpuShare.set(key, [...(cpuShare.get(key) ?? []), share]);
               ns += `, ${per.toFixed(0)} ns per program run, ${(runs / SECONDS / 1000).toFixed(1)}k runs/s, ${(share * 100).toFixed(1)} % of a CPU`;
+              // The agent's own CPU during the sample: what it takes from the pods' two CPUs (flow events
+              // read and stored, timers), next to what the programs take.
+              if (pid && n !== CRR) {
+                const ms = processCpuMs(pid) - agentBefore;
+                agentMs.set(key, [...(agentMs.get(key) ?? []), ms]);
+                ns += `, agent ${ms.toFixed(0)} ms CPU`;
+                // Flow events are per connection, not per packet: how many the sample made, against its program runs.
+                const events = ((await peer.flowEvents?.()) ?? 0) - eventsBefore;
+                ns += `, ${events} flow events (${((events * 1e6) / Math.max(1, runs)).toFixed(0)} per 1M program runs)`;
+              }
               if (n === CRR) {
                 const conns = g * SECONDS;
                 nsPerConn.set(key, [...(nsPerConn.get(key) ?? []), (after.ns - before.ns) / conns]);
@@ -173,9 +207,12 @@ async function main(): Promise<void> {
           const conn = nsPerConn.get(`${peer.name}/${n}`);
           const share = cpuShare.get(`${peer.name}/${n}`);
           const agent = agentPerConn.get(`${peer.name}/${n}`);
+          const aMs = agentMs.get(`${peer.name}/${n}`);
           return `${v.toFixed(n === CRR ? 0 : 2)} (${(v / base).toFixed(2)}×)${ns ? `, ${median(ns).toFixed(0)} ns/run` : ''}${
             share ? `, ${(median(share) * 100).toFixed(1)} % CPU` : ''
-          }${conn ? `, ${(median(conn) / 1000).toFixed(1)} µs/conn` : ''}${agent ? `, agent ${median(agent).toFixed(1)} µs CPU/conn` : ''}`;
+          }${conn ? `, ${(median(conn) / 1000).toFixed(1)} µs/conn` : ''}${agent ? `, agent ${median(agent).toFixed(1)} µs CPU/conn` : ''}${
+            aMs ? `, agent ${median(aMs).toFixed(0)} ms CPU` : ''
+          }`;
         }),
       ];
     });
