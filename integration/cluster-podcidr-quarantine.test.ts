@@ -8,6 +8,7 @@
 // pods, so the taker's SYN is dropped.
 import t from 'tap';
 import crypto from 'node:crypto';
+import fs from 'node:fs';
 import { clusterForFile } from './lib/cluster-file.ts';
 import { eventually, type TestNode, type TestPod } from './lib/cluster.ts';
 import { readIpcache } from './lib/cluster-maps.ts';
@@ -131,6 +132,12 @@ t.test("native routing: a gone node's pod CIDR is quarantined before another nod
     `${after} ms after n1 was removed (its entries left the store with its lease; grace ${GRACE_S} s)`,
   );
   t.equal(await c.kv.get(c.L.podCidrQuarantine(block)), undefined, 'and the quarantine key is gone');
+  // n3 waited for a block for seconds (the operator reconciles at least once a second meanwhile).
+  const exhausted = fs
+    .readFileSync(c.operators[0].logFile, 'utf8')
+    .split('\n')
+    .filter((l) => l.includes('pool exhausted') && l.includes('"node":"n3"'));
+  t.ok(exhausted.length <= 1, `the operator says once that n3 waits for a block, not every tick (${exhausted.length})`);
   const taker = await n3.pod({ app: 'evil-pq' }, undefined, { ips: [addr] });
   await eventually('n2 knows the taker', () => readIpcache(slow.bpffsDir).get(`${addr}/32`) === evil.endpoint.identity, 20_000);
   t.equal(await handshake(taker.ns, web.ip4, PORT, 3000), 'timeout', "the taker's SYN gets its own identity: dropped");

@@ -39,6 +39,8 @@ export class OperatorTasks {
   private readonly nodes: PrefixMirror<NodeRecord>;
   private readonly allocations: PrefixMirror<PodCidrAllocation>;
   private readonly unreferencedSince = new Map<number, number>();
+  /** Nodes told their pool is exhausted: said once until they get a block or go (not every tick). */
+  private readonly starved = new Set<string>();
   private timer?: NodeJS.Timeout;
   private quarantineTimer?: NodeJS.Timeout;
   readonly quarantine: BlockQuarantine;
@@ -126,6 +128,7 @@ export class OperatorTasks {
     for (const [name, a] of [...this.allocations.items]) {
       if (!nodes.has(name)) await this.removeNode(name, a);
     }
+    for (const name of this.starved) if (!nodes.has(name)) this.starved.delete(name);
   }
 
   private async allocate(name: string, node: NodeRecord): Promise<void> {
@@ -141,7 +144,13 @@ export class OperatorTasks {
         // Its own quarantined block back to a returning node; other nodes never get one (propose).
         const cidr = requested && this.quarantine.nodeOf(requested) === name ? requested : pool.propose(requested);
         if (!cidr) {
-          this.o.log.warn({ node: name, pool: pool.text }, 'pod CIDR pool exhausted: the node gets no pod CIDR');
+          if (!this.starved.has(name)) {
+            this.starved.add(name);
+            this.o.log.warn(
+              { node: name, pool: pool.text, quarantinedBlocks: this.quarantine.size },
+              'pod CIDR pool exhausted: the node gets no pod CIDR until a block is free (quarantined blocks come back when their grace ends)',
+            );
+          }
           return;
         }
         alloc[fam] = cidr;
@@ -167,6 +176,7 @@ export class OperatorTasks {
           this.quarantine.reclaimed(cidr);
         }
         this.stats.allocated++;
+        this.starved.delete(name);
         this.o.log.info({ node: name, ...alloc }, 'pod CIDR allocated');
         return;
       }
