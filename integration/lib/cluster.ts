@@ -45,6 +45,9 @@ export interface ClusterOptions {
   clusterPoolIpv6?: string;
   /** MTU of every link on the underlay (default: the kernel's 1500). */
   underlayMtu?: number;
+  /** The agents' entry point (default: this checkout's shared/src/agent/main.ts; a bench's A/B gives
+   *  another checkout's). */
+  agentMain?: string;
 }
 
 export interface TestPod {
@@ -242,7 +245,7 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
       const agent = proc(
         ns,
         [
-          AGENT_MAIN,
+          opts.agentMain ?? AGENT_MAIN,
           ...agentPlaces({ stateDir, socket, bpffsDir, hostDevice: 'membrane0' }),
           '--node-name',
           nodeName,

@@ -26,22 +26,16 @@
 // native receive path's A/B use BENCH_NATIVE_RX_AB=on instead, which adds "(d) Membrane native routing,
 // stack receive": the same build with from_underlay detached from both nodes' underlay device, so
 // other nodes' packets reach the pods through the stack and to_container as before it.
+// BENCH_BEFORE_ARGS, BENCH_BEFORE_AGENT, BENCH_BEFORE_NOWAIT: 'before' cells with other agent flags,
+// other agent code, or without the wait past the give-backs; BENCH_CP_TRACE: the control plane's CPU
+// per metric (all below).
 import os from 'node:os';
 import { createNetns } from '../../integration/lib/netns.ts';
 import { eventually, startCluster, type TestCluster, type TestNode } from '../../integration/lib/cluster.ts';
 import { flannel, plainRouting, plainVxlan, type PodPair, type Topology } from './cross-node-peers.ts';
 import { readIpcache } from '../../integration/lib/cluster-maps.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
-import {
-  agentRequestsMade,
-  connectionRate,
-  markdownTable,
-  median,
-  pastGiveBacks,
-  rrLatency,
-  settled,
-  throughput,
-} from './lib.ts';
+import { agentRequestsMade, connectionRate, pastGiveBacks, processCpuMs, rrLatency, settled, throughput } from './lib.ts';
 import { membranePolicy } from './topologies.ts';
 import { setUnderlayRx } from './switches.ts';
 import { attachedPrograms, bpfDelta, bpfTotals, enableBpfStats, type BpfTotals } from './bpf-stats.ts';
@@ -55,9 +49,19 @@ const FLOW_EVENTS = process.env.BENCH_FLOW_EVENTS ?? 'on';
  *  here), a cost the plain peers would not pay. */
 const BPF_STATS = (process.env.BENCH_BPF_STATS ?? 'off') === 'on';
 const BEFORE = process.env.BENCH_BEFORE;
+/** BENCH_BEFORE_ARGS="--conntrack-gc-interval 600": the 'before' cells' agents get these arguments too
+ *  (alone, without BENCH_BEFORE: the same object, other agent settings). */
+const BEFORE_ARGS = process.env.BENCH_BEFORE_ARGS?.split(' ').filter(Boolean) ?? [];
+/** BENCH_BEFORE_NOWAIT=on: the 'before' cells start once their agents are idle, without the wait past
+ *  the give-backs of the last API requests (as every cell did before abd670a). */
+/** BENCH_BEFORE_AGENT=<another checkout>/shared/src/agent/main.ts: the 'before' cells' agents run that
+ *  code (the checkout needs node_modules and dist/, e.g. symlinked from this one). */
+const BEFORE_AGENT = process.env.BENCH_BEFORE_AGENT;
+const BEFORE_NOWAIT = (process.env.BENCH_BEFORE_NOWAIT ?? 'off') === 'on';
 const BEFORE_L7 = (process.env.BENCH_BEFORE_L7 ?? 'off') === 'on';
 const NATIVE_RX_AB = (process.env.BENCH_NATIVE_RX_AB ?? 'off') === 'on';
-const ONLY = process.env.BENCH_ONLY?.split(',').map((x) => x.trim());
+/** Split only before a '(': cell names hold commas ("(c) Membrane overlay, 10,000 rules"). */
+const ONLY = process.env.BENCH_ONLY?.split(/,(?=\s*\()/).map((x) => x.trim());
 /** A node's agent runs long before its pods' traffic: the first round starts once every agent and
  *  operator of the Membrane clusters has settled (each under 2 % of a CPU over a second, at most
  *  BENCH_AGENT_SETTLE_S seconds; 0 = at once), as in bench:datapath. Just started, they take 3-6 % of
@@ -78,13 +82,7 @@ spec:
 `;
 delete process.env.NODE_EXTRA_CA_CERTS;
 
-type Metric = 'tput1' | 'tput4' | 'rr' | 'crr';
-const METRICS: { key: Metric; label: string; higher: boolean; digits: number }[] = [
-  { key: 'tput1', label: 'TCP 1 stream (Gbit/s)', higher: true, digits: 2 },
-  { key: 'tput4', label: 'TCP 4 streams (Gbit/s)', higher: true, digits: 2 },
-  { key: 'rr', label: 'RR latency p50 (µs)', higher: false, digits: 1 },
-  { key: 'crr', label: 'connections/s', higher: true, digits: 0 },
-];
+import { METRICS, type Metric, report } from './cross-node-report.ts';
 
 // ---- Membrane: two nodes of the harness -------------------------------------------------------------
 
@@ -94,13 +92,19 @@ const controlPlanePids = () =>
   clusters
     .flatMap((c) => [...c.nodes.map((n) => n.agent.pid()), ...c.operators.map((o) => o.pid())])
     .filter((p) => p !== undefined);
+/** Each control-plane process's CPU (ms) while each metric of a cell ran (BENCH_CP_TRACE=on): time-
+ *  driven agent work (a periodic walk, a give-back) that lands on one metric shows here. */
+const CP_TRACE = (process.env.BENCH_CP_TRACE ?? 'off') === 'on';
 
 async function membraneCluster(
   mode: 'tunnel' | 'native',
   object?: string,
+  extraArgs: string[] = [],
+  agentMain?: string,
 ): Promise<{ c: TestCluster; pods(): Promise<PodPair> }> {
   const c = await startCluster({
     nodes: 2,
+    ...(agentMain ? { agentMain } : {}),
     agentArgs: [
       '--routing-mode',
       mode,
@@ -109,6 +113,7 @@ async function membraneCluster(
       '--flow-events',
       FLOW_EVENTS,
       ...(object ? ['--bpf-object', object] : []),
+      ...extraArgs,
     ],
   });
   clusters.push(c);
@@ -204,9 +209,9 @@ async function membraneNativeStackRx(): Promise<Topology> {
 
 /** BENCH_BEFORE: the overlay with BIG rules and native routing on that object (BENCH_BEFORE_L7: with
  *  the proxy's routing set up). */
-async function membraneBefore(object: string): Promise<Topology[]> {
-  const o = await membraneCluster('tunnel', object);
-  const n = await membraneCluster('native', object);
+async function membraneBefore(object: string | undefined): Promise<Topology[]> {
+  const o = await membraneCluster('tunnel', object, BEFORE_ARGS, BEFORE_AGENT);
+  const n = await membraneCluster('native', object, BEFORE_ARGS, BEFORE_AGENT);
   const po = new PolicyClient(o.c.nodes[1].client);
   const pn = new PolicyClient(n.c.nodes[1].client);
   if (BEFORE_L7) await pn.import(L7_NOBODY);
@@ -234,13 +239,17 @@ async function measure(t: Topology): Promise<void> {
   const p = await t.pods();
   // Every cell, a plain peer's too, only past the give-backs of the agents' last API requests (its
   // own pods' or the previous Membrane cell's deletions), then with the control plane idle.
-  await pastGiveBacks();
+  if (!(BEFORE_NOWAIT && t.name.endsWith('before'))) await pastGiveBacks();
   await settled(controlPlanePids(), { busyPct: 2, windows: 1, timeoutMs: 15_000, throwOnTimeout: false });
   try {
     const bpf: Partial<Record<Metric, BpfTotals>> = {};
+    const cp: string[] = [];
     const run = async (m: Metric, fn: () => Promise<number>) => {
       const before = p.programs && BPF_STATS ? bpfTotals(p.programs) : undefined;
+      const pids = CP_TRACE ? controlPlanePids() : [];
+      const c0 = pids.map(processCpuMs);
       const v = await fn();
+      if (CP_TRACE) cp.push(`${m} ${pids.map((pid, i) => processCpuMs(pid) - c0[i]).join('/')}`);
       if (before) bpf[m] = bpfDelta(before, bpfTotals(p.programs!));
       return v;
     };
@@ -261,93 +270,12 @@ async function measure(t: Topology): Promise<void> {
       }
       bpfSamples.set(t.name, b);
     }
-    process.stderr.write(`${t.name}: ${JSON.stringify(r)}${bpf.crr ? ` bpf ${JSON.stringify(bpf)}` : ''}\n`);
+    process.stderr.write(
+      `${t.name}: ${JSON.stringify(r)}${bpf.crr ? ` bpf ${JSON.stringify(bpf)}` : ''}${cp.length ? ` control plane ms ${cp.join(', ')}` : ''}\n`,
+    );
   } finally {
     await p.cleanup();
   }
-}
-
-/** Performance relative to a peer: >1 is better (latency inverted). */
-function perf(name: string, peer: string, m: (typeof METRICS)[number]): number {
-  const v = median(samples.get(name)![m.key]),
-    p = median(samples.get(peer)![m.key]);
-  return m.higher ? v / p : p / v;
-}
-
-function report(names: string[], load: string): string {
-  const [a, , , big, d, e] = names;
-  const rows = names
-    .filter((name) => samples.has(name)) // BENCH_ONLY
-    .map((name) => [
-      name,
-      ...METRICS.map((m) => {
-        const v = median(samples.get(name)![m.key]);
-        const peer = name.startsWith('(d)') || name.startsWith('(e)') ? e : a;
-        return samples.has(peer) ? `${v.toFixed(m.digits)} (${perf(name, peer, m).toFixed(2)}×)` : v.toFixed(m.digits);
-      }),
-    ]);
-  const goal = (x: string, peer: string) =>
-    METRICS.map((m) => `${m.label.split(' (')[0]} ${perf(x, peer, m).toFixed(2)}×`).join(', ');
-  const met = (x: string, peer: string) => (METRICS.every((m) => perf(x, peer, m) >= 0.95) ? 'met' : 'not met');
-  const both = (x: string, y: string) => samples.has(x) && samples.has(y);
-  /** Each round's ratio (rounds run both cells once, so index i is round i of both). */
-  const rounds = (x: string, peer: string) =>
-    METRICS.map((m) => {
-      const r = samples.get(x)![m.key].map((v, i) => {
-        const p = samples.get(peer)![m.key][i];
-        return (m.higher ? v / p : p / v).toFixed(2);
-      });
-      return `${m.label.split(' (')[0]} ${r.join(' / ')}`;
-    }).join('; ');
-  return [
-    `Medians of ${ROUNDS} rounds x ${SECONDS} s, one interleaved run; in brackets: performance relative to (a) for the tunnels and`,
-    `to (e) for the routed rows (>1 is better; latency inverted). ${os.cpus().length} CPUs, kernel ${os.release()}, load ${load};`,
-    `Membrane's flow events ${FLOW_EVENTS}.`,
-    '',
-    markdownTable(['topology', ...METRICS.map((m) => m.label)], rows),
-    '',
-    markdownTable(
-      ['goal', 'result'],
-      [
-        ...(both(big, a)
-          ? [
-              [
-                `overlay with ${BIG.toLocaleString('en-US')} rules >= 0.95x plain kernel VXLAN on every metric`,
-                `${met(big, a)}: ${goal(big, a)}`,
-              ],
-            ]
-          : []),
-        ...(both(big, a) ? [['the same, round by round', rounds(big, a)]] : []),
-        ...(both(d, e) ? [['native routing >= 0.95x plain routing on every metric', `${met(d, e)}: ${goal(d, e)}`]] : []),
-        ...(both(d, e) ? [['the same, round by round', rounds(d, e)]] : []),
-        ...(names.length > 6 && both(big, names[6])
-          ? [[`overlay with ${BIG.toLocaleString('en-US')} rules, now / before`, goal(big, names[6])]]
-          : []),
-        ...(names.length > 7 && both(d, names[7]) && names[7].endsWith('before')
-          ? [['native routing, now / before', goal(d, names[7])]]
-          : []),
-        ...names
-          .filter((x) => x.endsWith('stack receive') && both(d, x))
-          .map((x) => ['native routing, receive by from_underlay / through the stack', goal(d, x)]),
-      ],
-    ),
-    '',
-    ...(bpfSamples.size
-      ? [
-          "Membrane's programs (kernel.bpf_stats_enabled; medians; every tc program on both nodes): time per program",
-          "run in ns while each metric ran, and for the connection rate the programs' time per connection in µs.",
-          '',
-          markdownTable(
-            [
-              'topology',
-              ...METRICS.map((m) => (m.key === 'crr' ? 'µs per connection' : `ns per run (${m.label.split(' (')[0]})`)),
-            ],
-            [...bpfSamples].map(([name, b]) => [name, ...METRICS.map((m) => median(b[m.key]).toFixed(m.key === 'crr' ? 1 : 0))]),
-          ),
-          '',
-        ]
-      : []),
-  ].join('\n');
 }
 
 async function main(): Promise<void> {
@@ -364,7 +292,7 @@ async function main(): Promise<void> {
       ...(await membraneOverlay()),
       await membraneNative(),
       await plainRouting(),
-      ...(BEFORE ? await membraneBefore(BEFORE) : []),
+      ...(BEFORE || BEFORE_ARGS.length || BEFORE_NOWAIT || BEFORE_AGENT ? await membraneBefore(BEFORE) : []),
       ...(NATIVE_RX_AB ? [await membraneNativeStackRx()] : []),
     );
     const names = topologies.map((t) => t.name);
@@ -386,7 +314,18 @@ async function main(): Promise<void> {
       }
       process.stderr.write(`   load after round ${round}: ${os.loadavg()[0].toFixed(1)}\n`);
     }
-    process.stdout.write(report(names, `${load0} -> ${os.loadavg()[0].toFixed(1)}`));
+    process.stdout.write(
+      report({
+        names,
+        load: `${load0} -> ${os.loadavg()[0].toFixed(1)}`,
+        samples,
+        bpfSamples,
+        rounds: ROUNDS,
+        seconds: SECONDS,
+        rules: BIG,
+        flowEvents: FLOW_EVENTS,
+      }),
+    );
   } finally {
     restoreStats();
     for (const t of topologies.reverse())
