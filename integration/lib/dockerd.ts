@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { alive } from './cleanup.ts';
+import { waitUntil } from '../../shared/test/lib/poll.ts';
 
 const execFileP = promisify(execFile);
 
@@ -48,15 +49,6 @@ function cleanEnv(extra: Record<string, string> = {}): NodeJS.ProcessEnv {
   delete env.DOCKER_HOST;
   delete env.DOCKER_CONTEXT;
   return { ...env, ...extra };
-}
-
-async function waitFor(cond: () => boolean | Promise<boolean>, timeoutMs: number, what: string): Promise<void> {
-  const end = Date.now() + timeoutMs;
-  for (;;) {
-    if (await cond()) return;
-    if (Date.now() > end) throw new Error(`timed out after ${timeoutMs} ms waiting for ${what}`);
-    await new Promise((r) => setTimeout(r, 50));
-  }
 }
 
 function readPid(file: string): number | null {
@@ -136,7 +128,8 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<Dockerd> 
     spawned.unref();
     pid = spawned.pid ?? 0;
     try {
-      await waitFor(
+      await waitUntil(
+        `dockerd API on ${socket}`,
         async () => {
           if (exited) throw new Error(`${exited} while starting; log ${logFile}:\n${tail(logFile)}`);
           if (!fs.existsSync(socket)) return false;
@@ -144,7 +137,6 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<Dockerd> 
           return r.code === 0;
         },
         startTimeoutS * 1000,
-        `dockerd API on ${socket}`,
       );
     } catch (e) {
       await stop(5);
@@ -190,21 +182,21 @@ export async function startDockerd(opts: DockerdOptions = {}): Promise<Dockerd> 
     if (p && alive(p)) {
       process.kill(p, 'SIGTERM');
       try {
-        await waitFor(() => !alive(p), timeoutS * 1000, `dockerd ${p} to exit`);
+        await waitUntil(`dockerd ${p} to exit`, () => !alive(p), timeoutS * 1000);
       } catch {
         try {
           process.kill(p, 'SIGKILL');
         } catch {
           /* gone */
         }
-        await waitFor(() => !alive(p), 5000, `dockerd ${p} to die`).catch(() => {});
+        await waitUntil(`dockerd ${p} to die`, () => !alive(p), 5000).catch(() => {});
       }
     }
     // The supervised containerd normally exits with dockerd; after a SIGKILL it may not.
     const ctrd = readPid(path.join(execRoot, 'containerd', 'containerd.pid'));
     if (ctrd && alive(ctrd) && isOurs(ctrd)) {
       process.kill(ctrd, 'SIGTERM');
-      await waitFor(() => !alive(ctrd), 10_000, `containerd ${ctrd} to exit`).catch(() => {
+      await waitUntil(`containerd ${ctrd} to exit`, () => !alive(ctrd), 10_000).catch(() => {
         try {
           process.kill(ctrd, 'SIGKILL');
         } catch {

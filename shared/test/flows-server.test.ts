@@ -173,10 +173,14 @@ t.test('GetNodes, GetNamespaces, GetAgentEvents, GetDebugEvents', async (t) => {
   const last: string[] = [];
   for await (const r of o.client.agentEvents({ number: 1 }).responses) last.push(r.agentEvent!.type);
   t.same(last, ['ENDPOINT_CREATED']);
+  const subscribed = () => (agentEvents as unknown as { subscribers: Set<unknown> }).subscribers.size;
+  const before = subscribed();
   const follow = o.client.agentEvents({ follow: true });
   const it = follow.responses[Symbol.asyncIterator]();
   const next = it.next();
-  await new Promise((r) => setTimeout(r, 100));
+  // A follow sends only what happens once the server has subscribed it: record after that, not
+  // after a fixed 100 ms a loaded machine can outlast.
+  await waitFor(() => subscribed() > before);
   agentEvents.record({
     type: 'POLICY_UPDATED',
     policyUpdate: { labels: ['k8s:io.cilium.k8s.policy.name=p'], revision: 2, ruleCount: 1 },

@@ -17,6 +17,7 @@ import { FlowRing } from '../../src/flows/ring.ts';
 import { ObserverServer } from '../../src/flows/server.ts';
 import { InjectedEventSource } from '../../src/flows/source.ts';
 import type { GetFlowsResponse } from '../../src/flows/types.ts';
+import { waitUntil } from './poll.ts';
 
 export const REPO = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
 
@@ -142,11 +143,7 @@ export function observerForFile(t: Test): ObserverFile {
   };
 }
 
-/** Polls `cond` every 20 ms (throws after `ms`). */
-export async function waitFor(cond: () => boolean, ms = 10_000): Promise<void> {
-  const end = Date.now() + ms;
-  while (!cond()) {
-    if (Date.now() > end) throw new Error('timed out waiting');
-    await new Promise((r) => setTimeout(r, 20));
-  }
+/** Polls `cond` every 20 ms (throws after `ms`; 30 s like every test wait: a loaded machine is slow). */
+export function waitFor(cond: () => boolean, ms = 30_000): Promise<void> {
+  return waitUntil('an observer condition', cond, ms, 20);
 }

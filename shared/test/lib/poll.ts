@@ -22,3 +22,9 @@ export async function pollFor<T>(what: string, get: () => Promise<T | undefined>
     await new Promise((r) => setTimeout(r, every));
   }
 }
+
+/** Polls `cond` every `every` ms until it holds; throws naming `what` after `ms` ms (a throw from
+ *  `cond` ends the wait with that error). */
+export async function waitUntil(what: string, cond: () => boolean | Promise<boolean>, ms = 30_000, every = 50): Promise<void> {
+  await pollFor(what, async () => ((await cond()) ? true : undefined), ms, every);
+}
