@@ -8,6 +8,7 @@ import { MemoryStore } from '../../shared/src/store/index.ts';
 import { PolicyEngine } from '../../shared/src/policy/engine.ts';
 import { FqdnState } from '../../shared/src/fqdn/state.ts';
 import { MemoryPolicyOps, testEndpoint } from '../../shared/test/lib/policy.ts';
+import { median } from './lib.ts';
 
 async function main(): Promise<void> {
   const N = 10000;
@@ -54,7 +55,7 @@ async function main(): Promise<void> {
   rows.splice(0, 2);
   rows.sort((a, b) => a - b);
   console.log(
-    `a DNS answer making a new FQDN identity inside one of ${N} /24 rules: median ${rows[rows.length >> 1].toFixed(1)} ms ` +
+    `a DNS answer making a new FQDN identity inside one of ${N} /24 rules: median ${median(rows).toFixed(1)} ms ` +
       `(min ${rows[0].toFixed(1)}, max ${rows[rows.length - 1].toFixed(1)})`,
   );
   await engine.close();
