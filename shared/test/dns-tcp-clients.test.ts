@@ -17,10 +17,14 @@ async function harness(t: Test, limits: Partial<TcpClientLimits>) {
   const warns: Warn[] = [];
   const clients = new TcpClients(limits, { warn: (o, msg) => warns.push({ o: o as Record<string, unknown>, msg }) });
   let accepted = 0;
+  let received = 0;
   const server = net.createServer((c) => {
     accepted++;
     clients.admit(c, c.remoteAddress ?? '');
-    c.on('data', () => clients.touch(c));
+    c.on('data', () => {
+      received++;
+      clients.touch(c);
+    });
     c.on('error', () => undefined);
   });
   server.listen(0, '127.0.0.1');
@@ -43,9 +47,10 @@ async function harness(t: Test, limits: Partial<TcpClientLimits>) {
     while (accepted < want) await sleep(1);
     return s;
   };
-  /** Until `cond` holds (sockets close a few event-loop turns after the server's destroy). */
-  const until = async (cond: () => boolean, what: string) => t.ok(await pollUntil(cond, 2000, 5), what);
-  return { clients, warns, open, until };
+  /** Until `cond` holds (sockets close a few event-loop turns after the server's destroy; 30 s, as
+   *  every test wait: a loaded machine runs those turns late). */
+  const until = async (cond: () => boolean, what: string) => t.ok(await pollUntil(cond, 30_000, 5), what);
+  return { clients, warns, open, until, received: () => received };
 }
 
 t.test('one client opening many idle connections keeps only its limit open, the oldest closed', async (t) => {
@@ -95,7 +100,7 @@ t.test('a connection in use is not the one closed', async (t) => {
   const h = await harness(t, { perClient: 3, max: 100, idleMs: 60_000 });
   const [a, b, c] = [await h.open(), await h.open(), await h.open()];
   a.write(Buffer.from([0])); // a sent something: b is now the least recently active
-  await sleep(50);
+  await h.until(() => h.received() === 1, "the proxy read a's byte (not a fixed 50 ms: a loaded machine can take longer)");
   const d = await h.open();
   await h.until(() => !!b.closed, 'b (idle since it opened) was closed');
   t.notOk(a.closed || c.closed || d.closed, 'a, c and d stay');
