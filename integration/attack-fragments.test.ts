@@ -30,6 +30,9 @@ spec:
 `;
 
 let sport = 42000 + Math.floor(Math.random() * 1000);
+/** IP IDs: one per fragmented datagram, never twice in a file (a random one each time could match a
+ *  datagram an earlier case left in the kernel's reassembly queue, 30 s, and merge with it). */
+let fragId = 1 + Math.floor(Math.random() * 30000);
 
 /** A SYN from A to D:dport, as IPv4 fragments cut at `cuts` (bytes of the TCP segment); a payload
  *  keeps the segment longer than one cut. Resolves with whether D answered SYN-ACK. */
@@ -43,7 +46,7 @@ async function fragmentedSyn(a: Pod, d: Pod, dport: number, cuts: number[], expe
     Buffer.concat([tcp(sp, dport, TCP_FLAGS.SYN, 1000), Buffer.alloc(32, 0x41)]),
   );
   const bounds = [0, ...cuts, seg.length];
-  const id = 1 + Math.floor(Math.random() * 60000);
+  const id = ++fragId;
   const frames = bounds
     .slice(0, -1)
     .map((start, i) =>
