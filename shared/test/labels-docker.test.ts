@@ -219,7 +219,7 @@ t.test("a container's new endpoint claimed while its old one's labels are being 
   await new Promise((r) => setTimeout(r, 200));
   release();
   t.ok(
-    await pollUntil(() => found.some((u) => u.attachment === next.docker!.endpointId && u.container?.id === cid), 3000),
+    await pollUntil(() => found.some((u) => u.attachment === next.docker!.endpointId && u.container?.id === cid)),
     'the new endpoint gets its labels (it would stay down until the label timeout)',
   );
 });
