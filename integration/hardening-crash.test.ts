@@ -40,8 +40,12 @@ t.test(
       });
       const adds = batch.map((p) => invokeCni('ADD', conf(node), { containerId: p.id, netns: p.ns.path }));
       // Inside the creates: once the first one is answered (the others are at some step of theirs).
-      await Promise.race([Promise.any(adds), sleep(1500)]);
-      await sleep(Math.floor(Math.random() * 120));
+      const first = await Promise.race([Promise.any(adds).then(() => 'the first answer'), sleep(1500).then(() => '1.5 s')]);
+      // A different crash point each run on purpose (a seed could not replay scheduling); named, so a
+      // failure says where the kill fell.
+      const extra = Math.floor(Math.random() * 120);
+      t.comment(`round ${round}: kill -9 ${extra} ms after ${first}`);
+      await sleep(extra);
       await node.agent.kill9();
       const outcomes = await Promise.all(adds);
       pods.push(...batch.map((p, i) => ({ ...p, add: outcomes[i] })));
