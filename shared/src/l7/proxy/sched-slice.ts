@@ -6,8 +6,9 @@
 // noticed at a tick; every request in flight would then wait with them. The quiet runs' p99 there
 // (2.7-2.9 ms against nginx's 0.8 ms, whose workers sleep between requests) has that size. A shorter
 // slice does not change the worker's CPU share (vruntime), only how soon the others preempt it. Not
-// shown yet: the only A/B so far ran at load 10-20 and could not tell the two apart. Best effort: an
-// older kernel refuses it (EINVAL) and the worker runs as before.
+// shown yet: two loaded same-run A/Bs (250 µs against the default, load 4-20) could not tell them
+// apart (each arm won one run); a quiet-window A/B is still to do. Best effort: an older kernel
+// refuses it (EINVAL) and the worker runs as before.
 import koffi from 'koffi';
 
 const SYS_SCHED_SETATTR = 314; // x86_64
