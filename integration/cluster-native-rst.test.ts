@@ -53,7 +53,7 @@ t.test('native routing: blind forged RSTs and FINs into a live connection close 
 
   const flow = startFlow(client.ns, web.ip4, PORT);
   try {
-    await eventually('the flow echoes', () => flow.echoed() > 0, 10_000, 100);
+    await eventually('the flow echoes', () => flow.echoed() > 0, 30_000, 100); // the flow child is a node process started under nsenter: seconds on a loaded machine
     const ss = await client.ns.exec('ss', ['-Htn', 'state', 'established', 'dst', `${web.ip4}:${PORT}`]);
     const sport = Number(/:(\d+)\s+\S+:\d+\s*$/m.exec(ss)?.[1]);
     t.ok(sport > 0, `the connection's client port: ${sport}`);

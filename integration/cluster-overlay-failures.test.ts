@@ -102,7 +102,7 @@ t.test(
     servers.push(await startEchoServer(server.ns, 8080, '::'));
     await eventually('pods known', () => known(server) && known(client), 20_000);
     const flow = startFlow(client.ns, server.ip4, 8080);
-    await eventually('the flow is running', () => flow.echoed() > 1000, 15_000, 100);
+    await eventually('the flow is running', () => flow.echoed() > 1000, 30_000, 100); // a node child under nsenter: slow to start when loaded
     const cidr2 = await podCidrOf(n2);
     const routeMissing: string[] = [];
     let sampling = true;
