@@ -1,7 +1,5 @@
 // Random and mutated request inputs (JSON documents, text, environments) for the front-door fuzzers.
 // Seeded: a failure names its seed, and FUZZ_SEED=N runs that sequence again.
-import crypto from 'node:crypto';
-
 export class Rng {
   private s: number;
   constructor(readonly seed: number) {
@@ -27,18 +25,6 @@ export class Rng {
   chance(p: number): boolean {
     return this.next() < p;
   }
-}
-
-/**
- * The seed of a run: by default the caller's fixed one (known to pass), so the CI gate is
- * deterministic; FUZZ_SEED=random draws one (printed) as a search for new failures; FUZZ_SEED=<n>
- * replays one.
- */
-export function fuzzSeed(fixed: number): number {
-  const env = process.env.FUZZ_SEED;
-  if (env === 'random') return crypto.randomInt(1, 2 ** 31);
-  const n = Number(env);
-  return env && Number.isInteger(n) && n > 0 ? n : fixed;
 }
 
 /** A random value as an environment variable's text (which cannot hold NUL: execve stops there). */

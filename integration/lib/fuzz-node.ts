@@ -11,7 +11,8 @@ import type { Test } from 'tap';
 import type { Endpoint } from '../../shared/src/types.ts';
 import { randomId } from './agent.ts';
 import { ownDir } from './cleanup.ts';
-import { fuzzSeed, Rng } from './fuzz-inputs.ts';
+import { Rng } from './fuzz-inputs.ts';
+import { testSeed } from '../../shared/test/lib/seeded.ts';
 import { nodeState } from './leaks.ts';
 import { createNetns, type TestNetns } from './netns.ts';
 import { startNode, type TestNode } from './node-netns.ts';
@@ -82,7 +83,7 @@ export interface FuzzNode {
 
 /** Starts the node (removed at the test's teardown) and prints the seed (`fixedSeed` unless FUZZ_SEED says). */
 export async function startFuzzNode(t: Test, fixedSeed: number): Promise<FuzzNode> {
-  const seed = fuzzSeed(fixedSeed);
+  const seed = testSeed('FUZZ_SEED', fixedSeed);
   t.comment(`seed ${seed} (FUZZ_SEED=${seed} repeats this run)`);
   const plugin = `mbrfz${randomId(3)}`;
   const pluginDir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-fzplug-'));
