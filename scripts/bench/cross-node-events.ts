@@ -14,9 +14,8 @@
 // Run under the bench lock: flock /work/wt/.bench.lock node --import tsx scripts/bench/cross-node-events.ts
 import { execFileSync } from 'node:child_process';
 import os from 'node:os';
-import { createNetns } from '../../integration/lib/netns.ts';
-import { eventually, startCluster, type TestNode } from '../../integration/lib/cluster.ts';
-import { readIpcache } from '../../integration/lib/cluster-maps.ts';
+import { startCluster, type TestNode } from '../../integration/lib/cluster.ts';
+import { podPairAcross } from './cross-node-pair.ts';
 import { connectionRate, processCpuMs, settled, sleep, throughput } from './lib.ts';
 import { attachedPrograms, enableBpfStats } from './bpf-stats.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
@@ -73,18 +72,7 @@ const ctEntries = (n: TestNode) =>
 
 try {
   const [n1, n2] = c.nodes;
-  const pod = async (n: TestNode, labels: Record<string, string>) => {
-    const ns = createNetns('mbev');
-    const ep = await n.client.createEndpoint({ containerId: `ev-${ns.name}`, netns: ns.path, ifName: 'eth0', labels });
-    return { ns, ip: ep.ips[0].address.split('/')[0], identity: ep.identity };
-  };
-  const a = await pod(n1, { bench: 'client' });
-  const b = await pod(n2, { bench: 'server' });
-  await eventually(
-    'pods known on both nodes',
-    () => readIpcache(n2.bpffsDir).get(`${a.ip}/32`) === a.identity && readIpcache(n1.bpffsDir).get(`${b.ip}/32`) === b.identity,
-    30_000,
-  );
+  const { a, b } = await podPairAcross(n1, n2, 'mbev');
   if (RULES) await new PolicyClient(n2.client).import(membranePolicy(RULES));
   const agents = [n1.agent.pid()!, n2.agent.pid()!];
   const addrs = [(await n1.client.status()).metrics.address!, (await n2.client.status()).metrics.address!];

@@ -13,9 +13,8 @@
 // Run under the bench lock: flock /work/wt/.bench.lock node --import tsx scripts/bench/ct-gc-crr.ts
 import os from 'node:os';
 import path from 'node:path';
-import { createNetns } from '../../integration/lib/netns.ts';
-import { eventually, startCluster, type TestNode } from '../../integration/lib/cluster.ts';
-import { readIpcache } from '../../integration/lib/cluster-maps.ts';
+import { startCluster, type TestNode } from '../../integration/lib/cluster.ts';
+import { podPairAcross } from './cross-node-pair.ts';
 import { objGet } from '../../shared/src/bpf/libbpf.ts';
 import { collectExpired, fill, type ConntrackFds } from '../../shared/src/maps/conntrack.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
@@ -42,18 +41,7 @@ try {
   const [n1, n2] = c.nodes;
   const fds = [fdsOf(n1), fdsOf(n2)];
   if (RULES) await new PolicyClient(n2.client).import(membranePolicy(RULES));
-  const pod = async (n: TestNode, labels: Record<string, string>) => {
-    const ns = createNetns('mbgc');
-    const ep = await n.client.createEndpoint({ containerId: `gc-${ns.name}`, netns: ns.path, ifName: 'eth0', labels });
-    return { ns, ip: ep.ips[0].address.split('/')[0], identity: ep.identity };
-  };
-  const a = await pod(n1, { bench: 'client' });
-  const b = await pod(n2, { bench: 'server' });
-  await eventually(
-    'pods known on both nodes',
-    () => readIpcache(n2.bpffsDir).get(`${a.ip}/32`) === a.identity && readIpcache(n1.bpffsDir).get(`${b.ip}/32`) === b.identity,
-    30_000,
-  );
+  const { a, b } = await podPairAcross(n1, n2, 'mbgc');
   const agents = [n1.agent.pid()!, n2.agent.pid()!];
   await sleep(12_000); // past the give-backs of the requests above (lib.ts GIVE_BACK_WINDOW_MS)
   await settled(agents, { busyPct: 2, timeoutMs: 30_000, throwOnTimeout: false });

@@ -7,9 +7,8 @@
 // switch, flipped in place as bench:flows cost does), from_underlay attached: what the events and the
 // agents' work on them cost a native connection. Run under the bench lock.
 import os from 'node:os';
-import { createNetns } from '../../integration/lib/netns.ts';
-import { eventually, startCluster } from '../../integration/lib/cluster.ts';
-import { readIpcache } from '../../integration/lib/cluster-maps.ts';
+import { startCluster } from '../../integration/lib/cluster.ts';
+import { podPairAcross } from './cross-node-pair.ts';
 import { connectionRate, median, rrLatency, settled } from './lib.ts';
 import { setFlowEvents, setUnderlayRx } from './switches.ts';
 
@@ -24,18 +23,7 @@ const c = await startCluster({
 });
 try {
   const [n1, n2] = c.nodes;
-  const mk = async (n: typeof n1, labels: Record<string, string>) => {
-    const ns = createNetns('mbab');
-    const ep = await n.client.createEndpoint({ containerId: `ab-${ns.name}`, netns: ns.path, ifName: 'eth0', labels });
-    return { ns, ip: ep.ips[0].address.split('/')[0], identity: ep.identity };
-  };
-  const a = await mk(n1, { bench: 'client' });
-  const b = await mk(n2, { bench: 'server' });
-  await eventually(
-    'known',
-    () => readIpcache(n2.bpffsDir).get(`${a.ip}/32`) === a.identity && readIpcache(n1.bpffsDir).get(`${b.ip}/32`) === b.identity,
-    30_000,
-  );
+  const { a, b } = await podPairAcross(n1, n2, 'mbab');
   await settled([n1.agent.pid()!, n2.agent.pid()!], { busyPct: 2, timeoutMs: 60_000, throwOnTimeout: false });
   const setRx = (on: boolean) => {
     for (const n of c.nodes) setUnderlayRx(n.netns.path, n.bpffsDir, on);
