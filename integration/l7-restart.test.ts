@@ -178,8 +178,19 @@ t.test('proxy down: new connections to L7 ports fail closed and are counted; oth
   await agent.kill9();
   for (const w of workers) process.kill(w.pid!, 'SIGKILL');
   await eventually('the killed workers to exit', () => workers.every((w) => !alive(w.pid!)), 30_000);
-  const refused = await curl(clientNs, `http://${ip4(web)}/public/x`, [], { timeoutS: 2 });
-  t.equal(refused.status, 0, `a new connection to the L7 port gets nowhere: ${JSON.stringify(refused)}`);
+  // A listener of a killed worker can outlive the pid by a moment (one suite run in 14 saw the SYN
+  // accepted and reset: nothing reached web, but no drop was counted). Every attempt must get
+  // nowhere; the drop count below needs one attempt the datapath itself refused (no connect).
+  const attempts: Awaited<ReturnType<typeof curl>>[] = [];
+  for (let i = 0; i < 10; i++) {
+    const a = await curl(clientNs, `http://${ip4(web)}/public/x`, [], { timeoutS: 2 });
+    attempts.push(a);
+    if (a.status !== 0 || !a.connects) break;
+  }
+  t.ok(
+    attempts.every((a) => a.status === 0),
+    `a new connection to the L7 port gets nowhere: ${JSON.stringify(attempts)}`,
+  );
   const l4 = await probe(clientNs, ip4(web), ECHO, 5000);
   t.equal(l4, 'ok', `the L4-only port works: ${l4}`);
   await agent.restart();
