@@ -3,7 +3,6 @@
 import { createLogger } from '../../log.ts';
 import { VERSION } from '../../version.ts';
 import { enableLinearRegexps } from '../http/regex.ts';
-import { setSchedSlice } from './sched-slice.ts';
 import { ProxyWorker } from './worker.ts';
 
 function arg(name: string): string {
@@ -25,12 +24,6 @@ const index = Number(arg('index'));
 const log = createLogger({ name: `membrane-proxy-${index}`, level: process.env.MEMBRANE_LOG_LEVEL ?? 'info' });
 process.title = `membrane-proxy ${index}`;
 enableLinearRegexps();
-// MEMBRANE_L7_WORKER_SLICE_US: the main thread's CPU slice (sched-slice.ts says why); 0 or unset: the kernel's.
-const sliceUs = Number(process.env.MEMBRANE_L7_WORKER_SLICE_US ?? 0);
-if (sliceUs > 0) {
-  const err = setSchedSlice(sliceUs);
-  if (err) log.info({ errno: err, sliceUs }, 'cannot set the CPU slice');
-}
 new ProxyWorker({
   control: arg('control'),
   port: Number(arg('port')),
