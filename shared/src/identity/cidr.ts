@@ -2,6 +2,12 @@
 // can tell them apart. Not persisted in the store: the pinned ipcache already holds prefix -> number,
 // and the agent seeds this table from it on start (numbers stay stable across restarts without an
 // fsync per prefix when 10,000 CIDR rules are imported). Pure.
+//
+// The node's own addresses get none (hide()): the ipcache holds them as the host identity whatever a
+// policy says, so a CIDR identity for one would reach no ipcache entry, and the restart's seed (which
+// reads the ipcache) could not find its number again: every restart renumbered it and rewrote the
+// policy entries of the rules naming it, and the world rule's, for entries no packet can match. As in
+// Cilium, a CIDR rule does not select the host; `toEntities: [host]` does.
 import { cidrCovers, cidrLast, normalizeCidr, parseCidr, type Cidr } from '../net/index.ts';
 import { FIRST_CIDR_IDENTITY, LAST_CIDR_IDENTITY } from './reserved.ts';
 
@@ -27,13 +33,37 @@ export class CidrIdentities {
    *  very same again changes nothing. */
   private syncedTo?: unknown;
 
+  /** Prefixes that get no identity (the node's own addresses, normalized), and their sorted text. */
+  private hidden = new Set<string>();
+  private hiddenKey = '';
+  /** Set by hide() until the next sync. */
+  private hideChanged = false;
+  /** The version a sync after hide() changed the table to: a host prefix's identity came or went
+   *  with its rule unchanged, which cidr-moves.ts and peer-deps.ts take never to happen otherwise
+   *  (compiles against an older version resolve every CIDR rule again: hiddenSince). */
+  private hideVersion = -1;
+
   /** What the syncs since checkpoint() changed, to take back (a sync whose result is abandoned). */
-  private journal?: { added: CidrEntry[]; removed: CidrEntry[]; next: number; syncedTo?: unknown };
+  private journal?: {
+    added: CidrEntry[];
+    removed: CidrEntry[];
+    next: number;
+    syncedTo?: unknown;
+    hidden: Set<string>;
+    hiddenKey: string;
+  };
 
   /** From here on, syncs can be taken back with undo() until keep(): a sync that may be abandoned
    *  works on the table itself, not on a copy of 10,000 prefixes. */
   checkpoint(): void {
-    this.journal = { added: [], removed: [], next: this.next, syncedTo: this.syncedTo };
+    this.journal = {
+      added: [],
+      removed: [],
+      next: this.next,
+      syncedTo: this.syncedTo,
+      hidden: this.hidden,
+      hiddenKey: this.hiddenKey,
+    };
   }
 
   keep(): void {
@@ -57,8 +87,13 @@ export class CidrIdentities {
     }
     this.next = j.next;
     this.syncedTo = j.syncedTo;
+    const unhid = this.hiddenKey !== j.hiddenKey;
+    this.hidden = j.hidden;
+    this.hiddenKey = j.hiddenKey;
+    this.hideChanged = false;
     this.sorted = null;
     this.version++;
+    if (unhid) this.hideVersion = this.version;
   }
 
   /** Adopt a number found in the pinned ipcache. Ignores conflicts (the table wins over the pin). */
@@ -74,8 +109,30 @@ export class CidrIdentities {
     this.version++;
   }
 
-  /** Make the table hold exactly `prefixes`: keep known numbers, allocate new ones, drop the rest.
-   *  `token` names this content (default: a Set passed names itself, and must not change afterwards):
+  /** The node's own addresses (bare or as prefixes): the next sync gives them no identity (drops the
+   *  ones they have) and gives one back to a prefix that is no longer among them. */
+  hide(addresses: string[]): void {
+    const texts = addresses.map(normalizeCidr).sort();
+    const key = texts.join();
+    if (key === this.hiddenKey) return;
+    this.hidden = new Set(texts);
+    this.hiddenKey = key;
+    this.syncedTo = undefined; // the same prefixes now mean another table: a full sync
+    this.hideChanged = true;
+  }
+
+  /** Did a host prefix's identity come or go (hide()) since `version`? */
+  hiddenSince(version: number): boolean {
+    return this.hideVersion > version;
+  }
+
+  /** Those of `prefixes` (normalized) that hide() keeps out of the table. */
+  hiddenAmong(prefixes: Set<string>): string[] {
+    return [...this.hidden].filter((h) => prefixes.has(h));
+  }
+
+  /** Make the table hold exactly `prefixes` (but the hidden ones): keep known numbers, allocate new
+   *  ones, drop the rest. `token` names this content (default: a Set passed names itself, and must not change afterwards):
    *  the same token again is taken as no change (an endpoint's sync does not walk 10,000 prefixes
    *  that the policies did not change); `delta.from` is the token of the content it starts from. */
   sync(
@@ -91,6 +148,7 @@ export class CidrIdentities {
     const want = new Set<string>();
     // Policies hold normalized text already: only unknown prefixes pay for normalization.
     for (const p of prefixes) want.add(this.byText.has(p) ? p : normalizeCidr(p));
+    for (const h of this.hidden) want.delete(h);
     const removed: CidrEntry[] = [];
     for (const [text, e] of this.byText) {
       if (!want.has(text)) {
@@ -125,7 +183,7 @@ export class CidrIdentities {
   private addNew(texts: Iterable<string>): CidrEntry[] {
     const added: CidrEntry[] = [];
     for (const text of texts) {
-      if (this.byText.has(text)) continue;
+      if (this.byText.has(text) || this.hidden.has(text)) continue;
       const e = { cidr: parseCidr(text), text, id: this.allocate() };
       this.byText.set(text, e);
       this.byId.set(e.id, e);
@@ -143,8 +201,10 @@ export class CidrIdentities {
     if (added.length || removed.length) {
       this.sorted = null;
       const from = this.version++;
-      this.lastChange = { from, to: this.version, cidrs: [...added, ...removed].map((e) => e.cidr) };
+      if (this.hideChanged) this.hideVersion = this.version;
+      else this.lastChange = { from, to: this.version, cidrs: [...added, ...removed].map((e) => e.cidr) };
     }
+    this.hideChanged = false;
     this.syncedTo = syncedTo;
     return { added, removed };
   }

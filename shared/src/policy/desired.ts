@@ -173,6 +173,7 @@ function movedSince(cur: CompileCache, input: DesiredInput, cidrVersion: number,
   const moved: UniverseChange = { cidrs: cur.cidrVersion !== cidrVersion, fqdn: cur.fqdnVersion !== fqdnVersion };
   const last = input.cidrs.lastChange;
   if (moved.cidrs && last?.from === cur.cidrVersion && last.to === cidrVersion) moved.cidrChanges = last.cidrs;
+  if (moved.cidrs && input.cidrs.hiddenSince(cur.cidrVersion)) moved.hostPrefixes = true;
   if (moved.fqdn) moved.fqdnChanges = input.fqdn?.identities.changesBetween(cur.fqdnVersion, fqdnVersion);
   return moved;
 }
@@ -275,6 +276,7 @@ function entriesFrom(
 
 export function buildDesired(input: DesiredInput, cache?: { current?: CompileCache }): Desired {
   const prefixes = prefixesFrom(input.records, cache?.current?.records);
+  input.cidrs.hide(input.hostAddresses);
   const cidrsBefore = input.cidrs.version;
   const cidrChange = { before: cidrsBefore, ...input.cidrs.sync(prefixes.set, prefixes.delta, prefixes.token) };
   const ipcachePrev = cache?.current?.ipcache;
@@ -288,10 +290,10 @@ export function buildDesired(input: DesiredInput, cache?: { current?: CompileCac
     const delta = prefixes.delta && input.fqdn.syncedTo === cache?.current?.records ? prefixes.delta : undefined;
     if (delta) input.fqdn.changePolicy(selectors, delta.added.map(normalizeCidr), delta.removed.map(normalizeCidr));
     else
-      input.fqdn.setPolicy(
-        selectors,
-        input.cidrs.entries().map((e) => e.text),
-      );
+      input.fqdn.setPolicy(selectors, [
+        ...input.cidrs.entries().map((e) => e.text),
+        ...input.cidrs.hiddenAmong(prefixes.set), // the policies name them all (the table skips the node's)
+      ]);
     input.fqdn.syncedTo = input.records;
   }
   // Peers selectors choose from: local endpoints, plus other nodes' endpoints in cluster mode.

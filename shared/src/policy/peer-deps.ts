@@ -16,7 +16,8 @@ export function namesCidrs(r: PolicyRecord): boolean {
 
 /** Records whose peers may stand for other identities once the CIDR identities changed: a CIDR
  *  wider than one address (a new prefix may fall inside it), one with exceptions, toFQDNs, world.
- *  A host prefix stands for its own identity only, which a sync never renumbers. */
+ *  A host prefix stands for its own identity only, which a sync never renumbers (one of the node's
+ *  addresses has none: UniverseChange.hostPrefixes). */
 export function dependsOnCidrs(rec: PolicyRecord): boolean {
   return deps.get(rec.policy)[WIDE] > 0;
 }
@@ -68,8 +69,8 @@ const deps = new RuleTally(3, (rule, into, by) => {
 /** Could this rule's peers stand for other identities after `moved` (as recordPeersMoved, per rule)? */
 export function rulePeersMoved(rule: Rule, moved: UniverseChange): boolean {
   if (!moved.cidrs && !moved.fqdn) return false;
-  const [cidrs, fqdn] = depsOf(rule);
-  return cidrs || (moved.fqdn && fqdn);
+  const [cidrs, fqdn, , cidr] = depsOf(rule);
+  return cidrs || (moved.fqdn && fqdn) || (!!moved.hostPrefixes && cidr);
 }
 
 function isHostPrefix(cidr: string): boolean {
@@ -80,6 +81,9 @@ function isHostPrefix(cidr: string): boolean {
 export interface UniverseChange {
   cidrs: boolean;
   fqdn: boolean;
+  /** With cidrs: a host prefix's identity came or went with no rule changing (the node's addresses
+   *  changed: identity/cidr.ts hide), so rules naming host prefixes resolve again too. */
+  hostPrefixes?: boolean;
   /** With cidrs: the prefixes whose identities came or went, when known (cidr-moves.ts). */
   cidrChanges?: readonly Cidr[];
   /** With fqdn: the FQDN identities that came or went, when known (fqdn-moves.ts). */

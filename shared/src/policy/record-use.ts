@@ -58,8 +58,8 @@ export function ruleKey(rec: PolicyRecord, rule: Rule): string {
 
 /** Could `rec`'s peers stand for other identities than when the base was compiled? */
 export function peersMoved(rec: PolicyRecord, moved: UniverseChange): boolean {
-  const { cidrs, fqdn } = moved;
-  return ((cidrs || fqdn) && dependsOnCidrs(rec)) || (fqdn && namesAnyCidr(rec));
+  const { cidrs, fqdn, hostPrefixes } = moved;
+  return ((cidrs || fqdn) && dependsOnCidrs(rec)) || ((fqdn || !!hostPrefixes) && namesAnyCidr(rec));
 }
 
 /** What `rec` gives `labels`; rules whose use is unchanged from `before` keep that very object. */

@@ -115,8 +115,8 @@ export function records(yaml: string): PolicyRecord[] {
 const HOST = () => ['192.0.2.1'];
 
 /** A started engine over `ops` with one endpoint per app (ids 1, 2, ...; addresses 10.0.0.2, ...). */
-export async function engineWithEndpoints(ops: MemoryPolicyOps, apps: string[], store = new MemoryStore()) {
-  const engine = await PolicyEngine.open({ store, ops, hostAddresses: HOST });
+export async function engineWithEndpoints(ops: MemoryPolicyOps, apps: string[], store = new MemoryStore(), hostAddresses = HOST) {
+  const engine = await PolicyEngine.open({ store, ops, hostAddresses });
   const eps: Endpoint[] = [];
   for (const [i, app] of apps.entries()) {
     const labels = { app };
@@ -130,8 +130,8 @@ export async function engineWithEndpoints(ops: MemoryPolicyOps, apps: string[], 
 }
 
 /** What an engine restarted on the same store and maps (a full recompute) changes in them. */
-export async function restartChanges(store: MemoryStore, ops: MemoryPolicyOps, eps: Endpoint[]) {
-  const restarted = await PolicyEngine.open({ store, ops, hostAddresses: HOST });
+export async function restartChanges(store: MemoryStore, ops: MemoryPolicyOps, eps: Endpoint[], hostAddresses = HOST) {
+  const restarted = await PolicyEngine.open({ store, ops, hostAddresses });
   for (const ep of eps) await restarted.endpointAttached(ep);
   return restarted.start();
 }
