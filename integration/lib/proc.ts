@@ -19,7 +19,8 @@ export interface Proc {
   kill9(): Promise<void>;
 }
 
-/** `node --import tsx ARGS` in `ns` (not started until start()). */
+/** `node --import tsx ARGS` in `ns` (not started until start()); a built script (ARGS[0] not a .ts file,
+ *  e.g. dist/bin/membrane-agent) runs without the TypeScript loader, as a node runs it. */
 export function supervisedProc(ns: TestNetns, args: string[], logFile: string, env: NodeJS.ProcessEnv = {}): Proc {
   let child: ChildProcess | undefined;
   const e: NodeJS.ProcessEnv = { ...process.env, ...env };
@@ -33,7 +34,8 @@ export function supervisedProc(ns: TestNetns, args: string[], logFile: string, e
     async start() {
       const fd = fs.openSync(logFile, 'a');
       // nsenter execs the command: the PID we hold is the agent's / operator's own.
-      child = spawn('nsenter', [`--net=${ns.path}`, process.execPath, '--import', 'tsx', ...args], {
+      const loader = args[0]?.endsWith('.ts') ? ['--import', 'tsx'] : [];
+      child = spawn('nsenter', [`--net=${ns.path}`, process.execPath, ...loader, ...args], {
         cwd: REPO,
         env: e,
         stdio: ['ignore', fd, fd],

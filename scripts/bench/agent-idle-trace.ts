@@ -4,7 +4,8 @@
 // printed as the slices over 40 ms (time since the trace began, ms of CPU), and the gaps between
 // them, so a periodic cost shows its period (host addresses 10 s, conntrack collection
 // --conntrack-gc-interval (15 s), identity sweep 60 s: agent/policy.ts, agent/conntrack.ts).
-// AGENT_ARGS adds agent flags (e.g. "--conntrack-gc-interval 3600" to take the collection out).
+// AGENT_ARGS adds agent flags (e.g. "--conntrack-gc-interval 3600" to take the collection out);
+// AGENT=<entry point> runs another agent (dist/bin/membrane-agent: the built one, as a node runs it).
 // Run under the bench lock: flock /work/wt/.bench.lock node --import tsx scripts/bench/agent-idle-trace.ts
 import os from 'node:os';
 import { createNetns } from '../../integration/lib/netns.ts';
@@ -18,7 +19,11 @@ const RULES = Number(process.env.RULES ?? 10_000);
 const SECONDS = Number(process.env.SECONDS ?? 64);
 const extra = process.env.AGENT_ARGS?.split(' ').filter(Boolean) ?? [];
 const load0 = os.loadavg()[0].toFixed(2);
-const c = await startCluster({ nodes: 2, agentArgs: ['--routing-mode', 'tunnel', '--log-level', 'info', ...extra] });
+const c = await startCluster({
+  nodes: 2,
+  ...(process.env.AGENT ? { agentMain: process.env.AGENT } : {}),
+  agentArgs: ['--routing-mode', 'tunnel', '--log-level', 'info', ...extra],
+});
 const nss: { remove(): void }[] = [];
 try {
   const [n1, n2] = c.nodes;

@@ -30,6 +30,7 @@ const WORK = process.env.WORK ?? 'crr'; // with tput*, "per connection" below re
 const load0 = os.loadavg()[0].toFixed(2);
 const c = await startCluster({
   nodes: 2,
+  ...(process.env.AGENT ? { agentMain: process.env.AGENT } : {}),
   agentArgs: ['--routing-mode', MODE, '--log-level', 'info', ...(process.env.OBJ ? ['--bpf-object', process.env.OBJ] : [])],
 });
 const restoreStats = enableBpfStats();
