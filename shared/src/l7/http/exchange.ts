@@ -1,5 +1,7 @@
 // What the HTTP proxy connection asks of its owner (a verdict per request) and tells it (one record
 // per request and per response), plus the responses the proxy writes itself. Pure.
+import { Buffer } from 'node:buffer';
+import { performance } from 'node:perf_hooks'; // not the global accessor: raw-socket.ts says why
 import type { RequestHead } from './parse.ts';
 import type { HeaderEdit, RequestView } from './rules.ts';
 

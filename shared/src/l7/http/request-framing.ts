@@ -3,6 +3,7 @@
 // the allowed bytes forwarded in as few writes as possible, the denied ones dropped. Bytes after an
 // upgrade request are held until the server answers. Deciding, queueing and ending are the
 // connection's (connection.ts).
+import { Buffer } from 'node:buffer'; // not the global accessor: proxy/raw-socket.ts says why
 import { rewriteHead } from './exchange.ts';
 import { BodyScanner, checkRequestStart, findHeadEnd, parseRequestHead, skipEmptyLines, type RequestHead } from './parse.ts';
 import type { Pending } from './queue.ts';

@@ -2,6 +2,7 @@
 // parsed, bodies scanned, never buffered whole) and passed on byte for byte, each one matched to the
 // oldest request the server owes an answer. A client's dropped `Connection: close` (upstream reuse)
 // is put back into the head of its response. Queueing and ending are the connection's (connection.ts).
+import { Buffer } from 'node:buffer'; // not the global accessor: proxy/raw-socket.ts says why
 import { answered } from './exchange.ts';
 import { BodyScanner, HttpParseError, findHeadEnd, parseResponseHead } from './parse.ts';
 import type { Pending } from './queue.ts';
@@ -41,8 +42,10 @@ export class ResponseFramer {
   private carry?: Buffer;
   /** Start of the byte range of the chunk being walked that is to be forwarded (-1: none). */
   private fwd = -1;
-  /** A response head with "connection: close" added, written together with the bytes after it. */
-  private headOut?: Buffer;
+  /** Where "connection: close" goes into the chunk being walked (the head's final CRLF; -1: nowhere):
+   *  the next cut writes the head with it and the bytes after it as one new buffer (one request per
+   *  connection: every response), not a new head and then a second copy joining it to the rest. */
+  private closeAt = -1;
 
   constructor(private readonly host: ResponseHost) {}
 
@@ -111,8 +114,7 @@ export class ResponseFramer {
           if (head.status === 101) throw new HttpParseError(502, 'switching protocols without an upgrade request');
           if (p.closeDropped && head.keepAlive) {
             // The client asked for close and the connection ends after this response: say so.
-            this.headOut = Buffer.concat([buf.subarray(this.fwd, i - 2), CLOSE_LINE]);
-            this.fwd = i - 2;
+            this.closeAt = i - 2;
           }
           if (!head.keepAlive) {
             p.closeAfter = true;
@@ -153,12 +155,18 @@ export class ResponseFramer {
   /** Writes the range of the current server chunk that ends at `at` (after a rewritten head). */
   private cut(buf: Buffer, at: number): void {
     // The whole chunk (a keep-alive response in one read): itself, not a new view of it.
-    const part =
-      this.fwd >= 0 && at > this.fwd ? (this.fwd === 0 && at === buf.length ? buf : buf.subarray(this.fwd, at)) : undefined;
-    if (this.headOut) {
-      this.host.toClient(part ? Buffer.concat([this.headOut, part]) : this.headOut);
-      this.headOut = undefined;
-    } else if (part) this.host.toClient(part);
+    const from = this.fwd;
     this.fwd = -1;
+    if (from < 0 || at <= from) return;
+    const closeAt = this.closeAt;
+    if (closeAt >= 0) {
+      // The head is in this range (cut only ever runs past it): forwarded with the close line in it.
+      this.closeAt = -1;
+      const out = Buffer.allocUnsafe(at - from + CLOSE_LINE.length);
+      buf.copy(out, 0, from, closeAt);
+      CLOSE_LINE.copy(out, closeAt - from);
+      buf.copy(out, closeAt - from + CLOSE_LINE.length, closeAt, at);
+      this.host.toClient(out);
+    } else this.host.toClient(from === 0 && at === buf.length ? buf : buf.subarray(from, at));
   }
 }

@@ -25,6 +25,7 @@
 // time (same two ends, method, path, host, protocol and decision: a keep-alive client asking for the
 // same thing, or new connections from one client to one server) is a short repeat record, kind 3,
 // naming that record; its source port is at 26 and its destination port at 36.
+import { Buffer } from 'node:buffer'; // not the global accessor: raw-socket.ts says why
 import { ipBytes } from '../../net/index.ts';
 import type { Exchange } from '../http/exchange.ts';
 import type { ConnectionPolicy, ProxyDecision } from './view.ts';

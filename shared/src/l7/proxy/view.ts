@@ -50,6 +50,9 @@ export interface ConnectionPolicy {
   /** Decisions by method, path and host (decide()), when no rule of any side looks at headers: the
    *  verdict then depends on nothing else, and this object is replaced when the policy changes. */
   verdicts?: Map<string, ProxyDecision>;
+  /** The upstream pool's key for connections of this policy (the worker's, made at first use): one
+   *  string per policy, not one built and hashed per connection. */
+  poolKey?: string;
 }
 
 /** Decisions kept per connection policy (then the cache starts over): a bound on what a client that
@@ -76,8 +79,12 @@ export class ProxyView {
   private readonly exact = new Map<string, number>();
   private readonly prefixes: { cidr: Cidr; identity: number }[] = [];
   private readonly identityCache = new Map<string, number>();
-  /** Connections between the same two addresses and port share their (immutable) policy. */
-  private readonly conns = new Map<string, ConnectionPolicy>();
+  /** Connections between the same two addresses and port share their (immutable) policy: by source,
+   *  destination and port, not one `src|dst|port` string per connection (each accepted connection's
+   *  string was built, flattened, hashed and compared: about 1 % of a worker's CPU at one request per
+   *  connection). connCount bounds them all. */
+  private readonly conns = new Map<string, Map<string, Map<number, ConnectionPolicy>>>();
+  private connCount = 0;
   private readonly dirs: { ingress?: DirectionPolicy; egress?: DirectionPolicy }[];
   private readonly sets: CompiledSet[];
 
@@ -123,12 +130,21 @@ export class ProxyView {
 
   /** The policy of a connection from src to dst:dport (TCP). */
   connection(srcIp: string, dstIp: string, dport: number): ConnectionPolicy {
-    const key = `${srcIp}|${dstIp}|${dport}`;
-    const cached = this.conns.get(key);
+    const bySrc = this.conns.get(srcIp);
+    const byDst = bySrc?.get(dstIp);
+    const cached = byDst?.get(dport);
     if (cached) return cached;
     const c = this.resolve(srcIp, dstIp, dport);
-    if (this.conns.size > 100_000) this.conns.clear();
-    this.conns.set(key, c);
+    if (this.connCount >= 100_000) {
+      this.conns.clear();
+      this.connCount = 0;
+    }
+    let src = this.conns.get(srcIp);
+    if (!src) this.conns.set(srcIp, (src = new Map()));
+    let dst = src.get(dstIp);
+    if (!dst) src.set(dstIp, (dst = new Map()));
+    dst.set(dport, c);
+    this.connCount++;
     return c;
   }
 

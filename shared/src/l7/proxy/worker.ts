@@ -8,6 +8,7 @@
 // or when the agent's state directory is gone.
 import fs from 'node:fs';
 import net from 'node:net';
+import { performance } from 'node:perf_hooks'; // not the global accessor: raw-socket.ts says why
 import { type ConnectionOptions, HttpProxyConnection } from '../http/connection.ts';
 import type { Exchange, ExchangeSink, Verdict } from '../http/exchange.ts';
 import type { UpstreamReuse } from '../http/pair.ts';
@@ -209,7 +210,9 @@ export class ProxyWorker {
       this.lost++;
       return;
     }
-    this.records.add(kind, x, ctx, this.timeOrigin + performance.now());
+    // A request's record is made as its head completes (connection.ts admit): its exchange's start is that
+    // time already, one clock read fewer per request.
+    this.records.add(kind, x, ctx, this.timeOrigin + (kind === 'request' ? x.startMs : performance.now()));
     if (this.records.bytes >= FLUSH_BYTES) this.flush();
     else if (!this.flushTimer) this.flushTimer = setTimeout(() => this.flush(), FLUSH_MS);
   }
@@ -283,9 +286,10 @@ class Diverted implements ConnectionOptions, UpstreamReuse, ExchangeSink, Record
   clientClosesFirst = false;
   /** The upstream pool key of the connection taken from the pool (undefined: none taken). */
   private taken?: string;
-  /** Byte count at the last idle sweep, and since when it is that (ProxyWorker.closeIdle). */
-  idleBytes = 0;
-  idleSince = Date.now();
+  /** Byte count at the last idle sweep, and since when it is that (ProxyWorker.closeIdle). -1: no
+   *  sweep yet, the first one starts the clock (no clock read per connection; the timeout is an hour). */
+  idleBytes = -1;
+  idleSince = 0;
   /** ProxyWorker.clients' links. */
   prevLink?: Diverted = undefined;
   nextLink?: Diverted = undefined;
@@ -302,7 +306,8 @@ class Diverted implements ConnectionOptions, UpstreamReuse, ExchangeSink, Record
 
   /** Only connections that carried this identity's requests to this destination share a key. */
   private key(): string {
-    return `${this.policy.src.identity}|${this.dstIp}|${this.dstPort}`;
+    const p = this.policy; // one per source, destination and port (ProxyView.connection)
+    return (p.poolKey ??= `${p.src.identity}|${this.dstIp}|${this.dstPort}`);
   }
 
   connect(): UpstreamSocket {
