@@ -17,7 +17,9 @@ if (process.getuid?.() !== 0) {
   process.exit(0);
 }
 
-const f = dnsFqdnForFile(t);
+// The per-client TCP limit set by its flag (default 64), so the flood test below checks the flag.
+const PER_CLIENT = 8;
+const f = dnsFqdnForFile(t, { agentArgs: ['--dns-proxy-tcp-max-per-client', `${PER_CLIENT}`] });
 
 t.test('attacks around the DNS rules, with real packets', async (t) => {
   const { world, W, eps, nsOf, children, tmp, hosts, cacheList } = f;
@@ -201,9 +203,11 @@ t.test('TCP: queries sent before a half-close are answered', async (t) => {
   );
 });
 
-// A pod opening many TCP connections to its resolver and never sending: the proxy keeps at most 64
-// of one client's open (dns/tcp-clients.ts), closing the oldest, and frees them all when it goes.
-t.test('a pod opening 80 idle TCP connections to the DNS proxy: 64 stay open, 16 are closed', async (t) => {
+// A pod opening many TCP connections to its resolver and never sending: the proxy keeps at most
+// --dns-proxy-tcp-max-per-client of one client's open (dns/tcp-clients.ts), closing the oldest, and
+// frees them all when it goes.
+const OPENED = PER_CLIENT + 4;
+t.test('a pod opening 12 idle TCP connections to the DNS proxy: 8 (its flag) stay open, 4 are closed', async (t) => {
   const { W, nsOf, agent } = f;
   type Conns = { open: number; evicted: number };
   const conns = async () => ((await agent.client.status()) as { dns?: { tcpConnections?: Conns } }).dns?.tcpConnections;
@@ -213,7 +217,7 @@ t.test('a pod opening 80 idle TCP connections to the DNS proxy: 64 stay open, 16
     `
     const net = require('net');
     let connected = 0, closed = 0;
-    for (let i = 0; i < 80; i++) {
+    for (let i = 0; i < ${OPENED}; i++) {
       const s = net.connect(53, '${W.dns}');
       s.on('connect', () => connected++);
       s.on('close', () => closed++);
@@ -221,17 +225,17 @@ t.test('a pod opening 80 idle TCP connections to the DNS proxy: 64 stay open, 16
     }
     setTimeout(() => { process.stdout.write(JSON.stringify({ connected, closed })); process.exit(0); }, 6000);`,
   );
-  const during = await until('the proxy to have closed 16 connections', async () => {
+  const during = await until('the proxy to have closed 4 connections', async () => {
     const c = await conns();
-    return c && c.evicted - before.evicted >= 16 ? c : undefined;
+    return c && c.evicted - before.evicted >= 4 ? c : undefined;
   });
-  t.ok(during.open <= 64, `at most 64 open in the proxy (${during.open})`);
+  t.ok(during.open <= PER_CLIENT, `at most ${PER_CLIENT} open in the proxy (${during.open})`);
   t.same(
     JSON.parse(await held),
-    { connected: 80, closed: 16 },
-    'all 80 were accepted; 16 were closed by the proxy (the oldest: dns-tcp-clients.test.ts)',
+    { connected: OPENED, closed: 4 },
+    `all ${OPENED} were accepted; 4 were closed by the proxy (the oldest: dns-tcp-clients.test.ts)`,
   );
-  t.equal((await conns())!.evicted - before.evicted, 16, 'exactly 16 closed to stay within the limit');
+  t.equal((await conns())!.evicted - before.evicted, 4, 'exactly 4 closed to stay within the limit');
   await until('every connection gone from the proxy once the pod closed them', async () =>
     (await conns())?.open === 0 ? true : undefined,
   );

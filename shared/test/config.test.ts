@@ -182,3 +182,62 @@ t.test('--help is generated from the same table: every flag with its environment
     t.match(help, env, env);
   }
 });
+
+t.test('DNS proxy TCP limits: flag, environment, file, defaults, ranges, --help', async (t) => {
+  t.same(resolveConfig([], {}, noFile).dnsProxyTcp, { max: 1024, perClient: 64, idleMs: 30_000 }, 'defaults');
+  const c = resolveConfig(
+    ['--dns-proxy-tcp-max', '100', '--dns-proxy-tcp-max-per-client', '10', '--dns-proxy-tcp-idle-timeout', '5'],
+    {},
+    noFile,
+  );
+  t.same(c.dnsProxyTcp, { max: 100, perClient: 10, idleMs: 5000 }, 'flags (the idle timeout in seconds)');
+  const e = resolveConfig(
+    [],
+    { MEMBRANE_DNS_PROXY_TCP_MAX: '200', MEMBRANE_DNS_PROXY_TCP_MAX_PER_CLIENT: '20', MEMBRANE_DNS_PROXY_TCP_IDLE_TIMEOUT: '60' },
+    noFile,
+  );
+  t.same(e.dnsProxyTcp, { max: 200, perClient: 20, idleMs: 60_000 }, 'environment');
+  const f = resolveConfig(
+    ['--config', '/c.yaml'],
+    {},
+    () => 'dnsProxyTcpMax: 300\ndnsProxyTcpMaxPerClient: 30\ndnsProxyTcpIdleTimeout: 90\n',
+  );
+  t.same(f.dnsProxyTcp, { max: 300, perClient: 30, idleMs: 90_000 }, 'file');
+  t.same(
+    resolveConfig(['--dns-proxy-tcp-max', '16'], {}, noFile).dnsProxyTcp.perClient,
+    16,
+    'a total below 64: one pod may use it all',
+  );
+  t.same(
+    resolveConfig(['--dns-proxy-tcp-max', '16', '--dns-proxy-tcp-max-per-client', '16'], {}, noFile).dnsProxyTcp.perClient,
+    16,
+  );
+  t.throws(
+    () => resolveConfig(['--dns-proxy-tcp-max', '16', '--dns-proxy-tcp-max-per-client', '17'], {}, noFile),
+    /--dns-proxy-tcp-max-per-client 17 is more than the 16 TCP connections the DNS proxy keeps in all \(--dns-proxy-tcp-max\)/,
+  );
+  t.throws(
+    () => resolveConfig(['--config', '/c.yaml'], {}, () => 'dnsProxyTcpMaxPerClient: 2000\n'),
+    /the config file's dnsProxyTcpMaxPerClient 2000 is more than the 1024/,
+  );
+  t.throws(
+    () => resolveConfig(['--dns-proxy-tcp-max', '0'], {}, noFile),
+    /--dns-proxy-tcp-max "0" is not a whole number from 1 to 65536/,
+  );
+  t.throws(
+    () => resolveConfig([], { MEMBRANE_DNS_PROXY_TCP_MAX_PER_CLIENT: 'many' }, noFile),
+    /MEMBRANE_DNS_PROXY_TCP_MAX_PER_CLIENT "many" is not a whole number/,
+  );
+  t.throws(
+    () => resolveConfig(['--dns-proxy-tcp-idle-timeout', '0.5'], {}, noFile),
+    /--dns-proxy-tcp-idle-timeout "0.5" is not a whole number from 1 to 3600/,
+  );
+  t.throws(
+    () => resolveConfig(['--config', '/c.yaml'], {}, () => 'dnsProxyTcpIdleTimeout: 0\n'),
+    /config file \/c.yaml: dnsProxyTcpIdleTimeout/,
+  );
+  const help = helpText();
+  t.match(help, /--dns-proxy-tcp-max <n>.*default 1024; env MEMBRANE_DNS_PROXY_TCP_MAX\)/s);
+  t.match(help, /--dns-proxy-tcp-max-per-client <n>.*default 64; env MEMBRANE_DNS_PROXY_TCP_MAX_PER_CLIENT\)/s);
+  t.match(help, /--dns-proxy-tcp-idle-timeout <seconds>.*default 30; env MEMBRANE_DNS_PROXY_TCP_IDLE_TIMEOUT\)/s);
+});

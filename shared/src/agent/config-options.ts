@@ -1,6 +1,7 @@
 // What the agent can be told: every setting once, with its flag, environment variable and help
 // text (its config-file key, type and default live in config-schema.ts). config-flags.ts builds the
 // command line from OPTIONS; config.ts resolves them into an AgentConfig.
+import { TCP_CLIENT_LIMITS } from '../dns/tcp-clients.ts';
 import { DEFAULT_CRI_SOCKET } from '../labels/cri.ts';
 import { DEFAULT_LABEL_FILTER } from '../labels/filter.ts';
 import { DEFAULT_LABEL_TIMEOUT_MS } from '../labels/resolver.ts';
@@ -252,6 +253,27 @@ export const OPTIONS: OptionSpec[] = [
     env: 'MEMBRANE_DNS_CACHE',
     help: "the datapath answers a pod's repeated UDP DNS queries from the answers the proxy relayed, until their TTL",
     default: 'on',
+  },
+  {
+    key: 'dnsProxyTcpMax',
+    flags: '--dns-proxy-tcp-max <n>',
+    env: 'MEMBRANE_DNS_PROXY_TCP_MAX',
+    help: 'TCP connections to the DNS proxy open at once, all pods together; past it the least recently active one is closed',
+    default: `${TCP_CLIENT_LIMITS.max}`,
+  },
+  {
+    key: 'dnsProxyTcpMaxPerClient',
+    flags: '--dns-proxy-tcp-max-per-client <n>',
+    env: 'MEMBRANE_DNS_PROXY_TCP_MAX_PER_CLIENT',
+    help: 'the same for one pod address (its own least recently active one is closed); at most --dns-proxy-tcp-max',
+    default: `${TCP_CLIENT_LIMITS.perClient}`,
+  },
+  {
+    key: 'dnsProxyTcpIdleTimeout',
+    flags: '--dns-proxy-tcp-idle-timeout <seconds>',
+    env: 'MEMBRANE_DNS_PROXY_TCP_IDLE_TIMEOUT',
+    help: 'a TCP connection to the DNS proxy with no traffic either way for this long is closed',
+    default: `${TCP_CLIENT_LIMITS.idleMs / 1000}`,
   },
   {
     key: 'fqdnMinTtl',

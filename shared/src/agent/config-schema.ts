@@ -94,6 +94,9 @@ export const FileSchema = z
     dnsProxyPort: z.number().int().min(0).max(65535).optional(),
     dnsProxyWorkers: z.number().int().min(0).max(64).optional(),
     dnsCache: z.boolean().optional(),
+    dnsProxyTcpMax: z.number().int().min(1).max(65_536).optional(),
+    dnsProxyTcpMaxPerClient: z.number().int().min(1).max(65_536).optional(),
+    dnsProxyTcpIdleTimeout: z.number().int().min(1).max(3600).optional(),
     fqdnMinTtl: z
       .number()
       .int()

@@ -1,5 +1,6 @@
 // Reading one setting's text (a number in range, on/off, --pool networks, the cluster routing and
 // observer TLS combinations) with errors that name where the value came from.
+import { TCP_CLIENT_LIMITS, type TcpClientLimits } from '../dns/tcp-clients.ts';
 import { ifNameProblem, parseCidr } from '../net/index.ts';
 import type { NetworkSpec } from '../types.ts';
 import type { FileConfig } from './config-options.ts';
@@ -51,6 +52,28 @@ export function observerTls(
 }
 
 type TextOf = (key: 'routingMode' | 'tunnel' | 'tunnelPort' | 'tunnelDevice') => Given | undefined;
+
+type DnsTcpKey = 'dnsProxyTcpMax' | 'dnsProxyTcpMaxPerClient' | 'dnsProxyTcpIdleTimeout';
+
+/** --dns-proxy-tcp-max, --dns-proxy-tcp-max-per-client, --dns-proxy-tcp-idle-timeout. A per-client
+ *  limit above the total could never bind: refused when given, and its default follows a total
+ *  set below it (a node that allows 16 connections allows one pod all 16, not 64). */
+export function dnsTcpLimits(text: (key: DnsTcpKey) => Given | undefined, file: FileConfig): TcpClientLimits {
+  const RANGE = { min: 1, max: 65_536 };
+  const max = int(text('dnsProxyTcpMax'), file.dnsProxyTcpMax, RANGE) ?? TCP_CLIENT_LIMITS.max;
+  const given = text('dnsProxyTcpMaxPerClient');
+  const perClient = int(given, file.dnsProxyTcpMaxPerClient, RANGE);
+  if (perClient !== undefined && perClient > max)
+    throw new ConfigError(
+      `${given?.from ?? "the config file's dnsProxyTcpMaxPerClient"} ${perClient} is more than the ${max} TCP connections the DNS proxy keeps in all (--dns-proxy-tcp-max)`,
+    );
+  const idle = int(text('dnsProxyTcpIdleTimeout'), file.dnsProxyTcpIdleTimeout, { min: 1, max: 3600 });
+  return {
+    max,
+    perClient: perClient ?? Math.min(TCP_CLIENT_LIMITS.perClient, max),
+    idleMs: idle !== undefined ? idle * 1000 : TCP_CLIENT_LIMITS.idleMs,
+  };
+}
 
 /** --routing-mode, --tunnel (Cilium's older spelling: `--tunnel disabled` is native routing), --tunnel-port, --tunnel-device. */
 export function routingFlags(text: TextOf, file: FileConfig): Pick<ClusterFlags, 'routingMode' | 'tunnelPort' | 'tunnelDevice'> {

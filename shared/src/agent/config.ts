@@ -7,13 +7,14 @@ import os from 'node:os';
 import { parse as parseYaml } from 'yaml';
 import { ifNameProblem } from '../net/index.ts';
 import type { NetworkSpec } from '../types.ts';
+import type { TcpClientLimits } from '../dns/tcp-clients.ts';
 import { DEFAULT_LABEL_FILTER, parseLabelFilter } from '../labels/filter.ts';
 import { DEFAULT_LABEL_TIMEOUT_MS } from '../labels/resolver.ts';
 import { DEFAULT_CRI_SOCKET } from '../labels/cri.ts';
 import { dockerApiTarget, type DockerApiTarget } from '../labels/docker-host.ts';
 import { DEFAULTS, FileSchema, LOG_LEVELS, OPTIONS, type FileConfig, type Key } from './config-options.ts';
 import { parseFlags } from './config-flags.ts';
-import { ConfigError, int, observerTls, onOff, poolsToNetworks, routingFlags } from './config-values.ts';
+import { ConfigError, dnsTcpLimits, int, observerTls, onOff, poolsToNetworks, routingFlags } from './config-values.ts';
 
 export { DEFAULTS, type FileConfig } from './config-options.ts';
 export { helpText, parseFlags } from './config-flags.ts';
@@ -81,6 +82,8 @@ export interface AgentConfig {
   /** The datapath answers a pod's repeated UDP DNS query from the answers the proxy relayed, until
    *  their TTL (shared/src/dns/answer-cache.ts). */
   dnsCache: boolean;
+  /** Bounds on the DNS proxy's TCP client connections (dns/tcp-clients.ts says why they exist). */
+  dnsProxyTcp: TcpClientLimits;
   /** Addresses learned from DNS stay at least this many seconds (when the answer's TTL is shorter). */
   fqdnMinTtl: number;
   /** Cluster mode (shared/src/cluster): set when --kvstore is given. */
@@ -256,6 +259,7 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
     dnsProxyPort: int(text('dnsProxyPort'), file.dnsProxyPort, { min: 0, max: 65535 }) ?? 0,
     dnsProxyWorkers: int(text('dnsProxyWorkers'), file.dnsProxyWorkers, { min: 0, max: 64 }) ?? DEFAULTS.dnsProxyWorkers,
     dnsCache: onOff(text('dnsCache'), file.dnsCache ?? true),
+    dnsProxyTcp: dnsTcpLimits(text, file),
     fqdnMinTtl: int(text('fqdnMinTtl'), file.fqdnMinTtl, { min: 0, max: 86_400 * 7 }) ?? 0,
     ...(cluster ? { cluster } : {}),
   };

@@ -136,6 +136,7 @@ export class AgentDns {
     this.proxy = new DnsProxy({
       port: this.port,
       log: this.log,
+      tcpLimits: this.d.cfg.dnsProxyTcp,
       decide: (src, dst, proto, q) => this.decide(src, dst, proto, q),
       learn: (endpoint, answer) => this.learn(endpoint, answer),
       record: (r) => {
