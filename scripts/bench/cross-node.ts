@@ -30,6 +30,8 @@
 // other agent code, or without the wait past the give-backs; BENCH_CP_TRACE: the control plane's CPU
 // per metric (all below).
 import os from 'node:os';
+import path from 'node:path';
+import { REPO } from '../../integration/lib/agent.ts';
 import { createNetns } from '../../integration/lib/netns.ts';
 import { eventually, startCluster, type TestCluster, type TestNode } from '../../integration/lib/cluster.ts';
 import { flannel, plainRouting, plainVxlan, type PodPair, type Topology } from './cross-node-peers.ts';
@@ -54,8 +56,14 @@ const BEFORE = process.env.BENCH_BEFORE;
 const BEFORE_ARGS = process.env.BENCH_BEFORE_ARGS?.split(' ').filter(Boolean) ?? [];
 /** BENCH_BEFORE_NOWAIT=on: the 'before' cells start once their agents are idle, without the wait past
  *  the give-backs of the last API requests (as every cell did before abd670a). */
-/** BENCH_BEFORE_AGENT=<another checkout>/shared/src/agent/main.ts: the 'before' cells' agents run that
- *  code (the checkout needs node_modules and dist/, e.g. symlinked from this one). */
+/** The agents run the built agent (`npm run bench:cross-node` builds it first), as a node runs it and as
+ *  the single-node benches do; the harness's default, shared/src/agent/main.ts, runs under the TypeScript
+ *  loader, which made the agents' per-event work several times dearer (docs/performance-history.md:
+ *  ~1.2 µs against ~0.2 µs an event). BENCH_AGENT=<entry point> runs another. */
+const AGENT = process.env.BENCH_AGENT ?? path.join(REPO, 'dist/bin/membrane-agent');
+/** BENCH_BEFORE_AGENT=<another checkout>/dist/bin/membrane-agent: the 'before' cells' agents run that
+ *  build (a checkout's shared/src/agent/main.ts also works, through the TypeScript loader: compare
+ *  like with like; the checkout needs node_modules and dist/, e.g. symlinked from this one). */
 const BEFORE_AGENT = process.env.BENCH_BEFORE_AGENT;
 const BEFORE_NOWAIT = (process.env.BENCH_BEFORE_NOWAIT ?? 'off') === 'on';
 const BEFORE_L7 = (process.env.BENCH_BEFORE_L7 ?? 'off') === 'on';
@@ -100,11 +108,11 @@ async function membraneCluster(
   mode: 'tunnel' | 'native',
   object?: string,
   extraArgs: string[] = [],
-  agentMain?: string,
+  agentMain = AGENT,
 ): Promise<{ c: TestCluster; pods(): Promise<PodPair> }> {
   const c = await startCluster({
     nodes: 2,
-    ...(agentMain ? { agentMain } : {}),
+    agentMain,
     agentArgs: [
       '--routing-mode',
       mode,
