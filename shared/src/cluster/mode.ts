@@ -168,11 +168,12 @@ export class ClusterMode {
     this.nodes.publish(this.record);
     this.podCidrs = await waitForPodCidrs(this.session, this.L, this.cfg.nodeName, this.cfg.startTimeoutMs);
     await writeFileAtomic(file, JSON.stringify(this.podCidrs) + '\n');
-    this.record = {
-      ...this.record,
-      podCidrs: { ipv4: this.podCidrs.ipv4, ipv6: this.podCidrs.ipv6 },
-      nodeId: this.podCidrs.nodeId,
-    };
+    // From now on the record asks for the blocks the node has: a record written again after the lease
+    // was lost (the agent frozen or cut off longer than its TTL, the operator meanwhile releasing the
+    // node) gets the node its own quarantined blocks back instead of the next free ones, which its
+    // running pods and the network in its state dir would not be in.
+    const own = { ipv4: this.podCidrs.ipv4, ipv6: this.podCidrs.ipv6 };
+    this.record = { ...this.record, podCidrs: own, requestedPodCidrs: own, nodeId: this.podCidrs.nodeId };
     this.nodes.publish(this.record);
     // A refreshed updatedAt is how others see the node is alive ("last seen").
     this.refreshTimer = setInterval(() => {
