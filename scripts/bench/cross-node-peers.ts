@@ -17,6 +17,8 @@ export interface PodPair {
   ipB: string;
   /** Membrane's: the tc programs attached on both nodes (their run time is reported, bpf-stats.ts). */
   programs?: number[];
+  /** The plain peers': the client's and the server's node netns paths (device-parity.ts). */
+  nodeNs?: [string, string];
   cleanup(): Promise<void>;
 }
 export interface Topology {
@@ -26,11 +28,12 @@ export interface Topology {
 }
 
 /** Two pods as a pair for one measurement, both removed by its cleanup. */
-function pair(a: { ns: TestNetns }, b: { ns: TestNetns; ip: string }): PodPair {
+function pair(a: { ns: TestNetns }, b: { ns: TestNetns; ip: string }, nodes: [PlainNode, PlainNode]): PodPair {
   return {
     a: a.ns,
     b: b.ns,
     ipB: b.ip,
+    nodeNs: [nodes[0].ns.path, nodes[1].ns.path],
     cleanup: async () => {
       a.ns.remove();
       b.ns.remove();
@@ -107,7 +110,7 @@ function plainPods(nodes: [PlainNode, PlainNode], mtu: number): () => Promise<Po
     const a = plainPod(nodes[0], mtu, host),
       b = plainPod(nodes[1], mtu, host);
     host = host >= 250 ? 2 : host + 1;
-    return pair(a, b);
+    return pair(a, b, nodes);
   };
 }
 
@@ -184,7 +187,7 @@ export async function flannel(): Promise<Topology> {
       const a = pod(n1),
         b = pod(n2);
       host = host >= 250 ? 2 : host + 1;
-      return pair(a, b);
+      return pair(a, b, t.nodes);
     },
     close: async () => t.close(),
   };

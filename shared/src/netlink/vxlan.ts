@@ -24,7 +24,13 @@ export interface VxlanInfo {
   noArp: boolean;
 }
 
-/** One RTM_NEWLINK; 'exists' when a link of that name is there. */
+/** One RTM_NEWLINK; 'exists' when a link of that name is there.
+ *  No lower device (IFLA_VXLAN_LINK) on purpose: the kernel deletes a VXLAN device together with its
+ *  lower device, and a collect_md device routes every packet by its key anyway. The one attribute this
+ *  leaves different from an iproute2 device made with `dev eth0` (bench:cross-node's plain peer) is
+ *  tso_max_size: the kernel's 65536 here, the lower device's there (veth: 524280). It caps only how far
+ *  gso_max_size may be raised (BIG TCP); both devices keep the default 65536, so no packet differs
+ *  (scripts/bench/device-parity.ts compares every device of both paths). */
 export function vxlanAdd(c: Conn, o: VxlanOptions): void {
   const l = lib();
   const op = 'vxlan add';
