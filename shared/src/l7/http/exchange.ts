@@ -72,6 +72,7 @@ export function startExchange(method: string, path: string, host: string, minor:
     startMs: performance.now(),
     status: 0,
     latencyNs: 0,
+    localReason: undefined, // one shape for forwarded and answered exchanges (the records read it for each)
     recordBatch: -1, // set here, not later, so every exchange has one shape
     recordAt: 0,
   };
