@@ -5,7 +5,9 @@
 // processed, by type (membrane_flows_processed_total; a connection should be one FLOW_NEW and one
 // FLOW_END per node), runs and time of each tc program on both nodes (kernel.bpf_stats_enabled, on for
 // the run, ~0.15 µs a run of its own), the two agents' CPU time, and the conntrack entries left after
-// the sample. OBJ=<datapath .o> runs the agents on another object (an A/B: run once per object).
+// the sample. OBJ=<datapath .o> runs the agents on another object (an A/B: run once per object);
+// ARGS="<agent flags>" adds agent flags (e.g. "--flow-events off": what the events cost, counted);
+// AGENT=<entry point> runs another agent (dist/bin/membrane-agent: the built one).
 // WORK=tput1|tput4 runs iperf3 (1 or 4 streams) instead of crr: the costs are then per MB received.
 // RULES=N (0) imports bench:cross-node's policy of N rules on the server pod (topologies.ts
 // membranePolicy: N-1 CIDR rules that never match, the last admits the client) before the samples.
@@ -31,7 +33,14 @@ const load0 = os.loadavg()[0].toFixed(2);
 const c = await startCluster({
   nodes: 2,
   ...(process.env.AGENT ? { agentMain: process.env.AGENT } : {}),
-  agentArgs: ['--routing-mode', MODE, '--log-level', 'info', ...(process.env.OBJ ? ['--bpf-object', process.env.OBJ] : [])],
+  agentArgs: [
+    '--routing-mode',
+    MODE,
+    '--log-level',
+    'info',
+    ...(process.env.OBJ ? ['--bpf-object', process.env.OBJ] : []),
+    ...(process.env.ARGS?.split(' ').filter(Boolean) ?? []),
+  ],
 });
 const restoreStats = enableBpfStats();
 const RULES = Number(process.env.RULES ?? 0);
