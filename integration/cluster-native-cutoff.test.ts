@@ -20,7 +20,7 @@ if (process.getuid?.() !== 0) {
   process.exit(0);
 }
 
-const { c, known, serve } = clusterForFile(t, { nodes: 2, agentArgs: ['--routing-mode', 'native'] });
+const { c, enforce } = clusterForFile(t, { nodes: 2, agentArgs: ['--routing-mode', 'native'] });
 const PORT = 8090;
 
 const POLICY = `apiVersion: cilium.io/v2
@@ -49,15 +49,7 @@ t.test('native routing: cut off from the store, the last known remote identities
   const web = await n2.pod({ app: 'web-co' });
   const client = await n1.pod({ app: 'client-co' });
   const other = await n1.pod({ app: 'other-co' });
-  await serve(web, PORT);
-  await eventually('pods known', () => known(web) && known(client) && known(other), 20_000);
-  await new PolicyClient(n1.client).import(POLICY);
-  await eventually(
-    'enforced',
-    async () => (await handshake(other.ns, web.ip4, PORT)) === 'timeout' && (await probe(client.ns, web.ip4, PORT)) === 'ok',
-    20_000,
-    200,
-  );
+  await enforce({ policy: POLICY, web, port: PORT, admitted: client, denied: other, pods: [web, client, other] });
   t.equal(await brief(n2), 'OK', 'n2 healthy while the store answers');
   t.equal(await metric(n2, 'membrane_kvstore_connected'), 1, 'membrane_kvstore_connected 1');
   t.equal(await metric(n2, 'membrane_cluster_ipcache_stale'), 0, 'membrane_cluster_ipcache_stale 0');

@@ -8,8 +8,7 @@ import t from 'tap';
 import { spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import { clusterForFile } from './lib/cluster-file.ts';
-import { eventually } from './lib/cluster.ts';
-import { handshake, probe } from './lib/probe.ts';
+import { probe } from './lib/probe.ts';
 import { sendFrames } from './lib/raw.ts';
 import { flowsUntil } from './lib/vxlan.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
@@ -20,7 +19,7 @@ if (process.getuid?.() !== 0) {
   process.exit(0);
 }
 
-const { c, known, serve } = clusterForFile(t, { nodes: 2, agentArgs: ['--routing-mode', 'native'] });
+const { c, enforce, serve } = clusterForFile(t, { nodes: 2, agentArgs: ['--routing-mode', 'native'] });
 
 const POLICY = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -39,15 +38,7 @@ t.test('native routing, forged sources from the underlay: the ipcache identity, 
   const local = await n1.pod({ app: 'client-nf', role: 'local' });
   const client = await n2.pod({ app: 'client-nf' });
   const other = await n2.pod({ app: 'other-nf' });
-  await serve(web, 8084);
-  await eventually('pods known', () => known(web) && known(local) && known(client) && known(other), 20_000);
-  await new PolicyClient(n1.client).import(POLICY);
-  await eventually(
-    'enforced',
-    async () => (await handshake(other.ns, web.ip4, 8084)) === 'timeout' && (await probe(client.ns, web.ip4, 8084)) === 'ok',
-    20_000,
-    200,
-  );
+  await enforce({ policy: POLICY, web, port: 8084, admitted: client, denied: other, pods: [web, local, client, other] });
   t.equal(await probe(local.ns, web.ip4, 8084, 5000), 'ok', 'the local client is admitted (same labels)');
   t.equal(await probe(n1.netns, web.ip4, 8084, 5000), 'ok', "and n1's host (fromEntities: host)");
 

@@ -19,7 +19,7 @@ if (process.getuid?.() !== 0) {
 }
 
 const MAX_STALE_S = 4;
-const { c, known, serve } = clusterForFile(t, {
+const { c, enforce } = clusterForFile(t, {
   nodes: 2,
   agentArgs: ['--routing-mode', 'native', '--kvstore-max-stale', String(MAX_STALE_S)],
 });
@@ -40,15 +40,7 @@ t.test('native routing, --kvstore-max-stale: cut off too long, remote endpoints 
   const web = await n2.pod({ app: 'web-ms' });
   const client = await n1.pod({ app: 'client-ms' });
   const other = await n1.pod({ app: 'other-ms' });
-  await serve(web, PORT);
-  await eventually('pods known', () => known(web) && known(client) && known(other), 20_000);
-  await new PolicyClient(n1.client).import(POLICY);
-  await eventually(
-    'enforced',
-    async () => (await handshake(other.ns, web.ip4, PORT)) === 'timeout' && (await probe(client.ns, web.ip4, PORT)) === 'ok',
-    20_000,
-    200,
-  );
+  await enforce({ policy: POLICY, web, port: PORT, admitted: client, denied: other, pods: [web, client, other] });
   const logBefore = fs.readFileSync(n2.agent.logFile, 'utf8').length;
 
   const t0 = Date.now();

@@ -19,7 +19,7 @@ if (process.getuid?.() !== 0) {
   process.exit(0);
 }
 
-const { c, known, serve } = clusterForFile(t, { nodes: 2, agentArgs: ['--routing-mode', 'native'] });
+const { c, enforce, serve } = clusterForFile(t, { nodes: 2, agentArgs: ['--routing-mode', 'native'] });
 const PORT = 8089;
 
 const POLICY = `apiVersion: cilium.io/v2
@@ -38,19 +38,16 @@ t.test('native routing: a pod relabeled during a store outage does not speak as 
   const pod = await n1.pod({ app: 'trusted-rl' });
   const jailed = await n1.pod({ app: 'quarantined-rl' }); // the label set has a cluster identity
   const local = await n1.pod({ app: 'local-rl' });
-  await serve(web, PORT);
   await serve(local, PORT);
-  await eventually('pods known', () => known(web) && known(pod) && known(jailed), 20_000);
-  await new PolicyClient(n1.client).import(POLICY);
-  await eventually(
-    'enforced',
-    async () =>
-      (await handshake(jailed.ns, web.ip4, PORT)) === 'timeout' &&
-      (await probe(pod.ns, web.ip4, PORT)) === 'ok' &&
-      (await probe(pod.ns, local.ip4, PORT)) === 'ok',
-    20_000,
-    200,
-  );
+  await enforce({
+    policy: POLICY,
+    web,
+    port: PORT,
+    admitted: pod,
+    denied: jailed,
+    pods: [web, pod, jailed],
+    also: async () => (await probe(pod.ns, local.ip4, PORT)) === 'ok',
+  });
 
   await c.etcd.kill9();
   const relabeled = await n1.client.request<Endpoint>(

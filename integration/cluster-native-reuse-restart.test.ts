@@ -9,7 +9,7 @@ import t from 'tap';
 import { clusterForFile } from './lib/cluster-file.ts';
 import { eventually, type TestPod } from './lib/cluster.ts';
 import { readIpcache } from './lib/cluster-maps.ts';
-import { handshake, probe } from './lib/probe.ts';
+import { handshake } from './lib/probe.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { AgentApiError } from '../shared/src/api/client.ts';
 
@@ -19,7 +19,7 @@ if (process.getuid?.() !== 0) {
 }
 
 // n2's lease outlives the seconds its agent is stopped (its pods stay in the store meanwhile).
-const { c, known, serve } = clusterForFile(t, {
+const { c, enforce, known } = clusterForFile(t, {
   nodes: 2,
   agentArgs: ['--routing-mode', 'native'],
   leaseTtl: (n) => (n === 'n2' ? 60 : 5),
@@ -41,15 +41,7 @@ t.test('native routing: a released address stays held through a kill -9 of the a
   const web = await n2.pod({ app: 'web-rr' });
   const trusted = await n1.pod({ app: 'trusted-rr' });
   const evil = await n1.pod({ app: 'evil-rr' });
-  await serve(web, PORT);
-  await eventually('pods known', () => known(web) && known(trusted) && known(evil), 20_000);
-  await new PolicyClient(n1.client).import(POLICY);
-  await eventually(
-    'enforced',
-    async () => (await handshake(evil.ns, web.ip4, PORT)) === 'timeout' && (await probe(trusted.ns, web.ip4, PORT)) === 'ok',
-    20_000,
-    200,
-  );
+  await enforce({ policy: POLICY, web, port: PORT, admitted: trusted, denied: evil, pods: [web, trusted, evil] });
 
   const n2pid = n2.agent.pid()!;
   const addr = trusted.ip4;

@@ -19,7 +19,7 @@ if (process.getuid?.() !== 0) {
   process.exit(0);
 }
 
-const { c, known, serve } = clusterForFile(t, { nodes: 2, agentArgs: ['--routing-mode', 'native'] });
+const { c, enforce, known } = clusterForFile(t, { nodes: 2, agentArgs: ['--routing-mode', 'native'] });
 const PORT = 8087;
 
 const POLICY = `apiVersion: cilium.io/v2
@@ -37,15 +37,7 @@ t.test('native routing: a released address is not handed out again before the ot
   const web = await n2.pod({ app: 'web-ru' });
   const trusted = await n1.pod({ app: 'trusted-ru' });
   const evil = await n1.pod({ app: 'evil-ru' }); // its label set has a cluster identity from now on
-  await serve(web, PORT);
-  await eventually('pods known', () => known(web) && known(trusted) && known(evil), 20_000);
-  await new PolicyClient(n1.client).import(POLICY);
-  await eventually(
-    'enforced',
-    async () => (await handshake(evil.ns, web.ip4, PORT)) === 'timeout' && (await probe(trusted.ns, web.ip4, PORT)) === 'ok',
-    20_000,
-    200,
-  );
+  await enforce({ policy: POLICY, web, port: PORT, admitted: trusted, denied: evil, pods: [web, trusted, evil] });
 
   await c.etcd.kill9();
   const addr = trusted.ip4;

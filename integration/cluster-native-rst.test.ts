@@ -10,7 +10,7 @@ import t from 'tap';
 import crypto from 'node:crypto';
 import { clusterForFile } from './lib/cluster-file.ts';
 import { eventually } from './lib/cluster.ts';
-import { handshake, probe } from './lib/probe.ts';
+import { handshake } from './lib/probe.ts';
 import { sendFrames } from './lib/raw.ts';
 import { startFlow } from './lib/tcp.ts';
 import { flowsUntil } from './lib/vxlan.ts';
@@ -22,7 +22,7 @@ if (process.getuid?.() !== 0) {
   process.exit(0);
 }
 
-const { c, known, serve } = clusterForFile(t, { nodes: 2, agentArgs: ['--routing-mode', 'native'] });
+const { c, enforce } = clusterForFile(t, { nodes: 2, agentArgs: ['--routing-mode', 'native'] });
 const PORT = 8088;
 
 const POLICY = `apiVersion: cilium.io/v2
@@ -41,15 +41,7 @@ t.test('native routing: blind forged RSTs and FINs into a live connection close 
   const web = await n1.pod({ app: 'web-rst' });
   const client = await n2.pod({ app: 'client-rst' });
   const other = await n2.pod({ app: 'other-rst' });
-  await serve(web, PORT);
-  await eventually('pods known', () => known(web) && known(client) && known(other), 20_000);
-  await new PolicyClient(n1.client).import(POLICY);
-  await eventually(
-    'enforced',
-    async () => (await handshake(other.ns, web.ip4, PORT)) === 'timeout' && (await probe(client.ns, web.ip4, PORT)) === 'ok',
-    20_000,
-    200,
-  );
+  await enforce({ policy: POLICY, web, port: PORT, admitted: client, denied: other, pods: [web, client, other] });
 
   const flow = startFlow(client.ns, web.ip4, PORT);
   try {

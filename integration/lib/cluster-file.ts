@@ -4,7 +4,10 @@ import type { ChildProcess } from 'node:child_process';
 import type { Test } from 'tap';
 import { type ClusterOptions, startCluster, type TestCluster, type TestPod } from './cluster.ts';
 import { knownOnOtherNodes } from './cluster-maps.ts';
+import { eventually } from './proc.ts';
+import { handshake, probe } from './probe.ts';
 import { killAll, startEchoServer } from './tcp.ts';
+import { PolicyClient } from '../../shared/src/policy/client.ts';
 
 export interface FileCluster {
   /** The cluster, once t.before has started it (reading it earlier throws). */
@@ -15,6 +18,21 @@ export interface FileCluster {
   known(pod: TestPod): boolean;
   /** An echo server on the pod (all addresses), killed at teardown. */
   serve(pod: { ns: TestPod['ns'] }, port: number): Promise<void>;
+  /** Where the cluster-native-* attacks start: `web` serves `port`, every pod of `pods` is known on
+   *  the other nodes, `policy` is imported (through the first node: the store shares it) and has
+   *  reached the datapath: `denied` cannot complete a handshake to web, `admitted` connects, and
+   *  `also` (when given) holds. */
+  enforce(o: EnforceSetup): Promise<void>;
+}
+
+export interface EnforceSetup {
+  policy: string;
+  web: TestPod;
+  port: number;
+  admitted: TestPod;
+  denied: TestPod;
+  pods: TestPod[];
+  also?: () => Promise<boolean>;
 }
 
 export function clusterForFile(t: Test, opts: ClusterOptions): FileCluster {
@@ -28,14 +46,25 @@ export function clusterForFile(t: Test, opts: ClusterOptions): FileCluster {
     await cluster?.cleanup();
   });
   const c = standIn(() => cluster, 'the cluster');
-  return {
-    c,
-    servers,
-    known: (pod) => knownOnOtherNodes(c, pod),
-    serve: async (pod, port) => {
-      servers.push(await startEchoServer(pod.ns, port, '::'));
-    },
+  const known = (pod: TestPod) => knownOnOtherNodes(c, pod);
+  const serve = async (pod: { ns: TestPod['ns'] }, port: number) => {
+    servers.push(await startEchoServer(pod.ns, port, '::'));
   };
+  const enforce = async ({ policy, web, port, admitted, denied, pods, also }: EnforceSetup) => {
+    await serve(web, port);
+    await eventually('pods known', () => pods.every(known), 20_000);
+    await new PolicyClient(c.nodes[0].client).import(policy);
+    await eventually(
+      'enforced',
+      async () =>
+        (await handshake(denied.ns, web.ip4, port)) === 'timeout' &&
+        (await probe(admitted.ns, web.ip4, port)) === 'ok' &&
+        (!also || (await also())),
+      20_000,
+      200,
+    );
+  };
+  return { c, servers, known, serve, enforce };
 }
 
 /** What t.before starts, for tests declared before it runs: a stand-in that answers for the object
