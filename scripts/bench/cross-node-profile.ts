@@ -6,7 +6,7 @@
 // their own packets, both nodes' forwarding included; what spills to ksoftirqd is not counted) are summed
 // by function and divided by the MB moved: samples per MB, per round and per function, the functions that
 // differ most first. Load from other processes moves the Gbit/s a lot, what a MB costs much less. Needs
-// perf. TOP (30) rows.
+// perf. TOP (30) rows; RULES (0) rules on the server pod.
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -15,12 +15,16 @@ import { startCluster } from '../../integration/lib/cluster.ts';
 import { plainRouting, plainVxlan } from './cross-node-peers.ts';
 import { podPairAcross } from './cross-node-pair.ts';
 import { median, settled, sleep, throughput } from './lib.ts';
+import { membranePolicy } from './topologies.ts';
+import { PolicyClient } from '../../shared/src/policy/client.ts';
 
 delete process.env.NODE_EXTRA_CA_CERTS;
 const MODE = process.env.MODE === 'native' ? 'native' : 'tunnel';
 const ROUNDS = Number(process.env.R ?? 4);
 const SECONDS = Number(process.env.S ?? 5);
 const TOP = Number(process.env.TOP ?? 30);
+/** Rules on the server pod's ingress, as bench:cross-node's "(c) … 10,000 rules" cell (0: no policy). */
+const RULES = Number(process.env.RULES ?? 0);
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbr-xprof-'));
 
 /** perf samples of iperf3 during one stream, by symbol; and the Gbit/s. */
@@ -73,6 +77,7 @@ const perMb: Record<'peer' | 'ours', number[]> = { peer: [], ours: [] };
 const load0 = os.loadavg()[0];
 try {
   const [n1, n2] = c.nodes;
+  if (RULES) await new PolicyClient(n2.client).import(membranePolicy(RULES));
   const ours = await podPairAcross(n1, n2, 'mbxp');
   const theirs = await peer.pods();
   await settled([n1.agent.pid()!, n2.agent.pid()!], { busyPct: 2, timeoutMs: 60_000, throwOnTimeout: false });
@@ -97,7 +102,9 @@ try {
 }
 const per = (side: 'peer' | 'ours', k: string) => (totals[side].get(k) ?? 0) / mb[side];
 const sum = (side: 'peer' | 'ours') => [...totals[side].values()].reduce((a, b) => a + b, 0) / mb[side];
-console.log(`MODE=${MODE}, ${ROUNDS} rounds of ${SECONDS} s, load ${load0.toFixed(1)} -> ${os.loadavg()[0].toFixed(1)}`);
+console.log(
+  `MODE=${MODE}, RULES=${RULES}, ${ROUNDS} rounds of ${SECONDS} s, load ${load0.toFixed(1)} -> ${os.loadavg()[0].toFixed(1)}`,
+);
 console.log(
   `Gbit/s peer ${gbps.peer.map((x) => x.toFixed(2)).join(' ')}; Membrane ${gbps.ours.map((x) => x.toFixed(2)).join(' ')}`,
 );
@@ -107,6 +114,13 @@ console.log(
   `Membrane / peer samples per MB, per round: ${ratios.map((x) => x.toFixed(2)).join(' ')} (median ${median(ratios).toFixed(2)})`,
 );
 const keys = [...new Set([...totals.peer.keys(), ...totals.ours.keys()])];
+// Functions only one side runs (the programs, their maps and tc against ip_forward, the FDB, the route
+// lookups): what Membrane adds and what it skips, less noisy than the totals (copies move with the cache).
+const only = (side: 'peer' | 'ours', other: 'peer' | 'ours') =>
+  keys.filter((k) => !totals[other].has(k)).reduce((a, k) => a + per(side, k), 0);
+console.log(
+  `samples per MB in functions only Membrane's path runs: ${only('ours', 'peer').toFixed(3)}; only the peer's: ${only('peer', 'ours').toFixed(3)}`,
+);
 keys.sort((x, y) => Math.abs(per('ours', y) - per('peer', y)) - Math.abs(per('ours', x) - per('peer', x)));
 console.log('| function | peer samples/MB | Membrane samples/MB | difference |\n|---|---|---|---|');
 for (const k of keys.slice(0, TOP))
