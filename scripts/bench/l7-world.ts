@@ -205,6 +205,14 @@ export async function startL7World(clientTwReuse: string): Promise<L7World> {
       await sleep(2000); // the agent's work after a policy change (maps, snapshot, revalidation) is done before wrk starts
     };
     await setL7(true);
+    // BENCH_AGENT_NICE=N: the agent's threads at nice N (not its workers), to see what the agent's bursts
+    // (a batch of records every 50 ms, ~0.5-1.5 ms of CPU each in a loaded profile) do to the proxy's tail
+    // on a machine whose CPUs are all busy. Set once the workers run (a worker the agent starts later,
+    // e.g. in bench:l7:ab, inherits it).
+    const nice = process.env.BENCH_AGENT_NICE;
+    if (nice && agent.pid())
+      for (const tid of fs.readdirSync(`/proc/${agent.pid()}/task`))
+        execFileSync('renice', ['-n', nice, '-p', tid], { stdio: 'ignore' });
     const proxyPids = async (v: Variant): Promise<number[]> =>
       v === 'l7'
         ? [
