@@ -54,6 +54,9 @@ class Scan {
   /** [nameStart, nameEnd, valueStart, valueEnd] per header line (requests only). */
   readonly offs: number[] = [];
   te: string | undefined;
+  /** The (last) Content-Length's value when it is 1-15 digits, else -1; its text only when it is not
+   *  (for the error): every response with a body has one, and a string per head was a C++ call each. */
+  clN = -1;
   cl: string | undefined;
   clCount = 0;
   conn: string | undefined;
@@ -106,7 +109,8 @@ function scanHeaders(buf: Buffer, at: number, end: number, status: 400 | 502): S
         s.hostCount++;
         break;
       case H.CONTENT_LENGTH:
-        s.cl = buf.toString('latin1', vs, ve);
+        s.clN = digitsValue(buf, vs, ve);
+        s.cl = s.clN < 0 ? buf.toString('latin1', vs, ve) : undefined;
         s.clCount++;
         break;
       case H.TRANSFER_ENCODING:
@@ -174,15 +178,17 @@ function tokens(v: string | undefined): string[] {
   return out;
 }
 
-/** 1-15 ASCII digits (a loop, not a regular expression: this runs for every response). */
-function isDigits(v: string): boolean {
-  const n = v.length;
-  if (n === 0 || n > 15) return false;
-  for (let i = 0; i < n; i++) {
-    const c = v.charCodeAt(i);
-    if (c < 48 || c > 57) return false;
+/** The number in buf[from, to) when it is 1-15 ASCII digits (exact as a double), else -1 (a loop over
+ *  the bytes, no string and no regular expression: this runs for every response). */
+function digitsValue(buf: Buffer, from: number, to: number): number {
+  if (to <= from || to - from > 15) return -1;
+  let n = 0;
+  for (let i = from; i < to; i++) {
+    const c = buf[i];
+    if (c < 48 || c > 57) return -1;
+    n = n * 10 + (c - 48);
   }
-  return true;
+  return n;
 }
 
 interface Framing {
@@ -204,7 +210,7 @@ function framing(s: Scan, minor: number, request: boolean): Framing {
   if (s.clCount > 1) throw framingError(request, 400, 'more than one Content-Length header');
   if (s.te !== undefined) {
     const te = tokens(s.te);
-    if (s.cl !== undefined) throw framingError(request, 400, 'both Transfer-Encoding and Content-Length');
+    if (s.clCount) throw framingError(request, 400, 'both Transfer-Encoding and Content-Length');
     if (request && minor === 0) throw framingError(request, 400, 'Transfer-Encoding in an HTTP/1.0 request');
     const last = te[te.length - 1];
     if (last === 'chunked') {
@@ -215,9 +221,9 @@ function framing(s: Scan, minor: number, request: boolean): Framing {
     if (request) throw framingError(request, 501, `transfer coding "${last ?? ''}" without a final chunked is not accepted`);
     return UNTIL_CLOSE;
   }
-  if (s.cl !== undefined) {
-    if (!isDigits(s.cl)) throw framingError(request, 400, `Content-Length ${JSON.stringify(s.cl.slice(0, 30))} is not a number`);
-    const n = Number(s.cl);
+  if (s.clCount) {
+    const n = s.clN;
+    if (n < 0) throw framingError(request, 400, `Content-Length ${JSON.stringify((s.cl ?? '').slice(0, 30))} is not a number`);
     return n === 0 ? NO_BODY : { body: 'length', contentLength: n };
   }
   return request ? NO_BODY : UNTIL_CLOSE;
