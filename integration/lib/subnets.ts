@@ -22,28 +22,60 @@ function alive(pid: number): boolean {
   }
 }
 
-function tryClaim(file: string): boolean {
+function create(file: string): boolean {
   try {
     fs.writeFileSync(file, String(process.pid), { flag: 'wx' });
     return true;
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
-  }
-  const owner = Number(fs.readFileSync(file, 'utf8').trim() || 0);
-  if (owner && (owner === process.pid || alive(owner))) return false;
-  // The claimer died without releasing: take it over (if another process races us, one wins).
-  fs.rmSync(file, { force: true });
-  try {
-    fs.writeFileSync(file, String(process.pid), { flag: 'wx' });
-    return true;
-  } catch {
     return false;
   }
 }
 
-/** Claims the first free prefix `pick()` proposes (64 tries) for this process; returns it. */
-export function claimSubnet(pick: () => string): string {
-  fs.mkdirSync(CLAIM_DIR, { recursive: true });
+/** The claim's process is gone. Not a claim removed meanwhile (whoever removed it claims), nor an
+ *  empty one younger than 10 s: a claim is created empty, then its pid is written. */
+function stale(file: string): boolean {
+  let text: string;
+  let age: number;
+  try {
+    text = fs.readFileSync(file, 'utf8').trim();
+    age = Date.now() - fs.statSync(file).mtimeMs;
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return false;
+    throw e;
+  }
+  const owner = Number(text || 0);
+  if (!owner) return age > 10_000;
+  return owner !== process.pid && !alive(owner);
+}
+
+function tryClaim(file: string): boolean {
+  if (create(file)) return true;
+  if (!stale(file)) return false;
+  // The claimer died without releasing: take it over. Taking over is claimed too (mkdir is atomic):
+  // of two processes that both found the claim stale, the second would otherwise remove the claim
+  // the first had just written, and both would hold the prefix (2 of 8 processes at once, 1 in 200
+  // takeovers). A process killed while holding the lock leaves it: that prefix is then skipped.
+  const lock = `${file}.takeover`;
+  try {
+    fs.mkdirSync(lock);
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'EEXIST') return false;
+    throw e;
+  }
+  try {
+    if (!stale(file)) return false; // taken over by another before we held the lock
+    fs.rmSync(file, { force: true });
+    return create(file);
+  } finally {
+    fs.rmdirSync(lock);
+  }
+}
+
+/** Claims the first free prefix `pick()` proposes (64 tries) for this process; returns it. `dir`:
+ *  where the claims are (another for a test of the claims themselves). */
+export function claimSubnet(pick: () => string, dir = CLAIM_DIR): string {
+  fs.mkdirSync(dir, { recursive: true });
   if (!hooked) {
     hooked = true;
     process.once('exit', () => {
@@ -52,13 +84,13 @@ export function claimSubnet(pick: () => string): string {
   }
   for (let i = 0; i < 64; i++) {
     const prefix = pick();
-    const file = path.join(CLAIM_DIR, prefix.replace(/[^0-9a-f.]/gi, '_'));
+    const file = path.join(dir, prefix.replace(/[^0-9a-f.]/gi, '_'));
     if (tryClaim(file)) {
       mine.push(file);
       return prefix;
     }
   }
-  throw new Error(`no free test subnet after 64 tries (claims in ${CLAIM_DIR})`);
+  throw new Error(`no free test subnet after 64 tries (claims in ${dir})`);
 }
 
 /** Claims a random 10.<a>.<b> with lo <= a < hi for this process; the caller carves its subnets
