@@ -137,3 +137,38 @@ t.test("a CIDR rule on the node's own address selects nothing (the host does), b
   t.notOk(cidrPeers(web.id, 'ingress').includes(id), "web's world rule: not the host's address");
   t.same(await restartChanges(store, ops, eps, () => hosts), NO_CHANGES, 'a restart changes nothing');
 });
+
+t.test("the same for another node's address (remote-node in cluster mode), as the nodes come and go", async (t) => {
+  const ops = new MemoryPolicyOps(100_000, 100_000);
+  const { engine, eps, store } = await engineWithEndpoints(ops, ['web', 'db']);
+  t.teardown(() => engine.close());
+  const node = '198.18.0.7/32';
+  await engine.setRemoteEndpoints(new Map([[node, RESERVED['remote-node']]]));
+  await engine.importText(
+    JSON.stringify({
+      apiVersion: 'cilium.io/v2',
+      kind: 'CiliumNetworkPolicy',
+      metadata: { name: 'to-node' },
+      spec: { endpointSelector: { matchLabels: { app: 'db' } }, egress: [{ toCIDR: [node, '10.9.0.0/16'] }] },
+    }),
+  );
+  const db = eps[1];
+  const cidrPeers = () => ops.entriesOf(db.id).filter((e) => e.direction === 'egress' && e.peer >= FIRST_CIDR_IDENTITY);
+  t.equal(ops.ipcache.get(node), RESERVED['remote-node'], 'remote-node in the ipcache');
+  t.same(
+    cidrPeers().map((e) => e.peer),
+    [ops.ipcache.get('10.9.0.0/16')],
+    "db's egress: the /16 only, no CIDR identity for the node's address",
+  );
+  const remote = new Map([[node, RESERVED['remote-node']]]);
+  t.same(await restartChanges(store, ops, eps, undefined, remote), NO_CHANGES, 'a restart changes nothing');
+
+  await engine.setRemoteEndpoints(new Map()); // the node left: its address is a prefix like any other
+  const id = ops.ipcache.get(node) ?? 0;
+  t.ok(id >= FIRST_CIDR_IDENTITY, 'a CIDR identity in the ipcache once the node is gone');
+  t.ok(
+    cidrPeers().some((e) => e.peer === id),
+    "db's egress allows it",
+  );
+  t.same(await restartChanges(store, ops, eps, undefined, new Map()), NO_CHANGES, 'a restart changes nothing');
+});

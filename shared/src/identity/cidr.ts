@@ -3,11 +3,11 @@
 // and the agent seeds this table from it on start (numbers stay stable across restarts without an
 // fsync per prefix when 10,000 CIDR rules are imported). Pure.
 //
-// The node's own addresses get none (hide()): the ipcache holds them as the host identity whatever a
-// policy says, so a CIDR identity for one would reach no ipcache entry, and the restart's seed (which
-// reads the ipcache) could not find its number again: every restart renumbered it and rewrote the
-// policy entries of the rules naming it, and the world rule's, for entries no packet can match. As in
-// Cilium, a CIDR rule does not select the host; `toEntities: [host]` does.
+// The nodes' own addresses get none (hide()): the ipcache holds them as the host (or remote-node)
+// identity whatever a policy says, so a CIDR identity for one would reach no ipcache entry, and the
+// restart's seed (which reads the ipcache) could not find its number again: every restart renumbered
+// it and rewrote the policy entries of the rules naming it, and the world rule's, for entries no
+// packet can match. As in Cilium, a CIDR rule does not select nodes; `toEntities: [host]` does.
 import { cidrCovers, cidrLast, normalizeCidr, parseCidr, type Cidr } from '../net/index.ts';
 import { FIRST_CIDR_IDENTITY, LAST_CIDR_IDENTITY } from './reserved.ts';
 
@@ -33,7 +33,7 @@ export class CidrIdentities {
    *  very same again changes nothing. */
   private syncedTo?: unknown;
 
-  /** Prefixes that get no identity (the node's own addresses, normalized), and their sorted text. */
+  /** Prefixes that get no identity (the nodes' addresses, normalized), and their sorted text. */
   private hidden = new Set<string>();
   private hiddenKey = '';
   /** Set by hide() until the next sync. */
@@ -109,7 +109,7 @@ export class CidrIdentities {
     this.version++;
   }
 
-  /** The node's own addresses (bare or as prefixes): the next sync gives them no identity (drops the
+  /** The nodes' addresses (bare or as prefixes): the next sync gives them no identity (drops the
    *  ones they have) and gives one back to a prefix that is no longer among them. */
   hide(addresses: string[]): void {
     const texts = addresses.map(normalizeCidr).sort();

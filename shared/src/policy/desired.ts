@@ -274,9 +274,27 @@ function entriesFrom(
   return { id: ep.id, entries, delta: { from: before.built, keys, had } };
 }
 
+/** The other nodes' addresses (remote-node) in a remote map, once per map (the engine replaces it
+ *  whole when the cluster changes). */
+const remoteNodes = new WeakMap<Map<string, number>, string[]>();
+
+/** Addresses the ipcache gives a node's identity whatever a policy names, which therefore get no CIDR
+ *  identity (identity/cidr.ts hide): this node's (host) and, in cluster mode, the other nodes'
+ *  (remote-node). As in Cilium, CIDR rules do not select nodes; toEntities host / remote-node do. */
+function nodeAddresses(input: Pick<DesiredInput, 'hostAddresses' | 'remote'>): string[] {
+  if (!input.remote?.size) return input.hostAddresses;
+  let nodes = remoteNodes.get(input.remote);
+  if (!nodes) {
+    nodes = [];
+    for (const [prefix, id] of input.remote) if (id === RESERVED['remote-node']) nodes.push(prefix);
+    remoteNodes.set(input.remote, nodes);
+  }
+  return nodes.length ? [...input.hostAddresses, ...nodes] : input.hostAddresses;
+}
+
 export function buildDesired(input: DesiredInput, cache?: { current?: CompileCache }): Desired {
   const prefixes = prefixesFrom(input.records, cache?.current?.records);
-  input.cidrs.hide(input.hostAddresses);
+  input.cidrs.hide(nodeAddresses(input));
   const cidrsBefore = input.cidrs.version;
   const cidrChange = { before: cidrsBefore, ...input.cidrs.sync(prefixes.set, prefixes.delta, prefixes.token) };
   const ipcachePrev = cache?.current?.ipcache;

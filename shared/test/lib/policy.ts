@@ -130,8 +130,15 @@ export async function engineWithEndpoints(ops: MemoryPolicyOps, apps: string[], 
 }
 
 /** What an engine restarted on the same store and maps (a full recompute) changes in them. */
-export async function restartChanges(store: MemoryStore, ops: MemoryPolicyOps, eps: Endpoint[], hostAddresses = HOST) {
+export async function restartChanges(
+  store: MemoryStore,
+  ops: MemoryPolicyOps,
+  eps: Endpoint[],
+  hostAddresses = HOST,
+  remote?: Map<string, number>,
+) {
   const restarted = await PolicyEngine.open({ store, ops, hostAddresses });
+  if (remote) void restarted.setRemoteEndpoints(remote); // taken by start()'s sync
   for (const ep of eps) await restarted.endpointAttached(ep);
   return restarted.start();
 }
