@@ -172,3 +172,31 @@ t.test("the same for another node's address (remote-node in cluster mode), as th
   );
   t.same(await restartChanges(store, ops, eps, undefined, new Map()), NO_CHANGES, 'a restart changes nothing');
 });
+
+t.test('a node joining in the remote map the cluster edits in place: its address loses its CIDR identity', async (t) => {
+  const ops = new MemoryPolicyOps(100_000, 100_000);
+  const { engine, eps, store } = await engineWithEndpoints(ops, ['web', 'db']);
+  t.teardown(() => engine.close());
+  // cluster/ipcache.ts hands the engine one map and edits it: the engine must not take it as unchanged.
+  const remote = new Map([['198.18.0.8/32', RESERVED['remote-node']]]);
+  await engine.setRemoteEndpoints(remote);
+  const node = '198.18.0.9/32';
+  await engine.importText(
+    JSON.stringify({
+      apiVersion: 'cilium.io/v2',
+      kind: 'CiliumNetworkPolicy',
+      metadata: { name: 'to-node' },
+      spec: { endpointSelector: { matchLabels: { app: 'db' } }, egress: [{ toCIDR: [node] }] },
+    }),
+  );
+  t.ok((ops.ipcache.get(node) ?? 0) >= FIRST_CIDR_IDENTITY, 'not a node yet: a CIDR identity');
+  remote.set(node, RESERVED['remote-node']);
+  await engine.setRemoteEndpoints(remote);
+  t.equal(ops.ipcache.get(node), RESERVED['remote-node'], 'a node now: remote-node');
+  t.same(
+    ops.entriesOf(eps[1].id).filter((e) => e.direction === 'egress' && e.peer >= FIRST_CIDR_IDENTITY),
+    [],
+    "db's egress: no CIDR identity for it",
+  );
+  t.same(await restartChanges(store, ops, eps, undefined, new Map(remote)), NO_CHANGES, 'a restart changes nothing');
+});

@@ -36,6 +36,8 @@ export class CidrIdentities {
   /** Prefixes that get no identity (the nodes' addresses, normalized), and their sorted text. */
   private hidden = new Set<string>();
   private hiddenKey = '';
+  /** What hide() was last given, as given. */
+  private hiddenFrom?: string[];
   /** Set by hide() until the next sync. */
   private hideChanged = false;
   /** The version a sync after hide() changed the table to: a host prefix's identity came or went
@@ -90,6 +92,7 @@ export class CidrIdentities {
     const unhid = this.hiddenKey !== j.hiddenKey;
     this.hidden = j.hidden;
     this.hiddenKey = j.hiddenKey;
+    if (unhid) this.hiddenFrom = undefined; // the next hide() of the same addresses hides them again
     this.hideChanged = false;
     this.sorted = null;
     this.version++;
@@ -112,6 +115,10 @@ export class CidrIdentities {
   /** The nodes' addresses (bare or as prefixes): the next sync gives them no identity (drops the
    *  ones they have) and gives one back to a prefix that is no longer among them. */
   hide(addresses: string[]): void {
+    // The same addresses as last time (every sync hands them): no 1,000 nodes' addresses normalized again.
+    const from = this.hiddenFrom;
+    if (from && from.length === addresses.length && from.every((a, i) => a === addresses[i])) return;
+    this.hiddenFrom = [...addresses];
     const texts = addresses.map(normalizeCidr).sort();
     const key = texts.join();
     if (key === this.hiddenKey) return;

@@ -274,22 +274,15 @@ function entriesFrom(
   return { id: ep.id, entries, delta: { from: before.built, keys, had } };
 }
 
-/** The other nodes' addresses (remote-node) in a remote map, once per map (the engine replaces it
- *  whole when the cluster changes). */
-const remoteNodes = new WeakMap<Map<string, number>, string[]>();
-
 /** Addresses the ipcache gives a node's identity whatever a policy names, which therefore get no CIDR
  *  identity (identity/cidr.ts hide): this node's (host) and, in cluster mode, the other nodes'
- *  (remote-node). As in Cilium, CIDR rules do not select nodes; toEntities host / remote-node do. */
+ *  (remote-node). As in Cilium, CIDR rules do not select nodes; toEntities host / remote-node do.
+ *  From the remote map each time: cluster/ipcache.ts edits that map in place. */
 function nodeAddresses(input: Pick<DesiredInput, 'hostAddresses' | 'remote'>): string[] {
   if (!input.remote?.size) return input.hostAddresses;
-  let nodes = remoteNodes.get(input.remote);
-  if (!nodes) {
-    nodes = [];
-    for (const [prefix, id] of input.remote) if (id === RESERVED['remote-node']) nodes.push(prefix);
-    remoteNodes.set(input.remote, nodes);
-  }
-  return nodes.length ? [...input.hostAddresses, ...nodes] : input.hostAddresses;
+  const all = [...input.hostAddresses];
+  for (const [prefix, id] of input.remote) if (id === RESERVED['remote-node']) all.push(prefix);
+  return all;
 }
 
 export function buildDesired(input: DesiredInput, cache?: { current?: CompileCache }): Desired {
