@@ -31,12 +31,17 @@ _Static_assert(sizeof(struct ip_key) == 20, "ip_key layout is shared with usersp
  * pointers. GSO/GRO skbs from veth normally have headers linear already; the pull is the slow path. */
 static __always_inline bool linear_headers(struct __sk_buff *skb, __u32 len, void **data, void **data_end)
 {
+	/* skb is opaque to the compiler at each read below: it must load data_end from the context
+	 * register, never through &skb->data_end computed earlier and kept (spilled) in another register,
+	 * a modified context pointer the verifier refuses (seen in the MBR_NO_ENFORCE build). */
+	asm volatile("" : "+r"(skb));
 	*data = (void *)(long)skb->data;
 	*data_end = (void *)(long)skb->data_end;
 	if (*data + len <= *data_end)
 		return true;
 	if (bpf_skb_pull_data(skb, len) < 0)
 		return false;
+	asm volatile("" : "+r"(skb));
 	*data = (void *)(long)skb->data;
 	*data_end = (void *)(long)skb->data_end;
 	return *data + len <= *data_end;
