@@ -35,19 +35,21 @@ t.test('an agent frozen past its lease gets its own pod CIDR back and starts aga
 
   const pid = n1.agent.pid()!;
   process.kill(pid, 'SIGSTOP');
+  let whileFrozen: PodCidrAllocation | undefined;
   try {
     await eventually('the operator released n1 (lease 4 s)', async () => !(await allocation('n1')), 30_000, 100);
+    whileFrozen = await allocation('n1'); // still frozen: nothing can have registered it again
   } finally {
     process.kill(pid, 'SIGCONT');
   }
-  t.pass('n1 was released while its agent was frozen');
+  t.equal(whileFrozen, undefined, 'n1 was released while its agent was frozen');
 
   await eventually('n1 registered again', async () => !!(await allocation('n1')), 30_000, 100);
   t.equal((await allocation('n1'))?.ipv4, before!.ipv4, 'the returning node gets its own block back');
 
   await n1.agent.kill9();
   await n1.agent.start();
-  t.pass('n1 starts again after kill -9 (its state dir and the store agree on the block)');
+  t.ok(n1.agent.running(), 'n1 starts again after kill -9 (its state dir and the store agree on the block)');
   t.equal((await allocation('n1'))?.ipv4, before!.ipv4, 'and keeps the block');
 
   const client = await n1.pod({ app: 'client-ll' });
