@@ -68,14 +68,33 @@ ${body}
 `;
 }
 
-function startNginx(ns: TestNetns | null, conf: string): { child: ChildProcess; dir: string } {
+/** `session`: nginx in a session of its own (setsid), hence a scheduling group of its own where the
+ *  kernel groups by session (kernel.sched_autogroup_enabled, outside a cpu cgroup), as the L7 proxy's
+ *  workers are (the agent starts them detached) and as nginx is with its default `daemon on`. Its
+ *  process group (master and workers) is killed at close and at exit: a ^C no longer reaches it. */
+function startNginx(ns: TestNetns | null, conf: string, session = false): { child: ChildProcess; dir: string } {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'mbb-nginx-'));
   ownDir(dir); // removed at exit even when close() never runs or fails half-way
   fs.writeFileSync(path.join(dir, 'nginx.conf'), conf.replaceAll('DIR', dir));
   const args = ['-c', path.join(dir, 'nginx.conf'), '-p', dir, '-e', path.join(dir, 'error.log')];
   const child = ns
     ? spawn('nsenter', [`--net=${ns.path}`, 'nginx', ...args], { stdio: 'ignore' })
-    : spawn('nginx', args, { stdio: 'ignore' });
+    : spawn('nginx', args, { stdio: 'ignore', detached: session });
+  if (session && child.pid) {
+    const group = -child.pid;
+    const kill = () => {
+      try {
+        process.kill(group, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    };
+    process.once('exit', kill);
+    child.once('exit', () => {
+      kill(); // its workers outlive a killed master
+      process.off('exit', kill);
+    });
+  }
   return { child, dir };
 }
 
@@ -167,7 +186,11 @@ export async function startL7World(clientTwReuse: string): Promise<L7World> {
     // nginx.conf (`worker_processes auto`: one per CPU), as a user would run it; each proxy at its own
     // default. (With one worker on 2 CPUs nginx lets the client close first often enough to run its
     // ports out of TIME_WAIT in one-request-per-connection runs: docs/performance-history.md, L7 HTTP.) BENCH_NGINX_WORKERS
-    // sets it apart (e.g. as many as BENCH_L7_WORKERS, to compare worker counts).
+    // sets it apart (e.g. as many as BENCH_L7_WORKERS, to compare worker counts). nginx runs in a session
+    // (so a scheduling group) of its own, as the L7 workers do: in the client's and server's session it
+    // had the whole request path (wrk, nginx, server) in one group, while each L7 request crossed
+    // groups twice, each crossing waiting for the other group's turn on a busy CPU (bench:l7:sched;
+    // BENCH_NGINX_SESSION=0 puts it back in this process's session to see the difference).
     const nginxWorkers = Number(process.env.BENCH_NGINX_WORKERS) || os.availableParallelism();
     const p = startNginx(
       null,
@@ -178,6 +201,7 @@ export async function startL7World(clientTwReuse: string): Promise<L7World> {
         nginxWorkers,
         '    location / { proxy_pass http://server; proxy_http_version 1.1; proxy_set_header Connection ""; }',
       ),
+      process.env.BENCH_NGINX_SESSION !== '0',
     );
     procs.push(p.child);
     dirs.push(p.dir);

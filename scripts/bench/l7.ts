@@ -114,7 +114,7 @@ async function main(): Promise<void> {
     }
     const errors = [...samples].filter(([, v]) => v.some((x) => x.errors)).map(([k]) => k);
     console.log(
-      `\nL7 HTTP benchmark: ${WARMUP} s warm-up per variant, then ${ROUNDS} interleaved rounds × ${SECONDS} s, medians; wrk in the client pod, nginx (1 worker) serving in the server pod; ${world.workers.l7} L7 proxy worker(s), ${world.workers.nginx} nginx proxy worker(s); client pod net.ipv4.tcp_tw_reuse=${CLIENT_TW_REUSE}; ${os.cpus().length} CPUs; load average at start ${load}\n`,
+      `\nL7 HTTP benchmark: ${WARMUP} s warm-up per variant, then ${ROUNDS} interleaved rounds × ${SECONDS} s, medians; wrk in the client pod, nginx (1 worker) serving in the server pod; ${world.workers.l7} L7 proxy worker(s), ${world.workers.nginx} nginx proxy worker(s) ${process.env.BENCH_NGINX_SESSION === '0' ? "in this script's session" : 'in a session of their own, as the L7 workers'}; client pod net.ipv4.tcp_tw_reuse=${CLIENT_TW_REUSE}; ${os.cpus().length} CPUs; load average at start ${load}\n`,
     );
     console.log(
       markdownTable(
