@@ -14,6 +14,7 @@ import path from 'node:path';
 import { startL7World, type Variant } from './l7-world.ts';
 import { type Sample, wrk } from './l7-wrk.ts';
 import { percentile, sleep } from './lib.ts';
+import { L7_LATENCY_BUCKETS } from '../../shared/src/l7/metrics.ts';
 
 const ROUNDS = Number(process.env.SCHED_ROUNDS ?? 2);
 const CONNS = Number(process.env.SCHED_CONNS ?? 10);
@@ -59,6 +60,25 @@ function analyse(file: string, pids: Set<number>): { proxy: Waits; wrk: Waits } 
   return res;
 }
 
+/** The L7 latency histogram's cumulative counts summed over endpoints (le -> count, +Inf included). */
+function latencyCounts(page: string): Map<string, number> {
+  const m = new Map<string, number>();
+  for (const x of page.matchAll(/^membrane_l7_request_duration_seconds_bucket\{[^}]*le="([^"]+)"[^}]*\} (\d+)/gm))
+    m.set(x[1], (m.get(x[1]) ?? 0) + Number(x[2]));
+  return m;
+}
+
+/** Of the requests between two pages, the share whose latency the worker saw (request head read to
+ *  response head written: the upstream's round trip, the server and the worker's wait to read the
+ *  answer) was over each of the first bucket bounds. */
+function workerSeen(before: Map<string, number>, after: Map<string, number>): string {
+  const d = (le: string) => (after.get(le) ?? 0) - (before.get(le) ?? 0);
+  const total = d('+Inf');
+  return L7_LATENCY_BUCKETS.slice(0, 4)
+    .map((b) => `> ${b * 1000} ms ${((100 * (total - d(String(b)))) / (total || 1)).toFixed(2)}%`)
+    .join(', ');
+}
+
 function summary(w: Waits, seconds: number): string {
   const d = w.delays;
   const total = d.reduce((a, b) => a + b, 0);
@@ -96,16 +116,20 @@ async function main(): Promise<void> {
           }
         });
         const file = path.join(dir, `${v}-${r}.data`);
+        const page0 = v === 'l7' ? latencyCounts(await world.metrics()) : undefined;
         const run: Promise<Sample> = wrk(world.client, world.urls[v], CONNS, 'keep-alive', SECONDS, pids);
         await sleep(((SECONDS - RECORD) / 2) * 1000);
         const load = os.loadavg()[0].toFixed(2);
         execFileSync('perf', ['sched', 'record', '-a', '-o', file, '--', 'sleep', String(RECORD)], { stdio: 'ignore' });
         const s = await run;
         const a = analyse(file, new Set(pids));
+        await sleep(300); // the workers' last records of the run reach the agent (they batch for up to 50 ms)
+        const seen = page0 ? workerSeen(page0, latencyCounts(await world.metrics())) : undefined;
         fs.rmSync(file, { force: true });
         console.log(
           `${v} round ${r + 1}: ${Math.round(s.rps)} req/s, p50 ${s.p50} ms, p99 ${s.p99} ms, CPU ${s.cpuUsPerReq?.toFixed(1)} µs/request, load ${load}; autogroups: proxy ${groups.join(' ')}, this script ${selfGroup}`,
         );
+        if (seen) console.log(`  latency the worker saw, whole run: ${seen}`);
         console.log(`  proxy: ${summary(a.proxy, RECORD)}`);
         console.log(`  wrk:   ${summary(a.wrk, RECORD)}`);
       }

@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { randomId, startAgent, type TestAgent } from '../../integration/lib/agent.ts';
 import { ownDir } from '../../integration/lib/cleanup.ts';
+import { metricsText } from '../../integration/lib/metrics.ts';
 import { createNetns, type TestNetns } from '../../integration/lib/netns.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
 import { childrenOf } from './l7-wrk.ts';
@@ -25,6 +26,8 @@ export interface L7World {
    *  their records into flows and metrics), or nginx's workers; none for direct. */
   proxyPids(v: Variant): Promise<number[]>;
   agentPid(): number | undefined;
+  /** The agent's Prometheus page (e.g. the L7 latency histogram its workers' records fill). */
+  metrics(): Promise<string>;
   /** Worker counts: Membrane's L7 proxy, the nginx peer. */
   workers: { l7: number; nginx: number };
   /** Imports the policy with or without the HTTP rules on port 80 and waits until it is in force. */
@@ -255,6 +258,7 @@ export async function startL7World(clientTwReuse: string): Promise<L7World> {
       urls,
       proxyPids,
       agentPid: () => agent.pid(),
+      metrics: () => metricsText(agent.client),
       workers: { l7: l7Workers, nginx: nginxWorkers },
       setL7,
       close,
