@@ -120,10 +120,15 @@ export function signalAndWait(child: ChildProcess | undefined, sig: NodeJS.Signa
 
 /** Whether process `pid` is running: it exists and is not a zombie (a killed process stays one until
  *  its parent reaps it, which for a child reparented to init is a moment later). Any user's process
- *  counts (read from /proc, not probed with a signal). */
+ *  counts (read from /proc, not probed with a signal). A zombie leader with other threads still listed
+ *  is running: /proc/PID/stat is its main thread's, which exits first, while the others (a Node
+ *  process's libuv and V8 threads) hold the process's files, its listening sockets included, until
+ *  the last has exited. After a SIGKILL under load that takes a while: a test that took the Z as gone
+ *  saw a killed L7 worker's listener accept a SYN (l7-restart; harness-alive.test.ts). */
 export function alive(pid: number): boolean {
   try {
-    return !/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'));
+    if (!/^\d+ \(.*\) Z/.test(fs.readFileSync(`/proc/${pid}/stat`, 'utf8'))) return true;
+    return fs.readdirSync(`/proc/${pid}/task`).length > 1;
   } catch {
     return false;
   }
