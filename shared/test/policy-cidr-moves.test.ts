@@ -7,7 +7,7 @@ import { FIRST_CIDR_IDENTITY, RESERVED } from '../src/identity/reserved.ts';
 import { parseCidr } from '../src/net/index.ts';
 import { rulesMovedBy } from '../src/policy/cidr-moves.ts';
 import { parsePolicies } from '../src/policy/parse.ts';
-import { engineWithEndpoints, MemoryPolicyOps, NO_CHANGES, restartChanges } from './lib/policy.ts';
+import { engineWithEndpoints, MemoryPolicyOps, NO_CHANGES, restartChanges, testEndpoint } from './lib/policy.ts';
 import { seeded, testSeed } from './lib/seeded.ts';
 
 const seed = testSeed('FUZZ_SEED', 31_415);
@@ -199,4 +199,89 @@ t.test('a node joining in the remote map the cluster edits in place: its address
     "db's egress: no CIDR identity for it",
   );
   t.same(await restartChanges(store, ops, eps, undefined, new Map(remote)), NO_CHANGES, 'a restart changes nothing');
+});
+
+t.test("a CIDR rule on a pod's own address selects nothing (its labels do), as the pod comes and goes", async (t) => {
+  const ops = new MemoryPolicyOps(100_000, 100_000);
+  const { engine, eps, store } = await engineWithEndpoints(ops, ['web', 'db']);
+  t.teardown(() => engine.close());
+  const [web, db] = eps; // 10.0.0.2, 10.0.0.3
+  // A replica of web: deleting web and adding it back take the engine's one-endpoint shortcuts
+  // (desired-endpoint.ts), which must hide and give back the prefix as a whole build does.
+  const replica = testEndpoint(3, { app: 'web' }, web.identity!, '10.0.0.4');
+  await engine.endpointAttached(replica);
+  const all = [web, db, replica];
+  const pod = '10.0.0.2/32';
+  const toCidr = (name: string, cidr: string) =>
+    JSON.stringify({
+      apiVersion: 'cilium.io/v2',
+      kind: 'CiliumNetworkPolicy',
+      metadata: { name },
+      spec: { endpointSelector: { matchLabels: { app: 'db' } }, egress: [{ toCIDR: [cidr] }] },
+    });
+  // The pod's prefix first, another after it: the restart (which found only the other's number in the
+  // ipcache) gave the pod's a new one, and rewrote the rules naming it and world's.
+  await engine.importText(toCidr('to-pod', pod));
+  await engine.importText(toCidr('to-net', '10.9.0.0/16'));
+  await engine.importText(wide(1));
+  const cidrPeers = (id: number, dir: string) =>
+    ops
+      .entriesOf(id)
+      .filter((e) => e.direction === dir && e.peer >= FIRST_CIDR_IDENTITY)
+      .map((e) => e.peer);
+  t.equal(ops.ipcache.get(pod), web.identity, "the pod's address is the pod in the ipcache");
+  t.same(cidrPeers(db.id, 'egress'), [ops.ipcache.get('10.9.0.0/16')], "db's egress: the /16's identity, none for the pod's /32");
+  const worldPeers = cidrPeers(web.id, 'ingress').sort();
+  t.same(await restartChanges(store, ops, all), NO_CHANGES, 'a restart changes nothing');
+  t.same(cidrPeers(web.id, 'ingress').sort(), worldPeers, "web's world rule: the same CIDR identities after it");
+
+  // The pod gone: its address is a prefix like any other, and stays one across a restart.
+  await engine.endpointDeleted(web);
+  const id = ops.ipcache.get(pod) ?? 0;
+  t.ok(id >= FIRST_CIDR_IDENTITY, 'the /32 has a CIDR identity in the ipcache once the pod is gone');
+  t.ok(cidrPeers(db.id, 'egress').includes(id), "db's egress allows it");
+  t.ok(cidrPeers(replica.id, 'ingress').includes(id), "the replica's world rule includes it");
+  t.same(await restartChanges(store, ops, [db, replica]), NO_CHANGES, 'a restart changes nothing');
+
+  // A pod with that address again: its identity goes from the ipcache and from both rules.
+  await engine.endpointAttached(web);
+  t.equal(ops.ipcache.get(pod), web.identity, 'the pod in the ipcache again');
+  t.notOk(cidrPeers(db.id, 'egress').includes(id), "db's egress: not the pod's address");
+  t.notOk(cidrPeers(replica.id, 'ingress').includes(id), "the replica's world rule: not the pod's address");
+  t.same(await restartChanges(store, ops, all), NO_CHANGES, 'a restart changes nothing');
+});
+
+t.test("the same for a pod on another node (cluster mode's remote endpoints)", async (t) => {
+  const ops = new MemoryPolicyOps(100_000, 100_000);
+  const { engine, eps, store } = await engineWithEndpoints(ops, ['web', 'db']);
+  t.teardown(() => engine.close());
+  const [web, db] = eps;
+  const pod = '10.7.0.9/32';
+  const remote = new Map([[pod, web.identity!]]);
+  await engine.setRemoteEndpoints(remote);
+  await engine.importText(
+    JSON.stringify({
+      apiVersion: 'cilium.io/v2',
+      kind: 'CiliumNetworkPolicy',
+      metadata: { name: 'to-pod' },
+      spec: { endpointSelector: { matchLabels: { app: 'db' } }, egress: [{ toCIDR: [pod, '10.9.0.0/16'] }] },
+    }),
+  );
+  const cidrPeers = () => ops.entriesOf(db.id).filter((e) => e.direction === 'egress' && e.peer >= FIRST_CIDR_IDENTITY);
+  t.equal(ops.ipcache.get(pod), web.identity, "the remote pod's identity in the ipcache");
+  t.same(
+    cidrPeers().map((e) => e.peer),
+    [ops.ipcache.get('10.9.0.0/16')],
+    "db's egress: the /16 only, no CIDR identity for the remote pod's address",
+  );
+  t.same(await restartChanges(store, ops, eps, undefined, new Map(remote)), NO_CHANGES, 'a restart changes nothing');
+  remote.delete(pod); // the pod went (the cluster edits the map in place)
+  await engine.setRemoteEndpoints(remote);
+  const id = ops.ipcache.get(pod) ?? 0;
+  t.ok(id >= FIRST_CIDR_IDENTITY, 'a CIDR identity in the ipcache once the pod is gone');
+  t.ok(
+    cidrPeers().some((e) => e.peer === id),
+    "db's egress allows it",
+  );
+  t.same(await restartChanges(store, ops, eps, undefined, new Map()), NO_CHANGES, 'a restart changes nothing');
 });

@@ -3,11 +3,12 @@
 // and the agent seeds this table from it on start (numbers stay stable across restarts without an
 // fsync per prefix when 10,000 CIDR rules are imported). Pure.
 //
-// The nodes' own addresses get none (hide()): the ipcache holds them as the host (or remote-node)
-// identity whatever a policy says, so a CIDR identity for one would reach no ipcache entry, and the
-// restart's seed (which reads the ipcache) could not find its number again: every restart renumbered
-// it and rewrote the policy entries of the rules naming it, and the world rule's, for entries no
-// packet can match. As in Cilium, a CIDR rule does not select nodes; `toEntities: [host]` does.
+// The nodes' own addresses get none (hide()), nor the pods' that a policy names: the ipcache holds
+// them as the host, remote-node or the pod's identity whatever a policy says, so a CIDR identity for
+// one would reach no ipcache entry, and the restart's seed (which reads the ipcache) could not find its
+// number again: every restart renumbered it and rewrote the policy entries of the rules naming it, and
+// the world rule's, for entries no packet can match. As in Cilium, a CIDR rule does not select nodes
+// or pods; `toEntities: [host]` and the pod's labels do.
 import { cidrCovers, cidrLast, normalizeCidr, parseCidr, type Cidr } from '../net/index.ts';
 import { FIRST_CIDR_IDENTITY, LAST_CIDR_IDENTITY } from './reserved.ts';
 
@@ -33,7 +34,7 @@ export class CidrIdentities {
    *  very same again changes nothing. */
   private syncedTo?: unknown;
 
-  /** Prefixes that get no identity (the nodes' addresses, normalized), and their sorted text. */
+  /** Prefixes that get no identity (the nodes' and named pods' addresses, normalized), and their sorted text. */
   private hidden = new Set<string>();
   private hiddenKey = '';
   /** What hide() was last given, as given. */
@@ -112,8 +113,8 @@ export class CidrIdentities {
     this.version++;
   }
 
-  /** The nodes' addresses (bare or as prefixes): the next sync gives them no identity (drops the
-   *  ones they have) and gives one back to a prefix that is no longer among them. */
+  /** The nodes' addresses and the named pods' (bare or as prefixes): the next sync gives them no
+   *  identity (drops the ones they have) and gives one back to a prefix that is no longer among them. */
   hide(addresses: string[]): void {
     // The same addresses as last time (every sync hands them): no 1,000 nodes' addresses normalized again.
     const from = this.hiddenFrom;
@@ -131,6 +132,11 @@ export class CidrIdentities {
   /** Did a host prefix's identity come or go (hide()) since `version`? */
   hiddenSince(version: number): boolean {
     return this.hideVersion > version;
+  }
+
+  /** Whether hide() keeps `prefix` (normalized) out of the table. */
+  hides(prefix: string): boolean {
+    return this.hidden.has(prefix);
   }
 
   /** Those of `prefixes` (normalized) that hide() keeps out of the table. */

@@ -34,6 +34,31 @@ function sameCompile(last: Desired, input: Same, cache: { current?: CompileCache
   return cur;
 }
 
+/** A policy names one of a new endpoint's addresses: the prefix's CIDR identity goes (desired.ts
+ *  hiddenAddresses hides a named pod's address), which only a whole build does. */
+function namedAddressAdded(ep: EngineEndpoint, cidrs: DesiredInput['cidrs']): boolean {
+  return ep.ips.some((ip) => cidrs.idOf(normalizeCidr(ip)) !== undefined);
+}
+
+/** A policy names one of a deleted endpoint's addresses, which nothing else holds now (no other
+ *  endpoint, node, or pod on another node): the prefix gets a CIDR identity back, which only a whole
+ *  build gives. */
+function namedAddressFreed(
+  gone: EngineEndpoint,
+  others: EngineEndpoint[],
+  input: Pick<DesiredInput, 'cidrs' | 'hostAddresses' | 'remote'>,
+): boolean {
+  return gone.ips.some((ip) => {
+    const prefix = normalizeCidr(ip);
+    return (
+      input.cidrs.hides(prefix) &&
+      input.remote?.get(prefix) === undefined &&
+      !input.hostAddresses.some((h) => normalizeCidr(h) === prefix) &&
+      !others.some((o) => o.ips.some((i) => normalizeCidr(i) === prefix))
+    );
+  });
+}
+
 /**
  * `last` (built for the same records) plus one new endpoint whose identity is already in the universe
  * selectors choose from (a replica of a pod the node has).
@@ -45,7 +70,8 @@ export function desiredWithEndpoint(
   cache: { current?: CompileCache },
 ): Desired | undefined {
   const cur = sameCompile(last, input, cache);
-  if (!cur || !input.labelsOf(ep.identity) || !idsOf(cur).has(ep.identity)) return undefined;
+  if (!cur || !input.labelsOf(ep.identity) || !idsOf(cur).has(ep.identity) || namedAddressAdded(ep, input.cidrs))
+    return undefined;
   const ports = last.ports!;
   const part = endpointPart(ep, input, cur.compiler, (cur.selections ??= new Map()), cur.entries!.get(ep.key), ports);
   cur.entries!.set(ep.key, part.cached);
@@ -78,6 +104,7 @@ export function desiredWithoutEndpoint(
   const cur = sameCompile(last, input, cache);
   if (!cur) return undefined;
   const others = [...rest];
+  if (namedAddressFreed(gone, others, input)) return undefined;
   // Another endpoint with the same host interface sets its flags (a full build knows which wins).
   if (others.some((o) => o.hostIfIndex === gone.hostIfIndex)) return undefined;
   const stays =

@@ -274,20 +274,36 @@ function entriesFrom(
   return { id: ep.id, entries, delta: { from: before.built, keys, had } };
 }
 
-/** Addresses the ipcache gives a node's identity whatever a policy names, which therefore get no CIDR
- *  identity (identity/cidr.ts hide): this node's (host) and, in cluster mode, the other nodes'
- *  (remote-node). As in Cilium, CIDR rules do not select nodes; toEntities host / remote-node do.
- *  From the remote map each time: cluster/ipcache.ts edits that map in place. */
-function nodeAddresses(input: Pick<DesiredInput, 'hostAddresses' | 'remote'>): string[] {
-  if (!input.remote?.size) return input.hostAddresses;
+/** Addresses the ipcache gives a node's or a pod's identity whatever a policy names, which therefore
+ *  get no CIDR identity (identity/cidr.ts hide): this node's (host), in cluster mode the other nodes'
+ *  (remote-node), and the pods' here and on other nodes that a policy names (`named`: the policies'
+ *  prefixes). As in Cilium, CIDR rules do not select nodes or pods; toEntities host / remote-node and
+ *  the pods' labels do. Pods only when named: the list changes (and every CIDR rule is resolved again)
+ *  only when a named pod comes or goes, not with every pod. From the remote map each time:
+ *  cluster/ipcache.ts edits that map in place. */
+function hiddenAddresses(input: Pick<DesiredInput, 'hostAddresses' | 'remote' | 'endpoints'>, named: Set<string>): string[] {
+  if (!input.remote?.size && !named.size) return input.hostAddresses;
   const all = [...input.hostAddresses];
-  for (const [prefix, id] of input.remote) if (id === RESERVED['remote-node']) all.push(prefix);
+  if (input.remote)
+    for (const [prefix, id] of input.remote) if (id === RESERVED['remote-node'] || named.has(prefix)) all.push(prefix);
+  if (named.size) for (const pod of podsNamed(input.endpoints, named)) all.push(pod);
   return all;
+}
+
+/** The host prefixes of `endpoints` that are among `named` (normalized policy prefixes). */
+function podsNamed(endpoints: Iterable<Pick<EngineEndpoint, 'ips'>>, named: Set<string>): string[] {
+  const out: string[] = [];
+  for (const ep of endpoints)
+    for (const ip of ep.ips) {
+      const prefix = normalizeCidr(ip);
+      if (named.has(prefix)) out.push(prefix);
+    }
+  return out;
 }
 
 export function buildDesired(input: DesiredInput, cache?: { current?: CompileCache }): Desired {
   const prefixes = prefixesFrom(input.records, cache?.current?.records);
-  input.cidrs.hide(nodeAddresses(input));
+  input.cidrs.hide(hiddenAddresses(input, prefixes.set));
   const cidrsBefore = input.cidrs.version;
   const cidrChange = { before: cidrsBefore, ...input.cidrs.sync(prefixes.set, prefixes.delta, prefixes.token) };
   const ipcachePrev = cache?.current?.ipcache;
