@@ -136,3 +136,22 @@ t.test('copies a record from any place in a shared buffer, aligned or not', asyn
     ],
   );
 });
+
+t.test('a slot that held an IPv6 flow shows the IPv4 flow written over it, and the other way round', async (t) => {
+  // Copied word by word from an aligned buffer, an IPv4 event's address words beyond the first are
+  // skipped: what a flow shows must not depend on what its slot held before.
+  const r = new FlowRing(1, 'n');
+  const shared = Buffer.alloc(8 + 3 * 104);
+  const events = [
+    encodeTraceEvent({ tsNs: 1e9, family: 6, saddr: 'fd00:1:2:3:4:5:6:7', daddr: 'fd00::ffff:ffff:ffff:ffff', dport: 80 }),
+    encodeTraceEvent({ tsNs: 2e9, family: 4, saddr: '10.1.2.3', daddr: '10.4.5.6', dport: 81 }),
+    encodeTraceEvent({ tsNs: 3e9, family: 6, saddr: 'fd00::1', daddr: 'fd00::2', dport: 82 }),
+  ];
+  for (const [k, e] of events.entries()) e.copy(shared, 8 + k * 104);
+  const seen: string[][] = [];
+  for (let k = 0; k < 3; k++) {
+    r.push(shared, 8 + k * 104, emptyRefs(), OFFSET);
+    seen.push((await r.select()).map((f) => `${f.IP!.source} ${f.IP!.destination} ${f.IP!.ipVersion}`));
+  }
+  t.same(seen, [['fd00:1:2:3:4:5:6:7 fd00::ffff:ffff:ffff:ffff IPv6'], ['10.1.2.3 10.4.5.6 IPv4'], ['fd00::1 fd00::2 IPv6']]);
+});

@@ -3,7 +3,7 @@
 // not turn into garbage-collector work; flow records are built only when someone asks (GetFlows,
 // followers). Also counts all flows seen and the recent rate. Pure.
 import crypto from 'node:crypto';
-import { decodeTraceEvent, TRACE_EVENT_SIZE } from './event.ts';
+import { decodeTraceEvent, OFF, TRACE_EVENT_SIZE } from './event.ts';
 import { readHostU64Number } from '../net/index.ts';
 import type { FlowRefs, RuleDescription, SideRef } from './enrich.ts';
 import { assemble } from './flow.ts';
@@ -53,6 +53,8 @@ export class FlowRing {
   private readonly perSecond = new Float64Array(60);
   private readonly secondOf = new Float64Array(60).fill(-1);
   private nowSec: number;
+  /** nowSec's bucket (nowSec % 60), worked out when the clock is read rather than per event. */
+  private bucket: number;
   /** Flow uuids: 10 random bytes per ring (one agent run) and the flow's 48-bit sequence number. */
   private readonly uuidPrefix: string;
 
@@ -76,6 +78,7 @@ export class FlowRing {
     this.offSec = new Float64Array(capacity);
     this.offNs = new Float64Array(capacity);
     this.nowSec = Math.floor(nowMs() / 1000);
+    this.bucket = this.nowSec % 60;
     const r = crypto.randomBytes(10);
     r[6] = (r[6] & 0x0f) | 0x40; // RFC 4122 version 4 and variant bits: a well-formed UUID
     r[8] = (r[8] & 0x3f) | 0x80;
@@ -96,6 +99,7 @@ export class FlowRing {
   /** Re-reads the clock for the rate buckets: once per drained batch, not per event. */
   tick(): void {
     this.nowSec = Math.floor(this.nowMs() / 1000);
+    this.bucket = this.nowSec % 60;
   }
 
   /** Stores the record at data[offset..] with its lookups (`refs` may be reused by the caller). */
@@ -109,7 +113,13 @@ export class FlowRing {
       const from = this.srcWords!;
       const o = offset >>> 2;
       const d = i * (TRACE_EVENT_SIZE / 4);
-      for (let k = 0; k < TRACE_EVENT_SIZE / 4; k++) this.words[d + k] = from[o + k];
+      const w = this.words;
+      // Words 10-13 and 14-17 are the addresses; an IPv4 event's are in the first word of each, and
+      // only that word is ever read back (decodeTraceEvent), so the other six are not copied.
+      for (let k = 0; k < 11; k++) w[d + k] = from[o + k];
+      if (data[offset + OFF.FAMILY] === 4) w[d + 14] = from[o + 14];
+      else for (let k = 11; k < 18; k++) w[d + k] = from[o + k];
+      for (let k = 18; k < TRACE_EVENT_SIZE / 4; k++) w[d + k] = from[o + k];
     } else data.copy(this.bytes, i * TRACE_EVENT_SIZE, offset, offset + TRACE_EVENT_SIZE);
     this.src[i] = refs.src;
     this.dst[i] = refs.dst;
@@ -135,10 +145,10 @@ export class FlowRing {
   }
 
   private advance(i: number): void {
-    this.next = (i + 1) % this.capacity;
+    this.next = i + 1 === this.capacity ? 0 : i + 1;
     if (this.held < this.capacity) this.held++;
     this.seenCount++;
-    const b = this.nowSec % 60;
+    const b = this.bucket;
     if (this.secondOf[b] !== this.nowSec) {
       this.secondOf[b] = this.nowSec;
       this.perSecond[b] = 0;
