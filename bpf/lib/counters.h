@@ -8,8 +8,12 @@
 
 static __always_inline void count_endpoint_tx(__u32 host_ifindex, __u32 len)
 {
-	struct endpoint_counters_value *c = bpf_map_lookup_elem(&endpoint_counters, &host_ifindex);
+	struct endpoint_counters_value *c;
 
+#ifdef MBR_NO_EP_COUNTERS /* measurement builds only */
+	return;
+#endif
+	c = bpf_map_lookup_elem(&endpoint_counters, &host_ifindex);
 	if (c) {
 		c->tx_packets++;
 		c->tx_bytes += len;
@@ -18,8 +22,12 @@ static __always_inline void count_endpoint_tx(__u32 host_ifindex, __u32 len)
 
 static __always_inline void count_endpoint_rx(__u32 host_ifindex, __u32 len)
 {
-	struct endpoint_counters_value *c = bpf_map_lookup_elem(&endpoint_counters, &host_ifindex);
+	struct endpoint_counters_value *c;
 
+#ifdef MBR_NO_EP_COUNTERS /* measurement builds only */
+	return;
+#endif
+	c = bpf_map_lookup_elem(&endpoint_counters, &host_ifindex);
 	if (c) {
 		c->rx_packets++;
 		c->rx_bytes += len;
