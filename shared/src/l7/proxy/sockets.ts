@@ -187,16 +187,21 @@ export function pickProxyPort(isFree: (port: number) => boolean, from = 10000, t
 }
 
 /**
- * Nobody listens on this port of either loopback address. Probed without SO_REUSEPORT: a listener
- * of another agent's proxy (also root, also SO_REUSEPORT) would otherwise let us join its group.
+ * Nobody listens on this port of either loopback address: a socket bound there (never listening)
+ * without SO_REUSEPORT, so another agent's proxy listener (also root, also SO_REUSEPORT) refuses it
+ * rather than letting us join its group; with SO_REUSEADDR, so only a listener (or a socket bound
+ * without it) refuses it, as it would refuse the worker's listener. Never listen(): a listener here,
+ * even for a moment, is one the datapath finds (bpf_sk_lookup_tcp on the loopback tuple, the path of
+ * unregistered listeners) and hands a diverted SYN to, which the probe's close() then resets; and a
+ * worker binding the port at that moment would be refused. A bound socket accepts nothing.
  */
 export function portFree(port: number): boolean {
   const c = lib();
   const fds: number[] = [];
   try {
-    fds.push(transparentListener(4, port, { backlog: 1, reusePort: false }));
+    fds.push(boundTransparentSocket(SOCK_STREAM, '127.0.0.1', port, false));
     try {
-      fds.push(transparentListener(6, port, { backlog: 1, reusePort: false }));
+      fds.push(boundTransparentSocket(SOCK_STREAM, '::1', port, false));
     } catch (e) {
       const errno = (e as SocketError).errno;
       if (errno !== osConstants.errno.EADDRNOTAVAIL && errno !== osConstants.errno.EAFNOSUPPORT) return false; // no IPv6 is fine
