@@ -6,10 +6,14 @@
 // So: an idle connection is closed after `idleMs`; one client address holds at most `perClient`, and
 // all together at most `max`. Past a limit the least recently active connection goes (of that address
 // first, else of all): a client that floods only ever closes its own connections, and a flood spread
-// over many addresses cannot lock new clients out (refusing the newcomer would). Closing is failing
-// closed: a query on a closed connection is never answered, so no address is learned and nothing is
-// let through; a real resolver asks again on a new connection. Each close is counted and logged
-// (at most once every `logEveryMs`, with the count since the last line).
+// over many addresses cannot lock new clients out (refusing the newcomer would). Closing fails
+// closed: a query in flight on a closed connection is never answered, and a real resolver asks again on
+// a new connection. Its answer may still be learned (its addresses put in the datapath for the
+// endpoint) when learning had begun, or the answer came from upstream before the close took the
+// upstream connection down (tcp.ts): the policy allowed that query, so those are addresses its rule
+// lets the endpoint reach anyway, as with a UDP answer whose client stopped waiting; nothing else is
+// let through. Each close is counted and logged (at most once every `logEveryMs`, with the count
+// since the last line).
 import type net from 'node:net';
 
 export interface TcpClientLimits {
