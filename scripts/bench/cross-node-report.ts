@@ -1,6 +1,7 @@
 // bench:cross-node's report (cross-node.ts runs the cells): the medians table with each row's ratio to
 // its peer, the two goals of issue 12 with each round's ratio, the A/B rows of BENCH_BEFORE* and
-// BENCH_NATIVE_RX_AB, and the programs' cost when BENCH_BPF_STATS was on.
+// BENCH_NATIVE_RX_AB, and the programs' cost when BENCH_BPF_STATS was on. With BENCH_CRR_PAIRED the
+// connection rate's ratios come from each cell's same-window ratios to its peer (cross-node.ts).
 import os from 'node:os';
 import { markdownTable, median } from './lib.ts';
 
@@ -17,6 +18,8 @@ export interface ReportInput {
   names: string[];
   load: string;
   samples: Samples;
+  /** BENCH_CRR_PAIRED: per cell, each round's connection rate over its peer's in the same window. */
+  crrPaired?: Map<string, number[]>;
   /** Membrane's programs per measurement (BENCH_BPF_STATS). */
   bpfSamples: Samples;
   rounds: number;
@@ -34,8 +37,21 @@ function perfOf(samples: Samples, name: string, peer: string, m: (typeof METRICS
 
 export function report(r: ReportInput): string {
   const { names, load, samples, bpfSamples, rounds: ROUNDS, seconds: SECONDS, rules: BIG, flowEvents: FLOW_EVENTS } = r;
-  const perf = (name: string, peer: string, m: (typeof METRICS)[number]) => perfOf(samples, name, peer, m);
   const [a, , , big, d, e] = names;
+  const paired = r.crrPaired ?? new Map<string, number[]>();
+  /** The peer a cell's connection rate was paired with (cross-node.ts crrPeer). */
+  const pairPeer = (x: string) => (x.startsWith('(d)') ? e : x.startsWith('(b)') || x.startsWith('(c)') ? a : undefined);
+  const perf = (name: string, peer: string, m: (typeof METRICS)[number]) => {
+    const x = paired.get(name);
+    if (m.key === 'crr' && x?.length) {
+      // Against its own peer: the median of the same-window ratios; against another cell paired with
+      // the same peer (now / before): the quotient of both medians.
+      if (pairPeer(name) === peer) return median(x);
+      const y = paired.get(peer);
+      if (y?.length && pairPeer(peer) === pairPeer(name)) return median(x) / median(y);
+    }
+    return perfOf(samples, name, peer, m);
+  };
   const rows = names
     .filter((name) => samples.has(name)) // BENCH_ONLY
     .map((name) => [
@@ -53,16 +69,26 @@ export function report(r: ReportInput): string {
   /** Each round's ratio (rounds run both cells once, so index i is round i of both). */
   const rounds = (x: string, peer: string) =>
     METRICS.map((m) => {
+      const p = paired.get(x);
       const r = samples.get(x)![m.key].map((v, i) => {
         const p = samples.get(peer)![m.key][i];
         return (m.higher ? v / p : p / v).toFixed(2);
       });
+      // Paired: the same-window ratios count; the ratios of the two cells' own runs (about a minute
+      // apart, as without pairing) follow for comparison.
+      if (m.key === 'crr' && p?.length && pairPeer(x) === peer)
+        return `${m.label.split(' (')[0]} ${p.map((v) => v.toFixed(2)).join(' / ')} (same-window pairs; the cells' own runs ${r.join(' / ')})`;
       return `${m.label.split(' (')[0]} ${r.join(' / ')}`;
     }).join('; ');
   return [
     `Medians of ${ROUNDS} rounds x ${SECONDS} s, one interleaved run; in brackets: performance relative to (a) for the tunnels and`,
     `to (e) for the routed rows (>1 is better; latency inverted). ${os.cpus().length} CPUs, kernel ${os.release()}, load ${load};`,
-    `Membrane's flow events ${FLOW_EVENTS}.`,
+    `Membrane's flow events ${FLOW_EVENTS}.${
+      paired.size
+        ? " Connections/s of the (b), (c) and (d) rows: the ratio is the median of each round's ratio to the peer measured" +
+          " in the same window (short runs alternated, BENCH_CRR_PAIRED); the rate is the row's own."
+        : ''
+    }`,
     '',
     markdownTable(['topology', ...METRICS.map((m) => m.label)], rows),
     '',

@@ -28,7 +28,8 @@
 // other nodes' packets reach the pods through the stack and to_container as before it.
 // BENCH_BEFORE_ARGS, BENCH_BEFORE_AGENT, BENCH_BEFORE_NOWAIT: 'before' cells with other agent flags,
 // other agent code, or without the wait past the give-backs; BENCH_CP_TRACE: the control plane's CPU
-// per metric (all below).
+// per metric (all below). BENCH_CRR_PAIRED (on), BENCH_CRR_SLICES (20): how the connection rate is
+// compared (below).
 import os from 'node:os';
 import path from 'node:path';
 import { REPO } from '../../integration/lib/agent.ts';
@@ -37,7 +38,16 @@ import { eventually, startCluster, type TestCluster, type TestNode } from '../..
 import { flannel, plainRouting, plainVxlan, type PodPair, type Topology } from './cross-node-peers.ts';
 import { readIpcache } from '../../integration/lib/cluster-maps.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
-import { agentRequestsMade, connectionRate, pastGiveBacks, processCpuMs, rrLatency, settled, throughput } from './lib.ts';
+import {
+  agentRequestsMade,
+  connectionRate,
+  connectionRateAgainst,
+  pastGiveBacks,
+  processCpuMs,
+  rrLatency,
+  settled,
+  throughput,
+} from './lib.ts';
 import { membranePolicy } from './topologies.ts';
 import { setUnderlayRx } from './switches.ts';
 import { attachedPrograms, bpfDelta, bpfTotals, enableBpfStats, type BpfTotals } from './bpf-stats.ts';
@@ -68,6 +78,18 @@ const BEFORE_AGENT = process.env.BENCH_BEFORE_AGENT;
 const BEFORE_NOWAIT = (process.env.BENCH_BEFORE_NOWAIT ?? 'off') === 'on';
 const BEFORE_L7 = (process.env.BENCH_BEFORE_L7 ?? 'off') === 'on';
 const NATIVE_RX_AB = (process.env.BENCH_NATIVE_RX_AB ?? 'off') === 'on';
+/** The connection rate of a cell that has a peer ((b) and (c) cells: (a); (d) cells: (e)) is measured
+ *  against fresh pods of that peer in the same window: BENCH_CRR_SLICES short crr runs on each side,
+ *  alternated (lib.ts connectionRateAgainst), BENCH_SECONDS in all on each side. Its ratio to the peer
+ *  (the brackets and goals of the connections/s column) is then the median of those same-window ratios,
+ *  no longer the ratio of two medians of runs about a minute apart, which moved with whatever else the
+ *  machine did meanwhile and with where the scheduler put client and server. An A/A run of two
+ *  identical pairs (crr-precision.ts, 10 rounds, load 11-17): runs apart 0.38-1.82 (median |ln ratio|
+ *  0.23), paired in 20 slices 0.84-1.59 (0.085); in 8 slices 0.16 against 0.29, in 40 0.13 against
+ *  0.24. The peers (a) and (e) still have their own runs (their rows' rates), and the report also
+ *  prints each round's ratio of the cells' own runs. off: one BENCH_SECONDS run per cell, as before. */
+const CRR_PAIRED = (process.env.BENCH_CRR_PAIRED ?? 'on') === 'on';
+const CRR_SLICES = Number(process.env.BENCH_CRR_SLICES ?? 20);
 /** Split only before a '(': cell names hold commas ("(c) Membrane overlay, 10,000 rules"). */
 const ONLY = process.env.BENCH_ONLY?.split(/,(?=\s*\()/).map((x) => x.trim());
 /** A node's agent runs long before its pods' traffic: the first round starts once every agent and
@@ -240,6 +262,17 @@ async function membraneBefore(object: string | undefined): Promise<Topology[]> {
 // ---- the run ----------------------------------------------------------------------------------------
 
 const samples = new Map<string, Record<Metric, number[]>>();
+/** BENCH_CRR_PAIRED: each round's connection rate of a cell over its peer's in the same window. */
+const crrPaired = new Map<string, number[]>();
+/** Every topology set up (the peers' pods for the paired connection rate). */
+const allTopologies: Topology[] = [];
+const PEER_A = '(a) plain kernel VXLAN';
+const PEER_E = '(e) plain routing, no tunnel';
+/** The peer a cell's connection rate is paired with (none for the peers themselves). */
+function crrPeer(t: Topology): Topology | undefined {
+  const peer = t.name.startsWith('(d)') ? PEER_E : t.name.startsWith('(b)') || t.name.startsWith('(c)') ? PEER_A : undefined;
+  return CRR_PAIRED && peer ? allTopologies.find((x) => x.name === peer) : undefined;
+}
 /** Membrane's programs per measurement: ns per run, and for the connection rate µs per connection. */
 const bpfSamples = new Map<string, Record<Metric, number[]>>();
 
@@ -252,6 +285,7 @@ async function measure(t: Topology): Promise<void> {
   try {
     const bpf: Partial<Record<Metric, BpfTotals>> = {};
     const cp: string[] = [];
+    let pairedNote = '';
     const run = async (m: Metric, fn: () => Promise<number>) => {
       const before = p.programs && BPF_STATS ? bpfTotals(p.programs) : undefined;
       const pids = CP_TRACE ? controlPlanePids() : [];
@@ -265,7 +299,24 @@ async function measure(t: Topology): Promise<void> {
       tput1: await run('tput1', () => throughput(p.a, p.b, p.ipB, 1, SECONDS)),
       tput4: await run('tput4', () => throughput(p.a, p.b, p.ipB, 4, SECONDS)),
       rr: await run('rr', () => rrLatency(p.a, p.b, p.ipB, SECONDS)),
-      crr: await run('crr', () => connectionRate(p.a, p.b, p.ipB, SECONDS)),
+      crr: await run('crr', async () => {
+        const peer = crrPeer(t);
+        if (!peer) return connectionRate(p.a, p.b, p.ipB, SECONDS);
+        const q = await peer.pods();
+        try {
+          const c = await connectionRateAgainst(
+            { client: p.a, server: p.b, ip: p.ipB },
+            { client: q.a, server: q.b, ip: q.ipB },
+            SECONDS,
+            CRR_SLICES,
+          );
+          crrPaired.set(t.name, [...(crrPaired.get(t.name) ?? []), c.cell / c.ref]);
+          pairedNote = ` crr paired with ${peer.name.slice(0, 3)} ${Math.round(c.ref)}: ${(c.cell / c.ref).toFixed(2)}x`;
+          return c.cell;
+        } finally {
+          await q.cleanup();
+        }
+      }),
     };
     const s = samples.get(t.name) ?? { tput1: [], tput4: [], rr: [], crr: [] };
     for (const m of METRICS) s[m.key].push(r[m.key]);
@@ -279,7 +330,7 @@ async function measure(t: Topology): Promise<void> {
       bpfSamples.set(t.name, b);
     }
     process.stderr.write(
-      `${t.name}: ${JSON.stringify(r)}${bpf.crr ? ` bpf ${JSON.stringify(bpf)}` : ''}${cp.length ? ` control plane ms ${cp.join(', ')}` : ''}\n`,
+      `${t.name}: ${JSON.stringify(r)}${pairedNote}${bpf.crr ? ` bpf ${JSON.stringify(bpf)}` : ''}${cp.length ? ` control plane ms ${cp.join(', ')}` : ''}\n`,
     );
   } finally {
     await p.cleanup();
@@ -304,6 +355,7 @@ async function main(): Promise<void> {
       ...(NATIVE_RX_AB ? [await membraneNativeStackRx()] : []),
     );
     const names = topologies.map((t) => t.name);
+    allTopologies.push(...topologies);
     if (SETTLE_S) {
       const s = await settled(controlPlanePids(), { busyPct: 2, windows: 1, timeoutMs: SETTLE_S * 1000, throwOnTimeout: false });
       process.stderr.write(`agents and operators ${s.quiet ? 'settled' : 'not settled'} after ${(s.ms / 1000).toFixed(1)} s\n`);
@@ -327,6 +379,7 @@ async function main(): Promise<void> {
         names,
         load: `${load0} -> ${os.loadavg()[0].toFixed(1)}`,
         samples,
+        crrPaired,
         bpfSamples,
         rounds: ROUNDS,
         seconds: SECONDS,

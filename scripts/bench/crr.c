@@ -1,5 +1,7 @@
 /* Connection-rate peer for the datapath benchmark: "server PORT" accepts, echoes one byte, closes;
- * "client IP PORT SECONDS" runs connect / 1 byte / read / close in a loop and prints connections/s.
+ * "client IP PORT SECONDS" runs connect / 1 byte / read / close in a loop and prints connections/s and
+ * errors, then the connections completed in each 100 ms of the run (comma-separated), from which the
+ * caller can take a rate that a burst of other load on the machine moves less (lib.ts).
  * In C so the number measures the datapath, not a language runtime. */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -37,15 +39,24 @@ static int client(const char *ip, int port, double seconds) {
 	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons(port) };
 	inet_pton(AF_INET, ip, &a.sin_addr);
 	long n = 0, errors = 0;
-	double start = now(), end = start + seconds;
-	while (now() < end) {
+	int slices = (int)(seconds * 10 + 0.5);
+	if (slices < 1) slices = 1;
+	long *per = calloc(slices, sizeof(long));
+	double start = now(), end = start + seconds, t;
+	while ((t = now()) < end) {
 		int c = socket(AF_INET, SOCK_STREAM, 0);
 		char b = 'x';
-		if (connect(c, (void *)&a, sizeof(a)) == 0 && write(c, &b, 1) == 1 && read(c, &b, 1) == 1) n++;
-		else errors++;
+		if (connect(c, (void *)&a, sizeof(a)) == 0 && write(c, &b, 1) == 1 && read(c, &b, 1) == 1) {
+			int i = (int)((t - start) * 10);
+			n++;
+			per[i < slices ? i : slices - 1]++;
+		} else errors++;
 		close(c);
 	}
-	printf("%.1f %ld\n", n / (now() - start), errors);
+	printf("%.1f %ld ", n / (now() - start), errors);
+	for (int i = 0; i < slices; i++) printf(i ? ",%ld" : "%ld", per[i]);
+	printf("\n");
+	free(per);
 	return 0;
 }
 

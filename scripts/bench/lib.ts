@@ -154,19 +154,76 @@ export async function connectionRate(
   seconds: number,
   cpu?: number,
 ): Promise<number> {
+  const pin = cpu === undefined ? undefined : { client: cpu, server: cpu };
+  return (await connectionRateSlices(client, server, ip, seconds, pin)).rate;
+}
+
+/** One crr run: connections per second over the whole run, and the connections completed in each
+ *  100 ms of it (crr.c). pin: the client's and the server's CPU (taskset). */
+export async function connectionRateSlices(
+  client: TestNetns,
+  server: TestNetns,
+  ip: string,
+  seconds: number,
+  pin?: { client: number; server: number },
+): Promise<{ rate: number; errors: number; slices: number[] }> {
   const port = 20000 + Math.floor(Math.random() * 20000);
   const bin = crr();
-  const pin = (argv: string[]) => (cpu === undefined ? argv : ['taskset', '-c', String(cpu), ...argv]);
+  const on = (cpu: number | undefined, argv: string[]) => (cpu === undefined ? argv : ['taskset', '-c', String(cpu), ...argv]);
   await client.exec('sysctl', ['-q', '-w', 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=1024 65000']);
-  const [srvCmd, ...srvArgs] = pin([bin, 'server', String(port)]);
+  const [srvCmd, ...srvArgs] = on(pin?.server, [bin, 'server', String(port)]);
   const srv = daemon(server, srvCmd, srvArgs);
   try {
     await sleep(300);
-    const [cliCmd, ...cliArgs] = pin([bin, 'client', ip, String(port), String(seconds)]);
-    const out = await client.exec(cliCmd, cliArgs, { timeoutMs: (seconds + 20) * 1000 });
-    return Number(out.trim().split(' ')[0]);
+    const [cliCmd, ...cliArgs] = on(pin?.client, [bin, 'client', ip, String(port), String(seconds)]);
+    const out = (await client.exec(cliCmd, cliArgs, { timeoutMs: (seconds + 20) * 1000 })).trim().split(' ');
+    return { rate: Number(out[0]), errors: Number(out[1]), slices: (out[2] ?? '').split(',').filter(Boolean).map(Number) };
   } finally {
     srv.kill('SIGKILL');
+  }
+}
+
+/** A crr pod pair: the client's netns, the server's, the server's address. */
+export interface CrrPair {
+  client: TestNetns;
+  server: TestNetns;
+  ip: string;
+}
+
+/** The connection rate of `cell` measured against a reference pair in the same window: `slices` short
+ *  crr runs on each, alternated (cell, ref, ref, cell, cell, ref, ...), `seconds` in all on each side.
+ *  Load from other processes on the machine that comes and goes over seconds then falls on both
+ *  alike, so cell / ref moves with the cell's datapath rather than with when its turn came (an A/A
+ *  run of two identical pairs: scripts/bench/crr-precision.ts). Returns both rates (connections over
+ *  the time of their slices). */
+export async function connectionRateAgainst(
+  cell: CrrPair,
+  ref: CrrPair,
+  seconds: number,
+  slices: number,
+): Promise<{ cell: number; ref: number; cellSlices: number[]; refSlices: number[] }> {
+  const bin = crr();
+  const each = seconds / slices;
+  const pairs = [cell, ref].map((p) => ({ ...p, port: 20000 + Math.floor(Math.random() * 20000), n: 0, per: [] as number[] }));
+  for (const p of pairs)
+    await p.client.exec('sysctl', ['-q', '-w', 'net.ipv4.tcp_tw_reuse=1', 'net.ipv4.ip_local_port_range=1024 65000']);
+  const servers = pairs.map((p) => daemon(p.server, bin, ['server', String(p.port)]));
+  try {
+    await sleep(300);
+    for (let k = 0; k < slices; k++) {
+      // ABBA: neither side is always the one right after the other's slice.
+      for (const p of k % 2 ? [pairs[1], pairs[0]] : pairs) {
+        const out = (await p.client.exec(bin, ['client', p.ip, String(p.port), String(each)], { timeoutMs: (each + 20) * 1000 }))
+          .trim()
+          .split(' ');
+        const per = (out[2] ?? '').split(',').filter(Boolean).map(Number);
+        p.n += per.reduce((a, b) => a + b, 0);
+        p.per.push(...per);
+      }
+    }
+    return { cell: pairs[0].n / seconds, ref: pairs[1].n / seconds, cellSlices: pairs[0].per, refSlices: pairs[1].per };
+  } finally {
+    for (const s of servers) s.kill('SIGKILL');
   }
 }
 
