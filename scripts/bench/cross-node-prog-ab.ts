@@ -7,7 +7,8 @@
 // (kernel.bpf_stats_enabled: run_time_ns over both nodes' programs / connections), per program its runs
 // and ns a run, the agents' CPU per connection. The run time per connection moves far less with the
 // machine's load than the rate does, and interleaving spreads the load over the objects alike: medians
-// per object at the end, with the load. ARGS="<agent flags>" for every agent. PEER=1 adds the plain peer
+// per object at the end, with the load. ARGS="<agent flags>" for every agent; "X.o@<agent flags>" for
+// that cell's agents only (e.g. X.o@--ct-max 16384: the same object, another table size). PEER=1 adds the plain peer
 // (tunnel: (a) plain kernel VXLAN; native: (e) plain routing) as one more cell. PERF=<file prefix>: each
 // sample also under `perf record -a` (one file per cell and round), and at the end the kernel time per
 // connection by symbol in the crr processes' context, for every cell: what a connection costs in all,
@@ -133,8 +134,9 @@ try {
         '--log-level',
         'info',
         '--bpf-object',
-        obj,
+        obj.split('@')[0],
         ...(process.env.ARGS?.split(' ').filter(Boolean) ?? []),
+        ...(obj.split('@')[1]?.split(' ').filter(Boolean) ?? []),
       ],
     });
     const [n1, n2] = c.nodes;
