@@ -5,10 +5,14 @@
 //            BENCH_CRR_PAIRED): the per-round ratio of the two, from the whole runs ("full") and from
 //            the median of their 100 ms slices ("median", crr.c prints them);
 //   paired   the two measured against each other in the same window (lib.ts connectionRateAgainst:
-//            SLICES (8) short runs each, alternated ABBA), what the bench does with BENCH_CRR_PAIRED=on.
+//            SLICES (20, as the bench) short runs each, alternated ABBA), what bench:cross-node does
+//            (BENCH_CRR_PAIRED, on by default).
 // Identical pairs: any ratio other than 1.00 is the measurement's own noise (the machine's load coming
 // and going, CPU placement, steal), and both methods meet the same load in the same run. Printed: each
-// round's ratios, then per method the range and the median and mean of |ln ratio|.
+// round's ratios, then per method the range and the median and mean of |ln ratio|. 10 rounds at load
+// ~7 (8 slices): apart 0.89-1.54 (median 0.102), paired 0.84-1.14 (0.047); at load 11-17 (20 slices):
+// apart 0.38-1.82 (0.233), paired 0.84-1.59 (0.085). Even paired, one pair of two identical ones may
+// come out a few per cent apart over a whole run (8 of 10 rounds under 1.00 in the first).
 // PIN=split|same|off (off): 'apart' runs with the client on CPU 0 and the server on CPU 1, both on
 // CPU 0, or unpinned (pinned, a busy CPU stalls the run: an A/A range of 0.24-4.18 at load ~7).
 import os from 'node:os';
@@ -18,7 +22,7 @@ import { connectionRateAgainst, connectionRateSlices, median } from './lib.ts';
 delete process.env.NODE_EXTRA_CA_CERTS;
 const R = Number(process.env.R ?? 10);
 const S = Number(process.env.S ?? 4);
-const SLICES = Number(process.env.SLICES ?? 8);
+const SLICES = Number(process.env.SLICES ?? 20);
 const PIN = process.env.PIN ?? 'off';
 const pin = PIN === 'split' ? { client: 0, server: 1 } : PIN === 'same' ? { client: 0, server: 0 } : undefined;
 
