@@ -3,10 +3,13 @@
 // them. The maps after each such change must equal a full recompute's. Random changes from a fixed
 // seed by default (a CI run is reproducible); FUZZ_SEED=n replays n, FUZZ_SEED=random explores.
 import t from 'tap';
-import { FIRST_CIDR_IDENTITY, RESERVED } from '../src/identity/reserved.ts';
+import { FIRST_CIDR_IDENTITY, identityKind, RESERVED } from '../src/identity/reserved.ts';
 import { parseCidr } from '../src/net/index.ts';
 import { rulesMovedBy } from '../src/policy/cidr-moves.ts';
 import { parsePolicies } from '../src/policy/parse.ts';
+import { FqdnState } from '../src/fqdn/state.ts';
+import { PolicyEngine } from '../src/policy/engine.ts';
+import { MemoryStore } from '../src/store/index.ts';
 import { engineWithEndpoints, MemoryPolicyOps, NO_CHANGES, restartChanges, testEndpoint } from './lib/policy.ts';
 import { seeded, testSeed } from './lib/seeded.ts';
 
@@ -284,4 +287,94 @@ t.test("the same for a pod on another node (cluster mode's remote endpoints)", a
     "db's egress allows it",
   );
   t.same(await restartChanges(store, ops, eps, undefined, new Map()), NO_CHANGES, 'a restart changes nothing');
+});
+
+t.test('a CIDR rule on an address DNS taught: its FQDN identity carries the prefix, and a restart changes nothing', async (t) => {
+  const ops = new MemoryPolicyOps(100_000, 100_000);
+  const store = new MemoryStore();
+  const hosts = () => ['192.0.2.1'];
+  let fqdn = new FqdnState(0);
+  const first = await PolicyEngine.open({ store, ops, hostAddresses: hosts, fqdn });
+  const web = testEndpoint(1, { app: 'web' }, await first.identityFor({ app: 'web' }), '10.0.0.2');
+  const db = testEndpoint(2, { app: 'db' }, await first.identityFor({ app: 'db' }), '10.0.0.3');
+  for (const ep of [web, db]) {
+    ops.flags.set(ep.hostIfIndex, 0);
+    await first.endpointAttached(ep);
+  }
+  await first.start();
+  let engine = first;
+  t.teardown(() => engine.close());
+  const addr = '198.18.0.2/32';
+  const egress = (name: string, rule: object) =>
+    JSON.stringify({
+      apiVersion: 'cilium.io/v2',
+      kind: 'CiliumNetworkPolicy',
+      metadata: { name },
+      spec: { endpointSelector: { matchLabels: { app: 'db' } }, egress: [rule] },
+    });
+  // The address's prefix first, another after it: a restart that cannot find the first's number in
+  // the ipcache gives it a new one.
+  await engine.importText(egress('to-ip', { toCIDR: [addr] }));
+  await engine.importText(egress('to-net', { toCIDR: ['10.9.0.0/16'] }));
+  await engine.importText(egress('to-name', { toFQDNs: [{ matchName: 'db.example.com' }] }));
+  await engine.importText(wide(1));
+  const cidrPeers = (id: number, dir: string) =>
+    ops
+      .entriesOf(id)
+      .filter((e) => e.direction === dir && e.peer >= FIRST_CIDR_IDENTITY)
+      .map((e) => e.peer)
+      .sort();
+  const peers = () => ({ db: cidrPeers(db.id, 'egress'), web: cidrPeers(web.id, 'ingress') });
+  const dead = () => {
+    const held = new Set(ops.ipcache.values());
+    return [...cidrPeers(db.id, 'egress'), ...cidrPeers(web.id, 'ingress')].filter((p) => !held.has(p));
+  };
+  const restart = async () => {
+    await engine.close();
+    const state = new FqdnState(0);
+    state.restore(fqdn.persisted(), new Map(ops.ipcache), (id) => identityKind(id) === 'fqdn', 0, 60_000);
+    fqdn = state;
+    engine = await PolicyEngine.open({ store, ops, hostAddresses: hosts, fqdn });
+    for (const ep of [web, db]) await engine.endpointAttached(ep);
+    return engine.start();
+  };
+  const learn = async () => {
+    const r = fqdn.learn(db.id, ['db.example.com.'], [{ ip: '198.18.0.2', ttl: 3600 }], 0);
+    await engine.fqdnChanged(r.changed, r.newIdentity);
+  };
+
+  await learn();
+  const learned = ops.ipcache.get(addr) ?? 0;
+  t.equal(identityKind(learned), 'fqdn', 'the address has its FQDN identity in the ipcache');
+  t.same(dead(), [], 'no rule names an identity the ipcache does not hold');
+  t.ok(cidrPeers(db.id, 'egress').includes(learned), "db's egress allows the FQDN identity (toCIDR and toFQDNs)");
+  const before = peers();
+  t.same(await restart(), NO_CHANGES, 'a restart changes nothing');
+  t.same(peers(), before, 'the same identities in both rules after it');
+
+  // The answer expires: the address is a prefix like any other again, and stays one across a restart.
+  const gone = fqdn.expire(3_600_001, () => false);
+  t.same(gone.changed, [addr], 'the answer expired');
+  await engine.fqdnChanged(gone.changed, false);
+  const id = ops.ipcache.get(addr) ?? 0;
+  t.equal(identityKind(id), 'cidr', 'the /32 has a CIDR identity in the ipcache');
+  t.ok(cidrPeers(db.id, 'egress').includes(id), "db's egress allows it");
+  t.ok(cidrPeers(web.id, 'ingress').includes(id), "web's world rule includes it");
+  t.same(dead(), [], 'no rule names an identity the ipcache does not hold');
+  t.same(await restart(), NO_CHANGES, 'a restart changes nothing');
+
+  // Taught again: the CIDR identity goes again.
+  await learn();
+  t.equal(identityKind(ops.ipcache.get(addr) ?? 0), 'fqdn', 'the FQDN identity in the ipcache again');
+  t.notOk(cidrPeers(db.id, 'egress').includes(id), "db's egress: not the CIDR identity");
+  t.same(dead(), [], 'no rule names an identity the ipcache does not hold');
+  t.same(await restart(), NO_CHANGES, 'a restart changes nothing');
+
+  // The toFQDNs rule deleted: the address's FQDN entry goes with it, and its CIDR identity comes back
+  // in the same sync.
+  await engine.delete(['to-name']);
+  t.equal(identityKind(ops.ipcache.get(addr) ?? 0), 'cidr', 'a CIDR identity in the ipcache');
+  t.ok(cidrPeers(db.id, 'egress').includes(ops.ipcache.get(addr) ?? 0), "db's egress allows it");
+  t.same(dead(), [], 'no rule names an identity the ipcache does not hold');
+  t.same(await restart(), NO_CHANGES, 'a restart changes nothing');
 });

@@ -189,8 +189,10 @@ t.test('a few rules changed at a time: the incremental sync equals a build from 
       differs = step;
       t.same(a, b, `step ${step}: incremental = from scratch`);
     }
+    // All but the addresses DNS taught (198.19.0.9 when a rule names it): their FQDN identity stands
+    // for the prefix (identity/cidr.ts hide).
     if (
-      JSON.stringify(walked(records)) !==
+      JSON.stringify(walked(records).filter((p) => fqdn.entryOf(p) === undefined)) !==
       JSON.stringify(
         cidrs
           .entries()
@@ -199,7 +201,7 @@ t.test('a few rules changed at a time: the incremental sync equals a build from 
       )
     ) {
       differs = step;
-      t.fail(`step ${step}: the CIDR table holds the records' prefixes`);
+      t.fail(`step ${step}: the CIDR table holds the records' prefixes but those DNS taught`);
     }
     for (const r of records) {
       const peers = r.policy.specs.flatMap((s) => s.rules.flatMap((rule) => (rule.peers === 'all' ? [] : rule.peers)));

@@ -3,9 +3,10 @@
 // and the agent seeds this table from it on start (numbers stay stable across restarts without an
 // fsync per prefix when 10,000 CIDR rules are imported). Pure.
 //
-// The nodes' own addresses get none (hide()), nor the pods' that a policy names: the ipcache holds
-// them as the host, remote-node or the pod's identity whatever a policy says, so a CIDR identity for
-// one would reach no ipcache entry, and the restart's seed (which reads the ipcache) could not find its
+// The nodes' own addresses get none (hide()), nor the pods' that a policy names, nor the addresses
+// DNS taught (toFQDNs) that one names: the ipcache holds them as the host, remote-node, the pod's or
+// the FQDN identity whatever a policy says (an FQDN identity carries the policy prefixes holding its
+// addresses, so the CIDR rule selects it instead), so a CIDR identity for one would reach no ipcache entry, and the restart's seed (which reads the ipcache) could not find its
 // number again: every restart renumbered it and rewrote the policy entries of the rules naming it, and
 // the world rule's, for entries no packet can match. As in Cilium, a CIDR rule does not select nodes
 // or pods; `toEntities: [host]` and the pod's labels do.
@@ -113,20 +114,22 @@ export class CidrIdentities {
     this.version++;
   }
 
-  /** The nodes' addresses and the named pods' (bare or as prefixes): the next sync gives them no
-   *  identity (drops the ones they have) and gives one back to a prefix that is no longer among them. */
-  hide(addresses: string[]): void {
+  /** The nodes' addresses and the named pods' and DNS-taught ones (bare or as prefixes): the next
+   *  sync gives them no identity (drops the ones they have) and gives one back to a prefix that is no
+   *  longer among them. True when that changes what is hidden. */
+  hide(addresses: string[]): boolean {
     // The same addresses as last time (every sync hands them): no 1,000 nodes' addresses normalized again.
     const from = this.hiddenFrom;
-    if (from && from.length === addresses.length && from.every((a, i) => a === addresses[i])) return;
+    if (from && from.length === addresses.length && from.every((a, i) => a === addresses[i])) return false;
     this.hiddenFrom = [...addresses];
     const texts = addresses.map(normalizeCidr).sort();
     const key = texts.join();
-    if (key === this.hiddenKey) return;
+    if (key === this.hiddenKey) return false;
     this.hidden = new Set(texts);
     this.hiddenKey = key;
     this.syncedTo = undefined; // the same prefixes now mean another table: a full sync
     this.hideChanged = true;
+    return true;
   }
 
   /** Did a host prefix's identity come or go (hide()) since `version`? */
