@@ -210,9 +210,11 @@ export class ProxyWorker {
       this.lost++;
       return;
     }
-    // A request's record is made as its head completes (connection.ts admit): its exchange's start is that
-    // time already, one clock read fewer per request.
-    this.records.add(kind, x, ctx, this.timeOrigin + (kind === 'request' ? x.startMs : performance.now()));
+    // No clock read here. A request's record is made as its head completes (connection.ts admit): its
+    // exchange's start is that time. A response's is made once it is complete and carries the time its
+    // head went out (start + latency: the clock read answered() took), as its latency does; for a
+    // response read whole, as most are, the same moment, for a longer one when the upstream answered.
+    this.records.add(kind, x, ctx, this.timeOrigin + x.startMs + (kind === 'request' ? 0 : x.latencyNs / 1e6));
     if (this.records.bytes >= FLUSH_BYTES) this.flush();
     else if (!this.flushTimer) this.flushTimer = setTimeout(() => this.flush(), FLUSH_MS);
   }
