@@ -34,6 +34,8 @@ const REMOTE: Address = { address: undefined, family: undefined, port: undefined
  * what came, and wraps it in a new ArrayBuffer (malloc and friends were 4-5 % of the workers' CPU).
  */
 const readBuffer = Buffer.allocUnsafe(64 * 1024);
+const readMemory = readBuffer.buffer;
+const readOffset = readBuffer.byteOffset;
 
 function onRead(this: TcpHandle): void {
   const s = this.owner;
@@ -41,9 +43,13 @@ function onRead(this: TcpHandle): void {
   const n = state[sw.kReadBytesOrError];
   if (n > 0) {
     s.bytesRead += n;
-    // A copy of its own (pooled when small): framing may keep it, a write may hold it.
+    // A copy of its own (pooled when small): framing may keep it, a write may hold it (libuv writes
+    // the rest of a partial write from the chunk's memory while the next read refills readBuffer).
+    // A typed-array set from a view of the memory and offset read once: Buffer#copy (node 20)
+    // validates, reads readBuffer.buffer (JSTypedArray::GetBuffer, ~0.7 % of a keep-alive worker's
+    // CPU) and makes the same view per call (~350 against ~260 ns a 120-byte chunk in a loop).
     const chunk = Buffer.allocUnsafe(n);
-    readBuffer.copy(chunk, 0, 0, n);
+    chunk.set(new Uint8Array(readMemory, readOffset, n));
     s.ondata?.(chunk);
     return;
   }
