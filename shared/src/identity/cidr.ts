@@ -6,8 +6,9 @@
 // The nodes' own addresses get none (hide()), nor the pods' that a policy names, nor the addresses
 // DNS taught (toFQDNs) that one names: the ipcache holds them as the host, remote-node, the pod's or
 // the FQDN identity whatever a policy says (an FQDN identity carries the policy prefixes holding its
-// addresses, so the CIDR rule selects it instead), so a CIDR identity for one would reach no ipcache entry, and the restart's seed (which reads the ipcache) could not find its
-// number again: every restart renumbered it and rewrote the policy entries of the rules naming it, and
+// addresses, so the CIDR rule selects it instead), so a CIDR identity for one would reach no ipcache
+// entry, and the restart's seed (which reads the ipcache) could not find its number again: every
+// restart renumbered it and rewrote the policy entries of the rules naming it, and
 // the world rule's, for entries no packet can match. As in Cilium, a CIDR rule does not select nodes
 // or pods; `toEntities: [host]` and the pod's labels do.
 import { cidrCovers, cidrLast, normalizeCidr, parseCidr, type Cidr } from '../net/index.ts';

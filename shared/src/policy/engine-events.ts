@@ -128,7 +128,7 @@ export class PolicyEvents extends PolicyMapSync {
   /** The FQDN entries of these ipcache prefixes changed (a DNS answer, an expiry). Resolves once the
    *  maps hold them: only the ipcache entries when the identities are known, a full sync when a new
    *  identity needs policy entries first, or when a CIDR rule names one of the addresses (its CIDR
-   *  identity goes while DNS taught it, and comes back after: desired.ts hiddenAddresses). */
+   *  identity goes while DNS taught it, and comes back after: hidden-addresses.ts). */
   fqdnChanged(prefixes: string[], newIdentity: boolean): Promise<void> {
     return this.serial(() => {
       if (!this.started || !this.d.fqdn) return;
