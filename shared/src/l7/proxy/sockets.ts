@@ -158,25 +158,6 @@ export function closeFd(fd: number): void {
   lib().close(fd);
 }
 
-/** Nobody has a UDP socket on this port of either loopback address (probed without SO_REUSEPORT). */
-export function udpPortFree(port: number): boolean {
-  const fds: number[] = [];
-  try {
-    fds.push(transparentUdpSocket('127.0.0.1', port));
-    try {
-      fds.push(transparentUdpSocket('::1', port));
-    } catch (e) {
-      const errno = (e as SocketError).errno;
-      if (errno !== osConstants.errno.EADDRNOTAVAIL && errno !== osConstants.errno.EAFNOSUPPORT) return false;
-    }
-    return true;
-  } catch {
-    return false;
-  } finally {
-    for (const fd of fds) lib().close(fd);
-  }
-}
-
 /** A port free on both loopback addresses, from a range clear of the kernel's ephemeral ports. */
 export function pickProxyPort(isFree: (port: number) => boolean, from = 10000, to = 30000): number {
   for (let i = 0; i < 200; i++) {
