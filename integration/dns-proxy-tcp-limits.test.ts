@@ -1,10 +1,14 @@
 // The DNS proxy's bounds on TCP client connections with real packets (dns/tcp-clients.ts): the total
 // over all pods (--dns-proxy-tcp-max) and the idle timeout (--dns-proxy-tcp-idle-timeout). The
 // per-client bound is in dns-fqdn-attacks.test.ts. Two agents (lib/dns-fqdn-file.ts), because an idle
-// timeout short enough to watch would close the connections the total-limit test holds.
-import t from 'tap';
+// timeout short enough to watch would close the connections the total-limit test holds. A query in
+// flight on a connection the proxy closes gets a flow record saying which bound closed it.
+import t, { type Test } from 'tap';
 import { dnsFqdnForFile, until } from './lib/dns-fqdn-file.ts';
 import { dnsTcpDriver, type ConnState } from './lib/dns-tcp-driver.ts';
+import { nodeIn, untilListening } from './lib/tcp.ts';
+import { ObserverClient } from '../shared/src/flows/client.ts';
+import type { Flow } from '../shared/src/flows/types.ts';
 
 if (process.getuid?.() !== 0) {
   t.plan(0, 'needs root');
@@ -111,4 +115,71 @@ t.test(`--dns-proxy-tcp-idle-timeout ${IDLE_S}: an idle connection is closed, on
     20_000,
   );
   t.equal((await conns(f))!.open, 0, 'none left in the proxy');
+});
+
+// A DNS server on the policy's second server address (evilDns) that never finishes an answer: it
+// sends a length prefix of 65,535 and then a byte every 500 ms, so the proxy's upstream connection
+// is never idle (its upstream timeout never fires) and the query stays in flight until the proxy
+// closes the client's connection.
+const TRICKLE = `
+const net = require('net');
+net.createServer((s) => {
+  s.on('error', () => {});
+  s.once('data', () => { s.write(Buffer.from([0xff, 0xff])); const t = setInterval(() => s.write('x'), 500); s.on('close', () => clearInterval(t)); });
+}).listen(53, process.argv[1], () => process.stdout.write('listening\\n'));
+`;
+
+async function slowQuery(t: Test, f: typeof total, pod: string) {
+  const server = nodeIn(f.world, TRICKLE, [f.W.evilDns]);
+  f.children.push(server);
+  await untilListening(server, 'the trickling DNS server', 60_000);
+  t.teardown(() => server.kill('SIGKILL'));
+  const observer = new ObserverClient(f.agent.observerSocket);
+  t.teardown(() => observer.close());
+  /** The proxy's flow of `kind` for slow.test.internal, once it is there. */
+  const flowOf = (kind: 'REQUEST' | 'RESPONSE', what: string) =>
+    until(what, async () =>
+      (await observer.collect({ number: 1000, whitelist: [{ eventType: [{ type: 129 }] }] }))
+        .map((x) => x.flow as Flow)
+        .find((x) => x?.l7?.type === kind && x.l7.dns?.query === 'slow.test.internal.'),
+    );
+  const d = await dnsTcpDriver(f.nsOf[pod]!, f.W.evilDns);
+  t.teardown(() => d.close());
+  d.open(1);
+  await until('the connection in the proxy', async () => ((await conns(f))?.open === 1 ? true : undefined));
+  d.query(0, 'slow.test.internal');
+  await flowOf('REQUEST', 'the query forwarded upstream');
+  return { d, flowOf };
+}
+
+t.test('a query in flight on a connection --dns-proxy-tcp-max closed: its flow names the limit', async (t: Test) => {
+  const f = total;
+  await f.pod('client3', { app: 'client' });
+  const { d, flowOf } = await slowQuery(t, f, 'client');
+  const before = (await conns(f))!.evicted;
+  const b = await dnsTcpDriver(f.nsOf.client3!, f.W.dns);
+  t.teardown(() => b.close());
+  b.open(MAX); // the 12th takes the total past MAX: the least recently active, the slow query's, goes
+  const answer = await flowOf('RESPONSE', "the slow query's response record");
+  t.equal(answer.verdict, 'ERROR', 'the query went unanswered');
+  t.equal(
+    answer.Summary,
+    `DNS Answer connection evicted: over ${MAX} connections (--dns-proxy-tcp-max) (Proxy slow.test.internal. A)`,
+    'its response record says which limit closed the connection',
+  );
+  await until('the pod to see its connection closed', async () => ((await d.state())[0]!.closed ? true : undefined));
+  t.equal((await conns(f))!.evicted - before, 1, 'one eviction');
+});
+
+t.test('a query in flight on a connection the idle timeout closed: its flow says so', async (t: Test) => {
+  const f = idle;
+  const { d, flowOf } = await slowQuery(t, f, 'client');
+  const answer = await flowOf('RESPONSE', "the slow query's response record");
+  t.equal(answer.verdict, 'ERROR', 'the query went unanswered');
+  t.equal(
+    answer.Summary,
+    `DNS Answer connection idle for ${IDLE_S} s (--dns-proxy-tcp-idle-timeout) (Proxy slow.test.internal. A)`,
+    'its response record says the idle timeout closed the connection',
+  );
+  await until('the pod to see its connection closed', async () => ((await d.state())[0]!.closed ? true : undefined));
 });

@@ -18,8 +18,11 @@ async function harness(t: Test, limits: Partial<TcpClientLimits>) {
   const clients = new TcpClients(limits, { warn: (o, msg) => warns.push({ o: o as Record<string, unknown>, msg }) });
   let accepted = 0;
   let received = 0;
+  /** The proxy's side of each connection, in the order accepted. */
+  const ours: net.Socket[] = [];
   const server = net.createServer((c) => {
     accepted++;
+    ours.push(c);
     clients.admit(c, c.remoteAddress ?? '');
     c.on('data', () => {
       received++;
@@ -50,7 +53,7 @@ async function harness(t: Test, limits: Partial<TcpClientLimits>) {
   /** Until `cond` holds (sockets close a few event-loop turns after the server's destroy; 30 s, as
    *  every test wait: a loaded machine runs those turns late). */
   const until = async (cond: () => boolean, what: string) => t.ok(await pollUntil(cond, 30_000, 5), what);
-  return { clients, warns, open, until, received: () => received };
+  return { clients, warns, open, until, ours, received: () => received };
 }
 
 t.test('one client opening many idle connections keeps only its limit open, the oldest closed', async (t) => {
@@ -70,6 +73,12 @@ t.test('one client opening many idle connections keeps only its limit open, the 
   t.equal(h.warns.length, 1, 'one log line for the burst (rate-limited)');
   t.match(h.warns[0]!.msg, /client 127\.0\.0\.2 opened more than 4 TCP connections: closed its least recently active/);
   t.match(h.warns[0]!.o, { limit: 'perClient', value: 4, client: '127.0.0.2', closed: 1 });
+  t.equal(
+    h.clients.closedBy(h.ours[0]!),
+    'connection evicted: 127.0.0.2 over 4 connections (--dns-proxy-tcp-max-per-client)',
+    'closedBy names the limit (for the flow records of the queries it took down)',
+  );
+  t.equal(h.clients.closedBy(h.ours[49]!), undefined, 'and nothing for one still open');
 
   // Another client is not touched by the first one's flood.
   const other = await h.open('127.0.0.3');
@@ -92,6 +101,7 @@ t.test('all clients together keep at most max open', async (t) => {
   );
   t.match(h.warns[0]!.o, { limit: 'max', value: 8, client: '127.0.1.1' });
   t.match(h.warns[0]!.msg, /more than 8 TCP connections open: closed the least recently active one, from 127\.0\.1\.1/);
+  t.equal(h.clients.closedBy(h.ours[0]!), 'connection evicted: over 8 connections (--dns-proxy-tcp-max)');
   h.clients.closeAll();
   await h.until(() => h.clients.size === 0 && socks.every((s) => s.closed), 'closeAll frees every one');
 });
@@ -120,5 +130,10 @@ t.test('every end takes the connection out of the set', async (t) => {
   t.equal(h.clients.size, 1);
   await h.until(() => !!silent.closed && h.clients.size === 0, 'a client that never sends is closed after idleMs');
   t.equal(h.clients.evicted, 0, 'none of these counts as an eviction');
+  t.same(
+    h.ours.map((c) => h.clients.closedBy(c)),
+    [undefined, undefined, 'connection idle for 0.3 s (--dns-proxy-tcp-idle-timeout)'],
+    'closedBy: nothing for the client closing, the idle timeout for the silent one',
+  );
   t.equal(h.warns.length, 0);
 });

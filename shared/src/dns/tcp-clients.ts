@@ -13,7 +13,8 @@
 // upstream connection down (tcp.ts): the policy allowed that query, so those are addresses its rule
 // lets the endpoint reach anyway, as with a UDP answer whose client stopped waiting; nothing else is
 // let through. Each close is counted and logged (at most once every `logEveryMs`, with the count
-// since the last line).
+// since the last line), and closedBy() says which limit closed a connection, for the flow records of
+// the queries it took down (tcp.ts).
 import type net from 'node:net';
 
 export interface TcpClientLimits {
@@ -39,6 +40,8 @@ export class TcpClients {
   evicted = 0;
   private unlogged = 0;
   private lastLog = -Infinity;
+  /** Why the proxy closed a connection, for those it closed itself (a limit or the idle timeout). */
+  private readonly closedWhy = new WeakMap<net.Socket, string>();
 
   constructor(
     limits: Partial<TcpClientLimits> | undefined,
@@ -62,7 +65,10 @@ export class TcpClients {
     else if (this.all.size >= this.limits.max) this.evict(first(this.all.keys()), 'max', client, this.all.size);
     this.all.set(c, client);
     mine.add(c);
-    c.setTimeout(this.limits.idleMs, () => c.destroy());
+    c.setTimeout(this.limits.idleMs, () => {
+      this.closedWhy.set(c, `connection idle for ${this.limits.idleMs / 1000} s (--dns-proxy-tcp-idle-timeout)`);
+      c.destroy();
+    });
     c.once('close', () => this.remove(c));
   }
 
@@ -75,6 +81,11 @@ export class TcpClients {
     const mine = this.byClient.get(client);
     mine?.delete(c);
     mine?.add(c);
+  }
+
+  /** Why the proxy closed `c` (which limit, or the idle timeout); undefined when it did not. */
+  closedBy(c: net.Socket): string | undefined {
+    return this.closedWhy.get(c);
   }
 
   /** Closes them all (the proxy stops). */
@@ -94,6 +105,12 @@ export class TcpClients {
   private evict(c: net.Socket, limit: 'perClient' | 'max', newcomer: string, open: number): void {
     const victim = this.all.get(c);
     this.remove(c);
+    this.closedWhy.set(
+      c,
+      limit === 'perClient'
+        ? `connection evicted: ${victim} over ${this.limits.perClient} connections (--dns-proxy-tcp-max-per-client)`
+        : `connection evicted: over ${this.limits.max} connections (--dns-proxy-tcp-max)`,
+    );
     c.destroy();
     this.evicted++;
     this.unlogged++;

@@ -105,19 +105,28 @@ export function relayTcp(c: net.Socket, x: TcpRelayContext): void {
       endIfDone();
     }
   };
+  // Why the queries in flight get no answer when the upstream connection closes: the client side
+  // closed first (the proxy's limits or idle timeout, tcp-clients.ts, else the client), the upstream
+  // sent nothing for timeoutMs, or the upstream closed.
+  let why: string | undefined;
   const upstream = () => {
     if (up) return up;
     up = net.connect({ host: server.ip, port: server.port });
-    up.setTimeout(x.timeoutMs, () => up?.destroy());
+    up.setTimeout(x.timeoutMs, () => {
+      why ??= 'upstream timeout';
+      up?.destroy();
+    });
     up.on('data', (d: Buffer) => {
       upBuf = unframe(upBuf, d, (m) => void onAnswer(m));
     });
     up.on('error', () => undefined);
     up.on('close', () => {
       up = undefined;
+      const reason = why ?? 'upstream closed';
+      why = undefined;
       for (const p of inflight.values()) {
         c.write(frame(failure(p.query, RCODE.SERVFAIL)));
-        x.d.record(dnsRecord('response', 'tcp', client, server, p.query, p.decision, 'error', 'upstream closed'));
+        x.d.record(dnsRecord('response', 'tcp', client, server, p.query, p.decision, 'error', reason));
       }
       inflight.clear();
       endIfDone();
@@ -153,5 +162,10 @@ export function relayTcp(c: net.Socket, x: TcpRelayContext): void {
     endIfDone();
   });
   c.on('error', () => undefined);
-  c.on('close', () => up?.destroy()); // x.clients forgets it on its own 'close'
+  // x.clients forgets the connection on its own 'close'.
+  c.on('close', () => {
+    if (!up) return;
+    why ??= x.clients.closedBy(c) ?? 'client closed';
+    up.destroy();
+  });
 }
