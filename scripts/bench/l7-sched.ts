@@ -1,6 +1,7 @@
-// npm run bench:l7:sched — not a test: where the keep-alive tail's time goes in the scheduler. In the
-// bench:l7 world (l7-world.ts), wrk runs at SCHED_CONNS keep-alive connections against Membrane's L7
-// proxy and against nginx, alternated over SCHED_ROUNDS rounds; in the middle of each run
+// npm run bench:l7:sched — not a test: where the tail's time goes in the scheduler. In the bench:l7
+// world (l7-world.ts), wrk runs at SCHED_CONNS connections (SCHED_MODE: keep-alive, the default, or
+// close: one request per connection) against Membrane's L7 proxy and against nginx, alternated over
+// SCHED_ROUNDS rounds; in the middle of each run
 // `perf sched record` takes SCHED_RECORD seconds of every CPU's context switches, and
 // `perf sched timehist` says, for each time a proxy thread (Membrane's worker and agent, nginx's
 // workers) and wrk's threads got a CPU, how long it had been runnable without one (woken or
@@ -12,7 +13,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startL7World, type Variant } from './l7-world.ts';
-import { type Sample, wrk } from './l7-wrk.ts';
+import { type Mode, type Sample, wrk } from './l7-wrk.ts';
 import { percentile, sleep } from './lib.ts';
 import { L7_LATENCY_BUCKETS } from '../../shared/src/l7/metrics.ts';
 
@@ -20,6 +21,7 @@ const ROUNDS = Number(process.env.SCHED_ROUNDS ?? 2);
 const CONNS = Number(process.env.SCHED_CONNS ?? 10);
 const SECONDS = Number(process.env.SCHED_SECONDS ?? 6);
 const RECORD = Number(process.env.SCHED_RECORD ?? 2);
+const MODE = (process.env.SCHED_MODE ?? 'keep-alive') as Mode; // or close: one request per connection
 delete process.env.NODE_EXTRA_CA_CERTS;
 
 interface Waits {
@@ -104,7 +106,7 @@ async function main(): Promise<void> {
   // the agent's workers start one (detached), nginx does when BENCH_NGINX_SESSION=1 (l7-world.ts).
   const selfGroup = fs.readFileSync('/proc/self/autogroup', 'utf8').split(' ')[0].replace('/autogroup-', '');
   try {
-    for (const v of ['l7', 'nginx'] as Variant[]) await wrk(world.client, world.urls[v], CONNS, 'keep-alive', 3);
+    for (const v of ['l7', 'nginx'] as Variant[]) await wrk(world.client, world.urls[v], CONNS, MODE, 3);
     for (let r = 0; r < ROUNDS; r++) {
       for (const v of (r % 2 ? ['nginx', 'l7'] : ['l7', 'nginx']) as Variant[]) {
         const pids = await world.proxyPids(v);
@@ -117,7 +119,7 @@ async function main(): Promise<void> {
         });
         const file = path.join(dir, `${v}-${r}.data`);
         const page0 = v === 'l7' ? latencyCounts(await world.metrics()) : undefined;
-        const run: Promise<Sample> = wrk(world.client, world.urls[v], CONNS, 'keep-alive', SECONDS, pids);
+        const run: Promise<Sample> = wrk(world.client, world.urls[v], CONNS, MODE, SECONDS, pids);
         await sleep(((SECONDS - RECORD) / 2) * 1000);
         const load = os.loadavg()[0].toFixed(2);
         execFileSync('perf', ['sched', 'record', '-a', '-o', file, '--', 'sleep', String(RECORD)], { stdio: 'ignore' });
