@@ -4,10 +4,11 @@
 // over the remaining endpoints leaves. The last endpoint of an identity takes the full sync.
 import t from 'tap';
 import { MemoryStore } from '../src/store/index.ts';
-import { AUDIT_METADATA_KEY, type PolicyEngine } from '../src/policy/engine.ts';
-import { RESERVED } from '../src/identity/reserved.ts';
+import { AUDIT_METADATA_KEY, PolicyEngine } from '../src/policy/engine.ts';
+import { identityKind, RESERVED } from '../src/identity/reserved.ts';
+import { FqdnState } from '../src/fqdn/state.ts';
 import { decodePolicyKey } from '../src/policy/map-codec.ts';
-import { MemoryPolicyOps, testEndpoint } from './lib/policy.ts';
+import { MemoryPolicyOps, NO_CHANGES, testEndpoint } from './lib/policy.ts';
 import type { Endpoint } from '../src/types.ts';
 import { APPS, byPrefix, fullSyncOf, HOST, openEngine, REPLICA_POLICIES, snapshot } from './lib/policy-replicas.ts';
 
@@ -98,6 +99,47 @@ t.test('DELs one at a time leave the maps a full sync leaves, and touch no other
     byPrefix(await fullSyncOf(eps, store)),
     'after a re-ADD of a freed address: what a full sync leaves',
   );
+});
+
+t.test('a pod whose address a policy names and DNS taught: its DEL takes no full sync', async (t) => {
+  // The address stays hidden (DNS taught it, the policy names it: hidden-addresses.ts), so it gets no
+  // CIDR identity back and no rule moves: the ipcache falls back to its FQDN identity.
+  const ops = new MemoryPolicyOps(10_000, 10_000);
+  const fqdn = new FqdnState(0);
+  const engine = await PolicyEngine.open({ store: new MemoryStore(), ops, hostAddresses: () => [HOST], fqdn });
+  t.teardown(() => engine.close());
+  const web = { app: 'web' };
+  const eps = [
+    testEndpoint(1, web, await engine.identityFor(web), '10.0.0.2'),
+    testEndpoint(2, web, await engine.identityFor(web), '198.18.0.2'),
+    testEndpoint(3, { app: 'db' }, await engine.identityFor({ app: 'db' }), '10.0.0.3'),
+  ];
+  for (const ep of eps) {
+    ops.flags.set(ep.hostIfIndex, 0);
+    await engine.endpointAttached(ep);
+  }
+  await engine.start();
+  await engine.importText(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: db-out}
+spec:
+  endpointSelector: {matchLabels: {app: db}}
+  egress:
+  - toCIDR: [198.18.0.2/32, 10.9.0.0/16]
+  - toFQDNs: [{matchName: web.example.com}]
+`);
+  const r = fqdn.learn(eps[2]!.id, ['web.example.com.'], [{ ip: '198.18.0.2', ttl: 3600 }], 0);
+  await engine.fqdnChanged(r.changed, r.newIdentity);
+  const addr = '198.18.0.2/32';
+  t.equal(ops.ipcache.get(addr), eps[1]!.identity, 'the pod holds its address in the ipcache');
+  const fullSyncs = countFullSyncs(engine);
+  ops.flags.delete(eps[1]!.hostIfIndex);
+  await engine.endpointDeleted(eps[1]!);
+  t.equal(fullSyncs(), 0, 'the DEL took the shortcut');
+  t.equal(identityKind(ops.ipcache.get(addr) ?? 0), 'fqdn', 'the address falls back to its FQDN identity');
+  t.same(ops.entriesOf(eps[1]!.id), [], 'its policy entries are gone');
+  const sync = (engine as unknown as { sync: () => typeof NO_CHANGES }).sync.bind(engine);
+  t.same(sync(), NO_CHANGES, 'a full sync now changes nothing');
 });
 
 /** One endpoint's entries of a policy map snapshot. */

@@ -41,18 +41,20 @@ function namedAddressAdded(ep: EngineEndpoint, cidrs: DesiredInput['cidrs']): bo
 }
 
 /** A policy names one of a deleted endpoint's addresses, which nothing else holds now (no other
- *  endpoint, node, or pod on another node): the prefix gets a CIDR identity back, which only a whole
- *  build gives. */
+ *  endpoint, node, pod on another node, or DNS answer): the prefix gets a CIDR identity back, which
+ *  only a whole build gives. An address DNS taught stays hidden (hidden-addresses.ts: a named taught
+ *  address), so the ipcache falls back to its FQDN identity (fallbackIdentity) and no rule moves. */
 function namedAddressFreed(
   gone: EngineEndpoint,
   others: EngineEndpoint[],
-  input: Pick<DesiredInput, 'cidrs' | 'hostAddresses' | 'remote'>,
+  input: Pick<DesiredInput, 'cidrs' | 'hostAddresses' | 'remote' | 'fqdn'>,
 ): boolean {
   return gone.ips.some((ip) => {
     const prefix = normalizeCidr(ip);
     return (
       input.cidrs.hides(prefix) &&
       input.remote?.get(prefix) === undefined &&
+      input.fqdn?.entryOf(prefix) === undefined &&
       !input.hostAddresses.some((h) => normalizeCidr(h) === prefix) &&
       !others.some((o) => o.ips.some((i) => normalizeCidr(i) === prefix))
     );
