@@ -316,6 +316,7 @@ t.test('pins: one per map and program, removed by removePins', async (t) => {
       'conntrack',
       'ct_owned',
       'ct_reclaimed',
+      'ct_server_ports',
       'datapath_config',
       'dns_answers',
       'dns_answers_scratch',

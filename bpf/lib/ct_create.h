@@ -75,6 +75,7 @@ static __always_inline int ct_create(const struct pkt *p, __u8 scope, const stru
 		err = bpf_map_update_elem(&conntrack, &k, &e, BPF_NOEXIST);
 		if (!err) {
 			ct_count(owner, 1);
+			ct_mark_server_port(p);
 			return 0;
 		}
 		if (err != -17 /* EEXIST: an old entry of the tuple, below */)
@@ -94,6 +95,7 @@ static __always_inline int ct_create(const struct pkt *p, __u8 scope, const stru
 				ct_count(old_owner, -1);
 				ct_count(owner, 1);
 			}
+			ct_mark_server_port(p);
 			return 0;
 		}
 		if (err != -2 /* ENOENT: deleted since the lookup (the agent's GC, a RST): insert */)
@@ -115,5 +117,6 @@ static __always_inline int ct_create(const struct pkt *p, __u8 scope, const stru
 	if (err)
 		return err;
 	ct_count(owner, 1);
+	ct_mark_server_port(p);
 	return 0;
 }

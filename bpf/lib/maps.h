@@ -158,6 +158,19 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } conntrack SEC(".maps");
 
+/* Ports that opened a flow here (a TCP SYN's or a UDP flow's destination port when its entry was
+ * made): one bit each, 64 to a slot (index = port / 64). Only the order of conntrack's two lookups
+ * follows them (ct_reply_likely: a packet from such a port to one that is not looks like a reply), never
+ * a verdict, so bits are never cleared and anyone may set one. An array: the lookup is arithmetic. */
+#define CT_SERVER_PORT_SLOTS 1024
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, CT_SERVER_PORT_SLOTS);
+	__type(key, __u32);
+	__type(value, __u64);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} ct_server_ports SEC(".maps");
+
 /* Conntrack entries per owning endpoint (index = endpoint id; 0 = the node), in two halves so that
  * each has one writer: ct_owned is the datapath's (atomic adds: +1 per entry created, -1 per entry
  * it deletes), ct_reclaimed the agent's (entries its GC, flushes and revocations deleted). An

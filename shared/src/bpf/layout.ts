@@ -14,6 +14,7 @@ export const MAP_NAMES = [
   'conntrack',
   'ct_owned',
   'ct_reclaimed',
+  'ct_server_ports', // ports that opened flows: conntrack's lookup order only (bpf/lib/ct.h)
   'fragments',
   'events',
   'drop_counters',

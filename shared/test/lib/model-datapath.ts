@@ -62,6 +62,8 @@ export class DatapathModel {
   share = 0;
   capacity: number;
   readonly ct = new Map<string, CtEntry>();
+  /** ct_server_ports: never cleared by reset(), as the kernel's map is not between episodes. */
+  readonly serverPorts = new Set<number>();
   readonly owned = new Map<number, number>();
   readonly frags = new Map<string, FragValue>();
 
@@ -199,6 +201,8 @@ export class DatapathModel {
       if ((p.tcpFlags & (SYN | ACK)) === (SYN | ACK)) return true;
       if (p.tcpFlags & SYN) return false;
     } else if (p.proto !== 17) return false;
+    const s = this.serverPorts.has(p.sport);
+    if (s !== this.serverPorts.has(p.dport)) return s;
     return p.sport < p.dport;
   }
 
@@ -252,6 +256,8 @@ export class DatapathModel {
       proto: p.proto,
       port: this.port(p),
     });
+    // ct_mark_server_port: a TCP SYN's or UDP datagram's destination port, once it made an entry.
+    if (p.hasL4 && (syn || p.proto === 17)) this.serverPorts.add(p.dport);
     if (!old) this.count(owner, 1);
     else if (old.owner !== owner) {
       this.count(old.owner, -1);
