@@ -8,11 +8,16 @@
 // and ns a run, the agents' CPU per connection. The run time per connection moves far less with the
 // machine's load than the rate does, and interleaving spreads the load over the objects alike: medians
 // per object at the end, with the load. ARGS="<agent flags>" for every agent; "X.o@<agent flags>" for
-// that cell's agents only (e.g. X.o@--ct-max 16384: the same object, another table size). PEER=1 adds the plain peer
+// that cell's agents only (e.g. X.o@--ct-max 16384: the same object, another table size); "X.o%AGENT" runs
+// that cell's agents from another build (e.g. ab/A/dist/bpf/endpoint.o%ab/A/dist/bin/membrane-agent: an
+// agent A/B, each cell its own build's object and agent). PEER=1 adds the plain peer
 // (tunnel: (a) plain kernel VXLAN; native: (e) plain routing) as one more cell. PERF=<file prefix>: each
 // sample also under `perf record -a` (one file per cell and round), and at the end the kernel time per
 // connection by symbol in the crr processes' context, for every cell: what a connection costs in all,
-// the peer's included, counted in samples rather than timed (TOP rows, 25).
+// the peer's included, counted in samples rather than timed (TOP rows, 25). PERF_AGENTS=<file prefix>:
+// each sample also records the cell's two agents (perf -g, 999 Hz; run with NODE_OPTIONS=--perf-basic-prof
+// for JavaScript names), and the end prints their CPU per connection by kind (GC, JIT, JavaScript,
+// kernel, the rest). WARM=N (0): N s of crr per cell before the rounds, unmeasured (the agents' JIT).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -33,6 +38,7 @@ const MODE = process.env.MODE ?? 'tunnel';
 const S = Number(process.env.S ?? 3);
 const R = Number(process.env.R ?? 5);
 const RULES = Number(process.env.RULES ?? 10_000);
+const WARM = Number(process.env.WARM ?? 0);
 const AGENT = process.env.AGENT ?? path.join(REPO, 'dist/bin/membrane-agent');
 if (!OBJS.length) throw new Error('usage: cross-node-prog-ab.ts A.o B.o …');
 
@@ -50,6 +56,10 @@ interface Cell {
   perProg: Map<string, { runs: number[]; ns: number[] }>;
   /** PERF: the samples' files and the connections made while each was recorded. */
   perf: { file: string; conns: number; pids: number[] }[];
+  /** PERF_AGENTS: the agents' own samples per round. */
+  agentPerf: { file: string; conns: number }[];
+  /** Its place in the run and its object's file name (the whole spec is printed once). */
+  name: string;
 }
 
 const HZ = 4999;
@@ -75,6 +85,41 @@ function perfProfile(runs: { file: string; conns: number; pids: number[] }[]): M
     }
   }
   return us;
+}
+
+const AGENT_KINDS = ['gc', 'jit', 'js', 'kernel', 'other', 'all'];
+/** The agents' samples by kind, per connection: V8's garbage collector (any thread), its compilers,
+ *  JavaScript and its builtins, the kernel, the rest (Node, libuv, libc, koffi). */
+function agentProfile(runs: { file: string; conns: number }[]): string {
+  const n: Record<string, number> = Object.fromEntries(AGENT_KINDS.map((k) => [k, 0]));
+  let conns = 0;
+  for (const r of runs) {
+    conns += r.conns;
+    const out = execFileSync('perf', ['script', '-i', r.file, '-F', 'ip,sym', '-G'], {
+      encoding: 'utf8',
+      maxBuffer: 1 << 28,
+      stdio: ['ignore', 'pipe', 'ignore'],
+    });
+    for (const line of out.split('\n')) {
+      const sym = line.trim().split(/\s+/).slice(1).join(' ');
+      if (!line.trim()) continue;
+      const kind =
+        /^v8::internal::.*(Mark|Sweep|Scaveng|Evacuat|Heap|GC|Marking|Remembered|Slot)|^heap::|^cppgc::|MemoryChunk|popcount/.test(
+          sym,
+        )
+          ? 'gc'
+          : /^v8::internal::(compiler|maglev|baseline|Compiler|Deoptimizer)|Compile/.test(sym)
+            ? 'jit'
+            : /^(JS:|Builtins_)/.test(sym)
+              ? 'js'
+              : /^ffffffff/.test(line.trim())
+                ? 'kernel'
+                : 'other';
+      n[kind]++;
+      n.all++;
+    }
+  }
+  return AGENT_KINDS.map((k) => ((n[k] * 1e6) / 999 / conns).toFixed(2)).join(' / ');
 }
 
 /** The crr client and server running in these netns (each process named crr whose netns is one of
@@ -118,7 +163,19 @@ function programStats(ids: number[]): Map<string, { runs: number; ns: number }> 
 }
 
 const newCell = (obj: string, close: () => Promise<unknown>): Cell =>
-  ({ obj, close, agents: [], ids: [], us: [], agentUs: [], rate: [], perProg: new Map(), perf: [] }) as unknown as Cell;
+  ({
+    obj,
+    close,
+    agents: [],
+    ids: [],
+    us: [],
+    agentUs: [],
+    rate: [],
+    perProg: new Map(),
+    perf: [],
+    agentPerf: [],
+    name: `${cells.length + 1}-${path.basename(obj.split('@')[0].split('%')[0])}`,
+  }) as unknown as Cell;
 
 const load0 = os.loadavg()[0].toFixed(2);
 const cells: Cell[] = [];
@@ -127,14 +184,14 @@ try {
   for (const obj of OBJS) {
     const c = await startCluster({
       nodes: 2,
-      agentMain: AGENT,
+      agentMain: obj.split('@')[0].split('%')[1] ?? AGENT,
       agentArgs: [
         '--routing-mode',
         MODE,
         '--log-level',
         'info',
         '--bpf-object',
-        obj.split('@')[0],
+        obj.split('@')[0].split('%')[0],
         ...(process.env.ARGS?.split(' ').filter(Boolean) ?? []),
         ...(obj.split('@')[1]?.split(' ').filter(Boolean) ?? []),
       ],
@@ -171,7 +228,12 @@ try {
     { busyPct: 2, timeoutMs: 60_000, throwOnTimeout: false },
   );
   await sleep(12_000);
+  // WARM=N: N seconds of crr per cell first, unmeasured: the agents' JIT compiles their flow event path
+  // during the first seconds of traffic (~0.3-0.5 µs per connection over a first 5 s sample), which a
+  // node's agent, running long before, has done.
+  for (const x of cells) if (WARM) await connectionRate(x.a, x.b, x.ipB, WARM);
   console.log(`${MODE}, ${RULES} rules, ${R} rounds of ${S} s crr per object; load ${load0}`);
+  for (const x of cells) console.log(`  cell ${x.name}: ${x.obj}`);
   for (let r = 0; r < R; r++) {
     const order = cells.map((_, i) => cells[(i + r) % cells.length]);
     for (const x of order) {
@@ -180,32 +242,46 @@ try {
       const perf = process.env.PERF
         ? spawn(
             'perf',
-            [
-              'record',
-              '-q',
-              '-a',
-              '-F',
-              String(HZ),
-              '-o',
-              `${process.env.PERF}-${path.basename(x.obj)}-${r + 1}`,
-              '--',
-              'sleep',
-              String(S),
-            ],
+            ['record', '-q', '-a', '-F', String(HZ), '-o', `${process.env.PERF}-${x.name}-${r + 1}`, '--', 'sleep', String(S)],
             {
               stdio: 'ignore',
             },
           )
         : undefined;
+      const agentPerf =
+        process.env.PERF_AGENTS && x.agents.length
+          ? spawn(
+              'perf',
+              [
+                'record',
+                '-q',
+                '-g',
+                '-F',
+                '999',
+                '-p',
+                x.agents.join(','),
+                '-o',
+                `${process.env.PERF_AGENTS}-${x.name}-${r + 1}`,
+                '--',
+                'sleep',
+                String(S),
+              ],
+              {
+                stdio: 'ignore',
+              },
+            )
+          : undefined;
       const pending = connectionRate(x.a, x.b, x.ipB, S);
       const pids = perf ? await crrPids([x.a, x.b], S * 1000) : [];
       const rate = await pending;
       if (perf) await new Promise((ok) => perf.on('exit', ok));
+      if (agentPerf) await new Promise((ok) => agentPerf.on('exit', ok));
       const cpu1 = x.agents.map(processCpuMs);
       await sleep(1000); // the agents' last drain
       const p1 = programStats(x.ids);
       const conns = rate * S;
-      if (perf) x.perf.push({ file: `${process.env.PERF}-${path.basename(x.obj)}-${r + 1}`, conns, pids });
+      if (agentPerf) x.agentPerf.push({ file: `${process.env.PERF_AGENTS}-${x.name}-${r + 1}`, conns });
+      if (perf) x.perf.push({ file: `${process.env.PERF}-${x.name}-${r + 1}`, conns, pids });
       let ns = 0;
       const parts: string[] = [];
       for (const [k, v] of p1) {
@@ -224,7 +300,7 @@ try {
       x.agentUs.push(agentUs);
       x.rate.push(rate);
       console.log(
-        `round ${r + 1} ${path.basename(x.obj)}: ${Math.round(rate)} conn/s, programs ${(ns / 1000 / conns).toFixed(2)} µs/conn, agents ${agentUs.toFixed(2)} µs/conn (${parts.join(', ')})${perf ? ` crr pids ${pids.join(',')}` : ''}; load ${os.loadavg()[0].toFixed(2)}`,
+        `round ${r + 1} ${x.name}: ${Math.round(rate)} conn/s, programs ${(ns / 1000 / conns).toFixed(2)} µs/conn, agents ${agentUs.toFixed(2)} µs/conn (${parts.join(', ')})${perf ? ` crr pids ${pids.join(',')}` : ''}; load ${os.loadavg()[0].toFixed(2)}`,
       );
     }
   }
@@ -232,21 +308,23 @@ try {
   for (const x of cells) {
     const progs = [...x.perProg].map(([k, v]) => `${k} ${median(v.runs).toFixed(2)}x${median(v.ns).toFixed(0)}ns`).join(', ');
     console.log(
-      `${path.basename(x.obj)}: programs ${median(x.us).toFixed(2)} µs/conn (min ${Math.min(...x.us).toFixed(2)}), agents ${median(x.agentUs).toFixed(2)} µs/conn, ${Math.round(median(x.rate))} conn/s; ${progs}`,
+      `${x.name}: programs ${median(x.us).toFixed(2)} µs/conn (min ${Math.min(...x.us).toFixed(2)}), agents ${median(x.agentUs).toFixed(2)} µs/conn, ${Math.round(median(x.rate))} conn/s; ${progs}`,
     );
+  }
+  if (process.env.PERF_AGENTS) {
+    console.log(`\nthe agents' CPU per connection by kind (perf -g, 999 Hz, µs): ${AGENT_KINDS.join(' / ')}`);
+    for (const x of cells) if (x.agentPerf.length) console.log(`  ${x.name}: ${agentProfile(x.agentPerf)}`);
   }
   if (process.env.PERF) {
     const profiles = cells.map((x) => perfProfile(x.perf));
     const total = (m: Map<string, number>) => [...m.values()].reduce((a, b) => a + b, 0);
     console.log(
-      `\nkernel µs per connection in the crr processes' context (perf, ${HZ} Hz): ${cells.map((x, i) => `${path.basename(x.obj)} ${total(profiles[i]).toFixed(1)}`).join(', ')}`,
+      `\nkernel µs per connection in the crr processes' context (perf, ${HZ} Hz): ${cells.map((x, i) => `${x.name} ${total(profiles[i]).toFixed(1)}`).join(', ')}`,
     );
     const syms = new Set(profiles.flatMap((m) => [...m.keys()]));
     const rows = [...syms].map((k) => ({ k, v: profiles.map((m) => m.get(k) ?? 0) }));
     rows.sort((a, b) => Math.max(...b.v) - Math.min(...b.v) - (Math.max(...a.v) - Math.min(...a.v)));
-    console.log(
-      `the ${TOP} symbols that differ most (µs per connection: ${cells.map((x) => path.basename(x.obj)).join(' / ')}):`,
-    );
+    console.log(`the ${TOP} symbols that differ most (µs per connection: ${cells.map((x) => x.name).join(' / ')}):`);
     for (const r of rows.slice(0, TOP)) console.log(`  ${r.k}: ${r.v.map((v) => v.toFixed(3)).join(' / ')}`);
   }
 } finally {
