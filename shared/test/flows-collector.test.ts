@@ -103,3 +103,59 @@ t.test('a pair with an address that is no local endpoint, or with other addresse
   t.equal(e.source?.ID, 3, 'the sender observes its own packet: its endpoint is the source');
   t.equal(i.source?.ID, undefined, 'at the receiver the unknown source stays unknown');
 });
+
+t.test(
+  'with a versioned endpoint table, a relabeled endpoint and a peer identity learnt late show in the next flows',
+  async (t) => {
+    const local: Record<number, (typeof views)[3]> = { 4: { ...views[4] } };
+    const known = new Map<number, Record<string, string>>();
+    const versioned: FlowContext = {
+      ...ctx,
+      version: 0,
+      endpointById: (id) => local[id],
+      endpointByAddress: (buf, off) => (buf[off + 3] === 4 ? local[4] : undefined),
+      labelsOfIdentity: (id) => known.get(id),
+      peerCache: new Map(),
+    };
+    const ring = new FlowRing(16, 'n');
+    const source = new InjectedEventSource();
+    const collector = new FlowCollector({ ring, source, context: versioned });
+    collector.start();
+    const fromPeer = encodeTraceEvent({
+      ...common,
+      saddr: '10.0.9.9',
+      srcIdentity: 2002,
+      endpointId: 4,
+      direction: Direction.INGRESS,
+    });
+    const toPeer = encodeTraceEvent({
+      ...common,
+      daddr: '10.0.9.9',
+      dstIdentity: 2002,
+      endpointId: 4,
+      direction: Direction.EGRESS,
+    });
+    source.push(fromPeer); // 2002 not known yet
+    known.set(2002, { app: 'far' });
+    source.push(fromPeer);
+    source.push(toPeer);
+    source.push(fromPeer);
+    local[4] = { ...views[4], labels: { app: 'db2' } };
+    versioned.version = 1;
+    source.push(fromPeer);
+    source.push(toPeer);
+    collector.close();
+    const flows = await ring.select();
+    t.same(
+      flows.map((f) => [f.source?.labels, f.destination?.labels]),
+      [
+        [undefined, ['app=db']],
+        [['app=far'], ['app=db']],
+        [['app=db'], ['app=far']],
+        [['app=far'], ['app=db']],
+        [['app=far'], ['app=db2']],
+        [['app=db2'], ['app=far']],
+      ],
+    );
+  },
+);

@@ -76,6 +76,7 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
   let refreshedAt = 0;
   const agentEvents = new AgentEventLog();
   const refresh = () => {
+    bump();
     table.replace(d.endpoints.list());
     refreshedAt = performance.now();
   };
@@ -87,22 +88,9 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
     refresh();
     return table.byEndpointId(id);
   };
-  d.endpoints.addHooks({
-    // One endpoint at a time: a full rebuild on every ADD grew with the node.
-    afterCreate: (ep, ms) => {
-      metrics?.observeEndpointCreate(ms);
-      table.put(ep);
-      agentEvents.record(endpointEvent('ENDPOINT_CREATED', ep));
-    },
-    afterDelete: (ep) => {
-      table.remove(ep);
-      agentEvents.record(endpointEvent('ENDPOINT_DELETED', ep));
-    },
-    afterLabelsChanged: (ep) => table.put(ep),
-  });
-  refresh();
-
+  // version: see bump().
   const context: FlowContext = {
+    version: 0,
     nodeName: cfg.nodeName,
     wallOffset: { seconds: 0, nanos: 0 },
     peerCache: new Map(),
@@ -112,6 +100,30 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
     labelsOfIdentity: (id) => d.identities.labelsOf(id),
     describeRule: (id) => d.rules.describeRule(id),
   };
+  /** The table changes: events after this must be looked up afresh (FlowContext.version). */
+  const bump = () => {
+    context.version = (context.version ?? 0) + 1;
+  };
+  d.endpoints.addHooks({
+    // One endpoint at a time: a full rebuild on every ADD grew with the node.
+    afterCreate: (ep, ms) => {
+      metrics?.observeEndpointCreate(ms);
+      bump();
+      table.put(ep);
+      agentEvents.record(endpointEvent('ENDPOINT_CREATED', ep));
+    },
+    afterDelete: (ep) => {
+      bump();
+      table.remove(ep);
+      agentEvents.record(endpointEvent('ENDPOINT_DELETED', ep));
+    },
+    afterLabelsChanged: (ep) => {
+      bump();
+      table.put(ep);
+    },
+  });
+  refresh();
+
   const ring = new FlowRing(cfg.flowBufferSize, cfg.nodeName);
   const source = new KernelEventSource({
     pinDir: d.datapath.pinDir,

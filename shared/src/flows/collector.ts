@@ -2,7 +2,7 @@
 // and tell followers about losses. The glue between an EventSource and the observer/metrics.
 import { EventType, OFF, TRACE_EVENT_SIZE } from './event.ts';
 import { HOST_LITTLE_ENDIAN } from '../net/index.ts';
-import { emptyRefs, enrichRaw, type FlowContext } from './enrich.ts';
+import { EnrichMemo, emptyRefs, enrichRaw, type FlowContext } from './enrich.ts';
 import { splitOffset } from './flow.ts';
 import type { FlowRing } from './ring.ts';
 import type { EventSource } from './source.ts';
@@ -32,6 +32,7 @@ export class FlowCollector {
   /** A record arrived since the clock's last reading. */
   private recent = false;
   private readonly refs = emptyRefs(); // reused for every event: the hot path allocates nothing
+  private readonly memo = new EnrichMemo();
   private readonly lostListeners = new Set<(count: number, source: LostEventSource) => void>();
 
   constructor(private readonly o: CollectorOptions) {}
@@ -83,7 +84,7 @@ export class FlowCollector {
     this.recent = true;
     if (!this.clock) this.runClock();
     try {
-      enrichRaw(data, offset, this.o.context, this.refs, prev);
+      enrichRaw(data, offset, this.o.context, this.refs, prev, this.memo);
       this.stats.recordRaw(data, offset);
       this.o.ring.push(data, offset, this.refs, this.o.context.wallOffset);
     } catch (err) {

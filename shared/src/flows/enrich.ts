@@ -44,6 +44,10 @@ export interface FlowContext {
   /** Rule descriptions by rule id (the id encodes all but the policy name, which is kept for flows
    *  of a policy deleted since). null: the policy service does not know it. */
   ruleCache?: Map<number, RuleDescription | null>;
+  /** Bumped whenever what endpointById/endpointByAddress answer changes (an endpoint put, removed, the
+   *  table rebuilt). Set, it lets the collector reuse an earlier event's lookups (EnrichMemo); unset,
+   *  every event is looked up. */
+  version?: number;
 }
 
 /** The looked-up parts of one flow; reused between events by the collector. */
@@ -126,12 +130,80 @@ function sameAddresses(buf: Buffer, a: number, b: number, family: number): boole
   return true;
 }
 
+/** The lookups of the last IPv4 event per direction, reused for an event with the same observer,
+ *  addresses, identities, rule and direction while the endpoint table is unchanged (ctx.version):
+ *  what enrichRaw finds depends on nothing else (ports and flags do not enter it; identities' labels
+ *  never change and the caches keep rules as first found). A node's flows are mostly the same few pod
+ *  pairs again and again (each connection is a FLOW_NEW and a FLOW_END on each node), so most events
+ *  skip their four or five map lookups. Only complete lookups are kept: an identity or rule not known
+ *  yet is looked up again next time, as without the memo. */
+export class EnrichMemo {
+  /** Per direction: the key (version, observer, source and destination identity and address, rule)... */
+  private readonly key = new Float64Array(2 * 7).fill(-1);
+  /** ...and what was found for it. */
+  private readonly found: (FlowRefs | undefined)[] = [undefined, undefined];
+
+  /** Fills `out` from the memo if the record at buf[offset..] has the key of the last one of its
+   *  direction; false: look it up (then `remember`). */
+  recall(buf: Buffer, offset: number, ctx: FlowContext, out: FlowRefs): boolean {
+    const version = ctx.version;
+    if (version === undefined || buf[offset + OFF.FAMILY] !== 4) return false;
+    const k = (buf[offset + OFF.DIRECTION] & 1) * 7;
+    const key = this.key;
+    if (
+      key[k] !== version ||
+      key[k + 1] !== u32(buf, offset + OFF.ENDPOINT) ||
+      key[k + 2] !== u32(buf, offset + OFF.SRC_ID) ||
+      key[k + 3] !== u32(buf, offset + OFF.DST_ID) ||
+      key[k + 4] !== u32(buf, offset + OFF.SADDR) ||
+      key[k + 5] !== u32(buf, offset + OFF.DADDR) ||
+      key[k + 6] !== u32(buf, offset + OFF.RULE)
+    )
+      return false;
+    const f = this.found[k / 7]!;
+    out.src = f.src;
+    out.dst = f.dst;
+    out.ifName = f.ifName;
+    out.rule = f.rule;
+    out.addrHits = f.addrHits;
+    return true;
+  }
+
+  /** Keeps what enrichRaw just found for the record at buf[offset..] (its observer found, when it
+   *  names one), when it is complete. */
+  remember(buf: Buffer, offset: number, ctx: FlowContext, refs: FlowRefs): void {
+    const version = ctx.version;
+    if (version === undefined || buf[offset + OFF.FAMILY] !== 4) return;
+    const endpoint = u32(buf, offset + OFF.ENDPOINT),
+      srcId = u32(buf, offset + OFF.SRC_ID),
+      dstId = u32(buf, offset + OFF.DST_ID),
+      ruleId = u32(buf, offset + OFF.RULE);
+    if ((srcId && !refs.src) || (dstId && !refs.dst) || (ruleId && !refs.rule)) return;
+    const k = (buf[offset + OFF.DIRECTION] & 1) * 7;
+    const key = this.key;
+    key[k] = version;
+    key[k + 1] = endpoint;
+    key[k + 2] = srcId;
+    key[k + 3] = dstId;
+    key[k + 4] = u32(buf, offset + OFF.SADDR);
+    key[k + 5] = u32(buf, offset + OFF.DADDR);
+    key[k + 6] = ruleId;
+    const f = (this.found[k / 7] ??= emptyRefs());
+    f.src = refs.src;
+    f.dst = refs.dst;
+    f.ifName = refs.ifName;
+    f.rule = refs.rule;
+    f.addrHits = refs.addrHits;
+  }
+}
+
 /** Fills `out` for the record at buf[offset..]. prev: the offset of the event `out` was last filled
  *  for when it is the other observation point of the same packet (a pod-to-pod pair record), else -1.
  *  When both of that event's addresses were local endpoints, this one's ends are the same records
  *  (found by address, whoever observes): only the observer and the rule are looked up again, which
- *  saves the pair's second event two address lookups. */
-export function enrichRaw(buf: Buffer, offset: number, ctx: FlowContext, out: FlowRefs, prev = -1): FlowRefs {
+ *  saves the pair's second event two address lookups. memo: reuse an earlier event's lookups (EnrichMemo). */
+export function enrichRaw(buf: Buffer, offset: number, ctx: FlowContext, out: FlowRefs, prev = -1, memo?: EnrichMemo): FlowRefs {
+  if (memo?.recall(buf, offset, ctx, out)) return out;
   const endpointId = u32(buf, offset + OFF.ENDPOINT);
   const observer = endpointId ? ctx.endpointById(endpointId) : undefined;
   const family = buf[offset + OFF.FAMILY];
@@ -146,5 +218,6 @@ export function enrichRaw(buf: Buffer, offset: number, ctx: FlowContext, out: Fl
   }
   out.ifName = observer?.hostIfName;
   out.rule = rule(u32(buf, offset + OFF.RULE), ctx);
+  if (memo && (observer || !endpointId)) memo.remember(buf, offset, ctx, out);
   return out;
 }
