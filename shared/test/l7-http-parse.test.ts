@@ -61,6 +61,30 @@ t.test('request heads', async (t) => {
   t.equal(findHeadEnd(b, 0, b.length), -1, 'an incomplete head waits for more bytes');
 });
 
+t.test('Connection: one token, a list, several lines, any case', async (t) => {
+  const get = (conn: string) => req(`GET / HTTP/1.1\r\nHost: a\r\n${conn}\r\n`);
+  t.match(get('Connection: CLOSE\r\n'), { keepAlive: false }, 'a token in any case');
+  t.match(get('Connection:  close \t\r\n'), { keepAlive: false }, 'around the value: whitespace only');
+  t.match(get('Connection: closed\r\n'), { keepAlive: true }, 'a longer token is another token');
+  t.match(get('Connection: close, Upgrade\r\n'), { keepAlive: false, upgrade: false }, 'a list (no Upgrade header)');
+  t.match(get('Connection: Upgrade ,close\r\nUpgrade: websocket\r\n'), { keepAlive: false, upgrade: true });
+  t.match(get('Connection: keep-alive\r\nConnection: close\r\n'), { keepAlive: false }, 'a token on a second line counts');
+  t.match(get('Connection: close\r\nConnection: keep-alive\r\n'), { keepAlive: false }, 'and on the first');
+  t.match(get('Connection: upgrade\r\nConnection: x\r\nConnection: y\r\nUpgrade: h2c\r\n'), { upgrade: true, keepAlive: true });
+  t.match(req('GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n'), { keepAlive: true });
+  t.match(req('GET / HTTP/1.0\r\nConnection: x, keep-alive\r\n\r\n'), { keepAlive: true });
+  // Only a lone `Connection: close` line may be dropped on the way to a reused upstream.
+  t.ok(get('Connection: Close\r\n').closeLine > 0);
+  t.equal(get('Connection: close, x\r\n').closeLine, -1);
+  t.equal(get('Connection: close\r\nConnection: close\r\n').closeLine, -1);
+  t.match(res('HTTP/1.1 200 OK\r\nConnection: Close\r\nContent-Length: 0\r\n\r\n'), { keepAlive: false });
+  t.match(res('HTTP/1.1 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n'), { keepAlive: true });
+  t.match(res('HTTP/1.1 200 OK\r\nConnection: x,close\r\nContent-Length: 0\r\n\r\n'), { keepAlive: false });
+  t.match(res('HTTP/1.1 200 OK\r\nConnection: x\r\nConnection: CLOSE\r\nContent-Length: 0\r\n\r\n'), { keepAlive: false });
+  t.match(res('HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n'), { keepAlive: true });
+  t.match(res('HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n'), { keepAlive: false });
+});
+
 t.test('requests that could be framed two ways are refused', async (t) => {
   refused(
     t,

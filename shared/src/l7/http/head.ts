@@ -59,7 +59,12 @@ class Scan {
   clN = -1;
   cl: string | undefined;
   clCount = 0;
+  /** The Connection value(s) as a string, made only for a second Connection line (joined with a
+   *  comma); a single one is read in place (connVs, connVe: connHas), as almost every message has one
+   *  line with one token and a string each was a C++ call per request and per response. */
   conn: string | undefined;
+  connVs = -1;
+  connVe = -1;
   /** The (last) Connection line: its start and the offset after its CRLF; how many there were. */
   connLine = -1;
   connLineEnd = -1;
@@ -117,7 +122,9 @@ function scanHeaders(buf: Buffer, at: number, end: number, status: 400 | 502): S
         s.te = join(s.te, buf.toString('latin1', vs, ve));
         break;
       case H.CONNECTION:
-        s.conn = join(s.conn, buf.toString('latin1', vs, ve));
+        if (s.connCount) s.conn = join(s.conn ?? buf.toString('latin1', s.connVs, s.connVe), buf.toString('latin1', vs, ve));
+        s.connVs = vs;
+        s.connVe = ve;
         s.connLine = line;
         s.connLineEnd = j + 2;
         s.connCount++;
@@ -156,6 +163,17 @@ function hasToken(v: string | undefined, token: string): boolean {
   if (v.indexOf(',') < 0) return sameLower(v, token);
   for (const t of v.split(',')) if (t.trim().toLowerCase() === token) return true;
   return false;
+}
+
+/** The message's Connection header(s) name `token` (lower case): one line is read in place, a value
+ *  with a list in it or several lines as a string (Scan.conn). */
+function connHas(buf: Buffer, s: Scan, token: string): boolean {
+  if (!s.connCount) return false;
+  if (s.conn !== undefined) return hasToken(s.conn, token);
+  const vs = s.connVs;
+  const ve = s.connVe;
+  for (let k = vs; k < ve; k++) if (buf[k] === 44 /* , */) return hasToken(buf.toString('latin1', vs, ve), token);
+  return is(buf, vs, ve - vs, token); // one token, trimmed (scanHeaders), compared ignoring ASCII case
 }
 
 /** `v` equals the lower-case `token` ignoring ASCII case. */
@@ -298,7 +316,7 @@ export function parseRequestHead(buf: Buffer, start: number, headEnd: number): R
   if (minor === 1 && s.host === undefined) throw new HttpParseError(400, 'an HTTP/1.1 request needs a Host header');
   // Request framing never runs until close (framing() refuses that for requests).
   const f = framing(s, minor, true) as { body: RequestHead['body']; contentLength: number };
-  const closeOnly = minor === 1 && s.connCount === 1 && s.conn!.length === 5 && s.conn!.toLowerCase() === 'close';
+  const closeOnly = minor === 1 && s.connCount === 1 && is(buf, s.connVs, s.connVe - s.connVs, 'close');
   return new ParsedRequest(
     buf,
     s.offs,
@@ -308,8 +326,8 @@ export function parseRequestHead(buf: Buffer, start: number, headEnd: number): R
     f.body,
     f.contentLength,
     s.host,
-    minor === 1 ? !hasToken(s.conn, 'close') : hasToken(s.conn, 'keep-alive'),
-    s.upgrade && hasToken(s.conn, 'upgrade'),
+    minor === 1 ? !connHas(buf, s, 'close') : connHas(buf, s, 'keep-alive'),
+    s.upgrade && connHas(buf, s, 'upgrade'),
     s.expect !== undefined && tokens(s.expect).includes('100-continue'),
     headEnd - start,
     closeOnly ? s.connLine : -1,
@@ -354,7 +372,7 @@ export function parseResponseHead(buf: Buffer, start: number, headEnd: number, r
   const minor = buf[i + 7] === 49 ? 1 : 0;
   const status = d0 * 100 + d1 * 10 + d2;
   const s = scanHeaders(buf, j + 2, end, 502);
-  const keepAlive = minor === 1 ? !hasToken(s.conn, 'close') : hasToken(s.conn, 'keep-alive');
+  const keepAlive = minor === 1 ? !connHas(buf, s, 'close') : connHas(buf, s, 'keep-alive');
   const noBody =
     requestMethod === 'HEAD' || status < 200 || status === 204 || status === 304 || (requestMethod === 'CONNECT' && status < 300);
   const f = noBody ? NO_BODY : framing(s, minor, false);
