@@ -38,6 +38,10 @@ export interface StartAgentOptions {
   stateDir?: string;
   /** Where the agent's log goes (default: agent.log in the state dir). */
   logFile?: string;
+  /** Start the agent in a session of its own (setsid), so a scheduling group of its own where the
+   *  kernel groups by session (kernel.sched_autogroup_enabled), as a service manager would start it
+   *  apart from the workloads; by default it shares the caller's (a benchmark's knob). */
+  ownSession?: boolean;
   /** Socket path (default: agent.sock in the state dir). */
   socket?: string;
 }
@@ -153,7 +157,7 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
     const log = fs.openSync(logFile, 'a');
     // nsenter execs the agent: the PID we hold is the agent's own.
     const [cmd, argv] = inNetns([process.execPath, ...args]);
-    child = spawn(cmd, argv, { cwd: REPO, env, stdio: ['ignore', log, log] });
+    child = spawn(cmd, argv, { cwd: REPO, env, stdio: ['ignore', log, log], detached: opts.ownSession === true });
     fs.closeSync(log);
     ownChild(child);
     const c = child;

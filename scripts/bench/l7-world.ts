@@ -130,7 +130,15 @@ export async function startL7World(clientTwReuse: string): Promise<L7World> {
   // BENCH_L7_WORKERS: the proxy's worker count (default: the agent's, one per two CPUs, 1-2); nginx's
   // is its own (below).
   const workers = process.env.BENCH_L7_WORKERS;
-  const agent: TestAgent = await startAgent({ bundle: true, extraArgs: workers ? ['--l7-proxy-workers', workers] : [] });
+  // BENCH_AGENT_SESSION=1: the agent in a session (scheduling group) of its own, as its workers and the
+  // nginx peer are; by default it shares this script's with wrk and the server, so its work on the L7
+  // records (flows, metrics) is taken from the client's and server's share of a busy CPU. On a node
+  // the agent runs as a service, apart from the pods, with its workers in its cgroup.
+  const agent: TestAgent = await startAgent({
+    bundle: true,
+    extraArgs: workers ? ['--l7-proxy-workers', workers] : [],
+    ownSession: process.env.BENCH_AGENT_SESSION === '1',
+  });
   const pc = new PolicyClient(agent.client);
   const client = createNetns('mbb'),
     server = createNetns('mbb');
