@@ -77,6 +77,17 @@ export function limitMallocArenas(): void {
   (lib.func('int mallopt(int param, int value)') as (p: number, v: number) => number)(M_ARENA_MAX, 1);
 }
 
+/** At most one full GC per round of V8's memory reducer instead of three (call first thing at start;
+ *  V8 reads this flag when the reducer decides, unlike --no-memory-reducer). The reducer arms after
+ *  every full GC, the give-backs' own included, and while it finds the allocation rate low, which the
+ *  allocation-free flow event path keeps it at even under a node's full connection rate, it runs more
+ *  full GCs 8 s apart: 'Mark-Compact (reduce)', ~50-250 ms of the agent's CPU each with 10,000 rules
+ *  in the heap (--trace-gc), taken from the pods beside it. After a give-back, which compacted the heap
+ *  and trimmed malloc already, the later ones gain next to nothing. */
+export function singleReducerGc(): void {
+  v8.setFlagsFromString('--memory-reducer-single-gc');
+}
+
 /** Physical memory of V8's young generation (the deep give-back's target). */
 function youngBytes(): number {
   return v8.getHeapSpaceStatistics().find((s) => s.space_name === 'new_space')?.physical_space_size ?? 0;

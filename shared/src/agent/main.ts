@@ -5,10 +5,11 @@ import { clusterSettings } from './cluster.ts';
 import { createLogger } from '../log.ts';
 import { Agent } from './agent.ts';
 import { exitOnUnexpectedErrors } from './crash.ts';
-import { limitMallocArenas } from './idle-memory.ts';
+import { limitMallocArenas, singleReducerGc } from './idle-memory.ts';
 
 async function main(): Promise<void> {
   limitMallocArenas();
+  singleReducerGc();
   let cfg;
   try {
     if (parseFlags(process.argv.slice(2)).help) {
