@@ -41,7 +41,7 @@ static __always_inline int deliver_to_local(struct __sk_buff *skb, const struct 
 {
 	if (rewrite_l2(skb, dst) < 0)
 		return TC_ACT_OK; /* let the stack route it rather than drop */
-	count_endpoint_rx(dst->host_ifindex, skb->len);
+	count_endpoint_rx(dst->endpoint_id, skb->len);
 #ifdef MBR_REDIRECT_EGRESS /* measurement builds only: through the host veth's egress and the peer's backlog */
 	skb->mark = MBR_MARK_LOCAL_REDIRECT;
 	return bpf_redirect(dst->host_ifindex, 0);
@@ -93,10 +93,10 @@ int from_container(struct __sk_buff *skb)
 	__u16 spoofed, proxy = 0;
 	int r;
 
-	count_endpoint_tx(ifindex, skb->len);
 	src = bpf_map_lookup_elem(&endpoints_cfg, &ifindex);
 	if (!src)
 		return drop_unknown(skb, DROP_NO_CONFIG); /* fail closed: nobody to check it against */
+	count_endpoint_tx(src->endpoint_id, skb->len);
 	spoofed = check_source(skb, src, &p);
 	if (spoofed)
 		{
@@ -167,7 +167,7 @@ int to_container(struct __sk_buff *skb)
 			drop_at(&p, ep, POLICY_DIR_INGRESS, reason);
 		return r;
 	}
-	count_endpoint_rx(ifindex, skb->len);
+	count_endpoint_rx(ep->endpoint_id, skb->len);
 	return TC_ACT_OK;
 }
 

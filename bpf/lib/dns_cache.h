@@ -242,7 +242,7 @@ static __always_inline bool dns_cache_answer(struct __sk_buff *skb, const struct
 	hits = bpf_map_lookup_elem(&dns_cache_hits, &zero);
 	if (hits)
 		*hits += 1;
-	count_endpoint_rx(ifindex, skb->len);
+	count_endpoint_rx(ep->endpoint_id, skb->len);
 	*verdict = bpf_redirect_peer(ifindex, 0);
 	return true;
 }

@@ -8,6 +8,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadDatapath, removePins, type Datapath } from '../src/bpf/datapath.ts';
+import { possibleCpus } from '../src/bpf/pins.ts';
 import { mapCount, mapKeys, mapUpdate, objGet, progTestRun } from '../src/bpf/libbpf.ts';
 
 const TC_ACT_OK = 0;
@@ -216,6 +217,92 @@ t.test('an unconfigured interface is not counted and forwards nothing (fail clos
   t.equal(noConfig(), before + 2n, 'counted as NO_CONFIGURATION');
   t.equal(dp.counters(SRC.hostIfindex), null, 'no counter entry created by the program');
   dp.upsertEndpoint(SRC);
+});
+
+t.test('an endpoint id given to a new endpoint starts from zero, whatever its slot held', async (t) => {
+  const NEXT = { ...SRC, hostIfindex: 900004, endpointId: 14, ips: ['10.251.0.4'] };
+  t.teardown(() => dp.removeEndpoint(NEXT.hostIfindex, NEXT.ips));
+  // A previous owner's counts (or a packet in flight after its removal) left in id 14's slot.
+  const fd = objGet(path.join(pinDir, 'ep_counters'));
+  const slot = Buffer.alloc(32 * possibleCpus(), 0xff);
+  mapUpdate(fd, 'ep_counters', Buffer.from(Uint32Array.of(14).buffer), slot);
+  fs.closeSync(fd);
+  dp.upsertEndpoint(NEXT);
+  t.same(dp.counters(NEXT.hostIfindex), { rxPackets: 0n, rxBytes: 0n, txPackets: 0n, txBytes: 0n }, 'fresh counters');
+  const pkt = ipv4Packet(SRC.ips[0], 64);
+  dp.removeEndpoint(SRC.hostIfindex, SRC.ips);
+  dp.upsertEndpoint({ ...SRC, endpointId: NEXT.endpointId }); // lo counted under id 14 now
+  t.teardown(() => {
+    dp.removeEndpoint(SRC.hostIfindex, SRC.ips);
+    dp.upsertEndpoint(SRC);
+  });
+  t.equal(progTestRun(toFd, pkt).retval, TC_ACT_OK);
+  t.equal(dp.counters(NEXT.hostIfindex)!.rxPackets, 1n, 'counted in the slot its config names');
+});
+
+t.test('an id beyond ep_counters (kept from an agent that gave out larger ids) is configured, just not counted', async (t) => {
+  const BIG = { ...DST, hostIfindex: 900005, endpointId: 5000, ips: ['10.251.0.5'] };
+  t.teardown(() => dp.removeEndpoint(BIG.hostIfindex, BIG.ips));
+  dp.upsertEndpoint(BIG);
+  t.ok(dp.listEndpointIfindexes().includes(BIG.hostIfindex));
+  t.equal(dp.counters(BIG.hostIfindex), null);
+});
+
+t.test('an old endpoint_counters pin (a hash by ifindex, before ep_counters): its counts adopted, the pin removed', async (t) => {
+  const dir = `/sys/fs/bpf/mbt-${randomBytes(4).toString('hex')}`;
+  t.teardown(() => removePins(dir));
+  fs.mkdirSync(dir);
+  const objectPath = path.join(root, 'dist/bpf/endpoint.o');
+  const first = loadDatapath({ objectPath, pinDir: dir });
+  first.upsertEndpoint(DST);
+  first.close();
+  // What an older agent left: DST's counts (1 packet of 100 bytes each way on CPU 0) by its ifindex.
+  const old = `${dir}/endpoint_counters`;
+  execFileSync('bpftool', [
+    'map',
+    'create',
+    old,
+    'type',
+    'percpu_hash',
+    'key',
+    '4',
+    'value',
+    '32',
+    'entries',
+    '16',
+    'name',
+    'endpoint_counters',
+  ]);
+  const fd = objGet(old);
+  const value = Buffer.alloc(32 * possibleCpus());
+  for (const [i, n] of [1n, 100n, 1n, 100n].entries()) value.writeBigUInt64LE(n, i * 8);
+  mapUpdate(fd, 'endpoint_counters', Buffer.from(Uint32Array.of(DST.hostIfindex).buffer), value);
+  fs.closeSync(fd);
+  const upgraded = loadDatapath({ objectPath, pinDir: dir });
+  t.same(
+    upgraded.counters(DST.hostIfindex),
+    { rxPackets: 1n, rxBytes: 100n, txPackets: 1n, txBytes: 100n },
+    'counts carried over',
+  );
+  upgraded.close();
+  t.notOk(fs.existsSync(old), 'gone after the load');
+  execFileSync('bpftool', [
+    'map',
+    'create',
+    old,
+    'type',
+    'percpu_hash',
+    'key',
+    '4',
+    'value',
+    '32',
+    'entries',
+    '16',
+    'name',
+    'endpoint_counters',
+  ]);
+  removePins(dir);
+  t.notOk(fs.existsSync(dir), 'removePins knows it');
 });
 
 t.test('a pinned map with another layout is refused, or replaced on request', async (t) => {

@@ -10,7 +10,7 @@ import * as bpf from './libbpf.ts';
 import type * as codec from '../maps/codec.ts';
 import * as conntrack from '../maps/conntrack.ts';
 import { assertOnBpffs, pinnedMapMismatch, possibleCpus, replacePin } from './pins.ts';
-import { MAP_NAMES, PROGRAM_PINS, PROGRAM_STAMP_PREFIX, removeProgramStamps, type MapName } from './layout.ts';
+import { MAP_NAMES, PROGRAM_PINS, PROGRAM_STAMP_PREFIX, removeProgramStamps, removeRetiredPins, type MapName } from './layout.ts';
 import type { LoadedMap, LocalEndpointsIndex } from './endpoint-maps.ts';
 import { LoadedDatapath } from './loaded.ts';
 
@@ -176,7 +176,10 @@ export function loadDatapath(options: LoadDatapathOptions): Datapath {
       for (const [name, pin] of Object.entries(PROGRAM_PINS)) replacePin(bpf.programFd(obj, name), path.join(pinDir, pin));
       fs.mkdirSync(stampPath);
     }
-    return new LoadedDatapath(obj, pinDir, maps, { from: fromFd, to: toFd }, possibleCpus(), programFds);
+    const loaded = new LoadedDatapath(obj, pinDir, maps, { from: fromFd, to: toFd }, possibleCpus(), programFds);
+    loaded.adoptRetiredCounters(path.join(pinDir, 'endpoint_counters'));
+    removeRetiredPins(pinDir);
+    return loaded;
   } catch (err) {
     for (const fd of programFds) fs.closeSync(fd);
     bpf.closeObject(obj);

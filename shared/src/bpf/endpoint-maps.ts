@@ -1,5 +1,5 @@
-// One endpoint's state in the pinned maps: its config and counters (endpoints_cfg,
-// endpoint_counters, keyed by host ifindex) and its addresses in local_endpoints, which other
+// One endpoint's state in the pinned maps: its config (endpoints_cfg, keyed by host ifindex), its
+// counters (ep_counters, an array indexed by endpoint id) and its addresses in local_endpoints, which other
 // endpoints' packets are redirected by. Written in the order that never opens a window: counters
 // before addresses, addresses published only when the caller says so, removed first on delete.
 import * as bpf from './libbpf.ts';
@@ -23,7 +23,7 @@ export interface MapAccess {
   valueSize(m: LoadedMap): number;
 }
 
-/** endpoints_cfg and endpoint_counters; local_endpoints is publishEndpoint's. */
+/** endpoints_cfg and ep_counters; local_endpoints is publishEndpoint's. */
 export function upsertEndpoint(d: MapAccess, cfg: EndpointDatapathConfig): void {
   // Encode everything first so a bad address or MAC changes nothing.
   const ifKey = codec.encodeU32Key(cfg.hostIfindex);
@@ -46,12 +46,10 @@ export function upsertEndpoint(d: MapAccess, cfg: EndpointDatapathConfig): void 
     gateway6: cfg.gateway6,
   });
 
-  // Counters belong to (ifindex, endpoint): a re-sync of the same endpoint keeps them, a reused
-  // ifindex starts from zero. Created before the addresses so the first redirected packet counts.
-  const counters = d.map('endpoint_counters');
-  const zero = Buffer.alloc(d.valueSize(counters));
-  if (!sameEndpoint) bpf.mapUpdate(counters.fd, 'endpoint_counters', ifKey, zero);
-  else if (!d.lookup('endpoint_counters', ifKey)) bpf.mapUpdate(counters.fd, 'endpoint_counters', ifKey, zero, bpf.BPF_NOEXIST);
+  // Counters belong to the endpoint: a re-sync of the same endpoint (restore on pinned maps) keeps
+  // them; an id given to a new endpoint starts from zero (its slot may hold a previous owner's
+  // counts: an array slot cannot be deleted). Zeroed before the config and addresses name the id.
+  if (!sameEndpoint) zeroCounters(d, cfg.endpointId);
 
   bpf.mapUpdate(d.map('endpoints_cfg').fd, 'endpoints_cfg', ifKey, config);
 }
@@ -162,6 +160,48 @@ export function removeEndpoint(d: MapAccess, hostIfindex: number, ips: string[])
   }
   if (hostIfindex === 0) return;
   removeLocalAddresses(d, hostIfindex, () => true); // leftovers from an older address set
+  const cfg = d.lookup('endpoints_cfg', ifKey);
   bpf.mapDelete(d.map('endpoints_cfg').fd, 'endpoints_cfg', ifKey);
-  bpf.mapDelete(d.map('endpoint_counters').fd, 'endpoint_counters', ifKey);
+  // No counts left behind for a free id (a packet still in flight may add one: the next owner's
+  // upsert zeroes the slot again).
+  if (cfg) zeroCounters(d, codec.decodeEndpointConfig(cfg).endpointId);
+}
+
+/** An endpoint's counters: its config names its id, the id its ep_counters slot. */
+export function readCounters(d: MapAccess, hostIfindex: number, cpus: number): codec.EndpointCounters | null {
+  const cfg = d.lookup('endpoints_cfg', codec.encodeU32Key(hostIfindex));
+  if (!cfg) return null;
+  const id = codec.decodeEndpointConfig(cfg).endpointId;
+  if (id >= d.map('ep_counters').maxEntries) return null; // an id from before ids stayed below it: not counted
+  const raw = d.lookup('ep_counters', codec.encodeU32Key(id));
+  return raw ? codec.sumPerCpuCounters(raw, cpus) : null;
+}
+
+/**
+ * An upgrade from an object that counted in endpoint_counters (a per-CPU hash by host ifindex, fd
+ * `oldFd`): each configured endpoint's counts go to its ep_counters slot, so what users see goes on
+ * from where it was instead of restarting at zero. What the old programs count until the endpoints are
+ * re-attached is lost. A pin of another shape is left alone (its values would not fit).
+ */
+export function adoptRetiredCounters(d: MapAccess, oldFd: number, ifKeys: Buffer[]): number {
+  // struct bpf_map_info starts with u32 type, id, key_size, value_size.
+  const [type, , keySize, valueSize] = bpf.objInfo(oldFd, 4, 'map endpoint_counters');
+  if (type !== 5 /* PERCPU_HASH */ || keySize !== 4 || valueSize !== codec.ENDPOINT_COUNTERS_SIZE) return 0;
+  const counters = d.map('ep_counters');
+  let adopted = 0;
+  for (const ifKey of ifKeys) {
+    const cfg = d.lookup('endpoints_cfg', ifKey);
+    const old = cfg && bpf.mapLookup(oldFd, 'endpoint_counters', ifKey, d.valueSize(counters));
+    const id = cfg && codec.decodeEndpointConfig(cfg).endpointId;
+    if (!id || !old || id >= counters.maxEntries) continue;
+    bpf.mapUpdate(counters.fd, 'ep_counters', codec.encodeU32Key(id), old);
+    adopted++;
+  }
+  return adopted;
+}
+
+function zeroCounters(d: MapAccess, endpointId: number): void {
+  const counters = d.map('ep_counters');
+  if (endpointId >= counters.maxEntries) return; // no slot: see readCounters
+  bpf.mapUpdate(counters.fd, 'ep_counters', codec.encodeU32Key(endpointId), Buffer.alloc(d.valueSize(counters)));
 }

@@ -8,7 +8,7 @@ import { removeKnownPins } from './pins.ts';
 export const MAP_NAMES = [
   'endpoints_cfg',
   'local_endpoints',
-  'endpoint_counters',
+  'ep_counters', // by endpoint id; replaced endpoint_counters (RETIRED_MAP_PINS)
   'ipcache',
   'policy',
   'conntrack',
@@ -61,8 +61,18 @@ export function removeProgramStamps(pinDir: string): void {
   }
 }
 
+/** Pins of maps an earlier object had and this one has not: an upgrade's load unlinks them once the new
+ *  programs are pinned (the old programs still attached keep theirs until replaced). endpoint_counters was
+ *  a per-CPU hash by ifindex; ep_counters, an array by endpoint id, replaced it under a new name so the
+ *  old pin never conflicts with the new definition. */
+export const RETIRED_MAP_PINS = ['endpoint_counters'] as const;
+
+export function removeRetiredPins(pinDir: string): void {
+  for (const name of RETIRED_MAP_PINS) fs.rmSync(path.join(pinDir, name), { force: true });
+}
+
 /** Unlink our pins and the directory (uninstall, tests); refuses to delete pins it does not know. */
 export function removePins(pinDir: string): void {
   if (fs.existsSync(pinDir)) removeProgramStamps(pinDir);
-  removeKnownPins(pinDir, [...MAP_NAMES, ...Object.values(PROGRAM_PINS), ...Object.values(LINK_PINS)]);
+  removeKnownPins(pinDir, [...MAP_NAMES, ...RETIRED_MAP_PINS, ...Object.values(PROGRAM_PINS), ...Object.values(LINK_PINS)]);
 }

@@ -6,8 +6,10 @@ import * as codec from '../maps/codec.ts';
 import * as conntrack from '../maps/conntrack.ts';
 import { MAP_NAMES, TC_HANDLE, TC_PRIORITY, type MapName } from './layout.ts';
 import {
+  adoptRetiredCounters,
   LocalEndpointsIndex,
   publishEndpoint,
+  readCounters,
   removeEndpoint,
   upsertEndpoint,
   type LoadedMap,
@@ -179,9 +181,19 @@ export class LoadedDatapath implements Datapath {
     return conntrack.revoke(this.ctFds(), allowed, process.hrtime.bigint(), filter);
   }
 
+  /** See adoptRetiredCounters; the load calls it before unlinking the retired pin. */
+  adoptRetiredCounters(oldPin: string): number {
+    if (!fs.existsSync(oldPin)) return 0;
+    const fd = bpf.objGet(oldPin);
+    try {
+      return adoptRetiredCounters(this.access(), fd, this.keys('endpoints_cfg'));
+    } finally {
+      fs.closeSync(fd);
+    }
+  }
+
   counters(hostIfindex: number): codec.EndpointCounters | null {
-    const raw = this.lookup('endpoint_counters', codec.encodeU32Key(hostIfindex));
-    return raw ? codec.sumPerCpuCounters(raw, this.cpus) : null;
+    return readCounters(this.access(), hostIfindex, this.cpus);
   }
 
   listEndpointIfindexes(): number[] {

@@ -2,7 +2,10 @@
 // node among live endpoints, creates in flight and deleted endpoints not reaped yet.
 import { EndpointError } from './errors.ts';
 
-const MAX_ENDPOINT_ID = 65535;
+// Below the datapath's MAX_ENDPOINTS (bpf/lib/maps.h, 4096 endpoints_cfg entries): ep_counters is an
+// array indexed by endpoint id, sized like endpoints_cfg. The lowest free id is taken, so ids only get
+// near this with that many endpoints, more than the datapath can configure anyway.
+const MAX_ENDPOINT_ID = 4095;
 
 export class EndpointIds {
   private readonly inUse = new Set<number>();
