@@ -353,3 +353,9 @@ static __always_inline bool is_icmp6_mld(const struct pkt *p)
 	return p->family == MBR_FAMILY_IPV6 && p->proto == IPPROTO_ICMPV6 && p->has_l4 && !p->later_fragment &&
 	       ((p->icmp_type >= 130 && p->icmp_type <= 132) || p->icmp_type == 143);
 }
+
+/* A TCP SYN without ACK: the first packet of a connection (conntrack's new-flow and server-port marks). */
+static __always_inline bool tcp_syn_only(const struct pkt *p)
+{
+	return p->proto == IPPROTO_TCP && p->has_l4 && (p->tcp_flags & (TCP_SYN | TCP_ACK)) == TCP_SYN;
+}
