@@ -1,15 +1,16 @@
 // The tc programs run against crafted packets with BPF_PROG_TEST_RUN (root + bpffs needed; skipped
 // otherwise). Checks the router behaviour of from_container: redirect verdict, TTL/hop-limit
 // decrement with a still-valid IPv4 checksum, L2 rewrite, counters; and the pass-through cases.
-import t from 'tap';
+
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadDatapath, removePins, type Datapath } from '../src/bpf/datapath.ts';
-import { possibleCpus } from '../src/bpf/pins.ts';
+import t from 'tap';
+import { type Datapath, loadDatapath, removePins } from '../src/bpf/datapath.ts';
 import { mapCount, mapKeys, mapUpdate, objGet, progTestRun } from '../src/bpf/libbpf.ts';
+import { possibleCpus } from '../src/bpf/pins.ts';
 
 const TC_ACT_OK = 0;
 const TC_ACT_SHOT = 2;
@@ -246,63 +247,6 @@ t.test('an id beyond ep_counters (kept from an agent that gave out larger ids) i
   dp.upsertEndpoint(BIG);
   t.ok(dp.listEndpointIfindexes().includes(BIG.hostIfindex));
   t.equal(dp.counters(BIG.hostIfindex), null);
-});
-
-t.test('an old endpoint_counters pin (a hash by ifindex, before ep_counters): its counts adopted, the pin removed', async (t) => {
-  const dir = `/sys/fs/bpf/mbt-${randomBytes(4).toString('hex')}`;
-  t.teardown(() => removePins(dir));
-  fs.mkdirSync(dir);
-  const objectPath = path.join(root, 'dist/bpf/endpoint.o');
-  const first = loadDatapath({ objectPath, pinDir: dir });
-  first.upsertEndpoint(DST);
-  first.close();
-  // What an older agent left: DST's counts (1 packet of 100 bytes each way on CPU 0) by its ifindex.
-  const old = `${dir}/endpoint_counters`;
-  execFileSync('bpftool', [
-    'map',
-    'create',
-    old,
-    'type',
-    'percpu_hash',
-    'key',
-    '4',
-    'value',
-    '32',
-    'entries',
-    '16',
-    'name',
-    'endpoint_counters',
-  ]);
-  const fd = objGet(old);
-  const value = Buffer.alloc(32 * possibleCpus());
-  for (const [i, n] of [1n, 100n, 1n, 100n].entries()) value.writeBigUInt64LE(n, i * 8);
-  mapUpdate(fd, 'endpoint_counters', Buffer.from(Uint32Array.of(DST.hostIfindex).buffer), value);
-  fs.closeSync(fd);
-  const upgraded = loadDatapath({ objectPath, pinDir: dir });
-  t.same(
-    upgraded.counters(DST.hostIfindex),
-    { rxPackets: 1n, rxBytes: 100n, txPackets: 1n, txBytes: 100n },
-    'counts carried over',
-  );
-  upgraded.close();
-  t.notOk(fs.existsSync(old), 'gone after the load');
-  execFileSync('bpftool', [
-    'map',
-    'create',
-    old,
-    'type',
-    'percpu_hash',
-    'key',
-    '4',
-    'value',
-    '32',
-    'entries',
-    '16',
-    'name',
-    'endpoint_counters',
-  ]);
-  removePins(dir);
-  t.notOk(fs.existsSync(dir), 'removePins knows it');
 });
 
 t.test('a pinned map with another layout is refused, or replaced on request', async (t) => {
