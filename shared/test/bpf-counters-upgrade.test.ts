@@ -7,21 +7,13 @@ import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { loadDatapath, removePins } from '../src/bpf/datapath.ts';
 import { mapUpdate, objGet } from '../src/bpf/libbpf.ts';
 import { possibleCpus } from '../src/bpf/pins.ts';
+import { requireBpf, ROOT as root } from './lib/bpf-harness.ts';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
-const bpffs = fs
-  .readFileSync('/proc/self/mounts', 'utf8')
-  .split('\n')
-  .some((l) => l.split(' ')[1] === '/sys/fs/bpf' && l.split(' ')[2] === 'bpf');
-if (process.getuid?.() !== 0 || !bpffs) {
-  t.plan(0, 'needs root and bpffs at /sys/fs/bpf');
-  process.exit(0);
-}
+requireBpf();
 
 const EP = {
   hostIfindex: 900011,

@@ -1,12 +1,13 @@
 // The datapath loaded for BPF_PROG_TEST_RUN tests: a fresh pin directory, both programs' fds, and
 // everything removed at teardown. Tests that need root and bpffs skip themselves without them.
-import t from 'tap';
+
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { loadDatapath, removePins, type Datapath, type EndpointDatapathConfig } from '../../src/bpf/datapath.ts';
+import t from 'tap';
+import { type Datapath, type EndpointDatapathConfig, loadDatapath, removePins } from '../../src/bpf/datapath.ts';
 import { objGet, progTestRun } from '../../src/bpf/libbpf.ts';
 
 export const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
@@ -14,7 +15,6 @@ export const OK = 0,
   SHOT = 2,
   REDIRECT = 7;
 
-/** Ends the test file (plan 0) unless it runs as root with bpffs mounted. */
 /** Veth pairs of our own (`<prefix><tag><suffix>`, each with a `p` peer) for endpoints that need a
  *  real ifindex; deleted at teardown. Returns the ifindexes of the named ends, in order. */
 export function vethIfindexes(prefix: string, suffixes: string[]): number[] {
@@ -33,6 +33,7 @@ export function vethIfindexes(prefix: string, suffixes: string[]): number[] {
   return devs.map((d) => Number(fs.readFileSync(`/sys/class/net/${d}/ifindex`, 'utf8')));
 }
 
+/** Ends the test file (plan 0) unless it runs as root with bpffs mounted. */
 export function requireBpf(): void {
   const mounted = fs
     .readFileSync('/proc/self/mounts', 'utf8')
