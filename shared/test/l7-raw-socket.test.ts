@@ -1,12 +1,15 @@
 // The proxy workers' RawSocket (proxy/raw-socket.ts) on real loopback connections: what net.Socket
 // users rely on and the proxy needs, i.e. bytes both ways, half-close, closing by itself once both
 // directions ended (else every connection a client half-closes first would keep its fd), writes
-// queued while connecting, and a refused connection reported as an error.
-import t from 'tap';
+// queued while connecting, a refused connection reported as an error, and the addresses of a
+// connection accepted from the proxy's listener (taken from its saved SYN) the same as the socket's.
+
 import { once } from 'node:events';
 import net from 'node:net';
+import t from 'tap';
 import { RawListener } from '../src/l7/proxy/raw-listener.ts';
 import { RawSocket } from '../src/l7/proxy/raw-socket.ts';
+import { pickProxyPort, portFree, transparentListener } from '../src/l7/proxy/sockets.ts';
 
 t.test('an accepted connection: bytes both ways, the client half-closes first, then it closes by itself', async (t) => {
   const events: string[] = [];
@@ -89,3 +92,51 @@ t.test('connect() to a port nobody listens on: an error, then close', async (t) 
   t.same(events, ['error:ECONNREFUSED']);
   t.equal(u.destroyed, true);
 });
+
+const root = process.getuid?.() === 0; // IP_TRANSPARENT needs CAP_NET_ADMIN
+t.test(
+  "the proxy's listener: an accepted connection's addresses and ports are the socket's own",
+  { skip: !root && 'needs root' },
+  async (t) => {
+    for (const [family, server, client] of [
+      [4, '127.0.0.1', '127.0.0.2'], // IPv4: from the saved SYN
+      [6, '::1', '::1'], // IPv6: from getsockname and getpeername
+    ] as const) {
+      const port = pickProxyPort(portFree);
+      let fd: number;
+      try {
+        fd = transparentListener(family, port);
+      } catch (e) {
+        if (family === 6) {
+          t.comment(`no IPv6 loopback: ${e}`);
+          continue;
+        }
+        throw e;
+      }
+      const accepted = new Promise<RawSocket>((resolve) => {
+        const l = RawListener.fromFd(fd, 16, resolve, () => undefined, family === 4); // as the worker has it
+        t.teardown(() => l.close());
+      });
+      const c = net.connect({ host: server, port, localAddress: client });
+      await once(c, 'connect');
+      const s = await accepted;
+      const local = {},
+        remote = {};
+      s._handle.getsockname(local);
+      s._handle.getpeername(remote);
+      t.same(
+        [s.localAddress, s.localPort, s.remoteAddress, s.remotePort, s.remoteFamily],
+        [server, port, client, c.localPort, family === 4 ? 'IPv4' : 'IPv6'],
+        `IPv${family}: the client's address and port, the address and port it connected to`,
+      );
+      t.same(local, { address: s.localAddress, family: s.remoteFamily, port: s.localPort }, `IPv${family}: as getsockname says`);
+      t.same(
+        remote,
+        { address: s.remoteAddress, family: s.remoteFamily, port: s.remotePort },
+        `IPv${family}: as getpeername says`,
+      );
+      s.destroy();
+      c.destroy();
+    }
+  },
+);

@@ -7,25 +7,28 @@ import { type Address, type TcpHandle, tcpWrap } from './uv.ts';
 export class RawListener {
   private readonly h: TcpHandle;
 
-  constructor(h: TcpHandle, onConnection: (s: RawSocket) => void, onError: (errno: number) => void) {
+  /** `savedSyn`: the socket keeps each connection's SYN (TCP_SAVE_SYN), the source of its addresses. */
+  constructor(h: TcpHandle, onConnection: (s: RawSocket) => void, onError: (errno: number) => void, savedSyn = false) {
     this.h = h;
     h.onconnection = (err, client) => {
       if (err || !client) onError(err);
-      else onConnection(new RawSocket(client));
+      else onConnection(new RawSocket(client, true, savedSyn));
     };
   }
 
+  /** A listening socket's fd (sockets.ts transparentListener's: it keeps SYNs, `savedSyn`). */
   static fromFd(
     fd: number,
     backlog: number,
     onConnection: (s: RawSocket) => void,
     onError: (errno: number) => void,
+    savedSyn = false,
   ): RawListener {
     const h = new tcpWrap.TCP(tcpWrap.constants.SERVER);
     let err = h.open(fd);
     if (!err) err = h.listen(backlog);
     if (err) throw new Error(`cannot listen on fd ${fd}: errno ${err}`);
-    return new RawListener(h, onConnection, onError);
+    return new RawListener(h, onConnection, onError, savedSyn);
   }
 
   /** A plain listener on ip:port (port 0: any), for tests. */

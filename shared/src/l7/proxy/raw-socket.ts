@@ -16,6 +16,7 @@
 // worker's CPU in a one-request-per-connection profile).
 import { Buffer } from 'node:buffer';
 import type { UpstreamSocket } from '../http/socket.ts';
+import { type SynAddresses, synAddresses } from './sockets.ts';
 import { type Address, type ConnectReq, type Req, state, sw, type TcpHandle, tcpWrap, UV_EOF, UV_ETIMEDOUT } from './uv.ts';
 
 /** write() answers false (wait for 'drain') once this much is queued in the kernel's stead. */
@@ -27,6 +28,8 @@ type Listener = (...args: never[]) => void;
  *  objects every time (a fresh one gets its three properties added one by one, a map transition each). */
 const LOCAL: Address = { address: undefined, family: undefined, port: undefined };
 const REMOTE: Address = { address: undefined, family: undefined, port: undefined };
+/** Filled by synAddresses (sockets.ts) instead, for a listener that keeps SYNs. */
+const SYN: SynAddresses = { localAddress: '', localPort: 0, remoteAddress: '', remotePort: 0 };
 
 /**
  * Every read lands in this one buffer (libuv reads into it; the callback copies the bytes out before
@@ -138,14 +141,25 @@ export class RawSocket implements UpstreamSocket {
   readonly remotePort?: number;
   readonly remoteFamily?: string;
 
+  /** `savedSyn`: accepted from a listener with TCP_SAVE_SYN (sockets.ts transparentListener), whose
+   *  saved SYN gives both ends' addresses in one system call (synAddresses). */
   constructor(
     readonly _handle: TcpHandle,
     accepted = true,
+    savedSyn = false,
   ) {
     _handle.owner = this;
     _handle.onread = onRead;
     _handle.useUserBuffer(readBuffer);
     if (!accepted) return;
+    if (savedSyn && synAddresses(_handle.fd, SYN)) {
+      this.localAddress = SYN.localAddress;
+      this.localPort = SYN.localPort;
+      this.remoteAddress = SYN.remoteAddress;
+      this.remotePort = SYN.remotePort;
+      this.remoteFamily = 'IPv4';
+      return;
+    }
     const local = LOCAL;
     const remote = REMOTE;
     local.address = remote.address = undefined;

@@ -16,10 +16,10 @@ import type { RequestHead } from '../http/parse.ts';
 import type { RequestView } from '../http/rules.ts';
 import type { UpstreamSocket } from '../http/socket.ts';
 import { type AgentMessage, encodeFrame, FrameReader, frameHeader, type WorkerMessage } from './frames.ts';
-import { type RecordContext, RecordWriter } from './records.ts';
 import { type Linked, LinkList } from './link-list.ts';
 import { RawListener } from './raw-listener.ts';
 import { RawSocket } from './raw-socket.ts';
+import { type RecordContext, RecordWriter } from './records.ts';
 import { SocketError, transparentListener } from './sockets.ts';
 import { registerListener } from './steering.ts';
 import { UpstreamPool } from './upstream-pool.ts';
@@ -151,6 +151,7 @@ export class ProxyWorker {
           4096,
           (c) => this.accept(c),
           (errno) => this.o.log('accept error', { errno }),
+          family === 4, // transparentListener keeps IPv4 SYNs: each connection's addresses come from its SYN
         ),
       );
     }
