@@ -11,6 +11,7 @@ import { ownDir } from '../../integration/lib/cleanup.ts';
 import { metricsText } from '../../integration/lib/metrics.ts';
 import { createNetns, type TestNetns } from '../../integration/lib/netns.ts';
 import { PolicyClient } from '../../shared/src/policy/client.ts';
+import { CpuGroups } from './l7-cgroups.ts';
 import { childrenOf } from './l7-wrk.ts';
 import { sleep } from './lib.ts';
 
@@ -30,6 +31,8 @@ export interface L7World {
   metrics(): Promise<string>;
   /** Worker counts: Membrane's L7 proxy, the nginx peer. */
   workers: { l7: number; nginx: number };
+  /** Each service's cpu cgroup (l7-cgroups.ts), with BENCH_CGROUPS=1. */
+  groups?: CpuGroups;
   /** Imports the policy with or without the HTTP rules on port 80 and waits until it is in force. */
   setL7(on: boolean): Promise<void>;
   close(): Promise<void>;
@@ -140,8 +143,21 @@ export async function startL7World(clientTwReuse: string): Promise<L7World> {
     ownSession: process.env.BENCH_AGENT_SESSION === '1',
   });
   const pc = new PolicyClient(agent.client);
-  const client = createNetns('mbb'),
+  const netns = createNetns('mbb'),
     server = createNetns('mbb');
+  // BENCH_CGROUPS=1: each service in a cpu cgroup of its own (l7-cgroups.ts says why; l7-cgroup-ab.ts
+  // compares the two setups in one run). By default none: every process in its session's group.
+  const groups = process.env.BENCH_CGROUPS === '1' ? new CpuGroups() : undefined;
+  // wrk runs in the client's group.
+  const client: TestNetns = groups
+    ? {
+        ...netns,
+        exec: (cmd, args, opts) => {
+          const [c, a] = cmd === 'wrk' ? groups.wrap('client', cmd, args) : [cmd, args];
+          return netns.exec(c, a, opts);
+        },
+      }
+    : netns;
   const procs: ChildProcess[] = [];
   const dirs: string[] = [];
   const close = async () => {
@@ -166,7 +182,8 @@ export async function startL7World(clientTwReuse: string): Promise<L7World> {
       for (const f of fs.readdirSync(l7).filter((x) => x.endsWith('.log'))) fs.copyFileSync(path.join(l7, f), path.join(keep, f));
     }
     await agent.cleanup();
-    client.remove();
+    groups?.remove();
+    netns.remove();
     server.remove();
     for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
   };
@@ -259,6 +276,15 @@ export async function startL7World(clientTwReuse: string): Promise<L7World> {
         : v === 'nginx'
           ? childrenOf(p.child.pid!)
           : [];
+    // The agent with every process it starts (its L7 workers, also those it restarts: a child starts in
+    // its parent's group), nginx's master and workers, the server's.
+    if (groups) {
+      const tree = (pid?: number) => (pid ? [pid, ...childrenOf(pid)] : []);
+      groups.add('membrane', () => tree(agent.pid()));
+      groups.add('nginx', () => tree(p.child.pid));
+      groups.add('server', () => tree(s.child.pid));
+      groups.setup(true);
+    }
     const l7Workers = ((await agent.client.status()).l7 as { workers: unknown[] }).workers.length;
     return {
       client,
@@ -268,6 +294,7 @@ export async function startL7World(clientTwReuse: string): Promise<L7World> {
       agentPid: () => agent.pid(),
       metrics: () => metricsText(agent.client),
       workers: { l7: l7Workers, nginx: nginxWorkers },
+      groups,
       setL7,
       close,
     };
