@@ -165,6 +165,38 @@ for (const s of STATES) {
   });
 }
 
+// A: open to the world's connections; to the world's port 80 (A_WEB), then its port 81 only (A_WEB_GONE).
+const aEgress = (port: number, name: string) => `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: ${name}}
+spec:
+  endpointSelector: {matchLabels: {app: a}}
+  ingress: [{fromEntities: [world]}]
+  egress: [{toEntities: [world], toPorts: [{ports: [{port: "${port}", protocol: TCP}]}]}]
+`;
+
+for (const s of STATES)
+  t.test(`bitmap ${s.name}: a revoked flow and the open flow on its reversed tuple`, async (t) => {
+    t.teardown(() => p.clear());
+    for (const cp of CLIENT) {
+      await p.apply(aEgress(80, 'a-web'));
+      // A's connection to W:80, closing; W then opens one from 80 to A's port (A admits the world).
+      t.same(run(s, 'from', A, from(A, W, tcp(cp, 80, SYN, 1), PROTO.TCP)), { verdict: OK }, `A -> W ${cp} -> 80`);
+      t.same(run(s, 'to', A, to(A, W, tcp(80, cp, SYN | ACK, 5, 2), PROTO.TCP)), { verdict: OK }, 'its SYN-ACK');
+      t.same(run(s, 'from', A, from(A, W, tcp(cp, 80, FIN | ACK, 2, 6), PROTO.TCP)), { verdict: OK }, "A's FIN");
+      t.same(run(s, 'to', A, to(A, W, tcp(80, cp, SYN, 100), PROTO.TCP)), { verdict: OK }, `W -> A 80 -> ${cp}: a new flow`);
+      // A's own flow to another port of W, left open: revoked with the first one by the next policy.
+      t.same(run(s, 'from', A, from(A, W, tcp(cp + 1, 80, SYN, 1), PROTO.TCP)), { verdict: OK }, `A -> W ${cp + 1} -> 80`);
+      await p.apply(aEgress(81, 'a-web'));
+      // A's answers on W's flow are that flow's replies whatever the guess; A's revoked flow stays cut.
+      t.same(run(s, 'from', A, from(A, W, tcp(cp, 80, SYN | ACK, 50, 101), PROTO.TCP)), { verdict: OK }, "A's SYN-ACK to W");
+      t.same(run(s, 'from', A, from(A, W, tcp(cp, 80, ACK, 51, 101), PROTO.TCP)), { verdict: OK }, "A's ACK to W's flow");
+      t.same(run(s, 'to', A, to(A, W, tcp(80, cp, ACK, 101, 52), PROTO.TCP)), { verdict: OK }, "W's ACK");
+      t.same(run(s, 'from', A, from(A, W, tcp(cp + 1, 80, ACK, 2), PROTO.TCP)), denied, `A's revoked flow ${cp + 1} -> 80`);
+      await p.clear();
+    }
+  });
+
 t.test('a pod that may send marks ports; what it marked changes no verdict', async (t) => {
   t.teardown(() => p.clear());
   await p.apply(CLOSED);

@@ -182,7 +182,9 @@ export class DatapathModel {
     const fk = this.key(p.family, p.proto, scope, p.sport, p.dport, p.saddr, p.daddr);
     const e = this.ct.get(fk);
     if (e && e.owner === self && e.peer === peer && !(syn && (e.state !== ST.NEW || e.isn !== p.seq))) {
-      if (e.revoked) return ['rfwd', fk, e];
+      // A revoked forward entry yields to the reply the probe takes, whatever replyLikely said.
+      const back = e.revoked ? this.ct.get(rk) : undefined;
+      if (e.revoked) return mine(back) && !back.revoked && back.state < ST.CLOSING ? ['reply', rk, back] : ['rfwd', fk, e];
       return ['est', fk, e];
     }
     const r = this.ct.get(rk);
