@@ -1,7 +1,7 @@
 import t from 'tap';
 import { encodeTraceEvent, EventType, type TraceEvent } from '../src/flows/event.ts';
 import { emptyRefs } from '../src/flows/enrich.ts';
-import { FlowRing } from '../src/flows/ring.ts';
+import { FlowRing, MAX_APPEND_BYTES } from '../src/flows/ring.ts';
 
 const OFFSET = { seconds: 1_000_000, nanos: 0 }; // wall = monotonic + 1e6 s
 // Event i happens at wall second 1_000_000 + i.
@@ -154,4 +154,43 @@ t.test('a slot that held an IPv6 flow shows the IPv4 flow written over it, and t
     seen.push((await r.select()).map((f) => `${f.IP!.source} ${f.IP!.destination} ${f.IP!.ipVersion}`));
   }
   t.same(seen, [['fd00:1:2:3:4:5:6:7 fd00::ffff:ffff:ffff:ffff IPv6'], ['10.1.2.3 10.4.5.6 IPv4'], ['fd00::1 fd00::2 IPv6']]);
+});
+
+t.test('spans copied into the log: flows of many appends read back; what the log wrote over is no longer held', async (t) => {
+  const r = new FlowRing(5, 'n');
+  // Records as the kernel lays them out: an 8-byte header, then the event; spans of 1 to 7 records.
+  const span = (from: number, n: number) => {
+    const b = Buffer.alloc(n * 104);
+    for (let k = 0; k < n; k++)
+      encodeTraceEvent({ tsNs: (from + k) * 1e9, saddr: `10.0.0.${(from + k) % 250}`, daddr: '10.0.1.1' }).copy(b, k * 104 + 8);
+    return b;
+  };
+  let i = 0;
+  for (let n = 1; i < 2000; n = (n % 7) + 1) {
+    const off = r.append(span(i, n), 0, n * 104);
+    for (let k = 0; k < n; k++) r.pushAt(off + k * 104 + 8, emptyRefs(), OFFSET);
+    i += n;
+  }
+  t.equal(r.size, 5, 'one-event records: the log holds the last N');
+  t.same(
+    (await r.select()).map((f) => f.time.seconds),
+    [i - 5, i - 4, i - 3, i - 2, i - 1].map((s) => 1_000_000 + s),
+  );
+  // Records that are no flows (a DNS answer, a malformed one) take room in the log too.
+  for (let k = 0; k < 3; k++) r.append(Buffer.alloc(MAX_APPEND_BYTES), 0, MAX_APPEND_BYTES);
+  t.equal(r.size, 0, 'their bytes written over, the flows are gone');
+  t.same(await r.select(), []);
+  push(r, 7);
+  t.same(
+    (await r.select()).map((f) => f.time.seconds),
+    [1_000_007],
+  );
+  t.throws(() => r.append(Buffer.alloc(MAX_APPEND_BYTES + 8), 0, MAX_APPEND_BYTES + 8), RangeError);
+  // Another source's record (no bytes in the log) newer than a flow written over stays.
+  r.pushLazy('l7', 0, 0, () => ({ nodeName: 'n', verdict: 'FORWARDED' }) as never);
+  for (let k = 0; k < 3; k++) r.append(Buffer.alloc(MAX_APPEND_BYTES), 0, MAX_APPEND_BYTES);
+  t.same(
+    (await r.select()).map((f) => f.verdict),
+    ['FORWARDED'],
+  );
 });

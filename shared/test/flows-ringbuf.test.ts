@@ -5,7 +5,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { fakeRing, RINGBUF_BUSY_BIT, RINGBUF_DISCARD_BIT, walkRing } from '../src/flows/ringbuf-walk.ts';
+import { fakeRing, forEachRecord, RINGBUF_BUSY_BIT, RINGBUF_DISCARD_BIT, walkRing } from '../src/flows/ringbuf-walk.ts';
 import { decodeTraceEvent, encodeTraceEvent, EventType } from '../src/flows/event.ts';
 
 const rec = (n: number, len = 16) => Buffer.alloc(len, n);
@@ -51,6 +51,24 @@ t.test('a record wrapping the end is contiguous through the double mapping; posi
   });
   t.equal(got, 'abcdefghijklmnopqrstuvwxyz0123456789');
   t.equal(res.consumer, end);
+});
+
+t.test('spans: walkRing stops before maxBytes (a longer first record whole); forEachRecord walks a copy', async (t) => {
+  const r = fakeRing(4096);
+  let pos = 0;
+  for (let i = 1; i <= 4; i++) pos = r.write(pos, rec(i, 16), i === 2 ? RINGBUF_DISCARD_BIT : 0); // 24 bytes each
+  t.same(walkRing(r, 0, pos, 100, undefined, 50), { consumer: 48, records: 1, busy: false }, 'two records fit 50 bytes');
+  t.same(walkRing(r, 0, pos, 100, undefined, 10), { consumer: 24, records: 1, busy: false }, 'one record at least');
+  // A span copied to another place (odd offset), walked there: the discarded record is skipped.
+  const copy = Buffer.alloc(3 + pos);
+  r.data.copy(copy, 3, 0, pos);
+  const seen: [number, number][] = [];
+  forEachRecord(copy, 3, pos, (d, off, len) => seen.push([d[off], len]));
+  t.same(seen, [
+    [1, 16],
+    [3, 16],
+    [4, 16],
+  ]);
 });
 
 const root = process.getuid?.() === 0 && fs.existsSync('/sys/fs/bpf');

@@ -5,6 +5,7 @@ import t from 'tap';
 import fs from 'node:fs';
 import { randomBytes } from 'node:crypto';
 import { encodeTraceEvent, EventType } from '../src/flows/event.ts';
+import { forEachRecord } from '../src/flows/ringbuf-walk.ts';
 
 const root = process.getuid?.() === 0 && fs.existsSync('/sys/fs/bpf');
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -23,7 +24,7 @@ t.test('an idle reader sleeps and the first event wakes it', { skip: root ? fals
     fs.rmSync(pinDir, { recursive: true, force: true });
   });
   const arrived: number[] = [];
-  source.start(() => arrived.push(performance.now()));
+  source.start((data, start, len) => forEachRecord(data, start, len, () => arrived.push(performance.now())));
   const ev = encodeTraceEvent({ type: EventType.FLOW_NEW, saddr: '10.9.0.1', daddr: '10.9.0.2', sport: 1000, dport: 80 });
 
   for (const round of [1, 2, 3]) {

@@ -4,10 +4,14 @@ import { EventType, OFF, TRACE_EVENT_SIZE } from './event.ts';
 import { HOST_LITTLE_ENDIAN } from '../net/index.ts';
 import { EnrichMemo, emptyRefs, enrichRaw, type FlowContext } from './enrich.ts';
 import { splitOffset } from './flow.ts';
-import type { FlowRing } from './ring.ts';
+import { MAX_APPEND_BYTES, type FlowRing } from './ring.ts';
+import { forEachRecord } from './ringbuf-walk.ts';
 import type { EventSource } from './source.ts';
 import type { LostEventSource } from './types.ts';
 import { FlowStats } from '../metrics/flow-stats.ts';
+
+/** Whether a record of `len` bytes is whole trace_events (and not more than the log takes at once). */
+const wholeEvents = (len: number) => len >= TRACE_EVENT_SIZE && len % TRACE_EVENT_SIZE === 0 && len <= MAX_APPEND_BYTES;
 
 export interface CollectorOptions {
   ring: FlowRing;
@@ -34,12 +38,15 @@ export class FlowCollector {
   private readonly refs = emptyRefs(); // reused for every event: the hot path allocates nothing
   private readonly memo = new EnrichMemo();
   private readonly lostListeners = new Set<(count: number, source: LostEventSource) => void>();
+  /** onSpan's walks: over the flow ring's copy, and (a span too long to copy at once) the source's. */
+  private readonly inLog = (log: Buffer, offset: number, len: number) => this.events(log, offset, len);
+  private readonly oneByOne = (data: Buffer, offset: number, len: number) => this.onRecord(data, offset, len);
 
   constructor(private readonly o: CollectorOptions) {}
 
   start(): void {
     if (this.o.wallOffset) this.o.context.wallOffset = splitOffset(this.o.wallOffset());
-    this.o.source.start((data, offset, len) => this.onRecord(data, offset, len));
+    this.o.source.start((data, start, len) => this.onSpan(data, start, len));
     this.timer = setInterval(() => this.tick(), 1000);
     this.timer.unref();
   }
@@ -61,10 +68,23 @@ export class FlowCollector {
     this.clock.unref();
   }
 
+  /** Records as the ring held them (headers included): copied into the flow ring's log in one piece,
+   *  then each turned into flows from there (the flows keep their events' places in the log). */
+  onSpan(data: Buffer, start: number, len: number): void {
+    if (len > MAX_APPEND_BYTES) forEachRecord(data, start, len, this.oneByOne);
+    else forEachRecord(this.o.ring.log, this.o.ring.append(data, start, len), len, this.inLog);
+  }
+
+  /** One record without its header (tests, benches): copied into the log on its own. */
+  onRecord(data: Buffer, offset: number, len: number): void {
+    if (!wholeEvents(len)) this.malformed++;
+    else this.events(this.o.ring.log, this.o.ring.append(data, offset, len), len);
+  }
+
   /** A ring record holds one trace_event, or several back to back (the datapath writes both
    *  observation points of a pod-to-pod packet as one record: bpf/lib/events.h emit_event_pair). */
-  onRecord(data: Buffer, offset: number, len: number): void {
-    if (len < TRACE_EVENT_SIZE || len % TRACE_EVENT_SIZE !== 0) {
+  private events(data: Buffer, offset: number, len: number): void {
+    if (!wholeEvents(len)) {
       this.malformed++;
       return;
     }
@@ -86,7 +106,7 @@ export class FlowCollector {
     try {
       enrichRaw(data, offset, this.o.context, this.refs, prev, this.memo);
       this.stats.recordRaw(data, offset);
-      this.o.ring.push(data, offset, this.refs, this.o.context.wallOffset);
+      this.o.ring.pushAt(offset, this.refs, this.o.context.wallOffset);
     } catch (err) {
       this.refs.addrHits = false;
       this.malformed++;

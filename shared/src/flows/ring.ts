@@ -1,9 +1,17 @@
-// The bounded in-memory flow ring (--flow-buffer). Ingest copies the event's 96 bytes and keeps
-// references to what was looked up for it (shared records, no new objects), so a busy node does
-// not turn into garbage-collector work; flow records are built only when someone asks (GetFlows,
-// followers). Also counts all flows seen and the recent rate. Pure.
+// The bounded in-memory flow ring (--flow-buffer). Ingest keeps where the event's bytes sit in the
+// ring's log (below) and references to what was looked up for it (shared records, no new objects), so
+// a busy node does not turn into garbage-collector work; flow records are built only when someone asks
+// (GetFlows, followers). Also counts all flows seen and the recent rate. Pure.
+//
+// The log: what the datapath's ring buffer held, copied as it was, records and headers, one copy per
+// drained span (append), into a byte ring of the agent's own; each flow keeps its event's place in it.
+// Copying each 96-byte event into a slot of its own (word by word: Buffer#copy allocates a view per
+// call) was a third of the agent's JavaScript per event (scripts/bench/flow-collector-cross.ts). The
+// log holds at least the last `capacity` flows of records of one or two events (104 bytes per flow at
+// most, header included) with room for one more span; records that are not flows (DNS_CACHED, malformed,
+// discarded) take room too, and a flow whose bytes the log wrote over is no longer held.
 import crypto from 'node:crypto';
-import { decodeTraceEvent, OFF, TRACE_EVENT_SIZE } from './event.ts';
+import { decodeTraceEvent, TRACE_EVENT_SIZE } from './event.ts';
 import { readHostU64Number } from '../net/index.ts';
 import type { FlowRefs, RuleDescription, SideRef } from './enrich.ts';
 import { assemble } from './flow.ts';
@@ -22,16 +30,23 @@ export interface SelectOptions {
   match?: (f: Flow) => boolean;
 }
 
+/** The most append() copies at once. */
+export const MAX_APPEND_BYTES = 64 * 1024;
+/** Log bytes a flow takes at most: a record of one event (header and event); a pair's take 100. */
+const LOG_BYTES_PER_FLOW = 8 + TRACE_EVENT_SIZE;
+
 export class FlowRing {
-  private readonly bytes: Buffer;
-  /** `bytes` as 32-bit words: push() copies an event word by word (Buffer#copy allocates a view per
-   *  call, ~96 bytes of garbage per event on Node 20, which at a node's connection rate kept V8's
-   *  young generation cycling). */
-  private readonly words: Uint32Array;
-  /** The last source buffer seen (the ring buffer reader hands the same mapped one every time) and
-   *  its words. */
-  private srcBuf?: Buffer;
-  private srcWords?: Uint32Array;
+  /** The log (see the top): read it at the offsets append() returns. */
+  readonly log: Buffer;
+  private readonly logSize: number;
+  /** Bytes ever written to the log (a position; `% logSize` is its offset). */
+  private head = 0;
+  /** Position minus offset of the last append's bytes (pushAt's offsets are in it). */
+  private appended = 0;
+  /** Each slot's event's log position (-1: a record of another source). */
+  private readonly at: Float64Array;
+  /** forget()'s start (a sequence number): the flows before it are forgotten or other sources'. */
+  private scanFrom = 0;
   private readonly src: (SideRef | undefined)[];
   private readonly dst: (SideRef | undefined)[];
   private readonly ifName: (string | undefined)[];
@@ -65,8 +80,9 @@ export class FlowRing {
   ) {
     if (!Number.isInteger(capacity) || capacity < 1)
       throw new RangeError(`flow ring capacity must be a positive integer, got ${capacity}`);
-    this.bytes = Buffer.alloc(capacity * TRACE_EVENT_SIZE);
-    this.words = new Uint32Array(this.bytes.buffer, this.bytes.byteOffset, this.bytes.length / 4);
+    this.logSize = capacity * LOG_BYTES_PER_FLOW + MAX_APPEND_BYTES;
+    this.log = Buffer.alloc(this.logSize);
+    this.at = new Float64Array(capacity).fill(-1);
     this.src = new Array(capacity);
     this.dst = new Array(capacity);
     this.ifName = new Array(capacity);
@@ -102,25 +118,42 @@ export class FlowRing {
     this.bucket = this.nowSec % 60;
   }
 
-  /** Stores the record at data[offset..] with its lookups (`refs` may be reused by the caller). */
-  push(data: Buffer, offset: number, refs: FlowRefs, wallOffset: Timestamp): void {
+  /** Copies data[start..start+len) (at most MAX_APPEND_BYTES) into the log and returns its offset
+   *  there; pushAt() stores flows of events in it. What it writes over is no longer held. */
+  append(data: Buffer, start: number, len: number): number {
+    if (len > MAX_APPEND_BYTES) throw new RangeError(`flow ring: ${len} bytes at once, at most ${MAX_APPEND_BYTES}`);
+    let off = this.head % this.logSize;
+    if (off + len > this.logSize) {
+      this.head += this.logSize - off; // the tail is too short: from the start again
+      off = 0;
+    }
+    this.forget(this.head + len - this.logSize);
+    data.copy(this.log, off, start, start + len); // one memcpy (and one view: per span, not per event)
+    this.appended = this.head - off;
+    this.head += (len + 7) & ~7; // spans stay 8-byte aligned, as the kernel's records are
+    return off;
+  }
+
+  /** No longer holds the oldest flows whose bytes sit before log position `before` (about to be
+   *  written over), nor the other sources' records older than them. */
+  private forget(before: number): void {
+    let s = Math.max(this.scanFrom, this.seenCount - this.held);
+    let keepFrom = -1;
+    for (; s < this.seenCount; s++) {
+      const p = this.at[s % this.capacity];
+      if (p < 0) continue; // another source's record: no bytes in the log
+      if (p >= before) break; // this one and every later event are intact
+      keepFrom = s + 1;
+    }
+    this.scanFrom = s;
+    if (keepFrom >= 0) this.held = Math.min(this.held, this.seenCount - keepFrom);
+  }
+
+  /** Stores the flow of the event at log offset `offset`, inside the last append, with its lookups
+   *  (`refs` may be reused by the caller). */
+  pushAt(offset: number, refs: FlowRefs, wallOffset: Timestamp): void {
     const i = this.next;
-    if (((data.byteOffset | offset) & 3) === 0 && offset + TRACE_EVENT_SIZE <= data.length) {
-      if (data !== this.srcBuf) {
-        this.srcBuf = data;
-        this.srcWords = new Uint32Array(data.buffer, data.byteOffset, data.length >>> 2);
-      }
-      const from = this.srcWords!;
-      const o = offset >>> 2;
-      const d = i * (TRACE_EVENT_SIZE / 4);
-      const w = this.words;
-      // Words 10-13 and 14-17 are the addresses; an IPv4 event's are in the first word of each, and
-      // only that word is ever read back (decodeTraceEvent), so the other six are not copied.
-      for (let k = 0; k < 11; k++) w[d + k] = from[o + k];
-      if (data[offset + OFF.FAMILY] === 4) w[d + 14] = from[o + 14];
-      else for (let k = 11; k < 18; k++) w[d + k] = from[o + k];
-      for (let k = 18; k < TRACE_EVENT_SIZE / 4; k++) w[d + k] = from[o + k];
-    } else data.copy(this.bytes, i * TRACE_EVENT_SIZE, offset, offset + TRACE_EVENT_SIZE);
+    this.at[i] = this.appended + offset;
     this.src[i] = refs.src;
     this.dst[i] = refs.dst;
     this.ifName[i] = refs.ifName;
@@ -131,9 +164,15 @@ export class FlowRing {
     this.advance(i);
   }
 
+  /** Stores the event at data[offset..] (copied) with its lookups. */
+  push(data: Buffer, offset: number, refs: FlowRefs, wallOffset: Timestamp): void {
+    this.pushAt(this.append(data, offset, TRACE_EVENT_SIZE), refs, wallOffset);
+  }
+
   /** Stores a record of another source (at `offset` in `source`): `build` makes its flow when someone reads it. */
   pushLazy(source: unknown, offset: number, timeMs: number, build: LazyBuild): void {
     const i = this.next;
+    this.at[i] = -1;
     this.src[i] = this.dst[i] = undefined;
     this.ifName[i] = undefined;
     this.rule[i] = undefined;
@@ -184,7 +223,7 @@ export class FlowRing {
       return f;
     }
     const refs: FlowRefs = { src: this.src[i], dst: this.dst[i], ifName: this.ifName[i], rule: this.rule[i], addrHits: false };
-    const flow = assemble(decodeTraceEvent(this.bytes, i * TRACE_EVENT_SIZE), refs, this.nodeName, {
+    const flow = assemble(decodeTraceEvent(this.log, this.at[i] % this.logSize), refs, this.nodeName, {
       seconds: this.offSec[i],
       nanos: this.offNs[i],
     });
@@ -209,7 +248,7 @@ export class FlowRing {
   /** Wall-clock ms of slot i without building the flow (time windows are checked first). */
   private timeMs(i: number): number {
     if (this.lazy[i] !== undefined) return this.lazyTime[i];
-    const ts = readHostU64Number(this.bytes, i * TRACE_EVENT_SIZE);
+    const ts = readHostU64Number(this.log, this.at[i] % this.logSize);
     return ts ? this.offSec[i] * 1000 + (this.offNs[i] + ts) / 1e6 : Date.now();
   }
 

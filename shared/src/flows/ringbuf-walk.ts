@@ -7,6 +7,7 @@
 //     record that wraps is still contiguous in the view.
 // The header must be read with acquire semantics (the kernel clears BUSY with a release store):
 // Atomics.load gives that and also stops the JIT from caching the value across iterations.
+import { HOST_LITTLE_ENDIAN } from '../net/index.ts';
 
 export const RINGBUF_BUSY_BIT = 0x80000000;
 export const RINGBUF_DISCARD_BIT = 0x40000000;
@@ -30,13 +31,18 @@ export interface WalkResult {
   busy: boolean;
 }
 
-/** Hands every committed record in [consumer, producer) to onRecord, up to `max` of them. */
+/** The bytes a record with this header takes: its header, its data, padding to 8. */
+const recordSpan = (hdr: number): number => ((hdr & 0x3fffffff) + RINGBUF_HDR_SIZE + 7) & ~7; // len without BUSY and DISCARD
+
+/** Hands every committed record in [consumer, producer) to onRecord, up to `max` of them, and
+ *  records of up to `maxBytes` from `consumer` in all (a first record longer than that all the same). */
 export function walkRing(
   ring: RingData,
   consumer: number,
   producer: number,
   max: number,
-  onRecord: (data: Buffer, offset: number, len: number) => void,
+  onRecord?: (data: Buffer, offset: number, len: number) => void,
+  maxBytes = Number.POSITIVE_INFINITY,
 ): WalkResult {
   let pos = consumer;
   let records = 0;
@@ -44,14 +50,34 @@ export function walkRing(
     const off = pos % ring.size; // not `&`: positions outgrow 32 bits, `%` stays exact below 2^53
     const hdr = Atomics.load(ring.words, off >>> 2) >>> 0;
     if (hdr & RINGBUF_BUSY_BIT) return { consumer: pos, records, busy: true };
-    const len = hdr & 0x3fffffff; // without BUSY and DISCARD
+    const span = recordSpan(hdr);
+    if (pos + span - consumer > maxBytes && pos > consumer) break;
     if (!(hdr & RINGBUF_DISCARD_BIT)) {
-      onRecord(ring.data, off + RINGBUF_HDR_SIZE, len);
+      onRecord?.(ring.data, off + RINGBUF_HDR_SIZE, hdr & 0x3fffffff);
       records++;
     }
-    pos += (len + RINGBUF_HDR_SIZE + 7) & ~7;
+    pos += span;
   }
   return { consumer: pos, records, busy: false };
+}
+
+/** Hands every record of a span of committed ones (as walkRing passed over them: headers included)
+ *  at buf[start..start+len) to onRecord, discarded ones skipped: the walk over a copy of a span. The
+ *  headers are host-order words, read bytewise (a copy need not be word-aligned). */
+export function forEachRecord(
+  buf: Buffer,
+  start: number,
+  len: number,
+  onRecord: (data: Buffer, offset: number, len: number) => void,
+): void {
+  const end = start + len;
+  for (let o = start; o + RINGBUF_HDR_SIZE <= end; ) {
+    const hdr = HOST_LITTLE_ENDIAN
+      ? (buf[o] | (buf[o + 1] << 8) | (buf[o + 2] << 16) | (buf[o + 3] << 24)) >>> 0
+      : ((buf[o] << 24) | (buf[o + 1] << 16) | (buf[o + 2] << 8) | buf[o + 3]) >>> 0;
+    if (!(hdr & RINGBUF_DISCARD_BIT)) onRecord(buf, o + RINGBUF_HDR_SIZE, hdr & 0x3fffffff);
+    o += recordSpan(hdr);
+  }
 }
 
 /** A ring as the kernel would lay it out, for tests: write records, get a RingData back. */

@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import koffi from 'koffi';
 import * as bpf from '../bpf/libbpf.ts';
-import { walkRing, type RingData } from './ringbuf-walk.ts';
+import { forEachRecord, walkRing, type RingData } from './ringbuf-walk.ts';
 
 const PROT_READ = 1;
 const PROT_WRITE = 2;
@@ -105,21 +105,36 @@ export class RingBufferReader {
     return Number(Atomics.load(this.producerWord, 0) - Atomics.load(this.consumerWord, 0));
   }
 
-  /** Hands up to `max` committed records to onRecord (a view into the ring: decode, don't keep it),
-   *  then releases their space to the producer. Returns the number of records. */
-  drain(max: number, onRecord: (data: Buffer, offset: number, len: number) => void): number {
+  /** Hands up to `max` committed records to onSpan, as spans of the ring (records with their headers,
+   *  discarded ones included; forEachRecord walks one) of up to `maxBytes` each (a longer single record
+   *  is a span of its own), then releases their space to the producer. A span is a view into the ring:
+   *  copy it, don't keep it. Returns the number of records (discarded ones not counted). */
+  drainSpans(
+    max: number,
+    onSpan: (data: Buffer, start: number, len: number) => void,
+    maxBytes = Number.POSITIVE_INFINITY,
+  ): number {
     if (this.closed) return 0;
     let total = 0;
     for (;;) {
       const consumer = Number(Atomics.load(this.consumerWord, 0));
       const producer = Number(Atomics.load(this.producerWord, 0));
       if (consumer >= producer || total >= max) return total;
-      const r = walkRing(this.ring, consumer, producer, max - total, onRecord);
-      // Release store: the kernel may now reuse the space we walked.
-      if (r.consumer !== consumer) Atomics.store(this.consumerWord, 0, BigInt(r.consumer));
+      const r = walkRing(this.ring, consumer, producer, max - total, undefined, maxBytes);
+      if (r.consumer !== consumer) {
+        // The double mapping keeps a span that wraps contiguous.
+        onSpan(this.ring.data, consumer % this.size, r.consumer - consumer);
+        // Release store: the kernel may now reuse the space we walked.
+        Atomics.store(this.consumerWord, 0, BigInt(r.consumer));
+      }
       total += r.records;
       if (r.busy || r.consumer === consumer) return total;
     }
+  }
+
+  /** drainSpans, record by record (a view into the ring: decode, don't keep it). */
+  drain(max: number, onRecord: (data: Buffer, offset: number, len: number) => void): number {
+    return this.drainSpans(max, (data, start, len) => forEachRecord(data, start, len, onRecord));
   }
 
   close(): void {

@@ -3,11 +3,16 @@
 import path from 'node:path';
 import koffi from 'koffi';
 import { PerCpuCounter, RingBufferReader } from './ringbuf.ts';
+import { RINGBUF_HDR_SIZE } from './ringbuf-walk.ts';
+import { MAX_APPEND_BYTES } from './ring.ts';
+import { writeHostU32 } from '../net/index.ts';
 
-export type RecordSink = (data: Buffer, offset: number, len: number) => void;
+/** Records as the ring holds them: data[start..start+len) is a run of records, each with its 8-byte
+ *  header (ringbuf-walk.ts; forEachRecord walks one). A view: copy it, don't keep it. */
+export type SpanSink = (data: Buffer, start: number, len: number) => void;
 
 export interface EventSource {
-  start(deliver: RecordSink): void;
+  start(deliver: SpanSink): void;
   /** Events the producer could not deliver (ring full, rate limited). For the kernel source: since the
    *  pinned events_lost map was created, so losses while no agent was reading are not hidden. */
   lost(): number;
@@ -49,13 +54,13 @@ export class KernelEventSource implements EventSource {
   private asleep = false;
   private immediate?: NodeJS.Immediate;
   private readonly lostCounter: PerCpuCounter;
-  private deliver?: RecordSink;
+  private deliver?: SpanSink;
 
   constructor(private readonly o: KernelEventSourceOptions) {
     this.lostCounter = new PerCpuCounter(path.join(o.pinDir, 'events_lost'), o.cpus);
   }
 
-  start(deliver: RecordSink): void {
+  start(deliver: SpanSink): void {
     this.deliver = deliver;
     this.reader = RingBufferReader.open(path.join(this.o.pinDir, 'events'));
     try {
@@ -149,7 +154,7 @@ export class KernelEventSource implements EventSource {
     if (!this.reader || !this.deliver || this.immediate) return 0;
     try {
       const batch = this.o.batch ?? 4096;
-      const n = this.reader.drain(batch, this.deliver);
+      const n = this.reader.drainSpans(batch, this.deliver, MAX_APPEND_BYTES); // spans the flow ring copies whole
       if (n >= batch)
         this.immediate = setImmediate(() => {
           this.immediate = undefined;
@@ -179,13 +184,17 @@ export class KernelEventSource implements EventSource {
 
 /** Records pushed by hand (unit tests, the collector's own tests). */
 export class InjectedEventSource implements EventSource {
-  private deliver?: RecordSink;
+  private deliver?: SpanSink;
   lostCount = 0;
-  start(deliver: RecordSink): void {
+  start(deliver: SpanSink): void {
     this.deliver = deliver;
   }
+  /** One record (without its header), framed as the ring would hold it. */
   push(record: Buffer): void {
-    this.deliver?.(record, 0, record.length);
+    const framed = Buffer.alloc(RINGBUF_HDR_SIZE + ((record.length + 7) & ~7));
+    writeHostU32(framed, 0, record.length);
+    record.copy(framed, RINGBUF_HDR_SIZE);
+    this.deliver?.(framed, 0, framed.length);
   }
   lost(): number {
     return this.lostCount;
