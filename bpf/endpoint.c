@@ -198,6 +198,7 @@ int proxy_steer(struct bpf_sk_lookup *ctx)
 /* The tunnel device's programs (overlay mode) and the underlay device's (native routing) share the
  * helpers above. */
 #include "tunnel.c"
+#include "vxlan_rx.c"
 #include "underlay.c"
 
 char LICENSE[] SEC("license") = "GPL";

@@ -2,7 +2,8 @@
 /* The tunnel device's programs (cluster mode, --routing-mode tunnel; the design is in lib/overlay.h).
  * Part of endpoint.o: endpoint.c includes this file last, so both programs share its maps and its
  * delivery helpers (L2 rewrite, TTL, bpf_redirect_peer).
- *   from_tunnel: tc ingress of the collect_md VXLAN device (packets other nodes sent)
+ *   from_tunnel: tc ingress of the collect_md VXLAN device (packets other nodes sent; over an IPv4
+ *                underlay an IPv4 pod's packet is taken on the underlay device first, vxlan_rx.c)
  *   to_tunnel:   tc egress of it (packets the host stack routes into it, and those from_container
  *                redirected there with their key set) */
 

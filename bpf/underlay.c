@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
-/* Native routing's receive path (cluster mode, --routing-mode native; the send path is lib/fib.h).
+/* Native routing's receive path (cluster mode, --routing-mode native; the send path is lib/fib.h). In
+ * tunnel mode the same program is the overlay's receive short-cut instead (vxlan_rx.c).
  * Part of endpoint.o: endpoint.c includes this file after tunnel.c, so it shares the maps and the
  * delivery helpers (TTL, L2 rewrite, bpf_redirect_peer).
  *   from_underlay: tc ingress of the underlay device (the interface holding the node's address)
@@ -62,8 +63,13 @@ int from_underlay(struct __sk_buff *skb)
 	struct pkt p;
 	__u16 reason, proxy = 0;
 
+	if (!cfg)
+		return TC_ACT_OK;
+	/* Tunnel mode: other nodes' VXLAN datagrams for pods here (vxlan_rx.c). */
+	if (cfg->tunnel_ifindex)
+		return vxlan_rx(skb, cfg);
 	/* Left attached by an earlier run in native mode: the stack's, as without it. */
-	if (!cfg || !(cfg->flags & OVERLAY_F_NATIVE) || cfg->tunnel_ifindex)
+	if (!(cfg->flags & OVERLAY_F_NATIVE))
 		return TC_ACT_OK;
 	if (!underlay_dst(skb, &key))
 		return TC_ACT_OK;

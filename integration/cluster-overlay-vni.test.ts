@@ -9,7 +9,8 @@ import { eventually, type TestCluster } from './lib/cluster.ts';
 import { webFromClient } from './lib/cluster-maps.ts';
 import { handshake, probe } from './lib/probe.ts';
 import { sniff, frameInfo } from './lib/raw.ts';
-import { flowsOf, flowsUntil, sendUdp, vxlanPayload } from './lib/vxlan.ts';
+import { flowsOf, flowsUntil, sendUdp, sendUdpNoChecksum, vxlanPayload } from './lib/vxlan.ts';
+import { execFileSync } from 'node:child_process';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { eth, ETH_P, ipv4, PROTO, tcp, TCP_FLAGS, withChecksum } from '../shared/src/bpf/packets.ts';
 
@@ -28,6 +29,16 @@ const metricsDrops = async (n: TestCluster['nodes'][number], reason: string) =>
   (await n.client.request<{ drops: { reason: string; packets: number }[] }>('GET', '/v1/bpf/metrics')).drops.find(
     (d) => d.reason === reason,
   )?.packets ?? 0;
+
+/** Packets the node's tunnel device has received (ip -s link). */
+const tunnelRx = (n: TestCluster['nodes'][number]): number =>
+  (
+    JSON.parse(
+      execFileSync('nsenter', [`--net=${n.netns.path}`, 'ip', '-s', '-j', 'link', 'show', 'membrane_vxlan'], {
+        encoding: 'utf8',
+      }),
+    ) as { stats64: { rx: { packets: number } } }[]
+  )[0].stats64.rx.packets;
 
 t.test(
   'the VNI decides, never the inner source address: forged VXLAN from a node, a host claim, a stranger, a pod',
@@ -61,53 +72,69 @@ t.test(
     const at = (port: number) => (f: { l4?: { TCP?: { sourcePort: number } }; IP?: { destination: string } }) =>
       f.l4?.TCP?.sourcePort === port && f.IP?.destination === web.ip4;
 
-    // 1. VNI of a denied identity, inner source of the allowed one: dropped, with the VNI's identity.
-    const s1 = syn(client.ip4);
-    await sendUdp(n1.netns, n2.ip, 8472, vxlanPayload(other.endpoint.identity, s1.frame));
-    const [f1] = await flowsUntil('n2 reports the forged packet', n2.observerSocket, at(s1.sport));
-    t.equal(f1.verdict, 'DROPPED', `inner source ${client.ip4} (client) under VNI ${other.endpoint.identity} (other): dropped`);
-    t.equal(f1.source?.identity, other.endpoint.identity, "the flow names the VNI's identity, not the inner address's");
+    // Each forged datagram twice: with a UDP checksum (the tunnel device, then from_tunnel) and without
+    // one, as Membrane's nodes send it (taken apart on n2's underlay device by from_underlay, vxlan_rx.c,
+    // which never passes it to the tunnel device).
+    for (const [how, send] of [
+      ['with a UDP checksum', sendUdp],
+      ['without a UDP checksum (the underlay short-cut)', sendUdpNoChecksum],
+    ] as const) {
+      t.comment(how);
+      const tunnelRx0 = tunnelRx(n2);
+      // 1. VNI of a denied identity, inner source of the allowed one: dropped, with the VNI's identity.
+      const s1 = syn(client.ip4);
+      await send(n1.netns, n2.ip, 8472, vxlanPayload(other.endpoint.identity, s1.frame));
+      const [f1] = await flowsUntil('n2 reports the forged packet', n2.observerSocket, at(s1.sport));
+      t.equal(f1.verdict, 'DROPPED', `inner source ${client.ip4} (client) under VNI ${other.endpoint.identity} (other): dropped`);
+      t.equal(f1.source?.identity, other.endpoint.identity, "the flow names the VNI's identity, not the inner address's");
 
-    // 2. VNI of the allowed identity, inner source of the denied one: admitted as the VNI's identity.
-    const cap = await sniff(web.ns, 15);
-    const s2 = syn(other.ip4);
-    await sendUdp(n1.netns, n2.ip, 8472, vxlanPayload(client.endpoint.identity, s2.frame));
-    const [f2] = await flowsUntil('n2 reports the second packet', n2.observerSocket, at(s2.sport));
-    t.not(f2.verdict, 'DROPPED', `inner source ${other.ip4} (other) under VNI ${client.endpoint.identity} (client): admitted`);
-    t.equal(f2.source?.identity, client.endpoint.identity, 'as client, the identity the VNI carries');
-    const synSeen = () =>
-      cap.frames().some((x) => {
-        const i = frameInfo(x.frame);
-        return x.dir === 'in' && i?.src === other.ip4 && i.sport === s2.sport && (i.flags & TCP_FLAGS.SYN) !== 0;
-      });
-    await eventually('the SYN reached web', synSeen, 10_000, 100).catch(() => undefined);
-    await cap.stop();
-    t.ok(synSeen(), "and web's eth0 received the SYN");
+      // 2. VNI of the allowed identity, inner source of the denied one: admitted as the VNI's identity.
+      const cap = await sniff(web.ns, 15);
+      const s2 = syn(other.ip4);
+      await send(n1.netns, n2.ip, 8472, vxlanPayload(client.endpoint.identity, s2.frame));
+      const [f2] = await flowsUntil('n2 reports the second packet', n2.observerSocket, at(s2.sport));
+      t.not(f2.verdict, 'DROPPED', `inner source ${other.ip4} (other) under VNI ${client.endpoint.identity} (client): admitted`);
+      t.equal(f2.source?.identity, client.endpoint.identity, 'as client, the identity the VNI carries');
+      const synSeen = () =>
+        cap.frames().some((x) => {
+          const i = frameInfo(x.frame);
+          return x.dir === 'in' && i?.src === other.ip4 && i.sport === s2.sport && (i.flags & TCP_FLAGS.SYN) !== 0;
+        });
+      await eventually('the SYN reached web', synSeen, 10_000, 100).catch(() => undefined);
+      await cap.stop();
+      t.ok(synSeen(), "and web's eth0 received the SYN");
 
-    // 3. A VNI claiming "host" is another node's host: remote-node, which this policy does not allow.
-    const s3 = syn(client.ip4);
-    await sendUdp(n1.netns, n2.ip, 8472, vxlanPayload(1, s3.frame));
-    const [f3] = await flowsUntil('n2 reports the host claim', n2.observerSocket, at(s3.sport));
-    t.equal(f3.verdict, 'DROPPED', 'VNI 1 (host) from another node: dropped');
-    t.equal(f3.source?.identity, 6, "as remote-node: a tunnel never speaks for this node's host");
-    t.equal(await probe(n2.netns, web.ip4, 8083, 5000), 'ok', "while n2's own host still reaches web");
+      // 3. A VNI claiming "host" is another node's host: remote-node, which this policy does not allow.
+      const s3 = syn(client.ip4);
+      await send(n1.netns, n2.ip, 8472, vxlanPayload(1, s3.frame));
+      const [f3] = await flowsUntil('n2 reports the host claim', n2.observerSocket, at(s3.sport));
+      t.equal(f3.verdict, 'DROPPED', 'VNI 1 (host) from another node: dropped');
+      t.equal(f3.source?.identity, 6, "as remote-node: a tunnel never speaks for this node's host");
+      t.equal(await probe(n2.netns, web.ip4, 8083, 5000), 'ok', "while n2's own host still reaches web");
 
-    // 4. The same datagram from an address that is no node (the control-plane netns): dropped unseen.
-    const before = await metricsDrops(n2, 'UNKNOWN_SENDER');
-    const s4 = syn(client.ip4);
-    for (let i = 0; i < 3; i++) await sendUdp(c.control, n2.ip, 8472, vxlanPayload(client.endpoint.identity, s4.frame));
-    await eventually(
-      'UNKNOWN_SENDER counted on n2',
-      async () => (await metricsDrops(n2, 'UNKNOWN_SENDER')) >= before + 3,
-      10_000,
-      200,
-    );
-    t.equal(
-      await metricsDrops(n2, 'UNKNOWN_SENDER'),
-      before + 3,
-      "a stranger's VXLAN is dropped as UNKNOWN_SENDER, whatever VNI it claims",
-    );
-    t.same(await flowsOf(n2.observerSocket, at(s4.sport)), [], 'and never reaches policy or a pod');
+      // 4. The same datagram from an address that is no node (the control-plane netns): dropped unseen.
+      const before = await metricsDrops(n2, 'UNKNOWN_SENDER');
+      const s4 = syn(client.ip4);
+      for (let i = 0; i < 3; i++) await send(c.control, n2.ip, 8472, vxlanPayload(client.endpoint.identity, s4.frame));
+      await eventually(
+        'UNKNOWN_SENDER counted on n2',
+        async () => (await metricsDrops(n2, 'UNKNOWN_SENDER')) >= before + 3,
+        10_000,
+        200,
+      );
+      t.equal(
+        await metricsDrops(n2, 'UNKNOWN_SENDER'),
+        before + 3,
+        "a stranger's VXLAN is dropped as UNKNOWN_SENDER, whatever VNI it claims",
+      );
+      t.same(await flowsOf(n2.observerSocket, at(s4.sport)), [], 'and never reaches policy or a pod');
+      if (send === sendUdpNoChecksum)
+        t.equal(
+          tunnelRx(n2) - tunnelRx0,
+          3,
+          "n2's tunnel device saw only the stranger's 3 datagrams: from_underlay decided the rest",
+        );
+    }
 
     // 5. A pod crafting VXLAN itself: to another node's tunnel port (the datagram travels through the
     //    tunnel as the pod's own traffic, then meets the device again) and to its own node's. The VXLAN

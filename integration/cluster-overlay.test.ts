@@ -155,3 +155,22 @@ t.test('nodes and remote pods: node -> remote pod and pod -> remote node both wo
   t.equal(await probe(n2.netns, p.ip4, 8090, 5000), 'ok', 'node n2 connects to a pod on n1');
   t.equal(await probe(p.ns, n2.ip, 8091, 5000), 'ok', "the pod on n1 connects to node n2's address");
 });
+
+t.test('IPv4 pod traffic skips the receiving tunnel device: from_underlay takes the datagrams apart', async (t) => {
+  const [n1, n2] = c.nodes;
+  const a = await n1.pod({ app: 'rx-a' });
+  const b = await n2.pod({ app: 'rx-b' });
+  await eventually('a and b known on the other nodes', () => known(a) && known(b), 20_000);
+  const inN2 = (...args: string[]) => execFileSync('nsenter', [`--net=${n2.netns.path}`, ...args], { encoding: 'utf8' });
+  t.match(inN2('tc', 'filter', 'show', 'dev', 'eth0', 'ingress'), /from_underlay/, "from_underlay on n2's underlay device");
+  const rx = () => {
+    const s = JSON.parse(inN2('ip', '-s', '-j', 'link', 'show', 'membrane_vxlan')) as { stats64: { rx: { packets: number } } }[];
+    return s[0].stats64.rx.packets;
+  };
+  const before = rx();
+  t.ok(await ping(a.ns, b.ip4, 5), 'ping IPv4 n1 -> n2');
+  t.equal(rx() - before, 0, "none of the IPv4 pings went through n2's tunnel device");
+  const before6 = rx();
+  t.ok(await ping(a.ns, b.ip6!, 3), 'ping IPv6 n1 -> n2');
+  t.ok(rx() - before6 >= 3, 'IPv6 inside the tunnel still takes the tunnel device (from_tunnel decides)');
+});

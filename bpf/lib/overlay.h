@@ -16,7 +16,8 @@
  * the tunnel device with the tunnel key set (remote = the node's underlay address, VNI = the sending
  * endpoint's identity). Receiving (from_tunnel, tunnel.c): the outer source must be a node of the
  * cluster, the peer identity is the VNI and never the inner source address, the destination
- * endpoint's ingress policy decides, and the packet goes straight into the pod with bpf_redirect_peer.
+ * endpoint's ingress policy decides, and the packet goes straight into the pod with bpf_redirect_peer
+ * (the same decision runs on the underlay device for the plain IPv4 case: vxlan_rx.c).
  * Packets the host stack routes into the tunnel device (the node itself talking to remote pods) get
  * their key in to_tunnel (tunnel.c), with an identity the node vouches for (never read from the packet). */
 #pragma once
@@ -34,8 +35,11 @@
 struct overlay_config {
 	__u32 tunnel_ifindex;   /* 0: no overlay */
 	__u32 flags;            /* OVERLAY_F_* */
-	__u32 underlay_ifindex; /* OVERLAY_F_NATIVE: where pods' packets to other nodes' pods leave */
-	__u32 reserved[5];
+	__u32 underlay_ifindex; /* OVERLAY_F_NATIVE: where pods' packets to other nodes' pods leave; tunnel
+				 * mode: where other nodes' VXLAN datagrams arrive (vxlan_rx.h) */
+	__u32 tunnel_port;      /* tunnel mode: the VXLAN UDP port (host order); 0: no receive short-cut */
+	__u32 node_ipv4;        /* tunnel mode, IPv4 underlay: this node's address (network order) */
+	__u32 reserved[3];
 };
 _Static_assert(sizeof(struct overlay_config) == 32, "overlay_config layout is shared with userspace");
 

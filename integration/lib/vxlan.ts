@@ -33,6 +33,18 @@ export function vxlanPayload(vni: number, inner: Buffer): Buffer {
 const SEND = `const s = require('dgram').createSocket('udp4');
 s.send(Buffer.from(process.argv[1], 'hex'), Number(process.argv[3]), process.argv[2], (e) => { s.close(); process.exit(e ? 1 : 0); });`;
 
+/** The same without a UDP checksum (SO_NO_CHECK), as Membrane's nodes send VXLAN over IPv4: what the
+ *  receiving node's underlay short-cut (bpf/vxlan_rx.c) takes; a checksummed datagram it leaves to the
+ *  tunnel device and from_tunnel. */
+export async function sendUdpNoChecksum(ns: TestNetns, ip: string, port: number, payload: Buffer): Promise<void> {
+  await ns.exec('python3', ['-c', SEND_NO_CHECK, payload.toString('hex'), ip, String(port)]);
+}
+
+const SEND_NO_CHECK = `import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, 11, 1)  # SO_NO_CHECK
+s.sendto(bytes.fromhex(sys.argv[1]), (sys.argv[2], int(sys.argv[3])))`;
+
 /** One UDP datagram from `ns` (its own address as the outer source) to ip:port. */
 export async function sendUdp(ns: TestNetns, ip: string, port: number, payload: Buffer): Promise<void> {
   await ns.exec(process.execPath, ['-e', SEND, payload.toString('hex'), ip, String(port)]);

@@ -104,6 +104,19 @@ t.test('map encodings match bpf/lib/overlay.h', async (t) => {
   t.equal(n.readUInt32LE(4), 2, 'OVERLAY_F_NATIVE');
   t.equal(n.readUInt32LE(8), 7, 'underlay_ifindex');
   t.same(decodeOverlayConfig(n), { tunnelIfindex: 0, underlay: 4, native: { underlayIfindex: 7 } });
+  const rx = encodeOverlayConfig({
+    tunnelIfindex: 9,
+    underlay: 4,
+    rx: { underlayIfindex: 3, port: 8472, nodeIpv4: '198.18.0.12' },
+  });
+  t.equal(rx.readUInt32LE(8), 3, 'underlay_ifindex: where the receive short-cut runs');
+  t.equal(rx.readUInt32LE(12), 8472, 'tunnel_port, host order');
+  t.same([...rx.subarray(16, 20)], [198, 18, 0, 12], 'node_ipv4 in network order');
+  t.same(decodeOverlayConfig(rx), {
+    tunnelIfindex: 9,
+    underlay: 4,
+    rx: { underlayIfindex: 3, port: 8472, nodeIpv4: '198.18.0.12' },
+  });
   t.equal(tunnelOverhead(4), 50, 'pods get the underlay MTU minus 50 over IPv4');
   t.equal(tunnelOverhead(6), 70);
 });

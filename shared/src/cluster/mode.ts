@@ -49,7 +49,7 @@ export interface ClusterRoutingConfig {
   tunnelDevice: string;
   tunnelPort: number;
   /** The interface holding --node-ip: its MTU bounds the pods' (minus the tunnel's overhead). */
-  underlay: { family: Family; device: string; mtu: number };
+  underlay: { family: Family; device: string; mtu: number; address?: string };
 }
 
 export type ClusterStatus = ClusterStatusView;

@@ -40,8 +40,9 @@ export function ensureTunnelDevice(host: Netlink, dp: Datapath, spec: TunnelDevi
   return link.index;
 }
 
-/** Native routing's receive path: from_underlay on the underlay device's tc ingress hands other nodes'
- *  packets for this node's pods straight to them (bpf/underlay.c); everything else passes untouched. */
+/** from_underlay on the underlay device's tc ingress hands other nodes' packets for this node's pods
+ *  straight to them: native routing's receive path (bpf/underlay.c), and in tunnel mode the VXLAN
+ *  receive short-cut (bpf/vxlan_rx.c); everything else passes untouched. */
 export function attachUnderlay(dp: Datapath, ifindex: number): void {
   attachPinned(dp, ifindex, bpf.BPF_TC_INGRESS, PROGRAM_PINS.from_underlay);
 }
@@ -69,13 +70,13 @@ function attachPinned(dp: Datapath, ifindex: number, point: number, pin: string)
   }
 }
 
-/** The MTU of the interface holding the node's underlay address, and that address's family. */
-export function underlayOf(host: Netlink, nodeIp: string): { mtu: number; family: Family; device: string } {
+/** The MTU of the interface holding the node's underlay address, that address's family, and the address. */
+export function underlayOf(host: Netlink, nodeIp: string): { mtu: number; family: Family; device: string; address: string } {
   const family = familyOf(nodeIp);
   if (!family) throw new Error(`--node-ip "${nodeIp}" is not an IP address`);
   const want = normalizeIp(nodeIp);
   const addr = host.addrList({ family }).find((a) => normalizeIp(addressOnly(a.cidr)) === want);
   const link = addr && host.linkByIndex(addr.index);
   if (!link) throw new Error(`--node-ip ${nodeIp} is on no interface of this node: give the address other nodes reach it at`);
-  return { mtu: link.mtu, family, device: link.name };
+  return { mtu: link.mtu, family, device: link.name, address: want };
 }

@@ -20,6 +20,9 @@ export interface OverlayConfig {
   underlay: 4 | 6;
   /** Native routing's send path (OVERLAY_F_NATIVE) out of this device (the node address's interface). */
   native?: { underlayIfindex: number };
+  /** Tunnel mode over an IPv4 underlay: the receive short-cut on the underlay device (bpf/vxlan_rx.c)
+   *  takes datagrams to this address and port arriving there. */
+  rx?: { underlayIfindex: number; port: number; nodeIpv4: string };
 }
 
 /** struct tunnel_endpoint: family, pad[3], node_id (host order), addr[16]. */
@@ -39,16 +42,22 @@ export function encodeOverlayConfig(c: OverlayConfig): Buffer {
   const b = Buffer.alloc(OVERLAY_CONFIG_SIZE);
   writeHostU32(b, 0, c.tunnelIfindex >>> 0);
   writeHostU32(b, 4, (c.underlay === 6 ? OVERLAY_F_UNDERLAY_IPV6 : 0) | (c.native ? OVERLAY_F_NATIVE : 0));
-  writeHostU32(b, 8, (c.native?.underlayIfindex ?? 0) >>> 0);
+  writeHostU32(b, 8, (c.native?.underlayIfindex ?? c.rx?.underlayIfindex ?? 0) >>> 0);
+  if (c.rx) {
+    writeHostU32(b, 12, c.rx.port);
+    ipBytes(c.rx.nodeIpv4).copy(b, 16); // network order, as the datagram carries it
+  }
   return b;
 }
 
 export function decodeOverlayConfig(b: Buffer): OverlayConfig {
   const flags = readHostU32(b, 4);
+  const port = readHostU32(b, 12);
   return {
     tunnelIfindex: readHostU32(b, 0),
     underlay: flags & OVERLAY_F_UNDERLAY_IPV6 ? 6 : 4,
     ...(flags & OVERLAY_F_NATIVE ? { native: { underlayIfindex: readHostU32(b, 8) } } : {}),
+    ...(port ? { rx: { underlayIfindex: readHostU32(b, 8), port, nodeIpv4: formatIp(b.subarray(16, 20)) } } : {}),
   };
 }
 

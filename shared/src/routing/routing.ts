@@ -34,7 +34,8 @@ export interface ClusterRoutingOptions {
   host: Netlink;
   datapath: Datapath;
   self: SelfNode;
-  underlay: { family: Family; device: string; mtu: number };
+  /** address: the node's own (--node-ip); tunnel mode's receive short-cut takes only datagrams to it. */
+  underlay: { family: Family; device: string; mtu: number; address?: string };
   /** Tunnel mode: the device, its UDP port and MTU (underlay MTU minus the VXLAN overhead). */
   tunnel: { device: string; port: number; mtu: number };
   log?: RoutingLog;
@@ -90,19 +91,24 @@ export class ClusterRouting {
     // The device's ifindex (or 0: overlay off) before any entry can send traffic to it.
     // Native: the datapath sends pods' packets to the pod CIDRs in tunnel_map out of the underlay device
     // (bpf/lib/fib.h); without its ifindex (no such link) they take the host stack's forwarding path.
-    const underlayIfindex = o.mode === 'native' ? (o.host.linkByName(o.underlay.device)?.index ?? 0) : 0;
+    // Tunnel mode over IPv4: other nodes' datagrams for this node's pods are taken apart on the underlay
+    // device (bpf/vxlan_rx.c) rather than by the kernel's VXLAN receive path (the tunnel device then
+    // gets only what the short-cut leaves: the node's own traffic, IPv6 inside, anything unusual).
+    const underlayLink = o.host.linkByName(o.underlay.device);
+    const underlayIfindex = underlayLink?.index ?? 0;
+    const rx = o.mode === 'tunnel' && o.underlay.family === 4 && o.underlay.address && underlayIfindex;
     r.maps.setConfig({
       tunnelIfindex: r.tunnelIfindex,
       underlay: o.underlay.family,
       ...(o.mode === 'native' ? { native: { underlayIfindex } } : {}),
+      ...(rx ? { rx: { underlayIfindex, port: o.tunnel.port, nodeIpv4: o.underlay.address! } } : {}),
     });
     r.apply(nodes);
     // Native: other nodes' packets for this node's pods enter them from the underlay device's tc ingress
-    // (bpf/underlay.c) instead of through the stack's forwarding path. Tunnel: none of that.
-    const underlayLink = o.host.linkByName(o.underlay.device);
-    if (underlayLink && o.mode === 'native') attachUnderlay(o.datapath, underlayLink.index);
+    // (bpf/underlay.c) instead of through the stack's forwarding path; tunnel mode: the short-cut above.
+    if (underlayLink && (o.mode === 'native' || rx)) attachUnderlay(o.datapath, underlayLink.index);
     else if (underlayLink && detachUnderlay(underlayLink.index))
-      o.log?.info({ device: o.underlay.device }, 'tunnel mode: removed the native receive program an earlier run left');
+      o.log?.info({ device: o.underlay.device }, 'removed the underlay receive program an earlier run left');
     return r;
   }
 
