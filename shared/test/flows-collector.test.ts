@@ -5,6 +5,7 @@ import t from 'tap';
 import { FlowCollector } from '../src/flows/collector.ts';
 import { Direction, encodeTraceEvent, EventType } from '../src/flows/event.ts';
 import type { FlowContext } from '../src/flows/flow.ts';
+import { EnrichMemo, emptyRefs, enrichRaw } from '../src/flows/enrich.ts';
 import { FlowRing } from '../src/flows/ring.ts';
 import { InjectedEventSource } from '../src/flows/source.ts';
 
@@ -159,3 +160,25 @@ t.test(
     );
   },
 );
+
+t.test('the memo recalls an event at any alignment, and only the same key', async (t) => {
+  const versioned: FlowContext = { ...ctx, version: 0 };
+  const memo = new EnrichMemo();
+  const e = { ...common, endpointId: 3, srcIdentity: 1001, dstIdentity: 1002, direction: Direction.EGRESS };
+  const found = enrichRaw(encodeTraceEvent(e), 0, versioned, emptyRefs(), -1, memo);
+  for (const at of [0, 1, 2, 4]) {
+    const place = (ev: Buffer) => {
+      const b = Buffer.alloc(at + ev.length);
+      ev.copy(b, at);
+      return b;
+    };
+    const out = emptyRefs();
+    t.ok(memo.recall(place(encodeTraceEvent({ ...e, sport: 1 })), at, versioned, out), `at ${at}: ports are no part of the key`);
+    t.same(out, found);
+    t.notOk(
+      memo.recall(place(encodeTraceEvent({ ...e, daddr: '10.0.0.5' })), at, versioned, emptyRefs()),
+      `at ${at}: another address`,
+    );
+    t.notOk(memo.recall(place(encodeTraceEvent({ ...e, ruleId: 7 })), at, versioned, emptyRefs()), `at ${at}: another rule`);
+  }
+});
