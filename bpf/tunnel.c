@@ -5,7 +5,8 @@
  *   from_tunnel: tc ingress of the collect_md VXLAN device (packets other nodes sent; over an IPv4
  *                underlay an IPv4 pod's packet is taken on the underlay device first, vxlan_rx.c)
  *   to_tunnel:   tc egress of it (packets the host stack routes into it, and those from_container
- *                redirected there with their key set) */
+ *                redirected there with their key set: over an IPv4 underlay only IPv6 pod packets,
+ *                since from_container wraps IPv4 ones itself, lib/vxlan_tx.h) */
 
 #ifndef PACKET_HOST
 #define PACKET_HOST 0

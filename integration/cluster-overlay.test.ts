@@ -16,7 +16,7 @@ import { clusterForFile } from './lib/cluster-file.ts';
 import crypto from 'node:crypto';
 import { eventually } from './lib/cluster.ts';
 import { ping } from './lib/netns.ts';
-import { startEchoServer } from './lib/tcp.ts';
+import { nodeIn, startEchoServer } from './lib/tcp.ts';
 import { probe } from './lib/probe.ts';
 import { sniff, frameInfo } from './lib/raw.ts';
 import { vxlanOf } from './lib/vxlan.ts';
@@ -156,21 +156,46 @@ t.test('nodes and remote pods: node -> remote pod and pod -> remote node both wo
   t.equal(await probe(p.ns, n2.ip, 8091, 5000), 'ok', "the pod on n1 connects to node n2's address");
 });
 
-t.test('IPv4 pod traffic skips the receiving tunnel device: from_underlay takes the datagrams apart', async (t) => {
+/** Node script: sends argv[3] random bytes to argv[1]:argv[2] (an echo server) and prints 'ok' once
+ *  the same bytes came back: big writes, so the pods' stack hands the datapath GSO packets. */
+const BULK = `
+const net = require('net'), crypto = require('crypto');
+const out = crypto.randomBytes(Number(process.argv[3]));
+const back = [];
+let n = 0;
+const s = net.connect(Number(process.argv[2]), process.argv[1], () => s.write(out));
+s.on('data', (d) => { back.push(d); n += d.length; if (n >= out.length) { process.stdout.write(Buffer.concat(back).equals(out) ? 'ok' : 'differs'); process.exit(0); } });
+s.on('error', (e) => { process.stdout.write('error ' + e.message); process.exit(1); });
+setTimeout(() => { process.stdout.write('timeout after ' + n); process.exit(2); }, 30000);
+`;
+
+t.test('IPv4 pod traffic skips both tunnel devices: wrapped in from_container, taken apart by from_underlay', async (t) => {
   const [n1, n2] = c.nodes;
   const a = await n1.pod({ app: 'rx-a' });
   const b = await n2.pod({ app: 'rx-b' });
+  await serve(b, 8085);
   await eventually('a and b known on the other nodes', () => known(a) && known(b), 20_000);
-  const inN2 = (...args: string[]) => execFileSync('nsenter', [`--net=${n2.netns.path}`, ...args], { encoding: 'utf8' });
-  t.match(inN2('tc', 'filter', 'show', 'dev', 'eth0', 'ingress'), /from_underlay/, "from_underlay on n2's underlay device");
-  const rx = () => {
-    const s = JSON.parse(inN2('ip', '-s', '-j', 'link', 'show', 'membrane_vxlan')) as { stats64: { rx: { packets: number } } }[];
-    return s[0].stats64.rx.packets;
-  };
-  const before = rx();
+  const inNs = (n: typeof n1, ...args: string[]) =>
+    execFileSync('nsenter', [`--net=${n.netns.path}`, ...args], { encoding: 'utf8' });
+  t.match(inNs(n2, 'tc', 'filter', 'show', 'dev', 'eth0', 'ingress'), /from_underlay/, "from_underlay on n2's underlay device");
+  const stats = (n: typeof n1) =>
+    (
+      JSON.parse(inNs(n, 'ip', '-s', '-j', 'link', 'show', 'membrane_vxlan')) as {
+        stats64: { rx: { packets: number }; tx: { packets: number } };
+      }[]
+    )[0].stats64;
+  const [tx0, rx0] = [stats(n1).tx.packets, stats(n2).rx.packets];
   t.ok(await ping(a.ns, b.ip4, 5), 'ping IPv4 n1 -> n2');
-  t.equal(rx() - before, 0, "none of the IPv4 pings went through n2's tunnel device");
-  const before6 = rx();
+  t.equal(stats(n1).tx.packets - tx0, 0, "none of the IPv4 pings left through n1's tunnel device");
+  t.equal(stats(n2).rx.packets - rx0, 0, "none came in through n2's tunnel device");
+  const [tx6, rx6] = [stats(n1).tx.packets, stats(n2).rx.packets];
   t.ok(await ping(a.ns, b.ip6!, 3), 'ping IPv6 n1 -> n2');
-  t.ok(rx() - before6 >= 3, 'IPv6 inside the tunnel still takes the tunnel device (from_tunnel decides)');
+  t.ok(stats(n1).tx.packets - tx6 >= 3 && stats(n2).rx.packets - rx6 >= 3, 'IPv6 inside still takes both tunnel devices');
+  const bulk = nodeIn(a.ns, BULK, [b.ip4, '8085', String(8 << 20)]);
+  let got = '';
+  bulk.stdout!.on('data', (d: Buffer) => {
+    got += d.toString();
+  });
+  await new Promise((resolve) => bulk.once('exit', resolve));
+  t.equal(got, 'ok', '8 MiB to a pod on n2 and back, byte for byte (GSO packets both ways)');
 });

@@ -14,7 +14,8 @@
  *
  * Sending (from_container, after the sender's egress policy): a destination in tunnel_map is handed to
  * the tunnel device with the tunnel key set (remote = the node's underlay address, VNI = the sending
- * endpoint's identity). Receiving (from_tunnel, tunnel.c): the outer source must be a node of the
+ * endpoint's identity), or over an IPv4 underlay wrapped in that same VXLAN datagram by the program
+ * itself and sent out of the underlay device (vxlan_tx.h). Receiving (from_tunnel, tunnel.c): the outer source must be a node of the
  * cluster, the peer identity is the VNI and never the inner source address, the destination
  * endpoint's ingress policy decides, and the packet goes straight into the pod with bpf_redirect_peer
  * (the same decision runs on the underlay device for the plain IPv4 case: vxlan_rx.c).
@@ -72,6 +73,7 @@ struct {
 } overlay_config SEC(".maps");
 
 #include "fib.h" /* native routing's send path: needs struct tunnel_endpoint */
+#include "vxlan_tx.h" /* tunnel mode's send short-cut */
 
 static __always_inline const struct overlay_config *overlay_cfg(void)
 {
@@ -121,6 +123,7 @@ static __always_inline int to_overlay(struct __sk_buff *skb, const struct pkt *p
 {
 	const struct overlay_config *cfg = overlay_cfg();
 	const struct tunnel_endpoint *te;
+	int r;
 
 	if (!cfg || p->hop_limit <= 1)
 		return TC_ACT_OK;
@@ -131,6 +134,9 @@ static __always_inline int to_overlay(struct __sk_buff *skb, const struct pkt *p
 		return TC_ACT_OK;
 	if (!cfg->tunnel_ifindex)
 		return native_forward(skb, p->family, cfg->underlay_ifindex, te);
+	r = vxlan_tx(skb, p, cfg, te, src->identity);
+	if (r != VXLAN_TX_NOT_TAKEN)
+		return r;
 	if (set_tunnel(skb, te, src->identity) < 0) {
 		count_drop(DROP_NO_TUNNEL_ENDPOINT, p->len);
 		return TC_ACT_SHOT;

@@ -1,0 +1,109 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/* The overlay's send short-cut (tunnel mode, IPv4 underlay): a pod's IPv4 packet for another node's
+ * pod is wrapped in VXLAN here, in from_container, and sent where the node's routing table sends
+ * datagrams to the other node (bpf_fib_lookup: the device, and the next hop's MAC from the neighbour
+ * table, so a routed underlay works as with the tunnel device), instead of being keyed (set_tunnel)
+ * and redirected into the collect_md tunnel device, whose egress runs to_tunnel and whose transmit
+ * path does that route lookup too (vxlan_xmit_one, iptunnel_xmit). The datagram is the one the
+ * tunnel device would have built:
+ * this node's address to the other node's (tunnel_map), UDP to the tunnel port from a source port
+ * picked by the inner flow's hash, no UDP checksum (as Membrane's tunnel device sends over IPv4), DF,
+ * VXLAN flags I, VNI = the sending endpoint's identity, the pod's own Ethernet header inside.
+ * Not taken (the tunnel device's path, as before): IPv6 inside, an IPv6 underlay, no configuration
+ * (an older agent), a packet that would not fit the underlay's MTU once wrapped (the tunnel device
+ * answers with "fragmentation needed"), a next hop whose MAC the node does not know yet (the tunnel
+ * device's path resolves it). As with native routing, the node's netfilter hooks do not see
+ * these datagrams, nor does the tunnel device count them. */
+#pragma once
+/* Included by overlay.h, after struct overlay_config and struct tunnel_endpoint. */
+
+#include <linux/udp.h>
+#include "common.h"
+#include "counters.h"
+#include "parse.h"
+
+#define VXLAN_TX_NOT_TAKEN (-1)
+#define VXLAN_TX_ROOM (sizeof(struct iphdr) + sizeof(struct udphdr) + 8 + ETH_HLEN) /* 50 */
+#ifndef IP_DF
+#define IP_DF 0x4000
+#endif
+
+static __always_inline __u16 ipv4_header_csum(struct iphdr *ip)
+{
+	__u16 *w = (__u16 *)ip;
+	__u32 sum = 0;
+
+#pragma unroll
+	for (int i = 0; i < 10; i++)
+		sum += w[i];
+	sum = (sum & 0xffff) + (sum >> 16);
+	sum = (sum & 0xffff) + (sum >> 16);
+	return ~sum;
+}
+
+/* TC_ACT_REDIRECT (sent), TC_ACT_SHOT (could not be written once the room was made: counted), or
+ * VXLAN_TX_NOT_TAKEN with the packet unchanged. The route is looked up before anything changes. */
+static __always_inline int vxlan_tx(struct __sk_buff *skb, const struct pkt *p, const struct overlay_config *cfg,
+				    const struct tunnel_endpoint *te, __u32 identity)
+{
+	const __u64 flags = BPF_F_ADJ_ROOM_FIXED_GSO | BPF_F_ADJ_ROOM_ENCAP_L3_IPV4 | BPF_F_ADJ_ROOM_ENCAP_L4_UDP |
+			    BPF_F_ADJ_ROOM_ENCAP_L2_ETH | BPF_F_ADJ_ROOM_ENCAP_L2(ETH_HLEN);
+	__u32 len = skb->len, hash, mtu = 0, daddr;
+	void *data, *data_end;
+	struct bpf_fib_lookup fib;
+	struct iphdr *ip;
+	struct udphdr *udp;
+	__be32 *vx;
+
+	if (!cfg->tunnel_port || !cfg->node_ipv4 || !cfg->underlay_ifindex || te->family != MBR_FAMILY_IPV4 ||
+	    p->family != MBR_FAMILY_IPV4 || skb->protocol != bpf_htons(ETH_P_IP) || len - ETH_HLEN + VXLAN_TX_ROOM > 0xffff)
+		return VXLAN_TX_NOT_TAKEN;
+	__builtin_memcpy(&daddr, te->addr, 4);
+	__builtin_memset(&fib, 0, sizeof(fib));
+	fib.family = AF_INET;
+	fib.l4_protocol = IPPROTO_UDP;
+	fib.ipv4_src = cfg->node_ipv4;
+	fib.ipv4_dst = daddr;
+	/* Out of the underlay device (the one holding the node's address) or not at all: with it as the
+	 * output interface, a route whose next hop is elsewhere does not match (multi-homed nodes keep the
+	 * tunnel device's path). */
+	fib.ifindex = cfg->underlay_ifindex;
+	if (bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT) != BPF_FIB_LKUP_RET_SUCCESS)
+		return VXLAN_TX_NOT_TAKEN;
+	if (bpf_check_mtu(skb, fib.ifindex, &mtu, VXLAN_TX_ROOM, 0) != 0)
+		return VXLAN_TX_NOT_TAKEN;
+	hash = bpf_get_hash_recalc(skb);
+	if (bpf_skb_adjust_room(skb, VXLAN_TX_ROOM, BPF_ADJ_ROOM_MAC, flags) < 0)
+		return VXLAN_TX_NOT_TAKEN;
+	if (!linear_headers(skb, ETH_HLEN + VXLAN_TX_ROOM, &data, &data_end)) {
+		count_drop(DROP_NO_TUNNEL_ENDPOINT, len);
+		return TC_ACT_SHOT;
+	}
+	ip = data + ETH_HLEN;
+	udp = (void *)(ip + 1);
+	vx = (void *)(udp + 1);
+	/* The pod's frame keeps its own Ethernet header inside; the outer one goes to the next hop. */
+	__builtin_memcpy((void *)(vx + 2), data, ETH_HLEN);
+	__builtin_memcpy(data, fib.dmac, ETH_ALEN);
+	__builtin_memcpy(data + ETH_ALEN, fib.smac, ETH_ALEN);
+	((struct ethhdr *)data)->h_proto = bpf_htons(ETH_P_IP);
+	ip->version = 4;
+	ip->ihl = 5;
+	ip->tos = 0;
+	ip->tot_len = bpf_htons(len - ETH_HLEN + VXLAN_TX_ROOM);
+	ip->id = 0;
+	ip->frag_off = bpf_htons(IP_DF);
+	ip->ttl = 64;
+	ip->protocol = IPPROTO_UDP;
+	ip->check = 0;
+	ip->saddr = cfg->node_ipv4;
+	ip->daddr = daddr;
+	ip->check = ipv4_header_csum(ip);
+	udp->source = bpf_htons(49152 + (hash % 16384)); /* the inner flow's: ECMP and RSS spread flows */
+	udp->dest = bpf_htons(cfg->tunnel_port);
+	udp->len = bpf_htons(len - ETH_HLEN + VXLAN_TX_ROOM - sizeof(*ip));
+	udp->check = 0;
+	vx[0] = bpf_htonl(0x08000000); /* I: the VNI is valid */
+	vx[1] = bpf_htonl(identity << 8);
+	return bpf_redirect(fib.ifindex, 0);
+}
