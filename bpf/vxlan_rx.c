@@ -58,11 +58,18 @@ static __always_inline int vxlan_rx(struct __sk_buff *skb, const struct overlay_
 	struct endpoint_config *ep;
 	struct ip_key key;
 	struct pkt p;
-	__u32 identity, len = skb->len;
+	__u32 identity, len = skb->len, zero = 0;
 	__u16 reason, proxy = 0;
+
+	const struct proxy_config *l7 = bpf_map_lookup_elem(&proxy_config, &zero);
 
 	if (!cfg->tunnel_port || !cfg->node_ipv4 || skb->ifindex != cfg->underlay_ifindex || skb->protocol != bpf_htons(ETH_P_IP) ||
 	    skb->gso_size)
+		return TC_ACT_OK;
+	/* A node whose L7 proxy is set up keeps the tunnel device's path: a flow handed to the proxy goes
+	 * up the stack from the device it arrived on, and the reverse route of a remote pod's address is
+	 * the tunnel device (a strict rp_filter drops it from the underlay device). */
+	if (l7 && l7->host_ifindex)
 		return TC_ACT_OK;
 	if (!linear_headers(skb, ETH_HLEN + VXLAN_RX_STRIP + sizeof(struct iphdr), &data, &data_end))
 		return TC_ACT_OK;
