@@ -13,11 +13,39 @@ export interface BpfTotals {
   ns: number;
 }
 
-/** Turns the kernel's per-program statistics on; the returned function puts the old value back. */
+/** One file per bench process that wants the statistics on (named by its pid). */
+const USERS = '/run/membrane-bench-bpf-stats';
+
+const alive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+};
+
+/** Turns the kernel's per-program statistics on; the returned function turns them off again once no
+ *  other live bench process still wants them. Saving and restoring the old value, as this did, leaves
+ *  the sysctl at 1 after overlapping runs (the second saves the first's 1) or a killed one (found so
+ *  on 2026-12-05 with no bench running), and with it every
+ *  later benchmark paid the statistics' two sched_clock() reads per program run (kvm-clock in this
+ *  VM: ~1.1 µs per cross-node connection, `PERF=` of cross-node-prog-ab, pvclock_clocksource_read_nowd)
+ *  in Membrane's cells and not in the plain peers'. */
 export function enableBpfStats(): () => void {
-  const old = fs.readFileSync(SYSCTL, 'utf8').trim();
+  fs.mkdirSync(USERS, { recursive: true });
+  const mine = `${USERS}/${process.pid}`;
+  fs.writeFileSync(mine, '');
   fs.writeFileSync(SYSCTL, '1');
-  return () => fs.writeFileSync(SYSCTL, old);
+  return () => {
+    fs.rmSync(mine, { force: true });
+    let others = 0;
+    for (const f of fs.readdirSync(USERS)) {
+      if (alive(Number(f))) others++;
+      else fs.rmSync(`${USERS}/${f}`, { force: true }); /* a run that died before turning them off */
+    }
+    if (!others) fs.writeFileSync(SYSCTL, '0');
+  };
 }
 
 /** Ids of the tc programs attached to any link of these netns (each program once). */
