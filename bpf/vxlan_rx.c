@@ -64,7 +64,7 @@ static __always_inline int vxlan_rx(struct __sk_buff *skb, const struct overlay_
 	const struct proxy_config *l7 = bpf_map_lookup_elem(&proxy_config, &zero);
 
 	if (!cfg->tunnel_port || !cfg->node_ipv4 || skb->ifindex != cfg->underlay_ifindex || skb->protocol != bpf_htons(ETH_P_IP) ||
-	    skb->gso_size)
+	    skb->gso_size || skb->pkt_type != PACKET_HOST) /* a frame for another MAC: ip_rcv drops it */
 		return TC_ACT_OK;
 	/* A node whose L7 proxy is set up keeps the tunnel device's path: a flow handed to the proxy goes
 	 * up the stack from the device it arrived on, and the reverse route of a remote pod's address is

@@ -1,18 +1,19 @@
 // The VNI decides, never the inner source address (see cluster-overlay.test.ts): hand-made VXLAN
 // datagrams with a forged inner source address get the VNI's identity on the receiving node; a VNI
 // claiming "host" is remote-node; an outer source that is no node of the cluster is dropped
-// (UNKNOWN_SENDER), a pod crafting VXLAN included.
+// (UNKNOWN_SENDER), a pod crafting VXLAN included; a datagram on the wire to another MAC than the
+// node's is not taken.
 import t from 'tap';
 import { clusterForFile } from './lib/cluster-file.ts';
 import crypto from 'node:crypto';
 import { eventually, type TestCluster } from './lib/cluster.ts';
 import { webFromClient } from './lib/cluster-maps.ts';
 import { handshake, probe } from './lib/probe.ts';
-import { sniff, frameInfo } from './lib/raw.ts';
+import { sniff, frameInfo, sendFrames } from './lib/raw.ts';
 import { flowsOf, flowsUntil, sendUdp, sendUdpNoChecksum, vxlanPayload } from './lib/vxlan.ts';
 import { execFileSync } from 'node:child_process';
 import { PolicyClient } from '../shared/src/policy/client.ts';
-import { eth, ETH_P, ipv4, PROTO, tcp, TCP_FLAGS, withChecksum } from '../shared/src/bpf/packets.ts';
+import { eth, ETH_P, ipv4, PROTO, tcp, TCP_FLAGS, udp, withChecksum } from '../shared/src/bpf/packets.ts';
 
 if (process.getuid?.() !== 0) {
   t.plan(0, 'needs root');
@@ -168,3 +169,44 @@ t.test(
     await new PolicyClient(n1.client).delete(['web-vni']);
   },
 );
+
+t.test("a VXLAN frame sent to another MAC than the node's is not its to take (the stack drops it too)", async (t) => {
+  const [n1, n2] = c.nodes;
+  const web = await n2.pod({ app: 'web-mac' });
+  const client = await n1.pod({ app: 'client-mac' });
+  await serve(web, 8086);
+  await eventually('pods known', () => known(web) && known(client), 20_000);
+  const macOf = (n: typeof n1) =>
+    (
+      JSON.parse(
+        execFileSync('nsenter', [`--net=${n.netns.path}`, 'ip', '-j', 'link', 'show', 'eth0'], { encoding: 'utf8' }),
+      ) as {
+        address: string;
+      }[]
+    )[0].address;
+  let sport = 40000 + crypto.randomInt(0, 20000);
+  // n1's own VXLAN datagram (outer n1 -> n2, no UDP checksum, VNI = client's identity), on the wire
+  // to `dmac`: the same bytes as the short-cut takes, but for a MAC that is or is not n2's.
+  const datagram = (dmac: string) => {
+    const l4 = withChecksum(4, client.ip4, web.ip4, PROTO.TCP, tcp(++sport, 8086, TCP_FLAGS.SYN, crypto.randomInt(1, 2 ** 31)));
+    const inner = eth(
+      '02:00:00:00:00:01',
+      '02:00:00:00:00:02',
+      ETH_P.IPV4,
+      ipv4({ src: client.ip4, dst: web.ip4, proto: PROTO.TCP }, l4),
+    );
+    const outer = ipv4(
+      { src: n1.ip, dst: n2.ip, proto: PROTO.UDP },
+      udp(50000, 8472, vxlanPayload(client.endpoint.identity, inner)),
+    );
+    return { sport, frame: eth(dmac, macOf(n1), ETH_P.IPV4, outer) };
+  };
+  const at = (port: number) => (f: { l4?: { TCP?: { sourcePort: number } } }) => f.l4?.TCP?.sourcePort === port;
+  const foreign = datagram('02:00:5e:7f:ee:02');
+  const own = datagram(macOf(n2));
+  // The underlay is a bridge: a frame for a MAC it has not learnt reaches every port, n2's included.
+  await sendFrames(n1.netns, [foreign.frame, own.frame]);
+  await flowsUntil('n2 reports the datagram sent to its own MAC', n2.observerSocket, at(own.sport));
+  t.pass("the datagram to n2's MAC reached policy on n2");
+  t.same(await flowsOf(n2.observerSocket, at(foreign.sport)), [], 'the one sent to a foreign MAC, just before it, did not');
+});

@@ -199,3 +199,20 @@ t.test('IPv4 pod traffic skips both tunnel devices: wrapped in from_container, t
   await new Promise((resolve) => bulk.once('exit', resolve));
   t.equal(got, 'ok', '8 MiB to a pod on n2 and back, byte for byte (GSO packets both ways)');
 });
+
+t.test("a stale neighbour entry for the other node is re-confirmed: n1's entry for n2 names a MAC nobody has", async (t) => {
+  const [n1, n2] = c.nodes;
+  const a = await n1.pod({ app: 'neigh-a' });
+  const b = await n2.pod({ app: 'neigh-b' });
+  await eventually('a and b known on the other nodes', () => known(a) && known(b), 20_000);
+  const inNs = (n: typeof n1, ...args: string[]) =>
+    execFileSync('nsenter', [`--net=${n.netns.path}`, ...args], { encoding: 'utf8' });
+  t.ok(await ping(a.ns, b.ip4, 2), 'ping IPv4 n1 -> n2');
+  // As if n2's MAC changed (a replaced NIC or machine) while n1's entry aged to STALE: the stack
+  // re-confirms a STALE entry it uses (DELAY, then unicast probes, then a broadcast request), and n2
+  // takes no frame sent to a MAC that is not its own.
+  inNs(n1, 'sysctl', '-qw', 'net.ipv4.neigh.eth0.delay_first_probe_time=1');
+  inNs(n1, 'ip', 'neigh', 'replace', n2.ip, 'lladdr', '02:00:5e:7f:ee:01', 'dev', 'eth0', 'nud', 'stale');
+  await eventually('the pod on n1 reaches the pod on n2 again', () => ping(a.ns, b.ip4, 1), 30_000);
+  t.notMatch(inNs(n1, 'ip', 'neigh', 'show', n2.ip, 'dev', 'eth0'), /02:00:5e:7f:ee:01/, "n1 learnt n2's real MAC");
+});

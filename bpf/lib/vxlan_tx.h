@@ -1,14 +1,14 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /* The overlay's send short-cut (tunnel mode, IPv4 underlay): a pod's IPv4 packet for another node's
  * pod is wrapped in VXLAN here, in from_container, and sent where the node's routing table sends
- * datagrams to the other node (bpf_fib_lookup: the device, and the next hop's MAC from the neighbour
- * table, so a routed underlay works as with the tunnel device), instead of being keyed (set_tunnel)
- * and redirected into the collect_md tunnel device, whose egress runs to_tunnel and whose transmit
- * path does that route lookup too (vxlan_xmit_one, iptunnel_xmit). The datagram is the one the
- * tunnel device would have built:
- * this node's address to the other node's (tunnel_map), UDP to the tunnel port from a source port
- * picked by the inner flow's hash, no UDP checksum (as Membrane's tunnel device sends over IPv4), DF,
- * VXLAN flags I, VNI = the sending endpoint's identity, the pod's own Ethernet header inside.
+ * datagrams to the other node (bpf_fib_lookup: the device and the next hop, so a routed underlay works
+ * as with the tunnel device; bpf_redirect_neigh to that hop, so its neighbour entry is re-confirmed
+ * as the stack would), instead of being keyed (set_tunnel) and redirected into the collect_md tunnel
+ * device, whose egress runs to_tunnel and whose transmit path does that route lookup too
+ * (vxlan_xmit_one, iptunnel_xmit). The datagram is the one the tunnel device would have built: this
+ * node's address to the other node's (tunnel_map), UDP to the tunnel port from a source port picked by
+ * the inner flow's hash, no UDP checksum (as Membrane's tunnel device sends over IPv4), DF, VXLAN
+ * flags I, VNI = the sending endpoint's identity, the pod's own Ethernet header inside.
  * Not taken (the tunnel device's path, as before): IPv6 inside, an IPv6 underlay, no configuration
  * (an older agent), a packet that would not fit the underlay's MTU once wrapped (the tunnel device
  * answers with "fragmentation needed"), a next hop whose MAC the node does not know yet (the tunnel
@@ -51,6 +51,7 @@ static __always_inline int vxlan_tx(struct __sk_buff *skb, const struct pkt *p, 
 	__u32 len = skb->len, hash, mtu = 0, daddr;
 	void *data, *data_end;
 	struct bpf_fib_lookup fib;
+	struct bpf_redir_neigh nh;
 	struct iphdr *ip;
 	struct udphdr *udp;
 	__be32 *vx;
@@ -82,7 +83,8 @@ static __always_inline int vxlan_tx(struct __sk_buff *skb, const struct pkt *p, 
 	ip = data + ETH_HLEN;
 	udp = (void *)(ip + 1);
 	vx = (void *)(udp + 1);
-	/* The pod's frame keeps its own Ethernet header inside; the outer one goes to the next hop. */
+	/* The pod's frame keeps its own Ethernet header inside. The outer one: the lookup's MACs (a unicast
+	 * header for bpf_redirect_neigh, which writes the neighbour's own over them). */
 	__builtin_memcpy((void *)(vx + 2), data, ETH_HLEN);
 	__builtin_memcpy(data, fib.dmac, ETH_ALEN);
 	__builtin_memcpy(data + ETH_ALEN, fib.smac, ETH_ALEN);
@@ -105,5 +107,11 @@ static __always_inline int vxlan_tx(struct __sk_buff *skb, const struct pkt *p, 
 	udp->check = 0;
 	vx[0] = bpf_htonl(0x08000000); /* I: the VNI is valid */
 	vx[1] = bpf_htonl(identity << 8);
-	return bpf_redirect(fib.ifindex, 0);
+	/* Through the neighbour layer, not bpf_redirect with the lookup's MACs: a STALE entry (valid for
+	 * bpf_fib_lookup) is then re-confirmed (DELAY, PROBE) as the tunnel device's path would, instead
+	 * of being used as it is forever once the next hop's MAC changed. */
+	__builtin_memset(&nh, 0, sizeof(nh));
+	nh.nh_family = AF_INET;
+	nh.ipv4_nh = fib.ipv4_dst; /* the lookup's next hop: the gateway, or the other node on the link */
+	return bpf_redirect_neigh(fib.ifindex, &nh, sizeof(nh), 0);
 }
