@@ -15,11 +15,14 @@
  *  - the destination pod's ingress enforcement (enforce_peer with the VNI as the peer), then
  *    bpf_redirect_peer.
  * Only the plain case is taken: an unfragmented IPv4 datagram to this node's address and tunnel port
- * with no UDP checksum (Membrane's senders send none over IPv4), VXLAN flags exactly I, lengths that
- * match, not GSO, an inner IPv4 packet for a local pod that does not expire here. Everything else
- * (the node's own traffic, IPv6 inside, a checksummed or odd datagram, a sender that is no node)
- * passes untouched to the stack, the VXLAN device and from_tunnel, which decide as before, drops
- * included. As with native routing's from_underlay, the node's netfilter hooks do not see the
+ * with no UDP checksum (Membrane's senders send none over IPv4), a valid outer header checksum (ip_rcv
+ * drops a bad one), VXLAN flags exactly I, lengths that match, not GSO, an inner IPv4 packet for a
+ * local pod that does not expire here, and not an outer CE mark on a Not-ECT inner packet (vxlan_rcv
+ * drops that one). ECN as vxlan_rcv (RFC 6040, INET_ECN_decapsulate): an outer CE becomes the inner
+ * packet's CE when it is ECT, so congestion marked on the underlay reaches the receiving socket.
+ * Everything else (the node's own traffic, IPv6 inside, a checksummed or odd datagram, a sender
+ * that is no node) passes untouched to the stack, the VXLAN device and from_tunnel, which decide as
+ * before, drops included. As with native routing's from_underlay, the node's netfilter hooks do not see the
  * datagrams taken here (Membrane installs nothing there), nor does the tunnel device count them. */
 
 #define VXLAN_F_I 0x08000000U /* the VNI is valid (RFC 7348); no other flag is taken here */
@@ -60,6 +63,7 @@ static __always_inline int vxlan_rx(struct __sk_buff *skb, const struct overlay_
 	struct pkt p;
 	__u32 identity, len = skb->len, zero = 0;
 	__u16 reason, proxy = 0;
+	bool ce;
 
 	const struct proxy_config *l7 = bpf_map_lookup_elem(&proxy_config, &zero);
 
@@ -81,13 +85,16 @@ static __always_inline int vxlan_rx(struct __sk_buff *skb, const struct overlay_
 	if ((void *)(inner + 1) > data_end)
 		return TC_ACT_OK;
 	if (ip->version != 4 || ip->ihl != 5 || ip->protocol != IPPROTO_UDP || (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) ||
-	    ip->daddr != cfg->node_ipv4 || bpf_ntohs(ip->tot_len) != len - ETH_HLEN)
+	    ip->daddr != cfg->node_ipv4 || bpf_ntohs(ip->tot_len) != len - ETH_HLEN || ipv4_header_csum(ip))
 		return TC_ACT_OK;
 	if (udp->dest != bpf_htons(cfg->tunnel_port) || udp->check || bpf_ntohs(udp->len) != len - ETH_HLEN - sizeof(*ip))
 		return TC_ACT_OK;
 	if (vx[0] != bpf_htonl(VXLAN_F_I) || (vx[1] & bpf_htonl(0xff)) || ieth->h_proto != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
 	if (inner->version != 4 || inner->ttl <= 1)
+		return TC_ACT_OK;
+	ce = (ip->tos & INET_ECN_MASK) == INET_ECN_CE;
+	if (ce && !(inner->tos & INET_ECN_MASK))
 		return TC_ACT_OK;
 	__builtin_memset(&key, 0, sizeof(key));
 	key.family = MBR_FAMILY_IPV4;
@@ -102,6 +109,16 @@ static __always_inline int vxlan_rx(struct __sk_buff *skb, const struct overlay_
 	if (!ep)
 		return TC_ACT_OK;
 	/* From here on the datagram is the pod's packet: what from_tunnel would drop is dropped here. */
+	if (ce && (inner->tos & INET_ECN_MASK) != INET_ECN_CE) {
+		__u16 old = *(__u16 *)inner, new;
+
+		inner->tos |= INET_ECN_CE;
+		new = *(__u16 *)inner;
+		if (bpf_l3_csum_replace(skb, ETH_HLEN + VXLAN_RX_STRIP + offsetof(struct iphdr, check), old, new, 2) < 0) {
+			count_drop(DROP_INVALID_PACKET, len);
+			return TC_ACT_SHOT;
+		}
+	}
 	if (bpf_skb_adjust_room(skb, -(__s32)VXLAN_RX_STRIP, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4) < 0)
 		return TC_ACT_OK;
 	if (parse_packet(skb, &p) != PARSE_IP)

@@ -2,7 +2,7 @@
 // datagrams with a forged inner source address get the VNI's identity on the receiving node; a VNI
 // claiming "host" is remote-node; an outer source that is no node of the cluster is dropped
 // (UNKNOWN_SENDER), a pod crafting VXLAN included; a datagram on the wire to another MAC than the
-// node's is not taken.
+// node's is not taken; ECN crosses both short-cuts as it crosses the tunnel device (RFC 6040).
 import t from 'tap';
 import { clusterForFile } from './lib/cluster-file.ts';
 import crypto from 'node:crypto';
@@ -10,10 +10,10 @@ import { eventually, type TestCluster } from './lib/cluster.ts';
 import { webFromClient } from './lib/cluster-maps.ts';
 import { handshake, probe } from './lib/probe.ts';
 import { sniff, frameInfo, sendFrames } from './lib/raw.ts';
-import { flowsOf, flowsUntil, sendUdp, sendUdpNoChecksum, vxlanPayload } from './lib/vxlan.ts';
+import { flowsOf, flowsUntil, sendUdp, sendUdpNoChecksum, vxlanOf, vxlanPayload } from './lib/vxlan.ts';
 import { execFileSync } from 'node:child_process';
 import { PolicyClient } from '../shared/src/policy/client.ts';
-import { eth, ETH_P, ipv4, PROTO, tcp, TCP_FLAGS, udp, withChecksum } from '../shared/src/bpf/packets.ts';
+import { eth, ETH_P, ipv4, ipv4Checksum, PROTO, tcp, TCP_FLAGS, udp, withChecksum } from '../shared/src/bpf/packets.ts';
 
 if (process.getuid?.() !== 0) {
   t.plan(0, 'needs root');
@@ -170,20 +170,19 @@ t.test(
   },
 );
 
+const macOf = (n: TestCluster['nodes'][number]) =>
+  (
+    JSON.parse(execFileSync('nsenter', [`--net=${n.netns.path}`, 'ip', '-j', 'link', 'show', 'eth0'], { encoding: 'utf8' })) as {
+      address: string;
+    }[]
+  )[0].address;
+
 t.test("a VXLAN frame sent to another MAC than the node's is not its to take (the stack drops it too)", async (t) => {
   const [n1, n2] = c.nodes;
   const web = await n2.pod({ app: 'web-mac' });
   const client = await n1.pod({ app: 'client-mac' });
   await serve(web, 8086);
   await eventually('pods known', () => known(web) && known(client), 20_000);
-  const macOf = (n: typeof n1) =>
-    (
-      JSON.parse(
-        execFileSync('nsenter', [`--net=${n.netns.path}`, 'ip', '-j', 'link', 'show', 'eth0'], { encoding: 'utf8' }),
-      ) as {
-        address: string;
-      }[]
-    )[0].address;
   let sport = 40000 + crypto.randomInt(0, 20000);
   // n1's own VXLAN datagram (outer n1 -> n2, no UDP checksum, VNI = client's identity), on the wire
   // to `dmac`: the same bytes as the short-cut takes, but for a MAC that is or is not n2's.
@@ -209,4 +208,81 @@ t.test("a VXLAN frame sent to another MAC than the node's is not its to take (th
   await flowsUntil('n2 reports the datagram sent to its own MAC', n2.observerSocket, at(own.sport));
   t.pass("the datagram to n2's MAC reached policy on n2");
   t.same(await flowsOf(n2.observerSocket, at(foreign.sport)), [], 'the one sent to a foreign MAC, just before it, did not');
+});
+
+const SEND_TOS = `import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, int(sys.argv[3]))
+s.sendto(b'ecn', (sys.argv[1], int(sys.argv[2])))`;
+
+/** An IPv4 packet (header first) with its TOS byte replaced and the header checksum redone (or broken). */
+const withTos = (packet: Buffer, tos: number, badChecksum = false): Buffer => {
+  const b = Buffer.from(packet);
+  b[1] = tos;
+  b.writeUInt16BE(0, 10);
+  b.writeUInt16BE(ipv4Checksum(b.subarray(0, 20)) ^ (badChecksum ? 0x0101 : 0), 10);
+  return b;
+};
+
+t.test('ECN crosses the short-cuts as the tunnel device carries it (RFC 6040); a bad outer checksum is not taken', async (t) => {
+  const [n1, n2] = c.nodes;
+  const web = await n2.pod({ app: 'web-ecn' });
+  const client = await n1.pod({ app: 'client-ecn' });
+  await eventually('pods known', () => known(web) && known(client), 20_000);
+
+  // Send (vxlan_tx.h): the outer TOS's ECN field follows the inner packet's, CE leaving as ECT(0).
+  const port = 20000 + crypto.randomInt(0, 20000);
+  const cap = await sniff(c.underlay, 20, 'n1'); // n1's port on the underlay bridge
+  for (const tos of [0, 1, 2, 3]) await client.ns.exec('python3', ['-c', SEND_TOS, web.ip4, String(port + tos), String(tos)]);
+  const outerEcn = (tos: number) =>
+    cap
+      .frames()
+      .filter((x) => {
+        const v = vxlanOf(x.frame);
+        return v?.inner?.src === client.ip4 && v.inner.dport === port + tos;
+      })
+      .map((x) => x.frame[15] & 3);
+  const all = () => [0, 1, 2, 3].every((tos) => outerEcn(tos).length > 0);
+  await eventually('the four datagrams on the underlay', all, 10_000, 100).catch(() => undefined);
+  await cap.stop();
+  t.same(
+    [0, 1, 2, 3].map(outerEcn),
+    [[0], [1], [2], [2]],
+    'outer ECN of Not-ECT, ECT(1), ECT(0), CE inner packets: Not-ECT, ECT(1), ECT(0), ECT(0)',
+  );
+
+  // Receive (vxlan_rx.c): n1's datagrams (no UDP checksum, as the short-cut takes them) with an outer CE.
+  const datagram = (dport: number, innerTos: number, outerTos: number, badChecksum = false) => {
+    const inner = withTos(
+      ipv4({ src: client.ip4, dst: web.ip4, proto: PROTO.UDP }, udp(40000, dport, Buffer.from('ecn'))),
+      innerTos,
+    );
+    const frame = eth('02:00:00:00:00:01', '02:00:00:00:00:02', ETH_P.IPV4, inner);
+    const outer = ipv4(
+      { src: n1.ip, dst: n2.ip, proto: PROTO.UDP },
+      udp(50000, 8472, vxlanPayload(client.endpoint.identity, frame)),
+    );
+    return eth(macOf(n2), macOf(n1), ETH_P.IPV4, withTos(outer, outerTos, badChecksum));
+  };
+  const inPod = await sniff(web.ns, 20);
+  const arrived = (dport: number) =>
+    inPod
+      .frames()
+      .filter((x) => x.dir === 'in' && frameInfo(x.frame)?.src === client.ip4 && frameInfo(x.frame)?.dport === dport)
+      .map((x) => x.frame[15] & 3);
+  // Not-ECT inside an outer CE (vxlan_rcv drops it), a datagram with a broken outer header checksum
+  // (vxlan_rx leaves it to ip_rcv, which drops it; here the underlay bridge's br_netfilter, which
+  // validates IPv4 headers, may drop it first), then ECT(0) and ECT(1) inside an outer CE: both
+  // arrive as CE.
+  await sendFrames(n1.netns, [
+    datagram(port + 1, 0, 3),
+    datagram(port + 2, 2, 0, true),
+    datagram(port, 2, 3),
+    datagram(port, 1, 3),
+  ]);
+  await eventually('two datagrams reached web', () => arrived(port).length >= 2, 10_000, 100).catch(() => undefined);
+  await inPod.stop();
+  t.same(arrived(port), [3, 3], 'ECT(0) and ECT(1) inside an outer CE: web received both as CE (its header checksum redone)');
+  t.same(arrived(port + 1), [], 'Not-ECT inside an outer CE: dropped, sent before them');
+  t.same(arrived(port + 2), [], 'a broken outer header checksum: dropped, sent before them');
 });

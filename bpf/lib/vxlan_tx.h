@@ -8,7 +8,10 @@
  * (vxlan_xmit_one, iptunnel_xmit). The datagram is the one the tunnel device would have built: this
  * node's address to the other node's (tunnel_map), UDP to the tunnel port from a source port picked by
  * the inner flow's hash, no UDP checksum (as Membrane's tunnel device sends over IPv4), DF, VXLAN
- * flags I, VNI = the sending endpoint's identity, the pod's own Ethernet header inside.
+ * flags I, VNI = the sending endpoint's identity, the pod's own Ethernet header inside. The outer
+ * TOS carries the inner packet's ECN field as the tunnel device's does (RFC 6040, INET_ECN_encapsulate:
+ * ECT stays ECT, CE becomes ECT(0), so a router on the underlay can mark congestion and vxlan_rx.c
+ * or vxlan_rcv carries its CE mark into the pod's packet).
  * Not taken (the tunnel device's path, as before): IPv6 inside, an IPv6 underlay, no configuration
  * (an older agent), a packet that would not fit the underlay's MTU once wrapped (the tunnel device
  * answers with "fragmentation needed"), a next hop whose MAC the node does not know yet (the tunnel
@@ -24,6 +27,9 @@
 
 #define VXLAN_TX_NOT_TAKEN (-1)
 #define VXLAN_TX_ROOM (sizeof(struct iphdr) + sizeof(struct udphdr) + 8 + ETH_HLEN) /* 50 */
+#define INET_ECN_MASK 3
+#define INET_ECN_ECT_0 2
+#define INET_ECN_CE 3
 #ifndef IP_DF
 #define IP_DF 0x4000
 #endif
@@ -55,6 +61,7 @@ static __always_inline int vxlan_tx(struct __sk_buff *skb, const struct pkt *p, 
 	struct iphdr *ip;
 	struct udphdr *udp;
 	__be32 *vx;
+	__u8 tos;
 
 	if (!cfg->tunnel_port || !cfg->node_ipv4 || !cfg->underlay_ifindex || te->family != MBR_FAMILY_IPV4 ||
 	    p->family != MBR_FAMILY_IPV4 || skb->protocol != bpf_htons(ETH_P_IP) || len - ETH_HLEN + VXLAN_TX_ROOM > 0xffff)
@@ -72,6 +79,8 @@ static __always_inline int vxlan_tx(struct __sk_buff *skb, const struct pkt *p, 
 	if (bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT) != BPF_FIB_LKUP_RET_SUCCESS)
 		return VXLAN_TX_NOT_TAKEN;
 	if (bpf_check_mtu(skb, fib.ifindex, &mtu, VXLAN_TX_ROOM, 0) != 0)
+		return VXLAN_TX_NOT_TAKEN;
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, tos), &tos, 1) < 0)
 		return VXLAN_TX_NOT_TAKEN;
 	hash = bpf_get_hash_recalc(skb);
 	if (bpf_skb_adjust_room(skb, VXLAN_TX_ROOM, BPF_ADJ_ROOM_MAC, flags) < 0)
@@ -91,7 +100,7 @@ static __always_inline int vxlan_tx(struct __sk_buff *skb, const struct pkt *p, 
 	((struct ethhdr *)data)->h_proto = bpf_htons(ETH_P_IP);
 	ip->version = 4;
 	ip->ihl = 5;
-	ip->tos = 0;
+	ip->tos = (tos & INET_ECN_MASK) == INET_ECN_CE ? INET_ECN_ECT_0 : tos & INET_ECN_MASK;
 	ip->tot_len = bpf_htons(len - ETH_HLEN + VXLAN_TX_ROOM);
 	ip->id = 0;
 	ip->frag_off = bpf_htons(IP_DF);
