@@ -75,6 +75,30 @@ static __always_inline int to_proxy(struct __sk_buff *skb, const struct pkt *p, 
 	return TC_ACT_SHOT;
 }
 
+/* A packet from another node for a local pod (from_tunnel, from_underlay's two paths): the pod's
+ * ingress with `peer` as the sender's identity (0: the source address's, `lookup_src`), then to the
+ * L7 proxy or into the pod. `to_host`: the frame was addressed to another device (the tunnel's inner
+ * frame) and the stack must take it as its own when the proxy gets it. */
+static __always_inline int remote_ingress(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_config *ep,
+					  const struct local_endpoint *dst, __u32 peer, bool lookup_src, bool to_host)
+{
+	__u16 reason, proxy = 0;
+
+	if (enforce_peer(skb, p, ep, POLICY_DIR_INGRESS, true, peer, lookup_src, &proxy) != ENFORCE_PASS)
+		return TC_ACT_SHOT;
+	if (proxy) {
+		reason = proxy_assign(skb, p, proxy);
+		if (reason) {
+			drop_at(p, ep, POLICY_DIR_INGRESS, reason);
+			return TC_ACT_SHOT;
+		}
+		if (to_host)
+			bpf_skb_change_type(skb, PACKET_HOST);
+		return TC_ACT_OK;
+	}
+	return forward_local(skb, p, dst);
+}
+
 /* A drop before any endpoint is known: counted, not reported (an event names an endpoint). */
 static __always_inline int drop_unknown(struct __sk_buff *skb, __u32 reason)
 {

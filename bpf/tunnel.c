@@ -8,10 +8,6 @@
  *                redirected there with their key set: over an IPv4 underlay only IPv6 pod packets,
  *                since from_container wraps IPv4 ones itself, lib/vxlan_tx.h) */
 
-#ifndef PACKET_HOST
-#define PACKET_HOST 0
-#endif
-
 static __always_inline __u64 underlay_flags(const struct overlay_config *cfg)
 {
 	return cfg->flags & OVERLAY_F_UNDERLAY_IPV6 ? BPF_F_TUNINFO_IPV6 : 0;
@@ -57,7 +53,7 @@ int from_tunnel(struct __sk_buff *skb)
 	struct ip_key key;
 	struct pkt p;
 	__u32 identity = 0;
-	__u16 reason, proxy = 0;
+	__u16 reason;
 	int r;
 
 	if (!cfg || !cfg->tunnel_ifindex)
@@ -90,18 +86,7 @@ int from_tunnel(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	/* The destination's ingress policy, with the VNI as the peer (to_container never sees it). */
-	if (enforce_peer(skb, &p, ep, POLICY_DIR_INGRESS, true, identity, false, &proxy) != ENFORCE_PASS)
-		return TC_ACT_SHOT;
-	if (proxy) {
-		reason = proxy_assign(skb, &p, proxy);
-		if (reason) {
-			drop_at(&p, ep, POLICY_DIR_INGRESS, reason);
-			return TC_ACT_SHOT;
-		}
-		bpf_skb_change_type(skb, PACKET_HOST);
-		return TC_ACT_OK;
-	}
-	return forward_local(skb, &p, dst);
+	return remote_ingress(skb, &p, ep, dst, identity, false, true);
 }
 
 SEC("tc")

@@ -61,7 +61,6 @@ int from_underlay(struct __sk_buff *skb)
 	struct local_endpoint *dst;
 	struct ip_key key;
 	struct pkt p;
-	__u16 reason, proxy = 0;
 
 	if (!cfg)
 		return TC_ACT_OK;
@@ -89,16 +88,5 @@ int from_underlay(struct __sk_buff *skb)
 	/* The pod's ingress, with the ipcache's identity of the source (peer 0), as to_container does, and
 	 * the underlay's own check (underlay_spoofed): a new flow's source as its identity is looked up,
 	 * a tracked flow's by the peer identity its entry recorded, so established packets pay nothing. */
-	if (enforce_peer(skb, &p, ep, POLICY_DIR_INGRESS, true, 0, true, &proxy) != ENFORCE_PASS)
-		return TC_ACT_SHOT;
-	if (proxy) {
-		/* The L7 proxy listens in this netns: handed to it here, as from_tunnel does. */
-		reason = proxy_assign(skb, &p, proxy);
-		if (reason) {
-			drop_at(&p, ep, POLICY_DIR_INGRESS, reason);
-			return TC_ACT_SHOT;
-		}
-		return TC_ACT_OK;
-	}
-	return forward_local(skb, &p, dst);
+	return remote_ingress(skb, &p, ep, dst, 0, true, false);
 }

@@ -62,7 +62,6 @@ static __always_inline int vxlan_rx(struct __sk_buff *skb, const struct overlay_
 	struct ip_key key;
 	struct pkt p;
 	__u32 identity, len = skb->len, zero = 0;
-	__u16 reason, proxy = 0;
 	bool ce;
 
 	const struct proxy_config *l7 = bpf_map_lookup_elem(&proxy_config, &zero);
@@ -123,15 +122,5 @@ static __always_inline int vxlan_rx(struct __sk_buff *skb, const struct overlay_
 		return TC_ACT_OK;
 	if (parse_packet(skb, &p) != PARSE_IP)
 		return drop_unknown(skb, p.drop_reason ? p.drop_reason : DROP_UNSUPPORTED_L2);
-	if (enforce_peer(skb, &p, ep, POLICY_DIR_INGRESS, true, identity, false, &proxy) != ENFORCE_PASS)
-		return TC_ACT_SHOT;
-	if (proxy) {
-		reason = proxy_assign(skb, &p, proxy);
-		if (reason) {
-			drop_at(&p, ep, POLICY_DIR_INGRESS, reason);
-			return TC_ACT_SHOT;
-		}
-		return TC_ACT_OK;
-	}
-	return forward_local(skb, &p, dst);
+	return remote_ingress(skb, &p, ep, dst, identity, false, false);
 }

@@ -18,6 +18,11 @@
 #define MBR_FAMILY_IPV4 4
 #define MBR_FAMILY_IPV6 6
 
+/* skb->pkt_type of a frame for this host (linux/if_packet.h, which BPF programs do not include). */
+#ifndef PACKET_HOST
+#define PACKET_HOST 0
+#endif
+
 /* Key for "which endpoint owns this address": IPv4 lives in addr[0..3], the rest stays zero so a
  * v4 and a v6 key can never collide and userspace can build keys without knowing the family width. */
 struct ip_key {
