@@ -331,6 +331,14 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
       }
       if (o.kill9) await node.agent.kill9();
       else await node.agent.stop();
+      // Its underlay port goes now: a netns's veth ends are destroyed by the kernel's deferred netns
+      // clean-up, so a node added right after (the same index, the same port name) could still find
+      // `n<index>` on the bridge ("File exists"). Deleting one end of a veth takes both at once.
+      try {
+        execFileSync('nsenter', [`--net=${underlay.path}`, 'ip', 'link', 'del', `n${node.index}`], { stdio: 'ignore' });
+      } catch {
+        // already gone
+      }
       node.netns.remove();
       netnss.splice(netnss.indexOf(node.netns), 1);
       fs.rmSync(node.bpffsDir, { recursive: true, force: true });
