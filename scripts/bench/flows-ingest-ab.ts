@@ -11,10 +11,9 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { startAgent, type TestAgent } from '../../integration/lib/agent.ts';
 import { ObserverClient } from '../../shared/src/flows/client.ts';
-import { encodeTraceEvent, EventType } from '../../shared/src/flows/event.ts';
 import { SyntheticProducer } from '../../shared/src/flows/synthetic/producer.ts';
 import { median, sleep } from './lib.ts';
-import { membrane, type Pods } from './topologies.ts';
+import { membrane, type Pods, podPairFlowNew } from './topologies.ts';
 
 delete process.env.NODE_EXTRA_CA_CERTS;
 const BINS = process.argv.slice(2);
@@ -73,20 +72,7 @@ try {
     const agent = await startAgent({ agentBin: bin, extraArgs: ['--log-level', 'info'] });
     const pods = await membrane(agent);
     const eps = await agent.client.listEndpoints();
-    const event = encodeTraceEvent({
-      type: EventType.FLOW_NEW,
-      endpointId: eps[1].id,
-      ifindex: eps[1].hostIfIndex,
-      srcIdentity: eps[0].identity,
-      dstIdentity: eps[1].identity,
-      saddr: pods.ipA,
-      daddr: pods.ipB,
-      proto: 6,
-      sport: 40000,
-      dport: 8080,
-      tcpFlags: 2,
-      len: 60,
-    });
+    const event = podPairFlowNew(eps, pods);
     const x: Cell = {
       bin,
       agent,

@@ -18,14 +18,13 @@ import os from 'node:os';
 import path from 'node:path';
 import { startAgent } from '../../integration/lib/agent.ts';
 import { ObserverClient } from '../../shared/src/flows/client.ts';
-import { encodeTraceEvent, EventType } from '../../shared/src/flows/event.ts';
 import { SyntheticProducer } from '../../shared/src/flows/synthetic/producer.ts';
 import { sampleValue } from '../../shared/src/metrics/parse.ts';
 import { EVENT_LOOP_SAMPLE_MS } from '../../shared/src/metrics/registry.ts';
 import { scrapeMetrics } from '../../integration/lib/metrics.ts';
 import { connectionRate, markdownTable, median, rrLatency, sleep, throughput } from './lib.ts';
 import { execFileSync } from 'node:child_process';
-import { membrane, type Pods } from './topologies.ts';
+import { membrane, type Pods, podPairFlowNew } from './topologies.ts';
 import { setFlowEvents } from './switches.ts';
 
 const PAIRS = Number(process.env.BENCH_PAIRS ?? 8);
@@ -102,20 +101,7 @@ async function ingest(): Promise<string> {
   try {
     const eps = await agent.client.listEndpoints();
     // A realistic record: a new TCP connection between the two pods, seen at the server's hook.
-    const event = encodeTraceEvent({
-      type: EventType.FLOW_NEW,
-      endpointId: eps[1].id,
-      ifindex: eps[1].hostIfIndex,
-      srcIdentity: eps[0].identity,
-      dstIdentity: eps[1].identity,
-      saddr: pods.ipA,
-      daddr: pods.ipB,
-      proto: 6,
-      sport: 40000,
-      dport: 8080,
-      tcpFlags: 2,
-      len: 60,
-    });
+    const event = podPairFlowNew(eps, pods);
     const pid = agent.pid()!;
     // Warm-up: the agent's decode/lookup code runs interpreted until V8 has seen enough events; a
     // freshly started agent is slower for its first second or so. Measure the steady state.

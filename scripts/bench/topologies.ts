@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { createNetns, type TestNetns } from '../../integration/lib/netns.ts';
 import { randomId, randomSubnet24, startAgent, type TestAgent } from '../../integration/lib/agent.ts';
+import { encodeTraceEvent, EventType } from '../../shared/src/flows/event.ts';
 
 export interface Pods {
   name: string;
@@ -205,4 +206,23 @@ export function membranePolicyParts(n: number, parts: number, change?: string): 
     all: JSON.stringify(Array.from({ length: parts }, (_, p) => part(p))),
     part: (p) => JSON.stringify(part(p)),
   };
+}
+
+/** A realistic flow-event record for the synthetic producer: a new TCP connection from the pair's
+ *  first pod to its second, seen at the second's hook (the flows benches' per-event cost). */
+export function podPairFlowNew(eps: { id: number; hostIfIndex: number; identity: number }[], pods: Pods): Buffer {
+  return encodeTraceEvent({
+    type: EventType.FLOW_NEW,
+    endpointId: eps[1].id,
+    ifindex: eps[1].hostIfIndex,
+    srcIdentity: eps[0].identity,
+    dstIdentity: eps[1].identity,
+    saddr: pods.ipA,
+    daddr: pods.ipB,
+    proto: 6,
+    sport: 40000,
+    dport: 8080,
+    tcpFlags: 2,
+    len: 60,
+  });
 }
