@@ -5,22 +5,14 @@
 import t from 'tap';
 import { echo, eth, ETH_P, icmp, ipv4, ipv6, PROTO, TCP_FLAGS, tcp, udp } from '../src/bpf/packets.ts';
 import { bpfHarness, OK, REDIRECT, requireBpf, runCounted, SHOT, vethIfindexes } from './lib/bpf-harness.ts';
-import { policyHarness, type TestEndpoint } from './lib/policy-harness.ts';
+import { policyHarness, type TestEndpoint, testEndpoint } from './lib/policy-harness.ts';
 import { endpointRecord } from './lib/endpoint-record.ts';
 
 requireBpf();
 
 const [ifB, ifC] = vethIfindexes('mbc', ['b', 'c']);
 
-const ep = (id: number, ifindex: number, n: number, app: string): TestEndpoint => ({
-  id,
-  ifindex,
-  ip: `10.248.0.${n}`,
-  ip6: `fd00:f8::${n}`,
-  labels: { app },
-  mac: `02:00:00:00:${n.toString(16).padStart(2, '0')}:02`,
-  hostMac: `02:00:00:00:${n.toString(16).padStart(2, '0')}:01`,
-});
+const ep = (id: number, ifindex: number, n: number, app: string) => testEndpoint(id, ifindex, n, app, '10.248.0', 'fd00:f8');
 const A = ep(61, 1, 1, 'a'),
   B = ep(62, ifB, 2, 'b'),
   C = ep(63, ifC, 3, 'c');

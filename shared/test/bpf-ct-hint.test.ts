@@ -9,20 +9,12 @@ import * as bpf from '../src/bpf/libbpf.ts';
 import { encodeU32Key } from '../src/maps/codec.ts';
 import { eth, ETH_P, ipv4, PROTO, TCP_FLAGS, tcp, udp } from '../src/bpf/packets.ts';
 import { bpfHarness, OK, REDIRECT, requireBpf, runCounted, SHOT, vethIfindexes } from './lib/bpf-harness.ts';
-import { policyHarness, type TestEndpoint } from './lib/policy-harness.ts';
+import { policyHarness, type TestEndpoint, testEndpoint } from './lib/policy-harness.ts';
 
 requireBpf();
 
 const [ifB] = vethIfindexes('mbh', ['b']);
-const ep = (id: number, ifindex: number, n: number, app: string): TestEndpoint => ({
-  id,
-  ifindex,
-  ip: `10.249.0.${n}`,
-  ip6: `fd00:f9::${n}`,
-  labels: { app },
-  mac: `02:00:00:00:${n.toString(16).padStart(2, '0')}:02`,
-  hostMac: `02:00:00:00:${n.toString(16).padStart(2, '0')}:01`,
-});
+const ep = (id: number, ifindex: number, n: number, app: string) => testEndpoint(id, ifindex, n, app, '10.249.0', 'fd00:f9');
 const A = ep(71, 1, 1, 'a'),
   B = ep(72, ifB, 2, 'b');
 const W = '198.18.12.12';

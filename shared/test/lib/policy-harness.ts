@@ -17,6 +17,21 @@ export interface TestEndpoint {
   hostMac: string;
 }
 
+/** Test endpoint number `n` of a /24 (`net`: its first three octets) and a /64 (`net6`: its prefix
+ *  before `::`), with MACs derived from `n`. */
+export function testEndpoint(id: number, ifindex: number, n: number, app: string, net: string, net6: string): TestEndpoint {
+  const hex = n.toString(16).padStart(2, '0');
+  return {
+    id,
+    ifindex,
+    ip: `${net}.${n}`,
+    ip6: `${net6}::${n}`,
+    labels: { app },
+    mac: `02:00:00:00:${hex}:02`,
+    hostMac: `02:00:00:00:${hex}:01`,
+  };
+}
+
 export interface PolicyHarness {
   engine: PolicyEngine;
   ops: DatapathPolicyOps;
