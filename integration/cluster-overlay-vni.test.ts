@@ -206,7 +206,11 @@ t.test("a VXLAN frame sent to another MAC than the node's is not its to take (th
   // The underlay is a bridge: a frame for a MAC it has not learnt reaches every port, n2's included.
   await sendFrames(n1.netns, [foreign.frame, own.frame]);
   const reached = await flowsUntil('n2 reports the datagram sent to its own MAC', n2.observerSocket, at(own.sport));
-  t.equal(reached[0].source?.identity, client.endpoint.identity, "the datagram to n2's MAC reached policy on n2, as the VNI's identity");
+  t.equal(
+    reached[0].source?.identity,
+    client.endpoint.identity,
+    "the datagram to n2's MAC reached policy on n2, as the VNI's identity",
+  );
   t.same(await flowsOf(n2.observerSocket, at(foreign.sport)), [], 'the one sent to a foreign MAC, just before it, did not');
 });
 
