@@ -12,7 +12,7 @@ import os from 'node:os';
 import { startAgent, type TestAgent } from '../../integration/lib/agent.ts';
 import { ObserverClient } from '../../shared/src/flows/client.ts';
 import { SyntheticProducer } from '../../shared/src/flows/synthetic/producer.ts';
-import { median, sleep } from './lib.ts';
+import { median, sleep, threadsCpuNs } from './lib.ts';
 import { membrane, type Pods, podPairFlowNew } from './topologies.ts';
 
 delete process.env.NODE_EXTRA_CA_CERTS;
@@ -21,19 +21,6 @@ const RATE = Number(process.env.RATE ?? 20_000);
 const R = Number(process.env.R ?? 8);
 const S = Number(process.env.S ?? 4);
 if (!BINS.length) throw new Error('usage: flows-ingest-ab.ts BIN_A BIN_B …');
-
-/** CPU time of every thread of a process, in ns. */
-function threadsCpuNs(pid: number): number {
-  let ns = 0;
-  for (const t of fs.readdirSync(`/proc/${pid}/task`)) {
-    try {
-      ns += Number(fs.readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
-    } catch {
-      // the thread exited meanwhile
-    }
-  }
-  return ns;
-}
 
 interface Cell {
   bin: string;

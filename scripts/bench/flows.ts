@@ -22,7 +22,7 @@ import { SyntheticProducer } from '../../shared/src/flows/synthetic/producer.ts'
 import { sampleValue } from '../../shared/src/metrics/parse.ts';
 import { EVENT_LOOP_SAMPLE_MS } from '../../shared/src/metrics/registry.ts';
 import { scrapeMetrics } from '../../integration/lib/metrics.ts';
-import { connectionRate, markdownTable, median, rrLatency, sleep, throughput } from './lib.ts';
+import { connectionRate, markdownTable, median, rrLatency, sleep, threadsCpuNs, throughput } from './lib.ts';
 import { execFileSync } from 'node:child_process';
 import { membrane, type Pods, podPairFlowNew } from './topologies.ts';
 import { setFlowEvents } from './switches.ts';
@@ -45,20 +45,6 @@ const fmtRate = (n: number) => (n >= 1e6 ? `${(n / 1e6).toFixed(2)}M` : `${Math.
 function cpuSeconds(pid: number): number {
   const fields = fs.readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
   return (Number(fields[11]) + Number(fields[12])) / 100; // USER_HZ
-}
-
-/** CPU time of every thread of a process, in ns (the schedstat of every /proc/PID/task entry: exact, where
- *  /proc/PID/stat counts 10 ms ticks, as coarse as the ~50 ms an agent spends in a 2 s sample). */
-function threadsCpuNs(pid: number): number {
-  let ns = 0;
-  for (const t of fs.readdirSync(`/proc/${pid}/task`)) {
-    try {
-      ns += Number(fs.readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
-    } catch {
-      // the thread exited meanwhile
-    }
-  }
-  return ns;
 }
 
 /** Emits `rate` events/s for `seconds`, paced every 2 ms (bursts stay far below the ring's ~10k). */
