@@ -7,7 +7,6 @@
 // round the agents in another order. Per sample the agent's CPU (every thread's schedstat) per event
 // seen; medians per agent at the end, with the load. Unlike the cross-node bench, no network stack
 // and no crr client share the CPUs with it: the per-event cost is resolved, not the connection rate.
-import fs from 'node:fs';
 import os from 'node:os';
 import { startAgent, type TestAgent } from '../../integration/lib/agent.ts';
 import { ObserverClient } from '../../shared/src/flows/client.ts';
