@@ -38,6 +38,10 @@ static __always_inline __u16 tunnel_sender(struct __sk_buff *skb, const struct o
 	te = tunnel_lookup(family, src);
 	if (!te || te->family != family || !addr_eq(te->addr, src))
 		return DROP_UNKNOWN_SENDER;
+	/* This node is never another node, even if a stale node record put its address in tunnel_map: a
+	 * datagram from its own address (any local process can send one to the tunnel port) claims nothing. */
+	if (family == MBR_FAMILY_IPV4 && cfg->node_ipv4 && bpf_htonl(key.remote_ipv4) == cfg->node_ipv4)
+		return DROP_UNKNOWN_SENDER;
 	if (!key.tunnel_id || key.tunnel_id > VNI_MAX)
 		return DROP_INVALID_VNI;
 	*identity = key.tunnel_id == IDENTITY_HOST ? IDENTITY_REMOTE_NODE : key.tunnel_id;

@@ -10,7 +10,7 @@
  * cross-node connection over both nodes (perf by symbol in cross-node-prog-ab.ts: vxlan_rcv, the
  * datagram's ip_rcv and input route, the metadata's kmalloc and call_rcu), work plain VXLAN mostly
  * does too. The decision made here is from_tunnel's, with the same inputs:
- *  - the outer source must be a node of the cluster (its own tunnel_map entry), the VNI the sender's
+ *  - the outer source must be a node of the cluster (its own tunnel_map entry) and not this node, the VNI the sender's
  *    identity (never the inner source address; "host" from another node is remote-node here);
  *  - the destination pod's ingress enforcement (enforce_peer with the VNI as the peer), then
  *    bpf_redirect_peer.
@@ -90,6 +90,12 @@ static __always_inline int vxlan_rx(struct __sk_buff *skb, const struct overlay_
 		return TC_ACT_OK;
 	if (vx[0] != bpf_htonl(VXLAN_F_I) || (vx[1] & bpf_htonl(0xff)) || ieth->h_proto != bpf_htons(ETH_P_IP))
 		return TC_ACT_OK;
+	/* This node's own address as the outer source never arrives on the underlay (the node's datagrams
+	 * to itself stay on lo), and names no other node: a stale node record holding it (a node renamed or
+	 * replaced at the same address while the old record's lease runs) puts it in tunnel_map, where it
+	 * would pass as a sender. Dropped, whatever tunnel_map says. */
+	if (ip->saddr == cfg->node_ipv4)
+		return drop_unknown(skb, DROP_UNKNOWN_SENDER);
 	if (inner->version != 4 || inner->ttl <= 1)
 		return TC_ACT_OK;
 	ce = (ip->tos & INET_ECN_MASK) == INET_ECN_CE;

@@ -1,18 +1,20 @@
 // The VNI decides, never the inner source address (see cluster-overlay.test.ts): hand-made VXLAN
 // datagrams with a forged inner source address get the VNI's identity on the receiving node; a VNI
 // claiming "host" is remote-node; an outer source that is no node of the cluster is dropped
-// (UNKNOWN_SENDER), a pod crafting VXLAN included; a datagram on the wire to another MAC than the
+// (UNKNOWN_SENDER), a pod crafting VXLAN included, and so is the node's own address when a stale node
+// record puts it in the tunnel map; a datagram on the wire to another MAC than the
 // node's is not taken; ECN crosses both short-cuts as it crosses the tunnel device (RFC 6040).
 import t from 'tap';
 import { clusterForFile } from './lib/cluster-file.ts';
 import crypto from 'node:crypto';
 import { eventually, type TestCluster } from './lib/cluster.ts';
-import { webFromClient } from './lib/cluster-maps.ts';
+import { readTunnelMap, webFromClient } from './lib/cluster-maps.ts';
 import { handshake, probe } from './lib/probe.ts';
 import { sniff, frameInfo, sendFrames } from './lib/raw.ts';
 import { flowsOf, flowsUntil, sendUdp, sendUdpNoChecksum, vxlanOf, vxlanPayload } from './lib/vxlan.ts';
 import { execFileSync } from 'node:child_process';
 import { PolicyClient } from '../shared/src/policy/client.ts';
+import { encode, type NodeRecord } from '../shared/src/kvstore/layout.ts';
 import { eth, ETH_P, ipv4, ipv4Checksum, PROTO, tcp, TCP_FLAGS, udp, withChecksum } from '../shared/src/bpf/packets.ts';
 
 if (process.getuid?.() !== 0) {
@@ -289,4 +291,68 @@ t.test('ECN crosses the short-cuts as the tunnel device carries it (RFC 6040); a
   t.same(arrived(port), [3, 3], 'ECT(0) and ECT(1) inside an outer CE: web received both as CE (its header checksum redone)');
   t.same(arrived(port + 1), [], 'Not-ECT inside an outer CE: dropped, sent before them');
   t.same(arrived(port + 2), [], 'a broken outer header checksum: dropped, sent before them');
+});
+
+t.test("a stale node record holding a node's own address does not make that address a sender on it", async (t) => {
+  const [n1, n2] = c.nodes;
+  const web = await n2.pod({ app: 'web-self' });
+  const client = await n1.pod({ app: 'client-self' });
+  await eventually('pods known', () => known(web) && known(client), 20_000);
+  // A node record under another name at n2's address (a node renamed or replaced while the old
+  // record's lease runs): every node, n2 included, puts n2's address in its tunnel map.
+  const ghost = `ghost-${crypto.randomBytes(3).toString('hex')}`;
+  const ghostCidr = `10.255.${crypto.randomInt(0, 256)}.0/24`;
+  const lease = await c.kv.grantLease(60);
+  t.teardown(() => lease.revoke());
+  const now = new Date().toISOString();
+  const record: NodeRecord = {
+    name: ghost,
+    cluster: c.name,
+    addresses: [{ type: 'InternalIP', ip: n2.ip }],
+    podCidrs: { ipv4: ghostCidr },
+    nodeId: 4000,
+    agentVersion: 'test',
+    registeredAt: now,
+    updatedAt: now,
+  };
+  await c.kv.put(c.L.node(ghost), encode(record), { lease: lease.id });
+  await eventually('n2 applied the stale record', () => readTunnelMap(n2.bpffsDir).has(ghostCidr), 20_000, 200);
+  t.ok(readTunnelMap(n2.bpffsDir).has(`${n2.ip}/32`), "n2's own address is in n2's tunnel map");
+
+  let sport = 40000 + crypto.randomInt(0, 20000);
+  const inner = () => {
+    const l4 = withChecksum(4, client.ip4, web.ip4, PROTO.TCP, tcp(++sport, 8087, TCP_FLAGS.SYN, crypto.randomInt(1, 2 ** 31)));
+    return eth(
+      '02:00:00:00:00:01',
+      '02:00:00:00:00:02',
+      ETH_P.IPV4,
+      ipv4({ src: client.ip4, dst: web.ip4, proto: PROTO.TCP }, l4),
+    );
+  };
+  const before = await metricsDrops(n2, 'UNKNOWN_SENDER');
+  // 1. On the wire from n1's port, outer source n2's address (no UDP checksum: what vxlan_rx takes).
+  const wire = inner();
+  const wirePort = sport;
+  const outer = ipv4(
+    { src: n2.ip, dst: n2.ip, proto: PROTO.UDP },
+    udp(50000, 8472, vxlanPayload(client.endpoint.identity, wire)),
+  );
+  await sendFrames(n1.netns, [eth(macOf(n2), macOf(n1), ETH_P.IPV4, outer)]);
+  // 2. From n2's own host (any local process can): to its tunnel port over lo, the tunnel device and
+  //    from_tunnel, the outer source n2's address again.
+  const local = inner();
+  const localPort = sport;
+  await sendUdp(n2.netns, n2.ip, 8472, vxlanPayload(client.endpoint.identity, local));
+  await eventually(
+    'both counted as UNKNOWN_SENDER on n2',
+    async () => (await metricsDrops(n2, 'UNKNOWN_SENDER')) >= before + 2,
+    10_000,
+    200,
+  );
+  t.equal(await metricsDrops(n2, 'UNKNOWN_SENDER'), before + 2, 'both datagrams dropped as UNKNOWN_SENDER');
+  t.same(
+    await flowsOf(n2.observerSocket, (f) => [wirePort, localPort].includes(f.l4?.TCP?.sourcePort ?? 0)),
+    [],
+    'neither inner SYN reached policy or a pod on n2',
+  );
 });

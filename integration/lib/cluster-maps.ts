@@ -40,6 +40,11 @@ export function readIpcache(bpffsDir: string): Map<string, number> {
   return new Map(dump(path.join(bpffsDir, 'ipcache')).map((e) => [decodeIpcacheKey(e.key), decodeIpcacheValue(e.value)]));
 }
 
+/** tunnel_map: prefix ("10.1.0.0/24") -> the node id its entry names. */
+export function readTunnelMap(bpffsDir: string): Map<string, number> {
+  return new Map(dump(path.join(bpffsDir, 'tunnel_map')).map((e) => [decodeIpcacheKey(e.key), e.value.readUInt32LE(4)]));
+}
+
 export function readPolicy(bpffsDir: string): (PolicyKey & { action: string; ruleId: number })[] {
   return dump(path.join(bpffsDir, 'policy')).map((e) => {
     const v = decodePolicyValue(e.value);
