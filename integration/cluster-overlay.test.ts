@@ -216,3 +216,43 @@ t.test("a stale neighbour entry for the other node is re-confirmed: n1's entry f
   await eventually('the pod on n1 reaches the pod on n2 again', () => ping(a.ns, b.ip4, 1), 30_000);
   t.notMatch(inNs(n1, 'ip', 'neigh', 'show', n2.ip, 'dev', 'eth0'), /02:00:5e:7f:ee:01/, "n1 learnt n2's real MAC");
 });
+
+t.test(
+  "pods whose MTU the user raised to the underlay's: their GSO stream still crosses, nothing oversize on the wire",
+  async (t) => {
+    const [n1, n2] = c.nodes;
+    const a = await n1.pod({ app: 'mtu-a' });
+    const b = await n2.pod({ app: 'mtu-b' });
+    await serve(b, 8088);
+    await eventually('a and b known on the other nodes', () => known(a) && known(b), 20_000);
+    const inNs = (n: typeof n1, ...args: string[]) =>
+      execFileSync('nsenter', [`--net=${n.netns.path}`, ...args], { encoding: 'utf8' });
+    // Both pods at 1500 (each side's MSS then 1460): TCP segments of 1500 bytes, which wrapped in VXLAN
+    // (50 more) exceed the underlay's 1500. A NIC cuts a GSO packet into segments of its gso_size and
+    // the wire drops those that exceed the MTU; the harness's veth ports pass GSO packets whole, so
+    // each node's port cuts them in software (UDP tunnel segmentation off), and the veth then drops an
+    // oversize frame as the wire would.
+    for (const p of [a, b]) await p.ns.exec('ip', ['link', 'set', 'eth0', 'mtu', '1500']);
+    const offload = (n: typeof n1, on: 'on' | 'off') =>
+      inNs(n, 'ethtool', '-K', 'eth0', 'tx-udp_tnl-segmentation', on, 'tx-udp_tnl-csum-segmentation', on);
+    t.teardown(() => {
+      for (const n of [n1, n2]) offload(n, 'on');
+    });
+    for (const n of [n1, n2]) offload(n, 'off');
+    const dropped = () =>
+      [n1, n2].map(
+        (n) =>
+          (JSON.parse(inNs(n, 'ip', '-s', '-j', 'link', 'show', 'eth0')) as { stats64: { tx: { dropped: number } } }[])[0].stats64
+            .tx.dropped,
+      );
+    const dropped0 = dropped();
+    const bulk = nodeIn(a.ns, BULK, [b.ip4, '8088', String(4 << 20)]);
+    let got = '';
+    bulk.stdout!.on('data', (d: Buffer) => {
+      got += d.toString();
+    });
+    await new Promise((resolve) => bulk.once('exit', resolve));
+    t.equal(got, 'ok', '4 MiB to a pod on n2 and back, byte for byte');
+    t.same(dropped(), dropped0, "no frame too big for the underlay: neither node's port dropped one");
+  },
+);

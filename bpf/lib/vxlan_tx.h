@@ -13,8 +13,8 @@
  * ECT stays ECT, CE becomes ECT(0), so a router on the underlay can mark congestion and vxlan_rx.c
  * or vxlan_rcv carries its CE mark into the pod's packet).
  * Not taken (the tunnel device's path, as before): IPv6 inside, an IPv6 underlay, no configuration
- * (an older agent), a packet that would not fit the underlay's MTU once wrapped (the tunnel device
- * answers with "fragmentation needed"), a next hop whose MAC the node does not know yet (the tunnel
+ * (an older agent), a packet, or a GSO packet's segment, that would not fit the underlay's MTU once
+ * wrapped, a next hop whose MAC the node does not know yet (the tunnel
  * device's path resolves it). As with native routing, the node's netfilter hooks do not see
  * these datagrams, nor does the tunnel device count them. */
 #pragma once
@@ -45,6 +45,19 @@ static __always_inline __u16 ipv4_header_csum(struct iphdr *ip)
 	sum = (sum & 0xffff) + (sum >> 16);
 	sum = (sum & 0xffff) + (sum >> 16);
 	return ~sum;
+}
+
+/* The IPv4 length of each segment a GSO packet is cut into (IP and L4 headers, gso_size of payload),
+ * as skb_gso_validate_network_len counts it; 0xffff (never fits) for what is neither TCP nor UDP. */
+static __always_inline __u32 vxlan_tx_segment_len(struct __sk_buff *skb, const struct pkt *p)
+{
+	__u8 doff;
+
+	if (p->proto == IPPROTO_UDP)
+		return p->l4_off - ETH_HLEN + sizeof(struct udphdr) + skb->gso_size;
+	if (p->proto != IPPROTO_TCP || bpf_skb_load_bytes(skb, p->l4_off + 12, &doff, 1) < 0)
+		return 0xffff;
+	return p->l4_off - ETH_HLEN + (doff >> 4) * 4 + skb->gso_size;
 }
 
 /* TC_ACT_REDIRECT (sent), TC_ACT_SHOT (could not be written once the room was made: counted), or
@@ -79,6 +92,12 @@ static __always_inline int vxlan_tx(struct __sk_buff *skb, const struct pkt *p, 
 	if (bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT) != BPF_FIB_LKUP_RET_SUCCESS)
 		return VXLAN_TX_NOT_TAKEN;
 	if (bpf_check_mtu(skb, fib.ifindex, &mtu, VXLAN_TX_ROOM, 0) != 0)
+		return VXLAN_TX_NOT_TAKEN;
+	/* bpf_check_mtu passes every GSO packet (its length is that of all segments); mtu is now the
+	 * device's. Each segment must fit once wrapped: a pod whose MTU was raised inside its netns sends
+	 * segments of up to its own MTU, and the NIC would put frames on the wire that the underlay drops
+	 * unseen. Such a packet takes the tunnel device, which segments and fragments it. */
+	if (skb->gso_size && vxlan_tx_segment_len(skb, p) + VXLAN_TX_ROOM > mtu)
 		return VXLAN_TX_NOT_TAKEN;
 	if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, tos), &tos, 1) < 0)
 		return VXLAN_TX_NOT_TAKEN;
