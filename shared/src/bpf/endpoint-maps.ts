@@ -160,11 +160,10 @@ export function removeEndpoint(d: MapAccess, hostIfindex: number, ips: string[])
   }
   if (hostIfindex === 0) return;
   removeLocalAddresses(d, hostIfindex, () => true); // leftovers from an older address set
-  const cfg = d.lookup('endpoints_cfg', ifKey);
+  // The id's counter slot stays as it is: a stale entry (a crashed delete, an ifindex a foreign
+  // interface has now) may name an id a live endpoint was given since, and the id's next owner starts
+  // from zero anyway (upsertEndpoint zeroes the slot). Nothing reads a slot no config names.
   bpf.mapDelete(d.map('endpoints_cfg').fd, 'endpoints_cfg', ifKey);
-  // No counts left behind for a free id (a packet still in flight may add one: the next owner's
-  // upsert zeroes the slot again).
-  if (cfg) zeroCounters(d, codec.decodeEndpointConfig(cfg).endpointId);
 }
 
 /** An endpoint's counters: its config names its id, the id its ep_counters slot. */
