@@ -71,7 +71,8 @@ static __always_inline int vxlan_rx(struct __sk_buff *skb, const struct overlay_
 		return TC_ACT_OK;
 	/* A node whose L7 proxy is set up keeps the tunnel device's path: a flow handed to the proxy goes
 	 * up the stack from the device it arrived on, and the reverse route of a remote pod's address is
-	 * the tunnel device (a strict rp_filter drops it from the underlay device). */
+	 * the tunnel device (a strict rp_filter drops it from the underlay device: without this check,
+	 * integration/cluster-overlay-l7.test.ts's proxied requests get no answer). */
 	if (l7 && l7->host_ifindex)
 		return TC_ACT_OK;
 	if (!linear_headers(skb, ETH_HLEN + VXLAN_RX_STRIP + sizeof(struct iphdr), &data, &data_end))
