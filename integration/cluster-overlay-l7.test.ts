@@ -67,3 +67,33 @@ t.test('a pod on n1 to an L7-policed pod on n2: allowed, denied by the HTTP rule
   const [denied] = await flowsUntil('n2 reports the denied request', n2.observerSocket, l7('DELETE', `${marker}-denied`));
   t.match(denied, { verdict: 'DROPPED', source: { identity: good.endpoint.identity } }, 'the denied request: DROPPED');
 });
+
+t.test("the world to an L7-policed pod on a node whose rp_filter is strict: the proxy's hairpin still answers", async (t) => {
+  const n2 = c.nodes[1];
+  const web = await n2.pod({ app: 'storefront', tier: 'web' });
+  servers.push(await startHttpServer(web.ns, 80, 'web'));
+  const w = c.addExternal();
+  await w.ns.exec('ip', ['route', 'add', (await n2.client.status()).cluster!.podCidrs.ipv4!, 'via', n2.ip]); // no SNAT
+  // Node-wide strict (conf/all = 1): the kernel filters with the larger of it and the device's value,
+  // so the host device's own setting must be loose (2) for the hairpinned SYN to pass, not off (0).
+  execFileSync('nsenter', [`--net=${n2.netns.path}`, 'sysctl', '-qw', 'net.ipv4.conf.all.rp_filter=1']);
+  const pc = new PolicyClient(n2.client);
+  t.teardown(() => pc.delete(['world-api']));
+  await pc.import(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: world-api}
+spec:
+  endpointSelector: {matchLabels: {tier: web}}
+  ingress:
+  - fromCIDR: ["${w.ip}/32"]
+    toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http: [{method: GET, path: "/public/.*"}]
+`);
+  await l7WorkersConnected(n2.client);
+  const url = (p: string) => `http://${web.ip4}${p}`;
+  await eventually('the HTTP rules enforced on n2', async () => (await curl(w.ns, url('/private'))).status === 403, 20_000, 200);
+  t.equal((await curl(w.ns, url('/public/w'))).status, 200, 'GET /public/... from the world: 200 from web');
+  t.equal((await curl(w.ns, url('/private'))).status, 403, 'a path no rule allows: 403 from the proxy');
+});

@@ -31,9 +31,10 @@ export function ensureProxyRouting(host: Netlink, hostDevice: string, ipv6: bool
     host.routeAdd({ dst: 'default', family, index: lo.index, table: PROXY_ROUTE_TABLE, type: RTN_LOCAL, scope: 'host' });
   }
   // Connections from outside the node to a pod's L7 port come back to the stack through the host
-  // device (the datapath's hairpin); their source is not routed via it, so reverse-path filtering
-  // there would drop them.
-  setSysctlPath(sysctlIfPath(4, hostDevice, 'rp_filter'), '0');
+  // device (the datapath's hairpin); their source is not routed via it, so strict reverse-path
+  // filtering there would drop them. Loose (2), not off: the kernel applies the larger of the
+  // device's value and conf/all's, so 0 here left a node-wide strict rp_filter (all = 1) in force.
+  setSysctlPath(sysctlIfPath(4, hostDevice, 'rp_filter'), '2');
 }
 
 /** nftables table (node-wide, shared by every agent) holding the rule below. */
