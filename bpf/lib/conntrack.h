@@ -56,6 +56,17 @@ enum ct_state {
 /* last_seen_ns is written when it is older than this (ct_update): expiry is exact to a second. */
 #define CT_LAST_SEEN_STEP_NS 1000000000ULL
 
+/* MBR_CT_KEY16, measurement builds only: IPv4 tuples in a 16-byte key instead of 40 (what the hash
+ * and compare of a shorter key save; scripts/bench/tunnel-lookup-testrun.ts). The agent's walks misread
+ * such a table: run it with a long --conntrack-gc-interval. ICMP errors are never related then. */
+#ifdef MBR_CT_KEY16
+#define CT_ADDR_LEN 4
+#define CT_KEY16 1
+#else
+#define CT_ADDR_LEN 16
+#define CT_KEY16 0
+#endif
+
 struct ct_key {
 	__u8 family; /* MBR_FAMILY_IPV4 / MBR_FAMILY_IPV6 */
 	__u8 proto;
@@ -63,10 +74,12 @@ struct ct_key {
 	__u8 pad;
 	__be16 sport; /* ICMP echo: the identifier in both ports */
 	__be16 dport;
-	__u8 saddr[16];
-	__u8 daddr[16];
+	__u8 saddr[CT_ADDR_LEN];
+	__u8 daddr[CT_ADDR_LEN];
 };
+#ifndef MBR_CT_KEY16
 _Static_assert(sizeof(struct ct_key) == 40, "ct_key layout is shared with userspace");
+#endif
 
 struct ct_entry {
 	__u64 created_ns;

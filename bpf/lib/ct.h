@@ -44,13 +44,13 @@ static __always_inline void ct_key_of(struct ct_key *k, const struct pkt *p, __u
 	if (!reverse) {
 		k->sport = p->sport;
 		k->dport = p->dport;
-		__builtin_memcpy(k->saddr, p->saddr, 16);
-		__builtin_memcpy(k->daddr, p->daddr, 16);
+		__builtin_memcpy(k->saddr, p->saddr, CT_ADDR_LEN);
+		__builtin_memcpy(k->daddr, p->daddr, CT_ADDR_LEN);
 	} else {
 		k->sport = p->dport;
 		k->dport = p->sport;
-		__builtin_memcpy(k->saddr, p->daddr, 16);
-		__builtin_memcpy(k->daddr, p->saddr, 16);
+		__builtin_memcpy(k->saddr, p->daddr, CT_ADDR_LEN);
+		__builtin_memcpy(k->daddr, p->saddr, CT_ADDR_LEN);
 	}
 }
 
@@ -233,7 +233,7 @@ static __always_inline bool ct_related(struct __sk_buff *skb, const struct pkt *
 	__u32 l4;
 	bool local = scope == CT_SCOPE_LOCAL;
 
-	if (p->later_fragment)
+	if (p->later_fragment || CT_KEY16) /* CT_KEY16: measurement builds (conntrack.h), no ICMP errors */
 		return false;
 	__builtin_memset(&k, 0, sizeof(k));
 	k.family = p->family;
