@@ -271,11 +271,13 @@ try {
               },
             )
           : undefined;
+      // Listened for now: a recorder can exit before the sample's rate is in, and an 'exit' listener
+      // added after that never fires (the run hung so under PERF_AGENTS).
+      const recorded = [perf, agentPerf].map((rec) => rec && new Promise((ok) => rec.once('exit', ok)));
       const pending = connectionRate(x.a, x.b, x.ipB, S);
       const pids = perf ? await crrPids([x.a, x.b], S * 1000) : [];
       const rate = await pending;
-      if (perf) await new Promise((ok) => perf.on('exit', ok));
-      if (agentPerf) await new Promise((ok) => agentPerf.on('exit', ok));
+      await Promise.all(recorded);
       const cpu1 = x.agents.map(processCpuMs);
       await sleep(1000); // the agents' last drain
       const p1 = programStats(x.ids);
