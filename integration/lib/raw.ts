@@ -14,6 +14,13 @@ export async function sendFrames(ns: TestNetns, frames: Buffer[], iface = 'eth0'
   await ns.exec('python3', [HELPER, 'send', iface, ...frames.map((f) => f.toString('hex'))]);
 }
 
+/** Sends one IPv4 TCP frame out of `iface` as a GSO packet (segments of `mss` bytes): a packet socket
+ *  with a virtio-net header, as a VM's frames arrive from a tap device. The TCP checksum field must
+ *  hold the pseudo-header sum, not inverted: the kernel completes it per segment. */
+export async function sendGsoFrame(ns: TestNetns, frame: Buffer, mss: number, iface = 'eth0'): Promise<void> {
+  await ns.exec('python3', [HELPER, 'send-gso', iface, String(mss), frame.toString('hex')]);
+}
+
 export interface Sniffer {
   /** Frames seen so far: received ('in') or sent by the pod ('out'). */
   frames(): { dir: 'in' | 'out'; frame: Buffer }[];

@@ -5,9 +5,12 @@ prints every frame it sees as hex, one per line, until its time is up.
 
   rawpkt.py send IFACE HEX [HEX ...]     send each frame once, in order
   rawpkt.py sniff IFACE SECONDS          print "ready", then "<direction> <hex>" per frame; "done" at the end
+  rawpkt.py send-gso IFACE MSS HEX       send one IPv4 TCP frame as a GSO packet of segments of MSS bytes
+                                         (a virtio-net header: the kernel segments it, or a device that can)
 """
 import select
 import socket
+import struct
 import sys
 import time
 
@@ -20,6 +23,18 @@ def send(iface, frames):
     for f in frames:
         s.send(bytes.fromhex(f))
         time.sleep(0.002)  # keep fragments in order on a busy machine
+    s.close()
+
+
+def send_gso(iface, mss, frame):
+    s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    s.setsockopt(263, 15, 1)  # SOL_PACKET, PACKET_VNET_HDR: a struct virtio_net_hdr before each frame
+    s.bind((iface, 0))
+    f = bytes.fromhex(frame)
+    l4 = 14 + (f[14] & 0xF) * 4
+    # flags NEEDS_CSUM (the TCP checksum field holds the pseudo-header sum), gso_type TCPV4, header
+    # length, gso_size, csum_start (the TCP header), csum_offset (its checksum field); little endian
+    s.send(struct.pack("<BBHHHH", 1, 1, l4 + (f[l4 + 12] >> 4) * 4, mss, l4, 16) + f)
     s.close()
 
 
@@ -45,7 +60,9 @@ if __name__ == "__main__":
     cmd, iface = sys.argv[1], sys.argv[2]
     if cmd == "send":
         send(iface, sys.argv[3:])
+    elif cmd == "send-gso":
+        send_gso(iface, int(sys.argv[3]), sys.argv[4])
     elif cmd == "sniff":
         sniff(iface, float(sys.argv[3]))
     else:
-        sys.exit("usage: rawpkt.py send IFACE HEX... | sniff IFACE SECONDS")
+        sys.exit("usage: rawpkt.py send IFACE HEX... | sniff IFACE SECONDS | send-gso IFACE MSS HEX")
