@@ -6,13 +6,15 @@
 // their own packets, both nodes' forwarding included; what spills to ksoftirqd is not counted) are summed
 // by function and divided by the MB moved: samples per MB, per round and per function, the functions that
 // differ most first. Load from other processes moves the Gbit/s a lot, what a MB costs much less. Needs
-// perf. TOP (30) rows; RULES (0) rules on the server pod.
+// perf. TOP (30) rows; RULES (0) rules on the server pod. PEER_OBJ=<datapath .o>: the peer is Membrane too,
+// a second 2-node cluster whose agents run that object (an A/B of two objects, e.g. the last commit's
+// build against this one); OBJ=<datapath .o> for "Membrane"'s agents (default: the build's).
 import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startCluster } from '../../integration/lib/cluster.ts';
-import { plainRouting, plainVxlan } from './cross-node-peers.ts';
+import { plainRouting, plainVxlan, type PodPair } from './cross-node-peers.ts';
 import { podPairAcross } from './cross-node-pair.ts';
 import { median, settled, sleep, throughput } from './lib.ts';
 import { membranePolicy } from './topologies.ts';
@@ -68,8 +70,36 @@ async function profiled(
   return { gbps, bySym };
 }
 
-const peer = MODE === 'tunnel' ? await plainVxlan() : await plainRouting();
-const c = await startCluster({ nodes: 2, agentArgs: ['--routing-mode', MODE, '--log-level', 'info'] });
+const PEER_OBJ = process.env.PEER_OBJ;
+const OBJ = process.env.OBJ;
+const agentArgs = (obj?: string) => ['--routing-mode', MODE, '--log-level', 'info', ...(obj ? ['--bpf-object', obj] : [])];
+/** The peer as a Topology: plain kernel networking, or (PEER_OBJ) Membrane on another object. */
+async function membranePeer(obj: string): Promise<{ pods(): Promise<PodPair>; close(): Promise<void> }> {
+  const pc = await startCluster({ nodes: 2, agentArgs: agentArgs(obj) });
+  if (RULES) await new PolicyClient(pc.nodes[1].client).import(membranePolicy(RULES));
+  return {
+    pods: async () => {
+      const p = await podPairAcross(pc.nodes[0], pc.nodes[1], 'mbxq');
+      await settled([pc.nodes[0].agent.pid()!, pc.nodes[1].agent.pid()!], {
+        busyPct: 2,
+        timeoutMs: 60_000,
+        throwOnTimeout: false,
+      });
+      return {
+        a: p.a.ns,
+        b: p.b.ns,
+        ipB: p.b.ip,
+        cleanup: async () => {
+          p.a.ns.remove();
+          p.b.ns.remove();
+        },
+      };
+    },
+    close: () => pc.cleanup(),
+  };
+}
+const peer = PEER_OBJ ? await membranePeer(PEER_OBJ) : MODE === 'tunnel' ? await plainVxlan() : await plainRouting();
+const c = await startCluster({ nodes: 2, agentArgs: agentArgs(OBJ) });
 const totals = { peer: new Map<string, number>(), ours: new Map<string, number>() };
 const mb = { peer: 0, ours: 0 };
 const gbps: Record<'peer' | 'ours', number[]> = { peer: [], ours: [] };
@@ -103,7 +133,7 @@ try {
 const per = (side: 'peer' | 'ours', k: string) => (totals[side].get(k) ?? 0) / mb[side];
 const sum = (side: 'peer' | 'ours') => [...totals[side].values()].reduce((a, b) => a + b, 0) / mb[side];
 console.log(
-  `MODE=${MODE}, RULES=${RULES}, ${ROUNDS} rounds of ${SECONDS} s, load ${load0.toFixed(1)} -> ${os.loadavg()[0].toFixed(1)}`,
+  `${PEER_OBJ ? `peer: Membrane on ${PEER_OBJ}; Membrane on ${OBJ ?? 'the build'}; ` : ''}MODE=${MODE}, RULES=${RULES}, ${ROUNDS} rounds of ${SECONDS} s, load ${load0.toFixed(1)} -> ${os.loadavg()[0].toFixed(1)}`,
 );
 console.log(
   `Gbit/s peer ${gbps.peer.map((x) => x.toFixed(2)).join(' ')}; Membrane ${gbps.ours.map((x) => x.toFixed(2)).join(' ')}`,
