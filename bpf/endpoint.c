@@ -78,14 +78,26 @@ static __always_inline int to_proxy(struct __sk_buff *skb, const struct pkt *p, 
 /* A packet from another node for a local pod (from_tunnel, from_underlay's two paths): the pod's
  * ingress with `peer` as the sender's identity (0: the source address's, `lookup_src`), then to the
  * L7 proxy or into the pod. `to_host`: the frame was addressed to another device (the tunnel's inner
- * frame) and the stack must take it as its own when the proxy gets it. */
+ * frame) and the stack must take it as its own when the proxy gets it. `hairpin`: a flow for the
+ * proxy reaches the stack through the host device (proxy_hairpin, as to_container's flows from outside
+ * the node's pods), not from the device it arrived on: vxlan_rx.c's packet arrived on the underlay
+ * device, while the remote pod's address is routed via the tunnel device, so a strict rp_filter
+ * would drop it there; the host device's is loose (shared/src/l7/routing.ts). */
 static __always_inline int remote_ingress(struct __sk_buff *skb, const struct pkt *p, const struct endpoint_config *ep,
-					  const struct local_endpoint *dst, __u32 peer, bool lookup_src, bool to_host)
+					  const struct local_endpoint *dst, __u32 peer, bool lookup_src, bool to_host,
+					  bool hairpin)
 {
-	__u16 reason, proxy = 0;
+	__u16 reason = 0, proxy = 0;
+	int r;
 
 	if (enforce_peer(skb, p, ep, POLICY_DIR_INGRESS, true, peer, lookup_src, &proxy) != ENFORCE_PASS)
 		return TC_ACT_SHOT;
+	if (proxy && hairpin) {
+		r = proxy_hairpin(skb, p, proxy, &reason);
+		if (r == TC_ACT_SHOT)
+			drop_at(p, ep, POLICY_DIR_INGRESS, reason);
+		return r;
+	}
 	if (proxy) {
 		reason = proxy_assign(skb, p, proxy);
 		if (reason) {

@@ -90,7 +90,7 @@ int from_tunnel(struct __sk_buff *skb)
 		return TC_ACT_SHOT;
 	}
 	/* The destination's ingress policy, with the VNI as the peer (to_container never sees it). */
-	return remote_ingress(skb, &p, ep, dst, identity, false, true);
+	return remote_ingress(skb, &p, ep, dst, identity, false, true, false);
 }
 
 SEC("tc")

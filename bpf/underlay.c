@@ -88,5 +88,5 @@ int from_underlay(struct __sk_buff *skb)
 	/* The pod's ingress, with the ipcache's identity of the source (peer 0), as to_container does, and
 	 * the underlay's own check (underlay_spoofed): a new flow's source as its identity is looked up,
 	 * a tracked flow's by the peer identity its entry recorded, so established packets pay nothing. */
-	return remote_ingress(skb, &p, ep, dst, 0, true, false);
+	return remote_ingress(skb, &p, ep, dst, 0, true, false, false);
 }

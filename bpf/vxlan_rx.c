@@ -10,10 +10,12 @@
  * cross-node connection over both nodes (perf by symbol in cross-node-prog-ab.ts: vxlan_rcv, the
  * datagram's ip_rcv and input route, the metadata's kmalloc and call_rcu), work plain VXLAN mostly
  * does too. The decision made here is from_tunnel's, with the same inputs:
- *  - the outer source must be a node of the cluster (its own tunnel_map entry) and not this node, the VNI the sender's
- *    identity (never the inner source address; "host" from another node is remote-node here);
+ *  - the outer source must be a node of the cluster (its own tunnel_map entry) and not this node,
+ *    the VNI the sender's identity (never the inner source address; "host" from another node is
+ *    remote-node here);
  *  - the destination pod's ingress enforcement (enforce_peer with the VNI as the peer), then
- *    bpf_redirect_peer.
+ *    bpf_redirect_peer, or for a flow the L7 proxy takes the host device's hairpin (a strict rp_filter
+ *    drops it on the underlay device: integration/cluster-overlay-l7.test.ts).
  * Only the plain case is taken: an unfragmented IPv4 datagram to this node's address and tunnel port
  * with no UDP checksum (Membrane's senders send none over IPv4), a valid outer header checksum (ip_rcv
  * drops a bad one), VXLAN flags exactly I, lengths that match, not GSO, an inner IPv4 packet for a
@@ -61,19 +63,11 @@ static __always_inline int vxlan_rx(struct __sk_buff *skb, const struct overlay_
 	struct endpoint_config *ep;
 	struct ip_key key;
 	struct pkt p;
-	__u32 identity, len = skb->len, zero = 0;
+	__u32 identity, len = skb->len;
 	bool ce;
-
-	const struct proxy_config *l7 = bpf_map_lookup_elem(&proxy_config, &zero);
 
 	if (!cfg->tunnel_port || !cfg->node_ipv4 || skb->ifindex != cfg->underlay_ifindex || skb->protocol != bpf_htons(ETH_P_IP) ||
 	    skb->gso_size || skb->pkt_type != PACKET_HOST) /* a frame for another MAC: ip_rcv drops it */
-		return TC_ACT_OK;
-	/* A node whose L7 proxy is set up keeps the tunnel device's path: a flow handed to the proxy goes
-	 * up the stack from the device it arrived on, and the reverse route of a remote pod's address is
-	 * the tunnel device (a strict rp_filter drops it from the underlay device: without this check,
-	 * integration/cluster-overlay-l7.test.ts's proxied requests get no answer). */
-	if (l7 && l7->host_ifindex)
 		return TC_ACT_OK;
 	if (!linear_headers(skb, ETH_HLEN + VXLAN_RX_STRIP + sizeof(struct iphdr), &data, &data_end))
 		return TC_ACT_OK;
@@ -129,5 +123,5 @@ static __always_inline int vxlan_rx(struct __sk_buff *skb, const struct overlay_
 		return TC_ACT_OK;
 	if (parse_packet(skb, &p) != PARSE_IP)
 		return drop_unknown(skb, p.drop_reason ? p.drop_reason : DROP_UNSUPPORTED_L2);
-	return remote_ingress(skb, &p, ep, dst, identity, false, false);
+	return remote_ingress(skb, &p, ep, dst, identity, false, false, true);
 }

@@ -2,9 +2,10 @@
 // policy has HTTP rules, so n2's L7 proxy answers for it: an allowed request reaches the server, a
 // denied one gets the proxy's 403, a pod the rule does not admit is dropped at L3/L4, and n2 reports
 // each request as an L7 flow naming the sender's identity (carried by the VNI). n2 filters reverse
-// paths strictly: a proxied flow must enter n2's stack from the tunnel device, not from the underlay
-// device where the receive short-cut (bpf/vxlan_rx.c) takes datagrams apart, so vxlan_rx leaves every
-// datagram to the tunnel device on a node whose L7 proxy is set up (without that, no answer here).
+// paths strictly, and its receive short-cut (bpf/vxlan_rx.c) takes every datagram apart on the
+// underlay device, proxied flows too: those reach the proxy through the host device's hairpin (loose
+// rp_filter), since from the underlay device, where the remote pod's address is not routed, a strict
+// rp_filter drops them (no answer here).
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import { clusterForFile } from './lib/cluster-file.ts';
@@ -22,6 +23,16 @@ if (process.getuid?.() !== 0) {
 }
 
 const { c, servers, known } = clusterForFile(t, { nodes: 2 });
+
+/** Packets the node's tunnel device has received (ip -s link). */
+const tunnelRx = (n: (typeof c.nodes)[number]): number =>
+  (
+    JSON.parse(
+      execFileSync('nsenter', [`--net=${n.netns.path}`, 'ip', '-s', '-j', 'link', 'show', 'membrane_vxlan'], {
+        encoding: 'utf8',
+      }),
+    ) as { stats64: { rx: { packets: number } } }[]
+  )[0].stats64.rx.packets;
 
 t.test('a pod on n1 to an L7-policed pod on n2: allowed, denied by the HTTP rule, dropped at L4; L7 flows on n2', async (t) => {
   const [n1, n2] = c.nodes;
@@ -48,6 +59,7 @@ t.test('a pod on n1 to an L7-policed pod on n2: allowed, denied by the HTTP rule
     200,
   );
 
+  const tunnelRx0 = tunnelRx(n2);
   const allowed = await curl(good.ns, url(marker));
   t.equal(allowed.status, 200, 'GET /public/... from good (stage=live): 200 from web');
   t.match(allowed.body, /"server":"web"/, "web's own answer");
@@ -55,6 +67,7 @@ t.test('a pod on n1 to an L7-policed pod on n2: allowed, denied by the HTTP rule
   t.equal((await curl(good.ns, url('/private'))).status, 403, 'a path no rule allows: 403');
   const dropped = await curl(bad.ns, url(marker), [], { timeoutS: 2 });
   t.equal(dropped.status, 0, `crawler (no rule admits it): no answer (curl exit ${dropped.exit})`);
+  t.equal(tunnelRx(n2) - tunnelRx0, 0, "none of it came in through n2's tunnel device: vxlan_rx took it, proxied flows too");
 
   const l7 = (method: string, path: string) => (f: import('../shared/src/flows/types.ts').Flow) =>
     f.l7?.type === 'REQUEST' && f.l7.http?.method === method && (f.l7.http?.url ?? '').endsWith(path);
