@@ -7,8 +7,8 @@
  * device, whose egress runs to_tunnel and whose transmit path does that route lookup too
  * (vxlan_xmit_one, iptunnel_xmit). The datagram is the one the tunnel device would have built: this
  * node's address to the other node's (tunnel_map), UDP to the tunnel port from a source port picked by
- * the inner flow's hash, no UDP checksum (as Membrane's tunnel device sends over IPv4), DF, VXLAN
- * flags I, VNI = the sending endpoint's identity, the pod's own Ethernet header inside. The outer
+ * the inner flow's hash, no UDP checksum (as Membrane's tunnel device sends over IPv4), DF (where
+ * the device sets none: see below), VXLAN flags I, VNI = the sending endpoint's identity, the pod's own Ethernet header inside. The outer
  * TOS carries the inner packet's ECN field as the tunnel device's does (RFC 6040, INET_ECN_encapsulate:
  * ECT stays ECT, CE becomes ECT(0), so a router on the underlay can mark congestion and vxlan_rx.c
  * or vxlan_rcv carries its CE mark into the pod's packet).
@@ -122,6 +122,10 @@ static __always_inline int vxlan_tx(struct __sk_buff *skb, const struct pkt *p, 
 	ip->tos = (tos & INET_ECN_MASK) == INET_ECN_CE ? INET_ECN_ECT_0 : tos & INET_ECN_MASK;
 	ip->tot_len = bpf_htons(len - ETH_HLEN + VXLAN_TX_ROOM);
 	ip->id = 0;
+	/* Unlike the tunnel device's (no DF, a fresh IP id: captured on the harness's underlay), so a
+	 * router on a routed underlay with a smaller MTU drops this datagram where it fragments the
+	 * device's, and its ICMP reaches no socket. Kept: clearing DF needs real IP ids (id 0 with DF
+	 * only, RFC 6864), and no test has a routed underlay to prove either behaviour yet. */
 	ip->frag_off = bpf_htons(IP_DF);
 	ip->ttl = 64;
 	ip->protocol = IPPROTO_UDP;
