@@ -18,6 +18,7 @@
 // each sample also records the cell's two agents (perf -g, 999 Hz; run with NODE_OPTIONS=--perf-basic-prof
 // for JavaScript names), and the end prints their CPU per connection by kind (GC, JIT, JavaScript,
 // kernel, the rest). WARM=N (0): N s of crr per cell before the rounds, unmeasured (the agents' JIT).
+// "X.o+tcx" (last in the spec): that cell's programs run from tcx links instead of classic tc (tcx-swap.ts).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -30,6 +31,7 @@ import { attachedPrograms, enableBpfStats } from './bpf-stats.ts';
 import { podPairAcross } from './cross-node-pair.ts';
 import { plainRouting, plainVxlan } from './cross-node-peers.ts';
 import { connectionRate, median, processCpuMs, settled, sleep } from './lib.ts';
+import { swapToTcx } from './tcx-swap.ts';
 import { membranePolicy } from './topologies.ts';
 
 delete process.env.NODE_EXTRA_CA_CERTS;
@@ -181,7 +183,9 @@ const load0 = os.loadavg()[0].toFixed(2);
 const cells: Cell[] = [];
 const restoreStats = enableBpfStats();
 try {
-  for (const obj of OBJS) {
+  for (const spec of OBJS) {
+    const tcx = spec.endsWith('+tcx');
+    const obj = tcx ? spec.slice(0, -4) : spec;
     const c = await startCluster({
       nodes: 2,
       agentMain: obj.split('@')[0].split('%')[1] ?? AGENT,
@@ -197,10 +201,15 @@ try {
       ],
     });
     const [n1, n2] = c.nodes;
-    const cell = newCell(obj, () => c.cleanup());
+    let untcx = () => {};
+    const cell = newCell(spec, () => {
+      untcx();
+      return c.cleanup();
+    });
     cells.push(cell);
     const { a, b } = await podPairAcross(n1, n2, 'mbab');
     if (RULES) await new PolicyClient(n2.client).import(membranePolicy(RULES));
+    if (tcx) untcx = swapToTcx([n1, n2].map((n) => ({ netnsPath: n.netns.path, bpffsDir: n.bpffsDir })));
     Object.assign(cell, {
       a: a.ns,
       b: b.ns,
