@@ -127,10 +127,11 @@ static __always_inline int vxlan_tx(struct __sk_buff *skb, const struct pkt *p, 
 	ip->tos = (tos & INET_ECN_MASK) == INET_ECN_CE ? INET_ECN_ECT_0 : tos & INET_ECN_MASK;
 	ip->tot_len = bpf_htons(len - ETH_HLEN + VXLAN_TX_ROOM);
 	ip->id = 0;
-	/* Unlike the tunnel device's (no DF, a fresh IP id: captured on the harness's underlay), so a
-	 * router on a routed underlay with a smaller MTU drops this datagram where it fragments the
-	 * device's, and its ICMP reaches no socket. Kept: clearing DF needs real IP ids (id 0 with DF
-	 * only, RFC 6864), and no test has a routed underlay to prove either behaviour yet. */
+	/* Unlike the tunnel device's (no DF, a fresh IP id: captured on the harness's underlay): a router
+	 * with a smaller MTU drops this datagram where it fragments the device's. Its "fragmentation
+	 * needed" sets the node's path MTU, after which the lookup above sends the flow's larger datagrams
+	 * to the device; those dropped until then are lost (TCP resends them). Kept: clearing DF needs
+	 * real IP ids (id 0 with DF only, RFC 6864). */
 	ip->frag_off = bpf_htons(IP_DF);
 	ip->ttl = 64;
 	ip->protocol = IPPROTO_UDP;
