@@ -53,8 +53,8 @@ t.test('two pods talk to each other and to the node, then leave nothing behind',
   const table = await membrane(['--socket', agent.socket, 'endpoint', 'list']);
   t.match(table.out, /app=a/, 'labels shown in the table');
 
-  t.match(tcFilters(b.hostIfName, 'ingress'), /bpf/, 'BPF program on the host veth ingress');
-  t.match(tcFilters(b.hostIfName, 'egress'), /bpf/, 'and egress');
+  t.match(tcFilters(b.hostIfName, 'ingress'), /tcx from_container/, 'BPF program on the host veth ingress');
+  t.match(tcFilters(b.hostIfName, 'egress'), /tcx to_container/, 'and egress');
   t.equal(mapEntries(agent.bpffsDir, 'endpoints_cfg'), 2, 'two endpoint config entries');
 
   for (const e of [a, b]) t.same(await agent.client.deleteEndpoint(e.containerId, e.ifName), { deleted: true });

@@ -10,6 +10,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { loadDatapath, removePins, type Datapath, type EndpointDatapathConfig } from '../shared/src/bpf/datapath.ts';
+import { TCX_LINK_PIN } from '../shared/src/bpf/layout.ts';
 import { claimPrefix24 } from './lib/subnets.ts';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
@@ -301,7 +302,11 @@ t.test('detach is best effort and reversible', async (t) => {
   dp!.detach(A.cfg!.hostIfindex);
   t.doesNotThrow(() => dp!.detach(0x7ffffff0), 'missing link');
   t.same(dp!.attachedProgramIds(0x7ffffff0), {});
-  t.throws(() => dp!.attach(0x7ffffff0), /bpf_tc_hook_create ifindex 2147483632.*ENODEV/, 'errors name op, ifindex and reason');
+  t.throws(
+    () => dp!.attach(0x7ffffff0),
+    /bpf_link_create tcx ifindex 2147483632 ingress.*ENODEV/,
+    'errors name op, ifindex and reason',
+  );
   dp!.attach(A.cfg!.hostIfindex);
   t.equal(udpEchoes(A, B.ip4, 3), 3);
 });
@@ -310,6 +315,7 @@ t.test('pins: one per map and program, removed by removePins', async (t) => {
   t.same(
     fs
       .readdirSync(pinDir)
+      .filter((n) => !TCX_LINK_PIN.test(n))
       .map((n) => n.replace(/^prog_stamp_[0-9a-f]+$/, 'prog_stamp_'))
       .sort(),
     [
@@ -347,6 +353,14 @@ t.test('pins: one per map and program, removed by removePins', async (t) => {
       'proxy_udp_dst',
       'tunnel_map',
     ],
+  );
+  t.same(
+    fs
+      .readdirSync(pinDir)
+      .filter((n) => TCX_LINK_PIN.test(n))
+      .sort(),
+    pods.flatMap((p) => [`link_tcx_${p.cfg!.hostIfindex}_egress`, `link_tcx_${p.cfg!.hostIfindex}_ingress`]).sort(),
+    "and one tcx link per endpoint's hook",
   );
   t.throws(
     () => loadDatapath({ objectPath: path.join(root, 'dist/bpf/endpoint.o'), pinDir: '/tmp/mbt-not-bpffs' }),

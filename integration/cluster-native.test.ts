@@ -2,6 +2,7 @@
 // addresses itself (the nodes share it, so a route via the other node's address reaches its pods);
 // no tunnel device, pods keep the underlay's MTU, the receiving node classifies the sender by its
 // ipcache (the sender's address is known cluster-wide), policy and drops as in tunnel mode.
+import { tcFilters } from './lib/inspect.ts';
 import t, { type Test } from 'tap';
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
@@ -151,13 +152,15 @@ t.test('native routing: the agent restarted in single-node mode removes the rout
 async function thirdNodeWithAdminState(t: Test, adminRoute: string) {
   const n3 = await c.addNode();
   t.teardown(() => (c.nodes.includes(n3) ? c.removeNode(n3) : undefined));
-  const ingress = () => inNode(n3, 'tc', ['filter', 'show', 'dev', 'eth0', 'ingress']).stdout;
+  const ingress = () => tcFilters('eth0', 'ingress', n3.netns.path);
   await eventually(
     'n3 routes to n1 and n2, from_underlay on eth0',
     () => clusterRoutes(n3).split('\n').length === 2 && /from_underlay/.test(ingress()),
     30_000,
   );
   const foreign = ['filter', 'add', 'dev', 'eth0', 'ingress', 'prio', '7', 'bpf', 'bytecode', '1,6 0 0 0,'];
+  // Membrane's tcx links need no qdisc: the admin brings the clsact their filter sits on.
+  t.equal(inNode(n3, 'tc', ['qdisc', 'add', 'dev', 'eth0', 'clsact']).status, 0, "the admin's clsact qdisc");
   t.equal(inNode(n3, 'tc', foreign).status, 0, 'a foreign filter');
   t.equal(inNode(n3, 'ip', ['route', 'add', adminRoute, 'dev', 'eth0', 'proto', 'static']).status, 0, 'a foreign route');
   return { n3, ingress };

@@ -2,6 +2,7 @@
 // its veth and flows are reaped afterwards, also by an agent restarted after a SIGKILL. A new pod
 // with the old pod's address works at once, while the old pod's netns (still held here, as a
 // runtime may) can no longer send anything through Membrane.
+import fs from 'node:fs';
 import t from 'tap';
 import { ip4, startAgent, randomId, type TestAgent } from './lib/agent.ts';
 import { createNetns, linkExists, ping } from './lib/netns.ts';
@@ -15,6 +16,13 @@ interface CtEntry {
 const flowsOf = async (agent: TestAgent, id: number) =>
   (await agent.client.request<{ entries: CtEntry[] }>('GET', '/v1/bpf/ct')).entries.filter((e) => e.owner === id || e.peer === id)
     .length;
+
+/** The agent's pinned tcx links of a host interface (shared/src/bpf/tcx.ts). */
+const tcxPins = (agent: TestAgent, ifindex: number) =>
+  fs
+    .readdirSync(agent.bpffsDir)
+    .filter((n) => n.startsWith(`link_tcx_${ifindex}_`))
+    .sort();
 
 t.test(
   'the address of a deleted pod works for the next pod at once; the old pod cannot send; the reap resumes after SIGKILL',
@@ -68,6 +76,11 @@ t.test(
     t.match(await tcpRequest(nsA, ip4(c), 7070), /timeout|error/, 'nor open a connection to C');
     t.equal(flow.echoed(), echoedAtDel, 'and its live flow stopped at the DEL');
     t.ok(linkExists(a.hostIfName), "all that with A's veth still in place");
+    t.same(
+      tcxPins(agent, a.hostIfIndex),
+      [`link_tcx_${a.hostIfIndex}_egress`, `link_tcx_${a.hostIfIndex}_ingress`],
+      'its programs stay linked, dropping',
+    );
 
     // Killed before reaping: the record is on disk, the next start (no delay) finishes it.
     await agent.kill9();
@@ -75,6 +88,7 @@ t.test(
     t.ok(await pollUntil(() => !linkExists(a.hostIfName)), "the restarted agent removed A's veth");
     t.notMatch(await nsA.exec('ip', ['link']), /eth0/, "eth0 is gone from A's netns");
     t.equal(await flowsOf(restarted, a.id), 0, "no conntrack entry bound to A's id is left");
+    t.same(tcxPins(restarted, a.hostIfIndex), [], 'no pinned tcx link of its veth is left');
     t.equal(await tcpRequest(nsB, ip4(c), 7070), 'ping', 'B still works');
     t.equal(await tcpRequest(nsC, ip4(b), 7071), 'ping', 'and is still reached at the address');
   },
@@ -95,6 +109,7 @@ t.test("by default a deleted pod's veth and flows go right after the DEL answere
   t.same(await agent.client.deleteEndpoint(a.containerId, 'eth0'), { deleted: true });
   t.ok(await pollUntil(() => !linkExists(a.hostIfName), 15_000), "A's veth is removed");
   t.equal(await flowsOf(agent, a.id), 0, "A's flows are gone with it");
+  t.same(tcxPins(agent, a.hostIfIndex), [], 'no pinned tcx link of its veth is left');
   t.notOk(await ping(nsA, ip4(c), 1), "A's netns has no way out");
   t.same(await agent.client.deleteEndpoint(a.containerId, 'eth0'), { deleted: false }, 'a second DEL succeeds');
 });

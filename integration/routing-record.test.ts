@@ -4,6 +4,7 @@
 // an admin's route and another program at our tc handle on the device holding the recorded address;
 // our own device, routes and from_underlay go, and a second start
 // (the record gone, or the cleanup repeated after a crash) removes nothing more.
+import { tcFilters } from './lib/inspect.ts';
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import type { Test } from 'tap';
@@ -53,7 +54,7 @@ t.test('a tunnel device the record names but our programs are not on stays', asy
   t.same(removed, [], 'nothing removed');
   t.ok(s.linkThere(), `the collect-metadata VXLAN device ${s.device} stays`);
   t.match(s.routes(), /198\.18\.78\.0\/24/, "the admin's route through it stays");
-  t.match(inNs(s.ns, ['tc', 'filter', 'show', 'dev', 'ul0', 'ingress']), /to_container/, 'the other program on ul0 stays');
+  t.match(tcFilters('ul0', 'ingress', s.ns.path), /to_container/, 'the other program on ul0 stays');
   t.notOk(fs.existsSync(path.join(s.stateDir, 'cluster-routing.json')), 'the record is gone');
 });
 
@@ -70,7 +71,7 @@ t.test('our own device (our from_tunnel on it) and routes go; a repeated start r
     [`link ${s.device}`, 'route 10.203.7.0/24', 'from_underlay on ul0 ingress'].sort(),
     'the device, our route and from_underlay',
   );
-  t.notMatch(inNs(s.ns, ['tc', 'filter', 'show', 'dev', 'ul0', 'ingress']), /from_underlay/, 'from_underlay is off ul0');
+  t.notMatch(tcFilters('ul0', 'ingress', s.ns.path), /from_underlay/, 'from_underlay is off ul0');
   t.notOk(s.linkThere(), 'the device is gone');
   t.match(s.routes(), /198\.18\.79\.0\/24/, "the admin's route stays");
   // A crash after the removal but before the record went: the next start does it again, harmlessly.

@@ -1,12 +1,13 @@
 // Run inside a test's netns (nsenter): the steps of integration/routing-record.test.ts that must see
 // that netns' links and tc hooks (libbpf's tc calls use the process's own netns).
 //   attach PINDIR DEVICE [PIN]      our pinned from_tunnel (or the program pinned as PIN) on DEVICE's tc
-//                                   ingress at our handle and priority, as ensureTunnelDevice does
+//                                   ingress as a tcx link pinned in PINDIR, as ensureTunnelDevice does
 //   single STATEDIR PINDIR          the single-node start's cleanup; prints what it removed as JSON
 import fs from 'node:fs';
 import path from 'node:path';
 import * as bpf from '../../shared/src/bpf/libbpf.ts';
-import { PROGRAM_PINS, TC_HANDLE, TC_PRIORITY } from '../../shared/src/bpf/datapath.ts';
+import { PROGRAM_PINS } from '../../shared/src/bpf/datapath.ts';
+import { attachTcx } from '../../shared/src/bpf/tcx.ts';
 import { openNetlink } from '../../shared/src/netlink/index.ts';
 import { removeLeftClusterRouting } from '../../shared/src/routing/record.ts';
 
@@ -17,8 +18,7 @@ if (cmd === 'attach') {
   if (!link) throw new Error(`no link ${b}`);
   const prog = bpf.objGet(path.join(a, pin ?? PROGRAM_PINS.from_tunnel));
   try {
-    bpf.tcHookCreate(link.index);
-    bpf.tcAttach(link.index, bpf.BPF_TC_INGRESS, prog, TC_HANDLE, TC_PRIORITY);
+    attachTcx(a, { ifindex: link.index, direction: 'ingress' }, prog);
   } finally {
     fs.closeSync(prog);
   }

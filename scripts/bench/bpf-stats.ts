@@ -5,6 +5,9 @@
 // an established packet dearer).
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
+import path from 'node:path';
+
+const TCX_SHOW = path.join(import.meta.dirname, '../../integration/lib/tcx-show-child.ts');
 
 const SYSCTL = '/proc/sys/kernel/bpf_stats_enabled';
 
@@ -48,12 +51,17 @@ export function enableBpfStats(): () => void {
   };
 }
 
-/** Ids of the tc programs attached to any link of these netns (each program once). */
+/** Ids of the tc and tcx programs attached to any link of these netns (each program once). bpftool 7.1
+ *  lists only classic tc ones; tcx-show-child asks the kernel for the tcx ones (Membrane's). */
 export function attachedPrograms(netnsPaths: string[]): number[] {
   const ids = new Set<number>();
   for (const ns of netnsPaths) {
     const out = execFileSync('nsenter', [`--net=${ns}`, 'bpftool', 'net', 'show', '-j'], { encoding: 'utf8' });
     for (const e of JSON.parse(out) as { tc?: { id: number }[] }[]) for (const t of e.tc ?? []) ids.add(t.id);
+    const tcx = execFileSync('nsenter', [`--net=${ns}`, process.execPath, '--import', 'tsx', TCX_SHOW, '--ids'], {
+      encoding: 'utf8',
+    });
+    for (const id of JSON.parse(tcx) as number[]) ids.add(id);
   }
   return [...ids];
 }

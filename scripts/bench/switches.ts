@@ -5,6 +5,8 @@ import path from 'node:path';
 import * as bpf from '../../shared/src/bpf/libbpf.ts';
 import { decodeGlobalConfig, encodeGlobalConfig, encodeU32Key, GLOBAL_CONFIG_SIZE } from '../../shared/src/maps/codec.ts';
 
+const UNDERLAY_RX_CHILD = path.join(import.meta.dirname, 'underlay-rx-child.ts');
+
 /** The flow-event switch in an agent's pinned datapath_config, the other settings kept. */
 export function setFlowEvents(bpffsDir: string, on: boolean): void {
   const pin = path.join(bpffsDir, 'datapath_config');
@@ -19,15 +21,13 @@ export function setFlowEvents(bpffsDir: string, on: boolean): void {
 }
 
 /** Native routing's receive program on a node's underlay device (eth0 in the harness): attached as the
- *  agent attaches it (TC_HANDLE 0x4d42, priority 1), or removed so the stack forwards to the pod's host
- *  veth. Removing what is already gone is not an error. */
+ *  agent attaches it (a tcx link pinned in its bpffs dir), or removed so the stack forwards to the pod's
+ *  host veth. Removing what is already gone is not an error. */
 export function setUnderlayRx(netnsPath: string, bpffsDir: string, on: boolean): void {
-  const tc = ['--net=' + netnsPath, 'tc', 'filter', on ? 'replace' : 'del', 'dev', 'eth0', 'ingress'];
-  tc.push('pref', '1', 'handle', '0x4d42', 'bpf');
-  if (on) tc.push('direct-action', 'object-pinned', `${bpffsDir}/prog_from_underlay`);
+  const child = [process.execPath, '--import', 'tsx', UNDERLAY_RX_CHILD, bpffsDir, on ? 'on' : 'off'];
   try {
-    execFileSync('nsenter', tc, { stdio: 'ignore' });
+    execFileSync('nsenter', ['--net=' + netnsPath, ...child], { stdio: 'pipe' });
   } catch (err) {
-    if (on) throw new Error(`attaching prog_from_underlay in ${netnsPath}: ${(err as Error).message}`);
+    throw new Error(`setting prog_from_underlay ${on ? 'on' : 'off'} in ${netnsPath}: ${(err as Error).message}`);
   }
 }

@@ -36,6 +36,7 @@ function kernel(links: Record<number, string>) {
         flushed.push([...ids]);
         return ids.length;
       },
+      releaseDetached: () => undefined,
     },
   };
 }

@@ -327,7 +327,7 @@ export class Agent {
       socket: this.cfg.socket,
       datapath: {
         pinDir: this.datapath.pinDir,
-        attach: 'tc-clsact',
+        attach: 'tcx',
         hostDevice: this.cfg.hostDevice,
         problems: this.problems.datapath(),
       },

@@ -3,6 +3,7 @@
 // endpoint's map entries in endpoint-maps.ts). Maps are pinned by name and reused on the next load,
 // so forwarding state and tc attachments survive agent restarts and upgrades with the same map
 // layouts. See bpf/README.md for the attach-mode choice (classic tc over tcx).
+import { sweepStaleTcx } from './tcx.ts';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -40,6 +41,8 @@ export interface Datapath {
   readonly programIds: { fromContainer: number; toContainer: number };
   attach(ifindex: number): void;
   detach(ifindex: number): void;
+  /** After its interface was deleted: the pins of the links the kernel detached with it go. */
+  releaseDetached(ifindex: number): void;
   attachedProgramIds(ifindex: number): { ingress?: number; egress?: number };
   isCurrent(ifindex: number): boolean;
   /** endpoints_cfg and counters, then (unless `publish: false`) publishEndpoint. A new endpoint is
@@ -179,6 +182,7 @@ export function loadDatapath(options: LoadDatapathOptions): Datapath {
     const loaded = new LoadedDatapath(obj, pinDir, maps, { from: fromFd, to: toFd }, possibleCpus(), programFds);
     loaded.adoptRetiredCounters(path.join(pinDir, 'endpoint_counters'));
     removeRetiredPins(pinDir);
+    sweepStaleTcx(pinDir); // links whose interfaces went while no agent ran
     return loaded;
   } catch (err) {
     for (const fd of programFds) fs.closeSync(fd);

@@ -47,6 +47,12 @@ export const PROGRAM_PINS = {
 /** Links pinned so an attachment outlives the agent: the L7 proxy's sk_lookup on the agent's netns. */
 export const LINK_PINS = { proxy_steer: 'link_proxy_steer' } as const;
 
+/** tcx links (tcx.ts), one per hook: `link_tcx_<ifindex>_<ingress|egress>`. */
+export const TCX_LINK_PIN = /^link_tcx_(\d+)_(ingress|egress)$/;
+export function tcxLinkPinName(ifindex: number, direction: 'ingress' | 'egress'): string {
+  return `link_tcx_${ifindex}_${direction}`;
+}
+
 /** Fixed tc filter identity, so attach is an idempotent replace and query/detach find our filter. */
 export const TC_HANDLE = 0x4d42; // "MB"
 export const TC_PRIORITY = 1;
@@ -74,5 +80,13 @@ export function removeRetiredPins(pinDir: string): void {
 /** Unlink our pins and the directory (uninstall, tests); refuses to delete pins it does not know. */
 export function removePins(pinDir: string): void {
   if (fs.existsSync(pinDir)) removeProgramStamps(pinDir);
-  removeKnownPins(pinDir, [...MAP_NAMES, ...RETIRED_MAP_PINS, ...Object.values(PROGRAM_PINS), ...Object.values(LINK_PINS)]);
+  // Unlinking a tcx link's pin, its last reference, detaches it.
+  const tcx = fs.existsSync(pinDir) ? fs.readdirSync(pinDir).filter((n) => TCX_LINK_PIN.test(n)) : [];
+  removeKnownPins(pinDir, [
+    ...MAP_NAMES,
+    ...RETIRED_MAP_PINS,
+    ...Object.values(PROGRAM_PINS),
+    ...Object.values(LINK_PINS),
+    ...tcx,
+  ]);
 }

@@ -33,4 +33,14 @@ export {
   mapUpdateBatch,
 } from './libbpf/maps.ts';
 export { progTestRun, type TestRunResult } from './libbpf/test-run.ts';
-export { BPF_SK_LOOKUP, linkCreate, linkUpdate } from './libbpf/links.ts';
+export {
+  BPF_SK_LOOKUP,
+  BPF_TCX_EGRESS,
+  BPF_TCX_INGRESS,
+  linkCreate,
+  linkDetach,
+  linkUpdate,
+  tcxLinkInfo,
+  tcxProgramIds,
+  type TcxLinkInfo,
+} from './libbpf/links.ts';

@@ -5,6 +5,7 @@ import * as bpf from './libbpf.ts';
 import * as codec from '../maps/codec.ts';
 import * as conntrack from '../maps/conntrack.ts';
 import { MAP_NAMES, TC_HANDLE, TC_PRIORITY, type MapName } from './layout.ts';
+import { attachTcx, detachTcx, releaseDetachedTcx, tcxProgramId } from './tcx.ts';
 import {
   adoptRetiredCounters,
   LocalEndpointsIndex,
@@ -66,23 +67,31 @@ export class LoadedDatapath implements Datapath {
     return bpf.mapKeys(m.fd, name, m.keySize, m.maxEntries + 1);
   }
 
+  /** tcx links pinned in pinDir (tcx.ts); an earlier version's classic filters are replaced. */
   attach(ifindex: number): void {
     this.map('endpoints_cfg'); // refuse after close
-    bpf.tcHookCreate(ifindex);
-    bpf.tcAttach(ifindex, bpf.BPF_TC_INGRESS, this.progFds.from, TC_HANDLE, TC_PRIORITY);
-    bpf.tcAttach(ifindex, bpf.BPF_TC_EGRESS, this.progFds.to, TC_HANDLE, TC_PRIORITY);
+    attachTcx(this.pinDir, { ifindex, direction: 'ingress' }, this.progFds.from);
+    attachTcx(this.pinDir, { ifindex, direction: 'egress' }, this.progFds.to);
   }
 
   detach(ifindex: number): void {
-    // Only our filters: the clsact qdisc may carry other tools' filters, and it goes with the veth.
+    detachTcx(this.pinDir, { ifindex, direction: 'ingress' });
+    detachTcx(this.pinDir, { ifindex, direction: 'egress' });
+    // An earlier version's classic filters: only ours (the clsact qdisc may carry other tools' filters).
     bpf.tcDetach(ifindex, bpf.BPF_TC_INGRESS, TC_HANDLE, TC_PRIORITY);
     bpf.tcDetach(ifindex, bpf.BPF_TC_EGRESS, TC_HANDLE, TC_PRIORITY);
   }
 
+  releaseDetached(ifindex: number): void {
+    releaseDetachedTcx(this.pinDir, ifindex);
+  }
+
+  /** Our tcx links' programs (an earlier version's classic filters count as not attached: restore
+   *  re-attaches, which migrates them). */
   attachedProgramIds(ifindex: number): { ingress?: number; egress?: number } {
     const ids: { ingress?: number; egress?: number } = {};
-    const ingress = bpf.tcQuery(ifindex, bpf.BPF_TC_INGRESS, TC_HANDLE, TC_PRIORITY);
-    const egress = bpf.tcQuery(ifindex, bpf.BPF_TC_EGRESS, TC_HANDLE, TC_PRIORITY);
+    const ingress = tcxProgramId(this.pinDir, { ifindex, direction: 'ingress' });
+    const egress = tcxProgramId(this.pinDir, { ifindex, direction: 'egress' });
     if (ingress !== undefined) ids.ingress = ingress;
     if (egress !== undefined) ids.egress = egress;
     return ids;

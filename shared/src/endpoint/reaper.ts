@@ -28,7 +28,7 @@ export interface ReapRecord {
 export interface ReaperDeps {
   store: Store;
   host: Pick<Netlink, 'linkByIndex' | 'linkDel'>;
-  datapath: Pick<Datapath, 'flushConntrackOf'>;
+  datapath: Pick<Datapath, 'flushConntrackOf' | 'releaseDetached'>;
   /** Does a live endpoint use this host interface name (a re-ADD of the same attachment)? */
   inUse: (hostIfName: string) => boolean;
   /** The id may be handed out again. */
@@ -85,6 +85,8 @@ export class Reaper {
     // By index and name: the index may belong to a newer interface, the name to a re-ADD.
     const link = this.d.host.linkByIndex(rec.hostIfIndex);
     if (link && link.name === rec.hostIfName && !this.d.inUse(rec.hostIfName)) this.d.host.linkDel(rec.hostIfIndex);
+    // The kernel detached its programs' links with it; their pins go (a live link is left alone).
+    this.d.datapath.releaseDetached(rec.hostIfIndex);
   }
 
   /** Records a previous run left (it was killed before reaping): their ids are still taken. */

@@ -1,11 +1,12 @@
 // The datapath's half of the L7 proxy that the agent sets up once: the host device that hairpinned
 // packets enter (bpf/lib/proxy.h proxy_config), the program on its tc ingress that hands them to
-// the proxy (from_host_device, loaded and pinned with the others), and the socket lookup program on
+// the proxy (from_host_device, loaded and pinned with the others; a pinned tcx link, bpf/tcx.ts), and the socket lookup program on
 // the agent's netns that hands a diverted SYN to the proxy's listener (proxy_steer, a pinned link).
 import fs from 'node:fs';
 import path from 'node:path';
 import * as bpf from '../bpf/libbpf.ts';
-import { LINK_PINS, PROGRAM_PINS, TC_HANDLE, TC_PRIORITY, type Datapath } from '../bpf/datapath.ts';
+import { LINK_PINS, PROGRAM_PINS, type Datapath } from '../bpf/datapath.ts';
+import { attachTcx } from '../bpf/tcx.ts';
 import { encodeU32Key } from '../maps/codec.ts';
 import { parseMac, writeHostU32 } from '../net/index.ts';
 
@@ -17,8 +18,7 @@ export function attachProxyHairpin(dp: Datapath, host: { index: number; mac: str
   parseMac(host.mac).copy(v, 4);
   const prog = bpf.objGet(path.join(dp.pinDir, PROGRAM_PINS.from_host_device));
   try {
-    bpf.tcHookCreate(host.index);
-    bpf.tcAttach(host.index, bpf.BPF_TC_INGRESS, prog, TC_HANDLE, TC_PRIORITY);
+    attachTcx(dp.pinDir, { ifindex: host.index, direction: 'ingress' }, prog);
   } finally {
     fs.closeSync(prog);
   }

@@ -1,11 +1,12 @@
 // The node's tunnel device: one collect-metadata VXLAN device (no ARP: routes into it need no
-// neighbour answers), with from_tunnel on its tc ingress and to_tunnel on its egress (the pinned
-// programs, so the attachment outlives the agent like every endpoint's does). Native routing has none;
-// its receive program sits on the underlay device's tc ingress instead.
+// neighbour answers), with from_tunnel on its tc ingress and to_tunnel on its egress (tcx links of the
+// pinned programs, pinned so the attachment outlives the agent like every endpoint's does: bpf/tcx.ts).
+// Native routing has none; its receive program sits on the underlay device's tc ingress instead.
 import fs from 'node:fs';
 import path from 'node:path';
 import * as bpf from '../bpf/libbpf.ts';
 import { PROGRAM_PINS, TC_HANDLE, TC_PRIORITY, type Datapath } from '../bpf/datapath.ts';
+import { attachTcx, detachTcx, type TcxDirection } from '../bpf/tcx.ts';
 import type { Netlink } from '../netlink/index.ts';
 import { addressOnly, familyOf, normalizeIp, type Family } from '../net/index.ts';
 
@@ -35,8 +36,8 @@ export function ensureTunnelDevice(host: Netlink, dp: Datapath, spec: TunnelDevi
   const link = host.linkByName(spec.name);
   if (!link) throw new Error(`tunnel device ${spec.name} vanished right after it was created`);
   if (!link.up) host.linkSetUp(link.index);
-  attachPinned(dp, link.index, bpf.BPF_TC_INGRESS, PROGRAM_PINS.from_tunnel);
-  attachPinned(dp, link.index, bpf.BPF_TC_EGRESS, PROGRAM_PINS.to_tunnel);
+  attachPinned(dp, link.index, 'ingress', PROGRAM_PINS.from_tunnel);
+  attachPinned(dp, link.index, 'egress', PROGRAM_PINS.to_tunnel);
   return link.index;
 }
 
@@ -44,14 +45,16 @@ export function ensureTunnelDevice(host: Netlink, dp: Datapath, spec: TunnelDevi
  *  straight to them: native routing's receive path (bpf/underlay.c), and in tunnel mode the VXLAN
  *  receive short-cut (bpf/vxlan_rx.c); everything else passes untouched. */
 export function attachUnderlay(dp: Datapath, ifindex: number): void {
-  attachPinned(dp, ifindex, bpf.BPF_TC_INGRESS, PROGRAM_PINS.from_underlay);
+  attachPinned(dp, ifindex, 'ingress', PROGRAM_PINS.from_underlay);
 }
 
-/** Tunnel mode: a from_underlay an earlier native run left (our handle and priority) is removed. It
- *  would pass everything anyway (it acts only with native routing configured); this keeps the device
- *  as we found it. The clsact qdisc stays: other filters may share it. */
-export function detachUnderlay(ifindex: number): boolean {
-  return bpf.tcDetach(ifindex, bpf.BPF_TC_INGRESS, TC_HANDLE, TC_PRIORITY);
+/** Tunnel mode: a from_underlay an earlier native run left (our tcx link, or an earlier version's
+ *  classic filter at our handle and priority) is removed. It would pass everything anyway (it acts only
+ *  with native routing configured); this keeps the device as we found it. The clsact qdisc stays:
+ *  other filters may share it. */
+export function detachUnderlay(dp: Pick<Datapath, 'pinDir'>, ifindex: number): boolean {
+  const link = detachTcx(dp.pinDir, { ifindex, direction: 'ingress' });
+  return bpf.tcDetach(ifindex, bpf.BPF_TC_INGRESS, TC_HANDLE, TC_PRIORITY) || link;
 }
 
 /** Native routing has no tunnel device: one an earlier run in tunnel mode left is deleted. */
@@ -60,11 +63,10 @@ export function removeTunnelDevice(host: Netlink, name: string): boolean {
   return cur?.collectMetadata ? host.linkDel(cur.index) : false;
 }
 
-function attachPinned(dp: Datapath, ifindex: number, point: number, pin: string): void {
+function attachPinned(dp: Datapath, ifindex: number, direction: TcxDirection, pin: string): void {
   const prog = bpf.objGet(path.join(dp.pinDir, pin));
   try {
-    bpf.tcHookCreate(ifindex);
-    bpf.tcAttach(ifindex, point, prog, TC_HANDLE, TC_PRIORITY);
+    attachTcx(dp.pinDir, { ifindex, direction }, prog);
   } finally {
     fs.closeSync(prog);
   }

@@ -7,6 +7,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import * as bpf from '../bpf/libbpf.ts';
 import { PROGRAM_PINS, TC_HANDLE, TC_PRIORITY } from '../bpf/datapath.ts';
+import { detachTcx, tcxProgramId } from '../bpf/tcx.ts';
 import type { Netlink } from '../netlink/index.ts';
 import { underlayOf, removeTunnelDevice } from './device.ts';
 import { RTPROT_MEMBRANE_CLUSTER } from './routing.ts';
@@ -31,13 +32,15 @@ export function removeClusterRouting(host: Netlink, o: ClusterRoutingLeftovers):
   // Only a device with our from_tunnel on it: the name alone (a record someone edited, or a device of
   // that name someone else made since) is no proof, and deleting another overlay's device cuts its node.
   const tunnel = host.vxlanGet(o.tunnelDevice);
-  if (tunnel && attachedIsOurs(tunnel.index, path.join(o.pinDir, PROGRAM_PINS.from_tunnel))) {
+  if (tunnel && attachedIsOurs(o.pinDir, tunnel.index, PROGRAM_PINS.from_tunnel)) {
     if (removeTunnelDevice(host, o.tunnelDevice)) removed.push(`link ${o.tunnelDevice}`);
   }
   const device = o.nodeIp ? underlayDevice(host, o.nodeIp) : undefined;
   const link = device ? host.linkByName(device) : null;
-  if (link && attachedIsOurs(link.index, path.join(o.pinDir, PROGRAM_PINS.from_underlay))) {
-    if (bpf.tcDetach(link.index, bpf.BPF_TC_INGRESS, TC_HANDLE, TC_PRIORITY)) removed.push(`from_underlay on ${device} ingress`);
+  if (link && attachedIsOurs(o.pinDir, link.index, PROGRAM_PINS.from_underlay)) {
+    const viaTcx = detachTcx(o.pinDir, { ifindex: link.index, direction: 'ingress' });
+    if (bpf.tcDetach(link.index, bpf.BPF_TC_INGRESS, TC_HANDLE, TC_PRIORITY) || viaTcx)
+      removed.push(`from_underlay on ${device} ingress`);
   }
   return removed;
 }
@@ -50,14 +53,19 @@ function underlayDevice(host: Netlink, nodeIp: string): string | undefined {
   }
 }
 
-/** The program at our handle and priority is the one pinned as ours (an upgrade re-attaches the new
- *  pin at start, so a running cluster agent's attachment always matches its pin). */
-function attachedIsOurs(ifindex: number, pin: string): boolean {
-  const attached = bpf.tcQuery(ifindex, bpf.BPF_TC_INGRESS, TC_HANDLE, TC_PRIORITY);
-  if (attached === undefined || !fs.existsSync(pin)) return false;
+/** The program our tcx link in pinDir runs on the ingress, or (an earlier version's) the one at our
+ *  classic handle and priority, is the one pinned as ours (an upgrade re-attaches the new pin at start,
+ *  so a running cluster agent's attachment always matches its pin). */
+function attachedIsOurs(pinDir: string, ifindex: number, progPin: string): boolean {
+  const pin = path.join(pinDir, progPin);
+  const attached = [
+    tcxProgramId(pinDir, { ifindex, direction: 'ingress' }),
+    bpf.tcQuery(ifindex, bpf.BPF_TC_INGRESS, TC_HANDLE, TC_PRIORITY),
+  ].filter((id) => id !== undefined);
+  if (!attached.length || !fs.existsSync(pin)) return false;
   const fd = bpf.objGet(pin);
   try {
-    return bpf.progId(fd, pin) === attached;
+    return attached.includes(bpf.progId(fd, pin));
   } finally {
     fs.closeSync(fd);
   }

@@ -102,6 +102,10 @@ export function bind(): Bindings {
     // opts may be NULL (OPTS_VALID accepts NULL)
     link_create: lib.func('int bpf_link_create(int prog_fd, int target_fd, int attach_type, void *opts)'),
     link_update: lib.func('int bpf_link_update(int link_fd, int new_prog_fd, void *opts)'),
+    link_detach: lib.func('int bpf_link_detach(int link_fd)'),
+    prog_query: lib.func(
+      'int bpf_prog_query(int target_fd, int type, uint32_t query_flags, _Out_ uint32_t *attach_flags, _Out_ uint32_t *prog_ids, _Inout_ uint32_t *prog_cnt)',
+    ),
     obj_get_info_by_fd: lib.func('int bpf_obj_get_info_by_fd(int fd, void *info, _Inout_ uint32_t *len)'),
     tc_hook_create: lib.func('int bpf_tc_hook_create(bpf_tc_hook *hook)'),
     tc_attach: lib.func('int bpf_tc_attach(const bpf_tc_hook *hook, _Inout_ bpf_tc_opts *opts)'),

@@ -1,0 +1,120 @@
+// tcx attachments (kernel >= 6.6) as links pinned in the agent's bpffs dir. Why tcx and not classic
+// tc (clsact + cls_bpf): classic dispatch (tc_run -> tcf_classify -> cls_bpf_classify) costs ~0.9 us a
+// connection on native routing (scripts/bench/tcx-swap.ts). Why pinned: a tcx link is detached when
+// its last reference goes, so the pin is what lets the datapath outlive the agent as classic filters did.
+//
+// One pin per (ifindex, direction): `link_tcx_<ifindex>_<direction>`. An ifindex may be reused by a
+// later interface, but the kernel detaches a tcx link when its device is unregistered (the link then
+// reports ifindex 0), so a pin whose link no longer sits on that ifindex is stale and replaced, never
+// reused. Re-attaching a live pin replaces its program in place (bpf_link_update): no moment without
+// one. After the link is in place our classic filter (handle 0x4d42) is removed: tcx runs before
+// classic tc and our programs never return TCX_NEXT, so during the swap no packet skips enforcement.
+import fs from 'node:fs';
+import path from 'node:path';
+import * as bpf from './libbpf.ts';
+import { TC_HANDLE, TC_PRIORITY, TCX_LINK_PIN, tcxLinkPinName } from './layout.ts';
+
+export type TcxDirection = 'ingress' | 'egress';
+export interface TcxHook {
+  ifindex: number;
+  direction: TcxDirection;
+}
+
+export function tcxPinPath(pinDir: string, hook: TcxHook): string {
+  return path.join(pinDir, tcxLinkPinName(hook.ifindex, hook.direction));
+}
+
+function describe(hook: TcxHook): string {
+  return `tcx ifindex ${hook.ifindex} ${hook.direction}`;
+}
+
+/** The pinned link's fd if it is live on this hook; a stale pin (its device went) is unlinked. */
+function openLive(pinDir: string, hook: TcxHook): number | undefined {
+  const pin = tcxPinPath(pinDir, hook);
+  if (!fs.existsSync(pin)) return undefined;
+  const fd = bpf.objGet(pin);
+  const info = bpf.tcxLinkInfo(fd, pin);
+  const type = hook.direction === 'ingress' ? bpf.BPF_TCX_INGRESS : bpf.BPF_TCX_EGRESS;
+  if (info && info.ifindex === hook.ifindex && info.attachType === type) return fd;
+  fs.closeSync(fd);
+  fs.rmSync(pin, { force: true });
+  return undefined;
+}
+
+/** progFd on the hook, through the pinned link (created, or its program replaced), then our classic
+ *  filter of an earlier version removed. Throws (leaving any classic filter enforcing) on failure. */
+export function attachTcx(pinDir: string, hook: TcxHook, progFd: number): void {
+  const live = openLive(pinDir, hook);
+  if (live !== undefined) {
+    try {
+      bpf.linkUpdate(live, progFd, describe(hook));
+    } finally {
+      fs.closeSync(live);
+    }
+  } else {
+    const type = hook.direction === 'ingress' ? bpf.BPF_TCX_INGRESS : bpf.BPF_TCX_EGRESS;
+    const link = bpf.linkCreate(progFd, hook.ifindex, type, describe(hook));
+    try {
+      bpf.objPin(link, tcxPinPath(pinDir, hook));
+    } catch (err) {
+      bpf.linkDetach(link, describe(hook)); // an unpinned link would vanish with the fd anyway: say so now
+      throw err;
+    } finally {
+      fs.closeSync(link);
+    }
+  }
+  bpf.tcDetach(hook.ifindex, hook.direction === 'ingress' ? bpf.BPF_TC_INGRESS : bpf.BPF_TC_EGRESS, TC_HANDLE, TC_PRIORITY);
+}
+
+/** Detaches and unpins our link on the hook; false when there was none (or its device is gone). */
+export function detachTcx(pinDir: string, hook: TcxHook): boolean {
+  const live = openLive(pinDir, hook);
+  if (live === undefined) return false;
+  try {
+    bpf.linkDetach(live, describe(hook));
+  } finally {
+    fs.closeSync(live);
+    fs.rmSync(tcxPinPath(pinDir, hook), { force: true });
+  }
+  return true;
+}
+
+/** Kernel id of the program our link runs on the hook, or undefined when we have none there. */
+export function tcxProgramId(pinDir: string, hook: TcxHook): number | undefined {
+  const live = openLive(pinDir, hook);
+  if (live === undefined) return undefined;
+  try {
+    return bpf.tcxLinkInfo(live, describe(hook))?.progId;
+  } finally {
+    fs.closeSync(live);
+  }
+}
+
+/** Every hook we hold a pin for (live or stale). */
+export function listTcxPins(pinDir: string): TcxHook[] {
+  const hooks: TcxHook[] = [];
+  for (const name of fs.readdirSync(pinDir)) {
+    const m = TCX_LINK_PIN.exec(name);
+    if (m) hooks.push({ ifindex: Number(m[1]), direction: m[2] as TcxDirection });
+  }
+  return hooks;
+}
+
+/** Unlinks the pins of links whose device went (the kernel detached them); the hooks swept. */
+export function sweepStaleTcx(pinDir: string): TcxHook[] {
+  return listTcxPins(pinDir).filter((h) => {
+    const live = openLive(pinDir, h);
+    if (live === undefined) return true;
+    fs.closeSync(live);
+    return false;
+  });
+}
+
+/** After an interface was deleted: unlinks its hooks' pins if the kernel detached their links (never
+ *  a live link: the ifindex may already be a newer interface's). */
+export function releaseDetachedTcx(pinDir: string, ifindex: number): void {
+  for (const direction of ['ingress', 'egress'] as const) {
+    const live = openLive(pinDir, { ifindex, direction });
+    if (live !== undefined) fs.closeSync(live);
+  }
+}
