@@ -257,3 +257,29 @@ t.test(
     t.same(dropped(), dropped0, "no frame too big for the underlay: neither node's port dropped one");
   },
 );
+
+t.test('a router with a smaller MTU between the nodes: the stream still crosses once the node learnt the path MTU', async (t) => {
+  const [n1, n2] = c.nodes;
+  const a = await n1.pod({ app: 'pmtu-a' });
+  const b = await n2.pod({ app: 'pmtu-b' });
+  await serve(b, 8089);
+  await eventually('a and b known on the other nodes', () => known(a) && known(b), 20_000);
+  // n1 reaches n2 through a router of ours on the underlay whose route to n2 has MTU 1400: a datagram
+  // with DF above it is dropped there with ICMP "fragmentation needed", one without is fragmented.
+  const r = c.addExternal();
+  for (const s of ['net.ipv4.ip_forward=1', 'net.ipv4.conf.all.send_redirects=0', 'net.ipv4.conf.eth0.send_redirects=0'])
+    await r.ns.exec('sysctl', ['-qw', s]);
+  await r.ns.exec('ip', ['route', 'add', `${n2.ip}/32`, 'dev', 'eth0', 'mtu', 'lock', '1400']);
+  const inNs = (n: typeof n1, ...args: string[]) =>
+    execFileSync('nsenter', [`--net=${n.netns.path}`, ...args], { encoding: 'utf8' });
+  inNs(n1, 'ip', 'route', 'add', `${n2.ip}/32`, 'via', r.ip, 'dev', 'eth0');
+  t.teardown(() => inNs(n1, 'ip', 'route', 'del', `${n2.ip}/32`, 'via', r.ip, 'dev', 'eth0'));
+  const bulk = nodeIn(a.ns, BULK, [b.ip4, '8089', String(4 << 20)]);
+  let got = '';
+  bulk.stdout!.on('data', (d: Buffer) => {
+    got += d.toString();
+  });
+  await new Promise((resolve) => bulk.once('exit', resolve));
+  t.equal(got, 'ok', '4 MiB to a pod on n2 through the router and back, byte for byte');
+  t.match(inNs(n1, 'ip', 'route', 'get', n2.ip), /mtu 1400/, 'n1 learnt the path MTU to n2 (1400)');
+});

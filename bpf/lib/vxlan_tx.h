@@ -89,6 +89,11 @@ static __always_inline int vxlan_tx(struct __sk_buff *skb, const struct pkt *p, 
 	 * output interface, a route whose next hop is elsewhere does not match (multi-homed nodes keep the
 	 * tunnel device's path). */
 	fib.ifindex = cfg->underlay_ifindex;
+	/* The datagram's length (each segment's for a GSO packet): the lookup then answers FRAG_NEEDED
+	 * above the path's MTU as the node knows it (a path MTU learnt from a router's "fragmentation
+	 * needed", else a locked route MTU, else the device's), and the tunnel device, which fragments,
+	 * sends it. Without it, the DF datagrams below went on being dropped by that router. */
+	fib.tot_len = (skb->gso_size ? vxlan_tx_segment_len(skb, p) : len - ETH_HLEN) + VXLAN_TX_ROOM;
 	if (bpf_fib_lookup(skb, &fib, sizeof(fib), BPF_FIB_LOOKUP_OUTPUT) != BPF_FIB_LKUP_RET_SUCCESS)
 		return VXLAN_TX_NOT_TAKEN;
 	if (bpf_check_mtu(skb, fib.ifindex, &mtu, VXLAN_TX_ROOM, 0) != 0)
@@ -122,10 +127,11 @@ static __always_inline int vxlan_tx(struct __sk_buff *skb, const struct pkt *p, 
 	ip->tos = (tos & INET_ECN_MASK) == INET_ECN_CE ? INET_ECN_ECT_0 : tos & INET_ECN_MASK;
 	ip->tot_len = bpf_htons(len - ETH_HLEN + VXLAN_TX_ROOM);
 	ip->id = 0;
-	/* Unlike the tunnel device's (no DF, a fresh IP id: captured on the harness's underlay), so a
-	 * router on a routed underlay with a smaller MTU drops this datagram where it fragments the
-	 * device's, and its ICMP reaches no socket. Kept: clearing DF needs real IP ids (id 0 with DF
-	 * only, RFC 6864), and no test has a routed underlay to prove either behaviour yet. */
+	/* Unlike the tunnel device's (no DF, a fresh IP id: captured on the harness's underlay): a router
+	 * with a smaller MTU drops this datagram where it fragments the device's. Its "fragmentation
+	 * needed" sets the node's path MTU, after which the lookup above sends the flow's larger datagrams
+	 * to the device; those dropped until then are lost (TCP resends them). Kept: clearing DF needs
+	 * real IP ids (id 0 with DF only, RFC 6864). */
 	ip->frag_off = bpf_htons(IP_DF);
 	ip->ttl = 64;
 	ip->protocol = IPPROTO_UDP;

@@ -88,6 +88,13 @@ async function main(): Promise<void> {
       `| ${mode} | ${m(a, 'cpuUsPerReq').toFixed(1)} / ${m(b, 'cpuUsPerReq').toFixed(1)} (${(m(b, 'cpuUsPerReq') / m(a, 'cpuUsPerReq')).toFixed(3)}×) | ${cpu(a)}; ${cpu(b)} | ${[a, b, n].map((k) => Math.round(m(k, 'rps'))).join(' / ')} | ${[a, b, n].map((k) => m(k, 'p99').toFixed(2)).join(' / ')} | ${m(n, 'cpuUsPerReq').toFixed(1)} |`,
     );
   }
+  // The tails per round: a p99 moves with the load far more than CPU per request does, so a change
+  // meant for the tail is judged on rounds' pairs (A and B ran back to back, nginx right after).
+  for (const mode of MODES) {
+    const per = (k: string, f: keyof Sample, d: number) => samples[`${k}|${mode}`].map((s) => Number(s[f]).toFixed(d)).join(' ');
+    console.log(`${mode} per round, p99 ms A: ${per('A', 'p99', 2)}; B: ${per('B', 'p99', 2)}; nginx: ${per('nginx', 'p99', 2)}`);
+    console.log(`${mode} per round, req/s A: ${per('A', 'rps', 0)}; B: ${per('B', 'rps', 0)}; nginx: ${per('nginx', 'rps', 0)}`);
+  }
 }
 
 main().catch((e) => {

@@ -79,6 +79,17 @@ t.test("other nodes' addresses and pod CIDR gateways are remote-node in the ipca
   t.equal(RESERVED['remote-node'], 6, "Cilium's number");
 });
 
+t.test("another node's record holding this node's own address is reported (a stale record)", async (t) => {
+  const ghost = node('n1-old', '198.18.0.11', '10.1.9.0/24', undefined, 9);
+  const p = planRouting('tunnel', { ...self, address: '198.18.0.11' }, [...nodes, ghost]);
+  t.same(p.claimsSelf, ['n1-old']);
+  t.notOk(p.tunnel.has('198.18.0.11/32'), "this node's own address is kept out of the tunnel map");
+  t.notOk(p.nodeAddresses.has('198.18.0.11/32'), 'and is never remote-node');
+  t.ok(p.tunnel.has('10.1.9.0/24'), "the record's pod CIDR is planned as any other");
+  t.same(planRouting('tunnel', { ...self, address: '198.18.0.11' }, nodes).claimsSelf, [], 'none without it');
+  t.same(planRouting('tunnel', self, [...nodes, ghost]).claimsSelf, [], 'nor without an own address to compare');
+});
+
 t.test('a damaged or incomplete record is skipped, never fatal', async (t) => {
   const bad = { ...node('n5', '198.18.0.15', 'not-a-cidr'), addresses: [{ type: 'InternalIP' as const, ip: 'x' }] };
   const p = planRouting('tunnel', self, [...nodes, bad, node('n6', '198.18.0.16', '10.1.6.0/24', undefined, 6)]);

@@ -45,12 +45,18 @@ export interface RoutingPlan {
   nodeAddresses: Map<string, number>;
   /** Pod CIDRs no route can reach (native mode, no underlay address of their family). */
   unreachable: { node: string; cidr: string }[];
+  /** Other nodes' records that hold this node's own address (a node renamed or replaced while the
+   *  old record's lease runs): planned without that address, which the datapath refuses as a tunnel
+   *  sender anyway (bpf/vxlan_rx.c, bpf/tunnel.c), so their pods are cut off until the record goes. */
+  claimsSelf: string[];
 }
 
 export interface SelfNode {
   name: string;
   /** This node's gateway address per family (its pod CIDRs' first address), if it has that family. */
   gateways: Partial<Record<Family, string>>;
+  /** This node's own underlay address (--node-ip), when known. */
+  address?: string;
 }
 
 const hostPrefix = (ip: string) => normalizeCidr(ip);
@@ -63,12 +69,17 @@ export function remoteNodes(self: string, nodes: Iterable<NodeRecord>): NodeReco
 }
 
 export function planRouting(mode: RoutingMode, self: SelfNode, nodes: Iterable<NodeRecord>): RoutingPlan {
-  const plan: RoutingPlan = { tunnel: new Map(), routes: new Map(), nodeAddresses: new Map(), unreachable: [] };
+  const plan: RoutingPlan = { tunnel: new Map(), routes: new Map(), nodeAddresses: new Map(), unreachable: [], claimsSelf: [] };
   for (const n of remoteNodes(self.name, nodes)) {
     const ips = n.addresses.map((a) => a.ip).filter((ip) => familyOf(ip));
     if (!ips.length) continue;
+    const own = self.address ? hostPrefix(self.address) : undefined;
+    if (own && ips.some((ip) => hostPrefix(ip) === own)) plan.claimsSelf.push(n.name);
     const target: TunnelTarget = { node: n.name, nodeId: n.nodeId, ip: ips[0] };
     for (const ip of ips) {
+      // Never this node's own address: in the tunnel map its pods' packets to it would go into the
+      // tunnel, back to this node, whose datapath refuses itself as a sender.
+      if (hostPrefix(ip) === own) continue;
       plan.nodeAddresses.set(hostPrefix(ip), RESERVED['remote-node']);
       if (mode === 'tunnel') plan.tunnel.set(hostPrefix(ip), target);
     }

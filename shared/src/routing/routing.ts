@@ -58,7 +58,7 @@ export class ClusterRouting {
   /** What the tunnel map and our routes hold now. */
   private readonly tunnel = new Map<string, TunnelTarget>();
   private readonly routes = new Map<string, RouteWant>();
-  private plan: RoutingPlan = { tunnel: new Map(), routes: new Map(), nodeAddresses: new Map(), unreachable: [] };
+  private plan: RoutingPlan = { tunnel: new Map(), routes: new Map(), nodeAddresses: new Map(), unreachable: [], claimsSelf: [] };
   private readonly maps: TunnelMaps;
   private lastError?: string;
   private reported = new Set<string>();
@@ -114,7 +114,7 @@ export class ClusterRouting {
 
   /** Brings maps and routes in line with the cluster's nodes; errors are logged and retried next time. */
   apply(nodes: Iterable<NodeRecord>): RoutingPlan {
-    const plan = planRouting(this.o.mode, this.o.self, nodes);
+    const plan = planRouting(this.o.mode, { ...this.o.self, address: this.o.underlay.address }, nodes);
     this.plan = plan;
     const errors: string[] = [];
     const attempt = (what: string, fn: () => void) => {
@@ -161,6 +161,15 @@ export class ClusterRouting {
       this.o.log?.warn(
         u,
         `native routing: node ${u.node} has no underlay address of ${u.cidr}'s family; its pods there are unreachable`,
+      );
+    }
+    for (const node of plan.claimsSelf) {
+      const key = `claims-self ${node}`;
+      if (this.reported.has(key)) continue;
+      this.reported.add(key);
+      this.o.log?.warn(
+        { node, address: this.o.underlay.address },
+        `node record ${node} holds this node's own address ${this.o.underlay.address}: a stale record? its pods are unreachable until it goes`,
       );
     }
     return plan;

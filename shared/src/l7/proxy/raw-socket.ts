@@ -16,6 +16,7 @@
 // worker's CPU in a one-request-per-connection profile).
 import { Buffer } from 'node:buffer';
 import type { UpstreamSocket } from '../http/socket.ts';
+import { armYield, yieldUs } from './sched.ts';
 import { type SynAddresses, synAddresses } from './sockets.ts';
 import { type Address, type ConnectReq, type Req, state, sw, type TcpHandle, tcpWrap, UV_EOF, UV_ETIMEDOUT } from './uv.ts';
 
@@ -54,6 +55,7 @@ function onRead(this: TcpHandle): void {
     const chunk = Buffer.allocUnsafe(n);
     chunk.set(new Uint8Array(readMemory, readOffset, n));
     s.ondata?.(chunk);
+    if (yieldUs) armYield();
     return;
   }
   if (n === 0) return;
