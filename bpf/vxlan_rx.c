@@ -18,7 +18,7 @@
  *    drops it on the underlay device: integration/cluster-overlay-l7.test.ts).
  * Only the plain case is taken: an unfragmented IPv4 datagram to this node's address and tunnel port
  * with no UDP checksum (Membrane's senders send none over IPv4), a valid outer header checksum (ip_rcv
- * drops a bad one), VXLAN flags exactly I, lengths that match, not GSO, an inner IPv4 packet for a
+ * drops a bad one), VXLAN flags exactly I, lengths that match (a GSO datagram only around TCP), an inner IPv4 packet for a
  * local pod that does not expire here, and not an outer CE mark on a Not-ECT inner packet (vxlan_rcv
  * drops that one). ECN as vxlan_rcv (RFC 6040, INET_ECN_decapsulate): an outer CE becomes the inner
  * packet's CE when it is ECT, so congestion marked on the underlay reaches the receiving socket.
@@ -64,10 +64,10 @@ static __always_inline int vxlan_rx(struct __sk_buff *skb, const struct overlay_
 	struct ip_key key;
 	struct pkt p;
 	__u32 identity, len = skb->len;
-	bool ce;
+	bool ce, gso = skb->gso_size != 0;
 
 	if (!cfg->tunnel_port || !cfg->node_ipv4 || skb->ifindex != cfg->underlay_ifindex || skb->protocol != bpf_htons(ETH_P_IP) ||
-	    skb->gso_size || skb->pkt_type != PACKET_HOST) /* a frame for another MAC: ip_rcv drops it */
+	    skb->pkt_type != PACKET_HOST) /* a frame for another MAC: ip_rcv drops it */
 		return TC_ACT_OK;
 	if (!linear_headers(skb, ETH_HLEN + VXLAN_RX_STRIP + sizeof(struct iphdr), &data, &data_end))
 		return TC_ACT_OK;
@@ -91,7 +91,7 @@ static __always_inline int vxlan_rx(struct __sk_buff *skb, const struct overlay_
 	 * would pass as a sender. Dropped, whatever tunnel_map says. */
 	if (ip->saddr == cfg->node_ipv4)
 		return drop_unknown(skb, DROP_UNKNOWN_SENDER);
-	if (inner->version != 4 || inner->ttl <= 1)
+	if (inner->version != 4 || inner->ttl <= 1 || (gso && inner->protocol != IPPROTO_TCP))
 		return TC_ACT_OK;
 	ce = (ip->tos & INET_ECN_MASK) == INET_ECN_CE;
 	if (ce && !(inner->tos & INET_ECN_MASK))
@@ -119,7 +119,14 @@ static __always_inline int vxlan_rx(struct __sk_buff *skb, const struct overlay_
 			return TC_ACT_SHOT;
 		}
 	}
-	if (bpf_skb_adjust_room(skb, -(__s32)VXLAN_RX_STRIP, BPF_ADJ_ROOM_MAC, BPF_F_ADJ_ROOM_DECAP_L3_IPV4) < 0)
+	/* A GSO datagram (a bulk stream's, ~43 segments each) keeps its inner MSS (FIXED_GSO). Caveat on
+	 * 6.18: the helper cannot clear the tunnel GSO state (SKB_GSO_UDP_TUNNEL, skb->encapsulation; only
+	 * BPF_F_ADJ_ROOM_DECAP_L4_UDP, newer than 6.18, does), so the pod gets a TCP GSO skb still marked as
+	 * tunnelled, whose inner header offsets are its own headers. Delivered to a socket that changes
+	 * nothing; a pod that forwards it (DNAT to a nested netns, software segmentation forced) was seen to
+	 * pass 8 MiB byte for byte; a NIC with tunnel TSO inside the pod would be asked to segment it as VXLAN. */
+	if (bpf_skb_adjust_room(skb, -(__s32)VXLAN_RX_STRIP, BPF_ADJ_ROOM_MAC,
+				BPF_F_ADJ_ROOM_DECAP_L3_IPV4 | (gso ? BPF_F_ADJ_ROOM_FIXED_GSO : 0)) < 0)
 		return TC_ACT_OK;
 	if (parse_packet(skb, &p) != PARSE_IP)
 		return drop_unknown(skb, p.drop_reason ? p.drop_reason : DROP_UNSUPPORTED_L2);

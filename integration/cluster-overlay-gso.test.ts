@@ -2,10 +2,7 @@
 // cluster-overlay-vni.test.ts for single datagrams): one 8 KiB VXLAN skb on the wire, its VNI and inner
 // source of our choosing, from a netns of ours on the underlay holding n1's address, is judged like any
 // other datagram: by its VNI, never its inner source, against the destination pod's policy, and
-// delivered whole or dropped whole. On this kernel (6.18) such datagrams take the tunnel device and
-// from_tunnel: from_underlay (bpf/vxlan_rx.c) leaves every GSO datagram to it, since
-// bpf_skb_adjust_room cannot clear the tunnel GSO state (SKB_GSO_UDP_TUNNEL, skb->encapsulation) of
-// what it decapsulates before BPF_F_ADJ_ROOM_DECAP_L4_UDP; the test holds for either path.
+// delivered whole or dropped whole, by from_underlay (bpf/vxlan_rx.c) before the tunnel device.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
 import crypto from 'node:crypto';
@@ -25,6 +22,10 @@ if (process.getuid?.() !== 0) {
 const { c, enforce } = clusterForFile(t, { nodes: 2 });
 
 const inNs = (path: string, ...args: string[]) => execFileSync('nsenter', [`--net=${path}`, ...args], { encoding: 'utf8' });
+/** Packets the node's tunnel device has received (ip -s link). */
+const tunnelRx = (path: string) =>
+  (JSON.parse(inNs(path, 'ip', '-s', '-j', 'link', 'show', 'membrane_vxlan')) as { stats64: { rx: { packets: number } } }[])[0]
+    .stats64.rx.packets;
 /** The TCP checksum field of a packet the kernel is to checksum (CHECKSUM_PARTIAL): the pseudo-header sum. */
 const pseudoSum = (src: string, dst: string, len: number) => {
   let s = PROTO.TCP + len;
@@ -78,6 +79,7 @@ t.test("a forged GSO datagram gets the VNI's identity and the pod's policy, as a
       return x.dir === 'in' && i?.src === src && i.sport === port;
     });
 
+  const rx0 = tunnelRx(n2.netns.path);
   // 1. VNI of the denied identity, inner source of the allowed one: dropped whole, as the VNI's identity.
   const cap = await sniff(web.ns, 20);
   const s1 = segment(client.ip4);
@@ -100,4 +102,5 @@ t.test("a forged GSO datagram gets the VNI's identity and the pod's policy, as a
   t.equal(got.length, 1, "web's eth0 received it once");
   t.equal(got[0]?.frame.length, s2.frame.length, 'whole: one GSO packet of 8 KiB, not segments');
   t.same(seenWhole(cap, client.ip4, s1.sport), [], 'and nothing of the dropped one');
+  t.equal(tunnelRx(n2.netns.path) - rx0, 0, "n2's tunnel device saw neither: from_underlay decided both");
 });

@@ -192,6 +192,8 @@ t.test('IPv4 pod traffic skips both tunnel devices: wrapped in from_container, t
   const [tx6, rx6] = [stats(n1).tx.packets, stats(n2).rx.packets];
   t.ok(await ping(a.ns, b.ip6!, 3), 'ping IPv6 n1 -> n2');
   t.ok(stats(n1).tx.packets - tx6 >= 3 && stats(n2).rx.packets - rx6 >= 3, 'IPv6 inside still takes both tunnel devices');
+  const rxs = () => [n1, n2].map((n) => stats(n).rx.packets);
+  const rxBulk = rxs();
   const bulk = nodeIn(a.ns, BULK, [b.ip4, '8085', String(8 << 20)]);
   let got = '';
   bulk.stdout!.on('data', (d: Buffer) => {
@@ -199,6 +201,7 @@ t.test('IPv4 pod traffic skips both tunnel devices: wrapped in from_container, t
   });
   await new Promise((resolve) => bulk.once('exit', resolve));
   t.equal(got, 'ok', '8 MiB to a pod on n2 and back, byte for byte (GSO packets both ways)');
+  t.same(rxs(), rxBulk, "its GSO datagrams both ways came in through neither node's tunnel device");
 });
 
 t.test("a stale neighbour entry for the other node is re-confirmed: n1's entry for n2 names a MAC nobody has", async (t) => {
