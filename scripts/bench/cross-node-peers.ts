@@ -141,6 +141,9 @@ function vxlanDevice(n: PlainNode, name: string): string {
     'dstport',
     '8472',
     'nolearning',
+    // The README's fairness list says both VXLAN kinds send zero outer UDP checksums, as Membrane's
+    // (RFC 7348 over IPv4); without this the kernel's default computes one for the plain peer.
+    'noudpcsum',
   ]);
   inNs(n.ns, 'ip', ['addr', 'add', `${n.podBase}.0/32`, 'dev', name]);
   inNs(n.ns, 'ip', ['link', 'set', name, 'up']);
