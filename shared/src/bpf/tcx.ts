@@ -10,6 +10,7 @@
 // one. After the link is in place our classic filter (handle 0x4d42) is removed: tcx runs before
 // classic tc and our programs never return TCX_NEXT, so during the swap no packet skips enforcement.
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import * as bpf from './libbpf.ts';
 import { TC_HANDLE, TC_PRIORITY, TCX_LINK_PIN, tcxLinkPinName } from './layout.ts';
@@ -53,7 +54,7 @@ export function attachTcx(pinDir: string, hook: TcxHook, progFd: number): void {
     }
   } else {
     const type = hook.direction === 'ingress' ? bpf.BPF_TCX_INGRESS : bpf.BPF_TCX_EGRESS;
-    const link = bpf.linkCreate(progFd, hook.ifindex, type, describe(hook));
+    const link = createLink(progFd, hook, type);
     try {
       bpf.objPin(link, tcxPinPath(pinDir, hook));
     } catch (err) {
@@ -64,6 +65,22 @@ export function attachTcx(pinDir: string, hook: TcxHook, progFd: number): void {
     }
   }
   bpf.tcDetach(hook.ifindex, hook.direction === 'ingress' ? bpf.BPF_TC_INGRESS : bpf.BPF_TC_EGRESS, TC_HANDLE, TC_PRIORITY);
+}
+
+/** A kernel without tcx (before 6.6) refuses the attach type with EINVAL: say what is missing. */
+function createLink(progFd: number, hook: TcxHook, type: number): number {
+  try {
+    return bpf.linkCreate(progFd, hook.ifindex, type, describe(hook));
+  } catch (err) {
+    if (err instanceof bpf.BpfError && err.code === 'EINVAL')
+      throw new Error(
+        `${err.message}: the datapath attaches with tcx links, which need Linux >= 6.6 (this kernel is ${os.release()})`,
+        {
+          cause: err,
+        },
+      );
+    throw err;
+  }
 }
 
 /** Detaches and unpins our link on the hook; false when there was none (or its device is gone). */
