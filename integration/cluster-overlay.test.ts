@@ -170,14 +170,28 @@ s.on('error', (e) => { process.stdout.write('error ' + e.message); process.exit(
 setTimeout(() => { process.stdout.write('timeout after ' + n); process.exit(2); }, 30000);
 `;
 
+/** What BULK printed after sending `bytes` to ip:port from the pod's netns and reading them back. */
+async function bulkEcho(ns: Parameters<typeof nodeIn>[0], ip: string, port: number, bytes: number): Promise<string> {
+  const bulk = nodeIn(ns, BULK, [ip, String(port), String(bytes)]);
+  let got = '';
+  bulk.stdout!.on('data', (d: Buffer) => {
+    got += d.toString();
+  });
+  await new Promise((resolve) => bulk.once('exit', resolve));
+  return got;
+}
+
+/** A command in a node's netns (nsenter: `ip netns exec` would hide /sys/fs/bpf). */
+function inNs(n: { netns: { path: string } }, ...args: string[]): string {
+  return execFileSync('nsenter', [`--net=${n.netns.path}`, ...args], { encoding: 'utf8' });
+}
+
 t.test('IPv4 pod traffic skips both tunnel devices: wrapped in from_container, taken apart by from_underlay', async (t) => {
   const [n1, n2] = c.nodes;
   const a = await n1.pod({ app: 'rx-a' });
   const b = await n2.pod({ app: 'rx-b' });
   await serve(b, 8085);
   await eventually('a and b known on the other nodes', () => known(a) && known(b), 20_000);
-  const inNs = (n: typeof n1, ...args: string[]) =>
-    execFileSync('nsenter', [`--net=${n.netns.path}`, ...args], { encoding: 'utf8' });
   t.match(tcFilters('eth0', 'ingress', n2.netns.path), /from_underlay/, "from_underlay on n2's underlay device");
   const stats = (n: typeof n1) =>
     (
@@ -194,12 +208,7 @@ t.test('IPv4 pod traffic skips both tunnel devices: wrapped in from_container, t
   t.ok(stats(n1).tx.packets - tx6 >= 3 && stats(n2).rx.packets - rx6 >= 3, 'IPv6 inside still takes both tunnel devices');
   const rxs = () => [n1, n2].map((n) => stats(n).rx.packets);
   const rxBulk = rxs();
-  const bulk = nodeIn(a.ns, BULK, [b.ip4, '8085', String(8 << 20)]);
-  let got = '';
-  bulk.stdout!.on('data', (d: Buffer) => {
-    got += d.toString();
-  });
-  await new Promise((resolve) => bulk.once('exit', resolve));
+  const got = await bulkEcho(a.ns, b.ip4, 8085, 8 << 20);
   t.equal(got, 'ok', '8 MiB to a pod on n2 and back, byte for byte (GSO packets both ways)');
   t.same(rxs(), rxBulk, "its GSO datagrams both ways came in through neither node's tunnel device");
 });
@@ -209,8 +218,6 @@ t.test("a stale neighbour entry for the other node is re-confirmed: n1's entry f
   const a = await n1.pod({ app: 'neigh-a' });
   const b = await n2.pod({ app: 'neigh-b' });
   await eventually('a and b known on the other nodes', () => known(a) && known(b), 20_000);
-  const inNs = (n: typeof n1, ...args: string[]) =>
-    execFileSync('nsenter', [`--net=${n.netns.path}`, ...args], { encoding: 'utf8' });
   t.ok(await ping(a.ns, b.ip4, 2), 'ping IPv4 n1 -> n2');
   // As if n2's MAC changed (a replaced NIC or machine) while n1's entry aged to STALE: the stack
   // re-confirms a STALE entry it uses (DELAY, then unicast probes, then a broadcast request), and n2
@@ -229,8 +236,6 @@ t.test(
     const b = await n2.pod({ app: 'mtu-b' });
     await serve(b, 8088);
     await eventually('a and b known on the other nodes', () => known(a) && known(b), 20_000);
-    const inNs = (n: typeof n1, ...args: string[]) =>
-      execFileSync('nsenter', [`--net=${n.netns.path}`, ...args], { encoding: 'utf8' });
     // Both pods at 1500 (each side's MSS then 1460): TCP segments of 1500 bytes, which wrapped in VXLAN
     // (50 more) exceed the underlay's 1500. A NIC cuts a GSO packet into segments of its gso_size and
     // the wire drops those that exceed the MTU; the harness's veth ports pass GSO packets whole, so
@@ -250,12 +255,7 @@ t.test(
             .tx.dropped,
       );
     const dropped0 = dropped();
-    const bulk = nodeIn(a.ns, BULK, [b.ip4, '8088', String(4 << 20)]);
-    let got = '';
-    bulk.stdout!.on('data', (d: Buffer) => {
-      got += d.toString();
-    });
-    await new Promise((resolve) => bulk.once('exit', resolve));
+    const got = await bulkEcho(a.ns, b.ip4, 8088, 4 << 20);
     t.equal(got, 'ok', '4 MiB to a pod on n2 and back, byte for byte');
     t.same(dropped(), dropped0, "no frame too big for the underlay: neither node's port dropped one");
   },
@@ -273,16 +273,9 @@ t.test('a router with a smaller MTU between the nodes: the stream still crosses 
   for (const s of ['net.ipv4.ip_forward=1', 'net.ipv4.conf.all.send_redirects=0', 'net.ipv4.conf.eth0.send_redirects=0'])
     await r.ns.exec('sysctl', ['-qw', s]);
   await r.ns.exec('ip', ['route', 'add', `${n2.ip}/32`, 'dev', 'eth0', 'mtu', 'lock', '1400']);
-  const inNs = (n: typeof n1, ...args: string[]) =>
-    execFileSync('nsenter', [`--net=${n.netns.path}`, ...args], { encoding: 'utf8' });
   inNs(n1, 'ip', 'route', 'add', `${n2.ip}/32`, 'via', r.ip, 'dev', 'eth0');
   t.teardown(() => inNs(n1, 'ip', 'route', 'del', `${n2.ip}/32`, 'via', r.ip, 'dev', 'eth0'));
-  const bulk = nodeIn(a.ns, BULK, [b.ip4, '8089', String(4 << 20)]);
-  let got = '';
-  bulk.stdout!.on('data', (d: Buffer) => {
-    got += d.toString();
-  });
-  await new Promise((resolve) => bulk.once('exit', resolve));
+  const got = await bulkEcho(a.ns, b.ip4, 8089, 4 << 20);
   t.equal(got, 'ok', '4 MiB to a pod on n2 through the router and back, byte for byte');
   t.match(inNs(n1, 'ip', 'route', 'get', n2.ip), /mtu 1400/, 'n1 learnt the path MTU to n2 (1400)');
 });
