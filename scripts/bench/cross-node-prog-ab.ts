@@ -19,6 +19,10 @@
 // for JavaScript names), and the end prints their CPU per connection by kind (GC, JIT, JavaScript,
 // kernel, the rest). WARM=N (0): N s of crr per cell before the rounds, unmeasured (the agents' JIT).
 // "X.o+tcx" (last in the spec): that cell's programs run from tcx links instead of classic tc (tcx-swap.ts).
+// STATS=0: kernel.bpf_stats_enabled left alone (no program times): while on, the statistics cost only
+// Membrane's cells (two clock reads per program run, ~1.2 µs per connection: README), so against PEER=1
+// the rates then compare as bench:cross-node runs them; each sample line says whether the statistics
+// were on anyway (another bench of the machine's may hold them on).
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -41,6 +45,7 @@ const S = Number(process.env.S ?? 3);
 const R = Number(process.env.R ?? 5);
 const RULES = Number(process.env.RULES ?? 10_000);
 const WARM = Number(process.env.WARM ?? 0);
+const STATS = process.env.STATS !== '0';
 const AGENT = process.env.AGENT ?? path.join(REPO, 'dist/bin/membrane-agent');
 if (!OBJS.length) throw new Error('usage: cross-node-prog-ab.ts A.o B.o …');
 
@@ -181,7 +186,8 @@ const newCell = (obj: string, close: () => Promise<unknown>): Cell =>
 
 const load0 = os.loadavg()[0].toFixed(2);
 const cells: Cell[] = [];
-const restoreStats = enableBpfStats();
+const restoreStats = STATS ? enableBpfStats() : () => undefined;
+const statsOn = () => fs.readFileSync('/proc/sys/kernel/bpf_stats_enabled', 'utf8').trim() === '1';
 try {
   for (const spec of OBJS) {
     const tcx = spec.endsWith('+tcx');
@@ -311,7 +317,7 @@ try {
       x.agentUs.push(agentUs);
       x.rate.push(rate);
       console.log(
-        `round ${r + 1} ${x.name}: ${Math.round(rate)} conn/s, programs ${(ns / 1000 / conns).toFixed(2)} µs/conn, agents ${agentUs.toFixed(2)} µs/conn (${parts.join(', ')})${perf ? ` crr pids ${pids.join(',')}` : ''}; load ${os.loadavg()[0].toFixed(2)}`,
+        `round ${r + 1} ${x.name}: ${Math.round(rate)} conn/s, programs ${STATS ? `${(ns / 1000 / conns).toFixed(2)} µs/conn` : 'not timed'}, agents ${agentUs.toFixed(2)} µs/conn (${parts.join(', ')})${perf ? ` crr pids ${pids.join(',')}` : ''}${STATS ? '' : `; bpf stats ${statsOn() ? 'on (another bench)' : 'off'}`}; load ${os.loadavg()[0].toFixed(2)}`,
       );
     }
   }
