@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { TestAgent } from './agent.ts';
 import { mapEntries } from './inspect.ts';
 import { JournalStore } from '../../shared/src/store/journal.ts';
+import { TCX_LINK_PIN } from '../../shared/src/bpf/layout.ts';
 
 export interface NodeState {
   endpoints: string[];
@@ -16,6 +17,9 @@ export interface NodeState {
   links: string[];
   routes: string[];
   maps: Record<string, number>;
+  /** The tcx link pins in the agent's bpffs dir (shared/src/bpf/tcx.ts): one per attached hook, so a
+   *  pin of a device that went is a leak (the kernel detached its link; the pin keeps it allocated). */
+  tcxPins: string[];
   /** Store records by kind: endpoints, IPAM allocations (pool and external). */
   records: Record<string, number>;
 }
@@ -75,6 +79,10 @@ export async function nodeState(agent: TestAgent): Promise<NodeState> {
     // ep_counters is an array by endpoint id (every slot always exists, zeroed when an id is given
     // out): nothing there can leak that an endpoints_cfg entry would not show.
     maps: Object.fromEntries(['endpoints_cfg', 'local_endpoints'].map((m) => [m, mapEntries(agent.bpffsDir, m)])),
+    tcxPins: fs
+      .readdirSync(agent.bpffsDir)
+      .filter((n) => TCX_LINK_PIN.test(n))
+      .sort(),
     records: {
       endpoints: keys.filter((k) => k.startsWith('endpoints/')).length,
       addresses: keys.filter((k) => k.startsWith('ipam/') || k.startsWith('ipam-external/')).length,

@@ -14,7 +14,7 @@ import { datapathConfig, plainIps, plumbSpec, routesOf, storeKey } from './recip
 import { assignAddresses, type AddressBook } from './addresses.ts';
 import { EndpointError } from './errors.ts';
 import { hostVethName, ipamOwner } from './naming.ts';
-import { createVeth, ensureContainerSide, ensureHostSide } from './plumbing.ts';
+import { createVeth, deleteHostVeth, ensureContainerSide, ensureHostSide } from './plumbing.ts';
 
 /** What the recipe uses: the node's parts and the hooks of other concerns. */
 export interface CreateDeps {
@@ -86,7 +86,7 @@ export async function createEndpoint(d: CreateDeps, plan: CreatePlan, undo: Undo
   };
   const spec = plumbSpec(ep, ns);
   // A host veth by this derived name with no endpoint record is what a crashed create left.
-  d.host.linkDel(ep.hostIfName);
+  deleteHostVeth(d.host, d.datapath, ep.hostIfName);
   try {
     ep.hostIfIndex = createVeth(d.host, spec);
   } catch (e) {
@@ -95,7 +95,7 @@ export async function createEndpoint(d: CreateDeps, plan: CreatePlan, undo: Undo
     }
     throw e;
   }
-  undo.push(() => d.host.linkDel(ep.hostIfName));
+  undo.push(() => deleteHostVeth(d.host, d.datapath, ep.hostIfName));
   // Config before attach: the program must know the endpoint before its first packet.
   d.datapath.upsertEndpoint(datapathConfig(ep), { publish: false });
   undo.push(() => d.datapath.removeEndpoint(ep.hostIfIndex, plainIps(ep)));

@@ -12,7 +12,7 @@ import { datapathConfig, keyOf, openContainerNetns, plainIps, plumbSpec, storeKe
 import { AddressBook } from './addresses.ts';
 import { EndpointError } from './errors.ts';
 import { attachmentId, endpointKey, hostVethName, ipamOwner } from './naming.ts';
-import { ensureHostSide } from './plumbing.ts';
+import { deleteHostVeth, ensureHostSide } from './plumbing.ts';
 import { KeyedLock } from './lock.ts';
 import { EndpointIds } from './ids.ts';
 import { endpointProblems } from './health.ts';
@@ -274,7 +274,7 @@ export class EndpointManager {
     const ep = this.byKey.get(key);
     if (!ep) {
       // Unknown to us, but a crashed ADD may have left its link and addresses: the names are derived.
-      this.d.host.linkDel(hostVethName(attachment, ifName));
+      deleteHostVeth(this.d.host, this.d.datapath, hostVethName(attachment, ifName));
       await this.d.ipam.releaseOwner(ipamOwner(attachment, ifName));
       return false;
     }

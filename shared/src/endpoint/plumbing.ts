@@ -5,6 +5,7 @@ import type { NetNs } from '../netns/index.ts';
 import { openNetlink, type Link, type Netlink } from '../netlink/index.ts';
 import { addressOnly, hostPrefix, normalizeIfAddr } from '../net/index.ts';
 import { setSysctlPath } from '../sysctl/index.ts';
+import type { Datapath } from '../bpf/datapath.ts';
 
 export interface PlumbSpec {
   hostIfName: string;
@@ -55,6 +56,21 @@ function prepareHostSide(spec: PlumbSpec): void {
  *  Only once the endpoint's program and policy are in place: up is when packets can pass. `known`:
  *  the link as a dump just showed it (restore); up means it was prepared already (this is the only
  *  place that brings a host end up, and it prepares it first), so its sysctls are not written again. */
+/** Deletes a host veth by name (false: there was none). The kernel detaches its tcx links with it;
+ *  their pins go too, else each one keeps a detached link allocated in the bpffs dir until the next
+ *  agent start sweeps it (bpf/tcx.ts). */
+export function deleteHostVeth(
+  host: Pick<Netlink, 'linkByName' | 'linkDel'>,
+  dp: Pick<Datapath, 'releaseDetached'>,
+  name: string,
+): boolean {
+  const link = host.linkByName(name);
+  if (!link) return false;
+  const deleted = host.linkDel(link.index);
+  dp.releaseDetached(link.index);
+  return deleted;
+}
+
 export function ensureHostSide(host: Netlink, hostIfIndex: number, spec: PlumbSpec, known?: Link): void {
   if (!(known?.up && known.index === hostIfIndex && !spec.holdDown)) prepareHostSide(spec);
   // Labels pending: no link, no routes (the kernel refuses routes through a down device) until they

@@ -5,6 +5,7 @@
 import type { Endpoint } from '../types.ts';
 import { keyOf, STORE_PREFIX } from './recipe.ts';
 import { endpointKey, hostVethName, withDockerRef } from './naming.ts';
+import { deleteHostVeth } from './plumbing.ts';
 import { netnsGone } from './gone.ts';
 import {
   pruneDatapath,
@@ -168,7 +169,7 @@ export class EndpointRecovery {
       try {
         await this.d.lock.run(key, async () => {
           if (byKey.has(key) || creating.has(key)) return;
-          node.host.linkDel(hostVethName(o.attachment, o.ifName));
+          deleteHostVeth(node.host, node.datapath, hostVethName(o.attachment, o.ifName));
           released += await node.ipam.releaseOwner(o);
         });
       } catch (err) {

@@ -30,6 +30,7 @@ export function ensureTunnelDevice(host: Netlink, dp: Datapath, spec: TunnelDevi
   }
   if (cur && !(cur.collectMetadata && cur.port === spec.port && cur.mtu === spec.mtu && cur.noArp)) {
     host.linkDel(cur.index);
+    dp.releaseDetached(cur.index); // its links' pins (the kernel detached them with it)
     cur = null;
   }
   if (!cur) host.vxlanAdd({ name: spec.name, port: spec.port, mtu: spec.mtu, up: true, noArp: true });
