@@ -5,9 +5,13 @@
 // paths strictly, and its receive short-cut (bpf/vxlan_rx.c) takes every datagram apart on the
 // underlay device, proxied flows too: those reach the proxy through the host device's hairpin (loose
 // rp_filter), since from the underlay device, where the remote pod's address is not routed, a strict
-// rp_filter drops them (no answer here).
+// rp_filter drops them (no answer here). A bulk upload's GSO datagrams take that way whole.
 import t from 'tap';
 import { execFileSync } from 'node:child_process';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
 import { clusterForFile } from './lib/cluster-file.ts';
 import { eventually } from './lib/cluster.ts';
 import { curl, startHttpServer } from './lib/http.ts';
@@ -68,6 +72,22 @@ t.test('a pod on n1 to an L7-policed pod on n2: allowed, denied by the HTTP rule
   const dropped = await curl(bad.ns, url(marker), [], { timeoutS: 2 });
   t.equal(dropped.status, 0, `crawler (no rule admits it): no answer (curl exit ${dropped.exit})`);
   t.equal(tunnelRx(n2) - tunnelRx0, 0, "none of it came in through n2's tunnel device: vxlan_rx took it, proxied flows too");
+
+  // A bulk upload: good's TSO packets cross the underlay as GSO datagrams, which vxlan_rx takes whole
+  // (FIXED_GSO) and, the flow being proxied, hairpins into the host device to n2's proxy.
+  const body = crypto.randomBytes(8 << 20);
+  const file = path.join(os.tmpdir(), `mbr-upload-${randomId()}`);
+  fs.writeFileSync(file, body);
+  t.teardown(() => fs.rmSync(file, { force: true }));
+  const up = await curl(good.ns, url('/upload'), ['-H', 'Expect:', '--data-binary', `@${file}`], { timeoutS: 60 });
+  t.equal(up.status, 200, `an 8 MiB POST /upload through n2's proxy: 200 (curl exit ${up.exit})`);
+  const got = up.status === 200 ? (JSON.parse(up.body) as { bytes: number; sha256: string }) : undefined;
+  t.same(
+    [got?.bytes, got?.sha256],
+    [body.length, crypto.createHash('sha256').update(body).digest('hex')],
+    'web received it byte for byte',
+  );
+  t.equal(tunnelRx(n2) - tunnelRx0, 0, "the upload's GSO datagrams did not take n2's tunnel device either");
 
   const l7 = (method: string, path: string) => (f: import('../shared/src/flows/types.ts').Flow) =>
     f.l7?.type === 'REQUEST' && f.l7.http?.method === method && (f.l7.http?.url ?? '').endsWith(path);
