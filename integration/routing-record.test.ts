@@ -65,6 +65,9 @@ t.test('our own device (our from_tunnel on it) and routes go; a repeated start r
   inNs(s.ns, ['ip', 'route', 'add', '10.203.7.0/24', 'dev', s.device, 'proto', RTPROT_MEMBRANE_CLUSTER]);
   inNs(s.ns, ['ip', 'route', 'add', '198.18.79.0/24', 'dev', 'ul0', 'proto', 'static']);
   const record = fs.readFileSync(path.join(s.stateDir, 'cluster-routing.json'));
+  const tunnelIndex = (JSON.parse(inNs(s.ns, ['ip', '-j', 'link', 'show', s.device])) as { ifindex: number }[])[0].ifindex;
+  const tunnelPin = path.join(h.pinDir, `link_tcx_${tunnelIndex}_ingress`);
+  t.ok(fs.existsSync(tunnelPin), 'from_tunnel is linked through a pin');
   const removed = JSON.parse(child(s.ns, 'single', s.stateDir, h.pinDir)) as string[];
   t.same(
     removed.sort(),
@@ -73,6 +76,7 @@ t.test('our own device (our from_tunnel on it) and routes go; a repeated start r
   );
   t.notMatch(tcFilters('ul0', 'ingress', s.ns.path), /from_underlay/, 'from_underlay is off ul0');
   t.notOk(s.linkThere(), 'the device is gone');
+  t.notOk(fs.existsSync(tunnelPin), "and its link's pin (the kernel detached the link with the device)");
   t.match(s.routes(), /198\.18\.79\.0\/24/, "the admin's route stays");
   // A crash after the removal but before the record went: the next start does it again, harmlessly.
   fs.writeFileSync(path.join(s.stateDir, 'cluster-routing.json'), record);

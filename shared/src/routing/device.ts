@@ -6,7 +6,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import * as bpf from '../bpf/libbpf.ts';
 import { PROGRAM_PINS, TC_HANDLE, TC_PRIORITY, type Datapath } from '../bpf/datapath.ts';
-import { attachTcx, detachTcx, type TcxDirection } from '../bpf/tcx.ts';
+import { attachTcx, detachTcx, releaseDetachedTcx, type TcxDirection } from '../bpf/tcx.ts';
 import type { Netlink } from '../netlink/index.ts';
 import { addressOnly, familyOf, normalizeIp, type Family } from '../net/index.ts';
 
@@ -58,10 +58,14 @@ export function detachUnderlay(dp: Pick<Datapath, 'pinDir'>, ifindex: number): b
   return bpf.tcDetach(ifindex, bpf.BPF_TC_INGRESS, TC_HANDLE, TC_PRIORITY) || link;
 }
 
-/** Native routing has no tunnel device: one an earlier run in tunnel mode left is deleted. */
-export function removeTunnelDevice(host: Netlink, name: string): boolean {
+/** Native routing has no tunnel device: one an earlier run in tunnel mode left is deleted, and the
+ *  pins of its links (the kernel detached them with it) in pinDir. */
+export function removeTunnelDevice(host: Netlink, name: string, pinDir: string): boolean {
   const cur = host.vxlanGet(name);
-  return cur?.collectMetadata ? host.linkDel(cur.index) : false;
+  if (!cur?.collectMetadata) return false;
+  const deleted = host.linkDel(cur.index);
+  releaseDetachedTcx(pinDir, cur.index);
+  return deleted;
 }
 
 function attachPinned(dp: Datapath, ifindex: number, direction: TcxDirection, pin: string): void {

@@ -72,7 +72,7 @@ export class ClusterRouting {
     const r = new ClusterRouting(o);
     if (o.mode === 'tunnel') {
       r.tunnelIfindex = ensureTunnelDevice(o.host, o.datapath, { name: o.tunnel.device, port: o.tunnel.port, mtu: o.tunnel.mtu });
-    } else if (removeTunnelDevice(o.host, o.tunnel.device)) {
+    } else if (removeTunnelDevice(o.host, o.tunnel.device, o.datapath.pinDir)) {
       o.log?.info({ device: o.tunnel.device }, 'native routing: removed the tunnel device an earlier run left');
     }
     // Everything a previous run left is "current": apply() removes what the cluster no longer has.

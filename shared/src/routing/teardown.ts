@@ -33,7 +33,7 @@ export function removeClusterRouting(host: Netlink, o: ClusterRoutingLeftovers):
   // that name someone else made since) is no proof, and deleting another overlay's device cuts its node.
   const tunnel = host.vxlanGet(o.tunnelDevice);
   if (tunnel && attachedIsOurs(o.pinDir, tunnel.index, PROGRAM_PINS.from_tunnel)) {
-    if (removeTunnelDevice(host, o.tunnelDevice)) removed.push(`link ${o.tunnelDevice}`);
+    if (removeTunnelDevice(host, o.tunnelDevice, o.pinDir)) removed.push(`link ${o.tunnelDevice}`);
   }
   const device = o.nodeIp ? underlayDevice(host, o.nodeIp) : undefined;
   const link = device ? host.linkByName(device) : null;
