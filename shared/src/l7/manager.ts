@@ -61,8 +61,15 @@ const CONNECT_DEADLINE_MS = 30_000;
  *  1-6 MiB at the worker's allocation rate): almost everything a request allocates dies young, so a
  *  scavenge costs about the same whatever the space's size, and a larger space means several times
  *  fewer of them. Same-run A/B against nginx (docs/performance-history.md, L7 HTTP): proxy CPU per one-request
- *  connection 101-110 -> 76-81 µs, and every req/s and p99 goal met in one of two runs. */
-const WORKER_GC_FLAGS = ['--min-semi-space-size=16', '--max-semi-space-size=32'];
+ *  connection 101-110 -> 76-81 µs, and every req/s and p99 goal met in one of two runs.
+ *  And each scavenge on the worker's own thread (--no-parallel-scavenge): a parallel one hands parts to
+ *  V8's helper threads and waits for them, and on a node whose CPUs are busy (the proxy's load: client,
+ *  server and proxy on the same CPUs) a helper waits for a CPU while the worker, and every request it
+ *  holds, waits for the helper. A scavenge here copies only the few objects of the requests in flight,
+ *  so one thread does it as fast. Same-run A/B (bench:l7:ab, one request per connection, 10
+ *  connections, 8 rounds, load 7.6-10.1; --trace-gc): scavenge pauses median 0.74 -> 0.35 ms, p90
+ *  6.1 -> 2.3, mean 3.4 -> 0.96; worker CPU per request 50.6 -> 46.6 µs (0.92x). */
+const WORKER_GC_FLAGS = ['--min-semi-space-size=16', '--max-semi-space-size=32', '--no-parallel-scavenge'];
 
 /** MEMBRANE_L7_WORKER_NODE_FLAGS: extra Node/V8 flags for the workers only (space-separated, read at
  *  each spawn, after the defaults so they can override them), for benchmarks and profiles (e.g.

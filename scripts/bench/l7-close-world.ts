@@ -1,0 +1,106 @@
+// node --import tsx scripts/bench/l7-close-world.ts — not a test: why bench:l7 measures the L7 proxy's
+// one-request-per-connection tail at 10 connections higher than bench:l7:ab does, in the same world
+// (l7-world.ts). Both run the same world; they differ in what the worker did just before the measured
+// run and in how old the worker is. Each round measures L7 close-10 after each of these, in an order
+// that alternates by round, with nginx's close-10 in every round as the yardstick:
+//   after-ka     L7 keep-alive 10 then 50 (5 s each, not recorded), as bench:l7's cells before it
+//   after-direct the server direct at close 10 (5 s), as bench:l7's even rounds run just before it
+//   after-nginx  nginx at close 10 (5 s), as bench:l7's odd rounds run just before it
+//   after-close  L7 close 10 for 2 s, as bench:l7:ab's warm-up just before it
+//   fresh        the worker killed and restarted by the agent, the policy re-imported, 2 s of
+//                keep-alive and 2 s of close warm-up (bench:l7:ab's sequence), once per round, last
+// CW_ROUNDS (8), CW_SECONDS (5), CW_CONDS (all), CW_SPLIT (below). Medians and per-round p99s; the
+// load at start and end. First run (2026-12-06 01:05-01:12, load 1.0 -> 7.3, other helpers' tests):
+// L7 p99 after-ka 50.3 ms (over 20 ms in 6 of 8 rounds), after-direct 8.2, after-nginx 4.0,
+// after-close 3.9, fresh 24.1, nginx 3.6: too loaded to say more than that what ran before matters.
+// A second, split run at load 10-12 had every condition at 35-370 ms.
+import os from 'node:os';
+import { startL7World } from './l7-world.ts';
+import { type Sample, wrk } from './l7-wrk.ts';
+import { median, sleep } from './lib.ts';
+
+const ROUNDS = Number(process.env.CW_ROUNDS ?? 8);
+const SECONDS = Number(process.env.CW_SECONDS ?? 5);
+const ALL = ['after-ka', 'after-direct', 'after-nginx', 'after-close', 'fresh'];
+const CONDS = (process.env.CW_CONDS ?? ALL.join(',')).split(',');
+// CW_SPLIT=1: the measured run as SECONDS runs of 1 s each, reported apart: a transient after the
+// condition (its first second) against a steady state.
+const SPLIT = process.env.CW_SPLIT === '1';
+delete process.env.NODE_EXTRA_CA_CERTS;
+
+async function main(): Promise<void> {
+  const load0 = os.loadavg()[0].toFixed(2);
+  const world = await startL7World('0');
+  const { client, urls } = world;
+  const samples = new Map<string, Sample[]>();
+  const put = (k: string, s: Sample) => {
+    samples.set(k, [...(samples.get(k) ?? []), s]);
+    process.stderr.write(`${k}: ${s.rps.toFixed(0)} req/s p50 ${s.p50} p99 ${s.p99} ms cpu ${s.cpuUsPerReq?.toFixed(1)}\n`);
+  };
+  const workers = async () => (await world.proxyPids('l7')).slice(0, -1);
+  const restart = async () => {
+    const old = await workers();
+    for (const pid of old) process.kill(pid, 'SIGKILL');
+    for (let i = 0; i < 300; i++) {
+      await sleep(100);
+      const now = await workers();
+      if (now.length === old.length && now.every((p) => !old.includes(p))) return world.setL7(true);
+    }
+    throw new Error('the L7 worker did not come back');
+  };
+  const l7 = async (s = SECONDS) => wrk(client, urls.l7, 10, 'close', s, await world.proxyPids('l7'), world.agentPid());
+  const before: Record<string, () => Promise<unknown>> = {
+    'after-ka': async () => {
+      await wrk(client, urls.l7, 10, 'keep-alive', 5);
+      await wrk(client, urls.l7, 50, 'keep-alive', 5);
+    },
+    'after-direct': () => wrk(client, urls.direct, 10, 'close', 5),
+    'after-nginx': () => wrk(client, urls.nginx, 10, 'close', 5),
+    'after-close': () => wrk(client, urls.l7, 10, 'close', 2),
+    fresh: async () => {
+      await restart();
+      await wrk(client, urls.l7, 10, 'keep-alive', 2);
+      await wrk(client, urls.l7, 10, 'close', 2);
+    },
+  };
+  try {
+    for (const mode of ['keep-alive', 'close'] as const) {
+      await wrk(client, urls.l7, 10, mode, 5);
+      await wrk(client, urls.nginx, 10, mode, 5);
+    }
+    for (let r = 0; r < ROUNDS; r++) {
+      const conds = CONDS.filter((c) => c !== 'fresh');
+      if (r % 2) conds.reverse();
+      for (const c of conds) {
+        await before[c]();
+        if (SPLIT) for (let i = 0; i < SECONDS; i++) put(`${c}#${i}`, await l7(1));
+        else put(c, await l7());
+      }
+      put('nginx', await wrk(client, urls.nginx, 10, 'close', SECONDS, await world.proxyPids('nginx')));
+      if (CONDS.includes('fresh')) {
+        await before.fresh();
+        put('fresh', await l7());
+      }
+      process.stderr.write(`round ${r + 1}/${ROUNDS} done, load ${os.loadavg()[0].toFixed(2)}\n`);
+    }
+  } finally {
+    await world.close();
+  }
+  const m = (k: string, f: keyof Sample) => median((samples.get(k) ?? []).map((s) => Number(s[f])));
+  const n99 = m('nginx', 'p99');
+  console.log(`${ROUNDS} rounds × ${SECONDS} s, close 10, medians; load ${load0} → ${os.loadavg()[0].toFixed(2)}`);
+  console.log('| before the run | req/s | p50 ms | p99 ms | p99 / nginx | CPU µs/req (agent) | per-round p99 |');
+  console.log('|---|---|---|---|---|---|---|');
+  const keys = SPLIT
+    ? CONDS.flatMap((c) => (c === 'fresh' ? [c] : Array.from({ length: SECONDS }, (_, i) => `${c}#${i}`)))
+    : CONDS;
+  for (const k of [...keys, 'nginx'])
+    console.log(
+      `| ${k} | ${m(k, 'rps').toFixed(0)} | ${m(k, 'p50').toFixed(2)} | ${m(k, 'p99').toFixed(2)} | ${(m(k, 'p99') / n99).toFixed(2)}× | ${m(k, 'cpuUsPerReq').toFixed(1)} (${m(k, 'agentUsPerReq').toFixed(1)}) | ${(samples.get(k) ?? []).map((s) => s.p99.toFixed(2)).join(' ')} |`,
+    );
+}
+
+main().catch((e) => {
+  console.error(e);
+  process.exit(1);
+});
