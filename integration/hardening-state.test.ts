@@ -9,6 +9,7 @@ import { ip4, randomId, REPO, sleep } from './lib/agent.ts';
 import { startNode, type TestNode } from './lib/node-netns.ts';
 import { createNetns, ping, type TestNetns } from './lib/netns.ts';
 import { nodeState } from './lib/leaks.ts';
+import { tcFilters } from './lib/inspect.ts';
 import { ensureCniBinary, invokeCni } from '../cni/test/lib/exec.ts';
 import type { Endpoint } from '../shared/src/types.ts';
 
@@ -322,4 +323,26 @@ t.test('two agents started at once on one state dir: exactly one runs', async (t
     await winner.exit;
   }
   await node.agent.restart();
+});
+
+t.test("a second agent (its own state dir and netns) on the first one's bpffs dir refuses to start", async (t) => {
+  const first = await startNode();
+  t.teardown(() => first.cleanup());
+  const pod = createNetns('mbs');
+  t.teardown(() => pod.remove());
+  const conf = { cniVersion: '1.0.0', name: `state-${first.agent.id}`, type: 'membrane-cni', agentSocket: first.agent.socket };
+  const add = await invokeCni('ADD', conf, { containerId: `s-${randomId(5)}`, netns: pod.path });
+  t.equal(add.code, 0, 'a pod on the first agent');
+  const [ep] = await first.agent.client.listEndpoints();
+  // The pins are by ifindex, and the second node's first pod would get the same one in its netns:
+  // without the lock its ADD took over the first pod's link and its own veth ran no program at all.
+  await t.rejects(
+    startNode({ extraArgs: ['--bpffs-dir', first.agent.bpffsDir] }),
+    new RegExp(`another membrane-agent already uses the bpffs dir ${first.agent.bpffsDir}`),
+    'the second agent exits, naming the dir',
+  );
+  t.match(tcFilters(ep.hostIfName, 'ingress', first.ns.path), /from_container/, "the first pod's programs are untouched");
+  t.match(tcFilters(ep.hostIfName, 'egress', first.ns.path), /to_container/);
+  t.ok(await ping(pod, ep.ips[0].gateway), 'and it reaches its gateway');
+  t.equal((await invokeCni('DEL', conf, { containerId: ep.containerId, netns: pod.path })).code, 0);
 });

@@ -19,7 +19,7 @@ import { loadDatapath } from '../bpf/datapath.ts';
 import { bpfRouter } from '../api/bpf-routes.ts';
 import { createApp, serveApi } from '../api/server.ts';
 import { VERSION } from '../version.ts';
-import { acquirePidLock } from './pidlock.ts';
+import { acquireDirLock, acquirePidLock } from './pidlock.ts';
 import { resolveBpfObject } from './paths.ts';
 import { ensureConfiguredNetwork, ipamService, networkService } from './services.ts';
 import { AgentPolicy } from './policy.ts';
@@ -104,6 +104,10 @@ export class Agent {
       ensureHostDevice(host, cfg.hostDevice);
       for (const n of networks.list()) ensureGateways(host, cfg.hostDevice, n);
       enableForwarding(networks.list().some((n) => n.subnets.some((s) => s.family === 6)));
+      // Before anything reads or changes a pin: one agent per bpffs dir (pidlock.ts).
+      fs.mkdirSync(cfg.bpffsDir, { recursive: true, mode: 0o700 });
+      const pinLock = acquireDirLock(cfg.bpffsDir);
+      closers.push({ name: 'bpffs dir lock', close: () => pinLock.release() });
       if (cluster)
         rememberClusterRouting(cfg.stateDir, { tunnelDevice: cfg.cluster!.tunnelDevice, nodeIp: cfg.cluster!.nodeIp! });
       else {

@@ -19,21 +19,26 @@ export interface PidLock {
   release(): void;
 }
 
-export function acquirePidLock(file: string): PidLock {
-  // libuv opens with O_CLOEXEC: processes the agent starts (L7 proxy workers) never inherit the lock.
-  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+/** flock(LOCK_EX | LOCK_NB) on fd: false when another process holds it (fd is then closed). */
+function lockOrClose(fd: number, file: string): boolean {
   for (;;) {
-    if ((flock(fd, LOCK_EX | LOCK_NB) as number) === 0) break;
+    if ((flock(fd, LOCK_EX | LOCK_NB) as number) === 0) return true;
     const errno = koffi.errno();
     if (errno === EINTR) continue;
     fs.closeSync(fd);
-    if (errno === EWOULDBLOCK) {
-      const pid = readPid(file);
-      throw new Error(
-        `another membrane-agent (${pid ? `pid ${pid}` : 'starting'}) already uses this state dir (${file} is locked)`,
-      );
-    }
+    if (errno === EWOULDBLOCK) return false;
     throw new Error(`cannot lock ${file}: errno ${errno}`);
+  }
+}
+
+export function acquirePidLock(file: string): PidLock {
+  // libuv opens with O_CLOEXEC: processes the agent starts (L7 proxy workers) never inherit the lock.
+  const fd = fs.openSync(file, fs.constants.O_RDWR | fs.constants.O_CREAT, 0o600);
+  if (!lockOrClose(fd, file)) {
+    const pid = readPid(file);
+    throw new Error(
+      `another membrane-agent (${pid ? `pid ${pid}` : 'starting'}) already uses this state dir (${file} is locked)`,
+    );
   }
   try {
     fs.ftruncateSync(fd, 0);
@@ -51,6 +56,27 @@ export function acquirePidLock(file: string): PidLock {
       } catch {
         /* the lock goes with the fd anyway */
       }
+      fs.closeSync(fd);
+    },
+  };
+}
+
+/** One agent per bpffs dir as well (agents with separate state dirs can still name the same
+ *  --bpffs-dir): the tcx links are pinned there by ifindex, and ifindexes repeat across netns, so a
+ *  second agent would take the first one's link for its own device (a program swapped into another
+ *  netns's link) and leave its own pods with no program at all. The lock is flock(2) on the directory
+ *  itself (bpffs holds no regular files), released with the process like the pid file's. */
+export function acquireDirLock(dir: string): PidLock {
+  const fd = fs.openSync(dir, fs.constants.O_RDONLY | fs.constants.O_DIRECTORY);
+  if (!lockOrClose(fd, dir))
+    throw new Error(
+      `another membrane-agent already uses the bpffs dir ${dir} (it is locked): give each agent its own --bpffs-dir`,
+    );
+  let held = true;
+  return {
+    release: () => {
+      if (!held) return;
+      held = false;
       fs.closeSync(fd);
     },
   };
