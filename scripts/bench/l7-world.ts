@@ -140,6 +140,8 @@ export async function startL7World(clientTwReuse: string): Promise<L7World> {
   const agent: TestAgent = await startAgent({
     bundle: true,
     extraArgs: workers ? ['--l7-proxy-workers', workers] : [],
+    // BENCH_AGENT_NODE_FLAGS: Node flags for the agent (e.g. --trace-gc; its log is kept with BENCH_WORKER_LOGS).
+    nodeArgs: process.env.BENCH_AGENT_NODE_FLAGS?.split(' ').filter(Boolean),
     ownSession: process.env.BENCH_AGENT_SESSION === '1',
   });
   const pc = new PolicyClient(agent.client);
@@ -180,6 +182,7 @@ export async function startL7World(clientTwReuse: string): Promise<L7World> {
       fs.mkdirSync(keep, { recursive: true });
       const l7 = path.join(agent.stateDir, 'l7');
       for (const f of fs.readdirSync(l7).filter((x) => x.endsWith('.log'))) fs.copyFileSync(path.join(l7, f), path.join(keep, f));
+      fs.copyFileSync(agent.logFile, path.join(keep, 'agent.log'));
     }
     await agent.cleanup();
     groups?.remove();
