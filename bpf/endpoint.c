@@ -118,8 +118,7 @@ static __always_inline int drop_unknown(struct __sk_buff *skb, __u32 reason)
 	return TC_ACT_SHOT;
 }
 
-SEC("tc")
-int from_container(struct __sk_buff *skb)
+static __always_inline int from_container_verdict(struct __sk_buff *skb)
 {
 	__u32 ifindex = skb->ifindex;
 	struct endpoint_config *src, *dst_cfg;
@@ -172,7 +171,12 @@ int from_container(struct __sk_buff *skb)
 }
 
 SEC("tc")
-int to_container(struct __sk_buff *skb)
+int from_container(struct __sk_buff *skb)
+{
+	return tcx_final(from_container_verdict(skb), false);
+}
+
+static __always_inline int to_container_verdict(struct __sk_buff *skb)
 {
 	__u32 ifindex = skb->ifindex;
 	struct endpoint_config *ep;
@@ -207,10 +211,15 @@ int to_container(struct __sk_buff *skb)
 	return TC_ACT_OK;
 }
 
+SEC("tc")
+int to_container(struct __sk_buff *skb)
+{
+	return tcx_final(to_container_verdict(skb), false);
+}
+
 /* tc ingress of the host device: packets to_container hairpinned for the L7 proxy (proxy.h), marked
  * with its port. Nothing else is sent into this device. */
-SEC("tc")
-int from_host_device(struct __sk_buff *skb)
+static __always_inline int from_host_device_verdict(struct __sk_buff *skb)
 {
 	__u32 mark = skb->mark;
 	__u16 reason;
@@ -222,6 +231,12 @@ int from_host_device(struct __sk_buff *skb)
 		return drop_unknown(skb, DROP_PROXY_SET_FAILED);
 	reason = proxy_assign(skb, &p, mark >> 16);
 	return reason ? drop_unknown(skb, reason) : TC_ACT_OK;
+}
+
+SEC("tc")
+int from_host_device(struct __sk_buff *skb)
+{
+	return tcx_final(from_host_device_verdict(skb), false);
 }
 
 /* The L7 proxy's netns socket lookup (proxy.h; shared/src/l7/datapath.ts attaches it). */

@@ -48,8 +48,7 @@ static __always_inline __u16 tunnel_sender(struct __sk_buff *skb, const struct o
 	return 0;
 }
 
-SEC("tc")
-int from_tunnel(struct __sk_buff *skb)
+static __always_inline int from_tunnel_verdict(struct __sk_buff *skb)
 {
 	const struct overlay_config *cfg = overlay_cfg();
 	struct endpoint_config *ep;
@@ -94,7 +93,12 @@ int from_tunnel(struct __sk_buff *skb)
 }
 
 SEC("tc")
-int to_tunnel(struct __sk_buff *skb)
+int from_tunnel(struct __sk_buff *skb)
+{
+	return tcx_final(from_tunnel_verdict(skb), false);
+}
+
+static __always_inline int to_tunnel_verdict(struct __sk_buff *skb)
 {
 	const struct overlay_config *cfg = overlay_cfg();
 	const struct tunnel_endpoint *te;
@@ -125,4 +129,10 @@ int to_tunnel(struct __sk_buff *skb)
 	if (set_tunnel(skb, te, identity) < 0)
 		return drop_unknown(skb, DROP_NO_TUNNEL_ENDPOINT);
 	return TC_ACT_OK;
+}
+
+SEC("tc")
+int to_tunnel(struct __sk_buff *skb)
+{
+	return tcx_final(to_tunnel_verdict(skb), false);
 }

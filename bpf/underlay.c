@@ -18,10 +18,11 @@
  * underlay_spoofed, checked when a flow begins; a tracked flow with the host is recognised by its
  * entry): the stack dropped the former as a martian, but forwarded the latter to to_container, which
  * gave it the pod's identity.
- * The stack keeps, as before, every packet that is for no local pod (the node's own traffic: this
- * program then costs one hash lookup), that expires here (the stack answers with ICMP time exceeded),
- * that the parser refuses (to_container drops it with its reason and a DROP event), and NDP/MLD
- * (link-scoped, never through a router). */
+ * What it takes no decision on goes on to the next tcx program (MBR_TCX_NEXT, lib/common.h: the device
+ * is the node's) and then, as before, to the stack: every packet that is for no local pod (the node's
+ * own traffic: this program then costs one hash lookup), that expires here (the stack answers with
+ * ICMP time exceeded), that the parser refuses (to_container drops it with its reason and a DROP
+ * event), and NDP/MLD (link-scoped, never through a router). */
 
 /* The destination address of an IPv4/IPv6 packet, read from the header in place: the common case
  * (the node's own traffic) needs no full parse. false: not IP or no readable header. */
@@ -53,8 +54,7 @@ static __always_inline bool underlay_dst(struct __sk_buff *skb, struct ip_key *k
 	return false;
 }
 
-SEC("tc")
-int from_underlay(struct __sk_buff *skb)
+static __always_inline int from_underlay_verdict(struct __sk_buff *skb)
 {
 	const struct overlay_config *cfg = overlay_cfg();
 	struct endpoint_config *ep;
@@ -63,23 +63,23 @@ int from_underlay(struct __sk_buff *skb)
 	struct pkt p;
 
 	if (!cfg)
-		return TC_ACT_OK;
+		return MBR_TCX_NEXT;
 	/* Tunnel mode: other nodes' VXLAN datagrams for pods here (vxlan_rx.c). */
 	if (cfg->tunnel_ifindex)
 		return vxlan_rx(skb, cfg);
 	/* Left attached by an earlier run in native mode: the stack's, as without it. */
 	if (!(cfg->flags & OVERLAY_F_NATIVE))
-		return TC_ACT_OK;
+		return MBR_TCX_NEXT;
 	if (!underlay_dst(skb, &key))
-		return TC_ACT_OK;
+		return MBR_TCX_NEXT;
 	dst = bpf_map_lookup_elem(&local_endpoints, &key);
 	if (!dst)
-		return TC_ACT_OK;
+		return MBR_TCX_NEXT;
 	if (parse_packet(skb, &p) != PARSE_IP || p.hop_limit <= 1 || is_icmp6_ndp(&p) || is_icmp6_mld(&p))
-		return TC_ACT_OK;
+		return MBR_TCX_NEXT;
 	ep = bpf_map_lookup_elem(&endpoints_cfg, &dst->host_ifindex);
 	if (!ep)
-		return TC_ACT_OK; /* being set up or torn down: to_container fails closed on its own */
+		return MBR_TCX_NEXT; /* being set up or torn down: to_container fails closed on its own */
 	/* An ICMP error can pass as related to a flow without its entry at hand: checked here (rare). */
 	if (p.icmp_error && underlay_spoofed(&p, ipcache_identity(p.family, p.saddr))) {
 		drop_at(&p, ep, POLICY_DIR_INGRESS, DROP_SOURCE_SPOOFED);
@@ -89,4 +89,10 @@ int from_underlay(struct __sk_buff *skb)
 	 * the underlay's own check (underlay_spoofed): a new flow's source as its identity is looked up,
 	 * a tracked flow's by the peer identity its entry recorded, so established packets pay nothing. */
 	return remote_ingress(skb, &p, ep, dst, 0, true, false, false);
+}
+
+SEC("tc")
+int from_underlay(struct __sk_buff *skb)
+{
+	return tcx_final(from_underlay_verdict(skb), true);
 }

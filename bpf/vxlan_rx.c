@@ -51,7 +51,8 @@ static __always_inline __u32 vxlan_rx_sender(__be32 saddr, __be32 vni_word)
 	return vni == IDENTITY_HOST ? IDENTITY_REMOTE_NODE : vni;
 }
 
-/* TC_ACT_OK: not taken, nothing changed (the stack's, as without this); else the verdict. */
+/* MBR_TCX_NEXT: not taken, nothing changed (the next program's and the stack's, as without this); else
+ * the verdict. */
 static __always_inline int vxlan_rx(struct __sk_buff *skb, const struct overlay_config *cfg)
 {
 	void *data, *data_end;
@@ -68,23 +69,23 @@ static __always_inline int vxlan_rx(struct __sk_buff *skb, const struct overlay_
 
 	if (!cfg->tunnel_port || !cfg->node_ipv4 || skb->ifindex != cfg->underlay_ifindex || skb->protocol != bpf_htons(ETH_P_IP) ||
 	    skb->pkt_type != PACKET_HOST) /* a frame for another MAC: ip_rcv drops it */
-		return TC_ACT_OK;
+		return MBR_TCX_NEXT;
 	if (!linear_headers(skb, ETH_HLEN + VXLAN_RX_STRIP + sizeof(struct iphdr), &data, &data_end))
-		return TC_ACT_OK;
+		return MBR_TCX_NEXT;
 	ip = data + ETH_HLEN;
 	udp = (void *)(ip + 1);
 	vx = (void *)(udp + 1);
 	ieth = (void *)(vx + 2);
 	inner = (void *)(ieth + 1);
 	if ((void *)(inner + 1) > data_end)
-		return TC_ACT_OK;
+		return MBR_TCX_NEXT;
 	if (ip->version != 4 || ip->ihl != 5 || ip->protocol != IPPROTO_UDP || (ip->frag_off & bpf_htons(IP_MF | IP_OFFSET)) ||
 	    ip->daddr != cfg->node_ipv4 || bpf_ntohs(ip->tot_len) != len - ETH_HLEN || ipv4_header_csum(ip))
-		return TC_ACT_OK;
+		return MBR_TCX_NEXT;
 	if (udp->dest != bpf_htons(cfg->tunnel_port) || udp->check || bpf_ntohs(udp->len) != len - ETH_HLEN - sizeof(*ip))
-		return TC_ACT_OK;
+		return MBR_TCX_NEXT;
 	if (vx[0] != bpf_htonl(VXLAN_F_I) || (vx[1] & bpf_htonl(0xff)) || ieth->h_proto != bpf_htons(ETH_P_IP))
-		return TC_ACT_OK;
+		return MBR_TCX_NEXT;
 	/* This node's own address as the outer source never arrives on the underlay (the node's datagrams
 	 * to itself stay on lo), and names no other node: a stale node record holding it (a node renamed or
 	 * replaced at the same address while the old record's lease runs) puts it in tunnel_map, where it
@@ -92,22 +93,22 @@ static __always_inline int vxlan_rx(struct __sk_buff *skb, const struct overlay_
 	if (ip->saddr == cfg->node_ipv4)
 		return drop_unknown(skb, DROP_UNKNOWN_SENDER);
 	if (inner->version != 4 || inner->ttl <= 1 || (gso && inner->protocol != IPPROTO_TCP))
-		return TC_ACT_OK;
+		return MBR_TCX_NEXT;
 	ce = (ip->tos & INET_ECN_MASK) == INET_ECN_CE;
 	if (ce && !(inner->tos & INET_ECN_MASK))
-		return TC_ACT_OK;
+		return MBR_TCX_NEXT;
 	__builtin_memset(&key, 0, sizeof(key));
 	key.family = MBR_FAMILY_IPV4;
 	__builtin_memcpy(key.addr, &inner->daddr, 4);
 	dst = bpf_map_lookup_elem(&local_endpoints, &key);
 	if (!dst)
-		return TC_ACT_OK;
+		return MBR_TCX_NEXT;
 	identity = vxlan_rx_sender(ip->saddr, vx[1]);
 	if (!identity)
-		return TC_ACT_OK;
+		return MBR_TCX_NEXT;
 	ep = bpf_map_lookup_elem(&endpoints_cfg, &dst->host_ifindex);
 	if (!ep)
-		return TC_ACT_OK;
+		return MBR_TCX_NEXT;
 	/* From here on the datagram is the pod's packet: what from_tunnel would drop is dropped here. */
 	if (ce && (inner->tos & INET_ECN_MASK) != INET_ECN_CE) {
 		__u16 old = *(__u16 *)inner, new;
@@ -127,7 +128,7 @@ static __always_inline int vxlan_rx(struct __sk_buff *skb, const struct overlay_
 	 * pass 8 MiB byte for byte; a NIC with tunnel TSO inside the pod would be asked to segment it as VXLAN. */
 	if (bpf_skb_adjust_room(skb, -(__s32)VXLAN_RX_STRIP, BPF_ADJ_ROOM_MAC,
 				BPF_F_ADJ_ROOM_DECAP_L3_IPV4 | (gso ? BPF_F_ADJ_ROOM_FIXED_GSO : 0)) < 0)
-		return TC_ACT_OK;
+		return MBR_TCX_NEXT;
 	if (parse_packet(skb, &p) != PARSE_IP)
 		return drop_unknown(skb, p.drop_reason ? p.drop_reason : DROP_UNSUPPORTED_L2);
 	return remote_ingress(skb, &p, ep, dst, identity, false, false, true);

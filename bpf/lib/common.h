@@ -51,3 +51,27 @@ static __always_inline bool linear_headers(struct __sk_buff *skb, __u32 len, voi
 	*data_end = (void *)(long)skb->data_end;
 	return *data + len <= *data_end;
 }
+
+/* Return codes under tcx (every program here is attached with a tcx link at the head of its hook's
+ * chain: shared/src/bpf/tcx.ts). A tcx chain runs its programs in order until one returns anything but
+ * TCX_NEXT: TC_ACT_OK is TCX_PASS, TC_ACT_SHOT TCX_DROP, TC_ACT_REDIRECT TCX_REDIRECT, and all three end
+ * the chain; TC_ACT_UNSPEC is TCX_NEXT, and the kernel takes any other code as TCX_NEXT too (then the
+ * device's classic tc filters, then the stack). Why:
+ * - A verdict on a pod's packet is final, an allow (TC_ACT_OK, a redirect) as much as a drop: a program
+ *   after ours gets no say, so it can neither take elsewhere a packet we steer to the L7 proxy or deliver
+ *   into a pod nor re-decide what policy decided. The pods' host veths, the tunnel and host devices are
+ *   ours alone, so nobody else's program is skipped there (Cilium makes the same choice by default).
+ * - What we take no decision on, the node's own traffic on the underlay device (from_underlay, vxlan_rx),
+ *   goes on to the next program (TCX_NEXT): that device is the node's, and the tools after ours must see
+ *   its traffic as if we were not there.
+ * - A drop can never turn into TCX_NEXT by mistake (a helper's negative errno returned as a verdict, a
+ *   code tcx does not know): each program's verdict goes through tcx_final, which makes anything but a
+ *   pass or a redirect (or, where allowed, TCX_NEXT) a drop. */
+#define MBR_TCX_NEXT TC_ACT_UNSPEC
+
+static __always_inline int tcx_final(int verdict, bool next_allowed)
+{
+	if (verdict == TC_ACT_OK || verdict == TC_ACT_REDIRECT || (next_allowed && verdict == MBR_TCX_NEXT))
+		return verdict;
+	return TC_ACT_SHOT;
+}

@@ -4,6 +4,7 @@
 // parameters (the policy and identity lookups it names rules and peers with included).
 import fs from 'node:fs';
 import { possibleCpus } from '../bpf/datapath.ts';
+import { tcxHooksBehind } from '../bpf/tcx.ts';
 import { AgentEventLog, policyChanges, type PolicySnapshot } from '../flows/agent-events.ts';
 import { dropReasonName } from '../flows/codes.ts';
 import { FlowCollector } from '../flows/collector.ts';
@@ -205,6 +206,7 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
         stats: collector.stats,
         endpoints: () => d.endpoints.list().length,
         endpointsGone: () => d.endpoints.goneRemoved,
+        tcxHooksBehind: () => tcxHooksBehind(d.datapath.pinDir).length,
         mapPressure: cachedMapPressure(d.datapath),
         drops: () => {
           try {

@@ -34,6 +34,7 @@ export {
 } from './libbpf/maps.ts';
 export { progTestRun, type TestRunResult } from './libbpf/test-run.ts';
 export {
+  BPF_F_BEFORE,
   BPF_SK_LOOKUP,
   BPF_TCX_EGRESS,
   BPF_TCX_INGRESS,

@@ -8,7 +8,21 @@
 // reports ifindex 0), so a pin whose link no longer sits on that ifindex is stale and replaced, never
 // reused. Re-attaching a live pin replaces its program in place (bpf_link_update): no moment without
 // one. After the link is in place our classic filter (handle 0x4d42) is removed: tcx runs before
-// classic tc and our programs never return TCX_NEXT, so during the swap no packet skips enforcement.
+// classic tc and our programs return TCX_NEXT only for packets they take no decision on (the node's
+// own traffic on the underlay device: bpf/lib/common.h), so during the swap no packet skips
+// enforcement.
+//
+// Place in the chain: a new link goes to the head (BPF_F_BEFORE, no relative object). A tcx chain
+// runs in order until a program returns anything but TCX_NEXT, so a program another tool attached
+// earlier that returns TCX_PASS (TC_ACT_OK) would end the chain before ours: a pod's traffic would
+// leave or arrive unenforced. At the head, the enforcement point decides first, and its verdicts end
+// the chain (bpf/lib/common.h: the return codes under tcx).
+// What we do not do: take the head back later. bpf_link_update keeps a link where it is, and a root
+// tool may insert itself ahead of us afterwards (BPF_F_BEFORE too) or detach us outright: we cannot
+// prevent either. Moving back to the head cannot be done without a gap (the kernel refuses the same
+// program twice on one hook, so a move is detach + attach: a moment with no enforcement), and two
+// tools that each re-take the head would flap. So it is reported instead (tcxHooksBehind): a warning
+// at agent start, and the membrane_tcx_hooks_behind_foreign gauge at every scrape.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -54,7 +68,7 @@ export function attachTcx(pinDir: string, hook: TcxHook, progFd: number): void {
     }
   } else {
     const type = hook.direction === 'ingress' ? bpf.BPF_TCX_INGRESS : bpf.BPF_TCX_EGRESS;
-    const link = createLink(progFd, hook, type);
+    const link = createLink(progFd, hook, type); // at the head of the chain (above)
     try {
       bpf.objPin(link, tcxPinPath(pinDir, hook));
     } catch (err) {
@@ -70,7 +84,7 @@ export function attachTcx(pinDir: string, hook: TcxHook, progFd: number): void {
 /** A kernel without tcx (before 6.6) refuses the attach type with EINVAL: say what is missing. */
 function createLink(progFd: number, hook: TcxHook, type: number): number {
   try {
-    return bpf.linkCreate(progFd, hook.ifindex, type, describe(hook));
+    return bpf.linkCreate(progFd, hook.ifindex, type, describe(hook), bpf.BPF_F_BEFORE);
   } catch (err) {
     if (err instanceof bpf.BpfError && err.code === 'EINVAL')
       throw new Error(
@@ -105,6 +119,30 @@ export function tcxProgramId(pinDir: string, hook: TcxHook): number | undefined 
   } finally {
     fs.closeSync(live);
   }
+}
+
+/** Ids of the programs that run ahead of ours on the hook (another tool's, attached at the head after
+ *  ours); [] when ours is first, or when we have no link there. */
+export function tcxAhead(pinDir: string, hook: TcxHook): number[] {
+  const ours = tcxProgramId(pinDir, hook);
+  if (ours === undefined) return [];
+  const type = hook.direction === 'ingress' ? bpf.BPF_TCX_INGRESS : bpf.BPF_TCX_EGRESS;
+  let ids: number[];
+  try {
+    ids = bpf.tcxProgramIds(hook.ifindex, type, describe(hook));
+  } catch {
+    return []; // the device went between the two calls: nothing runs there any more
+  }
+  const at = ids.indexOf(ours);
+  return at < 0 ? [] : ids.slice(0, at);
+}
+
+/** Our live hooks with another tool's program ahead of ours, and those programs' ids. */
+export function tcxHooksBehind(pinDir: string): { hook: TcxHook; ahead: number[] }[] {
+  if (!fs.existsSync(pinDir)) return [];
+  return listTcxPins(pinDir)
+    .map((hook) => ({ hook, ahead: tcxAhead(pinDir, hook) }))
+    .filter((h) => h.ahead.length > 0);
 }
 
 /** Every hook we hold a pin for (live or stale). */

@@ -14,6 +14,8 @@ export interface MetricsSources {
   drops(): { reason: string; packets: number; bytes: number }[];
   lost(): { datapath: number; agent: number };
   flowRing(): { held: number; capacity: number; seen: number; followers: number };
+  /** Our tcx hooks where another tool's program runs ahead of ours (bpf/tcx.ts tcxHooksBehind). */
+  tcxHooksBehind?(): number;
   /** Cluster mode: the store's reachability and the other nodes' endpoints known here. */
   cluster?(): ClusterMetricsView;
 }
@@ -127,6 +129,14 @@ export function createAgentMetrics(src: MetricsSources, opts: { defaultMetrics?:
     collect() {
       this.reset();
       this.inc(src.endpointsGone?.() ?? 0);
+    },
+  });
+  new Gauge({
+    name: 'membrane_tcx_hooks_behind_foreign',
+    help: "Our tcx hooks (endpoint, tunnel, underlay devices) where another tool's program runs ahead of ours and could pass packets past our enforcement",
+    registers,
+    collect() {
+      this.set(src.tcxHooksBehind?.() ?? 0);
     },
   });
   const create = new Histogram({

@@ -8,10 +8,23 @@ export const BPF_SK_LOOKUP = 36; // enum bpf_attach_type
 export const BPF_TCX_INGRESS = 46;
 export const BPF_TCX_EGRESS = 47;
 const BPF_LINK_TYPE_TCX = 11; // enum bpf_link_type
+/** mprog (tcx) placement: with no relative program or link named, the head of the hook's chain. */
+export const BPF_F_BEFORE = 1 << 3;
 
-/** A link of progFd to target (e.g. a netns fd); returns an fd the caller must close. */
-export function linkCreate(progFd: number, targetFd: number, attachType: number, what: string): number {
-  return check(bind().link_create(progFd, targetFd, attachType, null), 'bpf_link_create', what);
+/** A link of progFd to target (e.g. a netns fd, an ifindex for tcx); returns an fd the caller must
+ *  close. flags: attr.link_create.flags (BPF_F_BEFORE). */
+export function linkCreate(progFd: number, targetFd: number, attachType: number, what: string, flags = 0): number {
+  const opts = flags
+    ? {
+        sz: 64,
+        flags,
+        iter_info: null,
+        iter_info_len: 0,
+        target_btf_id: 0,
+        kprobe_multi: { flags: 0, cnt: 0, syms: null, addrs: null, cookies: null },
+      }
+    : null;
+  return check(bind().link_create(progFd, targetFd, attachType, opts), 'bpf_link_create', what);
 }
 
 /** Replaces the program of a link in place (there is no moment without one). */

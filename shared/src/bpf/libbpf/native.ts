@@ -75,8 +75,19 @@ export function bind(): Bindings {
     cpu: 'uint32_t',
     batch_size: 'uint32_t',
   });
-  if (koffi.sizeof(hook) !== 24 || koffi.sizeof(opts) !== 32 || koffi.sizeof(testRun) !== 80) {
-    throw new Error('libbpf struct layout mismatch (bpf_tc_hook/bpf_tc_opts/bpf_test_run_opts)');
+  // libbpf 1.1's bpf_link_create copies opts->flags into attr.link_create.flags for every attach
+  // type (tcx included, which 1.1 does not know by name) and wants the later fields zeroed. The union's
+  // largest member (kprobe_multi) stands for it.
+  const linkOpts = koffi.struct('bpf_link_create_opts', {
+    sz: 'size_t',
+    flags: 'uint32_t',
+    iter_info: 'void *',
+    iter_info_len: 'uint32_t',
+    target_btf_id: 'uint32_t',
+    kprobe_multi: koffi.struct({ flags: 'uint32_t', cnt: 'uint32_t', syms: 'void *', addrs: 'void *', cookies: 'void *' }),
+  });
+  if (koffi.sizeof(hook) !== 24 || koffi.sizeof(opts) !== 32 || koffi.sizeof(testRun) !== 80 || koffi.sizeof(linkOpts) !== 64) {
+    throw new Error('libbpf struct layout mismatch (bpf_tc_hook/bpf_tc_opts/bpf_test_run_opts/bpf_link_create_opts)');
   }
   const b: Bindings = {
     open_file: lib.func('bpf_object *bpf_object__open_file(const char *path, void *opts)'),
@@ -100,7 +111,7 @@ export function bind(): Bindings {
     obj_pin: lib.func('int bpf_obj_pin(int fd, const char *path)'),
     obj_get: lib.func('int bpf_obj_get(const char *path)'),
     // opts may be NULL (OPTS_VALID accepts NULL)
-    link_create: lib.func('int bpf_link_create(int prog_fd, int target_fd, int attach_type, void *opts)'),
+    link_create: lib.func('int bpf_link_create(int prog_fd, int target_fd, int attach_type, const bpf_link_create_opts *opts)'),
     link_update: lib.func('int bpf_link_update(int link_fd, int new_prog_fd, void *opts)'),
     link_detach: lib.func('int bpf_link_detach(int link_fd)'),
     prog_query: lib.func(
