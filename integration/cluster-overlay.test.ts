@@ -261,21 +261,38 @@ t.test(
   },
 );
 
-t.test('a router with a smaller MTU between the nodes: the stream still crosses once the node learnt the path MTU', async (t) => {
+t.test('a router with a smaller MTU between the nodes: the stream crosses, unknown path MTU or known', async (t) => {
   const [n1, n2] = c.nodes;
   const a = await n1.pod({ app: 'pmtu-a' });
   const b = await n2.pod({ app: 'pmtu-b' });
   await serve(b, 8089);
   await eventually('a and b known on the other nodes', () => known(a) && known(b), 20_000);
-  // n1 reaches n2 through a router of ours on the underlay whose route to n2 has MTU 1400: a datagram
-  // with DF above it is dropped there with ICMP "fragmentation needed", one without is fragmented.
+  // n1 reaches n2 through a router of ours on the underlay whose route to n2 has MTU 1400 and which
+  // sends no ICMP "fragmentation needed" (a firewall drops it: a PMTU black hole). The send short-cut's
+  // datagrams go without DF, as the tunnel device's: the router fragments them. With DF they were
+  // dropped there, and n1, never told, sent the next ones the same way.
   const r = c.addExternal();
   for (const s of ['net.ipv4.ip_forward=1', 'net.ipv4.conf.all.send_redirects=0', 'net.ipv4.conf.eth0.send_redirects=0'])
     await r.ns.exec('sysctl', ['-qw', s]);
   await r.ns.exec('ip', ['route', 'add', `${n2.ip}/32`, 'dev', 'eth0', 'mtu', 'lock', '1400']);
+  await r.ns.exec('nft', [
+    'add table ip blackhole; add chain ip blackhole out { type filter hook output priority 0; }; add rule ip blackhole out icmp type destination-unreachable drop',
+  ]);
   inNs(n1, 'ip', 'route', 'add', `${n2.ip}/32`, 'via', r.ip, 'dev', 'eth0');
-  t.teardown(() => inNs(n1, 'ip', 'route', 'del', `${n2.ip}/32`, 'via', r.ip, 'dev', 'eth0'));
-  const got = await bulkEcho(a.ns, b.ip4, 8089, 4 << 20);
-  t.equal(got, 'ok', '4 MiB to a pod on n2 through the router and back, byte for byte');
-  t.match(inNs(n1, 'ip', 'route', 'get', n2.ip), /mtu 1400/, 'n1 learnt the path MTU to n2 (1400)');
+  t.teardown(() => inNs(n1, 'ip', 'route', 'del', `${n2.ip}/32`, 'dev', 'eth0'));
+  const tx = () =>
+    (JSON.parse(inNs(n1, 'ip', '-s', '-j', 'link', 'show', 'membrane_vxlan')) as { stats64: { tx: { packets: number } } }[])[0]
+      .stats64.tx.packets;
+  t.ok(await ping(a.ns, b.ip4, 2), 'ping through the router (n1 resolves its MAC: until then the tunnel device sends)');
+  let tx0 = tx();
+  t.equal(await bulkEcho(a.ns, b.ip4, 8089, 4 << 20), 'ok', '4 MiB to a pod on n2 through the router and back, byte for byte');
+  t.notMatch(inNs(n1, 'ip', 'route', 'get', n2.ip), /mtu/, 'n1 knows no path MTU to n2 (no ICMP came back)');
+  t.equal(tx() - tx0, 0, "the stream took the send short-cut: nothing left through n1's tunnel device");
+
+  // A path MTU n1 knows (here its route's, locked; as one learnt from an ICMP): datagrams above it
+  // take the tunnel device, which fragments them on n1.
+  inNs(n1, 'ip', 'route', 'replace', `${n2.ip}/32`, 'via', r.ip, 'dev', 'eth0', 'mtu', 'lock', '1400');
+  tx0 = tx();
+  t.equal(await bulkEcho(a.ns, b.ip4, 8089, 4 << 20), 'ok', 'with the path MTU known: 4 MiB through the router, byte for byte');
+  t.ok(tx() - tx0 > 0, "the datagrams above the path MTU left through n1's tunnel device");
 });

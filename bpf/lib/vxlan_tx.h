@@ -7,8 +7,9 @@
  * device, whose egress runs to_tunnel and whose transmit path does that route lookup too
  * (vxlan_xmit_one, iptunnel_xmit). The datagram is the one the tunnel device would have built: this
  * node's address to the other node's (tunnel_map), UDP to the tunnel port from a source port picked by
- * the inner flow's hash, no UDP checksum (as Membrane's tunnel device sends over IPv4), DF (where
- * the device sets none: see below), VXLAN flags I, VNI = the sending endpoint's identity, the pod's own Ethernet header inside. The outer
+ * the inner flow's hash, no UDP checksum (as Membrane's tunnel device sends over IPv4), no DF and an
+ * IP id of its own (as the device: see below), VXLAN flags I, VNI = the sending endpoint's identity,
+ * the pod's own Ethernet header inside. The outer
  * TOS carries the inner packet's ECN field as the tunnel device's does (RFC 6040, INET_ECN_encapsulate:
  * ECT stays ECT, CE becomes ECT(0), so a router on the underlay can mark congestion and vxlan_rx.c
  * or vxlan_rcv carries its CE mark into the pod's packet).
@@ -30,9 +31,31 @@
 #define INET_ECN_MASK 3
 #define INET_ECN_ECT_0 2
 #define INET_ECN_CE 3
-#ifndef IP_DF
-#define IP_DF 0x4000
-#endif
+
+/* Outer IPv4 ids. The datagrams go without DF (below), so a router may fragment them and the other
+ * node reassembles by (source, destination, protocol, id): each needs an id of its own. One counter per
+ * CPU (no atomics: the object is built for BPF v1, where an atomic add cannot return the old value),
+ * on a cache line of its own, started at a random point; a GSO packet takes one id per segment, which
+ * segmentation numbers on from the first (as the kernel does for the tunnel device, whose ids come
+ * from ip_idents, hashed by destination). Two CPUs can meet on an id: only a problem if both datagrams
+ * are fragmented and in flight to the same node together, and the inner TCP/UDP checksum stays. */
+#define VXLAN_TX_ID_SLOTS 128
+struct vxlan_tx_id {
+	__u32 next;
+	__u32 pad[15];
+};
+static struct vxlan_tx_id vxlan_tx_ids[VXLAN_TX_ID_SLOTS];
+
+static __always_inline __u16 vxlan_tx_ip_id(__u32 segs)
+{
+	struct vxlan_tx_id *slot = &vxlan_tx_ids[bpf_get_smp_processor_id() & (VXLAN_TX_ID_SLOTS - 1)];
+	__u32 id = slot->next;
+
+	if (!id)
+		id = bpf_get_prandom_u32() | 1;
+	slot->next = id + (segs ? segs : 1);
+	return id;
+}
 
 static __always_inline __u16 ipv4_header_csum(struct iphdr *ip)
 {
@@ -74,6 +97,7 @@ static __always_inline int vxlan_tx(struct __sk_buff *skb, const struct pkt *p, 
 	struct iphdr *ip;
 	struct udphdr *udp;
 	__be32 *vx;
+	__u16 id;
 	__u8 tos;
 
 	if (!cfg->tunnel_port || !cfg->node_ipv4 || !cfg->underlay_ifindex || te->family != MBR_FAMILY_IPV4 ||
@@ -107,6 +131,7 @@ static __always_inline int vxlan_tx(struct __sk_buff *skb, const struct pkt *p, 
 	if (bpf_skb_load_bytes(skb, ETH_HLEN + offsetof(struct iphdr, tos), &tos, 1) < 0)
 		return VXLAN_TX_NOT_TAKEN;
 	hash = bpf_get_hash_recalc(skb);
+	id = vxlan_tx_ip_id(skb->gso_segs);
 	if (bpf_skb_adjust_room(skb, VXLAN_TX_ROOM, BPF_ADJ_ROOM_MAC, flags) < 0)
 		return VXLAN_TX_NOT_TAKEN;
 	if (!linear_headers(skb, ETH_HLEN + VXLAN_TX_ROOM, &data, &data_end)) {
@@ -126,13 +151,16 @@ static __always_inline int vxlan_tx(struct __sk_buff *skb, const struct pkt *p, 
 	ip->ihl = 5;
 	ip->tos = (tos & INET_ECN_MASK) == INET_ECN_CE ? INET_ECN_ECT_0 : tos & INET_ECN_MASK;
 	ip->tot_len = bpf_htons(len - ETH_HLEN + VXLAN_TX_ROOM);
-	ip->id = 0;
-	/* Unlike the tunnel device's (no DF, a fresh IP id: captured on the harness's underlay): a router
-	 * with a smaller MTU drops this datagram where it fragments the device's. Its "fragmentation
-	 * needed" sets the node's path MTU, after which the lookup above sends the flow's larger datagrams
-	 * to the device; those dropped until then are lost (TCP resends them). Kept: clearing DF needs
-	 * real IP ids (id 0 with DF only, RFC 6864). */
-	ip->frag_off = bpf_htons(IP_DF);
+	ip->id = bpf_htons(id);
+	/* No DF, as the tunnel device sends (its key sets no BPF_F_DONT_FRAGMENT; the kernel's VXLAN does
+	 * not set DF by default): the short-cut must not change which datagrams cross the underlay. A
+	 * router with a smaller MTU fragments this datagram, as it fragments the device's, instead of
+	 * dropping it. With DF it was lost until the node learnt the path MTU from the router's
+	 * "fragmentation needed", and for good where that ICMP never arrives (a router or firewall that
+	 * drops or rate-limits it: a PMTU black hole, where the pod's TCP, which never sees that ICMP,
+	 * resends the same size forever). The lookup above still sends datagrams above a known path MTU
+	 * to the device, which fragments them here rather than at the router. */
+	ip->frag_off = 0;
 	ip->ttl = 64;
 	ip->protocol = IPPROTO_UDP;
 	ip->check = 0;
