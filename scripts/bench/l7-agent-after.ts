@@ -16,6 +16,9 @@
 // 4 ms. It waits for 1 s without records or requests, so a run that follows at once postpones it: in
 // 4 kc rounds none landed in the close run (only scavenges of 0.3-14 ms), whose p99 was still 24, 3.8,
 // 2.8 and 140 ms. In bench:l7 it lands in the cell after L7 keep-alive 50 (nginx's or direct's).
+// With MEMBRANE_L7_WORKER_NODE_FLAGS=--trace-gc the first worker's GCs inside kc's close run too: 5
+// rounds at load 4.7 -> 3.5, p99 8.7/1.8/4.2/2.7/3.4 ms; the agent 2-4 scavenges of 2-9 ms per run (one
+// 11 ms Mark-Compact), the worker a 0.25-2 ms scavenge every ~200 ms; give-backs only after the run.
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -70,12 +73,14 @@ async function main(): Promise<void> {
   const load0 = os.loadavg()[0].toFixed(2);
   const world = await startL7World('0');
   const agent = world.agentPid()!;
-  const agentStartMs = (() => {
-    const st = fs.readFileSync(`/proc/${agent}/stat`, 'utf8');
+  const startMsOf = (pid: number) => {
+    const st = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
     const ticks = Number(st.slice(st.lastIndexOf(')') + 2).split(' ')[19]);
     const up = Number(fs.readFileSync('/proc/uptime', 'utf8').split(' ')[0]);
     return Date.now() - up * 1000 + ticks * 10;
-  })();
+  };
+  const agentStartMs = startMsOf(agent);
+  let workerStartMs = 0; // the first worker's, for its --trace-gc times (MEMBRANE_L7_WORKER_NODE_FLAGS)
   // The workers' pids once per run: asking the agent's API every 100 ms would be agent CPU we measure.
   let w: number[] = [];
   const snap = async (): Promise<Snap> => {
@@ -110,6 +115,7 @@ async function main(): Promise<void> {
     await wrk(world.client, url, 50, 'keep-alive', 5);
     if (cond === 'kc') {
       const pids = await world.proxyPids('l7');
+      workerStartMs ||= startMsOf(pids[0]);
       const startMs = Date.now() - agentStartMs;
       const c = await wrk(world.client, url, 10, 'close', 5, pids, agent);
       closes.push({ startMs, endMs: Date.now() - agentStartMs, p99: c.p99 });
@@ -180,10 +186,10 @@ async function main(): Promise<void> {
   }
   const logs = process.env.BENCH_WORKER_LOGS;
   const log = logs && path.join(logs, 'agent.log');
-  if (log && fs.existsSync(log)) {
-    const gcs = [
+  const gcsOf = (file: string) =>
+    [
       ...fs
-        .readFileSync(log, 'utf8')
+        .readFileSync(file, 'utf8')
         .matchAll(
           /\s(\d+) ms: (Scavenge|Mark-Compact|Mark-sweep|Minor Mark-Compact)[^,]*?([\d.]+) \(([\d.]+)\) -> ([\d.]+) \(([\d.]+)\) MB, (?:pooled: [\d.]+ MB, )?([\d.]+) \/ ([\d.]+) ms/g,
         ),
@@ -193,10 +199,19 @@ async function main(): Promise<void> {
       heap: Number(m[5]),
       ms: Number(m[7]),
     }));
+  if (logs && log && fs.existsSync(log)) {
+    const gcs = gcsOf(log);
+    const wlog = fs.readdirSync(logs).find((f) => f !== 'agent.log' && f.endsWith('.log'));
+    const wgcs = wlog ? gcsOf(path.join(logs, wlog)).map((g) => ({ ...g, t: g.t + workerStartMs - agentStartMs })) : [];
     for (const x of closes) {
       const inside = gcs.filter((g) => g.t >= x.startMs - 1000 && g.t < x.endMs);
       console.log(
-        `kc close run ${x.startMs}-${x.endMs} ms: p99 ${x.p99} ms; GCs from 1 s before its start to its end: ${inside.map((g) => `${g.kind}@${g.t - x.startMs}ms/${g.ms}ms`).join(' ') || 'none'}`,
+        `kc close run ${x.startMs}-${x.endMs} ms: p99 ${x.p99} ms; GCs from 1 s before its start to its end: ${inside.map((g) => `${g.kind}@${g.t - x.startMs}ms/${g.ms}ms`).join(' ') || 'none'}; the worker's: ${
+          wgcs
+            .filter((g) => g.t >= x.startMs && g.t < x.endMs)
+            .map((g) => `${g.kind}@${g.t - x.startMs}ms/${g.ms}ms`)
+            .join(' ') || 'none'
+        }`,
       );
     }
     for (const c of CONDS) {
