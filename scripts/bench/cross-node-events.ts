@@ -13,8 +13,13 @@
 // membranePolicy: N-1 CIDR rules that never match, the last admits the client) before the samples.
 // IDLE=1 also takes each agent's CPU over S idle seconds before each sample (time-driven work, e.g. a
 // periodic scan, which the per-connection figure would otherwise charge to the connections).
+// WAKEUPS=1 also counts, over each sample, the machine's irq_work interrupts (perf stat -a
+// irq_vectors:irq_work_entry: a flow record committed into an empty ring queues the ring's wake-up
+// irq_work, ~0.75 µs, flow-events-testrun DRAIN_EACH=1; system-wide, so other work on the machine
+// counts too: compare with ARGS="--flow-events off") and each agent's event-loop turns (epoll_pwait
+// calls: an upper bound on its drains).
 // Run under the bench lock: flock /work/wt/.bench.lock node --import tsx scripts/bench/cross-node-events.ts
-import { execFileSync } from 'node:child_process';
+import { execFileSync, spawn } from 'node:child_process';
 import os from 'node:os';
 import { startCluster, type TestNode } from '../../integration/lib/cluster.ts';
 import { podPairAcross } from './cross-node-pair.ts';
@@ -80,6 +85,28 @@ const ctEntries = (n: TestNode) =>
     execFileSync('bpftool', ['map', 'dump', 'pinned', `${n.bpffsDir}/conntrack`, '-j'], { encoding: 'utf8', maxBuffer: 1 << 28 }),
   ).length as number;
 
+/** Starts perf stat counters; the returned function stops them and gives the counts, by event name. */
+function perfCounts(args: string[][]): () => Promise<Record<string, number>[]> {
+  const runs = args.map((a) => {
+    const ch = spawn('perf', ['stat', '-x,', ...a], { stdio: ['ignore', 'ignore', 'pipe'] });
+    let out = '';
+    ch.stderr.on('data', (d) => (out += d));
+    return { ch, done: new Promise<string>((resolve) => ch.on('close', () => resolve(out))) };
+  });
+  return async () =>
+    Promise.all(
+      runs.map(async ({ ch, done }) => {
+        ch.kill('SIGINT');
+        const by: Record<string, number> = {};
+        for (const line of (await done).split('\n')) {
+          const [count, , name] = line.split(',');
+          if (name) by[name] = Number(count);
+        }
+        return by;
+      }),
+    );
+}
+
 try {
   const [n1, n2] = c.nodes;
   const { a, b } = await podPairAcross(n1, n2, 'mbev');
@@ -108,11 +135,19 @@ try {
     const p0 = programStats(ids);
     const e0 = [flowEvents(n1, addrs[0]), flowEvents(n2, addrs[1])];
     const cpu0 = agents.map(processCpuMs);
+    const stopPerf = process.env.WAKEUPS
+      ? perfCounts([
+          ['-a', '-e', 'irq_vectors:irq_work_entry'],
+          ...agents.map((p) => ['-p', String(p), '-e', 'syscalls:sys_enter_epoll_pwait']),
+        ])
+      : undefined;
+    if (stopPerf) await sleep(300); // perf attached before the client starts
     const rate =
       WORK === 'crr'
         ? await connectionRate(a.ns, b.ns, b.ip, S)
         : ((await throughput(a.ns, b.ns, b.ip, WORK === 'tput4' ? 4 : 1, S)) * 1e3) / 8; // MB/s
     const cpu1 = agents.map(processCpuMs);
+    const counts = await stopPerf?.();
     await sleep(1500); // the agents' last drain (their period is at most 40 ms busy, then epoll)
     const e1 = [flowEvents(n1, addrs[0]), flowEvents(n2, addrs[1])];
     const p1 = programStats(ids);
@@ -136,6 +171,12 @@ try {
     console.log(
       `sample ${r + 1}: ${Math.round(rate)} ${WORK === 'crr' ? 'conn/s' : 'MB/s'}; events per connection node 1: ${events[0]}; node 2: ${events[1]}; agents ${perConn(agentUs)} µs CPU, programs ${perConn(bpfNs / 1000)} µs per connection; conntrack entries left ${ctEntries(n1)} / ${ctEntries(n2)}; agents ${((cpu1[0] - cpu0[0]) / S).toFixed(1)} / ${((cpu1[1] - cpu0[1]) / S).toFixed(1)} ms CPU a second${idle}`,
     );
+    if (counts) {
+      const turns = counts.slice(1).map((c) => c['syscalls:sys_enter_epoll_pwait'] ?? NaN);
+      console.log(
+        `  irq_work interrupts (whole machine): ${((counts[0]['irq_vectors:irq_work_entry'] ?? NaN) / conns).toFixed(4)} per connection; agents' event-loop turns ${turns.map((t) => (t / S).toFixed(0)).join(' / ')} a second`,
+      );
+    }
     for (const l of lines) console.log(l);
   }
   const gb1 = [await giveBacks(n1), await giveBacks(n2)];
