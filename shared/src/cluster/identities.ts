@@ -13,7 +13,7 @@
 import { MembraneError } from '../errors.ts';
 import type { IdentityAllocator, IdentityBackend, IdentityRecord } from '../identity/allocator.ts';
 import { formatLabels, type Labels } from '../identity/labels.ts';
-import { KvUnavailableError } from '../kvstore/kv.ts';
+import { isLeaseNotFound, KvUnavailableError } from '../kvstore/kv.ts';
 import { decode, encode, type Layout } from '../kvstore/layout.ts';
 import { PrefixMirror } from '../kvstore/mirror.ts';
 import type { Session, SessionLog } from '../kvstore/session.ts';
@@ -138,6 +138,12 @@ export class ClusterIdentities implements IdentityBackend {
         if (taken) this.allocator?.learn(taken);
       } catch (e) {
         lastErr = e as Error;
+        if (isLeaseNotFound(e)) {
+          // The node's lease expired (late keep-alives on a loaded node) or was revoked: not this
+          // allocation's fault. The session grants a new one; the loop waits for it and tries again.
+          this.o.session.leaseNotFound(lease, lastErr);
+          continue;
+        }
         if (!(e instanceof KvUnavailableError)) throw e;
         this.o.session.noContact(lastErr);
         await sleep(Math.min(250 * (attempt + 1), 1_000));

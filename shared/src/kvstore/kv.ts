@@ -88,6 +88,12 @@ export interface Kv {
   close(): void;
 }
 
+/** etcd's answer to a write under a lease it no longer has: expired while the keep-alives were late
+ *  (a loaded node), or revoked. Not an outage: the writer needs a new lease, then may retry. */
+export function isLeaseNotFound(e: unknown): boolean {
+  return /requested lease not found/i.test(String((e as Error | undefined)?.message ?? e));
+}
+
 /** The store did not answer in time or is unreachable: the operation may be retried later. */
 export class KvUnavailableError extends MembraneError<'kvstore_unavailable'> {
   constructor(message: string, cause?: unknown) {

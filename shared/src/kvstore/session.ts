@@ -3,7 +3,7 @@
 // desired state: set()/delete() return at once and a writer brings the store in line whenever it
 // answers: after an outage, after the lease was lost (everything is written again under the new
 // lease), and after a restart (reconcile() deletes what an earlier run left and no longer wants).
-import type { Kv, Lease } from './kv.ts';
+import { isLeaseNotFound, type Kv, type Lease } from './kv.ts';
 
 export interface SessionLog {
   info(o: object, msg: string): void;
@@ -109,19 +109,32 @@ export class Session {
     this.lease = lease;
     this.contact();
     lease.onLost((err) => {
-      if (this.closed || gen !== this.leaseGen) return;
-      this.o.log?.warn(
-        { lease: lease.id, err: err.message },
-        'cluster store lease lost; granting a new one and writing every owned key again',
-      );
-      this.lease = undefined;
-      this.noContact(err);
-      void this.regrant();
+      if (gen === this.leaseGen) this.dropLease(lease, err);
     });
     // Everything we own is written again under this lease.
     for (const k of this.desired.keys()) this.dirty.add(k);
     for (const fn of this.leaseListeners) fn(lease.id);
     this.kickWriter();
+  }
+
+  /** The store answered a write under `leaseId` with "lease not found" (isLeaseNotFound): the lease
+   *  expired or was revoked before the keep-alive noticed (it asks only every TTL/3). If it is still
+   *  the current one, it is dropped and a new one granted at once, as when the keep-alive loses it;
+   *  the caller retries under `leaseId` once the session has a lease again. */
+  leaseNotFound(leaseId: string, err: Error): void {
+    if (this.lease?.id === leaseId) this.dropLease(this.lease, err);
+  }
+
+  private dropLease(lease: Lease, err: Error): void {
+    if (this.closed || this.lease !== lease) return;
+    this.o.log?.warn(
+      { lease: lease.id, err: err.message },
+      'cluster store lease lost; granting a new one and writing every owned key again',
+    );
+    this.lease = undefined;
+    lease.release();
+    this.noContact(err);
+    void this.regrant();
   }
 
   private async regrant(): Promise<void> {
@@ -231,7 +244,8 @@ export class Session {
             this.inflight.delete(k);
             this.dirty.add(k);
           }
-          this.noContact(e as Error);
+          if (isLeaseNotFound(e)) this.leaseNotFound(lease.id, e as Error);
+          else this.noContact(e as Error);
           this.o.log?.warn({ err: (e as Error).message, pending: this.dirty.size }, 'cluster store writes failed; retrying');
           this.scheduleRetry();
           return;
