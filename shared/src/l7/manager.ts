@@ -62,14 +62,14 @@ const CONNECT_DEADLINE_MS = 30_000;
  *  scavenge costs about the same whatever the space's size, and a larger space means several times
  *  fewer of them. Same-run A/B against nginx (docs/performance-history.md, L7 HTTP): proxy CPU per one-request
  *  connection 101-110 -> 76-81 µs, and every req/s and p99 goal met in one of two runs.
- *  And each scavenge on the worker's own thread (--no-parallel-scavenge): a parallel one hands parts to
- *  V8's helper threads and waits for them, and on a node whose CPUs are busy (the proxy's load: client,
- *  server and proxy on the same CPUs) a helper waits for a CPU while the worker, and every request it
- *  holds, waits for the helper. A scavenge here copies only the few objects of the requests in flight,
- *  so one thread does it as fast. Same-run A/B (bench:l7:ab, one request per connection, 10
- *  connections, 8 rounds, load 7.6-10.1; --trace-gc): scavenge pauses median 0.74 -> 0.35 ms, p90
- *  6.1 -> 2.3, mean 3.4 -> 0.96; worker CPU per request 50.6 -> 46.6 µs (0.92x). */
-const WORKER_GC_FLAGS = ['--min-semi-space-size=16', '--max-semi-space-size=32', '--no-parallel-scavenge'];
+ *  Scavenges stay parallel (V8's default). Tried and not kept (1ebfdd1, reverted): --no-parallel-scavenge,
+ *  each scavenge on the worker's own thread. Under load it shortened pauses (helpers waiting for a CPU:
+ *  median 0.74 -> 0.35 ms at load 8-10), but in the quiet window (bench:l7:ab, 8 rounds, 10 connections)
+ *  it cost keep-alive CPU per request 18.2 -> 19.4 µs (1.07x, higher in 6 of 8 rounds) and moved
+ *  nothing in one request per connection (CPU 0.985x, p99 1.16 vs 1.20 ms), and bench:l7's keep-alive 50
+ *  fell to 0.77x and 0.79x nginx's req/s in two runs (0.92x and 0.91x in the runs before it). It can
+ *  still be given through MEMBRANE_L7_WORKER_NODE_FLAGS. */
+const WORKER_GC_FLAGS = ['--min-semi-space-size=16', '--max-semi-space-size=32'];
 
 /** MEMBRANE_L7_WORKER_NODE_FLAGS: extra Node/V8 flags for the workers only (space-separated, read at
  *  each spawn, after the defaults so they can override them), for benchmarks and profiles (e.g.
