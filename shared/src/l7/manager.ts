@@ -66,9 +66,9 @@ const CONNECT_DEADLINE_MS = 30_000;
  *  each scavenge on the worker's own thread. Under load it shortened pauses (helpers waiting for a CPU:
  *  median 0.74 -> 0.35 ms at load 8-10), but in the quiet window (bench:l7:ab, 8 rounds, 10 connections)
  *  it cost keep-alive CPU per request 18.2 -> 19.4 µs (1.07x, higher in 6 of 8 rounds) and moved
- *  nothing in one request per connection (CPU 0.985x, p99 1.16 vs 1.20 ms), and bench:l7's keep-alive 50
- *  fell to 0.77x and 0.79x nginx's req/s in two runs (0.92x and 0.91x in the runs before it). It can
- *  still be given through MEMBRANE_L7_WORKER_NODE_FLAGS. */
+ *  nothing in one request per connection (CPU 0.985x, p99 1.16 vs 1.20 ms). (bench:l7's keep-alive 50
+ *  at 0.77x and 0.79x nginx's req/s in two runs with it was the window's, not the flag's: 0.78x without
+ *  it right after.) It can still be given through MEMBRANE_L7_WORKER_NODE_FLAGS. */
 const WORKER_GC_FLAGS = ['--min-semi-space-size=16', '--max-semi-space-size=32'];
 
 /** MEMBRANE_L7_WORKER_NODE_FLAGS: extra Node/V8 flags for the workers only (space-separated, read at
