@@ -16,7 +16,7 @@ import { enableForwarding, ensureGateways, ensureHostDevice } from '../endpoint/
 import { openNetlink } from '../netlink/index.ts';
 import { warmThreadPool } from '../netns/index.ts';
 import { loadDatapath } from '../bpf/datapath.ts';
-import { tcxHooksBehind } from '../bpf/tcx.ts';
+import { warnTcxHooksBehind } from '../bpf/tcx.ts';
 import { bpfRouter } from '../api/bpf-routes.ts';
 import { createApp, serveApi } from '../api/server.ts';
 import { VERSION } from '../version.ts';
@@ -217,11 +217,7 @@ export class Agent {
       await cluster?.afterRestore(endpoints.list());
       // Our links go to the head of each tcx chain; a tool that put itself ahead later can end the
       // chain before our enforcement runs (bpf/tcx.ts: why we report it and do not move back).
-      for (const { hook, ahead } of tcxHooksBehind(cfg.bpffsDir))
-        log.warn(
-          { ...hook, aheadProgramIds: ahead },
-          "another tool's tcx program runs ahead of ours: if it passes a packet, our enforcement never sees it",
-        );
+      warnTcxHooksBehind(cfg.bpffsDir, log);
       clock.mark('policyStart');
       conntrack.start();
       closers.push({ name: 'conntrack GC', close: () => conntrack.close() });

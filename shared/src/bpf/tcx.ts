@@ -145,6 +145,16 @@ export function tcxHooksBehind(pinDir: string): { hook: TcxHook; ahead: number[]
     .filter((h) => h.ahead.length > 0);
 }
 
+/** Logs each of our hooks where another tool's program runs ahead of ours (at agent start; the gauge
+ *  membrane_tcx_hooks_behind_foreign follows it after). */
+export function warnTcxHooksBehind(pinDir: string, log: { warn(o: object, msg: string): void }): void {
+  for (const { hook, ahead } of tcxHooksBehind(pinDir))
+    log.warn(
+      { ...hook, aheadProgramIds: ahead },
+      "another tool's tcx program runs ahead of ours: if it passes a packet, our enforcement never sees it",
+    );
+}
+
 /** Every hook we hold a pin for (live or stale). */
 export function listTcxPins(pinDir: string): TcxHook[] {
   const hooks: TcxHook[] = [];
