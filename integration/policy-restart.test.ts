@@ -5,12 +5,12 @@
 import t from 'tap';
 import { ip4, randomId, startAgent, type TestAgent } from './lib/agent.ts';
 import { createNetns, type TestNetns } from './lib/netns.ts';
+import { clientWebOther } from './lib/three-pods.ts';
 import { startEchoServer, startFlow, killAll } from './lib/tcp.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { probe } from './lib/probe.ts';
 import { pollUntil } from '../shared/test/lib/poll.ts';
 import type { AgentClient } from '../shared/src/api/client.ts';
-import type { Endpoint } from '../shared/src/types.ts';
 
 if (process.getuid?.() !== 0) {
   t.plan(0, 'needs root');
@@ -67,19 +67,7 @@ t.teardown(async () => {
 t.test('restart keeps enforcing throughout; agent-wide audit mode', async (t) => {
   agent = await restartable();
   const pc = new PolicyClient(agent.client);
-  const pods: Record<string, { ns: TestNetns; ep: Endpoint }> = {};
-  for (const [name, labels] of [
-    ['client', { app: 'client' }],
-    ['web', { app: 'web' }],
-    ['other', { app: 'other' }],
-  ] as const) {
-    const ns = createNetns('mbr');
-    nss.push(ns);
-    pods[name] = {
-      ns,
-      ep: await agent.client.createEndpoint({ containerId: `rst-${name}-${randomId()}`, netns: ns.path, ifName: 'eth0', labels }),
-    };
-  }
+  const pods = await clientWebOther(agent.client, 'rst', nss);
   children.push(await startEchoServer(pods.web.ns, PORT, '0.0.0.0'));
   await pc.import(POLICY);
   const web = ip4(pods.web.ep);

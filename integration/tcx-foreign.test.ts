@@ -4,16 +4,16 @@
 // inserts ahead of ours later is reported: membrane_tcx_hooks_behind_foreign and a warning at start.
 import fs from 'node:fs';
 import t from 'tap';
-import { ip4, randomId, restoreVerified, startAgent, type TestAgent } from './lib/agent.ts';
+import { ip4, restoreVerified, startAgent, type TestAgent } from './lib/agent.ts';
 import { scrapeMetrics } from './lib/metrics.ts';
-import { createNetns, type TestNetns } from './lib/netns.ts';
+import type { TestNetns } from './lib/netns.ts';
+import { clientWebOther } from './lib/three-pods.ts';
 import { probe } from './lib/probe.ts';
 import { killAll, startEchoServer } from './lib/tcp.ts';
 import { sampleValue } from '../shared/src/metrics/parse.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { tcxAhead, tcxPinPath } from '../shared/src/bpf/tcx.ts';
 import { foreignPassProgram, linkForeign, type ForeignProgram } from '../shared/test/lib/foreign-tcx.ts';
-import type { Endpoint } from '../shared/src/types.ts';
 
 if (process.getuid?.() !== 0) {
   t.plan(0, 'needs root');
@@ -48,19 +48,7 @@ t.test("policy holds with another tool's passing program attached first on the h
   const a = await startAgent();
   agent = a;
   const pc = new PolicyClient(a.client);
-  const pods: Record<string, { ns: TestNetns; ep: Endpoint }> = {};
-  for (const [name, labels] of [
-    ['client', { app: 'client' }],
-    ['web', { app: 'web' }],
-    ['other', { app: 'other' }],
-  ] as const) {
-    const ns = createNetns('mbr');
-    nss.push(ns);
-    pods[name] = {
-      ns,
-      ep: await a.client.createEndpoint({ containerId: `tcxf-${name}-${randomId()}`, netns: ns.path, ifName: 'eth0', labels }),
-    };
-  }
+  const pods = await clientWebOther(a.client, 'tcxf', nss);
   children.push(await startEchoServer(pods.web.ns, PORT, '0.0.0.0'));
   await pc.import(POLICY);
   const web = ip4(pods.web.ep);
