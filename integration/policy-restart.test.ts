@@ -5,7 +5,7 @@
 import t from 'tap';
 import { ip4, randomId, startAgent, type TestAgent } from './lib/agent.ts';
 import { createNetns, type TestNetns } from './lib/netns.ts';
-import { clientWebOther } from './lib/three-pods.ts';
+import { clientWebOther, WEB_FROM_CLIENT as POLICY } from './lib/three-pods.ts';
 import { startEchoServer, startFlow, killAll } from './lib/tcp.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { probe } from './lib/probe.ts';
@@ -18,13 +18,6 @@ if (process.getuid?.() !== 0) {
 }
 
 const PORT = 8080;
-const POLICY = `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: web-from-client}
-spec:
-  endpointSelector: {matchLabels: {app: web}}
-  ingress: [{fromEndpoints: [{matchLabels: {app: client}}]}]
-`;
 
 /** The agent, restarted the hard way (SIGKILL: no chance to clean up anything) with other flags. */
 interface Restartable {

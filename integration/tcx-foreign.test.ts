@@ -7,7 +7,7 @@ import t from 'tap';
 import { ip4, restoreVerified, startAgent, type TestAgent } from './lib/agent.ts';
 import { scrapeMetrics } from './lib/metrics.ts';
 import type { TestNetns } from './lib/netns.ts';
-import { clientWebOther } from './lib/three-pods.ts';
+import { clientWebOther, WEB_FROM_CLIENT as POLICY } from './lib/three-pods.ts';
 import { probe } from './lib/probe.ts';
 import { killAll, startEchoServer } from './lib/tcp.ts';
 import { sampleValue } from '../shared/src/metrics/parse.ts';
@@ -21,13 +21,6 @@ if (process.getuid?.() !== 0) {
 }
 
 const PORT = 8080;
-const POLICY = `apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: web-from-client}
-spec:
-  endpointSelector: {matchLabels: {app: web}}
-  ingress: [{fromEndpoints: [{matchLabels: {app: client}}]}]
-`;
 const DIRECTIONS = ['ingress', 'egress'] as const;
 
 let agent: TestAgent | undefined;

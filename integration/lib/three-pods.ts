@@ -5,6 +5,15 @@ import type { Endpoint } from '../../shared/src/types.ts';
 import { randomId } from './agent.ts';
 import { createNetns, type TestNetns } from './netns.ts';
 
+/** The policy these tests enforce on them: web admits client only (other is denied). */
+export const WEB_FROM_CLIENT = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-from-client}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress: [{fromEndpoints: [{matchLabels: {app: client}}]}]
+`;
+
 export type Pod = { ns: TestNetns; ep: Endpoint };
 export type ThreePods = Record<'client' | 'web' | 'other', Pod>;
 
