@@ -3,7 +3,8 @@
 // connection per client connection) on the node in front of the same server, interleaved with the
 // L7 proxy and the nginx peer, keep-alive only (the pipe pools nothing). Its CPU per request is
 // what any proxy on Node's libuv handles pays before doing its job: the floor under the L7 workers'.
-// FLOOR_CONNS (default 10,50), FLOOR_ROUNDS (2), FLOOR_SECONDS (5).
+// FLOOR_CONNS (default 10,50), FLOOR_ROUNDS (2), FLOOR_SECONDS (5); FLOOR_KOFFI=1 adds io-koffi-pipe.ts,
+// the same pipe on a koffi epoll loop without libuv (what libuv's callbacks cost per request).
 import { spawn } from 'node:child_process';
 import os from 'node:os';
 import { startL7World } from './l7-world.ts';
@@ -20,33 +21,46 @@ async function main(): Promise<void> {
   const world = await startL7World('0');
   const gw = new URL(world.urls.nginx).hostname;
   const port = 20000 + Math.floor(Math.random() * 2000);
-  const pipe = spawn(process.execPath, ['--import', 'tsx', 'scripts/bench/l7-pipe.ts', gw, String(port), world.ip, '80'], {
-    stdio: ['ignore', 'pipe', 'inherit'],
-  });
+  const start = (script: string, p: number) =>
+    spawn(process.execPath, ['--import', 'tsx', script, gw, String(p), world.ip, '80'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const pipe = start('scripts/bench/l7-pipe.ts', port);
+  const koffi = process.env.FLOOR_KOFFI === '1' ? start('scripts/bench/io-koffi-pipe.ts', port + 1) : undefined;
+  const variants = koffi ? (['l7', 'nginx', 'pipe', 'koffi'] as const) : (['l7', 'nginx', 'pipe'] as const);
   try {
-    await new Promise((r) => pipe.stdout!.once('data', r));
-    const urls = { l7: world.urls.l7, nginx: world.urls.nginx, pipe: `http://${gw}:${port}/` };
-    const pids = { l7: await world.proxyPids('l7'), nginx: await world.proxyPids('nginx'), pipe: [pipe.pid!] };
-    for (const v of ['l7', 'nginx', 'pipe'] as const) await wrk(world.client, urls[v], 10, 'keep-alive', 3); // warm-up
+    for (const p of [pipe, koffi]) if (p) await new Promise((r) => p.stdout!.once('data', r));
+    const urls: Record<string, string> = {
+      l7: world.urls.l7,
+      nginx: world.urls.nginx,
+      pipe: `http://${gw}:${port}/`,
+      koffi: `http://${gw}:${port + 1}/`,
+    };
+    const pids: Record<string, number[]> = {
+      l7: await world.proxyPids('l7'),
+      nginx: await world.proxyPids('nginx'),
+      pipe: [pipe.pid!],
+      koffi: koffi ? [koffi.pid!] : [],
+    };
+    for (const v of variants) await wrk(world.client, urls[v], 10, 'keep-alive', 3); // warm-up
     const rows: string[] = [];
     for (const c of CONNS) {
-      const s: Record<string, Sample[]> = { l7: [], nginx: [], pipe: [] };
+      const s: Record<string, Sample[]> = { l7: [], nginx: [], pipe: [], koffi: [] };
       for (let r = 0; r < ROUNDS; r++)
-        for (const v of ['l7', 'nginx', 'pipe'] as const) {
+        for (const v of variants) {
           const agent = v === 'l7' ? world.agentPid() : undefined;
           s[v].push(await wrk(world.client, urls[v], c, 'keep-alive', SECONDS, pids[v], agent));
         }
       const m = (v: string, k: 'rps' | 'p99' | 'cpuUsPerReq') => median(s[v].map((x) => x[k] as number));
       rows.push(
-        `| ${c} | ${['l7', 'nginx', 'pipe'].map((v) => `${Math.round(m(v, 'rps'))} / ${m(v, 'p99').toFixed(2)} / ${m(v, 'cpuUsPerReq').toFixed(0)}`).join(' | ')} |`,
+        `| ${c} | ${variants.map((v) => `${Math.round(m(v, 'rps'))} / ${m(v, 'p99').toFixed(2)} / ${m(v, 'cpuUsPerReq').toFixed(0)}`).join(' | ')} |`,
       );
     }
     console.log(`keep-alive, ${ROUNDS} rounds × ${SECONDS} s, medians; load ${load0} → ${os.loadavg()[0].toFixed(2)}`);
-    console.log('| conns | L7 req/s / p99 ms / CPU µs per request | nginx | Node pipe |');
-    console.log('|---|---|---|---|');
+    console.log(`| conns | L7 req/s / p99 ms / CPU µs per request | nginx | Node pipe |${koffi ? ' koffi epoll pipe |' : ''}`);
+    console.log(`|---|---|---|---|${koffi ? '---|' : ''}`);
     for (const r of rows) console.log(r);
   } finally {
     pipe.kill('SIGTERM');
+    koffi?.kill('SIGTERM');
     await world.close();
   }
 }
