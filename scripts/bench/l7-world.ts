@@ -139,7 +139,12 @@ export async function startL7World(clientTwReuse: string): Promise<L7World> {
   // the agent runs as a service, apart from the pods, with its workers in its cgroup.
   const agent: TestAgent = await startAgent({
     bundle: true,
-    extraArgs: workers ? ['--l7-proxy-workers', workers] : [],
+    // BENCH_BPF_OBJECT: another datapath object for the agent (e.g. an older commit's endpoint.o, to
+    // tell a datapath change from the window in a pair of runs with nginx as the yardstick).
+    extraArgs: [
+      ...(workers ? ['--l7-proxy-workers', workers] : []),
+      ...(process.env.BENCH_BPF_OBJECT ? ['--bpf-object', process.env.BENCH_BPF_OBJECT] : []),
+    ],
     // BENCH_AGENT_NODE_FLAGS: Node flags for the agent (e.g. --trace-gc; its log is kept with BENCH_WORKER_LOGS).
     nodeArgs: process.env.BENCH_AGENT_NODE_FLAGS?.split(' ').filter(Boolean),
     ownSession: process.env.BENCH_AGENT_SESSION === '1',
