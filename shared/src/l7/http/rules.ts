@@ -135,6 +135,21 @@ function removeDotSegments(path: string): string {
  * is matched as "/admin". The request itself is forwarded as it was sent.
  */
 export function normalizeTarget(target: string, hostHeader: string | undefined): { path: string; host: string } {
+  // The last request's again (head.ts hands out the same strings for the same bytes): its result,
+  // shared and never changed by the callers.
+  if (target === last.target && hostHeader === last.hostHeader) return last.out;
+  const out = normalize(target, hostHeader);
+  last = { target, hostHeader, out };
+  return out;
+}
+
+let last: { target: string; hostHeader: string | undefined; out: { path: string; host: string } } = {
+  target: '',
+  hostHeader: '',
+  out: { path: '', host: '' },
+};
+
+function normalize(target: string, hostHeader: string | undefined): { path: string; host: string } {
   let path = target;
   let host = hostHeader ?? '';
   if (target.charCodeAt(0) !== 47 /* / */) {

@@ -40,11 +40,17 @@ const SYN: SynAddresses = { localAddress: '', localPort: 0, remoteAddress: '', r
 const readBuffer = Buffer.allocUnsafe(64 * 1024);
 const readMemory = readBuffer.buffer;
 const readOffset = readBuffer.byteOffset;
+/** Read once here, not per read and write: the binding object and Buffer (a function with dozens of
+ *  properties) are dictionary-mode objects, and a load from one was a generic LoadIC call in the
+ *  worker's profile (onRead: ~0.3 % of its CPU at keep-alive). */
+const kReadBytesOrError = sw.kReadBytesOrError;
+const kLastWriteWasAsync = sw.kLastWriteWasAsync;
+const allocUnsafe = Buffer.allocUnsafe;
 
 function onRead(this: TcpHandle): void {
   const s = this.owner;
   if (!s || s.destroyed) return;
-  const n = state[sw.kReadBytesOrError];
+  const n = state[kReadBytesOrError];
   if (n > 0) {
     s.bytesRead += n;
     // A copy of its own (pooled when small): framing may keep it, a write may hold it (libuv writes
@@ -52,7 +58,7 @@ function onRead(this: TcpHandle): void {
     // A typed-array set from a view of the memory and offset read once: Buffer#copy (node 20)
     // validates, reads readBuffer.buffer (JSTypedArray::GetBuffer, ~0.7 % of a keep-alive worker's
     // CPU) and makes the same view per call (~350 against ~260 ns a 120-byte chunk in a loop).
-    const chunk = Buffer.allocUnsafe(n);
+    const chunk = allocUnsafe(n);
     chunk.set(new Uint8Array(readMemory, readOffset, n));
     s.ondata?.(chunk);
     if (yieldUs) armYield();
@@ -288,7 +294,7 @@ export class RawSocket implements UpstreamSocket {
       return false;
     }
     this.bytesWritten += b.length;
-    if (state[sw.kLastWriteWasAsync]) {
+    if (state[kLastWriteWasAsync]) {
       // The kernel took part of it; libuv writes the rest when the socket drains. This request
       // object is libuv's until then: the next write gets a new one.
       spareWrite = writeReq();

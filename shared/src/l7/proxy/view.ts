@@ -50,6 +50,8 @@ export interface ConnectionPolicy {
   /** Decisions by method, path and host (decide()), when no rule of any side looks at headers: the
    *  verdict then depends on nothing else, and this object is replaced when the policy changes. */
   verdicts?: Map<string, ProxyDecision>;
+  /** The last decision taken from or put in `verdicts`, and what it was for (decide()). */
+  last?: { method: string; path: string; host: string; d: ProxyDecision };
   /** The upstream pool's key for connections of this policy (the worker's, made at first use): one
    *  string per policy, not one built and hashed per connection. */
   poolKey?: string;
@@ -178,6 +180,10 @@ export class ProxyView {
     const cache = c.verdicts;
     if (!cache) return this.work(c, req);
     const { method, path, host } = req;
+    // The same request as the last one decided for these two ends (keep-alive clients mostly ask for
+    // one thing again): no key to build and hash. Identity compares mostly (head.ts's strings).
+    const last = c.last;
+    if (last && last.path === path && last.method === method && last.host === host) return last.d;
     if (method.length + path.length + host.length > MAX_CACHED_KEY) return this.work(c, req);
     // A method is a token and a path has no spaces (the request line is split at them): unambiguous.
     const key = `${method} ${path} ${host}`;
@@ -187,6 +193,7 @@ export class ProxyView {
       if (cache.size >= MAX_CACHED_DECISIONS) cache.clear();
       cache.set(key, d);
     }
+    c.last = { method, path, host, d };
     return d;
   }
 

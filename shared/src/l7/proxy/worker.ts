@@ -23,7 +23,7 @@ import { type RecordContext, RecordWriter } from './records.ts';
 import { SocketError, transparentListener } from './sockets.ts';
 import { registerListener } from './steering.ts';
 import { UpstreamPool } from './upstream-pool.ts';
-import { type ConnectionPolicy, ProxyView } from './view.ts';
+import { type ConnectionPolicy, type ProxyDecision, ProxyView } from './view.ts';
 
 export interface WorkerOptions {
   control: string;
@@ -293,6 +293,9 @@ class Diverted implements ConnectionOptions, UpstreamReuse, ExchangeSink, Record
    *  sweep yet, the first one starts the clock (no clock read per connection; the timeout is an hour). */
   idleBytes = -1;
   idleSince = 0;
+  /** decide()'s last decision and the verdict made of it. */
+  private lastDecision?: ProxyDecision = undefined;
+  private lastVerdict?: Verdict = undefined;
   /** ProxyWorker.clients' links. */
   prevLink?: Diverted = undefined;
   nextLink?: Diverted = undefined;
@@ -330,7 +333,12 @@ class Diverted implements ConnectionOptions, UpstreamReuse, ExchangeSink, Record
     const view = this.w.view!;
     if (this.policy.revision !== view.revision) this.policy = view.connection(this.srcIp, this.dstIp, this.dstPort);
     const d = view.decide(this.policy, req);
-    return { allowed: d.allowed, edits: d.edits, info: d };
+    // Decisions are shared and read-only (view.ts), and so are verdicts: the last one again, not a copy.
+    if (d !== this.lastDecision) {
+      this.lastDecision = d;
+      this.lastVerdict = { allowed: d.allowed, edits: d.edits, info: d };
+    }
+    return this.lastVerdict!;
   }
 
   request(x: Exchange): void {
