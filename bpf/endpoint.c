@@ -108,6 +108,14 @@ static __always_inline int remote_ingress(struct __sk_buff *skb, const struct pk
 			bpf_skb_change_type(skb, PACKET_HOST);
 		return TC_ACT_OK;
 	}
+	/* Larger than the pod's MTU (a jumbo underlay, a pod given a smaller MTU): the stack forwards it
+	 * into the pod's host veth as a router does (fragments, ICMP "need to frag" or "packet too big"),
+	 * where to_container finds the flow admitted here. */
+	if (!fits_mtu(skb, dst->host_ifindex, ETH_HLEN, p->len - ETH_HLEN, p->l4_off, p->proto)) {
+		if (to_host)
+			bpf_skb_change_type(skb, PACKET_HOST);
+		return TC_ACT_OK;
+	}
 	return forward_local(skb, p, dst);
 }
 

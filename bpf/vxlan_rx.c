@@ -19,7 +19,8 @@
  * Only the plain case is taken: an unfragmented IPv4 datagram to this node's address and tunnel port
  * with no UDP checksum (Membrane's senders send none over IPv4), a valid outer header checksum (ip_rcv
  * drops a bad one), VXLAN flags exactly I, lengths that match (a GSO datagram only around TCP), an inner IPv4 packet for a
- * local pod that does not expire here, and not an outer CE mark on a Not-ECT inner packet (vxlan_rcv
+ * local pod that does not expire here and fits the pod's MTU (each segment of a GSO datagram; a larger one
+ * is the tunnel device's, and the stack's after from_tunnel), and not an outer CE mark on a Not-ECT inner packet (vxlan_rcv
  * drops that one). ECN as vxlan_rcv (RFC 6040, INET_ECN_decapsulate): an outer CE becomes the inner
  * packet's CE when it is ECT, so congestion marked on the underlay reaches the receiving socket.
  * Everything else (the node's own traffic, IPv6 inside, a checksummed or odd datagram, a sender
@@ -102,6 +103,11 @@ static __always_inline int vxlan_rx(struct __sk_buff *skb, const struct overlay_
 	__builtin_memcpy(key.addr, &inner->daddr, 4);
 	dst = bpf_map_lookup_elem(&local_endpoints, &key);
 	if (!dst)
+		return MBR_TCX_NEXT;
+	/* Larger than the pod's MTU (a GSO datagram: a segment of it): the tunnel device's, where
+	 * from_tunnel hands it to the stack after the pod's policy (fits_mtu, remote_ingress). */
+	if (!fits_mtu(skb, dst->host_ifindex, ETH_HLEN + VXLAN_RX_STRIP, len - ETH_HLEN - VXLAN_RX_STRIP,
+		      ETH_HLEN + VXLAN_RX_STRIP + inner->ihl * 4, inner->protocol))
 		return MBR_TCX_NEXT;
 	identity = vxlan_rx_sender(ip->saddr, vx[1]);
 	if (!identity)

@@ -69,6 +69,37 @@ static __always_inline int route_hop(struct __sk_buff *skb, __u8 family)
 	}
 }
 
+/* The smallest MTU the agent gives a pod (endpoint/recipe.ts, network/index.ts): a packet no longer
+ * fits any pod's, so fits_mtu needs no helper call for the small packets most flows are made of. */
+#define MBR_POD_MTU_MIN 576
+
+/* Whether a packet for a local pod fits the pod's MTU, read from its host veth (the agent gives both
+ * ends of the pair the endpoint's MTU, and the pod cannot change the host end): its L3 length, or for
+ * a GSO packet each segment's (IP and TCP headers plus gso_size), as ip_forward judges a packet it
+ * forwards into that veth. Why: bpf_redirect_peer checks only the whole packet against the pod's
+ * device, with 18 bytes to spare, drops a larger one without a word (no fragments, no ICMP "need to
+ * frag", so a sender never learns the path MTU) and lets any GSO packet through, segments above the
+ * MTU included. A caller hands what does not fit to the stack, which does what a router does.
+ * l3_off, l3_len: where the IP header starts, the packet's length from there; l4_off: where its L4
+ * header starts. A GSO packet that is not TCP, or a device that cannot be asked, does not fit. */
+static __always_inline bool fits_mtu(struct __sk_buff *skb, __u32 ifindex, __u32 l3_off, __u32 l3_len, __u32 l4_off,
+				     __u8 proto)
+{
+	__u32 mtu = 1, len = l3_len; /* 1: asks for the device's MTU (any length that small passes) */
+	__u8 doff;
+
+	if (!skb->gso_size && l3_len <= MBR_POD_MTU_MIN)
+		return true;
+	if (bpf_check_mtu(skb, ifindex, &mtu, 0, 0) != BPF_MTU_CHK_RET_SUCCESS)
+		return false;
+	if (skb->gso_size) {
+		if (proto != IPPROTO_TCP || l4_off < l3_off || l4_bytes(skb, l4_off + 12, &doff, 1) < 0)
+			return false;
+		len = l4_off - l3_off + (doff >> 4) * 4 + skb->gso_size;
+	}
+	return len <= mtu;
+}
+
 /* Native routing, from tc ingress of the sending pod's host veth after its egress policy passed, for
  * a destination the caller found in another node's pod CIDR (te: that node's underlay address, the
  * gateway of the agent's route to the CIDR): a router's hop, then out of the underlay device to that

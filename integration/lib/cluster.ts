@@ -73,8 +73,9 @@ export interface TestNode {
   observerSocket: string;
   client: AgentClient;
   agent: Proc;
-  /** Creates a pod (netns + endpoint through this node's agent; `ips`: the addresses it asks for). */
-  pod(labels: Record<string, string>, name?: string, opts?: { ips?: string[] }): Promise<TestPod>;
+  /** Creates a pod (netns + endpoint through this node's agent; `ips`: the addresses it asks for,
+   *  `mtu`: its own instead of the network's). */
+  pod(labels: Record<string, string>, name?: string, opts?: { ips?: string[]; mtu?: number }): Promise<TestPod>;
   deletePod(pod: TestPod): Promise<void>;
 }
 
@@ -303,6 +304,7 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
               ifName: 'eth0',
               labels,
               ...(opts.ips ? { ips: opts.ips } : {}),
+              ...(opts.mtu ? { mtu: opts.mtu } : {}),
             });
           } catch (e) {
             pns.remove();
