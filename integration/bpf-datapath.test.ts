@@ -304,8 +304,8 @@ t.test('detach is best effort and reversible', async (t) => {
   t.same(dp!.attachedProgramIds(0x7ffffff0), {});
   t.throws(
     () => dp!.attach(0x7ffffff0),
-    /bpf_link_create tcx ifindex 2147483632 ingress.*ENODEV/,
-    'errors name op, ifindex and reason',
+    /bpf_link_create tcx ingress hook of no device \(ifindex 2147483632\) in .*ENODEV/,
+    'errors name op, hook, device and reason',
   );
   dp!.attach(A.cfg!.hostIfindex);
   t.equal(udpEchoes(A, B.ip4, 3), 3);

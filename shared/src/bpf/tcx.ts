@@ -28,6 +28,7 @@ import os from 'node:os';
 import path from 'node:path';
 import * as bpf from './libbpf.ts';
 import { TC_HANDLE, TC_PRIORITY, TCX_LINK_PIN, tcxLinkPinName } from './layout.ts';
+import { describeDevice, deviceName } from '../netns/device.ts';
 
 export type TcxDirection = 'ingress' | 'egress';
 export interface TcxHook {
@@ -41,6 +42,24 @@ export function tcxPinPath(pinDir: string, hook: TcxHook): string {
 
 function describe(hook: TcxHook): string {
   return `tcx ifindex ${hook.ifindex} ${hook.direction}`;
+}
+
+/** A failed call on the hook, rethrown naming the device (name, netns) and the hook, not only the
+ *  ifindex: "bpf_link_create tcx ingress hook of mbr1a2b (ifindex 12) in netns …: File exists (EEXIST)".
+ *  The device is looked up only then, in the netns the call was made in. Errors of other calls (the
+ *  classic filter's, tc.ts, which names the device itself) pass unchanged. */
+function named(err: unknown, hook: TcxHook): unknown {
+  if (!(err instanceof bpf.BpfError) || err.target !== describe(hook)) return err;
+  const e = new bpf.BpfError(err.op, `tcx ${hook.direction} hook of ${describeDevice(hook.ifindex)}`, err.errno, err.log);
+  // A kernel without tcx (before 6.6) refuses the attach type with EINVAL: say what is missing.
+  if (err.op === 'bpf_link_create' && err.code === 'EINVAL')
+    return new Error(
+      `${e.message}: the datapath attaches with tcx links, which need Linux >= 6.6 (this kernel is ${os.release()})`,
+      {
+        cause: e,
+      },
+    );
+  return e;
 }
 
 /** The pinned link's fd if it is live on this hook; a stale pin (its device went) is unlinked. */
@@ -59,6 +78,14 @@ function openLive(pinDir: string, hook: TcxHook): number | undefined {
 /** progFd on the hook, through the pinned link (created, or its program replaced), then our classic
  *  filter of an earlier version removed. Throws (leaving any classic filter enforcing) on failure. */
 export function attachTcx(pinDir: string, hook: TcxHook, progFd: number): void {
+  try {
+    attachLink(pinDir, hook, progFd);
+  } catch (err) {
+    throw named(err, hook);
+  }
+}
+
+function attachLink(pinDir: string, hook: TcxHook, progFd: number): void {
   const live = openLive(pinDir, hook);
   if (live !== undefined) {
     try {
@@ -68,7 +95,7 @@ export function attachTcx(pinDir: string, hook: TcxHook, progFd: number): void {
     }
   } else {
     const type = hook.direction === 'ingress' ? bpf.BPF_TCX_INGRESS : bpf.BPF_TCX_EGRESS;
-    const link = createLink(progFd, hook, type); // at the head of the chain (above)
+    const link = bpf.linkCreate(progFd, hook.ifindex, type, describe(hook), bpf.BPF_F_BEFORE); // at the head (above)
     try {
       bpf.objPin(link, tcxPinPath(pinDir, hook));
     } catch (err) {
@@ -81,28 +108,14 @@ export function attachTcx(pinDir: string, hook: TcxHook, progFd: number): void {
   bpf.tcDetach(hook.ifindex, hook.direction === 'ingress' ? bpf.BPF_TC_INGRESS : bpf.BPF_TC_EGRESS, TC_HANDLE, TC_PRIORITY);
 }
 
-/** A kernel without tcx (before 6.6) refuses the attach type with EINVAL: say what is missing. */
-function createLink(progFd: number, hook: TcxHook, type: number): number {
-  try {
-    return bpf.linkCreate(progFd, hook.ifindex, type, describe(hook), bpf.BPF_F_BEFORE);
-  } catch (err) {
-    if (err instanceof bpf.BpfError && err.code === 'EINVAL')
-      throw new Error(
-        `${err.message}: the datapath attaches with tcx links, which need Linux >= 6.6 (this kernel is ${os.release()})`,
-        {
-          cause: err,
-        },
-      );
-    throw err;
-  }
-}
-
 /** Detaches and unpins our link on the hook; false when there was none (or its device is gone). */
 export function detachTcx(pinDir: string, hook: TcxHook): boolean {
   const live = openLive(pinDir, hook);
   if (live === undefined) return false;
   try {
     bpf.linkDetach(live, describe(hook));
+  } catch (err) {
+    throw named(err, hook);
   } finally {
     fs.closeSync(live);
     fs.rmSync(tcxPinPath(pinDir, hook), { force: true });
@@ -145,14 +158,25 @@ export function tcxHooksBehind(pinDir: string): { hook: TcxHook; ahead: number[]
     .filter((h) => h.ahead.length > 0);
 }
 
+/** What `membrane status` lists: our hooks with another tool's program ahead of ours, by device. */
+export interface TcxHookBehind extends TcxHook {
+  /** The device's name in the agent's netns ('' when it went meanwhile). */
+  device: string;
+  /** The other programs' kernel ids, in the order they run (`bpftool prog show id <id>`). */
+  aheadProgramIds: number[];
+}
+
+export function tcxHooksBehindByDevice(pinDir: string): TcxHookBehind[] {
+  return tcxHooksBehind(pinDir)
+    .map(({ hook, ahead }) => ({ device: deviceName(hook.ifindex) ?? '', ...hook, aheadProgramIds: ahead }))
+    .sort((a, b) => a.device.localeCompare(b.device) || a.direction.localeCompare(b.direction));
+}
+
 /** Logs each of our hooks where another tool's program runs ahead of ours (at agent start; the gauge
  *  membrane_tcx_hooks_behind_foreign follows it after). */
 export function warnTcxHooksBehind(pinDir: string, log: { warn(o: object, msg: string): void }): void {
-  for (const { hook, ahead } of tcxHooksBehind(pinDir))
-    log.warn(
-      { ...hook, aheadProgramIds: ahead },
-      "another tool's tcx program runs ahead of ours: if it passes a packet, our enforcement never sees it",
-    );
+  for (const hook of tcxHooksBehindByDevice(pinDir))
+    log.warn(hook, "another tool's tcx program runs ahead of ours: if it passes a packet, our enforcement never sees it");
 }
 
 /** Every hook we hold a pin for (live or stale). */
