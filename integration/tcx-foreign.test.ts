@@ -1,10 +1,12 @@
 // Another tool's tcx program that passes every packet (TCX_PASS ends a tcx chain) sits on the pods'
 // host veths before the agent attaches there: the agent's links go to the head of each chain, so
 // policy still decides (denied dropped, allowed through), also after another restart. A program a tool
-// inserts ahead of ours later is reported: membrane_tcx_hooks_behind_foreign and a warning at start.
+// inserts ahead of ours later is reported: membrane_tcx_hooks_behind_foreign, a warning at start, and
+// membrane status (the device, the hook and the program ids ahead; -o json too).
 import fs from 'node:fs';
 import t from 'tap';
 import { ip4, restoreVerified, startAgent, type TestAgent } from './lib/agent.ts';
+import { membrane } from './lib/cli.ts';
 import { scrapeMetrics } from './lib/metrics.ts';
 import type { TestNetns } from './lib/netns.ts';
 import { clientWebOther, WEB_FROM_CLIENT as POLICY } from './lib/three-pods.ts';
@@ -13,6 +15,7 @@ import { killAll, startEchoServer } from './lib/tcp.ts';
 import { sampleValue } from '../shared/src/metrics/parse.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { tcxAhead, tcxPinPath } from '../shared/src/bpf/tcx.ts';
+import type { AgentStatus } from '../shared/src/types.ts';
 import { foreignPassProgram, linkForeign, type ForeignProgram } from '../shared/test/lib/foreign-tcx.ts';
 
 if (process.getuid?.() !== 0) {
@@ -70,6 +73,7 @@ t.test("policy holds with another tool's passing program attached first on the h
       t.same(tcxAhead(a.bpffsDir, { ifindex: ep.hostIfIndex, direction }), [], `${ep.hostIfName} ${direction}: ours first`);
   await check('attached after the other tool');
   t.equal(sampleValue(await scrapeMetrics(a.client), 'membrane_tcx_hooks_behind_foreign'), 0, 'no hook reported');
+  t.same((await a.client.status()).datapath.behindForeign, [], 'nor listed by membrane status');
 
   await a.restart();
   await restoreVerified(a.client);
@@ -80,6 +84,19 @@ t.test("policy holds with another tool's passing program attached first on the h
   programs.push(later);
   links.push(linkForeign(later, pods.other.ep.hostIfIndex, 'ingress', true));
   t.equal(sampleValue(await scrapeMetrics(a.client), 'membrane_tcx_hooks_behind_foreign'), 1, 'one hook reported');
+  const behind = [
+    { device: pods.other.ep.hostIfName, ifindex: pods.other.ep.hostIfIndex, direction: 'ingress', aheadProgramIds: [later.id] },
+  ];
+  t.same((await a.client.status()).datapath.behindForeign, behind, 'membrane status lists it: device, hook, the program ahead');
   await a.restart();
   t.match(fs.readFileSync(a.logFile, 'utf8'), /another tool's tcx program runs ahead of ours/, 'warned at start');
+  t.same((await a.client.status()).datapath.behindForeign, behind, 'still listed after a restart');
+  const cli = await membrane(['--socket', a.socket, 'status']);
+  t.match(
+    cli.out,
+    new RegExp(`\\n\\s+${pods.other.ep.hostIfName} ingress:\\s+behind another tool's tcx program ${later.id} \\(run first\\)\\n`),
+    'and so does the CLI, under Datapath',
+  );
+  const json = JSON.parse((await membrane(['--socket', a.socket, 'status', '-o', 'json'])).out) as AgentStatus;
+  t.same(json.datapath.behindForeign, behind, 'and its JSON');
 });

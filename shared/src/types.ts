@@ -128,8 +128,15 @@ export interface AgentStatus {
   networks: number;
   stateDir: string;
   socket: string;
-  /** `problems`: what is wrong with the host device or the pinned maps now (health/datapath.ts). */
-  datapath: { pinDir: string; attach: string; hostDevice: string; problems?: string[] };
+  /** `problems`: what is wrong with the host device or the pinned maps now (health/datapath.ts).
+   *  `behindForeign`: our tcx hooks where another tool's program runs ahead of ours (bpf/tcx.ts). */
+  datapath: {
+    pinDir: string;
+    attach: string;
+    hostDevice: string;
+    problems?: string[];
+    behindForeign?: { device: string; ifindex: number; direction: 'ingress' | 'egress'; aheadProgramIds: number[] }[];
+  };
   /** The state store; `problem`: writes refused or failing (a full state disk), absent when healthy. */
   store?: { problem?: string };
   nodeName: string;

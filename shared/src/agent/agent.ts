@@ -16,7 +16,7 @@ import { enableForwarding, ensureGateways, ensureHostDevice } from '../endpoint/
 import { openNetlink } from '../netlink/index.ts';
 import { warmThreadPool } from '../netns/index.ts';
 import { loadDatapath } from '../bpf/datapath.ts';
-import { warnTcxHooksBehind } from '../bpf/tcx.ts';
+import { tcxHooksBehindByDevice, warnTcxHooksBehind } from '../bpf/tcx.ts';
 import { bpfRouter } from '../api/bpf-routes.ts';
 import { createApp, serveApi } from '../api/server.ts';
 import { VERSION } from '../version.ts';
@@ -338,6 +338,7 @@ export class Agent {
         attach: 'tcx',
         hostDevice: this.cfg.hostDevice,
         problems: this.problems.datapath(),
+        behindForeign: tcxHooksBehindByDevice(this.datapath.pinDir),
       },
       store: storeProblem ? { problem: storeProblem } : {},
       nodeName: this.cfg.nodeName,

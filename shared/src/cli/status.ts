@@ -33,6 +33,11 @@ export function statusLines(s: AgentStatus): [string, string][] {
     ]),
     ['Networks', String(s.networks)],
     ['Datapath', `${s.datapath.attach}, pinned in ${s.datapath.pinDir}, gateways on ${s.datapath.hostDevice}`],
+    // Another tool's program ahead of ours sees (and may pass) packets before our enforcement does.
+    ...(s.datapath.behindForeign ?? []).map((h): [string, string] => [
+      `  ${h.device || `ifindex ${h.ifindex}`} ${h.direction}`,
+      `behind another tool's tcx program${h.aheadProgramIds.length > 1 ? 's' : ''} ${h.aheadProgramIds.join(', ')} (run first)`,
+    ]),
     [
       'Policy',
       `revision ${p.revision ?? 0}, ${p.policies ?? 0} polic${p.policies === 1 ? 'y' : 'ies'}, audit mode ${p.auditMode ? 'on' : 'off'}`,
