@@ -11,8 +11,7 @@ import { once } from 'node:events';
 import { HttpProxyConnection } from '../src/l7/http/connection.ts';
 import type { Exchange } from '../src/l7/http/exchange.ts';
 import { compileHttpRule, matchHttp } from '../src/l7/http/rules.ts';
-import { RawListener } from '../src/l7/proxy/raw-listener.ts';
-import { RawSocket } from '../src/l7/proxy/raw-socket.ts';
+import { type ProxySocket, workerIo } from '../src/l7/proxy/io.ts';
 import type { HttpRule } from '../src/policy/types.ts';
 
 const rules = (
@@ -60,15 +59,15 @@ backend.on('upgrade', (_req, socket) => {
 
 let backendPort = 0;
 let upstreamPort = 0; // where the proxy connects (backendPort, or a closed port in one test)
-// Both sockets as the proxy workers have them: RawSockets (the upstream-pool test runs the same
-// connection over net.Sockets).
-const proxied = new Set<RawSocket>();
-let proxy: RawListener | undefined;
-const accept = (client: RawSocket) => {
+// Both sockets as the proxy workers have them: RawSockets, or EpollSockets with MEMBRANE_L7_WORKER_IO=epoll
+// (proxy/io.ts; the upstream-pool test runs the same connection over net.Sockets).
+const proxied = new Set<ProxySocket>();
+let proxy: ReturnType<typeof workerIo.bind> | undefined;
+const accept = (client: ProxySocket) => {
   proxied.add(client);
   new HttpProxyConnection({
     client,
-    connect: () => RawSocket.connect('127.0.0.1', upstreamPort, 10_000),
+    connect: () => workerIo.connect('127.0.0.1', upstreamPort, 10_000),
     decide: (_head, view) => {
       const m = matchHttp(rules, view);
       return { allowed: m.allowed, edits: m.edits };
@@ -85,7 +84,7 @@ t.before(async () => {
   await once(backend, 'listening');
   backendPort = (backend.address() as net.AddressInfo).port;
   upstreamPort = backendPort;
-  proxy = RawListener.bind('127.0.0.1', 0, accept);
+  proxy = workerIo.bind('127.0.0.1', 0, accept);
   proxyPort = proxy.port;
 });
 t.teardown(() => {

@@ -17,8 +17,7 @@ import type { RequestView } from '../http/rules.ts';
 import type { UpstreamSocket } from '../http/socket.ts';
 import { type AgentMessage, encodeFrame, FrameReader, frameHeader, type WorkerMessage } from './frames.ts';
 import { type Linked, LinkList } from './link-list.ts';
-import { RawListener } from './raw-listener.ts';
-import { RawSocket } from './raw-socket.ts';
+import { type ProxySocket, workerIo } from './io.ts';
 import { type RecordContext, RecordWriter } from './records.ts';
 import { SocketError, transparentListener } from './sockets.ts';
 import { registerListener } from './steering.ts';
@@ -144,9 +143,9 @@ export class ProxyWorker {
           this.o.log('cannot register the listener for the socket lookup (SYNs are assigned at tc instead)', { err: String(e) });
         }
       }
-      // Accepted connections are RawSockets, not net.Sockets (raw-socket.ts says why).
+      // Accepted connections are RawSockets, not net.Sockets (raw-socket.ts says why), or EpollSockets (io.ts).
       this.servers.push(
-        RawListener.fromFd(
+        workerIo.listen(
           fd,
           4096,
           (c) => this.accept(c),
@@ -155,10 +154,10 @@ export class ProxyWorker {
         ),
       );
     }
-    this.o.log('listening', { port: this.o.port, families: this.servers.length });
+    this.o.log('listening', { port: this.o.port, families: this.servers.length, io: workerIo.name });
   }
 
-  private accept(client: RawSocket): void {
+  private accept(client: ProxySocket): void {
     const dstIp = client.localAddress;
     const dstPort = client.localPort;
     const srcIp = client.remoteAddress;
@@ -302,7 +301,7 @@ class Diverted implements ConnectionOptions, UpstreamReuse, ExchangeSink, Record
 
   constructor(
     private readonly w: ProxyWorker,
-    readonly client: RawSocket,
+    readonly client: ProxySocket,
     private readonly dstIp: string,
     readonly dstPort: number,
     private readonly srcIp: string,
@@ -317,7 +316,7 @@ class Diverted implements ConnectionOptions, UpstreamReuse, ExchangeSink, Record
   }
 
   connect(): UpstreamSocket {
-    return RawSocket.connect(this.dstIp, this.dstPort, UPSTREAM_CONNECT_TIMEOUT_MS);
+    return workerIo.connect(this.dstIp, this.dstPort, UPSTREAM_CONNECT_TIMEOUT_MS);
   }
 
   take(): UpstreamSocket | undefined {

@@ -1,0 +1,86 @@
+// A listening TCP socket on the epoll loop (epoll-loop.ts) whose connections come as EpollSockets:
+// RawListener's face (raw-listener.ts) for MEMBRANE_L7_WORKER_IO=epoll (io.ts). On a readable event it
+// accepts what is queued (accept4, nonblocking), up to a bound per event so that the connections
+// already open get their turn too.
+import koffi from 'koffi';
+import { sockaddr, sockaddrAddress } from './epoll-addr.ts';
+import { type EpollHandler, EPOLLIN, unwatch, watch } from './epoll-loop.ts';
+import { EpollSocket, errnoName } from './epoll-socket.ts';
+
+type Fn = (...args: unknown[]) => number;
+const c = koffi.load('libc.so.6');
+const accept4 = c.func('int accept4(int fd, void *addr, void *len, int flags)') as Fn;
+const listen = c.func('int listen(int fd, int backlog)') as Fn;
+const socket = c.func('int socket(int domain, int type, int protocol)') as Fn;
+const bind = c.func('int bind(int fd, void *addr, uint32_t len)') as Fn;
+const close = c.func('int close(int fd)') as Fn;
+
+const SOCK_STREAM = 1;
+const SOCK_NONBLOCK = 0o4000;
+const SOCK_CLOEXEC = 0o2000000;
+const EAGAIN = 11;
+/** Connections accepted per readable event at most (the rest on the next wait: level-triggered). */
+const ACCEPT_BATCH = 64;
+
+export class EpollListener implements EpollHandler {
+  gen = 0;
+  private closed = false;
+
+  /** `savedSyn`: the socket keeps each connection's SYN (TCP_SAVE_SYN), the source of its addresses. */
+  constructor(
+    private readonly fd: number,
+    private readonly onConnection: (s: EpollSocket) => void,
+    private readonly onError: (errno: number) => void,
+    private readonly savedSyn = false,
+  ) {
+    const err = watch(fd, EPOLLIN, this);
+    if (err) throw new Error(`epoll_ctl listener ${fd}: ${errnoName(-err)}`);
+  }
+
+  /** A listening socket's fd (sockets.ts transparentListener's: it keeps IPv4 SYNs, `savedSyn`). */
+  static fromFd(
+    fd: number,
+    backlog: number,
+    onConnection: (s: EpollSocket) => void,
+    onError: (errno: number) => void,
+    savedSyn = false,
+  ): EpollListener {
+    if (listen(fd, backlog) < 0) throw new Error(`cannot listen on fd ${fd}: ${errnoName(koffi.errno())}`);
+    return new EpollListener(fd, onConnection, onError, savedSyn);
+  }
+
+  /** A plain listener on ip:port (port 0: any), for tests. */
+  static bind(ip: string, port: number, onConnection: (s: EpollSocket) => void): EpollListener {
+    const sa = sockaddr(ip, port);
+    const fd = socket(sa.readUInt16LE(0), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, sa, sa.length) < 0 || listen(fd, 511) < 0) {
+      const e = koffi.errno();
+      if (fd >= 0) close(fd);
+      throw new Error(`cannot listen on ${ip}:${port}: ${errnoName(e)}`);
+    }
+    return new EpollListener(fd, onConnection, () => undefined);
+  }
+
+  get port(): number {
+    return sockaddrAddress(this.fd, false)?.port ?? 0;
+  }
+
+  onEvents(): void {
+    for (let i = 0; i < ACCEPT_BATCH && !this.closed; i++) {
+      const fd = accept4(this.fd, null, null, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      if (fd < 0) {
+        const e = koffi.errno();
+        if (e !== EAGAIN) this.onError(-e);
+        return;
+      }
+      this.onConnection(new EpollSocket(fd, true, this.savedSyn));
+    }
+  }
+
+  close(): void {
+    if (this.closed) return;
+    this.closed = true;
+    unwatch(this.fd, this);
+    close(this.fd);
+  }
+}

@@ -1,0 +1,370 @@
+// The proxy worker's connections on its own epoll loop (epoll-loop.ts; MEMBRANE_L7_WORKER_IO=epoll,
+// io.ts), with RawSocket's face (raw-socket.ts: the events, write()'s backpressure answer, pause and
+// resume, half-close, the counters), so SocketPair (http/pair.ts), the worker and the upstream pool use
+// either unchanged. Its system calls go through koffi to libc: one read per readable event into one
+// shared buffer, a send per write (queued on EAGAIN until the socket is writable again).
+import { Buffer } from 'node:buffer'; // not the global accessor: raw-socket.ts says why
+import { constants as osConstants } from 'node:os';
+import koffi from 'koffi';
+import type { UpstreamSocket } from '../http/socket.ts';
+import {
+  EPOLLERR,
+  EPOLLHUP,
+  EPOLLIN,
+  EPOLLOUT,
+  type EpollHandler,
+  modify,
+  park,
+  unwatch,
+  watch,
+  watchAgain,
+} from './epoll-loop.ts';
+import { sockaddr, sockaddrAddress } from './epoll-addr.ts';
+import { type SynAddresses, synAddresses } from './sockets.ts';
+
+type Fn = (...args: unknown[]) => number;
+const c = koffi.load('libc.so.6');
+const read = c.func('long read(int fd, void *buf, size_t len)') as Fn;
+const send = c.func('long send(int fd, void *buf, size_t len, int flags)') as Fn;
+const shutdown = c.func('int shutdown(int fd, int how)') as Fn;
+const close = c.func('int close(int fd)') as Fn;
+const socket = c.func('int socket(int domain, int type, int protocol)') as Fn;
+const connect = c.func('int connect(int fd, void *addr, uint32_t len)') as Fn;
+const setsockopt = c.func('int setsockopt(int fd, int level, int name, void *value, uint32_t len)') as Fn;
+const getsockopt = c.func('int getsockopt(int fd, int level, int name, void *value, void *len)') as Fn;
+
+const EAGAIN = 11;
+const EINPROGRESS = 115;
+const ETIMEDOUT = 110;
+const SOCK_STREAM = 1;
+const SOCK_NONBLOCK = 0o4000;
+const SOCK_CLOEXEC = 0o2000000;
+const SOL_SOCKET = 1;
+const SO_ERROR = 4;
+const SOL_TCP = 6;
+const TCP_NODELAY = 1;
+/** send(): never block, no SIGPIPE (an error comes back as -1). */
+const MSG_FLAGS = 0x40 /* MSG_DONTWAIT */ | 0x4000; /* MSG_NOSIGNAL */
+/** write() answers false (wait for 'drain') once this much is queued: RawSocket's answer. */
+const HIGH_WATER = 16 * 1024;
+
+const ERRNO_NAMES = new Map(Object.entries(osConstants.errno).map(([k, v]) => [v, k]));
+const one = new Int32Array([1]);
+const intOut = new Int32Array(1);
+const intLen = new Uint32Array(1);
+/** Every read lands here and is copied out at once (framing may keep a chunk, a queued write holds it). */
+const readBuffer = Buffer.allocUnsafe(64 * 1024);
+const readMemory = readBuffer.buffer;
+const readOffset = readBuffer.byteOffset;
+const SYN: SynAddresses = { localAddress: '', localPort: 0, remoteAddress: '', remotePort: 0 };
+
+type Listener = (...args: never[]) => void;
+
+/** A connection on the epoll loop (see the top of this file). */
+export class EpollSocket implements UpstreamSocket, EpollHandler {
+  gen = 0;
+  destroyed = false;
+  writableEnded = false;
+  readableEnded = false;
+  writableLength = 0;
+  bytesRead = 0;
+  bytesWritten = 0;
+  needDrain = false;
+  /** Our FIN is out (shutdown(SHUT_WR) once the queue was empty). */
+  shutdownDone = false;
+  private connecting = false;
+  private reading = false;
+  /** Bytes the kernel did not take yet, oldest first (their memory is the writer's: not copied). */
+  private queue: Buffer[] = [];
+  /** The epoll mask asked for; -1: out of the set (hung up while not reading: park()). */
+  private interest = 0;
+  private connectTimer?: NodeJS.Timeout;
+  /** What sockets.ts's sendHeld and shutdownWriteNow use of a socket: its fd. */
+  readonly _handle: { fd: number };
+  onconnect?: () => void;
+  ondata?: (d: Buffer) => void;
+  onend?: () => void;
+  onerror?: (e: Error) => void;
+  onclose?: () => void;
+  ondrain?: () => void;
+  localAddress?: string;
+  localPort?: number;
+  remoteAddress?: string;
+  remotePort?: number;
+  remoteFamily?: string;
+
+  /** `accepted`: from a listener (its addresses are read now: from the saved SYN when `savedSyn`, as
+   *  sockets.ts's transparentListener keeps them, otherwise getsockname/getpeername). */
+  constructor(
+    readonly fd: number,
+    accepted = true,
+    savedSyn = false,
+  ) {
+    this._handle = { fd };
+    const err = watch(fd, 0, this);
+    if (err) {
+      close(fd);
+      throw new Error(`epoll_ctl ${fd}: ${errnoName(-err)}`);
+    }
+    if (!accepted) return;
+    if (savedSyn && synAddresses(fd, SYN)) {
+      this.localAddress = SYN.localAddress;
+      this.localPort = SYN.localPort;
+      this.remoteAddress = SYN.remoteAddress;
+      this.remotePort = SYN.remotePort;
+      this.remoteFamily = 'IPv4';
+      return;
+    }
+    const local = sockaddrAddress(fd, false);
+    const remote = sockaddrAddress(fd, true);
+    this.localAddress = local?.address;
+    this.localPort = local?.port;
+    this.remoteAddress = remote?.address;
+    this.remotePort = remote?.port;
+    this.remoteFamily = remote?.family;
+  }
+
+  /** A connection to ip:port: 'connect' once up, 'error' (then 'close') when it fails or takes longer
+   *  than timeoutMs. Writes and end() before that are queued; reading starts once it is up. */
+  static connect(ip: string, port: number, timeoutMs: number): EpollSocket {
+    const sa = sockaddr(ip, port);
+    const fd = socket(sa.readUInt16LE(0), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) throw new Error(`socket: ${errnoName(koffi.errno())}`);
+    const s = new EpollSocket(fd, false);
+    s.connecting = true;
+    s.reading = true; // read once connected, as a net.Socket with a 'data' listener does
+    if (connect(fd, sa, sa.length) < 0 && koffi.errno() !== EINPROGRESS) {
+      const e = koffi.errno();
+      process.nextTick(() => s.fail(e)); // the caller adds its listeners first
+      return s;
+    }
+    s.connectTimer = setTimeout(() => s.fail(ETIMEDOUT), timeoutMs);
+    s.update();
+    return s;
+  }
+
+  get readyState(): string {
+    return this.connecting ? 'opening' : this.destroyed ? 'closed' : 'open';
+  }
+
+  /** Starts reading (call once the listeners are on). */
+  start(): void {
+    this.resume();
+  }
+
+  /** One listener per event (the pair's), as RawSocket. */
+  on(event: string, fn: Listener): this {
+    const f = fn as never;
+    if (event === 'data') this.ondata = f;
+    else if (event === 'end') this.onend = f;
+    else if (event === 'error') this.onerror = f;
+    else if (event === 'close') this.onclose = f;
+    else if (event === 'drain') this.ondrain = f;
+    else if (event === 'connect') this.onconnect = f;
+    else throw new Error(`EpollSocket has no '${event}' event`);
+    return this;
+  }
+
+  /** Accepted sockets inherit TCP_NODELAY from the listener; a connecting one takes it before it is up. */
+  setNoDelay(on = true): this {
+    if (on && !this.destroyed) setsockopt(this.fd, SOL_TCP, TCP_NODELAY, one, 4);
+    return this;
+  }
+
+  write(b: Buffer): boolean {
+    if (this.destroyed || this.writableEnded) return false;
+    this.bytesWritten += b.length;
+    if (this.connecting || this.queue.length) return this.enqueue(b);
+    const n = send(this.fd, b, b.length, MSG_FLAGS);
+    if (n === b.length) return true;
+    if (n < 0) {
+      const e = koffi.errno();
+      if (e !== EAGAIN) {
+        this.fail(e);
+        return false;
+      }
+      return this.enqueue(b);
+    }
+    return this.enqueue(b.subarray(n));
+  }
+
+  private enqueue(b: Buffer): boolean {
+    this.queue.push(b);
+    this.writableLength += b.length;
+    this.update();
+    if (this.writableLength < HIGH_WATER) return true;
+    this.needDrain = true;
+    return false;
+  }
+
+  /** Writable again: as much of the queue as the kernel takes; 'drain' and a pending FIN once empty. */
+  private flush(): void {
+    const q = this.queue;
+    while (q.length) {
+      const b = q[0];
+      const n = send(this.fd, b, b.length, MSG_FLAGS);
+      if (n < 0) {
+        const e = koffi.errno();
+        if (e !== EAGAIN) this.fail(e);
+        return;
+      }
+      this.writableLength -= n;
+      if (n < b.length) {
+        q[0] = b.subarray(n);
+        return;
+      }
+      q.shift();
+    }
+    this.update();
+    if (this.needDrain) {
+      this.needDrain = false;
+      this.ondrain?.();
+    }
+    if (this.writableEnded && !this.shutdownDone && !this.destroyed) this.sendFin();
+  }
+
+  pause(): this {
+    if (this.reading && !this.destroyed) {
+      this.reading = false;
+      this.update();
+    }
+    return this;
+  }
+
+  resume(): this {
+    if (!this.reading && !this.destroyed && !this.readableEnded) {
+      this.reading = true;
+      this.update();
+    }
+    return this;
+  }
+
+  /** Our FIN, after whatever is queued. */
+  end(): this {
+    if (this.writableEnded || this.destroyed) return this;
+    this.writableEnded = true;
+    if (!this.connecting && !this.queue.length) this.sendFin();
+    return this;
+  }
+
+  private sendFin(): void {
+    if (shutdown(this.fd, 1 /* SHUT_WR */) < 0) {
+      this.fail(koffi.errno());
+      return;
+    }
+    this.shutdownDone = true;
+    // Closed a turn later, as libuv's shutdown completes: no 'close' inside the caller's end().
+    if (this.readableEnded) process.nextTick(closeIfDone, this);
+  }
+
+  destroy(): this {
+    if (this.destroyed) return this;
+    this.destroyed = true;
+    this.reading = false;
+    clearTimeout(this.connectTimer);
+    unwatch(this.fd, this);
+    close(this.fd); // also out of the epoll set
+    this.queue = [];
+    // 'close' a turn later, as net.Socket and RawSocket emit it; none without a listener.
+    if (this.onclose) process.nextTick(emitClose, this);
+    return this;
+  }
+
+  /** Destroys it without the 'close' event: for the owner that destroys it and knows (SocketPair). */
+  destroyQuietly(): void {
+    this.onclose = undefined;
+    this.destroy();
+  }
+
+  /** errno `err` on a read, write, shutdown or connect: 'error', then closed. */
+  fail(err: number): void {
+    if (this.destroyed) return;
+    const name = errnoName(err);
+    const e = Object.assign(new Error(`socket error ${name}`), { code: name, errno: -err });
+    this.destroy();
+    this.onerror?.(e);
+  }
+
+  // ---- the loop's side ---------------------------------------------------------------------------
+
+  onEvents(mask: number): void {
+    if (this.connecting) {
+      if (mask & (EPOLLOUT | EPOLLERR | EPOLLHUP)) this.connected();
+      return;
+    }
+    if (mask & EPOLLOUT) this.flush();
+    if (this.destroyed) return;
+    if (this.reading && !this.readableEnded) {
+      if (mask & (EPOLLIN | EPOLLHUP | EPOLLERR)) this.readOnce();
+    } else if (mask & EPOLLERR) this.fail(this.soError() || EAGAIN);
+    else if (mask & EPOLLHUP && this.interest !== -1) {
+      park(this.fd); // hung up while we do not read: reported every wait until we read again
+      this.interest = -1;
+    }
+  }
+
+  private readOnce(): void {
+    const n = read(this.fd, readBuffer, readBuffer.length);
+    if (n > 0) {
+      this.bytesRead += n;
+      const chunk = Buffer.allocUnsafe(n);
+      chunk.set(new Uint8Array(readMemory, readOffset, n));
+      this.ondata?.(chunk);
+      return;
+    }
+    if (n === 0) {
+      this.readableEnded = true;
+      this.update(); // no more EPOLLIN: a socket at EOF stays readable
+      this.onend?.();
+      closeIfDone(this);
+      return;
+    }
+    const e = koffi.errno();
+    if (e !== EAGAIN) this.fail(e);
+  }
+
+  private connected(): void {
+    const err = this.soError();
+    if (err) {
+      this.fail(err);
+      return;
+    }
+    clearTimeout(this.connectTimer);
+    this.connecting = false;
+    this.onconnect?.();
+    if (this.destroyed) return;
+    this.update();
+    if (this.queue.length) this.flush();
+    else if (this.writableEnded && !this.shutdownDone) this.sendFin();
+  }
+
+  private soError(): number {
+    intLen[0] = 4;
+    if (getsockopt(this.fd, SOL_SOCKET, SO_ERROR, intOut, intLen) < 0) return koffi.errno();
+    return intOut[0];
+  }
+
+  /** The epoll mask this socket's state asks for, given to the loop when it changed. */
+  private update(): void {
+    if (this.destroyed) return;
+    let want = 0;
+    if (this.connecting || this.queue.length) want |= EPOLLOUT;
+    if (this.reading && !this.readableEnded && !this.connecting) want |= EPOLLIN;
+    if (want === this.interest) return;
+    const r = this.interest === -1 ? watchAgain(this.fd, want, this) : modify(this.fd, want, this);
+    this.interest = want;
+    if (r < 0) this.fail(-r);
+  }
+}
+
+function closeIfDone(s: EpollSocket): void {
+  if (s.readableEnded && s.shutdownDone && !s.destroyed) s.destroy();
+}
+
+function emitClose(s: EpollSocket): void {
+  s.onclose?.();
+}
+
+export function errnoName(errno: number): string {
+  return ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
+}
