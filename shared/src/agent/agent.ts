@@ -38,7 +38,7 @@ import { parseLabelFilter } from '../labels/filter.ts';
 import { datapathProblems } from '../health/datapath.ts';
 import { StartClock } from './start-clock.ts';
 import { warmObserverProto } from '../flows/proto.ts';
-import { idleMemory, type IdleMemory } from './idle-memory.ts';
+import { idleMemory, type IdleMemory, memoryStatus } from './idle-memory.ts';
 
 /** Something the agent stops on shutdown, in reverse order of start. */
 interface Closer {
@@ -363,18 +363,6 @@ export class Agent {
     }
     await closeAll(this.closers, this.log);
   }
-}
-
-function memoryStatus(idle?: IdleMemory): NonNullable<AgentStatus['memory']> {
-  const m = process.memoryUsage();
-  return {
-    rssBytes: m.rss,
-    heapUsedBytes: m.heapUsed,
-    heapTotalBytes: m.heapTotal,
-    externalBytes: m.external,
-    idleTrims: idle?.status().trims ?? 0,
-    idleSkips: idle?.status().skips ?? 0,
-  };
 }
 
 async function closeAll(closers: Closer[], log: Logger): Promise<void> {

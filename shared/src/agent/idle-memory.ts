@@ -15,6 +15,7 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 import koffi from 'koffi';
 import type { Logger } from '../log.ts';
+import type { AgentStatus } from '../types.ts';
 
 export interface IdleMemoryOptions {
   /** Quiet time after the last request before memory is given back. */
@@ -179,5 +180,18 @@ export function idleMemory(o: IdleMemoryOptions): IdleMemory {
       if (timer) clearTimeout(timer);
       timer = undefined;
     },
+  };
+}
+
+/** The agent's memory as `membrane status` shows it, with what the idle give-back did so far. */
+export function memoryStatus(idle?: IdleMemory): NonNullable<AgentStatus['memory']> {
+  const m = process.memoryUsage();
+  return {
+    rssBytes: m.rss,
+    heapUsedBytes: m.heapUsed,
+    heapTotalBytes: m.heapTotal,
+    externalBytes: m.external,
+    idleTrims: idle?.status().trims ?? 0,
+    idleSkips: idle?.status().skips ?? 0,
   };
 }
