@@ -143,7 +143,7 @@ export class ProxyWorker {
           this.o.log('cannot register the listener for the socket lookup (SYNs are assigned at tc instead)', { err: String(e) });
         }
       }
-      // Accepted connections are RawSockets, not net.Sockets (raw-socket.ts says why), or EpollSockets (io.ts).
+      // Accepted connections are EpollSockets (io.ts) or RawSockets, never net.Sockets (raw-socket.ts says why).
       this.servers.push(
         workerIo.listen(
           fd,
