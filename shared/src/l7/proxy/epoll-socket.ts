@@ -6,7 +6,6 @@
 import { Buffer } from 'node:buffer'; // not the global accessor: raw-socket.ts says why
 import { constants as osConstants } from 'node:os';
 import koffi from 'koffi';
-import type { UpstreamSocket } from '../http/socket.ts';
 import {
   EPOLLERR,
   EPOLLHUP,
@@ -20,7 +19,7 @@ import {
   watchAgain,
 } from './epoll-loop.ts';
 import { sockaddr, sockaddrAddress } from './epoll-addr.ts';
-import { type SynAddresses, synAddresses } from './sockets.ts';
+import { ProxySocketBase } from './socket-base.ts';
 
 type Fn = (...args: unknown[]) => number;
 const c = koffi.load('libc.so.6');
@@ -56,42 +55,16 @@ const intLen = new Uint32Array(1);
 const readBuffer = Buffer.allocUnsafe(64 * 1024);
 const readMemory = readBuffer.buffer;
 const readOffset = readBuffer.byteOffset;
-const SYN: SynAddresses = { localAddress: '', localPort: 0, remoteAddress: '', remotePort: 0 };
-
-type Listener = (...args: never[]) => void;
 
 /** A connection on the epoll loop (see the top of this file). */
-export class EpollSocket implements UpstreamSocket, EpollHandler {
+export class EpollSocket extends ProxySocketBase implements EpollHandler {
   gen = 0;
-  destroyed = false;
-  writableEnded = false;
-  readableEnded = false;
-  writableLength = 0;
-  bytesRead = 0;
-  bytesWritten = 0;
-  needDrain = false;
-  /** Our FIN is out (shutdown(SHUT_WR) once the queue was empty). */
-  shutdownDone = false;
-  private connecting = false;
-  private reading = false;
   /** Bytes the kernel did not take yet, oldest first (their memory is the writer's: not copied). */
   private queue: Buffer[] = [];
   /** The epoll mask asked for; -1: out of the set (hung up while not reading: park()). */
   private interest = 0;
-  private connectTimer?: NodeJS.Timeout;
   /** What sockets.ts's sendHeld and shutdownWriteNow use of a socket: its fd. */
   readonly _handle: { fd: number };
-  onconnect?: () => void;
-  ondata?: (d: Buffer) => void;
-  onend?: () => void;
-  onerror?: (e: Error) => void;
-  onclose?: () => void;
-  ondrain?: () => void;
-  localAddress?: string;
-  localPort?: number;
-  remoteAddress?: string;
-  remotePort?: number;
-  remoteFamily?: string;
 
   /** `accepted`: from a listener (its addresses are read now: from the saved SYN when `savedSyn`, as
    *  sockets.ts's transparentListener keeps them, otherwise getsockname/getpeername). */
@@ -100,6 +73,7 @@ export class EpollSocket implements UpstreamSocket, EpollHandler {
     accepted = true,
     savedSyn = false,
   ) {
+    super();
     this._handle = { fd };
     const err = watch(fd, 0, this);
     if (err) {
@@ -107,21 +81,12 @@ export class EpollSocket implements UpstreamSocket, EpollHandler {
       throw new Error(`epoll_ctl ${fd}: ${errnoName(-err)}`);
     }
     if (!accepted) return;
-    if (savedSyn && synAddresses(fd, SYN)) {
-      this.localAddress = SYN.localAddress;
-      this.localPort = SYN.localPort;
-      this.remoteAddress = SYN.remoteAddress;
-      this.remotePort = SYN.remotePort;
-      this.remoteFamily = 'IPv4';
-      return;
-    }
-    const local = sockaddrAddress(fd, false);
-    const remote = sockaddrAddress(fd, true);
-    this.localAddress = local?.address;
-    this.localPort = local?.port;
-    this.remoteAddress = remote?.address;
-    this.remotePort = remote?.port;
-    this.remoteFamily = remote?.family;
+    this.takeAddresses(
+      fd,
+      savedSyn,
+      () => sockaddrAddress(fd, false),
+      () => sockaddrAddress(fd, true),
+    );
   }
 
   /** A connection to ip:port: 'connect' once up, 'error' (then 'close') when it fails or takes longer
@@ -141,28 +106,6 @@ export class EpollSocket implements UpstreamSocket, EpollHandler {
     s.connectTimer = setTimeout(() => s.fail(ETIMEDOUT), timeoutMs);
     s.update();
     return s;
-  }
-
-  get readyState(): string {
-    return this.connecting ? 'opening' : this.destroyed ? 'closed' : 'open';
-  }
-
-  /** Starts reading (call once the listeners are on). */
-  start(): void {
-    this.resume();
-  }
-
-  /** One listener per event (the pair's), as RawSocket. */
-  on(event: string, fn: Listener): this {
-    const f = fn as never;
-    if (event === 'data') this.ondata = f;
-    else if (event === 'end') this.onend = f;
-    else if (event === 'error') this.onerror = f;
-    else if (event === 'close') this.onclose = f;
-    else if (event === 'drain') this.ondrain = f;
-    else if (event === 'connect') this.onconnect = f;
-    else throw new Error(`EpollSocket has no '${event}' event`);
-    return this;
   }
 
   /** Accepted sockets inherit TCP_NODELAY from the listener; a connecting one takes it before it is up. */

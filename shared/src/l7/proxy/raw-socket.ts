@@ -15,22 +15,21 @@
 // object, and every use in optimized code went through a global load IC and the getter (about 1 % of a
 // worker's CPU in a one-request-per-connection profile).
 import { Buffer } from 'node:buffer';
-import type { UpstreamSocket } from '../http/socket.ts';
 import { armYield, yieldUs } from './sched.ts';
-import { type SynAddresses, synAddresses } from './sockets.ts';
+import { ProxySocketBase } from './socket-base.ts';
 import { type Address, type ConnectReq, type Req, state, sw, type TcpHandle, tcpWrap, UV_EOF, UV_ETIMEDOUT } from './uv.ts';
 
 /** write() answers false (wait for 'drain') once this much is queued in the kernel's stead. */
 const HIGH_WATER = 16 * 1024;
 
-type Listener = (...args: never[]) => void;
-
-/** Filled by getsockname/getpeername for each accepted connection and read at once: the same two
- *  objects every time (a fresh one gets its three properties added one by one, a map transition each). */
-const LOCAL: Address = { address: undefined, family: undefined, port: undefined };
-const REMOTE: Address = { address: undefined, family: undefined, port: undefined };
-/** Filled by synAddresses (sockets.ts) instead, for a listener that keeps SYNs. */
-const SYN: SynAddresses = { localAddress: '', localPort: 0, remoteAddress: '', remotePort: 0 };
+/** Filled by getsockname/getpeername for each accepted connection and read at once: the same object
+ *  every time (a fresh one gets its three properties added one by one, a map transition each). */
+const ADDRESS: Address = { address: undefined, family: undefined, port: undefined };
+function address(h: TcpHandle, which: 'getsockname' | 'getpeername'): Address {
+  ADDRESS.address = ADDRESS.family = ADDRESS.port = undefined;
+  h[which](ADDRESS);
+  return ADDRESS;
+}
 
 /**
  * Every read lands in this one buffer (libuv reads into it; the callback copies the bytes out before
@@ -121,33 +120,9 @@ function afterConnect(this: ConnectReq, status: number): void {
 }
 
 /** An accepted TCP connection (see the top of this file). */
-export class RawSocket implements UpstreamSocket {
-  destroyed = false;
-  writableEnded = false;
-  readableEnded = false;
-  writableLength = 0;
-  bytesRead = 0;
-  bytesWritten = 0;
-  needDrain = false;
-  /** Our FIN is through (end()'s shutdown completed). */
-  shutdownDone = false;
-  /** connect(): not connected yet; writes, end() and reading wait. */
-  private connecting = false;
+export class RawSocket extends ProxySocketBase {
   private queued?: Buffer[];
-  private connectTimer?: NodeJS.Timeout;
   private noDelay = false;
-  onconnect?: () => void;
-  ondata?: (d: Buffer) => void;
-  onend?: () => void;
-  onerror?: (e: Error) => void;
-  onclose?: () => void;
-  ondrain?: () => void;
-  private reading = false;
-  readonly localAddress?: string;
-  readonly localPort?: number;
-  readonly remoteAddress?: string;
-  readonly remotePort?: number;
-  readonly remoteFamily?: string;
 
   /** `savedSyn`: accepted from a listener with TCP_SAVE_SYN (sockets.ts transparentListener), whose
    *  saved SYN gives both ends' addresses in one system call (synAddresses). */
@@ -156,28 +131,17 @@ export class RawSocket implements UpstreamSocket {
     accepted = true,
     savedSyn = false,
   ) {
+    super();
     _handle.owner = this;
     _handle.onread = onRead;
     _handle.useUserBuffer(readBuffer);
     if (!accepted) return;
-    if (savedSyn && synAddresses(_handle.fd, SYN)) {
-      this.localAddress = SYN.localAddress;
-      this.localPort = SYN.localPort;
-      this.remoteAddress = SYN.remoteAddress;
-      this.remotePort = SYN.remotePort;
-      this.remoteFamily = 'IPv4';
-      return;
-    }
-    const local = LOCAL;
-    const remote = REMOTE;
-    local.address = remote.address = undefined;
-    _handle.getsockname(local);
-    _handle.getpeername(remote);
-    this.localAddress = local.address;
-    this.localPort = local.port;
-    this.remoteAddress = remote.address;
-    this.remotePort = remote.port;
-    this.remoteFamily = remote.family;
+    this.takeAddresses(
+      _handle.fd,
+      savedSyn,
+      () => address(_handle, 'getsockname'),
+      () => address(_handle, 'getpeername'),
+    );
   }
 
   /** A connection to ip:port; 'connect' when it is up, 'error' (then 'close') when it fails or takes
@@ -225,43 +189,6 @@ export class RawSocket implements UpstreamSocket {
     if (this.destroyed) return;
     if (this.writableEnded) this.shutdown();
     if (this.reading) this.readStart();
-  }
-
-  get readyState(): string {
-    return this.connecting ? 'opening' : this.destroyed ? 'closed' : 'open';
-  }
-
-  /** Starts reading (call once the listeners are on). */
-  start(): void {
-    this.resume();
-  }
-
-  /** One listener per event (the pair's): a second one would silently replace it, so it throws. */
-  on(event: string, fn: Listener): this {
-    const f = fn as never;
-    const had =
-      event === 'data'
-        ? this.ondata
-        : event === 'end'
-          ? this.onend
-          : event === 'error'
-            ? this.onerror
-            : event === 'close'
-              ? this.onclose
-              : event === 'drain'
-                ? this.ondrain
-                : event === 'connect'
-                  ? this.onconnect
-                  : undefined;
-    if (had) throw new Error(`RawSocket has a '${event}' listener already`);
-    if (event === 'data') this.ondata = f;
-    else if (event === 'end') this.onend = f;
-    else if (event === 'error') this.onerror = f;
-    else if (event === 'close') this.onclose = f;
-    else if (event === 'drain') this.ondrain = f;
-    else if (event === 'connect') this.onconnect = f;
-    else throw new Error(`RawSocket has no '${event}' event`);
-    return this;
   }
 
   /** Accepted sockets inherit TCP_NODELAY from the listener (sockets.ts); connect()'s set it once up. */
