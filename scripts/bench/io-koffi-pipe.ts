@@ -7,47 +7,32 @@
 // never returns to Node's event loop (SIGTERM ends it).
 // Usage: node --import tsx scripts/bench/io-koffi-pipe.ts LISTEN_IP LISTEN_PORT DST_IP DST_PORT
 import koffi from 'koffi';
+import {
+  AF_INET,
+  EAGAIN,
+  EINPROGRESS,
+  libc,
+  MSG_DONTWAIT,
+  MSG_NOSIGNAL,
+  SO_REUSEADDR,
+  SOCK_CLOEXEC,
+  SOCK_NONBLOCK,
+  SOCK_STREAM,
+  SOL_SOCKET,
+  SOL_TCP,
+  TCP_NODELAY,
+} from '../../shared/src/l7/proxy/libc.ts';
+import { sockaddr } from '../../shared/src/l7/proxy/epoll-addr.ts';
 
 const [listenIp, listenPort, dstIp, dstPort] = process.argv.slice(2);
 
-const AF_INET = 2;
-const SOCK_STREAM = 1;
-const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
-const SOL_SOCKET = 1;
-const SO_REUSEADDR = 2;
-const IPPROTO_TCP = 6;
-const TCP_NODELAY = 1;
 const EPOLL_CTL_ADD = 1;
 const EPOLL_CTL_MOD = 3;
 const EPOLLIN = 0x1;
 const EPOLLOUT = 0x4;
-const EAGAIN = 11;
-const EINPROGRESS = 115;
-
-type Fn = (...args: unknown[]) => number;
-const c = koffi.load('libc.so.6');
-const f = (sig: string) => c.func(sig) as Fn;
-const socket = f('int socket(int, int, int)');
-const setsockopt = f('int setsockopt(int, int, int, _In_ int *, uint32_t)');
-const bind = f('int bind(int, _In_ uint8_t *, uint32_t)');
-const connect = f('int connect(int, _In_ uint8_t *, uint32_t)');
-const listen = f('int listen(int, int)');
-const accept4 = f('int accept4(int, void *, void *, int)');
-const close = f('int close(int)');
-const read = f('long read(int, void *, size_t)');
-const write = f('long write(int, void *, size_t)');
-const epollCreate = f('int epoll_create1(int)');
-const epollCtl = f('int epoll_ctl(int, int, int, void *)');
-const epollWait = f('int epoll_wait(int, void *, int, int)');
-
-function sockaddr(ip: string, port: number): Buffer {
-  const a = Buffer.alloc(16);
-  a.writeUInt16LE(AF_INET, 0);
-  a.writeUInt16BE(port, 2);
-  for (const [i, o] of ip.split('.').entries()) a[4 + i] = Number(o);
-  return a;
-}
+const IPPROTO_TCP = SOL_TCP;
+const { socket, setsockopt, bind, connect, listen, accept4, close, read, epollCreate, epollCtl, epollWait } = libc();
+const write = (fd: number, b: Buffer, n: number) => libc().send(fd, b, n, MSG_DONTWAIT | MSG_NOSIGNAL);
 
 function check(what: string, r: number): number {
   if (r < 0) throw new Error(`${what}: errno ${koffi.errno()}`);

@@ -3,17 +3,10 @@
 // (the same text libuv gives RawSockets: the worker compares it with '127.0.0.1' and '::1'). Accepted
 // IPv4 connections of the transparent listener take theirs from the saved SYN instead (sockets.ts).
 import { Buffer } from 'node:buffer';
-import koffi from 'koffi';
 import { ipBytes } from '../../net/index.ts';
+import { AF_INET, AF_INET6, libc } from './libc.ts';
 
-type Fn = (...args: unknown[]) => number;
-const c = koffi.load('libc.so.6');
-const getsockname = c.func('int getsockname(int fd, void *addr, void *len)') as Fn;
-const getpeername = c.func('int getpeername(int fd, void *addr, void *len)') as Fn;
-const inetNtop = c.func('const char *inet_ntop(int af, void *src, void *dst, uint32_t size)') as (...a: unknown[]) => unknown;
-
-const AF_INET = 2;
-const AF_INET6 = 10;
+const { getsockname, getpeername, inetNtop } = libc();
 const sa = Buffer.alloc(28);
 const saLen = new Uint32Array(1);
 const text = Buffer.alloc(64);

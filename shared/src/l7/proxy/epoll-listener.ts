@@ -5,20 +5,10 @@
 import koffi from 'koffi';
 import { sockaddr, sockaddrAddress } from './epoll-addr.ts';
 import { type EpollHandler, EPOLLIN, unwatch, watch } from './epoll-loop.ts';
-import { EpollSocket, errnoName } from './epoll-socket.ts';
+import { EpollSocket } from './epoll-socket.ts';
+import { EAGAIN, errnoName, libc, SOCK_CLOEXEC, SOCK_NONBLOCK, SOCK_STREAM } from './libc.ts';
 
-type Fn = (...args: unknown[]) => number;
-const c = koffi.load('libc.so.6');
-const accept4 = c.func('int accept4(int fd, void *addr, void *len, int flags)') as Fn;
-const listen = c.func('int listen(int fd, int backlog)') as Fn;
-const socket = c.func('int socket(int domain, int type, int protocol)') as Fn;
-const bind = c.func('int bind(int fd, void *addr, uint32_t len)') as Fn;
-const close = c.func('int close(int fd)') as Fn;
-
-const SOCK_STREAM = 1;
-const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
-const EAGAIN = 11;
+const { accept4, listen, socket, bind, close } = libc();
 /** Connections accepted per readable event at most (the rest on the next wait: level-triggered). */
 const ACCEPT_BATCH = 64;
 

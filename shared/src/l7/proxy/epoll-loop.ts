@@ -15,6 +15,7 @@
 // themselves (uv_walk finds them, uv_timer_get_due_in asks each).
 import { performance } from 'node:perf_hooks'; // not the global accessor: raw-socket.ts says why
 import koffi from 'koffi';
+import { EINTR, libc } from './libc.ts';
 
 type Fn = (...args: unknown[]) => number;
 type PtrFn = (...args: unknown[]) => unknown;
@@ -27,7 +28,6 @@ const EPOLL_CTL_ADD = 1;
 const EPOLL_CTL_DEL = 2;
 const EPOLL_CTL_MOD = 3;
 const EPOLL_CLOEXEC = 0o2000000;
-const EINTR = 4;
 const UV_TIMER = 13;
 /** Our wait never blocks longer than this: a timer handle created after the last walk (or anything
  *  else libuv would run without its fd becoming readable) waits at most this long. */
@@ -41,10 +41,7 @@ export interface EpollHandler {
   onEvents(mask: number): void;
 }
 
-const c = koffi.load('libc.so.6');
-const epollCreate = c.func('int epoll_create1(int flags)') as Fn;
-const epollCtl = c.func('int epoll_ctl(int epfd, int op, int fd, void *event)') as Fn;
-const epollWait = c.func('int epoll_wait(int epfd, void *events, int max, int timeout)') as Fn;
+const { epollCreate, epollCtl, epollWait } = libc();
 
 // libuv, from the running node binary (koffi.load(null): the executable's own exported symbols).
 const self = koffi.load(null as unknown as string);

@@ -4,7 +4,6 @@
 // either unchanged. Its system calls go through koffi to libc: one read per readable event into one
 // shared buffer, a send per write (queued on EAGAIN until the socket is writable again).
 import { Buffer } from 'node:buffer'; // not the global accessor: raw-socket.ts says why
-import { constants as osConstants } from 'node:os';
 import koffi from 'koffi';
 import {
   EPOLLERR,
@@ -19,35 +18,31 @@ import {
   watchAgain,
 } from './epoll-loop.ts';
 import { sockaddr, sockaddrAddress } from './epoll-addr.ts';
+import {
+  EAGAIN,
+  EINPROGRESS,
+  errnoName,
+  ETIMEDOUT,
+  libc,
+  MSG_DONTWAIT,
+  MSG_NOSIGNAL,
+  SO_ERROR,
+  SOCK_CLOEXEC,
+  SOCK_NONBLOCK,
+  SOCK_STREAM,
+  SOL_SOCKET,
+  SOL_TCP,
+  TCP_NODELAY,
+} from './libc.ts';
 import { ProxySocketBase } from './socket-base.ts';
 
-type Fn = (...args: unknown[]) => number;
-const c = koffi.load('libc.so.6');
-const read = c.func('long read(int fd, void *buf, size_t len)') as Fn;
-const send = c.func('long send(int fd, void *buf, size_t len, int flags)') as Fn;
-const shutdown = c.func('int shutdown(int fd, int how)') as Fn;
-const close = c.func('int close(int fd)') as Fn;
-const socket = c.func('int socket(int domain, int type, int protocol)') as Fn;
-const connect = c.func('int connect(int fd, void *addr, uint32_t len)') as Fn;
-const setsockopt = c.func('int setsockopt(int fd, int level, int name, void *value, uint32_t len)') as Fn;
-const getsockopt = c.func('int getsockopt(int fd, int level, int name, void *value, void *len)') as Fn;
+const { read, send, shutdown, close, socket, connect, setsockopt, getsockopt } = libc();
 
-const EAGAIN = 11;
-const EINPROGRESS = 115;
-const ETIMEDOUT = 110;
-const SOCK_STREAM = 1;
-const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
-const SOL_SOCKET = 1;
-const SO_ERROR = 4;
-const SOL_TCP = 6;
-const TCP_NODELAY = 1;
 /** send(): never block, no SIGPIPE (an error comes back as -1). */
-const MSG_FLAGS = 0x40 /* MSG_DONTWAIT */ | 0x4000; /* MSG_NOSIGNAL */
+const MSG_FLAGS = MSG_DONTWAIT | MSG_NOSIGNAL;
 /** write() answers false (wait for 'drain') once this much is queued: RawSocket's answer. */
 const HIGH_WATER = 16 * 1024;
 
-const ERRNO_NAMES = new Map(Object.entries(osConstants.errno).map(([k, v]) => [v, k]));
 const one = new Int32Array([1]);
 const intOut = new Int32Array(1);
 const intLen = new Uint32Array(1);
@@ -306,8 +301,4 @@ function closeIfDone(s: EpollSocket): void {
 
 function emitClose(s: EpollSocket): void {
   s.onclose?.();
-}
-
-export function errnoName(errno: number): string {
-  return ERRNO_NAMES.get(errno) ?? `errno ${errno}`;
 }

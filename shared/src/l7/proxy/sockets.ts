@@ -7,20 +7,27 @@
 
 import { constants as osConstants } from 'node:os';
 import koffi from 'koffi';
+import {
+  AF_INET,
+  AF_INET6,
+  errnoName,
+  libc,
+  MSG_DONTWAIT,
+  MSG_MORE,
+  MSG_NOSIGNAL,
+  SO_REUSEADDR,
+  SO_REUSEPORT,
+  SOCK_CLOEXEC,
+  SOCK_DGRAM,
+  SOCK_NONBLOCK,
+  SOCK_STREAM,
+  SOL_IP,
+  SOL_SOCKET,
+  SOL_TCP,
+  TCP_NODELAY,
+} from './libc.ts';
 import { ipBytes } from '../../net/index.ts';
 
-const AF_INET = 2;
-const AF_INET6 = 10;
-const SOCK_STREAM = 1;
-const SOCK_DGRAM = 2;
-const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
-const SOL_SOCKET = 1;
-const SO_REUSEADDR = 2;
-const SO_REUSEPORT = 15;
-const SOL_IP = 0;
-const SOL_TCP = 6;
-const TCP_NODELAY = 1;
 const TCP_SAVE_SYN = 27;
 const TCP_SAVED_SYN = 28;
 const IP_TRANSPARENT = 19;
@@ -28,27 +35,8 @@ const SOL_IPV6 = 41;
 const IPV6_V6ONLY = 26;
 const IPV6_TRANSPARENT = 75;
 
-type Fn = (...args: unknown[]) => number;
-let libc: { socket: Fn; setsockopt: Fn; getsockopt: Fn; bind: Fn; listen: Fn; close: Fn; shutdown: Fn; send: Fn } | undefined;
-
-function lib() {
-  if (libc) return libc;
-  const c = koffi.load('libc.so.6');
-  libc = {
-    socket: c.func('int socket(int domain, int type, int protocol)') as Fn,
-    setsockopt: c.func('int setsockopt(int fd, int level, int name, _In_ int *value, uint32_t len)') as Fn,
-    // void *: a Buffer or typed array is passed as a pointer to its memory, nothing copied either way.
-    getsockopt: c.func('int getsockopt(int fd, int level, int name, void *value, void *len)') as Fn,
-    bind: c.func('int bind(int fd, _In_ uint8_t *addr, uint32_t len)') as Fn,
-    listen: c.func('int listen(int fd, int backlog)') as Fn,
-    close: c.func('int close(int fd)') as Fn,
-    shutdown: c.func('int shutdown(int fd, int how)') as Fn,
-    send: c.func('long send(int fd, _In_ uint8_t *buf, size_t len, int flags)') as Fn,
-  };
-  return libc;
-}
-
-const ERRNO_NAMES = new Map(Object.entries(osConstants.errno).map(([k, v]) => [v, k]));
+/** setsockopt's int 1 (the calls take a pointer to it). */
+const ONE = new Int32Array([1]);
 
 export class SocketError extends Error {
   constructor(
@@ -56,7 +44,7 @@ export class SocketError extends Error {
     readonly errno: number,
     readonly target: string,
   ) {
-    super(`${op} ${target}: ${ERRNO_NAMES.get(errno) ?? `errno ${errno}`}`);
+    super(`${op} ${target}: ${errnoName(errno)}`);
     this.name = 'SocketError';
   }
 }
@@ -69,14 +57,14 @@ export function transparentListener(family: 4 | 6, port: number, opts: { backlog
   const ip = family === 4 ? '127.0.0.1' : '::1';
   const fd = boundTransparentSocket(SOCK_STREAM, ip, port, opts.reusePort ?? true);
   // Accepted sockets inherit TCP_NODELAY from the listener: no setsockopt per connection.
-  if (lib().setsockopt(fd, SOL_TCP, TCP_NODELAY, [1], 4) < 0) throw closeAfterError(fd, 'setsockopt TCP_NODELAY', ip, port);
+  if (libc().setsockopt(fd, SOL_TCP, TCP_NODELAY, ONE, 4) < 0) throw closeAfterError(fd, 'setsockopt TCP_NODELAY', ip, port);
   // IPv4: the kernel keeps each connection's SYN (its IP and TCP headers) for synAddresses, one system
   // call for both ends' addresses where getsockname and getpeername took two. Not IPv6 (synAddresses
   // reads IPv4 only: an IPv6 address as a string is libuv's to format, and a SYN kept but never read
   // would stay allocated for the connection's life).
-  if (family === 4 && lib().setsockopt(fd, SOL_TCP, TCP_SAVE_SYN, [1], 4) < 0)
+  if (family === 4 && libc().setsockopt(fd, SOL_TCP, TCP_SAVE_SYN, ONE, 4) < 0)
     throw closeAfterError(fd, 'setsockopt TCP_SAVE_SYN', ip, port);
-  if (lib().listen(fd, opts.backlog ?? 4096) < 0) throw closeAfterError(fd, 'listen', ip, port);
+  if (libc().listen(fd, opts.backlog ?? 4096) < 0) throw closeAfterError(fd, 'listen', ip, port);
   return fd;
 }
 
@@ -104,12 +92,12 @@ export function transparentUdpSocket(ip: string, port: number, opts: { reusePort
 /** A transparent socket of `type` bound to `ip:port` (IPv6: v6 only), SO_REUSEADDR and, when asked,
  *  SO_REUSEPORT set; closed again when any step fails (SocketError naming the step and address). */
 function boundTransparentSocket(type: number, ip: string, port: number, reusePort: boolean): number {
-  const c = lib();
+  const c = libc();
   const v6 = ip.includes(':');
   const fd = c.socket(v6 ? AF_INET6 : AF_INET, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) throw new SocketError('socket', koffi.errno(), where(ip, port));
   const opt = (level: number, name: number, what: string) => {
-    if (c.setsockopt(fd, level, name, [1], 4) < 0) throw closeAfterError(fd, `setsockopt ${what}`, ip, port);
+    if (c.setsockopt(fd, level, name, ONE, 4) < 0) throw closeAfterError(fd, `setsockopt ${what}`, ip, port);
   };
   opt(SOL_SOCKET, SO_REUSEADDR, 'SO_REUSEADDR');
   if (reusePort) opt(SOL_SOCKET, SO_REUSEPORT, 'SO_REUSEPORT');
@@ -125,7 +113,7 @@ function boundTransparentSocket(type: number, ip: string, port: number, reusePor
 /** The error of a failed `step` on fd (errno read first), with fd closed. */
 function closeAfterError(fd: number, step: string, ip: string, port: number): SocketError {
   const e = koffi.errno();
-  lib().close(fd);
+  libc().close(fd);
   return new SocketError(step, e, where(ip, port));
 }
 
@@ -140,11 +128,11 @@ const where = (ip: string, port: number) => (ip.includes(':') ? `[${ip}]:${port}
 export function shutdownWriteNow(s: { _handle?: { fd?: number } | null; writableLength: number }): boolean {
   const fd = s._handle?.fd;
   if (typeof fd !== 'number' || fd < 0 || s.writableLength > 0) return false;
-  return lib().shutdown(fd, 1 /* SHUT_WR */) === 0;
+  return libc().shutdown(fd, 1 /* SHUT_WR */) === 0;
 }
 
 /** send() flags of sendHeld: never block, no SIGPIPE (an error comes back as -1), more to come. */
-const MSG_HELD = 0x40 /* MSG_DONTWAIT */ | 0x4000 /* MSG_NOSIGNAL */ | 0x8000; /* MSG_MORE */
+const MSG_HELD = MSG_DONTWAIT | MSG_NOSIGNAL | MSG_MORE;
 
 /**
  * Writes a connection's last bytes with MSG_MORE, on a connected socket with nothing queued in Node:
@@ -160,7 +148,7 @@ const MSG_HELD = 0x40 /* MSG_DONTWAIT */ | 0x4000 /* MSG_NOSIGNAL */ | 0x8000; /
 export function sendHeld(s: { _handle?: { fd?: number } | null; writableLength: number }, b: Buffer): number {
   const fd = s._handle?.fd;
   if (typeof fd !== 'number' || fd < 0 || s.writableLength > 0) return -1;
-  const n = lib().send(fd, b, b.length, MSG_HELD);
+  const n = libc().send(fd, b, b.length, MSG_HELD);
   return n > 0 ? n : -1;
 }
 
@@ -190,7 +178,7 @@ export interface SynAddresses {
  */
 export function synAddresses(fd: number, out: SynAddresses): boolean {
   synLen[0] = syn.length;
-  if (lib().getsockopt(fd, SOL_TCP, TCP_SAVED_SYN, syn, synLen) !== 0) return false;
+  if (libc().getsockopt(fd, SOL_TCP, TCP_SAVED_SYN, syn, synLen) !== 0) return false;
   const len = synLen[0];
   if (len < 40 || syn[0] >> 4 !== 4 || syn[9] !== 6) return false;
   const tcp = (syn[0] & 0xf) * 4;
@@ -213,7 +201,7 @@ function v4Name(n: number): string {
 }
 
 export function closeFd(fd: number): void {
-  lib().close(fd);
+  libc().close(fd);
 }
 
 /** A port free on both loopback addresses, from a range clear of the kernel's ephemeral ports. */
@@ -235,7 +223,7 @@ export function pickProxyPort(isFree: (port: number) => boolean, from = 10000, t
  * worker binding the port at that moment would be refused. A bound socket accepts nothing.
  */
 export function portFree(port: number): boolean {
-  const c = lib();
+  const c = libc();
   const fds: number[] = [];
   try {
     fds.push(boundTransparentSocket(SOCK_STREAM, '127.0.0.1', port, false));
