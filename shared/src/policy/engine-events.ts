@@ -15,6 +15,9 @@ import { PolicyMapSync } from './engine-sync.ts';
 import { AUDIT_METADATA_KEY, type PolicyEngineDeps } from './engine-types.ts';
 import type { PersistedPolicies, PolicyRepository } from './repository.ts';
 
+/** A refused sync that nobody waits on is tried again after this long, doubling up to the max. */
+const SYNC_RETRY_MS = { min: 500, max: 10_000 };
+
 export class PolicyEvents extends PolicyMapSync {
   /** Audit as the endpoint's metadata asked for at creation (an API override wins). */
   protected readonly metaAudit = new Map<string, boolean>();
@@ -26,6 +29,9 @@ export class PolicyEvents extends PolicyMapSync {
   protected started = false;
   private chain: Promise<unknown> = Promise.resolve();
   private remoteSyncQueued = false;
+  private retryTimer?: NodeJS.Timeout;
+  private retryDelay: number;
+  private retriesStopped = false;
 
   protected constructor(
     d: PolicyEngineDeps,
@@ -35,6 +41,7 @@ export class PolicyEvents extends PolicyMapSync {
   ) {
     super(d, identities, repo);
     this.auditOverrides = audit;
+    this.retryDelay = (d.syncRetryMs ?? SYNC_RETRY_MS).min;
   }
 
   /** One change at a time; a failed change does not block the next. */
@@ -87,7 +94,7 @@ export class PolicyEvents extends PolicyMapSync {
       const e = this.endpoints.get(key);
       if (!e || !!e.egressHeld === this.egressHeld.has(key)) return;
       this.endpoints.set(key, { ...e, egressHeld: this.egressHeld.has(key) });
-      if (this.started && !this.held()) this.sync();
+      if (this.started && !this.held()) this.syncOrRetry('egress hold');
     });
   }
 
@@ -118,7 +125,7 @@ export class PolicyEvents extends PolicyMapSync {
       const next = this.d.hostAddresses();
       if (next.slice().sort().join() === this.hostAddrs.slice().sort().join()) return false;
       this.hostAddrs = next;
-      if (this.started) this.sync();
+      if (this.started) this.syncOrRetry('host addresses');
       return true;
     });
   }
@@ -159,7 +166,7 @@ export class PolicyEvents extends PolicyMapSync {
     this.remoteSyncQueued = true;
     return this.serial(() => {
       this.remoteSyncQueued = false;
-      if (this.started) this.sync();
+      if (this.started) this.syncOrRetry("other nodes' endpoints");
     });
   }
 
@@ -168,7 +175,7 @@ export class PolicyEvents extends PolicyMapSync {
     return this.serial(() => {
       if (!this.repo.replace(state)) return false;
       if (this.started) {
-        const stats = this.sync();
+        const stats = this.syncOrRetry('cluster policies');
         this.d.log?.info({ revision: this.repo.revision, ...stats }, 'cluster policies applied');
       }
       return true;
@@ -178,6 +185,48 @@ export class PolicyEvents extends PolicyMapSync {
   /** Identities unheld for the grace period are deleted (called periodically). */
   sweepIdentities(): Promise<number[]> {
     return this.serial(() => this.identities.sweep());
+  }
+
+  // ---- changes nobody waits on ------------------------------------------------------------------
+
+  /** A sync for a change already taken (the cluster's policy set, other nodes' endpoints, host
+   *  addresses, an egress hold) that no caller can be told failed: a refused map write (ENOMEM, say)
+   *  would otherwise leave the maps at the old state until some unrelated change synced them. So it is
+   *  tried again, with back-off, until a sync succeeds. Throws what the sync threw. */
+  protected syncOrRetry(what: string): ApplyStats {
+    try {
+      const stats = this.sync();
+      this.retryDelay = (this.d.syncRetryMs ?? SYNC_RETRY_MS).min;
+      return stats;
+    } catch (err) {
+      this.retryLater(what, err as Error);
+      throw err;
+    }
+  }
+
+  private retryLater(what: string, err: Error): void {
+    if (this.retriesStopped) return;
+    this.d.log?.warn(
+      { err: err.message, change: what, retryInMs: this.retryDelay },
+      'applying a policy change to the maps failed; trying again',
+    );
+    if (this.retryTimer) return;
+    const delay = this.retryDelay;
+    this.retryDelay = Math.min(delay * 2, (this.d.syncRetryMs ?? SYNC_RETRY_MS).max);
+    this.retryTimer = setTimeout(() => {
+      this.retryTimer = undefined;
+      this.serial(() => {
+        if (this.started && !this.held() && !this.retriesStopped) this.syncOrRetry(`retry of ${what}`);
+      }).catch(() => undefined);
+    }, delay);
+    this.retryTimer.unref?.();
+  }
+
+  /** The engine closes: no more tries. */
+  protected stopRetries(): void {
+    this.retriesStopped = true;
+    clearTimeout(this.retryTimer);
+    this.retryTimer = undefined;
   }
 
   // ---- helpers ---------------------------------------------------------------------------------

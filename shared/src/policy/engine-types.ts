@@ -51,6 +51,8 @@ export interface PolicyEngineDeps {
   hostAddresses: () => string[];
   log?: EngineLog;
   identityGraceMs?: number;
+  /** Back-off of the retries of a refused sync nobody waits on (engine-events.ts; default 500 ms to 10 s). */
+  syncRetryMs?: { min: number; max: number };
   /** Where the L7 proxies listen (ports go into the datapath with L7 entries); none: L7 policies are refused. */
   proxyPorts?: () => DesiredInput['proxyPorts'];
   /** Sets up what diverts flows to the proxies (l7/activation.ts). Called before the first change

@@ -83,8 +83,9 @@ export class PolicyEngine extends PolicyEvents {
     );
   }
 
-  /** Stops the parser's worker thread, if one runs. */
+  /** Stops the parser's worker thread, if one runs, and the retries of refused syncs. */
   close(): Promise<void> {
+    this.stopRetries();
     return this.parser.close();
   }
 
