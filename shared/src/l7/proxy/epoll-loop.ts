@@ -1,5 +1,5 @@
 // An epoll loop of the proxy worker's own, through koffi (libc's epoll_wait), for the worker's
-// connections (io.ts: the default; MEMBRANE_L7_WORKER_IO=libuv gives Node's handles instead): every read of a connection through libuv is
+// connections (io.ts, MEMBRANE_L7_WORKER_IO=epoll): every read of a connection through libuv is
 // a C++ -> JavaScript callback with Node's stream_base bookkeeping around it, and a byte pipe on such a
 // loop measured 10 / 7 against 12 / 10 µs CPU per keep-alive request at 10 / 50 connections on libuv
 // handles (scripts/bench/io-koffi-pipe.ts, l7-floor.ts).
