@@ -208,12 +208,6 @@ export class EpollSocket extends ProxySocketBase implements EpollHandler {
     return this;
   }
 
-  /** Destroys it without the 'close' event: for the owner that destroys it and knows (SocketPair). */
-  destroyQuietly(): void {
-    this.onclose = undefined;
-    this.destroy();
-  }
-
   /** errno `err` on a read, write, shutdown or connect: 'error', then closed. */
   fail(err: number): void {
     if (this.destroyed) return;

@@ -290,12 +290,6 @@ export class RawSocket extends ProxySocketBase {
     return this;
   }
 
-  /** Destroys it without the 'close' event: for the owner that destroys it and knows (SocketPair). */
-  destroyQuietly(): void {
-    this.onclose = undefined;
-    this.destroy();
-  }
-
   /** A read, write or shutdown failed with errno `err` (negative): 'error', then closed. */
   fail(err: number): void {
     if (this.destroyed) return;

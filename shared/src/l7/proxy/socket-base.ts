@@ -71,6 +71,12 @@ export abstract class ProxySocketBase implements UpstreamSocket {
     this.remoteFamily = r?.family;
   }
 
+  /** Destroys it without the 'close' event: for the owner that destroys it and knows (SocketPair). */
+  destroyQuietly(): void {
+    this.onclose = undefined;
+    this.destroy();
+  }
+
   get readyState(): string {
     return this.connecting ? 'opening' : this.destroyed ? 'closed' : 'open';
   }
