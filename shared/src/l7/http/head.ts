@@ -49,31 +49,41 @@ function kind(buf: Buffer, at: number, len: number): H {
   }
 }
 
-/** What one pass over the header lines collects. */
+/** What one pass over the header lines collects. One instance, reset per head (scanHeaders is never
+ *  re-entered and its callers copy what they keep): a Scan and an offsets array per message were
+ *  ~500 of the ~4,100 bytes a one-request-per-connection request allocated (l7-alloc.ts). */
 class Scan {
-  /** [nameStart, nameEnd, valueStart, valueEnd] per header line (requests only). */
-  readonly offs: number[] = [];
-  te: string | undefined;
+  te: string | undefined = undefined;
   /** The (last) Content-Length's value when it is 1-15 digits, else -1; its text only when it is not
    *  (for the error): every response with a body has one, and a string per head was a C++ call each. */
   clN = -1;
-  cl: string | undefined;
+  cl: string | undefined = undefined;
   clCount = 0;
   /** The Connection value(s) as a string, made only for a second Connection line (joined with a
    *  comma); a single one is read in place (connVs, connVe: connHas), as almost every message has one
    *  line with one token and a string each was a C++ call per request and per response. */
-  conn: string | undefined;
+  conn: string | undefined = undefined;
   connVs = -1;
   connVe = -1;
   /** The (last) Connection line: its start and the offset after its CRLF; how many there were. */
   connLine = -1;
   connLineEnd = -1;
   connCount = 0;
-  host: string | undefined;
+  host: string | undefined = undefined;
   hostCount = 0;
-  expect: string | undefined;
+  expect: string | undefined = undefined;
   upgrade = false;
+
+  reset(): this {
+    this.te = this.cl = this.conn = this.host = this.expect = undefined;
+    this.clN = this.connVs = this.connVe = this.connLine = this.connLineEnd = -1;
+    this.clCount = this.connCount = this.hostCount = 0;
+    this.upgrade = false;
+    return this;
+  }
 }
+
+const SCAN = new Scan();
 
 const join = (a: string | undefined, b: string) => (a === undefined ? b : `${a},${b}`);
 
@@ -97,7 +107,7 @@ function text(buf: Buffer, from: number, to: number, last: string): string {
 
 /** Header lines from `at` to `end` (the offset of the head's final CRLF): every line ends in CRLF. */
 function scanHeaders(buf: Buffer, at: number, end: number, status: 400 | 502): Scan {
-  const s = new Scan();
+  const s = SCAN.reset();
   let line = at;
   while (line < end) {
     const first = buf[line];
@@ -119,8 +129,6 @@ function scanHeaders(buf: Buffer, at: number, end: number, status: 400 | 502): S
     let ve = j;
     while (vs < ve && (buf[vs] === 32 || buf[vs] === 9)) vs++;
     while (ve > vs && (buf[ve - 1] === 32 || buf[ve - 1] === 9)) ve--;
-    // Only a request's header offsets are read (HeadView, for rules that look at headers).
-    if (status === 400) s.offs.push(line, colon, vs, ve);
     switch (kind(buf, line, colon - line)) {
       case H.OTHER:
         break;
@@ -264,13 +272,39 @@ function framing(s: Scan, minor: number, request: boolean): Framing {
 
 const GET = [71, 69, 84, 32]; // "GET "
 
+/** The header lines in buf[at, end) (validated by scanHeaders: each "name:value" ends in CRLF), as
+ *  lower-cased names or as values without surrounding whitespace. Only rules that test headers and
+ *  header rewrites ask, so the lines are found again then rather than their offsets kept per request. */
+function headerTexts(buf: Buffer, at: number, end: number, names: boolean): string[] {
+  const out: string[] = [];
+  let line = at;
+  while (line < end) {
+    let colon = line;
+    while (buf[colon] !== 58 /* : */) colon++;
+    let j = colon + 1;
+    while (buf[j] !== 13) j++;
+    if (names) out.push(buf.toString('latin1', line, colon).toLowerCase());
+    else {
+      let vs = colon + 1;
+      let ve = j;
+      while (vs < ve && (buf[vs] === 32 || buf[vs] === 9)) vs++;
+      while (ve > vs && (buf[ve - 1] === 32 || buf[ve - 1] === 9)) ve--;
+      out.push(buf.toString('latin1', vs, ve));
+    }
+    line = j + 2;
+  }
+  return out;
+}
+
 class ParsedRequest implements RequestHead {
   private n?: string[];
   private v?: string[];
 
   constructor(
     private readonly buf: Buffer,
-    private readonly offs: number[],
+    /** The header lines: buf[hs, he). */
+    private readonly hs: number,
+    private readonly he: number,
     readonly method: string,
     readonly target: string,
     readonly minor: 0 | 1,
@@ -287,20 +321,11 @@ class ParsedRequest implements RequestHead {
 
   /** Built on first use, from the chunk the head came in: ask while that chunk is being processed. */
   get names(): string[] {
-    if (!this.n) {
-      this.n = [];
-      for (let i = 0; i < this.offs.length; i += 4)
-        this.n.push(this.buf.toString('latin1', this.offs[i], this.offs[i + 1]).toLowerCase());
-    }
-    return this.n;
+    return (this.n ??= headerTexts(this.buf, this.hs, this.he, true));
   }
 
   get values(): string[] {
-    if (!this.v) {
-      this.v = [];
-      for (let i = 0; i < this.offs.length; i += 4) this.v.push(this.buf.toString('latin1', this.offs[i + 2], this.offs[i + 3]));
-    }
-    return this.v;
+    return (this.v ??= headerTexts(this.buf, this.hs, this.he, false));
   }
 }
 
@@ -334,7 +359,8 @@ export function parseRequestHead(buf: Buffer, start: number, headEnd: number): R
   const closeOnly = minor === 1 && s.connCount === 1 && is(buf, s.connVs, s.connVe - s.connVs, 'close');
   return new ParsedRequest(
     buf,
-    s.offs,
+    i + 10,
+    end,
     method,
     target,
     minor,
@@ -364,8 +390,16 @@ function isVersion(buf: Buffer, i: number): boolean {
   );
 }
 
-/** A response head; the request it answers decides whether a body can follow (RFC 9112 6.3). */
-export function parseResponseHead(buf: Buffer, start: number, headEnd: number, requestMethod: string): ResponseHead {
+/** A response head; the request it answers decides whether a body can follow (RFC 9112 6.3). `out`,
+ *  when given, is filled in and returned instead of a new object (the framer's one, reused: this runs
+ *  for every response). */
+export function parseResponseHead(
+  buf: Buffer,
+  start: number,
+  headEnd: number,
+  requestMethod: string,
+  out?: ResponseHead,
+): ResponseHead {
   const end = headEnd - 2;
   const i = start;
   // "HTTP/1.x DDD" then " reason" or nothing, then CRLF
@@ -391,5 +425,20 @@ export function parseResponseHead(buf: Buffer, start: number, headEnd: number, r
   const noBody =
     requestMethod === 'HEAD' || status < 200 || status === 204 || status === 304 || (requestMethod === 'CONNECT' && status < 300);
   const f = noBody ? NO_BODY : framing(s, minor, false);
-  return { status, minor: minor as 0 | 1, keepAlive, headLength: headEnd - start, body: f.body, contentLength: f.contentLength };
+  if (!out)
+    return {
+      status,
+      minor: minor as 0 | 1,
+      keepAlive,
+      headLength: headEnd - start,
+      body: f.body,
+      contentLength: f.contentLength,
+    };
+  out.status = status;
+  out.minor = minor as 0 | 1;
+  out.keepAlive = keepAlive;
+  out.headLength = headEnd - start;
+  out.body = f.body;
+  out.contentLength = f.contentLength;
+  return out;
 }

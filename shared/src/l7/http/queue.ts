@@ -13,7 +13,7 @@ export interface Pending {
   switching: boolean;
   closeAfter: boolean;
   /** The client's "Connection: close" was not passed on (upstream reuse): its response gets one. */
-  closeDropped?: boolean;
+  closeDropped: boolean;
   /** The request (its body included) has been read; a local answer waits for this, so a client
    *  still sending a denied body is not answered mid-send (HTTP clients then drop the connection). */
   complete: boolean;
@@ -34,7 +34,15 @@ export function requestSlot(head: RequestHead, o: { decide: Decide }): Pending {
     local = deniedResponse(head.method, closeAfter);
     x.localReason = 'denied';
   }
-  return { x, local, switching, closeAfter, complete: head.body === 'none' || (closeAfter && head.expectContinue) };
+  // Every field in the literal (closeDropped too): one shape for every slot, no property added later.
+  return {
+    x,
+    local,
+    switching,
+    closeAfter,
+    closeDropped: false,
+    complete: head.body === 'none' || (closeAfter && head.expectContinue),
+  };
 }
 
 /** The slot of a request the proxy cannot read safely: answered with the error, then the connection ends. */
@@ -43,7 +51,7 @@ export function badRequestSlot(e: unknown): Pending {
   const x = startExchange('', '', '', 1, { allowed: false, edits: [] });
   x.localReason = 'bad-request';
   const local = errorResponse(err.status === 502 ? 400 : err.status, err.message);
-  return { x, local, switching: false, closeAfter: true, complete: true };
+  return { x, local, switching: false, closeAfter: true, closeDropped: false, complete: true };
 }
 
 export class ResponseQueue {

@@ -112,11 +112,16 @@ export class RequestFramer {
               this.host.toUpstream(rewriteHead(buf, i, end, p.x.verdict.edits));
               this.fwd = end;
             } else if (dropClose) {
-              // One write (one segment to the server), as the unchanged head would be.
+              // The line goes in place: the head's bytes before it move up over it (the chunk is this
+              // connection's own, and none of those bytes were handed on yet), so the head and what
+              // follows it stay one range, one write, as the unchanged head would be; no new buffer
+              // (a Buffer.concat of two views was ~540 of the ~4,100 bytes a one-request-per-connection
+              // request allocated, l7-alloc.ts).
               p.closeDropped = true;
               this.cut(buf, i);
-              this.host.toUpstream(Buffer.concat([buf.subarray(i, head.closeLine), buf.subarray(head.closeLineEnd, end)]));
-              this.fwd = end;
+              const gap = head.closeLineEnd - head.closeLine;
+              buf.copyWithin(i + gap, i, head.closeLine);
+              this.fwd = i + gap;
             } else if (this.fwd < 0) this.fwd = i;
           } else {
             this.cut(buf, i);

@@ -4,7 +4,7 @@
 // is put back into the head of its response. Queueing and ending are the connection's (connection.ts).
 import { Buffer } from 'node:buffer'; // not the global accessor: proxy/raw-socket.ts says why
 import { answered } from './exchange.ts';
-import { BodyScanner, HttpParseError, findHeadEnd, parseResponseHead } from './parse.ts';
+import { BodyScanner, HttpParseError, findHeadEnd, parseResponseHead, type ResponseHead } from './parse.ts';
 import type { Pending } from './queue.ts';
 
 export const enum Rs {
@@ -46,6 +46,8 @@ export class ResponseFramer {
    *  the next cut writes the head with it and the bytes after it as one new buffer (one request per
    *  connection: every response), not a new head and then a second copy joining it to the rest. */
   private closeAt = -1;
+  /** The head being handled, filled in by parseResponseHead (read only before the next one). */
+  private readonly head: ResponseHead = { status: 0, minor: 1, keepAlive: true, headLength: 0, body: 'none', contentLength: 0 };
 
   constructor(private readonly host: ResponseHost) {}
 
@@ -101,7 +103,7 @@ export class ResponseFramer {
             this.carry = buf.subarray(i);
             return;
           }
-          const head = parseResponseHead(buf, i, end, p.x.method);
+          const head = parseResponseHead(buf, i, end, p.x.method, this.head);
           if (this.fwd < 0) this.fwd = i;
           i = end;
           if (head.status < 200 && head.status !== 101) break; // interim (100 Continue...): the final one follows
