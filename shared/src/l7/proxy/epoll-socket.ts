@@ -58,11 +58,16 @@ export class EpollSocket extends ProxySocketBase implements EpollHandler {
   private queue: Buffer[] = [];
   /** The epoll mask asked for; -1: out of the set (hung up while not reading: park()). */
   private interest = 0;
+  /** The fd is closed already (or never was open): never close its number again, another socket may
+   *  have it by now. */
+  private fdClosed = false;
   /** What sockets.ts's sendHeld and shutdownWriteNow use of a socket: its fd. */
   readonly _handle: { fd: number };
 
   /** `accepted`: from a listener (its addresses are read now: from the saved SYN when `savedSyn`, as
-   *  sockets.ts's transparentListener keeps them, otherwise getsockname/getpeername). */
+   *  sockets.ts's transparentListener keeps them, otherwise getsockname/getpeername). Never throws: a
+   *  socket that cannot be watched (or an fd < 0, -errno: socket() failed) closes what it has and fails
+   *  a turn later, 'error' naming the call and errno, then 'close', as a refused connect does. */
   constructor(
     readonly fd: number,
     accepted = true,
@@ -70,10 +75,12 @@ export class EpollSocket extends ProxySocketBase implements EpollHandler {
   ) {
     super();
     this._handle = { fd };
-    const err = watch(fd, 0, this);
+    const err = fd < 0 ? fd : watch(fd, 0, this);
     if (err) {
-      close(fd);
-      throw new Error(`epoll_ctl ${fd}: ${errnoName(-err)}`);
+      if (fd >= 0) close(fd);
+      this.fdClosed = true;
+      process.nextTick(() => this.fail(-err, fd < 0 ? 'socket' : `epoll_ctl fd ${fd}`)); // listeners first
+      return;
     }
     if (!accepted) return;
     this.takeAddresses(
@@ -85,27 +92,28 @@ export class EpollSocket extends ProxySocketBase implements EpollHandler {
   }
 
   /** A connection to ip:port: 'connect' once up, 'error' (then 'close') when it fails or takes longer
-   *  than timeoutMs. Writes and end() before that are queued; reading starts once it is up. */
+   *  than timeoutMs. Writes and end() before that are queued; reading starts once it is up. Never
+   *  throws: out of fds (EMFILE) is an 'error' a turn later, which the pair answers with a 502. */
   static connect(ip: string, port: number, timeoutMs: number): EpollSocket {
     const sa = sockaddr(ip, port);
     const fd = socket(sa.readUInt16LE(0), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) throw new Error(`socket: ${errnoName(koffi.errno())}`);
-    const s = new EpollSocket(fd, false);
+    const s = new EpollSocket(fd < 0 ? -koffi.errno() : fd, false);
     s.connecting = true;
     s.reading = true; // read once connected, as a net.Socket with a 'data' listener does
+    if (s.fdClosed) return s;
     if (connect(fd, sa, sa.length) < 0 && koffi.errno() !== EINPROGRESS) {
       const e = koffi.errno();
-      process.nextTick(() => s.fail(e)); // the caller adds its listeners first
+      process.nextTick(() => s.fail(e, `connect ${ip}:${port}`)); // the caller adds its listeners first
       return s;
     }
-    s.connectTimer = setTimeout(() => s.fail(ETIMEDOUT), timeoutMs);
+    s.connectTimer = setTimeout(() => s.fail(ETIMEDOUT, `connect ${ip}:${port}`), timeoutMs);
     s.update();
     return s;
   }
 
   /** Accepted sockets inherit TCP_NODELAY from the listener; a connecting one takes it before it is up. */
   setNoDelay(on = true): this {
-    if (on && !this.destroyed) setsockopt(this.fd, SOL_TCP, TCP_NODELAY, one, 4);
+    if (on && !this.destroyed && !this.fdClosed) setsockopt(this.fd, SOL_TCP, TCP_NODELAY, one, 4);
     return this;
   }
 
@@ -200,26 +208,41 @@ export class EpollSocket extends ProxySocketBase implements EpollHandler {
     this.destroyed = true;
     this.reading = false;
     clearTimeout(this.connectTimer);
-    unwatch(this.fd, this);
-    close(this.fd); // also out of the epoll set
+    if (!this.fdClosed) {
+      this.fdClosed = true;
+      unwatch(this.fd, this);
+      close(this.fd); // also out of the epoll set
+    }
     this.queue = [];
     // 'close' a turn later, as net.Socket and RawSocket emit it; none without a listener.
     if (this.onclose) process.nextTick(emitClose, this);
     return this;
   }
 
-  /** errno `err` on a read, write, shutdown or connect: 'error', then closed. */
-  fail(err: number): void {
+  /** errno `err` on a read, write, shutdown or connect (`call`: which, when not one of those on the
+   *  connection's own fd): 'error', then closed. */
+  fail(err: number, call?: string): void {
     if (this.destroyed) return;
     const name = errnoName(err);
-    const e = Object.assign(new Error(`socket error ${name}`), { code: name, errno: -err });
+    const e = Object.assign(new Error(`socket error ${name}${call ? ` (${call})` : ''}`), { code: name, errno: -err });
     this.destroy();
     this.onerror?.(e);
   }
 
   // ---- the loop's side ---------------------------------------------------------------------------
 
+  /** A listener that throws closes this connection (fail closed: no fd left behind whatever the
+   *  process does with the exception) and the exception goes on to the loop. */
   onEvents(mask: number): void {
+    try {
+      this.dispatch(mask);
+    } catch (e) {
+      this.destroy();
+      throw e;
+    }
+  }
+
+  private dispatch(mask: number): void {
     if (this.connecting) {
       if (mask & (EPOLLOUT | EPOLLERR | EPOLLHUP)) this.connected();
       return;
@@ -278,7 +301,7 @@ export class EpollSocket extends ProxySocketBase implements EpollHandler {
 
   /** The epoll mask this socket's state asks for, given to the loop when it changed. */
   private update(): void {
-    if (this.destroyed) return;
+    if (this.destroyed || this.fdClosed) return;
     let want = 0;
     if (this.connecting || this.queue.length) want |= EPOLLOUT;
     if (this.reading && !this.readableEnded && !this.connecting) want |= EPOLLIN;
