@@ -150,7 +150,9 @@ t.test(
     await waitFor('the idle upstream connection to expire', async () => (fds() < warm ? true : undefined), 20_000);
     const base = fds();
     const soft = softLimit();
-    t.teardown(() => execFileSync('prlimit', ['--pid', String(worker), `--nofile=${soft}:`]));
+    t.teardown(() => {
+      if (fs.existsSync(`/proc/${worker}`)) execFileSync('prlimit', ['--pid', String(worker), `--nofile=${soft}:`]);
+    });
     // One fd left: the client's connection is accepted, the upstream connection cannot be made.
     leaveFree(1);
     const one = await get('/one');
