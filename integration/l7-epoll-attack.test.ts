@@ -84,11 +84,11 @@ const samePid = async () => (await l7Status(cast.agent.client)).workers[0].pid;
 t.test('resets, half-closes and hang-ups from both sides: answered, closed, and no fd left', async (t) => {
   t.equal((await get('/warm')).status, 200);
   const base = fds();
-  const [tally] = await runClient(cast.pods.client.ns, ['storm', cast.pods.web.ip4, '200']);
+  const [tally] = await runClient(cast.pods.client.ns, ['storm', cast.pods.web.ip4, '240']);
   t.same(
     tally,
-    { '0:closed': 40, '1:closed': 40, '2:answered': 40, '3:cut': 40, '4:closed': 40 },
-    '200 connections: each ended; after a half-close the whole answer came; a server reset cut the answer short',
+    { '0:closed': 40, '1:closed': 40, '2:answered': 40, '3:cut': 40, '4:closed': 40, '5:closed': 40 },
+    '240 connections: each ended; after a half-close the whole answer came; a server reset cut the answer short',
   );
   t.equal(await samePid(), worker, 'the worker is still the same process');
   t.equal((await get('/after')).status, 200, 'and proxies the next request');

@@ -5,12 +5,17 @@ import { type ChildProcess, spawn } from 'node:child_process';
 import type { TestNetns } from './netns.ts';
 
 /** GET /big/<n>: n bytes (printing "sent <bytes>" each time the socket is full); GET /rst/<x>: 64 KiB
- *  of a 1 MiB answer, then a reset; anything else: "ok:<url>". Idle connections close after 500 ms. */
+ *  of a 1 MiB answer at once, then a reset (while a request body may still come); anything else: "ok:<url>". Idle connections close after 500 ms. */
 export const SERVER = `
 const http = require('node:http');
 const chunk = Buffer.alloc(65536, 120);
 const srv = http.createServer((req, res) => {
   req.resume();
+  if (req.url.startsWith('/rst/')) {
+    res.writeHead(200, { 'content-length': 1048576 });
+    res.write(chunk, () => req.socket.resetAndDestroy()); // before the request's body is in, if any
+    return;
+  }
   req.on('end', () => {
     const u = req.url;
     if (u.startsWith('/big/')) {
@@ -26,9 +31,6 @@ const srv = http.createServer((req, res) => {
         res.end();
       };
       more();
-    } else if (u.startsWith('/rst/')) {
-      res.writeHead(200, { 'content-length': 1048576 });
-      res.write(chunk, () => req.socket.resetAndDestroy());
     } else res.end('ok:' + u);
   });
 });
@@ -38,7 +40,7 @@ srv.listen(80, '0.0.0.0', () => console.log('listening'));
 
 /** Modes (argv: mode, ip, ...):
  *  get <path> [half]: one request (half: then shut the write side), prints {status, bytes, complete, how}.
- *  storm <n>: n connections, 10 at a time, each one of five abuses (see below), prints the tallies.
+ *  storm <n>: n connections, 10 at a time, each one of six abuses (see below), prints the tallies.
  *  hold <n> [req]: n connections (req: each sends a keep-alive GET /hold and waits for its answer),
  *    prints {held, statuses} once all are up (and answered); closes them all when stdin ends.
  *  noread <path>: sends the request and never reads; prints {sent: true}; closes when stdin ends.
@@ -84,6 +86,13 @@ const abuses = [
   () => conn((c) => c.write(req('/rst/x'))),
   // 4: a reset before sending anything
   () => conn((c) => c.resetAndDestroy()),
+  // 5: the server answers and resets while the request's body (4 MiB) is still coming
+  () => conn((c) => {
+    c.write('GET /rst/body HTTP/1.1\\r\\nHost: web\\r\\nContent-Length: 4194304\\r\\n\\r\\n');
+    let left = 4194304;
+    const more = () => { while (left > 0 && !c.destroyed) { left -= 65536; if (!c.write(Buffer.alloc(65536, 122))) return c.once('drain', more); } };
+    more();
+  }),
 ];
 async function storm(n) {
   const tally = {};
