@@ -59,7 +59,7 @@ backend.on('upgrade', (_req, socket) => {
 
 let backendPort = 0;
 let upstreamPort = 0; // where the proxy connects (backendPort, or a closed port in one test)
-// Both sockets as the proxy workers have them: RawSockets (the default), or EpollSockets with MEMBRANE_L7_WORKER_IO=epoll
+// Both sockets as the proxy workers have them: EpollSockets (the default), or RawSockets with MEMBRANE_L7_WORKER_IO=libuv
 // (proxy/io.ts; the upstream-pool test runs the same connection over net.Sockets).
 const proxied = new Set<ProxySocket>();
 let proxy: ReturnType<typeof workerIo.bind> | undefined;

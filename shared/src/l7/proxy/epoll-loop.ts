@@ -1,5 +1,5 @@
 // An epoll loop of the proxy worker's own, through koffi (libc's epoll_wait), for the worker's
-// connections (io.ts, MEMBRANE_L7_WORKER_IO=epoll): every read of a connection through libuv is
+// connections (io.ts: the default; MEMBRANE_L7_WORKER_IO=libuv for libuv's handles): every read of a connection through libuv is
 // a C++ -> JavaScript callback with Node's stream_base bookkeeping around it, and a byte pipe on such a
 // loop measured 10 / 7 against 12 / 10 µs CPU per keep-alive request at 10 / 50 connections on libuv
 // handles (scripts/bench/io-koffi-pipe.ts, l7-floor.ts).
@@ -10,15 +10,11 @@
 // our sockets' events inline; when libuv's fd is readable (its sockets, signals, thread-pool
 // completions), or its next timer is due, it returns to Node, whose next turn then polls without
 // blocking (the setImmediate that re-enters is pending) and runs what is due before we block again.
-// libuv's uv_backend_timeout cannot give the timer's deadline from inside an immediate (Node's idle
-// handle is active then: it answers 0), so the deadline comes from the loop's timer handles
-// themselves (uv_walk finds them, uv_timer_get_due_in asks each).
+// When libuv's next timer is due comes from uv-loop.ts, at every entry.
 import { performance } from 'node:perf_hooks'; // not the global accessor: raw-socket.ts says why
 import koffi from 'koffi';
 import { EINTR, libc } from './libc.ts';
-
-type Fn = (...args: unknown[]) => number;
-type PtrFn = (...args: unknown[]) => unknown;
+import { backendFd, nextTimerDueIn } from './uv-loop.ts';
 
 export const EPOLLIN = 0x1;
 export const EPOLLOUT = 0x4;
@@ -28,7 +24,6 @@ const EPOLL_CTL_ADD = 1;
 const EPOLL_CTL_DEL = 2;
 const EPOLL_CTL_MOD = 3;
 const EPOLL_CLOEXEC = 0o2000000;
-const UV_TIMER = 13;
 /** Our wait never blocks longer than this: a timer handle created after the last walk (or anything
  *  else libuv would run without its fd becoming readable) waits at most this long. */
 const MAX_WAIT_MS = 250;
@@ -43,17 +38,6 @@ export interface EpollHandler {
 
 const { epollCreate, epollCtl, epollWait } = libc();
 
-// libuv, from the running node binary (koffi.load(null): the executable's own exported symbols).
-const self = koffi.load(null as unknown as string);
-const UvWalkCb = koffi.proto('void uv_walk_cb(void *handle, void *arg)');
-const uvDefaultLoop = self.func('void *uv_default_loop()') as PtrFn;
-const uvBackendFd = self.func('int uv_backend_fd(void *loop)') as Fn;
-const uvUpdateTime = self.func('void uv_update_time(void *loop)') as Fn;
-const uvWalk = self.func('void uv_walk(void *loop, uv_walk_cb *cb, void *arg)') as Fn;
-const uvHandleType = self.func('int uv_handle_get_type(void *handle)') as Fn;
-const uvIsActive = self.func('int uv_is_active(void *handle)') as Fn;
-const uvTimerDueIn = self.func('uint64_t uv_timer_get_due_in(void *handle)') as Fn;
-
 /** struct epoll_event is packed on x86-64: u32 events, u64 data (here: fd, then the generation). */
 const ctlEvent = new Uint32Array(3);
 const events = new Uint32Array(3 * MAX_EVENTS);
@@ -61,15 +45,13 @@ const handlers: (EpollHandler | undefined)[] = [];
 let watched = 0;
 let nextGen = 1;
 /** Made by the first watch(): a worker on libuv (io.ts) loads this module and never uses it. */
-let uvLoop: unknown;
 let ep = -1;
 let uvFd = -1;
 
 function init(): void {
-  uvLoop = uvDefaultLoop();
   ep = epollCreate(EPOLL_CLOEXEC);
   if (ep < 0) throw new Error(`epoll_create1: errno ${koffi.errno()}`);
-  uvFd = uvBackendFd(uvLoop);
+  uvFd = backendFd();
   if (ctl(EPOLL_CTL_ADD, uvFd, EPOLLIN, 0) < 0) throw new Error(`epoll_ctl libuv fd: errno ${koffi.errno()}`);
 }
 
@@ -120,12 +102,6 @@ function ctl(op: number, fd: number, mask: number, gen: number): number {
 // ---- running beside Node's event loop ------------------------------------------------------------
 
 let running = false;
-/** libuv's timer handles (Node has one for all JavaScript timers), found by walking the loop's handles. */
-let timers: unknown[] = [];
-let walkedAt = -Infinity;
-const onWalk = koffi.register((handle: unknown) => {
-  if (uvHandleType(handle) === UV_TIMER) timers.push(handle);
-}, koffi.pointer(UvWalkCb));
 /** Node's queue of process.nextTick callbacks and promise jobs, run after each batch of events (Node
  *  runs them after every callback it makes into JavaScript; ours are all inside one). */
 const runTicks = (process as unknown as { _tickCallback: () => void })._tickCallback;
@@ -135,26 +111,13 @@ function start(): void {
   setImmediate(run);
 }
 
-/** When libuv's next timer is due (performance.now() ms; Infinity: none active). */
-function nextTimer(now: number): number {
-  if (now - walkedAt > 1000) {
-    timers = [];
-    uvWalk(uvLoop, onWalk, null);
-    walkedAt = now;
-  }
-  uvUpdateTime(uvLoop);
-  let due = Infinity;
-  for (const t of timers) if (uvIsActive(t)) due = Math.min(due, Number(uvTimerDueIn(t)));
-  return now + due;
-}
-
 /** The loop (a check-phase callback): our sockets' events until libuv has something to run. */
 function run(): void {
   if (!watched) {
     running = false; // nothing of ours: Node's own loop alone, until a socket is watched again
     return;
   }
-  const deadline = nextTimer(performance.now());
+  const deadline = performance.now() + nextTimerDueIn();
   for (;;) {
     const left = deadline - performance.now();
     if (left <= 0) break;

@@ -1,12 +1,11 @@
-// Which I/O layer the proxy worker's connections use: Node's libuv TCP handles (raw-socket.ts,
-// raw-listener.ts; the default) or the worker's own koffi epoll loop (epoll-*.ts) with
-// MEMBRANE_L7_WORKER_IO=epoll. Why epoll: libuv's callback per read costs a request CPU (epoll-loop.ts
-// says how much); a quiet same-run A/B (bench:l7:ab, 6 rounds, load 1.7-3.2) put the epoll worker's CPU
-// per request at 0.88x / 0.83x libuv's at 50 connections (keep-alive / one request per connection) and
-// 1.09x / 0.85x at 10. Why not the default: with it, l7-restart's "a worker that reconnects late to a
-// restarted agent is adopted, not doubled" failed in 2 of 9 runs under load (a second worker started
-// for an index whose stopped worker was still alive); not understood yet. Read once, at start: the
-// agent's environment reaches its workers.
+// Which I/O layer the proxy worker's connections use: the worker's own koffi epoll loop (epoll-*.ts; the
+// default) or Node's libuv TCP handles (raw-socket.ts, raw-listener.ts) with MEMBRANE_L7_WORKER_IO=libuv.
+// Why epoll: libuv's callback per read costs a request CPU (epoll-loop.ts says how much); a quiet
+// same-run A/B (bench:l7:ab, 6 rounds, load 1.7-3.2) put the epoll worker's CPU per request at 0.88x /
+// 0.83x libuv's at 50 connections (keep-alive / one request per connection) and 1.09x / 0.85x at 10,
+// and bench:l7 met every goal of issue 14 with it (README). libuv stays for comparison (bench:l7:ab)
+// and as a way out should the epoll loop misbehave on some node. Read once, at start: the agent's
+// environment reaches its workers.
 import type { UpstreamSocket } from '../http/socket.ts';
 import { EpollListener } from './epoll-listener.ts';
 import { EpollSocket } from './epoll-socket.ts';
@@ -54,4 +53,4 @@ const epoll: WorkerIo = {
   connect: (ip, port, timeoutMs) => EpollSocket.connect(ip, port, timeoutMs),
 };
 
-export const workerIo: WorkerIo = process.env.MEMBRANE_L7_WORKER_IO === 'epoll' ? epoll : libuv;
+export const workerIo: WorkerIo = process.env.MEMBRANE_L7_WORKER_IO === 'libuv' ? libuv : epoll;
