@@ -84,7 +84,13 @@ export class EpollListener implements EpollHandler {
       const fd = accept4(this.fd, null, null, SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd >= 0) {
         this.failing = false;
-        this.onConnection(new EpollSocket(fd, true, this.savedSyn));
+        const s = new EpollSocket(fd, true, this.savedSyn);
+        try {
+          this.onConnection(s);
+        } catch (e) {
+          s.destroy(); // fail closed: nobody holds it
+          throw e;
+        }
       } else {
         const e = koffi.errno();
         if (e === EAGAIN) return;
