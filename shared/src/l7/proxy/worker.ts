@@ -241,7 +241,20 @@ export class ProxyWorker {
   }
 
   private sendStats(): void {
-    this.send({ t: 'stats', ...this.stats, rssBytes: process.memoryUsage.rss() });
+    this.send({ t: 'stats', ...this.stats, rssBytes: this.rss() });
+  }
+
+  private lastRss = 0;
+  /** The resident size, or the last one read: Node reads it from /proc/self/stat, which takes an fd, and
+   *  a worker out of fds (a flood of connections: integration/l7-epoll-attack.test.ts) got EMFILE thrown
+   *  and exited as crashed, every connection with it. */
+  private rss(): number {
+    try {
+      this.lastRss = process.memoryUsage.rss();
+    } catch {
+      /* out of fds: the last one read */
+    }
+    return this.lastRss;
   }
 
   // ---- stopping ----------------------------------------------------------------------------------
