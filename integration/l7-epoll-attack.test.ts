@@ -1,5 +1,5 @@
 // The L7 proxy worker's sockets attacked with real connections from a pod (root), whichever I/O layer
-// the worker runs (MEMBRANE_L7_WORKER_IO; run it with epoll and without): fd exhaustion (the worker's
+// the worker runs (the default, epoll; and MEMBRANE_L7_WORKER_IO=libuv): fd exhaustion (the worker's
 // RLIMIT_NOFILE lowered under it), resets from the client and from the server before, during and
 // after requests, half-closes, a client that never reads a large answer, and one that trickles its
 // headers. The worker must neither die nor spin, leak no fd, stay bounded in memory, and serve the
