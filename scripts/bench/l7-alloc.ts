@@ -15,6 +15,12 @@
 // give 109; close only: the request's "Connection: close" cut out (request-framing.ts consume:
 // Buffer.concat of two subarrays, 256 + 191 + 97) and the response's "connection: close" added
 // (response-framing.ts consume: a copy, 196 + 99), ~840 bytes, a fifth of the close path's.
+// 07:20-07:34 with MEMBRANE_L7_WORKER_IO=epoll (load 6-10): 4c0aa57's worker close 3,942, keep-alive
+// 1,596; after 5e24105 (head.ts's one Scan, no offsets array; "Connection: close" dropped in place)
+// 3,098 and 1,008; after the next commit (one-slot arrays for the response queue and the replay list,
+// the pool's entries as two arrays, the added close line copied without views, framing's LENGTH
+// reused) 2,590 and 994. What is left at close is mostly accept (worker.ts, ~730) and the epoll
+// socket's reads (onEvents, ~360 twice), then requestSlot's exchange, slot and view (~280).
 import fs from 'node:fs';
 import os from 'node:os';
 import { startL7World } from './l7-world.ts';

@@ -244,6 +244,8 @@ function framingError(request: boolean, status: 400 | 501, msg: string): HttpPar
 const NO_BODY: Framing = { body: 'none', contentLength: 0 };
 const CHUNKED: Framing = { body: 'chunked', contentLength: -1 };
 const UNTIL_CLOSE: Framing = { body: 'close', contentLength: -1 };
+/** Reused: framing()'s callers copy its fields at once (an object per response with a body, else). */
+const LENGTH: Framing = { body: 'length', contentLength: 0 };
 
 /** Transfer-Encoding and Content-Length -> framing; `request` applies the stricter request rules.
  *  (No closures in the per-message functions: each would cost an allocation per message.) */
@@ -265,7 +267,9 @@ function framing(s: Scan, minor: number, request: boolean): Framing {
   if (s.clCount) {
     const n = s.clN;
     if (n < 0) throw framingError(request, 400, `Content-Length ${JSON.stringify((s.cl ?? '').slice(0, 30))} is not a number`);
-    return n === 0 ? NO_BODY : { body: 'length', contentLength: n };
+    if (n === 0) return NO_BODY;
+    LENGTH.contentLength = n;
+    return LENGTH;
   }
   return request ? NO_BODY : UNTIL_CLOSE;
 }

@@ -50,6 +50,10 @@ export interface UpstreamReuse {
 
 /** Bytes sent on a reused upstream connection kept for a replay (REPLAY_MAX: no replay). */
 const REPLAY_MAX = 16 * 1024;
+/** `replay` of a reused upstream nothing was sent on yet: the first write makes a one-element array
+ *  (an empty one grows to 17 slots on its first push: ~150 bytes per one-request connection). Never
+ *  written to. */
+const NOTHING_SENT: Buffer[] = Object.freeze([]) as unknown as Buffer[];
 
 /** The pair a client socket belongs to: its listeners are the same five functions for every socket
  *  (no closures per connection), each calling on the socket's pair. */
@@ -143,7 +147,7 @@ export class SocketPair implements UpstreamHolder {
     if (idle) {
       this.attach(idle);
       this.upstreamConnected = true;
-      this.replay = [];
+      this.replay = NOTHING_SENT;
       this.replayBytes = 0;
     } else {
       this.attach(this.opener.connect());
@@ -233,6 +237,7 @@ export class SocketPair implements UpstreamHolder {
     if (this.replay) {
       this.replayBytes += b.length;
       if (this.replayBytes > REPLAY_MAX) this.replay = undefined;
+      else if (this.replay === NOTHING_SENT) this.replay = [b];
       else this.replay.push(b);
     }
     if (!this.upstream.write(b)) this.hold(Hold.UPSTREAM_FULL);

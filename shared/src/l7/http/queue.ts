@@ -54,15 +54,21 @@ export function badRequestSlot(e: unknown): Pending {
   return { x, local, switching: false, closeAfter: true, closeDropped: false, complete: true };
 }
 
+/** The queue of a connection that has had no request yet: the first push makes a one-slot array (an
+ *  empty one grows to 17 slots on its first push: ~150 bytes per one-request connection, l7-alloc.ts).
+ *  Never written to. */
+const NO_REQUEST_YET: Pending[] = Object.freeze([]) as unknown as Pending[];
+
 export class ResponseQueue {
-  private readonly q: Pending[] = [];
+  private q: Pending[] = NO_REQUEST_YET;
 
   get length(): number {
     return this.q.length;
   }
 
   push(p: Pending): void {
-    this.q.push(p);
+    if (this.q === NO_REQUEST_YET) this.q = [p];
+    else this.q.push(p);
   }
 
   /** The oldest slot the upstream answers (undefined: the upstream owes nothing). */
@@ -94,7 +100,7 @@ export class ResponseQueue {
   }
 
   clear(): void {
-    this.q.length = 0;
+    if (this.q.length) this.q.length = 0;
   }
 
   /** Every slot the upstream still owed is answered with `local` instead, and the connection ends after. */

@@ -165,9 +165,18 @@ export class ResponseFramer {
       // The head is in this range (cut only ever runs past it): forwarded with the close line in it.
       this.closeAt = -1;
       const out = Buffer.allocUnsafe(at - from + CLOSE_LINE.length);
-      buf.copy(out, 0, from, closeAt);
-      CLOSE_LINE.copy(out, closeAt - from);
-      buf.copy(out, closeAt - from + CLOSE_LINE.length, closeAt, at);
+      if (from === 0 && at === buf.length) {
+        // The whole chunk (a response in one read, the usual case): copied whole, its tail moved up
+        // in the copy, the line put in the gap. Buffer#copy of a part makes a view of it per call
+        // (~190 of the ~3,100 bytes a one-request-per-connection request allocated, l7-alloc.ts).
+        out.set(buf, 0);
+        out.copyWithin(closeAt + CLOSE_LINE.length, closeAt, at);
+        out.set(CLOSE_LINE, closeAt);
+      } else {
+        buf.copy(out, 0, from, closeAt);
+        CLOSE_LINE.copy(out, closeAt - from);
+        buf.copy(out, closeAt - from + CLOSE_LINE.length, closeAt, at);
+      }
       this.host.toClient(out);
     } else this.host.toClient(from === 0 && at === buf.length ? buf : buf.subarray(from, at));
   }

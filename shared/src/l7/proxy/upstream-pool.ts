@@ -15,9 +15,11 @@ const SWEEP_MS = 1000;
 const MAX_PER_KEY = 64;
 const MAX_TOTAL = 1024;
 
+/** One key's idle connections, oldest first, and when each became idle (two arrays, not an object
+ *  per connection given back: one request per client connection gives one back per request). */
 interface Idle {
-  s: UpstreamSocket;
-  since: number;
+  s: UpstreamSocket[];
+  since: number[];
 }
 
 export interface PoolLimits {
@@ -27,7 +29,7 @@ export interface PoolLimits {
 }
 
 export class UpstreamPool implements UpstreamHolder {
-  private readonly idle = new Map<string, Idle[]>();
+  private readonly idle = new Map<string, Idle>();
   private total = 0;
   private sweeper?: NodeJS.Timeout;
   /** Upstream connections taken from the pool (for stats). */
@@ -67,8 +69,9 @@ export class UpstreamPool implements UpstreamHolder {
   /** The most recently idle open connection for `key`, no longer in the pool (undefined: none). */
   take(key: string): UpstreamSocket | undefined {
     const list = this.idle.get(key);
-    while (list?.length) {
-      const { s } = list.pop()!;
+    while (list?.s.length) {
+      const s = list.s.pop()!;
+      list.since.pop();
       this.total--;
       this.unwatch(s);
       if (usable(s)) {
@@ -84,9 +87,10 @@ export class UpstreamPool implements UpstreamHolder {
   give(key: string, s: UpstreamSocket): boolean {
     if (!usable(s) || this.total >= this.limits.maxTotal) return false;
     let list = this.idle.get(key);
-    if (!list) this.idle.set(key, (list = []));
-    if (list.length >= this.limits.maxPerKey) return false;
-    list.push({ s, since: Date.now() });
+    if (!list) this.idle.set(key, (list = { s: [], since: [] }));
+    if (list.s.length >= this.limits.maxPerKey) return false;
+    list.s.push(s);
+    list.since.push(Date.now());
     this.total++;
     holdUpstream(s, this);
     s.resume(); // read, so that a server's FIN (or anything it says) is seen while it sits here
@@ -97,7 +101,7 @@ export class UpstreamPool implements UpstreamHolder {
   /** Closes every idle connection (a new policy, the worker stopping). */
   clear(): void {
     for (const list of this.idle.values())
-      for (const { s } of list) {
+      for (const s of list.s) {
         this.unwatch(s);
         s.destroy();
       }
@@ -110,24 +114,26 @@ export class UpstreamPool implements UpstreamHolder {
     for (const [key, list] of this.idle) {
       // Oldest first: take() pops the newest, so the old ones sit at the front.
       let n = 0;
-      while (n < list.length && list[n].since <= old) n++;
-      for (const { s } of list.splice(0, n)) {
+      while (n < list.s.length && list.since[n] <= old) n++;
+      list.since.splice(0, n);
+      for (const s of list.s.splice(0, n)) {
         this.unwatch(s); // its events (an error included) go nowhere now
         s.end(); // a FIN, not a reset: the server closes its side in its own time
       }
       this.total -= n;
-      if (!list.length) this.idle.delete(key);
+      if (!list.s.length) this.idle.delete(key);
     }
   }
 
   private forget(s: UpstreamSocket): void {
     this.unwatch(s);
     for (const [key, list] of this.idle) {
-      const i = list.findIndex((e) => e.s === s);
+      const i = list.s.indexOf(s);
       if (i < 0) continue;
-      list.splice(i, 1);
+      list.s.splice(i, 1);
+      list.since.splice(i, 1);
       this.total--;
-      if (!list.length) this.idle.delete(key);
+      if (!list.s.length) this.idle.delete(key);
       return;
     }
   }
