@@ -141,46 +141,38 @@ t.test('a client trickling its headers a byte at a time holds up no other connec
   );
 });
 
-// Last: a worker that dies here takes the others' subjects with it. todo until the worker's stats
-// survive EMFILE: process.memoryUsage.rss() (worker.ts sendStats, every 5 s) opens /proc/self/stat
-// and throws EMFILE, and the worker exits as crashed (6 of 10 runs, either I/O layer; 5 of 5 passed
-// with sendStats catching it).
-t.test(
-  'out of fds: the worker neither dies nor spins, and serves again once fds free up',
-  // L7_ATTACK_FD_EXHAUSTION=1 runs it meanwhile.
-  { todo: process.env.L7_ATTACK_FD_EXHAUSTION ? false : 'worker.ts sendStats throws EMFILE when the worker is out of fds' },
-  async (t) => {
-    t.equal((await get('/warm')).status, 200, 'proxied before');
-    const warm = fds();
-    await waitFor('the idle upstream connection to expire', async () => (fds() < warm ? true : undefined), 20_000);
-    const base = fds();
-    const soft = softLimit();
-    t.teardown(() => {
-      if (fs.existsSync(`/proc/${worker}`)) execFileSync('prlimit', ['--pid', String(worker), `--nofile=${soft}:`]);
-    });
-    // One fd left: the client's connection is accepted, the upstream connection cannot be made.
-    leaveFree(1);
-    const one = await get('/one');
-    t.ok(one.status >= 500, `no fd for the upstream connection: answered ${one.status}`);
-    t.equal(await samePid(), worker, 'the worker is still the same process');
-    // Twelve left, thirty connections: the rest wait in the listener's backlog.
-    const limit = leaveFree(12);
-    const idle = await startClient(cast.pods.client.ns, ['hold', cast.pods.web.ip4, '30']);
-    t.teardown(() => idle.release());
-    t.equal((idle.first as { held: number }).held, 30, '30 connections are up');
-    const full = () => fdNumbers().filter((n) => n < limit).length === limit;
-    await waitFor('the worker at its fd limit', async () => (full() ? true : undefined), 20_000);
-    const cpu0 = cpuTicks();
-    const wall0 = Date.now();
-    await new Promise((r) => setTimeout(r, 2000));
-    const cpuShare = (cpuTicks() - cpu0) / 100 / ((Date.now() - wall0) / 1000);
-    t.ok(cpuShare < 0.1, `the worker does not spin while out of fds (${(cpuShare * 100).toFixed(0)}% of a CPU)`);
-    t.equal(await samePid(), worker, 'the worker is still the same process');
-    await idle.release();
-    const after = await get('/after');
-    t.equal(after.status, 200, 'once the connections closed, a new request is proxied');
-    t.equal(await samePid(), worker, 'by the same worker');
-    await fdsBackTo(base + 1); // the new request's idle upstream connection
-    t.ok(fds() <= base + 1, `and its fds are back to ${base} (+ 1 idle upstream connection at most)`);
-  },
-);
+// Last: a worker that dies here takes the others' subjects with it.
+t.test('out of fds: the worker neither dies nor spins, and serves again once fds free up', async (t) => {
+  t.equal((await get('/warm')).status, 200, 'proxied before');
+  const warm = fds();
+  await waitFor('the idle upstream connection to expire', async () => (fds() < warm ? true : undefined), 20_000);
+  const base = fds();
+  const soft = softLimit();
+  t.teardown(() => {
+    if (fs.existsSync(`/proc/${worker}`)) execFileSync('prlimit', ['--pid', String(worker), `--nofile=${soft}:`]);
+  });
+  // One fd left: the client's connection is accepted, the upstream connection cannot be made.
+  leaveFree(1);
+  const one = await get('/one');
+  t.ok(one.status >= 500, `no fd for the upstream connection: answered ${one.status}`);
+  t.equal(await samePid(), worker, 'the worker is still the same process');
+  // Twelve left, thirty connections: the rest wait in the listener's backlog.
+  const limit = leaveFree(12);
+  const idle = await startClient(cast.pods.client.ns, ['hold', cast.pods.web.ip4, '30']);
+  t.teardown(() => idle.release());
+  t.equal((idle.first as { held: number }).held, 30, '30 connections are up');
+  const full = () => fdNumbers().filter((n) => n < limit).length === limit;
+  await waitFor('the worker at its fd limit', async () => (full() ? true : undefined), 20_000);
+  const cpu0 = cpuTicks();
+  const wall0 = Date.now();
+  await new Promise((r) => setTimeout(r, 2000));
+  const cpuShare = (cpuTicks() - cpu0) / 100 / ((Date.now() - wall0) / 1000);
+  t.ok(cpuShare < 0.1, `the worker does not spin while out of fds (${(cpuShare * 100).toFixed(0)}% of a CPU)`);
+  t.equal(await samePid(), worker, 'the worker is still the same process');
+  await idle.release();
+  const after = await get('/after');
+  t.equal(after.status, 200, 'once the connections closed, a new request is proxied');
+  t.equal(await samePid(), worker, 'by the same worker');
+  await fdsBackTo(base + 1); // the new request's idle upstream connection
+  t.ok(fds() <= base + 1, `and its fds are back to ${base} (+ 1 idle upstream connection at most)`);
+});
