@@ -82,3 +82,42 @@ t.test('timer handles that libuv frees while the epoll loop runs do not crash it
   const got = JSON.parse(r.out || '{}') as { rounds?: number; echoes?: number };
   t.ok((got.rounds ?? 0) > 10 && (got.echoes ?? 0) > 100, `timers came and went while bytes flowed: ${r.out}`);
 });
+
+t.test('a timer set while the loop dispatches (a record flush, a linger) runs when due, not when libuv next wakes', async (t) => {
+  // Bytes echo through the epoll loop without a pause (both ends on it), so it never waits out a
+  // timeout, and libuv's fd stays quiet: 128 MiB semi-spaces leave V8's GC tasks (which wake libuv)
+  // about a second apart. A 50 ms timer set in a data callback ran 1.08-1.87 s after it was set before
+  // the loop looked at libuv's timer starts after each batch (3 of 3 runs), 50-51 ms since.
+  const r = await child(
+    `
+    const { EpollListener } = await import(dir + '/epoll-listener.ts');
+    const { EpollSocket } = await import(dir + '/epoll-socket.ts');
+    let echoes = 0;
+    let set = 0;
+    const ranAfter = await new Promise((resolve) => {
+      setTimeout(() => resolve(-1), 4000);
+      const l = EpollListener.bind('127.0.0.1', 0, (s) => {
+        s.on('data', (d) => {
+          if (++echoes === 20000) {
+            set = performance.now();
+            setTimeout(() => resolve(Math.round(performance.now() - set)), 50);
+          }
+          s.write(d);
+        });
+        s.start();
+      });
+      const c = EpollSocket.connect('127.0.0.1', l.port, 10000);
+      c.on('data', () => c.write(Buffer.from('x')));
+      c.write(Buffer.from('x'));
+    });
+    process.stdout.write(JSON.stringify({ ranAfter }));
+  `,
+    ['--min-semi-space-size=128', '--max-semi-space-size=128'],
+  );
+  t.equal(r.code, 0);
+  const got = JSON.parse(r.out || '{}') as { ranAfter?: number };
+  t.ok(
+    got.ranAfter !== undefined && got.ranAfter >= 0 && got.ranAfter < 500,
+    `the 50 ms timer ran ${got.ranAfter} ms after it was set (-1: not before a 4 s one)`,
+  );
+});

@@ -30,9 +30,11 @@ const uvIsActive = self.func('int uv_is_active(void *handle)') as Fn;
 const uvTimerDueIn = self.func('uint64_t uv_timer_get_due_in(void *handle)') as Fn;
 
 const UV_TIMER = 13;
-/** uv_loop_t on Linux x86-64 (uv/unix.h, libuv 1.46): timer_heap.min, timer_heap.nelts, time. */
+/** uv_loop_t on Linux x86-64 (uv/unix.h, libuv 1.46): timer_heap.min, timer_heap.nelts,
+ *  timer_counter (bumped by every uv_timer_start), time. */
 const LOOP_HEAP_MIN = 520;
 const LOOP_HEAP_NELTS = 528;
+const LOOP_TIMER_COUNTER = 536;
 const LOOP_TIME = 544;
 const LOOP_SIZE = 552;
 /** uv_timer_t: `void *heap_node[3]` (where the heap's min points), then `uint64_t timeout`. */
@@ -92,6 +94,14 @@ let source: 'heap' | 'walk' | undefined;
 export function timerSource(): 'heap' | 'walk' {
   source ??= heapReadable() ? 'heap' : 'walk';
   return source;
+}
+
+/** Changes whenever a libuv timer is started or restarted (the low word of loop->timer_counter; a
+ *  plain memory read): what the loop's callbacks ran may have set a timer sooner than the deadline the
+ *  loop waits for. Node re-arms its one timer handle when a JavaScript timer is due before the others.
+ *  Constant on the walk fallback (the layout is not known there). */
+export function timerStarts(): number {
+  return source === 'heap' ? loopInts[LOOP_TIMER_COUNTER / 4] : 0;
 }
 
 /** ms until libuv's next timer is due (Infinity: none active). */
