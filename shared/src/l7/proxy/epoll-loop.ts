@@ -117,40 +117,45 @@ function run(): void {
     running = false; // nothing of ours: Node's own loop alone, until a socket is watched again
     return;
   }
-  let deadline = performance.now() + nextTimerDueIn();
-  let starts = timerStarts();
-  for (;;) {
-    const left = deadline - performance.now();
-    if (left <= 0) break;
-    const n = epollWait(ep, events, MAX_EVENTS, left > MAX_WAIT_MS ? MAX_WAIT_MS : Math.ceil(left));
-    if (n < 0) {
-      if (koffi.errno() === EINTR) break; // a signal: Node's handler wrote to libuv's fd
-      throw new Error(`epoll_wait: errno ${koffi.errno()}`);
-    }
-    if (n === 0) {
-      if (left > MAX_WAIT_MS) break; // the longest wait: look at libuv's handles again
-      continue;
-    }
-    let uv = false;
-    for (let i = 0; i < n; i++) {
-      const fd = events[3 * i + 1];
-      if (fd === uvFd) {
-        uv = true;
+  // Again after a throw too (a socket's listener, or epoll_wait failing): a process that survives the
+  // exception (an uncaughtException handler that goes on) would otherwise never poll its sockets again.
+  try {
+    let deadline = performance.now() + nextTimerDueIn();
+    let starts = timerStarts();
+    for (;;) {
+      const left = deadline - performance.now();
+      if (left <= 0) break;
+      const n = epollWait(ep, events, MAX_EVENTS, left > MAX_WAIT_MS ? MAX_WAIT_MS : Math.ceil(left));
+      if (n < 0) {
+        if (koffi.errno() === EINTR) break; // a signal: Node's handler wrote to libuv's fd
+        throw new Error(`epoll_wait: errno ${koffi.errno()}`);
+      }
+      if (n === 0) {
+        if (left > MAX_WAIT_MS) break; // the longest wait: look at libuv's handles again
         continue;
       }
-      const h = handlers[fd];
-      if (h !== undefined && h.gen === events[3 * i + 2]) h.onEvents(events[3 * i]);
+      let uv = false;
+      for (let i = 0; i < n; i++) {
+        const fd = events[3 * i + 1];
+        if (fd === uvFd) {
+          uv = true;
+          continue;
+        }
+        const h = handlers[fd];
+        if (h !== undefined && h.gen === events[3 * i + 2]) h.onEvents(events[3 * i]);
+      }
+      runTicks();
+      if (uv || !watched) break;
+      if (timerStarts() !== starts) {
+        // What ran set a timer (a record flush, a linger, a connect timeout), perhaps due before the
+        // deadline: without this it waited until libuv's fd woke us for something else (V8's GC tasks
+        // mostly; with a young generation large enough to leave those a second apart, a 50 ms timer set
+        // in a data callback ran 0.5-1.9 s late: l7-epoll-timers.test.ts).
+        starts = timerStarts();
+        deadline = performance.now() + nextTimerDueIn();
+      }
     }
-    runTicks();
-    if (uv || !watched) break;
-    if (timerStarts() !== starts) {
-      // What ran set a timer (a record flush, a linger, a connect timeout), perhaps due before the
-      // deadline: without this it waited until libuv's fd woke us for something else (V8's GC tasks
-      // mostly; with a young generation large enough to leave those a second apart, a 50 ms timer set
-      // in a data callback ran 0.5-1.9 s late: l7-epoll-timers.test.ts).
-      starts = timerStarts();
-      deadline = performance.now() + nextTimerDueIn();
-    }
+  } finally {
+    setImmediate(run);
   }
-  setImmediate(run);
 }
