@@ -1,4 +1,4 @@
-// The proxy worker's epoll I/O layer (proxy/epoll-*.ts, MEMBRANE_L7_WORKER_IO=epoll) on real loopback
+// The proxy worker's epoll I/O layer (proxy/epoll-*.ts, the default; MEMBRANE_L7_WORKER_IO=libuv for the other) on real loopback
 // connections: what l7-raw-socket.test.ts asks of RawSocket (bytes both ways, half-close, closing by
 // itself, writes queued while connecting, a refused connection as an error with its errno name, the
 // transparent listener's addresses), a write larger than the kernel takes at once arriving whole, and

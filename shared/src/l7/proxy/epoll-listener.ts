@@ -1,5 +1,5 @@
 // A listening TCP socket on the epoll loop (epoll-loop.ts) whose connections come as EpollSockets:
-// RawListener's face (raw-listener.ts) on the epoll loop (io.ts, MEMBRANE_L7_WORKER_IO=epoll). On a readable event it
+// RawListener's face (raw-listener.ts) on the epoll loop (io.ts: the default). On a readable event it
 // accepts what is queued (accept4, nonblocking), up to a bound per event so that the connections
 // already open get their turn too.
 import { constants as osConstants } from 'node:os';

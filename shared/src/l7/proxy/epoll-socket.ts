@@ -1,4 +1,4 @@
-// The proxy worker's connections on its own epoll loop (epoll-loop.ts; MEMBRANE_L7_WORKER_IO=epoll,
+// The proxy worker's connections on its own epoll loop (epoll-loop.ts; the default,
 // io.ts), with RawSocket's face (raw-socket.ts: the events, write()'s backpressure answer, pause and
 // resume, half-close, the counters), so SocketPair (http/pair.ts), the worker and the upstream pool use
 // either unchanged. Its system calls go through koffi to libc: one read per readable event into one
