@@ -70,8 +70,8 @@ const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
  * worker: ~1 % of its CPU; a loop over a 160-byte response head: ~230 against ~350 ns). The byte 3
  * past a candidate start decides how far to skip: a CRLFCRLF cannot contain a byte other than CR or LF.
  */
-function headEnd(buf: Buffer, start: number, end: number): number {
-  let i = start + 3; // where the last LF would be
+function headEnd(buf: Buffer, start: number, end: number, from: number): number {
+  let i = Math.max(from, start + 3); // where the last LF would be
   while (i < end) {
     const c = buf[i];
     if (c === 10) {
@@ -86,15 +86,17 @@ function headEnd(buf: Buffer, start: number, end: number): number {
 /**
  * Where the head that starts at `start` ends (the offset after its CRLFCRLF), -1 when more bytes
  * are needed. Throws when the bytes cannot become a valid head (too long, LF-only line ends).
+ * `from`: bytes before it were searched already (a head carried from earlier reads, carry.ts): the
+ * search and the line-end check look at the new ones only.
  */
-export function findHeadEnd(buf: Buffer, start: number, end: number): number {
-  const i = headEnd(buf, start, end);
+export function findHeadEnd(buf: Buffer, start: number, end: number, from = 0): number {
+  const i = headEnd(buf, start, end, from);
   if (i >= 0) {
     if (i - start > MAX_HEAD_BYTES) throw new HttpParseError(431, `the message head is larger than ${MAX_HEAD_BYTES} bytes`);
     return i;
   }
   if (end - start > MAX_HEAD_BYTES) throw new HttpParseError(431, `the message head is larger than ${MAX_HEAD_BYTES} bytes`);
-  const lf = buf.indexOf(10, start); // a head made of LF-only lines would never end: refuse it at once
+  const lf = buf.indexOf(10, from > start ? from - 1 : start); // a head made of LF-only lines would never end: refuse it at once
   if (lf >= 0 && lf < end && (lf === start || buf[lf - 1] !== 13)) throw new HttpParseError(400, 'line ends must be CRLF');
   return -1;
 }
@@ -105,14 +107,17 @@ for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijkl
 /**
  * For a request head that is not complete yet: throws at once when its first bytes cannot begin a
  * request line (a method is a token, then a space). A TLS ClientHello or other bytes that are not
- * HTTP/1.x would otherwise wait for a CRLFCRLF that never comes, the client for an answer.
+ * HTTP/1.x would otherwise wait for a CRLFCRLF that never comes, the client for an answer. True once
+ * the method and its space are there (nothing more to check); `from`: the bytes before it were
+ * checked already, all method bytes.
  */
-export function checkRequestStart(buf: Buffer, start: number, end: number): void {
-  for (let i = start; i < end; i++) {
+export function checkRequestStart(buf: Buffer, start: number, end: number, from = start): boolean {
+  for (let i = from; i < end; i++) {
     const c = buf[i];
-    if (c === 32 && i > start) return;
+    if (c === 32 && i > start) return true;
     if (!TOKEN_BYTE[c]) throw new HttpParseError(400, 'not an HTTP/1.x request');
   }
+  return false;
 }
 
 /** Leading empty lines before a request line are allowed (RFC 9112 2.2): how many bytes to skip. */

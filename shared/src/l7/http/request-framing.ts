@@ -5,6 +5,7 @@
 // connection's (connection.ts).
 import { Buffer } from 'node:buffer'; // not the global accessor: proxy/raw-socket.ts says why
 import { rewriteHead } from './exchange.ts';
+import { HeadCarry } from './carry.ts';
 import { BodyScanner, checkRequestStart, findHeadEnd, parseRequestHead, skipEmptyLines, type RequestHead } from './parse.ts';
 import type { Pending } from './queue.ts';
 
@@ -44,8 +45,12 @@ export class RequestFramer {
   /** The slot of the request whose body is being read. Not "the last slot queued": the server may
    *  answer before the body is all sent (a refused upload), and that slot leaves the queue then. */
   private bodyOf?: Pending;
-  /** The start of a head not complete yet, or bytes held while an upgrade waits. */
-  private carry?: Buffer;
+  /** The start of a head not complete yet (carry.ts: appended to in place, searched once). */
+  private readonly carry = new HeadCarry();
+  /** Where the search for the head's end may resume in the buffer being walked (0: from its start). */
+  private resume = 0;
+  /** Bytes held while an upgrade waits for the server's answer (the client is not read meanwhile). */
+  private held?: Buffer;
   /** Start of the byte range of the chunk being walked that is to be forwarded (-1: none). */
   private fwd = -1;
   /** Every byte the client sent so far ended a complete request: nothing came after the last one
@@ -63,9 +68,12 @@ export class RequestFramer {
       return;
     }
     let buf = chunk;
-    if (this.carry) {
-      buf = Buffer.concat([this.carry, chunk]);
-      this.carry = undefined;
+    if (this.held) {
+      buf = Buffer.concat([this.held, chunk]);
+      this.held = undefined;
+    } else if (this.carry.pending) {
+      this.resume = this.carry.scanned;
+      buf = this.carry.join(chunk);
     }
     try {
       this.consume(buf);
@@ -77,8 +85,8 @@ export class RequestFramer {
 
   /** Ends the wait for a switch: the bytes held since the upgrade request. */
   takeHeld(): Buffer | undefined {
-    const held = this.carry;
-    this.carry = undefined;
+    const held = this.held;
+    this.held = undefined;
     return held;
   }
 
@@ -92,13 +100,18 @@ export class RequestFramer {
         case Rq.HEAD: {
           i = skipEmptyLines(buf, i, len);
           if (i >= len) break;
-          const end = findHeadEnd(buf, i, len);
+          // A carried head starts the buffer: only its new bytes are searched (and checked) again.
+          const resume = i === 0 ? this.resume : 0;
+          this.resume = 0;
+          const end = findHeadEnd(buf, i, len, resume);
           if (end < 0) {
-            checkRequestStart(buf, i, len);
+            const startOk = (resume > 0 && this.carry.startChecked) || checkRequestStart(buf, i, len, resume > 0 ? resume : i);
             this.cut(buf, i);
-            this.carry = buf.subarray(i);
+            this.carry.keep(buf, i);
+            this.carry.startChecked = startOk;
             return;
           }
+          if (this.carry.pending) this.carry.clear();
           const head = parseRequestHead(buf, i, end);
           const p = this.host.admit(head);
           if (p.x.verdict.allowed) {
@@ -160,7 +173,7 @@ export class RequestFramer {
           // Bytes after an upgrade request belong to the new protocol if the server switches, or
           // are the next request if it does not: hold them (the socket is paused) until it answers.
           this.cut(buf, i);
-          this.carry = this.carry ? Buffer.concat([this.carry, buf.subarray(i)]) : buf.subarray(i);
+          this.held = this.held ? Buffer.concat([this.held, buf.subarray(i)]) : buf.subarray(i);
           return;
         case Rq.TUNNEL:
           if (this.fwd < 0) this.fwd = i;

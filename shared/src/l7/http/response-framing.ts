@@ -4,6 +4,7 @@
 // is put back into the head of its response. Queueing and ending are the connection's (connection.ts).
 import { Buffer } from 'node:buffer'; // not the global accessor: proxy/raw-socket.ts says why
 import { answered } from './exchange.ts';
+import { HeadCarry } from './carry.ts';
 import { BodyScanner, HttpParseError, findHeadEnd, parseResponseHead, type ResponseHead } from './parse.ts';
 import type { Pending } from './queue.ts';
 
@@ -38,8 +39,10 @@ export interface ResponseHost {
 export class ResponseFramer {
   state = Rs.HEAD;
   private readonly body = new BodyScanner();
-  /** The start of a head not complete yet. */
-  private carry?: Buffer;
+  /** The start of a head not complete yet (carry.ts: appended to in place, searched once). */
+  private readonly carry = new HeadCarry();
+  /** Where the search for the head's end may resume in the buffer being walked (0: from its start). */
+  private resume = 0;
   /** Start of the byte range of the chunk being walked that is to be forwarded (-1: none). */
   private fwd = -1;
   /** Where "connection: close" goes into the chunk being walked (the head's final CRLF; -1: nowhere):
@@ -53,7 +56,7 @@ export class ResponseFramer {
 
   /** Between responses, with no part of the next one read. */
   get idle(): boolean {
-    return this.state === Rs.HEAD && !this.carry;
+    return this.state === Rs.HEAD && !this.carry.pending;
   }
 
   /** Bytes from the server; throws when they cannot be framed. */
@@ -63,9 +66,9 @@ export class ResponseFramer {
       return;
     }
     let buf = chunk;
-    if (this.carry) {
-      buf = Buffer.concat([this.carry, chunk]);
-      this.carry = undefined;
+    if (this.carry.pending) {
+      this.resume = this.carry.scanned;
+      buf = this.carry.join(chunk);
     }
     this.consume(buf);
   }
@@ -97,12 +100,15 @@ export class ResponseFramer {
       } // unsolicited (e.g. 408): pass on, then close
       switch (this.state) {
         case Rs.HEAD: {
-          const end = findHeadEnd(buf, i, len);
+          const resume = i === 0 ? this.resume : 0; // a carried head starts the buffer
+          this.resume = 0;
+          const end = findHeadEnd(buf, i, len, resume);
           if (end < 0) {
             this.cut(buf, i);
-            this.carry = buf.subarray(i);
+            this.carry.keep(buf, i);
             return;
           }
+          if (this.carry.pending) this.carry.clear();
           const head = parseResponseHead(buf, i, end, p.x.method, this.head);
           if (this.fwd < 0) this.fwd = i;
           i = end;
