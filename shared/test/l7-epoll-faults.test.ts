@@ -125,20 +125,26 @@ t.test('out of fds: connect fails with EMFILE, the listener waits without spinni
   const err = line(c, 'connectError');
   c.stdin.write('fill\n');
   t.match(await err, { connectError: 'EMFILE', message: /EMFILE \(socket\)/ }, "an 'error' naming the call, not a throw");
-  const clients = Array.from({ length: 40 }, (_, i) => exchange(port, `hi${i}`, `hi${i}`));
-  await Promise.all(clients.map((x) => x.connected)); // in the backlog: the listener is readable
-  const measured = line(c, 'cpuShare');
-  c.stdin.write('measure\n');
-  const m = (await measured) as { cpuShare: number; after: number };
-  // Node closes a few fds of its own now and then (6 in one such second): those let some in.
-  t.ok(m.after < 40, `connections still wait after that second (${40 - m.after} of 40)`);
+  // Node closes a few fds of its own now and then (6 in one measured second), and once in a suite all
+  // 40 got in before the measured second (fds freed meanwhile, by what is not known): then nothing
+  // waited to spin on, and another 40 connect (at most three times).
+  const clients: ReturnType<typeof exchange>[] = [];
+  const sent: string[] = [];
+  let m = { cpuShare: 1, after: 0 };
+  for (let round = 0; round < 3 && m.after >= clients.length; round++) {
+    const msgs = Array.from({ length: 40 }, (_, i) => `hi${round}-${i}`);
+    const batch = msgs.map((msg) => exchange(port, msg, msg));
+    clients.push(...batch);
+    sent.push(...msgs);
+    await Promise.all(batch.map((x) => x.connected)); // in the backlog: the listener is readable
+    const measured = line(c, 'cpuShare');
+    c.stdin.write('measure\n');
+    m = (await measured) as { cpuShare: number; after: number };
+  }
+  t.ok(m.after < clients.length, `connections still wait after that second (${clients.length - m.after} of ${clients.length})`);
   t.ok(m.cpuShare < 0.2, `the loop does not spin while they wait (${(m.cpuShare * 100).toFixed(0)}% of a CPU)`);
   c.stdin.write('free\n');
-  t.same(
-    await Promise.all(clients.map((x) => x.done)),
-    clients.map((_, i) => `hi${i}`),
-    'once fds are free, the waiting connections are served',
-  );
+  t.same(await Promise.all(clients.map((x) => x.done)), sent, 'once fds are free, the waiting connections are served');
 });
 
 t.test('a listener that throws: its connection is closed, no fd is left (a data and a connection listener)', async (t) => {
