@@ -58,6 +58,12 @@ export class HttpProxyConnection implements RequestHost, ResponseHost, PairEvent
     this.req = new RequestFramer(this);
     this.res = new ResponseFramer(this);
   }
+  /** While the client owes the next request head (reading it, or idle between requests, with nothing
+   *  owed to it): how many heads it sent so far, so two looks that get the same number mean it took
+   *  that long for one head. -1 otherwise (a body, a response or a tunnel under way; closing). */
+  headWait(): number {
+    return this.req.state === Rq.HEAD && this.pending.length === 0 ? this.req.heads : -1;
+  }
 
   // ---- the framers' and the pair's callbacks (RequestHost, ResponseHost, PairEvents) ---------------
 

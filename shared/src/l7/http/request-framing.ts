@@ -56,6 +56,8 @@ export class RequestFramer {
   /** Every byte the client sent so far ended a complete request: nothing came after the last one
    *  (the connection can close at once after its response without resetting unread bytes). */
   readToEnd = false;
+  /** Request heads read so far (the worker's sweep tells a client that takes too long for one by it). */
+  heads = 0;
 
   constructor(private readonly host: RequestHost) {}
 
@@ -113,6 +115,7 @@ export class RequestFramer {
           }
           if (this.carry.pending) this.carry.clear();
           const head = parseRequestHead(buf, i, end);
+          this.heads++;
           const p = this.host.admit(head);
           if (p.x.verdict.allowed) {
             // "Connection: close" is for the client's connection, which still ends after the

@@ -51,6 +51,8 @@ const RECONNECT_MS = 500;
  *  a socket timeout would re-arm a timer on every read and write, several times per request). */
 const IDLE_TIMEOUT_MS = 60 * 60 * 1000;
 const IDLE_SWEEP_MS = 60_000;
+/** See closeSlowHeads; MEMBRANE_L7_HEAD_SWEEP_MS (the agent's environment reaches its workers) for tests. */
+const HEAD_SWEEP_MS = Number(process.env.MEMBRANE_L7_HEAD_SWEEP_MS) || 30_000;
 const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
 
 export class ProxyWorker {
@@ -77,6 +79,7 @@ export class ProxyWorker {
     this.connectControl();
     setInterval(() => this.sendStats(), 5000).unref();
     setInterval(() => this.closeIdle(), IDLE_SWEEP_MS).unref();
+    setInterval(() => this.closeSlowHeads(), HEAD_SWEEP_MS).unref();
     setInterval(() => {
       if (!fs.existsSync(this.o.watchPath)) this.exit('the agent state directory is gone');
     }, 2000).unref();
@@ -179,8 +182,21 @@ export class ProxyWorker {
     d.clientClosesFirst = !this.steered.has(client.remoteFamily ?? '');
     this.clients.add(d);
     this.stats.connections++;
-    new HttpProxyConnection(d);
+    d.conn = new HttpProxyConnection(d);
     client.start(); // reading starts once the connection has its listeners
+  }
+
+  /** A client gets one to two HEAD_SWEEP_MS for a request head, from its connection or its last
+   *  response: seen owing the same head at two sweeps in a row, its connection is closed. Without it a
+   *  client trickling a head (slowloris) or idling between requests held the worker's fd and memory for
+   *  the hour of the idle timeout, and enough such connections from one pod would run the proxy, and
+   *  every pod's L7 traffic, out of them. nginx: client_header_timeout 60 s, keepalive_timeout 75 s. */
+  private closeSlowHeads(): void {
+    this.clients.forEach((d) => {
+      const owed = d.conn?.headWait() ?? -1;
+      if (owed >= 0 && owed === d.headMark) d.client.destroy();
+      else d.headMark = owed;
+    });
   }
 
   private closeIdle(): void {
@@ -305,6 +321,9 @@ class Diverted implements ConnectionOptions, UpstreamReuse, ExchangeSink, Record
    *  sweep yet, the first one starts the clock (no clock read per connection; the timeout is an hour). */
   idleBytes = -1;
   idleSince = 0;
+  /** The connection, and its headWait() at the last head sweep (ProxyWorker.closeSlowHeads). */
+  conn?: HttpProxyConnection = undefined;
+  headMark = -1;
   /** decide()'s last decision and the verdict made of it. */
   private lastDecision?: ProxyDecision = undefined;
   private lastVerdict?: Verdict = undefined;

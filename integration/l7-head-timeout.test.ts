@@ -1,0 +1,134 @@
+// How long a client may take for a request head at the L7 proxy (worker.ts closeSlowHeads), with real
+// connections from a pod: the sweep's interval is 500 ms here (MEMBRANE_L7_HEAD_SWEEP_MS; 30 s by
+// default), so a client gets 0.5-1 s per head. A client trickling its head (slowloris) and one idle
+// between requests are closed; one that keeps sending requests, or waits for a slow server's answer,
+// is not.
+import t from 'tap';
+import { castOf } from './lib/attack-pods.ts';
+import { l7WorkersConnected } from './lib/l7-workers.ts';
+import { killAll } from './lib/tcp.ts';
+import type { ChildProcess } from 'node:child_process';
+
+if (process.getuid?.() !== 0) {
+  t.plan(0, 'needs root');
+  process.exit(0);
+}
+
+const cast = castOf(['web', 'client'], { env: { MEMBRANE_L7_PROXY_WORKERS: '1', MEMBRANE_L7_HEAD_SWEEP_MS: '500' } });
+const servers: ChildProcess[] = [];
+
+const POLICY = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-l7-head-timeout}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET, path: "/.*"}]}}]
+`;
+
+/** GET /slow/<ms>: answers after ms; anything else at once. Keeps idle connections for a minute. */
+const SERVER = `
+const http = require('node:http');
+const srv = http.createServer((req, res) => {
+  req.resume();
+  const m = /^\\/slow\\/(\\d+)$/.exec(req.url);
+  setTimeout(() => res.end('ok:' + req.url), m ? Number(m[1]) : 0);
+});
+srv.keepAliveTimeout = 60000;
+srv.listen(80, '0.0.0.0', () => console.log('listening'));
+`;
+
+/** One connection to ip:80 doing `mode`; prints {statuses, how, ms}: the answers' status codes, how the
+ *  connection ended ('end', 'error:CODE' or 'open' when the client stopped first) and when (ms from
+ *  the connection).
+ *  trickle: a head a byte every 150 ms (never finished within 6 s).
+ *  busy: a keep-alive GET every 150 ms for 3 s.
+ *  idle: one keep-alive GET, then nothing (up to 6 s).
+ *  slow: one keep-alive GET /slow/2500. */
+const CLIENT = `
+const net = require('node:net');
+const [mode, ip] = process.argv.slice(1);
+const statuses = [];
+let buf = '';
+const start = Date.now();
+const c = net.connect(80, ip);
+c.setNoDelay(true);
+const done = (how) => { console.log(JSON.stringify({ statuses, how, ms: Date.now() - start })); process.exit(0); };
+c.on('data', (d) => {
+  buf += d;
+  let m;
+  while ((m = /^HTTP\\/1\\.1 (\\d{3})[^]*?\\r\\n\\r\\n([^]*)$/.exec(buf))) {
+    const len = Number((/content-length: *(\\d+)/i.exec(buf) || [0, 0])[1]);
+    if (m[2].length < len) break;
+    statuses.push(Number(m[1]));
+    buf = m[2].slice(len);
+  }
+});
+c.on('end', () => done('end'));
+c.on('error', (e) => done('error:' + e.code));
+const get = (p) => c.write('GET ' + p + ' HTTP/1.1\\r\\nHost: web\\r\\n\\r\\n');
+c.on('connect', () => {
+  if (mode === 'trickle') {
+    const head = 'GET /t HTTP/1.1\\r\\nHost: web\\r\\nX-Slow: ' + 'a'.repeat(100);
+    let i = 0;
+    const tick = setInterval(() => { if (i < head.length) c.write(head[i++]); }, 150);
+    setTimeout(() => { clearInterval(tick); done('open'); }, 6000);
+  } else if (mode === 'busy') {
+    const tick = setInterval(() => get('/busy'), 150);
+    setTimeout(() => { clearInterval(tick); setTimeout(() => done('open'), 300); }, 3000);
+  } else if (mode === 'idle') {
+    get('/idle');
+    setTimeout(() => done('open'), 6000);
+  } else if (mode === 'slow') {
+    get('/slow/2500');
+    const wait = setInterval(() => { if (statuses.length) { clearInterval(wait); done('open'); } }, 20);
+  }
+});
+`;
+
+async function client(mode: string): Promise<{ statuses: number[]; how: string; ms: number }> {
+  const child = cast.pods.client.ns.spawn(process.execPath, ['-e', CLIENT, mode, cast.pods.web.ip4]);
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => {
+    out += d;
+  });
+  await new Promise((resolve) => child.on('close', resolve));
+  return JSON.parse(out.trim().split('\n').pop()!);
+}
+
+t.before(async () => {
+  const server = cast.pods.web.ns.spawn(process.execPath, ['-e', SERVER]);
+  servers.push(server);
+  await new Promise<void>((resolve, reject) => {
+    server.stdout!.on('data', (d: Buffer) => String(d).includes('listening') && resolve());
+    server.on('close', (code) => reject(new Error(`server exited ${code}`)));
+  });
+  await cast.pc.import(POLICY);
+  await l7WorkersConnected(cast.agent.client);
+});
+t.teardown(() => killAll(servers));
+
+t.test('a client trickling its request head is closed once it has taken two sweeps', async (t) => {
+  const r = await client('trickle');
+  t.equal(r.how, 'end', `the proxy closed it: ${JSON.stringify(r)}`);
+  t.same(r.statuses, [], 'nothing was answered');
+  t.ok(r.ms < 6000, `before the client gave up (${r.ms} ms)`);
+});
+
+t.test('a client idle after its answer is closed too (keep-alive ends)', async (t) => {
+  const r = await client('idle');
+  t.same(r.statuses, [200], 'its request was answered');
+  t.equal(r.how, 'end', `then the proxy closed the idle connection: ${JSON.stringify(r)}`);
+});
+
+t.test('a client that keeps sending requests is never closed', async (t) => {
+  const r = await client('busy');
+  t.equal(r.how, 'open', `the connection was still open after 3 s: ${JSON.stringify(r)}`);
+  t.ok(r.statuses.length >= 10 && r.statuses.every((s) => s === 200), `its requests were answered: ${r.statuses.length}`);
+});
+
+t.test('a client waiting for a slow server is not closed (the server owes the answer)', async (t) => {
+  const r = await client('slow');
+  t.same([r.statuses, r.how], [[200], 'open'], `answered after 2.5 s on the same connection: ${JSON.stringify(r)}`);
+});
