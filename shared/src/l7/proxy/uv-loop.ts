@@ -37,7 +37,8 @@ const LOOP_HEAP_NELTS = 528;
 const LOOP_TIMER_COUNTER = 536;
 const LOOP_TIME = 544;
 const LOOP_SIZE = 552;
-/** uv_timer_t: `void *heap_node[3]` (where the heap's min points), then `uint64_t timeout`. */
+/** uv_timer_t: `void *heap_node[3]` at 104 (where the heap's min points), then `uint64_t timeout`. */
+const TIMER_HEAP_NODE = 104n;
 const HEAP_NODE_TO_TIMEOUT = 24;
 
 const loop = uvDefaultLoop();
@@ -59,9 +60,12 @@ function heapDueIn(): number {
 
 let walkDue = Infinity;
 let walkActive = 0;
+/** The active timer handles' addresses, collected by heapReadable's walk only. */
+let walkedTimers: Set<bigint> | undefined;
 const onWalk = koffi.register((handle: unknown) => {
   if (uvHandleType(handle) === UV_TIMER && uvIsActive(handle)) {
     walkActive++;
+    walkedTimers?.add(koffi.address(handle));
     const due = Number(uvTimerDueIn(handle));
     if (due < walkDue) walkDue = due;
   }
@@ -81,9 +85,19 @@ function heapReadable(): boolean {
   const probe = setTimeout(() => undefined, 987_654);
   try {
     uvUpdateTime(loop);
+    walkedTimers = new Set();
     const walked = walkDueIn();
-    return walkActive === loopInts[LOOP_HEAP_NELTS / 4] && walked !== Infinity && walked === heapDueIn();
+    // Read through the heap's min only when it points into a timer the walk found: on a libuv with
+    // another layout the words read are something else, and a pointer made of them must not be followed.
+    const min = loopWords[LOOP_HEAP_MIN / 8];
+    return (
+      walkActive === loopInts[LOOP_HEAP_NELTS / 4] &&
+      walked !== Infinity &&
+      walkedTimers.has(min - TIMER_HEAP_NODE) &&
+      walked === heapDueIn()
+    );
   } finally {
+    walkedTimers = undefined;
     clearTimeout(probe);
   }
 }
