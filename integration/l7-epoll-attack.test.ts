@@ -10,7 +10,7 @@ import fs from 'node:fs';
 import { castOf, waitFor } from './lib/attack-pods.ts';
 import { SERVER, runClient, startClient } from './lib/l7-abuse-peers.ts';
 import { l7Status, l7WorkersConnected } from './lib/l7-workers.ts';
-import { killAll } from './lib/tcp.ts';
+import { killAll, untilListening } from './lib/tcp.ts';
 import type { ChildProcess } from 'node:child_process';
 
 if (process.getuid?.() !== 0) {
@@ -38,10 +38,7 @@ spec:
 t.before(async () => {
   const server = cast.pods.web.ns.spawn(process.execPath, ['-e', SERVER]);
   servers.push(server);
-  await new Promise<void>((resolve, reject) => {
-    server.stdout!.on('data', (d: Buffer) => String(d).includes('listening') && resolve());
-    server.on('close', (code) => reject(new Error(`server exited ${code}`)));
-  });
+  await untilListening(server, "the web pod's server", 60_000);
   await cast.pc.import(POLICY);
   worker = (await l7WorkersConnected(cast.agent.client)).workers[0].pid!;
   t.ok(worker > 0, 'the worker has a pid');

@@ -6,7 +6,7 @@
 import t from 'tap';
 import { castOf } from './lib/attack-pods.ts';
 import { l7WorkersConnected } from './lib/l7-workers.ts';
-import { killAll } from './lib/tcp.ts';
+import { killAll, untilListening } from './lib/tcp.ts';
 import type { ChildProcess } from 'node:child_process';
 
 if (process.getuid?.() !== 0) {
@@ -100,10 +100,7 @@ async function client(mode: string): Promise<{ statuses: number[]; how: string; 
 t.before(async () => {
   const server = cast.pods.web.ns.spawn(process.execPath, ['-e', SERVER]);
   servers.push(server);
-  await new Promise<void>((resolve, reject) => {
-    server.stdout!.on('data', (d: Buffer) => String(d).includes('listening') && resolve());
-    server.on('close', (code) => reject(new Error(`server exited ${code}`)));
-  });
+  await untilListening(server, "the web pod's server", 60_000);
   await cast.pc.import(POLICY);
   await l7WorkersConnected(cast.agent.client);
 });
