@@ -45,7 +45,11 @@ srv.listen(80, '0.0.0.0', () => console.log('listening'));
  *    prints {held, statuses} once all are up (and answered); closes them all when stdin ends.
  *  noread <path>: sends the request and never reads; prints {sent: true}; closes when stdin ends.
  *  slowloris <n>: trickles one request's headers a byte at a time; meanwhile n requests on other
- *    connections; the last header byte only once those are answered; prints what each got. */
+ *    connections; the last header byte only once those are answered; prints what each got.
+ *  idle <n>: n connections at once that send nothing; prints {up} once each has connected or failed,
+ *    then {closed, how} each time the peer ends one (how: tally of 'end' / 'error:CODE'); the line
+ *    "probe" on stdin: a keep-alive GET /probe on each connection still open, then {probe: tally of
+ *    statuses and how the others ended}; closes them all when stdin ends. */
 export const CLIENT = `
 const net = require('node:net');
 const [mode, ip, arg, flag] = process.argv.slice(1);
@@ -150,7 +154,44 @@ async function slowloris(n) {
   const s = await slow;
   out({ others: got, answeredBeforeOthers, slow: s.status, slowHow: s.how });
 }
-const run = { get: () => get(arg, flag === 'half').then(out), storm: () => storm(Number(arg)), hold: () => hold(Number(arg), flag === 'req'), noread: () => noread(arg), slowloris: () => slowloris(Number(arg)) };
+async function idle(n) {
+  const socks = [];
+  const how = {};
+  let closed = 0;
+  let probing = false;
+  await Promise.all(Array.from({ length: n }, () => new Promise((resolve) => {
+    const c = net.connect({ host: ip, port: 80 });
+    socks.push(c);
+    c.on('connect', resolve);
+    c.on('error', (e) => { c.how ??= 'error:' + e.code; });
+    c.on('end', () => { c.how ??= 'end'; });
+    c.on('close', () => {
+      resolve();
+      if (probing) return;
+      closed++;
+      how[c.how ?? 'close'] = (how[c.how ?? 'close'] ?? 0) + 1;
+      out({ closed, how });
+    });
+  })));
+  out({ up: n - closed });
+  const probe = () => {
+    probing = true;
+    const tally = {};
+    const count = (k) => { tally[k] = (tally[k] ?? 0) + 1; };
+    const open = socks.filter((c) => !c.destroyed);
+    Promise.all(open.map((c) => new Promise((resolve) => {
+      let buf = '';
+      const done = (k) => { if (resolve) { count(k); resolve(); resolve = undefined; } };
+      c.on('data', (d) => { buf += d; if (buf.includes('\\r\\n\\r\\n')) done(buf.slice(9, 12)); });
+      c.on('close', () => done(c.how ?? 'close'));
+      c.write(req('/probe', false));
+    }))).then(() => out({ probe: tally }));
+  };
+  let input = '';
+  process.stdin.on('data', (d) => { input += d; if (input.includes('probe\\n')) { input = ''; probe(); } });
+  process.stdin.on('end', () => { for (const c of socks) c.destroy(); out({ released: true }); });
+}
+const run = { get: () => get(arg, flag === 'half').then(out), storm: () => storm(Number(arg)), hold: () => hold(Number(arg), flag === 'req'), noread: () => noread(arg), idle: () => idle(Number(arg)), slowloris: () => slowloris(Number(arg)) };
 run[mode]();
 `;
 
@@ -172,26 +213,61 @@ export function runClient(ns: TestNetns, args: string[]): Promise<Record<string,
   });
 }
 
-/** A client kept running (hold, noread): its first JSON line, and release() to end it. */
+/** A client kept running (hold, noread, idle): its first JSON line, release() to end it, say() to
+ *  write a line to its stdin, and until() for the first of its lines (so far or to come) that `fits`,
+ *  rejecting with the lines so far once the client exited or `ms` passed. */
 export async function startClient(
   ns: TestNetns,
   args: string[],
-): Promise<{ first: Record<string, unknown>; release: () => Promise<void>; child: ChildProcess }> {
+): Promise<{
+  first: Record<string, unknown>;
+  release: () => Promise<void>;
+  say: (line: string) => void;
+  until: (what: string, fits: (l: Record<string, unknown>) => boolean, ms?: number) => Promise<Record<string, unknown>>;
+  child: ChildProcess;
+}> {
   const child = spawn('nsenter', [`--net=${ns.path}`, process.execPath, '-e', CLIENT, ...args], { stdio: 'pipe' });
   let out = '';
-  const first = await new Promise<Record<string, unknown>>((resolve, reject) => {
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d;
-      if (out.includes('\n')) resolve(lines(out)[0]);
-    });
-    child.on('close', (code) => reject(new Error(`client ${args.join(' ')} exited ${code} before answering`)));
+  let exited = false;
+  const waiters = new Set<() => void>();
+  child.stdout!.on('data', (d: Buffer) => {
+    out += d;
+    for (const w of waiters) w();
   });
-  const closed = new Promise<void>((resolve) => child.on('close', () => resolve()));
+  const closed = new Promise<void>((resolve) =>
+    child.on('close', () => {
+      exited = true;
+      for (const w of waiters) w();
+      resolve();
+    }),
+  );
+  const until = (what: string, fits: (l: Record<string, unknown>) => boolean, ms = 30_000) =>
+    new Promise<Record<string, unknown>>((resolve, reject) => {
+      const check = () => {
+        const hit = lines(out).find(fits);
+        if (hit || exited) {
+          waiters.delete(check);
+          clearTimeout(timer);
+          if (hit) resolve(hit);
+          else reject(new Error(`client ${args.join(' ')} exited before ${what}: ${out.trim()}`));
+        }
+      };
+      const timer = setTimeout(() => {
+        waiters.delete(check);
+        reject(new Error(`client ${args.join(' ')}: no ${what} in ${ms} ms: ${out.trim()}`));
+      }, ms);
+      waiters.add(check);
+      check();
+    });
+  const first = await until('its first line', () => true, 120_000);
   const release = () => {
     child.stdin!.end();
     return closed;
   };
-  return { first, release, child };
+  const say = (line: string) => {
+    child.stdin!.write(`${line}\n`);
+  };
+  return { first, release, say, until, child };
 }
 
 function lines(s: string): Record<string, unknown>[] {

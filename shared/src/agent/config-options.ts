@@ -227,6 +227,13 @@ export const OPTIONS: OptionSpec[] = [
     default: `${DEFAULTS.l7ProxyWorkers} (one per two CPUs, 1-2)`,
   },
   {
+    key: 'l7ProxyMaxConnsPerSource',
+    flags: '--l7-proxy-max-conns-per-source <n>',
+    env: 'MEMBRANE_L7_PROXY_MAX_CONNS_PER_SOURCE',
+    help: "connections one pod (or outside address) may hold open at a proxy worker at once; past it new ones are reset (0 = a sixteenth of the worker's fd limit, at most 1024)",
+    default: '0',
+  },
+  {
     key: 'dnsProxy',
     flags: '--dns-proxy <on|off>',
     env: 'MEMBRANE_DNS_PROXY',

@@ -90,6 +90,7 @@ export const FileSchema = z
     l7Proxy: z.boolean().optional(),
     l7ProxyPort: z.number().int().min(0).max(65535).optional(),
     l7ProxyWorkers: z.number().int().min(1).max(64).optional(),
+    l7ProxyMaxConnsPerSource: z.number().int().min(0).max(1_000_000).optional(),
     dnsProxy: z.boolean().optional(),
     dnsProxyPort: z.number().int().min(0).max(65535).optional(),
     dnsProxyWorkers: z.number().int().min(0).max(64).optional(),

@@ -73,6 +73,9 @@ export interface AgentConfig {
   /** Its port on 127.0.0.1 and ::1; 0 = picked once and kept in the state dir. */
   l7ProxyPort: number;
   l7ProxyWorkers: number;
+  /** Connections one source may hold open at a proxy worker at once (l7/proxy/source-limit.ts); 0: a
+   *  sixteenth of the worker's fd limit, at most 1,024. */
+  l7ProxyMaxConnsPerSource: number;
   /** The DNS proxy for toPorts[].rules.dns and toFQDNs: off refuses policies with DNS rules. */
   dnsProxy: boolean;
   /** Its port (UDP and TCP) on 127.0.0.1 and ::1; 0 = picked once and kept in the state dir. */
@@ -255,6 +258,8 @@ export function resolveConfig(argv: string[], env: NodeJS.ProcessEnv, readFile: 
     l7Proxy: onOff(text('l7Proxy'), file.l7Proxy ?? true),
     l7ProxyPort: int(text('l7ProxyPort'), file.l7ProxyPort, { min: 0, max: 65535 }) ?? 0,
     l7ProxyWorkers: int(text('l7ProxyWorkers'), file.l7ProxyWorkers, { min: 1, max: 64 }) ?? DEFAULTS.l7ProxyWorkers,
+    l7ProxyMaxConnsPerSource:
+      int(text('l7ProxyMaxConnsPerSource'), file.l7ProxyMaxConnsPerSource, { min: 0, max: 1_000_000 }) ?? 0,
     dnsProxy: onOff(text('dnsProxy'), file.dnsProxy ?? true),
     dnsProxyPort: int(text('dnsProxyPort'), file.dnsProxyPort, { min: 0, max: 65535 }) ?? 0,
     dnsProxyWorkers: int(text('dnsProxyWorkers'), file.dnsProxyWorkers, { min: 0, max: 64 }) ?? DEFAULTS.dnsProxyWorkers,

@@ -63,6 +63,7 @@ export class AgentL7 {
     const manager = await ProxyManager.open({
       stateDir: d.cfg.stateDir,
       workers: d.cfg.l7ProxyWorkers,
+      maxConnsPerSource: d.cfg.l7ProxyMaxConnsPerSource,
       port: d.cfg.l7ProxyPort,
       listenersMap: path.join(d.datapath.pinDir, 'proxy_listeners'),
       version: VERSION,

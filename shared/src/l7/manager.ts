@@ -28,6 +28,9 @@ export interface WorkerCommand {
 export interface ProxyManagerOptions {
   stateDir: string;
   workers: number;
+  /** Connections one source may hold open at a worker (--l7-proxy-max-conns-per-source; 0: the
+   *  worker's default, proxy/source-limit.ts). A worker adopted from an earlier agent keeps its own. */
+  maxConnsPerSource?: number;
   /** The datapath's pinned proxy_listeners map, where workers register their listeners. */
   listenersMap?: string;
   /** Fixed port (--l7-proxy-port); 0 = pick one and keep it. */
@@ -263,6 +266,7 @@ export class ProxyManager {
         '--watch',
         this.dir,
         ...(this.o.listenersMap ? ['--listeners', this.o.listenersMap] : []),
+        ...(this.o.maxConnsPerSource ? ['--max-conns-per-source', String(this.o.maxConnsPerSource)] : []),
       ],
       { detached: true, stdio: ['ignore', log, log], env },
     );

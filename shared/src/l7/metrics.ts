@@ -7,7 +7,7 @@
 // the registry when it is scraped. prom-client hashes the label set on every inc() and observe(),
 // even on a child from labels(): that was a third of the agent's CPU per proxied request.
 import { Counter, type Metric, type Registry } from 'prom-client';
-import { At, isResponse, methodOfCode, metricEndpoint, verdictName } from './proxy/records.ts';
+import { At, isResponse, methodOfCode, metricEndpoint, REASON_CONN_LIMIT, verdictName } from './proxy/records.ts';
 
 export const L7_LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 const MAX_ENDPOINT_SERIES = 10_000;
@@ -102,11 +102,24 @@ export function registerL7Metrics(registry: Registry): L7Metrics {
       pending.clear();
     },
   });
+  // Unlabelled: the refusals' flows name each source; a label per source would let a flood of them
+  // grow the registry.
+  let refused = 0;
+  new Counter({
+    name: 'membrane_l7_connections_refused_total',
+    help: 'Connections the L7 proxy refused at once because their source held as many open at the worker as one source may (--l7-proxy-max-conns-per-source)',
+    registers: [registry],
+    collect() {
+      if (refused) this.inc(refused);
+      refused = 0;
+    },
+  });
   const latency = new LatencyHistogram();
   // The registry reads any object of this shape (get, reset, name, help, type, aggregator).
   registry.registerMetric(latency as unknown as Metric);
   return {
     observe(b, off, endpointName) {
+      if (b[off + At.REASON] === REASON_CONN_LIMIT) refused++;
       if (!isResponse(b, off)) return; // responses: they carry the status and the latency
       const key = (b[off + At.METHOD] * 1000 + b.readUInt16LE(off + At.STATUS)) * 4 + b[off + At.VERDICT];
       pending.set(key, (pending.get(key) ?? 0) + 1);

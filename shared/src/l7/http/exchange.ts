@@ -28,8 +28,9 @@ export interface Exchange {
   status: number;
   /** Head-to-head latency in ns (0 until the response). */
   latencyNs: number;
-  /** Why the proxy answered itself (denied, malformed, upstream unreachable). */
-  localReason?: 'denied' | 'bad-request' | 'upstream-unreachable';
+  /** Why the proxy answered itself (denied, malformed, upstream unreachable), or, for the record of a
+   *  connection it refused (proxy/source-limit.ts: no request was read), conn-limit. */
+  localReason?: 'denied' | 'bad-request' | 'upstream-unreachable' | 'conn-limit';
   /** Where the sink wrote the request's record (its batch and offset), so the response's record can
    *  refer to it instead of repeating it (proxy/records.ts); opaque to the connection. */
   recordBatch?: number;

@@ -45,8 +45,13 @@ const MAX_TEXT = 8192;
 const METHODS = ['', 'GET', 'HEAD', 'POST', 'PUT', 'DELETE', 'CONNECT', 'OPTIONS', 'TRACE', 'PATCH'];
 const METHOD_CODE = new Map(METHODS.map((m, i) => [m, i]));
 const VERDICTS: RecordVerdict[] = ['forwarded', 'denied', 'error'];
-export const REASONS = ['', 'denied', 'bad-request', 'upstream-unreachable'] as const;
+export const REASONS = ['', 'denied', 'bad-request', 'upstream-unreachable', 'conn-limit'] as const;
+/** The reason code of a refused connection's record (worker.ts refuse): a request record with no request. */
+export const REASON_CONN_LIMIT = 4;
 const REASON_CODE = new Map<string, number>(REASONS.map((r, i) => [r, i]));
+
+/** A record's verdict code: a refused connection is dropped (1), as a denied request is. */
+const verdictCode = (reason: string | undefined): number => (reason === 'denied' || reason === 'conn-limit' ? 1 : reason ? 2 : 0);
 
 export const verdictName = (v: number): RecordVerdict => VERDICTS[v] ?? 'error';
 /** The standard method of a method code, '' for any other method. */
@@ -67,7 +72,8 @@ export interface L7Record {
   status: number;
   latencyNs: number;
   verdict: RecordVerdict;
-  /** Why the proxy answered itself: denied, bad-request, upstream-unreachable. */
+  /** Why the proxy answered itself: denied, bad-request, upstream-unreachable; conn-limit: the record
+   *  of a connection refused before any request (its method, path and host are empty). */
   reason?: string;
   sides: { direction: 'ingress' | 'egress'; endpoint: number; allowed: boolean; ruleId: number; httpRule?: string }[];
 }
@@ -80,7 +86,7 @@ export interface RecordContext {
 }
 
 /** Offsets of the fields the agent reads in place (the same in every kind of record). */
-export const At = { KIND: 2, VERDICT: 3, METHOD: 4, TIME: 8, LATENCY: 16, STATUS: 24 } as const;
+export const At = { KIND: 2, VERDICT: 3, METHOD: 4, REASON: 6, TIME: 8, LATENCY: 16, STATUS: 24 } as const;
 
 /** Whether the record at b[off] is a response (a full one or a reply). */
 export const isResponse = (b: Buffer, off: number): boolean =>
@@ -187,7 +193,7 @@ export class RecordWriter {
     dv.setUint16(start + 26, ctx.srcPort, true);
     dv.setUint16(start + 28, ctx.dstPort, true);
     b[start + 2] = kind === 'request' ? 0 : 1;
-    b[start + 3] = x.localReason === 'denied' ? 1 : x.localReason ? 2 : 0;
+    b[start + 3] = verdictCode(x.localReason);
     b[start + 4] = mcode;
     b[start + 5] = x.protocol === 'HTTP/1.0' ? 0 : 1;
     b[start + 6] = x.localReason ? (REASON_CODE.get(x.localReason) ?? 0) : 0;
@@ -250,7 +256,7 @@ export class RecordWriter {
     b[start] = SHORT;
     b[start + 1] = 0;
     b[start + 2] = kind;
-    b[start + 3] = x.localReason === 'denied' ? 1 : x.localReason ? 2 : 0;
+    b[start + 3] = verdictCode(x.localReason);
     b[start + 4] = b[req + 4];
     b[start + 5] = b[req + 5];
     b[start + 6] = x.localReason ? (REASON_CODE.get(x.localReason) ?? 0) : 0;

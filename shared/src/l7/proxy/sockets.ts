@@ -15,6 +15,7 @@ import {
   MSG_DONTWAIT,
   MSG_MORE,
   MSG_NOSIGNAL,
+  SO_LINGER,
   SO_REUSEADDR,
   SO_REUSEPORT,
   SOCK_CLOEXEC,
@@ -129,6 +130,20 @@ export function shutdownWriteNow(s: { _handle?: { fd?: number } | null; writable
   const fd = s._handle?.fd;
   if (typeof fd !== 'number' || fd < 0 || s.writableLength > 0) return false;
   return libc().shutdown(fd, 1 /* SHUT_WR */) === 0;
+}
+
+/** struct linger { l_onoff 1, l_linger 0 }: close() resets the connection. */
+const LINGER_RESET = new Int32Array([1, 0]);
+
+/**
+ * Makes the close of a connected socket a reset (SO_LINGER with a zero timeout): the peer gets an RST
+ * instead of a FIN, and nothing is left of the connection in the node's stack (no FIN_WAIT, no
+ * TIME_WAIT). For connections refused before anything was read (worker.ts refuse). False when the
+ * socket has no fd or the option was refused (the close is then an ordinary one).
+ */
+export function resetOnClose(s: unknown): boolean {
+  const fd = (s as { _handle?: { fd?: number } | null })._handle?.fd;
+  return typeof fd === 'number' && fd >= 0 && libc().setsockopt(fd, SOL_SOCKET, SO_LINGER, LINGER_RESET, 8) === 0;
 }
 
 /** send() flags of sendHeld: never block, no SIGPIPE (an error comes back as -1), more to come. */

@@ -1,5 +1,6 @@
 // membrane-proxy: one L7 proxy worker, started by the agent (see l7/manager.ts), never by hand.
 //   membrane-proxy --control SOCKET --port PORT --index N --watch DIR [--listeners MAP_PIN]
+//                  [--max-conns-per-source N]
 import { createLogger } from '../../log.ts';
 import { VERSION } from '../../version.ts';
 import { enableLinearRegexps } from '../http/regex.ts';
@@ -31,6 +32,7 @@ new ProxyWorker({
   version: VERSION,
   watchPath: arg('watch'),
   listenersMap: optionalArg('listeners'),
+  maxConnsPerSource: Number(optionalArg('max-conns-per-source') ?? 0),
   log: (msg, extra) => log.info(extra ?? {}, msg),
 }).start();
 process.on('SIGTERM', () => process.exit(0));

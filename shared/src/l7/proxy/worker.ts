@@ -9,20 +9,18 @@
 import fs from 'node:fs';
 import net from 'node:net';
 import { performance } from 'node:perf_hooks'; // not the global accessor: raw-socket.ts says why
-import { type ConnectionOptions, HttpProxyConnection } from '../http/connection.ts';
-import type { Exchange, ExchangeSink, Verdict } from '../http/exchange.ts';
-import type { UpstreamReuse } from '../http/pair.ts';
-import type { RequestHead } from '../http/parse.ts';
-import type { RequestView } from '../http/rules.ts';
-import type { UpstreamSocket } from '../http/socket.ts';
+import { HttpProxyConnection } from '../http/connection.ts';
+import type { Exchange } from '../http/exchange.ts';
+import { Diverted } from './diverted.ts';
 import { type AgentMessage, encodeFrame, FrameReader, frameHeader, type WorkerMessage } from './frames.ts';
-import { type Linked, LinkList } from './link-list.ts';
+import { LinkList } from './link-list.ts';
 import { type ProxySocket, workerIo } from './io.ts';
 import { type RecordContext, RecordWriter } from './records.ts';
-import { SocketError, transparentListener } from './sockets.ts';
+import { resetOnClose, SocketError, transparentListener } from './sockets.ts';
+import { defaultMaxConnsPerSource, nofileOf, RefusalLog, refusedExchange, SourceLimit } from './source-limit.ts';
 import { registerListener } from './steering.ts';
 import { UpstreamPool } from './upstream-pool.ts';
-import { type ConnectionPolicy, type ProxyDecision, ProxyView } from './view.ts';
+import { type ConnectionPolicy, ProxyView } from './view.ts';
 
 export interface WorkerOptions {
   control: string;
@@ -33,6 +31,9 @@ export interface WorkerOptions {
   listenersMap?: string;
   /** The worker exits when this path disappears (the agent's state was removed). */
   watchPath: string;
+  /** Connections one source may hold open at this worker (source-limit.ts); 0 or none: a sixteenth of
+   *  the worker's fd limit, at most 1,024 (defaultMaxConnsPerSource). */
+  maxConnsPerSource?: number;
   log: (msg: string, extra?: Record<string, unknown>) => void;
 }
 
@@ -53,7 +54,15 @@ const IDLE_TIMEOUT_MS = 60 * 60 * 1000;
 const IDLE_SWEEP_MS = 60_000;
 /** See closeSlowHeads; MEMBRANE_L7_HEAD_SWEEP_MS (the agent's environment reaches its workers) for tests. */
 const HEAD_SWEEP_MS = Number(process.env.MEMBRANE_L7_HEAD_SWEEP_MS) || 30_000;
-const UPSTREAM_CONNECT_TIMEOUT_MS = 10_000;
+
+/** The worker's soft RLIMIT_NOFILE (Node raised it to the hard one at start); NaN when unreadable. */
+function ownNofile(): number {
+  try {
+    return nofileOf(fs.readFileSync('/proc/self/limits', 'utf8'));
+  } catch {
+    return Number.NaN;
+  }
+}
 
 export class ProxyWorker {
   view?: ProxyView;
@@ -72,8 +81,14 @@ export class ProxyWorker {
   private readonly timeOrigin = performance.timeOrigin;
   /** Idle upstream connections by source identity and original destination (upstream-pool.ts). */
   readonly upstreams = new UpstreamPool();
+  /** Open client connections per source, bounded (source-limit.ts). */
+  readonly sources: SourceLimit;
+  private readonly refusals: RefusalLog;
 
-  constructor(private readonly o: WorkerOptions) {}
+  constructor(private readonly o: WorkerOptions) {
+    this.sources = new SourceLimit(o.maxConnsPerSource || defaultMaxConnsPerSource(ownNofile()));
+    this.refusals = new RefusalLog((msg, extra) => o.log(msg, extra));
+  }
 
   start(): void {
     this.connectControl();
@@ -157,7 +172,12 @@ export class ProxyWorker {
         ),
       );
     }
-    this.o.log('listening', { port: this.o.port, families: this.servers.length, io: workerIo.name });
+    this.o.log('listening', {
+      port: this.o.port,
+      families: this.servers.length,
+      io: workerIo.name,
+      maxConnsPerSource: this.sources.max,
+    });
   }
 
   private accept(client: ProxySocket): void {
@@ -178,12 +198,37 @@ export class ProxyWorker {
       client.destroy();
       return;
     }
-    const d = new Diverted(this, client, dstIp, dstPort, srcIp, srcPort, this.view.connection(srcIp, dstIp, dstPort));
+    const policy = this.view.connection(srcIp, dstIp, dstPort);
+    // A local endpoint by its id (both its addresses count together), anything else by its address:
+    // source-limit.ts says why.
+    const source = policy.src.endpoint ?? srcIp;
+    if (!this.sources.admit(source)) {
+      this.refuse(client, policy, srcPort, dstPort);
+      return;
+    }
+    const d = new Diverted(this, client, dstIp, dstPort, srcIp, srcPort, policy, source);
     d.clientClosesFirst = !this.steered.has(client.remoteFamily ?? '');
     this.clients.add(d);
     this.stats.connections++;
-    d.conn = new HttpProxyConnection(d);
+    try {
+      d.conn = new HttpProxyConnection(d);
+    } catch (e) {
+      d.onClose(); // its count back; the listener closes the socket (fail closed)
+      throw e;
+    }
     client.start(); // reading starts once the connection has its listeners
+  }
+
+  /** A connection whose source holds sources.max already: reset (SO_LINGER 0: no FIN handshake and no
+   *  TIME_WAIT left in the node's stack per refusal, which a flood would pile up) before anything is
+   *  read or any upstream connection made, nothing kept. The operator sees it as an L7 flow DROPPED
+   *  with the reason conn-limit (flows.ts) and in membrane_l7_connections_refused_total (metrics.ts),
+   *  from the same records as every request; the log says it at most every 10 s. */
+  private refuse(client: ProxySocket, policy: ConnectionPolicy, srcPort: number, dstPort: number): void {
+    resetOnClose(client);
+    client.destroy();
+    this.refusals.refused(policy.src.ip, this.sources.max, performance.now());
+    this.record('request', refusedExchange(), { srcPort, dstPort, policy });
   }
 
   /** A client gets one to two HEAD_SWEEP_MS for a request head, from its connection or its last
@@ -214,7 +259,7 @@ export class ProxyWorker {
   // ---- records -----------------------------------------------------------------------------------
 
   record(kind: 'request' | 'response', x: Exchange, ctx: RecordContext): void {
-    if (kind === 'request') {
+    if (kind === 'request' && x.localReason !== 'conn-limit') {
       this.stats.requests++;
       if (x.localReason === 'denied') this.stats.denied++;
     }
@@ -302,85 +347,5 @@ export class ProxyWorker {
       d.client.destroy();
     });
     process.exit(0);
-  }
-}
-
-/**
- * One diverted client connection as its HttpProxyConnection sees it (upstream connections, their
- * reuse, a verdict per request, a record per request and response) and as its records see it (ports
- * and the connection's policy): one object with methods, not a closure each, per connection.
- */
-class Diverted implements ConnectionOptions, UpstreamReuse, ExchangeSink, RecordContext, Linked<Diverted> {
-  readonly reuse: UpstreamReuse = this;
-  readonly sink: ExchangeSink = this;
-  readonly clientNoDelay = true; // the listener has TCP_NODELAY (sockets.ts)
-  clientClosesFirst = false;
-  /** The upstream pool key of the connection taken from the pool (undefined: none taken). */
-  private taken?: string;
-  /** Byte count at the last idle sweep, and since when it is that (ProxyWorker.closeIdle). -1: no
-   *  sweep yet, the first one starts the clock (no clock read per connection; the timeout is an hour). */
-  idleBytes = -1;
-  idleSince = 0;
-  /** The connection, and its headWait() at the last head sweep (ProxyWorker.closeSlowHeads). */
-  conn?: HttpProxyConnection = undefined;
-  headMark = -1;
-  /** decide()'s last decision and the verdict made of it. */
-  private lastDecision?: ProxyDecision = undefined;
-  private lastVerdict?: Verdict = undefined;
-  /** ProxyWorker.clients' links. */
-  prevLink?: Diverted = undefined;
-  nextLink?: Diverted = undefined;
-
-  constructor(
-    private readonly w: ProxyWorker,
-    readonly client: ProxySocket,
-    private readonly dstIp: string,
-    readonly dstPort: number,
-    private readonly srcIp: string,
-    readonly srcPort: number,
-    public policy: ConnectionPolicy,
-  ) {}
-
-  /** Only connections that carried this identity's requests to this destination share a key. */
-  private key(): string {
-    const p = this.policy; // one per source, destination and port (ProxyView.connection)
-    return (p.poolKey ??= `${p.src.identity}|${this.dstIp}|${this.dstPort}`);
-  }
-
-  connect(): UpstreamSocket {
-    return workerIo.connect(this.dstIp, this.dstPort, UPSTREAM_CONNECT_TIMEOUT_MS);
-  }
-
-  take(): UpstreamSocket | undefined {
-    this.taken = this.key();
-    return this.w.upstreams.take(this.taken);
-  }
-
-  give(u: UpstreamSocket): boolean {
-    return !this.w.stopping && this.taken === this.key() && this.w.upstreams.give(this.taken, u);
-  }
-
-  decide(_head: RequestHead, req: RequestView): Verdict {
-    const view = this.w.view!;
-    if (this.policy.revision !== view.revision) this.policy = view.connection(this.srcIp, this.dstIp, this.dstPort);
-    const d = view.decide(this.policy, req);
-    // Decisions are shared and read-only (view.ts), and so are verdicts: the last one again, not a copy.
-    if (d !== this.lastDecision) {
-      this.lastDecision = d;
-      this.lastVerdict = { allowed: d.allowed, edits: d.edits, info: d };
-    }
-    return this.lastVerdict!;
-  }
-
-  request(x: Exchange): void {
-    this.w.record('request', x, this);
-  }
-
-  response(x: Exchange): void {
-    this.w.record('response', x, this);
-  }
-
-  onClose(): void {
-    this.w.clients.delete(this);
   }
 }

@@ -1,0 +1,135 @@
+// How many connections one source may hold open at an L7 proxy worker (l7/proxy/source-limit.ts), with
+// real connections from pods: the bound is 20 here (MEMBRANE_L7_PROXY_MAX_CONNS_PER_SOURCE, the
+// environment form of --l7-proxy-max-conns-per-source), one worker, and the head sweep out of the way
+// (an hour: idle connections are not closed by it while the test holds them). Pod A opens 30 idle
+// connections: 10 are reset, 20 are held and served; pod B is served meanwhile; the operator sees each
+// refusal as an L7 flow DROPPED and in membrane_l7_connections_refused_total; once A's connections are
+// closed A is served again and the worker's fds are back where they were. The peers:
+// lib/l7-abuse-peers.ts (mode idle).
+import t from 'tap';
+import fs from 'node:fs';
+import type { ChildProcess } from 'node:child_process';
+import { ObserverClient } from '../shared/src/flows/client.ts';
+import { castOf, waitFor } from './lib/attack-pods.ts';
+import { SERVER, runClient, startClient } from './lib/l7-abuse-peers.ts';
+import { metricsText } from './lib/metrics.ts';
+import { l7Status, l7WorkersConnected } from './lib/l7-workers.ts';
+import { killAll, untilListening } from './lib/tcp.ts';
+
+if (process.getuid?.() !== 0) {
+  t.plan(0, 'needs root');
+  process.exit(0);
+}
+
+const CAP = 20;
+const EXTRA = 10;
+const cast = castOf(['web', 'a', 'b'], {
+  env: {
+    MEMBRANE_L7_PROXY_WORKERS: '1',
+    MEMBRANE_L7_PROXY_MAX_CONNS_PER_SOURCE: String(CAP),
+    MEMBRANE_L7_HEAD_SWEEP_MS: '3600000',
+  },
+});
+const servers: ChildProcess[] = [];
+let worker = 0;
+
+const POLICY = `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: web-l7-conn-cap}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromEndpoints: [{matchExpressions: [{key: app, operator: In, values: [a, b]}]}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}], rules: {http: [{method: GET, path: "/.*"}]}}]
+`;
+
+t.before(async () => {
+  const server = cast.pods.web.ns.spawn(process.execPath, ['-e', SERVER]);
+  servers.push(server);
+  await untilListening(server, "the web pod's server", 60_000);
+  await cast.pc.import(POLICY);
+  worker = (await l7WorkersConnected(cast.agent.client)).workers[0].pid!;
+});
+t.teardown(() => killAll(servers));
+
+const get = async (pod: 'a' | 'b', path: string) =>
+  (await runClient(cast.pods[pod].ns, ['get', cast.pods.web.ip4, path]))[0] as { status: number; how: string };
+const fds = () => fs.readdirSync(`/proc/${worker}/fd`).length;
+/** Until the worker has no more fds than `n` (an idle upstream connection lives up to 2 s in its pool). */
+const fdsBackTo = (n: number) => waitFor(`the worker's fds back to ${n}`, async () => (fds() <= n ? true : undefined), 20_000);
+
+/** The refusals of connections from `ip` the observer has, once there are at least `n` (or what there
+ *  is after 20 s: the caller asserts). */
+async function refusalFlows(ip: string, n: number) {
+  const observer = new ObserverClient(cast.agent.observerSocket);
+  try {
+    const refusals = async () =>
+      (await observer.collect({ number: 10_000, whitelist: [{ eventType: [{ type: 129 }], verdict: ['DROPPED'] }] }))
+        .map((r) => r.flow!)
+        .filter((f) => f.IP?.source === ip && /connection refused/.test(f.Summary ?? ''));
+    let got = await refusals();
+    for (const end = Date.now() + 20_000; Date.now() < end && got.length < n; got = await refusals())
+      await new Promise((r) => setTimeout(r, 100));
+    return got;
+  } finally {
+    observer.close();
+  }
+}
+
+/** membrane_l7_connections_refused_total, once it is at least `n` (or as it is after 20 s). */
+async function refusedMetric(n: number): Promise<number> {
+  let v = -1;
+  for (const end = Date.now() + 20_000; Date.now() < end && v < n; await new Promise((r) => setTimeout(r, 200))) {
+    const m = /^membrane_l7_connections_refused_total (\d+)/m.exec(await metricsText(cast.agent.client));
+    v = m ? Number(m[1]) : -1;
+  }
+  return v;
+}
+
+t.test(`one pod holding ${CAP} connections: its next ones are reset, others are served`, async (t) => {
+  t.equal((await get('b', '/warm')).status, 200, 'proxied before');
+  const warm = fds();
+  await waitFor('the idle upstream connection to expire', async () => (fds() < warm ? true : undefined), 20_000);
+  const base = fds();
+
+  const a = await startClient(cast.pods.a.ns, ['idle', cast.pods.web.ip4, String(CAP + EXTRA)]);
+  t.teardown(() => a.release());
+  const refused = await a.until(`${EXTRA} connections ended by the proxy`, (l) => l.closed === EXTRA);
+  t.same(refused.how, { 'error:ECONNRESET': EXTRA }, `${EXTRA} of A's ${CAP + EXTRA} idle connections were reset`);
+  await fdsBackTo(base + CAP);
+  t.ok(fds() <= base + CAP, `the worker holds an fd for each of the ${CAP} held connections and none for the refused`);
+
+  const more = await get('a', '/more');
+  // A reset that comes before the request is written, or after: the write then fails (EPIPE).
+  t.match(more, { status: 0, how: /^error:E(CONNRESET|PIPE)$/ }, `A's next connection is reset too: ${JSON.stringify(more)}`);
+  t.equal((await get('b', '/other')).status, 200, "B's request through the L7 rule is answered meanwhile");
+
+  a.say('probe');
+  const probe = await a.until("the held connections' answers", (l) => l.probe !== undefined);
+  t.same(probe.probe, { '200': CAP }, `each of A's ${CAP} held connections is served`);
+
+  const flows = await refusalFlows(cast.pods.a.ip4, EXTRA + 1);
+  t.equal(flows.length, EXTRA + 1, `each refusal is an L7 flow DROPPED from A (${flows.length})`);
+  t.match(
+    flows[0],
+    {
+      Type: 'L7',
+      verdict: 'DROPPED',
+      IP: { source: cast.pods.a.ip4, destination: cast.pods.web.ip4 },
+      l4: { TCP: { destinationPort: 80 } },
+      source: { ID: cast.pods.a.ep.id },
+      destination: { ID: cast.pods.web.ep.id },
+      Summary: /--l7-proxy-max-conns-per-source/,
+    },
+    'naming both pods and the knob',
+  );
+  t.equal(await refusedMetric(EXTRA + 1), EXTRA + 1, 'membrane_l7_connections_refused_total counts them');
+
+  await a.release();
+  await fdsBackTo(base);
+  t.ok(fds() <= base, `once A's connections closed, the worker's fds are back to ${base}`);
+  t.equal((await get('a', '/again')).status, 200, 'and A is served again');
+  t.equal((await l7Status(cast.agent.client)).workers[0].pid, worker, 'by the same worker');
+  await fdsBackTo(base);
+  t.ok(fds() <= base, `its fds are back to ${base} after that too`);
+});
