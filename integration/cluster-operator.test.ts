@@ -138,17 +138,21 @@ t.test('pod CIDRs never overlap across 20 node joins and leaves, and are release
 t.test('identities nobody references are collected after the grace period; referenced ones stay', async (t) => {
   const L = c.L;
   const lease = await c.kv.grantLease(30);
+  // A referenced identity gets its reference before its record, so the operator never sees it
+  // unreferenced before the test says so. t0 is taken before the first identity the operator may see
+  // unreferenced is written: its grace starts after t0 however long the writes take (a loaded etcd
+  // took longer than the grace's margin for the writes after the orphan when it was written first).
   const put = async (id: number, app: string, ref: boolean) => {
     const labels = { 'k8s:app': app };
+    if (ref) await c.kv.put(L.identityRef(id, 'alive'), encode({ since: 'now' }), { lease: lease.id });
     await c.kv.put(L.identityId(id), encode({ id, labels, createdAt: new Date().toISOString(), createdBy: 'gone' }));
     await c.kv.put(L.identityLabels(labels), String(id));
-    if (ref) await c.kv.put(L.identityRef(id, 'alive'), encode({ since: 'now' }), { lease: lease.id });
   };
-  await put(40001, 'orphan', false);
   await put(40002, 'used', true);
   await put(40003, 'was-used', true);
-  await c.kv.delete(L.identityRef(40003, 'alive'));
   const t0 = Date.now();
+  await put(40001, 'orphan', false);
+  await c.kv.delete(L.identityRef(40003, 'alive'));
   await eventually(
     'orphans collected',
     async () => !(await c.kv.get(L.identityId(40001))) && !(await c.kv.get(L.identityId(40003))),
