@@ -137,7 +137,7 @@ state = "${dir}/state"
         await cri.version();
         return true;
       },
-      30_000,
+      START_TIMEOUT_MS,
       () => `containerd did not answer on ${socket}:\n${tail(path.join(dir, 'containerd.log'))}`,
       exited,
     );
@@ -158,7 +158,7 @@ state = "${dir}/state"
 export async function waitNetworkReady(c: Containerd): Promise<void> {
   await waitFor(
     async () => (await c.cri.conditions()).NetworkReady === true,
-    30_000,
+    START_TIMEOUT_MS,
     () => 'CRI never reported NetworkReady=true',
   );
 }
@@ -179,6 +179,12 @@ export function unmountUnder(dir: string): void {
     }
   }
 }
+
+/** How long containerd gets to answer and to report its network ready: 120 s as for the agents
+ *  (lib/agent.ts). Only a start that never comes meets it (a containerd that exits is noticed at
+ *  once); a loaded 2-vCPU machine (two heavy files at once, load 20-30) takes many seconds to start
+ *  a process. */
+const START_TIMEOUT_MS = 120_000;
 
 async function waitFor(check: () => Promise<boolean>, ms: number, msg: () => string, exited?: Promise<void>): Promise<void> {
   const deadline = Date.now() + ms;

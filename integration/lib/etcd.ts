@@ -37,6 +37,8 @@ export interface TestEtcd {
   stop(): Promise<void>;
 }
 
+const START_TIMEOUT_MS = 120_000;
+
 async function freePort(): Promise<number> {
   return new Promise((resolve, reject) => {
     const s = net.createServer();
@@ -106,13 +108,15 @@ export async function startEtcd(opts: EtcdOptions): Promise<TestEtcd> {
     fs.closeSync(log);
     ownChild(child);
     const c = child;
-    const deadline = Date.now() + 20_000;
+    // 120 s as for the agents (lib/agent.ts): only a start that never answers meets it, and a loaded
+    // 2-vCPU machine (two heavy files at once, load 20-30) can take many seconds to start a process.
+    const deadline = Date.now() + START_TIMEOUT_MS;
     while (Date.now() < deadline) {
       if (c.exitCode !== null || c.signalCode !== null) throw new Error(`etcd exited during start:\n${tail(logFile)}`);
       if (await (opts.tls ? healthyTls(localUrl, opts.tls) : healthy(localUrl))) return;
       await new Promise((r) => setTimeout(r, 100));
     }
-    throw new Error(`etcd did not answer within 20 s:\n${tail(logFile)}`);
+    throw new Error(`etcd did not answer within ${START_TIMEOUT_MS / 1000} s:\n${tail(logFile)}`);
   };
   const signal = (sig: NodeJS.Signals) => signalAndWait(child, sig);
   const etcd: TestEtcd = {
