@@ -66,5 +66,9 @@ t.test('a table more than half full is collected every second, whatever the inte
   const since = Date.now();
   const before = calls;
   await new Promise((r) => setTimeout(r, 2300));
-  t.ok(calls - before <= 3, `and not more than once a second: ${calls - before} in ${Date.now() - since} ms`);
+  // The bound follows the time that really passed: a loaded machine wakes this wait late, and the
+  // collections due meanwhile are not too many. Once a second gives at most one per whole second
+  // passed, plus one due at the start.
+  const passed = Date.now() - since;
+  t.ok(calls - before <= Math.floor(passed / 1000) + 1, `and not more than once a second: ${calls - before} in ${passed} ms`);
 });
