@@ -11,6 +11,10 @@ import type { Session } from '../src/kvstore/session.ts';
 
 const ep = (attachment: string) => ({ kind: 'endpoint', attachment, ifName: 'eth0' }) as const;
 const tiny = [{ cidr: '10.9.0.0/29', gateway: '10.9.0.1' }]; // .2-.6
+/** The quarantine in the cases that check an address is still held after it began: 1.5 s, so that a
+ *  test process a loaded machine leaves unscheduled for a few hundred ms does not see it end early
+ *  (200-300 ms before). The waits for its end are sleeps past it: a timer never fires early. */
+const QUARANTINE_MS = 1500;
 
 t.test('single-node (no hold): a released address may be requested again at once', async (t) => {
   const ipam = await Ipam.open(new MemoryStore());
@@ -56,7 +60,7 @@ t.test('cluster mode: held until the store took the withdrawal, then for the qua
     node: 'n1',
     nodeIp: '198.18.0.1',
     onRemoteChange: () => {},
-    quarantineMs: 300,
+    quarantineMs: QUARANTINE_MS,
   });
   const ipam = await Ipam.open(new MemoryStore());
   ipam.holdReleased((ip) => ipc.quarantined(ip));
@@ -79,7 +83,7 @@ t.test('cluster mode: held until the store took the withdrawal, then for the qua
 
   flush(); // the store took the delete
   await t.rejects(ipam.allocate('p', ep('b'), { ip: a.ip }), { code: 'address_in_use', message: /released \d+ ms ago/ });
-  await new Promise((r) => setTimeout(r, 350));
+  await new Promise((r) => setTimeout(r, QUARANTINE_MS + 50));
   t.equal((await ipam.allocate('p', ep('b'), { ip: a.ip })).ip, a.ip, 'handed out once the quarantine ended');
   ipc.publish({ key: 'b/eth0', ips: [a.ip], identity: 2000 });
   t.equal(ipc.quarantined(a.ip), undefined, 'published again: not held');
@@ -131,7 +135,7 @@ t.test('cluster mode: a hold survives an agent restart (durable in the IPAM stor
   t.equal((await bare.allocate('p', ep('x'), { ip: a.ip })).ip, a.ip, 'a restarted IPAM without holds reuses it (the hole)');
   await bare.releaseOwner(ep('x'));
 
-  const run2 = make(300);
+  const run2 = make(QUARANTINE_MS);
   const ipam2 = await Ipam.open(store);
   ipam2.holdReleased((ip) => run2.ipc.quarantined(ip));
   t.same(ipam2.restoredHolds(), [a.ip], 'the release left a record on disk');
@@ -156,7 +160,7 @@ t.test('cluster mode: a hold survives an agent restart (durable in the IPAM stor
     { code: 'address_in_use', message: /released before this agent restarted/ },
     'then for the quarantine',
   );
-  await new Promise((r) => setTimeout(r, 350));
+  await new Promise((r) => setTimeout(r, QUARANTINE_MS + 50));
   t.equal((await ipam2.allocate('p', ep('b'), { ip: a.ip })).ip, a.ip, 'handed out once the quarantine ended');
   t.same((await Ipam.open(store)).restoredHolds(), [], 'and its record is gone');
 });
@@ -169,7 +173,7 @@ t.test('cluster mode: held from the moment the IPAM frees it, before the endpoin
     node: 'n1',
     nodeIp: '198.18.0.1',
     onRemoteChange: () => {},
-    quarantineMs: 200,
+    quarantineMs: QUARANTINE_MS,
   });
   const ipam = await Ipam.open(new MemoryStore());
   ipam.holdReleased(
@@ -199,13 +203,13 @@ t.test('cluster mode: held from the moment the IPAM frees it, before the endpoin
   flush();
   mirror.items.delete(a.ip);
   await t.rejects(ipam.allocate('p', ep('b'), { ip: a.ip }), { code: 'address_in_use', message: /released \d+ ms ago/ });
-  await new Promise((r) => setTimeout(r, 250));
+  await new Promise((r) => setTimeout(r, QUARANTINE_MS + 50));
   t.equal((await ipam.allocate('p', ep('b'), { ip: a.ip })).ip, a.ip, 'handed out once the quarantine ended');
 
   // An address never published (a create rolled back): held for the quarantine, not for ever.
   const c = await ipam.allocate('p', ep('c'));
   await ipam.releaseOwner(ep('c'));
   await t.rejects(ipam.allocate('p', ep('d'), { ip: c.ip }), { code: 'address_in_use', message: /released \d+ ms ago/ });
-  await new Promise((r) => setTimeout(r, 250));
+  await new Promise((r) => setTimeout(r, QUARANTINE_MS + 50));
   t.equal((await ipam.allocate('p', ep('d'), { ip: c.ip })).ip, c.ip, 'then handed out');
 });
