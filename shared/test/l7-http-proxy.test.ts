@@ -122,14 +122,19 @@ function request(
   });
 }
 
-/** Writes raw bytes on a new connection and reads until `done(text)` or the server closes. */
+/** How long a raw exchange may wait for the proxy's answer or close: 30 s as every test wait
+ *  (lib/poll.ts); only an exchange that never ends meets it, and a loaded machine can leave this
+ *  process unscheduled for seconds. */
+const WAIT_MS = 30_000;
+
+/** Writes raw bytes on a new connection and reads until `done(text)` or the server closes (or WAIT_MS). */
 async function raw(bytes: string, done: (text: string) => boolean): Promise<{ text: string; closed: boolean }> {
   const s = net.connect(proxyPort, '127.0.0.1');
   let text = '';
   let closed = false;
   s.write(bytes);
   await new Promise<void>((resolve) => {
-    const timer = setTimeout(resolve, 5000);
+    const timer = setTimeout(resolve, WAIT_MS);
     s.on('data', (d: Buffer) => {
       text += d.toString('latin1');
       if (done(text)) {
@@ -220,7 +225,7 @@ t.test('a response that comes before its request body is all sent: the connectio
   s.on('error', () => undefined);
   const until = async (what: string, ok: () => boolean) => {
     for (const t0 = Date.now(); !ok() && !closed; ) {
-      if (Date.now() - t0 > 5000) throw new Error(`no ${what} within 5 s; got ${JSON.stringify(text)}`);
+      if (Date.now() - t0 > WAIT_MS) throw new Error(`no ${what} within ${WAIT_MS / 1000} s; got ${JSON.stringify(text)}`);
       await new Promise((r) => setTimeout(r, 10));
     }
   };
