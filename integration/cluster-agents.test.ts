@@ -107,6 +107,11 @@ t.test(
       p.endpoint.identity,
       `node 3 classifies ${p.ip4} as identity ${p.endpoint.identity} (${ms} ms after the create returned)`,
     );
+    // Waited for as well: node 2's agent takes the store's event on its own, node 3 having it says
+    // nothing about node 2 (a loaded machine runs one agent later than the other).
+    await eventually('node 2 ipcache entry', () => readIpcache(n2.bpffsDir).get(`${p.ip4}/32`) === p.endpoint.identity).catch(
+      () => undefined,
+    );
     t.equal(readIpcache(n2.bpffsDir).get(`${p.ip4}/32`), p.endpoint.identity, 'node 2 too');
     const q = await n2.pod({ app: 'probe2' });
     await eventually('q known on n1 and n3', () =>
