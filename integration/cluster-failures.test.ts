@@ -83,7 +83,10 @@ t.test(
       /security identity for labels .*app=brand-new.*cluster store/,
       `the message says what and why: ${(err as Error).message}`,
     );
-    t.ok(waited < 15_000, `bounded: failed after ${waited} ms`);
+    // The agent gives up after its 10 s identity allocation timeout; the pod's netns and the API call
+    // around it took 0.5 s at load 8 and take seconds more at load 20-30. 20 s, as membrane-cni's
+    // bound below: still far from a hang.
+    t.ok(waited < 20_000, `bounded: failed after ${waited} ms`);
     // The same through membrane-cni, as kubelet would run it: a CNI error, code 11, not a hang.
     const podNs = createNetns('mbp');
     try {
