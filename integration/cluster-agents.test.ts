@@ -3,7 +3,7 @@
 // node 1 is enforced in node 3's policy map, deletes propagate and leave no trace. Maps are read
 // with bpftool, not through the agents.
 import t from 'tap';
-import { startCluster, eventually, type TestCluster } from './lib/cluster.ts';
+import { startCluster, eventually, tail, type TestCluster } from './lib/cluster.ts';
 import { readIpcache, readPolicy, webFromClient } from './lib/cluster-maps.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
 import { execFileSync } from 'node:child_process';
@@ -235,8 +235,16 @@ t.test("a 10,000-rule policy (2.7 MB of JSON, stored gzipped) imported on node 1
   const entries = () =>
     readPolicy(n3.bpffsDir).filter((e) => e.endpointId === web.endpoint.id && e.direction === 'ingress' && e.dport === 443)
       .length;
-  await eventually('node 3 holds the 9,999 CIDR entries', () => entries() >= 9_999, 60_000, 500);
-  t.ok(entries() >= 9_999, `node 3's policy map holds ${entries()} port-443 entries for web-big`);
+  // A timeout is asserted with what node 3 shows, not thrown: once in a loaded run (after the restart
+  // case above) none arrived within 60 s, where 0.6-1.3 s is usual; node 3's log and status name why.
+  await eventually('node 3 holds the 9,999 CIDR entries', () => entries() >= 9_999, 60_000, 500).catch(() => undefined);
+  const held = entries();
+  t.ok(held >= 9_999, `node 3's policy map holds ${held} port-443 entries for web-big`);
+  if (held < 9_999) {
+    const status = await n3.client.status().catch((e: Error) => e.message);
+    t.comment(`node 3's status: ${JSON.stringify(status)}`);
+    t.comment(`node 3's agent log (last 60 lines):\n${tail(path.join(n3.stateDir, 'agent.log'), 60)}`);
+  }
   await new PolicyClient(n1.client).delete(['big']);
   await eventually('gone again on node 3', () => entries() === 0, 60_000, 500);
 });
