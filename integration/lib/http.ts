@@ -91,6 +91,9 @@ export interface CurlResult {
 /**
  * curl inside ns. Several URLs share one connection when the server keeps it open (curl reuses it);
  * `extra` are more curl arguments (-X, -H, -d, -T ...). `stdin` feeds -T - / --data-binary @-.
+ * Without `timeoutS`: 5 s to connect (a dropped SYN answers status 0 after 5 s), then 30 s for the
+ * whole exchange: a server or proxy a loaded machine leaves unscheduled is not a drop. With it: at
+ * most timeoutS for everything (the callers that expect no answer give 2 s).
  */
 export function curl(
   ns: TestNetns,
@@ -99,7 +102,9 @@ export function curl(
   opts: { timeoutS?: number; stdin?: ChildProcess } = {},
 ): Promise<CurlResult> {
   const list = Array.isArray(urls) ? urls : [urls];
-  const args = ['-sS', '--max-time', String(opts.timeoutS ?? 5), '-w', '\\n%{http_code} %{num_connects}\\n', ...extra, ...list];
+  const limits =
+    opts.timeoutS === undefined ? ['--connect-timeout', '5', '--max-time', '30'] : ['--max-time', String(opts.timeoutS)];
+  const args = ['-sS', ...limits, '-w', '\\n%{http_code} %{num_connects}\\n', ...extra, ...list];
   const child = spawn('nsenter', [`--net=${ns.path}`, 'curl', ...args], {
     stdio: [opts.stdin ? 'pipe' : 'ignore', 'pipe', 'pipe'],
   });
