@@ -214,6 +214,12 @@ export class HttpProxyConnection implements RequestHost, ResponseHost, PairEvent
       this.io.endClient();
       return;
     } // the client may still send (half-close)
+    if (this.res.state === Rs.BODY) {
+      // A response cut short (its length or chunks say so): so is the client's connection, never
+      // ended as if the answer were whole.
+      this.io.cut();
+      return;
+    }
     if (this.res.state === Rs.BODY_CLOSE) this.res.complete();
     // Requests the server will never answer: the connection ends like the server's did.
     this.req.state = Rq.CLOSED;
@@ -226,7 +232,9 @@ export class HttpProxyConnection implements RequestHost, ResponseHost, PairEvent
     if (this.io.closed) return;
     if (this.replayOnFresh()) return;
     if (this.io.upstreamConnected) {
-      this.io.destroy();
+      // A response under way is cut (a reset); otherwise both sockets are closed.
+      if (this.res.state === Rs.BODY || this.res.state === Rs.BODY_CLOSE) this.io.cut();
+      else this.io.destroy();
       return;
     }
     this.upstreamDone = true;

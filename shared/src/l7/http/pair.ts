@@ -3,7 +3,7 @@
 // (the client is read only while nothing holds it: a full upstream buffer, a full pipeline, an
 // upgrade waiting for the server's answer; the upstream is read only while the client's buffer
 // drains) and how they end (each side ended once, the client given the chance to close first).
-import { sendHeld, shutdownWriteNow } from '../proxy/sockets.ts';
+import { resetOnClose, sendHeld, shutdownWriteNow } from '../proxy/sockets.ts';
 import type { ClientSocket, UpstreamSocket } from './socket.ts';
 import { holdUpstream, type UpstreamHolder } from './upstream-events.ts';
 
@@ -227,9 +227,11 @@ export class SocketPair implements UpstreamHolder {
     return u;
   }
 
-  /** The upstream never connected: forget it (its close still comes, as upstreamEnd). */
+  /** The upstream never connected: forget it (its close still comes, as upstreamEnd), and what it
+   *  held up: a client held for its full buffer would otherwise never be read again. */
   dropUpstream(): void {
     this.upstream = undefined;
+    this.release(Hold.UPSTREAM_FULL);
   }
 
   toUpstream(b: Buffer): void {
@@ -294,6 +296,11 @@ export class SocketPair implements UpstreamHolder {
    *  came from the client after its last request, which was read to its end. */
   finish(letClientClose: boolean, readToEnd = false): void {
     if (this.closed) return;
+    // Nothing read from the client from now on goes anywhere (the connection's request side is
+    // closed), so nothing may hold its reading: the client's FIN (or reset) must be seen, or a client
+    // held for a full upstream buffer (a server that stopped reading, or died, mid-upload) and told
+    // FIN would wait for its bytes to be read, and the proxy for its FIN, for ever.
+    this.readRest();
     end(this.upstream);
     if (letClientClose && !this.clientEnded) {
       this.lingerTimer ??= setTimeout(() => {
@@ -325,11 +332,27 @@ export class SocketPair implements UpstreamHolder {
     end(this.client);
   }
 
+  /** Reads the client whatever held it (its bytes are dropped from now on). */
+  private readRest(): void {
+    if (!this.holds) return;
+    this.holds = 0;
+    this.client.resume();
+  }
+
   private stopLingering(): void {
     if (this.lingerTimer) {
       clearTimeout(this.lingerTimer);
       this.lingerTimer = undefined;
     }
+  }
+
+  /** A response cut short (the server reset, or ended it before its length or last chunk): the
+   *  client gets a reset, so no client can take what came for the whole answer (a FIN ends a
+   *  close-delimited one), whether or not bytes of its were still unread (a close() alone resets only
+   *  then). Both sockets are closed. */
+  cut(): void {
+    if (!this.closed) resetOnClose(this.client);
+    this.destroy();
   }
 
   destroy(): void {

@@ -16,6 +16,7 @@
 // worker's CPU in a one-request-per-connection profile).
 import { Buffer } from 'node:buffer';
 import { armYield, yieldUs } from './sched.ts';
+import { pendingSocketError } from './sockets.ts';
 import { ProxySocketBase } from './socket-base.ts';
 import { type Address, type ConnectReq, type Req, state, sw, type TcpHandle, tcpWrap, UV_EOF, UV_ETIMEDOUT } from './uv.ts';
 
@@ -65,6 +66,12 @@ function onRead(this: TcpHandle): void {
   }
   if (n === 0) return;
   if (n === UV_EOF) {
+    // A reset after data comes as EOF from libuv (sockets.ts pendingSocketError): an error it is.
+    const err = pendingSocketError(s);
+    if (err) {
+      s.fail(-err);
+      return;
+    }
     s.readableEnded = true;
     s.onend?.();
     s.closeIfDone();

@@ -15,6 +15,7 @@ import {
   MSG_DONTWAIT,
   MSG_MORE,
   MSG_NOSIGNAL,
+  SO_ERROR,
   SO_LINGER,
   SO_REUSEADDR,
   SO_REUSEPORT,
@@ -130,6 +131,23 @@ export function shutdownWriteNow(s: { _handle?: { fd?: number } | null; writable
   const fd = s._handle?.fd;
   if (typeof fd !== 'number' || fd < 0 || s.writableLength > 0) return false;
   return libc().shutdown(fd, 1 /* SHUT_WR */) === 0;
+}
+
+const soError = new Int32Array(1);
+const soErrorLen = new Uint32Array(1);
+
+/**
+ * The error the kernel holds for a connected socket and no call returned yet (SO_ERROR, cleared by
+ * reading it), as a positive errno; 0 for none or no fd. libuv reports a peer's reset that follows
+ * data as an end of stream (a hang-up after a partial read is taken for EOF without another read),
+ * so raw-socket.ts asks here before it takes an end for one (a reset must not end a response that
+ * its close delimits, nor pass a cut one for whole).
+ */
+export function pendingSocketError(s: { _handle?: { fd?: number } | null }): number {
+  const fd = s._handle?.fd;
+  if (typeof fd !== 'number' || fd < 0) return 0;
+  soErrorLen[0] = 4;
+  return libc().getsockopt(fd, SOL_SOCKET, SO_ERROR, soError, soErrorLen) === 0 ? soError[0] : 0;
 }
 
 /** struct linger { l_onoff 1, l_linger 0 }: close() resets the connection. */
