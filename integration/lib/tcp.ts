@@ -10,9 +10,13 @@ srv.listen(Number(process.argv[1]), process.argv[2], () => process.stdout.write(
 `;
 
 const STREAM = `
-// Sends a line every 20 ms and prints a count of echoed bytes every 100 ms: a live flow.
+// Sends a line every 20 ms and prints a count of echoed bytes every 100 ms: a live flow. SIGTERM
+// resets the connection and exits: killed with data still unacknowledged (a flow a policy cut), the
+// kernel would keep the orphaned socket retransmitting it for minutes, with backoff, and a later
+// test on the same endpoints would count those packets among its own drops.
 const net = require('net');
 const s = net.connect(Number(process.argv[2]), process.argv[1]);
+process.on('SIGTERM', () => { s.resetAndDestroy(); process.exit(0); });
 let echoed = 0;
 s.on('data', (d) => { echoed += d.length; });
 s.on('error', (e) => { process.stdout.write('error ' + e.message + '\\n'); process.exit(1); });
@@ -115,7 +119,10 @@ export function startFlow(ns: TestNetns, ip: string, port: number): LiveFlow {
     echoed: () => echoed,
     failed: () => failed,
     stop: () => {
-      child.kill('SIGKILL');
+      if (child.exitCode !== null || child.signalCode !== null) return;
+      child.kill('SIGTERM'); // a reset, not an orphan (STREAM)
+      const hard = setTimeout(() => child.kill('SIGKILL'), 5000);
+      child.once('exit', () => clearTimeout(hard));
     },
   };
 }
