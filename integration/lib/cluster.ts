@@ -106,6 +106,23 @@ export interface TestCluster {
   cleanup(): Promise<void>;
 }
 
+/** With MEMBRANE_KEEP_LOGS=DIR set, a cluster's logs (agents, operators, etcd) are copied to
+ *  DIR/<root's name>/ before its root is removed: a flake seen once can be read afterwards. */
+function keepLogs(root: string): void {
+  const dest = process.env.MEMBRANE_KEEP_LOGS;
+  if (!dest) return;
+  try {
+    const to = path.join(dest, path.basename(root));
+    for (const rel of fs.readdirSync(root, { recursive: true }) as string[]) {
+      if (!rel.endsWith('.log')) continue;
+      fs.mkdirSync(path.dirname(path.join(to, rel)), { recursive: true });
+      fs.copyFileSync(path.join(root, rel), path.join(to, rel));
+    }
+  } catch (e) {
+    console.error(`keeping the logs of ${root} in ${dest}: ${(e as Error).message}`);
+  }
+}
+
 export function randomUnderlay(): { prefix: string; subnet: string } {
   const r = crypto.randomInt(0, 512);
   const prefix = `198.${18 + (r >> 8)}.${r & 255}`;
@@ -182,6 +199,7 @@ export async function startCluster(opts: ClusterOptions): Promise<TestCluster> {
     for (const ns of netnss) ns.remove();
     for (const pin of pins) fs.rmSync(pin.dir, { recursive: true, force: true });
     for (const pin of pins) pin.release();
+    keepLogs(root);
     fs.rmSync(root, { recursive: true, force: true });
     releaseRoot();
   };
