@@ -2,7 +2,9 @@
 // connections from a pod: the sweep's interval is SWEEP_MS here (MEMBRANE_L7_HEAD_SWEEP_MS; 30 s by
 // default), so a client gets 1.5-3 s per head. A client trickling its head (slowloris) and one idle
 // between requests are closed; one that keeps sending requests, or waits for a slow server's answer,
-// is not. Not shorter: a busy client that a loaded machine leaves unscheduled for one sweep interval
+// is not. A client told FIN after a `Connection: close` answer (or a 403) that keeps sending a byte
+// every 100 ms without closing is closed the same way (the proxy had read and dropped its bytes for
+// ever); one that closes is unaffected. Not shorter: a busy client that a loaded machine leaves unscheduled for one sweep interval
 // owes the same head at two sweeps and is closed, as it should be (with 500 ms, 1 of 3 runs beside two
 // CPU burners: 5 answers, then closed at 1436 ms).
 import t from 'tap';
@@ -56,16 +58,22 @@ srv.listen(80, '0.0.0.0', () => console.log('listening'));
  *  trickle: a head a byte every 150 ms (never finished within GIVE_UP_MS).
  *  busy: a keep-alive GET every 150 ms for BUSY_MS.
  *  idle: one keep-alive GET, then nothing (up to GIVE_UP_MS).
- *  slow: one keep-alive GET /slow/SLOW_MS. */
+ *  slow: one keep-alive GET /slow/SLOW_MS.
+ *  linger-GET, linger-POST: one `Connection: close` request (a POST is denied: 403), a byte after it;
+ *  once the proxy's FIN is in, a byte every 100 ms without closing (up to GIVE_UP_MS); ms is from
+ *  that FIN.
+ *  close: one `Connection: close` GET; closes once the proxy's FIN is in. */
 const CLIENT = `
 const net = require('node:net');
 const [mode, ip] = process.argv.slice(1);
 const statuses = [];
 let buf = '';
 const start = Date.now();
-const c = net.connect(80, ip);
+const linger = mode.startsWith('linger-');
+const c = net.connect({ port: 80, host: ip, allowHalfOpen: linger });
 c.setNoDelay(true);
-const done = (how) => { console.log(JSON.stringify({ statuses, how, ms: Date.now() - start })); process.exit(0); };
+let finAt = 0;
+const done = (how) => { console.log(JSON.stringify({ statuses, how, ms: Date.now() - (finAt || start) })); process.exit(0); };
 c.on('data', (d) => {
   buf += d;
   let m;
@@ -76,8 +84,14 @@ c.on('data', (d) => {
     buf = m[2].slice(len);
   }
 });
-c.on('end', () => done('end'));
+c.on('end', () => {
+  if (!linger) return done('end');
+  finAt = Date.now();
+  setInterval(() => c.write('x'), 100);
+  setTimeout(() => done('open'), ${GIVE_UP_MS});
+});
 c.on('error', (e) => done('error:' + e.code));
+c.on('close', () => done('close'));
 const get = (p) => c.write('GET ' + p + ' HTTP/1.1\\r\\nHost: web\\r\\n\\r\\n');
 c.on('connect', () => {
   if (mode === 'trickle') {
@@ -91,6 +105,10 @@ c.on('connect', () => {
   } else if (mode === 'idle') {
     get('/idle');
     setTimeout(() => done('open'), ${GIVE_UP_MS});
+  } else if (linger || mode === 'close') {
+    const method = linger ? mode.slice('linger-'.length) : 'GET';
+    const body = method === 'POST' ? 'Content-Length: 0\\r\\n' : '';
+    c.write(method + ' /bye HTTP/1.1\\r\\nHost: web\\r\\nConnection: close\\r\\n' + body + '\\r\\n' + (linger ? 'x' : ''));
   } else if (mode === 'slow') {
     get('/slow/${SLOW_MS}');
     const wait = setInterval(() => { if (statuses.length) { clearInterval(wait); done('open'); } }, 20);
@@ -139,4 +157,20 @@ t.test('a client that keeps sending requests is never closed', async (t) => {
 t.test('a client waiting for a slow server is not closed (the server owes the answer)', async (t) => {
   const r = await client('slow');
   t.same([r.statuses, r.how], [[200], 'open'], `answered after ${SLOW_MS / 1000} s on the same connection: ${JSON.stringify(r)}`);
+});
+
+for (const [method, status] of [
+  ['GET', 200],
+  ['POST', 403],
+] as const) {
+  t.test(`a client that keeps sending after its last answer (${status}) and the proxy's FIN is closed`, async (t) => {
+    const r = await client(`linger-${method}`);
+    t.same(r.statuses, [status], `its request was answered: ${JSON.stringify(r)}`);
+    t.not(r.how, 'open', `the proxy closed it within ${GIVE_UP_MS / 1000} s of its FIN: ${JSON.stringify(r)}`);
+  });
+}
+
+t.test('a client that closes after its last answer gets all of it and a plain end', async (t) => {
+  const r = await client('close');
+  t.same([r.statuses, r.how], [[200], 'end'], JSON.stringify(r));
 });

@@ -37,6 +37,9 @@ export interface ConnectionOptions {
 /** Requests that may be sent again when a reused upstream closed before answering (RFC 9110 9.2.2). */
 const REPLAYABLE = new Set(['GET', 'HEAD', 'OPTIONS']);
 
+/** clientWait() of a finished connection whose client has not closed (no head count is negative). */
+export const CLIENT_CLOSE_OWED = -2;
+
 /**
  * One proxied connection. It is the host of its two framers and of its socket pair itself (their
  * callbacks are its methods): one object per connection instead of some twenty closures, and one
@@ -58,11 +61,15 @@ export class HttpProxyConnection implements RequestHost, ResponseHost, PairEvent
     this.req = new RequestFramer(this);
     this.res = new ResponseFramer(this);
   }
-  /** While the client owes the next request head (reading it, or idle between requests, with nothing
-   *  owed to it): how many heads it sent so far, so two looks that get the same number mean it took
-   *  that long for one head. -1 otherwise (a body, a response or a tunnel under way; closing). */
-  headWait(): number {
-    return this.req.state === Rq.HEAD && this.pending.length === 0 ? this.req.heads : -1;
+  /** While the proxy waits on the client with nothing owed to it: a mark that stays the same while the
+   *  client makes no progress, so two looks that get the same mark mean it took that long. Owing the
+   *  next request head (reading it, or idle between requests): how many heads it sent so far. Its last
+   *  response delivered and the proxy's FIN sent, the client not yet closed: CLIENT_CLOSE_OWED (what it
+   *  sends then is dropped, so it is no progress). -1 otherwise (a body, a response or a tunnel under
+   *  way). */
+  clientWait(): number {
+    if (this.req.state === Rq.HEAD && this.pending.length === 0) return this.req.heads;
+    return this.io.awaitsClientClose ? CLIENT_CLOSE_OWED : -1;
   }
 
   // ---- the framers' and the pair's callbacks (RequestHost, ResponseHost, PairEvents) ---------------

@@ -91,6 +91,8 @@ export class SocketPair implements UpstreamHolder {
   private finSent = false;
   /** holdLastWrite(): the next write to the client goes out held (sendHeld) for the FIN to join it. */
   private holdNext = false;
+  /** finish() ran: the client's bytes are read and dropped until it closes (awaitsClientClose). */
+  private finishing = false;
 
   constructor(
     readonly client: ClientSocket,
@@ -138,6 +140,14 @@ export class SocketPair implements UpstreamHolder {
   /** The last response was complete and the client was given the chance to close first. */
   get lingering(): boolean {
     return this.lingerTimer !== undefined;
+  }
+
+  /** finish() ran, the whole response is with the kernel (Node holds none of it) and the client has
+   *  not closed: all that is left is to read and drop what it sends until it does. A client can trickle
+   *  bytes for ever here, so the worker's sweep bounds it (worker.ts closeSlowHeads; nginx:
+   *  lingering_time 30 s); a close() then still lets the kernel deliver what it holds of the response. */
+  get awaitsClientClose(): boolean {
+    return this.finishing && !this.closed && !this.clientEnded && this.client.writableLength === 0;
   }
 
   /** Opens the upstream connection unless it is open. */
@@ -296,6 +306,7 @@ export class SocketPair implements UpstreamHolder {
    *  came from the client after its last request, which was read to its end. */
   finish(letClientClose: boolean, readToEnd = false): void {
     if (this.closed) return;
+    this.finishing = true;
     // Nothing read from the client from now on goes anywhere (the connection's request side is
     // closed), so nothing may hold its reading: the client's FIN (or reset) must be seen, or a client
     // held for a full upstream buffer (a server that stopped reading, or died, mid-upload) and told

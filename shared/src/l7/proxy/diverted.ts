@@ -33,7 +33,7 @@ export class Diverted implements ConnectionOptions, UpstreamReuse, ExchangeSink,
    *  sweep yet, the first one starts the clock (no clock read per connection; the timeout is an hour). */
   idleBytes = -1;
   idleSince = 0;
-  /** The connection, and its headWait() at the last head sweep (ProxyWorker.closeSlowHeads). */
+  /** The connection, and its clientWait() at the last head sweep (ProxyWorker.closeSlowHeads). */
   conn?: HttpProxyConnection = undefined;
   headMark = -1;
   /** decide()'s last decision and the verdict made of it. */

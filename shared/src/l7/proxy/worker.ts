@@ -235,11 +235,14 @@ export class ProxyWorker {
    *  response: seen owing the same head at two sweeps in a row, its connection is closed. Without it a
    *  client trickling a head (slowloris) or idling between requests held the worker's fd and memory for
    *  the hour of the idle timeout, and enough such connections from one pod would run the proxy, and
-   *  every pod's L7 traffic, out of them. nginx: client_header_timeout 60 s, keepalive_timeout 75 s. */
+   *  every pod's L7 traffic, out of them. nginx: client_header_timeout 60 s, keepalive_timeout 75 s.
+   *  The same for a client told FIN after its last response that does not close (clientWait
+   *  CLIENT_CLOSE_OWED): the proxy reads and drops its bytes, and one trickling a byte now and then
+   *  held the fd for ever (the idle timeout sees the bytes). nginx: lingering_time 30 s. */
   private closeSlowHeads(): void {
     this.clients.forEach((d) => {
-      const owed = d.conn?.headWait() ?? -1;
-      if (owed >= 0 && owed === d.headMark) d.client.destroy();
+      const owed = d.conn?.clientWait() ?? -1;
+      if (owed !== -1 && owed === d.headMark) d.client.destroy();
       else d.headMark = owed;
     });
   }
