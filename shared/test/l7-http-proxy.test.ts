@@ -13,6 +13,7 @@ import type { Exchange } from '../src/l7/http/exchange.ts';
 import { compileHttpRule, matchHttp } from '../src/l7/http/rules.ts';
 import { type ProxySocket, workerIo } from '../src/l7/proxy/io.ts';
 import type { HttpRule } from '../src/policy/types.ts';
+import { closedLoopbackPort } from './lib/closed-port.ts';
 
 const rules = (
   [
@@ -337,12 +338,7 @@ t.test('bytes that are not HTTP/1.x are refused at once and never reach the serv
 });
 
 t.test('an unreachable destination answers 503', async (t) => {
-  const closed = net.createServer();
-  closed.listen(0, '127.0.0.1');
-  await once(closed, 'listening');
-  upstreamPort = (closed.address() as net.AddressInfo).port;
-  closed.close();
-  await once(closed, 'close');
+  upstreamPort = await closedLoopbackPort();
   t.teardown(() => {
     upstreamPort = backendPort;
   });

@@ -15,6 +15,7 @@ import { once } from 'node:events';
 import { HttpProxyConnection } from '../src/l7/http/connection.ts';
 import { type ProxySocket, workerIo } from '../src/l7/proxy/io.ts';
 import { pendingSocketError } from '../src/l7/proxy/sockets.ts';
+import { closedLoopbackPort } from './lib/closed-port.ts';
 import { pollUntil } from './lib/poll.ts';
 
 /** The layers' write() answers false from this many queued bytes on (the pair then holds the other side). */
@@ -206,12 +207,7 @@ t.test('uploading, held: the server closes without answering', async (t) => {
 });
 
 t.test('uploading to a server that cannot be reached: 503, and the connection ends', async (t) => {
-  const closed = net.createServer();
-  closed.listen(0, '127.0.0.1');
-  await once(closed, 'listening');
-  upstreamPort = (closed.address() as net.AddressInfo).port;
-  closed.close();
-  await once(closed, 'close');
+  upstreamPort = await closedLoopbackPort();
   t.teardown(() => {
     upstreamPort = (server.address() as net.AddressInfo).port;
   });
