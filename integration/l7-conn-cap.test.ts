@@ -13,8 +13,8 @@ import { ObserverClient } from '../shared/src/flows/client.ts';
 import { castOf, waitFor } from './lib/attack-pods.ts';
 import { SERVER, runClient, startClient } from './lib/l7-abuse-peers.ts';
 import { metricsText } from './lib/metrics.ts';
-import { l7Status, l7WorkersConnected } from './lib/l7-workers.ts';
-import { killAll, untilListening } from './lib/tcp.ts';
+import { l7Status, serveThroughL7 } from './lib/l7-workers.ts';
+import { killAll } from './lib/tcp.ts';
 
 if (process.getuid?.() !== 0) {
   t.plan(0, 'needs root');
@@ -44,11 +44,7 @@ spec:
 `;
 
 t.before(async () => {
-  const server = cast.pods.web.ns.spawn(process.execPath, ['-e', SERVER]);
-  servers.push(server);
-  await untilListening(server, "the web pod's server", 60_000);
-  await cast.pc.import(POLICY);
-  worker = (await l7WorkersConnected(cast.agent.client)).workers[0].pid!;
+  worker = await serveThroughL7(cast, SERVER, POLICY, servers);
 });
 t.teardown(() => killAll(servers));
 

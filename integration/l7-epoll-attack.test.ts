@@ -9,8 +9,8 @@ import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import { castOf, waitFor } from './lib/attack-pods.ts';
 import { SERVER, runClient, startClient } from './lib/l7-abuse-peers.ts';
-import { l7Status, l7WorkersConnected } from './lib/l7-workers.ts';
-import { killAll, untilListening } from './lib/tcp.ts';
+import { l7Status, serveThroughL7 } from './lib/l7-workers.ts';
+import { killAll } from './lib/tcp.ts';
 import type { ChildProcess } from 'node:child_process';
 
 if (process.getuid?.() !== 0) {
@@ -36,11 +36,7 @@ spec:
 `;
 
 t.before(async () => {
-  const server = cast.pods.web.ns.spawn(process.execPath, ['-e', SERVER]);
-  servers.push(server);
-  await untilListening(server, "the web pod's server", 60_000);
-  await cast.pc.import(POLICY);
-  worker = (await l7WorkersConnected(cast.agent.client)).workers[0].pid!;
+  worker = await serveThroughL7(cast, SERVER, POLICY, servers);
   t.ok(worker > 0, 'the worker has a pid');
 });
 

@@ -9,8 +9,8 @@
 // CPU burners: 5 answers, then closed at 1436 ms).
 import t from 'tap';
 import { castOf } from './lib/attack-pods.ts';
-import { l7WorkersConnected } from './lib/l7-workers.ts';
-import { killAll, untilListening } from './lib/tcp.ts';
+import { serveThroughL7 } from './lib/l7-workers.ts';
+import { killAll } from './lib/tcp.ts';
 import type { ChildProcess } from 'node:child_process';
 
 if (process.getuid?.() !== 0) {
@@ -127,11 +127,7 @@ async function client(mode: string): Promise<{ statuses: number[]; how: string; 
 }
 
 t.before(async () => {
-  const server = cast.pods.web.ns.spawn(process.execPath, ['-e', SERVER]);
-  servers.push(server);
-  await untilListening(server, "the web pod's server", 60_000);
-  await cast.pc.import(POLICY);
-  await l7WorkersConnected(cast.agent.client);
+  await serveThroughL7(cast, SERVER, POLICY, servers);
 });
 t.teardown(() => killAll(servers));
 

@@ -1,7 +1,10 @@
 // The agent's L7 proxy workers as a test waits for them: they start with the first L7 rule and each
 // connects to the agent for the policy; a request diverted before that is not answered by the rules
 // the test just imported.
+import type { ChildProcess } from 'node:child_process';
 import type { AgentClient } from '../../shared/src/api/client.ts';
+import type { Cast } from './attack-pods.ts';
+import { untilListening } from './tcp.ts';
 
 export interface L7Status {
   /** The proxy's loopback port. */
@@ -30,4 +33,15 @@ export async function l7WorkersConnected(client: AgentClient, ms = 60_000): Prom
     if (Date.now() > end) throw new Error(`L7 proxy workers did not connect: ${JSON.stringify(last)}`);
     await new Promise((r) => setTimeout(r, 100));
   }
+}
+
+/** The set-up of the L7 tests on a cast (lib/attack-pods.ts) with a `web` pod: `server` (a Node
+ *  script that prints "listening") started in it and pushed onto `servers` (the caller kills them),
+ *  `policy` imported, and the workers waited for. Resolves with the first worker's pid. */
+export async function serveThroughL7(cast: Cast, server: string, policy: string, servers: ChildProcess[]): Promise<number> {
+  const child = cast.pods.web.ns.spawn(process.execPath, ['-e', server]);
+  servers.push(child);
+  await untilListening(child, "the web pod's server", 60_000);
+  await cast.pc.import(policy);
+  return (await l7WorkersConnected(cast.agent.client)).workers[0].pid ?? 0;
 }
