@@ -18,6 +18,7 @@ import { connectEtcd, type Kv } from '../../shared/src/kvstore/kv.ts';
 import { layout, type Layout } from '../../shared/src/kvstore/layout.ts';
 import { agentPlaces, REPO, randomId, sleep } from './agent.ts';
 import { ownDir } from './cleanup.ts';
+import { keepLogs } from './keep-logs.ts';
 import { startEtcd, type TestEtcd } from './etcd.ts';
 import { createNetns, type TestNetns } from './netns.ts';
 import { type Proc, supervisedProc, tail } from './proc.ts';
@@ -104,23 +105,6 @@ export interface TestCluster {
   /** A process of ours in the control-plane netns (relay, benchmarks' helpers): killed at cleanup. */
   spawnControl(args: string[], logName: string): Proc;
   cleanup(): Promise<void>;
-}
-
-/** With MEMBRANE_KEEP_LOGS=DIR set, a cluster's logs (agents, operators, etcd) are copied to
- *  DIR/<root's name>/ before its root is removed: a flake seen once can be read afterwards. */
-function keepLogs(root: string): void {
-  const dest = process.env.MEMBRANE_KEEP_LOGS;
-  if (!dest) return;
-  try {
-    const to = path.join(dest, path.basename(root));
-    for (const rel of fs.readdirSync(root, { recursive: true }) as string[]) {
-      if (!rel.endsWith('.log')) continue;
-      fs.mkdirSync(path.dirname(path.join(to, rel)), { recursive: true });
-      fs.copyFileSync(path.join(root, rel), path.join(to, rel));
-    }
-  } catch (e) {
-    console.error(`keeping the logs of ${root} in ${dest}: ${(e as Error).message}`);
-  }
 }
 
 export function randomUnderlay(): { prefix: string; subnet: string } {
