@@ -156,8 +156,9 @@ const LINGER_RESET = new Int32Array([1, 0]);
 /**
  * Makes the close of a connected socket a reset (SO_LINGER with a zero timeout): the peer gets an RST
  * instead of a FIN, and nothing is left of the connection in the node's stack (no FIN_WAIT, no
- * TIME_WAIT). For connections refused before anything was read (worker.ts refuse). False when the
- * socket has no fd or the option was refused (the close is then an ordinary one).
+ * TIME_WAIT). For connections refused before anything was read (worker.ts refuse) and responses cut
+ * short (pair.ts cut). False when the socket has no fd or the option was refused (the close is then an
+ * ordinary one).
  */
 export function resetOnClose(s: unknown): boolean {
   const fd = (s as { _handle?: { fd?: number } | null })._handle?.fd;
