@@ -2,8 +2,8 @@
 // the way Hubble shows them: a request from client to server, a response from server back (is_reply),
 // with the response code and the latency, both endpoints with their identities and pods, and the
 // policy whose HTTP rules decided (the matching rule's place in the document, or the rules that
-// denied). A connection the proxy refused (its source held too many: proxy/source-limit.ts) is a
-// request flow DROPPED that says so, without method or path. Pure.
+// denied). Connections the proxy refused (their source held too many: proxy/source-limit.ts) are a
+// request flow DROPPED that says so and how many, without method or path. Pure.
 import { MessageType } from '../flows/codes.ts';
 import { rule as ruleOf, side, type FlowContext } from '../flows/enrich.ts';
 import { policyOf } from '../flows/flow.ts';
@@ -83,8 +83,10 @@ export function l7Flow(r: L7Record, ctx: FlowContext): Flow {
     (flow[key] ??= []).push(p);
   }
   if (r.reason === 'conn-limit') {
-    // No request was read: the connection itself was refused (proxy/source-limit.ts).
-    flow.Summary = `connection refused: its source ${r.src.ip} holds the most connections one source may open at an L7 proxy worker (--l7-proxy-max-conns-per-source)`;
+    // No request was read: the connection itself was refused (proxy/source-limit.ts), with the
+    // source's other refusals of up to a second (RefusalRecords: one record a second per source).
+    const n = r.refused ?? 1;
+    flow.Summary = `${n === 1 ? 'connection' : `${n} connections`} refused: its source ${r.src.ip} holds the most connections one source may open at an L7 proxy worker (--l7-proxy-max-conns-per-source)`;
     return flow;
   }
   const why =

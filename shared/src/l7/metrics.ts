@@ -7,7 +7,7 @@
 // the registry when it is scraped. prom-client hashes the label set on every inc() and observe(),
 // even on a child from labels(): that was a third of the agent's CPU per proxied request.
 import { Counter, type Metric, type Registry } from 'prom-client';
-import { At, isResponse, methodOfCode, metricEndpoint, REASON_CONN_LIMIT, verdictName } from './proxy/records.ts';
+import { At, isResponse, methodOfCode, metricEndpoint, REASON_CONN_LIMIT, refusedCount, verdictName } from './proxy/records.ts';
 
 export const L7_LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 const MAX_ENDPOINT_SERIES = 10_000;
@@ -119,7 +119,8 @@ export function registerL7Metrics(registry: Registry): L7Metrics {
   registry.registerMetric(latency as unknown as Metric);
   return {
     observe(b, off, endpointName) {
-      if (b[off + At.REASON] === REASON_CONN_LIMIT) refused++;
+      // A refusal's record stands for each refusal of its source in up to a second (source-limit.ts).
+      if (b[off + At.REASON] === REASON_CONN_LIMIT) refused += refusedCount(b, off);
       if (!isResponse(b, off)) return; // responses: they carry the status and the latency
       const key = (b[off + At.METHOD] * 1000 + b.readUInt16LE(off + At.STATUS)) * 4 + b[off + At.VERDICT];
       pending.set(key, (pending.get(key) ?? 0) + 1);

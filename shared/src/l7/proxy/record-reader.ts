@@ -14,6 +14,7 @@ import {
   type L7Record,
   methodOfCode,
   REASONS,
+  refusedCount,
   SHORT,
   verdictName,
 } from './records.ts';
@@ -68,12 +69,13 @@ export function decodeRecord(b: Buffer, off: number): L7Record {
     r.timeMs = b.readDoubleLE(off + 8);
     r.src.port = b.readUInt16LE(off + 26);
     r.dst.port = b.readUInt16LE(off + 36);
+    if (r.reason === 'conn-limit') r.refused = refusedCount(b, off);
     return r;
   }
   if (b[off + 2] === KIND_REPLY) {
     const r = decodeRecord(b, b.readUInt32LE(off + 32));
     const reason = REASONS[b[off + 6]] ?? '';
-    const { reason: _, ...rest } = r;
+    const { reason: _, refused: __, ...rest } = r;
     return {
       ...rest,
       kind: 'response',
@@ -116,6 +118,7 @@ export function decodeRecord(b: Buffer, off: number): L7Record {
   const srcEp = b.readUInt32LE(off + 40);
   const dstEp = b.readUInt32LE(off + 44);
   const reason = REASONS[b[off + 6]] ?? '';
+  const refused = reason === 'conn-limit';
   return {
     kind: b[off + 2] === 0 ? 'request' : 'response',
     timeMs: b.readDoubleLE(off + 8),
@@ -136,9 +139,10 @@ export function decodeRecord(b: Buffer, off: number): L7Record {
     host,
     protocol: b[off + 5] === 0 ? 'HTTP/1.0' : 'HTTP/1.1',
     status: b.readUInt16LE(off + 24),
-    latencyNs: b.readDoubleLE(off + 16),
+    latencyNs: refused ? 0 : b.readDoubleLE(off + 16), // a refusal's count is there instead
     verdict: verdictName(b[off + 3]),
     ...(reason ? { reason } : {}),
+    ...(refused ? { refused: refusedCount(b, off) } : {}),
     sides,
   };
 }

@@ -25,6 +25,10 @@
 // time (same two ends, method, path, host, protocol and decision: a keep-alive client asking for the
 // same thing, or new connections from one client to one server) is a short repeat record, kind 3,
 // naming that record; its source port is at 26 and its destination port at 36.
+// A refused connection's record (reason conn-limit, full or repeat: worker.ts refuse) stands for
+// several refusals of its source (source-limit.ts RefusalRecords): how many is at 16, the f64 a
+// request's record otherwise leaves 0 (a request has no latency). 0 there (a record from before the
+// count) stands for one.
 import { Buffer } from 'node:buffer'; // not the global accessor: raw-socket.ts says why
 import { ipBytes } from '../../net/index.ts';
 import type { Exchange } from '../http/exchange.ts';
@@ -75,6 +79,8 @@ export interface L7Record {
   /** Why the proxy answered itself: denied, bad-request, upstream-unreachable; conn-limit: the record
    *  of a connection refused before any request (its method, path and host are empty). */
   reason?: string;
+  /** conn-limit: how many connections of its source the record stands for (its ports: the last one's). */
+  refused?: number;
   sides: { direction: 'ingress' | 'egress'; endpoint: number; allowed: boolean; ruleId: number; httpRule?: string }[];
 }
 
@@ -83,10 +89,18 @@ export interface RecordContext {
   srcPort: number;
   dstPort: number;
   policy: ConnectionPolicy;
+  /** A refused connection's record (conn-limit): how many refusals it stands for (1 if not given). */
+  refused?: number;
 }
 
 /** Offsets of the fields the agent reads in place (the same in every kind of record). */
-export const At = { KIND: 2, VERDICT: 3, METHOD: 4, REASON: 6, TIME: 8, LATENCY: 16, STATUS: 24 } as const;
+export const At = { KIND: 2, VERDICT: 3, METHOD: 4, REASON: 6, TIME: 8, LATENCY: 16, REFUSED: 16, STATUS: 24 } as const;
+
+/** How many refused connections the conn-limit record at b[off] stands for (0 there, an older record: one). */
+export const refusedCount = (b: Buffer, off: number): number => {
+  const n = b.readDoubleLE(off + At.REFUSED);
+  return Number.isFinite(n) && n >= 1 ? n : 1; // NaN or infinite: not a count this writer wrote
+};
 
 /** Whether the record at b[off] is a response (a full one or a reply). */
 export const isResponse = (b: Buffer, off: number): boolean =>
@@ -159,7 +173,7 @@ export class RecordWriter {
 
   add(kind: RecordKind, x: Exchange, ctx: RecordContext, timeMs: number): void {
     if (kind === 'response' && x.recordBatch === this.batch) {
-      this.short(KIND_REPLY, x, timeMs, x.recordAt ?? 0, 0, 0);
+      this.short(KIND_REPLY, x, timeMs, x.recordAt ?? 0, 0, 0, x.latencyNs);
       return;
     }
     const last = kind === 'request' ? this.last.get(ctx.policy) : undefined;
@@ -175,7 +189,7 @@ export class RecordWriter {
     ) {
       x.recordBatch = this.batch;
       x.recordAt = this.at;
-      this.short(KIND_REPEAT, x, timeMs, last.at, ctx.srcPort, ctx.dstPort);
+      this.short(KIND_REPEAT, x, timeMs, last.at, ctx.srcPort, ctx.dstPort, ctx.refused ?? 0);
       return;
     }
     const fixed = fixedBytes(ctx.policy);
@@ -198,7 +212,7 @@ export class RecordWriter {
     b[start + 5] = x.protocol === 'HTTP/1.0' ? 0 : 1;
     b[start + 6] = x.localReason ? (REASON_CODE.get(x.localReason) ?? 0) : 0;
     dv.setFloat64(start + 8, timeMs, true);
-    dv.setFloat64(start + 16, kind === 'response' ? x.latencyNs : 0, true);
+    dv.setFloat64(start + 16, kind === 'response' ? x.latencyNs : (ctx.refused ?? 0), true);
     dv.setUint16(start + 24, kind === 'response' ? x.status : 0, true);
     let metricEndpoint = 0;
     for (const s of sides)
@@ -247,8 +261,9 @@ export class RecordWriter {
   }
 
   /** A reply (the response of the exchange whose request record is at `req` in this batch) or a
-   *  repeat (a request whose record would be the one at `req` but for its ports and time). */
-  private short(kind: number, x: Exchange, timeMs: number, req: number, srcPort: number, dstPort: number): void {
+   *  repeat (a request whose record would be the one at `req` but for its ports and time); `at16`:
+   *  the reply's latency, the repeat's refusal count. */
+  private short(kind: number, x: Exchange, timeMs: number, req: number, srcPort: number, dstPort: number, at16: number): void {
     if (this.at + SHORT > this.buf.length) this.grow(SHORT);
     const b = this.buf;
     const dv = this.dv;
@@ -262,9 +277,8 @@ export class RecordWriter {
     b[start + 6] = x.localReason ? (REASON_CODE.get(x.localReason) ?? 0) : 0;
     b[start + 7] = 0;
     dv.setFloat64(start + 8, timeMs, true);
-    const reply = kind === KIND_REPLY;
-    dv.setFloat64(start + 16, reply ? x.latencyNs : 0, true);
-    dv.setUint16(start + 24, reply ? x.status : 0, true);
+    dv.setFloat64(start + 16, at16, true);
+    dv.setUint16(start + 24, kind === KIND_REPLY ? x.status : 0, true);
     dv.setUint16(start + 26, srcPort, true);
     dv.setUint32(start + 28, dv.getUint32(req + (b[req + At.KIND] >= KIND_REPLY ? 28 : 48), true), true); // metricEndpoint(b, req)
     dv.setUint32(start + 32, req, true);

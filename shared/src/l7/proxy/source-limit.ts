@@ -97,7 +97,8 @@ export function nofileOf(limits: string): number {
 const REFUSED: Verdict = { allowed: false, edits: [] };
 
 /** The exchange a refused connection's record is made of (records.ts): no method, path or host (no
- *  request was read), the reason conn-limit (a DROPPED flow, flows.ts; counted in metrics.ts). */
+ *  request was read), the reason conn-limit (a DROPPED flow, flows.ts; counted in metrics.ts). How
+ *  many refusals the record stands for is its context's `refused` (RefusalRecords). */
 export function refusedExchange(): Exchange {
   const x = startExchange('', '', '', 1, REFUSED);
   x.localReason = 'conn-limit';
@@ -128,5 +129,100 @@ export class RefusalLog {
       maxConnsPerSource: max,
     });
     this.unlogged = 0;
+  }
+}
+
+/** A refusal record is written for a source at most once per this long (worker.ts refuse). */
+export const REFUSAL_RECORD_MS = 1000;
+/** Sources whose refusals are tracked at once (RefusalRecords); past it the oldest one's count is
+ *  written and it is forgotten. A source is refused only while it holds `max` connections, so the
+ *  sources refused within a second are bounded by the worker's fds over `max` (8 at the default bound,
+ *  defaultMaxConnsPerSource); this is there for a bound configured low. */
+export const MAX_REFUSING_SOURCES = 1024;
+
+interface Pending<T> {
+  /** When the source's current window ends (its last record was written at until - windowMs). */
+  until: number;
+  /** Refusals since that record, not written yet. */
+  count: number;
+  /** The last of them (its ports and policy name the record that writes them). */
+  last: T;
+}
+
+/**
+ * Refusals as records, at most one per source per `windowMs`. Each refusal was one record, so one L7
+ * flow in the agent's ring (4,096 flows by default): a pod refusing itself thousands of connections a
+ * second pushed every other flow out, its own earlier ones and other pods' alike. The first refusal of
+ * a source is written at once with the count 1, and opens its window; the refusals within the window
+ * are summed, and written as one record with their count by the first refusal after it (which counts
+ * itself in) or by sweep() once the window is over, whichever comes first; a window whose source was
+ * not refused again is forgotten by the next sweep. So every refusal is in exactly one record's count
+ * (the agent's membrane_l7_connections_refused_total adds them, metrics.ts), and a record's count is
+ * at most a second old plus the sweep's interval.
+ *
+ * Keyed like SourceLimit (an endpoint id, or the source address): what the source cannot change
+ * cheaply. By the source port every connection would be a new key, so a record each again; by
+ * identity one pod's flood would merge with its siblings' refusals into records naming one pod's address.
+ * Pure: `emit` writes the record (worker.ts), the caller passes the clock.
+ */
+export class RefusalRecords<T> {
+  private readonly pending = new Map<SourceKey, Pending<T>>();
+
+  constructor(
+    private readonly emit: (last: T, count: number) => void,
+    private readonly windowMs = REFUSAL_RECORD_MS,
+    private readonly maxSources = MAX_REFUSING_SOURCES,
+  ) {}
+
+  /** One connection of `key` refused at `now` (ms, monotonic); `what` names it in a record. */
+  refused(key: SourceKey, what: T, now: number): void {
+    const p = this.pending.get(key);
+    if (p && now < p.until) {
+      p.count++;
+      p.last = what;
+      return;
+    }
+    if (p) {
+      // Its window is over: the refusals in it and this one, in one record, which opens the next.
+      this.emit(what, p.count + 1);
+      p.count = 0;
+      p.until = now + this.windowMs;
+      p.last = what;
+      return;
+    }
+    if (this.pending.size >= this.maxSources) {
+      // The oldest tracked source (a Map keeps insertion order): its count written, not lost.
+      const [oldKey, old] = this.pending.entries().next().value as [SourceKey, Pending<T>];
+      this.pending.delete(oldKey);
+      if (old.count) this.emit(old.last, old.count);
+    }
+    this.emit(what, 1);
+    this.pending.set(key, { until: now + this.windowMs, count: 0, last: what });
+  }
+
+  /** Writes the counts whose window is over (a new window opens for each: still one record a window)
+   *  and forgets the sources with nothing left to write. Called every windowMs (worker.ts start). */
+  sweep(now: number): void {
+    for (const [key, p] of this.pending) {
+      if (now < p.until) continue;
+      if (!p.count) {
+        this.pending.delete(key);
+        continue;
+      }
+      this.emit(p.last, p.count);
+      p.count = 0;
+      p.until = now + this.windowMs;
+    }
+  }
+
+  /** Writes every count now, windows or not (the worker is stopping). */
+  flush(): void {
+    for (const p of this.pending.values()) if (p.count) this.emit(p.last, p.count);
+    this.pending.clear();
+  }
+
+  /** Sources tracked. */
+  get sources(): number {
+    return this.pending.size;
   }
 }

@@ -17,10 +17,19 @@ import { LinkList } from './link-list.ts';
 import { type ProxySocket, workerIo } from './io.ts';
 import { type RecordContext, RecordWriter } from './records.ts';
 import { resetOnClose, SocketError, transparentListener } from './sockets.ts';
-import { defaultMaxConnsPerSource, nofileOf, RefusalLog, refusedExchange, SourceLimit } from './source-limit.ts';
+import {
+  defaultMaxConnsPerSource,
+  nofileOf,
+  REFUSAL_RECORD_MS,
+  RefusalLog,
+  RefusalRecords,
+  refusedExchange,
+  type SourceKey,
+  SourceLimit,
+} from './source-limit.ts';
 import { registerListener } from './steering.ts';
 import { UpstreamPool } from './upstream-pool.ts';
-import { type ConnectionPolicy, ProxyView } from './view.ts';
+import { ProxyView } from './view.ts';
 
 export interface WorkerOptions {
   control: string;
@@ -84,6 +93,10 @@ export class ProxyWorker {
   /** Open client connections per source, bounded (source-limit.ts). */
   readonly sources: SourceLimit;
   private readonly refusals: RefusalLog;
+  /** Refusals as records, at most one per source a second with their count (source-limit.ts). */
+  private readonly refusalRecords = new RefusalRecords<RecordContext>((ctx, refused) =>
+    this.record('request', refusedExchange(), { ...ctx, refused }),
+  );
 
   constructor(private readonly o: WorkerOptions) {
     this.sources = new SourceLimit(o.maxConnsPerSource || defaultMaxConnsPerSource(ownNofile()));
@@ -95,6 +108,7 @@ export class ProxyWorker {
     setInterval(() => this.sendStats(), 5000).unref();
     setInterval(() => this.closeIdle(), IDLE_SWEEP_MS).unref();
     setInterval(() => this.closeSlowHeads(), HEAD_SWEEP_MS).unref();
+    setInterval(() => this.refusalRecords.sweep(performance.now()), REFUSAL_RECORD_MS).unref();
     setInterval(() => {
       if (!fs.existsSync(this.o.watchPath)) this.exit('the agent state directory is gone');
     }, 2000).unref();
@@ -203,7 +217,7 @@ export class ProxyWorker {
     // source-limit.ts says why.
     const source = policy.src.endpoint ?? srcIp;
     if (!this.sources.admit(source)) {
-      this.refuse(client, policy, srcPort, dstPort);
+      this.refuse(client, source, { srcPort, dstPort, policy });
       return;
     }
     const d = new Diverted(this, client, dstIp, dstPort, srcIp, srcPort, policy, source);
@@ -223,12 +237,14 @@ export class ProxyWorker {
    *  TIME_WAIT left in the node's stack per refusal, which a flood would pile up) before anything is
    *  read or any upstream connection made, nothing kept. The operator sees it as an L7 flow DROPPED
    *  with the reason conn-limit (flows.ts) and in membrane_l7_connections_refused_total (metrics.ts),
-   *  from the same records as every request; the log says it at most every 10 s. */
-  private refuse(client: ProxySocket, policy: ConnectionPolicy, srcPort: number, dstPort: number): void {
+   *  from the same records as every request, one per source a second at most, each with its count
+   *  (RefusalRecords); the log says it at most every 10 s. */
+  private refuse(client: ProxySocket, source: SourceKey, ctx: RecordContext): void {
     resetOnClose(client);
     client.destroy();
-    this.refusals.refused(policy.src.ip, this.sources.max, performance.now());
-    this.record('request', refusedExchange(), { srcPort, dstPort, policy });
+    const now = performance.now();
+    this.refusals.refused(ctx.policy.src.ip, this.sources.max, now);
+    this.refusalRecords.refused(source, ctx, now);
   }
 
   /** A client gets one to two HEAD_SWEEP_MS for a request head, from its connection or its last
@@ -328,6 +344,7 @@ export class ProxyWorker {
     this.stopping = true;
     for (const s of this.servers) s.close();
     this.upstreams.clear();
+    this.refusalRecords.flush();
     this.flush();
     if (!this.clients.size) {
       this.exit('stopped');
@@ -345,6 +362,7 @@ export class ProxyWorker {
 
   private exit(why: string): void {
     this.o.log('exiting', { why });
+    this.refusalRecords.flush();
     this.flush();
     this.clients.forEach((d) => {
       d.client.destroy();
