@@ -3,9 +3,13 @@
 // environment form of --l7-proxy-max-conns-per-source), one worker, and the head sweep out of the way
 // (an hour: idle connections are not closed by it while the test holds them). Pod A opens 30 idle
 // connections: 10 are reset, 20 are held and served; pod B is served meanwhile; the operator sees each
-// refusal as an L7 flow DROPPED and in membrane_l7_connections_refused_total; once A's connections are
-// closed A is served again and the worker's fds are back where they were. The peers:
-// lib/l7-abuse-peers.ts (mode idle).
+// refusal in membrane_l7_connections_refused_total and in L7 flows DROPPED (one per source per second
+// at most, each saying how many it stands for); once A's connections are closed A is served again and
+// the worker's fds are back where they were. Then A floods: FLOOD connections refused, which used to be
+// FLOOD flows pushing every other flow out of the agent's ring (kept at RING here, with the datapath's
+// own flow events off so the ring holds only L7 flows, what this is about: the datapath's events are
+// bounded by --events-per-second, not by this): now a handful of flows, the counter exact, and B's
+// flow from before the flood still there. The peers: lib/l7-abuse-peers.ts (mode idle).
 import t from 'tap';
 import fs from 'node:fs';
 import type { ChildProcess } from 'node:child_process';
@@ -23,8 +27,12 @@ if (process.getuid?.() !== 0) {
 
 const CAP = 20;
 const EXTRA = 10;
+const FLOOD = 600;
+const RING = 256;
 const cast = castOf(['web', 'a', 'b'], {
   env: {
+    MEMBRANE_FLOW_BUFFER: String(RING),
+    MEMBRANE_FLOW_EVENTS: 'off',
     MEMBRANE_L7_PROXY_WORKERS: '1',
     MEMBRANE_L7_PROXY_MAX_CONNS_PER_SOURCE: String(CAP),
     MEMBRANE_L7_HEAD_SWEEP_MS: '3600000',
@@ -32,6 +40,8 @@ const cast = castOf(['web', 'a', 'b'], {
 });
 const servers: ChildProcess[] = [];
 let worker = 0;
+/** The refusal flows of the first subtest (the flood's are counted on top). */
+let firstFlows = 0;
 
 const POLICY = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -54,22 +64,32 @@ const fds = () => fs.readdirSync(`/proc/${worker}/fd`).length;
 /** Until the worker has no more fds than `n` (an idle upstream connection lives up to 2 s in its pool). */
 const fdsBackTo = (n: number) => waitFor(`the worker's fds back to ${n}`, async () => (fds() <= n ? true : undefined), 20_000);
 
-/** The refusals of connections from `ip` the observer has, once there are at least `n` (or what there
- *  is after 20 s: the caller asserts). */
-async function refusalFlows(ip: string, n: number) {
+/** The L7 flows the observer has. */
+async function l7Flows() {
   const observer = new ObserverClient(cast.agent.observerSocket);
   try {
-    const refusals = async () =>
-      (await observer.collect({ number: 10_000, whitelist: [{ eventType: [{ type: 129 }], verdict: ['DROPPED'] }] }))
-        .map((r) => r.flow!)
-        .filter((f) => f.IP?.source === ip && /connection refused/.test(f.Summary ?? ''));
-    let got = await refusals();
-    for (const end = Date.now() + 20_000; Date.now() < end && got.length < n; got = await refusals())
-      await new Promise((r) => setTimeout(r, 100));
-    return got;
+    return (await observer.collect({ number: 10_000, whitelist: [{ eventType: [{ type: 129 }] }] })).map((r) => r.flow!);
   } finally {
     observer.close();
   }
+}
+
+/** How many refused connections a flow stands for: "12 connections refused: ...", "connection refused:
+ *  ..." (one), 0 for any other flow. */
+const refusedIn = (f: { verdict?: string; Summary?: string }) => {
+  const m = f.verdict === 'DROPPED' ? /^(?:(\d+) connections|connection) refused: /.exec(f.Summary ?? '') : null;
+  return m ? Number(m[1] ?? 1) : 0;
+};
+
+/** The refusals of connections from `ip` the observer has, once they stand for at least `n` refused
+ *  connections (or what there is after 20 s: the caller asserts). */
+async function refusalFlows(ip: string, n: number) {
+  const refusals = async () => (await l7Flows()).filter((f) => f.IP?.source === ip && refusedIn(f) > 0);
+  const sum = (fs: Awaited<ReturnType<typeof refusals>>) => fs.reduce((a, f) => a + refusedIn(f), 0);
+  let got = await refusals();
+  for (const end = Date.now() + 20_000; Date.now() < end && sum(got) < n; got = await refusals())
+    await new Promise((r) => setTimeout(r, 100));
+  return { flows: got, refused: sum(got) };
 }
 
 /** membrane_l7_connections_refused_total, once it is at least `n` (or as it is after 20 s). */
@@ -105,8 +125,9 @@ t.test(`one pod holding ${CAP} connections: its next ones are reset, others are 
   const probe = await a.until("the held connections' answers", (l) => l.probe !== undefined);
   t.same(probe.probe, { '200': CAP }, `each of A's ${CAP} held connections is served`);
 
-  const flows = await refusalFlows(cast.pods.a.ip4, EXTRA + 1);
-  t.equal(flows.length, EXTRA + 1, `each refusal is an L7 flow DROPPED from A (${flows.length})`);
+  const { flows, refused: inFlows } = await refusalFlows(cast.pods.a.ip4, EXTRA + 1);
+  t.equal(inFlows, EXTRA + 1, `the L7 flows DROPPED from A stand for each refusal (${flows.length} flows)`);
+  firstFlows = flows.length;
   t.match(
     flows[0],
     {
@@ -129,4 +150,28 @@ t.test(`one pod holding ${CAP} connections: its next ones are reset, others are 
   t.equal((await l7Status(cast.agent.client)).workers[0].pid, worker, 'by the same worker');
   await fdsBackTo(base);
   t.ok(fds() <= base, `its fds are back to ${base} after that too`);
+});
+
+t.test(`a flood of ${FLOOD} refused connections: a handful of flows, each counted, other flows kept`, async (t) => {
+  t.equal((await get('b', '/before-flood')).status, 200, "B's request before the flood");
+  const start = Date.now();
+  const a = await startClient(cast.pods.a.ns, ['idle', cast.pods.web.ip4, String(CAP + FLOOD)]);
+  t.teardown(() => a.release());
+  const ended = await a.until(`${FLOOD} connections ended by the proxy`, (l) => l.closed === FLOOD, 60_000);
+  t.same(ended.how, { 'error:ECONNRESET': FLOOD }, `${FLOOD} of A's ${CAP + FLOOD} connections were reset`);
+  const total = EXTRA + 1 + FLOOD;
+  t.equal(await refusedMetric(total), total, `membrane_l7_connections_refused_total counts each of the ${total} refusals`);
+  const { flows, refused } = await refusalFlows(cast.pods.a.ip4, total);
+  // At most one record per source per second, plus the one that writes the last second's count.
+  const seconds = Math.ceil((Date.now() - start) / 1000);
+  t.equal(refused, total, `the flows from A stand for the ${total} refusals`);
+  t.ok(
+    flows.length - firstFlows <= seconds + 1,
+    `the flood's ${FLOOD} refusals are ${flows.length - firstFlows} flows (at most ${seconds + 1}: one a second)`,
+  );
+  const before = (await l7Flows()).filter(
+    (f) => f.IP?.source === cast.pods.b.ip4 && /\/before-flood$/.test(f.l7?.http?.url ?? ''),
+  );
+  t.equal(before.length, 1, `B's request flow from before the flood is still in the ring of ${RING}`);
+  await a.release();
 });
