@@ -194,3 +194,45 @@ t.test('spans copied into the log: flows of many appends read back; what the log
     ['FORWARDED'],
   );
 });
+
+t.test(
+  "batches of another source's records: each built from its own batch, across more batches than slots, beside events",
+  async (t) => {
+    let now = 7_000_000;
+    const r = new FlowRing(4, 'n', () => now);
+    r.tick();
+    // A record's flow names its batch and offset; its time is the one given with it.
+    const build = (src: unknown, off: number) =>
+      ({ nodeName: 'n', verdict: 'FORWARDED', Summary: `${src as string}@${off}`, time: { seconds: 0, nanos: 0 } }) as never;
+    const summaries = async () => (await r.select()).map((f) => f.Summary);
+    const many = (name: string, offs: number[]) =>
+      r.pushLazyMany(name, Int32Array.from(offs), Float64Array.from(offs.map((o) => 1000 * o)), offs.length, build);
+    many('b1', [5, 9, 13]);
+    t.same(await summaries(), ['b1@5', 'b1@9', 'b1@13']);
+    t.same(await r.select({ sinceMs: 9000 }).then((fs) => fs.map((f) => f.Summary)), ['b1@9', 'b1@13'], 'times kept per record');
+    // More batches than the ring has slots (4): every held record still names its own batch.
+    for (let k = 2; k <= 11; k++) many(`b${k}`, [k]);
+    t.same(await summaries(), ['b8@8', 'b9@9', 'b10@10', 'b11@11']);
+    many('b12', []); // an empty batch takes no slot and no place
+    t.equal(r.seen, 13);
+    // Events and records in turn, one subscriber seeing each record as it comes.
+    const seen: string[] = [];
+    const off = r.subscribe((f) => seen.push(f.IP ? f.IP.source : f.Summary!));
+    push(r, 1);
+    many('b13', [1, 2]);
+    off();
+    push(r, 2);
+    t.same(seen, ['10.0.0.1', 'b13@1', 'b13@2']);
+    t.same(
+      (await r.select()).map((f) => (f.IP ? f.IP.source : f.Summary)),
+      ['10.0.0.1', 'b13@1', 'b13@2', '10.0.0.2'],
+    );
+    // A batch as large as the ring and more: the newest of it held.
+    many('big', [1, 2, 3, 4, 5, 6]);
+    t.same(await summaries(), ['big@3', 'big@4', 'big@5', 'big@6']);
+    t.equal(r.size, 4);
+    t.equal(r.rate(), 23, 'all 23 flows of this second counted');
+    now += 1000;
+    t.equal(r.rate(), 23 / 2);
+  },
+);

@@ -2,7 +2,7 @@
 // address families, any method, long paths (cut, never overflowing), many records and lost counts;
 // a cut or foreign batch is refused instead of misread.
 import t from 'tap';
-import { decodeRecord, readBatch } from '../src/l7/proxy/record-reader.ts';
+import { BatchIndex, decodeRecord, readBatch } from '../src/l7/proxy/record-reader.ts';
 import { metricEndpoint, RecordWriter, type RecordContext } from '../src/l7/proxy/records.ts';
 import type { Exchange } from '../src/l7/http/exchange.ts';
 import type { ConnectionPolicy, ProxyDecision } from '../src/l7/proxy/view.ts';
@@ -247,4 +247,31 @@ t.test('connections between the same two addresses share the policy, each record
   const [first, second] = readBatch(b).offsets.map((off) => decodeRecord(b, off));
   t.same([first.src.port, first.dst.port, second.src.port, second.dst.port], [40001, 80, 40002, 8080]);
   t.same([first.src.ip, second.dst.ip], ['10.0.0.3', '10.0.0.2']);
+});
+
+t.test("the agent's index, kept from batch to batch: grows past its first size, then reads a small batch as it is", async (t) => {
+  const ix = new BatchIndex();
+  const w = new RecordWriter(1 << 20);
+  const ctx: RecordContext = { srcPort: 40000, dstPort: 80, policy: policy('10.0.0.3', '10.0.0.2') };
+  // 3,000 exchanges on one connection: a full request record, then repeats and replies (6,000 records).
+  for (let k = 0; k < 3000; k++) {
+    const x = exchange({ startMs: k });
+    w.add('request', x, ctx, 1000 + k);
+    w.add('response', x, ctx, 1000.5 + k);
+  }
+  const big = w.take(7)!;
+  ix.read(big);
+  t.equal(ix.count, 6000);
+  t.equal(ix.lost, 7);
+  t.same(Array.from(ix.offsets.subarray(0, ix.count)), readBatch(big).offsets, 'the same offsets as readBatch');
+  t.same([ix.times[0], ix.times[1], ix.times[5998], ix.times[5999]], [1000, 1000.5, 3999, 3999.5]);
+  t.match(decodeRecord(big, ix.offsets[5999]), { kind: 'response', timeMs: 3999.5, status: 200 });
+  w.add('response', exchange(), ctx, 42);
+  const small = w.take(0)!;
+  ix.read(small);
+  t.equal(ix.count, 1);
+  t.equal(ix.times[0], 42);
+  t.equal(ix.lost, 0);
+  t.throws(() => ix.read(small.subarray(0, small.length - 1)), /cut at byte 5/);
+  t.equal(ix.count, 0, 'a refused batch leaves no records to read');
 });

@@ -315,10 +315,9 @@ export class AgentDns {
   /** Queries and responses become L7 flows in the observer and count in the DNS metrics. */
   attachFlows(flows: AgentFlows): void {
     const metrics = flows.registry ? registerDnsMetrics(flows.registry, () => this.state.cache.size) : undefined;
-    const time = (r: unknown) => (r as DnsRecord).timeMs;
     const build = (r: unknown) => dnsFlow(r as DnsRecord, flows.context);
     this.onRecords((r) => {
-      flows.pushLazy(r, [0], time, build);
+      flows.pushLazy(r, r.timeMs, build);
       metrics?.observe(r);
     });
     flows.onDnsCached((data, offset) => this.cachedAnswerSeen(data, offset));

@@ -58,9 +58,11 @@ export interface AgentFlows {
   status(): { observer: { socket: string; address?: string; flowBufferSize: number }; metrics: { address: string | null } };
   /** For flows built elsewhere (the L7 proxy's): the lookups that name endpoints, identities, rules. */
   readonly context: FlowContext;
-  /** Records of another source (the L7 proxy's): each at one of `offsets` in `source`, built into a
-   *  flow by `build` when read. */
-  pushLazy(source: unknown, offsets: number[], timeMs: (source: unknown, offset: number) => number, build: LazyBuild): void;
+  /** A record of another source (the DNS proxy's), built into a flow by `build(source, 0)` when read. */
+  pushLazy(source: unknown, timeMs: number, build: LazyBuild): void;
+  /** Records of another source (the L7 proxy's batches): offsets[k] in `source` with times[k] (ms),
+   *  k < count, each built into a flow by `build` when read. */
+  pushLazyMany(source: unknown, offsets: Int32Array, times: Float64Array, count: number, build: LazyBuild): void;
   /** Who reports the datapath's DNS_CACHED events (the DNS proxy's part). */
   onDnsCached(fn: (data: Buffer, offset: number) => void): void;
   /** The metrics registry (undefined with --metrics-address off). */
@@ -242,9 +244,13 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
     onDnsCached: (fn) => {
       onDnsCached = fn;
     },
-    pushLazy: (source, offsets, timeMs, build) => {
+    pushLazy: (source, timeMs, build) => {
       ring.tick();
-      for (const o of offsets) ring.pushLazy(source, o, timeMs(source, o), build);
+      ring.pushLazy(source, 0, timeMs, build);
+    },
+    pushLazyMany: (source, offsets, times, count, build) => {
+      ring.tick();
+      ring.pushLazyMany(source, offsets, times, count, build);
     },
     registry: metrics?.registry,
     close: async () => {

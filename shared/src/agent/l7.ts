@@ -8,8 +8,7 @@ import type { AgentConfig } from './config.ts';
 import type { Netlink } from '../netlink/index.ts';
 import type { PolicyEngine } from '../policy/engine.ts';
 import { ProxyManager, type WorkerCommand } from '../l7/manager.ts';
-import { decodeRecord, readBatch } from '../l7/proxy/record-reader.ts';
-import { At } from '../l7/proxy/records.ts';
+import { BatchIndex, decodeRecord } from '../l7/proxy/record-reader.ts';
 import { l7Flow } from '../l7/flows.ts';
 import { registerL7Metrics } from '../l7/metrics.ts';
 import type { AgentFlows } from './flows.ts';
@@ -41,7 +40,9 @@ export function proxyWorkerCommand(): WorkerCommand {
 export class AgentL7 {
   private engine?: PolicyEngine;
   private pending = false;
-  private readonly listeners: ((batch: Buffer, offsets: number[]) => void)[] = [];
+  private readonly listeners: ((batch: Buffer, index: BatchIndex) => void)[] = [];
+  /** Reused for every batch: the listeners read it before the next one comes. */
+  private readonly index = new BatchIndex();
   private badBatchLogged = false;
   private lostRecords = 0;
   /** Whether the policy has L7 rules (the workers should run), as of the last snapshot handed over. */
@@ -113,11 +114,9 @@ export class AgentL7 {
   };
 
   private onBatch(batch: Buffer): void {
-    let offsets: number[];
     try {
-      const b = readBatch(batch);
-      this.lostRecords += b.lost;
-      offsets = b.offsets;
+      this.index.read(batch);
+      this.lostRecords += this.index.lost;
     } catch (err) {
       if (!this.badBatchLogged)
         this.log.warn({ err }, 'unreadable record batch from an L7 proxy worker (of another version?): its records are lost');
@@ -125,11 +124,12 @@ export class AgentL7 {
       this.lostRecords++;
       return;
     }
-    for (const l of this.listeners) l(batch, offsets);
+    for (const l of this.listeners) l(batch, this.index);
   }
 
-  /** Record batches from the workers: each record at one of `offsets` (records.ts decodeRecord). */
-  onRecords(fn: (batch: Buffer, offsets: number[]) => void): void {
+  /** Record batches from the workers, indexed (records.ts decodeRecord reads a record at an offset);
+   *  the index is reused for the next batch. */
+  onRecords(fn: (batch: Buffer, index: BatchIndex) => void): void {
     this.listeners.push(fn);
   }
 
@@ -141,10 +141,9 @@ export class AgentL7 {
       return v?.podName ? `${v.namespace ? `${v.namespace}/` : ''}${v.podName}` : v ? v.containerId.slice(0, 12) : String(id);
     };
     const build = (b: unknown, off: number) => l7Flow(decodeRecord(b as Buffer, off), flows.context);
-    const time = (b: unknown, off: number) => (b as Buffer).readDoubleLE(off + At.TIME);
-    this.onRecords((batch, offsets) => {
-      flows.pushLazy(batch, offsets, time, build);
-      if (metrics) for (const off of offsets) metrics.observe(batch, off, name);
+    this.onRecords((batch, ix) => {
+      flows.pushLazyMany(batch, ix.offsets, ix.times, ix.count, build);
+      metrics?.observeBatch(batch, ix.offsets, ix.count, name);
     });
   }
 

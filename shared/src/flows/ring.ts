@@ -51,12 +51,19 @@ export class FlowRing {
   private readonly dst: (SideRef | undefined)[];
   private readonly ifName: (string | undefined)[];
   private readonly rule: (RuleDescription | undefined)[];
-  /** Records of other sources (the L7 proxy's), built into flows only when read, like the events. */
-  // (No object per record: the source, its offset and time, the builder, each in its own column.)
-  private readonly lazy: unknown[];
+  /** Records of other sources (the L7 proxy's), built into flows only when read, like the events.
+   *  No object per record, nor a reference: each record's source (a batch) and builder are in a slot
+   *  of their own, one per pushLazy call, and the record keeps the slot's number, its offset and time
+   *  (a reference per record into these long-lived arrays was a remembered-set entry per record for
+   *  the scavenger, the batches being young). -1: an event's flow. */
+  private readonly lazySlot: Int32Array;
   private readonly lazyOffset: Int32Array;
   private readonly lazyTime: Float64Array;
-  private readonly lazyBuild: (LazyBuild | undefined)[];
+  /** The slots, used in turn: a slot is taken again only after `capacity` more calls, each of which
+   *  pushed at least one record, so no record held by then still names it. */
+  private readonly slotSource: unknown[];
+  private readonly slotBuild: (LazyBuild | undefined)[];
+  private nextSlot = 0;
   // The wall-clock offset in force when each event arrived (it moves only when the clock is stepped).
   private readonly offSec: Float64Array;
   private readonly offNs: Float64Array;
@@ -87,10 +94,11 @@ export class FlowRing {
     this.dst = new Array(capacity);
     this.ifName = new Array(capacity);
     this.rule = new Array(capacity);
-    this.lazy = new Array(capacity);
+    this.lazySlot = new Int32Array(capacity).fill(-1);
     this.lazyOffset = new Int32Array(capacity);
     this.lazyTime = new Float64Array(capacity);
-    this.lazyBuild = new Array(capacity);
+    this.slotSource = new Array(capacity);
+    this.slotBuild = new Array(capacity);
     this.offSec = new Float64Array(capacity);
     this.offNs = new Float64Array(capacity);
     this.nowSec = Math.floor(nowMs() / 1000);
@@ -158,7 +166,7 @@ export class FlowRing {
     this.dst[i] = refs.dst;
     this.ifName[i] = refs.ifName;
     this.rule[i] = refs.rule;
-    this.lazy[i] = undefined;
+    this.lazySlot[i] = -1;
     this.offSec[i] = wallOffset.seconds;
     this.offNs[i] = wallOffset.nanos;
     this.advance(i);
@@ -171,15 +179,52 @@ export class FlowRing {
 
   /** Stores a record of another source (at `offset` in `source`): `build` makes its flow when someone reads it. */
   pushLazy(source: unknown, offset: number, timeMs: number, build: LazyBuild): void {
+    this.pushLazyAt(this.takeSlot(source, build), offset, timeMs);
+  }
+
+  /** Stores `count` records of one source, at offsets[k] with times[k] (wall-clock ms). */
+  pushLazyMany(source: unknown, offsets: Int32Array, times: Float64Array, count: number, build: LazyBuild): void {
+    if (count <= 0) return;
+    const slot = this.takeSlot(source, build);
+    if (this.subscribers.size) {
+      for (let k = 0; k < count; k++) this.pushLazyAt(slot, offsets[k], times[k]);
+      return;
+    }
+    // Nobody follows: the slots' columns in one loop and the counts once (advance() per record was
+    // half of this under keep-alive load, bench/l7-agent-cpu.ts).
+    let i = this.next;
+    for (let k = 0; k < count; k++) {
+      this.at[i] = -1;
+      // An event's lookups in this slot are let go; a record's left none to clear.
+      if (this.lazySlot[i] < 0) this.src[i] = this.dst[i] = this.ifName[i] = this.rule[i] = undefined;
+      this.lazySlot[i] = slot;
+      this.lazyOffset[i] = offsets[k];
+      this.lazyTime[i] = times[k];
+      i = i + 1 === this.capacity ? 0 : i + 1;
+    }
+    this.next = i;
+    this.held = Math.min(this.capacity, this.held + count);
+    this.seenCount += count;
+    this.countSecond(count);
+  }
+
+  private takeSlot(source: unknown, build: LazyBuild): number {
+    const k = this.nextSlot;
+    this.nextSlot = k + 1 === this.capacity ? 0 : k + 1;
+    this.slotSource[k] = source;
+    this.slotBuild[k] = build;
+    return k;
+  }
+
+  private pushLazyAt(slot: number, offset: number, timeMs: number): void {
     const i = this.next;
     this.at[i] = -1;
     this.src[i] = this.dst[i] = undefined;
     this.ifName[i] = undefined;
     this.rule[i] = undefined;
-    this.lazy[i] = source;
+    this.lazySlot[i] = slot;
     this.lazyOffset[i] = offset;
     this.lazyTime[i] = timeMs;
-    this.lazyBuild[i] = build;
     this.advance(i);
   }
 
@@ -187,16 +232,20 @@ export class FlowRing {
     this.next = i + 1 === this.capacity ? 0 : i + 1;
     if (this.held < this.capacity) this.held++;
     this.seenCount++;
+    this.countSecond(1);
+    if (this.subscribers.size) {
+      const flow = this.flowAt(i, this.seenCount - 1);
+      for (const s of this.subscribers) s(flow);
+    }
+  }
+
+  private countSecond(n: number): void {
     const b = this.bucket;
     if (this.secondOf[b] !== this.nowSec) {
       this.secondOf[b] = this.nowSec;
       this.perSecond[b] = 0;
     }
-    this.perSecond[b]++;
-    if (this.subscribers.size) {
-      const flow = this.flowAt(i, this.seenCount - 1);
-      for (const s of this.subscribers) s(flow);
-    }
+    this.perSecond[b] += n;
   }
 
   /** Flows per second over the last 60 s (or since the first flow, when sooner). */
@@ -216,9 +265,9 @@ export class FlowRing {
 
   /** The flow in slot i, whose sequence number (0 = the first flow seen) is seq. */
   private flowAt(i: number, seq: number): Flow {
-    const lazy = this.lazy[i];
-    if (lazy !== undefined) {
-      const f = this.lazyBuild[i]!(lazy, this.lazyOffset[i]);
+    const slot = this.lazySlot[i];
+    if (slot >= 0) {
+      const f = this.slotBuild[slot]!(this.slotSource[slot], this.lazyOffset[i]);
       f.uuid = this.uuidPrefix + seq.toString(16).padStart(12, '0');
       return f;
     }
@@ -247,7 +296,7 @@ export class FlowRing {
 
   /** Wall-clock ms of slot i without building the flow (time windows are checked first). */
   private timeMs(i: number): number {
-    if (this.lazy[i] !== undefined) return this.lazyTime[i];
+    if (this.lazySlot[i] >= 0) return this.lazyTime[i];
     const ts = readHostU64Number(this.log, this.at[i] % this.logSize);
     return ts ? this.offSec[i] * 1000 + (this.offNs[i] + ts) / 1e6 : Date.now();
   }

@@ -16,6 +16,8 @@ export interface L7Metrics {
   /** The record at batch[off] (records.ts); `endpointName` names the endpoint whose policy proxied
    *  the request (for the latency series). */
   observe(batch: Buffer, off: number, endpointName: (id: number) => string): void;
+  /** The records at offsets[0..count) of batch (record-reader.ts BatchIndex), as observe() each. */
+  observeBatch(batch: Buffer, offsets: Int32Array, count: number, endpointName: (id: number) => string): void;
 }
 
 interface LatencySeries {
@@ -33,9 +35,12 @@ class LatencyHistogram {
   readonly type = 'histogram';
   readonly aggregator = 'sum';
   private readonly series = new Map<number, LatencySeries>();
+  /** The last endpoint's series: a batch's responses are mostly one endpoint's. */
+  private lastEndpoint = 0;
+  private last: LatencySeries | undefined;
 
   observe(endpoint: number, endpointName: (id: number) => string, seconds: number): void {
-    let s = this.series.get(endpoint);
+    let s = endpoint === this.lastEndpoint ? this.last : this.series.get(endpoint);
     if (!s) {
       if (this.series.size >= MAX_ENDPOINT_SERIES) this.series.clear();
       this.series.set(
@@ -43,6 +48,8 @@ class LatencyHistogram {
         (s = { endpoint: endpointName(endpoint), buckets: new Array(L7_LATENCY_BUCKETS.length).fill(0), sum: 0, count: 0 }),
       );
     }
+    this.lastEndpoint = endpoint;
+    this.last = s;
     let i = 0;
     while (i < L7_LATENCY_BUCKETS.length && seconds > L7_LATENCY_BUCKETS[i]) i++;
     if (i < L7_LATENCY_BUCKETS.length) s.buckets[i]++;
@@ -73,6 +80,8 @@ class LatencyHistogram {
 
   reset(): void {
     this.series.clear();
+    this.lastEndpoint = 0;
+    this.last = undefined;
   }
 }
 
@@ -117,15 +126,36 @@ export function registerL7Metrics(registry: Registry): L7Metrics {
   const latency = new LatencyHistogram();
   // The registry reads any object of this shape (get, reset, name, help, type, aggregator).
   registry.registerMetric(latency as unknown as Metric);
-  return {
-    observe(b, off, endpointName) {
+  const count = (key: number, n: number) => pending.set(key, (pending.get(key) ?? 0) + n);
+  const one = new Int32Array(1);
+  const observeBatch = (b: Buffer, offsets: Int32Array, n: number, endpointName: (id: number) => string) => {
+    // Numbers through a DataView and byte operations (inlined), not Buffer's read*() (a call each, and
+    // a boxed number for each double); the counts by a run of equal keys, not a map update each.
+    const dv = new DataView(b.buffer, b.byteOffset, b.length);
+    let runKey = -1;
+    let run = 0;
+    for (let k = 0; k < n; k++) {
+      const off = offsets[k];
       // A refusal's record stands for each refusal of its source in up to a second (source-limit.ts).
       if (b[off + At.REASON] === REASON_CONN_LIMIT) refused += refusedCount(b, off);
-      if (!isResponse(b, off)) return; // responses: they carry the status and the latency
-      const key = (b[off + At.METHOD] * 1000 + b.readUInt16LE(off + At.STATUS)) * 4 + b[off + At.VERDICT];
-      pending.set(key, (pending.get(key) ?? 0) + 1);
+      if (!isResponse(b, off)) continue; // responses: they carry the status and the latency
+      const key = (b[off + At.METHOD] * 1000 + dv.getUint16(off + At.STATUS, true)) * 4 + b[off + At.VERDICT];
+      if (key !== runKey) {
+        if (run) count(runKey, run);
+        runKey = key;
+        run = 0;
+      }
+      run++;
       const ep = metricEndpoint(b, off);
-      if (ep) latency.observe(ep, endpointName, b.readDoubleLE(off + At.LATENCY) / 1e9);
+      if (ep) latency.observe(ep, endpointName, dv.getFloat64(off + At.LATENCY, true) / 1e9);
+    }
+    if (run) count(runKey, run);
+  };
+  return {
+    observe(b, off, endpointName) {
+      one[0] = off;
+      observeBatch(b, one, 1, endpointName);
     },
+    observeBatch,
   };
 }

@@ -19,36 +19,72 @@ import {
   verdictName,
 } from './records.ts';
 
-/** A batch's lost-record count and the offset of each record (agent side). Throws on a malformed batch. */
-export function readBatch(batch: Buffer): { lost: number; offsets: number[] } {
-  if (batch.length < BATCH_HEADER || batch[0] !== BATCH_FORMAT) throw new Error(`not an L7 record batch (format ${batch[0]})`);
-  const offsets: number[] = [];
-  const n = batch.length;
-  let i = BATCH_HEADER;
-  // The numbers are read with byte operations (int32 all along), not readUInt16LE/readUInt32LE: those
-  // compute in doubles, and the agent's profile (bench:l7:profile PROF_AGENT=1, close 10) had a third
-  // of onBatch in Builtins_NumberToString, once per record, under this loop.
-  while (i < n) {
-    const len = n - i >= 2 ? batch[i] | (batch[i + 1] << 8) : 0;
-    const kind = batch[i + 2];
-    const short = kind === KIND_REPLY || kind === KIND_REPEAT;
-    const badLength = short ? len !== SHORT : len < FIXED + 8 || kind > KIND_RESPONSE;
-    if (badLength || i + len > n) throw new Error(`L7 record batch cut at byte ${i}`);
-    // A reply names an earlier request record of this batch, full or repeat; a repeat a full one
-    // (decodeRecord reads that one too). An offset of 2^31 or more reads negative: no record is there.
-    const at = batch[i + 32] | (batch[i + 33] << 8) | (batch[i + 34] << 16) | (batch[i + 35] << 24);
-    if (short && !isRequestAt(batch, offsets, at, kind === KIND_REPLY))
-      throw new Error(`L7 short record at byte ${i} names no request record`);
-    offsets.push(i);
-    i += len;
+/** A batch's records as the agent takes them: each record's offset and time in arrays kept from batch
+ *  to batch, so indexing a batch allocates nothing per record (the agent's profile under keep-alive
+ *  load had a third of its thread in the garbage collector: an offsets array grown per batch and a
+ *  boxed number per Buffer#readDoubleLE, which was not inlined). Valid until the next read(). */
+export class BatchIndex {
+  offsets = new Int32Array(2048);
+  /** Each record's wall-clock time, ms (the same field in every kind of record). */
+  times = new Float64Array(2048);
+  count = 0;
+  /** Records the worker could not send before this batch (its header). */
+  lost = 0;
+
+  /** Indexes batch. Throws on a malformed batch. */
+  read(batch: Buffer): void {
+    if (batch.length < BATCH_HEADER || batch[0] !== BATCH_FORMAT) throw new Error(`not an L7 record batch (format ${batch[0]})`);
+    const dv = new DataView(batch.buffer, batch.byteOffset, batch.length);
+    const n = batch.length;
+    let i = BATCH_HEADER;
+    let count = 0;
+    this.count = 0;
+    // The numbers are read with byte operations and the DataView (int32 and inlined), not
+    // readUInt16LE/readUInt32LE: those compute in doubles, and the agent's profile had a third of
+    // onBatch in Builtins_NumberToString, once per record, under this loop.
+    while (i < n) {
+      const len = n - i >= 2 ? batch[i] | (batch[i + 1] << 8) : 0;
+      const kind = batch[i + 2];
+      const short = kind === KIND_REPLY || kind === KIND_REPEAT;
+      const badLength = short ? len !== SHORT : len < FIXED + 8 || kind > KIND_RESPONSE;
+      if (badLength || i + len > n) throw new Error(`L7 record batch cut at byte ${i}`);
+      // A reply names an earlier request record of this batch, full or repeat; a repeat a full one
+      // (decodeRecord reads that one too). An offset of 2^31 or more reads negative: no record is there.
+      const at = batch[i + 32] | (batch[i + 33] << 8) | (batch[i + 34] << 16) | (batch[i + 35] << 24);
+      if (short && !isRequestAt(batch, this.offsets, count, at, kind === KIND_REPLY))
+        throw new Error(`L7 short record at byte ${i} names no request record`);
+      if (count === this.offsets.length) this.grow();
+      this.offsets[count] = i;
+      this.times[count] = dv.getFloat64(i + 8, true);
+      count++;
+      i += len;
+    }
+    this.count = count;
+    this.lost = dv.getUint32(1, true);
   }
-  return { lost: batch.readUInt32LE(1), offsets };
+
+  private grow(): void {
+    const offsets = new Int32Array(this.offsets.length * 2);
+    offsets.set(this.offsets);
+    const times = new Float64Array(this.times.length * 2);
+    times.set(this.times);
+    this.offsets = offsets;
+    this.times = times;
+  }
 }
 
-/** Whether a full (or, `repeatToo`, a repeat) request record starts at `at` (offsets: the batch's
- *  records so far, ascending). */
-function isRequestAt(b: Buffer, offsets: number[], at: number, repeatToo: boolean): boolean {
-  let hi = offsets.length - 1;
+/** A batch's lost-record count and the offset of each record (BatchIndex, as plain numbers). Throws on a
+ *  malformed batch. */
+export function readBatch(batch: Buffer): { lost: number; offsets: number[] } {
+  const ix = new BatchIndex();
+  ix.read(batch);
+  return { lost: ix.lost, offsets: Array.from(ix.offsets.subarray(0, ix.count)) };
+}
+
+/** Whether a full (or, `repeatToo`, a repeat) request record starts at `at` (offsets[0..count): the
+ *  batch's records so far, ascending). */
+function isRequestAt(b: Buffer, offsets: Int32Array, count: number, at: number, repeatToo: boolean): boolean {
+  let hi = count - 1;
   // Most replies follow their request's record at once (and at one request per connection most
   // records are replies): the last record first, then a binary search.
   if (hi >= 0 && offsets[hi] === at) return b[at + 2] === KIND_REQUEST || (repeatToo && b[at + 2] === KIND_REPEAT);
