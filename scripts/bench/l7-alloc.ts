@@ -26,6 +26,7 @@ import os from 'node:os';
 import { startL7World } from './l7-world.ts';
 import { type Mode, wrk } from './l7-wrk.ts';
 import { sleep } from './lib.ts';
+import { inspector } from './inspector.ts';
 import { stdoutPath } from './v8-gc-trace.ts';
 
 const MODES = (process.env.ALLOC_MODES ?? 'close,keep-alive').split(',') as Mode[];
@@ -38,31 +39,6 @@ interface Node {
   callFrame: { functionName: string; url: string; lineNumber: number };
   selfSize: number;
   children: Node[];
-}
-
-/** A minimal Chrome DevTools protocol client over the inspector's WebSocket (Node 20's WebSocket is
- *  behind --experimental-websocket). */
-async function inspector(url: string): Promise<{ call(method: string, params?: object): Promise<unknown>; close(): void }> {
-  if (typeof WebSocket === 'undefined') throw new Error('run with node --experimental-websocket');
-  const ws = new WebSocket(url);
-  await new Promise((ok, fail) => {
-    ws.onopen = ok;
-    ws.onerror = fail;
-  });
-  let id = 0;
-  const waiting = new Map<number, (r: unknown) => void>();
-  ws.onmessage = (e) => {
-    const m = JSON.parse(String(e.data)) as { id?: number; result?: unknown; error?: unknown };
-    if (m.id !== undefined) waiting.get(m.id)?.(m.error ? Promise.reject(new Error(JSON.stringify(m.error))) : m.result);
-  };
-  return {
-    call: (method, params = {}) =>
-      new Promise((ok) => {
-        waiting.set(++id, ok);
-        ws.send(JSON.stringify({ id, method, params }));
-      }),
-    close: () => ws.close(),
-  };
 }
 
 async function main(): Promise<void> {

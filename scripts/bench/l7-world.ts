@@ -139,6 +139,9 @@ export async function startL7World(clientTwReuse: string): Promise<L7World> {
   // the agent runs as a service, apart from the pods, with its workers in its cgroup.
   const agent: TestAgent = await startAgent({
     bundle: true,
+    // BENCH_AGENT_BIN: another build's membrane-agent bundle (its dist/ copied whole: the workers and
+    // the datapath are found next to it), for an A/B of the agent (l7-agent-ab.ts).
+    agentBin: process.env.BENCH_AGENT_BIN,
     // BENCH_BPF_OBJECT: another datapath object for the agent (e.g. an older commit's endpoint.o, to
     // tell a datapath change from the window in a pair of runs with nginx as the yardstick).
     extraArgs: [

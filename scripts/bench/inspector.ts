@@ -1,0 +1,29 @@
+// A minimal Chrome DevTools protocol client for the bench scripts that profile a running worker or agent
+// (l7-alloc.ts, l7-agent-cpu.ts) through its inspector.
+
+/** A minimal Chrome DevTools protocol client over the inspector's WebSocket (Node 20's WebSocket is
+ *  behind --experimental-websocket). */
+export async function inspector(
+  url: string,
+): Promise<{ call(method: string, params?: object): Promise<unknown>; close(): void }> {
+  if (typeof WebSocket === 'undefined') throw new Error('run with node --experimental-websocket');
+  const ws = new WebSocket(url);
+  await new Promise((ok, fail) => {
+    ws.onopen = ok;
+    ws.onerror = fail;
+  });
+  let id = 0;
+  const waiting = new Map<number, (r: unknown) => void>();
+  ws.onmessage = (e) => {
+    const m = JSON.parse(String(e.data)) as { id?: number; result?: unknown; error?: unknown };
+    if (m.id !== undefined) waiting.get(m.id)?.(m.error ? Promise.reject(new Error(JSON.stringify(m.error))) : m.result);
+  };
+  return {
+    call: (method, params = {}) =>
+      new Promise((ok) => {
+        waiting.set(++id, ok);
+        ws.send(JSON.stringify({ id, method, params }));
+      }),
+    close: () => ws.close(),
+  };
+}
