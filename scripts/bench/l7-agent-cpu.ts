@@ -7,13 +7,10 @@
 // bundle, dist/bin/membrane-agent.js, whose .map names the source), Node's own frames named with the
 // agent's frame that called them. (`--cpu-prof` from the start cannot be used: its SIGPROF makes the
 // verifier give up loading the datapath with EAGAIN.)
-import fs from 'node:fs';
 import os from 'node:os';
-import { inspector } from './inspector.ts';
+import { inspectorOf } from './inspector.ts';
 import { startL7World } from './l7-world.ts';
 import { wrk } from './l7-wrk.ts';
-import { sleep } from './lib.ts';
-import { stdoutPath } from './v8-gc-trace.ts';
 
 const MODE = process.env.CPU_MODE === 'close' ? 'close' : 'keep-alive';
 const SECONDS = Number(process.env.CPU_SECONDS ?? 5);
@@ -32,12 +29,7 @@ async function main(): Promise<void> {
   const world = await startL7World('0');
   try {
     const agent = world.agentPid()!;
-    const log = stdoutPath(agent);
-    let url: string | undefined;
-    for (let i = 0; i < 50 && !url; i++, await sleep(100))
-      url = log && /Debugger listening on (ws:\/\/127\.0\.0\.1:\d+\/[\w-]+)/.exec(fs.readFileSync(log, 'utf8'))?.[1];
-    if (!url) throw new Error(`no inspector URL in the agent's log (${log})`);
-    const cdp = await inspector(url);
+    const cdp = await inspectorOf(agent, 'agent');
     await cdp.call('Profiler.enable');
     await cdp.call('Profiler.setSamplingInterval', { interval: 100 });
     await wrk(world.client, world.urls.l7, 10, MODE, 3);

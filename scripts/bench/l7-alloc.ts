@@ -25,9 +25,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import { startL7World } from './l7-world.ts';
 import { type Mode, wrk } from './l7-wrk.ts';
-import { sleep } from './lib.ts';
-import { inspector } from './inspector.ts';
-import { stdoutPath } from './v8-gc-trace.ts';
+import { inspectorOf } from './inspector.ts';
 
 const MODES = (process.env.ALLOC_MODES ?? 'close,keep-alive').split(',') as Mode[];
 const SECONDS = Number(process.env.ALLOC_SECONDS ?? 5);
@@ -46,12 +44,7 @@ async function main(): Promise<void> {
   const world = await startL7World('0');
   try {
     const [worker] = await world.proxyPids('l7');
-    const log = stdoutPath(worker);
-    let url: string | undefined;
-    for (let i = 0; i < 50 && !url; i++, await sleep(100))
-      url = log && /Debugger listening on (ws:\/\/127\.0\.0\.1:\d+\/[\w-]+)/.exec(fs.readFileSync(log, 'utf8'))?.[1];
-    if (!url) throw new Error(`no inspector URL in the worker's log (${log})`);
-    const cdp = await inspector(url);
+    const cdp = await inspectorOf(worker, 'worker');
     await cdp.call('HeapProfiler.enable');
     for (const mode of MODES) {
       await wrk(world.client, world.urls.l7, 10, mode, 3);
