@@ -213,6 +213,7 @@ t.test(
     // More batches than the ring has slots (4): every held record still names its own batch.
     for (let k = 2; k <= 11; k++) many(`b${k}`, [k]);
     t.same(await summaries(), ['b8@8', 'b9@9', 'b10@10', 'b11@11']);
+    t.equal(r.lazySources, 4, 'only the batches of the records held are kept');
     many('b12', []); // an empty batch takes no slot and no place
     t.equal(r.seen, 13);
     // Events and records in turn, one subscriber seeing each record as it comes.
@@ -231,8 +232,20 @@ t.test(
     many('big', [1, 2, 3, 4, 5, 6]);
     t.same(await summaries(), ['big@3', 'big@4', 'big@5', 'big@6']);
     t.equal(r.size, 4);
+    t.equal(r.lazySources, 1);
     t.equal(r.rate(), 23, 'all 23 flows of this second counted');
     now += 1000;
     t.equal(r.rate(), 23 / 2);
   },
 );
+
+t.test('a batch is let go once its last record is written over, not when its slot comes round again', async (t) => {
+  const r = new FlowRing(8, 'n');
+  const build = () => ({ nodeName: 'n', verdict: 'FORWARDED' }) as never;
+  // 1,000 batches of one record each: the ring holds 8 records, so it keeps 8 batches, never 1,000.
+  for (let k = 0; k < 1000; k++) r.pushLazyMany({ k }, Int32Array.of(0), Float64Array.of(k), 1, build);
+  t.equal(r.lazySources, 8);
+  for (let k = 0; k < 8; k++) push(r, k); // events write over every record
+  t.equal(r.lazySources, 0, 'no batch kept once no record is of it');
+  t.equal(r.size, 8);
+});

@@ -60,10 +60,14 @@ export class FlowRing {
   private readonly lazyOffset: Int32Array;
   private readonly lazyTime: Float64Array;
   /** The slots, used in turn: a slot is taken again only after `capacity` more calls, each of which
-   *  pushed at least one record, so no record held by then still names it. */
+   *  pushed at least one record, so no record held by then still names it. A slot lets its source go
+   *  once its last record is written over (slotRecords): kept until its turn came again, the slots held
+   *  the last `capacity` batches, 64 KiB each under load, where the records held need two or three. */
   private readonly slotSource: unknown[];
   private readonly slotBuild: (LazyBuild | undefined)[];
+  private readonly slotRecords: Int32Array;
   private nextSlot = 0;
+  private slotsInUse = 0;
   // The wall-clock offset in force when each event arrived (it moves only when the clock is stepped).
   private readonly offSec: Float64Array;
   private readonly offNs: Float64Array;
@@ -99,6 +103,7 @@ export class FlowRing {
     this.lazyTime = new Float64Array(capacity);
     this.slotSource = new Array(capacity);
     this.slotBuild = new Array(capacity);
+    this.slotRecords = new Int32Array(capacity);
     this.offSec = new Float64Array(capacity);
     this.offNs = new Float64Array(capacity);
     this.nowSec = Math.floor(nowMs() / 1000);
@@ -166,7 +171,7 @@ export class FlowRing {
     this.dst[i] = refs.dst;
     this.ifName[i] = refs.ifName;
     this.rule[i] = refs.rule;
-    this.lazySlot[i] = -1;
+    this.setSlot(i, -1);
     this.offSec[i] = wallOffset.seconds;
     this.offNs[i] = wallOffset.nanos;
     this.advance(i);
@@ -197,7 +202,7 @@ export class FlowRing {
       this.at[i] = -1;
       // An event's lookups in this slot are let go; a record's left none to clear.
       if (this.lazySlot[i] < 0) this.src[i] = this.dst[i] = this.ifName[i] = this.rule[i] = undefined;
-      this.lazySlot[i] = slot;
+      this.setSlot(i, slot);
       this.lazyOffset[i] = offsets[k];
       this.lazyTime[i] = times[k];
       i = i + 1 === this.capacity ? 0 : i + 1;
@@ -213,7 +218,26 @@ export class FlowRing {
     this.nextSlot = k + 1 === this.capacity ? 0 : k + 1;
     this.slotSource[k] = source;
     this.slotBuild[k] = build;
+    if (this.slotRecords[k] === 0) this.slotsInUse++;
     return k;
+  }
+
+  /** Slot i's record is now of `slot` (-1: an event); the slot it was of lets its source go once no
+   *  record is of it any more (counted up first: a batch larger than the ring writes over its own). */
+  private setSlot(i: number, slot: number): void {
+    const old = this.lazySlot[i];
+    if (slot >= 0) this.slotRecords[slot]++;
+    this.lazySlot[i] = slot;
+    if (old >= 0 && --this.slotRecords[old] === 0) {
+      this.slotSource[old] = undefined;
+      this.slotBuild[old] = undefined;
+      this.slotsInUse--;
+    }
+  }
+
+  /** Sources (batches) the ring keeps alive for the records it holds. */
+  get lazySources(): number {
+    return this.slotsInUse;
   }
 
   private pushLazyAt(slot: number, offset: number, timeMs: number): void {
@@ -222,7 +246,7 @@ export class FlowRing {
     this.src[i] = this.dst[i] = undefined;
     this.ifName[i] = undefined;
     this.rule[i] = undefined;
-    this.lazySlot[i] = slot;
+    this.setSlot(i, slot);
     this.lazyOffset[i] = offset;
     this.lazyTime[i] = timeMs;
     this.advance(i);
