@@ -21,7 +21,6 @@
 // the pool's entries as two arrays, the added close line copied without views, framing's LENGTH
 // reused) 2,590 and 994. What is left at close is mostly accept (worker.ts, ~730) and the epoll
 // socket's reads (onEvents, ~360 twice), then requestSlot's exchange, slot and view (~280).
-import fs from 'node:fs';
 import os from 'node:os';
 import { startL7World } from './l7-world.ts';
 import { type Mode, wrk } from './l7-wrk.ts';
