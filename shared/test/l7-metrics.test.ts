@@ -64,10 +64,20 @@ t.test('requests by method, status and verdict; latency per endpoint', async (t)
   t.match(text, /membrane_l7_request_duration_seconds_bucket\{le="\+Inf",endpoint="pod-9"\} 3\n/);
   t.match(text, /membrane_l7_request_duration_seconds_sum\{endpoint="pod-9"\} 7.0023\n/);
   t.match(text, /membrane_l7_request_duration_seconds_count\{endpoint="pod-9"\} 3/);
-  // Counts accumulate across scrapes.
+  // Counts accumulate across scrapes. The batch path (the agent's) counts the same: answered request
+  // records (a response in place), a reply record (a forwarded request whose upstream failed).
   add(exchange('GET', 200, 1_000_000));
-  feed();
+  const failed = exchange('GET', 0, 0);
+  w.add('request', failed, ctx, 0);
+  Object.assign(failed, { status: 503, latencyNs: 4_000_000, localReason: 'upstream-unreachable' });
+  w.add('response', failed, ctx, 4);
+  const b = w.take(0)!;
+  const offsets = Int32Array.from(readBatch(b).offsets);
+  t.equal(offsets.length, 4, 'the answered request twice, the failed one and its reply');
+  metrics.observeBatch(b, offsets, offsets.length, (id) => `pod-${id}`);
   text = await registry.metrics();
   t.match(text, /membrane_l7_requests_total\{method="GET",status="200",verdict="forwarded"\} 3\n/);
-  t.match(text, /membrane_l7_request_duration_seconds_count\{endpoint="pod-9"\} 4/);
+  t.match(text, /membrane_l7_requests_total\{method="GET",status="503",verdict="error"\} 1\n/);
+  t.match(text, /membrane_l7_request_duration_seconds_count\{endpoint="pod-9"\} 5/);
+  t.match(text, /membrane_l7_request_duration_seconds_sum\{endpoint="pod-9"\} 7.0073\n/);
 });

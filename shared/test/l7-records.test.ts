@@ -3,7 +3,7 @@
 // a cut or foreign batch is refused instead of misread.
 import t from 'tap';
 import { BatchIndex, decodeRecord, readBatch } from '../src/l7/proxy/record-reader.ts';
-import { metricEndpoint, RecordWriter, type RecordContext } from '../src/l7/proxy/records.ts';
+import { metricEndpoint, RESPONSE_VIEW, RecordWriter, type RecordContext } from '../src/l7/proxy/records.ts';
 import type { Exchange } from '../src/l7/http/exchange.ts';
 import type { ConnectionPolicy, ProxyDecision } from '../src/l7/proxy/view.ts';
 
@@ -88,50 +88,73 @@ t.test('a response record, IPv4 and IPv6', async (t) => {
   }
 });
 
-t.test("a response in its request record's batch is a short reply naming it, read back the same", async (t) => {
-  const w = new RecordWriter();
-  const ctx: RecordContext = { srcPort: 40000, dstPort: 80, policy: policy('fd00::3', 'fd00:1::2') };
-  const x = exchange({ status: 0, latencyNs: 0 });
-  w.add('request', x, ctx, 10);
-  const other = exchange({ method: 'PROPFIND', path: '/other' });
-  w.add('request', other, ctx, 11);
-  Object.assign(x, { status: 503, latencyNs: 2_000_000, localReason: 'upstream-unreachable' });
-  w.add('response', x, ctx, 12);
-  const bytesBefore = w.bytes;
-  w.add('response', other, ctx, 13);
-  t.equal(w.bytes - bytesBefore, 40, 'a reply is 40 bytes');
-  const late = exchange();
-  w.add('request', late, ctx, 14);
-  const b = w.take(0)!;
-  w.add('response', late, ctx, 15); // its request went out in the batch before: a full record
-  const b2 = w.take(0)!;
-  const [req, , res, res2] = readBatch(b).offsets.map((o) => decodeRecord(b, o));
-  const { kind: _k, timeMs: _t, status: _s, latencyNs: _l, verdict: _v, ...same } = req;
-  t.same(
-    res,
-    {
-      ...same,
-      kind: 'response',
-      timeMs: 12,
-      status: 503,
-      latencyNs: 2_000_000,
-      verdict: 'error',
-      reason: 'upstream-unreachable',
-    },
-    'the reply: its request record with the response fields',
-  );
-  t.match(res2, { kind: 'response', method: 'PROPFIND', path: '/other', timeMs: 13, status: 200, verdict: 'forwarded' });
-  t.notOk('reason' in res2, 'no reason on a forwarded response');
-  const offs = readBatch(b).offsets;
-  t.equal(metricEndpoint(b, offs[2]), 9, 'a reply carries the latency metric endpoint');
-  t.match(decodeRecord(b2, readBatch(b2).offsets[0]), { kind: 'response', path: '/a?b=1', timeMs: 15, status: 200 });
-  // A reply must name a request record of its batch: not itself, not a byte inside a record.
-  const bad = Buffer.from(b);
-  bad.writeUInt32LE(offs[0] + 1, offs[2] + 32);
-  t.throws(() => readBatch(bad), /names no request record/);
-  bad.writeUInt32LE(offs[2], offs[2] + 32);
-  t.throws(() => readBatch(bad), /names no request record/);
-});
+t.test(
+  "a response in its request record's batch answers that record in place, or is a short reply naming it when its verdict differs",
+  async (t) => {
+    const w = new RecordWriter();
+    const ctx: RecordContext = { srcPort: 40000, dstPort: 80, policy: policy('fd00::3', 'fd00:1::2') };
+    const x = exchange({ status: 0, latencyNs: 0 });
+    w.add('request', x, ctx, 10);
+    const other = exchange({ method: 'PROPFIND', path: '/other', status: 0, latencyNs: 0 });
+    w.add('request', other, ctx, 11);
+    Object.assign(x, { status: 503, latencyNs: 2_000_000, localReason: 'upstream-unreachable' });
+    let bytesBefore = w.bytes;
+    w.add('response', x, ctx, 12);
+    t.equal(w.bytes - bytesBefore, 40, 'a reply is 40 bytes');
+    bytesBefore = w.bytes;
+    const countBefore = w.count;
+    Object.assign(other, { status: 200, latencyNs: 3_000_000 });
+    w.add('response', other, ctx, 14);
+    t.equal(w.bytes - bytesBefore, 0, 'an answer in place adds no bytes');
+    t.equal(w.count, countBefore, 'nor a record');
+    const late = exchange();
+    w.add('request', late, ctx, 14);
+    const b = w.take(0)!;
+    w.add('response', late, ctx, 15.5); // its request went out in the batch before: a full record
+    const b2 = w.take(0)!;
+    const offs = readBatch(b).offsets;
+    t.equal(offs.length, 5, "two requests, the answered one's response, the reply, the late request");
+    t.equal(offs[2], offs[1] | RESPONSE_VIEW, 'the answer is listed right after its request');
+    const [req, otherReq, otherRes, res] = offs.map((o) => decodeRecord(b, o));
+    const { kind: _k, timeMs: _t, status: _s, latencyNs: _l, verdict: _v, ...same } = req;
+    t.same(
+      res,
+      {
+        ...same,
+        kind: 'response',
+        timeMs: 12,
+        status: 503,
+        latencyNs: 2_000_000,
+        verdict: 'error',
+        reason: 'upstream-unreachable',
+      },
+      'the reply: its request record with the response fields',
+    );
+    t.match(
+      otherReq,
+      { kind: 'request', method: 'PROPFIND', timeMs: 11, status: 0, latencyNs: 0 },
+      'the answered request reads as a request',
+    );
+    const { kind: _k2, timeMs: _t2, status: _s2, latencyNs: _l2, ...otherSame } = otherReq;
+    t.same(
+      otherRes,
+      { ...otherSame, kind: 'response', timeMs: 14, status: 200, latencyNs: 3_000_000 },
+      'its response: the request with the status, the latency and the time the head went out',
+    );
+    t.notOk('reason' in otherRes, 'no reason on a forwarded response');
+    t.equal(metricEndpoint(b, offs[3]), 9, 'a reply carries the latency metric endpoint');
+    t.match(decodeRecord(b2, readBatch(b2).offsets[0]), { kind: 'response', path: '/a?b=1', timeMs: 15.5, status: 200 });
+    // A reply must name a request record of its batch: not itself, not a byte inside a record.
+    const bad = Buffer.from(b);
+    bad.writeUInt32LE(offs[0] + 1, offs[3] + 32);
+    t.throws(() => readBatch(bad), /names no request record/);
+    bad.writeUInt32LE(offs[3], offs[3] + 32);
+    t.throws(() => readBatch(bad), /names no request record/);
+    const odd = Buffer.from(b);
+    odd[offs[1] + 30] = 2;
+    t.throws(() => readBatch(odd), /answered is 2/, 'an answered mark is 0 or 1');
+  },
+);
 
 t.test('a request like an earlier one of the batch but for ports and time is a short repeat naming it', async (t) => {
   const w = new RecordWriter();
@@ -142,31 +165,31 @@ t.test('a request like an earlier one of the batch but for ports and time is a s
   const b1 = exchange({ status: 0, latencyNs: 0 });
   w.add('request', b1, { srcPort: 40002, dstPort: 8080, policy: p }, 2);
   t.equal(w.bytes - at, 40, 'a repeat is 40 bytes');
-  Object.assign(b1, { status: 204, latencyNs: 7 });
-  w.add('response', b1, { srcPort: 40002, dstPort: 8080, policy: p }, 3);
+  Object.assign(b1, { status: 204, latencyNs: 7_000 });
+  w.add('response', b1, { srcPort: 40002, dstPort: 8080, policy: p }, 2.007);
   at = w.bytes;
   w.add('request', exchange({ path: '/other' }), { srcPort: 40003, dstPort: 80, policy: p }, 4);
   t.ok(w.bytes - at > 40, 'another path: a full record');
   at = w.bytes;
-  w.add(
-    'request',
-    exchange({ verdict: { allowed: true, edits: [], info: { ...decision } } }),
-    { srcPort: 1, dstPort: 80, policy: p },
-    5,
-  );
+  const another = { ...decision };
+  w.add('request', exchange({ verdict: { allowed: true, edits: [], info: another } }), { srcPort: 1, dstPort: 80, policy: p }, 5);
   t.ok(w.bytes - at > 40, 'another decision: a full record');
+  at = w.bytes;
+  w.add('request', exchange({ verdict: { allowed: true, edits: [], info: another } }), { srcPort: 2, dstPort: 80, policy: p }, 6);
+  t.equal(w.bytes - at, 40, 'a repeat of that one');
   const b = w.take(0)!;
   const offs = readBatch(b).offsets;
+  t.equal(offs.length, 6);
   const [full, repeat, reply] = offs.map((o) => decodeRecord(b, o));
   t.same(repeat, { ...full, timeMs: 2, src: { ...full.src, port: 40002 }, dst: { ...full.dst, port: 8080 } });
-  t.match(reply, { kind: 'response', timeMs: 3, status: 204, latencyNs: 7, src: { port: 40002 }, dst: { port: 8080 } });
-  t.equal(metricEndpoint(b, offs[2]), 9);
+  t.match(reply, { kind: 'response', timeMs: 2.007, status: 204, latencyNs: 7_000, src: { port: 40002 }, dst: { port: 8080 } });
+  t.equal(metricEndpoint(b, offs[1]), 9);
   const next = exchange();
   w.add('request', next, { srcPort: 9, dstPort: 80, policy: p }, 6);
   t.ok(w.bytes > 40 + 5, 'the next batch starts with a full record');
   // A repeat names a full request record, not another repeat.
   const bad = Buffer.from(b);
-  bad[offs[2] + 2] = 3; // the reply, made a repeat of the repeat
+  bad.writeUInt32LE(offs[1], offs[5] + 32); // the last repeat, made a repeat of the first repeat
   t.throws(() => readBatch(bad), /names no request record/);
 });
 
@@ -236,6 +259,11 @@ t.test('cut or foreign batches are refused', async (t) => {
   const b = w.take(0)!;
   t.throws(() => readBatch(b.subarray(0, b.length - 1)), /cut at byte 5/);
   t.throws(() => readBatch(Buffer.from('{"t":"x"}')), /not an L7 record batch/);
+  const older = Buffer.from(b);
+  older[0] = 1; // an older worker's batch (no answered records): read as ever
+  t.match(decodeRecord(older, readBatch(older).offsets[0]), { kind: 'request', path: '/a?b=1' });
+  older[0] = 3;
+  t.throws(() => readBatch(older), /not an L7 record batch \(format 3\)/);
 });
 
 t.test('connections between the same two addresses share the policy, each record keeps its own ports', async (t) => {
@@ -257,15 +285,16 @@ t.test("the agent's index, kept from batch to batch: grows past its first size, 
   for (let k = 0; k < 3000; k++) {
     const x = exchange({ startMs: k });
     w.add('request', x, ctx, 1000 + k);
-    w.add('response', x, ctx, 1000.5 + k);
+    w.add('response', x, ctx, 1001.5 + k); // 1.5 ms later (latencyNs)
   }
   const big = w.take(7)!;
+  t.ok(big.length < 300 + 2999 * 40, 'a request record each, answered in place: 40 bytes an exchange');
   ix.read(big);
-  t.equal(ix.count, 6000);
+  t.equal(ix.count, 6000, 'two flows a record');
   t.equal(ix.lost, 7);
   t.same(Array.from(ix.offsets.subarray(0, ix.count)), readBatch(big).offsets, 'the same offsets as readBatch');
-  t.same([ix.times[0], ix.times[1], ix.times[5998], ix.times[5999]], [1000, 1000.5, 3999, 3999.5]);
-  t.match(decodeRecord(big, ix.offsets[5999]), { kind: 'response', timeMs: 3999.5, status: 200 });
+  t.same([ix.times[0], ix.times[1], ix.times[5998], ix.times[5999]], [1000, 1001.5, 3999, 4000.5]);
+  t.match(decodeRecord(big, ix.offsets[5999]), { kind: 'response', timeMs: 4000.5, status: 200 });
   w.add('response', exchange(), ctx, 42);
   const small = w.take(0)!;
   ix.read(small);

@@ -7,13 +7,22 @@
 // the registry when it is scraped. prom-client hashes the label set on every inc() and observe(),
 // even on a child from labels(): that was a third of the agent's CPU per proxied request.
 import { Counter, type Metric, type Registry } from 'prom-client';
-import { At, isResponse, methodOfCode, metricEndpoint, REASON_CONN_LIMIT, refusedCount, verdictName } from './proxy/records.ts';
+import {
+  At,
+  isResponse,
+  methodOfCode,
+  metricEndpoint,
+  REASON_CONN_LIMIT,
+  RESPONSE_VIEW,
+  refusedCount,
+  verdictName,
+} from './proxy/records.ts';
 
 export const L7_LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 const MAX_ENDPOINT_SERIES = 10_000;
 
 export interface L7Metrics {
-  /** The record at batch[off] (records.ts); `endpointName` names the endpoint whose policy proxied
+  /** The record at batch[off] (records.ts; with RESPONSE_VIEW: an answered request's response); `endpointName` names the endpoint whose policy proxied
    *  the request (for the latency series). */
   observe(batch: Buffer, off: number, endpointName: (id: number) => string): void;
   /** The records at offsets[0..count) of batch (record-reader.ts BatchIndex), as observe() each. */
@@ -135,10 +144,15 @@ export function registerL7Metrics(registry: Registry): L7Metrics {
     let runKey = -1;
     let run = 0;
     for (let k = 0; k < n; k++) {
-      const off = offsets[k];
-      // A refusal's record stands for each refusal of its source in up to a second (source-limit.ts).
-      if (b[off + At.REASON] === REASON_CONN_LIMIT) refused += refusedCount(b, off);
-      if (!isResponse(b, off)) continue; // responses: they carry the status and the latency
+      const entry = offsets[k];
+      const off = entry & ~RESPONSE_VIEW;
+      // An answered request's response (RESPONSE_VIEW) is read from its request's record, which holds
+      // the same fields at the same places.
+      if (entry === off) {
+        // A refusal's record stands for each refusal of its source in up to a second (source-limit.ts).
+        if (b[off + At.REASON] === REASON_CONN_LIMIT) refused += refusedCount(b, off);
+        if (!isResponse(b, off)) continue; // responses: they carry the status and the latency
+      }
       const key = (b[off + At.METHOD] * 1000 + dv.getUint16(off + At.STATUS, true)) * 4 + b[off + At.VERDICT];
       if (key !== runKey) {
         if (run) count(runKey, run);

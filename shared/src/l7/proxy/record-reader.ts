@@ -4,7 +4,9 @@
 
 import { formatIp } from '../../net/index.ts';
 import {
+  answeredAt,
   BATCH_FORMAT,
+  BATCH_FORMAT_UNANSWERED,
   BATCH_HEADER,
   FIXED,
   KIND_REPEAT,
@@ -14,15 +16,18 @@ import {
   type L7Record,
   methodOfCode,
   REASONS,
+  RESPONSE_VIEW,
   refusedCount,
   SHORT,
   verdictName,
 } from './records.ts';
 
-/** A batch's records as the agent takes them: each record's offset and time in arrays kept from batch
+/** A batch's flows as the agent takes them: each record's offset and time in arrays kept from batch
  *  to batch, so indexing a batch allocates nothing per record (the agent's profile under keep-alive
  *  load had a third of its thread in the garbage collector: an offsets array grown per batch and a
- *  boxed number per Buffer#readDoubleLE, which was not inlined). Valid until the next read(). */
+ *  boxed number per Buffer#readDoubleLE, which was not inlined). An answered request record (records.ts)
+ *  is listed twice: its request, then its response (the offset with RESPONSE_VIEW, the time plus the
+ *  latency). Valid until the next read(). */
 export class BatchIndex {
   offsets = new Int32Array(2048);
   /** Each record's wall-clock time, ms (the same field in every kind of record). */
@@ -33,7 +38,8 @@ export class BatchIndex {
 
   /** Indexes batch. Throws on a malformed batch. */
   read(batch: Buffer): void {
-    if (batch.length < BATCH_HEADER || batch[0] !== BATCH_FORMAT) throw new Error(`not an L7 record batch (format ${batch[0]})`);
+    if (batch.length < BATCH_HEADER || (batch[0] !== BATCH_FORMAT && batch[0] !== BATCH_FORMAT_UNANSWERED))
+      throw new Error(`not an L7 record batch (format ${batch[0]})`);
     const dv = new DataView(batch.buffer, batch.byteOffset, batch.length);
     const n = batch.length;
     let i = BATCH_HEADER;
@@ -53,10 +59,19 @@ export class BatchIndex {
       const at = batch[i + 32] | (batch[i + 33] << 8) | (batch[i + 34] << 16) | (batch[i + 35] << 24);
       if (short && !isRequestAt(batch, this.offsets, count, at, kind === KIND_REPLY))
         throw new Error(`L7 short record at byte ${i} names no request record`);
-      if (count === this.offsets.length) this.grow();
+      if (count + 2 > this.offsets.length) this.grow();
+      const time = dv.getFloat64(i + 8, true);
       this.offsets[count] = i;
-      this.times[count] = dv.getFloat64(i + 8, true);
+      this.times[count] = time;
       count++;
+      if (kind === KIND_REQUEST || kind === KIND_REPEAT) {
+        const answered = batch[answeredAt(batch, i)];
+        if (answered === 1) {
+          this.offsets[count] = i | RESPONSE_VIEW;
+          this.times[count] = time + dv.getFloat64(i + 16, true) / 1e6;
+          count++;
+        } else if (answered !== 0) throw new Error(`L7 record at byte ${i}: answered is ${answered}`);
+      }
       i += len;
     }
     this.count = count;
@@ -86,20 +101,30 @@ export function readBatch(batch: Buffer): { lost: number; offsets: number[] } {
 function isRequestAt(b: Buffer, offsets: Int32Array, count: number, at: number, repeatToo: boolean): boolean {
   let hi = count - 1;
   // Most replies follow their request's record at once (and at one request per connection most
-  // records are replies): the last record first, then a binary search.
-  if (hi >= 0 && offsets[hi] === at) return b[at + 2] === KIND_REQUEST || (repeatToo && b[at + 2] === KIND_REPEAT);
+  // records are replies): the last record first, then a binary search. An answered record's second
+  // entry (RESPONSE_VIEW) is the same record.
+  if (hi >= 0 && (offsets[hi] & ~RESPONSE_VIEW) === at)
+    return b[at + 2] === KIND_REQUEST || (repeatToo && b[at + 2] === KIND_REPEAT);
   let lo = 0;
   while (lo <= hi) {
     const mid = (lo + hi) >>> 1;
-    if (offsets[mid] === at) return b[at + 2] === KIND_REQUEST || (repeatToo && b[at + 2] === KIND_REPEAT);
-    if (offsets[mid] < at) lo = mid + 1;
+    const o = offsets[mid] & ~RESPONSE_VIEW;
+    if (o === at) return b[at + 2] === KIND_REQUEST || (repeatToo && b[at + 2] === KIND_REPEAT);
+    if (o < at) lo = mid + 1;
     else hi = mid - 1;
   }
   return false;
 }
 
-/** The record at batch[off] as an object (a flow is being built from it). */
+/** The record at batch[off] as an object (a flow is being built from it); off with RESPONSE_VIEW: the
+ *  response an answered request record stands for too. */
 export function decodeRecord(b: Buffer, off: number): L7Record {
+  if (off & RESPONSE_VIEW) {
+    const at = off & ~RESPONSE_VIEW;
+    const r = decodeRecord(b, at); // its request; the response was judged the same (records.ts add)
+    const latencyNs = b.readDoubleLE(at + 16);
+    return { ...r, kind: 'response', timeMs: r.timeMs + latencyNs / 1e6, status: b.readUInt16LE(at + 24), latencyNs };
+  }
   if (b[off + 2] === KIND_REPEAT) {
     const r = decodeRecord(b, b.readUInt32LE(off + 32));
     r.timeMs = b.readDoubleLE(off + 8);
@@ -155,8 +180,9 @@ export function decodeRecord(b: Buffer, off: number): L7Record {
   const dstEp = b.readUInt32LE(off + 44);
   const reason = REASONS[b[off + 6]] ?? '';
   const refused = reason === 'conn-limit';
+  const response = b[off + 2] === KIND_RESPONSE; // an answered request's record holds its response's status and latency too
   return {
-    kind: b[off + 2] === 0 ? 'request' : 'response',
+    kind: response ? 'response' : 'request',
     timeMs: b.readDoubleLE(off + 8),
     src: {
       ip: formatIp(b.subarray(off + FIXED, off + FIXED + alen)),
@@ -174,8 +200,8 @@ export function decodeRecord(b: Buffer, off: number): L7Record {
     path,
     host,
     protocol: b[off + 5] === 0 ? 'HTTP/1.0' : 'HTTP/1.1',
-    status: b.readUInt16LE(off + 24),
-    latencyNs: refused ? 0 : b.readDoubleLE(off + 16), // a refusal's count is there instead
+    status: response ? b.readUInt16LE(off + 24) : 0,
+    latencyNs: response ? b.readDoubleLE(off + 16) : 0, // a request's: 0, or a refusal's count, or an answer's latency
     verdict: verdictName(b[off + 3]),
     ...(reason ? { reason } : {}),
     ...(refused ? { refused: refusedCount(b, off) } : {}),

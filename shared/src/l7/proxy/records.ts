@@ -16,15 +16,24 @@
 //         u8 side count, per side: u8 direction (0 ingress, 1 egress), u8 allowed, u32 endpoint, u32 rule id,
 //         HTTP rule path: u16 len + bytes.
 // Strings are latin1, as the proxy read them from the wire; path and host are cut at MAX_TEXT bytes.
-// A response whose request's record is in the same batch (most: a batch spans ~15 ms) is a short
-// reply record instead, which names that record rather than repeating its addresses, texts and sides
-// (~100 bytes) — kind 2, SHORT bytes: the same fields at 0-26 (method code and protocol copied),
+// A response whose request's record is in the same batch (most: a batch spans ~15 ms) is written
+// into that record (below, "answered") or, when its verdict or reason differs from the request's (an
+// upstream that failed), is a short reply record, which names that record rather than repeating its
+// addresses, texts and sides (~100 bytes) — kind 2, SHORT bytes: the same fields at 0-26 (method code and protocol copied),
 //   28 u32 endpoint for the latency metric   32 u32 offset of the request's record in the batch
 //   36 u16 destination port   38 u16 pad.
 // Likewise a request that repeats an earlier full request record of the batch but for its ports and
 // time (same two ends, method, path, host, protocol and decision: a keep-alive client asking for the
 // same thing, or new connections from one client to one server) is a short repeat record, kind 3,
 // naming that record; its source port is at 26 and its destination port at 36.
+// A response that completes while its request's record (full or repeat) is still in the batch being
+// written, with the request's verdict and reason (most: answers take well under a batch's span),
+// gets no record of its own: the request's record is marked answered (u8 1 at
+// 30 in a full record, at 38 in a repeat) and takes the response's latency at 16 and status at 24;
+// the response's time is the request's plus its latency. One record then stands for two flows (the
+// reader's index lists it twice, the second time with RESPONSE_VIEW set): half the records and
+// bytes the agent reads and indexes at keep-alive. Batches with such records are BATCH_FORMAT 2; an
+// agent that knows only 1 refuses them (and says so) rather than losing their responses unseen.
 // A refused connection's record (reason conn-limit, full or repeat: worker.ts refuse) stands for
 // several refusals of its source (source-limit.ts RefusalRecords): how many is at 16, the f64 a
 // request's record otherwise leaves 0 (a request has no latency). 0 there (a record from before the
@@ -37,7 +46,9 @@ import type { ConnectionPolicy, ProxyDecision } from './view.ts';
 export type RecordKind = 'request' | 'response';
 export type RecordVerdict = 'forwarded' | 'denied' | 'error';
 
-export const BATCH_FORMAT = 1;
+export const BATCH_FORMAT = 2;
+/** The format before answered records (read as ever: it has none). */
+export const BATCH_FORMAT_UNANSWERED = 1;
 export const BATCH_HEADER = 5;
 export const FIXED = 52;
 export const SHORT = 40;
@@ -56,6 +67,8 @@ const REASON_CODE = new Map<string, number>(REASONS.map((r, i) => [r, i]));
 
 /** A record's verdict code: a refused connection is dropped (1), as a denied request is. */
 const verdictCode = (reason: string | undefined): number => (reason === 'denied' || reason === 'conn-limit' ? 1 : reason ? 2 : 0);
+
+const reasonCode = (reason: string | undefined): number => (reason ? (REASON_CODE.get(reason) ?? 0) : 0);
 
 export const verdictName = (v: number): RecordVerdict => VERDICTS[v] ?? 'error';
 /** The standard method of a method code, '' for any other method. */
@@ -92,6 +105,13 @@ export interface RecordContext {
   /** A refused connection's record (conn-limit): how many refusals it stands for (1 if not given). */
   refused?: number;
 }
+
+/** Set in an offset of the reader's index (record-reader.ts BatchIndex): the response of the answered
+ *  request record at the offset without it. A batch is at most 256 MiB (frames.ts MAX_FRAME). */
+export const RESPONSE_VIEW = 1 << 30;
+
+/** Where a request record (full or repeat) at b[off] says it was answered (1) in place. */
+export const answeredAt = (b: Buffer, off: number): number => off + (b[off + 2] === KIND_REPEAT ? 38 : 30);
 
 /** Offsets of the fields the agent reads in place (the same in every kind of record). */
 export const At = { KIND: 2, VERDICT: 3, METHOD: 4, REASON: 6, TIME: 8, LATENCY: 16, REFUSED: 16, STATUS: 24 } as const;
@@ -173,7 +193,18 @@ export class RecordWriter {
 
   add(kind: RecordKind, x: Exchange, ctx: RecordContext, timeMs: number): void {
     if (kind === 'response' && x.recordBatch === this.batch) {
-      this.short(KIND_REPLY, x, timeMs, x.recordAt ?? 0, 0, 0, x.latencyNs);
+      const req = x.recordAt ?? 0;
+      const b = this.buf;
+      const flag = answeredAt(b, req);
+      // Answered in place when the response says what the request's record says (an upstream that
+      // failed after a forwarded request does not: a reply record carries its own verdict).
+      if (b[flag] === 0 && b[req + 3] === verdictCode(x.localReason) && b[req + 6] === reasonCode(x.localReason)) {
+        b[flag] = 1;
+        this.dv.setFloat64(req + 16, x.latencyNs, true);
+        this.dv.setUint16(req + 24, x.status, true);
+        return;
+      }
+      this.short(KIND_REPLY, x, timeMs, req, 0, 0, x.latencyNs);
       return;
     }
     const last = kind === 'request' ? this.last.get(ctx.policy) : undefined;
@@ -210,7 +241,7 @@ export class RecordWriter {
     b[start + 3] = verdictCode(x.localReason);
     b[start + 4] = mcode;
     b[start + 5] = x.protocol === 'HTTP/1.0' ? 0 : 1;
-    b[start + 6] = x.localReason ? (REASON_CODE.get(x.localReason) ?? 0) : 0;
+    b[start + 6] = reasonCode(x.localReason);
     dv.setFloat64(start + 8, timeMs, true);
     dv.setFloat64(start + 16, kind === 'response' ? x.latencyNs : (ctx.refused ?? 0), true);
     dv.setUint16(start + 24, kind === 'response' ? x.status : 0, true);
@@ -274,7 +305,7 @@ export class RecordWriter {
     b[start + 3] = verdictCode(x.localReason);
     b[start + 4] = b[req + 4];
     b[start + 5] = b[req + 5];
-    b[start + 6] = x.localReason ? (REASON_CODE.get(x.localReason) ?? 0) : 0;
+    b[start + 6] = reasonCode(x.localReason);
     b[start + 7] = 0;
     dv.setFloat64(start + 8, timeMs, true);
     dv.setFloat64(start + 16, at16, true);
