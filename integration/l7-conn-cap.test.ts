@@ -12,12 +12,13 @@
 // flow from before the flood still there. The peers: lib/l7-abuse-peers.ts (mode idle).
 import t from 'tap';
 import fs from 'node:fs';
+import path from 'node:path';
 import type { ChildProcess } from 'node:child_process';
 import { ObserverClient } from '../shared/src/flows/client.ts';
 import { castOf, waitFor } from './lib/attack-pods.ts';
 import { SERVER, runClient, startClient } from './lib/l7-abuse-peers.ts';
 import { metricsText } from './lib/metrics.ts';
-import { l7Status, serveThroughL7 } from './lib/l7-workers.ts';
+import { l7Status, l7WorkersConnected, serveThroughL7 } from './lib/l7-workers.ts';
 import { killAll } from './lib/tcp.ts';
 
 if (process.getuid?.() !== 0) {
@@ -188,5 +189,29 @@ t.test(`a flood of ${FLOOD} refused connections: a handful of flows, each counte
     (f) => f.IP?.source === cast.pods.b.ip4 && /\/before-flood$/.test(f.l7?.http?.url ?? ''),
   );
   t.equal(before.length, 1, `B's request flow from before the flood is still in the ring of ${RING}`);
+  await a.release();
+});
+
+t.test('an agent restarted with a lower limit applies it to the worker it adopts', async (t) => {
+  const LOWER = 5;
+  const SURPLUS = 3;
+  await cast.agent.restart({ MEMBRANE_L7_PROXY_MAX_CONNS_PER_SOURCE: String(LOWER) });
+  t.equal((await l7WorkersConnected(cast.agent.client)).workers[0].pid, worker, 'the same worker, adopted, not a new one');
+  // The worker's own word that it took the new limit (the agent sends it on hello).
+  const workerLog = path.join(cast.agent.stateDir, 'l7', 'worker-0.log');
+  await waitFor(
+    'the worker taking the limit of 5',
+    async () => (/"maxConnsPerSource":5,"was":20/.test(fs.readFileSync(workerLog, 'utf8')) ? true : undefined),
+    20_000,
+  );
+  t.equal((await get('b', '/after-restart')).status, 200, 'served after the restart');
+  const a = await startClient(cast.pods.a.ns, ['idle', cast.pods.web.ip4, String(LOWER + SURPLUS)]);
+  t.teardown(() => a.release());
+  // Before the agent sent its limit on hello, the adopted worker kept the 20 it was started with: none reset.
+  const refused = await a.until(`${SURPLUS} connections ended by the proxy`, (l) => l.closed === SURPLUS);
+  t.same(refused.how, { 'error:ECONNRESET': SURPLUS }, `${SURPLUS} of A's ${LOWER + SURPLUS} idle connections were reset`);
+  a.say('probe');
+  const probe = await a.until("the held connections' answers", (l) => l.probe !== undefined);
+  t.same(probe.probe, { '200': LOWER }, `each of A's ${LOWER} held connections is served`);
   await a.release();
 });

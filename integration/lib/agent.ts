@@ -64,7 +64,9 @@ export interface TestAgent {
   /** SIGKILL and wait: the datapath must keep forwarding. */
   kill9(): Promise<void>;
   /** Start again on the same dirs. */
-  restart(): Promise<void>;
+  /** Stops the agent (SIGTERM) and starts it again on the same dirs; `env`: variables changed for it
+   *  from now on. */
+  restart(env?: NodeJS.ProcessEnv): Promise<void>;
   /** Delete every endpoint and extra network through the API, stop, and remove dirs, pins, host device. */
   cleanup(): Promise<void>;
 }
@@ -194,8 +196,9 @@ export async function startAgent(opts: StartAgentOptions = {}): Promise<TestAgen
     pid: () => child?.pid,
     stop: () => waitExit('SIGTERM'),
     kill9: () => waitExit('SIGKILL'),
-    restart: async () => {
+    restart: async (more?: NodeJS.ProcessEnv) => {
       await waitExit('SIGTERM');
+      if (more) Object.assign(env, more);
       await launch();
     },
     cleanup: async () => {

@@ -1,6 +1,7 @@
 // The L7 proxy in the agent: the worker manager (its port goes into the datapath's L7 entries), the
 // routing that delivers diverted packets to it, and the policy snapshots it enforces. Records the
-// workers send (one per request and per response) go to the flow observer and the metrics.
+// workers send (one per request and per response) go to the flow observer; their counts (summed in
+// the workers, proxy/request-counts.ts) to the metrics.
 // Its dependencies are its parameters; the composition root (agent.ts) decides the order.
 import path from 'node:path';
 import type { Logger } from '../log.ts';
@@ -9,6 +10,8 @@ import type { Netlink } from '../netlink/index.ts';
 import type { PolicyEngine } from '../policy/engine.ts';
 import { ProxyManager, type WorkerCommand } from '../l7/manager.ts';
 import { BatchIndex, decodeRecord } from '../l7/proxy/record-reader.ts';
+import { BATCH_FORMAT_UNANSWERED } from '../l7/proxy/records.ts';
+import { type CountsDelta, isCountsDelta } from '../l7/proxy/request-counts.ts';
 import { l7Flow } from '../l7/flows.ts';
 import { registerL7Metrics } from '../l7/metrics.ts';
 import type { AgentFlows } from './flows.ts';
@@ -41,9 +44,11 @@ export class AgentL7 {
   private engine?: PolicyEngine;
   private pending = false;
   private readonly listeners: ((batch: Buffer, index: BatchIndex) => void)[] = [];
+  private readonly countListeners: ((delta: CountsDelta) => void)[] = [];
   /** Reused for every batch: the listeners read it before the next one comes. */
   private readonly index = new BatchIndex();
   private badBatchLogged = false;
+  private badCountsLogged = false;
   private lostRecords = 0;
   /** Whether the policy has L7 rules (the workers should run), as of the last snapshot handed over. */
   private needed = false;
@@ -71,6 +76,7 @@ export class AgentL7 {
       command: proxyWorkerCommand(),
       log,
       onRecords: (batch) => self!.onBatch(batch),
+      onCounts: (delta) => self!.onCounts(delta),
     });
     self = new AgentL7(manager, log);
     log.info({ port: manager.port, workers: d.cfg.l7ProxyWorkers }, 'L7 proxy ready (workers start when a policy has L7 rules)');
@@ -127,6 +133,16 @@ export class AgentL7 {
     for (const l of this.listeners) l(batch, this.index);
   }
 
+  private onCounts(delta: CountsDelta): void {
+    if (!isCountsDelta(delta)) {
+      if (!this.badCountsLogged)
+        this.log.warn('unreadable counts from an L7 proxy worker (of another version?): not in the metrics');
+      this.badCountsLogged = true;
+      return;
+    }
+    for (const l of this.countListeners) l(delta);
+  }
+
   /** Record batches from the workers, indexed (records.ts decodeRecord reads a record at an offset);
    *  the index is reused for the next batch. */
   onRecords(fn: (batch: Buffer, index: BatchIndex) => void): void {
@@ -143,8 +159,10 @@ export class AgentL7 {
     const build = (b: unknown, off: number) => l7Flow(decodeRecord(b as Buffer, off), flows.context);
     this.onRecords((batch, ix) => {
       flows.pushLazyMany(batch, ix.offsets, ix.times, ix.count, build);
-      metrics?.observeBatch(batch, ix.offsets, ix.count, name);
+      // A worker of the format before its counts (adopted after an upgrade) sends none: its records count.
+      if (batch[0] === BATCH_FORMAT_UNANSWERED) metrics?.observeBatch(batch, ix.offsets, ix.count, name);
     });
+    if (metrics) this.countListeners.push((delta) => metrics.merge(delta, name));
   }
 
   status(): Record<string, unknown> {

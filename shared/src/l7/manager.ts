@@ -17,6 +17,7 @@ import path from 'node:path';
 import type { Logger } from '../log.ts';
 import { listenUnix } from '../io/unix-socket.ts';
 import { encodeFrame, FrameReader, type AgentMessage, type WorkerMessage } from './proxy/frames.ts';
+import type { CountsDelta } from './proxy/request-counts.ts';
 import { hasHttpEntries, type ProxySnapshot } from './proxy/snapshot.ts';
 import { pickProxyPort, portFree } from './proxy/sockets.ts';
 
@@ -29,7 +30,7 @@ export interface ProxyManagerOptions {
   stateDir: string;
   workers: number;
   /** Connections one source may hold open at a worker (--l7-proxy-max-conns-per-source; 0: the
-   *  worker's default, proxy/source-limit.ts). A worker adopted from an earlier agent keeps its own. */
+   *  worker's default, proxy/source-limit.ts). Sent on every hello: an adopted worker takes it too. */
   maxConnsPerSource?: number;
   /** The datapath's pinned proxy_listeners map, where workers register their listeners. */
   listenersMap?: string;
@@ -40,6 +41,8 @@ export interface ProxyManagerOptions {
   log: Logger;
   /** Record batches as the workers send them (records.ts readBatch, decodeRecord). */
   onRecords: (batch: Buffer) => void;
+  /** The workers' counts for the metrics (proxy/request-counts.ts), each before the batch it goes with. */
+  onCounts?: (delta: CountsDelta) => void;
 }
 
 interface WorkerState {
@@ -185,6 +188,9 @@ export class ProxyManager {
           w.version = m.version;
           fs.writeFileSync(this.pidFile(w.index), `${m.pid}\n`);
           this.o.log.info({ worker: m.index, pid: m.pid, version: m.version }, 'L7 proxy worker connected');
+          // Before any policy: the worker has listened since its first one, and an adopted worker's
+          // earlier agent may have had another limit. (A worker older than this message ignores it.)
+          this.send(s, { t: 'config', maxConnsPerSource: this.o.maxConnsPerSource ?? 0 });
           if (this.snapshot) this.send(s, { t: 'policy', snapshot: this.snapshot });
           if (m.version !== this.o.version)
             this.o.log.warn(
@@ -193,6 +199,8 @@ export class ProxyManager {
             );
         } else if (m.t === 'stats' && w) {
           w.stats = m;
+        } else if (m.t === 'counts' && w) {
+          this.o.onCounts?.(m);
         }
       },
       (batch) => {

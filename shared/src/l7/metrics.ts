@@ -1,7 +1,9 @@
-// Prometheus metrics of the L7 proxy, from its request/response records: requests by method, status
-// and verdict, and the request latency (request head to response head) per endpoint. Method names
-// come from clients: anything but the standard ones counts as "other", so a client cannot make the
-// agent grow a series per made-up method.
+// Prometheus metrics of the L7 proxy: requests by method, status and verdict, and the request latency
+// (request head to response head) per endpoint, as the workers count them (proxy/request-counts.ts:
+// deltas beside their record batches, merge()); from the records themselves (observeBatch) only for
+// a worker of the format before those counts (records.ts BATCH_FORMAT_UNANSWERED), adopted after an
+// upgrade. Method names come from clients: anything but the standard ones counts as "other", so a
+// client cannot make the agent grow a series per made-up method.
 //
 // A record costs a few additions: counts and buckets are kept in plain maps and arrays and handed to
 // the registry when it is scraped. prom-client hashes the label set on every inc() and observe(),
@@ -17,8 +19,18 @@ import {
   refusedCount,
   verdictName,
 } from './proxy/records.ts';
+import {
+  bucketOf,
+  type CountsDelta,
+  keyMethodCode,
+  keyStatus,
+  keyVerdict,
+  L7_LATENCY_BUCKETS,
+  type LatencyCounts,
+  requestKey,
+} from './proxy/request-counts.ts';
 
-export const L7_LATENCY_BUCKETS = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
+export { L7_LATENCY_BUCKETS };
 const MAX_ENDPOINT_SERIES = 10_000;
 
 export interface L7Metrics {
@@ -27,6 +39,8 @@ export interface L7Metrics {
   observe(batch: Buffer, off: number, endpointName: (id: number) => string): void;
   /** The records at offsets[0..count) of batch (record-reader.ts BatchIndex), as observe() each. */
   observeBatch(batch: Buffer, offsets: Int32Array, count: number, endpointName: (id: number) => string): void;
+  /** A worker's counts since its last (request-counts.ts). */
+  merge(delta: CountsDelta, endpointName: (id: number) => string): void;
 }
 
 interface LatencySeries {
@@ -49,6 +63,22 @@ class LatencyHistogram {
   private last: LatencySeries | undefined;
 
   observe(endpoint: number, endpointName: (id: number) => string, seconds: number): void {
+    const s = this.seriesOf(endpoint, endpointName);
+    const i = bucketOf(seconds);
+    if (i < L7_LATENCY_BUCKETS.length) s.buckets[i]++;
+    s.sum += seconds;
+    s.count++;
+  }
+
+  /** Counts of a worker's (its last bucket: over the largest bound, counted in +Inf only). */
+  add(endpoint: number, endpointName: (id: number) => string, c: LatencyCounts): void {
+    const s = this.seriesOf(endpoint, endpointName);
+    for (let i = 0; i < L7_LATENCY_BUCKETS.length; i++) s.buckets[i] += c.buckets[i] ?? 0;
+    s.sum += c.sum;
+    s.count += c.count;
+  }
+
+  private seriesOf(endpoint: number, endpointName: (id: number) => string): LatencySeries {
     let s = endpoint === this.lastEndpoint ? this.last : this.series.get(endpoint);
     if (!s) {
       if (this.series.size >= MAX_ENDPOINT_SERIES) this.series.clear();
@@ -59,11 +89,7 @@ class LatencyHistogram {
     }
     this.lastEndpoint = endpoint;
     this.last = s;
-    let i = 0;
-    while (i < L7_LATENCY_BUCKETS.length && seconds > L7_LATENCY_BUCKETS[i]) i++;
-    if (i < L7_LATENCY_BUCKETS.length) s.buckets[i]++;
-    s.sum += seconds;
-    s.count++;
+    return s;
   }
 
   get(): {
@@ -108,11 +134,13 @@ export function registerL7Metrics(registry: Registry): L7Metrics {
       for (const [key, n] of pending) {
         let c = children.get(key);
         if (!c) {
-          const mcode = Math.floor(key / 4000);
-          const status = Math.floor(key / 4) % 1000;
           children.set(
             key,
-            (c = this.labels({ method: methodOfCode(mcode) || 'other', status: String(status), verdict: verdictName(key % 4) })),
+            (c = this.labels({
+              method: methodOfCode(keyMethodCode(key)) || 'other',
+              status: String(keyStatus(key)),
+              verdict: verdictName(keyVerdict(key)),
+            })),
           );
         }
         c.inc(n);
@@ -153,7 +181,7 @@ export function registerL7Metrics(registry: Registry): L7Metrics {
         if (b[off + At.REASON] === REASON_CONN_LIMIT) refused += refusedCount(b, off);
         if (!isResponse(b, off)) continue; // responses: they carry the status and the latency
       }
-      const key = (b[off + At.METHOD] * 1000 + dv.getUint16(off + At.STATUS, true)) * 4 + b[off + At.VERDICT];
+      const key = requestKey(b[off + At.METHOD], dv.getUint16(off + At.STATUS, true), b[off + At.VERDICT]);
       if (key !== runKey) {
         if (run) count(runKey, run);
         runKey = key;
@@ -171,5 +199,10 @@ export function registerL7Metrics(registry: Registry): L7Metrics {
       observeBatch(b, one, 1, endpointName);
     },
     observeBatch,
+    merge(delta, endpointName) {
+      for (const [key, n] of delta.requests) count(key, n);
+      for (const [endpoint, c] of delta.latency) latency.add(endpoint, endpointName, c);
+      refused += delta.refused;
+    },
   };
 }

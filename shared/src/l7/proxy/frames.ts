@@ -2,16 +2,22 @@
 // socket (4-byte big-endian length, then the body). A body is UTF-8 JSON (it starts with "{") or a
 // binary batch of request/response records (it starts with records.ts BATCH_FORMAT). Pure framing
 // plus the message types.
+import type { CountsDelta } from './request-counts.ts';
 import type { ProxySnapshot } from './snapshot.ts';
 
 export const MAX_FRAME = 256 * 1024 * 1024;
 
 export type WorkerMessage =
   | { t: 'hello'; pid: number; index: number; port: number; version: string; kind: 'http' }
-  | { t: 'stats'; connections: number; requests: number; denied: number; rssBytes: number };
+  | { t: 'stats'; connections: number; requests: number; denied: number; rssBytes: number }
+  /** What the metrics count since the last one (request-counts.ts), sent before the batch it goes with. */
+  | ({ t: 'counts' } & CountsDelta);
 
 export type AgentMessage =
   | { t: 'policy'; snapshot: ProxySnapshot }
+  /** The agent's settings for its workers, sent on every hello: a worker adopted from an earlier agent
+   *  takes the current agent's, not the ones it was started with. maxConnsPerSource 0: the default. */
+  | { t: 'config'; maxConnsPerSource: number }
   /** Stop accepting, finish open connections for at most drainMs, exit. */
   | { t: 'stop'; drainMs: number };
 

@@ -66,11 +66,22 @@ export const REASON_CONN_LIMIT = 4;
 const REASON_CODE = new Map<string, number>(REASONS.map((r, i) => [r, i]));
 
 /** A record's verdict code: a refused connection is dropped (1), as a denied request is. */
-const verdictCode = (reason: string | undefined): number => (reason === 'denied' || reason === 'conn-limit' ? 1 : reason ? 2 : 0);
+export const verdictCode = (reason: string | undefined): number =>
+  reason === 'denied' || reason === 'conn-limit' ? 1 : reason ? 2 : 0;
 
 const reasonCode = (reason: string | undefined): number => (reason ? (REASON_CODE.get(reason) ?? 0) : 0);
 
 export const verdictName = (v: number): RecordVerdict => VERDICTS[v] ?? 'error';
+/** The code of a standard method, 0 for any other. */
+export const methodCode = (method: string): number => METHOD_CODE.get(method) ?? 0;
+
+/** The endpoint whose latency series an exchange counts in: the ingress side's (the server's), else
+ *  the first side's; 0 with no side. */
+export function metricEndpointOf(sides: readonly { direction: string; endpoint: number }[]): number {
+  for (const s of sides) if (s.direction === 'ingress') return s.endpoint;
+  return sides.length ? sides[0].endpoint : 0;
+}
+
 /** The standard method of a method code, '' for any other method. */
 export const methodOfCode = (code: number): string => METHODS[code] ?? '';
 
@@ -226,7 +237,7 @@ export class RecordWriter {
     const fixed = fixedBytes(ctx.policy);
     const d = x.verdict.info as ProxyDecision | undefined;
     const sides = d?.sides ?? [];
-    const mcode = METHOD_CODE.get(x.method) ?? 0;
+    const mcode = methodCode(x.method);
     // Worst case: fixed part, three strings at their caps, the sides with their rule paths.
     let need = fixed.length + 1 + (mcode ? 0 : 256) + 4 + 2 * MAX_TEXT + 1;
     for (const s of sides) need += 12 + (s.http?.path.length ?? 0);
@@ -245,14 +256,7 @@ export class RecordWriter {
     dv.setFloat64(start + 8, timeMs, true);
     dv.setFloat64(start + 16, kind === 'response' ? x.latencyNs : (ctx.refused ?? 0), true);
     dv.setUint16(start + 24, kind === 'response' ? x.status : 0, true);
-    let metricEndpoint = 0;
-    for (const s of sides)
-      if (s.direction === 'ingress') {
-        metricEndpoint = s.endpoint;
-        break;
-      }
-    if (!metricEndpoint && sides.length) metricEndpoint = sides[0].endpoint;
-    dv.setUint32(start + 48, metricEndpoint, true);
+    dv.setUint32(start + 48, metricEndpointOf(sides), true);
     let i = start + fixed.length;
     if (!mcode) i = text8(b, i, x.method);
     i = text16(b, i, x.path);

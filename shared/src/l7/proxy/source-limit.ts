@@ -24,22 +24,39 @@ import { type Exchange, startExchange, type Verdict } from '../http/exchange.ts'
 /** A key per source: a local endpoint's id, or the source address for anything else. */
 export type SourceKey = number | string;
 
+function checkedMax(max: number): number {
+  if (!Number.isInteger(max) || max < 1)
+    throw new Error(`the connection limit per source must be a whole number >= 1, not ${max}`);
+  return max;
+}
+
 export class SourceLimit {
   /** Open connections per source; a source leaves when its last connection closes. */
   private readonly open = new Map<SourceKey, number>();
   /** Connections refused since the start. */
   refused = 0;
 
-  constructor(readonly max: number) {
-    if (!Number.isInteger(max) || max < 1)
-      throw new Error(`the connection limit per source must be a whole number >= 1, not ${max}`);
+  private limit: number;
+
+  constructor(max: number) {
+    this.limit = checkedMax(max);
+  }
+
+  get max(): number {
+    return this.limit;
+  }
+
+  /** A new bound for connections admitted from now on: a source holding more keeps them (nothing is
+   *  cut) and is refused until it holds fewer. */
+  setMax(max: number): void {
+    this.limit = checkedMax(max);
   }
 
   /** Counts a new connection of `key` in and says true, or says false (nothing counted) when the
    *  source holds `max` already. Each true wants exactly one release(key) when that connection ends. */
   admit(key: SourceKey): boolean {
     const n = this.open.get(key) ?? 0;
-    if (n >= this.max) {
+    if (n >= this.limit) {
       this.refused++;
       return false;
     }

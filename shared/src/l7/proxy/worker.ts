@@ -15,7 +15,8 @@ import { Diverted } from './diverted.ts';
 import { type AgentMessage, encodeFrame, FrameReader, frameHeader, type WorkerMessage } from './frames.ts';
 import { LinkList } from './link-list.ts';
 import { type ProxySocket, workerIo } from './io.ts';
-import { type RecordContext, RecordWriter } from './records.ts';
+import { methodCode, metricEndpointOf, type RecordContext, RecordWriter, verdictCode } from './records.ts';
+import { RequestCounts } from './request-counts.ts';
 import { resetOnClose, SocketError, transparentListener } from './sockets.ts';
 import {
   defaultMaxConnsPerSource,
@@ -29,7 +30,7 @@ import {
 } from './source-limit.ts';
 import { registerListener } from './steering.ts';
 import { UpstreamPool } from './upstream-pool.ts';
-import { ProxyView } from './view.ts';
+import { type ProxyDecision, ProxyView } from './view.ts';
 
 export interface WorkerOptions {
   control: string;
@@ -86,6 +87,7 @@ export class ProxyWorker {
    *  and `record` are what it uses of the worker). A linked list, not a Set: link-list.ts says why. */
   readonly clients = new LinkList<Diverted>();
   private stats = { connections: 0, requests: 0, denied: 0 };
+  private readonly counts = new RequestCounts();
   stopping = false;
   private readonly timeOrigin = performance.timeOrigin;
   /** Idle upstream connections by source identity and original destination (upstream-pool.ts). */
@@ -123,6 +125,7 @@ export class ProxyWorker {
     s.on('connect', () => {
       this.control = s;
       this.send({ t: 'hello', pid: process.pid, index: this.o.index, port: this.o.port, version: this.o.version, kind: 'http' });
+      this.flush(); // counts made while no agent was there
     });
     s.on('data', (d: Buffer) => {
       try {
@@ -149,9 +152,21 @@ export class ProxyWorker {
       // Endpoints or identities may have changed: no connection made before carries on.
       this.upstreams.clear();
       if (!this.servers.length) this.listen();
+    } else if (m.t === 'config') {
+      this.configure(m.maxConnsPerSource);
     } else if (m.t === 'stop') {
       this.drainAndExit(m.drainMs);
     }
+  }
+
+  /** The agent's settings (sent on every hello): an agent restarted with another
+   *  --l7-proxy-max-conns-per-source applies it to the workers it adopts, without restarting them. */
+  private configure(maxConnsPerSource: number): void {
+    const max = maxConnsPerSource > 0 ? maxConnsPerSource : defaultMaxConnsPerSource(ownNofile());
+    if (max === this.sources.max) return;
+    const was = this.sources.max;
+    this.sources.setMax(max);
+    this.o.log('connection limit per source set by the agent', { maxConnsPerSource: max, was });
   }
 
   // ---- listening ---------------------------------------------------------------------------------
@@ -282,6 +297,11 @@ export class ProxyWorker {
       this.stats.requests++;
       if (x.localReason === 'denied') this.stats.denied++;
     }
+    // The metrics' counts, whatever becomes of the record (request-counts.ts).
+    if (kind === 'response') {
+      const sides = (x.verdict.info as ProxyDecision | undefined)?.sides ?? [];
+      this.counts.response(methodCode(x.method), x.status, verdictCode(x.localReason), metricEndpointOf(sides), x.latencyNs);
+    } else if (x.localReason === 'conn-limit') this.counts.refusals(ctx.refused ?? 1);
     if (!this.control) {
       this.lost++;
       return;
@@ -307,12 +327,16 @@ export class ProxyWorker {
     if (!this.control) return;
     const n = this.records.count;
     const batch = this.records.take(this.lost);
-    if (!batch) return;
-    // An agent that does not keep up: drop the batch rather than buffer without bound.
+    // An agent that does not keep up: drop the batch rather than buffer without bound (the counts wait
+    // in this.counts for a later flush: they are what the metrics say, and small).
     if (this.control.writableLength > MAX_UNSENT_BYTES) {
       this.lost += n;
       return;
     }
+    // The counts before the batch: once its flows can be read, the metrics count them too.
+    const counts = this.counts.take();
+    if (counts) this.send({ t: 'counts', ...counts });
+    if (!batch) return;
     this.lost = 0;
     this.control.cork();
     this.control.write(frameHeader(batch.length));
