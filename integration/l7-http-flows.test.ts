@@ -87,3 +87,55 @@ t.test('every request and response is an L7 flow: gRPC, membrane observe, metric
   t.match(text, /membrane_l7_requests_total\{method="DELETE",status="403",verdict="denied"\} [1-9]/);
   t.match(text, /membrane_l7_request_duration_seconds_count\{endpoint="[^"]+"\} [1-9]/);
 });
+
+t.test(
+  'nobody following: the workers hold their flows, yet a query or a scrape right after a request has it; a follower gets them as they come',
+  async (t) => {
+    const { agent, nsOf, importL7, reset, url } = f;
+    t.teardown(reset);
+    await importL7(API());
+    const observer = new ObserverClient(agent.observerSocket);
+    t.teardown(() => observer.close());
+    const marker = `/public/held-${randomId()}`;
+    const byMarker = (m: string) => ({ number: 100, whitelist: [{ eventType: [{ type: 129 }], httpPath: [`^${m}`] }] });
+    const before = (await observer.status()).seenFlows ?? 0;
+    // Three requests, then at once (no polling: the workers send what they hold once a second, and a
+    // query asks them first) the query, the server status and the metrics.
+    for (let i = 0; i < 3; i++) t.equal((await curl(nsOf.good, url('web', 80, `${marker}-${i}`))).status, 200);
+    t.equal(
+      (await observer.collect(byMarker(marker))).length,
+      6,
+      "the query right after them has the 3 requests' and 3 responses' flows",
+    );
+    t.ok(((await observer.status()).seenFlows ?? 0) - before >= 6, 'the server status counts them');
+    const quick = `/public/scrape-${randomId()}`;
+    t.equal((await curl(nsOf.good, url('web', 80, quick), ['-X', 'PUT'])).status, 403);
+    t.match(
+      await metricsText(agent.client),
+      /membrane_l7_requests_total\{method="PUT",status="403",verdict="denied"\} 1\n/,
+      'a scrape right after the request counts it',
+    );
+
+    // A follower: each batch is sent at once while it follows (at most 50 ms), not held for a second.
+    const live = `/public/live-${randomId()}`;
+    const follow = observer.flows({ follow: true, whitelist: [{ eventType: [{ type: 129 }], httpPath: [`^${live}`] }] });
+    t.teardown(() => follow.cancel());
+    await new Promise((r) => setTimeout(r, 300)); // the follow has reached the agent
+    const delays: number[] = [];
+    const it = follow.responses[Symbol.asyncIterator]();
+    for (let i = 0; i < 5; i++) {
+      const sent = Date.now();
+      t.equal((await curl(nsOf.good, url('web', 80, `${live}-${i}`))).status, 200);
+      for (let got = 0; got < 2; got++) {
+        const next = await Promise.race([it.next(), new Promise<undefined>((r) => setTimeout(r, 5000))]);
+        t.ok(next && !next.done, 'a flow came to the follower');
+      }
+      delays.push(Date.now() - sent);
+    }
+    delays.sort((a, b) => a - b);
+    t.ok(
+      delays[2] < 600,
+      `the follower's flows came within ${delays.join(', ')} ms of each request (median under the 1 s the workers hold them otherwise)`,
+    );
+  },
+);

@@ -249,3 +249,35 @@ t.test('a batch is let go once its last record is written over, not when its slo
   t.equal(r.lazySources, 0, 'no batch kept once no record is of it');
   t.equal(r.size, 8);
 });
+
+t.test('flows another source let go unsent count as seen, and in the rate, without taking a slot', async (t) => {
+  let now = 1_000_000;
+  const r = new FlowRing(4, 'node-s', () => now);
+  const build = (_s: unknown, off: number) => ({ nodeName: 'n', verdict: 'FORWARDED', Summary: String(off) }) as never;
+  r.pushLazy('a', 1, 0, build);
+  r.skip(1000);
+  r.pushLazy('b', 2, 0, build);
+  t.same([r.size, r.seen], [2, 1002], 'two held, 1,002 seen');
+  t.same(
+    (await r.select()).map((f) => f.Summary),
+    ['1', '2'],
+    'the held ones are read as before',
+  );
+  t.equal(r.rate(), 1002, 'in the rate (one second so far)');
+  now += 1000;
+  r.skip(0);
+  r.skip(-5);
+  t.equal(r.seen, 1002, 'nothing skipped');
+});
+
+t.test('followers are reported as they come and go', async (t) => {
+  const r = new FlowRing(4, 'node-f');
+  const seen: number[] = [];
+  r.onFollowers = (n) => seen.push(n);
+  const a = r.subscribe(() => undefined);
+  const b = r.subscribe(() => undefined);
+  a();
+  a();
+  b();
+  t.same(seen, [1, 2, 1, 0], 'unsubscribing twice says nothing the second time');
+});

@@ -65,6 +65,13 @@ export interface AgentFlows {
   pushLazyMany(source: unknown, offsets: Int32Array, times: Float64Array, count: number, build: LazyBuild): void;
   /** Who reports the datapath's DNS_CACHED events (the DNS proxy's part). */
   onDnsCached(fn: (data: Buffer, offset: number) => void): void;
+  /** Flows of another source never stored (held-batches.ts): counted as seen. */
+  skip(n: number): void;
+  /** What brings in the flows and counts another source holds until asked (the L7 workers'), run
+   *  before a flow query, a server status and a metrics scrape. */
+  setRefresh(fn: () => Promise<void>): void;
+  /** Told the number of followers whenever it changes. */
+  onFollowers(fn: (n: number) => void): void;
   /** The metrics registry (undefined with --metrics-address off). */
   readonly registry?: Registry;
   close(): Promise<void>;
@@ -128,6 +135,8 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
   refresh();
 
   const ring = new FlowRing(cfg.flowBufferSize, cfg.nodeName);
+  let refreshOthers: (() => Promise<void>) | undefined;
+  const refreshNow = () => (refreshOthers ? refreshOthers() : Promise.resolve());
   const source = new KernelEventSource({
     pinDir: d.datapath.pinDir,
     cpus: possibleCpus(),
@@ -188,6 +197,7 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
         lostEventsAgent: () => collector.agentLost,
         onLost: (fn) => collector.onLost(fn),
         countAgentLost: (n) => collector.countAgentLost(n),
+        refresh: refreshNow,
         agentEvents,
       },
       {
@@ -225,7 +235,7 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
         flowRing: () => ({ held: ring.size, capacity: ring.capacity, seen: ring.seen, followers: ring.followers }),
         ...(d.cluster ? { cluster: d.cluster } : {}),
       });
-      const server: MetricsServer = await serveMetrics(metrics.registry, cfg.metricsAddress);
+      const server: MetricsServer = await serveMetrics(metrics.registry, cfg.metricsAddress, refreshNow);
       closers.push(() => server.close());
       metricsAddress = server.address;
       log.info({ metrics: server.address }, 'metrics serving');
@@ -247,6 +257,13 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
     pushLazy: (source, timeMs, build) => {
       ring.tick();
       ring.pushLazy(source, 0, timeMs, build);
+    },
+    skip: (n) => ring.skip(n),
+    setRefresh: (fn) => {
+      refreshOthers = fn;
+    },
+    onFollowers: (fn) => {
+      ring.onFollowers = fn;
     },
     pushLazyMany: (source, offsets, times, count, build) => {
       ring.tick();

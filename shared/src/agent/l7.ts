@@ -45,6 +45,8 @@ export class AgentL7 {
   private pending = false;
   private readonly listeners: ((batch: Buffer, index: BatchIndex) => void)[] = [];
   private readonly countListeners: ((delta: CountsDelta) => void)[] = [];
+  /** Where flows the workers let go unsent are counted (the flow ring's seen). */
+  private skipped?: (flows: number) => void;
   /** Reused for every batch: the listeners read it before the next one comes. */
   private readonly index = new BatchIndex();
   private badBatchLogged = false;
@@ -77,6 +79,10 @@ export class AgentL7 {
       log,
       onRecords: (batch) => self!.onBatch(batch),
       onCounts: (delta) => self!.onCounts(delta),
+      onSkipped: (flows) => self!.skipped?.(flows),
+      // While nobody follows, each worker keeps as many flows as the ring holds and sends them once a
+      // second or when the ring is read (proxy/held-batches.ts).
+      holdFlows: d.cfg.flowBufferSize,
     });
     self = new AgentL7(manager, log);
     log.info({ port: manager.port, workers: d.cfg.l7ProxyWorkers }, 'L7 proxy ready (workers start when a policy has L7 rules)');
@@ -163,6 +169,9 @@ export class AgentL7 {
       if (batch[0] === BATCH_FORMAT_UNANSWERED) metrics?.observeBatch(batch, ix.offsets, ix.count, name);
     });
     if (metrics) this.countListeners.push((delta) => metrics.merge(delta, name));
+    this.skipped = (n) => flows.skip(n);
+    flows.setRefresh(() => this.manager.collect());
+    flows.onFollowers((n) => this.manager.setFollowing(n > 0));
   }
 
   status(): Record<string, unknown> {

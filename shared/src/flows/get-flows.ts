@@ -20,6 +20,9 @@ export interface FlowsBackend {
   onLost(fn: (count: number, source: LostEventSource) => void): () => void;
   /** Slow followers' dropped flows are counted here. */
   countAgentLost(n: number): void;
+  /** Brings into the ring the flows other sources hold until asked (the L7 proxy workers'), before
+   *  the ring is read. */
+  refresh?(): Promise<void>;
 }
 
 export type FlowsCall = grpc.ServerWritableStream<
@@ -91,10 +94,17 @@ export function getFlows(b: FlowsBackend, call: FlowsCall, followers: Set<FlowsC
   });
   // History: with follow and no number/since, only what happens from now on.
   const wantHistory = !(plan.follow && !plan.number && plan.sinceMs === undefined);
-  const history = () =>
-    wantHistory
-      ? b.ring.select({ number: plan.number, first: plan.first, sinceMs: plan.sinceMs, untilMs: plan.untilMs, match: plan.match })
-      : Promise.resolve([]);
+  const history = async () => {
+    if (!wantHistory) return [];
+    await b.refresh?.();
+    return b.ring.select({
+      number: plan.number,
+      first: plan.first,
+      sinceMs: plan.sinceMs,
+      untilMs: plan.untilMs,
+      match: plan.match,
+    });
+  };
   const fail = (err: unknown) => call.emit('error', { code: grpc.status.INTERNAL, details: (err as Error).message });
   if (!plan.follow) {
     history().then((flows) => {

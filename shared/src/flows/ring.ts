@@ -74,6 +74,7 @@ export class FlowRing {
   private next = 0;
   private held = 0;
   private seenCount = 0;
+  private skipped = 0;
   private readonly subscribers = new Set<(f: Flow) => void>();
   // Flows per second over the last minute: a counter per second, indexed by second % 60.
   private readonly perSecond = new Float64Array(60);
@@ -118,8 +119,9 @@ export class FlowRing {
   get size(): number {
     return this.held;
   }
+  /** Flows seen: stored, and skipped (skip()). */
   get seen(): number {
-    return this.seenCount;
+    return this.seenCount + this.skipped;
   }
   get followers(): number {
     return this.subscribers.size;
@@ -352,11 +354,24 @@ export class FlowRing {
     return o.first ? out : out.reverse();
   }
 
+  /** Told the number of followers whenever it changes (the L7 workers send their records at once
+   *  only while someone follows). */
+  onFollowers?: (n: number) => void;
+
   /** Called synchronously for every flow pushed from now on. */
   subscribe(fn: (f: Flow) => void): () => void {
     this.subscribers.add(fn);
+    this.onFollowers?.(this.subscribers.size);
     return () => {
-      this.subscribers.delete(fn);
+      if (this.subscribers.delete(fn)) this.onFollowers?.(this.subscribers.size);
     };
+  }
+
+  /** Flows of another source that were never stored (the ring would have written over them before
+   *  anyone read them: held-batches.ts): counted as seen, in the rate too. */
+  skip(n: number): void {
+    if (n <= 0) return;
+    this.skipped += n; // not in seenCount: that numbers the flows stored (flow s in slot s % capacity)
+    this.countSecond(n);
   }
 }

@@ -64,7 +64,12 @@ export class ObserverServer {
       getNodes: (_call: unknown, cb: grpc.sendUnaryData<{ nodes: ObserverNode[] }>) => cb(null, { nodes: [node()] }),
       getNamespaces: (_call: unknown, cb: grpc.sendUnaryData<{ namespaces: Namespace[] }>) =>
         cb(null, { namespaces: namespaces.list() }),
-      serverStatus: (_call: unknown, cb: grpc.sendUnaryData<ServerStatus>) => cb(null, status(backend)),
+      serverStatus: (_call: unknown, cb: grpc.sendUnaryData<ServerStatus>) => {
+        (backend.refresh?.() ?? Promise.resolve()).then(
+          () => cb(null, status(backend)),
+          () => cb(null, status(backend)),
+        );
+      },
     });
     server.addService(
       healthService().service,

@@ -43,6 +43,11 @@ export interface ProxyManagerOptions {
   onRecords: (batch: Buffer) => void;
   /** The workers' counts for the metrics (proxy/request-counts.ts), each before the batch it goes with. */
   onCounts?: (delta: CountsDelta) => void;
+  /** Flows a worker let go unsent (proxy/held-batches.ts). */
+  onSkipped?: (flows: number) => void;
+  /** While nobody follows flows the workers hold up to this many (the flow ring's size) and send them
+   *  once a second or when collect() asks; 0 or none: every batch at once. */
+  holdFlows?: number;
 }
 
 interface WorkerState {
@@ -56,6 +61,7 @@ interface WorkerState {
 }
 
 const ADOPT_GRACE_MS = 1500;
+const COLLECT_TIMEOUT_MS = 1000;
 /** Workers outlive the last L7 rule by this much: a policy replaced by delete + import keeps them. */
 const IDLE_STOP_MS = 60_000;
 const STOP_DRAIN_MS = 10_000;
@@ -95,6 +101,11 @@ export class ProxyManager {
   private readonly startedAt = Date.now();
   private timer?: NodeJS.Timeout;
   private idleSince?: number;
+  /** Someone follows flows: the workers send each batch at once. */
+  private following = false;
+  private collectId = 0;
+  /** collect() calls waiting for their workers' answers. */
+  private readonly collecting = new Map<number, { waiting: Set<net.Socket>; done: () => void }>();
 
   private constructor(
     private readonly o: ProxyManagerOptions,
@@ -190,7 +201,7 @@ export class ProxyManager {
           this.o.log.info({ worker: m.index, pid: m.pid, version: m.version }, 'L7 proxy worker connected');
           // Before any policy: the worker has listened since its first one, and an adopted worker's
           // earlier agent may have had another limit. (A worker older than this message ignores it.)
-          this.send(s, { t: 'config', maxConnsPerSource: this.o.maxConnsPerSource ?? 0 });
+          this.send(s, this.config());
           if (this.snapshot) this.send(s, { t: 'policy', snapshot: this.snapshot });
           if (m.version !== this.o.version)
             this.o.log.warn(
@@ -201,6 +212,10 @@ export class ProxyManager {
           w.stats = m;
         } else if (m.t === 'counts' && w) {
           this.o.onCounts?.(m);
+        } else if (m.t === 'skipped' && w) {
+          this.o.onSkipped?.(m.flows);
+        } else if (m.t === 'collected') {
+          this.collected(m.id, s);
         }
       },
       (batch) => {
@@ -217,11 +232,52 @@ export class ProxyManager {
     });
     s.on('error', () => undefined);
     s.on('close', () => {
+      for (const id of [...this.collecting.keys()]) this.collected(id, s);
       if (w?.conn === s) {
         w.conn = undefined;
         w.stats = undefined;
       }
     });
+  }
+
+  private config(): AgentMessage {
+    return {
+      t: 'config',
+      maxConnsPerSource: this.o.maxConnsPerSource ?? 0,
+      holdFlows: this.o.holdFlows ?? 0,
+      follow: this.following,
+    };
+  }
+
+  /** Whether someone follows flows (the workers then send each batch at once). */
+  setFollowing(on: boolean): void {
+    if (on === this.following) return;
+    this.following = on;
+    const frame = encodeFrame(this.config());
+    for (const w of this.workers) w.conn?.write(frame);
+  }
+
+  /** Resolves once every connected worker of this version sent what it holds (or after
+   *  COLLECT_TIMEOUT_MS: a worker that does not answer holds up no flow query). */
+  collect(): Promise<void> {
+    const conns = this.workers.filter((w) => w.conn && w.version === this.o.version).map((w) => w.conn!);
+    if (!conns.length || !this.o.holdFlows) return Promise.resolve();
+    const id = ++this.collectId;
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => done(), COLLECT_TIMEOUT_MS);
+      const done = () => {
+        clearTimeout(timer);
+        this.collecting.delete(id);
+        resolve();
+      };
+      this.collecting.set(id, { waiting: new Set(conns), done });
+      for (const c of conns) this.send(c, { t: 'collect', id });
+    });
+  }
+
+  private collected(id: number, s: net.Socket): void {
+    const c = this.collecting.get(id);
+    if (c?.waiting.delete(s) && !c.waiting.size) c.done();
   }
 
   private send(s: net.Socket, m: AgentMessage): void {

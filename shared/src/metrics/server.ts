@@ -17,7 +17,12 @@ export interface MetricsServer {
   close(): Promise<void>;
 }
 
-export async function serveMetrics(registry: Registry, listen: string): Promise<MetricsServer> {
+/** `beforeScrape`: brings in what other processes count until asked (the L7 workers), before each scrape. */
+export async function serveMetrics(
+  registry: Registry,
+  listen: string,
+  beforeScrape?: () => Promise<void>,
+): Promise<MetricsServer> {
   const { host, port } = parseListenAddress(listen);
   const server = http.createServer((req, res) => {
     const url = (req.url ?? '/').split('?')[0];
@@ -31,14 +36,16 @@ export async function serveMetrics(registry: Registry, listen: string): Promise<
         .end(url === '/' ? 'membrane agent metrics: /metrics\n' : 'not found\n');
       return;
     }
-    registry.metrics().then(
-      (text) => {
-        res.writeHead(200, { 'content-type': registry.contentType }).end(req.method === 'HEAD' ? undefined : text);
-      },
-      (err: Error) => {
-        res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics collection failed: ${err.message}\n`);
-      },
-    );
+    (beforeScrape?.() ?? Promise.resolve())
+      .then(() => registry.metrics())
+      .then(
+        (text) => {
+          res.writeHead(200, { 'content-type': registry.contentType }).end(req.method === 'HEAD' ? undefined : text);
+        },
+        (err: Error) => {
+          res.writeHead(500, { 'content-type': 'text/plain' }).end(`metrics collection failed: ${err.message}\n`);
+        },
+      );
   });
   server.keepAliveTimeout = 5000;
   await new Promise<void>((resolve, reject) => {

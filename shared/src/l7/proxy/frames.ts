@@ -11,13 +11,26 @@ export type WorkerMessage =
   | { t: 'hello'; pid: number; index: number; port: number; version: string; kind: 'http' }
   | { t: 'stats'; connections: number; requests: number; denied: number; rssBytes: number }
   /** What the metrics count since the last one (request-counts.ts), sent before the batch it goes with. */
-  | ({ t: 'counts' } & CountsDelta);
+  | ({ t: 'counts' } & CountsDelta)
+  /** Flows the worker let go unsent (held-batches.ts), older than the batches that follow. */
+  | { t: 'skipped'; flows: number }
+  /** Everything held when `collect` id came has been sent (it follows the batches). */
+  | { t: 'collected'; id: number };
 
 export type AgentMessage =
   | { t: 'policy'; snapshot: ProxySnapshot }
   /** The agent's settings for its workers, sent on every hello: a worker adopted from an earlier agent
    *  takes the current agent's, not the ones it was started with. maxConnsPerSource 0: the default. */
-  | { t: 'config'; maxConnsPerSource: number }
+  | {
+      t: 'config';
+      maxConnsPerSource: number;
+      /** Hold batches (held-batches.ts) up to this many flows while nobody follows; 0: send each at once. */
+      holdFlows?: number;
+      /** Someone follows flows: send each batch at once. */
+      follow?: boolean;
+    }
+  /** Send what is held now, then { t: 'collected', id }. */
+  | { t: 'collect'; id: number }
   /** Stop accepting, finish open connections for at most drainMs, exit. */
   | { t: 'stop'; drainMs: number };
 

@@ -185,6 +185,8 @@ export class RecordWriter {
   private dv: DataView;
   private at = BATCH_HEADER;
   private n = 0;
+  /** Records of this batch that were answered in place: each is two flows. */
+  private answered = 0;
   /** Counts batches taken: an exchange's request record is in this batch when its recordBatch is this. */
   private batch = 0;
   /** The last full request record per connection policy (ports aside, the same for its connections). */
@@ -197,6 +199,10 @@ export class RecordWriter {
 
   get count(): number {
     return this.n;
+  }
+  /** The flows this batch stands for (an answered record is two). */
+  get flows(): number {
+    return this.n + this.answered;
   }
   get bytes(): number {
     return this.at;
@@ -211,6 +217,7 @@ export class RecordWriter {
       // failed after a forwarded request does not: a reply record carries its own verdict).
       if (b[flag] === 0 && b[req + 3] === verdictCode(x.localReason) && b[req + 6] === reasonCode(x.localReason)) {
         b[flag] = 1;
+        this.answered++;
         this.dv.setFloat64(req + 16, x.latencyNs, true);
         this.dv.setUint16(req + 24, x.status, true);
         return;
@@ -334,6 +341,7 @@ export class RecordWriter {
     this.dv = viewOf(this.buf);
     this.at = BATCH_HEADER;
     this.n = 0;
+    this.answered = 0;
     this.batch++;
     return out;
   }

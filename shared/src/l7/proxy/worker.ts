@@ -12,11 +12,11 @@ import { performance } from 'node:perf_hooks'; // not the global accessor: raw-s
 import { HttpProxyConnection } from '../http/connection.ts';
 import type { Exchange } from '../http/exchange.ts';
 import { Diverted } from './diverted.ts';
-import { type AgentMessage, encodeFrame, FrameReader, frameHeader, type WorkerMessage } from './frames.ts';
+import { type AgentMessage, encodeFrame, FrameReader, type WorkerMessage } from './frames.ts';
 import { LinkList } from './link-list.ts';
 import { type ProxySocket, workerIo } from './io.ts';
-import { methodCode, metricEndpointOf, type RecordContext, RecordWriter, verdictCode } from './records.ts';
-import { RequestCounts } from './request-counts.ts';
+import type { RecordContext } from './records.ts';
+import { RecordSender } from './record-sender.ts';
 import { resetOnClose, SocketError, transparentListener } from './sockets.ts';
 import {
   defaultMaxConnsPerSource,
@@ -30,7 +30,7 @@ import {
 } from './source-limit.ts';
 import { registerListener } from './steering.ts';
 import { UpstreamPool } from './upstream-pool.ts';
-import { type ProxyDecision, ProxyView } from './view.ts';
+import { ProxyView } from './view.ts';
 
 export interface WorkerOptions {
   control: string;
@@ -47,16 +47,6 @@ export interface WorkerOptions {
   log: (msg: string, extra?: Record<string, unknown>) => void;
 }
 
-/** At most this long between a record and its batch's leaving: each batch wakes the agent, and
- *  its cost there is mostly per batch (micro-benchmark: 2.3 against 2.5-3.0 µs per request at 18,000
- *  requests/s with 50 against 20 ms). */
-const FLUSH_MS = 50;
-/** A batch goes out before its frame outgrows one 64 KiB read of the agent's (Node reads a socket in
- *  64 KiB pieces): a frame in two pieces is joined there, a copy and a fresh buffer each time. Only a
- *  last record over the 512 bytes left makes it larger. */
-const FLUSH_BYTES = 64 * 1024 - 4 - 512;
-const MAX_BUFFERED_RECORDS = 50_000;
-const MAX_UNSENT_BYTES = 16 * 1024 * 1024;
 const RECONNECT_MS = 500;
 /** A client connection with no byte either way for this long is closed (checked every IDLE_SWEEP_MS:
  *  a socket timeout would re-arm a timer on every read and write, several times per request). */
@@ -80,14 +70,15 @@ export class ProxyWorker {
   /** Families whose listener is registered for the socket lookup (steering.ts): the proxy may close first. */
   private readonly steered = new Set<string>();
   private control?: net.Socket;
-  private readonly records = new RecordWriter();
-  private lost = 0;
-  private flushTimer?: NodeJS.Timeout;
+  /** Records to the agent (record-sender.ts). */
+  private readonly records = new RecordSender(
+    () => this.control,
+    (m) => this.send(m),
+  );
   /** Open client connections (Diverted is theirs, below; `clients`, `view`, `upstreams`, `stopping`
    *  and `record` are what it uses of the worker). A linked list, not a Set: link-list.ts says why. */
   readonly clients = new LinkList<Diverted>();
   private stats = { connections: 0, requests: 0, denied: 0 };
-  private readonly counts = new RequestCounts();
   stopping = false;
   private readonly timeOrigin = performance.timeOrigin;
   /** Idle upstream connections by source identity and original destination (upstream-pool.ts). */
@@ -125,7 +116,7 @@ export class ProxyWorker {
     s.on('connect', () => {
       this.control = s;
       this.send({ t: 'hello', pid: process.pid, index: this.o.index, port: this.o.port, version: this.o.version, kind: 'http' });
-      this.flush(); // counts made while no agent was there
+      this.records.flush(); // counts made while no agent was there
     });
     s.on('data', (d: Buffer) => {
       try {
@@ -154,6 +145,9 @@ export class ProxyWorker {
       if (!this.servers.length) this.listen();
     } else if (m.t === 'config') {
       this.configure(m.maxConnsPerSource);
+      this.records.configure(m.holdFlows ?? 0, m.follow ?? true);
+    } else if (m.t === 'collect') {
+      this.records.collect(m.id);
     } else if (m.t === 'stop') {
       this.drainAndExit(m.drainMs);
     }
@@ -297,51 +291,11 @@ export class ProxyWorker {
       this.stats.requests++;
       if (x.localReason === 'denied') this.stats.denied++;
     }
-    // The metrics' counts, whatever becomes of the record (request-counts.ts).
-    if (kind === 'response') {
-      const sides = (x.verdict.info as ProxyDecision | undefined)?.sides ?? [];
-      this.counts.response(methodCode(x.method), x.status, verdictCode(x.localReason), metricEndpointOf(sides), x.latencyNs);
-    } else if (x.localReason === 'conn-limit') this.counts.refusals(ctx.refused ?? 1);
-    if (!this.control) {
-      this.lost++;
-      return;
-    }
-    if (this.records.count >= MAX_BUFFERED_RECORDS) {
-      this.lost++;
-      return;
-    }
     // No clock read here. A request's record is made as its head completes (connection.ts admit): its
     // exchange's start is that time. A response's is made once it is complete and carries the time its
     // head went out (start + latency: the clock read answered() took), as its latency does; for a
     // response read whole, as most are, the same moment, for a longer one when the upstream answered.
-    this.records.add(kind, x, ctx, this.timeOrigin + x.startMs + (kind === 'request' ? 0 : x.latencyNs / 1e6));
-    if (this.records.bytes >= FLUSH_BYTES) this.flush();
-    else if (!this.flushTimer) this.flushTimer = setTimeout(() => this.flush(), FLUSH_MS);
-  }
-
-  private flush(): void {
-    if (this.flushTimer) {
-      clearTimeout(this.flushTimer);
-      this.flushTimer = undefined;
-    }
-    if (!this.control) return;
-    const n = this.records.count;
-    const batch = this.records.take(this.lost);
-    // An agent that does not keep up: drop the batch rather than buffer without bound (the counts wait
-    // in this.counts for a later flush: they are what the metrics say, and small).
-    if (this.control.writableLength > MAX_UNSENT_BYTES) {
-      this.lost += n;
-      return;
-    }
-    // The counts before the batch: once its flows can be read, the metrics count them too.
-    const counts = this.counts.take();
-    if (counts) this.send({ t: 'counts', ...counts });
-    if (!batch) return;
-    this.lost = 0;
-    this.control.cork();
-    this.control.write(frameHeader(batch.length));
-    this.control.write(batch);
-    this.control.uncork();
+    this.records.record(kind, x, ctx, this.timeOrigin + x.startMs + (kind === 'request' ? 0 : x.latencyNs / 1e6));
   }
 
   private sendStats(): void {
@@ -369,7 +323,7 @@ export class ProxyWorker {
     for (const s of this.servers) s.close();
     this.upstreams.clear();
     this.refusalRecords.flush();
-    this.flush();
+    this.records.sendHeld(); // the writer's batch and what is held, whether or not it holds
     if (!this.clients.size) {
       this.exit('stopped');
       return;
@@ -387,7 +341,7 @@ export class ProxyWorker {
   private exit(why: string): void {
     this.o.log('exiting', { why });
     this.refusalRecords.flush();
-    this.flush();
+    this.records.sendHeld(); // the writer's batch and what is held, whether or not it holds
     this.clients.forEach((d) => {
       d.client.destroy();
     });
