@@ -304,3 +304,18 @@ t.test("the agent's index, kept from batch to batch: grows past its first size, 
   t.throws(() => ix.read(small.subarray(0, small.length - 1)), /cut at byte 5/);
   t.equal(ix.count, 0, 'a refused batch leaves no records to read');
 });
+
+t.test('take(lost, reuse): the next batch is written into the same buffer (the caller copied the first)', async (t) => {
+  const w = new RecordWriter();
+  const ctx: RecordContext = { srcPort: 1, dstPort: 80, policy: policy('10.0.0.3', '10.0.0.2') };
+  w.add('request', exchange({ path: '/first' }), ctx, 1);
+  const first = w.take(0, true)!;
+  const copy = Buffer.from(first);
+  w.add('request', exchange({ path: '/second' }), ctx, 2);
+  const second = w.take(0)!;
+  t.equal(second.buffer, first.buffer, 'one buffer');
+  t.match(decodeRecord(copy, readBatch(copy).offsets[0]), { path: '/first' }, 'the copy is the first batch');
+  t.match(decodeRecord(second, readBatch(second).offsets[0]), { path: '/second', timeMs: 2 }, 'a full record: a new batch');
+  w.add('request', exchange({ path: '/third' }), ctx, 3);
+  t.not(w.take(0)!.buffer, second.buffer, 'without reuse the batch keeps its buffer');
+});

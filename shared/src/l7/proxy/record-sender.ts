@@ -84,7 +84,7 @@ export class RecordSender {
     if (!control) return;
     if (this.holding()) {
       const flows = this.writer.flows;
-      const kept = this.writer.take(0); // the lost count goes with the first batch sent (sendHeld)
+      const kept = this.writer.take(0, true); // the lost count goes with the first batch sent (sendHeld)
       if (kept) this.held.hold(kept, flows);
       return;
     }
@@ -113,7 +113,7 @@ export class RecordSender {
     const control = this.control();
     if (!control) return;
     const flows = this.writer.flows;
-    const last = this.writer.take(0);
+    const last = this.writer.take(0, true); // copied by hold()
     if (last) this.held.hold(last, flows);
     if (control.writableLength > MAX_UNSENT_BYTES) return; // kept (bounded) for the next time
     const { skipped, batches } = this.held.take();

@@ -330,15 +330,18 @@ export class RecordWriter {
     this.n++;
   }
 
-  /** The batch so far (header filled in, `lost` records counted), or undefined when empty. */
-  take(lost: number): Buffer | undefined {
+  /** The batch so far (header filled in, `lost` records counted), or undefined when empty. `reuse`:
+   *  the caller copies the batch before the next add() (held-batches.ts), so the buffer is written again. */
+  take(lost: number, reuse = false): Buffer | undefined {
     if (!this.n) return undefined;
     const out = this.buf.subarray(0, this.at);
     out[0] = BATCH_FORMAT;
     out.writeUInt32LE(lost, 1);
     // The batch leaves with its buffer (the socket may still hold it): the next one gets a new one.
-    this.buf = Buffer.allocUnsafe(this.size);
-    this.dv = viewOf(this.buf);
+    if (!reuse) {
+      this.buf = Buffer.allocUnsafe(this.size);
+      this.dv = viewOf(this.buf);
+    }
     this.at = BATCH_HEADER;
     this.n = 0;
     this.answered = 0;
