@@ -46,7 +46,7 @@ export interface ProxyManagerOptions {
   /** Flows a worker let go unsent (proxy/held-batches.ts). */
   onSkipped?: (flows: number) => void;
   /** While nobody follows flows the workers hold up to this many (the flow ring's size) and send them
-   *  once a second or when collect() asks; 0 or none: every batch at once. */
+   *  twice a second or when collect() asks; 0 or none: every batch at once. */
   holdFlows?: number;
 }
 

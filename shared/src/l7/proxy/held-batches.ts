@@ -1,5 +1,5 @@
 // A worker's record batches while nobody follows flows: kept here instead of sent one by one, and
-// handed to the agent once a second or when it asks (a flow query, a metrics scrape). Each batch the
+// handed to the agent twice a second or when it asks (a flow query, a metrics scrape). Each batch the
 // agent takes costs it a wakeup and a run, and under keep-alive load those runs, ~0.3-0.5 ms every
 // 20-30 ms on a machine the load keeps busy, were the proxy's whole p99 excess over nginx (README:
 // "The keep-alive-10 tail and the agent"). Only as many flows as the agent's ring holds are kept

@@ -1,7 +1,7 @@
 // A worker's records on their way to the agent: each request and response into the batch being
 // written (records.ts), the metrics' counts summed (request-counts.ts), and the batches sent at once
 // while someone follows flows (or the agent asked for that: an older one sends no config), else held
-// (held-batches.ts) and sent once a second or when the agent collects. Records made while no agent
+// (held-batches.ts) and sent twice a second or when the agent collects. Records made while no agent
 // is connected, or past the buffer bounds, are counted as lost; the counts never are.
 import type net from 'node:net';
 import type { Exchange } from '../http/exchange.ts';
@@ -20,9 +20,10 @@ const FLUSH_MS = 50;
  *  last record over the 512 bytes left makes it larger. */
 const FLUSH_BYTES = 64 * 1024 - 4 - 512;
 const MAX_BUFFERED_RECORDS = 50_000;
-/** How often held batches (nobody follows flows) go to the agent: one run of its a second, where each
- *  batch sent at once was one every 20-30 ms under load. */
-const HOLD_SEND_MS = 1000;
+/** How often held batches (nobody follows flows) go to the agent: two runs of its a second, where each
+ *  batch sent at once was one every 20-30 ms under load. Under the agent's idle time (idle-memory.ts,
+ *  1 s), so a steady load never looks like quiet there, whose memory give-back holds its loop. */
+const HOLD_SEND_MS = 500;
 const MAX_UNSENT_BYTES = 16 * 1024 * 1024;
 
 export class RecordSender {
