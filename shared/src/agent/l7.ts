@@ -80,7 +80,7 @@ export class AgentL7 {
       onRecords: (batch) => self!.onBatch(batch),
       onCounts: (delta) => self!.onCounts(delta),
       onSkipped: (flows) => self!.skipped?.(flows),
-      // While nobody follows, each worker keeps as many flows as the ring holds and sends them once a
+      // While nobody follows, each worker keeps as many flows as the ring holds and sends them twice a
       // second or when the ring is read (proxy/held-batches.ts).
       holdFlows: d.cfg.flowBufferSize,
     });
