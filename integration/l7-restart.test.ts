@@ -15,6 +15,7 @@ import { killAll, startEchoServer } from './lib/tcp.ts';
 import { alive } from './lib/cleanup.ts';
 import { eventually } from './lib/proc.ts';
 import { PolicyClient } from '../shared/src/policy/client.ts';
+import { ObserverClient } from '../shared/src/flows/client.ts';
 import { PROXY_ROUTE_TABLE } from '../shared/src/l7/routing.ts';
 import type { Endpoint } from '../shared/src/types.ts';
 import type { ChildProcess } from 'node:child_process';
@@ -118,13 +119,22 @@ t.test('agent restarts and SIGKILL: established L7 connections keep working, sti
     'agent down: the open connection still works',
   );
   t.match((await raw.exchange(request('GET', '/admin'), 'Access denied')).got, /^HTTP\/1\.1 403/, 'and is still enforced');
-  t.equal(
-    (await curl(clientNs, `http://${ip4(web)}/public/new`)).status,
-    200,
-    'new connections are proxied too (the workers run)',
-  );
+  // The request below once the workers have seen the agent go (their control connection closed; they
+  // try again every 0.5 s): its records are made with no agent to take them.
+  await new Promise((r) => setTimeout(r, 1500));
+  const down = `/public/while-down-${randomId()}`;
+  t.equal((await curl(clientNs, `http://${ip4(web)}${down}`)).status, 200, 'new connections are proxied too (the workers run)');
   await agent.restart();
   const after = await workersConnected();
+  // The workers held what they proxied while no agent ran, and handed it to the new one.
+  const observer = new ObserverClient(agent.observerSocket);
+  t.teardown(() => observer.close());
+  const downFlows = await observer.collect({ number: 100, whitelist: [{ eventType: [{ type: 129 }], httpPath: [`^${down}`] }] });
+  t.same(
+    downFlows.map((r) => r.flow?.l7?.type).sort(),
+    ['REQUEST', 'RESPONSE'],
+    "the request made while no agent ran is in the new agent's flows, with its response",
+  );
   t.same(
     after.workers.map((w) => w.pid),
     before.workers.map((w) => w.pid),

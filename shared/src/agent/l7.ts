@@ -40,6 +40,10 @@ export function proxyWorkerCommand(): WorkerCommand {
   return { execPath: process.execPath, args: [path.join(path.dirname(main), 'membrane-proxy')] };
 }
 
+type EarlyMessage = { batch: Buffer } | { counts: CountsDelta } | { skipped: number };
+/** Batches kept while the agent starts: a worker holds --flow-buffer flows (a few batches by default). */
+const EARLY_MAX_BATCHES = 256;
+
 export class AgentL7 {
   private engine?: PolicyEngine;
   private pending = false;
@@ -47,6 +51,9 @@ export class AgentL7 {
   private readonly countListeners: ((delta: CountsDelta) => void)[] = [];
   /** Where flows the workers let go unsent are counted (the flow ring's seen). */
   private skipped?: (flows: number) => void;
+  /** Until attachFlows: what the workers sent (the agent still starting), replayed then. */
+  private early: EarlyMessage[] | undefined = [];
+  private earlyBatches = 0;
   /** Reused for every batch: the listeners read it before the next one comes. */
   private readonly index = new BatchIndex();
   private badBatchLogged = false;
@@ -79,7 +86,7 @@ export class AgentL7 {
       log,
       onRecords: (batch) => self!.onBatch(batch),
       onCounts: (delta) => self!.onCounts(delta),
-      onSkipped: (flows) => self!.skipped?.(flows),
+      onSkipped: (flows) => self!.onSkipped(flows),
       // While nobody follows, each worker keeps as many flows as the ring holds and sends them twice a
       // second or when the ring is read (proxy/held-batches.ts).
       holdFlows: d.cfg.flowBufferSize,
@@ -126,6 +133,10 @@ export class AgentL7 {
   };
 
   private onBatch(batch: Buffer): void {
+    if (this.early) {
+      this.keepEarly({ batch });
+      return;
+    }
     try {
       this.index.read(batch);
       this.lostRecords += this.index.lost;
@@ -140,6 +151,10 @@ export class AgentL7 {
   }
 
   private onCounts(delta: CountsDelta): void {
+    if (this.early) {
+      this.keepEarly({ counts: delta });
+      return;
+    }
     if (!isCountsDelta(delta)) {
       if (!this.badCountsLogged)
         this.log.warn('unreadable counts from an L7 proxy worker (of another version?): not in the metrics');
@@ -147,6 +162,17 @@ export class AgentL7 {
       return;
     }
     for (const l of this.countListeners) l(delta);
+  }
+
+  private onSkipped(flows: number): void {
+    if (this.early) this.keepEarly({ skipped: flows });
+    else this.skipped?.(flows);
+  }
+
+  /** Up to EARLY_MAX messages; a batch past them is lost (counted), counts and skips are kept. */
+  private keepEarly(m: EarlyMessage): void {
+    if ('batch' in m && ++this.earlyBatches > EARLY_MAX_BATCHES) this.lostRecords++;
+    else this.early!.push(m);
   }
 
   /** Record batches from the workers, indexed (records.ts decodeRecord reads a record at an offset);
@@ -172,6 +198,14 @@ export class AgentL7 {
     this.skipped = (n) => flows.skip(n);
     flows.setRefresh(() => this.manager.collect());
     flows.onFollowers((n) => this.manager.setFollowing(n > 0));
+    // What the workers sent while the agent was starting (adopted workers send what they held while
+    // no agent ran as they connect), in the order it came.
+    const early = this.early ?? [];
+    this.early = undefined;
+    for (const m of early)
+      if ('batch' in m) this.onBatch(m.batch);
+      else if ('counts' in m) this.onCounts(m.counts);
+      else this.onSkipped(m.skipped);
   }
 
   status(): Record<string, unknown> {

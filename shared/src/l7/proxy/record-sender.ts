@@ -1,8 +1,9 @@
 // A worker's records on their way to the agent: each request and response into the batch being
 // written (records.ts), the metrics' counts summed (request-counts.ts), and the batches sent at once
 // while someone follows flows (or the agent asked for that: an older one sends no config), else held
-// (held-batches.ts) and sent twice a second or when the agent collects. Records made while no agent
-// is connected, or past the buffer bounds, are counted as lost; the counts never are.
+// (held-batches.ts) and sent twice a second or when the agent collects. While no agent is connected
+// (a restart) they are held too, once an agent has said how many to keep, and its successor gets them;
+// records made before that, or past the buffer bounds, are counted as lost. The counts never are.
 import type net from 'node:net';
 import type { Exchange } from '../http/exchange.ts';
 import { frameHeader, type WorkerMessage } from './frames.ts';
@@ -66,7 +67,7 @@ export class RecordSender {
       const sides = (x.verdict.info as ProxyDecision | undefined)?.sides ?? [];
       this.counts.response(methodCode(x.method), x.status, verdictCode(x.localReason), metricEndpointOf(sides), x.latencyNs);
     } else if (x.localReason === 'conn-limit') this.counts.refusals(ctx.refused ?? 1);
-    if (!this.control() || this.writer.count >= MAX_BUFFERED_RECORDS) {
+    if ((!this.control() && !this.holdFlows) || this.writer.count >= MAX_BUFFERED_RECORDS) {
       this.lost++;
       return;
     }
@@ -82,8 +83,9 @@ export class RecordSender {
       this.flushTimer = undefined;
     }
     const control = this.control();
-    if (!control) return;
-    if (this.holding()) {
+    if (!control || this.holding()) {
+      // Nobody follows, or no agent (between two: the next one takes them). Without a holdFlows from an
+      // agent the writer is empty here: record() counted its records as lost.
       const flows = this.writer.flows;
       const kept = this.writer.take(0, true); // the lost count goes with the first batch sent (sendHeld)
       if (kept) this.held.hold(kept, flows);

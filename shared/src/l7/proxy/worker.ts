@@ -116,7 +116,7 @@ export class ProxyWorker {
     s.on('connect', () => {
       this.control = s;
       this.send({ t: 'hello', pid: process.pid, index: this.o.index, port: this.o.port, version: this.o.version, kind: 'http' });
-      this.records.flush(); // counts made while no agent was there
+      this.records.sendHeld(); // what was made while no agent was there: flows and counts
     });
     s.on('data', (d: Buffer) => {
       try {
