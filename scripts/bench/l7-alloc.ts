@@ -1,6 +1,6 @@
 // node --experimental-websocket --import tsx scripts/bench/l7-alloc.ts — not a test: what the L7 worker allocates per request,
 // by function. Bytes allocated per request set how often the worker scavenges (its young generation is
-// 16 MiB, WORKER_GC_FLAGS in l7/manager.ts), and unlike a latency they do not move with the machine's
+// 16 MiB, WORKER_GC_FLAGS in l7/worker-flags.ts), and unlike a latency they do not move with the machine's
 // load. In the bench:l7 world (l7-world.ts) the worker starts with an inspector on a loopback port of
 // its own (--inspect=127.0.0.1:0 through MEMBRANE_L7_WORKER_NODE_FLAGS; the port read from its log);
 // for each mode in ALLOC_MODES (close,keep-alive) a 3 s warm-up, then V8's sampling heap profiler

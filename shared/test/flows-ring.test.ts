@@ -255,7 +255,7 @@ t.test('flows another source let go unsent count as seen, and in the rate, witho
   const r = new FlowRing(4, 'node-s', () => now);
   const build = (_s: unknown, off: number) => ({ nodeName: 'n', verdict: 'FORWARDED', Summary: String(off) }) as never;
   r.pushLazy('a', 1, 0, build);
-  r.skip(1000);
+  r.countSkipped(1000);
   r.pushLazy('b', 2, 0, build);
   t.same([r.size, r.seen], [2, 1002], 'two held, 1,002 seen');
   t.same(
@@ -265,8 +265,8 @@ t.test('flows another source let go unsent count as seen, and in the rate, witho
   );
   t.equal(r.rate(), 1002, 'in the rate (one second so far)');
   now += 1000;
-  r.skip(0);
-  r.skip(-5);
+  r.countSkipped(0);
+  r.countSkipped(-5);
   t.equal(r.seen, 1002, 'nothing skipped');
 });
 

@@ -66,7 +66,7 @@ export interface AgentFlows {
   /** Who reports the datapath's DNS_CACHED events (the DNS proxy's part). */
   onDnsCached(fn: (data: Buffer, offset: number) => void): void;
   /** Flows of another source never stored (held-batches.ts): counted as seen. */
-  skip(n: number): void;
+  countSkipped(n: number): void;
   /** What brings in the flows and counts another source holds until asked (the L7 workers'), run
    *  before a flow query, a server status and a metrics scrape. */
   setRefresh(fn: () => Promise<void>): void;
@@ -258,7 +258,7 @@ export async function startFlows(d: FlowsDeps): Promise<AgentFlows> {
       ring.tick();
       ring.pushLazy(source, 0, timeMs, build);
     },
-    skip: (n) => ring.skip(n),
+    countSkipped: (n) => ring.countSkipped(n),
     setRefresh: (fn) => {
       refreshOthers = fn;
     },

@@ -195,7 +195,7 @@ export class AgentL7 {
       if (batch[0] === BATCH_FORMAT_UNANSWERED) metrics?.observeBatch(batch, ix.offsets, ix.count, name);
     });
     if (metrics) this.countListeners.push((delta) => metrics.merge(delta, name));
-    this.skipped = (n) => flows.skip(n);
+    this.skipped = (n) => flows.countSkipped(n);
     flows.setRefresh(() => this.manager.collect());
     flows.onFollowers((n) => this.manager.setFollowing(n > 0));
     // What the workers sent while the agent was starting (adopted workers send what they held while

@@ -119,7 +119,7 @@ export class FlowRing {
   get size(): number {
     return this.held;
   }
-  /** Flows seen: stored, and skipped (skip()). */
+  /** Flows seen: stored, and skipped (countSkipped()). */
   get seen(): number {
     return this.seenCount + this.skipped;
   }
@@ -369,7 +369,7 @@ export class FlowRing {
 
   /** Flows of another source that were never stored (the ring would have written over them before
    *  anyone read them: held-batches.ts): counted as seen, in the rate too. */
-  skip(n: number): void {
+  countSkipped(n: number): void {
     if (n <= 0) return;
     this.skipped += n; // not in seenCount: that numbers the flows stored (flow s in slot s % capacity)
     this.countSecond(n);
