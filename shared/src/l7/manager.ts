@@ -20,6 +20,7 @@ import { encodeFrame, FrameReader, type AgentMessage, type WorkerMessage } from 
 import type { CountsDelta } from './proxy/request-counts.ts';
 import { hasHttpEntries, type ProxySnapshot } from './proxy/snapshot.ts';
 import { workerNodeFlags } from './worker-flags.ts';
+import { alive, isWorker, pidFromFile } from './worker-process.ts';
 import { pickProxyPort, portFree } from './proxy/sockets.ts';
 
 export interface WorkerCommand {
@@ -368,34 +369,5 @@ export class ProxyManager {
     if (this.timer) clearInterval(this.timer);
     for (const w of this.workers) w.conn?.destroy();
     await new Promise<void>((resolve) => (this.server ? this.server.close(() => resolve()) : resolve()));
-  }
-}
-
-function pidFromFile(file: string): number | undefined {
-  try {
-    const n = Number(fs.readFileSync(file, 'utf8').trim());
-    return n > 0 ? n : undefined;
-  } catch {
-    return undefined;
-  }
-}
-
-function alive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
-/** Whether pid runs the worker of that index: its output goes to that worker's log (a pid file can
- *  outlive its process, and the pid be another process's by now; a worker's command line is its
- *  title, `membrane-proxy N`, the same for every agent's). */
-function isWorker(pid: number, log: string): boolean {
-  try {
-    return fs.readlinkSync(`/proc/${pid}/fd/1`) === log;
-  } catch {
-    return false;
   }
 }
