@@ -10,6 +10,7 @@ const view = (method: string, target: string, headers: Record<string, string> = 
   return {
     method,
     path: n.path,
+    altPath: n.altPath,
     host: n.host,
     names: Object.keys(headers).map((k) => k.toLowerCase()),
     values: Object.values(headers),
@@ -49,6 +50,40 @@ t.test('path includes the query; dot segments are resolved before matching', asy
   );
   t.same(normalizeTarget('/a/b/..', 'h'), { path: '/a/', host: 'h' });
   t.same(normalizeTarget('*', 'h'), { path: '*', host: 'h' });
+});
+
+t.test('a path lenient servers read otherwise must be allowed as they read it too', async (t) => {
+  // What Debian's nginx serves for each (its $uri, measured): "/admin" for the first four.
+  const readings: [string, string | undefined][] = [
+    ['/public/..%2Fadmin', '/admin'],
+    ['/public/%2e%2e%2fadmin', '/admin'],
+    ['/public//../admin', '/admin'],
+    ['/public%2F..%2Fadmin?x=1', '/admin?x=1'],
+    ['/public/..;/admin', '/admin'], // Tomcat's reading
+    ['/public/..%5Cadmin', '/admin'], // a Windows server's
+    ['/public/..\\admin', '/admin'],
+    ['/public/a%2Fb', '/public/a/b'],
+    ['/public/a', undefined],
+    ['/public/a?q=%2F//;', undefined], // the query is not the path
+  ];
+  for (const [target, alt] of readings) t.equal(normalizeTarget(target, 'h').altPath, alt, `${target} read leniently as ${alt}`);
+  const rules = [compileHttpRule(rule({ method: 'GET', path: '/public/.*' }))];
+  for (const target of ['/public/..%2Fadmin', '/public//../admin', '/public/..;/admin', '/public/..%5Cadmin']) {
+    const m = matchHttp(rules, view('GET', target));
+    t.notOk(m.allowed, `${target}: allowed as written, denied as a lenient server reads it`);
+    t.equal(m.readAs, '/admin', 'and the verdict says which reading was denied');
+  }
+  t.ok(matchHttp(rules, view('GET', '/public/a%2Fb')).allowed, 'an encoded slash inside an allowed prefix: allowed either way');
+  t.ok(matchHttp(rules, view('GET', '/public/file;v=2')).allowed, 'a ;parameter under an allowed prefix too');
+  const oneSegment = [compileHttpRule(rule({ path: '/items/[^/]+' }))];
+  t.notOk(
+    matchHttp(oneSegment, view('GET', '/items/a%2Fb')).allowed,
+    'a rule for one segment: an encoded slash makes two for nginx, so it is denied (fail closed)',
+  );
+  t.ok(
+    matchHttp([compileHttpRule(rule({ path: '/admin' }))], view('GET', '/public/..%2Fadmin')).allowed === false,
+    'and a rule for the lenient reading alone does not allow it either',
+  );
 });
 
 t.test('host and headers', async (t) => {

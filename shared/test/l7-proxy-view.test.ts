@@ -15,6 +15,7 @@ const req = (method: string, target: string, headers: Record<string, string> = {
   return {
     method,
     path: n.path,
+    altPath: n.altPath,
     host: n.host,
     names: Object.keys(headers).map((k) => k.toLowerCase()),
     values: Object.values(headers),
@@ -200,6 +201,14 @@ t.test('cached decisions: only where method, path and host decide, and never pas
   t.notOk(view.decide(w, req('GET', '/status/x')).allowed, 'another path is decided on its own');
   t.notOk(view.decide(w, req('POST', '/status')).allowed, 'another method too');
   t.notOk(view.decide(w, req('GET', '/public/../status/x')).allowed, 'normalized paths are the keys');
+  // "/x%2Fy/../status" is "/status" as written and "/x/status" to nginx, which decodes %2F first: the
+  // cached allow of "/status" (the same strict key, and the last decision) must not answer it.
+  t.ok(view.decide(w, req('GET', '/status')).allowed);
+  t.notOk(
+    view.decide(w, req('GET', '/x%2Fy/../status')).allowed,
+    'a path read otherwise by lenient servers: decided, not cached',
+  );
+  t.ok(view.decide(w, req('GET', '/status')).allowed, 'and the plain path after it still allowed');
   // Ever new paths: the cache stays bounded and answers stay right.
   const wrong: number[] = [];
   for (let i = 0; i < 3000; i++)

@@ -302,6 +302,9 @@ t.test('with the proxy: L7 entries carry its port; endpoint view and trace expla
     ingress(denied).reason,
     /denied by the HTTP proxy \(403\): POST \/catalog matches none of the 1 HTTP rule of storefront-reads/,
   );
+  const readOtherwise = engine.trace({ ...q, http: { method: 'GET', path: '/orders/x%2Fy/../../catalog' } });
+  t.equal(readOtherwise.verdict, 'deny', 'a path that is /catalog as written, /orders/catalog to nginx');
+  t.match(ingress(readOtherwise).reason, /is \/orders\/catalog to servers that decode %2F, merge slashes or drop ;parameters/);
   t.equal(engine.trace({ ...q, src: { labels: { app: 'crawler' } } }).verdict, 'deny', 'L3 still applies first');
 });
 

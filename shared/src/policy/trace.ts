@@ -266,6 +266,7 @@ function l7Step(ctx: TraceContext, direction: Direction, enforcedBy: string, set
     {
       method,
       path: target.path,
+      altPath: target.altPath,
       host: target.host,
       names: headers.map(([k]) => k.toLowerCase()),
       values: headers.map(([, v]) => v),
@@ -278,7 +279,9 @@ function l7Step(ctx: TraceContext, direction: Direction, enforcedBy: string, set
       enforcedBy,
       verdict: 'deny',
       l7,
-      reason: `denied by the HTTP proxy (403): ${request} matches none of the ${rules.length} HTTP rule${rules.length > 1 ? 's' : ''} of ${policies}`,
+      reason: m.readAs
+        ? `denied by the HTTP proxy (403): ${request} is ${m.readAs} to servers that decode %2F, merge slashes or drop ;parameters (nginx, Tomcat), and none of the ${rules.length} HTTP rule${rules.length > 1 ? 's' : ''} of ${policies} allows that`
+        : `denied by the HTTP proxy (403): ${request} matches none of the ${rules.length} HTTP rule${rules.length > 1 ? 's' : ''} of ${policies}`,
     };
   }
   const hit = rules[m.rule];

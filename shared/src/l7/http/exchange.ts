@@ -50,6 +50,7 @@ export class HeadView implements RequestView {
     private readonly head: RequestHead,
     readonly path: string,
     readonly host: string,
+    readonly altPath: string | undefined,
   ) {}
   get method(): string {
     return this.head.method;

@@ -22,8 +22,8 @@ export interface Pending {
 /** The slot of a complete request head: the verdict (`o.decide`, called as a method), and the proxy's
  *  own answer when it is denied. */
 export function requestSlot(head: RequestHead, o: { decide: Decide }): Pending {
-  const { path, host } = normalizeTarget(head.target, head.host);
-  const verdict = o.decide(head, new HeadView(head, path, host));
+  const { path, host, altPath } = normalizeTarget(head.target, head.host);
+  const verdict = o.decide(head, new HeadView(head, path, host, altPath));
   const x = startExchange(head.method, path, host, head.minor, verdict);
   const switching = verdict.allowed && (head.upgrade || head.method === 'CONNECT');
   let closeAfter = !head.keepAlive;

@@ -14,10 +14,12 @@ export interface CompiledHttpRule {
   matches: (HeaderMatch & { lname: string })[];
 }
 
-/** What a request is matched on. `path` is already normalized (see normalizeTarget). */
+/** What a request is matched on. `path` is already normalized, and `altPath` is how lenient servers
+ *  read it when that differs (see normalizeTarget). */
 export interface RequestView {
   method: string;
   path: string;
+  altPath?: string;
   host: string;
   names: string[];
   values: string[];
@@ -35,6 +37,8 @@ export interface HttpMatch {
   edits: HeaderEdit[];
   /** Mismatches of LOG (and the other actions), for the flow record. */
   mismatches: string[];
+  /** Denied only as lenient servers read the path (RequestView.altPath): that reading. */
+  readAs?: string;
 }
 
 const cache = new Map<string, RegExp>();
@@ -73,9 +77,9 @@ interface Effects {
   mismatches: string[];
 }
 
-function ruleMatches(r: CompiledHttpRule, req: RequestView, fx: { v?: Effects }): boolean {
+function ruleMatches(r: CompiledHttpRule, req: RequestView, path: string, fx: { v?: Effects }): boolean {
   if (r.method && !r.method.test(req.method)) return false;
-  if (r.path && !r.path.test(req.path)) return false;
+  if (r.path && !r.path.test(path)) return false;
   if (r.host && !r.host.test(req.host)) return false;
   for (const h of r.headers) {
     const v = headerValue(req.names, req.values, h.name);
@@ -100,11 +104,19 @@ function ruleMatches(r: CompiledHttpRule, req: RequestView, fx: { v?: Effects })
 const NO_EDITS = Object.freeze([]) as unknown as HeaderEdit[];
 const NO_MISMATCHES = Object.freeze([]) as unknown as string[];
 
-/** The first rule that matches decides (and brings its header edits); none matching denies. */
+/** The first rule that matches decides (and brings its header edits); none matching denies. A path
+ *  that lenient servers read differently (req.altPath) must be allowed as they read it too: the proxy
+ *  cannot know which reading the server behind it makes, and the stricter outcome is the safe one. */
 export function matchHttp(rules: CompiledHttpRule[], req: RequestView): HttpMatch {
+  const m = firstMatch(rules, req, req.path);
+  if (!m.allowed || req.altPath === undefined || firstMatch(rules, req, req.altPath).allowed) return m;
+  return { allowed: false, rule: -1, edits: NO_EDITS, mismatches: NO_MISMATCHES, readAs: req.altPath };
+}
+
+function firstMatch(rules: CompiledHttpRule[], req: RequestView, path: string): HttpMatch {
   for (let i = 0; i < rules.length; i++) {
     const fx: { v?: Effects } = {};
-    if (ruleMatches(rules[i], req, fx))
+    if (ruleMatches(rules[i], req, path, fx))
       return { allowed: true, rule: i, edits: fx.v?.edits ?? NO_EDITS, mismatches: fx.v?.mismatches ?? NO_MISMATCHES };
   }
   return { allowed: false, rule: -1, edits: NO_EDITS, mismatches: NO_MISMATCHES };
@@ -129,12 +141,26 @@ function removeDotSegments(path: string): string {
   return `/${out.join('/')}`;
 }
 
+/** A request-target as rules see it (normalizeTarget). */
+export interface Target {
+  path: string;
+  host: string;
+  /** The path as lenient servers read it, when that differs from `path` (else undefined). */
+  altPath: string | undefined;
+}
+
 /**
  * Path (with query) and authority of a request-target, as rules see them: percent-encoded unreserved
  * characters decoded and dot segments resolved, the way a server resolves them, so "/public/../admin"
  * is matched as "/admin". The request itself is forwarded as it was sent.
+ *
+ * Servers do not all read a path alike, and the proxy cannot tell which one is behind it. nginx
+ * decodes %2F before it resolves dot segments and merges slashes ("/public/..%2Fadmin" and
+ * "/public//../admin" are its "/admin"; measured with Debian's nginx), Tomcat drops ";parameters"
+ * ("/public/..;/admin"), Windows servers take a backslash for a slash. When the lenient reading of all
+ * of those differs, it is `altPath`, and matchHttp allows the request only if both readings are allowed.
  */
-export function normalizeTarget(target: string, hostHeader: string | undefined): { path: string; host: string } {
+export function normalizeTarget(target: string, hostHeader: string | undefined): Target {
   // The last request's again (head.ts hands out the same strings for the same bytes): its result,
   // shared and never changed by the callers.
   if (target === last.target && hostHeader === last.hostHeader) return last.out;
@@ -143,13 +169,17 @@ export function normalizeTarget(target: string, hostHeader: string | undefined):
   return out;
 }
 
-let last: { target: string; hostHeader: string | undefined; out: { path: string; host: string } } = {
+let last: { target: string; hostHeader: string | undefined; out: Target } = {
   target: '',
   hostHeader: '',
-  out: { path: '', host: '' },
+  out: { path: '', host: '', altPath: undefined },
 };
 
-function normalize(target: string, hostHeader: string | undefined): { path: string; host: string } {
+/** What lenient servers read differently: an encoded slash or backslash, a backslash, an empty
+ *  segment, a ;parameter. */
+const READ_LENIENTLY = /%2f|%5c|\\|\/\/|;/i;
+
+function normalize(target: string, hostHeader: string | undefined): Target {
   let path = target;
   let host = hostHeader ?? '';
   if (target.charCodeAt(0) !== 47 /* / */) {
@@ -158,12 +188,23 @@ function normalize(target: string, hostHeader: string | undefined): { path: stri
       host = abs[1].replace(/^[^@]*@/, '');
       path = abs[2] || '/';
     } else {
-      return { path: target, host: target === '*' ? host : target }; // "*" or authority-form (CONNECT)
+      return { path: target, host: target === '*' ? host : target, altPath: undefined }; // "*" or authority-form (CONNECT)
     }
   }
   const q = path.indexOf('?');
   let p = q < 0 ? path : path.slice(0, q);
   const query = q < 0 ? '' : path.slice(q);
   if (p.includes('%')) p = p.replace(UNRESERVED, (m) => String.fromCharCode(parseInt(m.slice(1), 16)));
-  return { path: removeDotSegments(p) + query, host };
+  const strict = removeDotSegments(p);
+  let altPath: string | undefined;
+  if (READ_LENIENTLY.test(p)) {
+    const lenient = removeDotSegments(
+      p
+        .replace(/%2f|%5c|\\/gi, '/')
+        .replace(/;[^/]*/g, '')
+        .replace(/\/\/+/g, '/'),
+    );
+    if (lenient !== strict) altPath = lenient + query;
+  }
+  return { path: strict + query, host, altPath };
 }

@@ -178,7 +178,9 @@ export class ProxyView {
    *  matter (ConnectionPolicy.verdicts), else worked out each time. Decisions are shared: read-only. */
   decide(c: ConnectionPolicy, req: RequestView): ProxyDecision {
     const cache = c.verdicts;
-    if (!cache) return this.work(c, req);
+    // A path lenient servers read otherwise is decided on both readings, and the same strict path can
+    // come with different lenient ones ("/a%2Fb/../c" and "/c"): such requests (rare) are not cached.
+    if (!cache || req.altPath !== undefined) return this.work(c, req);
     const { method, path, host } = req;
     // The same request as the last one decided for these two ends (keep-alive clients mostly ask for
     // one thing again): no key to build and hash. Identity compares mostly (head.ts's strings).
