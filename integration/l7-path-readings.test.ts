@@ -11,8 +11,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { ownChild, ownDir, signalAndWait } from './lib/cleanup.ts';
-import { curl } from './lib/http.ts';
-import { l7HttpForFile } from './lib/l7-http-file.ts';
+import { curl, RawHttp } from './lib/http.ts';
+import { ip4, l7HttpForFile } from './lib/l7-http-file.ts';
 import { waitUntil } from '../shared/test/lib/poll.ts';
 
 if (process.getuid?.() !== 0) {
@@ -85,16 +85,28 @@ http {
 }
 
 t.test('nginx behind GET /public/.*: the paths it reads as /admin get 403 from the proxy and never reach it', async (t) => {
-  const { nsOf, importL7, reset, url } = f;
+  const { eps, nsOf, importL7, reset, url } = f;
   t.teardown(reset);
   const nginx = startNginx(nsOf.web.path);
   t.teardown(nginx.stop);
   const get = (p: string) => curl(nsOf.good, url('web', PORT, p), ['--path-as-is']);
+  // A "#" as sent by a raw client (curl keeps a URL's fragment to itself): the status line and body.
+  const getRaw = async (p: string) => {
+    const raw = new RawHttp(nsOf.good, ip4(eps.web), PORT);
+    try {
+      // Read until the connection closes (the marker never comes): the whole response.
+      const r = await raw.exchange(`GET ${p} HTTP/1.1\r\nHost: web\r\nConnection: close\r\n\r\n`, '\u0000', 1);
+      return r.got;
+    } finally {
+      raw.close();
+    }
+  };
   await waitUntil('nginx in the web pod', async () => (await get('/public/a')).status === 200);
 
   // No policy yet, nothing proxied: what nginx itself makes of them. This is the bypass the proxy
   // must close (if it forwarded them, these are the answers the client would get).
   for (const p of NGINX_ADMIN) t.equal((await get(p)).body, 'admin uri=/admin\n', `nginx serves ${p} as /admin`);
+  t.match(await getRaw('/admin#/../public/x'), /admin uri=\/admin\n/, 'nginx ends the path at a "#": /admin');
 
   await importL7(POLICY);
   const logged = fs.readFileSync(nginx.accessLog, 'utf8').length;
@@ -104,6 +116,11 @@ t.test('nginx behind GET /public/.*: the paths it reads as /admin get 403 from t
     const r = await get(p);
     t.same([r.status, r.body], [403, 'Access denied'], `GET ${p}: 403 from the proxy`);
   }
+  t.match(
+    await getRaw('/admin#/../public/x'),
+    /^HTTP\/1\.1 400 Bad Request[\s\S]*"#" in the request-target/,
+    'GET /admin#/../public/x (/public/x after its dot segments): 400 from the proxy',
+  );
   const slash = await get('/public/a%2Fb');
   t.same([slash.status, slash.body], [200, 'public uri=/public/a/b\n'], 'an encoded slash inside /public: allowed either way');
   const param = await get('/public/file;v=2');

@@ -114,6 +114,8 @@ t.test('requests that could be framed two ways are refused', async (t) => {
   refused(t, 'GET  / HTTP/1.1\r\nHost: a\r\n\r\n', 400, /malformed request line/);
   refused(t, 'GET / HTTP/2.0\r\nHost: a\r\n\r\n', 400, /malformed request line/);
   refused(t, 'G<T / HTTP/1.1\r\nHost: a\r\n\r\n', 400, /malformed request line/);
+  refused(t, 'GET /admin#/../public/x HTTP/1.1\r\nHost: a\r\n\r\n', 400, /"#" in the request-target/);
+  refused(t, 'GET /public/x?a#b HTTP/1.1\r\nHost: a\r\n\r\n', 400, /"#" in the request-target/);
   t.throws(
     () => findHeadEnd(Buffer.from('GET / HTTP/1.1\nHost: a\n\n'), 0, 24),
     /CRLF/,

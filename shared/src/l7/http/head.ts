@@ -186,7 +186,10 @@ export function parseRequestHead(buf: Buffer, start: number, headEnd: number): R
   }
   if (buf[i] !== 32) throw badRequestLine(buf, start, end);
   const ts = ++i;
-  while (i < end && buf[i] > 32 && buf[i] !== 127) i++;
+  while (i < end && buf[i] > 32 && buf[i] !== 127 && buf[i] !== 35) i++;
+  // A "#" is never sent (RFC 9112 3.2: a fragment stays with the client), and nginx ends the path
+  // there: "/admin#/../public/x" is its /admin, while dot segments make it /public/x to a rule.
+  if (buf[i] === 35) throw new HttpParseError(400, 'a "#" in the request-target (a fragment is never sent)');
   if (i === ts || buf[i] !== 32) throw badRequestLine(buf, start, end);
   const target = (lastTarget = text(buf, ts, i, lastTarget));
   i++;
