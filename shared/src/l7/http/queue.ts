@@ -3,7 +3,7 @@
 // own answers wait in their place until every response before them went out. Pure.
 import { type Decide, deniedResponse, type Exchange, errorResponse, HeadView, startExchange } from './exchange.ts';
 import { HttpParseError, type RequestHead } from './parse.ts';
-import { normalizeTarget } from './rules.ts';
+import { type HeaderEdit, headerValue, normalizeTarget } from './rules.ts';
 
 export interface Pending {
   x: Exchange;
@@ -23,9 +23,14 @@ export interface Pending {
  *  own answer when it is denied. */
 export function requestSlot(head: RequestHead, o: { decide: Decide }): Pending {
   const { path, host, altPath } = normalizeTarget(head.target, head.host);
-  const verdict = o.decide(head, new HeadView(head, path, host, altPath));
+  let verdict = o.decide(head, new HeadView(head, path, host, altPath));
+  let upgrade = head.upgrade;
+  if (upgrade && verdict.allowed && asksForH2c(head)) {
+    verdict = { ...verdict, edits: [...verdict.edits, ...DROP_H2C] }; // verdicts are shared: a new one
+    upgrade = false;
+  }
   const x = startExchange(head.method, path, host, head.minor, verdict);
-  const switching = verdict.allowed && (head.upgrade || head.method === 'CONNECT');
+  const switching = verdict.allowed && (upgrade || head.method === 'CONNECT');
   let closeAfter = !head.keepAlive;
   let local: Buffer | undefined;
   if (!verdict.allowed) {
@@ -43,6 +48,20 @@ export function requestSlot(head: RequestHead, o: { decide: Decide }): Pending {
     closeDropped: false,
     complete: head.body === 'none' || (closeAfter && head.expectContinue),
   };
+}
+
+/** An Upgrade to h2c (HTTP/2 in cleartext, RFC 7540 3.2, dropped from RFC 9113) is never passed on:
+ *  once a server takes it (nghttpx does), the client asks for any path over HTTP/2 in the tunnel the
+ *  allowed request opened, past every HTTP rule. Its headers are dropped and the request goes on as
+ *  an ordinary one (Envoy does the same); a client that asked falls back to HTTP/1.1 (curl --http2). */
+const DROP_H2C: HeaderEdit[] = [
+  { op: 'delete', name: 'upgrade' },
+  { op: 'delete', name: 'http2-settings' },
+];
+
+function asksForH2c(head: RequestHead): boolean {
+  const v = headerValue(head.names, head.values, 'upgrade');
+  return v?.split(',').some((p) => p.trim().toLowerCase() === 'h2c') === true;
 }
 
 /** The slot of a request the proxy cannot read safely: answered with the error, then the connection ends. */

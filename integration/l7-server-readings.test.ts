@@ -1,10 +1,11 @@
-// A path the proxy reads one way and the server behind it another is a way around an HTTP rule.
-// Debian's nginx decodes %2F before it resolves dot segments and merges slashes, so under a rule for
-// GET /public/.* "/public/..%2Fadmin" and "/public//../admin" would be allowed as written and served
-// as nginx's /admin. With nginx as the real server in the pod, the test first shows nginx does serve
-// /admin for them (no L7 rule yet), then that the proxy answers each with 403 and nginx never sees
-// it, while an encoded slash or a ;parameter inside /public still gets through (the setup:
-// lib/l7-http-file.ts).
+// Requests the server behind the proxy reads otherwise than the proxy's rules would be ways around
+// them. Debian's nginx decodes %2F before it resolves dot segments, merges slashes and ends a path at
+// "#", so under a rule for GET /public/.* "/public/..%2Fadmin", "/public//../admin" and
+// "/admin#/../public/x" would be allowed as written and served as nginx's /admin. nghttpx (an HTTP/2
+// front end) honours an HTTP/1.1 Upgrade to h2c, after which a client asks for any path over HTTP/2
+// on the tunnel the allowed request opened. With those servers in the pod, each test first shows the
+// server doing it without the rule, then the proxy closing the way while what is allowed still works
+// (the setup: lib/l7-http-file.ts).
 import t from 'tap';
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -21,7 +22,9 @@ if (process.getuid?.() !== 0) {
 }
 
 const f = l7HttpForFile(t);
+/** nginx's port, and nghttpx's in front of it (both in the web pod, both under the rule). */
 const PORT = 8081;
+const H2_PORT = 8082;
 
 const POLICY = `apiVersion: cilium.io/v2
 kind: CiliumNetworkPolicy
@@ -31,7 +34,7 @@ spec:
   ingress:
   - fromEndpoints: [{matchLabels: {stage: live}}]
     toPorts:
-    - ports: [{port: "${PORT}", protocol: TCP}]
+    - ports: [{port: "${PORT}", protocol: TCP}, {port: "${H2_PORT}", protocol: TCP}]
       rules:
         http:
         - {method: GET, path: "/public/.*"}
@@ -84,6 +87,40 @@ http {
   };
 }
 
+/** nghttpx in `nsPath` on H2_PORT (no TLS: HTTP/1.1, HTTP/2 with prior knowledge, and HTTP/1.1
+ *  Upgrade to h2c), in front of nginx on PORT; one process; its files in nginx's `dir`. */
+function startNghttpx(nsPath: string, dir: string): { stop: () => Promise<void> } {
+  const child = spawn(
+    'nsenter',
+    [
+      `--net=${nsPath}`,
+      'nghttpx',
+      '--conf=/dev/null',
+      '--single-process',
+      `--frontend=0.0.0.0,${H2_PORT};no-tls`,
+      `--backend=127.0.0.1,${PORT}`,
+      `--pid-file=${dir}/nghttpx.pid`,
+      `--errorlog-file=${dir}/nghttpx.log`,
+      '--accesslog-file=/dev/null',
+    ],
+    { stdio: 'ignore' },
+  );
+  ownChild(child);
+  return { stop: () => signalAndWait(child, 'SIGKILL') };
+}
+
+/** nghttp -u (an HTTP/1.1 Upgrade to h2c on the first URL, then the rest over HTTP/2) from `nsPath`. */
+function nghttpUpgrade(nsPath: string, urls: string[]): Promise<{ out: string; exit: number | null }> {
+  const child = spawn('nsenter', [`--net=${nsPath}`, 'timeout', '10', 'nghttp', '-u', ...urls], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  ownChild(child);
+  let out = '';
+  child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+  child.stderr!.on('data', (d: Buffer) => (out += d.toString()));
+  return new Promise((resolve) => child.once('exit', (exit) => resolve({ out, exit })));
+}
+
 t.test('nginx behind GET /public/.*: the paths it reads as /admin get 403 from the proxy and never reach it', async (t) => {
   const { eps, nsOf, importL7, reset, url } = f;
   t.teardown(reset);
@@ -131,4 +168,35 @@ t.test('nginx behind GET /public/.*: the paths it reads as /admin get 403 from t
     ['GET /public/a HTTP/1.1', 'GET /public/a%2Fb HTTP/1.1', 'GET /public/file;v=2 HTTP/1.1'],
     'nginx saw only the allowed requests, as they were sent',
   );
+});
+
+t.test('nghttpx behind GET /public/.*: no Upgrade to h2c is passed on, so no HTTP/2 request rides an allowed one', async (t) => {
+  const { nsOf, importL7, reset, url } = f;
+  t.teardown(reset);
+  const nginx = startNginx(nsOf.web.path);
+  t.teardown(nginx.stop);
+  const h2 = startNghttpx(nsOf.web.path, nginx.dir);
+  t.teardown(h2.stop);
+  const front = (p: string) => url('web', H2_PORT, p);
+  await waitUntil('nghttpx in the web pod', async () => (await curl(nsOf.good, front('/public/a'))).status === 200);
+
+  // No policy yet, nothing proxied: the upgrade on GET /public/x succeeds and /admin/secret comes over
+  // HTTP/2 on the same connection. Through a proxy that passed the upgrade on and then tunnelled,
+  // this is what a client allowed GET /public/x only would get.
+  const open = await nghttpUpgrade(nsOf.good.path, [front('/public/x'), front('/admin/secret')]);
+  t.match(open.out, /admin uri=\/admin\/secret/, 'without the rule: /admin/secret over HTTP/2 after the upgrade');
+
+  await importL7(POLICY);
+  const logged = fs.readFileSync(nginx.accessLog, 'utf8').length;
+  const tried = await nghttpUpgrade(nsOf.good.path, [front('/public/x'), front('/admin/secret')]);
+  t.notMatch(tried.out, /admin uri=/, `with the rule: no /admin/secret (nghttp: ${JSON.stringify(tried.out.slice(0, 200))})`);
+  // curl --http2 on an http:// URL asks for the same upgrade: the request itself must still work.
+  const plain = await curl(nsOf.good, front('/public/x'), ['--http2']);
+  t.same(
+    [plain.status, plain.body],
+    [200, 'public uri=/public/x\n'],
+    'curl --http2: answered over HTTP/1.1, the upgrade dropped',
+  );
+  const seen = fs.readFileSync(nginx.accessLog, 'utf8').slice(logged);
+  t.notMatch(seen, /\/admin/, 'nginx never saw /admin');
 });
