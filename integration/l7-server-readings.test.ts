@@ -3,7 +3,8 @@
 // "#", so under a rule for GET /public/.* "/public/..%2Fadmin", "/public//../admin" and
 // "/admin#/../public/x" would be allowed as written and served as nginx's /admin. nghttpx (an HTTP/2
 // front end) honours an HTTP/1.1 Upgrade to h2c, after which a client asks for any path over HTTP/2
-// on the tunnel the allowed request opened. With those servers in the pod, each test first shows the
+// on the tunnel the allowed request opened. A Node server sees the Host header where rules match an
+// absolute-form target's authority. With those servers in the pod, each test first shows the
 // server doing it without the rule, then the proxy closing the way while what is allowed still works
 // (the setup: lib/l7-http-file.ts).
 import t from 'tap';
@@ -13,7 +14,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { ownChild, ownDir, signalAndWait } from './lib/cleanup.ts';
 import { curl, RawHttp } from './lib/http.ts';
-import { ip4, l7HttpForFile } from './lib/l7-http-file.ts';
+import { fixture, ip4, l7HttpForFile } from './lib/l7-http-file.ts';
 import { waitUntil } from '../shared/test/lib/poll.ts';
 
 if (process.getuid?.() !== 0) {
@@ -200,3 +201,29 @@ t.test('nghttpx behind GET /public/.*: no Upgrade to h2c is passed on, so no HTT
   const seen = fs.readFileSync(nginx.accessLog, 'utf8').slice(logged);
   t.notMatch(seen, /\/admin/, 'nginx never saw /admin');
 });
+
+t.test(
+  'a Node server in the world behind a host rule: an absolute-form target naming another host than Host gets 400',
+  async (t) => {
+    const { nsOf, W1, importL7, reset } = f;
+    t.teardown(reset);
+    const post = (extra: string[]) => curl(nsOf.good, `http://${W1}/submit`, ['-X', 'POST', '-d', 'x', ...extra]);
+    const forged = ['--request-target', 'http://partner-api.example/submit', '-H', 'Host: evil.example'];
+    // No policy, nothing proxied: the world's server (Node's http) routes by the Host header, while a
+    // host rule matches the target's authority (RFC 9112 3.2.2 says servers use that one).
+    t.match(
+      JSON.parse((await post(forged)).body),
+      { url: 'http://partner-api.example/submit', headers: { host: 'evil.example' } },
+      'Node: the Host header is evil.example',
+    );
+    await importL7(fixture('storefront-and-partner.yaml')); // live's egress: POST to Host partner-api.example
+    const ok = await post(['--request-target', 'http://partner-api.example/submit', '-H', 'Host: partner-api.example']);
+    t.equal(ok.status, 200, 'absolute-form with the same Host: allowed');
+    const r = await post(forged);
+    t.same(
+      [r.status, r.body.trim()],
+      [400, 'Host "evil.example" is not the request-target\'s authority "partner-api.example"'],
+      'absolute-form partner-api.example with Host evil.example: 400 from the proxy',
+    );
+  },
+);

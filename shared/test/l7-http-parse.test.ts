@@ -57,6 +57,12 @@ t.test('request heads', async (t) => {
   t.match(req('GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n'), { keepAlive: false });
   t.match(req('GET /ws HTTP/1.1\r\nHost: a\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket\r\n\r\n'), { upgrade: true });
   t.match(req('PUT /x HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n'), { expectContinue: true });
+  t.match(
+    req('GET http://u@A.Example:8080/x HTTP/1.1\r\nHost: a.example:8080\r\n\r\n'),
+    { target: 'http://u@A.Example:8080/x' },
+    "absolute-form: a Host identical to the target's authority (any case, without userinfo)",
+  );
+  t.match(req('GET http://a.example/x HTTP/1.0\r\n\r\n'), { target: 'http://a.example/x' }, 'HTTP/1.0 without Host');
   const b = Buffer.from('GET / HTTP/1.1\r\nHost: a\r\n');
   t.equal(findHeadEnd(b, 0, b.length), -1, 'an incomplete head waits for more bytes');
 });
@@ -114,6 +120,13 @@ t.test('requests that could be framed two ways are refused', async (t) => {
   refused(t, 'GET  / HTTP/1.1\r\nHost: a\r\n\r\n', 400, /malformed request line/);
   refused(t, 'GET / HTTP/2.0\r\nHost: a\r\n\r\n', 400, /malformed request line/);
   refused(t, 'G<T / HTTP/1.1\r\nHost: a\r\n\r\n', 400, /malformed request line/);
+  refused(
+    t,
+    'GET http://partner.example/ HTTP/1.1\r\nHost: evil.example\r\n\r\n',
+    400,
+    /Host "evil.example" is not the request-target's authority "partner.example"/,
+  );
+  refused(t, 'GET http://u@a.example:8080/ HTTP/1.1\r\nHost: a.example\r\n\r\n', 400, /authority "a.example:8080"/);
   refused(t, 'GET /admin#/../public/x HTTP/1.1\r\nHost: a\r\n\r\n', 400, /"#" in the request-target/);
   refused(t, 'GET /public/x?a#b HTTP/1.1\r\nHost: a\r\n\r\n', 400, /"#" in the request-target/);
   t.throws(

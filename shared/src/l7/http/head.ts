@@ -6,7 +6,7 @@
 // something asks for them (rules that test headers, header rewrites), from the bytes of the chunk
 // being processed. The pass over the header lines is header-scan.ts's; the start line, the framing
 // and the head objects are here. Pure.
-import { HttpParseError, type RequestHead, type ResponseHead } from './parse.ts';
+import { absoluteForm, HttpParseError, type RequestHead, type ResponseHead } from './parse.ts';
 import { is, type Scan, scanHeaders, TCHAR, text } from './header-scan.ts';
 
 /** The last request target made into a string (by any connection of this process): the next request
@@ -199,6 +199,7 @@ export function parseRequestHead(buf: Buffer, start: number, headEnd: number): R
   const s = scanHeaders(buf, i + 10, end, 400);
   if (s.hostCount > 1) throw new HttpParseError(400, 'more than one Host header');
   if (minor === 1 && s.host === undefined) throw new HttpParseError(400, 'an HTTP/1.1 request needs a Host header');
+  if (buf[ts] !== 47 /* / */ && s.host !== undefined) checkAuthority(target, s.host);
   // Request framing never runs until close (framing() refuses that for requests).
   const f = framing(s, minor, true) as { body: RequestHead['body']; contentLength: number };
   const closeOnly = minor === 1 && s.connCount === 1 && is(buf, s.connVs, s.connVe - s.connVs, 'close');
@@ -219,6 +220,19 @@ export function parseRequestHead(buf: Buffer, start: number, headEnd: number): R
     closeOnly ? s.connLine : -1,
     closeOnly ? s.connLineEnd : -1,
   );
+}
+
+/** An absolute-form target names its host, and rules match that one (servers should too, RFC 9112
+ *  3.2.2), but Node's req.headers.host and the apps that route by it see the Host header: one that
+ *  says otherwise would have a request matched as one host and served as another. A client must send
+ *  them identical (ibid.), so anything else is refused. */
+function checkAuthority(target: string, host: string): void {
+  const abs = absoluteForm(target);
+  if (abs && abs.authority.toLowerCase() !== host.toLowerCase())
+    throw new HttpParseError(
+      400,
+      `Host ${JSON.stringify(host)} is not the request-target's authority ${JSON.stringify(abs.authority)}`,
+    );
 }
 
 /** "HTTP/1.0" or "HTTP/1.1" at buf[i..i+8) (the version of a request line's end and a status line's start). */

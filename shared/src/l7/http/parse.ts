@@ -130,6 +130,13 @@ export function skipEmptyLines(buf: Buffer, start: number, end: number): number 
 /** Heads are parsed in head.ts (one pass over the bytes); re-exported here with the types. */
 export { parseRequestHead, parseResponseHead } from './head.ts';
 
+/** An absolute-form request-target ("http://host:port/path?q", RFC 9112 3.2.2): its authority
+ *  without userinfo, and what follows it; undefined for any other form. */
+export function absoluteForm(target: string): { authority: string; rest: string } | undefined {
+  const m = /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\/([^/?#]*)(.*)$/.exec(target);
+  return m ? { authority: m[1].replace(/^[^@]*@/, ''), rest: m[2] } : undefined;
+}
+
 /** Validates a header name for rule compilation and rewrites. */
 export function isToken(s: string): boolean {
   return TOKEN.test(s);

@@ -3,6 +3,7 @@
 // matches, and headerMatches with a mismatch action let a request through while logging, adding,
 // deleting or replacing the header. Pure.
 import type { HeaderMatch, HttpRule } from '../../policy/types.ts';
+import { absoluteForm } from './parse.ts';
 import { compilePolicyRegex } from './regex.ts';
 
 export interface CompiledHttpRule {
@@ -183,10 +184,10 @@ function normalize(target: string, hostHeader: string | undefined): Target {
   let path = target;
   let host = hostHeader ?? '';
   if (target.charCodeAt(0) !== 47 /* / */) {
-    const abs = /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\/([^/?#]*)(.*)$/.exec(target);
+    const abs = absoluteForm(target);
     if (abs) {
-      host = abs[1].replace(/^[^@]*@/, '');
-      path = abs[2] || '/';
+      host = abs.authority;
+      path = abs.rest || '/';
     } else {
       return { path: target, host: target === '*' ? host : target, altPath: undefined }; // "*" or authority-form (CONNECT)
     }
