@@ -67,6 +67,28 @@ t.test('attacks around the DNS rules, with real packets', async (t) => {
   t.same(pipelined['1'], { rcode: 0, ips: [W.api] }, 'TCP: the allowed first query is answered');
   t.same(pipelined['2'], { rcode: 5, ips: [] }, 'TCP: the refused name behind it in the same stream gets REFUSED, no address');
 
+  // Queries the proxy would judge as another name than the server resolves (the one label "api.test"
+  // under "internal" reads as api.test.internal), or with a second question it would not judge:
+  // FORMERR, the proxy's own answer (forwarded, dnsmasq answers them REFUSED).
+  const odd = JSON.parse(
+    await nodeIn(
+      nsOf.client,
+      `
+    const dgram = require('dgram');
+    const label = (l) => Buffer.concat([Buffer.from([l.length]), Buffer.from(l)]);
+    const q = (id, labels, qd, extra) => Buffer.concat([Buffer.from([0, id, 1, 0, 0, qd, 0, 0, 0, 0, 0, 0]), ...labels.map(label), Buffer.from([0, 0, 1, 0, 1]), extra]);
+    const s = dgram.createSocket('udp4'); const got = {};
+    s.on('message', (m) => {
+      got[m.readUInt16BE(0)] = m[3] & 15;
+      if (got[1] !== undefined && got[2] !== undefined) { process.stdout.write(JSON.stringify(got)); process.exit(0); }
+    });
+    s.send(q(1, ['api.test', 'internal'], 1, Buffer.alloc(0)), 53, '${W.dns}');
+    s.send(q(2, ['api', 'test', 'internal'], 2, Buffer.concat([label('evil'), label('example'), Buffer.from([0, 0, 1, 0, 1])])), 53, '${W.dns}');
+    setTimeout(() => { process.stdout.write(JSON.stringify(got)); process.exit(0); }, 4000);`,
+    ),
+  ) as Record<string, number>;
+  t.same(odd, { 1: 1, 2: 1 }, 'a dot inside a label, and two questions: FORMERR from the proxy');
+
   // A forged answer from the world, sent from the server's address and port straight to the pod (no
   // query behind it): the pod receives it, but the agent learns only from answers its proxy forwarded.
   const listener = spawn(

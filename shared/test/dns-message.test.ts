@@ -15,6 +15,35 @@ const query = packet.encode({
   questions: [{ type: 'A', name: 'Alias.Test.Internal' }],
 });
 
+/** A query for the wire labels given (not a dotted name: a label may hold a dot). */
+function rawQuery(labels: (string | Buffer)[], extra: Buffer = Buffer.alloc(0), qdcount = 1): Buffer {
+  const name = Buffer.concat([
+    ...labels.map((l) => Buffer.concat([Buffer.from([Buffer.from(l).length]), Buffer.from(l)])),
+    Buffer.from([0]),
+  ]);
+  const header = Buffer.from([0x12, 0x34, 1, 0, 0, qdcount, 0, 0, 0, 0, 0, 0]);
+  return Buffer.concat([header, name, Buffer.from([0, 1, 0, 1]), extra]);
+}
+
+t.test('only one question, of plain labels, is read: anything else is FORMERR', async (t) => {
+  t.match(readQuery(rawQuery(['api', 'allowed', 'example'])), { name: 'api.allowed.example.' }, 'three labels');
+  t.match(readQuery(rawQuery(['_http', '_tcp', 'svc-1', 'example'])), { name: '_http._tcp.svc-1.example.' });
+  t.equal(readQuery(rawQuery(['api.allowed', 'example'])), undefined, 'a dot inside a label: not api.allowed.example');
+  t.equal(readQuery(rawQuery(['api', 'allowed', 'example '])), undefined, 'a space (names are trimmed as text)');
+  t.equal(readQuery(rawQuery(['api\u0000x', 'example'])), undefined, 'a control byte');
+  const pointer = Buffer.from([0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 0x0c, 0, 1, 0, 1]);
+  t.equal(readQuery(pointer), undefined, 'a compression pointer as the name (to the header)');
+  const second = Buffer.concat([
+    Buffer.from([6]),
+    Buffer.from('denied'),
+    Buffer.from([4]),
+    Buffer.from('test'),
+    Buffer.from([0, 0, 1, 0, 1]),
+  ]);
+  t.equal(readQuery(rawQuery(['api', 'test'], second, 2)), undefined, 'two questions: the second would go unjudged');
+  t.equal(readQuery(rawQuery(['api', 'test'], Buffer.alloc(0), 0)), undefined, 'no question');
+});
+
 t.test('queries and refusals', async (t) => {
   t.same(readQuery(query), { id: 4242, name: 'alias.test.internal.', types: ['A'], rd: true });
   t.equal(readQuery(Buffer.from('garbage')), undefined, 'too short');

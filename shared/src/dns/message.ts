@@ -30,9 +30,11 @@ export function readQuery(buf: Buffer): Query | undefined {
   if (buf.length < 12) return undefined;
   const flags = buf.readUInt16BE(2);
   if (flags & QR) return undefined; // a response sent as a query
-  // The header and the questions only: the rest of a query (EDNS options) is forwarded, not read.
+  // The header and the question only: the rest of a query (EDNS options) is forwarded, not read.
+  // One question: a query is judged by its name, and a second one would be asked unjudged of a
+  // server that answers both (RFC 9619: QDCOUNT is at most one; Cilium's proxy takes one too).
   const count = buf.readUInt16BE(4);
-  if (!count) return undefined;
+  if (count !== 1 || !plainName(buf, 12)) return undefined;
   const questions: { name: string; type: string }[] = [];
   let at = 12;
   try {
@@ -51,6 +53,23 @@ export function readQuery(buf: Buffer): Query | undefined {
     types: questions.map((x) => String(x.type)),
     rd: (flags & RD) !== 0,
   };
+}
+
+/** Whether the name at `at` is plain labels: no "." inside a label (dns-packet joins labels with dots
+ *  as they are, so the one label "api.allowed" under "example" would be matched as
+ *  api.allowed.example, a name the server does not resolve), no space or control byte (names are
+ *  matched as text), no compression pointer (nothing before a query's question to point to). */
+function plainName(buf: Buffer, at: number): boolean {
+  for (;;) {
+    if (at >= buf.length) return false;
+    const len = buf[at++];
+    if (len === 0) return true;
+    if (len > 63 || at + len > buf.length) return false;
+    for (const end = at + len; at < end; at++) {
+      const b = buf[at];
+      if (b === 0x2e || b <= 0x20 || b === 0x7f) return false;
+    }
+  }
 }
 
 /** dns-packet's question codec (exported by the package, missing from its type definitions). */
