@@ -77,7 +77,7 @@ t.test('WebSocket: a client on an allowed path talks both ways; on a denied path
   // What the client was told, byte for byte; and the tunnel works for a client that speaks no WebSocket framing.
   const raw = new RawHttp(nsOf.good, ip4(eps.web), 80);
   t.teardown(() => raw.close());
-  const upgrade = (p: string) => request('GET', p, 'svc', { Connection: 'Upgrade', Upgrade: 'websocket' });
+  const upgrade = (p: string) => request('GET', p, 'svc', { Connection: 'Upgrade', Upgrade: 'echo-tunnel' });
   const no = await raw.exchange(upgrade('/chat'), 'Access denied');
   t.match(no.got, /^HTTP\/1\.1 403 Forbidden\r\n[\s\S]*\r\n\r\nAccess denied$/, 'a 403 "Access denied", not a 101');
   t.match(

@@ -66,6 +66,7 @@ http {
   scgi_temp_path ${dir}/scgi;
   server {
     listen ${PORT};
+    location /public/status101 { return 101; }
     location /admin { return 200 "admin uri=$uri\\n"; }
     location /public { return 200 "public uri=$uri\\n"; }
     location / { return 404 "none uri=$uri\\n"; }
@@ -227,3 +228,38 @@ t.test(
     );
   },
 );
+
+t.test('nginx behind GET /public/.*: a 101 that switches to nothing opens no tunnel', async (t) => {
+  const { eps, nsOf, importL7, reset, url } = f;
+  t.teardown(reset);
+  const nginx = startNginx(nsOf.web.path);
+  t.teardown(nginx.stop);
+  await waitUntil('nginx in the web pod', async () => (await curl(nsOf.good, url('web', PORT, '/public/a'))).status === 200);
+  // A WebSocket handshake to an endpoint that answers 101 whatever is asked (nginx's "return 101"; an
+  // httpbin's /status/101), then a request for /admin on the same connection.
+  const attempt = async () => {
+    const raw = new RawHttp(nsOf.good, ip4(eps.web), PORT);
+    try {
+      const key = 'dGhlIHNhbXBsZSBub25jZQ==';
+      const first = await raw.exchange(
+        `GET /public/status101 HTTP/1.1\r\nHost: web\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: ${key}\r\nSec-WebSocket-Version: 13\r\n\r\n`,
+        '\r\n\r\n',
+      );
+      const second = first.closed ? { got: '' } : await raw.exchange('GET /admin HTTP/1.1\r\nHost: web\r\n\r\n', 'uri=');
+      return { first: first.got, second: second.got };
+    } finally {
+      raw.close();
+    }
+  };
+  // No policy, nothing proxied: nginx answers 101 and goes on speaking HTTP. A proxy that took that 101
+  // for a switch would tunnel the next request past its rules: this is what the client would get.
+  const open = await attempt();
+  t.match(open.first, /^HTTP\/1\.1 101 /, 'nginx answers 101');
+  t.match(open.second, /admin uri=\/admin/, 'and then serves /admin on the same connection');
+
+  await importL7(POLICY);
+  const logged = fs.readFileSync(nginx.accessLog, 'utf8').length;
+  const tried = await attempt();
+  t.same(tried, { first: '', second: '' }, 'with the rule: the 101 names no protocol, so the connection ends, nothing passed on');
+  t.notMatch(fs.readFileSync(nginx.accessLog, 'utf8').slice(logged), /\/admin/, 'nginx never saw it');
+});

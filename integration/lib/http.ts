@@ -28,8 +28,9 @@ srv.on('upgrade', (req, socket) => {
   socket.on('end', () => socket.end());
   const key = req.headers['sec-websocket-key'];
   if (!key) {
-    // Not a WebSocket client: echo raw bytes (tests that only look at the tunnel).
-    socket.write('HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: websocket\\r\\nConnection: Upgrade\\r\\n\\r\\n');
+    // Not a WebSocket client: switch to the protocol asked for and echo raw bytes (tests that only
+    // look at the tunnel; the proxy takes a 101 to websocket only with the accept of a key).
+    socket.write('HTTP/1.1 101 Switching Protocols\\r\\nUpgrade: ' + req.headers.upgrade + '\\r\\nConnection: Upgrade\\r\\n\\r\\n');
     socket.on('data', (d) => socket.write(Buffer.concat([Buffer.from('echo:'), d])));
     return;
   }

@@ -52,8 +52,15 @@ const backend = http.createServer((req, res) => {
 backend.on('connection', () => {
   backendConnections++;
 });
-backend.on('upgrade', (_req, socket) => {
-  socket.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n');
+backend.on('upgrade', (req, socket) => {
+  // The accept of the client's key (RFC 6455), except on /public/bad-accept: a 101 the proxy must not take.
+  const key = String(req.headers['sec-websocket-key']);
+  const accept = req.url!.endsWith('bad-accept')
+    ? 'x'
+    : crypto.createHash('sha1').update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
+  socket.write(
+    `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`,
+  );
   socket.on('data', (d: Buffer) => socket.write(Buffer.concat([Buffer.from('echo:'), d])));
   socket.on('end', () => socket.end());
 });
@@ -273,11 +280,13 @@ t.test('Expect: 100-continue', async (t) => {
 });
 
 t.test('upgrade: an allowed WebSocket handshake becomes a tunnel', async (t) => {
-  const r = await raw('GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\nframe-1', (x) =>
-    x.includes('echo:frame-1'),
-  );
+  const ws = (p: string) =>
+    `GET ${p} HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n`;
+  const r = await raw(`${ws('/ws')}frame-1`, (x) => x.includes('echo:frame-1'));
   t.match(r.text, /^HTTP\/1\.1 101 Switching Protocols/);
   t.match(r.text, /echo:frame-1$/, 'bytes after the handshake pass both ways');
+  const bad = await raw(`${ws('/public/bad-accept')}frame-1`, () => false);
+  t.same([bad.text, bad.closed], ['', true], 'a 101 with a wrong accept: the connection ends, nothing passed on, no tunnel');
   const d = await raw('GET /chat HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n', (x) =>
     x.includes('Access denied'),
   );

@@ -6,6 +6,7 @@ import { rewriteHead } from '../src/l7/http/exchange.ts';
 import { parseRequestHead } from '../src/l7/http/head.ts';
 import { findHeadEnd } from '../src/l7/http/parse.ts';
 import { requestSlot } from '../src/l7/http/queue.ts';
+import { switchProblem } from '../src/l7/http/switch.ts';
 
 const allow = { decide: () => ({ allowed: true, edits: [] }) };
 const deny = { decide: () => ({ allowed: false, edits: [] }) };
@@ -24,6 +25,39 @@ t.test('a WebSocket upgrade is passed on and switches', async (t) => {
   );
   t.equal(p.switching, true);
   t.same(p.x.verdict.edits, [], 'forwarded unchanged');
+});
+
+t.test('a 101 is a switch only to what was offered, and a WebSocket one only with the accept of the key', async (t) => {
+  const key = 'dGhlIHNhbXBsZSBub25jZQ==';
+  const offer = (upgrade: string, withKey = true) =>
+    slot(
+      `GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: ${upgrade}\r\n${withKey ? `Sec-WebSocket-Key: ${key}\r\n` : ''}\r\n`,
+    ).p.offer!;
+  const ok = 's3pPLMBiTxaQ9kYGzzhZRbK+xOo='; // RFC 6455 1.3's example answer for that key
+  const answer = (lines: string) => `HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade${lines}`;
+  t.equal(
+    switchProblem(offer('websocket'), answer(`\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: ${ok}`)),
+    undefined,
+    'the right accept',
+  );
+  t.equal(
+    switchProblem(offer('WebSocket'), answer(`\r\nupgrade: WEBSOCKET\r\nsec-websocket-accept: ${ok}`)),
+    undefined,
+    'any case',
+  );
+  t.match(switchProblem(offer('websocket'), answer('')), /no Upgrade header/, "nginx's return 101");
+  t.match(switchProblem(offer('websocket'), answer('\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: x')), /Sec-WebSocket-Accept/);
+  t.match(
+    switchProblem(offer('websocket', false), answer('\r\nUpgrade: websocket')),
+    /Sec-WebSocket-Accept/,
+    'no key, no WebSocket',
+  );
+  t.match(switchProblem(offer('websocket'), answer('\r\nUpgrade: tcp')), /to tcp, which the client did not offer/);
+  t.equal(
+    switchProblem(offer('echo-tunnel', false), answer('\r\nUpgrade: echo-tunnel')),
+    undefined,
+    'another protocol: named is enough',
+  );
 });
 
 t.test('an h2c upgrade is dropped: the request goes on as HTTP/1.1', async (t) => {

@@ -3,7 +3,8 @@
 // own answers wait in their place until every response before them went out. Pure.
 import { type Decide, deniedResponse, type Exchange, errorResponse, HeadView, startExchange } from './exchange.ts';
 import { HttpParseError, type RequestHead } from './parse.ts';
-import { type HeaderEdit, headerValue, normalizeTarget } from './rules.ts';
+import { normalizeTarget } from './rules.ts';
+import { DROP_H2C, offersH2c, type SwitchOffer, switchOffer } from './switch.ts';
 
 export interface Pending {
   x: Exchange;
@@ -11,6 +12,8 @@ export interface Pending {
   local?: Buffer;
   /** Upgrade or CONNECT that was forwarded: a 101 / 2xx turns the connection into a tunnel. */
   switching: boolean;
+  /** An upgrade's offer, which its 101 must meet (switch.ts); undefined for any other request. */
+  offer: SwitchOffer | undefined;
   closeAfter: boolean;
   /** The client's "Connection: close" was not passed on (upstream reuse): its response gets one. */
   closeDropped: boolean;
@@ -24,13 +27,16 @@ export interface Pending {
 export function requestSlot(head: RequestHead, o: { decide: Decide }): Pending {
   const { path, host, altPath } = normalizeTarget(head.target, head.host);
   let verdict = o.decide(head, new HeadView(head, path, host, altPath));
-  let upgrade = head.upgrade;
-  if (upgrade && verdict.allowed && asksForH2c(head)) {
-    verdict = { ...verdict, edits: [...verdict.edits, ...DROP_H2C] }; // verdicts are shared: a new one
-    upgrade = false;
+  let offer: SwitchOffer | undefined;
+  if (head.upgrade && verdict.allowed) {
+    offer = switchOffer(head);
+    if (offersH2c(offer)) {
+      verdict = { ...verdict, edits: [...verdict.edits, ...DROP_H2C] }; // verdicts are shared: a new one
+      offer = undefined;
+    }
   }
   const x = startExchange(head.method, path, host, head.minor, verdict);
-  const switching = verdict.allowed && (upgrade || head.method === 'CONNECT');
+  const switching = verdict.allowed && (offer !== undefined || head.method === 'CONNECT');
   let closeAfter = !head.keepAlive;
   let local: Buffer | undefined;
   if (!verdict.allowed) {
@@ -44,24 +50,11 @@ export function requestSlot(head: RequestHead, o: { decide: Decide }): Pending {
     x,
     local,
     switching,
+    offer,
     closeAfter,
     closeDropped: false,
     complete: head.body === 'none' || (closeAfter && head.expectContinue),
   };
-}
-
-/** An Upgrade to h2c (HTTP/2 in cleartext, RFC 7540 3.2, dropped from RFC 9113) is never passed on:
- *  once a server takes it (nghttpx does), the client asks for any path over HTTP/2 in the tunnel the
- *  allowed request opened, past every HTTP rule. Its headers are dropped and the request goes on as
- *  an ordinary one (Envoy does the same); a client that asked falls back to HTTP/1.1 (curl --http2). */
-const DROP_H2C: HeaderEdit[] = [
-  { op: 'delete', name: 'upgrade' },
-  { op: 'delete', name: 'http2-settings' },
-];
-
-function asksForH2c(head: RequestHead): boolean {
-  const v = headerValue(head.names, head.values, 'upgrade');
-  return v?.split(',').some((p) => p.trim().toLowerCase() === 'h2c') === true;
 }
 
 /** The slot of a request the proxy cannot read safely: answered with the error, then the connection ends. */
@@ -70,7 +63,7 @@ export function badRequestSlot(e: unknown): Pending {
   const x = startExchange('', '', '', 1, { allowed: false, edits: [] });
   x.localReason = 'bad-request';
   const local = errorResponse(err.status === 502 ? 400 : err.status, err.message);
-  return { x, local, switching: false, closeAfter: true, closeDropped: false, complete: true };
+  return { x, local, switching: false, offer: undefined, closeAfter: true, closeDropped: false, complete: true };
 }
 
 /** The queue of a connection that has had no request yet: the first push makes a one-slot array (an

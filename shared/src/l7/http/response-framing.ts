@@ -7,6 +7,7 @@ import { answered } from './exchange.ts';
 import { HeadCarry } from './carry.ts';
 import { BodyScanner, HttpParseError, findHeadEnd, parseResponseHead, type ResponseHead } from './parse.ts';
 import type { Pending } from './queue.ts';
+import { switchProblem } from './switch.ts';
 
 export const enum Rs {
   HEAD,
@@ -111,10 +112,17 @@ export class ResponseFramer {
           if (this.carry.pending) this.carry.clear();
           const head = parseResponseHead(buf, i, end, p.x.method, this.head);
           if (this.fwd < 0) this.fwd = i;
+          const headAt = i;
           i = end;
           if (head.status < 200 && head.status !== 101) break; // interim (100 Continue...): the final one follows
+          if (head.status === 101 && p.switching && p.offer) {
+            // Only a 101 that switches to what was offered makes a tunnel (switch.ts says why); any
+            // other ends the connection, as a response the proxy cannot frame does.
+            const problem = switchProblem(p.offer, buf.toString('latin1', headAt, end - 4));
+            if (problem) throw new HttpParseError(502, problem);
+          }
           answered(p.x, head.status);
-          if (p.switching && (head.status === 101 || (p.x.method === 'CONNECT' && head.status < 300))) {
+          if (p.switching && ((head.status === 101 && p.offer) || (p.x.method === 'CONNECT' && head.status < 300))) {
             this.cut(buf, i);
             this.host.switched(p, buf.subarray(i));
             return;
