@@ -69,21 +69,32 @@ export const execDelegate: DelegateExec = (call) => {
   throw new CniError(CniCode.DELEGATE_FAILED, `delegated plugin ${what} failed (${how})`, stdout.slice(0, 500) || undefined);
 };
 
-/** The versions a delegate speaks (VERSION call); [] when it cannot tell. */
+/** The versions a delegate speaks (its VERSION answer). A call that fails is made once more (one
+ *  failed start of host-local under a loaded suite turned a GC into "speaks none of our versions"
+ *  with the cause swallowed); a second failure is thrown, naming the plugin and the cause. */
 export function delegateVersions(exec: DelegateExec, type: string, cniPath: string[]): string[] {
-  try {
-    const { stdout } = exec({
-      type,
-      verb: 'VERSION',
-      stdin: '{"cniVersion":"1.1.0"}',
-      cniPath,
-      env: { CNI_NETNS: 'dummy', CNI_IFNAME: 'dummy' },
-    });
-    const v = JSON.parse(stdout) as { supportedVersions?: unknown };
-    return Array.isArray(v.supportedVersions) ? v.supportedVersions.filter((x): x is string => typeof x === 'string') : [];
-  } catch {
-    return [];
+  let failure: unknown;
+  for (let attempt = 0; attempt < 2; attempt++) {
+    try {
+      const { stdout } = exec({
+        type,
+        verb: 'VERSION',
+        stdin: '{"cniVersion":"1.1.0"}',
+        cniPath,
+        env: { CNI_NETNS: 'dummy', CNI_IFNAME: 'dummy' },
+      });
+      const v = JSON.parse(stdout) as { supportedVersions?: unknown };
+      return Array.isArray(v.supportedVersions) ? v.supportedVersions.filter((x): x is string => typeof x === 'string') : [];
+    } catch (e) {
+      failure = e;
+    }
   }
+  const cause = failure instanceof CniError ? [failure.message, failure.details].filter(Boolean).join(': ') : String(failure);
+  throw new CniError(
+    failure instanceof CniError ? failure.code : CniCode.DELEGATE_FAILED,
+    `cannot ask ipam plugin ${type} which versions it speaks`,
+    cause,
+  );
 }
 
 /** The same request configuration with another cniVersion (for delegates that do not speak ours). */
