@@ -263,3 +263,33 @@ t.test('nginx behind GET /public/.*: a 101 that switches to nothing opens no tun
   t.same(tried, { first: '', second: '' }, 'with the rule: the 101 names no protocol, so the connection ends, nothing passed on');
   t.notMatch(fs.readFileSync(nginx.accessLog, 'utf8').slice(logged), /\/admin/, 'nginx never saw it');
 });
+
+t.test('a host rule for a suffix: a Host that is no host and port gets 400', async (t) => {
+  const { nsOf, W1, importL7, reset } = f;
+  t.teardown(reset);
+  // live's egress to the world on port 80: any name under partner.example. A Host such as
+  // "evil.test#.partner.example" matches that as text, while URL parsers (WHATWG's, Node's
+  // new URL) take it for the host evil.test.
+  await importL7(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: partner-suffix}
+spec:
+  endpointSelector: {matchLabels: {stage: live}}
+  egress:
+  - toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - {host: ".*\\\\.partner\\\\.example"}
+`);
+  t.equal(new URL('http://evil.test#.partner.example/').hostname, 'evil.test', 'what a URL parser makes of it');
+  const get = (host: string) => curl(nsOf.good, `http://${W1}/x`, ['-H', `Host: ${host}`]);
+  const ok = await get('api.partner.example');
+  t.equal(ok.status, 200, 'api.partner.example: allowed');
+  const r = await get('evil.test#.partner.example');
+  t.same(
+    [r.status, r.body.trim()],
+    [400, 'Host "evil.test#.partner.example" is not a host and port'],
+    'evil.test#.partner.example: 400 from the proxy',
+  );
+});

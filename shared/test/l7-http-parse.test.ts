@@ -63,6 +63,8 @@ t.test('request heads', async (t) => {
     "absolute-form: a Host identical to the target's authority (any case, without userinfo)",
   );
   t.match(req('GET http://a.example/x HTTP/1.0\r\n\r\n'), { target: 'http://a.example/x' }, 'HTTP/1.0 without Host');
+  for (const host of ['[::1]:8080', '[fe80::1%25eth0]', 'a_b.example:80', '198.18.0.1', 'xn--bcher-kva.example', ''])
+    t.match(req(`GET / HTTP/1.1\r\nHost: ${host}\r\n\r\n`), { host }, `Host ${JSON.stringify(host)}`);
   const b = Buffer.from('GET / HTTP/1.1\r\nHost: a\r\n');
   t.equal(findHeadEnd(b, 0, b.length), -1, 'an incomplete head waits for more bytes');
 });
@@ -127,6 +129,8 @@ t.test('requests that could be framed two ways are refused', async (t) => {
     /Host "evil.example" is not the request-target's authority "partner.example"/,
   );
   refused(t, 'GET http://u@a.example:8080/ HTTP/1.1\r\nHost: a.example\r\n\r\n', 400, /authority "a.example:8080"/);
+  for (const host of ['evil.test#.partner.example', 'a/b', 'user@a', 'a b', 'a\\b', 'a:8o'])
+    refused(t, `GET / HTTP/1.1\r\nHost: ${host}\r\n\r\n`, 400, /is not a host and port/);
   refused(t, 'GET /admin#/../public/x HTTP/1.1\r\nHost: a\r\n\r\n', 400, /"#" in the request-target/);
   refused(t, 'GET /public/x?a#b HTTP/1.1\r\nHost: a\r\n\r\n', 400, /"#" in the request-target/);
   t.throws(

@@ -199,6 +199,7 @@ export function parseRequestHead(buf: Buffer, start: number, headEnd: number): R
   const s = scanHeaders(buf, i + 10, end, 400);
   if (s.hostCount > 1) throw new HttpParseError(400, 'more than one Host header');
   if (minor === 1 && s.host === undefined) throw new HttpParseError(400, 'an HTTP/1.1 request needs a Host header');
+  if (s.host !== undefined && s.host !== lastGoodHost) checkHost(s.host);
   if (buf[ts] !== 47 /* / */ && s.host !== undefined) checkAuthority(target, s.host);
   // Request framing never runs until close (framing() refuses that for requests).
   const f = framing(s, minor, true) as { body: RequestHead['body']; contentLength: number };
@@ -220,6 +221,19 @@ export function parseRequestHead(buf: Buffer, start: number, headEnd: number): R
     closeOnly ? s.connLine : -1,
     closeOnly ? s.connLineEnd : -1,
   );
+}
+
+/** A Host value as RFC 9110 7.2 has it: uri-host [":" port], where a host is an IP literal in
+ *  brackets or a reg-name (unreserved, pct-encoded, sub-delims). A host rule matches the value as
+ *  text, while a server or an application takes it apart as a URL authority: "evil.test#.partner.example"
+ *  matches ".*\.partner\.example" and is evil.test to `new URL`. Anything else is refused. */
+const HOST = /^(?:\[[0-9A-Za-z:.%~_-]+\]|[A-Za-z0-9\-._~!$&'()*+,;=%]*)(?::[0-9]*)?$/;
+/** The last Host value that passed (head-scan hands out the same string for the same bytes). */
+let lastGoodHost = '';
+
+function checkHost(host: string): void {
+  if (!HOST.test(host)) throw new HttpParseError(400, `Host ${JSON.stringify(host)} is not a host and port`);
+  lastGoodHost = host;
 }
 
 /** An absolute-form target names its host, and rules match that one (servers should too, RFC 9112
