@@ -293,3 +293,30 @@ spec:
     'evil.test#.partner.example: 400 from the proxy',
   );
 });
+
+t.test('a REPLACE header rule: the header reaches the server as the rule says, and no alias of it', async (t) => {
+  const { nsOf, W1, importL7, reset } = f;
+  t.teardown(reset);
+  // X-Role must be "user" on live's requests to the world; CGI-style servers (PHP, WSGI) read
+  // "X_Role" as the same HTTP_X_ROLE, so an alias must not carry "admin" past the rule.
+  await importL7(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: role-user}
+spec:
+  endpointSelector: {matchLabels: {stage: live}}
+  egress:
+  - toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - headerMatches: [{name: X-Role, value: user, mismatch: REPLACE}]
+`);
+  const r = await curl(nsOf.good, `http://${W1}/x`, ['-H', 'X-Role: admin', '-H', 'X_Role: admin', '-H', 'x_ROLE: admin']);
+  t.equal(r.status, 200);
+  const seen = JSON.parse(r.body).headers as Record<string, string>;
+  t.same(
+    Object.entries(seen).filter(([k]) => k.replaceAll('_', '-') === 'x-role'),
+    [['x-role', 'user']],
+    'the server sees X-Role: user and nothing else by that CGI name',
+  );
+});

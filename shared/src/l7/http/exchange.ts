@@ -115,15 +115,28 @@ export function errorResponse(status: 400 | 413 | 431 | 501 | 502 | 503, message
   return canned(status, reasons[status], `${message}\n`, true, false);
 }
 
-/** A head with header edits applied (the original names' spelling kept for untouched lines). */
+/** A header name as servers that hand headers on as CGI-style variables see it: "X-Role" and "X_Role"
+ *  are both HTTP_X_ROLE there (PHP, WSGI servers, anything CGI), so an alias would carry past an edit
+ *  the value the edit was for. */
+const cgiName = (lname: string) => lname.replaceAll('_', '-');
+
+/** A head with header edits applied (the original names' spelling kept for untouched lines). Every
+ *  edit also drops the aliases of its header (cgiName): a DELETE or REPLACE leaves none, an ADD only
+ *  its own. */
 export function rewriteHead(buf: Buffer, start: number, end: number, edits: HeaderEdit[]): Buffer {
   let lines = buf.toString('latin1', start, end - 4).split('\r\n');
   const nameOf = (l: string) => l.slice(0, l.indexOf(':')).toLowerCase();
   for (const e of edits) {
-    if (e.op === 'delete' || e.op === 'replace') {
-      const lname = e.name.toLowerCase();
-      lines = [lines[0], ...lines.slice(1).filter((l) => nameOf(l) !== lname)];
-    }
+    const lname = e.name.toLowerCase();
+    const key = cgiName(lname);
+    const keepSame = e.op === 'add';
+    lines = [
+      lines[0],
+      ...lines.slice(1).filter((l) => {
+        const n = nameOf(l);
+        return cgiName(n) !== key || (keepSame && n === lname);
+      }),
+    ];
     if (e.op === 'add' || e.op === 'replace') lines.push(`${e.name}: ${e.value}`);
   }
   return Buffer.from(`${lines.join('\r\n')}\r\n\r\n`, 'latin1');
