@@ -320,3 +320,29 @@ spec:
     'the server sees X-Role: user and nothing else by that CGI name',
   );
 });
+
+t.test('a header a rule requires, sent with a CGI-style alias beside it: 403', async (t) => {
+  const { nsOf, W1, importL7, reset } = f;
+  t.teardown(reset);
+  await importL7(`apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: token}
+spec:
+  endpointSelector: {matchLabels: {stage: live}}
+  egress:
+  - toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - headers: ["X-Token: s3cret"]
+`);
+  const get = (headers: string[]) =>
+    curl(
+      nsOf.good,
+      `http://${W1}/x`,
+      headers.flatMap((h) => ['-H', h]),
+    );
+  t.equal((await get(['X-Token: s3cret'])).status, 200, 'X-Token: s3cret');
+  const r = await get(['X-Token: s3cret', 'X_Token: other']);
+  t.same([r.status, r.body], [403, 'Access denied'], 'with X_Token: other beside it (HTTP_X_TOKEN to a CGI server)');
+});

@@ -118,6 +118,31 @@ t.test('headerMatches: mismatch actions let the request through and change it', 
   t.match(matchHttp(m('REPLACE'), view('GET', '/', { 'X-Ver': 'v1' })), { allowed: true, edits: [] }, 'a match changes nothing');
 });
 
+t.test('a header rule never matches beside a CGI-style alias of its header', async (t) => {
+  const token = [compileHttpRule(rule({ headers: [{ name: 'X-Token', value: 's3cret' }] }))];
+  t.ok(matchHttp(token, view('GET', '/', { 'X-Token': 's3cret' })).allowed);
+  t.notOk(
+    matchHttp(token, view('GET', '/', { 'X-Token': 's3cret', X_Token: 'other' })).allowed,
+    'X_Token beside it: a CGI server may read either as HTTP_X_TOKEN',
+  );
+  t.ok(matchHttp(token, view('GET', '/', { 'X-Token': 's3cret', X_Tokens: 'x' })).allowed, 'another name');
+  const m = (mismatch?: 'LOG' | 'DELETE' | 'REPLACE') => [
+    compileHttpRule(rule({ headerMatches: [{ name: 'X-Ver', value: 'v1', ...(mismatch ? { mismatch } : {}) }] })),
+  ];
+  const aliased = { 'X-Ver': 'v1', X_Ver: 'v2' };
+  t.notOk(matchHttp(m(), view('GET', '/', aliased)).allowed, 'no action: denied');
+  t.match(matchHttp(m('REPLACE'), view('GET', '/', aliased)), {
+    allowed: true,
+    edits: [{ op: 'replace', name: 'X-Ver', value: 'v1' }],
+    mismatches: [/X-Ver: alias present \(REPLACE\)/],
+  });
+  t.match(
+    matchHttp(m('DELETE'), view('GET', '/', { X_Ver: 'v2' })),
+    { allowed: true, edits: [{ op: 'delete', name: 'x-ver' }] },
+    'DELETE with only the alias there: still an edit, which drops the alias',
+  );
+});
+
 t.test('regexes: RE2 spellings, and no input can make matching slow', async (t) => {
   t.same(translateRe2('(?i)get'), { source: 'get', flags: 'i' });
   t.ok(compilePolicyRegex('(?i)get').test('GET'));

@@ -3,7 +3,7 @@
 import { Buffer } from 'node:buffer';
 import { performance } from 'node:perf_hooks'; // not the global accessor: raw-socket.ts says why
 import type { RequestHead } from './parse.ts';
-import type { HeaderEdit, RequestView } from './rules.ts';
+import { cgiName, type HeaderEdit, type RequestView } from './rules.ts';
 
 export interface Verdict {
   allowed: boolean;
@@ -115,14 +115,9 @@ export function errorResponse(status: 400 | 413 | 431 | 501 | 502 | 503, message
   return canned(status, reasons[status], `${message}\n`, true, false);
 }
 
-/** A header name as servers that hand headers on as CGI-style variables see it: "X-Role" and "X_Role"
- *  are both HTTP_X_ROLE there (PHP, WSGI servers, anything CGI), so an alias would carry past an edit
- *  the value the edit was for. */
-const cgiName = (lname: string) => lname.replaceAll('_', '-');
-
 /** A head with header edits applied (the original names' spelling kept for untouched lines). Every
- *  edit also drops the aliases of its header (cgiName): a DELETE or REPLACE leaves none, an ADD only
- *  its own. */
+ *  edit also drops the aliases of its header (rules.ts cgiName), which would carry past the edit the
+ *  value it was for: a DELETE or REPLACE leaves none, an ADD only its own. */
 export function rewriteHead(buf: Buffer, start: number, end: number, edits: HeaderEdit[]): Buffer {
   let lines = buf.toString('latin1', start, end - 4).split('\r\n');
   const nameOf = (l: string) => l.slice(0, l.indexOf(':')).toLowerCase();

@@ -72,6 +72,23 @@ export function headerValue(names: string[], values: string[], lname: string): s
   return out;
 }
 
+/** A header name as servers that hand headers on as CGI-style variables see it: "X-Role" and "X_Role"
+ *  are both HTTP_X_ROLE there (PHP, WSGI servers, anything CGI). */
+export const cgiName = (lname: string): string => lname.replaceAll('_', '-');
+
+/** Whether the request carries another header that such a server reads as `lname` ("X_Token" beside a
+ *  rule about "X-Token"): which of the two it takes is its own affair, so a rule about the header
+ *  never matches then. */
+function hasAlias(names: string[], lname: string): boolean {
+  let key: string | undefined;
+  for (const n of names) {
+    if (n === lname || n.length !== lname.length) continue;
+    key ??= cgiName(lname);
+    if (cgiName(n) === key) return true;
+  }
+  return false;
+}
+
 /** Edits and mismatches of one rule, made only when a header match misses (the rare case). */
 interface Effects {
   edits: HeaderEdit[];
@@ -84,18 +101,20 @@ function ruleMatches(r: CompiledHttpRule, req: RequestView, path: string, fx: { 
   if (r.host && !r.host.test(req.host)) return false;
   for (const h of r.headers) {
     const v = headerValue(req.names, req.values, h.name);
-    if (v === undefined || (h.value !== undefined && v !== h.value)) return false;
+    if (v === undefined || (h.value !== undefined && v !== h.value) || hasAlias(req.names, h.name)) return false;
   }
   for (const m of r.matches) {
     const v = headerValue(req.names, req.values, m.lname);
-    const ok = v !== undefined && (m.value === undefined || v === m.value);
+    const aliased = hasAlias(req.names, m.lname);
+    const ok = v !== undefined && (m.value === undefined || v === m.value) && !aliased;
     if (ok) continue;
     if (!m.mismatch) return false;
     fx.v ??= { edits: [], mismatches: [] };
     const { edits, mismatches } = fx.v;
-    mismatches.push(`${m.name}: ${v === undefined ? 'missing' : 'mismatch'} (${m.mismatch})`);
+    mismatches.push(`${m.name}: ${aliased ? 'alias present' : v === undefined ? 'missing' : 'mismatch'} (${m.mismatch})`);
+    // Every edit drops the header's aliases too (exchange.ts rewriteHead).
     if (m.mismatch === 'ADD' && m.value !== undefined) edits.push({ op: 'add', name: m.name, value: m.value });
-    else if (m.mismatch === 'DELETE' && v !== undefined) edits.push({ op: 'delete', name: m.lname });
+    else if (m.mismatch === 'DELETE' && (v !== undefined || aliased)) edits.push({ op: 'delete', name: m.lname });
     else if (m.mismatch === 'REPLACE' && m.value !== undefined) edits.push({ op: 'replace', name: m.name, value: m.value });
   }
   return true;
