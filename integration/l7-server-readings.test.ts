@@ -41,6 +41,20 @@ spec:
         - {method: GET, path: "/public/.*"}
 `;
 
+/** A policy for live's egress to the world on port 80 with one HTTP rule (`rule`: its YAML). */
+const liveToWorld = (name: string, rule: string) => `apiVersion: cilium.io/v2
+kind: CiliumNetworkPolicy
+metadata: {name: ${name}}
+spec:
+  endpointSelector: {matchLabels: {stage: live}}
+  egress:
+  - toPorts:
+    - ports: [{port: "80", protocol: TCP}]
+      rules:
+        http:
+        - ${rule}
+`;
+
 /** The spellings of /admin under /public that nginx serves as /admin (its $uri, measured). */
 const NGINX_ADMIN = ['/public/..%2Fadmin', '/public/%2e%2e%2fadmin', '/public%2F..%2Fadmin', '/public//../admin'];
 
@@ -270,18 +284,7 @@ t.test('a host rule for a suffix: a Host that is no host and port gets 400', asy
   // live's egress to the world on port 80: any name under partner.example. A Host such as
   // "evil.test#.partner.example" matches that as text, while URL parsers (WHATWG's, Node's
   // new URL) take it for the host evil.test.
-  await importL7(`apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: partner-suffix}
-spec:
-  endpointSelector: {matchLabels: {stage: live}}
-  egress:
-  - toPorts:
-    - ports: [{port: "80", protocol: TCP}]
-      rules:
-        http:
-        - {host: ".*\\\\.partner\\\\.example"}
-`);
+  await importL7(liveToWorld('partner-suffix', '{host: ".*\\\\.partner\\\\.example"}'));
   t.equal(new URL('http://evil.test#.partner.example/').hostname, 'evil.test', 'what a URL parser makes of it');
   const get = (host: string) => curl(nsOf.good, `http://${W1}/x`, ['-H', `Host: ${host}`]);
   const ok = await get('api.partner.example');
@@ -299,18 +302,7 @@ t.test('a REPLACE header rule: the header reaches the server as the rule says, a
   t.teardown(reset);
   // X-Role must be "user" on live's requests to the world; CGI-style servers (PHP, WSGI) read
   // "X_Role" as the same HTTP_X_ROLE, so an alias must not carry "admin" past the rule.
-  await importL7(`apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: role-user}
-spec:
-  endpointSelector: {matchLabels: {stage: live}}
-  egress:
-  - toPorts:
-    - ports: [{port: "80", protocol: TCP}]
-      rules:
-        http:
-        - headerMatches: [{name: X-Role, value: user, mismatch: REPLACE}]
-`);
+  await importL7(liveToWorld('role-user', 'headerMatches: [{name: X-Role, value: user, mismatch: REPLACE}]'));
   const r = await curl(nsOf.good, `http://${W1}/x`, ['-H', 'X-Role: admin', '-H', 'X_Role: admin', '-H', 'x_ROLE: admin']);
   t.equal(r.status, 200);
   const seen = JSON.parse(r.body).headers as Record<string, string>;
@@ -324,18 +316,7 @@ spec:
 t.test('a header a rule requires, sent with a CGI-style alias beside it: 403', async (t) => {
   const { nsOf, W1, importL7, reset } = f;
   t.teardown(reset);
-  await importL7(`apiVersion: cilium.io/v2
-kind: CiliumNetworkPolicy
-metadata: {name: token}
-spec:
-  endpointSelector: {matchLabels: {stage: live}}
-  egress:
-  - toPorts:
-    - ports: [{port: "80", protocol: TCP}]
-      rules:
-        http:
-        - headers: ["X-Token: s3cret"]
-`);
+  await importL7(liveToWorld('token', 'headers: ["X-Token: s3cret"]'));
   const get = (headers: string[]) =>
     curl(
       nsOf.good,
