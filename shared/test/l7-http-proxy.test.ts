@@ -8,164 +8,14 @@ import http from 'node:http';
 import net from 'node:net';
 import tls from 'node:tls';
 import { once } from 'node:events';
-import { HttpProxyConnection } from '../src/l7/http/connection.ts';
-import type { Exchange } from '../src/l7/http/exchange.ts';
-import { compileHttpRule, matchHttp } from '../src/l7/http/rules.ts';
-import { type ProxySocket, workerIo } from '../src/l7/proxy/io.ts';
-import type { HttpRule } from '../src/policy/types.ts';
 import { closedLoopbackPort } from './lib/closed-port.ts';
+import { count, h, raw, request, startHarness, WAIT_MS } from './lib/l7-proxy-harness.ts';
 
-const rules = (
-  [
-    { method: 'GET|HEAD', path: '/public/.*' },
-    { method: 'POST|PUT', path: '/upload' },
-    { method: 'GET', path: '/ws' },
-    { method: 'GET', path: '/versioned', headerMatches: [{ name: 'X-Version', value: 'v2', mismatch: 'REPLACE' }] },
-  ] as Partial<HttpRule>[]
-).map((r) => compileHttpRule({ headers: [], headerMatches: [], ...r }));
-
-const exchanges: Exchange[] = [];
-let backendConnections = 0;
-const received: { method: string; url: string; sha: string; bytes: number; headers: http.IncomingHttpHeaders }[] = [];
-
-const backend = http.createServer((req, res) => {
-  if (req.headers['x-early']) {
-    // Answers before reading the body (as a server refusing an upload does); Node reads the rest.
-    res.writeHead(200, { 'content-type': 'text/plain', 'content-length': 5 });
-    res.end('early');
-    req.resume();
-    return;
-  }
-  const h = crypto.createHash('sha256');
-  let bytes = 0;
-  req.on('data', (d: Buffer) => {
-    h.update(d);
-    bytes += d.length;
-  });
-  req.on('end', () => {
-    received.push({ method: req.method!, url: req.url!, sha: h.digest('hex'), bytes, headers: req.headers });
-    const body = `backend: ${req.method} ${req.url} ${bytes}`;
-    res.writeHead(200, { 'content-type': 'text/plain', 'content-length': Buffer.byteLength(body) });
-    res.end(body);
-  });
-});
-backend.on('connection', () => {
-  backendConnections++;
-});
-backend.on('upgrade', (req, socket) => {
-  // The accept of the client's key (RFC 6455), except on /public/bad-accept: a 101 the proxy must not take.
-  const key = String(req.headers['sec-websocket-key']);
-  const accept = req.url!.endsWith('bad-accept')
-    ? 'x'
-    : crypto.createHash('sha1').update(`${key}258EAFA5-E914-47DA-95CA-C5AB0DC85B11`).digest('base64');
-  socket.write(
-    `HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: ${accept}\r\n\r\n`,
-  );
-  socket.on('data', (d: Buffer) => socket.write(Buffer.concat([Buffer.from('echo:'), d])));
-  socket.on('end', () => socket.end());
-});
-
-let backendPort = 0;
-let upstreamPort = 0; // where the proxy connects (backendPort, or a closed port in one test)
-// Both sockets as the proxy workers have them: EpollSockets (the default), or RawSockets with MEMBRANE_L7_WORKER_IO=libuv
-// (proxy/io.ts; the upstream-pool test runs the same connection over net.Sockets).
-const proxied = new Set<ProxySocket>();
-let proxy: ReturnType<typeof workerIo.bind> | undefined;
-const accept = (client: ProxySocket) => {
-  proxied.add(client);
-  new HttpProxyConnection({
-    client,
-    connect: () => workerIo.connect('127.0.0.1', upstreamPort, 10_000),
-    decide: (_head, view) => {
-      const m = matchHttp(rules, view);
-      return { allowed: m.allowed, edits: m.edits };
-    },
-    sink: { request: () => undefined, response: (x) => exchanges.push(x) },
-    onClose: () => proxied.delete(client),
-  });
-  client.start();
-};
-let proxyPort = 0;
-
-t.before(async () => {
-  backend.listen(0, '127.0.0.1');
-  await once(backend, 'listening');
-  backendPort = (backend.address() as net.AddressInfo).port;
-  upstreamPort = backendPort;
-  proxy = workerIo.bind('127.0.0.1', 0, accept);
-  proxyPort = proxy.port;
-});
-t.teardown(() => {
-  proxy?.close();
-  for (const c of proxied) c.destroy();
-  backend.close();
-  backend.closeAllConnections();
-});
-
-function request(
-  agent: http.Agent,
-  method: string,
-  path: string,
-  body?: Buffer | AsyncIterable<Buffer>,
-  headers: Record<string, string> = {},
-): Promise<{ status: number; body: string; reused: boolean }> {
-  return new Promise((resolve, reject) => {
-    const req = http.request({ host: '127.0.0.1', port: proxyPort, method, path, agent, headers }, (res) => {
-      let text = '';
-      res.setEncoding('latin1');
-      res.on('data', (d: string) => {
-        text += d;
-      });
-      res.on('end', () => resolve({ status: res.statusCode!, body: text, reused: req.reusedSocket }));
-    });
-    req.on('error', reject);
-    if (body && Symbol.asyncIterator in body) {
-      (async () => {
-        for await (const c of body) if (!req.write(c)) await once(req, 'drain');
-        req.end();
-      })().catch(reject);
-    } else {
-      req.end(body);
-    }
-  });
-}
-
-/** How long a raw exchange may wait for the proxy's answer or close: 30 s as every test wait
- *  (lib/poll.ts); only an exchange that never ends meets it, and a loaded machine can leave this
- *  process unscheduled for seconds. */
-const WAIT_MS = 30_000;
-
-/** Writes raw bytes on a new connection and reads until `done(text)` or the server closes (or WAIT_MS). */
-async function raw(bytes: string, done: (text: string) => boolean): Promise<{ text: string; closed: boolean }> {
-  const s = net.connect(proxyPort, '127.0.0.1');
-  let text = '';
-  let closed = false;
-  s.write(bytes);
-  await new Promise<void>((resolve) => {
-    const timer = setTimeout(resolve, WAIT_MS);
-    s.on('data', (d: Buffer) => {
-      text += d.toString('latin1');
-      if (done(text)) {
-        clearTimeout(timer);
-        resolve();
-      }
-    });
-    s.on('close', () => {
-      closed = true;
-      clearTimeout(timer);
-      resolve();
-    });
-    s.on('error', () => undefined);
-  });
-  s.destroy();
-  return { text, closed };
-}
-
-const count = (text: string, s: string) => text.split(s).length - 1;
+startHarness(t);
 
 t.test('keep-alive: allowed and denied requests share one connection', async (t) => {
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
-  const before = backendConnections;
+  const before = h.backendConnections;
   const a = await request(agent, 'GET', '/public/a');
   t.same([a.status, a.body], [200, 'backend: GET /public/a 0']);
   const d = await request(agent, 'GET', '/private');
@@ -174,16 +24,16 @@ t.test('keep-alive: allowed and denied requests share one connection', async (t)
   t.same([p.status, p.body, p.reused], [403, 'Access denied', true], 'a denied request with a body: the body is discarded');
   const b = await request(agent, 'GET', '/public/b');
   t.same([b.status, b.body, b.reused], [200, 'backend: GET /public/b 0', true], 'and the connection still works');
-  t.equal(backendConnections - before, 1, 'one upstream connection for the whole client connection');
+  t.equal(h.backendConnections - before, 1, 'one upstream connection for the whole client connection');
   t.notOk(
-    received.some((r) => r.url === '/private'),
+    h.received.some((r) => r.url === '/private'),
     'denied requests never reach the server',
   );
   t.match(
-    exchanges.find((x) => x.path === '/private'),
+    h.exchanges.find((x) => x.path === '/private'),
     { method: 'GET', status: 403, verdict: { allowed: false }, localReason: 'denied' },
   );
-  t.ok(exchanges.find((x) => x.path === '/public/b')!.latencyNs > 0, 'responses carry a latency');
+  t.ok(h.exchanges.find((x) => x.path === '/public/b')!.latencyNs > 0, 'responses carry a latency');
   agent.destroy();
 });
 
@@ -212,7 +62,7 @@ t.test('bodies: chunked and large uploads are streamed through intact', async (t
   }
   const r = await request(agent, 'POST', '/upload', gen()); // no length: Node sends it chunked
   t.equal(r.status, 200);
-  const got = received.find((x) => x.url === '/upload' && x.bytes === size);
+  const got = h.received.find((x) => x.url === '/upload' && x.bytes === size);
   t.equal(got?.sha, sha.digest('hex'), `${size} bytes arrive byte for byte`);
   const denied = await request(agent, 'POST', '/other', gen());
   t.same([denied.status, denied.reused], [403, true], 'a denied chunked upload is discarded, the connection kept');
@@ -221,7 +71,7 @@ t.test('bodies: chunked and large uploads are streamed through intact', async (t
 });
 
 t.test('a response that comes before its request body is all sent: the connection goes on', async (t) => {
-  const s = net.connect(proxyPort, '127.0.0.1');
+  const s = net.connect(h.proxyPort, '127.0.0.1');
   let text = '';
   let closed = false;
   s.on('data', (d: Buffer) => {
@@ -254,7 +104,7 @@ t.test('Expect: 100-continue', async (t) => {
     const req = http.request(
       {
         host: '127.0.0.1',
-        port: proxyPort,
+        port: h.proxyPort,
         method: 'PUT',
         path: '/upload',
         agent,
@@ -296,13 +146,13 @@ t.test('upgrade: an allowed WebSocket handshake becomes a tunnel', async (t) => 
 t.test('headerMatches REPLACE rewrites the request; others pass unchanged', async (t) => {
   const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
   t.equal((await request(agent, 'GET', '/versioned', undefined, { 'x-version': 'v1', 'x-other': 'kept' })).status, 200);
-  const got = received.filter((x) => x.url === '/versioned').pop();
+  const got = h.received.filter((x) => x.url === '/versioned').pop();
   t.same([got?.headers['x-version'], got?.headers['x-other']], ['v2', 'kept']);
   agent.destroy();
 });
 
 t.test('smuggling attempts get 400 and never reach the server', async (t) => {
-  const before = received.length;
+  const before = h.received.length;
   const r = await raw(
     'POST /upload HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /secret HTTP/1.1\r\nHost: a\r\n\r\n',
     () => false,
@@ -314,17 +164,17 @@ t.test('smuggling attempts get 400 and never reach the server', async (t) => {
     () => false,
   );
   t.match(r2.text, /^HTTP\/1\.1 501/);
-  t.equal(received.length, before, 'the server saw nothing');
+  t.equal(h.received.length, before, 'the server saw nothing');
 });
 
 t.test('bytes that are not HTTP/1.x are refused at once and never reach the server: TLS, HTTP/2', async (t) => {
-  const before = received.length;
+  const before = h.received.length;
   // The start of a TLS ClientHello: a record header, no line ends; the proxy must not wait for a head.
   const hello = await raw('\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03', () => false);
   t.match(hello.text, /^HTTP\/1\.1 400 Bad Request\r\n[\s\S]*not an HTTP\/1\.x request\n$/, 'a TLS record gets a 400 at once');
   t.ok(hello.closed, 'and the connection is closed');
   const tlsError = await new Promise<string>((resolve) => {
-    const s = tls.connect({ host: '127.0.0.1', port: proxyPort, rejectUnauthorized: false });
+    const s = tls.connect({ host: '127.0.0.1', port: h.proxyPort, rejectUnauthorized: false });
     const timer = setTimeout(() => {
       s.destroy();
       resolve('no answer within 5 s');
@@ -343,13 +193,13 @@ t.test('bytes that are not HTTP/1.x are refused at once and never reach the serv
   const h2 = await raw('PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n', () => false);
   t.match(h2.text, /^HTTP\/1\.1 400 Bad Request/, 'the HTTP/2 connection preface gets a 400');
   t.ok(h2.closed);
-  t.equal(received.length, before, 'the server saw nothing');
+  t.equal(h.received.length, before, 'the server saw nothing');
 });
 
 t.test('an unreachable destination answers 503', async (t) => {
-  upstreamPort = await closedLoopbackPort();
+  h.upstreamPort = await closedLoopbackPort();
   t.teardown(() => {
-    upstreamPort = backendPort;
+    h.upstreamPort = h.backendPort;
   });
   const r = await raw('GET /public/x HTTP/1.1\r\nHost: a\r\n\r\n', () => false);
   t.match(r.text, /^HTTP\/1\.1 503 Service Unavailable/);
@@ -358,7 +208,7 @@ t.test('an unreachable destination answers 503', async (t) => {
 /** Sends `bytes` on a new connection; how it ended: the text, whether the proxy's FIN came ('end')
  *  and the socket error, if any (a reset would lose a response still on its way). */
 async function closing(bytes: string): Promise<{ text: string; fin: boolean; error?: string }> {
-  const s = net.connect(proxyPort, '127.0.0.1');
+  const s = net.connect(h.proxyPort, '127.0.0.1');
   let text = '';
   let fin = false;
   let error: string | undefined;
